@@ -1,0 +1,1133 @@
+# -*- test-case-name: tests.e2e.test_baseline -*-
+"""
+The end-to-end network test bed: Linux network namespaces that model a LAN
+behind a NAT router with a stateful firewall, the public side, and an
+operator network behind a gateway, with real Kamailio and SIPp in them.
+
+Everything here runs external programs (C{ip}, C{nft}, C{kamailio},
+C{sipp}, C{python3}) with bounded timeouts; nothing uses the reactor.  See
+C{docs/testing.md} for the picture and the addresses.
+
+Topology (one per test; creation and removal take well under a second)::
+
+    lan  192.0.2.0/24      phones .20-.23, agent .10         gw .1 = rtr
+    rtr  NAT + firewall    192.0.2.1 | 198.51.100.2
+    gw   operator gateway  198.51.100.10 | 203.0.113.1
+                           DNAT tcp/443 -> contact point 203.0.113.10
+                           (expose_sip: udp+tcp/5060 -> Kamailio)
+    op   203.0.113.0/24    contact .10, Kamailio .20, SIPp UAS .30, echo .40
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from attrs import define, field, frozen
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+DATA = Path(__file__).resolve().parent / "data"
+"""The directory of the Kamailio configuration and the SIPp scenarios."""
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+"""The checkout's root: put on C{PYTHONPATH} so twistd finds our plugins."""
+
+# -- addresses ---------------------------------------------------------------
+
+LAN_NET = "192.0.2.0/24"
+ROUTER_LAN = "192.0.2.1"
+AGENT = "192.0.2.10"
+PHONES = ("192.0.2.20", "192.0.2.21", "192.0.2.22", "192.0.2.23")
+PHONE = PHONES[0]
+
+PUBLIC_NET = "198.51.100.0/24"
+ROUTER_PUBLIC = "198.51.100.2"
+GATEWAY_PUBLIC = "198.51.100.10"
+
+OPERATOR_NET = "203.0.113.0/24"
+GATEWAY_OPERATOR = "203.0.113.1"
+CONTACT = "203.0.113.10"
+KAMAILIO = "203.0.113.20"
+UAS = "203.0.113.30"
+ECHO = "203.0.113.40"
+
+SIP_DOMAIN = "example.test"
+USERS = {name: "secret-" + name for name in ("alice", "bob", "carol", "dave")}
+"""The test users known to Kamailio, with their digest passwords."""
+
+POLICIES = ("open", "strict")
+"""The router's egress policies: C{open} lets out anything, C{strict} only
+new TCP connections to port 443 (and never UDP)."""
+
+# namespace roles and the addresses each one owns
+_ROLE_ADDRESSES: Mapping[str, tuple[str, ...]] = {
+    "lan": (AGENT, *PHONES),
+    "rtr": (),
+    "gw": (),
+    "op": (CONTACT, KAMAILIO, UAS, ECHO),
+}
+
+COMMAND_TIMEOUT = 10.0
+"""Upper bound in seconds for every short command (ip, nft, ...)."""
+
+
+class NetbedError(Exception):
+    """
+    The test bed could not do what was asked (a command failed or a wait
+    ran out).  The message names the command and quotes its output.
+    """
+
+
+# -- requirements ------------------------------------------------------------
+
+_netns_probe_result: str | None = None
+
+
+def _probe_netns() -> str | None:
+    """
+    Create and delete a throw-away namespace once per process.
+
+    @return: C{None} when it works, else the reason it does not.
+    """
+    global _netns_probe_result
+    if _netns_probe_result is None:
+        name = "spwm-probe-" + secrets.token_hex(3)
+        try:
+            done = subprocess.run(
+                ["ip", "netns", "add", name],
+                capture_output=True,
+                timeout=COMMAND_TIMEOUT,
+            )
+            if done.returncode != 0:
+                _netns_probe_result = "ip netns add failed: " + done.stderr.decode(
+                    "utf-8", "replace"
+                ).strip()
+            else:
+                subprocess.run(
+                    ["ip", "netns", "del", name],
+                    capture_output=True,
+                    timeout=COMMAND_TIMEOUT,
+                )
+                _netns_probe_result = ""
+        except (OSError, subprocess.TimeoutExpired) as e:
+            _netns_probe_result = "ip netns add failed: " + str(e)
+    return _netns_probe_result or None
+
+
+def missing_requirements() -> list[str]:
+    """
+    Say what this machine lacks for the end-to-end tests.
+
+    @return: human-readable items, empty when everything is there: root,
+        C{ip} with working network namespaces, C{nft}, C{kamailio},
+        C{kamcmd} and C{sipp}.
+    """
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root (network namespaces need CAP_SYS_ADMIN)")
+    for tool, package in [
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("kamailio", "kamailio"),
+        ("kamcmd", "kamailio"),
+        ("sipp", "sip-tester"),
+    ]:
+        if shutil.which(tool) is None:
+            missing.append(f"{tool} (Debian package {package})")
+    if not missing:
+        problem = _probe_netns()
+        if problem:
+            missing.append(problem)
+    return missing
+
+
+def require_e2e(testcase: SynchronousTestCase) -> None:
+    """
+    Skip or fail C{testcase} when the machine cannot run end-to-end tests.
+
+    With C{SPWM_REQUIRE_E2E=1} in the environment (CI), a missing capability
+    fails the test; otherwise the test is skipped.  Either way the message
+    names everything that is missing.
+
+    @raise SkipTest: something is missing and E2E is not required.
+    """
+    missing = missing_requirements()
+    if not missing:
+        return
+    message = "end-to-end test bed unavailable, missing: " + "; ".join(missing)
+    if os.environ.get("SPWM_REQUIRE_E2E") == "1":
+        testcase.fail(message + " (SPWM_REQUIRE_E2E=1 makes this a failure)")
+    raise SkipTest(message + " (set SPWM_REQUIRE_E2E=1 to fail instead)")
+
+
+# -- processes ---------------------------------------------------------------
+
+
+def run(
+    argv: Sequence[str],
+    timeout: float = COMMAND_TIMEOUT,
+    check: bool = True,
+    stdin: bytes | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """
+    Run a short command to completion.
+
+    @param timeout: seconds before the command is killed and L{NetbedError}
+        raised.
+    @param check: raise L{NetbedError} on a non-zero exit status.
+    @param stdin: bytes fed to the command's standard input.
+    """
+    try:
+        done = subprocess.run(
+            list(argv),
+            input=stdin,
+            capture_output=True,
+            timeout=timeout,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise NetbedError(f"{' '.join(argv)}: no exit within {timeout}s") from e
+    if check and done.returncode != 0:
+        raise NetbedError(
+            f"{' '.join(argv)}: exit status {done.returncode}: "
+            + done.stderr.decode("utf-8", "replace").strip()
+        )
+    return done
+
+
+@define
+class ManagedProcess:
+    """
+    A background process started by the test bed, in its own process group
+    (whose id is its pid), with standard output and error in files.
+
+    @ivar name: short name, used for the log files C{<name>.stdout} and
+        C{<name>.stderr}.
+    @ivar argv: the command line as started (including C{ip netns exec}).
+    """
+
+    name: str
+    argv: list[str]
+    popen: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+
+    @property
+    def pid(self) -> int:
+        """The process id (also its process group id)."""
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status, or C{None} while it runs."""
+        return self.popen.poll()
+
+    def wait(self, timeout: float) -> int:
+        """
+        Wait for the process to exit.
+
+        @raise NetbedError: it still runs after C{timeout} seconds.
+        """
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired as e:
+            raise NetbedError(f"{self.name} still running after {timeout}s") from e
+
+    def stop(self, grace: float = 3.0) -> int:
+        """
+        End the process and its children: SIGTERM to its process group, then
+        SIGKILL after C{grace} seconds.  Does nothing if it already exited
+        (the group is signalled anyway in case children are left).
+
+        @return: the exit status.
+        """
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                return self.popen.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+        raise NetbedError(f"{self.name} (pid {self.pid}) survived SIGKILL")
+
+    def stdout(self) -> str:
+        """The process's standard output so far."""
+        return self.stdout_path.read_text("utf-8", "replace")
+
+    def stderr(self) -> str:
+        """The process's standard error so far."""
+        return self.stderr_path.read_text("utf-8", "replace")
+
+
+# -- topology ----------------------------------------------------------------
+
+
+def _router_ruleset(policy: str) -> str:
+    """
+    The router's nftables ruleset: masquerade towards the public side,
+    drop every unsolicited inbound packet, and the egress C{policy}.
+    """
+    if policy == "open":
+        egress = 'iifname "lan0" oifname "pub0" accept'
+    elif policy == "strict":
+        egress = 'iifname "lan0" oifname "pub0" meta l4proto tcp tcp dport 443 accept'
+    else:
+        raise ValueError(f"unknown egress policy {policy!r}; use one of {POLICIES}")
+    return f"""
+flush ruleset
+table inet spwm_router {{
+    counter egress_dropped {{ }}
+    counter inbound_dropped {{ }}
+    chain input {{
+        type filter hook input priority filter; policy drop;
+        iif "lo" accept
+        ct state established,related accept
+        iifname "lan0" icmp type echo-request accept
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        ct state invalid drop
+        {egress}
+        iifname "lan0" counter name egress_dropped drop
+        counter name inbound_dropped drop
+    }}
+}}
+table ip spwm_nat {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "pub0" masquerade
+    }}
+}}
+"""
+
+
+def _gateway_ruleset(expose_sip: bool) -> str:
+    """
+    The operator gateway's nftables ruleset: DNAT of TCP 443 on the public
+    address to the contact point and (with C{expose_sip}) of SIP on UDP and
+    TCP 5060 to Kamailio; nothing else from the public side gets in.
+    """
+    sip_dnat = sip_accept = ""
+    if expose_sip:
+        sip_dnat = (
+            f'iifname "pub0" ip daddr {GATEWAY_PUBLIC} udp dport 5060 '
+            f"dnat to {KAMAILIO}:5060\n        "
+            f'iifname "pub0" ip daddr {GATEWAY_PUBLIC} tcp dport 5060 '
+            f"dnat to {KAMAILIO}:5060"
+        )
+        sip_accept = (
+            f'iifname "pub0" ip daddr {KAMAILIO} meta l4proto {{ tcp, udp }} '
+            "th dport 5060 ct status dnat accept"
+        )
+    return f"""
+flush ruleset
+table inet spwm_gateway {{
+    chain input {{
+        type filter hook input priority filter; policy drop;
+        iif "lo" accept
+        ct state established,related accept
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        ct state invalid drop
+        iifname "op0" oifname "pub0" accept
+        iifname "pub0" ip daddr {CONTACT} tcp dport 443 ct status dnat accept
+        {sip_accept}
+    }}
+}}
+table ip spwm_nat {{
+    chain prerouting {{
+        type nat hook prerouting priority dstnat; policy accept;
+        iifname "pub0" ip daddr {GATEWAY_PUBLIC} tcp dport 443 dnat to {CONTACT}:443
+        {sip_dnat}
+    }}
+}}
+"""
+
+
+@define
+class Topology:
+    """
+    The four namespaces of one test run and the processes started in them.
+
+    Build it with L{Topology.create}; L{Topology.destroy} (registered with
+    C{addCleanup} by L{E2ETestCase}) stops every process and deletes every
+    namespace, which also removes the veth pairs and firewall rules.
+
+    @ivar suffix: random per-run part of every namespace name.
+    @ivar logdir: where process output and the final firewall state go.
+    @ivar namespaces: role (C{lan}, C{rtr}, C{gw}, C{op}) to namespace name.
+    """
+
+    suffix: str
+    logdir: Path
+    policy: str
+    expose_sip: bool
+    namespaces: dict[str, str]
+    processes: list[ManagedProcess] = field(factory=list)
+    _created: list[str] = field(factory=list)
+    _names: set[str] = field(factory=set)
+
+    @classmethod
+    def create(
+        cls, logdir: Path | str, policy: str = "strict", expose_sip: bool = False
+    ) -> Topology:
+        """
+        Create the namespaces, links, addresses, routes and firewalls.
+
+        @param logdir: an existing or new directory for logs.
+        @param policy: the router's egress policy, one of L{POLICIES}.
+        @param expose_sip: also publish Kamailio's SIP port 5060 (UDP and TCP)
+            on the gateway's public address, as an operator with a public SIP
+            edge would; the baseline tests use it to show what the router
+            alone does to SIP.
+        @raise NetbedError: a step failed; whatever was made is removed.
+        """
+        if policy not in POLICIES:
+            raise ValueError(f"unknown egress policy {policy!r}; use one of {POLICIES}")
+        logdir = Path(logdir)
+        logdir.mkdir(parents=True, exist_ok=True)
+        suffix = secrets.token_hex(3)
+        topology = cls(
+            suffix=suffix,
+            logdir=logdir,
+            policy=policy,
+            expose_sip=expose_sip,
+            namespaces={role: f"spwm-{suffix}-{role}" for role in _ROLE_ADDRESSES},
+        )
+        try:
+            topology._build()
+        except BaseException:
+            topology.destroy()
+            raise
+        return topology
+
+    def _build(self) -> None:
+        ns = self.namespaces
+        for role, name in ns.items():
+            run(["ip", "netns", "add", name])
+            self._created.append(name)
+            run(["ip", "-n", name, "link", "set", "lo", "up"])
+        links = [
+            ("lan", "eth0", "rtr", "lan0"),
+            ("rtr", "pub0", "gw", "pub0"),
+            ("gw", "op0", "op", "eth0"),
+        ]
+        for a_role, a_if, b_role, b_if in links:
+            run(
+                ["ip", "link", "add", a_if, "netns", ns[a_role], "type", "veth"]
+                + ["peer", "name", b_if, "netns", ns[b_role]]
+            )
+        addresses = [
+            ("lan", "eth0", [f"{a}/24" for a in _ROLE_ADDRESSES["lan"]]),
+            ("rtr", "lan0", [f"{ROUTER_LAN}/24"]),
+            ("rtr", "pub0", [f"{ROUTER_PUBLIC}/24"]),
+            ("gw", "pub0", [f"{GATEWAY_PUBLIC}/24"]),
+            ("gw", "op0", [f"{GATEWAY_OPERATOR}/24"]),
+            ("op", "eth0", [f"{a}/24" for a in _ROLE_ADDRESSES["op"]]),
+        ]
+        for role, ifname, prefixes in addresses:
+            for prefix in prefixes:
+                run(
+                    ["ip", "-n", ns[role], "addr", "add", prefix, "dev", ifname]
+                    + ["nodad"]
+                )
+            run(["ip", "-n", ns[role], "link", "set", ifname, "up"])
+        run(["ip", "-n", ns["lan"], "route", "add", "default", "via", ROUTER_LAN])
+        # The router's "internet" is the gateway; the gateway knows only the
+        # public and operator networks, so it cannot reach the LAN directly.
+        run(["ip", "-n", ns["rtr"], "route", "add", "default", "via", GATEWAY_PUBLIC])
+        run(["ip", "-n", ns["op"], "route", "add", "default", "via", GATEWAY_OPERATOR])
+        for role in ("rtr", "gw"):
+            run(
+                ["ip", "netns", "exec", ns[role], "sysctl", "-q", "-w"]
+                + ["net.ipv4.ip_forward=1"]
+            )
+        self.set_policy(self.policy)
+        run(
+            ["ip", "netns", "exec", ns["gw"], "nft", "-f", "-"],
+            stdin=_gateway_ruleset(self.expose_sip).encode(),
+        )
+
+    def set_policy(self, policy: str) -> None:
+        """
+        Load the router's firewall with egress C{policy} (one of
+        L{POLICIES}), replacing the previous rules; existing connections in
+        the connection-tracking table stay.
+        """
+        run(
+            ["ip", "netns", "exec", self.namespaces["rtr"], "nft", "-f", "-"],
+            stdin=_router_ruleset(policy).encode(),
+        )
+        self.policy = policy
+
+    def exec(
+        self, role: str, argv: Sequence[str], timeout: float = COMMAND_TIMEOUT,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """
+        Run a short command in the namespace of C{role} (see L{run}).
+        """
+        return run(
+            ["ip", "netns", "exec", self.namespaces[role], *argv],
+            timeout=timeout,
+            check=check,
+        )
+
+    def spawn(
+        self,
+        role: str,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: Path | str | None = None,
+    ) -> ManagedProcess:
+        """
+        Start a background process in the namespace of C{role}.
+
+        Its output goes to C{<logdir>/<name>.stdout} and C{.stderr}; a
+        repeated C{name} gets a numeric suffix.  L{destroy} stops it.
+        """
+        unique = name
+        n = 1
+        while unique in self._names:
+            n += 1
+            unique = f"{name}-{n}"
+        self._names.add(unique)
+        full = ["ip", "netns", "exec", self.namespaces[role], *argv]
+        stdout_path = self.logdir / f"{unique}.stdout"
+        stderr_path = self.logdir / f"{unique}.stderr"
+        (self.logdir / f"{unique}.cmdline").write_text(
+            " ".join(full) + "\n", "utf-8"
+        )
+        process_env = dict(os.environ)
+        if env:
+            process_env.update(env)
+        with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+            popen = subprocess.Popen(
+                full,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=process_env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        process = ManagedProcess(unique, full, popen, stdout_path, stderr_path)
+        self.processes.append(process)
+        return process
+
+    def counters(self) -> dict[str, int]:
+        """
+        The router's drop counters: C{egress_dropped} (LAN traffic the
+        egress policy refused) and C{inbound_dropped} (unsolicited packets
+        from the public side), in packets.
+        """
+        done = self.exec("rtr", ["nft", "-j", "list", "counters"])
+        result = {}
+        for item in json.loads(done.stdout).get("nftables", []):
+            counter = item.get("counter")
+            if counter:
+                result[counter["name"]] = counter["packets"]
+        return result
+
+    def destroy(self) -> None:
+        """
+        Stop every process (newest first) and delete every namespace; save
+        the firewalls' final rules and counters to the log directory first.
+        Safe to call more than once and after a partial L{create}.
+        """
+        errors = []
+        for process in reversed(self.processes):
+            try:
+                process.stop()
+            except NetbedError as e:
+                errors.append(str(e))
+        self.processes.clear()
+        for role in ("rtr", "gw"):
+            name = self.namespaces[role]
+            if name in self._created:
+                done = run(
+                    ["ip", "netns", "exec", name, "nft", "list", "ruleset"],
+                    check=False,
+                )
+                (self.logdir / f"nft-{role}.txt").write_bytes(done.stdout + done.stderr)
+        for name in reversed(self._created):
+            # anything still inside (children that escaped their group)
+            done = run(["ip", "netns", "pids", name], check=False)
+            for pid in done.stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            done = run(["ip", "netns", "del", name], check=False)
+            if done.returncode != 0:
+                errors.append(f"ip netns del {name}: {done.stderr!r}")
+        self._created.clear()
+        if errors:
+            raise NetbedError("; ".join(errors))
+
+
+# -- Kamailio ----------------------------------------------------------------
+
+
+@frozen
+class Binding:
+    """
+    One contact of the location table.
+
+    @ivar aor: the address of record, e.g. C{alice@example.test}.
+    @ivar contact: the registered contact URI.
+    @ivar path: the stored Path header value, or C{None}.
+    @ivar received: the source the REGISTER came from (C{sip:IP:PORT}) when
+        Kamailio stored one, else C{None}.
+    @ivar expires: seconds left.
+    @ivar raw: the whole record as Kamailio reported it.
+    """
+
+    aor: str
+    contact: str
+    path: str | None
+    received: str | None
+    expires: int | None
+    raw: dict = field(eq=False, repr=False)
+
+
+def _null(value: object) -> str | None:
+    if value in (None, "", "[not set]"):
+        return None
+    return str(value)
+
+
+@define
+class Kamailio:
+    """
+    A running Kamailio in the operator namespace, with its private runtime
+    directory (short, under /tmp, because of the 108-byte limit on UNIX
+    socket paths).
+    """
+
+    process: ManagedProcess
+    rundir: Path
+    address: str
+
+    @classmethod
+    def start(
+        cls, topology: Topology, address: str = KAMAILIO, trusted: str = UAS,
+        ready_timeout: float = 10.0,
+    ) -> Kamailio:
+        """
+        Render C{data/kamailio.cfg}, start C{kamailio -DD -E} in the C{op}
+        namespace and wait until its RPC socket answers.
+
+        @param trusted: the one operator address whose requests (other than
+            REGISTER) are not challenged.
+        @raise NetbedError: it did not get ready within C{ready_timeout}.
+        """
+        rundir = Path(tempfile.mkdtemp(prefix="spwm-kam-"))
+        config = (DATA / "kamailio.cfg").read_text("utf-8")
+        for key, value in {
+            "ADDRESS": address,
+            "DOMAIN": SIP_DOMAIN,
+            "RUNDIR": str(rundir),
+            "TRUSTED": trusted,
+        }.items():
+            config = config.replace(f"@@{key}@@", value)
+        cfg_path = topology.logdir / "kamailio.cfg"
+        cfg_path.write_text(config, "utf-8")
+        process = topology.spawn(
+            "op",
+            "kamailio",
+            [
+                "kamailio", "-DD", "-E", "-m", "32", "-M", "4",
+                "-Y", str(rundir), "-P", str(rundir / "kamailio.pid"),
+                "-f", str(cfg_path),
+            ],
+        )
+        kamailio = cls(process, rundir, address)
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if process.returncode is not None:
+                raise NetbedError(
+                    f"kamailio exited with {process.returncode}: "
+                    + process.stderr()[-2000:]
+                )
+            try:
+                kamailio.rpc("core.version", timeout=0.5)
+                break
+            except (OSError, NetbedError):
+                if time.monotonic() > deadline:
+                    raise NetbedError(
+                        f"kamailio not ready after {ready_timeout}s: "
+                        + process.stderr()[-2000:]
+                    )
+                time.sleep(0.05)
+        return kamailio
+
+    def rpc(self, method: str, *params: object, timeout: float = 3.0) -> object:
+        """
+        Call a Kamailio RPC method over its JSON-RPC datagram socket.
+
+        @return: the C{result} member of the answer.
+        @raise NetbedError: an error answer or no answer in C{timeout}.
+        @raise OSError: the socket is not there (yet).
+        """
+        client = self.rundir / f"cli-{secrets.token_hex(4)}.sock"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(str(client))
+            sock.settimeout(timeout)
+            request = {"jsonrpc": "2.0", "method": method, "id": 1}
+            if params:
+                request["params"] = list(params)
+            sock.sendto(json.dumps(request).encode(), str(self.rundir / "rpc.sock"))
+            try:
+                data = sock.recv(1 << 20)
+            except socket.timeout as e:
+                raise NetbedError(f"kamailio rpc {method}: no answer") from e
+        finally:
+            sock.close()
+            client.unlink(missing_ok=True)
+        answer = json.loads(data)
+        if "error" in answer:
+            raise NetbedError(f"kamailio rpc {method}: {answer['error']}")
+        return answer.get("result")
+
+    def location_table(self) -> list[Binding]:
+        """
+        Read the in-memory location table (RPC C{ul.dump}).
+
+        @return: one L{Binding} per registered contact.
+        """
+        result = self.rpc("ul.dump")
+        bindings = []
+        for domain in result.get("Domains", []):
+            for aor_entry in domain.get("Domain", {}).get("AoRs", []):
+                info = aor_entry.get("Info", aor_entry)
+                aor = info.get("AoR")
+                for contact_entry in info.get("Contacts", []):
+                    contact = contact_entry.get("Contact", contact_entry)
+                    expires = contact.get("Expires")
+                    bindings.append(
+                        Binding(
+                            aor=str(aor),
+                            contact=str(contact.get("Address")),
+                            path=_null(contact.get("Path")),
+                            received=_null(contact.get("Received")),
+                            expires=expires if isinstance(expires, int) else None,
+                            raw=contact,
+                        )
+                    )
+        return bindings
+
+    def stop(self) -> None:
+        """Stop Kamailio and remove its runtime directory."""
+        self.process.stop()
+        shutil.rmtree(self.rundir, ignore_errors=True)
+
+
+# -- SIPp --------------------------------------------------------------------
+
+
+@frozen
+class SippResult:
+    """
+    What a finished SIPp run reported.
+
+    @ivar returncode: SIPp's exit status: 0 all calls succeeded, 1 at least
+        one failed, 97 internal exit, 99 no call processed, 255/254 fatal.
+    @ivar stats: the last row of SIPp's statistics file (C{-trace_stat}),
+        column name to value, e.g. C{SuccessfulCall(C)}, C{FailedCall(C)}.
+    @ivar logdir: where its files are (C{<name>.stdout}, C{<name>.stat.csv},
+        C{<name>.messages.log}, C{<name>.errors.log}, C{<name>.screen.log}).
+    """
+
+    name: str
+    returncode: int
+    stats: dict[str, str]
+    logdir: Path
+
+    def count(self, column: str) -> int:
+        """One cumulative statistics column as an int (0 if absent)."""
+        value = self.stats.get(column, "")
+        try:
+            return int(value)
+        except ValueError:
+            return 0
+
+    @property
+    def successful(self) -> int:
+        """The number of successful calls (cumulative)."""
+        return self.count("SuccessfulCall(C)")
+
+    @property
+    def failed(self) -> int:
+        """The number of failed calls (cumulative)."""
+        return self.count("FailedCall(C)")
+
+    def messages(self) -> str:
+        """The SIP messages SIPp sent and received (C{-trace_msg})."""
+        path = self.logdir / f"{self.name}.messages.log"
+        return path.read_text("utf-8", "replace") if path.exists() else ""
+
+
+def _read_stats(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    lines = [line for line in path.read_text("utf-8", "replace").splitlines() if line]
+    if len(lines) < 2:
+        return {}
+    header = lines[0].rstrip(";").split(";")
+    values = lines[-1].rstrip(";").split(";")
+    return dict(zip(header, values))
+
+
+def sipp_argv(
+    scenario: str,
+    remote: str | None,
+    local_ip: str,
+    local_port: int,
+    name: str,
+    logdir: Path,
+    keys: Mapping[str, str] | None = None,
+    extra: Iterable[str] = (),
+    transport: str = "u1",
+) -> list[str]:
+    """
+    The SIPp command line for one of our scenarios with all traces in
+    C{logdir}.
+
+    @param scenario: a file name in C{tests/e2e/data} or a path.
+    @param remote: C{HOST:PORT} to send to (C{None} for a pure UAS).
+    @param keys: scenario keywords (C{-key}), e.g. C{domain}.
+    @param transport: SIPp's C{-t} (C{u1} UDP one socket, C{t1} TCP).
+    """
+    path = Path(scenario)
+    if not path.is_absolute():
+        path = DATA / scenario
+    argv = [
+        "sipp", "-sf", str(path), "-i", local_ip, "-p", str(local_port),
+        "-t", transport, "-nostdin",
+        "-trace_stat", "-stf", str(logdir / f"{name}.stat.csv"),
+        "-fd", "1",
+        "-trace_msg", "-message_file", str(logdir / f"{name}.messages.log"),
+        "-trace_err", "-error_file", str(logdir / f"{name}.errors.log"),
+        "-trace_screen", "-screen_file", str(logdir / f"{name}.screen.log"),
+        "-key", "domain", SIP_DOMAIN,
+    ]
+    for key, value in (keys or {}).items():
+        argv += ["-key", key, value]
+    argv += list(extra)
+    if remote is not None:
+        argv.append(remote)
+    return argv
+
+
+def sipp_wait(process: ManagedProcess, logdir: Path, timeout: float) -> SippResult:
+    """
+    Wait (bounded) for a SIPp process and read its verdict.
+
+    @raise NetbedError: it did not exit within C{timeout} (it is then
+        stopped).
+    """
+    try:
+        returncode = process.wait(timeout)
+    except NetbedError:
+        process.stop()
+        raise
+    return SippResult(
+        name=process.name,
+        returncode=returncode,
+        stats=_read_stats(logdir / f"{process.name}.stat.csv"),
+        logdir=logdir,
+    )
+
+
+# -- small UDP tools run inside namespaces -----------------------------------
+
+UDPTOOL = Path(__file__).resolve().parent / "udptool.py"
+
+
+# -- the test case base ------------------------------------------------------
+
+
+class E2ETestCase(SynchronousTestCase):
+    """
+    Base class of end-to-end tests: checks the requirements (L{require_e2e})
+    and offers one topology per test with helpers for the programs in it.
+    Everything started is stopped by cleanups, also when the test fails.
+
+    @ivar topology: set by L{make_topology}.
+    @ivar kamailio: set by L{start_kamailio}.
+    """
+
+    topology: Topology
+    kamailio: Kamailio
+
+    def setUp(self) -> None:
+        require_e2e(self)
+        self.logdir = Path(self.mktemp()).resolve()
+        self.logdir.mkdir(parents=True)
+
+    def make_topology(self, policy: str = "strict", expose_sip: bool = False) -> Topology:
+        """
+        Create the topology for this test (see L{Topology.create}); it is
+        destroyed by a cleanup.
+        """
+        self.topology = Topology.create(self.logdir, policy, expose_sip)
+        self.addCleanup(self.topology.destroy)
+        return self.topology
+
+    def start_kamailio(self) -> Kamailio:
+        """
+        Start Kamailio on L{KAMAILIO} port 5060 (UDP and TCP) and wait until
+        it answers RPC.
+        """
+        self.kamailio = Kamailio.start(self.topology)
+        self.addCleanup(self.kamailio.stop)
+        return self.kamailio
+
+    def location_table(self) -> list[Binding]:
+        """The current bindings in Kamailio's location table."""
+        return self.kamailio.location_table()
+
+    def _twistd(self, role: str, name: str, plugin: str, args: Sequence[str]) -> ManagedProcess:
+        pythonpath = os.pathsep.join(
+            [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        )
+        return self.topology.spawn(
+            role,
+            name,
+            [
+                sys.executable, "-c",
+                "from twisted.scripts.twistd import run; run()",
+                "-n", "--pidfile=", plugin, *args,
+            ],
+            env={"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"},
+            cwd=self.logdir,
+        )
+
+    def start_contact(self, args: Sequence[str]) -> ManagedProcess:
+        """
+        Start C{twistd -n spwm-contact ARGS} in the operator namespace (with
+        the checkout on C{PYTHONPATH}); wait until it listens on TCP 443 of
+        L{CONTACT}.
+        """
+        process = self._twistd("op", "spwm-contact", "spwm-contact", args)
+        self.wait_for_listener("op", "tcp", CONTACT, 443, process)
+        return process
+
+    def start_agent(self, args: Sequence[str]) -> ManagedProcess:
+        """
+        Start C{twistd -n spwm-agent ARGS} in the LAN namespace (with the
+        checkout on C{PYTHONPATH}).  Readiness depends on the options: use
+        L{wait_for_listener} or L{wait_for_log}.
+        """
+        return self._twistd("lan", "spwm-agent", "spwm-agent", args)
+
+    def wait_for_listener(
+        self, role: str, proto: str, address: str, port: int,
+        process: ManagedProcess | None = None, timeout: float = 15.0,
+    ) -> None:
+        """
+        Poll C{ss} in the namespace of C{role} until a C{proto} (C{tcp} or
+        C{udp}) socket is bound to C{address:port}.
+
+        @raise NetbedError: not within C{timeout}, or C{process} exited.
+        """
+        flag = "-ltnH" if proto == "tcp" else "-lunH"
+        wanted = f"{address}:{port}"
+        deadline = time.monotonic() + timeout
+        while True:
+            done = self.topology.exec(role, ["ss", flag], check=False)
+            for line in done.stdout.decode().splitlines():
+                columns = line.split()
+                if len(columns) >= 4 and columns[3] in (wanted, f"0.0.0.0:{port}"):
+                    return
+            if process is not None and process.returncode is not None:
+                raise NetbedError(
+                    f"{process.name} exited with {process.returncode} before "
+                    f"listening on {proto} {wanted}:\n{process.stdout()[-3000:]}"
+                    f"\n{process.stderr()[-3000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise NetbedError(f"nothing listens on {proto} {wanted} after {timeout}s")
+            time.sleep(0.1)
+
+    def wait_for_log(
+        self, process: ManagedProcess, pattern: str, timeout: float = 15.0
+    ) -> re.Match[str]:
+        """
+        Poll a process's stdout and stderr until the regular expression
+        C{pattern} matches.
+
+        @raise NetbedError: not within C{timeout}, or the process exited.
+        """
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            for text in (process.stdout(), process.stderr()):
+                match = regex.search(text)
+                if match:
+                    return match
+            if process.returncode is not None:
+                raise NetbedError(f"{process.name} exited with {process.returncode}")
+            if time.monotonic() > deadline:
+                raise NetbedError(f"{pattern!r} not seen in {process.name} after {timeout}s")
+            time.sleep(0.1)
+
+    def sipp_uac(
+        self,
+        scenario: str,
+        remote: str,
+        user: str = "alice",
+        service: str | None = None,
+        local_ip: str = PHONE,
+        local_port: int = 5060,
+        role: str = "lan",
+        keys: Mapping[str, str] | None = None,
+        extra: Sequence[str] = (),
+        calls: int = 1,
+        timeout: float = 15.0,
+        name: str = "sipp-uac",
+        transport: str = "u1",
+    ) -> SippResult:
+        """
+        Run a SIPp UAC scenario to completion (bounded) and return its
+        verdict.
+
+        @param scenario: C{register.xml}, C{uac_call.xml}, C{uac_rtp.xml} or
+            another file in C{tests/e2e/data}.
+        @param remote: where SIPp sends (C{HOST:PORT}): Kamailio, the
+            gateway's public address or the agent.
+        @param user: the digest user (password from L{USERS}), also the
+            From/To user of C{register.xml} unless C{service} is given.
+        @param service: the request-URI user (C{-s}); defaults to C{user}.
+        @param keys: more scenario keywords; C{user} defaults to C{user},
+            C{contact} to C{local_ip:local_port}, C{expires} to 300.
+        @param timeout: SIPp's own global timeout (C{-timeout}, an error);
+            the process gets 5 seconds more before it is killed.
+        """
+        all_keys = {
+            "user": user,
+            "contact": f"{local_ip}:{local_port}",
+            "expires": "300",
+        }
+        all_keys.update(keys or {})
+        argv = sipp_argv(
+            scenario, remote, local_ip, local_port, name, self.logdir,
+            keys=all_keys,
+            extra=[
+                "-s", service or user, "-au", user, "-ap", USERS.get(user, "none"),
+                "-m", str(calls), "-timeout", f"{timeout}s", "-timeout_error",
+                *extra,
+            ],
+            transport=transport,
+        )
+        process = self.topology.spawn(role, name, argv, cwd=self.logdir)
+        return sipp_wait(process, self.logdir, timeout + 5.0)
+
+    def sipp_uas(
+        self,
+        scenario: str = "uas_echo.xml",
+        local_ip: str = UAS,
+        local_port: int = 5060,
+        media_port: int = 6000,
+        role: str = "op",
+        extra: Sequence[str] = (),
+        name: str = "sipp-uas",
+        transport: str = "u1",
+    ) -> ManagedProcess:
+        """
+        Start a SIPp UAS in the background that answers calls with SDP and
+        echoes RTP (C{-rtp_echo}) on C{local_ip:media_port}; wait until its
+        SIP port is bound.  Stop it with L{sipp_finish} to get its verdict,
+        or leave it to the cleanup.
+        """
+        argv = sipp_argv(
+            scenario, None, local_ip, local_port, name, self.logdir,
+            extra=["-mi", local_ip, "-mp", str(media_port), "-rtp_echo", *extra],
+            transport=transport,
+        )
+        process = self.topology.spawn(role, name, argv, cwd=self.logdir)
+        self.wait_for_listener(
+            role, "udp" if transport.startswith("u") else "tcp",
+            local_ip, local_port, process,
+        )
+        return process
+
+    def sipp_finish(self, process: ManagedProcess, timeout: float = 5.0) -> SippResult:
+        """
+        Stop a background SIPp (SIGUSR1 asks for a clean exit after the
+        current calls) and return its verdict.
+        """
+        if process.returncode is None:
+            try:
+                os.kill(process.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+        return sipp_wait(process, self.logdir, timeout)
+
+    def register_uas(self, user: str = "bob", contact: str = f"{UAS}:5060") -> SippResult:
+        """
+        Register C{user} at Kamailio with C{contact} from the operator
+        network (for the operator-side UAS) and fail the test unless SIPp
+        reports success.
+        """
+        result = self.sipp_uac(
+            "register.xml", f"{KAMAILIO}:5060", user=user, local_ip=UAS,
+            local_port=5070, role="op", keys={"contact": contact},
+            name=f"register-{user}",
+        )
+        self.assertEqual(result.returncode, 0, f"registering {user} failed: {result}")
+        return result
+
+    def udp_echo_server(self, address: str = ECHO, port: int = 7000, role: str = "op") -> ManagedProcess:
+        """
+        Start a UDP echo server (C{udptool.py echo}) that answers every
+        datagram with C{b"echo:" + datagram} and logs each one to its stdout.
+        """
+        process = self.topology.spawn(
+            role, "udp-echo", [sys.executable, str(UDPTOOL), "echo", address, str(port)]
+        )
+        self.wait_for_listener(role, "udp", address, port, process)
+        return process
+
+    def udp_exchange(
+        self, role: str, source: str, destination: str, payload: bytes,
+        timeout: float = 3.0,
+    ) -> bytes | None:
+        """
+        From C{source} (an address of C{role}'s namespace) send C{payload} to
+        C{destination} (C{HOST:PORT}) once a second until an answer arrives
+        or C{timeout} passes.
+
+        @return: the first answer, or C{None}.
+        """
+        done = self.topology.exec(
+            role,
+            [sys.executable, str(UDPTOOL), "send", source, destination,
+             payload.hex(), str(timeout)],
+            timeout=timeout + 5.0,
+            check=False,
+        )
+        (self.logdir / "udp-exchange.log").open("ab").write(done.stdout + done.stderr)
+        if done.returncode != 0:
+            return None
+        return bytes.fromhex(done.stdout.decode().split()[-1])
