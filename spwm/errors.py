@@ -28,3 +28,20 @@ class ConfigError(SpwmError):
 
     def __str__(self) -> str:
         return f"{self.key}: {self.problem}"
+
+
+class TunnelProtocolError(SpwmError):
+    """
+    The peer broke the tunnel protocol.  The tunnel is closed with C{code}.
+
+    @ivar code: an L{spwm.tunnel.frames.ErrorCode}.
+    @ivar reason: what was wrong, in words.
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.reason}"

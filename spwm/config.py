@@ -1,0 +1,390 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+Command-line options and TOML configuration of both services.
+
+Each service declares its options once, as a tuple of L{Option}; the same
+table builds the C{twistd} options class, reads the C{--config} TOML file
+(whose keys are the long option names) and validates values.  Command-line
+options override the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+import tomllib
+from typing import Any, Callable, Sequence
+
+from attrs import frozen
+from twisted.python import usage
+
+from spwm.errors import ConfigError
+
+
+@frozen
+class Option:
+    """
+    One option.
+
+    @ivar name: the long name, also the TOML key.
+    @ivar default: the default value (for repeatable options, a tuple).
+    @ivar coerce: turns a string (command line) or a TOML value into the
+        value, raising L{ValueError} with the problem.
+    @ivar doc: one line of help.
+    @ivar flag: a switch without a value.
+    @ivar repeat: may be given several times (a list in TOML).
+    """
+
+    name: str
+    default: Any
+    coerce: Callable[[Any], Any]
+    doc: str
+    flag: bool = False
+    repeat: bool = False
+
+
+# -- coercions ------------------------------------------------------------
+
+
+def string(value: Any) -> str:
+    """
+    A non-empty string.
+    """
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def optional_string(value: Any) -> str | None:
+    """
+    A string or nothing.
+    """
+    if value is None or value == "":
+        return None
+    return string(value)
+
+
+def positive_float(value: Any) -> float:
+    """
+    A number greater than zero.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"must be a number, not {value!r}") from None
+    if not number > 0:
+        raise ValueError(f"must be greater than 0, not {value!r}")
+    return number
+
+
+def positive_int(value: Any) -> int:
+    """
+    An integer greater than zero.
+    """
+    if isinstance(value, bool):
+        raise ValueError("must be an integer")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"must be an integer, not {value!r}") from None
+    if number <= 0:
+        raise ValueError(f"must be greater than 0, not {value!r}")
+    return number
+
+
+def boolean(value: Any) -> bool:
+    """
+    A TOML boolean.
+    """
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {value!r}")
+    return value
+
+
+def parse_port(text: str) -> int:
+    """
+    A port number, 1-65535.
+    """
+    try:
+        port = int(text)
+    except ValueError:
+        raise ValueError(f"bad port {text!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range 1-65535")
+    return port
+
+
+def host_port(value: Any, default_port: int | None = None) -> tuple[str, int]:
+    """
+    C{HOST:PORT}, C{[IPV6]:PORT} or (with a default port) C{HOST}.
+    """
+    text = string(value).strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not host:
+            raise ValueError(f"bad address {text!r}")
+        if rest.startswith(":"):
+            return host, parse_port(rest[1:])
+        if rest or default_port is None:
+            raise ValueError(f"{text!r} needs a port")
+        return host, default_port
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        if not host:
+            raise ValueError(f"bad address {text!r}")
+        return host, parse_port(port)
+    if ":" in text:
+        # A bare IPv6 address.
+        ipaddress.IPv6Address(text)
+        if default_port is None:
+            raise ValueError(f"{text!r} needs a port (write [ADDRESS]:PORT)")
+        return text, default_port
+    if default_port is None:
+        raise ValueError(f"{text!r} needs a port (HOST:PORT)")
+    return text, default_port
+
+
+def host_port_string(value: Any) -> str:
+    """
+    Validate C{HOST:PORT} and keep it as text.
+    """
+    host_port(value)
+    return str(value)
+
+
+def udp_forward(value: Any) -> tuple[str, int, str, int]:
+    """
+    C{[LOCAL_ADDR:]LOCAL_PORT=HOST:PORT}; the local address defaults to
+    127.0.0.1.
+    """
+    text = string(value)
+    local, sep, remote = text.partition("=")
+    if not sep:
+        raise ValueError(f"{text!r} is not LOCAL_PORT=HOST:PORT")
+    if local.isdigit():
+        local_host, local_port = "127.0.0.1", parse_port(local)
+    else:
+        local_host, local_port = host_port(local)
+    host, port = host_port(remote)
+    ipaddress.ip_address(host)
+    return local_host, local_port, host, port
+
+
+def ip_literal_port(value: Any) -> tuple[str, int]:
+    """
+    C{IP:PORT} with an IP address literal.
+    """
+    host, port = host_port(value)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    return host, port
+
+
+def port_range(value: Any) -> tuple[int, int]:
+    """
+    C{LOW-HIGH}, an inclusive range of even-sized UDP ports.
+    """
+    text = string(value)
+    low, sep, high = text.partition("-")
+    if not sep:
+        raise ValueError(f"{text!r} is not LOW-HIGH")
+    lo, hi = parse_port(low), parse_port(high)
+    if hi - lo < 1:
+        raise ValueError(f"range {text!r} holds fewer than two ports")
+    return lo, hi
+
+
+def network(value: Any) -> str:
+    """
+    A CIDR network.
+    """
+    text = string(value)
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a network (ADDRESS/PREFIX)") from None
+    return text
+
+
+def ip_address(value: Any) -> str:
+    """
+    An IP address literal.
+    """
+    text = string(value)
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+    return text
+
+
+def readable_file(value: Any) -> str:
+    """
+    The path of a file that can be read now.
+    """
+    path = string(value)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot read {path!r}: {e.strerror}") from None
+    return path
+
+
+# -- the Options class builder ------------------------------------------
+
+
+def _usage_coerce(option: Option) -> Callable[[str], Any]:
+    def coerce(text: str) -> Any:
+        try:
+            return option.coerce(text)
+        except ValueError as e:
+            raise ValueError(f"--{option.name}: {e}") from None
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
+class SpwmOptions(usage.Options):
+    """
+    The base of both services' options: built from C{options}, with
+    C{--config FILE}.
+    """
+
+    options: Sequence[Option] = ()
+    #: printed before the option list by --help
+    synopsis_name = ""
+
+    def __init__(self) -> None:
+        self._lists: dict[str, list[Any]] = {}
+        self._cli_lists: set[str] = set()
+        self._from_file: set[str] = set()
+        super().__init__()
+        for option in self.options:
+            if option.repeat:
+                self[option.name] = list(option.default)
+
+    @classmethod
+    def build(cls, name: str, options: Sequence[Option]) -> type[SpwmOptions]:
+        """
+        Make the options class of one service.
+        """
+        params = []
+        flags = []
+        namespace: dict[str, Any] = {"options": tuple(options), "synopsis_name": name}
+        for option in options:
+            if option.flag:
+                flags.append([option.name, None, option.doc])
+            elif option.repeat:
+                namespace["opt_" + option.name.replace("-", "_")] = cls._repeat_handler(option)
+            else:
+                default = option.default
+                params.append([option.name, None, default, option.doc, _usage_coerce(option)])
+        params.append(["config", None, None, "TOML configuration file; its keys are these options' long names."])
+        namespace["optParameters"] = params
+        namespace["optFlags"] = flags
+        namespace["synopsis"] = f"Usage: twistd [options] {name} [{name} options]"
+        return type(name.title().replace("-", "") + "Options", (cls,), namespace)
+
+    @staticmethod
+    def _repeat_handler(option: Option) -> Callable[[SpwmOptions, str], None]:
+        def handler(self: SpwmOptions, value: str) -> None:
+            try:
+                coerced = option.coerce(value)
+            except ValueError as e:
+                raise usage.UsageError(f"--{option.name}: {e}") from None
+            if option.name not in self._cli_lists:
+                self._cli_lists.add(option.name)
+                self[option.name] = []
+            self[option.name].append(coerced)
+
+        handler.__doc__ = option.doc + " (repeatable)"
+        return handler
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """
+        Parse the command line (after the file named by C{--config}).
+
+        @raise ConfigExit: with one line naming the option and the problem;
+            twistd then exits with status 1 and that line, not its whole help.
+        """
+        if options is None:
+            options = sys.argv[1:]
+        try:
+            path = _find_config(list(options))
+            if path is not None:
+                self.load_file(path)
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise ConfigExit(f"{self.synopsis_name}: invalid configuration: {e}") from None
+
+    def load_file(self, path: str) -> None:
+        """
+        Read a TOML file into the options; later command-line options win.
+
+        @raise usage.UsageError: naming the key and the problem.
+        """
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise usage.UsageError(f"config: cannot read {path!r}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise usage.UsageError(f"config: {path!r} is not valid TOML: {e}") from None
+        known = {o.name: o for o in self.options}
+        for key, value in data.items():
+            option = known.get(key)
+            try:
+                if option is None:
+                    raise ConfigError(key, "unknown option")
+                if option.flag:
+                    self[key] = 1 if boolean(value) else 0
+                elif option.repeat:
+                    if not isinstance(value, list):
+                        value = [value]
+                    self[key] = [_coerce(option, v) for v in value]
+                else:
+                    self[key] = _coerce(option, value)
+            except ConfigError as e:
+                raise usage.UsageError(f"{path}: {e}") from None
+            self._from_file.add(key)
+
+    def postOptions(self) -> None:
+        try:
+            self.validate()
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def validate(self) -> None:
+        """
+        Check options against each other.
+
+        @raise ConfigError: naming the key and the problem.
+        """
+
+
+def _coerce(option: Option, value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and option.coerce is not boolean:
+        value = str(value) if option.coerce in (host_port_string, port_range) else value
+    try:
+        return option.coerce(value)
+    except ValueError as e:
+        raise ConfigError(option.name, str(e)) from None
+
+
+def _find_config(argv: list[str]) -> str | None:
+    path = None
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+    return path
+
+
+class ConfigExit(SystemExit):
+    """
+    The configuration is invalid: exit with this one line.
+    """

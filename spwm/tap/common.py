@@ -1,0 +1,34 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+Options shared by both services.
+"""
+
+from __future__ import annotations
+
+from spwm.config import Option, positive_float, positive_int
+from spwm.limits import Limits
+
+_D = Limits()
+
+TUNNEL_LIMIT_OPTIONS = (
+    Option("handshake-timeout", _D.handshake_timeout, positive_float, "Seconds for the tunnel handshake to complete."),
+    Option("keepalive-interval", _D.keepalive_interval, positive_float, "Seconds of silence before the tunnel sends a ping."),
+    Option("keepalive-timeout", _D.keepalive_timeout, positive_float, "Seconds of silence after which the peer is declared dead."),
+    Option("media-deadline", _D.media_deadline, positive_float, "Seconds a media datagram may wait in the tunnel before it is dropped."),
+    Option("max-channels", _D.max_channels, positive_int, "Open channels per tunnel."),
+    Option("udp-buffer", 4 * 1024 * 1024, positive_int, "Receive buffer (bytes) of media and forward UDP sockets."),
+)
+
+
+def limits_from(options: dict) -> Limits:
+    """
+    Build the tunnel L{Limits} from parsed options.
+    """
+    return Limits(
+        handshake_timeout=options["handshake-timeout"],
+        keepalive_interval=options["keepalive-interval"],
+        keepalive_timeout=options["keepalive-timeout"],
+        media_deadline=options["media-deadline"],
+        max_channels=options["max-channels"],
+        drain_time=options.get("drain-time", _D.drain_time),
+    )

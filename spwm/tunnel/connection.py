@@ -1,0 +1,680 @@
+# -*- test-case-name: tests.test_tunnel_connection -*-
+"""
+The sans-I/O tunnel core: handshake, channels, keepalive and the send scheduler.
+
+A L{TunnelConnection} takes bytes and the current time and returns events; its
+API methods only queue frames, and L{TunnelConnection.data_to_send} runs the
+scheduler: control and SIP first, then media (datagrams older than the media
+deadline dropped and counted), then stream data.  It never touches a socket, a
+reactor or a logger.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections import OrderedDict, deque
+from typing import Any
+
+from attrs import define, field
+
+from spwm.errors import SpwmError, TunnelProtocolError
+from spwm.limits import Limits
+from spwm.tunnel import events as ev
+from spwm.tunnel.decoder import FrameDecoder
+from spwm.tunnel.frames import (
+    FLAG_COMPONENT,
+    FLAG_FIN,
+    HEADER,
+    MAGIC,
+    MAX_VERSION,
+    MIN_VERSION,
+    PREFACE,
+    PREFACE_SIZE,
+    ChannelKind,
+    ErrorCode,
+    FrameType,
+    decode_error,
+    encode_control,
+    encode_error,
+    encode_frame,
+    encode_preface,
+)
+
+_PACK = HEADER.pack
+_DATAGRAM = int(FrameType.DATAGRAM)
+
+
+class Role(enum.Enum):
+    """
+    Which end of the tunnel a connection is.
+    """
+
+    AGENT = "agent"
+    CONTACT = "contact"
+
+
+class State(enum.Enum):
+    """
+    The life of a tunnel connection.
+    """
+
+    AWAIT_PREFACE = "await-preface"
+    AWAIT_HELLO = "await-hello"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class ChannelLimitError(SpwmError):
+    """
+    Opening one more channel would exceed L{Limits.max_channels}.
+    """
+
+
+@define
+class TunnelStats:
+    """
+    Counters of one tunnel, kept by the core and read by adapters and tests.
+    """
+
+    frames_in: int = 0
+    frames_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    datagrams_in: int = 0
+    datagrams_out: int = 0
+    media_dropped_stale: int = 0
+    media_dropped_overflow: int = 0
+    datagrams_unknown_channel: int = 0
+    late_frames: int = 0
+    pings_sent: int = 0
+    unknown_control: int = 0
+
+
+@define
+class _Channel:
+    kind: ChannelKind
+    meta: dict[str, Any]
+    local_fin: bool = False
+    remote_fin: bool = False
+
+
+class TunnelConnection:
+    """
+    One end of one tunnel.
+
+    @ivar role: L{Role.AGENT} or L{Role.CONTACT}.
+    @ivar state: the current L{State}.
+    @ivar stats: a L{TunnelStats}.
+    @ivar session_id: the session identity (set by the contact point; known to
+        the agent once the handshake has completed).
+    @ivar agent_id: the agent's identity (known to the contact point once the
+        handshake has completed).
+    @ivar version: the negotiated version, or C{None} before.
+    @ivar close_code: why the tunnel closed, once L{State.CLOSED}.
+    @ivar going_away: C{True} once either side has sent or received GOAWAY.
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        now: float,
+        *,
+        limits: Limits | None = None,
+        agent_id: str = "",
+        session_id: str = "",
+        hello: dict[str, Any] | None = None,
+        versions: tuple[int, int] = (MIN_VERSION, MAX_VERSION),
+    ) -> None:
+        """
+        @param role: which end this is.
+        @param now: the current time.
+        @param limits: the bounds of this tunnel.
+        @param agent_id: the agent's identity (agent side).
+        @param session_id: the session identity to hand out (contact side).
+        @param hello: extra fields for our hello (agent) or welcome (contact):
+            capabilities, resumption and authentication data.
+        @param versions: the range of versions we speak.
+        """
+        self.role = role
+        self.limits = limits or Limits()
+        self.state = State.AWAIT_PREFACE
+        self.stats = TunnelStats()
+        self.agent_id = agent_id
+        self.session_id = session_id
+        self.version: int | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.going_away = False
+        self._versions = versions
+        self._hello_extra = dict(hello or {})
+        self._decoder = FrameDecoder(self.limits.max_frame_payload)
+        self._preface_buf = b""
+        self._channels: dict[int, _Channel] = {}
+        self._closed_channels: OrderedDict[int, int] = OrderedDict()
+        self._next_channel = 1 if role is Role.AGENT else 2
+        self._highest_peer_channel = 0
+        self._priority: list[bytes] = []
+        self._priority_bytes = 0
+        self._media: deque[tuple[float, bytes]] = deque()
+        self._media_bytes = 0
+        self._stream: deque[bytes] = deque()
+        self._stream_bytes = 0
+        self._started = now
+        self._last_received = now
+        self._next_ping: float | None = None
+        self._drain_deadline: float | None = None
+        self._handlers = {
+            int(FrameType.CONTROL): self._on_control,
+            int(FrameType.SIP): self._on_sip,
+            int(FrameType.STREAM_DATA): self._on_stream_data,
+            int(FrameType.PING): self._on_ping,
+            int(FrameType.PONG): self._on_pong,
+            int(FrameType.GOAWAY): self._on_goaway,
+            int(FrameType.ERROR): self._on_error,
+        }
+        if role is Role.AGENT:
+            self._queue(encode_preface(*versions))
+
+    # -- input -------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> list[Any]:
+        """
+        Feed bytes from the peer.
+
+        @return: the events they cause, in order.  A protocol error by the peer
+            queues an ERROR frame and ends with a L{ev.TunnelClosed} event; the
+            connection then refuses more input (returns no events).
+        """
+        if self.state is State.CLOSED or not data:
+            return []
+        self._last_received = now
+        self.stats.bytes_in += len(data)
+        out: list[Any] = []
+        try:
+            if self.state is State.AWAIT_PREFACE:
+                data = self._take_preface(data, out)
+                if not data or self.state is State.CLOSED:
+                    return out
+            frames = self._decoder.feed(data)
+            self.stats.frames_in += len(frames)
+            channels = self._channels
+            handlers = self._handlers
+            opened = self.state is State.OPEN
+            for ftype, flags, channel, payload in frames:
+                if ftype == _DATAGRAM and opened:
+                    # The media fast path.
+                    ch = channels.get(channel)
+                    if ch is not None and ch.kind is ChannelKind.DATAGRAM:
+                        self.stats.datagrams_in += 1
+                        out.append(ev.DatagramReceived(channel, payload, flags & FLAG_COMPONENT))
+                    else:
+                        self._unknown_channel(channel, "datagram")
+                    continue
+                if not opened and ftype not in (
+                    FrameType.CONTROL,
+                    FrameType.ERROR,
+                    FrameType.PING,
+                    FrameType.PONG,
+                ):
+                    raise TunnelProtocolError(
+                        ErrorCode.PROTOCOL_ERROR,
+                        f"{FrameType(ftype).name} frame before the handshake",
+                    )
+                if ftype == _DATAGRAM:  # pragma: no cover - covered by the branch above
+                    continue
+                handlers[ftype](flags, channel, payload, now, out)
+                if self.state is State.CLOSED:
+                    break
+                opened = self.state is State.OPEN
+        except TunnelProtocolError as e:
+            out.append(self._fail(e.code, e.reason))
+        return out
+
+    def _take_preface(self, data: bytes, out: list[Any]) -> bytes:
+        need = PREFACE_SIZE - len(self._preface_buf)
+        self._preface_buf += data[:need]
+        rest = data[need:]
+        if len(self._preface_buf) < PREFACE_SIZE:
+            return b""
+        magic, low, high, _reserved = PREFACE.unpack(self._preface_buf)
+        if magic != MAGIC:
+            raise TunnelProtocolError(ErrorCode.PROTOCOL_ERROR, "peer is not an SPWM tunnel (bad magic)")
+        mine_low, mine_high = self._versions
+        if self.role is Role.CONTACT:
+            chosen = min(high, mine_high)
+            if chosen < max(low, mine_low):
+                self._queue(encode_preface(0, 0))
+                raise TunnelProtocolError(
+                    ErrorCode.VERSION_MISMATCH,
+                    f"agent speaks versions {low}-{high}, we speak {mine_low}-{mine_high}",
+                )
+            self.version = chosen
+            self._queue(encode_preface(chosen, chosen))
+        else:
+            if low != high or not mine_low <= low <= mine_high:
+                raise TunnelProtocolError(
+                    ErrorCode.VERSION_MISMATCH,
+                    f"contact point chose version {low}, we speak {mine_low}-{mine_high}",
+                )
+            self.version = low
+            hello = dict(self._hello_extra)
+            hello.update(op="hello", agent_id=self.agent_id, version=low)
+            self._queue(encode_control(hello))
+        self.state = State.AWAIT_HELLO
+        return rest
+
+    # -- frame handlers ----------------------------------------------------
+
+    def _on_control(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
+        try:
+            message = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            raise TunnelProtocolError(ErrorCode.BAD_CONTROL, "control frame is not JSON") from None
+        if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+            raise TunnelProtocolError(ErrorCode.BAD_CONTROL, "control frame without an op")
+        op = message["op"]
+        if self.state is State.AWAIT_HELLO:
+            expected = "hello" if self.role is Role.CONTACT else "welcome"
+            if op != expected:
+                raise TunnelProtocolError(ErrorCode.PROTOCOL_ERROR, f"expected {expected}, got {op!r}")
+            if self.role is Role.CONTACT:
+                agent_id = message.get("agent_id")
+                if not isinstance(agent_id, str) or len(agent_id) > 256:
+                    raise TunnelProtocolError(ErrorCode.BAD_CONTROL, "hello without a valid agent_id")
+                self.agent_id = agent_id
+                welcome = dict(self._hello_extra)
+                welcome.update(
+                    op="welcome",
+                    session_id=self.session_id,
+                    version=self.version,
+                    keepalive=self.limits.keepalive_interval,
+                )
+                self._queue(encode_control(welcome))
+            else:
+                session_id = message.get("session_id")
+                if not isinstance(session_id, str):
+                    raise TunnelProtocolError(ErrorCode.BAD_CONTROL, "welcome without a session_id")
+                self.session_id = session_id
+            self.state = State.OPEN
+            self._next_ping = now + self.limits.keepalive_interval
+            out.append(ev.HandshakeCompleted(self.version or 0, self.session_id, self.agent_id, message))
+            return
+        if op == "open":
+            self._on_open(message, out)
+        elif op == "close":
+            self._on_close(message, out)
+        else:
+            # Unknown operations are ignored so that a later version can add some.
+            self.stats.unknown_control += 1
+
+    def _on_open(self, message: dict[str, Any], out: list[Any]) -> None:
+        cid = message.get("channel")
+        kind = message.get("kind")
+        meta = message.get("meta", {})
+        if not isinstance(cid, int) or isinstance(cid, bool) or not isinstance(meta, dict):
+            raise TunnelProtocolError(ErrorCode.BAD_CONTROL, "malformed open")
+        try:
+            kind = ChannelKind(kind)
+        except ValueError:
+            raise TunnelProtocolError(ErrorCode.BAD_CONTROL, f"unknown channel kind {kind!r}") from None
+        peer_parity = 0 if self.role is Role.AGENT else 1
+        if cid <= 0 or cid % 2 != peer_parity or cid <= self._highest_peer_channel or cid > 0xFFFFFFFF:
+            raise TunnelProtocolError(ErrorCode.PROTOCOL_ERROR, f"peer opened invalid channel {cid}")
+        self._highest_peer_channel = cid
+        if len(self._channels) >= self.limits.max_channels:
+            self._remember_closed(cid)
+            self._queue(
+                encode_control(
+                    {
+                        "op": "close",
+                        "channel": cid,
+                        "code": int(ErrorCode.CHANNEL_LIMIT),
+                        "reason": f"more than {self.limits.max_channels} channels",
+                    }
+                )
+            )
+            return
+        self._channels[cid] = _Channel(kind, meta)
+        out.append(ev.ChannelOpened(cid, kind, meta))
+
+    def _on_close(self, message: dict[str, Any], out: list[Any]) -> None:
+        cid = message.get("channel")
+        code = message.get("code", 0)
+        reason = message.get("reason", "")
+        if not isinstance(cid, int) or not isinstance(code, int) or not isinstance(reason, str):
+            raise TunnelProtocolError(ErrorCode.BAD_CONTROL, "malformed close")
+        if self._channels.pop(cid, None) is None:
+            self._unknown_channel(cid, "close")
+            return
+        self._remember_closed(cid)
+        out.append(ev.ChannelClosed(cid, code, reason))
+
+    def _on_sip(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
+        out.append(ev.SipReceived(channel, payload))
+
+    def _on_stream_data(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
+        ch = self._channels.get(channel)
+        if ch is None or ch.kind is not ChannelKind.STREAM:
+            self._unknown_channel(channel, "stream data")
+            return
+        if ch.remote_fin:
+            raise TunnelProtocolError(ErrorCode.PROTOCOL_ERROR, f"data after end of stream on channel {channel}")
+        if payload:
+            out.append(ev.StreamDataReceived(channel, payload))
+        if flags & FLAG_FIN:
+            ch.remote_fin = True
+            out.append(ev.StreamEnded(channel))
+
+    def _on_ping(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
+        self._queue(encode_frame(FrameType.PONG, 0, 0, payload))
+
+    def _on_pong(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
+        pass
+
+    def _on_goaway(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
+        try:
+            message = json.loads(payload)
+            code = int(message.get("code", 0))
+            reason = str(message.get("reason", ""))
+            drain = float(message.get("drain", 0.0))
+        except (ValueError, TypeError, AttributeError):
+            raise TunnelProtocolError(ErrorCode.BAD_CONTROL, "malformed go-away") from None
+        self.going_away = True
+        out.append(ev.PeerWentAway(code, reason, max(0.0, drain)))
+
+    def _on_error(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
+        try:
+            code, reason = decode_error(payload)
+        except ValueError:
+            code, reason = int(ErrorCode.PROTOCOL_ERROR), "malformed error frame"
+        self._clear_queues()
+        self.state = State.CLOSED
+        self.close_code, self.close_reason = code, reason
+        out.append(ev.TunnelClosed(code, reason, True))
+
+    def _unknown_channel(self, cid: int, what: str) -> None:
+        own_parity = 1 if self.role is Role.AGENT else 0
+        if cid % 2 == own_parity:
+            known = 0 < cid < self._next_channel
+        else:
+            known = 0 < cid <= self._highest_peer_channel
+        if not known:
+            raise TunnelProtocolError(ErrorCode.UNKNOWN_CHANNEL, f"{what} on unknown channel {cid}")
+        self.stats.late_frames += 1
+
+    def _remember_closed(self, cid: int) -> None:
+        closed = self._closed_channels
+        closed[cid] = 1
+        if len(closed) > self.limits.closed_channel_memory:
+            closed.popitem(last=False)
+
+    # -- output API --------------------------------------------------------
+
+    def _queue(self, frame: bytes) -> None:
+        self._priority.append(frame)
+        self._priority_bytes += len(frame)
+
+    def _require_open(self) -> None:
+        if self.state is not State.OPEN:
+            raise RuntimeError(f"tunnel is {self.state.value}, not open")
+
+    def send_sip(self, flow_id: int, data: bytes) -> None:
+        """
+        Queue one SIP message for application flow C{flow_id}.  SIP is never
+        dropped; if the peer does not read and the priority queue overflows,
+        the tunnel is closed (see L{data_to_send}).
+
+        @raise ValueError: if the message does not fit in one frame.
+        @raise RuntimeError: if the tunnel is not open.
+        """
+        self._require_open()
+        if len(data) > self.limits.max_frame_payload:
+            raise ValueError(f"SIP message of {len(data)} bytes does not fit in a frame")
+        self._queue(encode_frame(FrameType.SIP, 0, flow_id, data))
+
+    def open_channel(self, kind: ChannelKind, meta: dict[str, Any]) -> int:
+        """
+        Open a channel and return its id.  The open message is queued ahead of
+        any SIP frame queued after this call, so the peer knows the channel
+        before it reads a message that refers to it.
+
+        @raise ChannelLimitError: if the tunnel has L{Limits.max_channels} open.
+        """
+        self._require_open()
+        if len(self._channels) >= self.limits.max_channels:
+            raise ChannelLimitError(f"{len(self._channels)} channels open, limit {self.limits.max_channels}")
+        cid = self._next_channel
+        self._next_channel += 2
+        self._channels[cid] = _Channel(kind, meta)
+        self._queue(encode_control({"op": "open", "channel": cid, "kind": kind.value, "meta": meta}))
+        return cid
+
+    def close_channel(self, channel_id: int, code: int = 0, reason: str = "") -> None:
+        """
+        Close a channel (ours or the peer's).  Closing one that is not open does nothing.
+        """
+        if self.state is State.CLOSED or self._channels.pop(channel_id, None) is None:
+            return
+        self._remember_closed(channel_id)
+        self._queue(encode_control({"op": "close", "channel": channel_id, "code": int(code), "reason": reason}))
+
+    def is_open_channel(self, channel_id: int) -> bool:
+        """
+        Whether C{channel_id} is an open channel.
+        """
+        return channel_id in self._channels
+
+    @property
+    def channel_count(self) -> int:
+        """
+        The number of open channels.
+        """
+        return len(self._channels)
+
+    def send_datagram(self, channel_id: int, data: bytes, now: float, component: int = 0) -> None:
+        """
+        Queue a datagram.  It is dropped and counted if the channel is not open,
+        if the media queue is full, or, later, if it waited longer than the
+        media deadline.  This is the media hot path.
+        """
+        if self.state is not State.OPEN or channel_id not in self._channels:
+            self.stats.datagrams_unknown_channel += 1
+            return
+        media = self._media
+        if media:
+            # Purge what is already stale, so a paused tunnel holds no more
+            # than one deadline's worth of media.
+            limit = now - self.limits.media_deadline
+            while media and media[0][0] < limit:
+                self._media_bytes -= len(media.popleft()[1])
+                self.stats.media_dropped_stale += 1
+            if self._media_bytes > self.limits.max_media_queue:
+                self.stats.media_dropped_overflow += 1
+                return
+        frame = _PACK(_DATAGRAM, component, channel_id, len(data)) + data
+        media.append((now, frame))
+        self._media_bytes += len(frame)
+        self.stats.datagrams_out += 1
+
+    def send_stream_data(self, channel_id: int, data: bytes, fin: bool = False) -> bool:
+        """
+        Queue bytes on a stream channel, split into frames.
+
+        @return: C{False} if the stream queue is now over its limit and the
+            caller should pause its source until L{stream_queue_bytes} drops.
+        @raise ValueError: if the channel is not an open stream channel, or
+            the stream has already been ended.
+        """
+        self._require_open()
+        ch = self._channels.get(channel_id)
+        if ch is None or ch.kind is not ChannelKind.STREAM:
+            raise ValueError(f"channel {channel_id} is not an open stream channel")
+        if ch.local_fin:
+            raise ValueError(f"stream on channel {channel_id} already ended")
+        step = self.limits.max_frame_payload
+        for i in range(0, max(len(data), 1), step):
+            chunk = data[i : i + step]
+            last = i + step >= len(data)
+            flags = FLAG_FIN if (fin and last) else 0
+            if not chunk and not flags:
+                continue
+            frame = encode_frame(FrameType.STREAM_DATA, flags, channel_id, chunk)
+            self._stream.append(frame)
+            self._stream_bytes += len(frame)
+        if fin:
+            ch.local_fin = True
+        return self._stream_bytes <= self.limits.max_stream_queue
+
+    @property
+    def stream_queue_bytes(self) -> int:
+        """
+        Bytes of stream data waiting to be sent.
+        """
+        return self._stream_bytes
+
+    def go_away(self, now: float, reason: str = "shutting down", drain: float | None = None) -> None:
+        """
+        Tell the peer that we are draining: it should move elsewhere.  The
+        tunnel closes by itself after the drain time.
+        """
+        if self.state is State.CLOSED or self.going_away:
+            return
+        drain = self.limits.drain_time if drain is None else drain
+        self.going_away = True
+        self._drain_deadline = now + drain
+        payload = json.dumps({"code": int(ErrorCode.GOING_AWAY), "reason": reason, "drain": drain}).encode()
+        self._queue(encode_frame(FrameType.GOAWAY, 0, 0, payload))
+
+    def close(self, code: int = ErrorCode.NO_ERROR, reason: str = "closed") -> ev.TunnelClosed | None:
+        """
+        End the tunnel: queue an ERROR frame (code 0 for a normal close) and
+        refuse everything after it.
+
+        @return: the L{ev.TunnelClosed} event, or C{None} if already closed.
+        """
+        if self.state is State.CLOSED:
+            return None
+        return self._fail(code, reason, by_peer=False)
+
+    def _fail(self, code: int, reason: str, by_peer: bool = False) -> ev.TunnelClosed:
+        self._clear_queues(keep_priority=True)
+        self._queue(encode_error(code, reason))
+        self.state = State.CLOSED
+        self.close_code, self.close_reason = int(code), reason
+        return ev.TunnelClosed(int(code), reason, by_peer)
+
+    def _clear_queues(self, keep_priority: bool = False) -> None:
+        if not keep_priority:
+            self._priority.clear()
+            self._priority_bytes = 0
+        self._media.clear()
+        self._media_bytes = 0
+        self._stream.clear()
+        self._stream_bytes = 0
+        self._channels.clear()
+
+    # -- the scheduler -----------------------------------------------------
+
+    def data_to_send(self, now: float, max_bytes: int | None = None) -> bytes:
+        """
+        Run the scheduler and return the bytes to write now.
+
+        Control and SIP frames always go first and in full; then media
+        datagrams (those older than the media deadline are dropped and
+        counted); then stream data, as far as C{max_bytes} allows.
+        """
+        parts = self._priority
+        size = self._priority_bytes
+        if parts:
+            self._priority = []
+            self._priority_bytes = 0
+        else:
+            parts = []
+        media = self._media
+        if media:
+            limit = now - self.limits.media_deadline
+            stats = self.stats
+            while media:
+                queued, frame = media[0]
+                if queued < limit:
+                    media.popleft()
+                    self._media_bytes -= len(frame)
+                    stats.media_dropped_stale += 1
+                    continue
+                if max_bytes is not None and size + len(frame) > max_bytes:
+                    break
+                media.popleft()
+                self._media_bytes -= len(frame)
+                parts.append(frame)
+                size += len(frame)
+        stream = self._stream
+        while stream and (max_bytes is None or size < max_bytes):
+            frame = stream.popleft()
+            self._stream_bytes -= len(frame)
+            parts.append(frame)
+            size += len(frame)
+        if not parts:
+            return b""
+        self.stats.frames_out += len(parts)
+        self.stats.bytes_out += size
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    @property
+    def priority_queue_bytes(self) -> int:
+        """
+        Bytes of control and SIP frames waiting to be sent.
+        """
+        return self._priority_bytes
+
+    def check_queues(self) -> ev.TunnelClosed | None:
+        """
+        Close the tunnel if its priority queue is over the limit (the peer has
+        stopped reading while we must not drop SIP).  Adapters call this
+        while paused.
+        """
+        if self.state is not State.CLOSED and self._priority_bytes > self.limits.max_priority_queue:
+            return self._fail(
+                ErrorCode.QUEUE_OVERFLOW,
+                f"{self._priority_bytes} bytes of signalling queued, limit {self.limits.max_priority_queue}",
+            )
+        return None
+
+    # -- time --------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """
+        The time at which L{handle_timer} must be called, or C{None}.
+        """
+        if self.state is State.CLOSED:
+            return None
+        if self.state is not State.OPEN:
+            return self._started + self.limits.handshake_timeout
+        deadline = self._last_received + self.limits.keepalive_timeout
+        if self._next_ping is not None and self._next_ping < deadline:
+            deadline = self._next_ping
+        if self._drain_deadline is not None and self._drain_deadline < deadline:
+            deadline = self._drain_deadline
+        return deadline
+
+    def handle_timer(self, now: float) -> list[Any]:
+        """
+        Act on timeouts: handshake, keepalive, drain.
+        """
+        if self.state is State.CLOSED:
+            return []
+        limits = self.limits
+        if self.state is not State.OPEN:
+            if now >= self._started + limits.handshake_timeout:
+                return [self._fail(ErrorCode.HANDSHAKE_TIMEOUT, f"no handshake within {limits.handshake_timeout:g} s")]
+            return []
+        if now >= self._last_received + limits.keepalive_timeout:
+            return [self._fail(ErrorCode.KEEPALIVE_TIMEOUT, f"peer silent for {limits.keepalive_timeout:g} s")]
+        if self._drain_deadline is not None and now >= self._drain_deadline:
+            return [self._fail(ErrorCode.GOING_AWAY, "drain time over")]
+        if self._next_ping is not None and now >= self._next_ping:
+            if now - self._last_received >= limits.keepalive_interval:
+                self._queue(encode_frame(FrameType.PING, 0, 0, b""))
+                self.stats.pings_sent += 1
+            self._next_ping = now + limits.keepalive_interval
+        return []

@@ -1,0 +1,533 @@
+# -*- test-case-name: tests.test_tunnel_protocol -*-
+"""
+The Twisted adapter of the tunnel core, and the factories of both ends.
+
+L{TunnelProtocol} feeds a L{TunnelConnection} with what the transport
+receives, hands the events to an application object (L{TunnelApplication}),
+writes what the core has to send unless the transport has paused us, and keeps
+one timer per connection for the core's deadlines.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from typing import Any, Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from spwm.limits import Limits
+from spwm.tunnel import events as ev
+from spwm.tunnel.connection import ChannelLimitError, Role, State, TunnelConnection
+from spwm.tunnel.frames import ChannelKind, ErrorCode
+
+__all__ = [
+    "ApplicationMux",
+    "ChannelLimitError",
+    "TunnelApplication",
+    "TunnelProtocol",
+    "AgentTunnelFactory",
+    "ContactTunnelFactory",
+]
+
+
+class TunnelApplication(TypingProtocol):
+    """
+    What a tunnel hands its events to.  See C{docs/architecture.md}.
+    """
+
+    def tunnel_established(self, tunnel: TunnelProtocol) -> None: ...
+
+    def tunnel_lost(self, tunnel: TunnelProtocol, reason: str) -> None: ...
+
+    def sip_received(self, tunnel: TunnelProtocol, flow_id: int, data: bytes) -> None: ...
+
+    def channel_requested(
+        self, tunnel: TunnelProtocol, channel_id: int, kind: ChannelKind, meta: dict[str, Any]
+    ) -> None: ...
+
+    def datagram_received(self, tunnel: TunnelProtocol, channel_id: int, data: bytes, component: int) -> None: ...
+
+    def stream_data_received(self, tunnel: TunnelProtocol, channel_id: int, data: bytes) -> None: ...
+
+    def stream_ended(self, tunnel: TunnelProtocol, channel_id: int) -> None: ...
+
+    def channel_closed(self, tunnel: TunnelProtocol, channel_id: int, code: int, reason: str) -> None: ...
+
+
+class ApplicationMux:
+    """
+    A L{TunnelApplication} that fans events out to several parts: SIP to
+    C{sip}, channel events by the channel's C{meta["use"]} to the part
+    registered for that use, lifecycle events to everyone.  A channel whose
+    use has no part is refused.
+
+    @ivar sip: the part that gets SIP, or C{None} to drop SIP.
+    """
+
+    log = Logger()
+
+    def __init__(self, sip: Any = None, parts: dict[str, Any] | None = None) -> None:
+        self.sip = sip
+        self.parts: dict[str, Any] = dict(parts or {})
+        self._channels: dict[tuple[int, int], Any] = {}
+
+    def _everyone(self) -> list[Any]:
+        seen: list[Any] = []
+        for part in [self.sip, *self.parts.values()]:
+            if part is not None and all(part is not s for s in seen):
+                seen.append(part)
+        return seen
+
+    def tunnel_established(self, tunnel: TunnelProtocol) -> None:
+        for part in self._everyone():
+            part.tunnel_established(tunnel)
+
+    def tunnel_lost(self, tunnel: TunnelProtocol, reason: str) -> None:
+        key = id(tunnel)
+        for k in [k for k in self._channels if k[0] == key]:
+            del self._channels[k]
+        for part in self._everyone():
+            part.tunnel_lost(tunnel, reason)
+
+    def sip_received(self, tunnel: TunnelProtocol, flow_id: int, data: bytes) -> None:
+        if self.sip is not None:
+            self.sip.sip_received(tunnel, flow_id, data)
+
+    def channel_opened_locally(self, tunnel: TunnelProtocol, channel_id: int, part: Any) -> None:
+        """
+        Route the events of a channel that we opened to C{part}.
+        """
+        self._channels[id(tunnel), channel_id] = part
+
+    def channel_requested(self, tunnel: TunnelProtocol, channel_id: int, kind: ChannelKind, meta: dict[str, Any]) -> None:
+        use = meta.get("use")
+        part = self.parts.get(use) if isinstance(use, str) else None
+        if part is None:
+            self.log.warn(
+                "refusing channel {channel_id} from {peer}: no handler for use {use!r}",
+                channel_id=channel_id,
+                peer=tunnel.peer,
+                use=use,
+            )
+            tunnel.close_channel(channel_id, ErrorCode.REFUSED, f"unknown channel use {use!r}")
+            return
+        self._channels[id(tunnel), channel_id] = part
+        part.channel_requested(tunnel, channel_id, kind, meta)
+
+    def datagram_received(self, tunnel: TunnelProtocol, channel_id: int, data: bytes, component: int) -> None:
+        part = self._channels.get((id(tunnel), channel_id))
+        if part is not None:
+            part.datagram_received(tunnel, channel_id, data, component)
+
+    def stream_data_received(self, tunnel: TunnelProtocol, channel_id: int, data: bytes) -> None:
+        part = self._channels.get((id(tunnel), channel_id))
+        if part is not None:
+            part.stream_data_received(tunnel, channel_id, data)
+
+    def stream_ended(self, tunnel: TunnelProtocol, channel_id: int) -> None:
+        part = self._channels.get((id(tunnel), channel_id))
+        if part is not None:
+            part.stream_ended(tunnel, channel_id)
+
+    def channel_closed(self, tunnel: TunnelProtocol, channel_id: int, code: int, reason: str) -> None:
+        part = self._channels.pop((id(tunnel), channel_id), None)
+        if part is not None:
+            part.channel_closed(tunnel, channel_id, code, reason)
+
+    def forget_channel(self, tunnel: TunnelProtocol, channel_id: int) -> None:
+        """
+        Stop routing a channel that we closed ourselves.
+        """
+        self._channels.pop((id(tunnel), channel_id), None)
+
+
+@implementer(IPushProducer)
+class TunnelProtocol(Protocol):
+    """
+    One tunnel connection, either end.
+
+    @ivar connection: the L{TunnelConnection} core.
+    @ivar app: the application it reports to.
+    @ivar handshake_done: a L{Deferred} that fires with this protocol when the
+        handshake completes, or fails when the tunnel closes before that.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        role: Role,
+        app: TunnelApplication,
+        clock: IReactorTime,
+        limits: Limits,
+        *,
+        agent_id: str = "",
+        session_id: str = "",
+        hello: dict[str, Any] | None = None,
+        registry: set[TunnelProtocol] | None = None,
+    ) -> None:
+        """
+        @param registry: a set that holds this protocol while it is connected.
+        """
+        self._role = role
+        self._registry = registry
+        self.app = app
+        self._clock = clock
+        self._limits = limits
+        self._core_args = dict(agent_id=agent_id, session_id=session_id, hello=hello)
+        self.connection: TunnelConnection | None = None
+        self.handshake_done: Deferred[TunnelProtocol] = Deferred()
+        self.peer = "?"
+        self._paused = False
+        self._timer: IDelayedCall | None = None
+        self._timer_at: float | None = None
+        self._established = False
+        self._lost = False
+        self.go_away_info: ev.PeerWentAway | None = None
+        self.close_info: ev.TunnelClosed | None = None
+        #: called with this protocol when the peer sends go-away
+        self.go_away_handler: Any = None
+        self._write = None
+        self._dispatch = {
+            ev.DatagramReceived: self._on_datagram,
+            ev.HandshakeCompleted: self._on_handshake,
+            ev.SipReceived: lambda e: self.app.sip_received(self, e.flow_id, e.data),
+            ev.ChannelOpened: lambda e: self.app.channel_requested(self, e.channel_id, e.kind, e.meta),
+            ev.ChannelClosed: lambda e: self.app.channel_closed(self, e.channel_id, e.code, e.reason),
+            ev.StreamDataReceived: lambda e: self.app.stream_data_received(self, e.channel_id, e.data),
+            ev.StreamEnded: lambda e: self.app.stream_ended(self, e.channel_id),
+            ev.PeerWentAway: self._on_goaway,
+            ev.TunnelClosed: self._on_closed,
+        }
+
+    # -- identity ------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        """
+        The contact point's name for this session.
+        """
+        return self.connection.session_id if self.connection else ""
+
+    @property
+    def agent_id(self) -> str:
+        """
+        The agent's identity.
+        """
+        return self.connection.agent_id if self.connection else ""
+
+    # -- Protocol ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        host = getattr(peer, "host", None)
+        self.peer = f"{host}:{peer.port}" if host is not None else str(peer)
+        self._write = self.transport.write
+        if self._registry is not None:
+            self._registry.add(self)
+        self._set_socket_options()
+        self.connection = TunnelConnection(self._role, self._clock.seconds(), limits=self._limits, **self._core_args)
+        self.transport.registerProducer(self, True)
+        self._flush()
+        self._rearm()
+
+    def _set_socket_options(self) -> None:
+        # Keep the kernel's share of the send queue small, so that the media
+        # deadline, not a deep socket buffer, decides what waits.
+        transport = self.transport
+        for _ in range(4):
+            handle = getattr(transport, "getHandle", None)
+            if handle is not None:
+                break
+            transport = getattr(transport, "transport", None)
+            if transport is None:
+                return
+        else:
+            return
+        try:
+            sock = transport.getHandle()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            lowat = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+            sock.setsockopt(socket.IPPROTO_TCP, lowat, 16384)
+        except (OSError, AttributeError):
+            pass
+
+    def dataReceived(self, data: bytes) -> None:
+        connection = self.connection
+        if connection is None:
+            return
+        try:
+            events = connection.receive_data(data, self._clock.seconds())
+            dispatch = self._dispatch
+            for event in events:
+                dispatch[type(event)](event)
+        except Exception:
+            self.log.failure("unexpected error on tunnel from {peer}", peer=self.peer)
+            closed = connection.close(ErrorCode.INTERNAL_ERROR, "internal error")
+            if closed is not None:
+                self._on_closed(closed)
+        self._flush()
+        self._rearm()
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self._lost = True
+        if self._registry is not None:
+            self._registry.discard(self)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        why = self.close_info.reason if self.close_info else reason.getErrorMessage() if reason else "lost"
+        if not self.handshake_done.called:
+            self.handshake_done.errback(reason or Failure(ConnectionError(why)))
+        if self._established:
+            self._established = False
+            try:
+                self.app.tunnel_lost(self, why)
+            except Exception:
+                self.log.failure("error in tunnel_lost for {peer}", peer=self.peer)
+
+    # -- event handlers ----------------------------------------------------
+
+    def _on_datagram(self, e: ev.DatagramReceived) -> None:
+        self.app.datagram_received(self, e.channel_id, e.data, e.component)
+
+    def _on_handshake(self, e: ev.HandshakeCompleted) -> None:
+        self._established = True
+        self.log.info(
+            "tunnel up with {peer}: agent {agent_id}, session {session_id}, version {version}",
+            peer=self.peer,
+            agent_id=e.agent_id,
+            session_id=e.session_id,
+            version=e.version,
+        )
+        self.app.tunnel_established(self)
+        if not self.handshake_done.called:
+            self.handshake_done.callback(self)
+
+    def _on_goaway(self, e: ev.PeerWentAway) -> None:
+        self.go_away_info = e
+        self.log.info("peer {peer} is going away ({reason}); drain {drain} s", peer=self.peer, reason=e.reason, drain=e.drain)
+        if self.go_away_handler is not None:
+            self.go_away_handler(self)
+
+    def _on_closed(self, e: ev.TunnelClosed) -> None:
+        self.close_info = e
+        if e.code == ErrorCode.NO_ERROR:
+            self.log.info("tunnel with {peer} closed: {reason}", peer=self.peer, reason=e.reason)
+        else:
+            self.log.warn(
+                "tunnel with {peer} closed {side}: {code} {reason}",
+                peer=self.peer,
+                side="by peer" if e.by_peer else "by us",
+                code=ErrorCode(e.code).name if e.code in ErrorCode._value2member_map_ else e.code,
+                reason=e.reason,
+            )
+
+    # -- application API ---------------------------------------------------
+
+    def send_sip(self, flow_id: int, data: bytes) -> None:
+        """
+        Send one SIP message for application flow C{flow_id}.
+        """
+        self.connection.send_sip(flow_id, data)
+        self._flush()
+
+    def open_channel(self, kind: ChannelKind, meta: dict[str, Any]) -> int:
+        """
+        Open a channel; return its id.
+
+        @raise ChannelLimitError: at the channel limit.
+        """
+        cid = self.connection.open_channel(kind, meta)
+        self._flush()
+        return cid
+
+    def close_channel(self, channel_id: int, code: int = 0, reason: str = "") -> None:
+        """
+        Close a channel.
+        """
+        if self.connection is not None:
+            self.connection.close_channel(channel_id, code, reason)
+            self._flush()
+
+    def send_datagram(self, channel_id: int, data: bytes, component: int = 0) -> None:
+        """
+        Send a datagram on a channel (the media hot path).
+        """
+        connection = self.connection
+        connection.send_datagram(channel_id, data, self._clock.seconds(), component)
+        if not self._paused:
+            out = connection.data_to_send(self._clock.seconds())
+            if out:
+                self._write(out)
+
+    def send_stream_data(self, channel_id: int, data: bytes) -> bool:
+        """
+        Send stream bytes; C{False} means pause the source.
+        """
+        more = self.connection.send_stream_data(channel_id, data)
+        self._flush()
+        return more
+
+    def end_stream(self, channel_id: int) -> None:
+        """
+        End our direction of a stream channel.
+        """
+        self.connection.send_stream_data(channel_id, b"", fin=True)
+        self._flush()
+
+    def go_away(self, reason: str = "shutting down", drain: float | None = None) -> None:
+        """
+        Tell the peer we are draining.
+        """
+        if self.connection is not None:
+            self.connection.go_away(self._clock.seconds(), reason, drain)
+            self._flush()
+            self._rearm()
+
+    def close(self, code: int = ErrorCode.NO_ERROR, reason: str = "closed") -> None:
+        """
+        Close the tunnel with a reason.
+        """
+        if self.connection is None:
+            self.transport.loseConnection()
+            return
+        closed = self.connection.close(code, reason)
+        if closed is not None:
+            self._on_closed(closed)
+        self._flush()
+
+    @property
+    def is_open(self) -> bool:
+        """
+        Whether the handshake has completed and the tunnel is not closed.
+        """
+        return self.connection is not None and self.connection.state is State.OPEN
+
+    # -- output and timers -----------------------------------------------
+
+    def _flush(self) -> None:
+        connection = self.connection
+        if connection is None or self._lost:
+            return
+        if not self._paused or connection.state is State.CLOSED:
+            out = connection.data_to_send(self._clock.seconds())
+            if out:
+                self._write(out)
+        else:
+            closed = connection.check_queues()
+            if closed is not None:
+                self._on_closed(closed)
+                out = connection.data_to_send(self._clock.seconds())
+                if out:
+                    self._write(out)
+        if connection.state is State.CLOSED:
+            self.transport.loseConnection()
+
+    def _rearm(self) -> None:
+        if self.connection is None or self._lost:
+            return
+        deadline = self.connection.next_deadline()
+        if deadline == self._timer_at and self._timer is not None and self._timer.active():
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            delay = max(0.0, deadline - self._clock.seconds())
+            self._timer = self._clock.callLater(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            for event in self.connection.handle_timer(self._clock.seconds()):
+                self._dispatch[type(event)](event)
+        except Exception:
+            self.log.failure("unexpected error in tunnel timer for {peer}", peer=self.peer)
+            self.connection.close(ErrorCode.INTERNAL_ERROR, "internal error")
+        self._flush()
+        self._rearm()
+
+    # -- IPushProducer ---------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._flush()
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+
+class _TunnelFactory(Factory):
+    noisy = False
+
+    def __init__(self, app: TunnelApplication, clock: IReactorTime, limits: Limits | None = None) -> None:
+        self.app = app
+        self.clock = clock
+        self.limits = limits or Limits()
+
+
+class AgentTunnelFactory(_TunnelFactory):
+    """
+    Builds the agent's end of a tunnel.
+
+    @ivar agent_id: the agent's identity, sent in the hello.
+    @ivar hello: extra hello fields (capabilities, resumption data), or a
+        callable returning them at connection time.
+    """
+
+    def __init__(
+        self,
+        app: TunnelApplication,
+        clock: IReactorTime,
+        agent_id: str,
+        limits: Limits | None = None,
+        hello: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(app, clock, limits)
+        self.agent_id = agent_id
+        self.hello = hello
+
+    def buildProtocol(self, addr: Any) -> TunnelProtocol:
+        hello = self.hello() if callable(self.hello) else self.hello
+        return TunnelProtocol(Role.AGENT, self.app, self.clock, self.limits, agent_id=self.agent_id, hello=hello)
+
+
+class ContactTunnelFactory(_TunnelFactory):
+    """
+    Builds the contact point's end of each tunnel and tracks the open ones.
+
+    @ivar tunnels: the protocols of every connected tunnel.
+    """
+
+    def __init__(self, app: TunnelApplication, clock: IReactorTime, limits: Limits | None = None) -> None:
+        super().__init__(app, clock, limits)
+        self.tunnels: set[TunnelProtocol] = set()
+
+    def buildProtocol(self, addr: Any) -> TunnelProtocol:
+        return TunnelProtocol(
+            Role.CONTACT,
+            self.app,
+            self.clock,
+            self.limits,
+            session_id=secrets.token_hex(8),
+            registry=self.tunnels,
+        )
+
+    def go_away_all(self, reason: str = "shutting down", drain: float | None = None) -> None:
+        """
+        Send go-away on every tunnel.
+        """
+        for tunnel in list(self.tunnels):
+            tunnel.go_away(reason, drain)

@@ -1,0 +1,475 @@
+# -*- test-case-name: tests.test_tunnel_service -*-
+"""
+The services that keep tunnels: the agent's reconnecting client (TLS, HTTP
+CONNECT proxies, jittered backoff) and the contact point's listener (TLS,
+go-away and drain on stop).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+from OpenSSL import SSL
+from twisted.application.internet import ClientService
+from twisted.application.service import Service
+from twisted.internet import ssl
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from spwm.tunnel.frames import ALPN
+from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory, TunnelProtocol
+
+# OpenSSL's X509_V_ERR_* codes that people meet, in words.
+_VERIFY_ERRORS = {
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    18: "self-signed certificate (untrusted)",
+    19: "self-signed certificate in chain (untrusted)",
+    20: "issuer certificate not found (untrusted)",
+    21: "unable to verify the first certificate (untrusted)",
+    23: "certificate has been revoked",
+    26: "unsupported certificate purpose",
+    62: "hostname mismatch",
+}
+
+
+def describe_failure(failure: Failure | BaseException | None, tls_error: str | None = None) -> str:
+    """
+    Say in one line why a connection attempt failed.
+    """
+    if failure is None:
+        return "unknown reason"
+    exc = failure.value if isinstance(failure, Failure) else failure
+    name = type(exc).__name__
+    if name == "VerificationError":
+        return f"certificate does not match the server name: {exc}"
+    if isinstance(exc, SSL.Error):
+        if tls_error:
+            return f"TLS certificate verification failed: {tls_error}"
+        return f"TLS error: {exc}"
+    text = str(exc) or name
+    return text if tls_error is None else f"{text} ({tls_error})"
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class ReportingClientTLS:
+    """
+    Wrap Twisted's client TLS options so that a failed certificate check
+    is remembered with its reason (expired, untrusted, ...).
+
+    @ivar last_error: the reason of the latest failed check, or C{None}.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.last_error: str | None = None
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        self.last_error = None
+        connection = self._inner.clientConnectionForTLS(tlsProtocol)
+        connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
+        return connection
+
+    def _verify(self, connection: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
+        if not ok and self.last_error is None:
+            self.last_error = _VERIFY_ERRORS.get(errno, f"X509 verify error {errno}")
+        return bool(ok)
+
+
+def client_tls_options(server_name: str, ca_file: str | None, client_cert: Any = None) -> ReportingClientTLS:
+    """
+    TLS options of the agent: TLS 1.2 or later, ALPN C{spwm/1}, the contact
+    point's certificate checked against C{server_name} (service-identity)
+    with the system's trust store or the certificates in C{ca_file}.
+    """
+    if ca_file is None:
+        trust = ssl.platformTrust()
+    else:
+        with open(ca_file, "rb") as f:
+            pem = f.read()
+        certs = [ssl.Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + block) for block in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
+        trust = ssl.trustRootFromCertificates(certs)
+    options = ssl.optionsForClientTLS(
+        server_name,
+        trustRoot=trust,
+        clientCertificate=client_cert,
+        acceptableProtocols=[ALPN],
+        extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2},
+    )
+    return ReportingClientTLS(options)
+
+
+def server_tls_factory(cert_file: str, key_file: str, wrapped: Factory, clock: IReactorTime | None = None) -> TLSMemoryBIOFactory:
+    """
+    Wrap the contact point's tunnel factory in TLS with the PEM certificate
+    (and chain) in C{cert_file} and the key in C{key_file}.
+    """
+    with open(cert_file, "rb") as f:
+        cert_pem = f.read()
+    with open(key_file, "rb") as f:
+        key_pem = f.read()
+    blocks = [b"-----BEGIN CERTIFICATE-----" + b for b in cert_pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
+    if not blocks:
+        raise ValueError(f"no certificate in {cert_file}")
+    cert = ssl.Certificate.loadPEM(blocks[0])
+    key = ssl.KeyPair.load(key_pem, ssl.FILETYPE_PEM)
+    chain = [ssl.Certificate.loadPEM(b).original for b in blocks[1:]]
+    options = ssl.CertificateOptions(
+        privateKey=key.original,
+        certificate=cert.original,
+        extraCertChain=chain,
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        acceptableProtocols=[ALPN],
+    )
+    return TLSMemoryBIOFactory(options, False, wrapped, clock=clock)
+
+
+# -- HTTP CONNECT ---------------------------------------------------------
+
+
+class _ConnectProtocol(Protocol):
+    """
+    Speaks HTTP CONNECT to a proxy, then hands the connection to the real
+    protocol.
+    """
+
+    max_response = 16384
+
+    def __init__(self, target: str, wrapped: Protocol, done: Deferred[Protocol]) -> None:
+        self._target = target
+        self._wrapped = wrapped
+        self._done = done
+        self._buf = b""
+        self._tunnelled = False
+
+    def connectionMade(self) -> None:
+        self.transport.write(
+            f"CONNECT {self._target} HTTP/1.1\r\nHost: {self._target}\r\n\r\n".encode("ascii")
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._tunnelled:
+            self._wrapped.dataReceived(data)
+            return
+        self._buf += data
+        head, sep, rest = self._buf.partition(b"\r\n\r\n")
+        if not sep:
+            if len(self._buf) > self.max_response:
+                self._fail("HTTP proxy sent an over-long response")
+            return
+        status_line = head.split(b"\r\n", 1)[0]
+        parts = status_line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].startswith(b"2"):
+            self._fail(f"HTTP proxy refused CONNECT: {status_line.decode('latin-1')!r}")
+            return
+        self._tunnelled = True
+        self._buf = b""
+        # Hand over: the real protocol now owns this transport.
+        self.transport.protocol = self._wrapped
+        self._wrapped.makeConnection(self.transport)
+        self._done.callback(self._wrapped)
+        if rest:
+            self._wrapped.dataReceived(rest)
+
+    def _fail(self, reason: str) -> None:
+        self.transport.loseConnection()
+        if not self._done.called:
+            self._done.errback(Failure(ConnectionError(reason)))
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        if self._tunnelled:
+            self._wrapped.connectionLost(reason)
+        elif not self._done.called:
+            self._done.errback(reason or Failure(ConnectionError("HTTP proxy closed the connection")))
+
+
+class _ConnectFactory(Factory):
+    noisy = False
+
+    def __init__(self, target: str, wrapped: Factory, done: Deferred[Protocol]) -> None:
+        self._target = target
+        self._wrapped_factory = wrapped
+        self._done = done
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        wrapped = self._wrapped_factory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return _ConnectProtocol(self._target, wrapped, self._done)
+
+
+@implementer(IStreamClientEndpoint)
+class HTTPConnectEndpoint:
+    """
+    Connect through an HTTP proxy with C{CONNECT host:port}.
+    """
+
+    def __init__(self, proxy: IStreamClientEndpoint, host: str, port: int) -> None:
+        self._proxy = proxy
+        self._target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def connect(self, protocolFactory: Factory) -> Deferred[Protocol]:
+        done: Deferred[Protocol] = Deferred()
+        d = self._proxy.connect(_ConnectFactory(self._target, protocolFactory, done))
+
+        def connected(_: Any) -> Deferred[Protocol]:
+            return done
+
+        d.addCallback(connected)
+        return d
+
+
+# -- the agent ----------------------------------------------------------------
+
+
+class _ReportingEndpoint:
+    """
+    An endpoint wrapper that remembers why the last attempt failed.
+    """
+
+    def __init__(self, inner: IStreamClientEndpoint, description: str) -> None:
+        self._inner = inner
+        self.description = description
+        self.last_failure: str | None = None
+        self.attempts = 0
+
+    def __repr__(self) -> str:
+        return self.description
+
+    def connect(self, factory: Factory) -> Deferred[Protocol]:
+        self.attempts += 1
+        d = self._inner.connect(factory)
+
+        def failed(f: Failure) -> Failure:
+            self.last_failure = describe_failure(f)
+            return f
+
+        d.addErrback(failed)
+        return d
+
+
+def backoff(
+    initial: float = 1.0, factor: float = 2.0, cap: float = 60.0, rng: Callable[[], float] = random.random
+) -> Callable[[int], float]:
+    """
+    Jittered exponential backoff: attempt M{n} waits a random time between
+    half and all of C{min(cap, initial * factor ** (n - 1))}.
+    """
+
+    def policy(attempt: int) -> float:
+        base = min(cap, initial * factor ** max(0, attempt - 1))
+        return base * (0.5 + 0.5 * rng())
+
+    return policy
+
+
+class AgentTunnelService(ClientService):
+    """
+    Keeps the agent's tunnel up: connects (over TLS unless plaintext), waits
+    for the SPWM handshake, reconnects with jittered exponential backoff and
+    logs every retry with the reason of the last failure; reconnects at once
+    after the contact point went away gracefully.
+
+    @ivar tunnel: the current open L{TunnelProtocol}, or C{None}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        endpoint: IStreamClientEndpoint,
+        factory: AgentTunnelFactory,
+        clock: IReactorTime,
+        *,
+        description: str,
+        tls: ReportingClientTLS | None = None,
+        policy: Callable[[int], float] | None = None,
+    ) -> None:
+        self._reporting = _ReportingEndpoint(endpoint, description)
+        self._tls = tls
+        self._policy = policy or backoff()
+        self._immediate = False
+        self.tunnel: TunnelProtocol | None = None
+        self.description = description
+        super().__init__(
+            self._reporting,
+            factory,
+            retryPolicy=self._retry,
+            clock=clock,
+            prepareConnection=self._prepare,
+        )
+
+    def _retry(self, attempt: int) -> float:
+        if self._immediate:
+            self._immediate = False
+            delay = 0.0
+        else:
+            delay = self._policy(attempt)
+        self.log.info(
+            "tunnel to {contact} down ({reason}); attempt {attempt} in {delay:.1f} s",
+            contact=self.description,
+            reason=self._reporting.last_failure or "not connected",
+            attempt=attempt,
+            delay=delay,
+        )
+        return delay
+
+    def _prepare(self, protocol: TunnelProtocol) -> Deferred[TunnelProtocol]:
+        d = protocol.handshake_done
+
+        def up(p: TunnelProtocol) -> TunnelProtocol:
+            self.tunnel = p
+            self._reporting.last_failure = None
+            p.handshake_done = succeed(p)
+            p.go_away_handler = self.on_go_away
+            original = p.connectionLost
+
+            def lost(reason: Failure = None) -> None:
+                if self.tunnel is p:
+                    self.tunnel = None
+                if p.go_away_info is not None:
+                    self._immediate = True
+                    self._reporting.last_failure = f"contact point went away: {p.go_away_info.reason}"
+                elif p.close_info is not None:
+                    self._reporting.last_failure = p.close_info.reason
+                else:
+                    self._reporting.last_failure = describe_failure(reason)
+                original(reason)
+
+            p.connectionLost = lost  # type: ignore[method-assign]
+            return p
+
+        def down(f: Failure) -> Failure:
+            tls_error = self._tls.last_error if self._tls is not None else None
+            if protocol.close_info is not None:
+                why = protocol.close_info.reason
+            else:
+                why = describe_failure(f, tls_error)
+            self._reporting.last_failure = why
+            self.log.warn("tunnel to {contact} failed: {reason}", contact=self.description, reason=why)
+            return f
+
+        return d.addCallbacks(up, down)
+
+    def on_go_away(self, protocol: TunnelProtocol) -> None:
+        """
+        The contact point is draining: drop this tunnel now and reconnect at once.
+        """
+        self._immediate = True
+        protocol.close(0, "moving after go-away")
+
+
+def agent_endpoint(
+    reactor: Any,
+    host: str,
+    port: int,
+    *,
+    plaintext: bool,
+    server_name: str | None = None,
+    ca_file: str | None = None,
+    http_proxy: tuple[str, int] | None = None,
+    client_cert: Any = None,
+    timeout: float = 10.0,
+) -> tuple[IStreamClientEndpoint, ReportingClientTLS | None]:
+    """
+    The endpoint the agent connects with: C{HostnameEndpoint} (both address
+    families tried), through an HTTP CONNECT proxy if given, in TLS unless
+    C{plaintext}.
+    """
+    if http_proxy is not None:
+        endpoint: IStreamClientEndpoint = HTTPConnectEndpoint(
+            HostnameEndpoint(reactor, http_proxy[0], http_proxy[1], timeout=timeout), host, port
+        )
+    else:
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    if plaintext:
+        return endpoint, None
+    tls = client_tls_options(server_name or host, ca_file, client_cert)
+    return wrapClientTLS(tls, endpoint), tls
+
+
+# -- the contact point ----------------------------------------------------
+
+
+class ContactListenService(Service):
+    """
+    Listens for tunnels; on stop, stops listening, sends go-away on every
+    tunnel and closes them after the drain time.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        factory: ContactTunnelFactory,
+        clock: IReactorTime,
+        *,
+        tls_factory: Factory | None = None,
+        drain: float = 5.0,
+        description: str = "",
+    ) -> None:
+        self._endpoint = endpoint
+        self.factory = factory
+        self._listen_factory = tls_factory or factory
+        self._clock = clock
+        self._drain = drain
+        self._port: Any = None
+        self.description = description
+        self.listening: Deferred[Any] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.listening = self._endpoint.listen(self._listen_factory)
+
+        def listening(port: Any) -> Any:
+            self._port = port
+            self.log.info("contact point listening for tunnels on {address}", address=self.description or port.getHost())
+            return port
+
+        def failed(f: Failure) -> None:
+            self.log.failure("cannot listen on {address}", f, address=self.description)
+            from twisted.internet import reactor as global_reactor
+
+            if global_reactor.running:
+                global_reactor.stop()
+
+        self.listening.addCallbacks(listening, failed)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        done: Deferred[None] = Deferred()
+        stopped = self._port.stopListening() if self._port is not None else None
+        tunnels = list(self.factory.tunnels)
+        if not tunnels:
+            return stopped
+        self.log.info(
+            "draining {count} tunnel(s) for {drain} s", count=len(tunnels), drain=self._drain
+        )
+        self.factory.go_away_all("contact point shutting down", self._drain)
+
+        deadline = self._clock.seconds() + self._drain
+
+        def check() -> None:
+            # Finish as soon as every agent has moved, or when the drain time is over.
+            if self.factory.tunnels and self._clock.seconds() < deadline:
+                self._clock.callLater(min(0.1, self._drain), check)
+                return
+            for tunnel in list(self.factory.tunnels):
+                tunnel.close(0, "drain time over")
+            done.callback(None)
+
+        self._clock.callLater(0, check)
+        return done
