@@ -1,0 +1,761 @@
+# -*- test-case-name: tests.test_sip_message -*-
+"""
+SIP messages: parse, inspect, change and serialize (sans-I/O).
+
+A parsed message remembers the exact bytes of its start line and of every
+header line.  The mutators are the only way a proxy changes a message; they
+rewrite only the lines they touch, so a message that is only routed keeps
+header order, unknown headers, unusual spacing, folding and body byte for
+byte (L{SipMessage.to_bytes}).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import attrs
+
+from spwm.sip import _grammar as g
+from spwm.sip.errors import SipParseError, bad
+from spwm.sip.uri import (
+    NameAddr,
+    SipUri,
+    Via,
+    parse_name_addr,
+    parse_uri,
+    parse_via,
+    split_header_values,
+)
+
+#: Compact header forms (RFC 3261 7.3.3 and the extensions that define them).
+COMPACT_FORMS = {
+    "v": "via",
+    "f": "from",
+    "t": "to",
+    "i": "call-id",
+    "m": "contact",
+    "l": "content-length",
+    "c": "content-type",
+    "k": "supported",
+    "e": "content-encoding",
+    "s": "subject",
+    "o": "event",
+    "r": "refer-to",
+    "u": "allow-events",
+    "b": "referred-by",
+    "x": "session-expires",
+    "a": "accept-contact",
+    "j": "reject-contact",
+    "d": "request-disposition",
+    "y": "identity",
+    "n": "identity-info",
+}
+
+#: Headers whose values are not comma-separated lists (a comma is part of the
+#: value): get_all() and the list mutators treat each line as one value.
+SINGLE_VALUED = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "www-authenticate",
+        "proxy-authenticate",
+        "authentication-info",
+        "date",
+        "subject",
+        "call-id",
+        "cseq",
+        "from",
+        "to",
+        "user-agent",
+        "server",
+        "organization",
+        "timestamp",
+        "content-length",
+        "content-type",
+        "max-forwards",
+        "expires",
+        "min-expires",
+        "retry-after",
+        "priority",
+        "mime-version",
+        "content-disposition",
+        "reply-to",
+        "refer-to",
+        "referred-by",
+        "identity",
+        "identity-info",
+        "session-expires",
+        "min-se",
+        "event",
+        "subscription-state",
+        "rack",
+        "rseq",
+        "replaces",
+    }
+)
+
+_MAX_CSEQ = 2**32 - 1
+
+_KNOWN_METHODS = frozenset(
+    {
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "OPTIONS",
+        "REGISTER",
+        "PRACK",
+        "UPDATE",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "REFER",
+        "MESSAGE",
+        "INFO",
+        "PUBLISH",
+    }
+)
+
+_DISPLAY_NAMES = {
+    "call-id": "Call-ID",
+    "cseq": "CSeq",
+    "www-authenticate": "WWW-Authenticate",
+    "mime-version": "MIME-Version",
+    "rack": "RAck",
+    "rseq": "RSeq",
+}
+
+_name_cache: dict[bytes, str] = {}
+_NAME_CACHE_MAX = 512
+
+
+def canonical_name(name: str) -> str:
+    """
+    @return: the lower-case full form of a header name (compact forms expanded).
+    """
+    lname = name.lower()
+    return COMPACT_FORMS.get(lname, lname)
+
+
+def _wire_name(raw: bytes) -> str:
+    name = _name_cache.get(raw)
+    if name is None:
+        name = canonical_name(raw.decode("ascii"))
+        if len(_name_cache) < _NAME_CACHE_MAX:
+            _name_cache[raw] = name
+    return name
+
+
+def _decode(value: bytes) -> str:
+    text = value.decode("utf-8", "surrogateescape")
+    if "\n" in text:
+        text = g.FOLD_B.sub(b" ", value).decode("utf-8", "surrogateescape")
+    return text.strip()
+
+
+def _encode(value: str) -> bytes:
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"header value must not hold CR or LF: {value!r}")
+    return value.encode("utf-8", "surrogateescape")
+
+
+def _encode_name(name: str) -> bytes:
+    raw = name.encode("ascii", "replace")
+    if g.HEADER_LINE_B.fullmatch(raw + b":\r\n") is None:
+        raise ValueError(f"not a header name: {name!r}")
+    return raw
+
+
+def _drop_raw(instance: Header, attribute: Any, value: Any) -> Any:
+    instance._raw = None
+    return value
+
+
+@attrs.define
+class Header:
+    """
+    One header line.
+
+    @ivar raw_name: the name as written on the wire (C{b"v"}, C{b"MaX-fOrWaRdS"}).
+    @ivar name: lower-case full name (compact forms expanded).
+    @ivar value: the raw value bytes after the colon and its whitespace,
+        folding untouched, up to the line end.
+    """
+
+    raw_name: bytes = attrs.field(on_setattr=_drop_raw)
+    name: str
+    value: bytes = attrs.field(on_setattr=_drop_raw)
+    # the exact line as received (with its line end), while unchanged
+    _raw: bytes | None = attrs.field(default=None, repr=False, eq=False)
+
+    @property
+    def text(self) -> str:
+        """
+        The value decoded (UTF-8, undecodable bytes as surrogates), unfolded
+        and stripped.
+        """
+        return _decode(self.value)
+
+    def to_bytes(self) -> bytes:
+        """
+        @return: the line with its line end: as received if unchanged.
+        """
+        if self._raw is not None:
+            return self._raw
+        return self.raw_name + b": " + self.value + b"\r\n"
+
+
+def _drop_start_line(instance: SipMessage, attribute: Any, value: Any) -> Any:
+    instance._start_line = None
+    return value
+
+
+def _first_element(text: str) -> tuple[str, str | None]:
+    """
+    Split the first element off a raw list value.
+
+    @return: C{(first, rest)} where C{rest} is the raw text after the comma
+        (C{None} when there is no further element).
+    """
+    m = g.LIST_ELEMENT.match(text)
+    stop = m.end() if m is not None else len(text)
+    if stop < len(text) and text[stop] == ",":
+        return text[:stop], text[stop + 1 :]
+    return text, None
+
+
+@attrs.define
+class SipMessage:
+    """
+    A SIP request or response.
+
+    @ivar is_request: C{True} for requests.
+    @ivar method: the request method, C{None} for responses (see
+        L{cseq_method}).
+    @ivar uri: the Request-URI text, C{None} for responses.
+    @ivar status: the status code of a response.
+    @ivar reason: the reason phrase of a response.
+    @ivar version: "SIP/2.0".
+    @ivar headers: header lines in wire order, one L{Header} per line.
+    @ivar body: the body (exactly Content-Length bytes of a parsed message).
+    """
+
+    is_request: bool
+    method: str | None = attrs.field(default=None, on_setattr=_drop_start_line)
+    uri: str | None = attrs.field(default=None, on_setattr=_drop_start_line)
+    status: int | None = attrs.field(default=None, on_setattr=_drop_start_line)
+    reason: str | None = attrs.field(default=None, on_setattr=_drop_start_line)
+    version: str = attrs.field(default="SIP/2.0", on_setattr=_drop_start_line)
+    headers: list[Header] = attrs.Factory(list)
+    body: bytes = b""
+    _start_line: bytes | None = attrs.field(default=None, repr=False, eq=False)
+    _blank: bytes = attrs.field(default=b"\r\n", repr=False, eq=False)
+
+    # --- reading ----------------------------------------------------------
+
+    def _lines(self, name: str) -> list[Header]:
+        cname = canonical_name(name)
+        return [h for h in self.headers if h.name == cname]
+
+    def get(self, name: str) -> str | None:
+        """
+        The first value of a header: for list headers (Via, Contact, Route ...)
+        the first element of the first line, for others (L{SINGLE_VALUED}) the
+        whole first line.  Decoded, unfolded and stripped.
+
+        @param name: header name, any case, compact form accepted.
+        @return: the value, or C{None} if the header is absent.
+        """
+        cname = canonical_name(name)
+        for h in self.headers:
+            if h.name == cname:
+                text = h.text
+                if cname in SINGLE_VALUED or "," not in text:
+                    return text
+                values = split_header_values(text)
+                if values:
+                    return values[0]
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """
+        Every value of every line of a header, in order; comma-separated lists
+        are split (commas inside quotes and C{<...>} do not split), except for
+        L{SINGLE_VALUED} headers.
+        """
+        cname = canonical_name(name)
+        out: list[str] = []
+        single = cname in SINGLE_VALUED
+        for h in self.headers:
+            if h.name == cname:
+                text = h.text
+                if single:
+                    out.append(text)
+                else:
+                    out.extend(split_header_values(text))
+        return out
+
+    def count(self, name: str) -> int:
+        """
+        @return: the number of values of a header (C{len(get_all(name))}).
+        """
+        return len(self.get_all(name))
+
+    # --- changing -----------------------------------------------------------
+
+    def _new(self, name: str, value: str) -> Header:
+        return Header(_encode_name(name), canonical_name(name), _encode(value))
+
+    def prepend_header(self, name: str, value: str) -> None:
+        """
+        Insert a new line before the first line of that header, or at the top
+        of the headers if it is absent (Via, Record-Route).
+        """
+        header = self._new(name, value)
+        for i, h in enumerate(self.headers):
+            if h.name == header.name:
+                self.headers.insert(i, header)
+                return
+        self.headers.insert(0, header)
+
+    def append_header(self, name: str, value: str) -> None:
+        """
+        Insert a new line after the last line of that header, or at the end of
+        the headers if it is absent.
+        """
+        header = self._new(name, value)
+        for i in range(len(self.headers) - 1, -1, -1):
+            if self.headers[i].name == header.name:
+                self.headers.insert(i + 1, header)
+                return
+        self.headers.append(header)
+
+    def pop_first_value(self, name: str) -> str | None:
+        """
+        Remove the first value of a header: if its first line holds several
+        values (C{"a, b"}), only C{a} goes and the line keeps the rest as it
+        was written; otherwise the line goes.
+
+        @return: the removed value (unfolded, stripped), or C{None} if absent.
+        """
+        cname = canonical_name(name)
+        for i, h in enumerate(self.headers):
+            if h.name != cname:
+                continue
+            text = h.value.decode("utf-8", "surrogateescape")
+            if cname not in SINGLE_VALUED:
+                first, rest = _first_element(text)
+                while not first.strip() and rest is not None:
+                    first, rest = _first_element(rest)
+                if rest is not None and rest.strip(" \t\r\n,"):
+                    h.value = rest.lstrip(" \t\r\n").encode("utf-8", "surrogateescape")
+                    return _decode(first.encode("utf-8", "surrogateescape"))
+                del self.headers[i]
+                return _decode(first.encode("utf-8", "surrogateescape"))
+            del self.headers[i]
+            return h.text
+        return None
+
+    def replace_first_value(self, name: str, value: str) -> None:
+        """
+        Replace the first value of a header, keeping the other values of its
+        line and every other line as they are; add the header if absent.
+        """
+        cname = canonical_name(name)
+        new = _encode(value)
+        for h in self.headers:
+            if h.name != cname:
+                continue
+            if cname not in SINGLE_VALUED:
+                text = h.value.decode("utf-8", "surrogateescape")
+                first, rest = _first_element(text)
+                if rest is not None:
+                    h.value = new + b"," + rest.encode("utf-8", "surrogateescape")
+                    return
+            h.value = new
+            return
+        self.append_header(name, value)
+
+    def set_header(self, name: str, value: str) -> None:
+        """
+        Replace all lines of a header with one line holding C{value}, at the
+        place (and with the spelling of the name) of the first; add it at the
+        end if absent.
+        """
+        cname = canonical_name(name)
+        new = _encode(value)
+        first = None
+        kept = []
+        for h in self.headers:
+            if h.name == cname:
+                if first is None:
+                    first = h
+                    h.value = new
+                    kept.append(h)
+            else:
+                kept.append(h)
+        if first is None:
+            self.headers.append(Header(_encode_name(name), cname, new))
+        else:
+            self.headers[:] = kept
+
+    def remove_header(self, name: str) -> None:
+        """
+        Remove every line of a header.
+        """
+        cname = canonical_name(name)
+        self.headers[:] = [h for h in self.headers if h.name != cname]
+
+    def set_body(self, body: bytes, content_type: str | None = None) -> None:
+        """
+        Replace the body and set Content-Length to its length (and
+        Content-Type if given).
+        """
+        self.body = bytes(body)
+        self.set_header("Content-Length", str(len(self.body)))
+        if content_type is not None:
+            self.set_header("Content-Type", content_type)
+
+    def ensure_content_length(self) -> None:
+        """
+        Add Content-Length if it is absent (a datagram from an RFC 2543 peer
+        may lack it; stream transports require it).
+        """
+        if not any(h.name == "content-length" for h in self.headers):
+            self.headers.append(
+                Header(b"Content-Length", "content-length", str(len(self.body)).encode())
+            )
+
+    # --- serializing --------------------------------------------------------
+
+    def start_line(self) -> bytes:
+        """
+        @return: the start line with its line end (as received if unchanged).
+        """
+        if self._start_line is not None:
+            return self._start_line
+        if self.is_request:
+            text = f"{self.method} {self.uri} {self.version}\r\n"
+        else:
+            text = f"{self.version} {self.status} {self.reason or ''}\r\n"
+        return text.encode("utf-8", "surrogateescape")
+
+    def to_bytes(self) -> bytes:
+        """
+        Serialize.  A parsed message that was not changed gives exactly the
+        bytes it was parsed from (up to the end of its Content-Length body;
+        leading CRLFs and trailing datagram noise are not part of it).
+        """
+        parts = [self.start_line()]
+        parts.extend(
+            h._raw if h._raw is not None else h.raw_name + b": " + h.value + b"\r\n"
+            for h in self.headers
+        )
+        parts.append(self._blank)
+        parts.append(self.body)
+        return b"".join(parts)
+
+    # --- convenience ------------------------------------------------------
+
+    @property
+    def call_id(self) -> str:
+        """
+        The Call-ID ("" if absent, which a parsed message never is).
+        """
+        return self.get("call-id") or ""
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        """
+        C{(number, method)} of CSeq.
+
+        @raise SipParseError: if CSeq is absent or malformed (never for a
+            parsed message).
+        """
+        text = self.get("cseq")
+        m = g.CSEQ.fullmatch(text) if text is not None else None
+        if m is None:
+            raise bad("missing or malformed CSeq")
+        return int(m.group(1)), m.group(2)
+
+    @property
+    def cseq_method(self) -> str | None:
+        """
+        The method of CSeq (what a response answers), or C{None}.
+        """
+        text = self.get("cseq")
+        m = g.CSEQ.fullmatch(text) if text is not None else None
+        return m.group(2) if m is not None else None
+
+    @property
+    def top_via(self) -> Via | None:
+        """
+        The first Via value, parsed, or C{None}.
+
+        @raise SipParseError: if it is malformed (never for a parsed message).
+        """
+        text = self.get("via")
+        return None if text is None else parse_via(text)
+
+    def _tag(self, name: str) -> str | None:
+        text = self.get(name)
+        return None if text is None else parse_name_addr(text).tag
+
+    @property
+    def from_tag(self) -> str | None:
+        """
+        The From tag, or C{None}.
+        """
+        return self._tag("from")
+
+    @property
+    def to_tag(self) -> str | None:
+        """
+        The To tag, or C{None}.
+        """
+        return self._tag("to")
+
+    @property
+    def max_forwards(self) -> int | None:
+        """
+        Max-Forwards, or C{None} if absent or malformed.
+        """
+        text = self.get("max-forwards")
+        m = g.DIGITS.fullmatch(text) if text is not None else None
+        return int(m.group(1)) if m is not None else None
+
+    @property
+    def content_type(self) -> str | None:
+        """
+        The media type of Content-Type, lower case, without parameters.
+        """
+        text = self.get("content-type")
+        if not text:
+            return None
+        return text.split(";", 1)[0].strip().lower()
+
+
+def _check_headers(message: SipMessage) -> None:
+    """
+    Check the headers a proxy relies on (RFC 3261 8.1.1, 20): one well-formed
+    From, To, Call-ID and CSeq; at least one Via and every Via value
+    well-formed; Max-Forwards and Content-Length once at most and in range;
+    Contact values well-formed.
+
+    @raise SipParseError: on the first problem found.
+    """
+    found: dict[str, list[Header]] = {}
+    for h in message.headers:
+        if h.name in _CHECKED:
+            found.setdefault(h.name, []).append(h)
+    for name in ("from", "to", "call-id", "cseq"):
+        lines = found.get(name)
+        if not lines:
+            raise bad(f"missing {_DISPLAY_NAMES.get(name, name.title())}")
+        if len(lines) > 1:
+            raise bad(f"more than one {_DISPLAY_NAMES.get(name, name.title())}")
+    for name in ("max-forwards", "content-length"):
+        lines = found.get(name)
+        if lines and len(lines) > 1:
+            raise bad(f"more than one {name.title()}")
+    vias = found.get("via")
+    if not vias:
+        raise bad("missing Via")
+    for h in vias:
+        for value in split_header_values(h.text, strict=True):
+            parse_via(value)
+    for name in ("from", "to"):
+        parse_name_addr(found[name][0].text)
+    if g.CALL_ID.fullmatch(found["call-id"][0].text) is None:
+        raise bad("malformed Call-ID")
+    m = g.CSEQ.fullmatch(found["cseq"][0].text)
+    if m is None:
+        raise bad("malformed CSeq")
+    if int(m.group(1)) > _MAX_CSEQ:
+        raise bad("CSeq number over 2**32-1")
+    if message.is_request and m.group(2) != message.method:
+        if message.method in _KNOWN_METHODS:
+            raise bad("CSeq method does not match the request method")
+        raise bad("CSeq method does not match the request method", 501)
+    if "max-forwards" in found:
+        m = g.DIGITS.fullmatch(found["max-forwards"][0].text)
+        if m is None or int(m.group(1)) > 255:
+            raise bad("malformed Max-Forwards")
+    for h in found.get("contact", ()):
+        for value in split_header_values(h.text, strict=True):
+            if value != "*":
+                parse_name_addr(value)
+
+
+_CHECKED = frozenset(
+    {"from", "to", "call-id", "cseq", "via", "max-forwards", "content-length", "contact"}
+)
+
+
+def parse_message(
+    data: bytes, *, max_size: int = 65535, max_headers: int = 128
+) -> SipMessage:
+    """
+    Parse exactly one SIP message: a datagram, or one message cut from a
+    stream by L{spwm.sip.framing.SipStreamFramer}.
+
+    The body is Content-Length bytes; octets after it are ignored (RFC 3261
+    18.3, RFC 4475 3.1.1.8).  Without Content-Length the body is the rest of
+    the data (datagrams from RFC 2543 peers).  CRLFs before the start line are
+    skipped (RFC 3261 7.5).
+
+    @param data: the bytes.
+    @param max_size: the largest message accepted, in bytes.
+    @param max_headers: the most header lines accepted.
+    @return: the message.
+    @raise SipParseError: for anything malformed or over a limit, and nothing
+        else for any input: 413 over C{max_size}; 505 for a request of another
+        SIP version; 501 for an unknown method whose CSeq does not match; 400
+        otherwise, with a reason that says what is wrong.
+    """
+    data = bytes(data)
+    size = len(data)
+    if size > max_size:
+        raise bad(f"message of {size} bytes over the limit of {max_size}", 413)
+    start = 0
+    while data.startswith(b"\r\n", start):
+        start += 2
+    if start == size:
+        raise bad("empty message")
+    end = g.HEAD_END_B.search(data, start)
+    if end is None:
+        raise bad("header section not terminated by an empty line")
+    head_end = end.start() + (2 if data[end.start()] == 13 else 1)
+    body_start = end.end()
+
+    # start line
+    if data[start : start + 4].upper() == b"SIP/":
+        m = g.STATUS_LINE_B.match(data, start, head_end)
+        if m is None:
+            raise bad("malformed Status-Line")
+        version = m.group(1).decode("ascii").upper()
+        status = int(m.group(2))
+        if status < 100 or status > 699:
+            raise bad(f"status code {status} out of range")
+        if version != "SIP/2.0":
+            raise bad(f"{version}", 505)
+        message = SipMessage(
+            is_request=False,
+            status=status,
+            reason=m.group(3).decode("utf-8", "surrogateescape"),
+            version=version,
+        )
+    else:
+        m = g.REQUEST_LINE_B.match(data, start, head_end)
+        if m is None:
+            raise bad("malformed Request-Line")
+        version = m.group(3).decode("ascii").upper()
+        if version != "SIP/2.0":
+            raise bad(f"{version}", 505)
+        uri = m.group(2).decode("utf-8", "surrogateescape")
+        method = m.group(1).decode("ascii")
+        scheme = uri[:5].lower()
+        if scheme.startswith("sip:") or scheme == "sips:":
+            if parse_uri(uri).headers is not None:
+                raise bad("headers in the Request-URI")
+        elif g.ABSOLUTE_URI.fullmatch(uri) is None:
+            raise bad("malformed Request-URI")
+        message = SipMessage(is_request=True, method=method, uri=uri, version=version)
+    message._start_line = m.group(0)
+    pos = m.end()
+
+    # header lines: one regex match per line
+    headers = message.headers
+    match = g.HEADER_LINE_B.match
+    while pos < head_end:
+        m = match(data, pos, head_end)
+        if m is None:
+            raise bad(f"malformed header line {data[pos : pos + 30]!r}")
+        if len(headers) >= max_headers:
+            raise bad(f"more than {max_headers} header lines")
+        header = Header(m.group(1), _wire_name(m.group(1)), m.group(3))
+        header._raw = m.group(0)
+        headers.append(header)
+        pos = m.end()
+    message._blank = data[head_end:body_start]
+
+    _check_headers(message)
+
+    # body
+    length = None
+    for h in headers:
+        if h.name == "content-length":
+            cl = g.DIGITS.fullmatch(h.text)
+            if cl is None:
+                raise bad("malformed Content-Length")
+            length = int(cl.group(1))
+            break
+    if length is None:
+        message.body = data[body_start:]
+    else:
+        if body_start + length > size:
+            raise bad(
+                f"Content-Length {length} larger than the {size - body_start} "
+                "bytes of body received"
+            )
+        message.body = data[body_start : body_start + length]
+    return message
+
+
+_TAG_MISSING = object()
+
+
+def make_response(
+    request: SipMessage,
+    status: int,
+    reason: str,
+    *,
+    to_tag: str | None = None,
+    extra_headers: Iterable[tuple[str, str]] = (),
+) -> SipMessage:
+    """
+    Build a response to a request (RFC 3261 8.2.6): Via (every line, as
+    received), From, To (with C{to_tag} added if given and To has no tag),
+    Call-ID and CSeq copied; then C{extra_headers}; then C{Content-Length: 0}.
+
+    @param request: the request.
+    @param status: the status code.
+    @param reason: the reason phrase.
+    @param to_tag: the To tag to add.
+    @param extra_headers: C{(name, value)} pairs to add.
+    @return: the response.
+    """
+    response = SipMessage(is_request=False, status=status, reason=reason)
+    for h in request.headers:
+        if h.name in ("via", "from", "call-id", "cseq"):
+            copy = Header(h.raw_name, h.name, h.value)
+            copy._raw = h._raw
+            response.headers.append(copy)
+        elif h.name == "to":
+            copy = Header(h.raw_name, h.name, h.value)
+            if to_tag is not None and parse_name_addr(h.text).tag is None:
+                copy.value = h.value.rstrip() + b";tag=" + _encode(to_tag)
+            else:
+                copy._raw = h._raw
+            response.headers.append(copy)
+    for name, value in extra_headers:
+        response.append_header(name, value)
+    response.headers.append(Header(b"Content-Length", "content-length", b"0"))
+    return response
+
+
+__all__ = [
+    "COMPACT_FORMS",
+    "Header",
+    "NameAddr",
+    "SipMessage",
+    "SipParseError",
+    "SipUri",
+    "Via",
+    "canonical_name",
+    "make_response",
+    "parse_message",
+    "parse_name_addr",
+    "parse_uri",
+    "parse_via",
+    "split_header_values",
+]
