@@ -1,0 +1,278 @@
+# -*- test-case-name: tests.test_sip_proxy -*-
+"""
+Application flows (agent side) and authenticated flow tokens (contact side).
+
+A I{flow} is the way one SIP application reaches the agent: transport, the
+agent's local address, the application's address and, on stream transports,
+the connection.  The agent numbers flows with a C{flow_id} that travels in the
+tunnel's SIP frames.
+
+A I{flow token} names C{(session_id, flow_id)} towards the operator network.
+The contact point puts it in the user part of its C{Record-Route}/C{Path} URIs
+(or a rewritten C{Contact}) and in its C{Via} branch.  Tokens are
+authenticated with HMAC-SHA256 under a per-process secret, so a peer on the
+operator network cannot name a tunnel or flow it was not given.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+import hmac
+import struct
+
+from attrs import define, field, frozen
+
+#: Token kinds: the byte that says where a token may be used.
+KIND_VIA = b"V"
+KIND_ROUTE = b"R"
+KIND_CONTACT = b"C"
+
+_KINDS = frozenset({KIND_VIA, KIND_ROUTE, KIND_CONTACT})
+_MAC_LEN = 8
+_MAX_SESSION = 64
+_FLOW = struct.Struct("!I")
+
+
+@frozen
+class Flow:
+    """
+    One application flow as the agent sees it.
+
+    @ivar transport: C{"udp"}, C{"tcp"} or C{"tls"}.
+    @ivar local: the agent's address the application talks to.
+    @ivar remote: the application's address (source address and port).
+    @ivar conn_id: the connection's number on stream transports, else C{None}.
+    """
+
+    transport: str
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    conn_id: int | None = None
+
+
+@frozen
+class FlowToken:
+    """
+    A decoded, authenticated flow token.
+
+    @ivar kind: one of L{KIND_VIA}, L{KIND_ROUTE}, L{KIND_CONTACT}.
+    @ivar session_id: the tunnel session it names.
+    @ivar flow_id: the application flow inside that session.
+    @ivar extra: kind-specific bytes (branch hash, contact hash).
+    """
+
+    kind: bytes
+    session_id: str
+    flow_id: int
+    extra: bytes = b""
+
+
+class FlowTokenCodec:
+    """
+    Encode and authenticate flow tokens.
+
+    Tokens are lower-case base32 without padding, so they are valid both as
+    a SIP URI user part and as a C{Via} branch token, and survive
+    case-folding by sloppy peers.
+    """
+
+    def __init__(self, secret: bytes) -> None:
+        """
+        @param secret: the per-process key (at least 16 bytes).
+        @raise ValueError: if the secret is too short.
+        """
+        if len(secret) < 16:
+            raise ValueError("flow token secret must be at least 16 bytes")
+        self._secret = secret
+
+    def encode(self, kind: bytes, session_id: str, flow_id: int, extra: bytes = b"") -> str:
+        """
+        Build a token.
+
+        @raise ValueError: for an unknown kind, an over-long session id or a
+            flow id outside 0..2**32-1 (caller bugs).
+        """
+        if kind not in _KINDS:
+            raise ValueError(f"unknown token kind {kind!r}")
+        sess = session_id.encode("utf-8")
+        if len(sess) > _MAX_SESSION:
+            raise ValueError("session id too long for a flow token")
+        if not 0 <= flow_id < 2**32:
+            raise ValueError("flow id out of range")
+        payload = kind + _FLOW.pack(flow_id) + bytes([len(sess)]) + sess + extra
+        mac = hmac.new(self._secret, payload, hashlib.sha256).digest()[:_MAC_LEN]
+        return base64.b32encode(payload + mac).decode("ascii").rstrip("=").lower()
+
+    def decode(self, token: str | None, kind: bytes | None = None) -> FlowToken | None:
+        """
+        Check and decode a token.
+
+        @param kind: if given, the token must be of that kind.
+        @return: the token, or C{None} if it is malformed, forged or of
+            another kind.  Never raises.
+        """
+        if not token or len(token) > 256:
+            return None
+        text = token.upper()
+        text += "=" * (-len(text) % 8)
+        try:
+            raw = base64.b32decode(text.encode("ascii"))
+        except (ValueError, UnicodeEncodeError):
+            return None
+        if len(raw) < 1 + 4 + 1 + _MAC_LEN:
+            return None
+        payload, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
+        good = hmac.new(self._secret, payload, hashlib.sha256).digest()[:_MAC_LEN]
+        if not hmac.compare_digest(mac, good):
+            return None
+        k = payload[:1]
+        if k not in _KINDS or (kind is not None and k != kind):
+            return None
+        (flow_id,) = _FLOW.unpack_from(payload, 1)
+        slen = payload[5]
+        if 6 + slen > len(payload):
+            return None
+        try:
+            session = payload[6 : 6 + slen].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return FlowToken(k, session, flow_id, bytes(payload[6 + slen :]))
+
+
+@define
+class _FlowEntry:
+    flow: Flow
+    flow_id: int
+    expires: float | None  # None: lives until the connection closes
+
+
+@define
+class FlowTable:
+    """
+    The agent's table of application flows.
+
+    UDP flows live C{idle_lifetime} seconds after their last use, or longer
+    when a registration through them asked for more (L{extend}).  Stream
+    flows live until L{closed} is called for their connection.
+
+    @ivar idle_lifetime: seconds a UDP flow lives after its last use.
+    @ivar max_flows: the table's limit; beyond it the flow that expires
+        soonest is forgotten.
+    """
+
+    idle_lifetime: float = 300.0
+    max_flows: int = 4096
+    _by_flow: dict[Flow, _FlowEntry] = field(factory=dict, init=False)
+    _by_id: dict[int, _FlowEntry] = field(factory=dict, init=False)
+    _heap: list[tuple[float, int]] = field(factory=list, init=False)
+    _next_id: int = field(default=1, init=False)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def use(self, flow: Flow, now: float) -> int:
+        """
+        Find or create the entry for C{flow}, refresh its lifetime.
+
+        @return: its flow id.
+        """
+        entry = self._by_flow.get(flow)
+        if entry is None:
+            if len(self._by_id) >= self.max_flows:
+                self._evict_one()
+            fid = self._next_id
+            self._next_id = self._next_id % (2**32 - 1) + 1
+            entry = _FlowEntry(flow, fid, None)
+            self._by_flow[flow] = entry
+            self._by_id[fid] = entry
+        if flow.conn_id is None:
+            expires = now + self.idle_lifetime
+            if entry.expires is None or expires > entry.expires:
+                entry.expires = expires
+                heapq.heappush(self._heap, (expires, entry.flow_id))
+        return entry.flow_id
+
+    def lookup(self, flow_id: int, now: float) -> Flow | None:
+        """
+        @return: the flow with this id, or C{None} if unknown or expired.
+        """
+        entry = self._by_id.get(flow_id)
+        if entry is None:
+            return None
+        if entry.expires is not None and entry.expires <= now:
+            self._forget(entry)
+            return None
+        return entry.flow
+
+    def extend(self, flow_id: int, seconds: float, now: float) -> None:
+        """
+        Keep a UDP flow at least C{seconds} from C{now} (registration expiry
+        plus margin).  Stream flows are not affected.
+        """
+        entry = self._by_id.get(flow_id)
+        if entry is None or entry.expires is None:
+            return
+        expires = now + seconds
+        if expires > entry.expires:
+            entry.expires = expires
+            heapq.heappush(self._heap, (expires, flow_id))
+
+    def closed(self, flow: Flow) -> None:
+        """
+        Forget a flow (its connection closed).
+        """
+        entry = self._by_flow.get(flow)
+        if entry is not None:
+            self._forget(entry)
+
+    def closed_connection(self, conn_id: int) -> list[Flow]:
+        """
+        Forget every flow of one stream connection.
+
+        @return: the flows forgotten.
+        """
+        gone = [e for e in self._by_id.values() if e.flow.conn_id == conn_id]
+        for e in gone:
+            self._forget(e)
+        return [e.flow for e in gone]
+
+    def expire(self, now: float) -> None:
+        """
+        Forget UDP flows whose lifetime ended at or before C{now}.
+        """
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, fid = heapq.heappop(heap)
+            entry = self._by_id.get(fid)
+            if entry is not None and entry.expires is not None and entry.expires <= now:
+                self._forget(entry)
+
+    def next_deadline(self) -> float | None:
+        """
+        @return: when the next UDP flow may expire, or C{None}.
+        """
+        heap = self._heap
+        while heap:
+            when, fid = heap[0]
+            entry = self._by_id.get(fid)
+            if entry is None or entry.expires != when:
+                heapq.heappop(heap)
+                continue
+            return when
+        return None
+
+    def _evict_one(self) -> None:
+        victim = None
+        for e in self._by_id.values():
+            key = e.expires if e.expires is not None else float("inf")
+            if victim is None or key < victim[0]:
+                victim = (key, e)
+        if victim is not None:
+            self._forget(victim[1])
+
+    def _forget(self, entry: _FlowEntry) -> None:
+        self._by_id.pop(entry.flow_id, None)
+        if self._by_flow.get(entry.flow) is entry:
+            del self._by_flow[entry.flow]

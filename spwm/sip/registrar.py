@@ -1,0 +1,220 @@
+# -*- test-case-name: tests.test_sip_registrar -*-
+"""
+The contact point's embedded registrar and location proxy (sans-I/O).
+
+With no operator proxy configured, the contact point hands every request it
+would send to the operator network to L{EmbeddedRegistrar.handle_request}
+and feeds what comes back into its own network input, as if the registrar
+were a peer on the operator network:
+
+  - C{REGISTER} (no authentication) stores the bindings of an
+    address-of-record with their C{Path} and expiry and is answered
+    C{200 OK} listing the live bindings;
+  - a request that still carries a C{Route} goes back unchanged (its next
+    hop is the contact point itself: a loose route from C{Record-Route} or
+    C{Path});
+  - any other request for a registered address-of-record is retargeted to
+    the newest live binding (Request-URI := contact) and routed along its
+    stored C{Path}, which names the tunnel and flow;
+  - unknown users get C{404}, users without live bindings C{480}.
+
+The registrar is stateless apart from its bindings: it does not fork in
+parallel (a stateless proxy cannot aggregate responses); it picks the newest
+binding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from attrs import define, field, frozen
+
+from spwm.sip.errors import SipParseError
+from spwm.sip.message import SipMessage, make_response
+
+from spwm.sip.uri import parse_name_addr, parse_uri
+
+
+@frozen
+class Binding:
+    """
+    One contact of an address-of-record.
+
+    @ivar key: the C{+sip.instance} value, or the contact URI without one.
+    @ivar contact: the contact URI text.
+    @ivar path: the C{Path} values, top first.
+    @ivar expires: absolute expiry time.
+    @ivar params: the contact's header parameters other than C{expires}.
+    @ivar registered: when it was last refreshed (newest wins).
+    """
+
+    key: str
+    contact: str
+    path: tuple[str, ...]
+    expires: float
+    params: tuple[tuple[str, str | None], ...] = ()
+    registered: float = 0.0
+
+
+def aor_key(uri: Any) -> str:
+    """
+    @return: the table key of an address-of-record URI: C{user@host} with
+        the host lower-cased.
+    """
+    return f"{uri.user or ''}@{uri.host.lower()}"
+
+
+@define
+class EmbeddedRegistrar:
+    """
+    A small registrar and location proxy without authentication.
+
+    @ivar default_expires: expiry granted when a REGISTER names none.
+    @ivar max_expires: the longest expiry granted.
+    @ivar max_aors: the table's limit; REGISTERs for new AORs beyond it get
+        C{503}.
+    @ivar max_bindings: bindings per AOR; the oldest go beyond it.
+    """
+
+    default_expires: int = 3600
+    max_expires: int = 86400
+    max_aors: int = 10000
+    max_bindings: int = 16
+    _table: dict[str, dict[str, Binding]] = field(factory=dict, init=False)
+
+    def bindings(self, aor: str, now: float | None = None) -> list[Binding]:
+        """
+        @param aor: an AOR URI text (C{sip:alice@example.org}).
+        @return: its bindings, live at C{now} when given, newest first.
+        """
+        try:
+            key = aor_key(parse_uri(aor))
+        except SipParseError:
+            return []
+        out = list(self._table.get(key, {}).values())
+        if now is not None:
+            out = [b for b in out if b.expires > now]
+        return sorted(out, key=lambda b: -b.registered)
+
+    def expire(self, now: float) -> None:
+        """
+        Forget bindings whose expiry passed.
+        """
+        for key in list(self._table):
+            per = self._table[key]
+            for k in [k for k, b in per.items() if b.expires <= now]:
+                del per[k]
+            if not per:
+                del self._table[key]
+
+    def handle_request(self, msg: SipMessage, now: float) -> list[SipMessage]:
+        """
+        Process a request the contact point sends to the operator side.
+
+        @return: messages that arrive from the "network" in reply: a
+            response, or the request itself retargeted.  Nothing for an ACK
+            that cannot be routed.
+        """
+        if msg.count("Route"):
+            return [msg]
+        if msg.method == "REGISTER":
+            return [self._register(msg, now)]
+        try:
+            target = aor_key(parse_uri(msg.uri or ""))
+        except SipParseError:
+            return self._answer(msg, 400, "Bad Request: malformed Request-URI")
+        per = self._table.get(target)
+        if per is None:
+            per = self._by_user(target)
+        if per is None:
+            return self._answer(msg, 404, "Not Found")
+        live = sorted(
+            (b for b in per.values() if b.expires > now), key=lambda b: -b.registered
+        )
+        if not live:
+            return self._answer(msg, 480, "Temporarily Unavailable")
+        best = live[0]
+        msg.uri = best.contact
+        for route in reversed(best.path):
+            msg.prepend_header("Route", route)
+        return [msg]
+
+    def _by_user(self, target: str) -> dict[str, Binding] | None:
+        user = target.rsplit("@", 1)[0]
+        hits = [v for k, v in self._table.items() if k.rsplit("@", 1)[0] == user]
+        return hits[0] if len(hits) == 1 else None
+
+    def _answer(self, msg: SipMessage, status: int, reason: str) -> list[SipMessage]:
+        if msg.method == "ACK":
+            return []
+        return [make_response(msg, status, reason, to_tag=self._tag(msg))]
+
+    @staticmethod
+    def _tag(msg: SipMessage) -> str:
+        return hashlib.sha256((msg.call_id or "").encode("utf-8", "surrogateescape")).hexdigest()[:10]
+
+    def _register(self, msg: SipMessage, now: float) -> SipMessage:
+        try:
+            aor = aor_key(parse_name_addr(msg.get("To") or "").uri)
+        except SipParseError:
+            return self._answer(msg, 400, "Bad Request: malformed To")[0]
+        header_expires = msg.get("Expires")
+        values = msg.get_all("Contact")
+        per = self._table.get(aor)
+        if per is None:
+            if len(self._table) >= self.max_aors and values:
+                return self._answer(msg, 503, "Service Unavailable: registrar full")[0]
+            per = {}
+        if any(v.strip() == "*" for v in values):
+            if header_expires is None or header_expires.strip() != "0" or len(values) != 1:
+                return self._answer(msg, 400, "Bad Request: wildcard Contact needs Expires: 0")[0]
+            per.clear()
+        path = tuple(msg.get_all("Path"))
+        for value in values:
+            if value.strip() == "*":
+                continue
+            try:
+                na = parse_name_addr(value)
+            except SipParseError:
+                return self._answer(msg, 400, "Bad Request: malformed Contact")[0]
+            expires = None
+            params = []
+            instance = None
+            for name, val in na.params:
+                low = name.lower()
+                if low == "expires":
+                    expires = val
+                    continue
+                if low == "+sip.instance":
+                    instance = val
+                params.append((name, val))
+            if expires is None:
+                expires = header_expires
+            try:
+                secs = int(expires) if expires is not None else self.default_expires
+            except ValueError:
+                return self._answer(msg, 400, "Bad Request: malformed expires")[0]
+            secs = min(max(secs, 0), self.max_expires)
+            contact = str(na.uri)
+            key = instance or contact
+            if secs == 0:
+                per.pop(key, None)
+                continue
+            per.pop(key, None)
+            per[key] = Binding(key, contact, path, now + secs, tuple(params), now)
+            while len(per) > self.max_bindings:
+                del per[next(iter(per))]
+        if per:
+            self._table[aor] = per
+        else:
+            self._table.pop(aor, None)
+        extra = []
+        for b in sorted(per.values(), key=lambda b: -b.registered):
+            if b.expires <= now:
+                continue
+            ps = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in b.params)
+            extra.append(("Contact", f"<{b.contact}>{ps};expires={int(b.expires - now)}"))
+        for p in path:
+            extra.append(("Path", p))
+        return make_response(msg, 200, "OK", to_tag=self._tag(msg), extra_headers=extra)
