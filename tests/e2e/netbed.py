@@ -14,7 +14,8 @@ Topology (one per test; creation and removal take well under a second)::
     rtr  NAT + firewall    192.0.2.1 | 198.51.100.2
     gw   operator gateway  198.51.100.10 | 203.0.113.1
                            DNAT tcp/443 -> contact point 203.0.113.10
-                           (expose_sip: udp+tcp/5060 -> Kamailio)
+                           (open_operator: routes udp+tcp/5060 to Kamailio
+                            and udp to the UAS)
     op   203.0.113.0/24    contact .10, Kamailio .20, SIPp UAS .30, echo .40
 """
 
@@ -316,27 +317,25 @@ table ip spwm_nat {{
 """
 
 
-def _gateway_ruleset(expose_sip: bool) -> str:
+def _gateway_ruleset(open_operator: bool) -> str:
     """
     The operator gateway's nftables ruleset: DNAT of TCP 443 on the public
-    address to the contact point and (with C{expose_sip}) of SIP on UDP and
-    TCP 5060 to Kamailio; nothing else from the public side gets in.
+    address to the contact point; with C{open_operator} also plain routing
+    from the public side to Kamailio's SIP port (UDP and TCP 5060) and to
+    any UDP port of the SIPp UAS (its media), as an operator with a public
+    SIP edge has.  Nothing else from the public side gets in.
     """
-    sip_dnat = sip_accept = ""
-    if expose_sip:
-        sip_dnat = (
-            f'iifname "pub0" ip daddr {GATEWAY_PUBLIC} udp dport 5060 '
-            f"dnat to {KAMAILIO}:5060\n        "
-            f'iifname "pub0" ip daddr {GATEWAY_PUBLIC} tcp dport 5060 '
-            f"dnat to {KAMAILIO}:5060"
-        )
-        sip_accept = (
+    operator_accept = ""
+    if open_operator:
+        operator_accept = (
             f'iifname "pub0" ip daddr {KAMAILIO} meta l4proto {{ tcp, udp }} '
-            "th dport 5060 ct status dnat accept"
+            "th dport 5060 accept\n        "
+            f'iifname "pub0" ip daddr {UAS} meta l4proto udp accept'
         )
     return f"""
 flush ruleset
 table inet spwm_gateway {{
+    counter inbound_dropped {{ }}
     chain input {{
         type filter hook input priority filter; policy drop;
         iif "lo" accept
@@ -348,14 +347,14 @@ table inet spwm_gateway {{
         ct state invalid drop
         iifname "op0" oifname "pub0" accept
         iifname "pub0" ip daddr {CONTACT} tcp dport 443 ct status dnat accept
-        {sip_accept}
+        {operator_accept}
+        counter name inbound_dropped drop
     }}
 }}
 table ip spwm_nat {{
     chain prerouting {{
         type nat hook prerouting priority dstnat; policy accept;
         iifname "pub0" ip daddr {GATEWAY_PUBLIC} tcp dport 443 dnat to {CONTACT}:443
-        {sip_dnat}
     }}
 }}
 """
@@ -378,7 +377,7 @@ class Topology:
     suffix: str
     logdir: Path
     policy: str
-    expose_sip: bool
+    open_operator: bool
     namespaces: dict[str, str]
     processes: list[ManagedProcess] = field(factory=list)
     _created: list[str] = field(factory=list)
@@ -386,17 +385,17 @@ class Topology:
 
     @classmethod
     def create(
-        cls, logdir: Path | str, policy: str = "strict", expose_sip: bool = False
+        cls, logdir: Path | str, policy: str = "strict", open_operator: bool = False
     ) -> Topology:
         """
         Create the namespaces, links, addresses, routes and firewalls.
 
         @param logdir: an existing or new directory for logs.
         @param policy: the router's egress policy, one of L{POLICIES}.
-        @param expose_sip: also publish Kamailio's SIP port 5060 (UDP and TCP)
-            on the gateway's public address, as an operator with a public SIP
-            edge would; the baseline tests use it to show what the router
-            alone does to SIP.
+        @param open_operator: also route the public side to Kamailio's SIP
+            port 5060 (UDP and TCP) and to the UAS's UDP ports by their own
+            operator addresses, as an operator with a public SIP edge has;
+            the baseline tests use it to show what the router alone does.
         @raise NetbedError: a step failed; whatever was made is removed.
         """
         if policy not in POLICIES:
@@ -408,7 +407,7 @@ class Topology:
             suffix=suffix,
             logdir=logdir,
             policy=policy,
-            expose_sip=expose_sip,
+            open_operator=open_operator,
             namespaces={role: f"spwm-{suffix}-{role}" for role in _ROLE_ADDRESSES},
         )
         try:
@@ -462,7 +461,7 @@ class Topology:
         self.set_policy(self.policy)
         run(
             ["ip", "netns", "exec", ns["gw"], "nft", "-f", "-"],
-            stdin=_gateway_ruleset(self.expose_sip).encode(),
+            stdin=_gateway_ruleset(self.open_operator).encode(),
         )
 
     def set_policy(self, policy: str) -> None:
@@ -532,6 +531,47 @@ class Topology:
         process = ManagedProcess(unique, full, popen, stdout_path, stderr_path)
         self.processes.append(process)
         return process
+
+    def add_counter(self, role: str, name: str, match: str, hook: str = "input") -> None:
+        """
+        Count packets in the namespace of C{role} with an nftables counter,
+        independently of every program under test.
+
+        @param name: the counter's name (letters, digits, underscore).
+        @param match: an nft match expression, e.g.
+            C{"ip daddr 192.0.2.20 udp dport 6000"}.
+        @param hook: C{input}, C{output} or C{forward}.
+        """
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"bad counter name {name!r}")
+        if hook not in ("input", "output", "forward"):
+            raise ValueError(f"bad hook {hook!r}")
+        script = f"""
+table inet spwm_count {{
+    counter {name} {{ }}
+    chain {hook} {{
+        type filter hook {hook} priority filter - 10; policy accept;
+        {match} counter name {name}
+    }}
+}}
+"""
+        run(
+            ["ip", "netns", "exec", self.namespaces[role], "nft", "-f", "-"],
+            stdin=script.encode(),
+        )
+
+    def read_counter(self, role: str, name: str) -> int:
+        """
+        The number of packets counted so far by counter C{name} in the
+        namespace of C{role} (see L{add_counter}; the router's own counters
+        C{egress_dropped} and C{inbound_dropped} work too).
+        """
+        done = self.exec(role, ["nft", "-j", "list", "counters"])
+        for item in json.loads(done.stdout).get("nftables", []):
+            counter = item.get("counter")
+            if counter and counter["name"] == name:
+                return int(counter["packets"])
+        raise NetbedError(f"no counter {name!r} in {role}")
 
     def counters(self) -> dict[str, int]:
         """
@@ -885,12 +925,12 @@ class E2ETestCase(SynchronousTestCase):
         self.logdir = Path(self.mktemp()).resolve()
         self.logdir.mkdir(parents=True)
 
-    def make_topology(self, policy: str = "strict", expose_sip: bool = False) -> Topology:
+    def make_topology(self, policy: str = "strict", open_operator: bool = False) -> Topology:
         """
         Create the topology for this test (see L{Topology.create}); it is
         destroyed by a cleanup.
         """
-        self.topology = Topology.create(self.logdir, policy, expose_sip)
+        self.topology = Topology.create(self.logdir, policy, open_operator)
         self.addCleanup(self.topology.destroy)
         return self.topology
 
@@ -1004,7 +1044,8 @@ class E2ETestCase(SynchronousTestCase):
         keys: Mapping[str, str] | None = None,
         extra: Sequence[str] = (),
         calls: int = 1,
-        timeout: float = 15.0,
+        recv_timeout: float = 5.0,
+        timeout: float = 20.0,
         name: str = "sipp-uac",
         transport: str = "u1",
     ) -> SippResult:
@@ -1021,8 +1062,12 @@ class E2ETestCase(SynchronousTestCase):
         @param service: the request-URI user (C{-s}); defaults to C{user}.
         @param keys: more scenario keywords; C{user} defaults to C{user},
             C{contact} to C{local_ip:local_port}, C{expires} to 300.
-        @param timeout: SIPp's own global timeout (C{-timeout}, an error);
-            the process gets 5 seconds more before it is killed.
+        @param recv_timeout: seconds SIPp waits for each expected message
+            (C{-recv_timeout}); when it runs out the call fails (counted in
+            C{FailedTimeoutOnRecv(C)}, exit status 1).
+        @param timeout: SIPp's own global timeout (C{-timeout} with
+            C{-timeout_error}: exit status 255, a fatal error); the process
+            gets 5 seconds more before it is killed.
         """
         all_keys = {
             "user": user,
@@ -1035,7 +1080,8 @@ class E2ETestCase(SynchronousTestCase):
             keys=all_keys,
             extra=[
                 "-s", service or user, "-au", user, "-ap", USERS.get(user, "none"),
-                "-m", str(calls), "-timeout", f"{timeout}s", "-timeout_error",
+                "-m", str(calls), "-recv_timeout", str(int(recv_timeout * 1000)),
+                "-timeout", f"{timeout}s", "-timeout_error",
                 *extra,
             ],
             transport=transport,
