@@ -51,46 +51,47 @@ COMPACT_FORMS = {
     "n": "identity-info",
 }
 
-#: Headers whose values are not comma-separated lists (a comma is part of the
-#: value): get_all() and the list mutators treat each line as one value.
-SINGLE_VALUED = frozenset(
+#: Headers whose values are comma-separated lists (RFC 3261 7.3.1 and the
+#: extensions that define them).  get() gives their first element, get_all()
+#: every element, and the list mutators work element by element.  Any other
+#: header (including unknown ones, whose grammar we cannot know) is one value
+#: per line.
+LIST_HEADERS = frozenset(
     {
-        "authorization",
-        "proxy-authorization",
-        "www-authenticate",
-        "proxy-authenticate",
-        "authentication-info",
-        "date",
-        "subject",
-        "call-id",
-        "cseq",
-        "from",
-        "to",
-        "user-agent",
-        "server",
-        "organization",
-        "timestamp",
-        "content-length",
-        "content-type",
-        "max-forwards",
-        "expires",
-        "min-expires",
-        "retry-after",
-        "priority",
-        "mime-version",
-        "content-disposition",
-        "reply-to",
-        "refer-to",
-        "referred-by",
-        "identity",
-        "identity-info",
-        "session-expires",
-        "min-se",
-        "event",
-        "subscription-state",
-        "rack",
-        "rseq",
-        "replaces",
+        "via",
+        "contact",
+        "route",
+        "record-route",
+        "path",
+        "service-route",
+        "allow",
+        "allow-events",
+        "supported",
+        "require",
+        "proxy-require",
+        "unsupported",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "accept-contact",
+        "reject-contact",
+        "request-disposition",
+        "alert-info",
+        "call-info",
+        "error-info",
+        "in-reply-to",
+        "content-encoding",
+        "content-language",
+        "warning",
+        "reason",
+        "security-client",
+        "security-server",
+        "security-verify",
+        "p-associated-uri",
+        "p-asserted-identity",
+        "p-preferred-identity",
+        "history-info",
+        "privacy",
     }
 )
 
@@ -258,9 +259,9 @@ class SipMessage:
 
     def get(self, name: str) -> str | None:
         """
-        The first value of a header: for list headers (Via, Contact, Route ...)
-        the first element of the first line, for others (L{SINGLE_VALUED}) the
-        whole first line.  Decoded, unfolded and stripped.
+        The first value of a header: for L{LIST_HEADERS} (Via, Contact,
+        Route ...) the first element of the first line, for any other header
+        the whole first line.  Decoded, unfolded and stripped.
 
         @param name: header name, any case, compact form accepted.
         @return: the value, or C{None} if the header is absent.
@@ -269,7 +270,7 @@ class SipMessage:
         for h in self.headers:
             if h.name == cname:
                 text = h.text
-                if cname in SINGLE_VALUED or "," not in text:
+                if cname not in LIST_HEADERS or "," not in text:
                     return text
                 values = split_header_values(text)
                 if values:
@@ -279,12 +280,12 @@ class SipMessage:
     def get_all(self, name: str) -> list[str]:
         """
         Every value of every line of a header, in order; comma-separated lists
-        are split (commas inside quotes and C{<...>} do not split), except for
-        L{SINGLE_VALUED} headers.
+        of L{LIST_HEADERS} are split (commas inside quotes and C{<...>} do not
+        split); other headers give one value per line.
         """
         cname = canonical_name(name)
         out: list[str] = []
-        single = cname in SINGLE_VALUED
+        single = cname not in LIST_HEADERS
         for h in self.headers:
             if h.name == cname:
                 text = h.text
@@ -342,7 +343,7 @@ class SipMessage:
             if h.name != cname:
                 continue
             text = h.value.decode("utf-8", "surrogateescape")
-            if cname not in SINGLE_VALUED:
+            if cname in LIST_HEADERS:
                 first, rest = _first_element(text)
                 while not first.strip() and rest is not None:
                     first, rest = _first_element(rest)
@@ -365,7 +366,7 @@ class SipMessage:
         for h in self.headers:
             if h.name != cname:
                 continue
-            if cname not in SINGLE_VALUED:
+            if cname in LIST_HEADERS:
                 text = h.value.decode("utf-8", "surrogateescape")
                 first, rest = _first_element(text)
                 if rest is not None:
@@ -745,6 +746,7 @@ def make_response(
 
 __all__ = [
     "COMPACT_FORMS",
+    "LIST_HEADERS",
     "Header",
     "NameAddr",
     "SipMessage",
