@@ -1,0 +1,659 @@
+# -*- test-case-name: tests.test_media_manager -*-
+"""
+The media manager: one per half (agent or contact point).
+
+It is called by the SIP proxy core for every message with a body that
+crosses the tunnel (L{MediaManager.sdp_into_tunnel},
+L{MediaManager.sdp_out_of_tunnel}, L{MediaManager.dialog_ended}) and by the
+tunnel for media channels (the channel callbacks of
+C{spwm.tunnel.protocol.TunnelApplication}). Per dialog and media stream it
+keeps one tunnel channel and one relay socket (pair) on our media address.
+
+See C{docs/media.md} and C{docs/architecture.md} ("Media").
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from spwm.media.ports import PortAllocator, PortsExhaustedError
+from spwm.media.relay import (
+    DEFAULT_RECEIVE_BUFFER,
+    MAX_DATAGRAM,
+    AllowPolicy,
+    MediaRelayEndpoint,
+)
+from spwm.sdp import (
+    MediaDescription,
+    OriginVersioner,
+    SessionDescription,
+    find_sdp,
+    parse_sdp,
+    replace_sdp,
+    rewrite_sdp,
+)
+from spwm.tunnel.frames import ChannelKind, ErrorCode
+
+#: Default media inactivity timeout in seconds (not applied to held streams).
+DEFAULT_INACTIVITY_TIMEOUT = 60.0
+
+#: Default number of media streams per dialog; further m= lines are rejected.
+DEFAULT_MAX_STREAMS_PER_DIALOG = 16
+
+#: Default number of channels the peer may open before their SDP arrives.
+DEFAULT_MAX_PENDING_CHANNELS = 256
+
+class _Stream:
+    """
+    The media state of one stream (m= line) of one dialog.
+    """
+
+    __slots__ = (
+        "tunnel",
+        "dialog",
+        "index",
+        "channel_id",
+        "mux",
+        "rtp",
+        "rtcp",
+        "base_port",
+        "held_ours",
+        "held_theirs",
+        "last_count",
+        "last_activity",
+        "remote",
+    )
+
+    def __init__(self, tunnel: Any, dialog: str, index: int, now: float) -> None:
+        self.tunnel = tunnel
+        self.dialog = dialog
+        self.index = index
+        self.channel_id: int | None = None
+        self.mux = False
+        self.rtp: MediaRelayEndpoint | None = None
+        self.rtcp: MediaRelayEndpoint | None = None
+        self.base_port: int | None = None
+        self.held_ours = False
+        self.held_theirs = False
+        self.last_count = 0
+        self.last_activity = now
+        self.remote: MediaDescription | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.held_ours or self.held_theirs
+
+    def count(self) -> int:
+        total = 0
+        if self.rtp is not None:
+            total += self.rtp.total_packets
+        if self.rtcp is not None:
+            total += self.rtcp.total_packets
+        return total
+
+
+class _Dialog:
+    __slots__ = ("streams", "versioner")
+
+    def __init__(self) -> None:
+        self.streams: dict[int, _Stream] = {}
+        self.versioner = OriginVersioner()
+
+
+def _primary_indices(description: SessionDescription) -> list[int]:
+    """
+    For each m= line, the index of the stream whose transport it uses: its
+    own, or the first earlier live m= line with the same address and port
+    (BUNDLE, RFC 9143). Trickle placeholders (port 9, 0.0.0.0) are never
+    merged.
+    """
+    seen: dict[tuple[str | None, int], int] = {}
+    result = []
+    for media in description.media:
+        key = (media.address, media.port)
+        if media.port == 0 or media.placeholder or media.is_tcp:
+            result.append(media.index)
+        elif key in seen:
+            result.append(seen[key])
+        else:
+            seen[key] = media.index
+            result.append(media.index)
+    return result
+
+
+class MediaManager:
+    """
+    Media streams of every dialog on one half, with their channels and
+    relay sockets.
+
+    @ivar side: C{"agent"} or C{"contact"}.
+    @ivar address: our media address (where our side's endpoints send).
+    @ivar inactivity_timeout: seconds without packets after which a stream
+        that is not on hold is released.
+    @ivar dropped_unknown_channel: datagrams from the tunnel on a channel we
+        do not know (late or never opened).
+    @ivar refused_channels: channels from the peer that we refused.
+    @ivar rejected_streams: streams we rejected (limits, no ports, TCP).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        side: str,
+        address: str,
+        port_range: tuple[int, int],
+        allow: Iterable[str] = (),
+        clock: Any = None,
+        strict: bool | None = None,
+        inactivity_timeout: float = DEFAULT_INACTIVITY_TIMEOUT,
+        receive_buffer: int = DEFAULT_RECEIVE_BUFFER,
+        max_streams_per_dialog: int = DEFAULT_MAX_STREAMS_PER_DIALOG,
+        max_pending_channels: int = DEFAULT_MAX_PENDING_CHANNELS,
+        router: Any = None,
+    ) -> None:
+        """
+        @param reactor: provides C{IReactorUDP} (and C{IReactorTime} unless
+            C{clock} is given).
+        @param side: C{"agent"} or C{"contact"}.
+        @param address: the IP address our relay sockets bind to and that
+            the SDP towards our side names.
+        @param port_range: the (low, high) media ports.
+        @param allow: C{--media-allow} networks (CIDR). Only the contact
+            point refuses the special ranges by default.
+        @param clock: the clock for the inactivity timer; C{reactor} if
+            C{None}.
+        @param strict: latch only on the negotiated host I{and} port;
+            default: on for the contact point, off for the agent.
+        @param router: an object with C{channel_opened_locally(tunnel,
+            channel_id, part)} and C{forget_channel(tunnel, channel_id)}
+            (C{spwm.tunnel.protocol.ApplicationMux}), told about the
+            channels we open and close; or C{None}.
+        @raise ValueError: a bad side, range or network.
+        """
+        if side not in ("agent", "contact"):
+            raise ValueError(f"side must be 'agent' or 'contact', not {side!r}")
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.side = side
+        self.address = address
+        self.ports = PortAllocator(*port_range)
+        self.policy = AllowPolicy(allow, block_special=(side == "contact"))
+        self.strict = (side == "contact") if strict is None else strict
+        self.inactivity_timeout = inactivity_timeout
+        self.receive_buffer = receive_buffer
+        self.max_streams_per_dialog = max_streams_per_dialog
+        self.max_pending_channels = max_pending_channels
+        self.router = router
+        self._dialogs: dict[tuple[Any, str], _Dialog] = {}
+        # (tunnel, channel_id) -> (send for component 0, send for component 1)
+        self._routes: dict[tuple[Any, int], tuple[Any, Any]] = {}
+        self._channels: dict[tuple[Any, int], _Stream] = {}
+        # channels the peer opened whose SDP we have not seen yet
+        self._pending: dict[tuple[Any, str, int], tuple[int, float]] = {}
+        self._sockets = 0
+        self._timer: IDelayedCall | None = None
+        self.dropped_unknown_channel = 0
+        self.refused_channels = 0
+        self.rejected_streams = 0
+
+    # counts for tests and status
+
+    @property
+    def open_sockets(self) -> int:
+        """
+        Relay sockets currently bound.
+        """
+        return self._sockets
+
+    @property
+    def open_channels(self) -> int:
+        """
+        Media channels known (ours and the peer's, including pending ones).
+        """
+        return len(self._channels) + len(self._pending)
+
+    @property
+    def streams(self) -> int:
+        """
+        Media streams currently tracked.
+        """
+        return sum(len(d.streams) for d in self._dialogs.values())
+
+    @property
+    def ports_in_use(self) -> int:
+        """
+        Port pairs allocated from the range.
+        """
+        return self.ports.in_use
+
+    def stream_endpoints(
+        self, tunnel: Any, dialog_key: str, index: int
+    ) -> tuple[MediaRelayEndpoint | None, MediaRelayEndpoint | None]:
+        """
+        @return: the RTP and RTCP endpoints of a stream (C{None} if absent).
+        """
+        dialog = self._dialogs.get((tunnel, dialog_key))
+        stream = None if dialog is None else dialog.streams.get(index)
+        if stream is None:
+            return None, None
+        return stream.rtp, stream.rtcp
+
+    # the SIP proxy core's hooks
+
+    def sdp_into_tunnel(
+        self, tunnel: Any, dialog_key: str, content_type: str, body: bytes
+    ) -> None:
+        """
+        A message from our side goes into the tunnel: learn our side's
+        endpoint per stream and open a channel per new stream (before the
+        SIP frame is sent, so the peer knows it first). Streams with port 0
+        are released. The body itself is not changed.
+
+        @raise spwm.sdp.SdpError: the body is malformed.
+        """
+        sdp = find_sdp(content_type, body)
+        if sdp is None:
+            return
+        description = parse_sdp(sdp)
+        dialog = self._dialog(tunnel, dialog_key)
+        now = self.clock.seconds()
+        primaries = _primary_indices(description)
+        for media in description.media:
+            index = media.index
+            if media.port == 0 or media.is_tcp or primaries[index] != index:
+                self._release_stream(dialog, index, "stream removed")
+                continue
+            if index >= self.max_streams_per_dialog:
+                continue
+            stream = dialog.streams.get(index)
+            if stream is None:
+                stream = dialog.streams[index] = _Stream(tunnel, dialog_key, index, now)
+                self._ensure_timer()
+            stream.remote = media
+            stream.held_ours = media.held
+            stream.mux = stream.mux or media.rtcp_mux
+            self._apply_remote(stream)
+            if stream.channel_id is None:
+                self._take_channel(stream, media)
+
+    def sdp_out_of_tunnel(
+        self, tunnel: Any, dialog_key: str, content_type: str, body: bytes
+    ) -> bytes:
+        """
+        A message from the tunnel goes to our side: make sure every live
+        stream has relay sockets on our media address and a channel, and
+        return the body with our address and ports (ICE stripped, C{o=}
+        version kept consistent). The caller fixes C{Content-Length}.
+
+        Streams with port 0 are released; streams that cannot be relayed
+        (TCP media, over the per-dialog limit, no free ports) get port 0.
+
+        @return: the new body (C{body} itself when it has no SDP).
+        @raise spwm.sdp.SdpError: the body is malformed.
+        """
+        sdp = find_sdp(content_type, body)
+        if sdp is None:
+            return body
+        description = parse_sdp(sdp)
+        dialog = self._dialog(tunnel, dialog_key)
+        now = self.clock.seconds()
+        primaries = _primary_indices(description)
+        entries: list[tuple[int, int | None] | None] = []
+        for media in description.media:
+            index = media.index
+            if media.port == 0:
+                self._release_stream(dialog, index, "stream removed")
+                entries.append(None)
+                continue
+            if primaries[index] != index:
+                self._release_stream(dialog, index, "stream bundled")
+                entries.append(entries[primaries[index]])
+                continue
+            if media.is_tcp or index >= self.max_streams_per_dialog:
+                self._release_stream(dialog, index, "stream not relayed")
+                self.rejected_streams += 1
+                entries.append((0, None))
+                continue
+            stream = dialog.streams.get(index)
+            if stream is None:
+                stream = dialog.streams[index] = _Stream(tunnel, dialog_key, index, now)
+                self._ensure_timer()
+            stream.held_theirs = media.held
+            stream.mux = stream.mux or media.rtcp_mux
+            if stream.rtp is None and not self._bind(stream, media):
+                self._release_stream(dialog, index, "no media ports")
+                self.rejected_streams += 1
+                entries.append((0, None))
+                continue
+            if stream.channel_id is None:
+                self._take_channel(stream, media)
+            assert stream.base_port is not None
+            rtcp = None if stream.rtcp is None else stream.base_port + 1
+            entries.append((stream.base_port, rtcp))
+        out = rewrite_sdp(sdp, self.address, entries, dialog.versioner)
+        return replace_sdp(content_type, body, out)
+
+    def dialog_ended(self, tunnel: Any, dialog_key: str) -> None:
+        """
+        The dialog (or early dialog, or transaction) is over: close its
+        channels and release its sockets and ports.
+        """
+        dialog = self._dialogs.pop((tunnel, dialog_key), None)
+        if dialog is not None:
+            for index in list(dialog.streams):
+                self._release_stream(dialog, index, "dialog ended")
+        for key in [k for k in self._pending if k[0] is tunnel and k[1] == dialog_key]:
+            channel_id, _ = self._pending.pop(key)
+            self._close_channel(tunnel, channel_id, "dialog ended")
+        self._maybe_stop_timer()
+
+    # tunnel application callbacks
+
+    def tunnel_established(self, tunnel: Any) -> None:
+        """
+        Nothing to do: media starts with SDP.
+        """
+
+    def tunnel_lost(self, tunnel: Any, reason: str = "") -> None:
+        """
+        The tunnel is gone: release every stream that used it (its channels
+        are gone with it).
+        """
+        for key in [k for k in self._dialogs if k[0] is tunnel]:
+            dialog = self._dialogs.pop(key)
+            for index in list(dialog.streams):
+                self._release_stream(dialog, index, "tunnel lost", close=False)
+        for key in [k for k in self._pending if k[0] is tunnel]:
+            del self._pending[key]
+        for key in [k for k in self._channels if k[0] is tunnel]:
+            self._forget(key)
+        self._maybe_stop_timer()
+
+    def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
+        """
+        Not ours: SIP goes to the SIP core.
+        """
+
+    def channel_requested(
+        self, tunnel: Any, channel_id: int, kind: Any, meta: dict[str, Any]
+    ) -> None:
+        """
+        The peer opened a media channel for (dialog, stream): keep it until
+        the SDP that needs it comes out of the tunnel. Refuse stream
+        channels (TCP media is not carried yet), malformed metadata, a
+        second channel for a stream, and more than
+        C{max_pending_channels} waiting channels.
+        """
+        dialog_key = meta.get("dialog")
+        index = meta.get("stream")
+        problem = None
+        if kind != ChannelKind.DATAGRAM:
+            problem = "only datagram media channels are supported"
+        elif not isinstance(dialog_key, str) or not isinstance(index, int):
+            problem = "media channel without dialog and stream"
+        elif not 0 <= index < self.max_streams_per_dialog:
+            problem = "stream index out of range"
+        elif len(self._pending) >= self.max_pending_channels:
+            problem = "too many pending media channels"
+        else:
+            dialog = self._dialogs.get((tunnel, dialog_key))
+            stream = None if dialog is None else dialog.streams.get(index)
+            if stream is not None and stream.channel_id is not None:
+                problem = "stream already has a channel"
+            elif (tunnel, dialog_key, index) in self._pending:
+                problem = "stream already has a channel"
+        if problem is not None:
+            self.refused_channels += 1
+            self.log.warn(
+                "refusing media channel {channel_id} from {peer}: {reason}",
+                channel_id=channel_id,
+                peer=getattr(tunnel, "peer", "?"),
+                reason=problem,
+            )
+            tunnel.close_channel(channel_id, int(ErrorCode.REFUSED), problem)
+            return
+        if stream is not None:
+            self._attach(stream, channel_id)
+        else:
+            self._pending[tunnel, dialog_key, index] = (channel_id, self.clock.seconds())
+            self._ensure_timer()
+
+    def datagram_received(
+        self, tunnel: Any, channel_id: int, data: bytes, component: int
+    ) -> None:
+        """
+        A datagram from the tunnel: write it to our side (the hot path).
+        """
+        route = self._routes.get((tunnel, channel_id))
+        if route is None:
+            self.dropped_unknown_channel += 1
+            return
+        route[component & 1](data)
+
+    def stream_data_received(self, tunnel: Any, channel_id: int, data: bytes) -> None:
+        """
+        TCP media is not carried yet: ignored.
+        """
+
+    def stream_ended(self, tunnel: Any, channel_id: int) -> None:
+        """
+        TCP media is not carried yet: ignored.
+        """
+
+    def channel_closed(
+        self, tunnel: Any, channel_id: int, code: int, reason: str
+    ) -> None:
+        """
+        The peer closed a media channel: release its stream.
+        """
+        for key, (pending_id, _) in list(self._pending.items()):
+            if key[0] is tunnel and pending_id == channel_id:
+                del self._pending[key]
+                self._maybe_stop_timer()
+        stream = self._channels.get((tunnel, channel_id))
+        if stream is None:
+            return
+        dialog = self._dialogs.get((tunnel, stream.dialog))
+        self._forget((tunnel, channel_id))
+        stream.channel_id = None
+        if dialog is not None:
+            self._release_stream(dialog, stream.index, "peer closed", close=False)
+
+    # internals
+
+    def _dialog(self, tunnel: Any, dialog_key: str) -> _Dialog:
+        dialog = self._dialogs.get((tunnel, dialog_key))
+        if dialog is None:
+            dialog = self._dialogs[tunnel, dialog_key] = _Dialog()
+        return dialog
+
+    def _apply_remote(self, stream: _Stream) -> None:
+        media = stream.remote
+        if media is None:
+            return
+        hold = media.hold_address
+        host = None if hold else media.address
+        if stream.rtp is not None:
+            stream.rtp.expect(host, media.port, held=hold)
+        if stream.rtcp is not None:
+            rtcp_host = None if hold else media.rtcp_address
+            stream.rtcp.expect(rtcp_host, media.rtcp_port, held=hold)
+
+    def _take_channel(self, stream: _Stream, media: MediaDescription) -> None:
+        tunnel = stream.tunnel
+        pending = self._pending.pop((tunnel, stream.dialog, stream.index), None)
+        if pending is not None:
+            self._attach(stream, pending[0])
+            return
+        meta = {
+            "use": "media",
+            "dialog": stream.dialog,
+            "stream": stream.index,
+            "mux": media.rtcp_mux,
+        }
+        channel_id = tunnel.open_channel(ChannelKind.DATAGRAM, meta)
+        if self.router is not None:
+            self.router.channel_opened_locally(tunnel, channel_id, self)
+        self._attach(stream, channel_id)
+
+    def _attach(self, stream: _Stream, channel_id: int) -> None:
+        stream.channel_id = channel_id
+        key = (stream.tunnel, channel_id)
+        self._channels[key] = stream
+        self._route(stream)
+
+    def _route(self, stream: _Stream) -> None:
+        if stream.channel_id is None:
+            return
+        key = (stream.tunnel, stream.channel_id)
+        send = stream.tunnel.send_datagram
+        if stream.rtp is None:
+            self._routes.pop(key, None)
+            return
+        stream.rtp.attach(send, stream.channel_id)
+        rtcp = stream.rtp
+        if stream.rtcp is not None:
+            stream.rtcp.attach(send, stream.channel_id)
+            rtcp = stream.rtcp
+        self._routes[key] = (stream.rtp.send, rtcp.send)
+
+    def _bind(self, stream: _Stream, media: MediaDescription) -> bool:
+        need_rtcp = not media.rtcp_mux_only
+        for _ in range(min(self.ports.capacity, 16)):
+            try:
+                base = self.ports.allocate()
+            except PortsExhaustedError:
+                self.log.warn(
+                    "no free media ports for dialog {dialog}", dialog=stream.dialog
+                )
+                return False
+            rtp = self._endpoint(0)
+            try:
+                rtp.port = self.reactor.listenUDP(
+                    base, rtp, interface=self.address, maxPacketSize=MAX_DATAGRAM
+                )
+            except CannotListenError:
+                self.ports.release(base)
+                continue
+            self._sockets += 1
+            rtcp = None
+            if need_rtcp:
+                rtcp = self._endpoint(1)
+                try:
+                    rtcp.port = self.reactor.listenUDP(
+                        base + 1, rtcp, interface=self.address, maxPacketSize=MAX_DATAGRAM
+                    )
+                except CannotListenError:
+                    self._unlisten(rtp)
+                    self.ports.release(base)
+                    continue
+                self._sockets += 1
+            stream.rtp, stream.rtcp, stream.base_port = rtp, rtcp, base
+            self._apply_remote(stream)
+            self._route(stream)
+            return True
+        return False
+
+    def _endpoint(self, component: int) -> MediaRelayEndpoint:
+        return MediaRelayEndpoint(
+            component=component,
+            strict=self.strict,
+            policy=self.policy,
+            receive_buffer=self.receive_buffer,
+        )
+
+    def _unlisten(self, endpoint: MediaRelayEndpoint | None) -> None:
+        if endpoint is None or endpoint.port is None:
+            return
+        endpoint.detach()
+        port, endpoint.port = endpoint.port, None
+        self._sockets -= 1
+        port.stopListening()
+
+    def _forget(self, key: tuple[Any, int]) -> None:
+        self._routes.pop(key, None)
+        self._channels.pop(key, None)
+        if self.router is not None:
+            self.router.forget_channel(key[0], key[1])
+
+    def _close_channel(self, tunnel: Any, channel_id: int, reason: str) -> None:
+        self._forget((tunnel, channel_id))
+        tunnel.close_channel(channel_id, 0, reason)
+
+    def _release_stream(
+        self, dialog: _Dialog, index: int, reason: str, close: bool = True
+    ) -> None:
+        stream = dialog.streams.pop(index, None)
+        if stream is None:
+            return
+        if stream.channel_id is not None:
+            if close:
+                self._close_channel(stream.tunnel, stream.channel_id, reason)
+            else:
+                self._forget((stream.tunnel, stream.channel_id))
+            stream.channel_id = None
+        self._unlisten(stream.rtp)
+        self._unlisten(stream.rtcp)
+        stream.rtp = stream.rtcp = None
+        if stream.base_port is not None:
+            self.ports.release(stream.base_port)
+            stream.base_port = None
+        self._maybe_stop_timer()
+
+    # the inactivity sweep
+
+    def _sweep_interval(self) -> float:
+        return max(1.0, min(10.0, self.inactivity_timeout / 4))
+
+    def _ensure_timer(self) -> None:
+        if self._timer is None or not self._timer.active():
+            self._timer = self.clock.callLater(self._sweep_interval(), self._sweep)
+
+    def _maybe_stop_timer(self) -> None:
+        if self._timer is not None and not self._dialogs_have_streams() and not self._pending:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _dialogs_have_streams(self) -> bool:
+        return any(d.streams for d in self._dialogs.values())
+
+    def _sweep(self) -> None:
+        """
+        Release streams idle for longer than the timeout unless held, and
+        channels the peer opened whose SDP never came.
+        """
+        self._timer = None
+        now = self.clock.seconds()
+        for dialog in list(self._dialogs.values()):
+            for index, stream in list(dialog.streams.items()):
+                count = stream.count()
+                if count != stream.last_count:
+                    stream.last_count = count
+                    stream.last_activity = now
+                    for endpoint in (stream.rtp, stream.rtcp):
+                        if endpoint is not None:
+                            endpoint.last_activity = now
+                elif stream.held:
+                    stream.last_activity = now
+                elif now - stream.last_activity >= self.inactivity_timeout:
+                    self.log.info(
+                        "media stream {stream} of dialog {dialog} idle for {idle}s:"
+                        " released",
+                        stream=index,
+                        dialog=stream.dialog,
+                        idle=now - stream.last_activity,
+                    )
+                    self._release_stream(dialog, index, "media inactivity")
+        for key, (channel_id, since) in list(self._pending.items()):
+            if now - since >= self.inactivity_timeout:
+                del self._pending[key]
+                self._close_channel(key[0], channel_id, "no session description")
+        if self._dialogs_have_streams() or self._pending:
+            self._ensure_timer()
