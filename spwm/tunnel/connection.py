@@ -43,6 +43,7 @@ from spwm.tunnel.frames import (
 
 _PACK = HEADER.pack
 _DATAGRAM = int(FrameType.DATAGRAM)
+_NEVER_STALE = float("inf")
 
 
 class Role(enum.Enum):
@@ -454,10 +455,22 @@ class TunnelConnection:
         """
         Close a channel (ours or the peer's).  Closing one that is not open does nothing.
         """
-        if self.state is State.CLOSED or self._channels.pop(channel_id, None) is None:
+        if self.state is State.CLOSED:
+            return
+        channel = self._channels.pop(channel_id, None)
+        if channel is None:
             return
         self._remember_closed(channel_id)
-        self._queue(encode_control({"op": "close", "channel": channel_id, "code": int(code), "reason": reason}))
+        frame = encode_control({"op": "close", "channel": channel_id, "code": int(code), "reason": reason})
+        # The close must not overtake data of the channel that is still queued.
+        if channel.kind is ChannelKind.STREAM and self._stream:
+            self._stream.append(frame)
+            self._stream_bytes += len(frame)
+        elif channel.kind is ChannelKind.DATAGRAM and self._media:
+            self._media.append((_NEVER_STALE, frame))
+            self._media_bytes += len(frame)
+        else:
+            self._queue(frame)
 
     def is_open_channel(self, channel_id: int) -> bool:
         """

@@ -1,0 +1,446 @@
+"""
+Tests for L{spwm.tunnel.connection}, the sans-I/O tunnel core.
+"""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings, strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.limits import Limits
+from spwm.testing.pair import CorePair
+from spwm.tunnel import events as ev
+from spwm.tunnel.connection import ChannelLimitError, Role, State, TunnelConnection
+from spwm.tunnel.decoder import FrameDecoder
+from spwm.tunnel.frames import (
+    HEADER,
+    ChannelKind,
+    ErrorCode,
+    FrameType,
+    decode_error,
+    encode_control,
+    encode_frame,
+    encode_preface,
+)
+
+
+def of_type(events: list, cls: type) -> list:
+    return [e for e in events if isinstance(e, cls)]
+
+
+def frames_in(data: bytes, skip_preface: bool = True) -> list[tuple[int, int, int, bytes]]:
+    return FrameDecoder().feed(data[8:] if skip_preface else data)
+
+
+class HandshakeTests(SynchronousTestCase):
+    """
+    The versioned handshake.
+    """
+
+    def test_handshake(self) -> None:
+        """
+        Both sides report the handshake with the session and agent identities.
+        """
+        pair = CorePair(hello={"capabilities": ["x"]}).handshake()
+        [a] = of_type(pair.agent_events, ev.HandshakeCompleted)
+        [c] = of_type(pair.contact_events, ev.HandshakeCompleted)
+        self.assertEqual((a.version, a.session_id, a.agent_id), (1, "s-1", "agent-1"))
+        self.assertEqual((c.version, c.session_id, c.agent_id), (1, "s-1", "agent-1"))
+        self.assertEqual(a.peer_hello["capabilities"], ["x"])
+        self.assertEqual(c.peer_hello["op"], "hello")
+        self.assertIs(pair.agent.state, State.OPEN)
+        self.assertIs(pair.contact.state, State.OPEN)
+
+    def test_hello_carries_extra_fields(self) -> None:
+        """
+        The agent's hello carries the fields it was given (room for resumption data).
+        """
+        agent = TunnelConnection(Role.AGENT, 0, agent_id="a", hello={"resume": [{"user": "u"}]})
+        contact = TunnelConnection(Role.CONTACT, 0, session_id="s")
+        contact.receive_data(agent.data_to_send(0), 0)
+        events = agent.receive_data(contact.data_to_send(0), 0)
+        self.assertEqual(events, [])
+        [done] = contact.receive_data(agent.data_to_send(0), 0)
+        self.assertEqual(done.peer_hello["resume"], [{"user": "u"}])
+
+    def test_version_mismatch(self) -> None:
+        """
+        An agent that speaks only a version the contact point does not gets
+        a VERSION_MISMATCH error and both sides close.
+        """
+        agent = TunnelConnection(Role.AGENT, 0, agent_id="a", versions=(7, 9))
+        contact = TunnelConnection(Role.CONTACT, 0, session_id="s")
+        [closed] = contact.receive_data(agent.data_to_send(0), 0)
+        self.assertEqual(closed.code, ErrorCode.VERSION_MISMATCH)
+        self.assertIs(contact.state, State.CLOSED)
+        reply = contact.data_to_send(0)
+        self.assertEqual(reply[:8], encode_preface(0, 0))
+        [closed] = agent.receive_data(reply, 0)
+        self.assertEqual(closed.code, ErrorCode.VERSION_MISMATCH)
+
+    def test_newer_agent_gets_our_version(self) -> None:
+        """
+        An agent that also speaks later versions is answered with the highest
+        common one, so a later version can be added without breaking anyone.
+        """
+        agent = TunnelConnection(Role.AGENT, 0, agent_id="a", versions=(1, 5))
+        contact = TunnelConnection(Role.CONTACT, 0, session_id="s")
+        contact.receive_data(agent.data_to_send(0), 0)
+        agent.receive_data(contact.data_to_send(0), 0)
+        [done] = contact.receive_data(agent.data_to_send(0), 0)
+        self.assertEqual(done.version, 1)
+
+    def test_bad_magic(self) -> None:
+        """
+        Something that is not an SPWM agent (say, an HTTP client) is refused.
+        """
+        contact = TunnelConnection(Role.CONTACT, 0, session_id="s")
+        [closed] = contact.receive_data(b"GET / HTTP/1.1\r\n\r\n", 0)
+        self.assertEqual(closed.code, ErrorCode.PROTOCOL_ERROR)
+        self.assertIn("magic", closed.reason)
+        self.assertEqual(contact.receive_data(b"more", 0), [])
+
+    def test_frames_before_handshake(self) -> None:
+        """
+        A SIP frame before the hello is a protocol error.
+        """
+        contact = TunnelConnection(Role.CONTACT, 0, session_id="s")
+        [closed] = contact.receive_data(encode_preface(1, 1) + encode_frame(FrameType.SIP, 0, 1, b"x"), 0)
+        self.assertEqual(closed.code, ErrorCode.PROTOCOL_ERROR)
+
+    def test_handshake_timeout(self) -> None:
+        """
+        A peer that never finishes the handshake is closed after the timeout.
+        """
+        contact = TunnelConnection(Role.CONTACT, 100, session_id="s", limits=Limits(handshake_timeout=5))
+        self.assertEqual(contact.next_deadline(), 105)
+        self.assertEqual(contact.handle_timer(104), [])
+        [closed] = contact.handle_timer(105)
+        self.assertEqual(closed.code, ErrorCode.HANDSHAKE_TIMEOUT)
+        (ftype, _, _, payload), = FrameDecoder().feed(contact.data_to_send(105))
+        self.assertEqual(decode_error(payload)[0], ErrorCode.HANDSHAKE_TIMEOUT)
+
+    def test_bad_hello(self) -> None:
+        """
+        A hello that is not JSON, or lacks an agent id, is refused.
+        """
+        for payload in [b"{", b"[]", json.dumps({"op": "hello"}).encode()]:
+            contact = TunnelConnection(Role.CONTACT, 0, session_id="s")
+            [closed] = contact.receive_data(encode_preface(1, 1) + encode_frame(FrameType.CONTROL, 0, 0, payload), 0)
+            self.assertEqual(closed.code, ErrorCode.BAD_CONTROL)
+
+
+class ChannelTests(SynchronousTestCase):
+    """
+    Channels, SIP and datagrams over an open tunnel.
+    """
+
+    def setUp(self) -> None:
+        self.pair = CorePair().handshake()
+        self.pair.agent_events.clear()
+        self.pair.contact_events.clear()
+
+    def test_sip_both_ways(self) -> None:
+        """
+        SIP messages arrive with their flow id.
+        """
+        self.pair.agent.send_sip(5, b"REGISTER sip:x SIP/2.0\r\n\r\n")
+        self.pair.contact.send_sip(5, b"SIP/2.0 200 OK\r\n\r\n")
+        self.pair.transfer()
+        self.assertEqual(self.pair.contact_events, [ev.SipReceived(5, b"REGISTER sip:x SIP/2.0\r\n\r\n")])
+        self.assertEqual(self.pair.agent_events, [ev.SipReceived(5, b"SIP/2.0 200 OK\r\n\r\n")])
+
+    def test_open_datagram_close(self) -> None:
+        """
+        A channel opened by one side is known to the other before its first
+        datagram; datagrams keep their boundaries and component; close is seen.
+        """
+        cid = self.pair.agent.open_channel(ChannelKind.DATAGRAM, {"use": "media"})
+        self.assertEqual(cid % 2, 1)
+        self.pair.agent.send_datagram(cid, b"rtp", self.pair.now)
+        self.pair.agent.send_datagram(cid, b"rtcp", self.pair.now, component=1)
+        self.pair.transfer()
+        self.assertEqual(
+            self.pair.contact_events,
+            [
+                ev.ChannelOpened(cid, ChannelKind.DATAGRAM, {"use": "media"}),
+                ev.DatagramReceived(cid, b"rtp", 0),
+                ev.DatagramReceived(cid, b"rtcp", 1),
+            ],
+        )
+        self.pair.contact.send_datagram(cid, b"back", self.pair.now)
+        self.pair.contact.close_channel(cid, 0, "bye")
+        self.pair.transfer()
+        self.assertEqual(self.pair.agent_events, [ev.DatagramReceived(cid, b"back", 0), ev.ChannelClosed(cid, 0, "bye")])
+        self.assertEqual(self.pair.agent.channel_count, 0)
+        self.assertEqual(self.pair.contact.channel_count, 0)
+
+    def test_contact_channels_are_even(self) -> None:
+        """
+        The contact point allocates even ids, the agent odd ones, never reused.
+        """
+        ids = [self.pair.contact.open_channel(ChannelKind.DATAGRAM, {}) for _ in range(3)]
+        self.assertEqual(ids, [2, 4, 6])
+        self.pair.contact.close_channel(4)
+        self.assertEqual(self.pair.contact.open_channel(ChannelKind.DATAGRAM, {}), 8)
+
+    def test_stream_channel(self) -> None:
+        """
+        Stream channels carry bytes and end-of-stream; data after the end is an error.
+        """
+        cid = self.pair.contact.open_channel(ChannelKind.STREAM, {"use": "msrp"})
+        self.assertTrue(self.pair.contact.send_stream_data(cid, b"hello "))
+        self.pair.contact.send_stream_data(cid, b"world", fin=True)
+        self.pair.transfer()
+        self.assertEqual(
+            self.pair.agent_events[1:],
+            [ev.StreamDataReceived(cid, b"hello "), ev.StreamDataReceived(cid, b"world"), ev.StreamEnded(cid)],
+        )
+        self.assertRaises(ValueError, self.pair.contact.send_stream_data, cid, b"more")
+        [closed] = self.pair.agent.receive_data(encode_frame(FrameType.STREAM_DATA, 0, cid, b"x"), self.pair.now)
+        self.assertEqual(closed.code, ErrorCode.PROTOCOL_ERROR)
+
+    def test_large_stream_data_is_split(self) -> None:
+        """
+        Stream data larger than a frame is split into several frames.
+        """
+        cid = self.pair.agent.open_channel(ChannelKind.STREAM, {})
+        self.pair.agent.send_stream_data(cid, b"a" * 150_000)
+        self.pair.transfer()
+        data = b"".join(e.data for e in of_type(self.pair.contact_events, ev.StreamDataReceived))
+        self.assertEqual(data, b"a" * 150_000)
+
+    def test_datagram_on_unknown_channel(self) -> None:
+        """
+        A datagram on a channel that was never opened closes the tunnel.
+        """
+        [closed] = self.pair.contact.receive_data(encode_frame(FrameType.DATAGRAM, 0, 99, b"x"), self.pair.now)
+        self.assertEqual(closed.code, ErrorCode.UNKNOWN_CHANNEL)
+
+    def test_late_datagram_is_dropped(self) -> None:
+        """
+        A datagram on a channel that was open and is now closed is a late
+        frame: dropped and counted, the tunnel lives on.
+        """
+        cid = self.pair.agent.open_channel(ChannelKind.DATAGRAM, {})
+        self.pair.transfer()
+        self.pair.contact.close_channel(cid)
+        events = self.pair.contact.receive_data(encode_frame(FrameType.DATAGRAM, 0, cid, b"late"), self.pair.now)
+        self.assertEqual(events, [])
+        self.assertEqual(self.pair.contact.stats.late_frames, 1)
+        self.assertIs(self.pair.contact.state, State.OPEN)
+
+    def test_send_on_closed_channel_is_counted(self) -> None:
+        """
+        Sending a datagram on a channel that is not open drops it and counts it.
+        """
+        self.pair.agent.send_datagram(77, b"x", self.pair.now)
+        self.assertEqual(self.pair.agent.stats.datagrams_unknown_channel, 1)
+        self.assertEqual(self.pair.agent.data_to_send(self.pair.now), b"")
+
+    def test_peer_opens_with_wrong_parity(self) -> None:
+        """
+        A peer opening a channel with our parity breaks the protocol.
+        """
+        msg = encode_control({"op": "open", "channel": 2, "kind": "datagram", "meta": {}})
+        [closed] = self.pair.contact.receive_data(msg, self.pair.now)
+        self.assertEqual(closed.code, ErrorCode.PROTOCOL_ERROR)
+
+    def test_channel_limit(self) -> None:
+        """
+        Past the channel limit our own opens raise, and the peer's are refused
+        with CHANNEL_LIMIT while the tunnel lives on.
+        """
+        agent = TunnelConnection(Role.AGENT, 0, agent_id="a")
+        contact = TunnelConnection(Role.CONTACT, 0, session_id="s", limits=Limits(max_channels=1))
+        contact.receive_data(agent.data_to_send(0), 0)
+        agent.receive_data(contact.data_to_send(0), 0)
+        contact.receive_data(agent.data_to_send(0), 0)
+        agent.receive_data(contact.data_to_send(0), 0)
+        self.assertIs(contact.state, State.OPEN)
+        first = agent.open_channel(ChannelKind.DATAGRAM, {})
+        second = agent.open_channel(ChannelKind.DATAGRAM, {})
+        events = contact.receive_data(agent.data_to_send(0), 0)
+        self.assertEqual([type(e) for e in events], [ev.ChannelOpened])
+        self.assertRaises(ChannelLimitError, contact.open_channel, ChannelKind.DATAGRAM, {})
+        [refused] = agent.receive_data(contact.data_to_send(0), 0)
+        self.assertEqual((refused.channel_id, refused.code), (second, ErrorCode.CHANNEL_LIMIT))
+        self.assertTrue(agent.is_open_channel(first))
+        self.assertIs(contact.state, State.OPEN)
+        self.assertIs(agent.state, State.OPEN)
+
+    def test_unknown_control_op_is_ignored(self) -> None:
+        """
+        A control message with an unknown op is ignored (room for later versions).
+        """
+        events = self.pair.contact.receive_data(encode_control({"op": "future-thing"}), self.pair.now)
+        self.assertEqual(events, [])
+        self.assertEqual(self.pair.contact.stats.unknown_control, 1)
+
+    def test_error_frame_closes(self) -> None:
+        """
+        An ERROR frame from the peer closes the tunnel, reported as by the peer.
+        """
+        self.pair.agent.close(ErrorCode.NO_ERROR, "bye")
+        self.pair.transfer()
+        [closed] = of_type(self.pair.contact_events, ev.TunnelClosed)
+        self.assertEqual((closed.code, closed.reason, closed.by_peer), (0, "bye", True))
+        self.assertRaises(RuntimeError, self.pair.agent.send_sip, 1, b"x")
+
+
+class SchedulerTests(SynchronousTestCase):
+    """
+    Priorities, stale media, queue bounds.
+    """
+
+    def setUp(self) -> None:
+        self.pair = CorePair(limits=Limits(media_deadline=0.05, max_media_queue=2000, max_priority_queue=1000)).handshake()
+        self.agent = self.pair.agent
+        self.cid = self.agent.open_channel(ChannelKind.DATAGRAM, {})
+        self.pair.transfer()
+
+    def test_sip_goes_before_media(self) -> None:
+        """
+        A SIP frame queued after media is sent before it.
+        """
+        self.agent.send_datagram(self.cid, b"m1", self.pair.now)
+        self.agent.send_sip(1, b"SIP")
+        out = frames_in(b"\0" * 8 + self.agent.data_to_send(self.pair.now))
+        self.assertEqual([f[0] for f in out], [FrameType.SIP, FrameType.DATAGRAM])
+
+    def test_stale_media_dropped(self) -> None:
+        """
+        Media that waited longer than the deadline (the transport was paused)
+        is dropped and counted; fresh media and SIP go out.
+        """
+        now = self.pair.now
+        self.agent.send_datagram(self.cid, b"old", now)
+        self.agent.send_sip(1, b"SIP")
+        self.agent.send_datagram(self.cid, b"new", now + 0.04)
+        out = frames_in(b"\0" * 8 + self.agent.data_to_send(now + 0.06))
+        self.assertEqual([f[3] for f in out], [b"SIP", b"new"])
+        self.assertEqual(self.agent.stats.media_dropped_stale, 1)
+
+    def test_media_queue_is_bounded(self) -> None:
+        """
+        While paused, the media queue holds at most its byte limit.
+        """
+        for _ in range(100):
+            self.agent.send_datagram(self.cid, b"x" * 172, self.pair.now)
+        self.assertGreater(self.agent.stats.media_dropped_overflow, 80)
+        self.assertLessEqual(len(self.agent.data_to_send(self.pair.now)), 2000 + 200)
+
+    def test_max_bytes(self) -> None:
+        """
+        C{max_bytes} limits media but never holds back SIP.
+        """
+        for _ in range(5):
+            self.agent.send_datagram(self.cid, b"x" * 100, self.pair.now)
+        self.agent.send_sip(1, b"s" * 300)
+        out = self.agent.data_to_send(self.pair.now, max_bytes=420)
+        self.assertEqual(len(out), 308 + 108)
+        self.assertEqual(len(self.agent.data_to_send(self.pair.now)), 4 * 108)
+
+    def test_priority_overflow_closes(self) -> None:
+        """
+        When the peer stops reading and signalling piles up past its limit,
+        the tunnel closes rather than drop SIP.
+        """
+        self.assertIsNone(self.agent.check_queues())
+        for _ in range(10):
+            self.agent.send_sip(1, b"s" * 200)
+        closed = self.agent.check_queues()
+        self.assertEqual(closed.code, ErrorCode.QUEUE_OVERFLOW)
+        self.assertIs(self.agent.state, State.CLOSED)
+
+
+class KeepaliveTests(SynchronousTestCase):
+    """
+    Pings, dead peers and go-away.
+    """
+
+    def test_idle_tunnel_pings_and_lives(self) -> None:
+        """
+        An idle tunnel exchanges pings and stays open for a long time.
+        """
+        pair = CorePair(limits=Limits(keepalive_interval=10, keepalive_timeout=30)).handshake()
+        pair.advance(300)
+        self.assertIs(pair.agent.state, State.OPEN)
+        self.assertIs(pair.contact.state, State.OPEN)
+        self.assertGreater(pair.agent.stats.pings_sent + pair.contact.stats.pings_sent, 10)
+
+    def test_silent_peer_is_dead(self) -> None:
+        """
+        A peer silent for longer than the timeout (TCP hangs without an error)
+        is declared dead.
+        """
+        pair = CorePair(limits=Limits(keepalive_interval=10, keepalive_timeout=30)).handshake()
+        now = pair.now
+        agent = pair.agent
+        events = []
+        t = now
+        while agent.state is State.OPEN and t < now + 100:
+            t = agent.next_deadline()
+            events += agent.handle_timer(t)
+            agent.data_to_send(t)  # written into the void
+        [closed] = of_type(events, ev.TunnelClosed)
+        self.assertEqual(closed.code, ErrorCode.KEEPALIVE_TIMEOUT)
+        self.assertEqual(t, now + 30)
+
+    def test_go_away(self) -> None:
+        """
+        Go-away reaches the peer with the drain time; the sender closes when
+        the drain time is over.
+        """
+        pair = CorePair().handshake()
+        pair.contact.go_away(pair.now, "maintenance", drain=3)
+        pair.transfer()
+        [gone] = of_type(pair.agent_events, ev.PeerWentAway)
+        self.assertEqual((gone.reason, gone.drain), ("maintenance", 3))
+        self.assertTrue(pair.agent.going_away)
+        pair.advance(3)
+        [closed] = of_type(pair.contact_events, ev.TunnelClosed)
+        self.assertEqual(closed.code, ErrorCode.GOING_AWAY)
+
+
+class PropertyTests(SynchronousTestCase):
+    """
+    Random input never breaks the core.
+    """
+
+    @given(st.binary(max_size=500))
+    def test_garbage_after_handshake(self, data: bytes) -> None:
+        """
+        Random bytes after the handshake give events or a clean close, never an exception.
+        """
+        pair = CorePair().handshake()
+        events = pair.contact.receive_data(data, pair.now)
+        if pair.contact.state is State.CLOSED:
+            self.assertIsInstance(events[-1], ev.TunnelClosed)
+
+    @settings(max_examples=50)
+    @given(st.lists(st.tuples(st.sampled_from(["agent", "contact"]), st.integers(0, 3), st.binary(max_size=50)), max_size=40))
+    def test_interleaved_channels(self, ops: list[tuple[str, int, bytes]]) -> None:
+        """
+        Datagrams on several channels opened by both sides arrive on the right
+        channel in order.
+        """
+        pair = CorePair().handshake()
+        chans = {
+            "agent": [pair.agent.open_channel(ChannelKind.DATAGRAM, {}) for _ in range(4)],
+            "contact": [pair.contact.open_channel(ChannelKind.DATAGRAM, {}) for _ in range(4)],
+        }
+        pair.transfer()
+        pair.agent_events.clear()
+        pair.contact_events.clear()
+        sent: dict[str, list[tuple[int, bytes]]] = {"agent": [], "contact": []}
+        for side, i, data in ops:
+            core = pair.agent if side == "agent" else pair.contact
+            cid = chans[side][i]
+            core.send_datagram(cid, data, pair.now)
+            sent[side].append((cid, data))
+        pair.transfer()
+        self.assertEqual([(e.channel_id, e.data) for e in pair.contact_events], sent["agent"])
+        self.assertEqual([(e.channel_id, e.data) for e in pair.agent_events], sent["contact"])
