@@ -1,0 +1,517 @@
+"""
+Tests for L{spwm.sip.message}: parsing, byte preservation, the mutators,
+limits, make_response, and hypothesis round trips and garbage.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.sip import (
+    Header,
+    SipMessage,
+    SipParseError,
+    make_response,
+    parse_message,
+    parse_name_addr,
+)
+from spwm.sip.errors import SipParseError as ErrorsSipParseError
+from spwm.errors import SpwmError
+
+INVITE = (
+    b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds ,"
+    b" SIP/2.0/TCP [2001:db8::1]:5070;branch=z9hG4bKx;received=192.0.2.9\r\n"
+    b"Max-Forwards:   70\r\n"
+    b"To: Bob <sip:bob@biloxi.example.com>\r\n"
+    b"f: \"Alice, A.\" <sip:alice@atlanta.example.com>;tag=1928301774\r\n"
+    b"i: a84b4c76e66710@pc33.atlanta.example.com\r\n"
+    b"CSeq: 314159 INVITE\r\n"
+    b"X-Unknown :  keep   this ,  exactly\r\n"
+    b"m: <sip:alice@pc33.atlanta.example.com>, \"x,y\" <sip:b@h>;q=0.5\r\n"
+    b"Route: <sip:p1.example.com;lr>,\r\n <sip:p2.example.com;lr>\r\n"
+    b"Content-Type: application/sdp\r\n"
+    b"l: 4\r\n"
+    b"\r\n"
+    b"v=0\n"
+)
+
+
+class ParseTests(SynchronousTestCase):
+    """
+    Parsing a message and reading its fields.
+    """
+
+    def test_request_fields(self) -> None:
+        """
+        Start line, headers in wire order (compact names expanded) and the
+        convenience accessors are read correctly.
+        """
+        m = parse_message(INVITE)
+        self.assertTrue(m.is_request)
+        self.assertEqual((m.method, m.uri, m.version), ("INVITE", "sip:bob@biloxi.example.com", "SIP/2.0"))
+        self.assertEqual(
+            [h.name for h in m.headers],
+            ["via", "max-forwards", "to", "from", "call-id", "cseq", "x-unknown",
+             "contact", "route", "content-type", "content-length"],
+        )
+        self.assertEqual(m.headers[3].raw_name, b"f")
+        self.assertEqual(m.call_id, "a84b4c76e66710@pc33.atlanta.example.com")
+        self.assertEqual(m.cseq, (314159, "INVITE"))
+        self.assertEqual(m.cseq_method, "INVITE")
+        self.assertEqual(m.max_forwards, 70)
+        self.assertEqual(m.from_tag, "1928301774")
+        self.assertIsNone(m.to_tag)
+        self.assertEqual(m.content_type, "application/sdp")
+        self.assertEqual(m.body, b"v=0\n")
+        via = m.top_via
+        self.assertEqual((via.transport, via.host, via.branch), ("UDP", "pc33.atlanta.example.com", "z9hG4bK776asdhds"))
+
+    def test_lists(self) -> None:
+        """
+        get() gives the first element of a list header; get_all() splits
+        lists across lines but not at commas inside quotes; unknown headers
+        are one value per line; count() counts values.
+        """
+        m = parse_message(INVITE)
+        self.assertEqual(len(m.get_all("v")), 2)
+        self.assertEqual(m.get("Contact"), "<sip:alice@pc33.atlanta.example.com>")
+        self.assertEqual(
+            m.get_all("CONTACT"),
+            ["<sip:alice@pc33.atlanta.example.com>", '"x,y" <sip:b@h>;q=0.5'],
+        )
+        self.assertEqual(m.get_all("route"), ["<sip:p1.example.com;lr>", "<sip:p2.example.com;lr>"])
+        self.assertEqual(m.get("x-unknown"), "keep   this ,  exactly")
+        self.assertEqual(m.count("route"), 2)
+        self.assertEqual(m.count("record-route"), 0)
+        self.assertIsNone(m.get("record-route"))
+        self.assertEqual(parse_name_addr(m.get("from")).display_name, "Alice, A.")
+
+    def test_response(self) -> None:
+        """
+        A response has status and reason, no method; cseq_method tells what
+        it answers.
+        """
+        data = INVITE.replace(b"INVITE sip:bob@biloxi.example.com SIP/2.0", b"SIP/2.0 180 Ringing  ")
+        m = parse_message(data)
+        self.assertFalse(m.is_request)
+        self.assertEqual((m.status, m.reason, m.method, m.uri), (180, "Ringing  ", None, None))
+        self.assertEqual(m.cseq_method, "INVITE")
+        self.assertEqual(m.to_bytes(), data)
+
+    def test_unmodified_bytes(self) -> None:
+        """
+        An unmodified message serializes to exactly its bytes, odd spacing,
+        folding and unknown headers included; leading CRLFs are skipped.
+        """
+        self.assertEqual(parse_message(INVITE).to_bytes(), INVITE)
+        self.assertEqual(parse_message(b"\r\n\r\n" + INVITE).to_bytes(), INVITE)
+
+    def test_trailing_datagram_bytes(self) -> None:
+        """
+        Bytes after the Content-Length body are not part of the message.
+        """
+        m = parse_message(INVITE + b"junk")
+        self.assertEqual(m.body, b"v=0\n")
+        self.assertEqual(m.to_bytes(), INVITE)
+
+    def test_no_content_length(self) -> None:
+        """
+        Without Content-Length the body is the rest of the datagram;
+        ensure_content_length() adds the header for a stream.
+        """
+        data = INVITE.replace(b"l: 4\r\n", b"")
+        m = parse_message(data + b"more")
+        self.assertEqual(m.body, b"v=0\nmore")
+        m.ensure_content_length()
+        self.assertEqual(m.get("content-length"), "8")
+        self.assertEqual(parse_message(m.to_bytes()).body, b"v=0\nmore")
+
+    def test_errors_are_spwm_errors(self) -> None:
+        """
+        SipParseError is re-exported and is an SpwmError with status and reason.
+        """
+        self.assertIs(SipParseError, ErrorsSipParseError)
+        e = SipParseError(400, "Bad Request: x")
+        self.assertIsInstance(e, SpwmError)
+        self.assertEqual(str(e), "400 Bad Request: x")
+
+
+class RejectTests(SynchronousTestCase):
+    """
+    Malformed messages and limits give SipParseError with a useful status
+    and reason.
+    """
+
+    def assertRejected(self, data: bytes, status: int, words: str, **kw) -> None:
+        with self.assertRaises(SipParseError) as caught:
+            parse_message(data, **kw)
+        self.assertEqual(caught.exception.status, status)
+        self.assertIn(words, caught.exception.reason)
+
+    def test_max_size(self) -> None:
+        """
+        A message over max_size gets 413 naming the limit.
+        """
+        self.assertRejected(INVITE, 413, "limit of 100", max_size=100)
+
+    def test_max_headers(self) -> None:
+        """
+        More header lines than max_headers gets 400 naming the limit.
+        """
+        self.assertRejected(INVITE, 400, "more than 5 header lines", max_headers=5)
+        parse_message(INVITE, max_headers=11)
+
+    def test_missing_headers(self) -> None:
+        """
+        Each mandatory header's absence is named.
+        """
+        for line, name in [
+            (b"i: a84b4c76e66710@pc33.atlanta.example.com\r\n", "Call-ID"),
+            (b"CSeq: 314159 INVITE\r\n", "CSeq"),
+            (b"To: Bob <sip:bob@biloxi.example.com>\r\n", "To"),
+        ]:
+            self.assertRejected(INVITE.replace(line, b""), 400, f"missing {name}")
+
+    def test_bad_lines(self) -> None:
+        """
+        Header lines without colon, bad start lines, bad Content-Length and
+        an unterminated header section are rejected with 400.
+        """
+        self.assertRejected(INVITE.replace(b"CSeq:", b"CSeq"), 400, "malformed header line")
+        self.assertRejected(INVITE.replace(b"l: 4", b"l: four"), 400, "Content-Length")
+        self.assertRejected(INVITE.replace(b"l: 4", b"l: 40"), 400, "Content-Length 40")
+        self.assertRejected(INVITE.replace(b" SIP/2.0\r\n", b" SIP/3.0\r\n", 1), 505, "SIP/3.0")
+        self.assertRejected(INVITE.split(b"\r\n\r\n")[0], 400, "not terminated")
+        self.assertRejected(b"", 400, "empty")
+        self.assertRejected(b"\r\n\r\n", 400, "empty")
+        self.assertRejected(INVITE.replace(b"Max-Forwards:   70", b"Max-Forwards: 256"), 400, "Max-Forwards")
+
+
+class MutatorTests(SynchronousTestCase):
+    """
+    The mutators change only the lines they touch.
+    """
+
+    def setUp(self) -> None:
+        self.m = parse_message(INVITE)
+
+    def assertOnlyChanged(self, before: bytes, after: bytes, old: list[bytes], new: list[bytes]) -> None:
+        """
+        C{after} is C{before} with the lines C{old} replaced by C{new}.
+        """
+        lines_b = before.split(b"\r\n")
+        lines_a = after.split(b"\r\n")
+        for line in old:
+            lines_b.remove(line)
+        for line in new:
+            lines_a.remove(line)
+        self.assertEqual(lines_a, lines_b)
+
+    def test_prepend_via(self) -> None:
+        """
+        prepend_header puts the new Via before the first Via line; everything
+        else keeps its bytes.
+        """
+        self.m.prepend_header("Via", "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKnew")
+        out = self.m.to_bytes()
+        self.assertTrue(out.startswith(
+            b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKnew\r\nVia: SIP/2.0/UDP pc33"
+        ))
+        self.assertEqual(out.replace(b"Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKnew\r\n", b""), INVITE)
+        self.assertEqual(self.m.top_via.branch, "z9hG4bKnew")
+
+    def test_prepend_absent(self) -> None:
+        """
+        prepend_header of an absent header puts it first; append_header of an
+        absent header puts it last.
+        """
+        self.m.prepend_header("Record-Route", "<sip:192.0.2.1;lr>")
+        self.m.append_header("X-New", "1")
+        self.assertEqual(self.m.headers[0].name, "record-route")
+        self.assertEqual(self.m.headers[-1].to_bytes(), b"X-New: 1\r\n")
+
+    def test_append_after_last(self) -> None:
+        """
+        append_header inserts after the last line of that header.
+        """
+        self.m.append_header("contact", "<sip:c@h>")
+        names = [h.name for h in self.m.headers]
+        self.assertEqual(names.index("contact") + 1, names.index("route") - 1)
+        self.assertEqual(self.m.get_all("m")[-1], "<sip:c@h>")
+
+    def test_pop_from_multi_value_line(self) -> None:
+        """
+        pop_first_value on a line with two values removes only the first; the
+        line keeps the second as written.
+        """
+        popped = self.m.pop_first_value("via")
+        self.assertEqual(popped, "SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds")
+        out = self.m.to_bytes()
+        self.assertOnlyChanged(
+            INVITE, out,
+            [INVITE.split(b"\r\n")[1]],
+            [b"Via: SIP/2.0/TCP [2001:db8::1]:5070;branch=z9hG4bKx;received=192.0.2.9"],
+        )
+        self.assertEqual(self.m.top_via.host, "2001:db8::1")
+        self.assertEqual(self.m.pop_first_value("via"), "SIP/2.0/TCP [2001:db8::1]:5070;branch=z9hG4bKx;received=192.0.2.9")
+        self.assertEqual(self.m.count("via"), 0)
+        self.assertIsNone(self.m.pop_first_value("via"))
+
+    def test_pop_folded(self) -> None:
+        """
+        Popping from a folded list keeps the rest of the value.
+        """
+        self.assertEqual(self.m.pop_first_value("Route"), "<sip:p1.example.com;lr>")
+        self.assertEqual(self.m.get_all("route"), ["<sip:p2.example.com;lr>"])
+        self.assertIn(b"\r\nRoute: <sip:p2.example.com;lr>\r\n", self.m.to_bytes())
+
+    def test_replace_first_value(self) -> None:
+        """
+        replace_first_value keeps the other values of the line.
+        """
+        self.m.replace_first_value("v", "SIP/2.0/UDP 192.0.2.7;branch=z9hG4bKr")
+        self.assertEqual(
+            [v.split(";")[0] for v in self.m.get_all("via")],
+            ["SIP/2.0/UDP 192.0.2.7", "SIP/2.0/TCP [2001:db8::1]:5070"],
+        )
+        self.assertEqual(self.m.headers[0].raw_name, b"Via")
+
+    def test_set_and_remove(self) -> None:
+        """
+        set_header replaces every line with one at the place of the first,
+        keeping the spelling of its name; remove_header removes all lines.
+        """
+        self.m.set_header("Max-Forwards", "69")
+        self.assertIn(b"\r\nMax-Forwards: 69\r\nTo:", self.m.to_bytes())
+        self.m.set_header("contact", "*")
+        self.assertEqual(self.m.get_all("contact"), ["*"])
+        self.assertIn(b"\r\nm: *\r\n", self.m.to_bytes())
+        self.m.remove_header("Route")
+        self.assertNotIn(b"Route", self.m.to_bytes())
+        self.m.set_header("Subject", "new")
+        self.assertEqual(self.m.headers[-1].to_bytes(), b"Subject: new\r\n")
+
+    def test_set_body(self) -> None:
+        """
+        set_body fixes Content-Length in place (compact name kept) and sets
+        Content-Type if given.
+        """
+        self.m.set_body(b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\n", "application/sdp")
+        out = self.m.to_bytes()
+        self.assertIn(b"\r\nl: 31\r\n\r\nv=0", out)
+        again = parse_message(out)
+        self.assertEqual(again.body, b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\n")
+        self.m.set_body(b"")
+        self.assertTrue(self.m.to_bytes().endswith(b"l: 0\r\n\r\n"))
+
+    def test_compact_names(self) -> None:
+        """
+        Headers written in compact form are found by their full names, and
+        full names by their compact forms.
+        """
+        self.assertEqual(self.m.get("From"), self.m.get("f"))
+        self.assertEqual(self.m.get("call-id"), "a84b4c76e66710@pc33.atlanta.example.com")
+        self.assertEqual(self.m.get("c"), "application/sdp")
+        self.assertEqual(self.m.get("content-length"), "4")
+
+    def test_header_edit_drops_raw(self) -> None:
+        """
+        Assigning a Header's value directly also rewrites that line.
+        """
+        self.m.headers[1].value = b"5"
+        self.assertIn(b"\r\nMax-Forwards: 5\r\n", self.m.to_bytes())
+
+    def test_start_line_edit(self) -> None:
+        """
+        Changing the Request-URI rewrites the start line only.
+        """
+        self.m.uri = "sip:bob@192.0.2.4"
+        out = self.m.to_bytes()
+        self.assertTrue(out.startswith(b"INVITE sip:bob@192.0.2.4 SIP/2.0\r\nVia: SIP/2.0/UDP pc33"))
+        self.assertEqual(out.split(b"\r\n", 1)[1], INVITE.split(b"\r\n", 1)[1])
+
+    def test_injection_refused(self) -> None:
+        """
+        Values with CR or LF, and bad header names, are caller bugs: ValueError.
+        """
+        self.assertRaises(ValueError, self.m.set_header, "Subject", "a\r\nVia: x")
+        self.assertRaises(ValueError, self.m.append_header, "Bad Name", "x")
+
+
+class MakeResponseTests(SynchronousTestCase):
+    """
+    make_response builds RFC 3261 8.2.6 responses.
+    """
+
+    def test_copies(self) -> None:
+        """
+        Via lines, From, To, Call-ID and CSeq are copied byte for byte; the
+        To tag is added; Content-Length is 0.
+        """
+        req = parse_message(INVITE)
+        resp = make_response(req, 180, "Ringing", to_tag="t1", extra_headers=[("Contact", "<sip:b@h>")])
+        out = resp.to_bytes()
+        self.assertTrue(out.startswith(b"SIP/2.0 180 Ringing\r\n" + INVITE.split(b"\r\n")[1] + b"\r\n"))
+        self.assertIn(b"\r\nf: \"Alice, A.\" <sip:alice@atlanta.example.com>;tag=1928301774\r\n", out)
+        again = parse_message(out)
+        self.assertEqual(again.to_tag, "t1")
+        self.assertEqual(again.from_tag, "1928301774")
+        self.assertEqual(again.cseq, (314159, "INVITE"))
+        self.assertEqual(again.get("contact"), "<sip:b@h>")
+        self.assertEqual(again.body, b"")
+        self.assertEqual(again.get("content-length"), "0")
+
+    def test_keeps_existing_tag(self) -> None:
+        """
+        A To that has a tag keeps it.
+        """
+        req = parse_message(INVITE.replace(b"To: Bob <sip:bob@biloxi.example.com>", b"To: <sip:b@h>;tag=old"))
+        self.assertEqual(parse_message(make_response(req, 200, "OK", to_tag="new").to_bytes()).to_tag, "old")
+
+
+# --- hypothesis -------------------------------------------------------------------
+
+_token = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~", min_size=1, max_size=12)
+_host = st.one_of(
+    st.from_regex(r"[a-z][a-z0-9]{0,8}(\.[a-z][a-z0-9]{0,8}){0,2}", fullmatch=True),
+    st.ip_addresses(v=4).map(str),
+    st.ip_addresses(v=6).map(lambda a: f"[{a}]"),
+)
+_value = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30).map(str.strip)
+_ws = st.sampled_from(["", " ", "  ", "\t", " \t"])
+_extra_name = _token.filter(lambda n: n.lower() not in {
+    "via", "v", "from", "f", "to", "t", "call-id", "i", "cseq", "contact", "m",
+    "max-forwards", "content-length", "l",
+})
+
+
+@st.composite
+def messages(draw) -> SipMessage:
+    """
+    Build a valid message through the public API.
+    """
+    method = draw(st.sampled_from(["INVITE", "REGISTER", "OPTIONS", "BYE", "X-NEW"]))
+    host = draw(_host)
+    if draw(st.booleans()):
+        m = SipMessage(is_request=True, method=method, uri=f"sip:{draw(_token.filter(lambda t: '%' not in t))}@{host}")
+    else:
+        m = SipMessage(is_request=False, status=draw(st.integers(100, 699)), reason=draw(_value))
+    for _ in range(draw(st.integers(1, 3))):
+        m.append_header(
+            draw(st.sampled_from(["Via", "v"])),
+            f"SIP/2.0/{draw(st.sampled_from(['UDP', 'TCP', 'TLS']))} {host}"
+            f";branch=z9hG4bK{draw(_token)}",
+        )
+    m.append_header("From", f"<sip:a@{host}>;tag={draw(_token)}")
+    m.append_header("t", f"\"{draw(_value).replace(chr(92), '').replace(chr(34), '')}\" <sip:b@{host}>")
+    m.append_header("Call-ID", draw(_token))
+    m.append_header("CSeq", f"{draw(st.integers(0, 2**32 - 1))} {method}")
+    for _ in range(draw(st.integers(0, 4))):
+        m.append_header(draw(_extra_name), draw(_value))
+    m.set_body(draw(st.binary(max_size=200)))
+    return m
+
+
+@st.composite
+def wire_messages(draw) -> bytes:
+    """
+    Wire bytes with odd but valid spacing, compact names and folding.
+    """
+    ws = lambda: draw(_ws)  # noqa: E731
+    fold = lambda: draw(st.sampled_from(["", "", "\r\n ", "\r\n\t"]))  # noqa: E731
+    body = draw(st.binary(max_size=100))
+    lines = [
+        f"{draw(st.sampled_from(['Via', 'v', 'VIA']))}{ws()}:{ws()}SIP{ws()}/{ws()}2.0{ws()}/{ws()}UDP {draw(_host)}{ws()};{ws()}branch{ws()}={ws()}{draw(_token)}",
+        f"{draw(st.sampled_from(['From', 'f']))}:{fold()} <sip:x@h>{ws()};{fold()}tag={draw(_token)}",
+        f"{draw(st.sampled_from(['To', 't']))}:{ws()}sip:y@h",
+        f"{draw(st.sampled_from(['Call-ID', 'i', 'call-id']))}:{ws()}{draw(_token)}{ws()}",
+        f"CSeq:{ws()}{draw(st.integers(0, 99999))}{fold() or ' '}OPTIONS",
+    ]
+    for _ in range(draw(st.integers(0, 3))):
+        lines.insert(
+            draw(st.integers(0, len(lines))),
+            f"{draw(_extra_name)}{ws()}:{ws()}{draw(_value)}{fold()}{draw(_value)}{ws()}",
+        )
+    lines.append(f"{draw(st.sampled_from(['Content-Length', 'l']))}{ws()}:{ws()}{len(body)}")
+    head = "OPTIONS sip:y@h SIP/2.0\r\n" + "\r\n".join(lines) + "\r\n\r\n"
+    return head.encode() + body
+
+
+class HypothesisTests(SynchronousTestCase):
+    """
+    Properties over generated messages and garbage.
+    """
+
+    @given(messages())
+    def test_build_serialize_parse(self, m: SipMessage) -> None:
+        """
+        A message built with the API, serialized and parsed, has the same
+        start line, headers and body, and serializes to the same bytes.
+        """
+        data = m.to_bytes()
+        again = parse_message(data)
+        self.assertEqual(again.to_bytes(), data)
+        self.assertEqual(
+            (again.is_request, again.method, again.uri, again.status, again.reason, again.body),
+            (m.is_request, m.method, m.uri, m.status, m.reason, m.body),
+        )
+        self.assertEqual(again.headers, m.headers)
+
+    @given(wire_messages())
+    def test_parsed_round_trip(self, data: bytes) -> None:
+        """
+        Parsing odd but valid wire bytes and serializing gives the same bytes.
+        """
+        self.assertEqual(parse_message(data).to_bytes(), data)
+
+    @given(wire_messages(), st.sampled_from(["Via", "v", "From", "To", "Call-ID", "CSeq", "Content-Length"]))
+    def test_untouched_lines_kept(self, data: bytes, name: str) -> None:
+        """
+        Changing one header leaves every other line byte for byte.
+        """
+        m = parse_message(data)
+        before = [h.to_bytes() for h in m.headers]
+        target = [h.name for h in m.headers].index(
+            {"Via": "via", "From": "from", "To": "to", "Call-ID": "call-id",
+             "CSeq": "cseq", "Content-Length": "content-length"}.get(name, "via")
+        )
+        m.set_header(name, m.get(name))
+        after = [h.to_bytes() for h in m.headers]
+        self.assertEqual(before[:target] + before[target + 1:], after[:target] + after[target + 1:])
+        self.assertEqual(parse_message(m.to_bytes()).get(name), m.get(name))
+
+    @given(st.binary(max_size=400))
+    def test_garbage(self, data: bytes) -> None:
+        """
+        Arbitrary bytes give a message or SipParseError, nothing else.
+        """
+        try:
+            parse_message(data)
+        except SipParseError:
+            pass
+
+    @given(wire_messages(), st.data())
+    def test_mutated(self, data: bytes, draw: st.DataObject) -> None:
+        """
+        Valid messages with bytes changed, inserted or removed give a message
+        or SipParseError, nothing else; if they parse, accessors work.
+        """
+        buf = bytearray(data)
+        for _ in range(draw.draw(st.integers(1, 4))):
+            i = draw.draw(st.integers(0, len(buf) - 1))
+            op = draw.draw(st.sampled_from(["set", "insert", "delete"]))
+            b = draw.draw(st.sampled_from(b'\r\n :;,<>"\\[]@=\x00\xff/%a0'))
+            if op == "set":
+                buf[i] = b
+            elif op == "insert":
+                buf.insert(i, b)
+            else:
+                del buf[i]
+        try:
+            m = parse_message(bytes(buf))
+        except SipParseError:
+            return
+        self.assertEqual(m.to_bytes(), bytes(buf)[: len(m.to_bytes())])
+        m.top_via, m.cseq, m.from_tag, m.to_tag, m.call_id, m.max_forwards
