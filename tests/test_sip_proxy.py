@@ -1,0 +1,934 @@
+"""
+Tests for L{spwm.sip.proxy} and L{spwm.sip.flows}: the agent and contact
+point proxy cores, driven with real SIP messages in both directions, alone
+and wired back to back through a fake tunnel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.sip.flows import KIND_ROUTE, KIND_VIA, Flow, FlowTable, FlowTokenCodec
+from spwm.sip.message import SipMessage, make_response, parse_message
+from spwm.sip.proxy import (
+    AgentSipProxy,
+    ContactSipProxy,
+    Dropped,
+    OperatorProxy,
+    ToApp,
+    ToNetwork,
+    ToTunnel,
+)
+from spwm.sip.uri import parse_name_addr, parse_uri, parse_via
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+CONTACT_ADDR = ("203.0.113.5", 5060)
+OPERATOR = OperatorProxy("198.51.100.7", 5060, "udp")
+AGENT_LAN = ("192.0.2.1", 5060)
+PHONE_A = ("192.0.2.10", 5062)
+PHONE_B = ("192.0.2.11", 5064)
+FLOW_A = Flow("udp", AGENT_LAN, PHONE_A)
+FLOW_B = Flow("udp", AGENT_LAN, PHONE_B)
+SDP = (
+    b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\n"
+    b"t=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+)
+
+
+def request(
+    method: str,
+    ruri: str,
+    *,
+    via: str = "SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKapp1;rport",
+    from_: str = "<sip:alice@example.org>;tag=fa",
+    to: str = "<sip:bob@example.org>",
+    call_id: str = "call-1@192.0.2.10",
+    cseq: int = 1,
+    cseq_method: str | None = None,
+    max_forwards: int | None = 70,
+    extra: tuple[str, ...] = (),
+    body: bytes = b"",
+    content_type: str | None = None,
+) -> bytes:
+    """
+    Build a request's bytes.
+    """
+    lines = [f"{method} {ruri} SIP/2.0", f"Via: {via}"]
+    if max_forwards is not None:
+        lines.append(f"Max-Forwards: {max_forwards}")
+    lines += [
+        f"From: {from_}",
+        f"To: {to}",
+        f"Call-ID: {call_id}",
+        f"CSeq: {cseq} {cseq_method or method}",
+    ]
+    lines += list(extra)
+    if content_type:
+        lines.append(f"Content-Type: {content_type}")
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def register(
+    user: str = "alice",
+    contact: str = "sip:alice@192.0.2.10:5062",
+    *,
+    via_host: str = "192.0.2.10:5062",
+    branch: str = "z9hG4bKreg1",
+    expires: int = 600,
+    contact_params: str = "",
+) -> bytes:
+    """
+    Build a REGISTER's bytes.
+    """
+    return request(
+        "REGISTER",
+        "sip:example.org",
+        via=f"SIP/2.0/UDP {via_host};branch={branch};rport",
+        from_=f"<sip:{user}@example.org>;tag=r{user}",
+        to=f"<sip:{user}@example.org>",
+        call_id=f"reg-{user}@x",
+        extra=(f"Contact: <{contact}>{contact_params};expires={expires}",),
+    )
+
+
+def answer(
+    data: bytes,
+    status: int,
+    reason: str = "OK",
+    *,
+    to_tag: str | None = "tt",
+    extra: tuple[tuple[str, str], ...] = (),
+    body: bytes = b"",
+) -> bytes:
+    """
+    Answer a request (given as bytes) like a UA would: copy Via, From, To,
+    Call-ID, CSeq and the Record-Route.
+    """
+    req = parse_message(data)
+    rr = tuple(("Record-Route", v) for v in req.get_all("Record-Route"))
+    resp = make_response(req, status, reason, to_tag=to_tag, extra_headers=rr + extra)
+    if body:
+        resp.set_body(body, "application/sdp")
+    return resp.to_bytes()
+
+
+def only(actions: list[Any], kind: type) -> Any:
+    """
+    Assert that C{actions} is one action of C{kind} and return it.
+    """
+    real = [a for a in actions if not isinstance(a, Dropped)]
+    if len(real) != 1 or not isinstance(real[0], kind):
+        raise AssertionError(f"expected one {kind.__name__}, got {actions!r}")
+    return real[0]
+
+
+def dropped(actions: list[Any]) -> list[str]:
+    """
+    @return: the reasons of the L{Dropped} actions, asserting there is
+        nothing else.
+    """
+    others = [a for a in actions if not isinstance(a, Dropped)]
+    if others:
+        raise AssertionError(f"expected only drops, got {actions!r}")
+    return [a.reason for a in actions]
+
+
+class FakeTunnel:
+    """
+    Stands for a TunnelProtocol: only an identity.
+    """
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+
+    def __repr__(self) -> str:
+        return f"<FakeTunnel {self.session_id}>"
+
+
+class RecordingHook:
+    """
+    A media hook that records its calls and rewrites SDP recognisably.
+    """
+
+    def __init__(self, side: str) -> None:
+        self.side = side
+        self.calls: list[tuple[Any, ...]] = []
+
+    def sdp_into_tunnel(self, tunnel_key: Any, dialog_key: str, content_type: str, body: bytes) -> None:
+        self.calls.append(("into", tunnel_key, dialog_key, content_type, body))
+
+    def sdp_out_of_tunnel(self, tunnel_key: Any, dialog_key: str, content_type: str, body: bytes) -> bytes:
+        self.calls.append(("out", tunnel_key, dialog_key, content_type, body))
+        return body + f"a=relayed-by:{self.side}\r\n".encode()
+
+    def dialog_ended(self, tunnel_key: Any, dialog_key: str) -> None:
+        self.calls.append(("ended", tunnel_key, dialog_key))
+
+
+class World:
+    """
+    A contact point, some agents behind fake tunnels, and the applications
+    and operator network around them.  Actions are carried out in order;
+    messages for applications and the network are collected.
+    """
+
+    def __init__(self, operator: OperatorProxy | None = None, **kw: Any) -> None:
+        self.now = 1000.0
+        self.contact = ContactSipProxy(CONTACT_ADDR, SECRET, operator=operator, **kw)
+        self.agents: dict[FakeTunnel, AgentSipProxy] = {}
+        self.to_apps: list[ToApp] = []
+        self.to_network: list[ToNetwork] = []
+        self.drops: list[str] = []
+        self.tunnel_frames: list[tuple[str, int, bytes]] = []
+
+    def add_agent(self, session: str, hook: Any = None) -> tuple[FakeTunnel, AgentSipProxy]:
+        key = FakeTunnel(session)
+        agent = AgentSipProxy(key, "agent-" + session, media_hook=hook)
+        self.agents[key] = agent
+        self.contact.tunnel_attached(key, session)
+        return key, agent
+
+    def run(self, actions: list[Any], origin: str) -> None:
+        queue = [(a, origin) for a in actions]
+        steps = 0
+        while queue:
+            steps += 1
+            if steps > 500:
+                raise AssertionError("message loop")
+            action, where = queue.pop(0)
+            if isinstance(action, ToTunnel):
+                key = action.tunnel_key
+                if where == "agent":
+                    self.tunnel_frames.append(("up", action.flow_id, action.data))
+                    out = self.contact.from_tunnel(
+                        key, key.session_id, action.flow_id, action.data, self.now
+                    )
+                    queue += [(a, "contact") for a in out]
+                else:
+                    self.tunnel_frames.append(("down", action.flow_id, action.data))
+                    out = self.agents[key].from_tunnel(action.flow_id, action.data, self.now)
+                    queue += [(a, "agent") for a in out]
+            elif isinstance(action, ToApp):
+                self.to_apps.append(action)
+            elif isinstance(action, ToNetwork):
+                self.to_network.append(action)
+            else:
+                self.drops.append(action.reason)
+
+    def app(self, agent: AgentSipProxy, flow: Flow, data: bytes) -> None:
+        self.run(agent.from_app(flow, data, self.now), "agent")
+
+    def network(self, data: bytes, src: tuple[str, int] = ("198.51.100.7", 5060), transport: str = "udp") -> None:
+        self.run(self.contact.from_network(transport, src, data, self.now), "contact")
+
+    def take_app(self) -> tuple[Flow, SipMessage]:
+        if len(self.to_apps) != 1:
+            raise AssertionError(f"expected one message to an app: {self.to_apps!r} drops {self.drops!r}")
+        a = self.to_apps.pop()
+        return a.flow, parse_message(a.data)
+
+    def take_apps(self) -> list[tuple[Flow, SipMessage]]:
+        out = [(a.flow, parse_message(a.data)) for a in self.to_apps]
+        del self.to_apps[:]
+        return out
+
+    def take_network(self) -> tuple[ToNetwork, SipMessage]:
+        if len(self.to_network) != 1:
+            raise AssertionError(f"expected one message to the network: {self.to_network!r} drops {self.drops!r}")
+        a = self.to_network.pop()
+        return a, parse_message(a.data)
+
+
+class FlowTokenTests(SynchronousTestCase):
+    """
+    Tests for L{FlowTokenCodec}.
+    """
+
+    @given(st.text(max_size=40), st.integers(0, 2**32 - 1), st.binary(max_size=12))
+    def test_round_trip(self, session: str, flow_id: int, extra: bytes) -> None:
+        """
+        A token decodes to what was encoded, and is usable as a URI user part
+        and Via branch (lower-case base32).
+        """
+        codec = FlowTokenCodec(SECRET)
+        if len(session.encode("utf-8")) > 64:
+            return
+        token = codec.encode(KIND_ROUTE, session, flow_id, extra)
+        self.assertRegex(token, r"^[a-z2-7]+$")
+        tok = codec.decode(token, KIND_ROUTE)
+        self.assertEqual((tok.session_id, tok.flow_id, tok.extra), (session, flow_id, extra))
+        self.assertEqual(codec.decode(token.upper(), KIND_ROUTE), tok)
+
+    def test_forged_and_other_kind(self) -> None:
+        """
+        A token under another secret, a changed token or one of another kind
+        does not decode.
+        """
+        token = FlowTokenCodec(SECRET).encode(KIND_ROUTE, "s1", 7)
+        self.assertIsNone(FlowTokenCodec(b"x" * 32).decode(token))
+        flipped = token[:-3] + ("a" if token[-3] != "a" else "b") + token[-2:]
+        self.assertIsNone(FlowTokenCodec(SECRET).decode(flipped))
+        self.assertIsNone(FlowTokenCodec(SECRET).decode(token, KIND_VIA))
+
+    @given(st.text(max_size=300))
+    def test_garbage_never_raises(self, text: str) -> None:
+        """
+        Any text decodes to C{None} or a token, never an exception.
+        """
+        FlowTokenCodec(SECRET).decode(text)
+
+    def test_short_secret(self) -> None:
+        """
+        A secret under 16 bytes is refused.
+        """
+        self.assertRaises(ValueError, FlowTokenCodec, b"short")
+
+
+class FlowTableTests(SynchronousTestCase):
+    """
+    Tests for L{FlowTable}.
+    """
+
+    def test_udp_idle_expiry(self) -> None:
+        """
+        A UDP flow keeps its id while used and is forgotten C{idle_lifetime}
+        after its last use.
+        """
+        table = FlowTable(idle_lifetime=100.0)
+        fid = table.use(FLOW_A, 0.0)
+        self.assertEqual(table.use(FLOW_A, 50.0), fid)
+        self.assertEqual(table.next_deadline(), 150.0)
+        self.assertEqual(table.lookup(fid, 149.0), FLOW_A)
+        table.expire(150.0)
+        self.assertIsNone(table.lookup(fid, 150.0))
+        self.assertIsNone(table.next_deadline())
+        self.assertNotEqual(table.use(FLOW_A, 151.0), fid)
+
+    def test_extend(self) -> None:
+        """
+        A registration extends a UDP flow's lifetime.
+        """
+        table = FlowTable(idle_lifetime=100.0)
+        fid = table.use(FLOW_A, 0.0)
+        table.extend(fid, 3660.0, 0.0)
+        table.expire(200.0)
+        self.assertEqual(table.lookup(fid, 200.0), FLOW_A)
+        self.assertEqual(table.next_deadline(), 3660.0)
+
+    def test_stream_flows_until_closed(self) -> None:
+        """
+        A TCP flow lives until its connection closes.
+        """
+        table = FlowTable(idle_lifetime=10.0)
+        flow = Flow("tcp", AGENT_LAN, PHONE_A, 3)
+        fid = table.use(flow, 0.0)
+        table.expire(10**6)
+        self.assertEqual(table.lookup(fid, 10**6), flow)
+        self.assertEqual(table.closed_connection(3), [flow])
+        self.assertIsNone(table.lookup(fid, 10**6))
+
+    def test_limit(self) -> None:
+        """
+        Beyond C{max_flows} the flow that expires soonest is forgotten.
+        """
+        table = FlowTable(idle_lifetime=10.0, max_flows=2)
+        f1 = table.use(FLOW_A, 0.0)
+        f2 = table.use(FLOW_B, 5.0)
+        table.use(Flow("udp", AGENT_LAN, ("192.0.2.12", 5060)), 6.0)
+        self.assertEqual(len(table), 2)
+        self.assertIsNone(table.lookup(f1, 6.0))
+        self.assertEqual(table.lookup(f2, 6.0), FLOW_B)
+
+
+class AgentTests(SynchronousTestCase):
+    """
+    Tests for L{AgentSipProxy} alone.
+    """
+
+    def setUp(self) -> None:
+        self.key = object()
+        self.hook = RecordingHook("agent")
+        self.agent = AgentSipProxy(self.key, "agent-1", media_hook=self.hook)
+
+    def test_register_adds_instance_and_rport(self) -> None:
+        """
+        A REGISTER goes into the tunnel with C{received}/C{rport} filled in,
+        Max-Forwards decremented and a stable C{+sip.instance} added.
+        """
+        act = only(self.agent.from_app(FLOW_A, register(), 0.0), ToTunnel)
+        self.assertIs(act.tunnel_key, self.key)
+        msg = parse_message(act.data)
+        via = msg.top_via
+        self.assertEqual((via.received, via.rport), ("192.0.2.10", "5062"))
+        self.assertEqual(msg.max_forwards, 69)
+        contact = parse_name_addr(msg.get("Contact"))
+        inst = contact.param("+sip.instance")
+        self.assertEqual(inst, self.agent.instance_for("sip:alice@192.0.2.10:5062"))
+        self.assertEqual(contact.param("expires"), "600")
+        again = AgentSipProxy(object(), "agent-1").instance_for("sip:alice@192.0.2.10:5062")
+        self.assertEqual(again, inst)
+        self.assertNotEqual(self.agent.instance_for("sip:bob@192.0.2.11:5064"), inst)
+        self.assertNotEqual(AgentSipProxy(object(), "agent-2").instance_for("sip:alice@192.0.2.10:5062"), inst)
+
+    def test_register_keeps_own_instance(self) -> None:
+        """
+        An application's own C{+sip.instance} is kept as it is.
+        """
+        data = register(contact_params=';+sip.instance="<urn:uuid:00000000-0000-0000-0000-000000000001>"')
+        act = only(self.agent.from_app(FLOW_A, data, 0.0), ToTunnel)
+        self.assertIn(b'+sip.instance="<urn:uuid:00000000-0000-0000-0000-000000000001>"', act.data)
+        self.assertEqual(act.data.count(b"+sip.instance"), 1)
+
+    def test_response_back_to_flow(self) -> None:
+        """
+        A response from the tunnel goes to the application's flow; a 2xx to
+        REGISTER keeps the UDP flow for the registration's lifetime.
+        """
+        up = only(self.agent.from_app(FLOW_A, register(expires=3600), 0.0), ToTunnel)
+        act = only(self.agent.from_tunnel(up.flow_id, answer(up.data, 200, extra=(("Contact", "<sip:alice@192.0.2.10:5062>;expires=3600"),)), 1.0), ToApp)
+        self.assertEqual(act.flow, FLOW_A)
+        self.agent.handle_timer(1000.0)
+        self.assertEqual(self.agent.flows.lookup(up.flow_id, 1000.0), FLOW_A)
+        self.assertEqual(self.agent.next_deadline(), 1.0 + 3600 + 60)
+
+    def test_malformed_request_400(self) -> None:
+        """
+        A request the parser refuses is answered 400 with a reason phrase
+        saying what is wrong, on the same flow.
+        """
+        data = request("INVITE", "sip:bob@example.org").replace(b"CSeq: 1 INVITE", b"CSeq: x INVITE")
+        acts = self.agent.from_app(FLOW_A, data, 0.0)
+        act = only(acts, ToApp)
+        self.assertTrue(act.data.startswith(b"SIP/2.0 400 Bad Request: malformed CSeq\r\n"))
+        self.assertIn(b"\r\nCall-ID: call-1@192.0.2.10\r\n", act.data)
+        self.assertTrue(act.data.endswith(b"\r\nContent-Length: 0\r\n\r\n"))
+        self.assertEqual(act.flow, FLOW_A)
+
+    def test_cseq_mismatch_400(self) -> None:
+        """
+        A request whose CSeq method differs from its method gets 400.
+        """
+        data = request("INVITE", "sip:bob@example.org", cseq_method="BYE")
+        resp = parse_message(only(self.agent.from_app(FLOW_A, data, 0.0), ToApp).data)
+        self.assertEqual(resp.status, 400)
+        self.assertIn("CSeq method", resp.reason)
+
+    def test_malformed_response_dropped(self) -> None:
+        """
+        A malformed response from an application is dropped.
+        """
+        self.assertTrue(dropped(self.agent.from_app(FLOW_A, b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n", 0.0)))
+
+    def test_max_forwards_483(self) -> None:
+        """
+        A request with Max-Forwards 0 is answered 483.
+        """
+        data = request("OPTIONS", "sip:bob@example.org", max_forwards=0)
+        resp = parse_message(only(self.agent.from_app(FLOW_A, data, 0.0), ToApp).data)
+        self.assertEqual(resp.status, 483)
+
+    def test_keepalive_ignored(self) -> None:
+        """
+        A datagram of only CRLF is ignored.
+        """
+        self.assertEqual(self.agent.from_app(FLOW_A, b"\r\n\r\n", 0.0), [])
+
+    def test_request_from_tunnel(self) -> None:
+        """
+        A request for a known flow gets the agent's Via and Record-Route and
+        goes to the flow; the application's response loses that Via and goes
+        into the tunnel.
+        """
+        fid = self.agent.flows.use(FLOW_A, 0.0)
+        inv = request(
+            "INVITE",
+            "sip:alice@192.0.2.10:5062",
+            via="SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKcp1",
+            from_="<sip:bob@example.org>;tag=fb",
+            to="<sip:alice@example.org>",
+            body=SDP,
+            content_type="application/sdp",
+        )
+        act = only(self.agent.from_tunnel(fid, inv, 1.0), ToApp)
+        self.assertEqual(act.flow, FLOW_A)
+        msg = parse_message(act.data)
+        via = msg.top_via
+        self.assertEqual((via.host, via.port, via.transport), ("192.0.2.1", 5060, "UDP"))
+        rr = parse_name_addr(msg.get("Record-Route"))
+        self.assertEqual((rr.uri.host, rr.uri.port, rr.uri.param("lr")), ("192.0.2.1", 5060, ""))
+        self.assertTrue(msg.body.endswith(b"a=relayed-by:agent\r\n"))
+        self.assertEqual(msg.get("Content-Length"), str(len(msg.body)))
+        self.assertEqual(self.hook.calls[-1][:4], ("out", self.key, "call-1@192.0.2.10", "application/sdp"))
+        resp = answer(act.data, 200, body=SDP)
+        up = only(self.agent.from_app(FLOW_A, resp, 2.0), ToTunnel)
+        out = parse_message(up.data)
+        self.assertEqual(out.top_via.host, "203.0.113.5")
+        self.assertEqual(out.count("Via"), 1)
+        self.assertEqual(self.hook.calls[-1], ("into", self.key, "call-1@192.0.2.10", "application/sdp", SDP))
+
+    def test_response_not_ours_dropped(self) -> None:
+        """
+        A response from an application whose top Via is not the agent's is
+        dropped.
+        """
+        resp = answer(request("OPTIONS", "sip:x@example.org"), 200)
+        self.assertTrue(dropped(self.agent.from_app(FLOW_A, resp, 0.0)))
+
+    def test_unknown_flow_430(self) -> None:
+        """
+        A request from the tunnel for a flow the agent no longer has is
+        answered 430 into the tunnel; an ACK is dropped.
+        """
+        inv = request("INVITE", "sip:alice@192.0.2.10:5062", via="SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKcp1")
+        act = only(self.agent.from_tunnel(42, inv, 0.0), ToTunnel)
+        self.assertEqual((act.flow_id, parse_message(act.data).status), (42, 430))
+        ack = request("ACK", "sip:alice@192.0.2.10:5062", via="SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKcp1")
+        self.assertTrue(dropped(self.agent.from_tunnel(42, ack, 0.0)))
+
+    def test_tcp_flow_closed(self) -> None:
+        """
+        After C{flow_closed} a TCP flow is unknown.
+        """
+        flow = Flow("tcp", AGENT_LAN, PHONE_A, 9)
+        up = only(self.agent.from_app(flow, register(), 0.0), ToTunnel)
+        self.agent.flow_closed(flow)
+        self.assertTrue(dropped(self.agent.from_tunnel(up.flow_id, answer(up.data, 200), 1.0)))
+
+    def test_bye_and_rejected_invite_end_dialog(self) -> None:
+        """
+        The media hook hears C{dialog_ended} on BYE and on a final non-2xx
+        answer to an initial INVITE, not on a rejected re-INVITE.
+        """
+        up = only(self.agent.from_app(FLOW_A, request("INVITE", "sip:bob@example.org"), 0.0), ToTunnel)
+        self.agent.from_tunnel(up.flow_id, answer(up.data, 486, "Busy Here"), 1.0)
+        self.assertEqual(self.hook.calls[-1], ("ended", self.key, "call-1@192.0.2.10"))
+        del self.hook.calls[:]
+        inv2 = request("INVITE", "sip:bob@example.org", call_id="c2")
+        up = only(self.agent.from_app(FLOW_A, inv2, 2.0), ToTunnel)
+        self.agent.from_tunnel(up.flow_id, answer(up.data, 200), 3.0)
+        reinv = request("INVITE", "sip:bob@example.org", call_id="c2", cseq=2, to="<sip:bob@example.org>;tag=tt")
+        up = only(self.agent.from_app(FLOW_A, reinv, 4.0), ToTunnel)
+        self.agent.from_tunnel(up.flow_id, answer(up.data, 488, "Not Acceptable Here"), 5.0)
+        self.assertEqual(self.hook.calls, [])
+        bye = request("BYE", "sip:bob@example.org", call_id="c2", cseq=3, to="<sip:bob@example.org>;tag=tt")
+        self.agent.from_app(FLOW_A, bye, 6.0)
+        self.assertEqual(self.hook.calls, [("ended", self.key, "c2")])
+
+
+class ContactTests(SynchronousTestCase):
+    """
+    Tests for L{ContactSipProxy} with an operator proxy, driven from a fake
+    tunnel and a scripted operator network.
+    """
+
+    def setUp(self) -> None:
+        self.hook = RecordingHook("contact")
+        self.cp = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR, media_hook=self.hook)
+        self.key = FakeTunnel("sess-1")
+        self.cp.tunnel_attached(self.key, "sess-1")
+        self.codec = FlowTokenCodec(SECRET)
+
+    def up(self, data: bytes, flow_id: int = 5, now: float = 0.0) -> tuple[ToNetwork, SipMessage]:
+        act = only(self.cp.from_tunnel(self.key, "sess-1", flow_id, data, now), ToNetwork)
+        return act, parse_message(act.data)
+
+    def down(self, data: bytes, now: float = 1.0, src: tuple[str, int] = ("198.51.100.7", 5060)) -> list[Any]:
+        return self.cp.from_network("udp", src, data, now)
+
+    def test_register_path(self) -> None:
+        """
+        A REGISTER goes to the operator proxy with our Via (token in the
+        branch), a Path with a flow token and C{Supported: path}; the 200
+        comes back to the same tunnel and flow with our Via popped, and the
+        registration is recorded.
+        """
+        act, msg = self.up(register())
+        self.assertEqual((act.transport, act.addr), ("udp", ("198.51.100.7", 5060)))
+        via = msg.top_via
+        self.assertEqual((via.host, via.port), CONTACT_ADDR)
+        tok = self.codec.decode(via.branch[len("z9hG4bK"):], KIND_VIA)
+        self.assertEqual((tok.session_id, tok.flow_id), ("sess-1", 5))
+        path = parse_name_addr(msg.get("Path"))
+        ptok = self.codec.decode(path.uri.user, KIND_ROUTE)
+        self.assertEqual((ptok.session_id, ptok.flow_id), ("sess-1", 5))
+        self.assertEqual((path.uri.host, path.uri.port, path.uri.param("lr")), ("203.0.113.5", 5060, ""))
+        self.assertIn("path", msg.get_all("Supported"))
+        self.assertEqual(msg.max_forwards, 70)
+        ok = answer(act.data, 200, extra=(("Contact", "<sip:alice@192.0.2.10:5062>;expires=300"), ("Contact", "<sip:other@192.0.2.99>;expires=300")))
+        back = only(self.down(ok, now=10.0), ToTunnel)
+        self.assertEqual((back.tunnel_key, back.flow_id), (self.key, 5))
+        resp = parse_message(back.data)
+        self.assertEqual(resp.count("Via"), 1)
+        self.assertEqual(resp.top_via.branch, "z9hG4bKreg1")
+        [reg] = self.cp.registrations("sess-1")
+        self.assertEqual((reg.aor, reg.contact, reg.flow_id, reg.expires), ("sip:alice@example.org", "sip:alice@192.0.2.10:5062", 5, 310.0))
+        self.cp.handle_timer(311.0)
+        self.assertEqual(self.cp.registrations("sess-1"), [])
+
+    def test_invite_dialog(self) -> None:
+        """
+        An INVITE gets Record-Route and Via; its 200 makes a dialog; ACK and
+        BYE with our route go to the operator proxy with that route popped;
+        the BYE's 200 ends the dialog.
+        """
+        inv = request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp")
+        act, msg = self.up(inv)
+        rr = parse_name_addr(msg.get("Record-Route"))
+        self.assertEqual(self.codec.decode(rr.uri.user, KIND_ROUTE).flow_id, 5)
+        self.assertTrue(msg.body.endswith(b"a=relayed-by:contact\r\n"))
+        self.assertEqual(self.hook.calls[0][:3], ("out", self.key, "call-1@192.0.2.10"))
+        ok = answer(act.data, 200, body=SDP)
+        back = only(self.down(ok), ToTunnel)
+        self.assertEqual(parse_message(back.data).get("Record-Route"), msg.get("Record-Route"))
+        self.assertEqual(self.hook.calls[-1], ("into", self.key, "call-1@192.0.2.10", "application/sdp", SDP))
+        [d] = self.cp.dialogs("sess-1")
+        self.assertEqual((d.call_id, d.from_tag, d.to_tag, d.flow_id), ("call-1@192.0.2.10", "fa", "tt", 5))
+        route = msg.get("Record-Route")
+        ack = request("ACK", "sip:bob@198.51.100.30", to="<sip:bob@example.org>;tag=tt", via="SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKack", extra=(f"Route: {route}",))
+        act, amsg = self.up(ack)
+        self.assertEqual((act.addr, amsg.count("Route")), (("198.51.100.7", 5060), 0))
+        bye = request("BYE", "sip:bob@198.51.100.30", to="<sip:bob@example.org>;tag=tt", cseq=2, via="SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKbye", extra=(f"Route: {route}", "Route: <sip:198.51.100.7;lr>"))
+        act, bmsg = self.up(bye)
+        self.assertEqual(bmsg.get_all("Route"), ["<sip:198.51.100.7;lr>"])
+        self.assertEqual(self.hook.calls[-1], ("ended", self.key, "call-1@192.0.2.10"))
+        only(self.down(answer(act.data, 200)), ToTunnel)
+        self.assertEqual(self.cp.dialogs("sess-1"), [])
+
+    def incoming_invite(self, route: str | None = None, **kw: Any) -> bytes:
+        if route is None:
+            token = self.codec.encode(KIND_ROUTE, "sess-1", 5)
+            route = f"<sip:{token}@203.0.113.5:5060;lr>"
+        return request(
+            "INVITE",
+            "sip:alice@192.0.2.10:5062",
+            via="SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKop1",
+            from_="<sip:carol@example.org>;tag=fc",
+            to="<sip:alice@example.org>",
+            call_id="in-1",
+            extra=(f"Route: {route}",),
+            **kw,
+        )
+
+    def test_incoming_invite(self) -> None:
+        """
+        An INVITE routed by our Path token goes into that tunnel and flow with
+        the Route popped, our Via and Record-Route added and Max-Forwards
+        decremented; the application's answer goes back to the previous
+        hop's Via address.
+        """
+        acts = self.down(self.incoming_invite(body=SDP, content_type="application/sdp"))
+        act = only(acts, ToTunnel)
+        self.assertEqual((act.tunnel_key, act.flow_id), (self.key, 5))
+        msg = parse_message(act.data)
+        self.assertEqual(msg.count("Route"), 0)
+        self.assertEqual(msg.max_forwards, 69)
+        self.assertEqual((msg.top_via.host, msg.top_via.port), CONTACT_ADDR)
+        self.assertEqual(self.codec.decode(parse_name_addr(msg.get("Record-Route")).uri.user, KIND_ROUTE).flow_id, 5)
+        self.assertEqual(self.hook.calls[-1][0], "into")
+        ringing = answer(act.data, 180, "Ringing")
+        out = only(self.cp.from_tunnel(self.key, "sess-1", 5, ringing, 2.0), ToNetwork)
+        self.assertEqual((out.transport, out.addr), ("udp", ("198.51.100.7", 5060)))
+        self.assertEqual(parse_message(out.data).top_via.branch, "z9hG4bKop1")
+
+    def test_response_honours_received_rport(self) -> None:
+        """
+        A response is sent to the next Via's received/rport address.
+        """
+        data = self.incoming_invite().replace(b"branch=z9hG4bKop1", b"branch=z9hG4bKop1;rport")
+        act = only(self.cp.from_network("udp", ("198.51.100.8", 40000), data, 0.0), ToTunnel)
+        out = only(self.cp.from_tunnel(self.key, "sess-1", 5, answer(act.data, 100, "Trying"), 1.0), ToNetwork)
+        self.assertEqual(out.addr, ("198.51.100.8", 40000))
+
+    def test_session_gone_430(self) -> None:
+        """
+        After the tunnel is gone, a request for its flow is answered 430
+        Flow Failed and its state is dropped.
+        """
+        act, _ = self.up(register())
+        self.down(answer(act.data, 200, extra=(("Contact", "<sip:alice@192.0.2.10:5062>;expires=300"),)))
+        self.assertEqual(len(self.cp.registrations("sess-1")), 1)
+        self.cp.tunnel_detached(self.key)
+        self.assertEqual(self.cp.registrations("sess-1"), [])
+        out = only(self.down(self.incoming_invite()), ToNetwork)
+        self.assertEqual(parse_message(out.data).status, 430)
+        self.assertEqual(out.addr, ("198.51.100.7", 5060))
+
+    def test_forged_token(self) -> None:
+        """
+        A request with a forged route token is refused 403 and never reaches
+        a tunnel; a response with a forged Via is dropped.
+        """
+        forged = FlowTokenCodec(b"y" * 32).encode(KIND_ROUTE, "sess-1", 5)
+        out = only(self.down(self.incoming_invite(route=f"<sip:{forged}@203.0.113.5:5060;lr>")), ToNetwork)
+        self.assertEqual(parse_message(out.data).status, 403)
+        fake_branch = "z9hG4bK" + FlowTokenCodec(b"y" * 32).encode(KIND_VIA, "sess-1", 5)
+        resp = answer(request("INVITE", "sip:x@example.org", via=f"SIP/2.0/UDP 203.0.113.5:5060;branch={fake_branch}, SIP/2.0/UDP 192.0.2.10"), 200)
+        self.assertTrue(dropped(self.down(resp)))
+
+    def test_no_open_relay(self) -> None:
+        """
+        A request from the network routed to another host is refused; a
+        request from the tunnel for any target goes only to the operator
+        proxy.
+        """
+        out = only(self.down(self.incoming_invite(route="<sip:198.51.100.99;lr>")), ToNetwork)
+        self.assertEqual(parse_message(out.data).status, 403)
+        out = only(self.down(request("OPTIONS", "sip:someone@198.51.100.99", via="SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKo")), ToNetwork)
+        self.assertEqual(parse_message(out.data).status, 404)
+        act, _ = self.up(request("MESSAGE", "sip:x@198.51.100.99:5070", extra=("Route: <sip:198.51.100.99:5070;lr>",)))
+        self.assertEqual(act.addr, ("198.51.100.7", 5060))
+
+    def test_max_forwards_483(self) -> None:
+        """
+        A request from the network with Max-Forwards 0 is answered 483.
+        """
+        out = only(self.down(self.incoming_invite(max_forwards=0)), ToNetwork)
+        self.assertEqual(parse_message(out.data).status, 483)
+
+    def test_loop_482(self) -> None:
+        """
+        A request that comes back with our own Via for the same flow and
+        Request-URI is answered 482.
+        """
+        act = only(self.down(self.incoming_invite()), ToTunnel)
+        looped = parse_message(act.data)
+        token = self.codec.encode(KIND_ROUTE, "sess-1", 5)
+        looped.prepend_header("Route", f"<sip:{token}@203.0.113.5:5060;lr>")
+        looped.prepend_header("Via", "SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKop2")
+        out = only(self.down(looped.to_bytes()), ToNetwork)
+        self.assertEqual(parse_message(out.data).status, 482)
+
+    def test_cancel_same_branch(self) -> None:
+        """
+        A CANCEL takes the same branch as its INVITE, both from the tunnel
+        and from the network, and the media hook hears the dialog end.
+        """
+        _, inv = self.up(request("INVITE", "sip:bob@example.org"))
+        _, can = self.up(request("CANCEL", "sip:bob@example.org"))
+        self.assertEqual(can.top_via.branch, inv.top_via.branch)
+        self.assertEqual(self.hook.calls[-1], ("ended", self.key, "call-1@192.0.2.10"))
+        i = parse_message(only(self.down(self.incoming_invite()), ToTunnel).data)
+        cancel = request(
+            "CANCEL",
+            "sip:alice@192.0.2.10:5062",
+            via="SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKop1",
+            from_="<sip:carol@example.org>;tag=fc",
+            to="<sip:alice@example.org>",
+            call_id="in-1",
+            extra=(f"Route: <sip:{self.codec.encode(KIND_ROUTE, 'sess-1', 5)}@203.0.113.5:5060;lr>",),
+        )
+        c = parse_message(only(self.down(cancel), ToTunnel).data)
+        self.assertEqual(c.top_via.branch, i.top_via.branch)
+
+    def test_forking(self) -> None:
+        """
+        Two 180s and two 200s with different to-tags all reach the tunnel;
+        each 200 makes a dialog.
+        """
+        act, _ = self.up(request("INVITE", "sip:bob@example.org"))
+        for status, tag in [(180, "x1"), (180, "x2"), (200, "x1"), (200, "x2")]:
+            back = only(self.down(answer(act.data, status, "R", to_tag=tag)), ToTunnel)
+            self.assertEqual(parse_message(back.data).to_tag, tag)
+        self.assertEqual(sorted(d.to_tag for d in self.cp.dialogs("sess-1")), ["x1", "x2"])
+
+    def test_large_request_tcp(self) -> None:
+        """
+        A request larger than 1300 bytes for a UDP operator proxy goes by TCP
+        with a TCP Via (RFC 3261 18.1.1).
+        """
+        body = SDP + b"a=x:" + b"y" * 1400 + b"\r\n"
+        act, msg = self.up(request("INVITE", "sip:bob@example.org", body=body, content_type="application/sdp"))
+        self.assertEqual(act.transport, "tcp")
+        self.assertEqual(msg.top_via.transport, "TCP")
+
+    def test_malformed_from_network(self) -> None:
+        """
+        A malformed request from the network gets 400 with a reason; a
+        malformed response is dropped; garbage never raises.
+        """
+        bad = self.incoming_invite().replace(b"CSeq: 1 INVITE", b"CSeq: one INVITE")
+        out = only(self.down(bad), ToNetwork)
+        self.assertTrue(out.data.startswith(b"SIP/2.0 400 Bad Request: malformed CSeq\r\n"))
+        self.assertEqual(out.addr, ("198.51.100.7", 5060))
+        self.assertTrue(dropped(self.down(b"SIP/2.0 200 OK\r\n\r\n")))
+
+    @given(st.binary(max_size=400))
+    def test_garbage(self, data: bytes) -> None:
+        """
+        Arbitrary bytes from the network or the tunnel never raise.
+        """
+        self.cp.from_network("udp", ("198.51.100.7", 5060), data, 0.0)
+        self.cp.from_tunnel(self.key, "sess-1", 1, data, 0.0)
+
+
+class ContactRewriteTests(SynchronousTestCase):
+    """
+    Tests for the C{contact_rewrite} mode of L{ContactSipProxy}.
+    """
+
+    def test_round_trip(self) -> None:
+        """
+        The Contact of a REGISTER is rewritten to our address with a token
+        (no Path); the 200 shows the original again; a request to the
+        rewritten contact reaches the flow with the original Request-URI.
+        """
+        cp = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR, contact_rewrite=True)
+        key = FakeTunnel("s")
+        cp.tunnel_attached(key, "s")
+        act = only(cp.from_tunnel(key, "s", 3, register(contact_params=";+sip.instance=\"<urn:uuid:1>\""), 0.0), ToNetwork)
+        msg = parse_message(act.data)
+        self.assertEqual(msg.count("Path"), 0)
+        c = parse_name_addr(msg.get("Contact"))
+        self.assertEqual((c.uri.host, c.uri.port), CONTACT_ADDR)
+        self.assertEqual(c.param("+sip.instance"), '"<urn:uuid:1>"')
+        ok = answer(act.data, 200, extra=(("Contact", f"<{c.uri}>;expires=120"),))
+        back = only(cp.from_network("udp", ("198.51.100.7", 5060), ok, 1.0), ToTunnel)
+        self.assertEqual(str(parse_name_addr(parse_message(back.data).get("Contact")).uri), "sip:alice@192.0.2.10:5062")
+        [reg] = cp.registrations("s")
+        self.assertEqual((reg.contact, reg.flow_id), ("sip:alice@192.0.2.10:5062", 3))
+        inv = request("INVITE", str(c.uri), via="SIP/2.0/UDP 198.51.100.7;branch=z9hG4bKq", call_id="in")
+        down = only(cp.from_network("udp", ("198.51.100.7", 5060), inv, 2.0), ToTunnel)
+        self.assertEqual((down.tunnel_key, down.flow_id), (key, 3))
+        self.assertEqual(parse_message(down.data).uri, "sip:alice@192.0.2.10:5062")
+
+
+class PairTests(SynchronousTestCase):
+    """
+    Agent and contact point cores back to back through a fake tunnel.
+    """
+
+    def test_two_phones_two_agents_embedded(self) -> None:
+        """
+        Two phones behind two agents register with the embedded registrar
+        and call each other: INVITE, 180, 200, ACK and BYE each reach the
+        right phone over its own flow; media hooks on both sides see SDP.
+        """
+        hook_a, hook_b = RecordingHook("A"), RecordingHook("B")
+        w = World()
+        ka, a = w.add_agent("sa", hook_a)
+        kb, b = w.add_agent("sb", hook_b)
+        fa = Flow("udp", ("192.0.2.1", 5060), ("192.0.2.10", 5062))
+        fb = Flow("tcp", ("198.51.100.1", 5060), ("198.51.100.20", 40001), 7)
+        w.app(a, fa, register("alice", "sip:alice@192.0.2.10:5062"))
+        flow, ok = w.take_app()
+        self.assertEqual((flow, ok.status), (fa, 200))
+        w.app(b, fb, register("bob", "sip:bob@198.51.100.20:5062;transport=tcp", via_host="198.51.100.20:5062"))
+        flow, ok = w.take_app()
+        self.assertEqual((flow, ok.status), (fb, 200))
+        self.assertEqual(len(w.contact.registrar.bindings("sip:bob@example.org")), 1)
+
+        w.app(a, fa, request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp", extra=("Contact: <sip:alice@192.0.2.10:5062>",)))
+        flow, inv = w.take_app()
+        self.assertEqual(flow, fb)
+        self.assertEqual(inv.uri, "sip:bob@198.51.100.20:5062;transport=tcp")
+        self.assertTrue(inv.body.endswith(b"a=relayed-by:B\r\n"))
+        self.assertEqual([c[0] for c in hook_a.calls], ["into"])
+        self.assertEqual([c[0] for c in hook_b.calls], ["out"])
+        self.assertEqual(hook_b.calls[0][1], kb)
+
+        w.app(b, fb, answer(inv.to_bytes(), 180, "Ringing", to_tag="tb"))
+        flow, ring = w.take_app()
+        self.assertEqual((flow, ring.status), (fa, 180))
+        w.app(b, fb, answer(inv.to_bytes(), 200, to_tag="tb", body=SDP, extra=(("Contact", "<sip:bob@198.51.100.20:5062;transport=tcp>"),)))
+        flow, ok = w.take_app()
+        self.assertEqual((flow, ok.status), (fa, 200))
+        self.assertTrue(ok.body.endswith(b"a=relayed-by:A\r\n"))
+        self.assertEqual(ok.count("Via"), 1)
+        self.assertEqual(len(w.contact.dialogs("sa")), 1)
+        self.assertEqual(len(w.contact.dialogs("sb")), 1)
+
+        # the caller's route set is the reversed Record-Route of the 200
+        routes = list(reversed(ok.get_all("Record-Route")))
+        first = parse_name_addr(routes[0]).uri
+        self.assertEqual((first.host, first.port), fa.local)
+        route_lines = tuple(f"Route: {r}" for r in routes)
+        w.app(a, fa, request("ACK", "sip:bob@198.51.100.20:5062;transport=tcp", to="<sip:bob@example.org>;tag=tb", via="SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKack1;rport", extra=route_lines))
+        flow, ack = w.take_app()
+        self.assertEqual((flow, ack.method, ack.count("Route")), (fb, "ACK", 0))
+
+        # the callee hangs up along its route set (Record-Route in order)
+        callee_routes = tuple(f"Route: {r}" for r in inv.get_all("Record-Route"))
+        bye = request("BYE", "sip:alice@192.0.2.10:5062", from_="<sip:bob@example.org>;tag=tb", to="<sip:alice@example.org>;tag=fa", via="SIP/2.0/TCP 198.51.100.20:5062;branch=z9hG4bKbye1", cseq=1, extra=callee_routes)
+        w.app(b, fb, bye)
+        flow, bye_in = w.take_app()
+        self.assertEqual((flow, bye_in.method, bye_in.count("Route")), (fa, "BYE", 0))
+        w.app(a, fa, answer(bye_in.to_bytes(), 200, to_tag=None))
+        flow, ok = w.take_app()
+        self.assertEqual((flow, ok.status, ok.cseq[1]), (fb, 200, "BYE"))
+        self.assertEqual(w.contact.dialogs("sa"), [])
+        self.assertEqual(w.contact.dialogs("sb"), [])
+        self.assertIn(("ended", ka, "call-1@192.0.2.10"), hook_a.calls)
+        self.assertIn(("ended", kb, "call-1@192.0.2.10"), hook_b.calls)
+        self.assertEqual(w.drops, [])
+
+    def test_two_phones_one_agent(self) -> None:
+        """
+        Two phones behind one agent, told apart by their flows and the
+        instances the agent gives them, call each other.
+        """
+        w = World()
+        _, a = w.add_agent("s1")
+        w.app(a, FLOW_A, register("alice", "sip:alice@192.0.2.10:5062"))
+        w.take_app()
+        w.app(a, FLOW_B, register("bob", "sip:bob@192.0.2.11:5064", via_host="192.0.2.11:5064"))
+        w.take_app()
+        w.app(a, FLOW_A, request("INVITE", "sip:bob@example.org"))
+        flow, inv = w.take_app()
+        self.assertEqual((flow, inv.method), (FLOW_B, "INVITE"))
+        w.app(a, FLOW_B, answer(inv.to_bytes(), 486, "Busy Here"))
+        flow, busy = w.take_app()
+        self.assertEqual((flow, busy.status), (FLOW_A, 486))
+
+    def test_unknown_and_unavailable(self) -> None:
+        """
+        The embedded registrar answers 404 for unknown users and 480 for
+        users whose bindings expired.
+        """
+        w = World()
+        _, a = w.add_agent("s1")
+        w.app(a, FLOW_B, register("bob", "sip:bob@192.0.2.11:5064", via_host="192.0.2.11:5064", expires=60))
+        w.take_app()
+        w.app(a, FLOW_A, request("INVITE", "sip:nobody@example.org"))
+        self.assertEqual(w.take_app()[1].status, 404)
+        w.now += 61
+        w.app(a, FLOW_A, request("INVITE", "sip:bob@example.org", call_id="c2"))
+        self.assertEqual(w.take_app()[1].status, 480)
+
+    def test_operator_scripted(self) -> None:
+        """
+        Through a scripted operator proxy: the phone's REGISTER reaches the
+        operator with Path and instance, the operator's INVITE by Path
+        reaches the phone, and the phone's answer reaches the operator.
+        """
+        w = World(operator=OPERATOR)
+        ka, a = w.add_agent("s1")
+        w.app(a, FLOW_A, register())
+        act, reg = w.take_network()
+        self.assertEqual(act.addr, ("198.51.100.7", 5060))
+        path = reg.get("Path")
+        contact = parse_name_addr(reg.get("Contact"))
+        self.assertIsNotNone(contact.param("+sip.instance"))
+        w.network(answer(act.data, 200, extra=(("Contact", f"{reg.get('Contact')}"),)))
+        flow, ok = w.take_app()
+        self.assertEqual((flow, ok.status), (FLOW_A, 200))
+        inv = request(
+            "INVITE",
+            str(contact.uri),
+            via="SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKop9",
+            from_="<sip:carol@example.org>;tag=fc",
+            to="<sip:alice@example.org>",
+            call_id="op-call",
+            extra=(f"Route: {path}", "Record-Route: <sip:198.51.100.7;lr>"),
+        )
+        w.network(inv)
+        flow, got = w.take_app()
+        self.assertEqual((flow, got.uri), (FLOW_A, "sip:alice@192.0.2.10:5062"))
+        w.app(a, FLOW_A, answer(got.to_bytes(), 200, to_tag="ta"))
+        act, resp = w.take_network()
+        self.assertEqual((act.addr, resp.status, resp.top_via.branch), (("198.51.100.7", 5060), 200, "z9hG4bKop9"))
+        self.assertEqual(len(resp.get_all("Record-Route")), 3)
