@@ -1,0 +1,466 @@
+"""
+Tests for L{spwm.media.manager}: two managers (agent and contact point)
+joined by a fake tunnel, fake UDP sockets, a fake clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.media.manager import MediaManager
+from spwm.media.ports import PortAllocator, PortsExhaustedError
+from spwm.sdp import parse_sdp
+from spwm.tunnel.frames import ChannelKind, ErrorCode
+
+from .test_media_relay import FakeUdpReactor
+
+AGENT_ADDR = "192.0.2.1"
+CONTACT_ADDR = "198.51.100.1"
+PHONE = "192.0.2.10"
+OPERATOR = "203.0.113.20"
+DIALOG = "call-1;from-tag=a;to-tag=b"
+
+
+class FakeTunnel:
+    """
+    One end of a fake tunnel: channel control goes to the peer end's
+    manager at once (in order, like the real tunnel), datagrams too.
+
+    @ivar opened: C{(channel_id, kind, meta)} for each channel we opened.
+    @ivar closed: C{(channel_id, code, reason)} for each channel we closed.
+    """
+
+    def __init__(self, first_id: int, peer_name: str) -> None:
+        self._next = first_id
+        self.peer = peer_name
+        self.other: FakeTunnel | None = None
+        self.app: Any = None
+        self.opened: list[tuple[int, Any, dict]] = []
+        self.closed: list[tuple[int, int, str]] = []
+        self.datagrams: list[tuple[int, bytes, int]] = []
+
+    def open_channel(self, kind: Any, meta: dict) -> int:
+        channel_id = self._next
+        self._next += 2
+        self.opened.append((channel_id, kind, meta))
+        if self.other is not None:
+            self.other.app.channel_requested(self.other, channel_id, kind, dict(meta))
+        return channel_id
+
+    def close_channel(self, channel_id: int, code: int = 0, reason: str = "") -> None:
+        self.closed.append((channel_id, code, reason))
+        if self.other is not None:
+            self.other.app.channel_closed(self.other, channel_id, code, reason)
+
+    def send_datagram(self, channel_id: int, data: bytes, component: int = 0) -> None:
+        self.datagrams.append((channel_id, data, component))
+        if self.other is not None:
+            self.other.app.datagram_received(self.other, channel_id, data, component)
+
+
+def _pair(
+    **contact_options: Any,
+) -> tuple[FakeUdpReactor, MediaManager, FakeTunnel, MediaManager, FakeTunnel]:
+    reactor = FakeUdpReactor()
+    agent = MediaManager(reactor, "agent", AGENT_ADDR, (20000, 20099))
+    contact = MediaManager(reactor, "contact", CONTACT_ADDR, (30000, 30099), **contact_options)
+    agent_end = FakeTunnel(1, "contact")
+    contact_end = FakeTunnel(2, "agent")
+    agent_end.other, contact_end.other = contact_end, agent_end
+    agent_end.app, contact_end.app = agent, contact
+    return reactor, agent, agent_end, contact, contact_end
+
+
+def _sdp(host: str, *streams: tuple[str, int, str], version: int = 1) -> bytes:
+    lines = [
+        b"v=0",
+        b"o=- 42 %d IN IP4 %s" % (version, host.encode()),
+        b"s=-",
+        b"c=IN IP4 " + host.encode(),
+        b"t=0 0",
+    ]
+    for media, port, extra in streams:
+        lines.append(b"m=%s %d RTP/AVP 0" % (media.encode(), port))
+        if extra:
+            lines.append(extra.encode())
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+class OfferAnswerTests(SynchronousTestCase):
+    """
+    An offer from the LAN phone and an answer from the operator side, with
+    media flowing both ways through both halves.
+    """
+
+    def _call(self, offer: bytes | None = None, answer: bytes | None = None):
+        reactor, agent, a_end, contact, c_end = _pair()
+        offer = offer or _sdp(PHONE, ("audio", 4000, ""))
+        answer = answer or _sdp(OPERATOR, ("audio", 6000, ""))
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer)
+        to_operator = contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", offer)
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer)
+        to_phone = agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer)
+        return reactor, agent, a_end, contact, c_end, to_operator, to_phone
+
+    def test_rewrite_and_channel(self) -> None:
+        """
+        The agent opens one datagram channel per stream before the SDP
+        crosses; the contact point rewrites the offer to its address and a
+        port from its range, the agent rewrites the answer to its own.
+        """
+        reactor, agent, a_end, contact, c_end, to_operator, to_phone = self._call()
+        self.assertEqual(
+            a_end.opened,
+            [(1, ChannelKind.DATAGRAM, {"use": "media", "dialog": DIALOG, "stream": 0, "mux": False})],
+        )
+        self.assertEqual(c_end.opened, [])
+        offer = parse_sdp(to_operator).media[0]
+        self.assertEqual((offer.address, offer.port, offer.rtcp_port), (CONTACT_ADDR, 30000, 30001))
+        answer = parse_sdp(to_phone).media[0]
+        self.assertEqual((answer.address, answer.port), (AGENT_ADDR, 20000))
+        self.assertEqual((agent.open_sockets, contact.open_sockets), (2, 2))
+        self.assertEqual((agent.open_channels, contact.open_channels), (1, 1))
+
+    def test_media_both_ways(self) -> None:
+        """
+        RTP and RTCP from the phone reach the operator's negotiated address
+        through both halves, and the operator's reach the phone.
+        """
+        reactor, agent, a_end, contact, c_end, _, _ = self._call()
+        phone_rtp = reactor.udp[AGENT_ADDR, 20000]
+        phone_rtcp = reactor.udp[AGENT_ADDR, 20001]
+        op_rtp = reactor.udp[CONTACT_ADDR, 30000]
+        op_rtcp = reactor.udp[CONTACT_ADDR, 30001]
+        for n in range(5):
+            phone_rtp.receive(b"up%d" % n, (PHONE, 4000))
+        phone_rtcp.receive(b"sr-up", (PHONE, 4001))
+        self.assertEqual(op_rtp.sent, [(b"up%d" % n, (OPERATOR, 6000)) for n in range(5)])
+        self.assertEqual(op_rtcp.sent, [(b"sr-up", (OPERATOR, 6001))])
+        op_rtp.receive(b"down", (OPERATOR, 6000))
+        op_rtcp.receive(b"sr-down", (OPERATOR, 6001))
+        self.assertEqual(phone_rtp.sent, [(b"down", (PHONE, 4000))])
+        self.assertEqual(phone_rtcp.sent, [(b"sr-down", (PHONE, 4001))])
+        self.assertEqual(a_end.datagrams[-1], (1, b"sr-up", 1))
+
+    def test_contact_strict_and_allow(self) -> None:
+        """
+        The contact point drops packets from the right host but another
+        port (strict source), and never sends to a loopback address that an
+        operator SDP names.
+        """
+        reactor, agent, a_end, contact, c_end, _, _ = self._call()
+        op_rtp = reactor.udp[CONTACT_ADDR, 30000]
+        op_rtp.receive(b"x", (OPERATOR, 6002))
+        rtp, _ = contact.stream_endpoints(c_end, DIALOG, 0)
+        self.assertEqual(rtp.dropped_source, 1)
+        _, agent, a_end, contact, c_end, _, _ = self._call(answer=_sdp("127.0.0.1", ("audio", 6000, "")))
+        reactor = contact.reactor
+        reactor.udp[AGENT_ADDR, 20000].receive(b"up", (PHONE, 4000))
+        self.assertEqual(reactor.udp[CONTACT_ADDR, 30000].sent, [])
+        rtp, _ = contact.stream_endpoints(c_end, DIALOG, 0)
+        self.assertEqual(rtp.dropped_no_target, 1)
+
+    def test_dialog_ended_releases_everything(self) -> None:
+        """
+        When the dialog ends, both halves close their channels, unbind every
+        socket and give back every port; no timer stays behind.
+        """
+        reactor, agent, a_end, contact, c_end, _, _ = self._call()
+        agent.dialog_ended(a_end, DIALOG)
+        contact.dialog_ended(c_end, DIALOG)
+        for manager in (agent, contact):
+            self.assertEqual(
+                (manager.open_sockets, manager.open_channels, manager.ports_in_use, manager.streams),
+                (0, 0, 0, 0),
+            )
+        self.assertEqual(reactor.udp, {})
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        self.assertEqual(a_end.closed, [(1, 0, "dialog ended")])
+
+    def test_unknown_channel_counted(self) -> None:
+        """
+        Datagrams on a channel the manager does not know are dropped and
+        counted.
+        """
+        reactor, agent, a_end, contact, c_end, _, _ = self._call()
+        agent.datagram_received(a_end, 99, b"x", 0)
+        self.assertEqual(agent.dropped_unknown_channel, 1)
+
+    def test_tunnel_lost(self) -> None:
+        """
+        Losing the tunnel releases every stream that used it.
+        """
+        reactor, agent, a_end, contact, c_end, _, _ = self._call()
+        contact.tunnel_lost(c_end, "connection lost")
+        self.assertEqual((contact.open_sockets, contact.open_channels, contact.ports_in_use), (0, 0, 0))
+        self.assertEqual(c_end.closed, [])
+
+    def test_multipart_and_no_sdp(self) -> None:
+        """
+        SDP inside multipart/mixed is rewritten in place; a body without SDP
+        is returned as it is and opens nothing.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        self.assertEqual(contact.sdp_out_of_tunnel(c_end, DIALOG, "text/plain", b"hi"), b"hi")
+        agent.sdp_into_tunnel(a_end, DIALOG, "", b"")
+        self.assertEqual(a_end.opened, [])
+        sdp = _sdp(PHONE, ("audio", 4000, ""))
+        ctype = "multipart/mixed;boundary=b1"
+        body = b"--b1\r\nContent-Type: application/sdp\r\n\r\n" + sdp + b"\r\n--b1--\r\n"
+        agent.sdp_into_tunnel(a_end, DIALOG, ctype, body)
+        out = contact.sdp_out_of_tunnel(c_end, DIALOG, ctype, body)
+        self.assertTrue(out.startswith(b"--b1\r\nContent-Type: application/sdp\r\n\r\nv=0"))
+        self.assertTrue(out.endswith(b"\r\n--b1--\r\n"))
+        self.assertIn(b"c=IN IP4 198.51.100.1\r\n", out)
+
+    def test_bundle_answer_shares_port(self) -> None:
+        """
+        Bundled m= lines (same address and port) share one relay port and
+        one channel.
+        """
+        answer = _sdp(OPERATOR, ("audio", 6000, ""), ("video", 6000, ""))
+        reactor, agent, a_end, contact, c_end = _pair()
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer)
+        out = agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer)
+        self.assertEqual([m.port for m in parse_sdp(out).media], [20000, 20000])
+        self.assertEqual(len(c_end.opened), 1)
+        self.assertEqual(agent.open_sockets, 2)
+
+    def test_o_version_stable(self) -> None:
+        """
+        The same offer again (a retransmission or a session refresh) gives
+        the same body with the same o= version.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        offer = _sdp(PHONE, ("audio", 4000, ""))
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer)
+        first = contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", offer)
+        again = contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", _sdp(PHONE, ("audio", 4000, ""), version=2))
+        self.assertEqual(first, again)
+        self.assertEqual(contact.open_sockets, 2)
+
+
+class LifetimeTests(SynchronousTestCase):
+    """
+    Streams end with the dialog, with a re-offer that removes them, or after
+    inactivity unless they are on hold.
+    """
+
+    def _established(self, offer: bytes, answer: bytes):
+        reactor, agent, a_end, contact, c_end = _pair()
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer)
+        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", offer)
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer)
+        agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer)
+        return reactor, agent, a_end, contact, c_end
+
+    def test_inactivity_releases(self) -> None:
+        """
+        A stream without packets for the timeout (60 s) is released and its
+        channel closed, which releases the peer's side too; while packets
+        flow it stays.
+        """
+        reactor, agent, a_end, contact, c_end = self._established(
+            _sdp(PHONE, ("audio", 4000, "")), _sdp(OPERATOR, ("audio", 6000, ""))
+        )
+        phone_rtp = reactor.udp[AGENT_ADDR, 20000]
+        for _ in range(12):
+            phone_rtp.receive(b"rtp", (PHONE, 4000))
+            reactor.advance(10)
+        self.assertEqual((agent.streams, contact.streams), (1, 1))
+        reactor.advance(61)
+        reactor.advance(10)
+        self.assertEqual((agent.streams, contact.streams), (0, 0))
+        self.assertEqual((agent.open_sockets, contact.open_sockets), (0, 0))
+        self.assertEqual((agent.open_channels, contact.open_channels), (0, 0))
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_hold_survives_timeout(self) -> None:
+        """
+        A call put on hold (a=sendonly from the phone, answered recvonly)
+        carries no packets for far longer than the timeout and stays; after
+        resuming, silence releases it again.
+        """
+        reactor, agent, a_end, contact, c_end = self._established(
+            _sdp(PHONE, ("audio", 4000, "")), _sdp(OPERATOR, ("audio", 6000, ""))
+        )
+        hold = _sdp(PHONE, ("audio", 4000, "a=sendonly"), version=2)
+        held_answer = _sdp(OPERATOR, ("audio", 6000, "a=recvonly"), version=2)
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", hold)
+        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", hold)
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", held_answer)
+        agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", held_answer)
+        for _ in range(60):
+            reactor.advance(10)
+        self.assertEqual((agent.streams, contact.streams), (1, 1))
+        self.assertEqual(len(a_end.opened), 1)
+        resume = _sdp(PHONE, ("audio", 4000, ""), version=3)
+        answer = _sdp(OPERATOR, ("audio", 6000, ""), version=3)
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", resume)
+        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", resume)
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer)
+        agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer)
+        for _ in range(8):
+            reactor.advance(10)
+        self.assertEqual((agent.streams, contact.streams), (0, 0))
+
+    def test_hold_address_survives_timeout(self) -> None:
+        """
+        RFC 2543 hold (c=0.0.0.0) counts as hold too, and no media is sent to
+        0.0.0.0.
+        """
+        reactor, agent, a_end, contact, c_end = self._established(
+            _sdp(PHONE, ("audio", 4000, "")), _sdp(OPERATOR, ("audio", 6000, ""))
+        )
+        hold = _sdp("0.0.0.0", ("audio", 4000, ""), version=2)
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", hold)
+        out = contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", hold)
+        self.assertIn(b"c=IN IP4 0.0.0.0\r\n", out)
+        reactor.udp[CONTACT_ADDR, 30000].receive(b"x", (OPERATOR, 6000))
+        self.assertEqual(reactor.udp[AGENT_ADDR, 20000].sent, [])
+        for _ in range(30):
+            reactor.advance(10)
+        self.assertEqual((agent.streams, contact.streams), (1, 1))
+
+    def test_reoffer_port_zero_closes_stream(self) -> None:
+        """
+        A re-offer that sets the video port to 0 closes the video channel and
+        frees its sockets and ports on both halves; audio stays.
+        """
+        reactor, agent, a_end, contact, c_end = self._established(
+            _sdp(PHONE, ("audio", 4000, ""), ("video", 4002, "")),
+            _sdp(OPERATOR, ("audio", 6000, ""), ("video", 6002, "")),
+        )
+        self.assertEqual((agent.open_sockets, contact.open_sockets), (4, 4))
+        self.assertEqual(len(a_end.opened), 2)
+        reoffer = _sdp(PHONE, ("audio", 4000, ""), ("video", 0, ""), version=2)
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", reoffer)
+        self.assertEqual(a_end.closed, [(3, 0, "stream removed")])
+        out = contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", reoffer)
+        self.assertEqual([m.port for m in parse_sdp(out).media], [30000, 0])
+        for manager in (agent, contact):
+            self.assertEqual((manager.open_sockets, manager.open_channels, manager.ports_in_use), (2, 1, 1))
+
+    def test_new_stream_in_reoffer_from_operator(self) -> None:
+        """
+        A re-offer from the operator side that adds video makes the contact
+        point open the new stream's channel.
+        """
+        reactor, agent, a_end, contact, c_end = self._established(
+            _sdp(PHONE, ("audio", 4000, "")), _sdp(OPERATOR, ("audio", 6000, ""))
+        )
+        reoffer = _sdp(OPERATOR, ("audio", 6000, ""), ("video", 6002, ""), version=2)
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", reoffer)
+        self.assertEqual(c_end.opened[0][0], 2)
+        self.assertEqual(c_end.opened[0][2]["stream"], 1)
+        out = agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", reoffer)
+        self.assertEqual([m.port for m in parse_sdp(out).media], [20000, 20002])
+        self.assertEqual(agent.open_channels, 2)
+
+
+class RefusalTests(SynchronousTestCase):
+    """
+    Channels and streams the manager does not take.
+    """
+
+    def test_bad_channels_refused(self) -> None:
+        """
+        Stream channels, channels without dialog or stream, and a second
+        channel for the same stream are refused with C{REFUSED}.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        contact.channel_requested(c_end, 1, ChannelKind.STREAM, {"use": "media", "dialog": "d", "stream": 0})
+        contact.channel_requested(c_end, 3, ChannelKind.DATAGRAM, {"use": "media"})
+        contact.channel_requested(c_end, 5, ChannelKind.DATAGRAM, {"use": "media", "dialog": "d", "stream": 0})
+        contact.channel_requested(c_end, 7, ChannelKind.DATAGRAM, {"use": "media", "dialog": "d", "stream": 0})
+        self.assertEqual([c[:2] for c in c_end.closed], [(1, ErrorCode.REFUSED), (3, ErrorCode.REFUSED), (7, ErrorCode.REFUSED)])
+        self.assertEqual((contact.refused_channels, contact.open_channels), (3, 1))
+
+    def test_pending_channel_expires(self) -> None:
+        """
+        A channel the peer opened whose SDP never arrives is closed after
+        the inactivity timeout.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        contact.channel_requested(c_end, 5, ChannelKind.DATAGRAM, {"use": "media", "dialog": "d", "stream": 0})
+        for _ in range(7):
+            reactor.advance(10)
+        self.assertEqual(c_end.closed, [(5, 0, "no session description")])
+        self.assertEqual((contact.open_channels, reactor.getDelayedCalls()), (0, []))
+
+    def test_ports_exhausted(self) -> None:
+        """
+        When the range has no free pair, the stream gets port 0 and nothing
+        leaks.
+        """
+        reactor = FakeUdpReactor()
+        manager = MediaManager(reactor, "contact", CONTACT_ADDR, (30000, 30001))
+        tunnel = FakeTunnel(2, "agent")
+        sdp = _sdp(PHONE, ("audio", 4000, ""), ("video", 4002, ""))
+        out = manager.sdp_out_of_tunnel(tunnel, DIALOG, "application/sdp", sdp)
+        self.assertEqual([m.port for m in parse_sdp(out).media], [30000, 0])
+        self.assertEqual((manager.open_sockets, manager.ports_in_use, manager.rejected_streams), (2, 1, 1))
+        manager.dialog_ended(tunnel, DIALOG)
+        self.assertEqual((manager.open_sockets, manager.ports_in_use, reactor.udp), (0, 0, {}))
+
+    def test_port_in_use_skipped(self) -> None:
+        """
+        A port that cannot be bound is skipped for the next pair.
+        """
+        reactor = FakeUdpReactor()
+        reactor.refuse.add(30001)
+        manager = MediaManager(reactor, "contact", CONTACT_ADDR, (30000, 30009))
+        tunnel = FakeTunnel(2, "agent")
+        out = manager.sdp_out_of_tunnel(tunnel, DIALOG, "application/sdp", _sdp(PHONE, ("audio", 4000, "")))
+        self.assertEqual(parse_sdp(out).media[0].port, 30002)
+        self.assertEqual((manager.open_sockets, manager.ports_in_use), (2, 1))
+
+    def test_tcp_media_rejected(self) -> None:
+        """
+        TCP media (not carried yet) is answered with port 0.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        sdp = _sdp(PHONE) + b"m=message 7394 TCP/MSRP *\r\na=setup:active\r\n"
+        out = contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", sdp)
+        self.assertEqual(parse_sdp(out).media[0].port, 0)
+        self.assertEqual(contact.open_sockets, 0)
+
+    def test_mux_only(self) -> None:
+        """
+        With a=rtcp-mux-only only the RTP socket is bound, and RTCP from the
+        tunnel goes out of it.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        sdp = _sdp(PHONE, ("audio", 4000, "a=rtcp-mux-only"))
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", sdp)
+        self.assertTrue(a_end.opened[0][2]["mux"])
+        out = contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", sdp)
+        self.assertEqual(contact.open_sockets, 1)
+        self.assertEqual(parse_sdp(out).media[0].port, 30000)
+
+    def test_bad_side(self) -> None:
+        """
+        The side is C{agent} or C{contact}.
+        """
+        self.assertRaises(ValueError, MediaManager, FakeUdpReactor(), "middle", AGENT_ADDR, (1000, 2000))
+
+
+class PortAllocatorTests(SynchronousTestCase):
+    """
+    L{PortAllocator} hands out even/odd pairs round-robin.
+    """
+
+    def test_pairs(self) -> None:
+        """
+        Pairs start on even ports, are not reused until the others were,
+        and running out raises L{PortsExhaustedError}.
+        """
+        ports = PortAllocator(30001, 30006)
+        self.assertEqual(ports.capacity, 2)
+        self.assertEqual([ports.allocate(), ports.allocate()], [30002, 30004])
+        self.assertRaises(PortsExhaustedError, ports.allocate)
+        ports.release(30002)
+        self.assertEqual(ports.allocate(), 30002)
+        self.assertRaises(ValueError, PortAllocator, 30001, 30001)
