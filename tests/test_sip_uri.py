@@ -1,0 +1,238 @@
+"""
+Tests for L{spwm.sip.uri}: SIP URIs, name-addr, Via and list splitting.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.sip import (
+    NameAddr,
+    SipParseError,
+    SipUri,
+    Via,
+    parse_name_addr,
+    parse_uri,
+    parse_via,
+    split_header_values,
+    unescape,
+)
+
+
+class UriTests(SynchronousTestCase):
+    """
+    parse_uri and SipUri.
+    """
+
+    def test_full(self) -> None:
+        """
+        Every part of a SIP URI is parsed; str() gives it back.
+        """
+        text = "sips:alice:secret@atlanta.example.com:5061;transport=tcp;lr?subject=x&h=1"
+        uri = parse_uri(text)
+        self.assertEqual(
+            uri,
+            SipUri("sips", "alice", "secret", "atlanta.example.com", 5061,
+                   (("transport", "tcp"), ("lr", None)), "subject=x&h=1"),
+        )
+        self.assertEqual(str(uri), text)
+        self.assertEqual(uri.param("TRANSPORT"), "tcp")
+        self.assertEqual(uri.param("lr"), "")
+        self.assertIsNone(uri.param("maddr"))
+
+    def test_ipv6(self) -> None:
+        """
+        IPv6 hosts lose their brackets in C{host} and get them back in str().
+        """
+        uri = parse_uri("sip:[2001:db8::10]:5070")
+        self.assertEqual((uri.host, uri.port, uri.host_port), ("2001:db8::10", 5070, "[2001:db8::10]:5070"))
+        self.assertEqual(str(uri.with_host("2001:db8::1")), "sip:[2001:db8::1]")
+
+    def test_rejects(self) -> None:
+        """
+        Unbracketed IPv6, ports over 65535, spaces and empty URIs are rejected.
+        """
+        for text in ["sip:2001:db8::10", "sip:h:65536", "sip:a b", "sip:", "", "nocolon", "sip:@h", "sip:h;=x"]:
+            self.assertRaises(SipParseError, parse_uri, text)
+
+    def test_other_schemes(self) -> None:
+        """
+        Other schemes keep their text in C{opaque}.
+        """
+        uri = parse_uri("tel:+1-201-555-0123;phone-context=x")
+        self.assertEqual((uri.scheme, uri.opaque, uri.host), ("tel", "+1-201-555-0123;phone-context=x", ""))
+        self.assertEqual(str(uri), "tel:+1-201-555-0123;phone-context=x")
+
+    def test_with(self) -> None:
+        """
+        with_param replaces in place or appends; without_param removes;
+        with_user changes the user.
+        """
+        uri = parse_uri("sip:a@h;x=1;lr")
+        self.assertEqual(str(uri.with_param("X", "2")), "sip:a@h;x=2;lr")
+        self.assertEqual(str(uri.with_param("ob")), "sip:a@h;x=1;lr;ob")
+        self.assertEqual(str(uri.without_param("lr")), "sip:a@h;x=1")
+        self.assertEqual(str(uri.with_user("b").with_params([])), "sip:b@h")
+
+    def test_unescape(self) -> None:
+        """
+        unescape decodes once, keeps invalid escapes and NULs.
+        """
+        self.assertEqual(unescape("a%25%34%31%00%zz"), "a%41\x00%zz")
+        self.assertEqual(unescape("plain"), "plain")
+
+
+class NameAddrTests(SynchronousTestCase):
+    """
+    parse_name_addr and NameAddr.
+    """
+
+    def test_forms(self) -> None:
+        """
+        Quoted and token display names, no display name, and addr-spec whose
+        ";" starts header parameters.
+        """
+        na = parse_name_addr('"Bob \\"B\\"" <sip:bob@h;lr>;tag=1;expires=60')
+        self.assertEqual(na.display_name, 'Bob "B"')
+        self.assertEqual(na.uri.params, (("lr", None),))
+        self.assertEqual((na.tag, na.param("EXPIRES")), ("1", "60"))
+        na = parse_name_addr("Bob Smith <sip:b@h>")
+        self.assertEqual(na.display, "Bob Smith")
+        na = parse_name_addr("sip:b@h;tag=x")
+        self.assertEqual((na.angle, na.uri.params, na.tag), (False, (), "x"))
+        self.assertEqual(str(na), "sip:b@h;tag=x")
+
+    def test_str(self) -> None:
+        """
+        str() adds angle brackets when the URI has parameters.
+        """
+        na = NameAddr(None, parse_uri("sip:b@h;lr"), (), angle=False)
+        self.assertEqual(str(na), "<sip:b@h;lr>")
+        na = parse_name_addr('"A" <sip:a@[2001:db8::1]:5060>').with_param("+sip.instance", '"<urn:uuid:1>"')
+        self.assertEqual(str(na), '"A" <sip:a@[2001:db8::1]:5060>;+sip.instance="<urn:uuid:1>"')
+        self.assertEqual(parse_name_addr(str(na)), na)
+
+    def test_rejects(self) -> None:
+        """
+        Unbalanced quotes, spaces in brackets, unquoted commas, "?" in
+        addr-spec and empty params are rejected.
+        """
+        for text in ['"a <sip:a@h>', "< sip:a@h >", "Bell, A <sip:a@h>", "sip:a@h?x=y", "<sip:a@h>;;", ""]:
+            self.assertRaises(SipParseError, parse_name_addr, text)
+
+
+class ViaTests(SynchronousTestCase):
+    """
+    parse_via and Via.
+    """
+
+    def test_parse(self) -> None:
+        """
+        Spaces around separators, IPv6 sent-by, valueless params.
+        """
+        via = parse_via("SIP / 2.0 / tcp [2001:db8::9]:5061 ; branch = z9hG4bKa ;rport;received=[2001:db8::8]")
+        self.assertEqual(
+            via,
+            Via("SIP/2.0", "TCP", "2001:db8::9", 5061,
+                (("branch", "z9hG4bKa"), ("rport", None), ("received", "[2001:db8::8]"))),
+        )
+        self.assertEqual((via.branch, via.rport, via.received, via.sent_by), ("z9hG4bKa", "", "2001:db8::8", ("2001:db8::9", 5061)))
+        self.assertEqual(parse_via("SIP/2.0/UDP h;received=2001:db8::9:255").received, "2001:db8::9:255")
+
+    def test_str_and_with(self) -> None:
+        """
+        str() gives canonical text; with_param fills rport and adds received.
+        """
+        via = parse_via("SIP/2.0/UDP [2001:db8::9];branch=z9hG4bKa;rport")
+        via = via.with_param("rport", "5062").with_param("received", "192.0.2.1")
+        self.assertEqual(str(via), "SIP/2.0/UDP [2001:db8::9];branch=z9hG4bKa;rport=5062;received=192.0.2.1")
+        self.assertEqual(parse_via(str(via)), via)
+        self.assertEqual(str(via.without_param("rport")), "SIP/2.0/UDP [2001:db8::9];branch=z9hG4bKa;received=192.0.2.1")
+
+    def test_rejects(self) -> None:
+        """
+        Missing parts, empty params and bad ports are rejected.
+        """
+        for text in ["SIP/2.0 h", "SIP/2.0/UDP", "SIP/2.0/UDP h;;", "SIP/2.0/UDP h:99999", "SIP/2.0/UDP h;branch=", "SIP/2.0/UDP h, x"]:
+            self.assertRaises(SipParseError, parse_via, text)
+
+
+class SplitTests(SynchronousTestCase):
+    """
+    split_header_values.
+    """
+
+    def test_split(self) -> None:
+        """
+        Commas inside quotes and angle brackets do not split.
+        """
+        self.assertEqual(
+            split_header_values('"a,b" <sip:x@h;p=1,2>;q=1 , <sip:y@h>,z'),
+            ['"a,b" <sip:x@h;p=1,2>;q=1', "<sip:y@h>", "z"],
+        )
+        self.assertEqual(split_header_values(""), [])
+        self.assertEqual(split_header_values('"a,b'), ['"a,b'])
+
+    def test_strict(self) -> None:
+        """
+        strict=True rejects empty elements and unbalanced quotes.
+        """
+        self.assertRaises(SipParseError, split_header_values, "a,,b", strict=True)
+        self.assertRaises(SipParseError, split_header_values, 'a, "b', strict=True)
+        self.assertRaises(SipParseError, split_header_values, '"b', strict=True)
+        self.assertEqual(split_header_values("a , b", strict=True), ["a", "b"])
+
+
+_text = st.one_of(
+    st.text(max_size=80),
+    st.text('sip:@[]:;=,<>" \\?&%0123456789abcdef.tag', max_size=60),
+)
+
+
+class GarbageTests(SynchronousTestCase):
+    """
+    The value parsers raise only SipParseError for any text.
+    """
+
+    @given(_text)
+    def test_parse_uri(self, text: str) -> None:
+        """
+        parse_uri: a SipUri or SipParseError; str() of a result parses again.
+        """
+        try:
+            uri = parse_uri(text)
+        except SipParseError:
+            return
+        self.assertEqual(parse_uri(str(uri)), uri)
+
+    @given(_text)
+    def test_parse_name_addr(self, text: str) -> None:
+        """
+        parse_name_addr: a NameAddr or SipParseError.
+        """
+        try:
+            parse_name_addr(text)
+        except SipParseError:
+            pass
+
+    @given(st.one_of(_text, _text.map(lambda t: "SIP/2.0/UDP " + t)))
+    def test_parse_via(self, text: str) -> None:
+        """
+        parse_via: a Via or SipParseError; str() of a result parses again.
+        """
+        try:
+            via = parse_via(text)
+        except SipParseError:
+            return
+        self.assertEqual(parse_via(str(via)), via)
+
+    @given(_text, st.booleans())
+    def test_split(self, text: str, strict: bool) -> None:
+        """
+        split_header_values: a list or (strict only) SipParseError.
+        """
+        try:
+            split_header_values(text, strict=strict)
+        except SipParseError:
+            self.assertTrue(strict)
