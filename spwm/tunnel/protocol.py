@@ -14,7 +14,7 @@ import secrets
 import socket
 from typing import Any, Protocol as TypingProtocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -154,8 +154,6 @@ class TunnelProtocol(Protocol):
 
     @ivar connection: the L{TunnelConnection} core.
     @ivar app: the application it reports to.
-    @ivar handshake_done: a L{Deferred} that fires with this protocol when the
-        handshake completes, or fails when the tunnel closes before that.
     """
 
     log = Logger()
@@ -182,7 +180,8 @@ class TunnelProtocol(Protocol):
         self._limits = limits
         self._core_args = dict(agent_id=agent_id, session_id=session_id, hello=hello)
         self.connection: TunnelConnection | None = None
-        self.handshake_done: Deferred[TunnelProtocol] = Deferred()
+        self._waiters: list[Deferred[TunnelProtocol]] = []
+        self._lost_reason: Failure | None = None
         self.peer = "?"
         self._paused = False
         self._timer: IDelayedCall | None = None
@@ -205,6 +204,19 @@ class TunnelProtocol(Protocol):
             ev.PeerWentAway: self._on_goaway,
             ev.TunnelClosed: self._on_closed,
         }
+
+    def when_established(self) -> Deferred[TunnelProtocol]:
+        """
+        A L{Deferred} that fires with this protocol once the handshake has
+        completed, or fails with the reason if the connection is lost first.
+        """
+        if self._established:
+            return succeed(self)
+        if self._lost_reason is not None:
+            return fail(self._lost_reason)
+        d: Deferred[TunnelProtocol] = Deferred()
+        self._waiters.append(d)
+        return d
 
     # -- identity ------------------------------------------------------------
 
@@ -283,8 +295,10 @@ class TunnelProtocol(Protocol):
             self._timer.cancel()
         self._timer = None
         why = self.close_info.reason if self.close_info else reason.getErrorMessage() if reason else "lost"
-        if not self.handshake_done.called:
-            self.handshake_done.errback(reason or Failure(ConnectionError(why)))
+        self._lost_reason = reason or Failure(ConnectionError(why))
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(self._lost_reason)
         if self._established:
             self._established = False
             try:
@@ -307,8 +321,9 @@ class TunnelProtocol(Protocol):
             version=e.version,
         )
         self.app.tunnel_established(self)
-        if not self.handshake_done.called:
-            self.handshake_done.callback(self)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(self)
 
     def _on_goaway(self, e: ev.PeerWentAway) -> None:
         self.go_away_info = e
@@ -331,12 +346,18 @@ class TunnelProtocol(Protocol):
 
     # -- application API ---------------------------------------------------
 
-    def send_sip(self, flow_id: int, data: bytes) -> None:
+    def send_sip(self, flow_id: int, data: bytes) -> bool:
         """
         Send one SIP message for application flow C{flow_id}.
+
+        @return: C{False} if the tunnel is not open and the message was dropped.
+        @raise ValueError: if the message is larger than a frame.
         """
+        if not self.is_open:
+            return False
         self.connection.send_sip(flow_id, data)
         self._flush()
+        return True
 
     def open_channel(self, kind: ChannelKind, meta: dict[str, Any]) -> int:
         """
@@ -361,9 +382,10 @@ class TunnelProtocol(Protocol):
         Send a datagram on a channel (the media hot path).
         """
         connection = self.connection
-        connection.send_datagram(channel_id, data, self._clock.seconds(), component)
-        if not self._paused:
-            out = connection.data_to_send(self._clock.seconds())
+        now = self._clock.seconds()
+        connection.send_datagram(channel_id, data, now, component)
+        if not self._paused and not self._lost:
+            out = connection.data_to_send(now)
             if out:
                 self._write(out)
 

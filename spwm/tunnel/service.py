@@ -11,6 +11,10 @@ import random
 from typing import Any, Callable
 
 from OpenSSL import SSL
+from service_identity import VerificationError
+from service_identity.hazmat import DNS_ID, IPAddress_ID, verify_service_identity
+from service_identity.pyopenssl import extract_patterns
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet import ssl
@@ -33,6 +37,7 @@ from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory, Tunne
 
 # OpenSSL's X509_V_ERR_* codes that people meet, in words.
 _VERIFY_ERRORS = {
+    7: "certificate signature failure (untrusted)",
     9: "certificate is not yet valid",
     10: "certificate has expired",
     18: "self-signed certificate (untrusted)",
@@ -66,26 +71,48 @@ def describe_failure(failure: Failure | BaseException | None, tls_error: str | N
 @implementer(IOpenSSLClientConnectionCreator)
 class ReportingClientTLS:
     """
-    Wrap Twisted's client TLS options so that a failed certificate check
-    is remembered with its reason (expired, untrusted, ...).
+    Twisted's client TLS options, with a verify callback that remembers why
+    a certificate check failed (expired, untrusted, wrong name).  It does the
+    same service-identity check of the leaf certificate as Twisted's own
+    callback, which it replaces.
 
     @ivar last_error: the reason of the latest failed check, or C{None}.
     """
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, hostname: str) -> None:
         self._inner = inner
+        if isIPAddress(hostname) or isIPv6Address(hostname):
+            self._service_id: Any = IPAddress_ID(hostname)
+        else:
+            self._service_id = DNS_ID(hostname)
         self.last_error: str | None = None
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         self.last_error = None
         connection = self._inner.clientConnectionForTLS(tlsProtocol)
-        connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
-        return connection
+        service_id = self._service_id
 
-    def _verify(self, connection: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
-        if not ok and self.last_error is None:
-            self.last_error = _VERIFY_ERRORS.get(errno, f"X509 verify error {errno}")
-        return bool(ok)
+        def verify(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
+            try:
+                if not ok and self.last_error is None:
+                    self.last_error = _VERIFY_ERRORS.get(errno, f"X509 verify error {errno}")
+                if depth != 0:
+                    return bool(ok)
+                try:
+                    verify_service_identity(extract_patterns(cert), [service_id], [])
+                except VerificationError as e:
+                    if self.last_error is None:
+                        self.last_error = f"certificate does not match the server name: {e}"
+                    tlsProtocol.failVerification(Failure())
+                    return False
+                return bool(ok)
+            except BaseException:
+                # An exception must never escape into OpenSSL.
+                self.last_error = "error while verifying the certificate"
+                return False
+
+        connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
+        return connection
 
 
 def client_tls_options(server_name: str, ca_file: str | None, client_cert: Any = None) -> ReportingClientTLS:
@@ -108,13 +135,21 @@ def client_tls_options(server_name: str, ca_file: str | None, client_cert: Any =
         acceptableProtocols=[ALPN],
         extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2},
     )
-    return ReportingClientTLS(options)
+    return ReportingClientTLS(options, server_name)
 
 
 def server_tls_factory(cert_file: str, key_file: str, wrapped: Factory, clock: IReactorTime | None = None) -> TLSMemoryBIOFactory:
     """
     Wrap the contact point's tunnel factory in TLS with the PEM certificate
     (and chain) in C{cert_file} and the key in C{key_file}.
+    """
+    return TLSMemoryBIOFactory(server_tls_options(cert_file, key_file), False, wrapped, clock=clock)
+
+
+def server_tls_options(cert_file: str, key_file: str) -> ssl.CertificateOptions:
+    """
+    TLS options of the contact point: TLS 1.2 or later, ALPN C{spwm/1}, the
+    PEM certificate (and chain) in C{cert_file} and the key in C{key_file}.
     """
     with open(cert_file, "rb") as f:
         cert_pem = f.read()
@@ -123,17 +158,16 @@ def server_tls_factory(cert_file: str, key_file: str, wrapped: Factory, clock: I
     blocks = [b"-----BEGIN CERTIFICATE-----" + b for b in cert_pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
     if not blocks:
         raise ValueError(f"no certificate in {cert_file}")
-    cert = ssl.Certificate.loadPEM(blocks[0])
-    key = ssl.KeyPair.load(key_pem, ssl.FILETYPE_PEM)
+    pair = ssl.PrivateCertificate.loadPEM(blocks[0] + b"\n" + key_pem)
     chain = [ssl.Certificate.loadPEM(b).original for b in blocks[1:]]
     options = ssl.CertificateOptions(
-        privateKey=key.original,
-        certificate=cert.original,
+        privateKey=pair.privateKey.original,
+        certificate=pair.original,
         extraCertChain=chain,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         acceptableProtocols=[ALPN],
     )
-    return TLSMemoryBIOFactory(options, False, wrapped, clock=clock)
+    return options
 
 
 # -- HTTP CONNECT ---------------------------------------------------------
@@ -327,12 +361,11 @@ class AgentTunnelService(ClientService):
         return delay
 
     def _prepare(self, protocol: TunnelProtocol) -> Deferred[TunnelProtocol]:
-        d = protocol.handshake_done
+        d = protocol.when_established()
 
         def up(p: TunnelProtocol) -> TunnelProtocol:
             self.tunnel = p
             self._reporting.last_failure = None
-            p.handshake_done = succeed(p)
             p.go_away_handler = self.on_go_away
             original = p.connectionLost
 

@@ -1,0 +1,335 @@
+"""
+Tests for L{spwm.tunnel.protocol}: the Twisted adapter over in-memory
+transports and a fake clock, with and without TLS.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import ssl
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.limits import Limits
+from spwm.testing.certs import TestCA
+from spwm.tunnel.frames import ALPN, ChannelKind, ErrorCode
+from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux, ContactTunnelFactory
+from spwm.tunnel.service import ReportingClientTLS, server_tls_options
+
+
+class RecordingApp:
+    """
+    A tunnel application that records every call.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.tunnel: Any = None
+
+    def tunnel_established(self, tunnel: Any) -> None:
+        self.tunnel = tunnel
+        self.calls.append(("established",))
+
+    def tunnel_lost(self, tunnel: Any, reason: str) -> None:
+        self.calls.append(("lost", reason))
+
+    def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
+        self.calls.append(("sip", flow_id, data))
+
+    def channel_requested(self, tunnel: Any, channel_id: int, kind: ChannelKind, meta: dict) -> None:
+        self.calls.append(("channel", channel_id, kind, meta))
+
+    def datagram_received(self, tunnel: Any, channel_id: int, data: bytes, component: int) -> None:
+        self.calls.append(("datagram", channel_id, data, component))
+
+    def stream_data_received(self, tunnel: Any, channel_id: int, data: bytes) -> None:
+        self.calls.append(("stream", channel_id, data))
+
+    def stream_ended(self, tunnel: Any, channel_id: int) -> None:
+        self.calls.append(("end", channel_id))
+
+    def channel_closed(self, tunnel: Any, channel_id: int, code: int, reason: str) -> None:
+        self.calls.append(("closed", channel_id, code, reason))
+
+
+def connect_pair(clock: Clock, limits: Limits | None = None, tls: tuple[Any, Any] | None = None):
+    """
+    Connect an agent and a contact point in memory.
+    """
+    agent_app, contact_app = RecordingApp(), RecordingApp()
+    contact_factory = ContactTunnelFactory(contact_app, clock, limits)
+    agent_factory = AgentTunnelFactory(agent_app, clock, "agent-x", limits)
+    server_f, client_f = contact_factory, agent_factory
+    if tls is not None:
+        server_f = TLSMemoryBIOFactory(tls[0], False, contact_factory, clock=clock)
+        client_f = TLSMemoryBIOFactory(tls[1], True, agent_factory, clock=clock)
+    server = server_f.buildProtocol(None)
+    client = client_f.buildProtocol(None)
+    server_t = iosim.FakeTransport(server, isServer=True)
+    client_t = iosim.FakeTransport(client, isServer=False)
+    pump = iosim.connect(server, server_t, client, client_t, greet=False, clock=clock)
+    return agent_app, contact_app, contact_factory, pump
+
+
+class AdapterTests(SynchronousTestCase):
+    """
+    The adapter over an in-memory connection.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.agent_app, self.contact_app, self.factory, self.pump = connect_pair(self.clock)
+        self.pump.flush()
+
+    def test_established(self) -> None:
+        """
+        Both applications hear of the tunnel with matching identities.
+        """
+        self.assertEqual(self.agent_app.calls, [("established",)])
+        self.assertEqual(self.contact_app.calls, [("established",)])
+        self.assertEqual(self.agent_app.tunnel.session_id, self.contact_app.tunnel.session_id)
+        self.assertEqual(self.contact_app.tunnel.agent_id, "agent-x")
+        self.assertEqual(len(self.factory.tunnels), 1)
+        self.successResultOf(self.agent_app.tunnel.when_established())
+
+    def test_traffic(self) -> None:
+        """
+        SIP, channels and datagrams go through the adapters.
+        """
+        agent = self.agent_app.tunnel
+        agent.send_sip(3, b"OPTIONS")
+        cid = agent.open_channel(ChannelKind.DATAGRAM, {"use": "t"})
+        agent.send_datagram(cid, b"d", 1)
+        self.pump.flush()
+        self.assertEqual(
+            self.contact_app.calls[1:],
+            [("sip", 3, b"OPTIONS"), ("channel", cid, ChannelKind.DATAGRAM, {"use": "t"}), ("datagram", cid, b"d", 1)],
+        )
+
+    def test_keepalive_death(self) -> None:
+        """
+        When the connection hangs silently, both ends declare the peer dead
+        after the keepalive timeout and tell their applications.
+        """
+        # Stop moving bytes: the "network" hangs.
+        for _ in range(50):
+            self.clock.advance(1)
+        self.assertTrue(self.pump.clientIO.disconnecting)
+        self.assertTrue(self.pump.serverIO.disconnecting)
+        self.pump.flush()
+        self.assertIn(("lost", "peer silent for 45 s"), self.agent_app.calls)
+        self.assertIn(("lost", "peer silent for 45 s"), self.contact_app.calls)
+
+    def test_keepalive_keeps_idle_tunnel(self) -> None:
+        """
+        An idle tunnel whose bytes flow stays up thanks to pings.
+        """
+        for _ in range(200):
+            self.clock.advance(1)
+            self.pump.flush()
+        self.assertEqual(self.agent_app.calls, [("established",)])
+        self.assertEqual(len(self.factory.tunnels), 1)
+
+    def test_backpressure_drops_stale_media(self) -> None:
+        """
+        While the transport has paused us, media waits; when it resumes,
+        media older than the deadline is dropped and SIP still goes out.
+        """
+        agent = self.agent_app.tunnel
+        cid = agent.open_channel(ChannelKind.DATAGRAM, {"use": "t"})
+        self.pump.flush()
+        agent.pauseProducing()
+        agent.send_datagram(cid, b"stale")
+        self.clock.advance(0.1)
+        agent.send_sip(1, b"SIP")
+        agent.send_datagram(cid, b"fresh")
+        self.pump.flush()
+        self.assertNotIn(("sip", 1, b"SIP"), self.contact_app.calls)
+        agent.resumeProducing()
+        self.pump.flush()
+        got = [c for c in self.contact_app.calls if c[0] in ("sip", "datagram")]
+        self.assertEqual(got, [("sip", 1, b"SIP"), ("datagram", cid, b"fresh", 0)])
+        self.assertEqual(agent.connection.stats.media_dropped_stale, 1)
+
+    def test_paused_signalling_overflow_closes(self) -> None:
+        """
+        A peer that stops reading while SIP piles up past the limit gets the
+        tunnel closed, with a logged reason.
+        """
+        clock = Clock()
+        agent_app, contact_app, factory, pump = connect_pair(clock, Limits(max_priority_queue=10_000))
+        pump.flush()
+        agent = agent_app.tunnel
+        agent.pauseProducing()
+        for _ in range(200):
+            agent.send_sip(1, b"x" * 100)
+        self.assertFalse(agent.is_open)
+        self.assertTrue(pump.clientIO.disconnecting)
+        self.assertEqual(agent.close_info.code, ErrorCode.QUEUE_OVERFLOW)
+
+    def test_go_away_all(self) -> None:
+        """
+        The factory's go-away reaches every agent.
+        """
+        seen = []
+        self.agent_app.tunnel.go_away_handler = seen.append
+        self.factory.go_away_all("bye", 2)
+        self.pump.flush()
+        self.assertEqual(seen, [self.agent_app.tunnel])
+        self.assertEqual(self.agent_app.tunnel.go_away_info.drain, 2)
+
+    def test_garbage_closes_only_that_tunnel(self) -> None:
+        """
+        A peer sending garbage gets an ERROR frame and a closed connection;
+        nothing is raised.
+        """
+        app = RecordingApp()
+        factory = ContactTunnelFactory(app, self.clock)
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(b"\x16\x03\x01 this is TLS to a plaintext port")
+        self.assertTrue(transport.disconnecting)
+        self.assertIn(b"bad magic", transport.value())
+        self.assertEqual(proto.close_info.code, ErrorCode.PROTOCOL_ERROR)
+        # The good tunnel is untouched.
+        self.assertEqual(len(self.factory.tunnels), 1)
+
+    def test_handshake_timeout(self) -> None:
+        """
+        A connection that never says anything is closed after the handshake timeout.
+        """
+        factory = ContactTunnelFactory(RecordingApp(), self.clock, Limits(handshake_timeout=3))
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        self.clock.advance(2.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(proto.close_info.code, ErrorCode.HANDSHAKE_TIMEOUT)
+        proto.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [c for c in self.clock.getDelayedCalls() if c.active()])
+        self.failureResultOf(proto.when_established())
+
+    def test_app_error_closes_tunnel(self) -> None:
+        """
+        An exception in the application is logged and closes that tunnel.
+        """
+        def boom(*a: Any) -> None:
+            raise ZeroDivisionError()
+
+        self.contact_app.sip_received = boom
+        self.agent_app.tunnel.send_sip(1, b"x")
+        self.pump.flush()
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(self.factory.tunnels, set())
+
+
+class MuxTests(SynchronousTestCase):
+    """
+    L{ApplicationMux} routes channels by use.
+    """
+
+    def test_routes_by_use_and_refuses_unknown(self) -> None:
+        """
+        A channel goes to the part for its use; an unknown use is refused.
+        """
+        clock = Clock()
+        part = RecordingApp()
+        mux = ApplicationMux(sip=part, parts={"media": part})
+        agent_app = RecordingApp()
+        factory = ContactTunnelFactory(mux, clock)
+        agent_factory = AgentTunnelFactory(agent_app, clock, "a")
+        server, client = factory.buildProtocol(None), agent_factory.buildProtocol(None)
+        pump = iosim.connect(server, iosim.FakeTransport(server, True), client, iosim.FakeTransport(client, False), greet=False, clock=clock)
+        pump.flush()
+        tunnel = agent_app.tunnel
+        good = tunnel.open_channel(ChannelKind.DATAGRAM, {"use": "media"})
+        bad = tunnel.open_channel(ChannelKind.DATAGRAM, {"use": "other"})
+        tunnel.send_datagram(good, b"m")
+        tunnel.send_datagram(bad, b"late")
+        pump.flush()
+        self.assertIn(("datagram", good, b"m", 0), part.calls)
+        self.assertIn(("closed", bad, ErrorCode.REFUSED, "unknown channel use 'other'"), agent_app.calls)
+        self.assertNotIn(("datagram", bad, b"late", 0), part.calls)
+
+
+class TLSTests(SynchronousTestCase):
+    """
+    TLS in memory with certificates made at test time.
+    """
+
+    def setUp(self) -> None:
+        self.ca = TestCA(self.mktemp())
+
+    def server_options(self, names: list[str], expired: bool = False) -> Any:
+        files = self.ca.issue(names, "server", expired=expired)
+        return server_tls_options(files.cert, files.key)
+
+    def client_options(self, name: str) -> ReportingClientTLS:
+        with open(self.ca.ca_file, "rb") as f:
+            trust = ssl.Certificate.loadPEM(f.read())
+        return ReportingClientTLS(ssl.optionsForClientTLS(name, trustRoot=trust, acceptableProtocols=[ALPN]), name)
+
+    def test_good_certificate(self) -> None:
+        """
+        A certificate for the right name from a trusted CA gives a tunnel,
+        with ALPN spwm/1 negotiated.
+        """
+        clock = Clock()
+        agent_app, contact_app, factory, pump = connect_pair(
+            clock, tls=(self.server_options(["contact.example.test"]), self.client_options("contact.example.test"))
+        )
+        pump.flush()
+        self.assertEqual(agent_app.calls, [("established",)])
+        agent_app.tunnel.send_sip(1, b"hi")
+        pump.flush()
+        self.assertIn(("sip", 1, b"hi"), contact_app.calls)
+        self.assertEqual(pump.clientIO.protocol.negotiatedProtocol, ALPN)
+
+    def test_name_mismatch(self) -> None:
+        """
+        A certificate for another name stops the connection.
+        """
+        clock = Clock()
+        client = self.client_options("other.example.test")
+        agent_app, contact_app, factory, pump = connect_pair(
+            clock, tls=(self.server_options(["contact.example.test"]), client)
+        )
+        pump.flush()
+        self.assertEqual(agent_app.calls, [])
+        self.assertEqual(contact_app.calls, [])
+        self.assertIn("does not match the server name", client.last_error)
+
+    def test_expired(self) -> None:
+        """
+        An expired certificate stops the connection, and the reason says so.
+        """
+        clock = Clock()
+        client = self.client_options("contact.example.test")
+        agent_app, contact_app, factory, pump = connect_pair(
+            clock, tls=(self.server_options(["contact.example.test"], expired=True), client)
+        )
+        pump.flush()
+        self.assertEqual(agent_app.calls, [])
+        self.assertEqual(client.last_error, "certificate has expired")
+
+    def test_untrusted(self) -> None:
+        """
+        A certificate from a CA the agent does not trust stops the connection.
+        """
+        other = TestCA(self.mktemp(), "Another CA")
+        files = other.issue(["contact.example.test"], "server")
+        clock = Clock()
+        client = self.client_options("contact.example.test")
+        agent_app, contact_app, factory, pump = connect_pair(
+            clock, tls=(server_tls_options(files.cert, files.key), client)
+        )
+        pump.flush()
+        self.assertEqual(agent_app.calls, [])
+        self.assertIn("untrusted", client.last_error)
