@@ -11,7 +11,7 @@ byte (L{SipMessage.to_bytes}).
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Iterable
 
 import attrs
 
@@ -166,11 +166,6 @@ def _encode_name(name: str) -> bytes:
     return raw
 
 
-def _drop_raw(instance: Header, attribute: Any, value: Any) -> Any:
-    instance._raw = None
-    return value
-
-
 @attrs.define
 class Header:
     """
@@ -182,11 +177,14 @@ class Header:
         folding untouched, up to the line end.
     """
 
-    raw_name: bytes = attrs.field(on_setattr=_drop_raw)
+    raw_name: bytes
     name: str
-    value: bytes = attrs.field(on_setattr=_drop_raw)
-    # the exact line as received (with its line end), while unchanged
-    _raw: bytes | None = attrs.field(default=None, repr=False, eq=False)
+    value: bytes
+    # (exact line as received with its line end, raw_name, value): used while
+    # raw_name and value are still those very objects
+    _raw: tuple[bytes, bytes, bytes] | None = attrs.field(
+        default=None, repr=False, eq=False
+    )
 
     @property
     def text(self) -> str:
@@ -200,14 +198,10 @@ class Header:
         """
         @return: the line with its line end: as received if unchanged.
         """
-        if self._raw is not None:
-            return self._raw
+        raw = self._raw
+        if raw is not None and raw[2] is self.value and raw[1] is self.raw_name:
+            return raw[0]
         return self.raw_name + b": " + self.value + b"\r\n"
-
-
-def _drop_start_line(instance: SipMessage, attribute: Any, value: Any) -> Any:
-    instance._start_line = None
-    return value
 
 
 def _first_element(text: str) -> tuple[str, str | None]:
@@ -241,14 +235,17 @@ class SipMessage:
     """
 
     is_request: bool
-    method: str | None = attrs.field(default=None, on_setattr=_drop_start_line)
-    uri: str | None = attrs.field(default=None, on_setattr=_drop_start_line)
-    status: int | None = attrs.field(default=None, on_setattr=_drop_start_line)
-    reason: str | None = attrs.field(default=None, on_setattr=_drop_start_line)
-    version: str = attrs.field(default="SIP/2.0", on_setattr=_drop_start_line)
+    method: str | None = None
+    uri: str | None = None
+    status: int | None = None
+    reason: str | None = None
+    version: str = "SIP/2.0"
     headers: list[Header] = attrs.Factory(list)
     body: bytes = b""
-    _start_line: bytes | None = attrs.field(default=None, repr=False, eq=False)
+    # (start line as received, (method, uri, status, reason, version) then)
+    _start_line: tuple[bytes, tuple] | None = attrs.field(
+        default=None, repr=False, eq=False
+    )
     _blank: bytes = attrs.field(default=b"\r\n", repr=False, eq=False)
 
     # --- reading ----------------------------------------------------------
@@ -432,8 +429,15 @@ class SipMessage:
         """
         @return: the start line with its line end (as received if unchanged).
         """
-        if self._start_line is not None:
-            return self._start_line
+        raw = self._start_line
+        if raw is not None and raw[1] == (
+            self.method,
+            self.uri,
+            self.status,
+            self.reason,
+            self.version,
+        ):
+            return raw[0]
         if self.is_request:
             text = f"{self.method} {self.uri} {self.version}\r\n"
         else:
@@ -447,10 +451,7 @@ class SipMessage:
         leading CRLFs and trailing datagram noise are not part of it).
         """
         parts = [self.start_line()]
-        parts.extend(
-            h._raw if h._raw is not None else h.raw_name + b": " + h.value + b"\r\n"
-            for h in self.headers
-        )
+        parts.extend([h.to_bytes() for h in self.headers])
         parts.append(self._blank)
         parts.append(self.body)
         return b"".join(parts)
@@ -661,7 +662,10 @@ def parse_message(
         elif g.ABSOLUTE_URI.fullmatch(uri) is None:
             raise bad("malformed Request-URI")
         message = SipMessage(is_request=True, method=method, uri=uri, version=version)
-    message._start_line = m.group(0)
+    message._start_line = (
+        m.group(0),
+        (message.method, message.uri, message.status, message.reason, message.version),
+    )
     pos = m.end()
 
     # header lines: one regex match per line
@@ -673,9 +677,10 @@ def parse_message(
             raise bad(f"malformed header line {data[pos : pos + 30]!r}")
         if len(headers) >= max_headers:
             raise bad(f"more than {max_headers} header lines")
-        header = Header(m.group(1), _wire_name(m.group(1)), m.group(3))
-        header._raw = m.group(0)
-        headers.append(header)
+        raw_name, value = m.group(1, 3)
+        headers.append(
+            Header(raw_name, _wire_name(raw_name), value, (m.group(0), raw_name, value))
+        )
         pos = m.end()
     message._blank = data[head_end:body_start]
 
