@@ -1,0 +1,444 @@
+# -*- test-case-name: tests.test_sip_transport -*-
+"""
+Twisted glue for the SIP proxy cores.
+
+L{SipUdpProtocol} (a C{DatagramProtocol}) and L{SipStreamProtocol} /
+L{SipStreamFactory} (TCP, TLS when wrapped) turn what arrives into calls on
+a I{runner}, which feeds the core and carries out the core's actions:
+
+  - L{AgentSipRunner} wraps an L{AgentSipProxy}: datagrams and stream
+    messages from LAN applications become C{from_app} calls on their
+    L{Flow}; C{ToApp} is written back on the same socket or connection;
+    C{ToTunnel} goes to the tunnel.
+  - L{ContactSipRunner} wraps a L{ContactSipProxy}: datagrams and stream
+    messages from the operator network become C{from_network} calls;
+    C{ToNetwork} goes out of the operator-side UDP socket, or over TCP
+    through a small pool of connections (incoming ones are reused for
+    responses, outgoing ones are opened on demand to the operator proxy).
+
+Runners also expose the tunnel application's SIP part (C{sip_received},
+C{tunnel_established}, C{tunnel_lost}) and keep one timer for the core's
+C{next_deadline}.  Peer errors are caught at these entry points only and
+logged with named fields; they never escape into the reactor.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from spwm.sip.errors import SipParseError
+from spwm.sip.flows import Flow
+from spwm.sip.framing import KeepAlive, SipStreamFramer
+from spwm.sip.proxy import (
+    AgentSipProxy,
+    ContactSipProxy,
+    Dropped,
+    ToApp,
+    ToNetwork,
+    ToTunnel,
+)
+
+
+def _send_sip(tunnel_key: Any, flow_id: int, data: bytes) -> None:
+    tunnel_key.send_sip(flow_id, data)
+
+
+class SipUdpProtocol(DatagramProtocol):
+    """
+    One SIP UDP socket; hands each datagram to its runner.
+
+    @ivar local: the socket's address C{(host, port)}; taken from the
+        transport when not given.
+    """
+
+    log = Logger()
+
+    def __init__(self, runner: _Runner, local: tuple[str, int] | None = None) -> None:
+        self.runner = runner
+        self.local = local
+
+    def startProtocol(self) -> None:
+        if self.local is None:
+            host = self.transport.getHost()
+            self.local = (host.host, host.port)
+        self.runner.udp_started(self)
+
+    def stopProtocol(self) -> None:
+        self.runner.udp_stopped(self)
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        try:
+            self.runner.datagram_received(self, data, (addr[0], addr[1]))
+        except Exception:
+            self.log.failure("SIP datagram from {peer} failed", peer=f"{addr[0]}:{addr[1]}")
+
+
+class SipStreamProtocol(Protocol):
+    """
+    One SIP stream connection (TCP, or TLS under a TLS wrapper): frames the
+    byte stream, answers RFC 5626 keepalive pings and hands each message to
+    its runner.
+
+    @ivar transport_name: C{"tcp"} or C{"tls"}.
+    @ivar conn_id: the runner's number for this connection.
+    """
+
+    log = Logger()
+
+    def __init__(self, runner: _Runner, transport_name: str = "tcp", max_size: int = 65535) -> None:
+        self.runner = runner
+        self.transport_name = transport_name
+        self.framer = SipStreamFramer(max_size)
+        self.conn_id: int | None = None
+        self.local: tuple[str, int] = ("", 0)
+        self.peer: tuple[str, int] = ("", 0)
+        self.outgoing = False
+
+    def connectionMade(self) -> None:
+        h, p = self.transport.getHost(), self.transport.getPeer()
+        self.local = (getattr(h, "host", ""), getattr(h, "port", 0))
+        self.peer = (getattr(p, "host", ""), getattr(p, "port", 0))
+        self.conn_id = self.runner.stream_connected(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            items = self.framer.feed(data)
+        except SipParseError as e:
+            self.log.warn(
+                "SIP stream from {peer} unusable: {code} {reason}",
+                peer=self._peer_text(),
+                code=e.status,
+                reason=e.reason,
+            )
+            self.transport.loseConnection()
+            return
+        try:
+            for item in items:
+                if isinstance(item, KeepAlive):
+                    self.transport.write(b"\r\n")
+                else:
+                    self.runner.stream_message(self, item)
+        except Exception:
+            self.log.failure("SIP message from {peer} failed", peer=self._peer_text())
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        try:
+            self.runner.stream_lost(self)
+        except Exception:
+            self.log.failure("cleaning up SIP stream from {peer} failed", peer=self._peer_text())
+
+    def flow(self) -> Flow:
+        """
+        @return: this connection as an application flow.
+        """
+        return Flow(self.transport_name, self.local, self.peer, self.conn_id)
+
+    def _peer_text(self) -> str:
+        return f"{self.peer[0]}:{self.peer[1]}"
+
+
+class SipStreamFactory(Factory):
+    """
+    Builds L{SipStreamProtocol}s for a runner (listening or connecting).
+    """
+
+    noisy = False
+
+    def __init__(self, runner: _Runner, transport_name: str = "tcp", max_size: int = 65535) -> None:
+        self.runner = runner
+        self.transport_name = transport_name
+        self.max_size = max_size
+
+    def buildProtocol(self, addr: Any) -> SipStreamProtocol:
+        return SipStreamProtocol(self.runner, self.transport_name, self.max_size)
+
+
+class _Runner:
+    """
+    What both runners share: socket and connection bookkeeping, the timer,
+    and carrying out actions.
+    """
+
+    log = Logger()
+
+    def __init__(self, core: Any, clock: IReactorTime) -> None:
+        self.core = core
+        self._clock = clock
+        self._udp: dict[tuple[str, int], SipUdpProtocol] = {}
+        self._streams: dict[int, SipStreamProtocol] = {}
+        self._next_conn = 1
+        self._timer: IDelayedCall | None = None
+        self._deadline: float | None = None
+
+    # -- sockets and connections -------------------------------------------
+
+    def udp_started(self, proto: SipUdpProtocol) -> None:
+        assert proto.local is not None
+        self._udp[proto.local] = proto
+
+    def udp_stopped(self, proto: SipUdpProtocol) -> None:
+        if proto.local is not None and self._udp.get(proto.local) is proto:
+            del self._udp[proto.local]
+
+    def stream_connected(self, proto: SipStreamProtocol) -> int:
+        conn_id = self._next_conn
+        self._next_conn += 1
+        self._streams[conn_id] = proto
+        return conn_id
+
+    def stream_lost(self, proto: SipStreamProtocol) -> None:
+        if proto.conn_id is not None:
+            self._streams.pop(proto.conn_id, None)
+
+    def datagram_received(self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]) -> None:
+        raise NotImplementedError
+
+    def stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
+        raise NotImplementedError
+
+    # -- actions and timer ---------------------------------------------------
+
+    def execute(self, actions: list[Any]) -> None:
+        """
+        Carry out a core's actions in order, then re-arm the timer.
+        """
+        for action in actions:
+            if isinstance(action, ToApp):
+                self._to_app(action)
+            elif isinstance(action, ToNetwork):
+                self._to_network(action)
+            elif isinstance(action, ToTunnel):
+                self._to_tunnel(action)
+            elif isinstance(action, Dropped):
+                self.log.info("SIP message dropped: {reason}", reason=action.reason)
+        self._rearm()
+
+    def _to_app(self, action: ToApp) -> None:
+        self.log.warn("no application side here; dropped a message")
+
+    def _to_network(self, action: ToNetwork) -> None:
+        self.log.warn("no network side here; dropped a message")
+
+    def _to_tunnel(self, action: ToTunnel) -> None:
+        raise NotImplementedError
+
+    def _rearm(self) -> None:
+        deadline = self.core.next_deadline()
+        if deadline == self._deadline and (self._timer is None) == (deadline is None):
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._deadline = deadline
+        if deadline is not None:
+            delay = max(0.0, deadline - self._clock.seconds())
+            self._timer = self._clock.callLater(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._deadline = None
+        try:
+            self.execute(self.core.handle_timer(self._clock.seconds()))
+        except Exception:
+            self.log.failure("SIP proxy timer failed")
+
+    def stop(self) -> None:
+        """
+        Cancel the timer (service shutdown).
+        """
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._deadline = None
+
+
+class AgentSipRunner(_Runner):
+    """
+    Runs an L{AgentSipProxy}: LAN sockets in, tunnel out, and back.
+
+    @param send_to_tunnel: carries out C{ToTunnel(key, flow_id, data)};
+        by default C{key.send_sip(flow_id, data)}.
+    """
+
+    def __init__(
+        self,
+        core: AgentSipProxy,
+        clock: IReactorTime,
+        send_to_tunnel: Callable[[Any, int, bytes], None] = _send_sip,
+    ) -> None:
+        super().__init__(core, clock)
+        self._send_to_tunnel = send_to_tunnel
+
+    def datagram_received(self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]) -> None:
+        assert proto.local is not None
+        flow = Flow("udp", proto.local, addr, None)
+        self.execute(self.core.from_app(flow, data, self._clock.seconds()))
+
+    def stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
+        self.execute(self.core.from_app(proto.flow(), data, self._clock.seconds()))
+
+    def stream_lost(self, proto: SipStreamProtocol) -> None:
+        super().stream_lost(proto)
+        if proto.conn_id is not None:
+            self.core.flow_closed(proto.flow())
+
+    def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
+        """
+        The tunnel delivered a SIP message for C{flow_id}.
+        """
+        try:
+            self.execute(self.core.from_tunnel(flow_id, data, self._clock.seconds()))
+        except Exception:
+            self.log.failure("SIP message from the tunnel failed", flow_id=flow_id)
+
+    def _to_app(self, action: ToApp) -> None:
+        flow = action.flow
+        if flow.conn_id is None:
+            proto = self._udp.get(flow.local)
+            if proto is None or proto.transport is None:
+                self.log.warn("no UDP socket on {local} for the flow", local=str(flow.local))
+                return
+            proto.transport.write(action.data, flow.remote)
+            return
+        stream = self._streams.get(flow.conn_id)
+        if stream is None:
+            self.log.info("connection of flow {peer} is gone", peer=f"{flow.remote[0]}:{flow.remote[1]}")
+            return
+        stream.transport.write(action.data)
+
+    def _to_tunnel(self, action: ToTunnel) -> None:
+        self._send_to_tunnel(action.tunnel_key, action.flow_id, action.data)
+
+
+class ContactSipRunner(_Runner):
+    """
+    Runs a L{ContactSipProxy}: the operator-side socket and connections in
+    and out, tunnels on the other side.
+
+    @param connect: opens an outgoing TCP connection to C{(host, port)} with
+        the given factory and returns a Deferred firing with the protocol
+        (e.g. C{lambda addr, f: TCP4ClientEndpoint(reactor, *addr).connect(f)}).
+    @param max_connections: the pool's limit on outgoing connections.
+    @param max_queued: messages held per connection while it is being
+        opened; more are dropped.
+    """
+
+    def __init__(
+        self,
+        core: ContactSipProxy,
+        clock: IReactorTime,
+        connect: Callable[[tuple[str, int], Factory], Deferred] | None = None,
+        send_to_tunnel: Callable[[Any, int, bytes], None] = _send_sip,
+        max_connections: int = 64,
+        max_queued: int = 64,
+    ) -> None:
+        super().__init__(core, clock)
+        self._connect = connect
+        self._send_to_tunnel = send_to_tunnel
+        self.max_connections = max_connections
+        self.max_queued = max_queued
+        self._by_peer: dict[tuple[str, int], SipStreamProtocol] = {}
+        self._connecting: dict[tuple[str, int], list[bytes]] = {}
+
+    def datagram_received(self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]) -> None:
+        self.execute(self.core.from_network("udp", addr, data, self._clock.seconds()))
+
+    def stream_connected(self, proto: SipStreamProtocol) -> int:
+        conn_id = super().stream_connected(proto)
+        self._by_peer.setdefault(proto.peer, proto)
+        return conn_id
+
+    def stream_lost(self, proto: SipStreamProtocol) -> None:
+        super().stream_lost(proto)
+        for addr in [a for a, s in self._by_peer.items() if s is proto]:
+            del self._by_peer[addr]
+
+    def stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
+        self.execute(self.core.from_network("tcp", proto.peer, data, self._clock.seconds()))
+
+    # -- tunnel application (SIP part) ---------------------------------------
+
+    def tunnel_established(self, tunnel: Any) -> None:
+        """
+        A tunnel came up.
+        """
+        self.core.tunnel_attached(tunnel, tunnel.session_id)
+
+    def tunnel_lost(self, tunnel: Any, reason: str = "") -> None:
+        """
+        A tunnel went away: its flows answer 430 from now on.
+        """
+        self.core.tunnel_detached(tunnel)
+
+    def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
+        """
+        The tunnel delivered a SIP message from the agent's flow C{flow_id}.
+        """
+        try:
+            now = self._clock.seconds()
+            self.execute(self.core.from_tunnel(tunnel, tunnel.session_id, flow_id, data, now))
+        except Exception:
+            self.log.failure("SIP message from tunnel failed", flow_id=flow_id)
+
+    # -- output ----------------------------------------------------------------
+
+    def _to_tunnel(self, action: ToTunnel) -> None:
+        self._send_to_tunnel(action.tunnel_key, action.flow_id, action.data)
+
+    def _to_network(self, action: ToNetwork) -> None:
+        if action.transport == "udp":
+            proto = self._udp.get(self.core.address) or next(iter(self._udp.values()), None)
+            if proto is None or proto.transport is None:
+                self.log.warn("no operator-side UDP socket; dropped a message")
+                return
+            proto.transport.write(action.data, action.addr)
+            return
+        if action.transport not in ("tcp",):
+            self.log.warn("transport {transport} not supported towards the operator", transport=action.transport)
+            return
+        addr = action.addr
+        stream = self._by_peer.get(addr)
+        if stream is not None:
+            stream.transport.write(action.data)
+            return
+        queue = self._connecting.get(addr)
+        if queue is not None:
+            if len(queue) >= self.max_queued:
+                self.log.warn("queue to {peer} full; dropped a message", peer=f"{addr[0]}:{addr[1]}")
+            else:
+                queue.append(action.data)
+            return
+        if self._connect is None:
+            self.log.warn("no way to open TCP connections; dropped a message to {peer}", peer=f"{addr[0]}:{addr[1]}")
+            return
+        outgoing = sum(1 for s in self._by_peer.values() if s.outgoing) + len(self._connecting)
+        if outgoing >= self.max_connections:
+            self.log.warn("TCP pool full; dropped a message to {peer}", peer=f"{addr[0]}:{addr[1]}")
+            return
+        self._connecting[addr] = [action.data]
+        d = self._connect(addr, SipStreamFactory(self, "tcp"))
+        d.addCallbacks(self._connected, self._connect_failed, callbackArgs=(addr,), errbackArgs=(addr,))
+
+    def _connected(self, proto: SipStreamProtocol, addr: tuple[str, int]) -> None:
+        proto.outgoing = True
+        queue = self._connecting.pop(addr, [])
+        # responses and requests for this address use this connection
+        self._by_peer[addr] = proto
+        for data in queue:
+            proto.transport.write(data)
+
+    def _connect_failed(self, failure: Failure, addr: tuple[str, int]) -> None:
+        queue = self._connecting.pop(addr, [])
+        self.log.warn(
+            "TCP connection to {peer} failed, {count} messages dropped: {reason}",
+            peer=f"{addr[0]}:{addr[1]}",
+            count=len(queue),
+            reason=failure.getErrorMessage(),
+        )

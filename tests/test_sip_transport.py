@@ -1,0 +1,256 @@
+"""
+Tests for L{spwm.sip.transport}: the Twisted glue around the SIP proxy
+cores, with fake UDP transports, L{StringTransport} and a L{Clock}; no
+sockets, no reactor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.sip.flows import Flow
+from spwm.sip.message import parse_message
+from spwm.sip.proxy import AgentSipProxy, ContactSipProxy, OperatorProxy
+from spwm.sip.transport import (
+    AgentSipRunner,
+    ContactSipRunner,
+    SipStreamFactory,
+    SipUdpProtocol,
+)
+from tests.test_sip_proxy import SECRET, answer, register, request
+
+
+class FakeUdpTransport:
+    """
+    Records datagrams written to it.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = IPv4Address("UDP", host, port)
+        self.written: list[tuple[bytes, tuple[str, int]]] = []
+
+    def getHost(self) -> IPv4Address:
+        return self.host
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.written.append((data, addr))
+
+
+class FakeTunnel:
+    """
+    Records C{send_sip} calls.
+    """
+
+    def __init__(self, session_id: str = "s1") -> None:
+        self.session_id = session_id
+        self.sent: list[tuple[int, bytes]] = []
+
+    def send_sip(self, flow_id: int, data: bytes) -> None:
+        self.sent.append((flow_id, data))
+
+
+def stream(factory: SipStreamFactory, local: tuple[str, int], peer: tuple[str, int]) -> tuple[Any, StringTransport]:
+    proto = factory.buildProtocol(None)
+    tr = StringTransport(
+        hostAddress=IPv4Address("TCP", *local), peerAddress=IPv4Address("TCP", *peer)
+    )
+    proto.makeConnection(tr)
+    return proto, tr
+
+
+class AgentRunnerTests(SynchronousTestCase):
+    """
+    Tests for L{AgentSipRunner} with L{SipUdpProtocol} and
+    L{SipStreamProtocol}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(100)
+        self.tunnel = FakeTunnel()
+        self.core = AgentSipProxy(self.tunnel, "agent-1")
+        self.runner = AgentSipRunner(self.core, self.clock)
+
+    def test_udp_round_trip(self) -> None:
+        """
+        A REGISTER datagram goes into the tunnel; the answer from the tunnel
+        is written back from the same socket to the application's address;
+        the flow timer is armed on the clock.
+        """
+        udp = SipUdpProtocol(self.runner)
+        tr = FakeUdpTransport("192.0.2.1", 5060)
+        udp.makeConnection(tr)
+        udp.datagramReceived(register(), ("192.0.2.10", 5062))
+        [(fid, data)] = self.tunnel.sent
+        self.runner.sip_received(self.tunnel, fid, answer(data, 200))
+        [(out, addr)] = tr.written
+        self.assertEqual(addr, ("192.0.2.10", 5062))
+        self.assertEqual(parse_message(out).status, 200)
+        [call] = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), 100 + 300)
+        self.clock.advance(301)
+        self.assertIsNone(self.core.flows.lookup(fid, self.clock.seconds()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_udp_garbage(self) -> None:
+        """
+        A garbage datagram neither raises nor reaches the tunnel.
+        """
+        udp = SipUdpProtocol(self.runner)
+        udp.makeConnection(FakeUdpTransport("192.0.2.1", 5060))
+        with capturedLogs() as events:
+            udp.datagramReceived(b"\x00\xffINVITE", ("192.0.2.10", 5062))
+        self.assertEqual(self.tunnel.sent, [])
+        self.assertTrue(any("dropped" in e["log_format"] for e in events))
+
+    def test_tcp_flow_and_keepalive(self) -> None:
+        """
+        Messages split across TCP segments are framed and go into the
+        tunnel; answers go back over the same connection; an RFC 5626 ping
+        is answered with CRLF; after the connection closes its flow is gone.
+        """
+        factory = SipStreamFactory(self.runner)
+        proto, tr = stream(factory, ("192.0.2.1", 5060), ("192.0.2.10", 40000))
+        data = register().replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP")
+        proto.dataReceived(data[:50])
+        proto.dataReceived(data[50:] + b"\r\n\r\n")
+        self.assertEqual(tr.value(), b"\r\n")
+        tr.clear()
+        [(fid, sent)] = self.tunnel.sent
+        self.assertEqual(self.core.flows.lookup(fid, 100), Flow("tcp", ("192.0.2.1", 5060), ("192.0.2.10", 40000), proto.conn_id))
+        self.runner.sip_received(self.tunnel, fid, answer(sent, 200))
+        self.assertEqual(parse_message(tr.value()).status, 200)
+        proto.connectionLost(None)
+        self.assertIsNone(self.core.flows.lookup(fid, 100))
+
+    def test_tcp_unframeable(self) -> None:
+        """
+        A stream message without Content-Length closes that connection with
+        a logged reason.
+        """
+        proto, tr = stream(SipStreamFactory(self.runner), ("192.0.2.1", 5060), ("192.0.2.10", 40000))
+        with capturedLogs() as events:
+            proto.dataReceived(b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/TCP a\r\n\r\n")
+        self.assertTrue(tr.disconnecting)
+        [e] = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(e["code"], 400)
+
+    def test_core_failure_logged(self) -> None:
+        """
+        An unexpected exception in the core is logged at the entry point and
+        does not escape.
+        """
+        def boom(*a: Any) -> None:
+            raise RuntimeError("boom")
+
+        self.core.from_tunnel = boom  # type: ignore[method-assign]
+        self.runner.sip_received(self.tunnel, 1, b"x")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class ContactRunnerTests(SynchronousTestCase):
+    """
+    Tests for L{ContactSipRunner}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.connects: list[tuple[tuple[str, int], Any, Deferred]] = []
+        self.tunnel = FakeTunnel("s1")
+
+    def runner(self, transport: str = "udp") -> ContactSipRunner:
+        core = ContactSipProxy(("203.0.113.5", 5060), SECRET, operator=OperatorProxy("198.51.100.7", 5060, transport))
+
+        def connect(addr: tuple[str, int], factory: Any) -> Deferred:
+            d: Deferred = Deferred()
+            self.connects.append((addr, factory, d))
+            return d
+
+        r = ContactSipRunner(core, self.clock, connect=connect)
+        r.tunnel_established(self.tunnel)
+        return r
+
+    def test_udp(self) -> None:
+        """
+        A request from the tunnel leaves the operator-side UDP socket for the
+        operator proxy; its answer goes back into the tunnel.
+        """
+        r = self.runner()
+        udp = SipUdpProtocol(r)
+        tr = FakeUdpTransport("203.0.113.5", 5060)
+        udp.makeConnection(tr)
+        r.sip_received(self.tunnel, 4, request("OPTIONS", "sip:bob@example.org"))
+        [(data, addr)] = tr.written
+        self.assertEqual(addr, ("198.51.100.7", 5060))
+        udp.datagramReceived(answer(data, 200), ("198.51.100.7", 5060))
+        [(fid, back)] = self.tunnel.sent
+        self.assertEqual((fid, parse_message(back).status), (4, 200))
+        r.stop()
+
+    def test_tcp_pool(self) -> None:
+        """
+        With a TCP operator proxy, one connection is opened on demand;
+        messages wait for it, later ones reuse it, and answers on it reach
+        the tunnel.  After it closes, the next message opens a new one.
+        """
+        r = self.runner("tcp")
+        r.sip_received(self.tunnel, 4, request("OPTIONS", "sip:bob@example.org"))
+        r.sip_received(self.tunnel, 4, request("OPTIONS", "sip:bob@example.org", call_id="c2"))
+        [(addr, factory, d)] = self.connects
+        self.assertEqual(addr, ("198.51.100.7", 5060))
+        proto, tr = stream(factory, ("203.0.113.5", 33000), addr)
+        d.callback(proto)
+        first, second = tr.value().split(b"Content-Length: 0\r\n\r\n")[:2]
+        self.assertIn(b"Call-ID: c2", second)
+        tr.clear()
+        r.sip_received(self.tunnel, 4, request("OPTIONS", "sip:bob@example.org", call_id="c3"))
+        self.assertIn(b"Call-ID: c3", tr.value())
+        self.assertEqual(len(self.connects), 1)
+        proto.dataReceived(answer(first + b"Content-Length: 0\r\n\r\n", 200))
+        self.assertEqual(parse_message(self.tunnel.sent[0][1]).status, 200)
+        proto.connectionLost(None)
+        r.sip_received(self.tunnel, 4, request("OPTIONS", "sip:bob@example.org", call_id="c4"))
+        self.assertEqual(len(self.connects), 2)
+        r.stop()
+
+    def test_tcp_connect_failure(self) -> None:
+        """
+        A failed connection drops its queued messages with a log line.
+        """
+        r = self.runner("tcp")
+        r.sip_received(self.tunnel, 4, request("OPTIONS", "sip:bob@example.org"))
+        with capturedLogs() as events:
+            self.connects[0][2].errback(ConnectionRefusedError("refused"))
+        self.assertTrue(any(e.get("count") == 1 for e in events))
+        r.stop()
+
+    def test_incoming_tcp_reused_for_answer(self) -> None:
+        """
+        A request arriving over an incoming TCP connection gets the
+        application's answer over that same connection.
+        """
+        r = self.runner()
+        from spwm.sip.flows import KIND_ROUTE, FlowTokenCodec
+
+        token = FlowTokenCodec(SECRET).encode(KIND_ROUTE, "s1", 4)
+        proto, tr = stream(SipStreamFactory(r), ("203.0.113.5", 5060), ("198.51.100.7", 41000))
+        inv = request(
+            "INVITE",
+            "sip:alice@192.0.2.10",
+            via="SIP/2.0/TCP 198.51.100.7:5060;branch=z9hG4bKt1",
+            extra=(f"Route: <sip:{token}@203.0.113.5:5060;lr>",),
+        )
+        proto.dataReceived(inv)
+        [(fid, down)] = self.tunnel.sent
+        r.sip_received(self.tunnel, fid, answer(down, 180, "Ringing"))
+        self.assertEqual(parse_message(tr.value()).status, 180)
+        self.assertEqual(self.connects, [])
+        r.tunnel_lost(self.tunnel)
+        r.stop()
