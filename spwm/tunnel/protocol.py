@@ -192,6 +192,8 @@ class TunnelProtocol(Protocol):
         self.close_info: ev.TunnelClosed | None = None
         #: called with this protocol when the peer sends go-away
         self.go_away_handler: Any = None
+        #: called with this protocol and the reason when the connection is lost
+        self.lost_handler: Any = None
         self._write = None
         self._dispatch = {
             ev.DatagramReceived: self._on_datagram,
@@ -299,6 +301,8 @@ class TunnelProtocol(Protocol):
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.errback(self._lost_reason)
+        if self.lost_handler is not None:
+            self.lost_handler(self, self._lost_reason)
         if self._established:
             self._established = False
             try:

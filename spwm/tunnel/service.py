@@ -309,12 +309,34 @@ def backoff(
     return policy
 
 
+class _ServiceFactory(Factory):
+    """
+    Builds the agent's tunnel protocols and tells the service about their life.
+    """
+
+    noisy = False
+
+    def __init__(self, inner: AgentTunnelFactory, service: AgentTunnelService) -> None:
+        self._inner = inner
+        self._service = service
+
+    def buildProtocol(self, addr: Any) -> TunnelProtocol:
+        protocol = self._inner.buildProtocol(addr)
+        self._service._watch(protocol)
+        return protocol
+
+
 class AgentTunnelService(ClientService):
     """
-    Keeps the agent's tunnel up: connects (over TLS unless plaintext), waits
-    for the SPWM handshake, reconnects with jittered exponential backoff and
-    logs every retry with the reason of the last failure; reconnects at once
-    after the contact point went away gracefully.
+    Keeps the agent's tunnel up: connects (over TLS unless plaintext),
+    reconnects with jittered exponential backoff and logs every retry with
+    the reason of the last failure; reconnects at once after the contact
+    point went away gracefully.
+
+    Twisted's C{ClientService} counts an attempt as good once TCP is up; this
+    service counts it as good only once the SPWM handshake has completed, so
+    a contact point that takes TCP but fails TLS or the handshake is retried
+    with a growing delay too.
 
     @ivar tunnel: the current open L{TunnelProtocol}, or C{None}.
     """
@@ -335,66 +357,52 @@ class AgentTunnelService(ClientService):
         self._tls = tls
         self._policy = policy or backoff()
         self._immediate = False
+        self._failures = 0
         self.tunnel: TunnelProtocol | None = None
         self.description = description
-        super().__init__(
-            self._reporting,
-            factory,
-            retryPolicy=self._retry,
-            clock=clock,
-            prepareConnection=self._prepare,
-        )
+        super().__init__(self._reporting, _ServiceFactory(factory, self), retryPolicy=self._retry, clock=clock)
 
     def _retry(self, attempt: int) -> float:
         if self._immediate:
             self._immediate = False
             delay = 0.0
         else:
-            delay = self._policy(attempt)
+            self._failures += 1
+            delay = self._policy(self._failures)
         self.log.info(
             "tunnel to {contact} down ({reason}); attempt {attempt} in {delay:.1f} s",
             contact=self.description,
             reason=self._reporting.last_failure or "not connected",
-            attempt=attempt,
+            attempt=self._failures + 1,
             delay=delay,
         )
         return delay
 
-    def _prepare(self, protocol: TunnelProtocol) -> Deferred[TunnelProtocol]:
-        d = protocol.when_established()
+    def _watch(self, protocol: TunnelProtocol) -> None:
+        protocol.go_away_handler = self.on_go_away
+        protocol.lost_handler = self._lost
+        protocol.when_established().addCallbacks(self._up, lambda f: None)
 
-        def up(p: TunnelProtocol) -> TunnelProtocol:
-            self.tunnel = p
-            self._reporting.last_failure = None
-            p.go_away_handler = self.on_go_away
-            original = p.connectionLost
+    def _up(self, protocol: TunnelProtocol) -> None:
+        self.tunnel = protocol
+        self._failures = 0
+        self._reporting.last_failure = None
 
-            def lost(reason: Failure = None) -> None:
-                if self.tunnel is p:
-                    self.tunnel = None
-                if p.go_away_info is not None:
-                    self._immediate = True
-                    self._reporting.last_failure = f"contact point went away: {p.go_away_info.reason}"
-                elif p.close_info is not None:
-                    self._reporting.last_failure = p.close_info.reason
-                else:
-                    self._reporting.last_failure = describe_failure(reason)
-                original(reason)
-
-            p.connectionLost = lost  # type: ignore[method-assign]
-            return p
-
-        def down(f: Failure) -> Failure:
+    def _lost(self, protocol: TunnelProtocol, reason: Failure) -> None:
+        was_up = self.tunnel is protocol
+        if was_up:
+            self.tunnel = None
+        if protocol.go_away_info is not None:
+            self._immediate = True
+            why = f"contact point went away: {protocol.go_away_info.reason}"
+        elif protocol.close_info is not None:
+            why = protocol.close_info.reason
+        else:
             tls_error = self._tls.last_error if self._tls is not None else None
-            if protocol.close_info is not None:
-                why = protocol.close_info.reason
-            else:
-                why = describe_failure(f, tls_error)
-            self._reporting.last_failure = why
+            why = describe_failure(reason, tls_error)
+        self._reporting.last_failure = why
+        if not was_up:
             self.log.warn("tunnel to {contact} failed: {reason}", contact=self.description, reason=why)
-            return f
-
-        return d.addCallbacks(up, down)
 
     def on_go_away(self, protocol: TunnelProtocol) -> None:
         """

@@ -1,0 +1,266 @@
+"""
+Tests for L{spwm.tunnel.service}: reconnection with backoff, go-away, HTTP
+CONNECT, draining the contact point.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
+from spwm.tunnel.service import (
+    AgentTunnelService,
+    ContactListenService,
+    HTTPConnectEndpoint,
+    backoff,
+    describe_failure,
+)
+from tests.test_tunnel_protocol import RecordingApp
+
+
+class FakeEndpoint:
+    """
+    A client endpoint whose attempts the test completes by hand.
+    """
+
+    def __init__(self) -> None:
+        self.attempts: list[tuple[Factory, Deferred[Protocol]]] = []
+
+    def connect(self, factory: Factory) -> Deferred[Protocol]:
+        d: Deferred[Protocol] = Deferred()
+        self.attempts.append((factory, d))
+        return d
+
+
+class BackoffTests(SynchronousTestCase):
+    """
+    The jittered exponential backoff policy.
+    """
+
+    def test_growth_and_cap(self) -> None:
+        """
+        Delays double per attempt up to the cap; jitter takes at most half off.
+        """
+        high = backoff(initial=1, factor=2, cap=10, rng=lambda: 1.0)
+        low = backoff(initial=1, factor=2, cap=10, rng=lambda: 0.0)
+        self.assertEqual([high(n) for n in range(1, 7)], [1, 2, 4, 8, 10, 10])
+        self.assertEqual([low(n) for n in range(1, 5)], [0.5, 1, 2, 4])
+
+
+class AgentServiceTests(SynchronousTestCase):
+    """
+    The agent's reconnecting tunnel service.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.endpoint = FakeEndpoint()
+        self.app = RecordingApp()
+        self.factory = AgentTunnelFactory(self.app, self.clock, "agent-1")
+        self.service = AgentTunnelService(
+            self.endpoint,
+            self.factory,
+            self.clock,
+            description="contact.example.test:443",
+            policy=backoff(initial=1, factor=2, cap=8, rng=lambda: 1.0),
+        )
+
+    def tearDown(self) -> None:
+        self.service.stopService()
+
+    def connect_contact(self) -> Any:
+        """
+        Complete the pending attempt with a contact point in memory.
+        """
+        factory, d = self.endpoint.attempts[-1]
+        contact_factory = ContactTunnelFactory(RecordingApp(), self.clock)
+        server = contact_factory.buildProtocol(None)
+        client = factory.buildProtocol(None)
+        pump = iosim.connect(server, iosim.FakeTransport(server, True), client, iosim.FakeTransport(client, False), greet=False, clock=self.clock)
+        d.callback(client)
+        pump.flush()
+        return contact_factory, pump
+
+    def test_backoff_and_reasons(self) -> None:
+        """
+        Failed attempts are retried after growing delays, each logged with
+        the reason of the last failure.
+        """
+        with capturedLogs() as events:
+            self.service.startService()
+            for expected in [1, 2, 4, 8, 8]:
+                self.endpoint.attempts[-1][1].errback(ConnectionRefusedError("nobody home"))
+                n = len(self.endpoint.attempts)
+                self.clock.advance(expected - 0.01)
+                self.assertEqual(len(self.endpoint.attempts), n)
+                self.clock.advance(0.02)
+                self.assertEqual(len(self.endpoint.attempts), n + 1)
+        lines = [e for e in events if e.get("log_format", "").startswith("tunnel to {contact} down")]
+        self.assertEqual(len(lines), 5)
+        self.assertIn("nobody home", lines[0]["reason"])
+        self.assertEqual(lines[-1]["delay"], 8)
+
+    def test_connects_and_reports(self) -> None:
+        """
+        After the handshake the service holds the tunnel; the application heard of it.
+        """
+        self.service.startService()
+        self.connect_contact()
+        self.assertIsNotNone(self.service.tunnel)
+        self.assertTrue(self.service.tunnel.is_open)
+        self.assertEqual(self.app.calls, [("established",)])
+
+    def test_go_away_reconnects_at_once(self) -> None:
+        """
+        A graceful go-away from the contact point makes the agent move at
+        once, without backoff.
+        """
+        self.service.startService()
+        contact_factory, pump = self.connect_contact()
+        contact_factory.go_away_all("maintenance", 30)
+        pump.flush()
+        self.clock.advance(0)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        self.assertIsNone(self.service.tunnel)
+
+    def test_lost_tunnel_reconnects_with_backoff(self) -> None:
+        """
+        A tunnel that dies (keepalive timeout) is re-established after a backoff delay.
+        """
+        self.service.startService()
+        contact_factory, pump = self.connect_contact()
+        # The network hangs: nothing moves until both sides give up.
+        self.clock.advance(50)
+        pump.flush()
+        self.assertIsNone(self.service.tunnel)
+        self.clock.advance(1.01)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+
+    def test_handshake_failure_is_retried(self) -> None:
+        """
+        A connection that closes before the handshake completes counts as a
+        failed attempt with its reason.
+        """
+        with capturedLogs() as events:
+            self.service.startService()
+            factory, d = self.endpoint.attempts[-1]
+            client = factory.buildProtocol(None)
+            transport = StringTransport()
+            client.makeConnection(transport)
+            d.callback(client)
+            client.dataReceived(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            client.connectionLost(None)
+            self.clock.advance(1.01)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        failed = [e for e in events if e.get("log_format", "").startswith("tunnel to {contact} failed")]
+        self.assertIn("bad magic", failed[0]["reason"])
+
+
+class HTTPConnectTests(SynchronousTestCase):
+    """
+    Connecting through an HTTP CONNECT proxy.
+    """
+
+    def setUp(self) -> None:
+        self.proxy = FakeEndpoint()
+        self.endpoint = HTTPConnectEndpoint(self.proxy, "contact.example.test", 443)
+
+    def start(self) -> tuple[Deferred[Protocol], Protocol, StringTransport, list[bytes]]:
+        received: list[bytes] = []
+
+        class Inner(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                received.append(data)
+
+        d = self.endpoint.connect(Factory.forProtocol(Inner))
+        factory, pd = self.proxy.attempts[0]
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        pd.callback(proto)
+        return d, proto, transport, received
+
+    def test_connect(self) -> None:
+        """
+        The endpoint asks for CONNECT and, after a 200, hands the connection
+        to the real protocol with any bytes that followed the response.
+        """
+        d, proto, transport, received = self.start()
+        self.assertEqual(transport.value(), b"CONNECT contact.example.test:443 HTTP/1.1\r\nHost: contact.example.test:443\r\n\r\n")
+        self.assertNoResult(d)
+        proto.dataReceived(b"HTTP/1.1 200 Connection established\r\n\r\nSPWM")
+        inner = self.successResultOf(d)
+        self.assertEqual(received, [b"SPWM"])
+        self.assertIs(inner.transport, transport)
+
+    def test_refused(self) -> None:
+        """
+        A proxy that refuses fails the attempt with its status line.
+        """
+        d, proto, transport, received = self.start()
+        proto.dataReceived(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+        failure = self.failureResultOf(d)
+        self.assertIn("403 Forbidden", describe_failure(failure))
+        self.assertTrue(transport.disconnecting)
+
+    def test_ipv6_target(self) -> None:
+        """
+        An IPv6 target is written in brackets.
+        """
+        endpoint = HTTPConnectEndpoint(self.proxy, "2001:db8::1", 443)
+        endpoint.connect(Factory.forProtocol(Protocol))
+        factory, pd = self.proxy.attempts[0]
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        self.assertTrue(transport.value().startswith(b"CONNECT [2001:db8::1]:443 HTTP/1.1"))
+
+
+class ContactServiceTests(SynchronousTestCase):
+    """
+    The contact point's listener.
+    """
+
+    def test_drain_on_stop(self) -> None:
+        """
+        Stopping sends go-away to every tunnel and finishes once they have
+        gone, or when the drain time is over.
+        """
+        reactor = MemoryReactorClock()
+        factory = ContactTunnelFactory(RecordingApp(), reactor)
+
+        class Endpoint:
+            def listen(self, f: Factory) -> Deferred[Any]:
+                class Port:
+                    def stopListening(self) -> None:
+                        return None
+
+                    def getHost(self) -> str:
+                        return "fake"
+
+                return succeed(Port())
+
+        service = ContactListenService(Endpoint(), factory, reactor, drain=5)
+        service.startService()
+        agent_app = RecordingApp()
+        server = factory.buildProtocol(None)
+        client = AgentTunnelFactory(agent_app, reactor, "a").buildProtocol(None)
+        pump = iosim.connect(server, iosim.FakeTransport(server, True), client, iosim.FakeTransport(client, False), greet=False, clock=reactor)
+        pump.flush()
+        d = service.stopService()
+        pump.flush()
+        self.assertIsNotNone(client.go_away_info)
+        self.assertNoResult(d)
+        reactor.advance(5.1)
+        pump.flush()
+        self.successResultOf(d)
+        self.assertEqual(factory.tunnels, set())
