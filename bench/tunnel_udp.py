@@ -1,0 +1,840 @@
+#!/usr/bin/env python3
+"""
+Benchmark: RTP-sized UDP datagrams through an SPWM agent and contact point on
+loopback, against the same load sent directly between two sockets.
+
+Processes (each its own, so the two tunnel halves get a core each as in
+production)::
+
+    sender/receiver ──UDP──> spwm-agent ══TCP/TLS══> spwm-contact ──UDP──> target
+      (N sockets)    <──────            <══════════               <──────  (echo or sink)
+
+    sender/receiver ──────────────────── UDP ────────────────────────────> target
+                     <────────────────────────────────────────────────────  (the direct baseline)
+
+Every datagram carries a phase byte, its stream, a sequence number and the
+C{time.monotonic()} of its sending; the target writes its own receive time
+into the echo.  C{CLOCK_MONOTONIC} is one clock for every process of the
+machine, so latencies are true one-way figures, not RTT/2:
+
+    - forward: sender -> target (measured by the target);
+    - return: target's echo -> receiver (measured by the receiver);
+    - RTT: both legs.
+
+Modes:
+
+    - C{fixed} (default): C{--rate} datagrams per second in total, half each way
+      (the target echoes), spread over C{--streams} sender sockets, for
+      C{--duration} seconds, through the tunnel and directly.
+    - C{ramp}: one way only (the target is a sink), steps up the rate until the
+      loss reaches C{--loss-limit}, then bisects, through the tunnel and
+      directly.
+    - C{loadgen}: how fast the load generator alone can send (no receiver).
+
+Everything the benchmark starts is ended by PID when it finishes, on Ctrl-C,
+on an error and when C{--max-time} runs out.
+
+Run from the repository's root::
+
+    python3 bench/tunnel_udp.py                      # fixed 20,000 pps, plaintext
+    python3 bench/tunnel_udp.py --tls                # the same over TLS
+    python3 bench/tunnel_udp.py --mode ramp --tls    # the highest one-way rate
+    python3 bench/tunnel_udp.py --profile /tmp/prof  # py-spy on both halves
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import collections
+import multiprocessing
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: phase, stream, sequence, send time, echo time
+PACKET = struct.Struct("!BHIdd")
+PHASE_PROBE = 254
+PHASE_CONTROL = 255
+RCVBUF = 4 * 1024 * 1024
+
+_monotonic = time.monotonic
+
+
+# -- small helpers -----------------------------------------------------------
+
+
+def free_port(kind: int) -> int:
+    """
+    A port of C{kind} (C{SOCK_STREAM} or C{SOCK_DGRAM}) free on 127.0.0.1 now.
+    """
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def udp_socket(bind_port: int = 0) -> socket.socket:
+    """
+    A UDP socket on 127.0.0.1 with a large receive buffer.
+    """
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RCVBUF)
+    s.bind(("127.0.0.1", bind_port))
+    return s
+
+
+def cpu_seconds(pid: int) -> float:
+    """
+    User plus system CPU seconds used so far by process C{pid}.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def udp_counters() -> dict[str, int]:
+    """
+    The kernel's UDP counters (system-wide; other users of the machine add noise).
+    """
+    try:
+        with open("/proc/net/snmp") as f:
+            rows = [line.split() for line in f if line.startswith("Udp:")]
+        return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:])}
+    except (OSError, IndexError, ValueError):
+        return {}
+
+
+def percentile(sorted_values: Any, q: float) -> float:
+    """
+    The C{q} quantile (0..1) of an already sorted sequence, or NaN if empty.
+    """
+    n = len(sorted_values)
+    if not n:
+        return float("nan")
+    return sorted_values[min(n - 1, int(q * n))]
+
+
+def child_setup() -> None:
+    """
+    In a forked worker: die quietly on SIGINT/SIGTERM.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# -- the target (echo or sink) --------------------------------------------------
+
+
+def target_main(sock: socket.socket, conn: Any) -> None:
+    """
+    The target process: counts what arrives, records the forward latency and
+    echoes (with its receive time) when asked to.  Probes are always echoed.
+    Control: a datagram whose phase byte is L{PHASE_CONTROL} makes it read one
+    command from C{conn}: C{("start", phase, echo)} or C{("report",)}.
+    """
+    child_setup()
+    sock.setblocking(True)
+    buf = bytearray(2048)
+    view = memoryview(buf)
+    recv = sock.recvfrom_into
+    send = sock.sendto
+    unpack = PACKET.unpack_from
+    pack_into = struct.Struct("!d").pack_into
+    phase = -1
+    echo = False
+    count = 0
+    echoed = 0
+    lat = array.array("d")
+    add = lat.append
+    while True:
+        n, addr = recv(buf)
+        p = buf[0]
+        if p == phase:
+            now = _monotonic()
+            count += 1
+            add(now - unpack(buf)[3])
+            if echo:
+                pack_into(buf, 15, now)
+                try:
+                    send(view[:n], addr)
+                    echoed += 1
+                except OSError:
+                    pass
+        elif p == PHASE_PROBE:
+            try:
+                send(view[:n], addr)
+            except OSError:
+                pass
+        elif p == PHASE_CONTROL:
+            cmd = conn.recv()
+            if cmd[0] == "start":
+                _, phase, echo = cmd
+                count = echoed = 0
+                lat = array.array("d")
+                add = lat.append
+                conn.send("ok")
+            elif cmd[0] == "report":
+                conn.send((count, echoed, lat.tobytes()))
+                phase = -1
+            elif cmd[0] == "exit":
+                return
+
+
+# -- the load generator -------------------------------------------------------
+
+
+def sender_main(
+    socks: list[socket.socket],
+    dests: list[tuple[str, int]],
+    phase: int,
+    rate: float,
+    duration: float,
+    size: int,
+    conn: Any,
+) -> None:
+    """
+    Send C{rate} datagrams per second for C{duration} seconds, round robin
+    over C{socks} (socket i sends to C{dests[i]}), paced in small batches with
+    C{time.sleep}.  C{rate <= 0} sends as fast as it can.  Reports
+    C{(sent, failed, elapsed, cpu)}.
+    """
+    child_setup()
+    pack_into = PACKET.pack_into
+    buf = bytearray(size)
+    n = len(socks)
+    sends = [s.sendto for s in socks]
+    seq = [0] * n
+    sent = failed = 0
+    i = 0
+    unlimited = rate <= 0
+    batch_cap = 64 if unlimited else max(1, int(rate * 0.002))
+    t0 = _monotonic()
+    end = t0 + duration
+    cpu0 = time.process_time()
+    while True:
+        now = _monotonic()
+        if now >= end:
+            break
+        due = batch_cap if unlimited else int((now - t0) * rate) + 1 - sent - failed
+        if due <= 0:
+            # next datagram is due in 1/rate; sleep in steps of at least 0.5 ms
+            time.sleep(max(0.0005, (sent + failed) / rate - (now - t0)))
+            continue
+        if due > batch_cap:
+            due = batch_cap
+        for _ in range(due):
+            s = seq[i]
+            pack_into(buf, 0, phase, i, s, _monotonic(), 0.0)
+            try:
+                sends[i](buf, dests[i])
+                sent += 1
+            except OSError:
+                failed += 1
+            seq[i] = s + 1
+            i += 1
+            if i == n:
+                i = 0
+    conn.send((sent, failed, _monotonic() - t0, time.process_time() - cpu0))
+
+
+def receiver_main(socks: list[socket.socket], phase: int, until: float, conn: Any) -> None:
+    """
+    Read echoes from every sender socket until C{until} (a monotonic time);
+    report C{(count, rtt bytes, return-leg bytes, cpu)}.
+    """
+    child_setup()
+    ep = select.epoll()
+    by_fd = {}
+    for s in socks:
+        s.setblocking(False)
+        ep.register(s.fileno(), select.EPOLLIN)
+        by_fd[s.fileno()] = s.recv_into
+    buf = bytearray(2048)
+    unpack = PACKET.unpack_from
+    rtt = array.array("d")
+    ret = array.array("d")
+    count = 0
+    cpu0 = time.process_time()
+    while True:
+        left = until - _monotonic()
+        if left <= 0:
+            break
+        for fd, _ in ep.poll(min(left, 0.1)):
+            recv = by_fd[fd]
+            while True:
+                try:
+                    recv(buf)
+                except BlockingIOError:
+                    break
+                now = _monotonic()
+                p, _, _, t_send, t_echo = unpack(buf)
+                if p == phase:
+                    count += 1
+                    rtt.append(now - t_send)
+                    ret.append(now - t_echo)
+    conn.send((count, rtt.tobytes(), ret.tobytes(), time.process_time() - cpu0))
+
+
+# -- the tunnel's processes ---------------------------------------------------
+
+
+class Processes:
+    """
+    Every process the benchmark started, ended by PID in L{stop_all}.
+    """
+
+    def __init__(self) -> None:
+        self.popen: list[subprocess.Popen] = []
+        self.workers: list[multiprocessing.Process] = []
+
+    def start_twistd(self, name: str, args: list[str], log: str) -> subprocess.Popen:
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        cmd = [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            name,
+            *args,
+        ]
+        with open(log, "wb") as out:
+            p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.popen.append(p)
+        return p
+
+    def fork(self, target: Any, *args: Any) -> multiprocessing.Process:
+        p = multiprocessing.get_context("fork").Process(target=target, args=args, daemon=True)
+        p.start()
+        self.workers.append(p)
+        return p
+
+    def stop_all(self) -> None:
+        pids = [p.pid for p in self.popen if p.poll() is None]
+        pids += [w.pid for w in self.workers if w.pid is not None and w.is_alive()]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 3.0
+        for p in self.popen:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait(1.0)
+        for w in self.workers:
+            w.join(max(0.0, deadline - time.monotonic()))
+            if w.is_alive() and w.pid is not None:
+                os.kill(w.pid, signal.SIGKILL)
+                w.join(1.0)
+
+
+# -- one measured phase -------------------------------------------------------
+
+
+class Bench:
+    """
+    The benchmark's state: the target, the sender sockets, the tunnel processes.
+    """
+
+    def __init__(self, args: argparse.Namespace, procs: Processes, workdir: str) -> None:
+        self.args = args
+        self.procs = procs
+        self.workdir = workdir
+        self.target_sock = udp_socket()
+        self.target_addr = self.target_sock.getsockname()
+        self.socks = [udp_socket() for _ in range(args.streams)]
+        self.ctl_sock = udp_socket()
+        self.ctl, child = multiprocessing.Pipe()
+        self.target = procs.fork(target_main, self.target_sock, child)
+        self.forward_ports: list[int] = []
+        self.agent: subprocess.Popen | None = None
+        self.contact: subprocess.Popen | None = None
+        self.phase = 0
+
+    # target control
+    def _target(self, *cmd: Any) -> Any:
+        self.ctl.send(cmd)
+        self.ctl_sock.sendto(bytes([PHASE_CONTROL]) + bytes(PACKET.size), self.target_addr)
+        if not self.ctl.poll(5.0):
+            raise RuntimeError(f"target did not answer {cmd[0]}")
+        return self.ctl.recv()
+
+    def start_tunnel(self) -> None:
+        a = self.args
+        tport = free_port(socket.SOCK_STREAM)
+        self.forward_ports = [free_port(socket.SOCK_DGRAM) for _ in range(a.forwards)]
+        target = f"{self.target_addr[0]}:{self.target_addr[1]}"
+        common = ["--udp-buffer", str(RCVBUF)]
+        if a.tls:
+            from spwm.testing.certs import TestCA
+
+            ca = TestCA(os.path.join(self.workdir, "ca"))
+            files = ca.issue(["localhost", "127.0.0.1"], "contact")
+            contact_sec = ["--cert", files.cert, "--key", files.key]
+            agent_sec = ["--ca", ca.ca_file, "--server-name", "localhost"]
+        else:
+            contact_sec = agent_sec = ["--plaintext"]
+        self.contact = self.procs.start_twistd(
+            "spwm-contact",
+            [
+                *contact_sec,
+                *common,
+                "--listen",
+                f"tcp:{tport}:interface=127.0.0.1",
+                "--allow-forward",
+                target,
+                "--drain-time",
+                "0.2",
+            ],
+            os.path.join(self.workdir, "contact.log"),
+        )
+        fwd = []
+        for p in self.forward_ports:
+            fwd += ["--forward-udp", f"{p}={target}"]
+        time.sleep(0.5)
+        self.agent = self.procs.start_twistd(
+            "spwm-agent",
+            [*agent_sec, *common, "--contact", f"127.0.0.1:{tport}", "--reconnect-max", "1", *fwd],
+            os.path.join(self.workdir, "agent.log"),
+        )
+        self.command_lines = [" ".join(p.args[5:]) for p in (self.contact, self.agent)]
+        # Wait until a probe comes back through the tunnel.
+        probe = udp_socket()
+        deadline = time.monotonic() + 20.0
+        try:
+            while True:
+                for proc in (self.contact, self.agent):
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"{proc.args[5]} exited; see {self.workdir}")
+                probe.sendto(PACKET.pack(PHASE_PROBE, 0, 0, 0.0, 0.0), ("127.0.0.1", self.forward_ports[0]))
+                r, _, _ = select.select([probe], [], [], 0.2)
+                if r:
+                    probe.recv(2048)
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the tunnel did not forward within 20 s; see {self.workdir}")
+        finally:
+            probe.close()
+        self.warm_up(self.tunnel_dests())
+
+    def tunnel_dests(self) -> list[tuple[str, int]]:
+        ports = self.forward_ports
+        return [("127.0.0.1", ports[i % len(ports)]) for i in range(len(self.socks))]
+
+    def direct_dests(self) -> list[tuple[str, int]]:
+        return [self.target_addr] * len(self.socks)
+
+    def warm_up(self, dests: list[tuple[str, int]]) -> None:
+        """
+        One probe per sender socket, so every channel is open before measuring.
+        """
+        waiting = set(range(len(self.socks)))
+        deadline = time.monotonic() + 10.0
+        while waiting and time.monotonic() < deadline:
+            for i in waiting:
+                self.socks[i].sendto(PACKET.pack(PHASE_PROBE, i, 0, 0.0, 0.0), dests[i])
+            end = time.monotonic() + 0.5
+            while waiting and time.monotonic() < end:
+                r, _, _ = select.select([self.socks[i] for i in waiting], [], [], 0.1)
+                for s in r:
+                    s.recv(2048)
+                    waiting.discard(self.socks.index(s))
+        if waiting:
+            raise RuntimeError(f"{len(waiting)} streams got no answer during warm-up")
+        # Leave nothing stale in the sockets.
+        for s in self.socks:
+            s.setblocking(False)
+            try:
+                while True:
+                    s.recv(2048)
+            except BlockingIOError:
+                pass
+            s.setblocking(True)
+
+    def run_phase(self, path: str, rate: float, duration: float, echo: bool, profile: str | None = None) -> dict[str, Any]:
+        """
+        One measurement: C{rate} datagrams/s from the senders (one way) for
+        C{duration} s over C{path} ("tunnel" or "direct").
+        """
+        self.phase = (self.phase + 1) % 200
+        phase = self.phase
+        dests = self.tunnel_dests() if path == "tunnel" else self.direct_dests()
+        self._target("start", phase, echo)
+        tunnel_pids = [p.pid for p in (self.agent, self.contact) if p is not None] if path == "tunnel" else []
+        cpu0 = {pid: cpu_seconds(pid) for pid in tunnel_pids + [self.target.pid]}
+        udp0 = udp_counters()
+        s_conn, s_child = multiprocessing.Pipe()
+        r_conn = None
+        start = time.monotonic()
+        drain = self.args.drain
+        if echo:
+            r_conn, r_child = multiprocessing.Pipe()
+            receiver = self.procs.fork(receiver_main, self.socks, phase, start + duration + drain, r_child)
+        sender = self.procs.fork(sender_main, self.socks, dests, phase, rate, duration, self.args.size, s_child)
+        spies = []
+        if profile and path == "tunnel":
+            for name, proc in (("agent", self.agent), ("contact", self.contact)):
+                out = os.path.join(profile, f"{name}-{'tls' if self.args.tls else 'plain'}.txt")
+                spies.append(
+                    (
+                        out,
+                        subprocess.Popen(
+                            ["py-spy", "record", "--nonblocking", "-r", "250", "-f", "raw", "-o", out,
+                             "-p", str(proc.pid), "-d", str(max(1, int(duration - 1)))],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        ),
+                    )
+                )
+                self.procs.popen.append(spies[-1][1])
+        if not s_conn.poll(duration + 30):
+            raise RuntimeError("sender did not report")
+        sent, failed, elapsed, s_cpu = s_conn.recv()
+        sender.join(5)
+        time.sleep(drain if not echo else max(0.0, start + duration + drain - time.monotonic()))
+        recv_back = 0
+        rtt = ret = array.array("d")
+        r_cpu = 0.0
+        if r_conn is not None:
+            if not r_conn.poll(10):
+                raise RuntimeError("receiver did not report")
+            recv_back, rtt_b, ret_b, r_cpu = r_conn.recv()
+            rtt = array.array("d")
+            rtt.frombytes(rtt_b)
+            ret = array.array("d")
+            ret.frombytes(ret_b)
+            receiver.join(5)
+        wall = time.monotonic() - start
+        cpu1 = {pid: cpu_seconds(pid) for pid in cpu0}
+        udp1 = udp_counters()
+        fwd_count, echoed, lat_b = self._target("report")
+        fwd = array.array("d")
+        fwd.frombytes(lat_b)
+        for _, spy in spies:
+            try:
+                spy.wait(15)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+        cpu = {"target": (cpu1[self.target.pid] - cpu0[self.target.pid]) / wall, "sender": s_cpu / elapsed}
+        if echo:
+            cpu["receiver"] = r_cpu / (duration + drain)
+        if path == "tunnel":
+            cpu["agent"] = (cpu1[self.agent.pid] - cpu0[self.agent.pid]) / wall
+            cpu["contact"] = (cpu1[self.contact.pid] - cpu0[self.contact.pid]) / wall
+        return {
+            "path": path,
+            "rate": rate,
+            "duration": elapsed,
+            "sent": sent,
+            "send_failed": failed,
+            "fwd_received": fwd_count,
+            "fwd_lat": sorted(fwd),
+            "echoed": echoed,
+            "back_received": recv_back,
+            "rtt": sorted(rtt),
+            "ret_lat": sorted(ret),
+            "cpu": cpu,
+            "udp": {k: udp1.get(k, 0) - udp0.get(k, 0) for k in ("RcvbufErrors", "SndbufErrors", "InErrors")},
+            "profiles": [out for out, _ in spies],
+        }
+
+
+# -- reports -----------------------------------------------------------------
+
+
+def loss(sent: int, received: int) -> float:
+    return 0.0 if sent <= 0 else max(0.0, 1.0 - received / sent)
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:8.0f}"
+
+
+def describe(r: dict[str, Any], echo: bool) -> list[str]:
+    d = r["duration"]
+    lines = [
+        f"  {r['path']:6}  asked {r['rate']:.0f}/s one way; sent {r['sent']} in {d:.2f} s "
+        f"({r['sent'] / d:.0f}/s, {r['send_failed']} send errors)",
+        f"          forward: delivered {r['fwd_received'] / d:9.0f}/s  loss {100 * loss(r['sent'], r['fwd_received']):7.3f} %"
+        f"  latency us p50 {us(percentile(r['fwd_lat'], .5))} p99 {us(percentile(r['fwd_lat'], .99))}"
+        f" max {us(r['fwd_lat'][-1] if r['fwd_lat'] else float('nan'))}",
+    ]
+    if echo:
+        lines.append(
+            f"          return:  delivered {r['back_received'] / d:9.0f}/s  loss {100 * loss(r['echoed'], r['back_received']):7.3f} %"
+            f"  latency us p50 {us(percentile(r['ret_lat'], .5))} p99 {us(percentile(r['ret_lat'], .99))}"
+            f" max {us(r['ret_lat'][-1] if r['ret_lat'] else float('nan'))}"
+        )
+        lines.append(
+            f"          RTT:                                      "
+            f"  latency us p50 {us(percentile(r['rtt'], .5))} p99 {us(percentile(r['rtt'], .99))}"
+            f" max {us(r['rtt'][-1] if r['rtt'] else float('nan'))}"
+        )
+        total_sent = r["sent"] + r["echoed"]
+        total_recv = r["fwd_received"] + r["back_received"]
+        lines.append(
+            f"          total:   delivered {total_recv / d:9.0f}/s  loss {100 * loss(r['sent'] * 2, total_recv):7.3f} %"
+            f" (of {total_sent} sent by sender and target)"
+        )
+    cpu = ", ".join(f"{k} {100 * v:.0f} %" for k, v in r["cpu"].items())
+    lines.append(f"          CPU: {cpu};  kernel UDP errors (system-wide): {r['udp']}")
+    return lines
+
+
+def summarize_profile(path: str, top: int = 18) -> list[str]:
+    """
+    Self and inclusive time by frame from a py-spy raw (collapsed) file.
+    """
+    self_t: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    try:
+        with open(path) as f:
+            for line in f:
+                stack, _, n = line.rstrip().rpartition(" ")
+                if not stack:
+                    continue
+                count = int(n)
+                total += count
+                frames = stack.split(";")
+                self_t[frames[-1]] += count
+                seen = set()
+                for fr in frames:
+                    fn = fr.rsplit(":", 1)[0] if fr.endswith(")") else fr
+                    if fn not in seen:
+                        seen.add(fn)
+                        incl[fn] += count
+    except OSError as e:
+        return [f"  (no profile: {e})"]
+    if not total:
+        return ["  (empty profile)"]
+    out = [f"  {os.path.basename(path)}: {total} samples; self time by line:"]
+    for fr, n in self_t.most_common(top):
+        out.append(f"    {100 * n / total:5.1f} %  {fr}")
+    out.append("   inclusive time by function (spwm and twisted frames):")
+    shown = 0
+    for fr, n in incl.most_common():
+        if "spwm/" in fr or "twisted/" in fr:
+            out.append(f"    {100 * n / total:5.1f} %  {fr}")
+            shown += 1
+            if shown >= top:
+                break
+    return out
+
+
+# -- modes -------------------------------------------------------------------
+
+
+def mode_fixed(bench: Bench, args: argparse.Namespace) -> None:
+    one_way = args.rate / 2
+    print(
+        f"fixed: {args.rate:.0f} pps in total = {args.streams} streams x {one_way / args.streams:.0f} pps each way, "
+        f"{args.size}-byte datagrams, {args.duration:g} s per path, {'TLS' if args.tls else 'plaintext'}"
+    )
+    bench.warm_up(bench.direct_dests())
+    direct = bench.run_phase("direct", one_way, args.duration, echo=True)
+    tunnel = bench.run_phase("tunnel", one_way, args.duration, echo=True, profile=args.profile)
+    for r in (direct, tunnel):
+        print("\n".join(describe(r, True)))
+    print("  ratios tunnel/direct:")
+    for key, sent_key, recv_key, lat in (
+        ("forward", "sent", "fwd_received", "fwd_lat"),
+        ("return", "echoed", "back_received", "ret_lat"),
+        ("RTT", None, None, "rtt"),
+    ):
+        parts = []
+        if sent_key:
+            parts.append(f"delivered pps {tunnel[recv_key] / tunnel['duration'] / max(1e-9, direct[recv_key] / direct['duration']):.3f}")
+        for q, name in ((0.5, "p50"), (0.99, "p99")):
+            t, d = percentile(tunnel[lat], q), percentile(direct[lat], q)
+            parts.append(f"{name} x{t / d:.1f} (+{(t - d) * 1e6:.0f} us)")
+        print(f"    {key:8} " + ", ".join(parts))
+    total_loss = loss(tunnel["sent"] * 2, tunnel["fwd_received"] + tunnel["back_received"])
+    added = max(
+        percentile(tunnel["fwd_lat"], 0.99) - percentile(direct["fwd_lat"], 0.99),
+        percentile(tunnel["ret_lat"], 0.99) - percentile(direct["ret_lat"], 0.99),
+    )
+    ok = total_loss == 0 and added < 0.001
+    print(
+        f"  target (no loss, p99 added one-way latency < 1 ms): {'MET' if ok else 'NOT MET'} "
+        f"(loss {100 * total_loss:.3f} %, worst p99 added {added * 1e6:.0f} us)"
+    )
+    if args.profile:
+        for path in tunnel["profiles"]:
+            print("\n".join(summarize_profile(path)))
+
+
+def ramp(bench: Bench, args: argparse.Namespace, path: str) -> tuple[float, list[str]]:
+    """
+    Find the highest one-way rate with loss under the limit; return it and the log.
+    """
+    limit = args.loss_limit / 100
+    rate = args.ramp_start
+    good, bad = 0.0, None
+    steps = 0
+    lines = []
+
+    def step(rate: float) -> bool:
+        nonlocal steps
+        steps += 1
+        r = bench.run_phase(path, rate, args.step, echo=False)
+        lost = loss(r["sent"], r["fwd_received"])
+        achieved = r["sent"] / r["duration"]
+        gen_limited = achieved < 0.98 * rate
+        verdict = "generator-limited" if gen_limited else ("ok" if lost < limit else "LOSS")
+        cpu = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["cpu"].items())
+        line = (
+            f"  {path:6} {rate:9.0f}/s asked, {achieved:9.0f}/s sent, {r['fwd_received'] / r['duration']:9.0f}/s delivered, "
+            f"loss {100 * lost:7.3f} %, p50 {percentile(r['fwd_lat'], .5) * 1e6:7.0f} us, "
+            f"p99 {percentile(r['fwd_lat'], .99) * 1e6:8.0f} us  {verdict}  [{cpu}; {r['udp']}]"
+        )
+        print(line, flush=True)
+        lines.append(line)
+        if gen_limited:
+            raise OverflowError
+        return lost < limit
+
+    try:
+        while rate <= args.ramp_max and steps < 40:
+            if step(rate):
+                good = rate
+                rate *= args.ramp_factor
+            else:
+                bad = rate
+                break
+        if bad is not None:
+            for _ in range(args.bisect):
+                mid = (good + bad) / 2
+                if step(mid):
+                    good = mid
+                else:
+                    bad = mid
+    except OverflowError:
+        lines.append(f"  {path}: the load generator could not send faster; the result is a lower bound")
+        print(lines[-1])
+    return good, lines
+
+
+def mode_ramp(bench: Bench, args: argparse.Namespace) -> None:
+    print(
+        f"ramp: one way (agent -> contact), {args.streams} streams, {args.size}-byte datagrams, "
+        f"{args.step:g} s per step, loss limit {args.loss_limit} %, {'TLS' if args.tls else 'plaintext'}"
+    )
+    results = {}
+    if not args.skip_direct:
+        bench.warm_up(bench.direct_dests())
+        results["direct"], _ = ramp(bench, args, "direct")
+    bench.warm_up(bench.tunnel_dests())
+    results["tunnel"], _ = ramp(bench, args, "tunnel")
+    for path, rate in results.items():
+        print(f"  max one-way rate at < {args.loss_limit} % loss, {path}: {rate:.0f} pps")
+    if "direct" in results and results["direct"]:
+        print(f"  ratio tunnel/direct: {results['tunnel'] / results['direct']:.3f}")
+
+
+def mode_loadgen(bench: Bench, args: argparse.Namespace) -> None:
+    """
+    The load generator's own ceiling: unpaced sending to the sink, and paced
+    at the highest rate that it still reaches.
+    """
+    bench.warm_up(bench.direct_dests())
+    r = bench.run_phase("direct", 0, args.step, echo=False)
+    print(
+        f"loadgen: unpaced, one sender process over {args.streams} sockets: {r['sent'] / r['duration']:.0f} pps sent, "
+        f"sink received {r['fwd_received'] / r['duration']:.0f} pps (loss {100 * loss(r['sent'], r['fwd_received']):.3f} %); "
+        f"CPU {', '.join(f'{k} {100 * v:.0f} %' for k, v in r['cpu'].items())}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=("fixed", "ramp", "loadgen"), default="fixed")
+    p.add_argument("--tls", action="store_true", help="TLS between agent and contact point (default: --plaintext)")
+    p.add_argument("--rate", type=float, default=20000, help="fixed: datagrams per second in total, both ways (default 20000)")
+    p.add_argument("--streams", type=int, default=200, help="sender sockets = forward channels (default 200)")
+    p.add_argument("--forwards", type=int, default=1, help="UDP forwards on the agent; streams spread over them (default 1)")
+    p.add_argument("--size", type=int, default=172, help="datagram size in bytes (default 172: RTP + 160 bytes of G.711)")
+    p.add_argument("--duration", type=float, default=10.0, help="fixed: seconds per path (default 10)")
+    p.add_argument("--drain", type=float, default=0.5, help="seconds to wait for late datagrams after sending (default 0.5)")
+    p.add_argument("--step", type=float, default=3.0, help="ramp: seconds per step (default 3)")
+    p.add_argument("--ramp-start", type=float, default=10000)
+    p.add_argument("--ramp-factor", type=float, default=1.25)
+    p.add_argument("--ramp-max", type=float, default=500000)
+    p.add_argument("--bisect", type=int, default=3, help="ramp: bisection steps after the first failure (default 3)")
+    p.add_argument("--loss-limit", type=float, default=0.1, help="ramp: percent loss that fails a step (default 0.1)")
+    p.add_argument("--skip-direct", action="store_true", help="ramp: skip the direct baseline")
+    p.add_argument("--profile", metavar="DIR", help="fixed: py-spy both halves during the tunnel run; files in DIR")
+    p.add_argument("--max-time", type=float, default=600, help="stop everything after this many seconds (default 600)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, certificates)")
+    args = p.parse_args(argv)
+    if args.streams < 1 or args.streams > 65535 or args.size < PACKET.size:
+        p.error(f"--streams must be 1..65535 and --size at least {PACKET.size}")
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+    sys.path.insert(0, ROOT)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGALRM, stop)
+    signal.alarm(int(args.max_time))
+    procs = Processes()
+    workdir = tempfile.mkdtemp(prefix="spwm-bench-")
+    status = 0
+    try:
+        print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}; load average {os.getloadavg()[0]:.2f}")
+        bench = Bench(args, procs, workdir)
+        if args.mode != "loadgen":
+            bench.start_tunnel()
+            for line in bench.command_lines:
+                print(f"  started: twistd -n --pidfile= {line}")
+        {"fixed": mode_fixed, "ramp": mode_ramp, "loadgen": mode_loadgen}[args.mode](bench, args)
+    except KeyboardInterrupt as e:
+        print(f"interrupted ({e or 'Ctrl-C'}); stopping", file=sys.stderr)
+        status = 130
+    except Exception as e:
+        print(f"error: {e}", file=sys.stderr)
+        status = 1
+    finally:
+        signal.alarm(0)
+        sys.stdout.flush()
+        procs.stop_all()
+        if args.keep or status:
+            print(f"work directory kept: {workdir}", file=sys.stderr)
+        else:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+    return status
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
