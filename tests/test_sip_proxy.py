@@ -817,6 +817,10 @@ class PairTests(SynchronousTestCase):
         w.app(a, fa, register("alice", "sip:alice@192.0.2.10:5062"))
         flow, ok = w.take_app()
         self.assertEqual((flow, ok.status), (fa, 200))
+        # the registrar saw the agent's instance; the phone sees its contact
+        [binding] = w.contact.registrar.bindings("sip:alice@example.org")
+        self.assertEqual(binding.key, a.instance_for("sip:alice@192.0.2.10:5062"))
+        self.assertEqual(ok.get("Contact"), "<sip:alice@192.0.2.10:5062>;expires=600")
         w.app(b, fb, register("bob", "sip:bob@198.51.100.20:5062;transport=tcp", via_host="198.51.100.20:5062"))
         flow, ok = w.take_app()
         self.assertEqual((flow, ok.status), (fb, 200))
@@ -932,3 +936,65 @@ class PairTests(SynchronousTestCase):
         act, resp = w.take_network()
         self.assertEqual((act.addr, resp.status, resp.top_via.branch), (("198.51.100.7", 5060), 200, "z9hG4bKop9"))
         self.assertEqual(len(resp.get_all("Record-Route")), 3)
+
+
+_VALUES = st.sampled_from(
+    [
+        "<sip:x@203.0.113.5:5060;lr>",
+        "<sip:203.0.113.5;lr>",
+        "<tel:+123>",
+        "sip:[2001:db8::1]:5060",
+        "*",
+        '"A, B" <sip:a@b>;expires=0',
+        "<sip:a@b>;+sip.instance=\"<urn:uuid:1>\";expires=99999999999999",
+        "<sips:a@203.0.113.5:5060;transport=tls>",
+        "<sip:a@b>, <sip:c@d>;expires=-1",
+    ]
+)
+
+
+class StructuredFuzzTests(SynchronousTestCase):
+    """
+    Well-formed messages with odd but parseable values never make a core
+    raise; every action is one of the four kinds.
+    """
+
+    @given(
+        st.sampled_from(["INVITE", "REGISTER", "BYE", "ACK", "CANCEL", "OPTIONS", "SUBSCRIBE", "PRACK"]),
+        st.sampled_from(["sip:bob@example.org", "sip:x@203.0.113.5:5060", "tel:+1234", "sip:[2001:db8::2]"]),
+        st.lists(st.tuples(st.sampled_from(["Route", "Contact", "Record-Route", "Path", "Expires", "Supported"]), _VALUES), max_size=4),
+        st.sampled_from(["", ";rport", ";received=192.0.2.99", ";rport=1", ";maddr=192.0.2.1"]),
+        st.integers(0, 3),
+        st.booleans(),
+    )
+    def test_cores_never_raise(self, method, ruri, headers, via_params, mf, response) -> None:
+        """
+        Requests and responses built from odd values, fed to both cores in
+        every direction, give only known actions.
+        """
+        extra = tuple(f"{n}: {v}" for n, v in headers)
+        data = request(
+            method,
+            ruri,
+            via=f"SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKx{via_params}, SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKy",
+            max_forwards=mf,
+            extra=extra,
+        )
+        try:
+            parse_message(data)
+        except Exception:
+            return
+        if response:
+            data = answer(data, 200, extra=tuple((n, v) for n, v in headers if n == "Contact"))
+        w = World()
+        key, agent = w.add_agent("s")
+        kinds = (ToTunnel, ToApp, ToNetwork, Dropped)
+        for acts in (
+            agent.from_app(FLOW_A, data, 0.0),
+            agent.from_tunnel(1, data, 0.0),
+            w.contact.from_tunnel(key, "s", 1, data, 0.0),
+            w.contact.from_network("udp", ("198.51.100.7", 5060), data, 0.0),
+            w.contact.from_network("tcp", ("198.51.100.7", 5060), data, 0.0),
+        ):
+            for a in acts:
+                self.assertIsInstance(a, kinds)

@@ -584,6 +584,8 @@ class AgentSipProxy:
         if _response_problem(msg) is not None:
             return [self._drop("malformed response from tunnel")]
         self._track_response(msg, flow, now)
+        if msg.cseq[1] == "REGISTER":
+            self._strip_instance(msg)
         self._hook_out(msg)
         self.flows.use(flow, now)
         return [ToApp(flow, msg.to_bytes())]
@@ -638,6 +640,27 @@ class AgentSipProxy:
             if not present:
                 inst = self.instance_for(str(na.uri))
                 na = attrs.evolve(na, params=na.params + (("+sip.instance", inst),), angle=True)
+                changed = True
+            out.append(str(na))
+        if changed:
+            msg.set_header("Contact", ", ".join(out))
+
+    def _strip_instance(self, msg: SipMessage) -> None:
+        """
+        Take the C{+sip.instance} we gave an application out of the
+        Contacts of the answer to its REGISTER, so it sees its own.
+        """
+        values = msg.get_all("Contact")
+        out = []
+        changed = False
+        for value in values:
+            try:
+                na = parse_name_addr(value)
+            except SipParseError:
+                return
+            present, inst = _param(na.params, "+sip.instance")
+            if present and inst == self.instance_for(str(na.uri)):
+                na = na.without_param("+sip.instance")
                 changed = True
             out.append(str(na))
         if changed:
@@ -808,6 +831,8 @@ class ContactSipProxy:
         A SIP message from the agent behind C{tunnel_key}, for its flow
         C{flow_id}.
         """
+        if not 0 <= flow_id < 2**32 or len(session_id.encode("utf-8", "surrogateescape")) > 64:
+            return [self._drop("flow id or session id out of range")]
         if self._tunnels.get(session_id) != tunnel_key:
             self.tunnel_attached(tunnel_key, session_id)
         try:
