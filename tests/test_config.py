@@ -1,0 +1,158 @@
+"""
+Tests for L{spwm.config} and the two services' options.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.config import ConfigExit, host_port, port_range, udp_forward
+from spwm.tap import agent, contact
+
+
+class ParseTests(SynchronousTestCase):
+    """
+    Value parsers.
+    """
+
+    def test_host_port(self) -> None:
+        """
+        Names, IPv4 and bracketed IPv6 with ports parse; missing ports do not.
+        """
+        self.assertEqual(host_port("contact.example.test:443"), ("contact.example.test", 443))
+        self.assertEqual(host_port("[2001:db8::1]:443"), ("2001:db8::1", 443))
+        self.assertEqual(host_port("2001:db8::1", 443), ("2001:db8::1", 443))
+        for bad in ["host", "host:0", "host:70000", "[::1", ":5"]:
+            self.assertRaises(ValueError, host_port, bad)
+
+    def test_udp_forward(self) -> None:
+        """
+        Forwards name a local port (address optional) and an IP target.
+        """
+        self.assertEqual(udp_forward("5000=192.0.2.1:6000"), ("127.0.0.1", 5000, "192.0.2.1", 6000))
+        self.assertEqual(udp_forward("192.0.2.9:5000=192.0.2.1:6000"), ("192.0.2.9", 5000, "192.0.2.1", 6000))
+        self.assertRaises(ValueError, udp_forward, "5000")
+        self.assertRaises(ValueError, udp_forward, "5000=name.example:6000")
+
+    def test_port_range(self) -> None:
+        """
+        Ranges are LOW-HIGH with at least two ports.
+        """
+        self.assertEqual(port_range("20000-20099"), (20000, 20099))
+        self.assertRaises(ValueError, port_range, "20000")
+        self.assertRaises(ValueError, port_range, "5-5")
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    Command line, TOML file and their merge.
+    """
+
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_agent_defaults(self) -> None:
+        """
+        The agent's options have documented defaults.
+        """
+        options = agent.Options()
+        options.parseOptions([])
+        self.assertEqual(options["contact"], "localhost:443")
+        self.assertEqual(options["forward-udp"], [])
+        self.assertEqual(options["plaintext"], 0)
+        self.assertEqual(options["keepalive-interval"], 15.0)
+
+    def test_file_and_command_line(self) -> None:
+        """
+        The TOML file's keys are the long option names; the command line wins,
+        also for repeatable options.
+        """
+        path = self.write(
+            'contact = "contact.example.test:8443"\n'
+            "plaintext = true\n"
+            'forward-udp = ["5000=192.0.2.1:6000", "5001=192.0.2.1:6001"]\n'
+            "keepalive-interval = 5\n"
+        )
+        options = agent.Options()
+        options.parseOptions(["--config", path, "--keepalive-interval", "7"])
+        self.assertEqual(options["contact"], "contact.example.test:8443")
+        self.assertEqual(options["plaintext"], 1)
+        self.assertEqual(options["keepalive-interval"], 7.0)
+        self.assertEqual(len(options["forward-udp"]), 2)
+        options = agent.Options()
+        options.parseOptions(["--config", path, "--forward-udp", "6000=192.0.2.2:1"])
+        self.assertEqual(options["forward-udp"], [("127.0.0.1", 6000, "192.0.2.2", 1)])
+
+    def assertRefused(self, options: object, argv: list[str], *words: str) -> None:
+        with self.assertRaises(ConfigExit) as cm:
+            options.parseOptions(argv)
+        text = str(cm.exception.code)
+        self.assertEqual(text.count("\n"), 0)
+        for word in words:
+            self.assertIn(word, text)
+
+    def test_bad_file_values(self) -> None:
+        """
+        A bad value in the file is refused with one line naming the key.
+        """
+        self.assertRefused(agent.Options(), ["--config", self.write('contact = "nohost"\n')], "contact", "needs a port")
+        self.assertRefused(agent.Options(), ["--config", self.write("keepalive-interval = -1\n")], "keepalive-interval")
+        self.assertRefused(agent.Options(), ["--config", self.write("bogus = 1\n")], "bogus", "unknown option")
+        self.assertRefused(agent.Options(), ["--config", self.write("contact = \n")], "not valid TOML")
+        self.assertRefused(agent.Options(), ["--config", "/nonexistent/spwm.toml"], "cannot read")
+
+    def test_bad_command_line(self) -> None:
+        """
+        A bad command-line value is refused with one line naming the option.
+        """
+        self.assertRefused(agent.Options(), ["--forward-udp", "x"], "forward-udp")
+        self.assertRefused(agent.Options(), ["--keepalive-timeout", "zero"], "keepalive-timeout")
+
+    def test_contact_needs_tls_material(self) -> None:
+        """
+        The contact point refuses to start without a certificate unless
+        plaintext is asked for by name.
+        """
+        self.assertRefused(contact.Options(), [], "cert", "--plaintext")
+        options = contact.Options()
+        options.parseOptions(["--plaintext"])
+        self.assertEqual(options["listen"], "tcp:443")
+        self.assertEqual(options["allow-forward"], [])
+
+    def test_every_option_is_documented(self) -> None:
+        """
+        --help documents every option of both services.
+        """
+        for module in (agent, contact):
+            text = str(module.Options())
+            for option in module.OPTIONS:
+                self.assertIn("--" + option.name, text)
+                self.assertIn(option.doc.split()[0], text)
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    The twistd plugins.
+    """
+
+    def test_plugins_found(self) -> None:
+        """
+        twistd finds spwm-agent and spwm-contact.
+        """
+        names = {p.tapname for p in getPlugins(IServiceMaker)}
+        self.assertTrue({"spwm-agent", "spwm-contact"} <= names)
+
+    def test_no_init_in_plugins(self) -> None:
+        """
+        twisted/plugins has no __init__.py (it would shadow Twisted's own).
+        """
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.assertFalse(os.path.exists(os.path.join(here, "twisted", "plugins", "__init__.py")))
+        self.assertFalse(os.path.exists(os.path.join(here, "twisted", "__init__.py")))
