@@ -998,3 +998,49 @@ class StructuredFuzzTests(SynchronousTestCase):
         ):
             for a in acts:
                 self.assertIsInstance(a, kinds)
+
+
+class EmbeddedFromNetworkTests(SynchronousTestCase):
+    """
+    With the embedded registrar, an operator-side UA may call a registered
+    application by its address-of-record.
+    """
+
+    def test_call_by_aor(self) -> None:
+        """
+        An INVITE from the network for a registered AOR reaches the phone's
+        flow; its answer goes back to the caller's Via address; an unknown
+        AOR gets 404.
+        """
+        w = World()
+        _, a = w.add_agent("s1")
+        w.app(a, FLOW_A, register())
+        w.take_app()
+        inv = request(
+            "INVITE",
+            "sip:alice@example.org",
+            via="SIP/2.0/UDP 198.51.100.40:5060;branch=z9hG4bKext1",
+            from_="<sip:carol@example.org>;tag=fc",
+            to="<sip:alice@example.org>",
+            call_id="ext-1",
+        )
+        w.network(inv, src=("198.51.100.40", 5060))
+        flow, got = w.take_app()
+        self.assertEqual((flow, got.uri), (FLOW_A, "sip:alice@192.0.2.10:5062"))
+        self.assertEqual(got.get_all("Via")[-1], "SIP/2.0/UDP 198.51.100.40:5060;branch=z9hG4bKext1")
+        w.app(a, FLOW_A, answer(got.to_bytes(), 180, "Ringing"))
+        act, ring = w.take_network()
+        self.assertEqual((act.addr, ring.status), (("198.51.100.40", 5060), 180))
+        w.network(inv.replace(b"sip:alice@example.org SIP", b"sip:nobody@example.org SIP"), src=("198.51.100.40", 5060))
+        act, nf = w.take_network()
+        self.assertEqual((act.addr, nf.status), (("198.51.100.40", 5060), 404))
+
+    def test_register_from_network_refused(self) -> None:
+        """
+        A REGISTER straight from the operator network is not taken by the
+        embedded registrar (404): bindings come only through tunnels.
+        """
+        w = World()
+        w.network(register(via_host="198.51.100.40:5060"), src=("198.51.100.40", 5060))
+        act, nf = w.take_network()
+        self.assertEqual(nf.status, 404)

@@ -963,6 +963,18 @@ class ContactSipProxy:
         if mf is not None and mf <= 0:
             return self._refuse(msg, 483, "Too Many Hops", now)
         msg.set_header("Max-Forwards", str(mf - 1 if mf is not None else DEFAULT_MAX_FORWARDS))
+        return self._route_in(transport, src, msg, now, True)
+
+    def _route_in(
+        self, transport: str, src: tuple[str, int], msg: SipMessage, now: float, lookup: bool
+    ) -> list[Action]:
+        """
+        Route a checked request from the network to the tunnel and flow its
+        token names (top Route, or Request-URI with C{contact_rewrite}).
+
+        @param lookup: whether a request without a token may be looked up
+            in the embedded registrar.
+        """
         tok: FlowToken | None = None
         top = _top_route(msg)
         if top is not None:
@@ -977,12 +989,13 @@ class ContactSipProxy:
                 ruri = parse_uri(msg.uri or "")
             except SipParseError:
                 return self._refuse(msg, 400, "Bad Request: malformed Request-URI", now)
-            if not self._is_us(ruri) or not ruri.user:
-                return self._refuse(msg, 404, "Not Found", now)
-            tok = self._codec.decode(ruri.user, KIND_CONTACT) or self._codec.decode(
-                ruri.user, KIND_ROUTE
-            )
+            if self._is_us(ruri) and ruri.user:
+                tok = self._codec.decode(ruri.user, KIND_CONTACT) or self._codec.decode(
+                    ruri.user, KIND_ROUTE
+                )
             if tok is None:
+                if lookup:
+                    return self._not_ours(transport, src, msg, now)
                 return self._refuse(msg, 404, "Not Found", now)
             if tok.kind == KIND_CONTACT:
                 original = self._rewritten.get((tok.session_id, tok.flow_id, tok.extra))
@@ -1095,6 +1108,34 @@ class ContactSipProxy:
         out: list[Action] = []
         for reply in self.registrar.handle_request(msg, now):
             out.extend(self.from_network("udp", self.address, reply.to_bytes(), now))
+        return out
+
+    def _not_ours(
+        self, transport: str, src: tuple[str, int], msg: SipMessage, now: float
+    ) -> list[Action]:
+        """
+        A request from the network that names no flow of ours: with the
+        embedded registrar, look its Request-URI up (so an operator-side UA
+        can call a registered application by its address-of-record);
+        otherwise, or when that finds no route through a tunnel, 404.
+        """
+        if (
+            self.operator is not None
+            or self.registrar is None
+            or msg.method == "REGISTER"
+            or self._is_our_addr(src)
+        ):
+            return self._refuse(msg, 404, "Not Found", now)
+        out: list[Action] = []
+        for reply in self.registrar.handle_request(msg, now):
+            if reply.is_request:
+                if reply.count("Route") == 0:
+                    out.extend(self._refuse(msg, 404, "Not Found", now))
+                else:
+                    out.extend(self._route_in(transport, src, reply, now, False))
+            else:
+                via_transport, dest = _via_destination(reply.top_via)
+                out.extend(self._send_response(via_transport, dest, reply.to_bytes(), now))
         return out
 
     def _outgoing_register(
