@@ -23,7 +23,7 @@ from spwm.sip.proxy import (
     ToNetwork,
     ToTunnel,
 )
-from spwm.sip.uri import parse_name_addr, parse_uri, parse_via
+from spwm.sip.uri import parse_name_addr
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 CONTACT_ADDR = ("203.0.113.5", 5060)
@@ -159,10 +159,14 @@ class RecordingHook:
         self.side = side
         self.calls: list[tuple[Any, ...]] = []
 
-    def sdp_into_tunnel(self, tunnel_key: Any, dialog_key: str, content_type: str, body: bytes) -> None:
+    def sdp_into_tunnel(
+        self, tunnel_key: Any, dialog_key: str, content_type: str, body: bytes
+    ) -> None:
         self.calls.append(("into", tunnel_key, dialog_key, content_type, body))
 
-    def sdp_out_of_tunnel(self, tunnel_key: Any, dialog_key: str, content_type: str, body: bytes) -> bytes:
+    def sdp_out_of_tunnel(
+        self, tunnel_key: Any, dialog_key: str, content_type: str, body: bytes
+    ) -> bytes:
         self.calls.append(("out", tunnel_key, dialog_key, content_type, body))
         return body + f"a=relayed-by:{self.side}\r\n".encode()
 
@@ -186,7 +190,9 @@ class World:
         self.drops: list[str] = []
         self.tunnel_frames: list[tuple[str, int, bytes]] = []
 
-    def add_agent(self, session: str, hook: Any = None) -> tuple[FakeTunnel, AgentSipProxy]:
+    def add_agent(
+        self, session: str, hook: Any = None
+    ) -> tuple[FakeTunnel, AgentSipProxy]:
         key = FakeTunnel(session)
         agent = AgentSipProxy(key, "agent-" + session, media_hook=hook)
         self.agents[key] = agent
@@ -211,7 +217,9 @@ class World:
                     queue += [(a, "contact") for a in out]
                 else:
                     self.tunnel_frames.append(("down", action.flow_id, action.data))
-                    out = self.agents[key].from_tunnel(action.flow_id, action.data, self.now)
+                    out = self.agents[key].from_tunnel(
+                        action.flow_id, action.data, self.now
+                    )
                     queue += [(a, "agent") for a in out]
             elif isinstance(action, ToApp):
                 self.to_apps.append(action)
@@ -223,12 +231,19 @@ class World:
     def app(self, agent: AgentSipProxy, flow: Flow, data: bytes) -> None:
         self.run(agent.from_app(flow, data, self.now), "agent")
 
-    def network(self, data: bytes, src: tuple[str, int] = ("198.51.100.7", 5060), transport: str = "udp") -> None:
+    def network(
+        self,
+        data: bytes,
+        src: tuple[str, int] = ("198.51.100.7", 5060),
+        transport: str = "udp",
+    ) -> None:
         self.run(self.contact.from_network(transport, src, data, self.now), "contact")
 
     def take_app(self) -> tuple[Flow, SipMessage]:
         if len(self.to_apps) != 1:
-            raise AssertionError(f"expected one message to an app: {self.to_apps!r} drops {self.drops!r}")
+            raise AssertionError(
+                f"expected one message to an app: {self.to_apps!r} drops {self.drops!r}"
+            )
         a = self.to_apps.pop()
         return a.flow, parse_message(a.data)
 
@@ -239,7 +254,9 @@ class World:
 
     def take_network(self) -> tuple[ToNetwork, SipMessage]:
         if len(self.to_network) != 1:
-            raise AssertionError(f"expected one message to the network: {self.to_network!r} drops {self.drops!r}")
+            raise AssertionError(
+                f"expected one message to the network: {self.to_network!r} drops {self.drops!r}"
+            )
         a = self.to_network.pop()
         return a, parse_message(a.data)
 
@@ -261,7 +278,9 @@ class FlowTokenTests(SynchronousTestCase):
         token = codec.encode(KIND_ROUTE, session, flow_id, extra)
         self.assertRegex(token, r"^[a-z2-7]+$")
         tok = codec.decode(token, KIND_ROUTE)
-        self.assertEqual((tok.session_id, tok.flow_id, tok.extra), (session, flow_id, extra))
+        self.assertEqual(
+            (tok.session_id, tok.flow_id, tok.extra), (session, flow_id, extra)
+        )
         self.assertEqual(codec.decode(token.upper(), KIND_ROUTE), tok)
 
     def test_forged_and_other_kind(self) -> None:
@@ -370,18 +389,29 @@ class AgentTests(SynchronousTestCase):
         inst = contact.param("+sip.instance")
         self.assertEqual(inst, self.agent.instance_for("sip:alice@192.0.2.10:5062"))
         self.assertEqual(contact.param("expires"), "600")
-        again = AgentSipProxy(object(), "agent-1").instance_for("sip:alice@192.0.2.10:5062")
+        again = AgentSipProxy(object(), "agent-1").instance_for(
+            "sip:alice@192.0.2.10:5062"
+        )
         self.assertEqual(again, inst)
         self.assertNotEqual(self.agent.instance_for("sip:bob@192.0.2.11:5064"), inst)
-        self.assertNotEqual(AgentSipProxy(object(), "agent-2").instance_for("sip:alice@192.0.2.10:5062"), inst)
+        self.assertNotEqual(
+            AgentSipProxy(object(), "agent-2").instance_for(
+                "sip:alice@192.0.2.10:5062"
+            ),
+            inst,
+        )
 
     def test_register_keeps_own_instance(self) -> None:
         """
         An application's own C{+sip.instance} is kept as it is.
         """
-        data = register(contact_params=';+sip.instance="<urn:uuid:00000000-0000-0000-0000-000000000001>"')
+        data = register(
+            contact_params=';+sip.instance="<urn:uuid:00000000-0000-0000-0000-000000000001>"'
+        )
         act = only(self.agent.from_app(FLOW_A, data, 0.0), ToTunnel)
-        self.assertIn(b'+sip.instance="<urn:uuid:00000000-0000-0000-0000-000000000001>"', act.data)
+        self.assertIn(
+            b'+sip.instance="<urn:uuid:00000000-0000-0000-0000-000000000001>"', act.data
+        )
         self.assertEqual(act.data.count(b"+sip.instance"), 1)
 
     def test_response_back_to_flow(self) -> None:
@@ -390,7 +420,18 @@ class AgentTests(SynchronousTestCase):
         REGISTER keeps the UDP flow for the registration's lifetime.
         """
         up = only(self.agent.from_app(FLOW_A, register(expires=3600), 0.0), ToTunnel)
-        act = only(self.agent.from_tunnel(up.flow_id, answer(up.data, 200, extra=(("Contact", "<sip:alice@192.0.2.10:5062>;expires=3600"),)), 1.0), ToApp)
+        act = only(
+            self.agent.from_tunnel(
+                up.flow_id,
+                answer(
+                    up.data,
+                    200,
+                    extra=(("Contact", "<sip:alice@192.0.2.10:5062>;expires=3600"),),
+                ),
+                1.0,
+            ),
+            ToApp,
+        )
         self.assertEqual(act.flow, FLOW_A)
         self.agent.handle_timer(1000.0)
         self.assertEqual(self.agent.flows.lookup(up.flow_id, 1000.0), FLOW_A)
@@ -401,10 +442,14 @@ class AgentTests(SynchronousTestCase):
         A request the parser refuses is answered 400 with a reason phrase
         saying what is wrong, on the same flow.
         """
-        data = request("INVITE", "sip:bob@example.org").replace(b"CSeq: 1 INVITE", b"CSeq: x INVITE")
+        data = request("INVITE", "sip:bob@example.org").replace(
+            b"CSeq: 1 INVITE", b"CSeq: x INVITE"
+        )
         acts = self.agent.from_app(FLOW_A, data, 0.0)
         act = only(acts, ToApp)
-        self.assertTrue(act.data.startswith(b"SIP/2.0 400 Bad Request: malformed CSeq\r\n"))
+        self.assertTrue(
+            act.data.startswith(b"SIP/2.0 400 Bad Request: malformed CSeq\r\n")
+        )
         self.assertIn(b"\r\nCall-ID: call-1@192.0.2.10\r\n", act.data)
         self.assertTrue(act.data.endswith(b"\r\nContent-Length: 0\r\n\r\n"))
         self.assertEqual(act.flow, FLOW_A)
@@ -422,7 +467,11 @@ class AgentTests(SynchronousTestCase):
         """
         A malformed response from an application is dropped.
         """
-        self.assertTrue(dropped(self.agent.from_app(FLOW_A, b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n", 0.0)))
+        self.assertTrue(
+            dropped(
+                self.agent.from_app(FLOW_A, b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n", 0.0)
+            )
+        )
 
     def test_max_forwards_483(self) -> None:
         """
@@ -458,18 +507,28 @@ class AgentTests(SynchronousTestCase):
         self.assertEqual(act.flow, FLOW_A)
         msg = parse_message(act.data)
         via = msg.top_via
-        self.assertEqual((via.host, via.port, via.transport), ("192.0.2.1", 5060, "UDP"))
+        self.assertEqual(
+            (via.host, via.port, via.transport), ("192.0.2.1", 5060, "UDP")
+        )
         rr = parse_name_addr(msg.get("Record-Route"))
-        self.assertEqual((rr.uri.host, rr.uri.port, rr.uri.param("lr")), ("192.0.2.1", 5060, ""))
+        self.assertEqual(
+            (rr.uri.host, rr.uri.port, rr.uri.param("lr")), ("192.0.2.1", 5060, "")
+        )
         self.assertTrue(msg.body.endswith(b"a=relayed-by:agent\r\n"))
         self.assertEqual(msg.get("Content-Length"), str(len(msg.body)))
-        self.assertEqual(self.hook.calls[-1][:4], ("out", self.key, "call-1@192.0.2.10", "application/sdp"))
+        self.assertEqual(
+            self.hook.calls[-1][:4],
+            ("out", self.key, "call-1@192.0.2.10", "application/sdp"),
+        )
         resp = answer(act.data, 200, body=SDP)
         up = only(self.agent.from_app(FLOW_A, resp, 2.0), ToTunnel)
         out = parse_message(up.data)
         self.assertEqual(out.top_via.host, "203.0.113.5")
         self.assertEqual(out.count("Via"), 1)
-        self.assertEqual(self.hook.calls[-1], ("into", self.key, "call-1@192.0.2.10", "application/sdp", SDP))
+        self.assertEqual(
+            self.hook.calls[-1],
+            ("into", self.key, "call-1@192.0.2.10", "application/sdp", SDP),
+        )
 
     def test_response_not_ours_dropped(self) -> None:
         """
@@ -484,10 +543,18 @@ class AgentTests(SynchronousTestCase):
         A request from the tunnel for a flow the agent no longer has is
         answered 430 into the tunnel; an ACK is dropped.
         """
-        inv = request("INVITE", "sip:alice@192.0.2.10:5062", via="SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKcp1")
+        inv = request(
+            "INVITE",
+            "sip:alice@192.0.2.10:5062",
+            via="SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKcp1",
+        )
         act = only(self.agent.from_tunnel(42, inv, 0.0), ToTunnel)
         self.assertEqual((act.flow_id, parse_message(act.data).status), (42, 430))
-        ack = request("ACK", "sip:alice@192.0.2.10:5062", via="SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKcp1")
+        ack = request(
+            "ACK",
+            "sip:alice@192.0.2.10:5062",
+            via="SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKcp1",
+        )
         self.assertTrue(dropped(self.agent.from_tunnel(42, ack, 0.0)))
 
     def test_tcp_flow_closed(self) -> None:
@@ -497,25 +564,44 @@ class AgentTests(SynchronousTestCase):
         flow = Flow("tcp", AGENT_LAN, PHONE_A, 9)
         up = only(self.agent.from_app(flow, register(), 0.0), ToTunnel)
         self.agent.flow_closed(flow)
-        self.assertTrue(dropped(self.agent.from_tunnel(up.flow_id, answer(up.data, 200), 1.0)))
+        self.assertTrue(
+            dropped(self.agent.from_tunnel(up.flow_id, answer(up.data, 200), 1.0))
+        )
 
     def test_bye_and_rejected_invite_end_dialog(self) -> None:
         """
         The media hook hears C{dialog_ended} on BYE and on a final non-2xx
         answer to an initial INVITE, not on a rejected re-INVITE.
         """
-        up = only(self.agent.from_app(FLOW_A, request("INVITE", "sip:bob@example.org"), 0.0), ToTunnel)
+        up = only(
+            self.agent.from_app(FLOW_A, request("INVITE", "sip:bob@example.org"), 0.0),
+            ToTunnel,
+        )
         self.agent.from_tunnel(up.flow_id, answer(up.data, 486, "Busy Here"), 1.0)
         self.assertEqual(self.hook.calls[-1], ("ended", self.key, "call-1@192.0.2.10"))
         del self.hook.calls[:]
         inv2 = request("INVITE", "sip:bob@example.org", call_id="c2")
         up = only(self.agent.from_app(FLOW_A, inv2, 2.0), ToTunnel)
         self.agent.from_tunnel(up.flow_id, answer(up.data, 200), 3.0)
-        reinv = request("INVITE", "sip:bob@example.org", call_id="c2", cseq=2, to="<sip:bob@example.org>;tag=tt")
+        reinv = request(
+            "INVITE",
+            "sip:bob@example.org",
+            call_id="c2",
+            cseq=2,
+            to="<sip:bob@example.org>;tag=tt",
+        )
         up = only(self.agent.from_app(FLOW_A, reinv, 4.0), ToTunnel)
-        self.agent.from_tunnel(up.flow_id, answer(up.data, 488, "Not Acceptable Here"), 5.0)
+        self.agent.from_tunnel(
+            up.flow_id, answer(up.data, 488, "Not Acceptable Here"), 5.0
+        )
         self.assertEqual(self.hook.calls, [])
-        bye = request("BYE", "sip:bob@example.org", call_id="c2", cseq=3, to="<sip:bob@example.org>;tag=tt")
+        bye = request(
+            "BYE",
+            "sip:bob@example.org",
+            call_id="c2",
+            cseq=3,
+            to="<sip:bob@example.org>;tag=tt",
+        )
         self.agent.from_app(FLOW_A, bye, 6.0)
         self.assertEqual(self.hook.calls, [("ended", self.key, "c2")])
 
@@ -528,16 +614,27 @@ class ContactTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.hook = RecordingHook("contact")
-        self.cp = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR, media_hook=self.hook)
+        self.cp = ContactSipProxy(
+            CONTACT_ADDR, SECRET, operator=OPERATOR, media_hook=self.hook
+        )
         self.key = FakeTunnel("sess-1")
         self.cp.tunnel_attached(self.key, "sess-1")
         self.codec = FlowTokenCodec(SECRET)
 
-    def up(self, data: bytes, flow_id: int = 5, now: float = 0.0) -> tuple[ToNetwork, SipMessage]:
-        act = only(self.cp.from_tunnel(self.key, "sess-1", flow_id, data, now), ToNetwork)
+    def up(
+        self, data: bytes, flow_id: int = 5, now: float = 0.0
+    ) -> tuple[ToNetwork, SipMessage]:
+        act = only(
+            self.cp.from_tunnel(self.key, "sess-1", flow_id, data, now), ToNetwork
+        )
         return act, parse_message(act.data)
 
-    def down(self, data: bytes, now: float = 1.0, src: tuple[str, int] = ("198.51.100.7", 5060)) -> list[Any]:
+    def down(
+        self,
+        data: bytes,
+        now: float = 1.0,
+        src: tuple[str, int] = ("198.51.100.7", 5060),
+    ) -> list[Any]:
         return self.cp.from_network("udp", src, data, now)
 
     def test_register_path(self) -> None:
@@ -551,22 +648,35 @@ class ContactTests(SynchronousTestCase):
         self.assertEqual((act.transport, act.addr), ("udp", ("198.51.100.7", 5060)))
         via = msg.top_via
         self.assertEqual((via.host, via.port), CONTACT_ADDR)
-        tok = self.codec.decode(via.branch[len("z9hG4bK"):], KIND_VIA)
+        tok = self.codec.decode(via.branch[len("z9hG4bK") :], KIND_VIA)
         self.assertEqual((tok.session_id, tok.flow_id), ("sess-1", 5))
         path = parse_name_addr(msg.get("Path"))
         ptok = self.codec.decode(path.uri.user, KIND_ROUTE)
         self.assertEqual((ptok.session_id, ptok.flow_id), ("sess-1", 5))
-        self.assertEqual((path.uri.host, path.uri.port, path.uri.param("lr")), ("203.0.113.5", 5060, ""))
+        self.assertEqual(
+            (path.uri.host, path.uri.port, path.uri.param("lr")),
+            ("203.0.113.5", 5060, ""),
+        )
         self.assertIn("path", msg.get_all("Supported"))
         self.assertEqual(msg.max_forwards, 70)
-        ok = answer(act.data, 200, extra=(("Contact", "<sip:alice@192.0.2.10:5062>;expires=300"), ("Contact", "<sip:other@192.0.2.99>;expires=300")))
+        ok = answer(
+            act.data,
+            200,
+            extra=(
+                ("Contact", "<sip:alice@192.0.2.10:5062>;expires=300"),
+                ("Contact", "<sip:other@192.0.2.99>;expires=300"),
+            ),
+        )
         back = only(self.down(ok, now=10.0), ToTunnel)
         self.assertEqual((back.tunnel_key, back.flow_id), (self.key, 5))
         resp = parse_message(back.data)
         self.assertEqual(resp.count("Via"), 1)
         self.assertEqual(resp.top_via.branch, "z9hG4bKreg1")
         [reg] = self.cp.registrations("sess-1")
-        self.assertEqual((reg.aor, reg.contact, reg.flow_id, reg.expires), ("sip:alice@example.org", "sip:alice@192.0.2.10:5062", 5, 310.0))
+        self.assertEqual(
+            (reg.aor, reg.contact, reg.flow_id, reg.expires),
+            ("sip:alice@example.org", "sip:alice@192.0.2.10:5062", 5, 310.0),
+        )
         self.cp.handle_timer(311.0)
         self.assertEqual(self.cp.registrations("sess-1"), [])
 
@@ -576,7 +686,9 @@ class ContactTests(SynchronousTestCase):
         BYE with our route go to the operator proxy with that route popped;
         the BYE's 200 ends the dialog.
         """
-        inv = request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp")
+        inv = request(
+            "INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp"
+        )
         act, msg = self.up(inv)
         rr = parse_name_addr(msg.get("Record-Route"))
         self.assertEqual(self.codec.decode(rr.uri.user, KIND_ROUTE).flow_id, 5)
@@ -584,15 +696,36 @@ class ContactTests(SynchronousTestCase):
         self.assertEqual(self.hook.calls[0][:3], ("out", self.key, "call-1@192.0.2.10"))
         ok = answer(act.data, 200, body=SDP)
         back = only(self.down(ok), ToTunnel)
-        self.assertEqual(parse_message(back.data).get("Record-Route"), msg.get("Record-Route"))
-        self.assertEqual(self.hook.calls[-1], ("into", self.key, "call-1@192.0.2.10", "application/sdp", SDP))
+        self.assertEqual(
+            parse_message(back.data).get("Record-Route"), msg.get("Record-Route")
+        )
+        self.assertEqual(
+            self.hook.calls[-1],
+            ("into", self.key, "call-1@192.0.2.10", "application/sdp", SDP),
+        )
         [d] = self.cp.dialogs("sess-1")
-        self.assertEqual((d.call_id, d.from_tag, d.to_tag, d.flow_id), ("call-1@192.0.2.10", "fa", "tt", 5))
+        self.assertEqual(
+            (d.call_id, d.from_tag, d.to_tag, d.flow_id),
+            ("call-1@192.0.2.10", "fa", "tt", 5),
+        )
         route = msg.get("Record-Route")
-        ack = request("ACK", "sip:bob@198.51.100.30", to="<sip:bob@example.org>;tag=tt", via="SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKack", extra=(f"Route: {route}",))
+        ack = request(
+            "ACK",
+            "sip:bob@198.51.100.30",
+            to="<sip:bob@example.org>;tag=tt",
+            via="SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKack",
+            extra=(f"Route: {route}",),
+        )
         act, amsg = self.up(ack)
         self.assertEqual((act.addr, amsg.count("Route")), (("198.51.100.7", 5060), 0))
-        bye = request("BYE", "sip:bob@198.51.100.30", to="<sip:bob@example.org>;tag=tt", cseq=2, via="SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKbye", extra=(f"Route: {route}", "Route: <sip:198.51.100.7;lr>"))
+        bye = request(
+            "BYE",
+            "sip:bob@198.51.100.30",
+            to="<sip:bob@example.org>;tag=tt",
+            cseq=2,
+            via="SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKbye",
+            extra=(f"Route: {route}", "Route: <sip:198.51.100.7;lr>"),
+        )
         act, bmsg = self.up(bye)
         self.assertEqual(bmsg.get_all("Route"), ["<sip:198.51.100.7;lr>"])
         self.assertEqual(self.hook.calls[-1], ("ended", self.key, "call-1@192.0.2.10"))
@@ -628,7 +761,12 @@ class ContactTests(SynchronousTestCase):
         self.assertEqual(msg.count("Route"), 0)
         self.assertEqual(msg.max_forwards, 69)
         self.assertEqual((msg.top_via.host, msg.top_via.port), CONTACT_ADDR)
-        self.assertEqual(self.codec.decode(parse_name_addr(msg.get("Record-Route")).uri.user, KIND_ROUTE).flow_id, 5)
+        self.assertEqual(
+            self.codec.decode(
+                parse_name_addr(msg.get("Record-Route")).uri.user, KIND_ROUTE
+            ).flow_id,
+            5,
+        )
         self.assertEqual(self.hook.calls[-1][0], "into")
         ringing = answer(act.data, 180, "Ringing")
         out = only(self.cp.from_tunnel(self.key, "sess-1", 5, ringing, 2.0), ToNetwork)
@@ -639,9 +777,18 @@ class ContactTests(SynchronousTestCase):
         """
         A response is sent to the next Via's received/rport address.
         """
-        data = self.incoming_invite().replace(b"branch=z9hG4bKop1", b"branch=z9hG4bKop1;rport")
-        act = only(self.cp.from_network("udp", ("198.51.100.8", 40000), data, 0.0), ToTunnel)
-        out = only(self.cp.from_tunnel(self.key, "sess-1", 5, answer(act.data, 100, "Trying"), 1.0), ToNetwork)
+        data = self.incoming_invite().replace(
+            b"branch=z9hG4bKop1", b"branch=z9hG4bKop1;rport"
+        )
+        act = only(
+            self.cp.from_network("udp", ("198.51.100.8", 40000), data, 0.0), ToTunnel
+        )
+        out = only(
+            self.cp.from_tunnel(
+                self.key, "sess-1", 5, answer(act.data, 100, "Trying"), 1.0
+            ),
+            ToNetwork,
+        )
         self.assertEqual(out.addr, ("198.51.100.8", 40000))
 
     def test_session_gone_430(self) -> None:
@@ -650,7 +797,13 @@ class ContactTests(SynchronousTestCase):
         Flow Failed and its state is dropped.
         """
         act, _ = self.up(register())
-        self.down(answer(act.data, 200, extra=(("Contact", "<sip:alice@192.0.2.10:5062>;expires=300"),)))
+        self.down(
+            answer(
+                act.data,
+                200,
+                extra=(("Contact", "<sip:alice@192.0.2.10:5062>;expires=300"),),
+            )
+        )
         self.assertEqual(len(self.cp.registrations("sess-1")), 1)
         self.cp.tunnel_detached(self.key)
         self.assertEqual(self.cp.registrations("sess-1"), [])
@@ -664,10 +817,24 @@ class ContactTests(SynchronousTestCase):
         a tunnel; a response with a forged Via is dropped.
         """
         forged = FlowTokenCodec(b"y" * 32).encode(KIND_ROUTE, "sess-1", 5)
-        out = only(self.down(self.incoming_invite(route=f"<sip:{forged}@203.0.113.5:5060;lr>")), ToNetwork)
+        out = only(
+            self.down(
+                self.incoming_invite(route=f"<sip:{forged}@203.0.113.5:5060;lr>")
+            ),
+            ToNetwork,
+        )
         self.assertEqual(parse_message(out.data).status, 403)
-        fake_branch = "z9hG4bK" + FlowTokenCodec(b"y" * 32).encode(KIND_VIA, "sess-1", 5)
-        resp = answer(request("INVITE", "sip:x@example.org", via=f"SIP/2.0/UDP 203.0.113.5:5060;branch={fake_branch}, SIP/2.0/UDP 192.0.2.10"), 200)
+        fake_branch = "z9hG4bK" + FlowTokenCodec(b"y" * 32).encode(
+            KIND_VIA, "sess-1", 5
+        )
+        resp = answer(
+            request(
+                "INVITE",
+                "sip:x@example.org",
+                via=f"SIP/2.0/UDP 203.0.113.5:5060;branch={fake_branch}, SIP/2.0/UDP 192.0.2.10",
+            ),
+            200,
+        )
         self.assertTrue(dropped(self.down(resp)))
 
     def test_no_open_relay(self) -> None:
@@ -676,11 +843,28 @@ class ContactTests(SynchronousTestCase):
         request from the tunnel for any target goes only to the operator
         proxy.
         """
-        out = only(self.down(self.incoming_invite(route="<sip:198.51.100.99;lr>")), ToNetwork)
+        out = only(
+            self.down(self.incoming_invite(route="<sip:198.51.100.99;lr>")), ToNetwork
+        )
         self.assertEqual(parse_message(out.data).status, 403)
-        out = only(self.down(request("OPTIONS", "sip:someone@198.51.100.99", via="SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKo")), ToNetwork)
+        out = only(
+            self.down(
+                request(
+                    "OPTIONS",
+                    "sip:someone@198.51.100.99",
+                    via="SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKo",
+                )
+            ),
+            ToNetwork,
+        )
         self.assertEqual(parse_message(out.data).status, 404)
-        act, _ = self.up(request("MESSAGE", "sip:x@198.51.100.99:5070", extra=("Route: <sip:198.51.100.99:5070;lr>",)))
+        act, _ = self.up(
+            request(
+                "MESSAGE",
+                "sip:x@198.51.100.99:5070",
+                extra=("Route: <sip:198.51.100.99:5070;lr>",),
+            )
+        )
         self.assertEqual(act.addr, ("198.51.100.7", 5060))
 
     def test_max_forwards_483(self) -> None:
@@ -720,7 +904,9 @@ class ContactTests(SynchronousTestCase):
             from_="<sip:carol@example.org>;tag=fc",
             to="<sip:alice@example.org>",
             call_id="in-1",
-            extra=(f"Route: <sip:{self.codec.encode(KIND_ROUTE, 'sess-1', 5)}@203.0.113.5:5060;lr>",),
+            extra=(
+                f"Route: <sip:{self.codec.encode(KIND_ROUTE, 'sess-1', 5)}@203.0.113.5:5060;lr>",
+            ),
         )
         c = parse_message(only(self.down(cancel), ToTunnel).data)
         self.assertEqual(c.top_via.branch, i.top_via.branch)
@@ -734,7 +920,9 @@ class ContactTests(SynchronousTestCase):
         for status, tag in [(180, "x1"), (180, "x2"), (200, "x1"), (200, "x2")]:
             back = only(self.down(answer(act.data, status, "R", to_tag=tag)), ToTunnel)
             self.assertEqual(parse_message(back.data).to_tag, tag)
-        self.assertEqual(sorted(d.to_tag for d in self.cp.dialogs("sess-1")), ["x1", "x2"])
+        self.assertEqual(
+            sorted(d.to_tag for d in self.cp.dialogs("sess-1")), ["x1", "x2"]
+        )
 
     def test_large_request_tcp(self) -> None:
         """
@@ -742,7 +930,14 @@ class ContactTests(SynchronousTestCase):
         with a TCP Via (RFC 3261 18.1.1).
         """
         body = SDP + b"a=x:" + b"y" * 1400 + b"\r\n"
-        act, msg = self.up(request("INVITE", "sip:bob@example.org", body=body, content_type="application/sdp"))
+        act, msg = self.up(
+            request(
+                "INVITE",
+                "sip:bob@example.org",
+                body=body,
+                content_type="application/sdp",
+            )
+        )
         self.assertEqual(act.transport, "tcp")
         self.assertEqual(msg.top_via.transport, "TCP")
 
@@ -753,7 +948,9 @@ class ContactTests(SynchronousTestCase):
         """
         bad = self.incoming_invite().replace(b"CSeq: 1 INVITE", b"CSeq: one INVITE")
         out = only(self.down(bad), ToNetwork)
-        self.assertTrue(out.data.startswith(b"SIP/2.0 400 Bad Request: malformed CSeq\r\n"))
+        self.assertTrue(
+            out.data.startswith(b"SIP/2.0 400 Bad Request: malformed CSeq\r\n")
+        )
         self.assertEqual(out.addr, ("198.51.100.7", 5060))
         self.assertTrue(dropped(self.down(b"SIP/2.0 200 OK\r\n\r\n")))
 
@@ -777,10 +974,21 @@ class ContactRewriteTests(SynchronousTestCase):
         (no Path); the 200 shows the original again; a request to the
         rewritten contact reaches the flow with the original Request-URI.
         """
-        cp = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR, contact_rewrite=True)
+        cp = ContactSipProxy(
+            CONTACT_ADDR, SECRET, operator=OPERATOR, contact_rewrite=True
+        )
         key = FakeTunnel("s")
         cp.tunnel_attached(key, "s")
-        act = only(cp.from_tunnel(key, "s", 3, register(contact_params=";+sip.instance=\"<urn:uuid:1>\""), 0.0), ToNetwork)
+        act = only(
+            cp.from_tunnel(
+                key,
+                "s",
+                3,
+                register(contact_params=';+sip.instance="<urn:uuid:1>"'),
+                0.0,
+            ),
+            ToNetwork,
+        )
         msg = parse_message(act.data)
         self.assertEqual(msg.count("Path"), 0)
         c = parse_name_addr(msg.get("Contact"))
@@ -788,10 +996,18 @@ class ContactRewriteTests(SynchronousTestCase):
         self.assertEqual(c.param("+sip.instance"), '"<urn:uuid:1>"')
         ok = answer(act.data, 200, extra=(("Contact", f"<{c.uri}>;expires=120"),))
         back = only(cp.from_network("udp", ("198.51.100.7", 5060), ok, 1.0), ToTunnel)
-        self.assertEqual(str(parse_name_addr(parse_message(back.data).get("Contact")).uri), "sip:alice@192.0.2.10:5062")
+        self.assertEqual(
+            str(parse_name_addr(parse_message(back.data).get("Contact")).uri),
+            "sip:alice@192.0.2.10:5062",
+        )
         [reg] = cp.registrations("s")
         self.assertEqual((reg.contact, reg.flow_id), ("sip:alice@192.0.2.10:5062", 3))
-        inv = request("INVITE", str(c.uri), via="SIP/2.0/UDP 198.51.100.7;branch=z9hG4bKq", call_id="in")
+        inv = request(
+            "INVITE",
+            str(c.uri),
+            via="SIP/2.0/UDP 198.51.100.7;branch=z9hG4bKq",
+            call_id="in",
+        )
         down = only(cp.from_network("udp", ("198.51.100.7", 5060), inv, 2.0), ToTunnel)
         self.assertEqual((down.tunnel_key, down.flow_id), (key, 3))
         self.assertEqual(parse_message(down.data).uri, "sip:alice@192.0.2.10:5062")
@@ -821,12 +1037,30 @@ class PairTests(SynchronousTestCase):
         [binding] = w.contact.registrar.bindings("sip:alice@example.org")
         self.assertEqual(binding.key, a.instance_for("sip:alice@192.0.2.10:5062"))
         self.assertEqual(ok.get("Contact"), "<sip:alice@192.0.2.10:5062>;expires=600")
-        w.app(b, fb, register("bob", "sip:bob@198.51.100.20:5062;transport=tcp", via_host="198.51.100.20:5062"))
+        w.app(
+            b,
+            fb,
+            register(
+                "bob",
+                "sip:bob@198.51.100.20:5062;transport=tcp",
+                via_host="198.51.100.20:5062",
+            ),
+        )
         flow, ok = w.take_app()
         self.assertEqual((flow, ok.status), (fb, 200))
         self.assertEqual(len(w.contact.registrar.bindings("sip:bob@example.org")), 1)
 
-        w.app(a, fa, request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp", extra=("Contact: <sip:alice@192.0.2.10:5062>",)))
+        w.app(
+            a,
+            fa,
+            request(
+                "INVITE",
+                "sip:bob@example.org",
+                body=SDP,
+                content_type="application/sdp",
+                extra=("Contact: <sip:alice@192.0.2.10:5062>",),
+            ),
+        )
         flow, inv = w.take_app()
         self.assertEqual(flow, fb)
         self.assertEqual(inv.uri, "sip:bob@198.51.100.20:5062;transport=tcp")
@@ -838,7 +1072,17 @@ class PairTests(SynchronousTestCase):
         w.app(b, fb, answer(inv.to_bytes(), 180, "Ringing", to_tag="tb"))
         flow, ring = w.take_app()
         self.assertEqual((flow, ring.status), (fa, 180))
-        w.app(b, fb, answer(inv.to_bytes(), 200, to_tag="tb", body=SDP, extra=(("Contact", "<sip:bob@198.51.100.20:5062;transport=tcp>"),)))
+        w.app(
+            b,
+            fb,
+            answer(
+                inv.to_bytes(),
+                200,
+                to_tag="tb",
+                body=SDP,
+                extra=(("Contact", "<sip:bob@198.51.100.20:5062;transport=tcp>"),),
+            ),
+        )
         flow, ok = w.take_app()
         self.assertEqual((flow, ok.status), (fa, 200))
         self.assertTrue(ok.body.endswith(b"a=relayed-by:A\r\n"))
@@ -851,13 +1095,31 @@ class PairTests(SynchronousTestCase):
         first = parse_name_addr(routes[0]).uri
         self.assertEqual((first.host, first.port), fa.local)
         route_lines = tuple(f"Route: {r}" for r in routes)
-        w.app(a, fa, request("ACK", "sip:bob@198.51.100.20:5062;transport=tcp", to="<sip:bob@example.org>;tag=tb", via="SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKack1;rport", extra=route_lines))
+        w.app(
+            a,
+            fa,
+            request(
+                "ACK",
+                "sip:bob@198.51.100.20:5062;transport=tcp",
+                to="<sip:bob@example.org>;tag=tb",
+                via="SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKack1;rport",
+                extra=route_lines,
+            ),
+        )
         flow, ack = w.take_app()
         self.assertEqual((flow, ack.method, ack.count("Route")), (fb, "ACK", 0))
 
         # the callee hangs up along its route set (Record-Route in order)
         callee_routes = tuple(f"Route: {r}" for r in inv.get_all("Record-Route"))
-        bye = request("BYE", "sip:alice@192.0.2.10:5062", from_="<sip:bob@example.org>;tag=tb", to="<sip:alice@example.org>;tag=fa", via="SIP/2.0/TCP 198.51.100.20:5062;branch=z9hG4bKbye1", cseq=1, extra=callee_routes)
+        bye = request(
+            "BYE",
+            "sip:alice@192.0.2.10:5062",
+            from_="<sip:bob@example.org>;tag=tb",
+            to="<sip:alice@example.org>;tag=fa",
+            via="SIP/2.0/TCP 198.51.100.20:5062;branch=z9hG4bKbye1",
+            cseq=1,
+            extra=callee_routes,
+        )
         w.app(b, fb, bye)
         flow, bye_in = w.take_app()
         self.assertEqual((flow, bye_in.method, bye_in.count("Route")), (fa, "BYE", 0))
@@ -879,7 +1141,11 @@ class PairTests(SynchronousTestCase):
         _, a = w.add_agent("s1")
         w.app(a, FLOW_A, register("alice", "sip:alice@192.0.2.10:5062"))
         w.take_app()
-        w.app(a, FLOW_B, register("bob", "sip:bob@192.0.2.11:5064", via_host="192.0.2.11:5064"))
+        w.app(
+            a,
+            FLOW_B,
+            register("bob", "sip:bob@192.0.2.11:5064", via_host="192.0.2.11:5064"),
+        )
         w.take_app()
         w.app(a, FLOW_A, request("INVITE", "sip:bob@example.org"))
         flow, inv = w.take_app()
@@ -895,7 +1161,13 @@ class PairTests(SynchronousTestCase):
         """
         w = World()
         _, a = w.add_agent("s1")
-        w.app(a, FLOW_B, register("bob", "sip:bob@192.0.2.11:5064", via_host="192.0.2.11:5064", expires=60))
+        w.app(
+            a,
+            FLOW_B,
+            register(
+                "bob", "sip:bob@192.0.2.11:5064", via_host="192.0.2.11:5064", expires=60
+            ),
+        )
         w.take_app()
         w.app(a, FLOW_A, request("INVITE", "sip:nobody@example.org"))
         self.assertEqual(w.take_app()[1].status, 404)
@@ -934,7 +1206,10 @@ class PairTests(SynchronousTestCase):
         self.assertEqual((flow, got.uri), (FLOW_A, "sip:alice@192.0.2.10:5062"))
         w.app(a, FLOW_A, answer(got.to_bytes(), 200, to_tag="ta"))
         act, resp = w.take_network()
-        self.assertEqual((act.addr, resp.status, resp.top_via.branch), (("198.51.100.7", 5060), 200, "z9hG4bKop9"))
+        self.assertEqual(
+            (act.addr, resp.status, resp.top_via.branch),
+            (("198.51.100.7", 5060), 200, "z9hG4bKop9"),
+        )
         self.assertEqual(len(resp.get_all("Record-Route")), 3)
 
 
@@ -946,7 +1221,7 @@ _VALUES = st.sampled_from(
         "sip:[2001:db8::1]:5060",
         "*",
         '"A, B" <sip:a@b>;expires=0',
-        "<sip:a@b>;+sip.instance=\"<urn:uuid:1>\";expires=99999999999999",
+        '<sip:a@b>;+sip.instance="<urn:uuid:1>";expires=99999999999999',
         "<sips:a@203.0.113.5:5060;transport=tls>",
         "<sip:a@b>, <sip:c@d>;expires=-1",
     ]
@@ -960,14 +1235,44 @@ class StructuredFuzzTests(SynchronousTestCase):
     """
 
     @given(
-        st.sampled_from(["INVITE", "REGISTER", "BYE", "ACK", "CANCEL", "OPTIONS", "SUBSCRIBE", "PRACK"]),
-        st.sampled_from(["sip:bob@example.org", "sip:x@203.0.113.5:5060", "tel:+1234", "sip:[2001:db8::2]"]),
-        st.lists(st.tuples(st.sampled_from(["Route", "Contact", "Record-Route", "Path", "Expires", "Supported"]), _VALUES), max_size=4),
-        st.sampled_from(["", ";rport", ";received=192.0.2.99", ";rport=1", ";maddr=192.0.2.1"]),
+        st.sampled_from(
+            [
+                "INVITE",
+                "REGISTER",
+                "BYE",
+                "ACK",
+                "CANCEL",
+                "OPTIONS",
+                "SUBSCRIBE",
+                "PRACK",
+            ]
+        ),
+        st.sampled_from(
+            [
+                "sip:bob@example.org",
+                "sip:x@203.0.113.5:5060",
+                "tel:+1234",
+                "sip:[2001:db8::2]",
+            ]
+        ),
+        st.lists(
+            st.tuples(
+                st.sampled_from(
+                    ["Route", "Contact", "Record-Route", "Path", "Expires", "Supported"]
+                ),
+                _VALUES,
+            ),
+            max_size=4,
+        ),
+        st.sampled_from(
+            ["", ";rport", ";received=192.0.2.99", ";rport=1", ";maddr=192.0.2.1"]
+        ),
         st.integers(0, 3),
         st.booleans(),
     )
-    def test_cores_never_raise(self, method, ruri, headers, via_params, mf, response) -> None:
+    def test_cores_never_raise(
+        self, method, ruri, headers, via_params, mf, response
+    ) -> None:
         """
         Requests and responses built from odd values, fed to both cores in
         every direction, give only known actions.
@@ -985,7 +1290,9 @@ class StructuredFuzzTests(SynchronousTestCase):
         except Exception:
             return
         if response:
-            data = answer(data, 200, extra=tuple((n, v) for n, v in headers if n == "Contact"))
+            data = answer(
+                data, 200, extra=tuple((n, v) for n, v in headers if n == "Contact")
+            )
         w = World()
         key, agent = w.add_agent("s")
         kinds = (ToTunnel, ToApp, ToNetwork, Dropped)
@@ -1027,11 +1334,16 @@ class EmbeddedFromNetworkTests(SynchronousTestCase):
         w.network(inv, src=("198.51.100.40", 5060))
         flow, got = w.take_app()
         self.assertEqual((flow, got.uri), (FLOW_A, "sip:alice@192.0.2.10:5062"))
-        self.assertEqual(got.get_all("Via")[-1], "SIP/2.0/UDP 198.51.100.40:5060;branch=z9hG4bKext1")
+        self.assertEqual(
+            got.get_all("Via")[-1], "SIP/2.0/UDP 198.51.100.40:5060;branch=z9hG4bKext1"
+        )
         w.app(a, FLOW_A, answer(got.to_bytes(), 180, "Ringing"))
         act, ring = w.take_network()
         self.assertEqual((act.addr, ring.status), (("198.51.100.40", 5060), 180))
-        w.network(inv.replace(b"sip:alice@example.org SIP", b"sip:nobody@example.org SIP"), src=("198.51.100.40", 5060))
+        w.network(
+            inv.replace(b"sip:alice@example.org SIP", b"sip:nobody@example.org SIP"),
+            src=("198.51.100.40", 5060),
+        )
         act, nf = w.take_network()
         self.assertEqual((act.addr, nf.status), (("198.51.100.40", 5060), 404))
 

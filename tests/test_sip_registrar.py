@@ -46,10 +46,15 @@ class RegistrarTests(SynchronousTestCase):
         self.assertEqual(ok.status, 200)
         self.assertIsNotNone(ok.to_tag)
         c = parse_name_addr(ok.get("Contact"))
-        self.assertEqual((str(c.uri), c.param("expires")), ("sip:alice@192.0.2.10:5062", "120"))
+        self.assertEqual(
+            (str(c.uri), c.param("expires")), ("sip:alice@192.0.2.10:5062", "120")
+        )
         self.assertEqual(ok.get("Path"), PATH)
         [b] = self.r.bindings("sip:alice@example.org", 10.0)
-        self.assertEqual((b.contact, b.path, b.expires), ("sip:alice@192.0.2.10:5062", (PATH,), 120.0))
+        self.assertEqual(
+            (b.contact, b.path, b.expires),
+            ("sip:alice@192.0.2.10:5062", (PATH,), 120.0),
+        )
         [fwd] = self.do(request("INVITE", "sip:alice@example.org"), 10.0)
         self.assertEqual(fwd.method, "INVITE")
         self.assertEqual(fwd.uri, "sip:alice@192.0.2.10:5062")
@@ -75,11 +80,27 @@ class RegistrarTests(SynchronousTestCase):
         Two contacts with different C{+sip.instance} are two bindings; the
         newest is used for routing.
         """
-        self.do(reg_with_path(contact="sip:alice@192.0.2.10:5062", contact_params=';+sip.instance="<urn:uuid:1>"'), 0.0)
-        self.do(reg_with_path(contact="sip:alice@192.0.2.11:5062", contact_params=';+sip.instance="<urn:uuid:2>"', path="<sip:tok2@203.0.113.5;lr>"), 1.0)
+        self.do(
+            reg_with_path(
+                contact="sip:alice@192.0.2.10:5062",
+                contact_params=';+sip.instance="<urn:uuid:1>"',
+            ),
+            0.0,
+        )
+        self.do(
+            reg_with_path(
+                contact="sip:alice@192.0.2.11:5062",
+                contact_params=';+sip.instance="<urn:uuid:2>"',
+                path="<sip:tok2@203.0.113.5;lr>",
+            ),
+            1.0,
+        )
         self.assertEqual(len(self.r.bindings("sip:alice@example.org")), 2)
         [fwd] = self.do(request("MESSAGE", "sip:alice@example.org"), 2.0)
-        self.assertEqual((fwd.uri, fwd.get("Route")), ("sip:alice@192.0.2.11:5062", "<sip:tok2@203.0.113.5;lr>"))
+        self.assertEqual(
+            (fwd.uri, fwd.get("Route")),
+            ("sip:alice@192.0.2.11:5062", "<sip:tok2@203.0.113.5;lr>"),
+        )
 
     def test_wildcard(self) -> None:
         """
@@ -87,10 +108,14 @@ class RegistrarTests(SynchronousTestCase):
         REGISTER is refused with 400.
         """
         self.do(reg_with_path())
-        star = register().replace(b"Contact: <sip:alice@192.0.2.10:5062>;expires=600", b"Contact: *")
+        star = register().replace(
+            b"Contact: <sip:alice@192.0.2.10:5062>;expires=600", b"Contact: *"
+        )
         [bad] = self.do(star)
         self.assertEqual(bad.status, 400)
-        [ok] = self.do(star.replace(b"Content-Length:", b"Expires: 0\r\nContent-Length:"))
+        [ok] = self.do(
+            star.replace(b"Content-Length:", b"Expires: 0\r\nContent-Length:")
+        )
         self.assertEqual(ok.status, 200)
         self.assertEqual(self.r.bindings("sip:alice@example.org"), [])
 
@@ -119,7 +144,9 @@ class RegistrarTests(SynchronousTestCase):
         """
         A request that still has a Route goes back unchanged.
         """
-        msg = parse_message(request("BYE", "sip:x@192.0.2.10", extra=(PATH.join(["Route: ", ""]),)))
+        msg = parse_message(
+            request("BYE", "sip:x@192.0.2.10", extra=(PATH.join(["Route: ", ""]),))
+        )
         self.assertEqual(self.r.handle_request(msg, 0.0), [msg])
 
     def test_limit(self) -> None:
@@ -128,7 +155,9 @@ class RegistrarTests(SynchronousTestCase):
         """
         r = EmbeddedRegistrar(max_aors=1)
         r.handle_request(parse_message(reg_with_path()), 0.0)
-        [full] = r.handle_request(parse_message(reg_with_path("bob", "sip:bob@192.0.2.11")), 0.0)
+        [full] = r.handle_request(
+            parse_message(reg_with_path("bob", "sip:bob@192.0.2.11")), 0.0
+        )
         self.assertEqual(full.status, 503)
 
     @given(st.text(max_size=60))
@@ -137,7 +166,10 @@ class RegistrarTests(SynchronousTestCase):
         Whatever Contact a parsed REGISTER carries, the registrar answers
         with a response and never raises.
         """
-        data = register().replace(b"<sip:alice@192.0.2.10:5062>;expires=600", text.encode("utf-8", "replace").replace(b"\r", b"").replace(b"\n", b""))
+        data = register().replace(
+            b"<sip:alice@192.0.2.10:5062>;expires=600",
+            text.encode("utf-8", "replace").replace(b"\r", b"").replace(b"\n", b""),
+        )
         try:
             msg = parse_message(data)
         except SipParseError:

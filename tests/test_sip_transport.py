@@ -56,7 +56,9 @@ class FakeTunnel:
         self.sent.append((flow_id, data))
 
 
-def stream(factory: SipStreamFactory, local: tuple[str, int], peer: tuple[str, int]) -> tuple[Any, StringTransport]:
+def stream(
+    factory: SipStreamFactory, local: tuple[str, int], peer: tuple[str, int]
+) -> tuple[Any, StringTransport]:
     proto = factory.buildProtocol(None)
     tr = StringTransport(
         hostAddress=IPv4Address("TCP", *local), peerAddress=IPv4Address("TCP", *peer)
@@ -124,7 +126,10 @@ class AgentRunnerTests(SynchronousTestCase):
         self.assertEqual(tr.value(), b"\r\n")
         tr.clear()
         [(fid, sent)] = self.tunnel.sent
-        self.assertEqual(self.core.flows.lookup(fid, 100), Flow("tcp", ("192.0.2.1", 5060), ("192.0.2.10", 40000), proto.conn_id))
+        self.assertEqual(
+            self.core.flows.lookup(fid, 100),
+            Flow("tcp", ("192.0.2.1", 5060), ("192.0.2.10", 40000), proto.conn_id),
+        )
         self.runner.sip_received(self.tunnel, fid, answer(sent, 200))
         self.assertEqual(parse_message(tr.value()).status, 200)
         proto.connectionLost(None)
@@ -135,7 +140,9 @@ class AgentRunnerTests(SynchronousTestCase):
         A stream message without Content-Length closes that connection with
         a logged reason.
         """
-        proto, tr = stream(SipStreamFactory(self.runner), ("192.0.2.1", 5060), ("192.0.2.10", 40000))
+        proto, tr = stream(
+            SipStreamFactory(self.runner), ("192.0.2.1", 5060), ("192.0.2.10", 40000)
+        )
         with capturedLogs() as events:
             proto.dataReceived(b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/TCP a\r\n\r\n")
         self.assertTrue(tr.disconnecting)
@@ -147,6 +154,7 @@ class AgentRunnerTests(SynchronousTestCase):
         An unexpected exception in the core is logged at the entry point and
         does not escape.
         """
+
         def boom(*a: Any) -> None:
             raise RuntimeError("boom")
 
@@ -166,7 +174,11 @@ class ContactRunnerTests(SynchronousTestCase):
         self.tunnel = FakeTunnel("s1")
 
     def runner(self, transport: str = "udp") -> ContactSipRunner:
-        core = ContactSipProxy(("203.0.113.5", 5060), SECRET, operator=OperatorProxy("198.51.100.7", 5060, transport))
+        core = ContactSipProxy(
+            ("203.0.113.5", 5060),
+            SECRET,
+            operator=OperatorProxy("198.51.100.7", 5060, transport),
+        )
 
         def connect(addr: tuple[str, int], factory: Any) -> Deferred:
             d: Deferred = Deferred()
@@ -202,7 +214,9 @@ class ContactRunnerTests(SynchronousTestCase):
         """
         r = self.runner("tcp")
         r.sip_received(self.tunnel, 4, request("OPTIONS", "sip:bob@example.org"))
-        r.sip_received(self.tunnel, 4, request("OPTIONS", "sip:bob@example.org", call_id="c2"))
+        r.sip_received(
+            self.tunnel, 4, request("OPTIONS", "sip:bob@example.org", call_id="c2")
+        )
         [(addr, factory, d)] = self.connects
         self.assertEqual(addr, ("198.51.100.7", 5060))
         proto, tr = stream(factory, ("203.0.113.5", 33000), addr)
@@ -210,13 +224,17 @@ class ContactRunnerTests(SynchronousTestCase):
         first, second = tr.value().split(b"Content-Length: 0\r\n\r\n")[:2]
         self.assertIn(b"Call-ID: c2", second)
         tr.clear()
-        r.sip_received(self.tunnel, 4, request("OPTIONS", "sip:bob@example.org", call_id="c3"))
+        r.sip_received(
+            self.tunnel, 4, request("OPTIONS", "sip:bob@example.org", call_id="c3")
+        )
         self.assertIn(b"Call-ID: c3", tr.value())
         self.assertEqual(len(self.connects), 1)
         proto.dataReceived(answer(first + b"Content-Length: 0\r\n\r\n", 200))
         self.assertEqual(parse_message(self.tunnel.sent[0][1]).status, 200)
         proto.connectionLost(None)
-        r.sip_received(self.tunnel, 4, request("OPTIONS", "sip:bob@example.org", call_id="c4"))
+        r.sip_received(
+            self.tunnel, 4, request("OPTIONS", "sip:bob@example.org", call_id="c4")
+        )
         self.assertEqual(len(self.connects), 2)
         r.stop()
 
@@ -240,7 +258,9 @@ class ContactRunnerTests(SynchronousTestCase):
         from spwm.sip.flows import KIND_ROUTE, FlowTokenCodec
 
         token = FlowTokenCodec(SECRET).encode(KIND_ROUTE, "s1", 4)
-        proto, tr = stream(SipStreamFactory(r), ("203.0.113.5", 5060), ("198.51.100.7", 41000))
+        proto, tr = stream(
+            SipStreamFactory(r), ("203.0.113.5", 5060), ("198.51.100.7", 41000)
+        )
         inv = request(
             "INVITE",
             "sip:alice@192.0.2.10",

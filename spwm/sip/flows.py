@@ -87,7 +87,9 @@ class FlowTokenCodec:
             raise ValueError("flow token secret must be at least 16 bytes")
         self._secret = secret
 
-    def encode(self, kind: bytes, session_id: str, flow_id: int, extra: bytes = b"") -> str:
+    def encode(
+        self, kind: bytes, session_id: str, flow_id: int, extra: bytes = b""
+    ) -> str:
         """
         Build a token.
 

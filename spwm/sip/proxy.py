@@ -201,7 +201,9 @@ def _hostport(host: str, port: int | None) -> str:
     return h if port is None else f"{h}:{port}"
 
 
-def _param(params: Iterable[tuple[str, str | None]], name: str) -> tuple[bool, str | None]:
+def _param(
+    params: Iterable[tuple[str, str | None]], name: str
+) -> tuple[bool, str | None]:
     for k, v in params:
         if k.lower() == name:
             return True, v
@@ -325,7 +327,9 @@ def _crude_error(data: bytes, status: int, reason: str) -> bytes | None:
     )
 
 
-def _expires_of(msg: SipMessage, params: Iterable[tuple[str, str | None]], default: int) -> int:
+def _expires_of(
+    msg: SipMessage, params: Iterable[tuple[str, str | None]], default: int
+) -> int:
     present, value = _param(params, "expires")
     if not present or value is None:
         value = msg.get("Expires")
@@ -429,7 +433,9 @@ class AgentSipProxy:
         self.registration_margin = registration_margin
         self.max_message_size = max_message_size
         self.counters: dict[str, int] = {}
-        self._rr_user = "spwm-" + hashlib.sha256(agent_id.encode("utf-8")).hexdigest()[:12]
+        self._rr_user = (
+            "spwm-" + hashlib.sha256(agent_id.encode("utf-8")).hexdigest()[:12]
+        )
         self._instance_ns = uuid.uuid5(uuid.NAMESPACE_URL, "spwm-agent:" + agent_id)
         self._established = _CallIds(dialog_lifetime)
 
@@ -496,14 +502,18 @@ class AgentSipProxy:
         self.counters[key] = self.counters.get(key, 0) + 1
         return Dropped(reason)
 
-    def _refuse_app(self, flow: Flow, data: bytes, status: int, reason: str) -> list[Action]:
+    def _refuse_app(
+        self, flow: Flow, data: bytes, status: int, reason: str
+    ) -> list[Action]:
         resp = _crude_error(data, status, reason)
         drop = self._drop("malformed message from app: " + reason)
         if resp is None:
             return [drop]
         return [ToApp(flow, resp), drop]
 
-    def _answer(self, flow: Flow, msg: SipMessage, status: int, reason: str) -> list[Action]:
+    def _answer(
+        self, flow: Flow, msg: SipMessage, status: int, reason: str
+    ) -> list[Action]:
         if msg.method == "ACK":
             return [self._drop(f"ACK refused: {status} {reason}")]
         return [ToApp(flow, make_response(msg, status, reason).to_bytes())]
@@ -517,7 +527,9 @@ class AgentSipProxy:
         mf = msg.max_forwards
         if mf is not None and mf <= 0:
             return self._answer(flow, msg, 483, "Too Many Hops")
-        msg.set_header("Max-Forwards", str(mf - 1 if mf is not None else DEFAULT_MAX_FORWARDS))
+        msg.set_header(
+            "Max-Forwards", str(mf - 1 if mf is not None else DEFAULT_MAX_FORWARDS)
+        )
         self._stamp_via(msg, flow)
         top = _top_route(msg)
         if top is not None and top.uri.user == self._rr_user:
@@ -565,7 +577,8 @@ class AgentSipProxy:
             msg.pop_first_value("Route")
         branch = MAGIC + AGENT_BRANCH_MARK + _h(_branch_source(msg)).hex()
         msg.prepend_header(
-            "Via", f"SIP/2.0/{flow.transport.upper()} {_hostport(*flow.local)};branch={branch}"
+            "Via",
+            f"SIP/2.0/{flow.transport.upper()} {_hostport(*flow.local)};branch={branch}",
         )
         method = msg.method
         call_id = msg.call_id
@@ -578,7 +591,9 @@ class AgentSipProxy:
                 self._established.discard(call_id)
         return [ToApp(flow, msg.to_bytes())]
 
-    def _tunnel_response(self, flow: Flow | None, msg: SipMessage, now: float) -> list[Action]:
+    def _tunnel_response(
+        self, flow: Flow | None, msg: SipMessage, now: float
+    ) -> list[Action]:
         if flow is None:
             return [self._drop("response for an unknown flow")]
         if _response_problem(msg) is not None:
@@ -639,7 +654,9 @@ class AgentSipProxy:
             present, _ = _param(na.params, "+sip.instance")
             if not present:
                 inst = self.instance_for(str(na.uri))
-                na = attrs.evolve(na, params=na.params + (("+sip.instance", inst),), angle=True)
+                na = attrs.evolve(
+                    na, params=na.params + (("+sip.instance", inst),), angle=True
+                )
                 changed = True
             out.append(str(na))
         if changed:
@@ -784,7 +801,9 @@ class ContactSipProxy:
         """
         @return: the live bindings registered through C{session_id}.
         """
-        return sorted(self._regs.get(session_id, {}).values(), key=lambda r: (r.aor, r.contact))
+        return sorted(
+            self._regs.get(session_id, {}).values(), key=lambda r: (r.aor, r.contact)
+        )
 
     def dialogs(self, session_id: str) -> list[Dialog]:
         """
@@ -831,7 +850,10 @@ class ContactSipProxy:
         A SIP message from the agent behind C{tunnel_key}, for its flow
         C{flow_id}.
         """
-        if not 0 <= flow_id < 2**32 or len(session_id.encode("utf-8", "surrogateescape")) > 64:
+        if (
+            not 0 <= flow_id < 2**32
+            or len(session_id.encode("utf-8", "surrogateescape")) > 64
+        ):
             return [self._drop("flow id or session id out of range")]
         if self._tunnels.get(session_id) != tunnel_key:
             self.tunnel_attached(tunnel_key, session_id)
@@ -852,7 +874,11 @@ class ContactSipProxy:
     ) -> list[Action]:
         problem = _request_problem(msg)
         if problem is not None:
-            if msg.method == "ACK" or msg.count("Via") == 0 or problem.startswith("malformed Via"):
+            if (
+                msg.method == "ACK"
+                or msg.count("Via") == 0
+                or problem.startswith("malformed Via")
+            ):
                 return [self._drop("malformed request from tunnel: " + problem)]
             resp = make_response(msg, 400, "Bad Request: " + problem)
             return [ToTunnel(key, fid, resp.to_bytes())]
@@ -889,7 +915,9 @@ class ContactSipProxy:
             return self._to_registrar(msg, now)
         return [ToNetwork(transport, dest, data)]
 
-    def _tunnel_response(self, key: Any, session: str, msg: SipMessage, now: float) -> list[Action]:
+    def _tunnel_response(
+        self, key: Any, session: str, msg: SipMessage, now: float
+    ) -> list[Action]:
         if _response_problem(msg) is not None:
             return [self._drop("malformed response from tunnel")]
         tok = self._via_token(msg.top_via)
@@ -954,7 +982,11 @@ class ContactSipProxy:
     ) -> list[Action]:
         problem = _request_problem(msg)
         if problem is not None:
-            if msg.method == "ACK" or msg.count("Via") == 0 or problem.startswith("malformed Via"):
+            if (
+                msg.method == "ACK"
+                or msg.count("Via") == 0
+                or problem.startswith("malformed Via")
+            ):
                 return [self._drop("malformed request from network: " + problem)]
             resp = make_response(msg, 400, "Bad Request: " + problem)
             return self._send_response(transport, src, resp.to_bytes(), now)
@@ -962,11 +994,18 @@ class ContactSipProxy:
         mf = msg.max_forwards
         if mf is not None and mf <= 0:
             return self._refuse(msg, 483, "Too Many Hops", now)
-        msg.set_header("Max-Forwards", str(mf - 1 if mf is not None else DEFAULT_MAX_FORWARDS))
+        msg.set_header(
+            "Max-Forwards", str(mf - 1 if mf is not None else DEFAULT_MAX_FORWARDS)
+        )
         return self._route_in(transport, src, msg, now, True)
 
     def _route_in(
-        self, transport: str, src: tuple[str, int], msg: SipMessage, now: float, lookup: bool
+        self,
+        transport: str,
+        src: tuple[str, int],
+        msg: SipMessage,
+        now: float,
+        lookup: bool,
     ) -> list[Action]:
         """
         Route a checked request from the network to the tunnel and flow its
@@ -1010,9 +1049,13 @@ class ContactSipProxy:
         method = msg.method
         call_id = msg.call_id
         extra = _h(_branch_source(msg)) + ruri_hash
-        branch = MAGIC + self._codec.encode(KIND_VIA, tok.session_id, tok.flow_id, extra)
+        branch = MAGIC + self._codec.encode(
+            KIND_VIA, tok.session_id, tok.flow_id, extra
+        )
         if method in _DIALOG_CREATING and msg.to_tag is None:
-            msg.prepend_header("Record-Route", self._route_uri(tok.session_id, tok.flow_id))
+            msg.prepend_header(
+                "Record-Route", self._route_uri(tok.session_id, tok.flow_id)
+            )
         msg.prepend_header("Via", self._via("udp", branch))
         self._hook_into(key, msg)
         if method in ("BYE", "CANCEL"):
@@ -1053,7 +1096,9 @@ class ContactSipProxy:
             return None
         return self._codec.decode(branch[len(MAGIC) :], KIND_VIA)
 
-    def _looped(self, msg: SipMessage, session: str, fid: int, ruri_hash: bytes) -> bool:
+    def _looped(
+        self, msg: SipMessage, session: str, fid: int, ruri_hash: bytes
+    ) -> bool:
         for value in msg.get_all("Via"):
             try:
                 via = parse_via(value)
@@ -1081,7 +1126,9 @@ class ContactSipProxy:
         if new != via:
             msg.replace_first_value("Via", str(new))
 
-    def _refuse(self, msg: SipMessage, status: int, reason: str, now: float) -> list[Action]:
+    def _refuse(
+        self, msg: SipMessage, status: int, reason: str, now: float
+    ) -> list[Action]:
         """
         Answer a request from the network with an error, statelessly; an
         ACK is never answered.
@@ -1135,7 +1182,9 @@ class ContactSipProxy:
                     out.extend(self._route_in(transport, src, reply, now, False))
             else:
                 via_transport, dest = _via_destination(reply.top_via)
-                out.extend(self._send_response(via_transport, dest, reply.to_bytes(), now))
+                out.extend(
+                    self._send_response(via_transport, dest, reply.to_bytes(), now)
+                )
         return out
 
     def _outgoing_register(
@@ -1161,7 +1210,9 @@ class ContactSipProxy:
         while len(self._pending) > self.max_pending:
             del self._pending[next(iter(self._pending))]
 
-    def _register_answered(self, msg: SipMessage, tok: FlowToken, branch: str, now: float) -> None:
+    def _register_answered(
+        self, msg: SipMessage, tok: FlowToken, branch: str, now: float
+    ) -> None:
         pending = self._pending.pop(branch, None)
         values = msg.get_all("Contact")
         restored = []
@@ -1178,8 +1229,14 @@ class ContactSipProxy:
             ctok = None
             if self._is_us(na.uri):
                 ctok = self._codec.decode(na.uri.user, KIND_CONTACT)
-            if ctok is not None and ctok.session_id == tok.session_id and ctok.flow_id == tok.flow_id:
-                original = self._rewritten.get((ctok.session_id, ctok.flow_id, ctok.extra))
+            if (
+                ctok is not None
+                and ctok.session_id == tok.session_id
+                and ctok.flow_id == tok.flow_id
+            ):
+                original = self._rewritten.get(
+                    (ctok.session_id, ctok.flow_id, ctok.extra)
+                )
                 if original is not None:
                     uri_text = original
                     na = attrs.evolve(na, uri=parse_uri(original), angle=True)
@@ -1196,14 +1253,20 @@ class ContactSipProxy:
         except SipParseError:
             return
         regs = self._regs.setdefault(tok.session_id, {})
-        for k in [k for k, r in regs.items() if r.aor == aor and r.flow_id == tok.flow_id]:
+        for k in [
+            k for k, r in regs.items() if r.aor == aor and r.flow_id == tok.flow_id
+        ]:
             del regs[k]
         for uri_text, expires in mine:
             if expires > 0:
-                regs[(aor, uri_text)] = Registration(aor, uri_text, tok.flow_id, now + expires)
+                regs[(aor, uri_text)] = Registration(
+                    aor, uri_text, tok.flow_id, now + expires
+                )
         self._arm(now)
 
-    def _track_response(self, key: Any, session: str, fid: int, msg: SipMessage, now: float) -> None:
+    def _track_response(
+        self, key: Any, session: str, fid: int, msg: SipMessage, now: float
+    ) -> None:
         status = msg.status or 0
         num, method = msg.cseq
         call_id = msg.call_id
@@ -1211,13 +1274,21 @@ class ContactSipProxy:
         if method == "INVITE":
             if 200 <= status < 300:
                 ftag, ttag = msg.from_tag, msg.to_tag
-                ds = [d for d in per.get(call_id, []) if {d.from_tag, d.to_tag} != {ftag, ttag}]
+                ds = [
+                    d
+                    for d in per.get(call_id, [])
+                    if {d.from_tag, d.to_tag} != {ftag, ttag}
+                ]
                 ds.append(Dialog(call_id, ftag, ttag, fid, now + self.dialog_lifetime))
                 per[call_id] = ds
                 self._arm(now)
             elif status >= 300 and call_id not in per:
                 self._ended(key, call_id)
-        elif method == "BYE" and 200 <= status < 300 or (method == "BYE" and status in (404, 481)):
+        elif (
+            method == "BYE"
+            and 200 <= status < 300
+            or (method == "BYE" and status in (404, 481))
+        ):
             tags = {msg.from_tag, msg.to_tag}
             ds = [d for d in per.get(call_id, []) if {d.from_tag, d.to_tag} != tags]
             if ds:
@@ -1231,15 +1302,21 @@ class ContactSipProxy:
         ds = self._dialogs.get(session, {}).get(call_id)
         if ds:
             expires = now + self.dialog_lifetime
-            self._dialogs[session][call_id] = [attrs.evolve(d, expires=expires) for d in ds]
+            self._dialogs[session][call_id] = [
+                attrs.evolve(d, expires=expires) for d in ds
+            ]
 
     def _hook_into(self, key: Any, msg: SipMessage) -> None:
         if self.media_hook is not None and _has_sdp(msg):
-            self.media_hook.sdp_into_tunnel(key, msg.call_id, msg.content_type, msg.body)
+            self.media_hook.sdp_into_tunnel(
+                key, msg.call_id, msg.content_type, msg.body
+            )
 
     def _hook_out(self, key: Any, msg: SipMessage) -> None:
         if self.media_hook is not None and _has_sdp(msg):
-            body = self.media_hook.sdp_out_of_tunnel(key, msg.call_id, msg.content_type, msg.body)
+            body = self.media_hook.sdp_out_of_tunnel(
+                key, msg.call_id, msg.content_type, msg.body
+            )
             if body != msg.body:
                 msg.set_body(body)
 

@@ -152,7 +152,9 @@ class EmbeddedRegistrar:
 
     @staticmethod
     def _tag(msg: SipMessage) -> str:
-        return hashlib.sha256((msg.call_id or "").encode("utf-8", "surrogateescape")).hexdigest()[:10]
+        return hashlib.sha256(
+            (msg.call_id or "").encode("utf-8", "surrogateescape")
+        ).hexdigest()[:10]
 
     def _register(self, msg: SipMessage, now: float) -> SipMessage:
         try:
@@ -167,8 +169,14 @@ class EmbeddedRegistrar:
                 return self._answer(msg, 503, "Service Unavailable: registrar full")[0]
             per = {}
         if any(v.strip() == "*" for v in values):
-            if header_expires is None or header_expires.strip() != "0" or len(values) != 1:
-                return self._answer(msg, 400, "Bad Request: wildcard Contact needs Expires: 0")[0]
+            if (
+                header_expires is None
+                or header_expires.strip() != "0"
+                or len(values) != 1
+            ):
+                return self._answer(
+                    msg, 400, "Bad Request: wildcard Contact needs Expires: 0"
+                )[0]
             per.clear()
         path = tuple(msg.get_all("Path"))
         for value in values:
@@ -214,7 +222,9 @@ class EmbeddedRegistrar:
             if b.expires <= now:
                 continue
             ps = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in b.params)
-            extra.append(("Contact", f"<{b.contact}>{ps};expires={int(b.expires - now)}"))
+            extra.append(
+                ("Contact", f"<{b.contact}>{ps};expires={int(b.expires - now)}")
+            )
         for p in path:
             extra.append(("Path", p))
         return make_response(msg, 200, "OK", to_tag=self._tag(msg), extra_headers=extra)

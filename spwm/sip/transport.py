@@ -76,7 +76,9 @@ class SipUdpProtocol(DatagramProtocol):
         try:
             self.runner.datagram_received(self, data, (addr[0], addr[1]))
         except Exception:
-            self.log.failure("SIP datagram from {peer} failed", peer=f"{addr[0]}:{addr[1]}")
+            self.log.failure(
+                "SIP datagram from {peer} failed", peer=f"{addr[0]}:{addr[1]}"
+            )
 
 
 class SipStreamProtocol(Protocol):
@@ -91,7 +93,9 @@ class SipStreamProtocol(Protocol):
 
     log = Logger()
 
-    def __init__(self, runner: _Runner, transport_name: str = "tcp", max_size: int = 65535) -> None:
+    def __init__(
+        self, runner: _Runner, transport_name: str = "tcp", max_size: int = 65535
+    ) -> None:
         self.runner = runner
         self.transport_name = transport_name
         self.framer = SipStreamFramer(max_size)
@@ -132,7 +136,9 @@ class SipStreamProtocol(Protocol):
         try:
             self.runner.stream_lost(self)
         except Exception:
-            self.log.failure("cleaning up SIP stream from {peer} failed", peer=self._peer_text())
+            self.log.failure(
+                "cleaning up SIP stream from {peer} failed", peer=self._peer_text()
+            )
 
     def flow(self) -> Flow:
         """
@@ -151,7 +157,9 @@ class SipStreamFactory(Factory):
 
     noisy = False
 
-    def __init__(self, runner: _Runner, transport_name: str = "tcp", max_size: int = 65535) -> None:
+    def __init__(
+        self, runner: _Runner, transport_name: str = "tcp", max_size: int = 65535
+    ) -> None:
         self.runner = runner
         self.transport_name = transport_name
         self.max_size = max_size
@@ -197,7 +205,9 @@ class _Runner:
         if proto.conn_id is not None:
             self._streams.pop(proto.conn_id, None)
 
-    def datagram_received(self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]) -> None:
+    def datagram_received(
+        self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]
+    ) -> None:
         raise NotImplementedError
 
     def stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
@@ -276,7 +286,9 @@ class AgentSipRunner(_Runner):
         super().__init__(core, clock)
         self._send_to_tunnel = send_to_tunnel
 
-    def datagram_received(self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]) -> None:
+    def datagram_received(
+        self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]
+    ) -> None:
         assert proto.local is not None
         flow = Flow("udp", proto.local, addr, None)
         self.execute(self.core.from_app(flow, data, self._clock.seconds()))
@@ -303,13 +315,18 @@ class AgentSipRunner(_Runner):
         if flow.conn_id is None:
             proto = self._udp.get(flow.local)
             if proto is None or proto.transport is None:
-                self.log.warn("no UDP socket on {local} for the flow", local=str(flow.local))
+                self.log.warn(
+                    "no UDP socket on {local} for the flow", local=str(flow.local)
+                )
                 return
             proto.transport.write(action.data, flow.remote)
             return
         stream = self._streams.get(flow.conn_id)
         if stream is None:
-            self.log.info("connection of flow {peer} is gone", peer=f"{flow.remote[0]}:{flow.remote[1]}")
+            self.log.info(
+                "connection of flow {peer} is gone",
+                peer=f"{flow.remote[0]}:{flow.remote[1]}",
+            )
             return
         stream.transport.write(action.data)
 
@@ -347,7 +364,9 @@ class ContactSipRunner(_Runner):
         self._by_peer: dict[tuple[str, int], SipStreamProtocol] = {}
         self._connecting: dict[tuple[str, int], list[bytes]] = {}
 
-    def datagram_received(self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]) -> None:
+    def datagram_received(
+        self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]
+    ) -> None:
         self.execute(self.core.from_network("udp", addr, data, self._clock.seconds()))
 
     def stream_connected(self, proto: SipStreamProtocol) -> int:
@@ -361,7 +380,9 @@ class ContactSipRunner(_Runner):
             del self._by_peer[addr]
 
     def stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
-        self.execute(self.core.from_network("tcp", proto.peer, data, self._clock.seconds()))
+        self.execute(
+            self.core.from_network("tcp", proto.peer, data, self._clock.seconds())
+        )
 
     # -- tunnel application (SIP part) ---------------------------------------
 
@@ -383,7 +404,9 @@ class ContactSipRunner(_Runner):
         """
         try:
             now = self._clock.seconds()
-            self.execute(self.core.from_tunnel(tunnel, tunnel.session_id, flow_id, data, now))
+            self.execute(
+                self.core.from_tunnel(tunnel, tunnel.session_id, flow_id, data, now)
+            )
         except Exception:
             self.log.failure("SIP message from tunnel failed", flow_id=flow_id)
 
@@ -394,14 +417,19 @@ class ContactSipRunner(_Runner):
 
     def _to_network(self, action: ToNetwork) -> None:
         if action.transport == "udp":
-            proto = self._udp.get(self.core.address) or next(iter(self._udp.values()), None)
+            proto = self._udp.get(self.core.address) or next(
+                iter(self._udp.values()), None
+            )
             if proto is None or proto.transport is None:
                 self.log.warn("no operator-side UDP socket; dropped a message")
                 return
             proto.transport.write(action.data, action.addr)
             return
         if action.transport not in ("tcp",):
-            self.log.warn("transport {transport} not supported towards the operator", transport=action.transport)
+            self.log.warn(
+                "transport {transport} not supported towards the operator",
+                transport=action.transport,
+            )
             return
         addr = action.addr
         stream = self._by_peer.get(addr)
@@ -411,20 +439,36 @@ class ContactSipRunner(_Runner):
         queue = self._connecting.get(addr)
         if queue is not None:
             if len(queue) >= self.max_queued:
-                self.log.warn("queue to {peer} full; dropped a message", peer=f"{addr[0]}:{addr[1]}")
+                self.log.warn(
+                    "queue to {peer} full; dropped a message",
+                    peer=f"{addr[0]}:{addr[1]}",
+                )
             else:
                 queue.append(action.data)
             return
         if self._connect is None:
-            self.log.warn("no way to open TCP connections; dropped a message to {peer}", peer=f"{addr[0]}:{addr[1]}")
+            self.log.warn(
+                "no way to open TCP connections; dropped a message to {peer}",
+                peer=f"{addr[0]}:{addr[1]}",
+            )
             return
-        outgoing = sum(1 for s in self._by_peer.values() if s.outgoing) + len(self._connecting)
+        outgoing = sum(1 for s in self._by_peer.values() if s.outgoing) + len(
+            self._connecting
+        )
         if outgoing >= self.max_connections:
-            self.log.warn("TCP pool full; dropped a message to {peer}", peer=f"{addr[0]}:{addr[1]}")
+            self.log.warn(
+                "TCP pool full; dropped a message to {peer}",
+                peer=f"{addr[0]}:{addr[1]}",
+            )
             return
         self._connecting[addr] = [action.data]
         d = self._connect(addr, SipStreamFactory(self, "tcp"))
-        d.addCallbacks(self._connected, self._connect_failed, callbackArgs=(addr,), errbackArgs=(addr,))
+        d.addCallbacks(
+            self._connected,
+            self._connect_failed,
+            callbackArgs=(addr,),
+            errbackArgs=(addr,),
+        )
 
     def _connected(self, proto: SipStreamProtocol, addr: tuple[str, int]) -> None:
         proto.outgoing = True
