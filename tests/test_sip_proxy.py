@@ -1356,3 +1356,58 @@ class EmbeddedFromNetworkTests(SynchronousTestCase):
         w.network(register(via_host="198.51.100.40:5060"), src=("198.51.100.40", 5060))
         act, nf = w.take_network()
         self.assertEqual(nf.status, 404)
+
+
+class PassThroughTests(SynchronousTestCase):
+    """
+    In-dialog and other requests pass through the contact point both ways.
+    """
+
+    def test_methods(self) -> None:
+        """
+        PRACK, UPDATE, re-INVITE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, REFER
+        and INFO from the tunnel go to the operator proxy, and with our
+        route token from the network go to the flow.
+        """
+        cp = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR)
+        key = FakeTunnel("s")
+        cp.tunnel_attached(key, "s")
+        token = FlowTokenCodec(SECRET).encode(KIND_ROUTE, "s", 2)
+        route = f"Route: <sip:{token}@203.0.113.5:5060;lr>"
+        for method in [
+            "PRACK",
+            "UPDATE",
+            "INVITE",
+            "OPTIONS",
+            "MESSAGE",
+            "SUBSCRIBE",
+            "NOTIFY",
+            "REFER",
+            "INFO",
+        ]:
+            up = request(method, "sip:bob@198.51.100.30", to="<sip:b@x>;tag=t")
+            out = only(cp.from_tunnel(key, "s", 2, up, 0.0), ToNetwork)
+            self.assertEqual(out.addr, ("198.51.100.7", 5060))
+            self.assertEqual(parse_message(out.data).method, method)
+            down = request(
+                method,
+                "sip:alice@192.0.2.10:5062",
+                via="SIP/2.0/UDP 198.51.100.7;branch=z9hG4bK" + method,
+                to="<sip:a@x>;tag=t",
+                extra=(route,),
+            )
+            act = only(
+                cp.from_network("udp", ("198.51.100.7", 5060), down, 0.0), ToTunnel
+            )
+            self.assertEqual((act.flow_id, parse_message(act.data).method), (2, method))
+
+    def test_max_forwards_from_tunnel(self) -> None:
+        """
+        A request from the tunnel with Max-Forwards 0 is answered 483 into
+        the tunnel.
+        """
+        cp = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR)
+        key = FakeTunnel("s")
+        data = request("OPTIONS", "sip:bob@example.org", max_forwards=0)
+        act = only(cp.from_tunnel(key, "s", 2, data, 0.0), ToTunnel)
+        self.assertEqual(parse_message(act.data).status, 483)

@@ -882,6 +882,13 @@ class ContactSipProxy:
                 return [self._drop("malformed request from tunnel: " + problem)]
             resp = make_response(msg, 400, "Bad Request: " + problem)
             return [ToTunnel(key, fid, resp.to_bytes())]
+        mf = msg.max_forwards
+        if mf is not None and mf <= 0:
+            # the agent decrements; this only guards against a broken one
+            if msg.method == "ACK":
+                return [self._drop("ACK from tunnel with Max-Forwards 0")]
+            resp = make_response(msg, 483, "Too Many Hops")
+            return [ToTunnel(key, fid, resp.to_bytes())]
         top = _top_route(msg)
         if top is not None and self._is_us(top.uri):
             if self._codec.decode(top.uri.user, KIND_ROUTE) is not None:
@@ -1202,7 +1209,10 @@ class ContactSipProxy:
                 out.append(str(attrs.evolve(na, uri=uri, angle=True)))
             msg.set_header("Contact", ", ".join(out))
         elif not self.contact_rewrite:
-            msg.prepend_header("Path", self._route_uri(session, fid))
+            if msg.count("Path"):
+                msg.prepend_header("Path", self._route_uri(session, fid))
+            else:
+                msg.append_header("Path", self._route_uri(session, fid))
             supported = [s.strip().lower() for s in msg.get_all("Supported")]
             if "path" not in supported:
                 msg.append_header("Supported", "path")
