@@ -1411,3 +1411,45 @@ class PassThroughTests(SynchronousTestCase):
         data = request("OPTIONS", "sip:bob@example.org", max_forwards=0)
         act = only(cp.from_tunnel(key, "s", 2, data, 0.0), ToTunnel)
         self.assertEqual(parse_message(act.data).status, 483)
+
+
+class PairCancelTests(SynchronousTestCase):
+    """
+    CANCEL and ACK for a non-2xx across the whole pair, statelessly.
+    """
+
+    def test_cancel_ringing_call(self) -> None:
+        """
+        A CANCEL reaches the callee with the same top Via branch as its
+        INVITE; the 200 to CANCEL and the 487 reach the caller; the ACK for
+        the 487 reaches the callee with the INVITE's branch again.
+        """
+        w = World()
+        _, a = w.add_agent("sa")
+        _, b = w.add_agent("sb")
+        fb = Flow("tcp", ("198.51.100.1", 5060), ("198.51.100.20", 40001), 3)
+        w.app(a, FLOW_A, register())
+        w.take_app()
+        w.app(b, fb, register("bob", "sip:bob@198.51.100.20:5062;transport=tcp"))
+        w.take_app()
+        w.app(a, FLOW_A, request("INVITE", "sip:bob@example.org"))
+        _, inv = w.take_app()
+        w.app(b, fb, answer(inv.to_bytes(), 180, "Ringing", to_tag="tb"))
+        w.take_app()
+        w.app(a, FLOW_A, request("CANCEL", "sip:bob@example.org"))
+        flow, can = w.take_app()
+        self.assertEqual((flow, can.method), (fb, "CANCEL"))
+        self.assertEqual(can.get_all("Via"), inv.get_all("Via"))
+        w.app(b, fb, answer(can.to_bytes(), 200, to_tag="tb"))
+        flow, ok = w.take_app()
+        self.assertEqual((flow, ok.status, ok.cseq[1]), (FLOW_A, 200, "CANCEL"))
+        w.app(b, fb, answer(inv.to_bytes(), 487, "Request Terminated", to_tag="tb"))
+        flow, term = w.take_app()
+        self.assertEqual((flow, term.status), (FLOW_A, 487))
+        ack = request("ACK", "sip:bob@example.org", to="<sip:bob@example.org>;tag=tb")
+        w.app(a, FLOW_A, ack)
+        flow, got = w.take_app()
+        self.assertEqual((flow, got.method), (fb, "ACK"))
+        self.assertEqual(got.top_via.branch, inv.top_via.branch)
+        self.assertEqual(w.drops, [])
+        self.assertEqual(w.contact.dialogs("sa"), [])
