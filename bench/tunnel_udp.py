@@ -117,6 +117,27 @@ def udp_counters() -> dict[str, int]:
         return {}
 
 
+def machine_cpu() -> list[int]:
+    """
+    The machine's CPU time counters from C{/proc/stat} (all CPUs summed).
+    """
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return []
+
+
+def machine_usage(before: list[int], after: list[int]) -> dict[str, float]:
+    """
+    Busy, softirq and steal shares (of all CPUs) between two L{machine_cpu} readings.
+    """
+    d = [b - a for a, b in zip(before, after)]
+    total = sum(d[:8]) or 1
+    idle = d[3] + d[4]
+    return {"busy": (total - idle) / total, "softirq": d[6] / total, "steal": d[7] / total}
+
+
 def percentile(sorted_values: Any, q: float) -> float:
     """
     The C{q} quantile (0..1) of an already sorted sequence, or NaN if empty.
@@ -467,7 +488,9 @@ class Bench:
                 pass
             s.setblocking(True)
 
-    def run_phase(self, path: str, rate: float, duration: float, echo: bool, profile: str | None = None) -> dict[str, Any]:
+    def run_phase(
+        self, path: str, rate: float, duration: float, echo: bool, profile: str | None = None, idle: bool = False
+    ) -> dict[str, Any]:
         """
         One measurement: C{rate} datagrams/s from the senders (one way) for
         C{duration} s over C{path} ("tunnel" or "direct").
@@ -479,6 +502,7 @@ class Bench:
         tunnel_pids = [p.pid for p in (self.agent, self.contact) if p is not None] if path == "tunnel" else []
         cpu0 = {pid: cpu_seconds(pid) for pid in tunnel_pids + [self.target.pid]}
         udp0 = udp_counters()
+        mach0 = machine_cpu()
         s_conn, s_child = multiprocessing.Pipe()
         r_conn = None
         start = time.monotonic()
@@ -496,7 +520,7 @@ class Bench:
                         out,
                         subprocess.Popen(
                             ["py-spy", "record", "--nonblocking", "-r", "250", "-f", "raw", "-o", out,
-                             "-p", str(proc.pid), "-d", str(max(1, int(duration - 1)))],
+                             "-p", str(proc.pid), "-d", str(max(1, int(duration - 1)))] + (["--idle"] if idle else []),
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL,
                         ),
@@ -523,6 +547,7 @@ class Bench:
         wall = time.monotonic() - start
         cpu1 = {pid: cpu_seconds(pid) for pid in cpu0}
         udp1 = udp_counters()
+        mach = machine_usage(mach0, machine_cpu())
         fwd_count, echoed, lat_b = self._target("report")
         fwd = array.array("d")
         fwd.frombytes(lat_b)
@@ -552,6 +577,7 @@ class Bench:
             "cpu": cpu,
             "udp": {k: udp1.get(k, 0) - udp0.get(k, 0) for k in ("RcvbufErrors", "SndbufErrors", "InErrors")},
             "profiles": [out for out, _ in spies],
+            "machine": mach,
         }
 
 
@@ -593,13 +619,31 @@ def describe(r: dict[str, Any], echo: bool) -> list[str]:
             f" (of {total_sent} sent by sender and target)"
         )
     cpu = ", ".join(f"{k} {100 * v:.0f} %" for k, v in r["cpu"].items())
-    lines.append(f"          CPU: {cpu};  kernel UDP errors (system-wide): {r['udp']}")
+    m = r["machine"]
+    lines.append(
+        f"          CPU of one core: {cpu};  machine ({os.cpu_count()} CPUs): busy {100 * m['busy']:.0f} %, "
+        f"softirq {100 * m['softirq']:.0f} %, steal {100 * m['steal']:.0f} %;  kernel UDP errors: {r['udp']}"
+    )
     return lines
 
 
-def summarize_profile(path: str, top: int = 18) -> list[str]:
+_GENERIC = (
+    "twistd.py",
+    "app.py",
+    "_twistd_unix.py",
+    "base.py",
+    "log.py",
+    "context.py",
+    "posixbase.py",
+    "<module>",
+)
+
+
+def summarize_profile(path: str, top: int = 16) -> list[str]:
     """
-    Self and inclusive time by frame from a py-spy raw (collapsed) file.
+    Self and inclusive time by frame from a py-spy raw (collapsed) file of the
+    reactor thread (samples of other threads, such as the idle thread pool,
+    are left out).
     """
     self_t: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
@@ -608,7 +652,7 @@ def summarize_profile(path: str, top: int = 18) -> list[str]:
         with open(path) as f:
             for line in f:
                 stack, _, n = line.rstrip().rpartition(" ")
-                if not stack:
+                if not stack or "mainLoop" not in stack:
                     continue
                 count = int(n)
                 total += count
@@ -616,7 +660,7 @@ def summarize_profile(path: str, top: int = 18) -> list[str]:
                 self_t[frames[-1]] += count
                 seen = set()
                 for fr in frames:
-                    fn = fr.rsplit(":", 1)[0] if fr.endswith(")") else fr
+                    fn = fr.rsplit(":", 1)[0] + ")" if fr.endswith(")") else fr
                     if fn not in seen:
                         seen.add(fn)
                         incl[fn] += count
@@ -624,13 +668,13 @@ def summarize_profile(path: str, top: int = 18) -> list[str]:
         return [f"  (no profile: {e})"]
     if not total:
         return ["  (empty profile)"]
-    out = [f"  {os.path.basename(path)}: {total} samples; self time by line:"]
+    out = [f"  {os.path.basename(path)}: {total} samples of the reactor thread; self time by line:"]
     for fr, n in self_t.most_common(top):
         out.append(f"    {100 * n / total:5.1f} %  {fr}")
-    out.append("   inclusive time by function (spwm and twisted frames):")
+    out.append("   inclusive time by function:")
     shown = 0
     for fr, n in incl.most_common():
-        if "spwm/" in fr or "twisted/" in fr:
+        if not any(g in fr for g in _GENERIC):
             out.append(f"    {100 * n / total:5.1f} %  {fr}")
             shown += 1
             if shown >= top:
@@ -642,39 +686,44 @@ def summarize_profile(path: str, top: int = 18) -> list[str]:
 
 
 def mode_fixed(bench: Bench, args: argparse.Namespace) -> None:
-    one_way = args.rate / 2
+    echo = not args.one_way
+    one_way = args.rate / 2 if echo else args.rate
+    shape = "each way" if echo else "one way (agent -> contact; the target is a sink)"
     print(
-        f"fixed: {args.rate:.0f} pps in total = {args.streams} streams x {one_way / args.streams:.0f} pps each way, "
+        f"fixed: {args.rate:.0f} pps in total = {args.streams} streams x {one_way / args.streams:.0f} pps {shape}, "
         f"{args.size}-byte datagrams, {args.duration:g} s per path, {'TLS' if args.tls else 'plaintext'}"
     )
-    bench.warm_up(bench.direct_dests())
-    direct = bench.run_phase("direct", one_way, args.duration, echo=True)
-    tunnel = bench.run_phase("tunnel", one_way, args.duration, echo=True, profile=args.profile)
+    direct = None
+    if not args.skip_direct:
+        bench.warm_up(bench.direct_dests())
+        direct = bench.run_phase("direct", one_way, args.duration, echo=echo)
+    bench.warm_up(bench.tunnel_dests())
+    tunnel = bench.run_phase("tunnel", one_way, args.duration, echo=echo, profile=args.profile, idle=args.idle)
     for r in (direct, tunnel):
-        print("\n".join(describe(r, True)))
-    print("  ratios tunnel/direct:")
-    for key, sent_key, recv_key, lat in (
-        ("forward", "sent", "fwd_received", "fwd_lat"),
-        ("return", "echoed", "back_received", "ret_lat"),
-        ("RTT", None, None, "rtt"),
-    ):
-        parts = []
-        if sent_key:
-            parts.append(f"delivered pps {tunnel[recv_key] / tunnel['duration'] / max(1e-9, direct[recv_key] / direct['duration']):.3f}")
-        for q, name in ((0.5, "p50"), (0.99, "p99")):
-            t, d = percentile(tunnel[lat], q), percentile(direct[lat], q)
-            parts.append(f"{name} x{t / d:.1f} (+{(t - d) * 1e6:.0f} us)")
-        print(f"    {key:8} " + ", ".join(parts))
-    total_loss = loss(tunnel["sent"] * 2, tunnel["fwd_received"] + tunnel["back_received"])
-    added = max(
-        percentile(tunnel["fwd_lat"], 0.99) - percentile(direct["fwd_lat"], 0.99),
-        percentile(tunnel["ret_lat"], 0.99) - percentile(direct["ret_lat"], 0.99),
-    )
-    ok = total_loss == 0 and added < 0.001
-    print(
-        f"  target (no loss, p99 added one-way latency < 1 ms): {'MET' if ok else 'NOT MET'} "
-        f"(loss {100 * total_loss:.3f} %, worst p99 added {added * 1e6:.0f} us)"
-    )
+        if r is not None:
+            print("\n".join(describe(r, echo)))
+    legs = [("forward", "sent", "fwd_received", "fwd_lat")]
+    if echo:
+        legs += [("return", "echoed", "back_received", "ret_lat"), ("RTT", None, None, "rtt")]
+    if direct is not None:
+        print("  ratios tunnel/direct:")
+        for key, sent_key, recv_key, lat in legs:
+            parts = []
+            if sent_key:
+                ratio = (tunnel[recv_key] / tunnel["duration"]) / max(1e-9, direct[recv_key] / direct["duration"])
+                parts.append(f"delivered pps {ratio:.3f}")
+            for q, name in ((0.5, "p50"), (0.99, "p99")):
+                t, d = percentile(tunnel[lat], q), percentile(direct[lat], q)
+                parts.append(f"{name} x{t / d:.1f} (+{(t - d) * 1e6:.0f} us)")
+            print(f"    {key:8} " + ", ".join(parts))
+        sent = tunnel["sent"] + (tunnel["sent"] if echo else 0)
+        total_loss = loss(sent, tunnel["fwd_received"] + tunnel["back_received"])
+        added = max(percentile(tunnel[lat], 0.99) - percentile(direct[lat], 0.99) for _, s, _, lat in legs if s)
+        ok = total_loss == 0 and added < 0.001
+        print(
+            f"  target (no loss, p99 added one-way latency < 1 ms): {'MET' if ok else 'NOT MET'} "
+            f"(loss {100 * total_loss:.3f} %, worst p99 added {added * 1e6:.0f} us)"
+        )
     if args.profile:
         for path in tunnel["profiles"]:
             print("\n".join(summarize_profile(path)))
@@ -699,6 +748,8 @@ def ramp(bench: Bench, args: argparse.Namespace, path: str) -> tuple[float, list
         gen_limited = achieved < 0.98 * rate
         verdict = "generator-limited" if gen_limited else ("ok" if lost < limit else "LOSS")
         cpu = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["cpu"].items())
+        m = r["machine"]
+        cpu += f"; machine busy {100 * m['busy']:.0f}%, softirq {100 * m['softirq']:.0f}%, steal {100 * m['steal']:.0f}%"
         line = (
             f"  {path:6} {rate:9.0f}/s asked, {achieved:9.0f}/s sent, {r['fwd_received'] / r['duration']:9.0f}/s delivered, "
             f"loss {100 * lost:7.3f} %, p50 {percentile(r['fwd_lat'], .5) * 1e6:7.0f} us, "
@@ -778,8 +829,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ramp-max", type=float, default=500000)
     p.add_argument("--bisect", type=int, default=3, help="ramp: bisection steps after the first failure (default 3)")
     p.add_argument("--loss-limit", type=float, default=0.1, help="ramp: percent loss that fails a step (default 0.1)")
-    p.add_argument("--skip-direct", action="store_true", help="ramp: skip the direct baseline")
+    p.add_argument("--one-way", action="store_true", help="fixed: --rate one way only, the target a sink (no echo)")
+    p.add_argument("--skip-direct", action="store_true", help="skip the direct baseline")
     p.add_argument("--profile", metavar="DIR", help="fixed: py-spy both halves during the tunnel run; files in DIR")
+    p.add_argument("--idle", action="store_true", help="--profile: count idle samples too (time waiting in epoll)")
     p.add_argument("--max-time", type=float, default=600, help="stop everything after this many seconds (default 600)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, certificates)")
     args = p.parse_args(argv)
