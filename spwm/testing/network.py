@@ -350,7 +350,8 @@ class NatBox:
             self._remove(next(k for k, m in self._by_key.items() if m is mapping))
             mapping = None
         if mapping is None:
-            self._drop("unsolicited", proto, src, dst, now)
+            # A segment of a connection whose mapping is gone is not an attempt.
+            self._drop("no-mapping" if proto == TCP and not new_flow else "unsolicited", proto, src, dst, now)
             return None
         if not mapping.static:
             if proto == TCP and new_flow:
