@@ -216,7 +216,8 @@ class ContactForwarder:
         self.idle_timeout = idle_timeout
         self.receive_buffer = receive_buffer
         self.refused = 0
-        self._sockets: dict[tuple[int, int], tuple[_TargetSocket, Any]] = {}
+        # (tunnel, channel) -> [socket protocol, port, idle timer]
+        self._sockets: dict[tuple[int, int], list[Any]] = {}
 
     @property
     def open_count(self) -> int:
@@ -248,8 +249,8 @@ class ContactForwarder:
         proto.last_active = self.clock.seconds()
         port = self._reactor.listenUDP(0, proto, interface="::" if ":" in address[0] else "0.0.0.0")
         proto.transport.connect(*address)
-        self._sockets[id(tunnel), channel_id] = (proto, port)
-        self._reactor.callLater(self.idle_timeout, self._check_idle, tunnel, channel_id)
+        timer = self._reactor.callLater(self.idle_timeout, self._check_idle, tunnel, channel_id)
+        self._sockets[id(tunnel), channel_id] = [proto, port, timer]
 
     def _check_idle(self, tunnel: TunnelProtocol, channel_id: int) -> None:
         entry = self._sockets.get((id(tunnel), channel_id))
@@ -260,7 +261,7 @@ class ContactForwarder:
             self._close((id(tunnel), channel_id))
             tunnel.close_channel(channel_id, ErrorCode.NO_ERROR, "idle")
         else:
-            self._reactor.callLater(self.idle_timeout - idle, self._check_idle, tunnel, channel_id)
+            entry[2] = self._reactor.callLater(self.idle_timeout - idle, self._check_idle, tunnel, channel_id)
 
     def datagram_received(self, tunnel: TunnelProtocol, channel_id: int, data: bytes, component: int) -> None:
         entry = self._sockets.get((id(tunnel), channel_id))
@@ -276,6 +277,8 @@ class ContactForwarder:
         entry = self._sockets.pop(key, None)
         if entry is not None:
             entry[1].stopListening()
+            if entry[2].active():
+                entry[2].cancel()
 
     def stream_data_received(self, tunnel: TunnelProtocol, channel_id: int, data: bytes) -> None:
         pass

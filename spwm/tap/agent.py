@@ -100,6 +100,6 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     )
     tunnel.setServiceParent(top)
     _Hook(forwarder.start, forwarder.stop).setServiceParent(top)
-    top.tunnel = tunnel  # type: ignore[attr-defined]
+    top.tunnel_service = tunnel  # type: ignore[attr-defined]
     top.mux = mux  # type: ignore[attr-defined]
     return top

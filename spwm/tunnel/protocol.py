@@ -188,6 +188,7 @@ class TunnelProtocol(Protocol):
         self._timer_at: float | None = None
         self._established = False
         self._lost = False
+        self._closing = False
         self.go_away_info: ev.PeerWentAway | None = None
         self.close_info: ev.TunnelClosed | None = None
         #: called with this protocol when the peer sends go-away
@@ -422,7 +423,7 @@ class TunnelProtocol(Protocol):
         Close the tunnel with a reason.
         """
         if self.connection is None:
-            self.transport.loseConnection()
+            self._close_transport()
             return
         closed = self.connection.close(code, reason)
         if closed is not None:
@@ -454,7 +455,15 @@ class TunnelProtocol(Protocol):
                 if out:
                     self._write(out)
         if connection.state is State.CLOSED:
-            self.transport.loseConnection()
+            self._close_transport()
+
+    def _close_transport(self) -> None:
+        # A TLS transport waits for its producer to go before it shuts down.
+        if self._closing:
+            return
+        self._closing = True
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def _rearm(self) -> None:
         if self.connection is None or self._lost:

@@ -404,6 +404,14 @@ class AgentTunnelService(ClientService):
         if not was_up:
             self.log.warn("tunnel to {contact} failed: {reason}", contact=self.description, reason=why)
 
+    def stopService(self) -> Deferred[None]:
+        """
+        Close the tunnel with a reason, then stop reconnecting.
+        """
+        if self.tunnel is not None:
+            self.tunnel.close(0, "agent stopping")
+        return super().stopService()
+
     def on_go_away(self, protocol: TunnelProtocol) -> None:
         """
         The contact point is draining: drop this tunnel now and reconnect at once.

@@ -1,0 +1,194 @@
+"""
+Integration tests on loopback with real sockets and TLS: UDP forwarding
+through an agent and a contact point, refused certificates, reconnection
+after the contact point restarts.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from spwm.tap import agent, contact
+from spwm.testing.certs import TestCA
+
+
+class Echo(DatagramProtocol):
+    noisy = False
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.transport.write(b"echo:" + data, addr)
+
+
+class Client(DatagramProtocol):
+    noisy = False
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.waiter: defer.Deferred[bytes] | None = None
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.received.append(data)
+        if self.waiter is not None:
+            w, self.waiter = self.waiter, None
+            w.callback(data)
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, step: float = 0.05) -> defer.Deferred[None]:
+    """
+    Poll C{predicate} on the real reactor; fail after C{timeout} seconds.
+    """
+    d: defer.Deferred[None] = defer.Deferred()
+    deadline = reactor.seconds() + timeout
+
+    def check() -> None:
+        if predicate():
+            d.callback(None)
+        elif reactor.seconds() > deadline:
+            d.errback(AssertionError(f"condition not met within {timeout} s"))
+        else:
+            reactor.callLater(step, check)
+
+    check()
+    return d
+
+
+class LoopbackTests(TestCase):
+    """
+    Agent and contact point as assembled by their twistd plugins, on loopback.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.ca = TestCA(self.mktemp())
+        self.cert = self.ca.issue(["contact.spwm.test", "127.0.0.1"], "contact")
+        self.echo_port = reactor.listenUDP(0, Echo(), interface="127.0.0.1")
+        self.addCleanup(self.echo_port.stopListening)
+        self.echo = self.echo_port.getHost().port
+        self.log_events: list[dict] = []
+        globalLogPublisher.addObserver(self.log_events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.log_events.append)
+
+    def start(self, service: Any) -> Any:
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service
+
+    @defer.inlineCallbacks
+    def start_contact(self, port: int = 0, extra: list[str] = ()) -> Any:
+        options = contact.Options()
+        options.parseOptions(
+            ["--listen", f"tcp:{port}:interface=127.0.0.1", "--cert", self.cert.cert, "--key", self.cert.key,
+             "--allow-forward", f"127.0.0.1:{self.echo}", "--drain-time", "0.5", *extra]
+        )
+        service = contact.makeService(options, reactor)
+        service.startService()
+        listening = yield service.listener.listening
+        return service, listening.getHost().port
+
+    def start_agent(self, contact_port: int, server_name: str = "contact.spwm.test", extra: list[str] = ()) -> Any:
+        options = agent.Options()
+        local = self.free_udp_port()
+        options.parseOptions(
+            ["--contact", f"127.0.0.1:{contact_port}", "--server-name", server_name, "--ca", self.ca.ca_file,
+             "--forward-udp", f"{local}=127.0.0.1:{self.echo}", "--reconnect-max", "0.5", *extra]
+        )
+        service = self.start(agent.makeService(options, reactor))
+        return service, local
+
+    def free_udp_port(self) -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    @defer.inlineCallbacks
+    def exchange(self, local: int, payload: bytes, tries: int = 20) -> Any:
+        client = Client()
+        port = reactor.listenUDP(0, client, interface="127.0.0.1")
+        try:
+            for _ in range(tries):
+                client.waiter = defer.Deferred()
+                port.write(payload, ("127.0.0.1", local))
+                timeout = reactor.callLater(0.25, lambda w=client.waiter: w.called or w.callback(None))
+                got = yield client.waiter
+                if timeout.active():
+                    timeout.cancel()
+                if got is not None:
+                    return got
+            return None
+        finally:
+            yield port.stopListening()
+
+    @defer.inlineCallbacks
+    def test_udp_forward_over_tls(self) -> None:
+        """
+        A datagram to the agent's forward port reaches the target through the
+        TLS tunnel and the answer comes back to the sender.
+        """
+        service, port = yield self.start_contact()
+        self.addCleanup(service.stopService)
+        agent_service, local = self.start_agent(port)
+        yield wait_until(lambda: agent_service.tunnel_service.tunnel is not None)
+        got = yield self.exchange(local, b"ping")
+        self.assertEqual(got, b"echo:ping")
+        self.assertEqual(agent_service.tunnel_service.tunnel.transport.negotiatedProtocol, b"spwm/1")
+
+    @defer.inlineCallbacks
+    def test_certificate_mismatch_refused(self) -> None:
+        """
+        A contact point whose certificate does not match the expected name is
+        refused, and the log says why.
+        """
+        service, port = yield self.start_contact()
+        self.addCleanup(service.stopService)
+        agent_service, local = self.start_agent(port, server_name="other.spwm.test")
+        yield wait_until(
+            lambda: any("does not match the server name" in str(e.get("reason", "")) for e in self.log_events)
+        )
+        self.assertIsNone(agent_service.tunnel_service.tunnel)
+        self.assertEqual(len(service.factory.tunnels), 0)
+
+    @defer.inlineCallbacks
+    def test_reconnect_after_restart(self) -> None:
+        """
+        When the contact point stops and starts again on the same port, the
+        agent reconnects and forwarding works again.
+        """
+        service, port = yield self.start_contact()
+        agent_service, local = self.start_agent(port)
+        yield wait_until(lambda: agent_service.tunnel_service.tunnel is not None)
+        first = agent_service.tunnel_service.tunnel
+        yield service.stopService()
+        yield wait_until(lambda: agent_service.tunnel_service.tunnel is None)
+        service, _ = yield self.start_contact(port)
+        self.addCleanup(service.stopService)
+        yield wait_until(lambda: agent_service.tunnel_service.tunnel is not None and agent_service.tunnel_service.tunnel is not first)
+        got = yield self.exchange(local, b"again")
+        self.assertEqual(got, b"echo:again")
+
+    @defer.inlineCallbacks
+    def test_forward_not_allowed(self) -> None:
+        """
+        A forward to a target the contact point does not allow is refused with
+        a log line on both sides and nothing is sent.
+        """
+        service, port = yield self.start_contact()
+        self.addCleanup(service.stopService)
+        options = agent.Options()
+        local = self.free_udp_port()
+        options.parseOptions(
+            ["--contact", f"127.0.0.1:{port}", "--server-name", "contact.spwm.test", "--ca", self.ca.ca_file,
+             "--forward-udp", f"{local}=127.0.0.1:9"]
+        )
+        agent_service = self.start(agent.makeService(options, reactor))
+        yield wait_until(lambda: agent_service.tunnel_service.tunnel is not None)
+        got = yield self.exchange(local, b"x", tries=2)
+        self.assertIsNone(got)
+        self.assertEqual(service.forwarder.refused, 2)
+        self.assertTrue(any("refused" in e.get("log_format", "") for e in self.log_events))
