@@ -88,7 +88,13 @@ class AgentBehindStrictNATTests(SynchronousTestCase):
 
         options = contact.Options()
         options.parseOptions(
-            ["--listen", f"tcp:443:interface={CONTACT}", "--plaintext", "--allow-forward", f"{ECHO}:7"]
+            [
+                "--listen",
+                f"tcp:443:interface={CONTACT}",
+                "--plaintext",
+                "--allow-forward",
+                f"{ECHO}:7",
+            ]
         )
         self.contact = contact.makeService(options, reactor=self.contact_host.reactor)
         options = agent.Options()
@@ -159,7 +165,9 @@ class AgentBehindStrictNATTests(SynchronousTestCase):
         self.network.advance(300)
         self.assertTrue(self.agent.tunnel.tunnel.is_open)
         client = Collect()
-        self.client_host.reactor.listenUDP(0, client).write(b"later", (AGENT, FORWARD_PORT))
+        self.client_host.reactor.listenUDP(0, client).write(
+            b"later", (AGENT, FORWARD_PORT)
+        )
         self.network.flush()
         self.assertEqual(client.seen, [(b"echo:later", (AGENT, FORWARD_PORT))])
 
@@ -175,7 +183,9 @@ class AgentBehindStrictNATTests(SynchronousTestCase):
         attempts = []
         for port in ports:
             attempt = Attempt()
-            self.contact_host.reactor.connectTCP(ROUTER_PUBLIC, port, attempt, timeout=5)
+            self.contact_host.reactor.connectTCP(
+                ROUTER_PUBLIC, port, attempt, timeout=5
+            )
             attempts.append(attempt)
         direct = Attempt()
         self.contact_host.reactor.connectTCP(AGENT, FORWARD_PORT, direct, timeout=5)

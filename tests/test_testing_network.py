@@ -9,10 +9,15 @@ from typing import Any
 
 from hypothesis import given, strategies as st
 from twisted.internet import error
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+)
 from twisted.internet.interfaces import (
     IConnector,
     IConsumer,
+    IHalfCloseableProtocol,
     IHostnameResolver,
     IListeningPort,
     IPushProducer,
@@ -153,7 +158,12 @@ class InterfaceTests(SynchronousTestCase):
         """
         network, _ = build()
         reactor = network.hosts["a"].reactor
-        for interface in (IReactorTime, IReactorUDP, IReactorTCP, IReactorPluggableNameResolver):
+        for interface in (
+            IReactorTime,
+            IReactorUDP,
+            IReactorTCP,
+            IReactorPluggableNameResolver,
+        ):
             self.assertTrue(verifyObject(interface, reactor))
         self.assertTrue(verifyObject(IHostnameResolver, reactor.nameResolver))
 
@@ -203,7 +213,13 @@ class UDPTests(SynchronousTestCase):
         """
         port = self.server.listenUDP(7, Collect())
         self.assertRaises(error.CannotListenError, self.server.listenUDP, 7, Collect())
-        self.assertRaises(error.CannotListenError, self.server.listenUDP, 7, Collect(), interface=SERVER)
+        self.assertRaises(
+            error.CannotListenError,
+            self.server.listenUDP,
+            7,
+            Collect(),
+            interface=SERVER,
+        )
         port.stopListening()
         self.server.listenUDP(7, Collect(), interface=SERVER)
         self.assertRaises(error.CannotListenError, self.server.listenUDP, 7, Collect())
@@ -212,7 +228,13 @@ class UDPTests(SynchronousTestCase):
         """
         Binding to an address that is not the host's fails.
         """
-        self.assertRaises(error.CannotListenError, self.server.listenUDP, 7, Collect(), interface=OTHER)
+        self.assertRaises(
+            error.CannotListenError,
+            self.server.listenUDP,
+            7,
+            Collect(),
+            interface=OTHER,
+        )
 
     def test_ephemeral(self) -> None:
         """
@@ -228,8 +250,12 @@ class UDPTests(SynchronousTestCase):
         Oversized datagrams, host names and a missing address are refused.
         """
         port = self.server.listenUDP(0, Collect())
-        self.assertRaises(error.MessageLengthError, port.write, b"x" * 65508, (OTHER, 7))
-        self.assertRaises(error.InvalidAddressError, port.write, b"x", ("example.com", 7))
+        self.assertRaises(
+            error.MessageLengthError, port.write, b"x" * 65508, (OTHER, 7)
+        )
+        self.assertRaises(
+            error.InvalidAddressError, port.write, b"x", ("example.com", 7)
+        )
         self.assertRaises(TypeError, port.write, b"x")
 
     def test_delivery_after_flush(self) -> None:
@@ -360,8 +386,12 @@ class NATUDPTests(SynchronousTestCase):
         self.network.flush()
         public = self.echo.seen[0][1]
         self.network.hosts["other"].reactor.listenUDP(0, Collect()).write(b"in", public)
-        self.network.hosts["server"].reactor.listenUDP(8, Collect()).write(b"in", public)
-        self.network.hosts["server"].reactor.listenUDP(0, Collect()).write(b"in", (NAT_PUBLIC, 40000))
+        self.network.hosts["server"].reactor.listenUDP(8, Collect()).write(
+            b"in", public
+        )
+        self.network.hosts["server"].reactor.listenUDP(0, Collect()).write(
+            b"in", (NAT_PUBLIC, 40000)
+        )
         self.network.flush()
         self.assertEqual(self.client.seen, [(b"re:ping", (SERVER, 7))])
         self.assertEqual(self.nat.counters["dropped_unsolicited_udp"], 3)
@@ -440,7 +470,9 @@ class NATUDPTests(SynchronousTestCase):
         """
         A private address is not reachable from the public side.
         """
-        self.network.hosts["server"].reactor.listenUDP(0, Collect()).write(b"x", (LAN_A, 5060))
+        self.network.hosts["server"].reactor.listenUDP(0, Collect()).write(
+            b"x", (LAN_A, 5060)
+        )
         self.network.flush()
         self.assertEqual(self.client.seen, [])
         self.assertEqual(self.network.counters["udp_unroutable"], 1)
@@ -454,7 +486,9 @@ class NATUDPTests(SynchronousTestCase):
         inside = Collect(echo=True)
         network.hosts["a"].reactor.listenUDP(5060, inside)
         outside = Collect()
-        network.hosts["server"].reactor.listenUDP(9, outside).write(b"call", (NAT_PUBLIC, 5060))
+        network.hosts["server"].reactor.listenUDP(9, outside).write(
+            b"call", (NAT_PUBLIC, 5060)
+        )
         network.flush()
         self.assertEqual(inside.seen, [(b"call", (SERVER, 9))])
         self.assertEqual(outside.seen, [(b"re:call", (NAT_PUBLIC, 5060))])
@@ -524,7 +558,9 @@ class TCPTests(SynchronousTestCase):
         self.servers = ServerFactory()
         self.network.hosts["server"].reactor.listenTCP(443, self.servers)
 
-    def connect(self, port: int = 443, host: str = SERVER, src: str = "a", timeout: float = 5) -> Attempt:
+    def connect(
+        self, port: int = 443, host: str = SERVER, src: str = "a", timeout: float = 5
+    ) -> Attempt:
         attempt = Attempt()
         self.network.hosts[src].reactor.connectTCP(host, port, attempt, timeout=timeout)
         return attempt
@@ -664,8 +700,12 @@ class TCPTests(SynchronousTestCase):
         self.network.add_name("server.example", SERVER)
         got: list[Any] = []
         reactor = self.network.hosts["a"].reactor
-        HostnameEndpoint(reactor, "server.example", 443).connect(Factory.forProtocol(Recorder)).addCallback(got.append)
-        TCP4ServerEndpoint(self.network.hosts["other"].reactor, 8000).listen(Factory.forProtocol(Recorder))
+        HostnameEndpoint(reactor, "server.example", 443).connect(
+            Factory.forProtocol(Recorder)
+        ).addCallback(got.append)
+        TCP4ServerEndpoint(self.network.hosts["other"].reactor, 8000).listen(
+            Factory.forProtocol(Recorder)
+        )
         TCP4ClientEndpoint(self.network.hosts["server"].reactor, OTHER, 8000).connect(
             Factory.forProtocol(Recorder)
         ).addCallback(got.append)
@@ -730,3 +770,75 @@ class TCPTests(SynchronousTestCase):
             client.proto.transport.write(chunk)
         network.flush()
         self.assertEqual(servers.protos[0].data, b"".join(chunks))
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloser(Recorder):
+    """
+    Answers the end of the peer's stream with C{b"bye"} and its own end.
+    """
+
+    def readConnectionLost(self) -> None:
+        self.transport.write(b"bye")
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+class Pull:
+    """
+    A pull producer that writes C{count} chunks, one per request.
+    """
+
+    def __init__(self, transport: Any, count: int) -> None:
+        self.transport = transport
+        self.left = count
+
+    def resumeProducing(self) -> None:
+        if self.left:
+            self.left -= 1
+            self.transport.write(b"chunk")
+        else:
+            self.transport.unregisterProducer()
+
+    def stopProducing(self) -> None:
+        self.left = 0
+
+
+class TCPMoreTests(SynchronousTestCase):
+    """
+    Half-close and pull producers.
+    """
+
+    def test_half_close(self) -> None:
+        """
+        After C{loseWriteConnection} a half-closeable peer reads the end of
+        the stream and can still answer.
+        """
+        network, _ = build()
+        network.hosts["server"].reactor.listenTCP(443, Factory.forProtocol(HalfCloser))
+        client = Attempt()
+        network.hosts["a"].reactor.connectTCP(SERVER, 443, client)
+        network.flush()
+        client.proto.transport.write(b"question")
+        client.proto.transport.loseWriteConnection()
+        network.flush()
+        self.assertEqual(client.proto.data, b"bye")
+        client.proto.lost.trap(error.ConnectionDone)
+
+    def test_pull_producer(self) -> None:
+        """
+        A pull producer is asked for more each time the buffer drains.
+        """
+        network, _ = build()
+        servers = ServerFactory()
+        network.hosts["server"].reactor.listenTCP(443, servers)
+        client = Attempt()
+        network.hosts["a"].reactor.connectTCP(SERVER, 443, client)
+        network.flush()
+        transport = client.proto.transport
+        transport.registerProducer(Pull(transport, 3), False)
+        network.flush()
+        self.assertEqual(servers.protos[0].data, b"chunk" * 3)
+        self.assertIsNone(transport.producer)

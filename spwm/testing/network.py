@@ -120,7 +120,9 @@ class Link:
 
     loss: float = field(default=0.0, validator=_probability)
     delay: float = field(default=0.0, validator=_non_negative)
-    rate: float | None = field(default=None, validator=validators.optional(validators.gt(0)))
+    rate: float | None = field(
+        default=None, validator=validators.optional(validators.gt(0))
+    )
 
 
 @frozen
@@ -249,7 +251,9 @@ class NatBox:
 
     # -- configuration ----------------------------------------------------
 
-    def forward_port(self, proto: str, public_port: int, inside_address: str, inside_port: int) -> None:
+    def forward_port(
+        self, proto: str, public_port: int, inside_address: str, inside_port: int
+    ) -> None:
         """
         Add a static port forward (DNAT): C{proto} packets and connections to
         C{public_port} go to the inside address and port, whatever their
@@ -257,7 +261,9 @@ class NatBox:
         """
         if (proto, public_port) in self._by_public:
             raise ValueError(f"{proto} port {public_port} of {self.name} is in use")
-        mapping = _Mapping(proto, (inside_address, inside_port), public_port, 0.0, static=True)
+        mapping = _Mapping(
+            proto, (inside_address, inside_port), public_port, 0.0, static=True
+        )
         self._by_key[proto, (inside_address, inside_port)] = mapping
         self._by_public[proto, public_port] = mapping
 
@@ -300,8 +306,13 @@ class NatBox:
         del self._by_public[mapping.proto, mapping.public_port]
         self.counters["expired"] += 1
 
-    def _drop(self, reason: str, proto: str, src: Address, dst: Address, now: float) -> None:
-        self.counters[f"dropped_{reason.replace('-', '_')}" + ("" if reason == "no-mapping" else f"_{proto}")] += 1
+    def _drop(
+        self, reason: str, proto: str, src: Address, dst: Address, now: float
+    ) -> None:
+        self.counters[
+            f"dropped_{reason.replace('-', '_')}"
+            + ("" if reason == "no-mapping" else f"_{proto}")
+        ] += 1
         self.drops.append(Drop(reason, proto, src, dst, now))
 
     def _allocate(self, proto: str) -> int:
@@ -312,7 +323,9 @@ class NatBox:
                 return port
         raise RuntimeError(f"{self.name} has no free {proto} port")
 
-    def outbound(self, proto: str, src: Address, dst: Address, now: float, new_flow: bool) -> Address | None:
+    def outbound(
+        self, proto: str, src: Address, dst: Address, now: float, new_flow: bool
+    ) -> Address | None:
         """
         Translate a packet from the inside: the public source address, or
         C{None} when it is dropped.
@@ -325,7 +338,11 @@ class NatBox:
         if mapping is not None and self._stale(mapping, now):
             self._remove(key)
             mapping = None
-        if new_flow and (mapping is None or not mapping.static) and not self.policy.allows(proto, dst[1]):
+        if (
+            new_flow
+            and (mapping is None or not mapping.static)
+            and not self.policy.allows(proto, dst[1])
+        ):
             self._drop("egress", proto, src, dst, now)
             return None
         if mapping is None:
@@ -340,7 +357,9 @@ class NatBox:
         self.counters["translated_out"] += 1
         return (self.public_address, mapping.public_port)
 
-    def inbound(self, proto: str, src: Address, dst: Address, now: float, new_flow: bool) -> Address | None:
+    def inbound(
+        self, proto: str, src: Address, dst: Address, now: float, new_flow: bool
+    ) -> Address | None:
         """
         Translate a packet for the NAT's public address: the inside
         destination, or C{None} when it is dropped.
@@ -351,7 +370,13 @@ class NatBox:
             mapping = None
         if mapping is None:
             # A segment of a connection whose mapping is gone is not an attempt.
-            self._drop("no-mapping" if proto == TCP and not new_flow else "unsolicited", proto, src, dst, now)
+            self._drop(
+                "no-mapping" if proto == TCP and not new_flow else "unsolicited",
+                proto,
+                src,
+                dst,
+                now,
+            )
             return None
         if not mapping.static:
             if proto == TCP and new_flow:
@@ -376,7 +401,11 @@ class NatBox:
         Forget the dynamic mapping of C{inside} (its connection closed).
         """
         for key, mapping in list(self._by_key.items()):
-            if mapping.proto == proto and mapping.inside == inside and not mapping.static:
+            if (
+                mapping.proto == proto
+                and mapping.inside == inside
+                and not mapping.static
+            ):
                 del self._by_key[key]
                 del self._by_public[proto, mapping.public_port]
 
@@ -416,7 +445,9 @@ class _Hop:
 
     def check(self, from_initiator: bool, now: float) -> bool:
         if from_initiator == self.forward:
-            return self.nat.outbound(TCP, self.inside, self.remote, now, False) is not None
+            return (
+                self.nat.outbound(TCP, self.inside, self.remote, now, False) is not None
+            )
         return self.nat.inbound(TCP, self.remote, self.public, now, False) is not None
 
 
@@ -455,7 +486,9 @@ class FakeHost:
     @ivar link: the L{Link} of this host (assign a new one to change it).
     """
 
-    def __init__(self, network: FakeNetwork, name: str, address: str, segment: Segment) -> None:
+    def __init__(
+        self, network: FakeNetwork, name: str, address: str, segment: Segment
+    ) -> None:
         self.network = network
         self.name = name
         self.address = address
@@ -480,26 +513,41 @@ class FakeHost:
         if interface in WILDCARDS:
             return ""
         if not self.owns(interface):
-            raise error.CannotListenError(interface, port, OSError(errno.EADDRNOTAVAIL, "address not available"))
+            raise error.CannotListenError(
+                interface, port, OSError(errno.EADDRNOTAVAIL, "address not available")
+            )
         return interface
 
-    def _in_use(self, table: Iterable[tuple[str, int]], interface: str, port: int) -> bool:
-        return any(p == port and (i == interface or i == "" or interface == "") for i, p in table)
+    def _in_use(
+        self, table: Iterable[tuple[str, int]], interface: str, port: int
+    ) -> bool:
+        return any(
+            p == port and (i == interface or i == "" or interface == "")
+            for i, p in table
+        )
 
     def _ephemeral(self, proto: str, used: Callable[[int], bool]) -> int:
         for _ in range(EPHEMERAL_LAST - EPHEMERAL_FIRST + 1):
             port = self._next_ephemeral[proto]
-            self._next_ephemeral[proto] = port + 1 if port < EPHEMERAL_LAST else EPHEMERAL_FIRST
+            self._next_ephemeral[proto] = (
+                port + 1 if port < EPHEMERAL_LAST else EPHEMERAL_FIRST
+            )
             if not used(port):
                 return port
-        raise error.CannotListenError("", 0, OSError(errno.EADDRINUSE, "no free ephemeral port"))
+        raise error.CannotListenError(
+            "", 0, OSError(errno.EADDRINUSE, "no free ephemeral port")
+        )
 
     def _bind_udp(self, port: int, interface: str) -> tuple[str, int]:
         interface = self._check_interface(interface, port)
         if port == 0:
-            port = self._ephemeral(UDP, lambda p: self._in_use(self.udp_ports, interface, p))
+            port = self._ephemeral(
+                UDP, lambda p: self._in_use(self.udp_ports, interface, p)
+            )
         elif self._in_use(self.udp_ports, interface, port):
-            raise error.CannotListenError(interface, port, OSError(errno.EADDRINUSE, "address already in use"))
+            raise error.CannotListenError(
+                interface, port, OSError(errno.EADDRINUSE, "address already in use")
+            )
         return interface, port
 
     def _bind_tcp(self, port: int, interface: str) -> tuple[str, int]:
@@ -511,7 +559,9 @@ class FakeHost:
         if port == 0:
             port = self._ephemeral(TCP, used)
         elif self._in_use(self.tcp_listeners, interface, port):
-            raise error.CannotListenError(interface, port, OSError(errno.EADDRINUSE, "address already in use"))
+            raise error.CannotListenError(
+                interface, port, OSError(errno.EADDRINUSE, "address already in use")
+            )
         return interface, port
 
     def _find(self, table: dict[tuple[str, int], Any], address: Address) -> Any:
@@ -552,7 +602,9 @@ class _FakeResolver:
         resolutionReceiver.resolutionBegan(resolution)
         address = self._network.resolve(hostName)
         if address is not None:
-            resolutionReceiver.addressResolved(IPv4Address(transportSemantics, address, portNumber))
+            resolutionReceiver.addressResolved(
+                IPv4Address(transportSemantics, address, portNumber)
+            )
         resolutionReceiver.resolutionComplete()
         return resolution
 
@@ -578,7 +630,9 @@ class FakeReactor:
     def seconds(self) -> float:
         return self._clock.seconds()
 
-    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    def callLater(
+        self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any
+    ) -> Any:
         return self._clock.callLater(delay, callable, *args, **kw)
 
     def getDelayedCalls(self) -> list[Any]:
@@ -592,7 +646,9 @@ class FakeReactor:
 
     # -- IReactorUDP ------------------------------------------------------
 
-    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> FakeUDPPort:
+    def listenUDP(
+        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
+    ) -> FakeUDPPort:
         """
         Bind a UDP port.
 
@@ -607,7 +663,9 @@ class FakeReactor:
 
     # -- IReactorTCP ------------------------------------------------------
 
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> FakeTCPListeningPort:
+    def listenTCP(
+        self, port: int, factory: Any, backlog: int = 50, interface: str = ""
+    ) -> FakeTCPListeningPort:
         """
         Listen for TCP connections.
 
@@ -621,7 +679,12 @@ class FakeReactor:
         return listener
 
     def connectTCP(
-        self, host: str, port: int, factory: Any, timeout: float = 30, bindAddress: Address | None = None
+        self,
+        host: str,
+        port: int,
+        factory: Any,
+        timeout: float = 30,
+        bindAddress: Address | None = None,
     ) -> FakeConnector:
         """
         Start a TCP connection; the outcome arrives through the network.
@@ -640,7 +703,14 @@ class FakeUDPPort:
     @ivar received: C{(datagram, addr)} for every datagram delivered (bounded).
     """
 
-    def __init__(self, host: FakeHost, protocol: Any, interface: str, port: int, max_packet_size: int) -> None:
+    def __init__(
+        self,
+        host: FakeHost,
+        protocol: Any,
+        interface: str,
+        port: int,
+        max_packet_size: int,
+    ) -> None:
         self.host = host
         self.protocol = protocol
         self.interface = interface
@@ -654,7 +724,9 @@ class FakeUDPPort:
         self._socket = _FakeSocket()
 
     def __repr__(self) -> str:
-        return f"<FakeUDPPort {self.host.name} {self.interface or '0.0.0.0'}:{self.port}>"
+        return (
+            f"<FakeUDPPort {self.host.name} {self.interface or '0.0.0.0'}:{self.port}>"
+        )
 
     def _source(self, dst: str) -> str:
         if self.interface:
@@ -672,12 +744,16 @@ class FakeUDPPort:
             raise TypeError(f"datagram must be bytes, not {type(datagram).__name__}")
         if self.connected_address is not None:
             if addr not in (None, self.connected_address):
-                raise AssertionError(f"connected to {self.connected_address}, cannot write to {addr}")
+                raise AssertionError(
+                    f"connected to {self.connected_address}, cannot write to {addr}"
+                )
             addr = self.connected_address
         if addr is None:
             raise TypeError("write() needs an address on an unconnected port")
         if not _is_ipv4(addr[0]):
-            raise error.InvalidAddressError(addr[0], "write() only accepts IP addresses, not hostnames")
+            raise error.InvalidAddressError(
+                addr[0], "write() only accepts IP addresses, not hostnames"
+            )
         if len(datagram) > MAX_UDP_PAYLOAD:
             raise error.MessageLengthError("message too long")
         if not self.listening:
@@ -693,7 +769,9 @@ class FakeUDPPort:
         Connect: writes go to C{(host, port)} and only its datagrams arrive.
         """
         if self.connected_address is not None:
-            raise RuntimeError("already connected, reconnecting is not currently supported")
+            raise RuntimeError(
+                "already connected, reconnecting is not currently supported"
+            )
         if not _is_ipv4(host):
             raise error.InvalidAddressError(host, "not an IPv4 or IPv6 address.")
         self.connected_address = (host, port)
@@ -734,7 +812,9 @@ class FakeUDPPort:
         try:
             self.protocol.datagramReceived(datagram, src)
         except Exception:
-            FakeNetwork.log.failure("unhandled error in datagramReceived of {port}", port=self)
+            FakeNetwork.log.failure(
+                "unhandled error in datagramReceived of {port}", port=self
+            )
 
 
 @implementer(IListeningPort)
@@ -779,7 +859,13 @@ class FakeConnector:
     """
 
     def __init__(
-        self, host: FakeHost, dst_host: str, dst_port: int, factory: Any, timeout: float, bind: Address | None
+        self,
+        host: FakeHost,
+        dst_host: str,
+        dst_port: int,
+        factory: Any,
+        timeout: float,
+        bind: Address | None,
     ) -> None:
         self.host = host
         self.dst_host = dst_host
@@ -815,18 +901,26 @@ class FakeConnector:
         network = self.host.network
         address = network.resolve(self.dst_host)
         if address is None:
-            network._later(0.0, self._failed, self._attempt, error.DNSLookupError(self.dst_host))
+            network._later(
+                0.0, self._failed, self._attempt, error.DNSLookupError(self.dst_host)
+            )
             return
         interface = self.bind[0] if self.bind else ""
         try:
-            interface, port = self.host._bind_tcp(self.bind[1] if self.bind else 0, interface)
+            interface, port = self.host._bind_tcp(
+                self.bind[1] if self.bind else 0, interface
+            )
         except error.CannotListenError as e:
-            network._later(0.0, self._failed, self._attempt, error.ConnectBindError(e.socketError))
+            network._later(
+                0.0, self._failed, self._attempt, error.ConnectBindError(e.socketError)
+            )
             return
         self._local_port = port
         self.host._tcp_used.add(port)
         src_ip = interface or (LOOPBACK if address == LOOPBACK else self.host.address)
-        self._timer = network.clock.callLater(self.timeout, self._timed_out, self._attempt)
+        self._timer = network.clock.callLater(
+            self.timeout, self._timed_out, self._attempt
+        )
         network._send_syn(self, (src_ip, port), (address, self.dst_port), self._attempt)
 
     def stopConnecting(self) -> None:
@@ -963,7 +1057,14 @@ class FakeTCPTransport:
     @ivar buffered: bytes written and not yet received by the peer's protocol.
     """
 
-    def __init__(self, connection: _Connection, side: int, host: FakeHost, local: Address, peer: Address) -> None:
+    def __init__(
+        self,
+        connection: _Connection,
+        side: int,
+        host: FakeHost,
+        local: Address,
+        peer: Address,
+    ) -> None:
         self._conn = connection
         self._side = side
         self.host = host
@@ -1067,7 +1168,9 @@ class FakeTCPTransport:
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         if self.producer is not None:
-            raise RuntimeError(f"Cannot register producer {producer}, because producer {self.producer} was never unregistered.")
+            raise RuntimeError(
+                f"Cannot register producer {producer}, because producer {self.producer} was never unregistered."
+            )
         if self.disconnected:
             producer.stopProducing()
             return
@@ -1154,11 +1257,16 @@ class FakeTCPTransport:
         while self._inbox and not self.reading_paused and not self.disconnected:
             item, size = self._inbox.popleft()
             if item is _FIN:
-                if IHalfCloseableProtocol.providedBy(self.protocol) and not self.disconnecting:
+                if (
+                    IHalfCloseableProtocol.providedBy(self.protocol)
+                    and not self.disconnecting
+                ):
                     try:
                         self.protocol.readConnectionLost()
                     except Exception:
-                        FakeNetwork.log.failure("unhandled error in readConnectionLost of {t}", t=self)
+                        FakeNetwork.log.failure(
+                            "unhandled error in readConnectionLost of {t}", t=self
+                        )
                         self._close(Failure())
                 else:
                     self._close(Failure(error.ConnectionDone()))
@@ -1172,7 +1280,9 @@ class FakeTCPTransport:
             try:
                 self.protocol.dataReceived(item)
             except Exception:
-                FakeNetwork.log.failure("unhandled error in dataReceived of {t}", t=self)
+                FakeNetwork.log.failure(
+                    "unhandled error in dataReceived of {t}", t=self
+                )
                 self.abortConnection()
 
     def _close(self, reason: Failure) -> None:
@@ -1198,7 +1308,9 @@ class FakeTCPTransport:
 
 def _is_ipv4(text: Any) -> bool:
     try:
-        return isinstance(text, str) and isinstance(ipaddress.ip_address(text), ipaddress.IPv4Address)
+        return isinstance(text, str) and isinstance(
+            ipaddress.ip_address(text), ipaddress.IPv4Address
+        )
     except ValueError:
         return False
 
@@ -1218,7 +1330,9 @@ class FakeNetwork:
 
     log = Logger()
 
-    def __init__(self, clock: Clock | None = None, seed: int = 0, tcp_buffer: int = 65536) -> None:
+    def __init__(
+        self, clock: Clock | None = None, seed: int = 0, tcp_buffer: int = 65536
+    ) -> None:
         self.clock = clock if clock is not None else Clock()
         self.random = random.Random(seed)
         self.tcp_buffer = tcp_buffer
@@ -1242,7 +1356,9 @@ class FakeNetwork:
         segment = self.segments[name] = Segment(self, name)
         return segment
 
-    def add_host(self, name: str, address: str, segment: Segment | None = None) -> FakeHost:
+    def add_host(
+        self, name: str, address: str, segment: Segment | None = None
+    ) -> FakeHost:
         """
         Add a host with an IPv4 address on C{segment} (default: the internet).
         """
@@ -1372,7 +1488,11 @@ class FakeNetwork:
         target = self.clock.seconds() + seconds
         self.flush()
         for _ in range(max_steps):
-            times = [t for t in (self._next_call(), self._queue[0][0] if self._queue else None) if t is not None]
+            times = [
+                t
+                for t in (self._next_call(), self._queue[0][0] if self._queue else None)
+                if t is not None
+            ]
             nxt = min(times) if times else None
             if nxt is None or nxt > target:
                 break
@@ -1385,14 +1505,18 @@ class FakeNetwork:
 
     # -- routing ----------------------------------------------------------
 
-    def _route(self, proto: str, host: FakeHost, src: Address, dst: Address, new_flow: bool) -> _Route | None:
+    def _route(
+        self, proto: str, host: FakeHost, src: Address, dst: Address, new_flow: bool
+    ) -> _Route | None:
         """
         Find where a packet from C{host} goes, through the NATs on the way
         (which may drop it: then C{None}).
         """
         now = self.clock.seconds()
         if host.owns(dst[0]):
-            return _Route(host, (LOOPBACK if dst[0] == LOOPBACK else src[0], src[1]), dst, (), ())
+            return _Route(
+                host, (LOOPBACK if dst[0] == LOOPBACK else src[0], src[1]), dst, (), ()
+            )
         segment = host.segment
         links = [host.link]
         hops: list[_Hop] = []
@@ -1438,7 +1562,9 @@ class FakeNetwork:
             delay += link.delay
         self._later(delay, self._deliver_udp, route, datagram, port, dst)
 
-    def _deliver_udp(self, route: _Route, datagram: bytes, sender: FakeUDPPort, addressed: Address) -> None:
+    def _deliver_udp(
+        self, route: _Route, datagram: bytes, sender: FakeUDPPort, addressed: Address
+    ) -> None:
         target = route.host._find(route.host.udp_ports, route.dst)
         if target is None:
             self.counters["udp_port_unreachable"] += 1
@@ -1448,19 +1574,30 @@ class FakeNetwork:
         self.counters["udp_delivered"] += 1
         target._deliver(datagram, route.src)
 
-    def _send_syn(self, connector: FakeConnector, src: Address, dst: Address, attempt: int) -> None:
+    def _send_syn(
+        self, connector: FakeConnector, src: Address, dst: Address, attempt: int
+    ) -> None:
         route = self._route(TCP, connector.host, src, dst, True)
         if route is None:
             return
         delay = sum(link.delay for link in route.links)
         self._later(delay, self._deliver_syn, connector, route, src, dst, attempt)
 
-    def _deliver_syn(self, connector: FakeConnector, route: _Route, src: Address, dst: Address, attempt: int) -> None:
+    def _deliver_syn(
+        self,
+        connector: FakeConnector,
+        route: _Route,
+        src: Address,
+        dst: Address,
+        attempt: int,
+    ) -> None:
         listener = route.host._find(route.host.tcp_listeners, route.dst)
         delay = sum(link.delay for link in route.links)
         if listener is None:
             self.counters["tcp_refused"] += 1
-            self._later(delay, connector._failed, attempt, error.ConnectionRefusedError())
+            self._later(
+                delay, connector._failed, attempt, error.ConnectionRefusedError()
+            )
             return
         conn = _Connection(self, route)
         client = FakeTCPTransport(conn, 0, connector.host, src, dst)
@@ -1470,16 +1607,24 @@ class FakeNetwork:
         protocol = listener.factory.buildProtocol(IPv4Address("TCP", *route.src))
         if protocol is None:
             self.counters["tcp_refused"] += 1
-            self._later(delay, connector._failed, attempt, error.ConnectionRefusedError())
+            self._later(
+                delay, connector._failed, attempt, error.ConnectionRefusedError()
+            )
             return
         server.protocol = protocol
         # The client learns first (SYN-ACK); the server's first bytes follow it.
         conn.last_at[1] = self.clock.seconds() + delay
-        self._at(conn.last_at[1], self._deliver_synack, connector, attempt, client, server)
+        self._at(
+            conn.last_at[1], self._deliver_synack, connector, attempt, client, server
+        )
         protocol.makeConnection(server)
 
     def _deliver_synack(
-        self, connector: FakeConnector, attempt: int, client: FakeTCPTransport, server: FakeTCPTransport
+        self,
+        connector: FakeConnector,
+        attempt: int,
+        client: FakeTCPTransport,
+        server: FakeTCPTransport,
     ) -> None:
         if not connector._connected(attempt, client):
             # Nobody waits any more: reset the server's end.
