@@ -110,6 +110,7 @@ class AgentBehindStrictNATTests(SynchronousTestCase):
             ]
         )
         self.agent = agent.makeService(options, reactor=self.agent_host.reactor)
+        self.tunnel_service = self.agent.tunnel_service
         self.contact.startService()
         self.agent.startService()
         self.addCleanup(self._stop)
@@ -127,8 +128,8 @@ class AgentBehindStrictNATTests(SynchronousTestCase):
         tunnel from the NAT's public address, and the NAT holds the only
         mapping, for the agent's TCP connection.
         """
-        self.assertIsNotNone(self.agent.tunnel.tunnel)
-        self.assertTrue(self.agent.tunnel.tunnel.is_open)
+        self.assertIsNotNone(self.tunnel_service.tunnel)
+        self.assertTrue(self.tunnel_service.tunnel.is_open)
         [tunnel] = self.contact.factory.tunnels
         self.assertEqual(tunnel.agent_id, "agent-behind-nat")
         self.assertTrue(tunnel.peer.startswith(ROUTER_PUBLIC + ":"), tunnel.peer)
@@ -163,7 +164,7 @@ class AgentBehindStrictNATTests(SynchronousTestCase):
         works afterwards.
         """
         self.network.advance(300)
-        self.assertTrue(self.agent.tunnel.tunnel.is_open)
+        self.assertTrue(self.tunnel_service.tunnel.is_open)
         client = Collect()
         self.client_host.reactor.listenUDP(0, client).write(
             b"later", (AGENT, FORWARD_PORT)
@@ -201,7 +202,7 @@ class AgentBehindStrictNATTests(SynchronousTestCase):
         )
         self.assertEqual(self.network.counters["tcp_unroutable"], 1)
         # The tunnel itself is untouched.
-        self.assertTrue(self.agent.tunnel.tunnel.is_open)
+        self.assertTrue(self.tunnel_service.tunnel.is_open)
 
     def test_contact_cannot_send_udp_towards_agent(self) -> None:
         """
@@ -232,10 +233,10 @@ class AgentBehindStrictNATTests(SynchronousTestCase):
         tunnel hangs, keepalive declares it dead, and the agent connects out
         again with a new mapping.
         """
-        old = self.agent.tunnel.tunnel
+        old = self.tunnel_service.tunnel
         self.nat.release("tcp", next(iter(self.nat.mappings("tcp"))))
         self.network.advance(300)
-        new = self.agent.tunnel.tunnel
+        new = self.tunnel_service.tunnel
         self.assertIsNotNone(new)
         self.assertIsNot(new, old)
         self.assertTrue(new.is_open)
