@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 
 from spwm.config import (
     ConfigError,
@@ -16,10 +16,18 @@ from spwm.config import (
     SpwmOptions,
     host_port,
     host_port_string,
+    ip_address,
+    ip_literal_port,
     optional_string,
+    port_range,
+    positive_float,
     readable_file,
     udp_forward,
 )
+from spwm.media.manager import MediaManager
+from spwm.sip.proxy import AgentSipProxy
+from spwm.sip.transport import AgentSipRunner
+from spwm.tap.parts import AgentTunnelHandle, Hook, MediaHookAdapter, SipListeners
 from spwm.forward import USE as FORWARD_USE, AgentForwarder
 from spwm.tap.common import TUNNEL_LIMIT_OPTIONS, limits_from
 from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux
@@ -34,6 +42,12 @@ OPTIONS = (
     Option("agent-id", None, optional_string, "This agent's identity (default: the host name)."),
     Option("forward-udp", (), udp_forward, "Forward UDP: [ADDR:]LOCAL_PORT=HOST:PORT (ADDR defaults to 127.0.0.1).", repeat=True),
     Option("reconnect-max", 60.0, float, "Longest wait between reconnection attempts, in seconds."),
+    Option("sip-listen", (), ip_literal_port, "Listen for SIP applications on IP:PORT, UDP and TCP (default 127.0.0.1:5060).", repeat=True),
+    Option("sip-tls-cert", None, readable_file, "PEM certificate for SIP over TLS towards applications (port + 1)."),
+    Option("sip-tls-key", None, readable_file, "PEM key for SIP over TLS towards applications."),
+    Option("media-address", None, ip_address, "Address of the relay sockets that applications send media to (default: the first --sip-listen address)."),
+    Option("media-ports", (40000, 40999), port_range, "UDP port range LOW-HIGH for media towards applications."),
+    Option("media-timeout", 60.0, positive_float, "Seconds without media after which a stream that is not on hold is released."),
     *TUNNEL_LIMIT_OPTIONS,
 )
 
@@ -47,23 +61,14 @@ class Options(SpwmOptions.build("spwm-agent", OPTIONS)):
         if self["reconnect-max"] <= 0:
             raise ConfigError("reconnect-max", "must be greater than 0")
         host_port(self["contact"])
+        if bool(self["sip-tls-cert"]) != bool(self["sip-tls-key"]):
+            raise ConfigError("sip-tls-cert", "SIP over TLS needs both --sip-tls-cert and --sip-tls-key")
 
-
-class _Hook(Service):
-    """
-    Runs start/stop callables with the service.
-    """
-
-    def __init__(self, start: Any, stop: Any) -> None:
-        self._start, self._stop = start, stop
-
-    def startService(self) -> None:
-        super().startService()
-        self._start()
-
-    def stopService(self) -> None:
-        super().stopService()
-        self._stop()
+    def sip_addresses(self) -> list[tuple[str, int]]:
+        """
+        Where the agent listens for SIP: loopback unless addresses are named.
+        """
+        return list(self["sip-listen"]) or [("127.0.0.1", 5060)]
 
 
 def makeService(options: dict, reactor: Any = None) -> IService:
@@ -75,11 +80,32 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     top = MultiService()
     host, port = host_port(options["contact"])
     limits = limits_from(options)
-    mux = ApplicationMux()
+    agent_id = options["agent-id"] or socket.gethostname()
+    handle = AgentTunnelHandle()
+    mux = ApplicationMux(observers=[handle])
     forwarder = AgentForwarder(reactor, list(options["forward-udp"]), receive_buffer=options["udp-buffer"])
     forwarder.mux = mux
     mux.parts[FORWARD_USE] = forwarder
-    agent_id = options["agent-id"] or socket.gethostname()
+
+    sip_addresses = options.sip_addresses() if hasattr(options, "sip_addresses") else [("127.0.0.1", 5060)]
+    media = MediaManager(
+        reactor,
+        "agent",
+        options["media-address"] or sip_addresses[0][0],
+        options["media-ports"],
+        inactivity_timeout=options["media-timeout"],
+        receive_buffer=options["udp-buffer"],
+        router=mux,
+    )
+    mux.parts["media"] = media
+    core = AgentSipProxy(handle, agent_id, media_hook=MediaHookAdapter(media, lambda key: key.current))
+    runner = AgentSipRunner(core, reactor)
+    mux.sip = runner
+    sip_tls = None
+    if options["sip-tls-cert"]:
+        from spwm.tunnel.service import server_tls_options
+
+        sip_tls = server_tls_options(options["sip-tls-cert"], options["sip-tls-key"])
     factory = AgentTunnelFactory(mux, reactor, agent_id, limits)
     endpoint, tls = agent_endpoint(
         reactor,
@@ -99,7 +125,11 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         policy=backoff(cap=options["reconnect-max"]),
     )
     tunnel.setServiceParent(top)
-    _Hook(forwarder.start, forwarder.stop).setServiceParent(top)
+    Hook(forwarder.start, forwarder.stop).setServiceParent(top)
+    SipListeners(reactor, runner, sip_addresses, sip_tls).setServiceParent(top)
     top.tunnel_service = tunnel  # type: ignore[attr-defined]
     top.mux = mux  # type: ignore[attr-defined]
+    top.media = media  # type: ignore[attr-defined]
+    top.sip_core = core  # type: ignore[attr-defined]
+    top.handle = handle  # type: ignore[attr-defined]
     return top

@@ -10,15 +10,27 @@ from typing import Any
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 
+import os
+
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+
 from spwm.config import (
     ConfigError,
     Option,
     SpwmOptions,
+    host_port,
+    ip_address,
     ip_literal_port,
+    network,
+    port_range,
     positive_float,
     readable_file,
     string,
 )
+from spwm.media.manager import MediaManager
+from spwm.sip.proxy import ContactSipProxy, OperatorProxy
+from spwm.sip.transport import ContactSipRunner
+from spwm.tap.parts import MediaHookAdapter, SipListeners, resolve_ip
 from spwm.forward import USE as FORWARD_USE, ContactForwarder
 from spwm.tap.common import TUNNEL_LIMIT_OPTIONS, limits_from
 from spwm.tunnel.protocol import ApplicationMux, ContactTunnelFactory
@@ -31,8 +43,40 @@ OPTIONS = (
     Option("plaintext", False, bool, "Plain TCP instead of TLS (tests, or TLS terminated elsewhere).", flag=True),
     Option("allow-forward", (), ip_literal_port, "Allow UDP forwards to this IP:PORT (none by default).", repeat=True),
     Option("drain-time", 5.0, positive_float, "Seconds tunnels get to move after go-away when the contact point stops."),
+    Option("sip-proxy", None, lambda v: parse_sip_proxy(v) and v, "Operator proxy HOST[:PORT][;transport=udp|tcp] (default: the embedded registrar)."),
+    Option("sip-address", "127.0.0.1:5070", lambda v: sip_address(v) and v, "Operator-side SIP address ADDR[:PORT] of the contact point (UDP and TCP)."),
+    Option("contact-rewrite", False, bool, "Rewrite Contact to our address for registrars without Path support.", flag=True),
+    Option("media-address", None, ip_address, "Operator-side address of the relay sockets (default: the --sip-address address)."),
+    Option("media-ports", (50000, 50999), port_range, "UDP port range LOW-HIGH for media towards the operator network."),
+    Option("media-allow", (), network, "Send media only to this network (CIDR, repeatable; default: anywhere but loopback, link-local, multicast).", repeat=True),
+    Option("media-timeout", 60.0, positive_float, "Seconds without media after which a stream that is not on hold is released."),
     *TUNNEL_LIMIT_OPTIONS,
 )
+
+
+def parse_sip_proxy(value: object) -> OperatorProxy:
+    """
+    C{HOST[:PORT][;transport=udp|tcp]} of the operator proxy.
+    """
+    text = string(value)
+    target, _, params = text.partition(";")
+    transport = "udp"
+    if params:
+        key, _, val = params.partition("=")
+        if key.strip().lower() != "transport" or val.strip().lower() not in ("udp", "tcp"):
+            raise ValueError(f"{text!r}: only ;transport=udp or ;transport=tcp is understood")
+        transport = val.strip().lower()
+    host, port = host_port(target, 5060)
+    return OperatorProxy(host, port, transport)
+
+
+def sip_address(value: object) -> tuple[str, int]:
+    """
+    C{ADDR[:PORT]} with an IP address literal.
+    """
+    host, port = host_port(string(value), 5060)
+    ip_address(host)
+    return host, port
 
 
 class Options(SpwmOptions.build("spwm-contact", OPTIONS)):
@@ -58,6 +102,40 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     mux = ApplicationMux()
     forwarder = ContactForwarder(reactor, list(options["allow-forward"]), receive_buffer=options["udp-buffer"])
     mux.parts[FORWARD_USE] = forwarder
+
+    sip_host, sip_port = sip_address(options["sip-address"])
+    operator = None
+    if options["sip-proxy"]:
+        operator = parse_sip_proxy(options["sip-proxy"])
+        try:
+            operator = OperatorProxy(resolve_ip(operator.host), operator.port, operator.transport)
+        except OSError as e:
+            raise SystemExit(f"spwm-contact: invalid configuration: sip-proxy: cannot resolve {operator.host}: {e}") from None
+    media = MediaManager(
+        reactor,
+        "contact",
+        options["media-address"] or sip_host,
+        options["media-ports"],
+        allow=list(options["media-allow"]),
+        inactivity_timeout=options["media-timeout"],
+        receive_buffer=options["udp-buffer"],
+        router=mux,
+    )
+    mux.parts["media"] = media
+    core = ContactSipProxy(
+        (sip_host, sip_port),
+        os.urandom(32),
+        operator=operator,
+        contact_rewrite=bool(options["contact-rewrite"]),
+        media_hook=MediaHookAdapter(media),
+    )
+
+    def connect(addr: tuple[str, int], f: object) -> object:
+        endpoint = TCP6ClientEndpoint if ":" in addr[0] else TCP4ClientEndpoint
+        return endpoint(reactor, addr[0], addr[1], timeout=10, bindAddress=(sip_host, 0)).connect(f)
+
+    runner = ContactSipRunner(core, reactor, connect=connect)
+    mux.sip = runner
     factory = ContactTunnelFactory(mux, reactor, limits)
     tls_factory = None
     if not options["plaintext"]:
@@ -74,8 +152,11 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         description=options["listen"],
     )
     listener.setServiceParent(top)
+    SipListeners(reactor, runner, [(sip_host, sip_port)]).setServiceParent(top)
     top.listener = listener  # type: ignore[attr-defined]
     top.factory = factory  # type: ignore[attr-defined]
     top.mux = mux  # type: ignore[attr-defined]
     top.forwarder = forwarder  # type: ignore[attr-defined]
+    top.media = media  # type: ignore[attr-defined]
+    top.sip_core = core  # type: ignore[attr-defined]
     return top

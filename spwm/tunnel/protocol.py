@@ -72,31 +72,40 @@ class ApplicationMux:
 
     log = Logger()
 
-    def __init__(self, sip: Any = None, parts: dict[str, Any] | None = None) -> None:
+    def __init__(self, sip: Any = None, parts: dict[str, Any] | None = None, observers: list[Any] | None = None) -> None:
+        """
+        @param observers: objects that hear only C{tunnel_established} and
+            C{tunnel_lost}.
+        """
         self.sip = sip
         self.parts: dict[str, Any] = dict(parts or {})
+        self.observers: list[Any] = list(observers or [])
         self._channels: dict[tuple[int, int], Any] = {}
 
     def _everyone(self) -> list[Any]:
         seen: list[Any] = []
-        for part in [self.sip, *self.parts.values()]:
+        for part in [*self.observers, self.sip, *self.parts.values()]:
             if part is not None and all(part is not s for s in seen):
                 seen.append(part)
         return seen
 
     def tunnel_established(self, tunnel: TunnelProtocol) -> None:
         for part in self._everyone():
-            part.tunnel_established(tunnel)
+            handler = getattr(part, "tunnel_established", None)
+            if handler is not None:
+                handler(tunnel)
 
     def tunnel_lost(self, tunnel: TunnelProtocol, reason: str) -> None:
         key = id(tunnel)
         for k in [k for k in self._channels if k[0] == key]:
             del self._channels[k]
         for part in self._everyone():
-            part.tunnel_lost(tunnel, reason)
+            handler = getattr(part, "tunnel_lost", None)
+            if handler is not None:
+                handler(tunnel, reason)
 
     def sip_received(self, tunnel: TunnelProtocol, flow_id: int, data: bytes) -> None:
-        if self.sip is not None:
+        if self.sip is not None and hasattr(self.sip, "sip_received"):
             self.sip.sip_received(tunnel, flow_id, data)
 
     def channel_opened_locally(self, tunnel: TunnelProtocol, channel_id: int, part: Any) -> None:

@@ -490,10 +490,9 @@ class ContactListenService(Service):
 
         def failed(f: Failure) -> None:
             self.log.failure("cannot listen on {address}", f, address=self.description)
-            from twisted.internet import reactor as global_reactor
-
-            if global_reactor.running:
-                global_reactor.stop()
+            # A contact point that cannot take tunnels is of no use: stop.
+            if getattr(self._clock, "running", False):
+                self._clock.stop()
 
         self.listening.addCallbacks(listening, failed)
 

@@ -85,7 +85,8 @@ class LoopbackTests(TestCase):
         options = contact.Options()
         options.parseOptions(
             ["--listen", f"tcp:{port}:interface=127.0.0.1", "--cert", self.cert.cert, "--key", self.cert.key,
-             "--allow-forward", f"127.0.0.1:{self.echo}", "--drain-time", "0.5", *extra]
+             "--allow-forward", f"127.0.0.1:{self.echo}", "--drain-time", "0.5",
+             "--sip-address", f"127.0.0.1:{self.free_udp_port()}", *extra]
         )
         service = contact.makeService(options, reactor)
         service.startService()
@@ -97,15 +98,26 @@ class LoopbackTests(TestCase):
         local = self.free_udp_port()
         options.parseOptions(
             ["--contact", f"127.0.0.1:{contact_port}", "--server-name", server_name, "--ca", self.ca.ca_file,
-             "--forward-udp", f"{local}=127.0.0.1:{self.echo}", "--reconnect-max", "0.5", *extra]
+             "--forward-udp", f"{local}=127.0.0.1:{self.echo}", "--reconnect-max", "0.5",
+             "--sip-listen", f"127.0.0.1:{self.free_udp_port()}", *extra]
         )
         service = self.start(agent.makeService(options, reactor))
         return service, local
 
     def free_udp_port(self) -> int:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+        """
+        A port free for both UDP and TCP on loopback now.
+        """
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind(("127.0.0.1", 0))
+                port = u.getsockname()[1]
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                    try:
+                        t.bind(("127.0.0.1", port))
+                    except OSError:
+                        continue
+                return port
 
     @defer.inlineCallbacks
     def exchange(self, local: int, payload: bytes, tries: int = 20) -> Any:
@@ -184,7 +196,7 @@ class LoopbackTests(TestCase):
         local = self.free_udp_port()
         options.parseOptions(
             ["--contact", f"127.0.0.1:{port}", "--server-name", "contact.spwm.test", "--ca", self.ca.ca_file,
-             "--forward-udp", f"{local}=127.0.0.1:9"]
+             "--forward-udp", f"{local}=127.0.0.1:9", "--sip-listen", f"127.0.0.1:{self.free_udp_port()}"]
         )
         agent_service = self.start(agent.makeService(options, reactor))
         yield wait_until(lambda: agent_service.tunnel_service.tunnel is not None)
