@@ -156,3 +156,20 @@ class PluginTests(SynchronousTestCase):
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self.assertFalse(os.path.exists(os.path.join(here, "twisted", "plugins", "__init__.py")))
         self.assertFalse(os.path.exists(os.path.join(here, "twisted", "__init__.py")))
+
+
+class DocsTests(SynchronousTestCase):
+    """
+    The configuration reference stays true to the code.
+    """
+
+    def test_every_option_in_configuration_md(self) -> None:
+        """
+        docs/configuration.md names every option of both services.
+        """
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(here, "docs", "configuration.md")) as f:
+            text = f.read()
+        for module in (agent, contact):
+            for option in module.OPTIONS:
+                self.assertIn(f"`--{option.name}`", text)
