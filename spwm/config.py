@@ -285,7 +285,7 @@ class SpwmOptions(usage.Options):
         params.append(["config", None, None, "TOML configuration file; its keys are these options' long names."])
         namespace["optParameters"] = params
         namespace["optFlags"] = flags
-        namespace["synopsis"] = f"Usage: twistd [options] {name} [{name} options]"
+        namespace["synopsis"] = f"[{name} options]"
         return type(name.title().replace("-", "") + "Options", (cls,), namespace)
 
     @staticmethod
