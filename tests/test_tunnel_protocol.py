@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet import ssl
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -333,3 +334,61 @@ class TLSTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(agent_app.calls, [])
         self.assertIn("untrusted", client.last_error)
+
+
+class ConnectionLimitTests(SynchronousTestCase):
+    """
+    The contact point bounds tunnels in total and per source address.
+    """
+
+    def test_per_host_and_total(self) -> None:
+        """
+        Past the per-address limit, connections from that address are refused
+        while other addresses still get in; past the total, everyone is
+        refused; a closed tunnel frees its place.
+        """
+        from twisted.internet.address import IPv4Address
+
+        clock = Clock()
+        factory = ContactTunnelFactory(RecordingApp(), clock, max_tunnels=3, max_per_host=2)
+
+        def connect(host: str) -> Any:
+            proto = factory.buildProtocol(IPv4Address("TCP", host, 1234))
+            if proto is not None:
+                proto.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", host, 1234)))
+            return proto
+
+        a1, a2 = connect("198.51.100.1"), connect("198.51.100.1")
+        self.assertIsNotNone(a1)
+        self.assertIsNotNone(a2)
+        with capturedLogs() as events:
+            self.assertIsNone(connect("198.51.100.1"))
+            self.assertIsNone(connect("198.51.100.1"))
+        self.assertEqual(len([e for e in events if "refused tunnel" in e["log_format"]]), 1)
+        b1 = connect("198.51.100.2")
+        self.assertIsNotNone(b1)
+        self.assertIsNone(connect("198.51.100.3"))
+        self.assertEqual(factory.refused, 3)
+        a1.connectionLost(None)
+        self.assertIsNotNone(connect("198.51.100.1"))
+        self.assertEqual(factory.tunnels.per_host, {"198.51.100.1": 2, "198.51.100.2": 1})
+
+    def test_slow_peer_does_not_hold_a_place(self) -> None:
+        """
+        A connection that never completes the handshake (slow loris) is
+        dropped after the handshake timeout and frees its place.
+        """
+        from twisted.internet.address import IPv4Address
+
+        clock = Clock()
+        factory = ContactTunnelFactory(RecordingApp(), clock, Limits(handshake_timeout=5), max_per_host=1)
+        addr = IPv4Address("TCP", "198.51.100.9", 1)
+        proto = factory.buildProtocol(addr)
+        transport = StringTransport(peerAddress=addr)
+        proto.makeConnection(transport)
+        proto.dataReceived(b"SPW")  # a trickle, never the whole preface
+        self.assertIsNone(factory.buildProtocol(addr))
+        clock.advance(5)
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(None)
+        self.assertIsNotNone(factory.buildProtocol(addr))

@@ -24,6 +24,7 @@ from spwm.config import (
     network,
     port_range,
     positive_float,
+    positive_int,
     readable_file,
     string,
 )
@@ -43,6 +44,8 @@ OPTIONS = (
     Option("plaintext", False, bool, "Plain TCP instead of TLS (tests, or TLS terminated elsewhere).", flag=True),
     Option("allow-forward", (), ip_literal_port, "Allow UDP forwards to this IP:PORT (none by default).", repeat=True),
     Option("drain-time", 5.0, positive_float, "Seconds tunnels get to move after go-away when the contact point stops."),
+    Option("max-tunnels", 10000, positive_int, "Tunnels (handshaking ones included) the contact point accepts in total."),
+    Option("max-tunnels-per-address", 100, positive_int, "Tunnels accepted from one source address."),
     Option("sip-proxy", None, lambda v: parse_sip_proxy(v) and v, "Operator proxy HOST[:PORT][;transport=udp|tcp] (default: the embedded registrar)."),
     Option("sip-address", "127.0.0.1:5070", lambda v: sip_address(v) and v, "Operator-side SIP address ADDR[:PORT] of the contact point (UDP and TCP)."),
     Option("contact-rewrite", False, bool, "Rewrite Contact to our address for registrars without Path support.", flag=True),
@@ -136,7 +139,13 @@ def makeService(options: dict, reactor: Any = None) -> IService:
 
     runner = ContactSipRunner(core, reactor, connect=connect)
     mux.sip = runner
-    factory = ContactTunnelFactory(mux, reactor, limits)
+    factory = ContactTunnelFactory(
+        mux,
+        reactor,
+        limits,
+        max_tunnels=options["max-tunnels"],
+        max_per_host=options["max-tunnels-per-address"],
+    )
     tls_factory = None
     if not options["plaintext"]:
         try:

@@ -36,6 +36,33 @@ __all__ = [
 ]
 
 
+class RateLimitedLog:
+    """
+    Logs a warning at most once per C{interval} seconds per format; the
+    next line says how many were suppressed in between.
+    """
+
+    def __init__(self, log: Logger, clock: IReactorTime, interval: float) -> None:
+        self._log = log
+        self._clock = clock
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warn(self, format: str, **fields: Any) -> None:
+        now = self._clock.seconds()
+        last = self._last.get(format)
+        if last is not None and now - last < self._interval:
+            self._suppressed[format] = self._suppressed.get(format, 0) + 1
+            return
+        self._last[format] = now
+        suppressed = self._suppressed.pop(format, 0)
+        if suppressed:
+            format += " ({suppressed} more since the last such line)"
+            fields["suppressed"] = suppressed
+        self._log.warn(format, **fields)
+
+
 class TunnelApplication(TypingProtocol):
     """
     What a tunnel hands its events to.  See C{docs/architecture.md}.
@@ -184,6 +211,8 @@ class TunnelProtocol(Protocol):
         """
         self._role = role
         self._registry = registry
+        #: the source address the contact point counts this tunnel under
+        self.source_host: str | None = None
         self.app = app
         self._clock = clock
         self._limits = limits
@@ -515,6 +544,7 @@ class TunnelProtocol(Protocol):
 
 class _TunnelFactory(Factory):
     noisy = False
+    log = Logger()
 
     def __init__(self, app: TunnelApplication, clock: IReactorTime, limits: Limits | None = None) -> None:
         self.app = app
@@ -548,19 +578,74 @@ class AgentTunnelFactory(_TunnelFactory):
         return TunnelProtocol(Role.AGENT, self.app, self.clock, self.limits, agent_id=self.agent_id, hello=hello)
 
 
+class _Registry(set):
+    """
+    The set of connected tunnels, counting them per source host.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.per_host: dict[str, int] = {}
+
+    def discard(self, protocol: Any) -> None:
+        if protocol in self:
+            super().discard(protocol)
+            host = getattr(protocol, "source_host", None)
+            if host is not None:
+                left = self.per_host.get(host, 0) - 1
+                if left > 0:
+                    self.per_host[host] = left
+                else:
+                    self.per_host.pop(host, None)
+
+
 class ContactTunnelFactory(_TunnelFactory):
     """
-    Builds the contact point's end of each tunnel and tracks the open ones.
+    Builds the contact point's end of each tunnel and tracks the open ones
+    (handshaking ones included).  Refuses connections past C{max_tunnels}
+    in total or C{max_per_host} from one source address, with a
+    rate-limited log line.
 
     @ivar tunnels: the protocols of every connected tunnel.
+    @ivar refused: connections refused by these limits.
     """
 
-    def __init__(self, app: TunnelApplication, clock: IReactorTime, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        app: TunnelApplication,
+        clock: IReactorTime,
+        limits: Limits | None = None,
+        *,
+        max_tunnels: int = 10000,
+        max_per_host: int = 100,
+    ) -> None:
         super().__init__(app, clock, limits)
-        self.tunnels: set[TunnelProtocol] = set()
+        self.tunnels: _Registry = _Registry()
+        self.max_tunnels = max_tunnels
+        self.max_per_host = max_per_host
+        self.refused = 0
+        self._refusal_log = RateLimitedLog(self.log, clock, 10.0)
 
-    def buildProtocol(self, addr: Any) -> TunnelProtocol:
-        return TunnelProtocol(
+    def buildProtocol(self, addr: Any) -> TunnelProtocol | None:
+        host = getattr(addr, "host", None)
+        if len(self.tunnels) >= self.max_tunnels:
+            self.refused += 1
+            self._refusal_log.warn(
+                "refused tunnel from {peer}: {count} tunnels open, limit {limit}",
+                peer=host,
+                count=len(self.tunnels),
+                limit=self.max_tunnels,
+            )
+            return None
+        if host is not None and self.tunnels.per_host.get(host, 0) >= self.max_per_host:
+            self.refused += 1
+            self._refusal_log.warn(
+                "refused tunnel from {peer}: {limit} tunnels from that address already",
+                peer=host,
+                limit=self.max_per_host,
+            )
+            return None
+        protocol = TunnelProtocol(
             Role.CONTACT,
             self.app,
             self.clock,
@@ -568,6 +653,10 @@ class ContactTunnelFactory(_TunnelFactory):
             session_id=secrets.token_hex(8),
             registry=self.tunnels,
         )
+        if host is not None:
+            protocol.source_host = host
+            self.tunnels.per_host[host] = self.tunnels.per_host.get(host, 0) + 1
+        return protocol
 
     def go_away_all(self, reason: str = "shutting down", drain: float | None = None) -> None:
         """
