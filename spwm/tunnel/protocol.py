@@ -36,6 +36,28 @@ __all__ = [
 ]
 
 
+def find_socket(transport: Any) -> socket.socket | None:
+    """
+    The TCP socket under a transport, looking through TLS and other
+    wrapping transports; C{None} for in-memory transports.
+    """
+    for _ in range(8):
+        if transport is None:
+            return None
+        handle = getattr(transport, "getHandle", None)
+        if handle is not None:
+            try:
+                candidate = handle()
+            except Exception:
+                candidate = None
+            if isinstance(candidate, socket.socket) or (
+                hasattr(candidate, "setsockopt") and hasattr(candidate, "getsockopt") and hasattr(candidate, "fileno")
+            ):
+                return candidate
+        transport = getattr(transport, "transport", None)
+    return None
+
+
 class RateLimitedLog:
     """
     Logs a warning at most once per C{interval} seconds per format; the
@@ -292,23 +314,17 @@ class TunnelProtocol(Protocol):
 
     def _set_socket_options(self) -> None:
         # Keep the kernel's share of the send queue small, so that the media
-        # deadline, not a deep socket buffer, decides what waits.
-        transport = self.transport
-        for _ in range(4):
-            handle = getattr(transport, "getHandle", None)
-            if handle is not None:
-                break
-            transport = getattr(transport, "transport", None)
-            if transport is None:
-                return
-        else:
+        # deadline, not a deep socket buffer, decides what waits.  Under TLS
+        # the transport's handle is the OpenSSL connection: walk down to the
+        # TCP transport whose handle is the socket.
+        sock = find_socket(self.transport)
+        if sock is None:
             return
         try:
-            sock = transport.getHandle()
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             lowat = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
             sock.setsockopt(socket.IPPROTO_TCP, lowat, 16384)
-        except (OSError, AttributeError):
+        except OSError:
             pass
 
     def dataReceived(self, data: bytes) -> None:

@@ -204,3 +204,20 @@ class LoopbackTests(TestCase):
         self.assertIsNone(got)
         self.assertEqual(service.forwarder.refused, 2)
         self.assertTrue(any("refused" in e.get("log_format", "") for e in self.log_events))
+
+    @defer.inlineCallbacks
+    def test_socket_options_under_tls(self) -> None:
+        """
+        Under TLS both ends set TCP_NODELAY on the real socket (the TLS
+        transport's own handle is the OpenSSL connection, not the socket).
+        """
+        from spwm.tunnel.protocol import find_socket
+
+        service, port = yield self.start_contact()
+        self.addCleanup(service.stopService)
+        agent_service, local = self.start_agent(port)
+        yield wait_until(lambda: agent_service.tunnel_service.tunnel is not None and len(service.factory.tunnels) == 1)
+        for tunnel in [agent_service.tunnel_service.tunnel, *service.factory.tunnels]:
+            sock = find_socket(tunnel.transport)
+            self.assertIsInstance(sock, socket.socket)
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
