@@ -444,3 +444,43 @@ class PropertyTests(SynchronousTestCase):
         pair.transfer()
         self.assertEqual([(e.channel_id, e.data) for e in pair.contact_events], sent["agent"])
         self.assertEqual([(e.channel_id, e.data) for e in pair.agent_events], sent["contact"])
+
+
+class FastPathTests(SynchronousTestCase):
+    """
+    The media fast paths keep the order of events.
+    """
+
+    def test_sink_only_when_nothing_precedes(self) -> None:
+        """
+        A datagram goes to the sink at once unless another event precedes it
+        in the same chunk; then it stays an event behind that one.
+        """
+        pair = CorePair().handshake()
+        cid = pair.agent.open_channel(ChannelKind.DATAGRAM, {})
+        pair.agent.send_datagram(cid, b"first", pair.now)
+        sunk: list[tuple[int, bytes, int]] = []
+        events = pair.contact.receive_data(pair.agent.data_to_send(pair.now), pair.now, lambda *a: sunk.append(a))
+        self.assertEqual(events, [ev.ChannelOpened(cid, ChannelKind.DATAGRAM, {}), ev.DatagramReceived(cid, b"first", 0)])
+        self.assertEqual(sunk, [])
+        pair.agent.send_datagram(cid, b"second", pair.now, component=1)
+        events = pair.contact.receive_data(pair.agent.data_to_send(pair.now), pair.now, lambda *a: sunk.append(a))
+        self.assertEqual(events, [])
+        self.assertEqual(sunk, [(cid, b"second", 1)])
+
+    def test_datagram_frame(self) -> None:
+        """
+        With nothing queued, the frame comes back for immediate writing;
+        with SIP queued ahead, the datagram is queued behind it.
+        """
+        pair = CorePair().handshake()
+        cid = pair.agent.open_channel(ChannelKind.DATAGRAM, {})
+        pair.transfer()
+        frame = pair.agent.datagram_frame(cid, b"rtp", pair.now)
+        self.assertEqual(frames_in(b"\0" * 8 + frame), [(FrameType.DATAGRAM, 0, cid, b"rtp")])
+        pair.agent.send_sip(1, b"SIP")
+        self.assertIsNone(pair.agent.datagram_frame(cid, b"later", pair.now))
+        out = frames_in(b"\0" * 8 + pair.agent.data_to_send(pair.now))
+        self.assertEqual([f[3] for f in out], [b"SIP", b"later"])
+        self.assertIsNone(pair.agent.datagram_frame(999, b"x", pair.now))
+        self.assertEqual(pair.agent.stats.datagrams_unknown_channel, 1)

@@ -179,9 +179,14 @@ class TunnelConnection:
 
     # -- input -------------------------------------------------------------
 
-    def receive_data(self, data: bytes, now: float) -> list[Any]:
+    def receive_data(self, data: bytes, now: float, datagram_sink: Any = None) -> list[Any]:
         """
         Feed bytes from the peer.
+
+        @param datagram_sink: optional C{sink(channel_id, data, component)}
+            called at once for each datagram that no other event precedes
+            (the media fast path: no event object per packet); datagrams
+            behind another event are returned as events, so order holds.
 
         @return: the events they cause, in order.  A protocol error by the peer
             queues an ERROR frame and ends with a L{ev.TunnelClosed} event; the
@@ -208,7 +213,10 @@ class TunnelConnection:
                     ch = channels.get(channel)
                     if ch is not None and ch.kind is ChannelKind.DATAGRAM:
                         self.stats.datagrams_in += 1
-                        out.append(ev.DatagramReceived(channel, payload, flags & FLAG_COMPONENT))
+                        if datagram_sink is not None and not out:
+                            datagram_sink(channel, payload, flags & FLAG_COMPONENT)
+                        else:
+                            out.append(ev.DatagramReceived(channel, payload, flags & FLAG_COMPONENT))
                     else:
                         self._unknown_channel(channel, "datagram")
                     continue
@@ -509,6 +517,22 @@ class TunnelConnection:
         media.append((now, frame))
         self._media_bytes += len(frame)
         self.stats.datagrams_out += 1
+
+    def datagram_frame(self, channel_id: int, data: bytes, now: float, component: int = 0) -> bytes | None:
+        """
+        The media fast path for a transport that is not paused: return the
+        encoded frame when nothing is queued ahead of it, for the caller to
+        write at once; otherwise queue it like L{send_datagram} and return
+        C{None} (the caller then runs L{data_to_send}).
+        """
+        if self._priority or self._media or self.state is not State.OPEN or channel_id not in self._channels:
+            self.send_datagram(channel_id, data, now, component)
+            return None
+        stats = self.stats
+        stats.datagrams_out += 1
+        stats.frames_out += 1
+        stats.bytes_out += len(data) + 8
+        return _PACK(_DATAGRAM, component, channel_id, len(data)) + data
 
     def send_stream_data(self, channel_id: int, data: bytes, fin: bool = False) -> bool:
         """

@@ -129,7 +129,8 @@ class ApplicationMux:
         self.sip = sip
         self.parts: dict[str, Any] = dict(parts or {})
         self.observers: list[Any] = list(observers or [])
-        self._channels: dict[tuple[int, int], Any] = {}
+        # id(tunnel) -> channel id -> part
+        self._channels: dict[int, dict[int, Any]] = {}
 
     def _everyone(self) -> list[Any]:
         seen: list[Any] = []
@@ -145,9 +146,7 @@ class ApplicationMux:
                 handler(tunnel)
 
     def tunnel_lost(self, tunnel: TunnelProtocol, reason: str) -> None:
-        key = id(tunnel)
-        for k in [k for k in self._channels if k[0] == key]:
-            del self._channels[k]
+        self._channels.pop(id(tunnel), None)
         for part in self._everyone():
             handler = getattr(part, "tunnel_lost", None)
             if handler is not None:
@@ -161,7 +160,7 @@ class ApplicationMux:
         """
         Route the events of a channel that we opened to C{part}.
         """
-        self._channels[id(tunnel), channel_id] = part
+        self._channels.setdefault(id(tunnel), {})[channel_id] = part
 
     def channel_requested(self, tunnel: TunnelProtocol, channel_id: int, kind: ChannelKind, meta: dict[str, Any]) -> None:
         use = meta.get("use")
@@ -175,26 +174,31 @@ class ApplicationMux:
             )
             tunnel.close_channel(channel_id, ErrorCode.REFUSED, f"unknown channel use {use!r}")
             return
-        self._channels[id(tunnel), channel_id] = part
+        self._channels.setdefault(id(tunnel), {})[channel_id] = part
         part.channel_requested(tunnel, channel_id, kind, meta)
 
     def datagram_received(self, tunnel: TunnelProtocol, channel_id: int, data: bytes, component: int) -> None:
-        part = self._channels.get((id(tunnel), channel_id))
-        if part is not None:
-            part.datagram_received(tunnel, channel_id, data, component)
+        channels = self._channels.get(id(tunnel))
+        if channels is not None:
+            part = channels.get(channel_id)
+            if part is not None:
+                part.datagram_received(tunnel, channel_id, data, component)
+
+    def _part(self, tunnel: TunnelProtocol, channel_id: int) -> Any:
+        return self._channels.get(id(tunnel), {}).get(channel_id)
 
     def stream_data_received(self, tunnel: TunnelProtocol, channel_id: int, data: bytes) -> None:
-        part = self._channels.get((id(tunnel), channel_id))
+        part = self._part(tunnel, channel_id)
         if part is not None:
             part.stream_data_received(tunnel, channel_id, data)
 
     def stream_ended(self, tunnel: TunnelProtocol, channel_id: int) -> None:
-        part = self._channels.get((id(tunnel), channel_id))
+        part = self._part(tunnel, channel_id)
         if part is not None:
             part.stream_ended(tunnel, channel_id)
 
     def channel_closed(self, tunnel: TunnelProtocol, channel_id: int, code: int, reason: str) -> None:
-        part = self._channels.pop((id(tunnel), channel_id), None)
+        part = self._channels.get(id(tunnel), {}).pop(channel_id, None)
         if part is not None:
             part.channel_closed(tunnel, channel_id, code, reason)
 
@@ -202,7 +206,7 @@ class ApplicationMux:
         """
         Stop routing a channel that we closed ourselves.
         """
-        self._channels.pop((id(tunnel), channel_id), None)
+        self._channels.get(id(tunnel), {}).pop(channel_id, None)
 
 
 @implementer(IPushProducer)
@@ -256,6 +260,12 @@ class TunnelProtocol(Protocol):
         #: called with this protocol and the reason when the connection is lost
         self.lost_handler: Any = None
         self._write = None
+        app_datagram = app.datagram_received
+
+        def sink(channel_id: int, data: bytes, component: int) -> None:
+            app_datagram(self, channel_id, data, component)
+
+        self._sink = sink
         self._dispatch = {
             ev.DatagramReceived: self._on_datagram,
             ev.HandshakeCompleted: self._on_handshake,
@@ -332,7 +342,7 @@ class TunnelProtocol(Protocol):
         if connection is None:
             return
         try:
-            events = connection.receive_data(data, self._clock.seconds())
+            events = connection.receive_data(data, self._clock.seconds(), self._sink)
             dispatch = self._dispatch
             for event in events:
                 dispatch[type(event)](event)
@@ -442,11 +452,14 @@ class TunnelProtocol(Protocol):
         """
         connection = self.connection
         now = self._clock.seconds()
-        connection.send_datagram(channel_id, data, now, component)
-        if not self._paused and not self._lost:
-            out = connection.data_to_send(now)
-            if out:
-                self._write(out)
+        if self._paused or self._lost:
+            connection.send_datagram(channel_id, data, now, component)
+            return
+        frame = connection.datagram_frame(channel_id, data, now, component)
+        if frame is None:
+            frame = connection.data_to_send(now)
+        if frame:
+            self._write(frame)
 
     def send_stream_data(self, channel_id: int, data: bytes) -> bool:
         """
