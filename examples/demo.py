@@ -185,6 +185,8 @@ class Demo:
         self.phones: list[Phone] = []
         self.calls: dict[str, Call] = {}
         self.stopped: list[str] = []
+        self.tunnel_rows: list[list[str]] = []
+        self.relay_rows: list[list[str]] = []
 
     def check(self, name: str, ok: bool, detail: str = "") -> None:
         """
@@ -327,6 +329,17 @@ class Demo:
         self.step = "letting the last RTP packets arrive"
         yield task.deferLater(self.reactor, 0.3, lambda: None)
 
+        self.snapshot_relays(call.call_id)
+        self.snapshot_tunnels()
+        for half, phone_call in ((self.agents[0], call), (self.agents[1], bob_call)):
+            stats = half.tunnel_service.tunnel.connection.stats
+            self.check(
+                f"RTP through the tunnel of {half.demo_name}",
+                stats.datagrams_out >= phone_call.sent and stats.datagrams_in >= phone_call.rx.unique,
+                f"the tunnel carried {stats.datagrams_out} datagrams out and {stats.datagrams_in} in,"
+                f" the phone sent {phone_call.sent} and received {phone_call.rx.unique}",
+            )
+
         self.step = "alice hangs up"
         response = yield self.within(alice.hang_up(call), 10, "BYE from alice")
         self.check("BYE answered", response.status == 200, f"BYE answered {response.status} {response.reason}")
@@ -359,6 +372,53 @@ class Demo:
                 f"{half.media.open_sockets} sockets, {half.media.open_channels} channels,"
                 f" {half.media.ports_in_use} port pairs still open 3 s after the BYE",
             )
+
+    def halves(self) -> list[tuple[str, Any, list[Any]]]:
+        """
+        C{(name, service, tunnels)} for agent 1, the contact point, agent 2.
+        """
+        out = []
+        for name, half in (("agent 1", self.agents[0] if self.agents else None), ("contact point", self.contact),
+                           ("agent 2", self.agents[1] if len(self.agents) > 1 else None)):
+            if half is None:
+                continue
+            if half is self.contact:
+                tunnels = sorted(half.factory.tunnels, key=lambda t: str(getattr(t, "agent_id", "")))
+            else:
+                tunnel = half.tunnel_service.tunnel
+                tunnels = [] if tunnel is None else [tunnel]
+            out.append((name, half, tunnels))
+        return out
+
+    def snapshot_tunnels(self) -> None:
+        """
+        Keep each tunnel end's counters for the report (tunnels close on stop).
+        """
+        self.tunnel_rows = []
+        for name, half, tunnels in self.halves():
+            for tunnel in tunnels:
+                stats = tunnel.connection.stats
+                label = name if half is not self.contact else f"{name} (from {tunnel.agent_id})"
+                self.tunnel_rows.append(self._stats_row(label, stats))
+
+    def snapshot_relays(self, call_id: str) -> None:
+        """
+        Keep the counters of the call's relay sockets on every half (they are
+        released at the BYE).
+        """
+        self.relay_rows = []
+        for name, half, tunnels in self.halves():
+            for tunnel in tunnels:
+                rtp, _ = half.media.stream_endpoints(tunnel, call_id, 0)
+                if rtp is None:
+                    continue
+                label = name if half is not self.contact else f"{name} (leg of {tunnel.agent_id})"
+                c = rtp.counters()
+                self.relay_rows.append(
+                    [label, str(rtp.port.getHost().port if rtp.port else "-"), str(c.get("packets_in")), str(c.get("packets_out")),
+                     str(c.get("dropped_source")), str(c.get("dropped_no_channel")), str(c.get("dropped_no_target")),
+                     str(c.get("latches"))]
+                )
 
     # --- the report ---------------------------------------------------------------
 
@@ -399,21 +459,16 @@ class Demo:
                 )
             out.append(table(rows, ["phone", "sent", "received", "dup", "lost", "p50", "p99", "max"]))
 
-        rows = []
-        for name, half in [("agent 1", self.agents[0] if self.agents else None), ("agent 2", self.agents[1] if len(self.agents) > 1 else None)]:
-            tunnel = getattr(getattr(half, "tunnel_service", None), "tunnel", None) if half else None
-            stats = getattr(getattr(tunnel, "connection", None), "stats", None)
-            if stats is not None:
-                rows.append(self._stats_row(f"{name} end", stats))
-        if self.contact is not None:
-            for tunnel in sorted(self.contact.factory.tunnels, key=lambda t: str(getattr(t, "agent_id", ""))):
-                stats = getattr(getattr(tunnel, "connection", None), "stats", None)
-                if stats is not None:
-                    rows.append(self._stats_row(f"contact end ({getattr(tunnel, 'agent_id', '?')})", stats))
-        if rows:
+        if self.tunnel_rows:
             out.append("")
-            out.append("Tunnels (counted by the tunnel cores; 'in' is what arrived at that end):")
-            out.append(table(rows, ["end", "frames in", "frames out", "bytes in", "bytes out", "datagrams in", "datagrams out", "media dropped"]))
+            out.append("Tunnels, just before the BYE (each end's own counters; 'in' is what arrived at that end):")
+            out.append(table(self.tunnel_rows, ["end", "frames in", "frames out", "bytes in", "bytes out",
+                                                "datagrams in", "datagrams out", "media dropped"]))
+        if self.relay_rows:
+            out.append("")
+            out.append("Media relay sockets of the call, just before the BYE (RTP, towards each half's own side):")
+            out.append(table(self.relay_rows, ["half", "port", "packets in", "packets out", "dropped source",
+                                               "dropped no channel", "dropped no target", "latches"]))
 
         rows = []
         for name, half in [("agent 1", self.agents[0] if self.agents else None), ("contact point", self.contact),
@@ -425,7 +480,7 @@ class Demo:
                          str(media.dropped_unknown_channel), str(media.refused_channels), str(media.rejected_streams)])
         if rows:
             out.append("")
-            out.append("Media relay (after the call):")
+            out.append("Media manager of each half, at the end:")
             out.append(table(rows, ["half", "sockets", "channels", "streams", "port pairs", "unknown channel", "refused", "rejected"]))
 
         if self.checks:

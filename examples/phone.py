@@ -22,7 +22,6 @@ Run alone (two phones in two shells, behind one agent or two)::
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import secrets
 import struct
