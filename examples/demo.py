@@ -171,8 +171,9 @@ class Demo:
     The demo's state: services, phones, checks and the report.
     """
 
-    def __init__(self, reactor: Any, seconds: float, verbose: bool) -> None:
+    def __init__(self, reactor: Any, seconds: float, verbose: bool, one_agent: bool = False) -> None:
         self.reactor = reactor
+        self.one_agent = one_agent
         self.seconds = seconds
         self.verbose = verbose
         self.step = "starting"
@@ -293,7 +294,8 @@ class Demo:
     @defer.inlineCallbacks
     def run_call(self) -> Any:
         alice = Phone(self.reactor, "alice", DOMAIN, self.agents[0].sip_address)
-        bob = Phone(self.reactor, "bob", DOMAIN, self.agents[1].sip_address)
+        bob_agent = self.agents[0] if self.one_agent else self.agents[1]
+        bob = Phone(self.reactor, "bob", DOMAIN, bob_agent.sip_address)
         self.phones = [alice, bob]
         answered: defer.Deferred[Call] = defer.Deferred()
         bob.on_incoming = lambda call: answered.called or answered.callback(call)
@@ -331,7 +333,9 @@ class Demo:
 
         self.snapshot_relays(call.call_id)
         self.snapshot_tunnels()
-        for half, phone_call in ((self.agents[0], call), (self.agents[1], bob_call)):
+        for half, phone_call in ((self.agents[0], call), (bob_agent, bob_call)):
+            if self.one_agent and phone_call is bob_call:
+                continue
             stats = half.tunnel_service.tunnel.connection.stats
             self.check(
                 f"RTP through the tunnel of {half.demo_name}",
@@ -345,7 +349,15 @@ class Demo:
         self.check("BYE answered", response.status == 200, f"BYE answered {response.status} {response.reason}")
         yield self.within(bob_call.ended, 2, "bob seeing the BYE")
 
+        self.step = "checking the RTP each phone received"
+
         for name, sender, receiver in (("alice -> bob", call, bob_call), ("bob -> alice", bob_call, call)):
+            self.check(
+                f"RTP {name}: no echo",
+                receiver.rx.echoed == 0,
+                f"the receiver got {receiver.rx.echoed} of its own packets back (its own SSRC): the relay"
+                " crossed the two legs of the call",
+            )
             received = receiver.rx.unique
             sent = sender.sent
             loss = 1 - received / sent if sent else 1.0
@@ -436,6 +448,10 @@ class Demo:
             if tap is None:
                 continue
             name, into, outof = labels[key]
+            if key == "agent2" and self.one_agent:
+                name = "agent 2 (idle)"
+            if key == "agent1" and self.one_agent:
+                name = "agent 1 (alice, bob)"
             rows.append([name, into, str(sum(tap.into_tunnel.values())), fmt_counts(tap.into_tunnel)])
             rows.append(["", outof, str(sum(tap.out_of_tunnel.values())), fmt_counts(tap.out_of_tunnel)])
         out.append(table(rows, ["half", "direction", "total", "messages"]))
@@ -454,10 +470,10 @@ class Demo:
                 lost = sent_by_peer - call.rx.unique
                 loss = f"{lost} ({lost / sent_by_peer:.2%})" if sent_by_peer else "-"
                 rows.append(
-                    [name, str(call.sent), str(call.rx.unique), str(call.rx.duplicates), loss,
+                    [name, str(call.sent), str(call.rx.unique), str(call.rx.duplicates), str(call.rx.echoed), loss,
                      ms(call.rx.percentile(0.5)), ms(call.rx.percentile(0.99)), ms(max(call.rx.latencies, default=None))]
                 )
-            out.append(table(rows, ["phone", "sent", "received", "dup", "lost", "p50", "p99", "max"]))
+            out.append(table(rows, ["phone", "sent", "received", "dup", "echoed", "lost", "p50", "p99", "max"]))
 
         if self.tunnel_rows:
             out.append("")
@@ -519,11 +535,13 @@ def run(reactor: Any, argv: list[str] | None = None) -> Any:
     parser.add_argument("--seconds", type=float, default=5.0, help="how long RTP flows (default 5)")
     parser.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds in all (default 60)")
     parser.add_argument("--verbose", action="store_true", help="print SPWM's log on stderr")
+    parser.add_argument("--one-agent", action="store_true",
+                        help="put bob behind agent 1 too (a call that hairpins through one tunnel)")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.timeout <= args.seconds:
         parser.error("--seconds must be > 0 and --timeout greater than --seconds")
 
-    demo = Demo(reactor, args.seconds, args.verbose)
+    demo = Demo(reactor, args.seconds, args.verbose, one_agent=args.one_agent)
     observers = [demo.log_observer]
     if args.verbose:
         observers.append(FilteringLogObserver(textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(LogLevel.info)]))
@@ -585,8 +603,6 @@ def main(argv: list[str] | None = None) -> None:
     task.react(go)
 
 
-class _Exit(SystemExit):
-    pass
 
 
 def _exit_code(code: int) -> None:

@@ -287,9 +287,13 @@ class RtpStats:
     @ivar received: packets that were ours (parsed), duplicates included.
     @ivar unique: distinct sequence numbers received.
     @ivar latencies: one-way delays in seconds, one per unique packet.
+    @ivar echoed: packets carrying our own SSRC (our own audio came back:
+        a relay that mixed up the two legs of a call); not counted above.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, own_ssrc: int | None = None) -> None:
+        self.own_ssrc = own_ssrc
+        self.echoed = 0
         self.received = 0
         self.bytes = 0
         self.duplicates = 0
@@ -308,7 +312,10 @@ class RtpStats:
         if parsed is None:
             self.foreign += 1
             return
-        seq, _, sent = parsed
+        seq, ssrc, sent = parsed
+        if ssrc == self.own_ssrc:
+            self.echoed += 1
+            return
         self.received += 1
         self.bytes += len(data)
         # extend the 16-bit sequence number (RFC 3550 A.1, simplified)
@@ -365,13 +372,13 @@ class Call:
         self.cseq = 1
         self.remote_media: tuple[str, int] | None = None
         self.port: Any = None
-        self.rx = RtpStats()
+        self._ssrc = secrets.randbits(32)
+        self.rx = RtpStats(self._ssrc)
         self.sent = 0
         self.sent_bytes = 0
         self.established: defer.Deferred[Call] = defer.Deferred()
         self.ended: defer.Deferred[int] = defer.Deferred()
         self._loop: LoopingCall | None = None
-        self._ssrc = secrets.randbits(32)
         self._seq = secrets.randbits(15)
         self._ts = secrets.randbits(31)
         self.invite: SipMessage | None = None
