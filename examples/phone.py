@@ -872,6 +872,7 @@ def main(argv: list[str] | None = None) -> int:
 
     @defer.inlineCallbacks
     def run() -> Any:
+        stay = False
         try:
             phone.start()
             response = yield phone.register()
@@ -895,13 +896,16 @@ def main(argv: list[str] | None = None) -> int:
                     call.ended.addCallback(lambda _: report(call))
 
                 phone.on_incoming = incoming
-                yield defer.Deferred()  # until interrupted
+                result["code"] = 0
+                stay = True  # until interrupted; the phone stops with the reactor
+                reactor.addSystemEventTrigger("before", "shutdown", phone.stop)
         except Exception as e:
             print(f"{args.name}: {e}", file=sys.stderr)
         finally:
-            yield phone.stop()
-            if reactor.running:
-                reactor.stop()
+            if not stay:
+                yield phone.stop()
+                if reactor.running:
+                    reactor.stop()
 
     reactor.callWhenRunning(run)
     reactor.run()

@@ -86,6 +86,30 @@ class DemoTests(TestCase):
 
         return d.addCallback(check)
 
+    def test_demo_one_agent(self):
+        """
+        A call between two phones behind the same agent (it hairpins through
+        one tunnel) carries audio both ways, with no packet coming back to
+        its sender.
+        """
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        d = getProcessOutputAndValue(
+            sys.executable, [os.path.join(EXAMPLES, "demo.py"), "--one-agent", "--seconds", "1", "--timeout", "45"],
+            env=env, path=ROOT,
+        )
+
+        def check(result):
+            out, err, code = result
+            self.assertEqual(code, 0, out.decode("utf-8", "replace"))
+
+        return d.addCallback(check)
+
+    test_demo_one_agent.todo = (  # type: ignore[attr-defined]
+        "SPWM bug: MediaManager keys streams by (tunnel, Call-ID), so the two legs of a call"
+        " through one agent share one relay socket (see examples/README.md)"
+    )
+
     def test_demo_global_timeout(self):
         """
         A global timeout shorter than the call fails the demo with exit 1 and
