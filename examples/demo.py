@@ -420,11 +420,11 @@ class Demo:
         """
         self.relay_rows = []
         for name, half, tunnels in self.halves():
-            for tunnel in tunnels:
-                rtp, _ = half.media.stream_endpoints(tunnel, call_id, 0)
+            for tunnel, key in [(t, k) for t in tunnels for k in half.media.dialog_keys(t) if k.endswith("/" + call_id)]:
+                rtp, _ = half.media.stream_endpoints(tunnel, key, 0)
                 if rtp is None:
                     continue
-                label = name if half is not self.contact else f"{name} (leg of {tunnel.agent_id})"
+                label = name if half is not self.contact else f"{name} (leg of {tunnel.agent_id}, flow {key.split('/')[0]})"
                 c = rtp.counters()
                 self.relay_rows.append(
                     [label, str(rtp.port.getHost().port if rtp.port else "-"), str(c.get("packets_in")), str(c.get("packets_out")),

@@ -105,10 +105,6 @@ class DemoTests(TestCase):
 
         return d.addCallback(check)
 
-    test_demo_one_agent.todo = (  # type: ignore[attr-defined]
-        "SPWM bug: MediaManager keys streams by (tunnel, Call-ID), so the two legs of a call"
-        " through one agent share one relay socket (see examples/README.md)"
-    )
 
     def test_demo_global_timeout(self):
         """

@@ -20,6 +20,7 @@ from spwm.sip.flows import KIND_ROUTE, KIND_VIA, Flow, FlowTable, FlowTokenCodec
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import SipMessage, make_response, parse_message
 from spwm.sip.proxy import (
+    dialog_key,
     AgentSipProxy,
     ContactSipProxy,
     Dropped,
@@ -524,7 +525,7 @@ class AgentTests(SynchronousTestCase):
         self.assertEqual(msg.get("Content-Length"), str(len(msg.body)))
         self.assertEqual(
             self.hook.calls[-1][:4],
-            ("out", self.key, "call-1@192.0.2.10", "application/sdp"),
+            ("out", self.key, dialog_key(1, "call-1@192.0.2.10"), "application/sdp"),
         )
         resp = answer(act.data, 200, body=SDP)
         up = only(self.agent.from_app(FLOW_A, resp, 2.0), ToTunnel)
@@ -533,7 +534,7 @@ class AgentTests(SynchronousTestCase):
         self.assertEqual(out.count("Via"), 1)
         self.assertEqual(
             self.hook.calls[-1],
-            ("into", self.key, "call-1@192.0.2.10", "application/sdp", SDP),
+            ("into", self.key, dialog_key(1, "call-1@192.0.2.10"), "application/sdp", SDP),
         )
 
     def test_response_not_ours_dropped(self) -> None:
@@ -584,7 +585,7 @@ class AgentTests(SynchronousTestCase):
             ToTunnel,
         )
         self.agent.from_tunnel(up.flow_id, answer(up.data, 486, "Busy Here"), 1.0)
-        self.assertEqual(self.hook.calls[-1], ("ended", self.key, "call-1@192.0.2.10"))
+        self.assertEqual(self.hook.calls[-1], ("ended", self.key, dialog_key(1, "call-1@192.0.2.10")))
         del self.hook.calls[:]
         inv2 = request("INVITE", "sip:bob@example.org", call_id="c2")
         up = only(self.agent.from_app(FLOW_A, inv2, 2.0), ToTunnel)
@@ -609,7 +610,7 @@ class AgentTests(SynchronousTestCase):
             to="<sip:bob@example.org>;tag=tt",
         )
         self.agent.from_app(FLOW_A, bye, 6.0)
-        self.assertEqual(self.hook.calls, [("ended", self.key, "c2")])
+        self.assertEqual(self.hook.calls, [("ended", self.key, dialog_key(1, "c2"))])
 
 
 class ContactTests(SynchronousTestCase):
@@ -699,7 +700,7 @@ class ContactTests(SynchronousTestCase):
         rr = parse_name_addr(msg.get("Record-Route"))
         self.assertEqual(self.codec.decode(rr.uri.user, KIND_ROUTE).flow_id, 5)
         self.assertTrue(msg.body.endswith(b"a=relayed-by:contact\r\n"))
-        self.assertEqual(self.hook.calls[0][:3], ("out", self.key, "call-1@192.0.2.10"))
+        self.assertEqual(self.hook.calls[0][:3], ("out", self.key, dialog_key(5, "call-1@192.0.2.10")))
         ok = answer(act.data, 200, body=SDP)
         back = only(self.down(ok), ToTunnel)
         self.assertEqual(
@@ -707,7 +708,7 @@ class ContactTests(SynchronousTestCase):
         )
         self.assertEqual(
             self.hook.calls[-1],
-            ("into", self.key, "call-1@192.0.2.10", "application/sdp", SDP),
+            ("into", self.key, dialog_key(5, "call-1@192.0.2.10"), "application/sdp", SDP),
         )
         [d] = self.cp.dialogs("sess-1")
         self.assertEqual(
@@ -734,7 +735,7 @@ class ContactTests(SynchronousTestCase):
         )
         act, bmsg = self.up(bye)
         self.assertEqual(bmsg.get_all("Route"), ["<sip:198.51.100.7;lr>"])
-        self.assertEqual(self.hook.calls[-1], ("ended", self.key, "call-1@192.0.2.10"))
+        self.assertEqual(self.hook.calls[-1], ("ended", self.key, dialog_key(5, "call-1@192.0.2.10")))
         only(self.down(answer(act.data, 200)), ToTunnel)
         self.assertEqual(self.cp.dialogs("sess-1"), [])
 
@@ -901,7 +902,7 @@ class ContactTests(SynchronousTestCase):
         _, inv = self.up(request("INVITE", "sip:bob@example.org"))
         _, can = self.up(request("CANCEL", "sip:bob@example.org"))
         self.assertEqual(can.top_via.branch, inv.top_via.branch)
-        self.assertEqual(self.hook.calls[-1], ("ended", self.key, "call-1@192.0.2.10"))
+        self.assertEqual(self.hook.calls[-1], ("ended", self.key, dialog_key(5, "call-1@192.0.2.10")))
         i = parse_message(only(self.down(self.incoming_invite()), ToTunnel).data)
         cancel = request(
             "CANCEL",
@@ -1134,8 +1135,8 @@ class PairTests(SynchronousTestCase):
         self.assertEqual((flow, ok.status, ok.cseq[1]), (fb, 200, "BYE"))
         self.assertEqual(w.contact.dialogs("sa"), [])
         self.assertEqual(w.contact.dialogs("sb"), [])
-        self.assertIn(("ended", ka, "call-1@192.0.2.10"), hook_a.calls)
-        self.assertIn(("ended", kb, "call-1@192.0.2.10"), hook_b.calls)
+        self.assertIn(("ended", ka, dialog_key(1, "call-1@192.0.2.10")), hook_a.calls)
+        self.assertIn(("ended", kb, dialog_key(1, "call-1@192.0.2.10")), hook_b.calls)
         self.assertEqual(w.drops, [])
 
     def test_two_phones_one_agent(self) -> None:

@@ -244,6 +244,12 @@ class MediaManager:
             return None, None
         return stream.rtp, stream.rtcp
 
+    def dialog_keys(self, tunnel: Any) -> list[str]:
+        """
+        The keys of the dialogs (call legs) that have media on C{tunnel}.
+        """
+        return [key for (t, key) in self._dialogs if t is tunnel]
+
     # the SIP proxy core's hooks
 
     def sdp_into_tunnel(

@@ -540,12 +540,12 @@ class AgentSipProxy:
             msg.prepend_header("Record-Route", self._record_route(flow))
         if method == "REGISTER":
             self._add_instance(msg)
-        self._hook_into(msg)
+        fid = self.flows.use(flow, now)
+        self._hook_into(fid, msg)
         if method in ("BYE", "CANCEL"):
-            self._ended(call_id)
+            self._ended(fid, call_id)
             if method == "BYE":
                 self._established.discard(call_id)
-        fid = self.flows.use(flow, now)
         return [ToTunnel(self.tunnel_key, fid, msg.to_bytes())]
 
     def _app_response(self, flow: Flow, msg: SipMessage, now: float) -> list[Action]:
@@ -557,9 +557,9 @@ class AgentSipProxy:
         msg.pop_first_value("Via")
         if msg.count("Via") == 0:
             return [self._drop("response from app with only our Via")]
-        self._track_response(msg, None, now)
-        self._hook_into(msg)
         fid = self.flows.use(flow, now)
+        self._track_response(msg, None, fid, now)
+        self._hook_into(fid, msg)
         return [ToTunnel(self.tunnel_key, fid, msg.to_bytes())]
 
     def _tunnel_request(
@@ -584,9 +584,9 @@ class AgentSipProxy:
         call_id = msg.call_id
         if method in _DIALOG_CREATING and msg.to_tag is None:
             msg.prepend_header("Record-Route", self._record_route(flow))
-        self._hook_out(msg)
+        self._hook_out(flow_id, msg)
         if method in ("BYE", "CANCEL"):
-            self._ended(call_id)
+            self._ended(flow_id, call_id)
             if method == "BYE":
                 self._established.discard(call_id)
         return [ToApp(flow, msg.to_bytes())]
@@ -598,14 +598,14 @@ class AgentSipProxy:
             return [self._drop("response for an unknown flow")]
         if _response_problem(msg) is not None:
             return [self._drop("malformed response from tunnel")]
-        self._track_response(msg, flow, now)
+        fid = self.flows.use(flow, now)
+        self._track_response(msg, flow, fid, now)
         if msg.cseq[1] == "REGISTER":
             self._strip_instance(msg)
-        self._hook_out(msg)
-        self.flows.use(flow, now)
+        self._hook_out(fid, msg)
         return [ToApp(flow, msg.to_bytes())]
 
-    def _track_response(self, msg: SipMessage, flow: Flow | None, now: float) -> None:
+    def _track_response(self, msg: SipMessage, flow: Flow | None, fid: int, now: float) -> None:
         status = msg.status or 0
         method = msg.cseq[1]
         call_id = msg.call_id
@@ -613,7 +613,7 @@ class AgentSipProxy:
             if 200 <= status < 300:
                 self._established.add(call_id, now)
             elif status >= 300 and call_id not in self._established:
-                self._ended(call_id)
+                self._ended(fid, call_id)
         elif method == "REGISTER" and 200 <= status < 300 and flow is not None:
             longest = 0
             for na in _contacts(msg):
@@ -683,23 +683,23 @@ class AgentSipProxy:
         if changed:
             msg.set_header("Contact", ", ".join(out))
 
-    def _hook_into(self, msg: SipMessage) -> None:
+    def _hook_into(self, fid: int, msg: SipMessage) -> None:
         if self.media_hook is not None and _has_sdp(msg):
             self.media_hook.sdp_into_tunnel(
-                self.tunnel_key, msg.call_id, msg.content_type, msg.body
+                self.tunnel_key, dialog_key(fid, msg.call_id), msg.content_type, msg.body
             )
 
-    def _hook_out(self, msg: SipMessage) -> None:
+    def _hook_out(self, fid: int, msg: SipMessage) -> None:
         if self.media_hook is not None and _has_sdp(msg):
             body = self.media_hook.sdp_out_of_tunnel(
-                self.tunnel_key, msg.call_id, msg.content_type, msg.body
+                self.tunnel_key, dialog_key(fid, msg.call_id), msg.content_type, msg.body
             )
             if body != msg.body:
                 msg.set_body(body)
 
-    def _ended(self, call_id: str) -> None:
+    def _ended(self, fid: int, call_id: str) -> None:
         if self.media_hook is not None:
-            self.media_hook.dialog_ended(self.tunnel_key, call_id)
+            self.media_hook.dialog_ended(self.tunnel_key, dialog_key(fid, call_id))
 
 
 # ---------------------------------------------------------------------------
@@ -901,9 +901,9 @@ class ContactSipProxy:
             msg.prepend_header("Record-Route", self._route_uri(session, fid))
         if method == "REGISTER":
             self._outgoing_register(msg, session, fid, branch, now)
-        self._hook_out(key, msg)
+        self._hook_out(key, fid, msg)
         if method in ("BYE", "CANCEL"):
-            self._ended(key, call_id)
+            self._ended(key, fid, call_id)
         self._touch_dialog(session, call_id, now)
         if self.operator is None:
             transport = "udp"
@@ -936,7 +936,7 @@ class ContactSipProxy:
             return [self._drop("response from tunnel with only our Via")]
         transport, dest = _via_destination(nxt)
         self._track_response(key, session, tok.flow_id, msg, now)
-        self._hook_out(key, msg)
+        self._hook_out(key, tok.flow_id, msg)
         return self._send_response(transport, dest, msg.to_bytes(), now)
 
     # -- messages from the operator network --------------------------------
@@ -981,7 +981,7 @@ class ContactSipProxy:
         if method == "REGISTER" and 200 <= status < 300:
             self._register_answered(msg, tok, branch or "", now)
         self._track_response(key, tok.session_id, tok.flow_id, msg, now)
-        self._hook_into(key, msg)
+        self._hook_into(key, tok.flow_id, msg)
         return [ToTunnel(key, tok.flow_id, msg.to_bytes())]
 
     def _network_request(
@@ -1064,9 +1064,9 @@ class ContactSipProxy:
                 "Record-Route", self._route_uri(tok.session_id, tok.flow_id)
             )
         msg.prepend_header("Via", self._via("udp", branch))
-        self._hook_into(key, msg)
+        self._hook_into(key, tok.flow_id, msg)
         if method in ("BYE", "CANCEL"):
-            self._ended(key, call_id)
+            self._ended(key, tok.flow_id, call_id)
         self._touch_dialog(tok.session_id, call_id, now)
         return [ToTunnel(key, tok.flow_id, msg.to_bytes())]
 
@@ -1293,7 +1293,7 @@ class ContactSipProxy:
                 per[call_id] = ds
                 self._arm(now)
             elif status >= 300 and call_id not in per:
-                self._ended(key, call_id)
+                self._ended(key, fid, call_id)
         elif (
             method == "BYE"
             and 200 <= status < 300
@@ -1316,23 +1316,33 @@ class ContactSipProxy:
                 attrs.evolve(d, expires=expires) for d in ds
             ]
 
-    def _hook_into(self, key: Any, msg: SipMessage) -> None:
+    def _hook_into(self, key: Any, fid: int, msg: SipMessage) -> None:
         if self.media_hook is not None and _has_sdp(msg):
             self.media_hook.sdp_into_tunnel(
-                key, msg.call_id, msg.content_type, msg.body
+                key, dialog_key(fid, msg.call_id), msg.content_type, msg.body
             )
 
-    def _hook_out(self, key: Any, msg: SipMessage) -> None:
+    def _hook_out(self, key: Any, fid: int, msg: SipMessage) -> None:
         if self.media_hook is not None and _has_sdp(msg):
             body = self.media_hook.sdp_out_of_tunnel(
-                key, msg.call_id, msg.content_type, msg.body
+                key, dialog_key(fid, msg.call_id), msg.content_type, msg.body
             )
             if body != msg.body:
                 msg.set_body(body)
 
-    def _ended(self, key: Any, call_id: str) -> None:
+    def _ended(self, key: Any, fid: int, call_id: str) -> None:
         if self.media_hook is not None:
-            self.media_hook.dialog_ended(key, call_id)
+            self.media_hook.dialog_ended(key, dialog_key(fid, call_id))
+
+
+def dialog_key(flow_id: int, call_id: str) -> str:
+    """
+    The media key of one leg of a call: the agent's application flow and the
+    Call-ID.  Both halves know both, so they name the same leg alike; two
+    phones behind one agent calling each other are two legs with one
+    Call-ID and two flows.
+    """
+    return f"{flow_id}/{call_id}"
 
 
 def _via_destination(via: Any) -> tuple[str, tuple[str, int]]:
