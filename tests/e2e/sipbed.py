@@ -1,0 +1,275 @@
+"""
+SPWM's split SIP proxy and media relay in the end-to-end test bed: a base
+test case that starts a contact point (TLS or plain, with Kamailio as the
+operator proxy or with the embedded registrar) and agents in the LAN, and
+small helpers to count media packets and open media ports.
+
+The verdicts of the tests built on it come from SIPp (exit status and
+statistics), Kamailio's location table, kernel packet counters
+(L{netbed.Topology.add_counter}) and C{ss}; never from SPWM's own counters.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from spwm.testing.certs import TestCA
+
+from .netbed import (
+    AGENT,
+    CONTACT,
+    DATA,
+    GATEWAY_PUBLIC,
+    KAMAILIO,
+    E2ETestCase,
+    ManagedProcess,
+    NetbedError,
+    SippResult,
+    sipp_argv,
+    sipp_wait,
+)
+
+CONTACT_NAME = "contact.example.test"
+"""The name in the contact point's test certificate (agents check it)."""
+
+AGENT_MEDIA_PORTS = (40000, 40199)
+"""The agent's media port range in these tests."""
+
+CONTACT_MEDIA_PORTS = (50000, 50199)
+"""The contact point's media port range in these tests."""
+
+SECOND_AGENT = "192.0.2.11"
+"""A second agent address in the LAN namespace (added by L{add_lan_address})."""
+
+PCAP = "/usr/share/sip-tester/g711a.pcap"
+"""The PCMA RTP recording shipped with Debian's sip-tester (236 packets, 20 ms each)."""
+
+PCAP_PACKETS = 236
+
+RTPTOOL = Path(__file__).resolve().parent / "rtptool.py"
+
+
+class SpwmSipTestCase(E2ETestCase):
+    """
+    An E2E test case with helpers to run SPWM's contact point and agents
+    with SIP and media enabled.
+    """
+
+    def add_lan_address(self, address: str) -> None:
+        """
+        Give the LAN namespace one more address (e.g. for a second agent).
+        """
+        self.topology.exec(
+            "lan", ["ip", "addr", "add", f"{address}/24", "dev", "eth0", "nodad"]
+        )
+
+    def certificates(self) -> tuple[str, str, str]:
+        """
+        Make a test CA and a server certificate for L{CONTACT_NAME} in the
+        log directory.
+
+        @return: (CA file, certificate file, key file).
+        """
+        ca = TestCA(str(self.logdir / "pki"))
+        files = ca.issue([CONTACT_NAME, CONTACT], "contact")
+        return ca.ca_file, files.cert, files.key
+
+    def start_spwm_contact(
+        self,
+        tls: bool = True,
+        sip_proxy: str | None = f"{KAMAILIO}:5060",
+        media_timeout: float | None = None,
+        extra: Sequence[str] = (),
+    ) -> ManagedProcess:
+        """
+        Start the contact point on L{CONTACT}: tunnels on TCP 443, SIP on
+        UDP and TCP 5060, media on L{CONTACT_MEDIA_PORTS} allowed only to
+        the operator network.
+
+        @param tls: TLS with a test CA (the agents get C{--ca}), else
+            C{--plaintext}.
+        @param sip_proxy: the operator proxy, or C{None} for the embedded
+            registrar.
+        """
+        args = ["--listen", f"tcp:443:interface={CONTACT}"]
+        if tls:
+            self.ca_file, cert, key = self.certificates()
+            args += ["--cert", cert, "--key", key]
+        else:
+            self.ca_file = None
+            args += ["--plaintext"]
+        if sip_proxy is not None:
+            args += ["--sip-proxy", sip_proxy]
+        args += [
+            "--sip-address", f"{CONTACT}:5060",
+            "--media-address", CONTACT,
+            "--media-ports", "%d-%d" % CONTACT_MEDIA_PORTS,
+            "--media-allow", "203.0.113.0/24",
+        ]
+        if media_timeout is not None:
+            args += ["--media-timeout", str(media_timeout)]
+        args += list(extra)
+        process = self.start_contact(args)
+        self.wait_for_listener("op", "udp", CONTACT, 5060, process)
+        self.contact = process
+        return process
+
+    def start_spwm_agent(
+        self,
+        address: str = AGENT,
+        media_timeout: float | None = None,
+        name: str = "agent",
+        extra: Sequence[str] = (),
+    ) -> ManagedProcess:
+        """
+        Start an agent in the LAN namespace listening for SIP on
+        C{address}:5060 (UDP and TCP), media on C{address} and
+        L{AGENT_MEDIA_PORTS}; wait until its tunnel is up.
+        """
+        args = ["--contact", f"{GATEWAY_PUBLIC}:443", "--agent-id", name]
+        if self.ca_file is not None:
+            args += ["--ca", self.ca_file, "--server-name", CONTACT_NAME]
+        else:
+            args += ["--plaintext"]
+        args += [
+            "--sip-listen", f"{address}:5060",
+            "--media-address", address,
+            "--media-ports", "%d-%d" % AGENT_MEDIA_PORTS,
+        ]
+        if media_timeout is not None:
+            args += ["--media-timeout", str(media_timeout)]
+        args += list(extra)
+        process = self.start_agent(args)
+        self.wait_for_listener("lan", "udp", address, 5060, process)
+        self.wait_for_tunnel(process)
+        return process
+
+    def wait_for_tunnel(self, agent: ManagedProcess, timeout: float = 15.0) -> None:
+        """
+        Wait until C{agent} has an established TCP connection to the
+        contact point's public address (seen by C{ss} in the LAN namespace,
+        not by the agent's logs) and a little longer for the SPWM
+        handshake.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            done = self.topology.exec("lan", ["ss", "-tnpH", "state", "established"], check=False)
+            for line in done.stdout.decode().splitlines():
+                if f"{GATEWAY_PUBLIC}:443" in line and f"pid={agent.pid}" in line or (
+                    f"{GATEWAY_PUBLIC}:443" in line and "python" in line
+                ):
+                    # the handshake follows the TCP connection at once
+                    time.sleep(0.5)
+                    return
+            if agent.returncode is not None:
+                raise NetbedError(
+                    f"{agent.name} exited with {agent.returncode}:\n{agent.stderr()[-3000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise NetbedError(f"{agent.name}: no tunnel after {timeout}s")
+            time.sleep(0.1)
+
+    # -- SIPp ---------------------------------------------------------------
+
+    def sipp_lan_uas(
+        self,
+        local_ip: str,
+        user: str,
+        proxy: str = f"{AGENT}:5060",
+        scenario: str = "lan_uas.xml",
+        media_port: int = 6000,
+        name: str | None = None,
+        transport: str = "u1",
+        extra: Sequence[str] = (),
+    ) -> ManagedProcess:
+        """
+        Start a LAN phone that registers C{user} through C{proxy} (digest
+        authentication) and then answers one call, echoing RTP on
+        C{local_ip:media_port}.  Use L{wait_registered} before calling it.
+        """
+        name = name or f"phone-{user}"
+        from .netbed import USERS
+
+        argv = sipp_argv(
+            scenario, proxy, local_ip, 5060, name, self.logdir,
+            keys={"user": user, "contact": f"{local_ip}:5060", "expires": "300"},
+            extra=[
+                "-au", user, "-ap", USERS[user], "-m", "1",
+                "-mi", local_ip, "-mp", str(media_port), "-rtp_echo",
+                "-recv_timeout", "20000", "-timeout", "40s", "-timeout_error",
+                *extra,
+            ],
+            transport=transport,
+        )
+        return self.topology.spawn("lan", name, argv, cwd=self.logdir)
+
+    def wait_registered(self, user: str, timeout: float = 10.0) -> None:
+        """
+        Wait until Kamailio's location table has a binding for C{user}.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if any(b.aor == user for b in self.location_table()):
+                return
+            if time.monotonic() > deadline:
+                raise NetbedError(f"{user} not registered after {timeout}s: {self.location_table()}")
+            time.sleep(0.1)
+
+    def wait_sipp(self, process: ManagedProcess, timeout: float = 30.0) -> SippResult:
+        """The verdict of a background SIPp that ends by itself (bounded)."""
+        return sipp_wait(process, self.logdir, timeout)
+
+    def assertSippSuccess(self, result: SippResult, calls: int = 1) -> None:
+        """
+        SIPp exited 0 with C{calls} successful and no failed calls; the
+        message points at its logs otherwise.
+        """
+        where = f"see {result.logdir}/{result.name}.*"
+        self.assertEqual(result.returncode, 0, f"{result.name} exit {result.returncode}; {where}")
+        self.assertEqual(result.successful, calls, f"{result.name}: {result.stats}; {where}")
+        self.assertEqual(result.failed, 0, f"{result.name}: {result.stats}; {where}")
+
+    # -- media --------------------------------------------------------------
+
+    def open_media_ports(self, role: str, ports: tuple[int, int]) -> list[str]:
+        """
+        UDP sockets bound in the namespace of C{role} with a local port in
+        C{ports} (inclusive), as C{ss -uln} lists them.
+        """
+        done = self.topology.exec(role, ["ss", "-ulnH"], check=False)
+        found = []
+        for line in done.stdout.decode().splitlines():
+            columns = line.split()
+            if len(columns) < 4:
+                continue
+            match = re.search(r":(\d+)$", columns[3])
+            if match and ports[0] <= int(match.group(1)) <= ports[1]:
+                found.append(columns[3])
+        return found
+
+    def wait_media_ports_closed(self, timeout: float = 5.0) -> tuple[list[str], list[str]]:
+        """
+        Poll until neither the agent's nor the contact point's namespace has
+        a UDP socket in its media port range, or C{timeout} passes.
+
+        @return: what is still open (agent side, contact side).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            lan = self.open_media_ports("lan", AGENT_MEDIA_PORTS)
+            op = self.open_media_ports("op", CONTACT_MEDIA_PORTS)
+            if (not lan and not op) or time.monotonic() > deadline:
+                return lan, op
+            time.sleep(0.2)
+
+    def count_udp(self, role: str, name: str, match: str, hook: str = "input") -> None:
+        """Shorthand for L{netbed.Topology.add_counter}."""
+        self.topology.add_counter(role, name, match, hook)
+
+    def counter(self, role: str, name: str) -> int:
+        """Shorthand for L{netbed.Topology.read_counter}."""
+        return self.topology.read_counter(role, name)

@@ -1,0 +1,235 @@
+"""
+End-to-end cases of the split SIP proxy (issue 4) under the C{strict}
+policy: LAN phones (SIPp) reach the operator's Kamailio only through the
+agent, the tunnel (TCP 443, TLS unless said otherwise) and the contact
+point.  The verdicts are SIPp's exit status and statistics, Kamailio's
+location table and kernel packet counters.
+"""
+
+from __future__ import annotations
+
+from .netbed import (
+    AGENT,
+    CONTACT,
+    ECHO,
+    KAMAILIO,
+    PHONE,
+    PHONES,
+    UAS,
+    sipp_argv,
+    USERS,
+)
+from .sipbed import PCAP, SECOND_AGENT, SpwmSipTestCase
+
+PROXY = f"{AGENT}:5060"
+"""Where LAN phones send their SIP: the agent."""
+
+
+class SpwmSipKamailioTests(SpwmSipTestCase):
+    """
+    Agent and contact point (TLS tunnel) between LAN phones and Kamailio
+    with digest authentication; bob is the operator-side UAS.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.make_topology("strict")
+        self.start_kamailio()
+        self.start_spwm_contact(tls=True)
+        self.start_spwm_agent()
+
+    def register(self, user: str = "alice", local_ip: str = PHONE, transport: str = "u1", name: str | None = None):
+        """
+        Register C{user} from C{local_ip}:5060 through the agent and assert
+        SIPp's success.
+        """
+        result = self.sipp_uac(
+            "register.xml", PROXY, user=user, local_ip=local_ip,
+            transport=transport, name=name or f"register-{user}",
+        )
+        self.assertSippSuccess(result)
+        return result
+
+    def test_register_with_digest_through_agent(self) -> None:
+        """
+        A LAN phone registers through the agent with digest authentication
+        (SIPp sees the 401 and then the 200), although the router lets no
+        UDP out; Kamailio's location table holds alice's own contact with a
+        Path through the contact point's operator-side address.
+        """
+        result = self.register("alice")
+        self.assertIn("SIP/2.0 401", result.messages())
+        [alice] = [b for b in self.location_table() if b.aor == "alice"]
+        self.assertTrue(alice.contact.startswith(f"sip:alice@{PHONE}:5060"), alice)
+        self.assertIsNotNone(alice.path, alice)
+        self.assertIn(f"@{CONTACT}:5060;lr", alice.path)
+
+    def test_outgoing_call_with_media(self) -> None:
+        """
+        The LAN phone calls bob (the operator UAS): SIPp on both ends
+        reports the call set up and torn down, and RTP flows both ways:
+        the phone's packets reach the UAS from the contact point, the UAS's
+        echo reaches the phone from the agent (kernel counters at both
+        ends; one-way audio fails).
+        """
+        self.register_uas("bob")
+        uas = self.sipp_uas()
+        self.register("alice")
+        self.count_udp("lan", "phone_sent", f"ip saddr {PHONE} ip daddr {AGENT} udp sport 6000")
+        self.count_udp("op", "at_uas", f"ip saddr {CONTACT} ip daddr {UAS} udp dport 6000")
+        self.count_udp("op", "from_uas", f"ip saddr {UAS} ip daddr {CONTACT} udp sport 6000", hook="output")
+        self.count_udp("lan", "at_phone", f"ip saddr {AGENT} ip daddr {PHONE} udp dport 6000")
+        result = self.sipp_uac(
+            "uac_rtp.xml", PROXY, user="alice", service="bob",
+            keys={"pcap": PCAP}, extra=["-d", "3000", "-mi", PHONE, "-mp", "6000"],
+            name="alice-calls-bob",
+        )
+        self.assertSippSuccess(result)
+        self.assertSippSuccess(self.sipp_finish(uas))
+        sent = self.counter("lan", "phone_sent")
+        at_uas = self.counter("op", "at_uas")
+        from_uas = self.counter("op", "from_uas")
+        at_phone = self.counter("lan", "at_phone")
+        counts = dict(sent=sent, at_uas=at_uas, from_uas=from_uas, at_phone=at_phone)
+        self.assertGreater(sent, 80, counts)
+        self.assertGreaterEqual(at_uas, sent - 2, f"phone to UAS lost packets: {counts}")
+        self.assertGreaterEqual(at_phone, from_uas - 2, f"UAS to phone lost packets: {counts}")
+        self.assertGreater(from_uas, 80, f"no audio back from the UAS: {counts}")
+
+    def test_incoming_call_by_address_of_record(self) -> None:
+        """
+        carol, on the operator network, calls alice by her address of
+        record at Kamailio; the INVITE reaches the LAN phone through the
+        contact point and the tunnel (Kamailio routes it along the stored
+        Path), the call completes on both SIPp ends, and the caller's RTP
+        and the phone's echo both arrive.
+        """
+        self.register("alice")
+        phone = self.sipp_uas(local_ip=PHONE, role="lan", name="phone-alice")
+        self.count_udp("lan", "at_phone", f"ip saddr {AGENT} ip daddr {PHONE} udp dport 6000")
+        self.count_udp("op", "at_caller", f"ip saddr {CONTACT} ip daddr {ECHO} udp dport 6000")
+        result = self.sipp_uac(
+            "uac_rtp.xml", f"{KAMAILIO}:5060", user="carol", service="alice",
+            role="op", local_ip=ECHO, keys={"pcap": PCAP},
+            extra=["-d", "2000", "-mi", ECHO, "-mp", "6000"],
+            name="carol-calls-alice",
+        )
+        self.assertSippSuccess(result)
+        phone_result = self.sipp_finish(phone)
+        self.assertSippSuccess(phone_result)
+        self.assertEqual(phone_result.count("IncomingCall(C)"), 1)
+        at_phone = self.counter("lan", "at_phone")
+        at_caller = self.counter("op", "at_caller")
+        self.assertGreater(at_phone, 50, (at_phone, at_caller))
+        self.assertGreater(at_caller, 50, (at_phone, at_caller))
+
+    def test_cancel_ringing_call(self) -> None:
+        """
+        The LAN phone calls bob, bob rings, the phone cancels: the phone
+        gets 200 to its CANCEL and 487 to its INVITE, bob saw the CANCEL
+        (both SIPp scenarios succeed).
+        """
+        self.register_uas("bob")
+        uas = self.sipp_uas("uas_ring_cancel.xml", name="bob-rings")
+        self.register("alice")
+        result = self.sipp_uac(
+            "uac_cancel.xml", PROXY, user="alice", service="bob",
+            name="alice-cancels",
+        )
+        self.assertSippSuccess(result)
+        self.assertIn("SIP/2.0 487", result.messages())
+        self.assertSippSuccess(self.sipp_finish(uas))
+
+    def _two_phones(self, transport: str) -> None:
+        """
+        alice on PHONES[0] and carol on PHONES[1] register through the one
+        agent and call bob at the same time, each with RTP.
+        """
+        self.register_uas("bob")
+        uas = self.sipp_uas()
+        callers = [("alice", PHONES[0]), ("carol", PHONES[1])]
+        for user, address in callers:
+            self.register(user, address, transport=transport)
+        table = {b.aor: b for b in self.location_table()}
+        for user, address in callers:
+            self.assertIn(user, table)
+            self.assertTrue(table[user].contact.startswith(f"sip:{user}@{address}:5060"), table[user])
+            self.assertIn(f"@{CONTACT}:5060;lr", table[user].path or "")
+        for user, address in callers:
+            self.count_udp("lan", f"at_{user}", f"ip saddr {AGENT} ip daddr {address} udp dport 6000")
+        processes = []
+        for user, address in callers:
+            argv = sipp_argv(
+                "uac_rtp.xml", PROXY, address, 5060, f"{user}-calls-bob", self.logdir,
+                keys={"user": user, "pcap": PCAP},
+                extra=["-s", "bob", "-au", user, "-ap", USERS[user], "-m", "1",
+                       "-d", "2000", "-mi", address, "-mp", "6000",
+                       "-recv_timeout", "5000", "-timeout", "20s", "-timeout_error"],
+                transport=transport,
+            )
+            processes.append(self.topology.spawn("lan", f"{user}-calls-bob", argv, cwd=self.logdir))
+        for process in processes:
+            self.assertSippSuccess(self.wait_sipp(process))
+        self.assertSippSuccess(self.sipp_finish(uas), calls=2)
+        for user, _ in callers:
+            self.assertGreater(self.counter("lan", f"at_{user}"), 50, user)
+
+    def test_two_phones_on_two_hosts(self) -> None:
+        """
+        Two LAN phones on two LAN hosts register through one agent (two
+        bindings, each with its own contact and a Path through the contact
+        point) and call bob at the same time: both calls succeed and each
+        phone gets its own echoed audio back.
+        """
+        self._two_phones("u1")
+
+    def test_two_phones_on_tcp(self) -> None:
+        """
+        The same as L{test_two_phones_on_two_hosts} with the phones talking
+        SIP over TCP to the agent.
+        """
+        self._two_phones("t1")
+
+
+class SpwmEmbeddedRegistrarTests(SpwmSipTestCase):
+    """
+    The newcomer's path: no operator proxy at all.  The contact point runs
+    its embedded registrar; two agents (two LAN addresses) each serve one
+    phone.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.make_topology("strict")
+        self.add_lan_address(SECOND_AGENT)
+        self.start_spwm_contact(tls=False, sip_proxy=None)
+        self.start_spwm_agent(AGENT, name="agent-one")
+        self.start_spwm_agent(SECOND_AGENT, name="agent-two")
+
+    def test_two_agents_call_each_other(self) -> None:
+        """
+        alice registers through the first agent, bob through the second
+        (no authentication: the embedded registrar answers 200 at once);
+        alice calls bob by his address of record: the call completes on
+        both SIPp ends and the RTP and its echo cross both tunnels.
+        """
+        for user, address, agent in (("alice", PHONES[0], AGENT), ("bob", PHONES[1], SECOND_AGENT)):
+            result = self.sipp_uac(
+                "register_open.xml", f"{agent}:5060", user=user, local_ip=address,
+                name=f"register-{user}",
+            )
+            self.assertSippSuccess(result)
+        bob = self.sipp_uas(local_ip=PHONES[1], role="lan", name="phone-bob")
+        self.count_udp("lan", "at_bob", f"ip saddr {SECOND_AGENT} ip daddr {PHONES[1]} udp dport 6000")
+        self.count_udp("lan", "at_alice", f"ip saddr {AGENT} ip daddr {PHONES[0]} udp dport 6000")
+        result = self.sipp_uac(
+            "uac_rtp_open.xml", f"{AGENT}:5060", user="alice", service="bob",
+            keys={"pcap": PCAP}, extra=["-d", "2000", "-mi", PHONES[0], "-mp", "6000"],
+            name="alice-calls-bob",
+        )
+        self.assertSippSuccess(result)
+        self.assertSippSuccess(self.sipp_finish(bob))
+        at_bob = self.counter("lan", "at_bob")
+        at_alice = self.counter("lan", "at_alice")
+        self.assertGreater(at_bob, 50, (at_bob, at_alice))
+        self.assertGreater(at_alice, 50, (at_bob, at_alice))
