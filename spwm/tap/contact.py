@@ -29,6 +29,7 @@ from spwm.config import (
     string,
 )
 from spwm.media.manager import MediaManager
+from spwm.sip.authz import AuthorizingContactProxy, MediaGate
 from spwm.sip.proxy import ContactSipProxy, OperatorProxy
 from spwm.sip.transport import ContactSipRunner
 from spwm.tap.parts import MediaHookAdapter, SipListeners, resolve_ip
@@ -48,6 +49,7 @@ OPTIONS = (
     Option("max-tunnels-per-address", 100, positive_int, "Tunnels accepted from one source address."),
     Option("sip-proxy", None, lambda v: parse_sip_proxy(v) and v, "Operator proxy HOST[:PORT][;transport=udp|tcp] (default: the embedded registrar)."),
     Option("sip-address", "127.0.0.1:5070", lambda v: sip_address(v) and v, "Operator-side SIP address ADDR[:PORT] of the contact point (UDP and TCP)."),
+    Option("allow-unregistered", False, bool, "Let tunnels send any request and open media before a registration succeeded (trunks, tests).", flag=True),
     Option("contact-rewrite", False, bool, "Rewrite Contact to our address for registrars without Path support.", flag=True),
     Option("media-address", None, ip_address, "Operator-side address of the relay sockets (default: the --sip-address address)."),
     Option("media-ports", (50000, 50999), port_range, "UDP port range LOW-HIGH for media towards the operator network."),
@@ -124,7 +126,6 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         receive_buffer=options["udp-buffer"],
         router=mux,
     )
-    mux.parts["media"] = media
     core = ContactSipProxy(
         (sip_host, sip_port),
         os.urandom(32),
@@ -132,6 +133,11 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         contact_rewrite=bool(options["contact-rewrite"]),
         media_hook=MediaHookAdapter(media),
     )
+    if options["allow-unregistered"]:
+        mux.parts["media"] = media
+    else:
+        core = AuthorizingContactProxy(core)
+        mux.parts["media"] = MediaGate(media, core, mux)
 
     def connect(addr: tuple[str, int], f: object) -> object:
         endpoint = TCP6ClientEndpoint if ":" in addr[0] else TCP4ClientEndpoint

@@ -1,0 +1,131 @@
+# -*- test-case-name: tests.test_sip_authz -*-
+"""
+Tunnel authorisation from the SIP registration.
+
+Until the operator's registrar (or the embedded one) has answered a REGISTER
+that came through a tunnel with 2xx, that tunnel may send only REGISTER and
+OPTIONS; anything else gets C{403}, and no media channel can be opened.
+Afterwards it may send requests only as the addresses-of-record registered
+through it (the From identity is checked).  When all registrations of a tunnel
+have expired or been removed, it is unregistered again.
+
+L{AuthorizingContactProxy} wraps a L{spwm.sip.proxy.ContactSipProxy} (same
+interface); L{MediaGate} guards the media part of the tunnel multiplexer.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from spwm.sip.errors import SipParseError
+from spwm.sip.message import make_response, parse_message
+from spwm.sip.proxy import Dropped, ToTunnel
+from spwm.sip.uri import parse_name_addr, parse_uri
+from spwm.tunnel.frames import ErrorCode
+
+#: What an unregistered tunnel may send.
+UNREGISTERED_METHODS = frozenset({"REGISTER", "OPTIONS"})
+
+_FROM = re.compile(rb"^(?:from|f)[ \t]*:[ \t]*(.*(?:\r?\n[ \t]+.*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+def _identity(uri: Any) -> tuple[str, str]:
+    return ((uri.user or "").lower(), uri.host.lower())
+
+
+class AuthorizingContactProxy:
+    """
+    A contact-point SIP core that refuses what a tunnel may not send.
+
+    @ivar refused: requests refused, by reason.
+    """
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+        self.refused: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._core, name)
+
+    def identities(self, session_id: str) -> set[tuple[str, str]]:
+        """
+        The (user, host) of every address-of-record registered through a session.
+        """
+        out = set()
+        for registration in self._core.registrations(session_id):
+            try:
+                out.add(_identity(parse_uri(registration.aor)))
+            except SipParseError:
+                continue
+        return out
+
+    def is_authorized(self, session_id: str) -> bool:
+        """
+        Whether a session has a live registration.
+        """
+        return bool(self._core.registrations(session_id))
+
+    def from_tunnel(self, tunnel_key: Any, session_id: str, flow_id: int, data: bytes, now: float) -> list[Any]:
+        head = data[:16].lstrip(b"\r\n")
+        if not head or head.startswith(b"SIP/"):
+            # Responses match our own Via or are dropped by the core.
+            return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now)
+        method = head.split(b" ", 1)[0].decode("ascii", "replace").upper()
+        if method in UNREGISTERED_METHODS:
+            return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now)
+        identities = self.identities(session_id)
+        if not identities:
+            return self._refuse(tunnel_key, flow_id, data, method, "tunnel not registered")
+        end = data.find(b"\r\n\r\n")
+        match = _FROM.search(data, 0, end if end >= 0 else len(data))
+        try:
+            if match is None:
+                raise SipParseError(400, "no From")
+            value = b" ".join(match.group(1).split()).decode("utf-8", "surrogateescape")
+            identity = _identity(parse_name_addr(value).uri)
+        except SipParseError:
+            # Let the core answer malformed requests as it does.
+            return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now)
+        if identity not in identities:
+            return self._refuse(tunnel_key, flow_id, data, method, "From is not registered through this tunnel")
+        return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now)
+
+    def _refuse(self, tunnel_key: Any, flow_id: int, data: bytes, method: str, reason: str) -> list[Any]:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        drop = Dropped(f"{method} refused: {reason}")
+        if method == "ACK":
+            return [drop]
+        try:
+            request = parse_message(data)
+        except SipParseError:
+            return [drop]
+        response = make_response(request, 403, f"Forbidden ({reason})")
+        return [ToTunnel(tunnel_key, flow_id, response.to_bytes()), drop]
+
+
+class MediaGate:
+    """
+    The media part of the contact point's multiplexer, refusing media
+    channels from tunnels that are not registered, and handing accepted
+    channels to the media manager (which then gets their datagrams
+    directly).
+    """
+
+    def __init__(self, manager: Any, authz: AuthorizingContactProxy, mux: Any) -> None:
+        self._manager = manager
+        self._authz = authz
+        self._mux = mux
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._manager, name)
+
+    def channel_requested(self, tunnel: Any, channel_id: int, kind: Any, meta: dict[str, Any]) -> None:
+        if not self._authz.is_authorized(tunnel.session_id):
+            self.refused += 1
+            tunnel.close_channel(channel_id, ErrorCode.REFUSED, "media before registration")
+            self._mux.forget_channel(tunnel, channel_id)
+            return
+        self._mux.channel_opened_locally(tunnel, channel_id, self._manager)
+        self._manager.channel_requested(tunnel, channel_id, kind, meta)

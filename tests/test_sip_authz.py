@@ -1,0 +1,164 @@
+"""
+Tests for L{spwm.sip.authz}: a tunnel may send calls and open media only
+after a registration through it succeeded, and only as what it registered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.sip.authz import AuthorizingContactProxy, MediaGate
+from spwm.sip.message import parse_message
+from spwm.sip.proxy import ContactSipProxy, ToTunnel
+from spwm.tunnel.frames import ChannelKind, ErrorCode
+from tests.test_sip_proxy import SDP, FakeTunnel, request
+
+
+class RecordingMux:
+    def __init__(self) -> None:
+        self.routed: list[tuple[Any, int, Any]] = []
+        self.forgotten: list[int] = []
+
+    def channel_opened_locally(self, tunnel: Any, channel_id: int, part: Any) -> None:
+        self.routed.append((tunnel, channel_id, part))
+
+    def forget_channel(self, tunnel: Any, channel_id: int) -> None:
+        self.forgotten.append(channel_id)
+
+
+class RecordingManager:
+    def __init__(self) -> None:
+        self.requested: list[int] = []
+
+    def channel_requested(self, tunnel: Any, channel_id: int, kind: Any, meta: dict) -> None:
+        self.requested.append(channel_id)
+
+
+class TunnelWithChannels(FakeTunnel):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.closed: list[tuple[int, int, str]] = []
+
+    def close_channel(self, channel_id: int, code: int = 0, reason: str = "") -> None:
+        self.closed.append((channel_id, code, reason))
+
+
+class AuthorizationTests(SynchronousTestCase):
+    """
+    The contact point's gate in front of its SIP core (embedded registrar).
+    """
+
+    def setUp(self) -> None:
+        self.proxy = AuthorizingContactProxy(ContactSipProxy(("203.0.113.10", 5060), b"k" * 32))
+        self.tunnel = TunnelWithChannels("s-1")
+        self.proxy.tunnel_attached(self.tunnel, "s-1")
+
+    def send(self, data: bytes, flow: int = 1) -> list[Any]:
+        return self.proxy.from_tunnel(self.tunnel, "s-1", flow, data, 10.0)
+
+    def statuses(self, actions: list[Any]) -> list[int]:
+        out = []
+        for a in actions:
+            if isinstance(a, ToTunnel):
+                msg = parse_message(a.data)
+                if not msg.is_request:
+                    out.append(msg.status)
+        return out
+
+    def register(self, user: str = "alice") -> None:
+        actions = self.send(
+            request(
+                "REGISTER",
+                "sip:example.org",
+                from_=f"<sip:{user}@example.org>;tag=r1",
+                to=f"<sip:{user}@example.org>",
+                call_id=f"reg-{user}",
+                extra=(f"Contact: <sip:{user}@192.0.2.10:5062>", "Expires: 300"),
+            )
+        )
+        self.assertIn(200, self.statuses(actions))
+
+    def test_invite_before_registration_is_forbidden(self) -> None:
+        """
+        An unregistered tunnel's INVITE gets 403 and goes nowhere else.
+        """
+        actions = self.send(request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp"))
+        self.assertEqual(self.statuses(actions), [403])
+        [resp] = [parse_message(a.data) for a in actions if isinstance(a, ToTunnel)]
+        self.assertIn("not registered", resp.reason)
+        self.assertEqual(self.proxy.refused, {"tunnel not registered": 1})
+
+    def test_register_and_options_allowed(self) -> None:
+        """
+        REGISTER and OPTIONS pass before any registration.
+        """
+        self.register()
+        options = self.send(request("OPTIONS", "sip:example.org", call_id="o1"))
+        self.assertNotIn(403, self.statuses(options))
+
+    def test_after_registration_only_as_registered(self) -> None:
+        """
+        After a 2xx to REGISTER the tunnel may call as that user, not as another.
+        """
+        self.register("alice")
+        self.assertTrue(self.proxy.is_authorized("s-1"))
+        as_alice = self.send(request("MESSAGE", "sip:bob@example.org", call_id="m1"))
+        self.assertNotIn(403, self.statuses(as_alice))
+        as_carol = self.send(request("MESSAGE", "sip:bob@example.org", from_="<sip:carol@example.org>;tag=x", call_id="m2"))
+        self.assertEqual(self.statuses(as_carol), [403])
+        self.assertEqual(self.proxy.refused, {"From is not registered through this tunnel": 1})
+
+    def test_unregister_falls_back(self) -> None:
+        """
+        When the tunnel's registrations are removed it is unregistered again.
+        """
+        self.register("alice")
+        self.send(
+            request(
+                "REGISTER",
+                "sip:example.org",
+                from_="<sip:alice@example.org>;tag=r2",
+                to="<sip:alice@example.org>",
+                call_id="reg-alice",
+                cseq=2,
+                extra=("Contact: <sip:alice@192.0.2.10:5062>", "Expires: 0"),
+            )
+        )
+        self.assertFalse(self.proxy.is_authorized("s-1"))
+        actions = self.send(request("MESSAGE", "sip:bob@example.org", call_id="m3"))
+        self.assertEqual(self.statuses(actions), [403])
+
+    def test_other_tunnel_stays_unregistered(self) -> None:
+        """
+        One tunnel's registration authorises that tunnel only.
+        """
+        self.register("alice")
+        other = TunnelWithChannels("s-2")
+        self.proxy.tunnel_attached(other, "s-2")
+        actions = self.proxy.from_tunnel(other, "s-2", 1, request("MESSAGE", "sip:bob@example.org", call_id="m4"), 10.0)
+        self.assertEqual(self.statuses(actions), [403])
+
+    def test_unregistered_ack_is_dropped_silently(self) -> None:
+        """
+        An ACK is never answered.
+        """
+        actions = self.send(request("ACK", "sip:bob@example.org"))
+        self.assertEqual(self.statuses(actions), [])
+
+    def test_media_gate(self) -> None:
+        """
+        Media channels from an unregistered tunnel are refused; after the
+        registration they reach the media manager, which then gets the
+        channel's datagrams directly.
+        """
+        manager, mux = RecordingManager(), RecordingMux()
+        gate = MediaGate(manager, self.proxy, mux)
+        gate.channel_requested(self.tunnel, 1, ChannelKind.DATAGRAM, {"use": "media"})
+        self.assertEqual(self.tunnel.closed, [(1, ErrorCode.REFUSED, "media before registration")])
+        self.assertEqual(manager.requested, [])
+        self.register()
+        gate.channel_requested(self.tunnel, 3, ChannelKind.DATAGRAM, {"use": "media"})
+        self.assertEqual(manager.requested, [3])
+        self.assertEqual(mux.routed, [(self.tunnel, 3, manager)])
