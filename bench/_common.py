@@ -1,0 +1,359 @@
+"""
+Helpers shared by the SIP and media benchmarks (C{sip_calls.py}, C{media.py}).
+
+The process handling, CPU and kernel counters, percentiles and the py-spy
+summary come from C{tunnel_udp.py} (imported, not copied); what is added here
+is what the SIP benchmarks need on top: starting an agent and a contact point
+with SIP and media options, waiting for their tunnel, py-spy on both halves,
+SIPp's statistics file, a bounded run with a clean-up of everything by PID.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from tunnel_udp import (  # noqa: E402,F401  (re-exported for the benchmarks)
+    ROOT,
+    Processes,
+    cpu_model,
+    cpu_seconds,
+    machine_cpu,
+    machine_usage,
+    percentile,
+    summarize_profile,
+    udp_counters,
+)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """
+    A port free for both UDP and TCP on C{host} now.
+    """
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((host, 0))
+            port = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port on loopback")
+
+
+def media_ranges(count: int, size: int) -> list[tuple[int, int]]:
+    """
+    C{count} disjoint even-aligned ranges of C{size} ports between 20000 and
+    32000 (below Linux's ephemeral range), at a random place.
+    """
+    base = random.randrange(20000, 32000 - count * size, 2)
+    return [(base + i * size, base + (i + 1) * size - 1) for i in range(count)]
+
+
+class Pair:
+    """
+    An C{spwm-contact} and an C{spwm-agent} on loopback with SIP and media,
+    started as C{twistd -n} processes through L{Processes}.
+
+    @ivar sip_listen: the agent's C{(host, port)} for SIP applications.
+    @ivar sip_address: the contact point's operator-side SIP C{(host, port)}.
+    @ivar command_lines: both command lines, for the report.
+    """
+
+    def __init__(
+        self,
+        procs: Processes,
+        workdir: str,
+        sip_proxy: tuple[str, int] | None,
+        media_ports: int = 2000,
+        tls: bool = False,
+        extra: list[str] = (),
+    ) -> None:
+        self.procs = procs
+        self.workdir = workdir
+        self.tunnel_port = free_port()
+        self.sip_listen = ("127.0.0.1", free_port())
+        self.sip_address = ("127.0.0.1", free_port())
+        contact_media, agent_media = media_ranges(2, media_ports)
+        if tls:
+            sys.path.insert(0, ROOT)
+            from spwm.testing.certs import TestCA
+
+            ca = TestCA(os.path.join(workdir, "ca"))
+            files = ca.issue(["localhost", "127.0.0.1"], "contact")
+            contact_sec = ["--cert", files.cert, "--key", files.key]
+            agent_sec = ["--ca", ca.ca_file, "--server-name", "localhost"]
+        else:
+            contact_sec = agent_sec = ["--plaintext"]
+        proxy = ["--sip-proxy", f"{sip_proxy[0]}:{sip_proxy[1]}"] if sip_proxy else []
+        self.contact_log = os.path.join(workdir, "contact.log")
+        self.agent_log = os.path.join(workdir, "agent.log")
+        self.contact = procs.start_twistd(
+            "spwm-contact",
+            [
+                *contact_sec,
+                "--listen", f"tcp:{self.tunnel_port}:interface=127.0.0.1",
+                *proxy,
+                "--sip-address", f"{self.sip_address[0]}:{self.sip_address[1]}",
+                "--media-address", "127.0.0.1",
+                "--media-ports", f"{contact_media[0]}-{contact_media[1]}",
+                "--media-allow", "127.0.0.0/8",
+                "--drain-time", "0.2",
+                *extra,
+            ],
+            self.contact_log,
+        )
+        time.sleep(0.3)
+        self.agent = procs.start_twistd(
+            "spwm-agent",
+            [
+                *agent_sec,
+                "--contact", f"127.0.0.1:{self.tunnel_port}",
+                "--reconnect-max", "1",
+                "--sip-listen", f"{self.sip_listen[0]}:{self.sip_listen[1]}",
+                "--media-address", "127.0.0.1",
+                "--media-ports", f"{agent_media[0]}-{agent_media[1]}",
+                *extra,
+            ],
+            self.agent_log,
+        )
+        self.command_lines = ["twistd -n --pidfile= " + " ".join(p.args[5:]) for p in (self.contact, self.agent)]
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {"agent": self.agent.pid, "contact": self.contact.pid}
+
+    def wait_up(self, timeout: float = 20.0) -> None:
+        """
+        Wait (bounded) until the contact point logs the agent's tunnel.
+
+        @raise RuntimeError: a half exited, or no tunnel within C{timeout}.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc in (self.contact, self.agent):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{proc.args[5]} exited; see {self.workdir}")
+            try:
+                with open(self.contact_log, errors="replace") as f:
+                    if "tunnel up with" in f.read():
+                        time.sleep(0.2)
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"no tunnel within {timeout:g} s; see {self.workdir}")
+
+    def cpu(self) -> dict[str, float]:
+        """
+        CPU seconds used so far by each half.
+        """
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def warnings(self, limit: int = 10) -> list[str]:
+        """
+        Lines of both logs that look like trouble (tracebacks, errors, warnings).
+        """
+        out = []
+        for name, path in (("agent", self.agent_log), ("contact", self.contact_log)):
+            try:
+                with open(path, errors="replace") as f:
+                    for line in f:
+                        low = line.lower()
+                        if "traceback" in low or "error" in low or "#warn" in low or "#critical" in low:
+                            out.append(f"{name}: {line.rstrip()}")
+                            if len(out) >= limit:
+                                return out
+            except OSError:
+                pass
+        return out
+
+
+def start_profilers(procs: Processes, pair: Pair, directory: str, tag: str, seconds: float, rate: int = 250) -> list[tuple[str, subprocess.Popen]]:
+    """
+    py-spy (raw collapsed stacks) on both halves for C{seconds}; the files
+    are C{DIR/agent-TAG.txt} and C{DIR/contact-TAG.txt}.
+    """
+    spies = []
+    for name, pid in pair.pids.items():
+        out = os.path.join(directory, f"{name}-{tag}.txt")
+        p = subprocess.Popen(
+            ["py-spy", "record", "--nonblocking", "-r", str(rate), "-f", "raw", "-o", out, "-p", str(pid), "-d", str(max(1, int(seconds)))],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.popen.append(p)
+        spies.append((out, p))
+    return spies
+
+
+def wait_profilers(spies: list[tuple[str, subprocess.Popen]]) -> list[str]:
+    """
+    Wait (bounded) for the profilers; the summaries of their files.
+    """
+    lines = []
+    for out, p in spies:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        lines += summarize_profile(out)
+    return lines
+
+
+def read_sipp_stats(path: str) -> list[dict[str, str]]:
+    """
+    The rows of a SIPp statistics file (C{-trace_stat -stf}), as dicts.
+    """
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f, delimiter=";"))
+    except OSError:
+        return []
+    if len(rows) < 2:
+        return []
+    return [dict(zip(rows[0], row)) for row in rows[1:] if len(row) >= len(rows[0]) - 1]
+
+
+def sipp_time(value: str) -> float:
+    """
+    Seconds of a SIPp duration C{HH:MM:SS:uuuuuu} (or C{HH:MM:SS}).
+    """
+    parts = value.strip().split(":")
+    try:
+        h, m, s = int(parts[0]), int(parts[1]), int(parts[2])
+        us = int(parts[3]) if len(parts) > 3 else 0
+    except (IndexError, ValueError):
+        return float("nan")
+    return h * 3600 + m * 60 + s + us / 1e6
+
+
+def run_bounded(main: Callable[[Processes, str], int], max_time: float, keep: bool) -> int:
+    """
+    Run C{main(procs, workdir)} with everything it starts ended by PID at the
+    end, on Ctrl-C, on SIGTERM, on an error and after C{max_time} seconds;
+    the work directory is removed unless the run failed or C{keep}.
+    """
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGALRM, stop)
+    signal.alarm(int(max_time))
+    procs = Processes()
+    workdir = tempfile.mkdtemp(prefix="spwm-bench-")
+    status = 0
+    try:
+        print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}; load average {os.getloadavg()[0]:.2f}", flush=True)
+        status = main(procs, workdir)
+    except KeyboardInterrupt as e:
+        print(f"interrupted ({e or 'Ctrl-C'}); stopping", file=sys.stderr)
+        status = 130
+    except Exception as e:
+        import traceback
+
+        traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        status = 1
+    finally:
+        signal.alarm(0)
+        sys.stdout.flush()
+        procs.stop_all()
+        print(f"load average at the end {os.getloadavg()[0]:.2f}", flush=True)
+        if keep or status:
+            print(f"work directory kept: {workdir}", file=sys.stderr)
+        else:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+    return status
+
+
+def _phone_module() -> Any:
+    """
+    C{examples/phone.py} (its SIP parser and serialiser are the other side
+    of the wire: they share no code with SPWM's).
+    """
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    import phone
+
+    return phone
+
+
+def register_through(
+    agent_sip: tuple[str, int], registrar_port: int, user: str, domain: str, expires: int = 3600, timeout: float = 10.0
+) -> str:
+    """
+    Register C{sip:USER@DOMAIN} through the pair, answering the REGISTER as
+    the operator's registrar on C{127.0.0.1:registrar_port} (the contact
+    point's C{--sip-proxy}), so the contact point lets the tunnel send other
+    requests as that address-of-record. Call before anything else binds the
+    registrar port.
+
+    @return: the final status line seen by the client.
+    @raise RuntimeError: no final response within C{timeout}.
+    """
+    import secrets
+    import select
+
+    ph = _phone_module()
+    registrar = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    registrar.bind(("127.0.0.1", registrar_port))
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    cport = client.getsockname()[1]
+    aor = f"sip:{user}@{domain}"
+    call_id = secrets.token_hex(8)
+    request = ph.build_sip(
+        f"REGISTER sip:{domain} SIP/2.0",
+        [
+            ("Via", f"SIP/2.0/UDP 127.0.0.1:{cport};branch=z9hG4bK{secrets.token_hex(6)};rport"),
+            ("Max-Forwards", "70"),
+            ("From", f"<{aor}>;tag={secrets.token_hex(4)}"),
+            ("To", f"<{aor}>"),
+            ("Call-ID", call_id),
+            ("CSeq", "1 REGISTER"),
+            ("Contact", f"<sip:{user}@127.0.0.1:{cport}>"),
+            ("Expires", str(expires)),
+        ],
+    )
+    deadline = time.monotonic() + timeout
+    next_send = 0.0
+    try:
+        while time.monotonic() < deadline:
+            if time.monotonic() >= next_send:
+                client.sendto(request, agent_sip)
+                next_send = time.monotonic() + 0.5
+            ready, _, _ = select.select([registrar, client], [], [], 0.1)
+            for s in ready:
+                data, addr = s.recvfrom(65535)
+                try:
+                    msg = ph.parse_sip(data)
+                except ph.SipParseError:
+                    continue
+                if s is registrar and msg.method == "REGISTER":
+                    headers = [("Via", v) for v in msg.get_all("via")]
+                    headers += [("From", msg.get("from") or ""), ("To", (msg.get("to") or "") + ";tag=reg1")]
+                    headers += [("Call-ID", msg.get("call-id") or ""), ("CSeq", msg.get("cseq") or "")]
+                    headers += [("Contact", f"{c};expires={expires}") for c in msg.get_all("contact")]
+                    headers += [("Path", p) for p in msg.get_all("path")]
+                    registrar.sendto(ph.build_sip("SIP/2.0 200 OK", headers), addr)
+                elif s is client and msg.status is not None and msg.status >= 200:
+                    return f"{msg.status} {msg.reason}"
+        raise RuntimeError(f"REGISTER of {aor} through the pair: no final response within {timeout:g} s")
+    finally:
+        registrar.close()
+        client.close()

@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""
+Benchmark: SIP call rate through an SPWM agent and contact point (signalling
+only), against SIPp calling the same UAS directly, in the same run.
+
+Processes (each its own)::
+
+    sipp -sn uac ──UDP──> spwm-agent ══TCP/TLS══> spwm-contact ──UDP──> sipp -sn uas
+                           --sip-listen                --sip-proxy UAS
+
+    sipp -sn uac ───────────────────── UDP ─────────────────────────────> sipp -sn uas
+                                                                          (the direct baseline)
+
+Each call is SIPp's built-in C{uac} scenario: INVITE (with an SDP offer, so
+both halves allocate relay ports for it), 100/180/200 with an SDP answer,
+ACK, a pause of C{--call-length} ms, BYE, 200. The contact point runs with
+C{--sip-proxy} pointing at the UAS, so every request the agent sends out goes
+to it.
+
+The rate is ramped: C{--start} calls per second, times C{--factor} per step
+of C{--step} seconds, until a step fails, then C{--bisect} bisection steps. A
+step fails when a call fails (SIPp's failed-call counters: timeouts, 5xx,
+unexpected messages), when not every call completed, or when SIPp could not
+keep the asked rate (the concurrent-call limit C{-l} of C{--limit-seconds} of
+calls was reached because answers came back too slowly). Retransmissions are
+reported; they do not fail a step by themselves.
+
+Everything it starts is ended by PID when it finishes, on Ctrl-C, on an
+error and when C{--max-time} runs out.
+
+Run from the repository's root::
+
+    python3 bench/sip_calls.py                  # ramp both paths, plaintext tunnel
+    python3 bench/sip_calls.py --tls
+    python3 bench/sip_calls.py --fixed 300      # one step at 300 calls/s on both paths
+    python3 bench/sip_calls.py --fixed 300 --profile /tmp/prof --skip-direct
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import (  # noqa: E402
+    Pair,
+    Processes,
+    cpu_seconds,
+    free_port,
+    machine_cpu,
+    machine_usage,
+    percentile,
+    read_sipp_stats,
+    register_through,
+    run_bounded,
+    sipp_time,
+    start_profilers,
+    wait_profilers,
+)
+
+#: SIPp's counters whose sum is "failed calls" (the cumulative columns).
+FAILED = "FailedCall(C)"
+
+
+class Bench:
+    """
+    The UAS, the pair in front of it, and one SIPp UAC run per step.
+    """
+
+    def __init__(self, args: argparse.Namespace, procs: Processes, workdir: str) -> None:
+        self.args = args
+        self.procs = procs
+        self.workdir = workdir
+        self.steps = 0
+        self.uas_port = free_port()
+        uas_dir = os.path.join(workdir, "uas")
+        os.makedirs(uas_dir)
+        self.pair: Pair | None = None
+        if not args.skip_tunnel:
+            self.pair = Pair(procs, workdir, ("127.0.0.1", self.uas_port), media_ports=args.media_ports, tls=args.tls)
+            self.pair.wait_up()
+            # SIPp's uac calls as sip:sipp@127.0.0.1; the contact point lets
+            # a tunnel call only as an address-of-record registered through it.
+            self.registered = register_through(self.pair.sip_listen, self.uas_port, "sipp", "127.0.0.1")
+        self.uas = self._sipp(
+            ["-sn", "uas", "-i", "127.0.0.1", "-p", str(self.uas_port), "-mp", str(free_port()), "-nostdin"],
+            uas_dir,
+        )
+        time.sleep(0.3)
+        if self.uas.poll() is not None:
+            raise RuntimeError(f"the SIPp UAS exited with {self.uas.returncode}; see {uas_dir}")
+
+    def _sipp(self, args: list[str], cwd: str) -> subprocess.Popen:
+        out = open(os.path.join(cwd, "sipp.out"), "wb")
+        p = subprocess.Popen(["sipp", *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        out.close()
+        self.procs.popen.append(p)
+        return p
+
+    def dest(self, path: str) -> tuple[str, int]:
+        if path == "tunnel":
+            assert self.pair is not None
+            return self.pair.sip_listen
+        return ("127.0.0.1", self.uas_port)
+
+    def step(self, path: str, rate: float, seconds: float, profile: str | None = None) -> dict[str, Any]:
+        """
+        One SIPp UAC run: C{rate} calls/s for C{seconds} s to C{path}.
+        """
+        a = self.args
+        self.steps += 1
+        cwd = os.path.join(self.workdir, f"step{self.steps:02d}-{path}-{rate:.0f}")
+        os.makedirs(cwd)
+        calls = max(1, int(round(rate * seconds)))
+        limit = max(10, int(rate * a.limit_seconds))
+        host, port = self.dest(path)
+        stat = os.path.join(cwd, "stat.csv")
+        bound = seconds * 2 + 25
+        args = [
+            "-sn", "uac", f"{host}:{port}",
+            "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port()),
+            "-nostdin",
+            "-r", f"{rate:.3f}", "-rp", "1000",
+            "-m", str(calls), "-l", str(limit), "-d", str(a.call_length),
+            "-recv_timeout", str(int(a.recv_timeout * 1000)),
+            "-timeout", f"{bound:.0f}s", "-timeout_error",
+            "-trace_stat", "-stf", stat, "-fd", "1",
+            "-trace_rtt", "-rtt_freq", "1",
+            "-trace_err",
+        ]
+        pids = self.pair.pids if (self.pair is not None and path == "tunnel") else {}
+        cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
+        uas_cpu0 = cpu_seconds(self.uas.pid)
+        mach0 = machine_cpu()
+        start = time.monotonic()
+        uac = self._sipp(args, cwd)
+        spies = start_profilers(self.procs, self.pair, profile, f"{path}-{rate:.0f}", seconds - 1) if profile and pids else []
+        try:
+            code = uac.wait(bound + 10)
+        except subprocess.TimeoutExpired:
+            uac.kill()
+            code = uac.wait(5)
+        wall = time.monotonic() - start
+        uac_cpu = _children_cpu()
+        cpu = {k: (cpu_seconds(v) - cpu0[k]) / wall for k, v in pids.items()}
+        cpu["uas"] = (cpu_seconds(self.uas.pid) - uas_cpu0) / wall
+        cpu["uac"] = uac_cpu / wall
+        mach = machine_usage(mach0, machine_cpu())
+        rows = read_sipp_stats(stat)
+        last = rows[-1] if rows else {}
+
+        def n(key: str) -> int:
+            try:
+                return int(float(last.get(key, "0") or 0))
+            except ValueError:
+                return 0
+
+        rtts = sorted(_read_rtts(cwd))
+        failed_detail = {k[6:-3]: n(k) for k in last if k.startswith("Failed") and k.endswith("(C)") and k != FAILED and n(k)}
+        created = n("OutgoingCall(C)")
+        success = n("SuccessfulCall(C)")
+        failed = n(FAILED)
+        achieved = success / max(1e-9, wall)
+        # the UAC needs about one call length and a round trip after the last call
+        slow = wall > seconds * 1.1 + 1.5 + a.call_length / 1000
+        ok = code == 0 and failed == 0 and success == calls and not slow
+        verdict = "ok" if ok else ("FAILED CALLS" if failed else ("INCOMPLETE" if success < calls else ("TOO SLOW" if slow else f"SIPP EXIT {code}")))
+        return {
+            "path": path,
+            "rate": rate,
+            "calls": calls,
+            "created": created,
+            "success": success,
+            "failed": failed,
+            "failed_detail": failed_detail,
+            "retrans": n("Retransmissions(C)"),
+            "wall": wall,
+            "achieved": achieved,
+            "rtt": rtts,
+            "mean_rt": sipp_time(last.get("ResponseTime1(C)", "")),
+            "cpu": cpu,
+            "machine": mach,
+            "code": code,
+            "ok": ok,
+            "verdict": verdict,
+            "profiles": wait_profilers(spies) if spies else [],
+            "dir": cwd,
+        }
+
+
+def _children_cpu() -> float:
+    """
+    CPU seconds of the reaped children since the last call (the UAC that just exited).
+    """
+    usage = os.times()
+    total = usage.children_user + usage.children_system
+    prev = getattr(_children_cpu, "prev", 0.0)
+    _children_cpu.prev = total  # type: ignore[attr-defined]
+    return total - prev
+
+
+def _read_rtts(cwd: str) -> list[float]:
+    """
+    Response times (INVITE to 200, seconds) from SIPp's C{*_rtt.csv} in C{cwd}.
+    """
+    out = []
+    for name in os.listdir(cwd):
+        if name.endswith("_rtt.csv"):
+            with open(os.path.join(cwd, name)) as f:
+                next(f, None)
+                for line in f:
+                    parts = line.strip().split(";")
+                    if len(parts) >= 2:
+                        try:
+                            out.append(float(parts[1]) / 1000)
+                        except ValueError:
+                            pass
+    return out
+
+
+def describe(r: dict[str, Any]) -> str:
+    cpu = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["cpu"].items())
+    m = r["machine"]
+    rtt = r["rtt"]
+    fails = f" {r['failed_detail']}" if r["failed_detail"] else ""
+    return (
+        f"  {r['path']:6} {r['rate']:7.1f} calls/s asked: {r['success']}/{r['calls']} calls ok in {r['wall']:5.1f} s "
+        f"({r['achieved']:6.1f}/s), failed {r['failed']}{fails}, retrans {r['retrans']}, "
+        f"INVITE->200 p50 {percentile(rtt, .5) * 1e3:.0f} ms p99 {percentile(rtt, .99) * 1e3:.0f} ms max "
+        f"{(rtt[-1] if rtt else float('nan')) * 1e3:.0f} ms  {r['verdict']}  "
+        f"[CPU {cpu}; machine busy {100 * m['busy']:.0f}%, steal {100 * m['steal']:.0f}%]"
+    )
+
+
+def ramp(bench: Bench, args: argparse.Namespace, path: str, start: float, cap: float) -> tuple[float, float | None, list[dict[str, Any]]]:
+    """
+    The highest rate that passed and the lowest that failed (or C{None}).
+    """
+    good, bad = 0.0, None
+    results = []
+    rate = start
+    while rate <= cap:
+        r = bench.step(path, rate, args.step)
+        print(describe(r), flush=True)
+        results.append(r)
+        if r["ok"]:
+            good = rate
+            rate *= args.factor
+        else:
+            bad = rate
+            break
+    if bad is not None and good:
+        for _ in range(args.bisect):
+            mid = round((good + bad) / 2)
+            if mid in (good, bad):
+                break
+            r = bench.step(path, mid, args.step)
+            print(describe(r), flush=True)
+            results.append(r)
+            if r["ok"]:
+                good = mid
+            else:
+                bad = mid
+    return good, bad, results
+
+
+def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
+    bench = Bench(args, procs, workdir)
+    print(
+        f"SIP call rate: SIPp uac -> {'agent -> contact point (' + ('TLS' if args.tls else 'plaintext') + ') -> ' if bench.pair else ''}"
+        f"SIPp uas, and uac -> uas directly; call length {args.call_length} ms, {args.step:g} s per step"
+    )
+    if bench.pair is not None:
+        for line in bench.pair.command_lines:
+            print(f"  started: {line}")
+    print(f"  started: sipp -sn uas -i 127.0.0.1 -p {bench.uas_port} ...", flush=True)
+    if bench.pair is not None:
+        print(f"  REGISTER sip:sipp@127.0.0.1 through the pair (answered by the bench as the registrar): {bench.registered}")
+    found: dict[str, tuple[float, float | None]] = {}
+    paths = [p for p in ("direct", "tunnel") if not (p == "direct" and args.skip_direct) and not (p == "tunnel" and args.skip_tunnel)]
+    if args.fixed:
+        results = {}
+        for path in paths:
+            r = bench.step(path, args.fixed, args.step, profile=args.profile if path == "tunnel" else None)
+            print(describe(r), flush=True)
+            results[path] = r
+            for line in r["profiles"]:
+                print(line)
+        target = results.get("tunnel")
+        if target is not None:
+            print(f"  target (300 calls/s through the pair): {'MET' if target['ok'] and args.fixed >= 300 else 'NOT MET'} at {args.fixed:g} calls/s")
+    else:
+        for path in paths:
+            good, bad, _ = ramp(bench, args, path, args.start, args.max_rate)
+            found[path] = (good, bad)
+        for path, (good, bad) in found.items():
+            print(f"  {path}: highest rate without failures {good:.0f} calls/s" + (f"; failures from {bad:.0f} calls/s" if bad else f" (not failed up to --max-rate {args.max_rate:g})"))
+        if "tunnel" in found and "direct" in found and found["direct"][0]:
+            print(f"  ratio tunnel/direct: {found['tunnel'][0] / found['direct'][0]:.3f}")
+        if "tunnel" in found:
+            print(f"  target (300 calls/s through the pair): {'MET' if found['tunnel'][0] >= 300 else 'NOT MET'}")
+    if bench.pair is not None:
+        for line in bench.pair.warnings():
+            print(f"  log: {line}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tls", action="store_true", help="TLS between agent and contact point (default: --plaintext)")
+    p.add_argument("--start", type=float, default=50, help="first rate of the ramp, calls/s (default 50)")
+    p.add_argument("--factor", type=float, default=1.5, help="rate factor per ramp step (default 1.5)")
+    p.add_argument("--max-rate", type=float, default=3000, help="stop the ramp here, calls/s (default 3000)")
+    p.add_argument("--bisect", type=int, default=3, help="bisection steps after the first failed step (default 3)")
+    p.add_argument("--step", type=float, default=8.0, help="seconds of calls per step (default 8)")
+    p.add_argument("--fixed", type=float, help="one step at this rate per path instead of a ramp")
+    p.add_argument("--call-length", type=int, default=0, help="pause between ACK and BYE, ms (SIPp -d; default 0)")
+    p.add_argument("--limit-seconds", type=float, default=2.0, help="SIPp -l = rate x this (default 2 s of calls)")
+    p.add_argument("--recv-timeout", type=float, default=5.0, help="a call fails after this many seconds without an expected message (default 5)")
+    p.add_argument("--media-ports", type=int, default=4000, help="size of each half's media port range (default 4000)")
+    p.add_argument("--skip-direct", action="store_true")
+    p.add_argument("--skip-tunnel", action="store_true")
+    p.add_argument("--profile", metavar="DIR", help="--fixed: py-spy both halves during the tunnel step; files in DIR")
+    p.add_argument("--max-time", type=float, default=900, help="stop everything after this many seconds (default 900)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (SIPp statistics, logs)")
+    args = p.parse_args(argv)
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+    return run_bounded(lambda procs, workdir: run(args, procs, workdir), args.max_time, args.keep)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
