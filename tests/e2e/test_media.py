@@ -1,0 +1,374 @@
+"""
+End-to-end cases of the media relay (issue 5) under the C{strict} policy,
+with Kamailio as the operator's registrar and proxy and SIPp phones: RTP
+and RTCP both ways, hold and resume across the inactivity timeout, audio
+with video, no media port left open after hang-up, and 50 concurrent calls.
+Packets are counted by the kernel (nftables counters in the namespaces) or
+by C{rtptool.py}'s own sockets; open ports by C{ss}.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import sys
+import time
+from pathlib import Path
+
+from .netbed import (
+    AGENT,
+    CONTACT,
+    PHONE,
+    UAS,
+    NetbedError,
+    sipp_argv,
+    USERS,
+)
+from .sipbed import (
+    AGENT_MEDIA_PORTS,
+    CONTACT_MEDIA_PORTS,
+    PCAP,
+    RTPTOOL,
+    SpwmSipTestCase,
+)
+
+PROXY = f"{AGENT}:5060"
+
+
+def short_pcap(source: str, destination: Path, packets: int) -> Path:
+    """
+    Write the first C{packets} packets of the pcap file C{source} to
+    C{destination} (SIPp plays them with their original spacing, 30 ms for
+    Debian's g711a.pcap).
+    """
+    data = Path(source).read_bytes()
+    out = bytearray(data[:24])
+    offset = 24
+    for _ in range(packets):
+        incl = struct.unpack("<I", data[offset + 8 : offset + 12])[0]
+        out += data[offset : offset + 16 + incl]
+        offset += 16 + incl
+    destination.write_bytes(bytes(out))
+    return destination
+
+
+def sdp_media_ports(log: str, first_line: str) -> list[tuple[str, int]]:
+    """
+    The C{m=} lines (media, port) of the last message received in a SIPp
+    messages log whose first line starts with C{first_line}.
+    """
+    found: list[tuple[str, int]] = []
+    for block in log.split("-----------------------------------------------"):
+        if "message received" not in block:
+            continue
+        # timestamp, "UDP message received [N] bytes :", the start line
+        starts = [line for line in block.splitlines() if line.strip()]
+        if len(starts) < 3 or not starts[2].startswith(first_line):
+            continue
+        ports = re.findall(r"^m=(\w+) (\d+) ", block, re.M)
+        if ports:
+            found = [(media, int(port)) for media, port in ports]
+    return found
+
+
+class MediaTestBase(SpwmSipTestCase):
+    """
+    alice (LAN, through agent and contact point) calls bob (the operator
+    UAS, registered at Kamailio, echoing RTP).  Helpers only; the cases are
+    in the subclasses.
+    """
+
+    media_timeout: float | None = None
+    tls = False
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.make_topology("strict")
+        self.start_kamailio()
+        self.start_spwm_contact(tls=self.tls, media_timeout=self.media_timeout)
+        self.start_spwm_agent(media_timeout=self.media_timeout)
+        self.register_uas("bob")
+        result = self.sipp_uac("register.xml", PROXY, user="alice", name="register-alice")
+        self.assertSippSuccess(result)
+
+    def wait_for_sdp(self, name: str, first_line: str, count: int = 1, timeout: float = 10.0) -> list[tuple[str, int]]:
+        """
+        Poll SIPp C{name}'s messages log until a received message starting
+        with C{first_line} carries SDP with at least C{count} m= lines.
+        """
+        path = self.logdir / f"{name}.messages.log"
+        deadline = time.monotonic() + timeout
+        while True:
+            if path.exists():
+                ports = sdp_media_ports(path.read_text("utf-8", "replace"), first_line)
+                if len(ports) >= count:
+                    return ports
+            if time.monotonic() > deadline:
+                raise NetbedError(f"no SDP in a received {first_line!r} in {path} after {timeout}s")
+            time.sleep(0.1)
+
+    def rtptool(self, role: str, src: str, src_port: int, dests: list[str], count: int, pps: float, rtcp: bool = False, name: str = "rtptool") -> dict:
+        """
+        Run C{rtptool.py send} in the namespace of C{role} (bounded) and
+        return its JSON report; its output is kept in C{<name>.stdout}.
+        """
+        [report] = self.rtptools((role, src, src_port, dests, count, pps, rtcp, name))
+        return report
+
+    def rtptools(self, *runs: tuple) -> list[dict]:
+        """
+        Run several C{rtptool.py send} at once, each given as the arguments
+        of L{rtptool}, and return their reports in the same order.
+        """
+        processes = []
+        for role, src, src_port, dests, count, pps, rtcp, name in runs:
+            argv = [sys.executable, str(RTPTOOL), "send", src, str(src_port), ",".join(dests), str(count), str(pps)]
+            if rtcp:
+                argv.append("rtcp")
+            processes.append((self.topology.spawn(role, name, argv), count / pps + 15.0))
+        reports = []
+        for process, timeout in processes:
+            process.wait(timeout)
+            out = process.stdout().strip().splitlines()
+            if process.returncode != 0 or not out:
+                raise NetbedError(f"{process.name} failed ({process.returncode}): {process.stderr()[-2000:]}")
+            reports.append(json.loads(out[-1]))
+        return reports
+
+    def background_uac(self, scenario: str, name: str, extra: list[str], keys: dict[str, str] | None = None, calls: int = 1, timeout: float = 30.0, media_port: int = 6000):
+        """
+        Start alice's SIPp UAC towards bob through the agent in the
+        background, offering media at C{PHONE:media_port} (SIPp binds it).
+        """
+        argv = sipp_argv(
+            scenario, PROXY, PHONE, 5060, name, self.logdir,
+            keys={"user": "alice", **(keys or {})},
+            extra=["-s", "bob", "-au", "alice", "-ap", USERS["alice"], "-m", str(calls),
+                   "-recv_timeout", "8000", "-timeout", f"{timeout}s", "-timeout_error",
+                   "-mi", PHONE, "-mp", str(media_port), *extra],
+        )
+        return self.topology.spawn("lan", name, argv, cwd=self.logdir)
+
+    def assertPortsClosed(self) -> None:
+        """
+        After hang-up neither the agent's nor the contact point's namespace
+        has a UDP socket left in its media port range (C{ss -uln}).
+        """
+        lan, op = self.wait_media_ports_closed(timeout=5.0)
+        self.assertEqual((lan, op), ([], []), "media ports still open after hang-up (agent, contact)")
+
+    def count_media(self, port: int, phone_port: int | None = None) -> None:
+        """
+        Kernel counters for one media stream, named after the UAS's port
+        C{port}: C{at_uas_P} (from the contact point to the UAS),
+        C{from_uas_P} (the UAS's packets back), C{phone_sent_P} (from the
+        phone's C{phone_port}, default C{port}, to the agent) and
+        C{at_phone_P} (from the agent to the phone's C{phone_port}).
+        """
+        phone_port = phone_port or port
+        self.count_udp("op", f"at_uas_{port}", f"ip saddr {CONTACT} ip daddr {UAS} udp dport {port}")
+        self.count_udp("op", f"from_uas_{port}", f"ip saddr {UAS} ip daddr {CONTACT} udp sport {port}", hook="output")
+        self.count_udp("lan", f"phone_sent_{port}", f"ip saddr {PHONE} ip daddr {AGENT} udp sport {phone_port}")
+        self.count_udp("lan", f"at_phone_{port}", f"ip saddr {AGENT} ip daddr {PHONE} udp dport {phone_port}")
+
+    def media_counts(self, port: int) -> dict[str, int]:
+        """The four counters of L{count_media} for C{port}."""
+        return {
+            name: self.counter(role, f"{name}_{port}")
+            for role, name in (("lan", "phone_sent"), ("op", "at_uas"), ("op", "from_uas"), ("lan", "at_phone"))
+        }
+
+    def assertBothWays(self, counts: dict[str, int], minimum: int, lost: int = 2) -> None:
+        """
+        At least C{minimum} packets went each way and at most C{lost} were
+        lost on each way through agent, tunnel and contact point.
+        """
+        self.assertGreaterEqual(counts["phone_sent"], minimum, counts)
+        self.assertGreaterEqual(counts["at_uas"], counts["phone_sent"] - lost, f"phone to UAS: {counts}")
+        self.assertGreaterEqual(counts["from_uas"], minimum, f"UAS sent nothing back: {counts}")
+        self.assertGreaterEqual(counts["at_phone"], counts["from_uas"] - lost, f"UAS to phone: {counts}")
+
+
+class SpwmMediaTests(MediaTestBase):
+    """
+    Media of calls through a plain-TCP tunnel with the default timeouts.
+    """
+
+    def test_rtp_and_rtcp_both_ways(self) -> None:
+        """
+        alice calls bob: the call succeeds on both SIPp ends, RTP crosses
+        both ways (counted at both ends), RTCP sent by each end to the
+        relay's RTCP port (the SDP's RTP port + 1) reaches the other end,
+        and after the BYE no media port is open on either half.
+        """
+        pcap = short_pcap(PCAP, self.logdir / "rtp80.pcap", 80)
+        self.count_media(6000)
+        self.count_udp("op", "rtcp_at_uas", f"ip saddr {CONTACT} ip daddr {UAS} udp dport 6001")
+        self.count_udp("lan", "rtcp_at_phone", f"ip saddr {AGENT} ip daddr {PHONE} udp dport 6001")
+        uas = self.sipp_uas()
+        uac = self.background_uac("uac_rtp.xml", "alice-calls-bob", ["-d", "4000"], keys={"pcap": str(pcap)})
+        [(_, agent_port)] = self.wait_for_sdp("alice-calls-bob", "SIP/2.0 200")
+        [(_, contact_port)] = self.wait_for_sdp("sipp-uas", "INVITE")
+        self.assertTrue(AGENT_MEDIA_PORTS[0] <= agent_port <= AGENT_MEDIA_PORTS[1], agent_port)
+        self.assertTrue(CONTACT_MEDIA_PORTS[0] <= contact_port <= CONTACT_MEDIA_PORTS[1], contact_port)
+        phone_rtcp, uas_rtcp = self.rtptools(
+            ("lan", PHONE, 6001, [f"{AGENT}:{agent_port + 1}"], 10, 10, True, "rtcp-phone"),
+            ("op", UAS, 6001, [f"{CONTACT}:{contact_port + 1}"], 10, 10, True, "rtcp-uas"),
+        )
+        self.assertSippSuccess(self.wait_sipp(uac))
+        self.assertSippSuccess(self.sipp_finish(uas))
+        self.assertBothWays(self.media_counts(6000), 70)
+        self.assertEqual(phone_rtcp["sent"], 10)
+        self.assertEqual(uas_rtcp["sent"], 10)
+        self.assertGreaterEqual(self.counter("op", "rtcp_at_uas"), 10)
+        self.assertGreaterEqual(self.counter("lan", "rtcp_at_phone"), 10)
+        # the phone's RTCP socket got the UAS's reports back from the agent
+        self.assertEqual(phone_rtcp["received"], 10, phone_rtcp)
+        self.assertEqual(phone_rtcp["sources"], [f"{AGENT}:{agent_port + 1}"])
+        self.assertPortsClosed()
+
+    def test_audio_and_video(self) -> None:
+        """
+        A call with an audio and a video stream: both are relayed both
+        ways (counted per stream at both ends; SIPp plays the audio, the
+        test's C{rtptool} sends the video from another port of the phone's
+        host, which the agent latches) and all their ports close after the
+        BYE.
+        """
+        pcap = short_pcap(PCAP, self.logdir / "rtp60.pcap", 60)
+        self.count_media(6000)
+        self.count_media(6002, phone_port=7002)
+        uas = self.sipp_uas("uas_av.xml")
+        uac = self.background_uac("uac_av.xml", "alice-calls-bob", ["-d", "3000"], keys={"pcap": str(pcap)})
+        ports = self.wait_for_sdp("alice-calls-bob", "SIP/2.0 200", count=2)
+        self.assertEqual([m for m, _ in ports], ["audio", "video"])
+        video = self.rtptool("lan", PHONE, 7002, [f"{AGENT}:{ports[1][1]}"], 60, 30, name="video-phone")
+        self.assertSippSuccess(self.wait_sipp(uac))
+        self.assertSippSuccess(self.sipp_finish(uas))
+        self.assertBothWays(self.media_counts(6000), 50)
+        self.assertBothWays(self.media_counts(6002), 50)
+        self.assertGreaterEqual(video["received"], 58, video)
+        self.assertPortsClosed()
+
+
+class SpwmMediaTimeoutTests(MediaTestBase):
+    """
+    The same set-up with C{--media-timeout 3} on both halves and a TLS
+    tunnel.
+    """
+
+    media_timeout = 3.0
+    tls = True
+
+
+    def test_held_call_survives_silence_and_resumes(self) -> None:
+        """
+        alice calls bob with RTP, puts the call on hold by re-INVITE
+        (a=sendonly, answered a=recvonly), stays silent for 5 s (longer
+        than the 3 s inactivity timeout plus its sweep): the relay ports
+        stay open on both halves; she resumes by re-INVITE (a=sendrecv)
+        and RTP flows both ways again: every packet of both bursts arrives
+        at both ends.  After the BYE the ports close.
+        """
+        packets = 50
+        pcap = short_pcap(PCAP, self.logdir / "rtp50.pcap", packets)
+        self.count_media(6000)
+        uas = self.sipp_uas("uas_hold.xml")
+        uac = self.background_uac("uac_hold.xml", "alice-holds", ["-d", "5000"], keys={"pcap": str(pcap)})
+        # wait for the hold re-INVITE at bob
+        deadline = time.monotonic() + 15
+        log = self.logdir / "sipp-uas.messages.log"
+        while "a=sendonly" not in (log.read_text("utf-8", "replace") if log.exists() else ""):
+            if time.monotonic() > deadline or uac.returncode is not None:
+                self.fail(f"no hold re-INVITE at bob; see {self.logdir}")
+            time.sleep(0.1)
+        before = self.media_counts(6000)
+        time.sleep(4.5)
+        lan = self.open_media_ports("lan", AGENT_MEDIA_PORTS)
+        op = self.open_media_ports("op", CONTACT_MEDIA_PORTS)
+        self.assertTrue(lan and op, f"held call's media ports released during the hold: agent {lan}, contact {op}")
+        during = self.media_counts(6000)
+        self.assertEqual(before["phone_sent"], during["phone_sent"], "the phone was not silent on hold")
+        self.assertSippSuccess(self.wait_sipp(uac))
+        self.assertSippSuccess(self.sipp_finish(uas))
+        after = self.media_counts(6000)
+        self.assertBothWays(after, 2 * packets - 2)
+        # the second burst (after the resume) went both ways too
+        self.assertGreaterEqual(after["at_uas"] - during["at_uas"], packets - 2, (during, after))
+        self.assertGreaterEqual(after["at_phone"] - during["at_phone"], packets - 2, (during, after))
+        self.assertPortsClosed()
+
+    def test_silent_call_not_on_hold_is_released(self) -> None:
+        """
+        The control case: a call that is not on hold and carries no media
+        at all loses its relay ports after the 3 s inactivity timeout while
+        the SIP dialog is still up (so the hold case above proves that
+        hold keeps them).
+        """
+        uas = self.sipp_uas()
+        uac = self.background_uac("uac_call.xml", "alice-silent", ["-d", "7000"])
+        self.wait_for_sdp("alice-silent", "SIP/2.0 200")
+        self.assertTrue(self.open_media_ports("lan", AGENT_MEDIA_PORTS))
+        lan, op = self.wait_media_ports_closed(timeout=6.0)
+        still_up = uac.returncode is None
+        self.assertSippSuccess(self.wait_sipp(uac))
+        self.assertSippSuccess(self.sipp_finish(uas))
+        self.assertTrue(still_up, "the call ended before the check")
+        self.assertEqual((lan, op), ([], []), "silent call's media ports not released by the timeout")
+
+
+class SpwmMediaLoadTests(MediaTestBase):
+    """
+    50 concurrent calls through one agent and one contact point (TLS
+    tunnel), each with 50 RTP packets per second each way.
+    """
+
+    tls = True
+    calls = 50
+
+    def test_fifty_calls_with_rtp(self) -> None:
+        """
+        SIPp sets up 50 calls from alice to bob (all offering PHONE:6100,
+        which SIPp binds but does not use); once the agent has bound a port
+        pair for each (seen by C{ss}), C{rtptool} sends 50 pps of RTP for
+        4 s to every call's RTP port from PHONE:6000 (the agent latches on
+        any port of the negotiated host) and counts what comes back per SSRC: bob echoes
+        each stream, so every packet crosses the pair twice.  Loss is under
+        0.1 % each way (kernel counters at both ends), every call completes
+        and every media port is closed afterwards.
+        """
+        calls, pps, seconds = self.calls, 50, 4
+        self.count_media(6000)
+        uas = self.sipp_uas()
+        uac = self.background_uac(
+            "uac_call.xml", "alice-load", ["-d", "9000", "-l", str(calls), "-r", "50"],
+            calls=calls, timeout=40.0, media_port=6100,
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            ports = sorted(
+                int(a.rsplit(":", 1)[1]) for a in self.open_media_ports("lan", AGENT_MEDIA_PORTS)
+            )
+            if len(ports) >= 2 * calls:
+                break
+            if time.monotonic() > deadline or uac.returncode is not None:
+                self.fail(f"{len(ports)} agent media sockets, expected {2 * calls}; see {self.logdir}")
+            time.sleep(0.2)
+        rtp_ports = [p for p in ports if p % 2 == 0]
+        self.assertEqual(len(rtp_ports), calls, ports)
+        report = self.rtptool(
+            "lan", PHONE, 6000, [f"{AGENT}:{p}" for p in rtp_ports], pps * seconds, pps, name="rtp-load",
+        )
+        self.assertSippSuccess(self.wait_sipp(uac, timeout=45.0), calls=calls)
+        self.assertSippSuccess(self.sipp_finish(uas), calls=calls)
+        counts = self.media_counts(6000)
+        total = calls * pps * seconds
+        allowed = total // 1000  # 0.1 %
+        self.assertEqual(report["sent"], total, report)
+        self.assertGreaterEqual(counts["phone_sent"], total, counts)
+        self.assertLessEqual(total - counts["at_uas"], allowed, f"phone to UAS loss: {counts}")
+        self.assertLessEqual(counts["from_uas"] - counts["at_phone"], allowed, f"UAS to phone loss: {counts}")
+        self.assertLessEqual(total - report["received"], 2 * allowed + (total - counts["from_uas"]), report)
+        self.assertEqual(len(report["by_ssrc"]), calls, "some calls got no echo back")
+        self.assertPortsClosed()
