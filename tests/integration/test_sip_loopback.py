@@ -1,0 +1,161 @@
+"""
+Integration tests on loopback: SIP applications reach the embedded registrar
+through a running agent and contact point over UDP, TCP and TLS, and
+malformed requests get a 400 from the running agent.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl as stdlib_ssl
+from typing import Any
+
+from twisted.internet import defer, reactor, threads
+from twisted.trial.unittest import TestCase
+
+from spwm.tap import agent, contact
+from spwm.testing.certs import TestCA
+from tests.integration.test_tunnel_loopback import wait_until
+
+
+def free_port() -> int:
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            with socket.socket() as t, socket.socket() as t2:
+                try:
+                    t.bind(("127.0.0.1", port))
+                    t2.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+
+
+def register(user: str, port: int, transport: str) -> bytes:
+    return (
+        f"REGISTER sip:example.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/{transport} 127.0.0.1:{port};branch=z9hG4bK-{user}-{transport};rport\r\n"
+        f"Max-Forwards: 70\r\n"
+        f"From: <sip:{user}@example.test>;tag=1\r\n"
+        f"To: <sip:{user}@example.test>\r\n"
+        f"Call-ID: reg-{user}-{transport}@127.0.0.1\r\n"
+        f"CSeq: 1 REGISTER\r\n"
+        f"Contact: <sip:{user}@127.0.0.1:{port};transport={transport.lower()}>\r\n"
+        f"Expires: 300\r\n"
+        f"Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def read_response(sock: Any, limit: int = 65536) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data and len(data) < limit:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class SipLoopbackTests(TestCase):
+    """
+    A running agent and contact point (embedded registrar) on loopback.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.ca = TestCA(self.mktemp())
+        cert = self.ca.issue(["contact.spwm.test"], "contact")
+        self.sip_cert = self.ca.issue(["127.0.0.1"], "agent-sip")
+        options = contact.Options()
+        options.parseOptions(
+            ["--listen", "tcp:0:interface=127.0.0.1", "--cert", cert.cert, "--key", cert.key,
+             "--sip-address", f"127.0.0.1:{free_port()}", "--drain-time", "0.2"]
+        )
+        self.contact = contact.makeService(options, reactor)
+        self.contact.startService()
+        self.addCleanup(self.contact.stopService)
+        listening = yield self.contact.listener.listening
+        self.sip_port = free_port()
+        options = agent.Options()
+        options.parseOptions(
+            ["--contact", f"127.0.0.1:{listening.getHost().port}", "--server-name", "contact.spwm.test",
+             "--ca", self.ca.ca_file, "--sip-listen", f"127.0.0.1:{self.sip_port}",
+             "--sip-tls-cert", self.sip_cert.cert, "--sip-tls-key", self.sip_cert.key,
+             "--media-ports", "41000-41099"]
+        )
+        self.agent = agent.makeService(options, reactor)
+        self.agent.startService()
+        self.addCleanup(self.agent.stopService)
+        yield wait_until(lambda: self.agent.tunnel_service.tunnel is not None)
+
+    def udp_exchange(self, data: bytes) -> bytes:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.bind(("127.0.0.1", 0))
+            s.sendto(data, ("127.0.0.1", self.sip_port))
+            return s.recv(65535)
+
+    @defer.inlineCallbacks
+    def test_register_over_udp(self) -> Any:
+        """
+        A REGISTER over UDP to the agent is answered 200 by the embedded
+        registrar, and the contact point records the registration.
+        """
+        reply = yield threads.deferToThread(self.udp_exchange, register("alice", 40001, "UDP"))
+        self.assertTrue(reply.startswith(b"SIP/2.0 200"), reply[:60])
+        session = next(iter(self.contact.factory.tunnels)).session_id
+        regs = self.contact.sip_core.registrations(session)
+        self.assertEqual([r.aor for r in regs], ["sip:alice@example.test"])
+
+    @defer.inlineCallbacks
+    def test_register_over_tcp_and_tls(self) -> Any:
+        """
+        The same over TCP, and over TLS on the port after the SIP port.
+        """
+
+        def tcp() -> bytes:
+            with socket.create_connection(("127.0.0.1", self.sip_port), timeout=5) as s:
+                s.sendall(register("bob", 40003, "TCP"))
+                return read_response(s)
+
+        def tls() -> bytes:
+            context = stdlib_ssl.create_default_context(cafile=self.ca.ca_file)
+            with socket.create_connection(("127.0.0.1", self.sip_port + 1), timeout=5) as raw:
+                with context.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                    s.sendall(register("carol", 40005, "TLS"))
+                    return read_response(s)
+
+        reply = yield threads.deferToThread(tcp)
+        self.assertTrue(reply.startswith(b"SIP/2.0 200"), reply[:60])
+        reply = yield threads.deferToThread(tls)
+        self.assertTrue(reply.startswith(b"SIP/2.0 200"), reply[:60])
+
+    @defer.inlineCallbacks
+    def test_malformed_request_gets_400(self) -> Any:
+        """
+        A request with a broken CSeq gets a 400 that says what is wrong,
+        from the running agent.
+        """
+        bad = register("dave", 40007, "UDP").replace(b"CSeq: 1 REGISTER", b"CSeq: x REGISTER")
+        reply = yield threads.deferToThread(self.udp_exchange, bad)
+        self.assertTrue(reply.startswith(b"SIP/2.0 400"), reply[:80])
+        self.assertIn(b"CSeq", reply.split(b"\r\n")[0])
+
+    @defer.inlineCallbacks
+    def test_invite_before_register_forbidden(self) -> Any:
+        """
+        An INVITE from an application whose tunnel has no registration yet
+        gets 403 from the contact point.
+        """
+        invite = (
+            b"INVITE sip:bob@example.test SIP/2.0\r\n"
+            b"Via: SIP/2.0/UDP 127.0.0.1:40009;branch=z9hG4bK-inv;rport\r\n"
+            b"Max-Forwards: 70\r\nFrom: <sip:eve@example.test>;tag=e\r\nTo: <sip:bob@example.test>\r\n"
+            b"Call-ID: inv-eve@127.0.0.1\r\nCSeq: 1 INVITE\r\nContact: <sip:eve@127.0.0.1:40009>\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
+        reply = yield threads.deferToThread(self.udp_exchange, invite)
+        self.assertTrue(reply.startswith(b"SIP/2.0 403"), reply[:80])
