@@ -2,11 +2,12 @@
 A small RTP/RTCP sender and counter the media tests run inside namespaces
 (no Twisted, no reactor; every run is bounded in time).
 
-  rtptool.py send SRC_IP SRC_PORT DEST[,DEST...] COUNT PPS [rtcp]
+  rtptool.py send SRC_IP SRC_PORT DEST[,DEST...] COUNT PPS [rtcp] [ssrc=N] [delay=S]
       from SRC_IP:SRC_PORT send COUNT packets to every DEST (HOST:PORT) at
       PPS packets per second each (RTP PCMA, 160-byte payload, one SSRC per
-      destination numbered from 1; with "rtcp" a 28-byte RTCP sender report
-      instead).  Meanwhile count what comes back on the same socket, per
+      destination numbered from N, default 1; with "rtcp" a 28-byte RTCP
+      sender report instead); with delay=S bind first, then wait S seconds
+      (counting what arrives) before sending.  Meanwhile count what comes back on the same socket, per
       SSRC; wait one second after the last packet, then print one JSON line
       {"sent": N, "received": N, "by_ssrc": {...}, "sources": [...]}.
 """
@@ -38,7 +39,7 @@ def ssrc_of(data: bytes) -> int | None:
     return None
 
 
-def send(src_ip: str, src_port: int, dests: list[tuple[str, int]], count: int, pps: float, rtcp: bool) -> dict:
+def send(src_ip: str, src_port: int, dests: list[tuple[str, int]], count: int, pps: float, rtcp: bool, first_ssrc: int = 1, delay: float = 0.0) -> dict:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -65,7 +66,7 @@ def send(src_ip: str, src_port: int, dests: list[tuple[str, int]], count: int, p
             if ssrc is not None:
                 by_ssrc[ssrc] = by_ssrc.get(ssrc, 0) + 1
 
-    start = time.monotonic()
+    start = time.monotonic() + delay
     interval = 1.0 / pps
     for seq in range(count):
         due = start + seq * interval
@@ -77,7 +78,7 @@ def send(src_ip: str, src_port: int, dests: list[tuple[str, int]], count: int, p
             time.sleep(min(left, 0.002))
         for index, dest in enumerate(dests):
             try:
-                sock.sendto(make(index + 1, seq), dest)
+                sock.sendto(make(first_ssrc + index, seq), dest)
                 sent += 1
             except (BlockingIOError, ConnectionRefusedError):
                 pass
@@ -101,10 +102,15 @@ def parse_dest(text: str) -> tuple[str, int]:
 if __name__ == "__main__":
     if sys.argv[1] != "send":
         sys.exit(f"unknown command {sys.argv[1]!r}")
+    options = sys.argv[7:]
+    ssrc = [int(o.partition("=")[2]) for o in options if o.startswith("ssrc=")]
+    delay = [float(o.partition("=")[2]) for o in options if o.startswith("delay=")]
     result = send(
         sys.argv[2], int(sys.argv[3]),
         [parse_dest(d) for d in sys.argv[4].split(",")],
         int(sys.argv[5]), float(sys.argv[6]),
-        len(sys.argv) > 7 and sys.argv[7] == "rtcp",
+        "rtcp" in options,
+        ssrc[0] if ssrc else 1,
+        delay[0] if delay else 0.0,
     )
     print(json.dumps(result), flush=True)

@@ -11,7 +11,9 @@ statistics), Kamailio's location table, kernel packet counters
 
 from __future__ import annotations
 
+import json
 import re
+import struct
 import sys
 import time
 from pathlib import Path
@@ -51,6 +53,42 @@ PCAP = "/usr/share/sip-tester/g711a.pcap"
 PCAP_PACKETS = 236
 
 RTPTOOL = Path(__file__).resolve().parent / "rtptool.py"
+
+
+def short_pcap(source: str, destination: Path, packets: int) -> Path:
+    """
+    Write the first C{packets} packets of the pcap file C{source} to
+    C{destination} (SIPp plays them with their original spacing, 30 ms for
+    Debian's g711a.pcap).
+    """
+    data = Path(source).read_bytes()
+    out = bytearray(data[:24])
+    offset = 24
+    for _ in range(packets):
+        incl = struct.unpack("<I", data[offset + 8 : offset + 12])[0]
+        out += data[offset : offset + 16 + incl]
+        offset += 16 + incl
+    destination.write_bytes(bytes(out))
+    return destination
+
+
+def sdp_media_ports(log: str, first_line: str) -> list[tuple[str, int]]:
+    """
+    The C{m=} lines (media, port) of the last message received in a SIPp
+    messages log whose first line starts with C{first_line}.
+    """
+    found: list[tuple[str, int]] = []
+    for block in log.split("-----------------------------------------------"):
+        if "message received" not in block:
+            continue
+        # timestamp, "UDP message received [N] bytes :", the start line
+        starts = [line for line in block.splitlines() if line.strip()]
+        if len(starts) < 3 or not starts[2].startswith(first_line):
+            continue
+        ports = re.findall(r"^m=(\w+) (\d+) ", block, re.M)
+        if ports:
+            found = [(media, int(port)) for media, port in ports]
+    return found
 
 
 class SpwmSipTestCase(E2ETestCase):
@@ -175,50 +213,6 @@ class SpwmSipTestCase(E2ETestCase):
 
     # -- SIPp ---------------------------------------------------------------
 
-    def sipp_lan_uas(
-        self,
-        local_ip: str,
-        user: str,
-        proxy: str = f"{AGENT}:5060",
-        scenario: str = "lan_uas.xml",
-        media_port: int = 6000,
-        name: str | None = None,
-        transport: str = "u1",
-        extra: Sequence[str] = (),
-    ) -> ManagedProcess:
-        """
-        Start a LAN phone that registers C{user} through C{proxy} (digest
-        authentication) and then answers one call, echoing RTP on
-        C{local_ip:media_port}.  Use L{wait_registered} before calling it.
-        """
-        name = name or f"phone-{user}"
-        from .netbed import USERS
-
-        argv = sipp_argv(
-            scenario, proxy, local_ip, 5060, name, self.logdir,
-            keys={"user": user, "contact": f"{local_ip}:5060", "expires": "300"},
-            extra=[
-                "-au", user, "-ap", USERS[user], "-m", "1",
-                "-mi", local_ip, "-mp", str(media_port), "-rtp_echo",
-                "-recv_timeout", "20000", "-timeout", "40s", "-timeout_error",
-                *extra,
-            ],
-            transport=transport,
-        )
-        return self.topology.spawn("lan", name, argv, cwd=self.logdir)
-
-    def wait_registered(self, user: str, timeout: float = 10.0) -> None:
-        """
-        Wait until Kamailio's location table has a binding for C{user}.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            if any(b.aor == user for b in self.location_table()):
-                return
-            if time.monotonic() > deadline:
-                raise NetbedError(f"{user} not registered after {timeout}s: {self.location_table()}")
-            time.sleep(0.1)
-
     def wait_sipp(self, process: ManagedProcess, timeout: float = 30.0) -> SippResult:
         """The verdict of a background SIPp that ends by itself (bounded)."""
         return sipp_wait(process, self.logdir, timeout)
@@ -273,3 +267,55 @@ class SpwmSipTestCase(E2ETestCase):
     def counter(self, role: str, name: str) -> int:
         """Shorthand for L{netbed.Topology.read_counter}."""
         return self.topology.read_counter(role, name)
+
+    def wait_for_sdp(self, name: str, first_line: str, count: int = 1, timeout: float = 10.0) -> list[tuple[str, int]]:
+        """
+        Poll SIPp C{name}'s messages log until a received message starting
+        with C{first_line} carries SDP with at least C{count} m= lines.
+        """
+        path = self.logdir / f"{name}.messages.log"
+        deadline = time.monotonic() + timeout
+        while True:
+            if path.exists():
+                ports = sdp_media_ports(path.read_text("utf-8", "replace"), first_line)
+                if len(ports) >= count:
+                    return ports
+            if time.monotonic() > deadline:
+                raise NetbedError(f"no SDP in a received {first_line!r} in {path} after {timeout}s")
+            time.sleep(0.1)
+
+    def rtptool(self, role: str, src: str, src_port: int, dests: list[str], count: int, pps: float, rtcp: bool = False, name: str = "rtptool", ssrc: int = 1) -> dict:
+        """
+        Run C{rtptool.py send} in the namespace of C{role} (bounded) and
+        return its JSON report; its output is kept in C{<name>.stdout}.
+
+        @param ssrc: the SSRC of the stream to the first destination (the
+            next ones count up from it).
+        """
+        [report] = self.rtptools((role, src, src_port, dests, count, pps, rtcp, name, ssrc))
+        return report
+
+    def rtptools(self, *runs: tuple) -> list[dict]:
+        """
+        Run several C{rtptool.py send} at once, each given as a tuple
+        (role, src, src_port, dests, count, pps, rtcp, name[, ssrc[,
+        delay]]), and return their reports in the same order.
+        """
+        processes = []
+        for role, src, src_port, dests, count, pps, rtcp, name, *more in runs:
+            argv = [sys.executable, str(RTPTOOL), "send", src, str(src_port), ",".join(dests), str(count), str(pps)]
+            if rtcp:
+                argv.append("rtcp")
+            if more:
+                argv.append(f"ssrc={more[0]}")
+            if len(more) > 1:
+                argv.append(f"delay={more[1]}")
+            processes.append((self.topology.spawn(role, name, argv), count / pps + 15.0))
+        reports = []
+        for process, timeout in processes:
+            process.wait(timeout)
+            out = process.stdout().strip().splitlines()
+            if process.returncode != 0 or not out:
+                raise NetbedError(f"{process.name} failed ({process.returncode}): {process.stderr()[-2000:]}")
+            reports.append(json.loads(out[-1]))
+        return reports

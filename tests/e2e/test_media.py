@@ -9,19 +9,13 @@ by C{rtptool.py}'s own sockets; open ports by C{ss}.
 
 from __future__ import annotations
 
-import json
-import re
-import struct
-import sys
 import time
-from pathlib import Path
 
 from .netbed import (
     AGENT,
     CONTACT,
     PHONE,
     UAS,
-    NetbedError,
     sipp_argv,
     USERS,
 )
@@ -29,47 +23,12 @@ from .sipbed import (
     AGENT_MEDIA_PORTS,
     CONTACT_MEDIA_PORTS,
     PCAP,
-    RTPTOOL,
     SpwmSipTestCase,
+    sdp_media_ports,
+    short_pcap,
 )
 
 PROXY = f"{AGENT}:5060"
-
-
-def short_pcap(source: str, destination: Path, packets: int) -> Path:
-    """
-    Write the first C{packets} packets of the pcap file C{source} to
-    C{destination} (SIPp plays them with their original spacing, 30 ms for
-    Debian's g711a.pcap).
-    """
-    data = Path(source).read_bytes()
-    out = bytearray(data[:24])
-    offset = 24
-    for _ in range(packets):
-        incl = struct.unpack("<I", data[offset + 8 : offset + 12])[0]
-        out += data[offset : offset + 16 + incl]
-        offset += 16 + incl
-    destination.write_bytes(bytes(out))
-    return destination
-
-
-def sdp_media_ports(log: str, first_line: str) -> list[tuple[str, int]]:
-    """
-    The C{m=} lines (media, port) of the last message received in a SIPp
-    messages log whose first line starts with C{first_line}.
-    """
-    found: list[tuple[str, int]] = []
-    for block in log.split("-----------------------------------------------"):
-        if "message received" not in block:
-            continue
-        # timestamp, "UDP message received [N] bytes :", the start line
-        starts = [line for line in block.splitlines() if line.strip()]
-        if len(starts) < 3 or not starts[2].startswith(first_line):
-            continue
-        ports = re.findall(r"^m=(\w+) (\d+) ", block, re.M)
-        if ports:
-            found = [(media, int(port)) for media, port in ports]
-    return found
 
 
 class MediaTestBase(SpwmSipTestCase):
@@ -91,50 +50,6 @@ class MediaTestBase(SpwmSipTestCase):
         self.register_uas("bob")
         result = self.sipp_uac("register.xml", PROXY, user="alice", name="register-alice")
         self.assertSippSuccess(result)
-
-    def wait_for_sdp(self, name: str, first_line: str, count: int = 1, timeout: float = 10.0) -> list[tuple[str, int]]:
-        """
-        Poll SIPp C{name}'s messages log until a received message starting
-        with C{first_line} carries SDP with at least C{count} m= lines.
-        """
-        path = self.logdir / f"{name}.messages.log"
-        deadline = time.monotonic() + timeout
-        while True:
-            if path.exists():
-                ports = sdp_media_ports(path.read_text("utf-8", "replace"), first_line)
-                if len(ports) >= count:
-                    return ports
-            if time.monotonic() > deadline:
-                raise NetbedError(f"no SDP in a received {first_line!r} in {path} after {timeout}s")
-            time.sleep(0.1)
-
-    def rtptool(self, role: str, src: str, src_port: int, dests: list[str], count: int, pps: float, rtcp: bool = False, name: str = "rtptool") -> dict:
-        """
-        Run C{rtptool.py send} in the namespace of C{role} (bounded) and
-        return its JSON report; its output is kept in C{<name>.stdout}.
-        """
-        [report] = self.rtptools((role, src, src_port, dests, count, pps, rtcp, name))
-        return report
-
-    def rtptools(self, *runs: tuple) -> list[dict]:
-        """
-        Run several C{rtptool.py send} at once, each given as the arguments
-        of L{rtptool}, and return their reports in the same order.
-        """
-        processes = []
-        for role, src, src_port, dests, count, pps, rtcp, name in runs:
-            argv = [sys.executable, str(RTPTOOL), "send", src, str(src_port), ",".join(dests), str(count), str(pps)]
-            if rtcp:
-                argv.append("rtcp")
-            processes.append((self.topology.spawn(role, name, argv), count / pps + 15.0))
-        reports = []
-        for process, timeout in processes:
-            process.wait(timeout)
-            out = process.stdout().strip().splitlines()
-            if process.returncode != 0 or not out:
-                raise NetbedError(f"{process.name} failed ({process.returncode}): {process.stderr()[-2000:]}")
-            reports.append(json.loads(out[-1]))
-        return reports
 
     def background_uac(self, scenario: str, name: str, extra: list[str], keys: dict[str, str] | None = None, calls: int = 1, timeout: float = 30.0, media_port: int = 6000):
         """
@@ -214,7 +129,8 @@ class SpwmMediaTests(MediaTestBase):
         self.assertTrue(CONTACT_MEDIA_PORTS[0] <= contact_port <= CONTACT_MEDIA_PORTS[1], contact_port)
         phone_rtcp, uas_rtcp = self.rtptools(
             ("lan", PHONE, 6001, [f"{AGENT}:{agent_port + 1}"], 10, 10, True, "rtcp-phone"),
-            ("op", UAS, 6001, [f"{CONTACT}:{contact_port + 1}"], 10, 10, True, "rtcp-uas"),
+            # starts once the phone's socket is surely bound
+            ("op", UAS, 6001, [f"{CONTACT}:{contact_port + 1}"], 10, 10, True, "rtcp-uas", 1, 0.5),
         )
         self.assertSippSuccess(self.wait_sipp(uac))
         self.assertSippSuccess(self.sipp_finish(uas))

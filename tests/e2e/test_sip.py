@@ -25,6 +25,45 @@ PROXY = f"{AGENT}:5060"
 """Where LAN phones send their SIP: the agent."""
 
 
+def hairpin_call(case: SpwmSipTestCase, scenario: str, callee: str) -> None:
+    """
+    alice on PHONES[0] calls C{callee} on PHONES[1], both behind the agent
+    at L{AGENT}; while the call is up each phone sends 100 RTP packets
+    (alice SSRC 1, the callee SSRC 101, from port 7000 of its host) to the
+    relay port its own SDP names, and counts what it gets back.  Each must
+    receive the other's stream and nothing of its own.
+    """
+    # the callee answers without -rtp_echo: an echo would send alice's first
+    # packets back to her before the callee's own stream latches the relay
+    callee_phone = case.topology.spawn(
+        "lan", f"phone-{callee}",
+        sipp_argv("uas_echo.xml", None, PHONES[1], 5060, f"phone-{callee}", case.logdir,
+                  extra=["-mi", PHONES[1], "-mp", "6000"]),
+        cwd=case.logdir,
+    )
+    case.wait_for_listener("lan", "udp", PHONES[1], 5060, callee_phone)
+    argv = sipp_argv(
+        scenario, PROXY, PHONES[0], 5060, f"alice-calls-{callee}", case.logdir,
+        keys={"user": "alice"},
+        extra=["-s", callee, "-au", "alice", "-ap", USERS["alice"], "-m", "1",
+               "-d", "4500", "-mi", PHONES[0], "-mp", "6000",
+               "-recv_timeout", "8000", "-timeout", "30s", "-timeout_error"],
+    )
+    caller = case.topology.spawn("lan", f"alice-calls-{callee}", argv, cwd=case.logdir)
+    [(_, alice_port)] = case.wait_for_sdp(f"alice-calls-{callee}", "SIP/2.0 200")
+    [(_, callee_port)] = case.wait_for_sdp(f"phone-{callee}", "INVITE")
+    at_alice, at_callee = case.rtptools(
+        ("lan", PHONES[0], 7000, [f"{AGENT}:{alice_port}"], 100, 50, False, "rtp-alice", 1, 0.3),
+        ("lan", PHONES[1], 7000, [f"{AGENT}:{callee_port}"], 100, 50, False, f"rtp-{callee}", 101, 0.3),
+    )
+    case.assertSippSuccess(case.wait_sipp(caller))
+    case.assertSippSuccess(case.sipp_finish(callee_phone))
+    case.assertNotIn("1", at_alice["by_ssrc"], f"alice got her own audio back: {at_alice}")
+    case.assertNotIn("101", at_callee["by_ssrc"], f"{callee} got her own audio back: {at_callee}")
+    case.assertGreaterEqual(at_alice["by_ssrc"].get("101", 0), 98, f"alice did not hear {callee}: {at_alice}")
+    case.assertGreaterEqual(at_callee["by_ssrc"].get("1", 0), 98, f"{callee} did not hear alice: {at_callee}")
+
+
 class SpwmSipKamailioTests(SpwmSipTestCase):
     """
     Agent and contact point (TLS tunnel) between LAN phones and Kamailio
@@ -140,6 +179,19 @@ class SpwmSipKamailioTests(SpwmSipTestCase):
         self.assertIn("SIP/2.0 487", result.messages())
         self.assertSippSuccess(self.sipp_finish(uas))
 
+    def test_call_between_two_lan_phones(self) -> None:
+        """
+        alice and carol, two phones behind the same agent, both registered
+        at Kamailio; alice calls carol: the INVITE goes out through the
+        tunnel to Kamailio and comes back in through the same tunnel to
+        carol (a hairpin), the call completes, and each phone's own RTP
+        stream (told apart by SSRC) reaches the other phone and only the
+        other one.
+        """
+        self.register("alice", PHONES[0])
+        self.register("carol", PHONES[1])
+        hairpin_call(self, "uac_call.xml", "carol")
+
     def _two_phones(self, transport: str) -> None:
         """
         alice on PHONES[0] and carol on PHONES[1] register through the one
@@ -233,3 +285,19 @@ class SpwmEmbeddedRegistrarTests(SpwmSipTestCase):
         at_alice = self.counter("lan", "at_alice")
         self.assertGreater(at_bob, 50, (at_bob, at_alice))
         self.assertGreater(at_alice, 50, (at_bob, at_alice))
+
+    def test_two_phones_behind_one_agent_call_each_other(self) -> None:
+        """
+        alice and carol both register through the first agent; alice
+        calls carol: the call goes into the tunnel, through the embedded
+        registrar and back into the same tunnel (a hairpin); it completes
+        on both SIPp ends and each phone's own RTP stream (told apart by
+        SSRC) reaches the other phone and only the other one.
+        """
+        for user, address in (("alice", PHONES[0]), ("carol", PHONES[1])):
+            result = self.sipp_uac(
+                "register_open.xml", f"{AGENT}:5060", user=user, local_ip=address,
+                name=f"register-{user}",
+            )
+            self.assertSippSuccess(result)
+        hairpin_call(self, "uac_call_open.xml", "carol")
