@@ -243,6 +243,93 @@ class SpwmSipKamailioTests(SpwmSipTestCase):
         self._two_phones("t1")
 
 
+class OperatorVariantMixin:
+    """
+    Register, call out and be called with another contact point
+    configuration (set C{contact_args}); plain TCP tunnel.
+    """
+
+    contact_args: tuple[str, ...] = ()
+    sip_proxy = f"{KAMAILIO}:5060"
+
+    def setUp(self) -> None:
+        super().setUp()  # type: ignore[misc]
+        self.make_topology("strict")
+        self.start_kamailio()
+        self.start_spwm_contact(tls=False, sip_proxy=self.sip_proxy, extra=self.contact_args)
+        self.start_spwm_agent()
+
+    def test_register_call_out_and_in(self) -> None:
+        """
+        alice registers through the agent (digest), calls bob (the
+        operator UAS) with RTP both ways, and then takes a call from carol
+        on the operator network: all SIPp runs succeed and media arrives at
+        both ends of both calls.
+        """
+        self.register_uas("bob")
+        uas = self.sipp_uas()
+        result = self.sipp_uac("register.xml", PROXY, user="alice", name="register-alice")
+        self.assertSippSuccess(result)
+        self.count_udp("op", "at_uas", f"ip saddr {CONTACT} ip daddr {UAS} udp dport 6000")
+        self.count_udp("lan", "at_phone", f"ip saddr {AGENT} ip daddr {PHONE} udp dport 6000")
+        self.count_udp("op", "at_caller", f"ip saddr {CONTACT} ip daddr {ECHO} udp dport 6000")
+        result = self.sipp_uac(
+            "uac_rtp.xml", PROXY, user="alice", service="bob",
+            keys={"pcap": PCAP}, extra=["-d", "2000", "-mi", PHONE, "-mp", "6000"],
+            name="alice-calls-bob",
+        )
+        self.assertSippSuccess(result)
+        self.assertSippSuccess(self.sipp_finish(uas))
+        at_uas, at_phone = self.counter("op", "at_uas"), self.counter("lan", "at_phone")
+        self.assertGreater(at_uas, 50, (at_uas, at_phone))
+        self.assertGreater(at_phone, 50, (at_uas, at_phone))
+        phone = self.sipp_uas(local_ip=PHONE, role="lan", name="phone-alice")
+        result = self.sipp_uac(
+            "uac_rtp.xml", f"{KAMAILIO}:5060", user="carol", service="alice",
+            role="op", local_ip=ECHO, keys={"pcap": PCAP},
+            extra=["-d", "2000", "-mi", ECHO, "-mp", "6000"],
+            name="carol-calls-alice",
+        )
+        self.assertSippSuccess(result)
+        self.assertSippSuccess(self.sipp_finish(phone))
+        self.assertGreater(self.counter("op", "at_caller"), 50)
+        self.assertGreater(self.counter("lan", "at_phone"), at_phone + 50)
+
+
+class SpwmSipOperatorTcpTests(OperatorVariantMixin, SpwmSipTestCase):
+    """
+    The contact point talks to Kamailio over TCP
+    (C{--sip-proxy HOST:5060;transport=tcp}); the phones stay on UDP.
+    """
+
+    sip_proxy = f"{KAMAILIO}:5060;transport=tcp"
+
+
+class SpwmSipContactRewriteTests(OperatorVariantMixin, SpwmSipTestCase):
+    """
+    C{--contact-rewrite}: the registrar stores the contact point's address
+    with a flow token instead of the phone's contact (for registrars
+    without Path).
+    """
+
+    contact_args = ("--contact-rewrite",)
+
+    def test_binding_names_contact_point(self) -> None:
+        """
+        With C{--contact-rewrite} the binding in Kamailio's location table
+        is a URI at the contact point's operator-side address, not the
+        phone's private address, and the phone's 200 still shows its own
+        contact.
+        """
+        result = self.sipp_uac("register.xml", PROXY, user="alice", name="register-alice")
+        self.assertSippSuccess(result)
+        [alice] = [b for b in self.location_table() if b.aor == "alice"]
+        self.assertIn(f"@{CONTACT}:5060", alice.contact, alice)
+        self.assertNotIn(PHONE, alice.contact, alice)
+        answer = result.messages().rsplit("SIP/2.0 200", 1)[1]
+        self.assertIn(f"sip:alice@{PHONE}:5060", answer)
+
+
 class SpwmEmbeddedRegistrarTests(SpwmSipTestCase):
     """
     The newcomer's path: no operator proxy at all.  The contact point runs
