@@ -44,6 +44,8 @@ __all__ = [
     "OriginVersioner",
     "parse_sdp",
     "rewrite_sdp",
+    "TcpRewrite",
+    "rewrite_tcp_media",
     "find_sdp",
     "replace_sdp",
 ]
@@ -127,9 +129,13 @@ class MediaDescription:
     @ivar rtcp_mux_only: C{a=rtcp-mux-only} is present (RFC 8858).
     @ivar direction: the effective direction: media attribute, else the
         session attribute, else C{"sendrecv"}.
-    @ivar setup: the value of C{a=setup} (RFC 4145), or C{None}.
+    @ivar setup: the value of C{a=setup} (RFC 4145) at media level, else
+        at session level, or C{None}.
     @ivar ice: ICE attributes apply to this stream (media or session level).
     @ivar mid: the value of C{a=mid} (RFC 9143), or C{None}.
+    @ivar connection_mode: the value of C{a=connection} (RFC 4145:
+        C{"new"} or C{"existing"}) at media or session level, or C{None}.
+    @ivar path: the URIs of C{a=path} (MSRP, RFC 4975), in order.
     """
 
     index: int
@@ -147,6 +153,8 @@ class MediaDescription:
     setup: str | None
     ice: bool
     mid: str | None
+    connection_mode: str | None = None
+    path: tuple[str, ...] = ()
 
     @property
     def address(self) -> str | None:
@@ -286,6 +294,8 @@ class _Section:
         "ice",
         "mid",
         "mline",
+        "connection_mode",
+        "path",
     )
 
     def __init__(self) -> None:
@@ -297,6 +307,8 @@ class _Section:
         self.setup: str | None = None
         self.ice = False
         self.mid: str | None = None
+        self.connection_mode: str | None = None
+        self.path: tuple[str, ...] = ()
         self.mline: tuple[str, int, int, str, tuple[str, ...]] | None = None
 
 
@@ -405,6 +417,10 @@ def _scan(body: bytes) -> tuple[tuple[bytes, ...], list[int], list[_Section], tu
                 section.setup = _ascii(arg.strip())
             elif name == b"mid" and arg is not None:
                 section.mid = _ascii(arg.strip())
+            elif name == b"connection" and arg is not None:
+                section.connection_mode = _ascii(arg.strip()).lower()
+            elif name == b"path" and arg is not None:
+                section.path = tuple(_ascii(uri) for uri in arg.split())
         owners.append(len(sections) - 1)
     return lines, owners, sections, origin
 
@@ -454,9 +470,11 @@ def parse_sdp(body: bytes) -> SessionDescription:
                 rtcp_mux=section.rtcp_mux or section.rtcp_mux_only,
                 rtcp_mux_only=section.rtcp_mux_only,
                 direction=section.direction or session.direction or "sendrecv",
-                setup=section.setup,
+                setup=section.setup or session.setup,
                 ice=section.ice or session.ice,
                 mid=section.mid,
+                connection_mode=section.connection_mode or session.connection_mode,
+                path=section.path,
             )
         )
     return SessionDescription(
@@ -570,6 +588,89 @@ def rewrite_sdp(
     if versioner is not None:
         result = versioner.apply(result)
     return result
+
+
+@frozen
+class TcpRewrite:
+    """
+    How L{rewrite_tcp_media} changes one TCP C{m=} section.
+
+    @ivar setup: our C{a=setup} value towards our side (C{"active"},
+        C{"passive"} or C{"actpass"}).
+    @ivar address: our media address (an IP literal).
+    @ivar port: the port we advertise (9 when we connect, RFC 4145).
+    """
+
+    setup: str
+    address: str
+    port: int
+
+
+_MSRP_URI = re.compile(
+    rb"(msrps?://)(\[[0-9A-Fa-f:.]+\]|[^\s/@:\[\]]+):[0-9]{1,5}(/\S*)\Z", re.IGNORECASE
+)
+
+
+def rewrite_tcp_media(body: bytes, changes: Sequence[TcpRewrite | None]) -> bytes:
+    """
+    Set our role and address in the TCP media sections of a session
+    description (before L{rewrite_sdp}, which does C{c=} and C{m=}).
+
+    For every C{m=} section with a L{TcpRewrite}: its C{a=setup} line gets
+    our value (one is added at the end of the section if it has none; a
+    session level C{a=setup} is then overridden), and an C{a=path} (MSRP)
+    holding exactly one URI of the simple form
+    C{msrp[s]://host:port/session;transport} gets our address and port as
+    its authority. A path with several URIs (MSRP relays) or another form
+    is left as it is. Every other line is kept byte for byte.
+
+    @param changes: one entry per C{m=} line, in order.
+    @raise SdpError: the body is malformed.
+    @raise ValueError: C{changes} does not have one entry per C{m=} line.
+    """
+    lines, owners, sections, _ = _scan(body)
+    if len(changes) != len(sections) - 1:
+        raise ValueError(f"{len(changes)} entries for {len(sections) - 1} m= lines")
+    out: list[bytes] = []
+    last_of: dict[int, int] = {}
+    for position, owner in enumerate(owners):
+        last_of[owner] = position
+    for position, raw in enumerate(lines):
+        owner = owners[position]
+        change = changes[owner - 1] if owner else None
+        if change is not None:
+            kind, value, ending = _split_line(raw)
+            if kind == b"a":
+                name, arg = _attribute(value)
+                if name == b"setup":
+                    raw = b"a=setup:" + change.setup.encode("ascii") + ending
+                elif name == b"path" and arg is not None:
+                    raw = _path_line(value, arg, change, ending)
+            out.append(raw)
+            if position == last_of[owner] and sections[owner].setup is None:
+                ending = _split_line(lines[position])[2]
+                if not ending:
+                    ending = _split_line(lines[0])[2] or b"\r\n"
+                    out[-1] += ending
+                out.append(b"a=setup:" + change.setup.encode("ascii") + ending)
+        else:
+            out.append(raw)
+    return b"".join(out)
+
+
+def _path_line(value: bytes, arg: bytes, change: TcpRewrite, ending: bytes) -> bytes:
+    uris = arg.split()
+    if len(uris) != 1:
+        return b"a=" + value + ending
+    match = _MSRP_URI.match(uris[0])
+    if match is None:
+        return b"a=" + value + ending
+    host = change.address.encode("ascii")
+    if b":" in host:
+        host = b"[" + host + b"]"
+    name = value.partition(b":")[0]
+    uri = match.group(1) + host + b":%d" % change.port + match.group(3)
+    return b"a=" + name + b":" + uri + ending
 
 
 def _session_c_raw(session_lines: list[bytes]) -> bytes:
