@@ -27,14 +27,17 @@ from spwm.media.relay import (
     AllowPolicy,
     MediaRelayEndpoint,
 )
+from spwm.media.tcp import DEFAULT_MAX_BUFFER, TcpMediaEndpoint
 from spwm.sdp import (
     MediaDescription,
     OriginVersioner,
     SessionDescription,
+    TcpRewrite,
     find_sdp,
     parse_sdp,
     replace_sdp,
     rewrite_sdp,
+    rewrite_tcp_media,
 )
 from spwm.tunnel.frames import ChannelKind, ErrorCode
 
@@ -46,6 +49,9 @@ DEFAULT_MAX_STREAMS_PER_DIALOG = 16
 
 #: Default number of channels the peer may open before their SDP arrives.
 DEFAULT_MAX_PENDING_CHANNELS = 256
+
+#: The port we advertise when we connect (RFC 4145 section 4.1).
+_ACTIVE_PORT = 9
 
 class _Stream:
     """
@@ -66,6 +72,10 @@ class _Stream:
         "last_count",
         "last_activity",
         "remote",
+        "tcp",
+        "fresh",
+        "offered",
+        "seen_version",
     )
 
     def __init__(self, tunnel: Any, dialog: str, index: int, now: float) -> None:
@@ -82,6 +92,14 @@ class _Stream:
         self.last_count = 0
         self.last_activity = now
         self.remote: MediaDescription | None = None
+        # TCP media (RFC 4145): the endpoint on our side, whether our side
+        # sent a description we have not answered yet, whether we offered
+        # actpass and wait for our side's answer, the o= (id, version) of
+        # the last description from our side.
+        self.tcp: TcpMediaEndpoint | None = None
+        self.fresh = False
+        self.offered = False
+        self.seen_version: tuple[str, int] | None = None
 
     @property
     def held(self) -> bool:
@@ -93,6 +111,8 @@ class _Stream:
             total += self.rtp.total_packets
         if self.rtcp is not None:
             total += self.rtcp.total_packets
+        if self.tcp is not None:
+            total += self.tcp.bytes_in + self.tcp.bytes_out
         return total
 
 
@@ -156,6 +176,7 @@ class MediaManager:
         max_streams_per_dialog: int = DEFAULT_MAX_STREAMS_PER_DIALOG,
         max_pending_channels: int = DEFAULT_MAX_PENDING_CHANNELS,
         router: Any = None,
+        tcp_buffer: int = DEFAULT_MAX_BUFFER,
     ) -> None:
         """
         @param reactor: provides C{IReactorUDP} (and C{IReactorTime} unless
@@ -174,6 +195,8 @@ class MediaManager:
             channel_id, part)} and C{forget_channel(tunnel, channel_id)}
             (C{spwm.tunnel.protocol.ApplicationMux}), told about the
             channels we open and close; or C{None}.
+        @param tcp_buffer: bytes of TCP media kept per stream while our
+            side is not connected or does not read (L{TcpMediaEndpoint}).
         @raise ValueError: a bad side, range or network.
         """
         if side not in ("agent", "contact"):
@@ -190,6 +213,7 @@ class MediaManager:
         self.max_streams_per_dialog = max_streams_per_dialog
         self.max_pending_channels = max_pending_channels
         self.router = router
+        self.tcp_buffer = tcp_buffer
         self._dialogs: dict[tuple[Any, str], _Dialog] = {}
         # (tunnel, channel_id) -> (send for component 0, send for component 1)
         self._routes: dict[tuple[Any, int], tuple[Any, Any]] = {}
@@ -217,6 +241,27 @@ class MediaManager:
         Media channels known (ours and the peer's, including pending ones).
         """
         return len(self._channels) + len(self._pending)
+
+    @property
+    def open_tcp_sockets(self) -> int:
+        """
+        TCP media sockets currently held: listeners, connections and
+        connection attempts.
+        """
+        return sum(
+            s.tcp.sockets
+            for d in self._dialogs.values()
+            for s in d.streams.values()
+            if s.tcp is not None
+        )
+
+    def stream_tcp(self, tunnel: Any, dialog_key: str, index: int) -> TcpMediaEndpoint | None:
+        """
+        @return: the TCP media endpoint of a stream, or C{None}.
+        """
+        dialog = self._dialogs.get((tunnel, dialog_key))
+        stream = None if dialog is None else dialog.streams.get(index)
+        return None if stream is None else stream.tcp
 
     @property
     def streams(self) -> int:
@@ -270,14 +315,24 @@ class MediaManager:
         dialog = self._dialog(tunnel, dialog_key)
         now = self.clock.seconds()
         primaries = _primary_indices(description)
+        version = None if description.origin is None else (
+            description.origin[1],
+            description.origin[2],
+        )
         for media in description.media:
             index = media.index
-            if media.port == 0 or media.is_tcp or primaries[index] != index:
+            if media.port == 0 or primaries[index] != index:
                 self._release_stream(dialog, index, "stream removed")
                 continue
             if index >= self.max_streams_per_dialog:
                 continue
+            if media.is_tcp:
+                self._tcp_into_tunnel(tunnel, dialog_key, dialog, media, version, now)
+                continue
             stream = dialog.streams.get(index)
+            if stream is not None and stream.tcp is not None:
+                self._release_stream(dialog, index, "transport changed")
+                stream = None
             if stream is None:
                 stream = dialog.streams[index] = _Stream(tunnel, dialog_key, index, now)
                 self._ensure_timer()
@@ -311,6 +366,7 @@ class MediaManager:
         now = self.clock.seconds()
         primaries = _primary_indices(description)
         entries: list[tuple[int, int | None] | None] = []
+        tcp: list[TcpRewrite | None] = [None] * len(description.media)
         for media in description.media:
             index = media.index
             if media.port == 0:
@@ -321,12 +377,20 @@ class MediaManager:
                 self._release_stream(dialog, index, "stream bundled")
                 entries.append(entries[primaries[index]])
                 continue
-            if media.is_tcp or index >= self.max_streams_per_dialog:
+            if index >= self.max_streams_per_dialog:
                 self._release_stream(dialog, index, "stream not relayed")
                 self.rejected_streams += 1
                 entries.append((0, None))
                 continue
+            if media.is_tcp:
+                rewrite = self._tcp_out_of_tunnel(tunnel, dialog_key, dialog, media, now)
+                tcp[index] = rewrite
+                entries.append((0, None) if rewrite is None else (rewrite.port, None))
+                continue
             stream = dialog.streams.get(index)
+            if stream is not None and stream.tcp is not None:
+                self._release_stream(dialog, index, "transport changed")
+                stream = None
             if stream is None:
                 stream = dialog.streams[index] = _Stream(tunnel, dialog_key, index, now)
                 self._ensure_timer()
@@ -342,6 +406,8 @@ class MediaManager:
             assert stream.base_port is not None
             rtcp = None if stream.rtcp is None else stream.base_port + 1
             entries.append((stream.base_port, rtcp))
+        if any(t is not None for t in tcp):
+            sdp = rewrite_tcp_media(sdp, tcp)
         out = rewrite_sdp(sdp, self.address, entries, dialog.versioner)
         return replace_sdp(content_type, body, out)
 
@@ -392,15 +458,15 @@ class MediaManager:
         """
         The peer opened a media channel for (dialog, stream): keep it until
         the SDP that needs it comes out of the tunnel. Refuse stream
-        channels (TCP media is not carried yet), malformed metadata, a
-        second channel for a stream, and more than
-        C{max_pending_channels} waiting channels.
+        channels not marked C{"tcp": true} (and datagram channels so
+        marked), malformed metadata, a second channel for a stream, and
+        more than C{max_pending_channels} waiting channels.
         """
         dialog_key = meta.get("dialog")
         index = meta.get("stream")
         problem = None
-        if kind != ChannelKind.DATAGRAM:
-            problem = "only datagram media channels are supported"
+        if kind != (ChannelKind.STREAM if meta.get("tcp") is True else ChannelKind.DATAGRAM):
+            problem = "channel kind does not match the media transport"
         elif not isinstance(dialog_key, str) or not isinstance(index, int):
             problem = "media channel without dialog and stream"
         elif not 0 <= index < self.max_streams_per_dialog:
@@ -444,13 +510,23 @@ class MediaManager:
 
     def stream_data_received(self, tunnel: Any, channel_id: int, data: bytes) -> None:
         """
-        TCP media is not carried yet: ignored.
+        TCP media from the tunnel: write it to our side's TCP connection
+        (or keep it, bounded, until that connects).
         """
+        stream = self._channels.get((tunnel, channel_id))
+        if stream is None or stream.tcp is None:
+            self.dropped_unknown_channel += 1
+            return
+        stream.tcp.write(data)
 
     def stream_ended(self, tunnel: Any, channel_id: int) -> None:
         """
-        TCP media is not carried yet: ignored.
+        The peer's direction of a TCP media stream ended: half-close
+        towards our side.
         """
+        stream = self._channels.get((tunnel, channel_id))
+        if stream is not None and stream.tcp is not None:
+            stream.tcp.end_from_tunnel()
 
     def channel_closed(
         self, tunnel: Any, channel_id: int, code: int, reason: str
@@ -470,6 +546,173 @@ class MediaManager:
         stream.channel_id = None
         if dialog is not None:
             self._release_stream(dialog, stream.index, "peer closed", close=False)
+
+    # TCP media (RFC 4145): see docs/media.md, "TCP media"
+
+    def _tcp_stream(
+        self, tunnel: Any, dialog_key: str, dialog: _Dialog, index: int, now: float
+    ) -> _Stream:
+        """
+        The TCP stream C{index} of a dialog, created (with its endpoint, no
+        socket yet) if needed; a UDP stream of that index is released.
+        """
+        stream = dialog.streams.get(index)
+        if stream is not None and stream.tcp is None:
+            self._release_stream(dialog, index, "transport changed")
+            stream = None
+        if stream is None:
+            stream = dialog.streams[index] = _Stream(tunnel, dialog_key, index, now)
+            stream.tcp = TcpMediaEndpoint(
+                self.reactor,
+                self.address,
+                policy=self.policy,
+                clock=self.clock,
+                max_buffer=self.tcp_buffer,
+                on_finished=lambda endpoint, reason: self._tcp_finished(stream, reason),
+            )
+            self._ensure_timer()
+        return stream
+
+    def _tcp_into_tunnel(
+        self,
+        tunnel: Any,
+        dialog_key: str,
+        dialog: _Dialog,
+        media: MediaDescription,
+        version: tuple[str, int] | None,
+        now: float,
+    ) -> None:
+        """
+        Our side's endpoint described a TCP stream: remember it, open the
+        stream channel if needed, and settle our role if this answers our
+        C{actpass} offer. A new description (new o= version) with
+        C{a=connection:new} for a stream whose connection was made starts
+        over with a new connection and channel.
+        """
+        index = media.index
+        stream = dialog.streams.get(index)
+        if (
+            stream is not None
+            and stream.tcp is not None
+            and stream.tcp.ever_connected
+            and media.connection_mode == "new"
+            and version != stream.seen_version
+        ):
+            self._release_stream(dialog, index, "new TCP connection")
+        stream = self._tcp_stream(tunnel, dialog_key, dialog, index, now)
+        endpoint = stream.tcp
+        assert endpoint is not None
+        repeat = version is not None and version == stream.seen_version
+        stream.seen_version = version
+        stream.remote = media
+        endpoint.expect(media.address)
+        if stream.offered:
+            # our side answers the actpass we offered (RFC 4145 section 4.1;
+            # no a=setup in an answer means passive)
+            stream.offered = False
+            if media.setup in (None, "passive"):
+                self._tcp_connect(dialog, stream, media)
+        elif not repeat:
+            stream.fresh = True
+        if stream.channel_id is None and stream.index in dialog.streams:
+            self._take_channel(stream, media)
+
+    def _tcp_out_of_tunnel(
+        self,
+        tunnel: Any,
+        dialog_key: str,
+        dialog: _Dialog,
+        media: MediaDescription,
+        now: float,
+    ) -> TcpRewrite | None:
+        """
+        A TCP stream described towards our side: choose (or keep) our role
+        towards our side's endpoint, listen or connect, take the channel.
+
+        @return: how to rewrite the section, or C{None} to reject it (no
+            port, refused address).
+        """
+        index = media.index
+        stream = self._tcp_stream(tunnel, dialog_key, dialog, index, now)
+        endpoint = stream.tcp
+        assert endpoint is not None
+        if endpoint.role is None:
+            remote = stream.remote if stream.fresh else None
+            if remote is not None and remote.setup == "passive":
+                # our side listens: we connect to it
+                if not self._tcp_connect(dialog, stream, remote):
+                    return None
+            else:
+                # our side connects (active, or no a=setup: the RFC 4145
+                # default for an offer), may choose (actpass), or waits
+                # (holdconn): we listen; with no description from our side
+                # this is an offer and we offer actpass
+                if not self._tcp_listen(dialog, stream):
+                    self.rejected_streams += 1
+                    return None
+                stream.offered = remote is None
+        stream.fresh = False
+        if stream.channel_id is None:
+            self._take_channel(stream, media)
+        if stream.index not in dialog.streams:
+            return None
+        if endpoint.role == "active":
+            return TcpRewrite("active", self.address, _ACTIVE_PORT)
+        assert stream.base_port is not None
+        setup = "actpass" if stream.offered else "passive"
+        return TcpRewrite(setup, self.address, stream.base_port)
+
+    def _tcp_listen(self, dialog: _Dialog, stream: _Stream) -> bool:
+        endpoint = stream.tcp
+        assert endpoint is not None
+        for _ in range(min(self.ports.capacity, 16)):
+            try:
+                base = self.ports.allocate()
+            except PortsExhaustedError:
+                self.log.warn("no free media ports for dialog {dialog}", dialog=stream.dialog)
+                break
+            try:
+                endpoint.listen(base)
+            except CannotListenError:
+                self.ports.release(base)
+                continue
+            stream.base_port = base
+            return True
+        self._release_stream(dialog, stream.index, "no media ports")
+        return False
+
+    def _tcp_connect(self, dialog: _Dialog, stream: _Stream, media: MediaDescription) -> bool:
+        endpoint = stream.tcp
+        assert endpoint is not None
+        if stream.base_port is not None:
+            self.ports.release(stream.base_port)
+            stream.base_port = None
+        if media.address is None or not endpoint.connect(media.address, media.port):
+            self.log.warn(
+                "TCP media of dialog {dialog}: refusing to connect to {host}:{port}",
+                dialog=stream.dialog,
+                host=media.address,
+                port=media.port,
+            )
+            self.rejected_streams += 1
+            self._release_stream(dialog, stream.index, "TCP media address refused")
+            return False
+        return True
+
+    def _tcp_finished(self, stream: _Stream, reason: str) -> None:
+        """
+        The TCP side of a stream is over: release the stream, closing its
+        channel after the data already queued.
+        """
+        dialog = self._dialogs.get((stream.tunnel, stream.dialog))
+        if dialog is not None and dialog.streams.get(stream.index) is stream:
+            self.log.info(
+                "TCP media stream {stream} of dialog {dialog} ended: {reason}",
+                stream=stream.index,
+                dialog=stream.dialog,
+                reason=reason,
+            )
+            self._release_stream(dialog, stream.index, reason)
 
     # internals
 
@@ -497,13 +740,23 @@ class MediaManager:
         if pending is not None:
             self._attach(stream, pending[0])
             return
-        meta = {
-            "use": "media",
-            "dialog": stream.dialog,
-            "stream": stream.index,
-            "mux": media.rtcp_mux,
-        }
-        channel_id = tunnel.open_channel(ChannelKind.DATAGRAM, meta)
+        if stream.tcp is not None:
+            kind = ChannelKind.STREAM
+            meta: dict[str, Any] = {
+                "use": "media",
+                "dialog": stream.dialog,
+                "stream": stream.index,
+                "tcp": True,
+            }
+        else:
+            kind = ChannelKind.DATAGRAM
+            meta = {
+                "use": "media",
+                "dialog": stream.dialog,
+                "stream": stream.index,
+                "mux": media.rtcp_mux,
+            }
+        channel_id = tunnel.open_channel(kind, meta)
         if self.router is not None:
             self.router.channel_opened_locally(tunnel, channel_id, self)
         self._attach(stream, channel_id)
@@ -512,6 +765,9 @@ class MediaManager:
         stream.channel_id = channel_id
         key = (stream.tunnel, channel_id)
         self._channels[key] = stream
+        if stream.tcp is not None:
+            stream.tcp.attach(stream.tunnel, channel_id)
+            return
         self._route(stream)
 
     def _route(self, stream: _Stream) -> None:
@@ -607,6 +863,9 @@ class MediaManager:
         self._unlisten(stream.rtp)
         self._unlisten(stream.rtcp)
         stream.rtp = stream.rtcp = None
+        if stream.tcp is not None:
+            stream.tcp.close()
+            stream.tcp = None
         if stream.base_port is not None:
             self.ports.release(stream.base_port)
             stream.base_port = None
@@ -646,7 +905,9 @@ class MediaManager:
                     for endpoint in (stream.rtp, stream.rtcp):
                         if endpoint is not None:
                             endpoint.last_activity = now
-                elif stream.held:
+                elif stream.held or (stream.tcp is not None and stream.tcp.connected):
+                    # a TCP connection that is up is alive (MSRP may be
+                    # silent for long); its closing releases the stream
                     stream.last_activity = now
                 elif now - stream.last_activity >= self.inactivity_timeout:
                     self.log.info(
