@@ -636,6 +636,9 @@ class MediaManager:
         stream = self._tcp_stream(tunnel, dialog_key, dialog, index, now)
         endpoint = stream.tcp
         assert endpoint is not None
+        if stream.channel_id is None:
+            # first, so that giving the stream up below closes it too
+            self._take_channel(stream, media)
         if endpoint.role is None:
             remote = stream.remote if stream.fresh else None
             if remote is not None and remote.setup == "passive":
@@ -652,10 +655,6 @@ class MediaManager:
                     return None
                 stream.offered = remote is None
         stream.fresh = False
-        if stream.channel_id is None:
-            self._take_channel(stream, media)
-        if stream.index not in dialog.streams:
-            return None
         if endpoint.role == "active":
             return TcpRewrite("active", self.address, _ACTIVE_PORT)
         assert stream.base_port is not None
