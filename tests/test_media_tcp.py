@@ -19,14 +19,17 @@ from twisted.internet.error import CannotListenError, ConnectionRefusedError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from spwm.limits import Limits
 from spwm.media.manager import MediaManager
 from spwm.media.relay import AllowPolicy
 from spwm.media.tcp import TcpMediaEndpoint, _SideProtocol, stream_queue_state
 from spwm.sdp import SdpError, TcpRewrite, parse_sdp, rewrite_tcp_media
 from spwm.tunnel.frames import ChannelKind, ErrorCode
+from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux, ContactTunnelFactory
 
 from .test_media_relay import FakeUdpReactor
 
@@ -919,3 +922,68 @@ class MsrpCallTests(SynchronousTestCase):
         agent.stream_data_received(a_end, 77, b"x")
         agent.stream_ended(a_end, 77)
         self.assertEqual(agent.dropped_unknown_channel, 1)
+
+
+class RealTunnelTests(SynchronousTestCase):
+    """
+    TCP media through two real tunnel adapters (in memory, no TLS) and
+    their application muxes: the stream channel API as the tunnel offers
+    it, with its real stream queue.
+    """
+
+    def _pair(self, limits: Limits | None = None):
+        reactor = FakeTcpReactor()
+        agent = MediaManager(reactor, "agent", AGENT_ADDR, (20000, 20099))
+        contact = MediaManager(reactor, "contact", CONTACT_ADDR, (30000, 30099))
+        agent_mux = ApplicationMux(parts={"media": agent})
+        contact_mux = ApplicationMux(parts={"media": contact})
+        agent.router, contact.router = agent_mux, contact_mux
+        server = ContactTunnelFactory(contact_mux, reactor, limits).buildProtocol(None)
+        client = AgentTunnelFactory(agent_mux, reactor, "agent-x", limits).buildProtocol(None)
+        pump = iosim.connect(
+            server, iosim.FakeTransport(server, True), client, iosim.FakeTransport(client, False),
+            greet=False, clock=reactor,
+        )
+        pump.flush()
+        return reactor, agent, client, contact, server, pump
+
+    def test_msrp_both_ways_with_backpressure(self) -> None:
+        """
+        Offer and answer cross, both TCP sides connect, bytes flow both
+        ways; a burst larger than the tunnel's stream queue pauses the
+        sending side until the tunnel has written it out; hanging up
+        leaves nothing open.
+        """
+        reactor, agent, a_end, contact, c_end, pump = self._pair(Limits(max_stream_queue=4096))
+        offer = _msrp(PHONE, 7394, "actpass", "phone1")
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer)
+        pump.flush()
+        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", offer)
+        answer = _msrp(OPERATOR, 8000, "active", "op1")
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer)
+        pump.flush()
+        agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer)
+        operator = reactor.tcp[CONTACT_ADDR, 30000].accept(OPERATOR, 50000)
+        phone = reactor.tcp[AGENT_ADDR, 20000].accept(PHONE, 50001)
+        phone.protocol.dataReceived(b"MSRP a SEND\r\n")
+        operator.protocol.dataReceived(b"MSRP a 200 OK\r\n")
+        pump.flush()
+        self.assertEqual(operator.value(), b"MSRP a SEND\r\n")
+        self.assertEqual(phone.value(), b"MSRP a 200 OK\r\n")
+        a_end.pauseProducing()
+        for _ in range(3):
+            phone.protocol.dataReceived(b"z" * 2000)
+        self.assertEqual(phone.producerState, "paused")
+        reactor.advance(0.1)
+        self.assertEqual(phone.producerState, "paused")
+        a_end.resumeProducing()
+        pump.flush()
+        reactor.advance(0.1)
+        self.assertEqual(phone.producerState, "producing")
+        self.assertEqual(operator.value(), b"MSRP a SEND\r\n" + b"z" * 6000)
+        phone.peer_closes()
+        pump.flush()
+        self.assertTrue(operator.closed)
+        for manager in (agent, contact):
+            self.assertEqual((manager.open_tcp_sockets, manager.open_channels, manager.streams), (0, 0, 0))
+        self.assertEqual(reactor.open_tcp, 0)
