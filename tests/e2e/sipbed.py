@@ -184,6 +184,7 @@ class SpwmSipTestCase(E2ETestCase):
         process = self.start_agent(args)
         self.wait_for_listener("lan", "udp", address, 5060, process)
         self.wait_for_tunnel(process)
+        self.agent = process
         return process
 
     def wait_for_tunnel(self, agent: ManagedProcess, timeout: float = 15.0) -> None:

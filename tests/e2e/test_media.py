@@ -9,6 +9,8 @@ by C{rtptool.py}'s own sockets; open ports by C{ss}.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 from .netbed import (
@@ -166,6 +168,26 @@ class SpwmMediaTests(MediaTestBase):
         self.assertBothWays(self.media_counts(6002), 50)
         self.assertGreaterEqual(video["received"], 58, video)
         self.assertPortsClosed()
+
+
+    def test_tunnel_loss_releases_contact_ports(self) -> None:
+        """
+        The agent dies (SIGKILL) in the middle of a call with media: the
+        contact point releases every relay port of the call at once (it
+        does not wait for the inactivity timeout, 60 s here).
+        """
+        uas = self.sipp_uas()
+        uac = self.background_uac("uac_call.xml", "alice-calls-bob", ["-d", "20000"], timeout=30.0)
+        self.wait_for_sdp("alice-calls-bob", "SIP/2.0 200")
+        self.assertTrue(self.open_media_ports("op", CONTACT_MEDIA_PORTS))
+        os.killpg(self.agent.pid, signal.SIGKILL)
+        self.agent.wait(5.0)
+        deadline = time.monotonic() + 5.0
+        while self.open_media_ports("op", CONTACT_MEDIA_PORTS) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(self.open_media_ports("op", CONTACT_MEDIA_PORTS), [], "contact point kept the media ports of a lost tunnel")
+        uac.stop()
+        uas.stop()
 
 
 class SpwmMediaTimeoutTests(MediaTestBase):
