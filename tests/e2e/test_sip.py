@@ -8,6 +8,9 @@ location table and kernel packet counters.
 
 from __future__ import annotations
 
+import os
+import signal
+
 from .netbed import (
     AGENT,
     CONTACT,
@@ -161,6 +164,24 @@ class SpwmSipKamailioTests(SpwmSipTestCase):
         at_caller = self.counter("op", "at_caller")
         self.assertGreater(at_phone, 50, (at_phone, at_caller))
         self.assertGreater(at_caller, 50, (at_phone, at_caller))
+
+    def test_call_to_lost_flow_gets_430(self) -> None:
+        """
+        alice registers, then her agent dies (SIGKILL): a call from carol
+        to alice still finds the binding at Kamailio, which routes it along
+        the Path to the contact point, and the contact point answers
+        C{430 Flow Failed} (RFC 5626) instead of leaving the caller to time
+        out.
+        """
+        self.register("alice")
+        os.killpg(self.agent.pid, signal.SIGKILL)
+        self.agent.wait(5.0)
+        result = self.sipp_uac(
+            "uac_call.xml", f"{KAMAILIO}:5060", user="carol", service="alice",
+            role="op", local_ip=ECHO, name="carol-calls-alice", recv_timeout=4,
+        )
+        self.assertEqual(result.returncode, 1, result)
+        self.assertIn("SIP/2.0 430", result.messages())
 
     def test_cancel_ringing_call(self) -> None:
         """
