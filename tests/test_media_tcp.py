@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ConnectionRefusedError
@@ -697,6 +697,31 @@ class MsrpCallTests(SynchronousTestCase):
         self.assertEqual((phone.value(), operator.value()), (b"down", b"up"))
         self.assertEqual(agent.ports_in_use, 0)
 
+    def test_incoming_call(self) -> None:
+        """
+        The operator offers passive: the contact point connects to it and
+        answers active; the agent offers actpass to the phone, which
+        answers active and connects; bytes flow both ways.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        offer = _msrp(OPERATOR, 8000, "passive", "op1")
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", offer)
+        self.assertEqual(c_end.opened[0][1], ChannelKind.STREAM)
+        to_phone = parse_sdp(agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", offer)).media[0]
+        self.assertEqual((to_phone.port, to_phone.setup), (20000, "actpass"))
+        answer = _msrp(PHONE, 7394, "active", "phone1")
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", answer)
+        self.assertIn((AGENT_ADDR, 20000), reactor.tcp)
+        to_operator = parse_sdp(contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", answer)).media[0]
+        self.assertEqual((to_operator.address, to_operator.port, to_operator.setup), (CONTACT_ADDR, 9, "active"))
+        [connector] = reactor.connectors
+        self.assertEqual((connector.host, connector.port, connector.bind), (OPERATOR, 8000, (CONTACT_ADDR, 0)))
+        operator = connector.complete()
+        phone = reactor.tcp[AGENT_ADDR, 20000].accept(PHONE, 50001)
+        operator.protocol.dataReceived(b"MSRP in SEND\r\n")
+        phone.protocol.dataReceived(b"MSRP in 200 OK\r\n")
+        self.assertEqual((phone.value(), operator.value()), (b"MSRP in SEND\r\n", b"MSRP in 200 OK\r\n"))
+
     def test_operator_answers_passive(self) -> None:
         """
         An answer of passive (or without a=setup: passive by default) to
@@ -987,3 +1012,68 @@ class RealTunnelTests(SynchronousTestCase):
         for manager in (agent, contact):
             self.assertEqual((manager.open_tcp_sockets, manager.open_channels, manager.streams), (0, 0, 0))
         self.assertEqual(reactor.open_tcp, 0)
+
+
+_SETUPS = st.sampled_from([None, "active", "passive", "actpass", "holdconn", "junk"])
+
+
+class NoLeakPropertyTests(SynchronousTestCase):
+    """
+    Whatever the roles, re-offers and connections, ending the dialog leaves
+    nothing open.
+    """
+
+    @settings(max_examples=60)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["agent", "contact"]),
+                _SETUPS,
+                st.sampled_from(["new", "existing", ""]),
+                st.sampled_from([0, 7394, 7396]),
+                st.booleans(),
+            ),
+            min_size=1,
+            max_size=8,
+        )
+    )
+    def test_any_exchange_then_hang_up(self, steps: list) -> None:
+        """
+        A sequence of SDPs from either side with any a=setup (even
+        invalid), a=connection and port, each followed by every waiting
+        connection being made (or failing), releases every listener,
+        connection, port, channel and timer when the dialog ends; a half
+        never holds more than one TCP connection for the stream.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        for version, (side, setup, connection, port, succeed) in enumerate(steps, 1):
+            host = PHONE if side == "agent" else OPERATOR
+            body = _msrp(host, port, setup, "s%d" % version, version=version, connection=connection)
+            if side == "agent":
+                agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", body)
+                contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", body)
+            else:
+                contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", body)
+                agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", body)
+            # each event may release streams on both halves: skip the gone
+            for connector in list(reactor.connectors):
+                if connector in reactor.connectors:
+                    connector.complete() if succeed else connector.fail()
+            for key, listener in list(reactor.tcp.items()):
+                if reactor.tcp.get(key) is listener:
+                    listener.accept(PHONE if key[0] == AGENT_ADDR else OPERATOR, 50000 + version)
+            for transport in list(reactor.connections):
+                if not transport.closed:
+                    transport.protocol.dataReceived(b"x")
+            for address in (AGENT_ADDR, CONTACT_ADDR):
+                live = [t for t in reactor.connections if t.getHost().host == address]
+                self.assertLessEqual(len(live), 1)
+        agent.dialog_ended(a_end, DIALOG)
+        contact.dialog_ended(c_end, DIALOG)
+        for manager in (agent, contact):
+            self.assertEqual(
+                (manager.open_tcp_sockets, manager.open_channels, manager.ports_in_use, manager.streams),
+                (0, 0, 0, 0),
+            )
+        self.assertEqual(reactor.open_tcp, 0)
+        self.assertEqual(reactor.getDelayedCalls(), [])
