@@ -740,6 +740,20 @@ class MsrpCallTests(SynchronousTestCase):
             phone.protocol.dataReceived(b"up")
             self.assertEqual(operator.value(), b"up")
 
+    def test_answerer_connects_before_its_answer(self) -> None:
+        """
+        An answerer that connects before its answer (a=connection:new)
+        reaches us keeps that connection.
+        """
+        reactor, agent, a_end, contact, c_end, _ = self._offer()
+        operator = reactor.tcp[CONTACT_ADDR, 30000].accept(OPERATOR, 50000)
+        operator.protocol.dataReceived(b"first")
+        self._answer(agent, a_end, contact, c_end, "active")
+        self.assertFalse(operator.closed)
+        phone = reactor.tcp[AGENT_ADDR, 20000].accept(PHONE, 50001)
+        self.assertEqual(phone.value(), b"first")
+        self.assertEqual(len(a_end.opened), 1)
+
     def test_data_before_far_side_connects(self) -> None:
         """
         Bytes that cross the tunnel before the TCP connection on the other

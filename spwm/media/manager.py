@@ -585,9 +585,9 @@ class MediaManager:
         """
         Our side's endpoint described a TCP stream: remember it, open the
         stream channel if needed, and settle our role if this answers our
-        C{actpass} offer. A new description (new o= version) with
-        C{a=connection:new} for a stream whose connection was made starts
-        over with a new connection and channel.
+        C{actpass} offer. A new description (new o= version, not the answer
+        to our offer) with C{a=connection:new} for a stream whose connection
+        was made starts over with a new connection and channel.
         """
         index = media.index
         stream = dialog.streams.get(index)
@@ -595,6 +595,8 @@ class MediaManager:
             stream is not None
             and stream.tcp is not None
             and stream.tcp.ever_connected
+            and not stream.offered
+            and stream.seen_version is not None
             and media.connection_mode == "new"
             and version != stream.seen_version
         ):
