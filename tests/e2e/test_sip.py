@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from .netbed import (
+    DATA,
     AGENT,
     CONTACT,
     ECHO,
@@ -182,6 +184,42 @@ class SpwmSipKamailioTests(SpwmSipTestCase):
         )
         self.assertEqual(result.returncode, 1, result)
         self.assertIn("SIP/2.0 430", result.messages())
+
+    def test_incoming_call_to_tcp_phone(self) -> None:
+        """
+        alice registers over TCP and keeps her connection to the agent
+        open; carol calls her from the operator network: the INVITE comes
+        back to alice over that same connection (the agent cannot open one
+        towards the phone), alice's out-of-call scenario answers, the call
+        completes and RTP arrives at both ends.
+        """
+        argv = sipp_argv(
+            "register_stay.xml", PROXY, PHONE, 5060, "phone-alice-tcp", self.logdir,
+            keys={"user": "alice", "contact": f"{PHONE}:5060", "expires": "300"},
+            extra=["-au", "alice", "-ap", USERS["alice"], "-m", "1", "-d", "5000",
+                   "-oocsf", str(DATA / "uas_echo.xml"),
+                   "-mi", PHONE, "-mp", "6000", "-rtp_echo",
+                   "-recv_timeout", "5000", "-timeout", "20s", "-timeout_error"],
+            transport="t1",
+        )
+        phone = self.topology.spawn("lan", "phone-alice-tcp", argv, cwd=self.logdir)
+        deadline = time.monotonic() + 10
+        while not any(b.aor == "alice" for b in self.location_table()):
+            if time.monotonic() > deadline or phone.returncode is not None:
+                self.fail(f"alice did not register over TCP; see {self.logdir}/phone-alice-tcp.*")
+            time.sleep(0.1)
+        self.count_udp("lan", "at_phone", f"ip saddr {AGENT} ip daddr {PHONE} udp dport 6000")
+        self.count_udp("op", "at_caller", f"ip saddr {CONTACT} ip daddr {ECHO} udp dport 6000")
+        result = self.sipp_uac(
+            "uac_rtp.xml", f"{KAMAILIO}:5060", user="carol", service="alice",
+            role="op", local_ip=ECHO, keys={"pcap": PCAP},
+            extra=["-d", "2000", "-mi", ECHO, "-mp", "6000"],
+            name="carol-calls-alice",
+        )
+        self.assertSippSuccess(result)
+        self.assertIn("INVITE sip:alice@", self.wait_sipp(phone).messages())
+        self.assertGreater(self.counter("lan", "at_phone"), 50)
+        self.assertGreater(self.counter("op", "at_caller"), 50)
 
     def test_cancel_ringing_call(self) -> None:
         """
