@@ -417,16 +417,6 @@ class RefusalTests(SynchronousTestCase):
         self.assertEqual(parse_sdp(out).media[0].port, 30002)
         self.assertEqual((manager.open_sockets, manager.ports_in_use), (2, 1))
 
-    def test_tcp_media_rejected(self) -> None:
-        """
-        TCP media (not carried yet) is answered with port 0.
-        """
-        reactor, agent, a_end, contact, c_end = _pair()
-        sdp = _sdp(PHONE) + b"m=message 7394 TCP/MSRP *\r\na=setup:active\r\n"
-        out = contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", sdp)
-        self.assertEqual(parse_sdp(out).media[0].port, 0)
-        self.assertEqual(contact.open_sockets, 0)
-
     def test_mux_only(self) -> None:
         """
         With a=rtcp-mux-only only the RTP socket is bound, and RTCP from the
