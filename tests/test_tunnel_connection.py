@@ -273,11 +273,17 @@ class ChannelTests(SynchronousTestCase):
 
     def test_unknown_control_op_is_ignored(self) -> None:
         """
-        A control message with an unknown op is ignored (room for later versions).
+        A control message with an op the core does not own goes to the
+        application (room for later versions); sending one of the core's
+        own ops through the application API is refused.
         """
-        events = self.pair.contact.receive_data(encode_control({"op": "future-thing"}), self.pair.now)
-        self.assertEqual(events, [])
+        events = self.pair.contact.receive_data(encode_control({"op": "future-thing", "x": 1}), self.pair.now)
+        self.assertEqual(events, [ev.ControlReceived({"op": "future-thing", "x": 1})])
         self.assertEqual(self.pair.contact.stats.unknown_control, 1)
+        self.pair.agent.send_control({"op": "resume", "proofs": {}})
+        self.pair.transfer()
+        self.assertEqual(self.pair.contact_events, [ev.ControlReceived({"op": "resume", "proofs": {}})])
+        self.assertRaises(ValueError, self.pair.agent.send_control, {"op": "open"})
 
     def test_error_frame_closes(self) -> None:
         """

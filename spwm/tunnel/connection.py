@@ -44,6 +44,7 @@ from spwm.tunnel.frames import (
 _PACK = HEADER.pack
 _DATAGRAM = int(FrameType.DATAGRAM)
 _NEVER_STALE = float("inf")
+_CORE_OPS = frozenset({"hello", "welcome", "open", "close"})
 
 
 class Role(enum.Enum):
@@ -314,8 +315,11 @@ class TunnelConnection:
         elif op == "close":
             self._on_close(message, out)
         else:
-            # Unknown operations are ignored so that a later version can add some.
+            # Operations the core does not handle go to the application,
+            # which ignores those it does not know either (so that a later
+            # version can add some).
             self.stats.unknown_control += 1
+            out.append(ev.ControlReceived(message))
 
     def _on_open(self, message: dict[str, Any], out: list[Any]) -> None:
         cid = message.get("channel")
@@ -441,6 +445,18 @@ class TunnelConnection:
         if len(data) > self.limits.max_frame_payload:
             raise ValueError(f"SIP message of {len(data)} bytes does not fit in a frame")
         self._queue(encode_frame(FrameType.SIP, 0, flow_id, data))
+
+    def send_control(self, message: dict[str, Any]) -> None:
+        """
+        Queue an application control message (resumption and the like).
+
+        @raise ValueError: for an op the core itself owns.
+        @raise RuntimeError: if the tunnel is not open.
+        """
+        self._require_open()
+        if message.get("op") in _CORE_OPS:
+            raise ValueError(f"op {message.get('op')!r} belongs to the tunnel core")
+        self._queue(encode_control(message))
 
     def open_channel(self, kind: ChannelKind, meta: dict[str, Any]) -> int:
         """

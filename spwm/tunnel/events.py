@@ -115,3 +115,13 @@ class TunnelClosed:
     code: int
     reason: str
     by_peer: bool
+
+
+@frozen
+class ControlReceived:
+    """
+    A control message with an op the tunnel core does not handle itself
+    (resumption and later extensions); the application decides.
+    """
+
+    message: dict[str, Any]

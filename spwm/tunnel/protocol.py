@@ -152,6 +152,12 @@ class ApplicationMux:
             if handler is not None:
                 handler(tunnel, reason)
 
+    def control_received(self, tunnel: TunnelProtocol, message: dict[str, Any]) -> None:
+        for part in self._everyone():
+            handler = getattr(part, "control_received", None)
+            if handler is not None:
+                handler(tunnel, message)
+
     def sip_received(self, tunnel: TunnelProtocol, flow_id: int, data: bytes) -> None:
         if self.sip is not None and hasattr(self.sip, "sip_received"):
             self.sip.sip_received(tunnel, flow_id, data)
@@ -255,6 +261,8 @@ class TunnelProtocol(Protocol):
         self._closing = False
         self.go_away_info: ev.PeerWentAway | None = None
         self.close_info: ev.TunnelClosed | None = None
+        #: the peer's hello (agent) or welcome (contact point) message
+        self.peer_hello: dict[str, Any] = {}
         #: called with this protocol when the peer sends go-away
         self.go_away_handler: Any = None
         #: called with this protocol and the reason when the connection is lost
@@ -275,6 +283,7 @@ class TunnelProtocol(Protocol):
             ev.StreamDataReceived: lambda e: self.app.stream_data_received(self, e.channel_id, e.data),
             ev.StreamEnded: lambda e: self.app.stream_ended(self, e.channel_id),
             ev.PeerWentAway: self._on_goaway,
+            ev.ControlReceived: self._on_control,
             ev.TunnelClosed: self._on_closed,
         }
 
@@ -382,6 +391,7 @@ class TunnelProtocol(Protocol):
 
     def _on_handshake(self, e: ev.HandshakeCompleted) -> None:
         self._established = True
+        self.peer_hello = e.peer_hello
         self.log.info(
             "tunnel up with {peer}: agent {agent_id}, session {session_id}, version {version}",
             peer=self.peer,
@@ -393,6 +403,11 @@ class TunnelProtocol(Protocol):
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(self)
+
+    def _on_control(self, e: ev.ControlReceived) -> None:
+        handler = getattr(self.app, "control_received", None)
+        if handler is not None:
+            handler(self, e.message)
 
     def _on_goaway(self, e: ev.PeerWentAway) -> None:
         self.go_away_info = e
@@ -427,6 +442,34 @@ class TunnelProtocol(Protocol):
         self.connection.send_sip(flow_id, data)
         self._flush()
         return True
+
+    def send_control(self, message: dict[str, Any]) -> bool:
+        """
+        Send an application control message; C{False} if the tunnel is not open.
+        """
+        if not self.is_open:
+            return False
+        self.connection.send_control(message)
+        self._flush()
+        return True
+
+    def export_keying_material(self, label: bytes, length: int) -> bytes | None:
+        """
+        Keying material exported from this connection's TLS session (RFC
+        5705), or C{None} for a plaintext tunnel.
+        """
+        transport = self.transport
+        for _ in range(8):
+            connection = getattr(transport, "_tlsConnection", None)
+            if connection is not None:
+                try:
+                    return connection.export_keying_material(label, length)
+                except Exception:
+                    return None
+            transport = getattr(transport, "transport", None)
+            if transport is None:
+                break
+        return None
 
     def open_channel(self, kind: ChannelKind, meta: dict[str, Any]) -> int:
         """
