@@ -143,6 +143,8 @@ def receiver_main(socks: list[socket.socket], phase: int, until: float, conn: An
     unpack = PACKET.unpack_from
     lat = array.array("d")
     add = lat.append
+    sent_at = array.array("d")
+    add_sent = sent_at.append
     per_call = array.array("l", [0] * len(socks))
     highest = [-1] * len(socks)
     count = dups = 0
@@ -172,7 +174,8 @@ def receiver_main(socks: list[socket.socket], phase: int, until: float, conn: An
                 count += 1
                 per_call[call] += 1
                 add(now - fields[8])
-    conn.send((count, dups, per_call.tobytes(), lat.tobytes(), time.process_time() - cpu0))
+                add_sent(fields[8])
+    conn.send((count, dups, per_call.tobytes(), lat.tobytes(), sent_at.tobytes(), time.process_time() - cpu0))
 
 
 # -- the signaller (SIP, in its own process with a Twisted reactor) ------------
@@ -320,6 +323,10 @@ class Bench:
         responder_port = free_port()
         self.pair = Pair(procs, workdir, ("127.0.0.1", responder_port), media_ports=max(1000, 4 * self.max_calls + 200), tls=args.tls)
         self.pair.wait_up()
+        if args.renice is not None:
+            # diagnosis: does the load generator take the CPU from the halves?
+            for pid in self.pair.pids.values():
+                os.setpriority(os.PRIO_PROCESS, pid, args.renice)
         self.sockets_idle = {k: open_sockets(v) for k, v in self.pair.pids.items()}
         self.registered = register_through(self.pair.sip_listen, responder_port, USER, DOMAIN)
         self.ctl, child = multiprocessing.Pipe()
@@ -410,12 +417,15 @@ class Bench:
         out: dict[str, Any] = {"path": path, "calls": n, "rate": rate, "cpu": cpu, "machine": mach}
         for direction, s_key, r_key in (("forward", "from_lan", "at_op"), ("return", "from_op", "at_lan")):
             sent, failed, elapsed, s_cpu = res[s_key]
-            count, dups, per_b, lat_b, r_cpu = res[r_key]
+            count, dups, per_b, lat_b, sent_b, r_cpu = res[r_key]
             per = array.array("l")
             per.frombytes(per_b)
             lat = array.array("d")
             lat.frombytes(lat_b)
+            sent_at = array.array("d")
+            sent_at.frombytes(sent_b)
             out[direction] = {
+                "episodes": episodes(sent_at, lat, self.args.p99_limit / 1000),
                 "sent": sent,
                 "send_failed": failed,
                 "elapsed": elapsed,
@@ -432,6 +442,48 @@ class Bench:
 
 
 # -- reports -----------------------------------------------------------------
+
+
+def episodes(sent_at: Any, lat: Any, threshold: float, gap: float = 0.05) -> list[tuple[float, float, float]]:
+    """
+    Periods when packets took longer than C{threshold}: C{(start, length,
+    worst latency)}, start in seconds from the first packet; packets closer
+    than C{gap} seconds belong to one episode.
+    """
+    if not sent_at:
+        return []
+    t0 = min(sent_at)
+    slow = sorted((t - t0, l) for t, l in zip(sent_at, lat) if l > threshold)
+    out: list[list[float]] = []
+    for t, l in slow:
+        if out and t - (out[-1][0] + out[-1][1]) <= gap:
+            out[-1][1] = t - out[-1][0]
+            out[-1][2] = max(out[-1][2], l)
+        else:
+            out.append([t, 0.0, l])
+    return [tuple(e) for e in out]  # type: ignore[misc]
+
+
+def describe_episodes(r: dict[str, Any], limit: float) -> list[str]:
+    """
+    When the slow packets (over C{limit}) were sent: how many episodes, how
+    long, how far apart (a regular gap points to a timer; an irregular one to
+    scheduling).
+    """
+    lines = []
+    for d in ("forward", "return"):
+        eps = r[d]["episodes"]
+        if not eps:
+            continue
+        starts = [e[0] for e in eps]
+        gaps = sorted(b - a for a, b in zip(starts, starts[1:]))
+        shown = ", ".join(f"{s:.2f}s+{l * 1e3:.0f}ms({w * 1e3:.0f})" for s, l, w in eps[:12])
+        lines.append(
+            f"    {d}: {len(eps)} episodes of packets slower than {limit * 1e3:g} ms, "
+            f"{sum(e[1] for e in eps) * 1e3:.0f} ms in all; gaps between them p50 "
+            f"{percentile(gaps, .5):.2f} s; start+length(worst): {shown}{' ...' if len(eps) > 12 else ''}"
+        )
+    return lines
 
 
 def loss(sent: int, received: int) -> float:
@@ -513,6 +565,8 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
         for r in (direct, tunnel):
             if r is not None:
                 print("\n".join(describe(r)))
+        if args.episodes:
+            print("\n".join(describe_episodes(tunnel, args.p99_limit / 1000)))
         ok = None
         if direct is not None:
             ok, lines = compare(direct, tunnel, args.loss_limit / 100, args.p99_limit / 1000)
@@ -556,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-direct", action="store_true", help="no direct baseline (no ratios, no verdict)")
     p.add_argument("--loss-limit", type=float, default=0.1, help="percent loss that fails the target (default 0.1)")
     p.add_argument("--p99-limit", type=float, default=5.0, help="p99 added latency that fails the target, ms (default 5)")
+    p.add_argument("--episodes", action="store_true", help="print when the packets slower than --p99-limit were sent (tunnel)")
+    p.add_argument("--renice", type=int, metavar="N", help="run both halves at nice N (e.g. -10, needs root): is it scheduling?")
     p.add_argument("--keep-going", action="store_true", help="ramp: go on after a step misses the target")
     p.add_argument("--release-wait", type=float, default=3.0, help="seconds after the BYEs before counting sockets (default 3)")
     p.add_argument("--profile", metavar="DIR", help="py-spy both halves during every tunnel phase; files in DIR")
