@@ -162,6 +162,28 @@ class Pair:
         """
         return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
 
+    def warning_counts(self) -> dict[str, int]:
+        """
+        Warning and error lines of both logs, counted by half and message
+        (numbers and addresses blanked, so alike messages count together).
+        """
+        import re
+
+        counts: dict[str, int] = {}
+        for name, path in (("agent", self.agent_log), ("contact", self.contact_log)):
+            try:
+                with open(path, errors="replace") as f:
+                    for line in f:
+                        low = line.lower()
+                        if "traceback" in low or "error" in low or "#warn" in low or "#critical" in low:
+                            text = line.split(" ", 1)[-1].strip()
+                            text = re.sub(r"\d+(\.\d+)*(:\d+)?", "N", text)
+                            key = f"{name}: {text[:160]}"
+                            counts[key] = counts.get(key, 0) + 1
+            except OSError:
+                pass
+        return counts
+
     def warnings(self, limit: int = 10) -> list[str]:
         """
         Lines of both logs that look like trouble (tracebacks, errors, warnings).

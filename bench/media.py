@@ -596,8 +596,8 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
             f"agent {100 * t['cpu']['agent']:.0f} %, contact {100 * t['cpu']['contact']:.0f} %  "
             + ("" if ok is None else ("target met" if ok else "TARGET NOT MET"))
         )
-    for line in bench.pair.warnings():
-        print(f"  log: {line}")
+    for line, count in sorted(bench.pair.warning_counts().items(), key=lambda kv: -kv[1])[:12]:
+        print(f"  log x{count}: {line}")
     return status
 
 

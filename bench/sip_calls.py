@@ -59,6 +59,7 @@ from _common import (  # noqa: E402
     register_through,
     run_bounded,
     sipp_time,
+    udp_counters,
     start_profilers,
     wait_profilers,
 )
@@ -137,6 +138,7 @@ class Bench:
         cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
         uas_cpu0 = cpu_seconds(self.uas.pid)
         mach0 = machine_cpu()
+        udp0 = udp_counters()
         start = time.monotonic()
         uac = self._sipp(args, cwd)
         spies = start_profilers(self.procs, self.pair, profile, f"{path}-{rate:.0f}", seconds - 1) if profile and pids else []
@@ -151,6 +153,8 @@ class Bench:
         cpu["uas"] = (cpu_seconds(self.uas.pid) - uas_cpu0) / wall
         cpu["uac"] = uac_cpu / wall
         mach = machine_usage(mach0, machine_cpu())
+        udp1 = udp_counters()
+        udp = {k: udp1.get(k, 0) - udp0.get(k, 0) for k in ("RcvbufErrors", "SndbufErrors", "InErrors")}
         rows = read_sipp_stats(stat)
         last = rows[-1] if rows else {}
 
@@ -185,6 +189,7 @@ class Bench:
             "mean_rt": sipp_time(last.get("ResponseTime1(C)", "")),
             "cpu": cpu,
             "machine": mach,
+            "udp": udp,
             "code": code,
             "ok": ok,
             "verdict": verdict,
@@ -233,7 +238,7 @@ def describe(r: dict[str, Any]) -> str:
         f"({r['achieved']:6.1f}/s), failed {r['failed']}{fails}, retrans {r['retrans']}, "
         f"INVITE->200 p50 {percentile(rtt, .5) * 1e3:.0f} ms p99 {percentile(rtt, .99) * 1e3:.0f} ms max "
         f"{(rtt[-1] if rtt else float('nan')) * 1e3:.0f} ms  {r['verdict']}  "
-        f"[CPU {cpu}; machine busy {100 * m['busy']:.0f}%, steal {100 * m['steal']:.0f}%]"
+        f"[CPU {cpu}; machine busy {100 * m['busy']:.0f}%, steal {100 * m['steal']:.0f}%; kernel UDP errors {r['udp']}]"
     )
 
 
@@ -305,8 +310,8 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
         if "tunnel" in found:
             print(f"  target (300 calls/s through the pair): {'MET' if found['tunnel'][0] >= 300 else 'NOT MET'}")
     if bench.pair is not None:
-        for line in bench.pair.warnings():
-            print(f"  log: {line}")
+        for line, count in sorted(bench.pair.warning_counts().items(), key=lambda kv: -kv[1])[:12]:
+            print(f"  log x{count}: {line}")
     return 0
 
 
