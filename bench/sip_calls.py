@@ -306,7 +306,8 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
         for path, (good, bad) in found.items():
             print(f"  {path}: highest rate without failures {good:.0f} calls/s" + (f"; failures from {bad:.0f} calls/s" if bad else f" (not failed up to --max-rate {args.max_rate:g})"))
         if "tunnel" in found and "direct" in found and found["direct"][0]:
-            print(f"  ratio tunnel/direct: {found['tunnel'][0] / found['direct'][0]:.3f}")
+            bound = "" if found["direct"][1] else " at most (the direct path did not fail within --max-rate)"
+            print(f"  ratio tunnel/direct: {found['tunnel'][0] / found['direct'][0]:.3f}{bound}")
         if "tunnel" in found:
             print(f"  target (300 calls/s through the pair): {'MET' if found['tunnel'][0] >= 300 else 'NOT MET'}")
     if bench.pair is not None:
