@@ -1,0 +1,535 @@
+"""
+Integration tests on loopback: the contact point under attack keeps serving
+a well-behaved tunnel.
+
+Each test assembles, in this process and on the real reactor, a contact
+point (TLS, embedded registrar, C{--handshake-timeout 2},
+C{--max-tunnels-per-address 20}), two agents from 127.0.0.1 and two phones
+of C{examples/phone.py}: alice behind agent 1 calls bob behind agent 2 and
+both send RTP at 50 packets per second through both tunnels and the
+contact point's relay.  While the call runs, one attack is made from
+another loopback address (127.0.0.3 and up): a slow-loris TLS handshake, a
+flood of garbage frames, a flood of valid pings, a UDP flood at the call's
+relay port, a thousand half-open TCP connections.  Each test asserts that
+the good call lost at most L{MAX_LOSS} of its RTP each way, and that the
+bad connections were closed or refused with a log line.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import os
+import random
+import socket
+import time
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from spwm.tap import agent, contact
+from spwm.testing.certs import TestCA
+from spwm.tunnel import events as ev
+from spwm.tunnel.connection import Role, TunnelConnection
+from spwm.tunnel.frames import FrameType, encode_frame
+from tests.integration.test_tunnel_loopback import wait_until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _load_phone() -> Any:
+    spec = importlib.util.spec_from_file_location("spwm_examples_phone", os.path.join(ROOT, "examples", "phone.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+phone = _load_phone()
+
+DOMAIN = "attacks.spwm.test"
+SERVER_NAME = "contact.spwm.test"
+
+#: Highest fraction of the good call's RTP that may be lost each way.
+MAX_LOSS = 0.01
+
+#: How long each attack runs while the good call sends RTP.
+ATTACK_SECONDS = 4.0
+
+#: The per-address tunnel limit of the contact point in these tests.
+PER_ADDRESS = 20
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for UDP and TCP on C{host} now."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((host, 0))
+            port = u.getsockname()[1]
+            with socket.socket() as t:
+                try:
+                    t.bind((host, port))
+                except OSError:
+                    continue
+            return port
+
+
+def sleep(seconds: float) -> defer.Deferred[None]:
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+def within(d: defer.Deferred, seconds: float) -> defer.Deferred:
+    """C{d}, failing with a timeout after C{seconds}."""
+    return d.addTimeout(seconds, reactor)
+
+
+def client_hello() -> bytes:
+    """The first flight of a TLS client (its ClientHello), made in memory."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    conn = SSL.Connection(ctx, None)
+    conn.set_tlsext_host_name(SERVER_NAME.encode())
+    conn.set_connect_state()
+    try:
+        conn.do_handshake()
+    except SSL.WantReadError:
+        pass
+    return conn.bio_read(65536)
+
+
+class SlowLoris(Protocol):
+    """
+    Sends C{data} one byte per second and records when the peer closed.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.sent = 0
+        self.lost: defer.Deferred[float] = defer.Deferred()
+        self.started = 0.0
+        self._loop: task.LoopingCall | None = None
+
+    def connectionMade(self) -> None:
+        self.started = reactor.seconds()
+        self._loop = task.LoopingCall(self._one)
+        self._loop.start(1.0, now=True)
+
+    def _one(self) -> None:
+        if self.sent < len(self.data):
+            self.transport.write(self.data[self.sent : self.sent + 1])
+            self.sent += 1
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self.lost.callback(reactor.seconds() - self.started)
+
+
+class BadAgent(Protocol):
+    """
+    A client that completes the TLS and SPWM handshakes like an agent (an
+    agent core drives it), then calls C{attack(self)}.
+
+    @ivar established: fires when the SPWM handshake is done.
+    @ivar lost: fires with the seconds from the handshake to the close.
+    """
+
+    def __init__(self) -> None:
+        self.core = TunnelConnection(Role.AGENT, reactor.seconds(), agent_id="attacker")
+        self.established: defer.Deferred[None] = defer.Deferred()
+        self.lost: defer.Deferred[float] = defer.Deferred()
+        self.open_at: float | None = None
+        self.received = 0
+        self.sent_frames = 0
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.core.data_to_send(reactor.seconds()))
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.open_at is not None:
+            return  # the attacker does not care what comes back
+        for event in self.core.receive_data(data, reactor.seconds()):
+            if isinstance(event, ev.HandshakeCompleted):
+                self.open_at = reactor.seconds()
+                self.established.callback(None)
+        out = self.core.data_to_send(reactor.seconds())
+        if out:
+            self.transport.write(out)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.established.called:
+            self.established.errback(ConnectionError(f"lost before the handshake: {reason}"))
+        start = self.open_at if self.open_at is not None else reactor.seconds()
+        self.lost.callback(reactor.seconds() - start)
+
+
+KNOWN_HANDSHAKE_TIMEOUT_BUG = (
+    "spwm/tunnel: under TLS the handshake timeout logs HANDSHAKE_TIMEOUT but the"
+    " connection stays open (the ERROR frame waits in TLSMemoryBIOProtocol's"
+    " send buffer for a TLS handshake that never completes, so loseConnection"
+    " never closes; the per-address slot is never freed)"
+)
+
+KNOWN_TLS_REFUSAL_BUG = (
+    "spwm/tunnel: under TLS a connection over --max-tunnels(-per-address) is"
+    " not closed: ContactTunnelFactory.buildProtocol returns None inside"
+    " TLSMemoryBIOFactory, which wraps None and raises AttributeError in"
+    " makeConnection; the socket stays open (fd leak) and an unhandled error is"
+    " logged per connection"
+)
+
+
+class AttackTestCase(TestCase):
+    """
+    A contact point, two agents and a call with RTP both ways; the tests
+    attack the contact point meanwhile.
+    """
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.ca = TestCA(os.path.join(directory, "ca"))
+        cert = self.ca.issue([SERVER_NAME, "127.0.0.1"], "contact")
+        base = random.randrange(20000, 31000, 2)
+        options = contact.Options()
+        options.parseOptions(
+            [
+                "--listen", "tcp:0:interface=127.0.0.1",
+                "--cert", cert.cert,
+                "--key", cert.key,
+                "--sip-address", f"127.0.0.1:{free_port()}",
+                "--media-ports", f"{base}-{base + 63}",
+                "--media-allow", "127.0.0.0/8",
+                "--handshake-timeout", "2",
+                "--max-tunnels-per-address", str(PER_ADDRESS),
+                "--drain-time", "0.2",
+            ]
+        )
+        self.contact = contact.makeService(options, reactor)
+        self.contact.startService()
+        self.addCleanup(self.stop_service, self.contact)
+        listening = yield within(self.contact.listener.listening, 10)
+        self.tunnel_port = listening.getHost().port
+        self.agents = []
+        for index in (1, 2):
+            media = base + 64 * index
+            options = agent.Options()
+            options.parseOptions(
+                [
+                    "--contact", f"127.0.0.1:{self.tunnel_port}",
+                    "--server-name", SERVER_NAME,
+                    "--ca", self.ca.ca_file,
+                    "--agent-id", f"good-{index}",
+                    "--sip-listen", f"127.0.0.1:{free_port()}",
+                    "--media-ports", f"{media}-{media + 63}",
+                    "--reconnect-max", "1",
+                ]
+            )
+            service = agent.makeService(options, reactor)
+            service.sip_address = options.sip_addresses()[0]
+            service.startService()
+            self.addCleanup(self.stop_service, service)
+            self.agents.append(service)
+        yield wait_until(lambda: all(a.tunnel_service.tunnel is not None for a in self.agents), 10)
+        self.good_tunnels = set(self.contact.factory.tunnels)
+        self.alice = phone.Phone(reactor, "alice", DOMAIN, self.agents[0].sip_address)
+        self.bob = phone.Phone(reactor, "bob", DOMAIN, self.agents[1].sip_address)
+        answered: defer.Deferred = defer.Deferred()
+        self.bob.on_incoming = lambda call: answered.called or answered.callback(call)
+        for p in (self.alice, self.bob):
+            p.start()
+            self.addCleanup(p.stop)
+            response = yield within(p.register(), 10)
+            self.assertEqual(response.status, 200, f"REGISTER of {p.name}")
+        self.call = yield within(self.alice.call("bob"), 10)
+        self.bob_call = yield within(answered, 5)
+        yield within(self.bob_call.established, 5)
+        self.call.start_media()
+        self.bob_call.start_media()
+        self.addCleanup(self.call.stop_media)
+        self.addCleanup(self.bob_call.stop_media)
+
+    @defer.inlineCallbacks
+    def abort_attackers(self) -> Any:
+        """
+        Abort every tunnel at the contact point that is not one of the good
+        ones (a cleanup for tests whose bad connections outlive them), and
+        flush the errors that refused TLS connections log (see
+        L{KNOWN_TLS_REFUSAL_BUG}).
+        """
+        for tunnel in list(self.contact.factory.tunnels):
+            if tunnel not in self.good_tunnels and tunnel.transport is not None:
+                tunnel.transport.abortConnection()
+        yield sleep(0.2)
+        self.flushLoggedErrors(AttributeError)
+
+    @defer.inlineCallbacks
+    def stop_service(self, service: Any) -> Any:
+        if service.running:
+            yield within(defer.maybeDeferred(service.stopService), 5)
+
+    @defer.inlineCallbacks
+    def finish_call(self) -> Any:
+        """
+        Stop the RTP, let the last packets arrive, and assert that each way
+        lost at most L{MAX_LOSS}, with no echo.
+        """
+        self.call.stop_media()
+        self.bob_call.stop_media()
+        yield sleep(0.3)
+        for name, sender, receiver in (("alice -> bob", self.call, self.bob_call), ("bob -> alice", self.bob_call, self.call)):
+            sent, got = sender.sent, receiver.rx.unique
+            self.assertGreater(sent, 50 * ATTACK_SECONDS * 0.8, f"{name}: only {sent} sent")
+            self.assertEqual(receiver.rx.echoed, 0, name)
+            self.assertLessEqual(sent - got, sent * MAX_LOSS, f"{name}: sent {sent}, received {got}")
+        # the good tunnels are still the ones up
+        self.assertTrue(self.good_tunnels <= set(self.contact.factory.tunnels))
+
+    def warnings(self, text: str) -> list[str]:
+        """Warning lines logged so far that contain C{text}."""
+        out = []
+        for event in self.events:
+            if event.get("log_level") is not None and event["log_level"] >= LogLevel.warn:
+                line = formatEvent(event)
+                if text in line:
+                    out.append(line)
+        return out
+
+    def relay_port(self) -> Any:
+        """One of the contact point's relay endpoints of the call (RTP)."""
+        media = self.contact.media
+        for tunnel in self.good_tunnels:
+            for key in media.dialog_keys(tunnel):
+                if key.endswith("/" + self.call.call_id):
+                    rtp, _ = media.stream_endpoints(tunnel, key, 0)
+                    if rtp is not None and rtp.port is not None:
+                        return rtp
+        raise AssertionError("no relay endpoint of the call at the contact point")
+
+    def connect_tls(self, protocol: Protocol, source: str) -> defer.Deferred:
+        """Connect C{protocol} over TLS from C{source} to the contact point."""
+        trust = Certificate.loadPEM(open(self.ca.ca_file, "rb").read())
+        endpoint = wrapClientTLS(
+            optionsForClientTLS(SERVER_NAME, trustRoot=trust),
+            TCP4ClientEndpoint(reactor, "127.0.0.1", self.tunnel_port, bindAddress=(source, 0)),
+        )
+        return connectProtocol(endpoint, protocol)
+
+
+class TunnelAttackTests(AttackTestCase):
+    """
+    Attacks on the contact point's tunnel listener while a good call runs.
+    """
+
+    @defer.inlineCallbacks
+    def test_slow_loris_handshake_is_cut(self) -> Any:
+        """
+        A client that sends a TLS ClientHello one byte per second (from
+        127.0.0.3) is disconnected by the contact point's handshake timeout
+        (2 s, TLS included) within 4 s, having sent only a few bytes, and a
+        warning names the handshake timeout; the good call loses nothing
+        beyond the bound.
+        """
+        self.addCleanup(self.abort_attackers)
+        loris = SlowLoris(client_hello())
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.tunnel_port, bindAddress=("127.0.0.3", 0))
+        yield connectProtocol(endpoint, loris)
+        try:
+            took = yield within(loris.lost, ATTACK_SECONDS + 1)
+        finally:
+            if not loris.lost.called:
+                loris.transport.abortConnection()
+        self.assertLess(took, 4.0)
+        self.assertLess(loris.sent, 6)
+        self.assertTrue(self.warnings("HANDSHAKE_TIMEOUT"), self.events[-5:])
+        self.assertEqual(self.contact.factory.tunnels.per_host.get("127.0.0.3", 0), 0)
+        yield sleep(max(0.0, ATTACK_SECONDS - took))
+        yield self.finish_call()
+
+    test_slow_loris_handshake_is_cut.todo = KNOWN_HANDSHAKE_TIMEOUT_BUG  # type: ignore[attr-defined]
+
+    @defer.inlineCallbacks
+    def test_garbage_frames_close_the_tunnel(self) -> Any:
+        """
+        A client completes the TLS and SPWM handshakes (anyone may), then
+        floods the tunnel with random bytes: the contact point closes that
+        tunnel at once with a protocol error and a warning, and the good
+        call goes on.
+        """
+        bad = BadAgent()
+        yield self.connect_tls(bad, "127.0.0.4")
+        yield within(bad.established, 5)
+        rng = random.Random(6)
+
+        def flood() -> None:
+            if bad.transport is not None and not bad.lost.called:
+                # an unknown frame type first, so the stream cannot be valid
+                bad.transport.write(b"\xee" + rng.randbytes(16383))
+
+        loop = task.LoopingCall(flood)
+        loop.start(0.01)
+        try:
+            took = yield within(bad.lost, 5)
+        finally:
+            loop.stop()
+        self.assertLess(took, 2.0)
+        closed = self.warnings("closed by us")
+        self.assertTrue(any("UNKNOWN_FRAME_TYPE" in line or "PROTOCOL_ERROR" in line for line in closed), closed)
+        yield sleep(ATTACK_SECONDS)
+        yield self.finish_call()
+
+    @defer.inlineCallbacks
+    def test_ping_flood(self) -> Any:
+        """
+        A client with a tunnel sends valid PING frames at 20,000 per second
+        for the length of the attack: the contact point reads them all
+        (they do not starve the good tunnels), and the good call loses at
+        most the bound.
+        """
+        bad = BadAgent()
+        yield self.connect_tls(bad, "127.0.0.5")
+        yield within(bad.established, 5)
+        ping = encode_frame(FrameType.PING, 0, 0, b"\x00" * 8)
+        burst = ping * 200
+
+        def flood() -> None:
+            if bad.transport is not None and not bad.lost.called:
+                bad.transport.write(burst)
+                bad.sent_frames += 200
+
+        loop = task.LoopingCall(flood)
+        loop.start(0.01)
+        yield sleep(ATTACK_SECONDS)
+        loop.stop()
+        [attacked] = [t for t in self.contact.factory.tunnels if t not in self.good_tunnels] or [None]
+        if attacked is not None:
+            # what the contact point has read of the flood so far
+            self.assertGreater(attacked.connection.stats.frames_in, bad.sent_frames // 4)
+        self.assertGreater(bad.sent_frames, 20000 * ATTACK_SECONDS * 0.5)
+        if not bad.lost.called:
+            bad.transport.abortConnection()
+        yield within(bad.lost, 5)
+        yield self.finish_call()
+
+    @defer.inlineCallbacks
+    def test_thousand_half_open_connections(self) -> Any:
+        """
+        1000 TCP connections from 127.0.0.6 that never send a byte: the
+        contact point keeps only C{--max-tunnels-per-address} (20) of them,
+        refuses the rest at once (the client sees them closed) with a
+        rate-limited warning, and closes the 20 at the handshake timeout;
+        the good call goes on.
+        """
+        sockets: list[socket.socket] = []
+        self.addCleanup(self.abort_attackers)
+        self.addCleanup(lambda: [s.close() for s in sockets])
+        for _ in range(1000):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            s.bind(("127.0.0.6", 0))
+            err = s.connect_ex(("127.0.0.1", self.tunnel_port))
+            self.assertIn(err, (0, errno.EINPROGRESS))
+            sockets.append(s)
+            if len(sockets) % 50 == 0:
+                yield sleep(0.01)  # let the contact point accept
+
+        def closed_count() -> int:
+            n = 0
+            for s in sockets:
+                try:
+                    data = s.recv(1)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    n += 1
+                    continue
+                if data == b"":
+                    n += 1
+            return n
+
+        yield sleep(1.0)
+        refused_early = closed_count()
+        self.assertGreaterEqual(refused_early, 1000 - PER_ADDRESS - 5)
+        self.assertLessEqual(self.contact.factory.tunnels.per_host.get("127.0.0.6", 0), PER_ADDRESS)
+        self.assertGreaterEqual(self.contact.factory.refused, 1000 - PER_ADDRESS)
+        lines = self.warnings("tunnels from that address already")
+        self.assertTrue(lines)
+        self.assertLess(len(lines), 5, "the refusal warning is not rate-limited")
+        # the ones kept are cut by the handshake timeout
+        yield sleep(2.5)
+        self.assertEqual(closed_count(), 1000)
+        self.assertEqual(self.contact.factory.tunnels.per_host.get("127.0.0.6", 0), 0)
+        # the listener still takes new tunnels
+        late = BadAgent()
+        yield within(self.connect_tls(late, "127.0.0.8"), 5)
+        yield within(late.established, 5)
+        late.transport.loseConnection()
+        yield within(late.lost, 5)
+        yield self.finish_call()
+
+
+    test_thousand_half_open_connections.todo = KNOWN_TLS_REFUSAL_BUG  # type: ignore[attr-defined]
+
+
+class MediaFloodTests(AttackTestCase):
+    """
+    A UDP flood at the call's relay port from a host the SDP did not name.
+    """
+
+    @defer.inlineCallbacks
+    def test_udp_flood_at_relay_port(self) -> Any:
+        """
+        127.0.0.7 sends 2000 RTP-sized datagrams per second to the contact
+        point's relay port of the call: they are dropped by source (counted)
+        and never relayed, the relay does not latch to that host, and the
+        good call loses at most the bound.
+        """
+        yield sleep(0.5)  # the call's RTP has latched the relay
+        rtp = self.relay_port()
+        port = rtp.port.getHost().port
+        before = rtp.counters()
+        self.assertGreater(before["packets_in"], 0, before)
+        flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(flood.close)
+        flood.bind(("127.0.0.7", 0))
+        flood.setblocking(False)
+        packet = b"\x80\x08" + b"\x00" * 170
+        sent = 0
+
+        def burst() -> None:
+            nonlocal sent
+            for _ in range(20):
+                try:
+                    flood.sendto(packet, ("127.0.0.1", port))
+                    sent += 1
+                except OSError:
+                    pass
+
+        loop = task.LoopingCall(burst)
+        loop.start(0.01)
+        yield sleep(ATTACK_SECONDS)
+        loop.stop()
+        after = rtp.counters()
+        self.assertGreater(sent, 2000 * ATTACK_SECONDS * 0.5)
+        self.assertGreaterEqual(after["dropped_source"] - before["dropped_source"], sent * 0.9, (before, after))
+        self.assertEqual(after["latches"], before["latches"], (before, after))
+        self.assertGreater(after["packets_out"], before["packets_out"], (before, after))
+        # nothing came back to the flooding host
+        try:
+            data = flood.recv(2048)
+        except BlockingIOError:
+            data = None
+        self.assertIsNone(data)
+        yield self.finish_call()
