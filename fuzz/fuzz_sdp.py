@@ -28,10 +28,11 @@ CONTENT_TYPES = [
 
 
 def test(data: bytes) -> None:
-    fdp = atheris.FuzzedDataProvider(data)
-    mode = fdp.ConsumeIntInRange(0, 7)
+    if not data:
+        return
+    mode = data[0] % 8
     address = "203.0.113.10" if mode & 1 else "2001:db8::10"
-    body = fdp.ConsumeBytes(fdp.remaining_bytes())
+    body = data[1:]
     if mode >= 6:
         try:
             found = find_sdp(CONTENT_TYPES[mode & 3], body)

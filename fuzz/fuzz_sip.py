@@ -23,9 +23,10 @@ with atheris.instrument_imports():
 
 
 def test(data: bytes) -> None:
-    fdp = atheris.FuzzedDataProvider(data)
-    mode = fdp.ConsumeIntInRange(0, 3)
-    body = fdp.ConsumeBytes(fdp.remaining_bytes())
+    if not data:
+        return
+    mode = data[0] % 4
+    body = data[1:]
     if mode < 2:
         try:
             message = parse_message(body, max_size=65535 if mode == 0 else 512)
