@@ -522,9 +522,13 @@ class Phone(DatagramProtocol):
 
     # public actions
 
-    def register(self, expires: int = 300) -> defer.Deferred[SipMessage]:
+    def register(self, expires: int = 300, authorization: str | None = None) -> defer.Deferred[SipMessage]:
         """
         REGISTER our AOR with our contact; fires with the final response.
+
+        @param authorization: an C{Authorization} header value to send along
+            (the embedded registrar does not challenge; SPWM derives its
+            per-user key from digest credentials that a 2xx accepts).
         """
         self._register_cseq += 1
         headers = [
@@ -538,6 +542,8 @@ class Phone(DatagramProtocol):
             ("Expires", str(expires)),
             ("User-Agent", "spwm-demo-phone"),
         ]
+        if authorization is not None:
+            headers.append(("Authorization", authorization))
         return self._request(f"REGISTER sip:{self.domain} SIP/2.0", headers, self._register_call_id, self._register_cseq, "REGISTER")
 
     @defer.inlineCallbacks

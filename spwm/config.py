@@ -77,6 +77,19 @@ def positive_float(value: Any) -> float:
     return number
 
 
+def non_negative_float(value: Any) -> float:
+    """
+    A number, zero or more.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"must be a number, not {value!r}") from None
+    if number < 0:
+        raise ValueError(f"must be 0 or more, not {value!r}")
+    return number
+
+
 def positive_int(value: Any) -> int:
     """
     An integer greater than zero.

@@ -447,6 +447,60 @@ class MediaManager:
             self._forget(key)
         self._maybe_stop_timer()
 
+    def tunnel_suspended(self, tunnel: Any) -> None:
+        """
+        The tunnel broke but may be resumed: its channels are gone, the
+        streams, their relay sockets and ports stay (what our side sends
+        meanwhile is dropped and counted) until L{tunnel_resumed} or
+        L{tunnel_lost}.
+        """
+        for key in [k for k in self._channels if k[0] is tunnel]:
+            stream = self._channels[key]
+            self._forget(key)
+            stream.channel_id = None
+            if stream.rtp is not None:
+                stream.rtp.detach()
+            if stream.rtcp is not None:
+                stream.rtcp.detach()
+        for key in [k for k in self._pending if k[0] is tunnel]:
+            del self._pending[key]
+
+    def tunnel_resumed(self, old: Any, new: Any, reopen: bool) -> None:
+        """
+        A suspended tunnel's session goes on on C{new}: its dialogs move
+        there.  The side that accepted the resumption (C{reopen}) opens a
+        channel for every stream again; the other side attaches them as
+        they come, by dialog and stream.
+        """
+        now = self.clock.seconds()
+        for key in [k for k in self._dialogs if k[0] is old]:
+            dialog = self._dialogs.pop(key)
+            self._dialogs[new, key[1]] = dialog
+            for stream in dialog.streams.values():
+                stream.tunnel = new
+                stream.channel_id = None
+                stream.last_activity = now
+        if not reopen:
+            return
+        for (tunnel, _), dialog in list(self._dialogs.items()):
+            if tunnel is not new:
+                continue
+            for stream in dialog.streams.values():
+                self._reopen(stream)
+
+    def _reopen(self, stream: _Stream) -> None:
+        meta: dict[str, Any] = {"use": "media", "dialog": stream.dialog, "stream": stream.index}
+        if stream.tcp is not None:
+            kind = ChannelKind.STREAM
+            meta["tcp"] = True
+        else:
+            kind = ChannelKind.DATAGRAM
+            meta["mux"] = stream.mux
+        channel_id = stream.tunnel.open_channel(kind, meta)
+        if self.router is not None:
+            self.router.channel_opened_locally(stream.tunnel, channel_id, self)
+        self._attach(stream, channel_id)
+
     def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
         """
         Not ours: SIP goes to the SIP core.

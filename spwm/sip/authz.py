@@ -10,7 +10,8 @@ through it (the From identity is checked).  When all registrations of a tunnel
 have expired or been removed, it is unregistered again.
 
 L{AuthorizingContactProxy} wraps a L{spwm.sip.proxy.ContactSipProxy} (same
-interface); L{MediaGate} guards the media part of the tunnel multiplexer.
+interface) and limits REGISTER requests per tunnel; L{MediaGate} guards the
+media part of the tunnel multiplexer.
 """
 
 from __future__ import annotations
@@ -41,8 +42,31 @@ class AuthorizingContactProxy:
     @ivar refused: requests refused, by reason.
     """
 
-    def __init__(self, core: Any) -> None:
+    def __init__(
+        self,
+        core: Any,
+        *,
+        require_registration: bool = True,
+        observer: Any = None,
+        register_limit: int = 30,
+        clock: Any = None,
+    ) -> None:
+        """
+        @param require_registration: refuse what an unregistered tunnel may
+            not send (off: only the REGISTER rate limit applies).
+        @param observer: told of REGISTER requests from tunnels
+            (C{request_from_tunnel(tunnel, session_id, data)}) and of
+            responses going into tunnels (C{response_to_tunnel(tunnel,
+            data)}), for the per-user keys.
+        @param register_limit: REGISTER requests per tunnel per minute;
+            more get C{503} with C{Retry-After} (stops password guessing
+            through us).
+        """
         self._core = core
+        self.require_registration = require_registration
+        self.observer = observer
+        self.register_limit = register_limit
+        self._register_times: dict[str, list[float]] = {}
         self.refused: dict[str, int] = {}
 
     def __getattr__(self, name: str) -> Any:
@@ -66,13 +90,48 @@ class AuthorizingContactProxy:
         """
         return bool(self._core.registrations(session_id))
 
+    def from_network(self, transport: str, src: Any, data: bytes, now: float) -> list[Any]:
+        actions = self._core.from_network(transport, src, data, now)
+        if self.observer is not None and data.startswith(b"SIP/2.0 2"):
+            for action in actions:
+                if isinstance(action, ToTunnel):
+                    self.observer.response_to_tunnel(action.tunnel_key, action.data)
+        return actions
+
+    def _register_allowed(self, session_id: str, now: float) -> bool:
+        times = self._register_times.setdefault(session_id, [])
+        while times and times[0] <= now - 60.0:
+            times.pop(0)
+        if len(times) >= self.register_limit:
+            return False
+        times.append(now)
+        return True
+
+    def tunnel_detached(self, tunnel_key: Any) -> None:
+        session = getattr(tunnel_key, "session_id", None)
+        self._register_times.pop(session, None)
+        self._core.tunnel_detached(tunnel_key)
+
     def from_tunnel(self, tunnel_key: Any, session_id: str, flow_id: int, data: bytes, now: float) -> list[Any]:
         head = data[:16].lstrip(b"\r\n")
         if not head or head.startswith(b"SIP/"):
             # Responses match our own Via or are dropped by the core.
             return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now)
         method = head.split(b" ", 1)[0].decode("ascii", "replace").upper()
-        if method in UNREGISTERED_METHODS:
+        if method == "REGISTER":
+            if not self._register_allowed(session_id, now):
+                return self._refuse(
+                    tunnel_key, flow_id, data, method, "too many REGISTER requests", 503, "Service Unavailable"
+                )
+            if self.observer is not None:
+                self.observer.request_from_tunnel(tunnel_key, session_id, data)
+                actions = self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now)
+                # The embedded registrar answers at once, inside the core.
+                for action in actions:
+                    if isinstance(action, ToTunnel) and action.data.startswith(b"SIP/2.0 2"):
+                        self.observer.response_to_tunnel(action.tunnel_key, action.data)
+                return actions
+        if method in UNREGISTERED_METHODS or not self.require_registration:
             return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now)
         identities = self.identities(session_id)
         if not identities:
@@ -91,7 +150,16 @@ class AuthorizingContactProxy:
             return self._refuse(tunnel_key, flow_id, data, method, "From is not registered through this tunnel")
         return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now)
 
-    def _refuse(self, tunnel_key: Any, flow_id: int, data: bytes, method: str, reason: str) -> list[Any]:
+    def _refuse(
+        self,
+        tunnel_key: Any,
+        flow_id: int,
+        data: bytes,
+        method: str,
+        reason: str,
+        status: int = 403,
+        phrase: str = "Forbidden",
+    ) -> list[Any]:
         self.refused[reason] = self.refused.get(reason, 0) + 1
         drop = Dropped(f"{method} refused: {reason}")
         if method == "ACK":
@@ -100,7 +168,8 @@ class AuthorizingContactProxy:
             request = parse_message(data)
         except SipParseError:
             return [drop]
-        response = make_response(request, 403, f"Forbidden ({reason})")
+        extra = (("Retry-After", "60"),) if status == 503 else ()
+        response = make_response(request, status, f"{phrase} ({reason})", extra_headers=extra)
         return [ToTunnel(tunnel_key, flow_id, response.to_bytes()), drop]
 
 
@@ -112,7 +181,7 @@ class MediaGate:
     directly).
     """
 
-    def __init__(self, manager: Any, authz: AuthorizingContactProxy, mux: Any) -> None:
+    def __init__(self, manager: Any, authz: AuthorizingContactProxy | None, mux: Any) -> None:
         self._manager = manager
         self._authz = authz
         self._mux = mux
@@ -122,10 +191,18 @@ class MediaGate:
         return getattr(self._manager, name)
 
     def channel_requested(self, tunnel: Any, channel_id: int, kind: Any, meta: dict[str, Any]) -> None:
-        if not self._authz.is_authorized(tunnel.session_id):
+        if self._authz is not None and self._authz.require_registration and not self._authz.is_authorized(tunnel.session_id):
             self.refused += 1
             tunnel.close_channel(channel_id, ErrorCode.REFUSED, "media before registration")
             self._mux.forget_channel(tunnel, channel_id)
             return
         self._mux.channel_opened_locally(tunnel, channel_id, self._manager)
         self._manager.channel_requested(tunnel, channel_id, kind, meta)
+
+    # The tunnel's life reaches the media manager through the resumption
+    # logic (spwm.security.resume), which may suspend instead of release.
+    def tunnel_established(self, tunnel: Any) -> None:
+        pass
+
+    def tunnel_lost(self, tunnel: Any, reason: str) -> None:
+        pass

@@ -25,6 +25,8 @@ from spwm.config import (
     udp_forward,
 )
 from spwm.media.manager import MediaManager
+from spwm.security.resume import AgentResumption
+from spwm.sip.authz import MediaGate
 from spwm.sip.proxy import AgentSipProxy
 from spwm.sip.transport import AgentSipRunner
 from spwm.tap.parts import AgentTunnelHandle, Hook, MediaHookAdapter, SipListeners
@@ -97,8 +99,10 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         receive_buffer=options["udp-buffer"],
         router=mux,
     )
-    mux.parts["media"] = media
-    core = AgentSipProxy(handle, agent_id, media_hook=MediaHookAdapter(media, lambda key: key.current))
+    resumption = AgentResumption(reactor, options["resume-window"], media, handle)
+    mux.observers.append(resumption)
+    mux.parts["media"] = MediaGate(media, None, mux)
+    core = resumption.wrap(AgentSipProxy(handle, agent_id, media_hook=MediaHookAdapter(media, lambda key: key.current)))
     runner = AgentSipRunner(core, reactor)
     mux.sip = runner
     sip_tls = None
@@ -106,7 +110,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         from spwm.tunnel.service import server_tls_options
 
         sip_tls = server_tls_options(options["sip-tls-cert"], options["sip-tls-key"])
-    factory = AgentTunnelFactory(mux, reactor, agent_id, limits)
+    factory = AgentTunnelFactory(mux, reactor, agent_id, limits, hello=resumption.hello)
     endpoint, tls = agent_endpoint(
         reactor,
         host,
@@ -127,9 +131,11 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     tunnel.setServiceParent(top)
     Hook(forwarder.start, forwarder.stop).setServiceParent(top)
     SipListeners(reactor, runner, sip_addresses, sip_tls).setServiceParent(top)
+    Hook(lambda: None, resumption.stop).setServiceParent(top)
     top.tunnel_service = tunnel  # type: ignore[attr-defined]
     top.mux = mux  # type: ignore[attr-defined]
     top.media = media  # type: ignore[attr-defined]
     top.sip_core = core  # type: ignore[attr-defined]
     top.handle = handle  # type: ignore[attr-defined]
+    top.resumption = resumption  # type: ignore[attr-defined]
     return top

@@ -32,7 +32,8 @@ from spwm.media.manager import MediaManager
 from spwm.sip.authz import AuthorizingContactProxy, MediaGate
 from spwm.sip.proxy import ContactSipProxy, OperatorProxy
 from spwm.sip.transport import ContactSipRunner
-from spwm.tap.parts import MediaHookAdapter, SipListeners, resolve_ip
+from spwm.security.resume import ContactResumption
+from spwm.tap.parts import Hook, MediaHookAdapter, SipListeners, SipOnly, resolve_ip
 from spwm.forward import USE as FORWARD_USE, ContactForwarder
 from spwm.tap.common import TUNNEL_LIMIT_OPTIONS, limits_from
 from spwm.tunnel.protocol import ApplicationMux, ContactTunnelFactory
@@ -50,6 +51,7 @@ OPTIONS = (
     Option("sip-proxy", None, lambda v: parse_sip_proxy(v) and v, "Operator proxy HOST[:PORT][;transport=udp|tcp] (default: the embedded registrar)."),
     Option("sip-address", "127.0.0.1:5070", lambda v: sip_address(v) and v, "Operator-side SIP address ADDR[:PORT] of the contact point (UDP and TCP)."),
     Option("allow-unregistered", False, bool, "Let tunnels send any request and open media before a registration succeeded (trunks, tests).", flag=True),
+    Option("max-registers-per-minute", 30, positive_int, "REGISTER requests a tunnel may send per minute; more get 503."),
     Option("contact-rewrite", False, bool, "Rewrite Contact to our address for registrars without Path support.", flag=True),
     Option("media-address", None, ip_address, "Operator-side address of the relay sockets (default: the --sip-address address)."),
     Option("media-ports", (50000, 50999), port_range, "UDP port range LOW-HIGH for media towards the operator network."),
@@ -133,18 +135,22 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         contact_rewrite=bool(options["contact-rewrite"]),
         media_hook=MediaHookAdapter(media),
     )
-    if options["allow-unregistered"]:
-        mux.parts["media"] = media
-    else:
-        core = AuthorizingContactProxy(core)
-        mux.parts["media"] = MediaGate(media, core, mux)
+    core = AuthorizingContactProxy(
+        core,
+        require_registration=not options["allow-unregistered"],
+        register_limit=options["max-registers-per-minute"],
+    )
+    mux.parts["media"] = MediaGate(media, core, mux)
 
     def connect(addr: tuple[str, int], f: object) -> object:
         endpoint = TCP6ClientEndpoint if ":" in addr[0] else TCP4ClientEndpoint
         return endpoint(reactor, addr[0], addr[1], timeout=10, bindAddress=(sip_host, 0)).connect(f)
 
     runner = ContactSipRunner(core, reactor, connect=connect)
-    mux.sip = runner
+    resumption = ContactResumption(reactor, options["resume-window"], media, runner)
+    core.observer = resumption
+    mux.sip = SipOnly(runner)
+    mux.observers.append(resumption)
     factory = ContactTunnelFactory(
         mux,
         reactor,
@@ -168,10 +174,12 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     )
     listener.setServiceParent(top)
     SipListeners(reactor, runner, [(sip_host, sip_port)]).setServiceParent(top)
+    Hook(lambda: None, resumption.stop).setServiceParent(top)
     top.listener = listener  # type: ignore[attr-defined]
     top.factory = factory  # type: ignore[attr-defined]
     top.mux = mux  # type: ignore[attr-defined]
     top.forwarder = forwarder  # type: ignore[attr-defined]
     top.media = media  # type: ignore[attr-defined]
     top.sip_core = core  # type: ignore[attr-defined]
+    top.resumption = resumption  # type: ignore[attr-defined]
     return top

@@ -143,6 +143,20 @@ class MediaHookAdapter:
             self._manager.dialog_ended(tunnel, dialog_key)
 
 
+class SipOnly:
+    """
+    Hands a SIP runner only the SIP of the tunnel: its lifecycle comes
+    through the resumption logic, which may suspend a session instead of
+    ending it.
+    """
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+
+    def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
+        self.runner.sip_received(tunnel, flow_id, data)
+
+
 def resolve_ip(host: str) -> str:
     """
     The first address of C{host} (an IP literal is returned as it is).

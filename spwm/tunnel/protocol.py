@@ -249,6 +249,8 @@ class TunnelProtocol(Protocol):
         self._clock = clock
         self._limits = limits
         self._core_args = dict(agent_id=agent_id, session_id=session_id, hello=hello)
+        #: the extra fields of the hello (agent) or welcome (contact point) we send
+        self.local_hello: dict[str, Any] = dict(hello or {})
         self.connection: TunnelConnection | None = None
         self._waiters: list[Deferred[TunnelProtocol]] = []
         self._lost_reason: Failure | None = None
@@ -723,6 +725,7 @@ class ContactTunnelFactory(_TunnelFactory):
             self.clock,
             self.limits,
             session_id=secrets.token_hex(8),
+            hello={"challenge": secrets.token_hex(16)},
             registry=self.tunnels,
         )
         if host is not None:

@@ -116,6 +116,9 @@ class SpwmSipTestCase(E2ETestCase):
         files = ca.issue([CONTACT_NAME, CONTACT], "contact")
         return ca.ca_file, files.cert, files.key
 
+    #: seconds the contact point keeps a broken tunnel's session for resumption
+    resume_window = 2.0
+
     def start_spwm_contact(
         self,
         tls: bool = True,
@@ -150,6 +153,7 @@ class SpwmSipTestCase(E2ETestCase):
         ]
         if media_timeout is not None:
             args += ["--media-timeout", str(media_timeout)]
+        args += ["--resume-window", str(self.resume_window)]
         args += list(extra)
         process = self.start_contact(args)
         self.wait_for_listener("op", "udp", CONTACT, 5060, process)

@@ -171,13 +171,14 @@ class SpwmSipKamailioTests(SpwmSipTestCase):
         """
         alice registers, then her agent dies (SIGKILL): a call from carol
         to alice still finds the binding at Kamailio, which routes it along
-        the Path to the contact point, and the contact point answers
-        C{430 Flow Failed} (RFC 5626) instead of leaving the caller to time
-        out.
+        the Path to the contact point, and once the resumption window is
+        over the contact point answers C{430 Flow Failed} (RFC 5626) instead
+        of leaving the caller to time out.
         """
         self.register("alice")
         os.killpg(self.agent.pid, signal.SIGKILL)
         self.agent.wait(5.0)
+        time.sleep(self.resume_window + 0.5)
         result = self.sipp_uac(
             "uac_call.xml", f"{KAMAILIO}:5060", user="carol", service="alice",
             role="op", local_ip=ECHO, name="carol-calls-alice", recv_timeout=4,

@@ -1,0 +1,126 @@
+# -*- test-case-name: tests.test_security_keys -*-
+"""
+The per-user key, derived from a successful SIP registration.
+
+When a REGISTER that carries a digest C{Authorization} is answered 2xx, both
+halves derive the same key from the digest parameters and keying material
+exported from the tunnel's TLS session (RFC 5705)::
+
+    ikm  = TLS-Exporter("EXPORTER-spwm-user-key", context = none, 32 bytes)
+           (empty for a plaintext tunnel)
+    info = "spwm/1 user key" 0x00 username 0x00 realm 0x00 nonce 0x00
+           cnonce 0x00 nc 0x00 response            (UTF-8)
+    key  = HKDF-SHA256(salt = "spwm/1", ikm, info, 32 bytes)
+
+A resumption proof for a fresh challenge from the contact point is::
+
+    proof = HMAC-SHA256(key, "spwm/1 resume" 0x00 challenge 0x00 old-session-id)
+
+Nothing here is configured anywhere.  Without TLS the digest parameters are
+visible to anyone on the path and the key is not secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+
+from attrs import frozen
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+EXPORTER_LABEL = b"EXPORTER-spwm-user-key"
+KEY_LENGTH = 32
+
+_PARAM = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)\s*(?:,|$)')
+
+
+@frozen
+class DigestCredentials:
+    """
+    The parameters of a digest C{Authorization} that the key is made from.
+    """
+
+    username: str
+    realm: str
+    nonce: str
+    cnonce: str
+    nc: str
+    response: str
+
+    @property
+    def user_id(self) -> str:
+        """
+        The name of the user this key belongs to: C{username@realm}.
+        """
+        return f"{self.username}@{self.realm}"
+
+
+def parse_digest(value: str) -> DigestCredentials | None:
+    """
+    Read a C{Digest} credentials header value (RFC 2617, RFC 7616: MD5 or
+    SHA-256 alike: the algorithm does not matter here).
+
+    @return: the credentials, or C{None} if it is not a digest with at least
+        username, realm, nonce and response.
+    """
+    scheme, _, rest = value.strip().partition(" ")
+    if scheme.lower() != "digest":
+        return None
+    params: dict[str, str] = {}
+    position = 0
+    rest = rest.strip()
+    while position < len(rest):
+        match = _PARAM.match(rest, position)
+        if match is None or match.end() == position:
+            return None
+        name, raw = match.group(1).lower(), match.group(2)
+        if raw.startswith('"'):
+            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        params[name] = raw
+        position = match.end()
+    try:
+        return DigestCredentials(
+            params["username"],
+            params["realm"],
+            params["nonce"],
+            params.get("cnonce", ""),
+            params.get("nc", ""),
+            params["response"],
+        )
+    except KeyError:
+        return None
+
+
+def derive_user_key(credentials: DigestCredentials, exported: bytes | None) -> bytes:
+    """
+    The per-user key (see the module docstring).
+
+    @param exported: keying material exported from the tunnel's TLS
+        session with L{EXPORTER_LABEL}, or C{None} for a plaintext tunnel.
+    """
+    c = credentials
+    info = b"\x00".join(
+        part.encode("utf-8")
+        for part in ("spwm/1 user key", c.username, c.realm, c.nonce, c.cnonce, c.nc, c.response)
+    )
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_LENGTH, salt=b"spwm/1", info=info).derive(exported or b"")
+
+
+def resumption_proof(key: bytes, challenge: bytes, session_id: str) -> str:
+    """
+    Prove possession of C{key} for a fresh C{challenge}, bound to the
+    session being resumed; hex text.
+    """
+    message = b"spwm/1 resume\x00" + challenge + b"\x00" + session_id.encode("utf-8")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def check_proof(key: bytes, challenge: bytes, session_id: str, proof: object) -> bool:
+    """
+    Whether C{proof} proves possession of C{key} (constant time).
+    """
+    if not isinstance(proof, str):
+        return False
+    return hmac.compare_digest(resumption_proof(key, challenge, session_id), proof)

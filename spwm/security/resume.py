@@ -1,0 +1,371 @@
+# -*- test-case-name: tests.test_security_resume -*-
+"""
+Resumption: a tunnel that breaks is resumed on a new connection (possibly
+from a new address) by proving possession of the per-user keys, and the
+session's registrations, dialogs and media go on without new SIP.
+
+Both halves watch the REGISTER transactions that cross them
+(L{RegistrationWatcher}); on a 2xx to a REGISTER with digest credentials they
+derive the user's key (L{spwm.security.keys}).
+
+- When a tunnel with keys breaks, each half *suspends* its session for the
+  resumption window: SIP state stays, media sockets stay bound (what arrives
+  meanwhile is dropped), channels are gone.
+- The agent reconnects; its hello says C{resume: {session_id, users}}; the
+  contact point's welcome carries a fresh C{challenge}; the agent sends
+  C{{"op": "resume", "session_id", "proofs": {user: HMAC}}}.
+- The contact point checks every proof against the keys of that suspended
+  session.  All good: it answers C{resumed}, moves the session (SIP state
+  and media) to the new connection and opens the media channels again. Any
+  proof wrong, or the session unknown: C{resume-failed}, logged, nothing
+  attached.
+- A session not resumed within the window is released on both halves.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from spwm.security.keys import (
+    EXPORTER_LABEL,
+    KEY_LENGTH,
+    DigestCredentials,
+    check_proof,
+    derive_user_key,
+    parse_digest,
+    resumption_proof,
+)
+from spwm.sip.errors import SipParseError
+from spwm.sip.message import parse_message
+
+#: The most users a resumption may name.
+MAX_RESUME_USERS = 64
+
+
+class RegistrationWatcher:
+    """
+    Remembers the digest credentials of REGISTER requests and hands them
+    back when a 2xx answers them.  Only REGISTER requests and 2xx responses
+    to REGISTER are parsed.
+    """
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._pending: dict[tuple[str, int], DigestCredentials] = {}
+        self._limit = limit
+
+    def request(self, data: bytes) -> None:
+        """
+        A REGISTER crossing towards the registrar.
+        """
+        if not data.startswith(b"REGISTER "):
+            return
+        try:
+            msg = parse_message(data)
+        except SipParseError:
+            return
+        value = msg.get("Authorization")
+        if value is None:
+            return
+        credentials = parse_digest(value)
+        if credentials is None:
+            return
+        if len(self._pending) >= self._limit:
+            del self._pending[next(iter(self._pending))]
+        self._pending[msg.call_id, msg.cseq[0]] = credentials
+
+    def response(self, data: bytes) -> DigestCredentials | None:
+        """
+        A response crossing back; the credentials it accepts, if it is a
+        2xx to a REGISTER we saw.
+        """
+        if not data.startswith(b"SIP/2.0 2") or b"REGISTER" not in data:
+            return None
+        try:
+            msg = parse_message(data)
+        except SipParseError:
+            return None
+        if msg.cseq[1] != "REGISTER":
+            return None
+        return self._pending.pop((msg.call_id, msg.cseq[0]), None)
+
+
+def user_key(tunnel: Any, credentials: DigestCredentials) -> bytes:
+    """
+    Derive a user's key with the keying material of C{tunnel}'s TLS session.
+    """
+    exported = tunnel.export_keying_material(EXPORTER_LABEL, KEY_LENGTH) if tunnel is not None else None
+    return derive_user_key(credentials, exported)
+
+
+class _Lifecycle:
+    """
+    What both halves share: who gets told when a session ends for good.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, window: float, media: Any, sip: Any) -> None:
+        self.clock = clock
+        self.window = window
+        self.media = media
+        self.sip = sip
+
+
+class AgentResumption(_Lifecycle):
+    """
+    The agent's side: derives keys as registrations succeed, offers
+    resumption when it reconnects, and releases what was not resumed.
+
+    @ivar keys: user id -> key, for the current (or suspended) session.
+    @ivar session_id: the contact point's name for our session.
+    """
+
+    def __init__(self, clock: IReactorTime, window: float, media: Any, handle: Any) -> None:
+        super().__init__(clock, window, media, None)
+        self.handle = handle
+        self.watcher = RegistrationWatcher()
+        self.keys: dict[str, bytes] = {}
+        self.session_id: str | None = None
+        self._suspended: Any = None
+        self._timer: IDelayedCall | None = None
+        self._stopping = False
+        self.resumed = 0
+
+    # -- the SIP core's traffic -------------------------------------------
+
+    def wrap(self, core: Any) -> Any:
+        """
+        Watch the REGISTER transactions of an L{AgentSipProxy}.
+        """
+        return _ObservedAgentCore(core, self)
+
+    def key_learned(self, credentials: DigestCredentials) -> None:
+        tunnel = self.handle.current
+        if tunnel is None:
+            return
+        self.keys[credentials.user_id] = user_key(tunnel, credentials)
+        self.session_id = tunnel.session_id
+
+    # -- the tunnel's life -----------------------------------------------
+
+    def hello(self) -> dict[str, Any]:
+        """
+        Extra hello fields: the resumption offer, if there is something to resume.
+        """
+        if self._suspended is None or not self.keys or not self.session_id:
+            return {}
+        return {"resume": {"session_id": self.session_id, "users": sorted(self.keys)[:MAX_RESUME_USERS]}}
+
+    def tunnel_established(self, tunnel: Any) -> None:
+        challenge = tunnel.peer_hello.get("challenge")
+        if self._suspended is None:
+            return
+        if not isinstance(challenge, str) or not self.keys or not self.session_id:
+            self._release("the contact point offers no resumption")
+            return
+        try:
+            raw = bytes.fromhex(challenge)
+        except ValueError:
+            self._release("bad challenge")
+            return
+        proofs = {user: resumption_proof(key, raw, self.session_id) for user, key in self.keys.items()}
+        tunnel.send_control({"op": "resume", "session_id": self.session_id, "proofs": proofs})
+
+    def control_received(self, tunnel: Any, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        if op == "resumed" and self._suspended is not None and message.get("session_id") == self.session_id:
+            old, self._suspended = self._suspended, None
+            self._cancel()
+            tunnel.connection.session_id = self.session_id
+            self.media.tunnel_resumed(old, tunnel, reopen=False)
+            self.resumed += 1
+            self.log.info(
+                "session {session_id} resumed on the new tunnel to {peer}",
+                session_id=self.session_id,
+                peer=tunnel.peer,
+            )
+        elif op == "resume-failed":
+            self._release(str(message.get("reason", "refused")))
+
+    def tunnel_lost(self, tunnel: Any, reason: str) -> None:
+        if self.keys and self.window > 0 and not self._stopping:
+            self._suspended = tunnel
+            self.media.tunnel_suspended(tunnel)
+            self._cancel()
+            self._timer = self.clock.callLater(self.window, self._release, "resumption window over")
+        else:
+            self.media.tunnel_lost(tunnel, reason)
+            self.keys.clear()
+
+    def _release(self, reason: str) -> None:
+        self._cancel()
+        old, self._suspended = self._suspended, None
+        if old is not None:
+            self.log.info("session {session_id} not resumed: {reason}", session_id=self.session_id, reason=reason)
+            self.media.tunnel_lost(old, reason)
+        self.keys.clear()
+        self.session_id = None
+
+    def _cancel(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def stop(self) -> None:
+        """
+        The service stops: release what is suspended, suspend nothing more.
+        """
+        self._stopping = True
+        self._cancel()
+        self._release("agent stopping")
+
+
+class _ObservedAgentCore:
+    def __init__(self, core: Any, resumption: AgentResumption) -> None:
+        self._core = core
+        self._resumption = resumption
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._core, name)
+
+    def from_app(self, flow: Any, data: bytes, now: float) -> list[Any]:
+        actions = self._core.from_app(flow, data, now)
+        if data.startswith(b"REGISTER "):
+            for action in actions:
+                if hasattr(action, "flow_id") and hasattr(action, "data"):
+                    self._resumption.watcher.request(action.data)
+        return actions
+
+    def from_tunnel(self, flow_id: int, data: bytes, now: float) -> list[Any]:
+        actions = self._core.from_tunnel(flow_id, data, now)
+        if data.startswith(b"SIP/2.0 2"):
+            credentials = self._resumption.watcher.response(data)
+            if credentials is not None:
+                self._resumption.key_learned(credentials)
+        return actions
+
+
+class ContactResumption(_Lifecycle):
+    """
+    The contact point's side: derives keys per session as registrations
+    succeed, suspends sessions with keys when their tunnel breaks, checks
+    resumption proofs and moves sessions to new connections.
+
+    @ivar keys: session id -> user id -> key.
+    @ivar refused: resumptions refused (wrong proof, unknown session).
+    """
+
+    def __init__(self, clock: IReactorTime, window: float, media: Any, sip_runner: Any) -> None:
+        super().__init__(clock, window, media, sip_runner)
+        self.keys: dict[str, dict[str, bytes]] = {}
+        self._watchers: dict[str, RegistrationWatcher] = {}
+        # session id -> (old tunnel, expiry timer)
+        self._suspended: dict[str, tuple[Any, IDelayedCall]] = {}
+        self._stopping = False
+        self.refused = 0
+        self.resumed = 0
+
+    # -- the SIP core's traffic (called by the authorising wrapper) -------
+
+    def request_from_tunnel(self, tunnel: Any, session_id: str, data: bytes) -> None:
+        if data.startswith(b"REGISTER "):
+            self._watchers.setdefault(session_id, RegistrationWatcher(64)).request(data)
+
+    def response_to_tunnel(self, tunnel: Any, data: bytes) -> None:
+        session_id = tunnel.session_id
+        watcher = self._watchers.get(session_id)
+        if watcher is None:
+            return
+        credentials = watcher.response(data)
+        if credentials is not None:
+            self.keys.setdefault(session_id, {})[credentials.user_id] = user_key(tunnel, credentials)
+
+    # -- the tunnel's life -----------------------------------------------
+
+    def tunnel_established(self, tunnel: Any) -> None:
+        self.sip.tunnel_established(tunnel)
+
+    def tunnel_lost(self, tunnel: Any, reason: str) -> None:
+        session_id = tunnel.session_id
+        if self.keys.get(session_id) and self.window > 0 and not self._stopping and session_id not in self._suspended:
+            self.media.tunnel_suspended(tunnel)
+            timer = self.clock.callLater(self.window, self._expire, session_id)
+            self._suspended[session_id] = (tunnel, timer)
+            return
+        self._end(tunnel, session_id, reason)
+
+    def _expire(self, session_id: str) -> None:
+        entry = self._suspended.pop(session_id, None)
+        if entry is not None:
+            self.log.info("session {session_id} not resumed within {window} s: released", session_id=session_id, window=self.window)
+            self._end(entry[0], session_id, "resumption window over")
+
+    def _end(self, tunnel: Any, session_id: str, reason: str) -> None:
+        self.sip.tunnel_lost(tunnel, reason)
+        self.media.tunnel_lost(tunnel, reason)
+        self.keys.pop(session_id, None)
+        self._watchers.pop(session_id, None)
+
+    def control_received(self, tunnel: Any, message: dict[str, Any]) -> None:
+        if message.get("op") != "resume":
+            return
+        old_session = message.get("session_id")
+        proofs = message.get("proofs")
+        challenge = tunnel.local_hello.get("challenge") if tunnel.local_hello else None
+        entry = self._suspended.get(old_session) if isinstance(old_session, str) else None
+        keys = self.keys.get(old_session, {}) if isinstance(old_session, str) else {}
+        problem = None
+        if entry is None:
+            problem = "no suspended session by that name"
+        elif not isinstance(proofs, dict) or not proofs or len(proofs) > MAX_RESUME_USERS:
+            problem = "no proofs"
+        elif not isinstance(challenge, str):
+            problem = "no challenge was sent"
+        else:
+            raw = bytes.fromhex(challenge)
+            for user, proof in proofs.items():
+                key = keys.get(user)
+                if key is None or not check_proof(key, raw, old_session, proof):
+                    problem = f"wrong proof for {user}"
+                    break
+        if problem is not None:
+            self.refused += 1
+            self.log.warn(
+                "refused resumption of session {session_id} from {peer}: {reason}",
+                session_id=old_session,
+                peer=tunnel.peer,
+                reason=problem,
+            )
+            tunnel.send_control({"op": "resume-failed", "reason": problem})
+            return
+        old_tunnel, timer = self._suspended.pop(old_session)
+        if timer.active():
+            timer.cancel()
+        fresh = tunnel.session_id
+        # The new connection takes the old session's name, so flow tokens
+        # in Path/Record-Route keep pointing at it.
+        self.sip.tunnel_lost(tunnel, "resumed as another session")
+        tunnel.connection.session_id = old_session
+        self.sip.tunnel_established(tunnel)
+        self.keys.pop(fresh, None)
+        self._watchers.pop(fresh, None)
+        tunnel.send_control({"op": "resumed", "session_id": old_session, "users": sorted(proofs)})
+        self.media.tunnel_resumed(old_tunnel, tunnel, reopen=True)
+        self.resumed += 1
+        self.log.info(
+            "session {session_id} resumed from {peer}", session_id=old_session, peer=tunnel.peer
+        )
+
+    def stop(self) -> None:
+        """
+        The service stops: release what is suspended, suspend nothing more.
+        """
+        self._stopping = True
+        for session_id, (tunnel, timer) in list(self._suspended.items()):
+            if timer.active():
+                timer.cancel()
+            del self._suspended[session_id]
+            self._end(tunnel, session_id, "contact point stopping")
