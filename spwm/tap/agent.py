@@ -33,13 +33,15 @@ from spwm.tap.parts import AgentTunnelHandle, Hook, MediaHookAdapter, SipListene
 from spwm.forward import USE as FORWARD_USE, AgentForwarder
 from spwm.tap.common import TUNNEL_LIMIT_OPTIONS, limits_from
 from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux
-from spwm.tunnel.service import AgentTunnelService, agent_endpoint, backoff
+from spwm.tunnel.service import AgentTunnelService, agent_endpoint, backoff, client_certificate
 
 OPTIONS = (
     Option("contact", "localhost:443", host_port_string, "The contact point, HOST:PORT (DNS name, IPv4 or [IPv6])."),
     Option("server-name", None, optional_string, "Name the contact point's certificate must match (default: the host in --contact)."),
     Option("ca", None, readable_file, "PEM file of the certificates to trust (default: the system's store)."),
     Option("plaintext", False, bool, "Plain TCP instead of TLS (tests, or TLS terminated elsewhere).", flag=True),
+    Option("client-cert", None, readable_file, "Mutual TLS: this agent's certificate (PEM), naming its --agent-id."),
+    Option("client-key", None, readable_file, "Mutual TLS: the key of --client-cert (PEM)."),
     Option("http-proxy", None, host_port_string, "Connect through this HTTP CONNECT proxy, HOST:PORT."),
     Option("agent-id", None, optional_string, "This agent's identity (default: the host name)."),
     Option("forward-udp", (), udp_forward, "Forward UDP: [ADDR:]LOCAL_PORT=HOST:PORT (ADDR defaults to 127.0.0.1).", repeat=True),
@@ -63,6 +65,8 @@ class Options(SpwmOptions.build("spwm-agent", OPTIONS)):
         if self["reconnect-max"] <= 0:
             raise ConfigError("reconnect-max", "must be greater than 0")
         host_port(self["contact"])
+        if bool(self["client-cert"]) != bool(self["client-key"]):
+            raise ConfigError("client-cert", "mutual TLS needs both --client-cert and --client-key")
         if bool(self["sip-tls-cert"]) != bool(self["sip-tls-key"]):
             raise ConfigError("sip-tls-cert", "SIP over TLS needs both --sip-tls-cert and --sip-tls-key")
 
@@ -119,6 +123,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         server_name=options["server-name"],
         ca_file=options["ca"],
         http_proxy=host_port(options["http-proxy"]) if options["http-proxy"] else None,
+        client_cert=client_certificate(options["client-cert"], options["client-key"]) if options["client-cert"] else None,
     )
     tunnel = AgentTunnelService(
         endpoint,

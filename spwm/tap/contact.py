@@ -44,6 +44,7 @@ OPTIONS = (
     Option("cert", None, readable_file, "PEM certificate (and chain) of the contact point."),
     Option("key", None, readable_file, "PEM private key of the contact point."),
     Option("plaintext", False, bool, "Plain TCP instead of TLS (tests, or TLS terminated elsewhere).", flag=True),
+    Option("client-ca", None, readable_file, "Mutual TLS: agents must present a certificate from these CAs (PEM) that names their --agent-id."),
     Option("allow-forward", (), ip_literal_port, "Allow UDP forwards to this IP:PORT (none by default).", repeat=True),
     Option("drain-time", 5.0, positive_float, "Seconds tunnels get to move after go-away when the contact point stops."),
     Option("max-tunnels", 10000, positive_int, "Tunnels (handshaking ones included) the contact point accepts in total."),
@@ -94,6 +95,8 @@ class Options(SpwmOptions.build("spwm-contact", OPTIONS)):
     def validate(self) -> None:
         if not self["plaintext"] and not (self["cert"] and self["key"]):
             raise ConfigError("cert", "TLS needs --cert and --key (or ask for --plaintext by name)")
+        if self["plaintext"] and self["client-ca"]:
+            raise ConfigError("client-ca", "mutual TLS needs TLS: drop --plaintext")
         if self["plaintext"] and (self["cert"] or self["key"]):
             raise ConfigError("plaintext", "--plaintext and --cert/--key exclude each other")
 
@@ -157,11 +160,12 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         limits,
         max_tunnels=options["max-tunnels"],
         max_per_host=options["max-tunnels-per-address"],
+        check_client_identity=bool(options["client-ca"]),
     )
     tls_factory = None
     if not options["plaintext"]:
         try:
-            tls_factory = server_tls_factory(options["cert"], options["key"], factory)
+            tls_factory = server_tls_factory(options["cert"], options["key"], factory, client_ca=options["client-ca"])
         except Exception as e:
             raise SystemExit(f"spwm-contact: invalid configuration: cert: cannot load certificate/key: {e}") from None
     listener = ContactListenService(

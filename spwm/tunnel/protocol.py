@@ -36,6 +36,28 @@ __all__ = [
 ]
 
 
+def client_identity_problem(transport: Any, agent_id: str) -> str | None:
+    """
+    With mutual TLS, check that the agent's certificate names its agent id
+    (as a DNS name, with service-identity).
+
+    @return: what is wrong, or C{None} if the identity matches.
+    """
+    from service_identity import VerificationError
+    from service_identity.hazmat import DNS_ID, verify_service_identity
+    from service_identity.pyopenssl import extract_patterns
+
+    get = getattr(transport, "getPeerCertificate", None)
+    cert = get() if get is not None else None
+    if cert is None:
+        return "no client certificate"
+    try:
+        verify_service_identity(extract_patterns(cert), [DNS_ID(agent_id)], [])
+    except (VerificationError, ValueError) as e:
+        return f"client certificate does not match agent id {agent_id!r}: {e}"
+    return None
+
+
 def find_socket(transport: Any) -> socket.socket | None:
     """
     The TCP socket under a transport, looking through TLS and other
@@ -245,6 +267,8 @@ class TunnelProtocol(Protocol):
         self._registry = registry
         #: the source address the contact point counts this tunnel under
         self.source_host: str | None = None
+        #: contact point with mutual TLS: the agent's certificate must name its agent id
+        self.check_client_identity = False
         self.app = app
         self._clock = clock
         self._limits = limits
@@ -392,6 +416,12 @@ class TunnelProtocol(Protocol):
         self.app.datagram_received(self, e.channel_id, e.data, e.component)
 
     def _on_handshake(self, e: ev.HandshakeCompleted) -> None:
+        if self.check_client_identity:
+            problem = client_identity_problem(self.transport, e.agent_id)
+            if problem is not None:
+                self.log.warn("refused tunnel from {peer}: {reason}", peer=self.peer, reason=problem)
+                self.close(ErrorCode.REFUSED, problem)
+                return
         self._established = True
         self.peer_hello = e.peer_hello
         self.log.info(
@@ -692,8 +722,10 @@ class ContactTunnelFactory(_TunnelFactory):
         *,
         max_tunnels: int = 10000,
         max_per_host: int = 100,
+        check_client_identity: bool = False,
     ) -> None:
         super().__init__(app, clock, limits)
+        self.check_client_identity = check_client_identity
         self.tunnels: _Registry = _Registry()
         self.max_tunnels = max_tunnels
         self.max_per_host = max_per_host
@@ -728,6 +760,7 @@ class ContactTunnelFactory(_TunnelFactory):
             hello={"challenge": secrets.token_hex(16)},
             registry=self.tunnels,
         )
+        protocol.check_client_identity = self.check_client_identity
         if host is not None:
             protocol.source_host = host
             self.tunnels.per_host[host] = self.tunnels.per_host.get(host, 0) + 1

@@ -138,18 +138,43 @@ def client_tls_options(server_name: str, ca_file: str | None, client_cert: Any =
     return ReportingClientTLS(options, server_name)
 
 
-def server_tls_factory(cert_file: str, key_file: str, wrapped: Factory, clock: IReactorTime | None = None) -> TLSMemoryBIOFactory:
+def server_tls_factory(
+    cert_file: str, key_file: str, wrapped: Factory, clock: IReactorTime | None = None, client_ca: str | None = None
+) -> TLSMemoryBIOFactory:
     """
     Wrap the contact point's tunnel factory in TLS with the PEM certificate
     (and chain) in C{cert_file} and the key in C{key_file}.
     """
-    return TLSMemoryBIOFactory(server_tls_options(cert_file, key_file), False, wrapped, clock=clock)
+    return TLSMemoryBIOFactory(server_tls_options(cert_file, key_file, client_ca), False, wrapped, clock=clock)
 
 
-def server_tls_options(cert_file: str, key_file: str) -> ssl.CertificateOptions:
+def load_pem_certificates(path: str) -> list[Any]:
+    """
+    Every certificate in a PEM file, as pyOpenSSL objects.
+    """
+    with open(path, "rb") as f:
+        pem = f.read()
+    marker = b"-----BEGIN CERTIFICATE-----"
+    return [ssl.Certificate.loadPEM(marker + block).original for block in pem.split(marker)[1:]]
+
+
+def client_certificate(cert_file: str, key_file: str) -> ssl.PrivateCertificate:
+    """
+    The agent's own certificate for mutual TLS.
+    """
+    with open(cert_file, "rb") as f:
+        cert_pem = f.read()
+    with open(key_file, "rb") as f:
+        key_pem = f.read()
+    return ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+
+
+def server_tls_options(cert_file: str, key_file: str, client_ca: str | None = None) -> ssl.CertificateOptions:
     """
     TLS options of the contact point: TLS 1.2 or later, ALPN C{spwm/1}, the
-    PEM certificate (and chain) in C{cert_file} and the key in C{key_file}.
+    PEM certificate (and chain) in C{cert_file} and the key in C{key_file};
+    with C{client_ca}, agents must present a certificate signed by one of
+    the certificates in that file (mutual TLS).
     """
     with open(cert_file, "rb") as f:
         cert_pem = f.read()
@@ -166,6 +191,11 @@ def server_tls_options(cert_file: str, key_file: str) -> ssl.CertificateOptions:
         extraCertChain=chain,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         acceptableProtocols=[ALPN],
+        **(
+            {"verify": True, "caCerts": load_pem_certificates(client_ca), "requireCertificate": True}
+            if client_ca
+            else {}
+        ),
     )
     return options
 

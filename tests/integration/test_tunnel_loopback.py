@@ -58,7 +58,7 @@ def wait_until(predicate: Any, timeout: float = 10.0, step: float = 0.05) -> def
     return d
 
 
-class LoopbackTests(TestCase):
+class LoopbackBase(TestCase):
     """
     Agent and contact point as assembled by their twistd plugins, on loopback.
     """
@@ -136,6 +136,13 @@ class LoopbackTests(TestCase):
             return None
         finally:
             yield port.stopListening()
+
+
+
+class LoopbackTests(LoopbackBase):
+    """
+    Forwarding, certificate checks, reconnection and socket options.
+    """
 
     @defer.inlineCallbacks
     def test_udp_forward_over_tls(self) -> None:
@@ -221,3 +228,55 @@ class LoopbackTests(TestCase):
             sock = find_socket(tunnel.transport)
             self.assertIsInstance(sock, socket.socket)
             self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+
+
+class MutualTLSTests(LoopbackBase):
+    """
+    Mutual TLS: the contact point takes only agents whose certificate comes
+    from its client CA and names their agent id.
+    """
+
+    def start_contact(self, port: int = 0, extra: list[str] = ()) -> Any:
+        return LoopbackBase.start_contact(self, port, ["--client-ca", self.ca.ca_file, *extra])
+
+    def client(self, name: str) -> list[str]:
+        files = self.ca.issue([name], "client-" + name, client=True)
+        return ["--client-cert", files.cert, "--client-key", files.key]
+
+    @defer.inlineCallbacks
+    def test_udp_forward_over_tls(self) -> None:
+        """
+        An agent with a good client certificate gets its tunnel.
+        """
+        service, port = yield self.start_contact()
+        self.addCleanup(service.stopService)
+        agent_service, local = self.start_agent(port, extra=["--agent-id", "agent-1", *self.client("agent-1")])
+        yield wait_until(lambda: agent_service.tunnel_service.tunnel is not None)
+        got = yield self.exchange(local, b"mtls")
+        self.assertEqual(got, b"echo:mtls")
+
+    @defer.inlineCallbacks
+    def test_no_client_certificate(self) -> None:
+        """
+        An agent without a certificate never gets a tunnel.
+        """
+        service, port = yield self.start_contact()
+        self.addCleanup(service.stopService)
+        agent_service, local = self.start_agent(port, extra=["--agent-id", "agent-1"])
+        yield wait_until(lambda: agent_service.tunnel_service._reporting.attempts >= 2)
+        self.assertIsNone(agent_service.tunnel_service.tunnel)
+        self.assertEqual(len(service.factory.tunnels), 0)
+
+    @defer.inlineCallbacks
+    def test_certificate_for_another_agent(self) -> None:
+        """
+        A certificate that names another agent id is refused after the
+        handshake, with a log line that says so.
+        """
+        service, port = yield self.start_contact()
+        self.addCleanup(service.stopService)
+        agent_service, local = self.start_agent(port, extra=["--agent-id", "agent-1", *self.client("agent-2")])
+        yield wait_until(
+            lambda: any("does not match agent id" in str(e.get("reason", "")) for e in self.log_events)
+        )
+        self.assertIsNone(agent_service.tunnel_service.tunnel)
