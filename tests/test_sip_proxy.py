@@ -613,6 +613,24 @@ class AgentTests(SynchronousTestCase):
         self.assertEqual(self.hook.calls, [("ended", self.key, dialog_key(1, "c2"))])
 
 
+    def test_bye_to_losing_branch_keeps_media(self) -> None:
+        """
+        A forked INVITE answered 200 by two branches: the BYE that ends the
+        losing branch's dialog leaves the leg's media alone; the BYE of the
+        last dialog ends it.
+        """
+        up = only(self.agent.from_app(FLOW_A, request("INVITE", "sip:bob@example.org"), 0.0), ToTunnel)
+        for tag in ("win", "lose"):
+            self.agent.from_tunnel(up.flow_id, answer(up.data, 200, to_tag=tag), 1.0)
+        del self.hook.calls[:]
+        for cseq, tag in ((2, "lose"), (3, "win")):
+            bye = request("BYE", "sip:bob@example.org", cseq=cseq, to=f"<sip:bob@example.org>;tag={tag}")
+            self.agent.from_app(FLOW_A, bye, 2.0)
+            if tag == "lose":
+                self.assertEqual(self.hook.calls, [])
+        self.assertEqual(self.hook.calls, [("ended", self.key, dialog_key(1, "call-1@192.0.2.10"))])
+
+
 class ContactTests(SynchronousTestCase):
     """
     Tests for L{ContactSipProxy} with an operator proxy, driven from a fake
@@ -930,6 +948,15 @@ class ContactTests(SynchronousTestCase):
         self.assertEqual(
             sorted(d.to_tag for d in self.cp.dialogs("sess-1")), ["x1", "x2"]
         )
+        # The app hangs up the losing branch: the winner's media stays.
+        del self.hook.calls[:]
+        bye = request("BYE", "sip:bob@example.org", cseq=2, to="<sip:bob@example.org>;tag=x2")
+        act, _ = self.up(bye)
+        self.down(answer(act.data, 200, to_tag="x2"))
+        self.assertNotIn("ended", [c[0] for c in self.hook.calls])
+        bye = request("BYE", "sip:bob@example.org", cseq=3, to="<sip:bob@example.org>;tag=x1")
+        self.up(bye)
+        self.assertEqual(self.hook.calls[-1][0], "ended")
 
     def test_large_request_tcp(self) -> None:
         """

@@ -367,28 +367,43 @@ def _top_route(msg: SipMessage) -> Any | None:
 
 class _CallIds:
     """
-    A bounded set of Call-IDs of established dialogs, with expiry.
+    The established dialogs of each call leg (several when a forked INVITE
+    was answered by more than one branch), bounded, with expiry.
     """
 
     def __init__(self, lifetime: float, limit: int = 65536) -> None:
         self._lifetime = lifetime
         self._limit = limit
-        self._ids: dict[str, float] = {}
+        self._ids: dict[Any, tuple[float, set[frozenset[Any]]]] = {}
 
-    def add(self, call_id: str, now: float) -> None:
-        self._ids.pop(call_id, None)
-        self._ids[call_id] = now + self._lifetime
+    def add(self, leg: Any, now: float, tags: frozenset[Any] = frozenset()) -> None:
+        _, dialogs = self._ids.pop(leg, (0.0, set()))
+        dialogs.add(tags)
+        self._ids[leg] = (now + self._lifetime, dialogs)
         if len(self._ids) > self._limit:
             del self._ids[next(iter(self._ids))]
 
-    def discard(self, call_id: str) -> None:
-        self._ids.pop(call_id, None)
+    def discard(self, leg: Any, tags: frozenset[Any] | None = None) -> bool:
+        """
+        Forget one dialog of a leg (all of them without C{tags}).
 
-    def __contains__(self, call_id: str) -> bool:
-        return call_id in self._ids
+        @return: whether no established dialog of the leg is left.
+        """
+        entry = self._ids.get(leg)
+        if entry is None:
+            return True
+        if tags is not None:
+            entry[1].discard(tags)
+            if entry[1]:
+                return False
+        del self._ids[leg]
+        return True
+
+    def __contains__(self, leg: Any) -> bool:
+        return leg in self._ids
 
     def expire(self, now: float) -> None:
-        for k in [k for k, t in self._ids.items() if t <= now]:
+        for k in [k for k, (t, _) in self._ids.items() if t <= now]:
             del self._ids[k]
 
 
@@ -542,10 +557,7 @@ class AgentSipProxy:
             self._add_instance(msg)
         fid = self.flows.use(flow, now)
         self._hook_into(fid, msg)
-        if method in ("BYE", "CANCEL"):
-            self._ended(fid, call_id)
-            if method == "BYE":
-                self._established.discard(call_id)
+        self._maybe_ended(fid, msg)
         return [ToTunnel(self.tunnel_key, fid, msg.to_bytes())]
 
     def _app_response(self, flow: Flow, msg: SipMessage, now: float) -> list[Action]:
@@ -585,10 +597,7 @@ class AgentSipProxy:
         if method in _DIALOG_CREATING and msg.to_tag is None:
             msg.prepend_header("Record-Route", self._record_route(flow))
         self._hook_out(flow_id, msg)
-        if method in ("BYE", "CANCEL"):
-            self._ended(flow_id, call_id)
-            if method == "BYE":
-                self._established.discard(call_id)
+        self._maybe_ended(flow_id, msg)
         return [ToApp(flow, msg.to_bytes())]
 
     def _tunnel_response(
@@ -611,8 +620,8 @@ class AgentSipProxy:
         call_id = msg.call_id
         if method == "INVITE":
             if 200 <= status < 300:
-                self._established.add(call_id, now)
-            elif status >= 300 and call_id not in self._established:
+                self._established.add((fid, call_id), now, frozenset((msg.from_tag, msg.to_tag)))
+            elif status >= 300 and (fid, call_id) not in self._established:
                 self._ended(fid, call_id)
         elif method == "REGISTER" and 200 <= status < 300 and flow is not None:
             longest = 0
@@ -682,6 +691,21 @@ class AgentSipProxy:
             out.append(str(na))
         if changed:
             msg.set_header("Contact", ", ".join(out))
+
+    def _maybe_ended(self, fid: int, msg: SipMessage) -> None:
+        """
+        A BYE ends the leg's media only when it ends the leg's last dialog
+        (a forked INVITE answered by two branches has two; the BYE to the
+        loser must not take the winner's media); a CANCEL only before any
+        answer.
+        """
+        method = msg.method
+        leg = (fid, msg.call_id)
+        if method == "BYE":
+            if self._established.discard(leg, frozenset((msg.from_tag, msg.to_tag))):
+                self._ended(fid, msg.call_id)
+        elif method == "CANCEL" and leg not in self._established:
+            self._ended(fid, msg.call_id)
 
     def _hook_into(self, fid: int, msg: SipMessage) -> None:
         if self.media_hook is not None and _has_sdp(msg):
@@ -902,8 +926,7 @@ class ContactSipProxy:
         if method == "REGISTER":
             self._outgoing_register(msg, session, fid, branch, now)
         self._hook_out(key, fid, msg)
-        if method in ("BYE", "CANCEL"):
-            self._ended(key, fid, call_id)
+        self._maybe_ended(key, session, fid, msg)
         self._touch_dialog(session, call_id, now)
         if self.operator is None:
             transport = "udp"
@@ -1065,8 +1088,7 @@ class ContactSipProxy:
             )
         msg.prepend_header("Via", self._via("udp", branch))
         self._hook_into(key, tok.flow_id, msg)
-        if method in ("BYE", "CANCEL"):
-            self._ended(key, tok.flow_id, call_id)
+        self._maybe_ended(key, tok.session_id, tok.flow_id, msg)
         self._touch_dialog(tok.session_id, call_id, now)
         return [ToTunnel(key, tok.flow_id, msg.to_bytes())]
 
@@ -1315,6 +1337,24 @@ class ContactSipProxy:
             self._dialogs[session][call_id] = [
                 attrs.evolve(d, expires=expires) for d in ds
             ]
+
+    def _maybe_ended(self, key: Any, session: str, fid: int, msg: SipMessage) -> None:
+        """
+        A BYE ends the leg's media only when no other established dialog of
+        the leg is left (forking: the BYE to a losing branch keeps the
+        winner's media); a CANCEL only before any answer.
+        """
+        method = msg.method
+        if method not in ("BYE", "CANCEL"):
+            return
+        ds = [d for d in self._dialogs.get(session, {}).get(msg.call_id, []) if d.flow_id == fid]
+        if method == "BYE":
+            tags = {msg.from_tag, msg.to_tag}
+            if any({d.from_tag, d.to_tag} != tags for d in ds):
+                return
+        elif ds:
+            return
+        self._ended(key, fid, msg.call_id)
 
     def _hook_into(self, key: Any, fid: int, msg: SipMessage) -> None:
         if self.media_hook is not None and _has_sdp(msg):
