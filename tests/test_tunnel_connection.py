@@ -522,9 +522,3 @@ class FuzzRegressionTests(SynchronousTestCase):
         self.assertEqual(pair.contact.state, State.CLOSED)
         self.assertEqual(events[-1].code, ErrorCode.BAD_CONTROL)
 
-    _todo = (
-        "spwm/tunnel/connection.py _on_control: json.loads raises RecursionError"
-        " (not caught with ValueError) for deeply nested JSON"
-    )
-    test_deeply_nested_control_json_before_hello.todo = _todo  # type: ignore[attr-defined]
-    test_deeply_nested_control_json_after_handshake.todo = _todo  # type: ignore[attr-defined]

@@ -24,6 +24,7 @@ from spwm.tunnel import events as ev
 from spwm.tunnel.decoder import FrameDecoder
 from spwm.tunnel.frames import (
     FLAG_COMPONENT,
+    FLAG_SEALED,
     FLAG_FIN,
     HEADER,
     MAGIC,
@@ -215,9 +216,9 @@ class TunnelConnection:
                     if ch is not None and ch.kind is ChannelKind.DATAGRAM:
                         self.stats.datagrams_in += 1
                         if datagram_sink is not None and not out:
-                            datagram_sink(channel, payload, flags & FLAG_COMPONENT)
+                            datagram_sink(channel, payload, flags)
                         else:
-                            out.append(ev.DatagramReceived(channel, payload, flags & FLAG_COMPONENT))
+                            out.append(ev.DatagramReceived(channel, payload, flags))
                     else:
                         self._unknown_channel(channel, "datagram")
                     continue
@@ -279,7 +280,7 @@ class TunnelConnection:
     def _on_control(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
         try:
             message = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise TunnelProtocolError(ErrorCode.BAD_CONTROL, "control frame is not JSON") from None
         if not isinstance(message, dict) or not isinstance(message.get("op"), str):
             raise TunnelProtocolError(ErrorCode.BAD_CONTROL, "control frame without an op")
@@ -364,7 +365,7 @@ class TunnelConnection:
         out.append(ev.ChannelClosed(cid, code, reason))
 
     def _on_sip(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
-        out.append(ev.SipReceived(channel, payload))
+        out.append(ev.SipReceived(channel, payload, bool(flags & FLAG_SEALED)))
 
     def _on_stream_data(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
         ch = self._channels.get(channel)
@@ -391,7 +392,7 @@ class TunnelConnection:
             code = int(message.get("code", 0))
             reason = str(message.get("reason", ""))
             drain = float(message.get("drain", 0.0))
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError, RecursionError):
             raise TunnelProtocolError(ErrorCode.BAD_CONTROL, "malformed go-away") from None
         self.going_away = True
         out.append(ev.PeerWentAway(code, reason, max(0.0, drain)))
@@ -432,7 +433,7 @@ class TunnelConnection:
         if self.state is not State.OPEN:
             raise RuntimeError(f"tunnel is {self.state.value}, not open")
 
-    def send_sip(self, flow_id: int, data: bytes) -> None:
+    def send_sip(self, flow_id: int, data: bytes, flags: int = 0) -> None:
         """
         Queue one SIP message for application flow C{flow_id}.  SIP is never
         dropped; if the peer does not read and the priority queue overflows,
@@ -444,7 +445,7 @@ class TunnelConnection:
         self._require_open()
         if len(data) > self.limits.max_frame_payload:
             raise ValueError(f"SIP message of {len(data)} bytes does not fit in a frame")
-        self._queue(encode_frame(FrameType.SIP, 0, flow_id, data))
+        self._queue(encode_frame(FrameType.SIP, flags, flow_id, data))
 
     def send_control(self, message: dict[str, Any]) -> None:
         """
