@@ -72,7 +72,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from spwm.tunnel.protocol import AgentTunnelFactory
 
-session, users, ca, name, source, host = sys.argv[1:7]
+session, users, ca, name, source, host, proof = sys.argv[1:8]
 users = users.split(",")
 
 def report(event, **fields):
@@ -85,7 +85,7 @@ def stop():
 class Forger:
     def tunnel_established(self, tunnel):
         report("established", session_id=tunnel.session_id, challenge=tunnel.peer_hello.get("challenge"))
-        tunnel.send_control({"op": "resume", "session_id": session, "proofs": {u: "00" * 32 for u in users}})
+        tunnel.send_control({"op": "resume", "session_id": session, "proofs": {u: proof for u in users}})
     def control_received(self, tunnel, message):
         report("control", message=message)
         if message.get("op") in ("resume-failed", "resumed"):
@@ -428,22 +428,74 @@ class ResumptionTests(ResumptionTestBase):
         report = self.finish_call(caller, rtp)
         self.assertGreaterEqual(report["received"], 0.9 * report["sent"], report)
 
+    def test_media_resumes_after_silent_move(self) -> None:
+        """
+        The laptop case: the agent's old path dies silently (the router
+        drops every packet of the old connection both ways, so no reset
+        reaches the contact point, which still holds the old tunnel as
+        live) and the agent comes back from a new public address.  The
+        contact point must accept the proven resumption although the old
+        tunnel has not timed out yet (keepalive timeout 45 s): media flows
+        again within one second of the new connection, no SIP crosses,
+        and the call ends normally.
+        """
+        session = self.session_id()
+        caller, rtp = self.start_call(10.0)
+        [port] = self.tunnel_ports()
+        self.topology.exec("rtr", ["ip", "addr", "add", f"{NEW_PUBLIC}/24", "dev", "pub0", "nodad"])
+        self.topology.exec(
+            "rtr", ["nft", "insert", "rule", "ip", "spwm_nat", "postrouting",
+                    "oifname", "pub0", "ip", "saddr", AGENT, "snat", "to", NEW_PUBLIC],
+        )
+        blackhole = (
+            "table inet spwm_blackhole {\n"
+            "  chain forward {\n"
+            "    type filter hook forward priority filter - 5; policy accept;\n"
+            f"    ip saddr {AGENT} tcp sport {port} drop\n"
+            f"    ip daddr {AGENT} tcp dport {port} drop\n"
+            "  }\n"
+            "}\n"
+        )
+        time.sleep(1.0)
+        before = self.operator_snapshot()
+        run(["ip", "netns", "exec", self.topology.namespaces["rtr"], "nft", "-f", "-"], stdin=blackhole.encode())
+        cut = self.cut_tunnel()
+        try:
+            samples, _ = self.watch_resumption(session, cut, timeout=5.0)
+        except self.failureException:
+            refusal = re.search(rf"refused resumption of session {session} from \S+ (.*)", self.contact.stdout())
+            if refusal is None:
+                raise
+            self.fail(
+                "SPWM bug (spwm/security/resume.py, ContactResumption.control_received): the contact "
+                "point refuses a proven resumption while it still holds the old tunnel as live "
+                f"({refusal.group(1).strip()!r}); the session is only suspended in tunnel_lost, which for "
+                "a silently dead path comes with the keepalive timeout (45 s), and the agent then gives "
+                f"its session up; see {self.logdir}/spwm-contact.stdout"
+            )
+        self.assertMediaResumedWithin(samples, cut, RESUME_BOUND)
+        peer = self.assertResumedLogs(session)
+        self.assertTrue(peer.startswith(NEW_PUBLIC + ":"), f"the contact point resumed from {peer}")
+        self.assertNoSip(before)
+        report = self.finish_call(caller, rtp)
+        self.assertGreaterEqual(report["received"], 0.85 * report["sent"], report)
+
 
 class ForgedResumptionTests(ResumptionTestBase):
     """
     A tunnel that names alice's session but cannot prove her key.
     """
 
-    def forge(self, session: str, name: str) -> list[dict[str, Any]]:
+    def forge(self, session: str, name: str, proof: str = "00" * 32) -> list[dict[str, Any]]:
         """
         Run the forger from L{FORGER_ADDRESS} in the LAN (TLS with the
-        bed's CA); return the events it printed.
+        bed's CA) with C{proof} for alice; return the events it printed.
         """
         script = self.logdir / "forger.py"
         script.write_text(FORGER, "utf-8")
         process = self.topology.spawn(
             "lan", name,
-            [sys.executable, str(script), session, USER, self.ca_file, CONTACT_NAME, FORGER_ADDRESS, GATEWAY_PUBLIC],
+            [sys.executable, str(script), session, USER, self.ca_file, CONTACT_NAME, FORGER_ADDRESS, GATEWAY_PUBLIC, proof],
             env={"PYTHONPATH": str(REPO_ROOT)},
         )
         try:
@@ -454,6 +506,25 @@ class ForgedResumptionTests(ResumptionTestBase):
         events = [json.loads(line) for line in process.stdout().splitlines() if line.startswith("{")]
         self.assertTrue(events, f"the forger printed nothing: {process.stderr()[-2000:]}")
         return events
+
+    def block_agent(self) -> None:
+        """
+        The router answers the agent's new tunnel connections with a TCP
+        reset (the forger's, from another LAN address, pass).
+        """
+        block = (
+            "table inet spwm_block {\n"
+            "  chain forward {\n"
+            "    type filter hook forward priority filter - 5; policy accept;\n"
+            f"    ip saddr {AGENT} tcp dport 443 tcp flags & (syn | ack) == syn reject with tcp reset\n"
+            "  }\n"
+            "}\n"
+        )
+        run(["ip", "netns", "exec", self.topology.namespaces["rtr"], "nft", "-f", "-"], stdin=block.encode())
+
+    def unblock_agent(self) -> None:
+        """Undo L{block_agent}."""
+        self.topology.exec("rtr", ["nft", "delete", "table", "inet", "spwm_block"])
 
     def assertRefused(self, events: list[dict[str, Any]], session: str, reason: str) -> None:
         """
@@ -495,20 +566,12 @@ class ForgedResumptionTests(ResumptionTestBase):
         s2 = self.sample()
         self.assertGreater(s2.at_phone - s1.at_phone, 10, (s1, s2))
         # turn the agent's new connections away (reset), then cut its tunnel
-        block = (
-            "table inet spwm_block {\n"
-            "  chain forward {\n"
-            "    type filter hook forward priority filter - 5; policy accept;\n"
-            f"    ip saddr {AGENT} tcp dport 443 tcp flags & (syn | ack) == syn reject with tcp reset\n"
-            "  }\n"
-            "}\n"
-        )
-        run(["ip", "netns", "exec", self.topology.namespaces["rtr"], "nft", "-f", "-"], stdin=block.encode())
+        self.block_agent()
         cut = self.cut_tunnel()
         events = self.forge(session, "forger-suspended")
         self.assertRefused(events, session, f"wrong proof for {USER}")
         self.assertEqual(self.agent.stdout().count(f"session {session} resumed"), 0)
-        self.topology.exec("rtr", ["nft", "delete", "table", "inet", "spwm_block"])
+        self.unblock_agent()
         samples, _ = self.watch_resumption(session, cut)
         self.assertResumedLogs(session)
         last = samples[-1]
@@ -516,3 +579,25 @@ class ForgedResumptionTests(ResumptionTestBase):
         self.assertGreater(last.at_phone, samples[0].at_phone, "no RTP reached alice after the resumption")
         self.assertNoSip(before)
         self.finish_call(caller, rtp)
+
+    def test_forged_non_ascii_proof_refused(self) -> None:
+        """
+        A forged resume whose proof is text with non-hex, non-ASCII
+        characters, against alice's suspended session (no call needed), is
+        answered C{resume-failed} like any wrong proof, and the real agent
+        resumes the session afterwards.
+        """
+        session = self.session_id()
+        self.block_agent()
+        self.cut_tunnel()
+        events = self.forge(session, "forger-non-ascii", proof="\u00e9" * 64)
+        if "unexpected error on tunnel" in self.contact.stdout():
+            self.fail(
+                "SPWM bug (spwm/security/keys.py, check_proof): hmac.compare_digest raises TypeError for a "
+                "non-ASCII str proof; it escapes ContactResumption.control_received and the contact point "
+                "closes the forger's tunnel with an internal error (and a traceback per attempt) instead of "
+                f"answering resume-failed; forger saw {events}; see {self.logdir}/spwm-contact.stdout"
+            )
+        self.assertRefused(events, session, f"wrong proof for {USER}")
+        self.unblock_agent()
+        self.assertResumedLogs(session)
