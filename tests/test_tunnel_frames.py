@@ -121,7 +121,7 @@ class BadInputTests(SynchronousTestCase):
         """
         Flags that the frame type does not define are refused.
         """
-        self.assertRefused(HEADER.pack(FrameType.SIP, 0x80, 1, 0), ErrorCode.PROTOCOL_ERROR)
+        self.assertRefused(HEADER.pack(FrameType.SIP, 0x40, 1, 0), ErrorCode.PROTOCOL_ERROR)
 
     def test_too_large_at_header_time(self) -> None:
         """

@@ -818,6 +818,13 @@ class MediaManager:
 
     def _attach(self, stream: _Stream, channel_id: int) -> None:
         stream.channel_id = channel_id
+        bind = getattr(stream.tunnel, "bind_channel_to_flow", None)
+        if bind is not None:
+            # Per-user ciphering: the channel takes the key of the flow
+            # whose call it carries (the dialog key is FLOW/CALL-ID).
+            flow, _, _ = stream.dialog.partition("/")
+            if flow.isdigit():
+                bind(channel_id, int(flow))
         key = (stream.tunnel, channel_id)
         self._channels[key] = stream
         if stream.tcp is not None:

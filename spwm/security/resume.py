@@ -128,6 +128,8 @@ class AgentResumption(_Lifecycle):
         self.handle = handle
         self.watcher = RegistrationWatcher()
         self.keys: dict[str, bytes] = {}
+        #: user id -> the application flow that registered it
+        self.flows: dict[str, int] = {}
         self.session_id: str | None = None
         self._suspended: Any = None
         self._timer: IDelayedCall | None = None
@@ -142,12 +144,14 @@ class AgentResumption(_Lifecycle):
         """
         return _ObservedAgentCore(core, self)
 
-    def key_learned(self, credentials: DigestCredentials) -> None:
+    def key_learned(self, credentials: DigestCredentials, flow_id: int) -> None:
         tunnel = self.handle.current
         if tunnel is None:
             return
-        self.keys[credentials.user_id] = user_key(tunnel, credentials)
+        key = self.keys[credentials.user_id] = user_key(tunnel, credentials)
+        self.flows[credentials.user_id] = flow_id
         self.session_id = tunnel.session_id
+        tunnel.bind_flow_key(flow_id, key)
 
     # -- the tunnel's life -----------------------------------------------
 
@@ -180,6 +184,8 @@ class AgentResumption(_Lifecycle):
             old, self._suspended = self._suspended, None
             self._cancel()
             tunnel.connection.session_id = self.session_id
+            for user, key in self.keys.items():
+                tunnel.bind_flow_key(self.flows[user], key)
             self.media.tunnel_resumed(old, tunnel, reopen=False)
             self.resumed += 1
             self.log.info(
@@ -207,6 +213,7 @@ class AgentResumption(_Lifecycle):
             self.log.info("session {session_id} not resumed: {reason}", session_id=self.session_id, reason=reason)
             self.media.tunnel_lost(old, reason)
         self.keys.clear()
+        self.flows.clear()
         self.session_id = None
 
     def _cancel(self) -> None:
@@ -244,7 +251,7 @@ class _ObservedAgentCore:
         if data.startswith(b"SIP/2.0 2"):
             credentials = self._resumption.watcher.response(data)
             if credentials is not None:
-                self._resumption.key_learned(credentials)
+                self._resumption.key_learned(credentials, flow_id)
         return actions
 
 
@@ -261,10 +268,13 @@ class ContactResumption(_Lifecycle):
     def __init__(self, clock: IReactorTime, window: float, media: Any, sip_runner: Any) -> None:
         super().__init__(clock, window, media, sip_runner)
         self.keys: dict[str, dict[str, bytes]] = {}
+        #: session id -> user id -> the agent's flow that registered it
+        self.flows: dict[str, dict[str, int]] = {}
         self._watchers: dict[str, RegistrationWatcher] = {}
         # session id -> (old tunnel, expiry timer)
         self._suspended: dict[str, tuple[Any, IDelayedCall]] = {}
         self._stopping = False
+        self._bind_later: list[tuple[Any, int, bytes]] = []
         self.refused = 0
         self.resumed = 0
 
@@ -274,14 +284,27 @@ class ContactResumption(_Lifecycle):
         if data.startswith(b"REGISTER "):
             self._watchers.setdefault(session_id, RegistrationWatcher(64)).request(data)
 
-    def response_to_tunnel(self, tunnel: Any, data: bytes) -> None:
+    def response_to_tunnel(self, tunnel: Any, flow_id: int, data: bytes) -> None:
         session_id = tunnel.session_id
         watcher = self._watchers.get(session_id)
         if watcher is None:
             return
         credentials = watcher.response(data)
         if credentials is not None:
-            self.keys.setdefault(session_id, {})[credentials.user_id] = user_key(tunnel, credentials)
+            key = self.keys.setdefault(session_id, {})[credentials.user_id] = user_key(tunnel, credentials)
+            self.flows.setdefault(session_id, {})[credentials.user_id] = flow_id
+            # Bound after this 2xx is queued: it goes out unsealed, as the
+            # agent can only make the key once it has it.
+            self._bind_later.append((tunnel, flow_id, key))
+
+    def flush_bindings(self) -> None:
+        """
+        Bind the keys learned while handling a message, now that the
+        message's own frames are queued.
+        """
+        pending, self._bind_later = self._bind_later, []
+        for tunnel, flow_id, key in pending:
+            tunnel.bind_flow_key(flow_id, key)
 
     # -- the tunnel's life -----------------------------------------------
 
@@ -307,6 +330,7 @@ class ContactResumption(_Lifecycle):
         self.sip.tunnel_lost(tunnel, reason)
         self.media.tunnel_lost(tunnel, reason)
         self.keys.pop(session_id, None)
+        self.flows.pop(session_id, None)
         self._watchers.pop(session_id, None)
 
     def control_received(self, tunnel: Any, message: dict[str, Any]) -> None:
@@ -351,8 +375,11 @@ class ContactResumption(_Lifecycle):
         tunnel.connection.session_id = old_session
         self.sip.tunnel_established(tunnel)
         self.keys.pop(fresh, None)
+        self.flows.pop(fresh, None)
         self._watchers.pop(fresh, None)
         tunnel.send_control({"op": "resumed", "session_id": old_session, "users": sorted(proofs)})
+        for user, key in self.keys.get(old_session, {}).items():
+            tunnel.bind_flow_key(self.flows[old_session][user], key)
         self.media.tunnel_resumed(old_tunnel, tunnel, reopen=True)
         self.resumed += 1
         self.log.info(

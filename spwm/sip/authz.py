@@ -95,7 +95,7 @@ class AuthorizingContactProxy:
         if self.observer is not None and data.startswith(b"SIP/2.0 2"):
             for action in actions:
                 if isinstance(action, ToTunnel):
-                    self.observer.response_to_tunnel(action.tunnel_key, action.data)
+                    self.observer.response_to_tunnel(action.tunnel_key, action.flow_id, action.data)
         return actions
 
     def _register_allowed(self, session_id: str, now: float) -> bool:
@@ -129,7 +129,7 @@ class AuthorizingContactProxy:
                 # The embedded registrar answers at once, inside the core.
                 for action in actions:
                     if isinstance(action, ToTunnel) and action.data.startswith(b"SIP/2.0 2"):
-                        self.observer.response_to_tunnel(action.tunnel_key, action.data)
+                        self.observer.response_to_tunnel(action.tunnel_key, action.flow_id, action.data)
                 return actions
         if method in UNREGISTERED_METHODS or not self.require_registration:
             return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now)

@@ -114,7 +114,9 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         from spwm.tunnel.service import server_tls_options
 
         sip_tls = server_tls_options(options["sip-tls-cert"], options["sip-tls-key"])
-    factory = AgentTunnelFactory(mux, reactor, agent_id, limits, hello=resumption.hello)
+    factory = AgentTunnelFactory(
+        mux, reactor, agent_id, limits, hello=resumption.hello, user_ciphering=bool(options["user-ciphering"])
+    )
     endpoint, tls = agent_endpoint(
         reactor,
         host,

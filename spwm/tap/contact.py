@@ -149,7 +149,11 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         endpoint = TCP6ClientEndpoint if ":" in addr[0] else TCP4ClientEndpoint
         return endpoint(reactor, addr[0], addr[1], timeout=10, bindAddress=(sip_host, 0)).connect(f)
 
-    runner = ContactSipRunner(core, reactor, connect=connect)
+    def send_to_tunnel(tunnel: Any, flow_id: int, data: bytes) -> None:
+        tunnel.send_sip(flow_id, data)
+        resumption.flush_bindings()
+
+    runner = ContactSipRunner(core, reactor, connect=connect, send_to_tunnel=send_to_tunnel)
     resumption = ContactResumption(reactor, options["resume-window"], media, runner)
     core.observer = resumption
     mux.sip = SipOnly(runner)
@@ -161,6 +165,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         max_tunnels=options["max-tunnels"],
         max_per_host=options["max-tunnels-per-address"],
         check_client_identity=bool(options["client-ca"]),
+        user_ciphering=bool(options["user-ciphering"]),
     )
     tls_factory = None
     if not options["plaintext"]:

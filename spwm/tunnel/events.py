@@ -34,11 +34,13 @@ class HandshakeCompleted:
 @frozen
 class SipReceived:
     """
-    One SIP message arrived for application flow C{flow_id}.
+    One SIP message arrived for application flow C{flow_id}; C{sealed}
+    when its payload is sealed with a user's key (the adapter opens it).
     """
 
     flow_id: int
     data: bytes
+    sealed: bool = False
 
 
 @frozen
@@ -66,7 +68,8 @@ class ChannelClosed:
 class DatagramReceived(NamedTuple):
     """
     A datagram arrived on a channel.  A named tuple, not an attrs class: one
-    of these is made per media packet.
+    of these is made per media packet.  C{component} holds the frame's
+    component and sealed flag bits.
     """
 
     channel_id: int

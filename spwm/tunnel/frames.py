@@ -93,10 +93,14 @@ FLAG_COMPONENT = 0x01
 FLAG_FIN = 0x01
 
 #: Flags defined per frame type; any other bit set is a protocol error.
+#: Flag bit of SIP and DATAGRAM frames: the payload is sealed with a user's
+#: key (see L{spwm.tunnel.cipher}).
+FLAG_SEALED = 0x80
+
 ALLOWED_FLAGS = {
     FrameType.CONTROL: 0,
-    FrameType.SIP: 0,
-    FrameType.DATAGRAM: FLAG_COMPONENT,
+    FrameType.SIP: FLAG_SEALED,
+    FrameType.DATAGRAM: FLAG_COMPONENT | FLAG_SEALED,
     FrameType.STREAM_DATA: FLAG_FIN,
     FrameType.PING: 0,
     FrameType.PONG: 0,

@@ -24,7 +24,10 @@ from zope.interface import implementer
 from spwm.limits import Limits
 from spwm.tunnel import events as ev
 from spwm.tunnel.connection import ChannelLimitError, Role, State, TunnelConnection
-from spwm.tunnel.frames import ChannelKind, ErrorCode
+from spwm.tunnel.cipher import UserCipher
+from spwm.tunnel.frames import FLAG_COMPONENT, FLAG_SEALED, ChannelKind, ErrorCode, FrameType
+
+_DATAGRAM = int(FrameType.DATAGRAM)
 
 __all__ = [
     "ApplicationMux",
@@ -259,6 +262,7 @@ class TunnelProtocol(Protocol):
         session_id: str = "",
         hello: dict[str, Any] | None = None,
         registry: set[TunnelProtocol] | None = None,
+        want_ciphering: bool = False,
     ) -> None:
         """
         @param registry: a set that holds this protocol while it is connected.
@@ -295,17 +299,26 @@ class TunnelProtocol(Protocol):
         self.lost_handler: Any = None
         self._write = None
         app_datagram = app.datagram_received
+        self.refused_sealed = 0
 
-        def sink(channel_id: int, data: bytes, component: int) -> None:
-            app_datagram(self, channel_id, data, component)
+        def sink(channel_id: int, data: bytes, flags: int) -> None:
+            if flags & FLAG_SEALED:
+                # Sealed frames without ciphering on this tunnel are refused.
+                self.refused_sealed += 1
+                return
+            app_datagram(self, channel_id, data, flags)
 
+        self._plain_sink = sink
         self._sink = sink
+        #: the per-user ciphering of this tunnel (L{UserCipher}), or C{None}
+        self.cipher: UserCipher | None = None
+        self._want_ciphering = want_ciphering
         self._dispatch = {
             ev.DatagramReceived: self._on_datagram,
             ev.HandshakeCompleted: self._on_handshake,
-            ev.SipReceived: lambda e: self.app.sip_received(self, e.flow_id, e.data),
+            ev.SipReceived: self._on_sip,
             ev.ChannelOpened: lambda e: self.app.channel_requested(self, e.channel_id, e.kind, e.meta),
-            ev.ChannelClosed: lambda e: self.app.channel_closed(self, e.channel_id, e.code, e.reason),
+            ev.ChannelClosed: self._on_channel_closed,
             ev.StreamDataReceived: lambda e: self.app.stream_data_received(self, e.channel_id, e.data),
             ev.StreamEnded: lambda e: self.app.stream_ended(self, e.channel_id),
             ev.PeerWentAway: self._on_goaway,
@@ -413,7 +426,52 @@ class TunnelProtocol(Protocol):
     # -- event handlers ----------------------------------------------------
 
     def _on_datagram(self, e: ev.DatagramReceived) -> None:
-        self.app.datagram_received(self, e.channel_id, e.data, e.component)
+        self._sink(e.channel_id, e.data, e.component)
+
+    def _on_channel_closed(self, e: ev.ChannelClosed) -> None:
+        if self.cipher is not None:
+            self.cipher.forget_channel(e.channel_id)
+        self.app.channel_closed(self, e.channel_id, e.code, e.reason)
+
+    def _on_sip(self, e: ev.SipReceived) -> None:
+        data = e.data
+        cipher = self.cipher
+        if cipher is not None:
+            data = cipher.open(cipher.flow_context(e.flow_id), FrameType.SIP, e.flow_id, data, e.sealed)
+            if data is None:
+                return
+        elif e.sealed:
+            self.refused_sealed += 1
+            return
+        self.app.sip_received(self, e.flow_id, data)
+
+    def _start_ciphering(self) -> None:
+        cipher = self.cipher = UserCipher(0 if self._role is Role.AGENT else 1)
+        app_datagram = self.app.datagram_received
+        channel_context = cipher.channel_context
+        open_ = cipher.open
+
+        def sink(channel_id: int, data: bytes, flags: int) -> None:
+            plain = open_(channel_context(channel_id), _DATAGRAM, channel_id, data, flags & FLAG_SEALED)
+            if plain is not None:
+                app_datagram(self, channel_id, plain, flags & FLAG_COMPONENT)
+
+        self._sink = sink
+
+    def bind_flow_key(self, flow_id: int, key: bytes) -> None:
+        """
+        Seal the SIP of flow C{flow_id} with a user's key, if this tunnel ciphers.
+        """
+        if self.cipher is not None:
+            self.cipher.bind_flow(flow_id, key)
+
+    def bind_channel_to_flow(self, channel_id: int, flow_id: int) -> None:
+        """
+        Seal channel C{channel_id} with the key of flow C{flow_id}, if this
+        tunnel ciphers and the flow has a key.
+        """
+        if self.cipher is not None:
+            self.cipher.bind_channel(channel_id, flow_id)
 
     def _on_handshake(self, e: ev.HandshakeCompleted) -> None:
         if self.check_client_identity:
@@ -424,6 +482,15 @@ class TunnelProtocol(Protocol):
                 return
         self._established = True
         self.peer_hello = e.peer_hello
+        if self._want_ciphering:
+            if self._role is Role.CONTACT:
+                agreed = "user-ciphering" in (e.peer_hello.get("capabilities") or [])
+            else:
+                agreed = e.peer_hello.get("user-ciphering") is True
+            if agreed:
+                self._start_ciphering()
+            else:
+                self.log.info("peer {peer} does not cipher per user; frames go unsealed", peer=self.peer)
         self.log.info(
             "tunnel up with {peer}: agent {agent_id}, session {session_id}, version {version}",
             peer=self.peer,
@@ -471,7 +538,12 @@ class TunnelProtocol(Protocol):
         """
         if not self.is_open:
             return False
-        self.connection.send_sip(flow_id, data)
+        cipher = self.cipher
+        context = cipher.flow_context(flow_id) if cipher is not None else None
+        if context is not None:
+            self.connection.send_sip(flow_id, UserCipher.seal(context, FrameType.SIP, flow_id, data), FLAG_SEALED)
+        else:
+            self.connection.send_sip(flow_id, data)
         self._flush()
         return True
 
@@ -518,6 +590,8 @@ class TunnelProtocol(Protocol):
         Close a channel.
         """
         if self.connection is not None:
+            if self.cipher is not None:
+                self.cipher.forget_channel(channel_id)
             self.connection.close_channel(channel_id, code, reason)
             self._flush()
 
@@ -527,6 +601,12 @@ class TunnelProtocol(Protocol):
         """
         connection = self.connection
         now = self._clock.seconds()
+        cipher = self.cipher
+        if cipher is not None:
+            context = cipher.channel_context(channel_id)
+            if context is not None:
+                data = UserCipher.seal(context, _DATAGRAM, channel_id, data)
+                component |= FLAG_SEALED
         if self._paused or self._lost:
             connection.send_datagram(channel_id, data, now, component)
             return
@@ -672,14 +752,26 @@ class AgentTunnelFactory(_TunnelFactory):
         agent_id: str,
         limits: Limits | None = None,
         hello: dict[str, Any] | None = None,
+        user_ciphering: bool = False,
     ) -> None:
         super().__init__(app, clock, limits)
         self.agent_id = agent_id
         self.hello = hello
+        self.user_ciphering = user_ciphering
 
     def buildProtocol(self, addr: Any) -> TunnelProtocol:
-        hello = self.hello() if callable(self.hello) else self.hello
-        return TunnelProtocol(Role.AGENT, self.app, self.clock, self.limits, agent_id=self.agent_id, hello=hello)
+        hello = dict((self.hello() if callable(self.hello) else self.hello) or {})
+        if self.user_ciphering:
+            hello["capabilities"] = sorted(set(hello.get("capabilities", [])) | {"user-ciphering"})
+        return TunnelProtocol(
+            Role.AGENT,
+            self.app,
+            self.clock,
+            self.limits,
+            agent_id=self.agent_id,
+            hello=hello,
+            want_ciphering=self.user_ciphering,
+        )
 
 
 class _Registry(set):
@@ -723,9 +815,11 @@ class ContactTunnelFactory(_TunnelFactory):
         max_tunnels: int = 10000,
         max_per_host: int = 100,
         check_client_identity: bool = False,
+        user_ciphering: bool = False,
     ) -> None:
         super().__init__(app, clock, limits)
         self.check_client_identity = check_client_identity
+        self.user_ciphering = user_ciphering
         self.tunnels: _Registry = _Registry()
         self.max_tunnels = max_tunnels
         self.max_per_host = max_per_host
@@ -757,8 +851,9 @@ class ContactTunnelFactory(_TunnelFactory):
             self.clock,
             self.limits,
             session_id=secrets.token_hex(8),
-            hello={"challenge": secrets.token_hex(16)},
+            hello={"challenge": secrets.token_hex(16), **({"user-ciphering": True} if self.user_ciphering else {})},
             registry=self.tunnels,
+            want_ciphering=self.user_ciphering,
         )
         protocol.check_client_identity = self.check_client_identity
         if host is not None:

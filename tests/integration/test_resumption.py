@@ -30,6 +30,8 @@ class ResumptionTests(TestCase):
     """
 
     timeout = 60
+    #: more options for every half
+    extra: list[str] = []
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
@@ -39,7 +41,7 @@ class ResumptionTests(TestCase):
         options.parseOptions(
             ["--listen", "tcp:0:interface=127.0.0.1", "--cert", cert.cert, "--key", cert.key,
              "--sip-address", f"127.0.0.1:{free_port()}", "--media-ports", "42000-42099",
-             "--media-allow", "127.0.0.0/8", "--drain-time", "0.2", "--resume-window", "10"]
+             "--media-allow", "127.0.0.0/8", "--drain-time", "0.2", "--resume-window", "10", *self.extra]
         )
         self.contact = contact.makeService(options, reactor)
         self.contact.startService()
@@ -51,7 +53,7 @@ class ResumptionTests(TestCase):
             options.parseOptions(
                 ["--contact", f"127.0.0.1:{port}", "--server-name", "contact.spwm.test", "--ca", ca.ca_file,
                  "--agent-id", name, "--sip-listen", f"127.0.0.1:{free_port()}", "--media-ports", media,
-                 "--reconnect-max", "0.3", "--resume-window", "10"]
+                 "--reconnect-max", "0.3", "--resume-window", "10", *self.extra]
             )
             service = agent.makeService(options, reactor)
             service.startService()
@@ -132,5 +134,45 @@ class ResumptionTests(TestCase):
         self.assertNotEqual(new.session_id, session)
         # The agent gave up its old session at once.
         yield wait_until(lambda: agent1.media.open_sockets == 0)
+        a_call.stop_media()
+        b_call.stop_media()
+
+
+class CipheredResumptionTests(ResumptionTests):
+    """
+    The same with per-user ciphering on every half: a registered user's
+    SIP and media frames are sealed with the user's key, also after the
+    resumption.
+    """
+
+    extra = ["--user-ciphering"]
+
+    @defer.inlineCallbacks
+    def test_media_resumes_after_reconnect(self) -> Any:
+        """
+        As without ciphering, and the resumed tunnel seals alice's media:
+        her channels have sealing contexts on both ends and nothing was
+        refused.
+        """
+        yield ResumptionTests.test_media_resumes_after_reconnect(self)
+
+    @defer.inlineCallbacks
+    def test_call_media_is_sealed(self) -> Any:
+        """
+        During a call the media channels of both users are sealed on both
+        ends of their tunnels, and media flows.
+        """
+        alice, bob, a_call, b_call = yield self.call()
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        for service in self.agents:
+            tunnel = service.tunnel_service.tunnel
+            self.assertIsNotNone(tunnel.cipher)
+            self.assertTrue(tunnel.cipher._channels)
+            self.assertEqual(tunnel.cipher.refused, 0)
+        for tunnel in self.contact.factory.tunnels:
+            self.assertTrue(tunnel.cipher._channels)
+            self.assertEqual(tunnel.cipher.refused, 0)
+        self.assertGreater(a_call.rx.unique, 10)
+        self.assertGreater(b_call.rx.unique, 10)
         a_call.stop_media()
         b_call.stop_media()
