@@ -93,6 +93,9 @@ class KeyTests(SynchronousTestCase):
         self.assertFalse(check_proof(key, b"challenge", "s-2", proof))
         self.assertFalse(check_proof(b"\0" * 32, b"challenge", "s-1", proof))
         self.assertFalse(check_proof(key, b"challenge", "s-1", 42))
+        # Text a forger chose: non-ASCII, surrogates: just wrong, no exception.
+        self.assertFalse(check_proof(key, b"challenge", "s-1", "\u00e9" * 64))
+        self.assertFalse(check_proof(key, b"challenge", "s-1", "\udcff"))
 
 
 class WatcherTests(SynchronousTestCase):

@@ -123,4 +123,6 @@ def check_proof(key: bytes, challenge: bytes, session_id: str, proof: object) ->
     """
     if not isinstance(proof, str):
         return False
-    return hmac.compare_digest(resumption_proof(key, challenge, session_id), proof)
+    # Compare bytes: compare_digest refuses non-ASCII text.
+    expected = resumption_proof(key, challenge, session_id).encode("ascii")
+    return hmac.compare_digest(expected, proof.encode("utf-8", "surrogateescape"))

@@ -40,6 +40,7 @@ from spwm.security.keys import (
 )
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import parse_message
+from spwm.tunnel.frames import ErrorCode
 
 #: The most users a resumption may name.
 MAX_RESUME_USERS = 64
@@ -274,6 +275,10 @@ class ContactResumption(_Lifecycle):
         # session id -> (old tunnel, expiry timer)
         self._suspended: dict[str, tuple[Any, IDelayedCall]] = {}
         self._stopping = False
+        # session id -> its live tunnel; tunnels whose session another
+        # connection took over (their end is no longer ours to handle)
+        self._live: dict[str, Any] = {}
+        self._taken_over: set[int] = set()
         self._bind_later: list[tuple[Any, int, bytes]] = []
         self.refused = 0
         self.resumed = 0
@@ -309,10 +314,16 @@ class ContactResumption(_Lifecycle):
     # -- the tunnel's life -----------------------------------------------
 
     def tunnel_established(self, tunnel: Any) -> None:
+        self._live[tunnel.session_id] = tunnel
         self.sip.tunnel_established(tunnel)
 
     def tunnel_lost(self, tunnel: Any, reason: str) -> None:
+        if id(tunnel) in self._taken_over:
+            self._taken_over.discard(id(tunnel))
+            return
         session_id = tunnel.session_id
+        if self._live.get(session_id) is tunnel:
+            del self._live[session_id]
         if self.keys.get(session_id) and self.window > 0 and not self._stopping and session_id not in self._suspended:
             self.media.tunnel_suspended(tunnel)
             timer = self.clock.callLater(self.window, self._expire, session_id)
@@ -340,6 +351,12 @@ class ContactResumption(_Lifecycle):
         proofs = message.get("proofs")
         challenge = tunnel.local_hello.get("challenge") if tunnel.local_hello else None
         entry = self._suspended.get(old_session) if isinstance(old_session, str) else None
+        live = self._live.get(old_session) if isinstance(old_session, str) else None
+        if entry is None and live is not None and live is not tunnel:
+            # The old path died silently (no FIN, keepalive not yet out):
+            # the agent proves it is the same session, so the old
+            # connection is taken over rather than waited for.
+            entry = (live, None)
         keys = self.keys.get(old_session, {}) if isinstance(old_session, str) else {}
         problem = None
         if entry is None:
@@ -365,14 +382,24 @@ class ContactResumption(_Lifecycle):
             )
             tunnel.send_control({"op": "resume-failed", "reason": problem})
             return
-        old_tunnel, timer = self._suspended.pop(old_session)
-        if timer.active():
-            timer.cancel()
+        if old_session in self._suspended:
+            old_tunnel, timer = self._suspended.pop(old_session)
+            if timer.active():
+                timer.cancel()
+        else:
+            old_tunnel = entry[0]
+            self._taken_over.add(id(old_tunnel))
+            del self._live[old_session]
+            self.media.tunnel_suspended(old_tunnel)
+            old_tunnel.close(ErrorCode.GOING_AWAY, "session resumed on another connection")
         fresh = tunnel.session_id
         # The new connection takes the old session's name, so flow tokens
         # in Path/Record-Route keep pointing at it.
         self.sip.tunnel_lost(tunnel, "resumed as another session")
+        if self._live.get(fresh) is tunnel:
+            del self._live[fresh]
         tunnel.connection.session_id = old_session
+        self._live[old_session] = tunnel
         self.sip.tunnel_established(tunnel)
         self.keys.pop(fresh, None)
         self.flows.pop(fresh, None)
