@@ -547,8 +547,8 @@ class ForgedResumptionTests(ResumptionTestBase):
     def test_forged_resumption_refused(self) -> None:
         """
         During alice's call: (1) while her tunnel is up, a forged resume
-        naming her session is refused (C{no suspended session by that
-        name}); (2) her tunnel is cut while the router turns her agent's
+        naming her session is refused (C{wrong proof for alice@example.test}:
+        a live session can be taken over, but only with the keys); (2) her tunnel is cut while the router turns her agent's
         reconnections away, and a forged resume with a wrong proof for
         alice is refused (C{wrong proof for alice@example.test}) and gets
         no channel, datagram or SIP; (3) the router lets the agent through
@@ -559,7 +559,7 @@ class ForgedResumptionTests(ResumptionTestBase):
         caller, rtp = self.start_call(12.0)
         before = self.operator_snapshot()
         events = self.forge(session, "forger-live")
-        self.assertRefused(events, session, "no suspended session by that name")
+        self.assertRefused(events, session, f"wrong proof for {USER}")
         # the real call was not disturbed
         s1 = self.sample()
         time.sleep(0.5)
