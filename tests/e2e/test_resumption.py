@@ -372,16 +372,16 @@ class ResumptionTests(ResumptionTestBase):
 
     def test_media_resumes_after_cut(self) -> None:
         """
-        Two seconds into alice's call to bob (RTP both ways), the agent's
+        A second into alice's call to bob (RTP both ways), the agent's
         tunnel connection is killed: the agent reconnects, both halves log
         the resumption of the same session, RTP reaches both ends again
         within one second of the new connection, no SIP crosses between
         the contact point and Kamailio and the binding is unchanged, and
-        the call ends normally with BYE; some 90 % of the RTP made the
+        the call ends normally with BYE; at least 80 % of the RTP made the
         round trip.
         """
         session = self.session_id()
-        caller, rtp = self.start_call(10.0)
+        caller, rtp = self.start_call(7.0)
         time.sleep(1.0)
         before = self.operator_snapshot()
         cut = self.cut_tunnel()
@@ -391,7 +391,7 @@ class ResumptionTests(ResumptionTestBase):
         self.assertTrue(peer.startswith(ROUTER_PUBLIC + ":"), peer)
         self.assertNoSip(before)
         report = self.finish_call(caller, rtp)
-        self.assertGreaterEqual(report["received"], 0.9 * report["sent"], report)
+        self.assertGreaterEqual(report["received"], 0.8 * report["sent"], report)
         self.assertEqual(report["sources"], [f"{AGENT}:{self.agent_port()}"], report)
         self.assertNotIn("not resumed", self.agent.stdout())
 
@@ -411,7 +411,7 @@ class ResumptionTests(ResumptionTestBase):
         """
         session = self.session_id()
         self.wait_for_log(self.contact, rf"tunnel up with {re.escape(ROUTER_PUBLIC)}:\d+: agent agent, session {session}")
-        caller, rtp = self.start_call(10.0)
+        caller, rtp = self.start_call(7.0)
         self.topology.exec("rtr", ["ip", "addr", "add", f"{NEW_PUBLIC}/24", "dev", "pub0", "nodad"])
         self.topology.exec(
             "rtr", ["nft", "insert", "rule", "ip", "spwm_nat", "postrouting",
@@ -426,7 +426,7 @@ class ResumptionTests(ResumptionTestBase):
         self.assertTrue(peer.startswith(NEW_PUBLIC + ":"), f"the contact point resumed from {peer}")
         self.assertNoSip(before)
         report = self.finish_call(caller, rtp)
-        self.assertGreaterEqual(report["received"], 0.9 * report["sent"], report)
+        self.assertGreaterEqual(report["received"], 0.8 * report["sent"], report)
 
     def test_media_resumes_after_silent_move(self) -> None:
         """
@@ -440,7 +440,7 @@ class ResumptionTests(ResumptionTestBase):
         and the call ends normally.
         """
         session = self.session_id()
-        caller, rtp = self.start_call(10.0)
+        caller, rtp = self.start_call(7.0)
         [port] = self.tunnel_ports()
         self.topology.exec("rtr", ["ip", "addr", "add", f"{NEW_PUBLIC}/24", "dev", "pub0", "nodad"])
         self.topology.exec(
@@ -467,7 +467,7 @@ class ResumptionTests(ResumptionTestBase):
             if refusal is None:
                 raise
             self.fail(
-                "SPWM bug (spwm/security/resume.py, ContactResumption.control_received): the contact "
+                "SPWM bug (spwm/security/resume.py, ContactResumption.control_received; fixed in 694e4ff): the contact "
                 "point refuses a proven resumption while it still holds the old tunnel as live "
                 f"({refusal.group(1).strip()!r}); the session is only suspended in tunnel_lost, which for "
                 "a silently dead path comes with the keepalive timeout (45 s), and the agent then gives "
@@ -478,7 +478,7 @@ class ResumptionTests(ResumptionTestBase):
         self.assertTrue(peer.startswith(NEW_PUBLIC + ":"), f"the contact point resumed from {peer}")
         self.assertNoSip(before)
         report = self.finish_call(caller, rtp)
-        self.assertGreaterEqual(report["received"], 0.85 * report["sent"], report)
+        self.assertGreaterEqual(report["received"], 0.8 * report["sent"], report)
 
 
 class ForgedResumptionTests(ResumptionTestBase):
@@ -556,7 +556,7 @@ class ForgedResumptionTests(ResumptionTestBase):
         ways again, no SIP crossed, and the call ends normally with BYE.
         """
         session = self.session_id()
-        caller, rtp = self.start_call(12.0)
+        caller, rtp = self.start_call(9.0)
         before = self.operator_snapshot()
         events = self.forge(session, "forger-live")
         self.assertRefused(events, session, f"wrong proof for {USER}")
@@ -593,7 +593,7 @@ class ForgedResumptionTests(ResumptionTestBase):
         events = self.forge(session, "forger-non-ascii", proof="\u00e9" * 64)
         if "unexpected error on tunnel" in self.contact.stdout():
             self.fail(
-                "SPWM bug (spwm/security/keys.py, check_proof): hmac.compare_digest raises TypeError for a "
+                "SPWM bug (spwm/security/keys.py, check_proof; fixed in 694e4ff): hmac.compare_digest raises TypeError for a "
                 "non-ASCII str proof; it escapes ContactResumption.control_received and the contact point "
                 "closes the forger's tunnel with an internal error (and a traceback per attempt) instead of "
                 f"answering resume-failed; forger saw {events}; see {self.logdir}/spwm-contact.stdout"
