@@ -837,8 +837,12 @@ class MediaManager:
             return
         key = (stream.tunnel, stream.channel_id)
         send = stream.tunnel.send_datagram
+        direct = getattr(stream.tunnel, "route_datagrams", None)
         if stream.rtp is None:
             self._routes.pop(key, None)
+            undirect = getattr(stream.tunnel, "unroute_datagrams", None)
+            if undirect is not None:
+                undirect(stream.channel_id)
             return
         stream.rtp.attach(send, stream.channel_id)
         rtcp = stream.rtp
@@ -846,6 +850,10 @@ class MediaManager:
             stream.rtcp.attach(send, stream.channel_id)
             rtcp = stream.rtcp
         self._routes[key] = (stream.rtp.send, rtcp.send)
+        if direct is not None:
+            # The tunnel hands this channel's datagrams straight to the
+            # relay sockets, past the multiplexer and this manager.
+            direct(stream.channel_id, stream.rtp.send, rtcp.send)
 
     def _bind(self, stream: _Stream, media: MediaDescription) -> bool:
         need_rtcp = not media.rtcp_mux_only
@@ -902,6 +910,9 @@ class MediaManager:
 
     def _forget(self, key: tuple[Any, int]) -> None:
         self._routes.pop(key, None)
+        undirect = getattr(key[0], "unroute_datagrams", None)
+        if undirect is not None:
+            undirect(key[1])
         self._channels.pop(key, None)
         if self.router is not None:
             self.router.forget_channel(key[0], key[1])

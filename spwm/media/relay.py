@@ -155,6 +155,7 @@ class MediaRelayEndpoint(DatagramProtocol):
         self.dropped_source = 0
         self.dropped_no_channel = 0
         self.dropped_no_target = 0
+        self.dropped_send = 0
         self.latches = 0
         self.last_activity: float | None = None
 
@@ -166,6 +167,20 @@ class MediaRelayEndpoint(DatagramProtocol):
         """
         self._write = self.transport.write
         handle = getattr(self.transport, "getHandle", None)
+        sock = handle() if handle else None
+        if isinstance(sock, socket.socket):
+            # The media hot path: the target is an IP address we checked
+            # when it was latched or negotiated, so skip Twisted's
+            # per-datagram address checks and call sendto directly.
+            sendto = sock.sendto
+
+            def write(data: bytes, target: tuple[str, int]) -> None:
+                try:
+                    sendto(data, target)
+                except OSError:
+                    self.dropped_send += 1
+
+            self._write = write
         setsockopt = getattr(handle(), "setsockopt", None) if handle else None
         if setsockopt is not None and self.receive_buffer:
             try:
@@ -279,6 +294,7 @@ class MediaRelayEndpoint(DatagramProtocol):
             "dropped_source": self.dropped_source,
             "dropped_no_channel": self.dropped_no_channel,
             "dropped_no_target": self.dropped_no_target,
+            "dropped_send": self.dropped_send,
             "latches": self.latches,
             "last_activity": self.last_activity,
         }

@@ -67,6 +67,7 @@ class AuthorizingContactProxy:
         self.observer = observer
         self.register_limit = register_limit
         self._register_times: dict[str, list[float]] = {}
+        self._identities: dict[str, tuple[tuple[str, ...], set[tuple[str, str]]]] = {}
         self.refused: dict[str, int] = {}
 
     def __getattr__(self, name: str) -> Any:
@@ -74,14 +75,22 @@ class AuthorizingContactProxy:
 
     def identities(self, session_id: str) -> set[tuple[str, str]]:
         """
-        The (user, host) of every address-of-record registered through a session.
+        The (user, host) of every address-of-record registered through a
+        session (parsed once per set of registrations, not per request).
         """
+        aors = tuple(r.aor for r in self._core.registrations(session_id))
+        cached = self._identities.get(session_id)
+        if cached is not None and cached[0] == aors:
+            return cached[1]
         out = set()
-        for registration in self._core.registrations(session_id):
+        for aor in aors:
             try:
-                out.add(_identity(parse_uri(registration.aor)))
+                out.add(_identity(parse_uri(aor)))
             except SipParseError:
                 continue
+        if len(self._identities) > 65536:
+            self._identities.clear()
+        self._identities[session_id] = (aors, out)
         return out
 
     def is_authorized(self, session_id: str) -> bool:
@@ -110,6 +119,7 @@ class AuthorizingContactProxy:
     def tunnel_detached(self, tunnel_key: Any) -> None:
         session = getattr(tunnel_key, "session_id", None)
         self._register_times.pop(session, None)
+        self._identities.pop(session, None)
         self._core.tunnel_detached(tunnel_key)
 
     def from_tunnel(self, tunnel_key: Any, session_id: str, flow_id: int, data: bytes, now: float) -> list[Any]:

@@ -301,10 +301,17 @@ class TunnelProtocol(Protocol):
         app_datagram = app.datagram_received
         self.refused_sealed = 0
 
+        routes: dict[int, Any] = {}
+        self._routes = routes
+
         def sink(channel_id: int, data: bytes, flags: int) -> None:
             if flags & FLAG_SEALED:
                 # Sealed frames without ciphering on this tunnel are refused.
                 self.refused_sealed += 1
+                return
+            route = routes.get(channel_id)
+            if route is not None:
+                route[flags](data)
                 return
             app_datagram(self, channel_id, data, flags)
 
@@ -429,6 +436,7 @@ class TunnelProtocol(Protocol):
         self._sink(e.channel_id, e.data, e.component)
 
     def _on_channel_closed(self, e: ev.ChannelClosed) -> None:
+        self._routes.pop(e.channel_id, None)
         if self.cipher is not None:
             self.cipher.forget_channel(e.channel_id)
         self.app.channel_closed(self, e.channel_id, e.code, e.reason)
@@ -450,13 +458,33 @@ class TunnelProtocol(Protocol):
         app_datagram = self.app.datagram_received
         channel_context = cipher.channel_context
         open_ = cipher.open
+        routes = self._routes
 
         def sink(channel_id: int, data: bytes, flags: int) -> None:
             plain = open_(channel_context(channel_id), _DATAGRAM, channel_id, data, flags & FLAG_SEALED)
-            if plain is not None:
+            if plain is None:
+                return
+            route = routes.get(channel_id)
+            if route is not None:
+                route[flags & FLAG_COMPONENT](plain)
+            else:
                 app_datagram(self, channel_id, plain, flags & FLAG_COMPONENT)
 
         self._sink = sink
+
+    def route_datagrams(self, channel_id: int, first: Any, second: Any) -> None:
+        """
+        Hand the datagrams of a channel straight to C{first(data)} (component
+        0) and C{second(data)} (component 1), past the application's
+        dispatch: the media relay's shortest path.
+        """
+        self._routes[channel_id] = (first, second)
+
+    def unroute_datagrams(self, channel_id: int) -> None:
+        """
+        Give a channel's datagrams back to the application.
+        """
+        self._routes.pop(channel_id, None)
 
     def bind_flow_key(self, flow_id: int, key: bytes) -> None:
         """
@@ -590,6 +618,7 @@ class TunnelProtocol(Protocol):
         Close a channel.
         """
         if self.connection is not None:
+            self._routes.pop(channel_id, None)
             if self.cipher is not None:
                 self.cipher.forget_channel(channel_id)
             self.connection.close_channel(channel_id, code, reason)
