@@ -202,7 +202,15 @@ class _FixedPort:
         return None
 
 
-def signaller_main(agent_sip: tuple[str, int], responder_port: int, lan_ports: list[int], op_ports: list[int], conn: Any) -> None:
+DIGEST = (
+    'Digest username="{user}", realm="{domain}", nonce="bench", uri="sip:{domain}", '
+    'response="00112233445566778899aabbccddeeff", cnonce="c", nc=00000001, qop=auth'
+)
+
+
+def signaller_main(
+    agent_sip: tuple[str, int], responder_port: int, lan_ports: list[int], op_ports: list[int], conn: Any, cipher: bool = False
+) -> None:
     """
     The SIP side of the benchmark. Commands on C{conn}: C{("calls", n)} sets
     up calls until there are C{n} and answers with every call's
@@ -229,12 +237,23 @@ def signaller_main(agent_sip: tuple[str, int], responder_port: int, lan_ports: l
             call.port = _FixedPort(self._free.pop(0))
             return defer.succeed(None)
 
+        def _request_received(self, message: Any, addr: tuple[str, int]) -> None:
+            # The responder is the operator's registrar too (ciphering runs).
+            if message.method == "REGISTER":
+                self._reply(message, addr, 200, "OK")
+                return
+            super()._request_received(message, addr)
+
     answered: dict[str, Any] = {}
     caller = BenchPhone(reactor, USER, DOMAIN, agent_sip, ports=lan_ports)
     responder = BenchPhone(reactor, "operator", DOMAIN, ("127.0.0.1", 9), ports=op_ports, bind=responder_port)
     responder.on_incoming = lambda call: answered.__setitem__(call.call_id, call)
     caller.start()
     responder.start()
+    if cipher:
+        # Register the caller's own flow with digest credentials: the halves
+        # make the user's key and seal this flow's SIP and its calls' media.
+        reactor.callWhenRunning(lambda: caller.register(authorization=DIGEST.format(user=USER, domain=DOMAIN)))
     calls: list[Any] = []
     errors: list[str] = []
 
@@ -321,14 +340,27 @@ class Bench:
         self.lan = [udp_socket() for _ in range(self.max_calls)]
         self.op = [udp_socket() for _ in range(self.max_calls)]
         responder_port = free_port()
-        self.pair = Pair(procs, workdir, ("127.0.0.1", responder_port), media_ports=max(1000, 4 * self.max_calls + 200), tls=args.tls)
+        self.pair = Pair(
+            procs,
+            workdir,
+            ("127.0.0.1", responder_port),
+            media_ports=max(1000, 4 * self.max_calls + 200),
+            tls=args.tls,
+            extra=["--user-ciphering"] if args.user_ciphering else [],
+        )
         self.pair.wait_up()
         if args.renice is not None:
             # diagnosis: does the load generator take the CPU from the halves?
             for pid in self.pair.pids.values():
                 os.setpriority(os.PRIO_PROCESS, pid, args.renice)
         self.sockets_idle = {k: open_sockets(v) for k, v in self.pair.pids.items()}
-        self.registered = register_through(self.pair.sip_listen, responder_port, USER, DOMAIN)
+        # With ciphering the caller phone registers from its own flow (with
+        # digest credentials, so both halves make its key) in the signaller.
+        self.registered = (
+            "by the caller phone"
+            if args.user_ciphering
+            else register_through(self.pair.sip_listen, responder_port, USER, DOMAIN)
+        )
         self.ctl, child = multiprocessing.Pipe()
         self.signaller = procs.fork(
             signaller_main,
@@ -337,6 +369,7 @@ class Bench:
             [s.getsockname()[1] for s in self.lan],
             [s.getsockname()[1] for s in self.op],
             child,
+            args.user_ciphering,
         )
         self.calls: list[tuple[int, tuple[str, int], int, tuple[str, int]]] = []
         self.phase = 0
@@ -607,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0, help="seconds of RTP per path and step (default 10)")
     p.add_argument("--drain", type=float, default=0.5, help="seconds to wait for late packets (default 0.5)")
     p.add_argument("--tls", action="store_true", help="TLS between agent and contact point (default: --plaintext)")
+    p.add_argument("--user-ciphering", action="store_true", help="per-user ciphering on both halves (the caller registers with digest credentials)")
     p.add_argument("--skip-direct", action="store_true", help="no direct baseline (no ratios, no verdict)")
     p.add_argument("--loss-limit", type=float, default=0.1, help="percent loss that fails the target (default 0.1)")
     p.add_argument("--p99-limit", type=float, default=5.0, help="p99 added latency that fails the target, ms (default 5)")
