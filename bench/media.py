@@ -240,7 +240,8 @@ def signaller_main(
         def _request_received(self, message: Any, addr: tuple[str, int]) -> None:
             # The responder is the operator's registrar too (ciphering runs).
             if message.method == "REGISTER":
-                self._reply(message, addr, 200, "OK")
+                contact = message.get("contact") or ""
+                self._reply(message, addr, 200, "OK", to_tag="reg", extra=[("Contact", f"{contact};expires=3600")])
                 return
             super()._request_received(message, addr)
 
@@ -250,15 +251,20 @@ def signaller_main(
     responder.on_incoming = lambda call: answered.__setitem__(call.call_id, call)
     caller.start()
     responder.start()
+    registered: Any = defer.succeed(None)
     if cipher:
         # Register the caller's own flow with digest credentials: the halves
         # make the user's key and seal this flow's SIP and its calls' media.
-        reactor.callWhenRunning(lambda: caller.register(authorization=DIGEST.format(user=USER, domain=DOMAIN)))
+        registered = defer.Deferred()
+        reactor.callWhenRunning(
+            lambda: caller.register(authorization=DIGEST.format(user=USER, domain=DOMAIN)).chainDeferred(registered)
+        )
     calls: list[Any] = []
     errors: list[str] = []
 
     @defer.inlineCallbacks
     def setup(n: int) -> Any:
+        yield registered
         sem = defer.DeferredSemaphore(25)
 
         def one() -> Any:
