@@ -137,7 +137,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     )
     tunnel.setServiceParent(top)
     Hook(forwarder.start, forwarder.stop).setServiceParent(top)
-    SipListeners(reactor, runner, sip_addresses, sip_tls).setServiceParent(top)
+    SipListeners(reactor, runner, sip_addresses, sip_tls, options["udp-buffer"]).setServiceParent(top)
     Hook(lambda: None, resumption.stop).setServiceParent(top)
     top.tunnel_service = tunnel  # type: ignore[attr-defined]
     top.mux = mux  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ TUNNEL_LIMIT_OPTIONS = (
     Option("keepalive-timeout", _D.keepalive_timeout, positive_float, "Seconds of silence after which the peer is declared dead."),
     Option("media-deadline", _D.media_deadline, positive_float, "Seconds a media datagram may wait in the tunnel before it is dropped."),
     Option("max-channels", _D.max_channels, positive_int, "Open channels per tunnel."),
-    Option("udp-buffer", 4 * 1024 * 1024, positive_int, "Receive buffer (bytes) of media and forward UDP sockets."),
+    Option("udp-buffer", 4 * 1024 * 1024, positive_int, "Receive buffer (bytes) of SIP, media and forward UDP sockets."),
     Option("user-ciphering", False, bool, "Seal each registered user's SIP and media frames with that user's key (both halves must ask).", flag=True),
     Option("resume-window", 60.0, non_negative_float, "Seconds a broken tunnel's session (registrations, calls, media) waits to be resumed; 0: never."),
 )

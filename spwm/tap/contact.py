@@ -182,7 +182,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         description=options["listen"],
     )
     listener.setServiceParent(top)
-    SipListeners(reactor, runner, [(sip_host, sip_port)]).setServiceParent(top)
+    SipListeners(reactor, runner, [(sip_host, sip_port)], receive_buffer=options["udp-buffer"]).setServiceParent(top)
     Hook(lambda: None, resumption.stop).setServiceParent(top)
     top.listener = listener  # type: ignore[attr-defined]
     top.factory = factory  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from twisted.application.service import Service
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 
+from spwm.forward import set_receive_buffer
 from spwm.sdp import SdpError
 from spwm.sip.transport import SipStreamFactory, SipUdpProtocol
 
@@ -43,17 +44,24 @@ class SipListeners(Service):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, runner: Any, addresses: list[tuple[str, int]], tls: Any = None) -> None:
+    def __init__(
+        self, reactor: Any, runner: Any, addresses: list[tuple[str, int]], tls: Any = None, receive_buffer: int = 4 * 1024 * 1024
+    ) -> None:
         self._reactor = reactor
         self._runner = runner
         self._addresses = addresses
         self._tls = tls
+        self._receive_buffer = receive_buffer
         self.ports: list[Any] = []
 
     def startService(self) -> None:
         super().startService()
         for host, port in self._addresses:
-            self.ports.append(self._reactor.listenUDP(port, SipUdpProtocol(self._runner, (host, port)), interface=host))
+            udp = self._reactor.listenUDP(port, SipUdpProtocol(self._runner, (host, port)), interface=host)
+            # A burst of SIP (a registration storm) waits in the kernel
+            # rather than being dropped there.
+            set_receive_buffer(udp, self._receive_buffer)
+            self.ports.append(udp)
             factory = SipStreamFactory(self._runner, "tcp")
             self.ports.append(self._reactor.listenTCP(port, factory, interface=host))
             self.log.info("SIP on udp and tcp {host}:{port}", host=host, port=port)
