@@ -28,6 +28,7 @@ from spwm.tunnel.cipher import UserCipher
 from spwm.tunnel.frames import FLAG_COMPONENT, FLAG_SEALED, ChannelKind, ErrorCode, FrameType
 
 _DATAGRAM = int(FrameType.DATAGRAM)
+_ABORT_CODES = frozenset({ErrorCode.HANDSHAKE_TIMEOUT, ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.QUEUE_OVERFLOW})
 
 __all__ = [
     "ApplicationMux",
@@ -289,6 +290,7 @@ class TunnelProtocol(Protocol):
         self._established = False
         self._lost = False
         self._closing = False
+        self._abort_timer: IDelayedCall | None = None
         self.go_away_info: ev.PeerWentAway | None = None
         self.close_info: ev.TunnelClosed | None = None
         #: the peer's hello (agent) or welcome (contact point) message
@@ -411,6 +413,9 @@ class TunnelProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._lost = True
+        if self._abort_timer is not None and self._abort_timer.active():
+            self._abort_timer.cancel()
+        self._abort_timer = None
         if self._registry is not None:
             self._registry.discard(self)
         if self._timer is not None and self._timer.active():
@@ -714,7 +719,21 @@ class TunnelProtocol(Protocol):
             return
         self._closing = True
         self.transport.unregisterProducer()
+        code = self.close_info.code if self.close_info is not None else ErrorCode.NO_ERROR
+        if not self._established or code in _ABORT_CODES:
+            # The peer never finished its handshake (a TLS connection would
+            # wait for that handshake to send our ERROR frame), or it is not
+            # reading: do not wait for it.
+            self.transport.abortConnection()
+            return
         self.transport.loseConnection()
+        # Nor wait for ever for a peer that stops reading now.
+        self._abort_timer = self._clock.callLater(self._limits.keepalive_interval, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_timer = None
+        if not self._lost:
+            self.transport.abortConnection()
 
     def _rearm(self) -> None:
         if self.connection is None or self._lost:
@@ -824,6 +843,31 @@ class _Registry(set):
                     self.per_host.pop(host, None)
 
 
+class AdmissionFactory(Factory):
+    """
+    Applies the contact point's tunnel limits before another wrapper (TLS)
+    builds anything, so a refused connection is closed at once instead of
+    being wrapped around nothing.
+    """
+
+    noisy = False
+
+    def __init__(self, tunnels: ContactTunnelFactory, wrapped: Factory) -> None:
+        self._tunnels = tunnels
+        self._wrapped = wrapped
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if not self._tunnels.admits(addr):
+            return None
+        return self._wrapped.buildProtocol(addr)
+
+    def doStart(self) -> None:
+        self._wrapped.doStart()
+
+    def doStop(self) -> None:
+        self._wrapped.doStop()
+
+
 class ContactTunnelFactory(_TunnelFactory):
     """
     Builds the contact point's end of each tunnel and tracks the open ones
@@ -855,7 +899,11 @@ class ContactTunnelFactory(_TunnelFactory):
         self.refused = 0
         self._refusal_log = RateLimitedLog(self.log, clock, 10.0)
 
-    def buildProtocol(self, addr: Any) -> TunnelProtocol | None:
+    def admits(self, addr: Any) -> bool:
+        """
+        Whether a connection from C{addr} is within the tunnel limits (with
+        a rate-limited log line when not).
+        """
         host = getattr(addr, "host", None)
         if len(self.tunnels) >= self.max_tunnels:
             self.refused += 1
@@ -865,7 +913,7 @@ class ContactTunnelFactory(_TunnelFactory):
                 count=len(self.tunnels),
                 limit=self.max_tunnels,
             )
-            return None
+            return False
         if host is not None and self.tunnels.per_host.get(host, 0) >= self.max_per_host:
             self.refused += 1
             self._refusal_log.warn(
@@ -873,6 +921,12 @@ class ContactTunnelFactory(_TunnelFactory):
                 peer=host,
                 limit=self.max_per_host,
             )
+            return False
+        return True
+
+    def buildProtocol(self, addr: Any) -> TunnelProtocol | None:
+        host = getattr(addr, "host", None)
+        if not self.admits(addr):
             return None
         protocol = TunnelProtocol(
             Role.CONTACT,

@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from spwm.tunnel.frames import ALPN
-from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory, TunnelProtocol
+from spwm.tunnel.protocol import AdmissionFactory, AgentTunnelFactory, ContactTunnelFactory, TunnelProtocol
 
 # OpenSSL's X509_V_ERR_* codes that people meet, in words.
 _VERIFY_ERRORS = {
@@ -502,7 +502,8 @@ class ContactListenService(Service):
     ) -> None:
         self._endpoint = endpoint
         self.factory = factory
-        self._listen_factory = tls_factory or factory
+        # With TLS the limits apply before the TLS wrapper builds anything.
+        self._listen_factory = AdmissionFactory(factory, tls_factory) if tls_factory is not None else factory
         self._clock = clock
         self._drain = drain
         self._port: Any = None

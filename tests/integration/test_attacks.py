@@ -14,8 +14,10 @@ relay port, a thousand half-open TCP connections.  Each test asserts that
 the good call lost at most L{MAX_LOSS} of its RTP each way, and that the
 bad connections were closed or refused with a log line.
 
-Two cases are marked C{todo}: they fail because of tunnel bugs under TLS
-(L{KNOWN_HANDSHAKE_TIMEOUT_BUG}, L{KNOWN_TLS_REFUSAL_BUG}).
+The slow-loris and half-open cases found two tunnel bugs under TLS (a
+refused connection was wrapped around nothing and leaked its socket; a
+handshake timeout waited for the TLS handshake to send its ERROR frame);
+they guard the fixes now.
 """
 
 from __future__ import annotations
@@ -172,22 +174,6 @@ class BadAgent(Protocol):
         self.lost.callback(reactor.seconds() - start)
 
 
-KNOWN_HANDSHAKE_TIMEOUT_BUG = (
-    "spwm/tunnel: under TLS the handshake timeout logs HANDSHAKE_TIMEOUT but the"
-    " connection stays open (the ERROR frame waits in TLSMemoryBIOProtocol's"
-    " send buffer for a TLS handshake that never completes, so loseConnection"
-    " never closes; the per-address slot is never freed)"
-)
-
-KNOWN_TLS_REFUSAL_BUG = (
-    "spwm/tunnel: under TLS a connection over --max-tunnels(-per-address) is"
-    " not closed: ContactTunnelFactory.buildProtocol returns None inside"
-    " TLSMemoryBIOFactory, which wraps None and raises AttributeError in"
-    " makeConnection; the socket stays open (fd leak) and an unhandled error is"
-    " logged per connection"
-)
-
-
 class AttackTestCase(TestCase):
     """
     A contact point, two agents and a call with RTP both ways; the tests
@@ -269,8 +255,7 @@ class AttackTestCase(TestCase):
         """
         Abort every tunnel at the contact point that is not one of the good
         ones (a cleanup for tests whose bad connections outlive them), and
-        flush the errors that refused TLS connections log (see
-        L{KNOWN_TLS_REFUSAL_BUG}).
+        flush the errors that refused TLS connections logged before the fix.
         """
         for tunnel in list(self.contact.factory.tunnels):
             if tunnel not in self.good_tunnels and tunnel.transport is not None:
@@ -361,7 +346,6 @@ class TunnelAttackTests(AttackTestCase):
         yield sleep(max(0.0, ATTACK_SECONDS - took))
         yield self.finish_call()
 
-    test_slow_loris_handshake_is_cut.todo = KNOWN_HANDSHAKE_TIMEOUT_BUG  # type: ignore[attr-defined]
 
     @defer.inlineCallbacks
     def test_garbage_frames_close_the_tunnel(self) -> Any:
@@ -485,7 +469,6 @@ class TunnelAttackTests(AttackTestCase):
         yield self.finish_call()
 
 
-    test_thousand_half_open_connections.todo = KNOWN_TLS_REFUSAL_BUG  # type: ignore[attr-defined]
 
 
 class MediaFloodTests(AttackTestCase):
