@@ -45,7 +45,7 @@ class TunnelWithChannels(FakeTunnel):
         self.closed.append((channel_id, code, reason))
 
 
-class AuthorizationTests(SynchronousTestCase):
+class GateTestCase(SynchronousTestCase):
     """
     The contact point's gate in front of its SIP core (embedded registrar).
     """
@@ -79,6 +79,13 @@ class AuthorizationTests(SynchronousTestCase):
             )
         )
         self.assertIn(200, self.statuses(actions))
+
+
+
+class AuthorizationTests(GateTestCase):
+    """
+    What a tunnel may send before and after its registration.
+    """
 
     def test_invite_before_registration_is_forbidden(self) -> None:
         """
@@ -162,3 +169,45 @@ class AuthorizationTests(SynchronousTestCase):
         gate.channel_requested(self.tunnel, 3, ChannelKind.DATAGRAM, {"use": "media"})
         self.assertEqual(manager.requested, [3])
         self.assertEqual(mux.routed, [(self.tunnel, 3, manager)])
+
+
+class LimitTests(GateTestCase):
+    """
+    REGISTER rate and users per tunnel.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.proxy.max_users = 2
+        self.proxy.register_limit = 5
+
+    def test_users_per_tunnel(self) -> None:
+        """
+        A REGISTER for one address-of-record more than the limit gets 403;
+        refreshing a registered one still passes.
+        """
+        self.register("alice")
+        self.register("bob")
+        actions = self.send(
+            request("REGISTER", "sip:example.org", from_="<sip:carol@example.org>;tag=c", to="<sip:carol@example.org>",
+                    call_id="reg-carol", extra=("Contact: <sip:carol@192.0.2.10:5062>", "Expires: 300"))
+        )
+        self.assertEqual(self.statuses(actions), [403])
+        self.assertEqual(self.proxy.refused, {"too many users on this tunnel": 1})
+        self.register("alice")
+
+    def test_register_rate(self) -> None:
+        """
+        More REGISTER requests per minute than the limit get 503 with
+        Retry-After; a minute later they pass again.
+        """
+        for i in range(5):
+            self.register("alice")
+        actions = self.send(request("REGISTER", "sip:example.org", call_id="reg-x", extra=("Contact: <sip:alice@192.0.2.10:5062>",)))
+        self.assertEqual(self.statuses(actions), [503])
+        [resp] = [parse_message(a.data) for a in actions if isinstance(a, ToTunnel)]
+        self.assertEqual(resp.get("Retry-After"), "60")
+        ok = self.proxy.from_tunnel(self.tunnel, "s-1", 1, request(
+            "REGISTER", "sip:example.org", from_="<sip:alice@example.org>;tag=r9", to="<sip:alice@example.org>",
+            call_id="reg-y", extra=("Contact: <sip:alice@192.0.2.10:5062>", "Expires: 300")), 75.0)
+        self.assertIn(200, self.statuses(ok))

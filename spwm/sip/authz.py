@@ -29,6 +29,7 @@ from spwm.tunnel.frames import ErrorCode
 UNREGISTERED_METHODS = frozenset({"REGISTER", "OPTIONS"})
 
 _FROM = re.compile(rb"^(?:from|f)[ \t]*:[ \t]*(.*(?:\r?\n[ \t]+.*)*)", re.IGNORECASE | re.MULTILINE)
+_TO = re.compile(rb"^(?:to|t)[ \t]*:[ \t]*(.*(?:\r?\n[ \t]+.*)*)", re.IGNORECASE | re.MULTILINE)
 
 
 def _identity(uri: Any) -> tuple[str, str]:
@@ -49,6 +50,7 @@ class AuthorizingContactProxy:
         require_registration: bool = True,
         observer: Any = None,
         register_limit: int = 30,
+        max_users: int = 64,
         clock: Any = None,
     ) -> None:
         """
@@ -66,6 +68,7 @@ class AuthorizingContactProxy:
         self.require_registration = require_registration
         self.observer = observer
         self.register_limit = register_limit
+        self.max_users = max_users
         self._register_times: dict[str, list[float]] = {}
         self._identities: dict[str, tuple[tuple[str, ...], set[tuple[str, str]]]] = {}
         self.refused: dict[str, int] = {}
@@ -116,6 +119,20 @@ class AuthorizingContactProxy:
         times.append(now)
         return True
 
+    def _new_user_over_limit(self, session_id: str, data: bytes) -> bool:
+        identities = self.identities(session_id)
+        if len(identities) < self.max_users:
+            return False
+        end = data.find(b"\r\n\r\n")
+        match = _TO.search(data, 0, end if end >= 0 else len(data))
+        if match is None:
+            return False
+        try:
+            value = b" ".join(match.group(1).split()).decode("utf-8", "surrogateescape")
+            return _identity(parse_name_addr(value).uri) not in identities
+        except SipParseError:
+            return False
+
     def tunnel_detached(self, tunnel_key: Any) -> None:
         session = getattr(tunnel_key, "session_id", None)
         self._register_times.pop(session, None)
@@ -133,6 +150,8 @@ class AuthorizingContactProxy:
                 return self._refuse(
                     tunnel_key, flow_id, data, method, "too many REGISTER requests", 503, "Service Unavailable"
                 )
+            if self._new_user_over_limit(session_id, data):
+                return self._refuse(tunnel_key, flow_id, data, method, "too many users on this tunnel")
             if self.observer is not None:
                 self.observer.request_from_tunnel(tunnel_key, session_id, data)
                 actions = self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now)

@@ -184,6 +184,7 @@ class _Runner:
         self._next_conn = 1
         self._timer: IDelayedCall | None = None
         self._deadline: float | None = None
+        self._drops: dict[str, tuple[float | None, int]] = {}
 
     # -- sockets and connections -------------------------------------------
 
@@ -227,8 +228,25 @@ class _Runner:
             elif isinstance(action, ToTunnel):
                 self._to_tunnel(action)
             elif isinstance(action, Dropped):
-                self.log.info("SIP message dropped: {reason}", reason=action.reason)
+                self._log_drop(action.reason)
         self._rearm()
+
+    def _log_drop(self, reason: str) -> None:
+        # One line per reason per 10 s: a flood of bad SIP must not become
+        # a flood of log lines.
+        now = self._clock.seconds()
+        last, suppressed = self._drops.get(reason, (None, 0))
+        if last is not None and now - last < 10.0:
+            self._drops[reason] = (last, suppressed + 1)
+            return
+        if len(self._drops) > 1024:
+            self._drops.clear()
+        self._drops[reason] = (now, 0)
+        self.log.info(
+            "SIP message dropped: {reason} ({suppressed} more since the last such line)",
+            reason=reason,
+            suppressed=suppressed,
+        )
 
     def _to_app(self, action: ToApp) -> None:
         self.log.warn("no application side here; dropped a message")

@@ -16,6 +16,8 @@ TUNNEL_LIMIT_OPTIONS = (
     Option("keepalive-timeout", _D.keepalive_timeout, positive_float, "Seconds of silence after which the peer is declared dead."),
     Option("media-deadline", _D.media_deadline, positive_float, "Seconds a media datagram may wait in the tunnel before it is dropped."),
     Option("max-channels", _D.max_channels, positive_int, "Open channels per tunnel."),
+    Option("max-signalling-queue", _D.max_priority_queue, positive_int, "Bytes of SIP and control a tunnel may queue for a peer that does not read; past it the tunnel is closed."),
+    Option("max-media-queue", _D.max_media_queue, positive_int, "Bytes of media a tunnel may queue; past it datagrams are dropped and counted."),
     Option("udp-buffer", 4 * 1024 * 1024, positive_int, "Receive buffer (bytes) of SIP, media and forward UDP sockets."),
     Option("user-ciphering", False, bool, "Seal each registered user's SIP and media frames with that user's key (both halves must ask).", flag=True),
     Option("resume-window", 60.0, non_negative_float, "Seconds a broken tunnel's session (registrations, calls, media) waits to be resumed; 0: never."),
@@ -32,5 +34,7 @@ def limits_from(options: dict) -> Limits:
         keepalive_timeout=options["keepalive-timeout"],
         media_deadline=options["media-deadline"],
         max_channels=options["max-channels"],
+        max_priority_queue=options.get("max-signalling-queue", _D.max_priority_queue),
+        max_media_queue=options.get("max-media-queue", _D.max_media_queue),
         drain_time=options.get("drain-time", _D.drain_time),
     )

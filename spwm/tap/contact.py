@@ -52,6 +52,7 @@ OPTIONS = (
     Option("sip-proxy", None, lambda v: parse_sip_proxy(v) and v, "Operator proxy HOST[:PORT][;transport=udp|tcp] (default: the embedded registrar)."),
     Option("sip-address", "127.0.0.1:5070", lambda v: sip_address(v) and v, "Operator-side SIP address ADDR[:PORT] of the contact point (UDP and TCP)."),
     Option("allow-unregistered", False, bool, "Let tunnels send any request and open media before a registration succeeded (trunks, tests).", flag=True),
+    Option("max-users-per-tunnel", 64, positive_int, "Addresses-of-record one tunnel may register; a REGISTER for one more gets 403."),
     Option("max-registers-per-minute", 30, positive_int, "REGISTER requests a tunnel may send per minute; more get 503."),
     Option("contact-rewrite", False, bool, "Rewrite Contact to our address for registrars without Path support.", flag=True),
     Option("media-address", None, ip_address, "Operator-side address of the relay sockets (default: the --sip-address address)."),
@@ -142,6 +143,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         core,
         require_registration=not options["allow-unregistered"],
         register_limit=options["max-registers-per-minute"],
+        max_users=options["max-users-per-tunnel"],
     )
     mux.parts["media"] = MediaGate(media, core, mux)
 
