@@ -329,13 +329,7 @@ class MediaManager:
             if media.is_tcp:
                 self._tcp_into_tunnel(tunnel, dialog_key, dialog, media, version, now)
                 continue
-            stream = dialog.streams.get(index)
-            if stream is not None and stream.tcp is not None:
-                self._release_stream(dialog, index, "transport changed")
-                stream = None
-            if stream is None:
-                stream = dialog.streams[index] = _Stream(tunnel, dialog_key, index, now)
-                self._ensure_timer()
+            stream = self._udp_stream(tunnel, dialog_key, dialog, index, now)
             stream.remote = media
             stream.held_ours = media.held
             stream.mux = stream.mux or media.rtcp_mux
@@ -387,13 +381,7 @@ class MediaManager:
                 tcp[index] = rewrite
                 entries.append((0, None) if rewrite is None else (rewrite.port, None))
                 continue
-            stream = dialog.streams.get(index)
-            if stream is not None and stream.tcp is not None:
-                self._release_stream(dialog, index, "transport changed")
-                stream = None
-            if stream is None:
-                stream = dialog.streams[index] = _Stream(tunnel, dialog_key, index, now)
-                self._ensure_timer()
+            stream = self._udp_stream(tunnel, dialog_key, dialog, index, now)
             stream.held_theirs = media.held
             stream.mux = stream.mux or media.rtcp_mux
             if stream.rtp is None and not self._bind(stream, media):
@@ -770,6 +758,20 @@ class MediaManager:
             self._release_stream(dialog, stream.index, reason)
 
     # internals
+
+    def _udp_stream(self, tunnel: Any, dialog_key: str, dialog: _Dialog, index: int, now: float) -> _Stream:
+        """
+        The UDP stream C{index} of a dialog, made if new (a TCP stream in
+        its place is released: the transport changed).
+        """
+        stream = dialog.streams.get(index)
+        if stream is not None and stream.tcp is not None:
+            self._release_stream(dialog, index, "transport changed")
+            stream = None
+        if stream is None:
+            stream = dialog.streams[index] = _Stream(tunnel, dialog_key, index, now)
+            self._ensure_timer()
+        return stream
 
     def _dialog(self, tunnel: Any, dialog_key: str) -> _Dialog:
         dialog = self._dialogs.get((tunnel, dialog_key))

@@ -896,16 +896,11 @@ class ContactSipProxy:
     def _tunnel_request(
         self, key: Any, session: str, fid: int, msg: SipMessage, now: float
     ) -> list[Action]:
-        problem = _request_problem(msg)
-        if problem is not None:
-            if (
-                msg.method == "ACK"
-                or msg.count("Via") == 0
-                or problem.startswith("malformed Via")
-            ):
-                return [self._drop("malformed request from tunnel: " + problem)]
-            resp = make_response(msg, 400, "Bad Request: " + problem)
-            return [ToTunnel(key, fid, resp.to_bytes())]
+        bad = self._bad_request(msg, "tunnel")
+        if isinstance(bad, Dropped):
+            return [bad]
+        if bad is not None:
+            return [ToTunnel(key, fid, bad.to_bytes())]
         mf = msg.max_forwards
         if mf is not None and mf <= 0:
             # the agent decrements; this only guards against a broken one
@@ -1010,16 +1005,11 @@ class ContactSipProxy:
     def _network_request(
         self, transport: str, src: tuple[str, int], msg: SipMessage, now: float
     ) -> list[Action]:
-        problem = _request_problem(msg)
-        if problem is not None:
-            if (
-                msg.method == "ACK"
-                or msg.count("Via") == 0
-                or problem.startswith("malformed Via")
-            ):
-                return [self._drop("malformed request from network: " + problem)]
-            resp = make_response(msg, 400, "Bad Request: " + problem)
-            return self._send_response(transport, src, resp.to_bytes(), now)
+        bad = self._bad_request(msg, "network")
+        if isinstance(bad, Dropped):
+            return [bad]
+        if bad is not None:
+            return self._send_response(transport, src, bad.to_bytes(), now)
         self._stamp_via(msg, transport, src)
         mf = msg.max_forwards
         if mf is not None and mf <= 0:
@@ -1337,6 +1327,18 @@ class ContactSipProxy:
             self._dialogs[session][call_id] = [
                 attrs.evolve(d, expires=expires) for d in ds
             ]
+
+    def _bad_request(self, msg: SipMessage, origin: str) -> SipMessage | Dropped | None:
+        """
+        C{None} for a well-formed request; else the 400 that says what is
+        wrong, or a drop when no answer can be routed (or it is an ACK).
+        """
+        problem = _request_problem(msg)
+        if problem is None:
+            return None
+        if msg.method == "ACK" or msg.count("Via") == 0 or problem.startswith("malformed Via"):
+            return self._drop(f"malformed request from {origin}: {problem}")
+        return make_response(msg, 400, "Bad Request: " + problem)
 
     def _maybe_ended(self, key: Any, session: str, fid: int, msg: SipMessage) -> None:
         """
