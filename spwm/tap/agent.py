@@ -106,7 +106,14 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     resumption = AgentResumption(reactor, options["resume-window"], media, handle)
     mux.observers.append(resumption)
     mux.parts["media"] = MediaGate(media, None, mux)
-    core = resumption.wrap(AgentSipProxy(handle, agent_id, media_hook=MediaHookAdapter(media, lambda key: key.current)))
+    core = resumption.wrap(
+        AgentSipProxy(
+            handle,
+            agent_id,
+            media_hook=MediaHookAdapter(media, lambda key: key.current),
+            max_message_size=min(options["max-sip-size"], 65535),
+        )
+    )
     runner = AgentSipRunner(core, reactor)
     mux.sip = runner
     sip_tls = None
@@ -137,7 +144,9 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     )
     tunnel.setServiceParent(top)
     Hook(forwarder.start, forwarder.stop).setServiceParent(top)
-    SipListeners(reactor, runner, sip_addresses, sip_tls, options["udp-buffer"]).setServiceParent(top)
+    SipListeners(
+        reactor, runner, sip_addresses, sip_tls, options["udp-buffer"], min(options["max-sip-size"], 65535)
+    ).setServiceParent(top)
     Hook(lambda: None, resumption.stop).setServiceParent(top)
     top.tunnel_service = tunnel  # type: ignore[attr-defined]
     top.mux = mux  # type: ignore[attr-defined]

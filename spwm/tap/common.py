@@ -16,6 +16,7 @@ TUNNEL_LIMIT_OPTIONS = (
     Option("keepalive-timeout", _D.keepalive_timeout, positive_float, "Seconds of silence after which the peer is declared dead."),
     Option("media-deadline", _D.media_deadline, positive_float, "Seconds a media datagram may wait in the tunnel before it is dropped."),
     Option("max-channels", _D.max_channels, positive_int, "Open channels per tunnel."),
+    Option("max-sip-size", 65535, positive_int, "Largest SIP message accepted (bytes); larger ones get 413 or are dropped."),
     Option("max-signalling-queue", _D.max_priority_queue, positive_int, "Bytes of SIP and control a tunnel may queue for a peer that does not read; past it the tunnel is closed."),
     Option("max-media-queue", _D.max_media_queue, positive_int, "Bytes of media a tunnel may queue; past it datagrams are dropped and counted."),
     Option("udp-buffer", 4 * 1024 * 1024, positive_int, "Receive buffer (bytes) of SIP, media and forward UDP sockets."),

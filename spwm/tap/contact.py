@@ -138,6 +138,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         operator=operator,
         contact_rewrite=bool(options["contact-rewrite"]),
         media_hook=MediaHookAdapter(media),
+        max_message_size=min(options["max-sip-size"], 65535),
     )
     core = AuthorizingContactProxy(
         core,
@@ -184,7 +185,13 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         description=options["listen"],
     )
     listener.setServiceParent(top)
-    SipListeners(reactor, runner, [(sip_host, sip_port)], receive_buffer=options["udp-buffer"]).setServiceParent(top)
+    SipListeners(
+        reactor,
+        runner,
+        [(sip_host, sip_port)],
+        receive_buffer=options["udp-buffer"],
+        max_size=min(options["max-sip-size"], 65535),
+    ).setServiceParent(top)
     Hook(lambda: None, resumption.stop).setServiceParent(top)
     top.listener = listener  # type: ignore[attr-defined]
     top.factory = factory  # type: ignore[attr-defined]

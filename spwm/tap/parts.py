@@ -45,13 +45,20 @@ class SipListeners(Service):
     log = Logger()
 
     def __init__(
-        self, reactor: Any, runner: Any, addresses: list[tuple[str, int]], tls: Any = None, receive_buffer: int = 4 * 1024 * 1024
+        self,
+        reactor: Any,
+        runner: Any,
+        addresses: list[tuple[str, int]],
+        tls: Any = None,
+        receive_buffer: int = 4 * 1024 * 1024,
+        max_size: int = 65535,
     ) -> None:
         self._reactor = reactor
         self._runner = runner
         self._addresses = addresses
         self._tls = tls
         self._receive_buffer = receive_buffer
+        self._max_size = max_size
         self.ports: list[Any] = []
 
     def startService(self) -> None:
@@ -62,14 +69,14 @@ class SipListeners(Service):
             # rather than being dropped there.
             set_receive_buffer(udp, self._receive_buffer)
             self.ports.append(udp)
-            factory = SipStreamFactory(self._runner, "tcp")
+            factory = SipStreamFactory(self._runner, "tcp", self._max_size)
             self.ports.append(self._reactor.listenTCP(port, factory, interface=host))
             self.log.info("SIP on udp and tcp {host}:{port}", host=host, port=port)
             if self._tls is not None:
                 from twisted.protocols.tls import TLSMemoryBIOFactory
 
                 tls_port = port + 1
-                wrapped = TLSMemoryBIOFactory(self._tls, False, SipStreamFactory(self._runner, "tls"))
+                wrapped = TLSMemoryBIOFactory(self._tls, False, SipStreamFactory(self._runner, "tls", self._max_size))
                 self.ports.append(self._reactor.listenTCP(tls_port, wrapped, interface=host))
                 self.log.info("SIP on tls {host}:{port}", host=host, port=tls_port)
 
