@@ -392,3 +392,55 @@ class ConnectionLimitTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         proto.connectionLost(None)
         self.assertIsNotNone(factory.buildProtocol(addr))
+
+
+class ClosingTests(SynchronousTestCase):
+    """
+    How a tunnel's transport is closed.
+    """
+
+    class Transport(StringTransport):
+        aborted = False
+
+        def abortConnection(self) -> None:
+            self.aborted = True
+            super().loseConnection()
+
+    def connect(self, limits: Limits | None = None) -> tuple[Any, Any, Clock]:
+        clock = Clock()
+        proto = ContactTunnelFactory(RecordingApp(), clock, limits).buildProtocol(None)
+        transport = self.Transport()
+        proto.makeConnection(transport)
+        return proto, transport, clock
+
+    def test_protocol_error_flushes_then_aborts(self) -> None:
+        """
+        After a protocol error the ERROR frame is written and the connection
+        closed gracefully; if it is still there after a grace period (a TLS
+        handshake that never finished would hold it), it is aborted.
+        """
+        proto, transport, clock = self.connect()
+        proto.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+        self.assertIn(b"bad magic", transport.value())
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.aborted)
+        clock.advance(2.0)
+        self.assertTrue(transport.aborted)
+
+    def test_timeout_aborts_at_once(self) -> None:
+        """
+        A handshake timeout aborts at once: the peer is not there to read.
+        """
+        proto, transport, clock = self.connect(Limits(handshake_timeout=1))
+        clock.advance(1)
+        self.assertTrue(transport.aborted)
+        self.assertEqual(proto.close_info.code, ErrorCode.HANDSHAKE_TIMEOUT)
+
+    def test_graceful_close_leaves_no_timer(self) -> None:
+        """
+        When the connection goes away in time, the abort timer goes too.
+        """
+        proto, transport, clock = self.connect()
+        proto.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+        proto.connectionLost(None)
+        self.assertEqual([c for c in clock.getDelayedCalls() if c.active()], [])

@@ -720,15 +720,18 @@ class TunnelProtocol(Protocol):
         self._closing = True
         self.transport.unregisterProducer()
         code = self.close_info.code if self.close_info is not None else ErrorCode.NO_ERROR
-        if not self._established or code in _ABORT_CODES:
-            # The peer never finished its handshake (a TLS connection would
-            # wait for that handshake to send our ERROR frame), or it is not
-            # reading: do not wait for it.
+        if code in _ABORT_CODES:
+            # The peer is silent, stuck in its handshake or not reading:
+            # do not wait for it to take our ERROR frame.
             self.transport.abortConnection()
             return
+        # Let the ERROR frame (version mismatch, protocol error...) reach
+        # the peer, but do not wait for ever: a TLS connection whose
+        # handshake never finished would hold it, and so would a peer that
+        # stops reading now.
         self.transport.loseConnection()
-        # Nor wait for ever for a peer that stops reading now.
-        self._abort_timer = self._clock.callLater(self._limits.keepalive_interval, self._abort)
+        grace = self._limits.keepalive_interval if self._established else 2.0
+        self._abort_timer = self._clock.callLater(grace, self._abort)
 
     def _abort(self) -> None:
         self._abort_timer = None
