@@ -24,7 +24,7 @@ derive the user's key (L{spwm.security.keys}).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger

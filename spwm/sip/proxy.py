@@ -550,7 +550,6 @@ class AgentSipProxy:
         if top is not None and top.uri.user == self._rr_user:
             msg.pop_first_value("Route")
         method = msg.method
-        call_id = msg.call_id
         if method in _DIALOG_CREATING and msg.to_tag is None:
             msg.prepend_header("Record-Route", self._record_route(flow))
         if method == "REGISTER":
@@ -593,7 +592,6 @@ class AgentSipProxy:
             f"SIP/2.0/{flow.transport.upper()} {_hostport(*flow.local)};branch={branch}",
         )
         method = msg.method
-        call_id = msg.call_id
         if method in _DIALOG_CREATING and msg.to_tag is None:
             msg.prepend_header("Record-Route", self._record_route(flow))
         self._hook_out(flow_id, msg)

@@ -10,7 +10,6 @@ import socket
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 
 from spwm.forward import set_receive_buffer

@@ -16,14 +16,13 @@ import json
 from collections import OrderedDict, deque
 from typing import Any
 
-from attrs import define, field
+from attrs import define
 
 from spwm.errors import SpwmError, TunnelProtocolError
 from spwm.limits import Limits
 from spwm.tunnel import events as ev
 from spwm.tunnel.decoder import FrameDecoder
 from spwm.tunnel.frames import (
-    FLAG_COMPONENT,
     FLAG_SEALED,
     FLAG_FIN,
     HEADER,

@@ -18,7 +18,7 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet import ssl
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
