@@ -27,7 +27,6 @@ import importlib.util
 import os
 import random
 import socket
-import time
 from typing import Any
 
 from OpenSSL import SSL

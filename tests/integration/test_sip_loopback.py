@@ -15,21 +15,14 @@ from twisted.trial.unittest import TestCase
 
 from spwm.tap import agent, contact
 from spwm.testing.certs import TestCA
-from tests.integration.test_tunnel_loopback import wait_until
+from tests.integration.test_tunnel_loopback import free_port as loopback_port, wait_until
 
 
 def free_port() -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket() as t, socket.socket() as t2:
-                try:
-                    t.bind(("127.0.0.1", port))
-                    t2.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
+    """
+    A loopback port free for SIP over UDP and TCP, and TLS on the next one.
+    """
+    return loopback_port(following=1)
 
 
 def register(user: str, port: int, transport: str) -> bytes:

@@ -39,6 +39,29 @@ class Client(DatagramProtocol):
             w.callback(data)
 
 
+def free_port(following: int = 0) -> int:
+    """
+    A loopback port free now for UDP and TCP, with the C{following} ports
+    after it free for TCP too (SIP over TLS listens on port + 1).
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            held = []
+            try:
+                for offset in range(following + 1):
+                    t = socket.socket()
+                    held.append(t)
+                    t.bind(("127.0.0.1", port + offset))
+            except OSError:
+                continue
+            finally:
+                for t in held:
+                    t.close()
+            return port
+
+
 def wait_until(predicate: Any, timeout: float = 10.0, step: float = 0.05) -> defer.Deferred[None]:
     """
     Poll C{predicate} on the real reactor; fail after C{timeout} seconds.
@@ -108,16 +131,7 @@ class LoopbackBase(TestCase):
         """
         A port free for both UDP and TCP on loopback now.
         """
-        while True:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                u.bind(("127.0.0.1", 0))
-                port = u.getsockname()[1]
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                    try:
-                        t.bind(("127.0.0.1", port))
-                    except OSError:
-                        continue
-                return port
+        return free_port()
 
     @defer.inlineCallbacks
     def exchange(self, local: int, payload: bytes, tries: int = 20) -> Any:
