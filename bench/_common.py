@@ -35,22 +35,8 @@ from tunnel_udp import (  # noqa: E402,F401  (re-exported for the benchmarks)
     udp_counters,
 )
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """
-    A port free for both UDP and TCP on C{host} now.
-    """
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((host, 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((host, port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port on loopback")
+sys.path.insert(0, ROOT)
+from spwm.testing.ports import free_port  # noqa: E402,F401  (re-exported for the benchmarks)
 
 
 def media_ranges(count: int, size: int) -> list[tuple[int, int]]:

@@ -46,6 +46,7 @@ from phone import RTP_RATE, Call, Phone  # noqa: E402
 
 from spwm.tap import agent, contact  # noqa: E402
 from spwm.testing.certs import TestCA  # noqa: E402
+from spwm.testing.ports import free_port  # noqa: E402
 
 #: The SIP domain of the embedded registrar in the demo.
 DOMAIN = "demo.spwm.test"
@@ -112,23 +113,6 @@ class SipTap:
 
     def stop(self) -> None:
         self.inner.stop()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """
-    A port free for both UDP and TCP on C{host} now.
-    """
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((host, 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((host, port))
-                except OSError:
-                    continue
-            return port
-    raise DemoFailed("no free port on loopback")
 
 
 def media_ranges(count: int, size: int = 64) -> list[tuple[int, int]]:

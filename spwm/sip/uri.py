@@ -187,6 +187,21 @@ class SipUri:
         return "".join(parts)
 
 
+def _host_port(host: str, port: str | None, what: str) -> tuple[str, int | None]:
+    """
+    A matched host (IPv6 brackets removed) and port (checked to be 65535 or
+    less); C{what} names the port in the error.
+    """
+    if host.startswith("["):
+        host = host[1:-1]
+    if port is None:
+        return host, None
+    number = int(port)
+    if number > 65535:
+        raise bad(f"{what} {number} out of range")
+    return host, number
+
+
 def parse_uri(text: str) -> SipUri:
     """
     Parse a URI (RFC 3261 19.1 for sip/sips, RFC 3986 absolute URI otherwise).
@@ -209,13 +224,7 @@ def parse_uri(text: str) -> SipUri:
     if m is None:
         raise bad(f"malformed SIP URI {text[:60]!r}")
     user, password, host, port, params, headers = m.groups()
-    if host.startswith("["):
-        host = host[1:-1]
-    port_n = None
-    if port is not None:
-        port_n = int(port)
-        if port_n > 65535:
-            raise bad(f"port {port_n} out of range")
+    host, port_n = _host_port(host, port, "port")
     return SipUri(
         scheme=scheme,
         user=user,
@@ -433,13 +442,7 @@ def parse_via(text: str) -> Via:
     if m is None:
         raise bad(f"malformed Via {text[:60]!r}")
     name, version, transport, host, port, params = m.groups()
-    if host.startswith("["):
-        host = host[1:-1]
-    port_n = None
-    if port is not None:
-        port_n = int(port)
-        if port_n > 65535:
-            raise bad(f"Via port {port_n} out of range")
+    host, port_n = _host_port(host, port, "Via port")
     return Via(
         protocol=f"{name.upper()}/{version}",
         transport=transport.upper(),

@@ -39,6 +39,7 @@ from twisted.trial.unittest import TestCase
 
 from spwm.tap import agent, contact
 from spwm.testing.certs import TestCA
+from spwm.testing.ports import free_port
 from spwm.tunnel import events as ev
 from spwm.tunnel.connection import Role, TunnelConnection
 from spwm.tunnel.frames import FrameType, encode_frame
@@ -68,20 +69,6 @@ ATTACK_SECONDS = 4.0
 
 #: The per-address tunnel limit of the contact point in these tests.
 PER_ADDRESS = 20
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for UDP and TCP on C{host} now."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((host, 0))
-            port = u.getsockname()[1]
-            with socket.socket() as t:
-                try:
-                    t.bind((host, port))
-                except OSError:
-                    continue
-            return port
 
 
 def sleep(seconds: float) -> defer.Deferred[None]:

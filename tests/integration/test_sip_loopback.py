@@ -15,14 +15,15 @@ from twisted.trial.unittest import TestCase
 
 from spwm.tap import agent, contact
 from spwm.testing.certs import TestCA
-from tests.integration.test_tunnel_loopback import free_port as loopback_port, wait_until
+from spwm.testing.ports import free_port as _free_port
+from tests.integration.test_tunnel_loopback import wait_until
 
 
 def free_port() -> int:
     """
     A loopback port free for SIP over UDP and TCP, and TLS on the next one.
     """
-    return loopback_port(following=1)
+    return _free_port(following=1)
 
 
 def register(user: str, port: int, transport: str) -> bytes:

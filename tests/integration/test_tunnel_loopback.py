@@ -16,6 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from spwm.tap import agent, contact
 from spwm.testing.certs import TestCA
+from spwm.testing.ports import free_port
 
 
 class Echo(DatagramProtocol):
@@ -37,29 +38,6 @@ class Client(DatagramProtocol):
         if self.waiter is not None:
             w, self.waiter = self.waiter, None
             w.callback(data)
-
-
-def free_port(following: int = 0) -> int:
-    """
-    A loopback port free now for UDP and TCP, with the C{following} ports
-    after it free for TCP too (SIP over TLS listens on port + 1).
-    """
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            held = []
-            try:
-                for offset in range(following + 1):
-                    t = socket.socket()
-                    held.append(t)
-                    t.bind(("127.0.0.1", port + offset))
-            except OSError:
-                continue
-            finally:
-                for t in held:
-                    t.close()
-            return port
 
 
 def wait_until(predicate: Any, timeout: float = 10.0, step: float = 0.05) -> defer.Deferred[None]:
