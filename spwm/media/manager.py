@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from spwm.media.ports import PortAllocator, PortsExhaustedError
+from spwm.media.reader import TwistedRelaySockets
 from spwm.media.relay import (
     DEFAULT_RECEIVE_BUFFER,
     MAX_DATAGRAM,
@@ -177,6 +178,7 @@ class MediaManager:
         max_pending_channels: int = DEFAULT_MAX_PENDING_CHANNELS,
         router: Any = None,
         tcp_buffer: int = DEFAULT_MAX_BUFFER,
+        sockets: Any = None,
     ) -> None:
         """
         @param reactor: provides C{IReactorUDP} (and C{IReactorTime} unless
@@ -197,6 +199,9 @@ class MediaManager:
             channels we open and close; or C{None}.
         @param tcp_buffer: bytes of TCP media kept per stream while our
             side is not connected or does not read (L{TcpMediaEndpoint}).
+        @param sockets: what binds and reads the relay sockets
+            (L{spwm.media.reader.relay_sockets_for}); C{None}: one
+            C{reactor.listenUDP} per socket.
         @raise ValueError: a bad side, range or network.
         """
         if side not in ("agent", "contact"):
@@ -214,6 +219,7 @@ class MediaManager:
         self.max_pending_channels = max_pending_channels
         self.router = router
         self.tcp_buffer = tcp_buffer
+        self.sockets = sockets if sockets is not None else TwistedRelaySockets(reactor, MAX_DATAGRAM)
         self._dialogs: dict[tuple[Any, str], _Dialog] = {}
         # (tunnel, channel_id) -> (send for component 0, send for component 1)
         self._routes: dict[tuple[Any, int], tuple[Any, Any]] = {}
@@ -869,9 +875,7 @@ class MediaManager:
                 return False
             rtp = self._endpoint(0)
             try:
-                rtp.port = self.reactor.listenUDP(
-                    base, rtp, interface=self.address, maxPacketSize=MAX_DATAGRAM
-                )
+                rtp.port = self.sockets.listen(base, rtp, self.address, self.receive_buffer)
             except CannotListenError:
                 self.ports.release(base)
                 continue
@@ -880,9 +884,7 @@ class MediaManager:
             if need_rtcp:
                 rtcp = self._endpoint(1)
                 try:
-                    rtcp.port = self.reactor.listenUDP(
-                        base + 1, rtcp, interface=self.address, maxPacketSize=MAX_DATAGRAM
-                    )
+                    rtcp.port = self.sockets.listen(base + 1, rtcp, self.address, self.receive_buffer)
                 except CannotListenError:
                     self._unlisten(rtp)
                     self.ports.release(base)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from twisted.internet.protocol import DatagramProtocol
 
@@ -147,7 +147,10 @@ class MediaRelayEndpoint(DatagramProtocol):
         self._held = False
         self._channel_id = 0
         self._send: Callable[[int, bytes, int], None] = self._no_channel
-        self._write: Callable[[bytes, tuple[str, int]], None] | None = None
+        # The media hot path: the target is an IP address we checked when
+        # it was latched or negotiated, so the socket's own sendto is called,
+        # past Twisted's per-datagram address checks.
+        self._sendto: Callable[[bytes, tuple[str, int]], Any] = self._unbound
         self.packets_in = 0
         self.bytes_in = 0
         self.packets_out = 0
@@ -163,30 +166,27 @@ class MediaRelayEndpoint(DatagramProtocol):
 
     def startProtocol(self) -> None:
         """
-        Bind the transport's C{write} once and enlarge the receive buffer.
+        Through C{listenUDP}: take the socket's C{sendto} and enlarge the
+        receive buffer.
         """
-        self._write = self.transport.write
+        self._sendto = self.transport.write
         handle = getattr(self.transport, "getHandle", None)
         sock = handle() if handle else None
         if isinstance(sock, socket.socket):
-            # The media hot path: the target is an IP address we checked
-            # when it was latched or negotiated, so skip Twisted's
-            # per-datagram address checks and call sendto directly.
-            sendto = sock.sendto
-
-            def write(data: bytes, target: tuple[str, int]) -> None:
-                try:
-                    sendto(data, target)
-                except OSError:
-                    self.dropped_send += 1
-
-            self._write = write
-        setsockopt = getattr(handle(), "setsockopt", None) if handle else None
+            self._sendto = sock.sendto
+        setsockopt = getattr(sock, "setsockopt", None)
         if setsockopt is not None and self.receive_buffer:
             try:
                 setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
             except OSError:
                 pass
+
+    def socket_bound(self, port: Any) -> None:
+        """
+        Through L{spwm.media.reader.EpollRelaySockets}: take the socket's
+        C{sendto} (the reader set the receive buffer).
+        """
+        self._sendto = port.getHandle().sendto
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         """
@@ -280,7 +280,10 @@ class MediaRelayEndpoint(DatagramProtocol):
             return
         self.packets_out += 1
         self.bytes_out += len(data)
-        self._write(data, target)
+        try:
+            self._sendto(data, target)
+        except OSError:
+            self.dropped_send += 1
 
     def counters(self) -> dict[str, int | float | None]:
         """
@@ -300,6 +303,9 @@ class MediaRelayEndpoint(DatagramProtocol):
         }
 
     # internals
+
+    def _unbound(self, data: bytes, target: tuple[str, int]) -> None:
+        raise OSError("relay socket not bound")
 
     def _no_channel(self, channel_id: int, data: bytes, component: int) -> None:
         self.dropped_no_channel += 1

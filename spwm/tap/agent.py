@@ -25,6 +25,7 @@ from spwm.config import (
     udp_forward,
 )
 from spwm.media.manager import MediaManager
+from spwm.media.reader import relay_sockets_for
 from spwm.security.resume import AgentResumption
 from spwm.sip.authz import MediaGate
 from spwm.sip.proxy import AgentSipProxy
@@ -102,6 +103,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         inactivity_timeout=options["media-timeout"],
         receive_buffer=options["udp-buffer"],
         router=mux,
+        sockets=relay_sockets_for(reactor),
     )
     resumption = AgentResumption(reactor, options["resume-window"], media, handle)
     mux.observers.append(resumption)

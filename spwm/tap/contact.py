@@ -29,6 +29,7 @@ from spwm.config import (
     string,
 )
 from spwm.media.manager import MediaManager
+from spwm.media.reader import relay_sockets_for
 from spwm.sip.authz import AuthorizingContactProxy, MediaGate
 from spwm.sip.proxy import ContactSipProxy, OperatorProxy
 from spwm.sip.transport import ContactSipRunner
@@ -131,6 +132,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         inactivity_timeout=options["media-timeout"],
         receive_buffer=options["udp-buffer"],
         router=mux,
+        sockets=relay_sockets_for(reactor),
     )
     core = ContactSipProxy(
         (sip_host, sip_port),

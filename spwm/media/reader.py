@@ -1,0 +1,280 @@
+# -*- test-case-name: tests.integration.test_media_reader -*-
+"""
+Relay sockets read through one inner C{epoll}, past the reactor's
+per-socket dispatch.
+
+A call leg's relay socket carries about 50 datagrams a second, so each time
+the reactor wakes for it there is one datagram to read. Through
+C{reactor.listenUDP} every such datagram costs one reactor event (the
+dispatch, its logging context), one C{recvfrom} and a second C{recvfrom}
+that raises C{EAGAIN}: with a thousand relay sockets per half that is most
+of the Python time of the media path (see C{docs/performance.md}).
+
+L{EpollRelaySockets} owns the relay sockets of a media manager. They sit in
+an C{epoll} of its own, whose one descriptor is registered with the reactor
+as a reader: when it is readable, one non-blocking poll says which sockets
+have a datagram, and each of them is read once (level-triggered: a socket
+with more queued stays ready for the next round, so no read ends in
+C{EAGAIN}).
+
+L{TwistedRelaySockets} does the same job with C{reactor.listenUDP}, for
+reactors without file descriptors (tests) or platforms without C{epoll}.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+from typing import Any, Callable
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorFDSet
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+#: Events one poll returns at most (the rest wait for the next round).
+MAX_EVENTS = 1024
+
+#: Polls of the inner epoll per reactor wake-up, at most.
+ROUNDS = 4
+
+
+class RelayPort:
+    """
+    One bound relay socket, as L{EpollRelaySockets.listen} returns it.
+
+    @ivar socket: the socket.
+    """
+
+    def __init__(self, owner: EpollRelaySockets, sock: socket.socket) -> None:
+        self._owner = owner
+        self.socket = sock
+
+    def getHandle(self) -> socket.socket:
+        """
+        @return: the socket.
+        """
+        return self.socket
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        """
+        @return: the bound address, as C{listenUDP}'s ports give it.
+        """
+        host, port = self.socket.getsockname()[:2]
+        if self.socket.family == socket.AF_INET6:
+            return IPv6Address("UDP", host, port)
+        return IPv4Address("UDP", host, port)
+
+    def stopListening(self) -> None:
+        """
+        Stop reading the socket and close it (idempotent).
+        """
+        self._owner._remove(self)
+
+
+class EpollRelaySockets:
+    """
+    Binds relay sockets and reads all of them through one inner C{epoll}.
+
+    @ivar max_datagram: the largest datagram read (longer ones are cut, as
+        with C{listenUDP}'s C{maxPacketSize}).
+    @ivar read_errors: reads or deliveries that failed (logged, rate
+        limited by counting only).
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, max_datagram: int = 65535) -> None:
+        """
+        @param reactor: provides C{IReactorFDSet}.
+        """
+        self.reactor = reactor
+        self.max_datagram = max_datagram
+        self.read_errors = 0
+        self._epoll: select.epoll | None = None
+        self._entries: dict[int, tuple[Callable[[int], tuple[bytes, Any]], Callable[[bytes, Any], None]]] = {}
+        self._ports: dict[int, RelayPort] = {}
+        self._reading = False
+
+    @property
+    def open_sockets(self) -> int:
+        """
+        Sockets currently bound.
+        """
+        return len(self._ports)
+
+    def listen(
+        self,
+        port: int,
+        protocol: Any,
+        interface: str,
+        receive_buffer: int = 0,
+    ) -> RelayPort:
+        """
+        Bind a UDP socket on C{interface:port} whose datagrams go to
+        C{protocol.datagramReceived(data, (host, port))}.
+
+        C{protocol.socket_bound(port)} is called once the socket exists (the
+        endpoint takes its C{sendto} from it).
+
+        @raise CannotListenError: the address is in use or not ours.
+        """
+        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if receive_buffer:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+                except OSError:
+                    pass
+            sock.bind((interface, port))
+        except OSError as e:
+            sock.close()
+            raise CannotListenError(interface, port, e) from None
+        relay_port = RelayPort(self, sock)
+        deliver = protocol.datagramReceived
+        if family == socket.AF_INET6:
+            # the scope and flow fields are not part of an endpoint's address
+            six = deliver
+
+            def deliver(data: bytes, addr: Any) -> None:
+                six(data, addr[:2])
+
+        fd = sock.fileno()
+        self._entries[fd] = (sock.recvfrom, deliver)
+        self._ports[fd] = relay_port
+        if self._epoll is None:
+            self._epoll = select.epoll()
+        self._epoll.register(fd, select.EPOLLIN)
+        if not self._reading:
+            self._reading = True
+            self.reactor.addReader(self)
+        bound = getattr(protocol, "socket_bound", None)
+        if bound is not None:
+            bound(relay_port)
+        return relay_port
+
+    # IReadDescriptor
+
+    def fileno(self) -> int:
+        """
+        @return: the inner C{epoll}'s descriptor (-1 once closed).
+        """
+        return -1 if self._epoll is None else self._epoll.fileno()
+
+    def logPrefix(self) -> str:
+        return "EpollRelaySockets"
+
+    def doRead(self) -> None:
+        """
+        Read one datagram from every relay socket that has one; again, up to
+        L{ROUNDS} times while some socket has more (a video stream or a burst
+        may queue several between two reactor iterations).
+
+        One datagram per socket per round keeps the sockets fair: a flooded
+        socket gets no more turns than a quiet one.
+        """
+        epoll = self._epoll
+        if epoll is None:
+            return
+        entries = self._entries
+        size = self.max_datagram
+        for _ in range(ROUNDS):
+            try:
+                ready = epoll.poll(0, MAX_EVENTS)
+            except InterruptedError:
+                return
+            if not ready:
+                return
+            for fd, _ in ready:
+                entry = entries.get(fd)
+                if entry is None:
+                    continue
+                try:
+                    data, addr = entry[0](size)
+                    entry[1](data, addr)
+                except BlockingIOError:
+                    pass
+                except Exception as e:
+                    self._read_failed(fd, e)
+
+    def close(self) -> None:
+        """
+        Close every socket and leave the reactor.
+        """
+        for relay_port in list(self._ports.values()):
+            self._remove(relay_port)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The reactor dropped us (shutdown): close every socket.
+        """
+        self._reading = False
+        for relay_port in list(self._ports.values()):
+            self._remove(relay_port)
+
+    # internals
+
+    def _read_failed(self, fd: int, error: Exception) -> None:
+        self.read_errors += 1
+        if isinstance(error, OSError) and error.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+            # an ICMP error queued on the socket: nothing to deliver
+            return
+        if self.read_errors & (self.read_errors - 1) == 0:
+            # the 1st, 2nd, 4th, 8th... failure: logged, not every one
+            self.log.failure(
+                "relay socket {fd}: datagram not delivered ({count} so far)",
+                Failure(error),
+                fd=fd,
+                count=self.read_errors,
+            )
+
+    def _remove(self, relay_port: RelayPort) -> None:
+        sock = relay_port.socket
+        fd = sock.fileno()
+        if fd < 0 or self._ports.get(fd) is not relay_port:
+            return
+        del self._ports[fd]
+        del self._entries[fd]
+        if self._epoll is not None:
+            try:
+                self._epoll.unregister(fd)
+            except OSError:
+                pass
+        sock.close()
+        if not self._ports and self._reading:
+            self._reading = False
+            self.reactor.removeReader(self)
+
+
+class TwistedRelaySockets:
+    """
+    Relay sockets through C{reactor.listenUDP}: one reactor reader each.
+    """
+
+    def __init__(self, reactor: Any, max_datagram: int = 65535) -> None:
+        self.reactor = reactor
+        self.max_datagram = max_datagram
+
+    def listen(self, port: int, protocol: Any, interface: str, receive_buffer: int = 0) -> Any:
+        """
+        As L{EpollRelaySockets.listen}; the protocol's C{startProtocol} sets
+        its receive buffer.
+
+        @raise CannotListenError: the address is in use or not ours.
+        """
+        return self.reactor.listenUDP(port, protocol, interface=interface, maxPacketSize=self.max_datagram)
+
+
+def relay_sockets_for(reactor: Any, max_datagram: int = 65535) -> EpollRelaySockets | TwistedRelaySockets:
+    """
+    The fastest way this reactor can read relay sockets: one inner C{epoll}
+    when the platform has it and the reactor takes file descriptors,
+    otherwise C{listenUDP}.
+    """
+    if hasattr(select, "epoll") and IReactorFDSet.providedBy(reactor):
+        return EpollRelaySockets(reactor, max_datagram)
+    return TwistedRelaySockets(reactor, max_datagram)
