@@ -160,22 +160,46 @@ class FakeTunnel:
 class RecordingHook:
     """
     A media hook that records its calls and rewrites SDP recognisably.
+
+    @ivar calls: the SDP and end calls, without tags (as before forking).
+    @ivar tags: C{(direction, tag)} of every SDP call.
+    @ivar answers: C{(tunnel_key, dialog_key, tag, ours)} of every
+        C{dialog_answered}.
     """
 
     def __init__(self, side: str) -> None:
         self.side = side
         self.calls: list[tuple[Any, ...]] = []
+        self.tags: list[tuple[str, str | None]] = []
+        self.answers: list[tuple[Any, str, str | None, bool]] = []
 
     def sdp_into_tunnel(
-        self, tunnel_key: Any, dialog_key: str, content_type: str, body: bytes
+        self,
+        tunnel_key: Any,
+        dialog_key: str,
+        content_type: str,
+        body: bytes,
+        tag: str | None = None,
     ) -> None:
         self.calls.append(("into", tunnel_key, dialog_key, content_type, body))
+        self.tags.append(("into", tag))
 
     def sdp_out_of_tunnel(
-        self, tunnel_key: Any, dialog_key: str, content_type: str, body: bytes
+        self,
+        tunnel_key: Any,
+        dialog_key: str,
+        content_type: str,
+        body: bytes,
+        tag: str | None = None,
     ) -> bytes:
         self.calls.append(("out", tunnel_key, dialog_key, content_type, body))
+        self.tags.append(("out", tag))
         return body + f"a=relayed-by:{self.side}\r\n".encode()
+
+    def dialog_answered(
+        self, tunnel_key: Any, dialog_key: str, tag: str | None, ours: bool = True
+    ) -> None:
+        self.answers.append((tunnel_key, dialog_key, tag, ours))
 
     def dialog_ended(self, tunnel_key: Any, dialog_key: str) -> None:
         self.calls.append(("ended", tunnel_key, dialog_key))
