@@ -179,6 +179,20 @@ class _Dialog:
         return not self.answered or self.loser(tag, ours)
 
 
+def _update_held(stream: _Stream) -> None:
+    """
+    A side is on hold when every branch's live description of the stream
+    from that side asks for hold (one description without branches).
+    """
+    for table in (stream.ours, stream.theirs):
+        live = [m for m in table.values() if m is not None]
+        held = bool(live) and all(m.held for m in live)
+        if table is stream.ours:
+            stream.held_ours = held
+        else:
+            stream.held_theirs = held
+
+
 def _primary_indices(description: SessionDescription) -> list[int]:
     """
     For each m= line, the index of the stream whose transport it uses: its
@@ -570,6 +584,7 @@ class MediaManager:
                 if all(media is None for media in table.values()):
                     wanted = False
             if wanted:
+                _update_held(stream)
                 self._apply_remote(stream)
             else:
                 self._release_stream(dialog, index, "not in the answer")
@@ -978,13 +993,7 @@ class MediaManager:
                     limit=self.max_branches_per_stream,
                 )
         table[tag] = media
-        for side in (stream.ours, stream.theirs):
-            live = [m for m in side.values() if m is not None]
-            held = bool(live) and all(m.held for m in live)
-            if side is stream.ours:
-                stream.held_ours = held
-            else:
-                stream.held_theirs = held
+        _update_held(stream)
 
     def _apply_remote(self, stream: _Stream) -> None:
         """
