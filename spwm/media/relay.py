@@ -283,7 +283,9 @@ class MediaRelayEndpoint(DatagramProtocol):
         @param held: the endpoint asked not to receive (hold address): send
             nothing to this branch until it gives an address again.
         @param tag: the branch (the tag of our side's endpoint in that
-            early dialog); C{None} for a call with one branch.
+            early dialog); C{None} for a call with one branch. The caller
+            bounds the number of branches (the manager's
+            C{max_branches_per_stream}).
         """
         branch = self._branches.get(tag)
         if branch is None:
