@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.media.manager import MediaManager
@@ -454,3 +455,204 @@ class PortAllocatorTests(SynchronousTestCase):
         ports.release(30002)
         self.assertEqual(ports.allocate(), 30002)
         self.assertRaises(ValueError, PortAllocator, 30001, 30001)
+
+
+OPERATOR_A = "203.0.113.20"
+OPERATOR_B = "203.0.113.30"
+SDP_TYPE = "application/sdp"
+
+
+class ForkingTests(SynchronousTestCase):
+    """
+    A LAN phone calls out; the operator proxy forks to two remote UAS (A
+    and B), each answering 183 with its own SDP (its own To-tag) and early
+    media to the contact point's one relay port; then one of them answers.
+    """
+
+    def _forked(self, *answers: tuple[str, bytes], **contact_options: Any):
+        reactor, agent, a_end, contact, c_end = _pair(**contact_options)
+        offer = _sdp(PHONE, ("audio", 4000, ""), ("video", 4002, ""))
+        agent.sdp_into_tunnel(a_end, DIALOG, SDP_TYPE, offer, tag="ph")
+        contact.sdp_out_of_tunnel(c_end, DIALOG, SDP_TYPE, offer, tag="ph")
+        for tag, answer in answers:
+            contact.sdp_into_tunnel(c_end, DIALOG, SDP_TYPE, answer, tag=tag)
+            agent.sdp_out_of_tunnel(a_end, DIALOG, SDP_TYPE, answer, tag=tag)
+        return reactor, agent, a_end, contact, c_end
+
+    def _answered(self, agent, a_end, contact, c_end, tag: str) -> None:
+        """
+        The 2xx of branch C{tag} goes from the operator side into the
+        contact point and out of the agent.
+        """
+        contact.dialog_answered(c_end, DIALOG, tag, ours=True)
+        agent.dialog_answered(a_end, DIALOG, tag, ours=False)
+
+    def _two(self, video_b: int = 7002, **contact_options: Any):
+        return self._forked(
+            ("a", _sdp(OPERATOR_A, ("audio", 6000, ""), ("video", 6002, ""))),
+            ("b", _sdp(OPERATOR_B, ("audio", 7000, ""), ("video", video_b, ""))),
+            **contact_options,
+        )
+
+    def test_early_media_from_both_branches(self) -> None:
+        """
+        Early media of both branches reaches the phone, and the phone's
+        media goes to both branches.
+        """
+        reactor, agent, a_end, contact, c_end = self._two()
+        op_rtp = reactor.udp[CONTACT_ADDR, 30000]
+        phone_rtp = reactor.udp[AGENT_ADDR, 20000]
+        op_rtp.receive(b"ring-a", (OPERATOR_A, 6000))
+        op_rtp.receive(b"ring-b", (OPERATOR_B, 7000))
+        self.assertEqual(
+            phone_rtp.sent, [(b"ring-a", (PHONE, 4000)), (b"ring-b", (PHONE, 4000))]
+        )
+        phone_rtp.receive(b"hello", (PHONE, 4000))
+        self.assertEqual(
+            op_rtp.sent, [(b"hello", (OPERATOR_A, 6000)), (b"hello", (OPERATOR_B, 7000))]
+        )
+        rtp, rtcp = contact.stream_endpoints(c_end, DIALOG, 0)
+        self.assertEqual((rtp.branches, rtcp.branches), (("a", "b"), ("a", "b")))
+        self.assertEqual((rtp.dropped_source, rtp.latches), (0, 2))
+
+    def test_answer_leaves_only_winner(self) -> None:
+        """
+        The 200 from B (without SDP: the answer was its 183) leaves only B:
+        A's packets are dropped and counted, nothing more goes to A, B's
+        media flows both ways; the agent's side is untouched.
+        """
+        reactor, agent, a_end, contact, c_end = self._two()
+        op_rtp = reactor.udp[CONTACT_ADDR, 30000]
+        phone_rtp = reactor.udp[AGENT_ADDR, 20000]
+        op_rtp.receive(b"ring-a", (OPERATOR_A, 6000))
+        op_rtp.receive(b"ring-b", (OPERATOR_B, 7000))
+        self._answered(agent, a_end, contact, c_end, "b")
+        del op_rtp.sent[:], phone_rtp.sent[:]
+        op_rtp.receive(b"late-a", (OPERATOR_A, 6000))
+        op_rtp.receive(b"talk-b", (OPERATOR_B, 7000))
+        phone_rtp.receive(b"talk-ph", (PHONE, 4000))
+        self.assertEqual(phone_rtp.sent, [(b"talk-b", (PHONE, 4000))])
+        self.assertEqual(op_rtp.sent, [(b"talk-ph", (OPERATOR_B, 7000))])
+        rtp, _ = contact.stream_endpoints(c_end, DIALOG, 0)
+        self.assertEqual((rtp.branches, rtp.dropped_source), (("b",), 1))
+        self.assertEqual((agent.streams, contact.streams), (2, 2))
+        self.assertEqual((agent.open_sockets, contact.open_sockets), (4, 4))
+
+    def test_branch_rejecting_video_keeps_it_for_other(self) -> None:
+        """
+        B rejects video (port 0) after A accepted it: while the dialog is
+        early the video stream stays on both halves and A's video reaches
+        the phone; when A answers, video stays.
+        """
+        reactor, agent, a_end, contact, c_end = self._two(video_b=0)
+        self.assertEqual((a_end.closed, c_end.closed), ([], []))
+        self.assertEqual((agent.streams, contact.streams), (2, 2))
+        video, _ = contact.stream_endpoints(c_end, DIALOG, 1)
+        self.assertEqual(video.branches, ("a",))
+        reactor.udp[CONTACT_ADDR, 30002].receive(b"vid-a", (OPERATOR_A, 6002))
+        self.assertEqual(reactor.udp[AGENT_ADDR, 20002].sent, [(b"vid-a", (PHONE, 4002))])
+        self._answered(agent, a_end, contact, c_end, "a")
+        self.assertEqual((agent.streams, contact.streams), (2, 2))
+        self.assertEqual((a_end.closed, c_end.closed), ([], []))
+
+    def test_rejecting_branch_first_then_accepting(self) -> None:
+        """
+        B rejects video before A accepts it: A's video still gets relay
+        sockets on the agent and reaches the phone.
+        """
+        reactor, agent, a_end, contact, c_end = self._forked(
+            ("b", _sdp(OPERATOR_B, ("audio", 7000, ""), ("video", 0, ""))),
+            ("a", _sdp(OPERATOR_A, ("audio", 6000, ""), ("video", 6002, ""))),
+        )
+        reactor.udp[CONTACT_ADDR, 30002].receive(b"vid-a", (OPERATOR_A, 6002))
+        self.assertEqual(reactor.udp[AGENT_ADDR, 20002].sent, [(b"vid-a", (PHONE, 4002))])
+
+    def test_winner_without_video_releases_it(self) -> None:
+        """
+        When the branch that rejected video answers, the video stream is
+        released on both halves (channel closed, sockets and ports freed);
+        audio stays with the winner.
+        """
+        reactor, agent, a_end, contact, c_end = self._two(video_b=0)
+        self._answered(agent, a_end, contact, c_end, "b")
+        for manager in (agent, contact):
+            self.assertEqual(
+                (manager.streams, manager.open_sockets, manager.open_channels, manager.ports_in_use),
+                (1, 2, 1, 1),
+            )
+        self.assertEqual([reason for _, _, reason in c_end.closed], ["not in the answer"])
+
+    def test_loser_sdp_after_answer_ignored(self) -> None:
+        """
+        A second 2xx from the losing branch (with video refused) neither
+        moves the latch nor releases the winner's video, on either half;
+        the contact point counts it.
+        """
+        reactor, agent, a_end, contact, c_end = self._two()
+        self._answered(agent, a_end, contact, c_end, "b")
+        late = _sdp(OPERATOR_A, ("audio", 6000, ""), ("video", 0, ""), version=2)
+        contact.sdp_into_tunnel(c_end, DIALOG, SDP_TYPE, late, tag="a")
+        agent.sdp_out_of_tunnel(a_end, DIALOG, SDP_TYPE, late, tag="a")
+        self._answered(agent, a_end, contact, c_end, "a")
+        self.assertEqual(contact.ignored_branch_sdp, 1)
+        self.assertEqual((agent.streams, contact.streams), (2, 2))
+        rtp, _ = contact.stream_endpoints(c_end, DIALOG, 0)
+        self.assertEqual(rtp.branches, ("b",))
+
+    def test_winner_reoffer_port_zero_releases(self) -> None:
+        """
+        Once answered, a port 0 from the winner releases the stream at
+        once, as without forking.
+        """
+        reactor, agent, a_end, contact, c_end = self._two()
+        self._answered(agent, a_end, contact, c_end, "b")
+        reoffer = _sdp(OPERATOR_B, ("audio", 7000, ""), ("video", 0, ""), version=2)
+        contact.sdp_into_tunnel(c_end, DIALOG, SDP_TYPE, reoffer, tag="b")
+        agent.sdp_out_of_tunnel(a_end, DIALOG, SDP_TYPE, reoffer, tag="b")
+        self.assertEqual((agent.streams, contact.streams), (1, 1))
+
+    def test_answer_from_unknown_tag_keeps_latest(self) -> None:
+        """
+        A 2xx whose tag never came with SDP (a B2BUA that changed its tag)
+        keeps the latest branch's media, as without branch information.
+        """
+        reactor, agent, a_end, contact, c_end = self._two()
+        self._answered(agent, a_end, contact, c_end, "z")
+        rtp, _ = contact.stream_endpoints(c_end, DIALOG, 0)
+        self.assertEqual(rtp.branches, ("b",))
+        self.assertEqual((agent.streams, contact.streams), (2, 2))
+
+    def test_cancel_ends_all_branches(self) -> None:
+        """
+        CANCEL (or a final error) ends the leg: every branch's media goes,
+        nothing leaks.
+        """
+        reactor, agent, a_end, contact, c_end = self._two(video_b=0)
+        agent.dialog_ended(a_end, DIALOG)
+        contact.dialog_ended(c_end, DIALOG)
+        for manager in (agent, contact):
+            self.assertEqual(
+                (manager.open_sockets, manager.open_channels, manager.ports_in_use, manager.streams),
+                (0, 0, 0, 0),
+            )
+        self.assertEqual((reactor.udp, reactor.getDelayedCalls()), ({}, []))
+
+    def test_branch_bound(self) -> None:
+        """
+        Beyond C{max_branches_per_stream} the oldest branch is forgotten
+        (its packets are dropped), with one warning per stream.
+        """
+        with capturedLogs() as events:
+            reactor, agent, a_end, contact, c_end = self._forked(
+                *[
+                    (tag, _sdp(f"203.0.113.{n}", ("audio", 6000, "")))
+                    for n, tag in enumerate("abcd", start=40)
+                ],
+                max_branches_per_stream=2,
+            )
+        rtp, _ = contact.stream_endpoints(c_end, DIALOG, 0)
+        self.assertEqual(rtp.branches, ("c", "d"))
+        reactor.udp[CONTACT_ADDR, 30000].receive(b"x", ("203.0.113.40", 6000))
+        self.assertEqual(rtp.dropped_source, 1)
+        warnings = [e for e in events if e.get("limit") == 2]
+        self.assertEqual([(e["dialog"], e["stream"]) for e in warnings], [(DIALOG, 0)])

@@ -333,3 +333,113 @@ class AllowPolicyTests(SynchronousTestCase):
             port.receive(b"a", (host, 4000))
             self.assertEqual((port.sent, tunnel.datagrams), ([], []), host)
             self.assertEqual((endpoint.dropped_no_target, endpoint.dropped_source), (1, 1), host)
+
+
+class BranchTests(SynchronousTestCase):
+    """
+    Several branches (early dialogs of a forked call), each with its own
+    expectation and latch, on one endpoint.
+    """
+
+    A = ("203.0.113.20", 6000)
+    B = ("203.0.113.30", 7000)
+
+    def _two(self, strict: bool = True):
+        endpoint, port, tunnel = _bound(strict=strict)
+        endpoint.expect(*self.A, tag="a")
+        endpoint.expect(*self.B, tag="b")
+        return endpoint, port, tunnel
+
+    def test_single_branch_writes_once(self) -> None:
+        """
+        Without branch information (the L{expect} of a call that did not
+        fork) the endpoint has one branch and writes one copy.
+        """
+        endpoint, port, tunnel = _bound()
+        endpoint.expect(*self.A)
+        endpoint.send(b"x")
+        self.assertEqual(port.sent, [(b"x", self.A)])
+        self.assertEqual((endpoint.branches, endpoint.packets_out), ((None,), 1))
+
+    def test_both_branches_latch_and_receive(self) -> None:
+        """
+        Each branch latches on its own negotiated host and port (strict):
+        packets from both go into the tunnel, and every datagram from the
+        tunnel is written to both, counted per datagram written.
+        """
+        endpoint, port, tunnel = self._two()
+        endpoint.send(b"early")
+        self.assertEqual(port.sent, [(b"early", self.A), (b"early", self.B)])
+        port.receive(b"from-a", self.A)
+        port.receive(b"from-b", self.B)
+        port.receive(b"from-a2", self.A)
+        port.receive(b"from-b2", self.B)
+        self.assertEqual(
+            [d for _, d, _ in tunnel.datagrams], [b"from-a", b"from-b", b"from-a2", b"from-b2"]
+        )
+        self.assertEqual((endpoint.latches, endpoint.dropped_source), (2, 0))
+        endpoint.send(b"x")
+        self.assertEqual(port.sent[-2:], [(b"x", self.A), (b"x", self.B)])
+        self.assertEqual((endpoint.packets_out, endpoint.bytes_out), (4, 12))
+
+    def test_other_port_of_branch_host_refused(self) -> None:
+        """
+        Strict source holds per branch: another port of a branch's host
+        latches nothing, and a host no branch negotiated neither.
+        """
+        endpoint, port, tunnel = self._two()
+        port.receive(b"x", ("203.0.113.20", 6002))
+        port.receive(b"x", ("203.0.113.99", 6000))
+        self.assertEqual((tunnel.datagrams, endpoint.dropped_source), ([], 2))
+
+    def test_retain_winner(self) -> None:
+        """
+        After L{retain} with the winner's tag, the loser's packets are
+        dropped and counted and nothing more is sent to it; the winner's
+        latch stays.
+        """
+        endpoint, port, tunnel = self._two()
+        port.receive(b"a", self.A)
+        port.receive(b"b", self.B)
+        endpoint.retain(["b"])
+        self.assertEqual(endpoint.branches, ("b",))
+        port.receive(b"a-late", self.A)
+        port.receive(b"b-more", self.B)
+        self.assertEqual([d for _, d, _ in tunnel.datagrams], [b"a", b"b", b"b-more"])
+        self.assertEqual(endpoint.dropped_source, 1)
+        del port.sent[:]
+        endpoint.send(b"y")
+        self.assertEqual(port.sent, [(b"y", self.B)])
+        self.assertEqual(endpoint.peer, self.B)
+
+    def test_forget_and_hold_per_branch(self) -> None:
+        """
+        A held branch gets nothing while the other still does; a forgotten
+        branch neither sends nor receives; with no branch left nothing is
+        sent and the drop is counted.
+        """
+        endpoint, port, tunnel = self._two()
+        endpoint.expect(None, 6000, held=True, tag="a")
+        endpoint.send(b"x")
+        self.assertEqual(port.sent, [(b"x", self.B)])
+        endpoint.forget("b")
+        endpoint.send(b"y")
+        self.assertEqual((len(port.sent), endpoint.dropped_no_target), (1, 1))
+        port.receive(b"b", self.B)
+        self.assertEqual(endpoint.dropped_source, 1)
+        endpoint.forget("a")
+        self.assertEqual(endpoint.branches, ())
+
+    def test_non_strict_relatch_per_branch(self) -> None:
+        """
+        Outside strict mode a branch re-latches on another port of its own
+        host without disturbing the other branch.
+        """
+        endpoint, port, tunnel = self._two(strict=False)
+        port.receive(b"a", self.A)
+        port.receive(b"b", self.B)
+        port.receive(b"a2", ("203.0.113.20", 6100))
+        del port.sent[:]
+        endpoint.send(b"x")
+        self.assertEqual(port.sent, [(b"x", ("203.0.113.20", 6100)), (b"x", self.B)])
+        self.assertEqual(endpoint.latches, 3)

@@ -160,22 +160,46 @@ class FakeTunnel:
 class RecordingHook:
     """
     A media hook that records its calls and rewrites SDP recognisably.
+
+    @ivar calls: the SDP and end calls, without tags (as before forking).
+    @ivar tags: C{(direction, tag)} of every SDP call.
+    @ivar answers: C{(tunnel_key, dialog_key, tag, ours)} of every
+        C{dialog_answered}.
     """
 
     def __init__(self, side: str) -> None:
         self.side = side
         self.calls: list[tuple[Any, ...]] = []
+        self.tags: list[tuple[str, str | None]] = []
+        self.answers: list[tuple[Any, str, str | None, bool]] = []
 
     def sdp_into_tunnel(
-        self, tunnel_key: Any, dialog_key: str, content_type: str, body: bytes
+        self,
+        tunnel_key: Any,
+        dialog_key: str,
+        content_type: str,
+        body: bytes,
+        tag: str | None = None,
     ) -> None:
         self.calls.append(("into", tunnel_key, dialog_key, content_type, body))
+        self.tags.append(("into", tag))
 
     def sdp_out_of_tunnel(
-        self, tunnel_key: Any, dialog_key: str, content_type: str, body: bytes
+        self,
+        tunnel_key: Any,
+        dialog_key: str,
+        content_type: str,
+        body: bytes,
+        tag: str | None = None,
     ) -> bytes:
         self.calls.append(("out", tunnel_key, dialog_key, content_type, body))
+        self.tags.append(("out", tag))
         return body + f"a=relayed-by:{self.side}\r\n".encode()
+
+    def dialog_answered(
+        self, tunnel_key: Any, dialog_key: str, tag: str | None, ours: bool = True
+    ) -> None:
+        self.answers.append((tunnel_key, dialog_key, tag, ours))
 
     def dialog_ended(self, tunnel_key: Any, dialog_key: str) -> None:
         self.calls.append(("ended", tunnel_key, dialog_key))
@@ -630,6 +654,39 @@ class AgentTests(SynchronousTestCase):
                 self.assertEqual(self.hook.calls, [])
         self.assertEqual(self.hook.calls, [("ended", self.key, dialog_key(1, "call-1@192.0.2.10"))])
 
+    def test_media_hook_tags(self) -> None:
+        """
+        The agent passes the tag of the endpoint that wrote the SDP: the
+        From-tag of the phone's INVITE going into the tunnel, the To-tag of
+        each branch's 183 coming out; a 2xx to the INVITE coming out of the
+        tunnel without SDP is reported as answered by its To-tag (not ours),
+        and the phone's own 2xx to an incoming INVITE as answered by ours.
+        """
+        inv = request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp")
+        up = only(self.agent.from_app(FLOW_A, inv, 0.0), ToTunnel)
+        for tag in ("ba", "bb"):
+            self.agent.from_tunnel(up.flow_id, answer(up.data, 183, "Session Progress", to_tag=tag, body=SDP), 1.0)
+        self.assertEqual(self.hook.answers, [])
+        self.agent.from_tunnel(up.flow_id, answer(up.data, 200, to_tag="bb"), 2.0)
+        self.assertEqual(self.hook.tags, [("into", "fa"), ("out", "ba"), ("out", "bb")])
+        leg = dialog_key(1, "call-1@192.0.2.10")
+        self.assertEqual(self.hook.answers, [(self.key, leg, "bb", False)])
+        del self.hook.tags[:], self.hook.answers[:]
+        inv = request(
+            "INVITE",
+            "sip:alice@192.0.2.10:5062",
+            via="SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKcp1",
+            from_="<sip:bob@example.org>;tag=fb",
+            call_id="in-1",
+            body=SDP,
+            content_type="application/sdp",
+        )
+        down = only(self.agent.from_tunnel(up.flow_id, inv, 3.0), ToApp)
+        self.agent.from_app(FLOW_A, answer(down.data, 180, "Ringing", to_tag="ph"), 4.0)
+        self.agent.from_app(FLOW_A, answer(down.data, 200, to_tag="ph", body=SDP), 5.0)
+        self.assertEqual(self.hook.tags, [("out", "fb"), ("into", "ph")])
+        self.assertEqual(self.hook.answers, [(self.key, dialog_key(1, "in-1"), "ph", True)])
+
 
 class ContactTests(SynchronousTestCase):
     """
@@ -995,6 +1052,25 @@ class ContactTests(SynchronousTestCase):
         """
         self.cp.from_network("udp", ("198.51.100.7", 5060), data, 0.0)
         self.cp.from_tunnel(self.key, "sess-1", 1, data, 0.0)
+
+    def test_media_hook_tags_forked(self) -> None:
+        """
+        Two branches of a forked INVITE answer 183 with SDP: the hook sees
+        each with its own To-tag; the 200 from the second branch without
+        SDP is reported as answered from our side with its tag; a request
+        from the operator side carries its From-tag.
+        """
+        inv = request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp")
+        act, _ = self.up(inv)
+        for tag in ("ba", "bb"):
+            only(self.down(answer(act.data, 183, "Session Progress", to_tag=tag, body=SDP)), ToTunnel)
+        self.assertEqual(self.hook.answers, [])
+        only(self.down(answer(act.data, 200, to_tag="bb")), ToTunnel)
+        leg = dialog_key(5, "call-1@192.0.2.10")
+        self.assertEqual(self.hook.tags, [("out", "fa"), ("into", "ba"), ("into", "bb")])
+        self.assertEqual(self.hook.answers, [(self.key, leg, "bb", True)])
+        only(self.down(self.incoming_invite(body=SDP, content_type="application/sdp")), ToTunnel)
+        self.assertEqual(self.hook.tags[-1], ("into", "fc"))
 
 
 class ContactRewriteTests(SynchronousTestCase):

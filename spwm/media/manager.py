@@ -4,7 +4,8 @@ The media manager: one per half (agent or contact point).
 
 It is called by the SIP proxy core for every message with a body that
 crosses the tunnel (L{MediaManager.sdp_into_tunnel},
-L{MediaManager.sdp_out_of_tunnel}, L{MediaManager.dialog_ended}) and by the
+L{MediaManager.sdp_out_of_tunnel}, L{MediaManager.dialog_answered},
+L{MediaManager.dialog_ended}) and by the
 tunnel for media channels (the channel callbacks of
 C{spwm.tunnel.protocol.TunnelApplication}). Per dialog and media stream it
 keeps one tunnel channel and one relay socket (pair) on our media address.
@@ -51,6 +52,10 @@ DEFAULT_MAX_STREAMS_PER_DIALOG = 16
 #: Default number of channels the peer may open before their SDP arrives.
 DEFAULT_MAX_PENDING_CHANNELS = 256
 
+#: Default number of branches (early dialogs of a forked call) whose
+#: descriptions one stream keeps; the oldest is forgotten beyond it.
+DEFAULT_MAX_BRANCHES_PER_STREAM = 8
+
 #: The port we advertise when we connect (RFC 4145 section 4.1).
 _ACTIVE_PORT = 9
 
@@ -73,6 +78,9 @@ class _Stream:
         "last_count",
         "last_activity",
         "remote",
+        "ours",
+        "theirs",
+        "crowded",
         "tcp",
         "fresh",
         "offered",
@@ -93,6 +101,14 @@ class _Stream:
         self.last_count = 0
         self.last_activity = now
         self.remote: MediaDescription | None = None
+        # UDP streams, per branch tag (None: no branch information): the
+        # latest description of this stream from our side's endpoint and
+        # from the other side's, or None when that branch refused the
+        # stream (port 0) while the dialog was early; whether the branch
+        # bound was logged.
+        self.ours: dict[str | None, MediaDescription | None] = {}
+        self.theirs: dict[str | None, MediaDescription | None] = {}
+        self.crowded = False
         # TCP media (RFC 4145): the endpoint on our side, whether our side
         # sent a description we have not answered yet, whether we offered
         # actpass and wait for our side's answer, the o= (id, version) of
@@ -118,11 +134,64 @@ class _Stream:
 
 
 class _Dialog:
-    __slots__ = ("streams", "versioner")
+    """
+    The media of one call leg: its streams, and which branch answered.
+
+    @ivar answered: a 2xx to an INVITE crossed the tunnel.
+    @ivar winner: the tag of the branch that answered first.
+    @ivar winner_ours: that branch is on our side (its 2xx went into the
+        tunnel).
+    @ivar latest: the tag of the latest description from our side (key
+        C{True}) and from the other side (key C{False}).
+    """
+
+    __slots__ = ("streams", "versioner", "answered", "winner", "winner_ours", "latest")
 
     def __init__(self) -> None:
         self.streams: dict[int, _Stream] = {}
         self.versioner = OriginVersioner()
+        self.answered = False
+        self.winner: str | None = None
+        self.winner_ours = False
+        self.latest: dict[bool, str | None] = {}
+
+    def loser(self, tag: str | None, ours: bool) -> bool:
+        """
+        @return: whether C{tag} names a branch on the winner's side that
+            lost: the dialog was answered by another branch.
+        """
+        return (
+            self.answered
+            and ours == self.winner_ours
+            and tag is not None
+            and self.winner is not None
+            and tag != self.winner
+        )
+
+    def defers(self, stream: _Stream | None, tag: str | None, ours: bool) -> bool:
+        """
+        @return: whether a refusal (port 0) of C{stream} by branch C{tag}
+            waits for the answer instead of releasing the stream: the
+            dialog is early (another branch may still want the stream) or
+            C{tag} lost. Only UDP streams and tagged branches defer.
+        """
+        if tag is None or stream is None or stream.tcp is not None:
+            return False
+        return not self.answered or self.loser(tag, ours)
+
+
+def _update_held(stream: _Stream) -> None:
+    """
+    A side is on hold when every branch's live description of the stream
+    from that side asks for hold (one description without branches).
+    """
+    for table in (stream.ours, stream.theirs):
+        live = [m for m in table.values() if m is not None]
+        held = bool(live) and all(m.held for m in live)
+        if table is stream.ours:
+            stream.held_ours = held
+        else:
+            stream.held_theirs = held
 
 
 def _primary_indices(description: SessionDescription) -> list[int]:
@@ -159,6 +228,8 @@ class MediaManager:
         do not know (late or never opened).
     @ivar refused_channels: channels from the peer that we refused.
     @ivar rejected_streams: streams we rejected (limits, no ports, TCP).
+    @ivar ignored_branch_sdp: descriptions from our side's branches that
+        lost, received after another branch answered.
     """
 
     log = Logger()
@@ -179,6 +250,7 @@ class MediaManager:
         router: Any = None,
         tcp_buffer: int = DEFAULT_MAX_BUFFER,
         sockets: Any = None,
+        max_branches_per_stream: int = DEFAULT_MAX_BRANCHES_PER_STREAM,
     ) -> None:
         """
         @param reactor: provides C{IReactorUDP} (and C{IReactorTime} unless
@@ -202,6 +274,9 @@ class MediaManager:
         @param sockets: what binds and reads the relay sockets
             (L{spwm.media.reader.relay_sockets_for}); C{None}: one
             C{reactor.listenUDP} per socket.
+        @param max_branches_per_stream: branches (early dialogs of a
+            forked call) remembered per stream and direction; the oldest
+            is forgotten beyond it.
         @raise ValueError: a bad side, range or network.
         """
         if side not in ("agent", "contact"):
@@ -220,6 +295,7 @@ class MediaManager:
         self.router = router
         self.tcp_buffer = tcp_buffer
         self.sockets = sockets if sockets is not None else TwistedRelaySockets(reactor, MAX_DATAGRAM)
+        self.max_branches_per_stream = max_branches_per_stream
         self._dialogs: dict[tuple[Any, str], _Dialog] = {}
         # (tunnel, channel_id) -> (send for component 0, send for component 1)
         self._routes: dict[tuple[Any, int], tuple[Any, Any]] = {}
@@ -231,6 +307,7 @@ class MediaManager:
         self.dropped_unknown_channel = 0
         self.refused_channels = 0
         self.rejected_streams = 0
+        self.ignored_branch_sdp = 0
 
     # counts for tests and status
 
@@ -304,7 +381,12 @@ class MediaManager:
     # the SIP proxy core's hooks
 
     def sdp_into_tunnel(
-        self, tunnel: Any, dialog_key: str, content_type: str, body: bytes
+        self,
+        tunnel: Any,
+        dialog_key: str,
+        content_type: str,
+        body: bytes,
+        tag: str | None = None,
     ) -> None:
         """
         A message from our side goes into the tunnel: learn our side's
@@ -312,6 +394,15 @@ class MediaManager:
         SIP frame is sent, so the peer knows it first). Streams with port 0
         are released. The body itself is not changed.
 
+        With a C{tag} (forking, see C{docs/media.md}) the description is
+        that branch's: each branch latches on its own; while the dialog is
+        early a port 0 only forgets that branch's description, the stream
+        stays for the other branches until L{dialog_answered}. Once a
+        branch of our side answered, descriptions from the other branches
+        are ignored and counted (C{ignored_branch_sdp}).
+
+        @param tag: the tag of our side's endpoint (To-tag of a response,
+            From-tag of a request), or C{None}: no branch information.
         @raise spwm.sdp.SdpError: the body is malformed.
         """
         sdp = find_sdp(content_type, body)
@@ -319,6 +410,15 @@ class MediaManager:
             return
         description = parse_sdp(sdp)
         dialog = self._dialog(tunnel, dialog_key)
+        if dialog.loser(tag, True):
+            self.ignored_branch_sdp += 1
+            self.log.info(
+                "dialog {dialog}: ignoring SDP from branch {tag}, another branch answered",
+                dialog=dialog_key,
+                tag=tag,
+            )
+            return
+        dialog.latest[True] = tag
         now = self.clock.seconds()
         primaries = _primary_indices(description)
         version = None if description.origin is None else (
@@ -328,7 +428,13 @@ class MediaManager:
         for media in description.media:
             index = media.index
             if media.port == 0 or primaries[index] != index:
-                self._release_stream(dialog, index, "stream removed")
+                stream = dialog.streams.get(index)
+                if dialog.defers(stream, tag, True):
+                    assert stream is not None
+                    self._remember(stream, stream.ours, tag, None)
+                    self._apply_remote(stream)
+                else:
+                    self._release_stream(dialog, index, "stream removed")
                 continue
             if index >= self.max_streams_per_dialog:
                 continue
@@ -336,15 +442,19 @@ class MediaManager:
                 self._tcp_into_tunnel(tunnel, dialog_key, dialog, media, version, now)
                 continue
             stream = self._udp_stream(tunnel, dialog_key, dialog, index, now)
-            stream.remote = media
-            stream.held_ours = media.held
+            self._remember(stream, stream.ours, tag, media)
             stream.mux = stream.mux or media.rtcp_mux
             self._apply_remote(stream)
             if stream.channel_id is None:
                 self._take_channel(stream, media)
 
     def sdp_out_of_tunnel(
-        self, tunnel: Any, dialog_key: str, content_type: str, body: bytes
+        self,
+        tunnel: Any,
+        dialog_key: str,
+        content_type: str,
+        body: bytes,
+        tag: str | None = None,
     ) -> bytes:
         """
         A message from the tunnel goes to our side: make sure every live
@@ -354,7 +464,12 @@ class MediaManager:
 
         Streams with port 0 are released; streams that cannot be relayed
         (TCP media, over the per-dialog limit, no free ports) get port 0.
+        With a C{tag}, a port 0 from a branch while the dialog is early
+        (or from a branch that lost) does not release the stream: another
+        branch may want it (see L{sdp_into_tunnel}).
 
+        @param tag: the tag of the other side's endpoint that wrote the SDP
+            (To-tag of a response, From-tag of a request), or C{None}.
         @return: the new body (C{body} itself when it has no SDP).
         @raise spwm.sdp.SdpError: the body is malformed.
         """
@@ -367,15 +482,25 @@ class MediaManager:
         primaries = _primary_indices(description)
         entries: list[tuple[int, int | None] | None] = []
         tcp: list[TcpRewrite | None] = [None] * len(description.media)
+        loser = dialog.loser(tag, False)
+        if not loser:
+            dialog.latest[False] = tag
         for media in description.media:
             index = media.index
-            if media.port == 0:
-                self._release_stream(dialog, index, "stream removed")
-                entries.append(None)
+            stream = dialog.streams.get(index)
+            if media.port == 0 or primaries[index] != index:
+                if dialog.defers(stream, tag, False):
+                    assert stream is not None
+                    self._remember(stream, stream.theirs, tag, None)
+                elif media.port == 0:
+                    self._release_stream(dialog, index, "stream removed")
+                else:
+                    self._release_stream(dialog, index, "stream bundled")
+                entries.append(None if media.port == 0 else entries[primaries[index]])
                 continue
-            if primaries[index] != index:
-                self._release_stream(dialog, index, "stream bundled")
-                entries.append(entries[primaries[index]])
+            if loser and (stream is None or stream.tcp is not None):
+                # a branch that lost adds nothing
+                entries.append((0, None))
                 continue
             if index >= self.max_streams_per_dialog:
                 self._release_stream(dialog, index, "stream not relayed")
@@ -388,7 +513,8 @@ class MediaManager:
                 entries.append((0, None) if rewrite is None else (rewrite.port, None))
                 continue
             stream = self._udp_stream(tunnel, dialog_key, dialog, index, now)
-            stream.held_theirs = media.held
+            if not loser:
+                self._remember(stream, stream.theirs, tag, media)
             stream.mux = stream.mux or media.rtcp_mux
             if stream.rtp is None and not self._bind(stream, media):
                 self._release_stream(dialog, index, "no media ports")
@@ -404,6 +530,70 @@ class MediaManager:
             sdp = rewrite_tcp_media(sdp, tcp)
         out = rewrite_sdp(sdp, self.address, entries, dialog.versioner)
         return replace_sdp(content_type, body, out)
+
+    def dialog_answered(
+        self, tunnel: Any, dialog_key: str, tag: str | None, ours: bool = True
+    ) -> None:
+        """
+        A 2xx to an INVITE of the dialog crossed the tunnel: the first one
+        names the winning branch. Every UDP stream keeps only the winner's
+        description, so the relay sends to and accepts from the winner
+        only; a stream that the branches described but the winner did not
+        want (port 0, or no description at all from it) is released. Later
+        answers (re-INVITEs, a second branch answering too) change nothing.
+
+        @param tag: the answering endpoint's tag (the To-tag of the 2xx).
+        @param ours: the 2xx came from our side into the tunnel; C{False}:
+            it came out of the tunnel (the branches are the other half's).
+        """
+        dialog = self._dialogs.get((tunnel, dialog_key))
+        if dialog is None:
+            return
+        if dialog.answered:
+            if dialog.loser(tag, ours):
+                self.log.info(
+                    "dialog {dialog}: branch {tag} answered too; media stays with {winner}",
+                    dialog=dialog_key,
+                    tag=tag,
+                    winner=dialog.winner,
+                )
+            return
+        dialog.answered = True
+        dialog.winner = tag
+        dialog.winner_ours = ours
+        keep = tag
+        if tag is not None and not any(
+            tag in (stream.ours if ours else stream.theirs)
+            for stream in dialog.streams.values()
+        ):
+            # The answer comes from a tag that never described any stream
+            # (a B2BUA that changed its tag): keep the latest branch's
+            # media, as without branch information.
+            keep = dialog.latest.get(ours)
+            self.log.info(
+                "dialog {dialog}: answered by {tag} without SDP of its own;"
+                " media stays with the latest branch {latest}",
+                dialog=dialog_key,
+                tag=tag,
+                latest=keep,
+            )
+        for index, stream in list(dialog.streams.items()):
+            if stream.tcp is not None:
+                continue
+            wanted = True
+            for table, winners in ((stream.ours, ours), (stream.theirs, not ours)):
+                if not table:
+                    continue
+                if winners and keep is not None:
+                    for other in [t for t in table if t is not None and t != keep]:
+                        del table[other]
+                if all(media is None for media in table.values()):
+                    wanted = False
+            if wanted:
+                _update_held(stream)
+                self._apply_remote(stream)
+            else:
+                self._release_stream(dialog, index, "not in the answer")
 
     def dialog_ended(self, tunnel: Any, dialog_key: str) -> None:
         """
@@ -785,17 +975,50 @@ class MediaManager:
             dialog = self._dialogs[tunnel, dialog_key] = _Dialog()
         return dialog
 
+    def _remember(
+        self,
+        stream: _Stream,
+        table: dict[str | None, MediaDescription | None],
+        tag: str | None,
+        media: MediaDescription | None,
+    ) -> None:
+        """
+        Keep the latest description of C{stream} from branch C{tag} (or
+        its refusal, C{None}) in C{table}, forgetting the oldest branch
+        beyond C{max_branches_per_stream}; update the hold state.
+        """
+        if tag not in table and len(table) >= self.max_branches_per_stream:
+            del table[next(iter(table))]
+            if not stream.crowded:
+                stream.crowded = True
+                self.log.warn(
+                    "media stream {stream} of dialog {dialog}: more than {limit}"
+                    " branches, forgetting the oldest",
+                    stream=stream.index,
+                    dialog=stream.dialog,
+                    limit=self.max_branches_per_stream,
+                )
+        table[tag] = media
+        _update_held(stream)
+
     def _apply_remote(self, stream: _Stream) -> None:
-        media = stream.remote
-        if media is None:
-            return
-        hold = media.hold_address
-        host = None if hold else media.address
-        if stream.rtp is not None:
-            stream.rtp.expect(host, media.port, held=hold)
-        if stream.rtcp is not None:
-            rtcp_host = None if hold else media.rtcp_address
-            stream.rtcp.expect(rtcp_host, media.rtcp_port, held=hold)
+        """
+        Tell the relay endpoints what every branch of our side negotiated,
+        and forget the branches that are gone.
+        """
+        live = [(tag, media) for tag, media in stream.ours.items() if media is not None]
+        for tag, media in live:
+            hold = media.hold_address
+            host = None if hold else media.address
+            if stream.rtp is not None:
+                stream.rtp.expect(host, media.port, held=hold, tag=tag)
+            if stream.rtcp is not None:
+                rtcp_host = None if hold else media.rtcp_address
+                stream.rtcp.expect(rtcp_host, media.rtcp_port, held=hold, tag=tag)
+        tags = [tag for tag, _ in live]
+        for endpoint in (stream.rtp, stream.rtcp):
+            if endpoint is not None and len(endpoint.branches) != len(tags):
+                endpoint.retain(tags)
 
     def _take_channel(self, stream: _Stream, media: MediaDescription) -> None:
         tunnel = stream.tunnel

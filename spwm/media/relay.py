@@ -7,6 +7,8 @@ A L{MediaRelayEndpoint} receives datagrams from the endpoint on its own side
 hands them to the tunnel; it writes datagrams that come out of the tunnel to
 that endpoint. It latches (symmetric RTP) only onto the host that the SDP
 negotiated, and counts everything it drops instead of logging per packet.
+When a forked call has several early dialogs, one endpoint holds one
+expectation (and one latch) per branch, keyed by the branch's tag.
 
 See C{docs/media.md}.
 """
@@ -94,6 +96,23 @@ def normalise_host(host: str) -> str | None:
         return None
 
 
+class _Branch:
+    """
+    What the SDP of one branch (early dialog) negotiated for our side's
+    endpoint, and where that branch latched.
+    """
+
+    __slots__ = ("host", "port", "any_host", "held", "peer", "target")
+
+    def __init__(self) -> None:
+        self.host: str | None = None
+        self.port: int | None = None
+        self.any_host = False
+        self.held = False
+        self.peer: tuple[str, int] | None = None
+        self.target: tuple[str, int] | None = None
+
+
 class MediaRelayEndpoint(DatagramProtocol):
     """
     One UDP socket of one media stream component (RTP, or RTCP when it is
@@ -109,13 +128,24 @@ class MediaRelayEndpoint(DatagramProtocol):
     before latching to the address the SDP negotiated; dropped and counted
     when there is none (hold, unknown host, refused by the policy).
 
+    Branches (forking, C{docs/media.md} "Forking and early media"): each
+    L{expect} names a branch by its tag (C{None}: the one branch of a call
+    that did not fork). Every branch has its own negotiated address, hold
+    state and latch; a datagram from any branch's latched address is
+    accepted, and L{send} writes one copy to every branch that is not held.
+    L{forget} and L{retain} drop branches (a branch that refused the
+    stream, the losers once one branch answered).
+
     @ivar component: 0 for RTP (or anything muxed), 1 for RTCP.
     @ivar strict: require the negotiated port as well as the host.
-    @ivar peer: the latched address, or C{None}.
-    @ivar target: where L{send} writes, or C{None}.
+    @ivar peer: the latched address of the first latched branch, or
+        C{None} (the fast path of L{datagramReceived}).
+    @ivar target: where L{send} writes first, or C{None} when there is
+        nowhere to write.
     @ivar packets_in: datagrams accepted from our side.
     @ivar bytes_in: their bytes.
-    @ivar packets_out: datagrams written to our side.
+    @ivar packets_out: datagrams written to our side (one per copy when
+        several branches receive).
     @ivar bytes_out: their bytes.
     @ivar dropped_source: datagrams from a source that may not latch.
     @ivar dropped_no_channel: accepted datagrams with no tunnel channel yet.
@@ -141,10 +171,10 @@ class MediaRelayEndpoint(DatagramProtocol):
         self.peer: tuple[str, int] | None = None
         self.target: tuple[str, int] | None = None
         self.port = None
-        self._expected_host: str | None = None
-        self._expected_port: int | None = None
-        self._any_host = False
-        self._held = False
+        self._branches: dict[str | None, _Branch] = {}
+        # the other branches' targets and every branch's latched address
+        self._extra: tuple[tuple[str, int], ...] = ()
+        self._peers: dict[tuple[str, int], _Branch] = {}
         self._channel_id = 0
         self._send: Callable[[int, bytes, int], None] = self._no_channel
         # The media hot path: the target is an IP address we checked when
@@ -190,18 +220,20 @@ class MediaRelayEndpoint(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         """
-        A datagram from our side: forward it from the latched address,
-        otherwise try to latch.
+        A datagram from our side: forward it from a latched address,
+        otherwise try to latch a branch onto it.
         """
-        if addr == self.peer:
+        if addr == self.peer or addr in self._peers:
             self.packets_in += 1
             self.bytes_in += len(data)
             self._send(self._channel_id, data, self.component)
             return
-        if self._may_latch(addr):
-            self.peer = addr
-            if not self._held:
-                self.target = addr
+        branch = self._latchable(addr)
+        if branch is not None:
+            branch.peer = addr
+            if not branch.held:
+                branch.target = addr
+            self._refresh()
             self.latches += 1
             self.packets_in += 1
             self.bytes_in += len(data)
@@ -234,45 +266,79 @@ class MediaRelayEndpoint(DatagramProtocol):
         self._send = self._no_channel
         self._channel_id = 0
 
-    def expect(self, host: str | None, port: int | None, held: bool = False) -> None:
+    def expect(
+        self,
+        host: str | None,
+        port: int | None,
+        held: bool = False,
+        tag: str | None = None,
+    ) -> None:
         """
-        Set what the SDP negotiated for our side's endpoint.
+        Set what the SDP of one branch negotiated for our side's endpoint.
 
         @param host: the endpoint's connection address from its SDP: an IP
             literal, a host name (latch on any host unless strict), or
             C{None} when the SDP gives none (hold address: keep what we knew).
         @param port: the port for this component from the SDP.
         @param held: the endpoint asked not to receive (hold address): send
-            nothing until it gives an address again.
+            nothing to this branch until it gives an address again.
+        @param tag: the branch (the tag of our side's endpoint in that
+            early dialog); C{None} for a call with one branch. The caller
+            bounds the number of branches (the manager's
+            C{max_branches_per_stream}).
         """
-        self._held = held
+        branch = self._branches.get(tag)
+        if branch is None:
+            branch = self._branches[tag] = _Branch()
+        branch.held = held
         if host is not None:
             normal = normalise_host(host)
-            changed = normal != self._expected_host or (
-                self.strict and port != self._expected_port
-            )
-            self._expected_host = normal
-            self._expected_port = port
-            self._any_host = normal is None and not self.strict
-            if changed and self.peer is not None:
-                if self.peer[0] != normal or (self.strict and self.peer[1] != port):
-                    self.peer = None
+            changed = normal != branch.host or (self.strict and port != branch.port)
+            branch.host = normal
+            branch.port = port
+            branch.any_host = normal is None and not self.strict
+            if changed and branch.peer is not None:
+                if branch.peer[0] != normal or (self.strict and branch.peer[1] != port):
+                    branch.peer = None
         if held:
-            self.target = None
-        elif self.peer is not None:
-            self.target = self.peer
-        elif (
-            self._expected_host is not None
-            and self._expected_port
-            and self.policy.permits(self._expected_host)
-        ):
-            self.target = (self._expected_host, self._expected_port)
+            branch.target = None
+        elif branch.peer is not None:
+            branch.target = branch.peer
+        elif branch.host is not None and branch.port and self.policy.permits(branch.host):
+            branch.target = (branch.host, branch.port)
         else:
-            self.target = None
+            branch.target = None
+        self._refresh()
+
+    def forget(self, tag: str | None) -> None:
+        """
+        Drop one branch: nothing more is sent to it, nothing accepted from
+        it (unless another branch negotiated the same address).
+        """
+        if self._branches.pop(tag, None) is not None:
+            self._refresh()
+
+    def retain(self, tags: Iterable[str | None]) -> None:
+        """
+        Keep only the branches named in C{tags} (the winner once a branch
+        answered); drop the others as L{forget} does.
+        """
+        keep = set(tags)
+        for tag in [t for t in self._branches if t not in keep]:
+            del self._branches[tag]
+        self._refresh()
+
+    @property
+    def branches(self) -> tuple[str | None, ...]:
+        """
+        The tags of the branches the endpoint expects, oldest first.
+        """
+        return tuple(self._branches)
 
     def send(self, data: bytes) -> None:
         """
-        A datagram from the tunnel: write it to our side's endpoint.
+        A datagram from the tunnel: write it to our side's endpoint (to
+        every branch that is not held).
         """
         target = self.target
         if target is None:
@@ -284,6 +350,14 @@ class MediaRelayEndpoint(DatagramProtocol):
             self._sendto(data, target)
         except OSError:
             self.dropped_send += 1
+        if self._extra:
+            for target in self._extra:
+                self.packets_out += 1
+                self.bytes_out += len(data)
+                try:
+                    self._sendto(data, target)
+                except OSError:
+                    self.dropped_send += 1
 
     def counters(self) -> dict[str, int | float | None]:
         """
@@ -310,13 +384,46 @@ class MediaRelayEndpoint(DatagramProtocol):
     def _no_channel(self, channel_id: int, data: bytes, component: int) -> None:
         self.dropped_no_channel += 1
 
-    def _may_latch(self, addr: tuple[str, int]) -> bool:
+    def _refresh(self) -> None:
+        """
+        Recompute what the per-packet paths read from the branches: the
+        latched addresses, the first target and the other targets.
+        """
+        peers: dict[tuple[str, int], _Branch] = {}
+        targets: list[tuple[str, int]] = []
+        for branch in self._branches.values():
+            if branch.peer is not None:
+                peers.setdefault(branch.peer, branch)
+            if branch.target is not None and branch.target not in targets:
+                targets.append(branch.target)
+        self._peers = peers
+        self.peer = next(iter(peers), None)
+        self.target = targets[0] if targets else None
+        self._extra = tuple(targets[1:])
+
+    def _latchable(self, addr: tuple[str, int]) -> _Branch | None:
+        """
+        @return: the branch that may latch onto C{addr} (one not latched
+            yet first), or C{None}.
+        """
+        found = None
+        normal: str | None = None
         host, port = addr
-        if self._any_host:
-            return self.policy.permits(host)
-        expected = self._expected_host
-        if expected is None or normalise_host(host) != expected:
-            return False
-        if self.strict and port != self._expected_port:
-            return False
-        return self.policy.permits(host)
+        for branch in self._branches.values():
+            if not branch.any_host:
+                if branch.host is None:
+                    continue
+                if normal is None:
+                    normal = normalise_host(host) or ""
+                if normal != branch.host:
+                    continue
+                if self.strict and port != branch.port:
+                    continue
+            if branch.peer is None:
+                found = branch
+                break
+            if found is None:
+                found = branch
+        if found is None or not self.policy.permits(host):
+            return None
+        return found

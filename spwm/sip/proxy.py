@@ -131,23 +131,47 @@ class MediaHook(Protocol):
     """
     What the cores call for SIP messages that carry SDP.
 
-    C{dialog_key} is the Call-ID.  C{tunnel_key} is the tunnel the dialog
-    runs through.
+    C{dialog_key} names the call leg (L{dialog_key}: flow and Call-ID).
+    C{tunnel_key} is the tunnel the dialog runs through.  C{tag} is the tag
+    of the endpoint that wrote the message: the To-tag of a response, the
+    From-tag of a request.  Messages into the tunnel come from this side's
+    endpoints, so their tag names this side's branch of a forked call (each
+    early dialog has its own); C{None} means no branch information.
     """
 
     def sdp_into_tunnel(
-        self, tunnel_key: Any, dialog_key: str, content_type: str, body: bytes
+        self,
+        tunnel_key: Any,
+        dialog_key: str,
+        content_type: str,
+        body: bytes,
+        tag: str | None = None,
     ) -> None:
         """
         A message with SDP goes from this side into the tunnel.
         """
 
     def sdp_out_of_tunnel(
-        self, tunnel_key: Any, dialog_key: str, content_type: str, body: bytes
+        self,
+        tunnel_key: Any,
+        dialog_key: str,
+        content_type: str,
+        body: bytes,
+        tag: str | None = None,
     ) -> bytes:
         """
         A message with SDP comes out of the tunnel to this side; return the
         body to send instead.
+        """
+
+    def dialog_answered(
+        self, tunnel_key: Any, dialog_key: str, tag: str | None, ours: bool = True
+    ) -> None:
+        """
+        A 2xx to an INVITE crossed the tunnel (with or without SDP; called
+        after the SDP hook for the same message). C{tag} is its To-tag;
+        C{ours} is C{True} when it came from this side into the tunnel,
+        C{False} when it came out of the tunnel.
         """
 
     def dialog_ended(self, tunnel_key: Any, dialog_key: str) -> None:
@@ -706,18 +730,10 @@ class AgentSipProxy:
             self._ended(fid, msg.call_id)
 
     def _hook_into(self, fid: int, msg: SipMessage) -> None:
-        if self.media_hook is not None and _has_sdp(msg):
-            self.media_hook.sdp_into_tunnel(
-                self.tunnel_key, dialog_key(fid, msg.call_id), msg.content_type, msg.body
-            )
+        _hook_into(self.media_hook, self.tunnel_key, fid, msg)
 
     def _hook_out(self, fid: int, msg: SipMessage) -> None:
-        if self.media_hook is not None and _has_sdp(msg):
-            body = self.media_hook.sdp_out_of_tunnel(
-                self.tunnel_key, dialog_key(fid, msg.call_id), msg.content_type, msg.body
-            )
-            if body != msg.body:
-                msg.set_body(body)
+        _hook_out(self.media_hook, self.tunnel_key, fid, msg)
 
     def _ended(self, fid: int, call_id: str) -> None:
         if self.media_hook is not None:
@@ -1357,22 +1373,70 @@ class ContactSipProxy:
         self._ended(key, fid, msg.call_id)
 
     def _hook_into(self, key: Any, fid: int, msg: SipMessage) -> None:
-        if self.media_hook is not None and _has_sdp(msg):
-            self.media_hook.sdp_into_tunnel(
-                key, dialog_key(fid, msg.call_id), msg.content_type, msg.body
-            )
+        _hook_into(self.media_hook, key, fid, msg)
 
     def _hook_out(self, key: Any, fid: int, msg: SipMessage) -> None:
-        if self.media_hook is not None and _has_sdp(msg):
-            body = self.media_hook.sdp_out_of_tunnel(
-                key, dialog_key(fid, msg.call_id), msg.content_type, msg.body
-            )
-            if body != msg.body:
-                msg.set_body(body)
+        _hook_out(self.media_hook, key, fid, msg)
 
     def _ended(self, key: Any, fid: int, call_id: str) -> None:
         if self.media_hook is not None:
             self.media_hook.dialog_ended(key, dialog_key(fid, call_id))
+
+
+def _author_tag(msg: SipMessage) -> str | None:
+    """
+    The tag of the endpoint that wrote C{msg}: the To-tag of a response,
+    the From-tag of a request.
+    """
+    return msg.from_tag if msg.is_request else msg.to_tag
+
+
+def _answers_invite(msg: SipMessage) -> bool:
+    return (
+        not msg.is_request
+        and 200 <= (msg.status or 0) < 300
+        and msg.cseq_method == "INVITE"
+    )
+
+
+def _hook_into(hook: MediaHook | None, key: Any, fid: int, msg: SipMessage) -> None:
+    """
+    Show a message going into the tunnel to the media hook: its SDP with
+    the tag of this side's endpoint, then the answer of a 2xx to INVITE.
+    """
+    if hook is None:
+        return
+    sdp = _has_sdp(msg)
+    answer = _answers_invite(msg)
+    if not (sdp or answer):
+        return
+    leg = dialog_key(fid, msg.call_id)
+    tag = _author_tag(msg)
+    if sdp:
+        hook.sdp_into_tunnel(key, leg, msg.content_type, msg.body, tag=tag)
+    if answer:
+        hook.dialog_answered(key, leg, tag, ours=True)
+
+
+def _hook_out(hook: MediaHook | None, key: Any, fid: int, msg: SipMessage) -> None:
+    """
+    Show a message coming out of the tunnel to the media hook (its body
+    may be replaced), then the answer of a 2xx to INVITE.
+    """
+    if hook is None:
+        return
+    sdp = _has_sdp(msg)
+    answer = _answers_invite(msg)
+    if not (sdp or answer):
+        return
+    leg = dialog_key(fid, msg.call_id)
+    tag = _author_tag(msg)
+    if sdp:
+        body = hook.sdp_out_of_tunnel(key, leg, msg.content_type, msg.body, tag=tag)
+        if body != msg.body:
+            msg.set_body(body)
+    if answer:
+        hook.dialog_answered(key, leg, tag, ours=False)
 
 
 def dialog_key(flow_id: int, call_id: str) -> str:

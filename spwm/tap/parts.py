@@ -130,26 +130,37 @@ class MediaHookAdapter:
         self._resolve = resolve or (lambda key: key)
         self.sdp_errors = 0
 
-    def sdp_into_tunnel(self, key: Any, dialog_key: str, content_type: str, body: bytes) -> None:
+    def sdp_into_tunnel(
+        self, key: Any, dialog_key: str, content_type: str, body: bytes, tag: str | None = None
+    ) -> None:
         tunnel = self._resolve(key)
         if tunnel is None:
             return
         try:
-            self._manager.sdp_into_tunnel(tunnel, dialog_key, content_type, body)
+            self._manager.sdp_into_tunnel(tunnel, dialog_key, content_type, body, tag=tag)
         except SdpError as e:
             self.sdp_errors += 1
             self.log.warn("malformed SDP in dialog {dialog}: {reason}", dialog=dialog_key, reason=str(e))
 
-    def sdp_out_of_tunnel(self, key: Any, dialog_key: str, content_type: str, body: bytes) -> bytes:
+    def sdp_out_of_tunnel(
+        self, key: Any, dialog_key: str, content_type: str, body: bytes, tag: str | None = None
+    ) -> bytes:
         tunnel = self._resolve(key)
         if tunnel is None:
             return body
         try:
-            return self._manager.sdp_out_of_tunnel(tunnel, dialog_key, content_type, body)
+            return self._manager.sdp_out_of_tunnel(tunnel, dialog_key, content_type, body, tag=tag)
         except SdpError as e:
             self.sdp_errors += 1
             self.log.warn("malformed SDP in dialog {dialog}: {reason}", dialog=dialog_key, reason=str(e))
             return body
+
+    def dialog_answered(
+        self, key: Any, dialog_key: str, tag: str | None, ours: bool = True
+    ) -> None:
+        tunnel = self._resolve(key)
+        if tunnel is not None:
+            self._manager.dialog_answered(tunnel, dialog_key, tag, ours=ours)
 
     def dialog_ended(self, key: Any, dialog_key: str) -> None:
         tunnel = self._resolve(key)

@@ -2,7 +2,8 @@
 End-to-end cases of the media relay (issue 5) under the C{strict} policy,
 with Kamailio as the operator's registrar and proxy and SIPp phones: RTP
 and RTCP both ways, hold and resume across the inactivity timeout, audio
-with video, no media port left open after hang-up, and 50 concurrent calls.
+with video, early media from two forked branches at once, no media port
+left open after hang-up, and 50 concurrent calls.
 Packets are counted by the kernel (nftables counters in the namespaces) or
 by C{rtptool.py}'s own sockets; open ports by C{ss}.
 """
@@ -16,6 +17,7 @@ import time
 from .netbed import (
     AGENT,
     CONTACT,
+    KAMAILIO,
     PHONE,
     UAS,
     sipp_argv,
@@ -190,6 +192,66 @@ class SpwmMediaTests(MediaTestBase):
         self.assertEqual(self.open_media_ports("op", CONTACT_MEDIA_PORTS), [], "contact point kept the media ports of a lost tunnel")
         uac.stop()
         uas.stop()
+
+
+class SpwmForkingTests(MediaTestBase):
+    """
+    bob is registered twice (two SIPp UAS on the operator side), so
+    Kamailio forks alice's INVITE to both in parallel.
+    """
+
+    def test_early_media_from_two_branches(self) -> None:
+        """
+        Both branches answer 183 with their own SDP (own To-tag, own media
+        port) and send early media to the contact point's one relay port;
+        branch A answers 200 after 2.5 s and Kamailio cancels B.  The phone
+        hears both branches' early media, both branches hear the phone
+        while the call is early; after the answer only A's media flows:
+        the phone gets every packet of A but only the early part of B's,
+        and B gets only the early part of the phone's.  Every SIPp ends
+        well and no media port stays open.
+        """
+        self.assertSippSuccess(
+            self.sipp_uac(
+                "register.xml", f"{KAMAILIO}:5060", user="bob", local_ip=UAS,
+                local_port=5070, role="op", keys={"contact": f"{UAS}:5062"},
+                name="register-bob-2",
+            )
+        )
+        uas_a = self.sipp_uas(
+            "uas_fork_answer.xml", local_port=5060, media_port=6100, name="uas-a",
+            extra=["-key", "mport", "6000", "-d", "2500"],
+        )
+        uas_b = self.sipp_uas(
+            "uas_fork_cancelled.xml", local_port=5062, media_port=6110, name="uas-b",
+            extra=["-key", "mport", "6010"],
+        )
+        uac = self.background_uac("uac_fork.xml", "alice-forks", ["-d", "5000"], media_port=6100)
+        [(_, agent_port)] = self.wait_for_sdp("alice-forks", "SIP/2.0 183")
+        [(_, contact_port)] = self.wait_for_sdp("uas-a", "INVITE")
+        [(_, contact_port_b)] = self.wait_for_sdp("uas-b", "INVITE")
+        self.assertEqual(contact_port, contact_port_b)
+        packets, pps = 200, 50  # 4 s: about 2 s early, 2 s answered
+        phone, branch_a, branch_b = self.rtptools(
+            ("lan", PHONE, 6000, [f"{AGENT}:{agent_port}"], packets, pps, False, "rtp-phone", 1),
+            ("op", UAS, 6000, [f"{CONTACT}:{contact_port}"], packets, pps, False, "rtp-a", 1000),
+            ("op", UAS, 6010, [f"{CONTACT}:{contact_port}"], packets, pps, False, "rtp-b", 2000),
+        )
+        self.assertSippSuccess(self.wait_sipp(uac))
+        self.assertSippSuccess(self.sipp_finish(uas_a))
+        self.assertSippSuccess(self.sipp_finish(uas_b))
+        at_phone = phone["by_ssrc"]
+        reports = {"phone": phone, "a": branch_a, "b": branch_b}
+        # early media of both branches reached the phone
+        self.assertGreaterEqual(at_phone.get("2000", 0), 40, reports)
+        # the winner's media reached it all along, the loser's stopped
+        self.assertGreaterEqual(at_phone.get("1000", 0), packets - 10, reports)
+        self.assertLessEqual(at_phone.get("2000", 0), packets - 30, reports)
+        # the phone's media reached both while early, then only the winner
+        self.assertGreaterEqual(branch_a["by_ssrc"].get("1", 0), packets - 10, reports)
+        self.assertGreaterEqual(branch_b["by_ssrc"].get("1", 0), 40, reports)
+        self.assertLessEqual(branch_b["by_ssrc"].get("1", 0), packets - 30, reports)
+        self.assertPortsClosed()
 
 
 class SpwmMediaTimeoutTests(MediaTestBase):
