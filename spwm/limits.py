@@ -22,8 +22,9 @@ class Limits:
     @ivar keepalive_interval: send a ping when nothing arrived for this long.
     @ivar keepalive_timeout: declare the peer dead when nothing arrived for this long.
     @ivar media_deadline: a queued media datagram older than this is dropped.
-    @ivar max_priority_queue: bytes of control and SIP frames waiting; past it
-        the peer is not reading and the tunnel is closed.
+    @ivar max_priority_queue: bytes of control and SIP frames waiting; past a
+        quarter of it new SIP requests are refused with 503, past it the
+        peer is not reading and the tunnel is closed.
     @ivar max_media_queue: bytes of media waiting; past it new datagrams are dropped.
     @ivar max_stream_queue: bytes of stream data waiting per tunnel.
     @ivar max_channels: open channels per tunnel.

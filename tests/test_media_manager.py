@@ -14,6 +14,7 @@ from spwm.media.manager import MediaManager
 from spwm.media.ports import PortAllocator, PortsExhaustedError
 from spwm.sdp import parse_sdp
 from spwm.tunnel.frames import ChannelKind, ErrorCode
+from spwm.tunnel.connection import ChannelLimitError, TunnelNotOpenError
 
 from .test_media_relay import FakeUdpReactor
 
@@ -405,6 +406,38 @@ class RefusalTests(SynchronousTestCase):
         self.assertEqual((manager.open_sockets, manager.ports_in_use, manager.rejected_streams), (2, 1, 1))
         manager.dialog_ended(tunnel, DIALOG)
         self.assertEqual((manager.open_sockets, manager.ports_in_use, reactor.udp), (0, 0, {}))
+
+    def test_channel_refused_by_tunnel(self) -> None:
+        """
+        When the tunnel will not open a channel (at its channel limit, or
+        closed), the stream is released: port 0 towards our side, nothing
+        left bound, counted; the next stream that fits still works.
+        """
+        for error in (ChannelLimitError("4096 channels open"), TunnelNotOpenError("tunnel is closed")):
+            reactor = FakeUdpReactor()
+            manager = MediaManager(reactor, "contact", CONTACT_ADDR, (30000, 30009))
+            tunnel = FakeTunnel(2, "agent")
+            opened = tunnel.open_channel
+
+            def refuse(kind: Any, meta: dict) -> int:
+                if meta["stream"] == 1:
+                    raise error
+                return opened(kind, meta)
+
+            tunnel.open_channel = refuse  # type: ignore[method-assign]
+            sdp = _sdp(PHONE, ("audio", 4000, ""), ("video", 4002, ""))
+            out = manager.sdp_out_of_tunnel(tunnel, DIALOG, "application/sdp", sdp)
+            self.assertEqual([m.port for m in parse_sdp(out).media], [30000, 0])
+            self.assertEqual(
+                (manager.open_sockets, manager.ports_in_use, manager.refused_local_channels),
+                (2, 1, 1),
+            )
+            manager.sdp_into_tunnel(tunnel, "other", "application/sdp", sdp)
+            self.assertEqual(manager.streams, 2)
+            self.assertEqual(manager.refused_local_channels, 2)
+            manager.dialog_ended(tunnel, DIALOG)
+            manager.dialog_ended(tunnel, "other")
+            self.assertEqual((manager.open_sockets, manager.ports_in_use, reactor.udp), (0, 0, {}))
 
     def test_port_in_use_skipped(self) -> None:
         """

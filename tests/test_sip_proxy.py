@@ -20,6 +20,7 @@ from spwm.sip.flows import KIND_ROUTE, KIND_VIA, Flow, FlowTable, FlowTokenCodec
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import SipMessage, make_response, parse_message
 from spwm.sip.proxy import (
+    _CONGESTED,
     dialog_key,
     AgentSipProxy,
     ContactSipProxy,
@@ -431,6 +432,32 @@ class AgentTests(SynchronousTestCase):
             ),
             inst,
         )
+
+    def test_congested_tunnel_refuses_new_requests(self) -> None:
+        """
+        While the tunnel's signalling backlog is over its high-water mark,
+        an INVITE or REGISTER from the application is answered C{503} with
+        C{Retry-After} and nothing goes into the tunnel; ACK, CANCEL and
+        requests inside a dialog (BYE) still go in.
+        """
+
+        class Congested:
+            congested = True
+
+        key = Congested()
+        agent = AgentSipProxy(key, "agent-1")
+        for data in (request("INVITE", "sip:bob@example.org"), register()):
+            resp = parse_message(only(agent.from_app(FLOW_A, data, 0.0), ToApp).data)
+            self.assertEqual((resp.status, resp.get("Retry-After")), (503, "5"))
+        self.assertEqual(agent.counters[_CONGESTED.split(":")[0]], 2)
+        for data in (
+            request("CANCEL", "sip:bob@example.org"),
+            request("ACK", "sip:bob@example.org", to="<sip:bob@example.org>;tag=b"),
+            request("BYE", "sip:bob@example.org", to="<sip:bob@example.org>;tag=b", cseq=2),
+        ):
+            only(agent.from_app(FLOW_A, data, 0.0), ToTunnel)
+        key.congested = False
+        only(agent.from_app(FLOW_A, request("INVITE", "sip:bob@example.org"), 0.0), ToTunnel)
 
     def test_register_keeps_own_instance(self) -> None:
         """
@@ -854,6 +881,26 @@ class ContactTests(SynchronousTestCase):
         out = only(self.cp.from_tunnel(self.key, "sess-1", 5, ringing, 2.0), ToNetwork)
         self.assertEqual((out.transport, out.addr), ("udp", ("198.51.100.7", 5060)))
         self.assertEqual(parse_message(out.data).top_via.branch, "z9hG4bKop1")
+
+    def test_congested_tunnel_refuses_new_requests(self) -> None:
+        """
+        While the tunnel's signalling backlog is over its high-water mark a
+        new request for it is answered C{503} with C{Retry-After} towards
+        the previous hop, and nothing is queued; a request inside a dialog
+        still goes through; once the backlog drains, new requests pass.
+        """
+        self.key.congested = True
+        out = only(self.down(self.incoming_invite()), ToNetwork)
+        resp = parse_message(out.data)
+        self.assertEqual((resp.status, resp.get("Retry-After")), (503, "5"))
+        self.assertEqual(out.addr, ("198.51.100.7", 5060))
+        self.assertEqual(self.cp.counters[_CONGESTED.split(":")[0]], 1)
+        bye = self.incoming_invite().replace(b"INVITE sip:", b"BYE sip:").replace(
+            b"CSeq: 1 INVITE", b"CSeq: 2 BYE"
+        ).replace(b"To: <sip:alice@example.org>", b"To: <sip:alice@example.org>;tag=x")
+        only(self.down(bye), ToTunnel)
+        self.key.congested = False
+        only(self.down(self.incoming_invite()), ToTunnel)
 
     def test_response_honours_received_rport(self) -> None:
         """

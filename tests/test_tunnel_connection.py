@@ -362,6 +362,25 @@ class SchedulerTests(SynchronousTestCase):
         self.assertIs(self.agent.state, State.CLOSED)
 
 
+    def test_congested_past_a_quarter(self) -> None:
+        """
+        The tunnel is congested while more than a quarter of the signalling
+        queue limit waits, and no longer once it is sent; media does not
+        count.
+        """
+        self.assertFalse(self.agent.congested)
+        self.agent.send_sip(1, b"s" * 200)
+        self.assertFalse(self.agent.congested)
+        self.agent.send_sip(1, b"s" * 200)
+        self.assertTrue(self.agent.congested)
+        self.assertIsNone(self.agent.check_queues())
+        self.pair.transfer()
+        self.assertFalse(self.agent.congested)
+        for _ in range(5):
+            self.agent.send_datagram(self.cid, b"m" * 300, self.pair.now)
+        self.assertFalse(self.agent.congested)
+
+
 class KeepaliveTests(SynchronousTestCase):
     """
     Pings, dead peers and go-away.

@@ -41,6 +41,7 @@ from spwm.sdp import (
     rewrite_sdp,
     rewrite_tcp_media,
 )
+from spwm.tunnel.connection import ChannelLimitError, TunnelNotOpenError
 from spwm.tunnel.frames import ChannelKind, ErrorCode
 
 #: Default media inactivity timeout in seconds (not applied to held streams).
@@ -228,6 +229,8 @@ class MediaManager:
         do not know (late or never opened).
     @ivar refused_channels: channels from the peer that we refused.
     @ivar rejected_streams: streams we rejected (limits, no ports, TCP).
+    @ivar refused_local_channels: streams released because the tunnel would
+        not open their channel (at its channel limit, or closed).
     @ivar ignored_branch_sdp: descriptions from our side's branches that
         lost, received after another branch answered.
     """
@@ -307,6 +310,7 @@ class MediaManager:
         self.dropped_unknown_channel = 0
         self.refused_channels = 0
         self.rejected_streams = 0
+        self.refused_local_channels = 0
         self.ignored_branch_sdp = 0
 
     # counts for tests and status
@@ -521,8 +525,9 @@ class MediaManager:
                 self.rejected_streams += 1
                 entries.append((0, None))
                 continue
-            if stream.channel_id is None:
-                self._take_channel(stream, media)
+            if stream.channel_id is None and not self._take_channel(stream, media):
+                entries.append((0, None))
+                continue
             assert stream.base_port is not None
             rtcp = None if stream.rtcp is None else stream.base_port + 1
             entries.append((stream.base_port, rtcp))
@@ -876,9 +881,9 @@ class MediaManager:
         stream = self._tcp_stream(tunnel, dialog_key, dialog, index, now)
         endpoint = stream.tcp
         assert endpoint is not None
-        if stream.channel_id is None:
+        if stream.channel_id is None and not self._take_channel(stream, media):
             # first, so that giving the stream up below closes it too
-            self._take_channel(stream, media)
+            return None
         if endpoint.role is None:
             remote = stream.remote if stream.fresh else None
             if remote is not None and remote.setup == "passive":
@@ -1020,12 +1025,18 @@ class MediaManager:
             if endpoint is not None and len(endpoint.branches) != len(tags):
                 endpoint.retain(tags)
 
-    def _take_channel(self, stream: _Stream, media: MediaDescription) -> None:
+    def _take_channel(self, stream: _Stream, media: MediaDescription) -> bool:
+        """
+        Attach the channel the peer opened for the stream, or open one.
+
+        @return: C{False} if no channel can be opened (the tunnel is at its
+            channel limit or closed): the stream is released.
+        """
         tunnel = stream.tunnel
         pending = self._pending.pop((tunnel, stream.dialog, stream.index), None)
         if pending is not None:
             self._attach(stream, pending[0])
-            return
+            return True
         if stream.tcp is not None:
             kind = ChannelKind.STREAM
             meta: dict[str, Any] = {
@@ -1042,10 +1053,30 @@ class MediaManager:
                 "stream": stream.index,
                 "mux": media.rtcp_mux,
             }
-        channel_id = tunnel.open_channel(kind, meta)
+        try:
+            channel_id = tunnel.open_channel(kind, meta)
+        except (ChannelLimitError, TunnelNotOpenError) as e:
+            self.rejected_streams += 1
+            self.refused_local_channels += 1
+            if self.refused_local_channels & (self.refused_local_channels - 1) == 0:
+                # the 1st, 2nd, 4th, 8th... time: an overload must not
+                # become a flood of log lines
+                self.log.warn(
+                    "no media channel for stream {stream} of dialog {dialog}: {reason}"
+                    " ({count} streams so far)",
+                    stream=stream.index,
+                    dialog=stream.dialog,
+                    reason=str(e),
+                    count=self.refused_local_channels,
+                )
+            dialog = self._dialogs.get((tunnel, stream.dialog))
+            if dialog is not None and dialog.streams.get(stream.index) is stream:
+                self._release_stream(dialog, stream.index, "no media channel", close=False)
+            return False
         if self.router is not None:
             self.router.channel_opened_locally(tunnel, channel_id, self)
         self._attach(stream, channel_id)
+        return True
 
     def _attach(self, stream: _Stream, channel_id: int) -> None:
         stream.channel_id = channel_id

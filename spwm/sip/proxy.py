@@ -563,6 +563,8 @@ class AgentSipProxy:
             if msg.count("Via") == 0 or problem.startswith("malformed Via"):
                 return [self._drop("request from app without usable Via")]
             return self._answer(flow, msg, 400, "Bad Request: " + problem)
+        if _starts_work(msg) and getattr(self.tunnel_key, "congested", False):
+            return [ToApp(flow, _congested_response(msg)), self._drop(_CONGESTED)]
         mf = msg.max_forwards
         if mf is not None and mf <= 0:
             return self._answer(flow, msg, 483, "Too Many Hops")
@@ -1077,6 +1079,10 @@ class ContactSipProxy:
         key = self._tunnels.get(tok.session_id)
         if key is None:
             return self._refuse(msg, 430, "Flow Failed", now)
+        if _starts_work(msg) and getattr(key, "congested", False):
+            transport, dest = _via_destination(msg.top_via)
+            resp = _congested_response(msg)
+            return self._send_response(transport, dest, resp, now) + [self._drop(_CONGESTED)]
         ruri_hash = _h(msg.uri or "", 2)
         if self._looped(msg, tok.session_id, tok.flow_id, ruri_hash):
             return self._refuse(msg, 482, "Loop Detected", now)
@@ -1381,6 +1387,34 @@ class ContactSipProxy:
     def _ended(self, key: Any, fid: int, call_id: str) -> None:
         if self.media_hook is not None:
             self.media_hook.dialog_ended(key, dialog_key(fid, call_id))
+
+
+_CONGESTED = "tunnel congested: new request refused with 503"
+
+#: Seconds a refused client is asked to wait (C{Retry-After}).
+CONGESTED_RETRY_AFTER = 5
+
+
+def _starts_work(msg: SipMessage) -> bool:
+    """
+    Whether a request starts something new (an out-of-dialog request that
+    is not an ACK or CANCEL): what an overloaded tunnel refuses, while
+    requests inside dialogs, ACK and CANCEL (which end work) go on.
+    """
+    return msg.to_tag is None and msg.method not in ("ACK", "CANCEL")
+
+
+def _congested_response(msg: SipMessage) -> bytes:
+    """
+    The 503 for a request refused because its tunnel's signalling backlog
+    is over the high-water mark (RFC 3261 21.5.4, with C{Retry-After}).
+    """
+    return make_response(
+        msg,
+        503,
+        "Service Unavailable (tunnel congested)",
+        extra_headers=(("Retry-After", str(CONGESTED_RETRY_AFTER)),),
+    ).to_bytes()
 
 
 def _author_tag(msg: SipMessage) -> str | None:

@@ -106,6 +106,15 @@ class AgentTunnelHandle:
         if tunnel is None or not tunnel.send_sip(flow_id, data):
             self.dropped += 1
 
+    @property
+    def congested(self) -> bool:
+        """
+        Whether the current tunnel's signalling backlog is over its
+        high-water mark (new SIP requests get C{503}).
+        """
+        tunnel = self.current
+        return tunnel is not None and tunnel.congested
+
     # tunnel application part: keep track of the connection
     def tunnel_established(self, tunnel: Any) -> None:
         self.current = tunnel

@@ -73,6 +73,12 @@ class ChannelLimitError(SpwmError):
     """
 
 
+class TunnelNotOpenError(SpwmError, RuntimeError):
+    """
+    The tunnel is not (or no longer) open: nothing can be sent or opened.
+    """
+
+
 @define
 class TunnelStats:
     """
@@ -430,7 +436,7 @@ class TunnelConnection:
 
     def _require_open(self) -> None:
         if self.state is not State.OPEN:
-            raise RuntimeError(f"tunnel is {self.state.value}, not open")
+            raise TunnelNotOpenError(f"tunnel is {self.state.value}, not open")
 
     def send_sip(self, flow_id: int, data: bytes, flags: int = 0) -> None:
         """
@@ -439,7 +445,7 @@ class TunnelConnection:
         the tunnel is closed (see L{data_to_send}).
 
         @raise ValueError: if the message does not fit in one frame.
-        @raise RuntimeError: if the tunnel is not open.
+        @raise TunnelNotOpenError: if the tunnel is not open.
         """
         self._require_open()
         if len(data) > self.limits.max_frame_payload:
@@ -451,7 +457,7 @@ class TunnelConnection:
         Queue an application control message (resumption and the like).
 
         @raise ValueError: for an op the core itself owns.
-        @raise RuntimeError: if the tunnel is not open.
+        @raise TunnelNotOpenError: if the tunnel is not open.
         """
         self._require_open()
         if message.get("op") in _CORE_OPS:
@@ -465,6 +471,7 @@ class TunnelConnection:
         before it reads a message that refers to it.
 
         @raise ChannelLimitError: if the tunnel has L{Limits.max_channels} open.
+        @raise TunnelNotOpenError: if the tunnel is not open.
         """
         self._require_open()
         if len(self._channels) >= self.limits.max_channels:
@@ -679,6 +686,16 @@ class TunnelConnection:
         Bytes of control and SIP frames waiting to be sent.
         """
         return self._priority_bytes
+
+    @property
+    def congested(self) -> bool:
+        """
+        Whether the signalling backlog is over the high-water mark (a
+        quarter of L{Limits.max_priority_queue}): the SIP proxies then refuse
+        new requests with C{503} instead of queueing them towards the close
+        at the limit.
+        """
+        return self._priority_bytes > self.limits.max_priority_queue // 4
 
     def check_queues(self) -> ev.TunnelClosed | None:
         """

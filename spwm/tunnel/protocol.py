@@ -693,6 +693,14 @@ class TunnelProtocol(Protocol):
         """
         return self.connection is not None and self.connection.state is State.OPEN
 
+    @property
+    def congested(self) -> bool:
+        """
+        Whether the tunnel's signalling backlog is over its high-water mark
+        (L{TunnelConnection.congested}).
+        """
+        return self.connection is not None and self.connection.congested
+
     # -- output and timers -----------------------------------------------
 
     def _flush(self) -> None:
