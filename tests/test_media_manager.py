@@ -10,7 +10,7 @@ from typing import Any
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.media.manager import MediaManager
+from spwm.media.manager import PENDING_TIMEOUT, MediaManager
 from spwm.media.ports import PortAllocator, PortsExhaustedError
 from spwm.sdp import parse_sdp
 from spwm.tunnel.frames import ChannelKind, ErrorCode
@@ -382,13 +382,16 @@ class RefusalTests(SynchronousTestCase):
 
     def test_pending_channel_expires(self) -> None:
         """
-        A channel the peer opened whose SDP never arrives is closed after
-        the inactivity timeout.
+        A channel the peer opened whose SDP never arrives (its message was
+        refused or lost) is closed after L{PENDING_TIMEOUT}, within one
+        sweep, not after the (longer) media inactivity timeout.
         """
         reactor, agent, a_end, contact, c_end = _pair()
         contact.channel_requested(c_end, 5, ChannelKind.DATAGRAM, {"use": "media", "dialog": "d", "stream": 0})
-        for _ in range(7):
-            reactor.advance(10)
+        reactor.advance(PENDING_TIMEOUT - 1)
+        self.assertEqual((c_end.closed, contact.open_channels), ([], 1))
+        reactor.advance(10)
+        reactor.advance(10)
         self.assertEqual(c_end.closed, [(5, 0, "no session description")])
         self.assertEqual((contact.open_channels, reactor.getDelayedCalls()), (0, []))
 

@@ -53,6 +53,11 @@ DEFAULT_MAX_STREAMS_PER_DIALOG = 16
 #: Default number of channels the peer may open before their SDP arrives.
 DEFAULT_MAX_PENDING_CHANNELS = 256
 
+#: Seconds a channel the peer opened may wait for its SDP. The SDP travels
+#: right behind the open on the same tunnel, so a channel still waiting
+#: after this belongs to a message that was refused or lost (overload).
+PENDING_TIMEOUT = 10.0
+
 #: Default number of branches (early dialogs of a forked call) whose
 #: descriptions one stream keeps; the oldest is forgotten beyond it.
 DEFAULT_MAX_BRANCHES_PER_STREAM = 8
@@ -311,6 +316,7 @@ class MediaManager:
         self.refused_channels = 0
         self.rejected_streams = 0
         self.refused_local_channels = 0
+        self._warnings: dict[str, int] = {}
         self.ignored_branch_sdp = 0
 
     # counts for tests and status
@@ -725,7 +731,8 @@ class MediaManager:
                 problem = "stream already has a channel"
         if problem is not None:
             self.refused_channels += 1
-            self.log.warn(
+            self._warn(
+                problem,
                 "refusing media channel {channel_id} from {peer}: {reason}",
                 channel_id=channel_id,
                 peer=getattr(tunnel, "peer", "?"),
@@ -913,7 +920,7 @@ class MediaManager:
             try:
                 base = self.ports.allocate()
             except PortsExhaustedError:
-                self.log.warn("no free media ports for dialog {dialog}", dialog=stream.dialog)
+                self._warn("no ports", "no free media ports for dialog {dialog}", dialog=stream.dialog)
                 break
             try:
                 endpoint.listen(base)
@@ -1058,17 +1065,13 @@ class MediaManager:
         except (ChannelLimitError, TunnelNotOpenError) as e:
             self.rejected_streams += 1
             self.refused_local_channels += 1
-            if self.refused_local_channels & (self.refused_local_channels - 1) == 0:
-                # the 1st, 2nd, 4th, 8th... time: an overload must not
-                # become a flood of log lines
-                self.log.warn(
-                    "no media channel for stream {stream} of dialog {dialog}: {reason}"
-                    " ({count} streams so far)",
-                    stream=stream.index,
-                    dialog=stream.dialog,
-                    reason=str(e),
-                    count=self.refused_local_channels,
-                )
+            self._warn(
+                "no channel",
+                "no media channel for stream {stream} of dialog {dialog}: {reason}",
+                stream=stream.index,
+                dialog=stream.dialog,
+                reason=str(e),
+            )
             dialog = self._dialogs.get((tunnel, stream.dialog))
             if dialog is not None and dialog.streams.get(stream.index) is stream:
                 self._release_stream(dialog, stream.index, "no media channel", close=False)
@@ -1123,9 +1126,7 @@ class MediaManager:
             try:
                 base = self.ports.allocate()
             except PortsExhaustedError:
-                self.log.warn(
-                    "no free media ports for dialog {dialog}", dialog=stream.dialog
-                )
+                self._warn("no ports", "no free media ports for dialog {dialog}", dialog=stream.dialog)
                 return False
             rtp = self._endpoint(0)
             try:
@@ -1202,6 +1203,18 @@ class MediaManager:
             stream.base_port = None
         self._maybe_stop_timer()
 
+    def _warn(self, kind: str, format: str, **fields: Any) -> None:
+        """
+        Log a warning of one kind the 1st, 2nd, 4th, 8th... time it happens
+        (with the count so far): under overload the same refusal comes
+        thousands of times a second and must not become a flood of log lines.
+        """
+        count = self._warnings.get(kind, 0) + 1
+        if len(self._warnings) < 64 or kind in self._warnings:
+            self._warnings[kind] = count
+        if count & (count - 1) == 0:
+            self.log.warn(format + " ({count} times so far)", count=count, **fields)
+
     # the inactivity sweep
 
     def _sweep_interval(self) -> float:
@@ -1250,7 +1263,7 @@ class MediaManager:
                     )
                     self._release_stream(dialog, index, "media inactivity")
         for key, (channel_id, since) in list(self._pending.items()):
-            if now - since >= self.inactivity_timeout:
+            if now - since >= min(self.inactivity_timeout, PENDING_TIMEOUT):
                 del self._pending[key]
                 self._close_channel(key[0], channel_id, "no session description")
         if self._dialogs_have_streams() or self._pending:
