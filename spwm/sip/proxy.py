@@ -1438,18 +1438,7 @@ def _hook_into(hook: MediaHook | None, key: Any, fid: int, msg: SipMessage) -> N
     Show a message going into the tunnel to the media hook: its SDP with
     the tag of this side's endpoint, then the answer of a 2xx to INVITE.
     """
-    if hook is None:
-        return
-    sdp = _has_sdp(msg)
-    answer = _answers_invite(msg)
-    if not (sdp or answer):
-        return
-    leg = dialog_key(fid, msg.call_id)
-    tag = _author_tag(msg)
-    if sdp:
-        hook.sdp_into_tunnel(key, leg, msg.content_type, msg.body, tag=tag)
-    if answer:
-        hook.dialog_answered(key, leg, tag, ours=True)
+    _show_media(hook, key, fid, msg, True)
 
 
 def _hook_out(hook: MediaHook | None, key: Any, fid: int, msg: SipMessage) -> None:
@@ -1457,6 +1446,10 @@ def _hook_out(hook: MediaHook | None, key: Any, fid: int, msg: SipMessage) -> No
     Show a message coming out of the tunnel to the media hook (its body
     may be replaced), then the answer of a 2xx to INVITE.
     """
+    _show_media(hook, key, fid, msg, False)
+
+
+def _show_media(hook: MediaHook | None, key: Any, fid: int, msg: SipMessage, into: bool) -> None:
     if hook is None:
         return
     sdp = _has_sdp(msg)
@@ -1465,12 +1458,14 @@ def _hook_out(hook: MediaHook | None, key: Any, fid: int, msg: SipMessage) -> No
         return
     leg = dialog_key(fid, msg.call_id)
     tag = _author_tag(msg)
-    if sdp:
+    if sdp and into:
+        hook.sdp_into_tunnel(key, leg, msg.content_type, msg.body, tag=tag)
+    elif sdp:
         body = hook.sdp_out_of_tunnel(key, leg, msg.content_type, msg.body, tag=tag)
         if body != msg.body:
             msg.set_body(body)
     if answer:
-        hook.dialog_answered(key, leg, tag, ours=False)
+        hook.dialog_answered(key, leg, tag, ours=into)
 
 
 def dialog_key(flow_id: int, call_id: str) -> str:
