@@ -101,7 +101,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         options["media-address"] or sip_addresses[0][0],
         options["media-ports"],
         inactivity_timeout=options["media-timeout"],
-        receive_buffer=options["udp-buffer"],
+        receive_buffer=options["media-buffer"],
         router=mux,
         sockets=relay_sockets_for(reactor),
     )

@@ -17,9 +17,10 @@ TUNNEL_LIMIT_OPTIONS = (
     Option("media-deadline", _D.media_deadline, positive_float, "Seconds a media datagram may wait in the tunnel before it is dropped."),
     Option("max-channels", _D.max_channels, positive_int, "Open channels per tunnel."),
     Option("max-sip-size", 65535, positive_int, "Largest SIP message accepted (bytes); larger ones get 413 or are dropped."),
-    Option("max-signalling-queue", _D.max_priority_queue, positive_int, "Bytes of SIP and control a tunnel may queue for a peer that does not read; past it the tunnel is closed."),
+    Option("max-signalling-queue", _D.max_priority_queue, positive_int, "Bytes of SIP and control a tunnel may queue for a peer that does not read; past a quarter of it new SIP requests get 503, past it the tunnel is closed."),
     Option("max-media-queue", _D.max_media_queue, positive_int, "Bytes of media a tunnel may queue; past it datagrams are dropped and counted."),
-    Option("udp-buffer", 4 * 1024 * 1024, positive_int, "Receive buffer (bytes) of SIP, media and forward UDP sockets."),
+    Option("udp-buffer", 4 * 1024 * 1024, positive_int, "Receive buffer (bytes) of SIP and forward UDP sockets."),
+    Option("media-buffer", 256 * 1024, positive_int, "Receive buffer (bytes) of each media relay socket: about 300 audio packets; a backlog beyond it is too late to play and the kernel drops it."),
     Option("user-ciphering", False, bool, "Seal each registered user's SIP and media frames with that user's key (both halves must ask).", flag=True),
     Option("resume-window", 60.0, non_negative_float, "Seconds a broken tunnel's session (registrations, calls, media) waits to be resumed; 0: never."),
 )

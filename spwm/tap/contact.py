@@ -130,7 +130,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         options["media-ports"],
         allow=list(options["media-allow"]),
         inactivity_timeout=options["media-timeout"],
-        receive_buffer=options["udp-buffer"],
+        receive_buffer=options["media-buffer"],
         router=mux,
         sockets=relay_sockets_for(reactor),
     )
