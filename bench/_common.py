@@ -1,16 +1,17 @@
 """
-Helpers shared by the SIP and media benchmarks (C{sip_calls.py}, C{media.py}).
-
-The process handling, CPU and kernel counters, percentiles and the py-spy
-summary come from C{tunnel_udp.py} (imported, not copied); what is added here
-is what the SIP benchmarks need on top: starting an agent and a contact point
-with SIP and media options, waiting for their tunnel, py-spy on both halves,
+Helpers shared by the benchmarks (C{tunnel_udp.py}, C{sip_calls.py},
+C{media.py}): process handling with a clean-up by PID, CPU and kernel
+counters, percentiles, the py-spy summary, a paced datagram sender; and what
+the SIP benchmarks need on top: starting an agent and a contact point with
+SIP and media options, waiting for their tunnel, py-spy on both halves,
 SIPp's statistics file, a bounded run with a clean-up of everything by PID.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
+import multiprocessing
 import os
 import random
 import signal
@@ -21,22 +22,198 @@ import tempfile
 import time
 from typing import Any, Callable
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from tunnel_udp import (  # noqa: E402,F401  (re-exported for the benchmarks)
-    ROOT,
-    Processes,
-    cpu_model,
-    cpu_seconds,
-    machine_cpu,
-    machine_usage,
-    percentile,
-    summarize_profile,
-    udp_counters,
-)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 sys.path.insert(0, ROOT)
 from spwm.testing.ports import free_port  # noqa: E402,F401  (re-exported for the benchmarks)
+
+
+# -- processes and counters ----------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """
+    User plus system CPU seconds used so far by process C{pid}.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def udp_counters() -> dict[str, int]:
+    """
+    The kernel's UDP counters (system-wide; other users of the machine add noise).
+    """
+    try:
+        with open("/proc/net/snmp") as f:
+            rows = [line.split() for line in f if line.startswith("Udp:")]
+        return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:])}
+    except (OSError, IndexError, ValueError):
+        return {}
+
+
+def machine_cpu() -> list[int]:
+    """
+    The machine's CPU time counters from C{/proc/stat} (all CPUs summed).
+    """
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return []
+
+
+def machine_usage(before: list[int], after: list[int]) -> dict[str, float]:
+    """
+    Busy, softirq and steal shares (of all CPUs) between two L{machine_cpu} readings.
+    """
+    d = [b - a for a, b in zip(before, after)]
+    total = sum(d[:8]) or 1
+    idle = d[3] + d[4]
+    return {"busy": (total - idle) / total, "softirq": d[6] / total, "steal": d[7] / total}
+
+
+def percentile(sorted_values: Any, q: float) -> float:
+    """
+    The C{q} quantile (0..1) of an already sorted sequence, or NaN if empty.
+    """
+    n = len(sorted_values)
+    if not n:
+        return float("nan")
+    return sorted_values[min(n - 1, int(q * n))]
+
+
+def child_setup() -> None:
+    """
+    In a forked worker: die quietly on SIGINT/SIGTERM.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class Processes:
+    """
+    Every process the benchmark started, ended by PID in L{stop_all}.
+    """
+
+    def __init__(self) -> None:
+        self.popen: list[subprocess.Popen] = []
+        self.workers: list[multiprocessing.Process] = []
+
+    def start_twistd(self, name: str, args: list[str], log: str) -> subprocess.Popen:
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        cmd = [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            name,
+            *args,
+        ]
+        with open(log, "wb") as out:
+            p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.popen.append(p)
+        return p
+
+    def fork(self, target: Any, *args: Any) -> multiprocessing.Process:
+        p = multiprocessing.get_context("fork").Process(target=target, args=args, daemon=True)
+        p.start()
+        self.workers.append(p)
+        return p
+
+    def stop_all(self) -> None:
+        pids = [p.pid for p in self.popen if p.poll() is None]
+        pids += [w.pid for w in self.workers if w.pid is not None and w.is_alive()]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 3.0
+        for p in self.popen:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait(1.0)
+        for w in self.workers:
+            w.join(max(0.0, deadline - time.monotonic()))
+            if w.is_alive() and w.pid is not None:
+                os.kill(w.pid, signal.SIGKILL)
+                w.join(1.0)
+
+
+_GENERIC = (
+    "twistd.py",
+    "app.py",
+    "_twistd_unix.py",
+    "base.py",
+    "log.py",
+    "context.py",
+    "posixbase.py",
+    "<module>",
+)
+
+
+def summarize_profile(path: str, top: int = 16) -> list[str]:
+    """
+    Self and inclusive time by frame from a py-spy raw (collapsed) file of the
+    reactor thread (samples of other threads, such as the idle thread pool,
+    are left out).
+    """
+    self_t: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    try:
+        with open(path) as f:
+            for line in f:
+                stack, _, n = line.rstrip().rpartition(" ")
+                if not stack or "mainLoop" not in stack:
+                    continue
+                count = int(n)
+                total += count
+                frames = stack.split(";")
+                self_t[frames[-1]] += count
+                seen = set()
+                for fr in frames:
+                    fn = fr.rsplit(":", 1)[0] + ")" if fr.endswith(")") else fr
+                    if fn not in seen:
+                        seen.add(fn)
+                        incl[fn] += count
+    except OSError as e:
+        return [f"  (no profile: {e})"]
+    if not total:
+        return ["  (empty profile)"]
+    out = [f"  {os.path.basename(path)}: {total} samples of the reactor thread; self time by line:"]
+    for fr, n in self_t.most_common(top):
+        out.append(f"    {100 * n / total:5.1f} %  {fr}")
+    out.append("   inclusive time by function:")
+    shown = 0
+    for fr, n in incl.most_common():
+        if not any(g in fr for g in _GENERIC):
+            out.append(f"    {100 * n / total:5.1f} %  {fr}")
+            shown += 1
+            if shown >= top:
+                break
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+# -- SIP and media -------------------------------------------------------------
 
 
 def media_ranges(count: int, size: int) -> list[tuple[int, int]]:

@@ -55,6 +55,7 @@ from _common import (  # noqa: E402
     ROOT,
     Pair,
     Processes,
+    child_setup,
     cpu_seconds,
     free_port,
     machine_cpu,
@@ -66,7 +67,6 @@ from _common import (  # noqa: E402
     udp_counters,
     wait_profilers,
 )
-from tunnel_udp import child_setup  # noqa: E402
 
 #: RTP header (V=2, PT 0, sequence, timestamp, SSRC), then our payload:
 #: phase, call, sequence, send time.
