@@ -94,6 +94,65 @@ def child_setup() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def paced_sender_main(
+    socks: list[socket.socket],
+    dests: list[tuple[str, int]],
+    size: int,
+    fill: Callable[[bytearray, int, int], Any],
+    rate: float,
+    duration: float,
+    conn: Any,
+) -> None:
+    """
+    A forked sender: C{rate} datagrams of C{size} bytes per second for
+    C{duration} seconds, round robin over C{socks} (socket i sends to
+    C{dests[i]}), paced in batches of about 2 ms with C{time.sleep}; C{rate
+    <= 0} sends unpaced, in batches of 64.  Reports C{(sent, send errors,
+    elapsed, cpu)} on C{conn}.
+
+    @param fill: C{fill(buf, i, seq)} writes datagram C{seq} of stream C{i}
+        into C{buf}; it is called just before the datagram is sent, so it
+        can stamp the send time.
+    """
+    child_setup()
+    buf = bytearray(size)
+    n = len(socks)
+    sends = [s.sendto for s in socks]
+    seq = [0] * n
+    sent = failed = 0
+    i = 0
+    unlimited = rate <= 0
+    batch_cap = 64 if unlimited else max(1, int(rate * 0.002))
+    monotonic = time.monotonic
+    t0 = monotonic()
+    end = t0 + duration
+    cpu0 = time.process_time()
+    while True:
+        now = monotonic()
+        if now >= end:
+            break
+        due = batch_cap if unlimited else int((now - t0) * rate) + 1 - sent - failed
+        if due <= 0:
+            # next datagram is due in 1/rate; sleep in steps of at least 0.5 ms
+            time.sleep(max(0.0005, (sent + failed) / rate - (now - t0)))
+            continue
+        if due > batch_cap:
+            due = batch_cap
+        for _ in range(due):
+            s = seq[i]
+            fill(buf, i, s)
+            try:
+                sends[i](buf, dests[i])
+                sent += 1
+            except OSError:
+                failed += 1
+            seq[i] = s + 1
+            i += 1
+            if i == n:
+                i = 0
+    conn.send((sent, failed, monotonic() - t0, time.process_time() - cpu0))
+
+
 class Processes:
     """
     Every process the benchmark started, ended by PID in L{stop_all}.

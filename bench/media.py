@@ -47,7 +47,7 @@ import socket
 import struct
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,6 +60,7 @@ from _common import (  # noqa: E402
     free_port,
     machine_cpu,
     machine_usage,
+    paced_sender_main,
     percentile,
     register_through,
     run_bounded,
@@ -83,48 +84,19 @@ _monotonic = time.monotonic
 # -- the load ----------------------------------------------------------------
 
 
-def sender_main(socks: list[socket.socket], dests: list[tuple[str, int]], phase: int, rate: float, duration: float, conn: Any) -> None:
+def rtp_filler(phase: int) -> Callable[[bytearray, int, int], None]:
     """
-    Send C{rate} packets per second for C{duration} s, round robin over the
-    calls (socket i to C{dests[i]}), paced in batches of about 2 ms with
-    C{time.sleep}; report C{(sent, send errors, elapsed, cpu)}.
+    The L{paced_sender_main} C{fill} of C{phase}: an RTP header (PT 0,
+    sequence, timestamp, SSRC by call), then the phase, the call, the
+    sequence and the send time.
     """
-    child_setup()
     pack_into = PACKET.pack_into
-    buf = bytearray(SIZE)
-    n = len(socks)
-    sends = [s.sendto for s in socks]
-    seq = [0] * n
-    ssrc = [0x5B000000 + i for i in range(n)]
-    sent = failed = 0
-    i = 0
-    batch_cap = max(1, int(rate * 0.002))
-    t0 = _monotonic()
-    end = t0 + duration
-    cpu0 = time.process_time()
-    while True:
-        now = _monotonic()
-        if now >= end:
-            break
-        due = int((now - t0) * rate) + 1 - sent - failed
-        if due <= 0:
-            time.sleep(max(0.0005, (sent + failed) / rate - (now - t0)))
-            continue
-        if due > batch_cap:
-            due = batch_cap
-        for _ in range(due):
-            s = seq[i]
-            pack_into(buf, 0, 0x80, 0, s & 0xFFFF, (s * 160) & 0xFFFFFFFF, ssrc[i], phase, i, s, _monotonic())
-            try:
-                sends[i](buf, dests[i])
-                sent += 1
-            except OSError:
-                failed += 1
-            seq[i] = s + 1
-            i += 1
-            if i == n:
-                i = 0
-    conn.send((sent, failed, _monotonic() - t0, time.process_time() - cpu0))
+    monotonic = _monotonic
+
+    def fill(buf: bytearray, i: int, seq: int) -> None:
+        pack_into(buf, 0, 0x80, 0, seq & 0xFFFF, (seq * 160) & 0xFFFFFFFF, 0x5B000000 + i, phase, i, seq, monotonic())
+
+    return fill
 
 
 def receiver_main(socks: list[socket.socket], phase: int, until: float, conn: Any) -> None:
@@ -440,7 +412,7 @@ class Bench:
         for name, socks, dests in (("from_lan", lan, to_op), ("from_op", op, to_lan)):
             a, b = multiprocessing.Pipe()
             conns[name] = a
-            workers.append(self.procs.fork(sender_main, socks, dests, phase, rate, duration, b))
+            workers.append(self.procs.fork(paced_sender_main, socks, dests, SIZE, rtp_filler(phase), rate, duration, b))
         spies = start_profilers(self.procs, self.pair, profile, f"{n}calls", duration - 1) if profile and pids else []
         res = {}
         for name in ("from_lan", "from_op", "at_op", "at_lan"):

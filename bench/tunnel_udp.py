@@ -56,7 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,6 +68,7 @@ from _common import (  # noqa: E402
     cpu_seconds,
     machine_cpu,
     machine_usage,
+    paced_sender_main,
     percentile,
     summarize_profile,
     udp_counters,
@@ -166,58 +167,18 @@ def target_main(sock: socket.socket, conn: Any) -> None:
 # -- the load generator -------------------------------------------------------
 
 
-def sender_main(
-    socks: list[socket.socket],
-    dests: list[tuple[str, int]],
-    phase: int,
-    rate: float,
-    duration: float,
-    size: int,
-    conn: Any,
-) -> None:
+def filler(phase: int) -> Callable[[bytearray, int, int], None]:
     """
-    Send C{rate} datagrams per second for C{duration} seconds, round robin
-    over C{socks} (socket i sends to C{dests[i]}), paced in small batches with
-    C{time.sleep}.  C{rate <= 0} sends as fast as it can.  Reports
-    C{(sent, failed, elapsed, cpu)}.
+    The L{paced_sender_main} C{fill} of C{phase}: phase, stream, sequence and
+    send time; the target writes its receive time into the last field.
     """
-    child_setup()
     pack_into = PACKET.pack_into
-    buf = bytearray(size)
-    n = len(socks)
-    sends = [s.sendto for s in socks]
-    seq = [0] * n
-    sent = failed = 0
-    i = 0
-    unlimited = rate <= 0
-    batch_cap = 64 if unlimited else max(1, int(rate * 0.002))
-    t0 = _monotonic()
-    end = t0 + duration
-    cpu0 = time.process_time()
-    while True:
-        now = _monotonic()
-        if now >= end:
-            break
-        due = batch_cap if unlimited else int((now - t0) * rate) + 1 - sent - failed
-        if due <= 0:
-            # next datagram is due in 1/rate; sleep in steps of at least 0.5 ms
-            time.sleep(max(0.0005, (sent + failed) / rate - (now - t0)))
-            continue
-        if due > batch_cap:
-            due = batch_cap
-        for _ in range(due):
-            s = seq[i]
-            pack_into(buf, 0, phase, i, s, _monotonic(), 0.0)
-            try:
-                sends[i](buf, dests[i])
-                sent += 1
-            except OSError:
-                failed += 1
-            seq[i] = s + 1
-            i += 1
-            if i == n:
-                i = 0
-    conn.send((sent, failed, _monotonic() - t0, time.process_time() - cpu0))
+    monotonic = _monotonic
+
+    def fill(buf: bytearray, i: int, seq: int) -> None:
+        pack_into(buf, 0, phase, i, seq, monotonic(), 0.0)
+
+    return fill
 
 
 def receiver_main(socks: list[socket.socket], phase: int, until: float, conn: Any) -> None:
@@ -403,7 +364,9 @@ class Bench:
         if echo:
             r_conn, r_child = multiprocessing.Pipe()
             receiver = self.procs.fork(receiver_main, self.socks, phase, start + duration + drain, r_child)
-        sender = self.procs.fork(sender_main, self.socks, dests, phase, rate, duration, self.args.size, s_child)
+        sender = self.procs.fork(
+            paced_sender_main, self.socks, dests, self.args.size, filler(phase), rate, duration, s_child
+        )
         spies = []
         if profile and path == "tunnel":
             for name, proc in (("agent", self.agent), ("contact", self.contact)):
