@@ -257,7 +257,8 @@ class MutualTLSTests(LoopbackBase):
         agent_service, local = self.start_agent(port, extra=["--agent-id", "agent-1"])
         yield wait_until(lambda: agent_service.tunnel_service._reporting.attempts >= 2)
         self.assertIsNone(agent_service.tunnel_service.tunnel)
-        self.assertEqual(len(service.factory.tunnels), 0)
+        # the agent's next attempt may be mid-handshake here: none is open
+        self.assertEqual([t for t in service.factory.tunnels if t.is_open], [])
 
     @defer.inlineCallbacks
     def test_certificate_for_another_agent(self) -> None:
