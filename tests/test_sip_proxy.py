@@ -1558,6 +1558,45 @@ class PassThroughTests(SynchronousTestCase):
             )
             self.assertEqual((act.flow_id, parse_message(act.data).method), (2, method))
 
+    def test_offers_in_prack_and_update(self) -> None:
+        """
+        SDP in PRACK and UPDATE (and in their 2xx) reaches the media hook
+        like SDP in INVITE, both ways, with the tag of the endpoint that
+        wrote it, and the rewritten body goes out.
+        """
+        hook = RecordingHook("contact")
+        cp = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR, media_hook=hook)
+        key = FakeTunnel("s")
+        cp.tunnel_attached(key, "s")
+        token = FlowTokenCodec(SECRET).encode(KIND_ROUTE, "s", 2)
+        route = f"Route: <sip:{token}@203.0.113.5:5060;lr>"
+        for method in ("PRACK", "UPDATE"):
+            del hook.calls[:]
+            up = request(
+                method, "sip:bob@198.51.100.30", from_="<sip:a@x>;tag=phone", to="<sip:b@x>;tag=far",
+                body=SDP, content_type="application/sdp",
+            )
+            out = only(cp.from_tunnel(key, "s", 2, up, 0.0), ToNetwork)
+            self.assertTrue(parse_message(out.data).body.endswith(b"a=relayed-by:contact\r\n"))
+            ok = answer(out.data, 200, to_tag=None, body=SDP)
+            only(cp.from_network("udp", ("198.51.100.7", 5060), ok, 0.0), ToTunnel)
+            down = request(
+                method,
+                "sip:alice@192.0.2.10:5062",
+                via="SIP/2.0/UDP 198.51.100.7;branch=z9hG4bKd" + method,
+                from_="<sip:b@x>;tag=far",
+                to="<sip:a@x>;tag=phone",
+                extra=(route,),
+                body=SDP,
+                content_type="application/sdp",
+            )
+            only(cp.from_network("udp", ("198.51.100.7", 5060), down, 0.0), ToTunnel)
+            leg = dialog_key(2, "call-1@192.0.2.10")
+            self.assertEqual(
+                [(c[0], c[2]) for c in hook.calls], [("out", leg), ("into", leg), ("into", leg)]
+            )
+            self.assertEqual(hook.tags[-3:], [("out", "phone"), ("into", "far"), ("into", "far")])
+
     def test_max_forwards_from_tunnel(self) -> None:
         """
         A request from the tunnel with Max-Forwards 0 is answered 483 into
