@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import argparse
 import array
+import collections
+import math
 import multiprocessing
 import os
 import select
@@ -79,6 +81,8 @@ PACKET = struct.Struct("!BHIdd")
 PHASE_PROBE = 254
 PHASE_CONTROL = 255
 RCVBUF = 4 * 1024 * 1024
+#: spwm-agent and spwm-contact's default --max-channels (open channels per tunnel)
+CHANNELS_PER_TUNNEL = 4096
 
 _monotonic = time.monotonic
 
@@ -256,6 +260,9 @@ class Bench:
         self.forward_ports = [free_port(socket.SOCK_DGRAM) for _ in range(a.forwards)]
         target = f"{self.target_addr[0]}:{self.target_addr[1]}"
         common = ["--udp-buffer", str(RCVBUF)]
+        if a.streams > CHANNELS_PER_TUNNEL - 16:
+            # every stream is a channel; leave room for the tunnel's own
+            common += ["--max-channels", str(a.streams + 64)]
         if a.tls:
             from spwm.testing.certs import TestCA
 
@@ -289,23 +296,22 @@ class Bench:
             os.path.join(self.workdir, "agent.log"),
         )
         self.command_lines = [" ".join(p.args[5:]) for p in (self.contact, self.agent)]
-        # Wait until a probe comes back through the tunnel.
-        probe = udp_socket()
+        # Wait until a probe comes back through the tunnel.  It goes from
+        # stream 0's socket to stream 0's forward: a socket of its own would
+        # be one more sender (one more channel) on that forward.
+        probe = self.socks[0]
         deadline = time.monotonic() + 20.0
-        try:
-            while True:
-                for proc in (self.contact, self.agent):
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"{proc.args[5]} exited; see {self.workdir}")
-                probe.sendto(PACKET.pack(PHASE_PROBE, 0, 0, 0.0, 0.0), ("127.0.0.1", self.forward_ports[0]))
-                r, _, _ = select.select([probe], [], [], 0.2)
-                if r:
-                    probe.recv(2048)
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the tunnel did not forward within 20 s; see {self.workdir}")
-        finally:
-            probe.close()
+        while True:
+            for proc in (self.contact, self.agent):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{proc.args[5]} exited; see {self.workdir}")
+            probe.sendto(PACKET.pack(PHASE_PROBE, 0, 0, 0.0, 0.0), self.tunnel_dests()[0])
+            r, _, _ = select.select([probe], [], [], 0.2)
+            if r:
+                probe.recv(2048)
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the tunnel did not forward within 20 s; see {self.workdir}")
         self.warm_up(self.tunnel_dests())
 
     def tunnel_dests(self) -> list[tuple[str, int]]:
@@ -320,18 +326,26 @@ class Bench:
         One probe per sender socket, so every channel is open before measuring.
         """
         waiting = set(range(len(self.socks)))
+        # poll, not select: with many streams the descriptors pass 1024
+        poller = select.poll()
+        index = {s.fileno(): i for i, s in enumerate(self.socks)}
+        for fd in index:
+            poller.register(fd, select.POLLIN)
         deadline = time.monotonic() + 10.0
         while waiting and time.monotonic() < deadline:
             for i in waiting:
                 self.socks[i].sendto(PACKET.pack(PHASE_PROBE, i, 0, 0.0, 0.0), dests[i])
             end = time.monotonic() + 0.5
             while waiting and time.monotonic() < end:
-                r, _, _ = select.select([self.socks[i] for i in waiting], [], [], 0.1)
-                for s in r:
-                    s.recv(2048)
-                    waiting.discard(self.socks.index(s))
+                for fd, _ in poller.poll(100):
+                    self.socks[index[fd]].recv(2048)
+                    waiting.discard(index[fd])
         if waiting:
-            raise RuntimeError(f"{len(waiting)} streams got no answer during warm-up")
+            by_dest = collections.Counter(dests[i] for i in waiting)
+            raise RuntimeError(
+                f"{len(waiting)} of {len(self.socks)} streams got no answer during warm-up "
+                f"(by destination: {dict(by_dest)}); see {self.workdir}"
+            )
         # Leave nothing stale in the sockets.
         for s in self.socks:
             s.setblocking(False)
@@ -614,13 +628,34 @@ def mode_loadgen(bench: Bench, args: argparse.Namespace) -> None:
     )
 
 
+def senders_per_forward() -> int | None:
+    """
+    How many local senders C{spwm-agent} gives a channel on one
+    C{--forward-udp} port (C{spwm.forward.AgentForwarder}'s C{max_senders},
+    not an option): the datagrams of every further sender are dropped,
+    with no log line.  C{None} if that parameter is gone.
+    """
+    import inspect
+
+    sys.path.insert(0, ROOT)
+    from spwm.forward import AgentForwarder
+
+    param = inspect.signature(AgentForwarder).parameters.get("max_senders")
+    return None if param is None or not isinstance(param.default, int) else param.default
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=("fixed", "ramp", "loadgen"), default="fixed")
     p.add_argument("--tls", action="store_true", help="TLS between agent and contact point (default: --plaintext)")
     p.add_argument("--rate", type=float, default=20000, help="fixed: datagrams per second in total, both ways (default 20000)")
     p.add_argument("--streams", type=int, default=200, help="sender sockets = forward channels (default 200)")
-    p.add_argument("--forwards", type=int, default=1, help="UDP forwards on the agent; streams spread over them (default 1)")
+    p.add_argument(
+        "--forwards",
+        type=int,
+        help="UDP forwards on the agent; streams spread over them (default: as few as the agent's "
+        "senders per forward allow, 1 up to 256 streams)",
+    )
     p.add_argument("--size", type=int, default=172, help="datagram size in bytes (default 172: RTP + 160 bytes of G.711)")
     p.add_argument("--duration", type=float, default=10.0, help="fixed: seconds per path (default 10)")
     p.add_argument("--drain", type=float, default=0.5, help="seconds to wait for late datagrams after sending (default 0.5)")
@@ -639,6 +674,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.streams < 1 or args.streams > 65535 or args.size < PACKET.size:
         p.error(f"--streams must be 1..65535 and --size at least {PACKET.size}")
+    per_forward = senders_per_forward()
+    if args.forwards is None:
+        args.forwards = math.ceil(args.streams / per_forward) if per_forward else 1
+    elif args.forwards < 1:
+        p.error("--forwards must be at least 1")
+    elif per_forward and math.ceil(args.streams / args.forwards) > per_forward:
+        p.error(
+            f"--streams {args.streams} over --forwards {args.forwards} puts {math.ceil(args.streams / args.forwards)} "
+            f"senders on one forward; the agent gives channels to at most {per_forward} senders per forward "
+            f"(and drops the others' datagrams): use --forwards {math.ceil(args.streams / per_forward)} or more"
+        )
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
     sys.path.insert(0, ROOT)
