@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from attrs import define, field, frozen
+from attrs import Factory, define, field, frozen
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -785,23 +785,81 @@ class Kamailio:
 # -- SIPp --------------------------------------------------------------------
 
 
+SIPP_TRACES: Mapping[str, str] = {
+    "stat.csv": "-stf",
+    "messages.log": "-message_file",
+    "errors.log": "-error_file",
+    "screen.log": "-screen_file",
+}
+"""SIPp's trace files: the suffix of each file L{sipp_argv} names, and the
+SIPp option that names it."""
+
+# every trace stem given out (logdir / stem): a few per test, and each test
+# has a log directory of its own
+_sipp_stems: set[Path] = set()
+
+
+def _sipp_stem(logdir: Path, name: str) -> str:
+    """
+    The stem of one SIPp run's trace files in C{logdir}: C{name} for the
+    first run of that name, then C{name-2}, C{name-3}, ...  A stem is taken
+    once given out, or when C{logdir} holds files of it (a process of that
+    name, or another SIPp's traces).  L{Topology.spawn} numbers repeated
+    process names the same way, so a run spawned under the C{name} it was
+    given here has every file under one stem.
+    """
+    suffixes = ("stdout", *SIPP_TRACES)
+    stem, n = name, 1
+    while True:
+        path = (logdir / stem).resolve()
+        if path not in _sipp_stems and not any(
+            (logdir / f"{stem}.{suffix}").exists() for suffix in suffixes
+        ):
+            _sipp_stems.add(path)
+            return stem
+        n += 1
+        stem = f"{name}-{n}"
+
+
+def sipp_trace(argv: Sequence[str], suffix: str) -> Path | None:
+    """
+    The trace file that a SIPp command line writes.
+
+    @param argv: the command line (from L{sipp_argv}, or a process's
+        C{argv} with C{ip netns exec} in front).
+    @param suffix: one of L{SIPP_TRACES}: C{stat.csv}, C{messages.log},
+        C{errors.log} or C{screen.log}.
+    @return: the file's path, or C{None} if the command line names none.
+    """
+    option = SIPP_TRACES[suffix]
+    argv = list(argv)
+    for i, arg in enumerate(argv[:-1]):
+        if arg == option:
+            return Path(argv[i + 1])
+    return None
+
+
 @frozen
 class SippResult:
     """
     What a finished SIPp run reported.
 
+    @ivar name: the run's process name (C{<name>.stdout}, C{.stderr}).
     @ivar returncode: SIPp's exit status: 0 all calls succeeded, 1 at least
         one failed, 97 internal exit, 99 no call processed, 255/254 fatal.
     @ivar stats: the last row of SIPp's statistics file (C{-trace_stat}),
         column name to value, e.g. C{SuccessfulCall(C)}, C{FailedCall(C)}.
-    @ivar logdir: where its files are (C{<name>.stdout}, C{<name>.stat.csv},
-        C{<name>.messages.log}, C{<name>.errors.log}, C{<name>.screen.log}).
+    @ivar logdir: where its files are (C{<name>.stdout}, C{<stem>.stat.csv},
+        C{<stem>.messages.log}, C{<stem>.errors.log}, C{<stem>.screen.log}).
+    @ivar stem: the stem of this run's own trace files (see L{sipp_argv});
+        the same as C{name} unless names were mixed up.
     """
 
     name: str
     returncode: int
     stats: dict[str, str]
     logdir: Path
+    stem: str = field(default=Factory(lambda self: self.name, takes_self=True))
 
     def count(self, column: str) -> int:
         """One cumulative statistics column as an int (0 if absent)."""
@@ -823,7 +881,7 @@ class SippResult:
 
     def messages(self) -> str:
         """The SIP messages SIPp sent and received (C{-trace_msg})."""
-        path = self.logdir / f"{self.name}.messages.log"
+        path = self.logdir / f"{self.stem}.messages.log"
         return path.read_text("utf-8", "replace") if path.exists() else ""
 
 
@@ -853,6 +911,14 @@ def sipp_argv(
     The SIPp command line for one of our scenarios with all traces in
     C{logdir}.
 
+    The traces are C{<stem>.stat.csv}, C{<stem>.messages.log},
+    C{<stem>.errors.log} and C{<stem>.screen.log}, where C{stem} is C{name}
+    for the first run of that name in C{logdir} and C{name-2}, C{name-3},
+    ... for the next, so two runs of one name keep their own traces (the
+    numbering is that of L{Topology.spawn}: spawn the run under the same
+    C{name}).  L{sipp_trace} tells which files a command line writes;
+    L{sipp_wait} reads the statistics from there.
+
     @param scenario: a file name in C{tests/e2e/data} or a path.
     @param remote: C{HOST:PORT} to send to (C{None} for a pure UAS).
     @param keys: scenario keywords (C{-key}), e.g. C{domain}.
@@ -861,14 +927,15 @@ def sipp_argv(
     path = Path(scenario)
     if not path.is_absolute():
         path = DATA / scenario
+    stem = _sipp_stem(Path(logdir), name)
     argv = [
         "sipp", "-sf", str(path), "-i", local_ip, "-p", str(local_port),
         "-t", transport, "-nostdin",
-        "-trace_stat", "-stf", str(logdir / f"{name}.stat.csv"),
+        "-trace_stat", "-stf", str(logdir / f"{stem}.stat.csv"),
         "-fd", "1",
-        "-trace_msg", "-message_file", str(logdir / f"{name}.messages.log"),
-        "-trace_err", "-error_file", str(logdir / f"{name}.errors.log"),
-        "-trace_screen", "-screen_file", str(logdir / f"{name}.screen.log"),
+        "-trace_msg", "-message_file", str(logdir / f"{stem}.messages.log"),
+        "-trace_err", "-error_file", str(logdir / f"{stem}.errors.log"),
+        "-trace_screen", "-screen_file", str(logdir / f"{stem}.screen.log"),
         "-key", "domain", SIP_DOMAIN,
     ]
     for key, value in (keys or {}).items():
@@ -881,7 +948,9 @@ def sipp_argv(
 
 def sipp_wait(process: ManagedProcess, logdir: Path, timeout: float) -> SippResult:
     """
-    Wait (bounded) for a SIPp process and read its verdict.
+    Wait (bounded) for a SIPp process and read its verdict from the
+    statistics file its command line names (C{<logdir>/<name>.stat.csv} if
+    it names none).
 
     @raise NetbedError: it did not exit within C{timeout} (it is then
         stopped).
@@ -891,12 +960,22 @@ def sipp_wait(process: ManagedProcess, logdir: Path, timeout: float) -> SippResu
     except NetbedError:
         process.stop()
         raise
+    stats = sipp_trace(process.argv, "stat.csv")
+    if stats is None:
+        stats = Path(logdir) / f"{process.name}.stat.csv"
     return SippResult(
         name=process.name,
         returncode=returncode,
-        stats=_read_stats(logdir / f"{process.name}.stat.csv"),
-        logdir=logdir,
+        stats=_read_stats(stats),
+        logdir=stats.parent,
+        stem=stats.name[: -len(".stat.csv")],
     )
+
+
+def _stem_of(argv: Sequence[str], name: str) -> str:
+    """The stem of the traces C{argv} writes, or C{name} if it writes none."""
+    stats = sipp_trace(argv, "stat.csv")
+    return name if stats is None else stats.name[: -len(".stat.csv")]
 
 
 # -- small UDP tools run inside namespaces -----------------------------------
@@ -1086,7 +1165,7 @@ class E2ETestCase(SynchronousTestCase):
             ],
             transport=transport,
         )
-        process = self.topology.spawn(role, name, argv, cwd=self.logdir)
+        process = self.topology.spawn(role, _stem_of(argv, name), argv, cwd=self.logdir)
         return sipp_wait(process, self.logdir, timeout + 5.0)
 
     def sipp_uas(
@@ -1111,7 +1190,7 @@ class E2ETestCase(SynchronousTestCase):
             extra=["-mi", local_ip, "-mp", str(media_port), "-rtp_echo", *extra],
             transport=transport,
         )
-        process = self.topology.spawn(role, name, argv, cwd=self.logdir)
+        process = self.topology.spawn(role, _stem_of(argv, name), argv, cwd=self.logdir)
         self.wait_for_listener(
             role, "udp" if transport.startswith("u") else "tcp",
             local_ip, local_port, process,

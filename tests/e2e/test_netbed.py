@@ -1,11 +1,13 @@
 """
-Tests of the test bed itself: the skip/fail rule, and that the topology
-enforces its policies and leaves nothing behind.
+Tests of the test bed itself: the skip/fail rule, that the topology
+enforces its policies and leaves nothing behind, and that SIPp runs keep
+their own trace files.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from unittest import mock
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -15,11 +17,35 @@ from .netbed import (
     CONTACT,
     ECHO,
     PHONE,
+    UAS,
     E2ETestCase,
     NetbedError,
     Topology,
     run,
+    sipp_argv,
+    sipp_trace,
 )
+
+# one OPTIONS per call, no answer awaited: a SIPp call that needs no peer
+OPTIONS_ONCE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="one OPTIONS, no answer awaited">
+  <send>
+    <![CDATA[
+
+      OPTIONS sip:[service]@[remote_ip] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      Max-Forwards: 70
+      From: <sip:probe@[local_ip]>;tag=[call_number]
+      To: <sip:[service]@[remote_ip]>
+      Call-ID: [call_id]
+      CSeq: 1 OPTIONS
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <pause milliseconds="20"/>
+</scenario>
+"""
 
 
 class RequirementTests(SynchronousTestCase):
@@ -125,3 +151,80 @@ class TopologyTests(E2ETestCase):
             NetbedError, self.wait_for_listener, "op", "tcp", CONTACT, 443, process
         )
         self.assertIn("boom", str(e))
+
+
+class SippTraceNameTests(SynchronousTestCase):
+    """
+    L{sipp_argv} gives every run its own trace files, and L{sipp_trace}
+    finds them in a command line.
+    """
+
+    def setUp(self) -> None:
+        self.logdir = Path(self.mktemp()).resolve()
+        self.logdir.mkdir(parents=True)
+
+    def traces(self, argv: list[str]) -> list[str]:
+        return [
+            sipp_trace(argv, suffix).name
+            for suffix in ("stat.csv", "messages.log", "errors.log", "screen.log")
+        ]
+
+    def test_same_name_counts_up(self) -> None:
+        """
+        The first run of a name has traces under that name, the next ones
+        under C{-2}, C{-3}, as repeated process names are numbered.
+        """
+        runs = [sipp_argv("register.xml", f"{UAS}:5060", PHONE, 5060, "reg", self.logdir) for _ in range(3)]
+        self.assertEqual(
+            [self.traces(argv) for argv in runs],
+            [
+                [f"{stem}.stat.csv", f"{stem}.messages.log", f"{stem}.errors.log", f"{stem}.screen.log"]
+                for stem in ("reg", "reg-2", "reg-3")
+            ],
+        )
+        self.assertEqual(sipp_trace(runs[0], "stat.csv").parent, self.logdir)
+
+    def test_existing_files_are_skipped(self) -> None:
+        """
+        A name whose files are already in the directory (a process of that
+        name, or traces of another run) is not reused.
+        """
+        (self.logdir / "uas.stdout").write_text("")
+        (self.logdir / "uas-2.messages.log").write_text("")
+        argv = sipp_argv("uas_echo.xml", None, UAS, 5060, "uas", self.logdir)
+        self.assertEqual(sipp_trace(argv, "stat.csv").name, "uas-3.stat.csv")
+
+    def test_no_trace(self) -> None:
+        """
+        A command line that names no such trace gives C{None}.
+        """
+        self.assertIsNone(sipp_trace(["sipp", "-sn", "uac", "-stf"], "stat.csv"))
+        self.assertIsNone(sipp_trace(["sleep", "60"], "messages.log"))
+
+
+class SippTraceTests(E2ETestCase):
+    """
+    Two SIPp runs under one name keep separate traces, and each verdict
+    comes from its own run.
+    """
+
+    def test_same_name_twice(self) -> None:
+        """
+        A run of one call, then a run of two under the same name: each
+        result counts its own calls and messages, and both runs' traces
+        are on disk (the second's and its output under C{-2}).
+        """
+        self.make_topology("strict")
+        scenario = self.logdir / "options_once.xml"
+        scenario.write_text(OPTIONS_ONCE)
+        first = self.sipp_uac(str(scenario), f"{UAS}:5060", name="probe", calls=1)
+        second = self.sipp_uac(str(scenario), f"{UAS}:5060", name="probe", calls=2)
+        self.assertEqual((first.returncode, second.returncode), (0, 0))
+        self.assertEqual((first.name, first.stem), ("probe", "probe"))
+        self.assertEqual((second.name, second.stem), ("probe-2", "probe-2"))
+        self.assertEqual((first.successful, second.successful), (1, 2))
+        self.assertEqual(first.messages().count("OPTIONS sip:"), 1)
+        self.assertEqual(second.messages().count("OPTIONS sip:"), 2)
+        for stem in ("probe", "probe-2"):
+            for suffix in ("stdout", "stat.csv", "messages.log", "screen.log"):
+                self.assertTrue((self.logdir / f"{stem}.{suffix}").exists(), f"{stem}.{suffix}")
