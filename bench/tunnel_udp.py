@@ -631,9 +631,10 @@ def mode_loadgen(bench: Bench, args: argparse.Namespace) -> None:
 def senders_per_forward() -> int | None:
     """
     How many local senders C{spwm-agent} gives a channel on one
-    C{--forward-udp} port (C{spwm.forward.AgentForwarder}'s C{max_senders},
-    not an option): the datagrams of every further sender are dropped,
-    with no log line.  C{None} if that parameter is gone.
+    C{--forward-udp} port by default (C{--max-forward-senders}, from
+    C{spwm.forward.AgentForwarder}'s C{max_senders}): the datagrams of every
+    further sender are dropped and counted.  C{None} if that parameter is
+    gone.
     """
     import inspect
 

@@ -19,6 +19,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from spwm.tunnel.frames import ChannelKind, ErrorCode
+from spwm.tunnel.connection import TunnelNotOpenError
 from spwm.tunnel.protocol import ChannelLimitError, TunnelProtocol
 
 USE = "forward-udp"
@@ -69,6 +70,9 @@ class AgentForwarder:
     C{forward-udp} use).
 
     @ivar dropped_no_tunnel: datagrams dropped while no tunnel was up.
+    @ivar dropped_no_channel: datagrams dropped because their sender got no
+        channel (more than C{max_senders} on one forward, or the tunnel
+        refused one).
     """
 
     log = Logger()
@@ -91,6 +95,7 @@ class AgentForwarder:
         # channel id -> (local port, sender)
         self._by_channel: dict[int, tuple[_LocalPort, tuple[str, int]]] = {}
         self.dropped_no_tunnel = 0
+        self.dropped_no_channel = 0
         self.mux: Any = None
 
     def start(self) -> None:
@@ -120,17 +125,32 @@ class AgentForwarder:
         if tunnel is None:
             return None
         if len(local.channels) >= self.max_senders:
-            self.dropped_no_tunnel += 1
+            self._no_channel(local, sender, f"more than {self.max_senders} senders on this forward")
             return None
         try:
             cid = tunnel.open_channel(ChannelKind.DATAGRAM, {"use": USE, "target": local.target})
-        except ChannelLimitError:
+        except (ChannelLimitError, TunnelNotOpenError) as e:
+            self._no_channel(local, sender, str(e))
             return None
         local.channels[sender] = cid
         self._by_channel[cid] = (local, sender)
         if self.mux is not None:
             self.mux.channel_opened_locally(tunnel, cid, self)
         return cid
+
+    def _no_channel(self, local: _LocalPort, sender: tuple[str, int], reason: str) -> None:
+        # counted always, logged the 1st, 2nd, 4th, 8th... time
+        self.dropped_no_channel += 1
+        count = self.dropped_no_channel
+        if count & (count - 1) == 0:
+            self.log.warn(
+                "UDP forward to {target}: no channel for sender {sender}: {reason}"
+                " ({count} datagrams dropped so far)",
+                target=local.target,
+                sender=f"{sender[0]}:{sender[1]}",
+                reason=reason,
+                count=count,
+            )
 
     # -- tunnel application part ----------------------------------------
 

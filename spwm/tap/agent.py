@@ -21,6 +21,7 @@ from spwm.config import (
     optional_string,
     port_range,
     positive_float,
+    positive_int,
     readable_file,
     udp_forward,
 )
@@ -46,6 +47,7 @@ OPTIONS = (
     Option("http-proxy", None, host_port_string, "Connect through this HTTP CONNECT proxy, HOST:PORT."),
     Option("agent-id", None, optional_string, "This agent's identity (default: the host name)."),
     Option("forward-udp", (), udp_forward, "Forward UDP: [ADDR:]LOCAL_PORT=HOST:PORT (ADDR defaults to 127.0.0.1).", repeat=True),
+    Option("max-forward-senders", 256, positive_int, "Senders (source addresses) one UDP forward gives a tunnel channel each; datagrams from more are dropped and counted."),
     Option("reconnect-max", 60.0, float, "Longest wait between reconnection attempts, in seconds."),
     Option("sip-listen", (), ip_literal_port, "Listen for SIP applications on IP:PORT, UDP and TCP (default 127.0.0.1:5060).", repeat=True),
     Option("sip-tls-cert", None, readable_file, "PEM certificate for SIP over TLS towards applications (port + 1)."),
@@ -90,7 +92,12 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     agent_id = options["agent-id"] or socket.gethostname()
     handle = AgentTunnelHandle()
     mux = ApplicationMux(observers=[handle])
-    forwarder = AgentForwarder(reactor, list(options["forward-udp"]), receive_buffer=options["udp-buffer"])
+    forwarder = AgentForwarder(
+        reactor,
+        list(options["forward-udp"]),
+        receive_buffer=options["udp-buffer"],
+        max_senders=options["max-forward-senders"],
+    )
     forwarder.mux = mux
     mux.parts[FORWARD_USE] = forwarder
 
