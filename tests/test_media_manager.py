@@ -90,6 +90,18 @@ def _sdp(host: str, *streams: tuple[str, int, str], version: int = 1) -> bytes:
     return b"\r\n".join(lines) + b"\r\n"
 
 
+def assert_released(test: SynchronousTestCase, *managers: MediaManager) -> None:
+    """
+    Nothing is left on any of C{managers}: no socket, channel, port or
+    stream.
+    """
+    for manager in managers:
+        test.assertEqual(
+            (manager.open_sockets, manager.open_channels, manager.ports_in_use, manager.streams),
+            (0, 0, 0, 0),
+        )
+
+
 class OfferAnswerTests(SynchronousTestCase):
     """
     An offer from the LAN phone and an answer from the operator side, with
@@ -172,11 +184,7 @@ class OfferAnswerTests(SynchronousTestCase):
         reactor, agent, a_end, contact, c_end, _, _ = self._call()
         agent.dialog_ended(a_end, DIALOG)
         contact.dialog_ended(c_end, DIALOG)
-        for manager in (agent, contact):
-            self.assertEqual(
-                (manager.open_sockets, manager.open_channels, manager.ports_in_use, manager.streams),
-                (0, 0, 0, 0),
-            )
+        assert_released(self, agent, contact)
         self.assertEqual(reactor.udp, {})
         self.assertEqual(reactor.getDelayedCalls(), [])
         self.assertEqual(a_end.closed, [(1, 0, "dialog ended")])
@@ -666,11 +674,7 @@ class ForkingTests(SynchronousTestCase):
         reactor, agent, a_end, contact, c_end = self._two(video_b=0)
         agent.dialog_ended(a_end, DIALOG)
         contact.dialog_ended(c_end, DIALOG)
-        for manager in (agent, contact):
-            self.assertEqual(
-                (manager.open_sockets, manager.open_channels, manager.ports_in_use, manager.streams),
-                (0, 0, 0, 0),
-            )
+        assert_released(self, agent, contact)
         self.assertEqual((reactor.udp, reactor.getDelayedCalls()), ({}, []))
 
     def test_branch_bound(self) -> None:
