@@ -14,6 +14,7 @@ import csv
 import multiprocessing
 import os
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -605,3 +606,17 @@ def register_through(
     finally:
         registrar.close()
         client.close()
+
+
+def epoll_readers(socks: list[socket.socket]) -> tuple[select.epoll, dict[int, Any]]:
+    """
+    Make C{socks} non-blocking and register them in a new C{epoll} for
+    reading; return it with each descriptor's C{recv_into}.
+    """
+    ep = select.epoll()
+    by_fd = {}
+    for s in socks:
+        s.setblocking(False)
+        ep.register(s.fileno(), select.EPOLLIN)
+        by_fd[s.fileno()] = s.recv_into
+    return ep, by_fd

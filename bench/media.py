@@ -42,7 +42,6 @@ import argparse
 import array
 import multiprocessing
 import os
-import select
 import socket
 import struct
 import sys
@@ -53,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
     ROOT,
+    epoll_readers,
     Pair,
     Processes,
     child_setup,
@@ -105,12 +105,7 @@ def receiver_main(socks: list[socket.socket], phase: int, until: float, conn: An
     counts, latency bytes, cpu)} for packets of C{phase}.
     """
     child_setup()
-    ep = select.epoll()
-    by_fd = {}
-    for s in socks:
-        s.setblocking(False)
-        ep.register(s.fileno(), select.EPOLLIN)
-        by_fd[s.fileno()] = s.recv_into
+    ep, by_fd = epoll_readers(socks)
     buf = bytearray(2048)
     unpack = PACKET.unpack_from
     lat = array.array("d")

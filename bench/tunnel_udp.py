@@ -64,6 +64,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
     ROOT,
+    epoll_readers,
     Processes,
     child_setup,
     cpu_model,
@@ -191,12 +192,7 @@ def receiver_main(socks: list[socket.socket], phase: int, until: float, conn: An
     report C{(count, rtt bytes, return-leg bytes, cpu)}.
     """
     child_setup()
-    ep = select.epoll()
-    by_fd = {}
-    for s in socks:
-        s.setblocking(False)
-        ep.register(s.fileno(), select.EPOLLIN)
-        by_fd[s.fileno()] = s.recv_into
+    ep, by_fd = epoll_readers(socks)
     buf = bytearray(2048)
     unpack = PACKET.unpack_from
     rtt = array.array("d")

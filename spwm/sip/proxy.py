@@ -312,6 +312,17 @@ _CRUDE = {
 }
 
 
+def _answer_malformed(
+    data: bytes, status: int, reason: str, drop: Dropped, send: Any
+) -> list[Action]:
+    """
+    The actions for a message that did not parse: the crude error response
+    (sent with C{send(bytes)}) when one can be made, and the drop.
+    """
+    resp = _crude_error(data, status, reason)
+    return [drop] if resp is None else [send(resp), drop]
+
+
 def _crude_error(data: bytes, status: int, reason: str) -> bytes | None:
     """
     Build an error response to a request the parser refused, from the raw
@@ -544,11 +555,8 @@ class AgentSipProxy:
     def _refuse_app(
         self, flow: Flow, data: bytes, status: int, reason: str
     ) -> list[Action]:
-        resp = _crude_error(data, status, reason)
         drop = self._drop("malformed message from app: " + reason)
-        if resp is None:
-            return [drop]
-        return [ToApp(flow, resp), drop]
+        return _answer_malformed(data, status, reason, drop, lambda resp: ToApp(flow, resp))
 
     def _answer(
         self, flow: Flow, msg: SipMessage, status: int, reason: str
@@ -900,11 +908,10 @@ class ContactSipProxy:
         try:
             msg = _parse(data, self.max_message_size)
         except SipParseError as e:
-            resp = _crude_error(data, e.status, e.reason)
             drop = self._drop("malformed message from tunnel: " + e.reason)
-            if resp is None:
-                return [drop]
-            return [ToTunnel(tunnel_key, flow_id, resp), drop]
+            return _answer_malformed(
+                data, e.status, e.reason, drop, lambda resp: ToTunnel(tunnel_key, flow_id, resp)
+            )
         if msg.is_request:
             return self._tunnel_request(tunnel_key, session_id, flow_id, msg, now)
         return self._tunnel_response(tunnel_key, session_id, msg, now)
@@ -987,11 +994,10 @@ class ContactSipProxy:
         try:
             msg = _parse(data, self.max_message_size)
         except SipParseError as e:
-            resp = _crude_error(data, e.status, e.reason)
             drop = self._drop("malformed message from network: " + e.reason)
-            if resp is None:
-                return [drop]
-            return [ToNetwork(transport, src, resp), drop]
+            return _answer_malformed(
+                data, e.status, e.reason, drop, lambda resp: ToNetwork(transport, src, resp)
+            )
         if msg.is_request:
             return self._network_request(transport, src, msg, now)
         return self._network_response(msg, now)
