@@ -2,11 +2,17 @@
 SPWM's tests.  Run them all with C{python -m twisted.trial tests}.
 """
 
+import os
+
 from hypothesis import HealthCheck, settings
 
+# "ci" is the default.  "hunt" runs fifty times as many examples, for a
+# search by hand: SPWM_HYPOTHESIS=hunt python3 -m twisted.trial tests.test_sdp
 settings.register_profile(
     "ci",
     deadline=None,
+    print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
-settings.load_profile("ci")
+settings.register_profile("hunt", settings.get_profile("ci"), max_examples=5000)
+settings.load_profile(os.environ.get("SPWM_HYPOTHESIS", "ci"))
