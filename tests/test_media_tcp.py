@@ -37,6 +37,7 @@ AGENT_ADDR = "192.0.2.1"
 CONTACT_ADDR = "198.51.100.1"
 PHONE = "192.0.2.10"
 OPERATOR = "203.0.113.20"
+OPERATOR_B = "203.0.113.21"
 DIALOG = "call-1;from-tag=a;to-tag=b"
 
 
@@ -807,6 +808,67 @@ class MsrpCallTests(SynchronousTestCase):
         self.assertTrue(phone.closed)
         self.assertEqual(c_end.closed, [(1, 0, "TCP media connection closed")])
         self._assert_clean(reactor, agent, contact)
+
+    def test_forked_branch_rejecting_msrp_early(self) -> None:
+        """
+        The operator proxy forks the phone's MSRP offer: branch B refuses
+        the stream (port 0) in an early 183, branch A answers it in its
+        200. B's refusal does not release the stream that A then answers,
+        and MSRP flows between the phone and A; when a branch refuses it
+        after the answer, it is still kept. The winner's own port 0 in a
+        re-offer releases it.
+        """
+        reactor, agent, a_end, contact, c_end, _ = self._offer()
+        refused = _msrp(OPERATOR_B, 0, "active", "opb")
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", refused, tag="b")
+        to_phone = agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", refused, tag="b")
+        self.assertEqual(parse_sdp(to_phone).media[0].port, 0)
+        self.assertEqual((a_end.closed, c_end.closed), ([], []))
+        answer = _msrp(OPERATOR, 8000, "active", "op1")
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer, tag="a")
+        to_phone = agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer, tag="a")
+        self.assertEqual(parse_sdp(to_phone).media[0].port, 20000)
+        contact.dialog_answered(c_end, DIALOG, "a", ours=True)
+        agent.dialog_answered(a_end, DIALOG, "a", ours=False)
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", refused, tag="b")
+        agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", refused, tag="b")
+        self.assertEqual((a_end.closed, c_end.closed), ([], []))
+        operator = reactor.tcp[CONTACT_ADDR, 30000].accept(OPERATOR, 50000)
+        phone = reactor.tcp[AGENT_ADDR, 20000].accept(PHONE, 50001)
+        phone.protocol.dataReceived(b"MSRP t1 SEND\r\n")
+        operator.protocol.dataReceived(b"MSRP t1 200 OK\r\n")
+        self.assertEqual((operator.value(), phone.value()), (b"MSRP t1 SEND\r\n", b"MSRP t1 200 OK\r\n"))
+        gone = _msrp(OPERATOR, 0, "active", "op1", version=2)
+        self.assertEqual((agent.open_tcp_sockets, contact.open_tcp_sockets), (1, 1))
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", gone, tag="a")
+        agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", gone, tag="a")
+        self._assert_clean(reactor, agent, contact)
+
+    def test_forked_winner_refused_msrp_early(self) -> None:
+        """
+        The branch that refused the MSRP stream in its 183 answers the
+        call (200 without SDP): the stream is released on both halves;
+        a branch that refused it early and then offers it again in its
+        answer keeps it.
+        """
+        reactor, agent, a_end, contact, c_end, _ = self._offer()
+        refused = _msrp(OPERATOR_B, 0, "active", "opb")
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", refused, tag="b")
+        agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", refused, tag="b")
+        contact.dialog_answered(c_end, DIALOG, "b", ours=True)
+        agent.dialog_answered(a_end, DIALOG, "b", ours=False)
+        self.assertEqual(c_end.closed, [(1, 0, "not in the answer")])
+        self._assert_clean(reactor, agent, contact)
+        reactor, agent, a_end, contact, c_end, _ = self._offer()
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", refused, tag="b")
+        agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", refused, tag="b")
+        answer = _msrp(OPERATOR_B, 8000, "active", "opb", version=2)
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer, tag="b")
+        agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer, tag="b")
+        contact.dialog_answered(c_end, DIALOG, "b", ours=True)
+        agent.dialog_answered(a_end, DIALOG, "b", ours=False)
+        self.assertEqual((a_end.closed, c_end.closed), ([], []))
+        self.assertEqual((agent.streams, contact.streams), (1, 1))
 
     def _assert_clean(self, reactor, *managers) -> None:
         for manager in managers:

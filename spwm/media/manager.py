@@ -91,6 +91,7 @@ class _Stream:
         "fresh",
         "offered",
         "seen_version",
+        "refused",
     )
 
     def __init__(self, tunnel: Any, dialog: str, index: int, now: float) -> None:
@@ -123,6 +124,9 @@ class _Stream:
         self.fresh = False
         self.offered = False
         self.seen_version: tuple[str, int] | None = None
+        # the (ours, tag) branches that refused this TCP stream while the
+        # dialog was early: released if one of them answers
+        self.refused: set[tuple[bool, str]] = set()
 
     @property
     def held(self) -> bool:
@@ -179,9 +183,11 @@ class _Dialog:
         @return: whether a refusal (port 0) of C{stream} by branch C{tag}
             waits for the answer instead of releasing the stream: the
             dialog is early (another branch may still want the stream) or
-            C{tag} lost. Only UDP streams and tagged branches defer.
+            C{tag} lost. Only tagged branches defer. (A TCP stream keeps
+            one description for all branches: a branch's refusal is
+            ignored, see docs/media.md, "Forking".)
         """
-        if tag is None or stream is None or stream.tcp is not None:
+        if tag is None or stream is None:
             return False
         return not self.answered or self.loser(tag, ours)
 
@@ -440,15 +446,20 @@ class MediaManager:
             if media.port == 0 or primaries[index] != index:
                 stream = dialog.streams.get(index)
                 if dialog.defers(stream, tag, True):
-                    assert stream is not None
-                    self._remember(stream, stream.ours, tag, None)
-                    self._apply_remote(stream)
+                    assert stream is not None and tag is not None
+                    if stream.tcp is None:
+                        self._remember(stream, stream.ours, tag, None)
+                        self._apply_remote(stream)
+                    else:
+                        stream.refused.add((True, tag))
                 else:
                     self._release_stream(dialog, index, "stream removed")
                 continue
             if index >= self.max_streams_per_dialog:
                 continue
             if media.is_tcp:
+                if tag is not None and index in dialog.streams:
+                    dialog.streams[index].refused.discard((True, tag))
                 self._tcp_into_tunnel(tunnel, dialog_key, dialog, media, version, now)
                 continue
             stream = self._udp_stream(tunnel, dialog_key, dialog, index, now)
@@ -500,8 +511,11 @@ class MediaManager:
             stream = dialog.streams.get(index)
             if media.port == 0 or primaries[index] != index:
                 if dialog.defers(stream, tag, False):
-                    assert stream is not None
-                    self._remember(stream, stream.theirs, tag, None)
+                    assert stream is not None and tag is not None
+                    if stream.tcp is None:
+                        self._remember(stream, stream.theirs, tag, None)
+                    else:
+                        stream.refused.add((False, tag))
                 elif media.port == 0:
                     self._release_stream(dialog, index, "stream removed")
                 else:
@@ -518,6 +532,8 @@ class MediaManager:
                 entries.append((0, None))
                 continue
             if media.is_tcp:
+                if tag is not None and stream is not None:
+                    stream.refused.discard((False, tag))
                 rewrite = self._tcp_out_of_tunnel(tunnel, dialog_key, dialog, media, now)
                 tcp[index] = rewrite
                 entries.append((0, None) if rewrite is None else (rewrite.port, None))
@@ -590,6 +606,8 @@ class MediaManager:
             )
         for index, stream in list(dialog.streams.items()):
             if stream.tcp is not None:
+                if (ours, keep) in stream.refused:
+                    self._release_stream(dialog, index, "not in the answer")
                 continue
             wanted = True
             for table, winners in ((stream.ours, ours), (stream.theirs, not ours)):
