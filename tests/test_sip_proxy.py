@@ -940,6 +940,35 @@ class ContactTests(SynchronousTestCase):
         self.assertEqual(parse_message(out.data).status, 430)
         self.assertEqual(out.addr, ("198.51.100.7", 5060))
 
+    def test_dormant_session_keeps_registrations(self) -> None:
+        """
+        A tunnel detached with its registrations kept (a dormant session):
+        the registration stays, a request for its flow gets 430 meanwhile;
+        the session attached again on a new tunnel gets the request; a
+        forgotten session has no registration left.
+        """
+        act, _ = self.up(register())
+        self.down(
+            answer(
+                act.data,
+                200,
+                extra=(("Contact", "<sip:alice@192.0.2.10:5062>;expires=300"),),
+            )
+        )
+        self.cp.tunnel_detached(self.key, keep_registrations=True)
+        self.assertEqual(len(self.cp.registrations("sess-1")), 1)
+        out = only(self.down(self.incoming_invite()), ToNetwork)
+        self.assertEqual(parse_message(out.data).status, 430)
+        new_key = object()
+        self.cp.tunnel_attached(new_key, "sess-1")
+        act = only(self.down(self.incoming_invite()), ToTunnel)
+        self.assertIs(act.tunnel_key, new_key)
+        self.cp.forget_session("sess-1")
+        self.assertEqual(len(self.cp.registrations("sess-1")), 1)  # attached: kept
+        self.cp.tunnel_detached(new_key, keep_registrations=True)
+        self.cp.forget_session("sess-1")
+        self.assertEqual(self.cp.registrations("sess-1"), [])
+
     def test_forged_token(self) -> None:
         """
         A request with a forged route token is refused 403 and never reaches

@@ -19,7 +19,15 @@ derive the user's key (L{spwm.security.keys}).
   and media) to the new connection and opens the media channels again. Any
   proof wrong, or the session unknown: C{resume-failed}, logged, nothing
   attached.
-- A session not resumed within the window is released on both halves.
+- A session not resumed within the window loses its calls and media on
+  both halves.  Its registrations stay, *dormant*, until they expire (or
+  C{MAX_DORMANT} newer dormant sessions push it out): meanwhile requests
+  for its flows get C{430}, and an agent that comes back and proves its
+  keys resumes it as above (its C{resume} says C{"media": false}: nothing
+  of the calls is left to move), so its phones are reachable again
+  without registering anew.  The agent keeps its keys for that until the
+  contact point refuses (C{resume-failed}) or a new session replaces
+  them.
 """
 
 from __future__ import annotations
@@ -44,6 +52,10 @@ from spwm.tunnel.frames import ErrorCode
 
 #: The most users a resumption may name.
 MAX_RESUME_USERS = 64
+
+#: The most dormant sessions (registrations without a tunnel, past the
+#: resumption window) a contact point keeps; beyond, the oldest goes.
+MAX_DORMANT = 10000
 
 
 class RegistrationWatcher:
@@ -133,6 +145,9 @@ class AgentResumption(_Lifecycle):
         self.flows: dict[str, int] = {}
         self.session_id: str | None = None
         self._suspended: Any = None
+        # past the window: calls and media released, keys kept to resume
+        # the registrations
+        self.dormant = False
         self._timer: IDelayedCall | None = None
         self._stopping = False
         self.resumed = 0
@@ -160,13 +175,13 @@ class AgentResumption(_Lifecycle):
         """
         Extra hello fields: the resumption offer, if there is something to resume.
         """
-        if self._suspended is None or not self.keys or not self.session_id:
+        if (self._suspended is None and not self.dormant) or not self.keys or not self.session_id:
             return {}
         return {"resume": {"session_id": self.session_id, "users": sorted(self.keys)[:MAX_RESUME_USERS]}}
 
     def tunnel_established(self, tunnel: Any) -> None:
         challenge = tunnel.peer_hello.get("challenge")
-        if self._suspended is None:
+        if self._suspended is None and not self.dormant:
             return
         if not isinstance(challenge, str) or not self.keys or not self.session_id:
             self._release("the contact point offers no resumption")
@@ -177,22 +192,29 @@ class AgentResumption(_Lifecycle):
             self._release("bad challenge")
             return
         proofs = {user: resumption_proof(key, raw, self.session_id) for user, key in self.keys.items()}
-        tunnel.send_control({"op": "resume", "session_id": self.session_id, "proofs": proofs})
+        message: dict[str, Any] = {"op": "resume", "session_id": self.session_id, "proofs": proofs}
+        if self._suspended is None:
+            message["media"] = False
+        tunnel.send_control(message)
 
     def control_received(self, tunnel: Any, message: dict[str, Any]) -> None:
         op = message.get("op")
-        if op == "resumed" and self._suspended is not None and message.get("session_id") == self.session_id:
+        waiting = self._suspended is not None or self.dormant
+        if op == "resumed" and waiting and message.get("session_id") == self.session_id:
             old, self._suspended = self._suspended, None
+            self.dormant = False
             self._cancel()
             tunnel.connection.session_id = self.session_id
             for user, key in self.keys.items():
                 tunnel.bind_flow_key(self.flows[user], key)
-            self.media.tunnel_resumed(old, tunnel, reopen=False)
+            if old is not None:
+                self.media.tunnel_resumed(old, tunnel, reopen=False)
             self.resumed += 1
             self.log.info(
-                "session {session_id} resumed on the new tunnel to {peer}",
+                "session {session_id} resumed on the new tunnel to {peer}{what}",
                 session_id=self.session_id,
                 peer=tunnel.peer,
+                what="" if old is not None else " (registrations only)",
             )
         elif op == "resume-failed":
             self._release(str(message.get("reason", "refused")))
@@ -202,17 +224,37 @@ class AgentResumption(_Lifecycle):
             self._suspended = tunnel
             self.media.tunnel_suspended(tunnel)
             self._cancel()
-            self._timer = self.clock.callLater(self.window, self._release, "resumption window over")
+            self._timer = self.clock.callLater(self.window, self._go_dormant)
         else:
             self.media.tunnel_lost(tunnel, reason)
             self.keys.clear()
 
+    def _go_dormant(self) -> None:
+        """
+        The window is over: release the calls' media, keep the keys so
+        that the next connection can still resume the registrations.
+        """
+        self._timer = None
+        old, self._suspended = self._suspended, None
+        if old is None:
+            return
+        self.dormant = True
+        self.log.info(
+            "session {session_id} not resumed within {window} s: calls and media released,"
+            " registrations kept for a later resumption",
+            session_id=self.session_id,
+            window=self.window,
+        )
+        self.media.tunnel_lost(old, "resumption window over")
+
     def _release(self, reason: str) -> None:
         self._cancel()
         old, self._suspended = self._suspended, None
-        if old is not None:
+        if old is not None or self.dormant:
             self.log.info("session {session_id} not resumed: {reason}", session_id=self.session_id, reason=reason)
+        if old is not None:
             self.media.tunnel_lost(old, reason)
+        self.dormant = False
         self.keys.clear()
         self.flows.clear()
         self.session_id = None
@@ -274,6 +316,11 @@ class ContactResumption(_Lifecycle):
         self._watchers: dict[str, RegistrationWatcher] = {}
         # session id -> (old tunnel, expiry timer)
         self._suspended: dict[str, tuple[Any, IDelayedCall]] = {}
+        # past the window, registrations kept: session id -> (None, timer
+        # for when its registrations have expired), oldest first; the dead
+        # connection itself is not kept
+        self._dormant: dict[str, tuple[None, IDelayedCall]] = {}
+        self.max_dormant = MAX_DORMANT
         self._stopping = False
         # session id -> its live tunnel; tunnels whose session another
         # connection took over (their end is no longer ours to handle)
@@ -331,11 +378,66 @@ class ContactResumption(_Lifecycle):
             return
         self._end(tunnel, session_id, reason)
 
+    @property
+    def dormant(self) -> int:
+        """
+        Sessions past the window whose registrations are kept.
+        """
+        return len(self._dormant)
+
     def _expire(self, session_id: str) -> None:
         entry = self._suspended.pop(session_id, None)
-        if entry is not None:
+        if entry is None:
+            return
+        tunnel = entry[0]
+        registrations = self.sip.registrations(session_id)
+        if not registrations:
             self.log.info("session {session_id} not resumed within {window} s: released", session_id=session_id, window=self.window)
-            self._end(entry[0], session_id, "resumption window over")
+            self._end(tunnel, session_id, "resumption window over")
+            return
+        # Calls and media go; the registrations stay until they expire, for
+        # an agent that comes back later.
+        self.sip.tunnel_dormant(tunnel)
+        self.media.tunnel_lost(tunnel, "resumption window over")
+        self._watchers.pop(session_id, None)
+        last = max(r.expires for r in registrations)
+        timer = self.clock.callLater(max(last - self.clock.seconds(), 0.0) + 1.0, self._wake, session_id)
+        self._dormant[session_id] = (None, timer)
+        self.log.info(
+            "session {session_id} not resumed within {window} s: calls and media released;"
+            " {count} registrations kept for {left:.0f} s more",
+            session_id=session_id,
+            window=self.window,
+            count=len(registrations),
+            left=last - self.clock.seconds(),
+        )
+        while len(self._dormant) > self.max_dormant:
+            oldest = next(iter(self._dormant))
+            self._forget_dormant(oldest, "too many dormant sessions")
+
+    def _wake(self, session_id: str) -> None:
+        """
+        A dormant session's registrations should have expired by now.
+        """
+        entry = self._dormant.get(session_id)
+        if entry is None:
+            return
+        registrations = self.sip.registrations(session_id)
+        now = self.clock.seconds()
+        live = [r.expires for r in registrations if r.expires > now]
+        if live:
+            self._dormant[session_id] = (None, self.clock.callLater(max(live) - now + 1.0, self._wake, session_id))
+            return
+        self._forget_dormant(session_id, "registrations expired")
+
+    def _forget_dormant(self, session_id: str, reason: str) -> None:
+        _, timer = self._dormant.pop(session_id)
+        if timer.active():
+            timer.cancel()
+        self.log.info("dormant session {session_id} released: {reason}", session_id=session_id, reason=reason)
+        self.sip.forget_session(session_id)
+        self.keys.pop(session_id, None)
+        self.flows.pop(session_id, None)
 
     def _end(self, tunnel: Any, session_id: str, reason: str) -> None:
         self.sip.tunnel_lost(tunnel, reason)
@@ -351,6 +453,8 @@ class ContactResumption(_Lifecycle):
         proofs = message.get("proofs")
         challenge = tunnel.local_hello.get("challenge") if tunnel.local_hello else None
         entry = self._suspended.get(old_session) if isinstance(old_session, str) else None
+        if entry is None and isinstance(old_session, str):
+            entry = self._dormant.get(old_session)
         live = self._live.get(old_session) if isinstance(old_session, str) else None
         if entry is None and live is not None and live is not tunnel:
             # The old path died silently (no FIN, keepalive not yet out):
@@ -382,10 +486,20 @@ class ContactResumption(_Lifecycle):
             )
             tunnel.send_control({"op": "resume-failed", "reason": problem})
             return
+        media = True
         if old_session in self._suspended:
             old_tunnel, timer = self._suspended.pop(old_session)
             if timer.active():
                 timer.cancel()
+            if message.get("media") is False:
+                # The agent has released the calls' media already.
+                self.media.tunnel_lost(old_tunnel, "the agent released the calls")
+                media = False
+        elif old_session in self._dormant:
+            old_tunnel, timer = self._dormant.pop(old_session)
+            if timer.active():
+                timer.cancel()
+            media = False
         else:
             old_tunnel = entry[0]
             self._taken_over.add(id(old_tunnel))
@@ -407,10 +521,14 @@ class ContactResumption(_Lifecycle):
         tunnel.send_control({"op": "resumed", "session_id": old_session, "users": sorted(proofs)})
         for user, key in self.keys.get(old_session, {}).items():
             tunnel.bind_flow_key(self.flows[old_session][user], key)
-        self.media.tunnel_resumed(old_tunnel, tunnel, reopen=True)
+        if media:
+            self.media.tunnel_resumed(old_tunnel, tunnel, reopen=True)
         self.resumed += 1
         self.log.info(
-            "session {session_id} resumed from {peer}", session_id=old_session, peer=tunnel.peer
+            "session {session_id} resumed from {peer}{what}",
+            session_id=old_session,
+            peer=tunnel.peer,
+            what="" if media else " (registrations only)",
         )
 
     def stop(self) -> None:
@@ -423,3 +541,5 @@ class ContactResumption(_Lifecycle):
                 timer.cancel()
             del self._suspended[session_id]
             self._end(tunnel, session_id, "contact point stopping")
+        for session_id in list(self._dormant):
+            self._forget_dormant(session_id, "contact point stopping")

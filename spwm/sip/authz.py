@@ -133,11 +133,15 @@ class AuthorizingContactProxy:
         except SipParseError:
             return False
 
-    def tunnel_detached(self, tunnel_key: Any) -> None:
+    def tunnel_detached(self, tunnel_key: Any, keep_registrations: bool = False) -> None:
         session = getattr(tunnel_key, "session_id", None)
         self._register_times.pop(session, None)
         self._identities.pop(session, None)
-        self._core.tunnel_detached(tunnel_key)
+        self._core.tunnel_detached(tunnel_key, keep_registrations)
+
+    def forget_session(self, session_id: str) -> None:
+        self._identities.pop(session_id, None)
+        self._core.forget_session(session_id)
 
     def from_tunnel(self, tunnel_key: Any, session_id: str, flow_id: int, data: bytes, now: float) -> list[Any]:
         head = data[:16].lstrip(b"\r\n")

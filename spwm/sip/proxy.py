@@ -828,22 +828,37 @@ class ContactSipProxy:
         self._tunnels[session_id] = tunnel_key
         self._sessions[tunnel_key] = session_id
 
-    def tunnel_detached(self, tunnel_key: Any) -> None:
+    def tunnel_detached(self, tunnel_key: Any, keep_registrations: bool = False) -> None:
         """
         A tunnel is gone: forget its session, registrations, dialogs and
         rewritten contacts.  Requests for its flows get C{430} from now on.
+
+        @param keep_registrations: keep the session's registrations and
+            rewritten contacts (a dormant session that its agent may still
+            resume, see L{spwm.security.resume}); they expire on their own
+            or go with L{forget_session}.
         """
         session = self._sessions.pop(tunnel_key, None)
         if session is None:
             return
         if self._tunnels.get(session) == tunnel_key:
             del self._tunnels[session]
-        self._regs.pop(session, None)
         self._dialogs.pop(session, None)
-        for k in [k for k in self._rewritten if k[0] == session]:
-            del self._rewritten[k]
         for k in [k for k, p in self._pending.items() if p.session_id == session]:
             del self._pending[k]
+        if not keep_registrations:
+            self.forget_session(session)
+
+    def forget_session(self, session_id: str) -> None:
+        """
+        Forget what a session without a tunnel kept: its registrations and
+        rewritten contacts.
+        """
+        if session_id in self._tunnels:
+            return
+        self._regs.pop(session_id, None)
+        for k in [k for k in self._rewritten if k[0] == session_id]:
+            del self._rewritten[k]
 
     def registrations(self, session_id: str) -> list[Registration]:
         """

@@ -416,6 +416,28 @@ class ContactSipRunner(_Runner):
         """
         self.core.tunnel_detached(tunnel)
 
+    def tunnel_dormant(self, tunnel: Any) -> None:
+        """
+        A tunnel went away, but its session's registrations stay until
+        they expire or L{forget_session}: its flows answer 430 meanwhile,
+        and a resumption (L{tunnel_established} with the same session id)
+        finds them again.
+        """
+        self.core.tunnel_detached(tunnel, keep_registrations=True)
+
+    def forget_session(self, session_id: str) -> None:
+        """
+        A dormant session is given up: forget its registrations.
+        """
+        self.core.forget_session(session_id)
+
+    def registrations(self, session_id: str) -> list[Any]:
+        """
+        @return: the live registrations of a session (see
+            L{ContactSipProxy.registrations}).
+        """
+        return self.core.registrations(session_id)
+
     def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
         """
         The tunnel delivered a SIP message from the agent's flow C{flow_id}.

@@ -22,7 +22,7 @@ TUNNEL_LIMIT_OPTIONS = (
     Option("udp-buffer", 4 * 1024 * 1024, positive_int, "Receive buffer (bytes) of SIP and forward UDP sockets."),
     Option("media-buffer", 256 * 1024, positive_int, "Receive buffer (bytes) of each media relay socket: about 300 audio packets; a backlog beyond it is too late to play and the kernel drops it."),
     Option("user-ciphering", False, bool, "Seal each registered user's SIP and media frames with that user's key (both halves must ask).", flag=True),
-    Option("resume-window", 60.0, non_negative_float, "Seconds a broken tunnel's session (registrations, calls, media) waits to be resumed; 0: never."),
+    Option("resume-window", 60.0, non_negative_float, "Seconds a broken tunnel's calls and media wait to be resumed (its registrations stay, dormant, until they expire); 0: never suspend."),
 )
 
 

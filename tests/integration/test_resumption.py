@@ -24,7 +24,7 @@ from phone import Phone  # noqa: E402
 DIGEST = 'Digest username="{user}", realm="example.test", nonce="n0nce", uri="sip:example.test", response="0123456789abcdef0123456789abcdef", cnonce="c1", nc=00000001, qop=auth'
 
 
-class ResumptionTests(TestCase):
+class _LoopbackPair(TestCase):
     """
     A contact point with the embedded registrar, two agents, two phones.
     """
@@ -81,6 +81,12 @@ class ResumptionTests(TestCase):
         a_call.start_media()
         b_call.start_media()
         return alice, bob, a_call, b_call
+
+
+class ResumptionTests(_LoopbackPair):
+    """
+    Resumption within the window.
+    """
 
     @defer.inlineCallbacks
     def test_media_resumes_after_reconnect(self) -> Any:
@@ -176,3 +182,62 @@ class CipheredResumptionTests(ResumptionTests):
         self.assertGreater(b_call.rx.unique, 10)
         a_call.stop_media()
         b_call.stop_media()
+
+
+class DormantResumptionTests(_LoopbackPair):
+    """
+    An agent that stays away for longer than the resumption window.
+    """
+
+    extra = ["--resume-window", "1"]
+
+    @defer.inlineCallbacks
+    def test_registrations_resumed_after_window(self) -> Any:
+        """
+        alice's agent comes back only after the window: her call's media is
+        released on both halves at the window's end, her registration is
+        kept (dormant) on the contact point, and the new connection resumes
+        it: bob reaches her with a new call and she calls him, without her
+        registering again and without C{430} or C{403}.
+        """
+        alice, bob, a_call, b_call = yield self.call()
+        agent1 = self.agents[0]
+        old = agent1.tunnel_service.tunnel
+        session = old.session_id
+        before = self.contact.media.open_sockets
+        registers = alice.sent.get("REGISTER")
+        # Keep the agent away for longer than the window.
+        agent1.tunnel_service._policy = lambda attempt: 2.5
+        old.transport.abortConnection()
+        yield wait_until(lambda: self.contact.resumption.dormant == 1, timeout=10)
+        self.assertTrue(agent1.resumption.dormant)
+        self.assertEqual(agent1.media.open_sockets, 0)
+        self.assertEqual(self.contact.media.open_sockets, before - 2)
+        self.assertEqual(
+            [r.aor for r in self.contact.sip_core.registrations(session)], ["sip:alice@example.test"]
+        )
+        yield wait_until(lambda: agent1.resumption.resumed == 1, timeout=10)
+        self.assertEqual(agent1.tunnel_service.tunnel.session_id, session)
+        self.assertEqual((self.contact.resumption.dormant, agent1.resumption.dormant), (0, False))
+        a_call.stop_media()
+        b_call.stop_media()
+        yield bob.hang_up(b_call)
+        answered: defer.Deferred[Any] = defer.Deferred()
+        alice.on_incoming = lambda c: answered.called or answered.callback(c)
+        second = yield bob.call("alice")
+        yield answered
+        response = yield bob.hang_up(second)
+        self.assertEqual(response.status, 200)
+        third = yield alice.call("bob")
+        response = yield alice.hang_up(third)
+        self.assertEqual(response.status, 200)
+        self.assertEqual(alice.sent.get("REGISTER"), registers)
+
+
+class CipheredDormantResumptionTests(DormantResumptionTests):
+    """
+    The same with per-user ciphering: the resumed registration's flow is
+    sealed again with alice's key on both ends.
+    """
+
+    extra = ["--resume-window", "1", "--user-ciphering"]

@@ -1,0 +1,293 @@
+"""
+The resumption logic of both halves with fake tunnels, a fake SIP runner
+and a fake media manager: the window, dormant sessions past it and their
+bounds.  (Resumption end to end: tests/integration/test_resumption.py and
+tests/e2e/test_resumption.py.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.security.keys import resumption_proof
+from spwm.security.resume import AgentResumption, ContactResumption
+from spwm.sip.proxy import Registration
+
+USER = "alice@example.test"
+KEY = bytes(range(32))
+CHALLENGE = b"\x07" * 16
+
+
+class FakeConnection:
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+
+
+class FakeTunnel:
+    """
+    What the resumption objects use of a L{spwm.tunnel.protocol.TunnelProtocol}.
+    """
+
+    def __init__(self, session_id: str, peer_hello: dict[str, Any] | None = None) -> None:
+        self.connection = FakeConnection(session_id)
+        self.peer = ("192.0.2.1", 5000)
+        self.local_hello = {"challenge": CHALLENGE.hex()}
+        self.peer_hello = peer_hello or {}
+        self.controls: list[dict[str, Any]] = []
+        self.bound: list[tuple[int, bytes]] = []
+        self.closed: list[Any] = []
+
+    @property
+    def session_id(self) -> str:
+        return self.connection.session_id
+
+    def send_control(self, message: dict[str, Any]) -> None:
+        self.controls.append(message)
+
+    def bind_flow_key(self, flow_id: int, key: bytes) -> None:
+        self.bound.append((flow_id, key))
+
+    def close(self, code: Any, reason: str) -> None:
+        self.closed.append((code, reason))
+
+
+class FakeMedia:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any, ...]] = []
+
+    def tunnel_suspended(self, tunnel: Any) -> None:
+        self.calls.append(("suspended", tunnel))
+
+    def tunnel_lost(self, tunnel: Any, reason: str = "") -> None:
+        self.calls.append(("lost", tunnel))
+
+    def tunnel_resumed(self, old: Any, new: Any, reopen: bool) -> None:
+        self.calls.append(("resumed", old, new))
+
+
+class FakeSip:
+    """
+    The contact point's SIP runner: registrations per session.
+    """
+
+    def __init__(self) -> None:
+        self.regs: dict[str, list[Registration]] = {}
+        self.calls: list[tuple[str, Any]] = []
+
+    def registrations(self, session_id: str) -> list[Registration]:
+        return list(self.regs.get(session_id, []))
+
+    def tunnel_established(self, tunnel: Any) -> None:
+        self.calls.append(("established", tunnel.session_id))
+
+    def tunnel_lost(self, tunnel: Any, reason: str = "") -> None:
+        self.calls.append(("lost", tunnel.session_id))
+        self.regs.pop(tunnel.session_id, None)
+
+    def tunnel_dormant(self, tunnel: Any) -> None:
+        self.calls.append(("dormant", tunnel.session_id))
+
+    def forget_session(self, session_id: str) -> None:
+        self.calls.append(("forget", session_id))
+        self.regs.pop(session_id, None)
+
+
+def _contact(window: float = 60.0) -> tuple[Clock, ContactResumption, FakeMedia, FakeSip]:
+    clock = Clock()
+    media, sip = FakeMedia(), FakeSip()
+    return clock, ContactResumption(clock, window, media, sip), media, sip
+
+
+def _registered(resumption: ContactResumption, sip: FakeSip, session: str, expires: float) -> FakeTunnel:
+    """
+    A live tunnel of C{session} with alice's key and a registration that
+    runs until C{expires}.
+    """
+    tunnel = FakeTunnel(session)
+    resumption.tunnel_established(tunnel)
+    resumption.keys[session] = {USER: KEY}
+    resumption.flows[session] = {USER: 3}
+    sip.regs[session] = [Registration("sip:alice@example.test", "sip:a@192.0.2.9", 3, expires)]
+    return tunnel
+
+
+def _resume(resumption: ContactResumption, session: str, key: bytes = KEY, **extra: Any) -> FakeTunnel:
+    new = FakeTunnel("fresh-" + session)
+    resumption.tunnel_established(new)
+    proof = resumption_proof(key, CHALLENGE, session)
+    resumption.control_received(new, {"op": "resume", "session_id": session, "proofs": {USER: proof}, **extra})
+    return new
+
+
+class ContactDormantTests(SynchronousTestCase):
+    """
+    A session not resumed within the window keeps its registrations.
+    """
+
+    def test_dormant_then_resumed(self) -> None:
+        """
+        At the window's end the session's media is released and its SIP
+        becomes dormant (not lost); a resumption with the right proof later
+        attaches the registrations to the new connection without touching
+        media, and binds the user's flow key.
+        """
+        clock, resumption, media, sip = _contact()
+        old = _registered(resumption, sip, "s1", expires=3600.0)
+        resumption.tunnel_lost(old, "cut")
+        clock.advance(60)
+        self.assertEqual(resumption.dormant, 1)
+        self.assertEqual(media.calls, [("suspended", old), ("lost", old)])
+        self.assertEqual(sip.calls, [("established", "s1"), ("dormant", "s1")])
+        clock.advance(600)
+        new = _resume(resumption, "s1")
+        self.assertEqual(new.controls[-1]["op"], "resumed")
+        self.assertEqual(new.session_id, "s1")
+        self.assertEqual(new.bound, [(3, KEY)])
+        self.assertEqual(resumption.dormant, 0)
+        self.assertEqual(sip.calls[-1], ("established", "s1"))
+        self.assertEqual(media.calls, [("suspended", old), ("lost", old)])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_wrong_proof_leaves_it_dormant(self) -> None:
+        """
+        A wrong proof for a dormant session is refused; the session stays
+        dormant for the right agent.
+        """
+        clock, resumption, media, sip = _contact()
+        old = _registered(resumption, sip, "s1", expires=3600.0)
+        resumption.tunnel_lost(old, "cut")
+        clock.advance(60)
+        forged = _resume(resumption, "s1", key=b"\0" * 32)
+        self.assertEqual(forged.controls[-1]["op"], "resume-failed")
+        self.assertEqual((resumption.refused, resumption.dormant), (1, 1))
+        self.assertEqual(_resume(resumption, "s1").controls[-1]["op"], "resumed")
+
+    def test_without_registrations_released(self) -> None:
+        """
+        A session whose registrations are gone by the window's end is
+        released as before: nothing dormant, nothing to resume.
+        """
+        clock, resumption, media, sip = _contact()
+        old = _registered(resumption, sip, "s1", expires=3600.0)
+        del sip.regs["s1"]
+        resumption.tunnel_lost(old, "cut")
+        clock.advance(60)
+        self.assertEqual(resumption.dormant, 0)
+        self.assertIn(("lost", "s1"), sip.calls)
+        self.assertEqual(resumption.keys, {})
+        self.assertEqual(_resume(resumption, "s1").controls[-1]["op"], "resume-failed")
+
+    def test_released_when_registrations_expire(self) -> None:
+        """
+        A dormant session lives as long as its registrations: then its
+        registrations and keys are forgotten and no timer is left.
+        """
+        clock, resumption, media, sip = _contact()
+        old = _registered(resumption, sip, "s1", expires=300.0)
+        resumption.tunnel_lost(old, "cut")
+        clock.advance(60)
+        clock.advance(239)
+        self.assertEqual(resumption.dormant, 1)
+        clock.advance(2)
+        self.assertEqual(resumption.dormant, 0)
+        self.assertEqual(sip.calls[-1], ("forget", "s1"))
+        self.assertEqual((resumption.keys, resumption.flows), ({}, {}))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_bounded(self) -> None:
+        """
+        Beyond C{max_dormant} the oldest dormant session is released.
+        """
+        clock, resumption, media, sip = _contact()
+        resumption.max_dormant = 2
+        for name in ("s1", "s2", "s3"):
+            resumption.tunnel_lost(_registered(resumption, sip, name, expires=3600.0), "cut")
+            clock.advance(61)
+        self.assertEqual(resumption.dormant, 2)
+        self.assertIn(("forget", "s1"), sip.calls)
+        self.assertNotIn("s1", resumption.keys)
+        self.assertEqual(_resume(resumption, "s1").controls[-1]["op"], "resume-failed")
+
+    def test_agent_released_media_while_suspended(self) -> None:
+        """
+        An agent past its own window (C{"media": false}) resuming a session
+        that is still suspended here: the calls' media is released instead
+        of reopened, the registrations resume.
+        """
+        clock, resumption, media, sip = _contact()
+        old = _registered(resumption, sip, "s1", expires=3600.0)
+        resumption.tunnel_lost(old, "cut")
+        new = _resume(resumption, "s1", media=False)
+        self.assertEqual(new.controls[-1]["op"], "resumed")
+        self.assertEqual(media.calls, [("suspended", old), ("lost", old)])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_stop_releases_dormant(self) -> None:
+        """
+        Stopping the contact point releases dormant sessions and their timers.
+        """
+        clock, resumption, media, sip = _contact()
+        resumption.tunnel_lost(_registered(resumption, sip, "s1", expires=3600.0), "cut")
+        clock.advance(60)
+        resumption.stop()
+        self.assertEqual((resumption.dormant, clock.getDelayedCalls()), (0, []))
+        self.assertEqual(sip.calls[-1], ("forget", "s1"))
+
+
+class FakeHandle:
+    def __init__(self) -> None:
+        self.current: Any = None
+
+
+class AgentDormantTests(SynchronousTestCase):
+    """
+    The agent keeps its keys past the window and offers to resume the
+    registrations.
+    """
+
+    def _agent(self) -> tuple[Clock, AgentResumption, FakeMedia, FakeTunnel]:
+        clock, media = Clock(), FakeMedia()
+        resumption = AgentResumption(clock, 60.0, media, FakeHandle())
+        tunnel = FakeTunnel("s1")
+        resumption.keys[USER] = KEY
+        resumption.flows[USER] = 3
+        resumption.session_id = "s1"
+        return clock, resumption, media, tunnel
+
+    def test_offer_after_window(self) -> None:
+        """
+        Past the window the media is released but the next connection still
+        offers the session, says its media is gone, and is resumed.
+        """
+        clock, resumption, media, old = self._agent()
+        resumption.tunnel_lost(old, "cut")
+        clock.advance(60)
+        self.assertTrue(resumption.dormant)
+        self.assertEqual(media.calls, [("suspended", old), ("lost", old)])
+        self.assertEqual(resumption.hello(), {"resume": {"session_id": "s1", "users": [USER]}})
+        new = FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex()})
+        resumption.tunnel_established(new)
+        [message] = new.controls
+        self.assertEqual(
+            message,
+            {"op": "resume", "session_id": "s1", "media": False, "proofs": {USER: resumption_proof(KEY, CHALLENGE, "s1")}},
+        )
+        resumption.control_received(new, {"op": "resumed", "session_id": "s1"})
+        self.assertEqual((resumption.dormant, resumption.resumed, new.session_id), (False, 1, "s1"))
+        self.assertEqual(new.bound, [(3, KEY)])
+        self.assertEqual(len(media.calls), 2)
+
+    def test_refused_forgets(self) -> None:
+        """
+        A refusal ends the dormant state: keys gone, nothing offered again.
+        """
+        clock, resumption, media, old = self._agent()
+        resumption.tunnel_lost(old, "cut")
+        clock.advance(60)
+        new = FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex()})
+        resumption.tunnel_established(new)
+        resumption.control_received(new, {"op": "resume-failed", "reason": "no suspended session by that name"})
+        self.assertEqual((resumption.dormant, resumption.keys, resumption.hello()), (False, {}, {}))
