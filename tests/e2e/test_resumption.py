@@ -27,6 +27,7 @@ from attrs import frozen
 from .netbed import (
     AGENT,
     CONTACT,
+    ECHO,
     GATEWAY_PUBLIC,
     KAMAILIO,
     PHONE,
@@ -40,7 +41,7 @@ from .netbed import (
     run,
     sipp_argv,
 )
-from .sipbed import CONTACT_NAME, RTPTOOL, SpwmSipTestCase
+from .sipbed import CONTACT_NAME, PCAP, RTPTOOL, SpwmSipTestCase
 
 PROXY = f"{AGENT}:5060"
 """Where LAN phones send their SIP: the agent."""
@@ -479,6 +480,65 @@ class ResumptionTests(ResumptionTestBase):
         self.assertNoSip(before)
         report = self.finish_call(caller, rtp)
         self.assertGreaterEqual(report["received"], 0.8 * report["sent"], report)
+
+
+class DormantResumptionTests(ResumptionTestBase):
+    """
+    The agent stays away for longer than the resumption window (2 s here).
+    """
+
+    resume_window = 2.0
+
+    def test_registration_survives_long_outage(self) -> None:
+        """
+        alice is registered (no call). The router drops the agent's new
+        tunnel connections (SYN) and the tunnel is cut: past the window the
+        contact point logs that it keeps her registration, and when the
+        path is back (5 s after the cut) the agent resumes the session,
+        registrations only, with no SIP between the contact point and
+        Kamailio and Kamailio's binding unchanged. Then carol calls alice
+        by her address of record: the INVITE reaches the phone along the
+        old Path, and RTP arrives at both ends.
+        """
+        session = self.session_id()
+        before = self.sip_counts(), self.operator_view()
+        block = (
+            "table inet spwm_block {\n"
+            "  chain forward {\n"
+            "    type filter hook forward priority filter - 5; policy accept;\n"
+            f"    ip saddr {AGENT} tcp dport 443 tcp flags & (syn | ack) == syn drop\n"
+            "  }\n"
+            "}\n"
+        )
+        rtr = self.topology.namespaces["rtr"]
+        run(["ip", "netns", "exec", rtr, "nft", "-f", "-"], stdin=block.encode())
+        cut = self.cut_tunnel()
+        self.wait_for_log(
+            self.contact,
+            rf"session {session} not resumed within 2.0 s: calls and media released; 1 registrations kept",
+            timeout=10.0,
+        )
+        time.sleep(max(0.0, cut + 5.0 - time.monotonic()))
+        run(["ip", "netns", "exec", rtr, "nft", "delete", "table", "inet", "spwm_block"])
+        self.wait_for_log(self.contact, rf"session {session} resumed from \S+ \(registrations only\)", timeout=20.0)
+        self.wait_for_log(self.agent, rf"session {session} resumed on the new tunnel to \S+ \(registrations only\)", timeout=5.0)
+        self.assertEqual((self.sip_counts(), self.operator_view()), before, "SIP crossed or the binding changed")
+        phone = self.sipp_uas(local_ip=PHONE, role="lan", name="phone-alice")
+        self.count_udp("lan", "at_phone_rtp", f"ip saddr {AGENT} ip daddr {PHONE} udp dport 6000")
+        self.count_udp("op", "at_carol", f"ip saddr {CONTACT} ip daddr {ECHO} udp dport 6000")
+        result = self.sipp_uac(
+            "uac_rtp.xml", f"{KAMAILIO}:5060", user="carol", service="alice",
+            role="op", local_ip=ECHO, keys={"pcap": PCAP},
+            extra=["-d", "2000", "-mi", ECHO, "-mp", "6000"],
+            name="carol-calls-alice",
+        )
+        self.assertSippSuccess(result)
+        phone_result = self.sipp_finish(phone)
+        self.assertSippSuccess(phone_result)
+        self.assertEqual(phone_result.count("IncomingCall(C)"), 1)
+        at_phone, at_carol = self.counter("lan", "at_phone_rtp"), self.counter("op", "at_carol")
+        self.assertGreater(at_phone, 50, (at_phone, at_carol))
+        self.assertGreater(at_carol, 50, (at_phone, at_carol))
 
 
 class ForgedResumptionTests(ResumptionTestBase):
