@@ -19,7 +19,6 @@ import argparse
 import os
 import random
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(1, os.path.dirname(_HERE))
 
-from phone import RTP_RATE, Call, Phone  # noqa: E402
+from phone import Call, Phone  # noqa: E402
 
 from spwm.tap import agent, contact  # noqa: E402
 from spwm.testing.certs import TestCA  # noqa: E402

@@ -12,7 +12,6 @@ import struct
 import sys
 
 from hypothesis import given, settings, strategies as st
-from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 

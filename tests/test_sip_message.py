@@ -9,7 +9,6 @@ from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.sip import (
-    Header,
     SipMessage,
     SipParseError,
     make_response,

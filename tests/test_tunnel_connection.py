@@ -15,7 +15,6 @@ from spwm.tunnel import events as ev
 from spwm.tunnel.connection import ChannelLimitError, Role, State, TunnelConnection
 from spwm.tunnel.decoder import FrameDecoder
 from spwm.tunnel.frames import (
-    HEADER,
     ChannelKind,
     ErrorCode,
     FrameType,

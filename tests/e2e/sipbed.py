@@ -24,14 +24,14 @@ from spwm.testing.certs import TestCA
 from .netbed import (
     AGENT,
     CONTACT,
-    DATA,
+    ECHO,
     GATEWAY_PUBLIC,
     KAMAILIO,
+    PHONE,
     E2ETestCase,
     ManagedProcess,
     NetbedError,
     SippResult,
-    sipp_argv,
     sipp_wait,
 )
 
@@ -271,6 +271,32 @@ class SpwmSipTestCase(E2ETestCase):
     def counter(self, role: str, name: str) -> int:
         """Shorthand for L{netbed.Topology.read_counter}."""
         return self.topology.read_counter(role, name)
+
+    def assertCallFromOperatorReachesPhone(self, callee: str = "alice") -> None:
+        """
+        carol, on the operator network (ECHO), calls C{callee} by her
+        address of record at Kamailio; a SIPp UAS on the LAN phone
+        (PHONE:5060, echoing RTP) answers: the call completes on both SIPp
+        ends, the phone saw one incoming call, and more than 50 RTP packets
+        arrived at each end (nft counters C{in_at_phone}, C{in_at_caller}).
+        """
+        phone = self.sipp_uas(local_ip=PHONE, role="lan", name=f"phone-{callee}")
+        self.count_udp("lan", "in_at_phone", f"ip saddr {AGENT} ip daddr {PHONE} udp dport 6000")
+        self.count_udp("op", "in_at_caller", f"ip saddr {CONTACT} ip daddr {ECHO} udp dport 6000")
+        result = self.sipp_uac(
+            "uac_rtp.xml", f"{KAMAILIO}:5060", user="carol", service=callee,
+            role="op", local_ip=ECHO, keys={"pcap": PCAP},
+            extra=["-d", "2000", "-mi", ECHO, "-mp", "6000"],
+            name=f"carol-calls-{callee}",
+        )
+        self.assertSippSuccess(result)
+        phone_result = self.sipp_finish(phone)
+        self.assertSippSuccess(phone_result)
+        self.assertEqual(phone_result.count("IncomingCall(C)"), 1)
+        at_phone = self.counter("lan", "in_at_phone")
+        at_caller = self.counter("op", "in_at_caller")
+        self.assertGreater(at_phone, 50, (at_phone, at_caller))
+        self.assertGreater(at_caller, 50, (at_phone, at_caller))
 
     def wait_for_sdp(self, name: str, first_line: str, count: int = 1, timeout: float = 10.0) -> list[tuple[str, int]]:
         """

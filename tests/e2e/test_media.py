@@ -28,7 +28,6 @@ from .sipbed import (
     CONTACT_MEDIA_PORTS,
     PCAP,
     SpwmSipTestCase,
-    sdp_media_ports,
     short_pcap,
 )
 
