@@ -160,6 +160,18 @@ class AgentResumption(_Lifecycle):
         """
         return _ObservedAgentCore(core, self)
 
+    def status(self) -> dict[str, int]:
+        """
+        For the status page: users with keys, whether our session is
+        suspended or dormant now, resumptions so far.
+        """
+        return {
+            "users": len(self.keys),
+            "suspended": int(self._suspended is not None),
+            "dormant": int(self.dormant),
+            "resumed": self.resumed,
+        }
+
     def key_learned(self, credentials: DigestCredentials, flow_id: int) -> None:
         tunnel = self.handle.current
         if tunnel is None:
@@ -384,6 +396,19 @@ class ContactResumption(_Lifecycle):
         Sessions past the window whose registrations are kept.
         """
         return len(self._dormant)
+
+    def status(self) -> dict[str, int]:
+        """
+        For the status page: sessions live, suspended and dormant now;
+        resumptions accepted and refused so far.
+        """
+        return {
+            "live": len(self._live),
+            "suspended": len(self._suspended),
+            "dormant": len(self._dormant),
+            "resumed": self.resumed,
+            "resume_refused": self.refused,
+        }
 
     def _expire(self, session_id: str) -> None:
         entry = self._suspended.pop(session_id, None)

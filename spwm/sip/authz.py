@@ -133,6 +133,12 @@ class AuthorizingContactProxy:
         except SipParseError:
             return False
 
+    def status(self) -> dict[str, Any]:
+        """
+        The core's status, with the requests refused here (by reason).
+        """
+        return {**self._core.status(), "refused": dict(self.refused)}
+
     def tunnel_detached(self, tunnel_key: Any, keep_registrations: bool = False) -> None:
         session = getattr(tunnel_key, "session_id", None)
         self._register_times.pop(session, None)

@@ -537,6 +537,12 @@ class AgentSipProxy:
         """
         return self.flows.next_deadline()
 
+    def status(self) -> dict[str, Any]:
+        """
+        For the status page: application flows now, drops so far by reason.
+        """
+        return {"flows": len(self.flows), "events": dict(self.counters)}
+
     def handle_timer(self, now: float) -> list[Action]:
         """
         Expire flows and dialog records.
@@ -859,6 +865,19 @@ class ContactSipProxy:
         self._regs.pop(session_id, None)
         for k in [k for k in self._rewritten if k[0] == session_id]:
             del self._rewritten[k]
+
+    def status(self) -> dict[str, Any]:
+        """
+        For the status page: sessions attached, bindings and dialogs now,
+        and the drops and refusals so far (by reason or status code).
+        """
+        return {
+            "sessions": len(self._tunnels),
+            "registered_sessions": sum(1 for regs in self._regs.values() if regs),
+            "registrations": sum(len(regs) for regs in self._regs.values()),
+            "dialogs": sum(len(ds) for per in self._dialogs.values() for ds in per.values()),
+            "events": dict(self.counters),
+        }
 
     def registrations(self, session_id: str) -> list[Registration]:
         """

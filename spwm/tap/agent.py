@@ -33,7 +33,8 @@ from spwm.sip.proxy import AgentSipProxy
 from spwm.sip.transport import AgentSipRunner
 from spwm.tap.parts import AgentTunnelHandle, Hook, MediaHookAdapter, SipListeners
 from spwm.forward import USE as FORWARD_USE, AgentForwarder
-from spwm.tap.common import TUNNEL_LIMIT_OPTIONS, limits_from
+from spwm.status import Status
+from spwm.tap.common import STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, add_status, limits_from
 from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux
 from spwm.tunnel.service import AgentTunnelService, agent_endpoint, backoff, client_certificate
 
@@ -56,6 +57,7 @@ OPTIONS = (
     Option("media-ports", (40000, 40999), port_range, "UDP port range LOW-HIGH for media towards applications."),
     Option("media-timeout", 60.0, positive_float, "Seconds without media after which a stream that is not on hold is released."),
     *TUNNEL_LIMIT_OPTIONS,
+    *STATUS_OPTIONS,
 )
 
 
@@ -157,6 +159,17 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         reactor, runner, sip_addresses, sip_tls, options["udp-buffer"], min(options["max-sip-size"], 65535)
     ).setServiceParent(top)
     Hook(lambda: None, resumption.stop).setServiceParent(top)
+    status = Status("agent", reactor)
+    status.add("tunnel", tunnel.status)
+    status.add("sessions", resumption.status)
+    status.add("sip", core.status)
+    status.add("media", media.status)
+    status.add(
+        "forwards",
+        lambda: {"dropped_no_tunnel": forwarder.dropped_no_tunnel, "dropped_no_channel": forwarder.dropped_no_channel},
+    )
+    top.status_http = add_status(top, status, options, reactor)  # type: ignore[attr-defined]
+    top.status = status  # type: ignore[attr-defined]
     top.tunnel_service = tunnel  # type: ignore[attr-defined]
     top.mux = mux  # type: ignore[attr-defined]
     top.media = media  # type: ignore[attr-defined]

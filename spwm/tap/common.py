@@ -5,8 +5,14 @@ Options shared by both services.
 
 from __future__ import annotations
 
-from spwm.config import Option, non_negative_float, positive_float, positive_int
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+
+from spwm.config import Option, non_negative_float, optional_string, positive_float, positive_int
 from spwm.limits import Limits
+from spwm.status import Status, StatusHTTPService, StatusLogService
 
 _D = Limits()
 
@@ -24,6 +30,33 @@ TUNNEL_LIMIT_OPTIONS = (
     Option("user-ciphering", False, bool, "Seal each registered user's SIP and media frames with that user's key (both halves must ask).", flag=True),
     Option("resume-window", 60.0, non_negative_float, "Seconds a broken tunnel's calls and media wait to be resumed (its registrations stay, dormant, until they expire); 0: never suspend."),
 )
+
+
+STATUS_OPTIONS = (
+    Option("status-listen", None, optional_string, "Serve /status (JSON) and /metrics (Prometheus) here, a Twisted endpoint such as tcp:9090:interface=127.0.0.1 (default: not served)."),
+    Option("status-interval", 300.0, non_negative_float, "Seconds between status lines in the log; 0: none."),
+)
+
+
+def add_status(top: MultiService, status: Status, options: dict, reactor: Any) -> StatusHTTPService | None:
+    """
+    Serve C{status} on C{--status-listen} and log it every
+    C{--status-interval}, as children of C{top}.
+
+    @return: the HTTP service, if one was asked for.
+    """
+    service = None
+    if options["status-listen"]:
+        try:
+            endpoint = serverFromString(reactor, options["status-listen"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"spwm-{status.side}: invalid configuration: status-listen: {e}") from None
+        service = StatusHTTPService(endpoint, status)
+        service.setServiceParent(top)
+    if options["status-interval"] > 0:
+        logger = StatusLogService(status, options["status-interval"], reactor)
+        logger.setServiceParent(top)
+    return service
 
 
 def limits_from(options: dict) -> Limits:

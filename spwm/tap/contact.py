@@ -36,7 +36,8 @@ from spwm.sip.transport import ContactSipRunner
 from spwm.security.resume import ContactResumption
 from spwm.tap.parts import Hook, MediaHookAdapter, SipListeners, SipOnly, resolve_ip
 from spwm.forward import USE as FORWARD_USE, ContactForwarder
-from spwm.tap.common import TUNNEL_LIMIT_OPTIONS, limits_from
+from spwm.status import Status
+from spwm.tap.common import STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, add_status, limits_from
 from spwm.tunnel.protocol import ApplicationMux, ContactTunnelFactory
 from spwm.tunnel.service import ContactListenService, server_tls_factory
 
@@ -61,6 +62,7 @@ OPTIONS = (
     Option("media-allow", (), network, "Send media only to this network (CIDR, repeatable; default: anywhere but loopback, link-local, multicast).", repeat=True),
     Option("media-timeout", 60.0, positive_float, "Seconds without media after which a stream that is not on hold is released."),
     *TUNNEL_LIMIT_OPTIONS,
+    *STATUS_OPTIONS,
 )
 
 
@@ -148,7 +150,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         register_limit=options["max-registers-per-minute"],
         max_users=options["max-users-per-tunnel"],
     )
-    mux.parts["media"] = MediaGate(media, core, mux)
+    gate = mux.parts["media"] = MediaGate(media, core, mux)
 
     def connect(addr: tuple[str, int], f: object) -> object:
         endpoint = TCP6ClientEndpoint if ":" in addr[0] else TCP4ClientEndpoint
@@ -195,6 +197,14 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         max_size=min(options["max-sip-size"], 65535),
     ).setServiceParent(top)
     Hook(lambda: None, resumption.stop).setServiceParent(top)
+    status = Status("contact", reactor)
+    status.add("tunnels", lambda: {"open": len(factory.tunnels), "refused": factory.refused})
+    status.add("sessions", resumption.status)
+    status.add("sip", core.status)
+    status.add("media", lambda: {**media.status(), "refused_unregistered": gate.refused})
+    status.add("forwards", lambda: {"open": forwarder.open_count, "refused": forwarder.refused})
+    top.status_http = add_status(top, status, options, reactor)  # type: ignore[attr-defined]
+    top.status = status  # type: ignore[attr-defined]
     top.listener = listener  # type: ignore[attr-defined]
     top.factory = factory  # type: ignore[attr-defined]
     top.mux = mux  # type: ignore[attr-defined]

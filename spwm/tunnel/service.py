@@ -408,6 +408,17 @@ class AgentTunnelService(ClientService):
         )
         return delay
 
+    def status(self) -> dict[str, Any]:
+        """
+        For the status page: whether the tunnel is up, failed attempts
+        since it was last up, the last failure's reason.
+        """
+        return {
+            "up": self.tunnel is not None,
+            "failures": self._failures,
+            "last_failure": self._reporting.last_failure,
+        }
+
     def _watch(self, protocol: TunnelProtocol) -> None:
         protocol.go_away_handler = self.on_go_away
         protocol.lost_handler = self._lost

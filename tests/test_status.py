@@ -1,0 +1,200 @@
+"""
+The status document, its JSON and Prometheus forms, the periodic log line,
+and the media manager's counters behind it.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.error import CannotListenError
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
+
+import spwm
+from spwm.status import Status, StatusHTTPService, StatusLogService, StatusResource, prometheus_text, summary
+from spwm.tap import contact
+from tests.test_media_manager import (
+    AGENT_ADDR,
+    CONTACT_ADDR,
+    DIALOG,
+    OPERATOR,
+    PHONE,
+    SDP_TYPE,
+    _pair,
+    _sdp,
+)
+
+
+def _status() -> tuple[Clock, Status, dict]:
+    clock = Clock()
+    clock.advance(100)
+    status = Status("contact", clock)
+    numbers = {"open": 2, "refused": 0}
+    status.add("tunnels", lambda: dict(numbers))
+    status.add("sip", lambda: {"registrations": 5, "events": {"430": 1, "malformed": 2}, "up": True, "note": "x"})
+    clock.advance(12.5)
+    return clock, status, numbers
+
+
+class DocumentTests(SynchronousTestCase):
+    def test_document(self) -> None:
+        """
+        The document names the side, the version, the uptime and every
+        section, computed when asked.
+        """
+        clock, status, numbers = _status()
+        numbers["open"] = 3
+        doc = status.document()
+        self.assertEqual(
+            doc,
+            {
+                "side": "contact",
+                "version": spwm.__version__,
+                "uptime": 12.5,
+                "tunnels": {"open": 3, "refused": 0},
+                "sip": {"registrations": 5, "events": {"430": 1, "malformed": 2}, "up": True, "note": "x"},
+            },
+        )
+
+    def test_prometheus(self) -> None:
+        """
+        Numbers become C{spwm_<section>_<name>} with a C{side} label,
+        labelled numbers get a C{key} label, booleans 0/1, text is left out.
+        """
+        _, status, _ = _status()
+        self.assertEqual(
+            prometheus_text(status.document()).splitlines(),
+            [
+                'spwm_uptime_seconds{side="contact"} 12.5',
+                'spwm_tunnels_open{side="contact"} 2',
+                'spwm_tunnels_refused{side="contact"} 0',
+                'spwm_sip_registrations{side="contact"} 5',
+                'spwm_sip_events{side="contact",key="430"} 1',
+                'spwm_sip_events{side="contact",key="malformed"} 2',
+                'spwm_sip_up{side="contact"} 1',
+            ],
+        )
+
+    def test_prometheus_escapes(self) -> None:
+        """
+        Label values are escaped and metric names keep only [a-zA-Z0-9_].
+        """
+        text = prometheus_text({"side": 'a"b', "s-x": {"n.m": {'q"\\\n': 1}}})
+        self.assertIn('spwm_s_x_n_m{side="a\\"b",key="q\\"\\\\\\n"} 1', text)
+
+    def test_summary(self) -> None:
+        """
+        The log line keeps non-zero numbers, sums labelled ones.
+        """
+        _, status, _ = _status()
+        self.assertEqual(summary(status.document()), "tunnels open=2; sip registrations=5 events=3 up=1")
+        self.assertEqual(summary({"side": "agent", "media": {"streams": 0}}), "idle")
+
+
+class ResourceTests(SynchronousTestCase):
+    def test_paths(self) -> None:
+        """
+        C{/status} is the JSON document, C{/metrics} the Prometheus text,
+        anything else 404.
+        """
+        _, status, _ = _status()
+        resource = StatusResource(status)
+        request = DummyRequest([b"status"])
+        body = resource.render_GET(request)
+        self.assertEqual(json.loads(body)["tunnels"], {"open": 2, "refused": 0})
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"content-type"), [b"application/json"])
+        request = DummyRequest([b"metrics", b""])
+        self.assertIn(b'spwm_sip_registrations{side="contact"} 5\n', resource.render_GET(request))
+        request = DummyRequest([b"other"])
+        resource.render_GET(request)
+        self.assertEqual(request.responseCode, 404)
+
+
+class LogServiceTests(SynchronousTestCase):
+    def test_interval(self) -> None:
+        """
+        The first line comes after one interval, then one per interval;
+        none after the service stopped.
+        """
+        clock, status, _ = _status()
+        service = StatusLogService(status, 300.0, clock)
+        with capturedLogs() as events:
+            service.startService()
+            clock.advance(299)
+            self.assertEqual(events, [])
+            clock.advance(1)
+            clock.advance(300)
+            service.stopService()
+            clock.advance(600)
+        lines = [e["summary"] for e in events if "summary" in e]
+        self.assertEqual(lines, ["tunnels open=2; sip registrations=5 events=3 up=1"] * 2)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class MediaCountersTests(SynchronousTestCase):
+    def test_traffic_kept_after_release(self) -> None:
+        """
+        The media section counts what is open now and the packets of live
+        and released streams alike.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        offer = _sdp(PHONE, ("audio", 4000, ""))
+        agent.sdp_into_tunnel(a_end, DIALOG, SDP_TYPE, offer)
+        contact.sdp_out_of_tunnel(c_end, DIALOG, SDP_TYPE, offer)
+        answer = _sdp(OPERATOR, ("audio", 6000, ""))
+        contact.sdp_into_tunnel(c_end, DIALOG, SDP_TYPE, answer)
+        agent.sdp_out_of_tunnel(a_end, DIALOG, SDP_TYPE, answer)
+        phone_rtp = reactor.udp[AGENT_ADDR, 20000]
+        op_rtp = reactor.udp[CONTACT_ADDR, 30000]
+        phone_rtp.receive(b"a" * 172, (PHONE, 4000))
+        phone_rtp.receive(b"b" * 172, (PHONE, 4000))
+        op_rtp.receive(b"c" * 172, (OPERATOR, 6000))
+        op_rtp.receive(b"x" * 172, ("203.0.113.99", 6000))
+        live = contact.status()
+        self.assertEqual(
+            {k: live[k] for k in ("streams", "relay_sockets", "channels", "port_pairs_in_use", "port_pairs_total")},
+            {"streams": 1, "relay_sockets": 2, "channels": 1, "port_pairs_in_use": 1, "port_pairs_total": 50},
+        )
+        self.assertEqual(
+            {k: live[k] for k in ("packets_in", "bytes_in", "packets_out", "bytes_out", "dropped_source")},
+            {"packets_in": 1, "bytes_in": 172, "packets_out": 2, "bytes_out": 344, "dropped_source": 1},
+        )
+        agent.dialog_ended(a_end, DIALOG)
+        contact.dialog_ended(c_end, DIALOG)
+        gone = contact.status()
+        self.assertEqual((gone["streams"], gone["relay_sockets"], gone["port_pairs_in_use"]), (0, 0, 0))
+        self.assertEqual(
+            {k: gone[k] for k in ("packets_in", "packets_out", "dropped_source")},
+            {"packets_in": 1, "packets_out": 2, "dropped_source": 1},
+        )
+
+
+class ConfigurationTests(SynchronousTestCase):
+    def test_bad_endpoint_stops_start(self) -> None:
+        """
+        A C{--status-listen} that is no endpoint description stops the
+        service at assembly with one line naming the option.
+        """
+        options = contact.Options()
+        options.parseOptions(["--plaintext", "--status-listen", "nonsense:1"])
+        with self.assertRaises(SystemExit) as caught:
+            contact.makeService(options, Clock())
+        self.assertIn("invalid configuration: status-listen:", str(caught.exception))
+
+    def test_port_in_use(self) -> None:
+        """
+        A status port that cannot be bound fails the service's start.
+        """
+        class Refusing(MemoryReactor):
+            def listenTCP(self, port, factory, backlog=50, interface=""):
+                raise CannotListenError(interface, port, OSError("in use"))
+
+        _, status, _ = _status()
+        service = StatusHTTPService(TCP4ServerEndpoint(Refusing(), 9090, interface="127.0.0.1"), status)
+        self.assertRaises(CannotListenError, service.startService)
+        self.flushLoggedErrors(CannotListenError)
