@@ -219,7 +219,12 @@ class AgentResumption(_Lifecycle):
             tunnel.connection.session_id = self.session_id
             for user, key in self.keys.items():
                 tunnel.bind_flow_key(self.flows[user], key)
-            if old is not None:
+            if old is not None and message.get("media") is False:
+                # The contact point kept only the registrations (past its
+                # window, or restarted): our calls' media is gone there.
+                self.media.tunnel_lost(old, "the contact point resumed the registrations only")
+                old = None
+            elif old is not None:
                 self.media.tunnel_resumed(old, tunnel, reopen=False)
             self.resumed += 1
             self.log.info(
@@ -425,9 +430,7 @@ class ContactResumption(_Lifecycle):
         self.sip.tunnel_dormant(tunnel)
         self.media.tunnel_lost(tunnel, "resumption window over")
         self._watchers.pop(session_id, None)
-        last = max(r.expires for r in registrations)
-        timer = self.clock.callLater(max(last - self.clock.seconds(), 0.0) + 1.0, self._wake, session_id)
-        self._dormant[session_id] = (None, timer)
+        last = self._make_dormant(session_id, registrations)
         self.log.info(
             "session {session_id} not resumed within {window} s: calls and media released;"
             " {count} registrations kept for {left:.0f} s more",
@@ -436,9 +439,66 @@ class ContactResumption(_Lifecycle):
             count=len(registrations),
             left=last - self.clock.seconds(),
         )
+
+    def _make_dormant(self, session_id: str, registrations: list[Any]) -> float:
+        """
+        Keep C{session_id} dormant until its last registration expires.
+
+        @return: when that is.
+        """
+        last = max(r.expires for r in registrations)
+        timer = self.clock.callLater(max(last - self.clock.seconds(), 0.0) + 1.0, self._wake, session_id)
+        self._dormant[session_id] = (None, timer)
         while len(self._dormant) > self.max_dormant:
             oldest = next(iter(self._dormant))
             self._forget_dormant(oldest, "too many dormant sessions")
+        return last
+
+    # -- across a restart (spwm.state) ------------------------------------
+
+    def export_state(self) -> dict[str, dict[str, Any]]:
+        """
+        Every session with keys (live, suspended or dormant): its users'
+        keys and flows, JSON-ready, for L{import_state} in the next process.
+        """
+        return {
+            session_id: {
+                "keys": {user: key.hex() for user, key in keys.items()},
+                "flows": dict(self.flows.get(session_id, {})),
+            }
+            for session_id, keys in self.keys.items()
+            if keys
+        }
+
+    def import_state(self, sessions: Any) -> int:
+        """
+        Restore sessions saved by L{export_state} as dormant, for those of
+        them whose registrations the SIP core got back (restore those
+        first); the others are dropped.
+
+        @return: the number of dormant sessions.
+        @raise ValueError: C{sessions} is not what L{export_state} makes.
+        """
+        try:
+            loaded = {
+                str(session_id): (
+                    {str(user): bytes.fromhex(key) for user, key in entry["keys"].items()},
+                    {str(user): int(fid) for user, fid in entry["flows"].items()},
+                )
+                for session_id, entry in sessions.items()
+            }
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"malformed sessions: {e!r}") from None
+        count = 0
+        for session_id, (keys, flows) in loaded.items():
+            registrations = self.sip.registrations(session_id)
+            if not registrations or not keys or set(keys) != set(flows):
+                continue
+            self.keys[session_id] = keys
+            self.flows[session_id] = flows
+            self._make_dormant(session_id, registrations)
+            count += 1
+        return count
 
     def _wake(self, session_id: str) -> None:
         """
@@ -543,7 +603,10 @@ class ContactResumption(_Lifecycle):
         self.keys.pop(fresh, None)
         self.flows.pop(fresh, None)
         self._watchers.pop(fresh, None)
-        tunnel.send_control({"op": "resumed", "session_id": old_session, "users": sorted(proofs)})
+        resumed: dict[str, Any] = {"op": "resumed", "session_id": old_session, "users": sorted(proofs)}
+        if not media:
+            resumed["media"] = False
+        tunnel.send_control(resumed)
         for user, key in self.keys.get(old_session, {}).items():
             tunnel.bind_flow_key(self.flows[old_session][user], key)
         if media:

@@ -87,6 +87,13 @@ class FlowTokenCodec:
             raise ValueError("flow token secret must be at least 16 bytes")
         self._secret = secret
 
+    @property
+    def secret(self) -> bytes:
+        """
+        The key (kept across a restart with C{--state-file}).
+        """
+        return self._secret
+
     def encode(
         self, kind: bytes, session_id: str, flow_id: int, extra: bytes = b""
     ) -> str:

@@ -855,6 +855,55 @@ class ContactSipProxy:
         if not keep_registrations:
             self.forget_session(session)
 
+    @property
+    def secret(self) -> bytes:
+        """
+        The flow token key.
+        """
+        return self._codec.secret
+
+    def export_registrations(self, session_id: str, now: float) -> dict[str, Any]:
+        """
+        A session's live registrations and rewritten contacts as JSON-ready
+        data, with lifetimes relative to C{now} (see L{spwm.state}).
+        """
+        return {
+            "registrations": [
+                {"aor": r.aor, "contact": r.contact, "flow_id": r.flow_id, "ttl": r.expires - now}
+                for r in self._regs.get(session_id, {}).values()
+                if r.expires > now
+            ],
+            "rewritten": [
+                [fid, extra.hex(), uri] for (s, fid, extra), uri in self._rewritten.items() if s == session_id
+            ],
+        }
+
+    def import_registrations(self, session_id: str, data: Any, now: float) -> int:
+        """
+        Restore what L{export_registrations} gave, for a session without a
+        tunnel (it stays dormant until resumed).
+
+        @return: the number of registrations restored.
+        @raise ValueError: C{data} is not what L{export_registrations} makes.
+        """
+        try:
+            regs = {}
+            for r in data["registrations"]:
+                ttl = float(r["ttl"])
+                reg = Registration(str(r["aor"]), str(r["contact"]), int(r["flow_id"]), now + ttl)
+                if ttl > 0 and 0 <= reg.flow_id < 2**32:
+                    regs[reg.aor, reg.contact] = reg
+            rewritten = {
+                (session_id, int(fid), bytes.fromhex(extra)): str(uri) for fid, extra, uri in data["rewritten"]
+            }
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"malformed registrations of session {session_id}: {e!r}") from None
+        if regs:
+            self._regs[session_id] = regs
+            self._rewritten.update(rewritten)
+            self._arm(now)
+        return len(regs)
+
     def forget_session(self, session_id: str) -> None:
         """
         Forget what a session without a tunnel kept: its registrations and

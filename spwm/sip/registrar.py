@@ -108,6 +108,58 @@ class EmbeddedRegistrar:
             if not per:
                 del self._table[key]
 
+    def export_bindings(self, now: float) -> list[dict[str, Any]]:
+        """
+        The live bindings as JSON-ready data, times relative to C{now}
+        (kept across a restart by L{spwm.state}).
+        """
+        return [
+            {
+                "aor": aor,
+                "key": b.key,
+                "contact": b.contact,
+                "path": list(b.path),
+                "ttl": b.expires - now,
+                "params": [list(p) for p in b.params],
+                "age": now - b.registered,
+            }
+            for aor, per in self._table.items()
+            for b in per.values()
+            if b.expires > now
+        ]
+
+    def import_bindings(self, data: Any, now: float) -> int:
+        """
+        Restore what L{export_bindings} gave (within the table's limits).
+
+        @return: the number of bindings restored.
+        @raise ValueError: C{data} is not what L{export_bindings} makes.
+        """
+        count = 0
+        try:
+            for b in data:
+                ttl = float(b["ttl"])
+                if ttl <= 0:
+                    continue
+                aor = str(b["aor"])
+                per = self._table.get(aor)
+                if per is None:
+                    if len(self._table) >= self.max_aors:
+                        continue
+                    per = self._table[aor] = {}
+                if len(per) >= self.max_bindings:
+                    continue
+                params = tuple((str(k), None if v is None else str(v)) for k, v in b["params"])
+                binding = Binding(
+                    str(b["key"]), str(b["contact"]), tuple(str(p) for p in b["path"]),
+                    now + ttl, params, now - float(b["age"]),
+                )
+                per[binding.key] = binding
+                count += 1
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"malformed registrar bindings: {e!r}") from None
+        return count
+
     def handle_request(self, msg: SipMessage, now: float) -> list[SipMessage]:
         """
         Process a request the contact point sends to the operator side.

@@ -22,6 +22,7 @@ from spwm.config import (
     ip_address,
     ip_literal_port,
     network,
+    optional_string,
     port_range,
     positive_float,
     positive_int,
@@ -36,6 +37,7 @@ from spwm.sip.transport import ContactSipRunner
 from spwm.security.resume import ContactResumption
 from spwm.tap.parts import Hook, MediaHookAdapter, SipListeners, SipOnly, resolve_ip
 from spwm.forward import USE as FORWARD_USE, ContactForwarder
+from spwm.state import ContactState
 from spwm.status import Status
 from spwm.tap.common import STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, add_status, limits_from
 from spwm.tunnel.protocol import ApplicationMux, ContactTunnelFactory
@@ -49,6 +51,7 @@ OPTIONS = (
     Option("client-ca", None, readable_file, "Mutual TLS: agents must present a certificate from these CAs (PEM) that names their --agent-id."),
     Option("allow-forward", (), ip_literal_port, "Allow UDP forwards to this IP:PORT (none by default).", repeat=True),
     Option("drain-time", 5.0, positive_float, "Seconds tunnels get to move after go-away when the contact point stops."),
+    Option("state-file", None, optional_string, "Keep the flow token key and the registrations of sessions with keys in this file across a restart (written at stop, mode 0600; read at start): agents resume their registrations in the next process (default: none, a restart loses them)."),
     Option("max-tunnels", 10000, positive_int, "Tunnels (handshaking ones included) the contact point accepts in total."),
     Option("max-tunnels-per-address", 100, positive_int, "Tunnels accepted from one source address."),
     Option("sip-proxy", None, lambda v: parse_sip_proxy(v) and v, "Operator proxy HOST[:PORT][;transport=udp|tcp] (default: the embedded registrar)."),
@@ -136,9 +139,12 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         router=mux,
         sockets=relay_sockets_for(reactor),
     )
+    state = ContactState(options["state-file"], reactor) if options["state-file"] else None
+    saved = state.load() if state is not None else None
+    secret = (state.secret(saved) if state is not None else None) or os.urandom(32)
     core = ContactSipProxy(
         (sip_host, sip_port),
-        os.urandom(32),
+        secret,
         operator=operator,
         contact_rewrite=bool(options["contact-rewrite"]),
         media_hook=MediaHookAdapter(media),
@@ -204,6 +210,12 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     status.add("media", lambda: {**media.status(), "refused_unregistered": gate.refused})
     status.add("forwards", lambda: {"open": forwarder.open_count, "refused": forwarder.refused})
     top.status_http = add_status(top, status, options, reactor)  # type: ignore[attr-defined]
+    if state is not None:
+        if saved is not None:
+            state.restore(saved, core, resumption)
+        # Added last, so stopped first: saved while the sessions are live,
+        # before the drain closes their tunnels.
+        Hook(lambda: None, lambda: state.save(core, resumption)).setServiceParent(top)
     top.status = status  # type: ignore[attr-defined]
     top.listener = listener  # type: ignore[attr-defined]
     top.factory = factory  # type: ignore[attr-defined]

@@ -155,7 +155,20 @@ class SpwmSipTestCase(E2ETestCase):
             args += ["--media-timeout", str(media_timeout)]
         args += ["--resume-window", str(self.resume_window)]
         args += list(extra)
+        self.contact_args = args
         process = self.start_contact(args)
+        self.wait_for_listener("op", "udp", CONTACT, 5060, process)
+        self.contact = process
+        return process
+
+    def restart_spwm_contact(self) -> ManagedProcess:
+        """
+        Stop the contact point as an operator would (SIGTERM: go-away to
+        the agents, drain, exit) and start it again with the same options
+        (and certificate); wait until it listens again.
+        """
+        self.contact.stop(grace=10.0)
+        process = self.start_contact(self.contact_args)
         self.wait_for_listener("op", "udp", CONTACT, 5060, process)
         self.contact = process
         return process

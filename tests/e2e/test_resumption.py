@@ -149,7 +149,7 @@ class ResumptionTestBase(SpwmSipTestCase):
         super().setUp()
         self.make_topology("strict")
         self.start_kamailio()
-        self.start_spwm_contact(tls=True)
+        self.start_spwm_contact(tls=True, extra=self.contact_extra())
         self.start_spwm_agent(extra=["--reconnect-max", "0.5", "--resume-window", str(self.resume_window)])
         self.register_uas("bob")
         self.assertSippSuccess(self.sipp_uac("register.xml", PROXY, user="alice", name="register-alice"))
@@ -173,6 +173,10 @@ class ResumptionTestBase(SpwmSipTestCase):
             "op", "sip_from_kamailio",
             f"ip saddr {KAMAILIO} ip daddr {CONTACT} meta l4proto {{ tcp, udp }} th sport 5060", hook="output",
         )
+
+    def contact_extra(self) -> list[str]:
+        """More options for the contact point."""
+        return []
 
     # -- the call -------------------------------------------------------------
 
@@ -521,6 +525,33 @@ class DormantResumptionTests(ResumptionTestBase):
         run(["ip", "netns", "exec", rtr, "nft", "delete", "table", "inet", "spwm_block"])
         self.wait_for_log(self.contact, rf"session {session} resumed from \S+ \(registrations only\)", timeout=20.0)
         self.wait_for_log(self.agent, rf"session {session} resumed on the new tunnel to \S+ \(registrations only\)", timeout=5.0)
+        self.assertEqual((self.sip_counts(), self.operator_view()), before, "SIP crossed or the binding changed")
+        self.assertCallFromOperatorReachesPhone("alice")
+
+
+class ContactRestartTests(ResumptionTestBase):
+    """
+    The contact point restarts with C{--state-file}.
+    """
+
+    def contact_extra(self) -> list[str]:
+        return ["--state-file", str(self.logdir / "contact.state")]
+
+    def test_registration_survives_contact_restart(self) -> None:
+        """
+        alice is registered (digest: keys on both halves); the contact
+        point is stopped (SIGTERM: go-away, drain, state written) and
+        started again with the same options: it restores alice's session,
+        the agent resumes it (registrations only), no SIP crosses between
+        the contact point and Kamailio and Kamailio's binding (with the
+        Path token of before) is unchanged; carol's call to alice reaches
+        the phone with RTP both ways.
+        """
+        session = self.session_id()
+        before = self.sip_counts(), self.operator_view()
+        self.restart_spwm_contact()
+        self.wait_for_log(self.contact, r"state file \S+: 1 sessions restored", timeout=5.0)
+        self.wait_for_log(self.contact, rf"session {session} resumed from \S+ \(registrations only\)", timeout=20.0)
         self.assertEqual((self.sip_counts(), self.operator_view()), before, "SIP crossed or the binding changed")
         self.assertCallFromOperatorReachesPhone("alice")
 

@@ -32,21 +32,21 @@ class _LoopbackPair(TestCase):
     timeout = 60
     #: more options for every half
     extra: list[str] = []
+    #: more options for the contact point
+    contact_extra: list[str] = []
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
         ca = TestCA(self.mktemp())
         cert = ca.issue(["contact.spwm.test"], "contact")
-        options = contact.Options()
-        options.parseOptions(
-            ["--listen", "tcp:0:interface=127.0.0.1", "--cert", cert.cert, "--key", cert.key,
-             "--sip-address", f"127.0.0.1:{free_port()}", "--media-ports", "42000-42099",
-             "--media-allow", "127.0.0.0/8", "--drain-time", "0.2", "--resume-window", "10", *self.extra]
-        )
-        self.contact = contact.makeService(options, reactor)
-        self.contact.startService()
-        self.addCleanup(self.contact.stopService)
-        port = (yield self.contact.listener.listening).getHost().port
+        port = free_port()
+        self.contact_argv = [
+            "--listen", f"tcp:{port}:interface=127.0.0.1", "--cert", cert.cert, "--key", cert.key,
+            "--sip-address", f"127.0.0.1:{free_port()}", "--media-ports", "42000-42099",
+            "--media-allow", "127.0.0.0/8", "--drain-time", "0.2", "--resume-window", "10",
+            *self.extra, *self.contact_extra,
+        ]
+        self.contact = yield self.start_contact()
         self.agents = []
         for name, media in (("a1", "42100-42199"), ("a2", "42200-42299")):
             options = agent.Options()
@@ -81,6 +81,20 @@ class _LoopbackPair(TestCase):
         a_call.start_media()
         b_call.start_media()
         return alice, bob, a_call, b_call
+
+    @defer.inlineCallbacks
+    def start_contact(self) -> Any:
+        """
+        Start a contact point with C{contact_argv} (stopped at cleanup if
+        still running).
+        """
+        options = contact.Options()
+        options.parseOptions(self.contact_argv)
+        service = contact.makeService(options, reactor)
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        yield service.listener.listening
+        return service
 
 
 class ResumptionTests(_LoopbackPair):
@@ -241,3 +255,64 @@ class CipheredDormantResumptionTests(DormantResumptionTests):
     """
 
     extra = ["--resume-window", "1", "--user-ciphering"]
+
+
+class RestartTests(_LoopbackPair):
+    """
+    The contact point restarts (stop with drain, start again) with
+    C{--state-file}.
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.state_file = os.path.abspath(self.mktemp())
+        self.contact_extra = ["--state-file", self.state_file]
+        yield _LoopbackPair.setUp(self)
+
+    @defer.inlineCallbacks
+    def test_registrations_survive_restart(self) -> Any:
+        """
+        Both agents resume their sessions (registrations only) in the new
+        process, whose state came from the file (mode 0600); bob reaches
+        alice and alice reaches bob without registering again; the call
+        that was up when the contact point stopped is released on the
+        agents.
+        """
+        alice, bob, a_call, b_call = yield self.call()
+        sessions = sorted(a.tunnel_service.tunnel.session_id for a in self.agents)
+        registers = alice.sent.get("REGISTER"), bob.sent.get("REGISTER")
+        yield self.contact.stopService()
+        self.assertEqual(os.stat(self.state_file).st_mode & 0o777, 0o600)
+        self.contact = yield self.start_contact()
+        self.assertEqual(self.contact.resumption.dormant, 2)
+        yield wait_until(lambda: all(a.resumption.resumed == 1 for a in self.agents), timeout=15)
+        self.assertEqual(sorted(a.tunnel_service.tunnel.session_id for a in self.agents), sessions)
+        self.assertEqual(self.contact.resumption.dormant, 0)
+        yield wait_until(lambda: all(a.media.streams == 0 for a in self.agents))
+        a_call.stop_media()
+        b_call.stop_media()
+        answered: defer.Deferred[Any] = defer.Deferred()
+        alice.on_incoming = lambda c: answered.called or answered.callback(c)
+        second = yield bob.call("alice")
+        yield answered
+        response = yield bob.hang_up(second)
+        self.assertEqual(response.status, 200)
+        third = yield alice.call("bob")
+        response = yield alice.hang_up(third)
+        self.assertEqual(response.status, 200)
+        self.assertEqual((alice.sent.get("REGISTER"), bob.sent.get("REGISTER")), registers)
+
+    @defer.inlineCallbacks
+    def test_unusable_file_is_a_fresh_start(self) -> Any:
+        """
+        A state file that is not JSON is logged and ignored: the contact
+        point starts without sessions, the agents' resumptions are refused
+        and they go on with fresh sessions.
+        """
+        yield self.call()
+        yield self.contact.stopService()
+        with open(self.state_file, "w") as f:
+            f.write("{not json")
+        self.contact = yield self.start_contact()
+        self.assertEqual(self.contact.resumption.dormant, 0)
+        yield wait_until(lambda: self.contact.resumption.refused == 2, timeout=15)

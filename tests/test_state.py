@@ -1,0 +1,172 @@
+"""
+The contact point's state file: what is written, what a new process gets
+back, and what it refuses.  (A real restart: tests/integration/
+test_resumption.py, C{RestartTests}.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.security.resume import ContactResumption
+from spwm.sip.proxy import ContactSipProxy
+from spwm.state import VERSION, ContactState
+from tests.test_security_resume import KEY, USER, FakeMedia
+
+SECRET = b"s" * 32
+SIP = {
+    "registrations": [
+        {"aor": "sip:alice@example.test", "contact": "sip:alice@192.0.2.9:5060", "flow_id": 3, "ttl": 600.0},
+        {"aor": "sip:alice@example.test", "contact": "sip:alice@192.0.2.9:5062", "flow_id": 4, "ttl": 50.0},
+    ],
+    "rewritten": [[3, "0a0b0c0d", "sip:alice@192.0.2.9:5060"]],
+}
+
+
+class Wall:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RunnerView:
+    """
+    The SIP runner as the resumption logic sees it: registrations.
+    """
+
+    def __init__(self, core: ContactSipProxy) -> None:
+        self.core = core
+
+    def registrations(self, session_id: str) -> list[Any]:
+        return self.core.registrations(session_id)
+
+    def forget_session(self, session_id: str) -> None:
+        self.core.forget_session(session_id)
+
+
+def _half(clock: Clock, secret: bytes = SECRET) -> tuple[ContactSipProxy, ContactResumption]:
+    core = ContactSipProxy(("198.51.100.1", 5060), secret)
+    return core, ContactResumption(clock, 60.0, FakeMedia(), RunnerView(core))
+
+
+class StateFileTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.wall = Wall(1_700_000_000.0)
+
+    def _saved(self) -> tuple[ContactSipProxy, dict]:
+        """
+        A contact point with one session (alice's key, two registrations)
+        and an embedded registrar binding, saved.
+        """
+        core, resumption = _half(self.clock)
+        core.import_registrations("s1", SIP, self.clock.seconds())
+        resumption.keys["s1"] = {USER: KEY}
+        resumption.flows["s1"] = {USER: 3}
+        core.registrar.import_bindings(
+            [{"aor": "alice@example.test", "key": "k", "contact": "sip:alice@192.0.2.9:5060",
+              "path": ["<sip:tok@198.51.100.1;lr>"], "ttl": 600.0, "params": [["+sip.instance", "\"<urn:x>\""]], "age": 5.0}],
+            self.clock.seconds(),
+        )
+        ContactState(self.path, self.clock, self.wall).save(core, resumption)
+        with open(self.path) as f:
+            return core, json.load(f)
+
+    def test_written(self) -> None:
+        """
+        The file is mode 0600, no temporary file is left, and it holds the
+        version, the token key, the session's keys, flows, registrations
+        and rewritten contacts, and the registrar's bindings.
+        """
+        core, doc = self._saved()
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o600)
+        self.assertFalse(os.path.exists(self.path + ".tmp"))
+        self.assertEqual((doc["version"], doc["saved_at"], doc["token_secret"]), (VERSION, self.wall.now, SECRET.hex()))
+        entry = doc["sessions"]["s1"]
+        self.assertEqual((entry["keys"], entry["flows"]), ({USER: KEY.hex()}, {USER: 3}))
+        self.assertEqual(sorted(r["ttl"] for r in entry["sip"]["registrations"]), [50.0, 600.0])
+        self.assertEqual(entry["sip"]["rewritten"], SIP["rewritten"])
+        [binding] = doc["registrar"]
+        self.assertEqual((binding["path"], binding["ttl"], binding["age"]), (["<sip:tok@198.51.100.1;lr>"], 600.0, 5.0))
+
+    def test_restored_minus_downtime(self) -> None:
+        """
+        A new process gets the token key, the session dormant with its
+        keys, and the registrations and bindings that outlive the time it
+        was down (100 s: the 50 s one is gone).
+        """
+        self._saved()
+        clock = Clock()
+        clock.advance(5)
+        self.wall.now += 100
+        state = ContactState(self.path, clock, self.wall)
+        doc = state.load()
+        secret = state.secret(doc)
+        self.assertEqual(secret, SECRET)
+        core, resumption = _half(clock, secret)
+        self.assertEqual(state.restore(doc, core, resumption), 1)
+        [reg] = core.registrations("s1")
+        self.assertEqual((reg.contact, reg.flow_id, reg.expires), ("sip:alice@192.0.2.9:5060", 3, 505.0))
+        self.assertEqual((resumption.dormant, resumption.keys, resumption.flows), (1, {"s1": {USER: KEY}}, {"s1": {USER: 3}}))
+        [binding] = core.registrar.bindings("sip:alice@example.test", clock.seconds())
+        self.assertEqual((binding.expires, binding.path), (505.0, ("<sip:tok@198.51.100.1;lr>",)))
+        self.assertEqual(core.export_registrations("s1", clock.seconds())["rewritten"], SIP["rewritten"])
+        clock.advance(501)
+        self.assertEqual(resumption.dormant, 0)
+
+    def test_unusable(self) -> None:
+        """
+        No file: nothing, silently. Not JSON, another version, a bad key or
+        malformed sessions: logged, and nothing (or only what is usable)
+        restored; nothing raises.
+        """
+        state = ContactState(self.path, self.clock, self.wall)
+        with capturedLogs() as events:
+            self.assertIsNone(state.load())
+        self.assertEqual(events, [])
+        for text in ("{not json", json.dumps({"version": VERSION + 1}), json.dumps([1])):
+            with open(self.path, "w") as f:
+                f.write(text)
+            with capturedLogs() as events:
+                self.assertIsNone(state.load())
+            self.assertEqual(len(events), 1)
+        with capturedLogs() as events:
+            self.assertIsNone(state.secret({"token_secret": "zz"}))
+            self.assertIsNone(state.secret({"token_secret": "00"}))
+        core, resumption = _half(self.clock)
+        bad = {
+            "version": VERSION,
+            "saved_at": "yesterday",
+            "registrar": [{"aor": 1}],
+            "sessions": {
+                "s1": {"keys": {USER: KEY.hex()}, "flows": {USER: 3}, "sip": {"registrations": [{"ttl": 5}]}},
+                "s2": "nonsense",
+                "s3": {"keys": {USER: KEY.hex()}, "flows": {USER: 3}, "sip": SIP},
+            },
+        }
+        with capturedLogs() as events:
+            self.assertEqual(state.restore(bad, core, resumption), 1)
+        self.assertEqual(core.registrations("s1"), [])
+        self.assertEqual(len(core.registrations("s3")), 2)
+        self.assertTrue(any("malformed" in str(e.get("reason", "")) for e in events))
+
+    def test_write_failure_logged(self) -> None:
+        """
+        A state file in a directory that does not exist is not written; the
+        error is logged and nothing raises.
+        """
+        core, resumption = _half(self.clock)
+        state = ContactState(os.path.join(self.path, "missing", "state.json"), self.clock, self.wall)
+        with capturedLogs() as events:
+            state.save(core, resumption)
+        self.assertEqual([e["log_level"].name for e in events], ["error"])
