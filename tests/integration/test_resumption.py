@@ -83,6 +83,22 @@ class _LoopbackPair(TestCase):
         return alice, bob, a_call, b_call
 
     @defer.inlineCallbacks
+    def calls_both_ways(self, alice: Any, bob: Any) -> Any:
+        """
+        bob calls alice (she answers), then alice calls bob; both calls
+        are hung up with 200.
+        """
+        answered: defer.Deferred[Any] = defer.Deferred()
+        alice.on_incoming = lambda c: answered.called or answered.callback(c)
+        second = yield bob.call("alice")
+        yield answered
+        response = yield bob.hang_up(second)
+        self.assertEqual(response.status, 200)
+        third = yield alice.call("bob")
+        response = yield alice.hang_up(third)
+        self.assertEqual(response.status, 200)
+
+    @defer.inlineCallbacks
     def start_contact(self) -> Any:
         """
         Start a contact point with C{contact_argv} (stopped at cleanup if
@@ -236,15 +252,7 @@ class DormantResumptionTests(_LoopbackPair):
         a_call.stop_media()
         b_call.stop_media()
         yield bob.hang_up(b_call)
-        answered: defer.Deferred[Any] = defer.Deferred()
-        alice.on_incoming = lambda c: answered.called or answered.callback(c)
-        second = yield bob.call("alice")
-        yield answered
-        response = yield bob.hang_up(second)
-        self.assertEqual(response.status, 200)
-        third = yield alice.call("bob")
-        response = yield alice.hang_up(third)
-        self.assertEqual(response.status, 200)
+        yield self.calls_both_ways(alice, bob)
         self.assertEqual(alice.sent.get("REGISTER"), registers)
 
 
@@ -291,15 +299,7 @@ class RestartTests(_LoopbackPair):
         yield wait_until(lambda: all(a.media.streams == 0 for a in self.agents))
         a_call.stop_media()
         b_call.stop_media()
-        answered: defer.Deferred[Any] = defer.Deferred()
-        alice.on_incoming = lambda c: answered.called or answered.callback(c)
-        second = yield bob.call("alice")
-        yield answered
-        response = yield bob.hang_up(second)
-        self.assertEqual(response.status, 200)
-        third = yield alice.call("bob")
-        response = yield alice.hang_up(third)
-        self.assertEqual(response.status, 200)
+        yield self.calls_both_ways(alice, bob)
         self.assertEqual((alice.sent.get("REGISTER"), bob.sent.get("REGISTER")), registers)
 
     @defer.inlineCallbacks
