@@ -173,3 +173,57 @@ class DocsTests(SynchronousTestCase):
         for module in (agent, contact):
             for option in module.OPTIONS:
                 self.assertIn(f"`--{option.name}`", text)
+
+
+class DeployExamplesTests(SynchronousTestCase):
+    """
+    The deployment examples in C{examples/deploy/} stay valid: every key of
+    the TOML files is an option with a valid value, and the systemd units
+    start twistd with those files.
+    """
+
+    def setUp(self) -> None:
+        self.deploy = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "deploy")
+
+    def _load(self, module, name: str):
+        """
+        Parse C{examples/deploy/NAME} with its C{/etc/spwm/} files made in a
+        temporary directory.
+        """
+        tmp = os.path.abspath(self.mktemp())
+        os.makedirs(tmp)
+        with open(os.path.join(self.deploy, name)) as f:
+            text = f.read()
+        for needed in ("contact.pem", "contact.key"):
+            open(os.path.join(tmp, needed), "w").close()
+        path = os.path.join(tmp, name)
+        with open(path, "w") as f:
+            f.write(text.replace("/etc/spwm/", tmp + "/"))
+        options = module.Options()
+        options.parseOptions(["--config", path])
+        return options
+
+    def test_contact(self) -> None:
+        """
+        C{contact.toml} parses, with its port range, state file and status page.
+        """
+        options = self._load(contact, "contact.toml")
+        self.assertEqual(options["media-ports"], (50000, 59999))
+        self.assertEqual(options["state-file"], "/var/lib/spwm/contact.state")
+        self.assertEqual(options["status-listen"], "tcp:9090:interface=127.0.0.1")
+
+    def test_agent(self) -> None:
+        """
+        C{agent.toml} parses, with its SIP address.
+        """
+        options = self._load(agent, "agent.toml")
+        self.assertEqual(options.sip_addresses(), [("192.0.2.10", 5060)])
+
+    def test_units(self) -> None:
+        """
+        Each unit runs its half in the foreground with its TOML file.
+        """
+        for half in ("contact", "agent"):
+            with open(os.path.join(self.deploy, f"spwm-{half}.service")) as f:
+                unit = f.read()
+            self.assertIn(f"twistd -n --pidfile= spwm-{half} --config /etc/spwm/{half}.toml", unit)
