@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.web.client import Agent, readBody
 
 from tests.integration.test_resumption import _LoopbackPair
@@ -39,7 +39,7 @@ class StatusPageTests(_LoopbackPair):
         same numbers.
         """
         alice, bob, a_call, b_call = yield self.call()
-        yield task.deferLater(reactor, 0.5, lambda: None)
+        yield wait_until(lambda: self.contact.media.status()["packets_out"] > 10)
         code, body = yield self.get(self.contact, "/status")
         self.assertEqual(code, 200)
         doc = json.loads(body)
