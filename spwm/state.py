@@ -110,7 +110,11 @@ class ContactState:
             count: int = resumption.import_state({k: v for k, v in sessions.items() if isinstance(v, dict)})
         except ValueError as e:
             self.log.warn("state file {path}: {reason}", path=self.path, reason=str(e))
-            return 0
+            count = 0
+        for session_id in sessions:
+            if str(session_id) not in resumption.keys:
+                # registrations without usable keys: nobody can resume them
+                core.forget_session(str(session_id))
         self.log.info(
             "state file {path}: {count} sessions restored, their registrations await their agents",
             path=self.path,

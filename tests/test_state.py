@@ -10,6 +10,7 @@ import json
 import os
 from typing import Any
 
+from hypothesis import given, strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -152,12 +153,16 @@ class StateFileTests(SynchronousTestCase):
                 "s1": {"keys": {USER: KEY.hex()}, "flows": {USER: 3}, "sip": {"registrations": [{"ttl": 5}]}},
                 "s2": "nonsense",
                 "s3": {"keys": {USER: KEY.hex()}, "flows": {USER: 3}, "sip": SIP},
+                "s4": {"keys": {USER: "00"}, "flows": {USER: 3}, "sip": SIP},
+                "s5": {"keys": {USER: KEY.hex()}, "flows": {USER: 2**40}, "sip": SIP},
             },
         }
         with capturedLogs() as events:
             self.assertEqual(state.restore(bad, core, resumption), 1)
         self.assertEqual(core.registrations("s1"), [])
         self.assertEqual(len(core.registrations("s3")), 2)
+        self.assertEqual((core.registrations("s4"), core.registrations("s5")), ([], []))
+        self.assertEqual(sorted(resumption.keys), ["s3"])
         self.assertTrue(any("malformed" in str(e.get("reason", "")) for e in events))
 
     def test_write_failure_logged(self) -> None:
@@ -170,3 +175,65 @@ class StateFileTests(SynchronousTestCase):
         with capturedLogs() as events:
             state.save(core, resumption)
         self.assertEqual([e["log_level"].name for e in events], ["error"])
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def _shaped(values: Any) -> Any:
+    """
+    Documents shaped like a state file (every field present, so the checks
+    of the values are reached), with any values in the places: numbers
+    (infinities and NaN too), text, nothing, nested garbage.
+    """
+    odd = st.one_of(
+        st.sampled_from([float("inf"), float("-inf"), float("nan"), 2**40, -1, 0, 1.5, 600, "x", "", None, True]),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=True),
+        st.text(max_size=8),
+        values,
+    )
+    registration = st.fixed_dictionaries({"aor": odd, "contact": odd, "flow_id": odd, "ttl": odd})
+    binding = st.fixed_dictionaries(
+        {"aor": odd, "key": odd, "contact": odd, "path": st.lists(odd, max_size=2) | odd, "ttl": odd,
+         "params": st.lists(st.lists(odd, max_size=3), max_size=2) | odd, "age": odd}
+    )
+    session = st.fixed_dictionaries(
+        {
+            "keys": st.dictionaries(st.text(max_size=8), st.sampled_from([KEY.hex(), "zz", ""]) | odd, max_size=2) | odd,
+            "flows": st.dictionaries(st.text(max_size=8), odd, max_size=2) | odd,
+            "sip": st.fixed_dictionaries(
+                {"registrations": st.lists(registration, max_size=3) | odd,
+                 "rewritten": st.lists(st.lists(odd, max_size=4), max_size=2) | odd}
+            ) | odd,
+        }
+    )
+    return st.fixed_dictionaries(
+        {
+            "version": st.just(VERSION),
+            "saved_at": odd,
+            "token_secret": st.sampled_from([SECRET.hex(), "00", "zz"]) | odd,
+            "registrar": st.lists(binding, max_size=3) | odd,
+            "sessions": st.dictionaries(st.text(max_size=8), session | odd, max_size=3),
+        }
+    )
+
+
+class GarbageTests(SynchronousTestCase):
+    @given(_shaped(_json))
+    def test_restore_never_raises(self, doc: dict) -> None:
+        """
+        Whatever a state file of the right version holds, restoring it logs
+        what it cannot use and never raises: a bad file must not keep the
+        contact point from starting.
+        """
+        clock = Clock()
+        core, resumption = _half(clock)
+        state = ContactState("/nonexistent", clock, Wall(1_700_000_000.0))
+        with capturedLogs():
+            state.secret(doc)
+            state.restore(doc, core, resumption)

@@ -487,12 +487,18 @@ class ContactResumption(_Lifecycle):
                 )
                 for session_id, entry in sessions.items()
             }
-        except (AttributeError, KeyError, TypeError, ValueError) as e:
+        except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as e:
             raise ValueError(f"malformed sessions: {e!r}") from None
         count = 0
         for session_id, (keys, flows) in loaded.items():
             registrations = self.sip.registrations(session_id)
-            if not registrations or not keys or set(keys) != set(flows):
+            if (
+                not registrations
+                or not keys
+                or set(keys) != set(flows)
+                or any(len(key) != KEY_LENGTH for key in keys.values())
+                or not all(0 <= fid < 2**32 for fid in flows.values())
+            ):
                 continue
             self.keys[session_id] = keys
             self.flows[session_id] = flows

@@ -27,6 +27,7 @@ L{MediaHook}.
 from __future__ import annotations
 
 import hashlib
+import math
 import uuid
 from typing import Any, Hashable, Iterable, Protocol, Union
 
@@ -890,13 +891,14 @@ class ContactSipProxy:
             regs = {}
             for r in data["registrations"]:
                 ttl = float(r["ttl"])
-                reg = Registration(str(r["aor"]), str(r["contact"]), int(r["flow_id"]), now + ttl)
-                if ttl > 0 and 0 <= reg.flow_id < 2**32:
+                flow_id = int(r["flow_id"])
+                if math.isfinite(ttl) and ttl > 0 and 0 <= flow_id < 2**32:
+                    reg = Registration(str(r["aor"]), str(r["contact"]), flow_id, now + ttl)
                     regs[reg.aor, reg.contact] = reg
             rewritten = {
                 (session_id, int(fid), bytes.fromhex(extra)): str(uri) for fid, extra, uri in data["rewritten"]
             }
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise ValueError(f"malformed registrations of session {session_id}: {e!r}") from None
         if regs:
             self._regs[session_id] = regs

@@ -26,6 +26,7 @@ binding.
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 from attrs import define, field, frozen
@@ -139,7 +140,8 @@ class EmbeddedRegistrar:
         try:
             for b in data:
                 ttl = float(b["ttl"])
-                if ttl <= 0:
+                age = float(b["age"])
+                if not (math.isfinite(ttl) and math.isfinite(age)) or ttl <= 0:
                     continue
                 aor = str(b["aor"])
                 per = self._table.get(aor)
@@ -152,11 +154,11 @@ class EmbeddedRegistrar:
                 params = tuple((str(k), None if v is None else str(v)) for k, v in b["params"])
                 binding = Binding(
                     str(b["key"]), str(b["contact"]), tuple(str(p) for p in b["path"]),
-                    now + ttl, params, now - float(b["age"]),
+                    now + ttl, params, now - age,
                 )
                 per[binding.key] = binding
                 count += 1
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise ValueError(f"malformed registrar bindings: {e!r}") from None
         return count
 
