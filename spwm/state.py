@@ -57,7 +57,7 @@ class ContactState:
                 doc = json.loads(f.read())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             self.log.warn("state file {path} ignored: {reason}", path=self.path, reason=str(e))
             return None
         if not isinstance(doc, dict) or doc.get("version") != VERSION:
