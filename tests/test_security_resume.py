@@ -289,5 +289,20 @@ class AgentDormantTests(SynchronousTestCase):
         clock.advance(60)
         new = FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex()})
         resumption.tunnel_established(new)
+        lost: list[list[int]] = []
+        resumption.session_lost = lambda flows: lost.append(flows) or 1
         resumption.control_received(new, {"op": "resume-failed", "reason": "no suspended session by that name"})
         self.assertEqual((resumption.dormant, resumption.keys, resumption.hello()), (False, {}, {}))
+        self.assertEqual(lost, [[3]])
+
+    def test_stop_closes_nothing(self) -> None:
+        """
+        Stopping the agent gives the session up without closing the
+        phones' connections for it (the listeners close them anyway).
+        """
+        clock, resumption, media, old = self._agent()
+        lost: list[list[int]] = []
+        resumption.session_lost = lambda flows: lost.append(flows) or 0
+        resumption.tunnel_lost(old, "cut")
+        resumption.stop()
+        self.assertEqual((lost, resumption.keys), ([], {}))

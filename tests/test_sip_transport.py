@@ -135,6 +135,21 @@ class AgentRunnerTests(SynchronousTestCase):
         proto.connectionLost(None)
         self.assertIsNone(self.core.flows.lookup(fid, 100))
 
+    def test_close_stream_flows(self) -> None:
+        """
+        The connections of the named TCP flows are closed (so the phones
+        register again); UDP flows and unknown ids are skipped.
+        """
+        factory = SipStreamFactory(self.runner)
+        proto, tr = stream(factory, ("192.0.2.1", 5060), ("192.0.2.10", 40000))
+        proto.dataReceived(register().replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"))
+        udp = SipUdpProtocol(self.runner)
+        udp.makeConnection(FakeUdpTransport("192.0.2.1", 5060))
+        udp.datagramReceived(register(), ("192.0.2.11", 5062))
+        [(tcp_fid, _), (udp_fid, _)] = self.tunnel.sent
+        self.assertEqual(self.runner.close_stream_flows([tcp_fid, udp_fid, 999]), 1)
+        self.assertTrue(tr.disconnecting)
+
     def test_tcp_unframeable(self) -> None:
         """
         A stream message without Content-Length closes that connection with

@@ -32,7 +32,7 @@ derive the user's key (L{spwm.security.keys}).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -148,6 +148,10 @@ class AgentResumption(_Lifecycle):
         # past the window: calls and media released, keys kept to resume
         # the registrations
         self.dormant = False
+        #: called with the application flow ids of the users of a session
+        #: that is given up for good (see L{_release}); the agent closes
+        #: their TCP/TLS connections so that those phones register again
+        self.session_lost: Callable[[list[int]], Any] | None = None
         self._timer: IDelayedCall | None = None
         self._stopping = False
         self.resumed = 0
@@ -269,6 +273,15 @@ class AgentResumption(_Lifecycle):
         old, self._suspended = self._suspended, None
         if old is not None or self.dormant:
             self.log.info("session {session_id} not resumed: {reason}", session_id=self.session_id, reason=reason)
+            if self.session_lost is not None and self.flows and not self._stopping:
+                # The contact point has no registration of ours any more:
+                # phones on TCP/TLS re-register at once when their
+                # connection closes; phones on UDP wait for their refresh.
+                closed = self.session_lost(sorted(self.flows.values()))
+                if closed:
+                    self.log.info(
+                        "closed {count} phone connection(s) so that they register again", count=closed
+                    )
         if old is not None:
             self.media.tunnel_lost(old, reason)
         self.dormant = False

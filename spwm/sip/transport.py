@@ -24,7 +24,7 @@ logged with named fields; they never escape into the reactor.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -318,6 +318,26 @@ class AgentSipRunner(_Runner):
         super().stream_lost(proto)
         if proto.conn_id is not None:
             self.core.flow_closed(proto.flow())
+
+    def close_stream_flows(self, flow_ids: Iterable[int]) -> int:
+        """
+        Close the TCP and TLS connections of these application flows (UDP
+        flows have none): a phone whose connection closes registers again
+        at once (RFC 5626 4.4.1; most phones without outbound do too).
+
+        @return: the number of connections closed.
+        """
+        now = self._clock.seconds()
+        closed = 0
+        for flow_id in set(flow_ids):
+            flow = self.core.flows.lookup(flow_id, now)
+            if flow is None or flow.conn_id is None:
+                continue
+            stream = self._streams.get(flow.conn_id)
+            if stream is not None and stream.transport is not None:
+                stream.transport.loseConnection()
+                closed += 1
+        return closed
 
     def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
         """

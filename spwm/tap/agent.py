@@ -126,6 +126,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         )
     )
     runner = AgentSipRunner(core, reactor)
+    resumption.session_lost = runner.close_stream_flows
     mux.sip = runner
     sip_tls = None
     if options["sip-tls-cert"]:
