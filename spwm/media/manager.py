@@ -500,11 +500,7 @@ class MediaManager:
                 stream = dialog.streams.get(index)
                 if dialog.defers(stream, tag, True):
                     assert stream is not None and tag is not None
-                    if stream.tcp is None:
-                        self._remember(stream, stream.ours, tag, None)
-                        self._apply_remote(stream)
-                    else:
-                        stream.refused.add((True, tag))
+                    self._branch_refused(stream, tag, True)
                 else:
                     self._release_stream(dialog, index, "stream removed")
                 continue
@@ -565,10 +561,7 @@ class MediaManager:
             if media.port == 0 or primaries[index] != index:
                 if dialog.defers(stream, tag, False):
                     assert stream is not None and tag is not None
-                    if stream.tcp is None:
-                        self._remember(stream, stream.theirs, tag, None)
-                    else:
-                        stream.refused.add((False, tag))
+                    self._branch_refused(stream, tag, False)
                 elif media.port == 0:
                     self._release_stream(dialog, index, "stream removed")
                 else:
@@ -610,6 +603,22 @@ class MediaManager:
             sdp = rewrite_tcp_media(sdp, tcp)
         out = rewrite_sdp(sdp, self.address, entries, dialog.versioner)
         return replace_sdp(content_type, body, out)
+
+    def _branch_refused(self, stream: _Stream, tag: str, ours: bool) -> None:
+        """
+        Branch C{tag} refused C{stream} (port 0, or bundled it) while the
+        refusal defers (L{_Dialog.defers}). A UDP stream drops that
+        branch's description (from our side: the relay stops sending to
+        it); a TCP stream has one description for all branches and
+        remembers the refusal for the answer.
+        """
+        if stream.tcp is not None:
+            stream.refused.add((ours, tag))
+        elif ours:
+            self._remember(stream, stream.ours, tag, None)
+            self._apply_remote(stream)
+        else:
+            self._remember(stream, stream.theirs, tag, None)
 
     def dialog_answered(
         self, tunnel: Any, dialog_key: str, tag: str | None, ours: bool = True
