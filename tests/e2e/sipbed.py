@@ -28,6 +28,7 @@ from .netbed import (
     GATEWAY_PUBLIC,
     KAMAILIO,
     PHONE,
+    UAS,
     E2ETestCase,
     ManagedProcess,
     NetbedError,
@@ -155,7 +156,7 @@ class SpwmSipTestCase(E2ETestCase):
             args += ["--media-timeout", str(media_timeout)]
         args += ["--resume-window", str(self.resume_window)]
         args += list(extra)
-        self.contact_args = args
+        self.contact_argv = args
         process = self.start_contact(args)
         self.wait_for_listener("op", "udp", CONTACT, 5060, process)
         self.contact = process
@@ -168,7 +169,7 @@ class SpwmSipTestCase(E2ETestCase):
         (and certificate); wait until it listens again.
         """
         self.contact.stop(grace=10.0)
-        process = self.start_contact(self.contact_args)
+        process = self.start_contact(self.contact_argv)
         self.wait_for_listener("op", "udp", CONTACT, 5060, process)
         self.contact = process
         return process
@@ -284,6 +285,31 @@ class SpwmSipTestCase(E2ETestCase):
     def counter(self, role: str, name: str) -> int:
         """Shorthand for L{netbed.Topology.read_counter}."""
         return self.topology.read_counter(role, name)
+
+    def count_call_media(self) -> None:
+        """
+        nft counters of the RTP of a call between the LAN phone (PHONE:6000)
+        and the operator UAS (bob, UAS:6000): C{phone_sent} and C{at_phone}
+        in the LAN namespace, C{at_uas} and C{from_uas} in the operator's.
+        """
+        self.count_udp("lan", "phone_sent", f"ip saddr {PHONE} ip daddr {AGENT} udp sport 6000")
+        self.count_udp("op", "at_uas", f"ip saddr {CONTACT} ip daddr {UAS} udp dport 6000")
+        self.count_udp("op", "from_uas", f"ip saddr {UAS} ip daddr {CONTACT} udp sport 6000", hook="output")
+        self.count_udp("lan", "at_phone", f"ip saddr {AGENT} ip daddr {PHONE} udp dport 6000")
+
+    def alice_calls_bob_with_rtp(self, uas: ManagedProcess, millis: int) -> None:
+        """
+        alice (PHONE, RTP from port 6000) calls bob through the agent with
+        SIPp's C{uac_rtp.xml} for C{millis} ms; SIPp succeeds on both ends
+        (C{uas} is bob's running SIPp).
+        """
+        result = self.sipp_uac(
+            "uac_rtp.xml", f"{AGENT}:5060", user="alice", service="bob",
+            keys={"pcap": PCAP}, extra=["-d", str(millis), "-mi", PHONE, "-mp", "6000"],
+            name="alice-calls-bob",
+        )
+        self.assertSippSuccess(result)
+        self.assertSippSuccess(self.sipp_finish(uas))
 
     def assertCallFromOperatorReachesPhone(self, callee: str = "alice") -> None:
         """

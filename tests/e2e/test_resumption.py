@@ -359,6 +359,26 @@ class ResumptionTestBase(SpwmSipTestCase):
             self.received_messages("sipp-uas"), self.received_messages("alice-calls-bob"),
         )
 
+    def assertCallResumed(
+        self, session: str, samples: list[Sample], cut: float, before: Any,
+        caller: ManagedProcess, rtp: ManagedProcess, public: str,
+    ) -> dict:
+        """
+        After a cut: media both ways again within L{RESUME_BOUND}, both
+        halves logged the resumption of C{session} (the contact point from
+        C{public}), no SIP since C{before} (L{operator_snapshot}), and the
+        call ends normally with at least 80 % of the RTP round trips.
+
+        @return: C{rtptool}'s report.
+        """
+        self.assertMediaResumedWithin(samples, cut, RESUME_BOUND)
+        peer = self.assertResumedLogs(session)
+        self.assertTrue(peer.startswith(public + ":"), f"the contact point resumed from {peer}")
+        self.assertNoSip(before)
+        report = self.finish_call(caller, rtp)
+        self.assertGreaterEqual(report["received"], 0.8 * report["sent"], report)
+        return report
+
     def assertResumedLogs(self, session: str) -> str:
         """
         Both halves logged the resumption of C{session}; returns the peer
@@ -390,12 +410,7 @@ class ResumptionTests(ResumptionTestBase):
         before = self.operator_snapshot()
         cut = self.cut_tunnel()
         samples, _ = self.watch_resumption(session, cut)
-        self.assertMediaResumedWithin(samples, cut, RESUME_BOUND)
-        peer = self.assertResumedLogs(session)
-        self.assertTrue(peer.startswith(ROUTER_PUBLIC + ":"), peer)
-        self.assertNoSip(before)
-        report = self.finish_call(caller, rtp)
-        self.assertGreaterEqual(report["received"], 0.8 * report["sent"], report)
+        report = self.assertCallResumed(session, samples, cut, before, caller, rtp, ROUTER_PUBLIC)
         self.assertEqual(report["sources"], [f"{AGENT}:{self.agent_port()}"], report)
         self.assertNotIn("not resumed", self.agent.stdout())
 
@@ -425,12 +440,7 @@ class ResumptionTests(ResumptionTestBase):
         before = self.operator_snapshot()
         cut = self.cut_tunnel()
         samples, _ = self.watch_resumption(session, cut)
-        self.assertMediaResumedWithin(samples, cut, RESUME_BOUND)
-        peer = self.assertResumedLogs(session)
-        self.assertTrue(peer.startswith(NEW_PUBLIC + ":"), f"the contact point resumed from {peer}")
-        self.assertNoSip(before)
-        report = self.finish_call(caller, rtp)
-        self.assertGreaterEqual(report["received"], 0.8 * report["sent"], report)
+        self.assertCallResumed(session, samples, cut, before, caller, rtp, NEW_PUBLIC)
 
     def test_media_resumes_after_silent_move(self) -> None:
         """
@@ -477,12 +487,7 @@ class ResumptionTests(ResumptionTestBase):
                 "a silently dead path comes with the keepalive timeout (45 s), and the agent then gives "
                 f"its session up; see {self.logdir}/spwm-contact.stdout"
             )
-        self.assertMediaResumedWithin(samples, cut, RESUME_BOUND)
-        peer = self.assertResumedLogs(session)
-        self.assertTrue(peer.startswith(NEW_PUBLIC + ":"), f"the contact point resumed from {peer}")
-        self.assertNoSip(before)
-        report = self.finish_call(caller, rtp)
-        self.assertGreaterEqual(report["received"], 0.8 * report["sent"], report)
+        self.assertCallResumed(session, samples, cut, before, caller, rtp, NEW_PUBLIC)
 
 
 class DormantResumptionTests(ResumptionTestBase):

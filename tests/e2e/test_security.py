@@ -14,7 +14,7 @@ counters.
 
 from __future__ import annotations
 
-from .netbed import AGENT, CONTACT, ECHO, KAMAILIO, PHONE, UAS, USERS, sipp_argv
+from .netbed import AGENT, CONTACT, ECHO, KAMAILIO, PHONE, USERS, sipp_argv
 from .sipbed import CONTACT_MEDIA_PORTS, PCAP, SpwmSipTestCase
 
 PROXY = f"{AGENT}:5060"
@@ -139,10 +139,7 @@ class SpwmSecurityTests(SpwmSipTestCase):
         self.register_uas("bob")
         uas = self.sipp_uas()
         self.register("alice")
-        self.count_udp("lan", "phone_sent", f"ip saddr {PHONE} ip daddr {AGENT} udp sport 6000")
-        self.count_udp("op", "at_uas", f"ip saddr {CONTACT} ip daddr {UAS} udp dport 6000")
-        self.count_udp("op", "from_uas", f"ip saddr {UAS} ip daddr {CONTACT} udp sport 6000", hook="output")
-        self.count_udp("lan", "at_phone", f"ip saddr {AGENT} ip daddr {PHONE} udp dport 6000")
+        self.count_call_media()
         self.count_udp("lan", "attack_at_phone", f"ip daddr {PHONE} udp dport 6000 @th,128,32 {ATTACKER_SSRC}")
         self.count_udp("op", "attack_at_contact", f"ip saddr {ECHO} ip daddr {CONTACT} udp sport 7002")
         self.count_udp("op", "contact_to_attacker", f"ip saddr {CONTACT} ip daddr {ECHO}", hook="output")

@@ -20,7 +20,6 @@ from .netbed import (
     KAMAILIO,
     PHONE,
     PHONES,
-    UAS,
     sipp_argv,
     USERS,
 )
@@ -119,17 +118,8 @@ class SpwmSipKamailioTests(SpwmSipTestCase):
         self.register_uas("bob")
         uas = self.sipp_uas()
         self.register("alice")
-        self.count_udp("lan", "phone_sent", f"ip saddr {PHONE} ip daddr {AGENT} udp sport 6000")
-        self.count_udp("op", "at_uas", f"ip saddr {CONTACT} ip daddr {UAS} udp dport 6000")
-        self.count_udp("op", "from_uas", f"ip saddr {UAS} ip daddr {CONTACT} udp sport 6000", hook="output")
-        self.count_udp("lan", "at_phone", f"ip saddr {AGENT} ip daddr {PHONE} udp dport 6000")
-        result = self.sipp_uac(
-            "uac_rtp.xml", PROXY, user="alice", service="bob",
-            keys={"pcap": PCAP}, extra=["-d", "3000", "-mi", PHONE, "-mp", "6000"],
-            name="alice-calls-bob",
-        )
-        self.assertSippSuccess(result)
-        self.assertSippSuccess(self.sipp_finish(uas))
+        self.count_call_media()
+        self.alice_calls_bob_with_rtp(uas, 3000)
         sent = self.counter("lan", "phone_sent")
         at_uas = self.counter("op", "at_uas")
         from_uas = self.counter("op", "from_uas")
@@ -314,16 +304,9 @@ class OperatorVariantMixin:
         uas = self.sipp_uas()
         result = self.sipp_uac("register.xml", PROXY, user="alice", name="register-alice")
         self.assertSippSuccess(result)
-        self.count_udp("op", "at_uas", f"ip saddr {CONTACT} ip daddr {UAS} udp dport 6000")
-        self.count_udp("lan", "at_phone", f"ip saddr {AGENT} ip daddr {PHONE} udp dport 6000")
+        self.count_call_media()
         self.count_udp("op", "at_caller", f"ip saddr {CONTACT} ip daddr {ECHO} udp dport 6000")
-        result = self.sipp_uac(
-            "uac_rtp.xml", PROXY, user="alice", service="bob",
-            keys={"pcap": PCAP}, extra=["-d", "2000", "-mi", PHONE, "-mp", "6000"],
-            name="alice-calls-bob",
-        )
-        self.assertSippSuccess(result)
-        self.assertSippSuccess(self.sipp_finish(uas))
+        self.alice_calls_bob_with_rtp(uas, 2000)
         at_uas, at_phone = self.counter("op", "at_uas"), self.counter("lan", "at_phone")
         self.assertGreater(at_uas, 50, (at_uas, at_phone))
         self.assertGreater(at_phone, 50, (at_uas, at_phone))
