@@ -772,7 +772,7 @@ class MediaManager:
         dialog.winner = tag
         dialog.winner_ours = ours
         keep = tag
-        if tag is not None and not any(
+        if tag is not None and dialog.streams and not any(
             tag in (stream.ours if ours else stream.theirs)
             for stream in dialog.streams.values()
         ):
