@@ -372,6 +372,9 @@ class MediaManager:
     @ivar rejected_streams: streams we rejected (limits, no ports, TCP).
     @ivar refused_local_channels: streams released because the tunnel would
         not open their channel (at its channel limit, or closed).
+    @ivar policy_refusals: streams whose address from our side the allow
+        policy refused (counted once per stream and address, see
+        L{_check_policy}).
     @ivar ignored_branch_sdp: descriptions from our side's branches that
         lost, received after another branch answered.
     """
@@ -485,6 +488,7 @@ class MediaManager:
             "refused_local_channels": self.refused_local_channels,
             "dropped_unknown_channel": self.dropped_unknown_channel,
             "ignored_branch_sdp": self.ignored_branch_sdp,
+            "policy_refusals": self.policy_refusals,
             **traffic,
         }
 
