@@ -819,6 +819,23 @@ class FlowSourceTests(SynchronousTestCase):
         self.assertEqual(reactor.udp[CONTACT_ADDR, 30000].sent, [(b"up", (OPERATOR, 6000))])
 
 
+    def test_agent_service_wires_flow_source(self) -> None:
+        """
+        The agent's service gives its media hook the flow source of its
+        own proxy's flow table.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from spwm.tap import agent
+
+        options = agent.Options()
+        options.parseOptions(["--contact", "198.51.100.1:443", "--plaintext"])
+        top = agent.makeService(options, MemoryReactorClock())
+        core = top.sip_core
+        fid = core.flows.use(Flow("tcp", ("127.0.0.1", 5060), ("192.0.2.20", 40000), 3), 0.0)
+        self.assertEqual(core.media_hook.source(f"{fid}/call-1"), "192.0.2.20")
+
+
 class PolicyLogTests(SynchronousTestCase):
     """
     Media refused by the contact point's allow policy is explained in the
