@@ -1227,7 +1227,8 @@ class MediaManager:
             stream = dialog.streams[index]
             ours = _latest(stream.ours)
             theirs = _latest(stream.theirs)
-            kind = (ours or theirs).media if (ours or theirs) is not None else "?"
+            described = ours if ours is not None else theirs
+            kind = "?" if described is None else described.media
             if stream.tcp is not None:
                 relay = "tcp " + (
                     _host_port(self.address, stream.base_port)
