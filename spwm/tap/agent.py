@@ -31,7 +31,7 @@ from spwm.security.resume import AgentResumption
 from spwm.sip.authz import MediaGate
 from spwm.sip.proxy import AgentSipProxy
 from spwm.sip.transport import AgentSipRunner
-from spwm.tap.parts import AgentTunnelHandle, Hook, MediaHookAdapter, SipListeners
+from spwm.tap.parts import AgentTunnelHandle, Hook, MediaHookAdapter, SipListeners, flow_source
 from spwm.forward import USE as FORWARD_USE, AgentForwarder
 from spwm.status import Status
 from spwm.tap.common import STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, add_status, limits_from
@@ -117,14 +117,16 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     resumption = AgentResumption(reactor, options["resume-window"], media, handle)
     mux.observers.append(resumption)
     mux.parts["media"] = MediaGate(media, None, mux)
-    core = resumption.wrap(
-        AgentSipProxy(
-            handle,
-            agent_id,
-            media_hook=MediaHookAdapter(media, lambda key: key.current),
-            max_message_size=min(options["max-sip-size"], 65535),
-        )
+    media_hook = MediaHookAdapter(media, lambda key: key.current)
+    proxy = AgentSipProxy(
+        handle,
+        agent_id,
+        media_hook=media_hook,
+        max_message_size=min(options["max-sip-size"], 65535),
     )
+    # media from the phone's signalling host latches (docs/media.md)
+    media_hook.source = flow_source(proxy.flows, reactor)
+    core = resumption.wrap(proxy)
     runner = AgentSipRunner(core, reactor)
     resumption.session_lost = runner.close_stream_flows
     mux.sip = runner
