@@ -23,9 +23,11 @@ from spwm.sip.proxy import (
     _CONGESTED,
     dialog_key,
     AgentSipProxy,
+    BindingChanged,
     ContactSipProxy,
     Dropped,
     OperatorProxy,
+    RouteRefused,
     ToApp,
     ToNetwork,
     ToTunnel,
@@ -127,9 +129,10 @@ def answer(
 
 def only(actions: list[Any], kind: type) -> Any:
     """
-    Assert that C{actions} is one action of C{kind} and return it.
+    Assert that C{actions} is one action of C{kind} and return it (drops
+    and events for the log aside).
     """
-    real = [a for a in actions if not isinstance(a, Dropped)]
+    real = [a for a in actions if not isinstance(a, (Dropped, BindingChanged, RouteRefused))]
     if len(real) != 1 or not isinstance(real[0], kind):
         raise AssertionError(f"expected one {kind.__name__}, got {actions!r}")
     return real[0]
@@ -220,6 +223,7 @@ class World:
         self.to_apps: list[ToApp] = []
         self.to_network: list[ToNetwork] = []
         self.drops: list[str] = []
+        self.events: list[Any] = []
         self.tunnel_frames: list[tuple[str, int, bytes]] = []
 
     def add_agent(
@@ -257,6 +261,8 @@ class World:
                 self.to_apps.append(action)
             elif isinstance(action, ToNetwork):
                 self.to_network.append(action)
+            elif isinstance(action, (BindingChanged, RouteRefused)):
+                self.events.append(action)
             else:
                 self.drops.append(action.reason)
 
@@ -1481,7 +1487,7 @@ class StructuredFuzzTests(SynchronousTestCase):
             )
         w = World()
         key, agent = w.add_agent("s")
-        kinds = (ToTunnel, ToApp, ToNetwork, Dropped)
+        kinds = (ToTunnel, ToApp, ToNetwork, Dropped, BindingChanged, RouteRefused)
         for acts in (
             agent.from_app(FLOW_A, data, 0.0),
             agent.from_tunnel(1, data, 0.0),
@@ -1708,7 +1714,7 @@ class TortureTests(SynchronousTestCase):
         """
         files = _torture_files()
         self.assertTrue(files)
-        kinds = (ToTunnel, ToApp, ToNetwork, Dropped)
+        kinds = (ToTunnel, ToApp, ToNetwork, Dropped, BindingChanged, RouteRefused)
         for path in files:
             with open(path, "rb") as f:
                 data = f.read()
