@@ -71,3 +71,64 @@ class NamesTests(SynchronousTestCase):
         self.assertFalse(names.names_us(parse_uri("sip:b.example")))
         self.assertFalse(names.names_us(parse_uri("tel:+1234")))
         self.assertFalse(names.names_us(parse_uri("sip:192.0.2.2")))
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    C{--sip-name}, C{--domain} and C{--sip-trace} reach the cores and
+    runners that C{makeService} builds.
+    """
+
+    def test_agent(self) -> None:
+        """
+        The agent's names are its listening addresses (with the TLS port
+        when SIP over TLS is on) and its C{--sip-name}s; C{--sip-trace}
+        gives the runner a trace.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from spwm.tap import agent
+
+        options = agent.Options()
+        options.parseOptions(
+            ["--plaintext", "--sip-listen", "192.0.2.1:5070", "--sip-name", "Agent.LAN", "--sip-name", "[2001:db8::1]:5080"]
+        )
+        service = agent.makeService(options, reactor=MemoryReactorClock())
+        names = service.sip_core.names
+        self.assertEqual(names.addresses, frozenset({("192.0.2.1", 5070)}))
+        self.assertEqual(names.names, frozenset({("agent.lan", None), ("2001:db8::1", 5080)}))
+        self.assertIsNone(service.mux.sip.trace)
+        names = agent.agent_names([("192.0.2.1", 5060)], True, [])
+        self.assertTrue(names.names_us(parse_uri("sip:192.0.2.1;transport=tls")))
+        options = agent.Options()
+        options.parseOptions(["--plaintext", "--sip-trace", "--sip-trace-bodies"])
+        service = agent.makeService(options, reactor=MemoryReactorClock())
+        self.assertTrue(service.mux.sip.trace.bodies)
+
+    def test_contact(self) -> None:
+        """
+        The contact point's names are its C{--sip-address} and
+        C{--sip-name}s; C{--domain} limits the embedded registrar, and is
+        refused with C{--sip-proxy}.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from spwm.config import ConfigExit
+        from spwm.tap import contact
+
+        options = contact.Options()
+        options.parseOptions(
+            ["--plaintext", "--sip-address", "203.0.113.5:5060", "--sip-name", "edge.example.net", "--domain", "Example.ORG", "--sip-trace"]
+        )
+        service = contact.makeService(options, reactor=MemoryReactorClock())
+        core = service.sip_core
+        self.assertTrue(core.names.names_us(parse_uri("sip:EDGE.example.net;lr")))
+        self.assertTrue(core.names.names_us(parse_uri("sip:203.0.113.5:5060;lr")))
+        self.assertEqual(core.registrar.domains, frozenset({"example.org"}))
+        self.assertIsNotNone(service.mux.sip.runner.trace)
+        options = contact.Options()
+        with self.assertRaises(ConfigExit) as caught:
+            options.parseOptions(["--plaintext", "--domain", "example.org", "--sip-proxy", "198.51.100.7"])
+        self.assertIn("domain", str(caught.exception))
+        with self.assertRaises(ConfigExit):
+            contact.Options().parseOptions(["--plaintext", "--domain", "example.org:5060"])

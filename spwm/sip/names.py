@@ -29,7 +29,7 @@ from typing import Any, Iterable
 
 from attrs import field, frozen
 
-__all__ = ["ProxyNames", "default_port", "normalize_host", "parse_name"]
+__all__ = ["ProxyNames", "default_port", "normalize_host", "parse_name", "sip_domain", "sip_name"]
 
 
 def default_port(uri: Any) -> int:
@@ -175,3 +175,26 @@ class ProxyNames:
         if port in self._wildcard4 and _is_ip(h) and ":" not in h:
             return True
         return False
+
+
+def sip_name(value: Any) -> tuple[str, int | None]:
+    """
+    The C{--sip-name} option: see L{parse_name}.
+    """
+    if not isinstance(value, str):
+        raise ValueError("must be a host name or address, optionally with :PORT")
+    return parse_name(value)
+
+
+def sip_domain(value: Any) -> str:
+    """
+    The C{--domain} option: a domain name (or IP literal) without a port.
+
+    @return: the domain as it is compared (L{normalize_host}).
+    """
+    if not isinstance(value, str):
+        raise ValueError("must be a domain name")
+    host, port = parse_name(value)
+    if port is not None:
+        raise ValueError(f"{value!r}: a domain has no port")
+    return host
