@@ -291,6 +291,9 @@ class _Runner:
     def _tunnel_peer(tunnel: Any, flow_id: int) -> str:
         session = getattr(tunnel, "session_id", None)
         if session is None:
+            # the agent's stable handle: the connection that carries it now
+            session = getattr(getattr(tunnel, "current", None), "session_id", None)
+        if session is None:
             return f"tunnel flow {flow_id}"
         return f"tunnel {session} flow {flow_id}"
 
