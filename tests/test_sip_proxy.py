@@ -500,7 +500,9 @@ class AgentTests(SynchronousTestCase):
         self.assertEqual(act.flow, FLOW_A)
         self.agent.handle_timer(1000.0)
         self.assertEqual(self.agent.flows.lookup(up.flow_id, 1000.0), FLOW_A)
-        self.assertEqual(self.agent.next_deadline(), 1.0 + 3600 + 60)
+        self.assertEqual(self.agent.flows.next_deadline(), 1.0 + 3600 + 60)
+        # the timer runs first when the binding expires (to report it)
+        self.assertEqual(self.agent.next_deadline(), 1.0 + 3600)
 
     def test_malformed_request_400(self) -> None:
         """
@@ -2047,17 +2049,19 @@ class BindingEventTests(SynchronousTestCase):
         self.w = World()
         _, self.agent = self.w.add_agent("s1")
 
-    def register(self, expires: int, flow: Flow = FLOW_A, branch: str = "z9hG4bKreg1") -> list[Any]:
+    def register(
+        self, expires: int, flow: Flow = FLOW_A, branch: str = "z9hG4bKreg1", agent: bool = False
+    ) -> list[Any]:
         del self.w.events[:]
         self.w.app(self.agent, flow, register(expires=expires, branch=branch))
         self.w.take_app()
-        return list(self.w.events)
+        return [e for e in self.w.events if (e.app is not None) == agent]
 
     def test_changes(self) -> None:
         """
-        A new binding is "registered"; a refresh with the same contact makes
-        no event; Expires 0 is "unregistered"; a binding left to run out is
-        "expired" at the sweep.
+        On the contact point: a new binding is "registered"; a refresh with
+        the same contact makes no event; Expires 0 is "unregistered"; a
+        binding left to run out is "expired" at the sweep.
         """
         fid = self.agent.flows.use(FLOW_A, self.w.now)
         self.assertEqual(
@@ -2076,3 +2080,27 @@ class BindingEventTests(SynchronousTestCase):
             events,
             [BindingChanged("expired", "sip:alice@example.org", "sip:alice@192.0.2.10:5062", 0, "s1", fid)],
         )
+
+    def test_agent_changes(self) -> None:
+        """
+        On the agent, the same changes for its own applications, with the
+        application's flow: registered, nothing on a refresh, unregistered,
+        and expired when its timer runs after the expiry.
+        """
+        fid = self.agent.flows.use(FLOW_A, self.w.now)
+        aor, contact = "sip:alice@example.org", "sip:alice@192.0.2.10:5062"
+        self.assertEqual(
+            self.register(600, agent=True), [BindingChanged("registered", aor, contact, 600, "", fid, FLOW_A)]
+        )
+        self.assertEqual(self.register(600, branch="z9hG4bKreg2", agent=True), [])
+        self.assertEqual(
+            self.register(0, branch="z9hG4bKreg3", agent=True),
+            [BindingChanged("unregistered", aor, contact, 0, "", fid, FLOW_A)],
+        )
+        self.register(60, branch="z9hG4bKreg4", agent=True)
+        self.assertEqual(self.agent.next_deadline(), self.w.now + 60)
+        self.assertEqual(self.agent.handle_timer(self.w.now + 59), [])
+        self.assertEqual(
+            self.agent.handle_timer(self.w.now + 60), [BindingChanged("expired", aor, contact, 0, "", fid, FLOW_A)]
+        )
+        self.assertEqual(self.agent.handle_timer(self.w.now + 61), [])

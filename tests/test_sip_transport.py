@@ -434,3 +434,25 @@ class EventLogTests(SynchronousTestCase):
         [line] = _lines(events)
         self.assertIn("(2 more since the last such line)", line)
         self.runner.stop()
+
+    def test_agent_registration_lines(self) -> None:
+        """
+        The agent logs its applications' registration changes with the
+        application's address (IPv6 in brackets) and flow.
+        """
+        tunnel = FakeTunnel()
+        runner = AgentSipRunner(AgentSipProxy(tunnel, "agent-1"), self.clock)
+        udp = SipUdpProtocol(runner, ("2001:db8::1", 5060))
+        udp.makeConnection(FakeUdpTransport("2001:db8::1", 5060))
+        with capturedLogs() as events:
+            udp.datagramReceived(register(expires=120), ("2001:db8::10", 5062))
+            runner.sip_received(tunnel, 1, answer(tunnel.sent[0][1], 200, extra=(("Contact", "<sip:alice@192.0.2.10:5062>;expires=120"),)))
+            self.clock.advance(121)
+        self.assertEqual(
+            _lines(events),
+            [
+                "registered sip:alice@example.org at sip:alice@192.0.2.10:5062 for 120 s (app udp [2001:db8::10]:5062, flow 1)",
+                "expired sip:alice@example.org at sip:alice@192.0.2.10:5062 (app udp [2001:db8::10]:5062, flow 1)",
+            ],
+        )
+        runner.stop()

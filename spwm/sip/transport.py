@@ -298,7 +298,17 @@ class _Runner:
         return f"tunnel {session} flow {flow_id}"
 
     def _log_binding(self, event: BindingChanged) -> None:
-        if event.change == "registered":
+        if event.app is not None:
+            self.log.info(
+                "{change} {aor} at {contact}{lifetime} (app {app}, flow {flow_id})",
+                change=event.change,
+                aor=event.aor,
+                contact=event.contact,
+                lifetime=f" for {event.expires} s" if event.expires else "",
+                app=f"{event.app.transport} {peer_text(event.app.remote)}",
+                flow_id=event.flow_id,
+            )
+        elif event.change == "registered":
             self.log.info(
                 "registered {aor} at {contact} for {expires} s through tunnel {session_id} flow {flow_id}",
                 aor=event.aor,
