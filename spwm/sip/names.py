@@ -25,6 +25,7 @@ give the agent concrete listening addresses.
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 from typing import Any, Iterable
 
 from attrs import field, frozen
@@ -45,6 +46,7 @@ def default_port(uri: Any) -> int:
     return 5060
 
 
+@lru_cache(maxsize=1024)
 def normalize_host(host: str) -> str:
     """
     @return: C{host} in the form it is compared in: an IP literal as its
@@ -63,6 +65,7 @@ def normalize_host(host: str) -> str:
     return str(addr)
 
 
+@lru_cache(maxsize=1024)
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
