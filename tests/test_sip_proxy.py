@@ -2104,3 +2104,28 @@ class BindingEventTests(SynchronousTestCase):
             self.agent.handle_timer(self.w.now + 60), [BindingChanged("expired", aor, contact, 0, "", fid, FLOW_A)]
         )
         self.assertEqual(self.agent.handle_timer(self.w.now + 61), [])
+
+
+class PreloadedRoutePairTests(SynchronousTestCase):
+    """
+    A phone with the agent as outbound proxy, through both halves.
+    """
+
+    def test_operator_sees_no_agent_route(self) -> None:
+        """
+        A REGISTER and an INVITE with the agent pre-loaded as Route (twice,
+        in two forms) reach the operator proxy without it: the operator
+        gets only the Routes meant for it.
+        """
+        w = World(operator=OPERATOR)
+        key = FakeTunnel("s1")
+        agent = AgentSipProxy(key, "agent-s1", names=AGENT_NAMES)
+        w.agents[key] = agent
+        w.contact.tunnel_attached(key, "s1")
+        preload = "Route: <sip:192.0.2.1;lr>, <sip:agent.example.net:5060;transport=udp;lr>"
+        w.app(agent, FLOW_A, register().replace(b"Content-Length:", preload.encode() + b"\r\nContent-Length:"))
+        act, msg = w.take_network()
+        self.assertEqual((act.addr, msg.method, msg.get_all("Route")), (("198.51.100.7", 5060), "REGISTER", []))
+        w.app(agent, FLOW_A, request("INVITE", "sip:bob@example.org", extra=(preload, "Route: <sip:sbc.example.org;lr>")))
+        act, msg = w.take_network()
+        self.assertEqual((act.addr, msg.get_all("Route")), (("198.51.100.7", 5060), ["<sip:sbc.example.org;lr>"]))
