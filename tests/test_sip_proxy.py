@@ -1994,7 +1994,9 @@ class ContactRouteTests(SynchronousTestCase):
         )
         out = self.cp.from_network("udp", ("198.51.100.7", 5060), bad, 0.0)
         sent = only(out, ToNetwork)
-        self.assertEqual((sent.addr, parse_message(sent.data).status), (("198.51.100.7", 5060), 403))
+        refused = parse_message(sent.data)
+        self.assertEqual((sent.addr, refused.status), (("198.51.100.7", 5060), 403))
+        self.assertEqual(refused.reason, "Forbidden: not relaying to SBC.example.org:5070")
         [event] = [a for a in out if isinstance(a, RouteRefused)]
         self.assertEqual(event, RouteRefused("<sip:SBC.example.org:5070;lr>", "SBC.example.org", 5070, "INVITE"))
 

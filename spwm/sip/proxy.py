@@ -1390,7 +1390,8 @@ class ContactSipProxy:
             pass  # strict routing: the flow is the one in the Request-URI
         elif (top := self._pop_own_routes(msg, token=False)) is not None:
             if not self._is_us(top.uri):
-                out = self._refuse(msg, 403, "Forbidden: not relaying", now)
+                where = f" to {top.uri.host_port}" if top.uri.host else ""
+                out = self._refuse(msg, 403, "Forbidden: not relaying" + where, now)
                 if top.uri.host:
                     route = msg.get_all("Route")[0].strip()
                     out.append(RouteRefused(route, top.uri.host, top.uri.port, msg.method or ""))
