@@ -45,11 +45,13 @@ from spwm.sip.flows import (
 )
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import SipMessage, make_response, parse_message
+from spwm.sip.names import ProxyNames
 
 from spwm.sip.uri import parse_name_addr, parse_uri, parse_via
 
 __all__ = [
     "AgentSipProxy",
+    "BindingChanged",
     "ContactSipProxy",
     "Dialog",
     "Dropped",
@@ -57,6 +59,7 @@ __all__ = [
     "MediaHook",
     "OperatorProxy",
     "Registration",
+    "RouteRefused",
     "ToApp",
     "ToNetwork",
     "ToTunnel",
@@ -125,7 +128,51 @@ class Dropped:
     reason: str
 
 
-Action = Union[ToTunnel, ToApp, ToNetwork, Dropped]
+@frozen
+class RouteRefused:
+    """
+    A request was refused (C{403}) because its top C{Route} names neither
+    this proxy nor one of its flows (no open relay); the adapter logs it,
+    with the advice to add the host as C{--sip-name} if it is ours.
+
+    @ivar route: the refused C{Route} value.
+    @ivar host: its host (IPv6 without brackets).
+    @ivar port: its port, or C{None} when it gives none.
+    @ivar method: the request's method.
+    """
+
+    route: str
+    host: str
+    port: int | None
+    method: str
+
+
+@frozen
+class BindingChanged:
+    """
+    A registration binding through a tunnel appeared, went or expired; the
+    adapter logs it.  Refreshes that change nothing make no event.  The
+    contact point makes them for every tunnel, the agent for its own
+    applications (with C{app} and an empty C{session_id}).
+
+    @ivar change: C{"registered"}, C{"unregistered"} or C{"expired"}.
+    @ivar aor: the address-of-record (the To URI of the REGISTER).
+    @ivar contact: the application's contact URI.
+    @ivar expires: seconds the binding was granted (0 when it went).
+    @ivar session_id: the tunnel session the binding goes through.
+    @ivar flow_id: the agent's application flow.
+    """
+
+    change: str
+    aor: str
+    contact: str
+    expires: int
+    session_id: str
+    flow_id: int
+    app: Flow | None = None
+
+
+Action = Union[ToTunnel, ToApp, ToNetwork, Dropped, RouteRefused, BindingChanged]
 
 
 class MediaHook(Protocol):
@@ -401,6 +448,144 @@ def _top_route(msg: SipMessage) -> Any | None:
         return None
 
 
+def _pop_last_route(msg: SipMessage) -> None:
+    routes = msg.get_all("Route")
+    msg.remove_header("Route")
+    for value in routes[:-1]:
+        msg.append_header("Route", value)
+
+
+def _strict_route(msg: SipMessage) -> bool:
+    """
+    RFC 3261 16.4: the Request-URI names us (a strict router before us
+    put our C{Record-Route} value there): replace it with the last
+    C{Route} value, which is removed.
+
+    @return: whether it was replaced (not when the last C{Route} is
+        unreadable or absent).
+    """
+    routes = msg.get_all("Route")
+    if not routes:
+        return False
+    try:
+        last = parse_name_addr(routes[-1])
+    except SipParseError:
+        return False
+    _pop_last_route(msg)
+    msg.uri = str(last.uri)
+    return True
+
+
+def _register_domain_uri(msg: SipMessage) -> None:
+    """
+    RFC 3261 10.2: the Request-URI of a REGISTER names the registrar's
+    domain; a phone that has the agent as its registrar address names the
+    agent instead.  Put the domain of the To URI there.
+    """
+    try:
+        to = parse_name_addr(msg.get("To") or "").uri
+    except SipParseError:
+        return
+    if to.scheme in ("sip", "sips") and to.host:
+        msg.uri = f"{to.scheme}:{to.host_port}"
+
+
+class _AppBindings:
+    """
+    The agent's view of its applications' registrations, for the log: the
+    contacts of each REGISTER until its answer, then the bindings the 2xx
+    confirmed, per flow and address-of-record.  Bounded: beyond C{limit}
+    entries in either table the oldest go (and are no longer reported).
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._pending: dict[tuple[int, str, int], tuple[str, frozenset[str] | None]] = {}
+        self._bound: dict[tuple[int, str], dict[str, tuple[float, int]]] = {}
+        self._flows: dict[int, Flow] = {}
+        self.next_expiry: float | None = None
+
+    def request(self, fid: int, msg: SipMessage) -> None:
+        """
+        A REGISTER from an application goes into the tunnel.
+        """
+        try:
+            aor = str(parse_name_addr(msg.get("To") or "").uri)
+        except SipParseError:
+            return
+        if any(v.strip() == "*" for v in msg.get_all("Contact")):
+            contacts = None  # all of this flow's bindings of the AOR
+        else:
+            contacts = frozenset(str(na.uri) for na in _contacts(msg))
+        self._pending[(fid, msg.call_id, msg.cseq[0])] = (aor, contacts)
+        while len(self._pending) > self._limit:
+            del self._pending[next(iter(self._pending))]
+
+    def answered(self, flow: Flow, fid: int, msg: SipMessage, now: float) -> list[Action]:
+        """
+        A 2xx to a REGISTER comes back for C{fid}.
+
+        @return: a L{BindingChanged} for each binding of the REGISTER's
+            contacts that appeared or went.
+        """
+        pending = self._pending.pop((fid, msg.call_id, msg.cseq[0]), None)
+        if pending is None:
+            return []
+        aor, asked = pending
+        listed: dict[str, int] = {}
+        for na in _contacts(msg):
+            uri = str(na.uri)
+            if asked is None or uri in asked:
+                listed[uri] = _expires_of(msg, na.params, 3600)
+        before = self._bound.pop((fid, aor), {})
+        now_bound = {
+            uri: (now + expires, expires) for uri, expires in listed.items() if expires > 0
+        }
+        if asked is not None:
+            # contacts this REGISTER did not name keep their bindings
+            now_bound.update({u: b for u, b in before.items() if u not in asked})
+        events: list[Action] = []
+        for uri, (_, expires) in now_bound.items():
+            if uri not in before:
+                events.append(BindingChanged("registered", aor, uri, expires, "", fid, flow))
+        for uri in before:
+            if uri not in now_bound:
+                events.append(BindingChanged("unregistered", aor, uri, 0, "", fid, flow))
+        if now_bound:
+            self._bound[(fid, aor)] = now_bound
+            self._flows[fid] = flow
+            soonest = min(t for t, _ in now_bound.values())
+            if self.next_expiry is None or soonest < self.next_expiry:
+                self.next_expiry = soonest
+            while len(self._bound) > self._limit:
+                del self._bound[next(iter(self._bound))]
+        return events
+
+    def expire(self, now: float) -> list[Action]:
+        """
+        @return: a L{BindingChanged} C{"expired"} for each binding whose
+            expiry passed (its application did not refresh it).
+        """
+        if self.next_expiry is None or self.next_expiry > now:
+            return []
+        events: list[Action] = []
+        soonest: float | None = None
+        for (fid, aor), bound in list(self._bound.items()):
+            for uri, (t, _) in list(bound.items()):
+                if t <= now:
+                    del bound[uri]
+                    events.append(BindingChanged("expired", aor, uri, 0, "", fid, self._flows.get(fid)))
+                elif soonest is None or t < soonest:
+                    soonest = t
+            if not bound:
+                del self._bound[(fid, aor)]
+        live = {fid for fid, _ in self._bound}
+        for fid in [f for f in self._flows if f not in live]:
+            del self._flows[fid]
+        self.next_expiry = soonest
+        return events
+
+
 class _CallIds:
     """
     The established dialogs of each call leg (several when a forked INVITE
@@ -470,14 +655,20 @@ class AgentSipProxy:
         registration_margin: float = 60.0,
         dialog_lifetime: float = 12 * 3600.0,
         max_message_size: int = 65535,
+        names: ProxyNames | None = None,
     ) -> None:
         """
         @param agent_id: the agent's identity; seeds the C{+sip.instance}
             given to applications and the user part of our C{Record-Route}.
         @param registration_margin: seconds a UDP flow outlives the longest
             registration expiry seen through it.
+        @param names: the agent's listening addresses and C{--sip-name}s: a
+            top C{Route} (or a Request-URI) naming one of them names the
+            agent (RFC 3261 16.4).  Without it only our own
+            C{Record-Route} values are recognised.
         """
         self.tunnel_key = tunnel_key
+        self.names = names
         self.agent_id = agent_id
         self.media_hook = media_hook
         self.flows = flows if flows is not None else FlowTable()
@@ -489,6 +680,7 @@ class AgentSipProxy:
         )
         self._instance_ns = uuid.uuid5(uuid.NAMESPACE_URL, "spwm-agent:" + agent_id)
         self._established = _CallIds(dialog_lifetime)
+        self._bindings = _AppBindings()
 
     # -- public API ---------------------------------------------------------
 
@@ -536,7 +728,11 @@ class AgentSipProxy:
         """
         @return: when L{handle_timer} should next run, or C{None}.
         """
-        return self.flows.next_deadline()
+        flows = self.flows.next_deadline()
+        bindings = self._bindings.next_expiry
+        if flows is None or (bindings is not None and bindings < flows):
+            return bindings
+        return flows
 
     def status(self) -> dict[str, Any]:
         """
@@ -546,11 +742,14 @@ class AgentSipProxy:
 
     def handle_timer(self, now: float) -> list[Action]:
         """
-        Expire flows and dialog records.
+        Expire flows, dialog records and the applications' bindings.
+
+        @return: a L{BindingChanged} C{"expired"} for each binding of an
+            application that was not refreshed in time.
         """
         self.flows.expire(now)
         self._established.expire(now)
-        return []
+        return self._bindings.expire(now)
 
     # -- internals ----------------------------------------------------------
 
@@ -587,15 +786,15 @@ class AgentSipProxy:
             "Max-Forwards", str(mf - 1 if mf is not None else DEFAULT_MAX_FORWARDS)
         )
         self._stamp_via(msg, flow)
-        top = _top_route(msg)
-        if top is not None and top.uri.user == self._rr_user:
-            msg.pop_first_value("Route")
+        self._own_routing(msg)
         method = msg.method
         if method in _DIALOG_CREATING and msg.to_tag is None:
             msg.prepend_header("Record-Route", self._record_route(flow))
         if method == "REGISTER":
             self._add_instance(msg)
         fid = self.flows.use(flow, now)
+        if method == "REGISTER":
+            self._bindings.request(fid, msg)
         self._hook_into(fid, msg)
         self._maybe_ended(fid, msg)
         return [ToTunnel(self.tunnel_key, fid, msg.to_bytes())]
@@ -624,9 +823,7 @@ class AgentSipProxy:
                 return [self._drop("ACK for an unknown flow")]
             resp = make_response(msg, 430, "Flow Failed")
             return [ToTunnel(self.tunnel_key, flow_id, resp.to_bytes())]
-        top = _top_route(msg)
-        if top is not None and top.uri.user == self._rr_user:
-            msg.pop_first_value("Route")
+        self._pop_own_routes(msg)
         branch = MAGIC + AGENT_BRANCH_MARK + _h(_branch_source(msg)).hex()
         msg.prepend_header(
             "Via",
@@ -648,10 +845,13 @@ class AgentSipProxy:
             return [self._drop("malformed response from tunnel")]
         fid = self.flows.use(flow, now)
         self._track_response(msg, flow, fid, now)
+        events: list[Action] = []
         if msg.cseq[1] == "REGISTER":
             self._strip_instance(msg)
+            if 200 <= (msg.status or 0) < 300:
+                events = self._bindings.answered(flow, fid, msg, now)
         self._hook_out(fid, msg)
-        return [ToApp(flow, msg.to_bytes())]
+        return [ToApp(flow, msg.to_bytes()), *events]
 
     def _track_response(self, msg: SipMessage, flow: Flow | None, fid: int, now: float) -> None:
         status = msg.status or 0
@@ -669,6 +869,40 @@ class AgentSipProxy:
             if longest:
                 fid = self.flows.use(flow, now)
                 self.flows.extend(fid, longest + self.registration_margin, now)
+
+    def _ours(self, uri: Any) -> bool:
+        """
+        Whether C{uri} names this agent: one of our C{Record-Route} values
+        (by its user part) or any of our addresses and names.
+        """
+        if uri.user == self._rr_user:
+            return True
+        return self.names is not None and self.names.names_us(uri)
+
+    def _own_routing(self, msg: SipMessage) -> None:
+        """
+        RFC 3261 16.4 for a request from an application: a Request-URI
+        naming us is the registrar's domain for a REGISTER (10.2) or, with
+        a C{Route} left, strict routing; then every top C{Route} naming us
+        goes (a phone may pre-load the agent more than once).
+        """
+        try:
+            ruri = parse_uri(msg.uri or "")
+        except SipParseError:
+            ruri = None
+        if ruri is not None and self._ours(ruri):
+            if msg.method == "REGISTER":
+                _register_domain_uri(msg)
+            elif msg.count("Route"):
+                _strict_route(msg)
+        self._pop_own_routes(msg)
+
+    def _pop_own_routes(self, msg: SipMessage) -> None:
+        while True:
+            top = _top_route(msg)
+            if top is None or not self._ours(top.uri):
+                return
+            msg.pop_first_value("Route")
 
     def _record_route(self, flow: Flow) -> str:
         return f"<sip:{self._rr_user}@{_hostport(*flow.local)};transport={flow.transport};lr>"
@@ -792,14 +1026,19 @@ class ContactSipProxy:
         sweep_interval: float = 30.0,
         max_message_size: int = 65535,
         max_pending: int = 4096,
+        names: ProxyNames | None = None,
     ) -> None:
         """
         @param secret: the per-process flow token key (16 bytes or more).
         @param registrar: the embedded registrar to use when C{operator} is
             C{None}; a fresh L{spwm.sip.registrar.EmbeddedRegistrar} by
             default.
+        @param names: the URIs that name this contact point (RFC 3261
+            16.4): C{address} and the C{--sip-name}s; C{address} alone by
+            default.
         """
         self.address = address
+        self.names = names if names is not None else ProxyNames([address])
         self.operator = operator
         self.contact_rewrite = contact_rewrite
         self.media_hook = media_hook
@@ -957,10 +1196,15 @@ class ContactSipProxy:
         """
         Expire registrations, dialogs, pending REGISTERs and the embedded
         registrar's bindings.
+
+        @return: a L{BindingChanged} C{"expired"} for each registration
+            that expired.
         """
-        for regs in self._regs.values():
+        events: list[Action] = []
+        for session, regs in self._regs.items():
             for k in [k for k, r in regs.items() if r.expires <= now]:
-                del regs[k]
+                r = regs.pop(k)
+                events.append(BindingChanged("expired", r.aor, r.contact, 0, session, r.flow_id))
         for per in self._dialogs.values():
             for cid in list(per):
                 per[cid] = [d for d in per[cid] if d.expires > now]
@@ -972,7 +1216,7 @@ class ContactSipProxy:
             self.registrar.expire(now)
         busy = any(self._regs.values()) or any(self._dialogs.values()) or self._pending
         self._next_sweep = now + self.sweep_interval if busy else None
-        return []
+        return events
 
     # -- messages from the tunnel ------------------------------------------
 
@@ -1016,10 +1260,9 @@ class ContactSipProxy:
                 return [self._drop("ACK from tunnel with Max-Forwards 0")]
             resp = make_response(msg, 483, "Too Many Hops")
             return [ToTunnel(key, fid, resp.to_bytes())]
-        top = _top_route(msg)
-        if top is not None and self._is_us(top.uri):
-            if self._codec.decode(top.uri.user, KIND_ROUTE) is not None:
-                msg.pop_first_value("Route")
+        if self._route_token(msg.uri) is not None:
+            _strict_route(msg)
+        self._pop_own_routes(msg, token=True)
         method = msg.method
         call_id = msg.call_id
         extra = _h(_branch_source(msg)) + _h(msg.uri or "", 2)
@@ -1103,11 +1346,12 @@ class ContactSipProxy:
             return [self._drop("response from network with only our Via")]
         method = msg.cseq[1]
         status = msg.status or 0
+        events: list[Action] = []
         if method == "REGISTER" and 200 <= status < 300:
-            self._register_answered(msg, tok, branch or "", now)
+            events = self._register_answered(msg, tok, branch or "", now)
         self._track_response(key, tok.session_id, tok.flow_id, msg, now)
         self._hook_into(key, tok.flow_id, msg)
-        return [ToTunnel(key, tok.flow_id, msg.to_bytes())]
+        return [ToTunnel(key, tok.flow_id, msg.to_bytes()), *events]
 
     def _network_request(
         self, transport: str, src: tuple[str, int], msg: SipMessage, now: float
@@ -1141,16 +1385,23 @@ class ContactSipProxy:
         @param lookup: whether a request without a token may be looked up
             in the embedded registrar.
         """
-        tok: FlowToken | None = None
-        top = _top_route(msg)
-        if top is not None:
+        tok = self._route_token(msg.uri)
+        if tok is not None and _strict_route(msg):
+            pass  # strict routing: the flow is the one in the Request-URI
+        elif (top := self._pop_own_routes(msg, token=False)) is not None:
             if not self._is_us(top.uri):
-                return self._refuse(msg, 403, "Forbidden: not relaying", now)
+                where = f" to {top.uri.host_port}" if top.uri.host else ""
+                out = self._refuse(msg, 403, "Forbidden: not relaying" + where, now)
+                if top.uri.host:
+                    route = msg.get_all("Route")[0].strip()
+                    out.append(RouteRefused(route, top.uri.host, top.uri.port, msg.method or ""))
+                return out
             tok = self._codec.decode(top.uri.user, KIND_ROUTE)
             if tok is None:
                 return self._refuse(msg, 403, "Forbidden: invalid flow token", now)
             msg.pop_first_value("Route")
         else:
+            tok = None
             try:
                 ruri = parse_uri(msg.uri or "")
             except SipParseError:
@@ -1205,8 +1456,42 @@ class ContactSipProxy:
             self._next_sweep = now + self.sweep_interval
 
     def _is_us(self, uri: Any) -> bool:
-        port = uri.port if uri.port is not None else 5060
-        return uri.host.lower() == self.address[0].lower() and port == self.address[1]
+        return self.names.names_us(uri)
+
+    def _route_token(self, uri_text: str | None) -> FlowToken | None:
+        """
+        @return: the flow token of a Request-URI that is one of our
+            C{Record-Route} values when the request carries a C{Route}
+            (strict routing, RFC 3261 16.4), else C{None}.
+        """
+        if not uri_text or ";lr" not in uri_text.lower():
+            return None
+        try:
+            uri = parse_uri(uri_text)
+        except SipParseError:
+            return None
+        if not uri.user or not self._is_us(uri):
+            return None
+        return self._codec.decode(uri.user, KIND_ROUTE)
+
+    def _pop_own_routes(self, msg: SipMessage, token: bool) -> Any | None:
+        """
+        Remove the top C{Route}s that name us without a flow token (a
+        pre-loaded route to the contact point), and with C{token} also the
+        first that carries a valid one (our C{Record-Route} on this leg;
+        the next one, if ours, is the other leg's and routes back in).
+
+        @return: the top C{Route} left (parsed), or C{None}.
+        """
+        while True:
+            top = _top_route(msg)
+            if top is None or not self._is_us(top.uri):
+                return top
+            if top.uri.user:
+                if not token or self._codec.decode(top.uri.user, KIND_ROUTE) is None:
+                    return top
+                token = False
+            msg.pop_first_value("Route")
 
     def _via(self, transport: str, branch: str) -> str:
         return f"SIP/2.0/{transport.upper()} {self._hp};branch={branch}"
@@ -1345,7 +1630,15 @@ class ContactSipProxy:
 
     def _register_answered(
         self, msg: SipMessage, tok: FlowToken, branch: str, now: float
-    ) -> None:
+    ) -> list[Action]:
+        """
+        A 2xx to a REGISTER sent through a tunnel: restore rewritten
+        contacts and update the session's bindings.
+
+        @return: a L{BindingChanged} for each binding of this REGISTER's
+            flow and address-of-record that appeared, moved to this flow or
+            went; a refresh that changes none of them makes none.
+        """
         pending = self._pending.pop(branch, None)
         values = msg.get_all("Contact")
         restored = []
@@ -1380,22 +1673,28 @@ class ContactSipProxy:
         if changed:
             msg.set_header("Contact", ", ".join(restored))
         if pending is None:
-            return
+            return []
         try:
             aor = str(parse_name_addr(msg.get("To") or "").uri)
         except SipParseError:
-            return
-        regs = self._regs.setdefault(tok.session_id, {})
-        for k in [
-            k for k, r in regs.items() if r.aor == aor and r.flow_id == tok.flow_id
-        ]:
+            return []
+        session, fid = tok.session_id, tok.flow_id
+        regs = self._regs.setdefault(session, {})
+        before = {k: r for k, r in regs.items() if r.aor == aor and r.flow_id == fid}
+        for k in before:
             del regs[k]
+        events: list[Action] = []
         for uri_text, expires in mine:
             if expires > 0:
-                regs[(aor, uri_text)] = Registration(
-                    aor, uri_text, tok.flow_id, now + expires
-                )
+                key = (aor, uri_text)
+                if key not in before:
+                    events.append(BindingChanged("registered", aor, uri_text, expires, session, fid))
+                regs[key] = Registration(aor, uri_text, fid, now + expires)
+        for key, reg in before.items():
+            if key not in regs:
+                events.append(BindingChanged("unregistered", aor, reg.contact, 0, session, fid))
         self._arm(now)
+        return events
 
     def _track_response(
         self, key: Any, session: str, fid: int, msg: SipMessage, now: float
