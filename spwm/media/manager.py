@@ -21,6 +21,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from spwm.addr import hostport
 from spwm.media.ports import PortAllocator, PortsExhaustedError
 from spwm.media.reader import TwistedRelaySockets
 from spwm.media.relay import (
@@ -1020,10 +1021,9 @@ class MediaManager:
             stream.base_port = None
         if media.address is None or not endpoint.connect(media.address, media.port):
             self.log.warn(
-                "TCP media of dialog {dialog}: refusing to connect to {host}:{port}",
+                "TCP media of dialog {dialog}: refusing to connect to {address}",
                 dialog=stream.dialog,
-                host=media.address,
-                port=media.port,
+                address=hostport(media.address or "?", media.port),
             )
             self.rejected_streams += 1
             self._release_stream(dialog, stream.index, "TCP media address refused")

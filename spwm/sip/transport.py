@@ -32,6 +32,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from spwm.addr import hostport
 from spwm.sip.errors import SipParseError
 from spwm.sip.flows import Flow
 from spwm.sip.framing import KeepAlive, SipStreamFramer
@@ -77,7 +78,7 @@ class SipUdpProtocol(DatagramProtocol):
             self.runner.datagram_received(self, data, (addr[0], addr[1]))
         except Exception:
             self.log.failure(
-                "SIP datagram from {peer} failed", peer=f"{addr[0]}:{addr[1]}"
+                "SIP datagram from {peer} failed", peer=hostport(addr[0], addr[1])
             )
 
 
@@ -147,7 +148,7 @@ class SipStreamProtocol(Protocol):
         return Flow(self.transport_name, self.local, self.peer, self.conn_id)
 
     def _peer_text(self) -> str:
-        return f"{self.peer[0]}:{self.peer[1]}"
+        return hostport(self.peer[0], self.peer[1])
 
 
 class SipStreamFactory(Factory):
@@ -354,7 +355,7 @@ class AgentSipRunner(_Runner):
             proto = self._udp.get(flow.local)
             if proto is None or proto.transport is None:
                 self.log.warn(
-                    "no UDP socket on {local} for the flow", local=str(flow.local)
+                    "no UDP socket on {local} for the flow", local=hostport(flow.local[0], flow.local[1])
                 )
                 return
             proto.transport.write(action.data, flow.remote)
@@ -363,7 +364,7 @@ class AgentSipRunner(_Runner):
         if stream is None:
             self.log.info(
                 "connection of flow {peer} is gone",
-                peer=f"{flow.remote[0]}:{flow.remote[1]}",
+                peer=hostport(flow.remote[0], flow.remote[1]),
             )
             return
         stream.transport.write(action.data)
@@ -501,7 +502,7 @@ class ContactSipRunner(_Runner):
             if len(queue) >= self.max_queued:
                 self.log.warn(
                     "queue to {peer} full; dropped a message",
-                    peer=f"{addr[0]}:{addr[1]}",
+                    peer=hostport(addr[0], addr[1]),
                 )
             else:
                 queue.append(action.data)
@@ -509,7 +510,7 @@ class ContactSipRunner(_Runner):
         if self._connect is None:
             self.log.warn(
                 "no way to open TCP connections; dropped a message to {peer}",
-                peer=f"{addr[0]}:{addr[1]}",
+                peer=hostport(addr[0], addr[1]),
             )
             return
         outgoing = sum(1 for s in self._by_peer.values() if s.outgoing) + len(
@@ -518,7 +519,7 @@ class ContactSipRunner(_Runner):
         if outgoing >= self.max_connections:
             self.log.warn(
                 "TCP pool full; dropped a message to {peer}",
-                peer=f"{addr[0]}:{addr[1]}",
+                peer=hostport(addr[0], addr[1]),
             )
             return
         self._connecting[addr] = [action.data]
@@ -542,7 +543,7 @@ class ContactSipRunner(_Runner):
         queue = self._connecting.pop(addr, [])
         self.log.warn(
             "TCP connection to {peer} failed, {count} messages dropped: {reason}",
-            peer=f"{addr[0]}:{addr[1]}",
+            peer=hostport(addr[0], addr[1]),
             count=len(queue),
             reason=failure.getErrorMessage(),
         )

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import serverFromString
+from twisted.application.service import IService
 
 import os
 
@@ -39,7 +38,15 @@ from spwm.tap.parts import Hook, MediaHookAdapter, SipListeners, SipOnly, resolv
 from spwm.forward import USE as FORWARD_USE, ContactForwarder
 from spwm.state import ContactState
 from spwm.status import Status
-from spwm.tap.common import STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, add_status, limits_from
+from spwm.tap.common import (
+    STATUS_OPTIONS,
+    TUNNEL_LIMIT_OPTIONS,
+    MediaRangeCheck,
+    StartupService,
+    add_status,
+    limits_from,
+    server_endpoint,
+)
 from spwm.tunnel.protocol import ApplicationMux, ContactTunnelFactory
 from spwm.tunnel.service import ContactListenService, server_tls_factory
 
@@ -114,7 +121,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     """
     if reactor is None:
         from twisted.internet import reactor
-    top = MultiService()
+    top = StartupService("contact")
     limits = limits_from(options)
     mux = ApplicationMux()
     forwarder = ContactForwarder(reactor, list(options["allow-forward"]), receive_buffer=options["udp-buffer"])
@@ -128,10 +135,11 @@ def makeService(options: dict, reactor: Any = None) -> IService:
             operator = OperatorProxy(resolve_ip(operator.host), operator.port, operator.transport)
         except OSError as e:
             raise SystemExit(f"spwm-contact: invalid configuration: sip-proxy: cannot resolve {operator.host}: {e}") from None
+    media_address = options["media-address"] or sip_host
     media = MediaManager(
         reactor,
         "contact",
-        options["media-address"] or sip_host,
+        media_address,
         options["media-ports"],
         allow=list(options["media-allow"]),
         inactivity_timeout=options["media-timeout"],
@@ -187,13 +195,14 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         except Exception as e:
             raise SystemExit(f"spwm-contact: invalid configuration: cert: cannot load certificate/key: {e}") from None
     listener = ContactListenService(
-        serverFromString(reactor, options["listen"]),
+        server_endpoint(reactor, "contact", "listen", options["listen"]),
         factory,
         reactor,
         tls_factory=tls_factory,
         drain=options["drain-time"],
         description=options["listen"],
     )
+    MediaRangeCheck(media_address, options["media-ports"]).setServiceParent(top)
     listener.setServiceParent(top)
     SipListeners(
         reactor,
@@ -201,6 +210,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         [(sip_host, sip_port)],
         receive_buffer=options["udp-buffer"],
         max_size=min(options["max-sip-size"], 65535),
+        option="sip-address",
     ).setServiceParent(top)
     Hook(lambda: None, resumption.stop).setServiceParent(top)
     status = Status("contact", reactor)
