@@ -68,6 +68,8 @@ def positive_float(value: Any) -> float:
     """
     A number greater than zero.
     """
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -81,6 +83,8 @@ def non_negative_float(value: Any) -> float:
     """
     A number, zero or more.
     """
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):

@@ -108,6 +108,55 @@ class OptionsTests(SynchronousTestCase):
         self.assertRefused(agent.Options(), ["--config", self.write("contact = \n")], "not valid TOML")
         self.assertRefused(agent.Options(), ["--config", "/nonexistent/spwm.toml"], "cannot read")
 
+    def test_wrong_toml_types(self) -> None:
+        """
+        A TOML value of the wrong type (a flag given C{"yes"} or C{1}, a
+        list for a number, a number for an address) is refused with one line
+        naming the file, the key and the value, never a traceback.
+        """
+        cases = [
+            ('plaintext = "yes"\n', "plaintext: must be true or false, not 'yes'"),
+            ("plaintext = 1\n", "plaintext: must be true or false, not 1"),
+            ("reconnect-max = [1]\n", "reconnect-max: must be a number, not [1]"),
+            ("reconnect-max = true\n", "reconnect-max: must be a number, not True"),
+            ("contact = 5\n", "contact: '5' needs a port (HOST:PORT)"),
+            ("sip-listen = {a = 1}\n", "sip-listen: must be a non-empty string"),
+        ]
+        for text, words in cases:
+            path = self.write(text)
+            self.assertRefused(agent.Options(), ["--config", path], f"spwm-agent: invalid configuration: {path}: {words}")
+
+    def test_missing_files(self) -> None:
+        """
+        A file option naming no readable file is refused with one line
+        naming the option and the path, without usage's own prefix.
+        """
+        with self.assertRaises(ConfigExit) as cm:
+            agent.Options().parseOptions(["--ca", "/nonexistent/ca.pem"])
+        self.assertEqual(
+            cm.exception.code,
+            "spwm-agent: invalid configuration: --ca: cannot read '/nonexistent/ca.pem': No such file or directory",
+        )
+        self.assertRefused(
+            contact.Options(), ["--cert", "/nonexistent/c.pem", "--key", "/nonexistent/c.key"], "--cert: cannot read"
+        )
+
+    def test_bad_listen_endpoint(self) -> None:
+        """
+        A C{--listen} that is no endpoint description stops the assembly
+        with one line naming the option.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        options = contact.Options()
+        options.parseOptions(["--plaintext", "--listen", "bogus:1"])
+        with self.assertRaises(SystemExit) as cm:
+            contact.makeService(options, MemoryReactorClock())
+        self.assertEqual(
+            cm.exception.code,
+            "spwm-contact: invalid configuration: listen: 'bogus:1': Unknown endpoint type: 'bogus'",
+        )
+
     def test_bad_command_line(self) -> None:
         """
         A bad command-line value is refused with one line naming the option.
