@@ -44,11 +44,17 @@ STATUS_OPTIONS = (
 )
 
 
-class StartupExit(SystemExit):
+class StartupExit(SystemExit, Exception):
     """
     A listener could not be bound at start: the process exits with status 1
     and this one line (on standard error, or in the log when twistd has
     redirected standard error there).
+
+    It is a L{SystemExit}, so that Python prints the line and no traceback;
+    and an L{Exception}, so that twistd, which catches only those around
+    C{startService}, removes its PID file and, when it daemonizes, tells the
+    waiting parent (which otherwise waits for ever) instead of leaving it
+    hanging.
     """
 
 
