@@ -276,3 +276,35 @@ class DeployExamplesTests(SynchronousTestCase):
             with open(os.path.join(self.deploy, f"spwm-{half}.service")) as f:
                 unit = f.read()
             self.assertIn(f"twistd -n --pidfile= spwm-{half} --config /etc/spwm/{half}.toml", unit)
+            # A start-up error exits 1: the unit starts it again, spaced
+            # out so that systemd's start limit does not end the retries.
+            self.assertRegex(unit, r"(?m)^Restart=(on-failure|always)$")
+            self.assertIn("\nRestartSec=5\n", unit)
+
+
+class ReadmeTests(SynchronousTestCase):
+    """
+    The README's by-hand commands parse as written.
+    """
+
+    def test_by_hand_commands(self) -> None:
+        """
+        Each C{twistd} line of the README names a pid file (two twistd
+        processes in one directory would share C{twistd.pid}) and its
+        options parse; the contact point allows media to loopback, where
+        the phones of a one-machine test are.
+        """
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(here, "README.md")) as f:
+            text = f.read().replace("\\\n", " ")
+        commands = [line.split() for line in text.splitlines() if line.startswith("twistd ")]
+        self.assertEqual(sorted(c[3] for c in commands), ["spwm-agent", "spwm-contact"])
+        for command in commands:
+            self.assertEqual(command[:3], ["twistd", "-n", "--pidfile="])
+            options = {"spwm-agent": agent, "spwm-contact": contact}[command[3]].Options()
+            options.parseOptions(command[4:])
+            if command[3] == "spwm-contact":
+                self.assertEqual(options["media-allow"], ["127.0.0.0/8"])
+                self.assertEqual(options["allow-forward"], [("127.0.0.1", 7000)])
+            else:
+                self.assertEqual(options["forward-udp"], [("127.0.0.1", 6000, "127.0.0.1", 7000)])
