@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -243,8 +244,15 @@ class AgentStartupTests(StartupTestCase):
         )
         self.assertEqual(code, 1, lines)
         self.assertIn(line, "\n".join(lines))
-        with open(logfile) as f:
-            log = f.read()
+        # The parent exits as soon as the daemon has told it; the daemon
+        # then removes its PID file and writes the line as it exits.
+        log = ""
+        for _ in range(100):
+            with open(logfile) as f:
+                log = f.read()
+            if line in log and not os.path.exists(pidfile):
+                break
+            time.sleep(0.1)
         self.assertIn(line, log)
         self.assertNotIn("Traceback", log)
         self.assertFalse(os.path.exists(pidfile))
