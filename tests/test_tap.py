@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import sys
 from typing import Any
 
@@ -361,3 +362,71 @@ class AddressTests(SynchronousTestCase):
         self.assertTrue(lines, events)
         for line in lines:
             self.assertIn("[2001:db8::10]:443", line)
+
+
+class TlsMaterialTests(SynchronousTestCase):
+    """
+    Certificates, keys and CA files that exist but do not load stop the
+    assembly with one line naming the option.
+    """
+
+    def setUp(self) -> None:
+        from spwm.testing.certs import self_signed
+
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.files = self_signed(self.dir, ["contact.example.test"])
+        self.other = self_signed(self.dir, ["other.example.test"], "other")
+        self.text = os.path.join(self.dir, "text.pem")
+        with open(self.text, "w") as f:
+            f.write("not a certificate\n")
+
+    def refused(self, module: Any, argv: list[str]) -> str:
+        options = module.Options()
+        options.parseOptions(argv)
+        with self.assertRaises(SystemExit) as cm:
+            module.makeService(options, MemoryReactorClock())
+        self.assertNotIsInstance(cm.exception, StartupExit)
+        return cm.exception.code
+
+    def test_contact_key_of_another_certificate(self) -> None:
+        """
+        A key that does not belong to the certificate: C{cert}.
+        """
+        self.assertEqual(
+            self.refused(contact, ["--cert", self.files.cert, "--key", self.other.key]),
+            "spwm-contact: invalid configuration: cert: cannot load certificate/key: "
+            "the key does not belong to the certificate",
+        )
+
+    def test_contact_client_ca_without_certificate(self) -> None:
+        """
+        A C{--client-ca} file with no certificate in it.
+        """
+        self.assertEqual(
+            self.refused(contact, ["--cert", self.files.cert, "--key", self.files.key, "--client-ca", self.text]),
+            f"spwm-contact: invalid configuration: client-ca: no PEM certificate in {self.text!r}",
+        )
+
+    def test_agent_ca_without_certificate(self) -> None:
+        """
+        A C{--ca} file with no certificate in it (it would trust nothing,
+        and every connection would fail later).
+        """
+        self.assertEqual(
+            self.refused(agent, ["--ca", self.text]),
+            f"spwm-agent: invalid configuration: ca: no PEM certificate in {self.text!r}",
+        )
+
+    def test_agent_sip_tls_and_client_cert(self) -> None:
+        """
+        C{--sip-tls-cert} and C{--client-cert} that do not load.
+        """
+        self.assertEqual(
+            self.refused(agent, ["--plaintext", "--sip-tls-cert", self.text, "--sip-tls-key", self.files.key]),
+            f"spwm-agent: invalid configuration: sip-tls-cert: cannot load certificate/key: no certificate in {self.text}",
+        )
+        self.assertEqual(
+            self.refused(agent, ["--client-cert", self.files.cert, "--client-key", self.text]),
+            "spwm-agent: invalid configuration: client-cert: cannot load certificate/key: not a PEM certificate and key",
+        )

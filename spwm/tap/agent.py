@@ -41,6 +41,8 @@ from spwm.tap.common import (
     StartupService,
     add_status,
     limits_from,
+    load_certificates,
+    load_tls,
 )
 from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux
 from spwm.tunnel.service import AgentTunnelService, agent_endpoint, backoff, client_certificate
@@ -140,10 +142,12 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     if options["sip-tls-cert"]:
         from spwm.tunnel.service import server_tls_options
 
-        sip_tls = server_tls_options(options["sip-tls-cert"], options["sip-tls-key"])
+        sip_tls = load_tls("agent", "sip-tls-cert", server_tls_options, options["sip-tls-cert"], options["sip-tls-key"])
     factory = AgentTunnelFactory(
         mux, reactor, agent_id, limits, hello=resumption.hello, user_ciphering=bool(options["user-ciphering"])
     )
+    if options["ca"]:
+        load_certificates("agent", "ca", options["ca"])
     endpoint, tls = agent_endpoint(
         reactor,
         host,
@@ -152,7 +156,11 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         server_name=options["server-name"],
         ca_file=options["ca"],
         http_proxy=host_port(options["http-proxy"]) if options["http-proxy"] else None,
-        client_cert=client_certificate(options["client-cert"], options["client-key"]) if options["client-cert"] else None,
+        client_cert=(
+            load_tls("agent", "client-cert", client_certificate, options["client-cert"], options["client-key"])
+            if options["client-cert"]
+            else None
+        ),
     )
     tunnel = AgentTunnelService(
         endpoint,

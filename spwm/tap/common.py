@@ -127,6 +127,41 @@ class MediaRangeCheck(Service):
         self.log.info("media ports {where}", where=where)
 
 
+def load_tls(side: str, key: str, load: Any, *args: Any) -> Any:
+    """
+    C{load(*args)}, which reads certificates or keys named by option
+    C{key}, with one line and a non-zero exit if they do not load.
+    """
+    from OpenSSL import SSL, crypto
+    from twisted.internet.error import VerifyError
+
+    try:
+        return load(*args)
+    except VerifyError:
+        problem = "the key does not belong to the certificate"
+    except (crypto.Error, SSL.Error):
+        problem = "not a PEM certificate and key"
+    except (OSError, ValueError) as e:
+        problem = getattr(e, "strerror", None) or str(e)
+    raise SystemExit(f"spwm-{side}: invalid configuration: {key}: cannot load certificate/key: {problem}")
+
+
+def load_certificates(side: str, key: str, path: str) -> list[Any]:
+    """
+    The certificates of the PEM file C{path} (option C{key}), with one line
+    and a non-zero exit if there are none or one does not load.
+    """
+    from spwm.tunnel.service import load_pem_certificates
+
+    try:
+        certificates = load_pem_certificates(path)
+    except Exception:
+        certificates = []
+    if not certificates:
+        raise SystemExit(f"spwm-{side}: invalid configuration: {key}: no PEM certificate in {path!r}")
+    return certificates
+
+
 def server_endpoint(reactor: Any, side: str, key: str, description: str) -> Any:
     """
     C{serverFromString} for option C{key}, with one line and a non-zero exit

@@ -45,6 +45,8 @@ from spwm.tap.common import (
     StartupService,
     add_status,
     limits_from,
+    load_certificates,
+    load_tls,
     server_endpoint,
 )
 from spwm.tunnel.protocol import ApplicationMux, ContactTunnelFactory
@@ -190,10 +192,11 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     )
     tls_factory = None
     if not options["plaintext"]:
-        try:
-            tls_factory = server_tls_factory(options["cert"], options["key"], factory, client_ca=options["client-ca"])
-        except Exception as e:
-            raise SystemExit(f"spwm-contact: invalid configuration: cert: cannot load certificate/key: {e}") from None
+        if options["client-ca"]:
+            load_certificates("contact", "client-ca", options["client-ca"])
+        tls_factory = load_tls(
+            "contact", "cert", server_tls_factory, options["cert"], options["key"], factory, None, options["client-ca"]
+        )
     listener = ContactListenService(
         server_endpoint(reactor, "contact", "listen", options["listen"]),
         factory,
