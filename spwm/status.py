@@ -25,6 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 import spwm
+from spwm.addr import peer
 from spwm.errors import ListenError
 
 #: A section of the document: metric name -> number, or -> {label: number}.
@@ -192,7 +193,7 @@ class StatusHTTPService(Service):
 
         def bound(port: Any) -> None:
             self.port = port
-            self.log.info("status page on {address}", address=self.description or port.getHost())
+            self.log.info("status page on {address}", address=self.description or peer(port.getHost()))
             self.listening.callback(port)
 
         def refused(failure: Failure) -> None:
