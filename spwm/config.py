@@ -210,6 +210,8 @@ def port_range(value: Any) -> tuple[int, int]:
     lo, hi = parse_port(low), parse_port(high)
     if hi - lo < 1:
         raise ValueError(f"range {text!r} holds fewer than two ports")
+    if lo + (lo & 1) + 1 > hi:
+        raise ValueError(f"range {text!r} holds no port pair (an even port and the next)")
     return lo, hi
 
 

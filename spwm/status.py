@@ -189,7 +189,7 @@ class StatusHTTPService(Service):
         """
         super().startService()
         failed: list[Failure] = []
-        starting = [True]
+        starting = True
 
         def bound(port: Any) -> None:
             self.port = port
@@ -198,13 +198,13 @@ class StatusHTTPService(Service):
 
         def refused(failure: Failure) -> None:
             failed.append(failure)
-            if not starting[0]:
+            if not starting:
                 error = ListenError.from_exception("status-listen", self.description or "?", failure.value)
                 self.log.error("status page not served: {error}", error=str(error))
             self.listening.errback(failure)
 
         self.endpoint.listen(self.site).addCallbacks(bound, refused)
-        starting[0] = False
+        starting = False
         self.listening.addErrback(lambda f: None)
         if failed:
             raise ListenError.from_exception("status-listen", self.description or "?", failed[0].value)

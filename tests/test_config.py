@@ -40,11 +40,16 @@ class ParseTests(SynchronousTestCase):
 
     def test_port_range(self) -> None:
         """
-        Ranges are LOW-HIGH with at least two ports.
+        Ranges are LOW-HIGH with at least one pair of an even port and the
+        next.
         """
         self.assertEqual(port_range("20000-20099"), (20000, 20099))
+        self.assertEqual(port_range("20001-20003"), (20001, 20003))
         self.assertRaises(ValueError, port_range, "20000")
         self.assertRaises(ValueError, port_range, "5-5")
+        with self.assertRaises(ValueError) as cm:
+            port_range("40001-40002")
+        self.assertEqual(str(cm.exception), "range '40001-40002' holds no port pair (an even port and the next)")
 
 
 class OptionsTests(SynchronousTestCase):

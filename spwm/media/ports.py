@@ -105,10 +105,9 @@ def check_range(
     @return: the even port of the first pair that could be bound.
     @raise OSError: no pair can be bound; the error of the last attempt.
     """
-    allocator = PortAllocator(low, high)
+    PortAllocator(low, high)  # the same checks of the range
     last: OSError | None = None
-    for index in range(allocator.capacity):
-        port = allocator._first + 2 * index
+    for port in range(low + (low & 1), high, 2):
         try:
             bind(address, port)
             bind(address, port + 1)
