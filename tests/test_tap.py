@@ -430,3 +430,22 @@ class TlsMaterialTests(SynchronousTestCase):
             self.refused(agent, ["--client-cert", self.files.cert, "--client-key", self.text]),
             "spwm-agent: invalid configuration: client-cert: cannot load certificate/key: not a PEM certificate and key",
         )
+
+
+class StateFileTests(SynchronousTestCase):
+    """
+    The directory of C{--state-file} is checked at start, not when the
+    state is written at stop.
+    """
+
+    def test_no_directory(self) -> None:
+        """
+        A state file in a directory that does not exist: one line.
+        """
+        options = contact.Options()
+        options.parseOptions(["--plaintext", "--state-file", "/nonexistent/spwm/contact.state"])
+        with self.assertRaises(SystemExit) as cm:
+            contact.makeService(options, MemoryReactorClock())
+        self.assertEqual(
+            cm.exception.code, "spwm-contact: invalid configuration: state-file: no directory '/nonexistent/spwm'"
+        )

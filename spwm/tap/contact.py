@@ -103,6 +103,18 @@ def sip_address(value: object) -> tuple[str, int]:
     return host, port
 
 
+def check_state_directory(path: str) -> None:
+    """
+    The state file is written at stop: refuse at start a directory it could
+    not be written to, rather than lose the state then.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise SystemExit(f"spwm-contact: invalid configuration: state-file: no directory {directory!r}")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise SystemExit(f"spwm-contact: invalid configuration: state-file: cannot write in {directory!r}")
+
+
 class Options(SpwmOptions.build("spwm-contact", OPTIONS)):
     """
     Options of C{twistd spwm-contact}.
@@ -149,6 +161,8 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         router=mux,
         sockets=relay_sockets_for(reactor),
     )
+    if options["state-file"]:
+        check_state_directory(options["state-file"])
     state = ContactState(options["state-file"], reactor) if options["state-file"] else None
     saved = state.load() if state is not None else None
     secret = (state.secret(saved) if state is not None else None) or os.urandom(32)
