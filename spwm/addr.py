@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_addr -*-
+# -*- test-case-name: tests.test_tap -*-
 """
 Addresses as people read and write them, for log lines and messages.
 """

@@ -31,7 +31,7 @@ from spwm.tunnel.protocol import ApplicationMux, ContactTunnelFactory
 from spwm.tunnel.service import ContactListenService
 
 
-def in_use(port: int) -> OSError:
+def in_use() -> OSError:
     return OSError(errno.EADDRINUSE, "Address already in use")
 
 
@@ -49,7 +49,7 @@ class BusyReactor(MemoryReactor):
 
     def _refuse(self, transport: str, port: int, interface: str) -> None:
         if (transport, port) in self.busy:
-            raise CannotListenError(interface, port, in_use(port))
+            raise CannotListenError(interface, port, in_use())
 
     def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
         self._refuse("udp", port, interface)
@@ -193,7 +193,7 @@ class ContactListenTests(SynchronousTestCase):
 
         class Refusing:
             def listen(self, factory: Any) -> Any:
-                return fail(CannotListenError("", 443, in_use(443)))
+                return fail(CannotListenError("", 443, in_use()))
 
         factory = ContactTunnelFactory(ApplicationMux(), MemoryReactorClock(), Limits())
         service = ContactListenService(Refusing(), factory, MemoryReactorClock(), description="tcp:443")
