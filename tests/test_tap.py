@@ -134,6 +134,24 @@ class SipListenersTests(SynchronousTestCase):
         listeners.stopService()
         self.assertEqual(reactor.stopped, [("udp", 5070)])
 
+    def test_tls_in_use(self) -> None:
+        """
+        SIP over TLS listens on port + 1; that port in use names C{tls} and
+        it.
+        """
+        from spwm.testing.certs import self_signed
+        from spwm.tunnel.service import server_tls_options
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        files = self_signed(directory, ["agent.example.test"])
+        reactor = BusyReactor({("tcp", 5061)})
+        listeners = SipListeners(
+            reactor, FakeRunner(), [("192.0.2.10", 5060)], server_tls_options(files.cert, files.key)
+        )
+        error = self.assertRaises(ListenError, listeners.startService)
+        self.assertEqual(str(error), "--sip-listen tls 192.0.2.10:5061: address already in use")
+
     def test_ipv6_in_brackets_in_the_log(self) -> None:
         """
         The line that says where SIP listens brackets an IPv6 address.
