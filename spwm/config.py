@@ -68,6 +68,8 @@ def positive_float(value: Any) -> float:
     """
     A number greater than zero.
     """
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -81,6 +83,8 @@ def non_negative_float(value: Any) -> float:
     """
     A number, zero or more.
     """
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -206,6 +210,8 @@ def port_range(value: Any) -> tuple[int, int]:
     lo, hi = parse_port(low), parse_port(high)
     if hi - lo < 1:
         raise ValueError(f"range {text!r} holds fewer than two ports")
+    if lo + (lo & 1) + 1 > hi:
+        raise ValueError(f"range {text!r} holds no port pair (an even port and the next)")
     return lo, hi
 
 
@@ -301,6 +307,33 @@ class SpwmOptions(usage.Options):
         namespace["synopsis"] = f"[{name} options]"
         return type(name.title().replace("-", "") + "Options", (cls,), namespace)
 
+    def opt_version(self) -> None:
+        """
+        Print the version of SPWM and exit.
+        """
+        import platform
+
+        import twisted
+        import spwm
+
+        print(
+            f"{self.synopsis_name} {spwm.__version__} "
+            f"(Twisted {twisted.__version__}, Python {platform.python_version()})"
+        )
+        sys.exit(0)
+
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        The help text, with each default as it would be written on the
+        command line (C{40000-40999}, C{5}), and none for options without one.
+        """
+        saved = self.defaults
+        self.defaults = {key: show_default(value) for key, value in saved.items()}
+        try:
+            return super().getUsage(width)
+        finally:
+            self.defaults = saved
+
     @staticmethod
     def _repeat_handler(option: Option) -> Callable[[SpwmOptions, str], None]:
         def handler(self: SpwmOptions, value: str) -> None:
@@ -331,7 +364,10 @@ class SpwmOptions(usage.Options):
                 self.load_file(path)
             super().parseOptions(options)
         except usage.UsageError as e:
-            raise ConfigExit(f"{self.synopsis_name}: invalid configuration: {e}") from None
+            # usage.Options wraps our coercions' errors in this prefix; the
+            # rest already names the option.
+            text = str(e).replace("Parameter type enforcement failed: ", "")
+            raise ConfigExit(f"{self.synopsis_name}: invalid configuration: {text}") from None
 
     def load_file(self, path: str) -> None:
         """
@@ -353,7 +389,7 @@ class SpwmOptions(usage.Options):
                 if option is None:
                     raise ConfigError(key, "unknown option")
                 if option.flag:
-                    self[key] = 1 if boolean(value) else 0
+                    self[key] = 1 if _coerce(Option(key, False, boolean, ""), value) else 0
                 elif option.repeat:
                     if not isinstance(value, list):
                         value = [value]
@@ -378,13 +414,34 @@ class SpwmOptions(usage.Options):
         """
 
 
+def show_default(value: Any) -> str | None:
+    """
+    A default value as a user would type it: C{(40000, 40999)} as
+    C{40000-40999}, C{5.0} as C{5}; C{None}, empty and C{False} as nothing.
+    """
+    if value is None or value is False or value == () or value == [] or value == "":
+        return None
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return f"{value[0]}-{value[1]}"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
+
+
 def _coerce(option: Option, value: Any) -> Any:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and option.coerce is not boolean:
         value = str(value) if option.coerce in (host_port_string, port_range) else value
     try:
         return option.coerce(value)
-    except ValueError as e:
-        raise ConfigError(option.name, str(e)) from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(option.name, _type_problem(value) if isinstance(e, TypeError) else str(e)) from None
+
+
+def _type_problem(value: Any) -> str:
+    kind = {bool: "a boolean", list: "a list", dict: "a table", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__
+    )
+    return f"must not be {kind} ({value!r})"
 
 
 def _find_config(argv: list[str]) -> str | None:

@@ -14,10 +14,13 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from spwm.addr import hostport
+from spwm.errors import ListenError
 from spwm.tunnel.frames import ChannelKind, ErrorCode
 from spwm.tunnel.connection import TunnelNotOpenError
 from spwm.tunnel.protocol import ChannelLimitError, TunnelProtocol
@@ -101,14 +104,22 @@ class AgentForwarder:
     def start(self) -> None:
         """
         Bind every local forward port.
+
+        @raise ListenError: one cannot be bound (those bound before it stay
+            in C{ports}, for L{stop}).
         """
         for local_host, local_port, host, port in self._forwards:
-            proto = _LocalPort(self, f"{host}:{port}")
-            self.ports.append(self._reactor.listenUDP(local_port, proto, interface=local_host))
+            proto = _LocalPort(self, hostport(host, port))
+            try:
+                self.ports.append(self._reactor.listenUDP(local_port, proto, interface=local_host))
+            except CannotListenError as e:
+                raise ListenError.from_exception(
+                    "forward-udp", f"{hostport(local_host, local_port)}={proto.target}", e
+                ) from None
             self._locals.append(proto)
             self.log.info(
                 "forwarding UDP {local} through the tunnel to {target}",
-                local=f"{local_host}:{local_port}",
+                local=hostport(local_host, local_port),
                 target=proto.target,
             )
 
@@ -147,7 +158,7 @@ class AgentForwarder:
                 "UDP forward to {target}: no channel for sender {sender}: {reason}"
                 " ({count} datagrams dropped so far)",
                 target=local.target,
-                sender=f"{sender[0]}:{sender[1]}",
+                sender=hostport(sender[0], sender[1]),
                 reason=reason,
                 count=count,
             )
@@ -232,7 +243,7 @@ class ContactForwarder:
     ) -> None:
         self._reactor = reactor
         self.clock: IReactorTime = reactor
-        self.allowed = {f"[{h}]:{p}" if ":" in h else f"{h}:{p}": (h, p) for h, p in allowed}
+        self.allowed = {hostport(h, p): (h, p) for h, p in allowed}
         self.idle_timeout = idle_timeout
         self.receive_buffer = receive_buffer
         self.refused = 0

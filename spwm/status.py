@@ -25,6 +25,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 import spwm
+from spwm.addr import peer
+from spwm.errors import ListenError
 
 #: A section of the document: metric name -> number, or -> {label: number}.
 Section = dict[str, Any]
@@ -167,30 +169,45 @@ class StatusHTTPService(Service):
 
     log = Logger()
 
-    def __init__(self, endpoint: Any, status: Status) -> None:
+    def __init__(self, endpoint: Any, status: Status, description: str = "") -> None:
+        """
+        @param description: the C{--status-listen} text, for the line that
+            says it cannot be bound.
+        """
         self.endpoint = endpoint
+        self.description = description
         self.site = _QuietSite(StatusResource(status))
         self.port: Any = None
         self.listening: Deferred[Any] = Deferred()
 
     def startService(self) -> None:
+        """
+        Bind the status page.
+
+        @raise ListenError: the endpoint refused at once (an address in use,
+            or not ours): the process stops at start, as for C{--listen}.
+        """
         super().startService()
         failed: list[Failure] = []
+        starting = True
 
         def bound(port: Any) -> None:
             self.port = port
+            self.log.info("status page on {address}", address=self.description or peer(port.getHost()))
             self.listening.callback(port)
 
         def refused(failure: Failure) -> None:
             failed.append(failure)
-            self.log.failure("status page: cannot listen", failure)
+            if not starting:
+                error = ListenError.from_exception("status-listen", self.description or "?", failure.value)
+                self.log.error("status page not served: {error}", error=str(error))
             self.listening.errback(failure)
 
         self.endpoint.listen(self.site).addCallbacks(bound, refused)
+        starting = False
         self.listening.addErrback(lambda f: None)
         if failed:
-            # A port in use stops the process at start, as for --listen.
-            failed[0].raiseException()
+            raise ListenError.from_exception("status-listen", self.description or "?", failed[0].value)
 
     def stopService(self) -> Any:
         super().stopService()

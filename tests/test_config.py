@@ -40,11 +40,16 @@ class ParseTests(SynchronousTestCase):
 
     def test_port_range(self) -> None:
         """
-        Ranges are LOW-HIGH with at least two ports.
+        Ranges are LOW-HIGH with at least one pair of an even port and the
+        next.
         """
         self.assertEqual(port_range("20000-20099"), (20000, 20099))
+        self.assertEqual(port_range("20001-20003"), (20001, 20003))
         self.assertRaises(ValueError, port_range, "20000")
         self.assertRaises(ValueError, port_range, "5-5")
+        with self.assertRaises(ValueError) as cm:
+            port_range("40001-40002")
+        self.assertEqual(str(cm.exception), "range '40001-40002' holds no port pair (an even port and the next)")
 
 
 class OptionsTests(SynchronousTestCase):
@@ -107,6 +112,55 @@ class OptionsTests(SynchronousTestCase):
         self.assertRefused(agent.Options(), ["--config", self.write("bogus = 1\n")], "bogus", "unknown option")
         self.assertRefused(agent.Options(), ["--config", self.write("contact = \n")], "not valid TOML")
         self.assertRefused(agent.Options(), ["--config", "/nonexistent/spwm.toml"], "cannot read")
+
+    def test_wrong_toml_types(self) -> None:
+        """
+        A TOML value of the wrong type (a flag given C{"yes"} or C{1}, a
+        list for a number, a number for an address) is refused with one line
+        naming the file, the key and the value, never a traceback.
+        """
+        cases = [
+            ('plaintext = "yes"\n', "plaintext: must be true or false, not 'yes'"),
+            ("plaintext = 1\n", "plaintext: must be true or false, not 1"),
+            ("reconnect-max = [1]\n", "reconnect-max: must be a number, not [1]"),
+            ("reconnect-max = true\n", "reconnect-max: must be a number, not True"),
+            ("contact = 5\n", "contact: '5' needs a port (HOST:PORT)"),
+            ("sip-listen = {a = 1}\n", "sip-listen: must be a non-empty string"),
+        ]
+        for text, words in cases:
+            path = self.write(text)
+            self.assertRefused(agent.Options(), ["--config", path], f"spwm-agent: invalid configuration: {path}: {words}")
+
+    def test_missing_files(self) -> None:
+        """
+        A file option naming no readable file is refused with one line
+        naming the option and the path, without usage's own prefix.
+        """
+        with self.assertRaises(ConfigExit) as cm:
+            agent.Options().parseOptions(["--ca", "/nonexistent/ca.pem"])
+        self.assertEqual(
+            cm.exception.code,
+            "spwm-agent: invalid configuration: --ca: cannot read '/nonexistent/ca.pem': No such file or directory",
+        )
+        self.assertRefused(
+            contact.Options(), ["--cert", "/nonexistent/c.pem", "--key", "/nonexistent/c.key"], "--cert: cannot read"
+        )
+
+    def test_bad_listen_endpoint(self) -> None:
+        """
+        A C{--listen} that is no endpoint description stops the assembly
+        with one line naming the option.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        options = contact.Options()
+        options.parseOptions(["--plaintext", "--listen", "bogus:1"])
+        with self.assertRaises(SystemExit) as cm:
+            contact.makeService(options, MemoryReactorClock())
+        self.assertEqual(
+            cm.exception.code,
+            "spwm-contact: invalid configuration: listen: 'bogus:1': Unknown endpoint type: 'bogus'",
+        )
 
     def test_bad_command_line(self) -> None:
         """
@@ -227,3 +281,35 @@ class DeployExamplesTests(SynchronousTestCase):
             with open(os.path.join(self.deploy, f"spwm-{half}.service")) as f:
                 unit = f.read()
             self.assertIn(f"twistd -n --pidfile= spwm-{half} --config /etc/spwm/{half}.toml", unit)
+            # A start-up error exits 1: the unit starts it again, spaced
+            # out so that systemd's start limit does not end the retries.
+            self.assertRegex(unit, r"(?m)^Restart=(on-failure|always)$")
+            self.assertIn("\nRestartSec=5\n", unit)
+
+
+class ReadmeTests(SynchronousTestCase):
+    """
+    The README's by-hand commands parse as written.
+    """
+
+    def test_by_hand_commands(self) -> None:
+        """
+        Each C{twistd} line of the README names a pid file (two twistd
+        processes in one directory would share C{twistd.pid}) and its
+        options parse; the contact point allows media to loopback, where
+        the phones of a one-machine test are.
+        """
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(here, "README.md")) as f:
+            text = f.read().replace("\\\n", " ")
+        commands = [line.split() for line in text.splitlines() if line.startswith("twistd ")]
+        self.assertEqual(sorted(c[3] for c in commands), ["spwm-agent", "spwm-contact"])
+        for command in commands:
+            self.assertEqual(command[:3], ["twistd", "-n", "--pidfile="])
+            options = {"spwm-agent": agent, "spwm-contact": contact}[command[3]].Options()
+            options.parseOptions(command[4:])
+            if command[3] == "spwm-contact":
+                self.assertEqual(options["media-allow"], ["127.0.0.0/8"])
+                self.assertEqual(options["allow-forward"], [("127.0.0.1", 7000)])
+            else:
+                self.assertEqual(options["forward-udp"], [("127.0.0.1", 6000, "127.0.0.1", 7000)])

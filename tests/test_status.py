@@ -5,6 +5,7 @@ and the media manager's counters behind it.
 
 from __future__ import annotations
 
+import errno
 import json
 
 from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -16,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 import spwm
+from spwm.errors import ListenError
 from spwm.status import Status, StatusHTTPService, StatusLogService, StatusResource, prometheus_text, summary
 from spwm.tap import contact
 from tests.test_media_manager import (
@@ -188,13 +190,16 @@ class ConfigurationTests(SynchronousTestCase):
 
     def test_port_in_use(self) -> None:
         """
-        A status port that cannot be bound fails the service's start.
+        A status port that cannot be bound fails the service's start with
+        L{ListenError} naming the option, the address and the problem.
         """
         class Refusing(MemoryReactor):
             def listenTCP(self, port, factory, backlog=50, interface=""):
-                raise CannotListenError(interface, port, OSError("in use"))
+                raise CannotListenError(interface, port, OSError(errno.EADDRINUSE, "Address already in use"))
 
         _, status, _ = _status()
-        service = StatusHTTPService(TCP4ServerEndpoint(Refusing(), 9090, interface="127.0.0.1"), status)
-        self.assertRaises(CannotListenError, service.startService)
-        self.flushLoggedErrors(CannotListenError)
+        endpoint = TCP4ServerEndpoint(Refusing(), 9090, interface="127.0.0.1")
+        service = StatusHTTPService(endpoint, status, description="tcp:9090:interface=127.0.0.1")
+        error = self.assertRaises(ListenError, service.startService)
+        self.assertEqual(str(error), "--status-listen tcp:9090:interface=127.0.0.1: address already in use")
+        self.assertEqual(self.flushLoggedErrors(), [])

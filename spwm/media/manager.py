@@ -21,6 +21,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from spwm.addr import hostport
 from spwm.media.ports import PortAllocator, PortsExhaustedError
 from spwm.media.reader import TwistedRelaySockets
 from spwm.media.relay import (
@@ -1156,10 +1157,9 @@ class MediaManager:
             stream.base_port = None
         if media.address is None or not endpoint.connect(media.address, media.port):
             self.log.warn(
-                "TCP media of dialog {dialog}: refusing to connect to {host}:{port}: {reason}",
+                "TCP media of dialog {dialog}: refusing to connect to {address}: {reason}",
                 dialog=stream.dialog,
-                host=media.address,
-                port=media.port,
+                address=hostport(media.address or "?", media.port),
                 reason=(media.address and self.policy.refusal(media.address)) or "no usable address",
             )
             self.rejected_streams += 1

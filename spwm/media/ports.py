@@ -6,6 +6,10 @@ out and taken back.
 
 from __future__ import annotations
 
+import errno
+import socket
+from typing import Callable
+
 from spwm.errors import SpwmError
 
 
@@ -76,3 +80,42 @@ class PortAllocator:
         Releasing a pair that is not in use does nothing.
         """
         self._used.discard(port)
+
+
+def _bind_udp(address: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.bind((address, port))
+
+
+def check_range(
+    address: str, low: int, high: int, bind: Callable[[str, int], None] = _bind_udp
+) -> int:
+    """
+    Check at start that the media port range can be used on C{address}:
+    find the first pair C{(p, p + 1)} whose two UDP ports can be bound now
+    (and close them again).
+
+    A pair in use by another program is skipped; any other error (the
+    address is not one of this host, permission denied) is the answer at
+    once, since the next pair would meet it too.
+
+    @param bind: binds and closes one UDP socket, raising L{OSError}
+        (for tests).
+    @return: the even port of the first pair that could be bound.
+    @raise OSError: no pair can be bound; the error of the last attempt.
+    """
+    PortAllocator(low, high)  # the same checks of the range
+    last: OSError | None = None
+    for port in range(low + (low & 1), high, 2):
+        try:
+            bind(address, port)
+            bind(address, port + 1)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            last = e
+            continue
+        return port
+    assert last is not None
+    raise last

@@ -32,6 +32,8 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from spwm.addr import hostport
+from spwm.addr import peer as peer_text
 from spwm.sip.errors import SipParseError
 from spwm.sip.flows import Flow
 from spwm.sip.framing import KeepAlive, SipStreamFramer
@@ -45,14 +47,6 @@ from spwm.sip.proxy import (
     ToNetwork,
     ToTunnel,
 )
-
-
-def peer_text(addr: tuple[str, int]) -> str:
-    """
-    @return: C{host:port} for a log line, an IPv6 host in brackets.
-    """
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class SipTrace:
@@ -483,7 +477,7 @@ class AgentSipRunner(_Runner):
             proto = self._udp.get(flow.local)
             if proto is None or proto.transport is None:
                 self.log.warn(
-                    "no UDP socket on {local} for the flow", local=str(flow.local)
+                    "no UDP socket on {local} for the flow", local=hostport(flow.local[0], flow.local[1])
                 )
                 return
             proto.transport.write(action.data, flow.remote)

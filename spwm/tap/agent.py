@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 
 from spwm.config import (
     ConfigError,
@@ -35,7 +35,16 @@ from spwm.sip.transport import AgentSipRunner, SipTrace
 from spwm.tap.parts import AgentTunnelHandle, Hook, MediaHookAdapter, SipListeners, flow_source
 from spwm.forward import USE as FORWARD_USE, AgentForwarder
 from spwm.status import Status
-from spwm.tap.common import STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, add_status, limits_from
+from spwm.tap.common import (
+    STATUS_OPTIONS,
+    TUNNEL_LIMIT_OPTIONS,
+    MediaRangeCheck,
+    StartupService,
+    add_status,
+    limits_from,
+    load_certificates,
+    load_tls,
+)
 from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux
 from spwm.tunnel.service import AgentTunnelService, agent_endpoint, backoff, client_certificate
 
@@ -50,7 +59,7 @@ OPTIONS = (
     Option("agent-id", None, optional_string, "This agent's identity (default: the host name)."),
     Option("forward-udp", (), udp_forward, "Forward UDP: [ADDR:]LOCAL_PORT=HOST:PORT (ADDR defaults to 127.0.0.1).", repeat=True),
     Option("max-forward-senders", 256, positive_int, "Senders (source addresses) one UDP forward gives a tunnel channel each; datagrams from more are dropped and counted."),
-    Option("reconnect-max", 60.0, float, "Longest wait between reconnection attempts, in seconds."),
+    Option("reconnect-max", 60.0, positive_float, "Longest wait between reconnection attempts, in seconds."),
     Option("sip-listen", (), ip_literal_port, "Listen for SIP applications on IP:PORT, UDP and TCP (default 127.0.0.1:5060).", repeat=True),
     Option("sip-tls-cert", None, readable_file, "PEM certificate for SIP over TLS towards applications (port + 1)."),
     Option("sip-tls-key", None, readable_file, "PEM key for SIP over TLS towards applications."),
@@ -113,7 +122,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     """
     if reactor is None:
         from twisted.internet import reactor
-    top = MultiService()
+    top = StartupService("agent")
     host, port = host_port(options["contact"])
     limits = limits_from(options)
     agent_id = options["agent-id"] or socket.gethostname()
@@ -129,10 +138,11 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     mux.parts[FORWARD_USE] = forwarder
 
     sip_addresses = options.sip_addresses() if hasattr(options, "sip_addresses") else [("127.0.0.1", 5060)]
+    media_address = options["media-address"] or sip_addresses[0][0]
     media = MediaManager(
         reactor,
         "agent",
-        options["media-address"] or sip_addresses[0][0],
+        media_address,
         options["media-ports"],
         inactivity_timeout=options["media-timeout"],
         receive_buffer=options["media-buffer"],
@@ -160,10 +170,12 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     if options["sip-tls-cert"]:
         from spwm.tunnel.service import server_tls_options
 
-        sip_tls = server_tls_options(options["sip-tls-cert"], options["sip-tls-key"])
+        sip_tls = load_tls("agent", "sip-tls-cert", server_tls_options, options["sip-tls-cert"], options["sip-tls-key"])
     factory = AgentTunnelFactory(
         mux, reactor, agent_id, limits, hello=resumption.hello, user_ciphering=bool(options["user-ciphering"])
     )
+    if options["ca"]:
+        load_certificates("agent", "ca", options["ca"])
     endpoint, tls = agent_endpoint(
         reactor,
         host,
@@ -172,7 +184,11 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         server_name=options["server-name"],
         ca_file=options["ca"],
         http_proxy=host_port(options["http-proxy"]) if options["http-proxy"] else None,
-        client_cert=client_certificate(options["client-cert"], options["client-key"]) if options["client-cert"] else None,
+        client_cert=(
+            load_tls("agent", "client-cert", client_certificate, options["client-cert"], options["client-key"])
+            if options["client-cert"]
+            else None
+        ),
     )
     tunnel = AgentTunnelService(
         endpoint,
@@ -182,6 +198,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         tls=tls,
         policy=backoff(cap=options["reconnect-max"]),
     )
+    MediaRangeCheck(media_address, options["media-ports"]).setServiceParent(top)
     tunnel.setServiceParent(top)
     Hook(forwarder.start, forwarder.stop).setServiceParent(top)
     SipListeners(

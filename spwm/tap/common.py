@@ -5,12 +5,18 @@ Options shared by both services.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 
 from spwm.config import Option, non_negative_float, optional_string, positive_float, positive_int
+from spwm.addr import hostport
+from spwm.errors import ListenError
+from spwm.media.ports import check_range
 from spwm.limits import Limits
 from spwm.status import Status, StatusHTTPService, StatusLogService
 
@@ -38,6 +44,135 @@ STATUS_OPTIONS = (
 )
 
 
+class StartupExit(SystemExit, Exception):
+    """
+    A listener could not be bound at start: the process exits with status 1
+    and this one line (on standard error, or in the log when twistd has
+    redirected standard error there).
+
+    It is a L{SystemExit}, so that Python prints the line and no traceback;
+    and an L{Exception}, so that twistd, which catches only those around
+    C{startService}, removes its PID file and, when it daemonizes, tells the
+    waiting parent (which otherwise waits for ever) instead of leaving it
+    hanging.
+    """
+
+
+class StartupService(MultiService):
+    """
+    The top service of one half.  Its children bind their listeners
+    synchronously in C{startService}; if one cannot, the children already
+    started are stopped again and L{StartupExit} ends the process before the
+    reactor runs, so no half-started process is left.
+
+    @ivar side: C{"agent"} or C{"contact"}, for the line.
+    """
+
+    log = Logger()
+
+    def __init__(self, side: str) -> None:
+        super().__init__()
+        self.side = side
+
+    def startService(self) -> None:
+        """
+        Start every child.
+
+        @raise StartupExit: a child raised L{ListenError}.
+        """
+        try:
+            super().startService()
+        except ListenError as e:
+            for child in reversed(list(self)):
+                if child.running:
+                    maybeDeferred(child.stopService).addErrback(
+                        lambda f: self.log.failure("stopping after a failed start", f)
+                    )
+            self.running = 0
+            raise StartupExit(f"spwm-{self.side}: {e}") from None
+
+
+class MediaRangeCheck(Service):
+    """
+    At start, checks that at least one pair of the media port range can be
+    bound on the media address (the relay sockets themselves are bound per
+    call).
+
+    @ivar bind: binds and closes one UDP socket (for tests).
+    """
+
+    log = Logger()
+
+    def __init__(self, address: str, ports: tuple[int, int], bind: Any = None) -> None:
+        self.address = address
+        self.ports = ports
+        self.bind = bind
+
+    def startService(self) -> None:
+        """
+        @raise ListenError: no pair of the range can be bound.
+        """
+        super().startService()
+        low, high = self.ports
+        where = f"{low}-{high} on {hostport(self.address)}"
+        try:
+            if self.bind is None:
+                check_range(self.address, low, high)
+            else:
+                check_range(self.address, low, high, self.bind)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ListenError("media-ports", where, "every port pair is in use") from None
+            raise ListenError.from_exception("media-ports", where, e) from None
+        self.log.info("media ports {where}", where=where)
+
+
+def load_tls(side: str, key: str, load: Any, *args: Any) -> Any:
+    """
+    C{load(*args)}, which reads certificates or keys named by option
+    C{key}, with one line and a non-zero exit if they do not load.
+    """
+    from OpenSSL import SSL, crypto
+    from twisted.internet.error import VerifyError
+
+    try:
+        return load(*args)
+    except VerifyError:
+        problem = "the key does not belong to the certificate"
+    except (crypto.Error, SSL.Error):
+        problem = "not a PEM certificate and key"
+    except (OSError, ValueError) as e:
+        problem = getattr(e, "strerror", None) or str(e)
+    raise SystemExit(f"spwm-{side}: invalid configuration: {key}: cannot load certificate/key: {problem}")
+
+
+def load_certificates(side: str, key: str, path: str) -> list[Any]:
+    """
+    The certificates of the PEM file C{path} (option C{key}), with one line
+    and a non-zero exit if there are none or one does not load.
+    """
+    from spwm.tunnel.service import load_pem_certificates
+
+    try:
+        certificates = load_pem_certificates(path)
+    except Exception:
+        certificates = []
+    if not certificates:
+        raise SystemExit(f"spwm-{side}: invalid configuration: {key}: no PEM certificate in {path!r}")
+    return certificates
+
+
+def server_endpoint(reactor: Any, side: str, key: str, description: str) -> Any:
+    """
+    C{serverFromString} for option C{key}, with one line and a non-zero exit
+    for a description Twisted does not understand.
+    """
+    try:
+        return serverFromString(reactor, description)
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"spwm-{side}: invalid configuration: {key}: {description!r}: {e}") from None
+
+
 def add_status(top: MultiService, status: Status, options: dict, reactor: Any) -> StatusHTTPService | None:
     """
     Serve C{status} on C{--status-listen} and log it every
@@ -47,11 +182,8 @@ def add_status(top: MultiService, status: Status, options: dict, reactor: Any) -
     """
     service = None
     if options["status-listen"]:
-        try:
-            endpoint = serverFromString(reactor, options["status-listen"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise SystemExit(f"spwm-{status.side}: invalid configuration: status-listen: {e}") from None
-        service = StatusHTTPService(endpoint, status)
+        endpoint = server_endpoint(reactor, status.side, "status-listen", options["status-listen"])
+        service = StatusHTTPService(endpoint, status, description=options["status-listen"])
         service.setServiceParent(top)
     if options["status-interval"] > 0:
         logger = StatusLogService(status, options["status-interval"], reactor)

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import serverFromString
+from twisted.application.service import IService
 
 import os
 
@@ -41,7 +40,17 @@ from spwm.tap.parts import Hook, MediaHookAdapter, SipListeners, SipOnly, resolv
 from spwm.forward import USE as FORWARD_USE, ContactForwarder
 from spwm.state import ContactState
 from spwm.status import Status
-from spwm.tap.common import STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, add_status, limits_from
+from spwm.tap.common import (
+    STATUS_OPTIONS,
+    TUNNEL_LIMIT_OPTIONS,
+    MediaRangeCheck,
+    StartupService,
+    add_status,
+    limits_from,
+    load_certificates,
+    load_tls,
+    server_endpoint,
+)
 from spwm.tunnel.protocol import ApplicationMux, ContactTunnelFactory
 from spwm.tunnel.service import ContactListenService, server_tls_factory
 
@@ -100,6 +109,18 @@ def sip_address(value: object) -> tuple[str, int]:
     return host, port
 
 
+def check_state_directory(path: str) -> None:
+    """
+    The state file is written at stop: refuse at start a directory it could
+    not be written to, rather than lose the state then.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise SystemExit(f"spwm-contact: invalid configuration: state-file: no directory {directory!r}")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise SystemExit(f"spwm-contact: invalid configuration: state-file: cannot write in {directory!r}")
+
+
 class Options(SpwmOptions.build("spwm-contact", OPTIONS)):
     """
     Options of C{twistd spwm-contact}.
@@ -122,7 +143,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     """
     if reactor is None:
         from twisted.internet import reactor
-    top = MultiService()
+    top = StartupService("contact")
     limits = limits_from(options)
     mux = ApplicationMux()
     forwarder = ContactForwarder(reactor, list(options["allow-forward"]), receive_buffer=options["udp-buffer"])
@@ -136,10 +157,11 @@ def makeService(options: dict, reactor: Any = None) -> IService:
             operator = OperatorProxy(resolve_ip(operator.host), operator.port, operator.transport)
         except OSError as e:
             raise SystemExit(f"spwm-contact: invalid configuration: sip-proxy: cannot resolve {operator.host}: {e}") from None
+    media_address = options["media-address"] or sip_host
     media = MediaManager(
         reactor,
         "contact",
-        options["media-address"] or sip_host,
+        media_address,
         options["media-ports"],
         allow=list(options["media-allow"]),
         inactivity_timeout=options["media-timeout"],
@@ -147,6 +169,8 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         router=mux,
         sockets=relay_sockets_for(reactor),
     )
+    if options["state-file"]:
+        check_state_directory(options["state-file"])
     state = ContactState(options["state-file"], reactor) if options["state-file"] else None
     saved = state.load() if state is not None else None
     secret = (state.secret(saved) if state is not None else None) or os.urandom(32)
@@ -196,18 +220,20 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     )
     tls_factory = None
     if not options["plaintext"]:
-        try:
-            tls_factory = server_tls_factory(options["cert"], options["key"], factory, client_ca=options["client-ca"])
-        except Exception as e:
-            raise SystemExit(f"spwm-contact: invalid configuration: cert: cannot load certificate/key: {e}") from None
+        if options["client-ca"]:
+            load_certificates("contact", "client-ca", options["client-ca"])
+        tls_factory = load_tls(
+            "contact", "cert", server_tls_factory, options["cert"], options["key"], factory, None, options["client-ca"]
+        )
     listener = ContactListenService(
-        serverFromString(reactor, options["listen"]),
+        server_endpoint(reactor, "contact", "listen", options["listen"]),
         factory,
         reactor,
         tls_factory=tls_factory,
         drain=options["drain-time"],
         description=options["listen"],
     )
+    MediaRangeCheck(media_address, options["media-ports"]).setServiceParent(top)
     listener.setServiceParent(top)
     SipListeners(
         reactor,
@@ -215,6 +241,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         [(sip_host, sip_port)],
         receive_buffer=options["udp-buffer"],
         max_size=min(options["max-sip-size"], 65535),
+        option="sip-address",
     ).setServiceParent(top)
     Hook(lambda: None, resumption.stop).setServiceParent(top)
     status = Status("contact", reactor)

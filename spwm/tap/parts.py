@@ -10,8 +10,11 @@ import socket
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from spwm.addr import hostport
+from spwm.errors import ListenError
 from spwm.forward import set_receive_buffer
 from spwm.sdp import SdpError
 from spwm.sip.transport import SipStreamFactory, SipUdpProtocol
@@ -51,8 +54,14 @@ class SipListeners(Service):
         tls: Any = None,
         receive_buffer: int = 4 * 1024 * 1024,
         max_size: int = 65535,
+        option: str = "sip-listen",
     ) -> None:
+        """
+        @param option: the option that names C{addresses}, for the line that
+            says one cannot be bound.
+        """
         self._reactor = reactor
+        self._option = option
         self._runner = runner
         self._addresses = addresses
         self._tls = tls
@@ -61,23 +70,38 @@ class SipListeners(Service):
         self.ports: list[Any] = []
 
     def startService(self) -> None:
+        """
+        Bind every address.
+
+        @raise ListenError: one cannot be bound (the ports bound before it
+            stay in L{ports}, for L{stopService}).
+        """
         super().startService()
         for host, port in self._addresses:
-            udp = self._reactor.listenUDP(port, SipUdpProtocol(self._runner, (host, port)), interface=host)
+            udp = self._listen("udp", host, port, lambda: self._reactor.listenUDP(
+                port, SipUdpProtocol(self._runner, (host, port)), interface=host
+            ))
             # A burst of SIP (a registration storm) waits in the kernel
             # rather than being dropped there.
             set_receive_buffer(udp, self._receive_buffer)
-            self.ports.append(udp)
             factory = SipStreamFactory(self._runner, "tcp", self._max_size)
-            self.ports.append(self._reactor.listenTCP(port, factory, interface=host))
-            self.log.info("SIP on udp and tcp {host}:{port}", host=host, port=port)
+            self._listen("tcp", host, port, lambda: self._reactor.listenTCP(port, factory, interface=host))
+            self.log.info("SIP on udp and tcp {address}", address=hostport(host, port))
             if self._tls is not None:
                 from twisted.protocols.tls import TLSMemoryBIOFactory
 
                 tls_port = port + 1
                 wrapped = TLSMemoryBIOFactory(self._tls, False, SipStreamFactory(self._runner, "tls", self._max_size))
-                self.ports.append(self._reactor.listenTCP(tls_port, wrapped, interface=host))
-                self.log.info("SIP on tls {host}:{port}", host=host, port=tls_port)
+                self._listen("tls", host, tls_port, lambda: self._reactor.listenTCP(tls_port, wrapped, interface=host))
+                self.log.info("SIP on tls {address}", address=hostport(host, tls_port))
+
+    def _listen(self, transport: str, host: str, port: int, listen: Any) -> Any:
+        try:
+            bound = listen()
+        except CannotListenError as e:
+            raise ListenError.from_exception(self._option, f"{transport} {hostport(host, port)}", e) from None
+        self.ports.append(bound)
+        return bound
 
     def stopService(self) -> Any:
         super().stopService()

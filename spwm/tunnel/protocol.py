@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from spwm.addr import peer as peer_text
 from spwm.limits import Limits
 from spwm.tunnel import events as ev
 from spwm.tunnel.connection import ChannelLimitError, Role, State, TunnelConnection
@@ -368,8 +369,7 @@ class TunnelProtocol(Protocol):
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
-        host = getattr(peer, "host", None)
-        self.peer = f"{host}:{peer.port}" if host is not None else str(peer)
+        self.peer = peer_text(peer)
         self._write = self.transport.write
         if self._registry is not None:
             self._registry.add(self)

@@ -32,6 +32,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from spwm.errors import ListenError
 from spwm.tunnel.frames import ALPN
 from spwm.tunnel.protocol import AdmissionFactory, AgentTunnelFactory, ContactTunnelFactory, TunnelProtocol
 
@@ -522,8 +523,16 @@ class ContactListenService(Service):
         self.listening: Deferred[Any] | None = None
 
     def startService(self) -> None:
+        """
+        Listen for tunnels.
+
+        @raise ListenError: the endpoint refused at once (an address in use,
+            or not ours): the process stops at start.
+        """
         super().startService()
         self.listening = self._endpoint.listen(self._listen_factory)
+        refused: list[Failure] = []
+        starting = True
 
         def listening(port: Any) -> Any:
             self._port = port
@@ -531,12 +540,18 @@ class ContactListenService(Service):
             return port
 
         def failed(f: Failure) -> None:
+            if starting:
+                refused.append(f)
+                return
             self.log.failure("cannot listen on {address}", f, address=self.description)
             # A contact point that cannot take tunnels is of no use: stop.
             if getattr(self._clock, "running", False):
                 self._clock.stop()
 
         self.listening.addCallbacks(listening, failed)
+        starting = False
+        if refused:
+            raise ListenError.from_exception("listen", self.description or "?", refused[0].value)
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()

@@ -1,0 +1,469 @@
+"""
+Tests for L{spwm.tap}: how both halves start, and how they refuse to start
+when a listener cannot be bound.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import sys
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.address import IPv6Address
+from twisted.internet.defer import fail
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.addr import hostport, peer
+from spwm.errors import ListenError
+from spwm.forward import AgentForwarder
+from spwm.limits import Limits
+from spwm.media.ports import check_range
+from spwm.tap import agent, contact
+from spwm.tap.common import MediaRangeCheck, StartupExit, StartupService
+from spwm.tap.parts import SipListeners
+from spwm.tunnel.protocol import ApplicationMux, ContactTunnelFactory
+from spwm.tunnel.service import ContactListenService
+
+
+def in_use() -> OSError:
+    return OSError(errno.EADDRINUSE, "Address already in use")
+
+
+class BusyReactor(MemoryReactor):
+    """
+    A L{MemoryReactor} on which some ports are taken by another program.
+
+    @ivar busy: C{(transport, port)} pairs that refuse to be bound.
+    """
+
+    def __init__(self, busy: set[tuple[str, int]]) -> None:
+        super().__init__()
+        self.busy = busy
+        self.stopped: list[Any] = []
+
+    def _refuse(self, transport: str, port: int, interface: str) -> None:
+        if (transport, port) in self.busy:
+            raise CannotListenError(interface, port, in_use())
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
+        self._refuse("udp", port, interface)
+        return _Port(self, "udp", port)
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        self._refuse("tcp", port, interface)
+        listening = super().listenTCP(port, factory, backlog, interface)
+        listening.stopListening = lambda: self.stopped.append(("tcp", port))
+        return listening
+
+
+class _Port:
+    """
+    A bound UDP port of L{BusyReactor}: records its closing.
+    """
+
+    def __init__(self, reactor: BusyReactor, transport: str, port: int) -> None:
+        self.reactor, self.transport, self.port = reactor, transport, port
+
+    def stopListening(self) -> None:
+        self.reactor.stopped.append((self.transport, self.port))
+
+
+class FakeRunner:
+    """
+    What L{SipListeners} needs of a SIP runner.
+    """
+
+    stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class ListenErrorTests(SynchronousTestCase):
+    """
+    L{ListenError} reads as one line a person can act on.
+    """
+
+    def test_line(self) -> None:
+        """
+        The line names the option, the address and the problem, with the
+        common bind errors in plain words.
+        """
+        cases = [
+            (errno.EADDRINUSE, "address already in use"),
+            (errno.EADDRNOTAVAIL, "not an address of this host"),
+            (errno.EACCES, "permission denied (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"),
+            (errno.ENODEV, "no such device"),
+        ]
+        for code, words in cases:
+            error = CannotListenError("127.0.0.1", 443, OSError(code, "No such device"))
+            self.assertEqual(str(ListenError.from_exception("listen", "tcp:443", error)), f"--listen tcp:443: {words}")
+
+
+class SipListenersTests(SynchronousTestCase):
+    """
+    L{SipListeners} binds UDP, TCP and (with TLS) TLS on each address, and
+    names the option and the address when one cannot be bound.
+    """
+
+    def test_udp_in_use(self) -> None:
+        """
+        A UDP port in use stops the start with L{ListenError} naming
+        C{--sip-listen} (the default option) and the address.
+        """
+        reactor = BusyReactor({("udp", 5060)})
+        listeners = SipListeners(reactor, FakeRunner(), [("127.0.0.1", 5060)])
+        error = self.assertRaises(ListenError, listeners.startService)
+        self.assertEqual(str(error), "--sip-listen udp 127.0.0.1:5060: address already in use")
+
+    def test_tcp_in_use_after_udp(self) -> None:
+        """
+        When TCP fails after UDP was bound, the UDP port is kept for
+        C{stopService}, which closes it: nothing stays bound.
+        """
+        reactor = BusyReactor({("tcp", 5070)})
+        listeners = SipListeners(reactor, FakeRunner(), [("2001:db8::1", 5070)], option="sip-address")
+        error = self.assertRaises(ListenError, listeners.startService)
+        self.assertEqual(str(error), "--sip-address tcp [2001:db8::1]:5070: address already in use")
+        listeners.stopService()
+        self.assertEqual(reactor.stopped, [("udp", 5070)])
+
+    def test_tls_in_use(self) -> None:
+        """
+        SIP over TLS listens on port + 1; that port in use names C{tls} and
+        it.
+        """
+        from spwm.testing.certs import self_signed
+        from spwm.tunnel.service import server_tls_options
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        files = self_signed(directory, ["agent.example.test"])
+        reactor = BusyReactor({("tcp", 5061)})
+        listeners = SipListeners(
+            reactor, FakeRunner(), [("192.0.2.10", 5060)], server_tls_options(files.cert, files.key)
+        )
+        error = self.assertRaises(ListenError, listeners.startService)
+        self.assertEqual(str(error), "--sip-listen tls 192.0.2.10:5061: address already in use")
+
+    def test_ipv6_in_brackets_in_the_log(self) -> None:
+        """
+        The line that says where SIP listens brackets an IPv6 address.
+        """
+        reactor = BusyReactor(set())
+        listeners = SipListeners(reactor, FakeRunner(), [("2001:db8::10", 5060)])
+        with capturedLogs() as events:
+            listeners.startService()
+        lines = [e["log_format"].format(**e) for e in events if "address" in e]
+        self.assertEqual(lines, ["SIP on udp and tcp [2001:db8::10]:5060"])
+
+
+class ForwardTests(SynchronousTestCase):
+    """
+    A local forward port that cannot be bound stops the start.
+    """
+
+    def test_in_use(self) -> None:
+        """
+        L{AgentForwarder.start} raises L{ListenError} naming C{--forward-udp}
+        and the forward as written; the ports bound before stay for
+        C{stop}.
+        """
+        reactor = BusyReactor({("udp", 6001)})
+        forwarder = AgentForwarder(
+            reactor, [("127.0.0.1", 6000, "192.0.2.9", 7000), ("::1", 6001, "2001:db8::9", 7001)]
+        )
+        error = self.assertRaises(ListenError, forwarder.start)
+        self.assertEqual(str(error), "--forward-udp [::1]:6001=[2001:db8::9]:7001: address already in use")
+        forwarder.stop()
+        self.assertEqual(reactor.stopped, [("udp", 6000)])
+
+    def test_ipv6_target_in_brackets(self) -> None:
+        """
+        An IPv6 target is written in brackets in the log and in the channel
+        request, which is how the contact point's allow list spells it.
+        """
+        forwarder = AgentForwarder(BusyReactor(set()), [("::1", 6000, "2001:db8::9", 7000)])
+        with capturedLogs() as events:
+            forwarder.start()
+        self.assertEqual(
+            [e["log_format"].format(**e) for e in events if "target" in e],
+            ["forwarding UDP [::1]:6000 through the tunnel to [2001:db8::9]:7000"],
+        )
+
+
+class ContactListenTests(SynchronousTestCase):
+    """
+    The tunnel listener refuses to start on an address it cannot bind.
+    """
+
+    def test_in_use(self) -> None:
+        """
+        An endpoint that fails at once makes C{startService} raise
+        L{ListenError} naming C{--listen}, with nothing logged as a failure.
+        """
+
+        class Refusing:
+            def listen(self, factory: Any) -> Any:
+                return fail(CannotListenError("", 443, in_use()))
+
+        factory = ContactTunnelFactory(ApplicationMux(), MemoryReactorClock(), Limits())
+        service = ContactListenService(Refusing(), factory, MemoryReactorClock(), description="tcp:443")
+        with capturedLogs() as events:
+            error = self.assertRaises(ListenError, service.startService)
+        self.assertEqual(str(error), "--listen tcp:443: address already in use")
+        self.assertEqual([e for e in events if "log_failure" in e], [])
+
+
+class MediaRangeTests(SynchronousTestCase):
+    """
+    At start, at least one pair of the media port range must be bindable.
+    """
+
+    def binder(self, refuse: dict[int, int]) -> Any:
+        tried: list[int] = []
+
+        def bind(address: str, port: int) -> None:
+            tried.append(port)
+            if port in refuse:
+                raise OSError(refuse[port], "refused")
+
+        bind.tried = tried  # type: ignore[attr-defined]
+        return bind
+
+    def test_first_free_pair(self) -> None:
+        """
+        Pairs in use are skipped; the first pair whose two ports bind is the
+        answer.
+        """
+        bind = self.binder({40000: errno.EADDRINUSE, 40003: errno.EADDRINUSE})
+        self.assertEqual(check_range("127.0.0.1", 40000, 40999, bind), 40004)
+        self.assertEqual(bind.tried, [40000, 40002, 40003, 40004, 40005])
+
+    def test_all_in_use(self) -> None:
+        """
+        A range whose every pair is in use stops the start, naming
+        C{--media-ports}, the range and the address.
+        """
+        bind = self.binder({p: errno.EADDRINUSE for p in range(40000, 40004)})
+        check = MediaRangeCheck("::1", (40000, 40003), bind)
+        error = self.assertRaises(ListenError, check.startService)
+        self.assertEqual(str(error), "--media-ports 40000-40003 on [::1]: every port pair is in use")
+
+    def test_foreign_address(self) -> None:
+        """
+        An address that is not this host's is the answer at the first try:
+        the other pairs would meet it too.
+        """
+        bind = self.binder({p: errno.EADDRNOTAVAIL for p in range(40000, 41000)})
+        check = MediaRangeCheck("192.0.2.7", (40000, 40999), bind)
+        error = self.assertRaises(ListenError, check.startService)
+        self.assertEqual(str(error), "--media-ports 40000-40999 on 192.0.2.7: not an address of this host")
+        self.assertEqual(bind.tried, [40000])
+
+
+class StartupServiceTests(SynchronousTestCase):
+    """
+    The top service turns a L{ListenError} of a child into one line and an
+    exit, after stopping the children already started.
+    """
+
+    def test_exit_with_one_line(self) -> None:
+        """
+        L{StartupExit} carries C{spwm-SIDE: } and the child's line; the
+        children started before are stopped; the process would exit 1.
+        """
+
+        class Failing(Service):
+            def startService(self) -> None:
+                super().startService()
+                raise ListenError("status-listen", "tcp:9090", "address already in use")
+
+        top = StartupService("agent")
+        first = Service()
+        first.setServiceParent(top)
+        Failing().setServiceParent(top)
+        last = Service()
+        last.setServiceParent(top)
+        error = self.assertRaises(StartupExit, top.startService)
+        self.assertEqual(error.code, "spwm-agent: --status-listen tcp:9090: address already in use")
+        self.assertIsInstance(error, SystemExit)
+        self.assertFalse(first.running)
+        self.assertFalse(last.running)
+        self.assertFalse(top.running)
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    C{--version} and C{--help} of both halves.
+    """
+
+    def run_option(self, options: Any, argv: list[str]) -> tuple[int | None, str]:
+        out = io.StringIO()
+        saved, sys.stdout = sys.stdout, out
+        try:
+            with self.assertRaises(SystemExit) as cm:
+                options.parseOptions(argv)
+        finally:
+            sys.stdout = saved
+        return cm.exception.code, out.getvalue()
+
+    def test_version(self) -> None:
+        """
+        C{--version} prints SPWM's version (not Twisted's alone) and exits 0.
+        """
+        import spwm
+
+        for module, name in ((agent, "spwm-agent"), (contact, "spwm-contact")):
+            code, text = self.run_option(module.Options(), ["--version"])
+            self.assertIn(code, (0, None))
+            self.assertTrue(text.startswith(f"{name} {spwm.__version__} (Twisted "), text)
+
+    def test_help_defaults_as_typed(self) -> None:
+        """
+        C{--help} shows defaults as a user types them: a port range as
+        C{LOW-HIGH}, whole seconds without C{.0}, and no C{None} or C{()}.
+        """
+        for module, ports in ((agent, "40000-40999"), (contact, "50000-50999")):
+            text = " ".join(module.Options().getUsage(width=200).split())
+            self.assertIn(f"[default: {ports}]", text)
+            self.assertIn("[default: 15]", text)
+            self.assertIn("[default: 0.06]", text)
+            for wrong in ("None", "()", "[]", "(40000", "(50000", "[default: 0]", "[default: False]"):
+                self.assertNotIn(wrong, text)
+
+
+class AddressTests(SynchronousTestCase):
+    """
+    L{hostport} and L{peer}: IPv6 literals in brackets, as in URIs.
+    """
+
+    def test_hostport(self) -> None:
+        """
+        IPv6 literals get brackets, once; IPv4 and names do not.
+        """
+        self.assertEqual(hostport("2001:db8::10", 443), "[2001:db8::10]:443")
+        self.assertEqual(hostport("[2001:db8::10]", 443), "[2001:db8::10]:443")
+        self.assertEqual(hostport("fe80::1%eth0", 5060), "[fe80::1%eth0]:5060")
+        self.assertEqual(hostport("192.0.2.1", 5060), "192.0.2.1:5060")
+        self.assertEqual(hostport("contact.example.net", 443), "contact.example.net:443")
+        self.assertEqual(hostport("2001:db8::10"), "[2001:db8::10]")
+
+    def test_peer(self) -> None:
+        """
+        Twisted addresses and address tuples read like L{hostport}; other
+        addresses as their C{str}.
+        """
+        self.assertEqual(peer(IPv6Address("TCP", "2001:db8::10", 443)), "[2001:db8::10]:443")
+        self.assertEqual(peer(("2001:db8::10", 443, 0, 0)), "[2001:db8::10]:443")
+        self.assertEqual(peer("/run/spwm.sock"), "/run/spwm.sock")
+
+    def test_tunnel_peer_in_log(self) -> None:
+        """
+        A tunnel from an IPv6 peer names it in brackets in its log lines.
+        """
+        reactor = MemoryReactorClock()
+        factory = ContactTunnelFactory(ApplicationMux(), reactor, Limits())
+        protocol = factory.buildProtocol(IPv6Address("TCP", "2001:db8::10", 443))
+        transport = StringTransport(peerAddress=IPv6Address("TCP", "2001:db8::10", 443))
+        protocol.makeConnection(transport)
+        self.assertEqual(protocol.peer, "[2001:db8::10]:443")
+        with capturedLogs() as events:
+            protocol.dataReceived(b"\xff" * 64)
+        lines = [e["log_format"].format(**e) for e in events if e.get("peer")]
+        self.assertTrue(lines, events)
+        for line in lines:
+            self.assertIn("[2001:db8::10]:443", line)
+
+
+class TlsMaterialTests(SynchronousTestCase):
+    """
+    Certificates, keys and CA files that exist but do not load stop the
+    assembly with one line naming the option.
+    """
+
+    def setUp(self) -> None:
+        from spwm.testing.certs import self_signed
+
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.files = self_signed(self.dir, ["contact.example.test"])
+        self.other = self_signed(self.dir, ["other.example.test"], "other")
+        self.text = os.path.join(self.dir, "text.pem")
+        with open(self.text, "w") as f:
+            f.write("not a certificate\n")
+
+    def refused(self, module: Any, argv: list[str]) -> str:
+        options = module.Options()
+        options.parseOptions(argv)
+        with self.assertRaises(SystemExit) as cm:
+            module.makeService(options, MemoryReactorClock())
+        self.assertNotIsInstance(cm.exception, StartupExit)
+        return cm.exception.code
+
+    def test_contact_key_of_another_certificate(self) -> None:
+        """
+        A key that does not belong to the certificate: C{cert}.
+        """
+        self.assertEqual(
+            self.refused(contact, ["--cert", self.files.cert, "--key", self.other.key]),
+            "spwm-contact: invalid configuration: cert: cannot load certificate/key: "
+            "the key does not belong to the certificate",
+        )
+
+    def test_contact_client_ca_without_certificate(self) -> None:
+        """
+        A C{--client-ca} file with no certificate in it.
+        """
+        self.assertEqual(
+            self.refused(contact, ["--cert", self.files.cert, "--key", self.files.key, "--client-ca", self.text]),
+            f"spwm-contact: invalid configuration: client-ca: no PEM certificate in {self.text!r}",
+        )
+
+    def test_agent_ca_without_certificate(self) -> None:
+        """
+        A C{--ca} file with no certificate in it (it would trust nothing,
+        and every connection would fail later).
+        """
+        self.assertEqual(
+            self.refused(agent, ["--ca", self.text]),
+            f"spwm-agent: invalid configuration: ca: no PEM certificate in {self.text!r}",
+        )
+
+    def test_agent_sip_tls_and_client_cert(self) -> None:
+        """
+        C{--sip-tls-cert} and C{--client-cert} that do not load.
+        """
+        self.assertEqual(
+            self.refused(agent, ["--plaintext", "--sip-tls-cert", self.text, "--sip-tls-key", self.files.key]),
+            f"spwm-agent: invalid configuration: sip-tls-cert: cannot load certificate/key: no certificate in {self.text}",
+        )
+        self.assertEqual(
+            self.refused(agent, ["--client-cert", self.files.cert, "--client-key", self.text]),
+            "spwm-agent: invalid configuration: client-cert: cannot load certificate/key: not a PEM certificate and key",
+        )
+
+
+class StateFileTests(SynchronousTestCase):
+    """
+    The directory of C{--state-file} is checked at start, not when the
+    state is written at stop.
+    """
+
+    def test_no_directory(self) -> None:
+        """
+        A state file in a directory that does not exist: one line.
+        """
+        options = contact.Options()
+        options.parseOptions(["--plaintext", "--state-file", "/nonexistent/spwm/contact.state"])
+        with self.assertRaises(SystemExit) as cm:
+            contact.makeService(options, MemoryReactorClock())
+        self.assertEqual(
+            cm.exception.code, "spwm-contact: invalid configuration: state-file: no directory '/nonexistent/spwm'"
+        )
