@@ -55,6 +55,17 @@ class BackoffTests(SynchronousTestCase):
         self.assertEqual([high(n) for n in range(1, 7)], [1, 2, 4, 8, 10, 10])
         self.assertEqual([low(n) for n in range(1, 5)], [0.5, 1, 2, 4])
 
+    def test_no_overflow(self) -> None:
+        """
+        Any attempt number, however large, gets the cap (the exponent no
+        longer overflows a float at attempt 1025).
+        """
+        policy = backoff(initial=1, factor=2, cap=60, rng=lambda: 1.0)
+        for attempt in (1024, 1025, 1100, 10**6, 10**18):
+            self.assertEqual(policy(attempt), 60)
+        huge = backoff(initial=1, factor=1e300, cap=5, rng=lambda: 1.0)
+        self.assertEqual(huge(3), 5)
+
 
 class AgentServiceTests(SynchronousTestCase):
     """
@@ -108,6 +119,32 @@ class AgentServiceTests(SynchronousTestCase):
         self.assertEqual(len(lines), 5)
         self.assertIn("nobody home", lines[0]["reason"])
         self.assertEqual(lines[-1]["delay"], 8)
+
+    def test_reconnects_after_1100_failures(self) -> None:
+        """
+        With the default policy (cap 60 s), an agent whose contact point
+        refuses 1,100 attempts (about 13 to 18 hours) still tries again and
+        connects at the next attempt.
+        """
+        service = AgentTunnelService(
+            self.endpoint,
+            self.factory,
+            self.clock,
+            description="contact.example.test:443",
+            policy=backoff(cap=60.0),
+        )
+        self.service = service
+        service.startService()
+        for n in range(1100):
+            self.assertEqual(len(self.endpoint.attempts), n + 1)
+            self.endpoint.attempts[-1][1].errback(ConnectionRefusedError("nobody home"))
+            self.clock.advance(60.0)
+        self.assertEqual(len(self.endpoint.attempts), 1101)
+        self.assertEqual(service.status()["failures"], 1100)
+        self.connect_contact()
+        self.assertIsNotNone(service.tunnel)
+        self.assertTrue(service.tunnel.is_open)
+        self.assertEqual(service.status()["failures"], 0)
 
     def test_connects_and_reports(self) -> None:
         """

@@ -330,10 +330,17 @@ def backoff(
     """
     Jittered exponential backoff: attempt M{n} waits a random time between
     half and all of C{min(cap, initial * factor ** (n - 1))}.
+
+    Like Twisted's C{backoffPolicy}, the exponent is bounded and an overflow
+    means the cap, so the policy answers for any number of attempts (an
+    agent may try for days while the contact point is away).
     """
 
     def policy(attempt: int) -> float:
-        base = min(cap, initial * factor ** max(0, attempt - 1))
+        try:
+            base = min(cap, initial * factor ** min(100, max(0, attempt - 1)))
+        except OverflowError:
+            base = cap
         return base * (0.5 + 0.5 * rng())
 
     return policy
