@@ -135,6 +135,42 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(self.agent_app.calls, [("established",)])
         self.assertEqual(len(self.factory.tunnels), 1)
 
+    def test_frames_move_no_timer(self) -> None:
+        """
+        Frames do not reschedule the keepalive timer (it is computed from
+        last-activity times): 400 SIP messages over four intervals cost a
+        handful of timer calls, and the first ping still leaves at most one
+        interval after the last frame.
+        """
+        calls = []
+        real_call_later = self.clock.callLater
+
+        def counting_call_later(delay: float, f: Any, *a: Any, **kw: Any) -> Any:
+            calls.append(delay)
+            return real_call_later(delay, f, *a, **kw)
+
+        self.clock.callLater = counting_call_later  # type: ignore[method-assign]
+        agent = self.agent_app.tunnel
+        contact = self.contact_app.tunnel
+        for n in range(400):
+            self.clock.advance(0.15)
+            agent.send_sip(1, b"OPTIONS")
+            self.pump.flush()
+            contact.send_sip(1, b"200")
+            self.pump.flush()
+        # One wake-up per interval or so on each side, not one per frame.
+        self.assertLess(len(calls), 20)
+        pings = agent.connection.stats.pings_sent + contact.connection.stats.pings_sent
+        self.assertEqual(pings, 0)
+        interval = Limits().keepalive_interval
+        self.clock.advance(interval - 0.01)
+        self.pump.flush()
+        self.assertEqual(agent.connection.stats.pings_sent + contact.connection.stats.pings_sent, 0)
+        self.clock.advance(0.02)
+        self.pump.flush()
+        self.assertEqual(agent.connection.stats.pings_sent, 1)
+        self.assertEqual(contact.connection.stats.pings_sent, 1)
+
     def test_backpressure_drops_stale_media(self) -> None:
         """
         While the transport has paused us, media waits; when it resumes,
