@@ -36,7 +36,16 @@ from spwm.forward import USE as FORWARD_USE, AgentForwarder
 from spwm.status import Status
 from spwm.tap.common import STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, add_status, limits_from
 from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux
-from spwm.tunnel.service import AgentTunnelService, agent_endpoint, backoff, client_certificate
+from spwm.tunnel.service import AgentTunnelService, OnDemandTunnel, agent_endpoint, backoff, client_certificate
+
+def tunnel_mode(value: Any) -> str:
+    """
+    C{always} or C{on-demand}.
+    """
+    if value not in ("always", "on-demand"):
+        raise ValueError(f"must be always or on-demand, not {value!r}")
+    return str(value)
+
 
 OPTIONS = (
     Option("contact", "localhost:443", host_port_string, "The contact point, HOST:PORT (DNS name, IPv4 or [IPv6])."),
@@ -50,6 +59,8 @@ OPTIONS = (
     Option("forward-udp", (), udp_forward, "Forward UDP: [ADDR:]LOCAL_PORT=HOST:PORT (ADDR defaults to 127.0.0.1).", repeat=True),
     Option("max-forward-senders", 256, positive_int, "Senders (source addresses) one UDP forward gives a tunnel channel each; datagrams from more are dropped and counted."),
     Option("reconnect-max", 60.0, float, "Longest wait between reconnection attempts, in seconds."),
+    Option("tunnel", "always", tunnel_mode, "always: keep the tunnel up; on-demand: connect at the first SIP message from an application, close when none needs it."),
+    Option("tunnel-idle", 30.0, positive_float, "With --tunnel on-demand: seconds after the last registration and dialog have ended (and the last SIP) before the tunnel closes."),
     Option("sip-listen", (), ip_literal_port, "Listen for SIP applications on IP:PORT, UDP and TCP (default 127.0.0.1:5060).", repeat=True),
     Option("sip-tls-cert", None, readable_file, "PEM certificate for SIP over TLS towards applications (port + 1)."),
     Option("sip-tls-key", None, readable_file, "PEM key for SIP over TLS towards applications."),
@@ -92,7 +103,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     host, port = host_port(options["contact"])
     limits = limits_from(options)
     agent_id = options["agent-id"] or socket.gethostname()
-    handle = AgentTunnelHandle()
+    handle = AgentTunnelHandle(reactor)
     mux = ApplicationMux(observers=[handle])
     forwarder = AgentForwarder(
         reactor,
@@ -126,6 +137,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         )
     )
     runner = AgentSipRunner(core, reactor)
+    handle.answer = lambda flow_id, data: runner.sip_received(None, flow_id, data)
     resumption.session_lost = runner.close_stream_flows
     mux.sip = runner
     sip_tls = None
@@ -154,14 +166,28 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         tls=tls,
         policy=backoff(cap=options["reconnect-max"]),
     )
-    tunnel.setServiceParent(top)
+    handle.retry_after = tunnel.retry_after
+    tunnel_status: Any = tunnel.status
+    if options["tunnel"] == "on-demand":
+        on_demand = OnDemandTunnel(
+            tunnel, reactor, core.busy, options["tunnel-idle"], before_close=resumption.end_session
+        )
+        handle.on_demand = on_demand
+        tunnel.attempt_failed = handle.release_held
+        mux.sip = _Touching(runner, on_demand)
+        on_demand.setServiceParent(top)
+        tunnel_status = lambda: dict(tunnel.status(), **on_demand.status())  # noqa: E731
+        top.on_demand = on_demand  # type: ignore[attr-defined]
+    else:
+        tunnel.setServiceParent(top)
     Hook(forwarder.start, forwarder.stop).setServiceParent(top)
     SipListeners(
         reactor, runner, sip_addresses, sip_tls, options["udp-buffer"], min(options["max-sip-size"], 65535)
     ).setServiceParent(top)
     Hook(lambda: None, resumption.stop).setServiceParent(top)
     status = Status("agent", reactor)
-    status.add("tunnel", tunnel.status)
+    status.add("tunnel", tunnel_status)
+    status.add("no_tunnel", handle.status)
     status.add("sessions", resumption.status)
     status.add("sip", core.status)
     status.add("media", media.status)
@@ -178,3 +204,21 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     top.handle = handle  # type: ignore[attr-defined]
     top.resumption = resumption  # type: ignore[attr-defined]
     return top
+
+
+class _Touching:
+    """
+    The SIP part of the mux with an on-demand tunnel: SIP from the tunnel
+    counts as activity too (an incoming call keeps the tunnel up).
+    """
+
+    def __init__(self, runner: Any, on_demand: OnDemandTunnel) -> None:
+        self._runner = runner
+        self._on_demand = on_demand
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runner, name)
+
+    def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
+        self._on_demand.touch()
+        self._runner.sip_received(tunnel, flow_id, data)

@@ -7,6 +7,7 @@ go-away and drain on stop).
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any, Callable
 
@@ -308,16 +309,24 @@ class _ReportingEndpoint:
         self.description = description
         self.last_failure: str | None = None
         self.attempts = 0
+        #: an attempt is under way (until the handshake or a failure)
+        self.in_progress = False
+        #: called without arguments when an attempt fails
+        self.on_failure: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return self.description
 
     def connect(self, factory: Factory) -> Deferred[Protocol]:
         self.attempts += 1
+        self.in_progress = True
         d = self._inner.connect(factory)
 
         def failed(f: Failure) -> Failure:
             self.last_failure = describe_failure(f)
+            self.in_progress = False
+            if self.on_failure is not None:
+                self.on_failure()
             return f
 
         d.addErrback(failed)
@@ -395,9 +404,37 @@ class AgentTunnelService(ClientService):
         self._policy = policy or backoff()
         self._immediate = False
         self._failures = 0
+        self._time = clock
         self.tunnel: TunnelProtocol | None = None
         self.description = description
+        #: when the next attempt is due while waiting between attempts
+        self.next_attempt_at: float | None = None
+        #: called without arguments when an attempt fails (on-demand tunnels)
+        self.attempt_failed: Callable[[], None] | None = None
+        self._reporting.on_failure = self._attempt_failed
         super().__init__(self._reporting, _ServiceFactory(factory, self), retryPolicy=self._retry, clock=clock)
+
+    @property
+    def connecting(self) -> bool:
+        """
+        Whether a connection attempt is under way now (TCP, TLS or handshake).
+        """
+        return self._reporting.in_progress
+
+    def _attempt_failed(self) -> None:
+        if self.attempt_failed is not None:
+            self.attempt_failed()
+
+    def retry_after(self, cap: int = 30) -> int:
+        """
+        Seconds an application should wait before it tries again while the
+        tunnel is down: until the next attempt, at least 1, at most C{cap}.
+        """
+        now = self._time.seconds()
+        at = self.next_attempt_at
+        if at is None or at <= now:
+            return 1
+        return max(1, min(cap, math.ceil(at - now)))
 
     def _retry(self, attempt: int) -> float:
         if self._immediate:
@@ -406,6 +443,7 @@ class AgentTunnelService(ClientService):
         else:
             self._failures += 1
             delay = self._policy(self._failures)
+        self.next_attempt_at = self._time.seconds() + delay
         self.log.info(
             "tunnel to {contact} down ({reason}); attempt {attempt} in {delay:.1f} s",
             contact=self.description,
@@ -435,6 +473,8 @@ class AgentTunnelService(ClientService):
         self.tunnel = protocol
         self._failures = 0
         self._reporting.last_failure = None
+        self._reporting.in_progress = False
+        self.next_attempt_at = None
 
     def _lost(self, protocol: TunnelProtocol, reason: Failure) -> None:
         was_up = self.tunnel is protocol
@@ -450,7 +490,9 @@ class AgentTunnelService(ClientService):
             why = describe_failure(reason, tls_error)
         self._reporting.last_failure = why
         if not was_up:
+            self._reporting.in_progress = False
             self.log.warn("tunnel to {contact} failed: {reason}", contact=self.description, reason=why)
+            self._attempt_failed()
 
     def stopService(self) -> Deferred[None]:
         """
@@ -466,6 +508,135 @@ class AgentTunnelService(ClientService):
         """
         self._immediate = True
         protocol.close(0, "moving after go-away")
+
+
+class OnDemandTunnel(Service):
+    """
+    C{--tunnel on-demand}: the agent's tunnel is up only while an
+    application needs it.  The first SIP message from an application
+    starts the L{AgentTunnelService}; once no registration made through
+    the agent is valid any more, no dialog is established and no SIP has
+    passed for C{idle} seconds, the tunnel is closed with go-away (the
+    contact point forgets the session at once) and the service stopped,
+    until the next message.
+
+    @ivar closes: tunnels closed because they were no longer needed.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        service: AgentTunnelService,
+        clock: IReactorTime,
+        busy: Callable[[float], bool],
+        idle: float,
+        *,
+        before_close: Callable[[], None] | None = None,
+        check_interval: float = 1.0,
+    ) -> None:
+        """
+        @param busy: C{busy(now)}: whether an application still needs the
+            tunnel (L{spwm.sip.proxy.AgentSipProxy.busy}).
+        @param idle: seconds without need and without SIP before closing.
+        @param before_close: called just before an idle tunnel is closed
+            (the resumption logic forgets the session: nothing to resume).
+        @param check_interval: how often the need is checked while up.
+        """
+        self.service = service
+        self._clock = clock
+        self._busy = busy
+        self.idle = idle
+        self._before_close = before_close
+        self._check_interval = check_interval
+        self._last_activity = clock.seconds()
+        self._timer: Any = None
+        self.closes = 0
+
+    @property
+    def wanted(self) -> bool:
+        """
+        Whether the tunnel service runs (is up or trying to be).
+        """
+        return self.service.running
+
+    def touch(self) -> None:
+        """
+        SIP passed: the idle time starts again.
+        """
+        self._last_activity = self._clock.seconds()
+
+    def want(self) -> bool:
+        """
+        An application sent SIP while no tunnel is up: start connecting if
+        the service is not running.
+
+        @return: whether an attempt is under way now (the message may wait
+            for it); C{False} while waiting between failed attempts.
+        """
+        self.touch()
+        if not self.running:
+            return False
+        if not self.service.running:
+            self.log.info(
+                "an application needs the tunnel: connecting to {contact}", contact=self.service.description
+            )
+            self.service.startService()
+            self._arm()
+        return self.service.connecting
+
+    def _arm(self) -> None:
+        if self._timer is None or not self._timer.active():
+            self._timer = self._clock.callLater(self._check_interval, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if not self.service.running:
+            return
+        now = self._clock.seconds()
+        if self._busy(now):
+            # The idle time counts from the end of the last need.
+            self._last_activity = now
+        if now - self._last_activity < self.idle:
+            self._arm()
+            return
+        self.close("no registration, no dialog and no SIP for {:g} s".format(self.idle))
+
+    def close(self, why: str) -> None:
+        """
+        Close the tunnel (with go-away) and stop reconnecting.
+        """
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._before_close is not None:
+            self._before_close()
+        tunnel = self.service.tunnel
+        self.log.info(
+            "no application needs the tunnel to {contact} any more ({why}): closing it",
+            contact=self.service.description,
+            why=why,
+        )
+        if tunnel is not None:
+            tunnel.go_away("no application needs the tunnel (on-demand)", 0.0)
+            tunnel.close(0, "tunnel no longer needed (on-demand)")
+        self.closes += 1
+        self.service.stopService()
+
+    def status(self) -> dict[str, Any]:
+        """
+        For the status page.
+        """
+        return {"mode": "on-demand", "wanted": int(self.wanted), "closes": self.closes}
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.service.running:
+            return self.service.stopService()
+        return None
 
 
 def agent_endpoint(
