@@ -5,6 +5,7 @@ C{twistd spwm-agent}: the LAN half of SPWM.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -12,6 +13,7 @@ from twisted.application.service import IService, MultiService
 
 from spwm.config import (
     ConfigError,
+    ConfigExit,
     Option,
     SpwmOptions,
     host_port,
@@ -47,6 +49,22 @@ def tunnel_mode(value: Any) -> str:
     return str(value)
 
 
+#: the environment variable with the HTTP proxy's USER:PASSWORD
+PROXY_AUTH_ENV = "SPWM_HTTP_PROXY_AUTH"
+
+
+def proxy_credentials(value: Any) -> str:
+    """
+    C{user:password} for Basic proxy authentication (RFC 7617: the user
+    has no colon, the password may).
+    """
+    if not isinstance(value, str) or ":" not in value or value.startswith(":"):
+        raise ValueError("must be USER:PASSWORD")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
 OPTIONS = (
     Option("contact", "localhost:443", host_port_string, "The contact point, HOST:PORT (DNS name, IPv4 or [IPv6])."),
     Option("server-name", None, optional_string, "Name the contact point's certificate must match (default: the host in --contact)."),
@@ -55,6 +73,7 @@ OPTIONS = (
     Option("client-cert", None, readable_file, "Mutual TLS: this agent's certificate (PEM), naming its --agent-id."),
     Option("client-key", None, readable_file, "Mutual TLS: the key of --client-cert (PEM)."),
     Option("http-proxy", None, host_port_string, "Connect through this HTTP CONNECT proxy, HOST:PORT."),
+    Option("http-proxy-auth", None, proxy_credentials, "USER:PASSWORD for --http-proxy (Basic); only in the --config file or the SPWM_HTTP_PROXY_AUTH environment variable, never on the command line."),
     Option("agent-id", None, optional_string, "This agent's identity (default: the host name)."),
     Option("forward-udp", (), udp_forward, "Forward UDP: [ADDR:]LOCAL_PORT=HOST:PORT (ADDR defaults to 127.0.0.1).", repeat=True),
     Option("max-forward-senders", 256, positive_int, "Senders (source addresses) one UDP forward gives a tunnel channel each; datagrams from more are dropped and counted."),
@@ -77,7 +96,34 @@ class Options(SpwmOptions.build("spwm-agent", OPTIONS)):
     Options of C{twistd spwm-agent}.
     """
 
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Refuse proxy credentials on the command line, where C{ps} shows them.
+        """
+        import sys
+
+        argv = sys.argv[1:] if options is None else list(options)
+        if any(a == "--http-proxy-auth" or a.startswith("--http-proxy-auth=") for a in argv):
+            raise ConfigExit(
+                "spwm-agent: invalid configuration: --http-proxy-auth: not on the command line (every"
+                ' user sees it with ps): put http-proxy-auth = "user:password" in the --config file'
+                f" or set {PROXY_AUTH_ENV}"
+            )
+        super().parseOptions(options)
+
+    def proxy_auth(self) -> str | None:
+        """
+        The HTTP proxy's credentials: from the file, else the environment.
+        """
+        return self["http-proxy-auth"] or os.environ.get(PROXY_AUTH_ENV) or None
+
     def validate(self) -> None:
+        env = os.environ.get(PROXY_AUTH_ENV)
+        if env and not self["http-proxy-auth"]:
+            try:
+                proxy_credentials(env)
+            except ValueError as e:
+                raise ConfigError(PROXY_AUTH_ENV, str(e)) from None
         if self["reconnect-max"] <= 0:
             raise ConfigError("reconnect-max", "must be greater than 0")
         host_port(self["contact"])
@@ -156,6 +202,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         server_name=options["server-name"],
         ca_file=options["ca"],
         http_proxy=host_port(options["http-proxy"]) if options["http-proxy"] else None,
+        http_proxy_auth=options["http-proxy-auth"] or os.environ.get(PROXY_AUTH_ENV) or None,
         client_cert=client_certificate(options["client-cert"], options["client-key"]) if options["client-cert"] else None,
     )
     tunnel = AgentTunnelService(

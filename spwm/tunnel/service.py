@@ -7,6 +7,7 @@ go-away and drain on stop).
 
 from __future__ import annotations
 
+import base64
 import math
 import random
 from typing import Any, Callable
@@ -212,17 +213,24 @@ class _ConnectProtocol(Protocol):
 
     max_response = 16384
 
-    def __init__(self, target: str, wrapped: Protocol, done: Deferred[Protocol]) -> None:
+    def __init__(
+        self, target: str, wrapped: Protocol, done: Deferred[Protocol], auth: str | None = None, proxy: str = ""
+    ) -> None:
         self._target = target
         self._wrapped = wrapped
         self._done = done
         self._buf = b""
         self._tunnelled = False
+        self._auth = auth
+        self._proxy = proxy
 
     def connectionMade(self) -> None:
-        self.transport.write(
-            f"CONNECT {self._target} HTTP/1.1\r\nHost: {self._target}\r\n\r\n".encode("ascii")
-        )
+        head = f"CONNECT {self._target} HTTP/1.1\r\nHost: {self._target}\r\n"
+        if self._auth is not None:
+            # RFC 7617: Basic, user-id ":" password in UTF-8, base64.
+            token = base64.b64encode(self._auth.encode("utf-8")).decode("ascii")
+            head += f"Proxy-Authorization: Basic {token}\r\n"
+        self.transport.write((head + "\r\n").encode("ascii"))
 
     def dataReceived(self, data: bytes) -> None:
         if self._tunnelled:
@@ -236,6 +244,9 @@ class _ConnectProtocol(Protocol):
             return
         status_line = head.split(b"\r\n", 1)[0]
         parts = status_line.split(None, 2)
+        if len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and parts[1] == b"407":
+            self._fail(self._auth_demanded(head))
+            return
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].startswith(b"2"):
             self._fail(f"HTTP proxy refused CONNECT: {status_line.decode('latin-1')!r}")
             return
@@ -247,6 +258,27 @@ class _ConnectProtocol(Protocol):
         self._done.callback(self._wrapped)
         if rest:
             self._wrapped.dataReceived(rest)
+
+    def _auth_demanded(self, head: bytes) -> str:
+        """
+        The one line that says what a C{407} from the proxy means.
+        """
+        offered = []
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"proxy-authenticate":
+                offered.append(value.strip().decode("latin-1")[:80])
+        schemes = {o.split(None, 1)[0].lower() for o in offered if o}
+        what = "; ".join(offered) or "no scheme named"
+        line = f"the HTTP proxy at {self._proxy or 'the --http-proxy address'} demands authentication (Proxy-Authenticate: {what}); "
+        if "basic" not in schemes and schemes:
+            return line + (
+                "SPWM supports only Basic: for NTLM or Negotiate (Kerberos) run a local proxy"
+                " such as cntlm or px that authenticates for you and point --http-proxy at it"
+            )
+        if self._auth is None:
+            return line + 'set http-proxy-auth = "user:password" in the --config file or SPWM_HTTP_PROXY_AUTH'
+        return line + "it refused the user and password of http-proxy-auth (or SPWM_HTTP_PROXY_AUTH)"
 
     def _fail(self, reason: str) -> None:
         self.transport.loseConnection()
@@ -263,31 +295,44 @@ class _ConnectProtocol(Protocol):
 class _ConnectFactory(Factory):
     noisy = False
 
-    def __init__(self, target: str, wrapped: Factory, done: Deferred[Protocol]) -> None:
+    def __init__(
+        self, target: str, wrapped: Factory, done: Deferred[Protocol], auth: str | None = None, proxy: str = ""
+    ) -> None:
         self._target = target
         self._wrapped_factory = wrapped
         self._done = done
+        self._auth = auth
+        self._proxy = proxy
 
     def buildProtocol(self, addr: Any) -> Protocol | None:
         wrapped = self._wrapped_factory.buildProtocol(addr)
         if wrapped is None:
             return None
-        return _ConnectProtocol(self._target, wrapped, self._done)
+        return _ConnectProtocol(self._target, wrapped, self._done, self._auth, self._proxy)
 
 
 @implementer(IStreamClientEndpoint)
 class HTTPConnectEndpoint:
     """
-    Connect through an HTTP proxy with C{CONNECT host:port}.
+    Connect through an HTTP proxy with C{CONNECT host:port}, with
+    C{Proxy-Authorization: Basic} when given C{auth} (C{"user:password"}).
     """
 
-    def __init__(self, proxy: IStreamClientEndpoint, host: str, port: int) -> None:
+    def __init__(
+        self, proxy: IStreamClientEndpoint, host: str, port: int, *, auth: str | None = None, description: str = ""
+    ) -> None:
+        """
+        @param auth: C{"user:password"} for Basic proxy authentication.
+        @param description: the proxy's address, for messages.
+        """
         self._proxy = proxy
         self._target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._auth = auth
+        self._description = description
 
     def connect(self, protocolFactory: Factory) -> Deferred[Protocol]:
         done: Deferred[Protocol] = Deferred()
-        d = self._proxy.connect(_ConnectFactory(self._target, protocolFactory, done))
+        d = self._proxy.connect(_ConnectFactory(self._target, protocolFactory, done, self._auth, self._description))
 
         def connected(_: Any) -> Deferred[Protocol]:
             return done
@@ -650,6 +695,7 @@ def agent_endpoint(
     http_proxy: tuple[str, int] | None = None,
     client_cert: Any = None,
     timeout: float = 10.0,
+    http_proxy_auth: str | None = None,
 ) -> tuple[IStreamClientEndpoint, ReportingClientTLS | None]:
     """
     The endpoint the agent connects with: C{HostnameEndpoint} (both address
@@ -657,8 +703,13 @@ def agent_endpoint(
     C{plaintext}.
     """
     if http_proxy is not None:
+        proxy_host, proxy_port = http_proxy
         endpoint: IStreamClientEndpoint = HTTPConnectEndpoint(
-            HostnameEndpoint(reactor, http_proxy[0], http_proxy[1], timeout=timeout), host, port
+            HostnameEndpoint(reactor, proxy_host, proxy_port, timeout=timeout),
+            host,
+            port,
+            auth=http_proxy_auth,
+            description=f"[{proxy_host}]:{proxy_port}" if ":" in proxy_host else f"{proxy_host}:{proxy_port}",
         )
     else:
         endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
