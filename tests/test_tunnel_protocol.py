@@ -19,7 +19,7 @@ from spwm.limits import Limits
 from spwm.testing.certs import TestCA
 from spwm.tunnel.frames import ALPN, ChannelKind, ErrorCode
 from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux, ContactTunnelFactory
-from spwm.tunnel.service import ReportingClientTLS, server_tls_options
+from spwm.tunnel.service import PLAINTEXT_ANSWER, ReportingClientTLS, describe_failure, server_tls_options
 
 
 class RecordingApp:
@@ -341,7 +341,9 @@ class TLSTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(agent_app.calls, [])
         self.assertEqual(contact_app.calls, [])
-        self.assertIn("does not match the server name", client.last_error)
+        self.assertEqual(
+            client.last_error, "certificate for contact.example.test does not match server name other.example.test"
+        )
 
     def test_expired(self) -> None:
         """
@@ -354,7 +356,12 @@ class TLSTests(SynchronousTestCase):
         )
         pump.flush()
         self.assertEqual(agent_app.calls, [])
-        self.assertEqual(client.last_error, "certificate has expired")
+        self.assertRegex(
+            client.last_error, r"^certificate for contact\.example\.test expired on \d{4}-\d\d-\d\d \d\d:\d\d UTC$"
+        )
+        with open(self.ca.directory + "/server.pem", "rb") as f:
+            not_after = ssl.Certificate.loadPEM(f.read()).original.get_notAfter().decode()
+        self.assertIn(f"{not_after[:4]}-{not_after[4:6]}-{not_after[6:8]}", client.last_error)
 
     def test_untrusted(self) -> None:
         """
@@ -369,7 +376,35 @@ class TLSTests(SynchronousTestCase):
         )
         pump.flush()
         self.assertEqual(agent_app.calls, [])
-        self.assertIn("untrusted", client.last_error)
+        self.assertEqual(
+            client.last_error,
+            "untrusted issuer (Another CA) of the certificate for contact.example.test:"
+            " not in --ca or the system's trust store",
+        )
+
+    def test_plaintext_contact_point(self) -> None:
+        """
+        A contact point started with --plaintext answers a TLS agent with
+        SPWM bytes: the reason says so, without an exception's repr.
+        """
+        clock = Clock()
+        contact_factory = ContactTunnelFactory(RecordingApp(), clock)
+        agent_factory = AgentTunnelFactory(RecordingApp(), clock, "agent-x")
+        client_f = TLSMemoryBIOFactory(self.client_options("contact.example.test"), True, agent_factory, clock=clock)
+        server = contact_factory.buildProtocol(None)
+        client = client_f.buildProtocol(None)
+        lost: list[Any] = []
+        client.wrappedProtocol.lost_handler = lambda protocol, reason: lost.append(reason)
+        pump = iosim.connect(
+            server, iosim.FakeTransport(server, True), client, iosim.FakeTransport(client, False),
+            greet=False, clock=clock,
+        )
+        pump.flush()
+        clock.advance(3)
+        pump.flush()
+        [reason] = lost
+        self.assertEqual(describe_failure(reason), PLAINTEXT_ANSWER)
+        self.assertEqual(PLAINTEXT_ANSWER, "the contact point answered in plaintext (is it started with --plaintext?)")
 
 
 class ConnectionLimitTests(SynchronousTestCase):

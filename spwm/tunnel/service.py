@@ -12,6 +12,8 @@ import math
 import random
 from typing import Any, Callable
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from service_identity import VerificationError
 from service_identity.hazmat import DNS_ID, IPAddress_ID, verify_service_identity
@@ -37,7 +39,8 @@ from zope.interface import implementer
 from spwm.tunnel.frames import ALPN
 from spwm.tunnel.protocol import AdmissionFactory, AgentTunnelFactory, ContactTunnelFactory, TunnelProtocol
 
-# OpenSSL's X509_V_ERR_* codes that people meet, in words.
+# OpenSSL's X509_V_ERR_* codes that people meet, in words (the common ones
+# get a sentence of their own in _verify_error).
 _VERIFY_ERRORS = {
     7: "certificate signature failure (untrusted)",
     9: "certificate is not yet valid",
@@ -51,38 +54,117 @@ _VERIFY_ERRORS = {
     62: "hostname mismatch",
 }
 
+#: what OpenSSL says when the peer's first bytes are not TLS at all
+_NOT_TLS = ("wrong version number", "packet length too long", "http request", "unknown protocol", "record layer failure")
+
+PLAINTEXT_ANSWER = "the contact point answered in plaintext (is it started with --plaintext?)"
+
+
+def _cert_names(cert: Any) -> str:
+    """
+    The names a certificate is for (subjectAltName, else its common name).
+    """
+    try:
+        c = cert.to_cryptography()
+        try:
+            san = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names = [str(n.value) for n in san]
+        except x509.ExtensionNotFound:
+            names = [str(a.value) for a in c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    except Exception:
+        names = []
+    if len(names) > 4:
+        names = names[:4] + [f"{len(names) - 4} more"]
+    return ", ".join(names) or "no name"
+
+
+def _issuer(cert: Any) -> str:
+    try:
+        issuer = cert.to_cryptography().issuer
+        common = issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return str(common[0].value) if common else issuer.rfc4514_string()
+    except Exception:
+        return "unknown issuer"
+
+
+def _asn1_date(value: bytes | None) -> str:
+    """
+    C{b"20261201093000Z"} as C{"2026-12-01 09:30 UTC"}.
+    """
+    text = (value or b"").decode("ascii", "replace")
+    if len(text) >= 12 and text[:12].isdigit():
+        return f"{text[0:4]}-{text[4:6]}-{text[6:8]} {text[8:10]}:{text[10:12]} UTC"
+    return text or "an unknown date"
+
+
+def _verify_error(errno: int, depth: int, cert: Any) -> str:
+    """
+    One sentence for a failed certificate check, naming the certificate.
+    """
+    which = f"certificate for {_cert_names(cert)}" if depth == 0 else f"CA certificate {_issuer(cert)!s}"
+    if errno == 10:
+        return f"{which} expired on {_asn1_date(cert.get_notAfter())}"
+    if errno == 9:
+        return f"{which} is not valid before {_asn1_date(cert.get_notBefore())} (is this machine's clock right?)"
+    if errno == 18:
+        return f"untrusted issuer (the {which} is self-signed; give its CA with --ca)"
+    if errno in (2, 19, 20, 21):
+        return f"untrusted issuer ({_issuer(cert)}) of the {which}: not in --ca or the system's trust store"
+    if errno == 7:
+        return f"untrusted issuer ({_issuer(cert)}): the signature of the {which} does not verify"
+    return f"{which}: " + _VERIFY_ERRORS.get(errno, f"X509 verify error {errno}")
+
+
+def _ssl_text(exc: BaseException) -> str:
+    """
+    The reasons in an OpenSSL error, without its Python representation.
+    """
+    reasons = []
+    try:
+        for entry in exc.args[0]:
+            if isinstance(entry, tuple) and entry and entry[-1]:
+                reasons.append(str(entry[-1]))
+    except (IndexError, TypeError):
+        pass
+    return ", ".join(reasons) or "TLS handshake failed"
+
 
 def describe_failure(failure: Failure | BaseException | None, tls_error: str | None = None) -> str:
     """
-    Say in one line why a connection attempt failed.
+    Say in one line why a connection attempt failed: the certificate
+    check's own sentence when there is one, else the error's text (never
+    the representation of an exception object).
     """
+    if tls_error:
+        return tls_error
     if failure is None:
         return "unknown reason"
     exc = failure.value if isinstance(failure, Failure) else failure
     name = type(exc).__name__
     if name == "VerificationError":
-        return f"certificate does not match the server name: {exc}"
+        return "certificate does not match the server name"
     if isinstance(exc, SSL.Error):
-        if tls_error:
-            return f"TLS certificate verification failed: {tls_error}"
-        return f"TLS error: {exc}"
-    text = str(exc) or name
-    return text if tls_error is None else f"{text} ({tls_error})"
+        text = _ssl_text(exc)
+        if any(marker in text.lower() for marker in _NOT_TLS):
+            return PLAINTEXT_ANSWER
+        return f"TLS error: {text}"
+    return str(exc) or name
 
 
 @implementer(IOpenSSLClientConnectionCreator)
 class ReportingClientTLS:
     """
     Twisted's client TLS options, with a verify callback that remembers why
-    a certificate check failed (expired, untrusted, wrong name).  It does the
-    same service-identity check of the leaf certificate as Twisted's own
-    callback, which it replaces.
+    a certificate check failed (expired, untrusted, wrong name) in words.
+    It does the same service-identity check of the leaf certificate as
+    Twisted's own callback, which it replaces.
 
     @ivar last_error: the reason of the latest failed check, or C{None}.
     """
 
     def __init__(self, inner: Any, hostname: str) -> None:
         self._inner = inner
+        self.hostname = hostname
         if isIPAddress(hostname) or isIPv6Address(hostname):
             self._service_id: Any = IPAddress_ID(hostname)
         else:
@@ -97,14 +179,16 @@ class ReportingClientTLS:
         def verify(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
             try:
                 if not ok and self.last_error is None:
-                    self.last_error = _VERIFY_ERRORS.get(errno, f"X509 verify error {errno}")
+                    self.last_error = _verify_error(errno, depth, cert)
                 if depth != 0:
                     return bool(ok)
                 try:
                     verify_service_identity(extract_patterns(cert), [service_id], [])
-                except VerificationError as e:
+                except VerificationError:
                     if self.last_error is None:
-                        self.last_error = f"certificate does not match the server name: {e}"
+                        self.last_error = (
+                            f"certificate for {_cert_names(cert)} does not match server name {self.hostname}"
+                        )
                     tlsProtocol.failVerification(Failure())
                     return False
                 return bool(ok)

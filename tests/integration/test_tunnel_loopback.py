@@ -160,7 +160,7 @@ class LoopbackTests(LoopbackBase):
         self.addCleanup(service.stopService)
         agent_service, local = self.start_agent(port, server_name="other.spwm.test")
         yield wait_until(
-            lambda: any("does not match the server name" in str(e.get("reason", "")) for e in self.log_events)
+            lambda: any("does not match server name" in str(e.get("reason", "")) for e in self.log_events)
         )
         self.assertIsNone(agent_service.tunnel_service.tunnel)
         self.assertEqual(len(service.factory.tunnels), 0)
