@@ -362,6 +362,31 @@ class ProxyAuthTests(SynchronousTestCase):
         options.parseOptions(["--config", path])
         self.assertEqual(options.proxy_auth(), "alice:secret")
 
+    def test_from_the_environment(self) -> None:
+        """
+        C{SPWM_HTTP_PROXY_AUTH} gives the credentials when the file does
+        not; a malformed value is refused with one line naming the variable.
+        """
+        import os
+
+        from spwm.config import ConfigExit
+        from spwm.tap import agent
+
+        old = os.environ.get(agent.PROXY_AUTH_ENV)
+        self.addCleanup(
+            lambda: os.environ.pop(agent.PROXY_AUTH_ENV, None)
+            if old is None
+            else os.environ.__setitem__(agent.PROXY_AUTH_ENV, old)
+        )
+        os.environ[agent.PROXY_AUTH_ENV] = "bob:pw"
+        options = agent.Options()
+        options.parseOptions(["--http-proxy", "proxy.example.test:3128"])
+        self.assertEqual(options.proxy_auth(), "bob:pw")
+        os.environ[agent.PROXY_AUTH_ENV] = "no-colon"
+        with self.assertRaises(ConfigExit) as caught:
+            agent.Options().parseOptions(["--http-proxy", "proxy.example.test:3128"])
+        self.assertIn("SPWM_HTTP_PROXY_AUTH: must be USER:PASSWORD", str(caught.exception))
+
 
 class ContactServiceTests(SynchronousTestCase):
     """

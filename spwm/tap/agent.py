@@ -124,6 +124,8 @@ class Options(SpwmOptions.build("spwm-agent", OPTIONS)):
                 proxy_credentials(env)
             except ValueError as e:
                 raise ConfigError(PROXY_AUTH_ENV, str(e)) from None
+        if self["http-proxy-auth"] and not self["http-proxy"]:
+            raise ConfigError("http-proxy-auth", "is for an HTTP proxy: give http-proxy too")
         if self["reconnect-max"] <= 0:
             raise ConfigError("reconnect-max", "must be greater than 0")
         host_port(self["contact"])
