@@ -59,6 +59,11 @@ _NOT_TLS = ("wrong version number", "packet length too long", "http request", "u
 
 PLAINTEXT_ANSWER = "the contact point answered in plaintext (is it started with --plaintext?)"
 
+PLAINTEXT_UNANSWERED = (
+    "the contact point closed the connection without a word"
+    " (if it uses TLS, start the agent without --plaintext)"
+)
+
 
 def _cert_names(cert: Any) -> str:
     """
@@ -617,6 +622,9 @@ class AgentTunnelService(ClientService):
         else:
             tls_error = self._tls.last_error if self._tls is not None else None
             why = describe_failure(reason, tls_error)
+            connection = protocol.connection
+            if self._tls is None and not was_up and (connection is None or connection.stats.bytes_in == 0):
+                why = PLAINTEXT_UNANSWERED
         self._reporting.last_failure = why
         if not was_up:
             self._reporting.in_progress = False

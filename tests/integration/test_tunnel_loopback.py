@@ -398,3 +398,19 @@ class NoTunnelTests(LoopbackBase):
                 for e in self.log_events
             )
         )
+
+    @defer.inlineCallbacks
+    def test_plaintext_agent_at_tls_contact_point(self) -> None:
+        """
+        An agent started with --plaintext at a contact point that uses TLS
+        logs that the contact point closed without a word and what to do.
+        """
+        service, port = yield self.start_contact()
+        self.addCleanup(service.stopService)
+        self.start_agent(port, extra=["--plaintext"])
+        yield wait_until(
+            lambda: any(
+                "(if it uses TLS, start the agent without --plaintext)" in str(e.get("reason", ""))
+                for e in self.log_events
+            )
+        )
