@@ -314,3 +314,59 @@ class OnDemandTests(SynchronousTestCase):
         self.pump.flush()
         self.advance(self.idle + 2)
         self.assertEqual(self.on_demand.closes, 1)
+
+
+class BusyTests(SynchronousTestCase):
+    """
+    L{AgentSipProxy.busy}: what keeps an on-demand tunnel up.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.agent = _Agent(self.clock)
+        self.sent: list[tuple[int, bytes]] = []
+        self.agent.handle.current = self
+
+    def send_sip(self, flow_id: int, data: bytes) -> bool:
+        self.sent.append((flow_id, data))
+        return True
+
+    congested = False
+
+    def registered(self, expires: int) -> None:
+        self.agent.from_phone(register(expires=expires, branch=f"z9hG4bK{len(self.sent)}"))
+        flow_id, data = self.sent[-1]
+        contact = () if expires == 0 else (("Contact", f"<sip:alice@192.0.2.10:5062>;expires={expires}"),)
+        self.agent.run(self.agent.core.from_tunnel(flow_id, answer(data, 200, extra=contact), self.clock.seconds()))
+
+    def test_registration_until_expiry(self) -> None:
+        """
+        Not busy at first; busy while a registration through the agent is
+        valid; not busy once it expired.
+        """
+        core = self.agent.core
+        self.assertFalse(core.busy(self.clock.seconds()))
+        self.registered(60)
+        self.assertTrue(core.busy(self.clock.seconds()))
+        self.clock.advance(59.9)
+        self.assertTrue(core.busy(self.clock.seconds()))
+        self.clock.advance(0.2)
+        self.assertFalse(core.busy(self.clock.seconds()))
+
+    def test_unregistered(self) -> None:
+        """
+        A registration removed (C{Expires: 0} answered 200 without the
+        contact) stops keeping the tunnel at once.
+        """
+        self.registered(60)
+        self.registered(0)
+        self.assertFalse(self.agent.core.busy(self.clock.seconds()))
+
+    def test_refused_registration(self) -> None:
+        """
+        A REGISTER answered 401 does not make the agent busy.
+        """
+        self.agent.from_phone(register(expires=60))
+        flow_id, data = self.sent[-1]
+        self.agent.run(self.agent.core.from_tunnel(flow_id, answer(data, 401, "Unauthorized"), self.clock.seconds()))
+        self.assertFalse(self.agent.core.busy(self.clock.seconds()))
