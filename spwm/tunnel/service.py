@@ -83,13 +83,21 @@ def _cert_names(cert: Any) -> str:
     return ", ".join(names) or "no name"
 
 
-def _issuer(cert: Any) -> str:
+def _common_name(cert: Any, issuer: bool) -> str:
     try:
-        issuer = cert.to_cryptography().issuer
-        common = issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
-        return str(common[0].value) if common else issuer.rfc4514_string()
+        c = cert.to_cryptography()
+        name = c.issuer if issuer else c.subject
+        common = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return str(common[0].value) if common else name.rfc4514_string()
     except Exception:
-        return "unknown issuer"
+        return "unknown issuer" if issuer else "unknown"
+
+
+def _issuer(cert: Any) -> str:
+    """
+    The common name (else the whole name) of a certificate's issuer.
+    """
+    return _common_name(cert, True)
 
 
 def _asn1_date(value: bytes | None) -> str:
@@ -106,7 +114,7 @@ def _verify_error(errno: int, depth: int, cert: Any) -> str:
     """
     One sentence for a failed certificate check, naming the certificate.
     """
-    which = f"certificate for {_cert_names(cert)}" if depth == 0 else f"CA certificate {_issuer(cert)!s}"
+    which = f"certificate for {_cert_names(cert)}" if depth == 0 else f"CA certificate {_common_name(cert, False)}"
     if errno == 10:
         return f"{which} expired on {_asn1_date(cert.get_notAfter())}"
     if errno == 9:
