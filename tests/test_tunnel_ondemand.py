@@ -370,3 +370,51 @@ class BusyTests(SynchronousTestCase):
         flow_id, data = self.sent[-1]
         self.agent.run(self.agent.core.from_tunnel(flow_id, answer(data, 401, "Unauthorized"), self.clock.seconds()))
         self.assertFalse(self.agent.core.busy(self.clock.seconds()))
+
+
+class AssemblyTests(SynchronousTestCase):
+    """
+    C{spwm-agent --tunnel on-demand} as C{makeService} assembles it.
+    """
+
+    def test_no_connection_at_start(self) -> None:
+        """
+        With --tunnel on-demand the tunnel service is not started with the
+        agent but by the on-demand part, which does not connect at start;
+        the status says the mode.  With --tunnel always the tunnel service
+        starts with the agent.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from spwm.tap import agent
+
+        for mode in ("on-demand", "always"):
+            reactor = MemoryReactorClock()
+            options = agent.Options()
+            options.parseOptions(
+                ["--contact", "192.0.2.1:443", "--plaintext", "--tunnel", mode, "--sip-listen", "127.0.0.1:5999"]
+            )
+            service = agent.makeService(options, reactor)
+            children = list(service)
+            if mode == "always":
+                self.assertIn(service.tunnel_service, children)
+                continue
+            self.assertNotIn(service.tunnel_service, children)
+            self.assertIn(service.on_demand, children)
+            service.on_demand.startService()
+            reactor.advance(5)
+            self.assertFalse(service.tunnel_service.running)
+            self.assertEqual(reactor.tcpClients, [])
+            self.assertEqual(service.status.document()["tunnel"]["mode"], "on-demand")
+            service.on_demand.stopService()
+
+    def test_bad_mode(self) -> None:
+        """
+        A --tunnel other than always or on-demand is refused in one line.
+        """
+        from spwm.config import ConfigExit
+        from spwm.tap import agent
+
+        with self.assertRaises(ConfigExit) as caught:
+            agent.Options().parseOptions(["--tunnel", "sometimes"])
+        self.assertIn("--tunnel: must be always or on-demand, not 'sometimes'", str(caught.exception))
