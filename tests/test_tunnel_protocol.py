@@ -171,6 +171,39 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(agent.connection.stats.pings_sent, 1)
         self.assertEqual(contact.connection.stats.pings_sent, 1)
 
+    def test_ping_within_interval_at_every_phase(self) -> None:
+        """
+        Over real adapters and a fake clock: whatever the phase of the last
+        frame relative to the handshake (k tenths of an interval), each side
+        sends its next frame (a ping) at most one interval after it.  (The
+        fixed grid sent the first ping up to two intervals later.)
+        """
+        interval = Limits().keepalive_interval
+        step = interval / 100
+        for k in range(11):
+            clock = Clock()
+            agent_app, contact_app, factory, pump = connect_pair(clock)
+            pump.flush()
+            for _ in range(int((3 * interval + k * interval / 10) / step)):
+                clock.advance(step)
+                pump.flush()
+            agent, contact = agent_app.tunnel, contact_app.tunnel
+            agent.send_sip(1, b"OPTIONS")
+            pump.flush()
+            last = clock.seconds()
+            before = (agent.connection.stats.pings_sent, contact.connection.stats.pings_sent)
+            first_ping: dict[str, float] = {}
+            for _ in range(int(2 * interval / step)):
+                clock.advance(step)
+                pump.flush()
+                for name, tunnel, n in (("agent", agent, before[0]), ("contact", contact, before[1])):
+                    if name not in first_ping and tunnel.connection.stats.pings_sent > n:
+                        first_ping[name] = clock.seconds()
+            self.assertEqual(set(first_ping), {"agent", "contact"}, k)
+            for name, at in first_ping.items():
+                self.assertLessEqual(at - last, interval + step / 2, (k, name))
+            self.assertEqual(contact_app.calls[-1], ("sip", 1, b"OPTIONS"))
+
     def test_backpressure_drops_stale_media(self) -> None:
         """
         While the transport has paused us, media waits; when it resumes,
