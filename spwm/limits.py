@@ -19,8 +19,10 @@ class Limits:
 
     @ivar max_frame_payload: largest frame payload accepted.
     @ivar handshake_timeout: time for the SPWM handshake to complete.
-    @ivar keepalive_interval: send a ping when nothing arrived for this long.
-    @ivar keepalive_timeout: declare the peer dead when nothing arrived for this long.
+    @ivar keepalive_interval: send a ping when nothing was sent or nothing
+        arrived for this long (at most one per interval).
+    @ivar keepalive_timeout: declare the peer dead when nothing arrived for
+        this long (counted from the last bytes received).
     @ivar media_deadline: a queued media datagram older than this is dropped.
     @ivar max_priority_queue: bytes of control and SIP frames waiting; past a
         quarter of it new SIP requests are refused with 503, past it the

@@ -306,3 +306,46 @@ class AgentDormantTests(SynchronousTestCase):
         resumption.tunnel_lost(old, "cut")
         resumption.stop()
         self.assertEqual((lost, resumption.keys), ([], {}))
+
+
+class OnDemandCloseTests(SynchronousTestCase):
+    """
+    A tunnel closed on purpose (C{--tunnel on-demand}, nothing needs it)
+    is not a loss to resume, on either side.
+    """
+
+    def test_agent_forgets_the_session(self) -> None:
+        """
+        After C{end_session}, the loss of the tunnel suspends nothing,
+        offers nothing and closes no phone connection.
+        """
+        clock, media = Clock(), FakeMedia()
+        resumption = AgentResumption(clock, 60.0, media, FakeHandle())
+        tunnel = FakeTunnel("s1")
+        resumption.keys[USER] = KEY
+        resumption.flows[USER] = 3
+        resumption.session_id = "s1"
+        lost: list[list[int]] = []
+        resumption.session_lost = lambda flows: lost.append(flows) or 0
+        resumption.end_session()
+        resumption.tunnel_lost(tunnel, "tunnel no longer needed (on-demand)")
+        self.assertEqual(resumption.status()["suspended"], 0)
+        self.assertEqual(resumption.hello(), {})
+        self.assertEqual(media.calls, [("lost", tunnel)])
+        self.assertEqual(lost, [])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_contact_ends_a_session_that_went_away(self) -> None:
+        """
+        The contact point ends (does not suspend) the session of an agent
+        that sent go-away before closing; a plain loss is still suspended.
+        """
+        clock, resumption, media, sip = _contact()
+        parting = _registered(resumption, sip, "s1", 1000.0)
+        parting.go_away_info = object()
+        resumption.tunnel_lost(parting, "closed")
+        self.assertEqual(resumption.status()["suspended"], 0)
+        self.assertIn(("lost", "s1"), sip.calls)
+        cut = _registered(resumption, sip, "s2", 1000.0)
+        resumption.tunnel_lost(cut, "cut")
+        self.assertEqual(resumption.status()["suspended"], 1)

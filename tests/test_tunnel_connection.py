@@ -5,6 +5,7 @@ Tests for L{spwm.tunnel.connection}, the sans-I/O tunnel core.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -540,3 +541,169 @@ class FuzzRegressionTests(SynchronousTestCase):
         self.assertEqual(pair.contact.state, State.CLOSED)
         self.assertEqual(events[-1].code, ErrorCode.BAD_CONTROL)
 
+
+
+class _Wire:
+    """
+    Two cores on a recorded wire: every frame that leaves either side is
+    logged with the time and its type; timers run exactly at the deadlines
+    the cores give.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.pair = CorePair(limits=limits).handshake()
+        self.now = self.pair.now
+        self.log: list[tuple[float, str, int]] = []
+        self.closed: list[Any] = []
+        self.deliver = {"agent": True, "contact": True}
+        self._decoders = {"agent": FrameDecoder(), "contact": FrameDecoder()}
+
+    def _record(self, side: str, data: bytes) -> None:
+        for ftype, _flags, _channel, _payload in self._decoders[side].feed(data):
+            self.log.append((self.now, side, ftype))
+
+    def pump(self) -> None:
+        agent, contact = self.pair.agent, self.pair.contact
+        for _ in range(50):
+            a = agent.data_to_send(self.now)
+            if a:
+                self._record("agent", a)
+                if self.deliver["agent"]:
+                    self.closed += of_type(contact.receive_data(a, self.now), ev.TunnelClosed)
+            c = contact.data_to_send(self.now)
+            if c:
+                self._record("contact", c)
+                if self.deliver["contact"]:
+                    self.closed += of_type(agent.receive_data(c, self.now), ev.TunnelClosed)
+            if not a and not c:
+                return
+        raise AssertionError("cores did not settle")
+
+    def run_until(self, target: float) -> None:
+        agent, contact = self.pair.agent, self.pair.contact
+        for _ in range(100000):
+            deadlines = [d for d in (agent.next_deadline(), contact.next_deadline()) if d is not None]
+            if not deadlines or min(deadlines) > target:
+                break
+            self.now = max(self.now, min(deadlines))
+            self.closed += of_type(agent.handle_timer(self.now), ev.TunnelClosed)
+            self.closed += of_type(contact.handle_timer(self.now), ev.TunnelClosed)
+            self.pump()
+        else:
+            raise AssertionError("timers made no progress")
+        self.now = target
+        self.pump()
+
+    def send(self, side: str) -> None:
+        core = self.pair.agent if side == "agent" else self.pair.contact
+        core.send_sip(1, b"OPTIONS sip:x SIP/2.0\r\n\r\n")
+        self.pump()
+
+    def frames(self, side: str, after: float, ftype: int | None = None) -> list[float]:
+        return [t for t, s, f in self.log if s == side and t >= after and (ftype is None or f == ftype)]
+
+
+class KeepaliveTimingTests(SynchronousTestCase):
+    """
+    A ping leaves at most the keepalive interval after the last frame, at
+    every phase of the old check grid, and the dead-peer timeout counts
+    from the last frame received.
+    """
+
+    limits = Limits(keepalive_interval=10, keepalive_timeout=30)
+
+    def test_ping_within_interval_at_every_phase(self) -> None:
+        """
+        Whichever side sent the last frame, and whenever it did relative to
+        the handshake (t0 + k * interval / 10 for k in 0..10 after some idle
+        intervals), each side's next frame (a PING if nothing else) leaves
+        at most one interval later, and the wire is never silent longer.
+        """
+        interval = self.limits.keepalive_interval
+        for sender in ("agent", "contact"):
+            for k in range(11):
+                wire = _Wire(self.limits)
+                t0 = wire.now
+                wire.run_until(t0 + 3 * interval + k * interval / 10 - 0.001)
+                wire.run_until(t0 + 3 * interval + k * interval / 10)
+                last = wire.now
+                wire.send(sender)
+                wire.run_until(last + 3 * interval)
+                for side in ("agent", "contact"):
+                    pings = wire.frames(side, last, FrameType.PING)
+                    self.assertTrue(pings, (sender, k, side))
+                    self.assertLessEqual(pings[0] - last, interval, (sender, k, side))
+                times = sorted(t for t, _s, _f in wire.log if t >= last)
+                gaps = [b - a for a, b in zip(times, times[1:])]
+                self.assertLessEqual(max(gaps), interval, (sender, k))
+                self.assertEqual(wire.closed, [])
+
+    def test_dead_peer_timeout_from_last_frame_received(self) -> None:
+        """
+        When the peer falls silent (its frames no longer arrive) at any phase,
+        the tunnel is declared dead exactly the timeout after the last frame
+        that arrived, not on a later check.
+        """
+        interval = self.limits.keepalive_interval
+        for k in range(11):
+            wire = _Wire(self.limits)
+            t0 = wire.now
+            wire.run_until(t0 + 2 * interval + k * interval / 10)
+            wire.send("contact")
+            last = wire.now
+            wire.deliver["contact"] = False
+            wire.run_until(last + 4 * interval)
+            self.assertIs(wire.pair.agent.state, State.CLOSED)
+            self.assertEqual(wire.pair.agent.close_code, ErrorCode.KEEPALIVE_TIMEOUT)
+            closed_at = [t for t, s, f in wire.log if s == "agent" and f == FrameType.ERROR]
+            self.assertEqual(closed_at[0], last + self.limits.keepalive_timeout, k)
+
+    def test_one_way_traffic_keeps_the_tunnel(self) -> None:
+        """
+        A side that only receives (one-way media, no answers) is not declared
+        dead by the side that only sends: the sender pings because nothing
+        arrives, and the PONG answers.
+        """
+        interval = self.limits.keepalive_interval
+        wire = _Wire(self.limits)
+        start = wire.now
+        for step in range(200):
+            wire.run_until(start + step * interval / 4)
+            wire.send("agent")
+        self.assertEqual(wire.closed, [])
+        self.assertIs(wire.pair.agent.state, State.OPEN)
+        pings = wire.frames("agent", start, FrameType.PING)
+        self.assertGreater(len(pings), 30)
+        gaps = [b - a for a, b in zip(pings, pings[1:])]
+        self.assertGreaterEqual(min(gaps), interval)
+
+    @settings(max_examples=60)
+    @given(
+        st.lists(
+            st.tuples(st.floats(min_value=0, max_value=25, allow_nan=False), st.sampled_from(["agent", "contact"])),
+            max_size=25,
+        )
+    )
+    def test_arbitrary_frame_timings(self, sends: list[tuple[float, str]]) -> None:
+        """
+        For any timing of application frames in either direction: neither
+        direction of the wire is silent for longer than the keepalive
+        interval, a side sends at most one PING per interval, and the tunnel
+        stays open.
+        """
+        interval = self.limits.keepalive_interval
+        wire = _Wire(self.limits)
+        start = wire.now
+        for delay, side in sends:
+            wire.run_until(wire.now + delay)
+            wire.send(side)
+        wire.run_until(wire.now + 3 * interval)
+        self.assertEqual(wire.closed, [])
+        for side in ("agent", "contact"):
+            times = [start] + wire.frames(side, start)
+            gaps = [b - a for a, b in zip(times, times[1:])]
+            self.assertLessEqual(max(gaps), interval + 1e-9, side)
+            pings = wire.frames(side, start, FrameType.PING)
+            ping_gaps = [b - a for a, b in zip(pings, pings[1:])]
+            if ping_gaps:
+                self.assertGreaterEqual(min(ping_gaps), interval - 1e-9, side)

@@ -19,7 +19,7 @@ from spwm.limits import Limits
 from spwm.testing.certs import TestCA
 from spwm.tunnel.frames import ALPN, ChannelKind, ErrorCode
 from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux, ContactTunnelFactory
-from spwm.tunnel.service import ReportingClientTLS, server_tls_options
+from spwm.tunnel.service import PLAINTEXT_ANSWER, ReportingClientTLS, describe_failure, server_tls_options
 
 
 class RecordingApp:
@@ -134,6 +134,75 @@ class AdapterTests(SynchronousTestCase):
             self.pump.flush()
         self.assertEqual(self.agent_app.calls, [("established",)])
         self.assertEqual(len(self.factory.tunnels), 1)
+
+    def test_frames_move_no_timer(self) -> None:
+        """
+        Frames do not reschedule the keepalive timer (it is computed from
+        last-activity times): 400 SIP messages over four intervals cost a
+        handful of timer calls, and the first ping still leaves at most one
+        interval after the last frame.
+        """
+        calls = []
+        real_call_later = self.clock.callLater
+
+        def counting_call_later(delay: float, f: Any, *a: Any, **kw: Any) -> Any:
+            calls.append(delay)
+            return real_call_later(delay, f, *a, **kw)
+
+        self.clock.callLater = counting_call_later  # type: ignore[method-assign]
+        agent = self.agent_app.tunnel
+        contact = self.contact_app.tunnel
+        for n in range(400):
+            self.clock.advance(0.15)
+            agent.send_sip(1, b"OPTIONS")
+            self.pump.flush()
+            contact.send_sip(1, b"200")
+            self.pump.flush()
+        # One wake-up per interval or so on each side, not one per frame.
+        self.assertLess(len(calls), 20)
+        pings = agent.connection.stats.pings_sent + contact.connection.stats.pings_sent
+        self.assertEqual(pings, 0)
+        interval = Limits().keepalive_interval
+        self.clock.advance(interval - 0.01)
+        self.pump.flush()
+        self.assertEqual(agent.connection.stats.pings_sent + contact.connection.stats.pings_sent, 0)
+        self.clock.advance(0.02)
+        self.pump.flush()
+        self.assertEqual(agent.connection.stats.pings_sent, 1)
+        self.assertEqual(contact.connection.stats.pings_sent, 1)
+
+    def test_ping_within_interval_at_every_phase(self) -> None:
+        """
+        Over real adapters and a fake clock: whatever the phase of the last
+        frame relative to the handshake (k tenths of an interval), each side
+        sends its next frame (a ping) at most one interval after it.  (The
+        fixed grid sent the first ping up to two intervals later.)
+        """
+        interval = Limits().keepalive_interval
+        step = interval / 100
+        for k in range(11):
+            clock = Clock()
+            agent_app, contact_app, factory, pump = connect_pair(clock)
+            pump.flush()
+            for _ in range(int((3 * interval + k * interval / 10) / step)):
+                clock.advance(step)
+                pump.flush()
+            agent, contact = agent_app.tunnel, contact_app.tunnel
+            agent.send_sip(1, b"OPTIONS")
+            pump.flush()
+            last = clock.seconds()
+            before = (agent.connection.stats.pings_sent, contact.connection.stats.pings_sent)
+            first_ping: dict[str, float] = {}
+            for _ in range(int(2 * interval / step)):
+                clock.advance(step)
+                pump.flush()
+                for name, tunnel, n in (("agent", agent, before[0]), ("contact", contact, before[1])):
+                    if name not in first_ping and tunnel.connection.stats.pings_sent > n:
+                        first_ping[name] = clock.seconds()
+            self.assertEqual(set(first_ping), {"agent", "contact"}, k)
+            for name, at in first_ping.items():
+                self.assertLessEqual(at - last, interval + step / 2, (k, name))
+            self.assertEqual(contact_app.calls[-1], ("sip", 1, b"OPTIONS"))
 
     def test_backpressure_drops_stale_media(self) -> None:
         """
@@ -305,7 +374,9 @@ class TLSTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(agent_app.calls, [])
         self.assertEqual(contact_app.calls, [])
-        self.assertIn("does not match the server name", client.last_error)
+        self.assertEqual(
+            client.last_error, "certificate for contact.example.test does not match server name other.example.test"
+        )
 
     def test_expired(self) -> None:
         """
@@ -318,7 +389,12 @@ class TLSTests(SynchronousTestCase):
         )
         pump.flush()
         self.assertEqual(agent_app.calls, [])
-        self.assertEqual(client.last_error, "certificate has expired")
+        self.assertRegex(
+            client.last_error, r"^certificate for contact\.example\.test expired on \d{4}-\d\d-\d\d \d\d:\d\d UTC$"
+        )
+        with open(self.ca.directory + "/server.pem", "rb") as f:
+            not_after = ssl.Certificate.loadPEM(f.read()).original.get_notAfter().decode()
+        self.assertIn(f"{not_after[:4]}-{not_after[4:6]}-{not_after[6:8]}", client.last_error)
 
     def test_untrusted(self) -> None:
         """
@@ -333,7 +409,35 @@ class TLSTests(SynchronousTestCase):
         )
         pump.flush()
         self.assertEqual(agent_app.calls, [])
-        self.assertIn("untrusted", client.last_error)
+        self.assertEqual(
+            client.last_error,
+            "untrusted issuer (Another CA) of the certificate for contact.example.test:"
+            " not in --ca or the system's trust store",
+        )
+
+    def test_plaintext_contact_point(self) -> None:
+        """
+        A contact point started with --plaintext answers a TLS agent with
+        SPWM bytes: the reason says so, without an exception's repr.
+        """
+        clock = Clock()
+        contact_factory = ContactTunnelFactory(RecordingApp(), clock)
+        agent_factory = AgentTunnelFactory(RecordingApp(), clock, "agent-x")
+        client_f = TLSMemoryBIOFactory(self.client_options("contact.example.test"), True, agent_factory, clock=clock)
+        server = contact_factory.buildProtocol(None)
+        client = client_f.buildProtocol(None)
+        lost: list[Any] = []
+        client.wrappedProtocol.lost_handler = lambda protocol, reason: lost.append(reason)
+        pump = iosim.connect(
+            server, iosim.FakeTransport(server, True), client, iosim.FakeTransport(client, False),
+            greet=False, clock=clock,
+        )
+        pump.flush()
+        clock.advance(3)
+        pump.flush()
+        [reason] = lost
+        self.assertEqual(describe_failure(reason), PLAINTEXT_ANSWER)
+        self.assertEqual(PLAINTEXT_ANSWER, "the contact point answered in plaintext (is it started with --plaintext?)")
 
 
 class ConnectionLimitTests(SynchronousTestCase):

@@ -5,6 +5,7 @@ CONNECT, draining the contact point.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -54,6 +55,17 @@ class BackoffTests(SynchronousTestCase):
         low = backoff(initial=1, factor=2, cap=10, rng=lambda: 0.0)
         self.assertEqual([high(n) for n in range(1, 7)], [1, 2, 4, 8, 10, 10])
         self.assertEqual([low(n) for n in range(1, 5)], [0.5, 1, 2, 4])
+
+    def test_no_overflow(self) -> None:
+        """
+        Any attempt number, however large, gets the cap (the exponent no
+        longer overflows a float at attempt 1025).
+        """
+        policy = backoff(initial=1, factor=2, cap=60, rng=lambda: 1.0)
+        for attempt in (1024, 1025, 1100, 10**6, 10**18):
+            self.assertEqual(policy(attempt), 60)
+        huge = backoff(initial=1, factor=1e300, cap=5, rng=lambda: 1.0)
+        self.assertEqual(huge(3), 5)
 
 
 class AgentServiceTests(SynchronousTestCase):
@@ -108,6 +120,32 @@ class AgentServiceTests(SynchronousTestCase):
         self.assertEqual(len(lines), 5)
         self.assertIn("nobody home", lines[0]["reason"])
         self.assertEqual(lines[-1]["delay"], 8)
+
+    def test_reconnects_after_1100_failures(self) -> None:
+        """
+        With the default policy (cap 60 s), an agent whose contact point
+        refuses 1,100 attempts (about 13 to 18 hours) still tries again and
+        connects at the next attempt.
+        """
+        service = AgentTunnelService(
+            self.endpoint,
+            self.factory,
+            self.clock,
+            description="contact.example.test:443",
+            policy=backoff(cap=60.0),
+        )
+        self.service = service
+        service.startService()
+        for n in range(1100):
+            self.assertEqual(len(self.endpoint.attempts), n + 1)
+            self.endpoint.attempts[-1][1].errback(ConnectionRefusedError("nobody home"))
+            self.clock.advance(60.0)
+        self.assertEqual(len(self.endpoint.attempts), 1101)
+        self.assertEqual(service.status()["failures"], 1100)
+        self.connect_contact()
+        self.assertIsNotNone(service.tunnel)
+        self.assertTrue(service.tunnel.is_open)
+        self.assertEqual(service.status()["failures"], 0)
 
     def test_connects_and_reports(self) -> None:
         """
@@ -223,6 +261,131 @@ class HTTPConnectTests(SynchronousTestCase):
         transport = StringTransport()
         proto.makeConnection(transport)
         self.assertTrue(transport.value().startswith(b"CONNECT [2001:db8::1]:443 HTTP/1.1"))
+
+
+class FakeProxy:
+    """
+    An HTTP CONNECT proxy in memory that demands Basic credentials (or
+    offers other schemes) and answers the CONNECT it was sent.
+    """
+
+    def __init__(self, user_pass: str | None, schemes: tuple[str, ...] = ('Basic realm="corp"',)) -> None:
+        self.expected = None if user_pass is None else base64.b64encode(user_pass.encode()).decode()
+        self.schemes = schemes
+
+    def answer(self, request: bytes) -> bytes:
+        head = request.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+        lines = head.split("\r\n")
+        assert lines[0].startswith("CONNECT ")
+        given = [line.split(":", 1)[1].strip() for line in lines[1:] if line.lower().startswith("proxy-authorization:")]
+        if self.expected is None or given == [f"Basic {self.expected}"]:
+            return b"HTTP/1.1 200 Connection established\r\n\r\n"
+        offers = "".join(f"Proxy-Authenticate: {s}\r\n" for s in self.schemes)
+        return f"HTTP/1.1 407 Proxy Authentication Required\r\n{offers}Content-Length: 0\r\n\r\n".encode()
+
+
+class ProxyAuthTests(SynchronousTestCase):
+    """
+    C{Proxy-Authorization: Basic} for the CONNECT, and one clear line on 407.
+    """
+
+    def attempt(self, proxy: FakeProxy, auth: str | None) -> Any:
+        endpoint_under = FakeEndpoint()
+        endpoint = HTTPConnectEndpoint(
+            endpoint_under, "contact.example.test", 443, auth=auth, description="proxy.example.test:3128"
+        )
+        d = endpoint.connect(Factory.forProtocol(Protocol))
+        factory, pd = endpoint_under.attempts[0]
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        pd.callback(proto)
+        proto.dataReceived(proxy.answer(transport.value()))
+        return d, transport
+
+    def test_basic_accepted(self) -> None:
+        """
+        With the right user and password (UTF-8, RFC 7617) the proxy connects.
+        """
+        d, transport = self.attempt(FakeProxy("alice:pä:ss"), "alice:pä:ss")
+        self.successResultOf(d)
+        self.assertIn(b"Proxy-Authorization: Basic YWxpY2U6cMOkOnNz\r\n", transport.value())
+
+    def test_wrong_credentials(self) -> None:
+        """
+        Wrong credentials: the failure says the proxy refused them.
+        """
+        d, _ = self.attempt(FakeProxy("alice:right"), "alice:wrong")
+        reason = describe_failure(self.failureResultOf(d))
+        self.assertEqual(
+            reason,
+            'the HTTP proxy at proxy.example.test:3128 demands authentication (Proxy-Authenticate: Basic realm="corp");'
+            " it refused the user and password of http-proxy-auth (or SPWM_HTTP_PROXY_AUTH)",
+        )
+
+    def test_no_credentials(self) -> None:
+        """
+        No credentials: the failure says where to put them; no header is sent.
+        """
+        d, transport = self.attempt(FakeProxy("alice:right"), None)
+        self.assertNotIn(b"Proxy-Authorization", transport.value())
+        reason = describe_failure(self.failureResultOf(d))
+        self.assertIn("demands authentication (Proxy-Authenticate: Basic", reason)
+        self.assertIn('set http-proxy-auth = "user:password" in the --config file or SPWM_HTTP_PROXY_AUTH', reason)
+
+    def test_ntlm_only(self) -> None:
+        """
+        A proxy offering only NTLM/Negotiate: the failure says we do not
+        speak it and what to do instead.
+        """
+        d, _ = self.attempt(FakeProxy("x:y", schemes=("NTLM", "Negotiate")), "x:z")
+        reason = describe_failure(self.failureResultOf(d))
+        self.assertIn("(Proxy-Authenticate: NTLM; Negotiate)", reason)
+        self.assertIn("cntlm or px", reason)
+
+    def test_refused_on_command_line(self) -> None:
+        """
+        C{--http-proxy-auth} on the command line is refused with one line
+        saying where the credentials go; in the file it is taken.
+        """
+        from spwm.config import ConfigExit
+        from spwm.tap import agent
+
+        with self.assertRaises(ConfigExit) as caught:
+            agent.Options().parseOptions(["--http-proxy-auth=alice:secret"])
+        self.assertIn("--config file or set SPWM_HTTP_PROXY_AUTH", str(caught.exception))
+        self.assertNotIn("secret", str(caught.exception))
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('http-proxy = "proxy.example.test:3128"\nhttp-proxy-auth = "alice:secret"\n')
+        options = agent.Options()
+        options.parseOptions(["--config", path])
+        self.assertEqual(options.proxy_auth(), "alice:secret")
+
+    def test_from_the_environment(self) -> None:
+        """
+        C{SPWM_HTTP_PROXY_AUTH} gives the credentials when the file does
+        not; a malformed value is refused with one line naming the variable.
+        """
+        import os
+
+        from spwm.config import ConfigExit
+        from spwm.tap import agent
+
+        old = os.environ.get(agent.PROXY_AUTH_ENV)
+        self.addCleanup(
+            lambda: os.environ.pop(agent.PROXY_AUTH_ENV, None)
+            if old is None
+            else os.environ.__setitem__(agent.PROXY_AUTH_ENV, old)
+        )
+        os.environ[agent.PROXY_AUTH_ENV] = "bob:pw"
+        options = agent.Options()
+        options.parseOptions(["--http-proxy", "proxy.example.test:3128"])
+        self.assertEqual(options.proxy_auth(), "bob:pw")
+        os.environ[agent.PROXY_AUTH_ENV] = "no-colon"
+        with self.assertRaises(ConfigExit) as caught:
+            agent.Options().parseOptions(["--http-proxy", "proxy.example.test:3128"])
+        self.assertIn("SPWM_HTTP_PROXY_AUTH: must be USER:PASSWORD", str(caught.exception))
 
 
 class ContactServiceTests(SynchronousTestCase):

@@ -294,6 +294,14 @@ class AgentResumption(_Lifecycle):
             self._timer.cancel()
         self._timer = None
 
+    def end_session(self) -> None:
+        """
+        The agent closes its tunnel on purpose because nothing needs it
+        (C{--tunnel on-demand}): the loss that follows is not one to
+        resume, so forget the session now.
+        """
+        self._release("tunnel no longer needed")
+
     def stop(self) -> None:
         """
         The service stops: release what is suspended, suspend nothing more.
@@ -401,7 +409,16 @@ class ContactResumption(_Lifecycle):
         session_id = tunnel.session_id
         if self._live.get(session_id) is tunnel:
             del self._live[session_id]
-        if self.keys.get(session_id) and self.window > 0 and not self._stopping and session_id not in self._suspended:
+        # An agent that sent go-away before closing (an on-demand tunnel
+        # nobody needs) is not coming back for this session: end it now.
+        parting = getattr(tunnel, "go_away_info", None) is not None
+        if (
+            self.keys.get(session_id)
+            and self.window > 0
+            and not self._stopping
+            and not parting
+            and session_id not in self._suspended
+        ):
             self.media.tunnel_suspended(tunnel)
             timer = self.clock.callLater(self.window, self._expire, session_id)
             self._suspended[session_id] = (tunnel, timer)

@@ -681,8 +681,21 @@ class AgentSipProxy:
         self._instance_ns = uuid.uuid5(uuid.NAMESPACE_URL, "spwm-agent:" + agent_id)
         self._established = _CallIds(dialog_lifetime)
         self._bindings = _AppBindings()
+        # flow id -> when the registration made through it expires
+        self._registered_until: dict[int, float] = {}
 
     # -- public API ---------------------------------------------------------
+
+    def busy(self, now: float) -> bool:
+        """
+        Whether an application still needs the tunnel: a registration made
+        through this agent is still valid, or a dialog is established
+        (read-only but for forgetting expired registrations).
+        """
+        until = self._registered_until
+        for fid in [fid for fid, t in until.items() if t <= now]:
+            del until[fid]
+        return bool(until) or bool(self._established._ids)
 
     def instance_for(self, contact_uri: str) -> str:
         """
@@ -869,6 +882,9 @@ class AgentSipProxy:
             if longest:
                 fid = self.flows.use(flow, now)
                 self.flows.extend(fid, longest + self.registration_margin, now)
+                self._registered_until[fid] = now + longest
+            else:
+                self._registered_until.pop(fid, None)
 
     def _ours(self, uri: Any) -> bool:
         """

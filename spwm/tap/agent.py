@@ -5,6 +5,7 @@ C{twistd spwm-agent}: the LAN half of SPWM.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -12,6 +13,7 @@ from twisted.application.service import IService
 
 from spwm.config import (
     ConfigError,
+    ConfigExit,
     Option,
     SpwmOptions,
     host_port,
@@ -46,7 +48,32 @@ from spwm.tap.common import (
     load_tls,
 )
 from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux
-from spwm.tunnel.service import AgentTunnelService, agent_endpoint, backoff, client_certificate
+from spwm.tunnel.service import AgentTunnelService, OnDemandTunnel, agent_endpoint, backoff, client_certificate
+
+def tunnel_mode(value: Any) -> str:
+    """
+    C{always} or C{on-demand}.
+    """
+    if value not in ("always", "on-demand"):
+        raise ValueError(f"must be always or on-demand, not {value!r}")
+    return str(value)
+
+
+#: the environment variable with the HTTP proxy's USER:PASSWORD
+PROXY_AUTH_ENV = "SPWM_HTTP_PROXY_AUTH"
+
+
+def proxy_credentials(value: Any) -> str:
+    """
+    C{user:password} for Basic proxy authentication (RFC 7617: the user
+    has no colon, the password may).
+    """
+    if not isinstance(value, str) or ":" not in value or value.startswith(":"):
+        raise ValueError("must be USER:PASSWORD")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
 
 OPTIONS = (
     Option("contact", "localhost:443", host_port_string, "The contact point, HOST:PORT (DNS name, IPv4 or [IPv6])."),
@@ -56,10 +83,13 @@ OPTIONS = (
     Option("client-cert", None, readable_file, "Mutual TLS: this agent's certificate (PEM), naming its --agent-id."),
     Option("client-key", None, readable_file, "Mutual TLS: the key of --client-cert (PEM)."),
     Option("http-proxy", None, host_port_string, "Connect through this HTTP CONNECT proxy, HOST:PORT."),
+    Option("http-proxy-auth", None, proxy_credentials, "USER:PASSWORD for --http-proxy (Basic); only in the --config file or the SPWM_HTTP_PROXY_AUTH environment variable, never on the command line."),
     Option("agent-id", None, optional_string, "This agent's identity (default: the host name)."),
     Option("forward-udp", (), udp_forward, "Forward UDP: [ADDR:]LOCAL_PORT=HOST:PORT (ADDR defaults to 127.0.0.1).", repeat=True),
     Option("max-forward-senders", 256, positive_int, "Senders (source addresses) one UDP forward gives a tunnel channel each; datagrams from more are dropped and counted."),
     Option("reconnect-max", 60.0, positive_float, "Longest wait between reconnection attempts, in seconds."),
+    Option("tunnel", "always", tunnel_mode, "always: keep the tunnel up; on-demand: connect at the first SIP message from an application, close when none needs it."),
+    Option("tunnel-idle", 30.0, positive_float, "With --tunnel on-demand: seconds after the last registration and dialog have ended (and the last SIP) before the tunnel closes."),
     Option("sip-listen", (), ip_literal_port, "Listen for SIP applications on IP:PORT, UDP and TCP (default 127.0.0.1:5060).", repeat=True),
     Option("sip-tls-cert", None, readable_file, "PEM certificate for SIP over TLS towards applications (port + 1)."),
     Option("sip-tls-key", None, readable_file, "PEM key for SIP over TLS towards applications."),
@@ -79,7 +109,36 @@ class Options(SpwmOptions.build("spwm-agent", OPTIONS)):
     Options of C{twistd spwm-agent}.
     """
 
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Refuse proxy credentials on the command line, where C{ps} shows them.
+        """
+        import sys
+
+        argv = sys.argv[1:] if options is None else list(options)
+        if any(a == "--http-proxy-auth" or a.startswith("--http-proxy-auth=") for a in argv):
+            raise ConfigExit(
+                "spwm-agent: invalid configuration: --http-proxy-auth: not on the command line (every"
+                ' user sees it with ps): put http-proxy-auth = "user:password" in the --config file'
+                f" or set {PROXY_AUTH_ENV}"
+            )
+        super().parseOptions(options)
+
+    def proxy_auth(self) -> str | None:
+        """
+        The HTTP proxy's credentials: from the file, else the environment.
+        """
+        return self["http-proxy-auth"] or os.environ.get(PROXY_AUTH_ENV) or None
+
     def validate(self) -> None:
+        env = os.environ.get(PROXY_AUTH_ENV)
+        if env and not self["http-proxy-auth"]:
+            try:
+                proxy_credentials(env)
+            except ValueError as e:
+                raise ConfigError(PROXY_AUTH_ENV, str(e)) from None
+        if self["http-proxy-auth"] and not self["http-proxy"]:
+            raise ConfigError("http-proxy-auth", "is for an HTTP proxy: give http-proxy too")
         if self["reconnect-max"] <= 0:
             raise ConfigError("reconnect-max", "must be greater than 0")
         host_port(self["contact"])
@@ -126,7 +185,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     host, port = host_port(options["contact"])
     limits = limits_from(options)
     agent_id = options["agent-id"] or socket.gethostname()
-    handle = AgentTunnelHandle()
+    handle = AgentTunnelHandle(reactor)
     mux = ApplicationMux(observers=[handle])
     forwarder = AgentForwarder(
         reactor,
@@ -164,6 +223,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     media_hook.source = flow_source(proxy.flows, reactor)
     core = resumption.wrap(proxy)
     runner = AgentSipRunner(core, reactor, trace=sip_trace(options))
+    handle.answer = lambda flow_id, data: runner.sip_received(None, flow_id, data)
     resumption.session_lost = runner.close_stream_flows
     mux.sip = runner
     sip_tls = None
@@ -184,6 +244,7 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         server_name=options["server-name"],
         ca_file=options["ca"],
         http_proxy=host_port(options["http-proxy"]) if options["http-proxy"] else None,
+        http_proxy_auth=options["http-proxy-auth"] or os.environ.get(PROXY_AUTH_ENV) or None,
         client_cert=(
             load_tls("agent", "client-cert", client_certificate, options["client-cert"], options["client-key"])
             if options["client-cert"]
@@ -199,14 +260,28 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         policy=backoff(cap=options["reconnect-max"]),
     )
     MediaRangeCheck(media_address, options["media-ports"]).setServiceParent(top)
-    tunnel.setServiceParent(top)
+    handle.retry_after = tunnel.retry_after
+    tunnel_status: Any = tunnel.status
+    if options["tunnel"] == "on-demand":
+        on_demand = OnDemandTunnel(
+            tunnel, reactor, core.busy, options["tunnel-idle"], before_close=resumption.end_session
+        )
+        handle.on_demand = on_demand
+        tunnel.attempt_failed = handle.release_held
+        mux.sip = _Touching(runner, on_demand)
+        on_demand.setServiceParent(top)
+        tunnel_status = lambda: dict(tunnel.status(), **on_demand.status())  # noqa: E731
+        top.on_demand = on_demand  # type: ignore[attr-defined]
+    else:
+        tunnel.setServiceParent(top)
     Hook(forwarder.start, forwarder.stop).setServiceParent(top)
     SipListeners(
         reactor, runner, sip_addresses, sip_tls, options["udp-buffer"], min(options["max-sip-size"], 65535)
     ).setServiceParent(top)
     Hook(lambda: None, resumption.stop).setServiceParent(top)
     status = Status("agent", reactor)
-    status.add("tunnel", tunnel.status)
+    status.add("tunnel", tunnel_status)
+    status.add("no_tunnel", handle.status)
     status.add("sessions", resumption.status)
     status.add("sip", core.status)
     status.add("media", media.status)
@@ -223,3 +298,21 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     top.handle = handle  # type: ignore[attr-defined]
     top.resumption = resumption  # type: ignore[attr-defined]
     return top
+
+
+class _Touching:
+    """
+    The SIP part of the mux with an on-demand tunnel: SIP from the tunnel
+    counts as activity too (an incoming call keeps the tunnel up).
+    """
+
+    def __init__(self, runner: Any, on_demand: OnDemandTunnel) -> None:
+        self._runner = runner
+        self._on_demand = on_demand
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runner, name)
+
+    def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
+        self._on_demand.touch()
+        self._runner.sip_received(tunnel, flow_id, data)

@@ -24,7 +24,7 @@ _D = Limits()
 
 TUNNEL_LIMIT_OPTIONS = (
     Option("handshake-timeout", _D.handshake_timeout, positive_float, "Seconds for the tunnel handshake to complete."),
-    Option("keepalive-interval", _D.keepalive_interval, positive_float, "Seconds of silence before the tunnel sends a ping."),
+    Option("keepalive-interval", _D.keepalive_interval, positive_float, "Seconds without a frame sent or without one received before the tunnel sends a ping."),
     Option("keepalive-timeout", _D.keepalive_timeout, positive_float, "Seconds of silence after which the peer is declared dead."),
     Option("media-deadline", _D.media_deadline, positive_float, "Seconds a media datagram may wait in the tunnel before it is dropped."),
     Option("max-channels", _D.max_channels, positive_int, "Open channels per tunnel."),

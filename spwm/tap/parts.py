@@ -6,7 +6,9 @@ tunnel handle, the media hook adapter.
 
 from __future__ import annotations
 
+import hashlib
 import socket
+from collections import deque
 from typing import Any
 
 from twisted.application.service import Service
@@ -16,7 +18,9 @@ from twisted.logger import Logger
 from spwm.addr import hostport
 from spwm.errors import ListenError
 from spwm.forward import set_receive_buffer
+from spwm.sip.errors import SipParseError
 from spwm.sdp import SdpError
+from spwm.sip.message import make_response, parse_message
 from spwm.sip.transport import SipStreamFactory, SipUdpProtocol
 
 
@@ -115,20 +119,122 @@ class SipListeners(Service):
 class AgentTunnelHandle:
     """
     The agent's one stable name for "the tunnel", whichever connection
-    carries it now.  The SIP core sends through it; it drops (and counts)
-    while no tunnel is up.
+    carries it now.  The SIP core sends through it.
+
+    While no tunnel is up, a new request from an application is answered
+    at once with C{503 Service Unavailable} and a C{Retry-After} (fed back
+    into the SIP core as if the contact point had sent it, so the core
+    forgets the transaction as usual); an ACK is never answered, and
+    responses are dropped; all three are counted.  With an on-demand
+    tunnel (L{spwm.tunnel.service.OnDemandTunnel}) a request that arrives
+    while no tunnel is up starts one and waits (at most C{max_held}
+    messages, at most C{hold_time} seconds) to be sent once it is up.
 
     @ivar current: the open L{TunnelProtocol}, or C{None}.
+    @ivar dropped: messages not sent (refused, dropped or held too long).
+    @ivar counters: C{refused_no_tunnel} (requests answered 503),
+        C{responses_dropped}, C{acks_dropped}, C{held} (messages that
+        waited for an on-demand tunnel), C{held_overflow}.
+    @ivar answer: C{answer(flow_id, data)} hands a response to the SIP core
+        as if it came from the tunnel (set by the assembly).
+    @ivar retry_after: returns the seconds for C{Retry-After}.
+    @ivar on_demand: the L{OnDemandTunnel}, or C{None} (tunnel always up).
     """
 
-    def __init__(self) -> None:
+    log = Logger()
+
+    def __init__(self, clock: Any = None, *, max_held: int = 64, hold_time: float = 10.0) -> None:
         self.current: Any = None
         self.dropped = 0
+        self.counters = {
+            "refused_no_tunnel": 0,
+            "responses_dropped": 0,
+            "acks_dropped": 0,
+            "held": 0,
+            "held_overflow": 0,
+        }
+        self.answer: Any = None
+        self.retry_after: Any = lambda: 5
+        self.on_demand: Any = None
+        self.max_held = max_held
+        self.hold_time = hold_time
+        self._clock = clock
+        self._held: deque[tuple[int, bytes]] = deque()
+        self._hold_timer: Any = None
+        self._told = False
 
     def send_sip(self, flow_id: int, data: bytes) -> None:
         tunnel = self.current
-        if tunnel is None or not tunnel.send_sip(flow_id, data):
-            self.dropped += 1
+        on_demand = self.on_demand
+        if tunnel is not None and not self._held and tunnel.send_sip(flow_id, data):
+            if on_demand is not None:
+                on_demand.touch()
+            return
+        if on_demand is not None and on_demand.want():
+            self._hold(flow_id, data)
+            return
+        self.unavailable(flow_id, data)
+
+    def _hold(self, flow_id: int, data: bytes) -> None:
+        if len(self._held) >= self.max_held:
+            self.counters["held_overflow"] += 1
+            self.unavailable(flow_id, data)
+            return
+        self.counters["held"] += 1
+        self._held.append((flow_id, data))
+        if self._hold_timer is None and self._clock is not None:
+            self._hold_timer = self._clock.callLater(self.hold_time, self.release_held)
+
+    def release_held(self) -> None:
+        """
+        The on-demand tunnel did not come up (in time): answer what waited.
+        """
+        self._cancel_hold()
+        held, self._held = self._held, deque()
+        for flow_id, data in held:
+            self.unavailable(flow_id, data)
+
+    def _cancel_hold(self) -> None:
+        if self._hold_timer is not None and self._hold_timer.active():
+            self._hold_timer.cancel()
+        self._hold_timer = None
+
+    def unavailable(self, flow_id: int, data: bytes) -> None:
+        """
+        No tunnel for this message: answer a request with C{503} and
+        C{Retry-After}, drop an ACK or a response; count them.
+        """
+        self.dropped += 1
+        try:
+            msg = parse_message(data)
+        except SipParseError:
+            return
+        if not msg.is_request:
+            self.counters["responses_dropped"] += 1
+            return
+        if msg.method == "ACK":
+            self.counters["acks_dropped"] += 1
+            return
+        self.counters["refused_no_tunnel"] += 1
+        retry = int(self.retry_after())
+        if not self._told:
+            self._told = True
+            self.log.info(
+                "no tunnel to the contact point: new SIP requests from applications"
+                " are answered 503 (Retry-After {retry_after} s) until it is up",
+                retry_after=retry,
+            )
+        if self.answer is None:
+            return
+        tag = hashlib.sha256(msg.call_id.encode("utf-8", "replace")).hexdigest()[:10]
+        response = make_response(
+            msg,
+            503,
+            "Service Unavailable (no tunnel to the contact point)",
+            to_tag=tag,
+            extra_headers=(("Retry-After", str(retry)),),
+        )
+        self.answer(flow_id, response.to_bytes())
 
     @property
     def congested(self) -> bool:
@@ -139,9 +245,23 @@ class AgentTunnelHandle:
         tunnel = self.current
         return tunnel is not None and tunnel.congested
 
+    def status(self) -> dict[str, int]:
+        """
+        For the status page: what was refused or dropped without a tunnel.
+        """
+        return dict(self.counters, held_now=len(self._held))
+
     # tunnel application part: keep track of the connection
     def tunnel_established(self, tunnel: Any) -> None:
         self.current = tunnel
+        self._told = False
+        self._cancel_hold()
+        held, self._held = self._held, deque()
+        for flow_id, data in held:
+            if not tunnel.send_sip(flow_id, data):
+                self.unavailable(flow_id, data)
+        if held and self.on_demand is not None:
+            self.on_demand.touch()
 
     def tunnel_lost(self, tunnel: Any, reason: str) -> None:
         if self.current is tunnel:

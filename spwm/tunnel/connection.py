@@ -169,8 +169,11 @@ class TunnelConnection:
         self._stream: deque[bytes] = deque()
         self._stream_bytes = 0
         self._started = now
+        # Keepalive works from these timestamps alone (one deadline, no
+        # timer moved per frame): see next_deadline.
         self._last_received = now
-        self._next_ping: float | None = None
+        self._last_sent = now
+        self._last_ping = now
         self._drain_deadline: float | None = None
         self._handlers = {
             int(FrameType.CONTROL): self._on_control,
@@ -313,7 +316,7 @@ class TunnelConnection:
                     raise TunnelProtocolError(ErrorCode.BAD_CONTROL, "welcome without a session_id")
                 self.session_id = session_id
             self.state = State.OPEN
-            self._next_ping = now + self.limits.keepalive_interval
+            self._last_ping = now
             out.append(ev.HandshakeCompleted(self.version or 0, self.session_id, self.agent_id, message))
             return
         if op == "open":
@@ -555,6 +558,7 @@ class TunnelConnection:
         stats.datagrams_out += 1
         stats.frames_out += 1
         stats.bytes_out += len(data) + 8
+        self._last_sent = now
         return _PACK(_DATAGRAM, component, channel_id, len(data)) + data
 
     def send_stream_data(self, channel_id: int, data: bytes, fin: bool = False) -> bool:
@@ -676,6 +680,7 @@ class TunnelConnection:
             size += len(frame)
         if not parts:
             return b""
+        self._last_sent = now
         self.stats.frames_out += len(parts)
         self.stats.bytes_out += size
         return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -712,17 +717,40 @@ class TunnelConnection:
 
     # -- time --------------------------------------------------------------
 
+    def _ping_due(self) -> float:
+        """
+        When the next PING is due: once nothing has been sent I{or} nothing
+        has been received for L{Limits.keepalive_interval}, and at most one
+        PING per interval.  So no direction of the tunnel stays silent for
+        longer than the interval (a NAT that forgets idle mappings sees
+        traffic both ways), and a peer that only receives (one-way media)
+        still hears from us and answers with a PONG, which keeps our
+        dead-peer check fed.
+        """
+        last_sent = self._last_sent
+        last_received = self._last_received
+        quiet_since = last_sent if last_sent < last_received else last_received
+        if quiet_since < self._last_ping:
+            quiet_since = self._last_ping
+        return quiet_since + self.limits.keepalive_interval
+
     def next_deadline(self) -> float | None:
         """
         The time at which L{handle_timer} must be called, or C{None}.
+
+        It is computed from the times of the last frame sent and received,
+        so frames move no timer: an adapter may keep a timer set for an
+        earlier deadline, call L{handle_timer} then (which does nothing
+        when nothing is due) and ask again.
         """
         if self.state is State.CLOSED:
             return None
         if self.state is not State.OPEN:
             return self._started + self.limits.handshake_timeout
         deadline = self._last_received + self.limits.keepalive_timeout
-        if self._next_ping is not None and self._next_ping < deadline:
-            deadline = self._next_ping
+        ping = self._ping_due()
+        if ping < deadline:
+            deadline = ping
         if self._drain_deadline is not None and self._drain_deadline < deadline:
             deadline = self._drain_deadline
         return deadline
@@ -742,9 +770,8 @@ class TunnelConnection:
             return [self._fail(ErrorCode.KEEPALIVE_TIMEOUT, f"peer silent for {limits.keepalive_timeout:g} s")]
         if self._drain_deadline is not None and now >= self._drain_deadline:
             return [self._fail(ErrorCode.GOING_AWAY, "drain time over")]
-        if self._next_ping is not None and now >= self._next_ping:
-            if now - self._last_received >= limits.keepalive_interval:
-                self._queue(encode_frame(FrameType.PING, 0, 0, b""))
-                self.stats.pings_sent += 1
-            self._next_ping = now + limits.keepalive_interval
+        if now >= self._ping_due():
+            self._queue(encode_frame(FrameType.PING, 0, 0, b""))
+            self.stats.pings_sent += 1
+            self._last_ping = now
         return []

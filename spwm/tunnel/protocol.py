@@ -750,8 +750,13 @@ class TunnelProtocol(Protocol):
         if self.connection is None or self._lost:
             return
         deadline = self.connection.next_deadline()
-        if deadline == self._timer_at and self._timer is not None and self._timer.active():
-            return
+        if self._timer is not None and self._timer.active() and deadline is not None:
+            # The deadline moves later with every frame (it is computed from
+            # the last-activity times): keep a timer that fires no later
+            # than needed; it then finds nothing due and re-arms.  Only an
+            # earlier deadline moves the timer.
+            if self._timer_at is not None and self._timer_at <= deadline:
+                return
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

@@ -7,9 +7,13 @@ go-away and drain on stop).
 
 from __future__ import annotations
 
+import base64
+import math
 import random
 from typing import Any, Callable
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from service_identity import VerificationError
 from service_identity.hazmat import DNS_ID, IPAddress_ID, verify_service_identity
@@ -36,7 +40,8 @@ from spwm.errors import ListenError
 from spwm.tunnel.frames import ALPN
 from spwm.tunnel.protocol import AdmissionFactory, AgentTunnelFactory, ContactTunnelFactory, TunnelProtocol
 
-# OpenSSL's X509_V_ERR_* codes that people meet, in words.
+# OpenSSL's X509_V_ERR_* codes that people meet, in words (the common ones
+# get a sentence of their own in _verify_error).
 _VERIFY_ERRORS = {
     7: "certificate signature failure (untrusted)",
     9: "certificate is not yet valid",
@@ -50,38 +55,130 @@ _VERIFY_ERRORS = {
     62: "hostname mismatch",
 }
 
+#: what OpenSSL says when the peer's first bytes are not TLS at all
+_NOT_TLS = ("wrong version number", "packet length too long", "http request", "unknown protocol", "record layer failure")
+
+PLAINTEXT_ANSWER = "the contact point answered in plaintext (is it started with --plaintext?)"
+
+PLAINTEXT_UNANSWERED = (
+    "the contact point closed the connection without a word"
+    " (if it uses TLS, start the agent without --plaintext)"
+)
+
+
+def _cert_names(cert: Any) -> str:
+    """
+    The names a certificate is for (subjectAltName, else its common name).
+    """
+    try:
+        c = cert.to_cryptography()
+        try:
+            san = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names = [str(n.value) for n in san]
+        except x509.ExtensionNotFound:
+            names = [str(a.value) for a in c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    except Exception:
+        names = []
+    if len(names) > 4:
+        names = names[:4] + [f"{len(names) - 4} more"]
+    return ", ".join(names) or "no name"
+
+
+def _common_name(cert: Any, issuer: bool) -> str:
+    try:
+        c = cert.to_cryptography()
+        name = c.issuer if issuer else c.subject
+        common = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return str(common[0].value) if common else name.rfc4514_string()
+    except Exception:
+        return "unknown issuer" if issuer else "unknown"
+
+
+def _issuer(cert: Any) -> str:
+    """
+    The common name (else the whole name) of a certificate's issuer.
+    """
+    return _common_name(cert, True)
+
+
+def _asn1_date(value: bytes | None) -> str:
+    """
+    C{b"20261201093000Z"} as C{"2026-12-01 09:30 UTC"}.
+    """
+    text = (value or b"").decode("ascii", "replace")
+    if len(text) >= 12 and text[:12].isdigit():
+        return f"{text[0:4]}-{text[4:6]}-{text[6:8]} {text[8:10]}:{text[10:12]} UTC"
+    return text or "an unknown date"
+
+
+def _verify_error(errno: int, depth: int, cert: Any) -> str:
+    """
+    One sentence for a failed certificate check, naming the certificate.
+    """
+    which = f"certificate for {_cert_names(cert)}" if depth == 0 else f"CA certificate {_common_name(cert, False)}"
+    if errno == 10:
+        return f"{which} expired on {_asn1_date(cert.get_notAfter())}"
+    if errno == 9:
+        return f"{which} is not valid before {_asn1_date(cert.get_notBefore())} (is this machine's clock right?)"
+    if errno == 18:
+        return f"untrusted issuer (the {which} is self-signed; give its CA with --ca)"
+    if errno in (2, 19, 20, 21):
+        return f"untrusted issuer ({_issuer(cert)}) of the {which}: not in --ca or the system's trust store"
+    if errno == 7:
+        return f"untrusted issuer ({_issuer(cert)}): the signature of the {which} does not verify"
+    return f"{which}: " + _VERIFY_ERRORS.get(errno, f"X509 verify error {errno}")
+
+
+def _ssl_text(exc: BaseException) -> str:
+    """
+    The reasons in an OpenSSL error, without its Python representation.
+    """
+    reasons = []
+    try:
+        for entry in exc.args[0]:
+            if isinstance(entry, tuple) and entry and entry[-1]:
+                reasons.append(str(entry[-1]))
+    except (IndexError, TypeError):
+        pass
+    return ", ".join(reasons) or "TLS handshake failed"
+
 
 def describe_failure(failure: Failure | BaseException | None, tls_error: str | None = None) -> str:
     """
-    Say in one line why a connection attempt failed.
+    Say in one line why a connection attempt failed: the certificate
+    check's own sentence when there is one, else the error's text (never
+    the representation of an exception object).
     """
+    if tls_error:
+        return tls_error
     if failure is None:
         return "unknown reason"
     exc = failure.value if isinstance(failure, Failure) else failure
     name = type(exc).__name__
     if name == "VerificationError":
-        return f"certificate does not match the server name: {exc}"
+        return "certificate does not match the server name"
     if isinstance(exc, SSL.Error):
-        if tls_error:
-            return f"TLS certificate verification failed: {tls_error}"
-        return f"TLS error: {exc}"
-    text = str(exc) or name
-    return text if tls_error is None else f"{text} ({tls_error})"
+        text = _ssl_text(exc)
+        if any(marker in text.lower() for marker in _NOT_TLS):
+            return PLAINTEXT_ANSWER
+        return f"TLS error: {text}"
+    return str(exc) or name
 
 
 @implementer(IOpenSSLClientConnectionCreator)
 class ReportingClientTLS:
     """
     Twisted's client TLS options, with a verify callback that remembers why
-    a certificate check failed (expired, untrusted, wrong name).  It does the
-    same service-identity check of the leaf certificate as Twisted's own
-    callback, which it replaces.
+    a certificate check failed (expired, untrusted, wrong name) in words.
+    It does the same service-identity check of the leaf certificate as
+    Twisted's own callback, which it replaces.
 
     @ivar last_error: the reason of the latest failed check, or C{None}.
     """
 
     def __init__(self, inner: Any, hostname: str) -> None:
         self._inner = inner
+        self.hostname = hostname
         if isIPAddress(hostname) or isIPv6Address(hostname):
             self._service_id: Any = IPAddress_ID(hostname)
         else:
@@ -96,14 +193,16 @@ class ReportingClientTLS:
         def verify(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
             try:
                 if not ok and self.last_error is None:
-                    self.last_error = _VERIFY_ERRORS.get(errno, f"X509 verify error {errno}")
+                    self.last_error = _verify_error(errno, depth, cert)
                 if depth != 0:
                     return bool(ok)
                 try:
                     verify_service_identity(extract_patterns(cert), [service_id], [])
-                except VerificationError as e:
+                except VerificationError:
                     if self.last_error is None:
-                        self.last_error = f"certificate does not match the server name: {e}"
+                        self.last_error = (
+                            f"certificate for {_cert_names(cert)} does not match server name {self.hostname}"
+                        )
                     tlsProtocol.failVerification(Failure())
                     return False
                 return bool(ok)
@@ -212,17 +311,24 @@ class _ConnectProtocol(Protocol):
 
     max_response = 16384
 
-    def __init__(self, target: str, wrapped: Protocol, done: Deferred[Protocol]) -> None:
+    def __init__(
+        self, target: str, wrapped: Protocol, done: Deferred[Protocol], auth: str | None = None, proxy: str = ""
+    ) -> None:
         self._target = target
         self._wrapped = wrapped
         self._done = done
         self._buf = b""
         self._tunnelled = False
+        self._auth = auth
+        self._proxy = proxy
 
     def connectionMade(self) -> None:
-        self.transport.write(
-            f"CONNECT {self._target} HTTP/1.1\r\nHost: {self._target}\r\n\r\n".encode("ascii")
-        )
+        head = f"CONNECT {self._target} HTTP/1.1\r\nHost: {self._target}\r\n"
+        if self._auth is not None:
+            # RFC 7617: Basic, user-id ":" password in UTF-8, base64.
+            token = base64.b64encode(self._auth.encode("utf-8")).decode("ascii")
+            head += f"Proxy-Authorization: Basic {token}\r\n"
+        self.transport.write((head + "\r\n").encode("ascii"))
 
     def dataReceived(self, data: bytes) -> None:
         if self._tunnelled:
@@ -236,6 +342,9 @@ class _ConnectProtocol(Protocol):
             return
         status_line = head.split(b"\r\n", 1)[0]
         parts = status_line.split(None, 2)
+        if len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and parts[1] == b"407":
+            self._fail(self._auth_demanded(head))
+            return
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].startswith(b"2"):
             self._fail(f"HTTP proxy refused CONNECT: {status_line.decode('latin-1')!r}")
             return
@@ -247,6 +356,27 @@ class _ConnectProtocol(Protocol):
         self._done.callback(self._wrapped)
         if rest:
             self._wrapped.dataReceived(rest)
+
+    def _auth_demanded(self, head: bytes) -> str:
+        """
+        The one line that says what a C{407} from the proxy means.
+        """
+        offered = []
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"proxy-authenticate":
+                offered.append(value.strip().decode("latin-1")[:80])
+        schemes = {o.split(None, 1)[0].lower() for o in offered if o}
+        what = "; ".join(offered) or "no scheme named"
+        line = f"the HTTP proxy at {self._proxy or 'the --http-proxy address'} demands authentication (Proxy-Authenticate: {what}); "
+        if "basic" not in schemes and schemes:
+            return line + (
+                "SPWM supports only Basic: for NTLM or Negotiate (Kerberos) run a local proxy"
+                " such as cntlm or px that authenticates for you and point --http-proxy at it"
+            )
+        if self._auth is None:
+            return line + 'set http-proxy-auth = "user:password" in the --config file or SPWM_HTTP_PROXY_AUTH'
+        return line + "it refused the user and password of http-proxy-auth (or SPWM_HTTP_PROXY_AUTH)"
 
     def _fail(self, reason: str) -> None:
         self.transport.loseConnection()
@@ -263,31 +393,44 @@ class _ConnectProtocol(Protocol):
 class _ConnectFactory(Factory):
     noisy = False
 
-    def __init__(self, target: str, wrapped: Factory, done: Deferred[Protocol]) -> None:
+    def __init__(
+        self, target: str, wrapped: Factory, done: Deferred[Protocol], auth: str | None = None, proxy: str = ""
+    ) -> None:
         self._target = target
         self._wrapped_factory = wrapped
         self._done = done
+        self._auth = auth
+        self._proxy = proxy
 
     def buildProtocol(self, addr: Any) -> Protocol | None:
         wrapped = self._wrapped_factory.buildProtocol(addr)
         if wrapped is None:
             return None
-        return _ConnectProtocol(self._target, wrapped, self._done)
+        return _ConnectProtocol(self._target, wrapped, self._done, self._auth, self._proxy)
 
 
 @implementer(IStreamClientEndpoint)
 class HTTPConnectEndpoint:
     """
-    Connect through an HTTP proxy with C{CONNECT host:port}.
+    Connect through an HTTP proxy with C{CONNECT host:port}, with
+    C{Proxy-Authorization: Basic} when given C{auth} (C{"user:password"}).
     """
 
-    def __init__(self, proxy: IStreamClientEndpoint, host: str, port: int) -> None:
+    def __init__(
+        self, proxy: IStreamClientEndpoint, host: str, port: int, *, auth: str | None = None, description: str = ""
+    ) -> None:
+        """
+        @param auth: C{"user:password"} for Basic proxy authentication.
+        @param description: the proxy's address, for messages.
+        """
         self._proxy = proxy
         self._target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._auth = auth
+        self._description = description
 
     def connect(self, protocolFactory: Factory) -> Deferred[Protocol]:
         done: Deferred[Protocol] = Deferred()
-        d = self._proxy.connect(_ConnectFactory(self._target, protocolFactory, done))
+        d = self._proxy.connect(_ConnectFactory(self._target, protocolFactory, done, self._auth, self._description))
 
         def connected(_: Any) -> Deferred[Protocol]:
             return done
@@ -309,16 +452,24 @@ class _ReportingEndpoint:
         self.description = description
         self.last_failure: str | None = None
         self.attempts = 0
+        #: an attempt is under way (until the handshake or a failure)
+        self.in_progress = False
+        #: called without arguments when an attempt fails
+        self.on_failure: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return self.description
 
     def connect(self, factory: Factory) -> Deferred[Protocol]:
         self.attempts += 1
+        self.in_progress = True
         d = self._inner.connect(factory)
 
         def failed(f: Failure) -> Failure:
             self.last_failure = describe_failure(f)
+            self.in_progress = False
+            if self.on_failure is not None:
+                self.on_failure()
             return f
 
         d.addErrback(failed)
@@ -331,10 +482,17 @@ def backoff(
     """
     Jittered exponential backoff: attempt M{n} waits a random time between
     half and all of C{min(cap, initial * factor ** (n - 1))}.
+
+    Like Twisted's C{backoffPolicy}, the exponent is bounded and an overflow
+    means the cap, so the policy answers for any number of attempts (an
+    agent may try for days while the contact point is away).
     """
 
     def policy(attempt: int) -> float:
-        base = min(cap, initial * factor ** max(0, attempt - 1))
+        try:
+            base = min(cap, initial * factor ** min(100, max(0, attempt - 1)))
+        except OverflowError:
+            base = cap
         return base * (0.5 + 0.5 * rng())
 
     return policy
@@ -389,9 +547,37 @@ class AgentTunnelService(ClientService):
         self._policy = policy or backoff()
         self._immediate = False
         self._failures = 0
+        self._time = clock
         self.tunnel: TunnelProtocol | None = None
         self.description = description
+        #: when the next attempt is due while waiting between attempts
+        self.next_attempt_at: float | None = None
+        #: called without arguments when an attempt fails (on-demand tunnels)
+        self.attempt_failed: Callable[[], None] | None = None
+        self._reporting.on_failure = self._attempt_failed
         super().__init__(self._reporting, _ServiceFactory(factory, self), retryPolicy=self._retry, clock=clock)
+
+    @property
+    def connecting(self) -> bool:
+        """
+        Whether a connection attempt is under way now (TCP, TLS or handshake).
+        """
+        return self._reporting.in_progress
+
+    def _attempt_failed(self) -> None:
+        if self.attempt_failed is not None:
+            self.attempt_failed()
+
+    def retry_after(self, cap: int = 30) -> int:
+        """
+        Seconds an application should wait before it tries again while the
+        tunnel is down: until the next attempt, at least 1, at most C{cap}.
+        """
+        now = self._time.seconds()
+        at = self.next_attempt_at
+        if at is None or at <= now:
+            return 1
+        return max(1, min(cap, math.ceil(at - now)))
 
     def _retry(self, attempt: int) -> float:
         if self._immediate:
@@ -400,6 +586,7 @@ class AgentTunnelService(ClientService):
         else:
             self._failures += 1
             delay = self._policy(self._failures)
+        self.next_attempt_at = self._time.seconds() + delay
         self.log.info(
             "tunnel to {contact} down ({reason}); attempt {attempt} in {delay:.1f} s",
             contact=self.description,
@@ -429,6 +616,8 @@ class AgentTunnelService(ClientService):
         self.tunnel = protocol
         self._failures = 0
         self._reporting.last_failure = None
+        self._reporting.in_progress = False
+        self.next_attempt_at = None
 
     def _lost(self, protocol: TunnelProtocol, reason: Failure) -> None:
         was_up = self.tunnel is protocol
@@ -442,9 +631,14 @@ class AgentTunnelService(ClientService):
         else:
             tls_error = self._tls.last_error if self._tls is not None else None
             why = describe_failure(reason, tls_error)
+            connection = protocol.connection
+            if self._tls is None and not was_up and (connection is None or connection.stats.bytes_in == 0):
+                why = PLAINTEXT_UNANSWERED
         self._reporting.last_failure = why
         if not was_up:
+            self._reporting.in_progress = False
             self.log.warn("tunnel to {contact} failed: {reason}", contact=self.description, reason=why)
+            self._attempt_failed()
 
     def stopService(self) -> Deferred[None]:
         """
@@ -462,6 +656,135 @@ class AgentTunnelService(ClientService):
         protocol.close(0, "moving after go-away")
 
 
+class OnDemandTunnel(Service):
+    """
+    C{--tunnel on-demand}: the agent's tunnel is up only while an
+    application needs it.  The first SIP message from an application
+    starts the L{AgentTunnelService}; once no registration made through
+    the agent is valid any more, no dialog is established and no SIP has
+    passed for C{idle} seconds, the tunnel is closed with go-away (the
+    contact point forgets the session at once) and the service stopped,
+    until the next message.
+
+    @ivar closes: tunnels closed because they were no longer needed.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        service: AgentTunnelService,
+        clock: IReactorTime,
+        busy: Callable[[float], bool],
+        idle: float,
+        *,
+        before_close: Callable[[], None] | None = None,
+        check_interval: float = 1.0,
+    ) -> None:
+        """
+        @param busy: C{busy(now)}: whether an application still needs the
+            tunnel (L{spwm.sip.proxy.AgentSipProxy.busy}).
+        @param idle: seconds without need and without SIP before closing.
+        @param before_close: called just before an idle tunnel is closed
+            (the resumption logic forgets the session: nothing to resume).
+        @param check_interval: how often the need is checked while up.
+        """
+        self.service = service
+        self._clock = clock
+        self._busy = busy
+        self.idle = idle
+        self._before_close = before_close
+        self._check_interval = check_interval
+        self._last_activity = clock.seconds()
+        self._timer: Any = None
+        self.closes = 0
+
+    @property
+    def wanted(self) -> bool:
+        """
+        Whether the tunnel service runs (is up or trying to be).
+        """
+        return self.service.running
+
+    def touch(self) -> None:
+        """
+        SIP passed: the idle time starts again.
+        """
+        self._last_activity = self._clock.seconds()
+
+    def want(self) -> bool:
+        """
+        An application sent SIP while no tunnel is up: start connecting if
+        the service is not running.
+
+        @return: whether an attempt is under way now (the message may wait
+            for it); C{False} while waiting between failed attempts.
+        """
+        self.touch()
+        if not self.running:
+            return False
+        if not self.service.running:
+            self.log.info(
+                "an application needs the tunnel: connecting to {contact}", contact=self.service.description
+            )
+            self.service.startService()
+            self._arm()
+        return self.service.connecting
+
+    def _arm(self) -> None:
+        if self._timer is None or not self._timer.active():
+            self._timer = self._clock.callLater(self._check_interval, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if not self.service.running:
+            return
+        now = self._clock.seconds()
+        if self._busy(now):
+            # The idle time counts from the end of the last need.
+            self._last_activity = now
+        if now - self._last_activity < self.idle:
+            self._arm()
+            return
+        self.close("no registration, no dialog and no SIP for {:g} s".format(self.idle))
+
+    def close(self, why: str) -> None:
+        """
+        Close the tunnel (with go-away) and stop reconnecting.
+        """
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._before_close is not None:
+            self._before_close()
+        tunnel = self.service.tunnel
+        self.log.info(
+            "no application needs the tunnel to {contact} any more ({why}): closing it",
+            contact=self.service.description,
+            why=why,
+        )
+        if tunnel is not None:
+            tunnel.go_away("no application needs the tunnel (on-demand)", 0.0)
+            tunnel.close(0, "tunnel no longer needed (on-demand)")
+        self.closes += 1
+        self.service.stopService()
+
+    def status(self) -> dict[str, Any]:
+        """
+        For the status page.
+        """
+        return {"mode": "on-demand", "wanted": int(self.wanted), "closes": self.closes}
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.service.running:
+            return self.service.stopService()
+        return None
+
+
 def agent_endpoint(
     reactor: Any,
     host: str,
@@ -473,6 +796,7 @@ def agent_endpoint(
     http_proxy: tuple[str, int] | None = None,
     client_cert: Any = None,
     timeout: float = 10.0,
+    http_proxy_auth: str | None = None,
 ) -> tuple[IStreamClientEndpoint, ReportingClientTLS | None]:
     """
     The endpoint the agent connects with: C{HostnameEndpoint} (both address
@@ -480,8 +804,13 @@ def agent_endpoint(
     C{plaintext}.
     """
     if http_proxy is not None:
+        proxy_host, proxy_port = http_proxy
         endpoint: IStreamClientEndpoint = HTTPConnectEndpoint(
-            HostnameEndpoint(reactor, http_proxy[0], http_proxy[1], timeout=timeout), host, port
+            HostnameEndpoint(reactor, proxy_host, proxy_port, timeout=timeout),
+            host,
+            port,
+            auth=http_proxy_auth,
+            description=f"[{proxy_host}]:{proxy_port}" if ":" in proxy_host else f"{proxy_host}:{proxy_port}",
         )
     else:
         endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)

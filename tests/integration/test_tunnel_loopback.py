@@ -160,7 +160,7 @@ class LoopbackTests(LoopbackBase):
         self.addCleanup(service.stopService)
         agent_service, local = self.start_agent(port, server_name="other.spwm.test")
         yield wait_until(
-            lambda: any("does not match the server name" in str(e.get("reason", "")) for e in self.log_events)
+            lambda: any("does not match server name" in str(e.get("reason", "")) for e in self.log_events)
         )
         self.assertIsNone(agent_service.tunnel_service.tunnel)
         self.assertEqual(len(service.factory.tunnels), 0)
@@ -273,3 +273,144 @@ class MutualTLSTests(LoopbackBase):
             lambda: any("does not match agent id" in str(e.get("reason", "")) for e in self.log_events)
         )
         self.assertIsNone(agent_service.tunnel_service.tunnel)
+
+
+def sip_register(port: int, expires: int, branch: str) -> bytes:
+    return (
+        f"REGISTER sip:example.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-{branch};rport\r\n"
+        f"Max-Forwards: 70\r\n"
+        f"From: <sip:alice@example.test>;tag=1\r\n"
+        f"To: <sip:alice@example.test>\r\n"
+        f"Call-ID: reg-{branch}@127.0.0.1\r\n"
+        f"CSeq: 1 REGISTER\r\n"
+        f"Contact: <sip:alice@127.0.0.1:{port}>\r\n"
+        f"Expires: {expires}\r\n"
+        f"Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+class Phone(DatagramProtocol):
+    """
+    A SIP phone on UDP that records what it receives.
+    """
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.received.append(data)
+
+
+class NoTunnelTests(LoopbackBase):
+    """
+    The agent without a tunnel answers 503 at once; with --tunnel
+    on-demand it connects for a phone and closes when none needs it.
+    """
+
+    def phone(self) -> tuple[Phone, int]:
+        phone = Phone()
+        port = reactor.listenUDP(0, phone, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return phone, port
+
+    @defer.inlineCallbacks
+    def test_register_gets_503_without_contact_point(self) -> None:
+        """
+        With no contact point listening, a REGISTER gets 503 with a
+        Retry-After of at least 1 s at once, not silence.
+        """
+        nobody = self.free_udp_port()
+        options = agent.Options()
+        sip = self.free_udp_port()
+        options.parseOptions(
+            ["--contact", f"127.0.0.1:{nobody}", "--server-name", "contact.spwm.test", "--ca", self.ca.ca_file,
+             "--sip-listen", f"127.0.0.1:{sip}", "--reconnect-max", "5"]
+        )
+        self.start(agent.makeService(options, reactor))
+        phone, port = self.phone()
+        port.write(sip_register(port.getHost().port, 300, "a"), ("127.0.0.1", sip))
+        yield wait_until(lambda: phone.received, timeout=5)
+        [answer] = phone.received
+        self.assertTrue(answer.startswith(b"SIP/2.0 503 "), answer)
+        retry = [line for line in answer.split(b"\r\n") if line.lower().startswith(b"retry-after:")]
+        self.assertEqual(len(retry), 1)
+        self.assertTrue(1 <= int(retry[0].split(b":")[1]) <= 30)
+
+    @defer.inlineCallbacks
+    def test_on_demand(self) -> None:
+        """
+        With --tunnel on-demand the agent has no tunnel at start; a REGISTER
+        brings it up and is answered by the contact point's registrar; after
+        the registration expired plus --tunnel-idle the tunnel closes with
+        go-away and the contact point keeps no session; the next REGISTER
+        connects again.
+        """
+        service, contact_port = yield self.start_contact()
+        self.addCleanup(service.stopService)
+        sip = self.free_udp_port()
+        options = agent.Options()
+        options.parseOptions(
+            ["--contact", f"127.0.0.1:{contact_port}", "--server-name", "contact.spwm.test", "--ca", self.ca.ca_file,
+             "--sip-listen", f"127.0.0.1:{sip}", "--tunnel", "on-demand", "--tunnel-idle", "0.5"]
+        )
+        agent_service = self.start(agent.makeService(options, reactor))
+        tunnel = agent_service.tunnel_service
+        d: defer.Deferred[None] = defer.Deferred()
+        reactor.callLater(0.5, d.callback, None)
+        yield d
+        self.assertIsNone(tunnel.tunnel)
+        self.assertFalse(tunnel.running)
+        phone, port = self.phone()
+        port.write(sip_register(port.getHost().port, 2, "b"), ("127.0.0.1", sip))
+        yield wait_until(lambda: phone.received, timeout=10)
+        self.assertTrue(phone.received[0].startswith(b"SIP/2.0 200 "), phone.received[0])
+        self.assertIsNotNone(tunnel.tunnel)
+        yield wait_until(lambda: agent_service.on_demand.closes == 1, timeout=15)
+        yield wait_until(lambda: not service.factory.tunnels, timeout=5)
+        self.assertTrue(any("going away" in e.get("log_format", "") for e in self.log_events))
+        self.assertEqual(service.resumption.status()["suspended"], 0)
+        port.write(sip_register(port.getHost().port, 60, "c"), ("127.0.0.1", sip))
+        yield wait_until(lambda: len(phone.received) == 2, timeout=10)
+        self.assertTrue(phone.received[1].startswith(b"SIP/2.0 200 "), phone.received[1])
+
+    @defer.inlineCallbacks
+    def test_plaintext_contact_point(self) -> None:
+        """
+        A TLS agent reaching a contact point started with --plaintext logs
+        that the contact point answered in plaintext.
+        """
+        options = contact.Options()
+        options.parseOptions(
+            ["--listen", "tcp:0:interface=127.0.0.1", "--plaintext",
+             "--sip-address", f"127.0.0.1:{self.free_udp_port()}"]
+        )
+        service = contact.makeService(options, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        listening = yield service.listener.listening
+        self.start_agent(listening.getHost().port)
+        yield wait_until(
+            lambda: any(
+                "answered in plaintext (is it started with --plaintext?)" in str(e.get("reason", ""))
+                for e in self.log_events
+            )
+        )
+
+    @defer.inlineCallbacks
+    def test_plaintext_agent_at_tls_contact_point(self) -> None:
+        """
+        An agent started with --plaintext at a contact point that uses TLS
+        logs that the contact point closed without a word and what to do.
+        """
+        service, port = yield self.start_contact()
+        self.addCleanup(service.stopService)
+        self.start_agent(port, extra=["--plaintext"])
+        yield wait_until(
+            lambda: any(
+                "(if it uses TLS, start the agent without --plaintext)" in str(e.get("reason", ""))
+                for e in self.log_events
+            )
+        )
