@@ -527,17 +527,6 @@ def run_bounded(main: Callable[[Processes, str], int], max_time: float, keep: bo
     return status
 
 
-def _phone_module() -> Any:
-    """
-    C{examples/phone.py} (its SIP parser and serialiser are the other side
-    of the wire: they share no code with SPWM's).
-    """
-    sys.path.insert(0, os.path.join(ROOT, "examples"))
-    import phone
-
-    return phone
-
-
 def register_through(
     agent_sip: tuple[str, int], registrar_port: int, user: str, domain: str, expires: int = 3600, timeout: float = 10.0
 ) -> str:
@@ -554,7 +543,10 @@ def register_through(
     import secrets
     import select
 
-    ph = _phone_module()
+    # the test phone's SIP parser and serialiser are the other side of the
+    # wire: they share no code with SPWM's
+    from spwm.testing import phone as ph
+
     registrar = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     registrar.bind(("127.0.0.1", registrar_port))
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -51,7 +51,6 @@ from typing import Any, Callable
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
-    ROOT,
     epoll_readers,
     Pair,
     Processes,
@@ -187,8 +186,7 @@ def signaller_main(
     child_setup()
     from twisted.internet import defer, reactor, task
 
-    sys.path.insert(0, os.path.join(ROOT, "examples"))
-    from phone import Phone
+    from spwm.testing.phone import Phone
 
     class BenchPhone(Phone):
         def __init__(self, *a: Any, ports: list[int], bind: int = 0, **kw: Any) -> None:
