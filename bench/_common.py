@@ -10,7 +10,6 @@ SIPp's statistics file, a bounded run with a clean-up of everything by PID.
 from __future__ import annotations
 
 import collections
-import csv
 import multiprocessing
 import os
 import random
@@ -456,33 +455,6 @@ def wait_profilers(spies: list[tuple[str, subprocess.Popen]]) -> list[str]:
             p.kill()
         lines += summarize_profile(out)
     return lines
-
-
-def read_sipp_stats(path: str) -> list[dict[str, str]]:
-    """
-    The rows of a SIPp statistics file (C{-trace_stat -stf}), as dicts.
-    """
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f, delimiter=";"))
-    except OSError:
-        return []
-    if len(rows) < 2:
-        return []
-    return [dict(zip(rows[0], row)) for row in rows[1:] if len(row) >= len(rows[0]) - 1]
-
-
-def sipp_time(value: str) -> float:
-    """
-    Seconds of a SIPp duration C{HH:MM:SS:uuuuuu} (or C{HH:MM:SS}).
-    """
-    parts = value.strip().split(":")
-    try:
-        h, m, s = int(parts[0]), int(parts[1]), int(parts[2])
-        us = int(parts[3]) if len(parts) > 3 else 0
-    except (IndexError, ValueError):
-        return float("nan")
-    return h * 3600 + m * 60 + s + us / 1e6
 
 
 def run_bounded(main: Callable[[Processes, str], int], max_time: float, keep: bool) -> int:

@@ -56,14 +56,14 @@ from _common import (  # noqa: E402
     machine_cpu,
     machine_usage,
     percentile,
-    read_sipp_stats,
     register_through,
     run_bounded,
-    sipp_time,
     udp_counters,
     start_profilers,
     wait_profilers,
 )
+
+from spwm.testing.sipp import last_stats, sipp_time  # noqa: E402
 
 #: SIPp's counters whose sum is "failed calls" (the cumulative columns).
 FAILED = "FailedCall(C)"
@@ -156,8 +156,7 @@ class Bench:
         mach = machine_usage(mach0, machine_cpu())
         udp1 = udp_counters()
         udp = {k: udp1.get(k, 0) - udp0.get(k, 0) for k in ("RcvbufErrors", "SndbufErrors", "InErrors")}
-        rows = read_sipp_stats(stat)
-        last = rows[-1] if rows else {}
+        last = last_stats(stat)
 
         def n(key: str) -> int:
             try:
