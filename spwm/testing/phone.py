@@ -32,7 +32,7 @@ import secrets
 import struct
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
@@ -787,7 +787,7 @@ class Phone(DatagramProtocol):
         status: int,
         reason: str,
         to_tag: str | None = None,
-        extra: list[tuple[str, str]] = (),
+        extra: Sequence[tuple[str, str]] = (),
         body: bytes = b"",
         record_route: bool = False,
     ) -> bytes:
