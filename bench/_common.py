@@ -1,20 +1,19 @@
 """
 Helpers shared by the benchmarks (C{tunnel_udp.py}, C{sip_calls.py},
 C{media.py}): process handling with a clean-up by PID, CPU and kernel
-counters, percentiles, the py-spy summary, a paced datagram sender; and what
-the SIP benchmarks need on top: starting an agent and a contact point with
-SIP and media options, waiting for their tunnel, py-spy on both halves,
-SIPp's statistics file, a bounded run with a clean-up of everything by PID.
+counters, percentiles, the py-spy summary; and what the SIP benchmarks need
+on top: starting an agent and a contact point with SIP and media options,
+waiting for their tunnel, py-spy on both halves, a bounded run with a
+clean-up of everything by PID.  The load itself (sender, receiver, ramp,
+loss) is in C{_load.py}; SIPp's statistics file in C{spwm.testing.sipp}.
 """
 
 from __future__ import annotations
 
 import collections
-import csv
 import multiprocessing
 import os
 import random
-import select
 import signal
 import socket
 import subprocess
@@ -85,73 +84,6 @@ def percentile(sorted_values: Any, q: float) -> float:
     if not n:
         return float("nan")
     return sorted_values[min(n - 1, int(q * n))]
-
-
-def child_setup() -> None:
-    """
-    In a forked worker: die quietly on SIGINT/SIGTERM.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def paced_sender_main(
-    socks: list[socket.socket],
-    dests: list[tuple[str, int]],
-    size: int,
-    fill: Callable[[bytearray, int, int], Any],
-    rate: float,
-    duration: float,
-    conn: Any,
-) -> None:
-    """
-    A forked sender: C{rate} datagrams of C{size} bytes per second for
-    C{duration} seconds, round robin over C{socks} (socket i sends to
-    C{dests[i]}), paced in batches of about 2 ms with C{time.sleep}; C{rate
-    <= 0} sends unpaced, in batches of 64.  Reports C{(sent, send errors,
-    elapsed, cpu)} on C{conn}.
-
-    @param fill: C{fill(buf, i, seq)} writes datagram C{seq} of stream C{i}
-        into C{buf}; it is called just before the datagram is sent, so it
-        can stamp the send time.
-    """
-    child_setup()
-    buf = bytearray(size)
-    n = len(socks)
-    sends = [s.sendto for s in socks]
-    seq = [0] * n
-    sent = failed = 0
-    i = 0
-    unlimited = rate <= 0
-    batch_cap = 64 if unlimited else max(1, int(rate * 0.002))
-    monotonic = time.monotonic
-    t0 = monotonic()
-    end = t0 + duration
-    cpu0 = time.process_time()
-    while True:
-        now = monotonic()
-        if now >= end:
-            break
-        due = batch_cap if unlimited else int((now - t0) * rate) + 1 - sent - failed
-        if due <= 0:
-            # next datagram is due in 1/rate; sleep in steps of at least 0.5 ms
-            time.sleep(max(0.0005, (sent + failed) / rate - (now - t0)))
-            continue
-        if due > batch_cap:
-            due = batch_cap
-        for _ in range(due):
-            s = seq[i]
-            fill(buf, i, s)
-            try:
-                sends[i](buf, dests[i])
-                sent += 1
-            except OSError:
-                failed += 1
-            seq[i] = s + 1
-            i += 1
-            if i == n:
-                i = 0
-    conn.send((sent, failed, monotonic() - t0, time.process_time() - cpu0))
 
 
 class Processes:
@@ -458,33 +390,6 @@ def wait_profilers(spies: list[tuple[str, subprocess.Popen]]) -> list[str]:
     return lines
 
 
-def read_sipp_stats(path: str) -> list[dict[str, str]]:
-    """
-    The rows of a SIPp statistics file (C{-trace_stat -stf}), as dicts.
-    """
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f, delimiter=";"))
-    except OSError:
-        return []
-    if len(rows) < 2:
-        return []
-    return [dict(zip(rows[0], row)) for row in rows[1:] if len(row) >= len(rows[0]) - 1]
-
-
-def sipp_time(value: str) -> float:
-    """
-    Seconds of a SIPp duration C{HH:MM:SS:uuuuuu} (or C{HH:MM:SS}).
-    """
-    parts = value.strip().split(":")
-    try:
-        h, m, s = int(parts[0]), int(parts[1]), int(parts[2])
-        us = int(parts[3]) if len(parts) > 3 else 0
-    except (IndexError, ValueError):
-        return float("nan")
-    return h * 3600 + m * 60 + s + us / 1e6
-
-
 def run_bounded(main: Callable[[Processes, str], int], max_time: float, keep: bool) -> int:
     """
     Run C{main(procs, workdir)} with everything it starts ended by PID at the
@@ -527,17 +432,6 @@ def run_bounded(main: Callable[[Processes, str], int], max_time: float, keep: bo
     return status
 
 
-def _phone_module() -> Any:
-    """
-    C{examples/phone.py} (its SIP parser and serialiser are the other side
-    of the wire: they share no code with SPWM's).
-    """
-    sys.path.insert(0, os.path.join(ROOT, "examples"))
-    import phone
-
-    return phone
-
-
 def register_through(
     agent_sip: tuple[str, int], registrar_port: int, user: str, domain: str, expires: int = 3600, timeout: float = 10.0
 ) -> str:
@@ -554,7 +448,10 @@ def register_through(
     import secrets
     import select
 
-    ph = _phone_module()
+    # the test phone's SIP parser and serialiser are the other side of the
+    # wire: they share no code with SPWM's
+    from spwm.testing import phone as ph
+
     registrar = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     registrar.bind(("127.0.0.1", registrar_port))
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -606,17 +503,3 @@ def register_through(
     finally:
         registrar.close()
         client.close()
-
-
-def epoll_readers(socks: list[socket.socket]) -> tuple[select.epoll, dict[int, Any]]:
-    """
-    Make C{socks} non-blocking and register them in a new C{epoll} for
-    reading; return it with each descriptor's C{recv_into}.
-    """
-    ep = select.epoll()
-    by_fd = {}
-    for s in socks:
-        s.setblocking(False)
-        ep.register(s.fileno(), select.EPOLLIN)
-        by_fd[s.fileno()] = s.recv_into
-    return ep, by_fd

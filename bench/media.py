@@ -12,7 +12,7 @@ Processes::
                   <─────             <══════════               <─────
     (sender + receiver processes per direction)
 
-    signaller: a SIP caller behind the agent (examples/phone.py's Phone, its
+    signaller: a SIP caller behind the agent (spwm.testing.phone's Phone, its
     RTP sockets replaced by the benchmark's) and a SIP responder as the
     operator's proxy (the contact point's --sip-proxy) that answers INVITEs
     with SDP naming the operator-side sockets.
@@ -51,16 +51,12 @@ from typing import Any, Callable
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
-    ROOT,
-    epoll_readers,
     Pair,
     Processes,
-    child_setup,
     cpu_seconds,
     free_port,
     machine_cpu,
     machine_usage,
-    paced_sender_main,
     percentile,
     register_through,
     run_bounded,
@@ -68,6 +64,7 @@ from _common import (  # noqa: E402
     udp_counters,
     wait_profilers,
 )
+from _load import child_setup, fmt_us, loss, paced_sender_main, receive_until  # noqa: E402
 
 #: RTP header (V=2, PT 0, sequence, timestamp, SSRC), then our payload:
 #: phase, call, sequence, send time.
@@ -105,9 +102,8 @@ def receiver_main(socks: list[socket.socket], phase: int, until: float, conn: An
     counts, latency bytes, cpu)} for packets of C{phase}.
     """
     child_setup()
-    ep, by_fd = epoll_readers(socks)
-    buf = bytearray(2048)
     unpack = PACKET.unpack_from
+    size = PACKET.size
     lat = array.array("d")
     add = lat.append
     sent_at = array.array("d")
@@ -115,33 +111,26 @@ def receiver_main(socks: list[socket.socket], phase: int, until: float, conn: An
     per_call = array.array("l", [0] * len(socks))
     highest = [-1] * len(socks)
     count = dups = 0
+
+    def packet(buf: bytearray, n: int, now: float) -> None:
+        nonlocal count, dups
+        if n < size:
+            return
+        fields = unpack(buf)
+        if fields[5] != phase:
+            return
+        call, seq = fields[6], fields[7]
+        if seq == highest[call]:
+            dups += 1
+            return
+        highest[call] = seq
+        count += 1
+        per_call[call] += 1
+        add(now - fields[8])
+        add_sent(fields[8])
+
     cpu0 = time.process_time()
-    while True:
-        left = until - _monotonic()
-        if left <= 0:
-            break
-        for fd, _ in ep.poll(min(left, 0.1)):
-            recv = by_fd[fd]
-            while True:
-                try:
-                    n = recv(buf)
-                except BlockingIOError:
-                    break
-                now = _monotonic()
-                if n < PACKET.size:
-                    continue
-                fields = unpack(buf)
-                if fields[5] != phase:
-                    continue
-                call, seq = fields[6], fields[7]
-                if seq == highest[call]:
-                    dups += 1
-                    continue
-                highest[call] = seq
-                count += 1
-                per_call[call] += 1
-                add(now - fields[8])
-                add_sent(fields[8])
+    receive_until(socks, until, packet)
     conn.send((count, dups, per_call.tobytes(), lat.tobytes(), sent_at.tobytes(), time.process_time() - cpu0))
 
 
@@ -187,8 +176,7 @@ def signaller_main(
     child_setup()
     from twisted.internet import defer, reactor, task
 
-    sys.path.insert(0, os.path.join(ROOT, "examples"))
-    from phone import Phone
+    from spwm.testing.phone import Phone
 
     class BenchPhone(Phone):
         def __init__(self, *a: Any, ports: list[int], bind: int = 0, **kw: Any) -> None:
@@ -490,14 +478,6 @@ def describe_episodes(r: dict[str, Any], limit: float) -> list[str]:
             f"{percentile(gaps, .5):.2f} s; start+length(worst): {shown}{' ...' if len(eps) > 12 else ''}"
         )
     return lines
-
-
-def loss(sent: int, received: int) -> float:
-    return 0.0 if sent <= 0 else max(0.0, 1.0 - received / sent)
-
-
-def fmt_us(v: float) -> str:
-    return f"{v * 1e6:7.0f}"
 
 
 def describe(r: dict[str, Any]) -> list[str]:

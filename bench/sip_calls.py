@@ -56,14 +56,16 @@ from _common import (  # noqa: E402
     machine_cpu,
     machine_usage,
     percentile,
-    read_sipp_stats,
     register_through,
     run_bounded,
-    sipp_time,
     udp_counters,
     start_profilers,
     wait_profilers,
 )
+
+from _load import bisect_ramp  # noqa: E402
+
+from spwm.testing.sipp import last_stats, sipp_time  # noqa: E402
 
 #: SIPp's counters whose sum is "failed calls" (the cumulative columns).
 FAILED = "FailedCall(C)"
@@ -156,8 +158,7 @@ class Bench:
         mach = machine_usage(mach0, machine_cpu())
         udp1 = udp_counters()
         udp = {k: udp1.get(k, 0) - udp0.get(k, 0) for k in ("RcvbufErrors", "SndbufErrors", "InErrors")}
-        rows = read_sipp_stats(stat)
-        last = rows[-1] if rows else {}
+        last = last_stats(stat)
 
         def n(key: str) -> int:
             try:
@@ -247,32 +248,15 @@ def ramp(bench: Bench, args: argparse.Namespace, path: str, start: float, cap: f
     """
     The highest rate that passed and the lowest that failed (or C{None}).
     """
-    good, bad = 0.0, None
-    results = []
-    rate = start
-    while rate <= cap:
+
+    def step(rate: float) -> tuple[bool, dict[str, Any]]:
         r = bench.step(path, rate, args.step)
         print(describe(r), flush=True)
-        results.append(r)
-        if r["ok"]:
-            good = rate
-            rate *= args.factor
-        else:
-            bad = rate
-            break
-    if bad is not None and good:
-        for _ in range(args.bisect):
-            mid = round((good + bad) / 2)
-            if mid in (good, bad):
-                break
-            r = bench.step(path, mid, args.step)
-            print(describe(r), flush=True)
-            results.append(r)
-            if r["ok"]:
-                good = mid
-            else:
-                bad = mid
-    return good, bad, results
+        return r["ok"], r
+
+    # whole calls/s when bisecting; no bisection below --start
+    found = bisect_ramp(step, start, cap, args.factor, args.bisect, integer=True, below_start=False)
+    return found.good, found.bad, found.results
 
 
 def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:

@@ -64,18 +64,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
     ROOT,
-    epoll_readers,
     Processes,
-    child_setup,
     cpu_model,
     cpu_seconds,
     machine_cpu,
     machine_usage,
-    paced_sender_main,
     percentile,
     summarize_profile,
     udp_counters,
 )
+from _load import bisect_ramp, child_setup, fmt_us, loss, paced_sender_main, receive_until  # noqa: E402
 
 #: phase, stream, sequence, send time, echo time
 PACKET = struct.Struct("!BHIdd")
@@ -192,30 +190,21 @@ def receiver_main(socks: list[socket.socket], phase: int, until: float, conn: An
     report C{(count, rtt bytes, return-leg bytes, cpu)}.
     """
     child_setup()
-    ep, by_fd = epoll_readers(socks)
-    buf = bytearray(2048)
     unpack = PACKET.unpack_from
     rtt = array.array("d")
     ret = array.array("d")
     count = 0
+
+    def packet(buf: bytearray, n: int, now: float) -> None:
+        nonlocal count
+        p, _, _, t_send, t_echo = unpack(buf)
+        if p == phase:
+            count += 1
+            rtt.append(now - t_send)
+            ret.append(now - t_echo)
+
     cpu0 = time.process_time()
-    while True:
-        left = until - _monotonic()
-        if left <= 0:
-            break
-        for fd, _ in ep.poll(min(left, 0.1)):
-            recv = by_fd[fd]
-            while True:
-                try:
-                    recv(buf)
-                except BlockingIOError:
-                    break
-                now = _monotonic()
-                p, _, _, t_send, t_echo = unpack(buf)
-                if p == phase:
-                    count += 1
-                    rtt.append(now - t_send)
-                    ret.append(now - t_echo)
+    receive_until(socks, until, packet)
     conn.send((count, rtt.tobytes(), ret.tobytes(), time.process_time() - cpu0))
 
 
@@ -450,33 +439,25 @@ class Bench:
 # -- reports -----------------------------------------------------------------
 
 
-def loss(sent: int, received: int) -> float:
-    return 0.0 if sent <= 0 else max(0.0, 1.0 - received / sent)
-
-
-def us(seconds: float) -> str:
-    return f"{seconds * 1e6:8.0f}"
-
-
 def describe(r: dict[str, Any], echo: bool) -> list[str]:
     d = r["duration"]
     lines = [
         f"  {r['path']:6}  asked {r['rate']:.0f}/s one way; sent {r['sent']} in {d:.2f} s "
         f"({r['sent'] / d:.0f}/s, {r['send_failed']} send errors)",
         f"          forward: delivered {r['fwd_received'] / d:9.0f}/s  loss {100 * loss(r['sent'], r['fwd_received']):7.3f} %"
-        f"  latency us p50 {us(percentile(r['fwd_lat'], .5))} p99 {us(percentile(r['fwd_lat'], .99))}"
-        f" max {us(r['fwd_lat'][-1] if r['fwd_lat'] else float('nan'))}",
+        f"  latency us p50 {fmt_us(percentile(r['fwd_lat'], .5), 8)} p99 {fmt_us(percentile(r['fwd_lat'], .99), 8)}"
+        f" max {fmt_us(r['fwd_lat'][-1] if r['fwd_lat'] else float('nan'), 8)}",
     ]
     if echo:
         lines.append(
             f"          return:  delivered {r['back_received'] / d:9.0f}/s  loss {100 * loss(r['echoed'], r['back_received']):7.3f} %"
-            f"  latency us p50 {us(percentile(r['ret_lat'], .5))} p99 {us(percentile(r['ret_lat'], .99))}"
-            f" max {us(r['ret_lat'][-1] if r['ret_lat'] else float('nan'))}"
+            f"  latency us p50 {fmt_us(percentile(r['ret_lat'], .5), 8)} p99 {fmt_us(percentile(r['ret_lat'], .99), 8)}"
+            f" max {fmt_us(r['ret_lat'][-1] if r['ret_lat'] else float('nan'), 8)}"
         )
         lines.append(
             f"          RTT:                                      "
-            f"  latency us p50 {us(percentile(r['rtt'], .5))} p99 {us(percentile(r['rtt'], .99))}"
-            f" max {us(r['rtt'][-1] if r['rtt'] else float('nan'))}"
+            f"  latency us p50 {fmt_us(percentile(r['rtt'], .5), 8)} p99 {fmt_us(percentile(r['rtt'], .99), 8)}"
+            f" max {fmt_us(r['rtt'][-1] if r['rtt'] else float('nan'), 8)}"
         )
         total_sent = r["sent"] + r["echoed"]
         total_recv = r["fwd_received"] + r["back_received"]
@@ -545,14 +526,9 @@ def ramp(bench: Bench, args: argparse.Namespace, path: str) -> tuple[float, list
     Find the highest one-way rate with loss under the limit; return it and the log.
     """
     limit = args.loss_limit / 100
-    rate = args.ramp_start
-    good, bad = 0.0, None
-    steps = 0
     lines = []
 
-    def step(rate: float) -> bool:
-        nonlocal steps
-        steps += 1
+    def step(rate: float) -> tuple[bool | None, Any]:
         r = bench.run_phase(path, rate, args.step, echo=False)
         lost = loss(r["sent"], r["fwd_received"])
         achieved = r["sent"] / r["duration"]
@@ -568,29 +544,14 @@ def ramp(bench: Bench, args: argparse.Namespace, path: str) -> tuple[float, list
         )
         print(line, flush=True)
         lines.append(line)
-        if gen_limited:
-            raise OverflowError
-        return lost < limit
+        # a generator-limited step cannot judge the rate: the search stops
+        return (None if gen_limited else lost < limit), r
 
-    try:
-        while rate <= args.ramp_max and steps < 40:
-            if step(rate):
-                good = rate
-                rate *= args.ramp_factor
-            else:
-                bad = rate
-                break
-        if bad is not None:
-            for _ in range(args.bisect):
-                mid = (good + bad) / 2
-                if step(mid):
-                    good = mid
-                else:
-                    bad = mid
-    except OverflowError:
+    found = bisect_ramp(step, args.ramp_start, args.ramp_max, args.ramp_factor, args.bisect, max_steps=40)
+    if found.stopped:
         lines.append(f"  {path}: the load generator could not send faster; the result is a lower bound")
         print(lines[-1])
-    return good, lines
+    return found.good, lines
 
 
 def mode_ramp(bench: Bench, args: argparse.Namespace) -> None:

@@ -35,16 +35,14 @@ from twisted.logger import (
 )
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, _HERE)
 try:
     import spwm  # noqa: F401  (installed with pip install .)
 except ImportError:  # run from a checkout without installing
-    sys.path.insert(1, os.path.dirname(_HERE))
-
-from phone import Call, Phone  # noqa: E402
+    sys.path.insert(0, os.path.dirname(_HERE))
 
 from spwm.tap import agent, contact  # noqa: E402
 from spwm.testing.certs import TestCA  # noqa: E402
+from spwm.testing.phone import Call, Phone  # noqa: E402
 from spwm.testing.ports import free_port  # noqa: E402
 
 #: The SIP domain of the embedded registrar in the demo.

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 from spwm.addr import hostport
 from spwm.errors import ListenError
+from spwm.logthrottle import PowersOfTwo, ThrottledLog
 from spwm.tunnel.frames import ChannelKind, ErrorCode
 from spwm.tunnel.connection import TunnelNotOpenError
 from spwm.tunnel.protocol import ChannelLimitError, TunnelProtocol
@@ -99,6 +100,7 @@ class AgentForwarder:
         self._by_channel: dict[int, tuple[_LocalPort, tuple[str, int]]] = {}
         self.dropped_no_tunnel = 0
         self.dropped_no_channel = 0
+        self._no_channel_log = ThrottledLog(self.log, None, PowersOfTwo())
         self.mux: Any = None
 
     def start(self) -> None:
@@ -152,16 +154,15 @@ class AgentForwarder:
     def _no_channel(self, local: _LocalPort, sender: tuple[str, int], reason: str) -> None:
         # counted always, logged the 1st, 2nd, 4th, 8th... time
         self.dropped_no_channel += 1
-        count = self.dropped_no_channel
-        if count & (count - 1) == 0:
-            self.log.warn(
-                "UDP forward to {target}: no channel for sender {sender}: {reason}"
-                " ({count} datagrams dropped so far)",
-                target=local.target,
-                sender=hostport(sender[0], sender[1]),
-                reason=reason,
-                count=count,
-            )
+        self._no_channel_log.warn(
+            None,
+            "UDP forward to {target}: no channel for sender {sender}: {reason}"
+            " ({count} datagrams dropped so far)",
+            target=local.target,
+            sender=hostport(sender[0], sender[1]),
+            reason=reason,
+            count=self.dropped_no_channel,
+        )
 
     # -- tunnel application part ----------------------------------------
 

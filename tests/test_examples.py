@@ -1,12 +1,13 @@
 """
 Tests of C{examples/}: the demo end to end (as a subprocess, on loopback,
-with a short call) and the test phone's pure parts (SIP and SDP parsing,
-RTP packets and counting) without sockets.
+with a short call), the test phone's command line, and its pure parts
+(C{spwm.testing.phone}: SIP and SDP parsing, RTP packets and counting)
+without sockets.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import ast
 import os
 import struct
 import sys
@@ -15,19 +16,12 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from spwm.testing import phone
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"spwm_examples_{name}", os.path.join(EXAMPLES, f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-phone = _load("phone")
 
 INVITE = (
     b"INVITE sip:bob@demo.spwm.test SIP/2.0\r\n"
@@ -251,3 +245,44 @@ class RtpTests(SynchronousTestCase):
         """
         packet = phone.rtp_packet(0x0102, 0x03040506, 0x0708090A, 0.0)
         self.assertEqual(struct.unpack("!HII", packet[2:12]), (0x0102, 0x03040506, 0x0708090A))
+
+
+class PhoneModuleTests(TestCase):
+    """
+    The test phone is importable as C{spwm.testing.phone}, shares no code
+    with SPWM, and C{examples/phone.py} still runs it.
+    """
+
+    def test_independent_of_spwm(self):
+        """
+        The phone's module imports nothing from C{spwm}: its SIP parser is
+        the other side of the wire.
+        """
+        with open(phone.__file__, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                imported.add("." * node.level + (node.module or ""))
+        self.assertIn("twisted.internet.protocol", imported)
+        self.assertEqual([name for name in imported if name.startswith(("spwm", "."))], [])
+
+    def test_example_script_runs_the_phone(self):
+        """
+        C{examples/phone.py --help} prints the phone's usage.
+        """
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        d = getProcessOutputAndValue(
+            sys.executable, [os.path.join(EXAMPLES, "phone.py"), "--help"], env=env, path=ROOT
+        )
+
+        def check(result):
+            out, err, code = result
+            self.assertEqual(code, 0, err)
+            self.assertIn(b"--answer", out)
+            self.assertIn(b"A small SIP/RTP user agent", out)
+
+        return d.addCallback(check)

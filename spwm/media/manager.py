@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from spwm.addr import hostport
+from spwm.logthrottle import Every, PowersOfTwo, ThrottledLog
 from spwm.media.ports import PortAllocator, PortsExhaustedError
 from spwm.media.reader import TwistedRelaySockets
 from spwm.media.relay import (
@@ -456,14 +457,14 @@ class MediaManager:
         self.refused_channels = 0
         self.rejected_streams = 0
         self.refused_local_channels = 0
-        self._warnings: dict[str, int] = {}
+        self._warnings = ThrottledLog(self.log, None, PowersOfTwo(), max_keys=64)
         self.ignored_branch_sdp = 0
         # the packet and byte counters of the streams released so far
         self._released: dict[str, int] = dict.fromkeys(_TRAFFIC, 0)
         # the name of our side's leg in the call log lines
         self._local_leg = "lan" if side == "agent" else "operator"
         self.policy_refusals = 0
-        self._policy_logged_at: float | None = None
+        self._policy_log = ThrottledLog(self.log, self.clock, Every(60.0) | PowersOfTwo())
 
     # counts for tests and status
 
@@ -1330,11 +1331,7 @@ class MediaManager:
         stream.refused_target = (host, media.port)
         self.policy_refusals += 1
         count = self.policy_refusals
-        now = self.clock.seconds()
-        if count & (count - 1) == 0 or (
-            self._policy_logged_at is not None and now - self._policy_logged_at >= 60.0
-        ):
-            self._policy_logged_at = now
+        if self._policy_log.hit(None, count) is not None:
             self.log.warn(
                 "media to {address} refused (stream {stream} of dialog {dialog}):"
                 " {reason} ({count} refused so far)",
@@ -1580,11 +1577,7 @@ class MediaManager:
         (with the count so far): under overload the same refusal comes
         thousands of times a second and must not become a flood of log lines.
         """
-        count = self._warnings.get(kind, 0) + 1
-        if len(self._warnings) < 64 or kind in self._warnings:
-            self._warnings[kind] = count
-        if count & (count - 1) == 0:
-            self.log.warn(format + " ({count} times so far)", count=count, **fields)
+        self._warnings.warn(kind, format + " ({count} times so far)", **fields)
 
     # the inactivity sweep
 

@@ -34,6 +34,8 @@ from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from spwm.logthrottle import PowersOfTwo, ThrottledLog
+
 #: Events one poll returns at most (the rest wait for the next round).
 MAX_EVENTS = 1024
 
@@ -93,6 +95,7 @@ class EpollRelaySockets:
         self.reactor = reactor
         self.max_datagram = max_datagram
         self.read_errors = 0
+        self._error_log = ThrottledLog(self.log, None, PowersOfTwo())
         self._epoll: select.epoll | None = None
         self._entries: dict[int, tuple[Callable[[int], tuple[bytes, Any]], Callable[[bytes, Any], None]]] = {}
         self._ports: dict[int, RelayPort] = {}
@@ -223,7 +226,7 @@ class EpollRelaySockets:
         if isinstance(error, OSError) and error.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
             # an ICMP error queued on the socket: nothing to deliver
             return
-        if self.read_errors & (self.read_errors - 1) == 0:
+        if self._error_log.hit(None, self.read_errors) is not None:
             # the 1st, 2nd, 4th, 8th... failure: logged, not every one
             self.log.failure(
                 "relay socket {fd}: datagram not delivered ({count} so far)",

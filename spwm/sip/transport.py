@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 
 from spwm.addr import hostport
 from spwm.addr import peer as peer_text
+from spwm.logthrottle import Every, ThrottledLog
 from spwm.sip.errors import SipParseError
 from spwm.sip.flows import Flow
 from spwm.sip.framing import KeepAlive, SipStreamFramer
@@ -214,13 +215,14 @@ class _Runner:
         self.core = core
         self._clock = clock
         self.trace = trace
-        self._warned: dict[str, tuple[float, int]] = {}
+        # one line per refused Route per minute, per drop reason per 10 s
+        self._route_log = ThrottledLog(self.log, clock, Every(self.WARN_INTERVAL))
+        self._drop_log = ThrottledLog(self.log, clock, Every(10.0))
         self._udp: dict[tuple[str, int], SipUdpProtocol] = {}
         self._streams: dict[int, SipStreamProtocol] = {}
         self._next_conn = 1
         self._timer: IDelayedCall | None = None
         self._deadline: float | None = None
-        self._drops: dict[str, tuple[float | None, int]] = {}
 
     # -- sockets and connections -------------------------------------------
 
@@ -324,14 +326,9 @@ class _Runner:
     def _log_route_refused(self, event: RouteRefused) -> None:
         # One line per Route per minute: a phone retrying every few seconds
         # must not fill the log.
-        now = self._clock.seconds()
-        last, suppressed = self._warned.get(event.route, (None, 0))
-        if last is not None and now - last < self.WARN_INTERVAL:
-            self._warned[event.route] = (last, suppressed + 1)
+        tally = self._route_log.hit(event.route)
+        if tally is None:
             return
-        if len(self._warned) > 1024:
-            self._warned.clear()
-        self._warned[event.route] = (now, 0)
         host = f"[{event.host}]" if ":" in event.host else event.host
         name = host if event.port is None else f"{host}:{event.port}"
         self.log.warn(
@@ -343,24 +340,16 @@ class _Runner:
             method=event.method,
             route=event.route,
             name=name,
-            suppressed=suppressed,
+            suppressed=tally.suppressed,
         )
 
     def _log_drop(self, reason: str) -> None:
         # One line per reason per 10 s: a flood of bad SIP must not become
         # a flood of log lines.
-        now = self._clock.seconds()
-        last, suppressed = self._drops.get(reason, (None, 0))
-        if last is not None and now - last < 10.0:
-            self._drops[reason] = (last, suppressed + 1)
-            return
-        if len(self._drops) > 1024:
-            self._drops.clear()
-        self._drops[reason] = (now, 0)
-        self.log.info(
+        self._drop_log.info(
+            reason,
             "SIP message dropped: {reason} ({suppressed} more since the last such line)",
             reason=reason,
-            suppressed=suppressed,
         )
 
     def _to_app(self, action: ToApp) -> None:

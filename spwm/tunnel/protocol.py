@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from spwm.addr import peer as peer_text
 from spwm.limits import Limits
+from spwm.logthrottle import Every, ThrottledLog
 from spwm.tunnel import events as ev
 from spwm.tunnel.connection import ChannelLimitError, Role, State, TunnelConnection
 from spwm.tunnel.cipher import UserCipher
@@ -83,33 +84,6 @@ def find_socket(transport: Any) -> socket.socket | None:
                 return candidate
         transport = getattr(transport, "transport", None)
     return None
-
-
-class RateLimitedLog:
-    """
-    Logs a warning at most once per C{interval} seconds per format; the
-    next line says how many were suppressed in between.
-    """
-
-    def __init__(self, log: Logger, clock: IReactorTime, interval: float) -> None:
-        self._log = log
-        self._clock = clock
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warn(self, format: str, **fields: Any) -> None:
-        now = self._clock.seconds()
-        last = self._last.get(format)
-        if last is not None and now - last < self._interval:
-            self._suppressed[format] = self._suppressed.get(format, 0) + 1
-            return
-        self._last[format] = now
-        suppressed = self._suppressed.pop(format, 0)
-        if suppressed:
-            format += " ({suppressed} more since the last such line)"
-            fields["suppressed"] = suppressed
-        self._log.warn(format, **fields)
 
 
 class TunnelApplication(TypingProtocol):
@@ -913,7 +887,7 @@ class ContactTunnelFactory(_TunnelFactory):
         self.max_tunnels = max_tunnels
         self.max_per_host = max_per_host
         self.refused = 0
-        self._refusal_log = RateLimitedLog(self.log, clock, 10.0)
+        self._refusal_log = ThrottledLog(self.log, clock, Every(10.0))
 
     def admits(self, addr: Any) -> bool:
         """
@@ -923,7 +897,7 @@ class ContactTunnelFactory(_TunnelFactory):
         host = getattr(addr, "host", None)
         if len(self.tunnels) >= self.max_tunnels:
             self.refused += 1
-            self._refusal_log.warn(
+            self._warn_refused(
                 "refused tunnel from {peer}: {count} tunnels open, limit {limit}",
                 peer=host,
                 count=len(self.tunnels),
@@ -932,13 +906,24 @@ class ContactTunnelFactory(_TunnelFactory):
             return False
         if host is not None and self.tunnels.per_host.get(host, 0) >= self.max_per_host:
             self.refused += 1
-            self._refusal_log.warn(
+            self._warn_refused(
                 "refused tunnel from {peer}: {limit} tunnels from that address already",
                 peer=host,
                 limit=self.max_per_host,
             )
             return False
         return True
+
+    def _warn_refused(self, format: str, **fields: Any) -> None:
+        # at most one line per format per 10 s, saying how many were
+        # suppressed in between (when any were)
+        tally = self._refusal_log.hit(format)
+        if tally is None:
+            return
+        if tally.suppressed:
+            format += " ({suppressed} more since the last such line)"
+            fields["suppressed"] = tally.suppressed
+        self.log.warn(format, **fields)
 
     def buildProtocol(self, addr: Any) -> TunnelProtocol | None:
         host = getattr(addr, "host", None)

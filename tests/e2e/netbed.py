@@ -39,6 +39,8 @@ from attrs import Factory, define, field, frozen
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from spwm.testing.sipp import last_stats as _read_stats
+
 DATA = Path(__file__).resolve().parent / "data"
 """The directory of the Kamailio configuration and the SIPp scenarios."""
 
@@ -883,17 +885,6 @@ class SippResult:
         """The SIP messages SIPp sent and received (C{-trace_msg})."""
         path = self.logdir / f"{self.stem}.messages.log"
         return path.read_text("utf-8", "replace") if path.exists() else ""
-
-
-def _read_stats(path: Path) -> dict[str, str]:
-    if not path.exists():
-        return {}
-    lines = [line for line in path.read_text("utf-8", "replace").splitlines() if line]
-    if len(lines) < 2:
-        return {}
-    header = lines[0].rstrip(";").split(";")
-    values = lines[-1].rstrip(";").split(";")
-    return dict(zip(header, values))
 
 
 def sipp_argv(

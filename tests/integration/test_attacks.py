@@ -5,7 +5,7 @@ a well-behaved tunnel.
 Each test assembles, in this process and on the real reactor, a contact
 point (TLS, embedded registrar, C{--handshake-timeout 2},
 C{--max-tunnels-per-address 20}), two agents from 127.0.0.1 and two phones
-of C{examples/phone.py}: alice behind agent 1 calls bob behind agent 2 and
+of C{spwm.testing.phone}: alice behind agent 1 calls bob behind agent 2 and
 both send RTP at 50 packets per second through both tunnels and the
 contact point's relay.  While the call runs, one attack is made from
 another loopback address (127.0.0.3 and up): a slow-loris TLS handshake, a
@@ -23,7 +23,6 @@ they guard the fixes now.
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 import random
 import socket
@@ -38,25 +37,13 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from spwm.tap import agent, contact
+from spwm.testing import phone
 from spwm.testing.certs import TestCA
 from spwm.testing.ports import free_port
 from spwm.tunnel import events as ev
 from spwm.tunnel.connection import Role, TunnelConnection
 from spwm.tunnel.frames import FrameType, encode_frame
 from tests.integration.test_tunnel_loopback import wait_until
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _load_phone() -> Any:
-    spec = importlib.util.spec_from_file_location("spwm_examples_phone", os.path.join(ROOT, "examples", "phone.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-phone = _load_phone()
 
 DOMAIN = "attacks.spwm.test"
 SERVER_NAME = "contact.spwm.test"

@@ -7,7 +7,6 @@ a forged resumption gets nothing.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 from twisted.internet import defer, reactor, task
@@ -15,11 +14,10 @@ from twisted.trial.unittest import TestCase
 
 from spwm.tap import agent, contact
 from spwm.testing.certs import TestCA
+from spwm.testing.phone import Phone
 from tests.integration.test_sip_loopback import free_port
 from tests.integration.test_tunnel_loopback import wait_until
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples"))
-from phone import Phone  # noqa: E402
 
 DIGEST = 'Digest username="{user}", realm="example.test", nonce="n0nce", uri="sip:example.test", response="0123456789abcdef0123456789abcdef", cnonce="c1", nc=00000001, qop=auth'
 

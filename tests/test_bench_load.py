@@ -1,0 +1,125 @@
+"""
+Tests for the benchmarks' shared load helpers (C{bench/_load.py}): the ramp
+with bisection, the loss figure, the microsecond format, the receive loop.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from bench._load import bisect_ramp, fmt_us, loss, receive_until
+
+
+def _threshold(limit: float, stop_at: float | None = None) -> tuple[Any, list[float]]:
+    """
+    A step that passes up to C{limit} (and cannot tell at C{stop_at}).
+    """
+    asked: list[float] = []
+
+    def step(rate: float) -> tuple[bool | None, float]:
+        asked.append(rate)
+        if rate == stop_at:
+            return None, rate
+        return rate <= limit, rate
+
+    return step, asked
+
+
+class BisectRampTests(SynchronousTestCase):
+    def test_ramp_then_bisect(self) -> None:
+        """
+        The rate grows by C{factor} until a step fails, then halves the
+        interval C{bisect} times.
+        """
+        step, asked = _threshold(700)
+        found = bisect_ramp(step, 100, 10_000, 2, 3)
+        self.assertEqual(asked, [100, 200, 400, 800, 600, 700, 750])
+        self.assertEqual((found.good, found.bad, found.stopped), (700, 750, False))
+        self.assertEqual(found.results, asked)
+
+    def test_cap(self) -> None:
+        """
+        Nothing fails up to C{cap}: no bisection, no failed rate.
+        """
+        step, asked = _threshold(10_000)
+        found = bisect_ramp(step, 100, 500, 2, 3)
+        self.assertEqual(asked, [100, 200, 400])
+        self.assertEqual((found.good, found.bad), (400, None))
+
+    def test_max_steps(self) -> None:
+        step, asked = _threshold(10_000)
+        found = bisect_ramp(step, 100, 1e9, 1, 3, max_steps=5)
+        self.assertEqual(len(asked), 5)
+        self.assertEqual(found.good, 100)
+
+    def test_stopped_is_a_lower_bound(self) -> None:
+        """
+        A step that cannot tell (the generator could not send that fast)
+        ends the search, in the ramp or while bisecting, without an
+        exception.
+        """
+        step, asked = _threshold(10_000, stop_at=400)
+        found = bisect_ramp(step, 100, 10_000, 2, 3)
+        self.assertEqual(asked, [100, 200, 400])
+        self.assertEqual((found.good, found.bad, found.stopped), (200, None, True))
+        step, asked = _threshold(650, stop_at=700)
+        found = bisect_ramp(step, 100, 10_000, 2, 3)
+        self.assertEqual(asked, [100, 200, 400, 800, 600, 700])
+        self.assertEqual((found.good, found.bad, found.stopped), (600, 800, True))
+
+    def test_integer(self) -> None:
+        """
+        Whole rates, stopping when the middle is an end.
+        """
+        step, asked = _threshold(52)
+        found = bisect_ramp(step, 50, 1000, 1.5, 10, integer=True)
+        self.assertEqual(asked, [50, 75, 62, 56, 53, 52])
+        self.assertEqual((found.good, found.bad), (52, 53))
+
+    def test_below_start(self) -> None:
+        """
+        The first step failing: bisection below C{start}, or none.
+        """
+        step, asked = _threshold(30)
+        self.assertEqual(bisect_ramp(step, 100, 1000, 2, 2).good, 25)
+        self.assertEqual(asked, [100, 50, 25])
+        step, asked = _threshold(30)
+        found = bisect_ramp(step, 100, 1000, 2, 2, below_start=False)
+        self.assertEqual((found.good, found.bad, asked), (0.0, 100, [100]))
+
+
+class FiguresTests(SynchronousTestCase):
+    def test_loss(self) -> None:
+        self.assertEqual(loss(0, 0), 0.0)
+        self.assertAlmostEqual(loss(100, 90), 0.1)
+        self.assertEqual(loss(100, 120), 0.0)  # duplicates
+
+    def test_fmt_us(self) -> None:
+        self.assertEqual(fmt_us(0.0012346), "   1235")
+        self.assertEqual(fmt_us(0.0012346, 8), "    1235")
+
+
+class ReceiveTests(SynchronousTestCase):
+    def test_receive_until(self) -> None:
+        """
+        Every datagram reaching the sockets before the deadline is handed
+        over with its length; the loop ends at the deadline.
+        """
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for s in (a, b, sender):
+            self.addCleanup(s.close)
+            s.bind(("127.0.0.1", 0))
+        sender.sendto(b"one", a.getsockname())
+        sender.sendto(b"three", b.getsockname())
+        sender.sendto(b"two", a.getsockname())
+        got: list[bytes] = []
+        start = time.monotonic()
+        receive_until([a, b], start + 0.3, lambda buf, n, now: got.append(bytes(buf[:n])))
+        self.assertGreaterEqual(time.monotonic() - start, 0.29)
+        self.assertEqual(sorted(got), [b"one", b"three", b"two"])

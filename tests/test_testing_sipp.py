@@ -1,0 +1,75 @@
+"""
+Tests for L{spwm.testing.sipp}: SIPp's statistics file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.testing.sipp import last_stats, parse_stats, read_stats, sipp_time
+
+# the shape of a real -trace_stat file (columns cut short)
+STATS = (
+    "StartTime;LastResetTime;CurrentTime;OutgoingCall(C);SuccessfulCall(C);FailedCall(C);ResponseTime1(C);\n"
+    "2026-12-02\t09:00:00.000000\t1733130000.000000;2026-12-02\t09:00:00.000000\t1733130000.000000;"
+    "2026-12-02\t09:00:01.000000\t1733130001.000000;5;4;0;00:00:00:001500;\n"
+    "\n"
+    "2026-12-02\t09:00:00.000000\t1733130000.000000;2026-12-02\t09:00:01.000000\t1733130001.000000;"
+    "2026-12-02\t09:00:02.000000\t1733130002.000000;10;9;1;00:00:00:002000;\n"
+)
+
+
+class StatsTests(SynchronousTestCase):
+    def test_rows(self) -> None:
+        """
+        Every row, keyed by the header's column names, without an empty
+        column for the trailing separator.
+        """
+        rows = parse_stats(STATS)
+        self.assertEqual([r["OutgoingCall(C)"] for r in rows], ["5", "10"])
+        self.assertEqual(rows[1]["FailedCall(C)"], "1")
+        self.assertNotIn("", rows[0])
+
+    def test_empty_values_kept(self) -> None:
+        """
+        An empty value (two separators in a row) is a column, not the end.
+        """
+        rows = parse_stats("a;b;c;\n1;;3;\n")
+        self.assertEqual(rows, [{"a": "1", "b": "", "c": "3"}])
+
+    def test_short_row_skipped(self) -> None:
+        """
+        A row SIPp was still writing (too few fields) is not a row.
+        """
+        rows = parse_stats(STATS + "2026-12-02;2026;\n")
+        self.assertEqual(len(rows), 2)
+        self.assertEqual(rows[-1]["SuccessfulCall(C)"], "9")
+
+    def test_header_only_or_empty(self) -> None:
+        self.assertEqual(parse_stats(""), [])
+        self.assertEqual(parse_stats("a;b;\n"), [])
+
+    def test_files(self) -> None:
+        """
+        L{read_stats} and L{last_stats} read a file; a missing file has no
+        rows.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(STATS)
+        self.assertEqual(len(read_stats(path)), 2)
+        self.assertEqual(last_stats(path)["SuccessfulCall(C)"], "9")
+        missing = os.path.join(os.path.dirname(os.path.abspath(path)), "absent.csv")
+        self.assertEqual(read_stats(missing), [])
+        self.assertEqual(last_stats(missing), {})
+
+
+class TimeTests(SynchronousTestCase):
+    def test_durations(self) -> None:
+        self.assertEqual(sipp_time("00:00:00:002000"), 0.002)
+        self.assertEqual(sipp_time("01:02:03"), 3723.0)
+        self.assertTrue(math.isnan(sipp_time("")))
+        self.assertTrue(math.isnan(sipp_time("x:y:z")))
