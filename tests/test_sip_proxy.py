@@ -1,5 +1,5 @@
 """
-Tests for L{spwm.sip.proxy} and L{spwm.sip.flows}: the agent and contact
+Tests for the split proxy cores (L{spwm.sip.agent_proxy}, L{spwm.sip.contact_proxy} and the modules they share) and L{spwm.sip.flows}: the agent and contact
 point proxy cores, driven with real SIP messages in both directions, alone
 and wired back to back through a fake tunnel.
 """
@@ -20,19 +20,19 @@ from spwm.sip.flows import KIND_ROUTE, KIND_VIA, Flow, FlowTable, FlowTokenCodec
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import SipMessage, make_response, parse_message
 from spwm.sip.names import ProxyNames
-from spwm.sip.proxy import (
-    _CONGESTED,
-    dialog_key,
-    AgentSipProxy,
+from spwm.sip.actions import (
     BindingChanged,
-    ContactSipProxy,
     Dropped,
     OperatorProxy,
     RouteRefused,
     ToApp,
     ToNetwork,
     ToTunnel,
+    dialog_key,
 )
+from spwm.sip.agent_proxy import AgentSipProxy
+from spwm.sip.checks import CONGESTED as _CONGESTED
+from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.transport import AgentSipRunner, SipStreamFactory
 from spwm.sip.uri import parse_name_addr
 
@@ -448,13 +448,9 @@ class AgentTests(SynchronousTestCase):
         requests inside a dialog (BYE) still go in.
         """
 
-        class Congested:
-            congested = True
-
-        key = Congested()
-        agent = AgentSipProxy(key, "agent-1")
+        agent = AgentSipProxy(FakeTunnel("s"), "agent-1")
         for data in (request("INVITE", "sip:bob@example.org"), register()):
-            resp = parse_message(only(agent.from_app(FLOW_A, data, 0.0), ToApp).data)
+            resp = parse_message(only(agent.from_app(FLOW_A, data, 0.0, congested=True), ToApp).data)
             self.assertEqual((resp.status, resp.get("Retry-After")), (503, "5"))
         self.assertEqual(agent.counters[_CONGESTED.split(":")[0]], 2)
         for data in (
@@ -462,8 +458,7 @@ class AgentTests(SynchronousTestCase):
             request("ACK", "sip:bob@example.org", to="<sip:bob@example.org>;tag=b"),
             request("BYE", "sip:bob@example.org", to="<sip:bob@example.org>;tag=b", cseq=2),
         ):
-            only(agent.from_app(FLOW_A, data, 0.0), ToTunnel)
-        key.congested = False
+            only(agent.from_app(FLOW_A, data, 0.0, congested=True), ToTunnel)
         only(agent.from_app(FLOW_A, request("INVITE", "sip:bob@example.org"), 0.0), ToTunnel)
 
     def test_register_keeps_own_instance(self) -> None:
@@ -753,7 +748,9 @@ class ContactTests(SynchronousTestCase):
         now: float = 1.0,
         src: tuple[str, int] = ("198.51.100.7", 5060),
     ) -> list[Any]:
-        return self.cp.from_network("udp", src, data, now)
+        return self.cp.from_network(
+            "udp", src, data, now, congested=lambda key: getattr(key, "congested", False)
+        )
 
     def test_register_path(self) -> None:
         """
