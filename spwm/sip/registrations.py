@@ -198,9 +198,12 @@ class ContactRegistrations:
         if pending is None:
             return None
         try:
-            aor = str(parse_name_addr(msg.get("To") or "").uri)
+            to = msg.to
         except SipParseError:
+            to = None
+        if to is None:
             return None
+        aor = str(to.uri)
         session, fid = tok.session_id, tok.flow_id
         regs = self._regs.setdefault(session, {})
         before = {k: r for k, r in regs.items() if r.aor == aor and r.flow_id == fid}
@@ -313,9 +316,12 @@ class AppBindings:
         A REGISTER from an application goes into the tunnel.
         """
         try:
-            aor = str(parse_name_addr(msg.get("To") or "").uri)
+            to = msg.to
         except SipParseError:
+            to = None
+        if to is None:
             return
+        aor = str(to.uri)
         asked: frozenset[str] | None
         if any(v.strip() == "*" for v in msg.get_all("Contact")):
             asked = None  # all of this flow's bindings of the AOR

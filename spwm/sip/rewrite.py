@@ -121,15 +121,7 @@ def contacts(msg: SipMessage) -> list[NameAddr]:
     @return: the parsed contacts of C{msg}, C{"*"} entries and unparseable
         values left out.
     """
-    out = []
-    for value in msg.get_all("Contact"):
-        if value.strip() == "*":
-            continue
-        try:
-            out.append(parse_name_addr(value))
-        except SipParseError:
-            continue
-    return out
+    return msg.contact_addresses()
 
 
 def top_route(msg: SipMessage) -> NameAddr | None:
@@ -183,9 +175,12 @@ def register_domain_uri(msg: SipMessage) -> None:
     agent instead.  Put the domain of the To URI there.
     """
     try:
-        to = parse_name_addr(msg.get("To") or "").uri
+        to_addr = msg.to
     except SipParseError:
         return
+    if to_addr is None:
+        return
+    to = to_addr.uri
     if to.scheme in ("sip", "sips") and to.host:
         msg.uri = f"{to.scheme}:{to.host_port}"
 
