@@ -2128,3 +2128,41 @@ class PreloadedRoutePairTests(SynchronousTestCase):
         w.app(agent, FLOW_A, request("INVITE", "sip:bob@example.org", extra=(preload, "Route: <sip:sbc.example.org;lr>")))
         act, msg = w.take_network()
         self.assertEqual((act.addr, msg.get_all("Route")), (("198.51.100.7", 5060), ["<sip:sbc.example.org;lr>"]))
+
+
+class SpiralTests(SynchronousTestCase):
+    """
+    The contact point handles messages to its own address (spirals) with a
+    loop, not by calling itself.
+    """
+
+    def test_spiral_loop_cut(self) -> None:
+        """
+        A message that would spiral without end (which no message does
+        today: each spiral pops one of our Vias or is refused) is cut
+        after L{MAX_SPIRALS}, with one counted drop.
+        """
+        from spwm.sip import contact_proxy
+
+        class Looping(ContactSipProxy):
+            def _network(self, *args: Any) -> list[Any]:
+                self.spirals = getattr(self, "spirals", 0) + 1
+                return [contact_proxy._Spiral("udp", b"x")]
+
+        cp = Looping(CONTACT_ADDR, SECRET, operator=OPERATOR)
+        out = cp.from_network("udp", ("198.51.100.7", 5060), b"x", 0.0)
+        self.assertEqual([type(a) for a in out], [Dropped])
+        self.assertEqual(out[0].counter, "message looped through our own address")
+        self.assertEqual(cp.spirals, contact_proxy.MAX_SPIRALS + 1)
+
+    def test_embedded_registrar_answers_in_place(self) -> None:
+        """
+        With the embedded registrar the 2xx to a REGISTER from a tunnel
+        comes back from the same call, as a C{ToTunnel}, with the
+        binding's event after it.
+        """
+        cp = ContactSipProxy(CONTACT_ADDR, SECRET)
+        key = FakeTunnel("s")
+        out = cp.from_tunnel(key, "s", 3, register(), 0.0)
+        self.assertEqual([type(a) for a in out], [ToTunnel, BindingChanged])
+        self.assertEqual((out[0].flow_id, parse_message(out[0].data).status), (3, 200))
