@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.security.keys import resumption_proof
 from spwm.security.resume import AgentResumption, ContactResumption
-from spwm.sip.proxy import Registration
+from spwm.sip.registrations import Registration
 
 USER = "alice@example.test"
 KEY = bytes(range(32))

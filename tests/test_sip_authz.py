@@ -11,7 +11,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.sip.authz import AuthorizingContactProxy, MediaGate
 from spwm.sip.message import parse_message
-from spwm.sip.proxy import ContactSipProxy, ToTunnel
+from spwm.sip.actions import ToTunnel
+from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.tunnel.frames import ChannelKind, ErrorCode
 from tests.test_sip_proxy import SDP, FakeTunnel, request
 

@@ -339,6 +339,81 @@ class MutatorTests(SynchronousTestCase):
         self.assertRaises(ValueError, self.m.append_header, "Bad Name", "x")
 
 
+def fresh(m: SipMessage) -> SipMessage:
+    """
+    The same headers in a message that has parsed none of them yet.
+    """
+    return SipMessage(is_request=m.is_request, method=m.method, uri=m.uri, headers=list(m.headers))
+
+
+def readings(m: SipMessage) -> tuple:
+    return (m.top_via, m.from_, m.to, m.from_tag, m.to_tag, m.call_id, m.cseq, m.cseq_method, m.contact_addresses())
+
+
+class ParsedOnceTests(SynchronousTestCase):
+    """
+    What L{parse_message} checked is kept on the message; every way of
+    changing a header makes the next read parse it again.
+    """
+
+    def setUp(self) -> None:
+        self.m = parse_message(INVITE)
+
+    def test_kept_equals_parsed_again(self) -> None:
+        """
+        The kept values are what parsing the headers again gives.
+        """
+        self.assertEqual(readings(self.m), readings(fresh(self.m)))
+        self.assertEqual(self.m.from_, parse_name_addr(self.m.get("From") or ""))
+        self.assertEqual(self.m.cseq, (314159, "INVITE"))
+        self.assertEqual(len(self.m.contact_addresses()), 2)
+
+    def test_not_parsed_again(self) -> None:
+        """
+        Reading a kept header twice gives the very same object.
+        """
+        self.assertIs(self.m.top_via, self.m.top_via)
+        self.assertIs(self.m.from_, self.m.from_)
+        self.assertIs(self.m.contact_addresses(), self.m.contact_addresses())
+
+    def test_mutators_invalidate(self) -> None:
+        """
+        Each mutator makes the next read see the change.
+        """
+        m = self.m
+        m.replace_first_value("Via", "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKnew")
+        self.assertEqual(m.top_via.host, "192.0.2.1")
+        m.prepend_header("Via", "SIP/2.0/TCP 192.0.2.2;branch=z9hG4bKtop")
+        self.assertEqual(m.top_via.host, "192.0.2.2")
+        m.pop_first_value("Via")
+        self.assertEqual(m.top_via.host, "192.0.2.1")
+        m.set_header("To", "<sip:carol@example.org>;tag=t2")
+        self.assertEqual(m.to_tag, "t2")
+        m.set_header("CSeq", "7 INVITE")
+        self.assertEqual(m.cseq, (7, "INVITE"))
+        m.set_header("Contact", "<sip:c@192.0.2.3>")
+        self.assertEqual([str(na.uri) for na in m.contact_addresses()], ["sip:c@192.0.2.3"])
+        m.append_header("Contact", "<sip:d@192.0.2.4>")
+        self.assertEqual(len(m.contact_addresses()), 2)
+        m.remove_header("From")
+        self.assertIsNone(m.from_)
+        self.assertEqual(readings(m)[:-1], readings(fresh(m))[:-1])
+
+    def test_direct_edits_seen(self) -> None:
+        """
+        Assigning a line's value or editing the header list directly is
+        seen too.
+        """
+        m = self.m
+        [frm] = [h for h in m.headers if h.name == "from"]
+        frm.value = b"<sip:alice@atlanta.example.com>;tag=other"
+        self.assertEqual(m.from_tag, "other")
+        m.headers.insert(0, type(frm)(b"i", "call-id", b"another-call"))
+        self.assertEqual(m.call_id, "another-call")
+        m.headers[:] = [h for h in m.headers if h.name != "contact"]
+        self.assertEqual(m.contact_addresses(), [])
+
+
 class MakeResponseTests(SynchronousTestCase):
     """
     make_response builds RFC 3261 8.2.6 responses.
@@ -458,6 +533,14 @@ class HypothesisTests(SynchronousTestCase):
             (m.is_request, m.method, m.uri, m.status, m.reason, m.body),
         )
         self.assertEqual(again.headers, m.headers)
+
+    @given(wire_messages())
+    def test_kept_equals_parsed_again(self, data: bytes) -> None:
+        """
+        What the parser keeps equals what the properties parse afresh.
+        """
+        m = parse_message(data)
+        self.assertEqual(readings(m), readings(fresh(m)))
 
     @given(wire_messages())
     def test_parsed_round_trip(self, data: bytes) -> None:

@@ -1,5 +1,5 @@
 """
-Tests for L{spwm.sip.proxy} and L{spwm.sip.flows}: the agent and contact
+Tests for the split proxy cores (L{spwm.sip.agent_proxy}, L{spwm.sip.contact_proxy} and the modules they share) and L{spwm.sip.flows}: the agent and contact
 point proxy cores, driven with real SIP messages in both directions, alone
 and wired back to back through a fake tunnel.
 """
@@ -20,19 +20,19 @@ from spwm.sip.flows import KIND_ROUTE, KIND_VIA, Flow, FlowTable, FlowTokenCodec
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import SipMessage, make_response, parse_message
 from spwm.sip.names import ProxyNames
-from spwm.sip.proxy import (
-    _CONGESTED,
-    dialog_key,
-    AgentSipProxy,
+from spwm.sip.actions import (
     BindingChanged,
-    ContactSipProxy,
     Dropped,
     OperatorProxy,
     RouteRefused,
     ToApp,
     ToNetwork,
     ToTunnel,
+    dialog_key,
 )
+from spwm.sip.agent_proxy import AgentSipProxy
+from spwm.sip.checks import CONGESTED as _CONGESTED
+from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.transport import AgentSipRunner, SipStreamFactory
 from spwm.sip.uri import parse_name_addr
 
@@ -448,13 +448,9 @@ class AgentTests(SynchronousTestCase):
         requests inside a dialog (BYE) still go in.
         """
 
-        class Congested:
-            congested = True
-
-        key = Congested()
-        agent = AgentSipProxy(key, "agent-1")
+        agent = AgentSipProxy(FakeTunnel("s"), "agent-1")
         for data in (request("INVITE", "sip:bob@example.org"), register()):
-            resp = parse_message(only(agent.from_app(FLOW_A, data, 0.0), ToApp).data)
+            resp = parse_message(only(agent.from_app(FLOW_A, data, 0.0, congested=True), ToApp).data)
             self.assertEqual((resp.status, resp.get("Retry-After")), (503, "5"))
         self.assertEqual(agent.counters[_CONGESTED.split(":")[0]], 2)
         for data in (
@@ -462,8 +458,7 @@ class AgentTests(SynchronousTestCase):
             request("ACK", "sip:bob@example.org", to="<sip:bob@example.org>;tag=b"),
             request("BYE", "sip:bob@example.org", to="<sip:bob@example.org>;tag=b", cseq=2),
         ):
-            only(agent.from_app(FLOW_A, data, 0.0), ToTunnel)
-        key.congested = False
+            only(agent.from_app(FLOW_A, data, 0.0, congested=True), ToTunnel)
         only(agent.from_app(FLOW_A, request("INVITE", "sip:bob@example.org"), 0.0), ToTunnel)
 
     def test_register_keeps_own_instance(self) -> None:
@@ -753,7 +748,9 @@ class ContactTests(SynchronousTestCase):
         now: float = 1.0,
         src: tuple[str, int] = ("198.51.100.7", 5060),
     ) -> list[Any]:
-        return self.cp.from_network("udp", src, data, now)
+        return self.cp.from_network(
+            "udp", src, data, now, congested=lambda key: getattr(key, "congested", False)
+        )
 
     def test_register_path(self) -> None:
         """
@@ -2131,3 +2128,41 @@ class PreloadedRoutePairTests(SynchronousTestCase):
         w.app(agent, FLOW_A, request("INVITE", "sip:bob@example.org", extra=(preload, "Route: <sip:sbc.example.org;lr>")))
         act, msg = w.take_network()
         self.assertEqual((act.addr, msg.get_all("Route")), (("198.51.100.7", 5060), ["<sip:sbc.example.org;lr>"]))
+
+
+class SpiralTests(SynchronousTestCase):
+    """
+    The contact point handles messages to its own address (spirals) with a
+    loop, not by calling itself.
+    """
+
+    def test_spiral_loop_cut(self) -> None:
+        """
+        A message that would spiral without end (which no message does
+        today: each spiral pops one of our Vias or is refused) is cut
+        after L{MAX_SPIRALS}, with one counted drop.
+        """
+        from spwm.sip import contact_proxy
+
+        class Looping(ContactSipProxy):
+            def _network(self, *args: Any) -> list[Any]:
+                self.spirals = getattr(self, "spirals", 0) + 1
+                return [contact_proxy._Spiral("udp", b"x")]
+
+        cp = Looping(CONTACT_ADDR, SECRET, operator=OPERATOR)
+        out = cp.from_network("udp", ("198.51.100.7", 5060), b"x", 0.0)
+        self.assertEqual([type(a) for a in out], [Dropped])
+        self.assertEqual(out[0].counter, "message looped through our own address")
+        self.assertEqual(cp.spirals, contact_proxy.MAX_SPIRALS + 1)
+
+    def test_embedded_registrar_answers_in_place(self) -> None:
+        """
+        With the embedded registrar the 2xx to a REGISTER from a tunnel
+        comes back from the same call, as a C{ToTunnel}, with the
+        binding's event after it.
+        """
+        cp = ContactSipProxy(CONTACT_ADDR, SECRET)
+        key = FakeTunnel("s")
+        out = cp.from_tunnel(key, "s", 3, register(), 0.0)
+        self.assertEqual([type(a) for a in out], [ToTunnel, BindingChanged])
+        self.assertEqual((out[0].flow_id, parse_message(out[0].data).status), (3, 200))

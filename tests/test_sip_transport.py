@@ -17,7 +17,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.sip.flows import Flow
 from spwm.sip.message import parse_message
-from spwm.sip.proxy import AgentSipProxy, ContactSipProxy, OperatorProxy
+from spwm.sip.actions import OperatorProxy
+from spwm.sip.agent_proxy import AgentSipProxy
+from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.transport import (
     AgentSipRunner,
     ContactSipRunner,
@@ -52,6 +54,7 @@ class FakeTunnel:
     def __init__(self, session_id: str = "s1") -> None:
         self.session_id = session_id
         self.sent: list[tuple[int, bytes]] = []
+        self.congested = False
 
     def send_sip(self, flow_id: int, data: bytes) -> None:
         self.sent.append((flow_id, data))
@@ -101,6 +104,24 @@ class AgentRunnerTests(SynchronousTestCase):
         self.clock.advance(301)
         self.assertIsNone(self.core.flows.lookup(fid, self.clock.seconds()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_congested_tunnel(self) -> None:
+        """
+        The runner tells the core whether the tunnel is congested: while
+        it is, a new request from a phone is answered C{503} and does not
+        reach the tunnel.
+        """
+        udp = SipUdpProtocol(self.runner)
+        tr = FakeUdpTransport("192.0.2.1", 5060)
+        udp.makeConnection(tr)
+        self.tunnel.congested = True
+        udp.datagramReceived(request("INVITE", "sip:bob@example.org"), ("192.0.2.10", 5062))
+        self.assertEqual(self.tunnel.sent, [])
+        [(out, addr)] = tr.written
+        self.assertEqual(parse_message(out).status, 503)
+        self.tunnel.congested = False
+        udp.datagramReceived(request("INVITE", "sip:bob@example.org"), ("192.0.2.10", 5062))
+        self.assertEqual(len(self.tunnel.sent), 1)
 
     def test_udp_garbage(self) -> None:
         """
@@ -220,6 +241,36 @@ class ContactRunnerTests(SynchronousTestCase):
         udp.datagramReceived(answer(data, 200), ("198.51.100.7", 5060))
         [(fid, back)] = self.tunnel.sent
         self.assertEqual((fid, parse_message(back).status), (4, 200))
+        r.stop()
+
+    def test_congested_tunnel(self) -> None:
+        """
+        The runner tells the core which tunnels are congested: a new
+        request from the network for a congested tunnel is answered
+        C{503} and does not reach it.
+        """
+        r = self.runner()
+        udp = SipUdpProtocol(r)
+        tr = FakeUdpTransport("203.0.113.5", 5060)
+        udp.makeConnection(tr)
+        r.sip_received(self.tunnel, 4, request("INVITE", "sip:bob@example.org"))
+        [(data, _)] = tr.written
+        rr = parse_message(data).get("Record-Route")
+        assert rr is not None
+        incoming = request(
+            "INVITE",
+            "sip:alice@192.0.2.10:5062",
+            via="SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKop1",
+            call_id="in-1",
+            extra=(f"Route: {rr}",),
+        )
+        self.tunnel.congested = True
+        udp.datagramReceived(incoming, ("198.51.100.7", 5060))
+        self.assertEqual(self.tunnel.sent, [])
+        self.assertEqual(parse_message(tr.written[-1][0]).status, 503)
+        self.tunnel.congested = False
+        udp.datagramReceived(incoming, ("198.51.100.7", 5060))
+        self.assertEqual(len(self.tunnel.sent), 1)
         r.stop()
 
     def test_tcp_pool(self) -> None:

@@ -16,7 +16,7 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.security.resume import ContactResumption
-from spwm.sip.proxy import ContactSipProxy
+from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.state import VERSION, ContactState
 from tests.test_security_resume import KEY, USER, FakeMedia
 

@@ -16,7 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.sip.flows import Flow
 from spwm.sip.message import parse_message
-from spwm.sip.proxy import AgentSipProxy, ToApp, ToTunnel
+from spwm.sip.actions import ToApp, ToTunnel
+from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.tap.parts import AgentTunnelHandle
 from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
 from spwm.tunnel.service import AgentTunnelService, OnDemandTunnel, backoff

@@ -319,8 +319,8 @@ class _ObservedAgentCore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._core, name)
 
-    def from_app(self, flow: Any, data: bytes, now: float) -> list[Any]:
-        actions = self._core.from_app(flow, data, now)
+    def from_app(self, flow: Any, data: bytes, now: float, *, congested: bool = False) -> list[Any]:
+        actions = self._core.from_app(flow, data, now, congested=congested)
         if data.startswith(b"REGISTER "):
             for action in actions:
                 if hasattr(action, "flow_id") and hasattr(action, "data"):

@@ -9,7 +9,7 @@ Afterwards it may send requests only as the addresses-of-record registered
 through it (the From identity is checked).  When all registrations of a tunnel
 have expired or been removed, it is unregistered again.
 
-L{AuthorizingContactProxy} wraps a L{spwm.sip.proxy.ContactSipProxy} (same
+L{AuthorizingContactProxy} wraps a L{spwm.sip.contact_proxy.ContactSipProxy} (same
 interface) and limits REGISTER requests per tunnel; L{MediaGate} guards the
 media part of the tunnel multiplexer.
 """
@@ -17,11 +17,12 @@ media part of the tunnel multiplexer.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable
 
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import make_response, parse_message
-from spwm.sip.proxy import Dropped, ToTunnel
+from spwm.sip.actions import Dropped, ToTunnel
+from spwm.sip.contact_proxy import never_congested
 from spwm.sip.uri import parse_name_addr, parse_uri
 from spwm.tunnel.frames import ErrorCode
 
@@ -102,8 +103,16 @@ class AuthorizingContactProxy:
         """
         return bool(self._core.registrations(session_id))
 
-    def from_network(self, transport: str, src: Any, data: bytes, now: float) -> list[Any]:
-        actions = self._core.from_network(transport, src, data, now)
+    def from_network(
+        self,
+        transport: str,
+        src: Any,
+        data: bytes,
+        now: float,
+        *,
+        congested: Callable[[Any], bool] = never_congested,
+    ) -> list[Any]:
+        actions = self._core.from_network(transport, src, data, now, congested=congested)
         if self.observer is not None and data.startswith(b"SIP/2.0 2"):
             for action in actions:
                 if isinstance(action, ToTunnel):
@@ -149,11 +158,14 @@ class AuthorizingContactProxy:
         self._identities.pop(session_id, None)
         self._core.forget_session(session_id)
 
-    def from_tunnel(self, tunnel_key: Any, session_id: str, flow_id: int, data: bytes, now: float) -> list[Any]:
+    def from_tunnel(
+        self, tunnel_key: Any, session_id: str, flow_id: int, data: bytes, now: float, *,
+        congested: Callable[[Any], bool] = never_congested,
+    ) -> list[Any]:
         head = data[:16].lstrip(b"\r\n")
         if not head or head.startswith(b"SIP/"):
             # Responses match our own Via or are dropped by the core.
-            return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now)
+            return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now, congested=congested)
         method = head.split(b" ", 1)[0].decode("ascii", "replace").upper()
         if method == "REGISTER":
             if not self._register_allowed(session_id, now):
@@ -164,14 +176,14 @@ class AuthorizingContactProxy:
                 return self._refuse(tunnel_key, flow_id, data, method, "too many users on this tunnel")
             if self.observer is not None:
                 self.observer.request_from_tunnel(tunnel_key, session_id, data)
-                actions = self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now)
+                actions = self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now, congested=congested)
                 # The embedded registrar answers at once, inside the core.
                 for action in actions:
                     if isinstance(action, ToTunnel) and action.data.startswith(b"SIP/2.0 2"):
                         self.observer.response_to_tunnel(action.tunnel_key, action.flow_id, action.data)
                 return actions
         if method in UNREGISTERED_METHODS or not self.require_registration:
-            return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now)
+            return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now, congested=congested)
         identities = self.identities(session_id)
         if not identities:
             return self._refuse(tunnel_key, flow_id, data, method, "tunnel not registered")
@@ -184,10 +196,10 @@ class AuthorizingContactProxy:
             identity = _identity(parse_name_addr(value).uri)
         except SipParseError:
             # Let the core answer malformed requests as it does.
-            return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now)
+            return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now, congested=congested)
         if identity not in identities:
             return self._refuse(tunnel_key, flow_id, data, method, "From is not registered through this tunnel")
-        return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now)
+        return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now, congested=congested)
 
     def _refuse(
         self,
@@ -200,7 +212,7 @@ class AuthorizingContactProxy:
         phrase: str = "Forbidden",
     ) -> list[Any]:
         self.refused[reason] = self.refused.get(reason, 0) + 1
-        drop = Dropped(f"{method} refused: {reason}")
+        drop = Dropped(f"{method} refused: {reason}", f"{method} refused")
         if method == "ACK":
             return [drop]
         try:

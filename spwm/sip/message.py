@@ -11,7 +11,7 @@ byte (L{SipMessage.to_bytes}).
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import attrs
 
@@ -232,6 +232,13 @@ class SipMessage:
     @ivar version: "SIP/2.0".
     @ivar headers: header lines in wire order, one L{Header} per line.
     @ivar body: the body (exactly Content-Length bytes of a parsed message).
+
+    The headers a proxy reads on every message (Via, From, To, Call-ID,
+    CSeq, Contact) are parsed once: L{parse_message} keeps what it checked,
+    and the properties keep what they parse, each with the very L{Header}
+    and value bytes it came from.  Changing the header (with the methods
+    below, or by assigning a line's C{value} or editing C{headers}) makes
+    the next read parse it again.
     """
 
     is_request: bool
@@ -247,8 +254,32 @@ class SipMessage:
         default=None, repr=False, eq=False
     )
     _blank: bytes = attrs.field(default=b"\r\n", repr=False, eq=False)
+    # header name -> (the Header and value it was parsed from, the result)
+    _parsed: dict[str, tuple[Any, Any, Any]] = attrs.field(
+        factory=dict, init=False, repr=False, eq=False
+    )
 
     # --- reading ----------------------------------------------------------
+
+    def _kept(self, cname: str, parse: Callable[[Header], Any]) -> Any:
+        """
+        C{parse(line)} of the first line of header C{cname} (C{None} when
+        absent), kept while that line and its value are unchanged.
+        """
+        for h in self.headers:
+            if h.name == cname:
+                break
+        else:
+            return None
+        kept = self._parsed.get(cname)
+        if kept is not None and kept[0] is h and kept[1] is h.value:
+            return kept[2]
+        value = parse(h)
+        self._parsed[cname] = (h, h.value, value)
+        return value
+
+    def _keep(self, cname: str, h: Header, value: Any) -> None:
+        self._parsed[cname] = (h, h.value, value)
 
     def _lines(self, name: str) -> list[Header]:
         cname = canonical_name(name)
@@ -309,6 +340,7 @@ class SipMessage:
         of the headers if it is absent (Via, Record-Route).
         """
         header = self._new(name, value)
+        self._parsed.pop(header.name, None)
         for i, h in enumerate(self.headers):
             if h.name == header.name:
                 self.headers.insert(i, header)
@@ -321,6 +353,7 @@ class SipMessage:
         the headers if it is absent.
         """
         header = self._new(name, value)
+        self._parsed.pop(header.name, None)
         for i in range(len(self.headers) - 1, -1, -1):
             if self.headers[i].name == header.name:
                 self.headers.insert(i + 1, header)
@@ -336,6 +369,7 @@ class SipMessage:
         @return: the removed value (unfolded, stripped), or C{None} if absent.
         """
         cname = canonical_name(name)
+        self._parsed.pop(cname, None)
         for i, h in enumerate(self.headers):
             if h.name != cname:
                 continue
@@ -359,6 +393,7 @@ class SipMessage:
         line and every other line as they are; add the header if absent.
         """
         cname = canonical_name(name)
+        self._parsed.pop(cname, None)
         new = _encode(value)
         for h in self.headers:
             if h.name != cname:
@@ -380,6 +415,7 @@ class SipMessage:
         end if absent.
         """
         cname = canonical_name(name)
+        self._parsed.pop(cname, None)
         new = _encode(value)
         first = None
         kept = []
@@ -401,6 +437,7 @@ class SipMessage:
         Remove every line of a header.
         """
         cname = canonical_name(name)
+        self._parsed.pop(cname, None)
         self.headers[:] = [h for h in self.headers if h.name != cname]
 
     def set_body(self, body: bytes, content_type: str | None = None) -> None:
@@ -463,7 +500,7 @@ class SipMessage:
         """
         The Call-ID ("" if absent, which a parsed message never is).
         """
-        return self.get("call-id") or ""
+        return self._kept("call-id", _header_text) or ""
 
     @property
     def cseq(self) -> tuple[int, str]:
@@ -473,20 +510,18 @@ class SipMessage:
         @raise SipParseError: if CSeq is absent or malformed (never for a
             parsed message).
         """
-        text = self.get("cseq")
-        m = g.CSEQ.fullmatch(text) if text is not None else None
-        if m is None:
+        cseq = self._kept("cseq", _cseq)
+        if cseq is None or cseq is _MALFORMED:
             raise bad("missing or malformed CSeq")
-        return int(m.group(1)), m.group(2)
+        return cseq  # type: ignore[no-any-return]
 
     @property
     def cseq_method(self) -> str | None:
         """
         The method of CSeq (what a response answers), or C{None}.
         """
-        text = self.get("cseq")
-        m = g.CSEQ.fullmatch(text) if text is not None else None
-        return m.group(2) if m is not None else None
+        cseq = self._kept("cseq", _cseq)
+        return None if cseq is None or cseq is _MALFORMED else cseq[1]
 
     @property
     def top_via(self) -> Via | None:
@@ -495,26 +530,71 @@ class SipMessage:
 
         @raise SipParseError: if it is malformed (never for a parsed message).
         """
-        text = self.get("via")
-        return None if text is None else parse_via(text)
+        via = self._kept("via", _first_via)
+        if via is _MALFORMED:
+            # a first line without a value: the first value is further down
+            text = self.get("via")
+            return None if text is None else parse_via(text)
+        return via  # type: ignore[no-any-return]
 
-    def _tag(self, name: str) -> str | None:
-        text = self.get(name)
-        return None if text is None else parse_name_addr(text).tag
+    @property
+    def from_(self) -> NameAddr | None:
+        """
+        The From header, parsed, or C{None}.
+
+        @raise SipParseError: if it is malformed (never for a parsed message).
+        """
+        return self._kept("from", _name_addr)  # type: ignore[no-any-return]
+
+    @property
+    def to(self) -> NameAddr | None:
+        """
+        The To header, parsed, or C{None}.
+
+        @raise SipParseError: if it is malformed (never for a parsed message).
+        """
+        return self._kept("to", _name_addr)  # type: ignore[no-any-return]
 
     @property
     def from_tag(self) -> str | None:
         """
         The From tag, or C{None}.
         """
-        return self._tag("from")
+        from_ = self.from_
+        return None if from_ is None else from_.tag
 
     @property
     def to_tag(self) -> str | None:
         """
         The To tag, or C{None}.
         """
-        return self._tag("to")
+        to = self.to
+        return None if to is None else to.tag
+
+    def contact_addresses(self) -> list[NameAddr]:
+        """
+        The C{Contact} values, parsed, in order; C{"*"} and values that do
+        not parse are left out (a parsed message has none of the latter).
+        The list is the message's own: do not change it.
+        """
+        lines = [h for h in self.headers if h.name == "contact"]
+        kept = self._parsed.get("contact")
+        if (
+            kept is not None
+            and len(kept[0]) == len(lines)
+            and all(a is b and v is b.value for a, v, b in zip(kept[0], kept[1], lines))
+        ):
+            return kept[2]  # type: ignore[no-any-return]
+        out = []
+        for value in self.get_all("Contact"):
+            if value.strip() == "*":
+                continue
+            try:
+                out.append(parse_name_addr(value))
+            except SipParseError:
+                continue
+        self._parsed["contact"] = (lines, [h.value for h in lines], out)
+        return out
 
     @property
     def max_forwards(self) -> int | None:
@@ -534,6 +614,28 @@ class SipMessage:
         if not text:
             return None
         return text.split(";", 1)[0].strip().lower()
+
+
+#: What a property keeps for a header that does not parse its way.
+_MALFORMED: Any = object()
+
+
+def _header_text(h: Header) -> str:
+    return h.text
+
+
+def _name_addr(h: Header) -> NameAddr:
+    return parse_name_addr(h.text)
+
+
+def _cseq(h: Header) -> Any:
+    m = g.CSEQ.fullmatch(h.text)
+    return _MALFORMED if m is None else (int(m.group(1)), m.group(2))
+
+
+def _first_via(h: Header) -> Any:
+    values = split_header_values(h.text)
+    return parse_via(values[0]) if values else _MALFORMED
 
 
 def _check_headers(message: SipMessage) -> None:
@@ -562,16 +664,28 @@ def _check_headers(message: SipMessage) -> None:
     vias = found.get("via")
     if not vias:
         raise bad("missing Via")
+    top: Via | None = None
     for h in vias:
         for value in split_header_values(h.text, strict=True):
-            parse_via(value)
+            via = parse_via(value)
+            if top is None:
+                top = via
+    if top is None:  # the first line has a value (strict split)
+        raise bad("missing Via")
+    message._keep("via", vias[0], top)
     for name in ("from", "to"):
-        parse_name_addr(found[name][0].text)
-    if g.CALL_ID.fullmatch(found["call-id"][0].text) is None:
+        h = found[name][0]
+        message._keep(name, h, parse_name_addr(h.text))
+    h = found["call-id"][0]
+    call_id = h.text
+    if g.CALL_ID.fullmatch(call_id) is None:
         raise bad("malformed Call-ID")
-    m = g.CSEQ.fullmatch(found["cseq"][0].text)
+    message._keep("call-id", h, call_id)
+    h = found["cseq"][0]
+    m = g.CSEQ.fullmatch(h.text)
     if m is None:
         raise bad("malformed CSeq")
+    message._keep("cseq", h, (int(m.group(1)), m.group(2)))
     if int(m.group(1)) > _MAX_CSEQ:
         raise bad("CSeq number over 2**32-1")
     if message.is_request and m.group(2) != message.method:
@@ -582,10 +696,13 @@ def _check_headers(message: SipMessage) -> None:
         m = g.DIGITS.fullmatch(found["max-forwards"][0].text)
         if m is None or int(m.group(1)) > 255:
             raise bad("malformed Max-Forwards")
-    for h in found.get("contact", ()):
+    contacts = found.get("contact", [])
+    addresses = []
+    for h in contacts:
         for value in split_header_values(h.text, strict=True):
             if value != "*":
-                parse_name_addr(value)
+                addresses.append(parse_name_addr(value))
+    message._parsed["contact"] = (contacts, [h.value for h in contacts], addresses)
 
 
 _CHECKED = frozenset(

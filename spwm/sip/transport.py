@@ -38,16 +38,16 @@ from spwm.logthrottle import Every, ThrottledLog
 from spwm.sip.errors import SipParseError
 from spwm.sip.flows import Flow
 from spwm.sip.framing import KeepAlive, SipStreamFramer
-from spwm.sip.proxy import (
-    AgentSipProxy,
+from spwm.sip.actions import (
     BindingChanged,
-    ContactSipProxy,
     Dropped,
     RouteRefused,
     ToApp,
     ToNetwork,
     ToTunnel,
 )
+from spwm.sip.agent_proxy import AgentSipProxy
+from spwm.sip.contact_proxy import ContactSipProxy
 
 
 class SipTrace:
@@ -81,6 +81,16 @@ class SipTrace:
 
 def _send_sip(tunnel_key: Any, flow_id: int, data: bytes) -> None:
     tunnel_key.send_sip(flow_id, data)
+
+
+def _tunnel_congested(tunnel_key: Any) -> bool:
+    """
+    Whether a tunnel's signalling backlog is over its high-water mark
+    (L{spwm.tunnel.protocol.TunnelProtocol.congested}; a tunnel without
+    one never is): what the contact point's core asks before it routes a
+    new request into it.
+    """
+    return bool(getattr(tunnel_key, "congested", False))
 
 
 class SipUdpProtocol(DatagramProtocol):
@@ -416,13 +426,24 @@ class AgentSipRunner(_Runner):
         flow = Flow("udp", proto.local, addr, None)
         if self.trace is not None and data.strip(b"\r\n\t "):
             self.trace.message("received from", self._app_peer(flow), data)
-        self.execute(self.core.from_app(flow, data, self._clock.seconds()))
+        self.execute(
+            self.core.from_app(flow, data, self._clock.seconds(), congested=self._congested())
+        )
 
     def stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
         flow = proto.flow()
         if self.trace is not None:
             self.trace.message("received from", self._app_peer(flow), data)
-        self.execute(self.core.from_app(flow, data, self._clock.seconds()))
+        self.execute(
+            self.core.from_app(flow, data, self._clock.seconds(), congested=self._congested())
+        )
+
+    def _congested(self) -> bool:
+        """
+        Whether the tunnel's signalling backlog is over its high-water mark
+        (its C{congested}; a tunnel handle without one never is).
+        """
+        return bool(getattr(self.core.tunnel_key, "congested", False))
 
     def stream_lost(self, proto: SipStreamProtocol) -> None:
         super().stream_lost(proto)
@@ -520,7 +541,11 @@ class ContactSipRunner(_Runner):
     ) -> None:
         if self.trace is not None and data.strip(b"\r\n\t "):
             self.trace.message("received from", f"operator udp {peer_text(addr)}", data)
-        self.execute(self.core.from_network("udp", addr, data, self._clock.seconds()))
+        self.execute(
+            self.core.from_network(
+                "udp", addr, data, self._clock.seconds(), congested=_tunnel_congested
+            )
+        )
 
     def stream_connected(self, proto: SipStreamProtocol) -> int:
         conn_id = super().stream_connected(proto)
@@ -536,7 +561,9 @@ class ContactSipRunner(_Runner):
         if self.trace is not None:
             self.trace.message("received from", f"operator tcp {peer_text(proto.peer)}", data)
         self.execute(
-            self.core.from_network("tcp", proto.peer, data, self._clock.seconds())
+            self.core.from_network(
+                "tcp", proto.peer, data, self._clock.seconds(), congested=_tunnel_congested
+            )
         )
 
     # -- tunnel application (SIP part) ---------------------------------------
@@ -584,7 +611,9 @@ class ContactSipRunner(_Runner):
         try:
             now = self._clock.seconds()
             self.execute(
-                self.core.from_tunnel(tunnel, tunnel.session_id, flow_id, data, now)
+                self.core.from_tunnel(
+                    tunnel, tunnel.session_id, flow_id, data, now, congested=_tunnel_congested
+                )
             )
         except Exception:
             self.log.failure("SIP message from tunnel failed", flow_id=flow_id)

@@ -32,7 +32,7 @@ from spwm.media.reader import relay_sockets_for
 from spwm.security.resume import AgentResumption
 from spwm.sip.authz import MediaGate
 from spwm.sip.names import ProxyNames, sip_name
-from spwm.sip.proxy import AgentSipProxy
+from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.transport import AgentSipRunner, SipTrace
 from spwm.tap.parts import AgentTunnelHandle, Hook, MediaHookAdapter, SipListeners, flow_source
 from spwm.forward import USE as FORWARD_USE, AgentForwarder

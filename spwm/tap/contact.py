@@ -33,7 +33,8 @@ from spwm.media.reader import relay_sockets_for
 from spwm.sip.authz import AuthorizingContactProxy, MediaGate
 from spwm.sip.names import ProxyNames, sip_domain, sip_name
 from spwm.sip.registrar import EmbeddedRegistrar
-from spwm.sip.proxy import ContactSipProxy, OperatorProxy
+from spwm.sip.actions import OperatorProxy
+from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.transport import ContactSipRunner, SipTrace
 from spwm.security.resume import ContactResumption
 from spwm.tap.parts import Hook, MediaHookAdapter, SipListeners, SipOnly, resolve_ip

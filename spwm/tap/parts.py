@@ -335,7 +335,7 @@ def flow_source(flows: Any, clock: Any) -> Any:
     """
     For the agent's L{MediaHookAdapter}: the signalling host of a dialog,
     read from the agent proxy's L{spwm.sip.flows.FlowTable} by the flow
-    id in the dialog key (C{FLOW/CALL-ID}, L{spwm.sip.proxy.dialog_key}).
+    id in the dialog key (C{FLOW/CALL-ID}, L{spwm.sip.actions.dialog_key}).
 
     @param flows: the agent proxy's C{flows}.
     @param clock: provides C{seconds()}.

@@ -683,7 +683,7 @@ class OnDemandTunnel(Service):
     ) -> None:
         """
         @param busy: C{busy(now)}: whether an application still needs the
-            tunnel (L{spwm.sip.proxy.AgentSipProxy.busy}).
+            tunnel (L{spwm.sip.agent_proxy.AgentSipProxy.busy}).
         @param idle: seconds without need and without SIP before closing.
         @param before_close: called just before an idle tunnel is closed
             (the resumption logic forgets the session: nothing to resume).

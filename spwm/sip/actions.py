@@ -1,0 +1,282 @@
+# -*- test-case-name: tests.test_sip_proxy -*-
+"""
+What the two SIP proxy cores return, and what they call.
+
+The cores (L{spwm.sip.agent_proxy.AgentSipProxy},
+L{spwm.sip.contact_proxy.ContactSipProxy}) do no I/O and no logging: every
+method returns a list of L{Action}s for the runner (L{spwm.sip.transport})
+to carry out.  L{Dropped} and L{RouteRefused} are for the log, and
+L{BindingChanged} announces a registration that appeared or went.
+
+A message carrying SDP is shown to an optional I{media hook}
+(L{MediaHook}); L{show_media} and L{leg_ended} are how both cores call it.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable, Protocol, Union
+
+from attrs import frozen
+
+from spwm.sip.flows import Flow
+from spwm.sip.message import SipMessage
+
+__all__ = [
+    "Action",
+    "BindingChanged",
+    "Counters",
+    "Dropped",
+    "MediaHook",
+    "OperatorProxy",
+    "RouteRefused",
+    "ToApp",
+    "ToNetwork",
+    "ToTunnel",
+    "dialog_key",
+    "leg_ended",
+    "show_media",
+]
+
+#: What the integration layer gave a core for a tunnel: opaque to the
+#: cores (they hand it back in L{ToTunnel} and to the media hook).
+TunnelKey = Hashable
+
+_SDP_TYPES = frozenset({"application/sdp", "multipart/mixed"})
+
+
+@frozen
+class ToTunnel:
+    """
+    Send one SIP message into a tunnel.
+
+    @ivar tunnel_key: the opaque tunnel object the integration layer gave us.
+    @ivar flow_id: the application flow (the frame's channel field).
+    """
+
+    tunnel_key: TunnelKey
+    flow_id: int
+    data: bytes
+
+
+@frozen
+class ToApp:
+    """
+    Send one SIP message to a LAN application over its own flow.
+    """
+
+    flow: Flow
+    data: bytes
+
+
+@frozen
+class ToNetwork:
+    """
+    Send one SIP message on the operator network.
+
+    @ivar transport: C{"udp"} or C{"tcp"}.
+    @ivar addr: C{(host, port)}.
+    """
+
+    transport: str
+    addr: tuple[str, int]
+    data: bytes
+
+
+@frozen
+class Dropped:
+    """
+    A message was dropped; the adapter logs C{reason}.
+
+    @ivar reason: what happened, for the log (may name the message's
+        problem).
+    @ivar counter: the name the drop is counted under in the core's
+        C{counters} (and on C{/status} and C{/metrics}): fixed for each
+        kind of drop, whatever C{reason} says.
+    """
+
+    reason: str
+    counter: str
+
+
+@frozen
+class RouteRefused:
+    """
+    A request was refused (C{403}) because its top C{Route} names neither
+    this proxy nor one of its flows (no open relay); the adapter logs it,
+    with the advice to add the host as C{--sip-name} if it is ours.
+
+    @ivar route: the refused C{Route} value.
+    @ivar host: its host (IPv6 without brackets).
+    @ivar port: its port, or C{None} when it gives none.
+    @ivar method: the request's method.
+    """
+
+    route: str
+    host: str
+    port: int | None
+    method: str
+
+
+@frozen
+class BindingChanged:
+    """
+    A registration binding through a tunnel appeared, went or expired; the
+    adapter logs it.  Refreshes that change nothing make no event.  The
+    contact point makes them for every tunnel, the agent for its own
+    applications (with C{app} and an empty C{session_id}).
+
+    @ivar change: C{"registered"}, C{"unregistered"} or C{"expired"}.
+    @ivar aor: the address-of-record (the To URI of the REGISTER).
+    @ivar contact: the application's contact URI.
+    @ivar expires: seconds the binding was granted (0 when it went).
+    @ivar session_id: the tunnel session the binding goes through.
+    @ivar flow_id: the agent's application flow.
+    """
+
+    change: str
+    aor: str
+    contact: str
+    expires: int
+    session_id: str
+    flow_id: int
+    app: Flow | None = None
+
+
+Action = Union[ToTunnel, ToApp, ToNetwork, Dropped, RouteRefused, BindingChanged]
+
+
+class Counters(dict[str, int]):
+    """
+    A core's named counts of dropped and refused messages (a plain
+    C{dict} to its readers).
+    """
+
+    def count(self, name: str) -> None:
+        """
+        Count one more C{name}.
+        """
+        self[name] = self.get(name, 0) + 1
+
+    def drop(self, reason: str, counter: str) -> Dropped:
+        """
+        Count a drop under C{counter}.
+
+        @return: the L{Dropped} action for it.
+        """
+        self[counter] = self.get(counter, 0) + 1
+        return Dropped(reason, counter)
+
+
+@frozen
+class OperatorProxy:
+    """
+    Where the contact point sends every request.
+    """
+
+    host: str
+    port: int = 5060
+    transport: str = "udp"
+
+
+class MediaHook(Protocol):
+    """
+    What the cores call for SIP messages that carry SDP.
+
+    C{dialog_key} names the call leg (L{dialog_key}: flow and Call-ID).
+    C{tunnel_key} is the tunnel the dialog runs through.  C{tag} is the tag
+    of the endpoint that wrote the message: the To-tag of a response, the
+    From-tag of a request.  Messages into the tunnel come from this side's
+    endpoints, so their tag names this side's branch of a forked call (each
+    early dialog has its own); C{None} means no branch information.
+    """
+
+    def sdp_into_tunnel(
+        self,
+        tunnel_key: TunnelKey,
+        dialog_key: str,
+        content_type: str,
+        body: bytes,
+        tag: str | None = None,
+    ) -> None:
+        """
+        A message with SDP goes from this side into the tunnel.
+        """
+
+    def sdp_out_of_tunnel(
+        self,
+        tunnel_key: TunnelKey,
+        dialog_key: str,
+        content_type: str,
+        body: bytes,
+        tag: str | None = None,
+    ) -> bytes:
+        """
+        A message with SDP comes out of the tunnel to this side; return the
+        body to send instead.
+        """
+
+    def dialog_answered(
+        self, tunnel_key: TunnelKey, dialog_key: str, tag: str | None, ours: bool = True
+    ) -> None:
+        """
+        A 2xx to an INVITE crossed the tunnel (with or without SDP; called
+        after the SDP hook for the same message). C{tag} is its To-tag;
+        C{ours} is C{True} when it came from this side into the tunnel,
+        C{False} when it came out of the tunnel.
+        """
+
+    def dialog_ended(self, tunnel_key: TunnelKey, dialog_key: str) -> None:
+        """
+        BYE, CANCEL, or a final non-2xx answer to an initial INVITE.
+        """
+
+
+def dialog_key(flow_id: int, call_id: str) -> str:
+    """
+    The media key of one leg of a call: the agent's application flow and the
+    Call-ID.  Both halves know both, so they name the same leg alike; two
+    phones behind one agent calling each other are two legs with one
+    Call-ID and two flows.
+    """
+    return f"{flow_id}/{call_id}"
+
+
+def show_media(
+    hook: MediaHook | None, key: TunnelKey, fid: int, msg: SipMessage, into: bool
+) -> None:
+    """
+    Show a message crossing the tunnel to the media hook: its SDP with the
+    tag of the endpoint that wrote it (a body coming out of the tunnel may
+    be replaced), then the answer of a 2xx to INVITE.
+
+    @param into: whether C{msg} goes into the tunnel (else it comes out).
+    """
+    if hook is None:
+        return
+    sdp = bool(msg.body) and msg.content_type in _SDP_TYPES
+    answer = (
+        not msg.is_request
+        and 200 <= (msg.status or 0) < 300
+        and msg.cseq_method == "INVITE"
+    )
+    if not (sdp or answer):
+        return
+    leg = dialog_key(fid, msg.call_id or "")
+    # the tag of the endpoint that wrote it
+    tag = msg.from_tag if msg.is_request else msg.to_tag
+    if sdp and into:
+        hook.sdp_into_tunnel(key, leg, msg.content_type or "", msg.body, tag=tag)
+    elif sdp:
+        body = hook.sdp_out_of_tunnel(key, leg, msg.content_type or "", msg.body, tag=tag)
+        if body != msg.body:
+            msg.set_body(body)
+    if answer:
+        hook.dialog_answered(key, leg, tag, ours=into)
+
+
+def leg_ended(hook: MediaHook | None, key: TunnelKey, fid: int, call_id: str) -> None:
+    """
+    Tell the media hook that a call leg ended.
+    """
+    if hook is not None:
+        hook.dialog_ended(key, dialog_key(fid, call_id))

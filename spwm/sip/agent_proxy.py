@@ -1,0 +1,394 @@
+# -*- test-case-name: tests.test_sip_proxy -*-
+"""
+The LAN half of SPWM's split SIP proxy, as a sans-I/O core.
+
+L{AgentSipProxy} numbers application flows, fixes the application's
+C{Via} (RFC 3581), checks C{Max-Forwards}, gives registering applications
+a stable C{+sip.instance}, and moves messages between the applications and
+the tunnel.  Its other half is L{spwm.sip.contact_proxy.ContactSipProxy}.
+
+It is a stateless proxy in the RFC 3261 sense (16.11): a transaction's
+state lives in the C{Via} branch, computed from the incoming branch, so
+retransmissions, CANCEL and ACK for non-2xx go exactly where the INVITE
+went.  It does no I/O or logging: each method returns a list of actions
+(L{spwm.sip.actions}) for the runner (L{spwm.sip.transport.AgentSipRunner}).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any, Hashable
+
+from spwm.sip.actions import (
+    Action,
+    Counters,
+    MediaHook,
+    ToApp,
+    ToTunnel,
+    leg_ended,
+    show_media,
+)
+from spwm.sip.checks import (
+    CONGESTED,
+    CONGESTED_COUNTER,
+    answer_malformed,
+    congested_response,
+    request_problem,
+    response_problem,
+    starts_work,
+)
+from spwm.sip.dialogs import DialogTable
+from spwm.sip.errors import SipParseError
+from spwm.sip.flows import Flow, FlowTable
+from spwm.sip.message import SipMessage, make_response, parse_message
+from spwm.sip.names import ProxyNames
+from spwm.sip.registrations import AppBindings
+from spwm.sip.rewrite import (
+    AGENT_BRANCH_MARK,
+    DIALOG_CREATING,
+    MAGIC,
+    add_instance,
+    branch_source,
+    contacts,
+    decrement_max_forwards,
+    expires_of,
+    hostport,
+    param,
+    register_domain_uri,
+    short_hash,
+    stamp_via,
+    strict_route,
+    strip_instance,
+    top_route,
+)
+from spwm.sip.uri import SipUri, parse_uri
+
+__all__ = ["AgentSipProxy"]
+
+
+class AgentSipProxy:
+    """
+    The LAN half of the split proxy.
+
+    @ivar tunnel_key: the object the integration layer gave for the tunnel.
+    @ivar flows: the L{FlowTable} of application flows.
+    @ivar counters: named counts of dropped and refused messages.
+    """
+
+    def __init__(
+        self,
+        tunnel_key: Hashable,
+        agent_id: str,
+        *,
+        media_hook: MediaHook | None = None,
+        flows: FlowTable | None = None,
+        registration_margin: float = 60.0,
+        dialog_lifetime: float = 12 * 3600.0,
+        max_message_size: int = 65535,
+        names: ProxyNames | None = None,
+    ) -> None:
+        """
+        @param agent_id: the agent's identity; seeds the C{+sip.instance}
+            given to applications and the user part of our C{Record-Route}.
+        @param registration_margin: seconds a UDP flow outlives the longest
+            registration expiry seen through it.
+        @param names: the agent's listening addresses and C{--sip-name}s: a
+            top C{Route} (or a Request-URI) naming one of them names the
+            agent (RFC 3261 16.4).  Without it only our own
+            C{Record-Route} values are recognised.
+        """
+        self.tunnel_key = tunnel_key
+        self.names = names
+        self.agent_id = agent_id
+        self.media_hook = media_hook
+        self.flows = flows if flows is not None else FlowTable()
+        self.registration_margin = registration_margin
+        self.max_message_size = max_message_size
+        self.counters = Counters()
+        self._rr_user = (
+            "spwm-" + hashlib.sha256(agent_id.encode("utf-8")).hexdigest()[:12]
+        )
+        self._instance_ns = uuid.uuid5(uuid.NAMESPACE_URL, "spwm-agent:" + agent_id)
+        # scoped by application flow: a scope and Call-ID is one call leg
+        self._dialogs = DialogTable(dialog_lifetime, limit=65536)
+        self._bindings = AppBindings()
+        # flow id -> when the registration made through it expires
+        self._registered_until: dict[int, float] = {}
+
+    # -- public API ---------------------------------------------------------
+
+    def busy(self, now: float) -> bool:
+        """
+        Whether an application still needs the tunnel: a registration made
+        through this agent is still valid, or a dialog is established
+        (read-only but for forgetting expired registrations).
+        """
+        until = self._registered_until
+        for fid in [fid for fid, t in until.items() if t <= now]:
+            del until[fid]
+        return bool(until) or len(self._dialogs) > 0
+
+    def instance_for(self, contact_uri: str) -> str:
+        """
+        @return: the C{+sip.instance} value this agent gives an application
+            whose contact URI is C{contact_uri} (stable across restarts).
+        """
+        return '"<urn:uuid:%s>"' % uuid.uuid5(self._instance_ns, contact_uri)
+
+    def from_app(
+        self, flow: Flow, data: bytes, now: float, *, congested: bool = False
+    ) -> list[Action]:
+        """
+        A message from a LAN application on C{flow}.
+
+        @param congested: whether the tunnel's signalling backlog is over
+            its high-water mark: new requests are then refused with C{503}.
+        """
+        if not data.strip(b"\r\n\t "):
+            return []  # keepalive noise on a datagram flow
+        try:
+            msg = parse_message(data, max_size=self.max_message_size)
+        except SipParseError as e:
+            drop = self.counters.drop(
+                "malformed message from app: " + e.reason, "malformed message from app"
+            )
+            return answer_malformed(data, e.status, e.reason, drop, lambda resp: ToApp(flow, resp))
+        if msg.is_request:
+            return self._app_request(flow, msg, now, congested)
+        return self._app_response(flow, msg, now)
+
+    def from_tunnel(self, flow_id: int, data: bytes, now: float) -> list[Action]:
+        """
+        A message from the contact point for application flow C{flow_id}.
+        """
+        try:
+            msg = parse_message(data, max_size=self.max_message_size)
+        except SipParseError as e:
+            return [
+                self.counters.drop(
+                    "malformed message from tunnel: " + e.reason,
+                    "malformed message from tunnel",
+                )
+            ]
+        flow = self.flows.lookup(flow_id, now)
+        if msg.is_request:
+            return self._tunnel_request(flow_id, flow, msg, now)
+        return self._tunnel_response(flow, msg, now)
+
+    def flow_closed(self, flow: Flow) -> None:
+        """
+        The connection of a stream flow closed: forget the flow.
+        """
+        self.flows.closed(flow)
+
+    def next_deadline(self) -> float | None:
+        """
+        @return: when L{handle_timer} should next run, or C{None}.
+        """
+        flows = self.flows.next_deadline()
+        bindings = self._bindings.next_expiry
+        if flows is None or (bindings is not None and bindings < flows):
+            return bindings
+        return flows
+
+    def status(self) -> dict[str, Any]:
+        """
+        For the status page: application flows now, drops so far by reason.
+        """
+        return {"flows": len(self.flows), "events": dict(self.counters)}
+
+    def handle_timer(self, now: float) -> list[Action]:
+        """
+        Expire flows, dialog records and the applications' bindings.
+
+        @return: a L{BindingChanged} C{"expired"} for each binding of an
+            application that was not refreshed in time.
+        """
+        self.flows.expire(now)
+        self._dialogs.expire(now)
+        return self._bindings.expire(now)
+
+    # -- from the applications ----------------------------------------------
+
+    def _answer(
+        self, flow: Flow, msg: SipMessage, status: int, reason: str
+    ) -> list[Action]:
+        if msg.method == "ACK":
+            return [self.counters.drop(f"ACK refused: {status} {reason}", "ACK refused")]
+        return [ToApp(flow, make_response(msg, status, reason).to_bytes())]
+
+    def _app_request(
+        self, flow: Flow, msg: SipMessage, now: float, congested: bool
+    ) -> list[Action]:
+        problem = request_problem(msg)
+        if problem is not None:
+            if msg.count("Via") == 0 or problem.startswith("malformed Via"):
+                reason = "request from app without usable Via"
+                return [self.counters.drop(reason, reason)]
+            return self._answer(flow, msg, 400, "Bad Request: " + problem)
+        if congested and starts_work(msg):
+            return [
+                ToApp(flow, congested_response(msg)),
+                self.counters.drop(CONGESTED, CONGESTED_COUNTER),
+            ]
+        mf = msg.max_forwards
+        if mf is not None and mf <= 0:
+            return self._answer(flow, msg, 483, "Too Many Hops")
+        decrement_max_forwards(msg, mf)
+        stamp_via(msg, flow.remote)
+        self._own_routing(msg)
+        method = msg.method
+        if method in DIALOG_CREATING and msg.to_tag is None:
+            msg.prepend_header("Record-Route", self._record_route(flow))
+        if method == "REGISTER":
+            add_instance(msg, self.instance_for)
+        fid = self.flows.use(flow, now)
+        if method == "REGISTER":
+            self._bindings.request(fid, msg)
+        show_media(self.media_hook, self.tunnel_key, fid, msg, True)
+        self._maybe_ended(fid, msg)
+        return [ToTunnel(self.tunnel_key, fid, msg.to_bytes())]
+
+    def _app_response(self, flow: Flow, msg: SipMessage, now: float) -> list[Action]:
+        if response_problem(msg) is not None:
+            reason = "malformed response from app"
+            return [self.counters.drop(reason, reason)]
+        via = msg.top_via
+        assert via is not None
+        present, branch = param(via.params, "branch")
+        if not (branch or "").startswith(MAGIC + AGENT_BRANCH_MARK):
+            reason = "response from app not for us"
+            return [self.counters.drop(reason, reason)]
+        msg.pop_first_value("Via")
+        if msg.count("Via") == 0:
+            reason = "response from app with only our Via"
+            return [self.counters.drop(reason, reason)]
+        fid = self.flows.use(flow, now)
+        self._track_response(msg, None, fid, now)
+        show_media(self.media_hook, self.tunnel_key, fid, msg, True)
+        return [ToTunnel(self.tunnel_key, fid, msg.to_bytes())]
+
+    # -- from the tunnel ----------------------------------------------------
+
+    def _tunnel_request(
+        self, flow_id: int, flow: Flow | None, msg: SipMessage, now: float
+    ) -> list[Action]:
+        if request_problem(msg) is not None:
+            reason = "malformed request from tunnel"
+            return [self.counters.drop(reason, reason)]
+        if flow is None:
+            if msg.method == "ACK":
+                reason = "ACK for an unknown flow"
+                return [self.counters.drop(reason, reason)]
+            resp = make_response(msg, 430, "Flow Failed")
+            return [ToTunnel(self.tunnel_key, flow_id, resp.to_bytes())]
+        self._pop_own_routes(msg)
+        branch = MAGIC + AGENT_BRANCH_MARK + short_hash(branch_source(msg)).hex()
+        msg.prepend_header(
+            "Via",
+            f"SIP/2.0/{flow.transport.upper()} {hostport(*flow.local)};branch={branch}",
+        )
+        method = msg.method
+        if method in DIALOG_CREATING and msg.to_tag is None:
+            msg.prepend_header("Record-Route", self._record_route(flow))
+        show_media(self.media_hook, self.tunnel_key, flow_id, msg, False)
+        self._maybe_ended(flow_id, msg)
+        return [ToApp(flow, msg.to_bytes())]
+
+    def _tunnel_response(
+        self, flow: Flow | None, msg: SipMessage, now: float
+    ) -> list[Action]:
+        if flow is None:
+            reason = "response for an unknown flow"
+            return [self.counters.drop(reason, reason)]
+        if response_problem(msg) is not None:
+            reason = "malformed response from tunnel"
+            return [self.counters.drop(reason, reason)]
+        fid = self.flows.use(flow, now)
+        self._track_response(msg, flow, fid, now)
+        events: list[Action] = []
+        if msg.cseq[1] == "REGISTER":
+            strip_instance(msg, self.instance_for)
+            if 200 <= (msg.status or 0) < 300:
+                events = self._bindings.answered(flow, fid, msg, now)
+        show_media(self.media_hook, self.tunnel_key, fid, msg, False)
+        return [ToApp(flow, msg.to_bytes()), *events]
+
+    # -- dialogs and registrations -------------------------------------------
+
+    def _track_response(self, msg: SipMessage, flow: Flow | None, fid: int, now: float) -> None:
+        status = msg.status or 0
+        method = msg.cseq[1]
+        call_id = msg.call_id
+        if method == "INVITE":
+            if 200 <= status < 300:
+                self._dialogs.answered(fid, call_id, fid, msg.from_tag, msg.to_tag, now)
+                # the leg's other dialogs live as long as the newest
+                self._dialogs.touch(fid, call_id, now)
+            elif status >= 300 and not self._dialogs.has(fid, call_id):
+                leg_ended(self.media_hook, self.tunnel_key, fid, call_id)
+        elif method == "REGISTER" and 200 <= status < 300 and flow is not None:
+            longest = 0
+            for na in contacts(msg):
+                longest = max(longest, expires_of(msg, na.params, 0))
+            if longest:
+                fid = self.flows.use(flow, now)
+                self.flows.extend(fid, longest + self.registration_margin, now)
+                self._registered_until[fid] = now + longest
+            else:
+                self._registered_until.pop(fid, None)
+
+    def _maybe_ended(self, fid: int, msg: SipMessage) -> None:
+        """
+        A BYE ends the leg's media only when it ends the leg's last dialog
+        (a forked INVITE answered by two branches has two; the BYE to the
+        loser must not take the winner's media); a CANCEL only before any
+        answer.
+        """
+        method = msg.method
+        call_id = msg.call_id
+        if method == "BYE":
+            if self._dialogs.remove(fid, call_id, msg.from_tag, msg.to_tag):
+                leg_ended(self.media_hook, self.tunnel_key, fid, call_id)
+        elif method == "CANCEL" and not self._dialogs.has(fid, call_id):
+            leg_ended(self.media_hook, self.tunnel_key, fid, call_id)
+
+    # -- routing ---------------------------------------------------------------
+
+    def _ours(self, uri: SipUri) -> bool:
+        """
+        Whether C{uri} names this agent: one of our C{Record-Route} values
+        (by its user part) or any of our addresses and names.
+        """
+        if uri.user == self._rr_user:
+            return True
+        return self.names is not None and self.names.names_us(uri)
+
+    def _own_routing(self, msg: SipMessage) -> None:
+        """
+        RFC 3261 16.4 for a request from an application: a Request-URI
+        naming us is the registrar's domain for a REGISTER (10.2) or, with
+        a C{Route} left, strict routing; then every top C{Route} naming us
+        goes (a phone may pre-load the agent more than once).
+        """
+        try:
+            ruri = parse_uri(msg.uri or "")
+        except SipParseError:
+            ruri = None
+        if ruri is not None and self._ours(ruri):
+            if msg.method == "REGISTER":
+                register_domain_uri(msg)
+            elif msg.count("Route"):
+                strict_route(msg)
+        self._pop_own_routes(msg)
+
+    def _pop_own_routes(self, msg: SipMessage) -> None:
+        while True:
+            top = top_route(msg)
+            if top is None or not self._ours(top.uri):
+                return
+            msg.pop_first_value("Route")
+
+    def _record_route(self, flow: Flow) -> str:
+        return f"<sip:{self._rr_user}@{hostport(*flow.local)};transport={flow.transport};lr>"

@@ -1,0 +1,162 @@
+# -*- test-case-name: tests.test_sip_proxy -*-
+"""
+What both SIP proxy cores check before they touch a message, and how they
+refuse it: the problems of a request or response that parsed, the crude
+error answer to one that did not (RFC 3261 8.2.6), and the C{503} of a
+congested tunnel.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from spwm.sip.actions import Action, Dropped
+from spwm.sip.errors import SipParseError
+from spwm.sip.message import SipMessage, make_response
+
+__all__ = [
+    "CONGESTED",
+    "CONGESTED_COUNTER",
+    "CONGESTED_RETRY_AFTER",
+    "answer_malformed",
+    "congested_response",
+    "crude_error",
+    "request_problem",
+    "response_problem",
+    "starts_work",
+]
+
+#: The log reason of a request refused because its tunnel is congested.
+CONGESTED = "tunnel congested: new request refused with 503"
+#: ... and the counter it is counted under.
+CONGESTED_COUNTER = "tunnel congested"
+
+#: Seconds a refused client is asked to wait (C{Retry-After}).
+CONGESTED_RETRY_AFTER = 5
+
+
+def request_problem(msg: SipMessage) -> str | None:
+    """
+    @return: what is wrong with a request that parsed, or C{None}.
+    """
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        if msg.count(name) == 0:
+            return f"missing {name}"
+    try:
+        num, method = msg.cseq
+    except (SipParseError, ValueError, TypeError):
+        return "malformed CSeq"
+    if method.upper() != (msg.method or "").upper():
+        return "CSeq method does not match the request"
+    try:
+        if msg.top_via is None:
+            return "malformed Via"
+        msg.max_forwards
+    except (SipParseError, ValueError):
+        return "malformed Via or Max-Forwards"
+    return None
+
+
+def response_problem(msg: SipMessage) -> str | None:
+    """
+    @return: what is wrong with a response that parsed, or C{None}.
+    """
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        if msg.count(name) == 0:
+            return f"missing {name}"
+    try:
+        msg.cseq
+        if msg.top_via is None:
+            return "malformed Via"
+    except (SipParseError, ValueError, TypeError):
+        return "malformed CSeq or Via"
+    return None
+
+
+_CRUDE = {
+    b"via": b"Via",
+    b"v": b"Via",
+    b"from": b"From",
+    b"f": b"From",
+    b"to": b"To",
+    b"t": b"To",
+    b"call-id": b"Call-ID",
+    b"i": b"Call-ID",
+    b"cseq": b"CSeq",
+}
+
+
+def answer_malformed(
+    data: bytes,
+    status: int,
+    reason: str,
+    drop: Dropped,
+    send: Callable[[bytes], Action],
+) -> list[Action]:
+    """
+    The actions for a message that did not parse: the crude error response
+    (sent with C{send(bytes)}) when one can be made, and the drop.
+    """
+    resp = crude_error(data, status, reason)
+    return [drop] if resp is None else [send(resp), drop]
+
+
+def crude_error(data: bytes, status: int, reason: str) -> bytes | None:
+    """
+    Build an error response to a request the parser refused, from the raw
+    lines it needs (RFC 3261 8.2.6), or C{None} when that is impossible or
+    the message is not a request (or is an ACK, which is never answered).
+    """
+    head = data.split(b"\r\n\r\n", 1)[0].replace(b"\r\n", b"\n")
+    lines = head.split(b"\n")
+    first = lines[0]
+    parts = first.split(b" ")
+    if len(parts) < 3 or first.startswith(b"SIP/") or parts[0].upper() == b"ACK":
+        return None
+    unfolded: list[bytes] = []
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t") and unfolded:
+            unfolded[-1] += b" " + line.strip()
+        else:
+            unfolded.append(line)
+    kept: list[bytes] = []
+    seen = set()
+    for line in unfolded:
+        name, sep, value = line.partition(b":")
+        canon = _CRUDE.get(name.strip().lower())
+        if not sep or canon is None:
+            continue
+        seen.add(canon)
+        kept.append(canon + b": " + value.strip())
+    if len(seen) < 5:
+        return None
+    phrase = "".join(c for c in reason if 32 <= ord(c) < 127) or "Bad Request"
+    if not 300 <= status <= 699:
+        status = 400
+    return (
+        b"SIP/2.0 %d %s\r\n" % (status, phrase.encode("ascii"))
+        + b"\r\n".join(kept)
+        + b"\r\nContent-Length: 0\r\n\r\n"
+    )
+
+
+def starts_work(msg: SipMessage) -> bool:
+    """
+    Whether a request starts something new (an out-of-dialog request that
+    is not an ACK or CANCEL): what an overloaded tunnel refuses, while
+    requests inside dialogs, ACK and CANCEL (which end work) go on.
+    """
+    return msg.to_tag is None and msg.method not in ("ACK", "CANCEL")
+
+
+def congested_response(msg: SipMessage) -> bytes:
+    """
+    The 503 for a request refused because its tunnel's signalling backlog
+    is over the high-water mark (RFC 3261 21.5.4, with C{Retry-After}).
+    """
+    return make_response(
+        msg,
+        503,
+        "Service Unavailable (tunnel congested)",
+        extra_headers=(("Retry-After", str(CONGESTED_RETRY_AFTER)),),
+    ).to_bytes()

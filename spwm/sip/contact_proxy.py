@@ -1,0 +1,812 @@
+# -*- test-case-name: tests.test_sip_proxy -*-
+"""
+The operator half of SPWM's split SIP proxy, as a sans-I/O core.
+
+L{ContactSipProxy} adds its C{Via}, C{Record-Route} and C{Path} (or
+rewrites C{Contact}) with authenticated flow tokens, sends requests only to
+the configured operator proxy (or the embedded registrar), and routes
+everything coming back from the operator network to the right tunnel and
+application flow.  Its other half is L{spwm.sip.agent_proxy.AgentSipProxy}.
+
+It is a stateless proxy in the RFC 3261 sense (16.11): a transaction's
+state lives in the C{Via} branch, which carries the session and flow as a
+flow token.  It does no I/O or logging: each method returns a list of
+actions (L{spwm.sip.actions}) for the runner
+(L{spwm.sip.transport.ContactSipRunner}).
+
+With the embedded registrar, a message the contact point sends to its own
+address (the registrar's answer, a response whose next C{Via} is ours
+again) I{spirals}: it is handled as if it came from the network, in the
+same call, by a loop over the actions (no re-entrant call).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
+
+from attrs import frozen
+
+from spwm.sip.actions import (
+    Action,
+    Counters,
+    Dropped,
+    MediaHook,
+    OperatorProxy,
+    RouteRefused,
+    ToNetwork,
+    ToTunnel,
+    TunnelKey,
+    leg_ended,
+    show_media,
+)
+from spwm.sip.checks import (
+    CONGESTED,
+    CONGESTED_COUNTER,
+    answer_malformed,
+    congested_response,
+    request_problem,
+    response_problem,
+    starts_work,
+)
+from spwm.sip.dialogs import Dialog, DialogTable
+from spwm.sip.errors import SipParseError
+from spwm.sip.flows import KIND_CONTACT, KIND_ROUTE, KIND_VIA, FlowToken, FlowTokenCodec
+from spwm.sip.message import SipMessage, make_response, parse_message
+from spwm.sip.names import ProxyNames
+from spwm.sip.registrations import ContactRegistrations, Registration
+from spwm.sip.rewrite import (
+    DIALOG_CREATING,
+    MAGIC,
+    branch_source,
+    decrement_max_forwards,
+    hostport,
+    param,
+    short_hash,
+    stamp_via,
+    strict_route,
+    top_route,
+    via_destination,
+)
+from spwm.sip.uri import NameAddr, SipUri, Via, parse_uri, parse_via
+
+if TYPE_CHECKING:
+    from spwm.sip.registrar import EmbeddedRegistrar
+
+__all__ = ["ContactSipProxy", "UDP_SIZE_LIMIT", "never_congested"]
+
+#: RFC 3261 18.1.1: a request within 200 bytes of a 1500-byte MTU goes by TCP.
+UDP_SIZE_LIMIT = 1300
+
+#: At most this many spirals (messages to our own address) per input; more
+#: means a routing loop through ourselves.
+MAX_SPIRALS = 32
+
+
+def never_congested(tunnel_key: TunnelKey) -> bool:
+    """
+    The default C{congested} input: no tunnel is ever congested.
+    """
+    return False
+
+
+@frozen
+class _Spiral:
+    """
+    Internal: a message the contact point sent to its own address, to be
+    handled as coming from the network (see L{ContactSipProxy._settle}).
+    """
+
+    transport: str
+    data: bytes
+
+
+_Step = Action | _Spiral
+
+
+class ContactSipProxy:
+    """
+    The operator half of the split proxy.
+
+    @ivar address: our SIP address C{(host, port)} on the operator side.
+    @ivar operator: the operator proxy, or C{None} for the embedded registrar.
+    @ivar registrar: the embedded registrar when C{operator} is C{None}.
+    @ivar counters: named counts of dropped and refused messages.
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        secret: bytes,
+        *,
+        operator: OperatorProxy | None = None,
+        contact_rewrite: bool = False,
+        media_hook: MediaHook | None = None,
+        registrar: EmbeddedRegistrar | None = None,
+        dialog_lifetime: float = 12 * 3600.0,
+        sweep_interval: float = 30.0,
+        max_message_size: int = 65535,
+        max_pending: int = 4096,
+        names: ProxyNames | None = None,
+    ) -> None:
+        """
+        @param secret: the per-process flow token key (16 bytes or more).
+        @param registrar: the embedded registrar to use when C{operator} is
+            C{None}; a fresh L{spwm.sip.registrar.EmbeddedRegistrar} by
+            default.
+        @param names: the URIs that name this contact point (RFC 3261
+            16.4): C{address} and the C{--sip-name}s; C{address} alone by
+            default.
+        """
+        self.address = address
+        self.names = names if names is not None else ProxyNames([address])
+        self.operator = operator
+        self.media_hook = media_hook
+        if operator is None and registrar is None:
+            from spwm.sip.registrar import EmbeddedRegistrar
+
+            registrar = EmbeddedRegistrar()
+        self.registrar = registrar
+        self.sweep_interval = sweep_interval
+        self.max_message_size = max_message_size
+        self.counters = Counters()
+        self._codec = FlowTokenCodec(secret)
+        self._hp = hostport(*address)
+        self._tunnels: dict[str, TunnelKey] = {}
+        self._sessions: dict[TunnelKey, str] = {}
+        self._registrations = ContactRegistrations(
+            self._codec,
+            self._hp,
+            self._is_us,
+            contact_rewrite=contact_rewrite,
+            max_pending=max_pending,
+        )
+        # scoped by session: its dialogs go with its tunnel
+        self._dialogs = DialogTable(dialog_lifetime)
+        self._next_sweep: float | None = None
+
+    @property
+    def contact_rewrite(self) -> bool:
+        """
+        Whether contacts are rewritten to flow tokens instead of adding
+        C{Path}.
+        """
+        return self._registrations.contact_rewrite
+
+    @property
+    def dialog_lifetime(self) -> float:
+        """
+        Seconds an established dialog is kept without a request in it.
+        """
+        return self._dialogs.lifetime
+
+    @property
+    def max_pending(self) -> int:
+        """
+        At most this many REGISTERs wait for their answer.
+        """
+        return self._registrations.max_pending
+
+    # -- tunnels ------------------------------------------------------------
+
+    def tunnel_attached(self, tunnel_key: TunnelKey, session_id: str) -> None:
+        """
+        A tunnel with C{session_id} is up (or resumed on a new connection).
+        """
+        old = self._tunnels.get(session_id)
+        if old is not None and old != tunnel_key:
+            self._sessions.pop(old, None)
+        self._tunnels[session_id] = tunnel_key
+        self._sessions[tunnel_key] = session_id
+
+    def tunnel_detached(self, tunnel_key: TunnelKey, keep_registrations: bool = False) -> None:
+        """
+        A tunnel is gone: forget its session, registrations, dialogs and
+        rewritten contacts.  Requests for its flows get C{430} from now on.
+
+        @param keep_registrations: keep the session's registrations and
+            rewritten contacts (a dormant session that its agent may still
+            resume, see L{spwm.security.resume}); they expire on their own
+            or go with L{forget_session}.
+        """
+        session = self._sessions.pop(tunnel_key, None)
+        if session is None:
+            return
+        if self._tunnels.get(session) == tunnel_key:
+            del self._tunnels[session]
+        self._dialogs.forget(session)
+        self._registrations.drop_pending(session)
+        if not keep_registrations:
+            self.forget_session(session)
+
+    @property
+    def secret(self) -> bytes:
+        """
+        The flow token key.
+        """
+        return self._codec.secret
+
+    def export_registrations(self, session_id: str, now: float) -> dict[str, Any]:
+        """
+        A session's live registrations and rewritten contacts as JSON-ready
+        data, with lifetimes relative to C{now} (see L{spwm.state}).
+        """
+        return self._registrations.export(session_id, now)
+
+    def import_registrations(self, session_id: str, data: Any, now: float) -> int:
+        """
+        Restore what L{export_registrations} gave, for a session without a
+        tunnel (it stays dormant until resumed).
+
+        @return: the number of registrations restored.
+        @raise ValueError: C{data} is not what L{export_registrations} makes.
+        """
+        restored = self._registrations.restore(session_id, data, now)
+        if restored:
+            self._arm(now)
+        return restored
+
+    def forget_session(self, session_id: str) -> None:
+        """
+        Forget what a session without a tunnel kept: its registrations and
+        rewritten contacts.
+        """
+        if session_id in self._tunnels:
+            return
+        self._registrations.forget(session_id)
+
+    def status(self) -> dict[str, Any]:
+        """
+        For the status page: sessions attached, bindings and dialogs now,
+        and the drops and refusals so far (by reason or status code).
+        """
+        return {
+            "sessions": len(self._tunnels),
+            "registered_sessions": self._registrations.sessions(),
+            "registrations": len(self._registrations),
+            "dialogs": len(self._dialogs),
+            "events": dict(self.counters),
+        }
+
+    def registrations(self, session_id: str) -> list[Registration]:
+        """
+        @return: the live bindings registered through C{session_id}.
+        """
+        return self._registrations.of(session_id)
+
+    def dialogs(self, session_id: str) -> list[Dialog]:
+        """
+        @return: the established dialogs of C{session_id}.
+        """
+        return self._dialogs.of(session_id)
+
+    def next_deadline(self) -> float | None:
+        """
+        @return: when L{handle_timer} should next run, or C{None}.
+        """
+        return self._next_sweep
+
+    def handle_timer(self, now: float) -> list[Action]:
+        """
+        Expire registrations, dialogs, pending REGISTERs and the embedded
+        registrar's bindings.
+
+        @return: a L{BindingChanged} C{"expired"} for each registration
+            that expired.
+        """
+        events = self._registrations.expire(now)
+        self._dialogs.expire(now)
+        if self.registrar is not None:
+            self.registrar.expire(now)
+        busy = self._registrations.busy() or bool(self._dialogs)
+        self._next_sweep = now + self.sweep_interval if busy else None
+        return events
+
+    # -- messages from the tunnel ------------------------------------------
+
+    def from_tunnel(
+        self,
+        tunnel_key: TunnelKey,
+        session_id: str,
+        flow_id: int,
+        data: bytes,
+        now: float,
+        *,
+        congested: Callable[[TunnelKey], bool] = never_congested,
+    ) -> list[Action]:
+        """
+        A SIP message from the agent behind C{tunnel_key}, for its flow
+        C{flow_id}.
+
+        @param congested: whether a tunnel's signalling backlog is over
+            its high-water mark (a new request for it is then refused
+            with C{503}); asked only of the tunnel a request from the
+            network goes to (with the embedded registrar, a request from
+            one tunnel comes back from the network for another).
+        """
+        if (
+            not 0 <= flow_id < 2**32
+            or len(session_id.encode("utf-8", "surrogateescape")) > 64
+        ):
+            reason = "flow id or session id out of range"
+            return [self.counters.drop(reason, reason)]
+        if self._tunnels.get(session_id) != tunnel_key:
+            self.tunnel_attached(tunnel_key, session_id)
+        try:
+            msg = parse_message(data, max_size=self.max_message_size)
+        except SipParseError as e:
+            drop = self.counters.drop(
+                "malformed message from tunnel: " + e.reason, "malformed message from tunnel"
+            )
+            return answer_malformed(
+                data, e.status, e.reason, drop, lambda resp: ToTunnel(tunnel_key, flow_id, resp)
+            )
+        if msg.is_request:
+            steps = self._tunnel_request(tunnel_key, session_id, flow_id, msg, now)
+        else:
+            steps = self._tunnel_response(tunnel_key, session_id, msg, now)
+        return self._settle(steps, now, congested)
+
+    def _tunnel_request(
+        self, key: TunnelKey, session: str, fid: int, msg: SipMessage, now: float
+    ) -> list[_Step]:
+        bad = self._bad_request(msg, "tunnel")
+        if isinstance(bad, Dropped):
+            return [bad]
+        if bad is not None:
+            return [ToTunnel(key, fid, bad.to_bytes())]
+        mf = msg.max_forwards
+        if mf is not None and mf <= 0:
+            # the agent decrements; this only guards against a broken one
+            if msg.method == "ACK":
+                reason = "ACK from tunnel with Max-Forwards 0"
+                return [self.counters.drop(reason, reason)]
+            resp = make_response(msg, 483, "Too Many Hops")
+            return [ToTunnel(key, fid, resp.to_bytes())]
+        if self._route_token(msg.uri) is not None:
+            strict_route(msg)
+        self._pop_own_routes(msg, token=True)
+        method = msg.method
+        call_id = msg.call_id
+        extra = short_hash(branch_source(msg)) + short_hash(msg.uri or "", 2)
+        branch = MAGIC + self._codec.encode(KIND_VIA, session, fid, extra)
+        if method in DIALOG_CREATING and msg.to_tag is None:
+            msg.prepend_header("Record-Route", self._route_uri(session, fid))
+        if method == "REGISTER":
+            self._registrations.outgoing(
+                msg, session, fid, branch, self._route_uri(session, fid), now
+            )
+        show_media(self.media_hook, key, fid, msg, False)
+        self._maybe_ended(key, session, fid, msg)
+        self._dialogs.touch(session, call_id, now)
+        if self.operator is None:
+            transport = "udp"
+            dest = self.address
+        else:
+            transport = self.operator.transport.lower()
+            dest = (self.operator.host, self.operator.port)
+        msg.prepend_header("Via", self._via(transport, branch))
+        data = msg.to_bytes()
+        if transport == "udp" and len(data) > UDP_SIZE_LIMIT:
+            transport = "tcp"
+            msg.replace_first_value("Via", self._via(transport, branch))
+            data = msg.to_bytes()
+        self._arm(now)
+        if self.registrar is not None and self.operator is None:
+            # the embedded registrar answers at once, as from the network
+            return [_Spiral("udp", reply.to_bytes()) for reply in self.registrar.handle_request(msg, now)]
+        return [ToNetwork(transport, dest, data)]
+
+    def _tunnel_response(
+        self, key: TunnelKey, session: str, msg: SipMessage, now: float
+    ) -> list[_Step]:
+        if response_problem(msg) is not None:
+            reason = "malformed response from tunnel"
+            return [self.counters.drop(reason, reason)]
+        tok = self._via_token(msg.top_via)
+        if tok is None or tok.session_id != session:
+            reason = "response from tunnel without our Via"
+            return [self.counters.drop(reason, reason)]
+        msg.pop_first_value("Via")
+        nxt = msg.top_via
+        if nxt is None:
+            reason = "response from tunnel with only our Via"
+            return [self.counters.drop(reason, reason)]
+        transport, dest = via_destination(nxt)
+        self._track_response(key, tok.session_id, tok.flow_id, msg, now)
+        show_media(self.media_hook, key, tok.flow_id, msg, False)
+        return self._send_response(transport, dest, msg.to_bytes())
+
+    # -- messages from the operator network --------------------------------
+
+    def from_network(
+        self,
+        transport: str,
+        src: tuple[str, int],
+        data: bytes,
+        now: float,
+        *,
+        congested: Callable[[TunnelKey], bool] = never_congested,
+    ) -> list[Action]:
+        """
+        A SIP message from the operator network, received on C{transport}
+        from C{src}.
+
+        @param congested: whether a tunnel's signalling backlog is over
+            its high-water mark: a new request for it is then refused with
+            C{503}.
+        """
+        return self._settle(self._network(transport, src, data, now, congested), now, congested)
+
+    def _settle(
+        self, steps: list[_Step], now: float, congested: Callable[[TunnelKey], bool]
+    ) -> list[Action]:
+        """
+        Handle the spirals among C{steps} as messages from the network,
+        each in its place (depth first), with a loop instead of recursion.
+
+        @return: the actions, in the order the spirals' own actions take
+            the place of each spiral.
+        """
+        if not any(isinstance(step, _Spiral) for step in steps):
+            return cast("list[Action]", steps)  # no spiral: all actions
+        out: list[Action] = []
+        pending: list[Iterator[_Step]] = [iter(steps)]
+        spirals = 0
+        while pending:
+            for step in pending[-1]:
+                if not isinstance(step, _Spiral):
+                    out.append(step)
+                    continue
+                spirals += 1
+                if spirals > MAX_SPIRALS:
+                    reason = "message looped through our own address"
+                    out.append(self.counters.drop(reason, reason))
+                    continue
+                pending.append(
+                    iter(self._network(step.transport, self.address, step.data, now, congested))
+                )
+                break
+            else:
+                pending.pop()
+        return out
+
+    def _network(
+        self,
+        transport: str,
+        src: tuple[str, int],
+        data: bytes,
+        now: float,
+        congested: Callable[[TunnelKey], bool],
+    ) -> list[_Step]:
+        if not data.strip(b"\r\n\t "):
+            return []
+        try:
+            msg = parse_message(data, max_size=self.max_message_size)
+        except SipParseError as e:
+            drop = self.counters.drop(
+                "malformed message from network: " + e.reason, "malformed message from network"
+            )
+            return list(
+                answer_malformed(
+                    data, e.status, e.reason, drop, lambda resp: ToNetwork(transport, src, resp)
+                )
+            )
+        if msg.is_request:
+            return self._network_request(transport, src, msg, now, congested)
+        return list(self._network_response(msg, now))
+
+    def _network_response(self, msg: SipMessage, now: float) -> list[Action]:
+        if response_problem(msg) is not None:
+            reason = "malformed response from network"
+            return [self.counters.drop(reason, reason)]
+        top = msg.top_via
+        tok = self._via_token(top)
+        if top is None or tok is None:
+            reason = "response from network with unknown or forged Via"
+            return [self.counters.drop(reason, reason)]
+        key = self._tunnels.get(tok.session_id)
+        if key is None:
+            reason = "response for a gone session"
+            return [self.counters.drop(reason, reason)]
+        present, branch = param(top.params, "branch")
+        msg.pop_first_value("Via")
+        if msg.count("Via") == 0:
+            reason = "response from network with only our Via"
+            return [self.counters.drop(reason, reason)]
+        method = msg.cseq[1]
+        status = msg.status or 0
+        events: list[Action] = []
+        if method == "REGISTER" and 200 <= status < 300:
+            answered = self._registrations.answered(msg, tok, branch or "", now)
+            if answered is not None:
+                events = answered
+                self._arm(now)
+        self._track_response(key, tok.session_id, tok.flow_id, msg, now)
+        show_media(self.media_hook, key, tok.flow_id, msg, True)
+        return [ToTunnel(key, tok.flow_id, msg.to_bytes()), *events]
+
+    def _network_request(
+        self,
+        transport: str,
+        src: tuple[str, int],
+        msg: SipMessage,
+        now: float,
+        congested: Callable[[TunnelKey], bool],
+    ) -> list[_Step]:
+        bad = self._bad_request(msg, "network")
+        if isinstance(bad, Dropped):
+            return [bad]
+        if bad is not None:
+            return self._send_response(transport, src, bad.to_bytes())
+        stamp_via(msg, src, always_rport=transport != "udp")
+        mf = msg.max_forwards
+        if mf is not None and mf <= 0:
+            return self._refuse(msg, 483, "Too Many Hops")
+        decrement_max_forwards(msg, mf)
+        return self._route_in(transport, src, msg, now, True, congested)
+
+    def _route_in(
+        self,
+        transport: str,
+        src: tuple[str, int],
+        msg: SipMessage,
+        now: float,
+        lookup: bool,
+        congested: Callable[[TunnelKey], bool],
+    ) -> list[_Step]:
+        """
+        Route a checked request from the network to the tunnel and flow its
+        token names (top Route, or Request-URI with C{contact_rewrite}).
+
+        @param lookup: whether a request without a token may be looked up
+            in the embedded registrar.
+        """
+        tok = self._route_token(msg.uri)
+        if tok is not None and strict_route(msg):
+            pass  # strict routing: the flow is the one in the Request-URI
+        elif (top := self._pop_own_routes(msg, token=False)) is not None:
+            if not self._is_us(top.uri):
+                where = f" to {top.uri.host_port}" if top.uri.host else ""
+                out = self._refuse(msg, 403, "Forbidden: not relaying" + where)
+                if top.uri.host:
+                    route = msg.get_all("Route")[0].strip()
+                    out.append(RouteRefused(route, top.uri.host, top.uri.port, msg.method or ""))
+                return out
+            tok = self._codec.decode(top.uri.user, KIND_ROUTE)
+            if tok is None:
+                return self._refuse(msg, 403, "Forbidden: invalid flow token")
+            msg.pop_first_value("Route")
+        else:
+            tok = None
+            try:
+                ruri = parse_uri(msg.uri or "")
+            except SipParseError:
+                return self._refuse(msg, 400, "Bad Request: malformed Request-URI")
+            if self._is_us(ruri) and ruri.user:
+                tok = self._codec.decode(ruri.user, KIND_CONTACT) or self._codec.decode(
+                    ruri.user, KIND_ROUTE
+                )
+            if tok is None:
+                if lookup:
+                    return self._not_ours(transport, src, msg, now, congested)
+                return self._refuse(msg, 404, "Not Found")
+            if tok.kind == KIND_CONTACT:
+                original = self._registrations.rewritten(tok.session_id, tok.flow_id, tok.extra)
+                if original is not None:
+                    msg.uri = original
+        key = self._tunnels.get(tok.session_id)
+        if key is None:
+            return self._refuse(msg, 430, "Flow Failed")
+        if starts_work(msg) and congested(key):
+            top_via = msg.top_via
+            assert top_via is not None
+            via_transport, dest = via_destination(top_via)
+            resp = congested_response(msg)
+            return self._send_response(via_transport, dest, resp) + [
+                self.counters.drop(CONGESTED, CONGESTED_COUNTER)
+            ]
+        ruri_hash = short_hash(msg.uri or "", 2)
+        if self._looped(msg, tok.session_id, tok.flow_id, ruri_hash):
+            return self._refuse(msg, 482, "Loop Detected")
+        method = msg.method
+        call_id = msg.call_id
+        extra = short_hash(branch_source(msg)) + ruri_hash
+        branch = MAGIC + self._codec.encode(
+            KIND_VIA, tok.session_id, tok.flow_id, extra
+        )
+        if method in DIALOG_CREATING and msg.to_tag is None:
+            msg.prepend_header(
+                "Record-Route", self._route_uri(tok.session_id, tok.flow_id)
+            )
+        msg.prepend_header("Via", self._via("udp", branch))
+        show_media(self.media_hook, key, tok.flow_id, msg, True)
+        self._maybe_ended(key, tok.session_id, tok.flow_id, msg)
+        self._dialogs.touch(tok.session_id, call_id, now)
+        return [ToTunnel(key, tok.flow_id, msg.to_bytes())]
+
+    def _not_ours(
+        self,
+        transport: str,
+        src: tuple[str, int],
+        msg: SipMessage,
+        now: float,
+        congested: Callable[[TunnelKey], bool],
+    ) -> list[_Step]:
+        """
+        A request from the network that names no flow of ours: with the
+        embedded registrar, look its Request-URI up (so an operator-side UA
+        can call a registered application by its address-of-record);
+        otherwise, or when that finds no route through a tunnel, 404.
+        """
+        if (
+            self.operator is not None
+            or self.registrar is None
+            or msg.method == "REGISTER"
+            or self._is_our_addr(src)
+        ):
+            return self._refuse(msg, 404, "Not Found")
+        out: list[_Step] = []
+        for reply in self.registrar.handle_request(msg, now):
+            if reply.is_request:
+                if reply.count("Route") == 0:
+                    out.extend(self._refuse(msg, 404, "Not Found"))
+                else:
+                    out.extend(self._route_in(transport, src, reply, now, False, congested))
+            else:
+                top_via = reply.top_via
+                assert top_via is not None  # the registrar answers what had one
+                via_transport, dest = via_destination(top_via)
+                out.extend(self._send_response(via_transport, dest, reply.to_bytes()))
+        return out
+
+    # -- answering -----------------------------------------------------------
+
+    def _bad_request(self, msg: SipMessage, origin: str) -> SipMessage | Dropped | None:
+        """
+        C{None} for a well-formed request; else the 400 that says what is
+        wrong, or a drop when no answer can be routed (or it is an ACK).
+        """
+        problem = request_problem(msg)
+        if problem is None:
+            return None
+        if msg.method == "ACK" or msg.count("Via") == 0 or problem.startswith("malformed Via"):
+            return self.counters.drop(
+                f"malformed request from {origin}: {problem}", f"malformed request from {origin}"
+            )
+        return make_response(msg, 400, "Bad Request: " + problem)
+
+    def _refuse(self, msg: SipMessage, status: int, reason: str) -> list[_Step]:
+        """
+        Answer a request from the network with an error, statelessly; an
+        ACK is never answered.
+        """
+        if msg.method == "ACK":
+            return [self.counters.drop(f"ACK dropped: {status} {reason}", "ACK dropped")]
+        self.counters.count(str(status))
+        resp = make_response(msg, status, reason)
+        top_via = resp.top_via
+        assert top_via is not None
+        transport, dest = via_destination(top_via)
+        return self._send_response(transport, dest, resp.to_bytes())
+
+    def _send_response(
+        self, transport: str, dest: tuple[str, int], data: bytes
+    ) -> list[_Step]:
+        if self._is_our_addr(dest):
+            # the next Via is ours again (spiral, embedded registrar)
+            return [_Spiral(transport, data)]
+        return [ToNetwork(transport, dest, data)]
+
+    # -- dialogs -------------------------------------------------------------
+
+    def _track_response(
+        self, key: TunnelKey, session: str, fid: int, msg: SipMessage, now: float
+    ) -> None:
+        status = msg.status or 0
+        num, method = msg.cseq
+        call_id = msg.call_id
+        if method == "INVITE":
+            if 200 <= status < 300:
+                self._dialogs.answered(session, call_id, fid, msg.from_tag, msg.to_tag, now)
+                self._arm(now)
+            elif status >= 300 and not self._dialogs.has(session, call_id):
+                leg_ended(self.media_hook, key, fid, call_id)
+        elif method == "BYE" and (200 <= status < 300 or status in (404, 481)):
+            self._dialogs.remove(session, call_id, msg.from_tag, msg.to_tag)
+
+    def _maybe_ended(self, key: TunnelKey, session: str, fid: int, msg: SipMessage) -> None:
+        """
+        A BYE ends the leg's media only when no other established dialog of
+        the leg is left (forking: the BYE to a losing branch keeps the
+        winner's media); a CANCEL only before any answer.
+        """
+        method = msg.method
+        if method == "BYE":
+            if self._dialogs.others(session, msg.call_id, fid, msg.from_tag, msg.to_tag):
+                return
+        elif method != "CANCEL" or self._dialogs.has(session, msg.call_id, fid):
+            return
+        leg_ended(self.media_hook, key, fid, msg.call_id)
+
+    # -- names and tokens ----------------------------------------------------
+
+    def _arm(self, now: float) -> None:
+        if self._next_sweep is None:
+            self._next_sweep = now + self.sweep_interval
+
+    def _is_us(self, uri: SipUri) -> bool:
+        return self.names.names_us(uri)
+
+    def _is_our_addr(self, addr: tuple[str, int]) -> bool:
+        return addr[0].lower() == self.address[0].lower() and addr[1] == self.address[1]
+
+    def _route_token(self, uri_text: str | None) -> FlowToken | None:
+        """
+        @return: the flow token of a Request-URI that is one of our
+            C{Record-Route} values when the request carries a C{Route}
+            (strict routing, RFC 3261 16.4), else C{None}.
+        """
+        if not uri_text or ";lr" not in uri_text.lower():
+            return None
+        try:
+            uri = parse_uri(uri_text)
+        except SipParseError:
+            return None
+        if not uri.user or not self._is_us(uri):
+            return None
+        return self._codec.decode(uri.user, KIND_ROUTE)
+
+    def _pop_own_routes(self, msg: SipMessage, token: bool) -> NameAddr | None:
+        """
+        Remove the top C{Route}s that name us without a flow token (a
+        pre-loaded route to the contact point), and with C{token} also the
+        first that carries a valid one (our C{Record-Route} on this leg;
+        the next one, if ours, is the other leg's and routes back in).
+
+        @return: the top C{Route} left (parsed), or C{None}.
+        """
+        while True:
+            top = top_route(msg)
+            if top is None or not self._is_us(top.uri):
+                return top
+            if top.uri.user:
+                if not token or self._codec.decode(top.uri.user, KIND_ROUTE) is None:
+                    return top
+                token = False
+            msg.pop_first_value("Route")
+
+    def _via(self, transport: str, branch: str) -> str:
+        return f"SIP/2.0/{transport.upper()} {self._hp};branch={branch}"
+
+    def _route_uri(self, session: str, fid: int) -> str:
+        token = self._codec.encode(KIND_ROUTE, session, fid)
+        return f"<sip:{token}@{self._hp};lr>"
+
+    def _via_token(self, via: Via | None) -> FlowToken | None:
+        if via is None:
+            return None
+        port = via.port if via.port is not None else 5060
+        if via.host.lower() != self.address[0].lower() or port != self.address[1]:
+            return None
+        present, branch = param(via.params, "branch")
+        if not branch or not branch.startswith(MAGIC):
+            return None
+        return self._codec.decode(branch[len(MAGIC) :], KIND_VIA)
+
+    def _looped(
+        self, msg: SipMessage, session: str, fid: int, ruri_hash: bytes
+    ) -> bool:
+        for value in msg.get_all("Via"):
+            try:
+                via = parse_via(value)
+            except SipParseError:
+                continue
+            tok = self._via_token(via)
+            if (
+                tok is not None
+                and tok.session_id == session
+                and tok.flow_id == fid
+                and tok.extra[8:10] == ruri_hash
+            ):
+                return True
+        return False

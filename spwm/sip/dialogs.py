@@ -1,0 +1,201 @@
+# -*- test-case-name: tests.test_sip_proxy -*-
+"""
+The established dialogs both SIP proxy cores track, to tell when a call
+leg's media ends: a BYE ends it only when it ends the leg's last dialog (a
+forked INVITE answered by two branches has two; the BYE to the loser must
+not take the winner's media), a CANCEL or a final non-2xx answer only
+before any dialog was established.
+
+One L{DialogTable} serves both halves.  Its entries are grouped by a
+I{scope}: the contact point uses the tunnel session (so a session's
+dialogs go with it), the agent its application flow.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable, Iterator
+
+import attrs
+from attrs import frozen
+
+__all__ = ["Dialog", "DialogTable"]
+
+
+@frozen
+class Dialog:
+    """
+    An INVITE dialog established through a tunnel (one per to-tag when forked).
+    """
+
+    call_id: str
+    from_tag: str | None
+    to_tag: str | None
+    flow_id: int
+    expires: float
+
+
+def _same(dialog: Dialog, tags: set[str | None]) -> bool:
+    return {dialog.from_tag, dialog.to_tag} == tags
+
+
+class DialogTable:
+    """
+    Established dialogs by scope and Call-ID, with expiry, optionally
+    bounded.
+
+    A dialog is named by its tags as a set (From and To tags, either way
+    round, so both directions of the dialog name it alike).
+
+    @ivar lifetime: seconds a dialog lives after it was answered (or
+        L{touch}ed) without being ended.
+    @ivar limit: at most this many calls (scope and Call-ID) are kept; past
+        it the call answered longest ago goes.  C{None}: no limit.
+    """
+
+    def __init__(self, lifetime: float, limit: int | None = None) -> None:
+        self.lifetime = lifetime
+        self.limit = limit
+        # (scope, call id) -> its dialogs; ordered by last answer (the
+        # bound's eviction order)
+        self._calls: dict[tuple[Hashable, str], list[Dialog]] = {}
+        # scope -> its call ids, in the order they were first answered
+        self._scopes: dict[Hashable, dict[str, None]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        """
+        @return: the number of dialogs.
+        """
+        return self._count
+
+    def __iter__(self) -> Iterator[Dialog]:
+        for dialogs in self._calls.values():
+            yield from dialogs
+
+    def answered(
+        self,
+        scope: Hashable,
+        call_id: str,
+        flow_id: int,
+        from_tag: str | None,
+        to_tag: str | None,
+        now: float,
+    ) -> None:
+        """
+        A 2xx answered an INVITE: the dialog of these tags is established
+        (again) on C{flow_id} and lives for L{lifetime} from C{now}.
+        """
+        key = (scope, call_id)
+        tags = {from_tag, to_tag}
+        old = self._calls.pop(key, [])
+        dialogs = [d for d in old if not _same(d, tags)]
+        dialogs.append(Dialog(call_id, from_tag, to_tag, flow_id, now + self.lifetime))
+        self._count += len(dialogs) - len(old)
+        self._calls[key] = dialogs
+        self._scopes.setdefault(scope, {})[call_id] = None
+        if self.limit is not None and len(self._calls) > self.limit:
+            self._drop(next(iter(self._calls)))
+
+    def remove(
+        self, scope: Hashable, call_id: str, from_tag: str | None, to_tag: str | None
+    ) -> bool:
+        """
+        The dialog of these tags ended.
+
+        @return: whether no dialog of the call is left in C{scope}.
+        """
+        key = (scope, call_id)
+        dialogs = self._calls.get(key)
+        if dialogs is None:
+            return True
+        tags = {from_tag, to_tag}
+        left = [d for d in dialogs if not _same(d, tags)]
+        if left:
+            self._count -= len(dialogs) - len(left)
+            self._calls[key] = left
+            return False
+        self._drop(key)
+        return True
+
+    def has(self, scope: Hashable, call_id: str, flow_id: int | None = None) -> bool:
+        """
+        @return: whether a dialog of the call (on C{flow_id}, if given) is
+            established in C{scope}.
+        """
+        dialogs = self._calls.get((scope, call_id))
+        if not dialogs:
+            return False
+        return flow_id is None or any(d.flow_id == flow_id for d in dialogs)
+
+    def others(
+        self,
+        scope: Hashable,
+        call_id: str,
+        flow_id: int,
+        from_tag: str | None,
+        to_tag: str | None,
+    ) -> bool:
+        """
+        @return: whether the call has an established dialog on C{flow_id}
+            other than the one of these tags.
+        """
+        tags = {from_tag, to_tag}
+        return any(
+            d.flow_id == flow_id and not _same(d, tags)
+            for d in self._calls.get((scope, call_id), ())
+        )
+
+    def touch(
+        self, scope: Hashable, call_id: str, now: float, flow_id: int | None = None
+    ) -> None:
+        """
+        A request inside the call: its dialogs (on C{flow_id}, if given)
+        live for L{lifetime} from C{now}.
+        """
+        key = (scope, call_id)
+        dialogs = self._calls.get(key)
+        if dialogs:
+            expires = now + self.lifetime
+            self._calls[key] = [
+                attrs.evolve(d, expires=expires)
+                if flow_id is None or d.flow_id == flow_id
+                else d
+                for d in dialogs
+            ]
+
+    def expire(self, now: float) -> None:
+        """
+        Forget the dialogs whose lifetime ended.
+        """
+        for key, dialogs in list(self._calls.items()):
+            left = [d for d in dialogs if d.expires > now]
+            if not left:
+                self._drop(key)
+            elif len(left) != len(dialogs):
+                self._count -= len(dialogs) - len(left)
+                self._calls[key] = left
+
+    def of(self, scope: Hashable) -> list[Dialog]:
+        """
+        @return: the dialogs of C{scope}.
+        """
+        out: list[Dialog] = []
+        for call_id in self._scopes.get(scope, ()):
+            out.extend(self._calls[scope, call_id])
+        return out
+
+    def forget(self, scope: Hashable) -> None:
+        """
+        Forget every dialog of C{scope}.
+        """
+        for call_id in list(self._scopes.get(scope, ())):
+            self._drop((scope, call_id))
+
+    def _drop(self, key: tuple[Hashable, str]) -> None:
+        dialogs = self._calls.pop(key)
+        self._count -= len(dialogs)
+        scope, call_id = key
+        calls = self._scopes[scope]
+        del calls[call_id]
+        if not calls:
+            del self._scopes[scope]

@@ -1,0 +1,396 @@
+# -*- test-case-name: tests.test_sip_proxy -*-
+"""
+Registrations seen through the split proxy.
+
+L{ContactRegistrations} is the contact point's record of the bindings the
+operator's registrar accepted through each tunnel session, of the
+REGISTERs on their way (and the contacts they rewrote), with the export
+and import that keep them across a restart (L{spwm.state}).
+L{AppBindings} is the agent's view of its applications' bindings, for the
+log.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import attrs
+from attrs import frozen
+
+from spwm.sip.actions import Action, BindingChanged
+from spwm.sip.errors import SipParseError
+from spwm.sip.flows import KIND_CONTACT, Flow, FlowToken, FlowTokenCodec
+from spwm.sip.message import SipMessage
+from spwm.sip.rewrite import add_path, contacts, expires_of, short_hash
+from spwm.sip.uri import SipUri, parse_name_addr, parse_uri
+
+__all__ = ["AppBindings", "ContactRegistrations", "Registration"]
+
+
+@frozen
+class Registration:
+    """
+    A binding the operator's registrar accepted through a tunnel.
+    """
+
+    aor: str
+    contact: str
+    flow_id: int
+    expires: float
+
+
+@attrs.define
+class _Pending:
+    session_id: str
+    flow_id: int
+    contacts: list[str]
+    expires: float
+
+
+class ContactRegistrations:
+    """
+    The contact point's registrations, per tunnel session.
+
+    @ivar max_pending: at most this many REGISTERs waiting for their
+        answer are remembered (the oldest go).
+    """
+
+    def __init__(
+        self,
+        codec: FlowTokenCodec,
+        hostport: str,
+        is_us: Callable[[SipUri], bool],
+        *,
+        contact_rewrite: bool = False,
+        max_pending: int = 4096,
+    ) -> None:
+        """
+        @param codec: makes and reads the flow tokens of rewritten contacts.
+        @param hostport: the contact point's C{host:port} for them.
+        @param is_us: whether a URI names the contact point.
+        @param contact_rewrite: rewrite C{Contact}s to flow tokens instead
+            of adding C{Path}.
+        """
+        self._codec = codec
+        self._hostport = hostport
+        self._is_us = is_us
+        self.contact_rewrite = contact_rewrite
+        self.max_pending = max_pending
+        self._regs: dict[str, dict[tuple[str, str], Registration]] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._rewritten: dict[tuple[str, int, bytes], str] = {}
+
+    # -- reading -------------------------------------------------------------
+
+    def of(self, session_id: str) -> list[Registration]:
+        """
+        @return: the live bindings registered through C{session_id}.
+        """
+        return sorted(
+            self._regs.get(session_id, {}).values(), key=lambda r: (r.aor, r.contact)
+        )
+
+    def sessions(self) -> int:
+        """
+        @return: how many sessions have a registration.
+        """
+        return sum(1 for regs in self._regs.values() if regs)
+
+    def __len__(self) -> int:
+        """
+        @return: the number of registrations.
+        """
+        return sum(len(regs) for regs in self._regs.values())
+
+    def busy(self) -> bool:
+        """
+        @return: whether something is there to expire.
+        """
+        return any(self._regs.values()) or bool(self._pending)
+
+    def rewritten(self, session_id: str, flow_id: int, extra: bytes) -> str | None:
+        """
+        @return: the original contact URI a rewritten contact's token
+            stands for, or C{None}.
+        """
+        return self._rewritten.get((session_id, flow_id, extra))
+
+    # -- REGISTER out, 2xx back ----------------------------------------------
+
+    def outgoing(
+        self,
+        msg: SipMessage,
+        session: str,
+        fid: int,
+        branch: str,
+        route: str,
+        now: float,
+    ) -> None:
+        """
+        A REGISTER from C{session}'s flow C{fid} leaves with C{branch}:
+        rewrite its contacts (or add C{route} to its C{Path}) and remember
+        it until its answer.
+        """
+        found = contacts(msg)
+        originals = [str(na.uri) for na in found]
+        if self.contact_rewrite and found:
+            out = []
+            for na in found:
+                uhash = short_hash(str(na.uri), 4)
+                self._rewritten[(session, fid, uhash)] = str(na.uri)
+                token = self._codec.encode(KIND_CONTACT, session, fid, uhash)
+                uri = parse_uri(f"sip:{token}@{self._hostport}")
+                out.append(str(attrs.evolve(na, uri=uri, angle=True)))
+            msg.set_header("Contact", ", ".join(out))
+        elif not self.contact_rewrite:
+            add_path(msg, route)
+        self._pending[branch] = _Pending(session, fid, originals, now + 64.0)
+        while len(self._pending) > self.max_pending:
+            del self._pending[next(iter(self._pending))]
+
+    def answered(
+        self, msg: SipMessage, tok: FlowToken, branch: str, now: float
+    ) -> list[Action] | None:
+        """
+        A 2xx to a REGISTER sent through a tunnel: restore rewritten
+        contacts and update the session's bindings.
+
+        @return: a L{BindingChanged} for each binding of this REGISTER's
+            flow and address-of-record that appeared, moved to this flow or
+            went (a refresh that changes none of them makes none); C{None}
+            when the answer matches no REGISTER on its way (or its C{To}
+            is unreadable), so no binding changed.
+        """
+        pending = self._pending.pop(branch, None)
+        values = msg.get_all("Contact")
+        restored = []
+        mine: list[tuple[str, int]] = []
+        changed = False
+        for value in values:
+            try:
+                na = parse_name_addr(value)
+            except SipParseError:
+                restored.append(value)
+                continue
+            expires = expires_of(msg, na.params, 3600)
+            uri_text = str(na.uri)
+            ctok = None
+            if self._is_us(na.uri):
+                ctok = self._codec.decode(na.uri.user or "", KIND_CONTACT)
+            if (
+                ctok is not None
+                and ctok.session_id == tok.session_id
+                and ctok.flow_id == tok.flow_id
+            ):
+                original = self._rewritten.get(
+                    (ctok.session_id, ctok.flow_id, ctok.extra)
+                )
+                if original is not None:
+                    uri_text = original
+                    na = attrs.evolve(na, uri=parse_uri(original), angle=True)
+                    changed = True
+            restored.append(str(na))
+            if pending is not None and uri_text in pending.contacts:
+                mine.append((uri_text, expires))
+        if changed:
+            msg.set_header("Contact", ", ".join(restored))
+        if pending is None:
+            return None
+        try:
+            to = msg.to
+        except SipParseError:
+            to = None
+        if to is None:
+            return None
+        aor = str(to.uri)
+        session, fid = tok.session_id, tok.flow_id
+        regs = self._regs.setdefault(session, {})
+        before = {k: r for k, r in regs.items() if r.aor == aor and r.flow_id == fid}
+        for k in before:
+            del regs[k]
+        events: list[Action] = []
+        for uri_text, expires in mine:
+            if expires > 0:
+                key = (aor, uri_text)
+                if key not in before:
+                    events.append(BindingChanged("registered", aor, uri_text, expires, session, fid))
+                regs[key] = Registration(aor, uri_text, fid, now + expires)
+        for key, reg in before.items():
+            if key not in regs:
+                events.append(BindingChanged("unregistered", aor, reg.contact, 0, session, fid))
+        return events
+
+    # -- time and sessions ---------------------------------------------------
+
+    def expire(self, now: float) -> list[Action]:
+        """
+        Forget expired registrations and REGISTERs that were never answered.
+
+        @return: a L{BindingChanged} C{"expired"} for each registration
+            that expired.
+        """
+        events: list[Action] = []
+        for session, regs in self._regs.items():
+            for k in [k for k, r in regs.items() if r.expires <= now]:
+                r = regs.pop(k)
+                events.append(BindingChanged("expired", r.aor, r.contact, 0, session, r.flow_id))
+        for branch in [b for b, p in self._pending.items() if p.expires <= now]:
+            del self._pending[branch]
+        return events
+
+    def drop_pending(self, session_id: str) -> None:
+        """
+        Forget the REGISTERs of C{session_id} that wait for their answer.
+        """
+        for k in [k for k, p in self._pending.items() if p.session_id == session_id]:
+            del self._pending[k]
+
+    def forget(self, session_id: str) -> None:
+        """
+        Forget a session's registrations and rewritten contacts.
+        """
+        self._regs.pop(session_id, None)
+        for k in [k for k in self._rewritten if k[0] == session_id]:
+            del self._rewritten[k]
+
+    def export(self, session_id: str, now: float) -> dict[str, Any]:
+        """
+        A session's live registrations and rewritten contacts as JSON-ready
+        data, with lifetimes relative to C{now} (see L{spwm.state}).
+        """
+        return {
+            "registrations": [
+                {"aor": r.aor, "contact": r.contact, "flow_id": r.flow_id, "ttl": r.expires - now}
+                for r in self._regs.get(session_id, {}).values()
+                if r.expires > now
+            ],
+            "rewritten": [
+                [fid, extra.hex(), uri] for (s, fid, extra), uri in self._rewritten.items() if s == session_id
+            ],
+        }
+
+    def restore(self, session_id: str, data: Any, now: float) -> int:
+        """
+        Restore what L{export} gave.
+
+        @return: the number of registrations restored.
+        @raise ValueError: C{data} is not what L{export} makes.
+        """
+        try:
+            regs = {}
+            for r in data["registrations"]:
+                ttl = float(r["ttl"])
+                flow_id = int(r["flow_id"])
+                if math.isfinite(ttl) and ttl > 0 and 0 <= flow_id < 2**32:
+                    reg = Registration(str(r["aor"]), str(r["contact"]), flow_id, now + ttl)
+                    regs[reg.aor, reg.contact] = reg
+            rewritten = {
+                (session_id, int(fid), bytes.fromhex(extra)): str(uri) for fid, extra, uri in data["rewritten"]
+            }
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise ValueError(f"malformed registrations of session {session_id}: {e!r}") from None
+        if regs:
+            self._regs[session_id] = regs
+            self._rewritten.update(rewritten)
+        return len(regs)
+
+
+class AppBindings:
+    """
+    The agent's view of its applications' registrations, for the log: the
+    contacts of each REGISTER until its answer, then the bindings the 2xx
+    confirmed, per flow and address-of-record.  Bounded: beyond C{limit}
+    entries in either table the oldest go (and are no longer reported).
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._pending: dict[tuple[int, str, int], tuple[str, frozenset[str] | None]] = {}
+        self._bound: dict[tuple[int, str], dict[str, tuple[float, int]]] = {}
+        self._flows: dict[int, Flow] = {}
+        self.next_expiry: float | None = None
+
+    def request(self, fid: int, msg: SipMessage) -> None:
+        """
+        A REGISTER from an application goes into the tunnel.
+        """
+        try:
+            to = msg.to
+        except SipParseError:
+            to = None
+        if to is None:
+            return
+        aor = str(to.uri)
+        asked: frozenset[str] | None
+        if any(v.strip() == "*" for v in msg.get_all("Contact")):
+            asked = None  # all of this flow's bindings of the AOR
+        else:
+            asked = frozenset(str(na.uri) for na in contacts(msg))
+        self._pending[(fid, msg.call_id, msg.cseq[0])] = (aor, asked)
+        while len(self._pending) > self._limit:
+            del self._pending[next(iter(self._pending))]
+
+    def answered(self, flow: Flow, fid: int, msg: SipMessage, now: float) -> list[Action]:
+        """
+        A 2xx to a REGISTER comes back for C{fid}.
+
+        @return: a L{BindingChanged} for each binding of the REGISTER's
+            contacts that appeared or went.
+        """
+        pending = self._pending.pop((fid, msg.call_id, msg.cseq[0]), None)
+        if pending is None:
+            return []
+        aor, asked = pending
+        listed: dict[str, int] = {}
+        for na in contacts(msg):
+            uri = str(na.uri)
+            if asked is None or uri in asked:
+                listed[uri] = expires_of(msg, na.params, 3600)
+        before = self._bound.pop((fid, aor), {})
+        now_bound = {
+            uri: (now + expires, expires) for uri, expires in listed.items() if expires > 0
+        }
+        if asked is not None:
+            # contacts this REGISTER did not name keep their bindings
+            now_bound.update({u: b for u, b in before.items() if u not in asked})
+        events: list[Action] = []
+        for uri, (_, expires) in now_bound.items():
+            if uri not in before:
+                events.append(BindingChanged("registered", aor, uri, expires, "", fid, flow))
+        for uri in before:
+            if uri not in now_bound:
+                events.append(BindingChanged("unregistered", aor, uri, 0, "", fid, flow))
+        if now_bound:
+            self._bound[(fid, aor)] = now_bound
+            self._flows[fid] = flow
+            soonest = min(t for t, _ in now_bound.values())
+            if self.next_expiry is None or soonest < self.next_expiry:
+                self.next_expiry = soonest
+            while len(self._bound) > self._limit:
+                del self._bound[next(iter(self._bound))]
+        return events
+
+    def expire(self, now: float) -> list[Action]:
+        """
+        @return: a L{BindingChanged} C{"expired"} for each binding whose
+            expiry passed (its application did not refresh it).
+        """
+        if self.next_expiry is None or self.next_expiry > now:
+            return []
+        events: list[Action] = []
+        soonest: float | None = None
+        for (fid, aor), bound in list(self._bound.items()):
+            for uri, (t, _) in list(bound.items()):
+                if t <= now:
+                    del bound[uri]
+                    events.append(BindingChanged("expired", aor, uri, 0, "", fid, self._flows.get(fid)))
+                elif soonest is None or t < soonest:
+                    soonest = t
+            if not bound:
+                del self._bound[(fid, aor)]
+        live = {fid for fid, _ in self._bound}
+        for fid in [f for f in self._flows if f not in live]:
+            del self._flows[fid]
+        self.next_expiry = soonest
+        return events

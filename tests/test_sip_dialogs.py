@@ -1,0 +1,89 @@
+"""
+Tests for L{spwm.sip.dialogs}: the one dialog tracker of both proxy halves.
+(Through the cores it is exercised by L{tests.test_sip_proxy}.)
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.sip.dialogs import Dialog, DialogTable
+
+
+class DialogTableTests(SynchronousTestCase):
+    """
+    L{DialogTable}: scopes, forked dialogs, expiry and the bound.
+    """
+
+    def test_forked_dialogs_end_one_by_one(self) -> None:
+        """
+        Two dialogs of one call (a forked INVITE answered twice): removing
+        one leaves the call established; removing the last ends it.  Tags
+        name a dialog either way round.
+        """
+        t = DialogTable(100.0)
+        t.answered("s", "c", 1, "a", "b1", 0.0)
+        t.answered("s", "c", 1, "a", "b2", 0.0)
+        self.assertEqual(len(t), 2)
+        self.assertTrue(t.others("s", "c", 1, "a", "b1"))
+        self.assertFalse(t.remove("s", "c", "b1", "a"))
+        self.assertFalse(t.others("s", "c", 1, "a", "b2"))
+        self.assertTrue(t.remove("s", "c", "a", "b2"))
+        self.assertFalse(t.has("s", "c"))
+        self.assertTrue(t.remove("s", "c", "a", "b2"))  # nothing left: still "none"
+        self.assertEqual(len(t), 0)
+
+    def test_answered_again_replaces(self) -> None:
+        """
+        A 2xx again for the same tags (a retransmission, or on another
+        flow) replaces the dialog with a fresh expiry.
+        """
+        t = DialogTable(100.0)
+        t.answered("s", "c", 1, "a", "b", 0.0)
+        t.answered("s", "c", 2, "a", "b", 5.0)
+        self.assertEqual(t.of("s"), [Dialog("c", "a", "b", 2, 105.0)])
+
+    def test_scopes_and_flows(self) -> None:
+        """
+        Scopes are apart; C{has} and C{touch} can be limited to a flow;
+        C{forget} drops a whole scope.
+        """
+        t = DialogTable(100.0)
+        t.answered("s1", "c", 1, "a", "b", 0.0)
+        t.answered("s1", "c", 2, "a", "x", 0.0)
+        t.answered("s2", "c", 1, "a", "b", 0.0)
+        self.assertTrue(t.has("s1", "c", 2))
+        self.assertFalse(t.has("s1", "c", 3))
+        t.touch("s1", "c", 50.0, flow_id=2)
+        self.assertEqual(sorted(d.expires for d in t.of("s1")), [100.0, 150.0])
+        t.forget("s1")
+        self.assertEqual(t.of("s1"), [])
+        self.assertEqual(len(t), 1)
+        self.assertEqual(len(list(t)), 1)
+
+    def test_expiry(self) -> None:
+        """
+        A dialog goes when its lifetime ends, each on its own.
+        """
+        t = DialogTable(100.0)
+        t.answered("s", "c", 1, "a", "b1", 0.0)
+        t.answered("s", "c", 1, "a", "b2", 50.0)
+        t.expire(100.0)
+        self.assertEqual([d.to_tag for d in t.of("s")], ["b2"])
+        t.expire(150.0)
+        self.assertEqual((t.of("s"), len(t)), ([], 0))
+
+    def test_bound(self) -> None:
+        """
+        Past C{limit} calls, the call answered longest ago goes; answering
+        a call again makes it the newest.
+        """
+        t = DialogTable(100.0, limit=2)
+        t.answered(1, "c1", 1, "a", "b", 0.0)
+        t.answered(2, "c2", 2, "a", "b", 0.0)
+        t.answered(1, "c1", 1, "a", "b", 1.0)
+        t.answered(3, "c3", 3, "a", "b", 2.0)
+        self.assertEqual(
+            (t.has(1, "c1"), t.has(2, "c2"), t.has(3, "c3"), len(t)), (True, False, True, 2)
+        )
+        self.assertEqual(t.of(2), [])
