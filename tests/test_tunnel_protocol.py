@@ -246,7 +246,7 @@ class AdapterTests(SynchronousTestCase):
         The factory's go-away reaches every agent.
         """
         seen = []
-        self.agent_app.tunnel.go_away_handler = seen.append
+        self.agent_app.tunnel.when_going_away().addCallback(seen.append)
         self.factory.go_away_all("bye", 2)
         self.pump.flush()
         self.assertEqual(seen, [self.agent_app.tunnel])
@@ -427,7 +427,7 @@ class TLSTests(SynchronousTestCase):
         server = contact_factory.buildProtocol(None)
         client = client_f.buildProtocol(None)
         lost: list[Any] = []
-        client.wrappedProtocol.lost_handler = lambda protocol, reason: lost.append(reason)
+        client.wrappedProtocol.when_closed().addCallback(lambda protocol: lost.append(protocol.lost_reason))
         pump = iosim.connect(
             server, iosim.FakeTransport(server, True), client, iosim.FakeTransport(client, False),
             greet=False, clock=clock,
