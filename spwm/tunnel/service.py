@@ -707,9 +707,18 @@ class AgentTunnelService(ClientService):
         completed.  Stopping the service while it waits closes the tunnel.
         """
         ready: Deferred[TunnelProtocol] = Deferred(lambda d: protocol.close(0, "agent stopping"))
+
+        def settle(result: Any) -> None:
+            # Once cancelled, ready has fired already.
+            if not ready.called:
+                if isinstance(result, Failure):
+                    ready.errback(result)
+                else:
+                    ready.callback(result)
+
         protocol.when_going_away().addCallback(self.on_go_away)
-        protocol.when_established().addCallbacks(self._up, self._handshake_failed, errbackArgs=(protocol,)).chainDeferred(
-            ready
+        protocol.when_established().addCallbacks(self._up, self._handshake_failed, errbackArgs=(protocol,)).addBoth(
+            settle
         )
         return ready
 
