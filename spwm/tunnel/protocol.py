@@ -707,9 +707,11 @@ class TunnelProtocol(Protocol):
         limit (the high-water mark): every registered stream producer has
         been paused, and is resumed once the queue drains.
         """
-        more = self.connection.send_stream_data(channel_id, data)
+        connection = self.connection
+        more = connection.send_stream_data(channel_id, data)
         self._flush()
-        if not more and not self._streams_paused and self.connection.stream_queue_bytes > self.connection.limits.max_stream_queue:
+        # Still over the limit once the transport took what it could.
+        if not more and not self._streams_paused and connection.stream_queue_bytes > connection.limits.max_stream_queue:
             self._pause_streams()
         return more
 

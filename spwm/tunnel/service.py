@@ -287,6 +287,7 @@ def server_tls_options(cert_file: str, key_file: str, client_ca: str | None = No
     # Raises VerifyError when the key does not belong to the certificate.
     pair = ssl.PrivateCertificate.fromCertificateAndKeyPair(certificates[0], key)
     chain = [c.original for c in certificates[1:]]
+    client_cas = [c.original for c in load_pem_certificates(client_ca)] if client_ca else []
     options = ssl.CertificateOptions(
         privateKey=pair.privateKey.original,
         certificate=pair.original,
@@ -294,7 +295,7 @@ def server_tls_options(cert_file: str, key_file: str, client_ca: str | None = No
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         acceptableProtocols=[ALPN],
         **(
-            {"verify": True, "caCerts": [c.original for c in load_pem_certificates(client_ca)], "requireCertificate": True}
+            {"verify": True, "caCerts": client_cas, "requireCertificate": True}
             if client_ca
             else {}
         ),
