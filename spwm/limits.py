@@ -44,4 +44,3 @@ class Limits:
     max_stream_queue: int = field(default=1024 * 1024, validator=_pos)
     max_channels: int = field(default=4096, validator=_pos)
     drain_time: float = field(default=30.0, validator=validators.ge(0))
-    closed_channel_memory: int = field(default=4096, validator=_pos)

@@ -26,7 +26,7 @@ from zope.interface.verify import verifyObject
 from spwm.limits import Limits
 from spwm.media.manager import MediaManager
 from spwm.media.relay import AllowPolicy
-from spwm.media.tcp import TcpMediaEndpoint, _SideProtocol, stream_queue_state
+from spwm.media.tcp import TcpMediaEndpoint, _SideProtocol
 from spwm.sdp import SdpError, TcpRewrite, parse_sdp, rewrite_tcp_media
 from spwm.tunnel.frames import ChannelKind, ErrorCode
 from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux, ContactTunnelFactory
@@ -225,6 +225,14 @@ class FakeTunnel:
         self.closed: list[tuple[int, int, str]] = []
         self.sent: dict[int, bytes] = {}
         self.ended: list[int] = []
+        self.producers: list[Any] = []
+        self.paused = False
+
+    def register_stream_producer(self, producer: Any) -> None:
+        self.producers.append(producer)
+
+    def unregister_stream_producer(self, producer: Any) -> None:
+        self.producers = [p for p in self.producers if p is not producer]
 
     def open_channel(self, kind: Any, meta: dict) -> int:
         channel_id = self._next
@@ -255,7 +263,13 @@ class FakeTunnel:
         self.connection.stream_queue_bytes += len(data)
         if not self.hold:
             self.drain()
-        return self.connection.stream_queue_bytes <= self.connection.limits.max_stream_queue
+        more = self.connection.stream_queue_bytes <= self.connection.limits.max_stream_queue
+        if not more and not self.paused:
+            # As the real tunnel: every stream producer waits for the drain.
+            self.paused = True
+            for producer in list(self.producers):
+                producer.pauseProducing()
+        return more
 
     def end_stream(self, channel_id: int) -> None:
         if self.open.get(channel_id) is not ChannelKind.STREAM:
@@ -278,6 +292,10 @@ class FakeTunnel:
                 self.other.app.stream_ended(self.other, channel_id)
             else:
                 self.other.app.stream_data_received(self.other, channel_id, data)
+        if self.paused:
+            self.paused = False
+            for producer in list(self.producers):
+                producer.resumeProducing()
 
 
 def _pair(**options: Any) -> tuple[FakeTcpReactor, MediaManager, FakeTunnel, MediaManager, FakeTunnel]:
@@ -314,7 +332,9 @@ def _msrp(host: str, port: int, setup: str | None, session: str, version: int = 
 
 class OneTunnel:
     """
-    A tunnel end that records stream data and can say its queue is full.
+    A tunnel end that records stream data and can say its queue is full:
+    then, like the real tunnel, it pauses its stream producers until
+    L{drain}.
     """
 
     def __init__(self) -> None:
@@ -323,6 +343,13 @@ class OneTunnel:
         self.ended = 0
         self.full = False
         self.gone = False
+        self.producers: list[Any] = []
+
+    def register_stream_producer(self, producer: Any) -> None:
+        self.producers.append(producer)
+
+    def unregister_stream_producer(self, producer: Any) -> None:
+        self.producers = [p for p in self.producers if p is not producer]
 
     def send_stream_data(self, channel_id: int, data: bytes) -> bool:
         if self.gone:
@@ -330,7 +357,18 @@ class OneTunnel:
         self.data.append(data)
         if self.full:
             self.connection.stream_queue_bytes = 1000
+            for producer in list(self.producers):
+                producer.pauseProducing()
         return not self.full
+
+    def drain(self) -> None:
+        """
+        The queue is written out: resume the producers.
+        """
+        self.full = False
+        self.connection.stream_queue_bytes = 0
+        for producer in list(self.producers):
+            producer.resumeProducing()
 
     def end_stream(self, channel_id: int) -> None:
         self.ended += 1
@@ -424,30 +462,41 @@ class EndpointTests(SynchronousTestCase):
 
     def test_pause_until_tunnel_drains(self) -> None:
         """
-        When the tunnel's stream queue is full, the TCP transport is
-        paused; it stays paused while the queue is above half its limit and
-        is resumed once it drained.
+        When the tunnel's stream queue is full, the tunnel pauses the
+        endpoint and the TCP transport is paused; it stays paused (no
+        timer) until the tunnel has drained and resumes it.  (When the
+        tunnel resumes its producers: L{tests.test_tunnel_protocol}.)
         """
-        reactor, endpoint, tunnel, _ = _endpoint(poll_interval=0.05)
+        reactor, endpoint, tunnel, _ = _endpoint()
         endpoint.listen(20000)
         transport = reactor.tcp[AGENT_ADDR, 20000].accept(PHONE, 5000)
         tunnel.full = True
         transport.protocol.dataReceived(b"x" * 200)
         self.assertEqual(transport.producerState, "paused")
         self.assertEqual(endpoint.pauses, 1)
-        reactor.advance(0.05)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        reactor.advance(1)
         self.assertEqual(transport.producerState, "paused")
-        tunnel.connection.stream_queue_bytes = 50
-        reactor.advance(0.05)
+        tunnel.drain()
         self.assertEqual(transport.producerState, "producing")
         self.assertEqual(reactor.getDelayedCalls(), [])
 
-    def test_stream_queue_state(self) -> None:
+    def test_registered_with_the_tunnel(self) -> None:
         """
-        The queue state is read from the tunnel's core when it has one.
+        Attaching registers the endpoint with the tunnel as a stream
+        producer; a pause before our side connects applies once it does;
+        closing unregisters it.
         """
-        self.assertEqual(stream_queue_state(OneTunnel()), (0, 100))
-        self.assertIsNone(stream_queue_state(object()))
+        reactor, endpoint, tunnel, _ = _endpoint()
+        [producer] = tunnel.producers
+        producer.pauseProducing()
+        endpoint.listen(20000)
+        transport = reactor.tcp[AGENT_ADDR, 20000].accept(PHONE, 5000)
+        self.assertEqual(transport.producerState, "paused")
+        producer.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+        endpoint.close()
+        self.assertEqual(tunnel.producers, [])
 
     def test_slow_receiver(self) -> None:
         """

@@ -57,6 +57,32 @@ class RecordingApp:
         self.calls.append(("closed", channel_id, code, reason))
 
 
+class _Producer:
+    """
+    A stream producer that counts what the tunnel tells it.
+    """
+
+    def __init__(self, name: str, order: list[str] | None = None) -> None:
+        self.name = name
+        self.order = order
+        self.paused = 0
+        self.resumed = 0
+        self.on_resume: Any = None
+
+    def pauseProducing(self) -> None:
+        self.paused += 1
+
+    def resumeProducing(self) -> None:
+        self.resumed += 1
+        if self.order is not None:
+            self.order.append(self.name)
+        if self.on_resume is not None:
+            self.on_resume()
+
+    def stopProducing(self) -> None:
+        pass
+
+
 def connect_pair(clock: Clock, limits: Limits | None = None, tls: tuple[Any, Any] | None = None):
     """
     Connect an agent and a contact point in memory.
@@ -241,12 +267,141 @@ class AdapterTests(SynchronousTestCase):
         self.assertTrue(pump.clientIO.disconnecting)
         self.assertEqual(agent.close_info.code, ErrorCode.QUEUE_OVERFLOW)
 
+    def test_stream_producers_paused_and_resumed(self) -> None:
+        """
+        Stream producers registered with the tunnel are all paused when the
+        stream queue goes over its limit, stay paused while it is above
+        half of it, and are resumed (each once) when the tunnel has written
+        it down; no timer is involved.
+        """
+        clock = Clock()
+        agent_app, contact_app, factory, pump = connect_pair(clock, Limits(max_stream_queue=4000))
+        pump.flush()
+        agent = agent_app.tunnel
+        cid = agent.open_channel(ChannelKind.STREAM, {"use": "t"})
+        pump.flush()
+        first, second = _Producer("first"), _Producer("second")
+        agent.register_stream_producer(first)
+        agent.register_stream_producer(second)
+        agent.pauseProducing()
+        self.assertTrue(agent.send_stream_data(cid, b"a" * 3000))
+        self.assertEqual((first.paused, second.paused), (0, 0))
+        self.assertFalse(agent.send_stream_data(cid, b"b" * 2000))
+        self.assertEqual((first.paused, second.paused), (1, 1))
+        agent.send_sip(1, b"SIP")
+        self.assertEqual((first.resumed, second.resumed), (0, 0))
+        delayed = clock.getDelayedCalls()
+        agent.resumeProducing()
+        self.assertEqual((first.resumed, second.resumed), (1, 1))
+        self.assertEqual(clock.getDelayedCalls(), delayed)
+        pump.flush()
+        self.assertEqual(
+            b"".join(c[2] for c in contact_app.calls if c[0] == "stream"), b"a" * 3000 + b"b" * 2000
+        )
+
+    def test_stream_producers_resumed_round_robin(self) -> None:
+        """
+        The producer resumed first changes from one drain to the next; one
+        that fills the queue again stops the others from being resumed.
+        """
+        clock = Clock()
+        agent_app, contact_app, factory, pump = connect_pair(clock, Limits(max_stream_queue=1000))
+        pump.flush()
+        agent = agent_app.tunnel
+        cid = agent.open_channel(ChannelKind.STREAM, {"use": "t"})
+        pump.flush()
+        order: list[str] = []
+        producers = [_Producer(name, order) for name in ("a", "b", "c")]
+        for producer in producers:
+            agent.register_stream_producer(producer)
+        firsts = []
+        for _ in range(3):
+            agent.pauseProducing()
+            agent.send_stream_data(cid, b"x" * 2000)
+            del order[:]
+            agent.resumeProducing()
+            firsts.append(order[0])
+            self.assertEqual(sorted(order), ["a", "b", "c"])
+        self.assertEqual(len(set(firsts)), 3)
+        # A producer that fills the queue again as soon as it is resumed
+        # (faster than the transport takes it): the rest stay paused.
+        agent.pauseProducing()
+        agent.send_stream_data(cid, b"x" * 2000)
+        del order[:]
+
+        def refill() -> None:
+            agent.pauseProducing()
+            agent.send_stream_data(cid, b"y" * 2000)
+
+        for producer in producers:
+            producer.on_resume = refill
+        agent.resumeProducing()
+        self.assertEqual(len(order), 1)
+        self.assertEqual([p.paused for p in producers], [5, 5, 5])
+        agent.unregister_stream_producer(producers[1])
+        self.assertNotIn(producers[1], agent._stream_producers)
+
+    def test_lost_tunnel_resumes_its_producers(self) -> None:
+        """
+        A tunnel lost with its stream queue full resumes the producers it
+        paused (their next write finds the channel gone).
+        """
+        agent = self.agent_app.tunnel
+        cid = agent.open_channel(ChannelKind.STREAM, {"use": "t"})
+        self.pump.flush()
+        producer = _Producer("p")
+        agent.register_stream_producer(producer)
+        agent.pauseProducing()
+        agent.send_stream_data(cid, b"x" * (Limits().max_stream_queue + 1))
+        self.assertEqual(producer.paused, 1)
+        agent.transport.loseConnection()
+        self.pump.flush()
+        self.assertEqual(producer.resumed, 1)
+
+    def test_when_closed_and_going_away(self) -> None:
+        """
+        C{when_going_away} fires when the peer sends go-away and
+        C{when_closed} when the connection is lost, with the protocol;
+        asked afterwards they fire at once.
+        """
+        agent = self.agent_app.tunnel
+        went, closed = [], []
+        agent.when_going_away().addCallback(went.append)
+        agent.when_closed().addCallback(closed.append)
+        self.factory.go_away_all("bye", 2)
+        self.pump.flush()
+        self.assertEqual((went, closed), ([agent], []))
+        agent.close(0, "moving")
+        self.pump.flush()
+        self.assertEqual(closed, [agent])
+        self.assertIsNotNone(agent.lost_reason)
+        self.assertIs(self.successResultOf(agent.when_closed()), agent)
+        self.assertIs(self.successResultOf(agent.when_going_away()), agent)
+
+    def test_timer_error_closes_with_a_reason(self) -> None:
+        """
+        An unexpected error in the timer's work closes the tunnel, and the
+        close is told (close_info, log line) like any other.
+        """
+        agent = self.agent_app.tunnel
+
+        def broken(now: float) -> list[Any]:
+            raise RuntimeError("bug")
+
+        agent.connection.handle_timer = broken
+        with capturedLogs() as events:
+            self.clock.advance(Limits().keepalive_interval + 1)
+            self.pump.flush()
+        self.assertEqual(agent.close_info.code, ErrorCode.INTERNAL_ERROR)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertTrue(any("closed {side}" in e.get("log_format", "") for e in events))
+
     def test_go_away_all(self) -> None:
         """
         The factory's go-away reaches every agent.
         """
         seen = []
-        self.agent_app.tunnel.go_away_handler = seen.append
+        self.agent_app.tunnel.when_going_away().addCallback(seen.append)
         self.factory.go_away_all("bye", 2)
         self.pump.flush()
         self.assertEqual(seen, [self.agent_app.tunnel])
@@ -362,6 +517,25 @@ class TLSTests(SynchronousTestCase):
         self.assertIn(("sip", 1, b"hi"), contact_app.calls)
         self.assertEqual(pump.clientIO.protocol.negotiatedProtocol, ALPN)
 
+    def test_keying_material(self) -> None:
+        """
+        Both ends export the same keying material from the TLS session
+        (through the transport's OpenSSL handle); a plaintext tunnel has
+        none.
+        """
+        clock = Clock()
+        agent_app, contact_app, factory, pump = connect_pair(
+            clock, tls=(self.server_options(["contact.example.test"]), self.client_options("contact.example.test"))
+        )
+        pump.flush()
+        agent_key = agent_app.tunnel.export_keying_material(b"EXPORTER-test", 32)
+        self.assertEqual(len(agent_key), 32)
+        self.assertEqual(contact_app.tunnel.export_keying_material(b"EXPORTER-test", 32), agent_key)
+        self.assertNotEqual(agent_app.tunnel.export_keying_material(b"EXPORTER-other", 32), agent_key)
+        plain_agent, _, _, plain_pump = connect_pair(clock)
+        plain_pump.flush()
+        self.assertIsNone(plain_agent.tunnel.export_keying_material(b"EXPORTER-test", 32))
+
     def test_name_mismatch(self) -> None:
         """
         A certificate for another name stops the connection.
@@ -427,7 +601,7 @@ class TLSTests(SynchronousTestCase):
         server = contact_factory.buildProtocol(None)
         client = client_f.buildProtocol(None)
         lost: list[Any] = []
-        client.wrappedProtocol.lost_handler = lambda protocol, reason: lost.append(reason)
+        client.wrappedProtocol.when_closed().addCallback(lambda protocol: lost.append(protocol.lost_reason))
         pump = iosim.connect(
             server, iosim.FakeTransport(server, True), client, iosim.FakeTransport(client, False),
             greet=False, clock=clock,

@@ -9,7 +9,8 @@ import base64
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import CannotListenError, ConnectionDone, ConnectionRefusedError
+from twisted.python.failure import Failure
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -201,6 +202,107 @@ class AgentServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.endpoint.attempts), 2)
         failed = [e for e in events if e.get("log_format", "").startswith("tunnel to {contact} failed")]
         self.assertIn("bad magic", failed[0]["reason"])
+
+
+    def handshake_fails(self) -> None:
+        """
+        Take TCP for the pending attempt, then fail the handshake (the
+        peer answers garbage and closes).
+        """
+        factory, d = self.endpoint.attempts[-1]
+        client = factory.buildProtocol(None)
+        client.makeConnection(StringTransport())
+        d.callback(client)
+        client.dataReceived(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        client.connectionLost(Failure(ConnectionDone()))
+
+    def delays(self, events: list[dict]) -> list[float]:
+        return [e["delay"] for e in events if e.get("log_format", "").startswith("tunnel to {contact} down")]
+
+    def test_failed_handshake_counts_as_failed_attempt(self) -> None:
+        """
+        ClientService counts an attempt that took TCP but failed the
+        handshake (prepareConnection) as failed: the delays keep growing
+        over refused and half-made attempts alike; only a tunnel that is
+        up resets them.
+        """
+        with capturedLogs() as events:
+            self.service.startService()
+            self.endpoint.attempts[-1][1].errback(ConnectionRefusedError("nobody home"))
+            self.clock.advance(1)
+            self.handshake_fails()
+            self.clock.advance(2)
+            self.handshake_fails()
+            self.assertEqual(self.service.status()["failures"], 3)
+            self.clock.advance(4)
+            contact_factory, pump = self.connect_contact()
+            self.assertEqual(self.service.status()["failures"], 0)
+            [tunnel] = list(contact_factory.tunnels)
+            tunnel.close(0, "restarting")
+            pump.flush()
+        self.assertEqual(self.delays(events), [1, 2, 4, 1])
+        self.assertEqual(len(self.endpoint.attempts), 4)
+        self.assertIsNone(self.service.tunnel)
+
+    def test_attempt_under_way_until_handshake(self) -> None:
+        """
+        While TCP is up but the handshake is not done, the service is
+        connecting and has no tunnel; it has one once the handshake is
+        done.
+        """
+        self.service.startService()
+        factory, d = self.endpoint.attempts[-1]
+        contact_factory = ContactTunnelFactory(RecordingApp(), self.clock)
+        server = contact_factory.buildProtocol(None)
+        client = factory.buildProtocol(None)
+        pump = iosim.connect(
+            server, iosim.FakeTransport(server, True), client, iosim.FakeTransport(client, False),
+            greet=False, clock=self.clock,
+        )
+        d.callback(client)
+        self.assertTrue(self.service.connecting)
+        self.assertIsNone(self.service.tunnel)
+        pump.flush()
+        self.assertFalse(self.service.connecting)
+        self.assertTrue(self.service.tunnel.is_open)
+
+    def test_stop_during_handshake(self) -> None:
+        """
+        Stopping while the handshake is under way closes the connection,
+        logs no failure and schedules no attempt.
+        """
+        with capturedLogs() as events:
+            self.service.startService()
+            factory, d = self.endpoint.attempts[-1]
+            client = factory.buildProtocol(None)
+            transport = StringTransport()
+            client.makeConnection(transport)
+            d.callback(client)
+            stopped = self.service.stopService()
+            self.assertTrue(transport.disconnecting)
+            client.connectionLost(Failure(ConnectionDone()))
+            self.successResultOf(stopped)
+            self.clock.advance(100)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        self.assertEqual([e for e in events if "failed" in e.get("log_format", "")], [])
+        self.assertEqual(self.delays(events), [])
+
+    def test_go_away_then_failure_waits_as_before(self) -> None:
+        """
+        The immediate attempt after a go-away is not a failure: if it
+        fails, the next waits the first delay, not the second.
+        """
+        with capturedLogs() as events:
+            self.service.startService()
+            contact_factory, pump = self.connect_contact()
+            contact_factory.go_away_all("maintenance", 30)
+            pump.flush()
+            self.clock.advance(0)
+            self.endpoint.attempts[-1][1].errback(ConnectionRefusedError("nobody home"))
+            self.clock.advance(1)
+            self.endpoint.attempts[-1][1].errback(ConnectionRefusedError("nobody home"))
+        self.assertEqual(self.delays(events), [0, 1, 2])
+        self.assertEqual(len(self.endpoint.attempts), 3)
 
 
 class HTTPConnectTests(SynchronousTestCase):
@@ -427,3 +529,115 @@ class ContactServiceTests(SynchronousTestCase):
         pump.flush()
         self.successResultOf(d)
         self.assertEqual(factory.tunnels, set())
+
+    def listening_service(self, count: int, drain: float = 5.0) -> tuple[Any, ContactListenService, list, list]:
+        """
+        A started listener with C{count} agents connected in memory.
+        """
+        reactor = MemoryReactorClock()
+        factory = ContactTunnelFactory(RecordingApp(), reactor)
+
+        class Port:
+            def stopListening(self) -> None:
+                return None
+
+            def getHost(self) -> str:
+                return "fake"
+
+        class Endpoint:
+            def listen(self, f: Factory) -> Deferred[Any]:
+                return succeed(Port())
+
+        service = ContactListenService(Endpoint(), factory, reactor, drain=drain)
+        service.startService()
+        clients, pumps = [], []
+        for n in range(count):
+            server = factory.buildProtocol(None)
+            client = AgentTunnelFactory(RecordingApp(), reactor, f"a{n}").buildProtocol(None)
+            pump = iosim.connect(
+                server, iosim.FakeTransport(server, True), client, iosim.FakeTransport(client, False),
+                greet=False, clock=reactor,
+            )
+            pump.flush()
+            clients.append(client)
+            pumps.append(pump)
+        return reactor, service, clients, pumps
+
+    def test_drain_ends_when_the_last_tunnel_closes(self) -> None:
+        """
+        The stop finishes as soon as the last agent has moved, long before
+        the drain time, and leaves no timer behind.
+        """
+        reactor, service, clients, pumps = self.listening_service(2, drain=30)
+        d = service.stopService()
+        for pump in pumps:
+            pump.flush()
+        self.assertTrue(all(c.go_away_info is not None for c in clients))
+        reactor.advance(1)
+        clients[0].close(0, "moving after go-away")
+        pumps[0].flush()
+        self.assertNoResult(d)
+        reactor.advance(1)
+        clients[1].close(0, "moving after go-away")
+        pumps[1].flush()
+        self.successResultOf(d)
+        self.assertEqual(reactor.seconds(), 2)
+        self.assertEqual(service.factory.tunnels, set())
+        self.assertEqual([c for c in reactor.getDelayedCalls() if c.func.__name__ == "over"], [])
+
+    def test_drain_ends_at_drain_time(self) -> None:
+        """
+        An agent that does not move keeps the stop waiting until the drain
+        time is over, then its tunnel is closed.
+        """
+        reactor, service, clients, pumps = self.listening_service(2, drain=5)
+        d = service.stopService()
+        clients[0].close(0, "moving after go-away")
+        for pump in pumps:
+            pump.flush()
+        reactor.advance(4.99)
+        pumps[1].flush()
+        self.assertNoResult(d)
+        reactor.advance(0.01)
+        self.successResultOf(d)
+        pumps[1].flush()
+        self.assertEqual(clients[1].close_info.reason, "drain time over")
+        self.assertEqual(service.factory.tunnels, set())
+
+    def test_no_tunnels_no_wait(self) -> None:
+        """
+        Without tunnels the stop is over at once.
+        """
+        reactor, service, clients, pumps = self.listening_service(0)
+        self.assertIsNone(service.stopService())
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_listen_fails_later(self) -> None:
+        """
+        An endpoint that fails to listen after the start: one error line
+        (no traceback) and the reactor is stopped.
+        """
+        later: Deferred[Any] = Deferred()
+
+        class Endpoint:
+            def listen(self, f: Factory) -> Deferred[Any]:
+                return later
+
+        class Reactor(Clock):
+            running = True
+            stopped = 0
+
+            def stop(self) -> None:
+                self.stopped += 1
+
+        reactor = Reactor()
+        service = ContactListenService(
+            Endpoint(), ContactTunnelFactory(RecordingApp(), reactor), reactor, description="tcp:443", reactor=reactor
+        )
+        with capturedLogs() as events:
+            service.startService()
+            later.errback(CannotListenError("", 443, OSError(98, "Address already in use")))
+        [line] = [e for e in events if e.get("log_level") is not None and e["log_level"].name in ("error", "critical")]
+        self.assertNotIn("log_failure", line)
+        self.assertIn("address already in use", line["error"])
+        self.assertEqual(reactor.stopped, 1)

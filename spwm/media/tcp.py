@@ -9,11 +9,12 @@ or an outgoing connection from it (we are I{active}), and at most one TCP
 connection to the endpoint on our side, bridged to one stream channel of
 the tunnel:
 
-  - bytes from the TCP connection go to C{tunnel.send_stream_data}; when
-    that returns C{False} (the tunnel's stream queue is over its limit) the
-    TCP transport is paused (C{pauseProducing}) and resumed once the queue
-    has drained below half its limit (polled every C{poll_interval}
-    seconds while paused: the tunnel has no "drained" callback);
+  - bytes from the TCP connection go to C{tunnel.send_stream_data}; the
+    endpoint is registered with the tunnel as a producer of stream data
+    (C{register_stream_producer}): while the tunnel's stream queue is over
+    its limit the tunnel pauses it, and the TCP transport is paused; when
+    the tunnel has written the queue down below half its limit it resumes
+    its producers (round-robin), and the TCP transport is resumed;
   - bytes from the tunnel are written to the TCP connection; before it is
     connected they wait in a buffer of at most C{max_buffer} bytes; while
     the TCP transport tells us (as its producer) that its own buffer is
@@ -45,25 +46,30 @@ from spwm.media.relay import AllowPolicy, normalise_host
 #: or that does not read (per stream).
 DEFAULT_MAX_BUFFER = 1024 * 1024
 
-#: Seconds between checks of the tunnel's stream queue while paused.
-DEFAULT_POLL_INTERVAL = 0.05
-
 #: Seconds an outgoing TCP media connection may take.
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
-def stream_queue_state(tunnel: Any) -> tuple[int, int] | None:
+@implementer(IPushProducer)
+class _IntoTunnel:
     """
-    @return: (bytes queued, limit) of the tunnel's stream queue, or C{None}
-        if the tunnel does not tell.
+    The endpoint as a producer of stream data, registered with the tunnel:
+    the tunnel pauses it while its stream queue is full and resumes it once
+    the queue has drained.  (The endpoint itself is the producer its TCP
+    transport pauses, for the other direction.)
     """
-    connection = getattr(tunnel, "connection", None)
-    queued = getattr(connection, "stream_queue_bytes", None)
-    limits = getattr(connection, "limits", None)
-    limit = getattr(limits, "max_stream_queue", None)
-    if not isinstance(queued, int) or not isinstance(limit, int):
-        return None
-    return queued, limit
+
+    def __init__(self, endpoint: TcpMediaEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def pauseProducing(self) -> None:
+        self.endpoint._pause_side()
+
+    def resumeProducing(self) -> None:
+        self.endpoint._resume_side()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 @implementer(IHalfCloseableProtocol)
@@ -142,7 +148,7 @@ class TcpMediaEndpoint:
     @ivar refused_connections: incoming connections refused (wrong host, a
         second connection).
     @ivar pauses: times the TCP side was paused because the tunnel's stream
-        queue was full.
+        queue was full (the tunnel paused us).
     """
 
     log = Logger()
@@ -154,7 +160,6 @@ class TcpMediaEndpoint:
         policy: AllowPolicy | None = None,
         clock: Any = None,
         max_buffer: int = DEFAULT_MAX_BUFFER,
-        poll_interval: float = DEFAULT_POLL_INTERVAL,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         on_finished: Callable[[TcpMediaEndpoint, str], None] | None = None,
     ) -> None:
@@ -162,7 +167,8 @@ class TcpMediaEndpoint:
         @param reactor: provides C{IReactorTCP}.
         @param address: our media address (listen and bind on it).
         @param policy: which hosts we may connect to or accept from.
-        @param clock: for the drain poll; C{reactor} if C{None}.
+        @param clock: the manager's clock; C{reactor} if C{None} (the
+            endpoint sets no timers of its own).
         @param max_buffer: bytes from the tunnel kept for our side before it
             connects, and written beyond what a congested TCP side accepts.
         @param on_finished: told once that the TCP side is over.
@@ -172,7 +178,6 @@ class TcpMediaEndpoint:
         self.address = address
         self.policy = policy if policy is not None else AllowPolicy(block_special=False)
         self.max_buffer = max_buffer
-        self.poll_interval = poll_interval
         self.connect_timeout = connect_timeout
         self.on_finished = on_finished
         self.role: str | None = None
@@ -198,7 +203,7 @@ class TcpMediaEndpoint:
         self._side_paused = False
         self._congested = False
         self._congested_bytes = 0
-        self._poll: Any = None
+        self._into_tunnel = _IntoTunnel(self)
         self._finished = False
 
     # what the manager does
@@ -268,11 +273,14 @@ class TcpMediaEndpoint:
 
     def attach(self, tunnel: Any, channel_id: int) -> None:
         """
-        Carry the bytes of our side on stream channel C{channel_id}.
-        Bytes our side sent before are sent now.
+        Carry the bytes of our side on stream channel C{channel_id}, paused
+        by the tunnel while its stream queue is full.  Bytes our side sent
+        before are sent now.
         """
+        self._unregister()
         self._tunnel = tunnel
         self._channel_id = channel_id
+        tunnel.register_stream_producer(self._into_tunnel)
         early, self._early_in = self._early_in, []
         self._early_bytes = 0
         for data in early:
@@ -314,7 +322,7 @@ class TcpMediaEndpoint:
 
     def close(self) -> None:
         """
-        Tear down everything (listener, connection, attempt, timer) without
+        Tear down everything (listener, connection, attempt) without
         telling C{on_finished}.
         """
         self._finished = True
@@ -360,6 +368,9 @@ class TcpMediaEndpoint:
         self.stop_listening()
         transport = protocol.transport
         transport.registerProducer(self, True)
+        if self._side_paused:
+            # The tunnel's stream queue was full before our side connected.
+            transport.pauseProducing()
         pending, self._pending = self._pending, []
         self._pending_bytes = 0
         for data in pending:
@@ -383,12 +394,10 @@ class TcpMediaEndpoint:
     def _to_tunnel(self, data: bytes) -> None:
         self.bytes_in += len(data)
         try:
-            more = self._tunnel.send_stream_data(self._channel_id, data)
+            # A full queue pauses us through _IntoTunnel: the answer is not needed.
+            self._tunnel.send_stream_data(self._channel_id, data)
         except (ValueError, RuntimeError):
             self._finish("tunnel channel gone")
-            return
-        if more is False and not self._side_paused:
-            self._pause_side()
 
     def _read_ended(self) -> None:
         self._side_ended = True
@@ -406,7 +415,6 @@ class TcpMediaEndpoint:
             return
         self._protocol = None
         self.connected = False
-        self._cancel_poll()
         self._finish("TCP media connection closed")
 
     def _connect_failed(self, reason: Failure) -> None:
@@ -424,29 +432,24 @@ class TcpMediaEndpoint:
             transport.loseConnection()
 
     def _pause_side(self) -> None:
+        if self._side_paused or self._finished:
+            return
         self._side_paused = True
         self.pauses += 1
         if self._protocol is not None:
             self._protocol.transport.pauseProducing()
-        self._cancel_poll()
-        self._poll = self.clock.callLater(self.poll_interval, self._check_drain)
 
-    def _check_drain(self) -> None:
-        self._poll = None
-        if self._finished:
-            return
-        state = stream_queue_state(self._tunnel)
-        if state is not None and state[0] > state[1] // 2:
-            self._poll = self.clock.callLater(self.poll_interval, self._check_drain)
+    def _resume_side(self) -> None:
+        if not self._side_paused:
             return
         self._side_paused = False
-        if self._protocol is not None:
+        if self._protocol is not None and not self._finished:
             self._protocol.transport.resumeProducing()
 
-    def _cancel_poll(self) -> None:
-        poll, self._poll = self._poll, None
-        if poll is not None and poll.active():
-            poll.cancel()
+    def _unregister(self) -> None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.unregister_stream_producer(self._into_tunnel)
 
     def _finish(self, reason: str) -> None:
         if self._finished:
@@ -457,7 +460,7 @@ class TcpMediaEndpoint:
             self.on_finished(self, reason)
 
     def _teardown(self) -> None:
-        self._cancel_poll()
+        self._unregister()
         self.stop_listening()
         self._pending = []
         self._pending_bytes = 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any
 
 from attrs import define
@@ -159,7 +159,6 @@ class TunnelConnection:
         self._decoder = FrameDecoder(self.limits.max_frame_payload)
         self._preface_buf = b""
         self._channels: dict[int, _Channel] = {}
-        self._closed_channels: OrderedDict[int, int] = OrderedDict()
         self._next_channel = 1 if role is Role.AGENT else 2
         self._highest_peer_channel = 0
         self._priority: list[bytes] = []
@@ -345,7 +344,6 @@ class TunnelConnection:
             raise TunnelProtocolError(ErrorCode.PROTOCOL_ERROR, f"peer opened invalid channel {cid}")
         self._highest_peer_channel = cid
         if len(self._channels) >= self.limits.max_channels:
-            self._remember_closed(cid)
             self._queue(
                 encode_control(
                     {
@@ -369,7 +367,6 @@ class TunnelConnection:
         if self._channels.pop(cid, None) is None:
             self._unknown_channel(cid, "close")
             return
-        self._remember_closed(cid)
         out.append(ev.ChannelClosed(cid, code, reason))
 
     def _on_sip(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
@@ -424,12 +421,6 @@ class TunnelConnection:
         if not known:
             raise TunnelProtocolError(ErrorCode.UNKNOWN_CHANNEL, f"{what} on unknown channel {cid}")
         self.stats.late_frames += 1
-
-    def _remember_closed(self, cid: int) -> None:
-        closed = self._closed_channels
-        closed[cid] = 1
-        if len(closed) > self.limits.closed_channel_memory:
-            closed.popitem(last=False)
 
     # -- output API --------------------------------------------------------
 
@@ -494,7 +485,6 @@ class TunnelConnection:
         channel = self._channels.pop(channel_id, None)
         if channel is None:
             return
-        self._remember_closed(channel_id)
         frame = encode_control({"op": "close", "channel": channel_id, "code": int(code), "reason": reason})
         # The close must not overtake data of the channel that is still queued.
         if channel.kind is ChannelKind.STREAM and self._stream:

@@ -15,7 +15,7 @@ import socket
 from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -270,10 +270,12 @@ class TunnelProtocol(Protocol):
         self.close_info: ev.TunnelClosed | None = None
         #: the peer's hello (agent) or welcome (contact point) message
         self.peer_hello: dict[str, Any] = {}
-        #: called with this protocol when the peer sends go-away
-        self.go_away_handler: Any = None
-        #: called with this protocol and the reason when the connection is lost
-        self.lost_handler: Any = None
+        self._close_waiters: list[Deferred[TunnelProtocol]] = []
+        self._go_away_waiters: list[Deferred[TunnelProtocol]] = []
+        # Sources of stream data (IPushProducer), resumed round-robin once
+        # the stream queue has drained below its low-water mark.
+        self._stream_producers: list[IPushProducer] = []
+        self._streams_paused = False
         self._write = None
         app_datagram = app.datagram_received
         self.refused_sealed = 0
@@ -322,6 +324,37 @@ class TunnelProtocol(Protocol):
         d: Deferred[TunnelProtocol] = Deferred()
         self._waiters.append(d)
         return d
+
+    def when_closed(self) -> Deferred[TunnelProtocol]:
+        """
+        A L{Deferred} that fires with this protocol once the connection is
+        lost, established or not (L{lost_reason} then says why); it never
+        fails.
+        """
+        if self._lost_reason is not None:
+            return succeed(self)
+        d: Deferred[TunnelProtocol] = Deferred()
+        self._close_waiters.append(d)
+        return d
+
+    def when_going_away(self) -> Deferred[TunnelProtocol]:
+        """
+        A L{Deferred} that fires with this protocol when the peer sends
+        go-away (L{go_away_info} then says why); it never fires for a
+        tunnel that closes without one.
+        """
+        if self.go_away_info is not None:
+            return succeed(self)
+        d: Deferred[TunnelProtocol] = Deferred()
+        self._go_away_waiters.append(d)
+        return d
+
+    @property
+    def lost_reason(self) -> Failure | None:
+        """
+        Why the connection was lost, or C{None} while it is not.
+        """
+        return self._lost_reason
 
     # -- identity ------------------------------------------------------------
 
@@ -397,11 +430,21 @@ class TunnelProtocol(Protocol):
         self._timer = None
         why = self.close_info.reason if self.close_info else reason.getErrorMessage() if reason else "lost"
         self._lost_reason = reason or Failure(ConnectionError(why))
+        self._go_away_waiters = []
+        # The stream queue is gone with the connection: nothing waits any more.
+        producers, self._stream_producers = self._stream_producers, []
+        if self._streams_paused:
+            self._streams_paused = False
+            for producer in producers:
+                producer.resumeProducing()
+        # Close notifications first: whoever waits for the handshake then
+        # finds the reason already told.
+        closing, self._close_waiters = self._close_waiters, []
+        for d in closing:
+            d.callback(self)
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.errback(self._lost_reason)
-        if self.lost_handler is not None:
-            self.lost_handler(self, self._lost_reason)
         if self._established:
             self._established = False
             try:
@@ -518,8 +561,9 @@ class TunnelProtocol(Protocol):
     def _on_goaway(self, e: ev.PeerWentAway) -> None:
         self.go_away_info = e
         self.log.info("peer {peer} is going away ({reason}); drain {drain} s", peer=self.peer, reason=e.reason, drain=e.drain)
-        if self.go_away_handler is not None:
-            self.go_away_handler(self)
+        waiters, self._go_away_waiters = self._go_away_waiters, []
+        for d in waiters:
+            d.callback(self)
 
     def _on_closed(self, e: ev.TunnelClosed) -> None:
         self.close_info = e
@@ -568,19 +612,20 @@ class TunnelProtocol(Protocol):
         """
         Keying material exported from this connection's TLS session (RFC
         5705), or C{None} for a plaintext tunnel.
+
+        Under TLS our transport is Twisted's TLS protocol, an
+        C{ISSLTransport} whose C{getHandle()} is the OpenSSL connection.
         """
         transport = self.transport
-        for _ in range(8):
-            connection = getattr(transport, "_tlsConnection", None)
-            if connection is not None:
-                try:
-                    return connection.export_keying_material(label, length)
-                except Exception:
-                    return None
-            transport = getattr(transport, "transport", None)
-            if transport is None:
-                break
-        return None
+        if not ISSLTransport.providedBy(transport):
+            return None
+        export = getattr(transport.getHandle(), "export_keying_material", None)
+        if export is None:
+            return None
+        try:
+            return export(label, length)
+        except Exception:
+            return None
 
     def open_channel(self, kind: ChannelKind, meta: dict[str, Any]) -> int:
         """
@@ -620,17 +665,66 @@ class TunnelProtocol(Protocol):
             return
         frame = connection.datagram_frame(channel_id, data, now, component)
         if frame is None:
+            # Queued ahead: the scheduler sends stream data too, so the
+            # stream sources may resume (after the write, to keep order).
             frame = connection.data_to_send(now)
-        if frame:
-            self._write(frame)
+            if frame:
+                self._write(frame)
+            if self._streams_paused and connection.stream_queue_bytes <= connection.limits.max_stream_queue // 2:
+                self._resume_streams()
+            return
+        self._write(frame)
 
     def send_stream_data(self, channel_id: int, data: bytes) -> bool:
         """
-        Send stream bytes; C{False} means pause the source.
+        Send stream bytes; C{False} means the stream queue is over its
+        limit (the high-water mark): every registered stream producer has
+        been paused, and is resumed once the queue drains.
         """
-        more = self.connection.send_stream_data(channel_id, data)
+        connection = self.connection
+        more = connection.send_stream_data(channel_id, data)
         self._flush()
+        # Still over the limit once the transport took what it could.
+        if not more and not self._streams_paused and connection.stream_queue_bytes > connection.limits.max_stream_queue:
+            self._pause_streams()
         return more
+
+    def register_stream_producer(self, producer: IPushProducer) -> None:
+        """
+        Let the tunnel pause C{producer} (a source of stream data) while
+        the stream queue is over its limit, and resume it once the queue
+        has drained below half of it.  Producers are resumed round-robin,
+        so the first one resumed changes from one drain to the next.
+        """
+        if self._lost or any(p is producer for p in self._stream_producers):
+            return
+        self._stream_producers.append(producer)
+        if self._streams_paused:
+            producer.pauseProducing()
+
+    def unregister_stream_producer(self, producer: IPushProducer) -> None:
+        """
+        Forget a producer registered with L{register_stream_producer}.
+        """
+        self._stream_producers = [p for p in self._stream_producers if p is not producer]
+
+    def _pause_streams(self) -> None:
+        self._streams_paused = True
+        for producer in list(self._stream_producers):
+            producer.pauseProducing()
+
+    def _resume_streams(self) -> None:
+        # Below the low-water mark: resume every producer, starting one
+        # further along each time, until one of them fills the queue again.
+        self._streams_paused = False
+        producers = self._stream_producers
+        if not producers:
+            return
+        producers.append(producers.pop(0))
+        for producer in list(producers):
+            if self._streams_paused:
+                break
+            producer.resumeProducing()
 
     def end_stream(self, channel_id: int) -> None:
         """
@@ -685,6 +779,8 @@ class TunnelProtocol(Protocol):
             out = connection.data_to_send(self._clock.seconds())
             if out:
                 self._write(out)
+            if self._streams_paused and connection.stream_queue_bytes <= connection.limits.max_stream_queue // 2:
+                self._resume_streams()
         else:
             closed = connection.check_queues()
             if closed is not None:
@@ -747,7 +843,9 @@ class TunnelProtocol(Protocol):
                 self._dispatch[type(event)](event)
         except Exception:
             self.log.failure("unexpected error in tunnel timer for {peer}", peer=self.peer)
-            self.connection.close(ErrorCode.INTERNAL_ERROR, "internal error")
+            closed = self.connection.close(ErrorCode.INTERNAL_ERROR, "internal error")
+            if closed is not None:
+                self._on_closed(closed)
         self._flush()
         self._rearm()
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from service_identity import VerificationError
 from service_identity.hazmat import DNS_ID, IPAddress_ID, verify_service_identity
 from service_identity.pyopenssl import extract_patterns
@@ -22,10 +22,13 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet import ssl
-from twisted.internet.defer import Deferred
+from automat import NoTransition
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
+    IProtocol,
+    IReactorCore,
     IReactorTime,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
@@ -224,10 +227,7 @@ def client_tls_options(server_name: str, ca_file: str | None, client_cert: Any =
     if ca_file is None:
         trust = ssl.platformTrust()
     else:
-        with open(ca_file, "rb") as f:
-            pem = f.read()
-        certs = [ssl.Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + block) for block in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
-        trust = ssl.trustRootFromCertificates(certs)
+        trust = ssl.trustRootFromCertificates(load_pem_certificates(ca_file))
     options = ssl.optionsForClientTLS(
         server_name,
         trustRoot=trust,
@@ -248,14 +248,17 @@ def server_tls_factory(
     return TLSMemoryBIOFactory(server_tls_options(cert_file, key_file, client_ca), False, wrapped, clock=clock)
 
 
-def load_pem_certificates(path: str) -> list[Any]:
+def load_pem_certificates(path: str) -> list[ssl.Certificate]:
     """
-    Every certificate in a PEM file, as pyOpenSSL objects.
+    Every certificate in a PEM file, in order (Twisted's objects; their
+    C{original} is pyOpenSSL's).  Used by all three TLS builders: the
+    agent's trust (C{--ca}), the contact point's certificate chain and
+    its client CA (C{--client-ca}).
     """
     with open(path, "rb") as f:
         pem = f.read()
     marker = b"-----BEGIN CERTIFICATE-----"
-    return [ssl.Certificate.loadPEM(marker + block).original for block in pem.split(marker)[1:]]
+    return [ssl.Certificate.loadPEM(marker + block) for block in pem.split(marker)[1:]]
 
 
 def client_certificate(cert_file: str, key_file: str) -> ssl.PrivateCertificate:
@@ -276,15 +279,15 @@ def server_tls_options(cert_file: str, key_file: str, client_ca: str | None = No
     with C{client_ca}, agents must present a certificate signed by one of
     the certificates in that file (mutual TLS).
     """
-    with open(cert_file, "rb") as f:
-        cert_pem = f.read()
-    with open(key_file, "rb") as f:
-        key_pem = f.read()
-    blocks = [b"-----BEGIN CERTIFICATE-----" + b for b in cert_pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
-    if not blocks:
+    certificates = load_pem_certificates(cert_file)
+    if not certificates:
         raise ValueError(f"no certificate in {cert_file}")
-    pair = ssl.PrivateCertificate.loadPEM(blocks[0] + b"\n" + key_pem)
-    chain = [ssl.Certificate.loadPEM(b).original for b in blocks[1:]]
+    with open(key_file, "rb") as f:
+        key = ssl.KeyPair.load(f.read(), crypto.FILETYPE_PEM)
+    # Raises VerifyError when the key does not belong to the certificate.
+    pair = ssl.PrivateCertificate.fromCertificateAndKeyPair(certificates[0], key)
+    chain = [c.original for c in certificates[1:]]
+    client_cas = [c.original for c in load_pem_certificates(client_ca)] if client_ca else []
     options = ssl.CertificateOptions(
         privateKey=pair.privateKey.original,
         certificate=pair.original,
@@ -292,7 +295,7 @@ def server_tls_options(cert_file: str, key_file: str, client_ca: str | None = No
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         acceptableProtocols=[ALPN],
         **(
-            {"verify": True, "caCerts": load_pem_certificates(client_ca), "requireCertificate": True}
+            {"verify": True, "caCerts": client_cas, "requireCertificate": True}
             if client_ca
             else {}
         ),
@@ -463,7 +466,9 @@ class _ReportingEndpoint:
     def connect(self, factory: Factory) -> Deferred[Protocol]:
         self.attempts += 1
         self.in_progress = True
-        d = self._inner.connect(factory)
+        d = self._inner.connect(_AttemptFactory(factory))
+        # ClientService gets back the protocol its factory built.
+        d.addCallback(lambda attempt: attempt.proxy)
 
         def failed(f: Failure) -> Failure:
             self.last_failure = describe_failure(f)
@@ -498,21 +503,97 @@ def backoff(
     return policy
 
 
-class _ServiceFactory(Factory):
+class _RetryPolicy:
     """
-    Builds the agent's tunnel protocols and tells the service about their life.
+    The retry policy given to C{ClientService}: the backoff policy, except
+    that after the contact point went away gracefully the next attempt is
+    made at once (L{now}).  Such an immediate attempt is not a failure:
+    the attempts after it wait as if it had not been counted.
+
+    @ivar failures: failed attempts since the tunnel was last up, as the
+        latest call counted them.
     """
 
+    def __init__(self, policy: Callable[[int], float]) -> None:
+        #: the backoff policy: failed attempts in a row -> seconds
+        self.policy = policy
+        self._now = False
+        self._free = 0
+        self.failures = 0
+
+    def now(self) -> None:
+        """
+        Make the next retry at once.
+        """
+        self._now = True
+
+    def reset(self) -> None:
+        """
+        The tunnel is up: no failures.
+        """
+        self._now = False
+        self._free = 0
+        self.failures = 0
+
+    def __call__(self, attempt: int) -> float:
+        # ClientService counts from 1 again after every connection it kept.
+        if attempt == 1:
+            self._free = 0
+        if self._now:
+            self._now = False
+            self._free += 1
+            self.failures = attempt - self._free
+            return 0.0
+        self.failures = attempt - self._free
+        return self.policy(self.failures)
+
+
+@implementer(IProtocol)
+class _Attempt:
+    """
+    The protocol the transport sees for one connection attempt: it hands
+    everything to C{ClientService}'s own wrapper (L{proxy}), except that
+    the loss of a connection whose handshake C{prepareConnection} rejected
+    is not reported to C{ClientService} again.
+
+    C{ClientService} (Twisted 26.10) has no transition for the loss of a
+    connection it has already counted as a failed attempt: its state
+    machine raises C{NoTransition} from C{connectionLost}.  The rejection
+    has already scheduled the retry, so that report carries nothing.
+    """
+
+    def __init__(self, proxy: Any) -> None:
+        self.proxy = proxy
+        self.transport: Any = None
+
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+        self.proxy.makeConnection(transport)
+        # Straight to the tunnel: no extra call per read.
+        self.dataReceived = self.proxy.dataReceived
+
+    def dataReceived(self, data: bytes) -> None:  # replaced in makeConnection
+        self.proxy.dataReceived(data)
+
+    def connectionMade(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        try:
+            self.proxy.connectionLost(reason)
+        except NoTransition:
+            pass
+
+
+class _AttemptFactory(Factory):
     noisy = False
 
-    def __init__(self, inner: AgentTunnelFactory, service: AgentTunnelService) -> None:
+    def __init__(self, inner: Any) -> None:
         self._inner = inner
-        self._service = service
 
-    def buildProtocol(self, addr: Any) -> TunnelProtocol:
-        protocol = self._inner.buildProtocol(addr)
-        self._service._watch(protocol)
-        return protocol
+    def buildProtocol(self, addr: Any) -> _Attempt | None:
+        proxy = self._inner.buildProtocol(addr)
+        return None if proxy is None else _Attempt(proxy)
 
 
 class AgentTunnelService(ClientService):
@@ -522,10 +603,11 @@ class AgentTunnelService(ClientService):
     the reason of the last failure; reconnects at once after the contact
     point went away gracefully.
 
-    Twisted's C{ClientService} counts an attempt as good once TCP is up; this
-    service counts it as good only once the SPWM handshake has completed, so
-    a contact point that takes TCP but fails TLS or the handshake is retried
-    with a growing delay too.
+    An attempt is good only once the SPWM handshake has completed: the
+    service's C{prepareConnection} waits for it (L{TunnelProtocol.when_established}),
+    so C{ClientService} counts a contact point that takes TCP but fails TLS
+    or the handshake as a failed attempt, and resets its count only when a
+    tunnel is up.
 
     @ivar tunnel: the current open L{TunnelProtocol}, or C{None}.
     """
@@ -544,9 +626,7 @@ class AgentTunnelService(ClientService):
     ) -> None:
         self._reporting = _ReportingEndpoint(endpoint, description)
         self._tls = tls
-        self._policy = policy or backoff()
-        self._immediate = False
-        self._failures = 0
+        self._retry = _RetryPolicy(policy or backoff())
         self._time = clock
         self.tunnel: TunnelProtocol | None = None
         self.description = description
@@ -555,7 +635,9 @@ class AgentTunnelService(ClientService):
         #: called without arguments when an attempt fails (on-demand tunnels)
         self.attempt_failed: Callable[[], None] | None = None
         self._reporting.on_failure = self._attempt_failed
-        super().__init__(self._reporting, _ServiceFactory(factory, self), retryPolicy=self._retry, clock=clock)
+        super().__init__(
+            self._reporting, factory, retryPolicy=self._schedule, clock=clock, prepareConnection=self._prepare
+        )
 
     @property
     def connecting(self) -> bool:
@@ -563,6 +645,24 @@ class AgentTunnelService(ClientService):
         Whether a connection attempt is under way now (TCP, TLS or handshake).
         """
         return self._reporting.in_progress
+
+    @property
+    def attempts(self) -> int:
+        """
+        Connection attempts made since the service was created.
+        """
+        return self._reporting.attempts
+
+    @property
+    def policy(self) -> Callable[[int], float]:
+        """
+        The backoff policy: failed attempts in a row -> seconds to wait.
+        """
+        return self._retry.policy
+
+    @policy.setter
+    def policy(self, policy: Callable[[int], float]) -> None:
+        self._retry.policy = policy
 
     def _attempt_failed(self) -> None:
         if self.attempt_failed is not None:
@@ -579,19 +679,14 @@ class AgentTunnelService(ClientService):
             return 1
         return max(1, min(cap, math.ceil(at - now)))
 
-    def _retry(self, attempt: int) -> float:
-        if self._immediate:
-            self._immediate = False
-            delay = 0.0
-        else:
-            self._failures += 1
-            delay = self._policy(self._failures)
+    def _schedule(self, attempt: int) -> float:
+        delay = self._retry(attempt)
         self.next_attempt_at = self._time.seconds() + delay
         self.log.info(
             "tunnel to {contact} down ({reason}); attempt {attempt} in {delay:.1f} s",
             contact=self.description,
             reason=self._reporting.last_failure or "not connected",
-            attempt=self._failures + 1,
+            attempt=self._retry.failures + 1,
             delay=delay,
         )
         return delay
@@ -603,42 +698,73 @@ class AgentTunnelService(ClientService):
         """
         return {
             "up": self.tunnel is not None,
-            "failures": self._failures,
+            "failures": 0 if self.tunnel is not None else self._retry.failures,
             "last_failure": self._reporting.last_failure,
         }
 
-    def _watch(self, protocol: TunnelProtocol) -> None:
-        protocol.go_away_handler = self.on_go_away
-        protocol.lost_handler = self._lost
-        protocol.when_established().addCallbacks(self._up, lambda f: None)
+    def _prepare(self, protocol: Any) -> Deferred[TunnelProtocol]:
+        """
+        C{prepareConnection}: the attempt is good once the handshake has
+        completed.  Stopping the service while it waits closes the tunnel.
+        """
+        ready: Deferred[TunnelProtocol] = Deferred(lambda d: protocol.close(0, "agent stopping"))
 
-    def _up(self, protocol: TunnelProtocol) -> None:
+        def settle(result: Any) -> None:
+            # Once cancelled, ready has fired already.
+            if not ready.called:
+                if isinstance(result, Failure):
+                    ready.errback(result)
+                else:
+                    ready.callback(result)
+
+        protocol.when_going_away().addCallback(self.on_go_away)
+        protocol.when_established().addCallbacks(self._up, self._handshake_failed, errbackArgs=(protocol,)).addBoth(
+            settle
+        )
+        return ready
+
+    def _up(self, protocol: TunnelProtocol) -> TunnelProtocol:
         self.tunnel = protocol
-        self._failures = 0
+        self._retry.reset()
         self._reporting.last_failure = None
         self._reporting.in_progress = False
         self.next_attempt_at = None
+        protocol.when_closed().addCallback(self._down)
+        return protocol
 
-    def _lost(self, protocol: TunnelProtocol, reason: Failure) -> None:
-        was_up = self.tunnel is protocol
-        if was_up:
+    def _why(self, protocol: Any, reason: Failure, was_up: bool) -> str:
+        if protocol.go_away_info is not None:
+            return f"contact point went away: {protocol.go_away_info.reason}"
+        if protocol.close_info is not None:
+            return protocol.close_info.reason
+        tls_error = self._tls.last_error if self._tls is not None else None
+        why = describe_failure(reason, tls_error)
+        connection = protocol.connection
+        if self._tls is None and not was_up and (connection is None or connection.stats.bytes_in == 0):
+            why = PLAINTEXT_UNANSWERED
+        return why
+
+    def _handshake_failed(self, reason: Failure, protocol: Any) -> Failure:
+        self._reporting.in_progress = False
+        if not self.running:
+            # Closed because the service stops: not a failed attempt.
+            return reason
+        why = self._why(protocol, reason, False)
+        if protocol.go_away_info is not None:
+            self._retry.now()
+        self._reporting.last_failure = why
+        self.log.warn("tunnel to {contact} failed: {reason}", contact=self.description, reason=why)
+        self._attempt_failed()
+        return reason
+
+    def _down(self, protocol: TunnelProtocol) -> None:
+        # Told before ClientService hears of the loss and asks the policy.
+        reason = protocol.lost_reason
+        if self.tunnel is protocol:
             self.tunnel = None
         if protocol.go_away_info is not None:
-            self._immediate = True
-            why = f"contact point went away: {protocol.go_away_info.reason}"
-        elif protocol.close_info is not None:
-            why = protocol.close_info.reason
-        else:
-            tls_error = self._tls.last_error if self._tls is not None else None
-            why = describe_failure(reason, tls_error)
-            connection = protocol.connection
-            if self._tls is None and not was_up and (connection is None or connection.stats.bytes_in == 0):
-                why = PLAINTEXT_UNANSWERED
-        self._reporting.last_failure = why
-        if not was_up:
-            self._reporting.in_progress = False
-            self.log.warn("tunnel to {contact} failed: {reason}", contact=self.description, reason=why)
-            self._attempt_failed()
+            self._retry.now()
+        self._reporting.last_failure = self._why(protocol, reason, True)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -652,7 +778,7 @@ class AgentTunnelService(ClientService):
         """
         The contact point is draining: drop this tunnel now and reconnect at once.
         """
-        self._immediate = True
+        self._retry.now()
         protocol.close(0, "moving after go-away")
 
 
@@ -826,7 +952,8 @@ def agent_endpoint(
 class ContactListenService(Service):
     """
     Listens for tunnels; on stop, stops listening, sends go-away on every
-    tunnel and closes them after the drain time.
+    tunnel and finishes once every tunnel has closed, or closes those left
+    after the drain time.
     """
 
     log = Logger()
@@ -840,12 +967,18 @@ class ContactListenService(Service):
         tls_factory: Factory | None = None,
         drain: float = 5.0,
         description: str = "",
+        reactor: IReactorCore | None = None,
     ) -> None:
+        """
+        @param reactor: stopped when listening fails after the start (an
+            endpoint that listens later); C{clock} if it is a reactor.
+        """
         self._endpoint = endpoint
         self.factory = factory
         # With TLS the limits apply before the TLS wrapper builds anything.
         self._listen_factory = AdmissionFactory(factory, tls_factory) if tls_factory is not None else factory
         self._clock = clock
+        self._reactor = reactor if reactor is not None else (clock if IReactorCore.providedBy(clock) else None)
         self._drain = drain
         self._port: Any = None
         self.description = description
@@ -872,38 +1005,48 @@ class ContactListenService(Service):
             if starting:
                 refused.append(f)
                 return
-            self.log.failure("cannot listen on {address}", f, address=self.description)
-            # A contact point that cannot take tunnels is of no use: stop.
-            if getattr(self._clock, "running", False):
-                self._clock.stop()
+            # A contact point that cannot take tunnels is of no use: one
+            # line, and the process stops.
+            error = ListenError.from_exception("listen", self.description or "?", f.value)
+            self.log.error("cannot take tunnels: {error}; stopping", error=str(error))
+            if self._reactor is not None and self._reactor.running:
+                self._reactor.stop()
 
         self.listening.addCallbacks(listening, failed)
         starting = False
         if refused:
             raise ListenError.from_exception("listen", self.description or "?", refused[0].value)
 
-    def stopService(self) -> Deferred[None] | None:
+    def stopService(self) -> Deferred[Any] | None:
+        """
+        Stop listening and drain: go-away on every tunnel, then wait for
+        their own close notifications (L{TunnelProtocol.when_closed}), at
+        most the drain time; tunnels still open then are closed.
+        """
         super().stopService()
-        done: Deferred[None] = Deferred()
         stopped = self._port.stopListening() if self._port is not None else None
         tunnels = list(self.factory.tunnels)
         if not tunnels:
             return stopped
-        self.log.info(
-            "draining {count} tunnel(s) for {drain} s", count=len(tunnels), drain=self._drain
-        )
+        self.log.info("draining {count} tunnel(s) for {drain} s", count=len(tunnels), drain=self._drain)
         self.factory.go_away_all("contact point shutting down", self._drain)
+        gone = DeferredList([t.when_closed() for t in tunnels], consumeErrors=True)
+        done: Deferred[None] = Deferred()
 
-        deadline = self._clock.seconds() + self._drain
-
-        def check() -> None:
-            # Finish as soon as every agent has moved, or when the drain time is over.
-            if self.factory.tunnels and self._clock.seconds() < deadline:
-                self._clock.callLater(min(0.1, self._drain), check)
-                return
+        def over() -> None:
             for tunnel in list(self.factory.tunnels):
                 tunnel.close(0, "drain time over")
-            done.callback(None)
+            if not done.called:
+                done.callback(None)
 
-        self._clock.callLater(0, check)
+        timer = self._clock.callLater(self._drain, over)
+
+        def all_gone(_: Any) -> None:
+            # Every agent has moved before the drain time was over.
+            if timer.active():
+                timer.cancel()
+            if not done.called:
+                done.callback(None)
+
+        gone.addCallback(all_gone)
         return done

@@ -235,7 +235,7 @@ class DormantResumptionTests(_LoopbackPair):
         before = self.contact.media.open_sockets
         registers = alice.sent.get("REGISTER")
         # Keep the agent away for longer than the window.
-        agent1.tunnel_service._policy = lambda attempt: 2.5
+        agent1.tunnel_service.policy = lambda attempt: 2.5
         old.transport.abortConnection()
         yield wait_until(lambda: self.contact.resumption.dormant == 1, timeout=10)
         self.assertTrue(agent1.resumption.dormant)

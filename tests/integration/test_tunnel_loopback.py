@@ -255,7 +255,7 @@ class MutualTLSTests(LoopbackBase):
         service, port = yield self.start_contact()
         self.addCleanup(service.stopService)
         agent_service, local = self.start_agent(port, extra=["--agent-id", "agent-1"])
-        yield wait_until(lambda: agent_service.tunnel_service._reporting.attempts >= 2)
+        yield wait_until(lambda: agent_service.tunnel_service.attempts >= 2)
         self.assertIsNone(agent_service.tunnel_service.tunnel)
         # the agent's next attempt may be mid-handshake here: none is open
         self.assertEqual([t for t in service.factory.tunnels if t.is_open], [])
