@@ -87,7 +87,12 @@ class AgentForwarder:
         *,
         receive_buffer: int = 4 * 1024 * 1024,
         max_senders: int = 256,
+        mux: Any = None,
     ) -> None:
+        """
+        @param mux: routes the events of the channels this part opens back
+            to it (the tunnel application, or a stand-in for it).
+        """
         self._reactor = reactor
         self._forwards = forwards
         self.receive_buffer = receive_buffer
@@ -99,7 +104,7 @@ class AgentForwarder:
         self._by_channel: dict[int, tuple[_LocalPort, tuple[str, int]]] = {}
         self.dropped_no_tunnel = 0
         self.dropped_no_channel = 0
-        self.mux: Any = None
+        self.mux = mux
 
     def start(self) -> None:
         """

@@ -15,7 +15,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.limits import Limits
+from spwm.limits import TunnelLimits
 from spwm.testing.certs import TestCA
 from spwm.tunnel.frames import ALPN, ChannelKind, ErrorCode
 from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux, ContactTunnelFactory
@@ -57,7 +57,7 @@ class RecordingApp:
         self.calls.append(("closed", channel_id, code, reason))
 
 
-def connect_pair(clock: Clock, limits: Limits | None = None, tls: tuple[Any, Any] | None = None):
+def connect_pair(clock: Clock, limits: TunnelLimits | None = None, tls: tuple[Any, Any] | None = None):
     """
     Connect an agent and a contact point in memory.
     """
@@ -162,7 +162,7 @@ class AdapterTests(SynchronousTestCase):
         self.assertLess(len(calls), 20)
         pings = agent.connection.stats.pings_sent + contact.connection.stats.pings_sent
         self.assertEqual(pings, 0)
-        interval = Limits().keepalive_interval
+        interval = TunnelLimits().keepalive_interval
         self.clock.advance(interval - 0.01)
         self.pump.flush()
         self.assertEqual(agent.connection.stats.pings_sent + contact.connection.stats.pings_sent, 0)
@@ -178,7 +178,7 @@ class AdapterTests(SynchronousTestCase):
         sends its next frame (a ping) at most one interval after it.  (The
         fixed grid sent the first ping up to two intervals later.)
         """
-        interval = Limits().keepalive_interval
+        interval = TunnelLimits().keepalive_interval
         step = interval / 100
         for k in range(11):
             clock = Clock()
@@ -231,7 +231,7 @@ class AdapterTests(SynchronousTestCase):
         tunnel closed, with a logged reason.
         """
         clock = Clock()
-        agent_app, contact_app, factory, pump = connect_pair(clock, Limits(max_priority_queue=10_000))
+        agent_app, contact_app, factory, pump = connect_pair(clock, TunnelLimits(max_priority_queue=10_000))
         pump.flush()
         agent = agent_app.tunnel
         agent.pauseProducing()
@@ -273,7 +273,7 @@ class AdapterTests(SynchronousTestCase):
         """
         A connection that never says anything is closed after the handshake timeout.
         """
-        factory = ContactTunnelFactory(RecordingApp(), self.clock, Limits(handshake_timeout=3))
+        factory = ContactTunnelFactory(RecordingApp(), self.clock, TunnelLimits(handshake_timeout=3))
         proto = factory.buildProtocol(None)
         transport = StringTransport()
         proto.makeConnection(transport)
@@ -485,7 +485,7 @@ class ConnectionLimitTests(SynchronousTestCase):
         from twisted.internet.address import IPv4Address
 
         clock = Clock()
-        factory = ContactTunnelFactory(RecordingApp(), clock, Limits(handshake_timeout=5), max_per_host=1)
+        factory = ContactTunnelFactory(RecordingApp(), clock, TunnelLimits(handshake_timeout=5), max_per_host=1)
         addr = IPv4Address("TCP", "198.51.100.9", 1)
         proto = factory.buildProtocol(addr)
         transport = StringTransport(peerAddress=addr)
@@ -510,7 +510,7 @@ class ClosingTests(SynchronousTestCase):
             self.aborted = True
             super().loseConnection()
 
-    def connect(self, limits: Limits | None = None) -> tuple[Any, Any, Clock]:
+    def connect(self, limits: TunnelLimits | None = None) -> tuple[Any, Any, Clock]:
         clock = Clock()
         proto = ContactTunnelFactory(RecordingApp(), clock, limits).buildProtocol(None)
         transport = self.Transport()
@@ -535,7 +535,7 @@ class ClosingTests(SynchronousTestCase):
         """
         A handshake timeout aborts at once: the peer is not there to read.
         """
-        proto, transport, clock = self.connect(Limits(handshake_timeout=1))
+        proto, transport, clock = self.connect(TunnelLimits(handshake_timeout=1))
         clock.advance(1)
         self.assertTrue(transport.aborted)
         self.assertEqual(proto.close_info.code, ErrorCode.HANDSHAKE_TIMEOUT)
