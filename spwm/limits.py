@@ -5,9 +5,10 @@ Every limit of SPWM in one tree, with its default.
 L{Limits} holds one branch per layer: L{TunnelLimits} (one tunnel and the
 tunnels of a contact point), L{SipLimits}, L{MediaLimits} and
 L{SessionLimits}.  The assembly (L{spwm.tap.assembly}) builds the tree once
-from the configuration and hands each part its branch's values; a part's
-own constructor default is the same value, taken from here.  Times are in
-seconds, sizes in bytes.
+from the configuration and hands each part its branch's values; the
+parts' constructor defaults are the same values (C{tests.test_tap_config}
+checks those still kept as module constants).  Times are in seconds, sizes
+in bytes.
 """
 
 from __future__ import annotations
