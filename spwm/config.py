@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import sys
 import tomllib
+import types
 from typing import Any, Callable, Mapping, Sequence
 
 from attrs import frozen
@@ -282,6 +283,10 @@ class SpwmOptions(usage.Options):
     options: Sequence[Option] = ()
     #: the typed configuration, built by L{postOptions}
     config: Any = None
+    #: what C{usage.Options} reads, made from L{options}
+    optParameters: list[list[Any]] = []
+    optFlags: list[list[Any]] = []
+    synopsis = ""
     #: printed before the option list by --help
     synopsis_name = ""
 
@@ -294,27 +299,38 @@ class SpwmOptions(usage.Options):
             if option.repeat:
                 self[option.name] = list(option.default)
 
+    def __init_subclass__(cls, name: str = "", options: Sequence[Option] = (), **kwargs: Any) -> None:
+        """
+        C{class Options(SpwmOptions, name="spwm-agent", options=OPTIONS)}
+        declares the options class of one service from its table.
+        """
+        super().__init_subclass__(**kwargs)
+        if not name:
+            return
+        params: list[list[Any]] = []
+        flags: list[list[Any]] = []
+        cls.options = tuple(options)
+        cls.synopsis_name = name
+        for option in options:
+            if option.flag:
+                flags.append([option.name, None, option.doc])
+            elif option.repeat:
+                setattr(cls, "opt_" + option.name.replace("-", "_"), cls._repeat_handler(option))
+            else:
+                params.append([option.name, None, option.default, option.doc, _usage_coerce(option)])
+        params.append(["config", None, None, "TOML configuration file; its keys are these options' long names."])
+        cls.optParameters = params
+        cls.optFlags = flags
+        cls.synopsis = f"[{name} options]"
+
     @classmethod
     def build(cls, name: str, options: Sequence[Option]) -> type[SpwmOptions]:
         """
         Make the options class of one service.
         """
-        params = []
-        flags = []
-        namespace: dict[str, Any] = {"options": tuple(options), "synopsis_name": name}
-        for option in options:
-            if option.flag:
-                flags.append([option.name, None, option.doc])
-            elif option.repeat:
-                namespace["opt_" + option.name.replace("-", "_")] = cls._repeat_handler(option)
-            else:
-                default = option.default
-                params.append([option.name, None, default, option.doc, _usage_coerce(option)])
-        params.append(["config", None, None, "TOML configuration file; its keys are these options' long names."])
-        namespace["optParameters"] = params
-        namespace["optFlags"] = flags
-        namespace["synopsis"] = f"[{name} options]"
-        return type(name.title().replace("-", "") + "Options", (cls,), namespace)
+        return types.new_class(
+            name.title().replace("-", "") + "Options", (cls,), {"name": name, "options": options}
+        )
 
     def opt_version(self) -> None:
         """

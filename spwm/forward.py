@@ -15,7 +15,7 @@ import socket
 from typing import Any
 
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IReactorTime, IReactorUDP
+from twisted.internet.interfaces import IReactorTime, IReactorUDP, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -42,6 +42,8 @@ class _LocalPort(DatagramProtocol):
     """
     The agent's local socket of one forward.
     """
+
+    transport: IUDPTransport  # set by the reactor before any event
 
     noisy = False
 
@@ -116,7 +118,7 @@ class AgentForwarder:
         for local_host, local_port, host, port in self._forwards:
             proto = _LocalPort(self, hostport(host, port))
             try:
-                self.ports.append(self._reactor.listenUDP(local_port, proto, interface=local_host))
+                self.ports.append(self._reactor.listenUDP(local_port, proto, interface=local_host, maxPacketSize=8192))
             except CannotListenError as e:
                 raise ListenError.from_exception(
                     "forward-udp", f"{hostport(local_host, local_port)}={proto.target}", e
@@ -208,6 +210,8 @@ class _TargetSocket(DatagramProtocol):
     """
     The contact point's socket for one forwarded channel, connected to its target.
     """
+
+    transport: IUDPTransport  # set by the reactor before any event
 
     noisy = False
 

@@ -18,6 +18,7 @@ from attrs import field, frozen, validators
 from spwm.tunnel.frames import MAX_PAYLOAD
 
 _pos = validators.gt(0)
+_pos_time = validators.gt(0.0)
 
 
 @frozen
@@ -52,21 +53,21 @@ class TunnelLimits:
     """
 
     max_frame_payload: int = field(default=MAX_PAYLOAD, validator=[_pos, validators.le(MAX_PAYLOAD)])
-    handshake_timeout: float = field(default=10.0, validator=_pos)
-    keepalive_interval: float = field(default=15.0, validator=_pos)
-    keepalive_timeout: float = field(default=45.0, validator=_pos)
-    media_deadline: float = field(default=0.060, validator=_pos)
+    handshake_timeout: float = field(default=10.0, validator=_pos_time)
+    keepalive_interval: float = field(default=15.0, validator=_pos_time)
+    keepalive_timeout: float = field(default=45.0, validator=_pos_time)
+    media_deadline: float = field(default=0.060, validator=_pos_time)
     max_priority_queue: int = field(default=4 * 1024 * 1024, validator=_pos)
     max_media_queue: int = field(default=1024 * 1024, validator=_pos)
     max_stream_queue: int = field(default=1024 * 1024, validator=_pos)
     max_channels: int = field(default=4096, validator=_pos)
-    drain_time: float = field(default=30.0, validator=validators.ge(0))
+    drain_time: float = field(default=30.0, validator=validators.ge(0.0))
     closed_channel_memory: int = field(default=4096, validator=_pos)
     max_tunnels: int = field(default=10000, validator=_pos)
     max_tunnels_per_address: int = field(default=100, validator=_pos)
     retry_after_cap: int = field(default=30, validator=_pos)
     max_held: int = field(default=64, validator=_pos)
-    hold_time: float = field(default=10.0, validator=_pos)
+    hold_time: float = field(default=10.0, validator=_pos_time)
 
 
 @frozen
@@ -109,7 +110,7 @@ class MediaLimits:
     @ivar max_branches_per_stream: early branches (forks) kept per stream.
     """
 
-    inactivity_timeout: float = field(default=60.0, validator=_pos)
+    inactivity_timeout: float = field(default=60.0, validator=_pos_time)
     receive_buffer: int = field(default=256 * 1024, validator=_pos)
     max_streams_per_dialog: int = field(default=16, validator=_pos)
     max_pending_channels: int = field(default=256, validator=_pos)
@@ -127,7 +128,7 @@ class SessionLimits:
         a contact point keeps; beyond, the oldest goes.
     """
 
-    resume_window: float = field(default=60.0, validator=validators.ge(0))
+    resume_window: float = field(default=60.0, validator=validators.ge(0.0))
     max_dormant: int = field(default=10000, validator=_pos)
 
 

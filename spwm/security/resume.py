@@ -582,7 +582,9 @@ class ContactResumption(_Lifecycle):
         old_session = message.get("session_id")
         proofs = message.get("proofs")
         challenge = tunnel.local_hello.get("challenge") if tunnel.local_hello else None
-        entry = self._suspended.get(old_session) if isinstance(old_session, str) else None
+        entry: tuple[Any, IDelayedCall | None] | None = (
+            self._suspended.get(old_session) if isinstance(old_session, str) else None
+        )
         if entry is None and isinstance(old_session, str):
             entry = self._dormant.get(old_session)
         live = self._live.get(old_session) if isinstance(old_session, str) else None
@@ -593,7 +595,7 @@ class ContactResumption(_Lifecycle):
             entry = (live, None)
         keys = self.keys.get(old_session, {}) if isinstance(old_session, str) else {}
         problem = None
-        if entry is None:
+        if entry is None or not isinstance(old_session, str):
             problem = "no suspended session by that name"
         elif not isinstance(proofs, dict) or not proofs or len(proofs) > MAX_RESUME_USERS:
             problem = "no proofs"
@@ -616,6 +618,8 @@ class ContactResumption(_Lifecycle):
             )
             tunnel.send_control({"op": "resume-failed", "reason": problem})
             return
+        # the checks above passed: a session name, an entry, proofs
+        assert isinstance(old_session, str) and entry is not None and isinstance(proofs, dict)
         media = True
         if old_session in self._suspended:
             old_tunnel, timer = self._suspended.pop(old_session)

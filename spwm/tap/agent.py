@@ -88,7 +88,7 @@ OPTIONS = (
 )
 
 
-class Options(SpwmOptions.build("spwm-agent", OPTIONS)):
+class Options(SpwmOptions, name="spwm-agent", options=OPTIONS):
     """
     Options of C{twistd spwm-agent}.
     """

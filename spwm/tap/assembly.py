@@ -26,6 +26,7 @@ from typing import Any
 
 from attrs import frozen
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 
 from spwm.errors import ConfigError
@@ -496,7 +497,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
         observer=ResumptionObserver(later_resumption),
     )
 
-    def connect(addr: tuple[str, int], f: object) -> object:
+    def connect(addr: tuple[str, int], f: Any) -> Deferred[Any]:
         endpoint = TCP6ClientEndpoint if ":" in addr[0] else TCP4ClientEndpoint
         return endpoint(reactor, addr[0], addr[1], timeout=10, bindAddress=(sip_host, 0)).connect(f)
 

@@ -181,6 +181,7 @@ def build_service(side: str, build: Callable[[], Any]) -> IService:
     (C{spwm-SIDE: invalid configuration: KEY: PROBLEM}) and exit status 1.
     """
     try:
-        return build().service  # type: ignore[no-any-return]
+        service: IService = build().service
+        return service
     except ConfigError as e:
         raise ConfigExit(f"spwm-{side}: invalid configuration: {e}") from None

@@ -86,7 +86,7 @@ OPTIONS = (
 )
 
 
-class Options(SpwmOptions.build("spwm-contact", OPTIONS)):
+class Options(SpwmOptions, name="spwm-contact", options=OPTIONS):
     """
     Options of C{twistd spwm-contact}.
     """

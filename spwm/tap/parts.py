@@ -469,4 +469,4 @@ def resolve_ip(host: str) -> str:
     The first address of C{host} (an IP literal is returned as it is).
     Called once at start-up.
     """
-    return socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0]
+    return str(socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 import socket
-from typing import Any, Protocol as TypingProtocol
+from typing import Any, Callable, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -815,7 +815,7 @@ class AgentTunnelFactory(_TunnelFactory):
         clock: IReactorTime,
         agent_id: str,
         limits: TunnelLimits | None = None,
-        hello: dict[str, Any] | None = None,
+        hello: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
         user_ciphering: bool = False,
     ) -> None:
         super().__init__(app, clock, limits)
