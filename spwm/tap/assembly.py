@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import socket
-from functools import partial
 from typing import Any
 
 from attrs import frozen
