@@ -74,7 +74,9 @@ def free_loopback_port() -> int:
             return int(port)
 
 
-def agent_config(contact: str, name: str, *, plaintext: bool = False, ca: str | None = None, **more: Any) -> AgentConfig:
+def agent_config(
+    contact: str, name: str, *, plaintext: bool = False, ca: str | None = None, **more: Any
+) -> AgentConfig:
     """
     The in-process agent's configuration: the same keys as the agent's TOML
     file.  It listens for the application on a free loopback port and

@@ -110,7 +110,8 @@ class LimitsTests(SynchronousTestCase):
         self.assertEqual(limits.media.max_pending_channels, manager.DEFAULT_MAX_PENDING_CHANNELS)
         self.assertEqual(limits.media.max_branches_per_stream, manager.DEFAULT_MAX_BRANCHES_PER_STREAM)
         self.assertEqual(limits.session.max_dormant, resume.MAX_DORMANT)
-        self.assertEqual((limits.tunnel.max_held, limits.tunnel.hold_time, limits.tunnel.retry_after_cap), (64, 10.0, 30))
+        tunnel = limits.tunnel
+        self.assertEqual((tunnel.max_held, tunnel.hold_time, tunnel.retry_after_cap), (64, 10.0, 30))
 
     def test_validated(self) -> None:
         with self.assertRaises(ValueError):
