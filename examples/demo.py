@@ -41,6 +41,7 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, os.path.dirname(_HERE))
 
 from spwm.tap import agent, contact  # noqa: E402
+from spwm.tap.assembly import build_agent, build_contact  # noqa: E402
 from spwm.testing.certs import TestCA  # noqa: E402
 from spwm.testing.phone import Call, Phone  # noqa: E402
 from spwm.testing.ports import free_port  # noqa: E402
@@ -232,10 +233,10 @@ class Demo:
                 "--drain-time", "0.5",
             ]
         )
-        self.contact = contact.makeService(options, self.reactor)
+        self.contact = build_contact(options.config, self.reactor)
         self.taps["contact"] = tap = SipTap(self.contact.mux.sip)
         self.contact.mux.sip = tap
-        self.contact.startService()
+        self.contact.service.startService()
         listening = yield self.within(self.contact.listener.listening, 10, "the contact point's tunnel listener")
         tunnel_port = listening.getHost().port
 
@@ -253,12 +254,10 @@ class Demo:
                     "--reconnect-max", "1",
                 ]
             )
-            service = agent.makeService(options, self.reactor)
+            service = build_agent(options.config, self.reactor)
             self.taps[name] = tap = SipTap(service.mux.sip)
             service.mux.sip = tap
-            service.demo_name = name
-            service.sip_address = options.sip_addresses()[0]
-            service.startService()
+            service.service.startService()
             self.agents.append(service)
 
         self.step = "waiting for both tunnels (TLS, checked against the throw-away CA)"
@@ -274,9 +273,9 @@ class Demo:
 
     @defer.inlineCallbacks
     def run_call(self) -> Any:
-        alice = Phone(self.reactor, "alice", DOMAIN, self.agents[0].sip_address)
+        alice = Phone(self.reactor, "alice", DOMAIN, self.agents[0].config.sip_listen[0])
         bob_agent = self.agents[0] if self.one_agent else self.agents[1]
-        bob = Phone(self.reactor, "bob", DOMAIN, bob_agent.sip_address)
+        bob = Phone(self.reactor, "bob", DOMAIN, bob_agent.config.sip_listen[0])
         self.phones = [alice, bob]
         answered: defer.Deferred[Call] = defer.Deferred()
         bob.on_incoming = lambda call: answered.called or answered.callback(call)
@@ -319,7 +318,7 @@ class Demo:
                 continue
             stats = half.tunnel_service.tunnel.connection.stats
             self.check(
-                f"RTP through the tunnel of {half.demo_name}",
+                f"RTP through the tunnel of {half.config.agent_id.removeprefix('demo-')}",
                 stats.datagrams_out >= phone_call.sent and stats.datagrams_in >= phone_call.rx.unique,
                 f"the tunnel carried {stats.datagrams_out} datagrams out and {stats.datagrams_in} in,"
                 f" the phone sent {phone_call.sent} and received {phone_call.rx.unique}",
@@ -349,7 +348,7 @@ class Demo:
             )
 
         self.step = "waiting for every half to release its media"
-        halves = [("contact point", self.contact), *[(a.demo_name, a) for a in self.agents]]
+        halves = [("contact point", self.contact), *[(a.config.agent_id.removeprefix("demo-"), a) for a in self.agents]]
         try:
             yield self.wait_until(
                 "media released",
@@ -502,9 +501,9 @@ class Demo:
             except Exception as e:  # pragma: no cover - best effort
                 self.stopped.append(f"{phone.name}: {e}")
         for service in [*self.agents, self.contact]:
-            if service is not None and service.running:
+            if service is not None and service.service.running:
                 try:
-                    yield self.within(defer.maybeDeferred(service.stopService), 5, "stopping a service")
+                    yield self.within(defer.maybeDeferred(service.service.stopService), 5, "stopping a service")
                 except Exception as e:
                     self.stopped.append(str(e))
         shutil.rmtree(self.directory, ignore_errors=True)

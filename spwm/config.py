@@ -13,7 +13,8 @@ from __future__ import annotations
 import ipaddress
 import sys
 import tomllib
-from typing import Any, Callable, Sequence
+import types
+from typing import Any, Callable, Mapping, Sequence
 
 from attrs import frozen
 from twisted.python import usage
@@ -161,6 +162,13 @@ def host_port(value: Any, default_port: int | None = None) -> tuple[str, int]:
     return text, default_port
 
 
+def host_port_pair(value: Any) -> tuple[str, int]:
+    """
+    C{HOST:PORT} (DNS name, IPv4 or C{[IPv6]}) as C{(host, port)}.
+    """
+    return host_port(value)
+
+
 def host_port_string(value: Any) -> str:
     """
     Validate C{HOST:PORT} and keep it as text.
@@ -273,6 +281,12 @@ class SpwmOptions(usage.Options):
     """
 
     options: Sequence[Option] = ()
+    #: the typed configuration, built by L{postOptions}
+    config: Any = None
+    #: what C{usage.Options} reads, made from L{options}
+    optParameters: list[list[Any]] = []
+    optFlags: list[list[Any]] = []
+    synopsis = ""
     #: printed before the option list by --help
     synopsis_name = ""
 
@@ -285,27 +299,38 @@ class SpwmOptions(usage.Options):
             if option.repeat:
                 self[option.name] = list(option.default)
 
+    def __init_subclass__(cls, name: str = "", options: Sequence[Option] = (), **kwargs: Any) -> None:
+        """
+        C{class Options(SpwmOptions, name="spwm-agent", options=OPTIONS)}
+        declares the options class of one service from its table.
+        """
+        super().__init_subclass__(**kwargs)
+        if not name:
+            return
+        params: list[list[Any]] = []
+        flags: list[list[Any]] = []
+        cls.options = tuple(options)
+        cls.synopsis_name = name
+        for option in options:
+            if option.flag:
+                flags.append([option.name, None, option.doc])
+            elif option.repeat:
+                setattr(cls, "opt_" + option.name.replace("-", "_"), cls._repeat_handler(option))
+            else:
+                params.append([option.name, None, option.default, option.doc, _usage_coerce(option)])
+        params.append(["config", None, None, "TOML configuration file; its keys are these options' long names."])
+        cls.optParameters = params
+        cls.optFlags = flags
+        cls.synopsis = f"[{name} options]"
+
     @classmethod
     def build(cls, name: str, options: Sequence[Option]) -> type[SpwmOptions]:
         """
         Make the options class of one service.
         """
-        params = []
-        flags = []
-        namespace: dict[str, Any] = {"options": tuple(options), "synopsis_name": name}
-        for option in options:
-            if option.flag:
-                flags.append([option.name, None, option.doc])
-            elif option.repeat:
-                namespace["opt_" + option.name.replace("-", "_")] = cls._repeat_handler(option)
-            else:
-                default = option.default
-                params.append([option.name, None, default, option.doc, _usage_coerce(option)])
-        params.append(["config", None, None, "TOML configuration file; its keys are these options' long names."])
-        namespace["optParameters"] = params
-        namespace["optFlags"] = flags
-        namespace["synopsis"] = f"[{name} options]"
-        return type(name.title().replace("-", "") + "Options", (cls,), namespace)
+        return types.new_class(
+            name.title().replace("-", "") + "Options", (cls,), {"name": name, "options": options}
+        )
 
     def opt_version(self) -> None:
         """
@@ -401,10 +426,22 @@ class SpwmOptions(usage.Options):
             self._from_file.add(key)
 
     def postOptions(self) -> None:
+        """
+        Check the options and build the typed configuration, L{config}.
+        """
         try:
             self.validate()
+            self.config = self.build_config()
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+    def build_config(self) -> Any:
+        """
+        The typed configuration of these options (see L{spwm.tap.options}).
+
+        @raise ConfigError: naming the key and the problem.
+        """
+        return None
 
     def validate(self) -> None:
         """
@@ -423,6 +460,10 @@ def show_default(value: Any) -> str | None:
         return None
     if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
         return f"{value[0]}-{value[1]}"
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int):
+        from spwm.addr import hostport
+
+        return hostport(value[0], value[1])
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() else repr(value)
     return str(value)
@@ -430,11 +471,34 @@ def show_default(value: Any) -> str | None:
 
 def _coerce(option: Option, value: Any) -> Any:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and option.coerce is not boolean:
-        value = str(value) if option.coerce in (host_port_string, port_range) else value
+        value = str(value) if option.coerce in (host_port_string, host_port_pair, port_range) else value
     try:
         return option.coerce(value)
     except (ValueError, TypeError) as e:
         raise ConfigError(option.name, _type_problem(value) if isinstance(e, TypeError) else str(e)) from None
+
+
+def coerce_values(options: Sequence[Option], values: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    C{values} written as in the TOML file (keys are the long option names)
+    coerced by their options, as C{--config} reads them; a flag becomes a
+    C{bool}, a repeatable option a list.
+
+    @raise ConfigError: an unknown key or a bad value.
+    """
+    known = {o.name: o for o in options}
+    coerced: dict[str, Any] = {}
+    for key, value in values.items():
+        option = known.get(key)
+        if option is None:
+            raise ConfigError(key, "unknown option")
+        if option.flag:
+            coerced[key] = _coerce(Option(key, False, boolean, ""), value)
+        elif option.repeat:
+            coerced[key] = [_coerce(option, v) for v in (value if isinstance(value, list) else [value])]
+        else:
+            coerced[key] = _coerce(option, value)
+    return coerced
 
 
 def _type_problem(value: Any) -> str:

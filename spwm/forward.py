@@ -15,7 +15,7 @@ import socket
 from typing import Any
 
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IReactorTime, IReactorUDP
+from twisted.internet.interfaces import IReactorTime, IReactorUDP, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -43,6 +43,8 @@ class _LocalPort(DatagramProtocol):
     """
     The agent's local socket of one forward.
     """
+
+    transport: IUDPTransport  # set by the reactor before any event
 
     noisy = False
 
@@ -88,7 +90,12 @@ class AgentForwarder:
         *,
         receive_buffer: int = 4 * 1024 * 1024,
         max_senders: int = 256,
+        mux: Any = None,
     ) -> None:
+        """
+        @param mux: routes the events of the channels this part opens back
+            to it (the tunnel application, or a stand-in for it).
+        """
         self._reactor = reactor
         self._forwards = forwards
         self.receive_buffer = receive_buffer
@@ -101,7 +108,7 @@ class AgentForwarder:
         self.dropped_no_tunnel = 0
         self.dropped_no_channel = 0
         self._no_channel_log = ThrottledLog(self.log, None, PowersOfTwo())
-        self.mux: Any = None
+        self.mux = mux
 
     def start(self) -> None:
         """
@@ -113,7 +120,7 @@ class AgentForwarder:
         for local_host, local_port, host, port in self._forwards:
             proto = _LocalPort(self, hostport(host, port))
             try:
-                self.ports.append(self._reactor.listenUDP(local_port, proto, interface=local_host))
+                self.ports.append(self._reactor.listenUDP(local_port, proto, interface=local_host, maxPacketSize=8192))
             except CannotListenError as e:
                 raise ListenError.from_exception(
                     "forward-udp", f"{hostport(local_host, local_port)}={proto.target}", e
@@ -204,6 +211,8 @@ class _TargetSocket(DatagramProtocol):
     """
     The contact point's socket for one forwarded channel, connected to its target.
     """
+
+    transport: IUDPTransport  # set by the reactor before any event
 
     noisy = False
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 from attrs import frozen
 
@@ -348,7 +348,7 @@ def _parse_rtcp(value: bytes) -> tuple[int, str | None]:
     return port, address
 
 
-def _scan(body: bytes) -> tuple[tuple[bytes, ...], list[int], list[_Section], tuple]:
+def _scan(body: bytes) -> tuple[tuple[bytes, ...], list[int], list[_Section], tuple[Any, ...] | None]:
     """
     Split C{body} into lines and sections.
 
@@ -548,11 +548,12 @@ def rewrite_sdp(
                 name, arg = _attribute(value)
                 if name in ICE_ATTRIBUTES:
                     continue
-                if name == b"rtcp" and relayed:
+                # (relayed: entry and media are not None)
+                if name == b"rtcp" and relayed and entry is not None and media is not None:
                     raw = _rtcp_line(value, arg, entry, family, encoded, media, ending)
             elif kind == b"c":
                 if (number == 0 and rewrite_session_c) or (
-                    relayed and not media.hold_address
+                    relayed and media is not None and not media.hold_address
                 ):
                     raw = b"c=IN " + family + b" " + encoded + ending
             elif kind == b"m" and entry is not None:
@@ -575,7 +576,7 @@ def rewrite_sdp(
                 if not section_out[at - 1].endswith((b"\n", b"\r")):
                     section_out[at - 1] += ending
                 section_out.insert(at, _session_c_raw(blocks[0]) + ending)
-            if relayed:
+            if relayed and entry is not None:
                 rtp, rtcp = entry
                 if rtcp is not None and rtcp != rtp + 1 and sections[number].rtcp is None:
                     if not section_out[-1].endswith((b"\n", b"\r")):

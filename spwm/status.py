@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
+from twisted.web import http
 from twisted.web.server import Request, Site
 
 import spwm
@@ -139,7 +140,7 @@ class StatusResource(Resource):
         self.status = status
 
     def render_GET(self, request: Request) -> bytes:
-        path = b"/" + b"/".join(s for s in request.postpath if s)
+        path = b"/" + b"/".join(s for s in request.postpath or () if s)
         if path == b"/status":
             request.setHeader(b"content-type", b"application/json")
             return json.dumps(self.status.document(), indent=1, sort_keys=True).encode() + b"\n"
@@ -154,7 +155,7 @@ class StatusResource(Resource):
 class _QuietSite(Site):
     noisy = False
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         """
         No access log line per request.
         """

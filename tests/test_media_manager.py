@@ -827,11 +827,11 @@ class FlowSourceTests(SynchronousTestCase):
         from twisted.internet.testing import MemoryReactorClock
 
         from spwm.tap import agent
+        from spwm.tap.assembly import build_agent
 
         options = agent.Options()
         options.parseOptions(["--contact", "198.51.100.1:443", "--plaintext"])
-        top = agent.makeService(options, MemoryReactorClock())
-        core = top.sip_core
+        core = build_agent(options.config, MemoryReactorClock()).sip_core
         fid = core.flows.use(Flow("tcp", ("127.0.0.1", 5060), ("192.0.2.20", 40000), 3), 0.0)
         self.assertEqual(core.media_hook.source(f"{fid}/call-1"), "192.0.2.20")
 

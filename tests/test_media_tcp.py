@@ -23,7 +23,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from spwm.limits import Limits
+from spwm.limits import TunnelLimits
 from spwm.media.manager import MediaManager
 from spwm.media.relay import AllowPolicy
 from spwm.media.tcp import TcpMediaEndpoint, _SideProtocol
@@ -1081,7 +1081,7 @@ class RealTunnelTests(SynchronousTestCase):
     it, with its real stream queue.
     """
 
-    def _pair(self, limits: Limits | None = None):
+    def _pair(self, limits: TunnelLimits | None = None):
         reactor = FakeTcpReactor()
         agent = MediaManager(reactor, "agent", AGENT_ADDR, (20000, 20099))
         contact = MediaManager(reactor, "contact", CONTACT_ADDR, (30000, 30099))
@@ -1104,7 +1104,7 @@ class RealTunnelTests(SynchronousTestCase):
         sending side until the tunnel has written it out; hanging up
         leaves nothing open.
         """
-        reactor, agent, a_end, contact, c_end, pump = self._pair(Limits(max_stream_queue=4096))
+        reactor, agent, a_end, contact, c_end, pump = self._pair(TunnelLimits(max_stream_queue=4096))
         offer = _msrp(PHONE, 7394, "actpass", "phone1")
         agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer)
         pump.flush()

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_nat_agent -*-
 """
 The agent needs no inbound connectivity: a real contact point and a real
-agent (built by their C{makeService}) on the in-memory network, the agent
+agent (built by L{build_contact} and L{build_agent}, as C{makeService} builds them) on the in-memory network, the agent
 behind a strict NAT that lets only TCP to port 443 out.
 """
 
@@ -14,6 +14,7 @@ from twisted.internet.protocol import ClientFactory, DatagramProtocol, Protocol
 from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.tap import agent, contact
+from spwm.tap.assembly import build_agent, build_contact
 from spwm.testing.network import STRICT, FakeNetwork
 
 LAN_CLIENT = "192.0.2.20"
@@ -96,7 +97,7 @@ class AgentBehindStrictNATTests(SynchronousTestCase):
                 f"{ECHO}:7",
             ]
         )
-        self.contact = contact.makeService(options, reactor=self.contact_host.reactor)
+        self.contact = build_contact(options.config, reactor=self.contact_host.reactor)
         options = agent.Options()
         options.parseOptions(
             [
@@ -109,17 +110,17 @@ class AgentBehindStrictNATTests(SynchronousTestCase):
                 f"{AGENT}:{FORWARD_PORT}={ECHO}:7",
             ]
         )
-        self.agent = agent.makeService(options, reactor=self.agent_host.reactor)
+        self.agent = build_agent(options.config, reactor=self.agent_host.reactor)
         self.tunnel_service = self.agent.tunnel_service
-        self.contact.startService()
-        self.agent.startService()
+        self.contact.service.startService()
+        self.agent.service.startService()
         self.addCleanup(self._stop)
         network.flush()
 
     def _stop(self) -> None:
-        self.agent.stopService()
+        self.agent.service.stopService()
         self.network.flush()
-        self.contact.stopService()
+        self.contact.service.stopService()
         self.network.advance(10)
 
     def test_tunnel_comes_up_through_the_nat(self) -> None:

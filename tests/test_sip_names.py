@@ -76,7 +76,7 @@ class NamesTests(SynchronousTestCase):
 class OptionsTests(SynchronousTestCase):
     """
     C{--sip-name}, C{--domain} and C{--sip-trace} reach the cores and
-    runners that C{makeService} builds.
+    runners that L{build_agent} and L{build_contact} build.
     """
 
     def test_agent(self) -> None:
@@ -88,21 +88,22 @@ class OptionsTests(SynchronousTestCase):
         from twisted.internet.testing import MemoryReactorClock
 
         from spwm.tap import agent
+        from spwm.tap.assembly import agent_names, build_agent
 
         options = agent.Options()
         options.parseOptions(
             ["--plaintext", "--sip-listen", "192.0.2.1:5070", "--sip-name", "Agent.LAN", "--sip-name", "[2001:db8::1]:5080"]
         )
-        service = agent.makeService(options, reactor=MemoryReactorClock())
+        service = build_agent(options.config, reactor=MemoryReactorClock())
         names = service.sip_core.names
         self.assertEqual(names.addresses, frozenset({("192.0.2.1", 5070)}))
         self.assertEqual(names.names, frozenset({("agent.lan", None), ("2001:db8::1", 5080)}))
         self.assertIsNone(service.mux.sip.trace)
-        names = agent.agent_names([("192.0.2.1", 5060)], True, [])
+        names = agent_names([("192.0.2.1", 5060)], True, [])
         self.assertTrue(names.names_us(parse_uri("sip:192.0.2.1;transport=tls")))
         options = agent.Options()
         options.parseOptions(["--plaintext", "--sip-trace", "--sip-trace-bodies"])
-        service = agent.makeService(options, reactor=MemoryReactorClock())
+        service = build_agent(options.config, reactor=MemoryReactorClock())
         self.assertTrue(service.mux.sip.trace.bodies)
 
     def test_contact(self) -> None:
@@ -115,12 +116,13 @@ class OptionsTests(SynchronousTestCase):
 
         from spwm.config import ConfigExit
         from spwm.tap import contact
+        from spwm.tap.assembly import build_contact
 
         options = contact.Options()
         options.parseOptions(
             ["--plaintext", "--sip-address", "203.0.113.5:5060", "--sip-name", "edge.example.net", "--domain", "Example.ORG", "--sip-trace"]
         )
-        service = contact.makeService(options, reactor=MemoryReactorClock())
+        service = build_contact(options.config, reactor=MemoryReactorClock())
         core = service.sip_core
         self.assertTrue(core.names.names_us(parse_uri("sip:EDGE.example.net;lr")))
         self.assertTrue(core.names.names_us(parse_uri("sip:203.0.113.5:5060;lr")))

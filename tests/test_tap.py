@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from spwm.addr import hostport, peer
 from spwm.errors import ListenError
 from spwm.forward import AgentForwarder
-from spwm.limits import Limits
+from spwm.limits import TunnelLimits
 from spwm.media.ports import check_range
 from spwm.tap import agent, contact
 from spwm.tap.common import MediaRangeCheck, StartupExit, StartupService
@@ -213,7 +213,7 @@ class ContactListenTests(SynchronousTestCase):
             def listen(self, factory: Any) -> Any:
                 return fail(CannotListenError("", 443, in_use()))
 
-        factory = ContactTunnelFactory(ApplicationMux(), MemoryReactorClock(), Limits())
+        factory = ContactTunnelFactory(ApplicationMux(), MemoryReactorClock(), TunnelLimits())
         service = ContactListenService(Refusing(), factory, MemoryReactorClock(), description="tcp:443")
         with capturedLogs() as events:
             error = self.assertRaises(ListenError, service.startService)
@@ -369,7 +369,7 @@ class AddressTests(SynchronousTestCase):
         A tunnel from an IPv6 peer names it in brackets in its log lines.
         """
         reactor = MemoryReactorClock()
-        factory = ContactTunnelFactory(ApplicationMux(), reactor, Limits())
+        factory = ContactTunnelFactory(ApplicationMux(), reactor, TunnelLimits())
         protocol = factory.buildProtocol(IPv6Address("TCP", "2001:db8::10", 443))
         transport = StringTransport(peerAddress=IPv6Address("TCP", "2001:db8::10", 443))
         protocol.makeConnection(transport)

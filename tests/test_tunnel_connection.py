@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.limits import Limits
+from spwm.limits import TunnelLimits
 from spwm.testing.pair import CorePair
 from spwm.tunnel import events as ev
 from spwm.tunnel.connection import ChannelLimitError, Role, State, TunnelConnection
@@ -114,7 +114,7 @@ class HandshakeTests(SynchronousTestCase):
         """
         A peer that never finishes the handshake is closed after the timeout.
         """
-        contact = TunnelConnection(Role.CONTACT, 100, session_id="s", limits=Limits(handshake_timeout=5))
+        contact = TunnelConnection(Role.CONTACT, 100, session_id="s", limits=TunnelLimits(handshake_timeout=5))
         self.assertEqual(contact.next_deadline(), 105)
         self.assertEqual(contact.handle_timer(104), [])
         [closed] = contact.handle_timer(105)
@@ -254,7 +254,7 @@ class ChannelTests(SynchronousTestCase):
         with CHANNEL_LIMIT while the tunnel lives on.
         """
         agent = TunnelConnection(Role.AGENT, 0, agent_id="a")
-        contact = TunnelConnection(Role.CONTACT, 0, session_id="s", limits=Limits(max_channels=1))
+        contact = TunnelConnection(Role.CONTACT, 0, session_id="s", limits=TunnelLimits(max_channels=1))
         contact.receive_data(agent.data_to_send(0), 0)
         agent.receive_data(contact.data_to_send(0), 0)
         contact.receive_data(agent.data_to_send(0), 0)
@@ -302,7 +302,7 @@ class SchedulerTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.pair = CorePair(limits=Limits(media_deadline=0.05, max_media_queue=2000, max_priority_queue=1000)).handshake()
+        self.pair = CorePair(limits=TunnelLimits(media_deadline=0.05, max_media_queue=2000, max_priority_queue=1000)).handshake()
         self.agent = self.pair.agent
         self.cid = self.agent.open_channel(ChannelKind.DATAGRAM, {})
         self.pair.transfer()
@@ -390,7 +390,7 @@ class KeepaliveTests(SynchronousTestCase):
         """
         An idle tunnel exchanges pings and stays open for a long time.
         """
-        pair = CorePair(limits=Limits(keepalive_interval=10, keepalive_timeout=30)).handshake()
+        pair = CorePair(limits=TunnelLimits(keepalive_interval=10, keepalive_timeout=30)).handshake()
         pair.advance(300)
         self.assertIs(pair.agent.state, State.OPEN)
         self.assertIs(pair.contact.state, State.OPEN)
@@ -401,7 +401,7 @@ class KeepaliveTests(SynchronousTestCase):
         A peer silent for longer than the timeout (TCP hangs without an error)
         is declared dead.
         """
-        pair = CorePair(limits=Limits(keepalive_interval=10, keepalive_timeout=30)).handshake()
+        pair = CorePair(limits=TunnelLimits(keepalive_interval=10, keepalive_timeout=30)).handshake()
         now = pair.now
         agent = pair.agent
         events = []
@@ -550,7 +550,7 @@ class _Wire:
     the cores give.
     """
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: TunnelLimits) -> None:
         self.pair = CorePair(limits=limits).handshake()
         self.now = self.pair.now
         self.log: list[tuple[float, str, int]] = []
@@ -610,7 +610,7 @@ class KeepaliveTimingTests(SynchronousTestCase):
     from the last frame received.
     """
 
-    limits = Limits(keepalive_interval=10, keepalive_timeout=30)
+    limits = TunnelLimits(keepalive_interval=10, keepalive_timeout=30)
 
     def test_ping_within_interval_at_every_phase(self) -> None:
         """

@@ -375,7 +375,7 @@ class BusyTests(SynchronousTestCase):
 
 class AssemblyTests(SynchronousTestCase):
     """
-    C{spwm-agent --tunnel on-demand} as C{makeService} assembles it.
+    C{spwm-agent --tunnel on-demand} as L{build_agent} assembles it.
     """
 
     def test_no_connection_at_start(self) -> None:
@@ -388,6 +388,7 @@ class AssemblyTests(SynchronousTestCase):
         from twisted.internet.testing import MemoryReactorClock
 
         from spwm.tap import agent
+        from spwm.tap.assembly import build_agent
 
         for mode in ("on-demand", "always"):
             reactor = MemoryReactorClock()
@@ -395,19 +396,19 @@ class AssemblyTests(SynchronousTestCase):
             options.parseOptions(
                 ["--contact", "192.0.2.1:443", "--plaintext", "--tunnel", mode, "--sip-listen", "127.0.0.1:5999"]
             )
-            service = agent.makeService(options, reactor)
-            children = list(service)
+            built = build_agent(options.config, reactor)
+            children = list(built.service)
             if mode == "always":
-                self.assertIn(service.tunnel_service, children)
+                self.assertIn(built.tunnel_service, children)
                 continue
-            self.assertNotIn(service.tunnel_service, children)
-            self.assertIn(service.on_demand, children)
-            service.on_demand.startService()
+            self.assertNotIn(built.tunnel_service, children)
+            self.assertIn(built.on_demand, children)
+            built.on_demand.startService()
             reactor.advance(5)
-            self.assertFalse(service.tunnel_service.running)
+            self.assertFalse(built.tunnel_service.running)
             self.assertEqual(reactor.tcpClients, [])
-            self.assertEqual(service.status.document()["tunnel"]["mode"], "on-demand")
-            service.on_demand.stopService()
+            self.assertEqual(built.status.document()["tunnel"]["mode"], "on-demand")
+            built.on_demand.stopService()
 
     def test_bad_mode(self) -> None:
         """

@@ -15,7 +15,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.limits import Limits
+from spwm.limits import TunnelLimits
 from spwm.testing.certs import TestCA
 from spwm.tunnel.frames import ALPN, ChannelKind, ErrorCode
 from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux, ContactTunnelFactory
@@ -83,7 +83,7 @@ class _Producer:
         pass
 
 
-def connect_pair(clock: Clock, limits: Limits | None = None, tls: tuple[Any, Any] | None = None):
+def connect_pair(clock: Clock, limits: TunnelLimits | None = None, tls: tuple[Any, Any] | None = None):
     """
     Connect an agent and a contact point in memory.
     """
@@ -188,7 +188,7 @@ class AdapterTests(SynchronousTestCase):
         self.assertLess(len(calls), 20)
         pings = agent.connection.stats.pings_sent + contact.connection.stats.pings_sent
         self.assertEqual(pings, 0)
-        interval = Limits().keepalive_interval
+        interval = TunnelLimits().keepalive_interval
         self.clock.advance(interval - 0.01)
         self.pump.flush()
         self.assertEqual(agent.connection.stats.pings_sent + contact.connection.stats.pings_sent, 0)
@@ -204,7 +204,7 @@ class AdapterTests(SynchronousTestCase):
         sends its next frame (a ping) at most one interval after it.  (The
         fixed grid sent the first ping up to two intervals later.)
         """
-        interval = Limits().keepalive_interval
+        interval = TunnelLimits().keepalive_interval
         step = interval / 100
         for k in range(11):
             clock = Clock()
@@ -257,7 +257,7 @@ class AdapterTests(SynchronousTestCase):
         tunnel closed, with a logged reason.
         """
         clock = Clock()
-        agent_app, contact_app, factory, pump = connect_pair(clock, Limits(max_priority_queue=10_000))
+        agent_app, contact_app, factory, pump = connect_pair(clock, TunnelLimits(max_priority_queue=10_000))
         pump.flush()
         agent = agent_app.tunnel
         agent.pauseProducing()
@@ -275,7 +275,7 @@ class AdapterTests(SynchronousTestCase):
         it down; no timer is involved.
         """
         clock = Clock()
-        agent_app, contact_app, factory, pump = connect_pair(clock, Limits(max_stream_queue=4000))
+        agent_app, contact_app, factory, pump = connect_pair(clock, TunnelLimits(max_stream_queue=4000))
         pump.flush()
         agent = agent_app.tunnel
         cid = agent.open_channel(ChannelKind.STREAM, {"use": "t"})
@@ -305,7 +305,7 @@ class AdapterTests(SynchronousTestCase):
         that fills the queue again stops the others from being resumed.
         """
         clock = Clock()
-        agent_app, contact_app, factory, pump = connect_pair(clock, Limits(max_stream_queue=1000))
+        agent_app, contact_app, factory, pump = connect_pair(clock, TunnelLimits(max_stream_queue=1000))
         pump.flush()
         agent = agent_app.tunnel
         cid = agent.open_channel(ChannelKind.STREAM, {"use": "t"})
@@ -352,7 +352,7 @@ class AdapterTests(SynchronousTestCase):
         producer = _Producer("p")
         agent.register_stream_producer(producer)
         agent.pauseProducing()
-        agent.send_stream_data(cid, b"x" * (Limits().max_stream_queue + 1))
+        agent.send_stream_data(cid, b"x" * (TunnelLimits().max_stream_queue + 1))
         self.assertEqual(producer.paused, 1)
         agent.transport.loseConnection()
         self.pump.flush()
@@ -390,7 +390,7 @@ class AdapterTests(SynchronousTestCase):
 
         agent.connection.handle_timer = broken
         with capturedLogs() as events:
-            self.clock.advance(Limits().keepalive_interval + 1)
+            self.clock.advance(TunnelLimits().keepalive_interval + 1)
             self.pump.flush()
         self.assertEqual(agent.close_info.code, ErrorCode.INTERNAL_ERROR)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
@@ -428,7 +428,7 @@ class AdapterTests(SynchronousTestCase):
         """
         A connection that never says anything is closed after the handshake timeout.
         """
-        factory = ContactTunnelFactory(RecordingApp(), self.clock, Limits(handshake_timeout=3))
+        factory = ContactTunnelFactory(RecordingApp(), self.clock, TunnelLimits(handshake_timeout=3))
         proto = factory.buildProtocol(None)
         transport = StringTransport()
         proto.makeConnection(transport)
@@ -659,7 +659,7 @@ class ConnectionLimitTests(SynchronousTestCase):
         from twisted.internet.address import IPv4Address
 
         clock = Clock()
-        factory = ContactTunnelFactory(RecordingApp(), clock, Limits(handshake_timeout=5), max_per_host=1)
+        factory = ContactTunnelFactory(RecordingApp(), clock, TunnelLimits(handshake_timeout=5), max_per_host=1)
         addr = IPv4Address("TCP", "198.51.100.9", 1)
         proto = factory.buildProtocol(addr)
         transport = StringTransport(peerAddress=addr)
@@ -684,7 +684,7 @@ class ClosingTests(SynchronousTestCase):
             self.aborted = True
             super().loseConnection()
 
-    def connect(self, limits: Limits | None = None) -> tuple[Any, Any, Clock]:
+    def connect(self, limits: TunnelLimits | None = None) -> tuple[Any, Any, Clock]:
         clock = Clock()
         proto = ContactTunnelFactory(RecordingApp(), clock, limits).buildProtocol(None)
         transport = self.Transport()
@@ -709,7 +709,7 @@ class ClosingTests(SynchronousTestCase):
         """
         A handshake timeout aborts at once: the peer is not there to read.
         """
-        proto, transport, clock = self.connect(Limits(handshake_timeout=1))
+        proto, transport, clock = self.connect(TunnelLimits(handshake_timeout=1))
         clock.advance(1)
         self.assertTrue(transport.aborted)
         self.assertEqual(proto.close_info.code, ErrorCode.HANDSHAKE_TIMEOUT)

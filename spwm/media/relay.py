@@ -21,6 +21,7 @@ import ipaddress
 import socket
 from typing import Any, Callable, Iterable
 
+from twisted.internet.interfaces import IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 
 #: The default receive buffer of every media socket (SO_RCVBUF).
@@ -199,6 +200,8 @@ class MediaRelayEndpoint(DatagramProtocol):
     @ivar last_activity: the time of the last traffic, kept by the manager's
         sweep (not per packet), or C{None}.
     """
+
+    transport: IUDPTransport  # set by the reactor before any event
 
     noisy = False
 

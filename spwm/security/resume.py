@@ -136,7 +136,14 @@ class AgentResumption(_Lifecycle):
     @ivar session_id: the contact point's name for our session.
     """
 
-    def __init__(self, clock: IReactorTime, window: float, media: Any, handle: Any) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        window: float,
+        media: Any,
+        handle: Any,
+        session_lost: Callable[[list[int]], Any] | None = None,
+    ) -> None:
         super().__init__(clock, window, media, None)
         self.handle = handle
         self.watcher = RegistrationWatcher()
@@ -151,7 +158,7 @@ class AgentResumption(_Lifecycle):
         #: called with the application flow ids of the users of a session
         #: that is given up for good (see L{_release}); the agent closes
         #: their TCP/TLS connections so that those phones register again
-        self.session_lost: Callable[[list[int]], Any] | None = None
+        self.session_lost = session_lost
         self._timer: IDelayedCall | None = None
         self._stopping = False
         self.resumed = 0
@@ -346,7 +353,9 @@ class ContactResumption(_Lifecycle):
     @ivar refused: resumptions refused (wrong proof, unknown session).
     """
 
-    def __init__(self, clock: IReactorTime, window: float, media: Any, sip_runner: Any) -> None:
+    def __init__(
+        self, clock: IReactorTime, window: float, media: Any, sip_runner: Any, max_dormant: int = MAX_DORMANT
+    ) -> None:
         super().__init__(clock, window, media, sip_runner)
         self.keys: dict[str, dict[str, bytes]] = {}
         #: session id -> user id -> the agent's flow that registered it
@@ -358,7 +367,7 @@ class ContactResumption(_Lifecycle):
         # for when its registrations have expired), oldest first; the dead
         # connection itself is not kept
         self._dormant: dict[str, tuple[None, IDelayedCall]] = {}
-        self.max_dormant = MAX_DORMANT
+        self.max_dormant = max_dormant
         self._stopping = False
         # session id -> its live tunnel; tunnels whose session another
         # connection took over (their end is no longer ours to handle)
@@ -573,7 +582,9 @@ class ContactResumption(_Lifecycle):
         old_session = message.get("session_id")
         proofs = message.get("proofs")
         challenge = tunnel.local_hello.get("challenge") if tunnel.local_hello else None
-        entry = self._suspended.get(old_session) if isinstance(old_session, str) else None
+        entry: tuple[Any, IDelayedCall | None] | None = (
+            self._suspended.get(old_session) if isinstance(old_session, str) else None
+        )
         if entry is None and isinstance(old_session, str):
             entry = self._dormant.get(old_session)
         live = self._live.get(old_session) if isinstance(old_session, str) else None
@@ -584,7 +595,7 @@ class ContactResumption(_Lifecycle):
             entry = (live, None)
         keys = self.keys.get(old_session, {}) if isinstance(old_session, str) else {}
         problem = None
-        if entry is None:
+        if entry is None or not isinstance(old_session, str):
             problem = "no suspended session by that name"
         elif not isinstance(proofs, dict) or not proofs or len(proofs) > MAX_RESUME_USERS:
             problem = "no proofs"
@@ -607,6 +618,8 @@ class ContactResumption(_Lifecycle):
             )
             tunnel.send_control({"op": "resume-failed", "reason": problem})
             return
+        # the checks above passed: a session name, an entry, proofs
+        assert isinstance(old_session, str) and entry is not None and isinstance(proofs, dict)
         media = True
         if old_session in self._suspended:
             old_tunnel, timer = self._suspended.pop(old_session)

@@ -150,8 +150,9 @@ class AuthorizingContactProxy:
 
     def tunnel_detached(self, tunnel_key: Any, keep_registrations: bool = False) -> None:
         session = getattr(tunnel_key, "session_id", None)
-        self._register_times.pop(session, None)
-        self._identities.pop(session, None)
+        if session is not None:
+            self._register_times.pop(session, None)
+            self._identities.pop(session, None)
         self._core.tunnel_detached(tunnel_key, keep_registrations)
 
     def forget_session(self, session_id: str) -> None:

@@ -513,7 +513,7 @@ class SipMessage:
         cseq = self._kept("cseq", _cseq)
         if cseq is None or cseq is _MALFORMED:
             raise bad("missing or malformed CSeq")
-        return cseq  # type: ignore[no-any-return]
+        return cseq
 
     @property
     def cseq_method(self) -> str | None:
@@ -535,7 +535,7 @@ class SipMessage:
             # a first line without a value: the first value is further down
             text = self.get("via")
             return None if text is None else parse_via(text)
-        return via  # type: ignore[no-any-return]
+        return via
 
     @property
     def from_(self) -> NameAddr | None:
@@ -544,7 +544,7 @@ class SipMessage:
 
         @raise SipParseError: if it is malformed (never for a parsed message).
         """
-        return self._kept("from", _name_addr)  # type: ignore[no-any-return]
+        return self._kept("from", _name_addr)
 
     @property
     def to(self) -> NameAddr | None:
@@ -553,7 +553,7 @@ class SipMessage:
 
         @raise SipParseError: if it is malformed (never for a parsed message).
         """
-        return self._kept("to", _name_addr)  # type: ignore[no-any-return]
+        return self._kept("to", _name_addr)
 
     @property
     def from_tag(self) -> str | None:
@@ -584,7 +584,7 @@ class SipMessage:
             and len(kept[0]) == len(lines)
             and all(a is b and v is b.value for a, v, b in zip(kept[0], kept[1], lines))
         ):
-            return kept[2]  # type: ignore[no-any-return]
+            return kept[2]
         out = []
         for value in self.get_all("Contact"):
             if value.strip() == "*":

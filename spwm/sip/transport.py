@@ -24,10 +24,10 @@ logged with named fields; they never escape into the reactor.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -48,6 +48,9 @@ from spwm.sip.actions import (
 )
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.contact_proxy import ContactSipProxy
+
+if TYPE_CHECKING:
+    from spwm.sip.authz import AuthorizingContactProxy
 
 
 class SipTrace:
@@ -101,6 +104,8 @@ class SipUdpProtocol(DatagramProtocol):
         transport when not given.
     """
 
+    transport: IUDPTransport  # set by the reactor before any event
+
     log = Logger()
 
     def __init__(self, runner: _Runner, local: tuple[str, int] | None = None) -> None:
@@ -132,6 +137,8 @@ class SipStreamProtocol(Protocol):
     @ivar transport_name: C{"tcp"} or C{"tls"}.
     @ivar conn_id: the runner's number for this connection.
     """
+
+    transport: ITransport  # set by the reactor before any event
 
     log = Logger()
 
@@ -520,7 +527,7 @@ class ContactSipRunner(_Runner):
 
     def __init__(
         self,
-        core: ContactSipProxy,
+        core: ContactSipProxy | AuthorizingContactProxy,
         clock: IReactorTime,
         connect: Callable[[tuple[str, int], Factory], Deferred] | None = None,
         send_to_tunnel: Callable[[Any, int, bytes], None] = _send_sip,

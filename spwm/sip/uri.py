@@ -474,6 +474,7 @@ def split_header_values(text: str, strict: bool = False) -> list[str]:
     match = g.LIST_ELEMENT.match
     while True:
         m = match(text, pos)
+        assert m is not None  # the element pattern also matches nothing
         stop = m.end()
         element = text[pos:stop].strip()
         if stop < end and text[stop] != ",":

@@ -6,7 +6,6 @@ C{twistd spwm-agent}: the LAN half of SPWM.
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any
 
 from twisted.application.service import IService
@@ -16,7 +15,7 @@ from spwm.config import (
     ConfigExit,
     Option,
     SpwmOptions,
-    host_port,
+    host_port_pair,
     host_port_string,
     ip_address,
     ip_literal_port,
@@ -27,28 +26,13 @@ from spwm.config import (
     readable_file,
     udp_forward,
 )
-from spwm.media.manager import MediaManager
-from spwm.media.reader import relay_sockets_for
-from spwm.security.resume import AgentResumption
-from spwm.sip.authz import MediaGate
-from spwm.sip.names import ProxyNames, sip_name
-from spwm.sip.agent_proxy import AgentSipProxy
-from spwm.sip.transport import AgentSipRunner, SipTrace
-from spwm.tap.parts import AgentTunnelHandle, Hook, MediaHookAdapter, SipListeners, flow_source
-from spwm.forward import USE as FORWARD_USE, AgentForwarder
-from spwm.status import Status
-from spwm.tap.common import (
-    STATUS_OPTIONS,
-    TUNNEL_LIMIT_OPTIONS,
-    MediaRangeCheck,
-    StartupService,
-    add_status,
-    limits_from,
-    load_certificates,
-    load_tls,
-)
-from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux
-from spwm.tunnel.service import AgentTunnelService, OnDemandTunnel, agent_endpoint, backoff, client_certificate
+from spwm.sip.names import sip_name
+from spwm.tap.assembly import agent_names, build_agent
+from spwm.tap.common import STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service
+from spwm.tap.options import AgentConfig
+
+__all__ = ["OPTIONS", "Options", "makeService", "agent_names", "proxy_credentials", "tunnel_mode"]
+
 
 def tunnel_mode(value: Any) -> str:
     """
@@ -82,7 +66,7 @@ OPTIONS = (
     Option("plaintext", False, bool, "Plain TCP instead of TLS (tests, or TLS terminated elsewhere).", flag=True),
     Option("client-cert", None, readable_file, "Mutual TLS: this agent's certificate (PEM), naming its --agent-id."),
     Option("client-key", None, readable_file, "Mutual TLS: the key of --client-cert (PEM)."),
-    Option("http-proxy", None, host_port_string, "Connect through this HTTP CONNECT proxy, HOST:PORT."),
+    Option("http-proxy", None, host_port_pair, "Connect through this HTTP CONNECT proxy, HOST:PORT."),
     Option("http-proxy-auth", None, proxy_credentials, "USER:PASSWORD for --http-proxy (Basic); only in the --config file or the SPWM_HTTP_PROXY_AUTH environment variable, never on the command line."),
     Option("agent-id", None, optional_string, "This agent's identity (default: the host name)."),
     Option("forward-udp", (), udp_forward, "Forward UDP: [ADDR:]LOCAL_PORT=HOST:PORT (ADDR defaults to 127.0.0.1).", repeat=True),
@@ -104,7 +88,7 @@ OPTIONS = (
 )
 
 
-class Options(SpwmOptions.build("spwm-agent", OPTIONS)):
+class Options(SpwmOptions, name="spwm-agent", options=OPTIONS):
     """
     Options of C{twistd spwm-agent}.
     """
@@ -137,15 +121,13 @@ class Options(SpwmOptions.build("spwm-agent", OPTIONS)):
                 proxy_credentials(env)
             except ValueError as e:
                 raise ConfigError(PROXY_AUTH_ENV, str(e)) from None
-        if self["http-proxy-auth"] and not self["http-proxy"]:
-            raise ConfigError("http-proxy-auth", "is for an HTTP proxy: give http-proxy too")
-        if self["reconnect-max"] <= 0:
-            raise ConfigError("reconnect-max", "must be greater than 0")
-        host_port(self["contact"])
-        if bool(self["client-cert"]) != bool(self["client-key"]):
-            raise ConfigError("client-cert", "mutual TLS needs both --client-cert and --client-key")
-        if bool(self["sip-tls-cert"]) != bool(self["sip-tls-key"]):
-            raise ConfigError("sip-tls-cert", "SIP over TLS needs both --sip-tls-cert and --sip-tls-key")
+
+    def build_config(self) -> AgentConfig:
+        """
+        The agent's typed configuration (the HTTP proxy's credentials from
+        the file, else the environment).
+        """
+        return AgentConfig.from_parsed(self, proxy_auth=self.proxy_auth())
 
     def sip_addresses(self) -> list[tuple[str, int]]:
         """
@@ -154,165 +136,8 @@ class Options(SpwmOptions.build("spwm-agent", OPTIONS)):
         return list(self["sip-listen"]) or [("127.0.0.1", 5060)]
 
 
-def agent_names(addresses: list[tuple[str, int]], tls: bool, names: Any) -> ProxyNames:
+def makeService(options: Options, reactor: Any = None) -> IService:
     """
-    What names the agent in a Route or Request-URI: every listening
-    address and port (UDP and TCP; the TLS port, port + 1, with
-    C{--sip-tls-cert}) and the C{--sip-name}s.
+    The agent of C{options.config} (L{build_agent}).
     """
-    listening = list(addresses)
-    if tls:
-        listening += [(host, port + 1) for host, port in addresses]
-    return ProxyNames(listening, list(names))
-
-
-def sip_trace(options: Any) -> SipTrace | None:
-    """
-    The runner's trace for C{--sip-trace} (C{None} without it).
-    """
-    if not options.get("sip-trace"):
-        return None
-    return SipTrace(bodies=bool(options.get("sip-trace-bodies")))
-
-
-def makeService(options: dict, reactor: Any = None) -> IService:
-    """
-    Assemble the agent: the tunnel client and the parts that use it.
-    """
-    if reactor is None:
-        from twisted.internet import reactor
-    top = StartupService("agent")
-    host, port = host_port(options["contact"])
-    limits = limits_from(options)
-    agent_id = options["agent-id"] or socket.gethostname()
-    handle = AgentTunnelHandle(reactor)
-    mux = ApplicationMux(observers=[handle])
-    forwarder = AgentForwarder(
-        reactor,
-        list(options["forward-udp"]),
-        receive_buffer=options["udp-buffer"],
-        max_senders=options["max-forward-senders"],
-    )
-    forwarder.mux = mux
-    mux.parts[FORWARD_USE] = forwarder
-
-    sip_addresses = options.sip_addresses() if hasattr(options, "sip_addresses") else [("127.0.0.1", 5060)]
-    media_address = options["media-address"] or sip_addresses[0][0]
-    media = MediaManager(
-        reactor,
-        "agent",
-        media_address,
-        options["media-ports"],
-        inactivity_timeout=options["media-timeout"],
-        receive_buffer=options["media-buffer"],
-        router=mux,
-        sockets=relay_sockets_for(reactor),
-    )
-    resumption = AgentResumption(reactor, options["resume-window"], media, handle)
-    mux.observers.append(resumption)
-    mux.parts["media"] = MediaGate(media, None, mux)
-    media_hook = MediaHookAdapter(media, lambda key: key.current)
-    proxy = AgentSipProxy(
-        handle,
-        agent_id,
-        media_hook=media_hook,
-        max_message_size=min(options["max-sip-size"], 65535),
-        names=agent_names(sip_addresses, bool(options["sip-tls-cert"]), options.get("sip-name", ())),
-    )
-    # media from the phone's signalling host latches (docs/media.md)
-    media_hook.source = flow_source(proxy.flows, reactor)
-    core = resumption.wrap(proxy)
-    runner = AgentSipRunner(core, reactor, trace=sip_trace(options))
-    handle.answer = lambda flow_id, data: runner.sip_received(None, flow_id, data)
-    resumption.session_lost = runner.close_stream_flows
-    mux.sip = runner
-    sip_tls = None
-    if options["sip-tls-cert"]:
-        from spwm.tunnel.service import server_tls_options
-
-        sip_tls = load_tls("agent", "sip-tls-cert", server_tls_options, options["sip-tls-cert"], options["sip-tls-key"])
-    factory = AgentTunnelFactory(
-        mux, reactor, agent_id, limits, hello=resumption.hello, user_ciphering=bool(options["user-ciphering"])
-    )
-    if options["ca"]:
-        load_certificates("agent", "ca", options["ca"])
-    endpoint, tls = agent_endpoint(
-        reactor,
-        host,
-        port,
-        plaintext=bool(options["plaintext"]),
-        server_name=options["server-name"],
-        ca_file=options["ca"],
-        http_proxy=host_port(options["http-proxy"]) if options["http-proxy"] else None,
-        http_proxy_auth=options["http-proxy-auth"] or os.environ.get(PROXY_AUTH_ENV) or None,
-        client_cert=(
-            load_tls("agent", "client-cert", client_certificate, options["client-cert"], options["client-key"])
-            if options["client-cert"]
-            else None
-        ),
-    )
-    tunnel = AgentTunnelService(
-        endpoint,
-        factory,
-        reactor,
-        description=options["contact"],
-        tls=tls,
-        policy=backoff(cap=options["reconnect-max"]),
-    )
-    MediaRangeCheck(media_address, options["media-ports"]).setServiceParent(top)
-    handle.retry_after = tunnel.retry_after
-    tunnel_status: Any = tunnel.status
-    if options["tunnel"] == "on-demand":
-        on_demand = OnDemandTunnel(
-            tunnel, reactor, core.busy, options["tunnel-idle"], before_close=resumption.end_session
-        )
-        handle.on_demand = on_demand
-        tunnel.attempt_failed = handle.release_held
-        mux.sip = _Touching(runner, on_demand)
-        on_demand.setServiceParent(top)
-        tunnel_status = lambda: dict(tunnel.status(), **on_demand.status())  # noqa: E731
-        top.on_demand = on_demand  # type: ignore[attr-defined]
-    else:
-        tunnel.setServiceParent(top)
-    Hook(forwarder.start, forwarder.stop).setServiceParent(top)
-    SipListeners(
-        reactor, runner, sip_addresses, sip_tls, options["udp-buffer"], min(options["max-sip-size"], 65535)
-    ).setServiceParent(top)
-    Hook(lambda: None, resumption.stop).setServiceParent(top)
-    status = Status("agent", reactor)
-    status.add("tunnel", tunnel_status)
-    status.add("no_tunnel", handle.status)
-    status.add("sessions", resumption.status)
-    status.add("sip", core.status)
-    status.add("media", media.status)
-    status.add(
-        "forwards",
-        lambda: {"dropped_no_tunnel": forwarder.dropped_no_tunnel, "dropped_no_channel": forwarder.dropped_no_channel},
-    )
-    top.status_http = add_status(top, status, options, reactor)  # type: ignore[attr-defined]
-    top.status = status  # type: ignore[attr-defined]
-    top.tunnel_service = tunnel  # type: ignore[attr-defined]
-    top.mux = mux  # type: ignore[attr-defined]
-    top.media = media  # type: ignore[attr-defined]
-    top.sip_core = core  # type: ignore[attr-defined]
-    top.handle = handle  # type: ignore[attr-defined]
-    top.resumption = resumption  # type: ignore[attr-defined]
-    return top
-
-
-class _Touching:
-    """
-    The SIP part of the mux with an on-demand tunnel: SIP from the tunnel
-    counts as activity too (an incoming call keeps the tunnel up).
-    """
-
-    def __init__(self, runner: Any, on_demand: OnDemandTunnel) -> None:
-        self._runner = runner
-        self._on_demand = on_demand
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._runner, name)
-
-    def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
-        self._on_demand.touch()
-        self._runner.sip_received(tunnel, flow_id, data)
+    return build_service("agent", lambda: build_agent(options.config, reactor))

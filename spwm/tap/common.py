@@ -6,35 +6,34 @@ Options shared by both services.
 from __future__ import annotations
 
 import errno
-from typing import Any
+from typing import Any, Callable
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from spwm.config import Option, non_negative_float, optional_string, positive_float, positive_int
+from spwm.config import ConfigExit, Option, non_negative_float, optional_string, positive_float, positive_int
 from spwm.addr import hostport
-from spwm.errors import ListenError
+from spwm.errors import ConfigError, ListenError
 from spwm.media.ports import check_range
 from spwm.limits import Limits
-from spwm.status import Status, StatusHTTPService, StatusLogService
 
 _D = Limits()
 
 TUNNEL_LIMIT_OPTIONS = (
-    Option("handshake-timeout", _D.handshake_timeout, positive_float, "Seconds for the tunnel handshake to complete."),
-    Option("keepalive-interval", _D.keepalive_interval, positive_float, "Seconds without a frame sent or without one received before the tunnel sends a ping."),
-    Option("keepalive-timeout", _D.keepalive_timeout, positive_float, "Seconds of silence after which the peer is declared dead."),
-    Option("media-deadline", _D.media_deadline, positive_float, "Seconds a media datagram may wait in the tunnel before it is dropped."),
-    Option("max-channels", _D.max_channels, positive_int, "Open channels per tunnel."),
-    Option("max-sip-size", 65535, positive_int, "Largest SIP message accepted (bytes); larger ones get 413 or are dropped."),
-    Option("max-signalling-queue", _D.max_priority_queue, positive_int, "Bytes of SIP and control a tunnel may queue for a peer that does not read; past a quarter of it new SIP requests get 503, past it the tunnel is closed."),
-    Option("max-media-queue", _D.max_media_queue, positive_int, "Bytes of media a tunnel may queue; past it datagrams are dropped and counted."),
-    Option("udp-buffer", 4 * 1024 * 1024, positive_int, "Receive buffer (bytes) of SIP and forward UDP sockets."),
-    Option("media-buffer", 256 * 1024, positive_int, "Receive buffer (bytes) of each media relay socket: about 300 audio packets; a backlog beyond it is too late to play and the kernel drops it."),
+    Option("handshake-timeout", _D.tunnel.handshake_timeout, positive_float, "Seconds for the tunnel handshake to complete."),
+    Option("keepalive-interval", _D.tunnel.keepalive_interval, positive_float, "Seconds without a frame sent or without one received before the tunnel sends a ping."),
+    Option("keepalive-timeout", _D.tunnel.keepalive_timeout, positive_float, "Seconds of silence after which the peer is declared dead."),
+    Option("media-deadline", _D.tunnel.media_deadline, positive_float, "Seconds a media datagram may wait in the tunnel before it is dropped."),
+    Option("max-channels", _D.tunnel.max_channels, positive_int, "Open channels per tunnel."),
+    Option("max-sip-size", _D.sip.max_message_size, positive_int, "Largest SIP message accepted (bytes); larger ones get 413 or are dropped."),
+    Option("max-signalling-queue", _D.tunnel.max_priority_queue, positive_int, "Bytes of SIP and control a tunnel may queue for a peer that does not read; past a quarter of it new SIP requests get 503, past it the tunnel is closed."),
+    Option("max-media-queue", _D.tunnel.max_media_queue, positive_int, "Bytes of media a tunnel may queue; past it datagrams are dropped and counted."),
+    Option("udp-buffer", _D.sip.udp_buffer, positive_int, "Receive buffer (bytes) of SIP and forward UDP sockets."),
+    Option("media-buffer", _D.media.receive_buffer, positive_int, "Receive buffer (bytes) of each media relay socket: about 300 audio packets; a backlog beyond it is too late to play and the kernel drops it."),
     Option("user-ciphering", False, bool, "Seal each registered user's SIP and media frames with that user's key (both halves must ask).", flag=True),
-    Option("resume-window", 60.0, non_negative_float, "Seconds a broken tunnel's calls and media wait to be resumed (its registrations stay, dormant, until they expire); 0: never suspend."),
+    Option("resume-window", _D.session.resume_window, non_negative_float, "Seconds a broken tunnel's calls and media wait to be resumed (its registrations stay, dormant, until they expire); 0: never suspend."),
 )
 
 
@@ -127,10 +126,11 @@ class MediaRangeCheck(Service):
         self.log.info("media ports {where}", where=where)
 
 
-def load_tls(side: str, key: str, load: Any, *args: Any) -> Any:
+def load_tls(key: str, load: Any, *args: Any) -> Any:
     """
-    C{load(*args)}, which reads certificates or keys named by option
-    C{key}, with one line and a non-zero exit if they do not load.
+    C{load(*args)}, which reads certificates or keys named by option C{key}.
+
+    @raise ConfigError: they do not load.
     """
     from OpenSSL import SSL, crypto
     from twisted.internet.error import VerifyError
@@ -143,13 +143,14 @@ def load_tls(side: str, key: str, load: Any, *args: Any) -> Any:
         problem = "not a PEM certificate and key"
     except (OSError, ValueError) as e:
         problem = getattr(e, "strerror", None) or str(e)
-    raise SystemExit(f"spwm-{side}: invalid configuration: {key}: cannot load certificate/key: {problem}")
+    raise ConfigError(key, f"cannot load certificate/key: {problem}")
 
 
-def load_certificates(side: str, key: str, path: str) -> list[Any]:
+def load_certificates(key: str, path: str) -> list[Any]:
     """
-    The certificates of the PEM file C{path} (option C{key}), with one line
-    and a non-zero exit if there are none or one does not load.
+    The certificates of the PEM file C{path} (option C{key}).
+
+    @raise ConfigError: there are none or one does not load.
     """
     from spwm.tunnel.service import load_pem_certificates
 
@@ -158,50 +159,29 @@ def load_certificates(side: str, key: str, path: str) -> list[Any]:
     except Exception:
         certificates = []
     if not certificates:
-        raise SystemExit(f"spwm-{side}: invalid configuration: {key}: no PEM certificate in {path!r}")
+        raise ConfigError(key, f"no PEM certificate in {path!r}")
     return certificates
 
 
-def server_endpoint(reactor: Any, side: str, key: str, description: str) -> Any:
+def server_endpoint(reactor: Any, key: str, description: str) -> Any:
     """
-    C{serverFromString} for option C{key}, with one line and a non-zero exit
-    for a description Twisted does not understand.
+    C{serverFromString} for option C{key}.
+
+    @raise ConfigError: Twisted does not understand C{description}.
     """
     try:
         return serverFromString(reactor, description)
     except (ValueError, KeyError, TypeError) as e:
-        raise SystemExit(f"spwm-{side}: invalid configuration: {key}: {description!r}: {e}") from None
+        raise ConfigError(key, f"{description!r}: {e}") from None
 
 
-def add_status(top: MultiService, status: Status, options: dict, reactor: Any) -> StatusHTTPService | None:
+def build_service(side: str, build: Callable[[], Any]) -> IService:
     """
-    Serve C{status} on C{--status-listen} and log it every
-    C{--status-interval}, as children of C{top}.
-
-    @return: the HTTP service, if one was asked for.
+    C{build().service} for C{twistd}: a L{ConfigError} becomes one line
+    (C{spwm-SIDE: invalid configuration: KEY: PROBLEM}) and exit status 1.
     """
-    service = None
-    if options["status-listen"]:
-        endpoint = server_endpoint(reactor, status.side, "status-listen", options["status-listen"])
-        service = StatusHTTPService(endpoint, status, description=options["status-listen"])
-        service.setServiceParent(top)
-    if options["status-interval"] > 0:
-        logger = StatusLogService(status, options["status-interval"], reactor)
-        logger.setServiceParent(top)
-    return service
-
-
-def limits_from(options: dict) -> Limits:
-    """
-    Build the tunnel L{Limits} from parsed options.
-    """
-    return Limits(
-        handshake_timeout=options["handshake-timeout"],
-        keepalive_interval=options["keepalive-interval"],
-        keepalive_timeout=options["keepalive-timeout"],
-        media_deadline=options["media-deadline"],
-        max_channels=options["max-channels"],
-        max_priority_queue=options.get("max-signalling-queue", _D.max_priority_queue),
-        max_media_queue=options.get("max-media-queue", _D.max_media_queue),
-        drain_time=options.get("drain-time", _D.drain_time),
-    )
+    try:
+        service: IService = build().service
+        return service
+    except ConfigError as e:
+        raise ConfigExit(f"spwm-{side}: invalid configuration: {e}") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import socket
 from collections import deque
-from typing import Any
+from typing import Any, Callable, Generic, Protocol, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.error import CannotListenError
@@ -22,6 +22,94 @@ from spwm.sip.errors import SipParseError
 from spwm.sdp import SdpError
 from spwm.sip.message import make_response, parse_message
 from spwm.sip.transport import SipStreamFactory, SipUdpProtocol
+
+
+T = TypeVar("T")
+
+
+class Later(Generic[T]):
+    """
+    One part that another part calls but that is built after it: the
+    assembly's way to close a cycle (the SIP runner answers for the tunnel
+    handle, the tunnel handle is built first) without assigning attributes
+    after construction.  Bound once, by the assembly, before the service
+    starts; calling it before then is a bug and says which part.
+
+    @ivar what: the part, in words, for that error.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._value: T | None = None
+
+    def bind(self, value: T) -> T:
+        """
+        Name the part, once.
+
+        @return: C{value}.
+        """
+        if self._value is not None:
+            raise RuntimeError(f"{self.what} is already bound")
+        self._value = value
+        return value
+
+    def __call__(self) -> T:
+        """
+        The part.
+
+        @raise RuntimeError: it is not bound yet.
+        """
+        if self._value is None:
+            raise RuntimeError(f"{self.what} used before the assembly built it")
+        return self._value
+
+
+class OnDemand(Protocol):
+    """
+    What the tunnel handle asks of an on-demand tunnel.
+    """
+
+    def touch(self) -> None:
+        """
+        SIP went through: the tunnel is in use.
+        """
+
+    def want(self) -> bool:
+        """
+        A message waits for the tunnel: start it; C{False} if it cannot.
+        """
+
+
+class LaterOnDemand:
+    """
+    An L{OnDemand} built after the tunnel handle that calls it.
+    """
+
+    def __init__(self, later: Later[Any]) -> None:
+        self._later = later
+
+    def touch(self) -> None:
+        self._later().touch()
+
+    def want(self) -> bool:
+        return bool(self._later().want())
+
+
+class LaterRouter:
+    """
+    The tunnel application's channel routing for parts built before it
+    (the media manager, the media gate, the forwarder open channels
+    through it).
+    """
+
+    def __init__(self, later: Later[Any]) -> None:
+        self._later = later
+
+    def channel_opened_locally(self, tunnel: Any, channel_id: int, part: Any) -> None:
+        self._later().channel_opened_locally(tunnel, channel_id, part)
+
+    def forget_channel(self, tunnel: Any, channel_id: int) -> None:
+        self._later().forget_channel(tunnel, channel_id)
 
 
 class Hook(Service):
@@ -136,14 +224,24 @@ class AgentTunnelHandle:
         C{responses_dropped}, C{acks_dropped}, C{held} (messages that
         waited for an on-demand tunnel), C{held_overflow}.
     @ivar answer: C{answer(flow_id, data)} hands a response to the SIP core
-        as if it came from the tunnel (set by the assembly).
+        as if it came from the tunnel.
     @ivar retry_after: returns the seconds for C{Retry-After}.
-    @ivar on_demand: the L{OnDemandTunnel}, or C{None} (tunnel always up).
+    @ivar on_demand: the L{OnDemandTunnel} (or an L{OnDemand} that reaches
+        it), or C{None} (tunnel always up).
     """
 
     log = Logger()
 
-    def __init__(self, clock: Any = None, *, max_held: int = 64, hold_time: float = 10.0) -> None:
+    def __init__(
+        self,
+        clock: Any = None,
+        *,
+        max_held: int = 64,
+        hold_time: float = 10.0,
+        answer: Callable[[int, bytes], None] | None = None,
+        retry_after: Callable[[], int] = lambda: 5,
+        on_demand: OnDemand | None = None,
+    ) -> None:
         self.current: Any = None
         self.dropped = 0
         self.counters = {
@@ -153,9 +251,9 @@ class AgentTunnelHandle:
             "held": 0,
             "held_overflow": 0,
         }
-        self.answer: Any = None
-        self.retry_after: Any = lambda: 5
-        self.on_demand: Any = None
+        self.answer = answer
+        self.retry_after = retry_after
+        self.on_demand = on_demand
         self.max_held = max_held
         self.hold_time = hold_time
         self._clock = clock
@@ -371,4 +469,4 @@ def resolve_ip(host: str) -> str:
     The first address of C{host} (an IP literal is returned as it is).
     Called once at start-up.
     """
-    return socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0]
+    return str(socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0])

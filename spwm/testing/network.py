@@ -38,7 +38,7 @@ import ipaddress
 import random
 from collections import Counter, deque
 from enum import Enum
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Literal, Sequence, cast
 
 from attrs import define, field, frozen, validators
 from twisted.internet import error
@@ -47,6 +47,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IConnector,
     IConsumer,
+    IDelayedCall,
     IHalfCloseableProtocol,
     IHostnameResolver,
     IHostResolution,
@@ -603,7 +604,7 @@ class _FakeResolver:
         address = self._network.resolve(hostName)
         if address is not None:
             resolutionReceiver.addressResolved(
-                IPv4Address(transportSemantics, address, portNumber)
+                IPv4Address(cast(Literal["TCP", "UDP"], transportSemantics), address, portNumber)
             )
         resolutionReceiver.resolutionComplete()
         return resolution
@@ -635,7 +636,7 @@ class FakeReactor:
     ) -> Any:
         return self._clock.callLater(delay, callable, *args, **kw)
 
-    def getDelayedCalls(self) -> list[Any]:
+    def getDelayedCalls(self) -> Sequence[IDelayedCall]:
         return self._clock.getDelayedCalls()
 
     # -- IReactorPluggableNameResolver --------------------------------------

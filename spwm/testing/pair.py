@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from spwm.limits import Limits
+from spwm.limits import TunnelLimits
 from spwm.tunnel.connection import Role, TunnelConnection
 
 
@@ -22,7 +22,7 @@ class CorePair:
     @ivar contact_events: every event the contact produced, in order.
     """
 
-    def __init__(self, limits: Limits | None = None, now: float = 1000.0, **contact_args: Any) -> None:
+    def __init__(self, limits: TunnelLimits | None = None, now: float = 1000.0, **contact_args: Any) -> None:
         self.now = now
         self.agent = TunnelConnection(Role.AGENT, now, limits=limits, agent_id="agent-1")
         contact_args.setdefault("session_id", "s-1")

@@ -19,7 +19,7 @@ from typing import Any
 from attrs import define
 
 from spwm.errors import SpwmError, TunnelProtocolError
-from spwm.limits import Limits
+from spwm.limits import TunnelLimits
 from spwm.tunnel import events as ev
 from spwm.tunnel.decoder import FrameDecoder
 from spwm.tunnel.frames import (
@@ -69,7 +69,7 @@ class State(enum.Enum):
 
 class ChannelLimitError(SpwmError):
     """
-    Opening one more channel would exceed L{Limits.max_channels}.
+    Opening one more channel would exceed L{TunnelLimits.max_channels}.
     """
 
 
@@ -128,7 +128,7 @@ class TunnelConnection:
         role: Role,
         now: float,
         *,
-        limits: Limits | None = None,
+        limits: TunnelLimits | None = None,
         agent_id: str = "",
         session_id: str = "",
         hello: dict[str, Any] | None = None,
@@ -145,7 +145,7 @@ class TunnelConnection:
         @param versions: the range of versions we speak.
         """
         self.role = role
-        self.limits = limits or Limits()
+        self.limits = limits or TunnelLimits()
         self.state = State.AWAIT_PREFACE
         self.stats = TunnelStats()
         self.agent_id = agent_id
@@ -464,7 +464,7 @@ class TunnelConnection:
         any SIP frame queued after this call, so the peer knows the channel
         before it reads a message that refers to it.
 
-        @raise ChannelLimitError: if the tunnel has L{Limits.max_channels} open.
+        @raise ChannelLimitError: if the tunnel has L{TunnelLimits.max_channels} open.
         @raise TunnelNotOpenError: if the tunnel is not open.
         """
         self._require_open()
@@ -686,7 +686,7 @@ class TunnelConnection:
     def congested(self) -> bool:
         """
         Whether the signalling backlog is over the high-water mark (a
-        quarter of L{Limits.max_priority_queue}): the SIP proxies then refuse
+        quarter of L{TunnelLimits.max_priority_queue}): the SIP proxies then refuse
         new requests with C{503} instead of queueing them towards the close
         at the limit.
         """
@@ -710,7 +710,7 @@ class TunnelConnection:
     def _ping_due(self) -> float:
         """
         When the next PING is due: once nothing has been sent I{or} nothing
-        has been received for L{Limits.keepalive_interval}, and at most one
+        has been received for L{TunnelLimits.keepalive_interval}, and at most one
         PING per interval.  So no direction of the tunnel stays silent for
         longer than the interval (a NAT that forgets idle mappings sees
         traffic both ways), and a peer that only receives (one-way media)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 import socket
-from typing import Any, Protocol as TypingProtocol
+from typing import Any, Callable, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from spwm.addr import peer as peer_text
-from spwm.limits import Limits
+from spwm.limits import TunnelLimits
 from spwm.logthrottle import Every, ThrottledLog
 from spwm.tunnel import events as ev
 from spwm.tunnel.connection import ChannelLimitError, Role, State, TunnelConnection
@@ -232,7 +232,7 @@ class TunnelProtocol(Protocol):
         role: Role,
         app: TunnelApplication,
         clock: IReactorTime,
-        limits: Limits,
+        limits: TunnelLimits,
         *,
         agent_id: str = "",
         session_id: str = "",
@@ -866,10 +866,10 @@ class _TunnelFactory(Factory):
     noisy = False
     log = Logger()
 
-    def __init__(self, app: TunnelApplication, clock: IReactorTime, limits: Limits | None = None) -> None:
+    def __init__(self, app: TunnelApplication, clock: IReactorTime, limits: TunnelLimits | None = None) -> None:
         self.app = app
         self.clock = clock
-        self.limits = limits or Limits()
+        self.limits = limits or TunnelLimits()
 
 
 class AgentTunnelFactory(_TunnelFactory):
@@ -886,8 +886,8 @@ class AgentTunnelFactory(_TunnelFactory):
         app: TunnelApplication,
         clock: IReactorTime,
         agent_id: str,
-        limits: Limits | None = None,
-        hello: dict[str, Any] | None = None,
+        limits: TunnelLimits | None = None,
+        hello: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
         user_ciphering: bool = False,
     ) -> None:
         super().__init__(app, clock, limits)
@@ -971,7 +971,7 @@ class ContactTunnelFactory(_TunnelFactory):
         self,
         app: TunnelApplication,
         clock: IReactorTime,
-        limits: Limits | None = None,
+        limits: TunnelLimits | None = None,
         *,
         max_tunnels: int = 10000,
         max_per_host: int = 100,

@@ -623,7 +623,12 @@ class AgentTunnelService(ClientService):
         description: str,
         tls: ReportingClientTLS | None = None,
         policy: Callable[[int], float] | None = None,
+        attempt_failed: Callable[[], None] | None = None,
     ) -> None:
+        """
+        @param attempt_failed: called without arguments when an attempt
+            fails (an on-demand tunnel answers the requests it held).
+        """
         self._reporting = _ReportingEndpoint(endpoint, description)
         self._tls = tls
         self._retry = _RetryPolicy(policy or backoff())
@@ -632,8 +637,7 @@ class AgentTunnelService(ClientService):
         self.description = description
         #: when the next attempt is due while waiting between attempts
         self.next_attempt_at: float | None = None
-        #: called without arguments when an attempt fails (on-demand tunnels)
-        self.attempt_failed: Callable[[], None] | None = None
+        self.attempt_failed = attempt_failed
         self._reporting.on_failure = self._attempt_failed
         super().__init__(
             self._reporting, factory, retryPolicy=self._schedule, clock=clock, prepareConnection=self._prepare

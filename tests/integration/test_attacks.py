@@ -37,6 +37,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from spwm.tap import agent, contact
+from spwm.tap.assembly import build_agent, build_contact
 from spwm.testing import phone
 from spwm.testing.certs import TestCA
 from spwm.testing.ports import free_port
@@ -179,8 +180,8 @@ class AttackTestCase(TestCase):
                 "--drain-time", "0.2",
             ]
         )
-        self.contact = contact.makeService(options, reactor)
-        self.contact.startService()
+        self.contact = build_contact(options.config, reactor)
+        self.contact.service.startService()
         self.addCleanup(self.stop_service, self.contact)
         listening = yield within(self.contact.listener.listening, 10)
         self.tunnel_port = listening.getHost().port
@@ -199,15 +200,14 @@ class AttackTestCase(TestCase):
                     "--reconnect-max", "1",
                 ]
             )
-            service = agent.makeService(options, reactor)
-            service.sip_address = options.sip_addresses()[0]
-            service.startService()
+            service = build_agent(options.config, reactor)
+            service.service.startService()
             self.addCleanup(self.stop_service, service)
             self.agents.append(service)
         yield wait_until(lambda: all(a.tunnel_service.tunnel is not None for a in self.agents), 10)
         self.good_tunnels = set(self.contact.factory.tunnels)
-        self.alice = phone.Phone(reactor, "alice", DOMAIN, self.agents[0].sip_address)
-        self.bob = phone.Phone(reactor, "bob", DOMAIN, self.agents[1].sip_address)
+        self.alice = phone.Phone(reactor, "alice", DOMAIN, self.agents[0].config.sip_listen[0])
+        self.bob = phone.Phone(reactor, "bob", DOMAIN, self.agents[1].config.sip_listen[0])
         answered: defer.Deferred = defer.Deferred()
         self.bob.on_incoming = lambda call: answered.called or answered.callback(call)
         for p in (self.alice, self.bob):
@@ -238,8 +238,8 @@ class AttackTestCase(TestCase):
 
     @defer.inlineCallbacks
     def stop_service(self, service: Any) -> Any:
-        if service.running:
-            yield within(defer.maybeDeferred(service.stopService), 5)
+        if service.service.running:
+            yield within(defer.maybeDeferred(service.service.stopService), 5)
 
     @defer.inlineCallbacks
     def finish_call(self) -> Any:

@@ -13,6 +13,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from spwm.tap import agent, contact
+from spwm.tap.assembly import build_agent, build_contact
 from spwm.testing.certs import TestCA
 from spwm.testing.phone import Phone
 from tests.integration.test_sip_loopback import free_port
@@ -53,18 +54,17 @@ class _LoopbackPair(TestCase):
                  "--agent-id", name, "--sip-listen", f"127.0.0.1:{free_port()}", "--media-ports", media,
                  "--reconnect-max", "0.3", "--resume-window", "10", *self.extra]
             )
-            service = agent.makeService(options, reactor)
-            service.startService()
-            self.addCleanup(service.stopService)
-            service.sip_address = options.sip_addresses()[0]
+            service = build_agent(options.config, reactor)
+            service.service.startService()
+            self.addCleanup(service.service.stopService)
             self.agents.append(service)
         yield wait_until(lambda: all(a.tunnel_service.tunnel is not None for a in self.agents))
 
     @defer.inlineCallbacks
     def call(self) -> Any:
         answered: defer.Deferred[Any] = defer.Deferred()
-        alice = Phone(reactor, "alice", "example.test", self.agents[0].sip_address)
-        bob = Phone(reactor, "bob", "example.test", self.agents[1].sip_address)
+        alice = Phone(reactor, "alice", "example.test", self.agents[0].config.sip_listen[0])
+        bob = Phone(reactor, "bob", "example.test", self.agents[1].config.sip_listen[0])
         bob.on_incoming = lambda c: answered.called or answered.callback(c)
         for phone in (alice, bob):
             phone.start()
@@ -104,9 +104,9 @@ class _LoopbackPair(TestCase):
         """
         options = contact.Options()
         options.parseOptions(self.contact_argv)
-        service = contact.makeService(options, reactor)
-        service.startService()
-        self.addCleanup(lambda: service.stopService() if service.running else None)
+        service = build_contact(options.config, reactor)
+        service.service.startService()
+        self.addCleanup(lambda: service.service.stopService() if service.service.running else None)
         yield service.listener.listening
         return service
 
@@ -287,7 +287,7 @@ class RestartTests(_LoopbackPair):
         alice, bob, a_call, b_call = yield self.call()
         sessions = sorted(a.tunnel_service.tunnel.session_id for a in self.agents)
         registers = alice.sent.get("REGISTER"), bob.sent.get("REGISTER")
-        yield self.contact.stopService()
+        yield self.contact.service.stopService()
         self.assertEqual(os.stat(self.state_file).st_mode & 0o777, 0o600)
         self.contact = yield self.start_contact()
         self.assertEqual(self.contact.resumption.dormant, 2)
@@ -308,7 +308,7 @@ class RestartTests(_LoopbackPair):
         and they go on with fresh sessions.
         """
         yield self.call()
-        yield self.contact.stopService()
+        yield self.contact.service.stopService()
         with open(self.state_file, "w") as f:
             f.write("{not json")
         self.contact = yield self.start_contact()

@@ -15,6 +15,7 @@ from twisted.trial.unittest import TestCase
 
 from spwm.sip.message import make_response, parse_message
 from spwm.tap import agent, contact
+from spwm.tap.assembly import build_agent, build_contact
 from spwm.testing.certs import TestCA
 from spwm.testing.ports import free_port as _free_port
 from tests.integration.test_tunnel_loopback import wait_until
@@ -69,9 +70,9 @@ class RunningHalves(TestCase):
             ["--listen", "tcp:0:interface=127.0.0.1", "--cert", cert.cert, "--key", cert.key,
              "--sip-address", f"127.0.0.1:{free_port()}", "--drain-time", "0.2"]
         )
-        self.contact = contact.makeService(options, reactor)
-        self.contact.startService()
-        self.addCleanup(self.contact.stopService)
+        self.contact = build_contact(options.config, reactor)
+        self.contact.service.startService()
+        self.addCleanup(self.contact.service.stopService)
         listening = yield self.contact.listener.listening
         self.sip_port = free_port()
         options = agent.Options()
@@ -81,9 +82,9 @@ class RunningHalves(TestCase):
              "--sip-tls-cert", self.sip_cert.cert, "--sip-tls-key", self.sip_cert.key,
              "--media-ports", "41000-41099"]
         )
-        self.agent = agent.makeService(options, reactor)
-        self.agent.startService()
-        self.addCleanup(self.agent.stopService)
+        self.agent = build_agent(options.config, reactor)
+        self.agent.service.startService()
+        self.addCleanup(self.agent.service.stopService)
         yield wait_until(lambda: self.agent.tunnel_service.tunnel is not None)
 
     def udp_exchange(self, data: bytes) -> bytes:

@@ -15,6 +15,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from spwm.tap import agent, contact
+from spwm.tap.assembly import build_agent, build_contact
 from spwm.testing.certs import TestCA
 from spwm.testing.ports import free_port
 
@@ -61,7 +62,8 @@ def wait_until(predicate: Any, timeout: float = 10.0, step: float = 0.05) -> def
 
 class LoopbackBase(TestCase):
     """
-    Agent and contact point as assembled by their twistd plugins, on loopback.
+    Agent and contact point as L{build_agent} and L{build_contact} assemble them
+    for their twistd plugins, on loopback.
     """
 
     timeout = 60
@@ -77,8 +79,8 @@ class LoopbackBase(TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.log_events.append)
 
     def start(self, service: Any) -> Any:
-        service.startService()
-        self.addCleanup(service.stopService)
+        service.service.startService()
+        self.addCleanup(service.service.stopService)
         return service
 
     @defer.inlineCallbacks
@@ -89,8 +91,8 @@ class LoopbackBase(TestCase):
              "--allow-forward", f"127.0.0.1:{self.echo}", "--drain-time", "0.5",
              "--sip-address", f"127.0.0.1:{self.free_udp_port()}", *extra]
         )
-        service = contact.makeService(options, reactor)
-        service.startService()
+        service = build_contact(options.config, reactor)
+        service.service.startService()
         listening = yield service.listener.listening
         return service, listening.getHost().port
 
@@ -102,7 +104,7 @@ class LoopbackBase(TestCase):
              "--forward-udp", f"{local}=127.0.0.1:{self.echo}", "--reconnect-max", "0.5",
              "--sip-listen", f"127.0.0.1:{self.free_udp_port()}", *extra]
         )
-        service = self.start(agent.makeService(options, reactor))
+        service = self.start(build_agent(options.config, reactor))
         return service, local
 
     def free_udp_port(self) -> int:
@@ -143,7 +145,7 @@ class LoopbackTests(LoopbackBase):
         TLS tunnel and the answer comes back to the sender.
         """
         service, port = yield self.start_contact()
-        self.addCleanup(service.stopService)
+        self.addCleanup(service.service.stopService)
         agent_service, local = self.start_agent(port)
         yield wait_until(lambda: agent_service.tunnel_service.tunnel is not None)
         got = yield self.exchange(local, b"ping")
@@ -157,7 +159,7 @@ class LoopbackTests(LoopbackBase):
         refused, and the log says why.
         """
         service, port = yield self.start_contact()
-        self.addCleanup(service.stopService)
+        self.addCleanup(service.service.stopService)
         agent_service, local = self.start_agent(port, server_name="other.spwm.test")
         yield wait_until(
             lambda: any("does not match server name" in str(e.get("reason", "")) for e in self.log_events)
@@ -175,10 +177,10 @@ class LoopbackTests(LoopbackBase):
         agent_service, local = self.start_agent(port)
         yield wait_until(lambda: agent_service.tunnel_service.tunnel is not None)
         first = agent_service.tunnel_service.tunnel
-        yield service.stopService()
+        yield service.service.stopService()
         yield wait_until(lambda: agent_service.tunnel_service.tunnel is None)
         service, _ = yield self.start_contact(port)
-        self.addCleanup(service.stopService)
+        self.addCleanup(service.service.stopService)
         yield wait_until(lambda: agent_service.tunnel_service.tunnel is not None and agent_service.tunnel_service.tunnel is not first)
         got = yield self.exchange(local, b"again")
         self.assertEqual(got, b"echo:again")
@@ -190,14 +192,14 @@ class LoopbackTests(LoopbackBase):
         a log line on both sides and nothing is sent.
         """
         service, port = yield self.start_contact()
-        self.addCleanup(service.stopService)
+        self.addCleanup(service.service.stopService)
         options = agent.Options()
         local = self.free_udp_port()
         options.parseOptions(
             ["--contact", f"127.0.0.1:{port}", "--server-name", "contact.spwm.test", "--ca", self.ca.ca_file,
              "--forward-udp", f"{local}=127.0.0.1:9", "--sip-listen", f"127.0.0.1:{self.free_udp_port()}"]
         )
-        agent_service = self.start(agent.makeService(options, reactor))
+        agent_service = self.start(build_agent(options.config, reactor))
         yield wait_until(lambda: agent_service.tunnel_service.tunnel is not None)
         got = yield self.exchange(local, b"x", tries=2)
         self.assertIsNone(got)
@@ -213,7 +215,7 @@ class LoopbackTests(LoopbackBase):
         from spwm.tunnel.protocol import find_socket
 
         service, port = yield self.start_contact()
-        self.addCleanup(service.stopService)
+        self.addCleanup(service.service.stopService)
         agent_service, local = self.start_agent(port)
         yield wait_until(lambda: agent_service.tunnel_service.tunnel is not None and len(service.factory.tunnels) == 1)
         for tunnel in [agent_service.tunnel_service.tunnel, *service.factory.tunnels]:
@@ -241,7 +243,7 @@ class MutualTLSTests(LoopbackBase):
         An agent with a good client certificate gets its tunnel.
         """
         service, port = yield self.start_contact()
-        self.addCleanup(service.stopService)
+        self.addCleanup(service.service.stopService)
         agent_service, local = self.start_agent(port, extra=["--agent-id", "agent-1", *self.client("agent-1")])
         yield wait_until(lambda: agent_service.tunnel_service.tunnel is not None)
         got = yield self.exchange(local, b"mtls")
@@ -253,7 +255,7 @@ class MutualTLSTests(LoopbackBase):
         An agent without a certificate never gets a tunnel.
         """
         service, port = yield self.start_contact()
-        self.addCleanup(service.stopService)
+        self.addCleanup(service.service.stopService)
         agent_service, local = self.start_agent(port, extra=["--agent-id", "agent-1"])
         yield wait_until(lambda: agent_service.tunnel_service.attempts >= 2)
         self.assertIsNone(agent_service.tunnel_service.tunnel)
@@ -267,7 +269,7 @@ class MutualTLSTests(LoopbackBase):
         handshake, with a log line that says so.
         """
         service, port = yield self.start_contact()
-        self.addCleanup(service.stopService)
+        self.addCleanup(service.service.stopService)
         agent_service, local = self.start_agent(port, extra=["--agent-id", "agent-1", *self.client("agent-2")])
         yield wait_until(
             lambda: any("does not match agent id" in str(e.get("reason", "")) for e in self.log_events)
@@ -329,7 +331,7 @@ class NoTunnelTests(LoopbackBase):
             ["--contact", f"127.0.0.1:{nobody}", "--server-name", "contact.spwm.test", "--ca", self.ca.ca_file,
              "--sip-listen", f"127.0.0.1:{sip}", "--reconnect-max", "5"]
         )
-        self.start(agent.makeService(options, reactor))
+        self.start(build_agent(options.config, reactor))
         phone, port = self.phone()
         port.write(sip_register(port.getHost().port, 300, "a"), ("127.0.0.1", sip))
         yield wait_until(lambda: phone.received, timeout=5)
@@ -349,14 +351,14 @@ class NoTunnelTests(LoopbackBase):
         connects again.
         """
         service, contact_port = yield self.start_contact()
-        self.addCleanup(service.stopService)
+        self.addCleanup(service.service.stopService)
         sip = self.free_udp_port()
         options = agent.Options()
         options.parseOptions(
             ["--contact", f"127.0.0.1:{contact_port}", "--server-name", "contact.spwm.test", "--ca", self.ca.ca_file,
              "--sip-listen", f"127.0.0.1:{sip}", "--tunnel", "on-demand", "--tunnel-idle", "0.5"]
         )
-        agent_service = self.start(agent.makeService(options, reactor))
+        agent_service = self.start(build_agent(options.config, reactor))
         tunnel = agent_service.tunnel_service
         d: defer.Deferred[None] = defer.Deferred()
         reactor.callLater(0.5, d.callback, None)
@@ -387,9 +389,9 @@ class NoTunnelTests(LoopbackBase):
             ["--listen", "tcp:0:interface=127.0.0.1", "--plaintext",
              "--sip-address", f"127.0.0.1:{self.free_udp_port()}"]
         )
-        service = contact.makeService(options, reactor)
-        service.startService()
-        self.addCleanup(service.stopService)
+        service = build_contact(options.config, reactor)
+        service.service.startService()
+        self.addCleanup(service.service.stopService)
         listening = yield service.listener.listening
         self.start_agent(listening.getHost().port)
         yield wait_until(
@@ -406,7 +408,7 @@ class NoTunnelTests(LoopbackBase):
         logs that the contact point closed without a word and what to do.
         """
         service, port = yield self.start_contact()
-        self.addCleanup(service.stopService)
+        self.addCleanup(service.service.stopService)
         self.start_agent(port, extra=["--plaintext"])
         yield wait_until(
             lambda: any(

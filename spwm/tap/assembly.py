@@ -1,0 +1,595 @@
+# -*- test-case-name: tests.test_tap_config -*-
+"""
+Building each half from its typed configuration, in dependency order.
+
+L{build_agent} and L{build_contact} return a record of the parts
+(L{Agent}, L{ContactPoint}) whose C{service} is the one L{MultiService} to
+start: C{twistd} (C{makeService}) and programs that embed SPWM
+(C{docs/embedding.md}) add it to their service tree.  Every part is
+constructed with what it needs; where two parts call each other (the
+tunnel application routes SIP to the runner, the runner's parts open
+channels through the tunnel application), the one built first gets a typed
+L{Later} that the assembly binds as soon as the other exists, before the
+service starts.  No attribute is set on a part after it is built.
+
+Problems found while building (a certificate that does not load, an
+endpoint description Twisted does not understand, a proxy name that does
+not resolve) raise L{ConfigError}.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from attrs import frozen
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+
+from spwm.errors import ConfigError
+from spwm.forward import USE as FORWARD_USE, AgentForwarder, ContactForwarder
+from spwm.media.manager import MediaManager
+from spwm.media.reader import relay_sockets_for
+from spwm.security.resume import AgentResumption, ContactResumption
+from spwm.sip.authz import AuthorizingContactProxy, MediaGate
+from spwm.sip.flows import FlowTable
+from spwm.sip.names import ProxyNames
+from spwm.sip.actions import OperatorProxy
+from spwm.sip.agent_proxy import AgentSipProxy
+from spwm.sip.contact_proxy import ContactSipProxy
+from spwm.sip.registrar import EmbeddedRegistrar
+from spwm.sip.transport import AgentSipRunner, ContactSipRunner, SipTrace
+from spwm.state import ContactState
+from spwm.status import Status, StatusHTTPService, StatusLogService
+from spwm.tap.common import (
+    MediaRangeCheck,
+    StartupService,
+    load_certificates,
+    load_tls,
+    server_endpoint,
+)
+from spwm.tap.options import AgentConfig, ContactConfig, StatusConfig
+from spwm.tap.parts import (
+    AgentTunnelHandle,
+    Hook,
+    Later,
+    LaterOnDemand,
+    LaterRouter,
+    MediaHookAdapter,
+    SipListeners,
+    SipOnly,
+    flow_source,
+    resolve_ip,
+)
+from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux, ContactTunnelFactory
+from spwm.tunnel.service import (
+    AgentTunnelService,
+    ContactListenService,
+    OnDemandTunnel,
+    agent_endpoint,
+    backoff,
+    client_certificate,
+    server_tls_factory,
+)
+
+
+@frozen
+class Agent:
+    """
+    The parts of one agent, as L{build_agent} joined them.
+
+    @ivar config: what it was built from.
+    @ivar mux: the tunnel application (SIP, channels and lifecycle by part).
+    @ivar handle: the stable tunnel handle the SIP core sends through.
+    @ivar forwarder: the UDP forwards.
+    @ivar media: the media relay.
+    @ivar resumption: keys and session resumption.
+    @ivar sip_core: the SIP core (the agent proxy, watched by C{resumption}).
+    @ivar runner: the SIP runner (sockets to applications, the tunnel).
+    @ivar factory: builds each tunnel connection.
+    @ivar tunnel_service: keeps the tunnel connected (or, on demand, is
+        started by C{on_demand}).
+    @ivar on_demand: with C{--tunnel on-demand}, the part that starts and
+        stops C{tunnel_service}; else C{None}.
+    @ivar sip_listeners: the SIP sockets towards applications.
+    @ivar status: the status document.
+    @ivar status_http: serves it, if asked for.
+    @ivar service: the one service to start; its children in start order.
+    """
+
+    config: AgentConfig
+    mux: ApplicationMux
+    handle: AgentTunnelHandle
+    forwarder: AgentForwarder
+    media: MediaManager
+    resumption: AgentResumption
+    sip_core: Any
+    runner: AgentSipRunner
+    factory: AgentTunnelFactory
+    tunnel_service: AgentTunnelService
+    on_demand: OnDemandTunnel | None
+    sip_listeners: SipListeners
+    status: Status
+    status_http: StatusHTTPService | None
+    service: MultiService
+
+
+@frozen
+class ContactPoint:
+    """
+    The parts of one contact point, as L{build_contact} joined them.
+
+    @ivar config: what it was built from.
+    @ivar mux: the tunnel application.
+    @ivar forwarder: the UDP forwards agents ask for.
+    @ivar media: the media relay.
+    @ivar sip_core: the SIP core (authorisation over the contact proxy).
+    @ivar runner: the SIP runner (sockets to the operator, the tunnels).
+    @ivar resumption: sessions, their keys and resumption.
+    @ivar factory: builds and counts the tunnel connections.
+    @ivar listener: accepts the tunnels.
+    @ivar sip_listeners: the operator-side SIP sockets.
+    @ivar state: the state file, or C{None}.
+    @ivar status: the status document.
+    @ivar status_http: serves it, if asked for.
+    @ivar service: the one service to start; its children in start order.
+    """
+
+    config: ContactConfig
+    mux: ApplicationMux
+    forwarder: ContactForwarder
+    media: MediaManager
+    sip_core: AuthorizingContactProxy
+    runner: ContactSipRunner
+    resumption: ContactResumption
+    factory: ContactTunnelFactory
+    listener: ContactListenService
+    sip_listeners: SipListeners
+    state: ContactState | None
+    status: Status
+    status_http: StatusHTTPService | None
+    service: MultiService
+
+
+def sip_trace(trace: bool, bodies: bool) -> SipTrace | None:
+    """
+    The runner's trace for C{--sip-trace} (C{None} without it).
+    """
+    return SipTrace(bodies=bodies) if trace else None
+
+
+def agent_names(addresses: list[tuple[str, int]], tls: bool, names: Any) -> ProxyNames:
+    """
+    What names the agent in a Route or Request-URI: every listening
+    address and port (UDP and TCP; the TLS port, port + 1, with
+    C{--sip-tls-cert}) and the C{--sip-name}s.
+    """
+    listening = list(addresses)
+    if tls:
+        listening += [(host, port + 1) for host, port in addresses]
+    return ProxyNames(listening, list(names))
+
+
+def status_services(
+    top: MultiService, status: Status, config: StatusConfig, reactor: Any
+) -> StatusHTTPService | None:
+    """
+    Serve C{status} on C{--status-listen} and log it every
+    C{--status-interval}, as children of C{top}.
+
+    @return: the HTTP service, if one was asked for.
+    """
+    service = None
+    if config.listen:
+        endpoint = server_endpoint(reactor, "status-listen", config.listen)
+        service = StatusHTTPService(endpoint, status, description=config.listen)
+        service.setServiceParent(top)
+    if config.interval > 0:
+        StatusLogService(status, config.interval, reactor).setServiceParent(top)
+    return service
+
+
+def agent_tunnel_service(
+    config: AgentConfig, factory: AgentTunnelFactory, reactor: Any, attempt_failed: Any
+) -> AgentTunnelService:
+    """
+    The service that keeps the agent's tunnel connected.
+
+    @param attempt_failed: called when an attempt fails (on-demand).
+    """
+    if config.ca:
+        load_certificates("ca", config.ca)
+    host, port = config.contact
+    endpoint, tls = agent_endpoint(
+        reactor,
+        host,
+        port,
+        plaintext=config.plaintext,
+        server_name=config.server_name,
+        ca_file=config.ca,
+        http_proxy=config.http_proxy,
+        http_proxy_auth=config.http_proxy_auth,
+        client_cert=(
+            load_tls("client-cert", client_certificate, config.client_cert, config.client_key)
+            if config.client_cert
+            else None
+        ),
+    )
+    service = AgentTunnelService(
+        endpoint,
+        factory,
+        reactor,
+        description=config.contact_name,
+        tls=tls,
+        policy=backoff(cap=config.reconnect_max),
+        attempt_failed=attempt_failed,
+    )
+    return service
+
+
+def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
+    """
+    Build an agent: the tunnel client and the parts that use it.
+
+    @raise ConfigError: a certificate, key or endpoint of C{config} does
+        not load.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    limits = config.limits
+    agent_id = config.agent_id or socket.gethostname()
+    sip_addresses = list(config.sip_listen)
+    later_mux: Later[ApplicationMux] = Later("the tunnel application")
+    later_runner: Later[AgentSipRunner] = Later("the SIP runner")
+    later_tunnel: Later[AgentTunnelService] = Later("the tunnel service")
+    later_on_demand: Later[OnDemandTunnel] = Later("the on-demand tunnel")
+    router = LaterRouter(later_mux)
+
+    handle = AgentTunnelHandle(
+        reactor,
+        max_held=limits.tunnel.max_held,
+        hold_time=limits.tunnel.hold_time,
+        answer=lambda flow_id, data: later_runner().sip_received(None, flow_id, data),
+        retry_after=lambda: later_tunnel().retry_after(limits.tunnel.retry_after_cap),
+        on_demand=LaterOnDemand(later_on_demand) if config.tunnel == "on-demand" else None,
+    )
+    forwarder = AgentForwarder(
+        reactor,
+        list(config.forward_udp),
+        receive_buffer=limits.sip.udp_buffer,
+        max_senders=limits.sip.max_forward_senders,
+        mux=router,
+    )
+    media_address = config.media_address or sip_addresses[0][0]
+    media = MediaManager(
+        reactor,
+        "agent",
+        media_address,
+        config.media_ports,
+        inactivity_timeout=limits.media.inactivity_timeout,
+        receive_buffer=limits.media.receive_buffer,
+        max_streams_per_dialog=limits.media.max_streams_per_dialog,
+        max_pending_channels=limits.media.max_pending_channels,
+        max_branches_per_stream=limits.media.max_branches_per_stream,
+        router=router,
+        sockets=relay_sockets_for(reactor),
+    )
+    resumption = AgentResumption(
+        reactor,
+        limits.session.resume_window,
+        media,
+        handle,
+        session_lost=lambda flows: later_runner().close_stream_flows(flows),
+    )
+    flows = FlowTable()
+    proxy = AgentSipProxy(
+        handle,
+        agent_id,
+        # media from the phone's signalling host latches (docs/media.md)
+        media_hook=MediaHookAdapter(media, lambda key: key.current, flow_source(flows, reactor)),
+        max_message_size=limits.sip.max_message_size,
+        names=agent_names(sip_addresses, bool(config.sip_tls_cert), config.sip_names),
+        flows=flows,
+    )
+    core = resumption.wrap(proxy)
+    runner = later_runner.bind(
+        AgentSipRunner(core, reactor, trace=sip_trace(config.sip_trace, config.sip_trace_bodies))
+    )
+    sip_part: AgentSipRunner | TouchingSip = runner
+    if config.tunnel == "on-demand":
+        sip_part = TouchingSip(runner, LaterOnDemand(later_on_demand))
+    mux = later_mux.bind(
+        ApplicationMux(
+            sip=sip_part,
+            parts={FORWARD_USE: forwarder, "media": MediaGate(media, None, router)},
+            observers=[handle, resumption],
+        )
+    )
+    factory = AgentTunnelFactory(
+        mux, reactor, agent_id, limits.tunnel, hello=resumption.hello, user_ciphering=config.user_ciphering
+    )
+    sip_tls = None
+    if config.sip_tls_cert:
+        from spwm.tunnel.service import server_tls_options
+
+        sip_tls = load_tls("sip-tls-cert", server_tls_options, config.sip_tls_cert, config.sip_tls_key)
+    tunnel = later_tunnel.bind(
+        agent_tunnel_service(
+            config, factory, reactor, handle.release_held if config.tunnel == "on-demand" else None
+        )
+    )
+    on_demand = None
+    if config.tunnel == "on-demand":
+        on_demand = later_on_demand.bind(
+            OnDemandTunnel(tunnel, reactor, core.busy, config.tunnel_idle, before_close=resumption.end_session)
+        )
+
+    top = StartupService("agent")
+    MediaRangeCheck(media_address, config.media_ports).setServiceParent(top)
+    (on_demand if on_demand is not None else tunnel).setServiceParent(top)
+    Hook(forwarder.start, forwarder.stop).setServiceParent(top)
+    listeners = SipListeners(
+        reactor, runner, sip_addresses, sip_tls, limits.sip.udp_buffer, limits.sip.max_message_size
+    )
+    listeners.setServiceParent(top)
+    Hook(lambda: None, resumption.stop).setServiceParent(top)
+    status = Status("agent", reactor)
+    if on_demand is not None:
+        demand = on_demand
+        status.add("tunnel", lambda: dict(tunnel.status(), **demand.status()))
+    else:
+        status.add("tunnel", tunnel.status)
+    status.add("no_tunnel", handle.status)
+    status.add("sessions", resumption.status)
+    status.add("sip", core.status)
+    status.add("media", media.status)
+    status.add(
+        "forwards",
+        lambda: {"dropped_no_tunnel": forwarder.dropped_no_tunnel, "dropped_no_channel": forwarder.dropped_no_channel},
+    )
+    status_http = status_services(top, status, config.status, reactor)
+    return Agent(
+        config=config,
+        mux=mux,
+        handle=handle,
+        forwarder=forwarder,
+        media=media,
+        resumption=resumption,
+        sip_core=core,
+        runner=runner,
+        factory=factory,
+        tunnel_service=tunnel,
+        on_demand=on_demand,
+        sip_listeners=listeners,
+        status=status,
+        status_http=status_http,
+        service=top,
+    )
+
+
+class TouchingSip:
+    """
+    The SIP part of the tunnel application with an on-demand tunnel: SIP
+    from the tunnel counts as activity too (an incoming call keeps the
+    tunnel up).
+    """
+
+    def __init__(self, runner: AgentSipRunner, on_demand: LaterOnDemand) -> None:
+        self.runner = runner
+        self._on_demand = on_demand
+
+    @property
+    def trace(self) -> SipTrace | None:
+        """
+        The runner's trace.
+        """
+        return self.runner.trace
+
+    def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
+        self._on_demand.touch()
+        self.runner.sip_received(tunnel, flow_id, data)
+
+
+def check_state_directory(path: str) -> None:
+    """
+    The state file is written at stop: refuse at start a directory it could
+    not be written to, rather than lose the state then.
+
+    @raise ConfigError: it could not.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ConfigError("state-file", f"no directory {directory!r}")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError("state-file", f"cannot write in {directory!r}")
+
+
+def operator_proxy(proxy: OperatorProxy | None) -> OperatorProxy | None:
+    """
+    C{--sip-proxy} with its host resolved (once, at start).
+
+    @raise ConfigError: the name does not resolve.
+    """
+    if proxy is None:
+        return None
+    try:
+        return OperatorProxy(resolve_ip(proxy.host), proxy.port, proxy.transport)
+    except OSError as e:
+        raise ConfigError("sip-proxy", f"cannot resolve {proxy.host}: {e}") from None
+
+
+def contact_listen_service(config: ContactConfig, factory: ContactTunnelFactory, reactor: Any) -> ContactListenService:
+    """
+    The service that accepts the agents' tunnels.
+    """
+    tls_factory = None
+    if not config.plaintext:
+        if config.client_ca:
+            load_certificates("client-ca", config.client_ca)
+        tls_factory = load_tls(
+            "cert", server_tls_factory, config.cert, config.key, factory, None, config.client_ca
+        )
+    return ContactListenService(
+        server_endpoint(reactor, "listen", config.listen),
+        factory,
+        reactor,
+        tls_factory=tls_factory,
+        drain=config.limits.tunnel.drain_time,
+        description=config.listen,
+    )
+
+
+def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
+    """
+    Build a contact point: the tunnel listener and the parts behind it.
+
+    @raise ConfigError: a certificate, key, endpoint, proxy name or state
+        directory of C{config} is not usable.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    limits = config.limits
+    later_mux: Later[ApplicationMux] = Later("the tunnel application")
+    later_resumption: Later[ContactResumption] = Later("the session resumption")
+    router = LaterRouter(later_mux)
+
+    forwarder = ContactForwarder(reactor, list(config.allow_forward), receive_buffer=limits.sip.udp_buffer)
+    sip_host, sip_port = config.sip_address
+    operator = operator_proxy(config.sip_proxy)
+    media_address = config.media_address or sip_host
+    media = MediaManager(
+        reactor,
+        "contact",
+        media_address,
+        config.media_ports,
+        allow=list(config.media_allow),
+        inactivity_timeout=limits.media.inactivity_timeout,
+        receive_buffer=limits.media.receive_buffer,
+        max_streams_per_dialog=limits.media.max_streams_per_dialog,
+        max_pending_channels=limits.media.max_pending_channels,
+        max_branches_per_stream=limits.media.max_branches_per_stream,
+        router=router,
+        sockets=relay_sockets_for(reactor),
+    )
+    state = None
+    if config.state_file:
+        check_state_directory(config.state_file)
+        state = ContactState(config.state_file, reactor)
+    saved = state.load() if state is not None else None
+    secret = (state.secret(saved) if state is not None else None) or os.urandom(32)
+    registrar = None if operator is not None else EmbeddedRegistrar(domains=list(config.domains) or None)
+    core = AuthorizingContactProxy(
+        ContactSipProxy(
+            (sip_host, sip_port),
+            secret,
+            operator=operator,
+            registrar=registrar,
+            names=ProxyNames([(sip_host, sip_port)], list(config.sip_names)),
+            contact_rewrite=config.contact_rewrite,
+            media_hook=MediaHookAdapter(media),
+            max_message_size=limits.sip.max_message_size,
+        ),
+        require_registration=not config.allow_unregistered,
+        register_limit=limits.sip.registers_per_minute,
+        max_users=limits.sip.users_per_tunnel,
+        observer=ResumptionObserver(later_resumption),
+    )
+
+    def connect(addr: tuple[str, int], f: Any) -> Deferred[Any]:
+        endpoint = TCP6ClientEndpoint if ":" in addr[0] else TCP4ClientEndpoint
+        return endpoint(reactor, addr[0], addr[1], timeout=10, bindAddress=(sip_host, 0)).connect(f)
+
+    def send_to_tunnel(tunnel: Any, flow_id: int, data: bytes) -> None:
+        tunnel.send_sip(flow_id, data)
+        later_resumption().flush_bindings()
+
+    runner = ContactSipRunner(
+        core,
+        reactor,
+        connect=connect,
+        send_to_tunnel=send_to_tunnel,
+        max_connections=limits.sip.max_connections,
+        max_queued=limits.sip.max_queued,
+        trace=sip_trace(config.sip_trace, config.sip_trace_bodies),
+    )
+    resumption = later_resumption.bind(
+        ContactResumption(
+            reactor, limits.session.resume_window, media, runner, max_dormant=limits.session.max_dormant
+        )
+    )
+    gate = MediaGate(media, core, router)
+    mux = later_mux.bind(
+        ApplicationMux(sip=SipOnly(runner), parts={FORWARD_USE: forwarder, "media": gate}, observers=[resumption])
+    )
+    factory = ContactTunnelFactory(
+        mux,
+        reactor,
+        limits.tunnel,
+        max_tunnels=limits.tunnel.max_tunnels,
+        max_per_host=limits.tunnel.max_tunnels_per_address,
+        check_client_identity=bool(config.client_ca),
+        user_ciphering=config.user_ciphering,
+    )
+    listener = contact_listen_service(config, factory, reactor)
+
+    top = StartupService("contact")
+    MediaRangeCheck(media_address, config.media_ports).setServiceParent(top)
+    listener.setServiceParent(top)
+    listeners = SipListeners(
+        reactor,
+        runner,
+        [(sip_host, sip_port)],
+        receive_buffer=limits.sip.udp_buffer,
+        max_size=limits.sip.max_message_size,
+        option="sip-address",
+    )
+    listeners.setServiceParent(top)
+    Hook(lambda: None, resumption.stop).setServiceParent(top)
+    status = Status("contact", reactor)
+    status.add("tunnels", lambda: {"open": len(factory.tunnels), "refused": factory.refused})
+    status.add("sessions", resumption.status)
+    status.add("sip", core.status)
+    status.add("media", lambda: {**media.status(), "refused_unregistered": gate.refused})
+    status.add("forwards", lambda: {"open": forwarder.open_count, "refused": forwarder.refused})
+    status_http = status_services(top, status, config.status, reactor)
+    if state is not None:
+        kept = state
+        if saved is not None:
+            kept.restore(saved, core, resumption)
+        # Added last, so stopped first: saved while the sessions are live,
+        # before the drain closes their tunnels.
+        Hook(lambda: None, lambda: kept.save(core, resumption)).setServiceParent(top)
+    return ContactPoint(
+        config=config,
+        mux=mux,
+        forwarder=forwarder,
+        media=media,
+        sip_core=core,
+        runner=runner,
+        resumption=resumption,
+        factory=factory,
+        listener=listener,
+        sip_listeners=listeners,
+        state=state,
+        status=status,
+        status_http=status_http,
+        service=top,
+    )
+
+
+class ResumptionObserver:
+    """
+    The contact core's observer (REGISTER traffic of the tunnels), for
+    the session resumption, which is built after the core.
+    """
+
+    def __init__(self, later: Later[ContactResumption]) -> None:
+        self._later = later
+
+    def request_from_tunnel(self, tunnel_key: Any, session_id: Any, data: bytes) -> None:
+        self._later().request_from_tunnel(tunnel_key, session_id, data)
+
+    def response_to_tunnel(self, tunnel_key: Any, flow_id: int, data: bytes) -> None:
+        self._later().response_to_tunnel(tunnel_key, flow_id, data)

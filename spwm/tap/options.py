@@ -1,0 +1,305 @@
+# -*- test-case-name: tests.test_tap_config -*-
+"""
+The typed configuration of each half: L{AgentConfig} and L{ContactConfig}.
+
+A configuration is built once, from the options that C{twistd} parsed
+(C{Options.postOptions} keeps it as C{options.config}), from a mapping
+written like the TOML file (L{AgentConfig.from_options}), or by keyword
+with the same defaults as the options.  Every value in it is final: the
+option tables' coercions return the parsed values (addresses as C{(host,
+port)}, the operator proxy as an L{OperatorProxy}), and the limits are one
+L{Limits} tree.  Checks of options against each other raise L{ConfigError}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from attrs import Factory, field, frozen
+
+from spwm.addr import hostport
+from spwm.config import Option, coerce_values, host_port
+from spwm.errors import ConfigError
+from spwm.limits import Limits, MediaLimits, SessionLimits, SipLimits, TunnelLimits
+from spwm.sip.actions import OperatorProxy
+
+Address = tuple[str, int]
+
+
+def _tuple(value: Any) -> tuple[Any, ...]:
+    return tuple(value)
+
+
+@frozen
+class StatusConfig:
+    """
+    Where the status of a half is served and how often it is logged.
+
+    @ivar listen: a Twisted server endpoint description for C{/status} and
+        C{/metrics}, or C{None}.
+    @ivar interval: seconds between status lines in the log; 0: none.
+    """
+
+    listen: str | None = None
+    interval: float = 300.0
+
+
+def _limits(values: Mapping[str, Any], **tunnel: Any) -> Limits:
+    """
+    The L{Limits} tree from the options shared by both halves.
+    """
+    return Limits(
+        tunnel=TunnelLimits(
+            handshake_timeout=values["handshake-timeout"],
+            keepalive_interval=values["keepalive-interval"],
+            keepalive_timeout=values["keepalive-timeout"],
+            media_deadline=values["media-deadline"],
+            max_channels=values["max-channels"],
+            max_priority_queue=values["max-signalling-queue"],
+            max_media_queue=values["max-media-queue"],
+            **tunnel,
+        ),
+        sip=SipLimits(
+            max_message_size=min(values["max-sip-size"], 65535),
+            udp_buffer=values["udp-buffer"],
+            **({"max_forward_senders": values["max-forward-senders"]} if "max-forward-senders" in values else {}),
+            **(
+                {
+                    "registers_per_minute": values["max-registers-per-minute"],
+                    "users_per_tunnel": values["max-users-per-tunnel"],
+                }
+                if "max-registers-per-minute" in values
+                else {}
+            ),
+        ),
+        media=MediaLimits(inactivity_timeout=values["media-timeout"], receive_buffer=values["media-buffer"]),
+        session=SessionLimits(resume_window=values["resume-window"]),
+    )
+
+
+def _defaults(options: Sequence[Option], given: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    Every option's value: C{given} (already coerced) over the defaults.
+    """
+    values = {o.name: (list(o.default) if o.repeat else o.default) for o in options}
+    values.update(given)
+    return values
+
+
+@frozen
+class AgentConfig:
+    """
+    Everything C{spwm-agent} is built from (L{spwm.tap.assembly.build_agent}).
+    The names are the options' (C{docs/configuration.md}) with C{_} for C{-}.
+
+    @ivar contact: the contact point, C{(host, port)}.
+    @ivar contact_name: the contact point as the user wrote it, for the log.
+    @ivar agent_id: this agent's identity; C{None}: the host name.
+    @ivar http_proxy_auth: C{USER:PASSWORD} for the HTTP proxy (from the
+        file or the environment, never the command line).
+    @ivar sip_listen: where the agent listens for SIP applications.
+    @ivar limits: every limit, with the options' values.
+    """
+
+    contact: Address = ("localhost", 443)
+    contact_name: str = field(default=Factory(lambda self: hostport(*self.contact), takes_self=True))
+    server_name: str | None = None
+    ca: str | None = None
+    plaintext: bool = False
+    client_cert: str | None = None
+    client_key: str | None = None
+    http_proxy: Address | None = None
+    http_proxy_auth: str | None = None
+    agent_id: str | None = None
+    forward_udp: tuple[tuple[str, int, str, int], ...] = field(default=(), converter=_tuple)
+    reconnect_max: float = 60.0
+    tunnel: str = "always"
+    tunnel_idle: float = 30.0
+    sip_listen: tuple[Address, ...] = field(default=(("127.0.0.1", 5060),), converter=_tuple)
+    sip_tls_cert: str | None = None
+    sip_tls_key: str | None = None
+    sip_names: tuple[tuple[str, int | None], ...] = field(default=(), converter=_tuple)
+    sip_trace: bool = False
+    sip_trace_bodies: bool = False
+    media_address: str | None = None
+    media_ports: tuple[int, int] = (40000, 40999)
+    user_ciphering: bool = False
+    status: StatusConfig = field(factory=StatusConfig)
+    limits: Limits = field(factory=Limits)
+
+    def __attrs_post_init__(self) -> None:
+        """
+        Check the values against each other.
+
+        @raise ConfigError: naming the key and the problem.
+        """
+        if self.http_proxy_auth and not self.http_proxy:
+            raise ConfigError("http-proxy-auth", "is for an HTTP proxy: give http-proxy too")
+        if self.reconnect_max <= 0:
+            raise ConfigError("reconnect-max", "must be greater than 0")
+        if bool(self.client_cert) != bool(self.client_key):
+            raise ConfigError("client-cert", "mutual TLS needs both --client-cert and --client-key")
+        if bool(self.sip_tls_cert) != bool(self.sip_tls_key):
+            raise ConfigError("sip-tls-cert", "SIP over TLS needs both --sip-tls-cert and --sip-tls-key")
+        if self.tunnel not in ("always", "on-demand"):
+            raise ConfigError("tunnel", f"must be always or on-demand, not {self.tunnel!r}")
+        if not self.sip_listen:
+            raise ConfigError("sip-listen", "the agent needs at least one address")
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any]) -> AgentConfig:
+        """
+        The configuration of C{values} written as in the TOML file (keys
+        are the long option names, values strings, numbers, booleans or
+        lists); options not given take their defaults.
+
+        @raise ConfigError: a value or a combination is invalid.
+        """
+        from spwm.tap.agent import OPTIONS
+
+        return cls.from_parsed(coerce_values(OPTIONS, values))
+
+    @classmethod
+    def from_parsed(cls, given: Mapping[str, Any], proxy_auth: str | None = None) -> AgentConfig:
+        """
+        The configuration of options already coerced (C{Options}, or
+        L{spwm.config.coerce_values}).
+
+        @param proxy_auth: the HTTP proxy's credentials from elsewhere than
+            the options (the environment).
+        """
+        from spwm.tap.agent import OPTIONS
+
+        v = _defaults(OPTIONS, given)
+        return cls(
+            # kept as written (the log names it so); validated by its option
+            contact=host_port(v["contact"]),
+            contact_name=v["contact"],
+            server_name=v["server-name"],
+            ca=v["ca"],
+            plaintext=bool(v["plaintext"]),
+            client_cert=v["client-cert"],
+            client_key=v["client-key"],
+            http_proxy=v["http-proxy"],
+            http_proxy_auth=v["http-proxy-auth"] or proxy_auth,
+            agent_id=v["agent-id"],
+            forward_udp=v["forward-udp"],
+            reconnect_max=v["reconnect-max"],
+            tunnel=v["tunnel"],
+            tunnel_idle=v["tunnel-idle"],
+            sip_listen=v["sip-listen"] or [("127.0.0.1", 5060)],
+            sip_tls_cert=v["sip-tls-cert"],
+            sip_tls_key=v["sip-tls-key"],
+            sip_names=v["sip-name"],
+            sip_trace=bool(v["sip-trace"]),
+            sip_trace_bodies=bool(v["sip-trace-bodies"]),
+            media_address=v["media-address"],
+            media_ports=v["media-ports"],
+            user_ciphering=bool(v["user-ciphering"]),
+            status=StatusConfig(v["status-listen"], v["status-interval"]),
+            limits=_limits(v),
+        )
+
+
+@frozen
+class ContactConfig:
+    """
+    Everything C{spwm-contact} is built from
+    (L{spwm.tap.assembly.build_contact}).  The names are the options'
+    (C{docs/configuration.md}) with C{_} for C{-}.
+
+    @ivar sip_proxy: the operator proxy (as written: a name is resolved
+        when the contact point is built), or C{None} for the embedded
+        registrar.
+    @ivar sip_address: the operator-side SIP address, C{(ip, port)}.
+    @ivar limits: every limit; C{limits.tunnel.drain_time} is C{--drain-time}.
+    """
+
+    listen: str = "tcp:443"
+    cert: str | None = None
+    key: str | None = None
+    plaintext: bool = False
+    client_ca: str | None = None
+    allow_forward: tuple[Address, ...] = field(default=(), converter=_tuple)
+    state_file: str | None = None
+    sip_proxy: OperatorProxy | None = None
+    sip_address: Address = ("127.0.0.1", 5070)
+    sip_names: tuple[tuple[str, int | None], ...] = field(default=(), converter=_tuple)
+    domains: tuple[str, ...] = field(default=(), converter=_tuple)
+    sip_trace: bool = False
+    sip_trace_bodies: bool = False
+    allow_unregistered: bool = False
+    contact_rewrite: bool = False
+    media_address: str | None = None
+    media_ports: tuple[int, int] = (50000, 50999)
+    media_allow: tuple[str, ...] = field(default=(), converter=_tuple)
+    user_ciphering: bool = False
+    status: StatusConfig = field(factory=StatusConfig)
+    limits: Limits = field(factory=lambda: Limits(tunnel=TunnelLimits(drain_time=5.0)))
+
+    def __attrs_post_init__(self) -> None:
+        """
+        Check the values against each other.
+
+        @raise ConfigError: naming the key and the problem.
+        """
+        if not self.plaintext and not (self.cert and self.key):
+            raise ConfigError("cert", "TLS needs --cert and --key (or ask for --plaintext by name)")
+        if self.plaintext and self.client_ca:
+            raise ConfigError("client-ca", "mutual TLS needs TLS: drop --plaintext")
+        if self.plaintext and (self.cert or self.key):
+            raise ConfigError("plaintext", "--plaintext and --cert/--key exclude each other")
+        if self.domains and self.sip_proxy:
+            raise ConfigError(
+                "domain", "--domain is for the embedded registrar: the operator proxy decides its own domains"
+            )
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any]) -> ContactConfig:
+        """
+        The configuration of C{values} written as in the TOML file (keys
+        are the long option names); options not given take their defaults.
+
+        @raise ConfigError: a value or a combination is invalid.
+        """
+        from spwm.tap.contact import OPTIONS
+
+        return cls.from_parsed(coerce_values(OPTIONS, values))
+
+    @classmethod
+    def from_parsed(cls, given: Mapping[str, Any]) -> ContactConfig:
+        """
+        The configuration of options already coerced.
+        """
+        from spwm.tap.contact import OPTIONS
+
+        v = _defaults(OPTIONS, given)
+        return cls(
+            listen=v["listen"],
+            cert=v["cert"],
+            key=v["key"],
+            plaintext=bool(v["plaintext"]),
+            client_ca=v["client-ca"],
+            allow_forward=v["allow-forward"],
+            state_file=v["state-file"],
+            sip_proxy=v["sip-proxy"],
+            sip_address=v["sip-address"],
+            sip_names=v["sip-name"],
+            domains=v["domain"],
+            sip_trace=bool(v["sip-trace"]),
+            sip_trace_bodies=bool(v["sip-trace-bodies"]),
+            allow_unregistered=bool(v["allow-unregistered"]),
+            contact_rewrite=bool(v["contact-rewrite"]),
+            media_address=v["media-address"],
+            media_ports=v["media-ports"],
+            media_allow=v["media-allow"],
+            user_ciphering=bool(v["user-ciphering"]),
+            status=StatusConfig(v["status-listen"], v["status-interval"]),
+            limits=_limits(
+                v,
+                drain_time=v["drain-time"],
+                max_tunnels=v["max-tunnels"],
+                max_tunnels_per_address=v["max-tunnels-per-address"],
+            ),
+        )
+

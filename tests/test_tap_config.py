@@ -1,0 +1,175 @@
+"""
+The typed configuration (L{spwm.tap.options}), the L{spwm.limits.Limits}
+tree and the assembly (L{spwm.tap.assembly}) on an in-memory reactor.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.errors import ConfigError
+from spwm.limits import Limits, TunnelLimits
+from spwm.sip.actions import OperatorProxy
+from spwm.tap import agent, contact
+from spwm.tap.assembly import Agent, ContactPoint, build_agent, build_contact
+from spwm.tap.options import AgentConfig, ContactConfig
+from spwm.tap.parts import Later
+
+
+class ConfigTests(SynchronousTestCase):
+    """
+    One configuration object per half, each value coerced once.
+    """
+
+    def test_defaults_agree(self) -> None:
+        """
+        A configuration made by keyword has the options' defaults.
+        """
+        self.assertEqual(AgentConfig.from_options({}), AgentConfig())
+        self.assertEqual(ContactConfig.from_options({"plaintext": True}), ContactConfig(plaintext=True))
+        options = agent.Options()
+        options.parseOptions([])
+        self.assertEqual(options.config, AgentConfig())
+
+    def test_final_values(self) -> None:
+        """
+        Options whose text names an address or a proxy arrive parsed.
+        """
+        options = contact.Options()
+        options.parseOptions(
+            ["--plaintext", "--sip-proxy", "198.51.100.7:5080;transport=tcp", "--sip-address", "192.0.2.1"]
+        )
+        self.assertEqual(options["sip-proxy"], OperatorProxy("198.51.100.7", 5080, "tcp"))
+        self.assertEqual(options.config.sip_proxy, OperatorProxy("198.51.100.7", 5080, "tcp"))
+        self.assertEqual(options.config.sip_address, ("192.0.2.1", 5060))
+        config = AgentConfig.from_options({"contact": "[2001:db8::1]:8443", "http-proxy": "proxy.example.test:3128"})
+        self.assertEqual(config.contact, ("2001:db8::1", 8443))
+        self.assertEqual(config.contact_name, "[2001:db8::1]:8443")
+        self.assertEqual(config.http_proxy, ("proxy.example.test", 3128))
+
+    def test_limits_from_options(self) -> None:
+        """
+        The limit options land in their branch of the tree.
+        """
+        config = ContactConfig.from_options(
+            {
+                "plaintext": True,
+                "keepalive-interval": 5,
+                "max-tunnels": 7,
+                "drain-time": 2,
+                "max-sip-size": 100000,
+                "max-users-per-tunnel": 3,
+                "media-timeout": 9,
+                "resume-window": 0,
+            }
+        )
+        self.assertEqual(config.limits.tunnel.keepalive_interval, 5.0)
+        self.assertEqual(config.limits.tunnel.max_tunnels, 7)
+        self.assertEqual(config.limits.tunnel.drain_time, 2.0)
+        self.assertEqual(config.limits.sip.max_message_size, 65535)
+        self.assertEqual(config.limits.sip.users_per_tunnel, 3)
+        self.assertEqual(config.limits.media.inactivity_timeout, 9.0)
+        self.assertEqual(config.limits.session.resume_window, 0.0)
+
+    def test_errors(self) -> None:
+        """
+        A bad value, an unknown key or a bad combination is a L{ConfigError}
+        naming the key.
+        """
+        for values, key in [
+            ({"contact": "no-port"}, "contact"),
+            ({"colour": "red"}, "colour"),
+            ({"client-cert": __file__}, "client-cert"),
+            ({"tunnel": "sometimes"}, "tunnel"),
+        ]:
+            with self.assertRaises(ConfigError) as caught:
+                AgentConfig.from_options(values)
+            self.assertEqual(caught.exception.key, key)
+        with self.assertRaises(ConfigError) as caught:
+            ContactConfig()
+        self.assertEqual(caught.exception.key, "cert")
+        with self.assertRaises(ConfigError) as caught:
+            ContactConfig(plaintext=True, domains=["example.org"], sip_proxy=OperatorProxy("192.0.2.9"))
+        self.assertEqual(caught.exception.key, "domain")
+
+
+class LimitsTests(SynchronousTestCase):
+    """
+    Every limit in one tree, with the values the parts had before.
+    """
+
+    def test_defaults(self) -> None:
+        from spwm.media import manager
+        from spwm.security import resume
+
+        limits = Limits()
+        self.assertEqual(limits.tunnel, TunnelLimits())
+        self.assertEqual(limits.media.inactivity_timeout, manager.DEFAULT_INACTIVITY_TIMEOUT)
+        self.assertEqual(limits.media.max_streams_per_dialog, manager.DEFAULT_MAX_STREAMS_PER_DIALOG)
+        self.assertEqual(limits.media.max_pending_channels, manager.DEFAULT_MAX_PENDING_CHANNELS)
+        self.assertEqual(limits.media.max_branches_per_stream, manager.DEFAULT_MAX_BRANCHES_PER_STREAM)
+        self.assertEqual(limits.session.max_dormant, resume.MAX_DORMANT)
+        tunnel = limits.tunnel
+        self.assertEqual((tunnel.max_held, tunnel.hold_time, tunnel.retry_after_cap), (64, 10.0, 30))
+
+    def test_validated(self) -> None:
+        with self.assertRaises(ValueError):
+            TunnelLimits(max_tunnels=0)
+
+
+class AssemblyTests(SynchronousTestCase):
+    """
+    L{build_agent} and L{build_contact} on a memory reactor.
+    """
+
+    def test_agent_record(self) -> None:
+        """
+        The record names the parts the service runs, and the limits reach
+        them.
+        """
+        config = AgentConfig.from_options(
+            {"plaintext": True, "agent-id": "a1", "max-forward-senders": 3, "sip-listen": ["127.0.0.1:5999"]}
+        )
+        built = build_agent(config, MemoryReactorClock())
+        self.assertIsInstance(built, Agent)
+        self.assertIn(built.tunnel_service, list(built.service))
+        self.assertIn(built.sip_listeners, list(built.service))
+        self.assertIsNone(built.on_demand)
+        self.assertIs(built.mux.sip, built.runner)
+        self.assertEqual(built.forwarder.max_senders, 3)
+        self.assertIs(built.factory.limits, config.limits.tunnel)
+        self.assertEqual(built.handle.max_held, 64)
+        self.assertEqual(built.handle.retry_after(), 1)
+
+    def test_contact_record(self) -> None:
+        config = ContactConfig.from_options(
+            {"plaintext": True, "listen": "tcp:0", "max-tunnels-per-address": 2, "max-users-per-tunnel": 5}
+        )
+        built = build_contact(config, MemoryReactorClock())
+        self.assertIsInstance(built, ContactPoint)
+        self.assertEqual(list(built.service)[1], built.listener)
+        self.assertEqual(built.factory.max_per_host, 2)
+        self.assertEqual(built.sip_core.max_users, 5)
+        self.assertIsNone(built.state)
+
+    def test_build_error_is_config_error(self) -> None:
+        """
+        Problems found while building raise L{ConfigError}; C{makeService}
+        turns it into the one-line exit.
+        """
+        config = ContactConfig(plaintext=True, listen="bogus:1")
+        with self.assertRaises(ConfigError) as caught:
+            build_contact(config, MemoryReactorClock())
+        self.assertEqual(str(caught.exception), "listen: 'bogus:1': Unknown endpoint type: 'bogus'")
+
+    def test_later(self) -> None:
+        """
+        A L{Later} used before it is bound, or bound twice, says which part.
+        """
+        later: Later[int] = Later("the part")
+        self.assertRaises(RuntimeError, later)
+        self.assertEqual(later.bind(3), 3)
+        self.assertEqual(later(), 3)
+        error = self.assertRaises(RuntimeError, later.bind, 4)
+        self.assertIn("the part", str(error))
