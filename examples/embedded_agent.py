@@ -21,7 +21,6 @@ stops (with C{--stay}, it stays registered and answers calls).
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
 from typing import Any
@@ -29,13 +28,8 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-from phone import Phone  # noqa: E402
-
-from spwm.embed import Agent, AgentConfig, build_agent  # noqa: E402
+from spwm.embed import Agent, AgentConfig, build_agent
+from spwm.testing.phone import Phone
 
 
 class PhoneService(Service):
