@@ -318,7 +318,23 @@ class LegMediaMachine(RuleBasedStateMachine):
         """
         if chance:
             return
-        tag = self.tags[self.branch_of(data, ours) % len(self.tags)]
+        # often a branch whose last word on some stream was a refusal
+        refusers = sorted(
+            {
+                TAGS.index(tag)
+                for stream in self.leg.streams.values()
+                for tag in [
+                    *(t for t, m in (stream.ours if ours else stream.theirs).items() if m is None),
+                    *(t for o, t in stream.refused if o == ours),
+                ]
+                if tag is not None
+            }
+        )
+        if refusers and data.draw(st.booleans()):
+            branch = data.draw(st.sampled_from(refusers))
+        else:
+            branch = self.branch_of(data, ours)
+        tag = self.tags[branch % len(self.tags)]
         first = not self.leg.answered
         # the winner's word on each stream before the answer
         before = {
@@ -417,5 +433,5 @@ class LegMediaStatefulTests(SynchronousTestCase):
     def test_random_exchanges(self) -> None:
         run_state_machine_as_test(
             LegMediaMachine,
-            settings=settings(max_examples=200, stateful_step_count=25, deadline=None, database=None),
+            settings=settings(max_examples=400, stateful_step_count=25, deadline=None, database=None),
         )
