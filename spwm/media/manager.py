@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from spwm.media.ports import PortAllocator, PortsExhaustedError
@@ -58,6 +57,7 @@ from spwm.media.negotiation import (
     TcpRelay,
     latest,
 )
+from spwm.media.sweep import Sweep, sweep_interval
 from spwm.media.tcp import DEFAULT_MAX_BUFFER, TcpMediaEndpoint
 from spwm.sdp import (
     MediaDescription,
@@ -366,7 +366,12 @@ class MediaManager:
         # channels the peer opened whose SDP we have not seen yet
         self._pending: dict[tuple[Any, str, int], tuple[int, float]] = {}
         self._sockets = 0
-        self._timer: IDelayedCall | None = None
+        self._sweeper = Sweep(
+            self.clock,
+            lambda: sweep_interval(self.inactivity_timeout),
+            self._sweep,
+            self._busy,
+        )
         self.dropped_unknown_channel = 0
         self.refused_channels = 0
         self.rejected_streams = 0
@@ -605,7 +610,7 @@ class MediaManager:
         for key in [k for k in self._pending if k[0] is tunnel and k[1] == dialog_key]:
             channel_id, _ = self._pending.pop(key)
             self._close_channel(tunnel, channel_id, "dialog ended")
-        self._maybe_stop_timer()
+        self._sweeper.settle()
 
     # the executor: what the negotiation asks, carried out
 
@@ -772,7 +777,7 @@ class MediaManager:
             del self._pending[key]
         for key in [k for k in self._channels if k[0] is tunnel]:
             self._forget(key)
-        self._maybe_stop_timer()
+        self._sweeper.settle()
 
     def tunnel_suspended(self, tunnel: Any) -> None:
         """
@@ -876,7 +881,7 @@ class MediaManager:
             self._attach(stream, channel_id)
         else:
             self._pending[tunnel, dialog_key, index] = (channel_id, self.clock.seconds())
-            self._ensure_timer()
+            self._sweeper.ensure()
 
     def datagram_received(
         self, tunnel: Any, channel_id: int, data: bytes, component: int
@@ -919,7 +924,7 @@ class MediaManager:
         for key, (pending_id, _) in list(self._pending.items()):
             if key[0] is tunnel and pending_id == channel_id:
                 del self._pending[key]
-                self._maybe_stop_timer()
+                self._sweeper.settle()
         stream = self._channels.get((tunnel, channel_id))
         if stream is None:
             return
@@ -1003,7 +1008,7 @@ class MediaManager:
                 max_buffer=self.tcp_buffer,
                 on_finished=lambda endpoint, reason: self._tcp_finished(stream, reason),
             )
-        self._ensure_timer()
+        self._sweeper.ensure()
 
     def _dialog(self, tunnel: Any, dialog_key: str, now: float, leg: str) -> _Dialog:
         """
@@ -1371,7 +1376,7 @@ class MediaManager:
         if stream.base_port is not None:
             self.ports.release(stream.base_port)
             stream.base_port = None
-        self._maybe_stop_timer()
+        self._sweeper.settle()
 
     def _warn(self, kind: str, format: str, **fields: Any) -> None:
         """
@@ -1385,31 +1390,20 @@ class MediaManager:
         if count & (count - 1) == 0:
             self.log.warn(format + " ({count} times so far)", count=count, **fields)
 
-    # the inactivity sweep
+    # the inactivity sweep (one timer: spwm.media.sweep)
 
-    def _sweep_interval(self) -> float:
-        return max(1.0, min(10.0, self.inactivity_timeout / 4))
+    def _busy(self) -> bool:
+        """
+        The sweep has something to watch: streams, or channels waiting
+        for their SDP.
+        """
+        return any(d.streams for d in self._dialogs.values()) or bool(self._pending)
 
-    def _ensure_timer(self) -> None:
-        if self._timer is None or not self._timer.active():
-            self._timer = self.clock.callLater(self._sweep_interval(), self._sweep)
-
-    def _maybe_stop_timer(self) -> None:
-        if self._timer is not None and not self._dialogs_have_streams() and not self._pending:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
-
-    def _dialogs_have_streams(self) -> bool:
-        return any(d.streams for d in self._dialogs.values())
-
-    def _sweep(self) -> None:
+    def _sweep(self, now: float) -> None:
         """
         Release streams idle for longer than the timeout unless held, and
-        channels the peer opened whose SDP never came.
+        channels the peer opened whose SDP never came (L{Sweep}).
         """
-        self._timer = None
-        now = self.clock.seconds()
         for dialog in list(self._dialogs.values()):
             for index, stream in list(dialog.streams.items()):
                 count = stream.count()
@@ -1436,5 +1430,3 @@ class MediaManager:
             if now - since >= min(self.inactivity_timeout, PENDING_TIMEOUT):
                 del self._pending[key]
                 self._close_channel(key[0], channel_id, "no session description")
-        if self._dialogs_have_streams() or self._pending:
-            self._ensure_timer()
