@@ -10,6 +10,11 @@ tunnel for media channels (the channel callbacks of
 C{spwm.tunnel.protocol.TunnelApplication}). Per dialog and media stream it
 keeps one tunnel channel and one relay socket (pair) on our media address.
 
+What to do with each SDP and answer is decided by the pure negotiation of
+the call leg (L{spwm.media.negotiation.LegMedia}); the manager carries its
+actions out (L{MediaManager._execute}): ports, relay sockets, channels,
+TCP endpoints, log lines. The sweep's timer is L{spwm.media.sweep.Sweep}.
+
 See C{docs/media.md} and C{docs/architecture.md} ("Media").
 """
 
