@@ -142,6 +142,18 @@ class LegMediaTests(SynchronousTestCase):
             [TcpExpect(0, "192.0.2.10"), TcpConnect(0, answer.media[0]), OpenChannel(0, True, False)],
         )
 
+    def test_transport_change_releases(self) -> None:
+        """
+        A m= line that changes from UDP to TCP (or back) is a new stream:
+        the old one is released first.
+        """
+        leg = LegMedia()
+        leg.described(False, None, sdp([("udp", 4000, "sendrecv")]))
+        out = leg.described(True, None, sdp([("tcp", 8000, "")]))
+        self.assertEqual(out.actions[:2], [Release(0, "transport changed"), Create(0, True)])
+        out = leg.described(False, None, sdp([("udp", 4000, "sendrecv")]))
+        self.assertEqual(out.actions[:2], [Release(0, "transport changed"), Create(0, False)])
+
     def test_limit(self) -> None:
         """
         A m= line beyond the per-leg limit is refused towards our side and
@@ -210,7 +222,7 @@ class LegMediaMachine(RuleBasedStateMachine):
     def mode(self, tagged: bool, transports: tuple[str, str, str]) -> None:
         # tagged: forked branches; else no branch information at all. The
         # transport of each m= line stays (a change releases the stream:
-        # tested in test_media_manager).
+        # test_transport_change_releases).
         self.tags: tuple[str | None, ...] = TAGS if tagged else (None,)
         self.transports = transports
 
