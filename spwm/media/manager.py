@@ -10,6 +10,11 @@ tunnel for media channels (the channel callbacks of
 C{spwm.tunnel.protocol.TunnelApplication}). Per dialog and media stream it
 keeps one tunnel channel and one relay socket (pair) on our media address.
 
+What to do with each SDP and answer is decided by the pure negotiation of
+the call leg (L{spwm.media.negotiation.LegMedia}); the manager carries its
+actions out (L{MediaManager._execute}): ports, relay sockets, channels,
+TCP endpoints, log lines. The sweep's timer is L{spwm.media.sweep.Sweep}.
+
 See C{docs/media.md} and C{docs/architecture.md} ("Media").
 """
 
@@ -18,7 +23,6 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from spwm.addr import hostport
@@ -32,6 +36,35 @@ from spwm.media.relay import (
     MediaRelayEndpoint,
     normalise_host,
 )
+from spwm.media.negotiation import (
+    DEFAULT_MAX_BRANCHES_PER_STREAM,
+    DEFAULT_MAX_STREAMS_PER_DIALOG,
+    Action,
+    Answered,
+    AnsweredToo,
+    AnsweredWithoutSdp,
+    Bind,
+    Create,
+    Crowded,
+    Entry,
+    Expect,
+    IgnoredBranch,
+    Keep,
+    LegMedia,
+    OpenChannel,
+    Refuse,
+    Rejected,
+    Relay,
+    Release,
+    SameAs,
+    StreamPlan,
+    TcpConnect,
+    TcpExpect,
+    TcpListen,
+    TcpRelay,
+    latest,
+)
+from spwm.media.sweep import Sweep, sweep_interval
 from spwm.media.tcp import DEFAULT_MAX_BUFFER, TcpMediaEndpoint
 from spwm.sdp import (
     MediaDescription,
@@ -50,9 +83,6 @@ from spwm.tunnel.frames import ChannelKind, ErrorCode
 #: Default media inactivity timeout in seconds (not applied to held streams).
 DEFAULT_INACTIVITY_TIMEOUT = 60.0
 
-#: Default number of media streams per dialog; further m= lines are rejected.
-DEFAULT_MAX_STREAMS_PER_DIALOG = 16
-
 #: Default number of channels the peer may open before their SDP arrives.
 DEFAULT_MAX_PENDING_CHANNELS = 256
 
@@ -61,83 +91,48 @@ DEFAULT_MAX_PENDING_CHANNELS = 256
 #: after this belongs to a message that was refused or lost (overload).
 PENDING_TIMEOUT = 10.0
 
-#: Default number of branches (early dialogs of a forked call) whose
-#: descriptions one stream keeps; the oldest is forgotten beyond it.
-DEFAULT_MAX_BRANCHES_PER_STREAM = 8
-
 #: The port we advertise when we connect (RFC 4145 section 4.1).
 _ACTIVE_PORT = 9
 
+
 class _Stream:
     """
-    The media state of one stream (m= line) of one dialog.
+    The means of one stream (m= line) of one dialog: its channel, relay
+    sockets, TCP endpoint and activity. What was negotiated is its
+    L{StreamPlan} (C{plan}).
     """
 
     __slots__ = (
         "tunnel",
         "dialog",
         "index",
+        "plan",
         "channel_id",
-        "mux",
         "rtp",
         "rtcp",
         "base_port",
-        "held_ours",
-        "held_theirs",
         "last_count",
         "last_activity",
-        "remote",
-        "ours",
-        "theirs",
-        "crowded",
         "tcp",
-        "fresh",
-        "offered",
-        "seen_version",
-        "refused",
         "refused_target",
     )
 
-    def __init__(self, tunnel: Any, dialog: str, index: int, now: float) -> None:
+    def __init__(self, tunnel: Any, dialog: str, index: int, plan: StreamPlan, now: float) -> None:
         self.tunnel = tunnel
         self.dialog = dialog
         self.index = index
+        self.plan = plan
         self.channel_id: int | None = None
-        self.mux = False
         self.rtp: MediaRelayEndpoint | None = None
         self.rtcp: MediaRelayEndpoint | None = None
         self.base_port: int | None = None
-        self.held_ours = False
-        self.held_theirs = False
         self.last_count = 0
         self.last_activity = now
-        self.remote: MediaDescription | None = None
-        # UDP streams, per branch tag (None: no branch information): the
-        # latest description of this stream from our side's endpoint and
-        # from the other side's, or None when that branch refused the
-        # stream (port 0) while the dialog was early; whether the branch
-        # bound was logged.
-        self.ours: dict[str | None, MediaDescription | None] = {}
-        self.theirs: dict[str | None, MediaDescription | None] = {}
-        self.crowded = False
-        # TCP media (RFC 4145): the endpoint on our side, whether our side
-        # sent a description we have not answered yet, whether we offered
-        # actpass and wait for our side's answer, the o= (id, version) of
-        # the last description from our side.
+        # TCP media (RFC 4145): the endpoint on our side
         self.tcp: TcpMediaEndpoint | None = None
-        self.fresh = False
-        self.offered = False
-        self.seen_version: tuple[str, int] | None = None
-        # the (ours, tag) branches that refused this TCP stream while the
-        # dialog was early: released if one of them answers
-        self.refused: set[tuple[bool, str]] = set()
         # the last (host, port) of our side that the allow policy refused
         # (logged once per stream and address)
         self.refused_target: tuple[str, int] | None = None
-
-    @property
-    def held(self) -> bool:
-        return self.held_ours or self.held_theirs
 
     def count(self) -> int:
         total = 0
@@ -152,23 +147,18 @@ class _Stream:
 
 class _Dialog:
     """
-    The media of one call leg: its streams, and which branch answered.
+    The media of one call leg: its negotiation (C{leg}) and the streams
+    that carry it.
 
-    @ivar answered: a 2xx to an INVITE crossed the tunnel.
-    @ivar winner: the tag of the branch that answered first.
-    @ivar winner_ours: that branch is on our side (its 2xx went into the
-        tunnel).
-    @ivar latest: the tag of the latest description from our side (key
-        C{True}) and from the other side (key C{False}).
+    @ivar leg: the offer/answer state (L{LegMedia}).
+    @ivar streams: the streams' means, by index (the same indices as
+        C{leg.streams}).
     """
 
     __slots__ = (
+        "leg",
         "streams",
         "versioner",
-        "answered",
-        "winner",
-        "winner_ours",
-        "latest",
         "source",
         "started",
         "answered_at",
@@ -176,13 +166,10 @@ class _Dialog:
         "history",
     )
 
-    def __init__(self, now: float = 0.0) -> None:
+    def __init__(self, leg: LegMedia, now: float = 0.0) -> None:
+        self.leg = leg
         self.streams: dict[int, _Stream] = {}
         self.versioner = OriginVersioner()
-        self.answered = False
-        self.winner: str | None = None
-        self.winner_ours = False
-        self.latest: dict[bool, str | None] = {}
         # our side's signalling host (agent: where the phone's SIP came from)
         self.source: str | None = None
         # for the call log lines: when the call started and was answered,
@@ -192,32 +179,6 @@ class _Dialog:
         self.answered_at: float | None = None
         self.codec: dict[bool, str | None] = {}
         self.history: dict[int, dict[str, int]] = {}
-
-    def loser(self, tag: str | None, ours: bool) -> bool:
-        """
-        @return: whether C{tag} names a branch on the winner's side that
-            lost: the dialog was answered by another branch.
-        """
-        return (
-            self.answered
-            and ours == self.winner_ours
-            and tag is not None
-            and self.winner is not None
-            and tag != self.winner
-        )
-
-    def defers(self, stream: _Stream | None, tag: str | None, ours: bool) -> bool:
-        """
-        @return: whether a refusal (port 0) of C{stream} by branch C{tag}
-            waits for the answer instead of releasing the stream: the
-            dialog is early (another branch may still want the stream) or
-            C{tag} lost. Only tagged branches defer. (A TCP stream keeps
-            one description for all branches: a branch's refusal is
-            ignored, see docs/media.md, "Forking".)
-        """
-        if tag is None or stream is None:
-            return False
-        return not self.answered or self.loser(tag, ours)
 
 
 #: The traffic counters of L{MediaManager.status}: the relay endpoints'
@@ -244,41 +205,6 @@ def _add_traffic(totals: dict[str, int], stream: _Stream) -> None:
     if stream.tcp is not None:
         totals["tcp_bytes_in"] += stream.tcp.bytes_in
         totals["tcp_bytes_out"] += stream.tcp.bytes_out
-
-
-def _update_held(stream: _Stream) -> None:
-    """
-    A side is on hold when every branch's live description of the stream
-    from that side asks for hold (one description without branches).
-    """
-    for table in (stream.ours, stream.theirs):
-        live = [m for m in table.values() if m is not None]
-        held = bool(live) and all(m.held for m in live)
-        if table is stream.ours:
-            stream.held_ours = held
-        else:
-            stream.held_theirs = held
-
-
-def _primary_indices(description: SessionDescription) -> list[int]:
-    """
-    For each m= line, the index of the stream whose transport it uses: its
-    own, or the first earlier live m= line with the same address and port
-    (BUNDLE, RFC 9143). Trickle placeholders (port 9, 0.0.0.0) are never
-    merged.
-    """
-    seen: dict[tuple[str | None, int], int] = {}
-    result = []
-    for media in description.media:
-        key = (media.address, media.port)
-        if media.port == 0 or media.placeholder or media.is_tcp:
-            result.append(media.index)
-        elif key in seen:
-            result.append(seen[key])
-        else:
-            seen[key] = media.index
-            result.append(media.index)
-    return result
 
 
 #: Static RTP payload types (RFC 3551) that need no C{a=rtpmap}.
@@ -352,11 +278,6 @@ def _stream_traffic(stream: _Stream, into: dict[str, int] | None = None) -> dict
             for name in _CALL_COUNTERS:
                 totals[name] += getattr(endpoint, name)
     return totals
-
-
-def _latest(table: dict[str | None, MediaDescription | None]) -> MediaDescription | None:
-    live = [m for m in table.values() if m is not None]
-    return live[-1] if live else None
 
 
 class MediaManager:
@@ -452,7 +373,12 @@ class MediaManager:
         # channels the peer opened whose SDP we have not seen yet
         self._pending: dict[tuple[Any, str, int], tuple[int, float]] = {}
         self._sockets = 0
-        self._timer: IDelayedCall | None = None
+        self._sweeper = Sweep(
+            self.clock,
+            lambda: sweep_interval(self.inactivity_timeout),
+            self._sweep,
+            self._busy,
+        )
         self.dropped_unknown_channel = 0
         self.refused_channels = 0
         self.rejected_streams = 0
@@ -601,44 +527,16 @@ class MediaManager:
         dialog = self._dialog(tunnel, dialog_key, now, self._local_leg)
         if source is not None:
             dialog.source = source
-        if dialog.loser(tag, True):
-            self.ignored_branch_sdp += 1
-            self.log.info(
-                "dialog {dialog}: ignoring SDP from branch {tag}, another branch answered",
-                dialog=dialog_key,
-                tag=tag,
-            )
-            return
-        dialog.latest[True] = tag
-        dialog.codec[True] = first_codec(sdp, description)
-        primaries = _primary_indices(description)
-        version = None if description.origin is None else (
-            description.origin[1],
-            description.origin[2],
-        )
-        for media in description.media:
-            index = media.index
-            if media.port == 0 or primaries[index] != index:
-                stream = dialog.streams.get(index)
-                if dialog.defers(stream, tag, True):
-                    assert stream is not None and tag is not None
-                    self._branch_refused(stream, tag, True)
-                else:
-                    self._release_stream(dialog, index, "stream removed")
-                continue
-            if index >= self.max_streams_per_dialog:
-                continue
-            if media.is_tcp:
-                if tag is not None and index in dialog.streams:
-                    dialog.streams[index].refused.discard((True, tag))
-                self._tcp_into_tunnel(tunnel, dialog_key, dialog, media, version, now)
-                continue
-            stream = self._udp_stream(tunnel, dialog_key, dialog, index, now)
-            self._remember(stream, stream.ours, tag, media)
-            stream.mux = stream.mux or media.rtcp_mux
-            self._apply_remote(stream)
-            if stream.channel_id is None:
-                self._take_channel(stream, media)
+        leg = dialog.leg
+        if not leg.loser(tag, True):
+            dialog.codec[True] = first_codec(sdp, description)
+        connected = [
+            index
+            for index, stream in dialog.streams.items()
+            if stream.tcp is not None and stream.tcp.ever_connected
+        ]
+        outcome = leg.described(True, tag, description, connected)
+        self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
 
     def sdp_out_of_tunnel(
         self,
@@ -676,77 +574,15 @@ class MediaManager:
         dialog = self._dialog(tunnel, dialog_key, now, "tunnel")
         if source is not None:
             dialog.source = source
-        primaries = _primary_indices(description)
-        entries: list[tuple[int, int | None] | None] = []
-        tcp: list[TcpRewrite | None] = [None] * len(description.media)
-        loser = dialog.loser(tag, False)
-        if not loser:
-            dialog.latest[False] = tag
+        if not dialog.leg.loser(tag, False):
             dialog.codec[False] = first_codec(sdp, description)
-        for media in description.media:
-            index = media.index
-            stream = dialog.streams.get(index)
-            if media.port == 0 or primaries[index] != index:
-                if dialog.defers(stream, tag, False):
-                    assert stream is not None and tag is not None
-                    self._branch_refused(stream, tag, False)
-                elif media.port == 0:
-                    self._release_stream(dialog, index, "stream removed")
-                else:
-                    self._release_stream(dialog, index, "stream bundled")
-                entries.append(None if media.port == 0 else entries[primaries[index]])
-                continue
-            if loser and (stream is None or stream.tcp is not None):
-                # a branch that lost adds nothing
-                entries.append((0, None))
-                continue
-            if index >= self.max_streams_per_dialog:
-                self._release_stream(dialog, index, "stream not relayed")
-                self.rejected_streams += 1
-                entries.append((0, None))
-                continue
-            if media.is_tcp:
-                if tag is not None and stream is not None:
-                    stream.refused.discard((False, tag))
-                rewrite = self._tcp_out_of_tunnel(tunnel, dialog_key, dialog, media, now)
-                tcp[index] = rewrite
-                entries.append((0, None) if rewrite is None else (rewrite.port, None))
-                continue
-            stream = self._udp_stream(tunnel, dialog_key, dialog, index, now)
-            if not loser:
-                self._remember(stream, stream.theirs, tag, media)
-            stream.mux = stream.mux or media.rtcp_mux
-            if stream.rtp is None and not self._bind(stream, media):
-                self._release_stream(dialog, index, "no media ports")
-                self.rejected_streams += 1
-                entries.append((0, None))
-                continue
-            if stream.channel_id is None and not self._take_channel(stream, media):
-                entries.append((0, None))
-                continue
-            assert stream.base_port is not None
-            rtcp = None if stream.rtcp is None else stream.base_port + 1
-            entries.append((stream.base_port, rtcp))
+        outcome = dialog.leg.described(False, tag, description)
+        failed = self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
+        entries, tcp = self._resolve(dialog, outcome.rewrite, failed)
         if any(t is not None for t in tcp):
             sdp = rewrite_tcp_media(sdp, tcp)
         out = rewrite_sdp(sdp, self.address, entries, dialog.versioner)
         return replace_sdp(content_type, body, out)
-
-    def _branch_refused(self, stream: _Stream, tag: str, ours: bool) -> None:
-        """
-        Branch C{tag} refused C{stream} (port 0, or bundled it) while the
-        refusal defers (L{_Dialog.defers}). A UDP stream drops that
-        branch's description (from our side: the relay stops sending to
-        it); a TCP stream has one description for all branches and
-        remembers the refusal for the answer.
-        """
-        if stream.tcp is not None:
-            stream.refused.add((ours, tag))
-        elif ours:
-            self._remember(stream, stream.ours, tag, None)
-            self._apply_remote(stream)
-        else:
-            self._remember(stream, stream.theirs, tag, None)
 
     def dialog_answered(
         self, tunnel: Any, dialog_key: str, tag: str | None, ours: bool = True
@@ -765,62 +601,8 @@ class MediaManager:
         """
         now = self.clock.seconds()
         dialog = self._dialog(tunnel, dialog_key, now, self._local_leg if ours else "tunnel")
-        if dialog.answered:
-            if dialog.loser(tag, ours):
-                self.log.info(
-                    "dialog {dialog}: branch {tag} answered too; media stays with {winner}",
-                    dialog=dialog_key,
-                    tag=tag,
-                    winner=dialog.winner,
-                )
-            return
-        dialog.answered = True
-        dialog.winner = tag
-        dialog.winner_ours = ours
-        keep = tag
-        if tag is not None and dialog.streams and not any(
-            tag in (stream.ours if ours else stream.theirs)
-            for stream in dialog.streams.values()
-        ):
-            # The answer comes from a tag that never described any stream
-            # (a B2BUA that changed its tag): keep the latest branch's
-            # media, as without branch information.
-            keep = dialog.latest.get(ours)
-            self.log.info(
-                "dialog {dialog}: answered by {tag} without SDP of its own;"
-                " media stays with the latest branch {latest}",
-                dialog=dialog_key,
-                tag=tag,
-                latest=keep,
-            )
-        for index, stream in list(dialog.streams.items()):
-            if stream.tcp is not None:
-                if (ours, keep) in stream.refused:
-                    self._release_stream(dialog, index, "not in the answer")
-                continue
-            wanted = True
-            for table, winners in ((stream.ours, ours), (stream.theirs, not ours)):
-                if not table:
-                    continue
-                if winners and keep is not None:
-                    for other in [t for t in table if t is not None and t != keep]:
-                        del table[other]
-                if all(media is None for media in table.values()):
-                    wanted = False
-            if wanted:
-                _update_held(stream)
-                self._apply_remote(stream)
-            else:
-                self._release_stream(dialog, index, "not in the answer")
-        dialog.answered_at = now
-        codec = dialog.codec.get(ours) or dialog.codec.get(not ours)
-        self.log.info(
-            "call {dialog} answered from the {leg} leg: codec {codec}; {media}",
-            dialog=dialog_key,
-            leg=self._local_leg if ours else "tunnel",
-            codec=codec or "none (no SDP)",
-            media=self._describe_media(dialog),
-        )
+        outcome = dialog.leg.answered_by(tag, ours)
+        self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
 
     def dialog_ended(self, tunnel: Any, dialog_key: str) -> None:
         """
@@ -829,13 +611,156 @@ class MediaManager:
         """
         dialog = self._dialogs.pop((tunnel, dialog_key), None)
         if dialog is not None:
-            for index in list(dialog.streams):
-                self._release_stream(dialog, index, "dialog ended")
+            now = self.clock.seconds()
+            self._execute(tunnel, dialog_key, dialog, dialog.leg.ended().actions, now)
             self._log_end(dialog_key, dialog, "dialog ended")
         for key in [k for k in self._pending if k[0] is tunnel and k[1] == dialog_key]:
             channel_id, _ = self._pending.pop(key)
             self._close_channel(tunnel, channel_id, "dialog ended")
-        self._maybe_stop_timer()
+        self._sweeper.settle()
+
+    # the executor: what the negotiation asks, carried out
+
+    def _execute(
+        self,
+        tunnel: Any,
+        dialog_key: str,
+        dialog: _Dialog,
+        actions: list[Action],
+        now: float,
+        close: bool = True,
+    ) -> set[int]:
+        """
+        Carry out the actions of L{LegMedia} for one dialog, in order. A
+        stream that cannot be carried (no ports, no channel, a refused TCP
+        address) is given up (and the negotiation told); its further
+        actions are skipped.
+
+        @param close: a released stream's channel is closed (C{False}:
+            it is gone already, the tunnel is lost).
+        @return: the indices of the streams given up.
+        """
+        failed: set[int] = set()
+        for action in actions:
+            if isinstance(action, (IgnoredBranch, Crowded, Answered, AnsweredToo, AnsweredWithoutSdp)):
+                self._note(dialog_key, dialog, action, now)
+                continue
+            if action.index in failed:
+                continue
+            if isinstance(action, Release):
+                self._release_stream(dialog, action.index, action.reason, close=close, tell_leg=False)
+                continue
+            if isinstance(action, Rejected):
+                self.rejected_streams += 1
+                continue
+            if isinstance(action, Create):
+                self._create(tunnel, dialog_key, dialog, action.index, action.tcp, now)
+                continue
+            stream = dialog.streams.get(action.index)
+            if stream is None:
+                continue
+            ok = True
+            if isinstance(action, Expect):
+                self._apply_remote(stream, dialog, action.branches)
+            elif isinstance(action, Bind):
+                if stream.rtp is None and not self._bind(stream, dialog, action.rtcp):
+                    self._release_stream(dialog, stream.index, "no media ports")
+                    self.rejected_streams += 1
+                    ok = False
+            elif isinstance(action, OpenChannel):
+                if stream.channel_id is None:
+                    ok = self._take_channel(stream, action.mux)
+            elif isinstance(action, TcpExpect):
+                assert stream.tcp is not None
+                stream.tcp.expect(action.host)
+            elif isinstance(action, TcpListen):
+                if not self._tcp_listen(dialog, stream):
+                    self.rejected_streams += 1
+                    ok = False
+            elif isinstance(action, TcpConnect):
+                ok = self._tcp_connect(dialog, stream, action.media)
+            if not ok:
+                failed.add(action.index)
+        return failed
+
+    def _note(self, dialog_key: str, dialog: _Dialog, note: Action, now: float) -> None:
+        """
+        The negotiation's notes: counters and log lines.
+        """
+        if isinstance(note, IgnoredBranch):
+            self.ignored_branch_sdp += 1
+            self.log.info(
+                "dialog {dialog}: ignoring SDP from branch {tag}, another branch answered",
+                dialog=dialog_key,
+                tag=note.tag,
+            )
+        elif isinstance(note, Crowded):
+            self.log.warn(
+                "media stream {stream} of dialog {dialog}: more than {limit}"
+                " branches, forgetting the oldest",
+                stream=note.index,
+                dialog=dialog_key,
+                limit=note.limit,
+            )
+        elif isinstance(note, AnsweredToo):
+            self.log.info(
+                "dialog {dialog}: branch {tag} answered too; media stays with {winner}",
+                dialog=dialog_key,
+                tag=note.tag,
+                winner=note.winner,
+            )
+        elif isinstance(note, AnsweredWithoutSdp):
+            self.log.info(
+                "dialog {dialog}: answered by {tag} without SDP of its own;"
+                " media stays with the latest branch {latest}",
+                dialog=dialog_key,
+                tag=note.tag,
+                latest=note.latest,
+            )
+        elif isinstance(note, Answered):
+            dialog.answered_at = now
+            codec = dialog.codec.get(note.ours) or dialog.codec.get(not note.ours)
+            self.log.info(
+                "call {dialog} answered from the {leg} leg: codec {codec}; {media}",
+                dialog=dialog_key,
+                leg=self._local_leg if note.ours else "tunnel",
+                codec=codec or "none (no SDP)",
+                media=self._describe_media(dialog),
+            )
+
+    def _resolve(
+        self, dialog: _Dialog, rewrite: list[Entry], failed: set[int]
+    ) -> tuple[list[tuple[int, int | None] | None], list[TcpRewrite | None]]:
+        """
+        The negotiation's rewrite entries as ports for L{rewrite_sdp} and
+        roles for L{rewrite_tcp_media}.
+        """
+        entries: list[tuple[int, int | None] | None] = []
+        tcp: list[TcpRewrite | None] = [None] * len(rewrite)
+        for number, entry in enumerate(rewrite):
+            if isinstance(entry, Keep):
+                entries.append(None)
+            elif isinstance(entry, SameAs):
+                entries.append(entries[entry.primary])
+            elif isinstance(entry, Refuse):
+                entries.append((0, None))
+            else:
+                stream = dialog.streams.get(entry.index)
+                if stream is None or entry.index in failed:
+                    entries.append((0, None))
+                elif isinstance(entry, TcpRelay):
+                    if entry.setup == "active":
+                        change = TcpRewrite("active", self.address, _ACTIVE_PORT)
+                    else:
+                        assert stream.base_port is not None
+                        change = TcpRewrite(entry.setup, self.address, stream.base_port)
+                    tcp[number] = change
+                    entries.append((change.port, None))
+                else:
+                    assert isinstance(entry, Relay) and stream.base_port is not None
+                    rtcp = None if stream.rtcp is None else stream.base_port + 1
+                    entries.append((stream.base_port, rtcp))
+        return entries, tcp
 
     # tunnel application callbacks
 
@@ -849,16 +774,17 @@ class MediaManager:
         The tunnel is gone: release every stream that used it (its channels
         are gone with it).
         """
+        now = self.clock.seconds()
         for key in [k for k in self._dialogs if k[0] is tunnel]:
             dialog = self._dialogs.pop(key)
-            for index in list(dialog.streams):
-                self._release_stream(dialog, index, "tunnel lost", close=False)
+            actions = dialog.leg.ended("tunnel lost").actions
+            self._execute(tunnel, key[1], dialog, actions, now, close=False)
             self._log_end(key[1], dialog, "tunnel lost")
         for key in [k for k in self._pending if k[0] is tunnel]:
             del self._pending[key]
         for key in [k for k in self._channels if k[0] is tunnel]:
             self._forget(key)
-        self._maybe_stop_timer()
+        self._sweeper.settle()
 
     def tunnel_suspended(self, tunnel: Any) -> None:
         """
@@ -908,7 +834,7 @@ class MediaManager:
             meta["tcp"] = True
         else:
             kind = ChannelKind.DATAGRAM
-            meta["mux"] = stream.mux
+            meta["mux"] = stream.plan.mux
         channel_id = stream.tunnel.open_channel(kind, meta)
         if self.router is not None:
             self.router.channel_opened_locally(stream.tunnel, channel_id, self)
@@ -962,7 +888,7 @@ class MediaManager:
             self._attach(stream, channel_id)
         else:
             self._pending[tunnel, dialog_key, index] = (channel_id, self.clock.seconds())
-            self._ensure_timer()
+            self._sweeper.ensure()
 
     def datagram_received(
         self, tunnel: Any, channel_id: int, data: bytes, component: int
@@ -1005,7 +931,7 @@ class MediaManager:
         for key, (pending_id, _) in list(self._pending.items()):
             if key[0] is tunnel and pending_id == channel_id:
                 del self._pending[key]
-                self._maybe_stop_timer()
+                self._sweeper.settle()
         stream = self._channels.get((tunnel, channel_id))
         if stream is None:
             return
@@ -1016,120 +942,6 @@ class MediaManager:
             self._release_stream(dialog, stream.index, "peer closed", close=False)
 
     # TCP media (RFC 4145): see docs/media.md, "TCP media"
-
-    def _tcp_stream(
-        self, tunnel: Any, dialog_key: str, dialog: _Dialog, index: int, now: float
-    ) -> _Stream:
-        """
-        The TCP stream C{index} of a dialog, created (with its endpoint, no
-        socket yet) if needed; a UDP stream of that index is released.
-        """
-        stream = dialog.streams.get(index)
-        if stream is not None and stream.tcp is None:
-            self._release_stream(dialog, index, "transport changed")
-            stream = None
-        if stream is None:
-            stream = dialog.streams[index] = _Stream(tunnel, dialog_key, index, now)
-            stream.tcp = TcpMediaEndpoint(
-                self.reactor,
-                self.address,
-                policy=self.policy,
-                clock=self.clock,
-                max_buffer=self.tcp_buffer,
-                on_finished=lambda endpoint, reason: self._tcp_finished(stream, reason),
-            )
-            self._ensure_timer()
-        return stream
-
-    def _tcp_into_tunnel(
-        self,
-        tunnel: Any,
-        dialog_key: str,
-        dialog: _Dialog,
-        media: MediaDescription,
-        version: tuple[str, int] | None,
-        now: float,
-    ) -> None:
-        """
-        Our side's endpoint described a TCP stream: remember it, open the
-        stream channel if needed, and settle our role if this answers our
-        C{actpass} offer. A new description (new o= version, not the answer
-        to our offer) with C{a=connection:new} for a stream whose connection
-        was made starts over with a new connection and channel.
-        """
-        index = media.index
-        stream = dialog.streams.get(index)
-        if (
-            stream is not None
-            and stream.tcp is not None
-            and stream.tcp.ever_connected
-            and not stream.offered
-            and stream.seen_version is not None
-            and media.connection_mode == "new"
-            and version != stream.seen_version
-        ):
-            self._release_stream(dialog, index, "new TCP connection")
-        stream = self._tcp_stream(tunnel, dialog_key, dialog, index, now)
-        endpoint = stream.tcp
-        assert endpoint is not None
-        repeat = version is not None and version == stream.seen_version
-        stream.seen_version = version
-        stream.remote = media
-        endpoint.expect(media.address)
-        if stream.offered:
-            # our side answers the actpass we offered (RFC 4145 section 4.1;
-            # no a=setup in an answer means passive)
-            stream.offered = False
-            if media.setup in (None, "passive"):
-                self._tcp_connect(dialog, stream, media)
-        elif not repeat:
-            stream.fresh = True
-        if stream.channel_id is None and stream.index in dialog.streams:
-            self._take_channel(stream, media)
-
-    def _tcp_out_of_tunnel(
-        self,
-        tunnel: Any,
-        dialog_key: str,
-        dialog: _Dialog,
-        media: MediaDescription,
-        now: float,
-    ) -> TcpRewrite | None:
-        """
-        A TCP stream described towards our side: choose (or keep) our role
-        towards our side's endpoint, listen or connect, take the channel.
-
-        @return: how to rewrite the section, or C{None} to reject it (no
-            port, refused address).
-        """
-        index = media.index
-        stream = self._tcp_stream(tunnel, dialog_key, dialog, index, now)
-        endpoint = stream.tcp
-        assert endpoint is not None
-        if stream.channel_id is None and not self._take_channel(stream, media):
-            # first, so that giving the stream up below closes it too
-            return None
-        if endpoint.role is None:
-            remote = stream.remote if stream.fresh else None
-            if remote is not None and remote.setup == "passive":
-                # our side listens: we connect to it
-                if not self._tcp_connect(dialog, stream, remote):
-                    return None
-            else:
-                # our side connects (active, or no a=setup: the RFC 4145
-                # default for an offer), may choose (actpass), or waits
-                # (holdconn): we listen; with no description from our side
-                # this is an offer and we offer actpass
-                if not self._tcp_listen(dialog, stream):
-                    self.rejected_streams += 1
-                    return None
-                stream.offered = remote is None
-        stream.fresh = False
-        if endpoint.role == "active":
-            return TcpRewrite("active", self.address, _ACTIVE_PORT)
-        assert stream.base_port is not None
-        setup = "actpass" if stream.offered else "passive"
-        return TcpRewrite(setup, self.address, stream.base_port)
 
     def _tcp_listen(self, dialog: _Dialog, stream: _Stream) -> bool:
         endpoint = stream.tcp
@@ -1185,19 +997,24 @@ class MediaManager:
 
     # internals
 
-    def _udp_stream(self, tunnel: Any, dialog_key: str, dialog: _Dialog, index: int, now: float) -> _Stream:
+    def _create(
+        self, tunnel: Any, dialog_key: str, dialog: _Dialog, index: int, tcp: bool, now: float
+    ) -> None:
         """
-        The UDP stream C{index} of a dialog, made if new (a TCP stream in
-        its place is released: the transport changed).
+        The means of a new stream: its record, and for TCP its endpoint
+        (no socket yet).
         """
-        stream = dialog.streams.get(index)
-        if stream is not None and stream.tcp is not None:
-            self._release_stream(dialog, index, "transport changed")
-            stream = None
-        if stream is None:
-            stream = dialog.streams[index] = _Stream(tunnel, dialog_key, index, now)
-            self._ensure_timer()
-        return stream
+        stream = dialog.streams[index] = _Stream(tunnel, dialog_key, index, dialog.leg.streams[index], now)
+        if tcp:
+            stream.tcp = TcpMediaEndpoint(
+                self.reactor,
+                self.address,
+                policy=self.policy,
+                clock=self.clock,
+                max_buffer=self.tcp_buffer,
+                on_finished=lambda endpoint, reason: self._tcp_finished(stream, reason),
+            )
+        self._sweeper.ensure()
 
     def _dialog(self, tunnel: Any, dialog_key: str, now: float, leg: str) -> _Dialog:
         """
@@ -1206,7 +1023,8 @@ class MediaManager:
         """
         dialog = self._dialogs.get((tunnel, dialog_key))
         if dialog is None:
-            dialog = self._dialogs[tunnel, dialog_key] = _Dialog(now)
+            media = LegMedia(self.max_streams_per_dialog, self.max_branches_per_stream)
+            dialog = self._dialogs[tunnel, dialog_key] = _Dialog(media, now)
             self.log.info(
                 "call {dialog} started from the {leg} leg",
                 dialog=dialog_key,
@@ -1226,8 +1044,9 @@ class MediaManager:
         parts = []
         for index in sorted(dialog.streams):
             stream = dialog.streams[index]
-            ours = _latest(stream.ours)
-            theirs = _latest(stream.theirs)
+            plan = stream.plan
+            ours = latest(plan.ours)
+            theirs = latest(plan.theirs)
             described = ours if ours is not None else theirs
             kind = "?" if described is None else described.media
             if stream.tcp is not None:
@@ -1236,7 +1055,7 @@ class MediaManager:
                     if stream.base_port is not None
                     else "active"
                 )
-                local = _host_port(stream.remote.address, stream.remote.port) if stream.remote else "?"
+                local = _host_port(plan.remote.address, plan.remote.port) if plan.remote else "?"
             else:
                 relay = _host_port(self.address, stream.base_port)
                 peer = stream.rtp.peer if stream.rtp is not None else None
@@ -1342,40 +1161,17 @@ class MediaManager:
                 count=count,
             )
 
-    def _remember(
+    def _apply_remote(
         self,
         stream: _Stream,
-        table: dict[str | None, MediaDescription | None],
-        tag: str | None,
-        media: MediaDescription | None,
+        dialog: _Dialog,
+        live: tuple[tuple[str | None, MediaDescription], ...],
     ) -> None:
         """
-        Keep the latest description of C{stream} from branch C{tag} (or
-        its refusal, C{None}) in C{table}, forgetting the oldest branch
-        beyond C{max_branches_per_stream}; update the hold state.
+        Tell the relay endpoints what every live branch of our side
+        negotiated (L{Expect}), and forget the branches that are gone.
         """
-        if tag not in table and len(table) >= self.max_branches_per_stream:
-            del table[next(iter(table))]
-            if not stream.crowded:
-                stream.crowded = True
-                self.log.warn(
-                    "media stream {stream} of dialog {dialog}: more than {limit}"
-                    " branches, forgetting the oldest",
-                    stream=stream.index,
-                    dialog=stream.dialog,
-                    limit=self.max_branches_per_stream,
-                )
-        table[tag] = media
-        _update_held(stream)
-
-    def _apply_remote(self, stream: _Stream) -> None:
-        """
-        Tell the relay endpoints what every branch of our side negotiated,
-        and forget the branches that are gone.
-        """
-        live = [(tag, media) for tag, media in stream.ours.items() if media is not None]
-        dialog = self._dialogs.get((stream.tunnel, stream.dialog))
-        source = None if dialog is None else dialog.source
+        source = dialog.source
         for tag, media in live:
             hold = media.hold_address
             host = None if hold else media.address
@@ -1391,7 +1187,7 @@ class MediaManager:
             if endpoint is not None and len(endpoint.branches) != len(tags):
                 endpoint.retain(tags)
 
-    def _take_channel(self, stream: _Stream, media: MediaDescription) -> bool:
+    def _take_channel(self, stream: _Stream, mux: bool) -> bool:
         """
         Attach the channel the peer opened for the stream, or open one.
 
@@ -1417,7 +1213,7 @@ class MediaManager:
                 "use": "media",
                 "dialog": stream.dialog,
                 "stream": stream.index,
-                "mux": media.rtcp_mux,
+                "mux": mux,
             }
         try:
             channel_id = tunnel.open_channel(kind, meta)
@@ -1479,8 +1275,7 @@ class MediaManager:
             # relay sockets, past the multiplexer and this manager.
             direct(stream.channel_id, stream.rtp.send, rtcp.send)
 
-    def _bind(self, stream: _Stream, media: MediaDescription) -> bool:
-        need_rtcp = not media.rtcp_mux_only
+    def _bind(self, stream: _Stream, dialog: _Dialog, need_rtcp: bool) -> bool:
         for _ in range(min(self.ports.capacity, 16)):
             try:
                 base = self.ports.allocate()
@@ -1508,7 +1303,7 @@ class MediaManager:
             rtp.on_latch = lambda address, named: self._latched(stream, "RTP", address, named)
             if rtcp is not None:
                 rtcp.on_latch = lambda address, named: self._latched(stream, "RTCP", address, named)
-            self._apply_remote(stream)
+            self._apply_remote(stream, dialog, stream.plan.expected())
             self._route(stream)
             return True
         return False
@@ -1543,8 +1338,22 @@ class MediaManager:
         tunnel.close_channel(channel_id, 0, reason)
 
     def _release_stream(
-        self, dialog: _Dialog, index: int, reason: str, close: bool = True
+        self,
+        dialog: _Dialog,
+        index: int,
+        reason: str,
+        close: bool = True,
+        tell_leg: bool = True,
     ) -> None:
+        """
+        Give the means of a stream up: close (or forget) its channel,
+        unbind its sockets, close its TCP endpoint, free its ports.
+
+        @param tell_leg: the release is the executor's own (the
+            negotiation is told); C{False}: the negotiation asked for it.
+        """
+        if tell_leg:
+            dialog.leg.release(index)
         stream = dialog.streams.pop(index, None)
         if stream is None:
             return
@@ -1569,7 +1378,7 @@ class MediaManager:
         if stream.base_port is not None:
             self.ports.release(stream.base_port)
             stream.base_port = None
-        self._maybe_stop_timer()
+        self._sweeper.settle()
 
     def _warn(self, kind: str, format: str, **fields: Any) -> None:
         """
@@ -1579,31 +1388,20 @@ class MediaManager:
         """
         self._warnings.warn(kind, format + " ({count} times so far)", **fields)
 
-    # the inactivity sweep
+    # the inactivity sweep (one timer: spwm.media.sweep)
 
-    def _sweep_interval(self) -> float:
-        return max(1.0, min(10.0, self.inactivity_timeout / 4))
+    def _busy(self) -> bool:
+        """
+        The sweep has something to watch: streams, or channels waiting
+        for their SDP.
+        """
+        return any(d.streams for d in self._dialogs.values()) or bool(self._pending)
 
-    def _ensure_timer(self) -> None:
-        if self._timer is None or not self._timer.active():
-            self._timer = self.clock.callLater(self._sweep_interval(), self._sweep)
-
-    def _maybe_stop_timer(self) -> None:
-        if self._timer is not None and not self._dialogs_have_streams() and not self._pending:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
-
-    def _dialogs_have_streams(self) -> bool:
-        return any(d.streams for d in self._dialogs.values())
-
-    def _sweep(self) -> None:
+    def _sweep(self, now: float) -> None:
         """
         Release streams idle for longer than the timeout unless held, and
-        channels the peer opened whose SDP never came.
+        channels the peer opened whose SDP never came (L{Sweep}).
         """
-        self._timer = None
-        now = self.clock.seconds()
         for dialog in list(self._dialogs.values()):
             for index, stream in list(dialog.streams.items()):
                 count = stream.count()
@@ -1613,7 +1411,7 @@ class MediaManager:
                     for endpoint in (stream.rtp, stream.rtcp):
                         if endpoint is not None:
                             endpoint.last_activity = now
-                elif stream.held or (stream.tcp is not None and stream.tcp.connected):
+                elif stream.plan.held or (stream.tcp is not None and stream.tcp.connected):
                     # a TCP connection that is up is alive (MSRP may be
                     # silent for long); its closing releases the stream
                     stream.last_activity = now
@@ -1630,5 +1428,3 @@ class MediaManager:
             if now - since >= min(self.inactivity_timeout, PENDING_TIMEOUT):
                 del self._pending[key]
                 self._close_channel(key[0], channel_id, "no session description")
-        if self._dialogs_have_streams() or self._pending:
-            self._ensure_timer()

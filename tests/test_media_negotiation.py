@@ -1,0 +1,449 @@
+"""
+Tests for L{spwm.media.negotiation}: the offer/answer and forking rules of
+one call leg, without sockets, channels or a reactor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.media.negotiation import (
+    TRANSITIONS,
+    Answered,
+    AnsweredWithoutSdp,
+    Bind,
+    Create,
+    Expect,
+    IgnoredBranch,
+    Input,
+    Keep,
+    LegMedia,
+    OpenChannel,
+    Outcome,
+    Refuse,
+    Relay,
+    Release,
+    SameAs,
+    StreamState,
+    TcpConnect,
+    TcpExpect,
+    TcpListen,
+    TcpRelay,
+)
+from spwm.sdp import SessionDescription, parse_sdp
+
+
+def sdp(streams: list[tuple[str, int, str]], version: int = 1, address: str = "192.0.2.10") -> SessionDescription:
+    """
+    A description with one m= line per (transport, port, direction):
+    transport C{"udp"} (audio RTP) or C{"tcp"} (MSRP, passive).
+    """
+    lines = [
+        "v=0",
+        f"o=- 1 {version} IN IP4 {address}",
+        "s=-",
+        f"c=IN IP4 {address}",
+        "t=0 0",
+    ]
+    for transport, port, direction in streams:
+        if transport == "tcp":
+            lines += [f"m=message {port} TCP/MSRP *", "a=setup:passive"]
+        else:
+            lines += [f"m=audio {port} RTP/AVP 0", f"a={direction}"]
+    return parse_sdp(("\r\n".join(lines) + "\r\n").encode("ascii"))
+
+
+class LegMediaTests(SynchronousTestCase):
+    """
+    Examples of the forking rules (the manager's tests check them with
+    sockets; these check the plan alone).
+    """
+
+    def test_early_refusal_defers(self) -> None:
+        """
+        While the leg is early, a branch's port 0 only forgets that
+        branch's description; the answer by the other branch keeps the
+        stream, with only the winner expected.
+        """
+        leg = LegMedia()
+        leg.described(False, None, sdp([("udp", 4000, "sendrecv")]))
+        leg.described(True, "a", sdp([("udp", 5000, "sendrecv")]))
+        out = leg.described(True, "b", sdp([("udp", 0, "sendrecv")]))
+        self.assertNotIn(Release(0, "stream removed"), out.actions)
+        self.assertEqual(leg.streams[0].state, StreamState.EARLY)
+        out = leg.answered_by("a", True)
+        self.assertEqual(leg.streams[0].state, StreamState.ANSWERED)
+        [expect] = [a for a in out.actions if isinstance(a, Expect)]
+        self.assertEqual([tag for tag, _ in expect.branches], ["a"])
+
+    def test_answer_by_refusing_branch_releases(self) -> None:
+        """
+        The answer by the branch whose last word was port 0 releases the
+        stream.
+        """
+        leg = LegMedia()
+        leg.described(False, None, sdp([("udp", 4000, "sendrecv")]))
+        leg.described(True, "a", sdp([("udp", 5000, "sendrecv")]))
+        leg.described(True, "b", sdp([("udp", 0, "sendrecv")]))
+        out = leg.answered_by("b", True)
+        self.assertIn(Release(0, "not in the answer"), out.actions)
+        self.assertEqual(leg.streams, {})
+
+    def test_loser_ignored(self) -> None:
+        """
+        After the answer, SDP from our side's losing branch is ignored.
+        """
+        leg = LegMedia()
+        leg.described(True, "a", sdp([("udp", 5000, "sendrecv")]))
+        leg.answered_by("a", True)
+        out = leg.described(True, "b", sdp([("udp", 0, "sendrecv")]))
+        self.assertEqual(out.actions, [IgnoredBranch("b")])
+        self.assertIn(0, leg.streams)
+
+    def test_offer_towards_our_side(self) -> None:
+        """
+        An offer coming out of the tunnel makes the stream, its sockets and
+        its channel; the rewrite names our relay ports; a bundled line
+        shares its primary's entry.
+        """
+        leg = LegMedia()
+        out = leg.described(False, None, sdp([("udp", 4000, "sendrecv"), ("udp", 4000, "sendrecv")]))
+        self.assertEqual(
+            out.actions,
+            [Create(0, False), Bind(0, True), OpenChannel(0, False, False)],
+        )
+        self.assertEqual(out.rewrite, [Relay(0), SameAs(0)])
+
+    def test_tcp_offer_and_answer(self) -> None:
+        """
+        A TCP offer towards our side: we listen and offer actpass; our
+        side's passive answer makes us connect.
+        """
+        leg = LegMedia()
+        out = leg.described(False, None, sdp([("tcp", 7000, "")]))
+        self.assertEqual(out.rewrite, [TcpRelay(0, "actpass")])
+        self.assertIn(TcpListen(0), out.actions)
+        answer = sdp([("tcp", 8000, "")])
+        out = leg.described(True, None, answer)
+        self.assertEqual(
+            out.actions,
+            [TcpExpect(0, "192.0.2.10"), TcpConnect(0, answer.media[0]), OpenChannel(0, True, False)],
+        )
+
+    def test_transport_change_releases(self) -> None:
+        """
+        A m= line that changes from UDP to TCP (or back) is a new stream:
+        the old one is released first.
+        """
+        leg = LegMedia()
+        leg.described(False, None, sdp([("udp", 4000, "sendrecv")]))
+        out = leg.described(True, None, sdp([("tcp", 8000, "")]))
+        self.assertEqual(out.actions[:2], [Release(0, "transport changed"), Create(0, True)])
+        out = leg.described(False, None, sdp([("udp", 4000, "sendrecv")]))
+        self.assertEqual(out.actions[:2], [Release(0, "transport changed"), Create(0, False)])
+
+    def test_limit(self) -> None:
+        """
+        A m= line beyond the per-leg limit is refused towards our side and
+        ignored from it.
+        """
+        leg = LegMedia(max_streams=1)
+        out = leg.described(False, None, sdp([("udp", 4000, "sendrecv"), ("udp", 4002, "sendrecv")]))
+        self.assertEqual(out.rewrite, [Relay(0), Refuse()])
+        out = leg.described(True, None, sdp([("udp", 5000, "sendrecv"), ("udp", 0, "sendrecv")]))
+        self.assertEqual(list(leg.streams), [0])
+
+    def test_transition_table(self) -> None:
+        """
+        RELEASED is terminal; every other state has a move for every input
+        that can reach it, and ANSWER_* only leave EARLY.
+        """
+        for event in Input:
+            self.assertNotIn((StreamState.RELEASED, event), TRANSITIONS)
+        for (state, event), following in TRANSITIONS.items():
+            if event in (Input.ANSWER_KEEPS, Input.ANSWER_DROPS):
+                self.assertEqual(state, StreamState.EARLY)
+            if event is Input.RELEASED:
+                self.assertEqual(following, StreamState.RELEASED)
+
+
+# the stateful test
+
+TAGS = ("a", "b", "c")
+
+#: one m= line: live (else port 0), hold
+media_lines = st.lists(
+    st.tuples(st.sampled_from([True, True, True, False]), st.booleans()),
+    min_size=1,
+    max_size=3,
+)
+
+#: a branch: mostly the first two (so that both often describe a stream
+#: before the answer), now and then a third (over the branch limit of 2)
+branches = st.sampled_from([0, 1, 0, 1, 2])
+
+
+class LegMediaMachine(RuleBasedStateMachine):
+    """
+    Random offers/answers from either side on 1–3 forked branches (or
+    none), early answers, port-0 refusals, re-offers with hold, added and
+    removed streams, an answer, the executor giving streams up, the end.
+    A model executor carries the actions out and checks them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.leg = LegMedia(max_streams=3, max_branches=2)
+        # the model executor: live streams (index -> tcp), channels opened
+        # per stream life, the relay's expectations per UDP stream
+        self.live: dict[int, bool] = {}
+        self.channels: dict[int, int] = {}
+        self.expect: dict[int, tuple[Any, ...]] = {}
+        self.version = 0
+        self.over = False
+        self.keep: set[str | None] = set()
+
+    @initialize(
+        tagged=st.sampled_from([True, True, True, False]),
+        transports=st.tuples(*[st.sampled_from(["udp", "udp", "tcp"])] * 3),
+    )
+    def mode(self, tagged: bool, transports: tuple[str, str, str]) -> None:
+        # tagged: forked branches; else no branch information at all. The
+        # transport of each m= line stays (a change releases the stream:
+        # test_transport_change_releases).
+        self.tags: tuple[str | None, ...] = TAGS if tagged else (None,)
+        self.transports = transports
+
+    def run(self, outcome: Outcome) -> None:
+        """
+        Carry the actions out like the manager, checking each.
+        """
+        for action in outcome.actions:
+            if isinstance(action, Create):
+                assert action.index not in self.live, action
+                self.live[action.index] = action.tcp
+                self.channels[action.index] = 0
+                self.expect[action.index] = ()
+            elif isinstance(action, Release):
+                assert action.index in self.live, action
+                del self.live[action.index]
+                del self.channels[action.index]
+                del self.expect[action.index]
+            elif isinstance(action, OpenChannel):
+                assert action.index in self.live, action
+                assert action.tcp == self.live[action.index]
+                # "make sure": opened the first time only
+                if self.channels[action.index] == 0:
+                    self.channels[action.index] = 1
+            elif isinstance(action, (Bind, Expect)):
+                assert not self.live[action.index], action
+                if isinstance(action, Expect):
+                    self.expect[action.index] = action.branches
+            elif isinstance(action, (TcpExpect, TcpListen, TcpConnect)):
+                assert self.live[action.index], action
+            elif isinstance(action, AnsweredWithoutSdp):
+                self.keep.add(action.latest)
+        for entry in outcome.rewrite:
+            if isinstance(entry, (Relay, TcpRelay)):
+                assert entry.index in self.live, entry
+
+    @precondition(lambda self: not self.over)
+    @rule(
+        ours=st.booleans(),
+        branch=branches,
+        lines=media_lines,
+        new_version=st.booleans(),
+    )
+    def describe(self, ours: bool, branch: int, lines: list[tuple[bool, bool]], new_version: bool) -> None:
+        tag = self.tags[branch % len(self.tags)]
+        if new_version:
+            self.version += 1
+        streams = [
+            (self.transports[i], (4000 + 2 * i) if live else 0, "sendonly" if hold else "sendrecv")
+            for i, (live, hold) in enumerate(lines)
+        ]
+        description = sdp(streams, self.version, "192.0.2.%d" % (10 + (tag is not None and TAGS.index(tag) or 0)))
+        loser = self.leg.loser(tag, ours)
+        outcome = self.leg.described(ours, tag, description)
+        self.run(outcome)
+        if ours and loser:
+            assert outcome.actions == [IgnoredBranch(tag)], outcome
+        if loser:
+            # a branch that lost releases nothing
+            assert not any(isinstance(a, Release) for a in outcome.actions), outcome
+        if not ours:
+            assert len(outcome.rewrite) == len(lines)
+            for (live, _), entry in zip(lines, outcome.rewrite):
+                if not live:
+                    assert isinstance(entry, Keep), entry
+        # after the answer, the winner's (or an untagged) refusal releases
+        if self.leg.answered and not loser and (tag is None or ours == self.leg.winner_ours):
+            for index, (live, _) in enumerate(lines):
+                if not live and (tag is None or tag == self.leg.winner):
+                    assert index not in self.leg.streams, (index, tag)
+
+    def branch_of(self, data: st.DataObject, ours: bool) -> int:
+        """
+        Mostly a branch that described a stream on that side (so that
+        refusals and answers meet the branches they concern), else any.
+        """
+        known = sorted(
+            {
+                TAGS.index(tag)
+                for stream in self.leg.streams.values()
+                for tag in [*(stream.ours if ours else stream.theirs), *(t for o, t in stream.refused if o == ours)]
+                if tag is not None
+            }
+        )
+        if known and data.draw(st.booleans()):
+            return data.draw(st.sampled_from(known))
+        return data.draw(branches)
+
+    @precondition(lambda self: not self.over and bool(self.live))
+    @rule(ours=st.booleans(), data=st.data())
+    def refuse(self, ours: bool, data: st.DataObject) -> None:
+        """
+        A re-offer or answer that refuses one stream (port 0) and keeps
+        the others.
+        """
+        index = data.draw(st.sampled_from(sorted(self.live)))
+        lines = [(i != index, False) for i in range(max(self.live) + 1)]
+        self.describe(ours, self.branch_of(data, ours), lines, False)
+
+    @precondition(lambda self: not self.over)
+    @rule(ours=st.booleans(), data=st.data(), chance=st.integers(0, 2))
+    def answer(self, ours: bool, data: st.DataObject, chance: int) -> None:
+        """
+        A 2xx crosses; now and then, so that branches pile up first.
+        """
+        if chance:
+            return
+        # often a branch whose last word on some stream was a refusal
+        refusers = sorted(
+            {
+                TAGS.index(tag)
+                for stream in self.leg.streams.values()
+                for tag in [
+                    *(t for t, m in (stream.ours if ours else stream.theirs).items() if m is None),
+                    *(t for o, t in stream.refused if o == ours),
+                ]
+                if tag is not None
+            }
+        )
+        if refusers and data.draw(st.booleans()):
+            branch = data.draw(st.sampled_from(refusers))
+        else:
+            branch = self.branch_of(data, ours)
+        tag = self.tags[branch % len(self.tags)]
+        first = not self.leg.answered
+        # the winner's word on each stream before the answer
+        before = {
+            index: (s.tcp, (s.ours if ours else s.theirs).get(tag, "none"), set(s.refused))
+            for index, s in self.leg.streams.items()
+        }
+        described_by_tag = any(word != "none" for _, word, _ in before.values())
+        outcome = self.leg.answered_by(tag, ours)
+        self.run(outcome)
+        if not first:
+            assert not any(isinstance(a, Answered) for a in outcome.actions)
+            return
+        assert outcome.actions[-1] == Answered(tag, ours)
+        self.keep.add(tag)
+        if described_by_tag or tag is None:
+            for index, (tcp, word, refused) in before.items():
+                if tcp and (ours, tag) in refused:
+                    assert index not in self.leg.streams, index
+                if not tcp and word is None:
+                    # the winning branch refused the stream: released
+                    assert index not in self.leg.streams, index
+
+    @precondition(lambda self: not self.over and bool(self.live))
+    @rule(data=st.data(), chance=st.integers(0, 3))
+    def give_up(self, data: st.DataObject, chance: int) -> None:
+        """
+        The executor gives a stream up (no ports, no channel, idle, the
+        peer closed its channel); now and then, so that streams live.
+        """
+        if chance:
+            return
+        index = data.draw(st.sampled_from(sorted(self.live)))
+        self.leg.release(index)
+        del self.live[index]
+        del self.channels[index]
+        del self.expect[index]
+
+    @precondition(lambda self: not self.over)
+    @rule(chance=st.integers(0, 7))
+    def end(self, chance: int) -> None:
+        """
+        The leg ends; now and then, so that exchanges get long.
+        """
+        if chance:
+            return
+        self.run(self.leg.ended())
+        self.over = True
+        assert self.leg.streams == {}
+        assert self.live == {}
+
+    @precondition(lambda self: self.over)
+    @rule(index=st.integers(0, 3))
+    def after_end(self, index: int) -> None:
+        """
+        Nothing is left after the end; a late give-up changes nothing.
+        """
+        self.leg.release(index)
+        assert self.leg.streams == {}
+        assert self.live == {}
+
+    @invariant()
+    def executor_agrees(self) -> None:
+        assert set(self.live) == set(self.leg.streams), (self.live, self.leg.streams)
+        for index, stream in self.leg.streams.items():
+            assert stream.tcp == self.live[index]
+            assert stream.state is not StreamState.RELEASED
+            assert stream.state == (StreamState.ANSWERED if self.leg.answered else StreamState.EARLY)
+            assert self.channels[index] <= 1
+            if not stream.tcp:
+                # the relay expects exactly what the plan holds
+                assert self.expect[index] == stream.expected(), index
+            assert len(stream.ours) <= self.leg.max_branches
+            assert len(stream.theirs) <= self.leg.max_branches
+
+    @invariant()
+    def one_winner(self) -> None:
+        """
+        After the answer, at most the winning branch's expectations (or,
+        when its tag never described a stream, the latest branch's)
+        survive on the winner's side.
+        """
+        if not self.leg.answered:
+            return
+        winners = set(self.keep) | {self.leg.winner}
+        for stream in self.leg.streams.values():
+            table = stream.ours if self.leg.winner_ours else stream.theirs
+            live = {tag for tag, m in table.items() if m is not None}
+            assert live <= winners, (live, winners)
+
+
+class LegMediaStatefulTests(SynchronousTestCase):
+    """
+    The forking rules over random exchanges (L{LegMediaMachine}).
+    """
+
+    def test_random_exchanges(self) -> None:
+        run_state_machine_as_test(
+            LegMediaMachine,
+            settings=settings(max_examples=400, stateful_step_count=25, deadline=None, database=None),
+        )
