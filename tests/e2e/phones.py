@@ -14,6 +14,7 @@ phone.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import sys
@@ -22,6 +23,11 @@ from pathlib import Path
 from typing import Mapping
 
 from attrs import define, field
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from spwm.testing.certs import CertFiles, TestCA
 
 from .netbed import (
     AGENT,
@@ -68,6 +74,35 @@ def render(text: str, user: str, transport: str, ca_file: str) -> str:
     text = text.replace(f"{DOC_USER}@", f"{user}@")
     text = text.replace(f"username={DOC_USER}", f"username={user}")
     return text
+
+
+def agent_certificate(ca: TestCA, address: str) -> CertFiles:
+    """
+    A server certificate for the agent's C{address} from the test CA,
+    naming it both as an IP address and as a DNS name in subjectAltName:
+    Linphone (mbedTLS) compares only DNS names, baresip and PJSIP
+    (OpenSSL) the IP address.
+    """
+    files = ca.issue([address], "agent")
+    key = serialization.load_pem_private_key(Path(files.key).read_bytes(), None)
+    old = x509.load_pem_x509_certificate(Path(files.cert).read_bytes())
+    alt = x509.SubjectAlternativeName(
+        [x509.IPAddress(ipaddress.ip_address(address)), x509.DNSName(address)]
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(old.subject)
+        .issuer_name(old.issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(old.not_valid_before_utc)
+        .not_valid_after(old.not_valid_after_utc)
+        .add_extension(alt, critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    )
+    cert = builder.sign(ca._key, hashes.SHA256())
+    Path(files.cert).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return files
 
 
 def missing_clients() -> dict[str, str]:
@@ -193,3 +228,99 @@ class Baresip(Phone):
 
     def hangup(self) -> None:
         self.command("hangup")
+
+
+def tone_wav(path: Path, seconds: float = 40.0) -> Path:
+    """A 440 Hz tone, 8 kHz 16-bit mono WAV (the clients' "microphone")."""
+    import math
+    import struct
+    import wave
+
+    if not path.exists():
+        frames = b"".join(
+            struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * n / 8000)))
+            for n in range(int(8000 * seconds))
+        )
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(8000)
+            out.writeframes(frames)
+    return path
+
+
+@define
+class FifoPhone(Phone):
+    """A client that reads its commands from standard input (a FIFO)."""
+
+    _fifo: int | None = field(default=None)
+
+    def spawn(self, argv: list[str], directory: Path) -> None:
+        fifo = directory / "commands"
+        os.mkfifo(fifo)
+        # read and write: opening never blocks and the reader never sees EOF
+        self._fifo = os.open(fifo, os.O_RDWR)
+        quoted = " ".join("'" + a.replace("'", "'\\''") + "'" for a in argv)
+        self.process = self.topology.spawn(
+            "ph", self.name, ["sh", "-c", f"exec {quoted} < {fifo}"],
+            env={"HOME": str(directory)}, cwd=directory,
+        )
+
+    def command(self, *words: str) -> None:
+        line = " ".join(words)
+        with (self.logdir / f"{self.name}.commands").open("a") as log:
+            log.write(f"> {line}\n")
+        if self.process is None or self.process.returncode is not None:
+            raise NetbedError(f"{self.name} is not running: {self.log()}")
+        os.write(self._fifo, line.encode() + b"\n")
+
+    def stop(self) -> None:
+        try:
+            if self.process is not None and self.process.returncode is None:
+                self.command("quit")
+                try:
+                    self.process.wait(3.0)
+                except NetbedError:
+                    pass
+            super().stop()
+        finally:
+            if self._fifo is not None:
+                os.close(self._fifo)
+                self._fifo = None
+
+
+@define
+class Linphone(FifoPhone):
+    """
+    C{linphonec} with C{examples/clients/linphone/linphonerc-outbound} or
+    C{linphonerc-registrar}, answering calls by itself (C{-a}), a WAV tone
+    as microphone (C{soundcard use files}, C{play}).
+    """
+
+    configuration: str = field(default="outbound")
+
+    def start(self) -> None:
+        directory = self.logdir / self.name
+        directory.mkdir()
+        rc = render((CLIENTS / "linphone" / f"linphonerc-{self.configuration}").read_text(),
+                    self.user, self.transport, self.ca_file)
+        (directory / "linphonerc").write_text(rc)
+        # liblinphone 5.1 never starts its SIP transports when it cannot
+        # open its database (~/.local/share/linphone/linphone.db)
+        (directory / ".local" / "share" / "linphone").mkdir(parents=True)
+        self.spawn(["linphonec", "-c", str(directory / "linphonerc"), "-a", "-d", "4",
+                    "-l", str(self.logdir / f"{self.name}.log")], directory)
+        self.command("soundcard", "use", "files")
+        self.command("play", str(tone_wav(self.logdir / "tone.wav")))
+
+    def dial(self, uri: str) -> None:
+        self.command("call", uri)
+
+    def hold(self) -> None:
+        self.command("pause")
+
+    def resume(self) -> None:
+        self.command("resume")
+
+    def hangup(self) -> None:
+        self.command("terminate")

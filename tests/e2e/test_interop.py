@@ -29,7 +29,7 @@ from twisted.trial.unittest import SkipTest
 from spwm.testing.certs import TestCA
 
 from .netbed import AGENT, CONTACT, ECHO, KAMAILIO, PHONE_HOST, PHONE_SECOND_ADDRESS, UAS, NetbedError
-from .phones import Baresip, Phone, missing_clients
+from .phones import Baresip, Linphone, Phone, agent_certificate, missing_clients
 from .sipbed import AGENT_MEDIA_PORTS, PCAP, SpwmSipTestCase
 
 FAR = "{ %s, %s }" % (UAS, ECHO)
@@ -61,7 +61,7 @@ class InteropTestCase(SpwmSipTestCase):
         self.start_kamailio()
         self.start_spwm_contact(tls=True)
         ca = TestCA(str(self.logdir / "pki-agent"), name="Agent Test CA")
-        files = ca.issue([AGENT], "agent")
+        files = agent_certificate(ca, AGENT)
         self.agent_ca = ca.ca_file
         self.start_spwm_agent(extra=["--sip-tls-cert", files.cert, "--sip-tls-key", files.key])
         self.wait_for_listener("lan", "tcp", AGENT, 5061, self.agent)
@@ -159,20 +159,22 @@ class InteropTestCase(SpwmSipTestCase):
         if short:
             raise AssertionError(f"call in: too few RTP packets at {short}: {delta}")
 
-    def run_configurations(self, configurations: list[tuple[str, Callable[[], Phone], bool]]) -> None:
+    def run_configurations(self, configurations: list[tuple[str, Callable[[], Phone], str]]) -> None:
         """
-        Run each configuration (tag, a function making the phone, whether
-        it is also called) in turn; fail at the end naming every one that
-        failed and why.
+        Run each configuration (tag, a function making the phone, the
+        calls: C{"out"}, C{"in"} or C{"out in"}) in turn: the phone
+        registers, calls out (with hold and resume) and is called; fail at
+        the end naming every configuration that failed and why.
         """
         failures = []
-        for tag, make, called in configurations:
+        for tag, make, calls in configurations:
             phone = make()
             try:
                 phone.start()
                 self.wait_registered(phone)
-                self.call_out_hold_resume(phone, tag)
-                if called:
+                if "out" in calls.split():
+                    self.call_out_hold_resume(phone, tag)
+                if "in" in calls.split():
                     self.call_in(phone, tag)
             except (AssertionError, NetbedError) as e:
                 failures.append(f"{tag}: {e}")
@@ -203,8 +205,37 @@ class BaresipInteropTests(InteropTestCase):
         (C{net_interface}) while it sends from its first.
         """
         self.run_configurations([
-            ("outbound-udp", self.phone("outbound-udp", "alice", "udp"), True),
-            ("outbound-tcp", self.phone("outbound-tcp", "dave", "tcp"), True),
-            ("outbound-tls", self.phone("outbound-tls", "erin", "tls"), True),
-            ("multihomed", self.phone("multihomed", "frank", "udp", PHONE_SECOND_ADDRESS), False),
+            ("outbound-udp", self.phone("outbound-udp", "alice", "udp"), "out in"),
+            ("outbound-tcp", self.phone("outbound-tcp", "dave", "tcp"), "out in"),
+            ("outbound-tls", self.phone("outbound-tls", "erin", "tls"), "out in"),
+            ("multihomed", self.phone("multihomed", "frank", "udp", PHONE_SECOND_ADDRESS), "out"),
+        ])
+
+
+class LinphoneInteropTests(InteropTestCase):
+    """Linphone's C{linphonec} (Debian C{linphone-cli}) with C{examples/clients/linphone/}."""
+
+    client = "linphone"
+
+    def phone(self, configuration: str, user: str, transport: str) -> Callable[[], Phone]:
+        tag = f"{configuration}-{transport}"
+        return lambda: Linphone(
+            self.topology, self.logdir, f"linphone-{tag}", user, transport, self.agent_ca,
+            configuration=configuration,
+        )
+
+    def test_configurations(self) -> None:
+        """
+        The agent as outbound proxy (C{reg_proxy} and the pre-loaded route
+        C{reg_route}) over UDP, TCP and TLS: register, call out, hold,
+        resume, be called; the agent as SIP server address only
+        (C{reg_proxy}, no route) over UDP and TLS: register and be called
+        (Linphone sends its own calls to the callee's domain then).
+        """
+        self.run_configurations([
+            ("outbound-udp", self.phone("outbound", "alice", "udp"), "out in"),
+            ("outbound-tcp", self.phone("outbound", "dave", "tcp"), "out in"),
+            ("outbound-tls", self.phone("outbound", "erin", "tls"), "out in"),
+            ("registrar-udp", self.phone("registrar", "frank", "udp"), "in"),
+            ("registrar-tls", self.phone("registrar", "grace", "tls"), "in"),
         ])
