@@ -324,3 +324,41 @@ class Linphone(FifoPhone):
 
     def hangup(self) -> None:
         self.command("terminate")
+
+
+@define
+class Pjsip(FifoPhone):
+    """
+    C{examples/clients/pjsip/phone.py} (pjsua2) with its configuration
+    block filled in for the bed; its null sound device sends silence
+    (no VAD), which is RTP all the same.
+    """
+
+    outbound: bool = field(default=True)
+
+    def start(self) -> None:
+        directory = self.logdir / self.name
+        directory.mkdir()
+        text = (CLIENTS / "pjsip" / "phone.py").read_text()
+        agent = f"sip:{DOC_AGENT}:5060;transport=udp"
+        text = text.replace(f'AGENT = "{agent}"', f'AGENT = "{render(agent, self.user, self.transport, self.ca_file)}"')
+        text = text.replace('ADDRESS_OF_RECORD = "sip:alice@', f'ADDRESS_OF_RECORD = "sip:{self.user}@')
+        text = text.replace(f'USERNAME = "{DOC_USER}"', f'USERNAME = "{self.user}"')
+        text = text.replace(f'PASSWORD = "{DOC_PASSWORD}"', f'PASSWORD = "{USERS[self.user]}"')
+        text = text.replace(f'CA_FILE = "{DOC_CA}"', f'CA_FILE = "{self.ca_file}"')
+        if not self.outbound:
+            text = text.replace("OUTBOUND_PROXY = True", "OUTBOUND_PROXY = False")
+        (directory / "phone.py").write_text(text)
+        self.spawn([sys.executable, "-u", str(directory / "phone.py")], directory)
+
+    def dial(self, uri: str) -> None:
+        self.command("call", uri)
+
+    def hold(self) -> None:
+        self.command("hold")
+
+    def resume(self) -> None:
+        self.command("resume")
+
+    def hangup(self) -> None:
+        self.command("hangup")

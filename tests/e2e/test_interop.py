@@ -29,7 +29,7 @@ from twisted.trial.unittest import SkipTest
 from spwm.testing.certs import TestCA
 
 from .netbed import AGENT, CONTACT, ECHO, KAMAILIO, PHONE_HOST, PHONE_SECOND_ADDRESS, UAS, NetbedError
-from .phones import Baresip, Linphone, Phone, agent_certificate, missing_clients
+from .phones import Baresip, Linphone, Phone, Pjsip, agent_certificate, missing_clients
 from .sipbed import AGENT_MEDIA_PORTS, PCAP, SpwmSipTestCase
 
 FAR = "{ %s, %s }" % (UAS, ECHO)
@@ -238,4 +238,33 @@ class LinphoneInteropTests(InteropTestCase):
             ("outbound-tls", self.phone("outbound", "erin", "tls"), "out in"),
             ("registrar-udp", self.phone("registrar", "frank", "udp"), "in"),
             ("registrar-tls", self.phone("registrar", "grace", "tls"), "in"),
+        ])
+
+
+class PjsipInteropTests(InteropTestCase):
+    """PJSIP through the C{pjsua2} module (C{pjsua2-python}) with C{examples/clients/pjsip/phone.py}."""
+
+    client = "pjsip"
+
+    def phone(self, outbound: bool, user: str, transport: str) -> Callable[[], Phone]:
+        tag = f"{'outbound' if outbound else 'registrar'}-{transport}"
+        return lambda: Pjsip(
+            self.topology, self.logdir, f"pjsip-{tag}", user, transport, self.agent_ca,
+            outbound=outbound,
+        )
+
+    def test_configurations(self) -> None:
+        """
+        The agent as outbound proxy (C{proxies}, a pre-loaded Route) over
+        UDP, TCP and TLS: register, call out, hold, resume, be called; the
+        agent as registrar (C{registrarUri}) over UDP and TLS: register and
+        be called (without a proxy PJSIP sends its own calls to the
+        callee's domain).
+        """
+        self.run_configurations([
+            ("outbound-udp", self.phone(True, "alice", "udp"), "out in"),
+            ("outbound-tcp", self.phone(True, "dave", "tcp"), "out in"),
+            ("outbound-tls", self.phone(True, "erin", "tls"), "out in"),
+            ("registrar-udp", self.phone(False, "frank", "udp"), "in"),
+            ("registrar-tls", self.phone(False, "grace", "tls"), "in"),
         ])
