@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from spwm.sip.flows import KIND_ROUTE, KIND_VIA, Flow, FlowTable, FlowTokenCodec
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import SipMessage, make_response, parse_message
+from spwm.sip.names import ProxyNames
 from spwm.sip.proxy import (
     _CONGESTED,
     dialog_key,
@@ -499,7 +500,9 @@ class AgentTests(SynchronousTestCase):
         self.assertEqual(act.flow, FLOW_A)
         self.agent.handle_timer(1000.0)
         self.assertEqual(self.agent.flows.lookup(up.flow_id, 1000.0), FLOW_A)
-        self.assertEqual(self.agent.next_deadline(), 1.0 + 3600 + 60)
+        self.assertEqual(self.agent.flows.next_deadline(), 1.0 + 3600 + 60)
+        # the timer runs first when the binding expires (to report it)
+        self.assertEqual(self.agent.next_deadline(), 1.0 + 3600)
 
     def test_malformed_request_400(self) -> None:
         """
@@ -1756,3 +1759,375 @@ class TortureTests(SynchronousTestCase):
                     proto.dataReceived(data[i : i + 7])
                 runner.stop()
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+AGENT_NAMES = ProxyNames(
+    [("192.0.2.1", 5060), ("192.0.2.1", 5061), ("2001:db8::1", 5060)],
+    [("agent.example.net", None)],
+)
+
+
+class AgentRouteTests(SynchronousTestCase):
+    """
+    RFC 3261 16.4 on the agent: a top Route or a Request-URI naming the
+    agent by any of its addresses or names.
+    """
+
+    def setUp(self) -> None:
+        self.agent = AgentSipProxy(object(), "agent-1", names=AGENT_NAMES)
+
+    def up(self, data: bytes, flow: Flow = FLOW_A) -> SipMessage:
+        return parse_message(only(self.agent.from_app(flow, data, 0.0), ToTunnel).data)
+
+    def routes_after(self, *routes: str, method: str = "REGISTER") -> list[str]:
+        extra = tuple(f"Route: {r}" for r in routes)
+        if method == "REGISTER":
+            data = register().replace(b"Content-Length:", "".join(e + "\r\n" for e in extra).encode() + b"Content-Length:")
+        else:
+            data = request(method, "sip:bob@example.org", extra=extra)
+        return self.up(data).get_all("Route")
+
+    def test_own_routes_removed(self) -> None:
+        """
+        A pre-loaded Route naming the agent goes, whatever form it takes:
+        the default port, an explicit one, any transport parameter, the TLS
+        port (5061 for C{sips} or C{;transport=tls}), an IPv6 literal in any
+        spelling, a configured name in any case or with a trailing dot.
+        """
+        for route in (
+            "<sip:192.0.2.1;lr>",
+            "<sip:192.0.2.1:5060;lr>",
+            "<sip:192.0.2.1:5060;transport=tcp;lr>",
+            "<sip:192.0.2.1;transport=TCP;lr>",
+            "<sip:192.0.2.1;transport=tls;lr>",
+            "<sips:192.0.2.1;lr>",
+            "<sip:192.0.2.1:5061;transport=tls;lr>",
+            "<sip:[2001:db8::1];lr>",
+            "<sip:[2001:DB8:0:0::1]:5060;transport=udp;lr>",
+            "<sip:agent.example.net;lr>",
+            "<sip:Agent.Example.NET:5061;transport=tls;lr>",
+            "<sip:agent.example.net.;lr>",
+            "sip:192.0.2.1;lr",
+            "<sip:proxy@192.0.2.1;lr>",
+        ):
+            self.assertEqual(self.routes_after(route), [], route)
+            self.assertEqual(self.routes_after(route, method="INVITE"), [], route)
+
+    def test_repeated_own_routes_removed(self) -> None:
+        """
+        A phone that pre-loads the agent twice (two forms, one header or
+        two) loses both; a Route after them to another host stays.
+        """
+        self.assertEqual(self.routes_after("<sip:192.0.2.1;lr>, <sip:agent.example.net:5060;lr>"), [])
+        self.assertEqual(self.routes_after("<sip:192.0.2.1;lr>", "<sip:[2001:db8::1];lr>"), [])
+        self.assertEqual(
+            self.routes_after("<sip:192.0.2.1;lr>", "<sip:sbc.example.org;lr>"),
+            ["<sip:sbc.example.org;lr>"],
+        )
+
+    def test_foreign_routes_stay(self) -> None:
+        """
+        A Route naming another host, another port of our host, or another
+        name stays, and the request still goes only into the tunnel (the
+        agent never follows a Route); a Route of ours below a foreign one
+        is not touched either (only the top Route is ours to remove).
+        """
+        for route in (
+            "<sip:198.51.100.9;lr>",
+            "<sip:192.0.2.1:5070;lr>",
+            "<sip:[2001:db8::2];lr>",
+            "<sip:[2001:db8::1]:5061;lr>",
+            "<sip:agent.example.org;lr>",
+            "<sip:sub.agent.example.net;lr>",
+            "<sip:192.0.2.10;lr>",
+        ):
+            self.assertEqual(self.routes_after(route), [route], route)
+        self.assertEqual(
+            self.routes_after("<sip:198.51.100.9;lr>", "<sip:192.0.2.1;lr>"),
+            ["<sip:198.51.100.9;lr>", "<sip:192.0.2.1;lr>"],
+        )
+
+    def test_without_names_only_record_route(self) -> None:
+        """
+        An agent given no names removes only its own Record-Route values.
+        """
+        agent = AgentSipProxy(object(), "agent-1")
+        rr = agent._record_route(FLOW_A)
+        data = request("BYE", "sip:bob@192.0.2.11", extra=(f"Route: {rr}", "Route: <sip:192.0.2.1;lr>"))
+        msg = parse_message(only(agent.from_app(FLOW_A, data, 0.0), ToTunnel).data)
+        self.assertEqual(msg.get_all("Route"), ["<sip:192.0.2.1;lr>"])
+
+    def test_register_uri_naming_agent(self) -> None:
+        """
+        A REGISTER sent to the agent as the registrar address (Request-URI
+        naming the agent) gets the domain of its To URI as Request-URI (RFC
+        3261 10.2); a REGISTER for the domain is left alone.
+        """
+        for ruri in ("sip:192.0.2.1", "sip:192.0.2.1:5060;transport=udp", "sip:agent.example.net", "sip:[2001:db8::1]"):
+            data = register().replace(b"REGISTER sip:example.org", b"REGISTER " + ruri.encode())
+            self.assertEqual(self.up(data).uri, "sip:example.org", ruri)
+        data = register().replace(b"@example.org", b"@example.org:5070")
+        self.assertEqual(self.up(data.replace(b"REGISTER sip:example.org", b"REGISTER sip:192.0.2.1")).uri, "sip:example.org:5070")
+        self.assertEqual(self.up(register()).uri, "sip:example.org")
+
+    def test_strict_routing(self) -> None:
+        """
+        A Request-URI naming the agent (our Record-Route value, from a
+        strict router; or the agent's address) is replaced by the last
+        Route, which is removed (RFC 3261 16.4); without a Route an
+        out-of-dialog request to the agent's address is left alone.
+        """
+        rr = self.agent._record_route(FLOW_A)
+        ruri = parse_name_addr(rr).uri
+        data = request(
+            "BYE",
+            str(ruri),
+            extra=("Route: <sip:tok@203.0.113.5;lr>", "Route: <sip:bob@192.0.2.11:5064>"),
+        )
+        msg = self.up(data)
+        self.assertEqual((msg.uri, msg.get_all("Route")), ("sip:bob@192.0.2.11:5064", ["<sip:tok@203.0.113.5;lr>"]))
+        msg = self.up(request("INVITE", "sip:192.0.2.1", extra=("Route: <sip:bob@example.org>",)))
+        self.assertEqual((msg.uri, msg.get_all("Route")), ("sip:bob@example.org", []))
+        msg = self.up(request("OPTIONS", "sip:192.0.2.1"))
+        self.assertEqual(msg.uri, "sip:192.0.2.1")
+
+    def test_route_to_app_removed(self) -> None:
+        """
+        A request from the tunnel loses a top Route naming the agent.
+        """
+        flow_id = self.agent.flows.use(FLOW_A, 0.0)
+        data = request("BYE", "sip:alice@192.0.2.10:5062", extra=("Route: <sip:agent.example.net;lr>",))
+        [act] = self.agent.from_tunnel(flow_id, data, 0.0)
+        self.assertEqual(parse_message(act.data).get_all("Route"), [])
+
+    def test_wildcard_listener(self) -> None:
+        """
+        Listening on C{0.0.0.0}, every IPv4 literal with our port names the
+        agent (not IPv6, not names, not other ports); on C{::} every IP
+        literal does.
+        """
+        agent = AgentSipProxy(object(), "agent-1", names=ProxyNames([("0.0.0.0", 5060)]))
+        for route, gone in (
+            ("<sip:10.1.2.3;lr>", True),
+            ("<sip:127.0.0.1:5060;lr>", True),
+            ("<sip:10.1.2.3:5070;lr>", False),
+            ("<sip:[2001:db8::7];lr>", False),
+            ("<sip:host.example;lr>", False),
+        ):
+            data = request("MESSAGE", "sip:bob@example.org", extra=(f"Route: {route}",))
+            msg = parse_message(only(agent.from_app(FLOW_A, data, 0.0), ToTunnel).data)
+            self.assertEqual(msg.get_all("Route"), [] if gone else [route], route)
+        names6 = ProxyNames([("::", 5060)])
+        self.assertTrue(names6.matches("[2001:db8::7]", 5060))
+        self.assertTrue(names6.matches("10.1.2.3", 5060))
+        self.assertFalse(names6.matches("host.example", 5060))
+
+
+CONTACT_NAMES = ProxyNames([CONTACT_ADDR], [("contact.example.net", None), ("198.51.100.50", 5080)])
+
+
+class ContactRouteTests(SynchronousTestCase):
+    """
+    RFC 3261 16.4 on the contact point.
+    """
+
+    def setUp(self) -> None:
+        self.cp = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR, names=CONTACT_NAMES)
+        self.key = FakeTunnel("sess-1")
+        self.cp.tunnel_attached(self.key, "sess-1")
+        self.codec = FlowTokenCodec(SECRET)
+        self.token = self.codec.encode(KIND_ROUTE, "sess-1", 5)
+
+    def up(self, data: bytes) -> tuple[ToNetwork, SipMessage]:
+        act = only(self.cp.from_tunnel(self.key, "sess-1", 5, data, 0.0), ToNetwork)
+        return act, parse_message(act.data)
+
+    def test_tokenless_own_routes_removed_from_tunnel(self) -> None:
+        """
+        From the tunnel, top Routes naming the contact point without a flow
+        token go (address, name, name with port); one naming another host,
+        or our alias on another port, stays and the request still goes to
+        the operator proxy only.
+        """
+        for route in (
+            "<sip:203.0.113.5;lr>",
+            "<sip:203.0.113.5:5060;transport=tcp;lr>",
+            "<sip:CONTACT.example.net;lr>",
+            "<sip:198.51.100.50:5080;lr>",
+        ):
+            act, msg = self.up(request("MESSAGE", "sip:bob@example.org", extra=(f"Route: {route}",)))
+            self.assertEqual((act.addr, msg.get_all("Route")), (("198.51.100.7", 5060), []), route)
+        for route in ("<sip:198.51.100.50;lr>", "<sip:203.0.113.6;lr>", "<sip:contact.example.net:5070;lr>"):
+            act, msg = self.up(request("MESSAGE", "sip:bob@example.org", extra=(f"Route: {route}",)))
+            self.assertEqual((act.addr, msg.get_all("Route")), (("198.51.100.7", 5060), [route]), route)
+
+    def test_one_token_route_from_tunnel(self) -> None:
+        """
+        From the tunnel a tokenless own Route and then our Record-Route with
+        a token go; a second token Route (the other leg's) stays.
+        """
+        other = self.codec.encode(KIND_ROUTE, "sess-2", 7)
+        routes = f"<sip:contact.example.net;lr>, <sip:{self.token}@203.0.113.5;lr>, <sip:{other}@203.0.113.5;lr>"
+        act, msg = self.up(request("BYE", "sip:bob@192.0.2.30", extra=(f"Route: {routes}",)))
+        self.assertEqual(msg.get_all("Route"), [f"<sip:{other}@203.0.113.5;lr>"])
+
+    def test_network_routes(self) -> None:
+        """
+        From the network, tokenless own Routes go and the token Route below
+        them names the flow; a Route to another host is refused with 403
+        and an event naming it, never followed.
+        """
+        inv = request(
+            "INVITE",
+            "sip:alice@192.0.2.10:5062",
+            via="SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKop1",
+            extra=(f"Route: <sip:contact.example.net;lr>, <sip:{self.token}@[::ffff:203.0.113.5];lr>",),
+        )
+        act = only(self.cp.from_network("udp", ("198.51.100.7", 5060), inv, 0.0), ToTunnel)
+        self.assertEqual((act.tunnel_key, act.flow_id), (self.key, 5))
+        self.assertEqual(parse_message(act.data).get_all("Route"), [])
+        bad = request(
+            "INVITE",
+            "sip:alice@192.0.2.10:5062",
+            via="SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKop2",
+            extra=("Route: <sip:SBC.example.org:5070;lr>",),
+        )
+        out = self.cp.from_network("udp", ("198.51.100.7", 5060), bad, 0.0)
+        sent = only(out, ToNetwork)
+        refused = parse_message(sent.data)
+        self.assertEqual((sent.addr, refused.status), (("198.51.100.7", 5060), 403))
+        self.assertEqual(refused.reason, "Forbidden: not relaying to SBC.example.org:5070")
+        [event] = [a for a in out if isinstance(a, RouteRefused)]
+        self.assertEqual(event, RouteRefused("<sip:SBC.example.org:5070;lr>", "SBC.example.org", 5070, "INVITE"))
+
+    def test_strict_routing_from_network(self) -> None:
+        """
+        A Request-URI holding our Record-Route value (a strict router
+        before us) names the flow; it is replaced by the last Route, which
+        is removed.
+        """
+        inv = request(
+            "BYE",
+            f"sip:{self.token}@203.0.113.5:5060;lr",
+            via="SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKop1",
+            extra=("Route: <sip:alice@192.0.2.10:5062>",),
+        )
+        act = only(self.cp.from_network("udp", ("198.51.100.7", 5060), inv, 0.0), ToTunnel)
+        msg = parse_message(act.data)
+        self.assertEqual((act.flow_id, msg.uri, msg.get_all("Route")), (5, "sip:alice@192.0.2.10:5062", []))
+
+    def test_ipv6_address(self) -> None:
+        """
+        A contact point on an IPv6 address knows itself in any spelling.
+        """
+        cp = ContactSipProxy(("2001:db8::5", 5060), SECRET, operator=OPERATOR)
+        cp.tunnel_attached(self.key, "sess-1")
+        data = request("MESSAGE", "sip:bob@example.org", extra=("Route: <sip:[2001:DB8:0::5]:5060;lr>",))
+        act = only(cp.from_tunnel(self.key, "sess-1", 5, data, 0.0), ToNetwork)
+        self.assertEqual(parse_message(act.data).get_all("Route"), [])
+
+    def test_embedded_registrar_refuses_foreign_route(self) -> None:
+        """
+        With the embedded registrar, a request from the tunnel with a Route
+        to another host is answered 403 in the tunnel, with an event that
+        names the Route.
+        """
+        cp = ContactSipProxy(CONTACT_ADDR, SECRET)
+        cp.tunnel_attached(self.key, "sess-1")
+        data = register().replace(b"Content-Length:", b"Route: <sip:agent.lan:5060;lr>\r\nContent-Length:")
+        out = cp.from_tunnel(self.key, "sess-1", 5, data, 0.0)
+        back = only(out, ToTunnel)
+        self.assertEqual(parse_message(back.data).status, 403)
+        [event] = [a for a in out if isinstance(a, RouteRefused)]
+        self.assertEqual((event.host, event.port, event.method), ("agent.lan", 5060, "REGISTER"))
+
+
+class BindingEventTests(SynchronousTestCase):
+    """
+    L{BindingChanged} events from the contact point's registrations.
+    """
+
+    def setUp(self) -> None:
+        self.w = World()
+        _, self.agent = self.w.add_agent("s1")
+
+    def register(
+        self, expires: int, flow: Flow = FLOW_A, branch: str = "z9hG4bKreg1", agent: bool = False
+    ) -> list[Any]:
+        del self.w.events[:]
+        self.w.app(self.agent, flow, register(expires=expires, branch=branch))
+        self.w.take_app()
+        return [e for e in self.w.events if (e.app is not None) == agent]
+
+    def test_changes(self) -> None:
+        """
+        On the contact point: a new binding is "registered"; a refresh with
+        the same contact makes no event; Expires 0 is "unregistered"; a
+        binding left to run out is "expired" at the sweep.
+        """
+        fid = self.agent.flows.use(FLOW_A, self.w.now)
+        self.assertEqual(
+            self.register(600),
+            [BindingChanged("registered", "sip:alice@example.org", "sip:alice@192.0.2.10:5062", 600, "s1", fid)],
+        )
+        self.assertEqual(self.register(600, branch="z9hG4bKreg2"), [])
+        self.assertEqual(self.register(300, branch="z9hG4bKreg3"), [])
+        self.assertEqual(
+            self.register(0, branch="z9hG4bKreg4"),
+            [BindingChanged("unregistered", "sip:alice@example.org", "sip:alice@192.0.2.10:5062", 0, "s1", fid)],
+        )
+        self.register(60, branch="z9hG4bKreg5")
+        events = self.w.contact.handle_timer(self.w.now + 61)
+        self.assertEqual(
+            events,
+            [BindingChanged("expired", "sip:alice@example.org", "sip:alice@192.0.2.10:5062", 0, "s1", fid)],
+        )
+
+    def test_agent_changes(self) -> None:
+        """
+        On the agent, the same changes for its own applications, with the
+        application's flow: registered, nothing on a refresh, unregistered,
+        and expired when its timer runs after the expiry.
+        """
+        fid = self.agent.flows.use(FLOW_A, self.w.now)
+        aor, contact = "sip:alice@example.org", "sip:alice@192.0.2.10:5062"
+        self.assertEqual(
+            self.register(600, agent=True), [BindingChanged("registered", aor, contact, 600, "", fid, FLOW_A)]
+        )
+        self.assertEqual(self.register(600, branch="z9hG4bKreg2", agent=True), [])
+        self.assertEqual(
+            self.register(0, branch="z9hG4bKreg3", agent=True),
+            [BindingChanged("unregistered", aor, contact, 0, "", fid, FLOW_A)],
+        )
+        self.register(60, branch="z9hG4bKreg4", agent=True)
+        self.assertEqual(self.agent.next_deadline(), self.w.now + 60)
+        self.assertEqual(self.agent.handle_timer(self.w.now + 59), [])
+        self.assertEqual(
+            self.agent.handle_timer(self.w.now + 60), [BindingChanged("expired", aor, contact, 0, "", fid, FLOW_A)]
+        )
+        self.assertEqual(self.agent.handle_timer(self.w.now + 61), [])
+
+
+class PreloadedRoutePairTests(SynchronousTestCase):
+    """
+    A phone with the agent as outbound proxy, through both halves.
+    """
+
+    def test_operator_sees_no_agent_route(self) -> None:
+        """
+        A REGISTER and an INVITE with the agent pre-loaded as Route (twice,
+        in two forms) reach the operator proxy without it: the operator
+        gets only the Routes meant for it.
+        """
+        w = World(operator=OPERATOR)
+        key = FakeTunnel("s1")
+        agent = AgentSipProxy(key, "agent-s1", names=AGENT_NAMES)
+        w.agents[key] = agent
+        w.contact.tunnel_attached(key, "s1")
+        preload = "Route: <sip:192.0.2.1;lr>, <sip:agent.example.net:5060;transport=udp;lr>"
+        w.app(agent, FLOW_A, register().replace(b"Content-Length:", preload.encode() + b"\r\nContent-Length:"))
+        act, msg = w.take_network()
+        self.assertEqual((act.addr, msg.method, msg.get_all("Route")), (("198.51.100.7", 5060), "REGISTER", []))
+        w.app(agent, FLOW_A, request("INVITE", "sip:bob@example.org", extra=(preload, "Route: <sip:sbc.example.org;lr>")))
+        act, msg = w.take_network()
+        self.assertEqual((act.addr, msg.get_all("Route")), (("198.51.100.7", 5060), ["<sip:sbc.example.org;lr>"]))

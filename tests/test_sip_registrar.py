@@ -10,8 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import parse_message
-from spwm.sip.registrar import EmbeddedRegistrar
-from spwm.sip.uri import parse_name_addr
+from spwm.sip.registrar import EmbeddedRegistrar, aor_key
+from spwm.sip.uri import parse_name_addr, parse_uri
 from tests.test_sip_proxy import register, request
 
 PATH = "<sip:tok1@203.0.113.5:5060;lr>"
@@ -131,14 +131,65 @@ class RegistrarTests(SynchronousTestCase):
         self.assertEqual(ta.status, 480)
         self.assertEqual(self.do(request("ACK", "sip:nobody@example.org")), [])
 
-    def test_user_only_match(self) -> None:
+    def test_whole_aor_match(self) -> None:
         """
-        A request for a user under another domain reaches the binding when
-        exactly one AOR has that user.
+        A callee is matched by its whole address-of-record: the same user
+        under another domain (or with another port) is not found (404),
+        while the canonical forms of the AOR (host case, the default port,
+        C{sips}, URI parameters, escaped user characters) all reach it.
         """
         self.do(reg_with_path())
-        [fwd] = self.do(request("INVITE", "sip:alice@203.0.113.5"))
-        self.assertEqual(fwd.uri, "sip:alice@192.0.2.10:5062")
+        for other in ("sip:alice@203.0.113.5", "sip:alice@example.org:5070", "sip:Alice@example.org"):
+            [nf] = self.do(request("INVITE", other))
+            self.assertEqual(nf.status, 404, other)
+        for same in (
+            "sip:alice@EXAMPLE.org",
+            "sip:alice@example.org:5060",
+            "sips:alice@example.org",
+            "sip:alice@example.org;user=phone;transport=tcp",
+            "sip:%61lice@example.org",
+        ):
+            [fwd] = self.do(request("INVITE", same))
+            self.assertEqual(fwd.uri, "sip:alice@192.0.2.10:5062", same)
+
+    def test_aor_key(self) -> None:
+        """
+        L{aor_key} is the RFC 3261 10.3 canonical form: IPv6 hosts in
+        brackets and compressed, ports other than the default kept.
+        """
+        cases = {
+            "sip:bob@[2001:DB8:0::1]": "bob@[2001:db8::1]",
+            "sip:bob@Example.ORG:5080;transport=tcp": "bob@example.org:5080",
+            "sips:bob@example.org:5061": "bob@example.org",
+            "sips:bob@example.org:5060": "bob@example.org:5060",
+            "sip:b%6Fb@example.org": "bob@example.org",
+        }
+        for uri, key in cases.items():
+            self.assertEqual(aor_key(parse_uri(uri)), key, uri)
+
+    def test_domains(self) -> None:
+        """
+        With C{domains} a REGISTER for another domain gets 403 and stores
+        nothing; one for a served domain (any case) is accepted.
+        """
+        r = EmbeddedRegistrar(domains=["Example.ORG", "[2001:db8::5]"])
+        msg = parse_message(reg_with_path().replace(b"@example.org", b"@example.net"))
+        [refused] = r.handle_request(msg, 0.0)
+        self.assertEqual((refused.status, refused.reason), (403, "Forbidden: domain not served here"))
+        self.assertEqual(r.bindings("sip:alice@example.net"), [])
+        [ok] = r.handle_request(parse_message(reg_with_path().replace(b"@example.org", b"@EXAMPLE.org")), 0.0)
+        self.assertEqual(ok.status, 200)
+        self.assertEqual(len(r.bindings("sip:alice@example.org")), 1)
+        v6 = parse_message(reg_with_path().replace(b"@example.org", b"@[2001:db8:0:0::5]"))
+        [ok6] = r.handle_request(v6, 0.0)
+        self.assertEqual(ok6.status, 200)
+
+    def test_any_domain_by_default(self) -> None:
+        """
+        Without C{domains} every domain is served, as before.
+        """
+        [ok] = self.do(reg_with_path().replace(b"@example.org", b"@anything.example"))
+        self.assertEqual(ok.status, 200)
 
     def test_routed_request_passes(self) -> None:
         """

@@ -22,6 +22,7 @@ from spwm.sip.transport import (
     AgentSipRunner,
     ContactSipRunner,
     SipStreamFactory,
+    SipTrace,
     SipUdpProtocol,
 )
 from tests.test_sip_proxy import SECRET, answer, register, request
@@ -289,3 +290,169 @@ class ContactRunnerTests(SynchronousTestCase):
         self.assertEqual(self.connects, [])
         r.tunnel_lost(self.tunnel)
         r.stop()
+
+
+def _lines(events: list[dict], namespace: str | None = None) -> list[str]:
+    from twisted.logger import formatEvent
+
+    return [formatEvent(e) for e in events if namespace is None or e.get("log_namespace") == namespace]
+
+
+class TraceTests(SynchronousTestCase):
+    """
+    C{--sip-trace}: L{SipTrace} in both runners.
+    """
+
+    def test_agent_trace(self) -> None:
+        """
+        The agent logs the message it received from an application (IPv6
+        peer in brackets) and what it sent into the tunnel, start line and
+        headers; a body only as its length unless bodies are asked for.
+        """
+        tunnel = FakeTunnel()
+        runner = AgentSipRunner(AgentSipProxy(tunnel, "agent-1"), Clock(), trace=SipTrace())
+        udp = SipUdpProtocol(runner, ("2001:db8::1", 5060))
+        udp.makeConnection(FakeUdpTransport("2001:db8::1", 5060))
+        data = request("MESSAGE", "sip:bob@example.org", body=b"hello there", content_type="text/plain")
+        with capturedLogs() as events:
+            udp.datagramReceived(data, ("2001:db8::10", 5062))
+        first, second = _lines(events, "spwm.sip.transport.SipTrace")
+        self.assertTrue(first.startswith("SIP received from app udp [2001:db8::10]:5062:\nMESSAGE sip:bob@example.org SIP/2.0\n"), first)
+        self.assertIn("\nCall-ID: call-1@192.0.2.10\n", first)
+        self.assertTrue(first.endswith("\n\n[body: 11 bytes]"), first)
+        self.assertNotIn("hello", first)
+        self.assertTrue(second.startswith("SIP sent to tunnel s1 flow 1:\nMESSAGE sip:bob@example.org SIP/2.0\n"), second)
+        runner.trace = SipTrace(bodies=True)
+        with capturedLogs() as events:
+            runner.sip_received(tunnel, 1, answer(tunnel.sent[0][1], 200, body=b"v=0\r\n"))
+        first, second = _lines(events, "spwm.sip.transport.SipTrace")
+        self.assertTrue(first.startswith("SIP received from tunnel s1 flow 1:\nSIP/2.0 200 OK\n"), first)
+        self.assertTrue(second.startswith("SIP sent to app udp [2001:db8::10]:5062:\nSIP/2.0 200 OK\n"), second)
+        self.assertTrue(second.endswith("\n\nv=0\n"), second)
+
+    def test_contact_trace(self) -> None:
+        """
+        The contact point logs what came from the tunnel (session and flow)
+        and what it sent to the operator proxy, and the answer both ways.
+        """
+        tunnel = FakeTunnel("sess-9")
+        core = ContactSipProxy(("203.0.113.5", 5060), SECRET, operator=OperatorProxy("198.51.100.7", 5060, "udp"))
+        runner = ContactSipRunner(core, Clock(), trace=SipTrace())
+        runner.tunnel_established(tunnel)
+        udp = SipUdpProtocol(runner)
+        tr = FakeUdpTransport("203.0.113.5", 5060)
+        udp.makeConnection(tr)
+        with capturedLogs() as events:
+            runner.sip_received(tunnel, 4, request("OPTIONS", "sip:bob@example.org"))
+            udp.datagramReceived(answer(tr.written[0][0], 200), ("198.51.100.7", 5060))
+        heads = [line.split("\n", 2)[:2] for line in _lines(events, "spwm.sip.transport.SipTrace")]
+        self.assertEqual(
+            heads,
+            [
+                ["SIP received from tunnel sess-9 flow 4:", "OPTIONS sip:bob@example.org SIP/2.0"],
+                ["SIP sent to operator udp 198.51.100.7:5060:", "OPTIONS sip:bob@example.org SIP/2.0"],
+                ["SIP received from operator udp 198.51.100.7:5060:", "SIP/2.0 200 OK"],
+                ["SIP sent to tunnel sess-9 flow 4:", "SIP/2.0 200 OK"],
+            ],
+        )
+
+    def test_off_by_default(self) -> None:
+        """
+        Without a trace nothing is logged for a message that passes.
+        """
+        tunnel = FakeTunnel()
+        runner = AgentSipRunner(AgentSipProxy(tunnel, "agent-1"), Clock())
+        udp = SipUdpProtocol(runner, ("192.0.2.1", 5060))
+        udp.makeConnection(FakeUdpTransport("192.0.2.1", 5060))
+        with capturedLogs() as events:
+            udp.datagramReceived(register(), ("192.0.2.10", 5062))
+        self.assertEqual(len(tunnel.sent), 1)
+        self.assertEqual(_lines(events), [])
+
+
+class EventLogTests(SynchronousTestCase):
+    """
+    The contact point runner logs registration changes and refused Routes.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.tunnel = FakeTunnel("sess-1")
+        self.runner = ContactSipRunner(ContactSipProxy(("203.0.113.5", 5060), SECRET), self.clock)
+        self.runner.tunnel_established(self.tunnel)
+
+    def test_registration_lines(self) -> None:
+        """
+        One info line when a binding appears, none for an unchanged
+        refresh, one when it is removed.
+        """
+        with capturedLogs() as events:
+            self.runner.sip_received(self.tunnel, 3, register(expires=120))
+            self.runner.sip_received(self.tunnel, 3, register(expires=120, branch="z9hG4bKreg2"))
+            self.runner.sip_received(self.tunnel, 3, register(expires=0, branch="z9hG4bKreg3"))
+        self.assertEqual(
+            _lines(events),
+            [
+                "registered sip:alice@example.org at sip:alice@192.0.2.10:5062 for 120 s through tunnel sess-1 flow 3",
+                "unregistered sip:alice@example.org at sip:alice@192.0.2.10:5062 (tunnel sess-1 flow 3)",
+            ],
+        )
+        self.assertEqual([e["log_level"] for e in events], [LogLevel.info, LogLevel.info])
+        self.runner.stop()
+
+    def test_expired_line(self) -> None:
+        """
+        A binding left to run out is logged as expired at the sweep.
+        """
+        self.runner.sip_received(self.tunnel, 3, register(expires=60))
+        with capturedLogs() as events:
+            self.clock.advance(90)
+        self.assertEqual(
+            _lines(events), ["expired sip:alice@example.org at sip:alice@192.0.2.10:5062 (tunnel sess-1 flow 3)"]
+        )
+        self.runner.stop()
+
+    def test_refused_route_line(self) -> None:
+        """
+        A request whose Route names a host that is not ours is refused in
+        the tunnel and logged once per minute per Route, naming the Route
+        and C{--sip-name}.
+        """
+        data = register().replace(b"Content-Length:", b"Route: <sip:[2001:db8::1]:5060;lr>\r\nContent-Length:")
+        with capturedLogs() as events:
+            for i in range(3):
+                self.runner.sip_received(self.tunnel, 3, data)
+                self.clock.advance(10)
+        [line] = _lines(events)
+        self.assertIn("REGISTER refused with 403 Forbidden: its Route <sip:[2001:db8::1]:5060;lr>", line)
+        self.assertIn("--sip-name [2001:db8::1]:5060", line)
+        self.assertEqual(events[0]["log_level"], LogLevel.warn)
+        self.assertEqual([parse_message(d).status for _, d in self.tunnel.sent], [403, 403, 403])
+        self.clock.advance(60)
+        with capturedLogs() as events:
+            self.runner.sip_received(self.tunnel, 3, data)
+        [line] = _lines(events)
+        self.assertIn("(2 more since the last such line)", line)
+        self.runner.stop()
+
+    def test_agent_registration_lines(self) -> None:
+        """
+        The agent logs its applications' registration changes with the
+        application's address (IPv6 in brackets) and flow.
+        """
+        tunnel = FakeTunnel()
+        runner = AgentSipRunner(AgentSipProxy(tunnel, "agent-1"), self.clock)
+        udp = SipUdpProtocol(runner, ("2001:db8::1", 5060))
+        udp.makeConnection(FakeUdpTransport("2001:db8::1", 5060))
+        with capturedLogs() as events:
+            udp.datagramReceived(register(expires=120), ("2001:db8::10", 5062))
+            runner.sip_received(tunnel, 1, answer(tunnel.sent[0][1], 200, extra=(("Contact", "<sip:alice@192.0.2.10:5062>;expires=120"),)))
+            self.clock.advance(121)
+        self.assertEqual(
+            _lines(events),
+            [
+                "registered sip:alice@example.org at sip:alice@192.0.2.10:5062 for 120 s (app udp [2001:db8::10]:5062, flow 1)",
+                "expired sip:alice@example.org at sip:alice@192.0.2.10:5062 (app udp [2001:db8::10]:5062, flow 1)",
+            ],
+        )
+        runner.stop()

@@ -25,11 +25,12 @@ give the agent concrete listening addresses.
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 from typing import Any, Iterable
 
 from attrs import field, frozen
 
-__all__ = ["ProxyNames", "default_port", "normalize_host", "parse_name"]
+__all__ = ["ProxyNames", "default_port", "normalize_host", "parse_name", "sip_domain", "sip_name"]
 
 
 def default_port(uri: Any) -> int:
@@ -45,6 +46,7 @@ def default_port(uri: Any) -> int:
     return 5060
 
 
+@lru_cache(maxsize=1024)
 def normalize_host(host: str) -> str:
     """
     @return: C{host} in the form it is compared in: an IP literal as its
@@ -63,6 +65,7 @@ def normalize_host(host: str) -> str:
     return str(addr)
 
 
+@lru_cache(maxsize=1024)
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -175,3 +178,26 @@ class ProxyNames:
         if port in self._wildcard4 and _is_ip(h) and ":" not in h:
             return True
         return False
+
+
+def sip_name(value: Any) -> tuple[str, int | None]:
+    """
+    The C{--sip-name} option: see L{parse_name}.
+    """
+    if not isinstance(value, str):
+        raise ValueError("must be a host name or address, optionally with :PORT")
+    return parse_name(value)
+
+
+def sip_domain(value: Any) -> str:
+    """
+    The C{--domain} option: a domain name (or IP literal) without a port.
+
+    @return: the domain as it is compared (L{normalize_host}).
+    """
+    if not isinstance(value, str):
+        raise ValueError("must be a domain name")
+    host, port = parse_name(value)
+    if port is not None:
+        raise ValueError(f"{value!r}: a domain has no port")
+    return host

@@ -151,7 +151,9 @@ class RouteRefused:
 class BindingChanged:
     """
     A registration binding through a tunnel appeared, went or expired; the
-    adapter logs it.  Refreshes that change nothing make no event.
+    adapter logs it.  Refreshes that change nothing make no event.  The
+    contact point makes them for every tunnel, the agent for its own
+    applications (with C{app} and an empty C{session_id}).
 
     @ivar change: C{"registered"}, C{"unregistered"} or C{"expired"}.
     @ivar aor: the address-of-record (the To URI of the REGISTER).
@@ -167,6 +169,7 @@ class BindingChanged:
     expires: int
     session_id: str
     flow_id: int
+    app: Flow | None = None
 
 
 Action = Union[ToTunnel, ToApp, ToNetwork, Dropped, RouteRefused, BindingChanged]
@@ -487,6 +490,102 @@ def _register_domain_uri(msg: SipMessage) -> None:
         msg.uri = f"{to.scheme}:{to.host_port}"
 
 
+class _AppBindings:
+    """
+    The agent's view of its applications' registrations, for the log: the
+    contacts of each REGISTER until its answer, then the bindings the 2xx
+    confirmed, per flow and address-of-record.  Bounded: beyond C{limit}
+    entries in either table the oldest go (and are no longer reported).
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._pending: dict[tuple[int, str, int], tuple[str, frozenset[str] | None]] = {}
+        self._bound: dict[tuple[int, str], dict[str, tuple[float, int]]] = {}
+        self._flows: dict[int, Flow] = {}
+        self.next_expiry: float | None = None
+
+    def request(self, fid: int, msg: SipMessage) -> None:
+        """
+        A REGISTER from an application goes into the tunnel.
+        """
+        try:
+            aor = str(parse_name_addr(msg.get("To") or "").uri)
+        except SipParseError:
+            return
+        if any(v.strip() == "*" for v in msg.get_all("Contact")):
+            contacts = None  # all of this flow's bindings of the AOR
+        else:
+            contacts = frozenset(str(na.uri) for na in _contacts(msg))
+        self._pending[(fid, msg.call_id, msg.cseq[0])] = (aor, contacts)
+        while len(self._pending) > self._limit:
+            del self._pending[next(iter(self._pending))]
+
+    def answered(self, flow: Flow, fid: int, msg: SipMessage, now: float) -> list[Action]:
+        """
+        A 2xx to a REGISTER comes back for C{fid}.
+
+        @return: a L{BindingChanged} for each binding of the REGISTER's
+            contacts that appeared or went.
+        """
+        pending = self._pending.pop((fid, msg.call_id, msg.cseq[0]), None)
+        if pending is None:
+            return []
+        aor, asked = pending
+        listed: dict[str, int] = {}
+        for na in _contacts(msg):
+            uri = str(na.uri)
+            if asked is None or uri in asked:
+                listed[uri] = _expires_of(msg, na.params, 3600)
+        before = self._bound.pop((fid, aor), {})
+        now_bound = {
+            uri: (now + expires, expires) for uri, expires in listed.items() if expires > 0
+        }
+        if asked is not None:
+            # contacts this REGISTER did not name keep their bindings
+            now_bound.update({u: b for u, b in before.items() if u not in asked})
+        events: list[Action] = []
+        for uri, (_, expires) in now_bound.items():
+            if uri not in before:
+                events.append(BindingChanged("registered", aor, uri, expires, "", fid, flow))
+        for uri in before:
+            if uri not in now_bound:
+                events.append(BindingChanged("unregistered", aor, uri, 0, "", fid, flow))
+        if now_bound:
+            self._bound[(fid, aor)] = now_bound
+            self._flows[fid] = flow
+            soonest = min(t for t, _ in now_bound.values())
+            if self.next_expiry is None or soonest < self.next_expiry:
+                self.next_expiry = soonest
+            while len(self._bound) > self._limit:
+                del self._bound[next(iter(self._bound))]
+        return events
+
+    def expire(self, now: float) -> list[Action]:
+        """
+        @return: a L{BindingChanged} C{"expired"} for each binding whose
+            expiry passed (its application did not refresh it).
+        """
+        if self.next_expiry is None or self.next_expiry > now:
+            return []
+        events: list[Action] = []
+        soonest: float | None = None
+        for (fid, aor), bound in list(self._bound.items()):
+            for uri, (t, _) in list(bound.items()):
+                if t <= now:
+                    del bound[uri]
+                    events.append(BindingChanged("expired", aor, uri, 0, "", fid, self._flows.get(fid)))
+                elif soonest is None or t < soonest:
+                    soonest = t
+            if not bound:
+                del self._bound[(fid, aor)]
+        live = {fid for fid, _ in self._bound}
+        for fid in [f for f in self._flows if f not in live]:
+            del self._flows[fid]
+        self.next_expiry = soonest
+        return events
+
+
 class _CallIds:
     """
     The established dialogs of each call leg (several when a forked INVITE
@@ -581,6 +680,7 @@ class AgentSipProxy:
         )
         self._instance_ns = uuid.uuid5(uuid.NAMESPACE_URL, "spwm-agent:" + agent_id)
         self._established = _CallIds(dialog_lifetime)
+        self._bindings = _AppBindings()
 
     # -- public API ---------------------------------------------------------
 
@@ -628,7 +728,11 @@ class AgentSipProxy:
         """
         @return: when L{handle_timer} should next run, or C{None}.
         """
-        return self.flows.next_deadline()
+        flows = self.flows.next_deadline()
+        bindings = self._bindings.next_expiry
+        if flows is None or (bindings is not None and bindings < flows):
+            return bindings
+        return flows
 
     def status(self) -> dict[str, Any]:
         """
@@ -638,11 +742,14 @@ class AgentSipProxy:
 
     def handle_timer(self, now: float) -> list[Action]:
         """
-        Expire flows and dialog records.
+        Expire flows, dialog records and the applications' bindings.
+
+        @return: a L{BindingChanged} C{"expired"} for each binding of an
+            application that was not refreshed in time.
         """
         self.flows.expire(now)
         self._established.expire(now)
-        return []
+        return self._bindings.expire(now)
 
     # -- internals ----------------------------------------------------------
 
@@ -686,6 +793,8 @@ class AgentSipProxy:
         if method == "REGISTER":
             self._add_instance(msg)
         fid = self.flows.use(flow, now)
+        if method == "REGISTER":
+            self._bindings.request(fid, msg)
         self._hook_into(fid, msg)
         self._maybe_ended(fid, msg)
         return [ToTunnel(self.tunnel_key, fid, msg.to_bytes())]
@@ -736,10 +845,13 @@ class AgentSipProxy:
             return [self._drop("malformed response from tunnel")]
         fid = self.flows.use(flow, now)
         self._track_response(msg, flow, fid, now)
+        events: list[Action] = []
         if msg.cseq[1] == "REGISTER":
             self._strip_instance(msg)
+            if 200 <= (msg.status or 0) < 300:
+                events = self._bindings.answered(flow, fid, msg, now)
         self._hook_out(fid, msg)
-        return [ToApp(flow, msg.to_bytes())]
+        return [ToApp(flow, msg.to_bytes()), *events]
 
     def _track_response(self, msg: SipMessage, flow: Flow | None, fid: int, now: float) -> None:
         status = msg.status or 0
@@ -1278,7 +1390,8 @@ class ContactSipProxy:
             pass  # strict routing: the flow is the one in the Request-URI
         elif (top := self._pop_own_routes(msg, token=False)) is not None:
             if not self._is_us(top.uri):
-                out = self._refuse(msg, 403, "Forbidden: not relaying", now)
+                where = f" to {top.uri.host_port}" if top.uri.host else ""
+                out = self._refuse(msg, 403, "Forbidden: not relaying" + where, now)
                 if top.uri.host:
                     route = msg.get_all("Route")[0].strip()
                     out.append(RouteRefused(route, top.uri.host, top.uri.port, msg.method or ""))

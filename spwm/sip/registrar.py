@@ -18,6 +18,11 @@ were a peer on the operator network:
     stored C{Path}, which names the tunnel and flow;
   - unknown users get C{404}, users without live bindings C{480}.
 
+Addresses-of-record are compared whole, in their canonical form
+(L{aor_key}).  With C{domains} the registrar serves only those: a REGISTER
+for another domain gets C{403} (RFC 3261 10.3 step 1: it has no bindings
+for that domain and, without an operator proxy, nowhere to forward to).
+
 The registrar is stateless apart from its bindings: it does not fork in
 parallel (a stateless proxy cannot aggregate responses); it picks the newest
 binding.
@@ -34,7 +39,8 @@ from attrs import define, field, frozen
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import SipMessage, make_response
 
-from spwm.sip.uri import parse_name_addr, parse_uri
+from spwm.sip.names import normalize_host
+from spwm.sip.uri import parse_name_addr, parse_uri, unescape
 
 
 @frozen
@@ -60,10 +66,29 @@ class Binding:
 
 def aor_key(uri: Any) -> str:
     """
-    @return: the table key of an address-of-record URI: C{user@host} with
-        the host lower-cased.
+    The table key of an address-of-record URI, its canonical form (RFC 3261
+    10.3 step 5, 19.1.4): C{sips} read as C{sip}, the user part unescaped
+    (its case kept), the host lower-cased (an IP literal in its compressed
+    form), the port only when it is not the scheme's default, no
+    parameters or headers.
+
+    @return: C{user@host} or C{user@host:port}.
     """
-    return f"{uri.user or ''}@{uri.host.lower()}"
+    user = unescape(uri.user or "")
+    host = normalize_host(uri.host)
+    if ":" in host:
+        host = f"[{host}]"
+    if uri.port is not None and uri.port != (5061 if uri.scheme == "sips" else 5060):
+        host = f"{host}:{uri.port}"
+    return f"{user}@{host}"
+
+
+def domain_key(domain: str) -> str:
+    """
+    @return: a C{--domain} value as it is compared with the host of an
+        address-of-record (lower-cased, IP literals compressed).
+    """
+    return normalize_host(domain)
 
 
 @define
@@ -76,12 +101,19 @@ class EmbeddedRegistrar:
     @ivar max_aors: the table's limit; REGISTERs for new AORs beyond it get
         C{503}.
     @ivar max_bindings: bindings per AOR; the oldest go beyond it.
+    @ivar domains: the domains served (see L{domain_key}), or C{None} for
+        any; a REGISTER for an address-of-record in another domain gets
+        C{403}.
     """
 
     default_expires: int = 3600
     max_expires: int = 86400
     max_aors: int = 10000
     max_bindings: int = 16
+    domains: frozenset[str] | None = field(
+        default=None,
+        converter=lambda v: None if v is None else frozenset(domain_key(d) for d in v),
+    )
     _table: dict[str, dict[str, Binding]] = field(factory=dict, init=False)
 
     def bindings(self, aor: str, now: float | None = None) -> list[Binding]:
@@ -180,8 +212,6 @@ class EmbeddedRegistrar:
             return self._answer(msg, 400, "Bad Request: malformed Request-URI")
         per = self._table.get(target)
         if per is None:
-            per = self._by_user(target)
-        if per is None:
             return self._answer(msg, 404, "Not Found")
         live = sorted(
             (b for b in per.values() if b.expires > now), key=lambda b: -b.registered
@@ -194,10 +224,12 @@ class EmbeddedRegistrar:
             msg.prepend_header("Route", route)
         return [msg]
 
-    def _by_user(self, target: str) -> dict[str, Binding] | None:
-        user = target.rsplit("@", 1)[0]
-        hits = [v for k, v in self._table.items() if k.rsplit("@", 1)[0] == user]
-        return hits[0] if len(hits) == 1 else None
+    def serves(self, uri: Any) -> bool:
+        """
+        @return: whether the host of C{uri} is a domain this registrar
+            serves (always, without C{domains}).
+        """
+        return self.domains is None or normalize_host(uri.host) in self.domains
 
     def _answer(self, msg: SipMessage, status: int, reason: str) -> list[SipMessage]:
         if msg.method == "ACK":
@@ -212,9 +244,16 @@ class EmbeddedRegistrar:
 
     def _register(self, msg: SipMessage, now: float) -> SipMessage:
         try:
-            aor = aor_key(parse_name_addr(msg.get("To") or "").uri)
+            to = parse_name_addr(msg.get("To") or "").uri
         except SipParseError:
             return self._answer(msg, 400, "Bad Request: malformed To")[0]
+        if to.scheme not in ("sip", "sips") or not to.host:
+            return self._answer(msg, 400, "Bad Request: To is not a SIP URI")[0]
+        if not self.serves(to):
+            # RFC 3261 10.3 step 1: no bindings for that domain here, and
+            # no proxy to forward to.
+            return self._answer(msg, 403, "Forbidden: domain not served here")[0]
+        aor = aor_key(to)
         header_expires = msg.get("Expires")
         values = msg.get_all("Contact")
         per = self._table.get(aor)

@@ -37,12 +37,51 @@ from spwm.sip.flows import Flow
 from spwm.sip.framing import KeepAlive, SipStreamFramer
 from spwm.sip.proxy import (
     AgentSipProxy,
+    BindingChanged,
     ContactSipProxy,
     Dropped,
+    RouteRefused,
     ToApp,
     ToNetwork,
     ToTunnel,
 )
+
+
+def peer_text(addr: tuple[str, int]) -> str:
+    """
+    @return: C{host:port} for a log line, an IPv6 host in brackets.
+    """
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class SipTrace:
+    """
+    C{--sip-trace}: one info line per SIP message a runner receives or
+    sends, with its direction and peer; the start line and headers, the
+    body only with C{bodies} (else its length).  Messages are logged as
+    they are on the wire, before the core sees them or after it made them.
+    """
+
+    log = Logger()
+
+    def __init__(self, bodies: bool = False) -> None:
+        self.bodies = bodies
+
+    def message(self, direction: str, peer: str, data: bytes) -> None:
+        """
+        Log one message.
+
+        @param direction: C{"received from"} or C{"sent to"}.
+        @param peer: who it came from or goes to (see the runners).
+        """
+        head, sep, body = data.partition(b"\r\n\r\n")
+        text = head.decode("utf-8", "replace").replace("\r\n", "\n")
+        if body and self.bodies:
+            text += "\n\n" + body.decode("utf-8", "replace").replace("\r\n", "\n")
+        elif body:
+            text += f"\n\n[body: {len(body)} bytes]"
+        self.log.info("SIP {direction} {peer}:\n{sip}", direction=direction, peer=peer, sip=text)
 
 
 def _send_sip(tunnel_key: Any, flow_id: int, data: bytes) -> None:
@@ -76,9 +115,7 @@ class SipUdpProtocol(DatagramProtocol):
         try:
             self.runner.datagram_received(self, data, (addr[0], addr[1]))
         except Exception:
-            self.log.failure(
-                "SIP datagram from {peer} failed", peer=f"{addr[0]}:{addr[1]}"
-            )
+            self.log.failure("SIP datagram from {peer} failed", peer=peer_text(addr))
 
 
 class SipStreamProtocol(Protocol):
@@ -147,7 +184,7 @@ class SipStreamProtocol(Protocol):
         return Flow(self.transport_name, self.local, self.peer, self.conn_id)
 
     def _peer_text(self) -> str:
-        return f"{self.peer[0]}:{self.peer[1]}"
+        return peer_text(self.peer)
 
 
 class SipStreamFactory(Factory):
@@ -176,9 +213,14 @@ class _Runner:
 
     log = Logger()
 
-    def __init__(self, core: Any, clock: IReactorTime) -> None:
+    #: seconds between two log lines for the same refused Route
+    WARN_INTERVAL = 60.0
+
+    def __init__(self, core: Any, clock: IReactorTime, trace: SipTrace | None = None) -> None:
         self.core = core
         self._clock = clock
+        self.trace = trace
+        self._warned: dict[str, tuple[float, int]] = {}
         self._udp: dict[tuple[str, int], SipUdpProtocol] = {}
         self._streams: dict[int, SipStreamProtocol] = {}
         self._next_conn = 1
@@ -222,14 +264,93 @@ class _Runner:
         """
         for action in actions:
             if isinstance(action, ToApp):
+                if self.trace is not None:
+                    self.trace.message("sent to", self._app_peer(action.flow), action.data)
                 self._to_app(action)
             elif isinstance(action, ToNetwork):
+                if self.trace is not None:
+                    self.trace.message("sent to", f"operator {action.transport} {peer_text(action.addr)}", action.data)
                 self._to_network(action)
             elif isinstance(action, ToTunnel):
+                if self.trace is not None:
+                    self.trace.message("sent to", self._tunnel_peer(action.tunnel_key, action.flow_id), action.data)
                 self._to_tunnel(action)
             elif isinstance(action, Dropped):
                 self._log_drop(action.reason)
+            elif isinstance(action, BindingChanged):
+                self._log_binding(action)
+            elif isinstance(action, RouteRefused):
+                self._log_route_refused(action)
         self._rearm()
+
+    @staticmethod
+    def _app_peer(flow: Flow) -> str:
+        return f"app {flow.transport} {peer_text(flow.remote)}"
+
+    @staticmethod
+    def _tunnel_peer(tunnel: Any, flow_id: int) -> str:
+        session = getattr(tunnel, "session_id", None)
+        if session is None:
+            # the agent's stable handle: the connection that carries it now
+            session = getattr(getattr(tunnel, "current", None), "session_id", None)
+        if session is None:
+            return f"tunnel flow {flow_id}"
+        return f"tunnel {session} flow {flow_id}"
+
+    def _log_binding(self, event: BindingChanged) -> None:
+        if event.app is not None:
+            self.log.info(
+                "{change} {aor} at {contact}{lifetime} (app {app}, flow {flow_id})",
+                change=event.change,
+                aor=event.aor,
+                contact=event.contact,
+                lifetime=f" for {event.expires} s" if event.expires else "",
+                app=f"{event.app.transport} {peer_text(event.app.remote)}",
+                flow_id=event.flow_id,
+            )
+        elif event.change == "registered":
+            self.log.info(
+                "registered {aor} at {contact} for {expires} s through tunnel {session_id} flow {flow_id}",
+                aor=event.aor,
+                contact=event.contact,
+                expires=event.expires,
+                session_id=event.session_id,
+                flow_id=event.flow_id,
+            )
+        else:
+            self.log.info(
+                "{change} {aor} at {contact} (tunnel {session_id} flow {flow_id})",
+                change=event.change,
+                aor=event.aor,
+                contact=event.contact,
+                session_id=event.session_id,
+                flow_id=event.flow_id,
+            )
+
+    def _log_route_refused(self, event: RouteRefused) -> None:
+        # One line per Route per minute: a phone retrying every few seconds
+        # must not fill the log.
+        now = self._clock.seconds()
+        last, suppressed = self._warned.get(event.route, (None, 0))
+        if last is not None and now - last < self.WARN_INTERVAL:
+            self._warned[event.route] = (last, suppressed + 1)
+            return
+        if len(self._warned) > 1024:
+            self._warned.clear()
+        self._warned[event.route] = (now, 0)
+        host = f"[{event.host}]" if ":" in event.host else event.host
+        name = host if event.port is None else f"{host}:{event.port}"
+        self.log.warn(
+            "{method} refused with 403 Forbidden: its Route {route} names neither "
+            "this contact point nor one of its tunnel flows, and SPWM does not relay; "
+            "if {name} is the agent, start the agent with --sip-name {name}; if it "
+            "is this contact point, start it with --sip-name {name} "
+            "({suppressed} more since the last such line)",
+            method=event.method,
+            route=event.route,
+            name=name,
+            suppressed=suppressed,
+        )
 
     def _log_drop(self, reason: str) -> None:
         # One line per reason per 10 s: a flood of bad SIP must not become
@@ -300,8 +421,9 @@ class AgentSipRunner(_Runner):
         core: AgentSipProxy,
         clock: IReactorTime,
         send_to_tunnel: Callable[[Any, int, bytes], None] = _send_sip,
+        trace: SipTrace | None = None,
     ) -> None:
-        super().__init__(core, clock)
+        super().__init__(core, clock, trace)
         self._send_to_tunnel = send_to_tunnel
 
     def datagram_received(
@@ -309,10 +431,15 @@ class AgentSipRunner(_Runner):
     ) -> None:
         assert proto.local is not None
         flow = Flow("udp", proto.local, addr, None)
+        if self.trace is not None and data.strip(b"\r\n\t "):
+            self.trace.message("received from", self._app_peer(flow), data)
         self.execute(self.core.from_app(flow, data, self._clock.seconds()))
 
     def stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
-        self.execute(self.core.from_app(proto.flow(), data, self._clock.seconds()))
+        flow = proto.flow()
+        if self.trace is not None:
+            self.trace.message("received from", self._app_peer(flow), data)
+        self.execute(self.core.from_app(flow, data, self._clock.seconds()))
 
     def stream_lost(self, proto: SipStreamProtocol) -> None:
         super().stream_lost(proto)
@@ -343,6 +470,8 @@ class AgentSipRunner(_Runner):
         """
         The tunnel delivered a SIP message for C{flow_id}.
         """
+        if self.trace is not None:
+            self.trace.message("received from", self._tunnel_peer(tunnel, flow_id), data)
         try:
             self.execute(self.core.from_tunnel(flow_id, data, self._clock.seconds()))
         except Exception:
@@ -363,7 +492,7 @@ class AgentSipRunner(_Runner):
         if stream is None:
             self.log.info(
                 "connection of flow {peer} is gone",
-                peer=f"{flow.remote[0]}:{flow.remote[1]}",
+                peer=peer_text(flow.remote),
             )
             return
         stream.transport.write(action.data)
@@ -393,8 +522,9 @@ class ContactSipRunner(_Runner):
         send_to_tunnel: Callable[[Any, int, bytes], None] = _send_sip,
         max_connections: int = 64,
         max_queued: int = 64,
+        trace: SipTrace | None = None,
     ) -> None:
-        super().__init__(core, clock)
+        super().__init__(core, clock, trace)
         self._connect = connect
         self._send_to_tunnel = send_to_tunnel
         self.max_connections = max_connections
@@ -405,6 +535,8 @@ class ContactSipRunner(_Runner):
     def datagram_received(
         self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]
     ) -> None:
+        if self.trace is not None and data.strip(b"\r\n\t "):
+            self.trace.message("received from", f"operator udp {peer_text(addr)}", data)
         self.execute(self.core.from_network("udp", addr, data, self._clock.seconds()))
 
     def stream_connected(self, proto: SipStreamProtocol) -> int:
@@ -418,6 +550,8 @@ class ContactSipRunner(_Runner):
             del self._by_peer[addr]
 
     def stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
+        if self.trace is not None:
+            self.trace.message("received from", f"operator tcp {peer_text(proto.peer)}", data)
         self.execute(
             self.core.from_network("tcp", proto.peer, data, self._clock.seconds())
         )
@@ -462,6 +596,8 @@ class ContactSipRunner(_Runner):
         """
         The tunnel delivered a SIP message from the agent's flow C{flow_id}.
         """
+        if self.trace is not None:
+            self.trace.message("received from", self._tunnel_peer(tunnel, flow_id), data)
         try:
             now = self._clock.seconds()
             self.execute(
@@ -501,7 +637,7 @@ class ContactSipRunner(_Runner):
             if len(queue) >= self.max_queued:
                 self.log.warn(
                     "queue to {peer} full; dropped a message",
-                    peer=f"{addr[0]}:{addr[1]}",
+                    peer=peer_text(addr),
                 )
             else:
                 queue.append(action.data)
@@ -509,7 +645,7 @@ class ContactSipRunner(_Runner):
         if self._connect is None:
             self.log.warn(
                 "no way to open TCP connections; dropped a message to {peer}",
-                peer=f"{addr[0]}:{addr[1]}",
+                peer=peer_text(addr),
             )
             return
         outgoing = sum(1 for s in self._by_peer.values() if s.outgoing) + len(
@@ -518,7 +654,7 @@ class ContactSipRunner(_Runner):
         if outgoing >= self.max_connections:
             self.log.warn(
                 "TCP pool full; dropped a message to {peer}",
-                peer=f"{addr[0]}:{addr[1]}",
+                peer=peer_text(addr),
             )
             return
         self._connecting[addr] = [action.data]
@@ -542,7 +678,7 @@ class ContactSipRunner(_Runner):
         queue = self._connecting.pop(addr, [])
         self.log.warn(
             "TCP connection to {peer} failed, {count} messages dropped: {reason}",
-            peer=f"{addr[0]}:{addr[1]}",
+            peer=peer_text(addr),
             count=len(queue),
             reason=failure.getErrorMessage(),
         )

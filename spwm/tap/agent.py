@@ -29,8 +29,9 @@ from spwm.media.manager import MediaManager
 from spwm.media.reader import relay_sockets_for
 from spwm.security.resume import AgentResumption
 from spwm.sip.authz import MediaGate
+from spwm.sip.names import ProxyNames, sip_name
 from spwm.sip.proxy import AgentSipProxy
-from spwm.sip.transport import AgentSipRunner
+from spwm.sip.transport import AgentSipRunner, SipTrace
 from spwm.tap.parts import AgentTunnelHandle, Hook, MediaHookAdapter, SipListeners
 from spwm.forward import USE as FORWARD_USE, AgentForwarder
 from spwm.status import Status
@@ -53,6 +54,9 @@ OPTIONS = (
     Option("sip-listen", (), ip_literal_port, "Listen for SIP applications on IP:PORT, UDP and TCP (default 127.0.0.1:5060).", repeat=True),
     Option("sip-tls-cert", None, readable_file, "PEM certificate for SIP over TLS towards applications (port + 1)."),
     Option("sip-tls-key", None, readable_file, "PEM key for SIP over TLS towards applications."),
+    Option("sip-name", (), sip_name, "Another name of this agent in a Route or Request-URI: a DNS name or address, NAME[:PORT] (without a port: every port the agent listens on).", repeat=True),
+    Option("sip-trace", False, bool, "Log every SIP message received and sent (start line and headers).", flag=True),
+    Option("sip-trace-bodies", False, bool, "With --sip-trace, log message bodies (SDP) too.", flag=True),
     Option("media-address", None, ip_address, "Address of the relay sockets that applications send media to (default: the first --sip-listen address)."),
     Option("media-ports", (40000, 40999), port_range, "UDP port range LOW-HIGH for media towards applications."),
     Option("media-timeout", 60.0, positive_float, "Seconds without media after which a stream that is not on hold is released."),
@@ -80,6 +84,27 @@ class Options(SpwmOptions.build("spwm-agent", OPTIONS)):
         Where the agent listens for SIP: loopback unless addresses are named.
         """
         return list(self["sip-listen"]) or [("127.0.0.1", 5060)]
+
+
+def agent_names(addresses: list[tuple[str, int]], tls: bool, names: Any) -> ProxyNames:
+    """
+    What names the agent in a Route or Request-URI: every listening
+    address and port (UDP and TCP; the TLS port, port + 1, with
+    C{--sip-tls-cert}) and the C{--sip-name}s.
+    """
+    listening = list(addresses)
+    if tls:
+        listening += [(host, port + 1) for host, port in addresses]
+    return ProxyNames(listening, list(names))
+
+
+def sip_trace(options: Any) -> SipTrace | None:
+    """
+    The runner's trace for C{--sip-trace} (C{None} without it).
+    """
+    if not options.get("sip-trace"):
+        return None
+    return SipTrace(bodies=bool(options.get("sip-trace-bodies")))
 
 
 def makeService(options: dict, reactor: Any = None) -> IService:
@@ -123,9 +148,10 @@ def makeService(options: dict, reactor: Any = None) -> IService:
             agent_id,
             media_hook=MediaHookAdapter(media, lambda key: key.current),
             max_message_size=min(options["max-sip-size"], 65535),
+            names=agent_names(sip_addresses, bool(options["sip-tls-cert"]), options.get("sip-name", ())),
         )
     )
-    runner = AgentSipRunner(core, reactor)
+    runner = AgentSipRunner(core, reactor, trace=sip_trace(options))
     resumption.session_lost = runner.close_stream_flows
     mux.sip = runner
     sip_tls = None

@@ -32,8 +32,10 @@ from spwm.config import (
 from spwm.media.manager import MediaManager
 from spwm.media.reader import relay_sockets_for
 from spwm.sip.authz import AuthorizingContactProxy, MediaGate
+from spwm.sip.names import ProxyNames, sip_domain, sip_name
+from spwm.sip.registrar import EmbeddedRegistrar
 from spwm.sip.proxy import ContactSipProxy, OperatorProxy
-from spwm.sip.transport import ContactSipRunner
+from spwm.sip.transport import ContactSipRunner, SipTrace
 from spwm.security.resume import ContactResumption
 from spwm.tap.parts import Hook, MediaHookAdapter, SipListeners, SipOnly, resolve_ip
 from spwm.forward import USE as FORWARD_USE, ContactForwarder
@@ -56,6 +58,10 @@ OPTIONS = (
     Option("max-tunnels-per-address", 100, positive_int, "Tunnels accepted from one source address."),
     Option("sip-proxy", None, lambda v: parse_sip_proxy(v) and v, "Operator proxy HOST[:PORT][;transport=udp|tcp] (default: the embedded registrar)."),
     Option("sip-address", "127.0.0.1:5070", lambda v: sip_address(v) and v, "Operator-side SIP address ADDR[:PORT] of the contact point (UDP and TCP)."),
+    Option("sip-name", (), sip_name, "Another name of this contact point in a Route or Request-URI: a DNS name or address, NAME[:PORT] (without a port: the --sip-address port).", repeat=True),
+    Option("domain", (), sip_domain, "A domain the embedded registrar serves (repeatable; default: any); a REGISTER for another domain gets 403.", repeat=True),
+    Option("sip-trace", False, bool, "Log every SIP message received and sent (start line and headers).", flag=True),
+    Option("sip-trace-bodies", False, bool, "With --sip-trace, log message bodies (SDP) too.", flag=True),
     Option("allow-unregistered", False, bool, "Let tunnels send any request and open media before a registration succeeded (trunks, tests).", flag=True),
     Option("max-users-per-tunnel", 64, positive_int, "Addresses-of-record one tunnel may register; a REGISTER for one more gets 403."),
     Option("max-registers-per-minute", 30, positive_int, "REGISTER requests a tunnel may send per minute; more get 503."),
@@ -106,6 +112,8 @@ class Options(SpwmOptions.build("spwm-contact", OPTIONS)):
             raise ConfigError("client-ca", "mutual TLS needs TLS: drop --plaintext")
         if self["plaintext"] and (self["cert"] or self["key"]):
             raise ConfigError("plaintext", "--plaintext and --cert/--key exclude each other")
+        if self["domain"] and self["sip-proxy"]:
+            raise ConfigError("domain", "--domain is for the embedded registrar: the operator proxy decides its own domains")
 
 
 def makeService(options: dict, reactor: Any = None) -> IService:
@@ -142,10 +150,15 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     state = ContactState(options["state-file"], reactor) if options["state-file"] else None
     saved = state.load() if state is not None else None
     secret = (state.secret(saved) if state is not None else None) or os.urandom(32)
+    registrar = None
+    if operator is None:
+        registrar = EmbeddedRegistrar(domains=list(options.get("domain", ())) or None)
     core = ContactSipProxy(
         (sip_host, sip_port),
         secret,
         operator=operator,
+        registrar=registrar,
+        names=ProxyNames([(sip_host, sip_port)], list(options.get("sip-name", ()))),
         contact_rewrite=bool(options["contact-rewrite"]),
         media_hook=MediaHookAdapter(media),
         max_message_size=min(options["max-sip-size"], 65535),
@@ -166,7 +179,8 @@ def makeService(options: dict, reactor: Any = None) -> IService:
         tunnel.send_sip(flow_id, data)
         resumption.flush_bindings()
 
-    runner = ContactSipRunner(core, reactor, connect=connect, send_to_tunnel=send_to_tunnel)
+    trace = SipTrace(bodies=bool(options.get("sip-trace-bodies"))) if options.get("sip-trace") else None
+    runner = ContactSipRunner(core, reactor, connect=connect, send_to_tunnel=send_to_tunnel, trace=trace)
     resumption = ContactResumption(reactor, options["resume-window"], media, runner)
     core.observer = resumption
     mux.sip = SipOnly(runner)

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
 
+from spwm.sip.message import make_response, parse_message
 from spwm.tap import agent, contact
 from spwm.testing.certs import TestCA
 from spwm.testing.ports import free_port as _free_port
@@ -51,7 +52,7 @@ def read_response(sock: Any, limit: int = 65536) -> bytes:
     return data
 
 
-class SipLoopbackTests(TestCase):
+class RunningHalves(TestCase):
     """
     A running agent and contact point (embedded registrar) on loopback.
     """
@@ -91,6 +92,12 @@ class SipLoopbackTests(TestCase):
             s.bind(("127.0.0.1", 0))
             s.sendto(data, ("127.0.0.1", self.sip_port))
             return s.recv(65535)
+
+
+class SipLoopbackTests(RunningHalves):
+    """
+    Applications over UDP, TCP and TLS.
+    """
 
     @defer.inlineCallbacks
     def test_register_over_udp(self) -> Any:
@@ -153,3 +160,67 @@ class SipLoopbackTests(TestCase):
         )
         reply = yield threads.deferToThread(self.udp_exchange, invite)
         self.assertTrue(reply.startswith(b"SIP/2.0 403"), reply[:80])
+
+
+def _request(method: str, ruri: str, user: str, to: str, port: int, extra: str = "") -> bytes:
+    return (
+        f"{method} {ruri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-{method}-{user};rport\r\n"
+        f"Max-Forwards: 70\r\n"
+        f"From: <sip:{user}@example.test>;tag=t-{user}\r\n"
+        f"To: <sip:{to}@example.test>\r\n"
+        f"Call-ID: {method}-{user}@127.0.0.1\r\n"
+        f"CSeq: 1 {method}\r\n"
+        f"Contact: <sip:{user}@127.0.0.1:{port}>\r\n"
+        f"{extra}"
+        f"Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+class PreloadedRouteTests(RunningHalves):
+    """
+    Phones set up the way users set them up: with the agent as outbound
+    proxy (a pre-loaded Route naming the agent's listening address) or as
+    their registrar address.
+    """
+
+    def scenario(self) -> tuple[bytes, bytes, bytes, bytes]:
+        agent_addr = ("127.0.0.1", self.sip_port)
+        route = f"Route: <sip:127.0.0.1:{self.sip_port};lr>\r\n"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, socket.socket(
+            socket.AF_INET, socket.SOCK_DGRAM
+        ) as b:
+            for s in (a, b):
+                s.settimeout(5)
+                s.bind(("127.0.0.1", 0))
+            pa, pb = a.getsockname()[1], b.getsockname()[1]
+            a.sendto(_request("REGISTER", "sip:example.test", "alice", "alice", pa, route), agent_addr)
+            reg_a = a.recv(65535)
+            b.sendto(_request("REGISTER", f"sip:127.0.0.1:{self.sip_port}", "bob", "bob", pb), agent_addr)
+            reg_b = b.recv(65535)
+            a.sendto(_request("INVITE", "sip:bob@example.test", "alice", "bob", pa, route), agent_addr)
+            invite = b.recv(65535)
+            answer = make_response(parse_message(invite), 200, "OK", to_tag="bob")
+            b.sendto(answer.to_bytes(), agent_addr)
+            ok = a.recv(65535)
+        return reg_a, reg_b, invite, ok
+
+    @defer.inlineCallbacks
+    def test_outbound_proxy_and_registrar_address(self) -> Any:
+        """
+        alice registers with the agent's own address pre-loaded as Route,
+        bob with the agent as registrar address (Request-URI naming the
+        agent): both get 200 from the embedded registrar under their
+        address-of-record; alice then calls bob, with the Route again:
+        bob receives the INVITE at his contact and his 200 reaches alice.
+        """
+        reg_a, reg_b, invite, ok = yield threads.deferToThread(self.scenario)
+        self.assertTrue(reg_a.startswith(b"SIP/2.0 200"), reg_a[:80])
+        self.assertTrue(reg_b.startswith(b"SIP/2.0 200"), reg_b[:80])
+        registrar = self.contact.sip_core.registrar
+        self.assertEqual(len(registrar.bindings("sip:alice@example.test")), 1)
+        self.assertEqual(len(registrar.bindings("sip:bob@example.test")), 1)
+        msg = parse_message(invite)
+        self.assertEqual(msg.method, "INVITE")
+        self.assertTrue(msg.uri.startswith("sip:bob@127.0.0.1:"), msg.uri)
+        self.assertTrue(ok.startswith(b"SIP/2.0 200"), ok[:80])
