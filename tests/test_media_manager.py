@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.media.manager import PENDING_TIMEOUT, MediaManager
+from spwm.media.manager import PENDING_TIMEOUT, MediaManager, first_codec
 from spwm.media.ports import PortAllocator, PortsExhaustedError
 from spwm.sdp import parse_sdp
+from spwm.sip.flows import Flow, FlowTable
+from spwm.tap.parts import MediaHookAdapter, flow_source
 from spwm.tunnel.frames import ChannelKind, ErrorCode
 from spwm.tunnel.connection import ChannelLimitError, TunnelNotOpenError
 
@@ -696,3 +698,291 @@ class ForkingTests(SynchronousTestCase):
         self.assertEqual(rtp.dropped_source, 1)
         warnings = [e for e in events if e.get("limit") == 2]
         self.assertEqual([(e["dialog"], e["stream"]) for e in warnings], [(DIALOG, 0)])
+
+
+def _texts(events: list[dict]) -> list[str]:
+    return [formatEvent(e) for e in events]
+
+
+class SignallingHostLatchTests(SynchronousTestCase):
+    """
+    A phone whose SDP names one address (192.0.2.10) while it sends from
+    its signalling host (192.0.2.20) has media both ways through the agent.
+    """
+
+    SIGNALLING = "192.0.2.20"
+
+    def _call(self, source: str | None = SIGNALLING):
+        reactor, agent, a_end, contact, c_end = _pair()
+        offer = _sdp(PHONE, ("audio", 4000, ""))
+        answer = _sdp(OPERATOR, ("audio", 6000, ""))
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer, source=source)
+        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", offer)
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer)
+        agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer)
+        return reactor, agent
+
+    def test_latched_both_ways_and_logged(self) -> None:
+        """
+        RTP and RTCP from the signalling host reach the operator; the
+        operator's come back to the address they were sent from, not to
+        the SDP's; one info line per component says so.
+        """
+        with capturedLogs() as events:
+            reactor, agent = self._call()
+            phone_rtp = reactor.udp[AGENT_ADDR, 20000]
+            phone_rtcp = reactor.udp[AGENT_ADDR, 20001]
+            for n in range(3):
+                phone_rtp.receive(b"up%d" % n, (self.SIGNALLING, 7000))
+            phone_rtcp.receive(b"sr-up", (self.SIGNALLING, 7001))
+            reactor.udp[CONTACT_ADDR, 30000].receive(b"down", (OPERATOR, 6000))
+            reactor.udp[CONTACT_ADDR, 30001].receive(b"sr-down", (OPERATOR, 6001))
+        self.assertEqual(
+            reactor.udp[CONTACT_ADDR, 30000].sent, [(b"up%d" % n, (OPERATOR, 6000)) for n in range(3)]
+        )
+        self.assertEqual(reactor.udp[CONTACT_ADDR, 30001].sent, [(b"sr-up", (OPERATOR, 6001))])
+        self.assertEqual(phone_rtp.sent, [(b"down", (self.SIGNALLING, 7000))])
+        self.assertEqual(phone_rtcp.sent, [(b"sr-down", (self.SIGNALLING, 7001))])
+        latched = [t for t in _texts(events) if "latched" in t]
+        self.assertEqual(
+            latched,
+            [
+                f"media stream 0 of dialog {DIALOG}: RTP from 192.0.2.20:7000, not the address"
+                " its SDP named (192.0.2.10:4000): latched, replies go there",
+                f"media stream 0 of dialog {DIALOG}: RTCP from 192.0.2.20:7001, not the address"
+                " its SDP named (192.0.2.10:4001): latched, replies go there",
+            ],
+        )
+
+    def test_unrelated_host_dropped(self) -> None:
+        """
+        Media from a host that is neither the SDP's nor the signalling
+        host is dropped and counted.
+        """
+        reactor, agent = self._call()
+        reactor.udp[AGENT_ADDR, 20000].receive(b"inject", ("192.0.2.66", 7000))
+        self.assertEqual(reactor.udp[CONTACT_ADDR, 30000].sent, [])
+        self.assertEqual(agent.status()["dropped_source"], 1)
+
+    def test_without_source_dropped(self) -> None:
+        """
+        Without the signalling host (as before), media from an address
+        the SDP did not name is dropped.
+        """
+        reactor, agent = self._call(source=None)
+        reactor.udp[AGENT_ADDR, 20000].receive(b"up", (self.SIGNALLING, 7000))
+        self.assertEqual(agent.status()["dropped_source"], 1)
+
+    def test_contact_ignores_source(self) -> None:
+        """
+        The contact point's strict public leg does not latch on a source
+        host: only the SDP's host and port.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        offer = _sdp(PHONE, ("audio", 4000, ""))
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer)
+        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", offer)
+        contact.sdp_into_tunnel(
+            c_end, DIALOG, "application/sdp", _sdp(OPERATOR, ("audio", 6000, "")), source="203.0.113.99"
+        )
+        reactor.udp[CONTACT_ADDR, 30000].receive(b"x", ("203.0.113.99", 6000))
+        self.assertEqual(contact.status()["dropped_source"], 1)
+
+
+class FlowSourceTests(SynchronousTestCase):
+    """
+    The agent's hook adapter finds the signalling host of a dialog in the
+    proxy's flow table.
+    """
+
+    def test_adapter_passes_flow_host(self) -> None:
+        """
+        L{flow_source} maps C{FLOW/CALL-ID} to the flow's remote host
+        (C{None} for an unknown flow or a malformed key), and the adapter
+        hands it to the manager, so the phone's media latches.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        flows = FlowTable()
+        fid = flows.use(Flow("udp", (AGENT_ADDR, 5060), ("192.0.2.20", 5062)), reactor.seconds())
+        source = flow_source(flows, reactor)
+        self.assertEqual(source(f"{fid}/call-1"), "192.0.2.20")
+        self.assertIsNone(source("999/call-1"))
+        self.assertIsNone(source("call-1"))
+        hook = MediaHookAdapter(agent, source=source)
+        dialog = f"{fid}/call-1"
+        offer = _sdp(PHONE, ("audio", 4000, ""))
+        hook.sdp_into_tunnel(a_end, dialog, "application/sdp", offer)
+        contact.sdp_out_of_tunnel(c_end, dialog, "application/sdp", offer)
+        contact.sdp_into_tunnel(c_end, dialog, "application/sdp", _sdp(OPERATOR, ("audio", 6000, "")))
+        hook.sdp_out_of_tunnel(a_end, dialog, "application/sdp", _sdp(OPERATOR, ("audio", 6000, "")))
+        reactor.udp[AGENT_ADDR, 20000].receive(b"up", ("192.0.2.20", 7000))
+        self.assertEqual(reactor.udp[CONTACT_ADDR, 30000].sent, [(b"up", (OPERATOR, 6000))])
+
+
+    def test_agent_service_wires_flow_source(self) -> None:
+        """
+        The agent's service gives its media hook the flow source of its
+        own proxy's flow table.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from spwm.tap import agent
+
+        options = agent.Options()
+        options.parseOptions(["--contact", "198.51.100.1:443", "--plaintext"])
+        top = agent.makeService(options, MemoryReactorClock())
+        core = top.sip_core
+        fid = core.flows.use(Flow("tcp", ("127.0.0.1", 5060), ("192.0.2.20", 40000), 3), 0.0)
+        self.assertEqual(core.media_hook.source(f"{fid}/call-1"), "192.0.2.20")
+
+
+class PolicyLogTests(SynchronousTestCase):
+    """
+    Media refused by the contact point's allow policy is explained in the
+    log, with the option that would allow it, without a flood.
+    """
+
+    def _offer_answer(self, agent, a_end, contact, c_end, dialog: str, answer: bytes) -> None:
+        offer = _sdp(PHONE, ("audio", 4000, ""))
+        agent.sdp_into_tunnel(a_end, dialog, "application/sdp", offer)
+        contact.sdp_out_of_tunnel(c_end, dialog, "application/sdp", offer)
+        contact.sdp_into_tunnel(c_end, dialog, "application/sdp", answer)
+        agent.sdp_out_of_tunnel(a_end, dialog, "application/sdp", answer)
+
+    def test_loopback_refused_once_with_option(self) -> None:
+        """
+        An operator SDP naming 127.0.0.1 gives one warning naming the
+        address and C{--media-allow 127.0.0.0/8}; a re-offer with the same
+        address and the media that is then dropped add no more lines.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        answer = _sdp("127.0.0.1", ("audio", 6000, ""))
+        with capturedLogs() as events:
+            self._offer_answer(agent, a_end, contact, c_end, DIALOG, answer)
+            contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer)
+            for _ in range(5):
+                reactor.udp[AGENT_ADDR, 20000].receive(b"up", (PHONE, 4000))
+        refused = [t for t in _texts(events) if "refused" in t]
+        self.assertEqual(len(refused), 1, refused)
+        self.assertIn("media to 127.0.0.1:6000 refused", refused[0])
+        self.assertIn("need --media-allow 127.0.0.0/8", refused[0])
+        self.assertEqual(contact.status()["dropped_no_target"], 5)
+
+    def test_rate_limited_across_calls(self) -> None:
+        """
+        Over many calls the warning comes at the 1st, 2nd, 4th... refusal,
+        and again after a minute of quiet.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        answer = _sdp("127.0.0.1", ("audio", 6000, ""))
+        with capturedLogs() as events:
+            for n in range(9):
+                dialog = f"call-{n}"
+                self._offer_answer(agent, a_end, contact, c_end, dialog, answer)
+                agent.dialog_ended(a_end, dialog)
+                contact.dialog_ended(c_end, dialog)
+            reactor.advance(61)
+            self._offer_answer(agent, a_end, contact, c_end, "call-late", answer)
+        counts = [e["count"] for e in events if "media-allow" in str(e.get("reason", ""))]
+        self.assertEqual(counts, [1, 2, 4, 8, 10])
+
+    def test_agent_allows_loopback(self) -> None:
+        """
+        The agent (no special ranges blocked) logs no refusal for a
+        loopback phone.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        with capturedLogs() as events:
+            agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", _sdp("127.0.0.1", ("audio", 4000, "")))
+            agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", _sdp(OPERATOR, ("audio", 6000, "")))
+        self.assertEqual([t for t in _texts(events) if "refused" in t], [])
+
+
+class CallLogTests(SynchronousTestCase):
+    """
+    One info line per call at start, at answer (codec, media addresses on
+    both legs) and at end (duration, packets and losses per leg).
+    """
+
+    def test_call_lines(self) -> None:
+        """
+        The agent logs the start (the phone's offer), the answer with the
+        codec of the answer and the addresses of the phone, our relay
+        socket, the channel and the far end, and the end with the packets
+        in and out per leg and those lost (dropped here).
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        offer = _sdp(PHONE, ("audio", 4000, "a=rtpmap:0 PCMU/8000"))
+        answer = _sdp(OPERATOR, ("audio", 6000, "")).replace(b"RTP/AVP 0", b"RTP/AVP 8 0")
+        with capturedLogs() as events:
+            agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer)
+            contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", offer)
+            reactor.advance(2)
+            contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer)
+            contact.dialog_answered(c_end, DIALOG, "b", ours=True)
+            agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer)
+            agent.dialog_answered(a_end, DIALOG, "b", ours=False)
+            phone = reactor.udp[AGENT_ADDR, 20000]
+            for _ in range(4):
+                phone.receive(b"up", (PHONE, 4000))
+            phone.receive(b"junk", ("192.0.2.66", 4000))
+            for _ in range(3):
+                reactor.udp[CONTACT_ADDR, 30000].receive(b"down", (OPERATOR, 6000))
+            reactor.advance(30)
+            agent.dialog_ended(a_end, DIALOG)
+            contact.dialog_ended(c_end, DIALOG)
+        calls = [e for e in events if formatEvent(e).startswith("call ") and e["log_namespace"]]
+        agent_lines = [formatEvent(e) for e in calls if e["log_source"] is agent]
+        self.assertEqual(
+            agent_lines,
+            [
+                f"call {DIALOG} started from the lan leg",
+                f"call {DIALOG} answered from the tunnel leg: codec PCMA/8000;"
+                f" stream 0 audio: lan 192.0.2.10:4000 (SDP) <-> relay 192.0.2.1:20000;"
+                f" tunnel channel 1 <-> far end 203.0.113.20:6000",
+                f"call {DIALOG} ended (dialog ended) after 32.0s, answered for 30.0s:"
+                f" stream 0: lan in 5 out 3 lost 1, tunnel in 3 out 4 lost 0",
+            ],
+        )
+        contact_lines = [formatEvent(e) for e in calls if e["log_source"] is contact]
+        self.assertEqual(
+            contact_lines[-1],
+            f"call {DIALOG} ended (dialog ended) after 32.0s, answered for 30.0s:"
+            f" stream 0: operator in 3 out 4 lost 0, tunnel in 4 out 3 lost 0",
+        )
+        self.assertIn("answered from the operator leg: codec PCMA/8000", contact_lines[1])
+
+    def test_call_without_sdp(self) -> None:
+        """
+        A call whose INVITE and 2xx carry no SDP still gets its three
+        lines.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        with capturedLogs() as events:
+            agent.dialog_answered(a_end, DIALOG, "b", ours=False)
+            agent.dialog_ended(a_end, DIALOG)
+        self.assertEqual(
+            _texts(events),
+            [
+                f"call {DIALOG} started from the tunnel leg",
+                f"call {DIALOG} answered from the tunnel leg: codec none (no SDP); no media",
+                f"call {DIALOG} ended (dialog ended) after 0.0s, answered for 0.0s: no media",
+            ],
+        )
+        assert_released(self, agent)
+
+    def test_first_codec(self) -> None:
+        """
+        The codec is the first format of the first live stream: its
+        C{a=rtpmap}, a static payload type's name, or the protocol.
+        """
+        cases = [
+            (b"m=audio 0 RTP/AVP 0\r\nm=audio 4000 RTP/AVP 96 0\r\na=rtpmap:96 opus/48000/2\r\n", "opus/48000/2"),
+            (b"m=audio 4000 RTP/AVP 18\r\n", "G729/8000"),
+            (b"m=audio 4000 RTP/AVP 101\r\n", "payload type 101"),
+            (b"m=message 4000 TCP/MSRP *\r\n", "TCP/MSRP"),
+            (b"m=audio 0 RTP/AVP 0\r\n", None),
+        ]
+        for media, expected in cases:
+            sdp = b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n" + media
+            self.assertEqual(first_codec(sdp, parse_sdp(sdp)), expected, media)

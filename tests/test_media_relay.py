@@ -284,6 +284,78 @@ class LatchingTests(SynchronousTestCase):
         self.assertEqual(endpoint.dropped_source, 1)
 
 
+class SignallingHostTests(SynchronousTestCase):
+    """
+    Outside strict mode (the agent's LAN leg), media from the endpoint's
+    signalling host latches like media from its SDP host (symmetric RTP for
+    phones that do not send from the address they advertise).
+    """
+
+    def _latching(self, strict: bool = False):
+        endpoint, port, tunnel = _bound(strict=strict)
+        told: list[tuple[Any, Any]] = []
+        endpoint.on_latch = lambda address, named: told.append((address, named))
+        endpoint.expect("192.0.2.10", 4000, source="192.0.2.20")
+        return endpoint, port, tunnel, told
+
+    def test_signalling_host_latches(self) -> None:
+        """
+        The first packet from the signalling host latches; replies go to
+        it, not to the advertised address; C{on_latch} hears of it once,
+        with the address the SDP named.
+        """
+        endpoint, port, tunnel, told = self._latching()
+        port.receive(b"rtp1", ("192.0.2.20", 5000))
+        endpoint.send(b"reply")
+        self.assertEqual(tunnel.datagrams, [(7, b"rtp1", 0)])
+        self.assertEqual(port.sent, [(b"reply", ("192.0.2.20", 5000))])
+        self.assertEqual(told, [(("192.0.2.20", 5000), ("192.0.2.10", 4000))])
+        port.receive(b"rtp2", ("192.0.2.20", 5002))
+        self.assertEqual(endpoint.peer, ("192.0.2.20", 5002))
+        self.assertEqual(len(told), 1)
+
+    def test_unrelated_host_still_dropped(self) -> None:
+        """
+        A host that is neither the SDP host nor the signalling host never
+        latches, before or after the phone latched (not an open relay).
+        """
+        endpoint, port, tunnel, told = self._latching()
+        port.receive(b"inject", ("192.0.2.66", 4000))
+        port.receive(b"ok", ("192.0.2.20", 5000))
+        port.receive(b"inject", ("203.0.113.66", 5000))
+        self.assertEqual(tunnel.datagrams, [(7, b"ok", 0)])
+        self.assertEqual(endpoint.dropped_source, 2)
+        self.assertEqual(endpoint.peer, ("192.0.2.20", 5000))
+
+    def test_sdp_address_not_reported(self) -> None:
+        """
+        Latching onto exactly the address the SDP named is not reported.
+        """
+        endpoint, port, tunnel, told = self._latching()
+        port.receive(b"rtp", ("192.0.2.10", 4000))
+        self.assertEqual((endpoint.peer, told), (("192.0.2.10", 4000), []))
+
+    def test_reoffer_keeps_signalling_latch(self) -> None:
+        """
+        A re-offer from the same phone (same SDP host, new port) keeps the
+        latch on its signalling host.
+        """
+        endpoint, port, tunnel, told = self._latching()
+        port.receive(b"rtp", ("192.0.2.20", 5000))
+        endpoint.expect("192.0.2.10", 4100)
+        endpoint.send(b"x")
+        self.assertEqual(port.sent, [(b"x", ("192.0.2.20", 5000))])
+
+    def test_strict_ignores_signalling_host(self) -> None:
+        """
+        In strict mode (the contact point's public leg) the signalling
+        host is ignored.
+        """
+        endpoint, port, tunnel, told = self._latching(strict=True)
+        port.receive(b"rtp", ("192.0.2.20", 4000))
+        self.assertEqual((tunnel.datagrams, endpoint.dropped_source, told), ([], 1, []))
+
+
 class AllowPolicyTests(SynchronousTestCase):
     """
     The contact point never sends media to special or unlisted ranges.
@@ -319,6 +391,23 @@ class AllowPolicyTests(SynchronousTestCase):
         """
         self.assertTrue(AllowPolicy(block_special=False).permits("127.0.0.1"))
         self.assertFalse(AllowPolicy(block_special=False).permits("0.0.0.0"))
+
+    def test_refusal_names_option(self) -> None:
+        """
+        L{AllowPolicy.refusal} says why a host is refused and which
+        C{--media-allow} would allow it; C{None} for an allowed host.
+        """
+        policy = AllowPolicy()
+        self.assertIsNone(policy.refusal("192.0.2.10"))
+        self.assertIn("need --media-allow 127.0.0.0/8", policy.refusal("127.0.0.1"))
+        self.assertIn("--media-allow 127.0.0.0/8", policy.refusal("::ffff:127.0.0.1"))
+        self.assertIn("--media-allow ::1/128", policy.refusal("::1"))
+        self.assertIn("--media-allow 169.254.1.1/32", policy.refusal("169.254.1.1"))
+        self.assertIn("not an IP address", policy.refusal("example.com"))
+        self.assertIn("unspecified", policy.refusal("0.0.0.0"))
+        listed = AllowPolicy(["198.51.100.0/24"]).refusal("192.0.2.10")
+        self.assertIn("outside every --media-allow network (198.51.100.0/24)", listed)
+        self.assertIn("add --media-allow 192.0.2.10/32", listed)
 
     def test_endpoint_refuses(self) -> None:
         """

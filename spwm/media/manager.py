@@ -28,6 +28,7 @@ from spwm.media.relay import (
     MAX_DATAGRAM,
     AllowPolicy,
     MediaRelayEndpoint,
+    normalise_host,
 )
 from spwm.media.tcp import DEFAULT_MAX_BUFFER, TcpMediaEndpoint
 from spwm.sdp import (
@@ -92,6 +93,7 @@ class _Stream:
         "offered",
         "seen_version",
         "refused",
+        "refused_target",
     )
 
     def __init__(self, tunnel: Any, dialog: str, index: int, now: float) -> None:
@@ -127,6 +129,9 @@ class _Stream:
         # the (ours, tag) branches that refused this TCP stream while the
         # dialog was early: released if one of them answers
         self.refused: set[tuple[bool, str]] = set()
+        # the last (host, port) of our side that the allow policy refused
+        # (logged once per stream and address)
+        self.refused_target: tuple[str, int] | None = None
 
     @property
     def held(self) -> bool:
@@ -155,15 +160,36 @@ class _Dialog:
         C{True}) and from the other side (key C{False}).
     """
 
-    __slots__ = ("streams", "versioner", "answered", "winner", "winner_ours", "latest")
+    __slots__ = (
+        "streams",
+        "versioner",
+        "answered",
+        "winner",
+        "winner_ours",
+        "latest",
+        "source",
+        "started",
+        "answered_at",
+        "codec",
+        "history",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, now: float = 0.0) -> None:
         self.streams: dict[int, _Stream] = {}
         self.versioner = OriginVersioner()
         self.answered = False
         self.winner: str | None = None
         self.winner_ours = False
         self.latest: dict[bool, str | None] = {}
+        # our side's signalling host (agent: where the phone's SIP came from)
+        self.source: str | None = None
+        # for the call log lines: when the call started and was answered,
+        # the first codec of the latest SDP from our side (True) and from
+        # the other side (False), the traffic of the streams released so far
+        self.started = now
+        self.answered_at: float | None = None
+        self.codec: dict[bool, str | None] = {}
+        self.history: dict[int, dict[str, int]] = {}
 
     def loser(self, tag: str | None, ours: bool) -> bool:
         """
@@ -253,6 +279,84 @@ def _primary_indices(description: SessionDescription) -> list[int]:
     return result
 
 
+#: Static RTP payload types (RFC 3551) that need no C{a=rtpmap}.
+_STATIC_PAYLOADS = {
+    "0": "PCMU/8000",
+    "3": "GSM/8000",
+    "4": "G723/8000",
+    "5": "DVI4/8000",
+    "8": "PCMA/8000",
+    "9": "G722/8000",
+    "10": "L16/44100/2",
+    "13": "CN/8000",
+    "15": "G728/8000",
+    "18": "G729/8000",
+    "26": "JPEG/90000",
+    "31": "H261/90000",
+    "34": "H263/90000",
+}
+
+
+def first_codec(sdp: bytes, description: SessionDescription) -> str | None:
+    """
+    The codec of a description for the call log: the C{a=rtpmap} name and
+    rate of the first format of the first live stream (a static payload
+    type by its RFC 3551 name), the protocol for non-RTP media.
+
+    @return: e.g. C{"PCMU/8000"}, or C{None} when no stream is live.
+    """
+    live = next((m for m in description.media if m.port and m.formats), None)
+    if live is None:
+        return None
+    if "RTP" not in live.proto:
+        return live.proto
+    fmt = live.formats[0]
+    prefix = b"a=rtpmap:" + fmt.encode("ascii", "replace") + b" "
+    section = -1
+    for line in sdp.splitlines():
+        if line.startswith(b"m="):
+            section += 1
+        elif section == live.index and line.startswith(prefix):
+            return line[len(prefix) :].strip().decode("ascii", "replace")
+    return _STATIC_PAYLOADS.get(fmt, "payload type " + fmt)
+
+
+def _host_port(host: str | None, port: int | None) -> str:
+    if host is None:
+        return "?"
+    if ":" in host:
+        host = "[" + host + "]"
+    return "{}:{}".format(host, "?" if port is None else port)
+
+
+#: The relay endpoint counters a call's end line is made of.
+_CALL_COUNTERS = (
+    "packets_in",
+    "packets_out",
+    "dropped_source",
+    "dropped_no_channel",
+    "dropped_no_target",
+    "dropped_send",
+)
+
+
+def _stream_traffic(stream: _Stream, into: dict[str, int] | None = None) -> dict[str, int]:
+    """
+    The relay counters of a stream (RTP and RTCP summed), added to C{into}.
+    """
+    totals = into if into is not None else dict.fromkeys(_CALL_COUNTERS, 0)
+    for endpoint in (stream.rtp, stream.rtcp):
+        if endpoint is not None:
+            for name in _CALL_COUNTERS:
+                totals[name] += getattr(endpoint, name)
+    return totals
+
+
+def _latest(table: dict[str | None, MediaDescription | None]) -> MediaDescription | None:
+    live = [m for m in table.values() if m is not None]
+    return live[-1] if live else None
+
+
 class MediaManager:
     """
     Media streams of every dialog on one half, with their channels and
@@ -268,6 +372,9 @@ class MediaManager:
     @ivar rejected_streams: streams we rejected (limits, no ports, TCP).
     @ivar refused_local_channels: streams released because the tunnel would
         not open their channel (at its channel limit, or closed).
+    @ivar policy_refusals: streams whose address from our side the allow
+        policy refused (counted once per stream and address, see
+        L{_check_policy}).
     @ivar ignored_branch_sdp: descriptions from our side's branches that
         lost, received after another branch answered.
     """
@@ -352,6 +459,10 @@ class MediaManager:
         self.ignored_branch_sdp = 0
         # the packet and byte counters of the streams released so far
         self._released: dict[str, int] = dict.fromkeys(_TRAFFIC, 0)
+        # the name of our side's leg in the call log lines
+        self._local_leg = "lan" if side == "agent" else "operator"
+        self.policy_refusals = 0
+        self._policy_logged_at: float | None = None
 
     # counts for tests and status
 
@@ -377,6 +488,7 @@ class MediaManager:
             "refused_local_channels": self.refused_local_channels,
             "dropped_unknown_channel": self.dropped_unknown_channel,
             "ignored_branch_sdp": self.ignored_branch_sdp,
+            "policy_refusals": self.policy_refusals,
             **traffic,
         }
 
@@ -456,6 +568,7 @@ class MediaManager:
         content_type: str,
         body: bytes,
         tag: str | None = None,
+        source: str | None = None,
     ) -> None:
         """
         A message from our side goes into the tunnel: learn our side's
@@ -472,13 +585,20 @@ class MediaManager:
 
         @param tag: the tag of our side's endpoint (To-tag of a response,
             From-tag of a request), or C{None}: no branch information.
+        @param source: the host our side's endpoint sent the SIP from (its
+            signalling host), or C{None}: when not strict, media from it
+            latches like media from the host its SDP names (see
+            C{docs/media.md}, "Latching").
         @raise spwm.sdp.SdpError: the body is malformed.
         """
         sdp = find_sdp(content_type, body)
         if sdp is None:
             return
         description = parse_sdp(sdp)
-        dialog = self._dialog(tunnel, dialog_key)
+        now = self.clock.seconds()
+        dialog = self._dialog(tunnel, dialog_key, now, self._local_leg)
+        if source is not None:
+            dialog.source = source
         if dialog.loser(tag, True):
             self.ignored_branch_sdp += 1
             self.log.info(
@@ -488,7 +608,7 @@ class MediaManager:
             )
             return
         dialog.latest[True] = tag
-        now = self.clock.seconds()
+        dialog.codec[True] = first_codec(sdp, description)
         primaries = _primary_indices(description)
         version = None if description.origin is None else (
             description.origin[1],
@@ -525,6 +645,7 @@ class MediaManager:
         content_type: str,
         body: bytes,
         tag: str | None = None,
+        source: str | None = None,
     ) -> bytes:
         """
         A message from the tunnel goes to our side: make sure every live
@@ -540,6 +661,8 @@ class MediaManager:
 
         @param tag: the tag of the other side's endpoint that wrote the SDP
             (To-tag of a response, From-tag of a request), or C{None}.
+        @param source: our side's endpoint's signalling host, as for
+            L{sdp_into_tunnel}, or C{None}.
         @return: the new body (C{body} itself when it has no SDP).
         @raise spwm.sdp.SdpError: the body is malformed.
         """
@@ -547,14 +670,17 @@ class MediaManager:
         if sdp is None:
             return body
         description = parse_sdp(sdp)
-        dialog = self._dialog(tunnel, dialog_key)
         now = self.clock.seconds()
+        dialog = self._dialog(tunnel, dialog_key, now, "tunnel")
+        if source is not None:
+            dialog.source = source
         primaries = _primary_indices(description)
         entries: list[tuple[int, int | None] | None] = []
         tcp: list[TcpRewrite | None] = [None] * len(description.media)
         loser = dialog.loser(tag, False)
         if not loser:
             dialog.latest[False] = tag
+            dialog.codec[False] = first_codec(sdp, description)
         for media in description.media:
             index = media.index
             stream = dialog.streams.get(index)
@@ -635,9 +761,8 @@ class MediaManager:
         @param ours: the 2xx came from our side into the tunnel; C{False}:
             it came out of the tunnel (the branches are the other half's).
         """
-        dialog = self._dialogs.get((tunnel, dialog_key))
-        if dialog is None:
-            return
+        now = self.clock.seconds()
+        dialog = self._dialog(tunnel, dialog_key, now, self._local_leg if ours else "tunnel")
         if dialog.answered:
             if dialog.loser(tag, ours):
                 self.log.info(
@@ -651,7 +776,7 @@ class MediaManager:
         dialog.winner = tag
         dialog.winner_ours = ours
         keep = tag
-        if tag is not None and not any(
+        if tag is not None and dialog.streams and not any(
             tag in (stream.ours if ours else stream.theirs)
             for stream in dialog.streams.values()
         ):
@@ -685,6 +810,15 @@ class MediaManager:
                 self._apply_remote(stream)
             else:
                 self._release_stream(dialog, index, "not in the answer")
+        dialog.answered_at = now
+        codec = dialog.codec.get(ours) or dialog.codec.get(not ours)
+        self.log.info(
+            "call {dialog} answered from the {leg} leg: codec {codec}; {media}",
+            dialog=dialog_key,
+            leg=self._local_leg if ours else "tunnel",
+            codec=codec or "none (no SDP)",
+            media=self._describe_media(dialog),
+        )
 
     def dialog_ended(self, tunnel: Any, dialog_key: str) -> None:
         """
@@ -695,6 +829,7 @@ class MediaManager:
         if dialog is not None:
             for index in list(dialog.streams):
                 self._release_stream(dialog, index, "dialog ended")
+            self._log_end(dialog_key, dialog, "dialog ended")
         for key in [k for k in self._pending if k[0] is tunnel and k[1] == dialog_key]:
             channel_id, _ = self._pending.pop(key)
             self._close_channel(tunnel, channel_id, "dialog ended")
@@ -716,6 +851,7 @@ class MediaManager:
             dialog = self._dialogs.pop(key)
             for index in list(dialog.streams):
                 self._release_stream(dialog, index, "tunnel lost", close=False)
+            self._log_end(key[1], dialog, "tunnel lost")
         for key in [k for k in self._pending if k[0] is tunnel]:
             del self._pending[key]
         for key in [k for k in self._channels if k[0] is tunnel]:
@@ -1020,10 +1156,11 @@ class MediaManager:
             stream.base_port = None
         if media.address is None or not endpoint.connect(media.address, media.port):
             self.log.warn(
-                "TCP media of dialog {dialog}: refusing to connect to {host}:{port}",
+                "TCP media of dialog {dialog}: refusing to connect to {host}:{port}: {reason}",
                 dialog=stream.dialog,
                 host=media.address,
                 port=media.port,
+                reason=(media.address and self.policy.refusal(media.address)) or "no usable address",
             )
             self.rejected_streams += 1
             self._release_stream(dialog, stream.index, "TCP media address refused")
@@ -1061,11 +1198,152 @@ class MediaManager:
             self._ensure_timer()
         return stream
 
-    def _dialog(self, tunnel: Any, dialog_key: str) -> _Dialog:
+    def _dialog(self, tunnel: Any, dialog_key: str, now: float, leg: str) -> _Dialog:
+        """
+        The media state of a dialog, made (and its call start logged, with
+        the C{leg} the first message came from) if new.
+        """
         dialog = self._dialogs.get((tunnel, dialog_key))
         if dialog is None:
-            dialog = self._dialogs[tunnel, dialog_key] = _Dialog()
+            dialog = self._dialogs[tunnel, dialog_key] = _Dialog(now)
+            self.log.info(
+                "call {dialog} started from the {leg} leg",
+                dialog=dialog_key,
+                leg=leg,
+            )
         return dialog
+
+    # the call log lines
+
+    def _describe_media(self, dialog: _Dialog) -> str:
+        """
+        The media addresses of a dialog's streams on both legs, for the
+        answer line: our side's endpoint (latched address, else what its
+        SDP named), our relay socket, the tunnel channel and the far end
+        the other side's SDP named.
+        """
+        parts = []
+        for index in sorted(dialog.streams):
+            stream = dialog.streams[index]
+            ours = _latest(stream.ours)
+            theirs = _latest(stream.theirs)
+            described = ours if ours is not None else theirs
+            kind = "?" if described is None else described.media
+            if stream.tcp is not None:
+                relay = "tcp " + (
+                    _host_port(self.address, stream.base_port)
+                    if stream.base_port is not None
+                    else "active"
+                )
+                local = _host_port(stream.remote.address, stream.remote.port) if stream.remote else "?"
+            else:
+                relay = _host_port(self.address, stream.base_port)
+                peer = stream.rtp.peer if stream.rtp is not None else None
+                if peer is not None:
+                    local = _host_port(*peer)
+                elif ours is not None:
+                    local = _host_port(ours.address, ours.port) + " (SDP)"
+                else:
+                    local = "?"
+            far = _host_port(theirs.address, theirs.port) if theirs is not None else "?"
+            parts.append(
+                "stream {} {}: {} {} <-> relay {}; tunnel channel {} <-> far end {}".format(
+                    index,
+                    kind,
+                    self._local_leg,
+                    local,
+                    relay,
+                    "?" if stream.channel_id is None else stream.channel_id,
+                    far,
+                )
+            )
+        return "; ".join(parts) if parts else "no media"
+
+    def _log_end(self, dialog_key: str, dialog: _Dialog, reason: str) -> None:
+        """
+        The call's end line: duration, and per stream and leg the packets
+        in and out and those lost (dropped by this half), summed over the
+        stream's life (its streams are released by now).
+        """
+        now = self.clock.seconds()
+        parts = []
+        for index in sorted(dialog.history):
+            t = dialog.history[index]
+            parts.append(
+                "stream {}: {} in {} out {} lost {}, tunnel in {} out {} lost {}".format(
+                    index,
+                    self._local_leg,
+                    t["packets_in"] + t["dropped_source"],
+                    t["packets_out"] - t["dropped_send"],
+                    t["dropped_source"] + t["dropped_no_channel"],
+                    t["packets_out"] + t["dropped_no_target"],
+                    t["packets_in"] - t["dropped_no_channel"],
+                    t["dropped_no_target"] + t["dropped_send"],
+                )
+            )
+        if dialog.answered_at is None:
+            answered = "not answered"
+        else:
+            answered = "answered for {}s".format(round(now - dialog.answered_at, 1))
+        self.log.info(
+            "call {dialog} ended ({reason}) after {duration}s, {answered}: {traffic}",
+            dialog=dialog_key,
+            reason=reason,
+            duration=round(now - dialog.started, 1),
+            answered=answered,
+            traffic="; ".join(parts) if parts else "no media",
+        )
+
+    def _latched(
+        self,
+        stream: _Stream,
+        component: str,
+        address: tuple[str, int],
+        named: tuple[str, int] | None,
+    ) -> None:
+        """
+        A relay endpoint latched onto an address its SDP did not name.
+        """
+        self.log.info(
+            "media stream {stream} of dialog {dialog}: {component} from {address},"
+            " not the address its SDP named ({named}): latched, replies go there",
+            stream=stream.index,
+            dialog=stream.dialog,
+            component=component,
+            address=_host_port(*address),
+            named="none" if named is None else _host_port(*named),
+        )
+
+    def _check_policy(self, stream: _Stream, media: MediaDescription) -> None:
+        """
+        Log (rate-limited) that the allow policy refuses the address our
+        side's SDP names for C{stream}, with the option that would allow
+        it: the first time per stream and address, and of those the 1st,
+        2nd, 4th, 8th... or the first after a minute of quiet.
+        """
+        host = media.address
+        if host is None or (not self.strict and normalise_host(host) is None):
+            return
+        reason = self.policy.refusal(host)
+        if reason is None or stream.refused_target == (host, media.port):
+            return
+        stream.refused_target = (host, media.port)
+        self.policy_refusals += 1
+        count = self.policy_refusals
+        now = self.clock.seconds()
+        if count & (count - 1) == 0 or (
+            self._policy_logged_at is not None and now - self._policy_logged_at >= 60.0
+        ):
+            self._policy_logged_at = now
+            self.log.warn(
+                "media to {address} refused (stream {stream} of dialog {dialog}):"
+                " {reason} ({count} refused so far)",
+                address=_host_port(host, media.port),
+                stream=stream.index,
+                dialog=stream.dialog,
+                reason=reason,
+                count=count,
+            )
 
     def _remember(
         self,
@@ -1099,14 +1377,18 @@ class MediaManager:
         and forget the branches that are gone.
         """
         live = [(tag, media) for tag, media in stream.ours.items() if media is not None]
+        dialog = self._dialogs.get((stream.tunnel, stream.dialog))
+        source = None if dialog is None else dialog.source
         for tag, media in live:
             hold = media.hold_address
             host = None if hold else media.address
             if stream.rtp is not None:
-                stream.rtp.expect(host, media.port, held=hold, tag=tag)
+                stream.rtp.expect(host, media.port, held=hold, tag=tag, source=source)
+                if host is not None:
+                    self._check_policy(stream, media)
             if stream.rtcp is not None:
                 rtcp_host = None if hold else media.rtcp_address
-                stream.rtcp.expect(rtcp_host, media.rtcp_port, held=hold, tag=tag)
+                stream.rtcp.expect(rtcp_host, media.rtcp_port, held=hold, tag=tag, source=source)
         tags = [tag for tag, _ in live]
         for endpoint in (stream.rtp, stream.rtcp):
             if endpoint is not None and len(endpoint.branches) != len(tags):
@@ -1226,6 +1508,9 @@ class MediaManager:
                     continue
                 self._sockets += 1
             stream.rtp, stream.rtcp, stream.base_port = rtp, rtcp, base
+            rtp.on_latch = lambda address, named: self._latched(stream, "RTP", address, named)
+            if rtcp is not None:
+                rtcp.on_latch = lambda address, named: self._latched(stream, "RTCP", address, named)
             self._apply_remote(stream)
             self._route(stream)
             return True
@@ -1267,6 +1552,11 @@ class MediaManager:
         if stream is None:
             return
         _add_traffic(self._released, stream)
+        if stream.rtp is not None:
+            history = dialog.history.get(index)
+            if history is None:
+                history = dialog.history[index] = dict.fromkeys(_CALL_COUNTERS, 0)
+            _stream_traffic(stream, history)
         if stream.channel_id is not None:
             if close:
                 self._close_channel(stream.tunnel, stream.channel_id, reason)

@@ -6,7 +6,9 @@ A L{MediaRelayEndpoint} receives datagrams from the endpoint on its own side
 (the LAN phone on the agent, the operator's media on the contact point) and
 hands them to the tunnel; it writes datagrams that come out of the tunnel to
 that endpoint. It latches (symmetric RTP) only onto the host that the SDP
-negotiated, and counts everything it drops instead of logging per packet.
+negotiated or, on the agent's LAN leg, the host the endpoint's SIP came
+from (its signalling host), and counts everything it drops instead of
+logging per packet.
 When a forked call has several early dialogs, one endpoint holds one
 expectation (and one latch) per branch, keyed by the branch's tag.
 
@@ -65,6 +67,41 @@ class AllowPolicy:
                 self._cache[host] = verdict
         return verdict
 
+    def refusal(self, host: str) -> str | None:
+        """
+        Why media may not go to C{host}, with the option that would allow
+        it (for the log; not on the per-packet path).
+
+        @return: the reason, or C{None} when L{permits} allows C{host}.
+        """
+        if self.permits(host):
+            return None
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return "not an IP address (the SDP must name one)"
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        if address.is_unspecified:
+            return "the unspecified address"
+        if address.is_loopback:
+            suggestion = "127.0.0.0/8" if address.version == 4 else "::1/128"
+        else:
+            suggestion = str(ipaddress.ip_network(address))
+        if self.networks:
+            return (
+                "outside every --media-allow network ({networks}); add"
+                " --media-allow {suggestion}".format(
+                    networks=", ".join(str(n) for n in self.networks),
+                    suggestion=suggestion,
+                )
+            )
+        return (
+            "loopback, link-local, multicast and reserved addresses need"
+            " --media-allow {suggestion} (with --media-allow, media goes only"
+            " to the networks listed)".format(suggestion=suggestion)
+        )
+
     def _decide(self, host: str) -> bool:
         try:
             address = ipaddress.ip_address(host)
@@ -102,11 +139,13 @@ class _Branch:
     endpoint, and where that branch latched.
     """
 
-    __slots__ = ("host", "port", "any_host", "held", "peer", "target")
+    __slots__ = ("host", "port", "source", "any_host", "held", "peer", "target")
 
     def __init__(self) -> None:
         self.host: str | None = None
         self.port: int | None = None
+        # the signalling host (not strict only): may latch like host
+        self.source: str | None = None
         self.any_host = False
         self.held = False
         self.peer: tuple[str, int] | None = None
@@ -121,8 +160,11 @@ class MediaRelayEndpoint(DatagramProtocol):
     Inbound (from our side's endpoint): a datagram from the latched address
     goes to C{send_datagram(channel_id, data, component)} of the tunnel at
     once. A datagram from elsewhere latches if its host is the one the SDP
-    negotiated (and, in strict mode, its port too) and the allow policy
-    permits it; otherwise it is dropped and counted.
+    negotiated (and, in strict mode, its port too), or, when not strict,
+    if its host is the signalling host given to L{expect} (the source of
+    the SIP flow that carried the SDP), and the allow policy permits it;
+    otherwise it is dropped and counted. Latching onto an address the SDP
+    did not name calls C{on_latch} once per endpoint.
 
     Outbound (from the tunnel, L{send}): written to the latched address, or
     before latching to the address the SDP negotiated; dropped and counted
@@ -151,6 +193,9 @@ class MediaRelayEndpoint(DatagramProtocol):
     @ivar dropped_no_channel: accepted datagrams with no tunnel channel yet.
     @ivar dropped_no_target: datagrams from the tunnel with nowhere to go.
     @ivar latches: times the endpoint latched onto a (new) address.
+    @ivar on_latch: C{on_latch(address, named)} is called the first time
+        the endpoint latches onto an address the SDP did not name
+        (C{named}: the host:port the SDP gave, or C{None}); or C{None}.
     @ivar last_activity: the time of the last traffic, kept by the manager's
         sweep (not per packet), or C{None}.
     """
@@ -191,6 +236,8 @@ class MediaRelayEndpoint(DatagramProtocol):
         self.dropped_send = 0
         self.latches = 0
         self.last_activity: float | None = None
+        self.on_latch: Callable[[tuple[str, int], tuple[str, int] | None], None] | None = None
+        self._told = False
 
     # Twisted glue
 
@@ -238,6 +285,8 @@ class MediaRelayEndpoint(DatagramProtocol):
             self.packets_in += 1
             self.bytes_in += len(data)
             self._send(self._channel_id, data, self.component)
+            if not self._told and self.on_latch is not None:
+                self._report(branch, addr)
         else:
             self.dropped_source += 1
 
@@ -272,6 +321,7 @@ class MediaRelayEndpoint(DatagramProtocol):
         port: int | None,
         held: bool = False,
         tag: str | None = None,
+        source: str | None = None,
     ) -> None:
         """
         Set what the SDP of one branch negotiated for our side's endpoint.
@@ -286,11 +336,18 @@ class MediaRelayEndpoint(DatagramProtocol):
             early dialog); C{None} for a call with one branch. The caller
             bounds the number of branches (the manager's
             C{max_branches_per_stream}).
+        @param source: the endpoint's signalling host (where the SIP that
+            carried the SDP came from), which may latch like the SDP's host
+            (symmetric RTP for endpoints that do not send from the address
+            they advertise); ignored in strict mode; C{None} keeps what
+            was given before.
         """
         branch = self._branches.get(tag)
         if branch is None:
             branch = self._branches[tag] = _Branch()
         branch.held = held
+        if source is not None and not self.strict:
+            branch.source = normalise_host(source)
         if host is not None:
             normal = normalise_host(host)
             changed = normal != branch.host or (self.strict and port != branch.port)
@@ -298,7 +355,9 @@ class MediaRelayEndpoint(DatagramProtocol):
             branch.port = port
             branch.any_host = normal is None and not self.strict
             if changed and branch.peer is not None:
-                if branch.peer[0] != normal or (self.strict and branch.peer[1] != port):
+                if (
+                    branch.peer[0] != normal and branch.peer[0] != branch.source
+                ) or (self.strict and branch.peer[1] != port):
                     branch.peer = None
         if held:
             branch.target = None
@@ -401,6 +460,18 @@ class MediaRelayEndpoint(DatagramProtocol):
         self.target = targets[0] if targets else None
         self._extra = tuple(targets[1:])
 
+    def _report(self, branch: _Branch, addr: tuple[str, int]) -> None:
+        """
+        Call C{on_latch} if C{addr} is not the address the SDP named.
+        """
+        named = None
+        if branch.host is not None and branch.port:
+            named = (branch.host, branch.port)
+        if named is None or normalise_host(addr[0]) != named[0] or addr[1] != named[1]:
+            self._told = True
+            assert self.on_latch is not None
+            self.on_latch(addr, named)
+
     def _latchable(self, addr: tuple[str, int]) -> _Branch | None:
         """
         @return: the branch that may latch onto C{addr} (one not latched
@@ -416,8 +487,9 @@ class MediaRelayEndpoint(DatagramProtocol):
                 if normal is None:
                     normal = normalise_host(host) or ""
                 if normal != branch.host:
-                    continue
-                if self.strict and port != branch.port:
+                    if normal != branch.source:
+                        continue
+                elif self.strict and port != branch.port:
                     continue
             if branch.peer is None:
                 found = branch

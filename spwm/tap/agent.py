@@ -32,7 +32,7 @@ from spwm.sip.authz import MediaGate
 from spwm.sip.names import ProxyNames, sip_name
 from spwm.sip.proxy import AgentSipProxy
 from spwm.sip.transport import AgentSipRunner, SipTrace
-from spwm.tap.parts import AgentTunnelHandle, Hook, MediaHookAdapter, SipListeners
+from spwm.tap.parts import AgentTunnelHandle, Hook, MediaHookAdapter, SipListeners, flow_source
 from spwm.forward import USE as FORWARD_USE, AgentForwarder
 from spwm.status import Status
 from spwm.tap.common import STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, add_status, limits_from
@@ -142,15 +142,17 @@ def makeService(options: dict, reactor: Any = None) -> IService:
     resumption = AgentResumption(reactor, options["resume-window"], media, handle)
     mux.observers.append(resumption)
     mux.parts["media"] = MediaGate(media, None, mux)
-    core = resumption.wrap(
-        AgentSipProxy(
-            handle,
-            agent_id,
-            media_hook=MediaHookAdapter(media, lambda key: key.current),
-            max_message_size=min(options["max-sip-size"], 65535),
-            names=agent_names(sip_addresses, bool(options["sip-tls-cert"]), options.get("sip-name", ())),
-        )
+    media_hook = MediaHookAdapter(media, lambda key: key.current)
+    proxy = AgentSipProxy(
+        handle,
+        agent_id,
+        media_hook=media_hook,
+        max_message_size=min(options["max-sip-size"], 65535),
+        names=agent_names(sip_addresses, bool(options["sip-tls-cert"]), options.get("sip-name", ())),
     )
+    # media from the phone's signalling host latches (docs/media.md)
+    media_hook.source = flow_source(proxy.flows, reactor)
+    core = resumption.wrap(proxy)
     runner = AgentSipRunner(core, reactor, trace=sip_trace(options))
     resumption.session_lost = runner.close_stream_flows
     mux.sip = runner

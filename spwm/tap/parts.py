@@ -129,14 +129,20 @@ class MediaHookAdapter:
     Between a SIP core and a L{spwm.media.manager.MediaManager}: maps the
     core's tunnel key to the tunnel connection (the agent has a stable
     handle), and turns malformed SDP into a logged pass-through instead of
-    an exception in the SIP path.
+    an exception in the SIP path. On the agent it also tells the manager
+    each dialog's signalling host (where the phone's SIP flow comes from),
+    which may latch media (C{docs/media.md}, "Latching").
+
+    @ivar source: C{source(dialog_key)}: the signalling host of our side's
+        endpoint in that dialog, or C{None}; see L{flow_source}.
     """
 
     log = Logger()
 
-    def __init__(self, manager: Any, resolve: Any = None) -> None:
+    def __init__(self, manager: Any, resolve: Any = None, source: Any = None) -> None:
         self._manager = manager
         self._resolve = resolve or (lambda key: key)
+        self.source = source
         self.sdp_errors = 0
 
     def sdp_into_tunnel(
@@ -145,8 +151,9 @@ class MediaHookAdapter:
         tunnel = self._resolve(key)
         if tunnel is None:
             return
+        source = None if self.source is None else self.source(dialog_key)
         try:
-            self._manager.sdp_into_tunnel(tunnel, dialog_key, content_type, body, tag=tag)
+            self._manager.sdp_into_tunnel(tunnel, dialog_key, content_type, body, tag=tag, source=source)
         except SdpError as e:
             self.sdp_errors += 1
             self.log.warn("malformed SDP in dialog {dialog}: {reason}", dialog=dialog_key, reason=str(e))
@@ -157,8 +164,11 @@ class MediaHookAdapter:
         tunnel = self._resolve(key)
         if tunnel is None:
             return body
+        source = None if self.source is None else self.source(dialog_key)
         try:
-            return self._manager.sdp_out_of_tunnel(tunnel, dialog_key, content_type, body, tag=tag)
+            return self._manager.sdp_out_of_tunnel(
+                tunnel, dialog_key, content_type, body, tag=tag, source=source
+            )
         except SdpError as e:
             self.sdp_errors += 1
             self.log.warn("malformed SDP in dialog {dialog}: {reason}", dialog=dialog_key, reason=str(e))
@@ -175,6 +185,27 @@ class MediaHookAdapter:
         tunnel = self._resolve(key)
         if tunnel is not None:
             self._manager.dialog_ended(tunnel, dialog_key)
+
+
+def flow_source(flows: Any, clock: Any) -> Any:
+    """
+    For the agent's L{MediaHookAdapter}: the signalling host of a dialog,
+    read from the agent proxy's L{spwm.sip.flows.FlowTable} by the flow
+    id in the dialog key (C{FLOW/CALL-ID}, L{spwm.sip.proxy.dialog_key}).
+
+    @param flows: the agent proxy's C{flows}.
+    @param clock: provides C{seconds()}.
+    @return: C{source(dialog_key) -> str | None}.
+    """
+
+    def source(dialog_key: str) -> str | None:
+        flow_id, _, _ = dialog_key.partition("/")
+        if not flow_id.isdigit():
+            return None
+        flow = flows.lookup(int(flow_id), clock.seconds())
+        return None if flow is None else flow.remote[0]
+
+    return source
 
 
 class SipOnly:

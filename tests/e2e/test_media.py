@@ -147,6 +147,32 @@ class SpwmMediaTests(MediaTestBase):
         self.assertEqual(phone_rtcp["sources"], [f"{AGENT}:{agent_port + 1}"])
         self.assertPortsClosed()
 
+    def test_multihomed_phone_latched(self) -> None:
+        """
+        alice's SDP names 192.0.2.99 (where nothing listens) while she
+        sends SIP and RTP from PHONE (a phone with two interfaces): the
+        agent latches on her signalling host, her RTP reaches bob and
+        bob's comes back to PHONE (counted at both ends); the agent says
+        once that it latched to an address the SDP did not name, and both
+        halves log the call's start, answer (with the codec) and end.
+        """
+        pcap = short_pcap(PCAP, self.logdir / "rtp80.pcap", 80)
+        self.count_media(6000)
+        uas = self.sipp_uas()
+        uac = self.background_uac(
+            "uac_rtp_multihomed.xml", "alice-calls-bob", ["-d", "4000"],
+            keys={"pcap": str(pcap), "sdp_ip": "192.0.2.99"},
+        )
+        self.assertSippSuccess(self.wait_sipp(uac))
+        self.assertSippSuccess(self.sipp_finish(uas))
+        self.assertBothWays(self.media_counts(6000), 70)
+        log = self.agent.stdout()
+        self.assertEqual(log.count(f"RTP from {PHONE}:6000, not the address its SDP named (192.0.2.99:6000)"), 1, log[-3000:])
+        self.assertIn("answered from the operator leg: codec PCMA/8000", self.contact.stdout())
+        for text in (log, self.contact.stdout()):
+            self.assertRegex(text, r"call \S+ ended \(dialog ended\) after [0-9.]+s, answered for")
+        self.assertPortsClosed()
+
     def test_audio_and_video(self) -> None:
         """
         A call with an audio and a video stream: both are relayed both

@@ -165,6 +165,29 @@ class EpollRelaySocketsTests(TestCase):
         self.assertEqual(sent, [(7, b"from-phone", 0)])
         self.assertEqual(endpoint.peer, me)
 
+    async def test_relay_endpoint_latches_on_signalling_host(self) -> None:
+        """
+        A phone whose SDP names 127.0.0.2 (where nothing listens) and that
+        sends from 127.0.0.1, its signalling host: the endpoint latches
+        onto the address it sends from and replies reach it there.
+        """
+        endpoint = MediaRelayEndpoint()
+        relay, port = self._listen(endpoint)
+        sent: list[tuple[int, bytes, int]] = []
+        told: list[Any] = []
+        endpoint.attach(lambda c, d, k: sent.append((c, d, k)), 7)
+        endpoint.on_latch = lambda address, named: told.append((address, named))
+        me = self.client.getsockname()
+        endpoint.expect("127.0.0.2", 4000, source="127.0.0.1")
+        self.client.sendto(b"from-phone", ("127.0.0.1", port))
+        await wait_until(lambda: sent, 5)
+        endpoint.send(b"to-phone")
+        self.client.settimeout(5)
+        data, source = self.client.recvfrom(100)
+        self.assertEqual((data, source), (b"to-phone", ("127.0.0.1", port)))
+        self.assertEqual(sent, [(7, b"from-phone", 0)])
+        self.assertEqual(told, [(me, ("127.0.0.2", 4000))])
+
     async def test_ipv6_address_is_host_and_port(self) -> None:
         """
         On IPv6 the protocol gets C{(host, port)}, as from C{listenUDP}.
