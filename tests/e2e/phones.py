@@ -20,7 +20,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Mapping
 
 from attrs import define, field
 from cryptography import x509
@@ -32,7 +31,6 @@ from spwm.testing.certs import CertFiles, TestCA
 from .netbed import (
     AGENT,
     REPO_ROOT,
-    SIP_DOMAIN,
     USERS,
     ManagedProcess,
     NetbedError,

@@ -24,12 +24,12 @@ import os
 import time
 from typing import Callable
 
-from twisted.trial.unittest import SkipTest
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from spwm.testing.certs import TestCA
 
-from .netbed import AGENT, CONTACT, ECHO, KAMAILIO, PHONE_HOST, PHONE_SECOND_ADDRESS, UAS, NetbedError
-from .phones import Baresip, Linphone, Phone, Pjsip, agent_certificate, missing_clients
+from .netbed import AGENT, CONTACT, ECHO, KAMAILIO, PHONE_SECOND_ADDRESS, REPO_ROOT, UAS, NetbedError
+from .phones import CLIENTS, Baresip, Linphone, Phone, Pjsip, agent_certificate, missing_clients
 from .sipbed import AGENT_MEDIA_PORTS, PCAP, SpwmSipTestCase
 
 FAR = "{ %s, %s }" % (UAS, ECHO)
@@ -268,3 +268,36 @@ class PjsipInteropTests(InteropTestCase):
             ("registrar-udp", self.phone(False, "frank", "udp"), "in"),
             ("registrar-tls", self.phone(False, "grace", "tls"), "in"),
         ])
+
+
+def _without_comments(text: str) -> str:
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    return "\n".join(lines).strip()
+
+
+class QuickstartSnippetTests(SynchronousTestCase):
+    """
+    C{docs/quickstart.md} shows the files the interop tests run, as they
+    are (no root needed).
+    """
+
+    def setUp(self) -> None:
+        self.quickstart = (REPO_ROOT / "docs" / "quickstart.md").read_text()
+
+    def assertShown(self, text: str, where: str) -> None:
+        self.assertIn(text, self.quickstart, f"docs/quickstart.md no longer shows {where} as it is")
+
+    def test_baresip(self) -> None:
+        self.assertShown((CLIENTS / "baresip" / "config").read_text(), "examples/clients/baresip/config")
+        self.assertShown(_without_comments((CLIENTS / "baresip" / "accounts").read_text()),
+                         "the line of examples/clients/baresip/accounts")
+
+    def test_linphone(self) -> None:
+        self.assertShown(_without_comments((CLIENTS / "linphone" / "linphonerc-outbound").read_text()),
+                         "examples/clients/linphone/linphonerc-outbound")
+
+    def test_pjsip(self) -> None:
+        text = (CLIENTS / "pjsip" / "phone.py").read_text()
+        start = text.index("# -- CONFIGURATION")
+        end = text.index("# ----", start + 10)
+        self.assertShown(text[start:end], "the configuration block of examples/clients/pjsip/phone.py")
