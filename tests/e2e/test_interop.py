@@ -28,7 +28,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from spwm.testing.certs import TestCA
 
-from .netbed import AGENT, CONTACT, ECHO, KAMAILIO, PHONE_SECOND_ADDRESS, REPO_ROOT, UAS, NetbedError
+from .netbed import AGENT, CONTACT, ECHO, KAMAILIO, PHONE_SECOND_ADDRESS, REPO_ROOT, UAS, USERS, NetbedError, sipp_argv
 from .phones import CLIENTS, Baresip, Linphone, Phone, Pjsip, agent_certificate, missing_clients
 from .sipbed import AGENT_MEDIA_PORTS, PCAP, SpwmSipTestCase
 
@@ -159,12 +159,38 @@ class InteropTestCase(SpwmSipTestCase):
         if short:
             raise AssertionError(f"call in: too few RTP packets at {short}: {delta}")
 
+    def call_in_hold_resume(self, phone: Phone, tag: str) -> None:
+        """
+        carol calls the phone's user (C{uac_rtp_held.xml}, in the
+        background); the phone answers by itself: audio both ways; the
+        phone holds and resumes: audio both ways again; carol hangs up and
+        her SIPp saw both re-INVITEs.
+        """
+        name = f"carol-calls-{tag}"
+        argv = sipp_argv(
+            "uac_rtp_held.xml", f"{KAMAILIO}:5060", ECHO, 5060, name, self.logdir,
+            keys={"user": "carol", "pcap": PCAP},
+            extra=["-s", phone.user, "-au", "carol", "-ap", USERS["carol"], "-m", "1",
+                   "-d", "3000", "-mi", ECHO, "-mp", "6000",
+                   "-recv_timeout", "10000", "-timeout", "30s", "-timeout_error"],
+        )
+        carol = self.topology.spawn("op", name, argv, cwd=self.logdir)
+        self.wait_media()
+        self.media_flows(1.5, "call in")
+        phone.hold()
+        time.sleep(1.0)
+        phone.resume()
+        time.sleep(0.5)
+        self.media_flows(1.5, "call in, after resume")
+        self.assertSippSuccess(self.wait_sipp(carol, timeout=20.0))
+
     def run_configurations(self, configurations: list[tuple[str, Callable[[], Phone], str]]) -> None:
         """
         Run each configuration (tag, a function making the phone, the
-        calls: C{"out"}, C{"in"} or C{"out in"}) in turn: the phone
-        registers, calls out (with hold and resume) and is called; fail at
-        the end naming every configuration that failed and why.
+        calls: C{"out"} a call out with hold and resume, C{"in"} a call
+        in, C{"in-hold"} a call in that the phone holds and resumes) in
+        turn after the phone registered; fail at the end naming every
+        configuration that failed and why.
         """
         failures = []
         for tag, make, calls in configurations:
@@ -176,6 +202,8 @@ class InteropTestCase(SpwmSipTestCase):
                     self.call_out_hold_resume(phone, tag)
                 if "in" in calls.split():
                     self.call_in(phone, tag)
+                if "in-hold" in calls.split():
+                    self.call_in_hold_resume(phone, tag)
             except (AssertionError, NetbedError) as e:
                 failures.append(f"{tag}: {e}")
                 (self.logdir / "failures.txt").open("a").write(f"{tag}: {e}\n")
@@ -236,8 +264,8 @@ class LinphoneInteropTests(InteropTestCase):
             ("outbound-udp", self.phone("outbound", "alice", "udp"), "out in"),
             ("outbound-tcp", self.phone("outbound", "dave", "tcp"), "out in"),
             ("outbound-tls", self.phone("outbound", "erin", "tls"), "out in"),
-            ("registrar-udp", self.phone("registrar", "frank", "udp"), "in"),
-            ("registrar-tls", self.phone("registrar", "grace", "tls"), "in"),
+            ("registrar-udp", self.phone("registrar", "frank", "udp"), "in-hold"),
+            ("registrar-tls", self.phone("registrar", "grace", "tls"), "in-hold"),
         ])
 
 
@@ -265,8 +293,8 @@ class PjsipInteropTests(InteropTestCase):
             ("outbound-udp", self.phone(True, "alice", "udp"), "out in"),
             ("outbound-tcp", self.phone(True, "dave", "tcp"), "out in"),
             ("outbound-tls", self.phone(True, "erin", "tls"), "out in"),
-            ("registrar-udp", self.phone(False, "frank", "udp"), "in"),
-            ("registrar-tls", self.phone(False, "grace", "tls"), "in"),
+            ("registrar-udp", self.phone(False, "frank", "udp"), "in-hold"),
+            ("registrar-tls", self.phone(False, "grace", "tls"), "in-hold"),
         ])
 
 
