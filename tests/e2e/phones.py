@@ -191,7 +191,7 @@ class Baresip(Phone):
         )
         if self.net_interface:
             # SIP from the first interface, SDP naming the second one
-            config = config.replace("0.0.0.0:5060", f"{PHONE_HOST}:5060")
+            config = config.replace("0.0.0.0:5080", f"{PHONE_HOST}:5080")
             config += f"net_interface   {self.net_interface}\n"
         (directory / "config").write_text(config)
         accounts = render((CLIENTS / "baresip" / "accounts").read_text(), self.user, self.transport, self.ca_file)

@@ -80,10 +80,10 @@ def main() -> None:
     endpoint.libInit(config)
     for kind in (pj.PJSIP_TRANSPORT_UDP, pj.PJSIP_TRANSPORT_TCP):
         transport = pj.TransportConfig()
-        transport.port = 5060
+        transport.port = 5100  # this phone's own port
         endpoint.transportCreate(kind, transport)
     tls = pj.TransportConfig()
-    tls.port = 5061
+    tls.port = 5101
     tls.tlsConfig.CaListFile = CA_FILE
     tls.tlsConfig.verifyServer = True
     endpoint.transportCreate(pj.PJSIP_TRANSPORT_TLS, tls)
