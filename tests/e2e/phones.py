@@ -333,6 +333,7 @@ class Pjsip(FifoPhone):
     """
 
     outbound: bool = field(default=True)
+    sdp_address: str | None = field(default=None)
 
     def start(self) -> None:
         directory = self.logdir / self.name
@@ -346,6 +347,10 @@ class Pjsip(FifoPhone):
         text = text.replace(f'CA_FILE = "{DOC_CA}"', f'CA_FILE = "{self.ca_file}"')
         if not self.outbound:
             text = text.replace("OUTBOUND_PROXY = True", "OUTBOUND_PROXY = False")
+        if self.sdp_address:
+            # a phone with a second interface: its SDP names that one
+            line = "    account_config.idUri = ADDRESS_OF_RECORD\n"
+            text = text.replace(line, line + f"    account_config.mediaConfig.transportConfig.publicAddress = {self.sdp_address!r}\n")
         (directory / "phone.py").write_text(text)
         self.spawn([sys.executable, "-u", str(directory / "phone.py")], directory)
 

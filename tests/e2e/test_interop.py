@@ -230,13 +230,14 @@ class BaresipInteropTests(InteropTestCase):
         The agent as outbound proxy (pre-loaded Route, the only way
         baresip has: its registrar is its AOR's domain) over UDP, TCP and
         TLS; and a baresip whose SDP names its second interface
-        (C{net_interface}) while it sends from its first.
+        (C{net_interface}) while it sends from its first: register, call
+        out, be called.
         """
         self.run_configurations([
             ("outbound-udp", self.phone("outbound-udp", "alice", "udp"), "out in"),
             ("outbound-tcp", self.phone("outbound-tcp", "dave", "tcp"), "out in"),
             ("outbound-tls", self.phone("outbound-tls", "erin", "tls"), "out in"),
-            ("multihomed", self.phone("multihomed", "frank", "udp", PHONE_SECOND_ADDRESS), "out"),
+            ("multihomed", self.phone("multihomed", "frank", "udp", PHONE_SECOND_ADDRESS), "out in"),
         ])
 
 
@@ -257,8 +258,9 @@ class LinphoneInteropTests(InteropTestCase):
         The agent as outbound proxy (C{reg_proxy} and the pre-loaded route
         C{reg_route}) over UDP, TCP and TLS: register, call out, hold,
         resume, be called; the agent as SIP server address only
-        (C{reg_proxy}, no route) over UDP and TLS: register and be called
-        (Linphone sends its own calls to the callee's domain then).
+        (C{reg_proxy}, no route) over UDP and TLS: register, be called,
+        hold and resume (Linphone sends its own calls to the callee's
+        domain then).
         """
         self.run_configurations([
             ("outbound-udp", self.phone("outbound", "alice", "udp"), "out in"),
@@ -274,20 +276,22 @@ class PjsipInteropTests(InteropTestCase):
 
     client = "pjsip"
 
-    def phone(self, outbound: bool, user: str, transport: str) -> Callable[[], Phone]:
-        tag = f"{'outbound' if outbound else 'registrar'}-{transport}"
+    def phone(self, outbound: bool, user: str, transport: str, sdp_address: str | None = None) -> Callable[[], Phone]:
+        tag = f"{'outbound' if outbound else 'registrar'}-{transport}" + ("-multihomed" if sdp_address else "")
         return lambda: Pjsip(
             self.topology, self.logdir, f"pjsip-{tag}", user, transport, self.agent_ca,
-            outbound=outbound,
+            outbound=outbound, sdp_address=sdp_address,
         )
 
     def test_configurations(self) -> None:
         """
         The agent as outbound proxy (C{proxies}, a pre-loaded Route) over
         UDP, TCP and TLS: register, call out, hold, resume, be called; the
-        agent as registrar (C{registrarUri}) over UDP and TLS: register and
-        be called (without a proxy PJSIP sends its own calls to the
-        callee's domain).
+        agent as registrar (C{registrarUri}) over UDP and TLS: register, be
+        called, hold and resume (without a proxy PJSIP sends its own calls
+        to the callee's domain); and a PJSIP whose SDP names its second
+        interface (the media transport's C{publicAddress}) while it sends
+        from its first: register, call out, be called.
         """
         self.run_configurations([
             ("outbound-udp", self.phone(True, "alice", "udp"), "out in"),
@@ -295,6 +299,7 @@ class PjsipInteropTests(InteropTestCase):
             ("outbound-tls", self.phone(True, "erin", "tls"), "out in"),
             ("registrar-udp", self.phone(False, "frank", "udp"), "in-hold"),
             ("registrar-tls", self.phone(False, "grace", "tls"), "in-hold"),
+            ("multihomed", self.phone(True, "heidi", "udp", PHONE_SECOND_ADDRESS), "out in"),
         ])
 
 
