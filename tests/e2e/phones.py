@@ -66,6 +66,8 @@ def render(text: str, user: str, transport: str, ca_file: str) -> str:
     """
     port, param = TRANSPORTS[transport]
     text = text.replace(f"{DOC_AGENT}:5060;transport=udp", f"{DOC_AGENT}:{port};{param}")
+    # without a port (5060, or 5061 for TLS, by default)
+    text = text.replace(f"{DOC_AGENT};transport=udp", f"{DOC_AGENT};{param}")
     text = text.replace(DOC_AGENT, AGENT)
     text = text.replace(DOC_CA, ca_file)
     text = text.replace(DOC_PASSWORD, USERS[user])
