@@ -111,7 +111,7 @@ def missing_clients() -> dict[str, str]:
     """
     missing = {}
     if shutil.which("baresip") is None:
-        missing["baresip"] = "baresip (Debian package baresip)"
+        missing["baresip"] = "baresip (Debian package baresip-core)"
     if shutil.which("linphonec") is None:
         missing["linphone"] = "linphonec (Debian package linphone-cli)"
     try:
