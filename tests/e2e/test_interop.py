@@ -9,9 +9,12 @@ other than the one it sends from.
 
 In each configuration the phone registers at Kamailio with digest
 authentication, calls bob (a SIPp UAS echoing RTP), holds and resumes that
-call, hangs up, and is called by carol (SIPp on the operator network).
-Audio is counted by the kernel at both ends of each call (nft counters in
-the phone's namespace and at the far end), so one-way audio fails.
+call, hangs up, and is called by carol (SIPp on the operator network); a
+phone with the agent as registrar only cannot call out through it, so it
+holds and resumes the call it receives instead.  Audio is counted by the
+kernel at both ends of each call (nft counters in the phone's namespace
+and at the far end), so one-way audio fails; no request may reach Kamailio
+with a top Route naming the agent.  docs/testing.md has the matrix.
 
 One bed per client (one Kamailio, contact point and agent); the
 configurations run one after the other in it, each as its own user, and
