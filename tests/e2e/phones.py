@@ -126,8 +126,11 @@ class Phone:
     """
     One running SIP client.
 
-    @ivar name: process name (log files C{<name>.*}).
-    @ivar user: its user at Kamailio.
+    @ivar name: process name (log files C{<name>.*}, rendered files in
+        the directory C{<name>/}, commands sent in C{<name>.commands}).
+    @ivar user: its user at Kamailio (password from L{USERS}).
+    @ivar transport: C{udp}, C{tcp} or C{tls} from the phone to the agent.
+    @ivar ca_file: the CA of the agent's SIP TLS certificate.
     """
 
     topology: Topology
@@ -139,28 +142,36 @@ class Phone:
     process: ManagedProcess | None = field(default=None)
 
     def start(self) -> None:
+        """Render the client's files and start it in the namespace C{ph}."""
         raise NotImplementedError
 
     def command(self, *words: str) -> None:
+        """Send the client one command of its own language."""
         raise NotImplementedError
 
     def dial(self, uri: str) -> None:
+        """Call C{uri}."""
         raise NotImplementedError
 
     def hold(self) -> None:
+        """Put the current call on hold (a re-INVITE)."""
         raise NotImplementedError
 
     def resume(self) -> None:
+        """Take the current call off hold (a re-INVITE)."""
         raise NotImplementedError
 
     def hangup(self) -> None:
+        """End the current call (BYE)."""
         raise NotImplementedError
 
     def stop(self) -> None:
+        """End the client (SIGTERM to its process group, then SIGKILL)."""
         if self.process is not None:
             self.process.stop(grace=2.0)
 
     def log(self) -> str:
+        """The end of its standard output and error, for messages."""
         if self.process is None:
             return ""
         return (self.process.stdout() + self.process.stderr())[-4000:]
