@@ -10,7 +10,9 @@ Change for your site the values in CONFIGURATION below: your address of
 record and password, the agent's --sip-listen address 192.168.1.10 (TLS:
 port 5061, transport=tls, and the CA of the agent's --sip-tls-cert).
 tests/e2e/test_interop.py runs this file as it is, changing only those
-values (and OUTBOUND_PROXY to run the second configuration).
+values (and OUTBOUND_PROXY to run the second configuration; for a phone
+with two interfaces it adds the line that puts the second one in the SDP,
+account_config.mediaConfig.transportConfig.publicAddress).
 """
 
 import select
