@@ -67,7 +67,10 @@ UAS = "203.0.113.30"
 ECHO = "203.0.113.40"
 
 SIP_DOMAIN = "example.test"
-USERS = {name: "secret-" + name for name in ("alice", "bob", "carol", "dave")}
+USERS = {
+    name: "secret-" + name
+    for name in ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")
+}
 """The test users known to Kamailio, with their digest passwords."""
 
 POLICIES = ("open", "strict")
@@ -81,6 +84,18 @@ _ROLE_ADDRESSES: Mapping[str, tuple[str, ...]] = {
     "gw": (),
     "op": (CONTACT, KAMAILIO, UAS, ECHO),
 }
+
+PHONE_HOST = "192.0.2.130"
+"""A phone on a host of its own (namespace role C{ph}, see
+L{Topology.add_phone_host}): the real SIP clients run there, so that their
+source address is theirs and not one of the agent's."""
+
+PHONE_HOST_GATEWAY = "192.0.2.129"
+"""The LAN namespace's address on the link to the phone host."""
+
+PHONE_SECOND_ADDRESS = "198.51.100.99"
+"""The phone host's second interface (C{wlan0}): nothing routes there, so a
+phone that names it in its SDP can only be answered at its source address."""
 
 COMMAND_TIMEOUT = 10.0
 """Upper bound in seconds for every short command (ip, nft, ...)."""
@@ -465,6 +480,35 @@ class Topology:
             ["ip", "netns", "exec", ns["gw"], "nft", "-f", "-"],
             stdin=_gateway_ruleset(self.open_operator).encode(),
         )
+
+    def add_phone_host(self) -> str:
+        """
+        Add the namespace C{ph}: a phone's own host on a link of its own
+        to the LAN namespace (C{ph0} there, C{192.0.2.129/25}; C{eth0}
+        here, L{PHONE_HOST}C{/25}, default route via the LAN namespace),
+        and a second interface C{wlan0} with L{PHONE_SECOND_ADDRESS}/32 to
+        which nothing routes.  The phone reaches the agent's addresses
+        only; the LAN namespace does not forward.
+
+        @return: the namespace's name.
+        """
+        name = f"spwm-{self.suffix}-ph"
+        run(["ip", "netns", "add", name])
+        self._created.append(name)
+        self.namespaces["ph"] = name
+        lan = self.namespaces["lan"]
+        run(["ip", "-n", name, "link", "set", "lo", "up"])
+        run(["ip", "link", "add", "ph0", "netns", lan, "type", "veth", "peer", "name", "eth0", "netns", name])
+        run(["ip", "-n", lan, "addr", "add", f"{PHONE_HOST_GATEWAY}/25", "dev", "ph0", "nodad"])
+        run(["ip", "-n", lan, "link", "set", "ph0", "up"])
+        run(["ip", "-n", name, "addr", "add", f"{PHONE_HOST}/25", "dev", "eth0", "nodad"])
+        run(["ip", "-n", name, "link", "set", "eth0", "up"])
+        run(["ip", "-n", name, "route", "add", "default", "via", PHONE_HOST_GATEWAY])
+        run(["ip", "-n", name, "link", "add", "wlan0", "type", "veth", "peer", "name", "wlan0p"])
+        run(["ip", "-n", name, "addr", "add", f"{PHONE_SECOND_ADDRESS}/32", "dev", "wlan0", "nodad"])
+        run(["ip", "-n", name, "link", "set", "wlan0p", "up"])
+        run(["ip", "-n", name, "link", "set", "wlan0", "up"])
+        return name
 
     def set_policy(self, policy: str) -> None:
         """
