@@ -25,7 +25,7 @@ class FakeTunnel:
         self.sent: list[tuple[int, bytes]] = []
         self.error: Exception | None = None
 
-    def open_channel(self, kind: Any, meta: dict[str, Any]) -> int:
+    def open_channel(self, kind: Any, meta: dict[str, Any], handler: Any = None) -> int:
         if self.error is not None:
             raise self.error
         self.opened.append(meta)

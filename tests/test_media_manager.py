@@ -16,6 +16,7 @@ from spwm.sdp import parse_sdp
 from spwm.sip.flows import Flow, FlowTable
 from spwm.tap.parts import MediaHookAdapter, flow_source
 from spwm.tunnel.frames import ChannelKind, ErrorCode
+from spwm.tunnel.api import Router
 from spwm.tunnel.connection import ChannelLimitError, TunnelNotOpenError
 
 from .test_media_relay import FakeUdpReactor
@@ -45,12 +46,12 @@ class FakeTunnel:
         self.closed: list[tuple[int, int, str]] = []
         self.datagrams: list[tuple[int, bytes, int]] = []
 
-    def open_channel(self, kind: Any, meta: dict) -> int:
+    def open_channel(self, kind: Any, meta: dict, handler: Any = None) -> int:
         channel_id = self._next
         self._next += 2
         self.opened.append((channel_id, kind, meta))
         if self.other is not None:
-            self.other.app.channel_requested(self.other, channel_id, kind, dict(meta))
+            Router(None, {"media": self.other.app}, None).channel_requested(self.other, channel_id, kind, dict(meta))
         return channel_id
 
     def close_channel(self, channel_id: int, code: int = 0, reason: str = "") -> None:
@@ -383,10 +384,11 @@ class RefusalTests(SynchronousTestCase):
         channel for the same stream are refused with C{REFUSED}.
         """
         reactor, agent, a_end, contact, c_end = _pair()
-        contact.channel_requested(c_end, 1, ChannelKind.STREAM, {"use": "media", "dialog": "d", "stream": 0})
-        contact.channel_requested(c_end, 3, ChannelKind.DATAGRAM, {"use": "media"})
-        contact.channel_requested(c_end, 5, ChannelKind.DATAGRAM, {"use": "media", "dialog": "d", "stream": 0})
-        contact.channel_requested(c_end, 7, ChannelKind.DATAGRAM, {"use": "media", "dialog": "d", "stream": 0})
+        router = Router(None, {"media": contact}, None)
+        router.channel_requested(c_end, 1, ChannelKind.STREAM, {"use": "media", "dialog": "d", "stream": 0})
+        router.channel_requested(c_end, 3, ChannelKind.DATAGRAM, {"use": "media"})
+        router.channel_requested(c_end, 5, ChannelKind.DATAGRAM, {"use": "media", "dialog": "d", "stream": 0})
+        router.channel_requested(c_end, 7, ChannelKind.DATAGRAM, {"use": "media", "dialog": "d", "stream": 0})
         self.assertEqual([c[:2] for c in c_end.closed], [(1, ErrorCode.REFUSED), (3, ErrorCode.REFUSED), (7, ErrorCode.REFUSED)])
         self.assertEqual((contact.refused_channels, contact.open_channels), (3, 1))
 
@@ -397,7 +399,9 @@ class RefusalTests(SynchronousTestCase):
         sweep, not after the (longer) media inactivity timeout.
         """
         reactor, agent, a_end, contact, c_end = _pair()
-        contact.channel_requested(c_end, 5, ChannelKind.DATAGRAM, {"use": "media", "dialog": "d", "stream": 0})
+        Router(None, {"media": contact}, None).channel_requested(
+            c_end, 5, ChannelKind.DATAGRAM, {"use": "media", "dialog": "d", "stream": 0}
+        )
         reactor.advance(PENDING_TIMEOUT - 1)
         self.assertEqual((c_end.closed, contact.open_channels), ([], 1))
         reactor.advance(10)
@@ -432,10 +436,10 @@ class RefusalTests(SynchronousTestCase):
             tunnel = FakeTunnel(2, "agent")
             opened = tunnel.open_channel
 
-            def refuse(kind: Any, meta: dict) -> int:
+            def refuse(kind: Any, meta: dict, handler: Any = None) -> int:
                 if meta["stream"] == 1:
                     raise error
-                return opened(kind, meta)
+                return opened(kind, meta, handler)
 
             tunnel.open_channel = refuse  # type: ignore[method-assign]
             sdp = _sdp(PHONE, ("audio", 4000, ""), ("video", 4002, ""))

@@ -29,7 +29,8 @@ from spwm.media.relay import AllowPolicy
 from spwm.media.tcp import TcpMediaEndpoint, _SideProtocol
 from spwm.sdp import SdpError, TcpRewrite, parse_sdp, rewrite_tcp_media
 from spwm.tunnel.frames import ChannelKind, ErrorCode
-from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux, ContactTunnelFactory
+from spwm.tunnel.api import Router
+from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
 
 from .test_media_relay import FakeUdpReactor
 
@@ -234,13 +235,13 @@ class FakeTunnel:
     def unregister_stream_producer(self, producer: Any) -> None:
         self.producers = [p for p in self.producers if p is not producer]
 
-    def open_channel(self, kind: Any, meta: dict) -> int:
+    def open_channel(self, kind: Any, meta: dict, handler: Any = None) -> int:
         channel_id = self._next
         self._next += 2
         self.opened.append((channel_id, kind, meta))
         self.open[channel_id] = kind
         self.other.open[channel_id] = kind
-        self.other.app.channel_requested(self.other, channel_id, kind, dict(meta))
+        Router(None, {"media": self.other.app}, None).channel_requested(self.other, channel_id, kind, dict(meta))
         return channel_id
 
     def close_channel(self, channel_id: int, code: int = 0, reason: str = "") -> None:
@@ -1085,9 +1086,8 @@ class RealTunnelTests(SynchronousTestCase):
         reactor = FakeTcpReactor()
         agent = MediaManager(reactor, "agent", AGENT_ADDR, (20000, 20099))
         contact = MediaManager(reactor, "contact", CONTACT_ADDR, (30000, 30099))
-        agent_mux = ApplicationMux(parts={"media": agent})
-        contact_mux = ApplicationMux(parts={"media": contact})
-        agent.router, contact.router = agent_mux, contact_mux
+        agent_mux = Router(None, {"media": agent}, None)
+        contact_mux = Router(None, {"media": contact}, None)
         server = ContactTunnelFactory(contact_mux, reactor, limits).buildProtocol(None)
         client = AgentTunnelFactory(agent_mux, reactor, "agent-x", limits).buildProtocol(None)
         pump = iosim.connect(

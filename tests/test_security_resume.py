@@ -240,6 +240,13 @@ class ContactDormantTests(SynchronousTestCase):
 class FakeHandle:
     def __init__(self) -> None:
         self.current: Any = None
+        self.told: list[str] = []
+
+    def tunnel_established(self, tunnel: Any) -> None:
+        self.told.append("established")
+
+    def tunnel_lost(self, tunnel: Any, reason: str) -> None:
+        self.told.append("lost")
 
 
 class AgentDormantTests(SynchronousTestCase):

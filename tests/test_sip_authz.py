@@ -9,7 +9,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.sip.authz import AuthorizingContactProxy, MediaGate
+from spwm.sip.authz import AuthorizingContactProxy, MediaAcceptor
+from spwm.tunnel.api import Router
 from spwm.sip.message import parse_message
 from spwm.sip.actions import ToTunnel
 from spwm.sip.contact_proxy import ContactSipProxy
@@ -17,24 +18,13 @@ from spwm.tunnel.frames import ChannelKind, ErrorCode
 from tests.test_sip_proxy import SDP, FakeTunnel, request
 
 
-class RecordingMux:
-    def __init__(self) -> None:
-        self.routed: list[tuple[Any, int, Any]] = []
-        self.forgotten: list[int] = []
-
-    def channel_opened_locally(self, tunnel: Any, channel_id: int, part: Any) -> None:
-        self.routed.append((tunnel, channel_id, part))
-
-    def forget_channel(self, tunnel: Any, channel_id: int) -> None:
-        self.forgotten.append(channel_id)
-
-
 class RecordingManager:
     def __init__(self) -> None:
         self.requested: list[int] = []
 
-    def channel_requested(self, tunnel: Any, channel_id: int, kind: Any, meta: dict) -> None:
+    def accept(self, tunnel: Any, channel_id: int, kind: Any, meta: dict) -> Any:
         self.requested.append(channel_id)
+        return self
 
 
 class TunnelWithChannels(FakeTunnel):
@@ -161,15 +151,16 @@ class AuthorizationTests(GateTestCase):
         registration they reach the media manager, which then gets the
         channel's datagrams directly.
         """
-        manager, mux = RecordingManager(), RecordingMux()
-        gate = MediaGate(manager, self.proxy, mux)
-        gate.channel_requested(self.tunnel, 1, ChannelKind.DATAGRAM, {"use": "media"})
+        manager = RecordingManager()
+        gate = MediaAcceptor(manager, self.proxy)
+        router = Router(None, {"media": gate}, None)
+        self.assertIsNone(router.channel_requested(self.tunnel, 1, ChannelKind.DATAGRAM, {"use": "media"}))
         self.assertEqual(self.tunnel.closed, [(1, ErrorCode.REFUSED, "media before registration")])
-        self.assertEqual(manager.requested, [])
+        self.assertEqual((manager.requested, gate.refused), ([], 1))
         self.register()
-        gate.channel_requested(self.tunnel, 3, ChannelKind.DATAGRAM, {"use": "media"})
+        handler = router.channel_requested(self.tunnel, 3, ChannelKind.DATAGRAM, {"use": "media"})
         self.assertEqual(manager.requested, [3])
-        self.assertEqual(mux.routed, [(self.tunnel, 3, manager)])
+        self.assertIs(handler, manager)
 
 
 class LimitTests(GateTestCase):

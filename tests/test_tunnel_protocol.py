@@ -18,7 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from spwm.limits import TunnelLimits
 from spwm.testing.certs import TestCA
 from spwm.tunnel.frames import ALPN, ChannelKind, ErrorCode
-from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux, ContactTunnelFactory
+from spwm.tunnel.api import Router
+from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
 from spwm.tunnel.service import PLAINTEXT_ANSWER, ReportingClientTLS, describe_failure, server_tls_options
 
 
@@ -457,16 +458,18 @@ class AdapterTests(SynchronousTestCase):
 
 class MuxTests(SynchronousTestCase):
     """
-    L{ApplicationMux} routes channels by use.
+    L{Router} routes channels by use.
     """
 
     def test_routes_by_use_and_refuses_unknown(self) -> None:
         """
-        A channel goes to the part for its use; an unknown use is refused.
+        A channel goes to the handler the acceptor of its use returns; an
+        unknown use is refused.
         """
         clock = Clock()
         part = RecordingApp()
-        mux = ApplicationMux(sip=part, parts={"media": part})
+        part.accept = lambda tunnel, channel_id, kind, meta: part  # type: ignore[attr-defined]
+        mux = Router(part, {"media": part}, None)
         agent_app = RecordingApp()
         factory = ContactTunnelFactory(mux, clock)
         agent_factory = AgentTunnelFactory(agent_app, clock, "a")

@@ -143,9 +143,16 @@ class AgentResumption(_Lifecycle):
         media: Any,
         handle: Any,
         session_lost: Callable[[list[int]], Any] | None = None,
+        forwarder: Any = None,
     ) -> None:
+        """
+        @param handle: the agent's tunnel handle (C{AgentTunnelHandle}),
+            told first of a tunnel's life.
+        @param forwarder: the UDP forwards (C{AgentForwarder}), told last.
+        """
         super().__init__(clock, window, media, None)
         self.handle = handle
+        self.forwarder = forwarder
         self.watcher = RegistrationWatcher()
         self.keys: dict[str, bytes] = {}
         #: user id -> the application flow that registered it
@@ -203,6 +210,16 @@ class AgentResumption(_Lifecycle):
         return {"resume": {"session_id": self.session_id, "users": sorted(self.keys)[:MAX_RESUME_USERS]}}
 
     def tunnel_established(self, tunnel: Any) -> None:
+        """
+        The one observer of the agent's tunnels: the handle, the
+        resumption offer, the forwards, in this order.
+        """
+        self.handle.tunnel_established(tunnel)
+        self._offer(tunnel)
+        if self.forwarder is not None:
+            self.forwarder.tunnel_established(tunnel)
+
+    def _offer(self, tunnel: Any) -> None:
         challenge = tunnel.peer_hello.get("challenge")
         if self._suspended is None and not self.dormant:
             return
@@ -248,6 +265,12 @@ class AgentResumption(_Lifecycle):
             self._release(str(message.get("reason", "refused")))
 
     def tunnel_lost(self, tunnel: Any, reason: str) -> None:
+        self.handle.tunnel_lost(tunnel, reason)
+        self._suspend(tunnel, reason)
+        if self.forwarder is not None:
+            self.forwarder.tunnel_lost(tunnel, reason)
+
+    def _suspend(self, tunnel: Any, reason: str) -> None:
         if self.keys and self.window > 0 and not self._stopping:
             self._suspended = tunnel
             self.media.tunnel_suspended(tunnel)
@@ -354,9 +377,20 @@ class ContactResumption(_Lifecycle):
     """
 
     def __init__(
-        self, clock: IReactorTime, window: float, media: Any, sip_runner: Any, max_dormant: int = MAX_DORMANT
+        self,
+        clock: IReactorTime,
+        window: float,
+        media: Any,
+        sip_runner: Any,
+        max_dormant: int = MAX_DORMANT,
+        forwarder: Any = None,
     ) -> None:
+        """
+        @param forwarder: the UDP forward targets (C{ContactForwarder}),
+            told when a tunnel is lost.
+        """
         super().__init__(clock, window, media, sip_runner)
+        self.forwarder = forwarder
         self.keys: dict[str, dict[str, bytes]] = {}
         #: session id -> user id -> the agent's flow that registered it
         self.flows: dict[str, dict[str, int]] = {}
@@ -412,6 +446,15 @@ class ContactResumption(_Lifecycle):
         self.sip.tunnel_established(tunnel)
 
     def tunnel_lost(self, tunnel: Any, reason: str) -> None:
+        """
+        The one observer of the contact point's tunnels: the session, then
+        the forwards.
+        """
+        self._session_lost(tunnel, reason)
+        if self.forwarder is not None:
+            self.forwarder.tunnel_lost(tunnel, reason)
+
+    def _session_lost(self, tunnel: Any, reason: str) -> None:
         if id(tunnel) in self._taken_over:
             self._taken_over.discard(id(tunnel))
             return
