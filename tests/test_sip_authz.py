@@ -15,7 +15,8 @@ from spwm.sip.message import parse_message
 from spwm.sip.actions import ToTunnel
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.tunnel.frames import ChannelKind, ErrorCode
-from tests.test_sip_proxy import SDP, FakeTunnel, request
+from spwm.testing.tunnel import FakeTunnel
+from tests.test_sip_proxy import SDP, request
 
 
 class RecordingManager:
@@ -27,15 +28,6 @@ class RecordingManager:
         return self
 
 
-class TunnelWithChannels(FakeTunnel):
-    def __init__(self, session_id: str) -> None:
-        super().__init__(session_id)
-        self.closed: list[tuple[int, int, str]] = []
-
-    def close_channel(self, channel_id: int, code: int = 0, reason: str = "") -> None:
-        self.closed.append((channel_id, code, reason))
-
-
 class GateTestCase(SynchronousTestCase):
     """
     The contact point's gate in front of its SIP core (embedded registrar).
@@ -43,7 +35,7 @@ class GateTestCase(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.proxy = AuthorizingContactProxy(ContactSipProxy(("203.0.113.10", 5060), b"k" * 32))
-        self.tunnel = TunnelWithChannels("s-1")
+        self.tunnel = FakeTunnel("s-1")
         self.proxy.tunnel_attached(self.tunnel, "s-1")
 
     def send(self, data: bytes, flow: int = 1) -> list[Any]:
@@ -133,7 +125,7 @@ class AuthorizationTests(GateTestCase):
         One tunnel's registration authorises that tunnel only.
         """
         self.register("alice")
-        other = TunnelWithChannels("s-2")
+        other = FakeTunnel("s-2")
         self.proxy.tunnel_attached(other, "s-2")
         actions = self.proxy.from_tunnel(other, "s-2", 1, request("MESSAGE", "sip:bob@example.org", call_id="m4"), 10.0)
         self.assertEqual(self.statuses(actions), [403])
