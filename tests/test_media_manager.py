@@ -16,6 +16,7 @@ from spwm.sdp import parse_sdp
 from spwm.sip.flows import Flow, FlowTable
 from spwm.tap.parts import MediaHookAdapter, flow_source
 from spwm.tunnel.frames import ChannelKind, ErrorCode
+from spwm.testing.tunnel import FakeTunnel as BaseFakeTunnel
 from spwm.tunnel.api import Router
 from spwm.tunnel.connection import ChannelLimitError, TunnelNotOpenError
 
@@ -28,39 +29,30 @@ OPERATOR = "203.0.113.20"
 DIALOG = "call-1;from-tag=a;to-tag=b"
 
 
-class FakeTunnel:
+class FakeTunnel(BaseFakeTunnel):
     """
     One end of a fake tunnel: channel control goes to the peer end's
     manager at once (in order, like the real tunnel), datagrams too.
-
-    @ivar opened: C{(channel_id, kind, meta)} for each channel we opened.
-    @ivar closed: C{(channel_id, code, reason)} for each channel we closed.
     """
 
     def __init__(self, first_id: int, peer_name: str) -> None:
-        self._next = first_id
-        self.peer = peer_name
+        super().__init__(peer=peer_name, first_channel=first_id)
         self.other: FakeTunnel | None = None
         self.app: Any = None
-        self.opened: list[tuple[int, Any, dict]] = []
-        self.closed: list[tuple[int, int, str]] = []
-        self.datagrams: list[tuple[int, bytes, int]] = []
 
     def open_channel(self, kind: Any, meta: dict, handler: Any = None) -> int:
-        channel_id = self._next
-        self._next += 2
-        self.opened.append((channel_id, kind, meta))
+        channel_id = super().open_channel(kind, meta, handler)
         if self.other is not None:
             Router(None, {"media": self.other.app}, None).channel_requested(self.other, channel_id, kind, dict(meta))
         return channel_id
 
     def close_channel(self, channel_id: int, code: int = 0, reason: str = "") -> None:
-        self.closed.append((channel_id, code, reason))
+        super().close_channel(channel_id, code, reason)
         if self.other is not None:
             self.other.app.channel_closed(self.other, channel_id, code, reason)
 
     def send_datagram(self, channel_id: int, data: bytes, component: int = 0) -> None:
-        self.datagrams.append((channel_id, data, component))
+        super().send_datagram(channel_id, data, component)
         if self.other is not None:
             self.other.app.datagram_received(self.other, channel_id, data, component)
 

@@ -49,7 +49,7 @@ class FakeTunnel:
         self._session_id = session_id
         self._agent_id = agent_id
         self.peer = peer
-        self.open = True
+        self.up = True
         self.congested = False
         self.sip_sent: list[tuple[int, bytes]] = []
         self.controls: list[dict[str, Any]] = []
@@ -78,16 +78,16 @@ class FakeTunnel:
 
     @property
     def is_open(self) -> bool:
-        return self.open
+        return self.up
 
     def send_sip(self, flow_id: int, data: bytes) -> bool:
-        if not self.open:
+        if not self.up:
             return False
         self.sip_sent.append((flow_id, data))
         return True
 
     def send_control(self, message: dict[str, Any]) -> bool:
-        if not self.open:
+        if not self.up:
             return False
         self.controls.append(message)
         return True
