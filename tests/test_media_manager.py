@@ -829,7 +829,7 @@ class FlowSourceTests(SynchronousTestCase):
         options.parseOptions(["--contact", "198.51.100.1:443", "--plaintext"])
         core = build_agent(options.config, MemoryReactorClock()).sip_core
         fid = core.flows.use(Flow("tcp", ("127.0.0.1", 5060), ("192.0.2.20", 40000), 3), 0.0)
-        self.assertEqual(core.media_hook.source(f"{fid}/call-1"), "192.0.2.20")
+        self.assertEqual(core.core.media_hook.source(f"{fid}/call-1"), "192.0.2.20")
 
 
 class PolicyLogTests(SynchronousTestCase):

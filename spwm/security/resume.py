@@ -346,8 +346,40 @@ class _ObservedAgentCore:
         self._core = core
         self._resumption = resumption
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._core, name)
+    # The rest of the core's interface, passed on.
+    @property
+    def core(self) -> Any:
+        """
+        The agent proxy this watches.
+        """
+        return self._core
+
+    @property
+    def tunnel_key(self) -> Any:
+        return self._core.tunnel_key
+
+    @property
+    def flows(self) -> Any:
+        return self._core.flows
+
+    @property
+    def names(self) -> Any:
+        return self._core.names
+
+    def busy(self, now: float) -> bool:
+        return bool(self._core.busy(now))
+
+    def flow_closed(self, flow: Any) -> None:
+        self._core.flow_closed(flow)
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._core.status())
+
+    def next_deadline(self) -> float | None:
+        return self._core.next_deadline()
+
+    def handle_timer(self, now: float) -> list[Any]:
+        return self._core.handle_timer(now)
 
     def from_app(self, flow: Any, data: bytes, now: float, *, congested: bool = False) -> list[Any]:
         actions = self._core.from_app(flow, data, now, congested=congested)

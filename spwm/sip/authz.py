@@ -22,7 +22,7 @@ from typing import Any, Callable
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import make_response, parse_message
 from spwm.sip.actions import Dropped, ToTunnel
-from spwm.sip.contact_proxy import never_congested
+from spwm.sip.contact_proxy import ContactSipProxy, never_congested
 from spwm.sip.uri import parse_name_addr, parse_uri
 from spwm.tunnel.api import ChannelAcceptor, ChannelHandler, Refusal
 from spwm.tunnel.frames import ChannelKind
@@ -75,8 +75,48 @@ class AuthorizingContactProxy:
         self._identities: dict[str, tuple[tuple[str, ...], set[tuple[str, str]]]] = {}
         self.refused: dict[str, int] = {}
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._core, name)
+    # -- the core's interface, passed on ---------------------------------
+
+    @property
+    def core(self) -> ContactSipProxy:
+        """
+        The contact proxy this wraps.
+        """
+        return self._core
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._core.address
+
+    @property
+    def names(self) -> Any:
+        return self._core.names
+
+    @property
+    def registrar(self) -> Any:
+        return self._core.registrar
+
+    @property
+    def secret(self) -> bytes:
+        return self._core.secret
+
+    def tunnel_attached(self, tunnel_key: Any, session_id: str) -> None:
+        self._core.tunnel_attached(tunnel_key, session_id)
+
+    def registrations(self, session_id: str) -> list[Any]:
+        return self._core.registrations(session_id)
+
+    def export_registrations(self, session_id: str, now: float) -> dict[str, Any]:
+        return self._core.export_registrations(session_id, now)
+
+    def import_registrations(self, session_id: str, data: Any, now: float) -> int:
+        return self._core.import_registrations(session_id, data, now)
+
+    def next_deadline(self) -> float | None:
+        return self._core.next_deadline()
+
+    def handle_timer(self, now: float) -> list[Any]:
+        return self._core.handle_timer(now)
 
     def identities(self, session_id: str) -> set[tuple[str, str]]:
         """
