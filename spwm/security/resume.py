@@ -244,7 +244,7 @@ class AgentResumption(_Lifecycle):
             old, self._suspended = self._suspended, None
             self.dormant = False
             self._cancel()
-            tunnel.connection.session_id = self.session_id
+            tunnel.adopt_session(self.session_id)
             for user, key in self.keys.items():
                 tunnel.bind_flow_key(self.flows[user], key)
             if old is not None and message.get("media") is False:
@@ -721,7 +721,7 @@ class ContactResumption(_Lifecycle):
         self.sip.tunnel_lost(tunnel, "resumed as another session")
         if self._live.get(fresh) is tunnel:
             del self._live[fresh]
-        tunnel.connection.session_id = old_session
+        tunnel.adopt_session(old_session)
         self._live[old_session] = tunnel
         self.sip.tunnel_established(tunnel)
         self.keys.pop(fresh, None)

@@ -129,6 +129,9 @@ class FakeTunnel:
     def unroute_datagrams(self, channel_id: int) -> None:
         self.routes.pop(channel_id, None)
 
+    def adopt_session(self, session_id: str) -> None:
+        self._session_id = session_id
+
     def bind_flow_key(self, flow_id: int, key: bytes) -> None:
         self.bound.append((flow_id, key))
 

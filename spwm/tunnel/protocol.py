@@ -446,6 +446,14 @@ class TunnelProtocol(Protocol):
         """
         self._routes.pop(channel_id, None)
 
+    def adopt_session(self, session_id: str) -> None:
+        """
+        Carry the session C{session_id} from now on (an input to the core,
+        L{TunnelConnection.adopt_session}).
+        """
+        if self.connection is not None:
+            self.connection.adopt_session(session_id)
+
     def bind_flow_key(self, flow_id: int, key: bytes) -> None:
         """
         Seal the SIP of flow C{flow_id} with a user's key, if this tunnel ciphers.
