@@ -46,6 +46,7 @@ from spwm.security.keys import (
     parse_digest,
     resumption_proof,
 )
+from spwm.session.state import Effect, Input, SessionState, transition
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import parse_message
 from spwm.tunnel.frames import ErrorCode
@@ -132,6 +133,11 @@ class AgentResumption(_Lifecycle):
     The agent's side: derives keys as registrations succeed, offers
     resumption when it reconnects, and releases what was not resumed.
 
+    The session's life is the table of L{spwm.session.state}: each event is
+    classified into an L{Input}, and the table's L{Effect} is carried out
+    (L{_apply}); no flags.
+
+    @ivar state: the session's L{SessionState}.
     @ivar keys: user id -> key, for the current (or suspended) session.
     @ivar session_id: the contact point's name for our session.
     """
@@ -154,14 +160,13 @@ class AgentResumption(_Lifecycle):
         self.handle = handle
         self.forwarder = forwarder
         self.watcher = RegistrationWatcher()
+        self.state = SessionState.ENDED
         self.keys: dict[str, bytes] = {}
         #: user id -> the application flow that registered it
         self.flows: dict[str, int] = {}
         self.session_id: str | None = None
+        # the lost tunnel whose calls and media are kept (SUSPENDED)
         self._suspended: Any = None
-        # past the window: calls and media released, keys kept to resume
-        # the registrations
-        self.dormant = False
         #: called with the application flow ids of the users of a session
         #: that is given up for good (see L{_release}); the agent closes
         #: their TCP/TLS connections so that those phones register again
@@ -169,6 +174,40 @@ class AgentResumption(_Lifecycle):
         self._timer: IDelayedCall | None = None
         self._stopping = False
         self.resumed = 0
+
+    @property
+    def dormant(self) -> bool:
+        """
+        Whether the session is past its window, keys kept.
+        """
+        return self.state is SessionState.DORMANT
+
+    def _apply(self, event: Input, tunnel: Any = None, reason: str = "") -> None:
+        """
+        Feed the table one input and carry out its effect.
+        """
+        effect, new_state = transition(self.state, event)
+        before, self.state = self.state, new_state
+        if effect is Effect.NOTHING:
+            return
+        if effect is Effect.SUSPEND:
+            self._suspended = tunnel
+            self.media.tunnel_suspended(tunnel)
+            self._cancel()
+            self._timer = self.clock.callLater(self.window, self._window_over)
+        elif effect is Effect.OFFER:
+            self._offer(tunnel, media=before is SessionState.SUSPENDED)
+        elif effect in (Effect.RESUME, Effect.RESUME_REGISTRATIONS):
+            self._resume(tunnel, media=effect is Effect.RESUME)
+        elif effect is Effect.GO_DORMANT:
+            self._go_dormant()
+        elif effect is Effect.RELEASE:
+            self._release(reason, was=before)
+        elif effect is Effect.END:
+            self.media.tunnel_lost(tunnel, reason)
+            self.keys.clear()
+        elif effect is Effect.DROP_TUNNEL:
+            self.media.tunnel_lost(tunnel, reason)
 
     # -- the SIP core's traffic -------------------------------------------
 
@@ -185,7 +224,7 @@ class AgentResumption(_Lifecycle):
         """
         return {
             "users": len(self.keys),
-            "suspended": int(self._suspended is not None),
+            "suspended": int(self.state is SessionState.SUSPENDED),
             "dormant": int(self.dormant),
             "resumed": self.resumed,
         }
@@ -198,6 +237,7 @@ class AgentResumption(_Lifecycle):
         self.flows[credentials.user_id] = flow_id
         self.session_id = tunnel.session_id
         tunnel.bind_flow_key(flow_id, key)
+        self._apply(Input.KEY_LEARNED)
 
     # -- the tunnel's life -----------------------------------------------
 
@@ -205,7 +245,8 @@ class AgentResumption(_Lifecycle):
         """
         Extra hello fields: the resumption offer, if there is something to resume.
         """
-        if (self._suspended is None and not self.dormant) or not self.keys or not self.session_id:
+        waiting = self.state in (SessionState.SUSPENDED, SessionState.DORMANT)
+        if not waiting or not self.keys or not self.session_id:
             return {}
         return {"resume": {"session_id": self.session_id, "users": sorted(self.keys)[:MAX_RESUME_USERS]}}
 
@@ -215,81 +256,79 @@ class AgentResumption(_Lifecycle):
         resumption offer, the forwards, in this order.
         """
         self.handle.tunnel_established(tunnel)
-        self._offer(tunnel)
+        problem = None
+        if self.state in (SessionState.SUSPENDED, SessionState.DORMANT):
+            challenge = tunnel.peer_hello.get("challenge")
+            if not isinstance(challenge, str) or not self.keys or not self.session_id:
+                problem = "the contact point offers no resumption"
+            else:
+                try:
+                    bytes.fromhex(challenge)
+                except ValueError:
+                    problem = "bad challenge"
+        if problem is not None:
+            self._apply(Input.RESUME_REFUSED, tunnel, problem)
+        else:
+            self._apply(Input.TUNNEL_UP, tunnel)
         if self.forwarder is not None:
             self.forwarder.tunnel_established(tunnel)
 
-    def _offer(self, tunnel: Any) -> None:
-        challenge = tunnel.peer_hello.get("challenge")
-        if self._suspended is None and not self.dormant:
-            return
-        if not isinstance(challenge, str) or not self.keys or not self.session_id:
-            self._release("the contact point offers no resumption")
-            return
-        try:
-            raw = bytes.fromhex(challenge)
-        except ValueError:
-            self._release("bad challenge")
-            return
+    def _offer(self, tunnel: Any, media: bool) -> None:
+        raw = bytes.fromhex(tunnel.peer_hello["challenge"])
+        assert self.session_id is not None
         proofs = {user: resumption_proof(key, raw, self.session_id) for user, key in self.keys.items()}
         message: dict[str, Any] = {"op": "resume", "session_id": self.session_id, "proofs": proofs}
-        if self._suspended is None:
+        if not media:
             message["media"] = False
         tunnel.send_control(message)
 
     def control_received(self, tunnel: Any, message: dict[str, Any]) -> None:
         op = message.get("op")
-        waiting = self._suspended is not None or self.dormant
-        if op == "resumed" and waiting and message.get("session_id") == self.session_id:
-            old, self._suspended = self._suspended, None
-            self.dormant = False
-            self._cancel()
-            tunnel.adopt_session(self.session_id)
-            for user, key in self.keys.items():
-                tunnel.bind_flow_key(self.flows[user], key)
-            if old is not None and message.get("media") is False:
-                # The contact point kept only the registrations (past its
-                # window, or restarted): our calls' media is gone there.
-                self.media.tunnel_lost(old, "the contact point resumed the registrations only")
-                old = None
-            elif old is not None:
-                self.media.tunnel_resumed(old, tunnel, reopen=False)
-            self.resumed += 1
-            self.log.info(
-                "session {session_id} resumed on the new tunnel to {peer}{what}",
-                session_id=self.session_id,
-                peer=tunnel.peer,
-                what="" if old is not None else " (registrations only)",
-            )
+        if op == "resumed" and message.get("session_id") == self.session_id:
+            media = message.get("media") is not False
+            self._apply(Input.RESUME_OK if media else Input.RESUME_OK_REGISTRATIONS, tunnel)
         elif op == "resume-failed":
-            self._release(str(message.get("reason", "refused")))
+            self._apply(Input.RESUME_REFUSED, tunnel, str(message.get("reason", "refused")))
+
+    def _resume(self, tunnel: Any, media: bool) -> None:
+        old, self._suspended = self._suspended, None
+        self._cancel()
+        assert self.session_id is not None
+        tunnel.adopt_session(self.session_id)
+        for user, key in self.keys.items():
+            tunnel.bind_flow_key(self.flows[user], key)
+        if old is not None and not media:
+            # The contact point kept only the registrations (past its
+            # window, or restarted): our calls' media is gone there.
+            self.media.tunnel_lost(old, "the contact point resumed the registrations only")
+            old = None
+        elif old is not None:
+            self.media.tunnel_resumed(old, tunnel, reopen=False)
+        self.resumed += 1
+        self.log.info(
+            "session {session_id} resumed on the new tunnel to {peer}{what}",
+            session_id=self.session_id,
+            peer=tunnel.peer,
+            what="" if old is not None else " (registrations only)",
+        )
 
     def tunnel_lost(self, tunnel: Any, reason: str) -> None:
         self.handle.tunnel_lost(tunnel, reason)
-        self._suspend(tunnel, reason)
+        resumable = bool(self.keys) and self.window > 0 and not self._stopping
+        self._apply(Input.TUNNEL_LOST if resumable else Input.TUNNEL_ENDED, tunnel, reason)
         if self.forwarder is not None:
             self.forwarder.tunnel_lost(tunnel, reason)
 
-    def _suspend(self, tunnel: Any, reason: str) -> None:
-        if self.keys and self.window > 0 and not self._stopping:
-            self._suspended = tunnel
-            self.media.tunnel_suspended(tunnel)
-            self._cancel()
-            self._timer = self.clock.callLater(self.window, self._go_dormant)
-        else:
-            self.media.tunnel_lost(tunnel, reason)
-            self.keys.clear()
+    def _window_over(self) -> None:
+        self._timer = None
+        self._apply(Input.WINDOW_OVER)
 
     def _go_dormant(self) -> None:
         """
         The window is over: release the calls' media, keep the keys so
         that the next connection can still resume the registrations.
         """
-        self._timer = None
         old, self._suspended = self._suspended, None
-        if old is None:
-            return
-        self.dormant = True
         self.log.info(
             "session {session_id} not resumed within {window} s: calls and media released,"
             " registrations kept for a later resumption",
@@ -298,10 +337,10 @@ class AgentResumption(_Lifecycle):
         )
         self.media.tunnel_lost(old, "resumption window over")
 
-    def _release(self, reason: str) -> None:
+    def _release(self, reason: str, was: SessionState) -> None:
         self._cancel()
         old, self._suspended = self._suspended, None
-        if old is not None or self.dormant:
+        if was in (SessionState.SUSPENDED, SessionState.DORMANT):
             self.log.info("session {session_id} not resumed: {reason}", session_id=self.session_id, reason=reason)
             if self.session_lost is not None and self.flows and not self._stopping:
                 # The contact point has no registration of ours any more:
@@ -314,7 +353,6 @@ class AgentResumption(_Lifecycle):
                     )
         if old is not None:
             self.media.tunnel_lost(old, reason)
-        self.dormant = False
         self.keys.clear()
         self.flows.clear()
         self.session_id = None
@@ -330,7 +368,7 @@ class AgentResumption(_Lifecycle):
         (C{--tunnel on-demand}): the loss that follows is not one to
         resume, so forget the session now.
         """
-        self._release("tunnel no longer needed")
+        self._apply(Input.GONE_AWAY, reason="tunnel no longer needed")
 
     def stop(self) -> None:
         """
@@ -338,7 +376,7 @@ class AgentResumption(_Lifecycle):
         """
         self._stopping = True
         self._cancel()
-        self._release("agent stopping")
+        self._apply(Input.STOP, reason="agent stopping")
 
 
 class _ObservedAgentCore:

@@ -1,0 +1,166 @@
+"""
+Tests for L{spwm.session.state}: the session table, pair by pair, and the
+agent's session logic driven by it through random lives (hypothesis).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.security.resume import AgentResumption
+from spwm.session.state import (
+    IMPOSSIBLE,
+    TRANSITIONS,
+    BadTransition,
+    Effect,
+    Input,
+    SessionState,
+    transition,
+)
+from tests.test_security_resume import CHALLENGE, KEY, USER, FakeHandle, FakeMedia, FakeTunnel
+
+S, I, E = SessionState, Input, Effect
+
+
+class TableTests(SynchronousTestCase):
+    """
+    Every (state, input) pair, one by one.
+    """
+
+    def test_every_pair_is_decided(self) -> None:
+        """
+        Each pair is in the table or is impossible (and then raises), never
+        both, never neither.
+        """
+        for state in SessionState:
+            for event in Input:
+                pair = (state, event)
+                self.assertNotEqual(pair in TRANSITIONS, pair in IMPOSSIBLE, pair)
+                if pair in IMPOSSIBLE:
+                    self.assertRaises(BadTransition, transition, state, event)
+                else:
+                    self.assertEqual(transition(state, event), TRANSITIONS[pair])
+
+    @given(st.sampled_from(SessionState), st.sampled_from(Input))
+    def test_rules(self, state: SessionState, event: Input) -> None:
+        """
+        The rules the table stands for: stopping or going away always ends
+        the session; a refusal ends it; media is resumed only from
+        C{SUSPENDED}; the window moves only C{SUSPENDED}; a proof is sent
+        only while waiting; what ends in C{ENDED} released or ended it (or
+        nothing was there).
+        """
+        effect, after = transition(state, event)
+        if event in (I.STOP, I.GONE_AWAY, I.RESUME_REFUSED):
+            self.assertEqual((effect, after), (E.RELEASE, S.ENDED))
+        if effect is E.RESUME:
+            self.assertEqual((state, after), (S.SUSPENDED, S.LIVE))
+        if event is I.WINDOW_OVER:
+            self.assertEqual(after, S.DORMANT if state is S.SUSPENDED else state)
+        if effect is E.OFFER:
+            self.assertIn(state, (S.SUSPENDED, S.DORMANT))
+            self.assertEqual(after, state)
+        if after is S.ENDED and state is not S.ENDED:
+            self.assertIn(effect, (E.RELEASE, E.END))
+        if effect is E.SUSPEND:
+            self.assertEqual(after, S.SUSPENDED)
+
+
+class AgentLives(RuleBasedStateMachine):
+    """
+    An agent session with a key, through losses, reconnections, proofs,
+    refusals, waits and a stop, checked against what the table promises.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = Clock()
+        self.media = FakeMedia()
+        self.resumption = AgentResumption(self.clock, 60.0, self.media, FakeHandle())
+        self.resumption.keys[USER] = KEY
+        self.resumption.flows[USER] = 3
+        self.resumption.session_id = "s1"
+        self.tunnel: Any = FakeTunnel("s1")
+        self.up = True
+        self.count = 0
+        self.stopped = False
+
+    @precondition(lambda self: self.up)
+    @rule()
+    def lose(self) -> None:
+        self.up = False
+        self.resumption.tunnel_lost(self.tunnel, "cut")
+
+    @precondition(lambda self: not self.up)
+    @rule(challenge=st.booleans())
+    def reconnect(self, challenge: bool) -> None:
+        self.count += 1
+        hello = {"challenge": CHALLENGE.hex()} if challenge else {}
+        self.tunnel = FakeTunnel(f"n{self.count}", peer_hello=hello)
+        self.up = True
+        self.resumption.tunnel_established(self.tunnel)
+
+    @precondition(lambda self: self.up)
+    @rule(media=st.booleans())
+    def prove(self, media: bool) -> None:
+        message: dict[str, Any] = {"op": "resumed", "session_id": self.resumption.session_id}
+        if not media:
+            message["media"] = False
+        self.resumption.control_received(self.tunnel, message)
+
+    @precondition(lambda self: self.up)
+    @rule()
+    def refuse(self) -> None:
+        self.resumption.control_received(self.tunnel, {"op": "resume-failed", "reason": "no"})
+
+    @rule(seconds=st.sampled_from([1.0, 59.0, 60.0]))
+    def wait(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @rule()
+    def stop(self) -> None:
+        self.stopped = True
+        self.resumption.stop()
+
+    @invariant()
+    def consistent(self) -> None:
+        r = self.resumption
+        state = r.state
+        timer = bool(self.clock.getDelayedCalls())
+        assert timer == (state is S.SUSPENDED), (state, timer)
+        assert (r._suspended is not None) == (state is S.SUSPENDED)
+        assert bool(r.hello()) == (state in (S.SUSPENDED, S.DORMANT)), (state, r.hello())
+        if state is S.ENDED and (self.stopped or r.session_id is None):
+            assert r.keys == {}
+        if self.stopped and state is S.ENDED:
+            assert r.hello() == {}
+        # media: each suspended tunnel is released or resumed at most once
+        ends: dict[int, int] = {}
+        for call in self.media.calls:
+            if call[0] in ("lost", "resumed"):
+                ends[id(call[1])] = ends.get(id(call[1]), 0) + 1
+        assert all(n <= 1 for n in ends.values()), self.media.calls
+        if state is not S.SUSPENDED:
+            suspended = {id(c[1]) for c in self.media.calls if c[0] == "suspended"}
+            released = {id(c[1]) for c in self.media.calls if c[0] in ("lost", "resumed")}
+            assert suspended <= released, self.media.calls
+
+
+class AgentLivesTests(SynchronousTestCase):
+    """
+    Random lives of an agent session.
+    """
+
+    def test_lives(self) -> None:
+        """
+        Through any order of losses, reconnections, proofs, refusals,
+        waits and a stop, the session keeps its invariants.
+        """
+        run_state_machine_as_test(
+            AgentLives, settings=settings(max_examples=150, stateful_step_count=25, deadline=None)
+        )
