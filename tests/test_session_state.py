@@ -22,7 +22,7 @@ from spwm.session.state import (
     SessionState,
     transition,
 )
-from tests.test_security_resume import CHALLENGE, KEY, USER, FakeHandle, FakeMedia, FakeTunnel
+from tests.test_security_resume import CHALLENGE, KEY, USER, FakeHandle, FakeMedia, FakeTunnel, _contact, _registered, _resume
 
 S, I, E = SessionState, Input, Effect
 
@@ -163,4 +163,89 @@ class AgentLivesTests(SynchronousTestCase):
         """
         run_state_machine_as_test(
             AgentLives, settings=settings(max_examples=150, stateful_step_count=25, deadline=None)
+        )
+
+
+class ContactLives(RuleBasedStateMachine):
+    """
+    One contact-point session through losses, resumptions (after a loss,
+    and over a connection that is still thought live), waits and a stop:
+    the calls' media of every connection is released or resumed once, and
+    the counts and timers agree.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock, self.resumption, self.media, self.sip = _contact()
+        self.tunnel: Any = _registered(self.resumption, self.sip, "s1", expires=3000.0)
+        self.up = True
+        self.taken_over: list[Any] = []
+        self.stopped = False
+
+    @precondition(lambda self: self.up and not self.stopped)
+    @rule()
+    def lose(self) -> None:
+        self.up = False
+        self.resumption.tunnel_lost(self.tunnel, "cut")
+
+    @precondition(lambda self: not self.stopped)
+    @rule(media=st.booleans())
+    def resume(self, media: bool) -> None:
+        if self.up:
+            self.taken_over.append(self.tunnel)
+        extra = {} if media else {"media": False}
+        new = _resume(self.resumption, "s1", **extra)
+        if new.controls[-1]["op"] == "resumed":
+            self.tunnel, self.up = new, True
+        else:
+            self.resumption.tunnel_lost(new, "refused, closed")
+            if self.up and self.taken_over and self.taken_over[-1] is self.tunnel:
+                self.taken_over.pop()
+
+    @precondition(lambda self: bool(self.taken_over))
+    @rule()
+    def old_dies(self) -> None:
+        self.resumption.tunnel_lost(self.taken_over.pop(0), "taken over")
+
+    @rule(seconds=st.sampled_from([1.0, 59.0, 60.0, 3600.0]))
+    def wait(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @rule()
+    def stop(self) -> None:
+        self.stopped = True
+        self.resumption.stop()
+
+    @invariant()
+    def consistent(self) -> None:
+        status = self.resumption.status()
+        assert status["suspended"] + status["dormant"] <= 1, status
+        assert len(self.clock.getDelayedCalls()) == status["suspended"] + status["dormant"], status
+        if status["suspended"] or status["dormant"]:
+            assert self.resumption.keys.get("s1"), status
+        if self.stopped:
+            assert (status["suspended"], status["dormant"]) == (0, 0), status
+        ends: dict[int, int] = {}
+        for call in self.media.calls:
+            if call[0] in ("lost", "resumed"):
+                ends[id(call[1])] = ends.get(id(call[1]), 0) + 1
+        assert all(n <= 1 for n in ends.values()), self.media.calls
+        if not status["suspended"]:
+            suspended = {id(c[1]) for c in self.media.calls if c[0] == "suspended"}
+            released = {id(c[1]) for c in self.media.calls if c[0] in ("lost", "resumed")}
+            assert suspended <= released, self.media.calls
+
+
+class ContactLivesTests(SynchronousTestCase):
+    """
+    Random lives of a contact-point session.
+    """
+
+    def test_lives(self) -> None:
+        """
+        The contact point's session keeps its invariants through any order
+        of events.
+        """
+        run_state_machine_as_test(
+            ContactLives, settings=settings(max_examples=150, stateful_step_count=25, deadline=None)
         )
