@@ -14,10 +14,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.security.resume import AgentResumption
 from spwm.session.state import (
-    IMPOSSIBLE,
-    TRANSITIONS,
+    AGENT_IMPOSSIBLE,
+    AGENT_TRANSITIONS,
+    CONTACT_IMPOSSIBLE,
+    CONTACT_TRANSITIONS,
     BadTransition,
     Effect,
+    AGENT_ONLY,
+    CONTACT_ONLY,
     Input,
     SessionState,
     transition,
@@ -34,28 +38,29 @@ class TableTests(SynchronousTestCase):
 
     def test_every_pair_is_decided(self) -> None:
         """
-        Each pair is in the table or is impossible (and then raises), never
-        both, never neither.
+        In each table each pair is in the table or is impossible (and then
+        raises), never both, never neither.
         """
-        for state in SessionState:
-            for event in Input:
-                pair = (state, event)
-                self.assertNotEqual(pair in TRANSITIONS, pair in IMPOSSIBLE, pair)
-                if pair in IMPOSSIBLE:
-                    self.assertRaises(BadTransition, transition, state, event)
-                else:
-                    self.assertEqual(transition(state, event), TRANSITIONS[pair])
+        for table, impossible in ((AGENT_TRANSITIONS, AGENT_IMPOSSIBLE), (CONTACT_TRANSITIONS, CONTACT_IMPOSSIBLE)):
+            for state in SessionState:
+                for event in Input:
+                    pair = (state, event)
+                    self.assertNotEqual(pair in table, pair in impossible, pair)
+                    if pair in impossible:
+                        self.assertRaises(BadTransition, transition, table, state, event)
+                    else:
+                        self.assertEqual(transition(table, state, event), table[pair])
 
-    @given(st.sampled_from(SessionState), st.sampled_from(Input))
-    def test_rules(self, state: SessionState, event: Input) -> None:
+    @given(st.sampled_from(SessionState), st.sampled_from(sorted(set(Input) - CONTACT_ONLY, key=str)))
+    def test_agent_rules(self, state: SessionState, event: Input) -> None:
         """
-        The rules the table stands for: stopping or going away always ends
-        the session; a refusal ends it; media is resumed only from
-        C{SUSPENDED}; the window moves only C{SUSPENDED}; a proof is sent
-        only while waiting; what ends in C{ENDED} released or ended it (or
-        nothing was there).
+        The rules the agent's table stands for: stopping or going away
+        always ends the session; a refusal ends it; media is resumed only
+        from C{SUSPENDED}; the window moves only C{SUSPENDED}; a proof is
+        sent only while waiting; what ends in C{ENDED} released or ended it
+        (or nothing was there).
         """
-        effect, after = transition(state, event)
+        effect, after = transition(AGENT_TRANSITIONS, state, event)
         if event in (I.STOP, I.GONE_AWAY, I.RESUME_REFUSED):
             self.assertEqual((effect, after), (E.RELEASE, S.ENDED))
         if effect is E.RESUME:
@@ -69,6 +74,28 @@ class TableTests(SynchronousTestCase):
             self.assertIn(effect, (E.RELEASE, E.END))
         if effect is E.SUSPEND:
             self.assertEqual(after, S.SUSPENDED)
+
+    @given(st.sampled_from(SessionState), st.sampled_from(sorted(set(Input) - AGENT_ONLY, key=str)))
+    def test_contact_rules(self, state: SessionState, event: Input) -> None:
+        """
+        The rules the contact point's table stands for: a stop leaves
+        nothing suspended or dormant; media moves only from C{SUSPENDED}
+        (or a live session taken over); only C{SUSPENDED} goes dormant;
+        a connection's end never drops a suspended or dormant session.
+        """
+        if (state, event) in CONTACT_IMPOSSIBLE:
+            return
+        effect, after = transition(CONTACT_TRANSITIONS, state, event)
+        if event is I.STOP:
+            self.assertNotIn(after, (S.SUSPENDED, S.DORMANT))
+        if effect is E.RESUME:
+            self.assertEqual(state, S.SUSPENDED)
+        if effect is E.TAKE_OVER:
+            self.assertEqual(state, S.LIVE)
+        if after is S.DORMANT and state is not S.DORMANT:
+            self.assertEqual((state, effect), (S.SUSPENDED, E.GO_DORMANT))
+        if event in (I.TUNNEL_ENDED, I.GONE_AWAY) and state in (S.SUSPENDED, S.DORMANT):
+            self.assertEqual(after, state)
 
 
 class AgentLives(RuleBasedStateMachine):

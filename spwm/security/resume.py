@@ -46,7 +46,7 @@ from spwm.security.keys import (
     parse_digest,
     resumption_proof,
 )
-from spwm.session.state import Effect, Input, SessionState, transition
+from spwm.session.state import AGENT_TRANSITIONS, CONTACT_TRANSITIONS, Effect, Input, SessionState, transition
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import parse_message
 from spwm.tunnel.frames import ErrorCode
@@ -186,7 +186,7 @@ class AgentResumption(_Lifecycle):
         """
         Feed the table one input and carry out its effect.
         """
-        effect, new_state = transition(self.state, event)
+        effect, new_state = transition(AGENT_TRANSITIONS, self.state, event)
         before, self.state = self.state, new_state
         if effect is Effect.NOTHING:
             return
@@ -442,6 +442,9 @@ class ContactResumption(_Lifecycle):
     succeed, suspends sessions with keys when their tunnel breaks, checks
     resumption proofs and moves sessions to new connections.
 
+    Each session's state is where it is (L{state_of}); what an event does
+    to it is decided by L{CONTACT_TRANSITIONS} (L{_decide}).
+
     @ivar keys: session id -> user id -> key.
     @ivar refused: resumptions refused (wrong proof, unknown session).
     """
@@ -511,7 +514,30 @@ class ContactResumption(_Lifecycle):
 
     # -- the tunnel's life -----------------------------------------------
 
+    def state_of(self, session_id: str) -> SessionState:
+        """
+        Where a session is: suspended, dormant, live on a connection, or
+        none of these (C{ENDED}).
+        """
+        if session_id in self._suspended:
+            return SessionState.SUSPENDED
+        if session_id in self._dormant:
+            return SessionState.DORMANT
+        if session_id in self._live:
+            return SessionState.LIVE
+        return SessionState.ENDED
+
+    def _decide(self, session_id: str, event: Input) -> Effect:
+        """
+        The effect of C{event} on a session, from the table.
+
+        @raise BadTransition: it cannot happen in the session's state.
+        """
+        effect, _ = transition(CONTACT_TRANSITIONS, self.state_of(session_id), event)
+        return effect
+
     def tunnel_established(self, tunnel: Any) -> None:
+        self._decide(tunnel.session_id, Input.TUNNEL_UP)  # always ATTACH
         self._live[tunnel.session_id] = tunnel
         self.sip.tunnel_established(tunnel)
 
@@ -525,27 +551,33 @@ class ContactResumption(_Lifecycle):
             self.forwarder.tunnel_lost(tunnel, reason)
 
     def _session_lost(self, tunnel: Any, reason: str) -> None:
+        session_id = tunnel.session_id
         if id(tunnel) in self._taken_over:
             self._taken_over.discard(id(tunnel))
+            self._decide(session_id, Input.TAKEN_OVER)  # nothing
             return
-        session_id = tunnel.session_id
-        if self._live.get(session_id) is tunnel:
-            del self._live[session_id]
         # An agent that sent go-away before closing (an on-demand tunnel
         # nobody needs) is not coming back for this session: end it now.
-        parting = getattr(tunnel, "go_away_info", None) is not None
-        if (
+        if getattr(tunnel, "go_away_info", None) is not None:
+            event = Input.GONE_AWAY
+        elif (
             self.keys.get(session_id)
             and self.window > 0
             and not self._stopping
-            and not parting
             and session_id not in self._suspended
         ):
+            event = Input.TUNNEL_LOST
+        else:
+            event = Input.TUNNEL_ENDED
+        effect = self._decide(session_id, event)
+        if self._live.get(session_id) is tunnel:
+            del self._live[session_id]
+        if effect is Effect.SUSPEND:
             self.media.tunnel_suspended(tunnel)
             timer = self.clock.callLater(self.window, self._expire, session_id)
             self._suspended[session_id] = (tunnel, timer)
-            return
-        self._end(tunnel, session_id, reason)
+        else:  # END
+            self._end(tunnel, session_id, reason)
 
     @property
     def dormant(self) -> int:
@@ -568,12 +600,12 @@ class ContactResumption(_Lifecycle):
         }
 
     def _expire(self, session_id: str) -> None:
-        entry = self._suspended.pop(session_id, None)
-        if entry is None:
-            return
-        tunnel = entry[0]
+        if session_id not in self._suspended:
+            return  # (not suspended, WINDOW_OVER): nothing
         registrations = self.sip.registrations(session_id)
-        if not registrations:
+        effect = self._decide(session_id, Input.WINDOW_OVER if registrations else Input.REGISTRATIONS_EXPIRED)
+        tunnel = self._suspended.pop(session_id)[0]
+        if effect is Effect.END:
             self.log.info("session {session_id} not resumed within {window} s: released", session_id=session_id, window=self.window)
             self._end(tunnel, session_id, "resumption window over")
             return
@@ -603,6 +635,7 @@ class ContactResumption(_Lifecycle):
         self._dormant[session_id] = (None, timer)
         while len(self._dormant) > self.max_dormant:
             oldest = next(iter(self._dormant))
+            self._decide(oldest, Input.EVICTED)  # FORGET
             self._forget_dormant(oldest, "too many dormant sessions")
         return last
 
@@ -671,6 +704,7 @@ class ContactResumption(_Lifecycle):
         if live:
             self._dormant[session_id] = (None, self.clock.callLater(max(live) - now + 1.0, self._wake, session_id))
             return
+        self._decide(session_id, Input.REGISTRATIONS_EXPIRED)  # FORGET
         self._forget_dormant(session_id, "registrations expired")
 
     def _forget_dormant(self, session_id: str, reason: str) -> None:
@@ -733,27 +767,32 @@ class ContactResumption(_Lifecycle):
             return
         # the checks above passed: a session name, an entry, proofs
         assert isinstance(old_session, str) and entry is not None and isinstance(proofs, dict)
+        state = self.state_of(old_session)
+        effect = self._decide(
+            old_session, Input.RESUME_OK_REGISTRATIONS if message.get("media") is False else Input.RESUME_OK
+        )
         media = True
-        if old_session in self._suspended:
+        if state is SessionState.SUSPENDED:
             old_tunnel, timer = self._suspended.pop(old_session)
             if timer.active():
                 timer.cancel()
-            if message.get("media") is False:
+            if effect is Effect.RESUME_REGISTRATIONS:
                 # The agent has released the calls' media already.
                 self.media.tunnel_lost(old_tunnel, "the agent released the calls")
                 media = False
-        elif old_session in self._dormant:
+        elif state is SessionState.DORMANT:
             old_tunnel, timer = self._dormant.pop(old_session)
             if timer.active():
                 timer.cancel()
             media = False
-        else:
+        else:  # TAKE_OVER
             old_tunnel = entry[0]
             self._taken_over.add(id(old_tunnel))
             del self._live[old_session]
             self.media.tunnel_suspended(old_tunnel)
             old_tunnel.close(ErrorCode.GOING_AWAY, "session resumed on another connection")
         fresh = tunnel.session_id
+        self._decide(fresh, Input.ABSORBED)  # ABSORB
         # The new connection takes the old session's name, so flow tokens
         # in Path/Record-Route keep pointing at it.
         self.sip.tunnel_lost(tunnel, "resumed as another session")
@@ -787,9 +826,11 @@ class ContactResumption(_Lifecycle):
         """
         self._stopping = True
         for session_id, (tunnel, timer) in list(self._suspended.items()):
+            self._decide(session_id, Input.STOP)  # END
             if timer.active():
                 timer.cancel()
             del self._suspended[session_id]
             self._end(tunnel, session_id, "contact point stopping")
         for session_id in list(self._dormant):
+            self._decide(session_id, Input.STOP)  # FORGET
             self._forget_dormant(session_id, "contact point stopping")
