@@ -3,9 +3,11 @@
 The Twisted adapter of the tunnel core, and the factories of both ends.
 
 L{TunnelProtocol} feeds a L{TunnelConnection} with what the transport
-receives, hands the events to an application object (L{TunnelApplication}),
-writes what the core has to send unless the transport has paused us, and keeps
-one timer per connection for the core's deadlines.
+receives, hands the events to an application object (L{TunnelApplication},
+in the services L{spwm.tunnel.api.Router}) and each channel's events to the
+channel's handler (L{spwm.tunnel.api.ChannelHandler}), writes what the core
+has to send unless the transport has paused us, and keeps one timer per
+connection for the core's deadlines.
 """
 
 from __future__ import annotations
