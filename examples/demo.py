@@ -64,7 +64,7 @@ class DemoFailed(Exception):
 
 class SipTap:
     """
-    Stands in for a half's SIP part on its L{spwm.tunnel.protocol.ApplicationMux}
+    Stands in for a half's SIP part on its L{spwm.tunnel.api.Router}
     and counts the SIP messages that cross the tunnel, both ways, by method or
     status code. Everything is passed on unchanged.
 
@@ -234,8 +234,8 @@ class Demo:
             ]
         )
         self.contact = build_contact(options.config, self.reactor)
-        self.taps["contact"] = tap = SipTap(self.contact.mux.sip)
-        self.contact.mux.sip = tap
+        self.taps["contact"] = tap = SipTap(self.contact.router.sip)
+        self.contact.router.sip = tap
         self.contact.service.startService()
         listening = yield self.within(self.contact.listener.listening, 10, "the contact point's tunnel listener")
         tunnel_port = listening.getHost().port
@@ -255,8 +255,8 @@ class Demo:
                 ]
             )
             service = build_agent(options.config, self.reactor)
-            self.taps[name] = tap = SipTap(service.mux.sip)
-            service.mux.sip = tap
+            self.taps[name] = tap = SipTap(service.router.sip)
+            service.router.sip = tap
             service.service.startService()
             self.agents.append(service)
 

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from spwm.addr import hostport
 from spwm.errors import ListenError
 from spwm.logthrottle import PowersOfTwo, ThrottledLog
+from spwm.tunnel.api import Refusal
 from spwm.tunnel.frames import ChannelKind, ErrorCode
 from spwm.tunnel.connection import TunnelNotOpenError
 from spwm.tunnel.protocol import ChannelLimitError, TunnelProtocol
@@ -90,12 +91,7 @@ class AgentForwarder:
         *,
         receive_buffer: int = 4 * 1024 * 1024,
         max_senders: int = 256,
-        mux: Any = None,
     ) -> None:
-        """
-        @param mux: routes the events of the channels this part opens back
-            to it (the tunnel application, or a stand-in for it).
-        """
         self._reactor = reactor
         self._forwards = forwards
         self.receive_buffer = receive_buffer
@@ -108,7 +104,6 @@ class AgentForwarder:
         self.dropped_no_tunnel = 0
         self.dropped_no_channel = 0
         self._no_channel_log = ThrottledLog(self.log, None, PowersOfTwo())
-        self.mux = mux
 
     def start(self) -> None:
         """
@@ -148,14 +143,12 @@ class AgentForwarder:
             self._no_channel(local, sender, f"more than {self.max_senders} senders on this forward")
             return None
         try:
-            cid = tunnel.open_channel(ChannelKind.DATAGRAM, {"use": USE, "target": local.target})
+            cid = tunnel.open_channel(ChannelKind.DATAGRAM, {"use": USE, "target": local.target}, self)
         except (ChannelLimitError, TunnelNotOpenError) as e:
             self._no_channel(local, sender, str(e))
             return None
         local.channels[sender] = cid
         self._by_channel[cid] = (local, sender)
-        if self.mux is not None:
-            self.mux.channel_opened_locally(tunnel, cid, self)
         return cid
 
     def _no_channel(self, local: _LocalPort, sender: tuple[str, int], reason: str) -> None:
@@ -171,20 +164,28 @@ class AgentForwarder:
             count=self.dropped_no_channel,
         )
 
-    # -- tunnel application part ----------------------------------------
+    # -- the tunnel's life (told by the session logic) ---------------------
 
     def tunnel_established(self, tunnel: TunnelProtocol) -> None:
+        """
+        Open the forwards' channels on C{tunnel} from now on.
+        """
         self.tunnel = tunnel
 
     def tunnel_lost(self, tunnel: TunnelProtocol, reason: str) -> None:
+        """
+        The forwards' channels are gone with C{tunnel}.
+        """
         if self.tunnel is tunnel:
             self.tunnel = None
         for local in self._locals:
             local.channels.clear()
         self._by_channel.clear()
 
-    def channel_requested(self, tunnel: TunnelProtocol, channel_id: int, kind: ChannelKind, meta: dict[str, Any]) -> None:
-        tunnel.close_channel(channel_id, ErrorCode.REFUSED, "the agent accepts no forwards")
+    # -- acceptor and handler of the forward-udp channels ----------------
+
+    def accept(self, tunnel: TunnelProtocol, channel_id: int, kind: ChannelKind, meta: dict[str, Any]) -> Refusal:
+        return Refusal("the agent accepts no forwards")
 
     def datagram_received(self, tunnel: TunnelProtocol, channel_id: int, data: bytes, component: int) -> None:
         entry = self._by_channel.get(channel_id)
@@ -267,14 +268,20 @@ class ContactForwarder:
         """
         return len(self._sockets)
 
-    def tunnel_established(self, tunnel: TunnelProtocol) -> None:
-        pass
-
     def tunnel_lost(self, tunnel: TunnelProtocol, reason: str) -> None:
+        """
+        Close the forward sockets of a lost tunnel (told by the session
+        logic).
+        """
         for key in [k for k in self._sockets if k[0] == id(tunnel)]:
             self._close(key)
 
-    def channel_requested(self, tunnel: TunnelProtocol, channel_id: int, kind: ChannelKind, meta: dict[str, Any]) -> None:
+    def accept(
+        self, tunnel: TunnelProtocol, channel_id: int, kind: ChannelKind, meta: dict[str, Any]
+    ) -> ContactForwarder | Refusal:
+        """
+        A forward channel from the agent: allowed targets get a socket.
+        """
         target = meta.get("target")
         address = self.allowed.get(target) if isinstance(target, str) else None
         if kind is not ChannelKind.DATAGRAM or address is None:
@@ -284,14 +291,14 @@ class ContactForwarder:
                 peer=tunnel.peer,
                 target=target,
             )
-            tunnel.close_channel(channel_id, ErrorCode.REFUSED, f"forward to {target} not allowed")
-            return
+            return Refusal(f"forward to {target} not allowed")
         proto = _TargetSocket(tunnel, channel_id, self)
         proto.last_active = self.clock.seconds()
         port = self._reactor.listenUDP(0, proto, interface="::" if ":" in address[0] else "0.0.0.0")
         proto.transport.connect(*address)
         timer = self._reactor.callLater(self.idle_timeout, self._check_idle, tunnel, channel_id)
         self._sockets[id(tunnel), channel_id] = [proto, port, timer]
+        return self
 
     def _check_idle(self, tunnel: TunnelProtocol, channel_id: int) -> None:
         entry = self._sockets.get((id(tunnel), channel_id))

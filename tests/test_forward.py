@@ -10,29 +10,10 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.forward import AgentForwarder
+from spwm.testing.tunnel import FakeTunnel
 from spwm.tunnel.connection import ChannelLimitError, TunnelNotOpenError
 
 from .test_media_relay import FakeUdpReactor
-
-
-class FakeTunnel:
-    """
-    Opens channels (or refuses with C{error}) and records datagrams.
-    """
-
-    def __init__(self) -> None:
-        self.opened: list[dict[str, Any]] = []
-        self.sent: list[tuple[int, bytes]] = []
-        self.error: Exception | None = None
-
-    def open_channel(self, kind: Any, meta: dict[str, Any]) -> int:
-        if self.error is not None:
-            raise self.error
-        self.opened.append(meta)
-        return 2 * len(self.opened) + 1
-
-    def send_datagram(self, channel_id: int, data: bytes, component: int = 0) -> None:
-        self.sent.append((channel_id, data))
 
 
 class SenderLimitTests(SynchronousTestCase):
@@ -46,7 +27,7 @@ class SenderLimitTests(SynchronousTestCase):
             self.reactor, [("127.0.0.1", 6000, "192.0.2.9", 7000)], max_senders=2
         )
         self.forwarder.start()
-        self.tunnel = FakeTunnel()
+        self.tunnel = FakeTunnel(first_channel=3)
         self.forwarder.tunnel_established(self.tunnel)
         self.port = self.reactor.udp["127.0.0.1", 6000]
 
@@ -62,7 +43,7 @@ class SenderLimitTests(SynchronousTestCase):
             self.port.receive(b"y", ("192.0.2.1", 3))
             self.port.receive(b"z", ("192.0.2.1", 1))
         self.assertEqual(len(self.tunnel.opened), 2)
-        self.assertEqual(self.tunnel.sent, [(3, b"x"), (5, b"x"), (3, b"z")])
+        self.assertEqual([(c, d) for c, d, _ in self.tunnel.datagrams], [(3, b"x"), (5, b"x"), (3, b"z")])
         self.assertEqual((self.forwarder.dropped_no_channel, self.forwarder.dropped_no_tunnel), (2, 0))
         warnings = [e for e in events if "no channel for sender" in e.get("log_format", "")]
         self.assertEqual(len(warnings), 2)  # the 1st and 2nd; then the 4th, 8th...
@@ -73,6 +54,6 @@ class SenderLimitTests(SynchronousTestCase):
         datagram is dropped and counted, nothing raises.
         """
         for error in (ChannelLimitError("limit"), TunnelNotOpenError("closed")):
-            self.tunnel.error = error
+            self.tunnel.open_error = error
             self.port.receive(b"x", ("192.0.2.1", 9))
-        self.assertEqual((self.tunnel.sent, self.forwarder.dropped_no_channel), ([], 2))
+        self.assertEqual(([(c, d) for c, d, _ in self.tunnel.datagrams], self.forwarder.dropped_no_channel), ([], 2))

@@ -16,6 +16,8 @@ from spwm.sdp import parse_sdp
 from spwm.sip.flows import Flow, FlowTable
 from spwm.tap.parts import MediaHookAdapter, flow_source
 from spwm.tunnel.frames import ChannelKind, ErrorCode
+from spwm.testing.tunnel import FakeTunnel as BaseFakeTunnel
+from spwm.tunnel.api import Router
 from spwm.tunnel.connection import ChannelLimitError, TunnelNotOpenError
 
 from .test_media_relay import FakeUdpReactor
@@ -27,39 +29,30 @@ OPERATOR = "203.0.113.20"
 DIALOG = "call-1;from-tag=a;to-tag=b"
 
 
-class FakeTunnel:
+class FakeTunnel(BaseFakeTunnel):
     """
     One end of a fake tunnel: channel control goes to the peer end's
     manager at once (in order, like the real tunnel), datagrams too.
-
-    @ivar opened: C{(channel_id, kind, meta)} for each channel we opened.
-    @ivar closed: C{(channel_id, code, reason)} for each channel we closed.
     """
 
     def __init__(self, first_id: int, peer_name: str) -> None:
-        self._next = first_id
-        self.peer = peer_name
+        super().__init__(peer=peer_name, first_channel=first_id)
         self.other: FakeTunnel | None = None
         self.app: Any = None
-        self.opened: list[tuple[int, Any, dict]] = []
-        self.closed: list[tuple[int, int, str]] = []
-        self.datagrams: list[tuple[int, bytes, int]] = []
 
-    def open_channel(self, kind: Any, meta: dict) -> int:
-        channel_id = self._next
-        self._next += 2
-        self.opened.append((channel_id, kind, meta))
+    def open_channel(self, kind: Any, meta: dict, handler: Any = None) -> int:
+        channel_id = super().open_channel(kind, meta, handler)
         if self.other is not None:
-            self.other.app.channel_requested(self.other, channel_id, kind, dict(meta))
+            Router(None, {"media": self.other.app}, None).channel_requested(self.other, channel_id, kind, dict(meta))
         return channel_id
 
     def close_channel(self, channel_id: int, code: int = 0, reason: str = "") -> None:
-        self.closed.append((channel_id, code, reason))
+        super().close_channel(channel_id, code, reason)
         if self.other is not None:
             self.other.app.channel_closed(self.other, channel_id, code, reason)
 
     def send_datagram(self, channel_id: int, data: bytes, component: int = 0) -> None:
-        self.datagrams.append((channel_id, data, component))
+        super().send_datagram(channel_id, data, component)
         if self.other is not None:
             self.other.app.datagram_received(self.other, channel_id, data, component)
 
@@ -383,10 +376,11 @@ class RefusalTests(SynchronousTestCase):
         channel for the same stream are refused with C{REFUSED}.
         """
         reactor, agent, a_end, contact, c_end = _pair()
-        contact.channel_requested(c_end, 1, ChannelKind.STREAM, {"use": "media", "dialog": "d", "stream": 0})
-        contact.channel_requested(c_end, 3, ChannelKind.DATAGRAM, {"use": "media"})
-        contact.channel_requested(c_end, 5, ChannelKind.DATAGRAM, {"use": "media", "dialog": "d", "stream": 0})
-        contact.channel_requested(c_end, 7, ChannelKind.DATAGRAM, {"use": "media", "dialog": "d", "stream": 0})
+        router = Router(None, {"media": contact}, None)
+        router.channel_requested(c_end, 1, ChannelKind.STREAM, {"use": "media", "dialog": "d", "stream": 0})
+        router.channel_requested(c_end, 3, ChannelKind.DATAGRAM, {"use": "media"})
+        router.channel_requested(c_end, 5, ChannelKind.DATAGRAM, {"use": "media", "dialog": "d", "stream": 0})
+        router.channel_requested(c_end, 7, ChannelKind.DATAGRAM, {"use": "media", "dialog": "d", "stream": 0})
         self.assertEqual([c[:2] for c in c_end.closed], [(1, ErrorCode.REFUSED), (3, ErrorCode.REFUSED), (7, ErrorCode.REFUSED)])
         self.assertEqual((contact.refused_channels, contact.open_channels), (3, 1))
 
@@ -397,7 +391,9 @@ class RefusalTests(SynchronousTestCase):
         sweep, not after the (longer) media inactivity timeout.
         """
         reactor, agent, a_end, contact, c_end = _pair()
-        contact.channel_requested(c_end, 5, ChannelKind.DATAGRAM, {"use": "media", "dialog": "d", "stream": 0})
+        Router(None, {"media": contact}, None).channel_requested(
+            c_end, 5, ChannelKind.DATAGRAM, {"use": "media", "dialog": "d", "stream": 0}
+        )
         reactor.advance(PENDING_TIMEOUT - 1)
         self.assertEqual((c_end.closed, contact.open_channels), ([], 1))
         reactor.advance(10)
@@ -432,10 +428,10 @@ class RefusalTests(SynchronousTestCase):
             tunnel = FakeTunnel(2, "agent")
             opened = tunnel.open_channel
 
-            def refuse(kind: Any, meta: dict) -> int:
+            def refuse(kind: Any, meta: dict, handler: Any = None) -> int:
                 if meta["stream"] == 1:
                     raise error
-                return opened(kind, meta)
+                return opened(kind, meta, handler)
 
             tunnel.open_channel = refuse  # type: ignore[method-assign]
             sdp = _sdp(PHONE, ("audio", 4000, ""), ("video", 4002, ""))
@@ -833,7 +829,7 @@ class FlowSourceTests(SynchronousTestCase):
         options.parseOptions(["--contact", "198.51.100.1:443", "--plaintext"])
         core = build_agent(options.config, MemoryReactorClock()).sip_core
         fid = core.flows.use(Flow("tcp", ("127.0.0.1", 5060), ("192.0.2.20", 40000), 3), 0.0)
-        self.assertEqual(core.media_hook.source(f"{fid}/call-1"), "192.0.2.20")
+        self.assertEqual(core.core.media_hook.source(f"{fid}/call-1"), "192.0.2.20")
 
 
 class PolicyLogTests(SynchronousTestCase):

@@ -17,6 +17,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from spwm.media.relay import AllowPolicy, MediaRelayEndpoint
+from spwm.testing.tunnel import FakeTunnel
 
 
 class FakeSocket:
@@ -119,24 +120,12 @@ class FakeFakesTests(SynchronousTestCase):
         self.assertRaises(CannotListenError, reactor.listenUDP, 4000, MediaRelayEndpoint(), interface="192.0.2.1")
 
 
-class Tunnel:
-    """
-    Records what is sent into the tunnel.
-    """
-
-    def __init__(self) -> None:
-        self.datagrams: list[tuple[int, bytes, int]] = []
-
-    def send_datagram(self, channel_id: int, data: bytes, component: int = 0) -> None:
-        self.datagrams.append((channel_id, data, component))
-
-
 def _bound(strict: bool = False, policy: AllowPolicy | None = None, component: int = 0):
     reactor = FakeUdpReactor()
     endpoint = MediaRelayEndpoint(component=component, strict=strict, policy=policy)
     port = reactor.listenUDP(40000, endpoint, interface="198.51.100.1")
     endpoint.port = port
-    tunnel = Tunnel()
+    tunnel = FakeTunnel()
     endpoint.attach(tunnel.send_datagram, 7)
     return endpoint, port, tunnel
 

@@ -29,7 +29,9 @@ from spwm.media.relay import AllowPolicy
 from spwm.media.tcp import TcpMediaEndpoint, _SideProtocol
 from spwm.sdp import SdpError, TcpRewrite, parse_sdp, rewrite_tcp_media
 from spwm.tunnel.frames import ChannelKind, ErrorCode
-from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux, ContactTunnelFactory
+from spwm.testing.tunnel import FakeTunnel as BaseFakeTunnel
+from spwm.tunnel.api import Router
+from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
 
 from .test_media_relay import FakeUdpReactor
 
@@ -204,7 +206,7 @@ class FakeCore:
         self.stream_queue_bytes = 0
 
 
-class FakeTunnel:
+class FakeTunnel(BaseFakeTunnel):
     """
     One end of a fake tunnel with datagram and stream channels. Channel
     control and data go to the other end's application at once, unless
@@ -213,34 +215,21 @@ class FakeTunnel:
     """
 
     def __init__(self, first_id: int, peer_name: str) -> None:
-        self._next = first_id
-        self.peer = peer_name
+        super().__init__(peer=peer_name, first_channel=first_id)
         self.other: FakeTunnel | None = None
         self.app: Any = None
         self.connection = FakeCore()
         self.hold = False
         self.queue: list[tuple[int, bytes | None]] = []
         self.open: dict[int, Any] = {}
-        self.opened: list[tuple[int, Any, dict]] = []
-        self.closed: list[tuple[int, int, str]] = []
         self.sent: dict[int, bytes] = {}
-        self.ended: list[int] = []
-        self.producers: list[Any] = []
         self.paused = False
 
-    def register_stream_producer(self, producer: Any) -> None:
-        self.producers.append(producer)
-
-    def unregister_stream_producer(self, producer: Any) -> None:
-        self.producers = [p for p in self.producers if p is not producer]
-
-    def open_channel(self, kind: Any, meta: dict) -> int:
-        channel_id = self._next
-        self._next += 2
-        self.opened.append((channel_id, kind, meta))
+    def open_channel(self, kind: Any, meta: dict, handler: Any = None) -> int:
+        channel_id = super().open_channel(kind, meta, handler)
         self.open[channel_id] = kind
         self.other.open[channel_id] = kind
-        self.other.app.channel_requested(self.other, channel_id, kind, dict(meta))
+        Router(None, {"media": self.other.app}, None).channel_requested(self.other, channel_id, kind, dict(meta))
         return channel_id
 
     def close_channel(self, channel_id: int, code: int = 0, reason: str = "") -> None:
@@ -1085,9 +1074,8 @@ class RealTunnelTests(SynchronousTestCase):
         reactor = FakeTcpReactor()
         agent = MediaManager(reactor, "agent", AGENT_ADDR, (20000, 20099))
         contact = MediaManager(reactor, "contact", CONTACT_ADDR, (30000, 30099))
-        agent_mux = ApplicationMux(parts={"media": agent})
-        contact_mux = ApplicationMux(parts={"media": contact})
-        agent.router, contact.router = agent_mux, contact_mux
+        agent_mux = Router(None, {"media": agent}, None)
+        contact_mux = Router(None, {"media": contact}, None)
         server = ContactTunnelFactory(contact_mux, reactor, limits).buildProtocol(None)
         client = AgentTunnelFactory(agent_mux, reactor, "agent-x", limits).buildProtocol(None)
         pump = iosim.connect(

@@ -15,43 +15,27 @@ from twisted.trial.unittest import SynchronousTestCase
 from spwm.security.keys import resumption_proof
 from spwm.security.resume import AgentResumption, ContactResumption
 from spwm.sip.registrations import Registration
+from spwm.testing.tunnel import FakeTunnel as BaseFakeTunnel
 
 USER = "alice@example.test"
 KEY = bytes(range(32))
 CHALLENGE = b"\x07" * 16
 
 
-class FakeConnection:
-    def __init__(self, session_id: str) -> None:
-        self.session_id = session_id
-
-
-class FakeTunnel:
+class FakeTunnel(BaseFakeTunnel):
     """
-    What the resumption objects use of a L{spwm.tunnel.protocol.TunnelProtocol}.
+    The shared fake tunnel, with the hello messages the resumption reads
+    and the closes it asks for.
     """
 
     def __init__(self, session_id: str, peer_hello: dict[str, Any] | None = None) -> None:
-        self.connection = FakeConnection(session_id)
-        self.peer = ("192.0.2.1", 5000)
+        super().__init__(session_id)
         self.local_hello = {"challenge": CHALLENGE.hex()}
         self.peer_hello = peer_hello or {}
-        self.controls: list[dict[str, Any]] = []
-        self.bound: list[tuple[int, bytes]] = []
-        self.closed: list[Any] = []
-
-    @property
-    def session_id(self) -> str:
-        return self.connection.session_id
-
-    def send_control(self, message: dict[str, Any]) -> None:
-        self.controls.append(message)
-
-    def bind_flow_key(self, flow_id: int, key: bytes) -> None:
-        self.bound.append((flow_id, key))
+        self.closes: list[Any] = []
 
     def close(self, code: Any, reason: str) -> None:
-        self.closed.append((code, reason))
+        self.closes.append((code, reason))
 
 
 class FakeMedia:
@@ -240,6 +224,13 @@ class ContactDormantTests(SynchronousTestCase):
 class FakeHandle:
     def __init__(self) -> None:
         self.current: Any = None
+        self.told: list[str] = []
+
+    def tunnel_established(self, tunnel: Any) -> None:
+        self.told.append("established")
+
+    def tunnel_lost(self, tunnel: Any, reason: str) -> None:
+        self.told.append("lost")
 
 
 class AgentDormantTests(SynchronousTestCase):

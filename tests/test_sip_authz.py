@@ -9,41 +9,23 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.sip.authz import AuthorizingContactProxy, MediaGate
+from spwm.sip.authz import AuthorizingContactProxy, MediaAcceptor
+from spwm.tunnel.api import Router
 from spwm.sip.message import parse_message
 from spwm.sip.actions import ToTunnel
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.tunnel.frames import ChannelKind, ErrorCode
-from tests.test_sip_proxy import SDP, FakeTunnel, request
-
-
-class RecordingMux:
-    def __init__(self) -> None:
-        self.routed: list[tuple[Any, int, Any]] = []
-        self.forgotten: list[int] = []
-
-    def channel_opened_locally(self, tunnel: Any, channel_id: int, part: Any) -> None:
-        self.routed.append((tunnel, channel_id, part))
-
-    def forget_channel(self, tunnel: Any, channel_id: int) -> None:
-        self.forgotten.append(channel_id)
+from spwm.testing.tunnel import FakeTunnel
+from tests.test_sip_proxy import SDP, request
 
 
 class RecordingManager:
     def __init__(self) -> None:
         self.requested: list[int] = []
 
-    def channel_requested(self, tunnel: Any, channel_id: int, kind: Any, meta: dict) -> None:
+    def accept(self, tunnel: Any, channel_id: int, kind: Any, meta: dict) -> Any:
         self.requested.append(channel_id)
-
-
-class TunnelWithChannels(FakeTunnel):
-    def __init__(self, session_id: str) -> None:
-        super().__init__(session_id)
-        self.closed: list[tuple[int, int, str]] = []
-
-    def close_channel(self, channel_id: int, code: int = 0, reason: str = "") -> None:
-        self.closed.append((channel_id, code, reason))
+        return self
 
 
 class GateTestCase(SynchronousTestCase):
@@ -53,7 +35,7 @@ class GateTestCase(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.proxy = AuthorizingContactProxy(ContactSipProxy(("203.0.113.10", 5060), b"k" * 32))
-        self.tunnel = TunnelWithChannels("s-1")
+        self.tunnel = FakeTunnel("s-1")
         self.proxy.tunnel_attached(self.tunnel, "s-1")
 
     def send(self, data: bytes, flow: int = 1) -> list[Any]:
@@ -143,7 +125,7 @@ class AuthorizationTests(GateTestCase):
         One tunnel's registration authorises that tunnel only.
         """
         self.register("alice")
-        other = TunnelWithChannels("s-2")
+        other = FakeTunnel("s-2")
         self.proxy.tunnel_attached(other, "s-2")
         actions = self.proxy.from_tunnel(other, "s-2", 1, request("MESSAGE", "sip:bob@example.org", call_id="m4"), 10.0)
         self.assertEqual(self.statuses(actions), [403])
@@ -161,15 +143,16 @@ class AuthorizationTests(GateTestCase):
         registration they reach the media manager, which then gets the
         channel's datagrams directly.
         """
-        manager, mux = RecordingManager(), RecordingMux()
-        gate = MediaGate(manager, self.proxy, mux)
-        gate.channel_requested(self.tunnel, 1, ChannelKind.DATAGRAM, {"use": "media"})
+        manager = RecordingManager()
+        gate = MediaAcceptor(manager, self.proxy)
+        router = Router(None, {"media": gate}, None)
+        self.assertIsNone(router.channel_requested(self.tunnel, 1, ChannelKind.DATAGRAM, {"use": "media"}))
         self.assertEqual(self.tunnel.closed, [(1, ErrorCode.REFUSED, "media before registration")])
-        self.assertEqual(manager.requested, [])
+        self.assertEqual((manager.requested, gate.refused), ([], 1))
         self.register()
-        gate.channel_requested(self.tunnel, 3, ChannelKind.DATAGRAM, {"use": "media"})
+        handler = router.channel_requested(self.tunnel, 3, ChannelKind.DATAGRAM, {"use": "media"})
         self.assertEqual(manager.requested, [3])
-        self.assertEqual(mux.routed, [(self.tunnel, 3, manager)])
+        self.assertIs(handler, manager)
 
 
 class LimitTests(GateTestCase):

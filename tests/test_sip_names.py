@@ -98,13 +98,13 @@ class OptionsTests(SynchronousTestCase):
         names = service.sip_core.names
         self.assertEqual(names.addresses, frozenset({("192.0.2.1", 5070)}))
         self.assertEqual(names.names, frozenset({("agent.lan", None), ("2001:db8::1", 5080)}))
-        self.assertIsNone(service.mux.sip.trace)
+        self.assertIsNone(service.router.sip.trace)
         names = agent_names([("192.0.2.1", 5060)], True, [])
         self.assertTrue(names.names_us(parse_uri("sip:192.0.2.1;transport=tls")))
         options = agent.Options()
         options.parseOptions(["--plaintext", "--sip-trace", "--sip-trace-bodies"])
         service = build_agent(options.config, reactor=MemoryReactorClock())
-        self.assertTrue(service.mux.sip.trace.bodies)
+        self.assertTrue(service.router.sip.trace.bodies)
 
     def test_contact(self) -> None:
         """
@@ -127,7 +127,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertTrue(core.names.names_us(parse_uri("sip:EDGE.example.net;lr")))
         self.assertTrue(core.names.names_us(parse_uri("sip:203.0.113.5:5060;lr")))
         self.assertEqual(core.registrar.domains, frozenset({"example.org"}))
-        self.assertIsNotNone(service.mux.sip.runner.trace)
+        self.assertIsNotNone(service.router.sip.trace)
         options = contact.Options()
         with self.assertRaises(ConfigExit) as caught:
             options.parseOptions(["--plaintext", "--domain", "example.org", "--sip-proxy", "198.51.100.7"])

@@ -35,6 +35,7 @@ from spwm.sip.checks import CONGESTED as _CONGESTED
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.transport import AgentSipRunner, SipStreamFactory
 from spwm.sip.uri import parse_name_addr
+from spwm.testing.tunnel import FakeTunnel
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 CONTACT_ADDR = ("203.0.113.5", 5060)
@@ -148,18 +149,6 @@ def dropped(actions: list[Any]) -> list[str]:
     if others:
         raise AssertionError(f"expected only drops, got {actions!r}")
     return [a.reason for a in actions]
-
-
-class FakeTunnel:
-    """
-    Stands for a TunnelProtocol: only an identity.
-    """
-
-    def __init__(self, session_id: str) -> None:
-        self.session_id = session_id
-
-    def __repr__(self) -> str:
-        return f"<FakeTunnel {self.session_id}>"
 
 
 class RecordingHook:

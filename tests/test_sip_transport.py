@@ -20,6 +20,7 @@ from spwm.sip.message import parse_message
 from spwm.sip.actions import OperatorProxy
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.contact_proxy import ContactSipProxy
+from spwm.testing.tunnel import FakeTunnel
 from spwm.sip.transport import (
     AgentSipRunner,
     ContactSipRunner,
@@ -44,20 +45,6 @@ class FakeUdpTransport:
 
     def write(self, data: bytes, addr: tuple[str, int]) -> None:
         self.written.append((data, addr))
-
-
-class FakeTunnel:
-    """
-    Records C{send_sip} calls.
-    """
-
-    def __init__(self, session_id: str = "s1") -> None:
-        self.session_id = session_id
-        self.sent: list[tuple[int, bytes]] = []
-        self.congested = False
-
-    def send_sip(self, flow_id: int, data: bytes) -> None:
-        self.sent.append((flow_id, data))
 
 
 def stream(
@@ -94,7 +81,7 @@ class AgentRunnerTests(SynchronousTestCase):
         tr = FakeUdpTransport("192.0.2.1", 5060)
         udp.makeConnection(tr)
         udp.datagramReceived(register(), ("192.0.2.10", 5062))
-        [(fid, data)] = self.tunnel.sent
+        [(fid, data)] = self.tunnel.sip_sent
         self.runner.sip_received(self.tunnel, fid, answer(data, 200))
         [(out, addr)] = tr.written
         self.assertEqual(addr, ("192.0.2.10", 5062))
@@ -116,12 +103,12 @@ class AgentRunnerTests(SynchronousTestCase):
         udp.makeConnection(tr)
         self.tunnel.congested = True
         udp.datagramReceived(request("INVITE", "sip:bob@example.org"), ("192.0.2.10", 5062))
-        self.assertEqual(self.tunnel.sent, [])
+        self.assertEqual(self.tunnel.sip_sent, [])
         [(out, addr)] = tr.written
         self.assertEqual(parse_message(out).status, 503)
         self.tunnel.congested = False
         udp.datagramReceived(request("INVITE", "sip:bob@example.org"), ("192.0.2.10", 5062))
-        self.assertEqual(len(self.tunnel.sent), 1)
+        self.assertEqual(len(self.tunnel.sip_sent), 1)
 
     def test_udp_garbage(self) -> None:
         """
@@ -131,7 +118,7 @@ class AgentRunnerTests(SynchronousTestCase):
         udp.makeConnection(FakeUdpTransport("192.0.2.1", 5060))
         with capturedLogs() as events:
             udp.datagramReceived(b"\x00\xffINVITE", ("192.0.2.10", 5062))
-        self.assertEqual(self.tunnel.sent, [])
+        self.assertEqual(self.tunnel.sip_sent, [])
         self.assertTrue(any("dropped" in e["log_format"] for e in events))
 
     def test_tcp_flow_and_keepalive(self) -> None:
@@ -147,7 +134,7 @@ class AgentRunnerTests(SynchronousTestCase):
         proto.dataReceived(data[50:] + b"\r\n\r\n")
         self.assertEqual(tr.value(), b"\r\n")
         tr.clear()
-        [(fid, sent)] = self.tunnel.sent
+        [(fid, sent)] = self.tunnel.sip_sent
         self.assertEqual(
             self.core.flows.lookup(fid, 100),
             Flow("tcp", ("192.0.2.1", 5060), ("192.0.2.10", 40000), proto.conn_id),
@@ -168,7 +155,7 @@ class AgentRunnerTests(SynchronousTestCase):
         udp = SipUdpProtocol(self.runner)
         udp.makeConnection(FakeUdpTransport("192.0.2.1", 5060))
         udp.datagramReceived(register(), ("192.0.2.11", 5062))
-        [(tcp_fid, _), (udp_fid, _)] = self.tunnel.sent
+        [(tcp_fid, _), (udp_fid, _)] = self.tunnel.sip_sent
         self.assertEqual(self.runner.close_stream_flows([tcp_fid, udp_fid, 999]), 1)
         self.assertTrue(tr.disconnecting)
 
@@ -239,7 +226,7 @@ class ContactRunnerTests(SynchronousTestCase):
         [(data, addr)] = tr.written
         self.assertEqual(addr, ("198.51.100.7", 5060))
         udp.datagramReceived(answer(data, 200), ("198.51.100.7", 5060))
-        [(fid, back)] = self.tunnel.sent
+        [(fid, back)] = self.tunnel.sip_sent
         self.assertEqual((fid, parse_message(back).status), (4, 200))
         r.stop()
 
@@ -266,11 +253,11 @@ class ContactRunnerTests(SynchronousTestCase):
         )
         self.tunnel.congested = True
         udp.datagramReceived(incoming, ("198.51.100.7", 5060))
-        self.assertEqual(self.tunnel.sent, [])
+        self.assertEqual(self.tunnel.sip_sent, [])
         self.assertEqual(parse_message(tr.written[-1][0]).status, 503)
         self.tunnel.congested = False
         udp.datagramReceived(incoming, ("198.51.100.7", 5060))
-        self.assertEqual(len(self.tunnel.sent), 1)
+        self.assertEqual(len(self.tunnel.sip_sent), 1)
         r.stop()
 
     def test_tcp_pool(self) -> None:
@@ -297,7 +284,7 @@ class ContactRunnerTests(SynchronousTestCase):
         self.assertIn(b"Call-ID: c3", tr.value())
         self.assertEqual(len(self.connects), 1)
         proto.dataReceived(answer(first + b"Content-Length: 0\r\n\r\n", 200))
-        self.assertEqual(parse_message(self.tunnel.sent[0][1]).status, 200)
+        self.assertEqual(parse_message(self.tunnel.sip_sent[0][1]).status, 200)
         proto.connectionLost(None)
         r.sip_received(
             self.tunnel, 4, request("OPTIONS", "sip:bob@example.org", call_id="c4")
@@ -335,7 +322,7 @@ class ContactRunnerTests(SynchronousTestCase):
             extra=(f"Route: <sip:{token}@203.0.113.5:5060;lr>",),
         )
         proto.dataReceived(inv)
-        [(fid, down)] = self.tunnel.sent
+        [(fid, down)] = self.tunnel.sip_sent
         r.sip_received(self.tunnel, fid, answer(down, 180, "Ringing"))
         self.assertEqual(parse_message(tr.value()).status, 180)
         self.assertEqual(self.connects, [])
@@ -375,7 +362,7 @@ class TraceTests(SynchronousTestCase):
         self.assertTrue(second.startswith("SIP sent to tunnel s1 flow 1:\nMESSAGE sip:bob@example.org SIP/2.0\n"), second)
         runner.trace = SipTrace(bodies=True)
         with capturedLogs() as events:
-            runner.sip_received(tunnel, 1, answer(tunnel.sent[0][1], 200, body=b"v=0\r\n"))
+            runner.sip_received(tunnel, 1, answer(tunnel.sip_sent[0][1], 200, body=b"v=0\r\n"))
         first, second = _lines(events, "spwm.sip.transport.SipTrace")
         self.assertTrue(first.startswith("SIP received from tunnel s1 flow 1:\nSIP/2.0 200 OK\n"), first)
         self.assertTrue(second.startswith("SIP sent to app udp [2001:db8::10]:5062:\nSIP/2.0 200 OK\n"), second)
@@ -417,7 +404,7 @@ class TraceTests(SynchronousTestCase):
         udp.makeConnection(FakeUdpTransport("192.0.2.1", 5060))
         with capturedLogs() as events:
             udp.datagramReceived(register(), ("192.0.2.10", 5062))
-        self.assertEqual(len(tunnel.sent), 1)
+        self.assertEqual(len(tunnel.sip_sent), 1)
         self.assertEqual(_lines(events), [])
 
 
@@ -478,7 +465,7 @@ class EventLogTests(SynchronousTestCase):
         self.assertIn("REGISTER refused with 403 Forbidden: its Route <sip:[2001:db8::1]:5060;lr>", line)
         self.assertIn("--sip-name [2001:db8::1]:5060", line)
         self.assertEqual(events[0]["log_level"], LogLevel.warn)
-        self.assertEqual([parse_message(d).status for _, d in self.tunnel.sent], [403, 403, 403])
+        self.assertEqual([parse_message(d).status for _, d in self.tunnel.sip_sent], [403, 403, 403])
         self.clock.advance(60)
         with capturedLogs() as events:
             self.runner.sip_received(self.tunnel, 3, data)
@@ -497,7 +484,7 @@ class EventLogTests(SynchronousTestCase):
         udp.makeConnection(FakeUdpTransport("2001:db8::1", 5060))
         with capturedLogs() as events:
             udp.datagramReceived(register(expires=120), ("2001:db8::10", 5062))
-            runner.sip_received(tunnel, 1, answer(tunnel.sent[0][1], 200, extra=(("Contact", "<sip:alice@192.0.2.10:5062>;expires=120"),)))
+            runner.sip_received(tunnel, 1, answer(tunnel.sip_sent[0][1], 200, extra=(("Contact", "<sip:alice@192.0.2.10:5062>;expires=120"),)))
             self.clock.advance(121)
         self.assertEqual(
             _lines(events),

@@ -27,7 +27,8 @@ from spwm.media.ports import check_range
 from spwm.tap import agent, contact
 from spwm.tap.common import MediaRangeCheck, StartupExit, StartupService
 from spwm.tap.parts import SipListeners
-from spwm.tunnel.protocol import ApplicationMux, ContactTunnelFactory
+from spwm.tunnel.api import Router
+from spwm.tunnel.protocol import ContactTunnelFactory
 from spwm.tunnel.service import ContactListenService
 
 
@@ -213,7 +214,7 @@ class ContactListenTests(SynchronousTestCase):
             def listen(self, factory: Any) -> Any:
                 return fail(CannotListenError("", 443, in_use()))
 
-        factory = ContactTunnelFactory(ApplicationMux(), MemoryReactorClock(), TunnelLimits())
+        factory = ContactTunnelFactory(Router(None, {}, None), MemoryReactorClock(), TunnelLimits())
         service = ContactListenService(Refusing(), factory, MemoryReactorClock(), description="tcp:443")
         with capturedLogs() as events:
             error = self.assertRaises(ListenError, service.startService)
@@ -369,7 +370,7 @@ class AddressTests(SynchronousTestCase):
         A tunnel from an IPv6 peer names it in brackets in its log lines.
         """
         reactor = MemoryReactorClock()
-        factory = ContactTunnelFactory(ApplicationMux(), reactor, TunnelLimits())
+        factory = ContactTunnelFactory(Router(None, {}, None), reactor, TunnelLimits())
         protocol = factory.buildProtocol(IPv6Address("TCP", "2001:db8::10", 443))
         transport = StringTransport(peerAddress=IPv6Address("TCP", "2001:db8::10", 443))
         protocol.makeConnection(transport)

@@ -136,7 +136,7 @@ class AssemblyTests(SynchronousTestCase):
         self.assertIn(built.tunnel_service, list(built.service))
         self.assertIn(built.sip_listeners, list(built.service))
         self.assertIsNone(built.on_demand)
-        self.assertIs(built.mux.sip, built.runner)
+        self.assertIs(built.router.sip, built.runner)
         self.assertEqual(built.forwarder.max_senders, 3)
         self.assertIs(built.factory.limits, config.limits.tunnel)
         self.assertEqual(built.handle.max_held, 64)

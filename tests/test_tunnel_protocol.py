@@ -18,7 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from spwm.limits import TunnelLimits
 from spwm.testing.certs import TestCA
 from spwm.tunnel.frames import ALPN, ChannelKind, ErrorCode
-from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux, ContactTunnelFactory
+from spwm.tunnel.api import Router
+from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
 from spwm.tunnel.service import PLAINTEXT_ANSWER, ReportingClientTLS, describe_failure, server_tls_options
 
 
@@ -136,6 +137,41 @@ class AdapterTests(SynchronousTestCase):
             self.contact_app.calls[1:],
             [("sip", 3, b"OPTIONS"), ("channel", cid, ChannelKind.DATAGRAM, {"use": "t"}), ("datagram", cid, b"d", 1)],
         )
+
+    def test_channel_handlers(self) -> None:
+        """
+        A channel opened with a handler gives its events to the handler,
+        not the application; a channel the application accepted with a
+        handler too; the handler is dropped when the channel closes, and
+        with the connection.
+        """
+        agent, contact = self.agent_app.tunnel, self.contact_app.tunnel
+        mine, theirs = RecordingApp(), RecordingApp()
+        self.contact_app.channel_requested = (  # type: ignore[method-assign]
+            lambda tunnel, channel_id, kind, meta: theirs
+        )
+        cid = agent.open_channel(ChannelKind.STREAM, {"use": "t"}, mine)
+        agent.send_stream_data(cid, b"up")
+        self.pump.flush()
+        contact.send_stream_data(cid, b"back")
+        contact.end_stream(cid)
+        self.pump.flush()
+        self.assertEqual(theirs.calls, [("stream", cid, b"up")])
+        self.assertEqual(mine.calls, [("stream", cid, b"back"), ("end", cid)])
+        contact.close_channel(cid, 0, "done")
+        self.pump.flush()
+        self.assertEqual(mine.calls[-1], ("closed", cid, 0, "done"))
+        self.assertEqual((agent._handlers, contact._handlers), ({}, {}))
+        other = agent.open_channel(ChannelKind.DATAGRAM, {"use": "t"}, mine)
+        self.pump.flush()
+        contact.send_datagram(other, b"down", 1)
+        self.pump.flush()
+        self.assertEqual(mine.calls[-1], ("datagram", other, b"down", 1))
+        self.assertEqual(set(agent._handlers), {other})
+        self.pump.clientIO.loseConnection()
+        self.pump.flush()
+        self.assertEqual((agent._handlers, contact._handlers), ({}, {}))
+        self.assertEqual([c for c in self.agent_app.calls if c[0] not in ("established", "lost")], [])
 
     def test_keepalive_death(self) -> None:
         """
@@ -457,16 +493,18 @@ class AdapterTests(SynchronousTestCase):
 
 class MuxTests(SynchronousTestCase):
     """
-    L{ApplicationMux} routes channels by use.
+    L{Router} routes channels by use.
     """
 
     def test_routes_by_use_and_refuses_unknown(self) -> None:
         """
-        A channel goes to the part for its use; an unknown use is refused.
+        A channel goes to the handler the acceptor of its use returns; an
+        unknown use is refused.
         """
         clock = Clock()
         part = RecordingApp()
-        mux = ApplicationMux(sip=part, parts={"media": part})
+        part.accept = lambda tunnel, channel_id, kind, meta: part  # type: ignore[attr-defined]
+        mux = Router(part, {"media": part}, None)
         agent_app = RecordingApp()
         factory = ContactTunnelFactory(mux, clock)
         agent_factory = AgentTunnelFactory(agent_app, clock, "a")

@@ -77,6 +77,7 @@ from spwm.sdp import (
     rewrite_sdp,
     rewrite_tcp_media,
 )
+from spwm.tunnel.api import Refusal
 from spwm.tunnel.connection import ChannelLimitError, TunnelNotOpenError
 from spwm.tunnel.frames import ChannelKind, ErrorCode
 
@@ -317,7 +318,6 @@ class MediaManager:
         receive_buffer: int = DEFAULT_RECEIVE_BUFFER,
         max_streams_per_dialog: int = DEFAULT_MAX_STREAMS_PER_DIALOG,
         max_pending_channels: int = DEFAULT_MAX_PENDING_CHANNELS,
-        router: Any = None,
         tcp_buffer: int = DEFAULT_MAX_BUFFER,
         sockets: Any = None,
         max_branches_per_stream: int = DEFAULT_MAX_BRANCHES_PER_STREAM,
@@ -335,10 +335,6 @@ class MediaManager:
             C{None}.
         @param strict: latch only on the negotiated host I{and} port;
             default: on for the contact point, off for the agent.
-        @param router: an object with C{channel_opened_locally(tunnel,
-            channel_id, part)} and C{forget_channel(tunnel, channel_id)}
-            (C{spwm.tunnel.protocol.ApplicationMux}), told about the
-            channels we open and close; or C{None}.
         @param tcp_buffer: bytes of TCP media kept per stream while our
             side is not connected or does not read (L{TcpMediaEndpoint}).
         @param sockets: what binds and reads the relay sockets
@@ -362,7 +358,6 @@ class MediaManager:
         self.receive_buffer = receive_buffer
         self.max_streams_per_dialog = max_streams_per_dialog
         self.max_pending_channels = max_pending_channels
-        self.router = router
         self.tcp_buffer = tcp_buffer
         self.sockets = sockets if sockets is not None else TwistedRelaySockets(reactor, MAX_DATAGRAM)
         self.max_branches_per_stream = max_branches_per_stream
@@ -764,11 +759,6 @@ class MediaManager:
 
     # tunnel application callbacks
 
-    def tunnel_established(self, tunnel: Any) -> None:
-        """
-        Nothing to do: media starts with SDP.
-        """
-
     def tunnel_lost(self, tunnel: Any, reason: str = "") -> None:
         """
         The tunnel is gone: release every stream that used it (its channels
@@ -835,21 +825,15 @@ class MediaManager:
         else:
             kind = ChannelKind.DATAGRAM
             meta["mux"] = stream.plan.mux
-        channel_id = stream.tunnel.open_channel(kind, meta)
-        if self.router is not None:
-            self.router.channel_opened_locally(stream.tunnel, channel_id, self)
+        channel_id = stream.tunnel.open_channel(kind, meta, self)
         self._attach(stream, channel_id)
 
-    def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
-        """
-        Not ours: SIP goes to the SIP core.
-        """
-
-    def channel_requested(
+    def accept(
         self, tunnel: Any, channel_id: int, kind: Any, meta: dict[str, Any]
-    ) -> None:
+    ) -> MediaManager | Refusal:
         """
-        The peer opened a media channel for (dialog, stream): keep it until
+        The acceptor of C{media} channels (L{spwm.tunnel.api.ChannelAcceptor}):
+        the peer opened a media channel for (dialog, stream): keep it until
         the SDP that needs it comes out of the tunnel. Refuse stream
         channels not marked C{"tcp": true} (and datagram channels so
         marked), malformed metadata, a second channel for a stream, and
@@ -882,13 +866,13 @@ class MediaManager:
                 peer=getattr(tunnel, "peer", "?"),
                 reason=problem,
             )
-            tunnel.close_channel(channel_id, int(ErrorCode.REFUSED), problem)
-            return
+            return Refusal(problem)
         if stream is not None:
             self._attach(stream, channel_id)
         else:
             self._pending[tunnel, dialog_key, index] = (channel_id, self.clock.seconds())
             self._sweeper.ensure()
+        return self
 
     def datagram_received(
         self, tunnel: Any, channel_id: int, data: bytes, component: int
@@ -1216,7 +1200,7 @@ class MediaManager:
                 "mux": mux,
             }
         try:
-            channel_id = tunnel.open_channel(kind, meta)
+            channel_id = tunnel.open_channel(kind, meta, self)
         except (ChannelLimitError, TunnelNotOpenError) as e:
             self.rejected_streams += 1
             self.refused_local_channels += 1
@@ -1231,8 +1215,6 @@ class MediaManager:
             if dialog is not None and dialog.streams.get(stream.index) is stream:
                 self._release_stream(dialog, stream.index, "no media channel", close=False)
             return False
-        if self.router is not None:
-            self.router.channel_opened_locally(tunnel, channel_id, self)
         self._attach(stream, channel_id)
         return True
 
@@ -1330,8 +1312,6 @@ class MediaManager:
         if undirect is not None:
             undirect(key[1])
         self._channels.pop(key, None)
-        if self.router is not None:
-            self.router.forget_channel(key[0], key[1])
 
     def _close_channel(self, tunnel: Any, channel_id: int, reason: str) -> None:
         self._forget((tunnel, channel_id))

@@ -46,6 +46,7 @@ from spwm.security.keys import (
     parse_digest,
     resumption_proof,
 )
+from spwm.session.state import AGENT_TRANSITIONS, CONTACT_TRANSITIONS, Effect, Input, SessionState, transition
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import parse_message
 from spwm.tunnel.frames import ErrorCode
@@ -132,6 +133,11 @@ class AgentResumption(_Lifecycle):
     The agent's side: derives keys as registrations succeed, offers
     resumption when it reconnects, and releases what was not resumed.
 
+    The session's life is the table of L{spwm.session.state}: each event is
+    classified into an L{Input}, and the table's L{Effect} is carried out
+    (L{_apply}); no flags.
+
+    @ivar state: the session's L{SessionState}.
     @ivar keys: user id -> key, for the current (or suspended) session.
     @ivar session_id: the contact point's name for our session.
     """
@@ -143,18 +149,24 @@ class AgentResumption(_Lifecycle):
         media: Any,
         handle: Any,
         session_lost: Callable[[list[int]], Any] | None = None,
+        forwarder: Any = None,
     ) -> None:
+        """
+        @param handle: the agent's tunnel handle (C{AgentTunnelHandle}),
+            told first of a tunnel's life.
+        @param forwarder: the UDP forwards (C{AgentForwarder}), told last.
+        """
         super().__init__(clock, window, media, None)
         self.handle = handle
+        self.forwarder = forwarder
         self.watcher = RegistrationWatcher()
+        self.state = SessionState.ENDED
         self.keys: dict[str, bytes] = {}
         #: user id -> the application flow that registered it
         self.flows: dict[str, int] = {}
         self.session_id: str | None = None
+        # the lost tunnel whose calls and media are kept (SUSPENDED)
         self._suspended: Any = None
-        # past the window: calls and media released, keys kept to resume
-        # the registrations
-        self.dormant = False
         #: called with the application flow ids of the users of a session
         #: that is given up for good (see L{_release}); the agent closes
         #: their TCP/TLS connections so that those phones register again
@@ -162,6 +174,40 @@ class AgentResumption(_Lifecycle):
         self._timer: IDelayedCall | None = None
         self._stopping = False
         self.resumed = 0
+
+    @property
+    def dormant(self) -> bool:
+        """
+        Whether the session is past its window, keys kept.
+        """
+        return self.state is SessionState.DORMANT
+
+    def _apply(self, event: Input, tunnel: Any = None, reason: str = "") -> None:
+        """
+        Feed the table one input and carry out its effect.
+        """
+        effect, new_state = transition(AGENT_TRANSITIONS, self.state, event)
+        before, self.state = self.state, new_state
+        if effect is Effect.NOTHING:
+            return
+        if effect is Effect.SUSPEND:
+            self._suspended = tunnel
+            self.media.tunnel_suspended(tunnel)
+            self._cancel()
+            self._timer = self.clock.callLater(self.window, self._window_over)
+        elif effect is Effect.OFFER:
+            self._offer(tunnel, media=before is SessionState.SUSPENDED)
+        elif effect in (Effect.RESUME, Effect.RESUME_REGISTRATIONS):
+            self._resume(tunnel, media=effect is Effect.RESUME)
+        elif effect is Effect.GO_DORMANT:
+            self._go_dormant()
+        elif effect is Effect.RELEASE:
+            self._release(reason, was=before)
+        elif effect is Effect.END:
+            self.media.tunnel_lost(tunnel, reason)
+            self.keys.clear()
+        elif effect is Effect.DROP_TUNNEL:
+            self.media.tunnel_lost(tunnel, reason)
 
     # -- the SIP core's traffic -------------------------------------------
 
@@ -178,7 +224,7 @@ class AgentResumption(_Lifecycle):
         """
         return {
             "users": len(self.keys),
-            "suspended": int(self._suspended is not None),
+            "suspended": int(self.state is SessionState.SUSPENDED),
             "dormant": int(self.dormant),
             "resumed": self.resumed,
         }
@@ -191,6 +237,7 @@ class AgentResumption(_Lifecycle):
         self.flows[credentials.user_id] = flow_id
         self.session_id = tunnel.session_id
         tunnel.bind_flow_key(flow_id, key)
+        self._apply(Input.KEY_LEARNED)
 
     # -- the tunnel's life -----------------------------------------------
 
@@ -198,75 +245,90 @@ class AgentResumption(_Lifecycle):
         """
         Extra hello fields: the resumption offer, if there is something to resume.
         """
-        if (self._suspended is None and not self.dormant) or not self.keys or not self.session_id:
+        waiting = self.state in (SessionState.SUSPENDED, SessionState.DORMANT)
+        if not waiting or not self.keys or not self.session_id:
             return {}
         return {"resume": {"session_id": self.session_id, "users": sorted(self.keys)[:MAX_RESUME_USERS]}}
 
     def tunnel_established(self, tunnel: Any) -> None:
-        challenge = tunnel.peer_hello.get("challenge")
-        if self._suspended is None and not self.dormant:
-            return
-        if not isinstance(challenge, str) or not self.keys or not self.session_id:
-            self._release("the contact point offers no resumption")
-            return
-        try:
-            raw = bytes.fromhex(challenge)
-        except ValueError:
-            self._release("bad challenge")
-            return
+        """
+        The one observer of the agent's tunnels: the handle, the
+        resumption offer, the forwards, in this order.
+        """
+        self.handle.tunnel_established(tunnel)
+        problem = None
+        if self.state in (SessionState.SUSPENDED, SessionState.DORMANT):
+            challenge = tunnel.peer_hello.get("challenge")
+            if not isinstance(challenge, str) or not self.keys or not self.session_id:
+                problem = "the contact point offers no resumption"
+            else:
+                try:
+                    bytes.fromhex(challenge)
+                except ValueError:
+                    problem = "bad challenge"
+        if problem is not None:
+            self._apply(Input.RESUME_REFUSED, tunnel, problem)
+        else:
+            self._apply(Input.TUNNEL_UP, tunnel)
+        if self.forwarder is not None:
+            self.forwarder.tunnel_established(tunnel)
+
+    def _offer(self, tunnel: Any, media: bool) -> None:
+        raw = bytes.fromhex(tunnel.peer_hello["challenge"])
+        assert self.session_id is not None
         proofs = {user: resumption_proof(key, raw, self.session_id) for user, key in self.keys.items()}
         message: dict[str, Any] = {"op": "resume", "session_id": self.session_id, "proofs": proofs}
-        if self._suspended is None:
+        if not media:
             message["media"] = False
         tunnel.send_control(message)
 
     def control_received(self, tunnel: Any, message: dict[str, Any]) -> None:
         op = message.get("op")
-        waiting = self._suspended is not None or self.dormant
-        if op == "resumed" and waiting and message.get("session_id") == self.session_id:
-            old, self._suspended = self._suspended, None
-            self.dormant = False
-            self._cancel()
-            tunnel.connection.session_id = self.session_id
-            for user, key in self.keys.items():
-                tunnel.bind_flow_key(self.flows[user], key)
-            if old is not None and message.get("media") is False:
-                # The contact point kept only the registrations (past its
-                # window, or restarted): our calls' media is gone there.
-                self.media.tunnel_lost(old, "the contact point resumed the registrations only")
-                old = None
-            elif old is not None:
-                self.media.tunnel_resumed(old, tunnel, reopen=False)
-            self.resumed += 1
-            self.log.info(
-                "session {session_id} resumed on the new tunnel to {peer}{what}",
-                session_id=self.session_id,
-                peer=tunnel.peer,
-                what="" if old is not None else " (registrations only)",
-            )
+        if op == "resumed" and message.get("session_id") == self.session_id:
+            media = message.get("media") is not False
+            self._apply(Input.RESUME_OK if media else Input.RESUME_OK_REGISTRATIONS, tunnel)
         elif op == "resume-failed":
-            self._release(str(message.get("reason", "refused")))
+            self._apply(Input.RESUME_REFUSED, tunnel, str(message.get("reason", "refused")))
+
+    def _resume(self, tunnel: Any, media: bool) -> None:
+        old, self._suspended = self._suspended, None
+        self._cancel()
+        assert self.session_id is not None
+        tunnel.adopt_session(self.session_id)
+        for user, key in self.keys.items():
+            tunnel.bind_flow_key(self.flows[user], key)
+        if old is not None and not media:
+            # The contact point kept only the registrations (past its
+            # window, or restarted): our calls' media is gone there.
+            self.media.tunnel_lost(old, "the contact point resumed the registrations only")
+            old = None
+        elif old is not None:
+            self.media.tunnel_resumed(old, tunnel, reopen=False)
+        self.resumed += 1
+        self.log.info(
+            "session {session_id} resumed on the new tunnel to {peer}{what}",
+            session_id=self.session_id,
+            peer=tunnel.peer,
+            what="" if old is not None else " (registrations only)",
+        )
 
     def tunnel_lost(self, tunnel: Any, reason: str) -> None:
-        if self.keys and self.window > 0 and not self._stopping:
-            self._suspended = tunnel
-            self.media.tunnel_suspended(tunnel)
-            self._cancel()
-            self._timer = self.clock.callLater(self.window, self._go_dormant)
-        else:
-            self.media.tunnel_lost(tunnel, reason)
-            self.keys.clear()
+        self.handle.tunnel_lost(tunnel, reason)
+        resumable = bool(self.keys) and self.window > 0 and not self._stopping
+        self._apply(Input.TUNNEL_LOST if resumable else Input.TUNNEL_ENDED, tunnel, reason)
+        if self.forwarder is not None:
+            self.forwarder.tunnel_lost(tunnel, reason)
+
+    def _window_over(self) -> None:
+        self._timer = None
+        self._apply(Input.WINDOW_OVER)
 
     def _go_dormant(self) -> None:
         """
         The window is over: release the calls' media, keep the keys so
         that the next connection can still resume the registrations.
         """
-        self._timer = None
         old, self._suspended = self._suspended, None
-        if old is None:
-            return
-        self.dormant = True
         self.log.info(
             "session {session_id} not resumed within {window} s: calls and media released,"
             " registrations kept for a later resumption",
@@ -275,10 +337,10 @@ class AgentResumption(_Lifecycle):
         )
         self.media.tunnel_lost(old, "resumption window over")
 
-    def _release(self, reason: str) -> None:
+    def _release(self, reason: str, was: SessionState) -> None:
         self._cancel()
         old, self._suspended = self._suspended, None
-        if old is not None or self.dormant:
+        if was in (SessionState.SUSPENDED, SessionState.DORMANT):
             self.log.info("session {session_id} not resumed: {reason}", session_id=self.session_id, reason=reason)
             if self.session_lost is not None and self.flows and not self._stopping:
                 # The contact point has no registration of ours any more:
@@ -291,7 +353,6 @@ class AgentResumption(_Lifecycle):
                     )
         if old is not None:
             self.media.tunnel_lost(old, reason)
-        self.dormant = False
         self.keys.clear()
         self.flows.clear()
         self.session_id = None
@@ -307,7 +368,7 @@ class AgentResumption(_Lifecycle):
         (C{--tunnel on-demand}): the loss that follows is not one to
         resume, so forget the session now.
         """
-        self._release("tunnel no longer needed")
+        self._apply(Input.GONE_AWAY, reason="tunnel no longer needed")
 
     def stop(self) -> None:
         """
@@ -315,7 +376,7 @@ class AgentResumption(_Lifecycle):
         """
         self._stopping = True
         self._cancel()
-        self._release("agent stopping")
+        self._apply(Input.STOP, reason="agent stopping")
 
 
 class _ObservedAgentCore:
@@ -323,8 +384,40 @@ class _ObservedAgentCore:
         self._core = core
         self._resumption = resumption
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._core, name)
+    # The rest of the core's interface, passed on.
+    @property
+    def core(self) -> Any:
+        """
+        The agent proxy this watches.
+        """
+        return self._core
+
+    @property
+    def tunnel_key(self) -> Any:
+        return self._core.tunnel_key
+
+    @property
+    def flows(self) -> Any:
+        return self._core.flows
+
+    @property
+    def names(self) -> Any:
+        return self._core.names
+
+    def busy(self, now: float) -> bool:
+        return bool(self._core.busy(now))
+
+    def flow_closed(self, flow: Any) -> None:
+        self._core.flow_closed(flow)
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._core.status())
+
+    def next_deadline(self) -> float | None:
+        return self._core.next_deadline()
+
+    def handle_timer(self, now: float) -> list[Any]:
+        return self._core.handle_timer(now)
 
     def from_app(self, flow: Any, data: bytes, now: float, *, congested: bool = False) -> list[Any]:
         actions = self._core.from_app(flow, data, now, congested=congested)
@@ -349,14 +442,28 @@ class ContactResumption(_Lifecycle):
     succeed, suspends sessions with keys when their tunnel breaks, checks
     resumption proofs and moves sessions to new connections.
 
+    Each session's state is where it is (L{state_of}); what an event does
+    to it is decided by L{CONTACT_TRANSITIONS} (L{_decide}).
+
     @ivar keys: session id -> user id -> key.
     @ivar refused: resumptions refused (wrong proof, unknown session).
     """
 
     def __init__(
-        self, clock: IReactorTime, window: float, media: Any, sip_runner: Any, max_dormant: int = MAX_DORMANT
+        self,
+        clock: IReactorTime,
+        window: float,
+        media: Any,
+        sip_runner: Any,
+        max_dormant: int = MAX_DORMANT,
+        forwarder: Any = None,
     ) -> None:
+        """
+        @param forwarder: the UDP forward targets (C{ContactForwarder}),
+            told when a tunnel is lost.
+        """
         super().__init__(clock, window, media, sip_runner)
+        self.forwarder = forwarder
         self.keys: dict[str, dict[str, bytes]] = {}
         #: session id -> user id -> the agent's flow that registered it
         self.flows: dict[str, dict[str, int]] = {}
@@ -407,32 +514,70 @@ class ContactResumption(_Lifecycle):
 
     # -- the tunnel's life -----------------------------------------------
 
+    def state_of(self, session_id: str) -> SessionState:
+        """
+        Where a session is: suspended, dormant, live on a connection, or
+        none of these (C{ENDED}).
+        """
+        if session_id in self._suspended:
+            return SessionState.SUSPENDED
+        if session_id in self._dormant:
+            return SessionState.DORMANT
+        if session_id in self._live:
+            return SessionState.LIVE
+        return SessionState.ENDED
+
+    def _decide(self, session_id: str, event: Input) -> Effect:
+        """
+        The effect of C{event} on a session, from the table.
+
+        @raise BadTransition: it cannot happen in the session's state.
+        """
+        effect, _ = transition(CONTACT_TRANSITIONS, self.state_of(session_id), event)
+        return effect
+
     def tunnel_established(self, tunnel: Any) -> None:
+        self._decide(tunnel.session_id, Input.TUNNEL_UP)  # always ATTACH
         self._live[tunnel.session_id] = tunnel
         self.sip.tunnel_established(tunnel)
 
     def tunnel_lost(self, tunnel: Any, reason: str) -> None:
+        """
+        The one observer of the contact point's tunnels: the session, then
+        the forwards.
+        """
+        self._session_lost(tunnel, reason)
+        if self.forwarder is not None:
+            self.forwarder.tunnel_lost(tunnel, reason)
+
+    def _session_lost(self, tunnel: Any, reason: str) -> None:
+        session_id = tunnel.session_id
         if id(tunnel) in self._taken_over:
             self._taken_over.discard(id(tunnel))
+            self._decide(session_id, Input.TAKEN_OVER)  # nothing
             return
-        session_id = tunnel.session_id
-        if self._live.get(session_id) is tunnel:
-            del self._live[session_id]
         # An agent that sent go-away before closing (an on-demand tunnel
         # nobody needs) is not coming back for this session: end it now.
-        parting = getattr(tunnel, "go_away_info", None) is not None
-        if (
+        if getattr(tunnel, "go_away_info", None) is not None:
+            event = Input.GONE_AWAY
+        elif (
             self.keys.get(session_id)
             and self.window > 0
             and not self._stopping
-            and not parting
             and session_id not in self._suspended
         ):
+            event = Input.TUNNEL_LOST
+        else:
+            event = Input.TUNNEL_ENDED
+        effect = self._decide(session_id, event)
+        if self._live.get(session_id) is tunnel:
+            del self._live[session_id]
+        if effect is Effect.SUSPEND:
             self.media.tunnel_suspended(tunnel)
             timer = self.clock.callLater(self.window, self._expire, session_id)
             self._suspended[session_id] = (tunnel, timer)
-            return
-        self._end(tunnel, session_id, reason)
+        else:  # END
+            self._end(tunnel, session_id, reason)
 
     @property
     def dormant(self) -> int:
@@ -455,12 +600,12 @@ class ContactResumption(_Lifecycle):
         }
 
     def _expire(self, session_id: str) -> None:
-        entry = self._suspended.pop(session_id, None)
-        if entry is None:
-            return
-        tunnel = entry[0]
+        if session_id not in self._suspended:
+            return  # (not suspended, WINDOW_OVER): nothing
         registrations = self.sip.registrations(session_id)
-        if not registrations:
+        effect = self._decide(session_id, Input.WINDOW_OVER if registrations else Input.REGISTRATIONS_EXPIRED)
+        tunnel = self._suspended.pop(session_id)[0]
+        if effect is Effect.END:
             self.log.info("session {session_id} not resumed within {window} s: released", session_id=session_id, window=self.window)
             self._end(tunnel, session_id, "resumption window over")
             return
@@ -490,6 +635,7 @@ class ContactResumption(_Lifecycle):
         self._dormant[session_id] = (None, timer)
         while len(self._dormant) > self.max_dormant:
             oldest = next(iter(self._dormant))
+            self._decide(oldest, Input.EVICTED)  # FORGET
             self._forget_dormant(oldest, "too many dormant sessions")
         return last
 
@@ -558,6 +704,7 @@ class ContactResumption(_Lifecycle):
         if live:
             self._dormant[session_id] = (None, self.clock.callLater(max(live) - now + 1.0, self._wake, session_id))
             return
+        self._decide(session_id, Input.REGISTRATIONS_EXPIRED)  # FORGET
         self._forget_dormant(session_id, "registrations expired")
 
     def _forget_dormant(self, session_id: str, reason: str) -> None:
@@ -620,33 +767,38 @@ class ContactResumption(_Lifecycle):
             return
         # the checks above passed: a session name, an entry, proofs
         assert isinstance(old_session, str) and entry is not None and isinstance(proofs, dict)
+        state = self.state_of(old_session)
+        effect = self._decide(
+            old_session, Input.RESUME_OK_REGISTRATIONS if message.get("media") is False else Input.RESUME_OK
+        )
         media = True
-        if old_session in self._suspended:
+        if state is SessionState.SUSPENDED:
             old_tunnel, timer = self._suspended.pop(old_session)
             if timer.active():
                 timer.cancel()
-            if message.get("media") is False:
+            if effect is Effect.RESUME_REGISTRATIONS:
                 # The agent has released the calls' media already.
                 self.media.tunnel_lost(old_tunnel, "the agent released the calls")
                 media = False
-        elif old_session in self._dormant:
+        elif state is SessionState.DORMANT:
             old_tunnel, timer = self._dormant.pop(old_session)
             if timer.active():
                 timer.cancel()
             media = False
-        else:
+        else:  # TAKE_OVER
             old_tunnel = entry[0]
             self._taken_over.add(id(old_tunnel))
             del self._live[old_session]
             self.media.tunnel_suspended(old_tunnel)
             old_tunnel.close(ErrorCode.GOING_AWAY, "session resumed on another connection")
         fresh = tunnel.session_id
+        self._decide(fresh, Input.ABSORBED)  # ABSORB
         # The new connection takes the old session's name, so flow tokens
         # in Path/Record-Route keep pointing at it.
         self.sip.tunnel_lost(tunnel, "resumed as another session")
         if self._live.get(fresh) is tunnel:
             del self._live[fresh]
-        tunnel.connection.session_id = old_session
+        tunnel.adopt_session(old_session)
         self._live[old_session] = tunnel
         self.sip.tunnel_established(tunnel)
         self.keys.pop(fresh, None)
@@ -674,9 +826,11 @@ class ContactResumption(_Lifecycle):
         """
         self._stopping = True
         for session_id, (tunnel, timer) in list(self._suspended.items()):
+            self._decide(session_id, Input.STOP)  # END
             if timer.active():
                 timer.cancel()
             del self._suspended[session_id]
             self._end(tunnel, session_id, "contact point stopping")
         for session_id in list(self._dormant):
+            self._decide(session_id, Input.STOP)  # FORGET
             self._forget_dormant(session_id, "contact point stopping")

@@ -10,8 +10,8 @@ through it (the From identity is checked).  When all registrations of a tunnel
 have expired or been removed, it is unregistered again.
 
 L{AuthorizingContactProxy} wraps a L{spwm.sip.contact_proxy.ContactSipProxy} (same
-interface) and limits REGISTER requests per tunnel; L{MediaGate} guards the
-media part of the tunnel multiplexer.
+interface) and limits REGISTER requests per tunnel; L{MediaAcceptor} guards the
+media channels.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from typing import Any, Callable
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import make_response, parse_message
 from spwm.sip.actions import Dropped, ToTunnel
-from spwm.sip.contact_proxy import never_congested
+from spwm.sip.contact_proxy import ContactSipProxy, never_congested
 from spwm.sip.uri import parse_name_addr, parse_uri
-from spwm.tunnel.frames import ErrorCode
+from spwm.tunnel.api import ChannelAcceptor, ChannelHandler, Refusal
+from spwm.tunnel.frames import ChannelKind
 
 #: What an unregistered tunnel may send.
 UNREGISTERED_METHODS = frozenset({"REGISTER", "OPTIONS"})
@@ -74,8 +75,48 @@ class AuthorizingContactProxy:
         self._identities: dict[str, tuple[tuple[str, ...], set[tuple[str, str]]]] = {}
         self.refused: dict[str, int] = {}
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._core, name)
+    # -- the core's interface, passed on ---------------------------------
+
+    @property
+    def core(self) -> ContactSipProxy:
+        """
+        The contact proxy this wraps.
+        """
+        return self._core
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._core.address
+
+    @property
+    def names(self) -> Any:
+        return self._core.names
+
+    @property
+    def registrar(self) -> Any:
+        return self._core.registrar
+
+    @property
+    def secret(self) -> bytes:
+        return self._core.secret
+
+    def tunnel_attached(self, tunnel_key: Any, session_id: str) -> None:
+        self._core.tunnel_attached(tunnel_key, session_id)
+
+    def registrations(self, session_id: str) -> list[Any]:
+        return self._core.registrations(session_id)
+
+    def export_registrations(self, session_id: str, now: float) -> dict[str, Any]:
+        return self._core.export_registrations(session_id, now)
+
+    def import_registrations(self, session_id: str, data: Any, now: float) -> int:
+        return self._core.import_registrations(session_id, data, now)
+
+    def next_deadline(self) -> float | None:
+        return self._core.next_deadline()
+
+    def handle_timer(self, now: float) -> list[Any]:
+        return self._core.handle_timer(now)
 
     def identities(self, session_id: str) -> set[tuple[str, str]]:
         """
@@ -225,36 +266,24 @@ class AuthorizingContactProxy:
         return [ToTunnel(tunnel_key, flow_id, response.to_bytes()), drop]
 
 
-class MediaGate:
+class MediaAcceptor:
     """
-    The media part of the contact point's multiplexer, refusing media
-    channels from tunnels that are not registered, and handing accepted
-    channels to the media manager (which then gets their datagrams
-    directly).
+    The contact point's acceptor of C{media} channels: refuses them from
+    sessions that have no registration (C{Refusal("media before
+    registration")}) and hands the others to the media manager's own
+    acceptor.
+
+    @ivar refused: media channels refused for want of a registration.
     """
 
-    def __init__(self, manager: Any, authz: AuthorizingContactProxy | None, mux: Any) -> None:
+    def __init__(self, manager: ChannelAcceptor, authz: AuthorizingContactProxy | None) -> None:
         self._manager = manager
         self._authz = authz
-        self._mux = mux
         self.refused = 0
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._manager, name)
-
-    def channel_requested(self, tunnel: Any, channel_id: int, kind: Any, meta: dict[str, Any]) -> None:
-        if self._authz is not None and self._authz.require_registration and not self._authz.is_authorized(tunnel.session_id):
+    def accept(self, tunnel: Any, channel_id: int, kind: ChannelKind, meta: dict[str, Any]) -> ChannelHandler | Refusal:
+        authz = self._authz
+        if authz is not None and authz.require_registration and not authz.is_authorized(tunnel.session_id):
             self.refused += 1
-            tunnel.close_channel(channel_id, ErrorCode.REFUSED, "media before registration")
-            self._mux.forget_channel(tunnel, channel_id)
-            return
-        self._mux.channel_opened_locally(tunnel, channel_id, self._manager)
-        self._manager.channel_requested(tunnel, channel_id, kind, meta)
-
-    # The tunnel's life reaches the media manager through the resumption
-    # logic (spwm.security.resume), which may suspend instead of release.
-    def tunnel_established(self, tunnel: Any) -> None:
-        pass
-
-    def tunnel_lost(self, tunnel: Any, reason: str) -> None:
-        pass
+            return Refusal("media before registration")
+        return self._manager.accept(tunnel, channel_id, kind, meta)

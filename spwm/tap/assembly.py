@@ -33,7 +33,7 @@ from spwm.forward import USE as FORWARD_USE, AgentForwarder, ContactForwarder
 from spwm.media.manager import MediaManager
 from spwm.media.reader import relay_sockets_for
 from spwm.security.resume import AgentResumption, ContactResumption
-from spwm.sip.authz import AuthorizingContactProxy, MediaGate
+from spwm.sip.authz import AuthorizingContactProxy, MediaAcceptor
 from spwm.sip.flows import FlowTable
 from spwm.sip.names import ProxyNames
 from spwm.sip.actions import OperatorProxy
@@ -56,14 +56,13 @@ from spwm.tap.parts import (
     Hook,
     Later,
     LaterOnDemand,
-    LaterRouter,
     MediaHookAdapter,
     SipListeners,
-    SipOnly,
     flow_source,
     resolve_ip,
 )
-from spwm.tunnel.protocol import AgentTunnelFactory, ApplicationMux, ContactTunnelFactory
+from spwm.tunnel.api import Router
+from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
 from spwm.tunnel.service import (
     AgentTunnelService,
     ContactListenService,
@@ -81,7 +80,8 @@ class Agent:
     The parts of one agent, as L{build_agent} joined them.
 
     @ivar config: what it was built from.
-    @ivar mux: the tunnel application (SIP, channels and lifecycle by part).
+    @ivar router: the tunnel application: SIP to the runner, channels to
+        their acceptors, the tunnels' life to the session logic.
     @ivar handle: the stable tunnel handle the SIP core sends through.
     @ivar forwarder: the UDP forwards.
     @ivar media: the media relay.
@@ -100,7 +100,7 @@ class Agent:
     """
 
     config: AgentConfig
-    mux: ApplicationMux
+    router: Router
     handle: AgentTunnelHandle
     forwarder: AgentForwarder
     media: MediaManager
@@ -122,7 +122,7 @@ class ContactPoint:
     The parts of one contact point, as L{build_contact} joined them.
 
     @ivar config: what it was built from.
-    @ivar mux: the tunnel application.
+    @ivar router: the tunnel application.
     @ivar forwarder: the UDP forwards agents ask for.
     @ivar media: the media relay.
     @ivar sip_core: the SIP core (authorisation over the contact proxy).
@@ -138,7 +138,7 @@ class ContactPoint:
     """
 
     config: ContactConfig
-    mux: ApplicationMux
+    router: Router
     forwarder: ContactForwarder
     media: MediaManager
     sip_core: AuthorizingContactProxy
@@ -241,11 +241,9 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
     limits = config.limits
     agent_id = config.agent_id or socket.gethostname()
     sip_addresses = list(config.sip_listen)
-    later_mux: Later[ApplicationMux] = Later("the tunnel application")
     later_runner: Later[AgentSipRunner] = Later("the SIP runner")
     later_tunnel: Later[AgentTunnelService] = Later("the tunnel service")
     later_on_demand: Later[OnDemandTunnel] = Later("the on-demand tunnel")
-    router = LaterRouter(later_mux)
 
     handle = AgentTunnelHandle(
         reactor,
@@ -260,7 +258,6 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
         list(config.forward_udp),
         receive_buffer=limits.sip.udp_buffer,
         max_senders=limits.sip.max_forward_senders,
-        mux=router,
     )
     media_address = config.media_address or sip_addresses[0][0]
     media = MediaManager(
@@ -273,7 +270,6 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
         max_streams_per_dialog=limits.media.max_streams_per_dialog,
         max_pending_channels=limits.media.max_pending_channels,
         max_branches_per_stream=limits.media.max_branches_per_stream,
-        router=router,
         sockets=relay_sockets_for(reactor),
     )
     resumption = AgentResumption(
@@ -282,6 +278,7 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
         media,
         handle,
         session_lost=lambda flows: later_runner().close_stream_flows(flows),
+        forwarder=forwarder,
     )
     flows = FlowTable()
     proxy = AgentSipProxy(
@@ -300,15 +297,11 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
     sip_part: AgentSipRunner | TouchingSip = runner
     if config.tunnel == "on-demand":
         sip_part = TouchingSip(runner, LaterOnDemand(later_on_demand))
-    mux = later_mux.bind(
-        ApplicationMux(
-            sip=sip_part,
-            parts={FORWARD_USE: forwarder, "media": MediaGate(media, None, router)},
-            observers=[handle, resumption],
-        )
-    )
+    # The session logic is the tunnels' one observer; it tells the
+    # handle and the forwards.
+    router = Router(sip_part, {FORWARD_USE: forwarder, "media": media}, resumption)
     factory = AgentTunnelFactory(
-        mux, reactor, agent_id, limits.tunnel, hello=resumption.hello, user_ciphering=config.user_ciphering
+        router, reactor, agent_id, limits.tunnel, hello=resumption.hello, user_ciphering=config.user_ciphering
     )
     sip_tls = None
     if config.sip_tls_cert:
@@ -352,7 +345,7 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
     status_http = status_services(top, status, config.status, reactor)
     return Agent(
         config=config,
-        mux=mux,
+        router=router,
         handle=handle,
         forwarder=forwarder,
         media=media,
@@ -451,9 +444,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
     if reactor is None:
         from twisted.internet import reactor
     limits = config.limits
-    later_mux: Later[ApplicationMux] = Later("the tunnel application")
     later_resumption: Later[ContactResumption] = Later("the session resumption")
-    router = LaterRouter(later_mux)
 
     forwarder = ContactForwarder(reactor, list(config.allow_forward), receive_buffer=limits.sip.udp_buffer)
     sip_host, sip_port = config.sip_address
@@ -470,7 +461,6 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
         max_streams_per_dialog=limits.media.max_streams_per_dialog,
         max_pending_channels=limits.media.max_pending_channels,
         max_branches_per_stream=limits.media.max_branches_per_stream,
-        router=router,
         sockets=relay_sockets_for(reactor),
     )
     state = None
@@ -516,15 +506,18 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
     )
     resumption = later_resumption.bind(
         ContactResumption(
-            reactor, limits.session.resume_window, media, runner, max_dormant=limits.session.max_dormant
+            reactor,
+            limits.session.resume_window,
+            media,
+            runner,
+            max_dormant=limits.session.max_dormant,
+            forwarder=forwarder,
         )
     )
-    gate = MediaGate(media, core, router)
-    mux = later_mux.bind(
-        ApplicationMux(sip=SipOnly(runner), parts={FORWARD_USE: forwarder, "media": gate}, observers=[resumption])
-    )
+    gate = MediaAcceptor(media, core)
+    router = Router(runner, {FORWARD_USE: forwarder, "media": gate}, resumption)
     factory = ContactTunnelFactory(
-        mux,
+        router,
         reactor,
         limits.tunnel,
         max_tunnels=limits.tunnel.max_tunnels,
@@ -563,7 +556,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
         Hook(lambda: None, lambda: kept.save(core, resumption)).setServiceParent(top)
     return ContactPoint(
         config=config,
-        mux=mux,
+        router=router,
         forwarder=forwarder,
         media=media,
         sip_core=core,

@@ -95,23 +95,6 @@ class LaterOnDemand:
         return bool(self._later().want())
 
 
-class LaterRouter:
-    """
-    The tunnel application's channel routing for parts built before it
-    (the media manager, the media gate, the forwarder open channels
-    through it).
-    """
-
-    def __init__(self, later: Later[Any]) -> None:
-        self._later = later
-
-    def channel_opened_locally(self, tunnel: Any, channel_id: int, part: Any) -> None:
-        self._later().channel_opened_locally(tunnel, channel_id, part)
-
-    def forget_channel(self, tunnel: Any, channel_id: int) -> None:
-        self._later().forget_channel(tunnel, channel_id)
-
-
 class Hook(Service):
     """
     Runs start and stop callables with the service.
@@ -448,20 +431,6 @@ def flow_source(flows: Any, clock: Any) -> Any:
         return None if flow is None else flow.remote[0]
 
     return source
-
-
-class SipOnly:
-    """
-    Hands a SIP runner only the SIP of the tunnel: its lifecycle comes
-    through the resumption logic, which may suspend a session instead of
-    ending it.
-    """
-
-    def __init__(self, runner: Any) -> None:
-        self.runner = runner
-
-    def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
-        self.runner.sip_received(tunnel, flow_id, data)
 
 
 def resolve_ip(host: str) -> str:

@@ -496,6 +496,14 @@ class TunnelConnection:
         else:
             self._queue(frame)
 
+    def adopt_session(self, session_id: str) -> None:
+        """
+        From now on this connection carries the session C{session_id}
+        (resumption: the session logic moved an earlier session onto it).
+        Nothing is sent: both ends adopt it on the resume exchange.
+        """
+        self.session_id = session_id
+
     def is_open_channel(self, channel_id: int) -> bool:
         """
         Whether C{channel_id} is an open channel.

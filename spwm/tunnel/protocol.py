@@ -3,9 +3,11 @@
 The Twisted adapter of the tunnel core, and the factories of both ends.
 
 L{TunnelProtocol} feeds a L{TunnelConnection} with what the transport
-receives, hands the events to an application object (L{TunnelApplication}),
-writes what the core has to send unless the transport has paused us, and keeps
-one timer per connection for the core's deadlines.
+receives, hands the events to an application object (L{TunnelApplication},
+in the services L{spwm.tunnel.api.Router}) and each channel's events to the
+channel's handler (L{spwm.tunnel.api.ChannelHandler}), writes what the core
+has to send unless the transport has paused us, and keeps one timer per
+connection for the core's deadlines.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from spwm.addr import peer as peer_text
 from spwm.limits import TunnelLimits
 from spwm.logthrottle import Every, ThrottledLog
 from spwm.tunnel import events as ev
+from spwm.tunnel.api import ChannelHandler
 from spwm.tunnel.connection import ChannelLimitError, Role, State, TunnelConnection
 from spwm.tunnel.cipher import UserCipher
 from spwm.tunnel.frames import FLAG_COMPONENT, FLAG_SEALED, ChannelKind, ErrorCode, FrameType
@@ -33,7 +36,6 @@ _DATAGRAM = int(FrameType.DATAGRAM)
 _ABORT_CODES = frozenset({ErrorCode.HANDSHAKE_TIMEOUT, ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.QUEUE_OVERFLOW})
 
 __all__ = [
-    "ApplicationMux",
     "ChannelLimitError",
     "TunnelApplication",
     "TunnelProtocol",
@@ -88,7 +90,13 @@ def find_socket(transport: Any) -> socket.socket | None:
 
 class TunnelApplication(TypingProtocol):
     """
-    What a tunnel hands its events to.  See C{docs/architecture.md}.
+    What a tunnel hands its events to (L{spwm.tunnel.api.Router} in the
+    services).  See C{docs/architecture.md}.
+
+    C{channel_requested} may return the channel's L{ChannelHandler}: the
+    tunnel then gives that channel's events to it, as it does for a
+    channel opened with a handler.  The channel events below reach the
+    application only for a channel without a handler.
     """
 
     def tunnel_established(self, tunnel: TunnelProtocol) -> None: ...
@@ -99,7 +107,7 @@ class TunnelApplication(TypingProtocol):
 
     def channel_requested(
         self, tunnel: TunnelProtocol, channel_id: int, kind: ChannelKind, meta: dict[str, Any]
-    ) -> None: ...
+    ) -> ChannelHandler | None: ...
 
     def datagram_received(self, tunnel: TunnelProtocol, channel_id: int, data: bytes, component: int) -> None: ...
 
@@ -108,112 +116,6 @@ class TunnelApplication(TypingProtocol):
     def stream_ended(self, tunnel: TunnelProtocol, channel_id: int) -> None: ...
 
     def channel_closed(self, tunnel: TunnelProtocol, channel_id: int, code: int, reason: str) -> None: ...
-
-
-class ApplicationMux:
-    """
-    A L{TunnelApplication} that fans events out to several parts: SIP to
-    C{sip}, channel events by the channel's C{meta["use"]} to the part
-    registered for that use, lifecycle events to everyone.  A channel whose
-    use has no part is refused.
-
-    @ivar sip: the part that gets SIP, or C{None} to drop SIP.
-    """
-
-    log = Logger()
-
-    def __init__(self, sip: Any = None, parts: dict[str, Any] | None = None, observers: list[Any] | None = None) -> None:
-        """
-        @param observers: objects that hear only C{tunnel_established} and
-            C{tunnel_lost}.
-        """
-        self.sip = sip
-        self.parts: dict[str, Any] = dict(parts or {})
-        self.observers: list[Any] = list(observers or [])
-        # id(tunnel) -> channel id -> part
-        self._channels: dict[int, dict[int, Any]] = {}
-
-    def _everyone(self) -> list[Any]:
-        seen: list[Any] = []
-        for part in [*self.observers, self.sip, *self.parts.values()]:
-            if part is not None and all(part is not s for s in seen):
-                seen.append(part)
-        return seen
-
-    def tunnel_established(self, tunnel: TunnelProtocol) -> None:
-        for part in self._everyone():
-            handler = getattr(part, "tunnel_established", None)
-            if handler is not None:
-                handler(tunnel)
-
-    def tunnel_lost(self, tunnel: TunnelProtocol, reason: str) -> None:
-        self._channels.pop(id(tunnel), None)
-        for part in self._everyone():
-            handler = getattr(part, "tunnel_lost", None)
-            if handler is not None:
-                handler(tunnel, reason)
-
-    def control_received(self, tunnel: TunnelProtocol, message: dict[str, Any]) -> None:
-        for part in self._everyone():
-            handler = getattr(part, "control_received", None)
-            if handler is not None:
-                handler(tunnel, message)
-
-    def sip_received(self, tunnel: TunnelProtocol, flow_id: int, data: bytes) -> None:
-        if self.sip is not None and hasattr(self.sip, "sip_received"):
-            self.sip.sip_received(tunnel, flow_id, data)
-
-    def channel_opened_locally(self, tunnel: TunnelProtocol, channel_id: int, part: Any) -> None:
-        """
-        Route the events of a channel that we opened to C{part}.
-        """
-        self._channels.setdefault(id(tunnel), {})[channel_id] = part
-
-    def channel_requested(self, tunnel: TunnelProtocol, channel_id: int, kind: ChannelKind, meta: dict[str, Any]) -> None:
-        use = meta.get("use")
-        part = self.parts.get(use) if isinstance(use, str) else None
-        if part is None:
-            self.log.warn(
-                "refusing channel {channel_id} from {peer}: no handler for use {use!r}",
-                channel_id=channel_id,
-                peer=tunnel.peer,
-                use=use,
-            )
-            tunnel.close_channel(channel_id, ErrorCode.REFUSED, f"unknown channel use {use!r}")
-            return
-        self._channels.setdefault(id(tunnel), {})[channel_id] = part
-        part.channel_requested(tunnel, channel_id, kind, meta)
-
-    def datagram_received(self, tunnel: TunnelProtocol, channel_id: int, data: bytes, component: int) -> None:
-        channels = self._channels.get(id(tunnel))
-        if channels is not None:
-            part = channels.get(channel_id)
-            if part is not None:
-                part.datagram_received(tunnel, channel_id, data, component)
-
-    def _part(self, tunnel: TunnelProtocol, channel_id: int) -> Any:
-        return self._channels.get(id(tunnel), {}).get(channel_id)
-
-    def stream_data_received(self, tunnel: TunnelProtocol, channel_id: int, data: bytes) -> None:
-        part = self._part(tunnel, channel_id)
-        if part is not None:
-            part.stream_data_received(tunnel, channel_id, data)
-
-    def stream_ended(self, tunnel: TunnelProtocol, channel_id: int) -> None:
-        part = self._part(tunnel, channel_id)
-        if part is not None:
-            part.stream_ended(tunnel, channel_id)
-
-    def channel_closed(self, tunnel: TunnelProtocol, channel_id: int, code: int, reason: str) -> None:
-        part = self._channels.get(id(tunnel), {}).pop(channel_id, None)
-        if part is not None:
-            part.channel_closed(tunnel, channel_id, code, reason)
-
-    def forget_channel(self, tunnel: TunnelProtocol, channel_id: int) -> None:
-        """
-        Stop routing a channel that we closed ourselves.
-        """
-        self._channels.get(id(tunnel), {}).pop(channel_id, None)
 
 
 @implementer(IPushProducer)
@@ -282,6 +184,10 @@ class TunnelProtocol(Protocol):
 
         routes: dict[int, Any] = {}
         self._routes = routes
+        #: channel id -> its handler (L{open_channel}, or the application's
+        #: answer to the peer's open)
+        handlers: dict[int, ChannelHandler] = {}
+        self._handlers = handlers
 
         def sink(channel_id: int, data: bytes, flags: int) -> None:
             if flags & FLAG_SEALED:
@@ -292,7 +198,11 @@ class TunnelProtocol(Protocol):
             if route is not None:
                 route[flags](data)
                 return
-            app_datagram(self, channel_id, data, flags)
+            handler = handlers.get(channel_id)
+            if handler is not None:
+                handler.datagram_received(self, channel_id, data, flags)
+            else:
+                app_datagram(self, channel_id, data, flags)
 
         self._plain_sink = sink
         self._sink = sink
@@ -303,10 +213,10 @@ class TunnelProtocol(Protocol):
             ev.DatagramReceived: self._on_datagram,
             ev.HandshakeCompleted: self._on_handshake,
             ev.SipReceived: self._on_sip,
-            ev.ChannelOpened: lambda e: self.app.channel_requested(self, e.channel_id, e.kind, e.meta),
+            ev.ChannelOpened: self._on_channel_opened,
             ev.ChannelClosed: self._on_channel_closed,
-            ev.StreamDataReceived: lambda e: self.app.stream_data_received(self, e.channel_id, e.data),
-            ev.StreamEnded: lambda e: self.app.stream_ended(self, e.channel_id),
+            ev.StreamDataReceived: self._on_stream_data,
+            ev.StreamEnded: self._on_stream_ended,
             ev.PeerWentAway: self._on_goaway,
             ev.ControlReceived: self._on_control,
             ev.TunnelClosed: self._on_closed,
@@ -451,17 +361,42 @@ class TunnelProtocol(Protocol):
                 self.app.tunnel_lost(self, why)
             except Exception:
                 self.log.failure("error in tunnel_lost for {peer}", peer=self.peer)
+        # The channels are gone with the connection.
+        self._handlers.clear()
 
     # -- event handlers ----------------------------------------------------
 
     def _on_datagram(self, e: ev.DatagramReceived) -> None:
         self._sink(e.channel_id, e.data, e.component)
 
+    def _on_channel_opened(self, e: ev.ChannelOpened) -> None:
+        handler = self.app.channel_requested(self, e.channel_id, e.kind, e.meta)
+        if handler is not None:
+            self._handlers[e.channel_id] = handler
+
     def _on_channel_closed(self, e: ev.ChannelClosed) -> None:
         self._routes.pop(e.channel_id, None)
         if self.cipher is not None:
             self.cipher.forget_channel(e.channel_id)
-        self.app.channel_closed(self, e.channel_id, e.code, e.reason)
+        handler = self._handlers.pop(e.channel_id, None)
+        if handler is not None:
+            handler.channel_closed(self, e.channel_id, e.code, e.reason)
+        else:
+            self.app.channel_closed(self, e.channel_id, e.code, e.reason)
+
+    def _on_stream_data(self, e: ev.StreamDataReceived) -> None:
+        handler = self._handlers.get(e.channel_id)
+        if handler is not None:
+            handler.stream_data_received(self, e.channel_id, e.data)
+        else:
+            self.app.stream_data_received(self, e.channel_id, e.data)
+
+    def _on_stream_ended(self, e: ev.StreamEnded) -> None:
+        handler = self._handlers.get(e.channel_id)
+        if handler is not None:
+            handler.stream_ended(self, e.channel_id)
+        else:
+            self.app.stream_ended(self, e.channel_id)
 
     def _on_sip(self, e: ev.SipReceived) -> None:
         data = e.data
@@ -481,6 +416,7 @@ class TunnelProtocol(Protocol):
         channel_context = cipher.channel_context
         open_ = cipher.open
         routes = self._routes
+        handlers = self._handlers
 
         def sink(channel_id: int, data: bytes, flags: int) -> None:
             plain = open_(channel_context(channel_id), _DATAGRAM, channel_id, data, flags & FLAG_SEALED)
@@ -489,6 +425,10 @@ class TunnelProtocol(Protocol):
             route = routes.get(channel_id)
             if route is not None:
                 route[flags & FLAG_COMPONENT](plain)
+                return
+            handler = handlers.get(channel_id)
+            if handler is not None:
+                handler.datagram_received(self, channel_id, plain, flags & FLAG_COMPONENT)
             else:
                 app_datagram(self, channel_id, plain, flags & FLAG_COMPONENT)
 
@@ -507,6 +447,14 @@ class TunnelProtocol(Protocol):
         Give a channel's datagrams back to the application.
         """
         self._routes.pop(channel_id, None)
+
+    def adopt_session(self, session_id: str) -> None:
+        """
+        Carry the session C{session_id} from now on (an input to the core,
+        L{TunnelConnection.adopt_session}).
+        """
+        if self.connection is not None:
+            self.connection.adopt_session(session_id)
 
     def bind_flow_key(self, flow_id: int, key: bytes) -> None:
         """
@@ -627,13 +575,17 @@ class TunnelProtocol(Protocol):
         except Exception:
             return None
 
-    def open_channel(self, kind: ChannelKind, meta: dict[str, Any]) -> int:
+    def open_channel(self, kind: ChannelKind, meta: dict[str, Any], handler: ChannelHandler | None = None) -> int:
         """
         Open a channel; return its id.
 
+        @param handler: gets the channel's events until it is closed
+            (without one they go to the application).
         @raise ChannelLimitError: at the channel limit.
         """
         cid = self.connection.open_channel(kind, meta)
+        if handler is not None:
+            self._handlers[cid] = handler
         self._flush()
         return cid
 
@@ -643,6 +595,7 @@ class TunnelProtocol(Protocol):
         """
         if self.connection is not None:
             self._routes.pop(channel_id, None)
+            self._handlers.pop(channel_id, None)
             if self.cipher is not None:
                 self.cipher.forget_channel(channel_id)
             self.connection.close_channel(channel_id, code, reason)

@@ -1,0 +1,3 @@
+"""
+Sessions: what outlives one tunnel connection (see C{docs/architecture.md}).
+"""

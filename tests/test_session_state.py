@@ -1,0 +1,278 @@
+"""
+Tests for L{spwm.session.state}: the session table, pair by pair, and the
+agent's session logic driven by it through random lives (hypothesis).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.security.resume import AgentResumption
+from spwm.session.state import (
+    AGENT_IMPOSSIBLE,
+    AGENT_TRANSITIONS,
+    CONTACT_IMPOSSIBLE,
+    CONTACT_TRANSITIONS,
+    BadTransition,
+    Effect,
+    AGENT_ONLY,
+    CONTACT_ONLY,
+    Input,
+    SessionState,
+    transition,
+)
+from tests.test_security_resume import CHALLENGE, KEY, USER, FakeHandle, FakeMedia, FakeTunnel, _contact, _registered, _resume
+
+S, I, E = SessionState, Input, Effect
+
+
+class TableTests(SynchronousTestCase):
+    """
+    Every (state, input) pair, one by one.
+    """
+
+    def test_every_pair_is_decided(self) -> None:
+        """
+        In each table each pair is in the table or is impossible (and then
+        raises), never both, never neither.
+        """
+        for table, impossible in ((AGENT_TRANSITIONS, AGENT_IMPOSSIBLE), (CONTACT_TRANSITIONS, CONTACT_IMPOSSIBLE)):
+            for state in SessionState:
+                for event in Input:
+                    pair = (state, event)
+                    self.assertNotEqual(pair in table, pair in impossible, pair)
+                    if pair in impossible:
+                        self.assertRaises(BadTransition, transition, table, state, event)
+                    else:
+                        self.assertEqual(transition(table, state, event), table[pair])
+
+    @given(st.sampled_from(SessionState), st.sampled_from(sorted(set(Input) - CONTACT_ONLY, key=str)))
+    def test_agent_rules(self, state: SessionState, event: Input) -> None:
+        """
+        The rules the agent's table stands for: stopping or going away
+        always ends the session; a refusal ends it; media is resumed only
+        from C{SUSPENDED}; the window moves only C{SUSPENDED}; a proof is
+        sent only while waiting; what ends in C{ENDED} released or ended it
+        (or nothing was there).
+        """
+        effect, after = transition(AGENT_TRANSITIONS, state, event)
+        if event in (I.STOP, I.GONE_AWAY, I.RESUME_REFUSED):
+            self.assertEqual((effect, after), (E.RELEASE, S.ENDED))
+        if effect is E.RESUME:
+            self.assertEqual((state, after), (S.SUSPENDED, S.LIVE))
+        if event is I.WINDOW_OVER:
+            self.assertEqual(after, S.DORMANT if state is S.SUSPENDED else state)
+        if effect is E.OFFER:
+            self.assertIn(state, (S.SUSPENDED, S.DORMANT))
+            self.assertEqual(after, state)
+        if after is S.ENDED and state is not S.ENDED:
+            self.assertIn(effect, (E.RELEASE, E.END))
+        if effect is E.SUSPEND:
+            self.assertEqual(after, S.SUSPENDED)
+
+    @given(st.sampled_from(SessionState), st.sampled_from(sorted(set(Input) - AGENT_ONLY, key=str)))
+    def test_contact_rules(self, state: SessionState, event: Input) -> None:
+        """
+        The rules the contact point's table stands for: a stop leaves
+        nothing suspended or dormant; media moves only from C{SUSPENDED}
+        (or a live session taken over); only C{SUSPENDED} goes dormant;
+        a connection's end never drops a suspended or dormant session.
+        """
+        if (state, event) in CONTACT_IMPOSSIBLE:
+            return
+        effect, after = transition(CONTACT_TRANSITIONS, state, event)
+        if event is I.STOP:
+            self.assertNotIn(after, (S.SUSPENDED, S.DORMANT))
+        if effect is E.RESUME:
+            self.assertEqual(state, S.SUSPENDED)
+        if effect is E.TAKE_OVER:
+            self.assertEqual(state, S.LIVE)
+        if after is S.DORMANT and state is not S.DORMANT:
+            self.assertEqual((state, effect), (S.SUSPENDED, E.GO_DORMANT))
+        if event in (I.TUNNEL_ENDED, I.GONE_AWAY) and state in (S.SUSPENDED, S.DORMANT):
+            self.assertEqual(after, state)
+
+
+class AgentLives(RuleBasedStateMachine):
+    """
+    An agent session with a key, through losses, reconnections, proofs,
+    refusals, waits and a stop, checked against what the table promises.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = Clock()
+        self.media = FakeMedia()
+        self.resumption = AgentResumption(self.clock, 60.0, self.media, FakeHandle())
+        self.resumption.keys[USER] = KEY
+        self.resumption.flows[USER] = 3
+        self.resumption.session_id = "s1"
+        self.tunnel: Any = FakeTunnel("s1")
+        self.up = True
+        self.count = 0
+        self.stopped = False
+
+    @precondition(lambda self: self.up)
+    @rule()
+    def lose(self) -> None:
+        self.up = False
+        self.resumption.tunnel_lost(self.tunnel, "cut")
+
+    @precondition(lambda self: not self.up)
+    @rule(challenge=st.booleans())
+    def reconnect(self, challenge: bool) -> None:
+        self.count += 1
+        hello = {"challenge": CHALLENGE.hex()} if challenge else {}
+        self.tunnel = FakeTunnel(f"n{self.count}", peer_hello=hello)
+        self.up = True
+        self.resumption.tunnel_established(self.tunnel)
+
+    @precondition(lambda self: self.up)
+    @rule(media=st.booleans())
+    def prove(self, media: bool) -> None:
+        message: dict[str, Any] = {"op": "resumed", "session_id": self.resumption.session_id}
+        if not media:
+            message["media"] = False
+        self.resumption.control_received(self.tunnel, message)
+
+    @precondition(lambda self: self.up)
+    @rule()
+    def refuse(self) -> None:
+        self.resumption.control_received(self.tunnel, {"op": "resume-failed", "reason": "no"})
+
+    @rule(seconds=st.sampled_from([1.0, 59.0, 60.0]))
+    def wait(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @rule()
+    def stop(self) -> None:
+        self.stopped = True
+        self.resumption.stop()
+
+    @invariant()
+    def consistent(self) -> None:
+        r = self.resumption
+        state = r.state
+        timer = bool(self.clock.getDelayedCalls())
+        assert timer == (state is S.SUSPENDED), (state, timer)
+        assert (r._suspended is not None) == (state is S.SUSPENDED)
+        assert bool(r.hello()) == (state in (S.SUSPENDED, S.DORMANT)), (state, r.hello())
+        if state is S.ENDED and (self.stopped or r.session_id is None):
+            assert r.keys == {}
+        if self.stopped and state is S.ENDED:
+            assert r.hello() == {}
+        # media: each suspended tunnel is released or resumed at most once
+        ends: dict[int, int] = {}
+        for call in self.media.calls:
+            if call[0] in ("lost", "resumed"):
+                ends[id(call[1])] = ends.get(id(call[1]), 0) + 1
+        assert all(n <= 1 for n in ends.values()), self.media.calls
+        if state is not S.SUSPENDED:
+            suspended = {id(c[1]) for c in self.media.calls if c[0] == "suspended"}
+            released = {id(c[1]) for c in self.media.calls if c[0] in ("lost", "resumed")}
+            assert suspended <= released, self.media.calls
+
+
+class AgentLivesTests(SynchronousTestCase):
+    """
+    Random lives of an agent session.
+    """
+
+    def test_lives(self) -> None:
+        """
+        Through any order of losses, reconnections, proofs, refusals,
+        waits and a stop, the session keeps its invariants.
+        """
+        run_state_machine_as_test(
+            AgentLives, settings=settings(max_examples=150, stateful_step_count=25, deadline=None)
+        )
+
+
+class ContactLives(RuleBasedStateMachine):
+    """
+    One contact-point session through losses, resumptions (after a loss,
+    and over a connection that is still thought live), waits and a stop:
+    the calls' media of every connection is released or resumed once, and
+    the counts and timers agree.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock, self.resumption, self.media, self.sip = _contact()
+        self.tunnel: Any = _registered(self.resumption, self.sip, "s1", expires=3000.0)
+        self.up = True
+        self.taken_over: list[Any] = []
+        self.stopped = False
+
+    @precondition(lambda self: self.up and not self.stopped)
+    @rule()
+    def lose(self) -> None:
+        self.up = False
+        self.resumption.tunnel_lost(self.tunnel, "cut")
+
+    @precondition(lambda self: not self.stopped)
+    @rule(media=st.booleans())
+    def resume(self, media: bool) -> None:
+        if self.up:
+            self.taken_over.append(self.tunnel)
+        extra = {} if media else {"media": False}
+        new = _resume(self.resumption, "s1", **extra)
+        if new.controls[-1]["op"] == "resumed":
+            self.tunnel, self.up = new, True
+        else:
+            self.resumption.tunnel_lost(new, "refused, closed")
+            if self.up and self.taken_over and self.taken_over[-1] is self.tunnel:
+                self.taken_over.pop()
+
+    @precondition(lambda self: bool(self.taken_over))
+    @rule()
+    def old_dies(self) -> None:
+        self.resumption.tunnel_lost(self.taken_over.pop(0), "taken over")
+
+    @rule(seconds=st.sampled_from([1.0, 59.0, 60.0, 3600.0]))
+    def wait(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @rule()
+    def stop(self) -> None:
+        self.stopped = True
+        self.resumption.stop()
+
+    @invariant()
+    def consistent(self) -> None:
+        status = self.resumption.status()
+        assert status["suspended"] + status["dormant"] <= 1, status
+        assert len(self.clock.getDelayedCalls()) == status["suspended"] + status["dormant"], status
+        if status["suspended"] or status["dormant"]:
+            assert self.resumption.keys.get("s1"), status
+        if self.stopped:
+            assert (status["suspended"], status["dormant"]) == (0, 0), status
+        ends: dict[int, int] = {}
+        for call in self.media.calls:
+            if call[0] in ("lost", "resumed"):
+                ends[id(call[1])] = ends.get(id(call[1]), 0) + 1
+        assert all(n <= 1 for n in ends.values()), self.media.calls
+        if not status["suspended"]:
+            suspended = {id(c[1]) for c in self.media.calls if c[0] == "suspended"}
+            released = {id(c[1]) for c in self.media.calls if c[0] in ("lost", "resumed")}
+            assert suspended <= released, self.media.calls
+
+
+class ContactLivesTests(SynchronousTestCase):
+    """
+    Random lives of a contact-point session.
+    """
+
+    def test_lives(self) -> None:
+        """
+        The contact point's session keeps its invariants through any order
+        of events.
+        """
+        run_state_machine_as_test(
+            ContactLives, settings=settings(max_examples=150, stateful_step_count=25, deadline=None)
+        )
