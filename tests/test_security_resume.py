@@ -39,17 +39,29 @@ class FakeTunnel(BaseFakeTunnel):
 
 
 class FakeMedia:
+    """
+    The media manager as the session logic drives it: by session id.
+
+    @ivar calls: C{("suspended", session_id)}, C{("lost", session_id)},
+        C{("resumed", session_id, connection)}.
+    @ivar absorbed: C{(fresh, into)} for each session absorbed.
+    """
+
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any, ...]] = []
+        self.absorbed: list[tuple[str, str]] = []
 
-    def tunnel_suspended(self, tunnel: Any) -> None:
-        self.calls.append(("suspended", tunnel))
+    def session_suspended(self, session_id: str) -> None:
+        self.calls.append(("suspended", session_id))
 
-    def tunnel_lost(self, tunnel: Any, reason: str = "") -> None:
-        self.calls.append(("lost", tunnel))
+    def session_ended(self, session_id: str, reason: str = "") -> None:
+        self.calls.append(("lost", session_id))
 
-    def tunnel_resumed(self, old: Any, new: Any, reopen: bool) -> None:
-        self.calls.append(("resumed", old, new))
+    def session_resumed(self, session_id: str, tunnel: Any, reopen: bool) -> None:
+        self.calls.append(("resumed", session_id, tunnel))
+
+    def session_absorbed(self, fresh: str, into: str) -> None:
+        self.absorbed.append((fresh, into))
 
 
 class FakeSip:
@@ -123,7 +135,7 @@ class ContactDormantTests(SynchronousTestCase):
         resumption.tunnel_lost(old, "cut")
         clock.advance(60)
         self.assertEqual(resumption.dormant, 1)
-        self.assertEqual(media.calls, [("suspended", old), ("lost", old)])
+        self.assertEqual(media.calls, [("suspended", old.session_id), ("lost", old.session_id)])
         self.assertEqual(sip.calls, [("established", "s1"), ("dormant", "s1")])
         clock.advance(600)
         new = _resume(resumption, "s1")
@@ -132,7 +144,7 @@ class ContactDormantTests(SynchronousTestCase):
         self.assertEqual(new.bound, [(3, KEY)])
         self.assertEqual(resumption.dormant, 0)
         self.assertEqual(sip.calls[-1], ("established", "s1"))
-        self.assertEqual(media.calls, [("suspended", old), ("lost", old)])
+        self.assertEqual(media.calls, [("suspended", old.session_id), ("lost", old.session_id)])
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_wrong_proof_leaves_it_dormant(self) -> None:
@@ -206,7 +218,7 @@ class ContactDormantTests(SynchronousTestCase):
         resumption.tunnel_lost(old, "cut")
         new = _resume(resumption, "s1", media=False)
         self.assertEqual(new.controls[-1]["op"], "resumed")
-        self.assertEqual(media.calls, [("suspended", old), ("lost", old)])
+        self.assertEqual(media.calls, [("suspended", old.session_id), ("lost", old.session_id)])
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_stop_releases_dormant(self) -> None:
@@ -257,7 +269,7 @@ class AgentDormantTests(SynchronousTestCase):
         resumption.tunnel_lost(old, "cut")
         clock.advance(60)
         self.assertTrue(resumption.dormant)
-        self.assertEqual(media.calls, [("suspended", old), ("lost", old)])
+        self.assertEqual(media.calls, [("suspended", old.session_id), ("lost", old.session_id)])
         self.assertEqual(resumption.hello(), {"resume": {"session_id": "s1", "users": [USER]}})
         new = FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex()})
         resumption.tunnel_established(new)
@@ -322,7 +334,7 @@ class OnDemandCloseTests(SynchronousTestCase):
         resumption.tunnel_lost(tunnel, "tunnel no longer needed (on-demand)")
         self.assertEqual(resumption.status()["suspended"], 0)
         self.assertEqual(resumption.hello(), {})
-        self.assertEqual(media.calls, [("lost", tunnel)])
+        self.assertEqual(media.calls, [("lost", tunnel.session_id)])
         self.assertEqual(lost, [])
         self.assertEqual(clock.getDelayedCalls(), [])
 

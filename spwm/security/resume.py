@@ -192,7 +192,7 @@ class AgentResumption(_Lifecycle):
             return
         if effect is Effect.SUSPEND:
             self._suspended = tunnel
-            self.media.tunnel_suspended(tunnel)
+            self.media.session_suspended(tunnel.session_id)
             self._cancel()
             self._timer = self.clock.callLater(self.window, self._window_over)
         elif effect is Effect.OFFER:
@@ -204,10 +204,10 @@ class AgentResumption(_Lifecycle):
         elif effect is Effect.RELEASE:
             self._release(reason, was=before)
         elif effect is Effect.END:
-            self.media.tunnel_lost(tunnel, reason)
+            self.media.session_ended(tunnel.session_id, reason)
             self.keys.clear()
         elif effect is Effect.DROP_TUNNEL:
-            self.media.tunnel_lost(tunnel, reason)
+            self.media.session_ended(tunnel.session_id, reason)
 
     # -- the SIP core's traffic -------------------------------------------
 
@@ -294,16 +294,20 @@ class AgentResumption(_Lifecycle):
         old, self._suspended = self._suspended, None
         self._cancel()
         assert self.session_id is not None
+        fresh = tunnel.session_id
         tunnel.adopt_session(self.session_id)
         for user, key in self.keys.items():
             tunnel.bind_flow_key(self.flows[user], key)
         if old is not None and not media:
             # The contact point kept only the registrations (past its
             # window, or restarted): our calls' media is gone there.
-            self.media.tunnel_lost(old, "the contact point resumed the registrations only")
+            self.media.session_ended(old.session_id, "the contact point resumed the registrations only")
             old = None
         elif old is not None:
-            self.media.tunnel_resumed(old, tunnel, reopen=False)
+            self.media.session_resumed(old.session_id, tunnel, reopen=False)
+            self.media.session_absorbed(old.session_id, self.session_id)
+        # calls made on the new connection before the answer go on
+        self.media.session_absorbed(fresh, self.session_id)
         self.resumed += 1
         self.log.info(
             "session {session_id} resumed on the new tunnel to {peer}{what}",
@@ -335,7 +339,7 @@ class AgentResumption(_Lifecycle):
             session_id=self.session_id,
             window=self.window,
         )
-        self.media.tunnel_lost(old, "resumption window over")
+        self.media.session_ended(old.session_id, "resumption window over")
 
     def _release(self, reason: str, was: SessionState) -> None:
         self._cancel()
@@ -352,7 +356,7 @@ class AgentResumption(_Lifecycle):
                         "closed {count} phone connection(s) so that they register again", count=closed
                     )
         if old is not None:
-            self.media.tunnel_lost(old, reason)
+            self.media.session_ended(old.session_id, reason)
         self.keys.clear()
         self.flows.clear()
         self.session_id = None
@@ -573,7 +577,7 @@ class ContactResumption(_Lifecycle):
         if self._live.get(session_id) is tunnel:
             del self._live[session_id]
         if effect is Effect.SUSPEND:
-            self.media.tunnel_suspended(tunnel)
+            self.media.session_suspended(session_id)
             timer = self.clock.callLater(self.window, self._expire, session_id)
             self._suspended[session_id] = (tunnel, timer)
         else:  # END
@@ -612,7 +616,7 @@ class ContactResumption(_Lifecycle):
         # Calls and media go; the registrations stay until they expire, for
         # an agent that comes back later.
         self.sip.tunnel_dormant(tunnel)
-        self.media.tunnel_lost(tunnel, "resumption window over")
+        self.media.session_ended(session_id, "resumption window over")
         self._watchers.pop(session_id, None)
         last = self._make_dormant(session_id, registrations)
         self.log.info(
@@ -718,7 +722,7 @@ class ContactResumption(_Lifecycle):
 
     def _end(self, tunnel: Any, session_id: str, reason: str) -> None:
         self.sip.tunnel_lost(tunnel, reason)
-        self.media.tunnel_lost(tunnel, reason)
+        self.media.session_ended(session_id, reason)
         self.keys.pop(session_id, None)
         self.flows.pop(session_id, None)
         self._watchers.pop(session_id, None)
@@ -778,7 +782,7 @@ class ContactResumption(_Lifecycle):
                 timer.cancel()
             if effect is Effect.RESUME_REGISTRATIONS:
                 # The agent has released the calls' media already.
-                self.media.tunnel_lost(old_tunnel, "the agent released the calls")
+                self.media.session_ended(old_session, "the agent released the calls")
                 media = False
         elif state is SessionState.DORMANT:
             old_tunnel, timer = self._dormant.pop(old_session)
@@ -789,7 +793,7 @@ class ContactResumption(_Lifecycle):
             old_tunnel = entry[0]
             self._taken_over.add(id(old_tunnel))
             del self._live[old_session]
-            self.media.tunnel_suspended(old_tunnel)
+            self.media.session_suspended(old_session)
             old_tunnel.close(ErrorCode.GOING_AWAY, "session resumed on another connection")
         fresh = tunnel.session_id
         self._decide(fresh, Input.ABSORBED)  # ABSORB
@@ -811,7 +815,9 @@ class ContactResumption(_Lifecycle):
         for user, key in self.keys.get(old_session, {}).items():
             tunnel.bind_flow_key(self.flows[old_session][user], key)
         if media:
-            self.media.tunnel_resumed(old_tunnel, tunnel, reopen=True)
+            self.media.session_resumed(old_session, tunnel, reopen=True)
+        # calls made on the new connection before the proof go on
+        self.media.session_absorbed(fresh, old_session)
         self.resumed += 1
         self.log.info(
             "session {session_id} resumed from {peer}{what}",
