@@ -13,7 +13,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.security.keys import resumption_proof
-from spwm.security.resume import AgentResumption, ContactResumption
+from spwm.security.resume import AgentResumption
+from spwm.session.manager import SessionManager
 from spwm.sip.registrations import Registration
 from spwm.testing.tunnel import FakeTunnel as BaseFakeTunnel
 
@@ -91,26 +92,26 @@ class FakeSip:
         self.regs.pop(session_id, None)
 
 
-def _contact(window: float = 60.0) -> tuple[Clock, ContactResumption, FakeMedia, FakeSip]:
+def _contact(window: float = 60.0) -> tuple[Clock, SessionManager, FakeMedia, FakeSip]:
     clock = Clock()
     media, sip = FakeMedia(), FakeSip()
-    return clock, ContactResumption(clock, window, media, sip), media, sip
+    return clock, SessionManager(clock, window, media, sip), media, sip
 
 
-def _registered(resumption: ContactResumption, sip: FakeSip, session: str, expires: float) -> FakeTunnel:
+def _registered(resumption: SessionManager, sip: FakeSip, session: str, expires: float) -> FakeTunnel:
     """
     A live tunnel of C{session} with alice's key and a registration that
     runs until C{expires}.
     """
     tunnel = FakeTunnel(session)
     resumption.tunnel_established(tunnel)
-    resumption.keys[session] = {USER: KEY}
-    resumption.flows[session] = {USER: 3}
+    resumption.sessions[session].keys[USER] = KEY
+    resumption.sessions[session].flows[USER] = 3
     sip.regs[session] = [Registration("sip:alice@example.test", "sip:a@192.0.2.9", 3, expires)]
     return tunnel
 
 
-def _resume(resumption: ContactResumption, session: str, key: bytes = KEY, **extra: Any) -> FakeTunnel:
+def _resume(resumption: SessionManager, session: str, key: bytes = KEY, **extra: Any) -> FakeTunnel:
     new = FakeTunnel("fresh-" + session)
     resumption.tunnel_established(new)
     proof = resumption_proof(key, CHALLENGE, session)
