@@ -73,12 +73,15 @@ class FakeSip:
     def __init__(self) -> None:
         self.regs: dict[str, list[Registration]] = {}
         self.calls: list[tuple[str, Any]] = []
+        #: the connections SIP was attached to, in order
+        self.attached: list[Any] = []
 
     def registrations(self, session_id: str) -> list[Registration]:
         return list(self.regs.get(session_id, []))
 
     def tunnel_established(self, tunnel: Any) -> None:
         self.calls.append(("established", tunnel.session_id))
+        self.attached.append(tunnel)
 
     def tunnel_lost(self, tunnel: Any, reason: str = "") -> None:
         self.calls.append(("lost", tunnel.session_id))

@@ -102,8 +102,7 @@ def _open_suspensions(calls: list[tuple[Any, ...]]) -> set[str]:
     """
     The sessions whose media is suspended after C{calls} (of
     L{FakeMedia}), checking on the way that a session is suspended only
-    while it is not, and resumed only while it is: each suspension ends
-    (released or resumed) at most once.
+    while it is not: each suspension ends (released or resumed) once.
     """
     suspended: set[str] = set()
     for call in calls:
@@ -111,7 +110,8 @@ def _open_suspensions(calls: list[tuple[Any, ...]]) -> set[str]:
             assert call[1] not in suspended, calls
             suspended.add(call[1])
         elif call[0] == "resumed":
-            assert call[1] in suspended, calls
+            # (a live session moved to another of its connections is
+            # resumed without a suspension)
             suspended.discard(call[1])
         elif call[0] == "lost":
             suspended.discard(call[1])
@@ -217,6 +217,8 @@ class ContactLives(RuleBasedStateMachine):
         super().__init__()
         self.clock, self.resumption, self.media, self.sip = _contact()
         self.tunnel: Any = _registered(self.resumption, self.sip, "s1", expires=3000.0)
+        # the session's other connections, beside the primary
+        self.extra: list[Any] = []
         self.up = True
         self.taken_over: list[Any] = []
         self.stopped = False
@@ -225,21 +227,51 @@ class ContactLives(RuleBasedStateMachine):
     @rule()
     def lose(self) -> None:
         self.up = False
+        for other in self.extra:
+            self.resumption.tunnel_lost(other, "cut")
+        self.extra = []
         self.resumption.tunnel_lost(self.tunnel, "cut")
+
+    @precondition(lambda self: self.up and not self.stopped)
+    @rule()
+    def add_path(self) -> None:
+        """
+        Another connection of the session is attached (as the redundant
+        paths will be).
+        """
+        extra = FakeTunnel("s1")
+        self.resumption.sessions["s1"].use_tunnel(extra)
+        self.extra.append(extra)
+
+    @precondition(lambda self: self.up and bool(self.extra))
+    @rule(primary=st.booleans())
+    def lose_one(self, primary: bool) -> None:
+        """
+        One of several connections is lost: the session goes on on the
+        others.
+        """
+        if primary:
+            lost, self.tunnel = self.tunnel, self.extra.pop(0)
+        else:
+            lost = self.extra.pop()
+        told = len(self.media.calls)
+        self.resumption.tunnel_lost(lost, "one path cut")
+        # the media goes on on the new primary (its channels reopened), or
+        # is not touched
+        expected = [("resumed", "s1", self.tunnel)] if primary else []
+        assert self.media.calls[told:] == expected, self.media.calls[told:]
 
     @precondition(lambda self: not self.stopped)
     @rule(media=st.booleans())
     def resume(self, media: bool) -> None:
-        if self.up:
-            self.taken_over.append(self.tunnel)
+        previous = [self.tunnel, *self.extra] if self.up else []
         extra = {} if media else {"media": False}
         new = _resume(self.resumption, "s1", **extra)
         if new.controls[-1]["op"] == "resumed":
-            self.tunnel, self.up = new, True
+            self.taken_over += previous
+            self.tunnel, self.up, self.extra = new, True, []
         else:
             self.resumption.tunnel_lost(new, "refused, closed")
-            if self.up and self.taken_over and self.taken_over[-1] is self.tunnel:
-                self.taken_over.pop()
 
     @precondition(lambda self: bool(self.taken_over))
     @rule()
@@ -265,6 +297,17 @@ class ContactLives(RuleBasedStateMachine):
         if self.stopped:
             assert (status["suspended"], status["dormant"]) == (0, 0), status
         assert not _open_suspensions(self.media.calls) or status["suspended"], self.media.calls
+        # the record: a live session holds exactly its connections, the
+        # primary first; a suspended or dormant one none
+        session = self.resumption.sessions.get("s1")
+        state = self.resumption.state_of("s1")
+        if self.up:
+            assert state is S.LIVE and session is not None, state
+            assert [id(c) for c in session.connections] == [id(c) for c in [self.tunnel, *self.extra]]
+            assert self.sip.attached[-1] is self.tunnel, self.sip.attached
+        elif session is not None:
+            assert not session.connections, session
+        assert status["live"] == int(self.up), status
 
 
 class ContactLivesTests(SynchronousTestCase):
