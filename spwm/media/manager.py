@@ -20,7 +20,7 @@ See C{docs/media.md} and C{docs/architecture.md} ("Media").
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -497,8 +497,9 @@ class MediaManager:
         dialogs = self._sessions.get(session_id)
         return None if dialogs is None else dialogs.get(dialog_key)
 
-    def _all_dialogs(self) -> list[_Dialog]:
-        return [dialog for dialogs in self._sessions.values() for dialog in dialogs.values()]
+    def _all_dialogs(self) -> Iterator[_Dialog]:
+        for dialogs in self._sessions.values():
+            yield from dialogs.values()
 
     # the SIP proxy core's hooks
 
@@ -1446,7 +1447,7 @@ class MediaManager:
         Release streams idle for longer than the timeout unless held, and
         channels the peer opened whose SDP never came (L{Sweep}).
         """
-        for dialog in self._all_dialogs():
+        for dialog in list(self._all_dialogs()):
             for index, stream in list(dialog.streams.items()):
                 count = stream.count()
                 if count != stream.last_count:
