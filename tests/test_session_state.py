@@ -180,7 +180,7 @@ class AgentLives(RuleBasedStateMachine):
         state = r.state
         timer = bool(self.clock.getDelayedCalls())
         assert timer == (state is S.SUSPENDED), (state, timer)
-        assert (r._suspended is not None) == (state is S.SUSPENDED)
+        assert (r.session.suspended is not None) == (state is S.SUSPENDED)
         assert bool(r.hello()) == (state in (S.SUSPENDED, S.DORMANT)), (state, r.hello())
         if state is S.ENDED and (self.stopped or r.session_id is None):
             assert r.keys == {}

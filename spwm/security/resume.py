@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from spwm.security.keys import (
@@ -45,6 +45,7 @@ from spwm.security.keys import (
     parse_digest,
     resumption_proof,
 )
+from spwm.session.session import Session
 from spwm.session.state import AGENT_TRANSITIONS, Effect, Input, SessionState, transition
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import parse_message
@@ -135,9 +136,10 @@ class AgentResumption(_Lifecycle):
     classified into an L{Input}, and the table's L{Effect} is carried out
     (L{_apply}); no flags.
 
-    @ivar state: the session's L{SessionState}.
-    @ivar keys: user id -> key, for the current (or suspended) session.
-    @ivar session_id: the contact point's name for our session.
+    The session itself is a L{Session} record (C{session}), the same
+    record the contact point keeps per session; C{state}, C{keys},
+    C{flows} and C{session_id} read it.  The agent attaches no connection
+    to it yet: its one connection is the tunnel handle's C{current}.
     """
 
     def __init__(
@@ -158,20 +160,47 @@ class AgentResumption(_Lifecycle):
         self.handle = handle
         self.forwarder = forwarder
         self.watcher = RegistrationWatcher()
-        self.state = SessionState.ENDED
-        self.keys: dict[str, bytes] = {}
-        #: user id -> the application flow that registered it
-        self.flows: dict[str, int] = {}
-        self.session_id: str | None = None
-        # the lost tunnel whose calls and media are kept (SUSPENDED)
-        self._suspended: Any = None
+        #: the agent's one session: state, keys, flows, the contact
+        #: point's name for it, the suspended connection, the window's timer
+        self.session = Session("")
         #: called with the application flow ids of the users of a session
         #: that is given up for good (see L{_release}); the agent closes
         #: their TCP/TLS connections so that those phones register again
         self.session_lost = session_lost
-        self._timer: IDelayedCall | None = None
         self._stopping = False
         self.resumed = 0
+
+    @property
+    def state(self) -> SessionState:
+        """
+        The session's L{SessionState}.
+        """
+        return self.session.state
+
+    @property
+    def keys(self) -> dict[str, bytes]:
+        """
+        User id -> key, for the current (or suspended) session.
+        """
+        return self.session.keys
+
+    @property
+    def flows(self) -> dict[str, int]:
+        """
+        User id -> the application flow that registered it.
+        """
+        return self.session.flows
+
+    @property
+    def session_id(self) -> str | None:
+        """
+        The contact point's name for our session, if any.
+        """
+        return self.session.session_id or None
+
+    @session_id.setter
+    def session_id(self, value: str | None) -> None:
+        self.session.session_id = value or ""
 
     @property
     def dormant(self) -> bool:
@@ -185,14 +214,14 @@ class AgentResumption(_Lifecycle):
         Feed the table one input and carry out its effect.
         """
         effect, new_state = transition(AGENT_TRANSITIONS, self.state, event)
-        before, self.state = self.state, new_state
+        before, self.session.state = self.session.state, new_state
         if effect is Effect.NOTHING:
             return
         if effect is Effect.SUSPEND:
-            self._suspended = tunnel
+            self.session.suspended = tunnel
             self.media.session_suspended(tunnel.session_id)
             self._cancel()
-            self._timer = self.clock.callLater(self.window, self._window_over)
+            self.session.timer = self.clock.callLater(self.window, self._window_over)
         elif effect is Effect.OFFER:
             self._offer(tunnel, media=before is SessionState.SUSPENDED)
         elif effect in (Effect.RESUME, Effect.RESUME_REGISTRATIONS):
@@ -289,7 +318,7 @@ class AgentResumption(_Lifecycle):
             self._apply(Input.RESUME_REFUSED, tunnel, str(message.get("reason", "refused")))
 
     def _resume(self, tunnel: Any, media: bool) -> None:
-        old, self._suspended = self._suspended, None
+        old, self.session.suspended = self.session.suspended, None
         self._cancel()
         assert self.session_id is not None
         fresh = tunnel.session_id
@@ -322,7 +351,7 @@ class AgentResumption(_Lifecycle):
             self.forwarder.tunnel_lost(tunnel, reason)
 
     def _window_over(self) -> None:
-        self._timer = None
+        self.session.timer = None
         self._apply(Input.WINDOW_OVER)
 
     def _go_dormant(self) -> None:
@@ -330,7 +359,7 @@ class AgentResumption(_Lifecycle):
         The window is over: release the calls' media, keep the keys so
         that the next connection can still resume the registrations.
         """
-        old, self._suspended = self._suspended, None
+        old, self.session.suspended = self.session.suspended, None
         self.log.info(
             "session {session_id} not resumed within {window} s: calls and media released,"
             " registrations kept for a later resumption",
@@ -341,7 +370,7 @@ class AgentResumption(_Lifecycle):
 
     def _release(self, reason: str, was: SessionState) -> None:
         self._cancel()
-        old, self._suspended = self._suspended, None
+        old, self.session.suspended = self.session.suspended, None
         if was in (SessionState.SUSPENDED, SessionState.DORMANT):
             self.log.info("session {session_id} not resumed: {reason}", session_id=self.session_id, reason=reason)
             if self.session_lost is not None and self.flows and not self._stopping:
@@ -360,9 +389,7 @@ class AgentResumption(_Lifecycle):
         self.session_id = None
 
     def _cancel(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self.session.cancel_timer()
 
     def end_session(self) -> None:
         """
