@@ -121,3 +121,31 @@ class TwoConnectionsTests(SynchronousTestCase):
         self.assertEqual(sessions.sessions["s1"].connections, [c1])
         self.assertEqual(sip.attached, [c1])
         self.assertEqual((c2.opened, contact.open_channels, contact.streams), ([], 1, 1))
+
+
+class AbsorbTests(SynchronousTestCase):
+    """
+    L{MediaManager.session_absorbed}: the calls of a resuming connection's
+    own fresh session go on under the resumed session's name.
+    """
+
+    def test_fresh_calls_go_on(self) -> None:
+        """
+        A call set up while the connection still had its fresh name is
+        found under the resumed name afterwards (its end releases it); a
+        dialog the resumed session has already ends on the fresh side.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        offer = _sdp(PHONE, ("audio", 4000, ""))
+        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", offer)
+        c_end.adopt_session("fresh")
+        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", offer)
+        contact.sdp_out_of_tunnel(c_end, "other", "application/sdp", offer)
+        self.assertEqual((contact.streams, contact.ports_in_use), (3, 3))
+        c_end.adopt_session("s1")
+        contact.session_absorbed("fresh", "s1")
+        self.assertEqual(sorted(contact.dialog_keys("s1")), sorted([DIALOG, "other"]))
+        self.assertEqual((contact.dialog_keys("fresh"), contact.streams, contact.ports_in_use), ([], 2, 2))
+        contact.dialog_ended(c_end, "other")
+        contact.dialog_ended(c_end, DIALOG)
+        self.assertEqual((contact.streams, contact.open_sockets, contact.ports_in_use), (0, 0, 0))
