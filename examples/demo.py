@@ -400,8 +400,8 @@ class Demo:
         """
         self.relay_rows = []
         for name, half, tunnels in self.halves():
-            for tunnel, key in [(t, k) for t in tunnels for k in half.media.dialog_keys(t) if k.endswith("/" + call_id)]:
-                rtp, _ = half.media.stream_endpoints(tunnel, key, 0)
+            for tunnel, key in [(t, k) for t in tunnels for k in half.media.dialog_keys(t.session_id) if k.endswith("/" + call_id)]:
+                rtp, _ = half.media.stream_endpoints(tunnel.session_id, key, 0)
                 if rtp is None:
                     continue
                 label = name if half is not self.contact else f"{name} (leg of {tunnel.agent_id}, flow {key.split('/')[0]})"

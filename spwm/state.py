@@ -127,9 +127,7 @@ class ContactState:
         Write the state now (atomically, mode 0600); a failure is logged.
         """
         now = self.clock.seconds()
-        sessions = resumption.export_state()
-        for session_id, entry in sessions.items():
-            entry["sip"] = core.export_registrations(session_id, now)
+        sessions = resumption.export_state(lambda session_id: core.export_registrations(session_id, now))
         doc = {
             "version": VERSION,
             "saved_at": self.wall(),

@@ -162,13 +162,13 @@ class OfferAnswerTests(SynchronousTestCase):
         reactor, agent, a_end, contact, c_end, _, _ = self._call()
         op_rtp = reactor.udp[CONTACT_ADDR, 30000]
         op_rtp.receive(b"x", (OPERATOR, 6002))
-        rtp, _ = contact.stream_endpoints(c_end, DIALOG, 0)
+        rtp, _ = contact.stream_endpoints(c_end.session_id, DIALOG, 0)
         self.assertEqual(rtp.dropped_source, 1)
         _, agent, a_end, contact, c_end, _, _ = self._call(answer=_sdp("127.0.0.1", ("audio", 6000, "")))
         reactor = contact.reactor
         reactor.udp[AGENT_ADDR, 20000].receive(b"up", (PHONE, 4000))
         self.assertEqual(reactor.udp[CONTACT_ADDR, 30000].sent, [])
-        rtp, _ = contact.stream_endpoints(c_end, DIALOG, 0)
+        rtp, _ = contact.stream_endpoints(c_end.session_id, DIALOG, 0)
         self.assertEqual(rtp.dropped_no_target, 1)
 
     def test_dialog_ended_releases_everything(self) -> None:
@@ -198,7 +198,7 @@ class OfferAnswerTests(SynchronousTestCase):
         Losing the tunnel releases every stream that used it.
         """
         reactor, agent, a_end, contact, c_end, _, _ = self._call()
-        contact.tunnel_lost(c_end, "connection lost")
+        contact.session_ended(c_end.session_id, "connection lost")
         self.assertEqual((contact.open_sockets, contact.open_channels, contact.ports_in_use), (0, 0, 0))
         self.assertEqual(c_end.closed, [])
 
@@ -553,7 +553,7 @@ class ForkingTests(SynchronousTestCase):
         self.assertEqual(
             op_rtp.sent, [(b"hello", (OPERATOR_A, 6000)), (b"hello", (OPERATOR_B, 7000))]
         )
-        rtp, rtcp = contact.stream_endpoints(c_end, DIALOG, 0)
+        rtp, rtcp = contact.stream_endpoints(c_end.session_id, DIALOG, 0)
         self.assertEqual((rtp.branches, rtcp.branches), (("a", "b"), ("a", "b")))
         self.assertEqual((rtp.dropped_source, rtp.latches), (0, 2))
 
@@ -575,7 +575,7 @@ class ForkingTests(SynchronousTestCase):
         phone_rtp.receive(b"talk-ph", (PHONE, 4000))
         self.assertEqual(phone_rtp.sent, [(b"talk-b", (PHONE, 4000))])
         self.assertEqual(op_rtp.sent, [(b"talk-ph", (OPERATOR_B, 7000))])
-        rtp, _ = contact.stream_endpoints(c_end, DIALOG, 0)
+        rtp, _ = contact.stream_endpoints(c_end.session_id, DIALOG, 0)
         self.assertEqual((rtp.branches, rtp.dropped_source), (("b",), 1))
         self.assertEqual((agent.streams, contact.streams), (2, 2))
         self.assertEqual((agent.open_sockets, contact.open_sockets), (4, 4))
@@ -589,7 +589,7 @@ class ForkingTests(SynchronousTestCase):
         reactor, agent, a_end, contact, c_end = self._two(video_b=0)
         self.assertEqual((a_end.closed, c_end.closed), ([], []))
         self.assertEqual((agent.streams, contact.streams), (2, 2))
-        video, _ = contact.stream_endpoints(c_end, DIALOG, 1)
+        video, _ = contact.stream_endpoints(c_end.session_id, DIALOG, 1)
         self.assertEqual(video.branches, ("a",))
         reactor.udp[CONTACT_ADDR, 30002].receive(b"vid-a", (OPERATOR_A, 6002))
         self.assertEqual(reactor.udp[AGENT_ADDR, 20002].sent, [(b"vid-a", (PHONE, 4002))])
@@ -638,7 +638,7 @@ class ForkingTests(SynchronousTestCase):
         self._answered(agent, a_end, contact, c_end, "a")
         self.assertEqual(contact.ignored_branch_sdp, 1)
         self.assertEqual((agent.streams, contact.streams), (2, 2))
-        rtp, _ = contact.stream_endpoints(c_end, DIALOG, 0)
+        rtp, _ = contact.stream_endpoints(c_end.session_id, DIALOG, 0)
         self.assertEqual(rtp.branches, ("b",))
 
     def test_winner_reoffer_port_zero_releases(self) -> None:
@@ -660,7 +660,7 @@ class ForkingTests(SynchronousTestCase):
         """
         reactor, agent, a_end, contact, c_end = self._two()
         self._answered(agent, a_end, contact, c_end, "z")
-        rtp, _ = contact.stream_endpoints(c_end, DIALOG, 0)
+        rtp, _ = contact.stream_endpoints(c_end.session_id, DIALOG, 0)
         self.assertEqual(rtp.branches, ("b",))
         self.assertEqual((agent.streams, contact.streams), (2, 2))
 
@@ -688,7 +688,7 @@ class ForkingTests(SynchronousTestCase):
                 ],
                 max_branches_per_stream=2,
             )
-        rtp, _ = contact.stream_endpoints(c_end, DIALOG, 0)
+        rtp, _ = contact.stream_endpoints(c_end.session_id, DIALOG, 0)
         self.assertEqual(rtp.branches, ("c", "d"))
         reactor.udp[CONTACT_ADDR, 30000].receive(b"x", ("203.0.113.40", 6000))
         self.assertEqual(rtp.dropped_source, 1)

@@ -931,8 +931,8 @@ class MsrpCallTests(SynchronousTestCase):
         reactor, agent, a_end, contact, c_end, _ = self._offer("passive")
         self._answer(agent, a_end, contact, c_end, "passive")
         self.assertEqual(len(reactor.connectors), 2)
-        agent.tunnel_lost(a_end, "lost")
-        contact.tunnel_lost(c_end, "lost")
+        agent.session_ended(a_end.session_id, "lost")
+        contact.session_ended(c_end.session_id, "lost")
         self._assert_clean(reactor, agent, contact)
 
     def test_stream_removed(self) -> None:

@@ -13,7 +13,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.security.keys import resumption_proof
-from spwm.security.resume import AgentResumption, ContactResumption
+from spwm.security.resume import AgentResumption
+from spwm.session.manager import SessionManager
 from spwm.sip.registrations import Registration
 from spwm.testing.tunnel import FakeTunnel as BaseFakeTunnel
 
@@ -39,17 +40,29 @@ class FakeTunnel(BaseFakeTunnel):
 
 
 class FakeMedia:
+    """
+    The media manager as the session logic drives it: by session id.
+
+    @ivar calls: C{("suspended", session_id)}, C{("lost", session_id)},
+        C{("resumed", session_id, connection)}.
+    @ivar absorbed: C{(fresh, into)} for each session absorbed.
+    """
+
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any, ...]] = []
+        self.absorbed: list[tuple[str, str]] = []
 
-    def tunnel_suspended(self, tunnel: Any) -> None:
-        self.calls.append(("suspended", tunnel))
+    def session_suspended(self, session_id: str) -> None:
+        self.calls.append(("suspended", session_id))
 
-    def tunnel_lost(self, tunnel: Any, reason: str = "") -> None:
-        self.calls.append(("lost", tunnel))
+    def session_ended(self, session_id: str, reason: str = "") -> None:
+        self.calls.append(("lost", session_id))
 
-    def tunnel_resumed(self, old: Any, new: Any, reopen: bool) -> None:
-        self.calls.append(("resumed", old, new))
+    def session_resumed(self, session_id: str, tunnel: Any, reopen: bool) -> None:
+        self.calls.append(("resumed", session_id, tunnel))
+
+    def session_absorbed(self, fresh: str, into: str) -> None:
+        self.absorbed.append((fresh, into))
 
 
 class FakeSip:
@@ -60,12 +73,15 @@ class FakeSip:
     def __init__(self) -> None:
         self.regs: dict[str, list[Registration]] = {}
         self.calls: list[tuple[str, Any]] = []
+        #: the connections SIP was attached to, in order
+        self.attached: list[Any] = []
 
     def registrations(self, session_id: str) -> list[Registration]:
         return list(self.regs.get(session_id, []))
 
     def tunnel_established(self, tunnel: Any) -> None:
         self.calls.append(("established", tunnel.session_id))
+        self.attached.append(tunnel)
 
     def tunnel_lost(self, tunnel: Any, reason: str = "") -> None:
         self.calls.append(("lost", tunnel.session_id))
@@ -79,26 +95,26 @@ class FakeSip:
         self.regs.pop(session_id, None)
 
 
-def _contact(window: float = 60.0) -> tuple[Clock, ContactResumption, FakeMedia, FakeSip]:
+def _contact(window: float = 60.0) -> tuple[Clock, SessionManager, FakeMedia, FakeSip]:
     clock = Clock()
     media, sip = FakeMedia(), FakeSip()
-    return clock, ContactResumption(clock, window, media, sip), media, sip
+    return clock, SessionManager(clock, window, media, sip), media, sip
 
 
-def _registered(resumption: ContactResumption, sip: FakeSip, session: str, expires: float) -> FakeTunnel:
+def _registered(resumption: SessionManager, sip: FakeSip, session: str, expires: float) -> FakeTunnel:
     """
     A live tunnel of C{session} with alice's key and a registration that
     runs until C{expires}.
     """
     tunnel = FakeTunnel(session)
     resumption.tunnel_established(tunnel)
-    resumption.keys[session] = {USER: KEY}
-    resumption.flows[session] = {USER: 3}
+    resumption.sessions[session].keys[USER] = KEY
+    resumption.sessions[session].flows[USER] = 3
     sip.regs[session] = [Registration("sip:alice@example.test", "sip:a@192.0.2.9", 3, expires)]
     return tunnel
 
 
-def _resume(resumption: ContactResumption, session: str, key: bytes = KEY, **extra: Any) -> FakeTunnel:
+def _resume(resumption: SessionManager, session: str, key: bytes = KEY, **extra: Any) -> FakeTunnel:
     new = FakeTunnel("fresh-" + session)
     resumption.tunnel_established(new)
     proof = resumption_proof(key, CHALLENGE, session)
@@ -123,7 +139,7 @@ class ContactDormantTests(SynchronousTestCase):
         resumption.tunnel_lost(old, "cut")
         clock.advance(60)
         self.assertEqual(resumption.dormant, 1)
-        self.assertEqual(media.calls, [("suspended", old), ("lost", old)])
+        self.assertEqual(media.calls, [("suspended", old.session_id), ("lost", old.session_id)])
         self.assertEqual(sip.calls, [("established", "s1"), ("dormant", "s1")])
         clock.advance(600)
         new = _resume(resumption, "s1")
@@ -132,7 +148,7 @@ class ContactDormantTests(SynchronousTestCase):
         self.assertEqual(new.bound, [(3, KEY)])
         self.assertEqual(resumption.dormant, 0)
         self.assertEqual(sip.calls[-1], ("established", "s1"))
-        self.assertEqual(media.calls, [("suspended", old), ("lost", old)])
+        self.assertEqual(media.calls, [("suspended", old.session_id), ("lost", old.session_id)])
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_wrong_proof_leaves_it_dormant(self) -> None:
@@ -206,7 +222,7 @@ class ContactDormantTests(SynchronousTestCase):
         resumption.tunnel_lost(old, "cut")
         new = _resume(resumption, "s1", media=False)
         self.assertEqual(new.controls[-1]["op"], "resumed")
-        self.assertEqual(media.calls, [("suspended", old), ("lost", old)])
+        self.assertEqual(media.calls, [("suspended", old.session_id), ("lost", old.session_id)])
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_stop_releases_dormant(self) -> None:
@@ -257,7 +273,7 @@ class AgentDormantTests(SynchronousTestCase):
         resumption.tunnel_lost(old, "cut")
         clock.advance(60)
         self.assertTrue(resumption.dormant)
-        self.assertEqual(media.calls, [("suspended", old), ("lost", old)])
+        self.assertEqual(media.calls, [("suspended", old.session_id), ("lost", old.session_id)])
         self.assertEqual(resumption.hello(), {"resume": {"session_id": "s1", "users": [USER]}})
         new = FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex()})
         resumption.tunnel_established(new)
@@ -322,7 +338,7 @@ class OnDemandCloseTests(SynchronousTestCase):
         resumption.tunnel_lost(tunnel, "tunnel no longer needed (on-demand)")
         self.assertEqual(resumption.status()["suspended"], 0)
         self.assertEqual(resumption.hello(), {})
-        self.assertEqual(media.calls, [("lost", tunnel)])
+        self.assertEqual(media.calls, [("lost", tunnel.session_id)])
         self.assertEqual(lost, [])
         self.assertEqual(clock.getDelayedCalls(), [])
 

@@ -98,6 +98,26 @@ class TableTests(SynchronousTestCase):
             self.assertEqual(after, state)
 
 
+def _open_suspensions(calls: list[tuple[Any, ...]]) -> set[str]:
+    """
+    The sessions whose media is suspended after C{calls} (of
+    L{FakeMedia}), checking on the way that a session is suspended only
+    while it is not: each suspension ends (released or resumed) once.
+    """
+    suspended: set[str] = set()
+    for call in calls:
+        if call[0] == "suspended":
+            assert call[1] not in suspended, calls
+            suspended.add(call[1])
+        elif call[0] == "resumed":
+            # (a live session moved to another of its connections is
+            # resumed without a suspension)
+            suspended.discard(call[1])
+        elif call[0] == "lost":
+            suspended.discard(call[1])
+    return suspended
+
+
 class AgentLives(RuleBasedStateMachine):
     """
     An agent session with a key, through losses, reconnections, proofs,
@@ -160,22 +180,14 @@ class AgentLives(RuleBasedStateMachine):
         state = r.state
         timer = bool(self.clock.getDelayedCalls())
         assert timer == (state is S.SUSPENDED), (state, timer)
-        assert (r._suspended is not None) == (state is S.SUSPENDED)
+        assert (r.session.suspended is not None) == (state is S.SUSPENDED)
         assert bool(r.hello()) == (state in (S.SUSPENDED, S.DORMANT)), (state, r.hello())
         if state is S.ENDED and (self.stopped or r.session_id is None):
             assert r.keys == {}
         if self.stopped and state is S.ENDED:
             assert r.hello() == {}
-        # media: each suspended tunnel is released or resumed at most once
-        ends: dict[int, int] = {}
-        for call in self.media.calls:
-            if call[0] in ("lost", "resumed"):
-                ends[id(call[1])] = ends.get(id(call[1]), 0) + 1
-        assert all(n <= 1 for n in ends.values()), self.media.calls
-        if state is not S.SUSPENDED:
-            suspended = {id(c[1]) for c in self.media.calls if c[0] == "suspended"}
-            released = {id(c[1]) for c in self.media.calls if c[0] in ("lost", "resumed")}
-            assert suspended <= released, self.media.calls
+        # media: each suspension is released or resumed once
+        assert not _open_suspensions(self.media.calls) or state is S.SUSPENDED, self.media.calls
 
 
 class AgentLivesTests(SynchronousTestCase):
@@ -205,6 +217,8 @@ class ContactLives(RuleBasedStateMachine):
         super().__init__()
         self.clock, self.resumption, self.media, self.sip = _contact()
         self.tunnel: Any = _registered(self.resumption, self.sip, "s1", expires=3000.0)
+        # the session's other connections, beside the primary
+        self.extra: list[Any] = []
         self.up = True
         self.taken_over: list[Any] = []
         self.stopped = False
@@ -213,21 +227,51 @@ class ContactLives(RuleBasedStateMachine):
     @rule()
     def lose(self) -> None:
         self.up = False
+        for other in self.extra:
+            self.resumption.tunnel_lost(other, "cut")
+        self.extra = []
         self.resumption.tunnel_lost(self.tunnel, "cut")
+
+    @precondition(lambda self: self.up and not self.stopped)
+    @rule()
+    def add_path(self) -> None:
+        """
+        Another connection of the session is attached (as the redundant
+        paths will be).
+        """
+        extra = FakeTunnel("s1")
+        self.resumption.sessions["s1"].use_tunnel(extra)
+        self.extra.append(extra)
+
+    @precondition(lambda self: self.up and bool(self.extra))
+    @rule(primary=st.booleans())
+    def lose_one(self, primary: bool) -> None:
+        """
+        One of several connections is lost: the session goes on on the
+        others.
+        """
+        if primary:
+            lost, self.tunnel = self.tunnel, self.extra.pop(0)
+        else:
+            lost = self.extra.pop()
+        told = len(self.media.calls)
+        self.resumption.tunnel_lost(lost, "one path cut")
+        # the media goes on on the new primary (its channels reopened), or
+        # is not touched
+        expected = [("resumed", "s1", self.tunnel)] if primary else []
+        assert self.media.calls[told:] == expected, self.media.calls[told:]
 
     @precondition(lambda self: not self.stopped)
     @rule(media=st.booleans())
     def resume(self, media: bool) -> None:
-        if self.up:
-            self.taken_over.append(self.tunnel)
+        previous = [self.tunnel, *self.extra] if self.up else []
         extra = {} if media else {"media": False}
         new = _resume(self.resumption, "s1", **extra)
         if new.controls[-1]["op"] == "resumed":
-            self.tunnel, self.up = new, True
+            self.taken_over += previous
+            self.tunnel, self.up, self.extra = new, True, []
         else:
             self.resumption.tunnel_lost(new, "refused, closed")
-            if self.up and self.taken_over and self.taken_over[-1] is self.tunnel:
-                self.taken_over.pop()
 
     @precondition(lambda self: bool(self.taken_over))
     @rule()
@@ -252,15 +296,18 @@ class ContactLives(RuleBasedStateMachine):
             assert self.resumption.keys.get("s1"), status
         if self.stopped:
             assert (status["suspended"], status["dormant"]) == (0, 0), status
-        ends: dict[int, int] = {}
-        for call in self.media.calls:
-            if call[0] in ("lost", "resumed"):
-                ends[id(call[1])] = ends.get(id(call[1]), 0) + 1
-        assert all(n <= 1 for n in ends.values()), self.media.calls
-        if not status["suspended"]:
-            suspended = {id(c[1]) for c in self.media.calls if c[0] == "suspended"}
-            released = {id(c[1]) for c in self.media.calls if c[0] in ("lost", "resumed")}
-            assert suspended <= released, self.media.calls
+        assert not _open_suspensions(self.media.calls) or status["suspended"], self.media.calls
+        # the record: a live session holds exactly its connections, the
+        # primary first; a suspended or dormant one none
+        session = self.resumption.sessions.get("s1")
+        state = self.resumption.state_of("s1")
+        if self.up:
+            assert state is S.LIVE and session is not None, state
+            assert [id(c) for c in session.connections] == [id(c) for c in [self.tunnel, *self.extra]]
+            assert self.sip.attached[-1] is self.tunnel, self.sip.attached
+        elif session is not None:
+            assert not session.connections, session
+        assert status["live"] == int(self.up), status
 
 
 class ContactLivesTests(SynchronousTestCase):

@@ -15,7 +15,8 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.security.resume import ContactResumption
+from spwm.session.manager import SessionManager
+from spwm.session.session import Session
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.state import VERSION, ContactState
 from tests.test_security_resume import KEY, USER, FakeMedia
@@ -53,9 +54,9 @@ class RunnerView:
         self.core.forget_session(session_id)
 
 
-def _half(clock: Clock, secret: bytes = SECRET) -> tuple[ContactSipProxy, ContactResumption]:
+def _half(clock: Clock, secret: bytes = SECRET) -> tuple[ContactSipProxy, SessionManager]:
     core = ContactSipProxy(("198.51.100.1", 5060), secret)
-    return core, ContactResumption(clock, 60.0, FakeMedia(), RunnerView(core))
+    return core, SessionManager(clock, 60.0, FakeMedia(), RunnerView(core))
 
 
 class StateFileTests(SynchronousTestCase):
@@ -72,8 +73,7 @@ class StateFileTests(SynchronousTestCase):
         """
         core, resumption = _half(self.clock)
         core.import_registrations("s1", SIP, self.clock.seconds())
-        resumption.keys["s1"] = {USER: KEY}
-        resumption.flows["s1"] = {USER: 3}
+        resumption.sessions["s1"] = Session("s1", keys={USER: KEY}, flows={USER: 3})
         core.registrar.import_bindings(
             [{"aor": "alice@example.test", "key": "k", "contact": "sip:alice@192.0.2.9:5060",
               "path": ["<sip:tok@198.51.100.1;lr>"], "ttl": 600.0, "params": [["+sip.instance", "\"<urn:x>\""]], "age": 5.0}],

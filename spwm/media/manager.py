@@ -20,7 +20,7 @@ See C{docs/media.md} and C{docs/architecture.md} ("Media").
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -105,6 +105,7 @@ class _Stream:
 
     __slots__ = (
         "tunnel",
+        "session",
         "dialog",
         "index",
         "plan",
@@ -118,8 +119,11 @@ class _Stream:
         "refused_target",
     )
 
-    def __init__(self, tunnel: Any, dialog: str, index: int, plan: StreamPlan, now: float) -> None:
+    def __init__(self, tunnel: Any, session: str, dialog: str, index: int, plan: StreamPlan, now: float) -> None:
+        # the connection its channel is on (the session's primary), and
+        # the session's stable id
         self.tunnel = tunnel
+        self.session = session
         self.dialog = dialog
         self.index = index
         self.plan = plan
@@ -361,12 +365,19 @@ class MediaManager:
         self.tcp_buffer = tcp_buffer
         self.sockets = sockets if sockets is not None else TwistedRelaySockets(reactor, MAX_DATAGRAM)
         self.max_branches_per_stream = max_branches_per_stream
-        self._dialogs: dict[tuple[Any, str], _Dialog] = {}
-        # (tunnel, channel_id) -> (send for component 0, send for component 1)
+        # session id -> dialog key -> the dialog's media: keyed by the
+        # session's stable id, never by the connection that carries it, so
+        # a resumption moves nothing and a session's end touches its own
+        # dialogs only
+        self._sessions: dict[str, dict[str, _Dialog]] = {}
+        # A channel belongs to one connection (channel ids are per
+        # connection): (connection, channel_id) -> (send for component 0,
+        # send for component 1), and -> its stream
         self._routes: dict[tuple[Any, int], tuple[Any, Any]] = {}
         self._channels: dict[tuple[Any, int], _Stream] = {}
-        # channels the peer opened whose SDP we have not seen yet
-        self._pending: dict[tuple[Any, str, int], tuple[int, float]] = {}
+        # channels the peer opened whose SDP we have not seen yet:
+        # (session id, dialog key, stream) -> (connection, channel id, since)
+        self._pending: dict[tuple[str, str, int], tuple[Any, int, float]] = {}
         self._sockets = 0
         self._sweeper = Sweep(
             self.clock,
@@ -396,7 +407,7 @@ class MediaManager:
         ones'). Walks every stream: for status requests, not per packet.
         """
         traffic = dict(self._released)
-        for dialog in self._dialogs.values():
+        for dialog in self._all_dialogs():
             for stream in dialog.streams.values():
                 _add_traffic(traffic, stream)
         return {
@@ -437,16 +448,16 @@ class MediaManager:
         """
         return sum(
             s.tcp.sockets
-            for d in self._dialogs.values()
+            for d in self._all_dialogs()
             for s in d.streams.values()
             if s.tcp is not None
         )
 
-    def stream_tcp(self, tunnel: Any, dialog_key: str, index: int) -> TcpMediaEndpoint | None:
+    def stream_tcp(self, session_id: str, dialog_key: str, index: int) -> TcpMediaEndpoint | None:
         """
         @return: the TCP media endpoint of a stream, or C{None}.
         """
-        dialog = self._dialogs.get((tunnel, dialog_key))
+        dialog = self._find(session_id, dialog_key)
         stream = None if dialog is None else dialog.streams.get(index)
         return None if stream is None else stream.tcp
 
@@ -455,7 +466,7 @@ class MediaManager:
         """
         Media streams currently tracked.
         """
-        return sum(len(d.streams) for d in self._dialogs.values())
+        return sum(len(d.streams) for d in self._all_dialogs())
 
     @property
     def ports_in_use(self) -> int:
@@ -465,22 +476,30 @@ class MediaManager:
         return self.ports.in_use
 
     def stream_endpoints(
-        self, tunnel: Any, dialog_key: str, index: int
+        self, session_id: str, dialog_key: str, index: int
     ) -> tuple[MediaRelayEndpoint | None, MediaRelayEndpoint | None]:
         """
         @return: the RTP and RTCP endpoints of a stream (C{None} if absent).
         """
-        dialog = self._dialogs.get((tunnel, dialog_key))
+        dialog = self._find(session_id, dialog_key)
         stream = None if dialog is None else dialog.streams.get(index)
         if stream is None:
             return None, None
         return stream.rtp, stream.rtcp
 
-    def dialog_keys(self, tunnel: Any) -> list[str]:
+    def dialog_keys(self, session_id: str) -> list[str]:
         """
-        The keys of the dialogs (call legs) that have media on C{tunnel}.
+        The keys of the dialogs (call legs) of a session that have media.
         """
-        return [key for (t, key) in self._dialogs if t is tunnel]
+        return list(self._sessions.get(session_id, ()))
+
+    def _find(self, session_id: str, dialog_key: str) -> _Dialog | None:
+        dialogs = self._sessions.get(session_id)
+        return None if dialogs is None else dialogs.get(dialog_key)
+
+    def _all_dialogs(self) -> Iterator[_Dialog]:
+        for dialogs in self._sessions.values():
+            yield from dialogs.values()
 
     # the SIP proxy core's hooks
 
@@ -604,14 +623,18 @@ class MediaManager:
         The dialog (or early dialog, or transaction) is over: close its
         channels and release its sockets and ports.
         """
-        dialog = self._dialogs.pop((tunnel, dialog_key), None)
+        session_id = tunnel.session_id
+        dialogs = self._sessions.get(session_id)
+        dialog = None if dialogs is None else dialogs.pop(dialog_key, None)
+        if dialogs is not None and not dialogs:
+            del self._sessions[session_id]
         if dialog is not None:
             now = self.clock.seconds()
             self._execute(tunnel, dialog_key, dialog, dialog.leg.ended().actions, now)
             self._log_end(dialog_key, dialog, "dialog ended")
-        for key in [k for k in self._pending if k[0] is tunnel and k[1] == dialog_key]:
-            channel_id, _ = self._pending.pop(key)
-            self._close_channel(tunnel, channel_id, "dialog ended")
+        for key in [k for k in self._pending if k[0] == session_id and k[1] == dialog_key]:
+            connection, channel_id, _ = self._pending.pop(key)
+            self._close_channel(connection, channel_id, "dialog ended")
         self._sweeper.settle()
 
     # the executor: what the negotiation asks, carried out
@@ -757,65 +780,101 @@ class MediaManager:
                     entries.append((stream.base_port, rtcp))
         return entries, tcp
 
-    # tunnel application callbacks
+    # the session's life (told by the session manager, by session id)
 
-    def tunnel_lost(self, tunnel: Any, reason: str = "") -> None:
+    def session_ended(self, session_id: str, reason: str = "") -> None:
         """
-        The tunnel is gone: release every stream that used it (its channels
-        are gone with it).
+        The session is over (its connection lost, not to be resumed, or
+        its window over): release every stream of its dialogs (their
+        channels are gone with the connection).
         """
         now = self.clock.seconds()
-        for key in [k for k in self._dialogs if k[0] is tunnel]:
-            dialog = self._dialogs.pop(key)
+        for dialog_key, dialog in self._sessions.pop(session_id, {}).items():
             actions = dialog.leg.ended("tunnel lost").actions
-            self._execute(tunnel, key[1], dialog, actions, now, close=False)
-            self._log_end(key[1], dialog, "tunnel lost")
-        for key in [k for k in self._pending if k[0] is tunnel]:
+            self._execute(None, dialog_key, dialog, actions, now, close=False)
+            self._log_end(dialog_key, dialog, "tunnel lost")
+        for key in [k for k in self._pending if k[0] == session_id]:
             del self._pending[key]
-        for key in [k for k in self._channels if k[0] is tunnel]:
-            self._forget(key)
         self._sweeper.settle()
 
-    def tunnel_suspended(self, tunnel: Any) -> None:
+    def session_suspended(self, session_id: str) -> None:
         """
-        The tunnel broke but may be resumed: its channels are gone, the
-        streams, their relay sockets and ports stay (what our side sends
-        meanwhile is dropped and counted) until L{tunnel_resumed} or
-        L{tunnel_lost}.
+        The session's connection broke but the session may be resumed:
+        its channels are gone, the streams, their relay sockets and ports
+        stay (what our side sends meanwhile is dropped and counted) until
+        L{session_resumed} or L{session_ended}.
         """
-        for key in [k for k in self._channels if k[0] is tunnel]:
-            stream = self._channels[key]
-            self._forget(key)
-            stream.channel_id = None
-            if stream.rtp is not None:
-                stream.rtp.detach()
-            if stream.rtcp is not None:
-                stream.rtcp.detach()
-        for key in [k for k in self._pending if k[0] is tunnel]:
+        for dialog in self._sessions.get(session_id, {}).values():
+            for stream in dialog.streams.values():
+                self._drop_channel(stream)
+        for key in [k for k in self._pending if k[0] == session_id]:
             del self._pending[key]
 
-    def tunnel_resumed(self, old: Any, new: Any, reopen: bool) -> None:
+    def session_resumed(self, session_id: str, tunnel: Any, reopen: bool) -> None:
         """
-        A suspended tunnel's session goes on on C{new}: its dialogs move
-        there.  The side that accepted the resumption (C{reopen}) opens a
-        channel for every stream again; the other side attaches them as
-        they come, by dialog and stream.
+        The session goes on on C{tunnel} (a resumption, or another of its
+        connections taking over from a lost primary): its streams use that
+        connection from now on; nothing is re-keyed.  The side that
+        accepted the resumption (C{reopen}) opens a channel for every
+        stream again; the other side attaches them as they come, by dialog
+        and stream.  A stream whose channel is on another connection is
+        moved (its channel forgotten); one on C{tunnel} already is left.
         """
         now = self.clock.seconds()
-        for key in [k for k in self._dialogs if k[0] is old]:
-            dialog = self._dialogs.pop(key)
-            self._dialogs[new, key[1]] = dialog
+        moved = []
+        for dialog in self._sessions.get(session_id, {}).values():
             for stream in dialog.streams.values():
-                stream.tunnel = new
-                stream.channel_id = None
+                if stream.tunnel is tunnel and stream.channel_id is not None:
+                    continue
+                self._drop_channel(stream)
+                # the relay endpoints' send function is bound again to the
+                # new connection when the channel is attached (_route): the
+                # per-packet path stays one direct call
+                stream.tunnel = tunnel
                 stream.last_activity = now
-        if not reopen:
-            return
-        for (tunnel, _), dialog in list(self._dialogs.items()):
-            if tunnel is not new:
-                continue
-            for stream in dialog.streams.values():
+                moved.append(stream)
+        if reopen:
+            for stream in moved:
                 self._reopen(stream)
+
+    def session_absorbed(self, fresh: str, into: str) -> None:
+        """
+        The connection of session C{fresh} resumed session C{into}: what
+        media C{fresh} had (calls made before the proof) is C{into}'s now.
+        A dialog C{into} has already ends on the C{fresh} side.
+        """
+        if fresh == into:
+            return
+        dialogs = self._sessions.pop(fresh, None)
+        if dialogs:
+            target = self._sessions.setdefault(into, {})
+            now = self.clock.seconds()
+            for dialog_key, dialog in dialogs.items():
+                if dialog_key in target:
+                    self._execute(None, dialog_key, dialog, dialog.leg.ended().actions, now)
+                    self._log_end(dialog_key, dialog, "resumed as another session")
+                    continue
+                target[dialog_key] = dialog
+                for stream in dialog.streams.values():
+                    stream.session = into
+        for key in [k for k in self._pending if k[0] == fresh]:
+            entry = self._pending.pop(key)
+            self._pending.setdefault((into, key[1], key[2]), entry)
+        self._sweeper.settle()
+
+    def _drop_channel(self, stream: _Stream) -> None:
+        """
+        Forget a stream's channel (gone with its connection, or left for
+        another connection) and detach its relay sockets from it.
+        """
+        if stream.channel_id is None:
+            return
+        self._forget((stream.tunnel, stream.channel_id))
+        stream.channel_id = None
+        if stream.rtp is not None:
+            stream.rtp.detach()
+        if stream.rtcp is not None:
+            stream.rtcp.detach()
 
     def _reopen(self, stream: _Stream) -> None:
         meta: dict[str, Any] = {"use": "media", "dialog": stream.dialog, "stream": stream.index}
@@ -851,11 +910,12 @@ class MediaManager:
         elif len(self._pending) >= self.max_pending_channels:
             problem = "too many pending media channels"
         else:
-            dialog = self._dialogs.get((tunnel, dialog_key))
+            session_id = tunnel.session_id
+            dialog = self._find(session_id, dialog_key)
             stream = None if dialog is None else dialog.streams.get(index)
             if stream is not None and stream.channel_id is not None:
                 problem = "stream already has a channel"
-            elif (tunnel, dialog_key, index) in self._pending:
+            elif (session_id, dialog_key, index) in self._pending:
                 problem = "stream already has a channel"
         if problem is not None:
             self.refused_channels += 1
@@ -870,7 +930,7 @@ class MediaManager:
         if stream is not None:
             self._attach(stream, channel_id)
         else:
-            self._pending[tunnel, dialog_key, index] = (channel_id, self.clock.seconds())
+            self._pending[session_id, dialog_key, index] = (tunnel, channel_id, self.clock.seconds())
             self._sweeper.ensure()
         return self
 
@@ -912,14 +972,14 @@ class MediaManager:
         """
         The peer closed a media channel: release its stream.
         """
-        for key, (pending_id, _) in list(self._pending.items()):
-            if key[0] is tunnel and pending_id == channel_id:
+        for key, (connection, pending_id, _) in list(self._pending.items()):
+            if connection is tunnel and pending_id == channel_id:
                 del self._pending[key]
                 self._sweeper.settle()
         stream = self._channels.get((tunnel, channel_id))
         if stream is None:
             return
-        dialog = self._dialogs.get((tunnel, stream.dialog))
+        dialog = self._find(stream.session, stream.dialog)
         self._forget((tunnel, channel_id))
         stream.channel_id = None
         if dialog is not None:
@@ -969,7 +1029,7 @@ class MediaManager:
         The TCP side of a stream is over: release the stream, closing its
         channel after the data already queued.
         """
-        dialog = self._dialogs.get((stream.tunnel, stream.dialog))
+        dialog = self._find(stream.session, stream.dialog)
         if dialog is not None and dialog.streams.get(stream.index) is stream:
             self.log.info(
                 "TCP media stream {stream} of dialog {dialog} ended: {reason}",
@@ -988,7 +1048,9 @@ class MediaManager:
         The means of a new stream: its record, and for TCP its endpoint
         (no socket yet).
         """
-        stream = dialog.streams[index] = _Stream(tunnel, dialog_key, index, dialog.leg.streams[index], now)
+        stream = dialog.streams[index] = _Stream(
+            tunnel, tunnel.session_id, dialog_key, index, dialog.leg.streams[index], now
+        )
         if tcp:
             stream.tcp = TcpMediaEndpoint(
                 self.reactor,
@@ -1005,10 +1067,11 @@ class MediaManager:
         The media state of a dialog, made (and its call start logged, with
         the C{leg} the first message came from) if new.
         """
-        dialog = self._dialogs.get((tunnel, dialog_key))
+        dialogs = self._sessions.setdefault(tunnel.session_id, {})
+        dialog = dialogs.get(dialog_key)
         if dialog is None:
             media = LegMedia(self.max_streams_per_dialog, self.max_branches_per_stream)
-            dialog = self._dialogs[tunnel, dialog_key] = _Dialog(media, now)
+            dialog = dialogs[dialog_key] = _Dialog(media, now)
             self.log.info(
                 "call {dialog} started from the {leg} leg",
                 dialog=dialog_key,
@@ -1178,11 +1241,13 @@ class MediaManager:
         @return: C{False} if no channel can be opened (the tunnel is at its
             channel limit or closed): the stream is released.
         """
-        tunnel = stream.tunnel
-        pending = self._pending.pop((tunnel, stream.dialog, stream.index), None)
+        pending = self._pending.pop((stream.session, stream.dialog, stream.index), None)
         if pending is not None:
-            self._attach(stream, pending[0])
+            # on the connection the peer opened it on
+            stream.tunnel = pending[0]
+            self._attach(stream, pending[1])
             return True
+        tunnel = stream.tunnel
         if stream.tcp is not None:
             kind = ChannelKind.STREAM
             meta: dict[str, Any] = {
@@ -1211,7 +1276,7 @@ class MediaManager:
                 dialog=stream.dialog,
                 reason=str(e),
             )
-            dialog = self._dialogs.get((tunnel, stream.dialog))
+            dialog = self._find(stream.session, stream.dialog)
             if dialog is not None and dialog.streams.get(stream.index) is stream:
                 self._release_stream(dialog, stream.index, "no media channel", close=False)
             return False
@@ -1375,14 +1440,14 @@ class MediaManager:
         The sweep has something to watch: streams, or channels waiting
         for their SDP.
         """
-        return any(d.streams for d in self._dialogs.values()) or bool(self._pending)
+        return any(d.streams for d in self._all_dialogs()) or bool(self._pending)
 
     def _sweep(self, now: float) -> None:
         """
         Release streams idle for longer than the timeout unless held, and
         channels the peer opened whose SDP never came (L{Sweep}).
         """
-        for dialog in list(self._dialogs.values()):
+        for dialog in list(self._all_dialogs()):
             for index, stream in list(dialog.streams.items()):
                 count = stream.count()
                 if count != stream.last_count:
@@ -1404,7 +1469,7 @@ class MediaManager:
                         idle=now - stream.last_activity,
                     )
                     self._release_stream(dialog, index, "media inactivity")
-        for key, (channel_id, since) in list(self._pending.items()):
+        for key, (connection, channel_id, since) in list(self._pending.items()):
             if now - since >= min(self.inactivity_timeout, PENDING_TIMEOUT):
                 del self._pending[key]
-                self._close_channel(key[0], channel_id, "no session description")
+                self._close_channel(connection, channel_id, "no session description")

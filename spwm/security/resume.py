@@ -34,22 +34,21 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from spwm.security.keys import (
     EXPORTER_LABEL,
     KEY_LENGTH,
     DigestCredentials,
-    check_proof,
     derive_user_key,
     parse_digest,
     resumption_proof,
 )
-from spwm.session.state import AGENT_TRANSITIONS, CONTACT_TRANSITIONS, Effect, Input, SessionState, transition
+from spwm.session.session import Session
+from spwm.session.state import AGENT_TRANSITIONS, Effect, Input, SessionState, transition
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import parse_message
-from spwm.tunnel.frames import ErrorCode
 
 #: The most users a resumption may name.
 MAX_RESUME_USERS = 64
@@ -137,9 +136,10 @@ class AgentResumption(_Lifecycle):
     classified into an L{Input}, and the table's L{Effect} is carried out
     (L{_apply}); no flags.
 
-    @ivar state: the session's L{SessionState}.
-    @ivar keys: user id -> key, for the current (or suspended) session.
-    @ivar session_id: the contact point's name for our session.
+    The session itself is a L{Session} record (C{session}), the same
+    record the contact point keeps per session; C{state}, C{keys},
+    C{flows} and C{session_id} read it.  The agent attaches no connection
+    to it yet: its one connection is the tunnel handle's C{current}.
     """
 
     def __init__(
@@ -160,20 +160,47 @@ class AgentResumption(_Lifecycle):
         self.handle = handle
         self.forwarder = forwarder
         self.watcher = RegistrationWatcher()
-        self.state = SessionState.ENDED
-        self.keys: dict[str, bytes] = {}
-        #: user id -> the application flow that registered it
-        self.flows: dict[str, int] = {}
-        self.session_id: str | None = None
-        # the lost tunnel whose calls and media are kept (SUSPENDED)
-        self._suspended: Any = None
+        #: the agent's one session: state, keys, flows, the contact
+        #: point's name for it, the suspended connection, the window's timer
+        self.session = Session("")
         #: called with the application flow ids of the users of a session
         #: that is given up for good (see L{_release}); the agent closes
         #: their TCP/TLS connections so that those phones register again
         self.session_lost = session_lost
-        self._timer: IDelayedCall | None = None
         self._stopping = False
         self.resumed = 0
+
+    @property
+    def state(self) -> SessionState:
+        """
+        The session's L{SessionState}.
+        """
+        return self.session.state
+
+    @property
+    def keys(self) -> dict[str, bytes]:
+        """
+        User id -> key, for the current (or suspended) session.
+        """
+        return self.session.keys
+
+    @property
+    def flows(self) -> dict[str, int]:
+        """
+        User id -> the application flow that registered it.
+        """
+        return self.session.flows
+
+    @property
+    def session_id(self) -> str | None:
+        """
+        The contact point's name for our session, if any.
+        """
+        return self.session.session_id or None
+
+    @session_id.setter
+    def session_id(self, value: str | None) -> None:
+        self.session.session_id = value or ""
 
     @property
     def dormant(self) -> bool:
@@ -187,14 +214,14 @@ class AgentResumption(_Lifecycle):
         Feed the table one input and carry out its effect.
         """
         effect, new_state = transition(AGENT_TRANSITIONS, self.state, event)
-        before, self.state = self.state, new_state
+        before, self.session.state = self.session.state, new_state
         if effect is Effect.NOTHING:
             return
         if effect is Effect.SUSPEND:
-            self._suspended = tunnel
-            self.media.tunnel_suspended(tunnel)
+            self.session.suspended = tunnel
+            self.media.session_suspended(tunnel.session_id)
             self._cancel()
-            self._timer = self.clock.callLater(self.window, self._window_over)
+            self.session.timer = self.clock.callLater(self.window, self._window_over)
         elif effect is Effect.OFFER:
             self._offer(tunnel, media=before is SessionState.SUSPENDED)
         elif effect in (Effect.RESUME, Effect.RESUME_REGISTRATIONS):
@@ -204,10 +231,10 @@ class AgentResumption(_Lifecycle):
         elif effect is Effect.RELEASE:
             self._release(reason, was=before)
         elif effect is Effect.END:
-            self.media.tunnel_lost(tunnel, reason)
+            self.media.session_ended(tunnel.session_id, reason)
             self.keys.clear()
         elif effect is Effect.DROP_TUNNEL:
-            self.media.tunnel_lost(tunnel, reason)
+            self.media.session_ended(tunnel.session_id, reason)
 
     # -- the SIP core's traffic -------------------------------------------
 
@@ -291,19 +318,23 @@ class AgentResumption(_Lifecycle):
             self._apply(Input.RESUME_REFUSED, tunnel, str(message.get("reason", "refused")))
 
     def _resume(self, tunnel: Any, media: bool) -> None:
-        old, self._suspended = self._suspended, None
+        old, self.session.suspended = self.session.suspended, None
         self._cancel()
         assert self.session_id is not None
+        fresh = tunnel.session_id
         tunnel.adopt_session(self.session_id)
         for user, key in self.keys.items():
             tunnel.bind_flow_key(self.flows[user], key)
         if old is not None and not media:
             # The contact point kept only the registrations (past its
             # window, or restarted): our calls' media is gone there.
-            self.media.tunnel_lost(old, "the contact point resumed the registrations only")
+            self.media.session_ended(old.session_id, "the contact point resumed the registrations only")
             old = None
         elif old is not None:
-            self.media.tunnel_resumed(old, tunnel, reopen=False)
+            self.media.session_resumed(old.session_id, tunnel, reopen=False)
+            self.media.session_absorbed(old.session_id, self.session_id)
+        # calls made on the new connection before the answer go on
+        self.media.session_absorbed(fresh, self.session_id)
         self.resumed += 1
         self.log.info(
             "session {session_id} resumed on the new tunnel to {peer}{what}",
@@ -320,7 +351,7 @@ class AgentResumption(_Lifecycle):
             self.forwarder.tunnel_lost(tunnel, reason)
 
     def _window_over(self) -> None:
-        self._timer = None
+        self.session.timer = None
         self._apply(Input.WINDOW_OVER)
 
     def _go_dormant(self) -> None:
@@ -328,18 +359,18 @@ class AgentResumption(_Lifecycle):
         The window is over: release the calls' media, keep the keys so
         that the next connection can still resume the registrations.
         """
-        old, self._suspended = self._suspended, None
+        old, self.session.suspended = self.session.suspended, None
         self.log.info(
             "session {session_id} not resumed within {window} s: calls and media released,"
             " registrations kept for a later resumption",
             session_id=self.session_id,
             window=self.window,
         )
-        self.media.tunnel_lost(old, "resumption window over")
+        self.media.session_ended(old.session_id, "resumption window over")
 
     def _release(self, reason: str, was: SessionState) -> None:
         self._cancel()
-        old, self._suspended = self._suspended, None
+        old, self.session.suspended = self.session.suspended, None
         if was in (SessionState.SUSPENDED, SessionState.DORMANT):
             self.log.info("session {session_id} not resumed: {reason}", session_id=self.session_id, reason=reason)
             if self.session_lost is not None and self.flows and not self._stopping:
@@ -352,15 +383,13 @@ class AgentResumption(_Lifecycle):
                         "closed {count} phone connection(s) so that they register again", count=closed
                     )
         if old is not None:
-            self.media.tunnel_lost(old, reason)
+            self.media.session_ended(old.session_id, reason)
         self.keys.clear()
         self.flows.clear()
         self.session_id = None
 
     def _cancel(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self.session.cancel_timer()
 
     def end_session(self) -> None:
         """
@@ -434,403 +463,3 @@ class _ObservedAgentCore:
             if credentials is not None:
                 self._resumption.key_learned(credentials, flow_id)
         return actions
-
-
-class ContactResumption(_Lifecycle):
-    """
-    The contact point's side: derives keys per session as registrations
-    succeed, suspends sessions with keys when their tunnel breaks, checks
-    resumption proofs and moves sessions to new connections.
-
-    Each session's state is where it is (L{state_of}); what an event does
-    to it is decided by L{CONTACT_TRANSITIONS} (L{_decide}).
-
-    @ivar keys: session id -> user id -> key.
-    @ivar refused: resumptions refused (wrong proof, unknown session).
-    """
-
-    def __init__(
-        self,
-        clock: IReactorTime,
-        window: float,
-        media: Any,
-        sip_runner: Any,
-        max_dormant: int = MAX_DORMANT,
-        forwarder: Any = None,
-    ) -> None:
-        """
-        @param forwarder: the UDP forward targets (C{ContactForwarder}),
-            told when a tunnel is lost.
-        """
-        super().__init__(clock, window, media, sip_runner)
-        self.forwarder = forwarder
-        self.keys: dict[str, dict[str, bytes]] = {}
-        #: session id -> user id -> the agent's flow that registered it
-        self.flows: dict[str, dict[str, int]] = {}
-        self._watchers: dict[str, RegistrationWatcher] = {}
-        # session id -> (old tunnel, expiry timer)
-        self._suspended: dict[str, tuple[Any, IDelayedCall]] = {}
-        # past the window, registrations kept: session id -> (None, timer
-        # for when its registrations have expired), oldest first; the dead
-        # connection itself is not kept
-        self._dormant: dict[str, tuple[None, IDelayedCall]] = {}
-        self.max_dormant = max_dormant
-        self._stopping = False
-        # session id -> its live tunnel; tunnels whose session another
-        # connection took over (their end is no longer ours to handle)
-        self._live: dict[str, Any] = {}
-        self._taken_over: set[int] = set()
-        self._bind_later: list[tuple[Any, int, bytes]] = []
-        self.refused = 0
-        self.resumed = 0
-
-    # -- the SIP core's traffic (called by the authorising wrapper) -------
-
-    def request_from_tunnel(self, tunnel: Any, session_id: str, data: bytes) -> None:
-        if data.startswith(b"REGISTER "):
-            self._watchers.setdefault(session_id, RegistrationWatcher(64)).request(data)
-
-    def response_to_tunnel(self, tunnel: Any, flow_id: int, data: bytes) -> None:
-        session_id = tunnel.session_id
-        watcher = self._watchers.get(session_id)
-        if watcher is None:
-            return
-        credentials = watcher.response(data)
-        if credentials is not None:
-            key = self.keys.setdefault(session_id, {})[credentials.user_id] = user_key(tunnel, credentials)
-            self.flows.setdefault(session_id, {})[credentials.user_id] = flow_id
-            # Bound after this 2xx is queued: it goes out unsealed, as the
-            # agent can only make the key once it has it.
-            self._bind_later.append((tunnel, flow_id, key))
-
-    def flush_bindings(self) -> None:
-        """
-        Bind the keys learned while handling a message, now that the
-        message's own frames are queued.
-        """
-        pending, self._bind_later = self._bind_later, []
-        for tunnel, flow_id, key in pending:
-            tunnel.bind_flow_key(flow_id, key)
-
-    # -- the tunnel's life -----------------------------------------------
-
-    def state_of(self, session_id: str) -> SessionState:
-        """
-        Where a session is: suspended, dormant, live on a connection, or
-        none of these (C{ENDED}).
-        """
-        if session_id in self._suspended:
-            return SessionState.SUSPENDED
-        if session_id in self._dormant:
-            return SessionState.DORMANT
-        if session_id in self._live:
-            return SessionState.LIVE
-        return SessionState.ENDED
-
-    def _decide(self, session_id: str, event: Input) -> Effect:
-        """
-        The effect of C{event} on a session, from the table.
-
-        @raise BadTransition: it cannot happen in the session's state.
-        """
-        effect, _ = transition(CONTACT_TRANSITIONS, self.state_of(session_id), event)
-        return effect
-
-    def tunnel_established(self, tunnel: Any) -> None:
-        self._decide(tunnel.session_id, Input.TUNNEL_UP)  # always ATTACH
-        self._live[tunnel.session_id] = tunnel
-        self.sip.tunnel_established(tunnel)
-
-    def tunnel_lost(self, tunnel: Any, reason: str) -> None:
-        """
-        The one observer of the contact point's tunnels: the session, then
-        the forwards.
-        """
-        self._session_lost(tunnel, reason)
-        if self.forwarder is not None:
-            self.forwarder.tunnel_lost(tunnel, reason)
-
-    def _session_lost(self, tunnel: Any, reason: str) -> None:
-        session_id = tunnel.session_id
-        if id(tunnel) in self._taken_over:
-            self._taken_over.discard(id(tunnel))
-            self._decide(session_id, Input.TAKEN_OVER)  # nothing
-            return
-        # An agent that sent go-away before closing (an on-demand tunnel
-        # nobody needs) is not coming back for this session: end it now.
-        if getattr(tunnel, "go_away_info", None) is not None:
-            event = Input.GONE_AWAY
-        elif (
-            self.keys.get(session_id)
-            and self.window > 0
-            and not self._stopping
-            and session_id not in self._suspended
-        ):
-            event = Input.TUNNEL_LOST
-        else:
-            event = Input.TUNNEL_ENDED
-        effect = self._decide(session_id, event)
-        if self._live.get(session_id) is tunnel:
-            del self._live[session_id]
-        if effect is Effect.SUSPEND:
-            self.media.tunnel_suspended(tunnel)
-            timer = self.clock.callLater(self.window, self._expire, session_id)
-            self._suspended[session_id] = (tunnel, timer)
-        else:  # END
-            self._end(tunnel, session_id, reason)
-
-    @property
-    def dormant(self) -> int:
-        """
-        Sessions past the window whose registrations are kept.
-        """
-        return len(self._dormant)
-
-    def status(self) -> dict[str, int]:
-        """
-        For the status page: sessions live, suspended and dormant now;
-        resumptions accepted and refused so far.
-        """
-        return {
-            "live": len(self._live),
-            "suspended": len(self._suspended),
-            "dormant": len(self._dormant),
-            "resumed": self.resumed,
-            "resume_refused": self.refused,
-        }
-
-    def _expire(self, session_id: str) -> None:
-        if session_id not in self._suspended:
-            return  # (not suspended, WINDOW_OVER): nothing
-        registrations = self.sip.registrations(session_id)
-        effect = self._decide(session_id, Input.WINDOW_OVER if registrations else Input.REGISTRATIONS_EXPIRED)
-        tunnel = self._suspended.pop(session_id)[0]
-        if effect is Effect.END:
-            self.log.info("session {session_id} not resumed within {window} s: released", session_id=session_id, window=self.window)
-            self._end(tunnel, session_id, "resumption window over")
-            return
-        # Calls and media go; the registrations stay until they expire, for
-        # an agent that comes back later.
-        self.sip.tunnel_dormant(tunnel)
-        self.media.tunnel_lost(tunnel, "resumption window over")
-        self._watchers.pop(session_id, None)
-        last = self._make_dormant(session_id, registrations)
-        self.log.info(
-            "session {session_id} not resumed within {window} s: calls and media released;"
-            " {count} registrations kept for {left:.0f} s more",
-            session_id=session_id,
-            window=self.window,
-            count=len(registrations),
-            left=last - self.clock.seconds(),
-        )
-
-    def _make_dormant(self, session_id: str, registrations: list[Any]) -> float:
-        """
-        Keep C{session_id} dormant until its last registration expires.
-
-        @return: when that is.
-        """
-        last = max(r.expires for r in registrations)
-        timer = self.clock.callLater(max(last - self.clock.seconds(), 0.0) + 1.0, self._wake, session_id)
-        self._dormant[session_id] = (None, timer)
-        while len(self._dormant) > self.max_dormant:
-            oldest = next(iter(self._dormant))
-            self._decide(oldest, Input.EVICTED)  # FORGET
-            self._forget_dormant(oldest, "too many dormant sessions")
-        return last
-
-    # -- across a restart (spwm.state) ------------------------------------
-
-    def export_state(self) -> dict[str, dict[str, Any]]:
-        """
-        Every session with keys (live, suspended or dormant): its users'
-        keys and flows, JSON-ready, for L{import_state} in the next process.
-        """
-        return {
-            session_id: {
-                "keys": {user: key.hex() for user, key in keys.items()},
-                "flows": dict(self.flows.get(session_id, {})),
-            }
-            for session_id, keys in self.keys.items()
-            if keys
-        }
-
-    def import_state(self, sessions: Any) -> int:
-        """
-        Restore sessions saved by L{export_state} as dormant, for those of
-        them whose registrations the SIP core got back (restore those
-        first); the others are dropped.
-
-        @return: the number of dormant sessions.
-        @raise ValueError: C{sessions} is not what L{export_state} makes.
-        """
-        try:
-            loaded = {
-                str(session_id): (
-                    {str(user): bytes.fromhex(key) for user, key in entry["keys"].items()},
-                    {str(user): int(fid) for user, fid in entry["flows"].items()},
-                )
-                for session_id, entry in sessions.items()
-            }
-        except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as e:
-            raise ValueError(f"malformed sessions: {e!r}") from None
-        count = 0
-        for session_id, (keys, flows) in loaded.items():
-            registrations = self.sip.registrations(session_id)
-            if (
-                not registrations
-                or not keys
-                or set(keys) != set(flows)
-                or any(len(key) != KEY_LENGTH for key in keys.values())
-                or not all(0 <= fid < 2**32 for fid in flows.values())
-            ):
-                continue
-            self.keys[session_id] = keys
-            self.flows[session_id] = flows
-            self._make_dormant(session_id, registrations)
-            count += 1
-        return count
-
-    def _wake(self, session_id: str) -> None:
-        """
-        A dormant session's registrations should have expired by now.
-        """
-        entry = self._dormant.get(session_id)
-        if entry is None:
-            return
-        registrations = self.sip.registrations(session_id)
-        now = self.clock.seconds()
-        live = [r.expires for r in registrations if r.expires > now]
-        if live:
-            self._dormant[session_id] = (None, self.clock.callLater(max(live) - now + 1.0, self._wake, session_id))
-            return
-        self._decide(session_id, Input.REGISTRATIONS_EXPIRED)  # FORGET
-        self._forget_dormant(session_id, "registrations expired")
-
-    def _forget_dormant(self, session_id: str, reason: str) -> None:
-        _, timer = self._dormant.pop(session_id)
-        if timer.active():
-            timer.cancel()
-        self.log.info("dormant session {session_id} released: {reason}", session_id=session_id, reason=reason)
-        self.sip.forget_session(session_id)
-        self.keys.pop(session_id, None)
-        self.flows.pop(session_id, None)
-
-    def _end(self, tunnel: Any, session_id: str, reason: str) -> None:
-        self.sip.tunnel_lost(tunnel, reason)
-        self.media.tunnel_lost(tunnel, reason)
-        self.keys.pop(session_id, None)
-        self.flows.pop(session_id, None)
-        self._watchers.pop(session_id, None)
-
-    def control_received(self, tunnel: Any, message: dict[str, Any]) -> None:
-        if message.get("op") != "resume":
-            return
-        old_session = message.get("session_id")
-        proofs = message.get("proofs")
-        challenge = tunnel.local_hello.get("challenge") if tunnel.local_hello else None
-        entry: tuple[Any, IDelayedCall | None] | None = (
-            self._suspended.get(old_session) if isinstance(old_session, str) else None
-        )
-        if entry is None and isinstance(old_session, str):
-            entry = self._dormant.get(old_session)
-        live = self._live.get(old_session) if isinstance(old_session, str) else None
-        if entry is None and live is not None and live is not tunnel:
-            # The old path died silently (no FIN, keepalive not yet out):
-            # the agent proves it is the same session, so the old
-            # connection is taken over rather than waited for.
-            entry = (live, None)
-        keys = self.keys.get(old_session, {}) if isinstance(old_session, str) else {}
-        problem = None
-        if entry is None or not isinstance(old_session, str):
-            problem = "no suspended session by that name"
-        elif not isinstance(proofs, dict) or not proofs or len(proofs) > MAX_RESUME_USERS:
-            problem = "no proofs"
-        elif not isinstance(challenge, str):
-            problem = "no challenge was sent"
-        else:
-            raw = bytes.fromhex(challenge)
-            for user, proof in proofs.items():
-                key = keys.get(user)
-                if key is None or not check_proof(key, raw, old_session, proof):
-                    problem = f"wrong proof for {user}"
-                    break
-        if problem is not None:
-            self.refused += 1
-            self.log.warn(
-                "refused resumption of session {session_id} from {peer}: {reason}",
-                session_id=old_session,
-                peer=tunnel.peer,
-                reason=problem,
-            )
-            tunnel.send_control({"op": "resume-failed", "reason": problem})
-            return
-        # the checks above passed: a session name, an entry, proofs
-        assert isinstance(old_session, str) and entry is not None and isinstance(proofs, dict)
-        state = self.state_of(old_session)
-        effect = self._decide(
-            old_session, Input.RESUME_OK_REGISTRATIONS if message.get("media") is False else Input.RESUME_OK
-        )
-        media = True
-        if state is SessionState.SUSPENDED:
-            old_tunnel, timer = self._suspended.pop(old_session)
-            if timer.active():
-                timer.cancel()
-            if effect is Effect.RESUME_REGISTRATIONS:
-                # The agent has released the calls' media already.
-                self.media.tunnel_lost(old_tunnel, "the agent released the calls")
-                media = False
-        elif state is SessionState.DORMANT:
-            old_tunnel, timer = self._dormant.pop(old_session)
-            if timer.active():
-                timer.cancel()
-            media = False
-        else:  # TAKE_OVER
-            old_tunnel = entry[0]
-            self._taken_over.add(id(old_tunnel))
-            del self._live[old_session]
-            self.media.tunnel_suspended(old_tunnel)
-            old_tunnel.close(ErrorCode.GOING_AWAY, "session resumed on another connection")
-        fresh = tunnel.session_id
-        self._decide(fresh, Input.ABSORBED)  # ABSORB
-        # The new connection takes the old session's name, so flow tokens
-        # in Path/Record-Route keep pointing at it.
-        self.sip.tunnel_lost(tunnel, "resumed as another session")
-        if self._live.get(fresh) is tunnel:
-            del self._live[fresh]
-        tunnel.adopt_session(old_session)
-        self._live[old_session] = tunnel
-        self.sip.tunnel_established(tunnel)
-        self.keys.pop(fresh, None)
-        self.flows.pop(fresh, None)
-        self._watchers.pop(fresh, None)
-        resumed: dict[str, Any] = {"op": "resumed", "session_id": old_session, "users": sorted(proofs)}
-        if not media:
-            resumed["media"] = False
-        tunnel.send_control(resumed)
-        for user, key in self.keys.get(old_session, {}).items():
-            tunnel.bind_flow_key(self.flows[old_session][user], key)
-        if media:
-            self.media.tunnel_resumed(old_tunnel, tunnel, reopen=True)
-        self.resumed += 1
-        self.log.info(
-            "session {session_id} resumed from {peer}{what}",
-            session_id=old_session,
-            peer=tunnel.peer,
-            what="" if media else " (registrations only)",
-        )
-
-    def stop(self) -> None:
-        """
-        The service stops: release what is suspended, suspend nothing more.
-        """
-        self._stopping = True
-        for session_id, (tunnel, timer) in list(self._suspended.items()):
-            self._decide(session_id, Input.STOP)  # END
-            if timer.active():
-                timer.cancel()
-            del self._suspended[session_id]
-            self._end(tunnel, session_id, "contact point stopping")
-        for session_id in list(self._dormant):
-            self._decide(session_id, Input.STOP)  # FORGET
-            self._forget_dormant(session_id, "contact point stopping")

@@ -11,7 +11,7 @@ L{Input}, looks the pair up, carries out the L{Effect} and takes the new
 state.  There are two tables over the same states: L{AGENT_TRANSITIONS} drives
 the agent's one session (L{spwm.security.resume.AgentResumption}),
 L{CONTACT_TRANSITIONS} each session of the contact point
-(L{spwm.security.resume.ContactResumption}).
+(L{spwm.session.manager.SessionManager}, over L{spwm.session.session.Session} records).
 
 States:
 

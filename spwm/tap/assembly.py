@@ -32,7 +32,8 @@ from spwm.errors import ConfigError
 from spwm.forward import USE as FORWARD_USE, AgentForwarder, ContactForwarder
 from spwm.media.manager import MediaManager
 from spwm.media.reader import relay_sockets_for
-from spwm.security.resume import AgentResumption, ContactResumption
+from spwm.security.resume import AgentResumption
+from spwm.session.manager import SessionManager
 from spwm.sip.authz import AuthorizingContactProxy, MediaAcceptor
 from spwm.sip.flows import FlowTable
 from spwm.sip.names import ProxyNames
@@ -143,7 +144,7 @@ class ContactPoint:
     media: MediaManager
     sip_core: AuthorizingContactProxy
     runner: ContactSipRunner
-    resumption: ContactResumption
+    resumption: SessionManager
     factory: ContactTunnelFactory
     listener: ContactListenService
     sip_listeners: SipListeners
@@ -444,7 +445,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
     if reactor is None:
         from twisted.internet import reactor
     limits = config.limits
-    later_resumption: Later[ContactResumption] = Later("the session resumption")
+    later_resumption: Later[SessionManager] = Later("the session resumption")
 
     forwarder = ContactForwarder(reactor, list(config.allow_forward), receive_buffer=limits.sip.udp_buffer)
     sip_host, sip_port = config.sip_address
@@ -505,7 +506,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
         trace=sip_trace(config.sip_trace, config.sip_trace_bodies),
     )
     resumption = later_resumption.bind(
-        ContactResumption(
+        SessionManager(
             reactor,
             limits.session.resume_window,
             media,
@@ -578,7 +579,7 @@ class ResumptionObserver:
     the session resumption, which is built after the core.
     """
 
-    def __init__(self, later: Later[ContactResumption]) -> None:
+    def __init__(self, later: Later[SessionManager]) -> None:
         self._later = later
 
     def request_from_tunnel(self, tunnel_key: Any, session_id: Any, data: bytes) -> None:

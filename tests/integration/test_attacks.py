@@ -272,9 +272,9 @@ class AttackTestCase(TestCase):
         """One of the contact point's relay endpoints of the call (RTP)."""
         media = self.contact.media
         for tunnel in self.good_tunnels:
-            for key in media.dialog_keys(tunnel):
+            for key in media.dialog_keys(tunnel.session_id):
                 if key.endswith("/" + self.call.call_id):
-                    rtp, _ = media.stream_endpoints(tunnel, key, 0)
+                    rtp, _ = media.stream_endpoints(tunnel.session_id, key, 0)
                     if rtp is not None and rtp.port is not None:
                         return rtp
         raise AssertionError("no relay endpoint of the call at the contact point")

@@ -1,0 +1,479 @@
+# -*- test-case-name: tests.test_security_resume -*-
+"""
+The contact point's sessions: the one observer of its tunnels
+(L{spwm.tunnel.api.TunnelObserver}).  It owns a L{Session} per session id,
+moves each through L{CONTACT_TRANSITIONS} and drives the SIP runner, the
+media manager and the forwards by explicit calls; media and SIP are keyed
+by the session id, so a resumption is attaching a connection
+(L{Session.use_tunnel}) and telling the media manager which one.
+
+A session may hold more than one connection (L{Session.connections}, the
+primary first).  Losing one that is not the last is no event of the
+table: the next one becomes the primary, SIP is attached to it and the
+media channels are opened again on it.  (Only tests attach a second
+connection today; the redundant-path and UDP-path work will.)
+
+What resumption is, for both halves: L{spwm.security.resume}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from spwm.security.keys import KEY_LENGTH, check_proof
+from spwm.security.resume import MAX_DORMANT, MAX_RESUME_USERS, RegistrationWatcher, user_key
+from spwm.session.codec import from_json, to_json
+from spwm.session.session import Session
+from spwm.session.state import CONTACT_TRANSITIONS, Effect, Input, SessionState, transition
+from spwm.tunnel.frames import ErrorCode
+
+__all__ = ["SessionManager"]
+
+
+class SessionManager:
+    """
+    Derives keys per session as registrations succeed, suspends sessions
+    with keys when their tunnel breaks, checks resumption proofs and moves
+    sessions to new connections.
+
+    @ivar sessions: session id -> its L{Session} (live, suspended, dormant,
+        or with keys restored from the state file).
+    @ivar refused: resumptions refused (wrong proof, unknown session).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        window: float,
+        media: Any,
+        sip_runner: Any,
+        max_dormant: int = MAX_DORMANT,
+        forwarder: Any = None,
+    ) -> None:
+        """
+        @param forwarder: the UDP forward targets (C{ContactForwarder}),
+            told when a tunnel is lost.
+        """
+        self.clock = clock
+        self.window = window
+        self.media = media
+        self.sip = sip_runner
+        self.forwarder = forwarder
+        self.sessions: dict[str, Session] = {}
+        # the dormant sessions' ids, oldest first (for MAX_DORMANT)
+        self._dormant: dict[str, None] = {}
+        self.max_dormant = max_dormant
+        self._stopping = False
+        # connections whose session another connection took over (their
+        # end is no longer ours to handle), by id()
+        self._taken_over: set[int] = set()
+        self._bind_later: list[tuple[Any, int, bytes]] = []
+        self.refused = 0
+        self.resumed = 0
+
+    @property
+    def keys(self) -> dict[str, dict[str, bytes]]:
+        """
+        Session id -> user id -> key, for the sessions with keys (a view
+        for the status and the tests; the keys live in the sessions).
+        """
+        return {sid: s.keys for sid, s in self.sessions.items() if s.keys}
+
+    @property
+    def flows(self) -> dict[str, dict[str, int]]:
+        """
+        Session id -> user id -> flow, as L{keys}.
+        """
+        return {sid: s.flows for sid, s in self.sessions.items() if s.keys}
+
+    # -- the SIP core's traffic (called by the authorising wrapper) -------
+
+    def request_from_tunnel(self, tunnel: Any, session_id: str, data: bytes) -> None:
+        if data.startswith(b"REGISTER "):
+            session = self.sessions.get(session_id)
+            if session is None:
+                session = self.sessions[session_id] = Session(session_id)
+            if session.watcher is None:
+                session.watcher = RegistrationWatcher(64)
+            session.watcher.request(data)
+
+    def response_to_tunnel(self, tunnel: Any, flow_id: int, data: bytes) -> None:
+        session = self.sessions.get(tunnel.session_id)
+        if session is None or session.watcher is None:
+            return
+        credentials = session.watcher.response(data)
+        if credentials is not None:
+            key = session.keys[credentials.user_id] = user_key(tunnel, credentials)
+            session.flows[credentials.user_id] = flow_id
+            # Bound after this 2xx is queued: it goes out unsealed, as the
+            # agent can only make the key once it has it.
+            self._bind_later.append((tunnel, flow_id, key))
+
+    def flush_bindings(self) -> None:
+        """
+        Bind the keys learned while handling a message, now that the
+        message's own frames are queued.
+        """
+        pending, self._bind_later = self._bind_later, []
+        for tunnel, flow_id, key in pending:
+            tunnel.bind_flow_key(flow_id, key)
+
+    # -- the tunnel's life -----------------------------------------------
+
+    def state_of(self, session_id: str) -> SessionState:
+        """
+        Where a session is: suspended, dormant, live on a connection, or
+        none of these (C{ENDED}).
+        """
+        session = self.sessions.get(session_id)
+        return SessionState.ENDED if session is None else session.state
+
+    def _decide(self, session_id: str, event: Input) -> Effect:
+        """
+        Feed the table one input for a session: its effect; the session
+        takes the new state (a session C{ENDED} without keys is dropped).
+
+        @raise BadTransition: it cannot happen in the session's state.
+        """
+        effect, new_state = transition(CONTACT_TRANSITIONS, self.state_of(session_id), event)
+        session = self.sessions.get(session_id)
+        if session is None:
+            if new_state is SessionState.ENDED:
+                return effect
+            session = self.sessions[session_id] = Session(session_id)
+        session.state = new_state
+        return effect
+
+    def tunnel_established(self, tunnel: Any) -> None:
+        self._decide(tunnel.session_id, Input.TUNNEL_UP)  # always ATTACH
+        self.sessions[tunnel.session_id].use_tunnel(tunnel)
+        self.sip.tunnel_established(tunnel)
+
+    def tunnel_lost(self, tunnel: Any, reason: str) -> None:
+        """
+        The one observer of the contact point's tunnels: the session, then
+        the forwards.
+        """
+        self._session_lost(tunnel, reason)
+        if self.forwarder is not None:
+            self.forwarder.tunnel_lost(tunnel, reason)
+
+    def _session_lost(self, tunnel: Any, reason: str) -> None:
+        session_id = tunnel.session_id
+        if id(tunnel) in self._taken_over:
+            self._taken_over.discard(id(tunnel))
+            self._decide(session_id, Input.TAKEN_OVER)  # nothing
+            return
+        session = self.sessions.get(session_id)
+        if session is not None and len(session.connections) > 1 and any(c is tunnel for c in session.connections):
+            # one of several connections: the session goes on on the others
+            if session.stop_using_tunnel(tunnel):
+                self._switch(session, reason)
+            return
+        # An agent that sent go-away before closing (an on-demand tunnel
+        # nobody needs) is not coming back for this session: end it now.
+        if getattr(tunnel, "go_away_info", None) is not None:
+            event = Input.GONE_AWAY
+        elif (
+            session is not None
+            and session.keys
+            and self.window > 0
+            and not self._stopping
+            and session.state is not SessionState.SUSPENDED
+        ):
+            event = Input.TUNNEL_LOST
+        else:
+            event = Input.TUNNEL_ENDED
+        effect = self._decide(session_id, event)
+        session = self.sessions.get(session_id)
+        if session is not None:
+            session.stop_using_tunnel(tunnel)
+        if effect is Effect.SUSPEND:
+            assert session is not None
+            self.media.session_suspended(session_id)
+            session.cancel_timer()
+            session.suspended = tunnel
+            session.timer = self.clock.callLater(self.window, self._expire, session_id)
+            self._dormant.pop(session_id, None)
+        else:  # END
+            self._end(tunnel, session_id, reason)
+
+    def _switch(self, session: Session, reason: str) -> None:
+        """
+        The primary of a session with another connection went: SIP and
+        the channels go on on the next one.
+        """
+        primary = session.primary
+        self.log.info(
+            "session {session_id}: its primary connection is gone ({reason}); going on on {peer}",
+            session_id=session.session_id,
+            reason=reason,
+            peer=primary.peer,
+        )
+        self.sip.tunnel_established(primary)
+        self.media.session_resumed(session.session_id, primary, reopen=True)
+
+    @property
+    def dormant(self) -> int:
+        """
+        Sessions past the window whose registrations are kept.
+        """
+        return len(self._dormant)
+
+    def status(self) -> dict[str, int]:
+        """
+        For the status page: sessions live, suspended and dormant now;
+        resumptions accepted and refused so far.
+        """
+        live = sum(1 for s in self.sessions.values() if s.connections and s.state is SessionState.LIVE)
+        suspended = sum(1 for s in self.sessions.values() if s.state is SessionState.SUSPENDED)
+        return {
+            "live": live,
+            "suspended": suspended,
+            "dormant": len(self._dormant),
+            "resumed": self.resumed,
+            "resume_refused": self.refused,
+        }
+
+    def _expire(self, session_id: str) -> None:
+        session = self.sessions.get(session_id)
+        if session is None or session.state is not SessionState.SUSPENDED:
+            return  # (not suspended, WINDOW_OVER): nothing
+        session.timer = None
+        registrations = self.sip.registrations(session_id)
+        effect = self._decide(session_id, Input.WINDOW_OVER if registrations else Input.REGISTRATIONS_EXPIRED)
+        tunnel, session.suspended = session.suspended, None
+        if effect is Effect.END:
+            self.log.info("session {session_id} not resumed within {window} s: released", session_id=session_id, window=self.window)
+            self._end(tunnel, session_id, "resumption window over")
+            return
+        # Calls and media go; the registrations stay until they expire, for
+        # an agent that comes back later.
+        self.sip.tunnel_dormant(tunnel)
+        self.media.session_ended(session_id, "resumption window over")
+        session.watcher = None
+        last = self._make_dormant(session, registrations)
+        self.log.info(
+            "session {session_id} not resumed within {window} s: calls and media released;"
+            " {count} registrations kept for {left:.0f} s more",
+            session_id=session_id,
+            window=self.window,
+            count=len(registrations),
+            left=last - self.clock.seconds(),
+        )
+
+    def _make_dormant(self, session: Session, registrations: list[Any]) -> float:
+        """
+        Keep C{session} dormant until its last registration expires.
+
+        @return: when that is.
+        """
+        last = max(r.expires for r in registrations)
+        session.state = SessionState.DORMANT
+        session.timer = self.clock.callLater(max(last - self.clock.seconds(), 0.0) + 1.0, self._wake, session.session_id)
+        self._dormant[session.session_id] = None
+        while len(self._dormant) > self.max_dormant:
+            oldest = next(iter(self._dormant))
+            self._decide(oldest, Input.EVICTED)  # FORGET
+            self._forget_dormant(oldest, "too many dormant sessions")
+        return last
+
+    # -- across a restart (spwm.state) ------------------------------------
+
+    def export_state(self, sip: Any = None) -> dict[str, dict[str, Any]]:
+        """
+        Every session with keys (live, suspended or dormant), JSON-ready
+        (L{spwm.session.codec}), for L{import_state} in the next process.
+
+        @param sip: C{sip(session_id)}: the SIP core's export of the
+            session's registrations, or C{None}: none.
+        """
+        return {
+            session_id: to_json(session, None if sip is None else sip(session_id))
+            for session_id, session in self.sessions.items()
+            if session.keys
+        }
+
+    def import_state(self, sessions: Any) -> int:
+        """
+        Restore sessions saved by L{export_state} as dormant, for those of
+        them whose registrations the SIP core got back (restore those
+        first); the others are dropped.
+
+        @return: the number of dormant sessions.
+        @raise ValueError: C{sessions} is not what L{export_state} makes.
+        """
+        try:
+            loaded = [from_json(session_id, entry)[0] for session_id, entry in sessions.items()]
+        except AttributeError as e:
+            raise ValueError(f"malformed sessions: {e!r}") from None
+        count = 0
+        for restored in loaded:
+            session_id, keys, flows = restored.session_id, restored.keys, restored.flows
+            registrations = self.sip.registrations(session_id)
+            if (
+                not registrations
+                or not keys
+                or set(keys) != set(flows)
+                or any(len(key) != KEY_LENGTH for key in keys.values())
+                or not all(0 <= fid < 2**32 for fid in flows.values())
+            ):
+                continue
+            self.sessions[session_id] = restored
+            self._make_dormant(restored, registrations)
+            count += 1
+        return count
+
+    def _wake(self, session_id: str) -> None:
+        """
+        A dormant session's registrations should have expired by now.
+        """
+        session = self.sessions.get(session_id)
+        if session is None or session_id not in self._dormant:
+            return
+        registrations = self.sip.registrations(session_id)
+        now = self.clock.seconds()
+        live = [r.expires for r in registrations if r.expires > now]
+        if live:
+            session.timer = self.clock.callLater(max(live) - now + 1.0, self._wake, session_id)
+            return
+        self._decide(session_id, Input.REGISTRATIONS_EXPIRED)  # FORGET
+        self._forget_dormant(session_id, "registrations expired")
+
+    def _forget_dormant(self, session_id: str, reason: str) -> None:
+        del self._dormant[session_id]
+        session = self.sessions.pop(session_id)
+        session.cancel_timer()
+        self.log.info("dormant session {session_id} released: {reason}", session_id=session_id, reason=reason)
+        self.sip.forget_session(session_id)
+
+    def _end(self, tunnel: Any, session_id: str, reason: str) -> None:
+        self.sip.tunnel_lost(tunnel, reason)
+        session = self.sessions.get(session_id)
+        if session is not None and session.state is not SessionState.ENDED:
+            # a connection of a session suspended or dormant already: the
+            # session's calls are not this connection's to end
+            return
+        self.media.session_ended(session_id, reason)
+        if session is not None:
+            session.cancel_timer()
+            del self.sessions[session_id]
+
+    def control_received(self, tunnel: Any, message: dict[str, Any]) -> None:
+        """
+        A C{resume} from a new connection: check its proofs against the
+        keys of the session it names (suspended, dormant, or live on a
+        connection that died silently); all good: the connection takes the
+        session's name and the session goes on on it (its media reopened,
+        unless the agent says it released it or the session is dormant).
+        Anything wrong: C{resume-failed}, logged, nothing attached.
+        """
+        if message.get("op") != "resume":
+            return
+        old_session = message.get("session_id")
+        proofs = message.get("proofs")
+        challenge = tunnel.local_hello.get("challenge") if tunnel.local_hello else None
+        session = self.sessions.get(old_session) if isinstance(old_session, str) else None
+        state = SessionState.ENDED if session is None else session.state
+        found = session is not None and (
+            state in (SessionState.SUSPENDED, SessionState.DORMANT)
+            # The old path died silently (no FIN, keepalive not yet out):
+            # the agent proves it is the same session, so the old
+            # connection is taken over rather than waited for.
+            or (state is SessionState.LIVE and session.primary is not None and session.primary is not tunnel)
+        )
+        problem = None
+        if not found or session is None or not isinstance(old_session, str):
+            problem = "no suspended session by that name"
+        elif not isinstance(proofs, dict) or not proofs or len(proofs) > MAX_RESUME_USERS:
+            problem = "no proofs"
+        elif not isinstance(challenge, str):
+            problem = "no challenge was sent"
+        else:
+            raw = bytes.fromhex(challenge)
+            for user, proof in proofs.items():
+                key = session.keys.get(user)
+                if key is None or not check_proof(key, raw, old_session, proof):
+                    problem = f"wrong proof for {user}"
+                    break
+        if problem is not None:
+            self.refused += 1
+            self.log.warn(
+                "refused resumption of session {session_id} from {peer}: {reason}",
+                session_id=old_session,
+                peer=tunnel.peer,
+                reason=problem,
+            )
+            tunnel.send_control({"op": "resume-failed", "reason": problem})
+            return
+        # the checks above passed: a session name, a session, proofs
+        assert isinstance(old_session, str) and session is not None and isinstance(proofs, dict)
+        effect = self._decide(
+            old_session, Input.RESUME_OK_REGISTRATIONS if message.get("media") is False else Input.RESUME_OK
+        )
+        media = True
+        if state is SessionState.SUSPENDED:
+            session.cancel_timer()
+            session.suspended = None
+            if effect is Effect.RESUME_REGISTRATIONS:
+                # The agent has released the calls' media already.
+                self.media.session_ended(old_session, "the agent released the calls")
+                media = False
+        elif state is SessionState.DORMANT:
+            session.cancel_timer()
+            del self._dormant[old_session]
+            media = False
+        else:  # TAKE_OVER
+            taken = list(session.connections)
+            for old_tunnel in taken:
+                self._taken_over.add(id(old_tunnel))
+                session.stop_using_tunnel(old_tunnel)
+            self.media.session_suspended(old_session)
+            for old_tunnel in taken:
+                old_tunnel.close(ErrorCode.GOING_AWAY, "session resumed on another connection")
+        fresh = tunnel.session_id
+        self._decide(fresh, Input.ABSORBED)  # ABSORB
+        # The new connection takes the old session's name, so flow tokens
+        # in Path/Record-Route keep pointing at it.
+        self.sip.tunnel_lost(tunnel, "resumed as another session")
+        self.sessions.pop(fresh, None)
+        tunnel.adopt_session(old_session)
+        session.use_tunnel(tunnel)
+        self.sip.tunnel_established(tunnel)
+        resumed: dict[str, Any] = {"op": "resumed", "session_id": old_session, "users": sorted(proofs)}
+        if not media:
+            resumed["media"] = False
+        tunnel.send_control(resumed)
+        for user, key in session.keys.items():
+            tunnel.bind_flow_key(session.flows[user], key)
+        if media:
+            self.media.session_resumed(old_session, tunnel, reopen=True)
+        # calls made on the new connection before the proof go on
+        self.media.session_absorbed(fresh, old_session)
+        self.resumed += 1
+        self.log.info(
+            "session {session_id} resumed from {peer}{what}",
+            session_id=old_session,
+            peer=tunnel.peer,
+            what="" if media else " (registrations only)",
+        )
+
+    def stop(self) -> None:
+        """
+        The service stops: release what is suspended, suspend nothing more.
+        """
+        self._stopping = True
+        for session_id, session in list(self.sessions.items()):
+            if session.state is SessionState.SUSPENDED:
+                self._decide(session_id, Input.STOP)  # END
+                session.cancel_timer()
+                tunnel, session.suspended = session.suspended, None
+                self._end(tunnel, session_id, "contact point stopping")
+        for session_id in list(self._dormant):
+            self._decide(session_id, Input.STOP)  # FORGET
+            self._forget_dormant(session_id, "contact point stopping")
