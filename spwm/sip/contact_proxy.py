@@ -301,6 +301,18 @@ class ContactSipProxy:
         self._next_sweep = now + self.sweep_interval if busy else None
         return events
 
+    def _malformed(
+        self, data: bytes, e: SipParseError, origin: str, reply: Callable[[bytes], Action]
+    ) -> list[Action]:
+        """
+        A message from C{origin} (C{"tunnel"} or C{"network"}) that does not
+        parse: counted, and answered statelessly with C{reply} when it is a
+        request that can be answered.
+        """
+        reason = "malformed message from " + origin
+        drop = self.counters.drop(reason + ": " + e.reason, reason)
+        return answer_malformed(data, e.status, e.reason, drop, reply)
+
     # -- messages from the tunnel ------------------------------------------
 
     def from_tunnel(
@@ -334,11 +346,8 @@ class ContactSipProxy:
         try:
             msg = parse_message(data, max_size=self.max_message_size)
         except SipParseError as e:
-            drop = self.counters.drop(
-                "malformed message from tunnel: " + e.reason, "malformed message from tunnel"
-            )
-            return answer_malformed(
-                data, e.status, e.reason, drop, lambda resp: ToTunnel(tunnel_key, flow_id, resp)
+            return self._malformed(
+                data, e, "tunnel", lambda resp: ToTunnel(tunnel_key, flow_id, resp)
             )
         if msg.is_request:
             steps = self._tunnel_request(tunnel_key, session_id, flow_id, msg, now)
@@ -483,13 +492,8 @@ class ContactSipProxy:
         try:
             msg = parse_message(data, max_size=self.max_message_size)
         except SipParseError as e:
-            drop = self.counters.drop(
-                "malformed message from network: " + e.reason, "malformed message from network"
-            )
             return list(
-                answer_malformed(
-                    data, e.status, e.reason, drop, lambda resp: ToNetwork(transport, src, resp)
-                )
+                self._malformed(data, e, "network", lambda resp: ToNetwork(transport, src, resp))
             )
         if msg.is_request:
             return self._network_request(transport, src, msg, now, congested)
