@@ -5,6 +5,8 @@ Addresses as people read and write them, for log lines and messages.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from typing import Any
 
 
@@ -37,3 +39,62 @@ def peer(address: Any) -> str:
     if isinstance(address, tuple) and len(address) >= 2 and isinstance(address[0], str):
         return hostport(address[0], address[1])
     return str(address)
+
+
+def is_wildcard(host: str) -> bool:
+    """
+    Whether C{host} is the unspecified address (C{0.0.0.0} or C{::}) a
+    socket bound to every address has.
+    """
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
+class RouteSources:
+    """
+    The local address the kernel would send from to a host: what a socket
+    bound to a wildcard address must write into C{Via}, C{Record-Route} and
+    SDP for that host.  Asked with a connected UDP socket (nothing is
+    sent); answers are cached, at most C{limit} of them.
+    """
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._cache: dict[str, str | None] = {}
+        self._limit = limit
+
+    def source_for(self, host: str) -> str | None:
+        """
+        The source address towards C{host} (an IP literal), or C{None}
+        when there is no route (or C{host} is not an IP literal).
+        """
+        try:
+            return self._cache[host]
+        except KeyError:
+            pass
+        found = route_source(host)
+        if len(self._cache) >= self._limit:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[host] = found
+        return found
+
+
+def route_source(host: str, port: int = 9) -> str | None:
+    """
+    The local address the kernel picks to reach C{host} (an IP literal),
+    or C{None} when there is no route or C{host} is not an IP literal.
+    A UDP socket is connected and asked its name; no packet leaves.
+    """
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((str(address), port))
+            found: str = probe.getsockname()[0]
+    except OSError:
+        return None
+    return found.split("%", 1)[0]

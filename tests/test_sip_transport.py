@@ -92,6 +92,34 @@ class AgentRunnerTests(SynchronousTestCase):
         self.assertIsNone(self.core.flows.lookup(fid, self.clock.seconds()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_wildcard_socket_names_the_address_reached(self) -> None:
+        """
+        On a socket bound to every address (C{--sip-listen 0.0.0.0:5060}),
+        the C{Record-Route} (and later C{Via}s) the agent adds name the address the
+        application reached it on (the kernel's source address towards
+        the application), never C{0.0.0.0}; the answer leaves from the
+        same wildcard socket.
+        """
+        udp = SipUdpProtocol(self.runner)
+        tr = FakeUdpTransport("0.0.0.0", 5060)
+        udp.makeConnection(tr)
+        udp.datagramReceived(
+            request(
+                "INVITE",
+                "sip:bob@example.org",
+                via="SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKinv1;rport",
+            ),
+            ("127.0.0.1", 5062),
+        )
+        [(fid, data)] = self.tunnel.sip_sent
+        sent = parse_message(data)
+        self.assertNotIn(b"0.0.0.0", data)
+        self.assertIn("@127.0.0.1:5060;", sent.get_all("Record-Route")[0])
+        self.runner.sip_received(self.tunnel, fid, answer(data, 180, "Ringing"))
+        [(out, addr)] = tr.written
+        self.assertEqual(addr, ("127.0.0.1", 5062))
+        self.assertEqual(parse_message(out).status, 180)
+
     def test_congested_tunnel(self) -> None:
         """
         The runner tells the core whether the tunnel is congested: while

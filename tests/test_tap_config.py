@@ -11,8 +11,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from spwm.errors import ConfigError
 from spwm.limits import Limits, TunnelLimits
 from spwm.sip.actions import OperatorProxy
-from spwm.tap import agent, contact
-from spwm.tap.assembly import Agent, ContactPoint, build_agent, build_contact
+from spwm.tap import agent, assembly, contact
+from spwm.tap.assembly import Agent, ContactPoint, agent_media_address, build_agent, build_contact
 from spwm.tap.options import AgentConfig, ContactConfig
 from spwm.tap.parts import Later
 
@@ -173,3 +173,39 @@ class AssemblyTests(SynchronousTestCase):
         self.assertEqual(later(), 3)
         error = self.assertRaises(RuntimeError, later.bind, 4)
         self.assertIn("the part", str(error))
+
+
+class AgentMediaAddressTests(SynchronousTestCase):
+    """
+    L{agent_media_address}: the address phones are given in SDP when
+    C{--media-address} is not set.
+    """
+
+    def test_first_listen_address(self) -> None:
+        """
+        A concrete first C{--sip-listen} address is the media address.
+        """
+        config = AgentConfig.from_options({"sip-listen": ["127.0.0.2:5060"]})
+        self.assertEqual(agent_media_address(config), "127.0.0.2")
+
+    def test_wildcard_takes_the_route_to_the_contact_point(self) -> None:
+        """
+        With C{--sip-listen 0.0.0.0:5060} the media address is the one this
+        host reaches the contact point from, never C{0.0.0.0} (which an
+        SDP reads as hold).
+        """
+        config = AgentConfig.from_options({"sip-listen": ["0.0.0.0:5060"], "contact": "127.0.0.1:443"})
+        self.assertEqual(agent_media_address(config), "127.0.0.1")
+        config = AgentConfig.from_options({"sip-listen": ["[::]:5060"], "contact": "[::1]:443"})
+        self.assertEqual(agent_media_address(config), "::1")
+
+    def test_wildcard_without_route(self) -> None:
+        """
+        When no route tells the address, building fails with one line that
+        says to give C{--media-address}.
+        """
+        self.patch(assembly, "route_source", lambda host: None)
+        config = AgentConfig.from_options({"sip-listen": ["0.0.0.0:5060"], "contact": "127.0.0.1:443"})
+        error = self.assertRaises(ConfigError, agent_media_address, config)
+        self.assertEqual(error.key, "media-address")
+        self.assertIn("give --media-address", str(error))

@@ -32,7 +32,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from spwm.addr import hostport
+from spwm.addr import RouteSources, hostport, is_wildcard
 from spwm.addr import peer as peer_text
 from spwm.logthrottle import Every, ThrottledLog
 from spwm.sip.errors import SipParseError
@@ -266,6 +266,23 @@ class _Runner:
     ) -> None:
         raise NotImplementedError
 
+    def _wildcard_socket(self, flow: Flow) -> SipUdpProtocol | None:
+        """
+        The socket bound to every address on the flow's port, which a flow
+        naming one of those addresses came in on (IPv4 first for an IPv4
+        application, since a C{::} socket may serve both).
+        """
+        port = flow.local[1]
+        v6 = ":" in flow.remote[0]
+        found = None
+        for (host, p), proto in self._udp.items():
+            if p != port or not is_wildcard(host):
+                continue
+            if (":" in host) == v6:
+                return proto
+            found = proto
+        return found
+
     def stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
         raise NotImplementedError
 
@@ -425,12 +442,20 @@ class AgentSipRunner(_Runner):
     ) -> None:
         super().__init__(core, clock, trace)
         self._send_to_tunnel = send_to_tunnel
+        self._sources = RouteSources()
 
     def datagram_received(
         self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]
     ) -> None:
-        assert proto.local is not None
-        flow = Flow("udp", proto.local, addr, None)
+        local = proto.local
+        assert local is not None
+        if is_wildcard(local[0]):
+            # a socket on every address: the flow (and so Via and
+            # Record-Route) names the address the phone reaches us on
+            source = self._sources.source_for(addr[0])
+            if source is not None:
+                local = (source, local[1])
+        flow = Flow("udp", local, addr, None)
         if self.trace is not None and data.strip(b"\r\n\t "):
             self.trace.message("received from", self._app_peer(flow), data)
         self.execute(
@@ -491,7 +516,7 @@ class AgentSipRunner(_Runner):
     def _to_app(self, action: ToApp) -> None:
         flow = action.flow
         if flow.conn_id is None:
-            proto = self._udp.get(flow.local)
+            proto = self._udp.get(flow.local) or self._wildcard_socket(flow)
             if proto is None or proto.transport is None:
                 self.log.warn(
                     "no UDP socket on {local} for the flow", local=hostport(flow.local[0], flow.local[1])

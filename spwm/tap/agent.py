@@ -80,7 +80,7 @@ OPTIONS = (
     Option("sip-name", (), sip_name, "Another name of this agent in a Route or Request-URI: a DNS name or address, NAME[:PORT] (without a port: every port the agent listens on).", repeat=True),
     Option("sip-trace", False, bool, "Log every SIP message received and sent (start line and headers).", flag=True),
     Option("sip-trace-bodies", False, bool, "With --sip-trace, log message bodies (SDP) too.", flag=True),
-    Option("media-address", None, ip_address, "Address of the relay sockets that applications send media to (default: the first --sip-listen address)."),
+    Option("media-address", None, ip_address, "Address of the relay sockets that applications send media to (default: the first --sip-listen address; for 0.0.0.0 or ::, the address this host reaches the contact point from)."),
     Option("media-ports", (40000, 40999), port_range, "UDP port range LOW-HIGH for media towards applications."),
     Option("media-timeout", 60.0, positive_float, "Seconds without media after which a stream that is not on hold is released."),
     *TUNNEL_LIMIT_OPTIONS,

@@ -27,7 +27,9 @@ from attrs import frozen
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.logger import Logger
 
+from spwm.addr import hostport, is_wildcard, route_source
 from spwm.errors import ConfigError
 from spwm.forward import USE as FORWARD_USE, AgentForwarder, ContactForwarder
 from spwm.media.manager import MediaManager
@@ -230,6 +232,46 @@ def agent_tunnel_service(
     return service
 
 
+_log = Logger()
+
+
+def agent_media_address(config: AgentConfig) -> str:
+    """
+    The agent's media address when C{--media-address} is not given: the
+    first C{--sip-listen} address; when that is a wildcard (C{0.0.0.0},
+    C{::}), the address this host reaches the contact point (or the HTTP
+    proxy) from, since phones need a concrete address in the SDP.
+
+    @raise ConfigError: a wildcard with no route to tell the address by.
+    """
+    first = config.sip_listen[0][0]
+    if not is_wildcard(first):
+        return first
+    toward = config.http_proxy or config.contact
+    found = None
+    try:
+        infos = socket.getaddrinfo(toward[0], toward[1], type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError):
+        infos = []
+    v6 = ":" in first
+    for family, _, _, _, address in sorted(infos, key=lambda i: (i[0] == socket.AF_INET6) != v6):
+        found = route_source(str(address[0]))
+        if found is not None:
+            break
+    if found is None:
+        raise ConfigError(
+            "media-address",
+            f"--sip-listen {hostport(*config.sip_listen[0])} is every address and no route to "
+            f"{hostport(*toward)} tells which one phones reach: give --media-address",
+        )
+    _log.info(
+        "media address {address} (the address towards {toward}; --media-address sets another)",
+        address=found,
+        toward=hostport(*toward),
+    )
+    return found
+
+
 def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
     """
     Build an agent: the tunnel client and the parts that use it.
@@ -260,7 +302,7 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
         receive_buffer=limits.sip.udp_buffer,
         max_senders=limits.sip.max_forward_senders,
     )
-    media_address = config.media_address or sip_addresses[0][0]
+    media_address = config.media_address or agent_media_address(config)
     media = MediaManager(
         reactor,
         "agent",
