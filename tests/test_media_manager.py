@@ -282,6 +282,48 @@ class LifetimeTests(SynchronousTestCase):
         self.assertEqual((agent.open_channels, contact.open_channels), (0, 0))
         self.assertEqual(reactor.getDelayedCalls(), [])
 
+    def test_answer_repeated_after_bye(self) -> None:
+        """
+        A 2xx repeated after the BYE of an answered call (its
+        retransmission, for up to 32 s) makes no media state on either
+        half: no sockets, channels or dialog record come back; it is
+        counted.  Past the memory, the dialog key is forgotten.
+        """
+        offer, answer = _sdp(PHONE, ("audio", 4000, "")), _sdp(OPERATOR, ("audio", 6000, ""))
+        reactor, agent, a_end, contact, c_end = self._established(offer, answer)
+        contact.dialog_answered(c_end, DIALOG, "tt", ours=True)
+        agent.dialog_answered(a_end, DIALOG, "tt", ours=False)
+        agent.dialog_ended(a_end, DIALOG)
+        contact.dialog_ended(c_end, DIALOG)
+        reactor.advance(2)
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer)
+        self.assertEqual(agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer), answer)
+        contact.dialog_answered(c_end, DIALOG, "tt", ours=True)
+        agent.dialog_answered(a_end, DIALOG, "tt", ours=False)
+        assert_released(self, agent, contact)
+        self.assertEqual((agent.dialog_keys(a_end.session_id), contact.dialog_keys(c_end.session_id)), ([], []))
+        self.assertEqual((agent.ignored_after_end, contact.ignored_after_end), (2, 2))
+        reactor.advance(65)
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer)
+        self.assertEqual(contact.dialog_keys(c_end.session_id), [DIALOG])
+
+    def test_failed_invite_retried(self) -> None:
+        """
+        An INVITE refused before any answer (a 407 challenge) ends the
+        leg's media, and the same INVITE retried with credentials (same
+        Call-ID) gets media again at once.
+        """
+        offer = _sdp(PHONE, ("audio", 4000, ""))
+        reactor, agent, a_end, contact, c_end = _pair()
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer)
+        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", offer)
+        contact.dialog_ended(c_end, DIALOG)
+        agent.dialog_ended(a_end, DIALOG)
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer)
+        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", offer)
+        self.assertEqual((agent.streams, contact.streams), (1, 1))
+        self.assertEqual((agent.ignored_after_end, contact.ignored_after_end), (0, 0))
+
     def test_hold_survives_timeout(self) -> None:
         """
         A call put on hold (a=sendonly from the phone, answered recvonly)

@@ -186,6 +186,13 @@ class _Dialog:
         self.history: dict[int, dict[str, int]] = {}
 
 
+#: Seconds a dialog that ended (an answered call's BYE) is remembered, so
+#: that its 2xx retransmitted after the BYE (for up to 64*T1 = 32 s, RFC
+#: 3261 13.3.1.4) makes no media state again; and how many are remembered.
+ENDED_MEMORY = 64.0
+MAX_ENDED_MEMORY = 4096
+
+
 #: The traffic counters of L{MediaManager.status}: the relay endpoints'
 #: counters summed over RTP and RTCP, and the TCP media bytes.
 _TRAFFIC = (
@@ -305,6 +312,8 @@ class MediaManager:
         L{_check_policy}).
     @ivar ignored_branch_sdp: descriptions from our side's branches that
         lost, received after another branch answered.
+    @ivar ignored_after_end: SDP of a dialog that ended moments ago (a 2xx
+        retransmitted after the BYE), which makes no media state again.
     """
 
     log = Logger()
@@ -397,6 +406,10 @@ class MediaManager:
         self._local_leg = "lan" if side == "agent" else "operator"
         self.policy_refusals = 0
         self._policy_log = ThrottledLog(self.log, self.clock, Every(60.0) | PowersOfTwo())
+        # dialogs that ended within ENDED_MEMORY seconds, oldest first:
+        # (session id, dialog key) -> when; at most MAX_ENDED_MEMORY
+        self._ended: dict[tuple[str, str], float] = {}
+        self.ignored_after_end = 0
 
     # counts for tests and status
 
@@ -538,6 +551,8 @@ class MediaManager:
             return
         description = parse_sdp(sdp)
         now = self.clock.seconds()
+        if self._just_ended(tunnel.session_id, dialog_key, now):
+            return
         dialog = self._dialog(tunnel, dialog_key, now, self._local_leg)
         if source is not None:
             dialog.source = source
@@ -585,6 +600,8 @@ class MediaManager:
             return body
         description = parse_sdp(sdp)
         now = self.clock.seconds()
+        if self._just_ended(tunnel.session_id, dialog_key, now):
+            return body
         dialog = self._dialog(tunnel, dialog_key, now, "tunnel")
         if source is not None:
             dialog.source = source
@@ -614,6 +631,8 @@ class MediaManager:
             it came out of the tunnel (the branches are the other half's).
         """
         now = self.clock.seconds()
+        if self._just_ended(tunnel.session_id, dialog_key, now):
+            return
         dialog = self._dialog(tunnel, dialog_key, now, self._local_leg if ours else "tunnel")
         outcome = dialog.leg.answered_by(tag, ours)
         self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
@@ -630,12 +649,41 @@ class MediaManager:
             del self._sessions[session_id]
         if dialog is not None:
             now = self.clock.seconds()
+            if dialog.leg.answered:
+                # only an answered call can see its 2xx again; a failed
+                # INVITE (a 407 challenge) is retried with the same Call-ID
+                self._remember_ended(session_id, dialog_key, now)
             self._execute(tunnel, dialog_key, dialog, dialog.leg.ended().actions, now)
             self._log_end(dialog_key, dialog, "dialog ended")
         for key in [k for k in self._pending if k[0] == session_id and k[1] == dialog_key]:
             connection, channel_id, _ = self._pending.pop(key)
             self._close_channel(connection, channel_id, "dialog ended")
         self._sweeper.settle()
+
+    def _remember_ended(self, session_id: str, dialog_key: str, now: float) -> None:
+        ended = self._ended
+        ended.pop((session_id, dialog_key), None)
+        ended[session_id, dialog_key] = now
+        while len(ended) > MAX_ENDED_MEMORY:
+            del ended[next(iter(ended))]
+
+    def _just_ended(self, session_id: str, dialog_key: str, now: float) -> bool:
+        """
+        Whether the dialog ended within L{ENDED_MEMORY} seconds: its SDP is
+        then a late retransmission (a 2xx repeated after the BYE) and makes
+        no media state again (counted in C{ignored_after_end}).  Entries
+        older than that are forgotten here.
+        """
+        ended = self._ended
+        while ended:
+            oldest = next(iter(ended))
+            if now - ended[oldest] <= ENDED_MEMORY:
+                break
+            del ended[oldest]
+        if (session_id, dialog_key) in ended:
+            self.ignored_after_end += 1
+            return True
+        return False
 
     # the executor: what the negotiation asks, carried out
 
