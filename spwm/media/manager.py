@@ -975,6 +975,7 @@ class MediaManager:
                 reason=problem,
             )
             return Refusal(problem)
+        assert isinstance(dialog_key, str) and isinstance(index, int)
         if stream is not None:
             self._attach(stream, channel_id)
         else:
