@@ -78,6 +78,10 @@ class _SideProtocol(Protocol):
     The TCP connection to the endpoint on our side.
     """
 
+    # a TCP transport (ITCPTransport, IConsumer, IPushProducer), set by
+    # the reactor before any event
+    transport: Any
+
     def __init__(self, endpoint: TcpMediaEndpoint) -> None:
         self.endpoint = endpoint
 
@@ -97,7 +101,7 @@ class _SideProtocol(Protocol):
     def writeConnectionLost(self) -> None:
         pass
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.endpoint._lost(self, reason)
 
 
@@ -424,6 +428,7 @@ class TcpMediaEndpoint:
     # internals
 
     def _half_close(self) -> None:
+        assert self._protocol is not None
         transport = self._protocol.transport
         lose_write = getattr(transport, "loseWriteConnection", None)
         if lose_write is not None:
