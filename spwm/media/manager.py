@@ -20,7 +20,8 @@ See C{docs/media.md} and C{docs/architecture.md} ("Media").
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator
 
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -169,6 +170,10 @@ class _Dialog:
         "answered_at",
         "codec",
         "history",
+        "agent",
+        "session",
+        "parties",
+        "qualities",
     )
 
     def __init__(self, leg: LegMedia, now: float = 0.0) -> None:
@@ -184,6 +189,12 @@ class _Dialog:
         self.answered_at: float | None = None
         self.codec: dict[bool, str | None] = {}
         self.history: dict[int, dict[str, int]] = {}
+        # for the status listing: the agent, (From, To) of the call, the
+        # quality figures of the streams released so far
+        self.agent = ""
+        self.session = ""
+        self.parties: tuple[str, str] | None = None
+        self.qualities: dict[int, Any] = {}
 
 
 #: The traffic counters of L{MediaManager.status}: the relay endpoints'
@@ -283,6 +294,19 @@ def _stream_traffic(stream: _Stream, into: dict[str, int] | None = None) -> dict
             for name in _CALL_COUNTERS:
                 totals[name] += getattr(endpoint, name)
     return totals
+
+
+#: Ended calls remembered for the status listing (the newest).
+ENDED_CALLS = 100
+
+
+def _quality(stream: Any) -> Any:
+    """
+    The quality figures of a stream (C{quality.snapshot()}), or C{None}
+    where the stream measures none.
+    """
+    quality = getattr(stream, "quality", None)
+    return None if quality is None else quality.snapshot()
 
 
 class MediaManager:
@@ -397,6 +421,10 @@ class MediaManager:
         self._local_leg = "lan" if side == "agent" else "operator"
         self.policy_refusals = 0
         self._policy_log = ThrottledLog(self.log, self.clock, Every(60.0) | PowersOfTwo())
+        # the status listing: the last ended calls, and who is told of a
+        # call's answer and end (C{observer(event, record)})
+        self._ended: deque[dict[str, Any]] = deque(maxlen=ENDED_CALLS)
+        self.call_observers: list[Callable[[str, dict[str, Any]], None]] = []
 
     # counts for tests and status
 
@@ -492,6 +520,83 @@ class MediaManager:
         The keys of the dialogs (call legs) of a session that have media.
         """
         return list(self._sessions.get(session_id, ()))
+
+    # the status listing
+
+    def call_parties(self, tunnel: Any, dialog_key: str, from_: str, to: str) -> None:
+        """
+        The From and To of a call leg's first message with media (for the
+        status listing; later ones change nothing).
+        """
+        dialog = self._find(tunnel.session_id, dialog_key)
+        if dialog is not None and dialog.parties is None:
+            dialog.parties = (from_, to)
+
+    def call_list(self) -> list[dict[str, Any]]:
+        """
+        The calls in progress (dialogs with media), as plain dicts: see
+        L{_call_record}.
+        """
+        now = self.clock.seconds()
+        return [
+            self._call_record(session_id, key, dialog, now)
+            for session_id, dialogs in self._sessions.items()
+            for key, dialog in dialogs.items()
+        ]
+
+    def ended_calls(self) -> list[dict[str, Any]]:
+        """
+        The last L{ENDED_CALLS} calls that ended, newest first, as
+        L{call_list} with C{ended} and C{reason}.
+        """
+        return list(reversed(self._ended))
+
+    def _call_record(self, session_id: str, key: str, dialog: _Dialog, now: float) -> dict[str, Any]:
+        """
+        A call leg for the status listing: C{session}, C{agent}, C{call}
+        (the dialog key), C{call_id}, C{from}, C{to}, C{started} and
+        C{answered_at} (the clock's seconds, or C{None}), C{duration},
+        C{setup_s} (first SDP to the answer), C{codec}, and per stream its
+        C{index}, C{media}, relay counters and C{quality} (the stream's
+        C{quality.snapshot()}, or C{None}).
+        """
+        streams = []
+        for index in sorted(set(dialog.streams) | set(dialog.history)):
+            stream = dialog.streams.get(index)
+            plan = stream.plan if stream is not None else None
+            described = None if plan is None else (latest(plan.ours) or latest(plan.theirs))
+            traffic = dict(dialog.history.get(index) or dict.fromkeys(_CALL_COUNTERS, 0))
+            if stream is not None:
+                _stream_traffic(stream, traffic)
+            streams.append(
+                {
+                    "index": index,
+                    "media": None if described is None else described.media,
+                    "quality": _quality(stream) if stream is not None else dialog.qualities.get(index),
+                    **traffic,
+                }
+            )
+        from_, to = dialog.parties or (None, None)
+        answered = dialog.answered_at
+        return {
+            "session": session_id,
+            "agent": dialog.agent,
+            "call": key,
+            "call_id": key.split("/", 1)[-1],
+            "from": from_,
+            "to": to,
+            "started": dialog.started,
+            "answered_at": answered,
+            "duration": round(now - dialog.started, 3),
+            "setup_s": None if answered is None else round(answered - dialog.started, 3),
+            "codec": dialog.codec.get(True) or dialog.codec.get(False),
+            "state": "answered" if answered is not None else "setting up",
+            "streams": streams,
+        }
+
+    def _tell(self, event: str, record: dict[str, Any]) -> None:
+        for observer in self.call_observers:
+            observer(event, record)
 
     def _find(self, session_id: str, dialog_key: str) -> _Dialog | None:
         dialogs = self._sessions.get(session_id)
@@ -737,6 +842,8 @@ class MediaManager:
             )
         elif isinstance(note, Answered):
             dialog.answered_at = now
+            if self.call_observers:
+                self._tell("answered", {"setup_s": now - dialog.started, "call": dialog_key})
             codec = dialog.codec.get(note.ours) or dialog.codec.get(not note.ours)
             self.log.info(
                 "call {dialog} answered from the {leg} leg: codec {codec}; {media}",
@@ -1072,6 +1179,8 @@ class MediaManager:
         if dialog is None:
             media = LegMedia(self.max_streams_per_dialog, self.max_branches_per_stream)
             dialog = dialogs[dialog_key] = _Dialog(media, now)
+            dialog.agent = str(getattr(tunnel, "agent_id", "") or "")
+            dialog.session = tunnel.session_id
             self.log.info(
                 "call {dialog} started from the {leg} leg",
                 dialog=dialog_key,
@@ -1148,6 +1257,10 @@ class MediaManager:
                     t["dropped_no_target"] + t["dropped_send"],
                 )
             )
+        record = self._call_record(dialog.session, dialog_key, dialog, now)
+        record.update(ended=now, reason=reason, state="ended")
+        self._ended.append(record)
+        self._tell("ended", record)
         if dialog.answered_at is None:
             answered = "not answered"
         else:
@@ -1403,6 +1516,9 @@ class MediaManager:
         if stream is None:
             return
         _add_traffic(self._released, stream)
+        quality = _quality(stream)
+        if quality is not None:
+            dialog.qualities[index] = quality
         if stream.rtp is not None:
             history = dialog.history.get(index)
             if history is None:

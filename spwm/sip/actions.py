@@ -272,6 +272,12 @@ def show_media(
             msg.set_body(body)
     if answer:
         hook.dialog_answered(key, leg, tag, ours=into)
+    # for the status listing (a hook without it does not list calls)
+    parties = getattr(hook, "call_parties", None)
+    if parties is not None:
+        from_, to = msg.from_, msg.to
+        if from_ is not None and to is not None:
+            parties(key, leg, str(from_.uri), str(to.uri))
 
 
 def leg_ended(hook: MediaHook | None, key: TunnelKey, fid: int, call_id: str) -> None:

@@ -383,6 +383,14 @@ class MediaHookAdapter:
             self.sdp_errors += 1
             self.log.warn("malformed SDP in dialog {dialog}: {reason}", dialog=dialog_key, reason=str(e))
 
+    def call_parties(self, key: Any, dialog_key: str, from_: str, to: str) -> None:
+        """
+        The From and To of a call leg, for the status listing.
+        """
+        tunnel = self._resolve(key)
+        if tunnel is not None:
+            self._manager.call_parties(tunnel, dialog_key, from_, to)
+
     def sdp_out_of_tunnel(
         self, key: Any, dialog_key: str, content_type: str, body: bytes, tag: str | None = None
     ) -> bytes:
