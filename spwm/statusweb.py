@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_statusweb -*-
+# -*- test-case-name: tests.test_status_lists -*-
 """
 The status listener's web page (C{/}): tunnels, sessions, registrations,
 calls in progress with their quality per leg, and the last ended calls,
