@@ -544,6 +544,13 @@ class MediaManager:
             for key, dialog in dialogs.items()
         ]
 
+    @property
+    def calls(self) -> int:
+        """
+        Call legs with media now (the dialogs L{call_list} lists).
+        """
+        return sum(len(dialogs) for dialogs in self._sessions.values())
+
     def ended_calls(self) -> list[dict[str, Any]]:
         """
         The last L{ENDED_CALLS} calls that ended, newest first, as
