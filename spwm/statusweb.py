@@ -171,7 +171,7 @@ _SECTIONS: list[tuple[str, str, list[str], Callable[[list[dict[str, Any]]], list
     (
         "registrations",
         "Registrations",
-        ["address-of-record", "contact", "agent", "phone", "expires in s"],
+        ["address-of-record", "contact", "agent", "phone (agent) or session", "expires in s"],
         lambda items: [
             [
                 _td(r.get("aor")),
