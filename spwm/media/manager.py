@@ -969,6 +969,7 @@ class MediaManager:
                     self._log_end(dialog_key, dialog, "resumed as another session")
                     continue
                 target[dialog_key] = dialog
+                dialog.session = into
                 for stream in dialog.streams.values():
                     stream.session = into
         for key in [k for k in self._pending if k[0] == fresh]:
