@@ -256,6 +256,20 @@ HELP: dict[str, str] = {
 #: Legs the per-leg histograms are labelled with (a bounded set).
 LEGS = ("lan", "tunnel", "operator")
 
+#: The families L{Metrics} makes itself: a number of the document that
+#: would be named alike is left out of C{/metrics} (one family per name).
+OWN_FAMILIES = frozenset(
+    {
+        "spwm_uptime_seconds",
+        "spwm_call_setup_seconds",
+        "spwm_tunnel_rtt_seconds",
+        "spwm_media_jitter_seconds",
+        "spwm_media_transit_seconds",
+        "spwm_calls_ended",
+        "spwm_media_lost_packets",
+    }
+)
+
 
 class _DocumentCollector:
     """
@@ -279,6 +293,8 @@ class _DocumentCollector:
             counters = COUNTERS.get(section, frozenset())
             for name, value in values.items():
                 metric = _NAME.sub("_", f"spwm_{section}_{name}")
+                if metric in OWN_FAMILIES:
+                    continue
                 help_text = HELP.get(metric[5:], f"The status document's {section}.{name}.")
                 kind = CounterMetricFamily if name in counters else GaugeMetricFamily
                 if isinstance(value, dict):

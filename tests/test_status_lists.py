@@ -164,6 +164,19 @@ class MetricsTests(SynchronousTestCase):
         self.assertNotIn("note", text)
         self.assertIn('spwm_media_transit_seconds_count{leg="tunnel",side="contact"} 0.0\n', text)
 
+    def test_one_family_per_name(self) -> None:
+        """
+        A number of the document named like one of the families the
+        metrics make themselves is left out, so that each family appears
+        once.
+        """
+        status = self._status()
+        status.add("media", lambda: {"lost_packets": 3, "jitter_seconds": 0.5})
+        text = status.metrics.exposition()[0].decode()
+        self.assertEqual(text.count("# TYPE spwm_media_lost_packets_total "), 1)
+        self.assertEqual(text.count("# TYPE spwm_media_jitter_seconds "), 1)
+        self.assertNotIn('spwm_media_lost_packets_total{side="contact"} 3.0', text)
+
     def test_registry_per_status(self) -> None:
         """
         Two halves in one process each have their own registry: no clash,
