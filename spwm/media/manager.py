@@ -170,10 +170,10 @@ class _Dialog:
         "answered_at",
         "codec",
         "history",
+        "quality",
+        "parties",
         "agent",
         "session",
-        "parties",
-        "qualities",
     )
 
     def __init__(self, leg: LegMedia, now: float = 0.0) -> None:
@@ -189,12 +189,13 @@ class _Dialog:
         self.answered_at: float | None = None
         self.codec: dict[bool, str | None] = {}
         self.history: dict[int, dict[str, int]] = {}
-        # for the status listing: the agent, (From, To) of the call, the
-        # quality figures of the streams released so far
+        # the quality snapshot of each stream, taken when it was released
+        self.quality: dict[int, dict[str, Any]] = {}
+        # (From URI, To URI) of the call, when the SIP core told us
+        self.parties: tuple[str, str] | None = None
+        # for the status listing: the agent and the session
         self.agent = ""
         self.session = ""
-        self.parties: tuple[str, str] | None = None
-        self.qualities: dict[int, Any] = {}
 
 
 #: The traffic counters of L{MediaManager.status}: the relay endpoints'
@@ -523,15 +524,6 @@ class MediaManager:
 
     # the status listing
 
-    def call_parties(self, tunnel: Any, dialog_key: str, from_: str, to: str) -> None:
-        """
-        The From and To of a call leg's first message with media (for the
-        status listing; later ones change nothing).
-        """
-        dialog = self._find(tunnel.session_id, dialog_key)
-        if dialog is not None and dialog.parties is None:
-            dialog.parties = (from_, to)
-
     def call_list(self) -> list[dict[str, Any]]:
         """
         The calls in progress (dialogs with media), as plain dicts: see
@@ -579,7 +571,7 @@ class MediaManager:
                 {
                     "index": index,
                     "media": None if described is None else described.media,
-                    "quality": _quality(stream) if stream is not None else dialog.qualities.get(index),
+                    "quality": _quality(stream) if stream is not None else dialog.quality.get(index),
                     **traffic,
                 }
             )
@@ -600,6 +592,15 @@ class MediaManager:
             "state": "answered" if answered is not None else "setting up",
             "streams": streams,
         }
+
+    def _remember_end(self, dialog_key: str, dialog: _Dialog, reason: str) -> None:
+        """
+        An ended call into the ring of ended calls, and to the observers.
+        """
+        record = self._call_record(dialog.session, dialog_key, dialog, self.clock.seconds())
+        record.update(ended=self.clock.seconds(), reason=reason, state="ended")
+        self._ended.append(record)
+        self._tell("ended", record)
 
     def _tell(self, event: str, record: dict[str, Any]) -> None:
         for observer in self.call_observers:
@@ -1249,6 +1250,7 @@ class MediaManager:
         in and out and those lost (dropped by this half), summed over the
         stream's life (its streams are released by now).
         """
+        self._remember_end(dialog_key, dialog, reason)
         now = self.clock.seconds()
         parts = []
         for index in sorted(dialog.history):
@@ -1265,10 +1267,6 @@ class MediaManager:
                     t["dropped_no_target"] + t["dropped_send"],
                 )
             )
-        record = self._call_record(dialog.session, dialog_key, dialog, now)
-        record.update(ended=now, reason=reason, state="ended")
-        self._ended.append(record)
-        self._tell("ended", record)
         if dialog.answered_at is None:
             answered = "not answered"
         else:
@@ -1281,6 +1279,17 @@ class MediaManager:
             answered=answered,
             traffic="; ".join(parts) if parts else "no media",
         )
+
+    def call_parties(self, tunnel: Any, dialog_key: str, from_uri: str, to_uri: str) -> None:
+        """
+        The SIP core names the parties of a call leg (From and To of its
+        first message with SDP or answer) for the call detail record.
+        Only the first naming is kept; a leg we hold no media for is
+        ignored.
+        """
+        dialog = self._find(tunnel.session_id, dialog_key)
+        if dialog is not None and dialog.parties is None:
+            dialog.parties = (from_uri, to_uri)
 
     def _latched(
         self,
@@ -1526,7 +1535,7 @@ class MediaManager:
         _add_traffic(self._released, stream)
         quality = _quality(stream)
         if quality is not None:
-            dialog.qualities[index] = quality
+            dialog.quality[index] = quality
         if stream.rtp is not None:
             history = dialog.history.get(index)
             if history is None:

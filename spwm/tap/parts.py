@@ -383,14 +383,6 @@ class MediaHookAdapter:
             self.sdp_errors += 1
             self.log.warn("malformed SDP in dialog {dialog}: {reason}", dialog=dialog_key, reason=str(e))
 
-    def call_parties(self, key: Any, dialog_key: str, from_: str, to: str) -> None:
-        """
-        The From and To of a call leg, for the status listing.
-        """
-        tunnel = self._resolve(key)
-        if tunnel is not None:
-            self._manager.call_parties(tunnel, dialog_key, from_, to)
-
     def sdp_out_of_tunnel(
         self, key: Any, dialog_key: str, content_type: str, body: bytes, tag: str | None = None
     ) -> bytes:
@@ -418,6 +410,14 @@ class MediaHookAdapter:
         tunnel = self._resolve(key)
         if tunnel is not None:
             self._manager.dialog_ended(tunnel, dialog_key)
+
+    def call_parties(self, key: Any, dialog_key: str, from_uri: str, to_uri: str) -> None:
+        """
+        The From and To of a call leg, for the call detail record.
+        """
+        tunnel = self._resolve(key)
+        if tunnel is not None:
+            self._manager.call_parties(tunnel, dialog_key, from_uri, to_uri)
 
 
 def flow_source(flows: Any, clock: Any) -> Any:
