@@ -108,6 +108,24 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual(len(header.rstrip()), len(row.rstrip()))
 
 
+class ScriptTests(SynchronousTestCase):
+    def test_console_script(self) -> None:
+        """
+        setup.cfg installs C{spwm} as L{spwm.__main__.main}.
+        """
+        import configparser
+        import importlib
+        import os
+
+        config = configparser.ConfigParser()
+        config.read(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.cfg"))
+        scripts = dict(
+            line.split("=", 1) for line in config["options.entry_points"]["console_scripts"].split("\n") if line.strip()
+        )
+        module, _, name = scripts["spwm "].strip().partition(":")
+        self.assertIs(getattr(importlib.import_module(module), name), main)
+
+
 class CommandTests(TestCase):
     def test_no_answer(self) -> None:
         """
