@@ -1,21 +1,32 @@
 # -*- test-case-name: tests.test_status -*-
 """
-What a running half reports about itself: a status document (nested
-sections of numbers), served as JSON (C{/status}) and in the Prometheus
-text format (C{/metrics}) on C{--status-listen}, and summed up in one log
-line every C{--status-interval} seconds.
+What a running half reports about itself, on C{--status-listen}:
 
-The document is built when asked for (a status request, the periodic
-line): nothing here runs per packet or per message.  See
-C{docs/operations.md}, "Status and metrics".
+ - a status document (nested sections of numbers, each part contributes
+   one) and listings (tunnels, sessions, registrations, calls in progress,
+   the last ended calls), served as JSON at C{/status} with paging and
+   filters;
+ - the same numbers, and histograms of set-up time, tunnel round trip and
+   per-leg jitter and transit delay, in the Prometheus exposition format
+   at C{/metrics} (C{prometheus_client}, one registry per L{Status});
+ - a web page at C{/} (L{spwm.statusweb});
+ - one log line every C{--status-interval} seconds.
+
+Everything is built when asked for (a request, the periodic line): nothing
+here runs per packet or per message.  See C{docs/operations.md},
+"Monitoring".
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
+from attrs import frozen
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from twisted.application.internet import TimerService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -32,15 +43,100 @@ from spwm.errors import ListenError
 #: A section of the document: metric name -> number, or -> {label: number}.
 Section = dict[str, Any]
 
+#: A listing: one plain dict per item.
+Listing = list[dict[str, Any]]
+
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+#: Items per listing when the request does not say, and at most.
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+#: The filters a request may give (C{?agent=...}), and the fields of a
+#: listing's items each one looks at: C{agent}, C{session} and C{state}
+#: must be equal, C{aor} is a case-insensitive substring of the
+#: address-of-record, contact, From or To.
+FILTERS: dict[str, tuple[str, ...]] = {
+    "agent": ("agent",),
+    "session": ("session",),
+    "state": ("state",),
+    "aor": ("aor", "contact", "from", "to"),
+}
+
+
+@frozen
+class Query:
+    """
+    Which items of each listing a request wants.
+
+    @ivar limit: at most this many items per listing (at most L{MAX_LIMIT}).
+    @ivar offset: skip this many (after filtering).
+    @ivar filters: filter name (L{FILTERS}) -> the value asked for.
+    """
+
+    limit: int = DEFAULT_LIMIT
+    offset: int = 0
+    filters: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_args(cls, args: dict[bytes, list[bytes]]) -> Query:
+        """
+        From a request's query arguments; unknown arguments are ignored,
+        numbers that do not parse taken as their default.
+        """
+
+        def text(name: str) -> str | None:
+            values = args.get(name.encode())
+            return values[-1].decode("utf-8", "replace") if values else None
+
+        def number(name: str, default: int) -> int:
+            value = text(name)
+            try:
+                return int(value) if value is not None else default
+            except ValueError:
+                return default
+
+        limit = max(0, min(number("limit", DEFAULT_LIMIT), MAX_LIMIT))
+        offset = max(0, number("offset", 0))
+        filters = tuple((name, value) for name in FILTERS if (value := text(name)))
+        return cls(limit, offset, filters)
+
+    def matches(self, item: dict[str, Any]) -> bool:
+        """
+        Whether an item passes every filter (a filter on fields the item
+        does not have drops it).
+        """
+        for name, wanted in self.filters:
+            fields = [item[f] for f in FILTERS[name] if f in item and item[f] is not None]
+            if name == "aor":
+                needle = wanted.lower()
+                if not any(needle in str(v).lower() for v in fields):
+                    return False
+            elif not any(str(v) == wanted for v in fields):
+                return False
+        return True
+
+    def page(self, items: Iterable[dict[str, Any]]) -> dict[str, Any]:
+        """
+        @return: C{{"total": matching items, "offset", "limit", "items":
+            [...]}}.
+        """
+        matching = [item for item in items if self.matches(item)]
+        return {
+            "total": len(matching),
+            "offset": self.offset,
+            "limit": self.limit,
+            "items": matching[self.offset : self.offset + self.limit],
+        }
 
 
 class Status:
     """
     The status of one half: named sections, each computed by a callable
-    when the document is built.
+    when the document is built, and named listings.
 
     @ivar side: C{"agent"} or C{"contact"}.
+    @ivar metrics: the half's L{Metrics} (its own Prometheus registry).
     """
 
     def __init__(self, side: str, clock: Any) -> None:
@@ -48,12 +144,21 @@ class Status:
         self.clock = clock
         self.started = clock.seconds()
         self._sections: list[tuple[str, Callable[[], Section]]] = []
+        self._lists: list[tuple[str, Callable[[], Listing]]] = []
+        self.metrics = Metrics(self)
 
     def add(self, name: str, section: Callable[[], Section]) -> None:
         """
         Add a section, computed by C{section()} for every document.
         """
         self._sections.append((name, section))
+
+    def add_list(self, name: str, listing: Callable[[], Listing]) -> None:
+        """
+        Add a listing, computed by C{listing()} when the JSON or the page
+        is asked for.
+        """
+        self._lists.append((name, listing))
 
     def document(self) -> dict[str, Any]:
         """
@@ -68,28 +173,253 @@ class Status:
             doc[name] = section()
         return doc
 
+    def listing(self, name: str) -> Listing:
+        """
+        @return: every item of the listing C{name} (none if there is no
+            such listing).
+        """
+        for listed, listing in self._lists:
+            if listed == name:
+                return listing()
+        return []
 
-def prometheus_text(doc: dict[str, Any]) -> str:
+    def lists(self, query: Query | None = None) -> dict[str, Any]:
+        """
+        @return: listing name -> L{Query.page} of it.
+        """
+        query = query or Query()
+        return {name: query.page(listing()) for name, listing in self._lists}
+
+    def full(self, query: Query | None = None) -> dict[str, Any]:
+        """
+        The C{/status} JSON: the document with C{"lists"}.
+        """
+        doc = self.document()
+        doc["lists"] = self.lists(query)
+        return doc
+
+
+#: Numbers of the document that count since the start: exposed as
+#: Prometheus counters (C{..._total}); every other number is a gauge.
+COUNTERS: dict[str, frozenset[str]] = {
+    "tunnels": frozenset({"refused"}),
+    "tunnel": frozenset({"closes"}),
+    "no_tunnel": frozenset({"refused_no_tunnel", "acks_dropped", "responses_dropped", "held", "held_overflow"}),
+    "sessions": frozenset({"resumed", "resume_refused"}),
+    "sip": frozenset({"events", "refused"}),
+    "media": frozenset(
+        {
+            "packets_in",
+            "bytes_in",
+            "packets_out",
+            "bytes_out",
+            "dropped_source",
+            "dropped_no_channel",
+            "dropped_no_target",
+            "dropped_send",
+            "tcp_bytes_in",
+            "tcp_bytes_out",
+            "rejected_streams",
+            "refused_channels",
+            "refused_local_channels",
+            "dropped_unknown_channel",
+            "ignored_branch_sdp",
+            "policy_refusals",
+            "refused_unregistered",
+        }
+    ),
+    "forwards": frozenset({"refused", "dropped_no_tunnel", "dropped_no_channel"}),
+}
+
+#: The HELP text of the document's numbers that have one of their own.
+HELP: dict[str, str] = {
+    "tunnels_open": "Tunnels connected now (handshaking ones included).",
+    "tunnels_refused": "Tunnel connections refused by the limits.",
+    "tunnel_up": "1 while the agent's tunnel is up.",
+    "tunnel_failures": "Failed connection attempts since the tunnel was last up.",
+    "sessions_live": "Sessions with a live tunnel.",
+    "sessions_suspended": "Sessions whose tunnel broke, inside the resumption window.",
+    "sessions_dormant": "Sessions past the window whose registrations are kept.",
+    "sessions_resumed": "Sessions resumed on a new connection.",
+    "sip_registrations": "Bindings registered through tunnels.",
+    "sip_dialogs": "Established dialogs.",
+    "sip_events": "SIP messages dropped or refused, by kind or status code (key).",
+    "media_streams": "Media streams relayed now.",
+    "calls_in_progress": "Call legs with media now.",
+    "media_port_pairs_in_use": "Media port pairs allocated.",
+    "media_port_pairs_total": "Media port pairs in --media-ports.",
+    "media_packets_in": "Media packets received from this half's side.",
+    "media_packets_out": "Media packets sent to this half's side.",
+    "media_dropped_source": "Media packets from an address the SDP did not negotiate.",
+}
+
+#: Legs the per-leg histograms are labelled with (a bounded set).
+LEGS = ("lan", "tunnel", "operator")
+
+#: The families L{Metrics} makes itself: a number of the document that
+#: would be named alike is left out of C{/metrics} (one family per name).
+OWN_FAMILIES = frozenset(
+    {
+        "spwm_uptime_seconds",
+        "spwm_call_setup_seconds",
+        "spwm_tunnel_rtt_seconds",
+        "spwm_media_jitter_seconds",
+        "spwm_media_transit_seconds",
+        "spwm_calls_ended",
+        "spwm_media_lost_packets",
+    }
+)
+
+
+class _DocumentCollector:
     """
-    The numbers of a status document in the Prometheus text exposition
-    format: C{spwm_<section>_<name>{side="..."} value}; a section's
-    C{{label: number}} entries become one metric with a C{key} label.
-    Booleans are 0 or 1; text (and C{None}) is left out.
+    The status document's numbers as metric families, read at each scrape:
+    C{spwm_<section>_<name>{side}}; a section's C{{key: number}} entries
+    get a C{key} label.  Booleans are 0 or 1; text is left out.
     """
-    side = _escape(str(doc.get("side", "")))
-    lines = [f'spwm_uptime_seconds{{side="{side}"}} {_number(doc.get("uptime", 0))}']
-    for section, values in doc.items():
-        if not isinstance(values, dict):
-            continue
-        for name, value in values.items():
-            metric = _NAME.sub("_", f"spwm_{section}_{name}")
-            if isinstance(value, dict):
-                for key, number in sorted(value.items()):
-                    if _is_number(number):
-                        lines.append(f'{metric}{{side="{side}",key="{_escape(str(key))}"}} {_number(number)}')
-            elif _is_number(value):
-                lines.append(f'{metric}{{side="{side}"}} {_number(value)}')
-    return "\n".join(lines) + "\n"
+
+    def __init__(self, status: Status) -> None:
+        self.status = status
+
+    def collect(self) -> Iterable[Metric]:
+        doc = self.status.document()
+        side = str(doc.get("side", ""))
+        uptime = GaugeMetricFamily("spwm_uptime_seconds", "Seconds since this half started.", labels=["side"])
+        uptime.add_metric([side], float(doc.get("uptime", 0)))
+        yield uptime
+        for section, values in doc.items():
+            if not isinstance(values, dict):
+                continue
+            counters = COUNTERS.get(section, frozenset())
+            for name, value in values.items():
+                metric = _NAME.sub("_", f"spwm_{section}_{name}")
+                if metric in OWN_FAMILIES:
+                    continue
+                help_text = HELP.get(metric[5:], f"The status document's {section}.{name}.")
+                kind = CounterMetricFamily if name in counters else GaugeMetricFamily
+                if isinstance(value, dict):
+                    family = kind(metric, help_text, labels=["side", "key"])
+                    for key, number in sorted(value.items()):
+                        if _is_number(number):
+                            family.add_metric([side, str(key)], float(number))
+                    yield family
+                elif _is_number(value):
+                    family = kind(metric, help_text, labels=["side"])
+                    family.add_metric([side], float(value))
+                    yield family
+
+
+class Metrics:
+    """
+    The Prometheus side of a L{Status}: its own C{CollectorRegistry} (two
+    halves in one process do not clash), the document's numbers, and
+    histograms fed by events (a call's answer and end) and by each scrape
+    (the tunnels' round trip).
+
+    @ivar registry: the registry C{/metrics} exposes.
+    """
+
+    def __init__(self, status: Status) -> None:
+        self.status = status
+        self.side = status.side
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_DocumentCollector(status))
+        registry = self.registry
+        self.setup = Histogram(
+            "spwm_call_setup_seconds",
+            "Call set-up time: the call's first SDP (the INVITE's offer) to the 2xx that answered it.",
+            ["side"],
+            registry=registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60),
+        )
+        self.rtt = Histogram(
+            "spwm_tunnel_rtt_seconds",
+            "Tunnel round-trip time (the kernel's TCP estimate), one sample per tunnel at each scrape.",
+            ["side"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.jitter = Histogram(
+            "spwm_media_jitter_seconds",
+            "Interarrival jitter (RFC 3550) per stream and leg, one sample per stream at the call's end.",
+            ["side", "leg"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5),
+        )
+        self.transit = Histogram(
+            "spwm_media_transit_seconds",
+            "Transit delay per stream and leg, one sample per stream at the call's end.",
+            ["side", "leg"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1),
+        )
+        self.calls = Counter(
+            "spwm_calls_ended",
+            "Calls (legs with media) ended, answered or not.",
+            ["side", "answered"],
+            registry=registry,
+        )
+        self.lost = Counter(
+            "spwm_media_lost_packets",
+            "Packets lost per leg (RTP sequence numbers), counted at the calls' end.",
+            ["side", "leg"],
+            registry=registry,
+        )
+        self.setup.labels(self.side)
+        self.rtt.labels(self.side)
+        for leg in LEGS:
+            self.jitter.labels(self.side, leg)
+            self.transit.labels(self.side, leg)
+            self.lost.labels(self.side, leg)
+        for answered in ("yes", "no"):
+            self.calls.labels(self.side, answered)
+
+    def call_event(self, event: str, record: dict[str, Any]) -> None:
+        """
+        A media manager's call observer: the set-up time at the answer, the
+        per-leg figures of the quality measurements at the end.
+        """
+        if event == "answered":
+            setup = record.get("setup_s")
+            if isinstance(setup, (int, float)) and setup >= 0:
+                self.setup.labels(self.side).observe(setup)
+            return
+        if event != "ended":
+            return
+        self.calls.labels(self.side, "yes" if record.get("answered_at") is not None else "no").inc()
+        for stream in record.get("streams") or ():
+            legs = (stream.get("quality") or {}).get("legs") or {}
+            for leg in LEGS:
+                figures = legs.get(leg)
+                if not figures:
+                    continue
+                jitter = figures.get("jitter_ms")
+                transit = figures.get("transit_ms")
+                lost = figures.get("lost")
+                if isinstance(jitter, (int, float)) and jitter >= 0:
+                    self.jitter.labels(self.side, leg).observe(jitter / 1000)
+                if isinstance(transit, (int, float)) and transit >= 0:
+                    self.transit.labels(self.side, leg).observe(transit / 1000)
+                if isinstance(lost, (int, float)) and lost > 0:
+                    self.lost.labels(self.side, leg).inc(lost)
+
+    def sample(self) -> None:
+        """
+        At each scrape: the round trip of every tunnel listed.
+        """
+        for tunnel in self.status.listing("tunnels"):
+            rtt = tunnel.get("rtt_ms")
+            if isinstance(rtt, (int, float)):
+                self.rtt.labels(self.side).observe(rtt / 1000)
+
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """
+        @return: the registry in the format C{accept} asks for (the
+            Prometheus text format by default) and its content type.
+        """
+        self.sample()
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
 
 
 def summary(doc: dict[str, Any]) -> str:
@@ -123,14 +453,11 @@ def _number(value: Any) -> str:
     return str(value)
 
 
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 class StatusResource(Resource):
     """
-    C{/status} (JSON) and C{/metrics} (Prometheus text) of a L{Status};
-    anything else is C{404}.
+    C{/} (the web page), C{/status} (JSON, with C{?limit=&offset=} and the
+    L{FILTERS}) and C{/metrics} (Prometheus) of a L{Status}; anything else
+    is C{404}.
     """
 
     isLeaf = True
@@ -141,15 +468,27 @@ class StatusResource(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         path = b"/" + b"/".join(s for s in request.postpath or () if s)
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"cache-control", b"no-store")
         if path == b"/status":
             request.setHeader(b"content-type", b"application/json")
-            return json.dumps(self.status.document(), indent=1, sort_keys=True).encode() + b"\n"
+            doc = self.status.full(Query.from_args(request.args or {}))
+            return json.dumps(doc, indent=1, sort_keys=True, default=str).encode() + b"\n"
         if path == b"/metrics":
-            request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-            return prometheus_text(self.status.document()).encode()
+            accept = request.getHeader(b"accept")
+            body, content_type = self.status.metrics.exposition(accept.decode("latin-1") if accept else None)
+            request.setHeader(b"content-type", content_type.encode())
+            return body
+        if path == b"/":
+            from spwm.statusweb import CONTENT_SECURITY_POLICY, render_page
+
+            request.setHeader(b"content-type", b"text/html; charset=utf-8")
+            # The page runs no script: even text that escaped escaping could not.
+            request.setHeader(b"content-security-policy", CONTENT_SECURITY_POLICY)
+            return render_page(self.status, Query.from_args(request.args or {}))
         request.setResponseCode(404)
         request.setHeader(b"content-type", b"text/plain")
-        return b"not found: try /status or /metrics\n"
+        return b"not found: try /, /status or /metrics\n"
 
 
 class _QuietSite(Site):
@@ -239,3 +578,75 @@ class StatusLogService(TimerService):
             self._first = False
             return
         self.log.info("status: {summary}", summary=summary(self.status.document()))
+
+
+# -- the listings of each half, from the parts' accessors ---------------------
+
+
+def _registrations(sip: Any, clock: Any, agents: Callable[[], dict[str, str]] | None, agent: str = "") -> Listing:
+    now = clock.seconds()
+    by_session = agents() if agents is not None else {}
+    out = []
+    for item in sip.registration_list():
+        item = dict(item)
+        item["expires_in"] = max(0, round(item.pop("expires") - now))
+        item.setdefault("agent", by_session.get(item.get("session", ""), agent))
+        out.append(item)
+    out.sort(key=lambda r: (str(r.get("aor")), str(r.get("contact"))))
+    return out
+
+
+def _tunnels(protocols: Iterable[Any], clock: Any) -> Listing:
+    from spwm.tunnel.info import describe_tunnel
+
+    now = clock.seconds()
+    return sorted(
+        (describe_tunnel(t, now) for t in list(protocols)),
+        key=lambda t: (t["agent"], t["source"]),
+    )
+
+
+def add_media_lists(status: Status, media: Any) -> None:
+    """
+    The calls in progress and the last ended ones, from a
+    L{spwm.media.manager.MediaManager}, whose answers and ends also feed
+    the metrics' histograms; and a C{calls} section (C{in_progress}).
+    """
+    status.add("calls", lambda: {"in_progress": media.calls})
+    status.add_list("calls", lambda: sorted(media.call_list(), key=lambda c: c["started"]))
+    status.add_list("ended_calls", media.ended_calls)
+    media.call_observers.append(status.metrics.call_event)
+
+
+def add_contact_lists(status: Status, tunnels: Iterable[Any], sessions: Any, sip: Any, media: Any) -> None:
+    """
+    The contact point's listings: C{tunnels} (the connected tunnel
+    protocols), C{sessions} (a L{spwm.session.manager.SessionManager}),
+    C{registrations} (the SIP core's), C{calls}, C{ended_calls}.
+    """
+    clock = status.clock
+
+    def agents() -> dict[str, str]:
+        return {s["session"]: s["agent"] for s in sessions.session_list()}
+
+    status.add_list("tunnels", lambda: _tunnels(tunnels, clock))
+    status.add_list("sessions", lambda: sorted(sessions.session_list(), key=lambda s: (s["agent"], s["session"])))
+    status.add_list("registrations", lambda: _registrations(sip, clock, agents))
+    add_media_lists(status, media)
+
+
+def add_agent_lists(status: Status, agent_id: str, tunnel: Callable[[], Any], sip: Any, media: Any) -> None:
+    """
+    The agent's listings: C{tunnels} (C{tunnel()}: the tunnel protocol
+    while up, else C{None}), its phones' C{registrations}, C{calls},
+    C{ended_calls}.
+    """
+    clock = status.clock
+
+    def tunnels() -> Listing:
+        current = tunnel()
+        return [] if current is None else _tunnels([current], clock)
+
+    status.add_list("tunnels", tunnels)
+    status.add_list("registrations", lambda: _registrations(sip, clock, None, agent_id))
+    add_media_lists(status, media)

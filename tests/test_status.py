@@ -18,7 +18,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 import spwm
 from spwm.errors import ListenError
-from spwm.status import Status, StatusHTTPService, StatusLogService, StatusResource, prometheus_text, summary
+from spwm.status import Status, StatusHTTPService, StatusLogService, StatusResource, summary
 from spwm.tap import contact
 from tests.test_media_manager import (
     AGENT_ADDR,
@@ -63,32 +63,6 @@ class DocumentTests(SynchronousTestCase):
             },
         )
 
-    def test_prometheus(self) -> None:
-        """
-        Numbers become C{spwm_<section>_<name>} with a C{side} label,
-        labelled numbers get a C{key} label, booleans 0/1, text is left out.
-        """
-        _, status, _ = _status()
-        self.assertEqual(
-            prometheus_text(status.document()).splitlines(),
-            [
-                'spwm_uptime_seconds{side="contact"} 12.5',
-                'spwm_tunnels_open{side="contact"} 2',
-                'spwm_tunnels_refused{side="contact"} 0',
-                'spwm_sip_registrations{side="contact"} 5',
-                'spwm_sip_events{side="contact",key="430"} 1',
-                'spwm_sip_events{side="contact",key="malformed"} 2',
-                'spwm_sip_up{side="contact"} 1',
-            ],
-        )
-
-    def test_prometheus_escapes(self) -> None:
-        """
-        Label values are escaped and metric names keep only [a-zA-Z0-9_].
-        """
-        text = prometheus_text({"side": 'a"b', "s-x": {"n.m": {'q"\\\n': 1}}})
-        self.assertIn('spwm_s_x_n_m{side="a\\"b",key="q\\"\\\\\\n"} 1', text)
-
     def test_summary(self) -> None:
         """
         The log line keeps non-zero numbers, sums labelled ones.
@@ -102,7 +76,7 @@ class ResourceTests(SynchronousTestCase):
     def test_paths(self) -> None:
         """
         C{/status} is the JSON document, C{/metrics} the Prometheus text,
-        anything else 404.
+        C{/} the page, anything else 404.
         """
         _, status, _ = _status()
         resource = StatusResource(status)
@@ -111,7 +85,13 @@ class ResourceTests(SynchronousTestCase):
         self.assertEqual(json.loads(body)["tunnels"], {"open": 2, "refused": 0})
         self.assertEqual(request.responseHeaders.getRawHeaders(b"content-type"), [b"application/json"])
         request = DummyRequest([b"metrics", b""])
-        self.assertIn(b'spwm_sip_registrations{side="contact"} 5\n', resource.render_GET(request))
+        self.assertIn(b'spwm_sip_registrations{side="contact"} 5.0\n', resource.render_GET(request))
+        self.assertEqual(
+            request.responseHeaders.getRawHeaders(b"content-type"), [b"text/plain; version=0.0.4; charset=utf-8"]
+        )
+        request = DummyRequest([b""])
+        self.assertIn(b"<h1>SPWM contact point</h1>", resource.render_GET(request))
+        self.assertIn(b"default-src 'none'", request.responseHeaders.getRawHeaders(b"content-security-policy")[0])
         request = DummyRequest([b"other"])
         resource.render_GET(request)
         self.assertEqual(request.responseCode, 404)

@@ -20,7 +20,8 @@ See C{docs/media.md} and C{docs/architecture.md} ("Media").
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator
 
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -169,6 +170,10 @@ class _Dialog:
         "answered_at",
         "codec",
         "history",
+        "quality",
+        "parties",
+        "agent",
+        "session",
     )
 
     def __init__(self, leg: LegMedia, now: float = 0.0) -> None:
@@ -184,6 +189,13 @@ class _Dialog:
         self.answered_at: float | None = None
         self.codec: dict[bool, str | None] = {}
         self.history: dict[int, dict[str, int]] = {}
+        # the quality snapshot of each stream, taken when it was released
+        self.quality: dict[int, dict[str, Any]] = {}
+        # (From URI, To URI) of the call, when the SIP core told us
+        self.parties: tuple[str, str] | None = None
+        # for the status listing: the agent and the session
+        self.agent = ""
+        self.session = ""
 
 
 #: Seconds a dialog that ended (an answered call's BYE) is remembered, so
@@ -290,6 +302,19 @@ def _stream_traffic(stream: _Stream, into: dict[str, int] | None = None) -> dict
             for name in _CALL_COUNTERS:
                 totals[name] += getattr(endpoint, name)
     return totals
+
+
+#: Ended calls remembered for the status listing (the newest).
+ENDED_CALLS = 100
+
+
+def _quality(stream: Any) -> Any:
+    """
+    The quality figures of a stream (C{quality.snapshot()}), or C{None}
+    where the stream measures none.
+    """
+    quality = getattr(stream, "quality", None)
+    return None if quality is None else quality.snapshot()
 
 
 class MediaManager:
@@ -408,8 +433,12 @@ class MediaManager:
         self._policy_log = ThrottledLog(self.log, self.clock, Every(60.0) | PowersOfTwo())
         # dialogs that ended within ENDED_MEMORY seconds, oldest first:
         # (session id, dialog key) -> when; at most MAX_ENDED_MEMORY
-        self._ended: dict[tuple[str, str], float] = {}
+        self._recently_ended: dict[tuple[str, str], float] = {}
         self.ignored_after_end = 0
+        # the status listing: the last ended calls, and who is told of a
+        # call's answer and end (C{observer(event, record)})
+        self._ended: deque[dict[str, Any]] = deque(maxlen=ENDED_CALLS)
+        self.call_observers: list[Callable[[str, dict[str, Any]], None]] = []
 
     # counts for tests and status
 
@@ -505,6 +534,90 @@ class MediaManager:
         The keys of the dialogs (call legs) of a session that have media.
         """
         return list(self._sessions.get(session_id, ()))
+
+    # the status listing
+
+    def call_list(self) -> list[dict[str, Any]]:
+        """
+        The calls in progress (dialogs with media), as plain dicts: see
+        L{_call_record}.
+        """
+        now = self.clock.seconds()
+        return [
+            self._call_record(session_id, key, dialog, now)
+            for session_id, dialogs in self._sessions.items()
+            for key, dialog in dialogs.items()
+        ]
+
+    @property
+    def calls(self) -> int:
+        """
+        Call legs with media now (the dialogs L{call_list} lists).
+        """
+        return sum(len(dialogs) for dialogs in self._sessions.values())
+
+    def ended_calls(self) -> list[dict[str, Any]]:
+        """
+        The last L{ENDED_CALLS} calls that ended, newest first, as
+        L{call_list} with C{ended} and C{reason}.
+        """
+        return list(reversed(self._ended))
+
+    def _call_record(self, session_id: str, key: str, dialog: _Dialog, now: float) -> dict[str, Any]:
+        """
+        A call leg for the status listing: C{session}, C{agent}, C{call}
+        (the dialog key), C{call_id}, C{from}, C{to}, C{started} and
+        C{answered_at} (the clock's seconds, or C{None}), C{duration},
+        C{setup_s} (first SDP to the answer), C{codec}, and per stream its
+        C{index}, C{media}, relay counters and C{quality} (the stream's
+        C{quality.snapshot()}, or C{None}).
+        """
+        streams = []
+        for index in sorted(set(dialog.streams) | set(dialog.history)):
+            stream = dialog.streams.get(index)
+            plan = stream.plan if stream is not None else None
+            described = None if plan is None else (latest(plan.ours) or latest(plan.theirs))
+            traffic = dict(dialog.history.get(index) or dict.fromkeys(_CALL_COUNTERS, 0))
+            if stream is not None:
+                _stream_traffic(stream, traffic)
+            streams.append(
+                {
+                    "index": index,
+                    "media": None if described is None else described.media,
+                    "quality": _quality(stream) if stream is not None else dialog.quality.get(index),
+                    **traffic,
+                }
+            )
+        from_, to = dialog.parties or (None, None)
+        answered = dialog.answered_at
+        return {
+            "session": session_id,
+            "agent": dialog.agent,
+            "call": key,
+            "call_id": key.split("/", 1)[-1],
+            "from": from_,
+            "to": to,
+            "started": dialog.started,
+            "answered_at": answered,
+            "duration": round(now - dialog.started, 3),
+            "setup_s": None if answered is None else round(answered - dialog.started, 3),
+            "codec": dialog.codec.get(True) or dialog.codec.get(False),
+            "state": "answered" if answered is not None else "setting up",
+            "streams": streams,
+        }
+
+    def _remember_end(self, dialog_key: str, dialog: _Dialog, reason: str) -> None:
+        """
+        An ended call into the ring of ended calls, and to the observers.
+        """
+        record = self._call_record(dialog.session, dialog_key, dialog, self.clock.seconds())
+        record.update(ended=self.clock.seconds(), reason=reason, state="ended")
+        self._ended.append(record)
+        self._tell("ended", record)
+
+    def _tell(self, event: str, record: dict[str, Any]) -> None:
+        for observer in self.call_observers:
+            observer(event, record)
 
     def _find(self, session_id: str, dialog_key: str) -> _Dialog | None:
         dialogs = self._sessions.get(session_id)
@@ -661,7 +774,7 @@ class MediaManager:
         self._sweeper.settle()
 
     def _remember_ended(self, session_id: str, dialog_key: str, now: float) -> None:
-        ended = self._ended
+        ended = self._recently_ended
         ended.pop((session_id, dialog_key), None)
         ended[session_id, dialog_key] = now
         while len(ended) > MAX_ENDED_MEMORY:
@@ -674,7 +787,7 @@ class MediaManager:
         no media state again (counted in C{ignored_after_end}).  Entries
         older than that are forgotten here.
         """
-        ended = self._ended
+        ended = self._recently_ended
         while ended:
             oldest = next(iter(ended))
             if now - ended[oldest] <= ENDED_MEMORY:
@@ -785,6 +898,8 @@ class MediaManager:
             )
         elif isinstance(note, Answered):
             dialog.answered_at = now
+            if self.call_observers:
+                self._tell("answered", {"setup_s": now - dialog.started, "call": dialog_key})
             codec = dialog.codec.get(note.ours) or dialog.codec.get(not note.ours)
             self.log.info(
                 "call {dialog} answered from the {leg} leg: codec {codec}; {media}",
@@ -903,6 +1018,7 @@ class MediaManager:
                     self._log_end(dialog_key, dialog, "resumed as another session")
                     continue
                 target[dialog_key] = dialog
+                dialog.session = into
                 for stream in dialog.streams.values():
                     stream.session = into
         for key in [k for k in self._pending if k[0] == fresh]:
@@ -1121,6 +1237,8 @@ class MediaManager:
         if dialog is None:
             media = LegMedia(self.max_streams_per_dialog, self.max_branches_per_stream)
             dialog = dialogs[dialog_key] = _Dialog(media, now)
+            dialog.agent = str(getattr(tunnel, "agent_id", "") or "")
+            dialog.session = tunnel.session_id
             self.log.info(
                 "call {dialog} started from the {leg} leg",
                 dialog=dialog_key,
@@ -1181,6 +1299,7 @@ class MediaManager:
         in and out and those lost (dropped by this half), summed over the
         stream's life (its streams are released by now).
         """
+        self._remember_end(dialog_key, dialog, reason)
         now = self.clock.seconds()
         parts = []
         for index in sorted(dialog.history):
@@ -1209,6 +1328,17 @@ class MediaManager:
             answered=answered,
             traffic="; ".join(parts) if parts else "no media",
         )
+
+    def call_parties(self, tunnel: Any, dialog_key: str, from_uri: str, to_uri: str) -> None:
+        """
+        The SIP core names the parties of a call leg (From and To of its
+        first message with SDP or answer) for the call detail record.
+        Only the first naming is kept; a leg we hold no media for is
+        ignored.
+        """
+        dialog = self._find(tunnel.session_id, dialog_key)
+        if dialog is not None and dialog.parties is None:
+            dialog.parties = (from_uri, to_uri)
 
     def _latched(
         self,
@@ -1452,6 +1582,9 @@ class MediaManager:
         if stream is None:
             return
         _add_traffic(self._released, stream)
+        quality = _quality(stream)
+        if quality is not None:
+            dialog.quality[index] = quality
         if stream.rtp is not None:
             history = dialog.history.get(index)
             if history is None:

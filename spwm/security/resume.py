@@ -442,6 +442,9 @@ class _ObservedAgentCore:
     def status(self) -> dict[str, Any]:
         return dict(self._core.status())
 
+    def registration_list(self) -> list[dict[str, Any]]:
+        return list(self._core.registration_list())
+
     def next_deadline(self) -> float | None:
         return self._core.next_deadline()
 

@@ -240,6 +240,26 @@ class SessionManager:
             "resume_refused": self.refused,
         }
 
+    def session_list(self) -> list[dict[str, Any]]:
+        """
+        For the status listing: every session with its state, its agent
+        (the primary connection's), its connections' source addresses and
+        how many users have keys.
+        """
+        out = []
+        for sid, s in self.sessions.items():
+            primary = s.primary
+            out.append(
+                {
+                    "session": sid,
+                    "state": s.state.value,
+                    "agent": "" if primary is None else str(getattr(primary, "agent_id", "") or ""),
+                    "connections": [str(getattr(c, "peer", "?")) for c in s.connections],
+                    "users": len(s.keys),
+                }
+            )
+        return out
+
     def _expire(self, session_id: str) -> None:
         session = self.sessions.get(session_id)
         if session is None or session.state is not SessionState.SUSPENDED:

@@ -198,6 +198,13 @@ class AgentSipProxy:
         """
         return {"flows": len(self.flows), "events": dict(self.counters)}
 
+    def registration_list(self) -> list[dict[str, Any]]:
+        """
+        @return: the applications' bindings as plain dicts (the status
+            listing).
+        """
+        return self._bindings.listing()
+
     def handle_timer(self, now: float) -> list[Action]:
         """
         Expire flows, dialog records and the applications' bindings.

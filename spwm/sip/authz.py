@@ -106,6 +106,9 @@ class AuthorizingContactProxy:
     def registrations(self, session_id: str) -> list[Any]:
         return self._core.registrations(session_id)
 
+    def registration_list(self) -> list[dict[str, Any]]:
+        return self._core.registration_list()
+
     def export_registrations(self, session_id: str, now: float) -> dict[str, Any]:
         return self._core.export_registrations(session_id, now)
 

@@ -273,6 +273,12 @@ class ContactSipProxy:
         """
         return self._registrations.of(session_id)
 
+    def registration_list(self) -> list[dict[str, Any]]:
+        """
+        @return: every live binding as a plain dict (the status listing).
+        """
+        return self._registrations.listing()
+
     def dialogs(self, session_id: str) -> list[Dialog]:
         """
         @return: the established dialogs of C{session_id}.

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import attrs
 from attrs import frozen
 
+from spwm.addr import hostport
 from spwm.sip.actions import Action, BindingChanged
 from spwm.sip.errors import SipParseError
 from spwm.sip.flows import KIND_CONTACT, Flow, FlowToken, FlowTokenCodec
@@ -90,6 +91,17 @@ class ContactRegistrations:
         return sorted(
             self._regs.get(session_id, {}).values(), key=lambda r: (r.aor, r.contact)
         )
+
+    def listing(self) -> list[dict[str, Any]]:
+        """
+        @return: every live binding, for the status listing: C{session},
+            C{aor}, C{contact}, C{flow}, C{expires} (the clock's seconds).
+        """
+        return [
+            {"session": sid, "aor": r.aor, "contact": r.contact, "flow": r.flow_id, "expires": r.expires}
+            for sid, regs in self._regs.items()
+            for r in regs.values()
+        ]
 
     def sessions(self) -> int:
         """
@@ -370,6 +382,20 @@ class AppBindings:
             while len(self._bound) > self._limit:
                 del self._bound[next(iter(self._bound))]
         return events
+
+    def listing(self) -> list[dict[str, Any]]:
+        """
+        @return: the applications' bindings, for the status listing:
+            C{aor}, C{contact}, C{flow}, C{phone} (the flow's transport and
+            address), C{expires} (the clock's seconds).
+        """
+        out = []
+        for (fid, aor), bound in self._bound.items():
+            flow = self._flows.get(fid)
+            phone = None if flow is None else flow.transport + " " + hostport(*flow.remote)
+            for uri, (t, _) in bound.items():
+                out.append({"aor": aor, "contact": uri, "flow": fid, "phone": phone, "expires": t})
+        return out
 
     def expire(self, now: float) -> list[Action]:
         """

@@ -45,7 +45,7 @@ from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.registrar import EmbeddedRegistrar
 from spwm.sip.transport import AgentSipRunner, ContactSipRunner, SipTrace
 from spwm.state import ContactState
-from spwm.status import Status, StatusHTTPService, StatusLogService
+from spwm.status import Status, StatusHTTPService, StatusLogService, add_agent_lists, add_contact_lists
 from spwm.tap.common import (
     MediaRangeCheck,
     StartupService,
@@ -385,6 +385,7 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
         "forwards",
         lambda: {"dropped_no_tunnel": forwarder.dropped_no_tunnel, "dropped_no_channel": forwarder.dropped_no_channel},
     )
+    add_agent_lists(status, agent_id, lambda: tunnel.tunnel, core, media)
     status_http = status_services(top, status, config.status, reactor)
     return Agent(
         config=config,
@@ -589,6 +590,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
     status.add("sip", core.status)
     status.add("media", lambda: {**media.status(), "refused_unregistered": gate.refused})
     status.add("forwards", lambda: {"open": forwarder.open_count, "refused": forwarder.refused})
+    add_contact_lists(status, factory.tunnels, resumption, core, media)
     status_http = status_services(top, status, config.status, reactor)
     if state is not None:
         kept = state

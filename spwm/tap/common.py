@@ -38,7 +38,7 @@ TUNNEL_LIMIT_OPTIONS = (
 
 
 STATUS_OPTIONS = (
-    Option("status-listen", None, optional_string, "Serve /status (JSON) and /metrics (Prometheus) here, a Twisted endpoint such as tcp:9090:interface=127.0.0.1 (default: not served)."),
+    Option("status-listen", None, optional_string, "Serve the status page (/), /status (JSON) and /metrics (Prometheus) here, a Twisted endpoint such as tcp:9090:interface=127.0.0.1 (default: not served)."),
     Option("status-interval", 300.0, non_negative_float, "Seconds between status lines in the log; 0: none."),
 )
 

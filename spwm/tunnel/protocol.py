@@ -161,6 +161,8 @@ class TunnelProtocol(Protocol):
         self._waiters: list[Deferred[TunnelProtocol]] = []
         self._lost_reason: Failure | None = None
         self.peer = "?"
+        #: when the connection was made (the clock's seconds), for the status
+        self.connected_at: float | None = None
         self._paused = False
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
@@ -287,6 +289,7 @@ class TunnelProtocol(Protocol):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.peer = peer_text(peer)
+        self.connected_at = self._clock.seconds()
         self._write = self.transport.write
         if self._registry is not None:
             self._registry.add(self)

@@ -6,6 +6,8 @@ and after it, over real HTTP.
 from __future__ import annotations
 
 import json
+import os
+import re
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -15,7 +17,7 @@ from tests.integration.test_resumption import _LoopbackPair
 from tests.integration.test_tunnel_loopback import wait_until
 
 
-class StatusPageTests(_LoopbackPair):
+class _WithStatus(_LoopbackPair):
     """
     Both halves serve C{/status} and C{/metrics} on C{--status-listen}.
     """
@@ -28,6 +30,12 @@ class StatusPageTests(_LoopbackPair):
         response = yield Agent(reactor).request(b"GET", f"http://127.0.0.1:{port}{path}".encode())
         body = yield readBody(response)
         return response.code, body
+
+
+class StatusPageTests(_WithStatus):
+    """
+    What the status listener says during a call and after it.
+    """
 
     @defer.inlineCallbacks
     def test_during_and_after_a_call(self) -> Any:
@@ -54,6 +62,7 @@ class StatusPageTests(_LoopbackPair):
         agent = json.loads(body)
         self.assertEqual((agent["side"], agent["tunnel"]["up"], agent["media"]["streams"]), ("agent", True, 1))
         self.assertEqual(agent["sessions"]["users"], 1)
+        yield self.check_lists(doc, agent)
         a_call.stop_media()
         b_call.stop_media()
         response = yield alice.hang_up(a_call)
@@ -65,7 +74,115 @@ class StatusPageTests(_LoopbackPair):
         self.assertGreaterEqual(after["packets_out"], doc["media"]["packets_out"])
         code, body = yield self.get(self.contact, "/metrics")
         self.assertEqual(code, 200)
-        self.assertIn(b'spwm_sip_registrations{side="contact"} 2\n', body)
-        self.assertIn(b'spwm_media_streams{side="contact"} 0\n', body)
+        self.assertIn(b'spwm_sip_registrations{side="contact"} 2.0\n', body)
+        self.assertIn(b'spwm_media_streams{side="contact"} 0.0\n', body)
+        self.assertIn(b'spwm_calls_ended_total{answered="yes",side="contact"} 2.0\n', body)
+        self.assertIn(b'spwm_call_setup_seconds_count{side="contact"} 2.0\n', body)
+        code, body = yield self.get(self.contact, "/status")
+        ended = json.loads(body)["lists"]["ended_calls"]["items"]
+        self.assertEqual(len(ended), 2)
+        self.assertEqual(json.loads(body)["lists"]["calls"]["total"], 0)
         code, _ = yield self.get(self.contact, "/nothing")
         self.assertEqual(code, 404)
+
+    @defer.inlineCallbacks
+    def check_lists(self, doc: dict[str, Any], agent: dict[str, Any]) -> Any:
+        """
+        During the call: the contact point lists both tunnels (TLS, a
+        round trip), both live sessions, both registrations and the call's
+        two legs; the agent its tunnel, its phone's registration and its
+        leg; the filters and the page agree.
+        """
+        lists = doc["lists"]
+        tunnels = lists["tunnels"]["items"]
+        self.assertEqual(len(tunnels), 2)
+        agent_ids = sorted(t["agent"] for t in tunnels)
+        for tunnel in tunnels:
+            self.assertTrue(tunnel["source"].startswith("127.0.0.1:"))
+            self.assertTrue(tunnel["tls"].startswith("TLSv1."), tunnel["tls"])
+            self.assertTrue(tunnel["cipher"])
+            self.assertTrue(tunnel["established"])
+            self.assertGreaterEqual(tunnel["uptime"], 0)
+        self.assertEqual(sorted(s["state"] for s in lists["sessions"]["items"]), ["live", "live"])
+        regs = lists["registrations"]["items"]
+        self.assertEqual(len(regs), 2)
+        self.assertEqual(sorted(r["agent"] for r in regs), agent_ids)
+        for reg in regs:
+            self.assertTrue(reg["aor"].startswith("sip:"))
+            self.assertGreater(reg["expires_in"], 0)
+        calls = lists["calls"]["items"]
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(len({c["call_id"] for c in calls}), 1)
+        for call in calls:
+            self.assertEqual(call["state"], "answered")
+            self.assertTrue(call["from"].startswith("sip:") and call["to"].startswith("sip:"))
+            self.assertGreater(call["streams"][0]["packets_in"] + call["streams"][0]["packets_out"], 0)
+        self.assertEqual(len(agent["lists"]["tunnels"]["items"]), 1)
+        self.assertEqual(len(agent["lists"]["registrations"]["items"]), 1)
+        self.assertEqual(agent["lists"]["calls"]["items"][0]["call_id"], calls[0]["call_id"])
+        code, body = yield self.get(self.contact, "/status?agent=" + agent_ids[0])
+        filtered = json.loads(body)["lists"]
+        self.assertEqual([t["agent"] for t in filtered["tunnels"]["items"]], [agent_ids[0]])
+        self.assertEqual(filtered["registrations"]["total"], 1)
+        self.assertEqual(filtered["calls"]["total"], 1)
+        code, body = yield self.get(self.contact, "/status?limit=1&offset=1")
+        self.assertEqual(len(json.loads(body)["lists"]["tunnels"]["items"]), 1)
+        code, body = yield self.get(self.contact, "/")
+        self.assertEqual(code, 200)
+        self.assertIn(calls[0]["call_id"].encode(), body)
+        self.assertIn(agent_ids[0].encode(), body)
+
+
+DASHBOARD = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "examples",
+    "deploy",
+    "grafana-spwm.json",
+)
+
+
+def exposed_names(text: str) -> set[str]:
+    """
+    The metric names of a Prometheus text exposition: its families (TYPE
+    lines, so a counter with no sample yet counts) and its samples'.
+    """
+    names = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    names.update(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text, re.M))
+    return names
+
+
+class DashboardTests(_WithStatus):
+    """
+    The Grafana dashboard of C{examples/deploy/} queries only metrics that
+    a running contact point and agent expose.
+    """
+
+    @defer.inlineCallbacks
+    def test_dashboard_metrics_exist(self) -> Any:
+        """
+        Every C{spwm_...} name in the dashboard's queries is in C{/metrics}
+        of the contact point or of the agent, and each half's own ones
+        are in its own.
+        """
+        with open(DASHBOARD) as f:
+            dashboard = json.load(f)
+        exprs = [
+            target["expr"]
+            for panel in dashboard["panels"]
+            for target in panel.get("targets", ())
+        ]
+        self.assertGreater(len(exprs), 15)
+        wanted = {name for expr in exprs for name in re.findall(r"\bspwm_[a-zA-Z0-9_]+", expr)}
+        code, contact = yield self.get(self.contact, "/metrics")
+        self.assertEqual(code, 200)
+        code, agent = yield self.get(self.agents[0], "/metrics")
+        self.assertEqual(code, 200)
+        on_contact = exposed_names(contact.decode())
+        on_agent = exposed_names(agent.decode())
+        self.assertEqual(sorted(wanted - (on_contact | on_agent)), [])
+        for name in ("spwm_tunnels_open", "spwm_tunnels_refused_total", "spwm_sessions_live"):
+            self.assertIn(name, wanted & on_contact)
+        for name in ("spwm_tunnel_up", "spwm_tunnel_failures"):
+            self.assertIn(name, wanted & on_agent)
+        for name in ("spwm_call_setup_seconds_bucket", "spwm_media_jitter_seconds_bucket", "spwm_calls_in_progress"):
+            self.assertIn(name, wanted & on_contact & on_agent)

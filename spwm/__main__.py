@@ -1,0 +1,211 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+C{python3 -m spwm status [URL]} (also the C{spwm} script): the tunnels,
+registrations and calls of a running half as tables in the terminal, from
+the C{/status} JSON of its C{--status-listen}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Callable, Sequence, TextIO
+
+__all__ = ["DEFAULT_URL", "main", "render", "table"]
+
+#: Where the status listener of the examples and docs is
+#: (C{--status-listen tcp:9090:interface=127.0.0.1}).
+DEFAULT_URL = "http://127.0.0.1:9090/status"
+
+#: The width a cell is cut to (the rest is "...").
+MAX_CELL = 48
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        text = f"{value:.1f}"
+    else:
+        text = str(value)
+    # one line per row, whatever the network put in the value
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 3] + "..."
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """
+    Aligned columns: a header line, a rule, one line per row; numbers
+    right-aligned.
+    """
+    cells = [[_cell(v) for v in row] for row in rows]
+    numeric = [
+        all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) and bool(rows)
+        for i in range(len(headers))
+    ]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if numeric[i] else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths))
+        ).rstrip()
+
+    out = [line(list(headers)), line(["-" * w for w in widths])]
+    out.extend(line(r) for r in cells)
+    return "\n".join(out)
+
+
+def _legs(call: dict[str, Any]) -> str:
+    """
+    A call's per-leg figures in a few words: C{lan 250p 3lost j4.5ms}.
+    """
+    parts = []
+    for stream in call.get("streams") or ():
+        quality = stream.get("quality") or {}
+        for leg, figures in (quality.get("legs") or {}).items():
+            if figures:
+                text = f"{leg} {figures.get('packets', 0)}p {figures.get('lost', 0)}lost"
+                if figures.get("jitter_ms") is not None:
+                    text += f" j{figures['jitter_ms']:.1f}ms"
+                if figures.get("transit_ms") is not None:
+                    text += f" d{figures['transit_ms']:.1f}ms"
+                parts.append(text)
+        mos = quality.get("mos") or {}
+        if mos.get("up") is not None or mos.get("down") is not None:
+            parts.append(f"MOS {_cell(mos.get('up'))}/{_cell(mos.get('down'))}")
+        if not quality:
+            parts.append(f"{stream.get('packets_in', 0)} in {stream.get('packets_out', 0)} out")
+    return "; ".join(parts) or "-"
+
+
+_VIEWS: list[tuple[str, str, list[str], Callable[[dict[str, Any]], list[Any]]]] = [
+    (
+        "tunnels",
+        "Tunnels",
+        ["agent", "source", "tls", "cipher", "rtt ms", "queue", "uptime s"],
+        lambda t: [
+            t.get("agent"),
+            t.get("source"),
+            t.get("tls") or "plaintext",
+            t.get("cipher"),
+            t.get("rtt_ms"),
+            (t.get("queue_signalling") or 0) + (t.get("queue_stream") or 0),
+            t.get("uptime"),
+        ],
+    ),
+    (
+        "registrations",
+        "Registrations",
+        ["address-of-record", "contact", "agent", "expires s"],
+        lambda r: [r.get("aor"), r.get("contact"), r.get("agent"), r.get("expires_in")],
+    ),
+    (
+        "calls",
+        "Calls",
+        ["call-id", "from", "to", "agent", "state", "dur s", "codec", "quality"],
+        lambda c: [
+            c.get("call_id"),
+            c.get("from"),
+            c.get("to"),
+            c.get("agent"),
+            c.get("state"),
+            c.get("duration"),
+            c.get("codec"),
+            _legs(c),
+        ],
+    ),
+]
+
+
+def render(doc: dict[str, Any]) -> str:
+    """
+    The terminal view of a C{/status} document.
+    """
+    side = "contact point" if doc.get("side") == "contact" else str(doc.get("side", "?"))
+    out = [f"SPWM {side} {doc.get('version', '?')}, up {_cell(doc.get('uptime'))} s"]
+    lists = doc.get("lists") or {}
+    for name, title, headers, row in _VIEWS:
+        page = lists.get(name)
+        if page is None:
+            continue
+        items = page.get("items") or []
+        shown = f" (first {len(items)} of {page.get('total')})" if len(items) < (page.get("total") or 0) else ""
+        out.append("")
+        out.append(f"{title}: {page.get('total', len(items))}{shown}")
+        if items:
+            out.append(table(headers, [row(i) for i in items]))
+    return "\n".join(out) + "\n"
+
+
+def _status_url(url: str) -> str:
+    """
+    A listener's URL with C{/status} when it names no path.
+    """
+    if "://" not in url:
+        url = "http://" + url
+    parts = urllib.parse.urlsplit(url)
+    if parts.path in ("", "/"):
+        parts = parts._replace(path="/status")
+    return urllib.parse.urlunsplit(parts)
+
+
+def fetch(url: str, timeout: float) -> dict[str, Any]:
+    """
+    @raise OSError: the URL does not answer, or not with a status document
+        (the message says which, in one line).
+    """
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            body = response.read(64 * 1024 * 1024)
+    except urllib.error.HTTPError as e:
+        raise OSError(f"{url} answered {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        raise OSError(f"{url} does not answer: {getattr(e.reason, 'strerror', None) or e.reason}") from None
+    except (OSError, ValueError) as e:
+        raise OSError(f"{url} does not answer: {e}") from None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise OSError(f"{url} did not answer with a status document (JSON)") from None
+    if not isinstance(doc, dict) or "side" not in doc:
+        raise OSError(f"{url} did not answer with a status document (no 'side')")
+    return doc
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """
+    The command line.
+
+    @return: the exit status: 0, 1 when the URL does not answer, 2 for a
+        usage error.
+    """
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = argparse.ArgumentParser(prog="spwm", description="SPWM tools.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    status = commands.add_parser(
+        "status", help="tunnels, registrations and calls of a running half (from its --status-listen)"
+    )
+    status.add_argument("url", nargs="?", default=DEFAULT_URL, help=f"its /status URL (default {DEFAULT_URL})")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
+    status.add_argument("--limit", type=int, default=None, help="items per table (the listener's default 100)")
+    status.add_argument("--json", action="store_true", help="print the JSON as received")
+    args = parser.parse_args(argv)
+    url = _status_url(args.url)
+    if args.limit is not None:
+        url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"limit": args.limit})
+    try:
+        doc = fetch(url, args.timeout)
+    except OSError as e:
+        print(f"spwm status: {e}", file=err)
+        return 1
+    out.write(json.dumps(doc, indent=1, sort_keys=True) + "\n" if args.json else render(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+# -*- test-case-name: tests.test_status_lists -*-
+"""
+What the status listing says about one tunnel connection: a plain dict
+made from the protocol's public attributes and its socket, when asked
+(a status request), never per frame.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+from spwm.tunnel.protocol import find_socket
+
+__all__ = ["describe_tunnel", "tcp_rtt"]
+
+#: struct tcp_info (Linux): tcpi_rtt and tcpi_rttvar, microseconds, at
+#: byte 68 and 72.
+_TCP_INFO_RTT = 68
+
+
+def tcp_rtt(sock: Any) -> float | None:
+    """
+    The kernel's smoothed round-trip time of a TCP socket, in seconds
+    (Linux C{TCP_INFO}); C{None} where it cannot be read.
+    """
+    option = getattr(socket, "TCP_INFO", None)
+    if sock is None or option is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, option, 104)
+    except (OSError, TypeError, AttributeError):
+        return None
+    if len(raw) < _TCP_INFO_RTT + 4:
+        return None
+    (rtt,) = struct.unpack_from("I", raw, _TCP_INFO_RTT)
+    return rtt / 1e6 if rtt else None
+
+
+def _tls(transport: Any) -> tuple[str | None, str | None]:
+    """
+    The TLS version and cipher of a transport (C{None, None} without TLS).
+    """
+    for _ in range(4):
+        if transport is None:
+            break
+        handle = getattr(transport, "getHandle", None)
+        if handle is not None:
+            try:
+                connection = handle()
+            except Exception:
+                connection = None
+            version = getattr(connection, "get_protocol_version_name", None)
+            cipher = getattr(connection, "get_cipher_name", None)
+            if version is not None and cipher is not None:
+                try:
+                    return str(version()), cipher() and str(cipher())
+                except Exception:
+                    return None, None
+        transport = getattr(transport, "transport", None)
+    return None, None
+
+
+def describe_tunnel(tunnel: Any, now: float) -> dict[str, Any]:
+    """
+    One tunnel connection for the status listing.
+
+    @param tunnel: a L{spwm.tunnel.protocol.TunnelProtocol} (or anything
+        with its public attributes).
+    @return: C{agent}, C{session}, C{source} (C{HOST:PORT}, IPv6 in
+        brackets), C{tls} (version, or C{None} in plaintext), C{cipher},
+        C{paths} (the connections it runs on: one), C{rtt_ms} (the
+        kernel's TCP estimate), C{queue_signalling} and C{queue_stream}
+        (bytes waiting), C{uptime} (s), C{established}, C{congested}.
+    """
+    connection = getattr(tunnel, "connection", None)
+    transport = getattr(tunnel, "transport", None)
+    version, cipher = _tls(transport)
+    rtt = tcp_rtt(find_socket(transport))
+    connected = getattr(tunnel, "connected_at", None)
+    source = str(getattr(tunnel, "peer", "?"))
+    return {
+        "agent": str(getattr(tunnel, "agent_id", "") or ""),
+        "session": str(getattr(tunnel, "session_id", "") or ""),
+        "source": source,
+        "tls": version,
+        "cipher": cipher,
+        "paths": [{"source": source, "transport": "tls" if version else "tcp", "rtt_ms": _ms(rtt)}],
+        "rtt_ms": _ms(rtt),
+        "queue_signalling": getattr(connection, "priority_queue_bytes", 0) if connection is not None else 0,
+        "queue_stream": getattr(connection, "stream_queue_bytes", 0) if connection is not None else 0,
+        "uptime": None if connected is None else round(now - connected, 1),
+        "established": bool(_call(tunnel, "is_open")),
+        "congested": bool(getattr(tunnel, "congested", False)),
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _call(obj: Any, name: str) -> Any:
+    value = getattr(obj, name, None)
+    return value() if callable(value) else value

@@ -1,0 +1,167 @@
+"""
+C{python3 -m spwm status [URL]}: the terminal view of a running half.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from spwm.__main__ import main, render, table
+from spwm.status import Status, StatusHTTPService
+
+DOC: dict[str, Any] = {
+    "side": "contact",
+    "version": "0.1.0",
+    "uptime": 42.0,
+    "lists": {
+        "tunnels": {
+            "total": 1,
+            "items": [
+                {
+                    "agent": "office\x1b[31m",
+                    "source": "[2001:db8::5]:40000",
+                    "tls": "TLSv1.3",
+                    "cipher": "TLS_AES_256_GCM_SHA384",
+                    "rtt_ms": 12.25,
+                    "queue_signalling": 0,
+                    "queue_stream": 10,
+                    "uptime": 30.0,
+                }
+            ],
+        },
+        "registrations": {
+            "total": 3,
+            "items": [
+                {"aor": "sip:alice@example.org", "contact": "sip:alice@192.0.2.10:5062", "agent": "office", "expires_in": 590},
+                {"aor": "sip:bob@example.org", "contact": "sip:bob@192.0.2.11", "agent": "office", "expires_in": 7},
+            ],
+        },
+        "calls": {
+            "total": 1,
+            "items": [
+                {
+                    "call_id": "abc@h",
+                    "from": "sip:alice@example.org",
+                    "to": "sip:bob@example.org",
+                    "agent": "office",
+                    "state": "answered",
+                    "duration": 12.0,
+                    "codec": "PCMU/8000",
+                    "streams": [
+                        {
+                            "quality": {
+                                "legs": {
+                                    "tunnel": {"packets": 600, "lost": 2, "jitter_ms": 3.25, "transit_ms": 20.0},
+                                    "operator": None,
+                                },
+                                "mos": {"up": 4.3, "down": None},
+                            }
+                        }
+                    ],
+                }
+            ],
+        },
+    },
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RenderTests(SynchronousTestCase):
+    def test_table(self) -> None:
+        """
+        Columns are as wide as their widest cell, numbers right-aligned,
+        C{None} a dash.
+        """
+        self.assertEqual(
+            table(["name", "n"], [["a", 1], ["long name", 100], ["b", None]]).splitlines(),
+            ["name         n", "---------  ---", "a            1", "long name  100", "b            -"],
+        )
+
+    def test_render(self) -> None:
+        """
+        Tunnels, registrations and calls, each with its count (and how many
+        are shown when the listener paged them), the call's figures per
+        leg; control characters from the network are not written out.
+        """
+        text = render(DOC)
+        lines = text.splitlines()
+        self.assertEqual(lines[0], "SPWM contact point 0.1.0, up 42.0 s")
+        self.assertIn("Tunnels: 1", lines)
+        self.assertIn("Registrations: 3 (first 2 of 3)", lines)
+        self.assertNotIn("\x1b", text)
+        self.assertIn("office?[31m  [2001:db8::5]:40000  TLSv1.3", text)
+        self.assertIn("tunnel 600p 2lost j3.2ms d20.0ms; MOS 4.3/-", text)
+        header = next(line for line in lines if line.startswith("address-of-record"))
+        row = next(line for line in lines if line.startswith("sip:bob@"))
+        self.assertEqual(len(header.rstrip()), len(row.rstrip()))
+
+
+class ScriptTests(SynchronousTestCase):
+    def test_console_script(self) -> None:
+        """
+        setup.cfg installs C{spwm} as L{spwm.__main__.main}.
+        """
+        import configparser
+        import importlib
+        import os
+
+        config = configparser.ConfigParser()
+        config.read(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.cfg"))
+        scripts = dict(
+            line.split("=", 1) for line in config["options.entry_points"]["console_scripts"].split("\n") if line.strip()
+        )
+        module, _, name = scripts["spwm "].strip().partition(":")
+        self.assertIs(getattr(importlib.import_module(module), name), main)
+
+
+class CommandTests(TestCase):
+    def test_no_answer(self) -> None:
+        """
+        A URL that does not answer: one line on standard error, status 1.
+        """
+        err = io.StringIO()
+        port = _free_port()
+        self.assertEqual(main(["status", f"127.0.0.1:{port}"], out=io.StringIO(), err=err), 1)
+        self.assertEqual(
+            err.getvalue(), f"spwm status: http://127.0.0.1:{port}/status does not answer: Connection refused\n"
+        )
+
+    @defer.inlineCallbacks
+    def test_running_half(self) -> Any:
+        """
+        From a status listener on loopback: the tables of its listings.
+        """
+        status = Status("agent", reactor)
+        status.add_list("tunnels", lambda: DOC["lists"]["tunnels"]["items"])
+        status.add_list("registrations", lambda: DOC["lists"]["registrations"]["items"])
+        service = StatusHTTPService(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), status)
+        service.startService()
+        self.addCleanup(service.stopService)
+        port = yield service.listening
+        out, err = io.StringIO(), io.StringIO()
+        code = yield deferToThread(
+            main, ["status", f"http://127.0.0.1:{port.getHost().port}", "--timeout", "5"], out, err
+        )
+        self.assertEqual((code, err.getvalue()), (0, ""))
+        self.assertIn("SPWM agent", out.getvalue())
+        self.assertIn("Registrations: 2", out.getvalue())
+        self.assertIn("sip:alice@example.org", out.getvalue())
+        err = io.StringIO()
+        code = yield deferToThread(main, ["status", f"http://127.0.0.1:{port.getHost().port}/metrics"], out, err)
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            err.getvalue(),
+            f"spwm status: http://127.0.0.1:{port.getHost().port}/metrics did not answer with a status document (JSON)\n",
+        )

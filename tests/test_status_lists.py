@@ -1,0 +1,415 @@
+"""
+The status listings (paging, filters), the Prometheus families and
+histograms, the web page's escaping, and the media manager's call
+listing with quality figures (from a stand-in until the measurements
+exist).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
+
+from spwm.media import manager as media_manager
+from spwm.status import MAX_LIMIT, Query, Status, StatusResource, add_media_lists
+from spwm.statusweb import render_page
+from spwm.tunnel.info import describe_tunnel
+from tests.test_media_manager import AGENT_ADDR, DIALOG, OPERATOR, PHONE, SDP_TYPE, _pair, _sdp
+
+#: What a stream's C{quality.snapshot()} returns (the interface of the
+#: quality measurements).
+SNAPSHOT = {
+    "legs": {
+        "lan": {
+            "packets": 250,
+            "bytes": 43000,
+            "lost": 3,
+            "reordered": 1,
+            "duplicates": 0,
+            "jitter_ms": 4.5,
+            "transit_ms": None,
+            "late_dropped": 0,
+            "rtcp": None,
+        },
+        "tunnel": {
+            "packets": 248,
+            "bytes": 42656,
+            "lost": 0,
+            "reordered": 0,
+            "duplicates": 0,
+            "jitter_ms": 12.0,
+            "transit_ms": 35.0,
+            "late_dropped": 2,
+            "rtcp": None,
+        },
+        "operator": None,
+    },
+    "mos": {"up": 4.21, "down": 3.9},
+    "codec": "PCMU/8000",
+}
+
+
+def _get(resource: StatusResource, path: bytes, **args: str) -> tuple[DummyRequest, bytes]:
+    request = DummyRequest([path])
+    request.args = {k.encode(): [v.encode()] for k, v in args.items()}
+    return request, resource.render_GET(request)
+
+
+def _listed(n: int) -> list[dict[str, Any]]:
+    return [
+        {"agent": f"agent-{i % 3}", "aor": f"sip:user{i}@example.org", "state": "live" if i % 2 else "dormant"}
+        for i in range(n)
+    ]
+
+
+class QueryTests(SynchronousTestCase):
+    def test_paging(self) -> None:
+        """
+        C{limit} and C{offset} page every listing; the total counts the
+        matching items; a limit above L{MAX_LIMIT} is cut to it, and
+        numbers that do not parse are the defaults.
+        """
+        status = Status("contact", Clock())
+        status.add_list("registrations", lambda: _listed(2500))
+        resource = StatusResource(status)
+        _, body = _get(resource, b"status", limit="10", offset="20")
+        page = json.loads(body)["lists"]["registrations"]
+        self.assertEqual((page["total"], page["offset"], page["limit"]), (2500, 20, 10))
+        self.assertEqual([r["aor"] for r in page["items"]], [f"sip:user{i}@example.org" for i in range(20, 30)])
+        _, body = _get(resource, b"status", limit="100000")
+        self.assertEqual(len(json.loads(body)["lists"]["registrations"]["items"]), MAX_LIMIT)
+        _, body = _get(resource, b"status", limit="x", offset="-5")
+        page = json.loads(body)["lists"]["registrations"]
+        self.assertEqual((page["offset"], len(page["items"])), (0, 100))
+
+    def test_filters(self) -> None:
+        """
+        C{agent} and C{state} must be equal, C{aor} is a case-insensitive
+        substring of the address-of-record (or From, To, contact); filters
+        combine.
+        """
+        status = Status("contact", Clock())
+        status.add_list("registrations", lambda: _listed(30))
+        resource = StatusResource(status)
+        _, body = _get(resource, b"status", agent="agent-1", state="live")
+        items = json.loads(body)["lists"]["registrations"]["items"]
+        self.assertEqual([r["aor"] for r in items], [f"sip:user{i}@example.org" for i in (1, 7, 13, 19, 25)])
+        _, body = _get(resource, b"status", aor="USER2")
+        page = json.loads(body)["lists"]["registrations"]
+        self.assertEqual(page["total"], 11)  # user2, user20..user29
+        calls = [{"from": "sip:alice@example.org", "to": "sip:bob@example.org"}]
+        self.assertTrue(Query(filters=(("aor", "bob"),)).matches(calls[0]))
+        self.assertFalse(Query(filters=(("aor", "carol"),)).matches(calls[0]))
+        self.assertFalse(Query(filters=(("agent", "a"),)).matches(calls[0]))
+
+    def test_document_without_lists(self) -> None:
+        """
+        The periodic line and the metrics use the document without the
+        listings; the JSON has them under C{lists}.
+        """
+        status = Status("agent", Clock())
+        status.add("media", lambda: {"streams": 1})
+        status.add_list("calls", lambda: [{"call": "1/x"}])
+        self.assertNotIn("lists", status.document())
+        self.assertEqual(status.full()["lists"]["calls"]["items"], [{"call": "1/x"}])
+
+
+def _families(text: str) -> dict[str, str]:
+    """
+    Family name -> TYPE of a Prometheus text exposition; checks that every
+    TYPE has its HELP.
+    """
+    helps = set(re.findall(r"^# HELP (\S+) ", text, re.M))
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+    assert set(types) == helps, (set(types) ^ helps)
+    return types
+
+
+class MetricsTests(SynchronousTestCase):
+    def _status(self) -> Status:
+        clock = Clock()
+        clock.advance(100)
+        status = Status("contact", clock)
+        status.add("tunnels", lambda: {"open": 2, "refused": 1})
+        status.add("sip", lambda: {"registrations": 5, "events": {"430": 1, 'a"b\n': 2}, "up": True, "note": "x"})
+        clock.advance(12.5)
+        return status
+
+    def test_families(self) -> None:
+        """
+        Every family has HELP and TYPE; numbers kept since the start are
+        counters (C{_total}), numbers of now gauges, labelled numbers carry
+        a C{key} label (escaped by the library), booleans are 0/1, text is
+        left out; the histograms are there before any observation.
+        """
+        text, content_type = self._status().metrics.exposition()
+        text = text.decode()
+        self.assertEqual(content_type, "text/plain; version=0.0.4; charset=utf-8")
+        types = _families(text)
+        self.assertEqual(types["spwm_tunnels_open"], "gauge")
+        self.assertEqual(types["spwm_tunnels_refused_total"], "counter")
+        self.assertEqual(types["spwm_sip_events_total"], "counter")
+        self.assertEqual(types["spwm_call_setup_seconds"], "histogram")
+        self.assertEqual(types["spwm_media_jitter_seconds"], "histogram")
+        self.assertIn('spwm_uptime_seconds{side="contact"} 12.5\n', text)
+        self.assertIn('spwm_tunnels_refused_total{side="contact"} 1.0\n', text)
+        self.assertIn('spwm_sip_events_total{key="430",side="contact"} 1.0\n', text)
+        self.assertIn('spwm_sip_events_total{key="a\\"b\\n",side="contact"} 2.0\n', text)
+        self.assertIn('spwm_sip_up{side="contact"} 1.0\n', text)
+        self.assertNotIn("note", text)
+        self.assertIn('spwm_media_transit_seconds_count{leg="tunnel",side="contact"} 0.0\n', text)
+
+    def test_one_family_per_name(self) -> None:
+        """
+        A number of the document named like one of the families the
+        metrics make themselves is left out, so that each family appears
+        once.
+        """
+        status = self._status()
+        status.add("media", lambda: {"lost_packets": 3, "jitter_seconds": 0.5})
+        text = status.metrics.exposition()[0].decode()
+        self.assertEqual(text.count("# TYPE spwm_media_lost_packets_total "), 1)
+        self.assertEqual(text.count("# TYPE spwm_media_jitter_seconds "), 1)
+        self.assertNotIn('spwm_media_lost_packets_total{side="contact"} 3.0', text)
+
+    def test_registry_per_status(self) -> None:
+        """
+        Two halves in one process each have their own registry: no clash,
+        each exposes its own side.
+        """
+        contact = self._status()
+        agent = Status("agent", Clock())
+        self.assertIsNot(contact.metrics.registry, agent.metrics.registry)
+        text = agent.metrics.exposition()[0].decode()
+        self.assertIn('spwm_call_setup_seconds_count{side="agent"} 0.0', text)
+        self.assertNotIn('side="contact"', text)
+
+    def test_call_events(self) -> None:
+        """
+        A call's answer feeds the set-up histogram; its end the per-leg
+        jitter and transit histograms and the lost packets (from the
+        quality figures, in seconds), and the ended calls by answer.
+        """
+        status = self._status()
+        metrics = status.metrics
+        metrics.call_event("answered", {"setup_s": 0.3})
+        metrics.call_event("ended", {"answered_at": 5.0, "streams": [{"quality": SNAPSHOT}, {"quality": None}]})
+        metrics.call_event("ended", {"answered_at": None, "streams": []})
+        text = metrics.exposition()[0].decode()
+        self.assertIn('spwm_call_setup_seconds_bucket{le="0.25",side="contact"} 0.0\n', text)
+        self.assertIn('spwm_call_setup_seconds_bucket{le="0.5",side="contact"} 1.0\n', text)
+        self.assertIn('spwm_media_jitter_seconds_bucket{le="0.005",leg="lan",side="contact"} 1.0\n', text)
+        self.assertIn('spwm_media_jitter_seconds_bucket{le="0.01",leg="tunnel",side="contact"} 0.0\n', text)
+        self.assertIn('spwm_media_jitter_seconds_bucket{le="0.02",leg="tunnel",side="contact"} 1.0\n', text)
+        self.assertIn('spwm_media_transit_seconds_count{leg="tunnel",side="contact"} 1.0\n', text)
+        self.assertIn('spwm_media_transit_seconds_count{leg="lan",side="contact"} 0.0\n', text)
+        self.assertIn('spwm_media_lost_packets_total{leg="lan",side="contact"} 3.0\n', text)
+        self.assertIn('spwm_calls_ended_total{answered="yes",side="contact"} 1.0\n', text)
+        self.assertIn('spwm_calls_ended_total{answered="no",side="contact"} 1.0\n', text)
+
+    def test_rtt_sampled_per_scrape(self) -> None:
+        """
+        Each scrape observes the round trip of every tunnel listed that
+        has one.
+        """
+        status = self._status()
+        status.add_list("tunnels", lambda: [{"rtt_ms": 20.0}, {"rtt_ms": None}])
+        status.metrics.exposition()
+        text = status.metrics.exposition()[0].decode()
+        self.assertIn('spwm_tunnel_rtt_seconds_count{side="contact"} 2.0\n', text)
+        self.assertIn('spwm_tunnel_rtt_seconds_bucket{le="0.01",side="contact"} 0.0\n', text)
+
+
+class PageTests(SynchronousTestCase):
+    def test_escaped(self) -> None:
+        """
+        Agent ids, URIs and filter values come from outside: the page shows
+        them as text, never as markup.
+        """
+        status = Status("contact", Clock())
+        evil = "<script>alert(1)</script>"
+        status.add_list("tunnels", lambda: [{"agent": evil, "source": "[2001:db8::1]:443", "tls": "TLSv1.3"}])
+        status.add_list(
+            "registrations", lambda: [{"aor": 'sip:"><img src=x onerror=alert(2)>@x', "contact": "sip:a@b", "agent": evil}]
+        )
+        status.add_list(
+            "calls", lambda: [{"call": "1/" + evil, "call_id": evil, "from": evil, "to": "sip:b@x", "streams": []}]
+        )
+        resource = StatusResource(status)
+        _, body = _get(resource, b"", agent=evil)
+        page = body.decode()
+        self.assertNotIn("<script", page)
+        self.assertNotIn("<img", page)
+        self.assertIn("&lt;script&gt;alert(1)&lt;/script&gt;", page)
+        self.assertIn("&lt;img src=x onerror=alert(2)&gt;", page)
+        self.assertIn("[2001:db8::1]:443", page)
+
+    def test_calls_with_quality(self) -> None:
+        """
+        A call in progress is shown with its streams' figures per leg and
+        the E-model estimates; a leg without figures is left out, a stream
+        without quality says so.
+        """
+        status = Status("agent", Clock())
+        call = {
+            "call": "3/abc@h",
+            "call_id": "abc@h",
+            "from": "sip:alice@example.org",
+            "to": "sip:bob@example.org",
+            "agent": "office",
+            "started": 0.0,
+            "duration": 12.0,
+            "state": "answered",
+            "setup_s": 0.25,
+            "codec": "PCMU/8000",
+            "streams": [
+                {"index": 0, "media": "audio", "quality": SNAPSHOT},
+                {"index": 1, "media": "video", "quality": None, "packets_in": 7, "packets_out": 8},
+            ],
+        }
+        status.add_list("calls", lambda: [call])
+        page = render_page(status, Query()).decode()
+        self.assertIn('<td class="call-id" data-call="3/abc@h">abc@h</td>', page)
+        self.assertIn("MOS up 4.21 down 3.90", page)
+        self.assertIn("<tr><th>lan</th><td class=\"n\">250</td><td class=\"n bad\">3</td>", page)
+        self.assertIn("<td class=\"n\">12.0</td><td class=\"n\">35.0</td>", page)
+        self.assertNotIn("<th>operator</th>", page)
+        self.assertIn("7 in, 8 out (no quality figures)", page)
+
+    def test_paged(self) -> None:
+        """
+        A listing longer than the limit says which items it shows and links
+        the next page, keeping the filters.
+        """
+        status = Status("contact", Clock())
+        status.add_list("registrations", lambda: _listed(30))
+        page = render_page(status, Query(limit=5, offset=5, filters=(("state", "live"),))).decode()
+        self.assertIn("Registrations (15)", page)
+        self.assertIn("6\u201310 of 15", page)
+        self.assertIn('href="?state=live&amp;offset=10&amp;limit=5">next</a>', page)
+        self.assertIn('href="?state=live&amp;offset=0&amp;limit=5">previous</a>', page)
+
+
+class _Quality:
+    """
+    A stand-in for a stream's quality measurements.
+    """
+
+    def snapshot(self) -> dict[str, Any]:
+        return SNAPSHOT
+
+
+class MediaListingTests(SynchronousTestCase):
+    def _call(self) -> tuple[Any, Any, Any, Any]:
+        self.patch(media_manager, "_quality", lambda stream: _Quality().snapshot())
+        reactor, agent, a_end, contact, c_end = _pair()
+        offer = _sdp(PHONE, ("audio", 4000, ""))
+        agent.sdp_into_tunnel(a_end, DIALOG, SDP_TYPE, offer)
+        agent.call_parties(a_end, DIALOG, "sip:alice@example.org", "sip:bob@example.org")
+        agent.call_parties(a_end, DIALOG, "sip:later@example.org", "sip:x@example.org")
+        contact.sdp_out_of_tunnel(c_end, DIALOG, SDP_TYPE, offer)
+        answer = _sdp(OPERATOR, ("audio", 6000, ""))
+        contact.sdp_into_tunnel(c_end, DIALOG, SDP_TYPE, answer)
+        agent.sdp_out_of_tunnel(a_end, DIALOG, SDP_TYPE, answer)
+        return reactor, agent, a_end, contact
+
+    def test_call_in_progress(self) -> None:
+        """
+        A call with media is listed with its Call-ID, From and To (the
+        first ones given), its codec and its streams' quality snapshots.
+        """
+        reactor, agent, a_end, _ = self._call()
+        reactor.udp[AGENT_ADDR, 20000].receive(b"a" * 172, (PHONE, 4000))
+        (call,) = agent.call_list()
+        self.assertEqual(
+            {k: call[k] for k in ("call", "call_id", "from", "to", "codec", "state", "answered_at")},
+            {
+                "call": DIALOG,
+                "call_id": DIALOG,
+                "from": "sip:alice@example.org",
+                "to": "sip:bob@example.org",
+                "codec": "PCMU/8000",
+                "state": "setting up",
+                "answered_at": None,
+            },
+        )
+        (stream,) = call["streams"]
+        self.assertEqual((stream["index"], stream["media"], stream["quality"]), (0, "audio", SNAPSHOT))
+        self.assertEqual(stream["packets_in"], 1)
+
+    def test_ended_calls_ring(self) -> None:
+        """
+        An ended call leaves the live list for the ring of ended calls
+        (with its end, reason and last figures), and the metrics count it;
+        the ring keeps the newest L{ENDED_CALLS}.
+        """
+        reactor, agent, a_end, _ = self._call()
+        status = Status("agent", reactor)
+        add_media_lists(status, agent)
+        agent.dialog_answered(a_end, DIALOG, "b", ours=False)
+        agent.dialog_ended(a_end, DIALOG)
+        self.assertEqual(agent.call_list(), [])
+        (ended,) = status.full()["lists"]["ended_calls"]["items"]
+        self.assertEqual((ended["call_id"], ended["reason"], ended["state"]), (DIALOG, "dialog ended", "ended"))
+        # the snapshot taken when the stream was released
+        self.assertEqual(set(ended["streams"][0]["quality"]), {"legs", "mos", "codec"})
+        text = status.metrics.exposition()[0].decode()
+        self.assertIn('spwm_calls_ended_total{answered="yes",side="agent"} 1.0\n', text)
+        self.assertIn('spwm_media_jitter_seconds_count{leg="lan",side="agent"} 1.0\n', text)
+        for n in range(media_manager.ENDED_CALLS + 5):
+            key = f"{n}/call"
+            agent.sdp_into_tunnel(a_end, key, SDP_TYPE, _sdp(PHONE, ("audio", 4000, "")))
+            agent.dialog_ended(a_end, key)
+        ended = agent.ended_calls()
+        self.assertEqual(len(ended), media_manager.ENDED_CALLS)
+        self.assertEqual(ended[0]["call"], f"{media_manager.ENDED_CALLS + 4}/call")
+
+    def test_without_quality(self) -> None:
+        """
+        Streams without quality measurements list C{None}.
+        """
+        self.assertIsNone(media_manager._quality(object()))
+        self.patch(media_manager, "_quality", lambda stream: None)
+        reactor, agent, a_end, contact, c_end = _pair()
+        agent.sdp_into_tunnel(a_end, DIALOG, SDP_TYPE, _sdp(PHONE, ("audio", 4000, "")))
+        (call,) = agent.call_list()
+        self.assertIsNone(call["streams"][0]["quality"])
+        self.assertIsNone(call["from"])
+
+
+class TunnelInfoTests(SynchronousTestCase):
+    def test_in_memory(self) -> None:
+        """
+        A tunnel without a socket or TLS (in-memory) is described with
+        what is known: no RTT, no TLS.
+        """
+
+        class Tunnel:
+            agent_id = "<b>office</b>"
+            session_id = "s1"
+            peer = "[2001:db8::5]:40000"
+            connected_at = 10.0
+            transport = None
+            connection = None
+            is_open = True
+            congested = False
+
+        info = describe_tunnel(Tunnel(), 25.0)
+        self.assertEqual(
+            {k: info[k] for k in ("agent", "session", "source", "tls", "cipher", "rtt_ms", "uptime", "established")},
+            {
+                "agent": "<b>office</b>",
+                "session": "s1",
+                "source": "[2001:db8::5]:40000",
+                "tls": None,
+                "cipher": None,
+                "rtt_ms": None,
+                "uptime": 15.0,
+                "established": True,
+            },
+        )
