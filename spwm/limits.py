@@ -182,7 +182,7 @@ class PathLimits:
     dead_factor: float = field(default=5.0, validator=validators.ge(1.0))
     dead_floor: float = field(default=1.0, validator=_pos_time)
     initial_rtt: float = field(default=0.2, validator=_pos_time)
-    ping_fraction: float = field(default=0.3, validator=[validators.gt(0.0), validators.lt(1.0)])
+    ping_fraction: float = field(default=0.5, validator=[validators.gt(0.0), validators.lt(1.0)])
     probe_interval: float = field(default=0.5, validator=_pos_time)
     duplicate_window: float = field(default=2.0, validator=validators.ge(0.0))
     switch_hold: float = field(default=1.0, validator=validators.ge(0.0))
