@@ -770,8 +770,10 @@ class SeqStamper:
 
     def next(self, channel_id: int, component: int) -> int:
         """
-        @return: the next sequence number of the channel's component (0 or 1).
+        @return: the next sequence number of the channel's component (0 or
+            1; other bits are ignored).
         """
+        component &= 1
         counters = self._channels.get(channel_id)
         if counters is None:
             counters = self._channels[channel_id] = [self._start, self._start]
@@ -828,6 +830,9 @@ class Dedup:
         limits = limits or PathLimits()
         self.window = limits.dedup_window
         self.max_channels = limits.dedup_max_channels
+        self._slot_mask = self.window - 1
+        # a number this far ahead (mod 2**32) or more is below the window
+        self._oldest = SEQ_MODULUS - self.window
         self._channels: dict[int, list[_Window | None]] = {}
         self.accepted = 0
         self.duplicates = 0
@@ -837,7 +842,7 @@ class Dedup:
 
     def accept(self, channel_id: int, component: int, seq: int) -> bool:
         """
-        @param component: 0 or 1.
+        @param component: 0 or 1 (other bits are ignored).
         @param seq: the datagram's u32 sequence number.
         @return: whether to deliver it (first copy seen, in the window).
         """
@@ -846,45 +851,57 @@ class Dedup:
             if len(self._channels) >= self.max_channels:
                 del self._channels[next(iter(self._channels))]
             windows = self._channels[channel_id] = [None, None]
+        component &= 1
         window = windows[component]
         if window is None:
             windows[component] = _Window(seq, self.window)
             self.accepted += 1
             return True
-        size = self.window
-        bits = window.bits
-        ahead = (seq - window.high) & _SEQ_MASK
+        # literals, not module constants: this runs per media datagram
+        ahead = (seq - window.high) & 0xFFFFFFFF
+        slot = seq & self._slot_mask
+        bit = 1 << (slot & 7)
+        slot >>= 3
+        if 0 < ahead < 0x80000000:
+            # newer: clear the slots the window moves over, mark this one
+            bits = window.bits
+            if ahead > 1:
+                self._skip(window, ahead)
+            window.high = seq
+            bits[slot] |= bit
+            self.accepted += 1
+            return True
         if ahead == 0:
             self.duplicates += 1
             return False
-        if ahead < _HALF:
-            # newer: clear the slots the window moves over, mark this one
-            if ahead > 1:
-                self.gaps += ahead - 1
-                if ahead >= size:
-                    bits[:] = bytes(len(bits))
-                else:
-                    high = window.high
-                    for skipped in range(high + 1, high + ahead):
-                        slot = skipped & (size - 1)
-                        bits[slot >> 3] &= ~(1 << (slot & 7)) & 0xFF
-            window.high = seq
-            slot = seq & (size - 1)
-            bits[slot >> 3] |= 1 << (slot & 7)
-            self.accepted += 1
-            return True
-        if SEQ_MODULUS - ahead >= size:
+        if ahead <= self._oldest:
             self.too_old += 1
             return False
-        slot = seq & (size - 1)
-        mask = 1 << (slot & 7)
-        if bits[slot >> 3] & mask:
+        bits = window.bits
+        if bits[slot] & bit:
             self.duplicates += 1
             return False
-        bits[slot >> 3] |= mask
+        bits[slot] |= bit
         self.accepted += 1
         self.late += 1
         return True
+
+    def _skip(self, window: _Window, ahead: int) -> None:
+        """
+        The window moves C{ahead} (more than one) past its highest: forget
+        the slots of the numbers skipped, which now stand for numbers not
+        seen yet.
+        """
+        self.gaps += ahead - 1
+        bits = window.bits
+        if ahead >= self.window:
+            bits[:] = bytes(len(bits))
+            return
+        mask = self._slot_mask
+        high = window.high
+        for skipped in range(high + 1, high + ahead):
+            slot = skipped & mask
+            bits[slot >> 3] &= ~(1 << (slot & 7)) & 0xFF
 
     def forget(self, channel_id: int) -> None:
         """
