@@ -659,9 +659,10 @@ class DedupTests(SynchronousTestCase):
         self.assertTrue(dedup.accept(1, 0, 6))  # 13 - 7: the window's last
         self.assertFalse(dedup.accept(1, 0, 5))
         self.assertTrue(dedup.accept(1, 1, 10))  # another component
+        self.assertFalse(dedup.accept(1, 0x81, 10))  # only the component bit counts
         self.assertTrue(dedup.accept(2, 0, 10))  # another channel
         self.assertEqual(
-            (dedup.accepted, dedup.duplicates, dedup.too_old, dedup.gaps, dedup.late), (6, 2, 1, 2, 2)
+            (dedup.accepted, dedup.duplicates, dedup.too_old, dedup.gaps, dedup.late), (6, 3, 1, 2, 2)
         )
 
     def test_jump_clears_window(self) -> None:
@@ -702,6 +703,7 @@ class DedupTests(SynchronousTestCase):
         stamper.forget(1)
         stamper.forget(99)
         self.assertEqual((stamper.next(1, 0), len(stamper)), (0, 2))
+        self.assertEqual((stamper.next(1, 0x81), stamper.next(1, 1)), (0, 1))
 
     def test_bounded_memory(self) -> None:
         """
