@@ -15,6 +15,7 @@ import sys
 from typing import Callable
 
 from hypothesis import given, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -269,6 +270,7 @@ class SchedulingTests(SynchronousTestCase):
         sched.remove(7)  # unknown: nothing
         self.assertEqual(sched.tick(0.5), [CarrierChanged(2)])
         self.assertEqual(sched.media_paths(0.5), (2,))
+        self.assertEqual(sched.media_switches, 1)
         sched.remove(2)
         self.assertEqual(sched.tick(0.6), [CarrierChanged(None)])
         self.assertEqual((sched.carrier(), sched.media_paths(0.6), len(sched)), (None, (), 0))
@@ -540,6 +542,108 @@ class DeadlineTests(SynchronousTestCase):
         self.assertIsNone(sched.next_deadline())
 
 
+class SchedulerMachine(RuleBasedStateMachine):
+    """
+    Random lives of a session's paths: attach, lose, send, answer, RTT
+    samples, kernel reports, losses, media, time passing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sched = _scheduler(switch_hold=0.5, probe_interval=0.3, duplicate_window=0.5)
+        self.now = 0.0
+        self.next_id = 1
+
+    def _ids(self) -> list[int]:
+        return [p["path_id"] for p in self.sched.snapshot()["paths"]]
+
+    @precondition(lambda self: len(self.sched) < 4)
+    @rule(kind=st.sampled_from(PathKind))
+    def add(self, kind: PathKind) -> None:
+        self.sched.add(self.next_id, kind, self.now)
+        self.next_id += 1
+
+    @precondition(lambda self: len(self.sched) > 0)
+    @rule(data=st.data())
+    def remove(self, data: st.DataObject) -> None:
+        self.sched.remove(data.draw(st.sampled_from(self._ids())))
+
+    @rule(path=st.integers(1, 5), what=st.sampled_from(["sent", "received", "rtt", "loss", "kernel-ok", "kernel-rto"]))
+    def report(self, path: int, what: str) -> None:
+        sched, now = self.sched, self.now
+        if what == "sent":
+            sched.sent(path, 100, now)
+        elif what == "received":
+            sched.received(path, now)
+        elif what == "rtt":
+            sched.rtt_sample(path, 0.03, now)
+        elif what == "loss":
+            sched.loss_seen(path, now)
+        elif what == "kernel-ok":
+            sched.tcp_info(path, TcpInfo(rtt_s=0.01, rttvar_s=0.005, ca_state=0, retransmits=0), now)
+        else:
+            sched.tcp_info(path, TcpInfo(ca_state=4, retransmits=1, rto_s=0.4), now)
+
+    @rule(dt=st.floats(0.0, 3.0))
+    def media(self, dt: float) -> None:
+        self.now += dt
+        paths = self.sched.media_paths(self.now)
+        self.assertSubset(paths)
+        if len(self.sched):
+            assert paths, "media has a path while the session has one"
+        for path in paths:
+            self.sched.sent(path, 172, self.now)
+
+    @rule(dt=st.floats(0.0, 3.0))
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        self._tick()
+
+    @rule()
+    def deadline(self) -> None:
+        deadline = self.sched.next_deadline()
+        if deadline is not None and deadline > self.now:
+            self.now = deadline
+            self._tick()
+
+    def _tick(self) -> None:
+        self.sched.tick(self.now)
+        deadline = self.sched.next_deadline()
+        # no tick that leaves a deadline at or before its own time
+        assert deadline is None or deadline > self.now, (deadline, self.now)
+        states = {p["path_id"]: p["state"] for p in self.sched.snapshot()["paths"]}
+        carrier = self.sched.carrier()
+        if "up" in states.values():
+            assert carrier is not None and states[carrier] == "up", (carrier, states)
+        if carrier is not None:
+            assert states[carrier] != "dead", states
+        media = self.sched.snapshot()["media"]
+        if "up" in states.values():
+            assert len(media) == 1 and states[media[0]] == "up", (media, states)
+
+    def assertSubset(self, paths: tuple[int, ...]) -> None:
+        assert set(paths) <= set(self._ids()), (paths, self._ids())
+
+    @invariant()
+    def counters(self) -> None:
+        snapshot = self.sched.snapshot()
+        assert snapshot["carrier"] is None or snapshot["carrier"] in self._ids()
+
+
+class SchedulerMachineTests(SynchronousTestCase):
+    """
+    The scheduler through random lives.
+    """
+
+    def test_machine(self) -> None:
+        """
+        Whatever happens: after a tick the next deadline is later (no busy
+        loop); the carrier is up when a path is, never dead; media goes on
+        one path that is up when one is, and on paths of the session only.
+        """
+        run_state_machine_as_test(SchedulerMachine, settings=settings(max_examples=150, stateful_step_count=40))
+
+
 class _Adapter:
     """
     The adapter pattern of L{PathScheduler}: one timer, re-armed when told.
@@ -610,15 +714,15 @@ class TcpInfoInputTests(SynchronousTestCase):
         when the kernel is out of it; it dies if it stays.
         """
         sched = _two_tcp()
-        sched.tcp_info(1, TcpInfo(retransmits=1, rto_s=0.2), 1.0)
+        sched.tcp_info(1, TcpInfo(retransmits=1, rto_s=0.4), 1.0)
         sched.received(1, 1.0)
         self.assertEqual(sched.tick(1.0), [PathStalled(1), CarrierChanged(2)])
         self.assertTrue(sched.received(1, 1.1))
         self.assertEqual(sched.tick(1.1), [])  # the kernel still retransmits
         sched.tcp_info(1, TcpInfo(retransmits=0, ca_state=0), 1.2)
         self.assertEqual(sched.tick(1.2), [PathRecovered(1)])
-        sched.tcp_info(1, TcpInfo(ca_state=4, rto_s=0.2), 2.0)
-        sched.tcp_info(1, TcpInfo(ca_state=4, rto_s=0.4), 2.5)  # since 1.8, not moved
+        sched.tcp_info(1, TcpInfo(ca_state=4, rto_s=0.4), 2.0)  # overdue since 1.8
+        sched.tcp_info(1, TcpInfo(ca_state=4, rto_s=0.8), 2.5)  # not moved
         self.assertEqual(sched.tick(2.5), [PathStalled(1)])
         self.assertEqual(sched.tick(2.8), [PathDead(1)])  # 1.8 + max(1.0, 5 * 0.08)
 

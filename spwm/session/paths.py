@@ -414,8 +414,6 @@ class PathScheduler:
         path = self._paths.pop(path_id, None)
         if path is None:
             return
-        if self._best is path:
-            self._best = None
         self._recompute(self._now)
 
     def __contains__(self, path_id: int) -> bool:
@@ -496,7 +494,8 @@ class PathScheduler:
         (more of them, or a fast recovery) count as a loss (media is then
         duplicated); a retransmission timeout (C{ca_state} loss or
         C{retransmits}) means the oldest unacknowledged data is at least
-        one RTO old: the path is overdue since then.
+        one RTO old, i.e. half the current RTO, which the timeout doubled:
+        the path is overdue since then.
         """
         path = self._paths.get(path_id)
         if path is None:
@@ -515,7 +514,7 @@ class PathScheduler:
             lost = True
         if info.retransmits or info.ca_state == _CA_LOSS:
             if path.kernel_stuck_since is None:
-                path.kernel_stuck_since = now - (info.rto_s or path.stall_bound)
+                path.kernel_stuck_since = now - (info.rto_s / 2 if info.rto_s else path.stall_bound)
         else:
             path.kernel_stuck_since = None
         if lost:
