@@ -54,9 +54,12 @@ __all__ = [
     "PathStalled",
     "PathState",
     "PingWanted",
+    "SEQ_MODULUS",
     "SeqStamper",
+    "TCP_NOTSENT_LOWAT",
     "TRANSITIONS",
     "TcpInfo",
+    "parse_tcp_info",
     "read_tcp_info",
     "set_notsent_lowat",
 ]
