@@ -3,8 +3,8 @@
 Every limit of SPWM in one tree, with its default.
 
 L{Limits} holds one branch per layer: L{TunnelLimits} (one tunnel and the
-tunnels of a contact point), L{SipLimits}, L{MediaLimits} and
-L{SessionLimits}.  The assembly (L{spwm.tap.assembly}) builds the tree once
+tunnels of a contact point), L{SipLimits}, L{MediaLimits},
+L{SessionLimits} and L{PathLimits} (the paths of one session).  The assembly (L{spwm.tap.assembly}) builds the tree once
 from the configuration and hands each part its branch's values; the
 parts' constructor defaults are the same values (C{tests.test_tap_config}
 checks those still kept as module constants).  Times are in seconds, sizes
@@ -130,6 +130,75 @@ class SessionLimits:
     max_dormant: int = field(default=10000, validator=_pos)
 
 
+def _power_of_two(instance: object, attribute: object, value: int) -> None:
+    if value < 8 or value > 65536 or value & (value - 1):
+        raise ValueError(f"dedup_window must be a power of two from 8 to 65536, not {value}")
+
+
+@frozen
+class PathLimits:
+    """
+    Bounds of the paths (connections) of one session and of their
+    scheduler (L{spwm.session.paths.PathScheduler}).
+
+    A path is I{stalled} when the oldest thing it sent that is not
+    answered yet is older than its stall bound,
+    C{min(stall_ceiling, max(stall_floor, stall_rtt_factor * srtt +
+    stall_rttvar_factor * rttvar))}, and I{dead} when it is older than
+    C{max(dead_floor, dead_factor * stall bound)}.
+
+    @ivar stall_floor: the smallest stall bound, whatever the RTT.
+    @ivar stall_rtt_factor: the smoothed RTT's share of the stall bound.
+    @ivar stall_rttvar_factor: the RTT variation's share of the stall bound.
+    @ivar stall_ceiling: the largest stall bound, whatever the RTT.
+    @ivar dead_factor: the dead bound in stall bounds.
+    @ivar dead_floor: the smallest dead bound.
+    @ivar initial_rtt: the RTT assumed of a path before its first sample
+        (its variation is half of it).
+    @ivar ping_fraction: a path whose oldest unanswered data is older than
+        this share of its stall bound asks for a ping (so that a path that
+        only sends is answered before the bound).
+    @ivar probe_interval: while media flows, a path that sent nothing for
+        this long asks for a ping (so that an idle path's death is known
+        before media needs it).
+    @ivar duplicate_window: media is sent on every path that is up for this
+        long after a loss or a stall was seen.
+    @ivar switch_hold: a QUIC path must be up this long before media moves
+        to it from another path that is up; doubled for each stall of that
+        path within C{flap_memory}, up to C{max_switch_hold}.
+    @ivar max_switch_hold: the longest such hold.
+    @ivar flap_memory: how long a path's stall counts against it.
+    @ivar dedup_window: datagrams (sequence numbers) remembered per channel
+        and component by the receiving session; a power of two.
+    @ivar dedup_max_channels: channels the de-duplication remembers; past
+        it, the oldest is forgotten.
+    @ivar max_paths: paths one session may hold.
+    """
+
+    stall_floor: float = field(default=0.040, validator=_pos_time)
+    stall_rtt_factor: float = field(default=2.0, validator=validators.ge(1.0))
+    stall_rttvar_factor: float = field(default=4.0, validator=validators.ge(0.0))
+    stall_ceiling: float = field(default=3.0, validator=_pos_time)
+    dead_factor: float = field(default=5.0, validator=validators.ge(1.0))
+    dead_floor: float = field(default=1.0, validator=_pos_time)
+    initial_rtt: float = field(default=0.2, validator=_pos_time)
+    ping_fraction: float = field(default=0.5, validator=[validators.gt(0.0), validators.lt(1.0)])
+    probe_interval: float = field(default=0.5, validator=_pos_time)
+    duplicate_window: float = field(default=2.0, validator=validators.ge(0.0))
+    switch_hold: float = field(default=1.0, validator=validators.ge(0.0))
+    max_switch_hold: float = field(default=30.0, validator=validators.ge(0.0))
+    flap_memory: float = field(default=60.0, validator=validators.ge(0.0))
+    dedup_window: int = field(default=1024, validator=_power_of_two)
+    dedup_max_channels: int = field(default=4096, validator=_pos)
+    max_paths: int = field(default=8, validator=_pos)
+
+    def __attrs_post_init__(self) -> None:
+        if self.stall_ceiling < self.stall_floor:
+            raise ValueError(f"stall_ceiling {self.stall_ceiling} is below stall_floor {self.stall_floor}")
+        if self.max_switch_hold < self.switch_hold:
+            raise ValueError(f"max_switch_hold {self.max_switch_hold} is below switch_hold {self.switch_hold}")
+
+
 @frozen
 class Limits:
     """
@@ -140,3 +209,4 @@ class Limits:
     sip: SipLimits = field(factory=SipLimits)
     media: MediaLimits = field(factory=MediaLimits)
     session: SessionLimits = field(factory=SessionLimits)
+    paths: PathLimits = field(factory=PathLimits)

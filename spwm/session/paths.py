@@ -1,0 +1,915 @@
+# -*- test-case-name: tests.test_session_paths -*-
+"""
+The paths of one session, and which of them carries what (sans-I/O).
+
+A session may hold several connections to its peer at once (I{paths}: TLS
+over TCP, later QUIC), each with a small C{path_id} unique in the session.
+This module decides, from what the session adapter tells it (frames sent
+and received, RTT samples, the kernel's C{TCP_INFO}, losses) and the time
+it is given:
+
+ - the state of each path (L{PathState}: C{UP}, C{STALLED}, C{DEAD}),
+   moved by one explicit table (L{TRANSITIONS});
+ - the I{carrier}: the one path that carries SIP, control and channel
+   open/close (ordered and reliable); it moves off a stalled or dead path
+   at once, and otherwise stays where it is;
+ - the paths each media datagram goes on (L{PathScheduler.media_paths}):
+   the best path that is up (QUIC preferred, with a hold against flapping),
+   or every path that is up while a loss or a stall was seen recently, or
+   every path that is not dead when none is up;
+ - when the adapter must run L{PathScheduler.tick} next
+   (L{PathScheduler.next_deadline}): one timer per session, not per packet.
+
+L{SeqStamper} and L{Dedup} number media datagrams per channel and
+component (u32, wrapping) on the sending half and deliver each at most
+once on the receiving half, whichever paths its copies took.
+
+L{read_tcp_info} and L{set_notsent_lowat} are the two socket helpers the
+TCP adapter calls on its own socket; nothing else here touches I/O.  No
+Twisted, no logging: the adapter logs the events.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import sys
+from collections import deque
+from enum import Enum
+from typing import Any, Union
+
+from attrs import define, frozen
+
+from spwm.limits import PathLimits
+
+__all__ = [
+    "CarrierChanged",
+    "Dedup",
+    "PathDead",
+    "PathEvent",
+    "PathInput",
+    "PathKind",
+    "PathRecovered",
+    "PathScheduler",
+    "PathStalled",
+    "PathState",
+    "PingWanted",
+    "SEQ_MODULUS",
+    "SeqStamper",
+    "TCP_NOTSENT_LOWAT",
+    "TRANSITIONS",
+    "TcpInfo",
+    "parse_tcp_info",
+    "read_tcp_info",
+    "set_notsent_lowat",
+]
+
+#: Sequence numbers are u32 and wrap.
+SEQ_MODULUS = 1 << 32
+_SEQ_MASK = SEQ_MODULUS - 1
+_HALF = 1 << 31
+
+
+class PathKind(Enum):
+    """
+    What a path runs on.
+    """
+
+    TCP = "tcp"
+    QUIC = "quic"
+
+
+class PathState(Enum):
+    """
+    The health of one path.
+
+     - C{UP}: nothing it sent is overdue.
+     - C{STALLED}: the oldest unanswered thing it sent is older than its
+       stall bound (or the kernel is retransmitting after a timeout); no
+       media on it, and it is no carrier while another path is up.
+     - C{DEAD}: older than its dead bound; the adapter closes it (a TCP
+       path) or keeps probing it (a QUIC path); an answer still brings it
+       back.
+    """
+
+    UP = "up"
+    STALLED = "stalled"
+    DEAD = "dead"
+
+
+class PathInput(Enum):
+    """
+    What L{PathScheduler.tick} finds of a path, the input of L{TRANSITIONS}.
+
+     - C{ANSWERED}: nothing it sent is overdue.
+     - C{OVERDUE}: overdue past the stall bound.
+     - C{LOST}: overdue past the dead bound.
+    """
+
+    ANSWERED = "answered"
+    OVERDUE = "overdue"
+    LOST = "lost"
+
+
+@frozen
+class PathStalled:
+    """
+    The path stalled: media left it; the carrier left it if it was the carrier.
+    """
+
+    path_id: int
+
+
+@frozen
+class PathRecovered:
+    """
+    The stalled or dead path is answered again.
+    """
+
+    path_id: int
+
+
+@frozen
+class PathDead:
+    """
+    The path is overdue past its dead bound: close it and open another.
+    """
+
+    path_id: int
+
+
+@frozen
+class CarrierChanged:
+    """
+    SIP and control go on C{path_id} from now on (C{None}: no path can).
+    """
+
+    path_id: int | None
+
+
+@frozen
+class PingWanted:
+    """
+    Send a ping (tunnel PING, or a QUIC PING) on this path now: it has data
+    that nobody answered yet, or it was idle while media flows.  An
+    addition to the shared design; an adapter that ignores it still works,
+    but a path that only sends then stalls by its bound.
+    """
+
+    path_id: int
+
+
+PathEvent = Union[PathStalled, PathRecovered, PathDead, CarrierChanged, PingWanted]
+
+_UP, _STALLED, _DEAD = PathState.UP, PathState.STALLED, PathState.DEAD
+_ANSWERED, _OVERDUE, _LOST = PathInput.ANSWERED, PathInput.OVERDUE, PathInput.LOST
+
+#: The table: C{TRANSITIONS[(state, input)] = (new_state, event type or
+#: None)}.  Every pair is in it.
+TRANSITIONS: dict[tuple[PathState, PathInput], tuple[PathState, type[PathStalled] | type[PathRecovered] | type[PathDead] | None]] = {
+    (_UP, _ANSWERED): (_UP, None),
+    (_UP, _OVERDUE): (_STALLED, PathStalled),
+    (_UP, _LOST): (_DEAD, PathDead),
+    (_STALLED, _ANSWERED): (_UP, PathRecovered),
+    (_STALLED, _OVERDUE): (_STALLED, None),
+    (_STALLED, _LOST): (_DEAD, PathDead),
+    (_DEAD, _ANSWERED): (_UP, PathRecovered),
+    (_DEAD, _OVERDUE): (_DEAD, None),
+    (_DEAD, _LOST): (_DEAD, None),
+}
+
+
+# --- TCP_INFO ---------------------------------------------------------------
+
+#: Linux C{TCP_INFO} and C{TCP_NOTSENT_LOWAT} option numbers (include/uapi/linux/tcp.h).
+_TCP_INFO = getattr(socket, "TCP_INFO", 11)
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+_LINUX = sys.platform.startswith("linux")
+#: Bytes asked of the kernel: up to C{tcpi_min_rtt}.  Kernels before 4.6
+#: give only up to C{tcpi_total_retrans} (104 bytes).
+_TCP_INFO_LEN = 152
+_U32 = struct.Struct("=I")
+_CA_LOSS = 4
+_CA_RECOVERY = 3
+
+
+@define
+class TcpInfo:
+    """
+    What the kernel knows of one TCP connection (Linux C{struct tcp_info}).
+
+    @ivar rtt_s: smoothed RTT (C{tcpi_rtt}), seconds.
+    @ivar rttvar_s: its variation (C{tcpi_rttvar}), seconds.
+    @ivar unacked: segments sent and not acknowledged (C{tcpi_unacked}).
+    @ivar retrans: segments being retransmitted now (C{tcpi_retrans}).
+    @ivar total_retrans: segments retransmitted in the connection's life.
+    @ivar notsent_bytes: bytes in the send buffer not sent yet (kernel 4.6
+        and later; else C{None}).
+    @ivar ca_state: congestion state (C{tcpi_ca_state}: 0 open, 1 disorder,
+        2 CWR, 3 recovery, 4 loss, i.e. after a retransmission timeout).
+    @ivar retransmits: retransmission timeouts in a row now (C{tcpi_retransmits}).
+    @ivar rto_s: the retransmission timeout (C{tcpi_rto}), seconds.
+    """
+
+    rtt_s: float | None = None
+    rttvar_s: float | None = None
+    unacked: int | None = None
+    retrans: int | None = None
+    total_retrans: int | None = None
+    notsent_bytes: int | None = None
+    ca_state: int | None = None
+    retransmits: int | None = None
+    rto_s: float | None = None
+
+
+def parse_tcp_info(raw: bytes) -> TcpInfo | None:
+    """
+    Parse a Linux C{struct tcp_info} as C{getsockopt} returned it.
+
+    @return: the fields present in C{raw}; C{None} when it is shorter than
+        the 104 bytes every kernel since 2.6 gives.
+    """
+    if len(raw) < 104:
+        return None
+    u32 = _U32.unpack_from
+    return TcpInfo(
+        rtt_s=u32(raw, 68)[0] / 1e6,
+        rttvar_s=u32(raw, 72)[0] / 1e6,
+        unacked=u32(raw, 24)[0],
+        retrans=u32(raw, 36)[0],
+        total_retrans=u32(raw, 100)[0],
+        notsent_bytes=u32(raw, 144)[0] if len(raw) >= 148 else None,
+        ca_state=raw[1],
+        retransmits=raw[2],
+        rto_s=u32(raw, 8)[0] / 1e6,
+    )
+
+
+def read_tcp_info(sock: socket.socket) -> TcpInfo | None:
+    """
+    Read C{TCP_INFO} of a connected TCP socket.
+
+    @return: L{TcpInfo}; C{None} where the platform does not give it (not
+        Linux, not a TCP socket, a closed socket).
+    """
+    if not _LINUX:
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)
+    except (OSError, AttributeError, TypeError):
+        return None
+    return parse_tcp_info(raw)
+
+
+def set_notsent_lowat(sock: socket.socket, nbytes: int) -> bool:
+    """
+    Keep at most C{nbytes} not yet sent in the kernel's send buffer of a TCP
+    socket (C{TCP_NOTSENT_LOWAT}): the socket reports writable only below
+    it, so data waits in our queues, where the scheduler can still steer or
+    drop it, and not behind a stall in the kernel.
+
+    @return: whether the option was set.
+    """
+    if not _LINUX and not hasattr(socket, "TCP_NOTSENT_LOWAT"):
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, nbytes)
+    except (OSError, AttributeError, TypeError):
+        return False
+    return True
+
+
+# --- the scheduler ----------------------------------------------------------
+
+
+class _Path:
+    """
+    One path's state inside L{PathScheduler} (mutable, private).
+    """
+
+    __slots__ = (
+        "path_id",
+        "kind",
+        "state",
+        "added",
+        "up_since",
+        "srtt",
+        "rttvar",
+        "stall_bound",
+        "dead_bound",
+        "ping_after",
+        "unanswered_since",
+        "pinged",
+        "kernel_stuck_since",
+        "last_total_retrans",
+        "last_sent",
+        "last_received",
+        "last_probe",
+        "recover_pending",
+        "stall_times",
+        "stalls",
+        "deaths",
+        "recoveries",
+        "pings",
+        "losses",
+        "bytes_sent",
+    )
+
+    def __init__(self, path_id: int, kind: PathKind, now: float) -> None:
+        self.path_id = path_id
+        self.kind = kind
+        self.state = _UP
+        self.added = now
+        self.up_since = now
+        self.srtt: float | None = None
+        self.rttvar: float | None = None
+        self.stall_bound = 0.0
+        self.dead_bound = 0.0
+        self.ping_after = 0.0
+        self.unanswered_since: float | None = None
+        self.pinged = False
+        self.kernel_stuck_since: float | None = None
+        self.last_total_retrans: int | None = None
+        self.last_sent = now
+        self.last_received = now
+        self.last_probe = now
+        self.recover_pending = False
+        self.stall_times: deque[float] = deque(maxlen=16)
+        self.stalls = 0
+        self.deaths = 0
+        self.recoveries = 0
+        self.pings = 0
+        self.losses = 0
+        self.bytes_sent = 0
+
+    def overdue_since(self) -> float | None:
+        a, b = self.unanswered_since, self.kernel_stuck_since
+        if a is None:
+            return b
+        if b is None or a <= b:
+            return a
+        return b
+
+
+class PathScheduler:
+    """
+    Which path of one session carries what, and when each is stalled or dead.
+
+    Call pattern of the adapter (one per session):
+
+     - L{add} / L{remove} a path as it is attached / lost, then L{tick};
+     - per frame: L{sent} and L{received}; when either returns C{True},
+       run L{tick} now or re-arm the timer at L{next_deadline} at once;
+     - per media datagram: L{media_paths} (then L{sent} per path used);
+     - L{rtt_sample} per PONG (or QUIC sample), L{tcp_info} now and then
+       (e.g. on each tick), L{loss_seen} when the de-duplication saw a gap
+       or the peer reported loss; re-arm after them;
+     - the timer: L{tick}, act on its events (log them, move SIP to the new
+       carrier, send the pings, close a dead TCP path), then arm the one
+       timer at L{next_deadline} (C{None}: no timer).
+
+    @ivar limits: the bounds (L{PathLimits}).
+    @ivar carrier_changes: times the carrier moved.
+    @ivar media_switches: times the best media path moved.
+    """
+
+    def __init__(self, limits: PathLimits | None = None) -> None:
+        self.limits = limits or PathLimits()
+        self._paths: dict[int, _Path] = {}
+        self._carrier: _Path | None = None
+        self._best: _Path | None = None
+        self._media_one: tuple[int, ...] = ()
+        self._media_all: tuple[int, ...] = ()
+        self._dup_until = float("-inf")
+        self._last_media = float("-inf")
+        self._now = float("-inf")
+        self._armed: float | None = None
+        self._pending: list[PathEvent] = []
+        self.carrier_changes = 0
+        self.media_switches = 0
+
+    # -- the paths
+
+    def add(self, path_id: int, kind: PathKind, now: float) -> None:
+        """
+        A path was attached; it starts C{UP} with the initial RTT.  If there
+        was no carrier, it becomes the carrier (L{CarrierChanged} at the
+        next L{tick}).
+
+        @raise ValueError: C{path_id} is already there, or the session
+            holds C{max_paths} paths.
+        """
+        if path_id in self._paths:
+            raise ValueError(f"path {path_id} is already attached")
+        if len(self._paths) >= self.limits.max_paths:
+            raise ValueError(f"a session holds at most {self.limits.max_paths} paths")
+        self._now = max(self._now, now)
+        path = _Path(path_id, kind, now)
+        self._bounds(path)
+        self._paths[path_id] = path
+        self._recompute(now)
+
+    def remove(self, path_id: int) -> None:
+        """
+        A path went (closed, lost).  If it was the carrier, the carrier
+        moves (L{CarrierChanged} at the next L{tick}).  Unknown ids are ignored.
+        """
+        path = self._paths.pop(path_id, None)
+        if path is None:
+            return
+        self._recompute(self._now)
+
+    def __contains__(self, path_id: int) -> bool:
+        return path_id in self._paths
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def state(self, path_id: int) -> PathState:
+        """
+        @return: the path's state.
+        @raise KeyError: no such path.
+        """
+        return self._paths[path_id].state
+
+    # -- what the adapter reports
+
+    def rtt_sample(self, path_id: int, rtt: float, now: float) -> None:
+        """
+        One RTT measured on the path (RFC 6298 smoothing); the path's stall
+        and dead bounds follow.  An answer, too: what was unanswered is no
+        longer.
+        """
+        path = self._paths.get(path_id)
+        if path is None or rtt < 0:
+            return
+        if path.srtt is None or path.rttvar is None:
+            path.srtt, path.rttvar = rtt, rtt / 2
+        else:
+            path.rttvar = 0.75 * path.rttvar + 0.25 * abs(path.srtt - rtt)
+            path.srtt = 0.875 * path.srtt + 0.125 * rtt
+        self._bounds(path)
+        self.received(path_id, now)
+
+    def received(self, path_id: int, now: float) -> bool:
+        """
+        A frame of the peer arrived on the path: what it sent before is
+        answered.  Per packet: O(1).
+
+        @return: whether L{tick} should run now (the path was stalled or
+            dead and may come back).
+        """
+        path = self._paths.get(path_id)
+        if path is None:
+            return False
+        path.unanswered_since = None
+        path.last_received = now
+        if path.state is not _UP and not path.recover_pending:
+            path.recover_pending = True
+            return True
+        return False
+
+    def sent(self, path_id: int, nbytes: int, now: float) -> bool:
+        """
+        A frame of C{nbytes} went on the path; it is unanswered until the
+        peer sends something.  Per packet: O(1).
+
+        @return: whether the timer must be re-armed at L{next_deadline}
+            now (this starts a wait that ends before the deadline last
+            handed out).
+        """
+        path = self._paths.get(path_id)
+        if path is None:
+            return False
+        path.last_sent = now
+        path.bytes_sent += nbytes
+        if path.unanswered_since is None:
+            path.unanswered_since = now
+            path.pinged = False
+            armed = self._armed
+            return armed is None or now + path.ping_after < armed
+        return False
+
+    def tcp_info(self, path_id: int, info: TcpInfo, now: float) -> None:
+        """
+        What the kernel says of a TCP path: its RTT replaces the estimate
+        (the kernel measures every acknowledgement); retransmissions
+        (more of them, or a fast recovery) count as a loss (media is then
+        duplicated); a retransmission timeout (C{ca_state} loss or
+        C{retransmits}) means the oldest unacknowledged data is at least
+        one RTO old, i.e. half the current RTO, which the timeout doubled:
+        the path is overdue since then.
+        """
+        path = self._paths.get(path_id)
+        if path is None:
+            return
+        if info.rtt_s is not None and info.rtt_s > 0:
+            path.srtt = info.rtt_s
+            path.rttvar = info.rttvar_s if info.rttvar_s is not None else info.rtt_s / 2
+            self._bounds(path)
+        lost = False
+        total = info.total_retrans
+        if total is not None:
+            if path.last_total_retrans is not None and total > path.last_total_retrans:
+                lost = True
+            path.last_total_retrans = total
+        if info.retrans or info.ca_state == _CA_RECOVERY:
+            lost = True
+        if info.retransmits or info.ca_state == _CA_LOSS:
+            if path.kernel_stuck_since is None:
+                path.kernel_stuck_since = now - (info.rto_s / 2 if info.rto_s else path.stall_bound)
+        else:
+            path.kernel_stuck_since = None
+        if lost:
+            self.loss_seen(path_id, now)
+
+    def loss_seen(self, path_id: int, now: float) -> None:
+        """
+        A loss was seen (the de-duplication saw a gap, the peer reported
+        one, TCP retransmitted): media goes on every path that is up for
+        C{duplicate_window} from now.
+        """
+        path = self._paths.get(path_id)
+        if path is not None:
+            path.losses += 1
+        self._duplicate(now)
+
+    # -- per media datagram
+
+    def carrier(self) -> int | None:
+        """
+        @return: the path for SIP, control and channel open/close now.
+        """
+        carrier = self._carrier
+        return None if carrier is None else carrier.path_id
+
+    def media_paths(self, now: float) -> tuple[int, ...]:
+        """
+        The paths to send one media datagram on: the best path that is up,
+        or every path that is up within the duplication window, or every
+        path that is not dead when none is up.  Per packet: O(1), the tuple
+        is made in advance.
+        """
+        self._last_media = now
+        if now < self._dup_until:
+            return self._media_all
+        return self._media_one
+
+    # -- time
+
+    def tick(self, now: float) -> list[PathEvent]:
+        """
+        Move the paths through L{TRANSITIONS} by what is overdue at C{now},
+        ask for pings, move the carrier and the media off stalled paths.
+
+        @return: the events, in order: those queued by L{add}/L{remove},
+            then per path its transition and ping, then L{CarrierChanged}.
+        """
+        self._now = max(self._now, now)
+        events = self._pending
+        self._pending = []
+        limits = self.limits
+        media_active = self._last_media + limits.probe_interval > now
+        for path in self._paths.values():
+            path.recover_pending = False
+            since = path.overdue_since()
+            if since is None:
+                event_input = _ANSWERED
+            else:
+                # the same sums as next_deadline's, so a tick at the
+                # deadline always finds it due
+                if now >= since + path.dead_bound:
+                    event_input = _LOST
+                elif now >= since + path.stall_bound:
+                    event_input = _OVERDUE
+                else:
+                    event_input = _ANSWERED
+            old = path.state
+            new, event = TRANSITIONS[(old, event_input)]
+            if new is not old:
+                path.state = new
+                if new is _UP:
+                    path.up_since = now
+                    path.recoveries += 1
+                else:
+                    if old is _UP:
+                        path.stall_times.append(now)
+                    if new is _STALLED:
+                        path.stalls += 1
+                    else:
+                        path.deaths += 1
+                    self._duplicate(now)
+            if event is not None:
+                events.append(event(path.path_id))
+            if path.state is _DEAD:
+                continue
+            unanswered = path.unanswered_since
+            if unanswered is not None:
+                if not path.pinged and now >= unanswered + path.ping_after:
+                    path.pinged = True
+                    path.last_probe = now
+                    path.pings += 1
+                    events.append(PingWanted(path.path_id))
+            elif media_active and now >= max(path.last_sent, path.last_probe) + limits.probe_interval:
+                path.last_probe = now
+                path.pings += 1
+                events.append(PingWanted(path.path_id))
+        self._recompute(now)
+        events.extend(self._pending)
+        self._pending = []
+        return events
+
+    def next_deadline(self) -> float | None:
+        """
+        When L{tick} must run next (C{None}: only after an input says so).
+        Also remembers it as the armed time that L{sent} compares with.
+        """
+        limits = self.limits
+        deadline: float | None = self._now if self._pending else None
+        media_active = self._last_media + limits.probe_interval > self._now
+        for path in self._paths.values():
+            if path.recover_pending:
+                when = path.last_received
+                deadline = when if deadline is None or when < deadline else deadline
+            state = path.state
+            if state is _DEAD:
+                continue
+            since = path.overdue_since()
+            if since is not None:
+                when = since + (path.stall_bound if state is _UP else path.dead_bound)
+                if not path.pinged and path.unanswered_since is not None:
+                    when = min(when, path.unanswered_since + path.ping_after)
+                deadline = when if deadline is None or when < deadline else deadline
+            elif media_active:
+                when = max(path.last_sent, path.last_probe) + limits.probe_interval
+                deadline = when if deadline is None or when < deadline else deadline
+            if state is _UP and path.kind is PathKind.QUIC and path is not self._best:
+                when = path.up_since + self._hold(path, self._now)
+                if when > self._now:
+                    deadline = when if deadline is None or when < deadline else deadline
+        self._armed = deadline
+        return deadline
+
+    # -- status
+
+    def snapshot(self) -> dict[str, Any]:
+        """
+        @return: the carrier, the media path(s) and each path's state,
+            RTT, bounds and counters (for status and metrics).
+        """
+        now = self._now
+        return {
+            "carrier": self.carrier(),
+            "media": list(self._media_one),
+            "duplicating": now < self._dup_until,
+            "carrier_changes": self.carrier_changes,
+            "media_switches": self.media_switches,
+            "paths": [
+                {
+                    "path_id": p.path_id,
+                    "kind": p.kind.value,
+                    "state": p.state.value,
+                    "srtt": p.srtt,
+                    "rttvar": p.rttvar,
+                    "stall_bound": p.stall_bound,
+                    "dead_bound": p.dead_bound,
+                    "stalls": p.stalls,
+                    "deaths": p.deaths,
+                    "recoveries": p.recoveries,
+                    "pings": p.pings,
+                    "losses": p.losses,
+                    "bytes_sent": p.bytes_sent,
+                }
+                for p in self._paths.values()
+            ],
+        }
+
+    # -- inside
+
+    def _bounds(self, path: _Path) -> None:
+        limits = self.limits
+        srtt = path.srtt if path.srtt is not None else limits.initial_rtt
+        rttvar = path.rttvar if path.rttvar is not None else limits.initial_rtt / 2
+        stall = max(limits.stall_floor, limits.stall_rtt_factor * srtt + limits.stall_rttvar_factor * rttvar)
+        stall = min(stall, limits.stall_ceiling)
+        path.stall_bound = stall
+        path.dead_bound = max(limits.dead_floor, limits.dead_factor * stall)
+        path.ping_after = limits.ping_fraction * stall
+
+    def _duplicate(self, now: float) -> None:
+        until = now + self.limits.duplicate_window
+        if until > self._dup_until:
+            self._dup_until = until
+
+    def _hold(self, path: _Path, now: float) -> float:
+        limits = self.limits
+        memory = now - limits.flap_memory
+        times = path.stall_times
+        while times and times[0] < memory:
+            times.popleft()
+        return float(min(limits.max_switch_hold, limits.switch_hold * (2 ** len(times))))
+
+    @staticmethod
+    def _rank(path: _Path) -> tuple[float, int]:
+        return (path.srtt if path.srtt is not None else float("inf"), path.path_id)
+
+    def _recompute(self, now: float) -> None:
+        paths = list(self._paths.values())
+        up = [p for p in paths if p.state is _UP]
+        # the carrier: sticky while up; else the best path that is up; else
+        # it stays (stalled) or goes to a stalled path; never a dead one
+        carrier = self._carrier
+        if carrier is None or carrier.state is not _UP or self._paths.get(carrier.path_id) is not carrier:
+            if up:
+                carrier = min(up, key=self._rank)
+            elif carrier is not None and self._paths.get(carrier.path_id) is carrier and carrier.state is _STALLED:
+                pass
+            else:
+                stalled = [p for p in paths if p.state is _STALLED]
+                carrier = min(stalled, key=self._rank) if stalled else None
+        if carrier is not self._carrier:
+            self._carrier = carrier
+            self.carrier_changes += 1
+            self._pending.append(CarrierChanged(None if carrier is None else carrier.path_id))
+        # the media: QUIC once it held up long enough, else the best path
+        # that is up, sticky while up
+        best = self._best
+        settled = [p for p in up if p.kind is PathKind.QUIC and now >= p.up_since + self._hold(p, now)]
+        if best is None or best.state is not _UP or self._paths.get(best.path_id) is not best:
+            if settled:
+                best = min(settled, key=self._rank)
+            else:
+                tcp = [p for p in up if p.kind is PathKind.TCP]
+                best = min(tcp or up, key=self._rank) if up else None
+        elif best.kind is not PathKind.QUIC and settled:
+            best = min(settled, key=self._rank)
+        if best is not self._best:
+            if self._best is not None and best is not None:
+                self.media_switches += 1
+            self._best = best
+        if best is not None:
+            self._media_one = (best.path_id,)
+            self._media_all = tuple(sorted(p.path_id for p in up))
+        else:
+            alive = [p.path_id for p in paths if p.state is not _DEAD] or [p.path_id for p in paths]
+            self._media_one = self._media_all = tuple(sorted(alive))
+
+
+# --- sequence numbers -------------------------------------------------------
+
+
+class SeqStamper:
+    """
+    The sending half's sequence numbers: per channel and component a u32
+    counter, from C{start}, wrapping after 2**32 - 1.  A channel's counter
+    never goes back while the session lives; L{forget} it when the channel
+    closes (channel ids are not reused in a session).
+    """
+
+    def __init__(self, start: int = 0) -> None:
+        self._start = start & _SEQ_MASK
+        self._channels: dict[int, list[int]] = {}
+
+    def next(self, channel_id: int, component: int) -> int:
+        """
+        @return: the next sequence number of the channel's component (0 or
+            1; other bits are ignored).
+        """
+        component &= 1
+        counters = self._channels.get(channel_id)
+        if counters is None:
+            counters = self._channels[channel_id] = [self._start, self._start]
+        seq = counters[component]
+        counters[component] = (seq + 1) & _SEQ_MASK
+        return seq
+
+    def forget(self, channel_id: int) -> None:
+        """
+        The channel closed.
+        """
+        self._channels.pop(channel_id, None)
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+
+class _Window:
+    """
+    The sequence numbers seen of one channel's component: the highest and
+    a bitmap of the C{size} below it (a ring indexed by C{seq % size}).
+    """
+
+    __slots__ = ("high", "bits")
+
+    def __init__(self, seq: int, size: int) -> None:
+        self.high = seq
+        self.bits = bytearray(size >> 3)
+        self.bits[(seq & (size - 1)) >> 3] |= 1 << (seq & 7)
+
+
+class Dedup:
+    """
+    The receiving half's de-duplication: each (channel, component,
+    sequence number) is accepted at most once, whichever path each copy
+    came on.  Per channel and component a window of C{dedup_window}
+    sequence numbers below the highest seen: a number in it not seen yet is
+    accepted (late, but first), one below it is refused (it cannot be told
+    from a copy).  Comparison is modulo 2**32 (RFC 1982 style): a number up
+    to 2**31 ahead is newer.
+
+    Memory: C{dedup_window / 8} bytes per channel and component, at most
+    C{dedup_max_channels} channels (past it the oldest is forgotten).
+
+    @ivar accepted: datagrams accepted.
+    @ivar duplicates: copies refused (seen already).
+    @ivar too_old: refused below the window.
+    @ivar gaps: sequence numbers skipped when the highest moved on (lost
+        or late; a late one accepted later counts in C{late}).
+    @ivar late: accepted below the highest.
+    """
+
+    def __init__(self, limits: PathLimits | None = None) -> None:
+        limits = limits or PathLimits()
+        self.window = limits.dedup_window
+        self.max_channels = limits.dedup_max_channels
+        self._slot_mask = self.window - 1
+        # a number this far ahead (mod 2**32) or more is below the window
+        self._oldest = SEQ_MODULUS - self.window
+        self._channels: dict[int, list[_Window | None]] = {}
+        self.accepted = 0
+        self.duplicates = 0
+        self.too_old = 0
+        self.gaps = 0
+        self.late = 0
+
+    def accept(self, channel_id: int, component: int, seq: int) -> bool:
+        """
+        @param component: 0 or 1 (other bits are ignored).
+        @param seq: the datagram's u32 sequence number.
+        @return: whether to deliver it (first copy seen, in the window).
+        """
+        windows = self._channels.get(channel_id)
+        if windows is None:
+            if len(self._channels) >= self.max_channels:
+                del self._channels[next(iter(self._channels))]
+            windows = self._channels[channel_id] = [None, None]
+        component &= 1
+        window = windows[component]
+        if window is None:
+            windows[component] = _Window(seq, self.window)
+            self.accepted += 1
+            return True
+        # literals, not module constants: this runs per media datagram
+        ahead = (seq - window.high) & 0xFFFFFFFF
+        slot = seq & self._slot_mask
+        bit = 1 << (slot & 7)
+        slot >>= 3
+        if 0 < ahead < 0x80000000:
+            # newer: clear the slots the window moves over, mark this one
+            bits = window.bits
+            if ahead > 1:
+                self._skip(window, ahead)
+            window.high = seq
+            bits[slot] |= bit
+            self.accepted += 1
+            return True
+        if ahead == 0:
+            self.duplicates += 1
+            return False
+        if ahead <= self._oldest:
+            self.too_old += 1
+            return False
+        bits = window.bits
+        if bits[slot] & bit:
+            self.duplicates += 1
+            return False
+        bits[slot] |= bit
+        self.accepted += 1
+        self.late += 1
+        return True
+
+    def _skip(self, window: _Window, ahead: int) -> None:
+        """
+        The window moves C{ahead} (more than one) past its highest: forget
+        the slots of the numbers skipped, which now stand for numbers not
+        seen yet.
+        """
+        self.gaps += ahead - 1
+        bits = window.bits
+        if ahead >= self.window:
+            bits[:] = bytes(len(bits))
+            return
+        mask = self._slot_mask
+        high = window.high
+        for skipped in range(high + 1, high + ahead):
+            slot = skipped & mask
+            bits[slot >> 3] &= ~(1 << (slot & 7)) & 0xFF
+
+    def forget(self, channel_id: int) -> None:
+        """
+        The channel closed: its windows go.
+        """
+        self._channels.pop(channel_id, None)
+
+    def __len__(self) -> int:
+        return len(self._channels)

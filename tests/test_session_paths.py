@@ -1,0 +1,1027 @@
+"""
+Tests for L{spwm.session.paths}: the path table pair by pair, the
+scheduler with fake time (stall and dead bounds from the RTT, failover,
+carrier, recovery, the QUIC hold, duplication, deadlines), the
+de-duplication and sequence numbers (hypothesis: any interleaving, copy
+and loss delivers each datagram at most once), and the two socket helpers
+on a real loopback TCP connection.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import sys
+from typing import Callable
+
+from hypothesis import given, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from spwm.limits import Limits, PathLimits
+from spwm.session.paths import (
+    SEQ_MODULUS,
+    TRANSITIONS,
+    CarrierChanged,
+    Dedup,
+    PathDead,
+    PathEvent,
+    PathInput,
+    PathKind,
+    PathRecovered,
+    PathScheduler,
+    PathStalled,
+    PathState,
+    PingWanted,
+    SeqStamper,
+    TcpInfo,
+    parse_tcp_info,
+    read_tcp_info,
+    set_notsent_lowat,
+)
+
+UP, STALLED, DEAD = PathState.UP, PathState.STALLED, PathState.DEAD
+TCP, QUIC = PathKind.TCP, PathKind.QUIC
+_STATE_EVENTS = (PathStalled, PathRecovered, PathDead)
+
+
+def _state_events(events: list[PathEvent]) -> list[PathEvent]:
+    return [e for e in events if isinstance(e, _STATE_EVENTS)]
+
+
+def _scheduler(**limits: float) -> PathScheduler:
+    return PathScheduler(PathLimits(**limits))  # type: ignore[arg-type]
+
+
+class TableTests(SynchronousTestCase):
+    """
+    Every (state, input) pair of L{TRANSITIONS}, in the table and through a
+    real scheduler.
+    """
+
+    def test_every_pair_is_in_the_table(self) -> None:
+        """
+        The table decides every pair; its events are those of the state it
+        moves to (a stall, a death, a recovery), and nothing when the state
+        stays.
+        """
+        expected_event = {UP: PathRecovered, STALLED: PathStalled, DEAD: PathDead}
+        for state in PathState:
+            for event_input in PathInput:
+                new, event = TRANSITIONS[(state, event_input)]
+                if new is state:
+                    self.assertIsNone(event, (state, event_input))
+                else:
+                    self.assertIs(event, expected_event[new], (state, event_input))
+        self.assertEqual(len(TRANSITIONS), len(PathState) * len(PathInput))
+
+    def _in_state(self, state: PathState) -> tuple[PathScheduler, float]:
+        """
+        A scheduler with path 1 in C{state}, the time, and nothing
+        unanswered on it.
+        """
+        sched = _scheduler()
+        sched.add(1, TCP, 0.0)
+        sched.tick(0.0)
+        if state is UP:
+            return sched, 0.0
+        sched.sent(1, 100, 0.0)
+        now = 0.8 if state is STALLED else 4.0  # initial RTT 0.2: bounds 0.8 and 4.0
+        events = sched.tick(now)
+        self.assertEqual(sched.state(1), state)
+        self.assertTrue(_state_events(events))
+        return sched, now
+
+    def _feed(self, sched: PathScheduler, now: float, event_input: PathInput) -> list[PathEvent]:
+        """
+        Make the tick at the end of it find C{event_input} of path 1.
+        """
+        sched.received(1, now)  # nothing left unanswered
+        if event_input is PathInput.ANSWERED:
+            return sched.tick(now + 0.1)
+        sched.sent(1, 100, now)
+        after = 0.8 if event_input is PathInput.OVERDUE else 4.0
+        return sched.tick(now + after)
+
+    def test_every_pair_through_the_scheduler(self) -> None:
+        """
+        For each pair, a path in the state that L{PathScheduler.tick} finds
+        in the input moves as the table says, with its event.
+        """
+        for (state, event_input), (new, event) in TRANSITIONS.items():
+            sched, now = self._in_state(state)
+            events = self._feed(sched, now, event_input)
+            self.assertEqual(sched.state(1), new, (state, event_input))
+            self.assertEqual(_state_events(events), [] if event is None else [event(1)], (state, event_input))
+
+
+class BoundTests(SynchronousTestCase):
+    """
+    The stall and dead bounds follow the measured RTT.
+    """
+
+    def _stalled_at(self, rtts: list[float], **limits: float) -> float:
+        """
+        The earliest tick (in 1 ms steps) that finds path 1 stalled when it
+        sent at 10.0 after the RTT samples C{rtts}.
+        """
+        sched = _scheduler(**limits)
+        sched.add(1, TCP, 0.0)
+        for n, rtt in enumerate(rtts):
+            sched.rtt_sample(1, rtt, n * 0.01)
+        sched.tick(5.0)
+        sched.sent(1, 10, 10.0)
+        for ms in range(1, 5000):
+            now = 10.0 + ms / 1000
+            if any(isinstance(e, PathStalled) for e in sched.tick(now)):
+                return round(now - 10.0, 3)
+        self.fail("never stalled")
+
+    def test_bound_follows_rtt(self) -> None:
+        """
+        One sample R: srtt R, rttvar R/2, stall bound 2R + 4R/2 = 4R.
+        """
+        self.assertEqual(self._stalled_at([0.05]), 0.2)
+        self.assertEqual(self._stalled_at([0.1]), 0.4)
+
+    def test_smoothed(self) -> None:
+        """
+        Samples are smoothed as RFC 6298 says: after 0.1 then 0.1, rttvar
+        is 0.75 * 0.05 and the bound 2 * 0.1 + 4 * 0.0375 = 0.35.
+        """
+        self.assertEqual(self._stalled_at([0.1, 0.1]), 0.35)
+
+    def test_floor_and_ceiling(self) -> None:
+        """
+        A loopback RTT still waits the floor; a huge one the ceiling.
+        """
+        self.assertEqual(self._stalled_at([0.0001]), 0.04)
+        self.assertEqual(self._stalled_at([0.0001], stall_floor=0.05), 0.05)
+        self.assertEqual(self._stalled_at([2.0], stall_ceiling=1.5), 1.5)
+
+    def test_dead_bound(self) -> None:
+        """
+        Dead after C{dead_factor} stall bounds, not before C{dead_floor}.
+        """
+        sched = _scheduler(dead_floor=0.5)
+        sched.add(1, TCP, 0.0)
+        sched.rtt_sample(1, 0.05, 0.0)  # stall bound 0.2, dead bound 1.0
+        sched.sent(1, 10, 1.0)
+        self.assertEqual(_state_events(sched.tick(1.2)), [PathStalled(1)])
+        self.assertEqual(_state_events(sched.tick(1.999)), [])
+        self.assertEqual(_state_events(sched.tick(2.0)), [PathDead(1)])
+        sched.rtt_sample(1, 0.001, 3.0)  # an answer, too
+        self.assertEqual(_state_events(sched.tick(3.0)), [PathRecovered(1)])
+        fast = _scheduler(dead_floor=0.5)
+        fast.add(1, TCP, 0.0)
+        fast.rtt_sample(1, 0.001, 0.0)
+        snapshot = fast.snapshot()["paths"][0]
+        self.assertEqual((snapshot["stall_bound"], snapshot["dead_bound"]), (0.04, 0.5))
+
+    def test_snapshot_bounds(self) -> None:
+        """
+        The snapshot shows each path's RTT and bounds.
+        """
+        sched = _scheduler()
+        sched.add(3, QUIC, 0.0)
+        sched.rtt_sample(3, 0.1, 0.0)
+        (path,) = sched.snapshot()["paths"]
+        self.assertEqual((path["path_id"], path["kind"], path["state"]), (3, "quic", "up"))
+        self.assertAlmostEqual(path["stall_bound"], 0.4)
+        self.assertAlmostEqual(path["dead_bound"], 2.0)
+        self.assertEqual(path["srtt"], 0.1)
+
+
+def _two_tcp(**limits: float) -> PathScheduler:
+    sched = _scheduler(**limits)
+    sched.add(1, TCP, 0.0)
+    sched.add(2, TCP, 0.0)
+    sched.rtt_sample(1, 0.02, 0.0)
+    sched.rtt_sample(2, 0.02, 0.0)  # stall bound 0.08
+    sched.tick(0.0)
+    return sched
+
+
+class SchedulingTests(SynchronousTestCase):
+    """
+    The carrier and the media paths, with fake time.
+    """
+
+    def test_first_path_is_carrier(self) -> None:
+        """
+        The first path added becomes the carrier, told at the next tick;
+        another path does not take it.
+        """
+        sched = _scheduler()
+        self.assertIsNone(sched.carrier())
+        self.assertEqual(sched.media_paths(0.0), ())
+        sched.add(5, TCP, 0.0)
+        self.assertEqual(sched.next_deadline(), 0.0)
+        self.assertEqual(sched.tick(0.0), [CarrierChanged(5)])
+        sched.add(6, TCP, 0.1)
+        self.assertEqual(sched.tick(0.1), [])
+        self.assertEqual(sched.carrier(), 5)
+        self.assertEqual(sched.media_paths(0.2), (5,))
+
+    def test_failover(self) -> None:
+        """
+        The carrier and the media move off a stalled path at once (in the
+        tick that finds it stalled), and media is duplicated over what is
+        still up.
+        """
+        sched = _two_tcp()
+        self.assertEqual((sched.carrier(), sched.media_paths(1.0)), (1, (1,)))
+        sched.sent(1, 100, 1.0)
+        sched.sent(2, 100, 1.0)
+        sched.received(2, 1.02)
+        self.assertEqual(sched.tick(1.079), [PingWanted(1)])
+        events = sched.tick(1.08)
+        self.assertEqual(events, [PathStalled(1), CarrierChanged(2)])
+        self.assertEqual(sched.carrier(), 2)
+        self.assertEqual(sched.media_paths(1.08), (2,))
+        self.assertEqual(sched.media_paths(10.0), (2,))
+
+    def test_recovery_keeps_carrier(self) -> None:
+        """
+        A stalled path that is answered again comes back (L{received} says
+        to tick); the carrier stays where it went; media goes on every path
+        that is up while the duplication window lasts, then on the one best.
+        """
+        sched = _two_tcp()
+        sched.sent(1, 100, 1.0)
+        sched.tick(1.1)
+        self.assertTrue(sched.received(1, 1.2))
+        self.assertFalse(sched.received(1, 1.21))
+        self.assertEqual(sched.next_deadline(), 1.21)  # due now
+        self.assertEqual(sched.tick(1.21), [PathRecovered(1)])
+        self.assertEqual(sched.carrier(), 2)
+        self.assertEqual(sched.media_paths(1.3), (1, 2))
+        self.assertEqual(sched.media_paths(1.1 + 2.0), (2,))
+
+    def test_remove_carrier(self) -> None:
+        """
+        Removing the carrier moves it (told at the next tick); removing the
+        last path leaves none.
+        """
+        sched = _two_tcp()
+        sched.remove(1)
+        sched.remove(7)  # unknown: nothing
+        self.assertEqual(sched.tick(0.5), [CarrierChanged(2)])
+        self.assertEqual(sched.media_paths(0.5), (2,))
+        self.assertEqual(sched.media_switches, 1)
+        sched.remove(2)
+        self.assertEqual(sched.tick(0.6), [CarrierChanged(None)])
+        self.assertEqual((sched.carrier(), sched.media_paths(0.6), len(sched)), (None, (), 0))
+
+    def test_no_path_up(self) -> None:
+        """
+        When no path is up, media goes on every path that is not dead, and
+        the carrier stays on its stalled path; when all are dead, on all;
+        the carrier is never a dead path.
+        """
+        sched = _two_tcp()
+        sched.add(3, TCP, 0.0)
+        sched.tick(0.0)
+        sched.rtt_sample(3, 0.2, 0.0)  # stall bound 0.8
+        for path_id in (1, 2, 3):
+            sched.sent(path_id, 10, 1.0)
+        sched.tick(1.1)
+        self.assertEqual([sched.state(i) for i in (1, 2, 3)], [STALLED, STALLED, UP])
+        self.assertEqual(sched.carrier(), 3)
+        events = sched.tick(1.8)
+        self.assertEqual(events, [PathStalled(3), PingWanted(3)])
+        self.assertEqual(sched.carrier(), 3)
+        self.assertEqual(sched.media_paths(10.0), (1, 2, 3))
+        sched.tick(2.0)  # 1 and 2 dead (bound 1.0)
+        self.assertEqual([sched.state(i) for i in (1, 2, 3)], [DEAD, DEAD, STALLED])
+        self.assertEqual(sched.media_paths(10.0), (3,))
+        self.assertEqual(sched.tick(5.0), [PathDead(3), CarrierChanged(None)])
+        self.assertEqual(sched.media_paths(10.0), (1, 2, 3))
+
+    def test_duplication_window(self) -> None:
+        """
+        After a loss, media goes on every path that is up for
+        C{duplicate_window}, then on the best one again; a later loss
+        extends the window.
+        """
+        sched = _two_tcp(duplicate_window=1.0)
+        sched.loss_seen(2, 5.0)
+        self.assertEqual(sched.media_paths(5.0), (1, 2))
+        self.assertEqual(sched.media_paths(5.999), (1, 2))
+        self.assertEqual(sched.media_paths(6.0), (1,))
+        sched.loss_seen(1, 5.5)
+        sched.loss_seen(1, 5.2)  # an earlier loss does not shorten it
+        self.assertEqual(sched.media_paths(6.4), (1, 2))
+        self.assertEqual(sched.media_paths(6.5), (1,))
+        self.assertEqual([p["losses"] for p in sched.snapshot()["paths"]], [2, 1])
+
+    def test_media_paths_is_precomputed(self) -> None:
+        """
+        The per-packet answer is the same tuple object each time (nothing is
+        built per datagram).
+        """
+        sched = _two_tcp()
+        self.assertIs(sched.media_paths(1.0), sched.media_paths(1.01))
+        sched.loss_seen(1, 1.0)
+        self.assertIs(sched.media_paths(1.1), sched.media_paths(1.2))
+
+    def test_add_refused(self) -> None:
+        """
+        A path id twice, or more than C{max_paths}, is a caller's bug.
+        """
+        sched = _scheduler(max_paths=2)
+        sched.add(1, TCP, 0.0)
+        self.assertRaises(ValueError, sched.add, 1, QUIC, 0.0)
+        sched.add(2, TCP, 0.0)
+        self.assertRaises(ValueError, sched.add, 3, TCP, 0.0)
+        self.assertIn(1, sched)
+        self.assertNotIn(3, sched)
+
+    def test_unknown_path_inputs(self) -> None:
+        """
+        Inputs about a path that is not (or no longer) there are ignored.
+        """
+        sched = _two_tcp()
+        self.assertFalse(sched.sent(9, 1, 1.0))
+        self.assertFalse(sched.received(9, 1.0))
+        sched.rtt_sample(9, 0.1, 1.0)
+        sched.tcp_info(9, TcpInfo(rtt_s=0.1), 1.0)
+        sched.loss_seen(9, 1.0)  # still a loss of the session
+        self.assertEqual(sched.media_paths(1.0), (1, 2))
+
+
+class QuicHoldTests(SynchronousTestCase):
+    """
+    QUIC is preferred for media once it held up long enough; its stalls
+    lengthen that hold, so a flapping path switches media a bounded number
+    of times.
+    """
+
+    def test_quic_preferred_after_hold(self) -> None:
+        """
+        A QUIC path added beside TCP takes the media after C{switch_hold}
+        (the tick at that time is asked for by L{next_deadline}); the
+        carrier stays on TCP.
+        """
+        sched = _scheduler(switch_hold=1.0)
+        sched.add(1, TCP, 0.0)
+        sched.add(2, QUIC, 0.5)
+        sched.tick(0.5)
+        self.assertEqual(sched.snapshot()["media"], [1])
+        self.assertEqual(sched.next_deadline(), 1.5)
+        sched.tick(1.5)
+        self.assertEqual(sched.snapshot()["media"], [2])
+        self.assertEqual(sched.carrier(), 1)
+        self.assertEqual(sched.media_switches, 1)
+
+    def test_back_to_tcp_and_hold_doubles(self) -> None:
+        """
+        A stalled QUIC path loses the media at once; recovered, it gets it
+        back after a hold doubled per stall.
+        """
+        sched = _scheduler(switch_hold=1.0)
+        sched.add(1, TCP, 0.0)
+        sched.add(2, QUIC, 0.0)
+        sched.rtt_sample(2, 0.02, 0.0)
+        sched.tick(1.0)
+        self.assertEqual(sched.snapshot()["media"], [2])
+        sched.sent(2, 10, 2.0)
+        sched.tick(2.08)
+        self.assertEqual(sched.snapshot()["media"], [1])  # 2 is stalled
+        self.assertEqual(sched.media_paths(2.08), (1,))  # duplicated on what is up
+        sched.received(2, 2.1)
+        sched.tick(2.1)
+        self.assertEqual(sched.state(2), UP)
+        self.assertEqual(sched.media_paths(2.1), (1, 2))  # the duplication window
+        self.assertEqual(sched.media_paths(4.08), (1,))
+        sched.tick(4.0)
+        self.assertEqual(sched.snapshot()["media"], [1])  # hold 2 s
+        sched.tick(4.1)
+        self.assertEqual(sched.snapshot()["media"], [2])
+        self.assertEqual(sched.media_paths(4.1), (2,))
+
+    def test_flapping_is_bounded(self) -> None:
+        """
+        A QUIC path that stalls every 1.5 s for a minute moves the media a
+        handful of times, not at each flap.
+        """
+        sched = _scheduler(switch_hold=1.0, max_switch_hold=30.0, flap_memory=60.0)
+        sched.add(1, TCP, 0.0)
+        sched.add(2, QUIC, 0.0)
+        sched.rtt_sample(2, 0.02, 0.0)
+        stalls = 0
+        now = 0.0
+        while now < 60.0:
+            sched.tick(now)
+            sched.sent(2, 10, now + 0.4)
+            stalls += len([e for e in sched.tick(now + 1.0) if isinstance(e, PathStalled)])
+            sched.received(2, now + 1.4)
+            sched.tick(now + 1.4)
+            now += 1.5
+        self.assertGreaterEqual(stalls, 39)
+        self.assertLessEqual(sched.media_switches, 3)
+
+    def test_unflapped_hold_comes_back(self) -> None:
+        """
+        Stalls older than C{flap_memory} no longer count.
+        """
+        sched = _scheduler(switch_hold=1.0, flap_memory=10.0)
+        sched.add(1, TCP, 0.0)
+        sched.add(2, QUIC, 0.0)
+        sched.rtt_sample(2, 0.02, 0.0)
+        sched.sent(2, 10, 0.0)
+        sched.tick(0.1)
+        sched.received(2, 0.2)
+        sched.tick(0.2)
+        sched.sent(2, 10, 0.3)
+        sched.tick(0.4)
+        sched.received(2, 20.0)
+        sched.tick(20.0)
+        self.assertEqual(sched.next_deadline(), 21.0)
+
+
+class DeadlineTests(SynchronousTestCase):
+    """
+    L{PathScheduler.next_deadline} and the returns of L{sent} and
+    L{received}, driven by an adapter with one Twisted timer.
+    """
+
+    def test_idle_has_no_deadline(self) -> None:
+        """
+        Paths with nothing unanswered and no media need no timer.
+        """
+        sched = _two_tcp()
+        self.assertIsNone(sched.next_deadline())
+
+    def test_sent_asks_for_timer(self) -> None:
+        """
+        The first unanswered frame asks for a timer at the ping time; later
+        frames do not; the ping is asked for once.
+        """
+        sched = _two_tcp()
+        self.assertIsNone(sched.next_deadline())
+        self.assertTrue(sched.sent(1, 10, 1.0))
+        self.assertFalse(sched.sent(1, 10, 1.01))
+        self.assertAlmostEqual(sched.next_deadline() or 0.0, 1.0 + 0.5 * 0.08)
+        self.assertFalse(sched.sent(2, 10, 1.01))  # later than the armed time
+        self.assertEqual(sched.tick(1.0399), [])
+        self.assertEqual(sched.tick(1.04), [PingWanted(1)])
+        self.assertEqual(sched.tick(1.051), [PingWanted(2)])
+        self.assertAlmostEqual(sched.next_deadline() or 0.0, 1.08)
+
+    def test_one_timer_adapter(self) -> None:
+        """
+        An adapter with one timer, re-armed only when told to, detects a
+        stall within the bound while media flows both ways, and ticks far
+        less often than packets flow.
+        """
+        clock = Clock()
+        sched = _two_tcp()
+        adapter = _Adapter(sched, clock)
+        adapter.rearm()
+        stalled_at = None
+        for n in range(500):  # 20 ms media both ways on path 1 for 10 s
+            if n == 300:
+                adapter.broken.add(1)  # from 6.0 s nothing on path 1 arrives
+            for path_id in sched.media_paths(clock.seconds()):
+                adapter.send(path_id)
+            if n < 300:
+                adapter.receive(1)
+            clock.advance(0.02)
+            if stalled_at is None and PathStalled(1) in adapter.events:
+                stalled_at = clock.seconds()
+            if n == 300:
+                self.assertNotIn(PathStalled(1), adapter.events)
+        self.assertIsNotNone(stalled_at)
+        assert stalled_at is not None
+        self.assertLessEqual(stalled_at - 6.0, 0.08 + 0.02 + 1e-9)
+        self.assertIn(CarrierChanged(2), adapter.events)
+        self.assertLess(adapter.ticks, 250)
+        adapter.cancel()
+
+    def test_tick_at_deadline_is_due(self) -> None:
+        """
+        A tick at the deadline handed out always finds it due (no tick that
+        changes nothing and asks for the same time again).
+        """
+        sched = _two_tcp()
+        sched.rtt_sample(1, 0.0123, 0.0)
+        sched.sent(1, 10, 0.1)
+        seen = []
+        for _ in range(10):
+            deadline = sched.next_deadline()
+            if deadline is None:
+                break
+            seen.append(deadline)
+            sched.tick(deadline)
+        self.assertEqual(len(seen), len(set(seen)))
+        self.assertEqual(sched.state(1), DEAD)
+
+    def test_idle_path_probed_while_media_flows(self) -> None:
+        """
+        While media flows, a path that carries none is pinged every
+        C{probe_interval}, so its death is known before media needs it;
+        without media, it is not.
+        """
+        sched = _two_tcp(probe_interval=0.5)
+        self.assertIsNone(sched.next_deadline())
+        sched.media_paths(1.0)
+        self.assertEqual(sched.next_deadline(), 0.5)  # nothing sent since 0: due
+        self.assertEqual(sched.tick(1.0), [PingWanted(1), PingWanted(2)])
+        for path_id in (1, 2):  # the pings, answered
+            sched.sent(path_id, 10, 1.0)
+            sched.received(path_id, 1.02)
+        self.assertEqual(sched.media_paths(1.3), (1,))
+        sched.sent(1, 10, 1.3)
+        sched.received(1, 1.31)
+        self.assertEqual(sched.next_deadline(), 1.5)
+        self.assertEqual(sched.tick(1.5), [PingWanted(2)])
+        self.assertEqual(sched.tick(2.5), [])  # no media for 1.2 s
+        self.assertIsNone(sched.next_deadline())
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    """
+    Random lives of a session's paths: attach, lose, send, answer, RTT
+    samples, kernel reports, losses, media, time passing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sched = _scheduler(switch_hold=0.5, probe_interval=0.3, duplicate_window=0.5)
+        self.now = 0.0
+        self.next_id = 1
+
+    def _ids(self) -> list[int]:
+        return [p["path_id"] for p in self.sched.snapshot()["paths"]]
+
+    @precondition(lambda self: len(self.sched) < 4)
+    @rule(kind=st.sampled_from(PathKind))
+    def add(self, kind: PathKind) -> None:
+        self.sched.add(self.next_id, kind, self.now)
+        self.next_id += 1
+
+    @precondition(lambda self: len(self.sched) > 0)
+    @rule(data=st.data())
+    def remove(self, data: st.DataObject) -> None:
+        self.sched.remove(data.draw(st.sampled_from(self._ids())))
+
+    @rule(path=st.integers(1, 5), what=st.sampled_from(["sent", "received", "rtt", "loss", "kernel-ok", "kernel-rto"]))
+    def report(self, path: int, what: str) -> None:
+        sched, now = self.sched, self.now
+        if what == "sent":
+            sched.sent(path, 100, now)
+        elif what == "received":
+            sched.received(path, now)
+        elif what == "rtt":
+            sched.rtt_sample(path, 0.03, now)
+        elif what == "loss":
+            sched.loss_seen(path, now)
+        elif what == "kernel-ok":
+            sched.tcp_info(path, TcpInfo(rtt_s=0.01, rttvar_s=0.005, ca_state=0, retransmits=0), now)
+        else:
+            sched.tcp_info(path, TcpInfo(ca_state=4, retransmits=1, rto_s=0.4), now)
+
+    @rule(dt=st.floats(0.0, 3.0))
+    def media(self, dt: float) -> None:
+        self.now += dt
+        paths = self.sched.media_paths(self.now)
+        self.assertSubset(paths)
+        if len(self.sched):
+            assert paths, "media has a path while the session has one"
+        for path in paths:
+            self.sched.sent(path, 172, self.now)
+
+    @rule(dt=st.floats(0.0, 3.0))
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        self._tick()
+
+    @rule()
+    def deadline(self) -> None:
+        deadline = self.sched.next_deadline()
+        if deadline is not None and deadline > self.now:
+            self.now = deadline
+            self._tick()
+
+    def _tick(self) -> None:
+        self.sched.tick(self.now)
+        deadline = self.sched.next_deadline()
+        # no tick that leaves a deadline at or before its own time
+        assert deadline is None or deadline > self.now, (deadline, self.now)
+        states = {p["path_id"]: p["state"] for p in self.sched.snapshot()["paths"]}
+        carrier = self.sched.carrier()
+        if "up" in states.values():
+            assert carrier is not None and states[carrier] == "up", (carrier, states)
+        if carrier is not None:
+            assert states[carrier] != "dead", states
+        media = self.sched.snapshot()["media"]
+        if "up" in states.values():
+            assert len(media) == 1 and states[media[0]] == "up", (media, states)
+
+    def assertSubset(self, paths: tuple[int, ...]) -> None:
+        assert set(paths) <= set(self._ids()), (paths, self._ids())
+
+    @invariant()
+    def counters(self) -> None:
+        snapshot = self.sched.snapshot()
+        assert snapshot["carrier"] is None or snapshot["carrier"] in self._ids()
+
+
+class SchedulerMachineTests(SynchronousTestCase):
+    """
+    The scheduler through random lives.
+    """
+
+    def test_machine(self) -> None:
+        """
+        Whatever happens: after a tick the next deadline is later (no busy
+        loop); the carrier is up when a path is, never dead; media goes on
+        one path that is up when one is, and on paths of the session only.
+        """
+        run_state_machine_as_test(SchedulerMachine, settings=settings(max_examples=150, stateful_step_count=40))
+
+
+class _Adapter:
+    """
+    The adapter pattern of L{PathScheduler}: one timer, re-armed when told.
+    """
+
+    def __init__(self, sched: PathScheduler, clock: Clock) -> None:
+        self.sched = sched
+        self.clock = clock
+        self.timer: IDelayedCall | None = None
+        self.events: list[PathEvent] = []
+        self.ticks = 0
+        self.broken: set[int] = set()
+
+    def rearm(self) -> None:
+        deadline = self.sched.next_deadline()
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        if deadline is not None:
+            self.timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), self.fire)
+
+    def fire(self) -> None:
+        self.timer = None
+        self.ticks += 1
+        now = self.clock.seconds()
+        for event in self.sched.tick(now):
+            self.events.append(event)
+            if isinstance(event, PingWanted):
+                self.send(event.path_id)
+                if event.path_id not in self.broken:  # the PONG, 20 ms later
+                    self.clock.callLater(0.02, self.receive, event.path_id)
+        self.rearm()
+
+    def send(self, path_id: int) -> None:
+        if self.sched.sent(path_id, 172, self.clock.seconds()):
+            self.rearm()
+
+    def receive(self, path_id: int) -> None:
+        if path_id in self.broken:
+            return
+        if self.sched.received(path_id, self.clock.seconds()):
+            self.rearm()
+
+    def cancel(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+
+
+class TcpInfoInputTests(SynchronousTestCase):
+    """
+    What the kernel says of a TCP path moves the scheduler.
+    """
+
+    def test_kernel_rtt(self) -> None:
+        """
+        The kernel's RTT replaces the estimate (and the bounds follow).
+        """
+        sched = _two_tcp()
+        sched.tcp_info(1, TcpInfo(rtt_s=0.05, rttvar_s=0.01), 1.0)
+        path = sched.snapshot()["paths"][0]
+        self.assertEqual((path["srtt"], path["rttvar"]), (0.05, 0.01))
+        self.assertAlmostEqual(path["stall_bound"], 0.14)
+
+    def test_retransmission_timeout_stalls(self) -> None:
+        """
+        A retransmission timeout (or the loss state) stalls the path at the
+        next tick, even while the peer's frames still arrive; it comes back
+        when the kernel is out of it; it dies if it stays.
+        """
+        sched = _two_tcp()
+        sched.tcp_info(1, TcpInfo(retransmits=1, rto_s=0.4), 1.0)
+        sched.received(1, 1.0)
+        self.assertEqual(sched.tick(1.0), [PathStalled(1), CarrierChanged(2)])
+        self.assertTrue(sched.received(1, 1.1))
+        self.assertEqual(sched.tick(1.1), [])  # the kernel still retransmits
+        sched.tcp_info(1, TcpInfo(retransmits=0, ca_state=0), 1.2)
+        self.assertEqual(sched.tick(1.2), [PathRecovered(1)])
+        sched.tcp_info(1, TcpInfo(ca_state=4, rto_s=0.4), 2.0)  # overdue since 1.8
+        sched.tcp_info(1, TcpInfo(ca_state=4, rto_s=0.8), 2.5)  # not moved
+        self.assertEqual(sched.tick(2.5), [PathStalled(1)])
+        self.assertEqual(sched.tick(2.8), [PathDead(1)])  # 1.8 + max(1.0, 5 * 0.08)
+
+    def test_retransmissions_duplicate(self) -> None:
+        """
+        More retransmissions than last time, segments being retransmitted
+        or a fast recovery count as a loss: media is duplicated.
+        """
+        for info in (TcpInfo(retrans=1), TcpInfo(ca_state=3)):
+            sched = _two_tcp()
+            sched.tcp_info(1, info, 1.0)
+            self.assertEqual(sched.media_paths(1.0), (1, 2), info)
+        sched = _two_tcp()
+        sched.tcp_info(1, TcpInfo(total_retrans=3), 1.0)
+        self.assertEqual(sched.media_paths(1.0), (1,))
+        sched.tcp_info(1, TcpInfo(total_retrans=3), 1.1)
+        self.assertEqual(sched.media_paths(1.1), (1,))
+        sched.tcp_info(1, TcpInfo(total_retrans=4), 1.2)
+        self.assertEqual(sched.media_paths(1.2), (1, 2))
+
+
+class DedupTests(SynchronousTestCase):
+    """
+    L{Dedup} and L{SeqStamper}.
+    """
+
+    def test_copies_refused(self) -> None:
+        """
+        The first copy is accepted, the others refused; a late original in
+        the window is accepted; one below the window is refused.
+        """
+        dedup = Dedup(PathLimits(dedup_window=8))
+        self.assertTrue(dedup.accept(1, 0, 10))
+        self.assertFalse(dedup.accept(1, 0, 10))
+        self.assertTrue(dedup.accept(1, 0, 13))
+        self.assertTrue(dedup.accept(1, 0, 11))
+        self.assertFalse(dedup.accept(1, 0, 11))
+        self.assertTrue(dedup.accept(1, 0, 6))  # 13 - 7: the window's last
+        self.assertFalse(dedup.accept(1, 0, 5))
+        self.assertTrue(dedup.accept(1, 1, 10))  # another component
+        self.assertFalse(dedup.accept(1, 0x81, 10))  # only the component bit counts
+        self.assertTrue(dedup.accept(2, 0, 10))  # another channel
+        self.assertEqual(
+            (dedup.accepted, dedup.duplicates, dedup.too_old, dedup.gaps, dedup.late), (6, 3, 1, 2, 2)
+        )
+
+    def test_jump_clears_window(self) -> None:
+        """
+        A jump ahead by more than the window forgets all below it.
+        """
+        dedup = Dedup(PathLimits(dedup_window=8))
+        for seq in range(5):
+            dedup.accept(1, 0, seq)
+        self.assertTrue(dedup.accept(1, 0, 100))
+        self.assertTrue(dedup.accept(1, 0, 95))
+        self.assertFalse(dedup.accept(1, 0, 4))
+
+    def test_wrap_around(self) -> None:
+        """
+        Across 2**32 - 1 -> 0 numbers stay in order: each accepted once,
+        copies refused, an old one from before the wrap refused.
+        """
+        dedup = Dedup(PathLimits(dedup_window=16))
+        stamper = SeqStamper(start=SEQ_MODULUS - 5)
+        seqs = [stamper.next(7, 0) for _ in range(10)]
+        self.assertEqual(seqs, [SEQ_MODULUS - 5 + i for i in range(5)] + [0, 1, 2, 3, 4])
+        for seq in seqs:
+            self.assertTrue(dedup.accept(7, 0, seq))
+            self.assertFalse(dedup.accept(7, 0, seq))
+        self.assertFalse(dedup.accept(7, 0, SEQ_MODULUS - 3))
+        self.assertFalse(dedup.accept(7, 0, SEQ_MODULUS - 20))
+        self.assertTrue(dedup.accept(7, 0, 5))
+        self.assertEqual(dedup.gaps, 0)
+
+    def test_stamper(self) -> None:
+        """
+        Each channel and component counts on its own; a forgotten channel
+        starts again.
+        """
+        stamper = SeqStamper()
+        self.assertEqual([stamper.next(1, 0), stamper.next(1, 0), stamper.next(1, 1), stamper.next(3, 0)], [0, 1, 0, 0])
+        stamper.forget(1)
+        stamper.forget(99)
+        self.assertEqual((stamper.next(1, 0), len(stamper)), (0, 2))
+        self.assertEqual((stamper.next(1, 0x81), stamper.next(1, 1)), (0, 1))
+
+    def test_bounded_memory(self) -> None:
+        """
+        At most C{dedup_max_channels} channels are kept (the oldest goes),
+        each with C{dedup_window / 8} bytes per component; a forgotten
+        channel is gone.
+        """
+        dedup = Dedup(PathLimits(dedup_window=64, dedup_max_channels=4))
+        for channel in range(10):
+            dedup.accept(channel, 0, 1)
+            dedup.accept(channel, 1, 1)
+        self.assertEqual(len(dedup), 4)
+        self.assertEqual(sorted(dedup._channels), [6, 7, 8, 9])
+        self.assertTrue(all(len(w.bits) == 8 for ws in dedup._channels.values() for w in ws if w is not None))
+        dedup.forget(9)
+        dedup.forget(123)
+        self.assertEqual(len(dedup), 3)
+        self.assertTrue(dedup.accept(9, 0, 1))  # a new start
+        for seq in range(2, 100000, 7):
+            dedup.accept(6, 0, seq)
+        self.assertEqual(len(dedup._channels[6][0].bits), 8)  # type: ignore[union-attr]
+
+    def test_window_must_be_power_of_two(self) -> None:
+        """
+        The window is a power of two from 8 to 65536.
+        """
+        for bad in (0, 4, 100, 1 << 17):
+            self.assertRaises(ValueError, PathLimits, dedup_window=bad)
+        self.assertEqual(PathLimits(dedup_window=8).dedup_window, 8)
+
+    @settings(max_examples=300)
+    @given(
+        st.integers(min_value=1, max_value=120),
+        st.sampled_from([0, SEQ_MODULUS - 40, SEQ_MODULUS - 1, 12345]),
+        st.lists(st.tuples(st.integers(0, 2), st.integers(0, 1), st.booleans()), min_size=120, max_size=120),
+        st.randoms(use_true_random=False),
+        st.sampled_from([8, 16, 64]),
+    )
+    def test_any_interleaving(self, count: int, start: int, copies: list[tuple[int, int, bool]], rnd: object, window: int) -> None:
+        """
+        Datagrams of two channels stamped in order, each sent on up to three
+        paths (some copies lost), the paths' deliveries interleaved at
+        random (a path in order, or shuffled like UDP): each datagram is
+        accepted at most once, and exactly when a reference model says
+        (first copy, not below the window of the highest seen then).
+        """
+        import random
+
+        assert isinstance(rnd, random.Random)
+        stamper = SeqStamper(start=start)
+        paths: list[list[tuple[int, int]]] = [[], [], []]
+        for n in range(count):
+            channel = 1 + n % 2
+            seq = stamper.next(channel, 0)
+            extra, first_path, lose_first = copies[n]
+            for k in range(extra + 1):
+                if k == 0 and lose_first and extra:
+                    continue
+                paths[(first_path + k) % 3].append((channel, seq))
+        rnd.shuffle(paths[2])  # a datagram path reorders
+        arrivals = []
+        cursors = [0, 0, 0]
+        while any(cursors[i] < len(paths[i]) for i in range(3)):
+            i = rnd.choice([i for i in range(3) if cursors[i] < len(paths[i])])
+            arrivals.append(paths[i][cursors[i]])
+            cursors[i] += 1
+        dedup = Dedup(PathLimits(dedup_window=window))
+        delivered: set[tuple[int, int]] = set()
+        high: dict[int, int] = {}
+        seen: set[tuple[int, int]] = set()
+        for channel, seq in arrivals:
+            offset = (seq - start) % SEQ_MODULUS  # the model's unwrapped number
+            if channel not in high:
+                expect = True
+            elif (channel, offset) in seen:
+                expect = False
+            else:
+                expect = offset > high[channel] or high[channel] - offset < window
+            got = dedup.accept(channel, 0, seq)
+            self.assertEqual(got, expect, (channel, seq, offset, high.get(channel)))
+            seen.add((channel, offset))
+            high[channel] = max(high.get(channel, offset), offset)
+            if got:
+                self.assertNotIn((channel, seq), delivered)
+                delivered.add((channel, seq))
+        self.assertEqual(dedup.accepted, len(delivered))
+
+    @given(st.lists(st.tuples(st.integers(1, 3), st.integers(0, 1), st.integers(0, SEQ_MODULUS - 1)), max_size=200))
+    def test_never_twice(self, arrivals: list[tuple[int, int, int]]) -> None:
+        """
+        Whatever arrives, in whatever order (sequence numbers anywhere in
+        the u32 space), nothing is accepted twice.
+        """
+        dedup = Dedup(PathLimits(dedup_window=8))
+        delivered: set[tuple[int, int, int]] = set()
+        for arrival in arrivals:
+            if dedup.accept(*arrival):
+                self.assertNotIn(arrival, delivered)
+                delivered.add(arrival)
+
+
+class TcpInfoSocketTests(SynchronousTestCase):
+    """
+    L{read_tcp_info} and L{set_notsent_lowat} on a real loopback TCP
+    connection (Linux).
+    """
+
+    def setUp(self) -> None:
+        if not sys.platform.startswith("linux"):
+            raise SkipTest("TCP_INFO as parsed here is Linux's")
+        server = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(server.close)
+        client = socket.create_connection(server.getsockname(), timeout=5)
+        self.addCleanup(client.close)
+        accepted, _ = server.accept()
+        self.addCleanup(accepted.close)
+        self.client, self.accepted = client, accepted
+
+    def test_read(self) -> None:
+        """
+        After a round trip the kernel gives an RTT, no retransmission,
+        nothing unacknowledged and the bytes not sent (kernel 4.6 and later).
+        """
+        self.client.sendall(b"x" * 1000)
+        got = b""
+        while len(got) < 1000:
+            chunk = self.accepted.recv(4096)
+            self.assertTrue(chunk)
+            got += chunk
+        self.accepted.sendall(b"y")
+        self.assertEqual(self.client.recv(1), b"y")
+        info = read_tcp_info(self.client)
+        assert info is not None
+        assert info.rtt_s is not None
+        self.assertGreater(info.rtt_s, 0.0)
+        self.assertLess(info.rtt_s, 1.0)
+        self.assertEqual((info.retrans, info.total_retrans, info.retransmits, info.ca_state), (0, 0, 0, 0))
+        self.assertEqual(info.notsent_bytes, 0)
+        self.assertGreaterEqual(info.rto_s or 0.0, 0.2)
+
+    def test_not_tcp(self) -> None:
+        """
+        A UDP socket, or a closed one, gives no C{TCP_INFO}.
+        """
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(udp.close)
+        self.assertIsNone(read_tcp_info(udp))
+        closed = socket.socket()
+        closed.close()
+        self.assertIsNone(read_tcp_info(closed))
+
+    def test_notsent_lowat(self) -> None:
+        """
+        The option is set on a TCP socket (and reads back), refused on a
+        closed one.
+        """
+        self.assertTrue(set_notsent_lowat(self.client, 16384))
+        self.assertEqual(self.client.getsockopt(socket.IPPROTO_TCP, 25), 16384)
+        closed = socket.socket()
+        closed.close()
+        self.assertFalse(set_notsent_lowat(closed, 16384))
+
+
+class ParseTests(SynchronousTestCase):
+    """
+    L{parse_tcp_info} on made-up bytes.
+    """
+
+    def test_old_kernel(self) -> None:
+        """
+        104 bytes (a kernel before 4.6): no C{notsent_bytes}; fewer: nothing.
+        """
+        raw = bytearray(104)
+        raw[1], raw[2] = 4, 2
+        struct.pack_into("=I", raw, 8, 400000)
+        struct.pack_into("=I", raw, 24, 7)
+        struct.pack_into("=I", raw, 36, 3)
+        struct.pack_into("=II", raw, 68, 25000, 5000)
+        struct.pack_into("=I", raw, 100, 9)
+        self.assertEqual(
+            parse_tcp_info(bytes(raw)),
+            TcpInfo(
+                rtt_s=0.025, rttvar_s=0.005, unacked=7, retrans=3, total_retrans=9,
+                notsent_bytes=None, ca_state=4, retransmits=2, rto_s=0.4,
+            ),
+        )
+        self.assertIsNone(parse_tcp_info(bytes(103)))
+        longer = bytes(raw) + bytes(40) + struct.pack("=I", 512) + bytes(4)
+        info = parse_tcp_info(longer)
+        assert info is not None
+        self.assertEqual(info.notsent_bytes, 512)
+
+
+class LimitsTests(SynchronousTestCase):
+    """
+    L{PathLimits} in the L{Limits} tree, checked.
+    """
+
+    def test_in_tree(self) -> None:
+        """
+        The tree has a C{paths} branch with the defaults.
+        """
+        self.assertEqual(Limits().paths, PathLimits())
+        self.assertEqual(PathLimits().stall_floor, 0.04)
+
+    def test_checked(self) -> None:
+        """
+        Bounds that contradict each other are refused.
+        """
+        checks: list[Callable[[], object]] = [
+            lambda: PathLimits(stall_floor=0.5, stall_ceiling=0.1),
+            lambda: PathLimits(switch_hold=5.0, max_switch_hold=1.0),
+            lambda: PathLimits(ping_fraction=1.0),
+            lambda: PathLimits(stall_rtt_factor=0.5),
+        ]
+        for check in checks:
+            self.assertRaises(ValueError, check)
