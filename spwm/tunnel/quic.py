@@ -31,6 +31,7 @@ See C{docs/protocol.md} (the mapping) and C{docs/security.md}.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import socket
 import ssl
@@ -82,6 +83,10 @@ __all__ = [
     "describe_quic_close",
     "server_configuration",
 ]
+
+# aioquic logs through the standard library; without a handler of our own
+# Python would print its warnings on stderr next to our log line.
+logging.getLogger("quic").addHandler(logging.NullHandler())
 
 #: the ALPN protocol of the tunnel over QUIC (the same as over TLS/TCP)
 ALPN_TEXT = ALPN.decode("ascii")
@@ -318,6 +323,8 @@ class QuicTunnelTransport:
         self._producer: IPushProducer | None = None
         self._producer_paused = False
         self._pending = getattr(quic, "_datagrams_pending", None)
+        self._tunnel_protocol: Any = None
+        self._handshake_done = False
 
     # -- driving the QUIC connection ----------------------------------------
 
@@ -364,6 +371,9 @@ class QuicTunnelTransport:
             quic.close(error_code=QuicErrorCode.INTERNAL_ERROR, reason_phrase="internal error")
         finally:
             self._busy = False
+        self._maybe_close()
+        if self._terminated:
+            return
         self._check_backlog()
         self._rearm()
 
@@ -414,6 +424,7 @@ class QuicTunnelTransport:
         if event.alpn_protocol != ALPN_TEXT:
             self.quic.close(error_code=0x100 + 120, reason_phrase="no ALPN spwm/1")
             return
+        self._handshake_done = True
         if self._is_client:
             # The agent opens the tunnel's stream: the first bidirectional one.
             self._stream_id = self.quic.get_next_available_stream_id()
@@ -442,6 +453,18 @@ class QuicTunnelTransport:
         if event.end_stream:
             self.loseConnection()
 
+    def _tunnel(self) -> Any:
+        # The tunnel protocol under the wrappers of a reconnecting service.
+        tunnel = self._tunnel_protocol
+        if tunnel is None:
+            candidate = self.protocol
+            for _ in range(4):
+                if candidate is None or hasattr(candidate, "is_open"):
+                    break
+                candidate = getattr(candidate, "proxy", None) or getattr(candidate, "_protocol", None)
+            tunnel = self._tunnel_protocol = candidate
+        return tunnel
+
     def _on_datagram(self, data: bytes) -> None:
         protocol = self.protocol
         if protocol is None or self._told_lost:
@@ -449,7 +472,8 @@ class QuicTunnelTransport:
         if not is_datagram_frame(data):
             self.stats.datagrams_dropped_malformed += 1
             return
-        if not self._in.at_boundary or not protocol.is_open:
+        tunnel = self._tunnel()
+        if not self._in.at_boundary or tunnel is None or not tunnel.is_open:
             # Before the tunnel handshake the core would take it for a
             # protocol error: a reordered or early packet is just dropped.
             self.stats.datagrams_dropped_early += 1
@@ -460,7 +484,6 @@ class QuicTunnelTransport:
     def _on_terminated_event(self, event: qe.ConnectionTerminated) -> None:
         if self._terminated:
             return
-        self._terminated = True
         why = describe_quic_close(event, local=self.disconnecting)
         if event.error_code in _CRYPTO_ERROR and self._is_client:
             certificate = getattr(getattr(self.quic, "tls", None), "_peer_certificate", None)
@@ -469,6 +492,14 @@ class QuicTunnelTransport:
                 why = _cert_sentence(phrase, certificate, self._server_name)
             if self._on_tls_error is not None:
                 self._on_tls_error(why)
+        self._end(why)
+
+    def _end(self, why: str) -> None:
+        """
+        The connection is over for us: no timer, no demultiplexing, and
+        the protocol told (once).
+        """
+        self._terminated = True
         self.close_reason = why
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -476,7 +507,25 @@ class QuicTunnelTransport:
         self._timer_at = None
         if self._on_terminated is not None:
             self._on_terminated(self)
-        self._tell_lost(why)
+        # Later, as a TCP transport does: the protocol may be in the middle
+        # of closing us.
+        self._clock.callLater(0, self._tell_lost, why)
+
+    def _close_now(self, code: int, phrase: str) -> None:
+        """
+        Send CONNECTION_CLOSE and end at once.  RFC 9000 lets a closing
+        endpoint answer late packets with CONNECTION_CLOSE again; we do
+        not keep the connection for that (a peer that missed ours stops at
+        its tunnel keepalive or QUIC idle timeout), so that nothing
+        lingers after the tunnel has closed.
+        """
+        if self._terminated:
+            return
+        self.disconnecting = True
+        self.quic.close(error_code=code, reason_phrase=phrase)
+        for data, addr in self.quic.datagrams_to_send(self._clock.seconds()):
+            self._send(data, addr)
+        self._end(f"QUIC connection closed by us: {phrase}")
 
     def _tell_lost(self, why: str) -> None:
         if self._told_lost:
@@ -532,7 +581,8 @@ class QuicTunnelTransport:
             self.quic.send_stream_data(self._stream_id, data)
 
     def write(self, data: bytes) -> None:
-        if self._told_lost or self.disconnecting or not data:
+        if self._terminated or self.disconnecting or not data:
+            # after loseConnection the stream has ended: nothing more goes
             return
         if self._out.at_boundary and is_datagram_frame(data):
             # the media fast path: one DATAGRAM frame per write
@@ -551,22 +601,27 @@ class QuicTunnelTransport:
 
     def loseConnection(self) -> None:
         """
-        Close the QUIC connection; the protocol hears of it once QUIC has
-        finished closing (C{connectionLost}).
+        End the tunnel's stream once what was written on it has been
+        acknowledged (the peer then has our ERROR frame), then close the
+        QUIC connection; L{TunnelProtocol} aborts if that takes too long.
         """
         if self._terminated or self.disconnecting:
             return
         self.disconnecting = True
-        self.quic.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase="tunnel closed")
+        if self._stream_id is not None and self._handshake_done:
+            self.quic.send_stream_data(self._stream_id, b"", end_stream=True)
         if not self._busy:
             self._service()
+
+    def _maybe_close(self) -> None:
+        if self.disconnecting and not self._terminated and (self._stream_id is None or self.stream_backlog == 0):
+            self._close_now(QuicErrorCode.NO_ERROR, "tunnel closed")
 
     def abortConnection(self) -> None:
         """
         Close the QUIC connection and tell the protocol at once.
         """
-        self.loseConnection()
-        self._tell_lost(self.close_reason or "connection aborted")
+        self._close_now(QuicErrorCode.NO_ERROR, "tunnel aborted")
 
     def getPeer(self) -> IPv4Address | IPv6Address:
         return self._peer
