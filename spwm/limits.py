@@ -148,7 +148,7 @@ class QuicLimits:
     """
 
     packet_size: int = field(default=1200, validator=[validators.ge(1200), validators.le(65527)])
-    max_pending_datagrams: int = field(default=64, validator=_pos)
+    max_pending_datagrams: int = field(default=256, validator=_pos)
     stream_high_water: int = field(default=256 * 1024, validator=_pos)
 
 

@@ -202,6 +202,44 @@ class QuicTunnelTests(SynchronousTestCase):
         self.assertEqual(contact_quic.stats.datagrams_dropped_malformed, 2)
         self.assertTrue(contact.is_open)
 
+    def test_datagram_before_open(self) -> None:
+        """
+        A QUIC datagram that overtakes its channel's open on the stream is
+        dropped and counted (over TCP an unknown channel is a protocol
+        error); the tunnel stays open.
+        """
+        agent, agent_quic, _ = self.connect()
+        contact, contact_quic = self.contact_side()
+        agent_quic.quic.send_datagram_frame(HEADER.pack(FrameType.DATAGRAM, 0, 1, 3) + b"rtp")
+        agent.send_sip(1, b"x")
+        self.pipe.pump()
+        self.assertEqual(contact_quic.stats.datagrams_dropped_early, 1)
+        self.assertTrue(contact.is_open)
+        self.assertEqual([c for c in self.contact_app.calls if c[0] == "datagram"], [])
+
+    def test_media_shares_packets(self) -> None:
+        """
+        Media written in one turn of the reactor leaves at the end of the
+        turn, several frames to a QUIC packet; 16 waiting go at once.
+        """
+        agent, agent_quic, _ = self.connect()
+        cid = agent.open_channel(ChannelKind.DATAGRAM, {"use": "media"})
+        self.pipe.pump()
+        for i in range(5):
+            agent.send_datagram(cid, b"%d" % i * 100)
+        self.assertEqual(self.pipe.to_contact, [])
+        self.clock.advance(0)
+        self.assertEqual(len(self.pipe.to_contact), 1)
+        self.pipe.to_contact.clear()
+        for i in range(16):
+            agent.send_datagram(cid, b"%d" % i * 100)
+        self.assertGreaterEqual(len(self.pipe.to_contact), 1)
+        self.assertLess(len(self.pipe.to_contact), 16)
+        self.pipe.pump()
+        got = [c for c in self.contact_app.calls if c[0] == "datagram"]
+        self.assertEqual(len(got), 21 - 5)  # the first five were cleared from the pipe above
+        self.assertEqual(agent_quic.stats.datagrams_sent, 21)
+
     def test_timer_one_call(self) -> None:
         """
         A QUIC connection keeps one delayed call, moved rather than

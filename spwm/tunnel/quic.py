@@ -98,6 +98,9 @@ _MAX_DATAGRAM_FRAME = 65535
 #: (1 + 8-byte connection id + up to 4 bytes of packet number), the AEAD
 #: tag (16), the frame type and its length (1 + 2), with a margin
 _PACKET_OVERHEAD = 48
+#: media frames queued in one reactor turn before QUIC is asked to send them
+#: at once (below it they wait for the end of the turn, to share packets)
+_FLUSH_BATCH = 16
 #: the length of the connection ids we issue
 _CID_LENGTH = 8
 #: the smallest datagram that may open a QUIC connection (RFC 9000, 14.1)
@@ -187,7 +190,9 @@ class QuicStats:
         left more than L{QuicLimits.max_pending_datagrams} waiting.
     @ivar datagrams_dropped_malformed: received QUIC DATAGRAM frames that
         are not one tunnel DATAGRAM frame.
-    @ivar datagrams_dropped_early: received before the tunnel handshake.
+    @ivar datagrams_dropped_early: received before the tunnel handshake
+        or for a channel not open (yet: the datagram overtook its open on
+        the stream, or no more).
     """
 
     datagrams_sent: int = 0
@@ -325,6 +330,7 @@ class QuicTunnelTransport:
         self._pending = getattr(quic, "_datagrams_pending", None)
         self._tunnel_protocol: Any = None
         self._handshake_done = False
+        self._flush_call: IDelayedCall | None = None
 
     # -- driving the QUIC connection ----------------------------------------
 
@@ -473,9 +479,16 @@ class QuicTunnelTransport:
             self.stats.datagrams_dropped_malformed += 1
             return
         tunnel = self._tunnel()
-        if not self._in.at_boundary or tunnel is None or not tunnel.is_open:
-            # Before the tunnel handshake the core would take it for a
-            # protocol error: a reordered or early packet is just dropped.
+        connection = getattr(tunnel, "connection", None)
+        if (
+            not self._in.at_boundary
+            or connection is None
+            or not tunnel.is_open
+            or not connection.is_open_channel((data[2] << 24) | (data[3] << 16) | (data[4] << 8) | data[5])
+        ):
+            # Before the tunnel handshake, or before the channel's open (a
+            # QUIC datagram may overtake the stream), the core would take
+            # it for a protocol error: a datagram is just dropped instead.
             self.stats.datagrams_dropped_early += 1
             return
         self.stats.datagrams_received += 1
@@ -501,12 +514,26 @@ class QuicTunnelTransport:
         """
         self._terminated = True
         self.close_reason = why
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
         self._timer_at = None
         if self._on_terminated is not None:
             self._on_terminated(self)
+        stats = self.stats
+        if stats.datagrams_sent or stats.datagrams_received:
+            self.log.info(
+                "QUIC connection with {peer} ended: {sent} media datagrams sent, {received} received,"
+                " {dropped} dropped waiting for the congestion window, {on_stream} too large (sent on the stream)",
+                peer=self._peer_text(),
+                sent=stats.datagrams_sent,
+                received=stats.datagrams_received,
+                dropped=stats.datagrams_dropped_queue,
+                on_stream=stats.datagrams_on_stream,
+            )
         # Later, as a TCP transport does: the protocol may be in the middle
         # of closing us.
         self._clock.callLater(0, self._tell_lost, why)
@@ -585,8 +612,17 @@ class QuicTunnelTransport:
             # after loseConnection the stream has ended: nothing more goes
             return
         if self._out.at_boundary and is_datagram_frame(data):
-            # the media fast path: one DATAGRAM frame per write
+            # The media fast path: one DATAGRAM frame per write.  QUIC
+            # sends what this turn of the reactor queued together, several
+            # frames to a packet (one encryption, one acknowledgement).
             self._datagram(data)
+            if not self._busy:
+                pending = self._pending
+                if pending is not None and len(pending) >= _FLUSH_BATCH:
+                    self._service()
+                elif self._flush_call is None:
+                    self._flush_call = self._clock.callLater(0, self._flush_later)
+            return
         else:
             for is_datagram, piece in self._out.split(data):
                 if is_datagram:
@@ -594,6 +630,11 @@ class QuicTunnelTransport:
                 else:
                     self._stream_write(piece)
         if not self._busy:
+            self._service()
+
+    def _flush_later(self) -> None:
+        self._flush_call = None
+        if not self._terminated:
             self._service()
 
     def writeSequence(self, data: Any) -> None:
