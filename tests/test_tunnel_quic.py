@@ -287,6 +287,36 @@ class QuicTunnelTests(SynchronousTestCase):
         self.assertTrue(agent_quic.terminated)
         self.assertEqual(self.listener.transports, set())
 
+    def test_stop_drains(self) -> None:
+        """
+        Stopping the listener takes no new connection but keeps the UDP
+        port while tunnels live, so their go-away reaches the agents; the
+        port closes when the last one has ended.
+        """
+        from spwm.tunnel.quic import _ListeningQuic
+
+        agent, agent_quic, _ = self.connect()
+        closed: list[bool] = []
+
+        class Port:
+            def stopListening(self) -> None:
+                closed.append(True)
+
+        listening = _ListeningQuic(Port(), self.listener, self.clock)
+        stopped = listening.stopListening()
+        self.factory.go_away_all("contact point shutting down", 5.0)
+        self.pipe.pump()
+        self.assertIsNotNone(agent.go_away_info)
+        self.assertEqual(closed, [])
+        self.assertNoResult(stopped)
+        agent.close(0, "moving after go-away")
+        for _ in range(10):
+            self.pipe.pump()
+        self.assertEqual(closed, [True])
+        self.successResultOf(stopped)
+        self.assertEqual(self.listener.transports, set())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_wrong_name(self) -> None:
         """
         A certificate for another name: the attempt fails with the TLS/TCP

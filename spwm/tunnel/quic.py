@@ -783,6 +783,10 @@ class QuicListener(DatagramProtocol):
         self.retries_sent = 0
         self.bad_tokens = 0
         self._throttle = ThrottledLog(self.log, clock, Every(10.0))
+        #: whether new connections are taken (no longer once stopping)
+        self.accepting = True
+        #: called once the last connection has ended (while stopping)
+        self.idle: Callable[[], None] | None = None
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         try:
@@ -794,7 +798,7 @@ class QuicListener(DatagramProtocol):
         if transport is not None:
             transport.datagram_received(data, addr)
             return
-        if len(data) < _MIN_INITIAL:
+        if len(data) < _MIN_INITIAL or not self.accepting:
             # Only a full-size Initial may cost us anything (amplification).
             self.dropped += 1
             return
@@ -896,6 +900,9 @@ class QuicListener(DatagramProtocol):
         self.transports.discard(transport)
         for cid in [c for c, t in self.connections.items() if t is transport]:
             del self.connections[cid]
+        if not self.transports and self.idle is not None:
+            # after the CONNECTION_CLOSE has been written
+            self.clock.callLater(0, self.idle)
 
     def status(self) -> dict[str, Any]:
         """
@@ -912,19 +919,56 @@ class QuicListener(DatagramProtocol):
 class _ListeningQuic:
     """
     What L{QuicServerEndpoint.listen} gives: the UDP port and its listener.
+
+    Unlike a TCP port, the UDP port carries the open connections too: it
+    stops taking new connections at once, but closes only when the last
+    connection has ended (the listen service drains them: go-away, then
+    close at the drain time) or after C{grace} seconds.
     """
 
-    def __init__(self, port: Any, listener: QuicListener) -> None:
+    def __init__(self, port: Any, listener: QuicListener, clock: IReactorTime, grace: float = 60.0) -> None:
         self.port = port
         self.listener = listener
+        self._clock = clock
+        self._grace = grace
+        self._stopped: Deferred[None] | None = None
 
     def getHost(self) -> Any:
         return self.port.getHost()
 
-    def stopListening(self) -> Any:
-        # The tunnels are drained by the listen service; once they have
-        # closed, the port goes.
-        return self.port.stopListening()
+    def stopListening(self) -> Deferred[None]:
+        if self._stopped is not None:
+            return self._stopped
+        stopped: Deferred[None] = Deferred()
+        self._stopped = stopped
+        listener = self.listener
+        listener.accepting = False
+
+        closing: list[bool] = []
+
+        def close() -> None:
+            listener.idle = None
+            if timer.active():
+                timer.cancel()
+            if not closing:
+                closing.append(True)
+                d = self.port.stopListening()
+                if isinstance(d, Deferred):
+                    d.addBoth(lambda _: stopped.callback(None))
+                else:
+                    stopped.callback(None)
+
+        def late() -> None:
+            for transport in list(listener.transports):
+                transport.abortConnection()
+            close()
+
+        timer = self._clock.callLater(self._grace, late)
+        if listener.transports:
+            listener.idle = close
+        else:
+            close()
+        return stopped
 
 
 @implementer(IStreamServerEndpoint)
@@ -961,7 +1005,7 @@ class QuicServerEndpoint:
         except Exception as e:
             return fail(e)
         self.listener = listener
-        return succeed(_ListeningQuic(port, listener))
+        return succeed(_ListeningQuic(port, listener, self._reactor))
 
 
 # -- the agent's side --------------------------------------------------------
