@@ -102,9 +102,11 @@ class QuicTunnelTests(SynchronousTestCase):
         )
         self.pipe = Pipe(self.clock, self.listener)
 
-    def connect(self, server_name: str = "contact.spwm.test") -> tuple[TunnelProtocol, QuicTunnelTransport, QuicClientReport]:
+    def connect(
+        self, server_name: str = "contact.spwm.test", ca_file: str | None = None
+    ) -> tuple[TunnelProtocol, QuicTunnelTransport, QuicClientReport]:
         report = QuicClientReport()
-        configuration = client_configuration(server_name, self.ca.ca_file, QuicLimits(), 45.0)
+        configuration = client_configuration(server_name, ca_file or self.ca.ca_file, QuicLimits(), 45.0)
         quic = QuicConnection(configuration=configuration)
 
         def tls_error(why: str) -> None:
@@ -332,6 +334,23 @@ class QuicTunnelTests(SynchronousTestCase):
         self.failureResultOf(agent.when_established(), ConnectionError)
         self.assertFalse(agent.is_open)
         self.assertTrue(agent_quic.terminated)
+
+    def test_untrusted_issuer(self) -> None:
+        """
+        A certificate from a CA the agent does not trust: the TLS/TCP
+        tunnel's sentence, naming the issuer and --ca.
+        """
+        other = TestCA(self.mktemp(), name="Other CA")
+        agent, agent_quic, report = self.connect(ca_file=other.ca_file)
+        for _ in range(10):
+            self.clock.advance(1.0)
+            self.pipe.pump()
+        self.assertEqual(
+            report.last_error,
+            "untrusted issuer (SPWM Test CA) of the certificate for contact.spwm.test, 127.0.0.1:"
+            " not in --ca or the system's trust store",
+        )
+        self.assertFalse(agent.is_open)
 
     def test_admission(self) -> None:
         """
