@@ -359,22 +359,29 @@ class QuicTunnelTransport:
         self._busy = True
         quic = self.quic
         try:
-            for _ in range(4):
-                event = quic.next_event()
+            event = quic.next_event()
+            for _ in range(8):
                 while event is not None:
                     self._event(event)
                     event = quic.next_event()
                 if self._terminated:
                     break
-                now = self._clock.seconds()
                 send = self._send
-                for data, addr in quic.datagrams_to_send(now):
+                for data, addr in quic.datagrams_to_send(self._clock.seconds()):
                     send(data, addr)
-                if not quic._events:
+                # sending may have ended the connection: one more round
+                event = quic.next_event()
+                if event is None:
                     break
+            while event is not None:
+                # (only after eight rounds in a row; sent at the next timer)
+                self._event(event)
+                event = quic.next_event()
         except Exception:
             self.log.failure("unexpected error on QUIC connection with {peer}", peer=self._peer_text())
-            quic.close(error_code=QuicErrorCode.INTERNAL_ERROR, reason_phrase="internal error")
+            self._busy = False
+            self._close_now(QuicErrorCode.INTERNAL_ERROR, "internal error")
+            return
         finally:
             self._busy = False
         self._maybe_close()
@@ -584,7 +591,7 @@ class QuicTunnelTransport:
         """
         if self._stream_id is None:
             return sum(len(p) for p in self._early)
-        stream = self.quic._streams.get(self._stream_id)
+        stream = getattr(self.quic, "_streams", {}).get(self._stream_id)
         sender = getattr(stream, "sender", None)
         return len(getattr(sender, "_buffer", b""))
 
