@@ -242,6 +242,26 @@ class QuicTunnelTests(SynchronousTestCase):
         self.assertEqual(len(got), 21 - 5)  # the first five were cleared from the pipe above
         self.assertEqual(agent_quic.stats.datagrams_sent, 21)
 
+    def test_stream_backpressure(self) -> None:
+        """
+        Past the stream's high-water mark of unacknowledged bytes the
+        tunnel is paused (its own queue limits then apply, as on a full
+        TCP socket), and resumed once the peer has acknowledged them.
+        """
+        agent, agent_quic, _ = self.connect()
+        contact, _ = self.contact_side()
+        self.pipe.cut = True
+        for i in range(5):
+            agent.send_sip(3, b"x" * 60000)
+        self.assertGreater(agent_quic.stream_backlog, QuicLimits().stream_high_water)
+        self.assertTrue(agent._paused)
+        self.pipe.cut = False
+        for _ in range(40):
+            self.clock.advance(0.2)
+            self.pipe.pump()
+        self.assertFalse(agent._paused)
+        self.assertEqual(len([c for c in self.contact_app.calls if c[0] == "sip"]), 5)
+
     def test_timer_one_call(self) -> None:
         """
         A QUIC connection keeps one delayed call, moved rather than
