@@ -80,6 +80,7 @@ __all__ = [
     "QuicStats",
     "QuicTunnelTransport",
     "client_configuration",
+    "connect_quic_tunnel",
     "describe_quic_close",
     "server_configuration",
 ]
@@ -691,6 +692,17 @@ class QuicTunnelTransport:
         return peer_text(self._peer)
 
     @property
+    def rtt(self) -> tuple[float, float] | None:
+        """
+        QUIC's smoothed round-trip time and its variation, in seconds, once
+        measured (for a path scheduler's RTT samples); C{None} before.
+        """
+        loss = getattr(self.quic, "_loss", None)
+        if loss is None or not getattr(loss, "_rtt_initialized", False):
+            return None
+        return (float(loss._rtt_smoothed), float(loss._rtt_variance))
+
+    @property
     def terminated(self) -> bool:
         """
         Whether the QUIC connection has ended.
@@ -1138,3 +1150,40 @@ class QuicClientEndpoint:
         quic.connect((ip, self._port), now=self._reactor.seconds())
         transport.attach(protocol)
         return protocol
+
+
+def connect_quic_tunnel(
+    reactor: Any,
+    host: str,
+    port: int,
+    configuration: Callable[[], QuicConfiguration],
+    factory: Factory,
+    *,
+    limits: QuicLimits | None = None,
+) -> Deferred[Any]:
+    """
+    Open one tunnel over QUIC (outside any reconnecting service: the
+    second path of a session, a probe) with the tunnel protocol C{factory}
+    builds (an L{spwm.tunnel.protocol.AgentTunnelFactory} with the hello
+    extras of the attach).
+
+    @return: fires with the L{spwm.tunnel.protocol.TunnelProtocol} once
+        its tunnel handshake has completed, or fails with
+        L{QuicConnectionClosed} whose message is the one line to log (the
+        TLS/TCP tunnel's sentence for a certificate).
+    """
+    report = QuicClientReport()
+    endpoint = QuicClientEndpoint(reactor, host, port, configuration, limits=limits, report=report)
+
+    def established(protocol: Any) -> Deferred[Any]:
+        def failed(reason: Failure) -> Failure:
+            why = report.last_error
+            if why is None:
+                close_info = getattr(protocol, "close_info", None)
+                why = close_info.reason if close_info is not None else reason.getErrorMessage()
+            return Failure(QuicConnectionClosed(why))
+
+        d: Deferred[Any] = protocol.when_established()
+        return d.addErrback(failed)
+
+    return endpoint.connect(factory).addCallback(established)

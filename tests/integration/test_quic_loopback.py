@@ -106,6 +106,36 @@ class QuicLoopbackTests(TestCase):
         self.assertEqual(failures, [])
 
     @defer.inlineCallbacks
+    def test_connect_quic_tunnel(self) -> Any:
+        """
+        The function a session uses to open a QUIC path: it fires with the
+        tunnel once its handshake has completed, with the hello extras the
+        factory gave; a wrong name fails with the certificate sentence.
+        """
+        from spwm.limits import QuicLimits
+        from spwm.tunnel.api import Router
+        from spwm.tunnel.protocol import AgentTunnelFactory
+        from spwm.tunnel.quic import QuicConnectionClosed, client_configuration, connect_quic_tunnel
+
+        def configuration(name: str) -> Any:
+            return lambda: client_configuration(name, self.ca.ca_file, QuicLimits(), 45.0)
+
+        factory = AgentTunnelFactory(Router(None, {}, None), reactor, "probe", hello={"paths": 1})
+        tunnel = yield connect_quic_tunnel(reactor, "127.0.0.1", self.quic_port, configuration("contact.spwm.test"), factory)
+        self.assertTrue(tunnel.is_open)
+        self.assertIsInstance(tunnel.transport, QuicTunnelTransport)
+        (contact_side,) = list(self.contact.factory.tunnels)
+        self.assertEqual(contact_side.peer_hello.get("paths"), 1)
+        self.assertIsNotNone(tunnel.transport.rtt)
+        tunnel.close(0, "probe done")
+        yield tunnel.when_closed()
+        with self.assertRaises(QuicConnectionClosed) as caught:
+            yield connect_quic_tunnel(reactor, "127.0.0.1", self.quic_port, configuration("wrong.spwm.test"), factory)
+        self.assertEqual(
+            str(caught.exception), "certificate for contact.spwm.test does not match server name wrong.spwm.test"
+        )
+
+    @defer.inlineCallbacks
     def test_wrong_name(self) -> Any:
         """
         A certificate that does not name --server-name: the attempt fails
