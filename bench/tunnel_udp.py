@@ -40,6 +40,13 @@ Run from the repository's root::
     python3 bench/tunnel_udp.py --tls                # the same over TLS
     python3 bench/tunnel_udp.py --mode ramp --tls    # the highest one-way rate
     python3 bench/tunnel_udp.py --profile /tmp/prof  # py-spy on both halves
+    python3 bench/tunnel_udp.py --quic               # direct, TLS/TCP and QUIC in one run
+
+With C{--quic} the contact point also listens on QUIC (C{--quic-listen})
+and a second agent runs its tunnel over QUIC (C{--udp-path only}), with
+forwards of its own: every phase then runs over the direct path, the
+TLS/TCP tunnel (C{tunnel}) and the QUIC tunnel (C{quic}), in that order,
+in the same run.  C{--quic} implies C{--tls}.
 """
 
 from __future__ import annotations
@@ -227,6 +234,9 @@ class Bench:
         self.ctl, child = multiprocessing.Pipe()
         self.target = procs.fork(target_main, self.target_sock, child)
         self.forward_ports: list[int] = []
+        #: tunnel path ("tunnel": TLS/TCP, "quic") -> its agent and forward ports
+        self.agents: dict[str, subprocess.Popen] = {}
+        self.ports: dict[str, list[int]] = {}
         self.agent: subprocess.Popen | None = None
         self.contact: subprocess.Popen | None = None
         self.phase = 0
@@ -239,10 +249,19 @@ class Bench:
             raise RuntimeError(f"target did not answer {cmd[0]}")
         return self.ctl.recv()
 
+    @property
+    def tunnel_paths(self) -> list[str]:
+        """
+        The tunnel paths measured: C{tunnel} (TLS/TCP, or plaintext), and C{quic} with C{--quic}.
+        """
+        return ["tunnel", "quic"] if self.args.quic else ["tunnel"]
+
     def start_tunnel(self) -> None:
         a = self.args
         tport = free_port(socket.SOCK_STREAM)
-        self.forward_ports = [free_port(socket.SOCK_DGRAM) for _ in range(a.forwards)]
+        qport = free_port(socket.SOCK_DGRAM)
+        self.ports = {path: [free_port(socket.SOCK_DGRAM) for _ in range(a.forwards)] for path in self.tunnel_paths}
+        self.forward_ports = self.ports["tunnel"]
         target = f"{self.target_addr[0]}:{self.target_addr[1]}"
         common = ["--udp-buffer", str(RCVBUF)]
         if a.streams > CHANNELS_PER_TUNNEL - 16:
@@ -268,39 +287,51 @@ class Bench:
                 target,
                 "--drain-time",
                 "0.2",
+                *(["--quic-listen", f"127.0.0.1:{qport}"] if a.quic else []),
             ],
             os.path.join(self.workdir, "contact.log"),
         )
-        fwd = []
-        for p in self.forward_ports:
-            fwd += ["--forward-udp", f"{p}={target}"]
         time.sleep(0.5)
-        self.agent = self.procs.start_twistd(
-            "spwm-agent",
-            [*agent_sec, *common, "--contact", f"127.0.0.1:{tport}", "--reconnect-max", "1", *fwd],
-            os.path.join(self.workdir, "agent.log"),
-        )
-        self.command_lines = [" ".join(p.args[5:]) for p in (self.contact, self.agent)]
+        for path in self.tunnel_paths:
+            fwd = []
+            for p in self.ports[path]:
+                fwd += ["--forward-udp", f"{p}={target}"]
+            quic = ["--udp-path", "only", "--quic-port", str(qport)] if path == "quic" else []
+            # each agent its own SIP port (the default 5060 may be taken) and media range
+            own = ["--sip-listen", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"]
+            if path == "quic":
+                own += ["--media-ports", "41000-41999"]
+            self.agents[path] = self.procs.start_twistd(
+                "spwm-agent",
+                [*agent_sec, *common, "--contact", f"127.0.0.1:{tport}", "--reconnect-max", "1", *own, *quic, *fwd],
+                os.path.join(self.workdir, f"agent-{path}.log"),
+            )
+        self.agent = self.agents["tunnel"]
+        self.command_lines = [" ".join(p.args[5:]) for p in (self.contact, *self.agents.values())]
+        for path in self.tunnel_paths:
+            self._probe(path)
+            self.warm_up(self.tunnel_dests(path))
+
+    def _probe(self, path: str) -> None:
         # Wait until a probe comes back through the tunnel.  It goes from
         # stream 0's socket to stream 0's forward: a socket of its own would
         # be one more sender (one more channel) on that forward.
         probe = self.socks[0]
         deadline = time.monotonic() + 20.0
         while True:
-            for proc in (self.contact, self.agent):
+            for proc in (self.contact, self.agents[path]):
                 if proc.poll() is not None:
                     raise RuntimeError(f"{proc.args[5]} exited; see {self.workdir}")
-            probe.sendto(PACKET.pack(PHASE_PROBE, 0, 0, 0.0, 0.0), self.tunnel_dests()[0])
+            probe.sendto(PACKET.pack(PHASE_PROBE, 0, 0, 0.0, 0.0), self.tunnel_dests(path)[0])
             r, _, _ = select.select([probe], [], [], 0.2)
             if r:
                 probe.recv(2048)
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the tunnel did not forward within 20 s; see {self.workdir}")
-        self.warm_up(self.tunnel_dests())
+                raise RuntimeError(f"the {path} tunnel did not forward within 20 s; see {self.workdir}")
 
-    def tunnel_dests(self) -> list[tuple[str, int]]:
-        ports = self.forward_ports
+    def tunnel_dests(self, path: str = "tunnel") -> list[tuple[str, int]]:
+        ports = self.ports[path]
         return [("127.0.0.1", ports[i % len(ports)]) for i in range(len(self.socks))]
 
     def direct_dests(self) -> list[tuple[str, int]]:
@@ -346,13 +377,15 @@ class Bench:
     ) -> dict[str, Any]:
         """
         One measurement: C{rate} datagrams/s from the senders (one way) for
-        C{duration} s over C{path} ("tunnel" or "direct").
+        C{duration} s over C{path} ("direct", "tunnel" or "quic").
         """
         self.phase = (self.phase + 1) % 200
         phase = self.phase
-        dests = self.tunnel_dests() if path == "tunnel" else self.direct_dests()
+        tunneled = path != "direct"
+        agent = self.agents.get(path)
+        dests = self.tunnel_dests(path) if tunneled else self.direct_dests()
         self._target("start", phase, echo)
-        tunnel_pids = [p.pid for p in (self.agent, self.contact) if p is not None] if path == "tunnel" else []
+        tunnel_pids = [p.pid for p in (agent, self.contact) if p is not None] if tunneled else []
         cpu0 = {pid: cpu_seconds(pid) for pid in tunnel_pids + [self.target.pid]}
         udp0 = udp_counters()
         mach0 = machine_cpu()
@@ -367,9 +400,10 @@ class Bench:
             paced_sender_main, self.socks, dests, self.args.size, filler(phase), rate, duration, s_child
         )
         spies = []
-        if profile and path == "tunnel":
-            for name, proc in (("agent", self.agent), ("contact", self.contact)):
-                out = os.path.join(profile, f"{name}-{'tls' if self.args.tls else 'plain'}.txt")
+        if profile and tunneled:
+            for name, proc in (("agent", agent), ("contact", self.contact)):
+                kind = "quic" if path == "quic" else "tls" if self.args.tls else "plain"
+                out = os.path.join(profile, f"{name}-{kind}.txt")
                 spies.append(
                     (
                         out,
@@ -414,8 +448,8 @@ class Bench:
         cpu = {"target": (cpu1[self.target.pid] - cpu0[self.target.pid]) / wall, "sender": s_cpu / elapsed}
         if echo:
             cpu["receiver"] = r_cpu / (duration + drain)
-        if path == "tunnel":
-            cpu["agent"] = (cpu1[self.agent.pid] - cpu0[self.agent.pid]) / wall
+        if tunneled:
+            cpu["agent"] = (cpu1[agent.pid] - cpu0[agent.pid]) / wall
             cpu["contact"] = (cpu1[self.contact.pid] - cpu0[self.contact.pid]) / wall
         return {
             "path": path,
@@ -430,6 +464,7 @@ class Bench:
             "rtt": sorted(rtt),
             "ret_lat": sorted(ret),
             "cpu": cpu,
+            "wall": wall,
             "udp": {k: udp1.get(k, 0) - udp0.get(k, 0) for k in ("RcvbufErrors", "SndbufErrors", "InErrors")},
             "profiles": [out for out, _ in spies],
             "machine": mach,
@@ -467,11 +502,22 @@ def describe(r: dict[str, Any], echo: bool) -> list[str]:
         )
     cpu = ", ".join(f"{k} {100 * v:.0f} %" for k, v in r["cpu"].items())
     m = r["machine"]
+    if "agent" in r["cpu"]:
+        lines.append(f"          tunnel CPU per datagram (agent + contact point): {cpu_per_packet(r) * 1e6:.1f} us")
     lines.append(
         f"          CPU of one core: {cpu};  machine ({os.cpu_count()} CPUs): busy {100 * m['busy']:.0f} %, "
         f"softirq {100 * m['softirq']:.0f} %, steal {100 * m['steal']:.0f} %;  kernel UDP errors: {r['udp']}"
     )
     return lines
+
+
+def cpu_per_packet(r: dict[str, Any]) -> float:
+    """
+    Seconds of CPU both tunnel halves spent per datagram they carried
+    (forward and return legs).
+    """
+    carried = max(1, r["fwd_received"] + r["back_received"])
+    return (r["cpu"].get("agent", 0.0) + r["cpu"].get("contact", 0.0)) * r["wall"] / carried
 
 
 # -- modes -------------------------------------------------------------------
@@ -484,30 +530,33 @@ def mode_fixed(bench: Bench, args: argparse.Namespace) -> None:
     print(
         f"fixed: {args.rate:.0f} pps in total = {args.streams} streams x {one_way / args.streams:.0f} pps {shape}, "
         f"{args.size}-byte datagrams, {args.duration:g} s per path, {'TLS' if args.tls else 'plaintext'}"
+        + (", and the tunnel over QUIC" if args.quic else "")
     )
     direct = None
     if not args.skip_direct:
         bench.warm_up(bench.direct_dests())
         direct = bench.run_phase("direct", one_way, args.duration, echo=echo)
-    bench.warm_up(bench.tunnel_dests())
-    tunnel = bench.run_phase("tunnel", one_way, args.duration, echo=echo, profile=args.profile, idle=args.idle)
-    for r in (direct, tunnel):
+    tunnels = {}
+    for path in bench.tunnel_paths:
+        bench.warm_up(bench.tunnel_dests(path))
+        tunnels[path] = bench.run_phase(path, one_way, args.duration, echo=echo, profile=args.profile, idle=args.idle)
+    for r in (direct, *tunnels.values()):
         if r is not None:
             print("\n".join(describe(r, echo)))
     legs = [("forward", "sent", "fwd_received", "fwd_lat")]
     if echo:
         legs += [("return", "echoed", "back_received", "ret_lat"), ("RTT", None, None, "rtt")]
-    if direct is not None:
-        print("  ratios tunnel/direct:")
-        for key, sent_key, recv_key, lat in legs:
-            parts = []
-            if sent_key:
-                ratio = (tunnel[recv_key] / tunnel["duration"]) / max(1e-9, direct[recv_key] / direct["duration"])
-                parts.append(f"delivered pps {ratio:.3f}")
-            for q, name in ((0.5, "p50"), (0.99, "p99")):
-                t, d = percentile(tunnel[lat], q), percentile(direct[lat], q)
-                parts.append(f"{name} x{t / d:.1f} (+{(t - d) * 1e6:.0f} us)")
-            print(f"    {key:8} " + ", ".join(parts))
+    if "quic" in tunnels:
+        print("  ratios quic/tunnel (QUIC against TLS/TCP):")
+        print_ratios(tunnels["quic"], tunnels["tunnel"], legs)
+        print(
+            f"    CPU per datagram x{cpu_per_packet(tunnels['quic']) / max(1e-12, cpu_per_packet(tunnels['tunnel'])):.2f}"
+        )
+    for path, tunnel in tunnels.items():
+        if direct is None:
+            break
+        print(f"  ratios {path}/direct:")
+        print_ratios(tunnel, direct, legs)
         sent = tunnel["sent"] + (tunnel["sent"] if echo else 0)
         total_loss = loss(sent, tunnel["fwd_received"] + tunnel["back_received"])
         added = max(percentile(tunnel[lat], 0.99) - percentile(direct[lat], 0.99) for _, s, _, lat in legs if s)
@@ -517,8 +566,24 @@ def mode_fixed(bench: Bench, args: argparse.Namespace) -> None:
             f"(loss {100 * total_loss:.3f} %, worst p99 added {added * 1e6:.0f} us)"
         )
     if args.profile:
-        for path in tunnel["profiles"]:
-            print("\n".join(summarize_profile(path)))
+        for tunnel in tunnels.values():
+            for path in tunnel["profiles"]:
+                print("\n".join(summarize_profile(path)))
+
+
+def print_ratios(tunnel: dict[str, Any], direct: dict[str, Any], legs: list[Any]) -> None:
+    """
+    Delivered rate and latency percentiles of C{tunnel} against C{direct}.
+    """
+    for key, sent_key, recv_key, lat in legs:
+        parts = []
+        if sent_key:
+            ratio = (tunnel[recv_key] / tunnel["duration"]) / max(1e-9, direct[recv_key] / direct["duration"])
+            parts.append(f"delivered pps {ratio:.3f}")
+        for q, name in ((0.5, "p50"), (0.99, "p99")):
+            t, d = percentile(tunnel[lat], q), percentile(direct[lat], q)
+            parts.append(f"{name} x{t / d:.1f} (+{(t - d) * 1e6:.0f} us)")
+        print(f"    {key:8} " + ", ".join(parts))
 
 
 def ramp(bench: Bench, args: argparse.Namespace, path: str) -> tuple[float, list[str]]:
@@ -558,17 +623,20 @@ def mode_ramp(bench: Bench, args: argparse.Namespace) -> None:
     print(
         f"ramp: one way (agent -> contact), {args.streams} streams, {args.size}-byte datagrams, "
         f"{args.step:g} s per step, loss limit {args.loss_limit} %, {'TLS' if args.tls else 'plaintext'}"
+        + (", and the tunnel over QUIC" if args.quic else "")
     )
     results = {}
     if not args.skip_direct:
         bench.warm_up(bench.direct_dests())
         results["direct"], _ = ramp(bench, args, "direct")
-    bench.warm_up(bench.tunnel_dests())
-    results["tunnel"], _ = ramp(bench, args, "tunnel")
+    for path in bench.tunnel_paths:
+        bench.warm_up(bench.tunnel_dests(path))
+        results[path], _ = ramp(bench, args, path)
     for path, rate in results.items():
         print(f"  max one-way rate at < {args.loss_limit} % loss, {path}: {rate:.0f} pps")
-    if "direct" in results and results["direct"]:
-        print(f"  ratio tunnel/direct: {results['tunnel'] / results['direct']:.3f}")
+    for path in bench.tunnel_paths:
+        if "direct" in results and results["direct"] and results[path] is not None:
+            print(f"  ratio {path}/direct: {results[path] / results['direct']:.3f}")
 
 
 def mode_loadgen(bench: Bench, args: argparse.Namespace) -> None:
@@ -606,6 +674,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=("fixed", "ramp", "loadgen"), default="fixed")
     p.add_argument("--tls", action="store_true", help="TLS between agent and contact point (default: --plaintext)")
+    p.add_argument(
+        "--quic", action="store_true", help="also run the tunnel over QUIC (a second agent, --udp-path only); implies --tls"
+    )
     p.add_argument("--rate", type=float, default=20000, help="fixed: datagrams per second in total, both ways (default 20000)")
     p.add_argument("--streams", type=int, default=200, help="sender sockets = forward channels (default 200)")
     p.add_argument(
@@ -630,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-time", type=float, default=600, help="stop everything after this many seconds (default 600)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, certificates)")
     args = p.parse_args(argv)
+    if args.quic:
+        args.tls = True
     if args.streams < 1 or args.streams > 65535 or args.size < PACKET.size:
         p.error(f"--streams must be 1..65535 and --size at least {PACKET.size}")
     per_forward = senders_per_forward()

@@ -4,7 +4,8 @@ Every limit of SPWM in one tree, with its default.
 
 L{Limits} holds one branch per layer: L{TunnelLimits} (one tunnel and the
 tunnels of a contact point), L{SipLimits}, L{MediaLimits},
-L{SessionLimits} and L{PathLimits} (the paths of one session).  The assembly (L{spwm.tap.assembly}) builds the tree once
+L{SessionLimits}, L{PathLimits} (the paths of one session) and
+L{QuicLimits}.  The assembly (L{spwm.tap.assembly}) builds the tree once
 from the configuration and hands each part its branch's values; the
 parts' constructor defaults are the same values (C{tests.test_tap_config}
 checks those still kept as module constants).  Times are in seconds, sizes
@@ -200,6 +201,28 @@ class PathLimits:
 
 
 @frozen
+class QuicLimits:
+    """
+    Bounds of the tunnel over QUIC (L{spwm.tunnel.quic}).
+
+    @ivar packet_size: the largest UDP payload QUIC sends (aioquic's
+        C{max_datagram_size}); 1200 is the size every QUIC path must carry,
+        so a tunnel DATAGRAM frame larger than this minus the packet's
+        overhead (48) goes on the stream instead.
+    @ivar max_pending_datagrams: media frames waiting for QUIC's congestion
+        window; more are dropped and counted (fresh media matters, not old).
+    @ivar stream_high_water: unacknowledged bytes on the tunnel's stream
+        above which the tunnel stops writing to it (its own queues and
+        their limits then apply, as with a TCP socket that is full); it
+        writes again below a quarter of this.
+    """
+
+    packet_size: int = field(default=1200, validator=[validators.ge(1200), validators.le(65527)])
+    max_pending_datagrams: int = field(default=256, validator=_pos)
+    stream_high_water: int = field(default=256 * 1024, validator=_pos)
+
+
+@frozen
 class Limits:
     """
     Every limit of one half, by layer.
@@ -210,3 +233,4 @@ class Limits:
     media: MediaLimits = field(factory=MediaLimits)
     session: SessionLimits = field(factory=SessionLimits)
     paths: PathLimits = field(factory=PathLimits)
+    quic: QuicLimits = field(factory=QuicLimits)

@@ -93,6 +93,35 @@ class ConfigTests(SynchronousTestCase):
             ContactConfig(plaintext=True, domains=["example.org"], sip_proxy=OperatorProxy("192.0.2.9"))
         self.assertEqual(caught.exception.key, "domain")
 
+    def test_quic_errors(self) -> None:
+        """
+        The QUIC options and what they exclude: QUIC is always TLS, an HTTP
+        proxy carries TCP only, mutual TLS is not offered over QUIC.
+        """
+        for values in [
+            {"udp-path": "sometimes"},
+            {"udp-path": "only", "plaintext": True},
+            {"udp-path": "only", "http-proxy": "proxy.example:3128"},
+            {"quic-port": 0},
+        ]:
+            with self.assertRaises(ConfigError) as caught:
+                AgentConfig.from_options(values)
+            self.assertIn(caught.exception.key, ("udp-path", "quic-port"))
+        config = AgentConfig.from_options({"udp-path": "only", "quic-port": 8443})
+        self.assertEqual((config.udp_path, config.quic_port), ("only", 8443))
+        self.assertEqual(AgentConfig.from_options({}).udp_path, "auto")
+        for values in [
+            {"plaintext": True, "quic-listen": "127.0.0.1:443"},
+            {"cert": __file__, "key": __file__, "client-ca": __file__, "quic-listen": "127.0.0.1:443"},
+        ]:
+            with self.assertRaises(ConfigError) as caught:
+                ContactConfig.from_options(values)
+            self.assertEqual(caught.exception.key, "quic-listen")
+        with self.assertRaises(ConfigError) as caught:
+            ContactConfig.from_options({"plaintext": True, "quic-listen": "localhost:443"})
+        self.assertEqual(caught.exception.key, "quic-listen")
+        self.assertIsNone(ContactConfig.from_options({"plaintext": True}).quic_listen)
+
 
 class LimitsTests(SynchronousTestCase):
     """
@@ -152,6 +181,32 @@ class AssemblyTests(SynchronousTestCase):
         self.assertEqual(built.factory.max_per_host, 2)
         self.assertEqual(built.sip_core.max_users, 5)
         self.assertIsNone(built.state)
+        self.assertIsNone(built.quic_listener)
+
+    def test_quic_records(self) -> None:
+        """
+        C{--quic-listen}: a second listen service over the same tunnel
+        factory; C{--udp-path only}: the agent's service connects over QUIC.
+        """
+        from spwm.testing.certs import TestCA
+        from spwm.tunnel.quic import QuicClientEndpoint, QuicServerEndpoint
+
+        ca = TestCA(self.mktemp())
+        cert = ca.issue(["contact.test"], "contact")
+        config = ContactConfig.from_options(
+            {"cert": cert.cert, "key": cert.key, "listen": "tcp:0", "quic-listen": "127.0.0.1:4433"}
+        )
+        built = build_contact(config, MemoryReactorClock())
+        self.assertIsNotNone(built.quic_listener)
+        self.assertIn(built.quic_listener, list(built.service))
+        self.assertIs(built.quic_listener.factory, built.factory)
+        self.assertIsInstance(built.quic_listener._endpoint, QuicServerEndpoint)
+        agent_config = AgentConfig.from_options(
+            {"udp-path": "only", "ca": ca.ca_file, "contact": "contact.test:443", "quic-port": 4433}
+        )
+        agent = build_agent(agent_config, MemoryReactorClock())
+        self.assertIsInstance(agent.tunnel_service._reporting._inner, QuicClientEndpoint)
+        self.assertIn("QUIC", agent.tunnel_service.description)
 
     def test_build_error_is_config_error(self) -> None:
         """

@@ -42,6 +42,33 @@ class HandleTests(SynchronousTestCase):
         self.assertIsInstance(FakeTunnel(), TunnelHandle)
         self.assertNotIsInstance(object(), TunnelHandle)
 
+    def test_quic_tunnel(self) -> None:
+        """
+        A tunnel over QUIC is the same L{TunnelProtocol} on a
+        L{spwm.tunnel.quic.QuicTunnelTransport}: the parts get the very
+        class they get over TLS/TCP, open and sending.
+        """
+        from aioquic.quic.connection import QuicConnection
+        from twisted.internet.address import IPv4Address
+
+        from spwm.limits import QuicLimits
+        from spwm.tunnel.quic import QuicTunnelTransport, client_configuration
+
+        clock = Clock()
+        sent: list[bytes] = []
+        quic = QuicConnection(configuration=client_configuration("contact.test", None, QuicLimits(), 45.0))
+        transport = QuicTunnelTransport(
+            quic, clock, lambda data, addr: sent.append(data), ("192.0.2.1", 443), IPv4Address("UDP", "192.0.2.2", 1)
+        )
+        quic.connect(("192.0.2.1", 443), now=clock.seconds())
+        tunnel = self._real()
+        transport.attach(tunnel)
+        self.assertIs(type(tunnel), TunnelProtocol)
+        self.assertIsInstance(tunnel, TunnelHandle)
+        self.assertIs(tunnel.transport, transport)
+        self.assertEqual(tunnel.peer, "192.0.2.1:443")
+        self.assertTrue(sent)  # the QUIC Initial went out
+
     def test_signatures(self) -> None:
         """
         Every method takes the protocol's parameters, by name and default.

@@ -20,6 +20,7 @@ from spwm.config import (
     ip_address,
     ip_literal_port,
     optional_string,
+    parse_port,
     port_range,
     positive_float,
     positive_int,
@@ -31,7 +32,7 @@ from spwm.tap.assembly import agent_names, build_agent
 from spwm.tap.common import STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service
 from spwm.tap.options import AgentConfig
 
-__all__ = ["OPTIONS", "Options", "makeService", "agent_names", "proxy_credentials", "tunnel_mode"]
+__all__ = ["OPTIONS", "Options", "makeService", "agent_names", "proxy_credentials", "tunnel_mode", "udp_path", "udp_port"]
 
 
 def tunnel_mode(value: Any) -> str:
@@ -41,6 +42,22 @@ def tunnel_mode(value: Any) -> str:
     if value not in ("always", "on-demand"):
         raise ValueError(f"must be always or on-demand, not {value!r}")
     return str(value)
+
+
+def udp_path(value: Any) -> str:
+    """
+    C{auto}, C{off} or C{only}.
+    """
+    if value not in ("auto", "off", "only"):
+        raise ValueError(f"must be auto, off or only, not {value!r}")
+    return str(value)
+
+
+def udp_port(value: Any) -> int:
+    """
+    A port number, 1-65535.
+    """
+    return parse_port(str(value))
 
 
 #: the environment variable with the HTTP proxy's USER:PASSWORD
@@ -68,6 +85,8 @@ OPTIONS = (
     Option("client-key", None, readable_file, "Mutual TLS: the key of --client-cert (PEM)."),
     Option("http-proxy", None, host_port_pair, "Connect through this HTTP CONNECT proxy, HOST:PORT."),
     Option("http-proxy-auth", None, proxy_credentials, "USER:PASSWORD for --http-proxy (Basic); only in the --config file or the SPWM_HTTP_PROXY_AUTH environment variable, never on the command line."),
+    Option("udp-path", "auto", udp_path, "only: the whole tunnel over QUIC (UDP) to the host of --contact and --quic-port; off: TLS over TCP only; auto: for now the same as off (a QUIC path attached to the TCP tunnel's session comes with the multi-path sessions)."),
+    Option("quic-port", 443, udp_port, "UDP port of the contact point's QUIC listener (its --quic-listen), for --udp-path only."),
     Option("agent-id", None, optional_string, "This agent's identity (default: the host name)."),
     Option("forward-udp", (), udp_forward, "Forward UDP: [ADDR:]LOCAL_PORT=HOST:PORT (ADDR defaults to 127.0.0.1).", repeat=True),
     Option("max-forward-senders", 256, positive_int, "Senders (source addresses) one UDP forward gives a tunnel channel each; datagrams from more are dropped and counted."),

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+from typing import Any, cast
 
 from attrs import frozen
 from twisted.application.service import MultiService
@@ -137,6 +137,7 @@ class ContactPoint:
     @ivar state: the state file, or C{None}.
     @ivar status: the status document.
     @ivar status_http: serves it, if asked for.
+    @ivar quic_listener: accepts the tunnels over QUIC (C{--quic-listen}), if asked for.
     @ivar service: the one service to start; its children in start order.
     """
 
@@ -154,6 +155,7 @@ class ContactPoint:
     status: Status
     status_http: StatusHTTPService | None
     service: MultiService
+    quic_listener: ContactListenService | None = None
 
 
 def sip_trace(trace: bool, bodies: bool) -> SipTrace | None:
@@ -205,6 +207,8 @@ def agent_tunnel_service(
     if config.ca:
         load_certificates("ca", config.ca)
     host, port = config.contact
+    if config.udp_path == "only":
+        return quic_tunnel_service(config, factory, reactor, attempt_failed)
     endpoint, tls = agent_endpoint(
         reactor,
         host,
@@ -270,6 +274,38 @@ def agent_media_address(config: AgentConfig) -> str:
         toward=hostport(*toward),
     )
     return found
+def quic_tunnel_service(
+    config: AgentConfig, factory: AgentTunnelFactory, reactor: Any, attempt_failed: Any
+) -> AgentTunnelService:
+    """
+    C{--udp-path only}: the agent's tunnel over QUIC to the host of
+    C{--contact} and C{--quic-port}, with the TLS/TCP tunnel's checks
+    (server name, C{--ca} or the system's trust store).
+    """
+    from spwm.tunnel.quic import QuicClientEndpoint, QuicClientReport, client_configuration
+
+    host, _ = config.contact
+    limits = config.limits
+    client_cert = (config.client_cert, config.client_key) if config.client_cert and config.client_key else None
+    if client_cert is not None:
+        load_tls("client-cert", client_certificate, config.client_cert, config.client_key)
+
+    def configuration() -> Any:
+        return client_configuration(
+            config.server_name or host, config.ca, limits.quic, limits.tunnel.keepalive_timeout, client_cert
+        )
+
+    report = QuicClientReport()
+    endpoint = QuicClientEndpoint(reactor, host, config.quic_port, configuration, limits=limits.quic, report=report)
+    return AgentTunnelService(
+        endpoint,
+        factory,
+        reactor,
+        description=f"{config.contact_name} (QUIC, UDP port {config.quic_port})",
+        tls=cast(Any, report),
+        policy=backoff(cap=config.reconnect_max),
+        attempt_failed=attempt_failed,
+    )
 
 
 def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
@@ -478,6 +514,32 @@ def contact_listen_service(config: ContactConfig, factory: ContactTunnelFactory,
     )
 
 
+def quic_listen_service(
+    config: ContactConfig, factory: ContactTunnelFactory, reactor: Any
+) -> ContactListenService | None:
+    """
+    C{--quic-listen}: the service that accepts tunnels over QUIC, with the
+    same certificate, the same tunnel factory and so the same admission
+    and session manager as the TCP listener; C{None} without the option.
+    """
+    if config.quic_listen is None:
+        return None
+    from spwm.tunnel.quic import QuicServerEndpoint, server_configuration
+
+    host, port = config.quic_listen
+    limits = config.limits
+    configuration = load_tls(
+        "cert", server_configuration, config.cert, config.key, limits.quic, limits.tunnel.keepalive_timeout
+    )
+    return ContactListenService(
+        QuicServerEndpoint(reactor, host, port, configuration, limits=limits.quic),
+        factory,
+        reactor,
+        drain=limits.tunnel.drain_time,
+        description=f"udp:{hostport(host, port)} (QUIC)",
+    )
+
+
 def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
     """
     Build a contact point: the tunnel listener and the parts behind it.
@@ -570,10 +632,13 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
         user_ciphering=config.user_ciphering,
     )
     listener = contact_listen_service(config, factory, reactor)
+    quic_listener = quic_listen_service(config, factory, reactor)
 
     top = StartupService("contact")
     MediaRangeCheck(media_address, config.media_ports).setServiceParent(top)
     listener.setServiceParent(top)
+    if quic_listener is not None:
+        quic_listener.setServiceParent(top)
     listeners = SipListeners(
         reactor,
         runner,
@@ -591,6 +656,8 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
     status.add("media", lambda: {**media.status(), "refused_unregistered": gate.refused})
     status.add("forwards", lambda: {"open": forwarder.open_count, "refused": forwarder.refused})
     add_contact_lists(status, factory.tunnels, resumption, core, media)
+    if quic_listener is not None:
+        status.add("quic", quic_status(quic_listener))
     status_http = status_services(top, status, config.status, reactor)
     if state is not None:
         kept = state
@@ -614,7 +681,21 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
         status=status,
         status_http=status_http,
         service=top,
+        quic_listener=quic_listener,
     )
+
+
+def quic_status(service: ContactListenService) -> Any:
+    """
+    The QUIC listener's counters for the status page (none before it listens).
+    """
+    endpoint = service._endpoint
+
+    def status() -> dict[str, Any]:
+        listener = getattr(endpoint, "listener", None)
+        return listener.status() if listener is not None else {}
+
+    return status
 
 
 class ResumptionObserver:

@@ -61,6 +61,7 @@ OPTIONS = (
     Option("cert", None, readable_file, "PEM certificate (and chain) of the contact point."),
     Option("key", None, readable_file, "PEM private key of the contact point."),
     Option("plaintext", False, bool, "Plain TCP instead of TLS (tests, or TLS terminated elsewhere).", flag=True),
+    Option("quic-listen", None, ip_literal_port, "Also take tunnels over QUIC (UDP) on IP:PORT, with --cert/--key (default: off; see docs/security.md)."),
     Option("client-ca", None, readable_file, "Mutual TLS: agents must present a certificate from these CAs (PEM) that names their --agent-id."),
     Option("allow-forward", (), ip_literal_port, "Allow UDP forwards to this IP:PORT (none by default).", repeat=True),
     Option("drain-time", 5.0, positive_float, "Seconds tunnels get to move after go-away when the contact point stops."),

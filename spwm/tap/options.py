@@ -115,6 +115,8 @@ class AgentConfig:
     reconnect_max: float = 60.0
     tunnel: str = "always"
     tunnel_idle: float = 30.0
+    udp_path: str = "auto"
+    quic_port: int = 443
     sip_listen: tuple[Address, ...] = field(default=(("127.0.0.1", 5060),), converter=_tuple)
     sip_tls_cert: str | None = None
     sip_tls_key: str | None = None
@@ -145,6 +147,12 @@ class AgentConfig:
             raise ConfigError("tunnel", f"must be always or on-demand, not {self.tunnel!r}")
         if not self.sip_listen:
             raise ConfigError("sip-listen", "the agent needs at least one address")
+        if self.udp_path not in ("auto", "off", "only"):
+            raise ConfigError("udp-path", f"must be auto, off or only, not {self.udp_path!r}")
+        if self.udp_path == "only" and self.plaintext:
+            raise ConfigError("udp-path", "QUIC is always TLS: --udp-path only excludes --plaintext")
+        if self.udp_path == "only" and self.http_proxy:
+            raise ConfigError("udp-path", "an HTTP proxy carries TCP only: --udp-path only excludes --http-proxy")
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> AgentConfig:
@@ -187,6 +195,8 @@ class AgentConfig:
             reconnect_max=v["reconnect-max"],
             tunnel=v["tunnel"],
             tunnel_idle=v["tunnel-idle"],
+            udp_path=v["udp-path"],
+            quic_port=v["quic-port"],
             sip_listen=v["sip-listen"] or [("127.0.0.1", 5060)],
             sip_tls_cert=v["sip-tls-cert"],
             sip_tls_key=v["sip-tls-key"],
@@ -216,6 +226,7 @@ class ContactConfig:
     """
 
     listen: str = "tcp:443"
+    quic_listen: Address | None = None
     cert: str | None = None
     key: str | None = None
     plaintext: bool = False
@@ -249,6 +260,12 @@ class ContactConfig:
             raise ConfigError("client-ca", "mutual TLS needs TLS: drop --plaintext")
         if self.plaintext and (self.cert or self.key):
             raise ConfigError("plaintext", "--plaintext and --cert/--key exclude each other")
+        if self.quic_listen and self.plaintext:
+            raise ConfigError("quic-listen", "QUIC is always TLS: it needs --cert and --key, not --plaintext")
+        if self.quic_listen and self.client_ca:
+            raise ConfigError(
+                "quic-listen", "mutual TLS (--client-ca) is not offered over QUIC yet: agents with certificates use TCP"
+            )
         if self.domains and self.sip_proxy:
             raise ConfigError(
                 "domain", "--domain is for the embedded registrar: the operator proxy decides its own domains"
@@ -276,6 +293,7 @@ class ContactConfig:
         v = _defaults(OPTIONS, given)
         return cls(
             listen=v["listen"],
+            quic_listen=v["quic-listen"],
             cert=v["cert"],
             key=v["key"],
             plaintext=bool(v["plaintext"]),
