@@ -107,8 +107,15 @@ __all__ = [
     "LinkQueue",
     "Profile",
     "direction_stats",
+    "disable_offloads",
     "emodel_r",
+    "endpoint_main",
+    "frame_kind",
     "mos",
+    "percentile",
+    "read_capture",
+    "rtp_packet",
+    "run",
 ]
 
 # -- the link model ------------------------------------------------------------
