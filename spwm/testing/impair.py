@@ -41,7 +41,10 @@ The heap is bounded (C{max_frames}); an overflow is counted as a queue drop.
 The counters per direction are C{in}, C{out}, C{lost}, C{queue_dropped},
 C{send_errors} and the same split by kind (C{udp_in}, C{tcp_lost}, ...;
 kinds C{udp}, C{tcp}, C{other} by the IPv4 protocol); C{queued} is the heap's
-size now.  L{run} writes them as JSON to a file (atomically, every 0.2 s and at
+size now.  The program's own lateness is counted too: C{slip_max_ms} (the
+most a due frame waited for this program), C{slip_over_1ms} and
+C{slip_over_5ms} (how many times the earliest due frame was served more than
+1 or 5 ms late); C{cpu_seconds} is the program's CPU time.  L{run} writes them as JSON to a file (atomically, every 0.2 s and at
 exit) which the bed's L{tests.e2e.netbed.Topology}
 reads.
 
@@ -440,15 +443,21 @@ def run(
     deadline = started + max_seconds
     written_at = 0.0
 
+    slips = {up: 0.0, down: 0.0}
+
     def document() -> dict[str, object]:
-        return {
+        result: dict[str, object] = {
             "profile": profile.name,
             "seed": seed,
             "pid": os.getpid(),
             "written_at": monotonic(),
-            "up": up.snapshot(),
-            "down": down.snapshot(),
+            "cpu_seconds": time.process_time(),
         }
+        for name, queue in (("up", up), ("down", down)):
+            counters: dict[str, float] = dict(queue.snapshot())
+            counters["slip_max_ms"] = round(slips[queue] * 1000, 3)
+            result[name] = counters
+        return result
 
     _write_stats(stats, document())
     print(
@@ -477,6 +486,15 @@ def run(
                 queue.offer(now, frame)
         now = monotonic()
         for _, queue, out in routes:
+            first = queue.next_departure()
+            if first is not None and first <= now:
+                # how late this program serves the earliest due frame
+                slip = now - first
+                slips[queue] = max(slips[queue], slip)
+                if slip > 0.001:
+                    queue.counters["slip_over_1ms"] += 1
+                if slip > 0.005:
+                    queue.counters["slip_over_5ms"] += 1
             for frame, kind in queue.pop_due(now):
                 try:
                     out.send(frame)
