@@ -155,7 +155,7 @@ class ProfileRun:
         process = self.bed.spawn(
             role, name,
             [sys.executable, "-m", "spwm.testing.impair", "endpoint", *argv,
-             "--out", str(out), "--max-time", str(self.args.seconds + 60)],
+             "--out", str(out), "--realtime", "5", "--max-time", str(self.args.seconds + 60)],
             env=self.env,
         )
         wait_for(lambda: "ready" in process.stdout(), 10, f"{name} did not start", process)

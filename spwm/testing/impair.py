@@ -550,6 +550,8 @@ def endpoint_main(argv: Sequence[str]) -> int:
     Both print C{ready} once bound, write every packet sent and received
     (C{s|r SSRC SEQ TIME}) to C{F} at the end, and exit after the last
     packet of their own plus C{--linger} seconds, or at C{--max-time}.
+    C{--realtime PRIORITY} runs them under C{SCHED_FIFO}, so that other
+    load on the machine does not stretch their timestamps.
     """
     parser = argparse.ArgumentParser(prog="impair endpoint")
     parser.add_argument("role", choices=["caller", "answerer"])
@@ -560,7 +562,10 @@ def endpoint_main(argv: Sequence[str]) -> int:
     parser.add_argument("--linger", type=float, default=1.5)
     parser.add_argument("--max-time", type=float, default=120.0)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--realtime", type=int, default=0, metavar="PRIORITY")
     args = parser.parse_args(argv)
+    if args.realtime:
+        _realtime(args.realtime, "endpoint")
     monotonic = time.monotonic
     log: list[str] = []
     streams: list[_Stream] = []
@@ -797,6 +802,14 @@ def direction_stats(
 # -- command line ----------------------------------------------------------------
 
 
+def _realtime(priority: int, who: str) -> None:
+    """Run under SCHED_FIFO at C{priority}, or say (once) why not."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except OSError as e:
+        print(f"{who}: no SCHED_FIFO ({e}); running at normal priority", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The C{python3 -m spwm.testing.impair} command (see the module)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -811,6 +824,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--seed", type=int, default=1)
     r.add_argument("--stats", required=True, help="the JSON counters file")
     r.add_argument("--max-time", type=float, default=3600.0)
+    r.add_argument(
+        "--realtime", type=int, default=0, metavar="PRIORITY",
+        help="run under SCHED_FIFO at this priority (0: no), so that the "
+        "machine's other load does not delay the frames",
+    )
     o = sub.add_parser("offloads", help="turn off TSO/GSO/GRO/tx checksum")
     o.add_argument("interfaces", nargs="+")
     sub.add_parser("profiles", help="list the profiles")
@@ -828,6 +846,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{ifname}: could not turn off {', '.join(failed)}", file=sys.stderr)
                 status = 1
         return status
+    if args.realtime:
+        _realtime(args.realtime, "wan emulator")
     try:
         return run(args.a, args.b, PROFILES[args.profile], args.seed, args.stats, args.max_time)
     except OSError as e:

@@ -531,7 +531,7 @@ class Topology:
         self.wan_process = self.spawn(
             "wan", "wan-emulator",
             [*impair, "run", "rtr0", "gw0", "--profile", str(self.wan),
-             "--seed", str(self.wan_seed), "--stats", str(stats)],
+             "--seed", str(self.wan_seed), "--stats", str(stats), "--realtime", "10"],
             env=env,
         )
         deadline = time.monotonic() + COMMAND_TIMEOUT

@@ -46,7 +46,7 @@ class ImpairedWanTests(E2ETestCase):
         process = self.topology.spawn(
             role, name,
             [sys.executable, "-m", "spwm.testing.impair", "endpoint", *args,
-             "--out", str(out), "--max-time", "30"],
+             "--out", str(out), "--realtime", "5", "--max-time", "30"],
             env={"PYTHONPATH": str(REPO_ROOT)},
         )
         deadline = time.monotonic() + 10
