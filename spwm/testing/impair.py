@@ -851,7 +851,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args.a, args.b, PROFILES[args.profile], args.seed, args.stats, args.max_time)
     except OSError as e:
-        print(f"wan emulator: cannot start on {args.a}/{args.b}: {e}", file=sys.stderr)
+        print(f"wan emulator: stopped on {args.a}/{args.b}: {e}", file=sys.stderr)
         return 1
 
 
