@@ -17,6 +17,9 @@ Topology (one per test; creation and removal take well under a second)::
                            (open_operator: routes udp+tcp/5060 to Kamailio
                             and udp to the UAS)
     op   203.0.113.0/24    contact .10, Kamailio .20, SIPp UAS .30, echo .40
+
+With C{wan=PROFILE} a namespace C{wan} sits on the rtr-gw link and runs the
+user-space WAN emulator (L{spwm.testing.impair}) between its two ends.
 """
 
 from __future__ import annotations
