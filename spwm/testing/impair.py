@@ -444,6 +444,7 @@ def run(
     written_at = 0.0
 
     slips = {up: 0.0, down: 0.0}
+    writer: _StatsWriter | None = None
 
     def document() -> dict[str, object]:
         result: dict[str, object] = {
@@ -452,6 +453,7 @@ def run(
             "pid": os.getpid(),
             "written_at": monotonic(),
             "cpu_seconds": time.process_time(),
+            "stats_write_max_ms": round(writer.slowest * 1000, 3) if writer else 0.0,
         }
         for name, queue in (("up", up), ("down", down)):
             counters: dict[str, float] = dict(queue.snapshot())
@@ -460,6 +462,7 @@ def run(
         return result
 
     _write_stats(stats, document())
+    writer = _StatsWriter(stats)
     print(
         f"wan emulator: {a} <-> {b}, profile {profile.name} "
         f"({profile.describe()}), seed {seed}",
@@ -503,10 +506,58 @@ def run(
                 else:
                     queue.sent(kind)
         if now - written_at >= STATS_INTERVAL:
-            _write_stats(stats, document())
+            # the file is written by another thread: a write that blocks
+            # (a busy disk) must not hold the frames back
+            writer.put(document())
             written_at = now
-    _write_stats(stats, document())
+    writer.close(document())
     return 0
+
+
+class _StatsWriter:
+    """
+    Writes the latest counters document to a file from its own thread,
+    so that the forwarding loop never waits for the file system.
+    """
+
+    def __init__(self, path: str) -> None:
+        import threading
+
+        self._path = path
+        self._latest: dict[str, object] | None = None
+        self._wake = threading.Event()
+        self._stopping = False
+        self.slowest = 0.0
+        self.failed = False
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def put(self, document: dict[str, object]) -> None:
+        """Have C{document} written soon (replacing one not yet written)."""
+        self._latest = document
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            self._wake.wait()
+            self._wake.clear()
+            document, self._latest = self._latest, None
+            if document is not None:
+                started = time.monotonic()
+                try:
+                    _write_stats(self._path, document)
+                except OSError as e:
+                    if not self.failed:
+                        print(f"wan emulator: cannot write {self._path}: {e}", file=sys.stderr)
+                    self.failed = True
+                self.slowest = max(self.slowest, time.monotonic() - started)
+
+    def close(self, document: dict[str, object]) -> None:
+        """Stop the thread and write C{document} last."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(5.0)
+        _write_stats(self._path, document)
 
 
 # -- the call endpoints ----------------------------------------------------------
