@@ -17,6 +17,9 @@ Topology (one per test; creation and removal take well under a second)::
                            (open_operator: routes udp+tcp/5060 to Kamailio
                             and udp to the UAS)
     op   203.0.113.0/24    contact .10, Kamailio .20, SIPp UAS .30, echo .40
+
+With C{wan=PROFILE} a namespace C{wan} sits on the rtr-gw link and runs the
+user-space WAN emulator (L{spwm.testing.impair}) between its two ends.
 """
 
 from __future__ import annotations
@@ -397,12 +400,16 @@ class Topology:
     open_operator: bool
     namespaces: dict[str, str]
     processes: list[ManagedProcess] = field(factory=list)
+    wan: str | None = None
+    wan_seed: int = 1
+    wan_process: ManagedProcess | None = None
     _created: list[str] = field(factory=list)
     _names: set[str] = field(factory=set)
 
     @classmethod
     def create(
-        cls, logdir: Path | str, policy: str = "strict", open_operator: bool = False
+        cls, logdir: Path | str, policy: str = "strict", open_operator: bool = False,
+        wan: str | None = None, wan_seed: int = 1,
     ) -> Topology:
         """
         Create the namespaces, links, addresses, routes and firewalls.
@@ -413,8 +420,18 @@ class Topology:
             port 5060 (UDP and TCP) and to the UAS's UDP ports by their own
             operator addresses, as an operator with a public SIP edge has;
             the baseline tests use it to show what the router alone does.
+        @param wan: a profile of L{spwm.testing.impair.PROFILES}: put the
+            user-space WAN emulator between the router and the gateway
+            (namespace C{wan}, see L{wan_stats}); C{None} (the default)
+            links them directly, as before.
+        @param wan_seed: the emulator's random seed.
         @raise NetbedError: a step failed; whatever was made is removed.
         """
+        if wan is not None:
+            from spwm.testing.impair import PROFILES
+
+            if wan not in PROFILES:
+                raise ValueError(f"unknown WAN profile {wan!r}; use one of {sorted(PROFILES)}")
         if policy not in POLICIES:
             raise ValueError(f"unknown egress policy {policy!r}; use one of {POLICIES}")
         logdir = Path(logdir)
@@ -426,6 +443,8 @@ class Topology:
             policy=policy,
             open_operator=open_operator,
             namespaces={role: f"spwm-{suffix}-{role}" for role in _ROLE_ADDRESSES},
+            wan=wan,
+            wan_seed=wan_seed,
         )
         try:
             topology._build()
@@ -445,6 +464,11 @@ class Topology:
             ("rtr", "pub0", "gw", "pub0"),
             ("gw", "op0", "op", "eth0"),
         ]
+        if self.wan is not None:
+            ns["wan"] = f"spwm-{self.suffix}-wan"
+            run(["ip", "netns", "add", ns["wan"]])
+            self._created.append(ns["wan"])
+            links[1:2] = [("rtr", "pub0", "wan", "rtr0"), ("wan", "gw0", "gw", "pub0")]
         for a_role, a_if, b_role, b_if in links:
             run(
                 ["ip", "link", "add", a_if, "netns", ns[a_role], "type", "veth"]
@@ -480,6 +504,76 @@ class Topology:
             ["ip", "netns", "exec", ns["gw"], "nft", "-f", "-"],
             stdin=_gateway_ruleset(self.open_operator).encode(),
         )
+        if self.wan is not None:
+            self._start_wan()
+
+    def _start_wan(self) -> None:
+        """
+        Start the WAN emulator (L{spwm.testing.impair}) in the C{wan}
+        namespace between C{rtr0} and C{gw0}, with the offloads of the
+        links' senders turned off; wait until it has written its counters.
+        """
+        ns = self.namespaces
+        env = {"PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+        impair = [sys.executable, "-m", "spwm.testing.impair"]
+        for role, ifnames in (("rtr", ["pub0"]), ("gw", ["pub0"]), ("wan", ["rtr0", "gw0"])):
+            run(["ip", "netns", "exec", ns[role], "env", f"PYTHONPATH={REPO_ROOT}",
+                 *impair, "offloads", *ifnames])
+        for ifname in ("rtr0", "gw0"):
+            run(["ip", "-n", ns["wan"], "link", "set", ifname, "promisc", "on", "up"])
+        # Static neighbours: ARP would otherwise cross the emulated link
+        # and delay (or lose) the first packets of every run.
+        macs = {}
+        for role in ("rtr", "gw"):
+            done = run(["ip", "-j", "-n", ns[role], "link", "show", "pub0"])
+            macs[role] = json.loads(done.stdout)[0]["address"]
+        for role, peer, address in (("rtr", "gw", GATEWAY_PUBLIC), ("gw", "rtr", ROUTER_PUBLIC)):
+            run(["ip", "-n", ns[role], "neigh", "replace", address, "lladdr", macs[peer],
+                 "dev", "pub0", "nud", "permanent"])
+        stats = self.logdir / f"wan-{self.suffix}.json"
+        self.wan_process = self.spawn(
+            "wan", "wan-emulator",
+            [*impair, "run", "rtr0", "gw0", "--profile", str(self.wan),
+             "--seed", str(self.wan_seed), "--stats", str(stats), "--realtime", "10"],
+            env=env,
+        )
+        deadline = time.monotonic() + COMMAND_TIMEOUT
+        while not stats.exists():
+            if self.wan_process.returncode is not None or time.monotonic() > deadline:
+                raise NetbedError(
+                    f"the WAN emulator did not start: {self.wan_process.stderr()[-2000:]}"
+                )
+            time.sleep(0.02)
+
+    def wan_stats(self, settle: bool = True, timeout: float = 5.0) -> dict:
+        """
+        The WAN emulator's counters (see L{spwm.testing.impair}): C{up}
+        (router to gateway) and C{down}, each a dict of C{in}, C{out},
+        C{lost}, C{queue_dropped}, C{queued} and the same by kind
+        (C{udp_in}, C{tcp_lost}, ...).
+
+        @param settle: first wait until the file was written after this call
+            with nothing queued (so what was sent before has crossed).
+        @raise NetbedError: there is no emulator, or it did not settle.
+        """
+        if self.wan_process is None:
+            raise NetbedError("this topology has no WAN emulator")
+        path = self.logdir / f"wan-{self.suffix}.json"
+        asked = time.monotonic()
+        deadline = asked + timeout
+        while True:
+            document = json.loads(path.read_text())
+            if not settle or (
+                document["written_at"] > asked
+                and document["up"]["queued"] == 0
+                and document["down"]["queued"] == 0
+            ):
+                return document
+            if self.wan_process.returncode is not None:
+                raise NetbedError(f"the WAN emulator exited: {self.wan_process.stderr()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise NetbedError(f"the WAN emulator did not settle within {timeout}s")
+            time.sleep(0.05)
 
     def add_phone_host(self) -> str:
         """
@@ -1039,12 +1133,15 @@ class E2ETestCase(SynchronousTestCase):
         self.logdir = Path(self.mktemp()).resolve()
         self.logdir.mkdir(parents=True)
 
-    def make_topology(self, policy: str = "strict", open_operator: bool = False) -> Topology:
+    def make_topology(
+        self, policy: str = "strict", open_operator: bool = False,
+        wan: str | None = None, wan_seed: int = 1,
+    ) -> Topology:
         """
         Create the topology for this test (see L{Topology.create}); it is
         destroyed by a cleanup.
         """
-        self.topology = Topology.create(self.logdir, policy, open_operator)
+        self.topology = Topology.create(self.logdir, policy, open_operator, wan, wan_seed)
         self.addCleanup(self.topology.destroy)
         return self.topology
 

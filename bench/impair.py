@@ -1,0 +1,381 @@
+#!/usr/bin/env python3
+"""
+Benchmark: G.711 calls on an impaired WAN, through SPWM under the C{strict}
+policy (only TCP to port 443 leaves the LAN) and over plain UDP under
+C{open} without SPWM, on the same emulated link, in the same run.
+
+Needs root and the end-to-end bed (C{tests/e2e/netbed.py}: network
+namespaces, nftables).  For each profile of L{spwm.testing.impair.PROFILES}
+the bench builds a bed with the user-space WAN emulator between the home
+router and the operator gateway, then:
+
+ 1. SPWM: an C{spwm-contact} (TLS, a test CA made at run time) and an
+    C{spwm-agent} with C{--forward-udp 192.0.2.10:5555=203.0.113.40:7000};
+    the caller (C{impair endpoint caller}, N sockets on the phone's address,
+    one call each: one tunnel channel each) sends to the agent's forward
+    port, the answerer on 203.0.113.40:7000 answers every call to the
+    address it came from (the contact point's socket of that channel);
+ 2. plain UDP: the router's policy becomes C{open} and the same caller
+    sends straight to the answerer on the operator's 203.0.113.30:7002
+    (through the router's NAT), the answer returning the same way.
+
+Each call is 50 packets per second of 172-byte RTP (160 bytes of G.711) in
+each direction for C{--seconds}.  Both ends record every packet sent and
+received with C{time.monotonic()}: both run on this host, so
+C{CLOCK_MONOTONIC} is one clock for both and the delays are true one-way
+delays.  The captures are matched by (SSRC, sequence)
+(L{spwm.testing.impair.direction_stats}); reported per direction: sent,
+delivered, late (> 150 ms), effective loss ((lost + late) / sent), one-way
+delay p50/p95/p99/max, the longest gap (lost or late packets in a row x 20
+ms), the E-model R and MOS (G.107 simplified, G.711 with PLC; the formula
+is in the docstring of L{spwm.testing.impair} and in docs/performance.md);
+and the emulator's counters for each phase.
+
+The media path measured is the agent's UDP forward: datagrams in tunnel
+channels, as the media relay of a SIP call carries them; no SIP is set up.
+
+Run from the repository's root, as root::
+
+    python3 bench/impair.py --profiles bad,clean
+    python3 bench/impair.py --calls 10 --plot /tmp/impair.png
+    python3 bench/impair.py --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, ROOT)
+
+from _common import cpu_model, machine_cpu, machine_usage  # noqa: E402
+
+from spwm.testing.impair import (  # noqa: E402
+    LATE,
+    PROFILES,
+    DirectionStats,
+    direction_stats,
+    read_capture,
+)
+
+MAIN_PROFILES = ["clean", "good", "lossy", "bad", "narrow"]
+FORWARD_PORT = 5555
+ANSWER_PORT_SPWM = 7000
+ANSWER_PORT_UDP = 7002
+SERVER_NAME = "contact.example.test"
+
+
+class BenchError(Exception):
+    """A step of the bench failed (the message says which)."""
+
+
+def wait_for(predicate: Any, timeout: float, what: str, process: Any = None) -> None:
+    """Poll C{predicate} every 50 ms until true, C{timeout} or C{process} exits."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process is not None and process.returncode is not None:
+            raise BenchError(f"{what}: {process.name} exited: {process.stderr()[-1500:]}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
+
+
+def diff(after: dict[str, Any], before: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The emulator's counters between two readings, per direction."""
+    result = {}
+    for direction in ("up", "down"):
+        a, b = after[direction], before[direction]
+        result[direction] = {
+            k: (v - b.get(k, 0) if not k.startswith("slip_max") and k != "queued" else v)
+            for k, v in a.items()
+        }
+    return result
+
+
+class ProfileRun:
+    """One profile: the bed, SPWM under strict, then plain UDP under open."""
+
+    def __init__(self, netbed: Any, args: argparse.Namespace, profile: str, workdir: Path) -> None:
+        self.netbed = netbed
+        self.args = args
+        self.profile = profile
+        self.workdir = workdir
+        self.bed = netbed.Topology.create(
+            workdir, "strict", open_operator=True, wan=profile, wan_seed=args.seed
+        )
+        self.env = {"PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
+
+    def twistd(self, role: str, name: str, args: list[str]) -> Any:
+        return self.bed.spawn(
+            role, name,
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "-n", "--pidfile=", name, *args],
+            env=self.env, cwd=self.workdir,
+        )
+
+    def start_spwm(self) -> None:
+        nb = self.netbed
+        if self.args.plaintext:
+            contact_sec = agent_sec = ["--plaintext"]
+        else:
+            from spwm.testing.certs import TestCA
+
+            ca = TestCA(str(self.workdir / "ca"))
+            files = ca.issue([SERVER_NAME, nb.CONTACT], "contact")
+            contact_sec = ["--cert", files.cert, "--key", files.key]
+            agent_sec = ["--ca", ca.ca_file, "--server-name", SERVER_NAME]
+        target = f"{nb.ECHO}:{ANSWER_PORT_SPWM}"
+        self.contact = self.twistd(
+            "op", "spwm-contact",
+            [*contact_sec, "--listen", f"tcp:443:interface={nb.CONTACT}",
+             "--allow-forward", target],
+        )
+        self.agent = self.twistd(
+            "lan", "spwm-agent",
+            [*agent_sec, "--contact", f"{nb.GATEWAY_PUBLIC}:443",
+             "--forward-udp", f"{nb.AGENT}:{FORWARD_PORT}={target}"],
+        )
+        wait_for(lambda: "tunnel up with" in self.contact.stdout(), 30,
+                 "the tunnel did not come up", self.contact)
+
+    def endpoint(self, role: str, name: str, argv: list[str]) -> tuple[Any, Path]:
+        out = self.workdir / f"{name}.capture"
+        process = self.bed.spawn(
+            role, name,
+            [sys.executable, "-m", "spwm.testing.impair", "endpoint", *argv,
+             "--out", str(out), "--realtime", "5", "--max-time", str(self.args.seconds + 60)],
+            env=self.env,
+        )
+        wait_for(lambda: "ready" in process.stdout(), 10, f"{name} did not start", process)
+        return process, out
+
+    def call(self, answer_at: str, call_to: str, tag: str) -> tuple[DirectionStats, DirectionStats, dict]:
+        nb = self.netbed
+        packets = int(self.args.seconds * 50)
+        calls = str(self.args.calls)
+        before = self.bed.wan_stats()
+        answerer, answer_capture = self.endpoint(
+            "op", f"answerer-{tag}", ["answerer", answer_at, "--calls", calls, "--packets", str(packets)])
+        caller, call_capture = self.endpoint(
+            "lan", f"caller-{tag}", ["caller", nb.PHONE, call_to, "--calls", calls, "--packets", str(packets)])
+        if caller.wait(self.args.seconds + 70) != 0 or answerer.wait(20) != 0:
+            raise BenchError(f"{tag}: an endpoint failed: {caller.stderr()[-800:]} {answerer.stderr()[-800:]}")
+        after = self.bed.wan_stats(timeout=10)
+        caller_sent, caller_received = read_capture(str(call_capture))
+        answer_sent, answer_received = read_capture(str(answer_capture))
+        return (
+            direction_stats(caller_sent, answer_received),
+            direction_stats(answer_sent, caller_received),
+            diff(after, before),
+        )
+
+    def run(self) -> dict[str, Any]:
+        nb = self.netbed
+        self.start_spwm()
+        spwm_up, spwm_down, spwm_wan = self.call(
+            f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", "spwm")
+        udp_leaked = spwm_wan["up"].get("udp_in", 0)
+        self.bed.set_policy("open")
+        udp_up, udp_down, udp_wan = self.call(
+            f"{nb.UAS}:{ANSWER_PORT_UDP}", f"{nb.UAS}:{ANSWER_PORT_UDP}", "udp")
+        return {
+            "profile": self.profile,
+            "spwm": {"up": spwm_up, "down": spwm_down, "wan": spwm_wan, "udp_leaked": udp_leaked},
+            "udp": {"up": udp_up, "down": udp_down, "wan": udp_wan},
+            "agent_alive": self.agent.returncode is None,
+        }
+
+    def close(self) -> None:
+        self.bed.destroy()
+
+
+def ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1000:.0f}"
+
+
+def table(results: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| profile (each direction) | path | dir | sent | delivered | late > 150 ms | eff. loss | "
+        "p50 / p95 / p99 / max ms | longest gap ms | BurstR | MOS |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        describe = PROFILES[r["profile"]].describe().replace(", each direction", "")
+        for path, label in (("spwm", "SPWM strict"), ("udp", "plain UDP")):
+            for direction in ("up", "down"):
+                s: DirectionStats = r[path][direction]
+                lines.append(
+                    f"| {r['profile']}: {describe} | {label} | {direction} | {s.sent} | {s.delivered} | "
+                    f"{s.late} ({100 * s.late / max(1, s.sent):.1f} %) | {100 * s.effective_loss:.1f} % | "
+                    f"{ms(s.p50)} / {ms(s.p95)} / {ms(s.p99)} / {ms(s.max)} | "
+                    f"{s.longest_gap * 1000:.0f} | {s.burst_r:.2f} | {s.mos:.2f} |"
+                )
+    return lines
+
+
+def wan_lines(results: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for r in results:
+        for path in ("spwm", "udp"):
+            w = r[path]["wan"]
+            parts = []
+            for direction in ("up", "down"):
+                c = w[direction]
+                parts.append(
+                    f"{direction}: in {c.get('in', 0):.0f} (udp {c.get('udp_in', 0):.0f}, tcp {c.get('tcp_in', 0):.0f}), "
+                    f"lost {c.get('lost', 0):.0f}, queue-dropped {c.get('queue_dropped', 0):.0f}, "
+                    f"slip max {c.get('slip_max_ms', 0):.1f} ms (>1 ms {c.get('slip_over_1ms', 0):.0f}x, "
+                    f">5 ms {c.get('slip_over_5ms', 0):.0f}x)"
+                )
+            lines.append(f"  {r['profile']:7} {path:5} emulator " + "; ".join(parts))
+        if r["spwm"]["udp_leaked"]:
+            lines.append(f"  {r['profile']:7} WARNING: {r['spwm']['udp_leaked']} UDP frames crossed the WAN during the SPWM phase")
+    return lines
+
+
+def plot(results: list[dict[str, Any]], path: str, calls: int) -> None:
+    """One CDF panel per profile: one-way delay of SPWM and plain UDP, the 150 ms line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(results)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
+    styles = {
+        ("spwm", "up"): ("tab:red", "-"), ("spwm", "down"): ("tab:red", "--"),
+        ("udp", "up"): ("tab:blue", "-"), ("udp", "down"): ("tab:blue", "--"),
+    }
+    for ax, r in zip(axes.flat, results):
+        top = LATE * 1000 * 2
+        for (p, d), (color, style) in styles.items():
+            s: DirectionStats = r[p][d]
+            delays = [x * 1000 for x in s.delays]
+            if not delays:
+                continue
+            ys = [(i + 1) / s.sent for i in range(len(delays))]
+            top = max(top, min(delays[-1], 1000))
+            label = f"{'SPWM (TCP)' if p == 'spwm' else 'plain UDP'} {d}: MOS {s.mos:.2f}"
+            ax.step(delays, ys, where="post", color=color, linestyle=style, label=label)
+        ax.axvline(LATE * 1000, color="black", linewidth=0.8)
+        ax.text(LATE * 1000, 0.02, " 150 ms", fontsize=8)
+        ax.set_xlim(0, top * 1.05)
+        ax.set_ylim(0, 1.01)
+        ax.set_title(f"{r['profile']}: {PROFILES[r['profile']].describe()}", fontsize=9)
+        ax.set_xlabel("one-way delay, ms")
+        ax.set_ylabel("share of packets sent")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(f"G.711, {calls} call(s): one-way delay CDF (lost packets never reach it)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profiles", default=",".join(MAIN_PROFILES),
+                        help=f"comma-separated, of {', '.join(PROFILES)} (default %(default)s)")
+    parser.add_argument("--calls", type=int, default=1, help="concurrent calls in the one tunnel")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each call")
+    parser.add_argument("--seed", type=int, default=1, help="the emulator's seed")
+    parser.add_argument("--plaintext", action="store_true", help="no TLS in the tunnel")
+    parser.add_argument("--plot", metavar="PNG", help="write the CDF picture here (needs matplotlib: the bench extra)")
+    parser.add_argument("--workdir", default=None, help="logs and captures (default: a new directory under /tmp)")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--max-time", type=float, default=1800.0)
+    args = parser.parse_args(argv)
+    profiles = [p for p in args.profiles.split(",") if p]
+    unknown = [p for p in profiles if p not in PROFILES]
+    if unknown:
+        parser.error(f"unknown profile(s) {', '.join(unknown)}; use {', '.join(PROFILES)}")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib: pip install -e .[bench]")
+
+    from tests.e2e import netbed
+
+    missing = netbed.missing_requirements()
+    if missing:
+        print("impair bench: the bed is unavailable, missing: " + "; ".join(missing), file=sys.stderr)
+        return 1
+    workdir = Path(args.workdir or f"/tmp/spwm-bench-impair-{os.getpid()}")
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(f"impair bench: stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGALRM, stop)
+    signal.alarm(int(args.max_time))
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    print(f"impair bench {started:%Y-%m-%d %H:%M} UTC: python3 bench/impair.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    print(f"machine: {platform.node()}, {os.cpu_count()} x {cpu_model()}, {platform.platform()}")
+    print(f"load average before: {' '.join(open('/proc/loadavg').read().split()[:3])}")
+    print(f"{args.calls} call(s) x {args.seconds:g} s, G.711 50 pps each way; tunnel {'plaintext' if args.plaintext else 'TLS'}; "
+          f"seed {args.seed}; one clock (CLOCK_MONOTONIC) for both ends")
+    cpu0 = machine_cpu()
+    results = []
+    for profile in profiles:
+        run = None
+        try:
+            run = ProfileRun(netbed, args, profile, workdir / profile)
+            results.append(run.run())
+            print(f"  {profile}: done")
+        except (BenchError, netbed.NetbedError) as e:
+            print(f"  {profile}: FAILED: {e} (logs in {workdir / profile})", file=sys.stderr)
+            return 1
+        finally:
+            if run is not None:
+                run.close()
+    usage = machine_usage(cpu0, machine_cpu())
+    print(f"machine during the run: busy {100 * usage['busy']:.0f} %, softirq {100 * usage['softirq']:.1f} %, "
+          f"steal {100 * usage['steal']:.1f} %; load average after: {' '.join(open('/proc/loadavg').read().split()[:3])}")
+    print()
+    print("\n".join(table(results)))
+    print()
+    print("\n".join(wan_lines(results)))
+    for r in results:
+        if not r["agent_alive"]:
+            print(f"  {r['profile']}: the agent had exited by the end of the SPWM call")
+    if args.plot:
+        plot(results, args.plot, args.calls)
+        print(f"\nCDF picture: {args.plot}")
+    if args.json:
+        doc = [
+            {"profile": r["profile"],
+             **{p: {d: _fields(r[p][d]) for d in ("up", "down")} for p in ("spwm", "udp")},
+             "wan": {p: r[p]["wan"] for p in ("spwm", "udp")}}
+            for r in results
+        ]
+        Path(args.json).write_text(json.dumps(doc, indent=1))
+    print(f"logs and captures: {workdir}")
+    return 0
+
+
+def _fields(s: DirectionStats) -> dict[str, Any]:
+    import attrs
+
+    return {k: v for k, v in attrs.asdict(s).items() if k != "delays"}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
