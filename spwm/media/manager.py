@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from spwm.addr import hostport
 from spwm.logthrottle import Every, PowersOfTwo, ThrottledLog
 from spwm.media.ports import PortAllocator, PortsExhaustedError
+from spwm.media.quality import StreamQuality, codec_name
 from spwm.media.reader import TwistedRelaySockets
 from spwm.media.relay import (
     DEFAULT_RECEIVE_BUFFER,
@@ -117,9 +118,19 @@ class _Stream:
         "last_activity",
         "tcp",
         "refused_target",
+        "quality",
     )
 
-    def __init__(self, tunnel: Any, session: str, dialog: str, index: int, plan: StreamPlan, now: float) -> None:
+    def __init__(
+        self,
+        tunnel: Any,
+        session: str,
+        dialog: str,
+        index: int,
+        plan: StreamPlan,
+        now: float,
+        side: str = "agent",
+    ) -> None:
         # the connection its channel is on (the session's primary), and
         # the session's stable id
         self.tunnel = tunnel
@@ -138,6 +149,13 @@ class _Stream:
         # the last (host, port) of our side that the allow policy refused
         # (logged once per stream and address)
         self.refused_target: tuple[str, int] | None = None
+        # the quality figures of its legs (spwm.media.quality; the relay
+        # endpoints feed them, docs/media.md "Call quality")
+        self.quality = StreamQuality(
+            side,
+            tunnel_rtt=lambda: _tunnel_rtt(self.tunnel),
+            late_dropped=lambda: _late_dropped(self.tunnel, self.channel_id),
+        )
 
     def count(self) -> int:
         total = 0
@@ -148,6 +166,30 @@ class _Stream:
         if self.tcp is not None:
             total += self.tcp.bytes_in + self.tcp.bytes_out
         return total
+
+
+def _tunnel_rtt(tunnel: Any) -> float | None:
+    """
+    The round trip (seconds) the tunnel connection measures, if it
+    offers one as C{rtt} (read for a snapshot, never per packet).
+    """
+    rtt = getattr(tunnel, "rtt", None)
+    if callable(rtt):
+        rtt = rtt()
+    return float(rtt) if isinstance(rtt, (int, float)) and rtt >= 0 else None
+
+
+def _late_dropped(tunnel: Any, channel_id: int | None) -> int | None:
+    """
+    The datagrams of a channel the tunnel dropped for its media deadline,
+    if the tunnel counts them per channel (C{late_dropped(channel_id)});
+    C{None} otherwise (the tunnel's own total is in its status).
+    """
+    count = getattr(tunnel, "late_dropped", None)
+    if channel_id is None or not callable(count):
+        return None
+    value = count(channel_id)
+    return value if isinstance(value, int) else None
 
 
 class _Dialog:
@@ -169,6 +211,9 @@ class _Dialog:
         "answered_at",
         "codec",
         "history",
+        "quality",
+        "parties",
+        "wall_started",
     )
 
     def __init__(self, leg: LegMedia, now: float = 0.0) -> None:
@@ -184,6 +229,11 @@ class _Dialog:
         self.answered_at: float | None = None
         self.codec: dict[bool, str | None] = {}
         self.history: dict[int, dict[str, int]] = {}
+        # the quality snapshot of each stream, taken when it was released
+        self.quality: dict[int, dict[str, Any]] = {}
+        # (From URI, To URI) of the call, when the SIP core told us
+        self.parties: tuple[str, str] | None = None
+        self.wall_started = now
 
 
 #: The traffic counters of L{MediaManager.status}: the relay endpoints'
@@ -241,6 +291,17 @@ def first_codec(sdp: bytes, description: SessionDescription) -> str | None:
     live = next((m for m in description.media if m.port and m.formats), None)
     if live is None:
         return None
+    return media_codec(sdp, live)
+
+
+def media_codec(sdp: bytes, live: MediaDescription) -> str | None:
+    """
+    The codec of one stream of a description: the C{a=rtpmap} name and
+    rate of its first format (a static payload type by its RFC 3551
+    name), the protocol for non-RTP media, C{None} without formats.
+    """
+    if not live.formats:
+        return None
     if "RTP" not in live.proto:
         return live.proto
     fmt = live.formats[0]
@@ -252,6 +313,19 @@ def first_codec(sdp: bytes, description: SessionDescription) -> str | None:
         elif section == live.index and line.startswith(prefix):
             return line[len(prefix) :].strip().decode("ascii", "replace")
     return _STATIC_PAYLOADS.get(fmt, "payload type " + fmt)
+
+
+def _learn_codecs(dialog: _Dialog, sdp: bytes, description: SessionDescription) -> None:
+    """
+    Tell each stream's quality figures the codec of the latest description
+    (the answer comes after the offer, so the answer's first codec wins):
+    its clock rate is the jitter's unit, its name picks the E-model's
+    impairment.
+    """
+    for media in description.media:
+        stream = dialog.streams.get(media.index)
+        if stream is not None and media.port:
+            stream.quality.set_codec(media_codec(sdp, media))
 
 
 def _host_port(host: str | None, port: int | None) -> str:
@@ -283,6 +357,97 @@ def _stream_traffic(stream: _Stream, into: dict[str, int] | None = None) -> dict
             for name in _CALL_COUNTERS:
                 totals[name] += getattr(endpoint, name)
     return totals
+
+
+def _mos_worst(streams: list[dict[str, Any]], which: str) -> float | None:
+    values = [m for m in (s["mos"][which] for s in streams) if m is not None]
+    return min(values) if values else None
+
+
+def call_detail_record(
+    dialog_key: str, dialog: _Dialog, reason: str, now: float, side: str, local_leg: str
+) -> dict[str, Any]:
+    """
+    The call detail record of a call leg that ended: JSON-ready values
+    only.
+
+    C{call_id}, C{dialog} (flow/Call-ID), C{side}, C{from}, C{to},
+    C{reason}, C{started} (Unix time), C{duration_s}, C{answered_s}
+    (C{None}: not answered), C{codec}, C{mos} (per direction: the
+    worst stream's), and per stream (C{streams}, by index) its C{legs}
+    (L{StreamQuality.snapshot}), C{mos} and the relay's own counters
+    (C{relay}: C{packets_in} from our side, C{packets_out} to it and
+    what this half dropped).
+    """
+    _, _, call_id = dialog_key.partition("/")
+    streams: list[dict[str, Any]] = []
+    for index in sorted(set(dialog.history) | set(dialog.quality)):
+        snapshot = dialog.quality.get(index)
+        streams.append(
+            {
+                "index": index,
+                "codec": None if snapshot is None else snapshot["codec"],
+                "legs": None if snapshot is None else snapshot["legs"],
+                "mos": {"up": None, "down": None} if snapshot is None else snapshot["mos"],
+                "relay": dict(dialog.history.get(index, {})),
+            }
+        )
+    codec = dialog.codec.get(True) or dialog.codec.get(False)
+    if streams and streams[0]["codec"]:
+        codec = streams[0]["codec"]
+    parties = dialog.parties
+    return {
+        "call_id": call_id or dialog_key,
+        "dialog": dialog_key,
+        "side": side,
+        "local_leg": local_leg,
+        "from": None if parties is None else parties[0],
+        "to": None if parties is None else parties[1],
+        "reason": reason,
+        "started": round(dialog.started, 3),
+        "duration_s": round(now - dialog.started, 1),
+        "answered_s": None if dialog.answered_at is None else round(now - dialog.answered_at, 1),
+        "codec": codec,
+        "mos": {"up": _mos_worst(streams, "up"), "down": _mos_worst(streams, "down")},
+        "streams": streams,
+    }
+
+
+def _cdr_summary(record: dict[str, Any]) -> str:
+    """
+    The per-stream part of the call detail line, for people.
+    """
+    parts = []
+    for stream in record["streams"]:
+        legs = []
+        for name in ("lan", "tunnel", "operator"):
+            leg = (stream["legs"] or {}).get(name)
+            if leg is None:
+                continue
+            text = "{} {} pkts lost {} jitter {}ms".format(
+                name, leg["packets"], leg["lost"], round(leg["jitter_ms"], 1)
+            )
+            if leg["reordered"] or leg["duplicates"]:
+                text += " reordered {} dup {}".format(leg["reordered"], leg["duplicates"])
+            if leg["late_dropped"]:
+                text += " late {}".format(leg["late_dropped"])
+            legs.append(text)
+        mos = stream["mos"]
+        relay = stream["relay"]
+        dropped = sum(
+            relay.get(name, 0)
+            for name in ("dropped_source", "dropped_no_channel", "dropped_no_target", "dropped_send")
+        )
+        parts.append(
+            "stream {}: {}; MOS up {} down {}; relay dropped {}".format(
+                stream["index"],
+                ", ".join(legs) if legs else "no RTP",
+                "?" if mos["up"] is None else mos["up"],
+                "?" if mos["down"] is None else mos["down"],
+                dropped,
+            )
+        )
+    return "; ".join(parts) if parts else "no media"
 
 
 class MediaManager:
@@ -542,7 +707,8 @@ class MediaManager:
         if source is not None:
             dialog.source = source
         leg = dialog.leg
-        if not leg.loser(tag, True):
+        loser = leg.loser(tag, True)
+        if not loser:
             dialog.codec[True] = first_codec(sdp, description)
         connected = [
             index
@@ -551,6 +717,8 @@ class MediaManager:
         ]
         outcome = leg.described(True, tag, description, connected)
         self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
+        if not loser:
+            _learn_codecs(dialog, sdp, description)
 
     def sdp_out_of_tunnel(
         self,
@@ -588,10 +756,13 @@ class MediaManager:
         dialog = self._dialog(tunnel, dialog_key, now, "tunnel")
         if source is not None:
             dialog.source = source
-        if not dialog.leg.loser(tag, False):
+        loser = dialog.leg.loser(tag, False)
+        if not loser:
             dialog.codec[False] = first_codec(sdp, description)
         outcome = dialog.leg.described(False, tag, description)
         failed = self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
+        if not loser:
+            _learn_codecs(dialog, sdp, description)
         entries, tcp = self._resolve(dialog, outcome.rewrite, failed)
         if any(t is not None for t in tcp):
             sdp = rewrite_tcp_media(sdp, tcp)
@@ -738,7 +909,7 @@ class MediaManager:
         elif isinstance(note, Answered):
             dialog.answered_at = now
             codec = dialog.codec.get(note.ours) or dialog.codec.get(not note.ours)
-            self.log.info(
+            self.log.debug(
                 "call {dialog} answered from the {leg} leg: codec {codec}; {media}",
                 dialog=dialog_key,
                 leg=self._local_leg if note.ours else "tunnel",
@@ -1049,8 +1220,9 @@ class MediaManager:
         (no socket yet).
         """
         stream = dialog.streams[index] = _Stream(
-            tunnel, tunnel.session_id, dialog_key, index, dialog.leg.streams[index], now
+            tunnel, tunnel.session_id, dialog_key, index, dialog.leg.streams[index], now, self.side
         )
+        stream.quality.set_codec(dialog.codec.get(False) or dialog.codec.get(True))
         if tcp:
             stream.tcp = TcpMediaEndpoint(
                 self.reactor,
@@ -1072,7 +1244,7 @@ class MediaManager:
         if dialog is None:
             media = LegMedia(self.max_streams_per_dialog, self.max_branches_per_stream)
             dialog = dialogs[dialog_key] = _Dialog(media, now)
-            self.log.info(
+            self.log.debug(
                 "call {dialog} started from the {leg} leg",
                 dialog=dialog_key,
                 leg=leg,
@@ -1128,38 +1300,41 @@ class MediaManager:
 
     def _log_end(self, dialog_key: str, dialog: _Dialog, reason: str) -> None:
         """
-        The call's end line: duration, and per stream and leg the packets
-        in and out and those lost (dropped by this half), summed over the
-        stream's life (its streams are released by now).
+        The call detail record: one structured event at the end of every
+        call (L{call_detail_record} in the event's C{cdr} field, for
+        machines; a line for people). Its streams are released by now.
         """
-        now = self.clock.seconds()
-        parts = []
-        for index in sorted(dialog.history):
-            t = dialog.history[index]
-            parts.append(
-                "stream {}: {} in {} out {} lost {}, tunnel in {} out {} lost {}".format(
-                    index,
-                    self._local_leg,
-                    t["packets_in"] + t["dropped_source"],
-                    t["packets_out"] - t["dropped_send"],
-                    t["dropped_source"] + t["dropped_no_channel"],
-                    t["packets_out"] + t["dropped_no_target"],
-                    t["packets_in"] - t["dropped_no_channel"],
-                    t["dropped_no_target"] + t["dropped_send"],
-                )
-            )
-        if dialog.answered_at is None:
+        record = call_detail_record(
+            dialog_key, dialog, reason, self.clock.seconds(), self.side, self._local_leg
+        )
+        if record["answered_s"] is None:
             answered = "not answered"
         else:
-            answered = "answered for {}s".format(round(now - dialog.answered_at, 1))
+            answered = "answered for {}s".format(record["answered_s"])
         self.log.info(
-            "call {dialog} ended ({reason}) after {duration}s, {answered}: {traffic}",
-            dialog=dialog_key,
+            "call {call_id} ended ({reason}) after {duration}s, {answered}:"
+            " {caller} -> {callee}, codec {codec}; {summary}",
+            cdr=record,
+            call_id=record["call_id"],
             reason=reason,
-            duration=round(now - dialog.started, 1),
+            duration=record["duration_s"],
             answered=answered,
-            traffic="; ".join(parts) if parts else "no media",
+            caller=record["from"] or "?",
+            callee=record["to"] or "?",
+            codec=record["codec"] or "none",
+            summary=_cdr_summary(record),
         )
+
+    def call_parties(self, tunnel: Any, dialog_key: str, from_uri: str, to_uri: str) -> None:
+        """
+        The SIP core names the parties of a call leg (From and To of its
+        first message with SDP or answer) for the call detail record.
+        Only the first naming is kept; a leg we hold no media for is
+        ignored.
+        """
+        dialog = self._find(tunnel.session_id, dialog_key)
+        if dialog is not None and dialog.parties is None:
+            dialog.parties = (from_uri, to_uri)
 
     def _latched(
         self,
@@ -1347,6 +1522,10 @@ class MediaManager:
                     continue
                 self._sockets += 1
             stream.rtp, stream.rtcp, stream.base_port = rtp, rtcp, base
+            for endpoint in (rtp, rtcp):
+                if endpoint is not None:
+                    endpoint.quality_in = stream.quality.local
+                    endpoint.quality_out = stream.quality.tunnel
             rtp.on_latch = lambda address, named: self._latched(stream, "RTP", address, named)
             if rtcp is not None:
                 rtcp.on_latch = lambda address, named: self._latched(stream, "RTCP", address, named)
@@ -1404,6 +1583,7 @@ class MediaManager:
             return
         _add_traffic(self._released, stream)
         if stream.rtp is not None:
+            dialog.quality[index] = stream.quality.snapshot()
             history = dialog.history.get(index)
             if history is None:
                 history = dialog.history[index] = dict.fromkeys(_CALL_COUNTERS, 0)

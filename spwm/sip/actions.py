@@ -270,6 +270,12 @@ def show_media(
         body = hook.sdp_out_of_tunnel(key, leg, msg.content_type or "", msg.body, tag=tag)
         if body != msg.body:
             msg.set_body(body)
+    parties = getattr(hook, "call_parties", None)
+    if parties is not None and msg.cseq_method == "INVITE":
+        # for the call detail record (the manager keeps the first naming)
+        from_, to = msg.from_, msg.to
+        if from_ is not None and to is not None:
+            parties(key, leg, str(from_.uri), str(to.uri))
     if answer:
         hook.dialog_answered(key, leg, tag, ours=into)
 

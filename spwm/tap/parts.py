@@ -411,6 +411,14 @@ class MediaHookAdapter:
         if tunnel is not None:
             self._manager.dialog_ended(tunnel, dialog_key)
 
+    def call_parties(self, key: Any, dialog_key: str, from_uri: str, to_uri: str) -> None:
+        """
+        The From and To of a call leg, for the call detail record.
+        """
+        tunnel = self._resolve(key)
+        if tunnel is not None:
+            self._manager.call_parties(tunnel, dialog_key, from_uri, to_uri)
+
 
 def flow_source(flows: Any, clock: Any) -> Any:
     """
