@@ -26,6 +26,7 @@ leg and C{down} on the C{operator} leg.
 
 from __future__ import annotations
 
+import struct
 from typing import Any, Callable
 
 #: RFC 3550 A.1: a jump of the sequence number by more than this is a
@@ -33,6 +34,10 @@ from typing import Any, Callable
 MAX_DROPOUT = 3000
 #: RFC 3550 A.1: a packet this far behind the highest is late, not a restart.
 MAX_MISORDER = 100
+
+#: The RTP header's first byte, payload type byte, sequence number and
+#: timestamp.
+_HEADER = struct.Struct("!BBHI").unpack_from
 
 #: Sequence numbers remembered for duplicate detection (a power of two
 #: larger than L{MAX_MISORDER}).
@@ -222,11 +227,10 @@ class RtpStats:
     __slots__ = (
         "leg",
         "on_rtcp",
-        "packets",
         "bytes",
         "started",
         "base_seq",
-        "max_seq",
+        "next_seq",
         "cycles",
         "bad_seq",
         "unique",
@@ -235,11 +239,12 @@ class RtpStats:
         "window",
         "rate",
         "jitter",
-        "last_arrival",
-        "last_ts",
+        "transit",
+        "stray",
         "restarts",
         "earlier_expected",
         "earlier_lost",
+        "earlier_received",
         "other",
         "rtcp_packets",
         "rtcp_errors",
@@ -258,11 +263,11 @@ class RtpStats:
         """
         self.leg = leg
         self.on_rtcp = on_rtcp
-        self.packets = 0
         self.bytes = 0
         self.started = False
         self.base_seq = 0
-        self.max_seq = 0
+        # the number that follows the highest (-1: none yet)
+        self.next_seq = -1
         self.cycles = 0
         self.bad_seq = -1
         self.unique = 0
@@ -271,12 +276,15 @@ class RtpStats:
         self.window = bytearray(_WINDOW)
         self.rate = rate
         self.jitter = 0.0
-        self.last_arrival = 0.0
-        self.last_ts = 0
+        # the relative transit time of the last packet (A.8)
+        self.transit = 0.0
+        # packets of a jump not (yet) confirmed as a restart (A.1)
+        self.stray = 0
         self.restarts = 0
         # what the sequences before the last restart expected and lost
         self.earlier_expected = 0
         self.earlier_lost = 0
+        self.earlier_received = 0
         self.other = 0
         self.rtcp_packets = 0
         self.rtcp_errors = 0
@@ -284,80 +292,100 @@ class RtpStats:
     def received(self, data: bytes, now: float) -> None:
         """
         One datagram arrived on the leg at C{now} (seconds, any clock that
-        does not jump). The media fast path: no object made but numbers.
+        does not jump). The media fast path: a packet that follows the
+        last one updates a few numbers; everything else goes to
+        L{_unusual} or L{_sequence}.
         """
-        if len(data) < 8 or data[0] & 0xC0 != 0x80:
-            self.other += 1
+        if len(data) < 12:
+            self._unusual(data, now)
             return
-        kind = data[1]
-        if 192 <= kind <= 223:
+        # one C call for the four fields (a tuple from the free list:
+        # five times cheaper than indexing the bytes in Python)
+        first, kind, seq, ts = _HEADER(data)
+        if first & 0xC0 != 0x80 or 192 <= kind <= 223:
+            self._unusual(data, now)
+            return
+        if seq == self.next_seq:
+            # in order, the usual case
+            self.next_seq = (seq + 1) & 0xFFFF
+            if seq == 0:
+                self.cycles += 65536
+            self.window[seq & 127] = 1
+            self.unique += 1
+        elif not self._sequence(seq, ts, now):
+            self.bytes += len(data)
+            return
+        # RFC 3550 A.8: D = the change of the relative transit time
+        # (arrival in timestamp units - timestamp); J += (|D| - J) / 16
+        transit = now * self.rate - ts
+        d = transit - self.transit
+        self.transit = transit
+        if d < 0:
+            d = -d
+        if d > 2147483648.0:
+            # the 32-bit timestamp wrapped between the two: modulo 2^32
+            d = 4294967296.0 - d
+        self.jitter += (d - self.jitter) * 0.0625
+        self.bytes += len(data)
+
+    def _unusual(self, data: bytes, now: float) -> None:
+        """
+        RTCP (RFC 5761: packet types 192-223) or not RTP at all.
+        """
+        if len(data) >= 8 and data[0] & 0xC0 == 0x80 and 192 <= data[1] <= 223:
             self.rtcp_packets += 1
             if self.on_rtcp is not None:
                 self.on_rtcp(self, data, now)
             return
-        if len(data) < 12:
-            self.other += 1
-            return
-        seq = data[2] << 8 | data[3]
-        ts = data[4] << 24 | data[5] << 16 | data[6] << 8 | data[7]
+        self.other += 1
+
+    def _sequence(self, seq: int, ts: int, now: float) -> bool:
+        """
+        RFC 3550 A.1 for a packet that does not follow the highest: the
+        first, a gap, a duplicate, a late packet, a jump.
+
+        @return: whether the packet's jitter is to be taken (C{False}:
+            the first of a sequence, or a stray packet).
+        """
         if not self.started:
             self._start(seq, ts, now)
-        else:
-            udelta = (seq - self.max_seq) & 0xFFFF
-            window = self.window
-            if udelta == 1:
-                # in order, the usual case
-                if seq == 0:
-                    self.cycles += 65536
-                self.max_seq = seq
-                window[seq & _MASK] = 1
-                self.unique += 1
-            elif udelta == 0:
-                self.duplicates += 1
-            elif udelta < MAX_DROPOUT:
-                # a gap: the skipped numbers are missing (for now)
-                if seq < self.max_seq:
-                    self.cycles += 65536
-                if udelta < _WINDOW:
-                    base = self.max_seq
-                    for step in range(1, udelta):
-                        window[(base + step) & _MASK] = 0
-                else:
-                    window[:] = _ZEROS
-                self.max_seq = seq
-                window[seq & _MASK] = 1
-                self.unique += 1
-            elif udelta <= 65536 - MAX_MISORDER:
-                # a very large jump: a restart if the next packet follows it
-                if seq == self.bad_seq:
-                    self.restarts += 1
-                    self._start(seq, ts, now)
-                else:
-                    self.bad_seq = (seq + 1) & 0xFFFF
-                self.packets += 1
-                self.bytes += len(data)
-                return
+            return False
+        udelta = (seq - self.max_seq) & 0xFFFF
+        window = self.window
+        if udelta == 0:
+            self.duplicates += 1
+        elif udelta < MAX_DROPOUT:
+            # a gap: the skipped numbers are missing (for now)
+            if seq < self.max_seq:
+                self.cycles += 65536
+            if udelta < _WINDOW:
+                base = self.max_seq
+                for step in range(1, udelta):
+                    window[(base + step) & _MASK] = 0
             else:
-                # behind the highest: late, or a duplicate
-                slot = seq & _MASK
-                if window[slot]:
-                    self.duplicates += 1
-                else:
-                    window[slot] = 1
-                    self.reordered += 1
-                    self.unique += 1
-            # RFC 3550 A.8: J += (|D(i-1,i)| - J) / 16, in timestamp units
-            d = (now - self.last_arrival) * self.rate - ((ts - self.last_ts) & 0xFFFFFFFF)
-            if d < 0:
-                d = -d
-            if d > 2147483648.0:
-                # the timestamp went backwards (a late packet): modulo 2^32
-                d = 4294967296.0 - d
-            self.jitter += (d - self.jitter) * 0.0625
-            self.last_arrival = now
-            self.last_ts = ts
-        self.packets += 1
-        self.bytes += len(data)
+                window[:] = _ZEROS
+            self.next_seq = (seq + 1) & 0xFFFF
+            window[seq & _MASK] = 1
+            self.unique += 1
+        elif udelta <= 65536 - MAX_MISORDER:
+            # a very large jump: a restart if the next packet follows it
+            if seq == self.bad_seq:
+                self.restarts += 1
+                self._start(seq, ts, now)
+            else:
+                self.bad_seq = (seq + 1) & 0xFFFF
+                self.stray += 1
+            return False
+        else:
+            # behind the highest: late, or a duplicate
+            slot = seq & _MASK
+            if window[slot]:
+                self.duplicates += 1
+            else:
+                window[slot] = 1
+                self.reordered += 1
+                self.unique += 1
+        return True
 
     def _start(self, seq: int, ts: int, now: float) -> None:
         if self.started:
@@ -365,17 +393,31 @@ class RtpStats:
             expected = self.cycles + self.max_seq - self.base_seq + 1
             self.earlier_expected += expected
             self.earlier_lost += max(0, expected - self.unique)
+            self.earlier_received += self.unique
             self.unique = 0
         self.started = True
         self.base_seq = seq
-        self.max_seq = seq
+        self.next_seq = (seq + 1) & 0xFFFF
         self.cycles = 0
         self.bad_seq = -1
         self.window[:] = _ZEROS
         self.window[seq & _MASK] = 1
         self.unique += 1
-        self.last_arrival = now
-        self.last_ts = ts
+        self.transit = now * self.rate - ts
+
+    @property
+    def max_seq(self) -> int:
+        """
+        The highest sequence number seen (16 bits).
+        """
+        return (self.next_seq - 1) & 0xFFFF
+
+    @property
+    def packets(self) -> int:
+        """
+        RTP packets seen (duplicates and stray packets included).
+        """
+        return self.earlier_received + self.unique + self.duplicates + self.stray
 
     @property
     def extended_max(self) -> int:
