@@ -490,6 +490,7 @@ class MediaManager:
         tcp_buffer: int = DEFAULT_MAX_BUFFER,
         sockets: Any = None,
         max_branches_per_stream: int = DEFAULT_MAX_BRANCHES_PER_STREAM,
+        hep: Any = None,
     ) -> None:
         """
         @param reactor: provides C{IReactorUDP} (and C{IReactorTime} unless
@@ -512,6 +513,8 @@ class MediaManager:
         @param max_branches_per_stream: branches (early dialogs of a
             forked call) remembered per stream and direction; the oldest
             is forgotten beyond it.
+        @param hep: the C{--hep} sender (L{spwm.hep.HepSender}): every
+            RTCP report relayed is copied to it; or C{None}.
         @raise ValueError: a bad side, range or network.
         """
         if side not in ("agent", "contact"):
@@ -530,6 +533,7 @@ class MediaManager:
         self.tcp_buffer = tcp_buffer
         self.sockets = sockets if sockets is not None else TwistedRelaySockets(reactor, MAX_DATAGRAM)
         self.max_branches_per_stream = max_branches_per_stream
+        self.hep = hep
         # session id -> dialog key -> the dialog's media: keyed by the
         # session's stable id, never by the connection that carries it, so
         # a resumption moves nothing and a session's end touches its own
@@ -1223,6 +1227,8 @@ class MediaManager:
             tunnel, tunnel.session_id, dialog_key, index, dialog.leg.streams[index], now, self.side
         )
         stream.quality.set_codec(dialog.codec.get(False) or dialog.codec.get(True))
+        if self.hep is not None:
+            stream.quality.on_report = lambda leg, packets: self._hep_rtcp(stream, leg, packets)
         if tcp:
             stream.tcp = TcpMediaEndpoint(
                 self.reactor,
@@ -1335,6 +1341,23 @@ class MediaManager:
         dialog = self._find(tunnel.session_id, dialog_key)
         if dialog is not None and dialog.parties is None:
             dialog.parties = (from_uri, to_uri)
+
+    def _hep_rtcp(self, stream: _Stream, leg: str, packets: list[dict[str, Any]]) -> None:
+        """
+        Copy one RTCP report to the HEP collector, correlated by Call-ID:
+        from our side's endpoint to our relay socket (it arrived on our
+        side's leg), or from our relay socket to that endpoint (it came
+        out of the tunnel).
+        """
+        endpoint = stream.rtcp if stream.rtcp is not None else stream.rtp
+        if endpoint is None or stream.base_port is None or self.hep is None:
+            return
+        ours = (self.address, stream.base_port + (1 if stream.rtcp is not None else 0))
+        _, _, call_id = stream.dialog.partition("/")
+        if leg == "tunnel":
+            self.hep.rtcp(ours, endpoint.target, packets, call_id or stream.dialog)
+        else:
+            self.hep.rtcp(endpoint.peer, ours, packets, call_id or stream.dialog)
 
     def _latched(
         self,

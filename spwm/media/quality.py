@@ -632,6 +632,9 @@ class StreamQuality:
         self._rtcp_of = {id(self.local): _Rtcp(), id(self.tunnel): _Rtcp()}
         self.tunnel_rtt = tunnel_rtt
         self.late_dropped = late_dropped
+        #: called with the leg's name and the parsed packets of every
+        #: RTCP datagram (the HEP copy), or C{None}
+        self.on_report: Callable[[str, list[dict[str, Any]]], None] | None = None
         self.set_codec(codec)
 
     def set_codec(self, codec: str | None) -> None:
@@ -660,6 +663,8 @@ class StreamQuality:
         except RtcpError:
             stats.rtcp_errors += 1
             return
+        if self.on_report is not None:
+            self.on_report(stats.leg, packets)
         seen = self._rtcp_of[id(stats)]
         other = self._rtcp_of[id(self._other(stats))]
         blocks: list[dict[str, Any]] = []
