@@ -1071,3 +1071,67 @@ class CallLogTests(SynchronousTestCase):
         for media, expected in cases:
             sdp = b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n" + media
             self.assertEqual(first_codec(sdp, parse_sdp(sdp)), expected, media)
+
+
+class QualityTests(SynchronousTestCase):
+    """
+    Every relayed stream has its quality figures, fed by the relay
+    sockets; the RTCP they see goes to the HEP sender.
+    """
+
+    def test_stream_quality_and_hep_rtcp(self) -> None:
+        """
+        RTP up and down through both halves: each half's snapshot shows
+        the legs it sees. An SR from the operator side and the phone's RR
+        answering it give the agent the LAN round trip; both reports are
+        copied to the contact point's HEP sender with the Call-ID.
+        """
+        from spwm.media import relay
+
+        from .test_hep import FakeHep
+        from .test_media_quality import report_block, rr, rtp, sr
+
+        hep = FakeHep()
+        reactor, agent, a_end, contact, c_end = _pair(hep=hep)
+        self.patch(relay, "_monotonic", reactor.seconds)
+        key = "3/q@lan"
+        offer = _sdp(PHONE, ("audio", 4000, "a=rtpmap:8 PCMA/8000"))
+        answer = _sdp(OPERATOR, ("audio", 6000, "")).replace(b"RTP/AVP 0", b"RTP/AVP 8")
+        agent.sdp_into_tunnel(a_end, key, "application/sdp", offer)
+        contact.sdp_out_of_tunnel(c_end, key, "application/sdp", offer)
+        contact.sdp_into_tunnel(c_end, key, "application/sdp", answer)
+        agent.sdp_out_of_tunnel(a_end, key, "application/sdp", answer)
+        phone_rtp = reactor.udp[AGENT_ADDR, 20000]
+        phone_rtcp = reactor.udp[AGENT_ADDR, 20001]
+        far_rtp = reactor.udp[CONTACT_ADDR, 30000]
+        far_rtcp = reactor.udp[CONTACT_ADDR, 30001]
+        for seq in range(20):
+            if seq != 7:
+                phone_rtp.receive(rtp(seq, seq * 160, pt=8), (PHONE, 4000))
+            far_rtp.receive(rtp(1000 + seq, seq * 160, ssrc=9, pt=8), (OPERATOR, 6000))
+            reactor.advance(0.02)
+        # the operator's SR passes both halves; the phone answers 30 ms later
+        report = sr(9, 0x0000ABCD, 0x12340000)
+        far_rtcp.receive(report, (OPERATOR, 6001))
+        reactor.advance(0.030)
+        lsr = ((0xABCD & 0xFFFF) << 16) | 0x1234
+        phone_rtcp.receive(rr(0x1234, [report_block(9, 0, 0, 1019, 8, lsr, 0)]), (PHONE, 4001))
+        a_snap = agent._find(a_end.session_id, key).streams[0].quality.snapshot()  # type: ignore[union-attr]
+        c_snap = contact._find(c_end.session_id, key).streams[0].quality.snapshot()  # type: ignore[union-attr]
+        self.assertEqual(a_snap["codec"], "PCMA/8000")
+        self.assertIsNone(a_snap["legs"]["operator"])
+        self.assertIsNone(c_snap["legs"]["lan"])
+        self.assertEqual((a_snap["legs"]["lan"]["packets"], a_snap["legs"]["lan"]["lost"]), (19, 1))
+        self.assertEqual((c_snap["legs"]["tunnel"]["packets"], c_snap["legs"]["tunnel"]["lost"]), (19, 1))
+        self.assertEqual((c_snap["legs"]["operator"]["packets"], a_snap["legs"]["tunnel"]["packets"]), (20, 20))
+        self.assertAlmostEqual(a_snap["legs"]["lan"]["rtcp"]["rtt_ms"], 30.0, places=3)
+        # the fake tunnel is instant: the contact point sees the same round trip
+        self.assertAlmostEqual(c_snap["legs"]["tunnel"]["rtcp"]["rtt_ms"], 30.0, places=3)
+        self.assertIsNotNone(a_snap["mos"]["up"])
+        self.assertEqual(
+            [(src, dst, [p["type"] for p in packets], call) for src, dst, packets, call in hep.reports],
+            [
+                ((OPERATOR, 6001), (CONTACT_ADDR, 30001), ["sr"], "q@lan"),
+                ((CONTACT_ADDR, 30001), (OPERATOR, 6001), ["rr"], "q@lan"),
+            ],
+        )

@@ -473,6 +473,7 @@ class RtpStats:
             "reordered": self.reordered,
             "duplicates": self.duplicates,
             "jitter_ms": round(self.jitter_ms, 3),
+            "restarts": self.restarts,
         }
 
 
