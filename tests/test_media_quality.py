@@ -138,6 +138,31 @@ class RtpSequenceTests(SynchronousTestCase):
         self.assertEqual((stats.expected, stats.lost), (6, 1))
         self.assertEqual(stats.packets, 7)
 
+    def test_duplicate_of_late_packet(self) -> None:
+        """
+        A late packet is reordered the first time, a duplicate the second;
+        a packet too old to be late (more than MAX_MISORDER behind) is a
+        stray one, not a duplicate or a reorder.
+        """
+        stats = RtpStats()
+        feed(stats, [1, 2, 4, 3, 3, 5])
+        self.assertEqual((stats.reordered, stats.duplicates, stats.lost), (1, 1, 0))
+        feed(stats, list(range(6, 400)) + [1])
+        self.assertEqual((stats.reordered, stats.duplicates, stats.stray), (1, 1, 1))
+
+    def test_long_gap_remembers_recent_holes(self) -> None:
+        """
+        After a gap of 1000, the last 100 missing numbers may still come
+        late; the holes kept stay bounded.
+        """
+        stats = RtpStats()
+        feed(stats, [1, 1002, 950, 1003])
+        self.assertEqual((stats.reordered, stats.lost), (1, 1000 - 1))
+        self.assertLessEqual(len(stats.holes), 200)
+        for start in range(1004, 5000, 50):
+            feed(stats, [start + 40])
+        self.assertLessEqual(len(stats.holes), 200)
+
     def test_wrap_around(self) -> None:
         """
         65534, 65535, 0, 1: one cycle, nothing lost; the extended

@@ -39,11 +39,9 @@ MAX_MISORDER = 100
 #: timestamp.
 _HEADER = struct.Struct("!BBHI").unpack_from
 
-#: Sequence numbers remembered for duplicate detection (a power of two
-#: larger than L{MAX_MISORDER}).
-_WINDOW = 128
-_MASK = _WINDOW - 1
-_ZEROS = bytes(_WINDOW)
+#: Missing sequence numbers remembered (to tell a late packet from a
+#: duplicate) before the ones too old to matter are pruned.
+_MAX_HOLES = 2 * MAX_MISORDER
 
 #: RTCP packet types (RFC 3550, RFC 3611).
 RTCP_SR = 200
@@ -236,7 +234,7 @@ class RtpStats:
         "unique",
         "duplicates",
         "reordered",
-        "window",
+        "holes",
         "rate",
         "jitter",
         "transit",
@@ -273,7 +271,10 @@ class RtpStats:
         self.unique = 0
         self.duplicates = 0
         self.reordered = 0
-        self.window = bytearray(_WINDOW)
+        # the missing numbers within MAX_MISORDER of the highest: a late
+        # packet in it is reordered, one not in it a duplicate (only gaps
+        # write it, so an in-order packet costs nothing here)
+        self.holes: set[int] = set()
         self.rate = rate
         self.jitter = 0.0
         # the relative transit time of the last packet (A.8)
@@ -296,13 +297,17 @@ class RtpStats:
         last one updates a few numbers; everything else goes to
         L{_unusual} or L{_sequence}.
         """
-        if len(data) < 12:
-            self._unusual(data, now)
+        try:
+            # one C call for the four fields (a tuple from the free list:
+            # five times cheaper than indexing the bytes in Python); the
+            # try costs nothing until a datagram is shorter than 8 bytes
+            first, kind, seq, ts = _HEADER(data)
+        except struct.error:
+            self.other += 1
             return
-        # one C call for the four fields (a tuple from the free list:
-        # five times cheaper than indexing the bytes in Python)
-        first, kind, seq, ts = _HEADER(data)
         if first & 0xC0 != 0x80 or 192 <= kind <= 223:
+            # RTCP (RFC 5761), STUN, DTLS; an 8 to 11 byte datagram with
+            # the RTP version counts as RTP (a broken one: harmless)
             self._unusual(data, now)
             return
         if seq == self.next_seq:
@@ -310,7 +315,6 @@ class RtpStats:
             self.next_seq = (seq + 1) & 0xFFFF
             if seq == 0:
                 self.cycles += 65536
-            self.window[seq & 127] = 1
             self.unique += 1
         elif not self._sequence(seq, ts, now):
             self.bytes += len(data)
@@ -332,7 +336,7 @@ class RtpStats:
         """
         RTCP (RFC 5761: packet types 192-223) or not RTP at all.
         """
-        if len(data) >= 8 and data[0] & 0xC0 == 0x80 and 192 <= data[1] <= 223:
+        if data[0] & 0xC0 == 0x80 and 192 <= data[1] <= 223:
             self.rtcp_packets += 1
             if self.on_rtcp is not None:
                 self.on_rtcp(self, data, now)
@@ -350,22 +354,21 @@ class RtpStats:
         if not self.started:
             self._start(seq, ts, now)
             return False
-        udelta = (seq - self.max_seq) & 0xFFFF
-        window = self.window
+        highest = self.max_seq
+        udelta = (seq - highest) & 0xFFFF
         if udelta == 0:
             self.duplicates += 1
         elif udelta < MAX_DROPOUT:
-            # a gap: the skipped numbers are missing (for now)
-            if seq < self.max_seq:
+            # a gap: the skipped numbers are missing (for now); only the
+            # last MAX_MISORDER of them can still come late
+            if seq < highest:
                 self.cycles += 65536
-            if udelta < _WINDOW:
-                base = self.max_seq
-                for step in range(1, udelta):
-                    window[(base + step) & _MASK] = 0
-            else:
-                window[:] = _ZEROS
+            holes = self.holes
+            for step in range(max(1, udelta - MAX_MISORDER), udelta):
+                holes.add((highest + step) & 0xFFFF)
+            if len(holes) > _MAX_HOLES:
+                self.holes = {h for h in holes if (seq - h) & 0xFFFF <= MAX_MISORDER}
             self.next_seq = (seq + 1) & 0xFFFF
-            window[seq & _MASK] = 1
             self.unique += 1
         elif udelta <= 65536 - MAX_MISORDER:
             # a very large jump: a restart if the next packet follows it
@@ -377,14 +380,13 @@ class RtpStats:
                 self.stray += 1
             return False
         else:
-            # behind the highest: late, or a duplicate
-            slot = seq & _MASK
-            if window[slot]:
-                self.duplicates += 1
-            else:
-                window[slot] = 1
+            # behind the highest: late (it was missing), or a duplicate
+            if seq in self.holes:
+                self.holes.discard(seq)
                 self.reordered += 1
                 self.unique += 1
+            else:
+                self.duplicates += 1
         return True
 
     def _start(self, seq: int, ts: int, now: float) -> None:
@@ -400,8 +402,7 @@ class RtpStats:
         self.next_seq = (seq + 1) & 0xFFFF
         self.cycles = 0
         self.bad_seq = -1
-        self.window[:] = _ZEROS
-        self.window[seq & _MASK] = 1
+        self.holes = set()
         self.unique += 1
         self.transit = now * self.rate - ts
 
