@@ -740,8 +740,9 @@ class StreamQuality:
         The E-model MOS of one direction (L{emodel}) from what this half
         sees of it: loss, the larger of our own count on the leg it
         arrives on and the fraction lost the receiving endpoint reports
-        in RTCP; delay, half the RTCP round trip through the tunnel when
-        known (else the tunnel transit, else 0), plus L{PACKET_TIME_MS}
+        in RTCP; delay, half the sum of the RTCP round trips from this
+        half to each endpoint, as far as known (else the tunnel transit,
+        else 0), plus L{PACKET_TIME_MS}
         and a jitter buffer of twice the jitter (at least
         L{MIN_JITTER_BUFFER_MS}).
 
@@ -757,9 +758,12 @@ class StreamQuality:
         report = self._rtcp_of[id(self._other(stats))].rr
         if report:
             loss = max(loss, max(b["fraction_lost"] for b in report) / 256)
-        network = self._rtcp_of[id(self.tunnel)].rtt_ms
-        if network is not None:
-            network = network / 2
+        # the two round trips from this half, one to each endpoint, make
+        # one round trip from endpoint to endpoint
+        trips = [self._rtcp_of[id(s)].rtt_ms for s in (self.local, self.tunnel)]
+        known = [t for t in trips if t is not None]
+        if known:
+            network = sum(known) / 2
         elif transit_ms is not None:
             network = transit_ms
         else:
