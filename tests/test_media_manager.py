@@ -1128,6 +1128,12 @@ class QualityTests(SynchronousTestCase):
         # the fake tunnel is instant: the contact point sees the same round trip
         self.assertAlmostEqual(c_snap["legs"]["tunnel"]["rtcp"]["rtt_ms"], 30.0, places=3)
         self.assertIsNotNone(a_snap["mos"]["up"])
+        (live,) = agent.live_calls()
+        self.assertEqual((live["dialog"], live["call_id"], live["codec"]), (key, "q@lan", "PCMA/8000"))
+        self.assertEqual(live["streams"][0]["quality"]["legs"]["lan"]["lost"], 1)
+        agent.dialog_ended(a_end, key)
+        self.assertEqual(list(agent.live_calls()), [])
+        self.assertEqual([r["dialog"] for r in agent.ended_calls], [key])
         self.assertEqual(
             [(src, dst, [p["type"] for p in packets], call) for src, dst, packets, call in hep.reports],
             [

@@ -20,6 +20,7 @@ See C{docs/media.md} and C{docs/architecture.md} ("Media").
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Iterable, Iterator
 
 from twisted.internet.error import CannotListenError
@@ -92,6 +93,9 @@ DEFAULT_MAX_PENDING_CHANNELS = 256
 #: right behind the open on the same tunnel, so a channel still waiting
 #: after this belongs to a message that was refused or lost (overload).
 PENDING_TIMEOUT = 10.0
+
+#: Call detail records kept for the status page (the last ones ended).
+RECENT_CALLS = 100
 
 #: The port we advertise when we connect (RFC 4145 section 4.1).
 _ACTIVE_PORT = 9
@@ -534,6 +538,8 @@ class MediaManager:
         self.sockets = sockets if sockets is not None else TwistedRelaySockets(reactor, MAX_DATAGRAM)
         self.max_branches_per_stream = max_branches_per_stream
         self.hep = hep
+        #: the call detail records of the last RECENT_CALLS calls ended
+        self.ended_calls: deque[dict[str, Any]] = deque(maxlen=RECENT_CALLS)
         # session id -> dialog key -> the dialog's media: keyed by the
         # session's stable id, never by the connection that carries it, so
         # a resumption moves nothing and a session's end touches its own
@@ -661,6 +667,38 @@ class MediaManager:
         The keys of the dialogs (call legs) of a session that have media.
         """
         return list(self._sessions.get(session_id, ()))
+
+    def live_calls(self) -> Iterator[dict[str, Any]]:
+        """
+        The calls up now with their quality, for the status page (walks
+        every stream: for status requests, not per packet): per call its
+        C{session}, C{dialog}, C{call_id}, C{from}, C{to}, C{started},
+        C{answered} (Unix times, C{None}: not yet), C{codec} and per
+        stream C{index} and C{quality} (L{StreamQuality.snapshot}; C{None}
+        for TCP media).
+        """
+        for session_id, dialogs in self._sessions.items():
+            for dialog_key, dialog in dialogs.items():
+                parties = dialog.parties
+                first = next(iter(sorted(dialog.streams.items())), None)
+                codec = first[1].quality.codec if first is not None else None
+                yield {
+                    "session": session_id,
+                    "dialog": dialog_key,
+                    "call_id": dialog_key.partition("/")[2] or dialog_key,
+                    "from": None if parties is None else parties[0],
+                    "to": None if parties is None else parties[1],
+                    "started": dialog.started,
+                    "answered": dialog.answered_at,
+                    "codec": codec or dialog.codec.get(True) or dialog.codec.get(False),
+                    "streams": [
+                        {
+                            "index": index,
+                            "quality": None if stream.tcp is not None else stream.quality.snapshot(),
+                        }
+                        for index, stream in sorted(dialog.streams.items())
+                    ],
+                }
 
     def _find(self, session_id: str, dialog_key: str) -> _Dialog | None:
         dialogs = self._sessions.get(session_id)
@@ -1313,6 +1351,7 @@ class MediaManager:
         record = call_detail_record(
             dialog_key, dialog, reason, self.clock.seconds(), self.side, self._local_leg
         )
+        self.ended_calls.append(record)
         if record["answered_s"] is None:
             answered = "not answered"
         else:
