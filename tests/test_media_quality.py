@@ -274,6 +274,22 @@ class JitterTests(SynchronousTestCase):
         stats.received(rtp(2, 320), 1.040)
         self.assertAlmostEqual(stats.jitter, 8.0 + (128 - 8) / 16, places=3)
 
+    def test_rate_change(self) -> None:
+        """
+        A new clock rate (a re-INVITE to a wideband codec) restarts the
+        relative transit time: no jitter from the change itself, the
+        sequence goes on.
+        """
+        stats = RtpStats(rate=8000)
+        for i in range(50):
+            stats.received(rtp(i, i * 160), 100.0 + i * 0.020)
+        stats.set_rate(16000)
+        self.assertEqual(stats.max_seq, 49)
+        for i in range(50, 100):
+            stats.received(rtp(i, 50 * 160 + (i - 50) * 320), 100.0 + i * 0.020)
+        self.assertAlmostEqual(stats.jitter, 0.0, places=3)
+        self.assertEqual((stats.expected, stats.lost, stats.max_seq), (100, 0, 99))
+
     def test_timestamp_wrap(self) -> None:
         """
         The 32-bit timestamp wrapping does not look like jitter.

@@ -229,6 +229,7 @@ class RtpStats:
         "started",
         "base_seq",
         "next_seq",
+        "held_seq",
         "cycles",
         "bad_seq",
         "unique",
@@ -266,6 +267,8 @@ class RtpStats:
         self.base_seq = 0
         # the number that follows the highest (-1: none yet)
         self.next_seq = -1
+        # next_seq while a rate change parks it at -2 (set_rate)
+        self.held_seq = 0
         self.cycles = 0
         self.bad_seq = -1
         self.unique = 0
@@ -354,6 +357,18 @@ class RtpStats:
         if not self.started:
             self._start(seq, ts, now)
             return False
+        rebase = self.next_seq == -2
+        if rebase:
+            # the clock rate changed (L{set_rate}): this packet starts the
+            # relative transit time anew, in the new unit
+            self.next_seq = self.held_seq
+            self.transit = now * self.rate - ts
+            if seq == self.next_seq:
+                self.next_seq = (seq + 1) & 0xFFFF
+                if seq == 0:
+                    self.cycles += 65536
+                self.unique += 1
+                return False
         highest = self.max_seq
         udelta = (seq - highest) & 0xFFFF
         if udelta == 0:
@@ -387,7 +402,20 @@ class RtpStats:
                 self.unique += 1
             else:
                 self.duplicates += 1
-        return True
+        return not rebase
+
+    def set_rate(self, rate: int) -> None:
+        """
+        The RTP clock rate (the codec changed): the next packet takes the
+        slow path, which starts the relative transit time anew (so the
+        change does not show as one enormous jitter sample).
+        """
+        if rate == self.rate:
+            return
+        self.rate = rate
+        if self.started and self.next_seq >= 0:
+            self.held_seq = self.next_seq
+            self.next_seq = -2
 
     def _start(self, seq: int, ts: int, now: float) -> None:
         if self.started:
@@ -411,7 +439,8 @@ class RtpStats:
         """
         The highest sequence number seen (16 bits).
         """
-        return (self.next_seq - 1) & 0xFFFF
+        following = self.held_seq if self.next_seq == -2 else self.next_seq
+        return (following - 1) & 0xFFFF
 
     @property
     def packets(self) -> int:
@@ -647,8 +676,8 @@ class StreamQuality:
             return
         self.codec = codec
         rate = clock_rate(codec)
-        self.local.rate = rate
-        self.tunnel.rate = rate
+        self.local.set_rate(rate)
+        self.tunnel.set_rate(rate)
 
     def _other(self, stats: RtpStats) -> RtpStats:
         return self.tunnel if stats is self.local else self.local
