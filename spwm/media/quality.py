@@ -51,9 +51,6 @@ RTCP_BYE = 203
 RTCP_APP = 204
 RTCP_XR = 207
 
-#: The NTP epoch (1900) in Unix time.
-NTP_OFFSET = 2208988800
-
 #: SR arrival times remembered per leg for the round trip (L{StreamQuality}).
 _SR_MEMORY = 8
 
@@ -660,7 +657,7 @@ class StreamQuality:
         self.codec: str | None = None
         self.local = RtpStats(local_name, on_rtcp=self._rtcp)
         self.tunnel = RtpStats("tunnel", on_rtcp=self._rtcp)
-        self._rtcp_of = {id(self.local): _Rtcp(), id(self.tunnel): _Rtcp()}
+        self._rtcp_of = {self.local.leg: _Rtcp(), self.tunnel.leg: _Rtcp()}
         self.tunnel_rtt = tunnel_rtt
         self.late_dropped = late_dropped
         #: called with the leg's name and the parsed packets of every
@@ -696,8 +693,8 @@ class StreamQuality:
             return
         if self.on_report is not None:
             self.on_report(stats.leg, packets)
-        seen = self._rtcp_of[id(stats)]
-        other = self._rtcp_of[id(self._other(stats))]
+        seen = self._rtcp_of[stats.leg]
+        other = self._rtcp_of[self._other(stats).leg]
         blocks: list[dict[str, Any]] = []
         for packet in packets:
             kind = packet["type"]
@@ -735,7 +732,7 @@ class StreamQuality:
         back, from RTCP (LSR/DLSR), or C{None}.
         """
         stats = self.legs().get(leg)
-        return None if stats is None else self._rtcp_of[id(stats)].rtt_ms
+        return None if stats is None else self._rtcp_of[stats.leg].rtt_ms
 
     def transit_ms(self) -> float | None:
         """
@@ -753,7 +750,7 @@ class StreamQuality:
         if is_tunnel and self.late_dropped is not None:
             late = self.late_dropped()
         figures["late_dropped"] = late
-        figures["rtcp"] = self._rtcp_of[id(stats)].figures(stats.rate)
+        figures["rtcp"] = self._rtcp_of[stats.leg].figures(stats.rate)
         return figures
 
     def direction(self, which: str) -> RtpStats:
@@ -784,12 +781,12 @@ class StreamQuality:
         loss = stats.loss_ratio()
         # the receiving endpoint's report about this direction arrives on
         # the other leg (it sends its RTCP back the way it came)
-        report = self._rtcp_of[id(self._other(stats))].rr
+        report = self._rtcp_of[self._other(stats).leg].rr
         if report:
             loss = max(loss, max(b["fraction_lost"] for b in report) / 256)
         # the two round trips from this half, one to each endpoint, make
         # one round trip from endpoint to endpoint
-        trips = [self._rtcp_of[id(s)].rtt_ms for s in (self.local, self.tunnel)]
+        trips = [self._rtcp_of[s.leg].rtt_ms for s in (self.local, self.tunnel)]
         known = [t for t in trips if t is not None]
         if known:
             network = sum(known) / 2
