@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from spwm.addr import hostport
 from spwm.logthrottle import Every, PowersOfTwo, ThrottledLog
 from spwm.media.ports import PortAllocator, PortsExhaustedError
-from spwm.media.quality import StreamQuality, codec_name
+from spwm.media.quality import StreamQuality
 from spwm.media.reader import TwistedRelaySockets
 from spwm.media.relay import (
     DEFAULT_RECEIVE_BUFFER,
@@ -217,7 +217,6 @@ class _Dialog:
         "history",
         "quality",
         "parties",
-        "wall_started",
     )
 
     def __init__(self, leg: LegMedia, now: float = 0.0) -> None:
@@ -237,7 +236,6 @@ class _Dialog:
         self.quality: dict[int, dict[str, Any]] = {}
         # (From URI, To URI) of the call, when the SIP core told us
         self.parties: tuple[str, str] | None = None
-        self.wall_started = now
 
 
 #: The traffic counters of L{MediaManager.status}: the relay endpoints'
