@@ -317,7 +317,7 @@ class _Runner:
                         f"operator {action.transport} {peer_text(action.addr)}",
                         action.data,
                         action.addr,
-                        None,
+                        getattr(self.core, "address", None),
                         action.transport,
                     )
                 self._to_network(action)
