@@ -144,8 +144,9 @@ def _as6(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IP
 def rtcp_json(packets: list[dict[str, Any]]) -> bytes:
     """
     Parsed RTCP (L{spwm.media.quality.parse_rtcp}) as the JSON that HEP
-    capture agents send with protocol type 5 (the fields Homer reads:
-    C{type}, C{ssrc}, C{sender_information}, C{report_blocks}).
+    capture agents (heplify, rtpengine) send with protocol type 5: C{type},
+    C{ssrc}, C{sender_information}, C{report_count}, C{report_blocks} and,
+    from an XR VoIP metrics block, the flat C{report_blocks_xr}.
     """
     out: dict[str, Any] = {}
     blocks: list[dict[str, Any]] = []
@@ -157,7 +158,8 @@ def rtcp_json(packets: list[dict[str, Any]]) -> bytes:
             if kind == "sr":
                 out["sender_information"] = {
                     "ntp_timestamp_sec": packet["ntp_sec"],
-                    "ntp_timestamp_usec": int(packet["ntp_frac"] * 1_000_000 / 2**32),
+                    # the NTP fraction as it is, as heplify and rtpengine send it
+                    "ntp_timestamp_usec": packet["ntp_frac"],
                     "rtp_timestamp": packet["rtp_ts"],
                     "packets": packet["packets"],
                     "octets": packet["octets"],
@@ -177,7 +179,20 @@ def rtcp_json(packets: list[dict[str, Any]]) -> bytes:
         elif kind == "xr":
             metrics = [b for b in packet["blocks"] if b.get("block_type") == 7]
             if metrics:
-                out["report_blocks_xr"] = metrics[-1]
+                # heplify's flat layout, values as on the wire (x/256)
+                m = metrics[-1]
+                out["report_blocks_xr"] = {
+                    "type": 7,
+                    "id": m["ssrc"],
+                    "fraction_lost": round(m["loss_rate"] * 256),
+                    "fraction_discard": round(m["discard_rate"] * 256),
+                    "burst_density": round(m["burst_density"] * 256),
+                    "gap_density": round(m["gap_density"] * 256),
+                    "burst_duration": m["burst_duration_ms"],
+                    "gap_duration": m["gap_duration_ms"],
+                    "round_trip_delay": m["round_trip_ms"],
+                    "end_system_delay": m["end_system_delay_ms"],
+                }
             out.setdefault("type", 207)
             out.setdefault("ssrc", packet["ssrc"])
     out["report_count"] = len(blocks)

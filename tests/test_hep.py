@@ -94,6 +94,33 @@ class EncodeTests(SynchronousTestCase):
     def test_too_long(self) -> None:
         self.assertRaises(ValueError, encode, ("192.0.2.1", 1), ("192.0.2.2", 2), b"x" * 65507, 0.0)
 
+    def test_rtcp_json_xr(self) -> None:
+        """
+        An XR VoIP metrics block becomes heplify's flat
+        C{report_blocks_xr}, its values as on the wire.
+        """
+        from spwm.hep import rtcp_json
+
+        from .test_media_quality import voip_metrics_block, xr
+
+        body = json.loads(rtcp_json(parse_rtcp(rr(1, []) + xr(1, [voip_metrics_block(9, 13, 88, 41, 40, 52)]))))
+        self.assertEqual(body["type"], 201)
+        self.assertEqual(
+            body["report_blocks_xr"],
+            {
+                "type": 7,
+                "id": 9,
+                "fraction_lost": 13,
+                "fraction_discard": 3,
+                "burst_density": 0,
+                "gap_density": 0,
+                "burst_duration": 0,
+                "gap_duration": 0,
+                "round_trip_delay": 52,
+                "end_system_delay": 40,
+            },
+        )
+
     def test_parse_target(self) -> None:
         self.assertEqual(parse_target("192.0.2.9:9060"), ("192.0.2.9", 9060))
         self.assertEqual(parse_target("[2001:db8::9]:9060"), ("2001:db8::9", 9060))
@@ -188,7 +215,7 @@ class SenderTests(TestCase):
         self.assertEqual((second[11], second[17]), (5, b"abc@192.0.2.10"))
         body = json.loads(second[15])
         self.assertEqual((body["type"], body["ssrc"], body["report_count"]), (200, 0x77, 1))
-        self.assertEqual(body["sender_information"]["ntp_timestamp_usec"], 500000)
+        self.assertEqual(body["sender_information"]["ntp_timestamp_usec"], 1 << 31)
         self.assertEqual(
             body["report_blocks"][0],
             {
