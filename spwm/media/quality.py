@@ -37,7 +37,7 @@ MAX_MISORDER = 100
 
 #: The RTP header's first byte, payload type byte, sequence number and
 #: timestamp.
-_HEADER = struct.Struct("!BBHI").unpack_from
+_HEADER = struct.Struct("!HHI").unpack_from
 
 #: Missing sequence numbers remembered (to tell a late packet from a
 #: duplicate) before the ones too old to matter are pruned.
@@ -275,7 +275,9 @@ class RtpStats:
         # packet in it is reordered, one not in it a duplicate (only gaps
         # write it, so an in-order packet costs nothing here)
         self.holes: set[int] = set()
-        self.rate = rate
+        # a float: the per-packet product with the arrival time is then
+        # float by float
+        self.rate = float(rate)
         self.jitter = 0.0
         # the relative transit time of the last packet (A.8)
         self.transit = 0.0
@@ -301,11 +303,11 @@ class RtpStats:
             # one C call for the four fields (a tuple from the free list:
             # five times cheaper than indexing the bytes in Python); the
             # try costs nothing until a datagram is shorter than 8 bytes
-            first, kind, seq, ts = _HEADER(data)
+            head, seq, ts = _HEADER(data)
         except struct.error:
             self.other += 1
             return
-        if first & 0xC0 != 0x80 or 192 <= kind <= 223:
+        if head & 0xC000 != 0x8000 or head & 0xE0 == 0xC0:
             # RTCP (RFC 5761), STUN, DTLS; an 8 to 11 byte datagram with
             # the RTP version counts as RTP (a broken one: harmless)
             self._unusual(data, now)
@@ -409,7 +411,7 @@ class RtpStats:
         """
         if rate == self.rate:
             return
-        self.rate = rate
+        self.rate = float(rate)
         if self.started and self.next_seq >= 0:
             self.held_seq = self.next_seq
             self.next_seq = -2
@@ -601,7 +603,7 @@ class _Rtcp:
         # NTP middle 32 bits of the SRs that arrived on this leg -> when
         self.sr_arrivals: dict[int, float] = {}
 
-    def figures(self, rate: int) -> dict[str, Any] | None:
+    def figures(self, rate: float) -> dict[str, Any] | None:
         if self.sr is None and self.rr is None and self.xr is None:
             return None
         reports = None
