@@ -979,14 +979,29 @@ class CallLogTests(SynchronousTestCase):
                 f" stream 0 audio: lan 192.0.2.10:4000 (SDP) <-> relay 192.0.2.1:20000;"
                 f" tunnel channel 1 <-> far end 203.0.113.20:6000",
                 f"call {DIALOG} ended (dialog ended) after 32.0s, answered for 30.0s:"
-                f" stream 0: lan in 5 out 3 lost 1, tunnel in 3 out 4 lost 0",
+                f" ? -> ?, codec PCMA/8000; stream 0: lan 0 pkts lost 0 jitter 0.0ms,"
+                f" tunnel 0 pkts lost 0 jitter 0.0ms; MOS up ? down ?; relay dropped 1",
             ],
         )
         contact_lines = [formatEvent(e) for e in calls if e["log_source"] is contact]
         self.assertEqual(
             contact_lines[-1],
             f"call {DIALOG} ended (dialog ended) after 32.0s, answered for 30.0s:"
-            f" stream 0: operator in 3 out 4 lost 0, tunnel in 4 out 3 lost 0",
+            f" ? -> ?, codec PCMA/8000; stream 0: tunnel 0 pkts lost 0 jitter 0.0ms,"
+            f" operator 0 pkts lost 0 jitter 0.0ms; MOS up ? down ?; relay dropped 0",
+        )
+        # the relay's own counters are in the record for machines
+        (record,) = [e["cdr"] for e in calls if e["log_source"] is agent and "cdr" in e]
+        self.assertEqual(
+            record["streams"][0]["relay"],
+            {
+                "packets_in": 4,
+                "packets_out": 3,
+                "dropped_source": 1,
+                "dropped_no_channel": 0,
+                "dropped_no_target": 0,
+                "dropped_send": 0,
+            },
         )
         self.assertIn("answered from the operator leg: codec PCMA/8000", contact_lines[1])
 
@@ -1004,10 +1019,84 @@ class CallLogTests(SynchronousTestCase):
             [
                 f"call {DIALOG} started from the tunnel leg",
                 f"call {DIALOG} answered from the tunnel leg: codec none (no SDP); no media",
-                f"call {DIALOG} ended (dialog ended) after 0.0s, answered for 0.0s: no media",
+                f"call {DIALOG} ended (dialog ended) after 0.0s, answered for 0.0s:"
+                " ? -> ?, codec none; no media",
             ],
         )
         assert_released(self, agent)
+
+    maxDiff = None
+
+    def test_call_detail_record(self) -> None:
+        """
+        The end of a call with RTP both ways (one packet lost on the LAN
+        leg, one reordered out of the tunnel) and named parties: one
+        event whose C{cdr} field has the figures per leg and the MOS per
+        direction, and a line for people with the same figures.
+        """
+        from spwm.media import relay
+        from spwm.media.quality import emodel
+
+        from .test_media_quality import rtp
+
+        reactor, agent, a_end, contact, c_end = _pair()
+        self.patch(relay, "_monotonic", reactor.seconds)
+        key = "7/call-9@lan"
+        offer = _sdp(PHONE, ("audio", 4000, ""))
+        answer = _sdp(OPERATOR, ("audio", 6000, ""))
+        with capturedLogs() as events:
+            agent.sdp_into_tunnel(a_end, key, "application/sdp", offer)
+            agent.call_parties(a_end, key, "sip:alice@example.com", "sip:bob@example.net")
+            contact.sdp_out_of_tunnel(c_end, key, "application/sdp", offer)
+            contact.sdp_into_tunnel(c_end, key, "application/sdp", answer)
+            agent.sdp_out_of_tunnel(a_end, key, "application/sdp", answer)
+            agent.dialog_answered(a_end, key, "b", ours=False)
+            phone = reactor.udp[AGENT_ADDR, 20000]
+            far = reactor.udp[CONTACT_ADDR, 30000]
+            for seq in [1, 2, 3, 5, 6, 7, 8, 9, 10, 11]:
+                phone.receive(rtp(seq, seq * 160), (PHONE, 4000))
+                reactor.advance(0.02)
+            for seq in [100, 101, 103, 102, 104]:
+                far.receive(rtp(seq, seq * 160, ssrc=9), (OPERATOR, 6000))
+                reactor.advance(0.02)
+            reactor.advance(10)
+            agent.dialog_ended(a_end, key)
+        (event,) = [e for e in events if "cdr" in e]
+        record = event["cdr"]
+        self.assertEqual(
+            (record["call_id"], record["dialog"], record["side"], record["from"], record["to"]),
+            ("call-9@lan", key, "agent", "sip:alice@example.com", "sip:bob@example.net"),
+        )
+        self.assertEqual((record["codec"], record["reason"], record["duration_s"]), ("PCMU/8000", "dialog ended", 10.3))
+        (stream,) = record["streams"]
+        lan, tunnel = stream["legs"]["lan"], stream["legs"]["tunnel"]
+        self.assertIsNone(stream["legs"]["operator"])
+        self.assertEqual((lan["packets"], lan["lost"], lan["reordered"]), (10, 1, 0))
+        self.assertEqual((tunnel["packets"], tunnel["lost"], tunnel["reordered"]), (5, 0, 1))
+        # up: 1 of 11 lost, delay 0 + 20 + 20 ms (no transit known; the
+        # jitter is below 10 ms); the phone sent 5 when 4 was due: one
+        # |D| of 20 ms (160 units), J = 160/16 then decaying
+        self.assertAlmostEqual(lan["jitter_ms"], 1.25 * (15 / 16) ** 6, places=2)
+        up = emodel("PCMU/8000", 1 / 11, 40.0)
+        assert up is not None
+        self.assertEqual(stream["mos"]["up"], round(up[1], 2))
+        self.assertEqual(record["mos"], stream["mos"])
+        self.assertEqual(
+            formatEvent(event),
+            "call call-9@lan ended (dialog ended) after 10.3s, answered for 10.3s:"
+            " sip:alice@example.com -> sip:bob@example.net, codec PCMU/8000;"
+            " stream 0: lan 10 pkts lost 1 jitter {}ms,"
+            " tunnel 5 pkts lost 0 jitter {}ms reordered 1 dup 0;"
+            " MOS up {} down {}; relay dropped 0".format(
+                round(lan["jitter_ms"], 1),
+                round(tunnel["jitter_ms"], 1),
+                stream["mos"]["up"],
+                stream["mos"]["down"],
+            ),
+        )
+        import json
+
+        self.assertEqual(json.loads(json.dumps(record)), record)
 
     def test_first_codec(self) -> None:
         """
@@ -1024,3 +1113,73 @@ class CallLogTests(SynchronousTestCase):
         for media, expected in cases:
             sdp = b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n" + media
             self.assertEqual(first_codec(sdp, parse_sdp(sdp)), expected, media)
+
+
+class QualityTests(SynchronousTestCase):
+    """
+    Every relayed stream has its quality figures, fed by the relay
+    sockets; the RTCP they see goes to the HEP sender.
+    """
+
+    def test_stream_quality_and_hep_rtcp(self) -> None:
+        """
+        RTP up and down through both halves: each half's snapshot shows
+        the legs it sees. An SR from the operator side and the phone's RR
+        answering it give the agent the LAN round trip; both reports are
+        copied to the contact point's HEP sender with the Call-ID.
+        """
+        from spwm.media import relay
+
+        from .test_hep import FakeHep
+        from .test_media_quality import report_block, rr, rtp, sr
+
+        hep = FakeHep()
+        reactor, agent, a_end, contact, c_end = _pair(hep=hep)
+        self.patch(relay, "_monotonic", reactor.seconds)
+        key = "3/q@lan"
+        offer = _sdp(PHONE, ("audio", 4000, "a=rtpmap:8 PCMA/8000"))
+        answer = _sdp(OPERATOR, ("audio", 6000, "")).replace(b"RTP/AVP 0", b"RTP/AVP 8")
+        agent.sdp_into_tunnel(a_end, key, "application/sdp", offer)
+        contact.sdp_out_of_tunnel(c_end, key, "application/sdp", offer)
+        contact.sdp_into_tunnel(c_end, key, "application/sdp", answer)
+        agent.sdp_out_of_tunnel(a_end, key, "application/sdp", answer)
+        phone_rtp = reactor.udp[AGENT_ADDR, 20000]
+        phone_rtcp = reactor.udp[AGENT_ADDR, 20001]
+        far_rtp = reactor.udp[CONTACT_ADDR, 30000]
+        far_rtcp = reactor.udp[CONTACT_ADDR, 30001]
+        for seq in range(20):
+            if seq != 7:
+                phone_rtp.receive(rtp(seq, seq * 160, pt=8), (PHONE, 4000))
+            far_rtp.receive(rtp(1000 + seq, seq * 160, ssrc=9, pt=8), (OPERATOR, 6000))
+            reactor.advance(0.02)
+        # the operator's SR passes both halves; the phone answers 30 ms later
+        report = sr(9, 0x0000ABCD, 0x12340000)
+        far_rtcp.receive(report, (OPERATOR, 6001))
+        reactor.advance(0.030)
+        lsr = ((0xABCD & 0xFFFF) << 16) | 0x1234
+        phone_rtcp.receive(rr(0x1234, [report_block(9, 0, 0, 1019, 8, lsr, 0)]), (PHONE, 4001))
+        a_snap = agent._find(a_end.session_id, key).streams[0].quality.snapshot()  # type: ignore[union-attr]
+        c_snap = contact._find(c_end.session_id, key).streams[0].quality.snapshot()  # type: ignore[union-attr]
+        self.assertEqual(a_snap["codec"], "PCMA/8000")
+        self.assertIsNone(a_snap["legs"]["operator"])
+        self.assertIsNone(c_snap["legs"]["lan"])
+        self.assertEqual((a_snap["legs"]["lan"]["packets"], a_snap["legs"]["lan"]["lost"]), (19, 1))
+        self.assertEqual((c_snap["legs"]["tunnel"]["packets"], c_snap["legs"]["tunnel"]["lost"]), (19, 1))
+        self.assertEqual((c_snap["legs"]["operator"]["packets"], a_snap["legs"]["tunnel"]["packets"]), (20, 20))
+        self.assertAlmostEqual(a_snap["legs"]["lan"]["rtcp"]["rtt_ms"], 30.0, places=3)
+        # the fake tunnel is instant: the contact point sees the same round trip
+        self.assertAlmostEqual(c_snap["legs"]["tunnel"]["rtcp"]["rtt_ms"], 30.0, places=3)
+        self.assertIsNotNone(a_snap["mos"]["up"])
+        (live,) = agent.live_calls()
+        self.assertEqual((live["dialog"], live["call_id"], live["codec"]), (key, "q@lan", "PCMA/8000"))
+        self.assertEqual(live["streams"][0]["quality"]["legs"]["lan"]["lost"], 1)
+        agent.dialog_ended(a_end, key)
+        self.assertEqual(list(agent.live_calls()), [])
+        self.assertEqual([r["dialog"] for r in agent.cdrs], [key])
+        self.assertEqual(
+            [(src, dst, [p["type"] for p in packets], call) for src, dst, packets, call in hep.reports],
+            [
+                ((OPERATOR, 6001), (CONTACT_ADDR, 30001), ["sr"], "q@lan"),
+                ((CONTACT_ADDR, 30001), (OPERATOR, 6001), ["rr"], "q@lan"),
+            ],
+        )

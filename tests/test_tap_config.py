@@ -208,6 +208,33 @@ class AssemblyTests(SynchronousTestCase):
         self.assertIsInstance(agent.tunnel_service._reporting._inner, QuicClientEndpoint)
         self.assertIn("QUIC", agent.tunnel_service.description)
 
+    def test_hep(self) -> None:
+        """
+        C{--hep} gives both halves one HEP sender (capture agent 1 for the
+        agent, 2 for the contact point), used by the SIP trace hook (its
+        lines stay off without C{--sip-trace}) and by the media manager,
+        and started with the service; a name instead of an address is a
+        configuration error.
+        """
+        agent = build_agent(
+            AgentConfig.from_options({"plaintext": True, "hep": "192.0.2.9:9060"}), MemoryReactorClock()
+        )
+        contact = build_contact(
+            ContactConfig.from_options({"plaintext": True, "listen": "tcp:0", "hep": "[2001:db8::9]:9060", "sip-trace": True}),
+            MemoryReactorClock(),
+        )
+        for built, agent_id, target, lines in ((agent, 1, ("192.0.2.9", 9060), False), (contact, 2, ("2001:db8::9", 9060), True)):
+            trace = built.runner.trace
+            assert trace is not None
+            self.assertIs(trace.hep, built.media.hep)
+            self.assertEqual((trace.hep.agent_id, trace.hep.target, trace.lines), (agent_id, target, lines))
+        self.assertIsNone(
+            build_agent(AgentConfig.from_options({"plaintext": True}), MemoryReactorClock()).runner.trace
+        )
+        with self.assertRaises(ConfigError) as caught:
+            AgentConfig.from_options({"plaintext": True, "hep": "homer.example.net:9060"})
+        self.assertEqual(str(caught.exception), "hep: 'homer.example.net' is not an IP address")
+
     def test_build_error_is_config_error(self) -> None:
         """
         Problems found while building raise L{ConfigError}; C{makeService}

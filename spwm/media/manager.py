@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from spwm.addr import hostport
 from spwm.logthrottle import Every, PowersOfTwo, ThrottledLog
 from spwm.media.ports import PortAllocator, PortsExhaustedError
+from spwm.media.quality import StreamQuality
 from spwm.media.reader import TwistedRelaySockets
 from spwm.media.relay import (
     DEFAULT_RECEIVE_BUFFER,
@@ -93,6 +94,9 @@ DEFAULT_MAX_PENDING_CHANNELS = 256
 #: after this belongs to a message that was refused or lost (overload).
 PENDING_TIMEOUT = 10.0
 
+#: Call detail records kept for the status page (the last ones ended).
+RECENT_CALLS = 100
+
 #: The port we advertise when we connect (RFC 4145 section 4.1).
 _ACTIVE_PORT = 9
 
@@ -118,9 +122,19 @@ class _Stream:
         "last_activity",
         "tcp",
         "refused_target",
+        "quality",
     )
 
-    def __init__(self, tunnel: Any, session: str, dialog: str, index: int, plan: StreamPlan, now: float) -> None:
+    def __init__(
+        self,
+        tunnel: Any,
+        session: str,
+        dialog: str,
+        index: int,
+        plan: StreamPlan,
+        now: float,
+        side: str = "agent",
+    ) -> None:
         # the connection its channel is on (the session's primary), and
         # the session's stable id
         self.tunnel = tunnel
@@ -139,6 +153,13 @@ class _Stream:
         # the last (host, port) of our side that the allow policy refused
         # (logged once per stream and address)
         self.refused_target: tuple[str, int] | None = None
+        # the quality figures of its legs (spwm.media.quality; the relay
+        # endpoints feed them, docs/media.md "Call quality")
+        self.quality = StreamQuality(
+            side,
+            tunnel_rtt=lambda: _tunnel_rtt(self.tunnel),
+            late_dropped=lambda: _late_dropped(self.tunnel, self.channel_id),
+        )
 
     def count(self) -> int:
         total = 0
@@ -149,6 +170,30 @@ class _Stream:
         if self.tcp is not None:
             total += self.tcp.bytes_in + self.tcp.bytes_out
         return total
+
+
+def _tunnel_rtt(tunnel: Any) -> float | None:
+    """
+    The round trip (seconds) the tunnel connection measures, if it
+    offers one as C{rtt} (read for a snapshot, never per packet).
+    """
+    rtt = getattr(tunnel, "rtt", None)
+    if callable(rtt):
+        rtt = rtt()
+    return float(rtt) if isinstance(rtt, (int, float)) and rtt >= 0 else None
+
+
+def _late_dropped(tunnel: Any, channel_id: int | None) -> int | None:
+    """
+    The datagrams of a channel the tunnel dropped for its media deadline,
+    if the tunnel counts them per channel (C{late_dropped(channel_id)});
+    C{None} otherwise (the tunnel's own total is in its status).
+    """
+    count = getattr(tunnel, "late_dropped", None)
+    if channel_id is None or not callable(count):
+        return None
+    value = count(channel_id)
+    return value if isinstance(value, int) else None
 
 
 class _Dialog:
@@ -260,6 +305,17 @@ def first_codec(sdp: bytes, description: SessionDescription) -> str | None:
     live = next((m for m in description.media if m.port and m.formats), None)
     if live is None:
         return None
+    return media_codec(sdp, live)
+
+
+def media_codec(sdp: bytes, live: MediaDescription) -> str | None:
+    """
+    The codec of one stream of a description: the C{a=rtpmap} name and
+    rate of its first format (a static payload type by its RFC 3551
+    name), the protocol for non-RTP media, C{None} without formats.
+    """
+    if not live.formats:
+        return None
     if "RTP" not in live.proto:
         return live.proto
     fmt = live.formats[0]
@@ -271,6 +327,19 @@ def first_codec(sdp: bytes, description: SessionDescription) -> str | None:
         elif section == live.index and line.startswith(prefix):
             return line[len(prefix) :].strip().decode("ascii", "replace")
     return _STATIC_PAYLOADS.get(fmt, "payload type " + fmt)
+
+
+def _learn_codecs(dialog: _Dialog, sdp: bytes, description: SessionDescription) -> None:
+    """
+    Tell each stream's quality figures the codec of the latest description
+    (the answer comes after the offer, so the answer's first codec wins):
+    its clock rate is the jitter's unit, its name picks the E-model's
+    impairment.
+    """
+    for media in description.media:
+        stream = dialog.streams.get(media.index)
+        if stream is not None and media.port:
+            stream.quality.set_codec(media_codec(sdp, media))
 
 
 def _host_port(host: str | None, port: int | None) -> str:
@@ -317,6 +386,97 @@ def _quality(stream: Any) -> Any:
     return None if quality is None else quality.snapshot()
 
 
+def _mos_worst(streams: list[dict[str, Any]], which: str) -> float | None:
+    values = [m for m in (s["mos"][which] for s in streams) if m is not None]
+    return min(values) if values else None
+
+
+def call_detail_record(
+    dialog_key: str, dialog: _Dialog, reason: str, now: float, side: str, local_leg: str
+) -> dict[str, Any]:
+    """
+    The call detail record of a call leg that ended: JSON-ready values
+    only.
+
+    C{call_id}, C{dialog} (flow/Call-ID), C{side}, C{from}, C{to},
+    C{reason}, C{started} (Unix time), C{duration_s}, C{answered_s}
+    (C{None}: not answered), C{codec}, C{mos} (per direction: the
+    worst stream's), and per stream (C{streams}, by index) its C{legs}
+    (L{StreamQuality.snapshot}), C{mos} and the relay's own counters
+    (C{relay}: C{packets_in} from our side, C{packets_out} to it and
+    what this half dropped).
+    """
+    _, _, call_id = dialog_key.partition("/")
+    streams: list[dict[str, Any]] = []
+    for index in sorted(set(dialog.history) | set(dialog.quality)):
+        snapshot = dialog.quality.get(index)
+        streams.append(
+            {
+                "index": index,
+                "codec": None if snapshot is None else snapshot["codec"],
+                "legs": None if snapshot is None else snapshot["legs"],
+                "mos": {"up": None, "down": None} if snapshot is None else snapshot["mos"],
+                "relay": dict(dialog.history.get(index, {})),
+            }
+        )
+    codec = dialog.codec.get(True) or dialog.codec.get(False)
+    if streams and streams[0]["codec"]:
+        codec = streams[0]["codec"]
+    parties = dialog.parties
+    return {
+        "call_id": call_id or dialog_key,
+        "dialog": dialog_key,
+        "side": side,
+        "local_leg": local_leg,
+        "from": None if parties is None else parties[0],
+        "to": None if parties is None else parties[1],
+        "reason": reason,
+        "started": round(dialog.started, 3),
+        "duration_s": round(now - dialog.started, 1),
+        "answered_s": None if dialog.answered_at is None else round(now - dialog.answered_at, 1),
+        "codec": codec,
+        "mos": {"up": _mos_worst(streams, "up"), "down": _mos_worst(streams, "down")},
+        "streams": streams,
+    }
+
+
+def _cdr_summary(record: dict[str, Any]) -> str:
+    """
+    The per-stream part of the call detail line, for people.
+    """
+    parts = []
+    for stream in record["streams"]:
+        legs = []
+        for name in ("lan", "tunnel", "operator"):
+            leg = (stream["legs"] or {}).get(name)
+            if leg is None:
+                continue
+            text = "{} {} pkts lost {} jitter {}ms".format(
+                name, leg["packets"], leg["lost"], round(leg["jitter_ms"], 1)
+            )
+            if leg["reordered"] or leg["duplicates"]:
+                text += " reordered {} dup {}".format(leg["reordered"], leg["duplicates"])
+            if leg["late_dropped"]:
+                text += " late {}".format(leg["late_dropped"])
+            legs.append(text)
+        mos = stream["mos"]
+        relay = stream["relay"]
+        dropped = sum(
+            relay.get(name, 0)
+            for name in ("dropped_source", "dropped_no_channel", "dropped_no_target", "dropped_send")
+        )
+        parts.append(
+            "stream {}: {}; MOS up {} down {}; relay dropped {}".format(
+                stream["index"],
+                ", ".join(legs) if legs else "no RTP",
+                "?" if mos["up"] is None else mos["up"],
+                "?" if mos["down"] is None else mos["down"],
+                dropped,
+            )
+        )
+    return "; ".join(parts) if parts else "no media"
+
+
 class MediaManager:
     """
     Media streams of every dialog on one half, with their channels and
@@ -359,6 +519,7 @@ class MediaManager:
         tcp_buffer: int = DEFAULT_MAX_BUFFER,
         sockets: Any = None,
         max_branches_per_stream: int = DEFAULT_MAX_BRANCHES_PER_STREAM,
+        hep: Any = None,
     ) -> None:
         """
         @param reactor: provides C{IReactorUDP} (and C{IReactorTime} unless
@@ -381,6 +542,8 @@ class MediaManager:
         @param max_branches_per_stream: branches (early dialogs of a
             forked call) remembered per stream and direction; the oldest
             is forgotten beyond it.
+        @param hep: the C{--hep} sender (L{spwm.hep.HepSender}): every
+            RTCP report relayed is copied to it; or C{None}.
         @raise ValueError: a bad side, range or network.
         """
         if side not in ("agent", "contact"):
@@ -399,6 +562,9 @@ class MediaManager:
         self.tcp_buffer = tcp_buffer
         self.sockets = sockets if sockets is not None else TwistedRelaySockets(reactor, MAX_DATAGRAM)
         self.max_branches_per_stream = max_branches_per_stream
+        self.hep = hep
+        #: the call detail records of the last RECENT_CALLS calls ended
+        self.cdrs: deque[dict[str, Any]] = deque(maxlen=RECENT_CALLS)
         # session id -> dialog key -> the dialog's media: keyed by the
         # session's stable id, never by the connection that carries it, so
         # a resumption moves nothing and a session's end touches its own
@@ -619,6 +785,38 @@ class MediaManager:
         for observer in self.call_observers:
             observer(event, record)
 
+    def live_calls(self) -> Iterator[dict[str, Any]]:
+        """
+        The calls up now with their quality, for the status page (walks
+        every stream: for status requests, not per packet): per call its
+        C{session}, C{dialog}, C{call_id}, C{from}, C{to}, C{started},
+        C{answered} (Unix times, C{None}: not yet), C{codec} and per
+        stream C{index} and C{quality} (L{StreamQuality.snapshot}; C{None}
+        for TCP media).
+        """
+        for session_id, dialogs in self._sessions.items():
+            for dialog_key, dialog in dialogs.items():
+                parties = dialog.parties
+                first = next(iter(sorted(dialog.streams.items())), None)
+                codec = first[1].quality.codec if first is not None else None
+                yield {
+                    "session": session_id,
+                    "dialog": dialog_key,
+                    "call_id": dialog_key.partition("/")[2] or dialog_key,
+                    "from": None if parties is None else parties[0],
+                    "to": None if parties is None else parties[1],
+                    "started": dialog.started,
+                    "answered": dialog.answered_at,
+                    "codec": codec or dialog.codec.get(True) or dialog.codec.get(False),
+                    "streams": [
+                        {
+                            "index": index,
+                            "quality": None if stream.tcp is not None else stream.quality.snapshot(),
+                        }
+                        for index, stream in sorted(dialog.streams.items())
+                    ],
+                }
+
     def _find(self, session_id: str, dialog_key: str) -> _Dialog | None:
         dialogs = self._sessions.get(session_id)
         return None if dialogs is None else dialogs.get(dialog_key)
@@ -670,7 +868,8 @@ class MediaManager:
         if source is not None:
             dialog.source = source
         leg = dialog.leg
-        if not leg.loser(tag, True):
+        loser = leg.loser(tag, True)
+        if not loser:
             dialog.codec[True] = first_codec(sdp, description)
         connected = [
             index
@@ -679,6 +878,8 @@ class MediaManager:
         ]
         outcome = leg.described(True, tag, description, connected)
         self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
+        if not loser:
+            _learn_codecs(dialog, sdp, description)
 
     def sdp_out_of_tunnel(
         self,
@@ -718,10 +919,13 @@ class MediaManager:
         dialog = self._dialog(tunnel, dialog_key, now, "tunnel")
         if source is not None:
             dialog.source = source
-        if not dialog.leg.loser(tag, False):
+        loser = dialog.leg.loser(tag, False)
+        if not loser:
             dialog.codec[False] = first_codec(sdp, description)
         outcome = dialog.leg.described(False, tag, description)
         failed = self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
+        if not loser:
+            _learn_codecs(dialog, sdp, description)
         entries, tcp = self._resolve(dialog, outcome.rewrite, failed)
         if any(t is not None for t in tcp):
             sdp = rewrite_tcp_media(sdp, tcp)
@@ -901,7 +1105,7 @@ class MediaManager:
             if self.call_observers:
                 self._tell("answered", {"setup_s": now - dialog.started, "call": dialog_key})
             codec = dialog.codec.get(note.ours) or dialog.codec.get(not note.ours)
-            self.log.info(
+            self.log.debug(
                 "call {dialog} answered from the {leg} leg: codec {codec}; {media}",
                 dialog=dialog_key,
                 leg=self._local_leg if note.ours else "tunnel",
@@ -1214,8 +1418,11 @@ class MediaManager:
         (no socket yet).
         """
         stream = dialog.streams[index] = _Stream(
-            tunnel, tunnel.session_id, dialog_key, index, dialog.leg.streams[index], now
+            tunnel, tunnel.session_id, dialog_key, index, dialog.leg.streams[index], now, self.side
         )
+        stream.quality.set_codec(dialog.codec.get(False) or dialog.codec.get(True))
+        if self.hep is not None:
+            stream.quality.on_report = lambda leg, packets: self._hep_rtcp(stream, leg, packets)
         if tcp:
             stream.tcp = TcpMediaEndpoint(
                 self.reactor,
@@ -1239,7 +1446,7 @@ class MediaManager:
             dialog = dialogs[dialog_key] = _Dialog(media, now)
             dialog.agent = str(getattr(tunnel, "agent_id", "") or "")
             dialog.session = tunnel.session_id
-            self.log.info(
+            self.log.debug(
                 "call {dialog} started from the {leg} leg",
                 dialog=dialog_key,
                 leg=leg,
@@ -1295,38 +1502,31 @@ class MediaManager:
 
     def _log_end(self, dialog_key: str, dialog: _Dialog, reason: str) -> None:
         """
-        The call's end line: duration, and per stream and leg the packets
-        in and out and those lost (dropped by this half), summed over the
-        stream's life (its streams are released by now).
+        The call detail record: one structured event at the end of every
+        call (L{call_detail_record} in the event's C{cdr} field, for
+        machines; a line for people). Its streams are released by now.
         """
         self._remember_end(dialog_key, dialog, reason)
-        now = self.clock.seconds()
-        parts = []
-        for index in sorted(dialog.history):
-            t = dialog.history[index]
-            parts.append(
-                "stream {}: {} in {} out {} lost {}, tunnel in {} out {} lost {}".format(
-                    index,
-                    self._local_leg,
-                    t["packets_in"] + t["dropped_source"],
-                    t["packets_out"] - t["dropped_send"],
-                    t["dropped_source"] + t["dropped_no_channel"],
-                    t["packets_out"] + t["dropped_no_target"],
-                    t["packets_in"] - t["dropped_no_channel"],
-                    t["dropped_no_target"] + t["dropped_send"],
-                )
-            )
-        if dialog.answered_at is None:
+        record = call_detail_record(
+            dialog_key, dialog, reason, self.clock.seconds(), self.side, self._local_leg
+        )
+        self.cdrs.append(record)
+        if record["answered_s"] is None:
             answered = "not answered"
         else:
-            answered = "answered for {}s".format(round(now - dialog.answered_at, 1))
+            answered = "answered for {}s".format(record["answered_s"])
         self.log.info(
-            "call {dialog} ended ({reason}) after {duration}s, {answered}: {traffic}",
-            dialog=dialog_key,
+            "call {call_id} ended ({reason}) after {duration}s, {answered}:"
+            " {caller} -> {callee}, codec {codec}; {summary}",
+            cdr=record,
+            call_id=record["call_id"],
             reason=reason,
-            duration=round(now - dialog.started, 1),
+            duration=record["duration_s"],
             answered=answered,
-            traffic="; ".join(parts) if parts else "no media",
+            caller=record["from"] or "?",
+            callee=record["to"] or "?",
+            codec=record["codec"] or "none",
+            summary=_cdr_summary(record),
         )
 
     def call_parties(self, tunnel: Any, dialog_key: str, from_uri: str, to_uri: str) -> None:
@@ -1339,6 +1539,23 @@ class MediaManager:
         dialog = self._find(tunnel.session_id, dialog_key)
         if dialog is not None and dialog.parties is None:
             dialog.parties = (from_uri, to_uri)
+
+    def _hep_rtcp(self, stream: _Stream, leg: str, packets: list[dict[str, Any]]) -> None:
+        """
+        Copy one RTCP report to the HEP collector, correlated by Call-ID:
+        from our side's endpoint to our relay socket (it arrived on our
+        side's leg), or from our relay socket to that endpoint (it came
+        out of the tunnel).
+        """
+        endpoint = stream.rtcp if stream.rtcp is not None else stream.rtp
+        if endpoint is None or stream.base_port is None or self.hep is None:
+            return
+        ours = (self.address, stream.base_port + (1 if stream.rtcp is not None else 0))
+        _, _, call_id = stream.dialog.partition("/")
+        if leg == "tunnel":
+            self.hep.rtcp(ours, endpoint.target, packets, call_id or stream.dialog)
+        else:
+            self.hep.rtcp(endpoint.peer, ours, packets, call_id or stream.dialog)
 
     def _latched(
         self,
@@ -1526,6 +1743,10 @@ class MediaManager:
                     continue
                 self._sockets += 1
             stream.rtp, stream.rtcp, stream.base_port = rtp, rtcp, base
+            for endpoint in (rtp, rtcp):
+                if endpoint is not None:
+                    endpoint.quality_in = stream.quality.local
+                    endpoint.quality_out = stream.quality.tunnel
             rtp.on_latch = lambda address, named: self._latched(stream, "RTP", address, named)
             if rtcp is not None:
                 rtcp.on_latch = lambda address, named: self._latched(stream, "RTCP", address, named)
@@ -1582,10 +1803,8 @@ class MediaManager:
         if stream is None:
             return
         _add_traffic(self._released, stream)
-        quality = _quality(stream)
-        if quality is not None:
-            dialog.quality[index] = quality
         if stream.rtp is not None:
+            dialog.quality[index] = stream.quality.snapshot()
             history = dialog.history.get(index)
             if history is None:
                 history = dialog.history[index] = dict.fromkeys(_CALL_COUNTERS, 0)

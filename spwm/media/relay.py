@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Any, Callable, Iterable
+from time import monotonic as _monotonic
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from twisted.internet.interfaces import IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
+
+if TYPE_CHECKING:
+    from spwm.media.quality import RtpStats
 
 #: The default receive buffer of every media socket (SO_RCVBUF).
 DEFAULT_RECEIVE_BUFFER = 4 * 1024 * 1024
@@ -199,6 +203,11 @@ class MediaRelayEndpoint(DatagramProtocol):
         (C{named}: the host:port the SDP gave, or C{None}); or C{None}.
     @ivar last_activity: the time of the last traffic, kept by the manager's
         sweep (not per packet), or C{None}.
+    @ivar quality_in: the figures of the leg on our side
+        (L{spwm.media.quality.RtpStats}), fed every accepted datagram from
+        our side; or C{None}.
+    @ivar quality_out: the figures of the tunnel leg, fed every datagram
+        out of the tunnel; or C{None}.
     """
 
     transport: IUDPTransport  # set by the reactor before any event
@@ -241,6 +250,8 @@ class MediaRelayEndpoint(DatagramProtocol):
         self.last_activity: float | None = None
         self.on_latch: Callable[[tuple[str, int], tuple[str, int] | None], None] | None = None
         self._told = False
+        self.quality_in: RtpStats | None = None
+        self.quality_out: RtpStats | None = None
 
     # Twisted glue
 
@@ -277,6 +288,10 @@ class MediaRelayEndpoint(DatagramProtocol):
             self.packets_in += 1
             self.bytes_in += len(data)
             self._send(self._channel_id, data, self.component)
+            quality = self.quality_in
+            if quality is not None:
+                # after the send: the measure adds no delay
+                quality.received(data, _monotonic())
             return
         branch = self._latchable(addr)
         if branch is not None:
@@ -288,6 +303,8 @@ class MediaRelayEndpoint(DatagramProtocol):
             self.packets_in += 1
             self.bytes_in += len(data)
             self._send(self._channel_id, data, self.component)
+            if self.quality_in is not None:
+                self.quality_in.received(data, _monotonic())
             if not self._told and self.on_latch is not None:
                 self._report(branch, addr)
         else:
@@ -405,6 +422,8 @@ class MediaRelayEndpoint(DatagramProtocol):
         target = self.target
         if target is None:
             self.dropped_no_target += 1
+            if self.quality_out is not None:
+                self.quality_out.received(data, _monotonic())
             return
         self.packets_out += 1
         self.bytes_out += len(data)
@@ -412,6 +431,10 @@ class MediaRelayEndpoint(DatagramProtocol):
             self._sendto(data, target)
         except OSError:
             self.dropped_send += 1
+        quality = self.quality_out
+        if quality is not None:
+            # after the write: the measure adds no delay
+            quality.received(data, _monotonic())
         if self._extra:
             for target in self._extra:
                 self.packets_out += 1

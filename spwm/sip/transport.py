@@ -59,20 +59,47 @@ class SipTrace:
     sends, with its direction and peer; the start line and headers, the
     body only with C{bodies} (else its length).  Messages are logged as
     they are on the wire, before the core sees them or after it made them.
+
+    C{--hep}: the same messages, as they are, to a HEP collector
+    (L{spwm.hep.HepSender}), with the addresses the runner knows (a
+    message through the tunnel has none: the unspecified address).
+
+    @ivar lines: log the lines (C{--sip-trace}).
+    @ivar hep: the HEP sender, or C{None}.
     """
 
     log = Logger()
 
-    def __init__(self, bodies: bool = False) -> None:
+    def __init__(self, bodies: bool = False, lines: bool = True, hep: Any = None) -> None:
         self.bodies = bodies
+        self.lines = lines
+        self.hep = hep
 
-    def message(self, direction: str, peer: str, data: bytes) -> None:
+    def message(
+        self,
+        direction: str,
+        peer: str,
+        data: bytes,
+        addr: tuple[str, int] | None = None,
+        local: tuple[str, int] | None = None,
+        transport: str = "udp",
+    ) -> None:
         """
-        Log one message.
+        Log one message (and copy it to the HEP collector).
 
         @param direction: C{"received from"} or C{"sent to"}.
         @param peer: who it came from or goes to (see the runners).
+        @param addr: the peer's address, when it has one (not the tunnel).
+        @param local: our address on that flow, when known.
+        @param transport: C{"udp"}, C{"tcp"} or C{"tls"}.
         """
+        if self.hep is not None:
+            if direction == "sent to":
+                self.hep.sip(local, addr, data, transport)
+            else:
+                self.hep.sip(addr, local, data, transport)
+        if not self.lines:
+            return
         head, sep, body = data.partition(b"\r\n\r\n")
         text = head.decode("utf-8", "replace").replace("\r\n", "\n")
         if body and self.bodies:
@@ -295,11 +322,21 @@ class _Runner:
         for action in actions:
             if isinstance(action, ToApp):
                 if self.trace is not None:
-                    self.trace.message("sent to", self._app_peer(action.flow), action.data)
+                    flow = action.flow
+                    self.trace.message(
+                        "sent to", self._app_peer(flow), action.data, flow.remote, flow.local, flow.transport
+                    )
                 self._to_app(action)
             elif isinstance(action, ToNetwork):
                 if self.trace is not None:
-                    self.trace.message("sent to", f"operator {action.transport} {peer_text(action.addr)}", action.data)
+                    self.trace.message(
+                        "sent to",
+                        f"operator {action.transport} {peer_text(action.addr)}",
+                        action.data,
+                        action.addr,
+                        getattr(self.core, "address", None),
+                        action.transport,
+                    )
                 self._to_network(action)
             elif isinstance(action, ToTunnel):
                 if self.trace is not None:
@@ -457,7 +494,7 @@ class AgentSipRunner(_Runner):
                 local = (source, local[1])
         flow = Flow("udp", local, addr, None)
         if self.trace is not None and data.strip(b"\r\n\t "):
-            self.trace.message("received from", self._app_peer(flow), data)
+            self.trace.message("received from", self._app_peer(flow), data, addr, proto.local)
         self.execute(
             self.core.from_app(flow, data, self._clock.seconds(), congested=self._congested())
         )
@@ -465,7 +502,9 @@ class AgentSipRunner(_Runner):
     def stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
         flow = proto.flow()
         if self.trace is not None:
-            self.trace.message("received from", self._app_peer(flow), data)
+            self.trace.message(
+                "received from", self._app_peer(flow), data, flow.remote, flow.local, flow.transport
+            )
         self.execute(
             self.core.from_app(flow, data, self._clock.seconds(), congested=self._congested())
         )
@@ -572,7 +611,7 @@ class ContactSipRunner(_Runner):
         self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]
     ) -> None:
         if self.trace is not None and data.strip(b"\r\n\t "):
-            self.trace.message("received from", f"operator udp {peer_text(addr)}", data)
+            self.trace.message("received from", f"operator udp {peer_text(addr)}", data, addr, proto.local)
         self.execute(
             self.core.from_network(
                 "udp", addr, data, self._clock.seconds(), congested=_tunnel_congested
@@ -591,7 +630,9 @@ class ContactSipRunner(_Runner):
 
     def stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
         if self.trace is not None:
-            self.trace.message("received from", f"operator tcp {peer_text(proto.peer)}", data)
+            self.trace.message(
+                "received from", f"operator tcp {peer_text(proto.peer)}", data, proto.peer, proto.local, "tcp"
+            )
         self.execute(
             self.core.from_network(
                 "tcp", proto.peer, data, self._clock.seconds(), congested=_tunnel_congested

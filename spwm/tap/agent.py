@@ -29,7 +29,7 @@ from spwm.config import (
 )
 from spwm.sip.names import sip_name
 from spwm.tap.assembly import agent_names, build_agent
-from spwm.tap.common import STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service
+from spwm.tap.common import HEP_OPTIONS, STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service
 from spwm.tap.options import AgentConfig
 
 __all__ = ["OPTIONS", "Options", "makeService", "agent_names", "proxy_credentials", "tunnel_mode", "udp_path", "udp_port"]
@@ -104,6 +104,7 @@ OPTIONS = (
     Option("media-timeout", 60.0, positive_float, "Seconds without media after which a stream that is not on hold is released."),
     *TUNNEL_LIMIT_OPTIONS,
     *STATUS_OPTIONS,
+    *HEP_OPTIONS,
 )
 
 

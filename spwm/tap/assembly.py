@@ -31,6 +31,7 @@ from twisted.logger import Logger
 
 from spwm.addr import hostport, is_wildcard, route_source
 from spwm.errors import ConfigError
+from spwm.hep import HepSender
 from spwm.forward import USE as FORWARD_USE, AgentForwarder, ContactForwarder
 from spwm.media.manager import MediaManager
 from spwm.media.reader import relay_sockets_for
@@ -158,11 +159,36 @@ class ContactPoint:
     quic_listener: ContactListenService | None = None
 
 
-def sip_trace(trace: bool, bodies: bool) -> SipTrace | None:
+def sip_trace(trace: bool, bodies: bool, hep: HepSender | None = None) -> SipTrace | None:
     """
-    The runner's trace for C{--sip-trace} (C{None} without it).
+    The runner's trace for C{--sip-trace} and C{--hep} (C{None} without
+    either).
     """
-    return SipTrace(bodies=bodies) if trace else None
+    if not trace and hep is None:
+        return None
+    return SipTrace(bodies=bodies, lines=trace, hep=hep)
+
+
+#: The HEP capture agent id of each half (Homer shows it per packet).
+HEP_AGENT_ID = {"agent": 1, "contact": 2}
+
+
+def hep_sender(target: tuple[str, int] | None, reactor: Any, side: str) -> HepSender | None:
+    """
+    The C{--hep} sender (C{None} without the option); L{hep_service}
+    starts and stops it.
+    """
+    if target is None:
+        return None
+    return HepSender(reactor, target, agent_id=HEP_AGENT_ID[side])
+
+
+def hep_service(top: MultiService, hep: HepSender | None) -> None:
+    """
+    Start the HEP sender's socket with C{top}, before the listeners.
+    """
+    if hep is not None:
+        Hook(hep.start, hep.stop).setServiceParent(top)
 
 
 def agent_names(addresses: list[tuple[str, int]], tls: bool, names: Any) -> ProxyNames:
@@ -339,6 +365,7 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
         max_senders=limits.sip.max_forward_senders,
     )
     media_address = config.media_address or agent_media_address(config)
+    hep = hep_sender(config.hep, reactor, "agent")
     media = MediaManager(
         reactor,
         "agent",
@@ -350,6 +377,7 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
         max_pending_channels=limits.media.max_pending_channels,
         max_branches_per_stream=limits.media.max_branches_per_stream,
         sockets=relay_sockets_for(reactor),
+        hep=hep,
     )
     resumption = AgentResumption(
         reactor,
@@ -371,7 +399,7 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
     )
     core = resumption.wrap(proxy)
     runner = later_runner.bind(
-        AgentSipRunner(core, reactor, trace=sip_trace(config.sip_trace, config.sip_trace_bodies))
+        AgentSipRunner(core, reactor, trace=sip_trace(config.sip_trace, config.sip_trace_bodies, hep))
     )
     sip_part: AgentSipRunner | TouchingSip = runner
     if config.tunnel == "on-demand":
@@ -400,6 +428,7 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
 
     top = StartupService("agent")
     MediaRangeCheck(media_address, config.media_ports).setServiceParent(top)
+    hep_service(top, hep)
     (on_demand if on_demand is not None else tunnel).setServiceParent(top)
     Hook(forwarder.start, forwarder.stop).setServiceParent(top)
     listeners = SipListeners(
@@ -556,6 +585,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
     sip_host, sip_port = config.sip_address
     operator = operator_proxy(config.sip_proxy)
     media_address = config.media_address or sip_host
+    hep = hep_sender(config.hep, reactor, "contact")
     media = MediaManager(
         reactor,
         "contact",
@@ -568,6 +598,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
         max_pending_channels=limits.media.max_pending_channels,
         max_branches_per_stream=limits.media.max_branches_per_stream,
         sockets=relay_sockets_for(reactor),
+        hep=hep,
     )
     state = None
     if config.state_file:
@@ -608,7 +639,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
         send_to_tunnel=send_to_tunnel,
         max_connections=limits.sip.max_connections,
         max_queued=limits.sip.max_queued,
-        trace=sip_trace(config.sip_trace, config.sip_trace_bodies),
+        trace=sip_trace(config.sip_trace, config.sip_trace_bodies, hep),
     )
     resumption = later_resumption.bind(
         SessionManager(
@@ -636,6 +667,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
 
     top = StartupService("contact")
     MediaRangeCheck(media_address, config.media_ports).setServiceParent(top)
+    hep_service(top, hep)
     listener.setServiceParent(top)
     if quic_listener is not None:
         quic_listener.setServiceParent(top)

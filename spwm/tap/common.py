@@ -13,7 +13,15 @@ from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from spwm.config import ConfigExit, Option, non_negative_float, optional_string, positive_float, positive_int
+from spwm.config import (
+    ConfigExit,
+    Option,
+    ip_literal_port,
+    non_negative_float,
+    optional_string,
+    positive_float,
+    positive_int,
+)
 from spwm.addr import hostport
 from spwm.errors import ConfigError, ListenError
 from spwm.media.ports import check_range
@@ -40,6 +48,10 @@ TUNNEL_LIMIT_OPTIONS = (
 STATUS_OPTIONS = (
     Option("status-listen", None, optional_string, "Serve the status page (/), /status (JSON) and /metrics (Prometheus) here, a Twisted endpoint such as tcp:9090:interface=127.0.0.1 (default: not served)."),
     Option("status-interval", 300.0, non_negative_float, "Seconds between status lines in the log; 0: none."),
+)
+
+HEP_OPTIONS = (
+    Option("hep", None, ip_literal_port, "Copy every SIP message this half sends and receives, and the RTCP reports it relays, to this HEP v3 (Homer) collector, IP:PORT over UDP (default: none)."),
 )
 
 

@@ -123,6 +123,7 @@ class AgentConfig:
     sip_names: tuple[tuple[str, int | None], ...] = field(default=(), converter=_tuple)
     sip_trace: bool = False
     sip_trace_bodies: bool = False
+    hep: Address | None = None
     media_address: str | None = None
     media_ports: tuple[int, int] = (40000, 40999)
     user_ciphering: bool = False
@@ -203,6 +204,7 @@ class AgentConfig:
             sip_names=v["sip-name"],
             sip_trace=bool(v["sip-trace"]),
             sip_trace_bodies=bool(v["sip-trace-bodies"]),
+            hep=v["hep"],
             media_address=v["media-address"],
             media_ports=v["media-ports"],
             user_ciphering=bool(v["user-ciphering"]),
@@ -239,6 +241,7 @@ class ContactConfig:
     domains: tuple[str, ...] = field(default=(), converter=_tuple)
     sip_trace: bool = False
     sip_trace_bodies: bool = False
+    hep: Address | None = None
     allow_unregistered: bool = False
     contact_rewrite: bool = False
     media_address: str | None = None
@@ -306,6 +309,7 @@ class ContactConfig:
             domains=v["domain"],
             sip_trace=bool(v["sip-trace"]),
             sip_trace_bodies=bool(v["sip-trace-bodies"]),
+            hep=v["hep"],
             allow_unregistered=bool(v["allow-unregistered"]),
             contact_rewrite=bool(v["contact-rewrite"]),
             media_address=v["media-address"],
