@@ -58,11 +58,14 @@ class FakeTunnel(BaseFakeTunnel):
 
 
 def _pair(
+    call_lines: bool = False,
     **contact_options: Any,
 ) -> tuple[FakeUdpReactor, MediaManager, FakeTunnel, MediaManager, FakeTunnel]:
     reactor = FakeUdpReactor()
-    agent = MediaManager(reactor, "agent", AGENT_ADDR, (20000, 20099))
-    contact = MediaManager(reactor, "contact", CONTACT_ADDR, (30000, 30099), **contact_options)
+    agent = MediaManager(reactor, "agent", AGENT_ADDR, (20000, 20099), call_lines=call_lines)
+    contact = MediaManager(
+        reactor, "contact", CONTACT_ADDR, (30000, 30099), call_lines=call_lines, **contact_options
+    )
     agent_end = FakeTunnel(1, "contact")
     contact_end = FakeTunnel(2, "agent")
     agent_end.other, contact_end.other = contact_end, agent_end
@@ -949,7 +952,7 @@ class CallLogTests(SynchronousTestCase):
         socket, the channel and the far end, and the end with the packets
         in and out per leg and those lost (dropped here).
         """
-        reactor, agent, a_end, contact, c_end = _pair()
+        reactor, agent, a_end, contact, c_end = _pair(call_lines=True)
         offer = _sdp(PHONE, ("audio", 4000, "a=rtpmap:0 PCMU/8000"))
         answer = _sdp(OPERATOR, ("audio", 6000, "")).replace(b"RTP/AVP 0", b"RTP/AVP 8 0")
         with capturedLogs() as events:
@@ -1008,9 +1011,9 @@ class CallLogTests(SynchronousTestCase):
     def test_call_without_sdp(self) -> None:
         """
         A call whose INVITE and 2xx carry no SDP still gets its three
-        lines.
+        lines (with C{--log-level debug}).
         """
-        reactor, agent, a_end, contact, c_end = _pair()
+        reactor, agent, a_end, contact, c_end = _pair(call_lines=True)
         with capturedLogs() as events:
             agent.dialog_answered(a_end, DIALOG, "b", ours=False)
             agent.dialog_ended(a_end, DIALOG)
@@ -1024,6 +1027,24 @@ class CallLogTests(SynchronousTestCase):
             ],
         )
         assert_released(self, agent)
+
+    def test_one_line_per_call_by_default(self) -> None:
+        """
+        Without C{--log-level debug} a call logs one line, its call detail
+        record at the end: the start and answer lines cost CPU at high call
+        rates.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        with capturedLogs() as events:
+            agent.dialog_answered(a_end, DIALOG, "b", ours=False)
+            agent.dialog_ended(a_end, DIALOG)
+        self.assertEqual(
+            _texts(events),
+            [
+                f"call {DIALOG} ended (dialog ended) after 0.0s, answered for 0.0s:"
+                " ? -> ?, codec none; no media",
+            ],
+        )
 
     maxDiff = None
 

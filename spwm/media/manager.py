@@ -520,6 +520,7 @@ class MediaManager:
         sockets: Any = None,
         max_branches_per_stream: int = DEFAULT_MAX_BRANCHES_PER_STREAM,
         hep: Any = None,
+        call_lines: bool = False,
     ) -> None:
         """
         @param reactor: provides C{IReactorUDP} (and C{IReactorTime} unless
@@ -544,6 +545,9 @@ class MediaManager:
             is forgotten beyond it.
         @param hep: the C{--hep} sender (L{spwm.hep.HepSender}): every
             RTCP report relayed is copied to it; or C{None}.
+        @param call_lines: log each call's start and answer (debug level,
+            C{--log-level debug}); the call detail record at its end is
+            always logged.
         @raise ValueError: a bad side, range or network.
         """
         if side not in ("agent", "contact"):
@@ -563,6 +567,7 @@ class MediaManager:
         self.sockets = sockets if sockets is not None else TwistedRelaySockets(reactor, MAX_DATAGRAM)
         self.max_branches_per_stream = max_branches_per_stream
         self.hep = hep
+        self.call_lines = call_lines
         #: the call detail records of the last RECENT_CALLS calls ended
         self.cdrs: deque[dict[str, Any]] = deque(maxlen=RECENT_CALLS)
         # session id -> dialog key -> the dialog's media: keyed by the
@@ -1105,13 +1110,14 @@ class MediaManager:
             if self.call_observers:
                 self._tell("answered", {"setup_s": now - dialog.started, "call": dialog_key})
             codec = dialog.codec.get(note.ours) or dialog.codec.get(not note.ours)
-            self.log.debug(
-                "call {dialog} answered from the {leg} leg: codec {codec}; {media}",
-                dialog=dialog_key,
-                leg=self._local_leg if note.ours else "tunnel",
-                codec=codec or "none (no SDP)",
-                media=self._describe_media(dialog),
-            )
+            if self.call_lines:
+                self.log.debug(
+                    "call {dialog} answered from the {leg} leg: codec {codec}; {media}",
+                    dialog=dialog_key,
+                    leg=self._local_leg if note.ours else "tunnel",
+                    codec=codec or "none (no SDP)",
+                    media=self._describe_media(dialog),
+                )
 
     def _resolve(
         self, dialog: _Dialog, rewrite: list[Entry], failed: set[int]
@@ -1446,11 +1452,12 @@ class MediaManager:
             dialog = dialogs[dialog_key] = _Dialog(media, now)
             dialog.agent = str(getattr(tunnel, "agent_id", "") or "")
             dialog.session = tunnel.session_id
-            self.log.debug(
-                "call {dialog} started from the {leg} leg",
-                dialog=dialog_key,
-                leg=leg,
-            )
+            if self.call_lines:
+                self.log.debug(
+                    "call {dialog} started from the {leg} leg",
+                    dialog=dialog_key,
+                    leg=leg,
+                )
         return dialog
 
     # the call log lines

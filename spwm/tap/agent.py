@@ -29,7 +29,7 @@ from spwm.config import (
 )
 from spwm.sip.names import sip_name
 from spwm.tap.assembly import agent_names, build_agent
-from spwm.tap.common import HEP_OPTIONS, STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service
+from spwm.tap.common import HEP_OPTIONS, LOG_OPTIONS, STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service
 from spwm.tap.options import AgentConfig
 
 __all__ = ["OPTIONS", "Options", "makeService", "agent_names", "proxy_credentials", "tunnel_mode", "udp_path", "udp_port"]
@@ -105,6 +105,7 @@ OPTIONS = (
     *TUNNEL_LIMIT_OPTIONS,
     *STATUS_OPTIONS,
     *HEP_OPTIONS,
+    *LOG_OPTIONS,
 )
 
 

@@ -378,6 +378,7 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
         max_branches_per_stream=limits.media.max_branches_per_stream,
         sockets=relay_sockets_for(reactor),
         hep=hep,
+        call_lines=config.log_level == "debug",
     )
     resumption = AgentResumption(
         reactor,
@@ -599,6 +600,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
         max_branches_per_stream=limits.media.max_branches_per_stream,
         sockets=relay_sockets_for(reactor),
         hep=hep,
+        call_lines=config.log_level == "debug",
     )
     state = None
     if config.state_file:

@@ -50,6 +50,19 @@ STATUS_OPTIONS = (
     Option("status-interval", 300.0, non_negative_float, "Seconds between status lines in the log; 0: none."),
 )
 
+def log_level(value: Any) -> str:
+    """
+    C{info} or C{debug}.
+    """
+    if value not in ("info", "debug"):
+        raise ValueError(f"must be info or debug, not {value!r}")
+    return str(value)
+
+
+LOG_OPTIONS = (
+    Option("log-level", "info", log_level, "info: one line per call (its call detail record at the end), registrations, tunnels and problems; debug: also each call's start and answer lines (they cost CPU at high call rates)."),
+)
+
 HEP_OPTIONS = (
     Option("hep", None, ip_literal_port, "Copy every SIP message this half sends and receives, and the RTCP reports it relays, to this HEP v3 (Homer) collector, IP:PORT over UDP (default: none)."),
 )

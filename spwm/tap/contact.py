@@ -26,7 +26,7 @@ from spwm.config import (
 from spwm.sip.names import sip_domain, sip_name
 from spwm.sip.actions import OperatorProxy
 from spwm.tap.assembly import build_contact
-from spwm.tap.common import HEP_OPTIONS, STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service
+from spwm.tap.common import HEP_OPTIONS, LOG_OPTIONS, STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service
 from spwm.tap.options import ContactConfig
 
 __all__ = ["OPTIONS", "Options", "makeService", "parse_sip_proxy", "sip_address"]
@@ -85,6 +85,7 @@ OPTIONS = (
     *TUNNEL_LIMIT_OPTIONS,
     *STATUS_OPTIONS,
     *HEP_OPTIONS,
+    *LOG_OPTIONS,
 )
 
 

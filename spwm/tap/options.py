@@ -124,6 +124,7 @@ class AgentConfig:
     sip_trace: bool = False
     sip_trace_bodies: bool = False
     hep: Address | None = None
+    log_level: str = "info"
     media_address: str | None = None
     media_ports: tuple[int, int] = (40000, 40999)
     user_ciphering: bool = False
@@ -205,6 +206,7 @@ class AgentConfig:
             sip_trace=bool(v["sip-trace"]),
             sip_trace_bodies=bool(v["sip-trace-bodies"]),
             hep=v["hep"],
+            log_level=v["log-level"],
             media_address=v["media-address"],
             media_ports=v["media-ports"],
             user_ciphering=bool(v["user-ciphering"]),
@@ -242,6 +244,7 @@ class ContactConfig:
     sip_trace: bool = False
     sip_trace_bodies: bool = False
     hep: Address | None = None
+    log_level: str = "info"
     allow_unregistered: bool = False
     contact_rewrite: bool = False
     media_address: str | None = None
@@ -310,6 +313,7 @@ class ContactConfig:
             sip_trace=bool(v["sip-trace"]),
             sip_trace_bodies=bool(v["sip-trace-bodies"]),
             hep=v["hep"],
+            log_level=v["log-level"],
             allow_unregistered=bool(v["allow-unregistered"]),
             contact_rewrite=bool(v["contact-rewrite"]),
             media_address=v["media-address"],
