@@ -5,6 +5,7 @@ Addresses as people read and write them, for log lines and messages.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from typing import Any
@@ -41,10 +42,11 @@ def peer(address: Any) -> str:
     return str(address)
 
 
+@functools.lru_cache(maxsize=256)
 def is_wildcard(host: str) -> bool:
     """
     Whether C{host} is the unspecified address (C{0.0.0.0} or C{::}) a
-    socket bound to every address has.
+    socket bound to every address has (asked per SIP datagram: cached).
     """
     try:
         return ipaddress.ip_address(host.strip("[]")).is_unspecified
