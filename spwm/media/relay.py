@@ -17,6 +17,7 @@ See C{docs/media.md}.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from time import monotonic as _monotonic
@@ -128,9 +129,11 @@ class AllowPolicy:
         return True
 
 
+@functools.lru_cache(maxsize=1024)
 def normalise_host(host: str) -> str | None:
     """
     @return: the canonical text of an IP literal, or C{None} for a host name.
+        Asked several times per call for the same few hosts: cached.
     """
     try:
         return str(ipaddress.ip_address(host))
