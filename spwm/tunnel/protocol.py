@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import secrets
 import socket
-from typing import Any, Callable, Protocol as TypingProtocol
+import struct
+from typing import TYPE_CHECKING, Any, Callable, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
@@ -30,9 +31,13 @@ from spwm.tunnel import events as ev
 from spwm.tunnel.api import ChannelHandler
 from spwm.tunnel.connection import ChannelLimitError, Role, State, TunnelConnection
 from spwm.tunnel.cipher import UserCipher
-from spwm.tunnel.frames import FLAG_COMPONENT, FLAG_SEALED, ChannelKind, ErrorCode, FrameType
+from spwm.tunnel.frames import FLAG_COMPONENT, FLAG_SEALED, FLAG_SEQ, ChannelKind, ErrorCode, FrameType
 
 _DATAGRAM = int(FrameType.DATAGRAM)
+_SEQ = struct.Struct("!I")
+if TYPE_CHECKING:
+    from spwm.session.carrier import PathFront
+
 _ABORT_CODES = frozenset({ErrorCode.HANDSHAKE_TIMEOUT, ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.QUEUE_OVERFLOW})
 
 __all__ = [
@@ -179,36 +184,22 @@ class TunnelProtocol(Protocol):
         self._stream_producers: list[IPushProducer] = []
         self._streams_paused = False
         self._write = None
-        app_datagram = app.datagram_received
         self.refused_sealed = 0
 
-        routes: dict[int, Any] = {}
-        self._routes = routes
+        self._routes: dict[int, Any] = {}
         #: channel id -> its handler (L{open_channel}, or the application's
         #: answer to the peer's open)
-        handlers: dict[int, ChannelHandler] = {}
-        self._handlers = handlers
-
-        def sink(channel_id: int, data: bytes, flags: int) -> None:
-            if flags & FLAG_SEALED:
-                # Sealed frames without ciphering on this tunnel are refused.
-                self.refused_sealed += 1
-                return
-            route = routes.get(channel_id)
-            if route is not None:
-                route[flags](data)
-                return
-            handler = handlers.get(channel_id)
-            if handler is not None:
-                handler.datagram_received(self, channel_id, data, flags)
-            else:
-                app_datagram(self, channel_id, data, flags)
-
-        self._plain_sink = sink
-        self._sink = sink
+        self._handlers: dict[int, ChannelHandler] = {}
+        #: the session this connection is a path of (L{use_front}), or C{None}
+        self.front: PathFront | None = None
+        #: what the application and the channel handlers are told the
+        #: tunnel is: this connection, or its session's front
+        self._face: Any = self
+        self.duplicates = 0
         #: the per-user ciphering of this tunnel (L{UserCipher}), or C{None}
         self.cipher: UserCipher | None = None
         self._want_ciphering = want_ciphering
+        self._sink = self._build_sink()
         self._dispatch = {
             ev.DatagramReceived: self._on_datagram,
             ev.HandshakeCompleted: self._on_handshake,
@@ -220,6 +211,7 @@ class TunnelProtocol(Protocol):
             ev.PeerWentAway: self._on_goaway,
             ev.ControlReceived: self._on_control,
             ev.TunnelClosed: self._on_closed,
+            ev.RttSampled: self._on_rtt,
         }
 
     def when_established(self) -> Deferred[TunnelProtocol]:
@@ -315,8 +307,11 @@ class TunnelProtocol(Protocol):
         connection = self.connection
         if connection is None:
             return
+        now = self._clock.seconds()
+        if self.front is not None:
+            self.front.path_received(self, now)
         try:
-            events = connection.receive_data(data, self._clock.seconds(), self._sink)
+            events = connection.receive_data(data, now, self._sink)
             dispatch = self._dispatch
             for event in events:
                 dispatch[type(event)](event)
@@ -361,8 +356,10 @@ class TunnelProtocol(Protocol):
                 self.app.tunnel_lost(self, why)
             except Exception:
                 self.log.failure("error in tunnel_lost for {peer}", peer=self.peer)
-        # The channels are gone with the connection.
-        self._handlers.clear()
+        # The channels are gone with the connection (a session's go on on
+        # its other paths: its front decides).
+        if self.front is None:
+            self._handlers.clear()
 
     # -- event handlers ----------------------------------------------------
 
@@ -370,7 +367,11 @@ class TunnelProtocol(Protocol):
         self._sink(e.channel_id, e.data, e.component)
 
     def _on_channel_opened(self, e: ev.ChannelOpened) -> None:
-        handler = self.app.channel_requested(self, e.channel_id, e.kind, e.meta)
+        front = self.front
+        if front is not None:
+            # the other paths accept its frames from now on
+            front.channel_registered(self, e.channel_id, e.kind, e.meta)
+        handler = self.app.channel_requested(self._face, e.channel_id, e.kind, e.meta)
         if handler is not None:
             self._handlers[e.channel_id] = handler
 
@@ -378,25 +379,27 @@ class TunnelProtocol(Protocol):
         self._routes.pop(e.channel_id, None)
         if self.cipher is not None:
             self.cipher.forget_channel(e.channel_id)
+        if self.front is not None:
+            self.front.channel_forgotten(self, e.channel_id)
         handler = self._handlers.pop(e.channel_id, None)
         if handler is not None:
-            handler.channel_closed(self, e.channel_id, e.code, e.reason)
+            handler.channel_closed(self._face, e.channel_id, e.code, e.reason)
         else:
-            self.app.channel_closed(self, e.channel_id, e.code, e.reason)
+            self.app.channel_closed(self._face, e.channel_id, e.code, e.reason)
 
     def _on_stream_data(self, e: ev.StreamDataReceived) -> None:
         handler = self._handlers.get(e.channel_id)
         if handler is not None:
-            handler.stream_data_received(self, e.channel_id, e.data)
+            handler.stream_data_received(self._face, e.channel_id, e.data)
         else:
-            self.app.stream_data_received(self, e.channel_id, e.data)
+            self.app.stream_data_received(self._face, e.channel_id, e.data)
 
     def _on_stream_ended(self, e: ev.StreamEnded) -> None:
         handler = self._handlers.get(e.channel_id)
         if handler is not None:
-            handler.stream_ended(self, e.channel_id)
+            handler.stream_ended(self._face, e.channel_id)
         else:
-            self.app.stream_ended(self, e.channel_id)
+            self.app.stream_ended(self._face, e.channel_id)
 
     def _on_sip(self, e: ev.SipReceived) -> None:
         data = e.data
@@ -408,31 +411,94 @@ class TunnelProtocol(Protocol):
         elif e.sealed:
             self.refused_sealed += 1
             return
-        self.app.sip_received(self, e.flow_id, data)
+        self.app.sip_received(self._face, e.flow_id, data)
 
     def _start_ciphering(self) -> None:
-        cipher = self.cipher = UserCipher(0 if self._role is Role.AGENT else 1)
-        app_datagram = self.app.datagram_received
-        channel_context = cipher.channel_context
-        open_ = cipher.open
+        self.cipher = UserCipher(0 if self._role is Role.AGENT else 1)
+        self._sink = self._build_sink()
+
+    def _build_sink(self) -> Callable[[int, bytes, int], None]:
+        """
+        The datagram sink the core calls for each datagram (the media fast
+        path), over this connection's (or its session's) routes and
+        handlers, opening sealed datagrams when this tunnel ciphers and
+        dropping the copies the session has had already (C{FLAG_SEQ}).
+        """
         routes = self._routes
         handlers = self._handlers
+        face = self._face
+        app_datagram = self.app.datagram_received
+        dedup = self.front.dedup if self.front is not None else None
+        cipher = self.cipher
 
-        def sink(channel_id: int, data: bytes, flags: int) -> None:
-            plain = open_(channel_context(channel_id), _DATAGRAM, channel_id, data, flags & FLAG_SEALED)
-            if plain is None:
-                return
+        def deliver(channel_id: int, data: bytes, flags: int) -> None:
+            if flags & FLAG_SEQ:
+                if len(data) < 4:
+                    return
+                component = flags & FLAG_COMPONENT
+                if dedup is not None and not dedup.accept(channel_id, component, _SEQ.unpack_from(data)[0]):
+                    self.duplicates += 1
+                    return
+                data = data[4:]
+                flags = component
             route = routes.get(channel_id)
             if route is not None:
-                route[flags & FLAG_COMPONENT](plain)
+                route[flags](data)
                 return
             handler = handlers.get(channel_id)
             if handler is not None:
-                handler.datagram_received(self, channel_id, plain, flags & FLAG_COMPONENT)
+                handler.datagram_received(face, channel_id, data, flags)
             else:
-                app_datagram(self, channel_id, plain, flags & FLAG_COMPONENT)
+                app_datagram(face, channel_id, data, flags)
 
-        self._sink = sink
+        if cipher is None:
+
+            def sink(channel_id: int, data: bytes, flags: int) -> None:
+                if flags & FLAG_SEALED:
+                    # Sealed frames without ciphering on this tunnel are refused.
+                    self.refused_sealed += 1
+                    return
+                if flags & FLAG_SEQ:
+                    deliver(channel_id, data, flags)
+                    return
+                route = routes.get(channel_id)
+                if route is not None:
+                    route[flags](data)
+                    return
+                handler = handlers.get(channel_id)
+                if handler is not None:
+                    handler.datagram_received(face, channel_id, data, flags)
+                else:
+                    app_datagram(face, channel_id, data, flags)
+
+            return sink
+        channel_context = cipher.channel_context
+        open_ = cipher.open
+
+        def sealed_sink(channel_id: int, data: bytes, flags: int) -> None:
+            plain = open_(channel_context(channel_id), _DATAGRAM, channel_id, data, flags & FLAG_SEALED)
+            if plain is None:
+                return
+            deliver(channel_id, plain, flags & (FLAG_COMPONENT | FLAG_SEQ))
+
+        return sealed_sink
+
+    def use_front(self, front: PathFront) -> None:
+        """
+        Make this connection a path of a session (C{front}): from now on
+        the application and the channel handlers are told of C{front}, not
+        of this connection; the channels' routes and handlers are the
+        session's (shared by all its paths); datagrams stamped with a
+        sequence number are given to the session's de-duplication; round
+        trips and received frames are reported to C{front}.
+        """
+        front.routes.update(self._routes)
+        front.handlers.update(self._handlers)
+        self.front = front
+        self._face = front
+        self._routes = front.routes
+        self._handlers = front.handlers
+        self._sink = self._build_sink()
 
     def route_datagrams(self, channel_id: int, first: Any, second: Any) -> None:
         """
@@ -505,6 +571,18 @@ class TunnelProtocol(Protocol):
         handler = getattr(self.app, "control_received", None)
         if handler is not None:
             handler(self, e.message)
+
+    def _on_rtt(self, e: ev.RttSampled) -> None:
+        if self.front is not None:
+            self.front.rtt_sample(self, e.rtt)
+
+    def ping(self) -> None:
+        """
+        Send a timed PING (its PONG gives the front a round-trip sample).
+        """
+        if self.connection is not None and not self._lost:
+            self.connection.ping(self._clock.seconds())
+            self._flush()
 
     def _on_goaway(self, e: ev.PeerWentAway) -> None:
         self.go_away_info = e
