@@ -97,6 +97,8 @@ class AgentConfig:
     @ivar agent_id: this agent's identity; C{None}: the host name.
     @ivar http_proxy_auth: C{USER:PASSWORD} for the HTTP proxy (from the
         file or the environment, never the command line).
+    @ivar tunnel_connections: connections kept attached to the session
+        (L{paths_wanted} says how many are used).
     @ivar sip_listen: where the agent listens for SIP applications.
     @ivar limits: every limit, with the options' values.
     """
@@ -115,6 +117,7 @@ class AgentConfig:
     reconnect_max: float = 60.0
     tunnel: str = "always"
     tunnel_idle: float = 30.0
+    tunnel_connections: int = 2
     sip_listen: tuple[Address, ...] = field(default=(("127.0.0.1", 5060),), converter=_tuple)
     sip_tls_cert: str | None = None
     sip_tls_key: str | None = None
@@ -145,6 +148,20 @@ class AgentConfig:
             raise ConfigError("tunnel", f"must be always or on-demand, not {self.tunnel!r}")
         if not self.sip_listen:
             raise ConfigError("sip-listen", "the agent needs at least one address")
+        if not 1 <= self.tunnel_connections <= 8:
+            raise ConfigError("tunnel-connections", "must be between 1 and 8")
+
+    @property
+    def paths_wanted(self) -> int:
+        """
+        The connections actually kept: C{tunnel_connections}, but one with
+        C{--tunnel on-demand} (the on-demand tunnel opens and closes one)
+        and with C{--user-ciphering} (its counters are per connection: the
+        same key on two would repeat nonces).
+        """
+        if self.tunnel == "on-demand" or self.user_ciphering:
+            return 1
+        return self.tunnel_connections
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> AgentConfig:
@@ -187,6 +204,7 @@ class AgentConfig:
             reconnect_max=v["reconnect-max"],
             tunnel=v["tunnel"],
             tunnel_idle=v["tunnel-idle"],
+            tunnel_connections=v["tunnel-connections"],
             sip_listen=v["sip-listen"] or [("127.0.0.1", 5060)],
             sip_tls_cert=v["sip-tls-cert"],
             sip_tls_key=v["sip-tls-key"],

@@ -1064,7 +1064,14 @@ class ContactTunnelFactory(_TunnelFactory):
             self.clock,
             self.limits,
             session_id=secrets.token_hex(8),
-            hello={"challenge": secrets.token_hex(16), **({"user-ciphering": True} if self.user_ciphering else {})},
+            hello={
+                "challenge": secrets.token_hex(16),
+                # several connections per session: the key a further
+                # connection proves it knows (spwm.session.carrier)
+                "paths": 1,
+                "attach_key": secrets.token_hex(32),
+                **({"user-ciphering": True} if self.user_ciphering else {}),
+            },
             registry=self.tunnels,
             want_ciphering=self.user_ciphering,
         )
