@@ -298,7 +298,8 @@ class PathFront:
         for event in self.scheduler.tick(self.clock.seconds()):
             if isinstance(event, PathDead):
                 path = self._paths.get(event.path_id)
-                if path is not None:
+                # the last path is left to the tunnel's own keepalive
+                if path is not None and len(self._paths) > 1:
                     self.log.warn(
                         "session {session_id}: path {path_id} ({peer}) answers nothing; closing it",
                         session_id=self.session_id,
@@ -307,6 +308,8 @@ class PathFront:
                     )
                     if self._on_dead is not None:
                         self._on_dead(path)
+                    # detached now: its transport's loss may come later
+                    self.remove_path(path)
                     path.close(ErrorCode.KEEPALIVE_TIMEOUT, "path answers nothing")
             elif isinstance(event, CarrierChanged):
                 self._carrier_moved()
@@ -550,6 +553,8 @@ class PathSessions:
         front = self.front
         challenge = path.peer_hello.get("challenge")
         session_id = attach.get("session_id") if isinstance(attach, dict) else None
+        # until it is attached, its loss is no loss of the session's
+        self._pending[id(path)] = path
         if front is None or not front.is_open or front.session_id != session_id or not isinstance(challenge, str):
             path.close(0, "no session to attach to any more")
             return
@@ -558,7 +563,6 @@ class PathSessions:
         except ValueError:
             path.close(ErrorCode.BAD_CONTROL, "bad challenge")
             return
-        self._pending[id(path)] = path
         path.send_control(
             {"op": "attach", "session_id": session_id, "proof": attach_proof(front.attach_key, raw, session_id)}
         )
@@ -569,11 +573,11 @@ class PathSessions:
             self._check_attach(path, message)
             return
         if op == "attached" and self.agent and id(path) in self._pending:
-            del self._pending[id(path)]
             front = self.front
             if front is None or not front.is_open:
                 path.close(0, "no session to attach to any more")
                 return
+            del self._pending[id(path)]
             path_id = front.add_path(path)
             self.log.info(
                 "session {session_id}: connection {path_id} attached ({peer}); {count} paths",
@@ -586,7 +590,6 @@ class PathSessions:
                 self.keeper.attached(path)
             return
         if op == "attach-failed" and self.agent and id(path) in self._pending:
-            del self._pending[id(path)]
             self.attach_refused += 1
             reason = str(message.get("reason", "refused"))
             self.log.warn(
@@ -600,9 +603,9 @@ class PathSessions:
 
     def _check_attach(self, path: TunnelProtocol, message: dict[str, Any]) -> None:
         """
-        Contact point: a connection proves it belongs to a live session.
+        Contact point: a connection proves it belongs to a live session
+        (refused, it stays pending until its loss, which is nobody else's).
         """
-        del self._pending[id(path)]
         session_id = message.get("session_id")
         challenge = path.local_hello.get("challenge")
         front = next((f for f in self.fronts if f.session_id == session_id and f.is_open), None)
@@ -626,6 +629,7 @@ class PathSessions:
             path.send_control({"op": "attach-failed", "reason": problem})
             path.close(ErrorCode.REFUSED, f"attach refused: {problem}")
             return
+        del self._pending[id(path)]
         path.adopt_session(session_id)
         path_id = front.add_path(path)
         path.send_control({"op": "attached", "session_id": session_id, "path_id": path_id})

@@ -1008,10 +1008,17 @@ class ContactTunnelFactory(_TunnelFactory):
         max_per_host: int = 100,
         check_client_identity: bool = False,
         user_ciphering: bool = False,
+        paths: bool = True,
     ) -> None:
+        """
+        @param paths: offer several connections per session (the welcome
+            says C{paths} and carries the attach key); C{False} is a
+            contact point as before it (tests of the old protocol).
+        """
         super().__init__(app, clock, limits)
         self.check_client_identity = check_client_identity
         self.user_ciphering = user_ciphering
+        self.paths = paths
         self.tunnels: _Registry = _Registry()
         self.max_tunnels = max_tunnels
         self.max_per_host = max_per_host
@@ -1068,8 +1075,7 @@ class ContactTunnelFactory(_TunnelFactory):
                 "challenge": secrets.token_hex(16),
                 # several connections per session: the key a further
                 # connection proves it knows (spwm.session.carrier)
-                "paths": 1,
-                "attach_key": secrets.token_hex(32),
+                **({"paths": 1, "attach_key": secrets.token_hex(32)} if self.paths else {}),
                 **({"user-ciphering": True} if self.user_ciphering else {}),
             },
             registry=self.tunnels,
