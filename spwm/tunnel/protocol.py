@@ -29,7 +29,7 @@ from spwm.limits import TunnelLimits
 from spwm.logthrottle import Every, ThrottledLog
 from spwm.tunnel import events as ev
 from spwm.tunnel.api import ChannelHandler
-from spwm.tunnel.connection import ChannelLimitError, Role, State, TunnelConnection
+from spwm.tunnel.connection import ChannelLimitError, Role, State, TunnelConnection, TunnelNotOpenError
 from spwm.tunnel.cipher import UserCipher
 from spwm.tunnel.frames import FLAG_COMPONENT, FLAG_SEALED, FLAG_SEQ, ChannelKind, ErrorCode, FrameType
 
@@ -37,6 +37,10 @@ _DATAGRAM = int(FrameType.DATAGRAM)
 _SEQ = struct.Struct("!I")
 if TYPE_CHECKING:
     from spwm.session.carrier import PathFront
+
+
+def _not_connected(data: bytes) -> object:
+    raise RuntimeError("tunnel not connected")
 
 _ABORT_CODES = frozenset({ErrorCode.HANDSHAKE_TIMEOUT, ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.QUEUE_OVERFLOW})
 
@@ -133,6 +137,8 @@ class TunnelProtocol(Protocol):
     """
 
     log = Logger()
+    #: TCP or TLS (the TLS protocol's transport); C{None} before the connection
+    transport: Any
 
     def __init__(
         self,
@@ -159,7 +165,7 @@ class TunnelProtocol(Protocol):
         self.app = app
         self._clock = clock
         self._limits = limits
-        self._core_args = dict(agent_id=agent_id, session_id=session_id, hello=hello)
+        self._agent_id, self._session_id, self._hello = agent_id, session_id, hello
         #: the extra fields of the hello (agent) or welcome (contact point) we send
         self.local_hello: dict[str, Any] = dict(hello or {})
         self.connection: TunnelConnection | None = None
@@ -183,7 +189,7 @@ class TunnelProtocol(Protocol):
         # the stream queue has drained below its low-water mark.
         self._stream_producers: list[IPushProducer] = []
         self._streams_paused = False
-        self._write = None
+        self._write: Callable[[bytes], object] = _not_connected
         self.refused_sealed = 0
 
         self._routes: dict[int, Any] = {}
@@ -200,7 +206,7 @@ class TunnelProtocol(Protocol):
         self.cipher: UserCipher | None = None
         self._want_ciphering = want_ciphering
         self._sink = self._build_sink()
-        self._dispatch = {
+        self._dispatch: dict[type, Callable[[Any], None]] = {
             ev.DatagramReceived: self._on_datagram,
             ev.HandshakeCompleted: self._on_handshake,
             ev.SipReceived: self._on_sip,
@@ -258,6 +264,13 @@ class TunnelProtocol(Protocol):
         """
         return self._lost_reason
 
+    @property
+    def _core(self) -> TunnelConnection:
+        connection = self.connection
+        if connection is None:
+            raise TunnelNotOpenError("tunnel not connected")
+        return connection
+
     # -- identity ------------------------------------------------------------
 
     @property
@@ -283,7 +296,14 @@ class TunnelProtocol(Protocol):
         if self._registry is not None:
             self._registry.add(self)
         self._set_socket_options()
-        self.connection = TunnelConnection(self._role, self._clock.seconds(), limits=self._limits, **self._core_args)
+        self.connection = TunnelConnection(
+            self._role,
+            self._clock.seconds(),
+            limits=self._limits,
+            agent_id=self._agent_id,
+            session_id=self._session_id,
+            hello=self._hello,
+        )
         self.transport.registerProducer(self, True)
         self._flush()
         self._rearm()
@@ -323,7 +343,7 @@ class TunnelProtocol(Protocol):
         self._flush()
         self._rearm()
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self._lost = True
         if self._abort_timer is not None and self._abort_timer.active():
             self._abort_timer.cancel()
@@ -405,9 +425,10 @@ class TunnelProtocol(Protocol):
         data = e.data
         cipher = self.cipher
         if cipher is not None:
-            data = cipher.open(cipher.flow_context(e.flow_id), FrameType.SIP, e.flow_id, data, e.sealed)
-            if data is None:
+            opened = cipher.open(cipher.flow_context(e.flow_id), FrameType.SIP, e.flow_id, data, e.sealed)
+            if opened is None:
                 return
+            data = opened
         elif e.sealed:
             self.refused_sealed += 1
             return
@@ -476,7 +497,7 @@ class TunnelProtocol(Protocol):
         open_ = cipher.open
 
         def sealed_sink(channel_id: int, data: bytes, flags: int) -> None:
-            plain = open_(channel_context(channel_id), _DATAGRAM, channel_id, data, flags & FLAG_SEALED)
+            plain = open_(channel_context(channel_id), _DATAGRAM, channel_id, data, bool(flags & FLAG_SEALED))
             if plain is None:
                 return
             deliver(channel_id, plain, flags & (FLAG_COMPONENT | FLAG_SEQ))
@@ -618,9 +639,9 @@ class TunnelProtocol(Protocol):
         cipher = self.cipher
         context = cipher.flow_context(flow_id) if cipher is not None else None
         if context is not None:
-            self.connection.send_sip(flow_id, UserCipher.seal(context, FrameType.SIP, flow_id, data), FLAG_SEALED)
+            self._core.send_sip(flow_id, UserCipher.seal(context, FrameType.SIP, flow_id, data), FLAG_SEALED)
         else:
-            self.connection.send_sip(flow_id, data)
+            self._core.send_sip(flow_id, data)
         self._flush()
         return True
 
@@ -630,7 +651,7 @@ class TunnelProtocol(Protocol):
         """
         if not self.is_open:
             return False
-        self.connection.send_control(message)
+        self._core.send_control(message)
         self._flush()
         return True
 
@@ -645,7 +666,8 @@ class TunnelProtocol(Protocol):
         transport = self.transport
         if not ISSLTransport.providedBy(transport):
             return None
-        export = getattr(transport.getHandle(), "export_keying_material", None)
+        handle: Any = transport
+        export = getattr(handle.getHandle(), "export_keying_material", None)
         if export is None:
             return None
         try:
@@ -661,7 +683,7 @@ class TunnelProtocol(Protocol):
             (without one they go to the application).
         @raise ChannelLimitError: at the channel limit.
         """
-        cid = self.connection.open_channel(kind, meta)
+        cid = self._core.open_channel(kind, meta)
         if handler is not None:
             self._handlers[cid] = handler
         self._flush()
@@ -684,6 +706,7 @@ class TunnelProtocol(Protocol):
         Send a datagram on a channel (the media hot path).
         """
         connection = self.connection
+        assert connection is not None, "tunnel not connected"
         now = self._clock.seconds()
         cipher = self.cipher
         if cipher is not None:
@@ -712,7 +735,7 @@ class TunnelProtocol(Protocol):
         limit (the high-water mark): every registered stream producer has
         been paused, and is resumed once the queue drains.
         """
-        connection = self.connection
+        connection = self._core
         more = connection.send_stream_data(channel_id, data)
         self._flush()
         # Still over the limit once the transport took what it could.
@@ -761,7 +784,7 @@ class TunnelProtocol(Protocol):
         """
         End our direction of a stream channel.
         """
-        self.connection.send_stream_data(channel_id, b"", fin=True)
+        self._core.send_stream_data(channel_id, b"", fin=True)
         self._flush()
 
     def go_away(self, reason: str = "shutting down", drain: float | None = None) -> None:
@@ -870,11 +893,11 @@ class TunnelProtocol(Protocol):
         self._timer = None
         self._timer_at = None
         try:
-            for event in self.connection.handle_timer(self._clock.seconds()):
+            for event in self._core.handle_timer(self._clock.seconds()):
                 self._dispatch[type(event)](event)
         except Exception:
             self.log.failure("unexpected error in tunnel timer for {peer}", peer=self.peer)
-            closed = self.connection.close(ErrorCode.INTERNAL_ERROR, "internal error")
+            closed = self._core.close(ErrorCode.INTERNAL_ERROR, "internal error")
             if closed is not None:
                 self._on_closed(closed)
         self._flush()
