@@ -481,12 +481,21 @@ class PathSessions:
         agent: bool,
         limits: PathLimits | None = None,
         keeper: PathKeeper | None = None,
+        moving: Callable[[], None] | None = None,
     ) -> None:
+        """
+        @param moving: agent: called when the contact point sends go-away
+            on a path of the session (the tunnel service reconnects at
+            once); the session's other paths are closed, so the session
+            moves as a whole (its last path's loss suspends it, the new
+            connection resumes it).
+        """
         self.clock = clock
         self.observer = observer
         self.agent = agent
         self.limits = limits
         self.keeper = keeper
+        self._moving = moving
         self.fronts: list[PathFront] = []
         self.attach_refused = 0
         self._pending: dict[int, TunnelProtocol] = {}
@@ -516,7 +525,27 @@ class PathSessions:
     def _new_front(self, path: TunnelProtocol, key: str) -> PathFront:
         front = PathFront(self.clock, path, bytes.fromhex(key), self.limits)
         self.fronts.append(front)
+        self._watch(path)
         return front
+
+    def _watch(self, path: TunnelProtocol) -> None:
+        if self.agent:
+            path.when_going_away().addCallback(self._went_away)
+
+    def _went_away(self, path: TunnelProtocol) -> None:
+        """
+        Agent: the contact point is draining: the session leaves all its
+        paths, not one.
+        """
+        front = path.front
+        if front is None:
+            return
+        if self._moving is not None:
+            self._moving()
+        for other in front.paths:
+            if other is not path:
+                other.close(0, "moving after go-away")
+        path.close(0, "moving after go-away")
 
     # -- TunnelObserver -------------------------------------------------------
 
@@ -579,6 +608,7 @@ class PathSessions:
                 return
             del self._pending[id(path)]
             path_id = front.add_path(path)
+            self._watch(path)
             self.log.info(
                 "session {session_id}: connection {path_id} attached ({peer}); {count} paths",
                 session_id=front.session_id,

@@ -331,7 +331,9 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
         keeper = PathKeeper(
             reactor, lambda: raw_endpoint.connect(later_factory()), config.paths_wanted - 1, retry_cap=config.reconnect_max
         )
-        paths = PathSessions(reactor, resumption, agent=True, keeper=keeper)
+        paths = PathSessions(
+            reactor, resumption, agent=True, keeper=keeper, moving=lambda: later_tunnel().reconnect_now()
+        )
         observer, hello = paths, paths.hello(resumption.hello)
     router = Router(sip_part, {FORWARD_USE: forwarder, "media": media}, observer)
     factory = AgentTunnelFactory(

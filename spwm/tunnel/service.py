@@ -785,6 +785,15 @@ class AgentTunnelService(ClientService):
             self.tunnel.close(0, "agent stopping")
         return super().stopService()
 
+    def reconnect_now(self) -> None:
+        """
+        The session moves (go-away on another of its connections): close
+        this service's connection and make the next attempt at once.
+        """
+        self._retry.now()
+        if self.tunnel is not None:
+            self.tunnel.close(0, "moving after go-away")
+
     def on_go_away(self, protocol: TunnelProtocol) -> None:
         """
         The contact point is draining: drop this tunnel now and reconnect at once.

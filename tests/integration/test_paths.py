@@ -13,6 +13,7 @@ from twisted.internet import defer, reactor, task
 
 from spwm.session.carrier import PathFront
 from spwm.session.state import SessionState
+from tests.integration import test_resumption
 from tests.integration.test_resumption import _LoopbackPair
 from tests.integration.test_tunnel_loopback import wait_until
 
@@ -117,3 +118,13 @@ class TwoConnectionsTests(_LoopbackPair):
         b_call.stop_media()
         response = yield alice.hang_up(a_call)
         self.assertEqual(response.status, 200)
+
+
+class TwoConnectionsRestartTests(test_resumption.RestartTests):
+    """
+    The contact point restarts (go-away, drain, start again with its state
+    file) under agents with two connections each: each session moves as a
+    whole and is resumed in the new process, as with one connection.
+    """
+
+    agent_extra: list[str] = []
