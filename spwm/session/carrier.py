@@ -47,6 +47,7 @@ from spwm.session.paths import (
     PathLimits,
     PathScheduler,
     SeqStamper,
+    read_tcp_info,
     set_notsent_lowat,
 )
 from spwm.tunnel.frames import FLAG_SEQ, ChannelKind, ErrorCode
@@ -123,6 +124,7 @@ class PathFront:
         self.switches = 0
         self.attached = 0
         self._paths: dict[int, TunnelProtocol] = {}
+        self._sockets: dict[int, Any] = {}
         self._ids: dict[int, int] = {}
         self._next_id = 0
         self._last: TunnelProtocol = first
@@ -195,7 +197,10 @@ class PathFront:
 
         sock = find_socket(getattr(path, "transport", None))
         if sock is not None:
+            # a small kernel send queue, so that what is steered away from
+            # a stalled path is not already stuck in it
             set_notsent_lowat(sock)
+            self._sockets[path_id] = sock
         self._arm()
         return path_id
 
@@ -209,6 +214,7 @@ class PathFront:
         if path_id is None:
             return bool(self._paths)
         del self._paths[path_id]
+        self._sockets.pop(path_id, None)
         self._last = path
         self.scheduler.remove(path_id)
         self._carrier_moved()
@@ -287,6 +293,10 @@ class PathFront:
         for path_id, path in list(self._paths.items()):
             path.ping()
             self.scheduler.sent(path_id, 16, now)
+            sock = self._sockets.get(path_id)
+            info = read_tcp_info(sock) if sock is not None else None
+            if info is not None:
+                self.scheduler.tcp_info(path_id, info, now)
         self.tick()
         self._arm()
 
