@@ -345,6 +345,21 @@ class FailoverTests(TwoPaths):
         self.assertEqual(self.bed.agent.observer.calls[-1], ("lost", self.front))
         self.assertEqual(self.bed.contact.observer.calls[-1], ("lost", self.contact_front))
 
+    def test_probes_only_with_channels(self) -> None:
+        """
+        Without a channel the agent pings no path (the keepalive watches
+        them); with one it pings each, and gets round-trip samples; the
+        contact point pings none.
+        """
+        self.bed.advance(1.0)
+        self.assertEqual([p.connection.stats.pings_sent for p in (self.a1, self.a2)], [0, 0])
+        self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.advance(1.0)
+        self.assertGreaterEqual(min(p.connection.stats.pings_sent for p in (self.a1, self.a2)), 9)
+        self.assertEqual([p.connection.stats.pings_sent for p in (self.c1, self.c2)], [0, 0])
+        snapshot = self.front.scheduler.snapshot()["paths"]
+        self.assertTrue(all(entry["srtt"] is not None for entry in snapshot.values()))
+
     def test_silent_path_closed(self) -> None:
         """
         A path that stops answering (nothing arrives: a stall that does not
@@ -357,6 +372,10 @@ class FailoverTests(TwoPaths):
         self.bed.stalled.add(0)
         self.bed.advance(0.3)
         self.assertIs(self.front.carrier, self.a2)
+        # the contact point, which does not probe and has no round-trip
+        # time of its own here, follows what it hears a little later
+        self.bed.advance(0.3)
+        self.assertIs(self.contact_front.carrier, self.c2)
         self.assertEqual(self.front.scheduler.media_paths(self.bed.clock.seconds()), (1,))
         self.front.send_datagram(cid, b"on-the-survivor")
         self.bed.flush()

@@ -108,11 +108,17 @@ class PathFront:
         limits: PathLimits | None = None,
         *,
         on_dead: Callable[[TunnelProtocol], None] | None = None,
+        probe: bool = True,
     ) -> None:
         """
         @param first: the connection that made the session.
         @param on_dead: told of a path the scheduler found dead (it is
             closed; its loss follows).
+        @param probe: ping every path while the session has channels (the
+            agent).  Without (the contact point, which would otherwise
+            ping every path of every session), the front keeps no timer:
+            the peer's pings and media show which paths are heard from,
+            and the scheduler runs when something arrives.
         """
         self.clock = clock
         self.routes: dict[int, Any] = {}
@@ -132,6 +138,8 @@ class PathFront:
         self._producers: list[IPushProducer] = []
         self._timer: IDelayedCall | None = None
         self._on_dead = on_dead
+        self._probing = probe
+        self._ticked = 0.0
         # The user keys are derived from the first connection's TLS
         # exporter on both halves, whichever path carries the 2xx.
         self._exported = first.export_keying_material(EXPORTER_LABEL, KEY_LENGTH)
@@ -245,8 +253,20 @@ class PathFront:
 
     def path_received(self, path: TunnelProtocol, now: float) -> None:
         path_id = self._ids.get(id(path))
-        if path_id is not None:
-            self.scheduler.received(path_id, now)
+        if path_id is None:
+            return
+        scheduler = self.scheduler
+        if not self._probing and now - self._ticked >= scheduler.limits.stall_floor and len(self._paths) > 1:
+            # Passive: every path is expected to be heard from (the peer
+            # pings them while it has channels); one that is not, while
+            # this one is, stalls.
+            self._ticked = now
+            for other in self._paths:
+                scheduler.sent(other, 0, now)
+            scheduler.received(path_id, now)
+            self.tick()
+            return
+        scheduler.received(path_id, now)
 
     def rtt_sample(self, path: TunnelProtocol, rtt: float) -> None:
         path_id = self._ids.get(id(path))
@@ -260,6 +280,7 @@ class PathFront:
         for other in self._paths.values():
             if other is not path and other.connection is not None:
                 other.connection.register_channel(channel_id, kind, meta)
+        self._arm()
 
     def channel_forgotten(self, path: TunnelProtocol, channel_id: int) -> None:
         """
@@ -274,7 +295,11 @@ class PathFront:
     # -- time: probes and the scheduler ------------------------------------------
 
     def _arm(self) -> None:
-        if self._timer is not None and self._timer.active() or not self._paths:
+        if not self._probing or self._timer is not None and self._timer.active() or not self._paths:
+            return
+        if not self.routes and not self.handlers:
+            # no channel: nothing that a stall would hurt at once; the
+            # tunnel's keepalive watches the paths meanwhile
             return
         self._timer = self.clock.callLater(self.scheduler.limits.probe_interval, self._probe)
 
@@ -441,6 +466,7 @@ class PathFront:
 
     def route_datagrams(self, channel_id: int, first: Any, second: Any) -> None:
         self.routes[channel_id] = (first, second)
+        self._arm()
 
     def unroute_datagrams(self, channel_id: int) -> None:
         self.routes.pop(channel_id, None)
@@ -533,7 +559,7 @@ class PathSessions:
         return hello
 
     def _new_front(self, path: TunnelProtocol, key: str) -> PathFront:
-        front = PathFront(self.clock, path, bytes.fromhex(key), self.limits)
+        front = PathFront(self.clock, path, bytes.fromhex(key), self.limits, probe=self.agent)
         self.fronts.append(front)
         self._watch(path)
         return front
