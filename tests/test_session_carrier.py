@@ -384,3 +384,96 @@ class FailoverTests(TwoPaths):
         self.assertFalse(self.a1.is_open)
         self.assertEqual(self.front.paths, [self.a2])
         self.assertEqual([c[0] for c in self.bed.agent.observer.calls], ["established"])
+
+
+class _Conn:
+    """
+    What the keeper sees of a connection it opened.
+    """
+
+    def __init__(self) -> None:
+        self.front: Any = None
+        self.closed: list[str] = []
+        self._closed: Any = None
+
+    def when_closed(self) -> Any:
+        from twisted.internet.defer import Deferred
+
+        self._closed = Deferred()
+        return self._closed
+
+    def lose(self) -> None:
+        self._closed.callback(self)
+
+    def close(self, code: int = 0, reason: str = "") -> None:
+        self.closed.append(reason)
+
+
+class KeeperTests(SynchronousTestCase):
+    """
+    L{PathKeeper}: the agent's further connections, kept while the session
+    is up and replaced in the background.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        from spwm.session.carrier import PathKeeper
+
+        self.clock = Clock()
+        self.attempts: list[Deferred[Any]] = []
+
+        def connect() -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            self.attempts.append(d)
+            return d
+
+        self.keeper = PathKeeper(self.clock, connect, 2, retry_cap=4.0)
+
+    def test_fill_and_replace(self) -> None:
+        """
+        Up: as many attempts as connections wanted, no more; a lost
+        attached connection is replaced at once, one that never attached
+        after a growing delay (at most the cap); nothing while the session
+        is down.
+        """
+        self.assertEqual(self.attempts, [])
+        self.keeper.session_up()
+        self.assertEqual(len(self.attempts), 2)
+        first, second = _Conn(), _Conn()
+        first.front = object()
+        self.attempts[0].callback(first)
+        self.attempts[1].callback(second)
+        self.keeper.session_up()
+        self.assertEqual(len(self.attempts), 2)
+        first.lose()
+        self.clock.advance(0)
+        self.assertEqual(len(self.attempts), 3)
+        second.lose()  # never attached: a failure
+        self.clock.advance(0.4)
+        self.assertEqual(len(self.attempts), 3)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.attempts), 4)
+        for _ in range(10):
+            self.attempts[-1].errback(ConnectionError("refused"))
+            self.clock.advance(4.0)
+        self.assertEqual(len(self.attempts), 14)
+        self.keeper.session_down()
+        self.attempts[-1].errback(ConnectionError("refused"))
+        self.clock.advance(60)
+        self.assertEqual(len(self.attempts), 14)
+
+    def test_late_connection_closed(self) -> None:
+        """
+        A connection that comes up after the session went down is closed;
+        stopping closes the keeper's connections.
+        """
+        self.keeper.session_up()
+        kept = _Conn()
+        self.attempts[0].callback(kept)
+        self.keeper.session_down()
+        late = _Conn()
+        self.attempts[1].callback(late)
+        self.assertEqual(late.closed, ["the session is gone"])
+        self.keeper.stop()
+        self.assertEqual(kept.closed, ["agent stopping"])
