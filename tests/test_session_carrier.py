@@ -360,6 +360,21 @@ class FailoverTests(TwoPaths):
         snapshot = self.front.scheduler.snapshot()["paths"]
         self.assertTrue(all(entry["srtt"] is not None for entry in snapshot.values()))
 
+    def test_idle_session_left_alone(self) -> None:
+        """
+        Without channels a path that carries nothing is no stalled path:
+        while SIP goes on the carrier for seconds, neither half closes the
+        quiet one or moves its carrier.
+        """
+        self.bed.stalled.add(1)
+        for _ in range(50):
+            self.front.send_sip(1, b"OPTIONS sip:x SIP/2.0\r\n\r\n")
+            self.bed.advance(0.1)
+        self.assertEqual(len(self.bed.contact.sip.received), 50)
+        self.assertEqual((self.front.paths, self.contact_front.paths), ([self.a1, self.a2], [self.c1, self.c2]))
+        self.assertTrue(self.a2.is_open and self.c2.is_open)
+        self.assertEqual((self.front.switches, self.contact_front.switches), (0, 0))
+
     def test_silent_path_closed(self) -> None:
         """
         A path that stops answering (nothing arrives: a stall that does not

@@ -256,10 +256,20 @@ class PathFront:
         if path_id is None:
             return
         scheduler = self.scheduler
-        if not self._probing and now - self._ticked >= scheduler.limits.stall_floor and len(self._paths) > 1:
+        if (
+            not self._probing
+            and len(self._paths) > 1
+            and now - self._ticked >= scheduler.limits.stall_floor
+            and self._watched
+        ):
             # Passive: every path is expected to be heard from (the peer
             # pings them while it has channels); one that is not, while
             # this one is, stalls.
+            if now - self._ticked > 2 * scheduler.limits.probe_interval:
+                # the watch starts again (the peer pings while it has
+                # channels): earlier silence does not count
+                for other in self._paths:
+                    scheduler.received(other, now)
             self._ticked = now
             for other in self._paths:
                 scheduler.sent(other, 0, now)
@@ -294,13 +304,25 @@ class PathFront:
 
     # -- time: probes and the scheduler ------------------------------------------
 
-    def _arm(self) -> None:
+    @property
+    def _watched(self) -> bool:
+        """
+        Whether the paths are watched now: while the session has channels
+        (without, nothing a stall would hurt at once; the tunnel's
+        keepalive watches the paths meanwhile).
+        """
+        return bool(self.routes or self.handlers)
+
+    def _arm(self, fresh: bool = True) -> None:
         if not self._probing or self._timer is not None and self._timer.active() or not self._paths:
             return
-        if not self.routes and not self.handlers:
-            # no channel: nothing that a stall would hurt at once; the
-            # tunnel's keepalive watches the paths meanwhile
+        if not self._watched:
             return
+        if fresh:
+            # the watch starts again: what was unanswered before it does not count
+            now = self.clock.seconds()
+            for path_id in self._paths:
+                self.scheduler.received(path_id, now)
         self._timer = self.clock.callLater(self.scheduler.limits.probe_interval, self._probe)
 
     def _cancel(self) -> None:
@@ -323,7 +345,7 @@ class PathFront:
             if info is not None:
                 self.scheduler.tcp_info(path_id, info, now)
         self.tick()
-        self._arm()
+        self._arm(fresh=False)
 
     def tick(self) -> None:
         """
@@ -333,8 +355,10 @@ class PathFront:
         for event in self.scheduler.tick(self.clock.seconds()):
             if isinstance(event, PathDead):
                 path = self._paths.get(event.path_id)
-                # the last path is left to the tunnel's own keepalive
-                if path is not None and len(self._paths) > 1:
+                # The last path is left to the tunnel's own keepalive; the
+                # contact point (passive) only stops using a path: closing
+                # is for the agent, which probes.
+                if path is not None and len(self._paths) > 1 and self._probing:
                     self.log.warn(
                         "session {session_id}: path {path_id} ({peer}) answers nothing; closing it",
                         session_id=self.session_id,
