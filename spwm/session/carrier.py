@@ -178,11 +178,23 @@ class PathFront:
                 return other
         return path
 
-    def add_path(self, path: TunnelProtocol) -> int:
+    def add_path(self, path: TunnelProtocol, kind: PathKind = PathKind.TCP) -> int:
         """
         Attach a connection: it accepts every open channel of the session
         from now on and becomes one the scheduler may choose.
 
+        What a path must offer (a QUIC path too): the L{TunnelHandle}
+        methods, C{is_open}, C{peer}, C{session_id}, C{agent_id},
+        C{adopt_session}, C{ping()}, C{close(code, reason)}, C{duplicates},
+        C{use_front(front)} (from then on its channel routes and handlers
+        are the front's dictionaries, datagrams with C{FLAG_SEQ} go through
+        C{front.dedup}, and it calls C{front.path_received},
+        C{front.rtt_sample}, C{front.channel_registered} and
+        C{front.channel_forgotten}), and a C{connection} core with
+        C{register_channel}, C{forget_channel} and C{open_channels}
+        (L{spwm.tunnel.connection.TunnelConnection}).
+
+        @param kind: what the scheduler knows it as.
         @return: its path id.
         """
         path_id = self._next_id
@@ -198,7 +210,7 @@ class PathFront:
         self.attached += 1
         path.use_front(self)
         now = self.clock.seconds()
-        self.scheduler.add(path_id, PathKind.TCP, now)
+        self.scheduler.add(path_id, kind, now)
         if self._carrier_id is None:
             self._carrier_id = self.scheduler.carrier()
         from spwm.tunnel.protocol import find_socket
