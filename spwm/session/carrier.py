@@ -203,8 +203,8 @@ class PathFront:
             path.adopt_session(self._session_id)
         carrier = self.carrier
         if carrier is not None and carrier.connection is not None and path.connection is not None:
-            for channel_id, kind, meta in carrier.connection.open_channels():
-                path.connection.register_channel(channel_id, kind, meta)
+            for channel_id, channel_kind, meta in carrier.connection.open_channels():
+                path.connection.register_channel(channel_id, channel_kind, meta)
         self._paths[path_id] = path
         self._ids[id(path)] = path_id
         self.attached += 1
