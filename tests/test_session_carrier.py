@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from twisted.internet.task import Clock
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -492,3 +494,108 @@ class KeeperTests(SynchronousTestCase):
         self.assertEqual(late.closed, ["the session is gone"])
         self.keeper.stop()
         self.assertEqual(kept.closed, ["agent stopping"])
+
+
+class PathsMachine(RuleBasedStateMachine):
+    """
+    Any mix of media both ways, duplication, stalls, resets and further
+    connections, while at least one connection is left: every datagram is
+    delivered at most once on each half, the session logic of either half
+    hears of nothing after the first connection, and both halves agree on
+    the session's paths once the bytes have moved.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bed = Bed()
+        self.bed.connect()
+        self.bed.connect()
+        front = self.bed.agent.paths.front
+        assert front is not None
+        self.front = front
+        self.contact_front = self.bed.contact.paths.fronts[0]
+        self.up = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.flush()
+        self.down = self.up
+        self.n = 0
+
+    def _live_pumps(self) -> list[int]:
+        return [i for i, (_, client, _) in enumerate(self.bed.pumps) if client in self.front.paths]
+
+    @rule(count=st.integers(1, 5), rtcp=st.booleans())
+    def media_up(self, count: int, rtcp: bool) -> None:
+        for _ in range(count):
+            self.n += 1
+            self.front.send_datagram(self.up, b"u%d" % self.n, int(rtcp))
+        self.bed.flush()
+
+    @rule(count=st.integers(1, 5))
+    def media_down(self, count: int) -> None:
+        for _ in range(count):
+            self.n += 1
+            self.contact_front.send_datagram(self.down, b"d%d" % self.n)
+        self.bed.flush()
+
+    @rule(agent=st.booleans())
+    def duplicate(self, agent: bool) -> None:
+        front = self.front if agent else self.contact_front
+        front.scheduler.loss_seen(0, self.bed.clock.seconds())
+
+    @precondition(lambda self: len(self._live_pumps()) > 1)
+    @rule(data=st.data())
+    def reset_one(self, data: Any) -> None:
+        index = data.draw(st.sampled_from(self._live_pumps()))
+        self.bed.stalled.discard(index)
+        self.bed.cut(index)
+
+    @precondition(lambda self: len(self._live_pumps()) > 1)
+    @rule(data=st.data())
+    def stall_one(self, data: Any) -> None:
+        live = [i for i in self._live_pumps() if i not in self.bed.stalled]
+        if len(live) > 1:
+            self.bed.stalled.add(data.draw(st.sampled_from(live)))
+
+    @rule()
+    def unstall(self) -> None:
+        self.bed.stalled.clear()
+        self.bed.flush()
+
+    @precondition(lambda self: len(self.front.paths) < 4)
+    @rule()
+    def attach(self) -> None:
+        self.bed.connect()
+
+    @rule(seconds=st.sampled_from([0.05, 0.2, 1.0, 3.0]))
+    def wait(self, seconds: float) -> None:
+        self.bed.advance(seconds, step=0.05)
+
+    @invariant()
+    def at_most_once(self) -> None:
+        for media in (self.bed.agent.media, self.bed.contact.media):
+            payloads = [data for _, data in media.got]
+            assert len(payloads) == len(set(payloads)), payloads
+
+    @invariant()
+    def session_logic_undisturbed(self) -> None:
+        assert [c[0] for c in self.bed.agent.observer.calls] == ["established"]
+        assert [c[0] for c in self.bed.contact.observer.calls] == ["established"]
+
+    def teardown(self) -> None:
+        # with the bytes moved, both halves agree on the session's paths
+        self.bed.stalled.clear()
+        self.bed.flush()
+        agent_sides = {id(server) for _, client, server in self.bed.pumps if client in self.front.paths}
+        contact_sides = {id(p) for p in self.contact_front.paths}
+        assert agent_sides == contact_sides, (self.front, self.contact_front)
+        assert self.front.paths and all(p.is_open for p in self.front.paths)
+
+
+class PathsMachineTests(SynchronousTestCase):
+    """
+    L{PathsMachine} under trial.
+    """
+
+    def test_machine(self) -> None:
+        run_state_machine_as_test(
+            PathsMachine, settings=settings(max_examples=40, stateful_step_count=25, deadline=None)
+        )
