@@ -126,11 +126,16 @@ class Bed:
             self.clock.advance(step)
             self.flush()
 
-    def cut(self, index: int) -> None:
+    def cut(self, index: int, lose_queued: bool = False) -> None:
         """
-        Connection C{index} is lost at both ends (a reset).
+        Connection C{index} is lost at both ends (a reset); with
+        C{lose_queued}, what either end had written and the other had not
+        read yet is lost with it.
         """
         pump, client, server = self.pumps[index]
+        if lose_queued:
+            client.transport.stream.clear()
+            server.transport.stream.clear()
         client.transport.abortConnection()
         server.transport.abortConnection()
         self.flush()
@@ -376,6 +381,24 @@ class FailoverTests(TwoPaths):
         self.assertEqual((self.front.paths, self.contact_front.paths), ([self.a1, self.a2], [self.c1, self.c2]))
         self.assertTrue(self.a2.is_open and self.c2.is_open)
         self.assertEqual((self.front.switches, self.contact_front.switches), (0, 0))
+
+    def test_open_lost_with_the_carrier(self) -> None:
+        """
+        A channel opened just before the carrier breaks, its C{open} lost
+        with it, is known to the peer all the same (a copy went on the
+        other path): its datagrams go through there, and a close reaches
+        the peer once.
+        """
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.cut(0, lose_queued=True)
+        self.assertEqual(self.bed.contact.media.accepted, [(self.contact_front, cid)])
+        self.front.send_datagram(cid, b"through")
+        self.bed.flush()
+        self.assertEqual(self.bed.contact.media.got, [(0, b"through")])
+        self.front.close_channel(cid)
+        self.bed.flush()
+        self.assertFalse(self.c2.connection.is_open_channel(cid))
+        self.assertEqual([c[0] for c in self.bed.contact.observer.calls], ["established"])
 
     def test_silent_path_closed(self) -> None:
         """

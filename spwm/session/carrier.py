@@ -447,16 +447,30 @@ class PathFront:
             raise TunnelNotOpenError("the session has no open connection")
         channel_id = carrier.open_channel(kind, meta, handler)
         self.channel_registered(carrier, channel_id, kind, meta)
+        # A copy on every other path, after the carrier's (which keeps its
+        # order with the SIP that refers to the channel): the channel is
+        # known to the peer even if the carrier breaks with it queued.
+        for other in self._paths.values():
+            if other is not carrier:
+                other.announce_channel(channel_id)
         return channel_id
 
     def close_channel(self, channel_id: int, code: int = 0, reason: str = "") -> None:
+        """
+        Close a channel on the carrier, and on every other path too (the
+        peer takes the first close it reads; the others are late frames).
+        """
         carrier = self.carrier
-        if carrier is not None:
-            carrier.close_channel(channel_id, code, reason)
-            self.channel_forgotten(carrier, channel_id)
-        else:
+        if carrier is None:
             self.routes.pop(channel_id, None)
             self.handlers.pop(channel_id, None)
+            return
+        carrier.close_channel(channel_id, code, reason)
+        for other in self._paths.values():
+            if other is not carrier:
+                other.close_channel(channel_id, code, reason)
+        self.stamper.forget(channel_id)
+        self.dedup.forget(channel_id)
 
     def send_datagram(self, channel_id: int, data: bytes, component: int = 0) -> None:
         """

@@ -349,6 +349,11 @@ class TunnelConnection:
         except ValueError:
             raise TunnelProtocolError(ErrorCode.BAD_CONTROL, f"unknown channel kind {kind!r}") from None
         peer_parity = 0 if self.role is Role.AGENT else 1
+        if self.paths and cid % 2 == peer_parity and 0 < cid <= self._highest_peer_channel:
+            # the copy of an open the session had on another connection
+            # (or that came late, after the channel's close): nothing new
+            self.stats.late_frames += 1
+            return
         if cid <= 0 or cid % 2 != peer_parity or cid <= self._highest_peer_channel or cid > 0xFFFFFFFF:
             raise TunnelProtocolError(ErrorCode.PROTOCOL_ERROR, f"peer opened invalid channel {cid}")
         self._highest_peer_channel = cid
@@ -536,6 +541,18 @@ class TunnelConnection:
             self._next_channel = max(self._next_channel, channel_id + 2)
         else:
             self._highest_peer_channel = max(self._highest_peer_channel, channel_id)
+
+    def announce_channel(self, channel_id: int) -> None:
+        """
+        Queue the C{open} of a channel of ours registered on this
+        connection (L{register_channel}), so that the peer learns of it on
+        this connection too, should the one that carried the first C{open}
+        break before delivering it.
+        """
+        channel = self._channels.get(channel_id)
+        if self.state is not State.OPEN or channel is None:
+            return
+        self._queue(encode_control({"op": "open", "channel": channel_id, "kind": channel.kind.value, "meta": channel.meta}))
 
     def forget_channel(self, channel_id: int) -> None:
         """

@@ -597,6 +597,15 @@ class TunnelProtocol(Protocol):
         if self.front is not None:
             self.front.rtt_sample(self, e.rtt)
 
+    def announce_channel(self, channel_id: int) -> None:
+        """
+        Send the C{open} of a channel of the session opened on another
+        connection (L{TunnelConnection.announce_channel}).
+        """
+        if self.connection is not None and not self._lost:
+            self.connection.announce_channel(channel_id)
+            self._flush()
+
     def ping(self) -> None:
         """
         Send a timed PING (its PONG gives the front a round-trip sample).
