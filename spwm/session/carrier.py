@@ -185,7 +185,8 @@ class PathFront:
 
         What a path must offer (a QUIC path too): the L{TunnelHandle}
         methods, C{is_open}, C{peer}, C{session_id}, C{agent_id},
-        C{adopt_session}, C{ping()}, C{close(code, reason)}, C{duplicates},
+        C{adopt_session}, C{ping()}, C{announce_channel(channel_id)},
+        C{close(code, reason)}, C{duplicates},
         C{use_front(front)} (from then on its channel routes and handlers
         are the front's dictionaries, datagrams with C{FLAG_SEQ} go through
         C{front.dedup}, and it calls C{front.path_received},
