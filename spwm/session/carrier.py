@@ -60,6 +60,11 @@ __all__ = ["PathFront", "PathKeeper", "PathSessions", "attach_proof"]
 
 _SEQ = struct.Struct("!I")
 
+#: how often the agent pings each path while the session has channels (s)
+PROBE_INTERVAL = 0.1
+#: the contact point runs its scheduler at most this often (s)
+PASSIVE_TICK = 0.04
+
 
 def attach_proof(key: bytes, challenge: bytes, session_id: str) -> str:
     """
@@ -129,6 +134,8 @@ class PathFront:
         self.attach_key = attach_key
         self.switches = 0
         self.attached = 0
+        #: round-trip samples taken (timed pings answered)
+        self.rtt_samples = 0
         self._paths: dict[int, TunnelProtocol] = {}
         self._sockets: dict[int, Any] = {}
         self._ids: dict[int, int] = {}
@@ -272,13 +279,13 @@ class PathFront:
         if (
             not self._probing
             and len(self._paths) > 1
-            and now - self._ticked >= scheduler.limits.stall_floor
+            and now - self._ticked >= PASSIVE_TICK
             and self._watched
         ):
             # Passive: every path is expected to be heard from (the peer
             # pings them while it has channels); one that is not, while
             # this one is, stalls.
-            if now - self._ticked > 2 * scheduler.limits.probe_interval:
+            if now - self._ticked > 2 * PROBE_INTERVAL:
                 # the watch starts again (the peer pings while it has
                 # channels): earlier silence does not count
                 for other in self._paths:
@@ -294,6 +301,7 @@ class PathFront:
     def rtt_sample(self, path: TunnelProtocol, rtt: float) -> None:
         path_id = self._ids.get(id(path))
         if path_id is not None:
+            self.rtt_samples += 1
             self.scheduler.rtt_sample(path_id, rtt, self.clock.seconds())
 
     def channel_registered(self, path: TunnelProtocol, channel_id: int, kind: ChannelKind, meta: dict[str, Any]) -> None:
@@ -336,7 +344,7 @@ class PathFront:
             now = self.clock.seconds()
             for path_id in self._paths:
                 self.scheduler.received(path_id, now)
-        self._timer = self.clock.callLater(self.scheduler.limits.probe_interval, self._probe)
+        self._timer = self.clock.callLater(PROBE_INTERVAL, self._probe)
 
     def _cancel(self) -> None:
         if self._timer is not None and self._timer.active():

@@ -65,7 +65,6 @@ class PathLimits:
     @ivar dead_factor: dead after C{dead_factor} times the stall bound.
     @ivar duplicate_window: media goes on every path for this long after
         a stall or a loss was seen (s).
-    @ivar probe_interval: how often each path is pinged (s).
     """
 
     stall_floor: float = 0.040
@@ -73,7 +72,6 @@ class PathLimits:
     dead_floor: float = 1.0
     dead_factor: float = 8.0
     duplicate_window: float = 10.0
-    probe_interval: float = 0.1
 
 
 @frozen
