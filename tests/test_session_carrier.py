@@ -206,6 +206,52 @@ class AttachTests(SynchronousTestCase):
         self.assertEqual(bed.contact.paths.attach_refused, 1)
         self.assertEqual(len(bed.contact.observer.calls), 1)
 
+    def raw_attacher(self, bed: Bed) -> tuple[TunnelProtocol, TunnelProtocol]:
+        """
+        A connection whose hello says C{attach} (to the live session) but
+        that is no path layer's: it does what the test makes it do.
+        """
+        session_id = bed.contact.paths.fronts[0].session_id
+        other = AgentTunnelFactory(
+            Router(None, {}, Observer()), bed.clock, "agent-1",  # type: ignore[arg-type]
+            hello={"paths": 1, "attach": {"session_id": session_id}},
+        )
+        return bed.connect(other)
+
+    def test_nothing_before_attached(self) -> None:
+        """
+        SIP on a connection that has said C{attach} but is not attached yet
+        is a protocol error: the contact point closes it, and its SIP part
+        gets nothing.
+        """
+        bed = Bed()
+        bed.connect()
+        a2, c2 = self.raw_attacher(bed)
+        self.assertTrue(a2.is_open)
+        a2.send_sip(1, b"REGISTER sip:x SIP/2.0\r\n\r\n")
+        bed.flush()
+        self.assertFalse(c2.is_open)
+        self.assertEqual(c2.close_info.reason, "SIP before the connection was attached")
+        self.assertEqual(bed.contact.sip.received, [])
+        self.assertEqual(len(bed.contact.observer.calls), 1)
+
+    def test_attach_in_time(self) -> None:
+        """
+        A connection that says C{attach} and then proves nothing is closed
+        after C{ATTACH_TIMEOUT}.
+        """
+        from spwm.session.carrier import ATTACH_TIMEOUT
+
+        bed = Bed()
+        bed.connect()
+        a2, c2 = self.raw_attacher(bed)
+        bed.advance(ATTACH_TIMEOUT - 1, step=0.5)
+        self.assertTrue(c2.is_open)
+        bed.advance(2, step=0.5)
+        self.assertFalse(c2.is_open)
+        self.assertEqual(bed.contact.paths._timers, {})
+        self.assertEqual(len(bed.contact.observer.calls), 1)
+
     def test_old_contact_point(self) -> None:
         """
         A contact point whose welcome does not say C{paths}: the agent's

@@ -64,6 +64,8 @@ _SEQ = struct.Struct("!I")
 PROBE_INTERVAL = 0.1
 #: the contact point runs its scheduler at most this often (s)
 PASSIVE_TICK = 0.04
+#: a connection that joins a session must be attached within this (s)
+ATTACH_TIMEOUT = 10.0
 
 
 def attach_proof(key: bytes, challenge: bytes, session_id: str) -> str:
@@ -594,6 +596,7 @@ class PathSessions:
         self.fronts: list[PathFront] = []
         self.attach_refused = 0
         self._pending: dict[int, TunnelProtocol] = {}
+        self._timers: dict[int, IDelayedCall] = {}
 
     @property
     def front(self) -> PathFront | None:
@@ -616,6 +619,31 @@ class PathSessions:
             return {**resume(), "paths": 1}
 
         return hello
+
+    def _hold(self, path: TunnelProtocol) -> None:
+        """
+        A connection waits for its attachment (or, refused, for its end):
+        it is closed if it is still waiting after L{ATTACH_TIMEOUT}.
+        """
+        self._pending[id(path)] = path
+        if id(path) not in self._timers:
+            self._timers[id(path)] = self.clock.callLater(ATTACH_TIMEOUT, self._too_late, path)
+
+    def _release(self, path: TunnelProtocol) -> bool:
+        """
+        The connection waits no more.
+
+        @return: whether it was waiting.
+        """
+        timer = self._timers.pop(id(path), None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        return self._pending.pop(id(path), None) is not None
+
+    def _too_late(self, path: TunnelProtocol) -> None:
+        self._timers.pop(id(path), None)
+        if id(path) in self._pending:
+            path.close(ErrorCode.HANDSHAKE_TIMEOUT, f"not attached within {ATTACH_TIMEOUT:g} s")
 
     def _new_front(self, path: TunnelProtocol, key: str) -> PathFront:
         front = PathFront(self.clock, path, bytes.fromhex(key), self.limits, probe=self.agent)
@@ -658,7 +686,7 @@ class PathSessions:
         else:
             if path.peer_hello.get("attach") is not None:
                 # it proves which session it belongs to next
-                self._pending[id(path)] = path
+                self._hold(path)
                 return
             key = path.local_hello.get("attach_key")
         if not _is_key(key):
@@ -678,7 +706,7 @@ class PathSessions:
         challenge = path.peer_hello.get("challenge")
         session_id = attach.get("session_id") if isinstance(attach, dict) else None
         # until it is attached, its loss is no loss of the session's
-        self._pending[id(path)] = path
+        self._hold(path)
         if front is None or not front.is_open or front.session_id != session_id or not isinstance(challenge, str):
             path.close(0, "no session to attach to any more")
             return
@@ -701,7 +729,7 @@ class PathSessions:
             if front is None or not front.is_open:
                 path.close(0, "no session to attach to any more")
                 return
-            del self._pending[id(path)]
+            self._release(path)
             path_id = front.add_path(path)
             self._watch(path)
             self.log.info(
@@ -754,7 +782,7 @@ class PathSessions:
             path.send_control({"op": "attach-failed", "reason": problem})
             path.close(ErrorCode.REFUSED, f"attach refused: {problem}")
             return
-        del self._pending[id(path)]
+        self._release(path)
         path.adopt_session(session_id)
         path_id = front.add_path(path)
         path.send_control({"op": "attached", "session_id": session_id, "path_id": path_id})
@@ -767,7 +795,7 @@ class PathSessions:
         )
 
     def tunnel_lost(self, path: TunnelProtocol, reason: str) -> None:
-        if self._pending.pop(id(path), None) is not None:
+        if self._release(path):
             if self.keeper is not None:
                 self.keeper.lost(path)
             return

@@ -128,6 +128,9 @@ class TunnelConnection:
         connection is one of several of a session, whose channels are
         registered on it by L{register_channel}; a datagram for a channel
         it does not know yet is dropped and counted, not an error.
+    @ivar attaching: a C{paths} connection whose hello said C{attach}, until
+        the contact point's C{attached}: SIP, stream data or a channel
+        opened by the peer meanwhile is a protocol error.
     """
 
     def __init__(
@@ -162,6 +165,7 @@ class TunnelConnection:
         self.close_reason = ""
         self.going_away = False
         self.paths = False
+        self.attaching = False
         self._versions = versions
         self._hello_extra = dict(hello or {})
         self._decoder = FrameDecoder(self.limits.max_frame_payload)
@@ -323,11 +327,17 @@ class TunnelConnection:
                     raise TunnelProtocolError(ErrorCode.BAD_CONTROL, "welcome without a session_id")
                 self.session_id = session_id
             self.paths = bool(self._hello_extra.get("paths")) and bool(message.get("paths"))
+            # A connection that joins a live session carries nothing but
+            # the attach exchange until the contact point said "attached".
+            attach = (message if self.role is Role.CONTACT else self._hello_extra).get("attach")
+            self.attaching = self.paths and attach is not None
             self.state = State.OPEN
             self._last_ping = now
             out.append(ev.HandshakeCompleted(self.version or 0, self.session_id, self.agent_id, message))
             return
         if op == "open":
+            if self.attaching:
+                raise TunnelProtocolError(ErrorCode.PROTOCOL_ERROR, "channel opened before the connection was attached")
             self._on_open(message, out)
         elif op == "close":
             self._on_close(message, out)
@@ -336,6 +346,8 @@ class TunnelConnection:
             # which ignores those it does not know either (so that a later
             # version can add some).
             self.stats.unknown_control += 1
+            if op == "attached" and self.role is Role.AGENT:
+                self.attaching = False
             out.append(ev.ControlReceived(message))
 
     def _on_open(self, message: dict[str, Any], out: list[Any]) -> None:
@@ -384,6 +396,8 @@ class TunnelConnection:
         out.append(ev.ChannelClosed(cid, code, reason))
 
     def _on_sip(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
+        if self.attaching:
+            raise TunnelProtocolError(ErrorCode.PROTOCOL_ERROR, "SIP before the connection was attached")
         out.append(ev.SipReceived(channel, payload, bool(flags & FLAG_SEALED)))
 
     def _on_stream_data(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
@@ -478,6 +492,8 @@ class TunnelConnection:
         self._require_open()
         if message.get("op") in _CORE_OPS:
             raise ValueError(f"op {message.get('op')!r} belongs to the tunnel core")
+        if message.get("op") == "attached" and self.role is Role.CONTACT:
+            self.attaching = False
         self._queue(encode_control(message))
 
     def open_channel(self, kind: ChannelKind, meta: dict[str, Any]) -> int:
