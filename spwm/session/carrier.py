@@ -149,6 +149,7 @@ class PathFront:
         self._on_dead = on_dead
         self._probing = probe
         self._ticked = 0.0
+        self._tcp_info_at = 0.0
         # The user keys are derived from the first connection's TLS
         # exporter on both halves, whichever path carries the 2xx.
         self._exported = first.export_keying_material(EXPORTER_LABEL, KEY_LENGTH)
@@ -293,6 +294,10 @@ class PathFront:
                 for other in self._paths:
                     scheduler.received(other, now)
             self._ticked = now
+            if now - self._tcp_info_at >= 1.0:
+                # round trips from the kernel, since this end does not ping
+                self._tcp_info_at = now
+                self._read_tcp_info(now)
             for other in self._paths:
                 scheduler.sent(other, 0, now)
             scheduler.received(path_id, now)
@@ -363,12 +368,15 @@ class PathFront:
         for path_id, path in list(self._paths.items()):
             path.ping()
             self.scheduler.sent(path_id, 16, now)
-            sock = self._sockets.get(path_id)
-            info = read_tcp_info(sock) if sock is not None else None
-            if info is not None:
-                self.scheduler.tcp_info(path_id, info, now)
+        self._read_tcp_info(now)
         self.tick()
         self._arm(fresh=False)
+
+    def _read_tcp_info(self, now: float) -> None:
+        for path_id, sock in self._sockets.items():
+            info = read_tcp_info(sock)
+            if info is not None:
+                self.scheduler.tcp_info(path_id, info, now)
 
     def tick(self) -> None:
         """
