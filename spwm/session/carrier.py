@@ -222,8 +222,8 @@ class PathFront:
         path.use_front(self)
         now = self.clock.seconds()
         self.scheduler.add(path_id, kind, now)
-        if self._carrier_id is None:
-            self._carrier_id = self.scheduler.carrier()
+        # the scheduler may prefer the new path (a QUIC one)
+        self._carrier_moved()
         from spwm.tunnel.protocol import find_socket
 
         sock = find_socket(getattr(path, "transport", None))
@@ -260,10 +260,12 @@ class PathFront:
         old, self._carrier_id = self._carrier_id, new
         if new is None:
             return
-        self.switches += 1
         carrier = self._paths[new]
         for producer in self._producers:
             carrier.register_stream_producer(producer)
+        if old is None:
+            return
+        self.switches += 1
         self.log.info(
             "session {session_id}: the carrier moves from path {old} to path {new} ({peer})",
             session_id=self.session_id,
