@@ -329,7 +329,17 @@ class PathFront:
         for other in self._paths.values():
             if other is not path and other.connection is not None:
                 other.connection.forget_channel(channel_id)
-        self.stamper.forget(channel_id)
+        self._forget_numbers(channel_id)
+
+    def _forget_numbers(self, channel_id: int) -> None:
+        """
+        A closed channel's sequence numbers and de-duplication window go
+        (channel ids are not reused).  The shared design names no
+        C{SeqStamper.forget}: one without it keeps its counters.
+        """
+        forget = getattr(self.stamper, "forget", None)
+        if forget is not None:
+            forget(channel_id)
         self.dedup.forget(channel_id)
 
     # -- time: probes and the scheduler ------------------------------------------
@@ -490,8 +500,7 @@ class PathFront:
         for other in self._paths.values():
             if other is not carrier:
                 other.close_channel(channel_id, code, reason)
-        self.stamper.forget(channel_id)
-        self.dedup.forget(channel_id)
+        self._forget_numbers(channel_id)
 
     def send_datagram(self, channel_id: int, data: bytes, component: int = 0) -> None:
         """
