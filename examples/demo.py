@@ -263,7 +263,9 @@ class Demo:
         self.step = "waiting for both tunnels (TLS, checked against the throw-away CA)"
         yield self.wait_until(
             "both agents' tunnels to the contact point",
-            lambda: all(a.tunnel_service.tunnel is not None for a in self.agents) and len(self.contact.factory.tunnels) == 2,
+            # each agent keeps --tunnel-connections of them (two by default)
+            lambda: all(a.tunnel_service.tunnel is not None for a in self.agents)
+            and len(self.contact.factory.tunnels) == sum(a.config.paths_wanted for a in self.agents),
             10,
         )
         tls = [a.tunnel_service.tunnel.transport.negotiatedProtocol for a in self.agents]
@@ -377,8 +379,9 @@ class Demo:
             if half is self.contact:
                 tunnels = sorted(half.factory.tunnels, key=lambda t: str(getattr(t, "agent_id", "")))
             else:
+                front = half.paths.front if half.paths is not None else None
                 tunnel = half.tunnel_service.tunnel
-                tunnels = [] if tunnel is None else [tunnel]
+                tunnels = front.paths if front is not None else [] if tunnel is None else [tunnel]
             out.append((name, half, tunnels))
         return out
 
@@ -400,7 +403,11 @@ class Demo:
         """
         self.relay_rows = []
         for name, half, tunnels in self.halves():
-            for tunnel, key in [(t, k) for t in tunnels for k in half.media.dialog_keys(t.session_id) if k.endswith("/" + call_id)]:
+            # one row per session (an agent's connections share theirs)
+            sessions = {t.session_id: t for t in reversed(tunnels)}
+            for tunnel, key in [
+                (t, k) for t in sessions.values() for k in half.media.dialog_keys(t.session_id) if k.endswith("/" + call_id)
+            ]:
                 rtp, _ = half.media.stream_endpoints(tunnel.session_id, key, 0)
                 if rtp is None:
                     continue

@@ -108,6 +108,9 @@ class AgentBehindStrictNATTests(SynchronousTestCase):
                 "agent-behind-nat",
                 "--forward-udp",
                 f"{AGENT}:{FORWARD_PORT}={ECHO}:7",
+                # the NAT's mappings of one connection
+                "--tunnel-connections",
+                "1",
             ]
         )
         self.agent = build_agent(options.config, reactor=self.agent_host.reactor)

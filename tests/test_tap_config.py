@@ -291,3 +291,53 @@ class AgentMediaAddressTests(SynchronousTestCase):
         error = self.assertRaises(ConfigError, agent_media_address, config)
         self.assertEqual(error.key, "media-address")
         self.assertIn("give --media-address", str(error))
+
+
+class TunnelConnectionsTests(SynchronousTestCase):
+    """
+    C{--tunnel-connections}: the agent's paths layer is built only when
+    more than one connection is wanted and can be used.
+    """
+
+    def build(self, **more: object) -> Agent:
+        values = {"plaintext": True, "agent-id": "a1", "sip-listen": ["127.0.0.1:5999"], **more}
+        return build_agent(AgentConfig.from_options(values), MemoryReactorClock())
+
+    def test_default_two(self) -> None:
+        """
+        By default two connections: the paths layer is the tunnels'
+        observer, in front of the session logic; the hello says C{paths};
+        one further connection is kept.
+        """
+        built = self.build()
+        self.assertEqual(built.config.paths_wanted, 2)
+        assert built.paths is not None and built.paths.keeper is not None
+        self.assertIs(built.router.observer, built.paths)
+        self.assertIs(built.paths.observer, built.resumption)
+        self.assertEqual(built.paths.keeper.extra, 1)
+        hello = built.factory.hello
+        assert callable(hello)
+        self.assertEqual(hello(), {"paths": 1})
+
+    def test_one_is_as_before(self) -> None:
+        """
+        With 1, and with C{--tunnel on-demand} or C{--user-ciphering}
+        whatever the number, no paths layer: the session logic observes
+        the connection and the hello says nothing of paths.
+        """
+        for more in ({"tunnel-connections": 1}, {"tunnel": "on-demand"}, {"user-ciphering": True, "tunnel-connections": 3}):
+            built = self.build(**more)
+            self.assertIsNone(built.paths, more)
+            self.assertIs(built.router.observer, built.resumption)
+            hello = built.factory.hello
+            assert callable(hello)
+            self.assertNotIn("paths", hello())
+
+    def test_bounds(self) -> None:
+        """
+        0 and more than 8 are refused, naming the option.
+        """
+        for n in (0, 9):
+            with self.assertRaises(ConfigError) as caught:
+                AgentConfig.from_options({"tunnel-connections": n})
+            self.assertEqual(caught.exception.key, "tunnel-connections")

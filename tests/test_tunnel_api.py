@@ -17,6 +17,7 @@ from spwm.tunnel.api import Refusal, Router, TunnelHandle
 from spwm.tunnel.connection import Role
 from spwm.tunnel.frames import ChannelKind, ErrorCode
 from spwm.tunnel.protocol import TunnelProtocol
+from spwm.session.carrier import PathFront
 
 _MEMBERS = [
     name
@@ -40,6 +41,7 @@ class HandleTests(SynchronousTestCase):
         """
         self.assertIsInstance(self._real(), TunnelHandle)
         self.assertIsInstance(FakeTunnel(), TunnelHandle)
+        self.assertIsInstance(PathFront(Clock(), self._real(), b"k" * 32), TunnelHandle)
         self.assertNotIsInstance(object(), TunnelHandle)
 
     def test_quic_tunnel(self) -> None:
@@ -76,7 +78,7 @@ class HandleTests(SynchronousTestCase):
         self.assertIn("open_channel", _MEMBERS)
         for name in _MEMBERS:
             want = [(p.name, p.default) for p in inspect.signature(getattr(TunnelHandle, name)).parameters.values()]
-            for impl in (TunnelProtocol, FakeTunnel):
+            for impl in (TunnelProtocol, FakeTunnel, PathFront):
                 got = [(p.name, p.default) for p in inspect.signature(getattr(impl, name)).parameters.values()]
                 self.assertEqual(got, want, f"{impl.__name__}.{name}")
 

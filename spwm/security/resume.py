@@ -138,8 +138,11 @@ class AgentResumption(_Lifecycle):
 
     The session itself is a L{Session} record (C{session}), the same
     record the contact point keeps per session; C{state}, C{keys},
-    C{flows} and C{session_id} read it.  The agent attaches no connection
-    to it yet: its one connection is the tunnel handle's C{current}.
+    C{flows} and C{session_id} read it.  Its C{connections} hold what
+    carries it: the one connection, or with C{--tunnel-connections} over
+    1 the session's L{spwm.session.carrier.PathFront}, which owns the
+    connections attached to it (the tunnel handle's C{current} is the
+    same object).
     """
 
     def __init__(
@@ -283,6 +286,7 @@ class AgentResumption(_Lifecycle):
         resumption offer, the forwards, in this order.
         """
         self.handle.tunnel_established(tunnel)
+        self.session.use_tunnel(tunnel)
         problem = None
         if self.state in (SessionState.SUSPENDED, SessionState.DORMANT):
             challenge = tunnel.peer_hello.get("challenge")
@@ -345,6 +349,7 @@ class AgentResumption(_Lifecycle):
 
     def tunnel_lost(self, tunnel: Any, reason: str) -> None:
         self.handle.tunnel_lost(tunnel, reason)
+        self.session.stop_using_tunnel(tunnel)
         resumable = bool(self.keys) and self.window > 0 and not self._stopping
         self._apply(Input.TUNNEL_LOST if resumable else Input.TUNNEL_ENDED, tunnel, reason)
         if self.forwarder is not None:

@@ -92,6 +92,7 @@ OPTIONS = (
     Option("max-forward-senders", 256, positive_int, "Senders (source addresses) one UDP forward gives a tunnel channel each; datagrams from more are dropped and counted."),
     Option("reconnect-max", 60.0, positive_float, "Longest wait between reconnection attempts, in seconds."),
     Option("tunnel", "always", tunnel_mode, "always: keep the tunnel up; on-demand: connect at the first SIP message from an application, close when none needs it."),
+    Option("tunnel-connections", 2, positive_int, "TLS connections to keep attached to the one session (media goes on the healthy ones and moves at once when one stalls or breaks); 1: one connection, as a proxy that allows only one needs. 1 with --tunnel on-demand, --user-ciphering or --udp-path only."),
     Option("tunnel-idle", 30.0, positive_float, "With --tunnel on-demand: seconds after the last registration and dialog have ended (and the last SIP) before the tunnel closes."),
     Option("sip-listen", (), ip_literal_port, "Listen for SIP applications on IP:PORT, UDP and TCP (default 127.0.0.1:5060).", repeat=True),
     Option("sip-tls-cert", None, readable_file, "PEM certificate for SIP over TLS towards applications (port + 1)."),

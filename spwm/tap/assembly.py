@@ -36,6 +36,7 @@ from spwm.forward import USE as FORWARD_USE, AgentForwarder, ContactForwarder
 from spwm.media.manager import MediaManager
 from spwm.media.reader import relay_sockets_for
 from spwm.security.resume import AgentResumption
+from spwm.session.carrier import PathKeeper, PathSessions
 from spwm.session.manager import SessionManager
 from spwm.sip.authz import AuthorizingContactProxy, MediaAcceptor
 from spwm.sip.flows import FlowTable
@@ -90,6 +91,8 @@ class Agent:
     @ivar forwarder: the UDP forwards.
     @ivar media: the media relay.
     @ivar resumption: keys and session resumption.
+    @ivar paths: with C{--tunnel-connections} over 1, the layer that joins
+        the connections into the session (L{PathSessions}); else C{None}.
     @ivar sip_core: the SIP core (the agent proxy, watched by C{resumption}).
     @ivar runner: the SIP runner (sockets to applications, the tunnel).
     @ivar factory: builds each tunnel connection.
@@ -109,6 +112,7 @@ class Agent:
     forwarder: AgentForwarder
     media: MediaManager
     resumption: AgentResumption
+    paths: PathSessions | None
     sip_core: Any
     runner: AgentSipRunner
     factory: AgentTunnelFactory
@@ -132,6 +136,7 @@ class ContactPoint:
     @ivar sip_core: the SIP core (authorisation over the contact proxy).
     @ivar runner: the SIP runner (sockets to the operator, the tunnels).
     @ivar resumption: sessions, their keys and resumption.
+    @ivar paths: joins an agent's further connections to its session.
     @ivar factory: builds and counts the tunnel connections.
     @ivar listener: accepts the tunnels.
     @ivar sip_listeners: the operator-side SIP sockets.
@@ -149,6 +154,7 @@ class ContactPoint:
     sip_core: AuthorizingContactProxy
     runner: ContactSipRunner
     resumption: SessionManager
+    paths: PathSessions
     factory: ContactTunnelFactory
     listener: ContactListenService
     sip_listeners: SipListeners
@@ -222,19 +228,14 @@ def status_services(
     return service
 
 
-def agent_tunnel_service(
-    config: AgentConfig, factory: AgentTunnelFactory, reactor: Any, attempt_failed: Any
-) -> AgentTunnelService:
+def agent_tunnel_endpoint(config: AgentConfig, reactor: Any) -> tuple[Any, Any]:
     """
-    The service that keeps the agent's tunnel connected.
-
-    @param attempt_failed: called when an attempt fails (on-demand).
+    The endpoint every tunnel connection of the agent is made with (the
+    contact point, the proxy, TLS and its checks), and its TLS reporter.
     """
     if config.ca:
         load_certificates("ca", config.ca)
     host, port = config.contact
-    if config.udp_path == "only":
-        return quic_tunnel_service(config, factory, reactor, attempt_failed)
     endpoint, tls = agent_endpoint(
         reactor,
         host,
@@ -250,8 +251,27 @@ def agent_tunnel_service(
             else None
         ),
     )
+    return endpoint, tls
+
+
+def agent_tunnel_service(
+    config: AgentConfig,
+    factory: AgentTunnelFactory,
+    reactor: Any,
+    attempt_failed: Any,
+    endpoint: tuple[Any, Any] | None = None,
+) -> AgentTunnelService:
+    """
+    The service that keeps the agent's tunnel connected.
+
+    @param attempt_failed: called when an attempt fails (on-demand).
+    @param endpoint: L{agent_tunnel_endpoint}'s answer, if made already.
+    """
+    if config.udp_path == "only":
+        return quic_tunnel_service(config, factory, reactor, attempt_failed)
+    client, tls = endpoint or agent_tunnel_endpoint(config, reactor)
     service = AgentTunnelService(
-        endpoint,
+        client,
         factory,
         reactor,
         description=config.contact_name,
@@ -406,11 +426,28 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
     if config.tunnel == "on-demand":
         sip_part = TouchingSip(runner, LaterOnDemand(later_on_demand))
     # The session logic is the tunnels' one observer; it tells the
-    # handle and the forwards.
-    router = Router(sip_part, {FORWARD_USE: forwarder, "media": media}, resumption)
+    # handle and the forwards.  With several connections the paths layer
+    # comes first: the session logic sees the session's front.
+    endpoint = agent_tunnel_endpoint(config, reactor)
+    paths = None
+    observer: Any = resumption
+    hello: Any = resumption.hello
+    if config.paths_wanted > 1:
+        later_factory: Later[AgentTunnelFactory] = Later("the tunnel factory")
+        raw_endpoint = endpoint[0]
+        keeper = PathKeeper(
+            reactor, lambda: raw_endpoint.connect(later_factory()), config.paths_wanted - 1, retry_cap=config.reconnect_max
+        )
+        paths = PathSessions(
+            reactor, resumption, agent=True, keeper=keeper, moving=lambda: later_tunnel().reconnect_now()
+        )
+        observer, hello = paths, paths.hello(resumption.hello)
+    router = Router(sip_part, {FORWARD_USE: forwarder, "media": media}, observer)
     factory = AgentTunnelFactory(
-        router, reactor, agent_id, limits.tunnel, hello=resumption.hello, user_ciphering=config.user_ciphering
+        router, reactor, agent_id, limits.tunnel, hello=hello, user_ciphering=config.user_ciphering
     )
+    if paths is not None:
+        later_factory.bind(factory)
     sip_tls = None
     if config.sip_tls_cert:
         from spwm.tunnel.service import server_tls_options
@@ -418,7 +455,7 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
         sip_tls = load_tls("sip-tls-cert", server_tls_options, config.sip_tls_cert, config.sip_tls_key)
     tunnel = later_tunnel.bind(
         agent_tunnel_service(
-            config, factory, reactor, handle.release_held if config.tunnel == "on-demand" else None
+            config, factory, reactor, handle.release_held if config.tunnel == "on-demand" else None, endpoint
         )
     )
     on_demand = None
@@ -437,6 +474,8 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
     )
     listeners.setServiceParent(top)
     Hook(lambda: None, resumption.stop).setServiceParent(top)
+    if paths is not None and paths.keeper is not None:
+        Hook(lambda: None, paths.keeper.stop).setServiceParent(top)
     status = Status("agent", reactor)
     if on_demand is not None:
         demand = on_demand
@@ -445,6 +484,8 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
         status.add("tunnel", tunnel.status)
     status.add("no_tunnel", handle.status)
     status.add("sessions", resumption.status)
+    if paths is not None:
+        status.add("paths", paths.status)
     status.add("sip", core.status)
     status.add("media", media.status)
     status.add(
@@ -460,6 +501,7 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
         forwarder=forwarder,
         media=media,
         resumption=resumption,
+        paths=paths,
         sip_core=core,
         runner=runner,
         factory=factory,
@@ -654,7 +696,11 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
         )
     )
     gate = MediaAcceptor(media, core)
-    router = Router(runner, {FORWARD_USE: forwarder, "media": gate}, resumption)
+    # Connections of agents that say "paths" join their session here; the
+    # session manager sees the sessions' fronts (or, for other agents, the
+    # connections themselves).
+    paths = PathSessions(reactor, resumption, agent=False)
+    router = Router(runner, {FORWARD_USE: forwarder, "media": gate}, paths)
     factory = ContactTunnelFactory(
         router,
         reactor,
@@ -686,6 +732,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
     status = Status("contact", reactor)
     status.add("tunnels", lambda: {"open": len(factory.tunnels), "refused": factory.refused})
     status.add("sessions", resumption.status)
+    status.add("paths", paths.status)
     status.add("sip", core.status)
     status.add("media", lambda: {**media.status(), "refused_unregistered": gate.refused})
     status.add("forwards", lambda: {"open": forwarder.open_count, "refused": forwarder.refused})
@@ -708,6 +755,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
         sip_core=core,
         runner=runner,
         resumption=resumption,
+        paths=paths,
         factory=factory,
         listener=listener,
         sip_listeners=listeners,

@@ -97,6 +97,8 @@ class AgentConfig:
     @ivar agent_id: this agent's identity; C{None}: the host name.
     @ivar http_proxy_auth: C{USER:PASSWORD} for the HTTP proxy (from the
         file or the environment, never the command line).
+    @ivar tunnel_connections: connections kept attached to the session
+        (L{paths_wanted} says how many are used).
     @ivar sip_listen: where the agent listens for SIP applications.
     @ivar limits: every limit, with the options' values.
     """
@@ -117,6 +119,7 @@ class AgentConfig:
     tunnel_idle: float = 30.0
     udp_path: str = "auto"
     quic_port: int = 443
+    tunnel_connections: int = 2
     sip_listen: tuple[Address, ...] = field(default=(("127.0.0.1", 5060),), converter=_tuple)
     sip_tls_cert: str | None = None
     sip_tls_key: str | None = None
@@ -155,6 +158,21 @@ class AgentConfig:
             raise ConfigError("udp-path", "QUIC is always TLS: --udp-path only excludes --plaintext")
         if self.udp_path == "only" and self.http_proxy:
             raise ConfigError("udp-path", "an HTTP proxy carries TCP only: --udp-path only excludes --http-proxy")
+        if not 1 <= self.tunnel_connections <= 8:
+            raise ConfigError("tunnel-connections", "must be between 1 and 8")
+
+    @property
+    def paths_wanted(self) -> int:
+        """
+        The connections actually kept: C{tunnel_connections}, but one with
+        C{--tunnel on-demand} (the on-demand tunnel opens and closes one)
+        and with C{--user-ciphering} (its counters are per connection: the
+        same key on two would repeat nonces), and with C{--udp-path only}
+        (the one QUIC connection; several QUIC paths are not made).
+        """
+        if self.tunnel == "on-demand" or self.user_ciphering or self.udp_path == "only":
+            return 1
+        return self.tunnel_connections
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> AgentConfig:
@@ -199,6 +217,7 @@ class AgentConfig:
             tunnel_idle=v["tunnel-idle"],
             udp_path=v["udp-path"],
             quic_port=v["quic-port"],
+            tunnel_connections=v["tunnel-connections"],
             sip_listen=v["sip-listen"] or [("127.0.0.1", 5060)],
             sip_tls_cert=v["sip-tls-cert"],
             sip_tls_key=v["sip-tls-key"],

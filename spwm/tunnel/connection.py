@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import json
+import struct
 from collections import deque
 from typing import Any
 
@@ -45,6 +46,7 @@ _PACK = HEADER.pack
 _DATAGRAM = int(FrameType.DATAGRAM)
 _NEVER_STALE = float("inf")
 _CORE_OPS = frozenset({"hello", "welcome", "open", "close"})
+_TIMED_PING = struct.Struct("!d")
 
 
 class Role(enum.Enum):
@@ -95,6 +97,7 @@ class TunnelStats:
     media_dropped_overflow: int = 0
     datagrams_unknown_channel: int = 0
     late_frames: int = 0
+    datagrams_before_open: int = 0
     pings_sent: int = 0
     unknown_control: int = 0
 
@@ -121,6 +124,13 @@ class TunnelConnection:
     @ivar version: the negotiated version, or C{None} before.
     @ivar close_code: why the tunnel closed, once L{State.CLOSED}.
     @ivar going_away: C{True} once either side has sent or received GOAWAY.
+    @ivar paths: both hellos said C{"paths"} (known once open): this
+        connection is one of several of a session, whose channels are
+        registered on it by L{register_channel}; a datagram for a channel
+        it does not know yet is dropped and counted, not an error.
+    @ivar attaching: a C{paths} connection whose hello said C{attach}, until
+        the contact point's C{attached}: SIP, stream data or a channel
+        opened by the peer meanwhile is a protocol error.
     """
 
     def __init__(
@@ -154,6 +164,8 @@ class TunnelConnection:
         self.close_code: int | None = None
         self.close_reason = ""
         self.going_away = False
+        self.paths = False
+        self.attaching = False
         self._versions = versions
         self._hello_extra = dict(hello or {})
         self._decoder = FrameDecoder(self.limits.max_frame_payload)
@@ -314,11 +326,18 @@ class TunnelConnection:
                 if not isinstance(session_id, str):
                     raise TunnelProtocolError(ErrorCode.BAD_CONTROL, "welcome without a session_id")
                 self.session_id = session_id
+            self.paths = bool(self._hello_extra.get("paths")) and bool(message.get("paths"))
+            # A connection that joins a live session carries nothing but
+            # the attach exchange until the contact point said "attached".
+            attach = (message if self.role is Role.CONTACT else self._hello_extra).get("attach")
+            self.attaching = self.paths and attach is not None
             self.state = State.OPEN
             self._last_ping = now
             out.append(ev.HandshakeCompleted(self.version or 0, self.session_id, self.agent_id, message))
             return
         if op == "open":
+            if self.attaching:
+                raise TunnelProtocolError(ErrorCode.PROTOCOL_ERROR, "channel opened before the connection was attached")
             self._on_open(message, out)
         elif op == "close":
             self._on_close(message, out)
@@ -327,6 +346,8 @@ class TunnelConnection:
             # which ignores those it does not know either (so that a later
             # version can add some).
             self.stats.unknown_control += 1
+            if op == "attached" and self.role is Role.AGENT:
+                self.attaching = False
             out.append(ev.ControlReceived(message))
 
     def _on_open(self, message: dict[str, Any], out: list[Any]) -> None:
@@ -340,6 +361,11 @@ class TunnelConnection:
         except ValueError:
             raise TunnelProtocolError(ErrorCode.BAD_CONTROL, f"unknown channel kind {kind!r}") from None
         peer_parity = 0 if self.role is Role.AGENT else 1
+        if self.paths and cid % 2 == peer_parity and 0 < cid <= self._highest_peer_channel:
+            # the copy of an open the session had on another connection
+            # (or that came late, after the channel's close): nothing new
+            self.stats.late_frames += 1
+            return
         if cid <= 0 or cid % 2 != peer_parity or cid <= self._highest_peer_channel or cid > 0xFFFFFFFF:
             raise TunnelProtocolError(ErrorCode.PROTOCOL_ERROR, f"peer opened invalid channel {cid}")
         self._highest_peer_channel = cid
@@ -370,6 +396,8 @@ class TunnelConnection:
         out.append(ev.ChannelClosed(cid, code, reason))
 
     def _on_sip(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
+        if self.attaching:
+            raise TunnelProtocolError(ErrorCode.PROTOCOL_ERROR, "SIP before the connection was attached")
         out.append(ev.SipReceived(channel, payload, bool(flags & FLAG_SEALED)))
 
     def _on_stream_data(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
@@ -389,7 +417,10 @@ class TunnelConnection:
         self._queue(encode_frame(FrameType.PONG, 0, 0, payload))
 
     def _on_pong(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
-        pass
+        if len(payload) == _TIMED_PING.size:
+            (sent,) = _TIMED_PING.unpack(payload)
+            if sent <= now:
+                out.append(ev.RttSampled(now - sent))
 
     def _on_goaway(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
         try:
@@ -419,6 +450,11 @@ class TunnelConnection:
         else:
             known = 0 < cid <= self._highest_peer_channel
         if not known:
+            if self.paths and what == "datagram":
+                # Another connection of the session carries the channel's
+                # open, which may not have been read yet.
+                self.stats.datagrams_before_open += 1
+                return
             raise TunnelProtocolError(ErrorCode.UNKNOWN_CHANNEL, f"{what} on unknown channel {cid}")
         self.stats.late_frames += 1
 
@@ -456,6 +492,8 @@ class TunnelConnection:
         self._require_open()
         if message.get("op") in _CORE_OPS:
             raise ValueError(f"op {message.get('op')!r} belongs to the tunnel core")
+        if message.get("op") == "attached" and self.role is Role.CONTACT:
+            self.attaching = False
         self._queue(encode_control(message))
 
     def open_channel(self, kind: ChannelKind, meta: dict[str, Any]) -> int:
@@ -503,6 +541,57 @@ class TunnelConnection:
         Nothing is sent: both ends adopt it on the resume exchange.
         """
         self.session_id = session_id
+
+    def register_channel(self, channel_id: int, kind: ChannelKind, meta: dict[str, Any]) -> None:
+        """
+        A channel of the session, opened on another of its connections:
+        this one accepts its frames too.  Nothing is sent; the numbering of
+        the channels opened later on this connection (either end) goes on
+        after it.
+        """
+        if self.state is State.CLOSED or channel_id in self._channels:
+            return
+        self._channels[channel_id] = _Channel(kind, meta)
+        own_parity = 1 if self.role is Role.AGENT else 0
+        if channel_id % 2 == own_parity:
+            self._next_channel = max(self._next_channel, channel_id + 2)
+        else:
+            self._highest_peer_channel = max(self._highest_peer_channel, channel_id)
+
+    def announce_channel(self, channel_id: int) -> None:
+        """
+        Queue the C{open} of a channel of ours registered on this
+        connection (L{register_channel}), so that the peer learns of it on
+        this connection too, should the one that carried the first C{open}
+        break before delivering it.
+        """
+        channel = self._channels.get(channel_id)
+        if self.state is not State.OPEN or channel is None:
+            return
+        self._queue(encode_control({"op": "open", "channel": channel_id, "kind": channel.kind.value, "meta": channel.meta}))
+
+    def forget_channel(self, channel_id: int) -> None:
+        """
+        A channel of the session was closed on another of its connections:
+        drop it here too, sending nothing.
+        """
+        self._channels.pop(channel_id, None)
+
+    def open_channels(self) -> list[tuple[int, ChannelKind, dict[str, Any]]]:
+        """
+        The open channels: C{(channel_id, kind, meta)} each.
+        """
+        return [(cid, ch.kind, ch.meta) for cid, ch in self._channels.items()]
+
+    def ping(self, now: float) -> None:
+        """
+        Queue a timed PING: the peer's PONG gives an L{ev.RttSampled}
+        (any peer echoes the payload).
+        """
+        if self.state is not State.OPEN:
+            return
+        self._queue(encode_frame(FrameType.PING, 0, 0, _TIMED_PING.pack(now)))
+        self.stats.pings_sent += 1
 
     def is_open_channel(self, channel_id: int) -> bool:
         """

@@ -128,3 +128,14 @@ class ControlReceived:
     """
 
     message: dict[str, Any]
+
+
+@frozen
+class RttSampled:
+    """
+    A PONG answered one of our timed PINGs (L{TunnelConnection.ping}).
+
+    @ivar rtt: the round trip, in seconds.
+    """
+
+    rtt: float

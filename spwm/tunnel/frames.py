@@ -89,6 +89,11 @@ class ErrorCode(enum.IntEnum):
 #: Flag bit of DATAGRAM frames: the datagram belongs to the second component
 #: of the channel (RTCP beside RTP).
 FLAG_COMPONENT = 0x01
+#: Flag bit of DATAGRAM frames: the payload starts with a u32 sequence
+#: number (network order), per channel and component, stamped by the
+#: sending session so that the receiving one can drop the copies it got on
+#: several connections.  Only between peers that both said C{"paths"}.
+FLAG_SEQ = 0x02
 #: Flag bit of STREAM_DATA frames: the sender's end of the stream.
 FLAG_FIN = 0x01
 
@@ -100,7 +105,7 @@ FLAG_SEALED = 0x80
 ALLOWED_FLAGS = {
     FrameType.CONTROL: 0,
     FrameType.SIP: FLAG_SEALED,
-    FrameType.DATAGRAM: FLAG_COMPONENT | FLAG_SEALED,
+    FrameType.DATAGRAM: FLAG_COMPONENT | FLAG_SEQ | FLAG_SEALED,
     FrameType.STREAM_DATA: FLAG_FIN,
     FrameType.PING: 0,
     FrameType.PONG: 0,

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import secrets
 import socket
-from typing import Any, Callable, Protocol as TypingProtocol
+import struct
+from typing import TYPE_CHECKING, Any, Callable, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
@@ -28,11 +29,19 @@ from spwm.limits import TunnelLimits
 from spwm.logthrottle import Every, ThrottledLog
 from spwm.tunnel import events as ev
 from spwm.tunnel.api import ChannelHandler
-from spwm.tunnel.connection import ChannelLimitError, Role, State, TunnelConnection
+from spwm.tunnel.connection import ChannelLimitError, Role, State, TunnelConnection, TunnelNotOpenError
 from spwm.tunnel.cipher import UserCipher
-from spwm.tunnel.frames import FLAG_COMPONENT, FLAG_SEALED, ChannelKind, ErrorCode, FrameType
+from spwm.tunnel.frames import FLAG_COMPONENT, FLAG_SEALED, FLAG_SEQ, ChannelKind, ErrorCode, FrameType
 
 _DATAGRAM = int(FrameType.DATAGRAM)
+_SEQ = struct.Struct("!I")
+if TYPE_CHECKING:
+    from spwm.session.carrier import PathFront
+
+
+def _not_connected(data: bytes) -> object:
+    raise RuntimeError("tunnel not connected")
+
 _ABORT_CODES = frozenset({ErrorCode.HANDSHAKE_TIMEOUT, ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.QUEUE_OVERFLOW})
 
 __all__ = [
@@ -128,6 +137,8 @@ class TunnelProtocol(Protocol):
     """
 
     log = Logger()
+    #: TCP or TLS (the TLS protocol's transport); C{None} before the connection
+    transport: Any
 
     def __init__(
         self,
@@ -154,7 +165,7 @@ class TunnelProtocol(Protocol):
         self.app = app
         self._clock = clock
         self._limits = limits
-        self._core_args = dict(agent_id=agent_id, session_id=session_id, hello=hello)
+        self._agent_id, self._session_id, self._hello = agent_id, session_id, hello
         #: the extra fields of the hello (agent) or welcome (contact point) we send
         self.local_hello: dict[str, Any] = dict(hello or {})
         self.connection: TunnelConnection | None = None
@@ -180,38 +191,24 @@ class TunnelProtocol(Protocol):
         # the stream queue has drained below its low-water mark.
         self._stream_producers: list[IPushProducer] = []
         self._streams_paused = False
-        self._write = None
-        app_datagram = app.datagram_received
+        self._write: Callable[[bytes], object] = _not_connected
         self.refused_sealed = 0
 
-        routes: dict[int, Any] = {}
-        self._routes = routes
+        self._routes: dict[int, Any] = {}
         #: channel id -> its handler (L{open_channel}, or the application's
         #: answer to the peer's open)
-        handlers: dict[int, ChannelHandler] = {}
-        self._handlers = handlers
-
-        def sink(channel_id: int, data: bytes, flags: int) -> None:
-            if flags & FLAG_SEALED:
-                # Sealed frames without ciphering on this tunnel are refused.
-                self.refused_sealed += 1
-                return
-            route = routes.get(channel_id)
-            if route is not None:
-                route[flags](data)
-                return
-            handler = handlers.get(channel_id)
-            if handler is not None:
-                handler.datagram_received(self, channel_id, data, flags)
-            else:
-                app_datagram(self, channel_id, data, flags)
-
-        self._plain_sink = sink
-        self._sink = sink
+        self._handlers: dict[int, ChannelHandler] = {}
+        #: the session this connection is a path of (L{use_front}), or C{None}
+        self.front: PathFront | None = None
+        #: what the application and the channel handlers are told the
+        #: tunnel is: this connection, or its session's front
+        self._face: Any = self
+        self.duplicates = 0
         #: the per-user ciphering of this tunnel (L{UserCipher}), or C{None}
         self.cipher: UserCipher | None = None
         self._want_ciphering = want_ciphering
-        self._dispatch = {
+        self._sink = self._build_sink()
+        self._dispatch: dict[type, Callable[[Any], None]] = {
             ev.DatagramReceived: self._on_datagram,
             ev.HandshakeCompleted: self._on_handshake,
             ev.SipReceived: self._on_sip,
@@ -222,6 +219,7 @@ class TunnelProtocol(Protocol):
             ev.PeerWentAway: self._on_goaway,
             ev.ControlReceived: self._on_control,
             ev.TunnelClosed: self._on_closed,
+            ev.RttSampled: self._on_rtt,
         }
 
     def when_established(self) -> Deferred[TunnelProtocol]:
@@ -268,6 +266,13 @@ class TunnelProtocol(Protocol):
         """
         return self._lost_reason
 
+    @property
+    def _core(self) -> TunnelConnection:
+        connection = self.connection
+        if connection is None:
+            raise TunnelNotOpenError("tunnel not connected")
+        return connection
+
     # -- identity ------------------------------------------------------------
 
     @property
@@ -294,7 +299,14 @@ class TunnelProtocol(Protocol):
         if self._registry is not None:
             self._registry.add(self)
         self._set_socket_options()
-        self.connection = TunnelConnection(self._role, self._clock.seconds(), limits=self._limits, **self._core_args)
+        self.connection = TunnelConnection(
+            self._role,
+            self._clock.seconds(),
+            limits=self._limits,
+            agent_id=self._agent_id,
+            session_id=self._session_id,
+            hello=self._hello,
+        )
         self.transport.registerProducer(self, True)
         self._flush()
         self._rearm()
@@ -318,8 +330,11 @@ class TunnelProtocol(Protocol):
         connection = self.connection
         if connection is None:
             return
+        now = self._clock.seconds()
+        if self.front is not None:
+            self.front.path_received(self, now)
         try:
-            events = connection.receive_data(data, self._clock.seconds(), self._sink)
+            events = connection.receive_data(data, now, self._sink)
             dispatch = self._dispatch
             for event in events:
                 dispatch[type(event)](event)
@@ -331,7 +346,7 @@ class TunnelProtocol(Protocol):
         self._flush()
         self._rearm()
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self._lost = True
         if self._abort_timer is not None and self._abort_timer.active():
             self._abort_timer.cancel()
@@ -364,8 +379,10 @@ class TunnelProtocol(Protocol):
                 self.app.tunnel_lost(self, why)
             except Exception:
                 self.log.failure("error in tunnel_lost for {peer}", peer=self.peer)
-        # The channels are gone with the connection.
-        self._handlers.clear()
+        # The channels are gone with the connection (a session's go on on
+        # its other paths: its front decides).
+        if self.front is None:
+            self._handlers.clear()
 
     # -- event handlers ----------------------------------------------------
 
@@ -373,7 +390,11 @@ class TunnelProtocol(Protocol):
         self._sink(e.channel_id, e.data, e.component)
 
     def _on_channel_opened(self, e: ev.ChannelOpened) -> None:
-        handler = self.app.channel_requested(self, e.channel_id, e.kind, e.meta)
+        front = self.front
+        if front is not None:
+            # the other paths accept its frames from now on
+            front.channel_registered(self, e.channel_id, e.kind, e.meta)
+        handler = self.app.channel_requested(self._face, e.channel_id, e.kind, e.meta)
         if handler is not None:
             self._handlers[e.channel_id] = handler
 
@@ -381,61 +402,127 @@ class TunnelProtocol(Protocol):
         self._routes.pop(e.channel_id, None)
         if self.cipher is not None:
             self.cipher.forget_channel(e.channel_id)
+        if self.front is not None:
+            self.front.channel_forgotten(self, e.channel_id)
         handler = self._handlers.pop(e.channel_id, None)
         if handler is not None:
-            handler.channel_closed(self, e.channel_id, e.code, e.reason)
+            handler.channel_closed(self._face, e.channel_id, e.code, e.reason)
         else:
-            self.app.channel_closed(self, e.channel_id, e.code, e.reason)
+            self.app.channel_closed(self._face, e.channel_id, e.code, e.reason)
 
     def _on_stream_data(self, e: ev.StreamDataReceived) -> None:
         handler = self._handlers.get(e.channel_id)
         if handler is not None:
-            handler.stream_data_received(self, e.channel_id, e.data)
+            handler.stream_data_received(self._face, e.channel_id, e.data)
         else:
-            self.app.stream_data_received(self, e.channel_id, e.data)
+            self.app.stream_data_received(self._face, e.channel_id, e.data)
 
     def _on_stream_ended(self, e: ev.StreamEnded) -> None:
         handler = self._handlers.get(e.channel_id)
         if handler is not None:
-            handler.stream_ended(self, e.channel_id)
+            handler.stream_ended(self._face, e.channel_id)
         else:
-            self.app.stream_ended(self, e.channel_id)
+            self.app.stream_ended(self._face, e.channel_id)
 
     def _on_sip(self, e: ev.SipReceived) -> None:
         data = e.data
         cipher = self.cipher
         if cipher is not None:
-            data = cipher.open(cipher.flow_context(e.flow_id), FrameType.SIP, e.flow_id, data, e.sealed)
-            if data is None:
+            opened = cipher.open(cipher.flow_context(e.flow_id), FrameType.SIP, e.flow_id, data, e.sealed)
+            if opened is None:
                 return
+            data = opened
         elif e.sealed:
             self.refused_sealed += 1
             return
-        self.app.sip_received(self, e.flow_id, data)
+        self.app.sip_received(self._face, e.flow_id, data)
 
     def _start_ciphering(self) -> None:
-        cipher = self.cipher = UserCipher(0 if self._role is Role.AGENT else 1)
-        app_datagram = self.app.datagram_received
-        channel_context = cipher.channel_context
-        open_ = cipher.open
+        self.cipher = UserCipher(0 if self._role is Role.AGENT else 1)
+        self._sink = self._build_sink()
+
+    def _build_sink(self) -> Callable[[int, bytes, int], None]:
+        """
+        The datagram sink the core calls for each datagram (the media fast
+        path), over this connection's (or its session's) routes and
+        handlers, opening sealed datagrams when this tunnel ciphers and
+        dropping the copies the session has had already (C{FLAG_SEQ}).
+        """
         routes = self._routes
         handlers = self._handlers
+        face = self._face
+        app_datagram = self.app.datagram_received
+        dedup = self.front.dedup if self.front is not None else None
+        cipher = self.cipher
 
-        def sink(channel_id: int, data: bytes, flags: int) -> None:
-            plain = open_(channel_context(channel_id), _DATAGRAM, channel_id, data, flags & FLAG_SEALED)
-            if plain is None:
-                return
+        def deliver(channel_id: int, data: bytes, flags: int) -> None:
+            if flags & FLAG_SEQ:
+                if len(data) < 4:
+                    return
+                component = flags & FLAG_COMPONENT
+                if dedup is not None and not dedup.accept(channel_id, component, _SEQ.unpack_from(data)[0]):
+                    self.duplicates += 1
+                    return
+                data = data[4:]
+                flags = component
             route = routes.get(channel_id)
             if route is not None:
-                route[flags & FLAG_COMPONENT](plain)
+                route[flags](data)
                 return
             handler = handlers.get(channel_id)
             if handler is not None:
-                handler.datagram_received(self, channel_id, plain, flags & FLAG_COMPONENT)
+                handler.datagram_received(face, channel_id, data, flags)
             else:
-                app_datagram(self, channel_id, plain, flags & FLAG_COMPONENT)
+                app_datagram(face, channel_id, data, flags)
 
-        self._sink = sink
+        if cipher is None:
+
+            def sink(channel_id: int, data: bytes, flags: int) -> None:
+                if flags & FLAG_SEALED:
+                    # Sealed frames without ciphering on this tunnel are refused.
+                    self.refused_sealed += 1
+                    return
+                if flags & FLAG_SEQ:
+                    deliver(channel_id, data, flags)
+                    return
+                route = routes.get(channel_id)
+                if route is not None:
+                    route[flags](data)
+                    return
+                handler = handlers.get(channel_id)
+                if handler is not None:
+                    handler.datagram_received(face, channel_id, data, flags)
+                else:
+                    app_datagram(face, channel_id, data, flags)
+
+            return sink
+        channel_context = cipher.channel_context
+        open_ = cipher.open
+
+        def sealed_sink(channel_id: int, data: bytes, flags: int) -> None:
+            plain = open_(channel_context(channel_id), _DATAGRAM, channel_id, data, bool(flags & FLAG_SEALED))
+            if plain is None:
+                return
+            deliver(channel_id, plain, flags & (FLAG_COMPONENT | FLAG_SEQ))
+
+        return sealed_sink
+
+    def use_front(self, front: PathFront) -> None:
+        """
+        Make this connection a path of a session (C{front}): from now on
+        the application and the channel handlers are told of C{front}, not
+        of this connection; the channels' routes and handlers are the
+        session's (shared by all its paths); datagrams stamped with a
+        sequence number are given to the session's de-duplication; round
+        trips and received frames are reported to C{front}.
+        """
+        front.routes.update(self._routes)
+        front.handlers.update(self._handlers)
+        self.front = front
+        self._face = front
+        self._routes = front.routes
+        self._handlers = front.handlers
+        self._sink = self._build_sink()
 
     def route_datagrams(self, channel_id: int, first: Any, second: Any) -> None:
         """
@@ -509,6 +596,27 @@ class TunnelProtocol(Protocol):
         if handler is not None:
             handler(self, e.message)
 
+    def _on_rtt(self, e: ev.RttSampled) -> None:
+        if self.front is not None:
+            self.front.rtt_sample(self, e.rtt)
+
+    def announce_channel(self, channel_id: int) -> None:
+        """
+        Send the C{open} of a channel of the session opened on another
+        connection (L{TunnelConnection.announce_channel}).
+        """
+        if self.connection is not None and not self._lost:
+            self.connection.announce_channel(channel_id)
+            self._flush()
+
+    def ping(self) -> None:
+        """
+        Send a timed PING (its PONG gives the front a round-trip sample).
+        """
+        if self.connection is not None and not self._lost:
+            self.connection.ping(self._clock.seconds())
+            self._flush()
+
     def _on_goaway(self, e: ev.PeerWentAway) -> None:
         self.go_away_info = e
         self.log.info("peer {peer} is going away ({reason}); drain {drain} s", peer=self.peer, reason=e.reason, drain=e.drain)
@@ -543,9 +651,9 @@ class TunnelProtocol(Protocol):
         cipher = self.cipher
         context = cipher.flow_context(flow_id) if cipher is not None else None
         if context is not None:
-            self.connection.send_sip(flow_id, UserCipher.seal(context, FrameType.SIP, flow_id, data), FLAG_SEALED)
+            self._core.send_sip(flow_id, UserCipher.seal(context, FrameType.SIP, flow_id, data), FLAG_SEALED)
         else:
-            self.connection.send_sip(flow_id, data)
+            self._core.send_sip(flow_id, data)
         self._flush()
         return True
 
@@ -555,7 +663,7 @@ class TunnelProtocol(Protocol):
         """
         if not self.is_open:
             return False
-        self.connection.send_control(message)
+        self._core.send_control(message)
         self._flush()
         return True
 
@@ -570,7 +678,8 @@ class TunnelProtocol(Protocol):
         transport = self.transport
         if not ISSLTransport.providedBy(transport):
             return None
-        export = getattr(transport.getHandle(), "export_keying_material", None)
+        handle: Any = transport
+        export = getattr(handle.getHandle(), "export_keying_material", None)
         if export is None:
             return None
         try:
@@ -586,7 +695,7 @@ class TunnelProtocol(Protocol):
             (without one they go to the application).
         @raise ChannelLimitError: at the channel limit.
         """
-        cid = self.connection.open_channel(kind, meta)
+        cid = self._core.open_channel(kind, meta)
         if handler is not None:
             self._handlers[cid] = handler
         self._flush()
@@ -609,6 +718,7 @@ class TunnelProtocol(Protocol):
         Send a datagram on a channel (the media hot path).
         """
         connection = self.connection
+        assert connection is not None, "tunnel not connected"
         now = self._clock.seconds()
         cipher = self.cipher
         if cipher is not None:
@@ -637,7 +747,7 @@ class TunnelProtocol(Protocol):
         limit (the high-water mark): every registered stream producer has
         been paused, and is resumed once the queue drains.
         """
-        connection = self.connection
+        connection = self._core
         more = connection.send_stream_data(channel_id, data)
         self._flush()
         # Still over the limit once the transport took what it could.
@@ -686,7 +796,7 @@ class TunnelProtocol(Protocol):
         """
         End our direction of a stream channel.
         """
-        self.connection.send_stream_data(channel_id, b"", fin=True)
+        self._core.send_stream_data(channel_id, b"", fin=True)
         self._flush()
 
     def go_away(self, reason: str = "shutting down", drain: float | None = None) -> None:
@@ -795,11 +905,11 @@ class TunnelProtocol(Protocol):
         self._timer = None
         self._timer_at = None
         try:
-            for event in self.connection.handle_timer(self._clock.seconds()):
+            for event in self._core.handle_timer(self._clock.seconds()):
                 self._dispatch[type(event)](event)
         except Exception:
             self.log.failure("unexpected error in tunnel timer for {peer}", peer=self.peer)
-            closed = self.connection.close(ErrorCode.INTERNAL_ERROR, "internal error")
+            closed = self._core.close(ErrorCode.INTERNAL_ERROR, "internal error")
             if closed is not None:
                 self._on_closed(closed)
         self._flush()
@@ -933,10 +1043,17 @@ class ContactTunnelFactory(_TunnelFactory):
         max_per_host: int = 100,
         check_client_identity: bool = False,
         user_ciphering: bool = False,
+        paths: bool = True,
     ) -> None:
+        """
+        @param paths: offer several connections per session (the welcome
+            says C{paths} and carries the attach key); C{False} is a
+            contact point as before it (tests of the old protocol).
+        """
         super().__init__(app, clock, limits)
         self.check_client_identity = check_client_identity
         self.user_ciphering = user_ciphering
+        self.paths = paths
         self.tunnels: _Registry = _Registry()
         self.max_tunnels = max_tunnels
         self.max_per_host = max_per_host
@@ -989,7 +1106,13 @@ class ContactTunnelFactory(_TunnelFactory):
             self.clock,
             self.limits,
             session_id=secrets.token_hex(8),
-            hello={"challenge": secrets.token_hex(16), **({"user-ciphering": True} if self.user_ciphering else {})},
+            hello={
+                "challenge": secrets.token_hex(16),
+                # several connections per session: the key a further
+                # connection proves it knows (spwm.session.carrier)
+                **({"paths": 1, "attach_key": secrets.token_hex(32)} if self.paths else {}),
+                **({"user-ciphering": True} if self.user_ciphering else {}),
+            },
             registry=self.tunnels,
             want_ciphering=self.user_ciphering,
         )

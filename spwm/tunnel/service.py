@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import math
 import random
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -28,6 +28,7 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IProtocol,
+    IProtocolFactory,
     IReactorCore,
     IReactorTime,
     IStreamClientEndpoint,
@@ -295,7 +296,7 @@ def server_tls_options(cert_file: str, key_file: str, client_ca: str | None = No
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         acceptableProtocols=[ALPN],
         **(
-            {"verify": True, "caCerts": client_cas, "requireCertificate": True}
+            cast(dict[str, Any], {"verify": True, "caCerts": client_cas, "requireCertificate": True})
             if client_ca
             else {}
         ),
@@ -313,9 +314,10 @@ class _ConnectProtocol(Protocol):
     """
 
     max_response = 16384
+    transport: Any
 
     def __init__(
-        self, target: str, wrapped: Protocol, done: Deferred[Protocol], auth: str | None = None, proxy: str = ""
+        self, target: str, wrapped: Any, done: Deferred[IProtocol], auth: str | None = None, proxy: str = ""
     ) -> None:
         self._target = target
         self._wrapped = wrapped
@@ -365,8 +367,8 @@ class _ConnectProtocol(Protocol):
         The one line that says what a C{407} from the proxy means.
         """
         offered = []
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
+        for header in head.split(b"\r\n")[1:]:
+            name, _, value = header.partition(b":")
             if name.strip().lower() == b"proxy-authenticate":
                 offered.append(value.strip().decode("latin-1")[:80])
         schemes = {o.split(None, 1)[0].lower() for o in offered if o}
@@ -386,7 +388,7 @@ class _ConnectProtocol(Protocol):
         if not self._done.called:
             self._done.errback(Failure(ConnectionError(reason)))
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if self._tunnelled:
             self._wrapped.connectionLost(reason)
         elif not self._done.called:
@@ -397,7 +399,7 @@ class _ConnectFactory(Factory):
     noisy = False
 
     def __init__(
-        self, target: str, wrapped: Factory, done: Deferred[Protocol], auth: str | None = None, proxy: str = ""
+        self, target: str, wrapped: Factory, done: Deferred[IProtocol], auth: str | None = None, proxy: str = ""
     ) -> None:
         self._target = target
         self._wrapped_factory = wrapped
@@ -431,11 +433,13 @@ class HTTPConnectEndpoint:
         self._auth = auth
         self._description = description
 
-    def connect(self, protocolFactory: Factory) -> Deferred[Protocol]:
-        done: Deferred[Protocol] = Deferred()
-        d = self._proxy.connect(_ConnectFactory(self._target, protocolFactory, done, self._auth, self._description))
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        done: Deferred[IProtocol] = Deferred()
+        d: Deferred[Any] = self._proxy.connect(
+            _ConnectFactory(self._target, cast(Factory, protocolFactory), done, self._auth, self._description)
+        )
 
-        def connected(_: Any) -> Deferred[Protocol]:
+        def connected(_: Any) -> Deferred[IProtocol]:
             return done
 
         d.addCallback(connected)
@@ -445,6 +449,7 @@ class HTTPConnectEndpoint:
 # -- the agent ----------------------------------------------------------------
 
 
+@implementer(IStreamClientEndpoint)
 class _ReportingEndpoint:
     """
     An endpoint wrapper that remembers why the last attempt failed.
@@ -463,10 +468,10 @@ class _ReportingEndpoint:
     def __repr__(self) -> str:
         return self.description
 
-    def connect(self, factory: Factory) -> Deferred[Protocol]:
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         self.attempts += 1
         self.in_progress = True
-        d = self._inner.connect(_AttemptFactory(factory))
+        d: Deferred[Any] = self._inner.connect(_AttemptFactory(factory))
         # ClientService gets back the protocol its factory built.
         d.addCallback(lambda attempt: attempt.proxy)
 
@@ -565,6 +570,8 @@ class _Attempt:
     def __init__(self, proxy: Any) -> None:
         self.proxy = proxy
         self.transport: Any = None
+        #: replaced in makeConnection by the tunnel's own
+        self.dataReceived: Callable[[bytes], None] = self._to_proxy
 
     def makeConnection(self, transport: Any) -> None:
         self.transport = transport
@@ -572,7 +579,7 @@ class _Attempt:
         # Straight to the tunnel: no extra call per read.
         self.dataReceived = self.proxy.dataReceived
 
-    def dataReceived(self, data: bytes) -> None:  # replaced in makeConnection
+    def _to_proxy(self, data: bytes) -> None:
         self.proxy.dataReceived(data)
 
     def connectionMade(self) -> None:
@@ -591,7 +598,7 @@ class _AttemptFactory(Factory):
     def __init__(self, inner: Any) -> None:
         self._inner = inner
 
-    def buildProtocol(self, addr: Any) -> _Attempt | None:
+    def buildProtocol(self, addr: Any) -> Any:
         proxy = self._inner.buildProtocol(addr)
         return None if proxy is None else _Attempt(proxy)
 
@@ -736,7 +743,7 @@ class AgentTunnelService(ClientService):
         protocol.when_closed().addCallback(self._down)
         return protocol
 
-    def _why(self, protocol: Any, reason: Failure, was_up: bool) -> str:
+    def _why(self, protocol: Any, reason: Failure | None, was_up: bool) -> str:
         if protocol.go_away_info is not None:
             return f"contact point went away: {protocol.go_away_info.reason}"
         if protocol.close_info is not None:
@@ -777,6 +784,15 @@ class AgentTunnelService(ClientService):
         if self.tunnel is not None:
             self.tunnel.close(0, "agent stopping")
         return super().stopService()
+
+    def reconnect_now(self) -> None:
+        """
+        The session moves (go-away on another of its connections): close
+        this service's connection and make the next attempt at once.
+        """
+        self._retry.now()
+        if self.tunnel is not None:
+            self.tunnel.close(0, "moving after go-away")
 
     def on_go_away(self, protocol: TunnelProtocol) -> None:
         """
@@ -834,7 +850,7 @@ class OnDemandTunnel(Service):
         """
         Whether the tunnel service runs (is up or trying to be).
         """
-        return self.service.running
+        return bool(self.service.running)
 
     def touch(self) -> None:
         """
@@ -859,7 +875,7 @@ class OnDemandTunnel(Service):
             )
             self.service.startService()
             self._arm()
-        return self.service.connecting
+        return bool(self.service.connecting)
 
     def _arm(self) -> None:
         if self._timer is None or not self._timer.active():

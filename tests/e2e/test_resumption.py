@@ -144,13 +144,23 @@ class ResumptionTestBase(SpwmSipTestCase):
     """
 
     resume_window = 10.0
+    #: the agent's --tunnel-connections
+    connections = 1
 
     def setUp(self) -> None:
         super().setUp()
         self.make_topology("strict")
         self.start_kamailio()
         self.start_spwm_contact(tls=True, extra=self.contact_extra())
-        self.start_spwm_agent(extra=["--reconnect-max", "0.5", "--resume-window", str(self.resume_window)])
+        # one connection unless a case says otherwise: these cases cut the
+        # session's connection (with two, cutting one is make-before-break,
+        # no resumption: MakeBeforeBreakTests)
+        self.start_spwm_agent(
+            extra=[
+                "--reconnect-max", "0.5", "--resume-window", str(self.resume_window),
+                "--tunnel-connections", str(self.connections),
+            ]
+        )
         self.register_uas("bob")
         self.assertSippSuccess(self.sipp_uac("register.xml", PROXY, user="alice", name="register-alice"))
         [alice] = [b for b in self.location_table() if b.aor == "alice"]
@@ -488,6 +498,66 @@ class ResumptionTests(ResumptionTestBase):
                 f"its session up; see {self.logdir}/spwm-contact.stdout"
             )
         self.assertCallResumed(session, samples, cut, before, caller, rtp, NEW_PUBLIC)
+
+
+class MakeBeforeBreakTests(ResumptionTestBase):
+    """
+    An agent with two connections (the default): cutting one of them
+    mid-call is no resumption (issue 12).
+    """
+
+    connections = 2
+
+    def test_one_connection_cut_mid_call(self) -> None:
+        """
+        A second into alice's call to bob (RTP both ways), one of the
+        agent's two tunnel connections is killed (C{ss -K}): RTP keeps
+        reaching both ends, nothing is resumed or suspended, no SIP crosses
+        between the contact point and Kamailio, a second connection is
+        attached again; the call ends normally with BYE, at least 80 % of
+        the RTP made the round trip and none arrived twice.
+        """
+        session = self.session_id()
+        deadline = time.monotonic() + 10.0
+        while len(self.tunnel_ports()) < 2:
+            if time.monotonic() > deadline:
+                self.fail(f"the agent did not keep two connections: {self.tunnel_ports()}; see {self.logdir}")
+            time.sleep(0.1)
+        caller, rtp = self.start_call(7.0)
+        time.sleep(1.0)
+        before = self.operator_snapshot()
+        port = self.tunnel_ports()[0]
+        cut = time.monotonic()
+        self.topology.exec(
+            "lan", ["ss", "-K", "-tn", "state", "established", "src", f"{AGENT}:{port}", "dst", f"{GATEWAY_PUBLIC}:443"],
+            check=False,
+        )
+        self.assertNotIn(port, self.tunnel_ports(), "ss -K did not kill the tunnel connection")
+        at_cut = self.sample()
+        samples = []
+        while time.monotonic() < cut + 2.0:
+            samples.append(self.sample())
+            time.sleep(0.1)
+        with open(self.logdir / "timeline.txt", "a") as out:
+            out.write(f"cut at {cut:.3f} (port {port})\n")
+            for s in samples:
+                out.write(f"{s.t - cut:7.3f} at_uas={s.at_uas} at_phone={s.at_phone} syn={s.syn}\n")
+        # 50 packets a second each way: media went on after the cut
+        self.assertGreater(samples[-1].at_uas - at_cut.at_uas, 50, f"see {self.logdir}/timeline.txt")
+        self.assertGreater(samples[-1].at_phone - at_cut.at_phone, 50, f"see {self.logdir}/timeline.txt")
+        deadline = time.monotonic() + 10.0
+        while len(self.tunnel_ports()) < 2:
+            if time.monotonic() > deadline:
+                self.fail(f"no replacement connection: {self.tunnel_ports()}; see {self.logdir}")
+            time.sleep(0.1)
+        self.wait_for_log(self.agent, rf"session {session}: connection \d+ attached", timeout=5.0)
+        self.assertNoSip(before)
+        report = self.finish_call(caller, rtp)
+        self.assertGreaterEqual(report["received"], 0.8 * report["sent"], report)
+        self.assertLessEqual(report["received"], report["sent"], report)
+        for half in (self.agent, self.contact):
+            self.assertNotIn(f"session {session} resumed", half.stdout())
+            self.assertNotIn("not resumed", half.stdout())
 
 
 class DormantResumptionTests(ResumptionTestBase):

@@ -56,7 +56,7 @@ class EmbeddingTests(TestCase):
 
     def application(self, name: str, media: str) -> Any:
         config = embedded_agent.agent_config(
-            self.contact_address, name, plaintext=True, **{"media-ports": media, "resume-window": 0}
+            self.contact_address, name, plaintext=True, **{"media-ports": media, "resume-window": 0, "tunnel-connections": 1}
         )
         top, agent, phone = embedded_agent.application(reactor, config, name)
         top.startService()

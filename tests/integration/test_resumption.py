@@ -33,6 +33,9 @@ class _LoopbackPair(TestCase):
     extra: list[str] = []
     #: more options for the contact point
     contact_extra: list[str] = []
+    # the agents' own options: one connection each (resumption is what
+    # happens when a session's last connection is lost)
+    agent_extra: list[str] = ["--tunnel-connections", "1"]
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
@@ -52,7 +55,7 @@ class _LoopbackPair(TestCase):
             options.parseOptions(
                 ["--contact", f"127.0.0.1:{port}", "--server-name", "contact.spwm.test", "--ca", ca.ca_file,
                  "--agent-id", name, "--sip-listen", f"127.0.0.1:{free_port()}", "--media-ports", media,
-                 "--reconnect-max", "0.3", "--resume-window", "10", *self.extra]
+                 "--reconnect-max", "0.3", "--resume-window", "10", *self.extra, *self.agent_extra]
             )
             service = build_agent(options.config, reactor)
             service.service.startService()

@@ -216,7 +216,7 @@ class LoopbackTests(LoopbackBase):
 
         service, port = yield self.start_contact()
         self.addCleanup(service.service.stopService)
-        agent_service, local = self.start_agent(port)
+        agent_service, local = self.start_agent(port, extra=["--tunnel-connections", "1"])
         yield wait_until(lambda: agent_service.tunnel_service.tunnel is not None and len(service.factory.tunnels) == 1)
         for tunnel in [agent_service.tunnel_service.tunnel, *service.factory.tunnels]:
             sock = find_socket(tunnel.transport)

@@ -1,0 +1,973 @@
+# -*- test-case-name: tests.test_session_carrier -*-
+"""
+A session with several connections (issue 12; the shared design
+C{paths-design.md}): the connections attached to one session are its
+I{paths}; one of them, the I{carrier}, carries SIP, control and channel
+open/close at a time; media datagrams go on the paths the scheduler
+(L{spwm.session.paths.PathScheduler}) names, stamped with a sequence
+number, and the receiving half drops the copies.
+
+- L{PathFront} is the session's tunnel handle (L{spwm.tunnel.api.TunnelHandle}):
+  the SIP runner, the media manager and the session logic see it instead
+  of a connection, so the loss of one path while another is attached
+  changes nothing for them (make-before-break: the carrier moves at once,
+  nothing is suspended, re-keyed or told to the phones).
+- L{PathSessions} is the one tunnel observer of a half that speaks
+  C{paths}: it makes a front for each new session, attaches further
+  connections to it (the C{attach} handshake), and tells the session
+  logic (its own observer: L{spwm.security.resume.AgentResumption} or
+  L{spwm.session.manager.SessionManager}) only of fronts: established
+  when the first path is up, lost when the last one is gone.
+- L{PathKeeper} (agent) keeps the wanted number of further connections
+  open while the session is up, replacing a lost one in the background.
+
+With one connection (C{--tunnel-connections 1}, or a peer that does not
+say C{paths}) none of this is used: the session logic sees the
+connection itself, as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from spwm.security.keys import EXPORTER_LABEL, KEY_LENGTH
+from spwm.session.paths import (
+    CarrierChanged,
+    Dedup,
+    PathDead,
+    PathKind,
+    PathLimits,
+    PathScheduler,
+    SeqStamper,
+    read_tcp_info,
+    set_notsent_lowat,
+)
+from spwm.tunnel.frames import FLAG_SEQ, ChannelKind, ErrorCode
+
+if TYPE_CHECKING:
+    from spwm.tunnel.api import ChannelHandler, TunnelObserver
+    from spwm.tunnel.protocol import TunnelProtocol
+
+__all__ = ["PathFront", "PathKeeper", "PathSessions", "attach_proof"]
+
+_SEQ = struct.Struct("!I")
+
+#: how often the agent pings each path while the session has channels (s)
+PROBE_INTERVAL = 0.1
+#: the contact point runs its scheduler at most this often (s)
+PASSIVE_TICK = 0.04
+#: a connection that joins a session must be attached within this (s)
+ATTACH_TIMEOUT = 10.0
+
+
+def attach_proof(key: bytes, challenge: bytes, session_id: str) -> str:
+    """
+    The proof that a new connection belongs to session C{session_id}:
+    HMAC-SHA256 with the session's attach key over the fresh challenge of
+    the new connection's welcome, bound to the session; hex text.
+    """
+    message = b"spwm/1 attach\x00" + challenge + b"\x00" + session_id.encode("utf-8")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def check_attach_proof(key: bytes, challenge: bytes, session_id: str, proof: object) -> bool:
+    """
+    Whether C{proof} is L{attach_proof} (constant time).
+    """
+    if not isinstance(proof, str):
+        return False
+    expected = attach_proof(key, challenge, session_id).encode("ascii")
+    return hmac.compare_digest(expected, proof.encode("utf-8", "surrogateescape"))
+
+#: Unsent bytes a path's kernel send queue may hold (TCP_NOTSENT_LOWAT):
+#: about two frames of media, so what is steered away from a stalled path
+#: is not already stuck in it.
+NOTSENT_LOWAT = 16384
+
+
+class PathFront:
+    """
+    The tunnel handle of a session whose connections said C{paths}: one
+    stable object over the paths attached to it.
+
+    @ivar routes: channel id -> the relay's two send functions; shared by
+        every path (L{TunnelProtocol.use_front}), so a route set once
+        works on all of them.
+    @ivar handlers: channel id -> its handler; shared the same way.
+    @ivar dedup: drops the copies of a datagram that came on several paths.
+    @ivar stamper: numbers the datagrams we send, per channel and component.
+    @ivar scheduler: which path is the carrier, which paths media goes on.
+    @ivar attach_key: what a further connection proves it knows.
+    @ivar switches: how often the carrier moved to another path.
+    @ivar attached: paths attached so far (the first included).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        first: TunnelProtocol,
+        attach_key: bytes,
+        limits: PathLimits | None = None,
+        *,
+        on_dead: Callable[[TunnelProtocol], None] | None = None,
+        probe: bool = True,
+    ) -> None:
+        """
+        @param first: the connection that made the session.
+        @param on_dead: told of a path the scheduler found dead (it is
+            closed; its loss follows).
+        @param probe: ping every path while the session has channels (the
+            agent).  Without (the contact point, which would otherwise
+            ping every path of every session), the front keeps no timer:
+            the peer's pings and media show which paths are heard from,
+            and the scheduler runs when something arrives.
+        """
+        self.clock = clock
+        self.routes: dict[int, Any] = {}
+        self.handlers: dict[int, ChannelHandler] = {}
+        self.dedup = Dedup()
+        self.stamper = SeqStamper()
+        self.scheduler = PathScheduler(limits or PathLimits())
+        self.attach_key = attach_key
+        self.switches = 0
+        self.attached = 0
+        #: round-trip samples taken (timed pings answered)
+        self.rtt_samples = 0
+        self._paths: dict[int, TunnelProtocol] = {}
+        self._sockets: dict[int, Any] = {}
+        self._ids: dict[int, int] = {}
+        self._next_id = 0
+        self._last: TunnelProtocol = first
+        self._carrier_id: int | None = None
+        self._producers: list[IPushProducer] = []
+        self._timer: IDelayedCall | None = None
+        self._on_dead = on_dead
+        self._probing = probe
+        self._ticked = 0.0
+        self._tcp_info_at = 0.0
+        # The user keys are derived from the first connection's TLS
+        # exporter on both halves, whichever path carries the 2xx.
+        self._exported = first.export_keying_material(EXPORTER_LABEL, KEY_LENGTH)
+        self.local_hello = first.local_hello
+        self.peer_hello = first.peer_hello
+        self._session_id = first.session_id
+        self._agent_id = first.agent_id
+        self.add_path(first)
+
+    # -- the paths -----------------------------------------------------------
+
+    @property
+    def paths(self) -> list[TunnelProtocol]:
+        """
+        The attached paths, in the order they were attached.
+        """
+        return list(self._paths.values())
+
+    def path_id(self, path: TunnelProtocol) -> int | None:
+        """
+        C{path}'s number in this session, or C{None}.
+        """
+        return self._ids.get(id(path))
+
+    @property
+    def carrier(self) -> TunnelProtocol | None:
+        """
+        The path that carries SIP, control and channel open/close now.
+        """
+        chosen = self.scheduler.carrier()
+        path = self._paths.get(chosen) if chosen is not None else None
+        if path is not None and path.is_open:
+            return path
+        for other in self._paths.values():
+            if other.is_open:
+                return other
+        return path
+
+    def add_path(self, path: TunnelProtocol, kind: PathKind = PathKind.TCP) -> int:
+        """
+        Attach a connection: it accepts every open channel of the session
+        from now on and becomes one the scheduler may choose.
+
+        What a path must offer (a QUIC path too): the L{TunnelHandle}
+        methods, C{is_open}, C{peer}, C{session_id}, C{agent_id},
+        C{adopt_session}, C{ping()}, C{announce_channel(channel_id)},
+        C{close(code, reason)}, C{duplicates},
+        C{use_front(front)} (from then on its channel routes and handlers
+        are the front's dictionaries, datagrams with C{FLAG_SEQ} go through
+        C{front.dedup}, and it calls C{front.path_received},
+        C{front.rtt_sample}, C{front.channel_registered} and
+        C{front.channel_forgotten}), and a C{connection} core with
+        C{register_channel}, C{forget_channel} and C{open_channels}
+        (L{spwm.tunnel.connection.TunnelConnection}).
+
+        @param kind: what the scheduler knows it as.
+        @return: its path id.
+        """
+        path_id = self._next_id
+        self._next_id += 1
+        if self._paths:
+            path.adopt_session(self._session_id)
+        carrier = self.carrier
+        if carrier is not None and carrier.connection is not None and path.connection is not None:
+            for channel_id, channel_kind, meta in carrier.connection.open_channels():
+                path.connection.register_channel(channel_id, channel_kind, meta)
+        self._paths[path_id] = path
+        self._ids[id(path)] = path_id
+        self.attached += 1
+        path.use_front(self)
+        now = self.clock.seconds()
+        self.scheduler.add(path_id, kind, now)
+        # the scheduler may prefer the new path (a QUIC one)
+        self._carrier_moved()
+        from spwm.tunnel.protocol import find_socket
+
+        sock = find_socket(getattr(path, "transport", None))
+        if sock is not None:
+            # a small kernel send queue, so that what is steered away from
+            # a stalled path is not already stuck in it
+            set_notsent_lowat(sock, NOTSENT_LOWAT)
+            self._sockets[path_id] = sock
+        self._arm()
+        return path_id
+
+    def remove_path(self, path: TunnelProtocol) -> bool:
+        """
+        Detach a lost connection; the carrier moves at once if it was it.
+
+        @return: whether the session has another path.
+        """
+        path_id = self._ids.pop(id(path), None)
+        if path_id is None:
+            return bool(self._paths)
+        del self._paths[path_id]
+        self._sockets.pop(path_id, None)
+        self._last = path
+        self.scheduler.remove(path_id)
+        self._carrier_moved()
+        if not self._paths:
+            self._cancel()
+        return bool(self._paths)
+
+    def _carrier_moved(self) -> None:
+        new = self.scheduler.carrier()
+        if new == self._carrier_id:
+            return
+        old, self._carrier_id = self._carrier_id, new
+        if new is None:
+            return
+        carrier = self._paths[new]
+        for producer in self._producers:
+            carrier.register_stream_producer(producer)
+        if old is None:
+            return
+        self.switches += 1
+        self.log.info(
+            "session {session_id}: the carrier moves from path {old} to path {new} ({peer})",
+            session_id=self.session_id,
+            old=old,
+            new=new,
+            peer=carrier.peer,
+        )
+
+    # -- what the paths tell it (TunnelProtocol) -------------------------------
+
+    def path_received(self, path: TunnelProtocol, now: float) -> None:
+        path_id = self._ids.get(id(path))
+        if path_id is None:
+            return
+        scheduler = self.scheduler
+        if (
+            not self._probing
+            and len(self._paths) > 1
+            and now - self._ticked >= PASSIVE_TICK
+            and self._watched
+        ):
+            # Passive: every path is expected to be heard from (the peer
+            # pings them while it has channels); one that is not, while
+            # this one is, stalls.
+            if now - self._ticked > 2 * PROBE_INTERVAL:
+                # the watch starts again (the peer pings while it has
+                # channels): earlier silence does not count
+                for other in self._paths:
+                    scheduler.received(other, now)
+            self._ticked = now
+            if now - self._tcp_info_at >= 1.0:
+                # round trips from the kernel, since this end does not ping
+                self._tcp_info_at = now
+                self._read_tcp_info(now)
+            for other in self._paths:
+                scheduler.sent(other, 0, now)
+            scheduler.received(path_id, now)
+            self.tick()
+            return
+        scheduler.received(path_id, now)
+
+    def rtt_sample(self, path: TunnelProtocol, rtt: float) -> None:
+        path_id = self._ids.get(id(path))
+        if path_id is not None:
+            self.rtt_samples += 1
+            self.scheduler.rtt_sample(path_id, rtt, self.clock.seconds())
+
+    def channel_registered(self, path: TunnelProtocol, channel_id: int, kind: ChannelKind, meta: dict[str, Any]) -> None:
+        """
+        The peer opened a channel on C{path}: every other path accepts it.
+        """
+        for other in self._paths.values():
+            if other is not path and other.connection is not None:
+                other.connection.register_channel(channel_id, kind, meta)
+        self._arm()
+
+    def channel_forgotten(self, path: TunnelProtocol, channel_id: int) -> None:
+        """
+        The peer closed a channel on C{path}: every other path forgets it.
+        """
+        for other in self._paths.values():
+            if other is not path and other.connection is not None:
+                other.connection.forget_channel(channel_id)
+        self._forget_numbers(channel_id)
+
+    def _forget_numbers(self, channel_id: int) -> None:
+        """
+        A closed channel's sequence numbers and de-duplication window go
+        (channel ids are not reused).  The shared design names no
+        C{SeqStamper.forget}: one without it keeps its counters.
+        """
+        forget = getattr(self.stamper, "forget", None)
+        if forget is not None:
+            forget(channel_id)
+        self.dedup.forget(channel_id)
+
+    # -- time: probes and the scheduler ------------------------------------------
+
+    @property
+    def _watched(self) -> bool:
+        """
+        Whether the paths are watched now: while the session has channels
+        (without, nothing a stall would hurt at once; the tunnel's
+        keepalive watches the paths meanwhile).
+        """
+        return bool(self.routes or self.handlers)
+
+    def _arm(self, fresh: bool = True) -> None:
+        if not self._probing or self._timer is not None and self._timer.active() or not self._paths:
+            return
+        if not self._watched:
+            return
+        if fresh:
+            # the watch starts again: what was unanswered before it does not count
+            now = self.clock.seconds()
+            for path_id in self._paths:
+                self.scheduler.received(path_id, now)
+        self._timer = self.clock.callLater(PROBE_INTERVAL, self._probe)
+
+    def _cancel(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _probe(self) -> None:
+        """
+        Ping every path (its PONG is a round-trip sample and shows the path
+        alive), then act on what the scheduler found since.
+        """
+        self._timer = None
+        now = self.clock.seconds()
+        for path_id, path in list(self._paths.items()):
+            path.ping()
+            self.scheduler.sent(path_id, 16, now)
+        self._read_tcp_info(now)
+        self.tick()
+        self._arm(fresh=False)
+
+    def _read_tcp_info(self, now: float) -> None:
+        for path_id, sock in self._sockets.items():
+            info = read_tcp_info(sock)
+            if info is not None:
+                self.scheduler.tcp_info(path_id, info, now)
+
+    def tick(self) -> None:
+        """
+        Run the scheduler: a path found dead is closed (its loss removes
+        it); the carrier moves off a stalled or dead path at once.
+        """
+        for event in self.scheduler.tick(self.clock.seconds()):
+            if isinstance(event, PathDead):
+                path = self._paths.get(event.path_id)
+                # The last path is left to the tunnel's own keepalive; the
+                # contact point (passive) only stops using a path: closing
+                # is for the agent, which probes.
+                if path is not None and len(self._paths) > 1 and self._probing:
+                    self.log.warn(
+                        "session {session_id}: path {path_id} ({peer}) answers nothing; closing it",
+                        session_id=self.session_id,
+                        path_id=event.path_id,
+                        peer=path.peer,
+                    )
+                    if self._on_dead is not None:
+                        self._on_dead(path)
+                    # detached now: its transport's loss may come later
+                    self.remove_path(path)
+                    path.close(ErrorCode.KEEPALIVE_TIMEOUT, "path answers nothing")
+            elif isinstance(event, CarrierChanged):
+                self._carrier_moved()
+
+    def status(self) -> dict[str, Any]:
+        """
+        For the status page.
+        """
+        return {
+            "paths": len(self._paths),
+            "carrier_switches": self.switches,
+            "duplicates_dropped": sum(p.duplicates for p in self._paths.values()),
+            **self.scheduler.snapshot(),
+        }
+
+    # -- TunnelHandle -------------------------------------------------------------
+
+    @property
+    def peer(self) -> str:
+        carrier = self.carrier
+        return (carrier or self._last).peer
+
+    @property
+    def session_id(self) -> str:
+        return self._session_id
+
+    @property
+    def agent_id(self) -> str:
+        return self._agent_id
+
+    @property
+    def is_open(self) -> bool:
+        return any(p.is_open for p in self._paths.values())
+
+    @property
+    def congested(self) -> bool:
+        carrier = self.carrier
+        return carrier is not None and carrier.congested
+
+    @property
+    def go_away_info(self) -> Any:
+        return (self.carrier or self._last).go_away_info
+
+    @property
+    def close_info(self) -> Any:
+        return (self.carrier or self._last).close_info
+
+    def send_sip(self, flow_id: int, data: bytes) -> bool:
+        carrier = self.carrier
+        return carrier is not None and carrier.send_sip(flow_id, data)
+
+    def send_control(self, message: dict[str, Any]) -> bool:
+        carrier = self.carrier
+        return carrier is not None and carrier.send_control(message)
+
+    def open_channel(self, kind: ChannelKind, meta: dict[str, Any], handler: ChannelHandler | None = None) -> int:
+        """
+        Open a channel on the carrier; every other path accepts it too.
+        """
+        carrier = self.carrier
+        if carrier is None:
+            from spwm.tunnel.connection import TunnelNotOpenError
+
+            raise TunnelNotOpenError("the session has no open connection")
+        channel_id = carrier.open_channel(kind, meta, handler)
+        self.channel_registered(carrier, channel_id, kind, meta)
+        # A copy on every other path, after the carrier's (which keeps its
+        # order with the SIP that refers to the channel): the channel is
+        # known to the peer even if the carrier breaks with it queued.
+        for other in self._paths.values():
+            if other is not carrier:
+                other.announce_channel(channel_id)
+        return channel_id
+
+    def close_channel(self, channel_id: int, code: int = 0, reason: str = "") -> None:
+        """
+        Close a channel on the carrier, and on every other path too (the
+        peer takes the first close it reads; the others are late frames).
+        """
+        carrier = self.carrier
+        if carrier is None:
+            self.routes.pop(channel_id, None)
+            self.handlers.pop(channel_id, None)
+            return
+        carrier.close_channel(channel_id, code, reason)
+        for other in self._paths.values():
+            if other is not carrier:
+                other.close_channel(channel_id, code, reason)
+        self._forget_numbers(channel_id)
+
+    def send_datagram(self, channel_id: int, data: bytes, component: int = 0) -> None:
+        """
+        Send a media datagram on the paths the scheduler names, each copy
+        with the same sequence number.
+        """
+        now = self.clock.seconds()
+        seq = self.stamper.next(channel_id, component & 1)
+        payload = _SEQ.pack(seq) + data
+        flags = component | FLAG_SEQ
+        paths = self._paths
+        for path_id in self.scheduler.media_paths(now):
+            path = paths.get(path_id)
+            if path is not None:
+                path.send_datagram(channel_id, payload, flags)
+
+    def send_stream_data(self, channel_id: int, data: bytes) -> bool:
+        carrier = self.carrier
+        return carrier is not None and carrier.send_stream_data(channel_id, data)
+
+    def end_stream(self, channel_id: int) -> None:
+        carrier = self.carrier
+        if carrier is not None:
+            carrier.end_stream(channel_id)
+
+    def register_stream_producer(self, producer: IPushProducer) -> None:
+        if any(p is producer for p in self._producers):
+            return
+        self._producers.append(producer)
+        carrier = self.carrier
+        if carrier is not None:
+            carrier.register_stream_producer(producer)
+
+    def unregister_stream_producer(self, producer: IPushProducer) -> None:
+        self._producers = [p for p in self._producers if p is not producer]
+        for path in self._paths.values():
+            path.unregister_stream_producer(producer)
+
+    def adopt_session(self, session_id: str) -> None:
+        self._session_id = session_id
+        for path in self._paths.values():
+            path.adopt_session(session_id)
+
+    def route_datagrams(self, channel_id: int, first: Any, second: Any) -> None:
+        self.routes[channel_id] = (first, second)
+        self._arm()
+
+    def unroute_datagrams(self, channel_id: int) -> None:
+        self.routes.pop(channel_id, None)
+
+    def bind_flow_key(self, flow_id: int, key: bytes) -> None:
+        # Paths are not offered with per-user ciphering (its counters are
+        # per connection): nothing to seal.
+        pass
+
+    def bind_channel_to_flow(self, channel_id: int, flow_id: int) -> None:
+        pass
+
+    def export_keying_material(self, label: bytes, length: int) -> bytes | None:
+        if label == EXPORTER_LABEL and length == KEY_LENGTH:
+            return self._exported
+        carrier = self.carrier
+        return None if carrier is None else carrier.export_keying_material(label, length)
+
+    def go_away(self, reason: str = "shutting down", drain: float | None = None) -> None:
+        for path in list(self._paths.values()):
+            path.go_away(reason, drain)
+
+    def close(self, code: int = ErrorCode.NO_ERROR, reason: str = "closed") -> None:
+        for path in list(self._paths.values()):
+            path.close(code, reason)
+
+    def __repr__(self) -> str:
+        return f"<PathFront {self.session_id} paths={sorted(self._paths)} carrier={self._carrier_id}>"
+
+
+class PathSessions:
+    """
+    The tunnel observer of a half that speaks C{paths}: connections in,
+    session fronts out (see the module's docstring).
+
+    @ivar fronts: the live fronts (the agent has at most one).
+    @ivar attach_refused: attachments refused (contact point) or refused
+        to us (agent).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        observer: TunnelObserver,
+        *,
+        agent: bool,
+        limits: PathLimits | None = None,
+        keeper: PathKeeper | None = None,
+        moving: Callable[[], None] | None = None,
+    ) -> None:
+        """
+        @param moving: agent: called when the contact point sends go-away
+            on a path of the session (the tunnel service reconnects at
+            once); the session's other paths are closed, so the session
+            moves as a whole (its last path's loss suspends it, the new
+            connection resumes it).
+        """
+        self.clock = clock
+        self.observer = observer
+        self.agent = agent
+        self.limits = limits
+        self.keeper = keeper
+        self._moving = moving
+        self.fronts: list[PathFront] = []
+        self.attach_refused = 0
+        self._pending: dict[int, TunnelProtocol] = {}
+        self._timers: dict[int, IDelayedCall] = {}
+
+    @property
+    def front(self) -> PathFront | None:
+        """
+        The agent's live front, or C{None}.
+        """
+        return self.fronts[0] if self.fronts else None
+
+    def hello(self, resume: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        """
+        The agent's hello for each new connection: C{attach} to the live
+        session if there is one, else what C{resume()} says (a fresh or a
+        resumed session), always with C{paths}.
+        """
+
+        def hello() -> dict[str, Any]:
+            front = self.front
+            if front is not None and front.is_open:
+                return {"paths": 1, "attach": {"session_id": front.session_id}}
+            return {**resume(), "paths": 1}
+
+        return hello
+
+    def _hold(self, path: TunnelProtocol) -> None:
+        """
+        A connection waits for its attachment (or, refused, for its end):
+        it is closed if it is still waiting after L{ATTACH_TIMEOUT}.
+        """
+        self._pending[id(path)] = path
+        if id(path) not in self._timers:
+            self._timers[id(path)] = self.clock.callLater(ATTACH_TIMEOUT, self._too_late, path)
+
+    def _release(self, path: TunnelProtocol) -> bool:
+        """
+        The connection waits no more.
+
+        @return: whether it was waiting.
+        """
+        timer = self._timers.pop(id(path), None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        return self._pending.pop(id(path), None) is not None
+
+    def _too_late(self, path: TunnelProtocol) -> None:
+        self._timers.pop(id(path), None)
+        if id(path) in self._pending:
+            path.close(ErrorCode.HANDSHAKE_TIMEOUT, f"not attached within {ATTACH_TIMEOUT:g} s")
+
+    def _new_front(self, path: TunnelProtocol, key: str) -> PathFront:
+        front = PathFront(self.clock, path, bytes.fromhex(key), self.limits, probe=self.agent)
+        self.fronts.append(front)
+        self._watch(path)
+        return front
+
+    def _watch(self, path: TunnelProtocol) -> None:
+        if self.agent:
+            path.when_going_away().addCallback(self._went_away)
+
+    def _went_away(self, path: TunnelProtocol) -> None:
+        """
+        Agent: the contact point is draining: the session leaves all its
+        paths, not one.
+        """
+        front = path.front
+        if front is None:
+            return
+        if self._moving is not None:
+            self._moving()
+        for other in front.paths:
+            if other is not path:
+                other.close(0, "moving after go-away")
+        path.close(0, "moving after go-away")
+
+    # -- TunnelObserver -------------------------------------------------------
+
+    def tunnel_established(self, path: TunnelProtocol) -> None:
+        connection = path.connection
+        if connection is None or not connection.paths or path.cipher is not None:
+            self.observer.tunnel_established(path)
+            return
+        if self.agent:
+            attach = path.local_hello.get("attach")
+            if attach is not None:
+                self._attach(path, attach)
+                return
+            key = path.peer_hello.get("attach_key")
+        else:
+            if path.peer_hello.get("attach") is not None:
+                # it proves which session it belongs to next
+                self._hold(path)
+                return
+            key = path.local_hello.get("attach_key")
+        if not _is_key(key):
+            self.observer.tunnel_established(path)
+            return
+        assert isinstance(key, str)
+        front = self._new_front(path, key)
+        self.observer.tunnel_established(front)  # type: ignore[arg-type]
+        if self.agent and self.keeper is not None:
+            self.keeper.session_up()
+
+    def _attach(self, path: TunnelProtocol, attach: Any) -> None:
+        """
+        Agent: prove the new connection belongs to our session.
+        """
+        front = self.front
+        challenge = path.peer_hello.get("challenge")
+        session_id = attach.get("session_id") if isinstance(attach, dict) else None
+        # until it is attached, its loss is no loss of the session's
+        self._hold(path)
+        if front is None or not front.is_open or front.session_id != session_id or not isinstance(challenge, str):
+            path.close(0, "no session to attach to any more")
+            return
+        try:
+            raw = bytes.fromhex(challenge)
+        except ValueError:
+            path.close(ErrorCode.BAD_CONTROL, "bad challenge")
+            return
+        path.send_control(
+            {"op": "attach", "session_id": session_id, "proof": attach_proof(front.attach_key, raw, session_id)}
+        )
+
+    def control_received(self, path: TunnelProtocol, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        if op == "attach" and not self.agent and id(path) in self._pending:
+            self._check_attach(path, message)
+            return
+        if op == "attached" and self.agent and id(path) in self._pending:
+            front = self.front
+            if front is None or not front.is_open:
+                path.close(0, "no session to attach to any more")
+                return
+            self._release(path)
+            path_id = front.add_path(path)
+            self._watch(path)
+            self.log.info(
+                "session {session_id}: connection {path_id} attached ({peer}); {count} paths",
+                session_id=front.session_id,
+                path_id=path_id,
+                peer=path.peer,
+                count=len(front.paths),
+            )
+            if self.keeper is not None:
+                self.keeper.attached(path)
+            return
+        if op == "attach-failed" and self.agent and id(path) in self._pending:
+            self.attach_refused += 1
+            reason = str(message.get("reason", "refused"))
+            self.log.warn(
+                "the contact point refused another connection to the session: {reason}", reason=reason
+            )
+            path.close(0, f"attach refused: {reason}")
+            return
+        if id(path) in self._pending:
+            return  # nothing else before the attachment
+        self.observer.control_received(path.front or path, message)  # type: ignore[arg-type]
+
+    def _check_attach(self, path: TunnelProtocol, message: dict[str, Any]) -> None:
+        """
+        Contact point: a connection proves it belongs to a live session
+        (refused, it stays pending until its loss, which is nobody else's).
+        """
+        session_id = message.get("session_id")
+        challenge = path.local_hello.get("challenge")
+        front = next((f for f in self.fronts if f.session_id == session_id and f.is_open), None)
+        problem = None
+        if not isinstance(session_id, str) or front is None:
+            problem = "no live session by that name"
+        elif not isinstance(challenge, str):
+            problem = "no challenge was sent"
+        elif front.agent_id != path.agent_id:
+            problem = "another agent's session"
+        elif not check_attach_proof(front.attach_key, bytes.fromhex(challenge), session_id, message.get("proof")):
+            problem = "wrong proof"
+        if problem is not None or front is None or not isinstance(session_id, str):
+            self.attach_refused += 1
+            self.log.warn(
+                "refused another connection to session {session_id} from {peer}: {reason}",
+                session_id=session_id,
+                peer=path.peer,
+                reason=problem,
+            )
+            path.send_control({"op": "attach-failed", "reason": problem})
+            path.close(ErrorCode.REFUSED, f"attach refused: {problem}")
+            return
+        self._release(path)
+        path.adopt_session(session_id)
+        path_id = front.add_path(path)
+        path.send_control({"op": "attached", "session_id": session_id, "path_id": path_id})
+        self.log.info(
+            "session {session_id}: connection {path_id} attached from {peer}; {count} paths",
+            session_id=session_id,
+            path_id=path_id,
+            peer=path.peer,
+            count=len(front.paths),
+        )
+
+    def tunnel_lost(self, path: TunnelProtocol, reason: str) -> None:
+        if self._release(path):
+            if self.keeper is not None:
+                self.keeper.lost(path)
+            return
+        front = path.front
+        if front is None:
+            if self.keeper is not None:
+                self.keeper.lost(path)
+            self.observer.tunnel_lost(path, reason)
+            return
+        if front.remove_path(path):
+            self.log.info(
+                "session {session_id}: a connection is gone ({reason}); going on on {count} other(s)",
+                session_id=front.session_id,
+                reason=reason,
+                count=len(front.paths),
+            )
+            if self.keeper is not None:
+                self.keeper.lost(path)
+            return
+        self.fronts = [f for f in self.fronts if f is not front]
+        if self.keeper is not None:
+            self.keeper.session_down()
+            self.keeper.lost(path)
+        self.observer.tunnel_lost(front, reason)  # type: ignore[arg-type]
+
+    def status(self) -> dict[str, Any]:
+        """
+        For the status page: paths per live session, carrier moves.
+        """
+        return {
+            "sessions_with_paths": len(self.fronts),
+            "paths": sum(len(f.paths) for f in self.fronts),
+            "carrier_switches": sum(f.switches for f in self.fronts),
+            "attach_refused": self.attach_refused,
+        }
+
+
+def _is_key(value: object) -> bool:
+    if not isinstance(value, str) or not 32 <= len(value) <= 128:
+        return False
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        return False
+    return True
+
+
+class PathKeeper:
+    """
+    Agent: keeps C{extra} connections besides the tunnel service's own
+    attached to the session while it is up, each replaced in the
+    background when lost (at once, then with a growing delay while
+    attempts fail).
+
+    @ivar opened: connections it opened.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        connect: Callable[[], Deferred[Any]],
+        extra: int,
+        *,
+        retry_cap: float = 30.0,
+    ) -> None:
+        """
+        @param connect: opens one more connection (the agent's endpoint and
+            tunnel factory); fires with its protocol.
+        """
+        self.clock = clock
+        self._connect = connect
+        self.extra = extra
+        self.retry_cap = retry_cap
+        self.opened = 0
+        self._mine: dict[int, Any] = {}
+        self._connecting = 0
+        self._failures = 0
+        self._up = False
+        self._timer: IDelayedCall | None = None
+
+    def session_up(self) -> None:
+        """
+        The session is up: open what is missing.
+        """
+        self._up = True
+        self._failures = 0
+        self._fill()
+
+    def session_down(self) -> None:
+        """
+        The session's last path is gone: open nothing until it is up again.
+        """
+        self._up = False
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def attached(self, path: Any) -> None:
+        self._failures = 0
+
+    def lost(self, path: Any) -> None:
+        """
+        A connection is gone: if it was one of ours, replace it.
+        """
+        if self._mine.pop(id(path), None) is None:
+            return
+        if not self._up:
+            return
+        if path.front is None:
+            # never attached: wait before the next attempt
+            self._failures += 1
+        self._later()
+
+    def _later(self) -> None:
+        if self._timer is not None and self._timer.active():
+            return
+        delay = 0.0 if self._failures == 0 else min(self.retry_cap, 0.5 * 2 ** min(self._failures - 1, 16))
+        self._timer = self.clock.callLater(delay, self._fill)
+
+    def _fill(self) -> None:
+        self._timer = None
+        while self._up and len(self._mine) + self._connecting < self.extra:
+            self._connecting += 1
+            self.opened += 1
+            d = self._connect()
+            d.addCallbacks(self._connected, self._failed)
+
+    def _connected(self, protocol: Any) -> None:
+        self._connecting -= 1
+        if not self._up:
+            protocol.close(0, "the session is gone")
+            return
+        self._mine[id(protocol)] = protocol
+        # a connection whose handshake fails is no tunnel the observer hears of
+        protocol.when_closed().addCallback(self.lost)
+
+    def _failed(self, reason: Failure) -> None:
+        self._connecting -= 1
+        self._failures += 1
+        self.log.info(
+            "another connection to the contact point failed: {reason}", reason=reason.getErrorMessage()
+        )
+        if self._up:
+            self._later()
+
+    def stop(self) -> None:
+        self.session_down()
+        for protocol in list(self._mine.values()):
+            protocol.close(0, "agent stopping")

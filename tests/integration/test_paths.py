@@ -1,0 +1,130 @@
+"""
+Several TLS connections per session on loopback (issue 12): agents with
+C{--tunnel-connections 2} (the default) and the contact point as
+C{build_agent} and C{build_contact} assemble them; a call's RTP both ways;
+one connection cut mid-call (a reset, C{abortConnection}).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, reactor, task
+
+from spwm.session.carrier import PathFront
+from spwm.session.state import SessionState
+from tests.integration import test_resumption
+from tests.integration.test_resumption import _LoopbackPair
+from tests.integration.test_tunnel_loopback import wait_until
+
+
+class TwoConnectionsTests(_LoopbackPair):
+    """
+    Each agent keeps two connections attached to its session.
+    """
+
+    agent_extra: list[str] = []
+
+    @defer.inlineCallbacks
+    def two_paths(self) -> Any:
+        """
+        The call of L{_LoopbackPair.call}, once alice's session has its two
+        paths on both halves.
+
+        @return: alice, bob, both calls, alice's front on the agent and on
+            the contact point.
+        """
+        alice, bob, a_call, b_call = yield self.call()
+        agent1 = self.agents[0]
+        assert agent1.paths is not None
+        yield wait_until(lambda: agent1.paths.front is not None and len(agent1.paths.front.paths) == 2, timeout=10)
+        front = agent1.paths.front
+        assert front is not None
+        contact_front = next(f for f in self.contact.paths.fronts if f.session_id == front.session_id)
+        yield wait_until(lambda: len(contact_front.paths) == 2, timeout=10)
+        self.assertIsInstance(agent1.resumption.handle.current, PathFront)
+        return alice, bob, a_call, b_call, front, contact_front
+
+    @defer.inlineCallbacks
+    def test_connection_cut_mid_call(self) -> Any:
+        """
+        While RTP flows both ways, the connection that carries alice's
+        session is reset: RTP keeps flowing on the other one, each packet
+        delivered at most once; no SIP crosses the phones (no re-REGISTER,
+        no re-INVITE), neither half suspends or resumes the session; a
+        replacement connection is attached in the background, with the
+        same session id; the call then hangs up cleanly.
+        """
+        alice, bob, a_call, b_call, front, contact_front = yield self.two_paths()
+        agent1 = self.agents[0]
+        session_id = front.session_id
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        self.assertGreater(a_call.rx.unique, 10)
+        self.assertGreater(b_call.rx.unique, 10)
+        sip_before = dict(alice.sent), dict(bob.received), dict(alice.received), dict(bob.sent)
+        carrier = front.carrier
+        assert carrier is not None
+        carrier.transport.abortConnection()
+        yield wait_until(lambda: carrier not in front.paths and len(contact_front.paths) == 1, timeout=5)
+        self.assertIsNot(front.carrier, carrier)
+        cut_at = a_call.rx.unique, b_call.rx.unique
+        yield task.deferLater(reactor, 1.0, lambda: None)
+        # media goes on on the survivor (50 packets a second each way)
+        self.assertGreater(a_call.rx.unique - cut_at[0], 30)
+        self.assertGreater(b_call.rx.unique - cut_at[1], 30)
+        self.assertEqual((a_call.rx.duplicates, b_call.rx.duplicates), (0, 0))
+        self.assertEqual((dict(alice.sent), dict(bob.received), dict(alice.received), dict(bob.sent)), sip_before)
+        # the session went on: nothing suspended or resumed, same name
+        self.assertIs(agent1.resumption.state, SessionState.LIVE)
+        self.assertIs(self.contact.resumption.state_of(session_id), SessionState.LIVE)
+        self.assertEqual((agent1.resumption.resumed, self.contact.resumption.resumed), (0, 0))
+        self.assertGreaterEqual(front.switches, 1)
+        # a replacement is attached in the background
+        yield wait_until(lambda: len(front.paths) == 2 and len(contact_front.paths) == 2, timeout=10)
+        self.assertEqual(front.session_id, session_id)
+        self.assertEqual({p.session_id for p in front.paths}, {session_id})
+        a_call.stop_media()
+        b_call.stop_media()
+        response = yield alice.hang_up(a_call)
+        self.assertEqual(response.status, 200)
+        yield wait_until(lambda: self.contact.media.open_sockets == 0 and agent1.media.open_sockets == 0)
+
+    @defer.inlineCallbacks
+    def test_all_connections_cut(self) -> Any:
+        """
+        When every connection of the session is reset, the session is
+        suspended and resumed as with one connection: the agent reconnects,
+        proves its keys, RTP flows again, and the new session gets its
+        second connection again.
+        """
+        alice, bob, a_call, b_call, front, contact_front = yield self.two_paths()
+        agent1 = self.agents[0]
+        session_id = front.session_id
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        for path in front.paths:
+            path.transport.abortConnection()
+        yield wait_until(lambda: agent1.resumption.resumed == 1, timeout=10)
+        self.assertEqual(self.contact.resumption.resumed, 1)
+        new = agent1.paths.front if agent1.paths is not None else None
+        assert new is not None
+        self.assertIsNot(new, front)
+        self.assertEqual(new.session_id, session_id)
+        resumed_at = a_call.rx.unique, b_call.rx.unique
+        yield task.deferLater(reactor, 1.0, lambda: None)
+        self.assertGreater(a_call.rx.unique - resumed_at[0], 30)
+        self.assertGreater(b_call.rx.unique - resumed_at[1], 30)
+        yield wait_until(lambda: len(new.paths) == 2, timeout=10)
+        a_call.stop_media()
+        b_call.stop_media()
+        response = yield alice.hang_up(a_call)
+        self.assertEqual(response.status, 200)
+
+
+class TwoConnectionsRestartTests(test_resumption.RestartTests):
+    """
+    The contact point restarts (go-away, drain, start again with its state
+    file) under agents with two connections each: each session moves as a
+    whole and is resumed in the new process, as with one connection.
+    """
+
+    agent_extra: list[str] = []

@@ -1,0 +1,679 @@
+"""
+A session with several connections (L{spwm.session.carrier}): the attach
+handshake, channels on every path, de-duplication, the carrier's move when
+a path is lost or stops answering, and peers that do not speak C{paths}.
+Real tunnel protocols on both halves, joined in memory (C{iosim}), with a
+fake clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from twisted.internet.task import Clock
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.session.carrier import PathFront, PathSessions
+from spwm.tunnel.api import Router
+from spwm.tunnel.frames import ChannelKind
+from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory, TunnelProtocol
+
+
+class Observer:
+    """
+    The session logic's place: records what it is told, and with what.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def tunnel_established(self, tunnel: Any) -> None:
+        self.calls.append(("established", tunnel))
+
+    def tunnel_lost(self, tunnel: Any, reason: str) -> None:
+        self.calls.append(("lost", tunnel))
+
+    def control_received(self, tunnel: Any, message: dict[str, Any]) -> None:
+        self.calls.append(("control", message))
+
+
+class Sip:
+    def __init__(self) -> None:
+        self.received: list[tuple[Any, int, bytes]] = []
+
+    def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
+        self.received.append((tunnel, flow_id, data))
+
+
+class Media:
+    """
+    An acceptor and handler of media channels: datagrams it gets through
+    its routes (the relay's fast path) are recorded per component.
+    """
+
+    def __init__(self) -> None:
+        self.accepted: list[tuple[Any, int]] = []
+        self.got: list[tuple[int, bytes]] = []
+
+    def accept(self, tunnel: Any, channel_id: int, kind: Any, meta: Any) -> Media:
+        self.accepted.append((tunnel, channel_id))
+        tunnel.route_datagrams(channel_id, lambda d: self.got.append((0, d)), lambda d: self.got.append((1, d)))
+        return self
+
+    def datagram_received(self, tunnel: Any, channel_id: int, data: bytes, component: int) -> None:
+        self.got.append((component, data))
+
+    def stream_data_received(self, tunnel: Any, channel_id: int, data: bytes) -> None:
+        pass
+
+    def stream_ended(self, tunnel: Any, channel_id: int) -> None:
+        pass
+
+    def channel_closed(self, tunnel: Any, channel_id: int, code: int, reason: str) -> None:
+        pass
+
+
+class Half:
+    def __init__(self, clock: Clock, agent: bool) -> None:
+        self.observer = Observer()
+        self.sip = Sip()
+        self.media = Media()
+        self.paths = PathSessions(clock, self.observer, agent=agent)  # type: ignore[arg-type]
+        self.router = Router(self.sip, {"media": self.media}, self.paths)  # type: ignore[dict-item]
+
+
+class Bed:
+    """
+    An agent and a contact point, each behind its paths layer, and the
+    in-memory connections between them.
+    """
+
+    def __init__(self, contact_paths: bool = True, agent_paths: bool = True) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.agent = Half(self.clock, agent=True)
+        self.contact = Half(self.clock, agent=False)
+        hello = self.agent.paths.hello(lambda: {}) if agent_paths else None
+        self.agent_factory = AgentTunnelFactory(self.agent.router, self.clock, "agent-1", hello=hello)
+        observer = self.contact.paths if contact_paths else self.contact.observer
+        router = Router(self.contact.sip, {"media": self.contact.media}, observer)  # type: ignore[arg-type]
+        self.contact_factory = ContactTunnelFactory(router, self.clock, paths=contact_paths)
+        self.pumps: list[tuple[iosim.IOPump, TunnelProtocol, TunnelProtocol]] = []
+        self.stalled: set[int] = set()
+
+    def connect(self, factory: Any = None) -> tuple[TunnelProtocol, TunnelProtocol]:
+        server = self.contact_factory.buildProtocol(None)
+        client = (factory or self.agent_factory).buildProtocol(None)
+        pump = iosim.connect(
+            server, iosim.FakeTransport(server, True), client, iosim.FakeTransport(client, False),
+            greet=False, clock=self.clock,
+        )
+        self.pumps.append((pump, client, server))
+        self.flush()
+        return client, server
+
+    def flush(self) -> None:
+        for _ in range(10):
+            for index, (pump, _, _) in enumerate(self.pumps):
+                if index not in self.stalled:
+                    pump.flush()
+
+    def advance(self, seconds: float, step: float = 0.01) -> None:
+        for _ in range(int(round(seconds / step))):
+            self.clock.advance(step)
+            self.flush()
+
+    def cut(self, index: int, lose_queued: bool = False) -> None:
+        """
+        Connection C{index} is lost at both ends (a reset); with
+        C{lose_queued}, what either end had written and the other had not
+        read yet is lost with it.
+        """
+        pump, client, server = self.pumps[index]
+        if lose_queued:
+            client.transport.stream.clear()
+            server.transport.stream.clear()
+        client.transport.abortConnection()
+        server.transport.abortConnection()
+        self.flush()
+
+
+class AttachTests(SynchronousTestCase):
+    """
+    A further connection joins the session it proves it belongs to.
+    """
+
+    def test_good_proof(self) -> None:
+        """
+        The second connection of an agent attaches to the session of the
+        first: both halves' session logic hears of one session (a front)
+        once; the front has two paths; the second connection takes the
+        session's id.
+        """
+        bed = Bed()
+        a1, c1 = bed.connect()
+        [(what, agent_front)] = bed.agent.observer.calls
+        [(_, contact_front)] = bed.contact.observer.calls
+        self.assertEqual(what, "established")
+        self.assertIsInstance(agent_front, PathFront)
+        self.assertIsInstance(contact_front, PathFront)
+        a2, c2 = bed.connect()
+        self.assertEqual(len(bed.agent.observer.calls), 1)
+        self.assertEqual(len(bed.contact.observer.calls), 1)
+        self.assertEqual(agent_front.paths, [a1, a2])
+        self.assertEqual(contact_front.paths, [c1, c2])
+        self.assertEqual({a2.session_id, c2.session_id}, {c1.session_id})
+        self.assertEqual(agent_front.session_id, contact_front.session_id)
+        self.assertIs(a2.front, agent_front)
+
+    def test_wrong_proof(self) -> None:
+        """
+        A connection whose proof is wrong is refused with C{attach-failed}
+        and closed, logged on both halves; the session keeps its one path.
+        """
+        bed = Bed()
+        bed.connect()
+        front = bed.agent.paths.front
+        assert front is not None
+        front.attach_key = b"\x00" * 32
+        a2, c2 = bed.connect()
+        self.assertFalse(a2.is_open)
+        self.assertEqual(bed.contact.paths.attach_refused, 1)
+        self.assertEqual(bed.agent.paths.attach_refused, 1)
+        self.assertEqual(len(bed.contact.paths.fronts[0].paths), 1)
+        self.assertEqual(len(front.paths), 1)
+        self.assertEqual(len(bed.contact.observer.calls), 1)
+
+    def test_unknown_session(self) -> None:
+        """
+        An attach naming a session the contact point does not have is
+        refused; its session logic hears nothing of it.
+        """
+        bed = Bed()
+        bed.connect()
+        app = Observer()
+        other = AgentTunnelFactory(
+            Router(None, {}, app), bed.clock, "agent-1", hello={"paths": 1, "attach": {"session_id": "nope"}}  # type: ignore[arg-type]
+        )
+        a2, c2 = bed.connect(other)
+        a2.send_control({"op": "attach", "session_id": "nope", "proof": "00" * 32})
+        bed.flush()
+        self.assertIn(("control", {"op": "attach-failed", "reason": "no live session by that name"}), app.calls)
+        self.assertFalse(a2.is_open)
+        self.assertEqual(bed.contact.paths.attach_refused, 1)
+        self.assertEqual(len(bed.contact.observer.calls), 1)
+
+    def raw_attacher(self, bed: Bed) -> tuple[TunnelProtocol, TunnelProtocol]:
+        """
+        A connection whose hello says C{attach} (to the live session) but
+        that is no path layer's: it does what the test makes it do.
+        """
+        session_id = bed.contact.paths.fronts[0].session_id
+        other = AgentTunnelFactory(
+            Router(None, {}, Observer()), bed.clock, "agent-1",  # type: ignore[arg-type]
+            hello={"paths": 1, "attach": {"session_id": session_id}},
+        )
+        return bed.connect(other)
+
+    def test_nothing_before_attached(self) -> None:
+        """
+        SIP on a connection that has said C{attach} but is not attached yet
+        is a protocol error: the contact point closes it, and its SIP part
+        gets nothing.
+        """
+        bed = Bed()
+        bed.connect()
+        a2, c2 = self.raw_attacher(bed)
+        self.assertTrue(a2.is_open)
+        a2.send_sip(1, b"REGISTER sip:x SIP/2.0\r\n\r\n")
+        bed.flush()
+        self.assertFalse(c2.is_open)
+        self.assertEqual(c2.close_info.reason, "SIP before the connection was attached")
+        self.assertEqual(bed.contact.sip.received, [])
+        self.assertEqual(len(bed.contact.observer.calls), 1)
+
+    def test_attach_in_time(self) -> None:
+        """
+        A connection that says C{attach} and then proves nothing is closed
+        after C{ATTACH_TIMEOUT}.
+        """
+        from spwm.session.carrier import ATTACH_TIMEOUT
+
+        bed = Bed()
+        bed.connect()
+        a2, c2 = self.raw_attacher(bed)
+        bed.advance(ATTACH_TIMEOUT - 1, step=0.5)
+        self.assertTrue(c2.is_open)
+        bed.advance(2, step=0.5)
+        self.assertFalse(c2.is_open)
+        self.assertEqual(bed.contact.paths._timers, {})
+        self.assertEqual(len(bed.contact.observer.calls), 1)
+
+    def test_old_contact_point(self) -> None:
+        """
+        A contact point whose welcome does not say C{paths}: the agent's
+        session logic gets the connection itself, as before, and nothing
+        is attached.
+        """
+        bed = Bed(contact_paths=False)
+        a1, c1 = bed.connect()
+        self.assertEqual(bed.agent.observer.calls, [("established", a1)])
+        self.assertEqual(bed.contact.observer.calls, [("established", c1)])
+        self.assertFalse(a1.connection.paths)
+        self.assertIsNone(bed.agent.paths.front)
+        self.assertNotIn("attach_key", a1.peer_hello)
+
+    def test_old_agent(self) -> None:
+        """
+        An agent whose hello does not say C{paths}: the contact point's
+        session logic gets the connection itself; datagrams carry no
+        sequence number.
+        """
+        bed = Bed(agent_paths=False)
+        a1, c1 = bed.connect()
+        self.assertEqual(bed.contact.observer.calls, [("established", c1)])
+        self.assertEqual(bed.agent.observer.calls, [("established", a1)])
+        cid = a1.open_channel(ChannelKind.DATAGRAM, {"use": "media"})
+        bed.flush()
+        a1.send_datagram(cid, b"rtp")
+        bed.flush()
+        self.assertEqual(bed.contact.media.got, [(0, b"rtp")])
+
+
+class TwoPaths(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.bed = Bed()
+        self.a1, self.c1 = self.bed.connect()
+        self.a2, self.c2 = self.bed.connect()
+        front = self.bed.agent.paths.front
+        assert front is not None
+        self.front = front
+        self.contact_front = self.bed.contact.paths.fronts[0]
+
+
+class ChannelTests(TwoPaths):
+    """
+    Channels belong to the session: usable on every path.
+    """
+
+    def test_channel_on_every_path(self) -> None:
+        """
+        A channel opened through the front (on the carrier) is accepted by
+        the peer once, through its front, and its datagrams arrive when
+        sent on either path; a channel closed is forgotten on every path.
+        """
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.flush()
+        self.assertEqual(self.bed.contact.media.accepted, [(self.contact_front, cid)])
+        for path in (self.a1, self.a2):
+            path.send_datagram(cid, b"plain-" + str(self.front.path_id(path)).encode())
+        self.bed.flush()
+        self.assertEqual(self.bed.contact.media.got, [(0, b"plain-0"), (0, b"plain-1")])
+        for path in (self.c1, self.c2):
+            self.assertTrue(path.connection.is_open_channel(cid))
+        self.front.close_channel(cid)
+        self.bed.flush()
+        for path in (self.a1, self.a2, self.c1, self.c2):
+            self.assertFalse(path.connection.is_open_channel(cid))
+
+    def test_peer_channel_on_every_path(self) -> None:
+        """
+        A channel the contact point opens is registered on both of the
+        agent's paths; the agent's route gets datagrams from both.
+        """
+        cid = self.contact_front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.contact.media)
+        self.bed.flush()
+        self.assertEqual(self.bed.agent.media.accepted, [(self.front, cid)])
+        self.assertTrue(self.a1.connection.is_open_channel(cid))
+        self.assertTrue(self.a2.connection.is_open_channel(cid))
+        self.c2.send_datagram(cid, b"x")
+        self.bed.flush()
+        self.assertEqual(self.bed.agent.media.got, [(0, b"x")])
+
+    def test_duplicates_dropped(self) -> None:
+        """
+        While the scheduler duplicates media, each datagram goes on both
+        paths with one sequence number, and the peer delivers it once.
+        """
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.flush()
+        self.front.scheduler.loss_seen(1, self.bed.clock.seconds())
+        self.assertEqual(len(self.front.scheduler.media_paths(self.bed.clock.seconds())), 2)
+        for n in range(5):
+            self.front.send_datagram(cid, b"rtp%d" % n)
+            self.front.send_datagram(cid, b"rtcp%d" % n, 1)
+        self.bed.flush()
+        got = self.bed.contact.media.got
+        self.assertEqual(sorted(got), sorted([(0, b"rtp%d" % n) for n in range(5)] + [(1, b"rtcp%d" % n) for n in range(5)]))
+        self.assertEqual(self.c1.duplicates + self.c2.duplicates, 10)
+
+    def test_sip_on_the_carrier(self) -> None:
+        """
+        SIP goes on the carrier and reaches the peer's SIP part with the
+        front as its tunnel.
+        """
+        self.assertTrue(self.front.send_sip(3, b"OPTIONS sip:x SIP/2.0\r\n\r\n"))
+        self.bed.flush()
+        self.assertEqual(self.bed.contact.sip.received, [(self.contact_front, 3, b"OPTIONS sip:x SIP/2.0\r\n\r\n")])
+
+
+class FailoverTests(TwoPaths):
+    """
+    Make-before-break: a path lost while another is attached changes
+    nothing for the session logic.
+    """
+
+    def advance_until(self, condition: Any, bound: float) -> None:
+        """
+        Let time pass in 10 ms steps until C{condition()}, at most C{bound}
+        seconds (the scheduler's bounds are its own).
+        """
+        for _ in range(int(bound / 0.01)):
+            if condition():
+                return
+            self.bed.advance(0.01)
+        self.assertTrue(condition(), f"not within {bound} s")
+
+    def test_carrier_lost(self) -> None:
+        """
+        When the carrier's connection is reset, the carrier moves to the
+        other path at once: no loss is told to either half's session logic,
+        SIP and media go on on the survivor, each datagram delivered once.
+        When the last path goes too, the session logic hears of the front's
+        loss (and only then).
+        """
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.flush()
+        self.assertIs(self.front.carrier, self.a1)
+        self.front.send_datagram(cid, b"before")
+        self.bed.flush()
+        self.bed.cut(0)
+        self.assertEqual([c[0] for c in self.bed.agent.observer.calls], ["established"])
+        self.assertEqual([c[0] for c in self.bed.contact.observer.calls], ["established"])
+        self.assertIs(self.front.carrier, self.a2)
+        self.assertIs(self.contact_front.carrier, self.c2)
+        self.assertEqual(self.front.switches, 1)
+        self.front.send_datagram(cid, b"after")
+        self.front.send_sip(1, b"BYE")
+        self.bed.flush()
+        self.assertEqual(self.bed.contact.media.got, [(0, b"before"), (0, b"after")])
+        self.assertEqual(self.bed.contact.sip.received, [(self.contact_front, 1, b"BYE")])
+        # the contact point's media goes back on the survivor
+        self.contact_front.send_datagram(cid, b"down")
+        self.bed.flush()
+        self.assertEqual(self.bed.agent.media.got, [(0, b"down")])
+        self.bed.cut(1)
+        self.assertEqual(self.bed.agent.observer.calls[-1], ("lost", self.front))
+        self.assertEqual(self.bed.contact.observer.calls[-1], ("lost", self.contact_front))
+
+    def test_probes_only_with_channels(self) -> None:
+        """
+        Without a channel the agent pings no path (the keepalive watches
+        them); with one it pings each, and gets round-trip samples; the
+        contact point pings none.
+        """
+        self.bed.advance(1.0)
+        self.assertEqual([p.connection.stats.pings_sent for p in (self.a1, self.a2)], [0, 0])
+        self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.advance(1.0)
+        self.assertGreaterEqual(min(p.connection.stats.pings_sent for p in (self.a1, self.a2)), 9)
+        self.assertEqual([p.connection.stats.pings_sent for p in (self.c1, self.c2)], [0, 0])
+        self.assertGreaterEqual(self.front.rtt_samples, 18)
+
+    def test_idle_session_left_alone(self) -> None:
+        """
+        Without channels a path that carries nothing is no stalled path:
+        while SIP goes on the carrier for seconds, neither half closes the
+        quiet one or moves its carrier.
+        """
+        self.bed.stalled.add(1)
+        for _ in range(50):
+            self.front.send_sip(1, b"OPTIONS sip:x SIP/2.0\r\n\r\n")
+            self.bed.advance(0.1)
+        self.assertEqual(len(self.bed.contact.sip.received), 50)
+        self.assertEqual((self.front.paths, self.contact_front.paths), ([self.a1, self.a2], [self.c1, self.c2]))
+        self.assertTrue(self.a2.is_open and self.c2.is_open)
+        self.assertEqual((self.front.switches, self.contact_front.switches), (0, 0))
+
+    def test_open_lost_with_the_carrier(self) -> None:
+        """
+        A channel opened just before the carrier breaks, its C{open} lost
+        with it, is known to the peer all the same (a copy went on the
+        other path): its datagrams go through there, and a close reaches
+        the peer once.
+        """
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.cut(0, lose_queued=True)
+        self.assertEqual(self.bed.contact.media.accepted, [(self.contact_front, cid)])
+        self.front.send_datagram(cid, b"through")
+        self.bed.flush()
+        self.assertEqual(self.bed.contact.media.got, [(0, b"through")])
+        self.front.close_channel(cid)
+        self.bed.flush()
+        self.assertFalse(self.c2.connection.is_open_channel(cid))
+        self.assertEqual([c[0] for c in self.bed.contact.observer.calls], ["established"])
+
+    def test_silent_path_closed(self) -> None:
+        """
+        A path that stops answering (nothing arrives: a stall that does not
+        end) is left by the carrier and media once the scheduler finds it
+        stalled, and closed once it is found dead; the session logic hears
+        nothing.
+        """
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.advance(0.5)  # round-trip samples on both paths
+        self.bed.stalled.add(0)
+        self.advance_until(lambda: self.front.carrier is self.a2, 1.0)
+        # the contact point, which does not probe and has no round-trip
+        # time of its own here, follows what it hears a little later
+        self.advance_until(lambda: self.contact_front.carrier is self.c2, 1.0)
+        self.assertEqual(self.front.scheduler.media_paths(self.bed.clock.seconds()), (1,))
+        self.front.send_datagram(cid, b"on-the-survivor")
+        self.bed.flush()
+        self.assertIn((0, b"on-the-survivor"), self.bed.contact.media.got)
+        self.advance_until(lambda: not self.a1.is_open, 10.0)
+        self.assertEqual(self.front.paths, [self.a2])
+        self.assertEqual([c[0] for c in self.bed.agent.observer.calls], ["established"])
+
+
+class _Conn:
+    """
+    What the keeper sees of a connection it opened.
+    """
+
+    def __init__(self) -> None:
+        self.front: Any = None
+        self.closed: list[str] = []
+        self._closed: Any = None
+
+    def when_closed(self) -> Any:
+        from twisted.internet.defer import Deferred
+
+        self._closed = Deferred()
+        return self._closed
+
+    def lose(self) -> None:
+        self._closed.callback(self)
+
+    def close(self, code: int = 0, reason: str = "") -> None:
+        self.closed.append(reason)
+
+
+class KeeperTests(SynchronousTestCase):
+    """
+    L{PathKeeper}: the agent's further connections, kept while the session
+    is up and replaced in the background.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        from spwm.session.carrier import PathKeeper
+
+        self.clock = Clock()
+        self.attempts: list[Deferred[Any]] = []
+
+        def connect() -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            self.attempts.append(d)
+            return d
+
+        self.keeper = PathKeeper(self.clock, connect, 2, retry_cap=4.0)
+
+    def test_fill_and_replace(self) -> None:
+        """
+        Up: as many attempts as connections wanted, no more; a lost
+        attached connection is replaced at once, one that never attached
+        after a growing delay (at most the cap); nothing while the session
+        is down.
+        """
+        self.assertEqual(self.attempts, [])
+        self.keeper.session_up()
+        self.assertEqual(len(self.attempts), 2)
+        first, second = _Conn(), _Conn()
+        first.front = object()
+        self.attempts[0].callback(first)
+        self.attempts[1].callback(second)
+        self.keeper.session_up()
+        self.assertEqual(len(self.attempts), 2)
+        first.lose()
+        self.clock.advance(0)
+        self.assertEqual(len(self.attempts), 3)
+        second.lose()  # never attached: a failure
+        self.clock.advance(0.4)
+        self.assertEqual(len(self.attempts), 3)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.attempts), 4)
+        for _ in range(10):
+            self.attempts[-1].errback(ConnectionError("refused"))
+            self.clock.advance(4.0)
+        self.assertEqual(len(self.attempts), 14)
+        self.keeper.session_down()
+        self.attempts[-1].errback(ConnectionError("refused"))
+        self.clock.advance(60)
+        self.assertEqual(len(self.attempts), 14)
+
+    def test_late_connection_closed(self) -> None:
+        """
+        A connection that comes up after the session went down is closed;
+        stopping closes the keeper's connections.
+        """
+        self.keeper.session_up()
+        kept = _Conn()
+        self.attempts[0].callback(kept)
+        self.keeper.session_down()
+        late = _Conn()
+        self.attempts[1].callback(late)
+        self.assertEqual(late.closed, ["the session is gone"])
+        self.keeper.stop()
+        self.assertEqual(kept.closed, ["agent stopping"])
+
+
+class PathsMachine(RuleBasedStateMachine):
+    """
+    Any mix of media both ways, duplication, stalls, resets and further
+    connections, while at least one connection is left: every datagram is
+    delivered at most once on each half, the session logic of either half
+    hears of nothing after the first connection, and both halves agree on
+    the session's paths once the bytes have moved.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bed = Bed()
+        self.bed.connect()
+        self.bed.connect()
+        front = self.bed.agent.paths.front
+        assert front is not None
+        self.front = front
+        self.contact_front = self.bed.contact.paths.fronts[0]
+        self.up = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.flush()
+        self.down = self.up
+        self.n = 0
+
+    def _live_pumps(self) -> list[int]:
+        return [i for i, (_, client, _) in enumerate(self.bed.pumps) if client in self.front.paths]
+
+    @rule(count=st.integers(1, 5), rtcp=st.booleans())
+    def media_up(self, count: int, rtcp: bool) -> None:
+        for _ in range(count):
+            self.n += 1
+            self.front.send_datagram(self.up, b"u%d" % self.n, int(rtcp))
+        self.bed.flush()
+
+    @rule(count=st.integers(1, 5))
+    def media_down(self, count: int) -> None:
+        for _ in range(count):
+            self.n += 1
+            self.contact_front.send_datagram(self.down, b"d%d" % self.n)
+        self.bed.flush()
+
+    @rule(agent=st.booleans())
+    def duplicate(self, agent: bool) -> None:
+        front = self.front if agent else self.contact_front
+        path_id = front.path_id(front.paths[0])
+        assert path_id is not None
+        front.scheduler.loss_seen(path_id, self.bed.clock.seconds())
+
+    @precondition(lambda self: len(self._live_pumps()) > 1)
+    @rule(data=st.data())
+    def reset_one(self, data: Any) -> None:
+        index = data.draw(st.sampled_from(self._live_pumps()))
+        self.bed.stalled.discard(index)
+        self.bed.cut(index)
+
+    @precondition(lambda self: len(self._live_pumps()) > 1)
+    @rule(data=st.data())
+    def stall_one(self, data: Any) -> None:
+        live = [i for i in self._live_pumps() if i not in self.bed.stalled]
+        if len(live) > 1:
+            self.bed.stalled.add(data.draw(st.sampled_from(live)))
+
+    @rule()
+    def unstall(self) -> None:
+        self.bed.stalled.clear()
+        self.bed.flush()
+
+    @precondition(lambda self: len(self.front.paths) < 4)
+    @rule()
+    def attach(self) -> None:
+        self.bed.connect()
+
+    @rule(seconds=st.sampled_from([0.05, 0.2, 1.0, 3.0]))
+    def wait(self, seconds: float) -> None:
+        self.bed.advance(seconds, step=0.05)
+
+    @invariant()
+    def at_most_once(self) -> None:
+        for media in (self.bed.agent.media, self.bed.contact.media):
+            payloads = [data for _, data in media.got]
+            assert len(payloads) == len(set(payloads)), payloads
+
+    @invariant()
+    def session_logic_undisturbed(self) -> None:
+        assert [c[0] for c in self.bed.agent.observer.calls] == ["established"]
+        assert [c[0] for c in self.bed.contact.observer.calls] == ["established"]
+
+    def teardown(self) -> None:
+        # with the bytes moved, both halves agree on the session's paths
+        self.bed.stalled.clear()
+        self.bed.flush()
+        agent_sides = {id(server) for _, client, server in self.bed.pumps if client in self.front.paths}
+        contact_sides = {id(p) for p in self.contact_front.paths}
+        assert agent_sides == contact_sides, (self.front, self.contact_front)
+        assert self.front.paths and all(p.is_open for p in self.front.paths)
+
+
+class PathsMachineTests(SynchronousTestCase):
+    """
+    L{PathsMachine} under trial.
+    """
+
+    def test_machine(self) -> None:
+        run_state_machine_as_test(
+            PathsMachine, settings=settings(max_examples=40, stateful_step_count=25, deadline=None)
+        )
