@@ -28,7 +28,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.task import deferLater
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -132,11 +133,20 @@ class QuicProber:
         # our own path's end is followed through its when_closed()
         pass
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[Any] | None:
+        """
+        The agent stops: close the QUIC path.
+
+        @return: fires once it is closed (its UDP socket with it), or
+            C{None} when there is none.
+        """
         self.session_down()
         path, self._path = self._path, None
-        if path is not None:
-            path.close(0, "agent stopping")
+        if path is None:
+            return None
+        closed: Deferred[Any] = path.when_closed()
+        path.close(0, "agent stopping")
+        return closed.addCallback(lambda _: deferLater(self.clock, 0, lambda: None))
 
     # -- probing --------------------------------------------------------------
 
@@ -267,6 +277,9 @@ class Keepers:
         for part in self.parts:
             part.lost(path)
 
-    def stop(self) -> None:
-        for part in self.parts:
-            part.stop()
+    def stop(self) -> Deferred[Any] | None:
+        """
+        @return: fires once every part that returned a L{Deferred} has stopped.
+        """
+        waits = [d for d in (part.stop() for part in self.parts) if isinstance(d, Deferred)]
+        return DeferredList(waits).addCallback(lambda _: None) if waits else None
