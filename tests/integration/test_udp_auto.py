@@ -147,6 +147,11 @@ class UdpAutoTests(_LoopbackPair):
         self.assertEqual(status["udp_path"]["attachments"], 1)
         contact_status = self.contact.status.document()["paths"]
         self.assertGreaterEqual(contact_status["quic_paths"], 1)
+        self.assertGreaterEqual(contact_status["media_on"].get("quic", 0), 1)
+        from prometheus_client.exposition import generate_latest
+
+        metrics = generate_latest(self.contact.status.metrics.registry).decode()
+        self.assertIn('spwm_paths_media_on{key="quic",side="contact"}', metrics)
         a_call.stop_media()
         b_call.stop_media()
         response = yield alice.hang_up(a_call)
