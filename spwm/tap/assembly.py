@@ -381,7 +381,7 @@ def agent_quic_prober(
     def connect(port: int) -> Deferred[Any]:
         return connect_quic_tunnel(reactor, host, port, configuration, factory(), limits=limits.quic)
 
-    return QuicProber(reactor, front, connect, description=config.contact_name, retry_cap=max(5.0, config.reconnect_max))
+    return QuicProber(reactor, front, connect, description=config.contact_name)
 
 
 def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
