@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer, reactor, task
+from twisted.logger import formatEvent, globalLogPublisher
 
 from spwm.session.carrier import PathFront, path_kind
 from spwm.session.paths import PathKind
@@ -52,7 +53,7 @@ def missing(rx: Any, after: int) -> int:
     return sum(1 for seq in range(after + 1, high) if seq not in seen)
 
 
-class UdpAutoTests(_LoopbackPair):
+class _UdpAutoPair(_LoopbackPair):
     """
     Two agents with C{--udp-path auto} (the default) and one TCP
     connection each; the contact point listens for QUIC on loopback.
@@ -94,6 +95,12 @@ class UdpAutoTests(_LoopbackPair):
 
     def sip_counts(self, alice: Any, bob: Any) -> Any:
         return dict(alice.sent), dict(bob.received), dict(alice.received), dict(bob.sent)
+
+
+class UdpAutoTests(_UdpAutoPair):
+    """
+    UDP works, then is cut and restored.
+    """
 
     @defer.inlineCallbacks
     def test_to_quic_back_to_tcp_and_again(self) -> Any:
@@ -188,6 +195,68 @@ class UdpAutoTests(_LoopbackPair):
             transport = tunnel.transport
             if isinstance(transport, QuicTunnelTransport) and transport.getPeer().port == old_port:
                 transport.abortConnection()
+        a_call.stop_media()
+        b_call.stop_media()
+        response = yield alice.hang_up(a_call)
+        self.assertEqual(response.status, 200)
+
+
+class UdpBlockedTests(_UdpAutoPair):
+    """
+    UDP dropped from the start (every QUIC connection of the process
+    discards its datagrams: the class-wide test hook), as on a network
+    that lets only TCP out.
+    """
+
+    agent_extra = ["--tunnel-connections", "1", "--handshake-timeout", "1"]
+
+    def setUp(self) -> Any:
+        QuicTunnelTransport.blackhole = True
+        self.addCleanup(setattr, QuicTunnelTransport, "blackhole", False)
+        self.lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            text = formatEvent(event)
+            if text:
+                self.lines.append(text)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return super().setUp()
+
+    @defer.inlineCallbacks
+    def test_tcp_until_udp_gets_through(self) -> Any:
+        """
+        The call works on TCP alone; the probe fails with one line and is
+        tried again; once UDP gets through, the next probe attaches the
+        QUIC path and the media moves to it.
+        """
+        alice, bob, a_call, b_call = yield self.call()
+        agent1 = self.agents[0]
+        prober = agent1.quic
+        assert prober is not None and agent1.paths is not None
+        yield wait_until(lambda: prober.probe_failures >= 1, timeout=10)
+        front = agent1.paths.front
+        assert front is not None
+        self.assertIsNone(quic_path(front))
+        self.assertEqual(front.media_kind(), "tcp")
+        failed = [line for line in self.lines if line.startswith("no QUIC path to")]
+        self.assertTrue(failed)
+        self.assertIn("media stays on TCP, next try in 5 s", failed[0])
+        self.assertIsNotNone(agent1.status.document()["paths"]["udp_path"]["next_probe_in"])
+        got = a_call.rx.unique, b_call.rx.unique
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        self.assertGreater(a_call.rx.unique - got[0], 15)
+        self.assertGreater(b_call.rx.unique - got[1], 15)
+        # UDP gets through again; the next probe (brought forward from its
+        # 5 s, for the test's time)
+        QuicTunnelTransport.blackhole = False
+        prober._later(0.1)
+        contact_front = next(f for f in self.contact.paths.fronts if f.session_id == front.session_id)
+        yield wait_until(
+            lambda: front.media_kind() == "quic" and contact_front.media_kind() == "quic", timeout=15
+        )
+        self.assertEqual(front.summary()["carrier_on"], "tcp")
         a_call.stop_media()
         b_call.stop_media()
         response = yield alice.hang_up(a_call)
