@@ -313,3 +313,28 @@ class QuicPathTests(SynchronousTestCase):
         self.assertGreaterEqual(self.front.scheduler.media_switches, 3)
         self.assertEqual(self.bed.agent.paths.status()["session"]["media_on"], "quic")
         self.assertEqual(self.bed.contact.paths.status()["media_on"], {"quic": 1})
+
+    def test_flapping_bounded(self) -> None:
+        """
+        A QUIC path that keeps stalling gets media back later and later
+        (the hold doubles with each stall of the last minute), so media
+        moves at most a few times however often the path breaks.
+        """
+        self.media_until(lambda: self.front.media_kind() == "quic", 2.0, contact=True)
+        holds = []
+        for _ in range(3):
+            self.bed.stalled.add(1)
+            self.media_until(lambda: self.front.scheduler.snapshot()["media"] == [0], 1.0, contact=True)
+            self.media(0.3, contact=True)
+            self.bed.stalled.discard(1)
+            holds.append(
+                self.media_until(lambda: self.front.scheduler.snapshot()["media"] == [1], 20.0, contact=True)
+            )
+        self.assertEqual(len(holds), 3)
+        # at least the scheduler's hold, and longer each time (its policy
+        # says by how much: PathLimits.switch_hold, max_switch_hold)
+        self.assertGreaterEqual(holds[0], self.front.scheduler.limits.switch_hold)
+        self.assertLess(holds[0], holds[1])
+        self.assertLess(holds[1], holds[2])
+        # one move each way per break, no more
+        self.assertLessEqual(self.front.scheduler.media_switches, 7)
