@@ -63,7 +63,14 @@ class _UdpAutoPair(_LoopbackPair):
 
     def setUp(self) -> Any:
         self.contact_extra = ["--quic-listen", f"127.0.0.1:{free_port()}"]
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
         return super().setUp()
+
+    def tearDown(self) -> None:
+        # every failure is one line, never a traceback
+        self.assertEqual([e for e in self.events if e.get("log_failure") is not None], [])
 
     @defer.inlineCallbacks
     def on_quic(self) -> Any:
