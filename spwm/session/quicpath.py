@@ -82,6 +82,7 @@ class QuicProber:
             contact point's UDP C{port} whose hello attaches it to the
             session; fires with its L{spwm.tunnel.protocol.TunnelProtocol}
             once its tunnel handshake is done, or fails with the reason.
+        @param description: the contact point's host, for the log.
         @param first_delay: from the session's start to the first probe.
         """
         self.clock = clock
@@ -225,8 +226,9 @@ class QuicProber:
             return
         delay = self.next_delay
         self.log.info(
-            "the QUIC path to {contact} is gone; media is on TCP, next try in {delay:g} s",
+            "the QUIC path to {contact} (UDP port {port}) is gone; media is on TCP, next try in {delay:g} s",
             contact=self.description,
+            port=self.port,
             delay=delay,
         )
         self._later(delay)

@@ -381,7 +381,7 @@ def agent_quic_prober(
     def connect(port: int) -> Deferred[Any]:
         return connect_quic_tunnel(reactor, host, port, configuration, factory(), limits=limits.quic)
 
-    return QuicProber(reactor, front, connect, description=config.contact_name)
+    return QuicProber(reactor, front, connect, description=host)
 
 
 def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
