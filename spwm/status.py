@@ -251,6 +251,9 @@ HELP: dict[str, str] = {
     "media_packets_in": "Media packets received from this half's side.",
     "media_packets_out": "Media packets sent to this half's side.",
     "media_dropped_source": "Media packets from an address the SDP did not negotiate.",
+    "paths_media_on": "Live sessions by what carries their media now (key: tcp, quic, tcp+quic).",
+    "paths_media_switches": "Times the media of the live sessions moved between paths (TCP, QUIC).",
+    "paths_quic_paths": "QUIC paths attached to the live sessions.",
 }
 
 #: Legs the per-leg histograms are labelled with (a bounded set).

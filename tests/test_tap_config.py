@@ -333,6 +333,60 @@ class TunnelConnectionsTests(SynchronousTestCase):
             assert callable(hello)
             self.assertNotIn("paths", hello())
 
+    def test_udp_path_auto(self) -> None:
+        """
+        C{--udp-path auto} (the default) over TLS: the paths layer is
+        there even with one TCP connection (a QUIC path joins the session
+        as a further connection does), with the QUIC prober beside the
+        keeper; C{off}, C{--plaintext}, C{--http-proxy}, on-demand and
+        user ciphering: no prober (and with one connection no paths layer).
+        """
+        from spwm.session.quicpath import Keepers, QuicProber
+
+        for connections in (1, 2):
+            built = build_agent(
+                AgentConfig.from_options({"agent-id": "a1", "sip-listen": ["127.0.0.1:5999"], "tunnel-connections": connections}),
+                MemoryReactorClock(),
+            )
+            self.assertTrue(built.config.quic_probe)
+            assert built.paths is not None
+            self.assertIsInstance(built.quic, QuicProber)
+            self.assertIsInstance(built.paths.keeper, Keepers)
+            self.assertIs(built.router.observer, built.paths)
+            self.assertIn("udp_path", built.status.document()["paths"])
+        for more in (
+            {"udp-path": "off", "tunnel-connections": 1},
+            {"plaintext": True, "tunnel-connections": 1},
+            {"http-proxy": "192.0.2.1:3128", "tunnel-connections": 1},
+            {"tunnel": "on-demand"},
+            {"user-ciphering": True},
+        ):
+            built = build_agent(
+                AgentConfig.from_options({"agent-id": "a1", "sip-listen": ["127.0.0.1:5999"], **more}),
+                MemoryReactorClock(),
+            )
+            self.assertFalse(built.config.quic_probe, more)
+            self.assertIsNone(built.quic, more)
+            self.assertIsNone(built.paths, more)
+
+    def test_welcome_names_the_quic_port(self) -> None:
+        """
+        With C{--quic-listen} the welcome of every tunnel says the QUIC
+        port (agents that speak C{paths} only); without, it does not.
+        """
+        from spwm.testing.certs import TestCA
+        from spwm.tunnel.protocol import TunnelProtocol
+
+        ca = TestCA(self.mktemp())
+        cert = ca.issue(["contact.test"], "contact")
+        for quic, port in (({"quic-listen": "127.0.0.1:4433"}, 4433), ({}, None)):
+            config = ContactConfig.from_options({"cert": cert.cert, "key": cert.key, "listen": "tcp:0", **quic})
+            built = build_contact(config, MemoryReactorClock())
+            self.assertEqual(built.factory.quic_port, port)
+            protocol = built.factory.buildProtocol(None)
+            assert isinstance(protocol, TunnelProtocol)
+            self.assertEqual(protocol.local_hello.get("quic_port"), port)
+
     def test_bounds(self) -> None:
         """
         0 and more than 8 are refused, naming the option.

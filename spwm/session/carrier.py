@@ -46,17 +46,20 @@ from spwm.session.paths import (
     PathKind,
     PathLimits,
     PathScheduler,
+    PingWanted,
     SeqStamper,
+    TcpInfo,
     read_tcp_info,
     set_notsent_lowat,
 )
 from spwm.tunnel.frames import FLAG_SEQ, ChannelKind, ErrorCode
 
 if TYPE_CHECKING:
+    from spwm.session.quicpath import Keepers
     from spwm.tunnel.api import ChannelHandler, TunnelObserver
     from spwm.tunnel.protocol import TunnelProtocol
 
-__all__ = ["PathFront", "PathKeeper", "PathSessions", "attach_proof"]
+__all__ = ["PathFront", "PathKeeper", "PathSessions", "attach_proof", "path_kind"]
 
 _SEQ = struct.Struct("!I")
 
@@ -66,6 +69,17 @@ PROBE_INTERVAL = 0.1
 PASSIVE_TICK = 0.04
 #: a connection that joins a session must be attached within this (s)
 ATTACH_TIMEOUT = 10.0
+#: the agent's scheduler timer never runs sooner than this after the last run (s)
+MIN_TICK = 0.005
+
+
+def path_kind(path: Any) -> PathKind:
+    """
+    What a connection runs on, for the scheduler: its transport says
+    (L{spwm.tunnel.quic.QuicTunnelTransport} has C{path_kind} QUIC), else TCP.
+    """
+    kind = getattr(getattr(path, "transport", None), "path_kind", None)
+    return kind if isinstance(kind, PathKind) else PathKind.TCP
 
 
 def attach_proof(key: bytes, challenge: bytes, session_id: str) -> str:
@@ -145,6 +159,11 @@ class PathFront:
         self.rtt_samples = 0
         self._paths: dict[int, TunnelProtocol] = {}
         self._sockets: dict[int, Any] = {}
+        #: QUIC paths' transports (their RTT estimate feeds the scheduler)
+        self._quic: dict[int, Any] = {}
+        #: passive: when each path was last heard from
+        self._heard: dict[int, float] = {}
+        self._pinged_at = float("-inf")
         self._ids: dict[int, int] = {}
         self._next_id = 0
         self._last: TunnelProtocol = first
@@ -162,7 +181,7 @@ class PathFront:
         self.peer_hello = first.peer_hello
         self._session_id = first.session_id
         self._agent_id = first.agent_id
-        self.add_path(first)
+        self.add_path(first, path_kind(first))
 
     # -- the paths -----------------------------------------------------------
 
@@ -231,12 +250,16 @@ class PathFront:
         self._carrier_moved()
         from spwm.tunnel.protocol import find_socket
 
-        sock = find_socket(getattr(path, "transport", None))
+        self._heard[path_id] = now
+        transport = getattr(path, "transport", None)
+        sock = find_socket(transport)
         if sock is not None:
             # a small kernel send queue, so that what is steered away from
             # a stalled path is not already stuck in it
             set_notsent_lowat(sock, NOTSENT_LOWAT)
             self._sockets[path_id] = sock
+        elif kind is PathKind.QUIC and hasattr(transport, "rtt"):
+            self._quic[path_id] = transport
         self._arm()
         return path_id
 
@@ -251,6 +274,8 @@ class PathFront:
             return bool(self._paths)
         del self._paths[path_id]
         self._sockets.pop(path_id, None)
+        self._quic.pop(path_id, None)
+        self._heard.pop(path_id, None)
         self._last = path
         self.scheduler.remove(path_id)
         self._carrier_moved()
@@ -292,25 +317,33 @@ class PathFront:
             and now - self._ticked >= PASSIVE_TICK
             and self._watched
         ):
-            # Passive: every path is expected to be heard from (the peer
-            # pings them while it has channels); one that is not, while
-            # this one is, stalls.
+            # Passive: every path is expected to be heard from at least
+            # every PROBE_INTERVAL (the peer pings them while it has
+            # channels); one that is not is overdue from then on and
+            # stalls by its bound, while this one is heard.
+            heard = self._heard
             if now - self._ticked > 2 * PROBE_INTERVAL:
                 # the watch starts again (the peer pings while it has
                 # channels): earlier silence does not count
                 for other in self._paths:
                     scheduler.received(other, now)
+                    heard[other] = now
             self._ticked = now
             if now - self._tcp_info_at >= 1.0:
-                # round trips from the kernel, since this end does not ping
+                # round trips from the kernel (and QUIC's estimate), since
+                # this end does not ping
                 self._tcp_info_at = now
                 self._read_tcp_info(now)
             for other in self._paths:
-                scheduler.sent(other, 0, now)
+                due = heard.get(other, now) + PROBE_INTERVAL
+                if now >= due:
+                    scheduler.sent(other, 0, due)
             scheduler.received(path_id, now)
+            heard[path_id] = now
             self.tick()
             return
         scheduler.received(path_id, now)
+        self._heard[path_id] = now
 
     def rtt_sample(self, path: TunnelProtocol, rtt: float) -> None:
         path_id = self._ids.get(id(path))
@@ -363,12 +396,28 @@ class PathFront:
             return
         if not self._watched:
             return
+        now = self.clock.seconds()
         if fresh:
             # the watch starts again: what was unanswered before it does not count
-            now = self.clock.seconds()
             for path_id in self._paths:
                 self.scheduler.received(path_id, now)
-        self._timer = self.clock.callLater(PROBE_INTERVAL, self._probe)
+        # the next ping round, or sooner what the scheduler must see (a
+        # stall bound running out, a ping it wants)
+        delay = max(0.0, self._pinged_at + PROBE_INTERVAL - now) if not fresh else PROBE_INTERVAL
+        deadline = self.scheduler.next_deadline()
+        if deadline is not None:
+            delay = min(delay, max(MIN_TICK, deadline - now))
+        self._timer = self.clock.callLater(delay, self._probe)
+
+    def _rearm(self) -> None:
+        """
+        Agent: the scheduler wants to run sooner than the timer (a wait
+        that started with a datagram sent).
+        """
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._arm(fresh=False)
 
     def _cancel(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -382,10 +431,12 @@ class PathFront:
         """
         self._timer = None
         now = self.clock.seconds()
-        for path_id, path in list(self._paths.items()):
-            path.ping()
-            self.scheduler.sent(path_id, 16, now)
-        self._read_tcp_info(now)
+        if now >= self._pinged_at + PROBE_INTERVAL - MIN_TICK:
+            self._pinged_at = now
+            for path_id, path in list(self._paths.items()):
+                path.ping()
+                self.scheduler.sent(path_id, 16, now)
+            self._read_tcp_info(now)
         self.tick()
         self._arm(fresh=False)
 
@@ -394,6 +445,13 @@ class PathFront:
             info = read_tcp_info(sock)
             if info is not None:
                 self.scheduler.tcp_info(path_id, info, now)
+        for path_id, transport in self._quic.items():
+            # QUIC measures its round trips on every acknowledgement: its
+            # estimate replaces ours as the kernel's does for TCP (only the
+            # RTT fields: no retransmission state)
+            rtt = transport.rtt
+            if rtt is not None:
+                self.scheduler.tcp_info(path_id, TcpInfo(rtt_s=rtt[0], rttvar_s=rtt[1]), now)
 
     def tick(self) -> None:
         """
@@ -420,6 +478,40 @@ class PathFront:
                     path.close(ErrorCode.KEEPALIVE_TIMEOUT, "path answers nothing")
             elif isinstance(event, CarrierChanged):
                 self._carrier_moved()
+            elif isinstance(event, PingWanted) and self._probing:
+                # something it sent is unanswered (media one way): ask
+                # before its stall bound runs out
+                wanted = self._paths.get(event.path_id)
+                if wanted is not None:
+                    wanted.ping()
+                    self.scheduler.sent(event.path_id, 16, self.clock.seconds())
+
+    def media_kind(self) -> str | None:
+        """
+        What carries the session's media now: C{"quic"}, C{"tcp"}, C{"tcp+quic"}
+        (duplicated on both), or C{None} (no path).
+        """
+        snapshot = self.scheduler.snapshot()
+        ids = snapshot["media"]
+        if snapshot.get("duplicating"):
+            ids = [p["path_id"] for p in snapshot["paths"] if p["state"] == "up"] or ids
+        kinds = sorted({path_kind(self._paths[i]).value for i in ids if i in self._paths}, reverse=True)
+        return "+".join(kinds) or None
+
+    def summary(self) -> dict[str, Any]:
+        """
+        One session's line for the status page: which path carries the
+        media and the SIP, how often each moved.
+        """
+        carrier = self.scheduler.carrier()
+        return {
+            "session": self.session_id,
+            "paths": sorted(path_kind(p).value for p in self._paths.values()),
+            "media_on": self.media_kind(),
+            "carrier_on": path_kind(self._paths[carrier]).value if carrier in self._paths else None,
+            "media_switches": self.scheduler.media_switches,
+            "carrier_switches": self.switches,
+        }
 
     def status(self) -> dict[str, Any]:
         """
@@ -517,10 +609,18 @@ class PathFront:
         payload = _SEQ.pack(seq) + data
         flags = component | FLAG_SEQ
         paths = self._paths
-        for path_id in self.scheduler.media_paths(now):
+        scheduler = self.scheduler
+        rearm = False
+        for path_id in scheduler.media_paths(now):
             path = paths.get(path_id)
             if path is not None:
                 path.send_datagram(channel_id, payload, flags)
+                # the agent watches what it sends: a path that carries
+                # media one way is pinged before its stall bound runs out
+                if self._probing and scheduler.sent(path_id, len(payload), now):
+                    rearm = True
+        if rearm:
+            self._rearm()
 
     def send_stream_data(self, channel_id: int, data: bytes) -> bool:
         carrier = self.carrier
@@ -601,7 +701,7 @@ class PathSessions:
         *,
         agent: bool,
         limits: PathLimits | None = None,
-        keeper: PathKeeper | None = None,
+        keeper: PathKeeper | Keepers | None = None,
         moving: Callable[[], None] | None = None,
     ) -> None:
         """
@@ -754,7 +854,7 @@ class PathSessions:
                 path.close(0, "no session to attach to any more")
                 return
             self._release(path)
-            path_id = front.add_path(path)
+            path_id = front.add_path(path, path_kind(path))
             self._watch(path)
             self.log.info(
                 "session {session_id}: connection {path_id} attached ({peer}); {count} paths",
@@ -808,7 +908,7 @@ class PathSessions:
             return
         self._release(path)
         path.adopt_session(session_id)
-        path_id = front.add_path(path)
+        path_id = front.add_path(path, path_kind(path))
         path.send_control({"op": "attached", "session_id": session_id, "path_id": path_id})
         self.log.info(
             "session {session_id}: connection {path_id} attached from {peer}; {count} paths",
@@ -849,12 +949,25 @@ class PathSessions:
         """
         For the status page: paths per live session, carrier moves.
         """
-        return {
+        media_on: dict[str, int] = {}
+        quic_paths = 0
+        for front in self.fronts:
+            kind = front.media_kind() or "none"
+            media_on[kind] = media_on.get(kind, 0) + 1
+            quic_paths += sum(1 for p in front.paths if path_kind(p) is PathKind.QUIC)
+        status: dict[str, Any] = {
             "sessions_with_paths": len(self.fronts),
             "paths": sum(len(f.paths) for f in self.fronts),
+            "quic_paths": quic_paths,
             "carrier_switches": sum(f.switches for f in self.fronts),
+            "media_switches": sum(f.scheduler.media_switches for f in self.fronts),
+            "media_on": media_on,
             "attach_refused": self.attach_refused,
         }
+        if self.agent:
+            live = self.front
+            status["session"] = live.summary() if live is not None else None
+        return status
 
 
 def _is_key(value: object) -> bool:

@@ -38,6 +38,7 @@ from spwm.media.reader import relay_sockets_for
 from spwm.security.resume import AgentResumption
 from spwm.session.carrier import PathKeeper, PathSessions
 from spwm.session.manager import SessionManager
+from spwm.session.quicpath import Keepers, QuicProber
 from spwm.sip.authz import AuthorizingContactProxy, MediaAcceptor
 from spwm.sip.flows import FlowTable
 from spwm.sip.names import ProxyNames
@@ -104,6 +105,8 @@ class Agent:
     @ivar status: the status document.
     @ivar status_http: serves it, if asked for.
     @ivar service: the one service to start; its children in start order.
+    @ivar quic: with C{--udp-path auto}, what attaches a QUIC path to the
+        session when the contact point offers one; else C{None}.
     """
 
     config: AgentConfig
@@ -122,6 +125,7 @@ class Agent:
     status: Status
     status_http: StatusHTTPService | None
     service: MultiService
+    quic: QuicProber | None = None
 
 
 @frozen
@@ -354,6 +358,32 @@ def quic_tunnel_service(
     )
 
 
+def agent_quic_prober(
+    config: AgentConfig, reactor: Any, front: Any, factory: Later[AgentTunnelFactory]
+) -> QuicProber:
+    """
+    C{--udp-path auto}: the part that attaches a QUIC path to the session
+    when the contact point's welcome offers one (C{quic_port}), to the host
+    of C{--contact}, with the TLS/TCP tunnel's checks (server name, C{--ca}
+    or the system's trust store, C{--client-cert}).
+    """
+    from spwm.tunnel.quic import client_configuration, connect_quic_tunnel
+
+    host, _ = config.contact
+    limits = config.limits
+    client_cert = (config.client_cert, config.client_key) if config.client_cert and config.client_key else None
+
+    def configuration() -> Any:
+        return client_configuration(
+            config.server_name or host, config.ca, limits.quic, limits.tunnel.keepalive_timeout, client_cert
+        )
+
+    def connect(port: int) -> Deferred[Any]:
+        return connect_quic_tunnel(reactor, host, port, configuration, factory(), limits=limits.quic)
+
+    return QuicProber(reactor, front, connect, description=host)
+
+
 def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
     """
     Build an agent: the tunnel client and the parts that use it.
@@ -430,16 +460,24 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
     # comes first: the session logic sees the session's front.
     endpoint = agent_tunnel_endpoint(config, reactor)
     paths = None
+    quic = None
     observer: Any = resumption
     hello: Any = resumption.hello
-    if config.paths_wanted > 1:
+    # --udp-path auto: a QUIC path joins the session as a further
+    # connection does, so the paths layer is there even with one TCP
+    # connection
+    if config.paths_wanted > 1 or config.quic_probe:
         later_factory: Later[AgentTunnelFactory] = Later("the tunnel factory")
         raw_endpoint = endpoint[0]
         keeper = PathKeeper(
             reactor, lambda: raw_endpoint.connect(later_factory()), config.paths_wanted - 1, retry_cap=config.reconnect_max
         )
+        keepers: PathKeeper | Keepers = keeper
+        if config.quic_probe:
+            quic = agent_quic_prober(config, reactor, lambda: paths.front if paths is not None else None, later_factory)
+            keepers = Keepers(keeper, quic)
         paths = PathSessions(
-            reactor, resumption, agent=True, keeper=keeper, moving=lambda: later_tunnel().reconnect_now()
+            reactor, resumption, agent=True, keeper=keepers, moving=lambda: later_tunnel().reconnect_now()
         )
         observer, hello = paths, paths.hello(resumption.hello)
     router = Router(sip_part, {FORWARD_USE: forwarder, "media": media}, observer)
@@ -485,7 +523,12 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
     status.add("no_tunnel", handle.status)
     status.add("sessions", resumption.status)
     if paths is not None:
-        status.add("paths", paths.status)
+        paths_now = paths
+        if quic is not None:
+            prober = quic
+            status.add("paths", lambda: {**paths_now.status(), "udp_path": prober.status()})
+        else:
+            status.add("paths", paths_now.status)
     status.add("sip", core.status)
     status.add("media", media.status)
     status.add(
@@ -511,6 +554,7 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
         status=status,
         status_http=status_http,
         service=top,
+        quic=quic,
     )
 
 
@@ -712,6 +756,10 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
     )
     listener = contact_listen_service(config, factory, reactor)
     quic_listener = quic_listen_service(config, factory, reactor)
+    if quic_listener is not None and config.quic_listen is not None:
+        # the welcome tells agents of the QUIC port (--udp-path auto); the
+        # port bound, if --quic-listen asked for any (0)
+        factory.quic_port = config.quic_listen[1] or None
 
     top = StartupService("contact")
     MediaRangeCheck(media_address, config.media_ports).setServiceParent(top)
@@ -719,6 +767,13 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
     listener.setServiceParent(top)
     if quic_listener is not None:
         quic_listener.setServiceParent(top)
+        quic_service = quic_listener
+
+        def announce() -> None:
+            if quic_service.listening is not None:
+                quic_service.listening.addCallback(lambda port: announce_quic_port(factory, port))
+
+        Hook(announce, lambda: None).setServiceParent(top)
     listeners = SipListeners(
         reactor,
         runner,
@@ -765,6 +820,17 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
         service=top,
         quic_listener=quic_listener,
     )
+
+
+def announce_quic_port(factory: ContactTunnelFactory, port: Any) -> Any:
+    """
+    The QUIC listener listens: its bound port goes in the welcome.
+    """
+    try:
+        factory.quic_port = int(port.getHost().port)
+    except (AttributeError, TypeError, ValueError):
+        pass
+    return port
 
 
 def quic_status(service: ContactListenService) -> Any:

@@ -174,6 +174,24 @@ class AgentConfig:
             return 1
         return self.tunnel_connections
 
+    @property
+    def quic_probe(self) -> bool:
+        """
+        Whether the agent attaches a QUIC path to its session when the
+        contact point offers one (C{--udp-path auto}): not over an HTTP
+        proxy (a network that needs one lets no UDP out), not with
+        C{--plaintext} (QUIC is always TLS), and not where the session
+        keeps one connection only (C{--tunnel on-demand},
+        C{--user-ciphering}: see L{paths_wanted}).
+        """
+        return (
+            self.udp_path == "auto"
+            and not self.http_proxy
+            and not self.plaintext
+            and self.tunnel != "on-demand"
+            and not self.user_ciphering
+        )
+
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> AgentConfig:
         """

@@ -1054,6 +1054,10 @@ class ContactTunnelFactory(_TunnelFactory):
         self.check_client_identity = check_client_identity
         self.user_ciphering = user_ciphering
         self.paths = paths
+        #: the UDP port of the contact point's QUIC listener (C{--quic-listen}),
+        #: said in the welcome to agents that speak C{paths} (they may then
+        #: attach a QUIC path to their session); C{None}: none
+        self.quic_port: int | None = None
         self.tunnels: _Registry = _Registry()
         self.max_tunnels = max_tunnels
         self.max_per_host = max_per_host
@@ -1111,6 +1115,7 @@ class ContactTunnelFactory(_TunnelFactory):
                 # several connections per session: the key a further
                 # connection proves it knows (spwm.session.carrier)
                 **({"paths": 1, "attach_key": secrets.token_hex(32)} if self.paths else {}),
+                **({"quic_port": self.quic_port} if self.paths and self.quic_port else {}),
                 **({"user-ciphering": True} if self.user_ciphering else {}),
             },
             registry=self.tunnels,

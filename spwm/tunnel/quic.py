@@ -67,6 +67,7 @@ from zope.interface import implementer
 
 from spwm.limits import QuicLimits
 from spwm.logthrottle import Every, ThrottledLog
+from spwm.session.paths import PathKind
 from spwm.tunnel.frames import ALPN, HEADER_SIZE, PREFACE_SIZE, FrameType
 
 __all__ = [
@@ -276,6 +277,13 @@ class QuicTunnelTransport:
 
     log = Logger()
     disconnecting = False
+    #: what a session's scheduler knows this path as (L{spwm.session.carrier.path_kind})
+    path_kind = PathKind.QUIC
+    #: B{Test hook, for tests only}: while true, every UDP datagram this
+    #: connection sends or receives is discarded, as a firewall dropping
+    #: UDP would (the loopback tests of C{--udp-path auto} cut UDP this way,
+    #: without network namespaces); nothing in SPWM sets it.
+    blackhole = False
 
     def __init__(
         self,
@@ -347,10 +355,14 @@ class QuicTunnelTransport:
         """
         A UDP datagram for this connection.
         """
-        if self._terminated:
+        if self._terminated or self.blackhole:
             return
         self.quic.receive_datagram(data, addr, self._clock.seconds())
         self._service()
+
+    def _write_udp(self, data: bytes, addr: Any) -> None:
+        if not self.blackhole:
+            self._send(data, addr)
 
     def _service(self) -> None:
         # Events (they may write), then what QUIC has to send (which may end
@@ -367,7 +379,7 @@ class QuicTunnelTransport:
                     event = quic.next_event()
                 if self._terminated:
                     break
-                send = self._send
+                send = self._write_udp
                 for data, addr in quic.datagrams_to_send(self._clock.seconds()):
                     send(data, addr)
                 # sending may have ended the connection: one more round
@@ -559,7 +571,7 @@ class QuicTunnelTransport:
         self.disconnecting = True
         self.quic.close(error_code=code, reason_phrase=phrase)
         for data, addr in self.quic.datagrams_to_send(self._clock.seconds()):
-            self._send(data, addr)
+            self._write_udp(data, addr)
         self._end(f"QUIC connection closed by us: {phrase}")
 
     def _tell_lost(self, why: str) -> None:
