@@ -30,6 +30,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 
 from spwm.errors import ConfigError
 from spwm.forward import USE as FORWARD_USE, AgentForwarder, ContactForwarder
+from spwm.listenqueue import ListenQueueWatch, system_backlog, with_backlog
 from spwm.media.manager import MediaManager
 from spwm.media.reader import relay_sockets_for
 from spwm.security.resume import AgentResumption
@@ -414,6 +415,14 @@ def operator_proxy(proxy: OperatorProxy | None) -> OperatorProxy | None:
         raise ConfigError("sip-proxy", f"cannot resolve {proxy.host}: {e}") from None
 
 
+def listen_backlog(config: ContactConfig) -> int:
+    """
+    The tunnel listener's backlog: C{--listen-backlog}, else the system's
+    C{somaxconn}.
+    """
+    return config.listen_backlog or system_backlog()
+
+
 def contact_listen_service(config: ContactConfig, factory: ContactTunnelFactory, reactor: Any) -> ContactListenService:
     """
     The service that accepts the agents' tunnels.
@@ -426,7 +435,7 @@ def contact_listen_service(config: ContactConfig, factory: ContactTunnelFactory,
             "cert", server_tls_factory, config.cert, config.key, factory, None, config.client_ca
         )
     return ContactListenService(
-        server_endpoint(reactor, "listen", config.listen),
+        server_endpoint(reactor, "listen", with_backlog(config.listen, listen_backlog(config))),
         factory,
         reactor,
         tls_factory=tls_factory,
@@ -531,6 +540,9 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
     top = StartupService("contact")
     MediaRangeCheck(media_address, config.media_ports).setServiceParent(top)
     listener.setServiceParent(top)
+    # after the listener: it watches only while the listener runs
+    listen_watch = ListenQueueWatch(reactor, config.listen, listen_backlog(config))
+    listen_watch.setServiceParent(top)
     listeners = SipListeners(
         reactor,
         runner,
@@ -542,7 +554,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
     listeners.setServiceParent(top)
     Hook(lambda: None, resumption.stop).setServiceParent(top)
     status = Status("contact", reactor)
-    status.add("tunnels", lambda: {"open": len(factory.tunnels), "refused": factory.refused})
+    status.add("tunnels", lambda: {"open": len(factory.tunnels), "refused": factory.refused, **listen_watch.status()})
     status.add("sessions", resumption.status)
     status.add("sip", core.status)
     status.add("media", lambda: {**media.status(), "refused_unregistered": gate.refused})

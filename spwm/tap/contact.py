@@ -58,6 +58,7 @@ def sip_address(value: object) -> tuple[str, int]:
 
 OPTIONS = (
     Option("listen", "tcp:443", string, "Where tunnels connect: a Twisted server endpoint description."),
+    Option("listen-backlog", None, positive_int, "Length of the tunnel listener's accept queue (the listen backlog; default: the system's net.core.somaxconn, 4096 if unreadable); a backlog= in --listen wins."),
     Option("cert", None, readable_file, "PEM certificate (and chain) of the contact point."),
     Option("key", None, readable_file, "PEM private key of the contact point."),
     Option("plaintext", False, bool, "Plain TCP instead of TLS (tests, or TLS terminated elsewhere).", flag=True),

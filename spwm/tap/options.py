@@ -212,10 +212,13 @@ class ContactConfig:
         when the contact point is built), or C{None} for the embedded
         registrar.
     @ivar sip_address: the operator-side SIP address, C{(ip, port)}.
+    @ivar listen_backlog: the tunnel listener's backlog; C{None}: the
+        system's C{somaxconn} (L{spwm.listenqueue.system_backlog}).
     @ivar limits: every limit; C{limits.tunnel.drain_time} is C{--drain-time}.
     """
 
     listen: str = "tcp:443"
+    listen_backlog: int | None = None
     cert: str | None = None
     key: str | None = None
     plaintext: bool = False
@@ -276,6 +279,7 @@ class ContactConfig:
         v = _defaults(OPTIONS, given)
         return cls(
             listen=v["listen"],
+            listen_backlog=v["listen-backlog"],
             cert=v["cert"],
             key=v["key"],
             plaintext=bool(v["plaintext"]),
