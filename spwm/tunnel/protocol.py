@@ -31,6 +31,7 @@ from spwm.tunnel.api import ChannelHandler
 from spwm.tunnel.connection import ChannelLimitError, Role, State, TunnelConnection
 from spwm.tunnel.cipher import UserCipher
 from spwm.tunnel.frames import FLAG_COMPONENT, FLAG_SEALED, ChannelKind, ErrorCode, FrameType
+from spwm.tunnel.timers import SharedTimer, shared_timers
 
 _DATAGRAM = int(FrameType.DATAGRAM)
 _ABORT_CODES = frozenset({ErrorCode.HANDSHAKE_TIMEOUT, ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.QUEUE_OVERFLOW})
@@ -162,7 +163,7 @@ class TunnelProtocol(Protocol):
         self._lost_reason: Failure | None = None
         self.peer = "?"
         self._paused = False
-        self._timer: IDelayedCall | None = None
+        self._timer: SharedTimer | None = None
         self._timer_at: float | None = None
         self._established = False
         self._lost = False
@@ -786,7 +787,8 @@ class TunnelProtocol(Protocol):
         self._timer_at = deadline
         if deadline is not None:
             delay = max(0.0, deadline - self._clock.seconds())
-            self._timer = self._clock.callLater(delay, self._on_timer)
+            # one timer structure for all tunnels (spwm/tunnel/timers.py)
+            self._timer = shared_timers(self._clock).call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
