@@ -64,6 +64,7 @@ from spwm.tap.parts import (
     resolve_ip,
 )
 from spwm.tunnel.api import Router
+from spwm.workers import ReusePortEndpoint, listen_address
 from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
 from spwm.tunnel.service import (
     AgentTunnelService,
@@ -434,8 +435,13 @@ def contact_listen_service(config: ContactConfig, factory: ContactTunnelFactory,
         tls_factory = load_tls(
             "cert", server_tls_factory, config.cert, config.key, factory, None, config.client_ca
         )
+    if config.workers > 1:
+        # one of several workers: a listener shared with SO_REUSEPORT
+        endpoint: Any = ReusePortEndpoint(reactor, *listen_address(config.listen), listen_backlog(config))
+    else:
+        endpoint = server_endpoint(reactor, "listen", with_backlog(config.listen, listen_backlog(config)))
     return ContactListenService(
-        server_endpoint(reactor, "listen", with_backlog(config.listen, listen_backlog(config))),
+        endpoint,
         factory,
         reactor,
         tls_factory=tls_factory,

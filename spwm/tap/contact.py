@@ -28,6 +28,7 @@ from spwm.sip.actions import OperatorProxy
 from spwm.tap.assembly import build_contact
 from spwm.tap.common import STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service
 from spwm.tap.options import ContactConfig
+from spwm.workers import WorkerSpec, build_workers, die_with_parent, parse_workers, worker_config
 
 __all__ = ["OPTIONS", "Options", "makeService", "parse_sip_proxy", "sip_address"]
 
@@ -64,6 +65,7 @@ OPTIONS = (
     Option("plaintext", False, bool, "Plain TCP instead of TLS (tests, or TLS terminated elsewhere).", flag=True),
     Option("client-ca", None, readable_file, "Mutual TLS: agents must present a certificate from these CAs (PEM) that names their --agent-id."),
     Option("allow-forward", (), ip_literal_port, "Allow UDP forwards to this IP:PORT (none by default).", repeat=True),
+    Option("workers", 1, parse_workers, "Processes of this contact point (a number, or auto: one per CPU): they share the --listen port (SO_REUSEPORT), each has its own SIP port (--sip-address port + its index), a slice of --media-ports, its own --state-file (+ .INDEX) and --status-listen port (+ index); a supervisor restarts a worker that dies."),
     Option("drain-time", 5.0, positive_float, "Seconds tunnels get to move after go-away when the contact point stops."),
     Option("state-file", None, optional_string, "Keep the flow token key and the registrations of sessions with keys in this file across a restart (written at stop, mode 0600; read at start): agents resume their registrations in the next process (default: none, a restart loses them)."),
     Option("max-tunnels", 10000, positive_int, "Tunnels (handshaking ones included) the contact point accepts in total."),
@@ -103,4 +105,19 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     """
     The contact point of C{options.config} (L{build_contact}).
     """
-    return build_service("contact", lambda: build_contact(options.config, reactor))
+    return build_service("contact", lambda: build_contact_or_workers(options.config, reactor))
+
+
+def build_contact_or_workers(config: ContactConfig, reactor: Any = None) -> Any:
+    """
+    The contact point of C{config}; with C{--workers N} the supervisor of
+    N workers (L{spwm.workers}); in a worker's process (its environment
+    says so), that worker's contact point.
+    """
+    spec = WorkerSpec.from_environment()
+    if spec is not None:
+        die_with_parent(spec.parent)
+        return build_contact(worker_config(config, spec), reactor)
+    if config.workers > 1:
+        return build_workers(config, reactor)
+    return build_contact(config, reactor)
