@@ -41,6 +41,7 @@ from _common import (  # noqa: E402
     run_bounded,
     summarize_profile,
 )
+from spwm.listenqueue import read_netstat  # noqa: E402  (after _common: it puts the checkout on sys.path)
 
 
 def raise_nofile() -> None:
@@ -77,7 +78,7 @@ def bare_server(args: argparse.Namespace) -> None:
     factory: Any = wrapped
     if not args.plaintext:
         factory = TLSMemoryBIOFactory(server_tls_options(args.cert, args.key), False, wrapped)
-    reactor.listenTCP(args.port, factory, backlog=4096, interface="127.0.0.1")  # type: ignore[attr-defined]
+    reactor.listenTCP(args.port, factory, backlog=args.backlog or 4096, interface="127.0.0.1")  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
 
 
@@ -98,22 +99,35 @@ def clients(args: argparse.Namespace) -> None:
     from spwm.tunnel.service import client_tls_options
 
     raise_nofile()
-    state = {"up": 0, "lost": 0, "started": 0}
+    state = {"up": 0, "lost": 0, "started": 0, "failed": 0}
     print(f"base {rss_kib(os.getpid())}", flush=True)
+
+    def settled() -> None:
+        if state["up"] + state["failed"] == args.count:
+            print(f"ready {state['up']} failed {state['failed']}", flush=True)
 
     def up() -> None:
         state["up"] += 1
-        if state["up"] == args.count:
-            print(f"ready {state['up']}", flush=True)
+        settled()
         more()
+
+    established: set[int] = set()
 
     class App:
         def tunnel_established(self, tunnel: Any) -> None:
+            established.add(id(tunnel))
             up()
 
         def tunnel_lost(self, tunnel: Any, reason: str) -> None:
-            state["lost"] += 1
-            print(f"lost {reason}", flush=True)
+            if id(tunnel) in established:
+                established.discard(id(tunnel))
+                state["lost"] += 1
+                print(f"lost {reason}", flush=True)
+            else:
+                # connected but never through the handshake (its timeout)
+                state["failed"] += 1
+                settled()
+                more()
 
         def __getattr__(self, name: str) -> Any:
             return lambda *a, **kw: None
@@ -139,11 +153,12 @@ def clients(args: argparse.Namespace) -> None:
     tls = None if args.plaintext else client_tls_options("localhost", args.ca)
 
     def failed(f: Any) -> None:
-        print(f"failed {f.getErrorMessage()}", flush=True)
-        state["lost"] += 1
+        state["failed"] += 1
+        settled()
+        more()
 
     def more() -> None:
-        while state["started"] < args.count and state["started"] - state["up"] - state["lost"] < 200:
+        while state["started"] < args.count and state["started"] - state["up"] - state["failed"] < args.window:
             state["started"] += 1
             endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", args.port, timeout=30)
             if tls is not None:
@@ -214,10 +229,12 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
             "--max-tunnels-per-address", str(args.count + 100), "--status-interval", "0",
             "--keepalive-interval", str(args.keepalive), "--keepalive-timeout", str(3 * args.keepalive),
             "--media-ports", f"{args.media_low}-{args.media_low + 99}",
+            *(["--listen-backlog", str(args.backlog)] if args.backlog else []),
             *(["--plaintext"] if args.plaintext else ["--cert", tls[0], "--key", tls[1]]),
         ]  # fmt: skip
     else:
         cmd = [sys.executable, os.path.abspath(__file__), "--role", "bare-server", "--port", str(port)]
+        cmd += ["--backlog", str(args.backlog or 4096)]
         cmd += ["--plaintext"] if args.plaintext else ["--cert", tls[0], "--key", tls[1]]
     # ulimit: the server needs count + a few descriptors
     server = subprocess.Popen(
@@ -229,7 +246,7 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
     time.sleep(1.0)
     server_before = rss_kib(server.pid)
     ccmd = [sys.executable, os.path.abspath(__file__), "--role", "clients", "--kind", kind, "--port", str(port)]
-    ccmd += ["--count", str(args.count), "--keepalive", str(args.keepalive)]
+    ccmd += ["--count", str(args.count), "--keepalive", str(args.keepalive), "--window", str(args.window)]
     ccmd += ["--plaintext"] if args.plaintext else ["--ca", tls[2]]
     client = subprocess.Popen(
         pinned(args.client_cpu, ccmd), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -238,6 +255,7 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
     procs.popen.append(client)
     # the clients' baseline: its interpreter and imports, before connecting
     started = time.monotonic()
+    overflows0 = read_netstat()
     assert client.stdout is not None
     line = ""
     client_base = 0
@@ -250,6 +268,11 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
     if not line.startswith("ready"):
         raise RuntimeError(f"{kind}: the clients did not connect within {args.connect_time} s (last line {line!r})")
     connect_s = time.monotonic() - started
+    failed = int(line.split()[3])
+    if failed:
+        print(f"{kind}: {failed} of {args.count} connections failed to set up (TCP or handshake timeout)", flush=True)
+    overflows1 = read_netstat()
+    overflowed = (overflows1 - overflows0).overflows if overflows0 and overflows1 else -1
     time.sleep(args.settle)
     server_after = rss_kib(server.pid)
     client_rss = rss_kib(client.pid)
@@ -288,6 +311,8 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
     result = {
         "kind": kind,
         "connect_s": connect_s,
+        "overflows": overflowed,
+        "failed": failed,
         "server_kib_per_conn": (server_after - server_before) / args.count,
         "server_before_mib": server_before / 1024,
         "client_kib_per_conn": (client_rss - client_base) / args.count,
@@ -328,12 +353,12 @@ def main(procs: Processes, workdir: str, args: argparse.Namespace) -> int:
     )
     results = [run_kind(procs, workdir, args, kind, tls) for kind in args.kinds.split(",")]
     print()
-    print("| kind | set-up | server kB/conn | client kB/conn | server CPU | per 1,000 | clients CPU | per 1,000 | machine busy | steal |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| kind | set-up | failed | listen overflows (host) | server kB/conn | client kB/conn | server CPU | per 1,000 | clients CPU | per 1,000 | machine busy | steal |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     k = args.count / 1000
     for r in results:
         print(
-            f"| {r['kind']} | {r['connect_s']:.1f} s | {r['server_kib_per_conn'] * 1.024:.1f} | {r['client_kib_per_conn'] * 1.024:.1f}"
+            f"| {r['kind']} | {r['connect_s']:.1f} s | {r['failed']} | {r['overflows']} | {r['server_kib_per_conn'] * 1.024:.1f} | {r['client_kib_per_conn'] * 1.024:.1f}"
             f" | {100 * r['server_cpu']:.2f} % | {100 * r['server_cpu'] / k:.3f} % | {100 * r['client_cpu']:.2f} %"
             f" | {100 * r['client_cpu'] / k:.3f} % | {100 * r['busy']:.1f} % | {100 * r['steal']:.2f} % |"
         )
@@ -369,6 +394,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=3.0, help="seconds after the last connection before measuring")
     p.add_argument("--connect-time", type=float, default=300.0, help="bound on setting up the connections")
     p.add_argument("--plaintext", action="store_true", help="no TLS")
+    p.add_argument("--window", type=int, default=200, help="connections being set up at once (a reconnect storm: --window COUNT)")
+    p.add_argument("--backlog", type=int, default=0, help="the servers' listen backlog (default: the contact point's own default, 4096 for the bare server)")
     p.add_argument("--server-cpu", type=int, default=0, help="CPU the server is pinned to (-1: none)")
     p.add_argument("--client-cpu", type=int, default=1, help="CPU the clients are pinned to (-1: none)")
     p.add_argument("--media-low", type=int, default=47000, help="the contact point's media ports (100 from here)")
