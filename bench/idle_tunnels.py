@@ -192,6 +192,12 @@ def clients(args: argparse.Namespace) -> None:
 
     signal.signal(signal.SIGUSR1, start_profile)
     signal.signal(signal.SIGUSR2, stop_profile)
+    from twisted.internet.task import LoopingCall
+
+    def progress() -> None:
+        print(f"progress {state['up']} {state['failed']}", flush=True)
+
+    LoopingCall(progress).start(2.0, now=False)
     reactor.callWhenRunning(more)  # type: ignore[attr-defined]
     reactor.run(installSignalHandlers=True)  # type: ignore[attr-defined]
 
@@ -259,18 +265,30 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
     assert client.stdout is not None
     line = ""
     client_base = 0
+    last_change, last_seen = time.monotonic(), ""
+    up = failed = 0
     while time.monotonic() - started < args.connect_time:
         line = client.stdout.readline()
         if line.startswith("base "):
             client_base = int(line.split()[1])
         if not line or line.startswith("ready"):
             break
-    if not line.startswith("ready"):
+        if line.startswith("progress"):
+            if line != last_seen:
+                last_seen, last_change = line, time.monotonic()
+            elif time.monotonic() - last_change > args.stall:
+                # some connections hang (neither up nor failed): stop waiting
+                break
+    if line.startswith("ready"):
+        up, failed = int(line.split()[1]), int(line.split()[3])
+    elif last_seen:
+        up, failed = int(last_seen.split()[1]), int(last_seen.split()[2])
+    else:
         raise RuntimeError(f"{kind}: the clients did not connect within {args.connect_time} s (last line {line!r})")
     connect_s = time.monotonic() - started
-    failed = int(line.split()[3])
+    failed = args.count - up
     if failed:
-        print(f"{kind}: {failed} of {args.count} connections failed to set up (TCP or handshake timeout)", flush=True)
+        print(f"{kind}: {failed} of {args.count} connections not set up (failed, timed out, or stalled {args.stall:g} s)", flush=True)
     overflows1 = read_netstat()
     overflowed = (overflows1 - overflows0).overflows if overflows0 and overflows1 else -1
     time.sleep(args.settle)
@@ -313,9 +331,9 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
         "connect_s": connect_s,
         "overflows": overflowed,
         "failed": failed,
-        "server_kib_per_conn": (server_after - server_before) / args.count,
+        "server_kib_per_conn": (server_after - server_before) / max(up, 1),
         "server_before_mib": server_before / 1024,
-        "client_kib_per_conn": (client_rss - client_base) / args.count,
+        "client_kib_per_conn": (client_rss - client_base) / max(up, 1),
         "server_cpu": (s1 - s0) / (t1 - t0),
         "client_cpu": (c1 - c0) / (t1 - t0),
         **usage,
@@ -392,6 +410,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keepalive", type=float, default=15.0, help="--keepalive-interval of both sides (timeout 3x)")
     p.add_argument("--measure", type=float, default=60.0, help="seconds of CPU measured once all are up")
     p.add_argument("--settle", type=float, default=3.0, help="seconds after the last connection before measuring")
+    p.add_argument("--stall", type=float, default=30.0, help="stop waiting for the set-up after this many seconds without progress")
     p.add_argument("--connect-time", type=float, default=300.0, help="bound on setting up the connections")
     p.add_argument("--plaintext", action="store_true", help="no TLS")
     p.add_argument("--window", type=int, default=200, help="connections being set up at once (a reconnect storm: --window COUNT)")

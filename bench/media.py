@@ -524,9 +524,15 @@ def describe(r: dict[str, Any]) -> list[str]:
         )
     cpu = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["cpu"].items())
     m = r["machine"]
+    # The machine's busy time not spent by the benchmark's own processes:
+    # someone else's work (other containers on the same VM show neither in
+    # steal nor in our process list), the kernel's softirq work for
+    # loopback, and whatever runs unseen.  A run with much of it is not a
+    # run on a quiet machine.
+    others = m["busy"] * (os.cpu_count() or 1) - sum(r["cpu"].values())
     lines.append(
         f"    CPU of one core: {cpu}; machine busy {100 * m['busy']:.0f}%, softirq {100 * m['softirq']:.0f}%, "
-        f"steal {100 * m['steal']:.1f}%; kernel UDP errors {r['udp']}"
+        f"steal {100 * m['steal']:.1f}%, not the benchmark's {100 * max(others, 0.0):.0f}% of a core; kernel UDP errors {r['udp']}"
     )
     return lines
 
