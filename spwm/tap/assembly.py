@@ -64,7 +64,6 @@ from spwm.tap.parts import (
     resolve_ip,
 )
 from spwm.tunnel.api import Router
-from spwm.workers import ReusePortEndpoint, listen_address
 from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
 from spwm.tunnel.service import (
     AgentTunnelService,
@@ -75,6 +74,7 @@ from spwm.tunnel.service import (
     client_certificate,
     server_tls_factory,
 )
+from spwm.workers import ReusePortEndpoint, listen_address
 
 
 @frozen
