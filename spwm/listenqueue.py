@@ -201,3 +201,74 @@ class ListenQueueWatch(Service):
         The counters' growth while the listener ran (host-wide).
         """
         return {"host_listen_overflows": self.grown.overflows, "host_listen_drops": self.grown.drops}
+
+
+class HandshakeGate:
+    """
+    A bound on tunnels in their handshake: while C{limit} connections are
+    handshaking (TLS and the SPWM hello), the listening port stops
+    accepting (C{stopReading}); the kernel's accept queue and the
+    clients' SYN retries hold the rest, and it accepts again as soon as
+    one handshake ends (done or failed).
+
+    Without it a reconnect storm starts every handshake at once: they
+    share the CPU, none finishes within the handshake timeout and all
+    fail together (C{docs/performance.md}, "A reconnect storm").
+
+    @ivar handshaking: connections in their handshake now.
+    @ivar pauses: times accepting was stopped.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self.handshaking = 0
+        self.pauses = 0
+        self._port: object | None = None
+        self._stopped = False
+
+    def set_port(self, port: object) -> object:
+        """
+        The listening port to pause and resume (the listener's
+        C{listening} result; returned unchanged).
+        """
+        self._port = port
+        self._update()
+        return port
+
+    def release(self) -> None:
+        """
+        The port is going away: leave it alone from now on.
+        """
+        self._port = None
+        self._stopped = False
+
+    def connection(self, tunnel: object) -> None:
+        """
+        A new connection (its tunnel protocol, with C{when_established}).
+        """
+        self.handshaking += 1
+        self._update()
+        tunnel.when_established().addBoth(self._ended)  # type: ignore[attr-defined]
+
+    def _ended(self, result: object) -> None:
+        # established or lost: either way no longer handshaking (the
+        # failure is the tunnel's own business, consumed here)
+        self.handshaking -= 1
+        self._update()
+
+    def _update(self) -> None:
+        port = self._port
+        if port is None:
+            return
+        if self.handshaking >= self.limit and not self._stopped:
+            self._stopped = True
+            self.pauses += 1
+            port.stopReading()  # type: ignore[attr-defined]
+        elif self.handshaking < self.limit and self._stopped:
+            self._stopped = False
+            port.startReading()  # type: ignore[attr-defined]
+
+    def status(self) -> dict[str, int]:
+        return {"handshaking": self.handshaking, "accept_pauses": self.pauses}

@@ -168,3 +168,90 @@ class WatchTests(SynchronousTestCase):
         self.watch.startService()
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.watch.stopService()
+
+
+class _Port:
+    def __init__(self) -> None:
+        self.reading = True
+        self.calls: list[str] = []
+
+    def stopReading(self) -> None:
+        self.reading = False
+        self.calls.append("stop")
+
+    def startReading(self) -> None:
+        self.reading = True
+        self.calls.append("start")
+
+
+class _Tunnel:
+    def __init__(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        self.established: Deferred = Deferred()
+
+    def when_established(self):
+        return self.established
+
+
+class HandshakeGateTests(SynchronousTestCase):
+    """
+    L{HandshakeGate}: the port stops accepting while C{limit} connections
+    handshake, and accepts again when one ends, established or not.
+    """
+
+    def test_pause_and_resume(self) -> None:
+        from twisted.python.failure import Failure
+
+        from spwm.listenqueue import HandshakeGate
+
+        gate = HandshakeGate(2)
+        port = _Port()
+        gate.set_port(port)
+        first, second, third = _Tunnel(), _Tunnel(), _Tunnel()
+        gate.connection(first)
+        self.assertTrue(port.reading)
+        gate.connection(second)
+        self.assertFalse(port.reading)
+        self.assertEqual(gate.status(), {"handshaking": 2, "accept_pauses": 1})
+        first.established.callback(first)
+        self.assertTrue(port.reading)
+        gate.connection(third)
+        self.assertFalse(port.reading)
+        # a handshake that fails frees its place too; its failure is consumed
+        second.established.errback(Failure(ConnectionError("lost")))
+        self.assertTrue(port.reading)
+        third.established.callback(third)
+        self.assertEqual(gate.status(), {"handshaking": 0, "accept_pauses": 2})
+        self.assertEqual(port.calls, ["stop", "start", "stop", "start"])
+
+    def test_port_later_and_released(self) -> None:
+        """
+        Connections counted before the port is known pause it when it
+        comes; once released the port is left alone.
+        """
+        from spwm.listenqueue import HandshakeGate
+
+        gate = HandshakeGate(1)
+        tunnel = _Tunnel()
+        gate.connection(tunnel)
+        port = _Port()
+        self.assertIs(gate.set_port(port), port)
+        self.assertFalse(port.reading)
+        gate.release()
+        tunnel.established.callback(tunnel)
+        self.assertEqual(port.calls, ["stop"])
+
+    def test_wired(self) -> None:
+        """
+        The contact point's factory tells the gate of each connection;
+        --max-handshakes is its limit.
+        """
+        config = ContactConfig.from_options({"plaintext": True, "listen": "tcp:0", "max-handshakes": 3})
+        self.assertEqual(config.limits.tunnel.max_handshaking, 3)
+        built = build_contact(config, MemoryReactorClock())
+        self.assertIsNotNone(built.factory.on_connection)
+        gate = built.factory.on_connection.__self__
+        self.assertEqual(gate.limit, 3)
+        built.factory.buildProtocol(None)
+        self.assertEqual(gate.handshaking, 1)

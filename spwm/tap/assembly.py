@@ -30,7 +30,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 
 from spwm.errors import ConfigError
 from spwm.forward import USE as FORWARD_USE, AgentForwarder, ContactForwarder
-from spwm.listenqueue import ListenQueueWatch, system_backlog, with_backlog
+from spwm.listenqueue import HandshakeGate, ListenQueueWatch, system_backlog, with_backlog
 from spwm.media.manager import MediaManager
 from spwm.media.reader import relay_sockets_for
 from spwm.security.resume import AgentResumption
@@ -532,6 +532,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
     )
     gate = MediaAcceptor(media, core)
     router = Router(runner, {FORWARD_USE: forwarder, "media": gate}, resumption)
+    handshakes = HandshakeGate(limits.tunnel.max_handshaking)
     factory = ContactTunnelFactory(
         router,
         reactor,
@@ -540,6 +541,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
         max_per_host=limits.tunnel.max_tunnels_per_address,
         check_client_identity=bool(config.client_ca),
         user_ciphering=config.user_ciphering,
+        on_connection=handshakes.connection,
     )
     listener = contact_listen_service(config, factory, reactor)
 
@@ -549,6 +551,12 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
     # after the listener: it watches only while the listener runs
     listen_watch = ListenQueueWatch(reactor, config.listen, listen_backlog(config))
     listen_watch.setServiceParent(top)
+    # the gate pauses the listening port while --max-handshakes handshake
+    def gate_port() -> None:
+        if listener.listening is not None:
+            listener.listening.addCallback(handshakes.set_port)
+
+    Hook(gate_port, handshakes.release).setServiceParent(top)
     listeners = SipListeners(
         reactor,
         runner,
@@ -560,7 +568,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
     listeners.setServiceParent(top)
     Hook(lambda: None, resumption.stop).setServiceParent(top)
     status = Status("contact", reactor)
-    status.add("tunnels", lambda: {"open": len(factory.tunnels), "refused": factory.refused, **listen_watch.status()})
+    status.add("tunnels", lambda: {"open": len(factory.tunnels), "refused": factory.refused, **handshakes.status(), **listen_watch.status()})
     status.add("sessions", resumption.status)
     status.add("sip", core.status)
     status.add("media", lambda: {**media.status(), "refused_unregistered": gate.refused})

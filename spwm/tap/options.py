@@ -308,6 +308,7 @@ class ContactConfig:
                 drain_time=v["drain-time"],
                 max_tunnels=v["max-tunnels"],
                 max_tunnels_per_address=v["max-tunnels-per-address"],
+                max_handshaking=v["max-handshakes"],
             ),
         )
 

@@ -932,8 +932,14 @@ class ContactTunnelFactory(_TunnelFactory):
         max_per_host: int = 100,
         check_client_identity: bool = False,
         user_ciphering: bool = False,
+        on_connection: Callable[[TunnelProtocol], None] | None = None,
     ) -> None:
+        """
+        @param on_connection: told of each connection accepted (the
+            handshake gate, L{spwm.listenqueue.HandshakeGate}).
+        """
         super().__init__(app, clock, limits)
+        self.on_connection = on_connection
         self.check_client_identity = check_client_identity
         self.user_ciphering = user_ciphering
         self.tunnels: _Registry = _Registry()
@@ -996,6 +1002,8 @@ class ContactTunnelFactory(_TunnelFactory):
         if host is not None:
             protocol.source_host = host
             self.tunnels.per_host[host] = self.tunnels.per_host.get(host, 0) + 1
+        if self.on_connection is not None:
+            self.on_connection(protocol)
         return protocol
 
     def go_away_all(self, reason: str = "shutting down", drain: float | None = None) -> None:
