@@ -28,7 +28,7 @@ from spwm.sip.actions import OperatorProxy
 from spwm.tap.assembly import build_contact
 from spwm.tap.common import STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service
 from spwm.tap.options import ContactConfig
-from spwm.workers import WorkerSpec, build_workers, die_with_parent, parse_workers, worker_config
+from spwm.workers import WorkerSpec, build_workers, die_with_parent, guard_stop_signals, parse_workers, worker_config
 
 __all__ = ["OPTIONS", "Options", "makeService", "parse_sip_proxy", "sip_address"]
 
@@ -118,6 +118,7 @@ def build_contact_or_workers(config: ContactConfig, reactor: Any = None) -> Any:
     spec = WorkerSpec.from_environment()
     if spec is not None:
         die_with_parent(spec.parent)
+        guard_stop_signals(reactor)
         return build_contact(worker_config(config, spec), reactor)
     if config.workers > 1:
         return build_workers(config, reactor)

@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor
+from twisted.internet.task import deferLater
 from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import TestCase
 
@@ -230,3 +231,29 @@ class WorkersTests(TestCase):
         self.assertNotIn(workers[1], now)
         phone = yield self.add_agent(0)
         self.assertIn(self.worker_port(phone.aor), (self.sip_port, self.sip_port + 1))
+
+    @defer.inlineCallbacks
+    def test_group_stop_is_clean(self) -> Any:
+        """
+        A stop signal to the supervisor and its workers at once (systemd's
+        cgroup kill, Ctrl-C in a terminal), then the supervisor's own
+        SIGTERM to the workers: everything ends with no traceback.
+        """
+        # tunnels to drain keep the workers stopping for a while
+        for index in range(3):
+            yield self.add_agent(index)
+        pid = self.transport.pid
+        workers = children(pid)
+        self.assertEqual(len(workers), 2)
+        for worker in workers:
+            os.kill(worker, signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
+        yield deferLater(reactor, 0.05, lambda: None)
+        for worker in workers:
+            if alive(worker):
+                os.kill(worker, signal.SIGTERM)
+        yield wait_until(lambda: self.process.ended.called, timeout=20)
+        text = self.process.text()
+        self.assertNotIn("Traceback", text)
+        self.assertNotIn("ReactorNotRunning", text)
+        self.assertFalse(any(alive(w) for w in workers))
