@@ -121,5 +121,6 @@ def build_contact_or_workers(config: ContactConfig, reactor: Any = None) -> Any:
         guard_stop_signals(reactor)
         return build_contact(worker_config(config, spec), reactor)
     if config.workers > 1:
+        guard_stop_signals(reactor)
         return build_workers(config, reactor)
     return build_contact(config, reactor)
