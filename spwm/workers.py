@@ -416,7 +416,7 @@ class WorkerSupervisor(Service):
         self.restarts[index] += 1
         self.log.warn(
             "worker {index} exited with {how}; restarting it in {delay} s (restart {count};"
-            " its sessions come back from its state file as dormant)",
+            " its agents reconnect; it reads its state file, which holds what it wrote at its last stop)",
             index=index,
             how=how,
             delay=delay,
