@@ -60,6 +60,28 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def server_rss(pid: int) -> int:
+    """
+    Resident memory of the server and its children (the workers), KiB.
+    """
+    return rss_kib(pid) + sum(rss_kib(c) for c in children(pid))
+
+
+def server_cpu(pid: int) -> float:
+    """
+    CPU seconds of the server and its children (the workers) now.
+    """
+    return cpu_seconds(pid) + sum(cpu_seconds(c) for c in children(pid))
+
+
 # -- the processes' own code (run with --role) ------------------------------
 
 
@@ -236,6 +258,7 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
             "--keepalive-interval", str(args.keepalive), "--keepalive-timeout", str(3 * args.keepalive),
             "--media-ports", f"{args.media_low}-{args.media_low + 99}",
             *(["--listen-backlog", str(args.backlog)] if args.backlog else []),
+            *(["--workers", str(args.workers)] if args.workers > 1 else []),
             *(["--plaintext"] if args.plaintext else ["--cert", tls[0], "--key", tls[1]]),
         ]  # fmt: skip
     else:
@@ -250,7 +273,13 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
     procs.popen.append(server)
     wait_listening(port)
     time.sleep(1.0)
-    server_before = rss_kib(server.pid)
+    if kind == "spwm" and args.workers > 1:
+        # the workers start after the supervisor: wait for their listeners
+        deadline = time.monotonic() + 20
+        while len(children(server.pid)) < args.workers and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2.0)
+    server_before = server_rss(server.pid)
     ccmd = [sys.executable, os.path.abspath(__file__), "--role", "clients", "--kind", kind, "--port", str(port)]
     ccmd += ["--count", str(args.count), "--keepalive", str(args.keepalive), "--window", str(args.window)]
     ccmd += ["--plaintext"] if args.plaintext else ["--ca", tls[2]]
@@ -292,7 +321,7 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
     overflows1 = read_netstat()
     overflowed = (overflows1 - overflows0).overflows if overflows0 and overflows1 else -1
     time.sleep(args.settle)
-    server_after = rss_kib(server.pid)
+    server_after = server_rss(server.pid)
     client_rss = rss_kib(client.pid)
     spy = None
     if args.profile:
@@ -305,9 +334,9 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
         )  # fmt: skip
         procs.popen.append(spy)
     m0 = machine_cpu()
-    s0, c0, t0 = cpu_seconds(server.pid), cpu_seconds(client.pid), time.monotonic()
+    s0, c0, t0 = server_cpu(server.pid), cpu_seconds(client.pid), time.monotonic()
     time.sleep(args.measure)
-    s1, c1, t1 = cpu_seconds(server.pid), cpu_seconds(client.pid), time.monotonic()
+    s1, c1, t1 = server_cpu(server.pid), cpu_seconds(client.pid), time.monotonic()
     usage = machine_usage(m0, machine_cpu())
     calls: list[str] = []
     if args.count_calls:
@@ -413,6 +442,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--stall", type=float, default=30.0, help="stop waiting for the set-up after this many seconds without progress")
     p.add_argument("--connect-time", type=float, default=300.0, help="bound on setting up the connections")
     p.add_argument("--plaintext", action="store_true", help="no TLS")
+    p.add_argument("--workers", type=int, default=1, help="--workers of the contact point (its memory and CPU are summed over the supervisor and the workers; pinning applies to all of them, so give --server-cpu -1)")
     p.add_argument("--window", type=int, default=200, help="connections being set up at once (a reconnect storm: --window COUNT)")
     p.add_argument("--backlog", type=int, default=0, help="the servers' listen backlog (default: the contact point's own default, 4096 for the bare server)")
     p.add_argument("--server-cpu", type=int, default=0, help="CPU the server is pinned to (-1: none)")
