@@ -289,6 +289,34 @@ def open_sockets(pid: int) -> int:
         return -1
 
 
+def pin(mode: str, pids: dict[str, int]) -> str:
+    """
+    Pin the halves (C{os.sched_setaffinity}) so that the load generator
+    does not share a core with the half under test: C{contact} puts the
+    contact point alone on CPU 0 and the agent, this process and every
+    process it forks later (signaller, senders, receivers) on CPU 1;
+    C{agent} the other way round; C{halves} one half per CPU, the load
+    anywhere; C{none} leaves the scheduler alone.
+
+    @return: the layout, for the report.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if mode == "none":
+        return "no pinning"
+    if len(cpus) < 2:
+        raise RuntimeError(f"--pin {mode} needs two CPUs, this process may use {cpus}")
+    first, second = cpus[0], cpus[1]
+    if mode == "halves":
+        os.sched_setaffinity(pids["contact"], {first})
+        os.sched_setaffinity(pids["agent"], {second})
+        return f"contact point on CPU {first}, agent on CPU {second}, load generator unpinned"
+    alone, rest = ("contact", "agent") if mode == "contact" else ("agent", "contact")
+    os.sched_setaffinity(pids[alone], {first})
+    os.sched_setaffinity(pids[rest], {second})
+    os.sched_setaffinity(0, {second})
+    return f"{alone} alone on CPU {first}; {rest}, senders, receivers and signaller on CPU {second}"
+
+
 class Bench:
     """
     The sockets of both sides, the pair, the signaller, and one measured phase per call.
@@ -310,6 +338,7 @@ class Bench:
             extra=["--user-ciphering"] if args.user_ciphering else [],
         )
         self.pair.wait_up()
+        self.pinning = pin(args.pin, self.pair.pids)
         if args.renice is not None:
             # diagnosis: does the load generator take the CPU from the halves?
             for pid in self.pair.pids.values():
@@ -495,9 +524,15 @@ def describe(r: dict[str, Any]) -> list[str]:
         )
     cpu = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["cpu"].items())
     m = r["machine"]
+    # The machine's busy time not spent by the benchmark's own processes:
+    # someone else's work (other containers on the same VM show neither in
+    # steal nor in our process list), the kernel's softirq work for
+    # loopback, and whatever runs unseen.  A run with much of it is not a
+    # run on a quiet machine.
+    others = m["busy"] * (os.cpu_count() or 1) - sum(r["cpu"].values())
     lines.append(
         f"    CPU of one core: {cpu}; machine busy {100 * m['busy']:.0f}%, softirq {100 * m['softirq']:.0f}%, "
-        f"steal {100 * m['steal']:.0f}%; kernel UDP errors {r['udp']}"
+        f"steal {100 * m['steal']:.1f}%, not the benchmark's {100 * max(others, 0.0):.0f}% of a core; kernel UDP errors {r['udp']}"
     )
     return lines
 
@@ -535,6 +570,7 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
         print(f"  started: {line}")
     print(f"  REGISTER sip:{USER}@{DOMAIN} through the pair (answered by the bench as the registrar): {bench.registered}")
     print(f"  sockets open before any call: {bench.sockets_idle}", flush=True)
+    print(f"  pinning: {bench.pinning}", flush=True)
     summary = []
     status = 0
     for n in args.calls:
@@ -598,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loss-limit", type=float, default=0.1, help="percent loss that fails the target (default 0.1)")
     p.add_argument("--p99-limit", type=float, default=5.0, help="p99 added latency that fails the target, ms (default 5)")
     p.add_argument("--episodes", action="store_true", help="print when the packets slower than --p99-limit were sent (tunnel)")
+    p.add_argument("--pin", choices=["none", "contact", "agent", "halves"], default="none", help="pin with sched_setaffinity: contact (or agent) alone on one CPU, everything else on the other; halves: one half per CPU (default none)")
     p.add_argument("--renice", type=int, metavar="N", help="run both halves at nice N (e.g. -10, needs root): is it scheduling?")
     p.add_argument("--keep-going", action="store_true", help="ramp: go on after a step misses the target")
     p.add_argument("--release-wait", type=float, default=3.0, help="seconds after the BYEs before counting sockets (default 3)")

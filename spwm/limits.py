@@ -45,6 +45,8 @@ class TunnelLimits:
         accepts in total.
     @ivar max_tunnels_per_address: tunnels a contact point accepts from one
         source address.
+    @ivar max_handshaking: tunnels a contact point lets handshake at once;
+        while that many are, it stops accepting.
     @ivar retry_after_cap: the largest C{Retry-After} (seconds) of the
         agent's C{503} while no tunnel is up.
     @ivar max_held: SIP messages an agent with an on-demand tunnel holds
@@ -64,6 +66,7 @@ class TunnelLimits:
     drain_time: float = field(default=30.0, validator=validators.ge(0.0))
     max_tunnels: int = field(default=10000, validator=_pos)
     max_tunnels_per_address: int = field(default=100, validator=_pos)
+    max_handshaking: int = field(default=256, validator=_pos)
     retry_after_cap: int = field(default=30, validator=_pos)
     max_held: int = field(default=64, validator=_pos)
     hold_time: float = field(default=10.0, validator=_pos_time)

@@ -33,6 +33,7 @@ from spwm.addr import hostport, is_wildcard, route_source
 from spwm.errors import ConfigError
 from spwm.hep import HepSender
 from spwm.forward import USE as FORWARD_USE, AgentForwarder, ContactForwarder
+from spwm.listenqueue import HandshakeGate, ListenQueueWatch, system_backlog, with_backlog
 from spwm.media.manager import MediaManager
 from spwm.media.reader import relay_sockets_for
 from spwm.security.resume import AgentResumption
@@ -78,6 +79,7 @@ from spwm.tunnel.service import (
     client_certificate,
     server_tls_factory,
 )
+from spwm.workers import ReusePortEndpoint, listen_address
 
 
 @frozen
@@ -609,6 +611,14 @@ def operator_proxy(proxy: OperatorProxy | None) -> OperatorProxy | None:
         raise ConfigError("sip-proxy", f"cannot resolve {proxy.host}: {e}") from None
 
 
+def listen_backlog(config: ContactConfig) -> int:
+    """
+    The tunnel listener's backlog: C{--listen-backlog}, else the system's
+    C{somaxconn}.
+    """
+    return config.listen_backlog or system_backlog()
+
+
 def contact_listen_service(config: ContactConfig, factory: ContactTunnelFactory, reactor: Any) -> ContactListenService:
     """
     The service that accepts the agents' tunnels.
@@ -620,8 +630,13 @@ def contact_listen_service(config: ContactConfig, factory: ContactTunnelFactory,
         tls_factory = load_tls(
             "cert", server_tls_factory, config.cert, config.key, factory, None, config.client_ca
         )
+    if config.workers > 1:
+        # one of several workers: a listener shared with SO_REUSEPORT
+        endpoint: Any = ReusePortEndpoint(reactor, *listen_address(config.listen), listen_backlog(config))
+    else:
+        endpoint = server_endpoint(reactor, "listen", with_backlog(config.listen, listen_backlog(config)))
     return ContactListenService(
-        server_endpoint(reactor, "listen", config.listen),
+        endpoint,
         factory,
         reactor,
         tls_factory=tls_factory,
@@ -745,6 +760,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
     # connections themselves).
     paths = PathSessions(reactor, resumption, agent=False)
     router = Router(runner, {FORWARD_USE: forwarder, "media": gate}, paths)
+    handshakes = HandshakeGate(limits.tunnel.max_handshaking)
     factory = ContactTunnelFactory(
         router,
         reactor,
@@ -753,6 +769,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
         max_per_host=limits.tunnel.max_tunnels_per_address,
         check_client_identity=bool(config.client_ca),
         user_ciphering=config.user_ciphering,
+        on_connection=handshakes.connection,
     )
     listener = contact_listen_service(config, factory, reactor)
     quic_listener = quic_listen_service(config, factory, reactor)
@@ -774,6 +791,15 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
                 quic_service.listening.addCallback(lambda port: announce_quic_port(factory, port))
 
         Hook(announce, lambda: None).setServiceParent(top)
+    # after the listener: it watches only while the listener runs
+    listen_watch = ListenQueueWatch(reactor, config.listen, listen_backlog(config))
+    listen_watch.setServiceParent(top)
+    # the gate pauses the listening port while --max-handshakes handshake
+    def gate_port() -> None:
+        if listener.listening is not None:
+            listener.listening.addCallback(handshakes.set_port)
+
+    Hook(gate_port, handshakes.release).setServiceParent(top)
     listeners = SipListeners(
         reactor,
         runner,
@@ -785,7 +811,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
     listeners.setServiceParent(top)
     Hook(lambda: None, resumption.stop).setServiceParent(top)
     status = Status("contact", reactor)
-    status.add("tunnels", lambda: {"open": len(factory.tunnels), "refused": factory.refused})
+    status.add("tunnels", lambda: {"open": len(factory.tunnels), "refused": factory.refused, **handshakes.status(), **listen_watch.status()})
     status.add("sessions", resumption.status)
     status.add("paths", paths.status)
     status.add("sip", core.status)

@@ -28,6 +28,7 @@ from spwm.sip.actions import OperatorProxy
 from spwm.tap.assembly import build_contact
 from spwm.tap.common import HEP_OPTIONS, LOG_OPTIONS, STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service
 from spwm.tap.options import ContactConfig
+from spwm.workers import WorkerSpec, build_workers, die_with_parent, guard_stop_signals, parse_workers, worker_config
 
 __all__ = ["OPTIONS", "Options", "makeService", "parse_sip_proxy", "sip_address"]
 
@@ -58,16 +59,19 @@ def sip_address(value: object) -> tuple[str, int]:
 
 OPTIONS = (
     Option("listen", "tcp:443", string, "Where tunnels connect: a Twisted server endpoint description."),
+    Option("listen-backlog", None, positive_int, "Length of the tunnel listener's accept queue (the listen backlog; default: the system's net.core.somaxconn, 4096 if unreadable); a backlog= in --listen wins."),
     Option("cert", None, readable_file, "PEM certificate (and chain) of the contact point."),
     Option("key", None, readable_file, "PEM private key of the contact point."),
     Option("plaintext", False, bool, "Plain TCP instead of TLS (tests, or TLS terminated elsewhere).", flag=True),
     Option("quic-listen", None, ip_literal_port, "Also take tunnels over QUIC (UDP) on IP:PORT, with --cert/--key (default: off; see docs/security.md)."),
     Option("client-ca", None, readable_file, "Mutual TLS: agents must present a certificate from these CAs (PEM) that names their --agent-id."),
     Option("allow-forward", (), ip_literal_port, "Allow UDP forwards to this IP:PORT (none by default).", repeat=True),
+    Option("workers", 1, parse_workers, "Processes of this contact point (a number, or auto: one per CPU): they share the --listen port (SO_REUSEPORT), each has its own SIP port (--sip-address port + its index), a slice of --media-ports, its own --state-file (+ .INDEX) and --status-listen port (+ index); a supervisor restarts a worker that dies."),
     Option("drain-time", 5.0, positive_float, "Seconds tunnels get to move after go-away when the contact point stops."),
     Option("state-file", None, optional_string, "Keep the flow token key and the registrations of sessions with keys in this file across a restart (written at stop, mode 0600; read at start): agents resume their registrations in the next process (default: none, a restart loses them)."),
     Option("max-tunnels", 10000, positive_int, "Tunnels (handshaking ones included) the contact point accepts in total."),
     Option("max-tunnels-per-address", 100, positive_int, "Tunnels accepted from one source address."),
+    Option("max-handshakes", 256, positive_int, "Tunnels in their handshake (TLS and hello) at once; while that many are, the contact point accepts no more (the kernel's queue holds them), so a reconnect storm is worked through in order instead of every handshake timing out."),
     Option("sip-proxy", None, parse_sip_proxy, "Operator proxy HOST[:PORT][;transport=udp|tcp] (default: the embedded registrar)."),
     Option("sip-address", ("127.0.0.1", 5070), sip_address, "Operator-side SIP address ADDR[:PORT] of the contact point (UDP and TCP)."),
     Option("sip-name", (), sip_name, "Another name of this contact point in a Route or Request-URI: a DNS name or address, NAME[:PORT] (without a port: the --sip-address port).", repeat=True),
@@ -105,4 +109,21 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     """
     The contact point of C{options.config} (L{build_contact}).
     """
-    return build_service("contact", lambda: build_contact(options.config, reactor))
+    return build_service("contact", lambda: build_contact_or_workers(options.config, reactor))
+
+
+def build_contact_or_workers(config: ContactConfig, reactor: Any = None) -> Any:
+    """
+    The contact point of C{config}; with C{--workers N} the supervisor of
+    N workers (L{spwm.workers}); in a worker's process (its environment
+    says so), that worker's contact point.
+    """
+    spec = WorkerSpec.from_environment()
+    if spec is not None:
+        die_with_parent(spec.parent)
+        guard_stop_signals(reactor)
+        return build_contact(worker_config(config, spec), reactor)
+    if config.workers > 1:
+        guard_stop_signals(reactor)
+        return build_workers(config, reactor)
+    return build_contact(config, reactor)

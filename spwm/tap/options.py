@@ -263,11 +263,17 @@ class ContactConfig:
         when the contact point is built), or C{None} for the embedded
         registrar.
     @ivar sip_address: the operator-side SIP address, C{(ip, port)}.
+    @ivar workers: processes sharing the tunnel listener (C{spwm.workers});
+        1: this one process.
+    @ivar listen_backlog: the tunnel listener's backlog; C{None}: the
+        system's C{somaxconn} (L{spwm.listenqueue.system_backlog}).
     @ivar limits: every limit; C{limits.tunnel.drain_time} is C{--drain-time}.
     """
 
     listen: str = "tcp:443"
     quic_listen: Address | None = None
+    listen_backlog: int | None = None
+    workers: int = 1
     cert: str | None = None
     key: str | None = None
     plaintext: bool = False
@@ -337,6 +343,8 @@ class ContactConfig:
         return cls(
             listen=v["listen"],
             quic_listen=v["quic-listen"],
+            listen_backlog=v["listen-backlog"],
+            workers=v["workers"],
             cert=v["cert"],
             key=v["key"],
             plaintext=bool(v["plaintext"]),
@@ -363,6 +371,7 @@ class ContactConfig:
                 drain_time=v["drain-time"],
                 max_tunnels=v["max-tunnels"],
                 max_tunnels_per_address=v["max-tunnels-per-address"],
+                max_handshaking=v["max-handshakes"],
             ),
         )
 

@@ -32,6 +32,7 @@ from spwm.tunnel.api import ChannelHandler
 from spwm.tunnel.connection import ChannelLimitError, Role, State, TunnelConnection, TunnelNotOpenError
 from spwm.tunnel.cipher import UserCipher
 from spwm.tunnel.frames import FLAG_COMPONENT, FLAG_SEALED, FLAG_SEQ, ChannelKind, ErrorCode, FrameType
+from spwm.tunnel.timers import SharedTimer, shared_timers
 
 _DATAGRAM = int(FrameType.DATAGRAM)
 _SEQ = struct.Struct("!I")
@@ -175,7 +176,7 @@ class TunnelProtocol(Protocol):
         #: when the connection was made (the clock's seconds), for the status
         self.connected_at: float | None = None
         self._paused = False
-        self._timer: IDelayedCall | None = None
+        self._timer: SharedTimer | None = None
         self._timer_at: float | None = None
         self._established = False
         self._lost = False
@@ -899,7 +900,8 @@ class TunnelProtocol(Protocol):
         self._timer_at = deadline
         if deadline is not None:
             delay = max(0.0, deadline - self._clock.seconds())
-            self._timer = self._clock.callLater(delay, self._on_timer)
+            # one timer structure for all tunnels (spwm/tunnel/timers.py)
+            self._timer = shared_timers(self._clock).call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -1044,13 +1046,17 @@ class ContactTunnelFactory(_TunnelFactory):
         check_client_identity: bool = False,
         user_ciphering: bool = False,
         paths: bool = True,
+        on_connection: Callable[[TunnelProtocol], None] | None = None,
     ) -> None:
         """
         @param paths: offer several connections per session (the welcome
             says C{paths} and carries the attach key); C{False} is a
             contact point as before it (tests of the old protocol).
+        @param on_connection: told of each connection accepted (the
+            handshake gate, L{spwm.listenqueue.HandshakeGate}).
         """
         super().__init__(app, clock, limits)
+        self.on_connection = on_connection
         self.check_client_identity = check_client_identity
         self.user_ciphering = user_ciphering
         self.paths = paths
@@ -1125,6 +1131,8 @@ class ContactTunnelFactory(_TunnelFactory):
         if host is not None:
             protocol.source_host = host
             self.tunnels.per_host[host] = self.tunnels.per_host.get(host, 0) + 1
+        if self.on_connection is not None:
+            self.on_connection(protocol)
         return protocol
 
     def go_away_all(self, reason: str = "shutting down", drain: float | None = None) -> None:

@@ -1,0 +1,536 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+C{spwm-contact --workers N}: one contact point over N processes, one per
+core.
+
+The parent (C{twistd spwm-contact --workers N}) is a supervisor only: it
+starts N worker processes (the same command line, each told its index in
+the environment, L{WORKER_ENV}), relays their log lines, restarts a worker
+that dies (at a bounded rate) and stops them with itself.
+
+Every worker is a whole contact point (L{spwm.tap.assembly.build_contact})
+with its own share (L{worker_config}):
+
+  - the tunnel listener is shared: every worker binds the same address
+    with C{SO_REUSEPORT} (L{ReusePortEndpoint}) and the kernel spreads
+    new connections over them (see C{docs/operations.md}, "Workers", for
+    why this and not a parent handing on accepted sockets);
+  - its own operator-side SIP port: C{--sip-address} port + index, so the
+    C{Path} and C{Record-Route} it writes name the worker that holds the
+    tunnel, and the operator's proxy sends every request for those
+    phones to that process;
+  - its own slice of C{--media-ports} (whole port pairs);
+  - its own state file (C{--state-file} + C{.INDEX}) and status port
+    (C{--status-listen} port + index).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import sys
+from typing import Any, Callable
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from spwm.errors import ConfigError
+
+#: the environment variable that makes a process worker INDEX of COUNT
+#: (C{INDEX/COUNT/PARENT_PID})
+WORKER_ENV = "SPWM_WORKER"
+
+#: restarts of one worker allowed within L{RESTART_WINDOW} seconds before
+#: the next waits L{RESTART_HOLD} seconds
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
+RESTART_HOLD = 30.0
+#: a worker that dies this soon after the first start of all: a start-up
+#: error (a port in use, a bad file); the supervisor stops instead of
+#: restarting
+STARTUP_GRACE = 5.0
+
+
+def parse_workers(value: object) -> int:
+    """
+    C{--workers}: a positive number, or C{auto} (the number of CPUs this
+    process may run on).
+    """
+    text = str(value).strip().lower()
+    if text == "auto":
+        return usable_cpus()
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number of workers or auto") from None
+    if n < 1:
+        raise ValueError("must be at least 1")
+    return n
+
+
+def usable_cpus() -> int:
+    """
+    The CPUs this process may run on (its affinity), at least 1.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+@attrs.frozen
+class WorkerSpec:
+    """
+    Which worker this process is.
+
+    @ivar index: 0 .. count - 1.
+    @ivar count: how many workers.
+    @ivar parent: the supervisor's PID.
+    """
+
+    index: int
+    count: int
+    parent: int
+
+    @classmethod
+    def from_environment(cls, environ: Any = None) -> WorkerSpec | None:
+        """
+        The spec in L{WORKER_ENV}, or C{None} when this is not a worker.
+
+        @raise ConfigError: the variable is set but not valid.
+        """
+        text = (os.environ if environ is None else environ).get(WORKER_ENV)
+        if not text:
+            return None
+        try:
+            index, count, parent = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise ConfigError("workers", f"{WORKER_ENV}={text!r} is not INDEX/COUNT/PID") from None
+        if not 0 <= index < count:
+            raise ConfigError("workers", f"{WORKER_ENV}={text!r}: index out of range")
+        return cls(index, count, parent)
+
+    def env_value(self) -> str:
+        return f"{self.index}/{self.count}/{self.parent}"
+
+
+def media_slice(ports: tuple[int, int], index: int, count: int) -> tuple[int, int]:
+    """
+    Worker C{index}'s share of the media port range: whole port pairs
+    (even, odd), the pairs split as evenly as they go.
+
+    @raise ConfigError: fewer pairs than workers.
+    """
+    low, high = ports
+    first = low + (low & 1)
+    pairs = (high - first + 1) // 2
+    if pairs < count:
+        raise ConfigError("media-ports", f"{low}-{high} holds {pairs} port pair(s), fewer than {count} workers")
+    start = index * pairs // count
+    end = (index + 1) * pairs // count
+    return first + 2 * start, first + 2 * end - 1
+
+
+def offset_port(description: str, index: int) -> str:
+    """
+    A Twisted endpoint description with its port (the first field after
+    the type, as in C{tcp:9090:interface=...}) moved up by C{index}.
+
+    @raise ConfigError: no numeric port there.
+    """
+    kind, _, rest = description.partition(":")
+    port, sep, tail = rest.partition(":")
+    if kind.strip().lower() not in ("tcp", "tcp6") or not port.isdigit():
+        raise ConfigError("status-listen", f"{description!r}: with --workers, give tcp:PORT (each worker serves PORT + its index)")
+    return f"{kind}:{int(port) + index}{sep}{tail}"
+
+
+def worker_config(config: Any, spec: WorkerSpec) -> Any:
+    """
+    The configuration of worker C{spec.index}: C{config} with its own SIP
+    port, media slice, state file and status port.
+    """
+    host, port = config.sip_address
+    if port + spec.count - 1 > 65535:
+        raise ConfigError("sip-address", f"port {port} + {spec.count} workers passes 65535")
+    changes: dict[str, Any] = {
+        "sip_address": (host, port + spec.index),
+        "media_ports": media_slice(config.media_ports, spec.index, spec.count),
+    }
+    if config.state_file:
+        changes["state_file"] = f"{config.state_file}.{spec.index}"
+    if config.status.listen:
+        changes["status"] = attrs.evolve(config.status, listen=offset_port(config.status.listen, spec.index))
+    return attrs.evolve(config, **changes)
+
+
+def listen_address(description: str) -> tuple[int, str, int]:
+    """
+    C{(family, interface, port)} of a C{tcp}/C{tcp6} endpoint description,
+    as the workers' shared listener binds it.
+
+    @raise ConfigError: another kind of endpoint (C{--workers} needs TCP).
+    """
+    from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+
+    from twisted.internet import reactor
+
+    try:
+        endpoint = serverFromString(reactor, description)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError("listen", f"{description!r}: {e}") from None
+    if isinstance(endpoint, TCP6ServerEndpoint):
+        return socket.AF_INET6, endpoint._interface or "::", endpoint._port
+    if isinstance(endpoint, TCP4ServerEndpoint):
+        return socket.AF_INET, endpoint._interface or "0.0.0.0", endpoint._port
+    raise ConfigError("listen", f"{description!r}: --workers shares a TCP listener; give tcp:PORT or tcp6:PORT")
+
+
+@implementer(IStreamServerEndpoint)
+class ReusePortEndpoint:
+    """
+    A TCP listener that other processes share: the socket is made here
+    with C{SO_REUSEPORT} (Twisted's C{listenTCP} has no such option),
+    bound, listening with C{backlog}, then given to the reactor
+    (C{adoptStreamPort}).  TLS, if any, is in the factory.
+    """
+
+    def __init__(self, reactor: Any, family: int, interface: str, port: int, backlog: int) -> None:
+        self.reactor = reactor
+        self.family = family
+        self.interface = interface
+        self.port = port
+        self.backlog = backlog
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[Any]:
+        sock = socket.socket(self.family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if self.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((self.interface, self.port))
+            sock.listen(self.backlog)
+            sock.setblocking(False)
+            port = self.reactor.adoptStreamPort(sock.fileno(), self.family, factory)
+        except OSError as e:
+            sock.close()
+            from twisted.internet.defer import fail
+
+            return fail(CannotListenError(self.interface, self.port, e))
+        # the reactor holds its own duplicate of the descriptor
+        sock.close()
+        return succeed(port)
+
+
+def die_with_parent(parent: int) -> None:
+    """
+    Ask the kernel to send this process SIGTERM when its parent dies
+    (Linux C{PR_SET_PDEATHSIG}); if the parent is already gone, stop now.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def stop_signals_once(previous: Any) -> Callable[[int, Any], None]:
+    """
+    A handler for SIGTERM and SIGINT that passes only the first of them
+    to C{previous} (Twisted's): a worker gets the stop signal twice when
+    the whole group or cgroup is signalled (systemd's default
+    C{KillMode=control-group}, Ctrl-C in a terminal) and then the
+    supervisor's, and a second one to a reactor already stopping is a
+    traceback (C{ReactorNotRunning}).
+    """
+    seen: list[int] = []
+
+    def once(signum: int, frame: Any) -> None:
+        if seen:
+            return
+        seen.append(signum)
+        if callable(previous):
+            previous(signum, frame)
+
+    return once
+
+
+def guard_stop_signals(reactor: Any = None) -> None:
+    """
+    Once the reactor runs (it installs its own handlers then), let only
+    the first SIGTERM or SIGINT through (L{stop_signals_once}).
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+
+    def install() -> None:
+        once = stop_signals_once(signal.getsignal(signal.SIGTERM))
+        signal.signal(signal.SIGTERM, once)
+        signal.signal(signal.SIGINT, once)
+
+    reactor.callWhenRunning(install)
+
+
+def plugin_arguments(argv: list[str], name: str = "spwm-contact") -> list[str]:
+    """
+    The plugin's own arguments in a C{twistd} command line (what follows
+    the plugin name).
+
+    @raise ConfigError: C{name} is not in it (not run by C{twistd}).
+    """
+    try:
+        at = argv.index(name)
+    except ValueError:
+        raise ConfigError("workers", f"--workers is for `twistd {name}` (embedding programs run one contact point per process)") from None
+    return argv[at + 1 :]
+
+
+class _WorkerProcess(protocol.ProcessProtocol):
+    """
+    One worker's process: its output goes to the log line by line.
+    """
+
+    def __init__(self, supervisor: WorkerSupervisor, index: int) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self._partial = b""
+        self.ended: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > 65536:
+            lines.append(self._partial)
+            self._partial = b""
+        for line in lines:
+            if line.strip():
+                self.supervisor.worker_line(self.index, line.decode("utf-8", "replace").rstrip())
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        if self._partial.strip():
+            self.supervisor.worker_line(self.index, self._partial.decode("utf-8", "replace").rstrip())
+        self._partial = b""
+        code = getattr(reason.value, "exitCode", None)
+        sig = getattr(reason.value, "signal", None)
+        self.supervisor.worker_ended(self.index, code, sig)
+        self.ended.callback(None)
+
+
+class WorkerSupervisor(Service):
+    """
+    Starts C{count} workers, restarts one that dies (at most
+    L{MAX_RESTARTS} in L{RESTART_WINDOW} seconds, then after
+    L{RESTART_HOLD}), stops them all (SIGTERM, SIGKILL after C{stop_time})
+    when it stops.  A worker that exits by itself (not by a signal) within
+    L{STARTUP_GRACE} seconds of the first start of all had a start-up
+    error (a port in use: its one line is in the log): the supervisor
+    stops the process (C{stop}) instead of restarting it.
+
+    @ivar command: the worker's command line (argv, with the executable).
+    @ivar restarts: restarts so far, per worker.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        count: int,
+        command: list[str],
+        *,
+        stop_time: float = 10.0,
+        env: dict[str, str] | None = None,
+        stop: Callable[[], None] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.count = count
+        self.command = command
+        self.stop_time = stop_time
+        self.env = dict(os.environ if env is None else env)
+        self._stop = stop if stop is not None else self._stop_reactor
+        self.processes: dict[int, Any] = {}
+        self._protocols: dict[int, _WorkerProcess] = {}
+        self._recent: dict[int, list[float]] = {i: [] for i in range(count)}
+        self._timers: dict[int, Any] = {}
+        self.restarts = [0] * count
+        self._started_at = 0.0
+        self._stopping = False
+
+    def _stop_reactor(self) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def startService(self) -> None:
+        super().startService()
+        self._started_at = self.reactor.seconds()
+        self.log.info("starting {count} contact point workers", count=self.count)
+        for index in range(self.count):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        self._timers.pop(index, None)
+        if self._stopping:
+            return
+        env = dict(self.env)
+        env[WORKER_ENV] = WorkerSpec(index, self.count, os.getpid()).env_value()
+        proto = _WorkerProcess(self, index)
+        self._protocols[index] = proto
+        self.processes[index] = self.reactor.spawnProcess(
+            proto, self.command[0], self.command, env=env, childFDs={0: "w", 1: "r", 2: "r"}
+        )
+
+    def worker_line(self, index: int, line: str) -> None:
+        self.log.info("worker {index}: {line}", index=index, line=line)
+
+    def worker_ended(self, index: int, code: int | None, sig: int | None) -> None:
+        self.processes.pop(index, None)
+        if self._stopping:
+            return
+        now = self.reactor.seconds()
+        how = f"signal {sig}" if sig else f"status {code}"
+        if sig is None and now - self._started_at < STARTUP_GRACE and self.restarts[index] == 0:
+            self.log.error(
+                "worker {index} exited with {how} at start; stopping the contact point (see its lines above)",
+                index=index,
+                how=how,
+            )
+            self._stop()
+            return
+        recent = [t for t in self._recent[index] if now - t < RESTART_WINDOW]
+        delay = 0.5 if len(recent) < MAX_RESTARTS else RESTART_HOLD
+        recent.append(now)
+        self._recent[index] = recent
+        self.restarts[index] += 1
+        self.log.warn(
+            "worker {index} exited with {how}; restarting it in {delay} s (restart {count};"
+            " its agents reconnect; it reads its state file, which holds what it wrote at its last stop)",
+            index=index,
+            how=how,
+            delay=delay,
+            count=self.restarts[index],
+        )
+        self._timers[index] = self.reactor.callLater(delay, self._spawn, index)
+
+    def stopService(self) -> Deferred[Any] | None:
+        super().stopService()
+        self._stopping = True
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        waiting = [self._protocols[i].ended for i in list(self.processes)]
+        for index, process in list(self.processes.items()):
+            self._signal(process, signal.SIGTERM)
+        if not waiting:
+            return None
+        from twisted.internet.defer import DeferredList
+
+        done = DeferredList(waiting, consumeErrors=True)
+
+        def kill() -> None:
+            for index, process in list(self.processes.items()):
+                self.log.warn("worker {index} still running after {seconds} s; killing it", index=index, seconds=self.stop_time)
+                self._signal(process, signal.SIGKILL)
+
+        killer = self.reactor.callLater(self.stop_time, kill)
+
+        def finished(result: Any) -> None:
+            if killer.active():
+                killer.cancel()
+
+        done.addCallback(finished)
+        return done
+
+    @staticmethod
+    def _signal(process: Any, sig: int) -> None:
+        try:
+            process.signalProcess(sig)
+        except Exception:
+            # already gone
+            pass
+
+    def status(self) -> dict[str, Any]:
+        return {"workers": self.count, "running": len(self.processes), "restarts": sum(self.restarts)}
+
+
+@attrs.frozen
+class Workers:
+    """
+    The supervisor of C{--workers N}, as L{build_workers} made it.
+
+    @ivar service: the one service to start.
+    """
+
+    config: Any
+    supervisor: WorkerSupervisor
+
+    @property
+    def service(self) -> WorkerSupervisor:
+        return self.supervisor
+
+
+def build_workers(config: Any, reactor: Any = None, argv: list[str] | None = None) -> Workers:
+    """
+    The supervisor of C{config.workers} workers, after checking that every
+    worker's share can be made (a TCP C{--listen} with a port, enough media
+    port pairs, SIP ports, status ports).
+
+    @raise ConfigError: one cannot.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    family, interface, port = listen_address(config.listen)
+    if port == 0:
+        raise ConfigError("listen", "--workers share one listening port: give it (not 0)")
+    for index in range(config.workers):
+        worker_config(config, WorkerSpec(index, config.workers, 0))
+    command = worker_command(sys.argv if argv is None else argv)
+    stop_time = config.limits.tunnel.drain_time + 10.0
+    return Workers(config, WorkerSupervisor(reactor, config.workers, command, stop_time=stop_time))
+
+
+def worker_command(argv: list[str]) -> list[str]:
+    """
+    The command line of a worker: this Python running C{twistd -n
+    --pidfile= spwm-contact} with the plugin's arguments of C{argv}.
+    """
+    return [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "-n",
+        "--pidfile=",
+        "spwm-contact",
+        *plugin_arguments(argv),
+    ]
+
+
+__all__ = [
+    "ReusePortEndpoint",
+    "WORKER_ENV",
+    "WorkerSpec",
+    "WorkerSupervisor",
+    "Workers",
+    "build_workers",
+    "die_with_parent",
+    "guard_stop_signals",
+    "listen_address",
+    "media_slice",
+    "offset_port",
+    "parse_workers",
+    "worker_command",
+    "worker_config",
+]

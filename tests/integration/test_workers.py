@@ -1,0 +1,259 @@
+"""
+Integration test of C{spwm-contact --workers 2} on loopback: the workers
+share the tunnel port (SO_REUSEPORT), each names its own SIP port in the
+Path of the REGISTERs it relays, and a call from the operator side sent to
+that port reaches the phone behind the agent whose tunnel that worker
+holds.  A worker killed is restarted by the supervisor; stopping the
+supervisor stops every worker.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from typing import Any
+
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.task import deferLater
+from twisted.internet.protocol import DatagramProtocol
+from twisted.trial.unittest import TestCase
+
+from spwm.tap import agent
+from spwm.tap.assembly import build_agent
+from spwm.testing.phone import Phone, build_sip, make_sdp, parse_sip, uri_of
+from spwm.testing.ports import free_port
+from tests.integration.test_tunnel_loopback import wait_until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Operator(DatagramProtocol):
+    """
+    The operator's proxy and registrar, as far as the test needs: answers
+    REGISTER with 200 and keeps, per user, the Path and Contact and the
+    address the REGISTER came from; records the responses it gets.
+    """
+
+    def __init__(self) -> None:
+        self.bindings: dict[str, tuple[str, str, tuple[str, int]]] = {}
+        self.responses: list[tuple[Any, tuple[str, int]]] = []
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        message = parse_sip(data)
+        if message.first.startswith("SIP/2.0"):
+            self.responses.append((message, addr))
+            return
+        if message.first.startswith("REGISTER"):
+            user = uri_of(message.get("to") or "")
+            self.bindings[user] = (message.get("path") or "", message.get("contact") or "", addr)
+            headers = [(name, value) for name, value in message.headers if name.lower() in ("via", "from", "call-id", "cseq")]
+            headers.append(("To", (message.get("to") or "") + ";tag=op"))
+            headers.append(("Contact", (message.get("contact") or "") + ";expires=300"))
+            self.transport.write(build_sip("SIP/2.0 200 OK", headers), addr)
+        elif not message.first.startswith("ACK"):
+            # nothing else is expected
+            pass
+
+
+class WorkerProcess(protocol.ProcessProtocol):
+    """
+    The supervisor's process; its output kept.
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: defer.Deferred[Any] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value)
+
+    def text(self) -> str:
+        return self.output.decode("utf-8", "replace")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class WorkersTests(TestCase):
+    timeout = 90
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.operator = Operator()
+        self.operator_port = reactor.listenUDP(0, self.operator, interface="127.0.0.1")
+        self.addCleanup(self.operator_port.stopListening)
+        self.tunnel_port = free_port()
+        self.sip_port = free_port(following=3)
+        self.process = WorkerProcess()
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env.pop("SPWM_WORKER", None)
+        args = [
+            sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+            "spwm-contact", "--workers", "2", "--plaintext",
+            "--listen", f"tcp:{self.tunnel_port}:interface=127.0.0.1",
+            "--sip-address", f"127.0.0.1:{self.sip_port}",
+            "--sip-proxy", f"127.0.0.1:{self.operator_port.getHost().port}",
+            "--media-ports", "46000-46099", "--media-allow", "127.0.0.0/8",
+            "--drain-time", "0.2", "--status-interval", "0",
+        ]  # fmt: skip
+        self.transport = reactor.spawnProcess(self.process, sys.executable, args, env=env, path=ROOT)
+        self.addCleanup(self.stop_supervisor)
+        yield wait_until(lambda: self.process.text().count("listening for tunnels") >= 2, timeout=30)
+        self.agents: list[Any] = []
+        self.phones: list[Phone] = []
+
+    @defer.inlineCallbacks
+    def stop_supervisor(self) -> Any:
+        for phone in self.phones:
+            yield phone.stop()
+        for built in self.agents:
+            yield built.service.stopService()
+        pid = self.transport.pid
+        workers = children(pid) if pid else []
+        if pid and not self.process.ended.called:
+            os.kill(pid, signal.SIGTERM)
+        try:
+            yield wait_until(lambda: self.process.ended.called, timeout=20)
+        finally:
+            if not self.process.ended.called and self.transport.pid:
+                os.kill(self.transport.pid, signal.SIGKILL)
+        # the workers went with the supervisor
+        yield wait_until(lambda: not any(alive(w) for w in workers), timeout=10)
+
+    @defer.inlineCallbacks
+    def add_agent(self, index: int) -> Any:
+        sip = free_port(following=1)
+        options = agent.Options()
+        options.parseOptions(
+            ["--contact", f"127.0.0.1:{self.tunnel_port}", "--plaintext", "--agent-id", f"agent{index}",
+             "--sip-listen", f"127.0.0.1:{sip}", "--media-ports", f"{44000 + 100 * index}-{44099 + 100 * index}",
+             "--status-interval", "0"]
+        )  # fmt: skip
+        built = build_agent(options.config, reactor)
+        built.service.startService()
+        self.agents.append(built)
+        yield wait_until(lambda: built.tunnel_service.tunnel is not None, timeout=10)
+        phone = Phone(reactor, f"u{index}", "example.test", ("127.0.0.1", sip))
+        phone.start()
+        self.phones.append(phone)
+        response = yield phone.register()
+        self.assertTrue(response.first.startswith("SIP/2.0 200"), response.first)
+        return phone
+
+    def worker_port(self, user: str) -> int:
+        path = self.operator.bindings[user][0]
+        match = re.search(r"@?127\.0\.0\.1:(\d+)", path)
+        assert match is not None, path
+        return int(match.group(1))
+
+    @defer.inlineCallbacks
+    def test_calls_reach_the_right_worker(self) -> Any:
+        """
+        Agents land on both workers; each REGISTER's Path names the SIP
+        port of the worker that relayed it (and came from it); an INVITE
+        from the operator side sent there reaches the phone.
+        """
+        by_worker: dict[int, Phone] = {}
+        for index in range(10):
+            phone = yield self.add_agent(index)
+            port = self.worker_port(phone.aor)
+            self.assertIn(port, (self.sip_port, self.sip_port + 1))
+            # the REGISTER came from the worker its Path names
+            self.assertEqual(self.operator.bindings[phone.aor][2][1], port)
+            by_worker.setdefault(port, phone)
+            if len(by_worker) == 2:
+                break
+        self.assertEqual(set(by_worker), {self.sip_port, self.sip_port + 1}, "ten agents all on one worker")
+        op_port = self.operator_port.getHost().port
+        for port, phone in by_worker.items():
+            path, contact, _ = self.operator.bindings[phone.aor]
+            call_id = f"op-{port}@127.0.0.1"
+            invite = build_sip(
+                f"INVITE {uri_of(contact)} SIP/2.0",
+                [
+                    ("Via", f"SIP/2.0/UDP 127.0.0.1:{op_port};branch=z9hG4bK-{port}"),
+                    ("Route", path),
+                    ("Max-Forwards", "70"),
+                    ("From", f"<sip:operator@example.test>;tag=o{port}"),
+                    ("To", f"<{phone.aor}>"),
+                    ("Call-ID", call_id),
+                    ("CSeq", "1 INVITE"),
+                    ("Contact", f"<sip:operator@127.0.0.1:{op_port}>"),
+                    ("Content-Type", "application/sdp"),
+                ],
+                make_sdp("operator", "127.0.0.1", 45000, 1),
+            )
+            self.operator.transport.write(invite, ("127.0.0.1", port))
+
+            def answered(call_id: str = call_id) -> bool:
+                return any(
+                    m.first.startswith("SIP/2.0 200") and m.get("call-id") == call_id for m, _ in self.operator.responses
+                )
+
+            yield wait_until(answered, timeout=10)
+            (ok, source), = [(m, a) for m, a in self.operator.responses if m.first.startswith("SIP/2.0 200") and m.get("call-id") == call_id][:1]
+            self.assertEqual(source, ("127.0.0.1", port))
+            self.assertEqual([c.call_id for c in phone.calls], [call_id])
+
+    @defer.inlineCallbacks
+    def test_crashed_worker_restarted(self) -> Any:
+        """
+        A worker killed is started again, with one line saying so; the
+        shared port keeps taking tunnels meanwhile.
+        """
+        workers = children(self.transport.pid)
+        self.assertEqual(len(workers), 2)
+        os.kill(workers[1], signal.SIGKILL)
+        yield wait_until(lambda: "exited with signal 9; restarting it" in self.process.text(), timeout=10)
+        yield wait_until(lambda: self.process.text().count("listening for tunnels") >= 3, timeout=30)
+        now = children(self.transport.pid)
+        self.assertEqual(len(now), 2)
+        self.assertNotIn(workers[1], now)
+        phone = yield self.add_agent(0)
+        self.assertIn(self.worker_port(phone.aor), (self.sip_port, self.sip_port + 1))
+
+    @defer.inlineCallbacks
+    def test_group_stop_is_clean(self) -> Any:
+        """
+        A stop signal to the supervisor and its workers at once (systemd's
+        cgroup kill, Ctrl-C in a terminal), then the supervisor's own
+        SIGTERM to the workers: everything ends with no traceback.
+        """
+        # tunnels to drain keep the workers stopping for a while
+        for index in range(3):
+            yield self.add_agent(index)
+        pid = self.transport.pid
+        workers = children(pid)
+        self.assertEqual(len(workers), 2)
+        for worker in workers:
+            os.kill(worker, signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
+        yield deferLater(reactor, 0.05, lambda: None)
+        for worker in workers:
+            if alive(worker):
+                os.kill(worker, signal.SIGTERM)
+        yield wait_until(lambda: self.process.ended.called, timeout=20)
+        text = self.process.text()
+        self.assertNotIn("Traceback", text)
+        self.assertNotIn("ReactorNotRunning", text)
+        self.assertFalse(any(alive(w) for w in workers))

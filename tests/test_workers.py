@@ -1,0 +1,271 @@
+"""
+Tests for L{spwm.workers}: the shares of each worker, the shared listener
+and the supervisor (on a fake reactor).
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from spwm.errors import ConfigError
+from spwm.tap import contact
+from spwm.tap.options import ContactConfig
+from spwm.workers import (
+    MAX_RESTARTS,
+    RESTART_HOLD,
+    WORKER_ENV,
+    ReusePortEndpoint,
+    WorkerSpec,
+    WorkerSupervisor,
+    build_workers,
+    listen_address,
+    media_slice,
+    offset_port,
+    parse_workers,
+    plugin_arguments,
+    stop_signals_once,
+    usable_cpus,
+    worker_command,
+    worker_config,
+)
+
+
+class SharesTests(SynchronousTestCase):
+    def test_parse_workers(self) -> None:
+        self.assertEqual(parse_workers("3"), 3)
+        self.assertEqual(parse_workers(2), 2)
+        self.assertEqual(parse_workers("auto"), usable_cpus())
+        self.assertRaises(ValueError, parse_workers, "0")
+        self.assertRaises(ValueError, parse_workers, "many")
+
+    def test_option(self) -> None:
+        options = contact.Options()
+        options.parseOptions(["--plaintext", "--workers", "4"])
+        self.assertEqual(options.config.workers, 4)
+        self.assertEqual(ContactConfig.from_options({"plaintext": True}).workers, 1)
+
+    def test_media_slice(self) -> None:
+        """
+        Whole even/odd pairs, disjoint, covering the range.
+        """
+        slices = [media_slice((50000, 50999), i, 3) for i in range(3)]
+        self.assertEqual(slices, [(50000, 50331), (50332, 50665), (50666, 50999)])
+        for low, high in slices:
+            self.assertEqual((low % 2, high % 2), (0, 1))
+        self.assertEqual(media_slice((50001, 50010), 0, 2), (50002, 50005))
+        self.assertEqual(media_slice((50001, 50010), 1, 2), (50006, 50009))
+        with self.assertRaises(ConfigError):
+            media_slice((50000, 50003), 0, 3)
+
+    def test_offset_port(self) -> None:
+        self.assertEqual(offset_port("tcp:9090:interface=127.0.0.1", 2), "tcp:9092:interface=127.0.0.1")
+        self.assertEqual(offset_port("tcp:9090", 1), "tcp:9091")
+        with self.assertRaises(ConfigError):
+            offset_port("unix:/tmp/x", 1)
+
+    def test_worker_config(self) -> None:
+        config = ContactConfig.from_options(
+            {"plaintext": True, "listen": "tcp:4433", "workers": 2, "sip-address": "127.0.0.1:5070",
+             "media-ports": "50000-50999", "state-file": "/var/lib/spwm/state", "status-listen": "tcp:9090"}
+        )  # fmt: skip
+        second = worker_config(config, WorkerSpec(1, 2, 0))
+        self.assertEqual(second.sip_address, ("127.0.0.1", 5071))
+        self.assertEqual(second.media_ports, (50500, 50999))
+        self.assertEqual(second.state_file, "/var/lib/spwm/state.1")
+        self.assertEqual(second.status.listen, "tcp:9091")
+        self.assertEqual(second.listen, "tcp:4433")
+        first = worker_config(config, WorkerSpec(0, 2, 0))
+        self.assertEqual((first.sip_address, first.media_ports), (("127.0.0.1", 5070), (50000, 50499)))
+
+    def test_spec_from_environment(self) -> None:
+        self.assertIsNone(WorkerSpec.from_environment({}))
+        self.assertEqual(WorkerSpec.from_environment({WORKER_ENV: "1/2/77"}), WorkerSpec(1, 2, 77))
+        for bad in ("x", "2/2/1", "1/2"):
+            with self.assertRaises(ConfigError):
+                WorkerSpec.from_environment({WORKER_ENV: bad})
+
+    def test_command(self) -> None:
+        argv = ["twistd", "-n", "--logfile", "x", "spwm-contact", "--workers", "2", "--plaintext"]
+        self.assertEqual(plugin_arguments(argv), ["--workers", "2", "--plaintext"])
+        self.assertEqual(worker_command(argv)[-5:], ["--pidfile=", "spwm-contact", "--workers", "2", "--plaintext"])
+        with self.assertRaises(ConfigError):
+            plugin_arguments(["python", "embed.py"])
+
+    def test_build_checks(self) -> None:
+        """
+        The supervisor refuses at build what a worker could not do.
+        """
+        argv = ["twistd", "spwm-contact"]
+        for values, key in (
+            ({"listen": "unix:/tmp/s"}, "listen"),
+            ({"listen": "tcp:0"}, "listen"),
+            ({"listen": "tcp:4433", "media-ports": "50000-50001"}, "media-ports"),
+            ({"listen": "tcp:4433", "sip-address": "127.0.0.1:65535"}, "sip-address"),
+        ):
+            config = ContactConfig.from_options({"plaintext": True, "workers": 2, **values})
+            with self.assertRaises(ConfigError) as caught:
+                build_workers(config, Clock(), argv)
+            self.assertEqual(caught.exception.key, key, values)
+        config = ContactConfig.from_options({"plaintext": True, "workers": 2, "listen": "tcp:4433"})
+        built = build_workers(config, Clock(), argv)
+        self.assertEqual(built.service.count, 2)
+        self.assertEqual(listen_address("tcp6:4433"), (socket.AF_INET6, "::", 4433))
+
+
+class ReusePortTests(TestCase):
+    def test_two_listeners_one_port(self) -> None:
+        """
+        Two listeners bind the same port (as two workers do), and both
+        accept; a listener without SO_REUSEPORT on it is refused.
+        """
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        factory = Factory.forProtocol(Protocol)
+        ports = []
+        for _ in range(2):
+            d = ReusePortEndpoint(reactor, socket.AF_INET, "127.0.0.1", port, 16).listen(factory)
+            ports.append(self.successResultOf(d))
+        for p in ports:
+            self.addCleanup(p.stopListening)
+            self.assertEqual(p.getHost().port, port)
+        plain = socket.socket()
+        self.addCleanup(plain.close)
+        self.assertRaises(OSError, plain.bind, ("127.0.0.1", port))
+
+    def test_refused(self) -> None:
+        held = socket.socket()
+        self.addCleanup(held.close)
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        d = ReusePortEndpoint(reactor, socket.AF_INET, "127.0.0.1", held.getsockname()[1], 16).listen(
+            Factory.forProtocol(Protocol)
+        )
+        from twisted.internet.error import CannotListenError
+
+        self.failureResultOf(d, CannotListenError)
+
+
+class FakeProcess:
+    def __init__(self, reactor: FakeReactor, proto: Any, env: dict) -> None:
+        self.reactor = reactor
+        self.proto = proto
+        self.env = env
+        self.signals: list[int] = []
+        self.pid = 1000 + len(reactor.spawned)
+
+    def signalProcess(self, sig: int) -> None:
+        self.signals.append(sig)
+
+    def end(self, code: int | None = None, sig: int | None = None) -> None:
+        if code == 0:
+            reason = Failure(ProcessDone(0))
+        else:
+            reason = Failure(ProcessTerminated(code, sig))
+        self.proto.processEnded(reason)
+
+
+class FakeReactor(Clock):
+    running = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[FakeProcess] = []
+
+    def spawnProcess(self, proto: Any, executable: str, args: list, env: dict, childFDs: Any = None) -> FakeProcess:
+        process = FakeProcess(self, proto, env)
+        self.spawned.append(process)
+        proto.makeConnection(process)
+        return process
+
+
+class SupervisorTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = FakeReactor()
+        self.stopped: list[bool] = []
+        self.supervisor = WorkerSupervisor(
+            self.reactor, 2, ["python", "x"], stop_time=5.0, env={}, stop=lambda: self.stopped.append(True)
+        )
+        self.supervisor.startService()
+
+    def test_started_with_index(self) -> None:
+        self.assertEqual([p.env[WORKER_ENV].split("/")[:2] for p in self.reactor.spawned], [["0", "2"], ["1", "2"]])
+
+    def test_output_logged(self) -> None:
+        lines: list[tuple[int, str]] = []
+        self.supervisor.worker_line = lambda i, line: lines.append((i, line))  # type: ignore[method-assign]
+        proto = self.reactor.spawned[1].proto
+        proto.childDataReceived(1, b"one\ntw")
+        proto.childDataReceived(2, b"o\n")
+        self.assertEqual(lines, [(1, "one"), (1, "two")])
+
+    def test_restart_bounded(self) -> None:
+        """
+        A crashed worker is started again at once (0.5 s), up to
+        MAX_RESTARTS in the window; the next waits RESTART_HOLD.
+        """
+        self.reactor.advance(10)
+        for n in range(MAX_RESTARTS):
+            self.reactor.spawned[-1 if n else 1].end(sig=signal.SIGKILL)
+            self.reactor.advance(0.5)
+            self.assertEqual(len(self.reactor.spawned), 3 + n)
+        self.reactor.spawned[-1].end(code=1)
+        self.reactor.advance(RESTART_HOLD - 1)
+        self.assertEqual(len(self.reactor.spawned), 2 + MAX_RESTARTS)
+        self.reactor.advance(1)
+        self.assertEqual(len(self.reactor.spawned), 3 + MAX_RESTARTS)
+        self.assertEqual(self.supervisor.restarts, [0, MAX_RESTARTS + 1])
+        self.assertEqual(self.stopped, [])
+
+    def test_startup_failure_stops(self) -> None:
+        """
+        A worker that exits by itself at start stops the supervisor: no
+        restart loop on a port in use.
+        """
+        self.reactor.advance(1)
+        self.reactor.spawned[0].end(code=1)
+        self.assertEqual(self.stopped, [True])
+        self.reactor.advance(60)
+        self.assertEqual(len(self.reactor.spawned), 2)
+
+    def test_stop(self) -> None:
+        """
+        Stopping sends SIGTERM to every worker, SIGKILL to those still
+        running after stop_time, and is over when all have ended; none is
+        restarted.
+        """
+        d = self.supervisor.stopService()
+        assert d is not None
+        first, second = self.reactor.spawned
+        self.assertEqual((first.signals, second.signals), ([signal.SIGTERM], [signal.SIGTERM]))
+        first.end(code=0)
+        self.assertNoResult(d)
+        self.reactor.advance(5.0)
+        self.assertEqual(second.signals, [signal.SIGTERM, signal.SIGKILL])
+        second.end(sig=signal.SIGKILL)
+        self.successResultOf(d)
+        self.reactor.advance(60)
+        self.assertEqual(len(self.reactor.spawned), 2)
+
+
+class StopSignalTests(SynchronousTestCase):
+    def test_only_the_first(self) -> None:
+        """
+        Only the first stop signal reaches the reactor's handler.
+        """
+        calls: list[int] = []
+        once = stop_signals_once(lambda signum, frame: calls.append(signum))
+        once(signal.SIGTERM, None)
+        once(signal.SIGINT, None)
+        once(signal.SIGTERM, None)
+        self.assertEqual(calls, [signal.SIGTERM])
