@@ -99,9 +99,6 @@ class TunnelStats:
     late_frames: int = 0
     datagrams_before_open: int = 0
     pings_sent: int = 0
-    pongs_sent: int = 0
-    #: PINGs not answered because our own PING crossed them
-    pongs_skipped: int = 0
     unknown_control: int = 0
 
 
@@ -411,16 +408,6 @@ class TunnelConnection:
             out.append(ev.StreamEnded(channel))
 
     def _on_ping(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
-        # A PING that crossed our own (sent less than half an interval ago)
-        # needs no PONG: the peer hears our PING, which feeds its dead-peer
-        # check and its "received nothing" time as a PONG would.  Both
-        # ends of an idle tunnel usually ping at the same moment (their
-        # last frames are the same frames), so this halves an idle
-        # tunnel's frames (docs/performance.md, "Idle tunnels").
-        if self.stats.pings_sent and now - self._last_ping < self.limits.keepalive_interval / 2:
-            self.stats.pongs_skipped += 1
-            return
-        self.stats.pongs_sent += 1
         self._queue(encode_frame(FrameType.PONG, 0, 0, payload))
 
     def _on_pong(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
