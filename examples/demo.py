@@ -64,16 +64,16 @@ class DemoFailed(Exception):
 
 class SipTap:
     """
-    Stands in for a half's SIP part on its L{spwm.tunnel.api.Router}
-    and counts the SIP messages that cross the tunnel, both ways, by method or
-    status code. Everything is passed on unchanged.
+    Counts the SIP messages of one half that cross the tunnel, both ways,
+    by method or status code: the half's C{sip_observer}
+    (L{spwm.embed.build_agent}), told of every message as it is on the
+    wire.
 
     @ivar into_tunnel: messages this half sent into a tunnel.
     @ivar out_of_tunnel: messages that came out of a tunnel to this half.
     """
 
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
+    def __init__(self) -> None:
         self.into_tunnel: dict[str, int] = {}
         self.out_of_tunnel: dict[str, int] = {}
 
@@ -84,33 +84,12 @@ class SipTap:
             return first[1]
         return first[0] if first else "?"
 
-    def _count(self, table: dict[str, int], data: bytes) -> None:
+    def __call__(self, direction: str, peer: str, data: bytes) -> None:
+        if not peer.startswith("tunnel"):
+            return
+        table = self.into_tunnel if direction == "sent to" else self.out_of_tunnel
         key = self._summary(data)
         table[key] = table.get(key, 0) + 1
-
-    def tunnel_established(self, tunnel: Any) -> None:
-        original = tunnel.send_sip
-
-        def send_sip(flow_id: int, data: bytes) -> Any:
-            self._count(self.into_tunnel, data)
-            return original(flow_id, data)
-
-        tunnel.send_sip = send_sip
-        handler = getattr(self.inner, "tunnel_established", None)
-        if handler is not None:
-            handler(tunnel)
-
-    def tunnel_lost(self, tunnel: Any, reason: str = "") -> None:
-        handler = getattr(self.inner, "tunnel_lost", None)
-        if handler is not None:
-            handler(tunnel, reason)
-
-    def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
-        self._count(self.out_of_tunnel, data)
-        self.inner.sip_received(tunnel, flow_id, data)
-
-    def stop(self) -> None:
-        self.inner.stop()
 
 
 def media_ranges(count: int, size: int = 64) -> list[tuple[int, int]]:
@@ -233,9 +212,8 @@ class Demo:
                 "--drain-time", "0.5",
             ]
         )
-        self.contact = build_contact(options.config, self.reactor)
-        self.taps["contact"] = tap = SipTap(self.contact.router.sip)
-        self.contact.router.sip = tap
+        self.taps["contact"] = tap = SipTap()
+        self.contact = build_contact(options.config, self.reactor, sip_observer=tap)
         self.contact.service.startService()
         listening = yield self.within(self.contact.listener.listening, 10, "the contact point's tunnel listener")
         tunnel_port = listening.getHost().port
@@ -254,9 +232,8 @@ class Demo:
                     "--reconnect-max", "1",
                 ]
             )
-            service = build_agent(options.config, self.reactor)
-            self.taps[name] = tap = SipTap(service.router.sip)
-            service.router.sip = tap
+            self.taps[name] = tap = SipTap()
+            service = build_agent(options.config, self.reactor, sip_observer=tap)
             service.service.startService()
             self.agents.append(service)
 

@@ -64,16 +64,29 @@ class SipTrace:
     (L{spwm.hep.HepSender}), with the addresses the runner knows (a
     message through the tunnel has none: the unspecified address).
 
+    An embedding program's C{observer} is told of the same messages:
+    C{observer(direction, peer, data)} (C{peer} starts with C{"tunnel"} for
+    a message into or out of the tunnel, with C{"app"} or C{"network"}
+    otherwise).
+
     @ivar lines: log the lines (C{--sip-trace}).
     @ivar hep: the HEP sender, or C{None}.
+    @ivar observer: the embedding program's callable, or C{None}.
     """
 
     log = Logger()
 
-    def __init__(self, bodies: bool = False, lines: bool = True, hep: Any = None) -> None:
+    def __init__(
+        self,
+        bodies: bool = False,
+        lines: bool = True,
+        hep: Any = None,
+        observer: Callable[[str, str, bytes], None] | None = None,
+    ) -> None:
         self.bodies = bodies
         self.lines = lines
         self.hep = hep
+        self.observer = observer
 
     def message(
         self,
@@ -98,6 +111,8 @@ class SipTrace:
                 self.hep.sip(local, addr, data, transport)
             else:
                 self.hep.sip(addr, local, data, transport)
+        if self.observer is not None:
+            self.observer(direction, peer, data)
         if not self.lines:
             return
         head, sep, body = data.partition(b"\r\n\r\n")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 from attrs import frozen
 from twisted.application.service import MultiService
@@ -80,6 +80,9 @@ from spwm.tunnel.service import (
     server_tls_factory,
 )
 from spwm.workers import ReusePortEndpoint, listen_address
+
+#: C{observer(direction, peer, data)}: see L{SipTrace}.
+SipObserver = Callable[[str, str, bytes], None]
 
 
 @frozen
@@ -171,14 +174,16 @@ class ContactPoint:
     quic_listener: ContactListenService | None = None
 
 
-def sip_trace(trace: bool, bodies: bool, hep: HepSender | None = None) -> SipTrace | None:
+def sip_trace(
+    trace: bool, bodies: bool, hep: HepSender | None = None, observer: SipObserver | None = None
+) -> SipTrace | None:
     """
-    The runner's trace for C{--sip-trace} and C{--hep} (C{None} without
-    either).
+    The runner's trace for C{--sip-trace}, C{--hep} and an embedding
+    program's observer (C{None} without any).
     """
-    if not trace and hep is None:
+    if not trace and hep is None and observer is None:
         return None
-    return SipTrace(bodies=bodies, lines=trace, hep=hep)
+    return SipTrace(bodies=bodies, lines=trace, hep=hep, observer=observer)
 
 
 #: The HEP capture agent id of each half (Homer shows it per packet).
@@ -386,9 +391,13 @@ def agent_quic_prober(
     return QuicProber(reactor, front, connect, description=host)
 
 
-def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
+def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipObserver | None = None) -> Agent:
     """
     Build an agent: the tunnel client and the parts that use it.
+
+    @param sip_observer: told of every SIP message the agent receives and
+        sends, as it is on the wire: C{sip_observer(direction, peer,
+        data)} (L{SipTrace}).
 
     @raise ConfigError: a certificate, key or endpoint of C{config} does
         not load.
@@ -452,7 +461,7 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
     )
     core = resumption.wrap(proxy)
     runner = later_runner.bind(
-        AgentSipRunner(core, reactor, trace=sip_trace(config.sip_trace, config.sip_trace_bodies, hep))
+        AgentSipRunner(core, reactor, trace=sip_trace(config.sip_trace, config.sip_trace_bodies, hep, sip_observer))
     )
     sip_part: AgentSipRunner | TouchingSip = runner
     if config.tunnel == "on-demand":
@@ -671,9 +680,13 @@ def quic_listen_service(
     )
 
 
-def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
+def build_contact(
+    config: ContactConfig, reactor: Any = None, *, sip_observer: SipObserver | None = None
+) -> ContactPoint:
     """
     Build a contact point: the tunnel listener and the parts behind it.
+
+    @param sip_observer: as for L{build_agent}.
 
     @raise ConfigError: a certificate, key, endpoint, proxy name or state
         directory of C{config} is not usable.
@@ -742,7 +755,7 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
         send_to_tunnel=send_to_tunnel,
         max_connections=limits.sip.max_connections,
         max_queued=limits.sip.max_queued,
-        trace=sip_trace(config.sip_trace, config.sip_trace_bodies, hep),
+        trace=sip_trace(config.sip_trace, config.sip_trace_bodies, hep, sip_observer),
     )
     resumption = later_resumption.bind(
         SessionManager(
