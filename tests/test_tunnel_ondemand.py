@@ -162,6 +162,7 @@ class OnDemandTests(SynchronousTestCase):
             self.clock,
             description="contact.example.test:443",
             policy=backoff(initial=1, factor=2, cap=8, rng=lambda: 1.0),
+            attempt_failed=self.agent.handle.release_held,
         )
         self.ended: list[int] = []
         self.on_demand = OnDemandTunnel(
@@ -170,7 +171,6 @@ class OnDemandTests(SynchronousTestCase):
         self.agent.on_demand = self.on_demand
         self.agent.handle.on_demand = self.on_demand
         self.agent.handle.retry_after = self.service.retry_after
-        self.service.attempt_failed = self.agent.handle.release_held
         self.on_demand.startService()
         self.pump: Any = None
 
