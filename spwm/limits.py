@@ -110,6 +110,8 @@ class MediaLimits:
     @ivar max_pending_channels: media channels opened by the peer before
         the SDP that explains them.
     @ivar max_branches_per_stream: early branches (forks) kept per stream.
+    @ivar pending_timeout: seconds a channel the peer opened may wait for
+        the SDP that explains it before it is closed.
     """
 
     inactivity_timeout: float = field(default=60.0, validator=_pos_time)
@@ -117,6 +119,7 @@ class MediaLimits:
     max_streams_per_dialog: int = field(default=16, validator=_pos)
     max_pending_channels: int = field(default=256, validator=_pos)
     max_branches_per_stream: int = field(default=8, validator=_pos)
+    pending_timeout: float = field(default=10.0, validator=_pos_time)
 
 
 @frozen

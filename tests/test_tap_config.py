@@ -138,6 +138,7 @@ class LimitsTests(SynchronousTestCase):
         self.assertEqual(limits.media.max_streams_per_dialog, manager.DEFAULT_MAX_STREAMS_PER_DIALOG)
         self.assertEqual(limits.media.max_pending_channels, manager.DEFAULT_MAX_PENDING_CHANNELS)
         self.assertEqual(limits.media.max_branches_per_stream, manager.DEFAULT_MAX_BRANCHES_PER_STREAM)
+        self.assertEqual(limits.media.pending_timeout, manager.PENDING_TIMEOUT)
         self.assertEqual(limits.session.max_dormant, resume.MAX_DORMANT)
         tunnel = limits.tunnel
         self.assertEqual((tunnel.max_held, tunnel.hold_time, tunnel.retry_after_cap), (64, 10.0, 30))

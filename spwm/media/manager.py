@@ -521,6 +521,7 @@ class MediaManager:
         max_branches_per_stream: int = DEFAULT_MAX_BRANCHES_PER_STREAM,
         hep: Any = None,
         call_lines: bool = False,
+        pending_timeout: float = PENDING_TIMEOUT,
     ) -> None:
         """
         @param reactor: provides C{IReactorUDP} (and C{IReactorTime} unless
@@ -545,6 +546,8 @@ class MediaManager:
             is forgotten beyond it.
         @param hep: the C{--hep} sender (L{spwm.hep.HepSender}): every
             RTCP report relayed is copied to it; or C{None}.
+        @param pending_timeout: seconds a channel the peer opened waits
+            for the SDP that explains it (L{spwm.limits.MediaLimits}).
         @param call_lines: log each call's start and answer (debug level,
             C{--log-level debug}); the call detail record at its end is
             always logged.
@@ -568,6 +571,7 @@ class MediaManager:
         self.max_branches_per_stream = max_branches_per_stream
         self.hep = hep
         self.call_lines = call_lines
+        self.pending_timeout = pending_timeout
         #: the call detail records of the last RECENT_CALLS calls ended
         self.cdrs: deque[dict[str, Any]] = deque(maxlen=RECENT_CALLS)
         # session id -> dialog key -> the dialog's media: keyed by the
@@ -1878,6 +1882,6 @@ class MediaManager:
                     )
                     self._release_stream(dialog, index, "media inactivity")
         for key, (connection, channel_id, since) in list(self._pending.items()):
-            if now - since >= min(self.inactivity_timeout, PENDING_TIMEOUT):
+            if now - since >= min(self.inactivity_timeout, self.pending_timeout):
                 del self._pending[key]
                 self._close_channel(connection, channel_id, "no session description")
