@@ -413,3 +413,33 @@ class TunnelInfoTests(SynchronousTestCase):
                 "established": True,
             },
         )
+
+    def test_path_of_a_session(self) -> None:
+        """
+        A connection that is a path of a session (its C{front}) carries
+        the session's C{media_on}, C{carrier_on} and switch counts; one
+        without a front C{None} and 0.
+        """
+
+        class Front:
+            def summary(self) -> dict:
+                return {"session": "s1", "paths": ["quic", "tcp"], "media_on": "quic", "carrier_on": "tcp",
+                        "media_switches": 2, "carrier_switches": 1}
+
+        class Tunnel:
+            agent_id = "office"
+            session_id = "s1"
+            peer = "192.0.2.9:4000"
+            connected_at = None
+            transport = None
+            connection = None
+            is_open = True
+            congested = False
+            front: object = None
+
+        keys = ("media_on", "carrier_on", "media_switches", "carrier_switches")
+        plain = describe_tunnel(Tunnel(), 1.0)
+        self.assertEqual([plain[k] for k in keys], [None, None, 0, 0])
+        tunnel = Tunnel()
+        tunnel.front = Front()
+        self.assertEqual([describe_tunnel(tunnel, 1.0)[k] for k in keys], ["quic", "tcp", 2, 1])
