@@ -113,11 +113,18 @@ class SipTrace:
 def tunnel_addresses(tunnel: Any) -> tuple[tuple[str, int] | None, tuple[str, int] | None, str]:
     """
     Our and the peer's address of the connection that carries a tunnel's
-    SIP now (a session's carrier path, or the connection itself), and its
+    SIP now (through the agent's handle, a session's carrier path, or the
+    connection itself), and its
     transport for HEP (C{"tcp"}, or C{"udp"} for QUIC): read from its
     transport when a message is traced, C{None} where unknown.
     """
-    connection = getattr(tunnel, "carrier", None) or getattr(tunnel, "current", None) or tunnel
+    connection = tunnel
+    for _ in range(3):
+        # the agent's stable handle -> its session's front -> the carrier
+        inner = getattr(connection, "current", None) or getattr(connection, "carrier", None)
+        if inner is None:
+            break
+        connection = inner
     transport = getattr(connection, "transport", None)
     found: list[tuple[str, int] | None] = []
     kind = "tcp"
