@@ -271,3 +271,13 @@ class MonitoringTests(SpwmSipTestCase):
                 if line.startswith("spwm_calls_ended_total{") and 'answered="yes"' in line
             ]
             self.assertEqual([line.rsplit(" ", 1)[1] for line in ended_yes], ["1.0"], metrics[-3000:])
+            # the per-leg families got the call's two legs on this half
+            legs = {"agent": ("lan", "tunnel"), "contact": ("tunnel", "operator")}[side]
+            for family, value in (("spwm_media_jitter_seconds_count", "1.0"), ("spwm_media_lost_packets_total", "0.0")):
+                found = {
+                    leg: line.rsplit(" ", 1)[1]
+                    for line in metrics.splitlines()
+                    for leg in legs
+                    if line.startswith(family + "{") and f'leg="{leg}"' in line
+                }
+                self.assertEqual(found, {leg: value for leg in legs}, f"{side} {family}")
