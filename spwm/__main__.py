@@ -82,11 +82,20 @@ def _legs(call: dict[str, Any]) -> str:
     return "; ".join(parts) or "-"
 
 
+def _switches(tunnel: dict[str, Any]) -> str | None:
+    """
+    A path's session's moves, C{media/carrier} (C{None}: not a path).
+    """
+    if tunnel.get("media_on") is None and tunnel.get("carrier_on") is None:
+        return None
+    return f"{tunnel.get('media_switches') or 0}/{tunnel.get('carrier_switches') or 0}"
+
+
 _VIEWS: list[tuple[str, str, list[str], Callable[[dict[str, Any]], list[Any]]]] = [
     (
         "tunnels",
         "Tunnels",
-        ["agent", "source", "tls", "cipher", "rtt ms", "queue", "uptime s"],
+        ["agent", "source", "tls", "cipher", "rtt ms", "queue", "uptime s", "media on", "switches"],
         lambda t: [
             t.get("agent"),
             t.get("source"),
@@ -95,6 +104,20 @@ _VIEWS: list[tuple[str, str, list[str], Callable[[dict[str, Any]], list[Any]]]] 
             t.get("rtt_ms"),
             (t.get("queue_signalling") or 0) + (t.get("queue_stream") or 0),
             t.get("uptime"),
+            t.get("media_on"),
+            _switches(t),
+        ],
+    ),
+    (
+        "sessions",
+        "Sessions",
+        ["session", "agent", "state", "connections", "users"],
+        lambda s: [
+            s.get("session"),
+            s.get("agent"),
+            s.get("state"),
+            len(s.get("connections") or ()),
+            s.get("users"),
         ],
     ),
     (

@@ -394,7 +394,9 @@ class Metrics:
             legs = (stream.get("quality") or {}).get("legs") or {}
             for leg in LEGS:
                 figures = legs.get(leg)
-                if not figures:
+                if not figures or not figures.get("packets"):
+                    # a leg that carried nothing (a challenged or
+                    # refused INVITE's stream) has no jitter or delay
                     continue
                 jitter = figures.get("jitter_ms")
                 transit = figures.get("transit_ms")

@@ -138,7 +138,7 @@ _SECTIONS: list[tuple[str, str, list[str], Callable[[list[dict[str, Any]]], list
     (
         "tunnels",
         "Tunnels",
-        ["agent", "source", "TLS", "cipher", "RTT ms", "signalling queue", "stream queue", "uptime s"],
+        ["agent", "source", "TLS", "cipher", "RTT ms", "signalling queue", "stream queue", "uptime s", "media on"],
         lambda items: [
             [
                 _td(t.get("agent")),
@@ -149,6 +149,7 @@ _SECTIONS: list[tuple[str, str, list[str], Callable[[list[dict[str, Any]]], list
                 _td(t.get("queue_signalling"), numeric=True),
                 _td(t.get("queue_stream"), numeric=True),
                 _td(t.get("uptime"), numeric=True),
+                _td(t.get("media_on") or "–"),
             ]
             for t in items
         ],

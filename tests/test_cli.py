@@ -107,6 +107,32 @@ class RenderTests(SynchronousTestCase):
         row = next(line for line in lines if line.startswith("sip:bob@"))
         self.assertEqual(len(header.rstrip()), len(row.rstrip()))
 
+    def test_paths(self) -> None:
+        """
+        A tunnel that is a path of a session shows what carries the
+        session's media and its moves (media/carrier); one that is not,
+        dashes; the contact point's sessions get a table of their own.
+        """
+        path = dict(DOC["lists"]["tunnels"]["items"][0], agent="home", media_on="quic", carrier_on="tcp",
+                    media_switches=3, carrier_switches=1)
+        doc = dict(DOC, lists=dict(
+            DOC["lists"],
+            tunnels={"total": 2, "items": [DOC["lists"]["tunnels"]["items"][0], path]},
+            sessions={"total": 1, "items": [
+                {"session": "s1", "agent": "home", "state": "live", "connections": ["a", "b"], "users": 2},
+            ]},
+        ))
+        lines = render(doc).splitlines()
+        header = next(line for line in lines if line.startswith("agent "))
+        self.assertTrue(header.endswith("media on  switches"), header)
+        home = next(line for line in lines if line.startswith("home "))
+        self.assertEqual(home.split()[-2:], ["quic", "3/1"])
+        office = next(line for line in lines if line.startswith("office"))
+        self.assertEqual(office.split()[-3:], ["30.0", "-", "-"])
+        self.assertIn("Sessions: 1", lines)
+        (s1,) = [line.split() for line in lines if line.startswith("s1 ")]
+        self.assertEqual(s1, ["s1", "home", "live", "2", "2"])
+
 
 class ScriptTests(SynchronousTestCase):
     def test_console_script(self) -> None:

@@ -1048,6 +1048,33 @@ class CallLogTests(SynchronousTestCase):
 
     maxDiff = None
 
+    def test_tunnel_leg_transit_and_late_dropped(self) -> None:
+        """
+        The tunnel leg's C{transit_ms} is half the round trip the tunnel
+        handle gives as C{rtt} and C{late_dropped} the handle's count for
+        the stream's channel; the other leg has neither.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        asked: list[int] = []
+        a_end.rtt = 0.030  # type: ignore[attr-defined]
+        a_end.late_dropped = lambda channel_id: asked.append(channel_id) or 4  # type: ignore[attr-defined]
+        key = "7/call-9@lan"
+        offer = _sdp(PHONE, ("audio", 4000, ""))
+        answer = _sdp(OPERATOR, ("audio", 6000, ""))
+        agent.sdp_into_tunnel(a_end, key, "application/sdp", offer)
+        contact.sdp_out_of_tunnel(c_end, key, "application/sdp", offer)
+        contact.sdp_into_tunnel(c_end, key, "application/sdp", answer)
+        agent.sdp_out_of_tunnel(a_end, key, "application/sdp", answer)
+        (call,) = agent.call_list()
+        (stream,) = call["streams"]
+        legs = stream["quality"]["legs"]
+        self.assertEqual((legs["tunnel"]["transit_ms"], legs["tunnel"]["late_dropped"]), (15.0, 4))
+        self.assertEqual((legs["lan"]["transit_ms"], legs["lan"]["late_dropped"]), (None, None))
+        self.assertEqual(len(set(asked)), 1)
+        (c_call,) = contact.call_list()
+        c_tunnel = c_call["streams"][0]["quality"]["legs"]["tunnel"]
+        self.assertEqual((c_tunnel["transit_ms"], c_tunnel["late_dropped"]), (None, None))
+
     def test_call_detail_record(self) -> None:
         """
         The end of a call with RTP both ways (one packet lost on the LAN

@@ -319,6 +319,26 @@ class ChannelTests(TwoPaths):
         for path in (self.a1, self.a2, self.c1, self.c2):
             self.assertFalse(path.connection.is_open_channel(cid))
 
+    def test_rtt_and_late_dropped_for_the_quality(self) -> None:
+        """
+        The front's C{rtt} is the smoothed round trip of the path the
+        scheduler has the media on (none known: C{None}); its
+        C{late_dropped} of a channel sums the paths' per-channel drops.
+        """
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.flush()
+        self.assertIsNone(self.front.rtt)
+        self.front.rtt_sample(self.a1, 0.050)
+        self.front.rtt_sample(self.a2, 0.200)
+        snapshot = self.front.scheduler.snapshot()
+        by_id = {p["path_id"]: p["srtt"] for p in snapshot["paths"]}
+        self.assertEqual(self.front.rtt, min(by_id[i] for i in snapshot["media"]))
+        self.assertEqual(self.front.late_dropped(cid), 0)
+        self.a1.connection._channels[cid].media_dropped = 2
+        self.a2.connection._channels[cid].media_dropped = 3
+        self.assertEqual(self.front.late_dropped(cid), 5)
+        self.assertIsNone(self.front.late_dropped(cid + 100))
+
     def test_peer_channel_on_every_path(self) -> None:
         """
         A channel the contact point opens is registered on both of the

@@ -422,6 +422,53 @@ class TraceTests(SynchronousTestCase):
             ],
         )
 
+    def test_hep_tunnel_addresses(self) -> None:
+        """
+        The HEP copy of a message through the tunnel has the addresses of
+        the tunnel connection that carries it (our end and the agent's),
+        as TCP; an end without a transport has none (not an error).
+        """
+        from twisted.internet.address import IPv4Address
+
+        copies: list[tuple[Any, ...]] = []
+
+        class Hep:
+            def sip(self, src: Any, dst: Any, data: bytes, transport: str = "udp") -> None:
+                copies.append((src, dst, data.split(b"\r\n", 1)[0], transport))
+
+        class Connection:
+            def getHost(self) -> IPv4Address:
+                return IPv4Address("TCP", "203.0.113.10", 443)
+
+            def getPeer(self) -> IPv4Address:
+                return IPv4Address("TCP", "198.51.100.2", 40000)
+
+        tunnel = FakeTunnel("sess-9")
+        tunnel.transport = Connection()  # type: ignore[attr-defined]
+        core = ContactSipProxy(("203.0.113.5", 5060), SECRET, operator=OperatorProxy("198.51.100.7", 5060, "udp"))
+        runner = ContactSipRunner(core, Clock(), trace=SipTrace(lines=False, hep=Hep()))
+        runner.tunnel_established(tunnel)
+        udp = SipUdpProtocol(runner)
+        tr = FakeUdpTransport("203.0.113.5", 5060)
+        udp.makeConnection(tr)
+        runner.sip_received(tunnel, 4, request("OPTIONS", "sip:bob@example.org"))
+        udp.datagramReceived(answer(tr.written[0][0], 200), ("198.51.100.7", 5060))
+        ours, agent = ("203.0.113.10", 443), ("198.51.100.2", 40000)
+        self.assertEqual(
+            [(c[0], c[1], c[3]) for c in copies],
+            [
+                (agent, ours, "tcp"),
+                (("203.0.113.5", 5060), ("198.51.100.7", 5060), "udp"),
+                (("198.51.100.7", 5060), ("203.0.113.5", 5060), "udp"),
+                (ours, agent, "tcp"),
+            ],
+        )
+        copies.clear()
+        bare = FakeTunnel("sess-8")
+        runner.tunnel_established(bare)
+        runner.sip_received(bare, 5, request("OPTIONS", "sip:bob@example.org"))
+        self.assertEqual((copies[0][0], copies[0][1], copies[0][3]), (None, None, "tcp"))
+
     def test_off_by_default(self) -> None:
         """
         Without a trace nothing is logged for a message that passes.

@@ -200,6 +200,10 @@ class MetricsTests(SynchronousTestCase):
         metrics.call_event("answered", {"setup_s": 0.3})
         metrics.call_event("ended", {"answered_at": 5.0, "streams": [{"quality": SNAPSHOT}, {"quality": None}]})
         metrics.call_event("ended", {"answered_at": None, "streams": []})
+        # a stream that carried nothing (a 407 to the INVITE) adds no sample
+        silent = {"legs": {"lan": dict(SNAPSHOT["legs"]["lan"], packets=0, jitter_ms=0.0, lost=0),  # type: ignore[call-overload]
+                           "tunnel": dict(SNAPSHOT["legs"]["tunnel"], packets=0, jitter_ms=0.0, transit_ms=1.0)}}  # type: ignore[call-overload]
+        metrics.call_event("ended", {"answered_at": None, "streams": [{"quality": silent}]})
         text = metrics.exposition()[0].decode()
         self.assertIn('spwm_call_setup_seconds_bucket{le="0.25",side="contact"} 0.0\n', text)
         self.assertIn('spwm_call_setup_seconds_bucket{le="0.5",side="contact"} 1.0\n', text)
@@ -210,7 +214,8 @@ class MetricsTests(SynchronousTestCase):
         self.assertIn('spwm_media_transit_seconds_count{leg="lan",side="contact"} 0.0\n', text)
         self.assertIn('spwm_media_lost_packets_total{leg="lan",side="contact"} 3.0\n', text)
         self.assertIn('spwm_calls_ended_total{answered="yes",side="contact"} 1.0\n', text)
-        self.assertIn('spwm_calls_ended_total{answered="no",side="contact"} 1.0\n', text)
+        self.assertIn('spwm_calls_ended_total{answered="no",side="contact"} 2.0\n', text)
+        self.assertIn('spwm_media_jitter_seconds_count{leg="lan",side="contact"} 1.0\n', text)
 
     def test_rtt_sampled_per_scrape(self) -> None:
         """
@@ -352,6 +357,11 @@ class MediaListingTests(SynchronousTestCase):
         status = Status("agent", reactor)
         add_media_lists(status, agent)
         agent.dialog_answered(a_end, DIALOG, "b", ours=False)
+        from .test_media_quality import rtp
+
+        # one RTP packet from the phone: the lan leg has a jitter sample
+        # (a leg without packets adds none)
+        reactor.udp[AGENT_ADDR, 20000].receive(rtp(1, 160), (PHONE, 4000))
         agent.dialog_ended(a_end, DIALOG)
         self.assertEqual(agent.call_list(), [])
         (ended,) = status.full()["lists"]["ended_calls"]["items"]
@@ -361,6 +371,7 @@ class MediaListingTests(SynchronousTestCase):
         text = status.metrics.exposition()[0].decode()
         self.assertIn('spwm_calls_ended_total{answered="yes",side="agent"} 1.0\n', text)
         self.assertIn('spwm_media_jitter_seconds_count{leg="lan",side="agent"} 1.0\n', text)
+        self.assertIn('spwm_media_jitter_seconds_count{leg="tunnel",side="agent"} 0.0\n', text)
         for n in range(media_manager.ENDED_CALLS + 5):
             key = f"{n}/call"
             agent.sdp_into_tunnel(a_end, key, SDP_TYPE, _sdp(PHONE, ("audio", 4000, "")))
@@ -413,3 +424,33 @@ class TunnelInfoTests(SynchronousTestCase):
                 "established": True,
             },
         )
+
+    def test_path_of_a_session(self) -> None:
+        """
+        A connection that is a path of a session (its C{front}) carries
+        the session's C{media_on}, C{carrier_on} and switch counts; one
+        without a front C{None} and 0.
+        """
+
+        class Front:
+            def summary(self) -> dict:
+                return {"session": "s1", "paths": ["quic", "tcp"], "media_on": "quic", "carrier_on": "tcp",
+                        "media_switches": 2, "carrier_switches": 1}
+
+        class Tunnel:
+            agent_id = "office"
+            session_id = "s1"
+            peer = "192.0.2.9:4000"
+            connected_at = None
+            transport = None
+            connection = None
+            is_open = True
+            congested = False
+            front: object = None
+
+        keys = ("media_on", "carrier_on", "media_switches", "carrier_switches")
+        plain = describe_tunnel(Tunnel(), 1.0)
+        self.assertEqual([plain[k] for k in keys], [None, None, 0, 0])
+        tunnel = Tunnel()
+        tunnel.front = Front()
+        self.assertEqual([describe_tunnel(tunnel, 1.0)[k] for k in keys], ["quic", "tcp", 2, 1])

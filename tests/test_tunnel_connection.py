@@ -329,6 +329,26 @@ class SchedulerTests(SynchronousTestCase):
         self.assertEqual([f[3] for f in out], [b"SIP", b"new"])
         self.assertEqual(self.agent.stats.media_dropped_stale, 1)
 
+    def test_media_dropped_per_channel(self) -> None:
+        """
+        The datagrams dropped in the media queue are counted on their
+        channel too (stale and overflow), not on another channel; a
+        channel that is not open has no count.
+        """
+        other = self.agent.open_channel(ChannelKind.DATAGRAM, {})
+        self.pair.transfer()
+        now = self.pair.now
+        self.agent.send_datagram(self.cid, b"old", now)
+        self.agent.send_datagram(other, b"fresh", now + 0.04)
+        self.agent.data_to_send(now + 0.06)
+        self.assertEqual((self.agent.media_dropped(self.cid), self.agent.media_dropped(other)), (1, 0))
+        for _ in range(100):
+            self.agent.send_datagram(other, b"x" * 172, now + 0.07)
+        overflow = self.agent.stats.media_dropped_overflow
+        self.assertGreater(overflow, 80)
+        self.assertEqual((self.agent.media_dropped(self.cid), self.agent.media_dropped(other)), (1, overflow))
+        self.assertIsNone(self.agent.media_dropped(9999))
+
     def test_media_queue_is_bounded(self) -> None:
         """
         While paused, the media queue holds at most its byte limit.

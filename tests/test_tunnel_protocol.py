@@ -233,6 +233,37 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(agent.connection.stats.pings_sent, 1)
         self.assertEqual(contact.connection.stats.pings_sent, 1)
 
+    def test_rtt_from_timed_pings(self) -> None:
+        """
+        Before any timed ping an in-memory connection knows no round trip
+        (no socket); each PONG's sample moves the smoothed RTT by 1/8
+        towards it.
+        """
+        agent, contact = self.agent_app.tunnel, self.contact_app.tunnel
+        self.assertIsNone(agent.rtt)
+        agent.ping()
+        self.clock.advance(0.040)
+        self.pump.flush()
+        self.assertAlmostEqual(agent.rtt, 0.040)
+        agent.ping()
+        self.clock.advance(0.120)
+        self.pump.flush()
+        self.assertAlmostEqual(agent.rtt, 0.875 * 0.040 + 0.125 * 0.120)
+        self.assertIsNone(contact.rtt)
+
+    def test_late_dropped_per_channel(self) -> None:
+        """
+        C{late_dropped} is the core's per-channel count of media-queue
+        drops: C{None} for a channel that is not open.
+        """
+        agent = self.agent_app.tunnel
+        channel = agent.open_channel(ChannelKind.DATAGRAM, {})
+        self.pump.flush()
+        self.assertEqual(agent.late_dropped(channel), 0)
+        agent.connection._channels[channel].media_dropped = 3
+        self.assertEqual(agent.late_dropped(channel), 3)
+        self.assertIsNone(agent.late_dropped(channel + 100))
+
     def test_ping_within_interval_at_every_phase(self) -> None:
         """
         Over real adapters and a fake clock: whatever the phase of the last

@@ -498,6 +498,35 @@ class PathFront:
         kinds = sorted({path_kind(self._paths[i]).value for i in ids if i in self._paths}, reverse=True)
         return "+".join(kinds) or None
 
+    @property
+    def rtt(self) -> float | None:
+        """
+        The smoothed round trip (seconds) of the path that carries the
+        media now (the shortest of them while it is duplicated), from the
+        scheduler's samples, else that path's own estimate; C{None} where
+        none is known.  Read for the status, never per packet.
+        """
+        snapshot = self.scheduler.snapshot()
+        media = set(snapshot["media"])
+        known = [p["srtt"] for p in snapshot["paths"] if p["path_id"] in media and p["srtt"] is not None]
+        if not known:
+            paths = [self._paths[i] for i in media if i in self._paths] or list(self._paths.values())
+            known = [r for r in (getattr(p, "rtt", None) for p in paths) if isinstance(r, float)]
+        return min(known) if known else None
+
+    def late_dropped(self, channel_id: int) -> int | None:
+        """
+        The datagrams of channel C{channel_id} the paths dropped in their
+        media queues (the sum over the paths it is open on), or C{None}
+        where it is open on none.
+        """
+        counts = [
+            n
+            for n in (getattr(p, "late_dropped", lambda _: None)(channel_id) for p in self._paths.values())
+            if isinstance(n, int)
+        ]
+        return sum(counts) if counts else None
+
     def summary(self) -> dict[str, Any]:
         """
         One session's line for the status page: which path carries the

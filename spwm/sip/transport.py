@@ -62,7 +62,8 @@ class SipTrace:
 
     C{--hep}: the same messages, as they are, to a HEP collector
     (L{spwm.hep.HepSender}), with the addresses the runner knows (a
-    message through the tunnel has none: the unspecified address).
+    message through the tunnel: the addresses of the tunnel connection
+    that carries it, L{tunnel_addresses}).
 
     An embedding program's C{observer} is told of the same messages:
     C{observer(direction, peer, data)} (C{peer} starts with C{"tunnel"} for
@@ -122,6 +123,37 @@ class SipTrace:
         elif body:
             text += f"\n\n[body: {len(body)} bytes]"
         self.log.info("SIP {direction} {peer}:\n{sip}", direction=direction, peer=peer, sip=text)
+
+
+def tunnel_addresses(tunnel: Any) -> tuple[tuple[str, int] | None, tuple[str, int] | None, str]:
+    """
+    Our and the peer's address of the connection that carries a tunnel's
+    SIP now (through the agent's handle, a session's carrier path, or the
+    connection itself), and its
+    transport for HEP (C{"tcp"}, or C{"udp"} for QUIC): read from its
+    transport when a message is traced, C{None} where unknown.
+    """
+    connection = tunnel
+    for _ in range(3):
+        # the agent's stable handle -> its session's front -> the carrier
+        inner = getattr(connection, "current", None) or getattr(connection, "carrier", None)
+        if inner is None:
+            break
+        connection = inner
+    transport = getattr(connection, "transport", None)
+    found: list[tuple[str, int] | None] = []
+    kind = "tcp"
+    for name in ("getHost", "getPeer"):
+        try:
+            where = getattr(transport, name)()
+        except Exception:
+            found.append(None)
+            continue
+        host, port = getattr(where, "host", None), getattr(where, "port", None)
+        found.append((host, port) if isinstance(host, str) and isinstance(port, int) else None)
+        if getattr(where, "type", "TCP") == "UDP":
+            kind = "udp"
+    return found[0], found[1], kind
 
 
 def _send_sip(tunnel_key: Any, flow_id: int, data: bytes) -> None:
@@ -355,7 +387,10 @@ class _Runner:
                 self._to_network(action)
             elif isinstance(action, ToTunnel):
                 if self.trace is not None:
-                    self.trace.message("sent to", self._tunnel_peer(action.tunnel_key, action.flow_id), action.data)
+                    local, remote, carried = tunnel_addresses(action.tunnel_key)
+                    self.trace.message(
+                        "sent to", self._tunnel_peer(action.tunnel_key, action.flow_id), action.data, remote, local, carried
+                    )
                 self._to_tunnel(action)
             elif isinstance(action, Dropped):
                 self._log_drop(action.reason)
@@ -561,7 +596,8 @@ class AgentSipRunner(_Runner):
         The tunnel delivered a SIP message for C{flow_id}.
         """
         if self.trace is not None:
-            self.trace.message("received from", self._tunnel_peer(tunnel, flow_id), data)
+            local, remote, carried = tunnel_addresses(tunnel)
+            self.trace.message("received from", self._tunnel_peer(tunnel, flow_id), data, remote, local, carried)
         try:
             self.execute(self.core.from_tunnel(flow_id, data, self._clock.seconds()))
         except Exception:
@@ -695,7 +731,8 @@ class ContactSipRunner(_Runner):
         The tunnel delivered a SIP message from the agent's flow C{flow_id}.
         """
         if self.trace is not None:
-            self.trace.message("received from", self._tunnel_peer(tunnel, flow_id), data)
+            local, remote, carried = tunnel_addresses(tunnel)
+            self.trace.message("received from", self._tunnel_peer(tunnel, flow_id), data, remote, local, carried)
         try:
             now = self._clock.seconds()
             self.execute(

@@ -108,6 +108,9 @@ class _Channel:
     meta: dict[str, Any]
     local_fin: bool = False
     remote_fin: bool = False
+    #: datagrams of this channel dropped in the media queue (stale or
+    #: overflow: the per-channel share of the two stats counters)
+    media_dropped: int = 0
 
 
 class TunnelConnection:
@@ -617,15 +620,37 @@ class TunnelConnection:
             # than one deadline's worth of media.
             limit = now - self.limits.media_deadline
             while media and media[0][0] < limit:
-                self._media_bytes -= len(media.popleft()[1])
-                self.stats.media_dropped_stale += 1
+                self._stale(media.popleft()[1])
             if self._media_bytes > self.limits.max_media_queue:
                 self.stats.media_dropped_overflow += 1
+                self._channels[channel_id].media_dropped += 1
                 return
         frame = _PACK(_DATAGRAM, component, channel_id, len(data)) + data
         media.append((now, frame))
         self._media_bytes += len(frame)
         self.stats.datagrams_out += 1
+
+    def _stale(self, frame: bytes) -> None:
+        """
+        Count a queued datagram frame dropped for the media deadline, in
+        the totals and on its channel (if still open); drops are rare, so
+        the channel id is read back from the frame's header here rather
+        than kept with every queued frame.
+        """
+        self._media_bytes -= len(frame)
+        self.stats.media_dropped_stale += 1
+        channel = self._channels.get(int.from_bytes(frame[2:6], "big"))
+        if channel is not None:
+            channel.media_dropped += 1
+
+    def media_dropped(self, channel_id: int) -> int | None:
+        """
+        The datagrams of an open channel dropped in the media queue so far
+        (older than the media deadline, or the queue full), or C{None} for
+        a channel that is not open.
+        """
+        channel = self._channels.get(channel_id)
+        return None if channel is None else channel.media_dropped
 
     def datagram_frame(self, channel_id: int, data: bytes, now: float, component: int = 0) -> bytes | None:
         """
@@ -743,13 +768,11 @@ class TunnelConnection:
         media = self._media
         if media:
             limit = now - self.limits.media_deadline
-            stats = self.stats
             while media:
                 queued, frame = media[0]
                 if queued < limit:
                     media.popleft()
-                    self._media_bytes -= len(frame)
-                    stats.media_dropped_stale += 1
+                    self._stale(frame)
                     continue
                 if max_bytes is not None and size + len(frame) > max_bytes:
                     break

@@ -72,7 +72,9 @@ def describe_tunnel(tunnel: Any, now: float) -> dict[str, Any]:
         brackets), C{tls} (version, or C{None} in plaintext), C{cipher},
         C{paths} (the connections it runs on: one), C{rtt_ms} (the
         kernel's TCP estimate), C{queue_signalling} and C{queue_stream}
-        (bytes waiting), C{uptime} (s), C{established}, C{congested}.
+        (bytes waiting), C{uptime} (s), C{established}, C{congested};
+        for a path of a session: C{media_on}, C{carrier_on},
+        C{media_switches}, C{carrier_switches} (L{_paths}).
     """
     connection = getattr(tunnel, "connection", None)
     transport = getattr(tunnel, "transport", None)
@@ -93,7 +95,23 @@ def describe_tunnel(tunnel: Any, now: float) -> dict[str, Any]:
         "uptime": None if connected is None else round(now - connected, 1),
         "established": bool(_call(tunnel, "is_open")),
         "congested": bool(getattr(tunnel, "congested", False)),
+        **_paths(tunnel),
     }
+
+
+def _paths(tunnel: Any) -> dict[str, Any]:
+    """
+    For a connection that is a path of a session (its C{front}, the
+    connections said C{paths}): what carries the session's media and SIP
+    now and how often each moved (L{spwm.session.carrier.PathFront.summary});
+    C{None} and 0 for a connection without.
+    """
+    front = getattr(tunnel, "front", None)
+    summary = getattr(front, "summary", None)
+    if summary is None:
+        return {"media_on": None, "carrier_on": None, "media_switches": 0, "carrier_switches": 0}
+    found = summary()
+    return {key: found.get(key) for key in ("media_on", "carrier_on", "media_switches", "carrier_switches")}
 
 
 def _ms(seconds: float | None) -> float | None:

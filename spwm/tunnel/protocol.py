@@ -205,6 +205,9 @@ class TunnelProtocol(Protocol):
         #: tunnel is: this connection, or its session's front
         self._face: Any = self
         self.duplicates = 0
+        #: the smoothed round trip of this connection's timed pings
+        #: (seconds, RFC 6298 weights), or C{None} before the first
+        self.ping_srtt: float | None = None
         #: the per-user ciphering of this tunnel (L{UserCipher}), or C{None}
         self.cipher: UserCipher | None = None
         self._want_ciphering = want_ciphering
@@ -598,8 +601,36 @@ class TunnelProtocol(Protocol):
             handler(self, e.message)
 
     def _on_rtt(self, e: ev.RttSampled) -> None:
+        srtt = self.ping_srtt
+        self.ping_srtt = e.rtt if srtt is None else 0.875 * srtt + 0.125 * e.rtt
         if self.front is not None:
             self.front.rtt_sample(self, e.rtt)
+
+    @property
+    def rtt(self) -> float | None:
+        """
+        This connection's smoothed round trip in seconds, for the status
+        (read when asked, never per frame): its timed pings' if it has
+        sent any, else QUIC's estimate, else the kernel's TCP one
+        (C{TCP_INFO}); C{None} where none is known.
+        """
+        if self.ping_srtt is not None:
+            return self.ping_srtt
+        quic = getattr(self.transport, "rtt", None)
+        if isinstance(quic, tuple):
+            return quic[0]
+        from spwm.tunnel.info import tcp_rtt
+
+        return tcp_rtt(find_socket(self.transport))
+
+    def late_dropped(self, channel_id: int) -> int | None:
+        """
+        The datagrams of channel C{channel_id} this connection dropped in
+        its media queue (past the media deadline, or the queue full), or
+        C{None} for a channel that is not open on it.
+        """
+        connection = self.connection
+        return None if connection is None else connection.media_dropped(channel_id)
 
     def announce_channel(self, channel_id: int) -> None:
         """

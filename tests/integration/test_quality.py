@@ -81,6 +81,10 @@ class QualityLoopbackTests(_LoopbackPair):
         # a message from alice's phone has her address and port as source
         phone = alice.sip_port
         self.assertTrue(any(p[12] == 1 and p[7] == phone and p[3] == "127.0.0.1" for p in sip))
+        # a message through the tunnel has the tunnel connection's ends
+        # (both halves, both directions), never the unspecified address
+        self.assertEqual([p for p in sip if "0.0.0.0" in (p[3], p[4]) or 0 in (p[7], p[8])], [])
+        self.assertTrue(any(p[12] == 1 and p[15].startswith(b"INVITE ") and p[7] != phone for p in sip))
         # every packet's timestamp is now-ish
         now = reactor.seconds()  # type: ignore[attr-defined]
         self.assertTrue(all(abs(p[9] - now) < 60 for p in self.collector.packets))

@@ -53,17 +53,13 @@ class _Collect(protocol.ProcessProtocol):
         self.ended.callback(getattr(reason.value, "exitCode", None))
 
 
-@defer.inlineCallbacks
-def run_browser(binary: str, args: list[str], directory: str) -> Any:
+def browser_argv(binary: str, args: list[str], directory: str) -> list[str]:
     """
-    Run Chromium headless with C{args} (in its own session, so that it
-    and its helper processes are killed together by its PID), at most
-    L{BROWSER_TIMEOUT} seconds.
-
-    @return: (exit code, standard output, standard error).
+    The command line of one headless Chromium run with C{args} (a
+    profile in C{directory}); also used by the end-to-end monitoring test
+    (C{tests/e2e/test_monitoring.py}), which runs it in a namespace.
     """
-    argv = [
-        "setsid",
+    return [
         binary,
         "--headless",
         "--no-sandbox",
@@ -77,6 +73,18 @@ def run_browser(binary: str, args: list[str], directory: str) -> Any:
         "--user-data-dir=" + os.path.join(directory, "profile"),
         *args,
     ]
+
+
+@defer.inlineCallbacks
+def run_browser(binary: str, args: list[str], directory: str) -> Any:
+    """
+    Run Chromium headless with C{args} (in its own session, so that it
+    and its helper processes are killed together by its PID), at most
+    L{BROWSER_TIMEOUT} seconds.
+
+    @return: (exit code, standard output, standard error).
+    """
+    argv = ["setsid", *browser_argv(binary, args, directory)]
     collect = _Collect()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": directory, "LANG": "C.UTF-8"}
     process = reactor.spawnProcess(collect, shutil.which("setsid") or "/usr/bin/setsid", argv, env=env, path=directory)
