@@ -1028,6 +1028,26 @@ class CallLogTests(SynchronousTestCase):
         )
         assert_released(self, agent)
 
+    def test_challenged_leg_leaves_no_record(self) -> None:
+        """
+        A leg ended by a 401/407 challenge is released without a call
+        record: no detail line, nothing in the ended calls; the retried
+        INVITE's leg is the call and has its record.
+        """
+        offer = _sdp(PHONE, ("audio", 4000, ""))
+        reactor, agent, a_end, contact, c_end = _pair()
+        with capturedLogs() as events:
+            agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer)
+            agent.dialog_ended(a_end, DIALOG, challenged=True)
+        assert_released(self, agent)
+        self.assertEqual(_texts(events), [])
+        self.assertEqual((list(agent.cdrs), agent.ended_calls()), ([], []))
+        with capturedLogs() as events:
+            agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer)
+            agent.dialog_ended(a_end, DIALOG)
+        self.assertEqual(len(_texts(events)), 1)
+        self.assertEqual(len(agent.cdrs), 1)
+
     def test_one_line_per_call_by_default(self) -> None:
         """
         Without C{--log-level debug} a call logs one line, its call detail

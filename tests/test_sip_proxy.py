@@ -166,6 +166,7 @@ class RecordingHook:
         self.calls: list[tuple[Any, ...]] = []
         self.tags: list[tuple[str, str | None]] = []
         self.answers: list[tuple[Any, str, str | None, bool]] = []
+        self.challenged: list[str] = []
 
     def sdp_into_tunnel(
         self,
@@ -195,8 +196,10 @@ class RecordingHook:
     ) -> None:
         self.answers.append((tunnel_key, dialog_key, tag, ours))
 
-    def dialog_ended(self, tunnel_key: Any, dialog_key: str) -> None:
+    def dialog_ended(self, tunnel_key: Any, dialog_key: str, challenged: bool = False) -> None:
         self.calls.append(("ended", tunnel_key, dialog_key))
+        if challenged:
+            self.challenged.append(dialog_key)
 
 
 class World:
@@ -656,6 +659,21 @@ class AgentTests(SynchronousTestCase):
         self.agent.from_app(FLOW_A, bye, 6.0)
         self.assertEqual(self.hook.calls, [("ended", self.key, dialog_key(1, "c2"))])
 
+
+    def test_challenge_ends_leg_as_challenged(self) -> None:
+        """
+        A 407 to the INVITE ends the leg's media and says it was a
+        challenge (the retried INVITE is the call); a 486 ends it as a call
+        of its own.
+        """
+        for status, challenged in ((407, True), (486, False)):
+            del self.hook.calls[:], self.hook.challenged[:]
+            invite = request("INVITE", "sip:bob@example.org", call_id=f"c{status}")
+            up = only(self.agent.from_app(FLOW_A, invite, 0.0), ToTunnel)
+            self.agent.from_tunnel(up.flow_id, answer(up.data, status, "No"), 1.0)
+            key = dialog_key(1, f"c{status}")
+            self.assertEqual(self.hook.calls, [("ended", self.key, key)])
+            self.assertEqual(self.hook.challenged, [key] if challenged else [])
 
     def test_bye_to_losing_branch_keeps_media(self) -> None:
         """

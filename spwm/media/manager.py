@@ -963,10 +963,15 @@ class MediaManager:
         outcome = dialog.leg.answered_by(tag, ours)
         self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
 
-    def dialog_ended(self, tunnel: Any, dialog_key: str) -> None:
+    def dialog_ended(self, tunnel: Any, dialog_key: str, challenged: bool = False) -> None:
         """
         The dialog (or early dialog, or transaction) is over: close its
         channels and release its sockets and ports.
+
+        @param challenged: it ended with a 401 or 407 answer, which the
+            caller answers with the same INVITE and credentials: released
+            like any other, but no call record (no detail line, not in the
+            ended calls): the retried INVITE is the call.
         """
         session_id = tunnel.session_id
         dialogs = self._sessions.get(session_id)
@@ -980,7 +985,8 @@ class MediaManager:
                 # INVITE (a 407 challenge) is retried with the same Call-ID
                 self._remember_ended(session_id, dialog_key, now)
             self._execute(tunnel, dialog_key, dialog, dialog.leg.ended().actions, now)
-            self._log_end(dialog_key, dialog, "dialog ended")
+            if not challenged:
+                self._log_end(dialog_key, dialog, "dialog ended")
         for key in [k for k in self._pending if k[0] == session_id and k[1] == dialog_key]:
             connection, channel_id, _ = self._pending.pop(key)
             self._close_channel(connection, channel_id, "dialog ended")

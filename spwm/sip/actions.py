@@ -225,9 +225,12 @@ class MediaHook(Protocol):
         C{False} when it came out of the tunnel.
         """
 
-    def dialog_ended(self, tunnel_key: TunnelKey, dialog_key: str) -> None:
+    def dialog_ended(self, tunnel_key: TunnelKey, dialog_key: str, challenged: bool = False) -> None:
         """
-        BYE, CANCEL, or a final non-2xx answer to an initial INVITE.
+        BYE, CANCEL, or a final non-2xx answer to an initial INVITE;
+        C{challenged}: that answer was 401 or 407, and the caller will
+        likely send the INVITE again with credentials (same Call-ID): not a
+        call of its own in the call records.
         """
 
 
@@ -280,9 +283,12 @@ def show_media(
         hook.dialog_answered(key, leg, tag, ours=into)
 
 
-def leg_ended(hook: MediaHook | None, key: TunnelKey, fid: int, call_id: str) -> None:
+def leg_ended(
+    hook: MediaHook | None, key: TunnelKey, fid: int, call_id: str, status: int | None = None
+) -> None:
     """
-    Tell the media hook that a call leg ended.
+    Tell the media hook that a call leg ended (C{status}: the final
+    answer to its INVITE that ended it, if one did).
     """
     if hook is not None:
-        hook.dialog_ended(key, dialog_key(fid, call_id))
+        hook.dialog_ended(key, dialog_key(fid, call_id), challenged=status in (401, 407))

@@ -334,7 +334,7 @@ class AgentSipProxy:
                 # the leg's other dialogs live as long as the newest
                 self._dialogs.touch(fid, call_id, now)
             elif status >= 300 and not self._dialogs.has(fid, call_id):
-                leg_ended(self.media_hook, self.tunnel_key, fid, call_id)
+                leg_ended(self.media_hook, self.tunnel_key, fid, call_id, status)
         elif method == "REGISTER" and 200 <= status < 300 and flow is not None:
             longest = 0
             for na in contacts(msg):

@@ -720,7 +720,7 @@ class ContactSipProxy:
                 self._dialogs.answered(session, call_id, fid, msg.from_tag, msg.to_tag, now)
                 self._arm(now)
             elif status >= 300 and not self._dialogs.has(session, call_id):
-                leg_ended(self.media_hook, key, fid, call_id)
+                leg_ended(self.media_hook, key, fid, call_id, status)
         elif method == "BYE" and (200 <= status < 300 or status in (404, 481)):
             self._dialogs.remove(session, call_id, msg.from_tag, msg.to_tag)
 

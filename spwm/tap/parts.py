@@ -406,10 +406,10 @@ class MediaHookAdapter:
         if tunnel is not None:
             self._manager.dialog_answered(tunnel, dialog_key, tag, ours=ours)
 
-    def dialog_ended(self, key: Any, dialog_key: str) -> None:
+    def dialog_ended(self, key: Any, dialog_key: str, challenged: bool = False) -> None:
         tunnel = self._resolve(key)
         if tunnel is not None:
-            self._manager.dialog_ended(tunnel, dialog_key)
+            self._manager.dialog_ended(tunnel, dialog_key, challenged)
 
     def call_parties(self, key: Any, dialog_key: str, from_uri: str, to_uri: str) -> None:
         """
