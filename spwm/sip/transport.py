@@ -541,14 +541,21 @@ class AgentSipRunner(_Runner):
                 closed += 1
         return closed
 
-    def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
+    def sip_received(self, tunnel: Any, flow_id: int, data: bytes, side: int | None = None) -> None:
         """
         The tunnel delivered a SIP message for C{flow_id}.
+
+        @param side: with several contact points, which one's tunnel
+            (the core is then a L{spwm.sip.fanout.FanoutCore}).
         """
         if self.trace is not None:
             self.trace.message("received from", self._tunnel_peer(tunnel, flow_id), data)
         try:
-            self.execute(self.core.from_tunnel(flow_id, data, self._clock.seconds()))
+            now = self._clock.seconds()
+            if side is None:
+                self.execute(self.core.from_tunnel(flow_id, data, now))
+            else:
+                self.execute(self.core.from_side(side, flow_id, data, now))
         except Exception:
             self.log.failure("SIP message from the tunnel failed", flow_id=flow_id)
 
