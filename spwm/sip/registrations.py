@@ -26,7 +26,7 @@ from spwm.sip.message import SipMessage
 from spwm.sip.rewrite import add_path, contacts, expires_of, short_hash
 from spwm.sip.uri import SipUri, parse_name_addr, parse_uri
 
-__all__ = ["AppBindings", "ContactRegistrations", "Registration"]
+__all__ = ["AppBindings", "ContactRegistrations", "Registration", "outbound_register"]
 
 
 @frozen
@@ -156,6 +156,10 @@ class ContactRegistrations:
                 out.append(str(attrs.evolve(na, uri=uri, angle=True)))
             msg.set_header("Contact", ", ".join(out))
         elif not self.contact_rewrite:
+            if outbound_register(msg, found):
+                # RFC 5626 5.1: the first hop supports outbound; the
+                # registrar keeps the flow (and answers 439 without it)
+                route = route[:-1] + ";ob>" if route.endswith(">") else route + ";ob"
             add_path(msg, route)
         self._pending[branch] = _Pending(session, fid, originals, now + 64.0)
         while len(self._pending) > self.max_pending:
@@ -306,6 +310,21 @@ class ContactRegistrations:
             self._regs[session_id] = regs
             self._rewritten.update(rewritten)
         return len(regs)
+
+
+def outbound_register(msg: SipMessage, found: list[Any]) -> bool:
+    """
+    Whether a REGISTER asks for RFC 5626 flows: C{Supported: outbound}
+    and a C{Contact} with C{reg-id} and C{+sip.instance}.
+    """
+    supported = {s.strip().lower() for v in msg.get_all("Supported") for s in v.split(",")}
+    if "outbound" not in supported:
+        return False
+    for na in found:
+        names = {k.lower() for k, _ in na.params}
+        if "reg-id" in names and "+sip.instance" in names:
+            return True
+    return False
 
 
 class AppBindings:
