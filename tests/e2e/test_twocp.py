@@ -154,10 +154,12 @@ class TwoContactPointsTests(SpwmSipTestCase):
         """
         alice registers once through the agent: Kamailio holds two flows
         (one instance, reg-id 1 and 2, a Path through each contact point,
-        with ;ob).  The first contact point's process is killed: carol
-        (operator network) calls alice, the phone answers, RTP flows both
-        ways through the second contact point; alice calls bob; no
-        REGISTER reached Kamailio after the kill.
+        with ;ob).  The process of the contact point whose flow Kamailio
+        tries first is killed: carol (operator network) calls alice,
+        Kamailio's first branch times out and the next flow reaches the
+        phone, which answers; RTP flows both ways through the surviving
+        contact point; alice calls bob through it; no REGISTER of the
+        phone reached Kamailio after the kill.
         """
         result = self.sipp_uac("register.xml", PROXY, user="alice", name="register-alice")
         self.assertSippSuccess(result)
@@ -176,17 +178,23 @@ class TwoContactPointsTests(SpwmSipTestCase):
         # the 401 and the 200, through both contact points
         self.assertEqual(before, 4)
 
-        # the first contact point dies (by PID, no goodbye)
-        os.kill(self.contact.pid, signal.SIGKILL)
-        self.contact.wait(5.0)
-        self.wait_tunnel_gone(GATEWAY_PUBLIC, self.agent)
+        # The contact point of the flow Kamailio tries first (its location
+        # table lists it first) dies, by PID, without a goodbye: an
+        # incoming call must take the other flow
+        if f"@{CONTACT}:" in (alice[0].path or ""):
+            victim, victim_public, survivor = self.contact, GATEWAY_PUBLIC, CONTACT_2
+        else:
+            victim, victim_public, survivor = self.contact_2, GATEWAY_PUBLIC_2, CONTACT
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(5.0)
+        self.wait_tunnel_gone(victim_public, self.agent)
 
-        # carol calls alice: Kamailio tries a flow, and the other one when
-        # the first fails; media through the second contact point
+        # carol calls alice: Kamailio tries the dead flow, then the other
+        # one; media through the surviving contact point
         self.register_uas("bob")
         phone = self.sipp_uas(local_ip=PHONE, role="lan", name="phone-alice")
         self.count_udp("lan", "in_at_phone", f"ip saddr {AGENT} ip daddr {PHONE} udp dport 6000")
-        self.count_udp("op", "in_at_caller", f"ip saddr {CONTACT_2} ip daddr {ECHO} udp dport 6000")
+        self.count_udp("op", "in_at_caller", f"ip saddr {survivor} ip daddr {ECHO} udp dport 6000")
         result = self.sipp_uac(
             "uac_rtp.xml", f"{KAMAILIO}:5060", user="carol", service="alice",
             role="op", local_ip=ECHO, keys={"pcap": PCAP},
@@ -201,10 +209,13 @@ class TwoContactPointsTests(SpwmSipTestCase):
         at_caller = self.counter("op", "in_at_caller")
         self.assertGreater(at_phone, 50, (at_phone, at_caller))
         self.assertGreater(at_caller, 50, (at_phone, at_caller))
+        log = self.kamailio.process.stderr()
+        self.assertIn("branch failed with 408", log, "Kamailio did not try the dead flow first")
+        self.assertIn(f"next flow sip:alice@{PHONE}", log)
 
-        # alice calls bob: out through the second contact point
+        # alice calls bob: out through the surviving contact point
         uas = self.sipp_uas(name="bob")
-        self.count_udp("op", "at_uas", f"ip saddr {CONTACT_2} ip daddr {UAS} udp dport 6000")
+        self.count_udp("op", "at_uas", f"ip saddr {survivor} ip daddr {UAS} udp dport 6000")
         self.count_udp("lan", "at_alice", f"ip saddr {AGENT} ip daddr {PHONE} udp dport 6000")
         self.alice_calls_bob_with_rtp(uas, 2000)
         self.assertGreater(self.counter("op", "at_uas"), 50)
