@@ -9,7 +9,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.sip.actions import BindingChanged, ToApp, ToTunnel
+from spwm.sip.actions import BindingChanged, Dropped, ToApp, ToTunnel
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.fanout import FanoutCore, side_call_id
 from spwm.sip.flows import FlowTable
@@ -128,7 +128,13 @@ class FanoutTests(SynchronousTestCase):
         self.assertEqual([parse_message(g).status for g in got], [200])
         self.assertEqual(self.core.handle_timer(self.now()), [])
         self.clock.advance(40)
-        self.assertEqual([a for a in self.core.handle_timer(self.now()) if isinstance(a, ToApp)], [])
+        actions = self.core.handle_timer(self.now())
+        self.assertEqual([a for a in actions if isinstance(a, ToApp)], [])
+        # one line says that the second flow is missing
+        self.assertEqual(
+            [a.reason for a in actions if isinstance(a, Dropped)],
+            ["REGISTER through contact point 2 failed (no answer); registered through another only"],
+        )
         self.assertEqual(len(self.core._registers), 0)
 
     def test_one_failure_then_200(self) -> None:
@@ -137,8 +143,27 @@ class FanoutTests(SynchronousTestCase):
         """
         sent = self.send(register())
         self.assertEqual(self.back(0, answer(sent["tunnel-1"], 503, "Service Unavailable")), [])
-        got = self.back(1, registrar_ok(sent["tunnel-2"]))
-        self.assertEqual([parse_message(g).status for g in got], [200])
+        actions = self.core.from_side(1, self.flow_id, registrar_ok(sent["tunnel-2"]), self.now())
+        self.assertEqual([parse_message(a.data).status for a in actions if isinstance(a, ToApp)], [200])
+        self.assertEqual(
+            [a.reason for a in actions if isinstance(a, Dropped)],
+            ["REGISTER through contact point 1 failed (503); registered through another only"],
+        )
+        self.assertEqual(self.core.counters["register failed through one contact point"], 1)
+
+    def test_failure_after_200_logged(self) -> None:
+        """
+        A failure through one contact point after the other's 200: the
+        phone hears nothing more, one line says which contact point.
+        """
+        sent = self.send(register())
+        self.back(1, registrar_ok(sent["tunnel-2"]))
+        actions = self.core.from_side(0, self.flow_id, answer(sent["tunnel-1"], 403, "Forbidden"), self.now())
+        self.assertEqual([a for a in actions if isinstance(a, ToApp)], [])
+        self.assertEqual(
+            [a.reason for a in actions if isinstance(a, Dropped)],
+            ["REGISTER through contact point 1 failed (403 Forbidden); registered through another only"],
+        )
 
     def test_one_failure_other_silent(self) -> None:
         """

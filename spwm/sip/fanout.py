@@ -80,6 +80,7 @@ class _Fanout:
     expires: float
     finals: dict[int, int] = attrs.Factory(dict)
     winner: int | None = None
+    registered: bool = False
     best: tuple[tuple[int, int], int, list[Action]] | None = None
     hold_until: float | None = None
 
@@ -211,6 +212,10 @@ class FanoutCore:
             if fan.winner is None and fan.hold_until is not None and fan.hold_until <= now:
                 actions.extend(self._release(fan))
             if fan.expires <= now:
+                if fan.registered:
+                    for k in fan.sides:
+                        if k != fan.winner and k not in fan.finals:
+                            actions.append(self._flow_failed(k, "no answer"))
                 del self._registers[tx]
         return actions
 
@@ -300,15 +305,21 @@ class FanoutCore:
         if 200 <= status < 300:
             if fan.winner is None:
                 fan.winner = side
+                fan.registered = True
                 fan.hold_until = None
-                if len(fan.sides) > 1:
-                    self.counters.count("register answered through one of several")
-                return actions
+                fan.best = None
+                # the flows that failed before: the phone is registered
+                # through this one, so only the log tells
+                failed = [self._flow_failed(k, f"{code}") for k, code in fan.finals.items()]
+                return actions + failed
             if fan.winner == side:
                 return actions  # the same answer again
+            fan.finals[side] = status
             return _quiet(actions)
         fan.finals[side] = status
         if fan.winner is not None:
+            if fan.registered:
+                return _quiet(actions) + [self._flow_failed(side, f"{status} {msg.reason or ''}".strip())]
             return _quiet(actions)
         rank = _rank(status)
         if fan.best is None or rank < fan.best[0]:
@@ -336,6 +347,16 @@ class FanoutCore:
         return actions
 
     # -- helpers ---------------------------------------------------------
+
+    def _flow_failed(self, side: int, what: str) -> Action:
+        """
+        The line for a REGISTER that failed through one contact point while
+        the phone is registered through another.
+        """
+        return self.counters.drop(
+            f"REGISTER through contact point {side + 1} failed ({what}); registered through another only",
+            "register failed through one contact point",
+        )
 
     def _remember(self, call_id: str, side: int) -> None:
         calls = self._calls
