@@ -288,6 +288,42 @@ class ContactRunnerTests(SynchronousTestCase):
         self.assertEqual(len(self.tunnel.sip_sent), 1)
         r.stop()
 
+    def test_tunnel_not_open_answers_430(self) -> None:
+        """
+        A request routed to a flow whose tunnel is not open (its session
+        waits for the agent to resume it) is answered C{430 Flow Failed} to
+        the operator with its own branch, so an outbound registrar tries
+        the phone's other flow; an ACK is dropped, not answered.
+        """
+        r = self.runner()
+        udp = SipUdpProtocol(r)
+        tr = FakeUdpTransport("203.0.113.5", 5060)
+        udp.makeConnection(tr)
+        r.sip_received(self.tunnel, 4, request("INVITE", "sip:bob@example.org"))
+        [(data, _)] = tr.written
+        rr = parse_message(data).get("Record-Route")
+        assert rr is not None
+        incoming = request(
+            "INVITE",
+            "sip:alice@192.0.2.10:5062",
+            via="SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKop1",
+            call_id="in-1",
+            extra=(f"Route: {rr}",),
+        )
+        self.tunnel.up = False
+        udp.datagramReceived(incoming, ("198.51.100.7", 5060))
+        self.assertEqual(self.tunnel.sip_sent, [])
+        answer_data, addr = tr.written[-1]
+        resp = parse_message(answer_data)
+        self.assertEqual((resp.status, resp.reason, addr), (430, "Flow Failed", ("198.51.100.7", 5060)))
+        self.assertEqual(resp.get_all("Via"), ["SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKop1"])
+        written = len(tr.written)
+        ack = incoming.replace(b"INVITE sip:", b"ACK sip:").replace(b"CSeq: 1 INVITE", b"CSeq: 1 ACK")
+        udp.datagramReceived(ack, ("198.51.100.7", 5060))
+        self.assertEqual(len(tr.written), written)
+        self.assertEqual(r.core.counters["430 for a tunnel that is not open"], 1)
+        r.stop()
+
     def test_tcp_pool(self) -> None:
         """
         With a TCP operator proxy, one connection is opened on demand;

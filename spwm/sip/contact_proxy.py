@@ -433,6 +433,25 @@ class ContactSipProxy:
 
     # -- messages from the operator network --------------------------------
 
+    def undeliverable(self, data: bytes, now: float) -> list[Action]:
+        """
+        A message this core sent into a tunnel (C{ToTunnel}) could not be
+        sent: the tunnel is not open (its session waits for the agent to
+        resume it).  A request is answered C{430 Flow Failed} to the
+        previous hop (RFC 5626 5.3: an outbound registrar then tries the
+        phone's other flow); an ACK or a response is dropped and counted.
+        """
+        try:
+            msg = parse_message(data, max_size=self.max_message_size + 4096)
+        except SipParseError:
+            msg = None
+        if msg is None or not msg.is_request or msg.method == "ACK" or msg.count("Via") < 2:
+            reason = "message for a tunnel that is not open"
+            return [self.counters.drop(reason, reason)]
+        msg.pop_first_value("Via")  # ours
+        self.counters.count("430 for a tunnel that is not open")
+        return self._settle(self._refuse(msg, 430, "Flow Failed"), now, never_congested)
+
     def from_network(
         self,
         transport: str,

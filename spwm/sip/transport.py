@@ -109,8 +109,8 @@ class SipTrace:
         self.log.info("SIP {direction} {peer}:\n{sip}", direction=direction, peer=peer, sip=text)
 
 
-def _send_sip(tunnel_key: Any, flow_id: int, data: bytes) -> None:
-    tunnel_key.send_sip(flow_id, data)
+def _send_sip(tunnel_key: Any, flow_id: int, data: bytes) -> Any:
+    return tunnel_key.send_sip(flow_id, data)
 
 
 def _tunnel_congested(tunnel_key: Any) -> bool:
@@ -474,7 +474,7 @@ class AgentSipRunner(_Runner):
         self,
         core: AgentSipProxy,
         clock: IReactorTime,
-        send_to_tunnel: Callable[[Any, int, bytes], None] = _send_sip,
+        send_to_tunnel: Callable[[Any, int, bytes], Any] = _send_sip,
         trace: SipTrace | None = None,
     ) -> None:
         super().__init__(core, clock, trace)
@@ -601,7 +601,7 @@ class ContactSipRunner(_Runner):
         core: ContactSipProxy | AuthorizingContactProxy,
         clock: IReactorTime,
         connect: Callable[[tuple[str, int], Factory], Deferred] | None = None,
-        send_to_tunnel: Callable[[Any, int, bytes], None] = _send_sip,
+        send_to_tunnel: Callable[[Any, int, bytes], Any] = _send_sip,
         max_connections: int = 64,
         max_queued: int = 64,
         trace: SipTrace | None = None,
@@ -701,7 +701,11 @@ class ContactSipRunner(_Runner):
     # -- output ----------------------------------------------------------------
 
     def _to_tunnel(self, action: ToTunnel) -> None:
-        self._send_to_tunnel(action.tunnel_key, action.flow_id, action.data)
+        if self._send_to_tunnel(action.tunnel_key, action.flow_id, action.data) is False:
+            # the session's tunnel is not open (it waits for its agent):
+            # a request gets 430, which sends an outbound registrar to
+            # the phone's other flow
+            self.execute(self.core.undeliverable(action.data, self._clock.seconds()))
 
     def _to_network(self, action: ToNetwork) -> None:
         if action.transport == "udp":

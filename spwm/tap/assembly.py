@@ -842,9 +842,11 @@ def build_contact(config: ContactConfig, reactor: Any = None) -> ContactPoint:
         endpoint = TCP6ClientEndpoint if ":" in addr[0] else TCP4ClientEndpoint
         return endpoint(reactor, addr[0], addr[1], timeout=10, bindAddress=(sip_host, 0)).connect(f)
 
-    def send_to_tunnel(tunnel: Any, flow_id: int, data: bytes) -> None:
-        tunnel.send_sip(flow_id, data)
+    def send_to_tunnel(tunnel: Any, flow_id: int, data: bytes) -> bool:
+        # False: the tunnel is not open (the runner answers 430)
+        sent = bool(tunnel.send_sip(flow_id, data))
         later_resumption().flush_bindings()
+        return sent
 
     runner = ContactSipRunner(
         core,
