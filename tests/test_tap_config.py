@@ -81,6 +81,7 @@ class ConfigTests(SynchronousTestCase):
         document = built.status.document()
         self.assertIn("tunnel_2", document)
         self.assertIn("sessions_2", document)
+        self.assertIn("paths_2", document)
         one = build_agent(AgentConfig.from_options({"contact": "192.0.2.1:443", "plaintext": True}), MemoryReactorClock())
         self.assertEqual(len(one.sides), 1)
         self.assertNotIsInstance(one.runner.core, FanoutCore)

@@ -495,6 +495,8 @@ def build_agent(config: AgentConfig, reactor: Any = None) -> Agent:
         # the second contact point's tunnel and session
         status.add(f"tunnel_{k}", side.tunnel.status)
         status.add(f"sessions_{k}", side.resumption.status)
+        if side.paths is not None:
+            status.add(f"paths_{k}", side.paths.status)
     if paths is not None:
         paths_now = paths
         if quic is not None:
