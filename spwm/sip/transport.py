@@ -703,9 +703,11 @@ class ContactSipRunner(_Runner):
     def _to_tunnel(self, action: ToTunnel) -> None:
         if self._send_to_tunnel(action.tunnel_key, action.flow_id, action.data) is False:
             # the session's tunnel is not open (it waits for its agent):
-            # a request gets 430, which sends an outbound registrar to
-            # the phone's other flow
-            self.execute(self.core.undeliverable(action.data, self._clock.seconds()))
+            # a new request for an RFC 5626 flow gets 430, which sends the
+            # registrar to the phone's other flow
+            self.execute(
+                self.core.undeliverable(action.tunnel_key, action.flow_id, action.data, self._clock.seconds())
+            )
 
     def _to_network(self, action: ToNetwork) -> None:
         if action.transport == "udp":
