@@ -69,7 +69,7 @@ class OptionsTests(SynchronousTestCase):
         """
         options = agent.Options()
         options.parseOptions([])
-        self.assertEqual(options["contact"], "localhost:443")
+        self.assertEqual(options["contact"], ["localhost:443"])
         self.assertEqual(options["forward-udp"], [])
         self.assertEqual(options["plaintext"], 0)
         self.assertEqual(options["keepalive-interval"], 15.0)
@@ -87,7 +87,7 @@ class OptionsTests(SynchronousTestCase):
         )
         options = agent.Options()
         options.parseOptions(["--config", path, "--keepalive-interval", "7"])
-        self.assertEqual(options["contact"], "contact.example.test:8443")
+        self.assertEqual(options["contact"], ["contact.example.test:8443"])
         self.assertEqual(options["plaintext"], 1)
         self.assertEqual(options["keepalive-interval"], 7.0)
         self.assertEqual(len(options["forward-udp"]), 2)

@@ -953,6 +953,39 @@ class ContactTests(SynchronousTestCase):
         self.assertEqual(parse_message(out.data).status, 430)
         self.assertEqual(out.addr, ("198.51.100.7", 5060))
 
+    def test_outbound_register_path_ob(self) -> None:
+        """
+        RFC 5626: a REGISTER with C{Supported: outbound} and a contact with
+        C{reg-id} and C{+sip.instance} gets a Path with C{;ob}, its contact
+        as it was; a request routed by that Path goes to the flow, and
+        gets C{430 Flow Failed} once the tunnel is gone.
+        """
+        data = register(contact_params=';+sip.instance="<urn:uuid:1>";reg-id=2').replace(
+            b"Content-Length", b"Supported: outbound\r\nContent-Length"
+        )
+        act, msg = self.up(data)
+        path = parse_name_addr(msg.get("Path"))
+        self.assertEqual((path.uri.param("lr"), path.uri.param("ob")), ("", ""))
+        self.assertEqual(self.codec.decode(path.uri.user, KIND_ROUTE).flow_id, 5)
+        self.assertIn("reg-id=2", msg.get("Contact"))
+        self.assertIn("+sip.instance", msg.get("Contact"))
+        route = str(path)
+        only(self.down(self.incoming_invite(route=route)), ToTunnel)
+        self.cp.tunnel_detached(self.key, keep_registrations=True)
+        out = only(self.down(self.incoming_invite(route=route)), ToNetwork)
+        self.assertEqual(parse_message(out.data).status, 430)
+
+    def test_plain_register_path_without_ob(self) -> None:
+        """
+        A REGISTER without RFC 5626 gets a Path without C{;ob}.
+        """
+        for data in [
+            register(),
+            register(contact_params=';reg-id=1;+sip.instance="<urn:uuid:1>"'),
+        ]:
+            _, msg = self.up(data)
+            self.assertIsNone(parse_name_addr(msg.get("Path")).uri.param("ob"))
+
     def test_dormant_session_keeps_registrations(self) -> None:
         """
         A tunnel detached with its registrations kept (a dormant session):

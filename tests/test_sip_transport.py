@@ -288,6 +288,60 @@ class ContactRunnerTests(SynchronousTestCase):
         self.assertEqual(len(self.tunnel.sip_sent), 1)
         r.stop()
 
+    def test_tunnel_not_open_answers_430(self) -> None:
+        """
+        A new request routed to a flow registered with RFC 5626 C{reg-id}
+        whose tunnel is not open (its session waits for the agent to
+        resume it) is answered C{430 Flow Failed} to the operator with its
+        own branch, so the registrar tries the phone's other flow.  An ACK,
+        an in-dialog request and a request for a flow registered without
+        C{reg-id} are dropped (counted): their senders retransmit.
+        """
+        r = self.runner()
+        udp = SipUdpProtocol(r)
+        tr = FakeUdpTransport("203.0.113.5", 5060)
+        udp.makeConnection(tr)
+
+        def incoming(fid: int, to: str = "<sip:alice@example.org>", method: str = "INVITE") -> bytes:
+            # the Record-Route of an INVITE through flow fid names it
+            r.sip_received(self.tunnel, fid, request("INVITE", "sip:bob@example.org", call_id=f"i{fid}"))
+            rr = parse_message(tr.written[-1][0]).get("Record-Route")
+            assert rr is not None
+            return request(
+                method,
+                "sip:alice@192.0.2.10:5062",
+                via="SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKop1",
+                call_id="in-1",
+                to=to,
+                extra=(f"Route: {rr}",),
+            )
+
+        outbound = register(contact_params=';+sip.instance="<urn:uuid:1>";reg-id=1').replace(
+            b"Content-Length", b"Supported: outbound\r\nContent-Length"
+        )
+        for fid, data in [(4, outbound), (5, register())]:
+            r.sip_received(self.tunnel, fid, data)
+            sent = tr.written[-1][0]
+            contact = parse_message(sent).get("Contact")
+            udp.datagramReceived(answer(sent, 200, extra=(("Contact", contact),)), ("198.51.100.7", 5060))
+        invite4, invite5 = incoming(4), incoming(5)
+        in_dialog = incoming(4, to="<sip:alice@example.org>;tag=x", method="BYE")
+        self.tunnel.up = False
+        written = len(tr.written)
+        udp.datagramReceived(invite4, ("198.51.100.7", 5060))
+        answer_data, addr = tr.written[-1]
+        resp = parse_message(answer_data)
+        self.assertEqual((resp.status, resp.reason, addr), (430, "Flow Failed", ("198.51.100.7", 5060)))
+        self.assertEqual(resp.get_all("Via"), ["SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKop1"])
+        self.assertEqual(len(tr.written), written + 1)
+        ack = invite4.replace(b"INVITE sip:", b"ACK sip:").replace(b"CSeq: 1 INVITE", b"CSeq: 1 ACK")
+        for data in [ack, in_dialog, invite5]:
+            udp.datagramReceived(data, ("198.51.100.7", 5060))
+        self.assertEqual(len(tr.written), written + 1)
+        self.assertEqual(r.core.counters["430 for a tunnel that is not open"], 1)
+        self.assertEqual(r.core.counters["message for a tunnel that is not open"], 3)
+        r.stop()
+
     def test_tcp_pool(self) -> None:
         """
         With a TCP operator proxy, one connection is opened on demand;

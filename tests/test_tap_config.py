@@ -48,6 +48,44 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.contact_name, "[2001:db8::1]:8443")
         self.assertEqual(config.http_proxy, ("proxy.example.test", 3128))
 
+    def test_two_contact_points(self) -> None:
+        """
+        C{--contact} given twice: the first is the default, the second a
+        further contact point; three, or two with an on-demand tunnel, are
+        refused.  The built agent has a side per contact point, each with
+        its tunnel service, under one SIP runner whose core fans out.
+        """
+        options = agent.Options()
+        options.parseOptions(["--contact", "192.0.2.1:443", "--contact", "[2001:db8::2]:8443", "--plaintext"])
+        config = options.config
+        self.assertEqual((config.contact, config.contact_name), (("192.0.2.1", 443), "192.0.2.1:443"))
+        self.assertEqual(config.also_contact, ((("2001:db8::2", 8443), "[2001:db8::2]:8443"),))
+        second = config.contact_configs()[1]
+        self.assertEqual((second.contact, second.contact_name, second.also_contact), (("2001:db8::2", 8443), "[2001:db8::2]:8443", ()))
+        for values in [
+            {"contact": ["a:1", "b:1", "c:1"]},
+            {"contact": ["a:1", "b:1"], "tunnel": "on-demand"},
+            {"contact": []},
+        ]:
+            with self.assertRaises(ConfigError) as caught:
+                AgentConfig.from_options(values)
+            self.assertEqual(caught.exception.key, "contact")
+        from spwm.sip.fanout import FanoutCore
+
+        built = build_agent(config, MemoryReactorClock())
+        self.assertEqual(len(built.sides), 2)
+        self.assertIsInstance(built.runner.core, FanoutCore)
+        self.assertEqual([s.tunnel.description for s in built.sides], ["192.0.2.1:443", "[2001:db8::2]:8443"])
+        self.assertIsNot(built.sides[0].handle, built.sides[1].handle)
+        self.assertIs(built.sides[0].core.flows, built.sides[1].core.flows)
+        document = built.status.document()
+        self.assertIn("tunnel_2", document)
+        self.assertIn("sessions_2", document)
+        self.assertIn("paths_2", document)
+        one = build_agent(AgentConfig.from_options({"contact": "192.0.2.1:443", "plaintext": True}), MemoryReactorClock())
+        self.assertEqual(len(one.sides), 1)
+        self.assertNotIsInstance(one.runner.core, FanoutCore)
+
     def test_limits_from_options(self) -> None:
         """
         The limit options land in their branch of the tree.

@@ -192,6 +192,9 @@ class AuthorizingContactProxy:
         """
         return {**self._core.status(), "refused": dict(self.refused)}
 
+    def undeliverable(self, tunnel_key: Any, flow_id: int, data: bytes, now: float) -> list[Any]:
+        return self._core.undeliverable(tunnel_key, flow_id, data, now)
+
     def tunnel_detached(self, tunnel_key: Any, keep_registrations: bool = False) -> None:
         session = getattr(tunnel_key, "session_id", None)
         if session is not None:

@@ -433,6 +433,37 @@ class ContactSipProxy:
 
     # -- messages from the operator network --------------------------------
 
+    def undeliverable(self, tunnel_key: TunnelKey, flow_id: int, data: bytes, now: float) -> list[Action]:
+        """
+        A message this core sent into a tunnel (C{ToTunnel}) could not be
+        sent: the tunnel is not open (its session waits for the agent to
+        resume it).  A request that starts a dialog or stands alone, for a
+        flow registered with RFC 5626 C{reg-id}, is answered C{430 Flow
+        Failed} to the previous hop (RFC 5626 5.3: the registrar then tries
+        the phone's other flow).  Anything else is dropped and counted: the
+        sender retransmits, and a retransmission after the resumption gets
+        through.
+        """
+        try:
+            msg = parse_message(data, max_size=self.max_message_size + 4096)
+        except SipParseError:
+            msg = None
+        session = self._sessions.get(tunnel_key)
+        if (
+            msg is None
+            or not msg.is_request
+            or msg.method in ("ACK", "CANCEL")
+            or msg.to_tag is not None
+            or msg.count("Via") < 2
+            or session is None
+            or not self._registrations.outbound_flow(session, flow_id)
+        ):
+            reason = "message for a tunnel that is not open"
+            return [self.counters.drop(reason, reason)]
+        msg.pop_first_value("Via")  # ours
+        self.counters.count("430 for a tunnel that is not open")
+        return self._settle(self._refuse(msg, 430, "Flow Failed"), now, never_congested)
+
     def from_network(
         self,
         transport: str,

@@ -26,7 +26,7 @@ from spwm.sip.message import SipMessage
 from spwm.sip.rewrite import add_path, contacts, expires_of, short_hash
 from spwm.sip.uri import SipUri, parse_name_addr, parse_uri
 
-__all__ = ["AppBindings", "ContactRegistrations", "Registration"]
+__all__ = ["AppBindings", "ContactRegistrations", "Registration", "outbound_register"]
 
 
 @frozen
@@ -47,6 +47,7 @@ class _Pending:
     flow_id: int
     contacts: list[str]
     expires: float
+    outbound: bool = False
 
 
 class ContactRegistrations:
@@ -81,6 +82,9 @@ class ContactRegistrations:
         self._regs: dict[str, dict[tuple[str, str], Registration]] = {}
         self._pending: dict[str, _Pending] = {}
         self._rewritten: dict[tuple[str, int, bytes], str] = {}
+        # (session, flow) registered with RFC 5626 reg-id: its registrar
+        # has another flow to try
+        self._outbound: set[tuple[str, int]] = set()
 
     # -- reading -------------------------------------------------------------
 
@@ -121,6 +125,14 @@ class ContactRegistrations:
         """
         return any(self._regs.values()) or bool(self._pending)
 
+    def outbound_flow(self, session_id: str, flow_id: int) -> bool:
+        """
+        @return: whether a binding registered through this flow with RFC
+            5626 C{reg-id} (so the registrar knows other flows of the
+            phone) is live (not kept across a restart).
+        """
+        return (session_id, flow_id) in self._outbound
+
     def rewritten(self, session_id: str, flow_id: int, extra: bytes) -> str | None:
         """
         @return: the original contact URI a rewritten contact's token
@@ -146,6 +158,7 @@ class ContactRegistrations:
         """
         found = contacts(msg)
         originals = [str(na.uri) for na in found]
+        outbound = outbound_register(msg, found)
         if self.contact_rewrite and found:
             out = []
             for na in found:
@@ -156,8 +169,12 @@ class ContactRegistrations:
                 out.append(str(attrs.evolve(na, uri=uri, angle=True)))
             msg.set_header("Contact", ", ".join(out))
         elif not self.contact_rewrite:
+            if outbound:
+                # RFC 5626 5.1: the first hop supports outbound; the
+                # registrar keeps the flow (and answers 439 without it)
+                route = route[:-1] + ";ob>" if route.endswith(">") else route + ";ob"
             add_path(msg, route)
-        self._pending[branch] = _Pending(session, fid, originals, now + 64.0)
+        self._pending[branch] = _Pending(session, fid, originals, now + 64.0, outbound)
         while len(self._pending) > self.max_pending:
             del self._pending[next(iter(self._pending))]
 
@@ -231,6 +248,11 @@ class ContactRegistrations:
         for key, reg in before.items():
             if key not in regs:
                 events.append(BindingChanged("unregistered", aor, reg.contact, 0, session, fid))
+        if pending.outbound:
+            if any(r.flow_id == fid for r in regs.values()):
+                self._outbound.add((session, fid))
+            else:
+                self._outbound.discard((session, fid))
         return events
 
     # -- time and sessions ---------------------------------------------------
@@ -265,6 +287,7 @@ class ContactRegistrations:
         self._regs.pop(session_id, None)
         for k in [k for k in self._rewritten if k[0] == session_id]:
             del self._rewritten[k]
+        self._outbound = {k for k in self._outbound if k[0] != session_id}
 
     def export(self, session_id: str, now: float) -> dict[str, Any]:
         """
@@ -306,6 +329,21 @@ class ContactRegistrations:
             self._regs[session_id] = regs
             self._rewritten.update(rewritten)
         return len(regs)
+
+
+def outbound_register(msg: SipMessage, found: list[Any]) -> bool:
+    """
+    Whether a REGISTER asks for RFC 5626 flows: C{Supported: outbound}
+    and a C{Contact} with C{reg-id} and C{+sip.instance}.
+    """
+    supported = {s.strip().lower() for v in msg.get_all("Supported") for s in v.split(",")}
+    if "outbound" not in supported:
+        return False
+    for na in found:
+        names = {k.lower() for k, _ in na.params}
+        if "reg-id" in names and "+sip.instance" in names:
+            return True
+    return False
 
 
 class AppBindings:

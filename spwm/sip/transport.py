@@ -156,8 +156,8 @@ def tunnel_addresses(tunnel: Any) -> tuple[tuple[str, int] | None, tuple[str, in
     return found[0], found[1], kind
 
 
-def _send_sip(tunnel_key: Any, flow_id: int, data: bytes) -> None:
-    tunnel_key.send_sip(flow_id, data)
+def _send_sip(tunnel_key: Any, flow_id: int, data: bytes) -> Any:
+    return tunnel_key.send_sip(flow_id, data)
 
 
 def _tunnel_congested(tunnel_key: Any) -> bool:
@@ -524,7 +524,7 @@ class AgentSipRunner(_Runner):
         self,
         core: AgentSipProxy,
         clock: IReactorTime,
-        send_to_tunnel: Callable[[Any, int, bytes], None] = _send_sip,
+        send_to_tunnel: Callable[[Any, int, bytes], Any] = _send_sip,
         trace: SipTrace | None = None,
     ) -> None:
         super().__init__(core, clock, trace)
@@ -591,15 +591,22 @@ class AgentSipRunner(_Runner):
                 closed += 1
         return closed
 
-    def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
+    def sip_received(self, tunnel: Any, flow_id: int, data: bytes, side: int | None = None) -> None:
         """
         The tunnel delivered a SIP message for C{flow_id}.
+
+        @param side: with several contact points, which one's tunnel
+            (the core is then a L{spwm.sip.fanout.FanoutCore}).
         """
         if self.trace is not None:
             local, remote, carried = tunnel_addresses(tunnel)
             self.trace.message("received from", self._tunnel_peer(tunnel, flow_id), data, remote, local, carried)
         try:
-            self.execute(self.core.from_tunnel(flow_id, data, self._clock.seconds()))
+            now = self._clock.seconds()
+            if side is None:
+                self.execute(self.core.from_tunnel(flow_id, data, now))
+            else:
+                self.execute(self.core.from_side(side, flow_id, data, now))
         except Exception:
             self.log.failure("SIP message from the tunnel failed", flow_id=flow_id)
 
@@ -645,7 +652,7 @@ class ContactSipRunner(_Runner):
         core: ContactSipProxy | AuthorizingContactProxy,
         clock: IReactorTime,
         connect: Callable[[tuple[str, int], Factory], Deferred] | None = None,
-        send_to_tunnel: Callable[[Any, int, bytes], None] = _send_sip,
+        send_to_tunnel: Callable[[Any, int, bytes], Any] = _send_sip,
         max_connections: int = 64,
         max_queued: int = 64,
         trace: SipTrace | None = None,
@@ -746,7 +753,13 @@ class ContactSipRunner(_Runner):
     # -- output ----------------------------------------------------------------
 
     def _to_tunnel(self, action: ToTunnel) -> None:
-        self._send_to_tunnel(action.tunnel_key, action.flow_id, action.data)
+        if self._send_to_tunnel(action.tunnel_key, action.flow_id, action.data) is False:
+            # the session's tunnel is not open (it waits for its agent):
+            # a new request for an RFC 5626 flow gets 430, which sends the
+            # registrar to the phone's other flow
+            self.execute(
+                self.core.undeliverable(action.tunnel_key, action.flow_id, action.data, self._clock.seconds())
+            )
 
     def _to_network(self, action: ToNetwork) -> None:
         if action.transport == "udp":

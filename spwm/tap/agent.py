@@ -77,7 +77,7 @@ def proxy_credentials(value: Any) -> str:
 
 
 OPTIONS = (
-    Option("contact", "localhost:443", host_port_string, "The contact point, HOST:PORT (DNS name, IPv4 or [IPv6])."),
+    Option("contact", ("localhost:443",), host_port_string, "The contact point, HOST:PORT (DNS name, IPv4 or [IPv6]); given twice, two contact points (RFC 5626 flows through both).", repeat=True),
     Option("server-name", None, optional_string, "Name the contact point's certificate must match (default: the host in --contact)."),
     Option("ca", None, readable_file, "PEM file of the certificates to trust (default: the system's store)."),
     Option("plaintext", False, bool, "Plain TCP instead of TLS (tests, or TLS terminated elsewhere).", flag=True),

@@ -23,6 +23,7 @@ import os
 import socket
 from typing import Any, Callable, cast
 
+import attrs
 from attrs import frozen
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
@@ -46,6 +47,7 @@ from spwm.sip.names import ProxyNames
 from spwm.sip.actions import OperatorProxy
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.contact_proxy import ContactSipProxy
+from spwm.sip.fanout import FanoutCore
 from spwm.sip.registrar import EmbeddedRegistrar
 from spwm.sip.transport import AgentSipRunner, ContactSipRunner, SipTrace
 from spwm.state import ContactState
@@ -112,6 +114,8 @@ class Agent:
     @ivar service: the one service to start; its children in start order.
     @ivar quic: with C{--udp-path auto}, what attaches a QUIC path to the
         session when the contact point offers one; else C{None}.
+    @ivar sides: each contact point's parts (C{--contact} given twice:
+        two, the first one's are also the fields above).
     """
 
     config: AgentConfig
@@ -131,6 +135,7 @@ class Agent:
     status_http: StatusHTTPService | None
     service: MultiService
     quic: QuicProber | None = None
+    sides: tuple[AgentSide, ...] = ()
 
 
 @frozen
@@ -408,17 +413,7 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
     agent_id = config.agent_id or socket.gethostname()
     sip_addresses = list(config.sip_listen)
     later_runner: Later[AgentSipRunner] = Later("the SIP runner")
-    later_tunnel: Later[AgentTunnelService] = Later("the tunnel service")
     later_on_demand: Later[OnDemandTunnel] = Later("the on-demand tunnel")
-
-    handle = AgentTunnelHandle(
-        reactor,
-        max_held=limits.tunnel.max_held,
-        hold_time=limits.tunnel.hold_time,
-        answer=lambda flow_id, data: later_runner().sip_received(None, flow_id, data),
-        retry_after=lambda: later_tunnel().retry_after(limits.tunnel.retry_after_cap),
-        on_demand=LaterOnDemand(later_on_demand) if config.tunnel == "on-demand" else None,
-    )
     forwarder = AgentForwarder(
         reactor,
         list(config.forward_udp),
@@ -442,72 +437,43 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
         hep=hep,
         call_lines=config.log_level == "debug",
     )
-    resumption = AgentResumption(
-        reactor,
-        limits.session.resume_window,
-        media,
-        handle,
-        session_lost=lambda flows: later_runner().close_stream_flows(flows),
-        forwarder=forwarder,
-    )
     flows = FlowTable()
-    proxy = AgentSipProxy(
-        handle,
-        agent_id,
-        # media from the phone's signalling host latches (docs/media.md)
-        media_hook=MediaHookAdapter(media, lambda key: key.current, flow_source(flows, reactor)),
-        max_message_size=limits.sip.max_message_size,
-        names=agent_names(sip_addresses, bool(config.sip_tls_cert), config.sip_names),
-        flows=flows,
-    )
-    core = resumption.wrap(proxy)
+    names = agent_names(sip_addresses, bool(config.sip_tls_cert), config.sip_names)
+    # One tunnel side per contact point (docs/operations.md, "Two
+    # contact points"): the first is the default one; the SIP runner, the
+    # media relay and the UDP forwards are shared.
+    sides = [
+        _agent_side(
+            side_config, reactor, agent_id, k, media, flows, names, later_runner,
+            forwarder if k == 0 else None, later_on_demand if k == 0 else None,
+        )
+        for k, side_config in enumerate(config.contact_configs())
+    ]
+    handle, resumption = sides[0].handle, sides[0].resumption
+    core: Any = sides[0].core
+    if len(sides) > 1:
+        core = FanoutCore(
+            [side.core for side in sides],
+            lambda k: sides[k].handle.current is not None,
+            max_message_size=limits.sip.max_message_size,
+        )
     runner = later_runner.bind(
         AgentSipRunner(core, reactor, trace=sip_trace(config.sip_trace, config.sip_trace_bodies, hep, sip_observer))
     )
-    sip_part: AgentSipRunner | TouchingSip = runner
-    if config.tunnel == "on-demand":
-        sip_part = TouchingSip(runner, LaterOnDemand(later_on_demand))
-    # The session logic is the tunnels' one observer; it tells the
-    # handle and the forwards.  With several connections the paths layer
-    # comes first: the session logic sees the session's front.
-    endpoint = agent_tunnel_endpoint(config, reactor)
-    paths = None
-    quic = None
-    observer: Any = resumption
-    hello: Any = resumption.hello
-    # --udp-path auto: a QUIC path joins the session as a further
-    # connection does, so the paths layer is there even with one TCP
-    # connection
-    if config.paths_wanted > 1 or config.quic_probe:
-        later_factory: Later[AgentTunnelFactory] = Later("the tunnel factory")
-        raw_endpoint = endpoint[0]
-        keeper = PathKeeper(
-            reactor, lambda: raw_endpoint.connect(later_factory()), config.paths_wanted - 1, retry_cap=config.reconnect_max
-        )
-        keepers: PathKeeper | Keepers = keeper
-        if config.quic_probe:
-            quic = agent_quic_prober(config, reactor, lambda: paths.front if paths is not None else None, later_factory)
-            keepers = Keepers(keeper, quic)
-        paths = PathSessions(
-            reactor, resumption, agent=True, keeper=keepers, moving=lambda: later_tunnel().reconnect_now()
-        )
-        observer, hello = paths, paths.hello(resumption.hello)
-    router = Router(sip_part, {FORWARD_USE: forwarder, "media": media}, observer)
-    factory = AgentTunnelFactory(
-        router, reactor, agent_id, limits.tunnel, hello=hello, user_ciphering=config.user_ciphering
-    )
-    if paths is not None:
-        later_factory.bind(factory)
+    for k, side in enumerate(sides):
+        sip_part: AgentSipRunner | TouchingSip | SideSip = runner
+        if len(sides) > 1:
+            sip_part = SideSip(runner, k)
+        elif config.tunnel == "on-demand":
+            sip_part = TouchingSip(runner, LaterOnDemand(later_on_demand))
+        _agent_side_tunnel(side, reactor, agent_id, sip_part, forwarder, media)
+    router, factory, paths, quic = sides[0].router, sides[0].factory, sides[0].paths, sides[0].quic
+    tunnel = sides[0].tunnel
     sip_tls = None
     if config.sip_tls_cert:
         from spwm.tunnel.service import server_tls_options
 
         sip_tls = load_tls("sip-tls-cert", server_tls_options, config.sip_tls_cert, config.sip_tls_key)
-    tunnel = later_tunnel.bind(
-        agent_tunnel_service(
-            config, factory, reactor, handle.release_held if config.tunnel == "on-demand" else None, endpoint
-        )
-    )
     on_demand = None
     if config.tunnel == "on-demand":
         on_demand = later_on_demand.bind(
@@ -518,14 +484,17 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
     MediaRangeCheck(media_address, config.media_ports).setServiceParent(top)
     hep_service(top, hep)
     (on_demand if on_demand is not None else tunnel).setServiceParent(top)
+    for side in sides[1:]:
+        side.tunnel.setServiceParent(top)
     Hook(forwarder.start, forwarder.stop).setServiceParent(top)
     listeners = SipListeners(
         reactor, runner, sip_addresses, sip_tls, limits.sip.udp_buffer, limits.sip.max_message_size
     )
     listeners.setServiceParent(top)
-    Hook(lambda: None, resumption.stop).setServiceParent(top)
-    if paths is not None and paths.keeper is not None:
-        Hook(lambda: None, paths.keeper.stop).setServiceParent(top)
+    for side in sides:
+        Hook(lambda: None, side.resumption.stop).setServiceParent(top)
+        if side.paths is not None and side.paths.keeper is not None:
+            Hook(lambda: None, side.paths.keeper.stop).setServiceParent(top)
     status = Status("agent", reactor)
     if on_demand is not None:
         demand = on_demand
@@ -534,6 +503,12 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
         status.add("tunnel", tunnel.status)
     status.add("no_tunnel", handle.status)
     status.add("sessions", resumption.status)
+    for k, side in enumerate(sides[1:], 2):
+        # the second contact point's tunnel and session
+        status.add(f"tunnel_{k}", side.tunnel.status)
+        status.add(f"sessions_{k}", side.resumption.status)
+        if side.paths is not None:
+            status.add(f"paths_{k}", side.paths.status)
     if paths is not None:
         paths_now = paths
         if quic is not None:
@@ -567,7 +542,160 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
         status_http=status_http,
         service=top,
         quic=quic,
+        sides=tuple(sides),
     )
+
+
+@attrs.define
+class AgentSide:
+    """
+    The parts of an agent for one contact point (C{--contact}): its tunnel
+    handle, session logic, SIP proxy and, once L{_agent_side_tunnel} has
+    run, its tunnel.
+
+    @ivar config: the agent's configuration with this contact point as
+        C{contact}.
+    @ivar core: the side's SIP proxy, watched by C{resumption}.
+    """
+
+    config: AgentConfig
+    handle: AgentTunnelHandle
+    resumption: AgentResumption
+    core: Any
+    later_tunnel: Later[AgentTunnelService]
+    later_on_demand: Later[OnDemandTunnel] | None
+    router: Any = None
+    factory: Any = None
+    paths: PathSessions | None = None
+    quic: QuicProber | None = None
+    tunnel: Any = None
+
+
+def _agent_side(
+    config: AgentConfig,
+    reactor: Any,
+    agent_id: str,
+    side: int,
+    media: MediaManager,
+    flows: FlowTable,
+    names: ProxyNames,
+    later_runner: Later[AgentSipRunner],
+    forwarder: AgentForwarder | None,
+    later_on_demand: Later[OnDemandTunnel] | None,
+) -> AgentSide:
+    """
+    The first half of an agent's side for one contact point: the tunnel
+    handle, the session logic and the SIP proxy (the flows, the media
+    relay and the runner are shared by the sides).
+
+    @param forwarder: the UDP forwards, for the first side only.
+    @param later_on_demand: C{--tunnel on-demand}'s part, for the first
+        (and then only) side.
+    """
+    limits = config.limits
+    later_tunnel: Later[AgentTunnelService] = Later("the tunnel service")
+
+    def answer(flow_id: int, data: bytes) -> None:
+        if side == 0:
+            later_runner().sip_received(None, flow_id, data)
+        else:
+            later_runner().sip_received(None, flow_id, data, side=side)
+
+    handle = AgentTunnelHandle(
+        reactor,
+        max_held=limits.tunnel.max_held,
+        hold_time=limits.tunnel.hold_time,
+        answer=answer,
+        retry_after=lambda: later_tunnel().retry_after(limits.tunnel.retry_after_cap),
+        on_demand=LaterOnDemand(later_on_demand) if later_on_demand is not None and config.tunnel == "on-demand" else None,
+    )
+    resumption = AgentResumption(
+        reactor,
+        limits.session.resume_window,
+        media,
+        handle,
+        session_lost=lambda flows: later_runner().close_stream_flows(flows),
+        forwarder=forwarder,
+    )
+    proxy = AgentSipProxy(
+        handle,
+        agent_id,
+        # media from the phone's signalling host latches (docs/media.md)
+        media_hook=MediaHookAdapter(media, lambda key: key.current, flow_source(flows, reactor)),
+        max_message_size=limits.sip.max_message_size,
+        names=names,
+        flows=flows,
+    )
+    return AgentSide(config, handle, resumption, resumption.wrap(proxy), later_tunnel, later_on_demand)
+
+
+def _agent_side_tunnel(
+    side: AgentSide, reactor: Any, agent_id: str, sip_part: Any, forwarder: AgentForwarder, media: MediaManager
+) -> None:
+    """
+    The second half of an agent's side: its paths, tunnel application,
+    tunnel factory and tunnel service (into C{side}).
+    """
+    config = side.config
+    resumption = side.resumption
+    # The session logic is the tunnels' one observer; it tells the
+    # handle and the forwards.  With several connections the paths layer
+    # comes first: the session logic sees the session's front.
+    endpoint = agent_tunnel_endpoint(config, reactor)
+    paths = None
+    quic = None
+    observer: Any = resumption
+    hello: Any = resumption.hello
+    # --udp-path auto: a QUIC path joins the session as a further
+    # connection does, so the paths layer is there even with one TCP
+    # connection
+    if config.paths_wanted > 1 or config.quic_probe:
+        later_factory: Later[AgentTunnelFactory] = Later("the tunnel factory")
+        raw_endpoint = endpoint[0]
+        keeper = PathKeeper(
+            reactor, lambda: raw_endpoint.connect(later_factory()), config.paths_wanted - 1, retry_cap=config.reconnect_max
+        )
+        keepers: PathKeeper | Keepers = keeper
+        if config.quic_probe:
+            quic = agent_quic_prober(config, reactor, lambda: paths.front if paths is not None else None, later_factory)
+            keepers = Keepers(keeper, quic)
+        paths = PathSessions(
+            reactor, resumption, agent=True, keeper=keepers, moving=lambda: side.later_tunnel().reconnect_now()
+        )
+        observer, hello = paths, paths.hello(resumption.hello)
+    router = Router(sip_part, {FORWARD_USE: forwarder, "media": media}, observer)
+    factory = AgentTunnelFactory(
+        router, reactor, agent_id, config.limits.tunnel, hello=hello, user_ciphering=config.user_ciphering
+    )
+    if paths is not None:
+        later_factory.bind(factory)
+    on_demand = side.later_on_demand is not None and config.tunnel == "on-demand"
+    side.tunnel = side.later_tunnel.bind(
+        agent_tunnel_service(config, factory, reactor, side.handle.release_held if on_demand else None, endpoint)
+    )
+    side.router, side.factory, side.paths, side.quic = router, factory, paths, quic
+
+
+class SideSip:
+    """
+    The SIP part of the tunnel application of one of several contact
+    points: SIP from its tunnel goes to the runner's L{FanoutCore} with
+    the side's number.
+    """
+
+    def __init__(self, runner: AgentSipRunner, side: int) -> None:
+        self.runner = runner
+        self.side = side
+
+    @property
+    def trace(self) -> SipTrace | None:
+        """
+        The runner's trace.
+        """
+        return self.runner.trace
+
+    def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
+        self.runner.sip_received(tunnel, flow_id, data, side=self.side)
 
 
 class TouchingSip:
@@ -746,9 +874,11 @@ def build_contact(
         endpoint = TCP6ClientEndpoint if ":" in addr[0] else TCP4ClientEndpoint
         return endpoint(reactor, addr[0], addr[1], timeout=10, bindAddress=(sip_host, 0)).connect(f)
 
-    def send_to_tunnel(tunnel: Any, flow_id: int, data: bytes) -> None:
-        tunnel.send_sip(flow_id, data)
+    def send_to_tunnel(tunnel: Any, flow_id: int, data: bytes) -> bool:
+        # False: the tunnel is not open (the runner answers 430)
+        sent = bool(tunnel.send_sip(flow_id, data))
         later_resumption().flush_bindings()
+        return sent
 
     runner = ContactSipRunner(
         core,

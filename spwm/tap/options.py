@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import attrs
 from attrs import Factory, field, frozen
 
 from spwm.addr import hostport
@@ -24,6 +25,19 @@ from spwm.limits import Limits, MediaLimits, SessionLimits, SipLimits, TunnelLim
 from spwm.sip.actions import OperatorProxy
 
 Address = tuple[str, int]
+
+
+def _contacts(value: Any) -> list[str]:
+    """
+    C{--contact}'s values: one (a string, as before it was repeatable) or
+    several.
+
+    @raise ConfigError: none.
+    """
+    names = [value] if isinstance(value, str) else list(value)
+    if not names:
+        raise ConfigError("contact", "the agent needs a contact point")
+    return names
 
 
 def _tuple(value: Any) -> tuple[Any, ...]:
@@ -94,6 +108,8 @@ class AgentConfig:
 
     @ivar contact: the contact point, C{(host, port)}.
     @ivar contact_name: the contact point as the user wrote it, for the log.
+    @ivar also_contact: a second contact point (C{--contact} given
+        twice), C{((host, port), name)}, or nothing.
     @ivar agent_id: this agent's identity; C{None}: the host name.
     @ivar http_proxy_auth: C{USER:PASSWORD} for the HTTP proxy (from the
         file or the environment, never the command line).
@@ -105,6 +121,7 @@ class AgentConfig:
 
     contact: Address = ("localhost", 443)
     contact_name: str = field(default=Factory(lambda self: hostport(*self.contact), takes_self=True))
+    also_contact: tuple[tuple[Address, str], ...] = field(default=(), converter=_tuple)
     server_name: str | None = None
     ca: str | None = None
     plaintext: bool = False
@@ -160,6 +177,20 @@ class AgentConfig:
             raise ConfigError("udp-path", "an HTTP proxy carries TCP only: --udp-path only excludes --http-proxy")
         if not 1 <= self.tunnel_connections <= 8:
             raise ConfigError("tunnel-connections", "must be between 1 and 8")
+        if len(self.also_contact) > 1:
+            raise ConfigError("contact", "at most two contact points")
+        if self.also_contact and self.tunnel == "on-demand":
+            raise ConfigError("contact", "two contact points keep two tunnels up: not with --tunnel on-demand")
+
+    def contact_configs(self) -> list[AgentConfig]:
+        """
+        @return: this configuration once per contact point, with that
+            contact point as C{contact}: the first is this one.
+        """
+        return [self] + [
+            attrs.evolve(self, contact=address, contact_name=name, also_contact=())
+            for address, name in self.also_contact
+        ]
 
     @property
     def paths_wanted(self) -> int:
@@ -219,8 +250,9 @@ class AgentConfig:
         v = _defaults(OPTIONS, given)
         return cls(
             # kept as written (the log names it so); validated by its option
-            contact=host_port(v["contact"]),
-            contact_name=v["contact"],
+            contact=host_port(_contacts(v["contact"])[0]),
+            contact_name=_contacts(v["contact"])[0],
+            also_contact=[(host_port(name), name) for name in _contacts(v["contact"])[1:]],
             server_name=v["server-name"],
             ca=v["ca"],
             plaintext=bool(v["plaintext"]),

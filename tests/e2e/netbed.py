@@ -813,7 +813,7 @@ class Kamailio:
     @classmethod
     def start(
         cls, topology: Topology, address: str = KAMAILIO, trusted: str = UAS,
-        ready_timeout: float = 10.0,
+        ready_timeout: float = 10.0, config_name: str = "kamailio.cfg",
     ) -> Kamailio:
         """
         Render C{data/kamailio.cfg}, start C{kamailio -DD -E} in the C{op}
@@ -821,10 +821,12 @@ class Kamailio:
 
         @param trusted: the one operator address whose requests (other than
             REGISTER) are not challenged.
+        @param config_name: the configuration in C{data/} (the outbound
+            registrar: C{kamailio_outbound.cfg}).
         @raise NetbedError: it did not get ready within C{ready_timeout}.
         """
         rundir = Path(tempfile.mkdtemp(prefix="spwm-kam-"))
-        config = (DATA / "kamailio.cfg").read_text("utf-8")
+        config = (DATA / config_name).read_text("utf-8")
         for key, value in {
             "ADDRESS": address,
             "DOMAIN": SIP_DOMAIN,
