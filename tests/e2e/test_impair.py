@@ -123,7 +123,11 @@ class ImpairedWanTests(E2ETestCase):
         self.wait_for_log(contact, r"tunnel up with", timeout=20)
         udp_before = bed.wan_stats()
         up, down = self.call("op", f"{ECHO}:7000", f"{AGENT}:5555", 250, "spwm")
-        after = bed.wan_stats()
+        # With two connections (the default) the agent pings each every
+        # 100 ms while the forward's channel is open, so the link is
+        # rarely empty and may never settle: both endpoints have ended,
+        # their packets have crossed; the counters as they are.
+        after = bed.wan_stats(settle=False)
         for name in ("up", "down"):
             self.assertEqual(
                 after[name].get("udp_in", 0), udp_before[name].get("udp_in", 0), name
