@@ -63,6 +63,7 @@ sys.path.insert(0, ROOT)
 from _common import cpu_model, machine_cpu, machine_usage  # noqa: E402
 
 from spwm.testing.impair import (  # noqa: E402
+    INTERVAL,
     LATE,
     PROFILES,
     DirectionStats,
@@ -71,6 +72,11 @@ from spwm.testing.impair import (  # noqa: E402
 )
 
 MAIN_PROFILES = ["clean", "good", "lossy", "bad", "narrow"]
+#: the cut phase (C{--cut}): a call this long, one connection killed this far in
+CUT_SECONDS = 10.0
+CUT_AT = 5.0
+#: the cut's gap is looked for from 1 s before the cut to this long after it
+CUT_WINDOW = 4.0
 FORWARD_PORT = 5555
 ANSWER_PORT_SPWM = 7000
 ANSWER_PORT_UDP = 7002
@@ -125,77 +131,174 @@ class ProfileRun:
             env=self.env, cwd=self.workdir,
         )
 
-    def start_spwm(self) -> None:
+    def start_contact(self) -> None:
         nb = self.netbed
         if self.args.plaintext:
-            contact_sec = agent_sec = ["--plaintext"]
+            contact_sec = self.agent_sec = ["--plaintext"]
         else:
             from spwm.testing.certs import TestCA
 
             ca = TestCA(str(self.workdir / "ca"))
             files = ca.issue([SERVER_NAME, nb.CONTACT], "contact")
             contact_sec = ["--cert", files.cert, "--key", files.key]
-            agent_sec = ["--ca", ca.ca_file, "--server-name", SERVER_NAME]
+            self.agent_sec = ["--ca", ca.ca_file, "--server-name", SERVER_NAME]
         target = f"{nb.ECHO}:{ANSWER_PORT_SPWM}"
         self.contact = self.twistd(
             "op", "spwm-contact",
             [*contact_sec, "--listen", f"tcp:443:interface={nb.CONTACT}",
              "--allow-forward", target],
         )
+
+    def start_agent(self, connections: int) -> None:
+        """
+        An agent with C{--tunnel-connections N}; waits until its session
+        holds N connections (the contact point said C{paths} and each
+        further one is attached), or, with one, until the tunnel is up.
+        """
+        nb = self.netbed
+        target = f"{nb.ECHO}:{ANSWER_PORT_SPWM}"
+        ups = self.contact.stdout().count("tunnel up with")
         self.agent = self.twistd(
             "lan", "spwm-agent",
-            [*agent_sec, "--contact", f"{nb.GATEWAY_PUBLIC}:443",
+            [*self.agent_sec, "--contact", f"{nb.GATEWAY_PUBLIC}:443",
+             "--tunnel-connections", str(connections),
+             *self.args.agent_arg,
              "--forward-udp", f"{nb.AGENT}:{FORWARD_PORT}={target}"],
         )
-        wait_for(lambda: "tunnel up with" in self.contact.stdout(), 30,
+        wait_for(lambda: self.contact.stdout().count("tunnel up with") > ups, 30,
                  "the tunnel did not come up", self.contact)
+        if connections > 1:
+            wait_for(lambda: f"; {connections} paths" in self.agent.stdout(), 30,
+                     f"the agent's session did not get {connections} connections", self.agent)
+        # what the agent really holds (ss), not what it was told
+        wait_for(lambda: len(self.tunnel_ports()) == connections, 10,
+                 f"the agent does not hold {connections} connection(s): {self.tunnel_ports()}", self.agent)
 
-    def endpoint(self, role: str, name: str, argv: list[str]) -> tuple[Any, Path]:
+    def stop_agent(self) -> None:
+        self.agent.stop()
+        wait_for(lambda: not self.tunnel_ports(), 10, "the agent's connections did not close")
+
+    def tunnel_ports(self) -> dict[int, int]:
+        """
+        The agent's established connections to the gateway's 443: local
+        port -> bytes it sent (C{ss -ti}).
+        """
+        import re
+
+        nb = self.netbed
+        done = self.bed.exec("lan", ["ss", "-tinH", "state", "established", "dst", f"{nb.GATEWAY_PUBLIC}:443"],
+                             check=False)
+        ports: dict[int, int] = {}
+        port = None
+        for line in done.stdout.decode().splitlines():
+            found = re.search(rf"{re.escape(nb.AGENT)}:(\d+)\s", line)
+            if found is not None:
+                port = int(found.group(1))
+                ports[port] = 0
+                continue
+            sent = re.search(r"bytes_sent:(\d+)", line)
+            if sent is not None and port is not None:
+                ports[port] = int(sent.group(1))
+        return ports
+
+    def cut_busiest(self) -> tuple[float, int]:
+        """
+        Kill (C{ss -K}) the agent's connection that sent the most bytes,
+        the one that carries the media: the worst connection to lose.
+
+        @return: the time of the cut (C{time.monotonic()}, the endpoints'
+            clock) and the port.
+        """
+        nb = self.netbed
+        ports = self.tunnel_ports()
+        if not ports:
+            raise BenchError("no tunnel connection to cut")
+        port = max(ports, key=lambda p: ports[p])
+        cut = time.monotonic()
+        self.bed.exec("lan", ["ss", "-K", "-tn", "state", "established", "src", f"{nb.AGENT}:{port}",
+                              "dst", f"{nb.GATEWAY_PUBLIC}:443"], check=False)
+        if port in self.tunnel_ports():
+            raise BenchError(f"ss -K did not kill the connection from port {port}")
+        return cut, port
+
+    def endpoint(self, role: str, name: str, argv: list[str], seconds: float) -> tuple[Any, Path]:
         out = self.workdir / f"{name}.capture"
         process = self.bed.spawn(
             role, name,
             [sys.executable, "-m", "spwm.testing.impair", "endpoint", *argv,
-             "--out", str(out), "--realtime", "5", "--max-time", str(self.args.seconds + 60)],
+             "--out", str(out), "--realtime", "5", "--max-time", str(seconds + 60)],
             env=self.env,
         )
         wait_for(lambda: "ready" in process.stdout(), 10, f"{name} did not start", process)
         return process, out
 
-    def call(self, answer_at: str, call_to: str, tag: str) -> tuple[DirectionStats, DirectionStats, dict]:
+    def wan_stats(self) -> dict[str, Any]:
+        """
+        The emulator's counters once nothing is queued; with several
+        connections the agent's pings (every 100 ms on each) may keep
+        something queued on a slow link all the time: then as they are
+        half a second later (the calls have ended: their packets crossed).
+        """
+        try:
+            return self.bed.wan_stats(timeout=3)
+        except self.netbed.NetbedError:
+            time.sleep(0.5)
+            return self.bed.wan_stats(settle=False)
+
+    def call(
+        self, answer_at: str, call_to: str, tag: str, seconds: float, cut_at: float | None = None,
+    ) -> dict[str, Any]:
         nb = self.netbed
-        packets = int(self.args.seconds * 50)
+        packets = int(seconds * 50)
         calls = str(self.args.calls)
-        before = self.bed.wan_stats()
+        before = self.wan_stats()
         answerer, answer_capture = self.endpoint(
-            "op", f"answerer-{tag}", ["answerer", answer_at, "--calls", calls, "--packets", str(packets)])
+            "op", f"answerer-{tag}", ["answerer", answer_at, "--calls", calls, "--packets", str(packets)], seconds)
         caller, call_capture = self.endpoint(
-            "lan", f"caller-{tag}", ["caller", nb.PHONE, call_to, "--calls", calls, "--packets", str(packets)])
-        if caller.wait(self.args.seconds + 70) != 0 or answerer.wait(20) != 0:
+            "lan", f"caller-{tag}", ["caller", nb.PHONE, call_to, "--calls", calls, "--packets", str(packets)], seconds)
+        cut = None
+        if cut_at is not None:
+            time.sleep(cut_at)
+            cut = self.cut_busiest()
+        if caller.wait(seconds + 70) != 0 or answerer.wait(20) != 0:
             raise BenchError(f"{tag}: an endpoint failed: {caller.stderr()[-800:]} {answerer.stderr()[-800:]}")
-        after = self.bed.wan_stats(timeout=10)
+        after = self.wan_stats()
         caller_sent, caller_received = read_capture(str(call_capture))
         answer_sent, answer_received = read_capture(str(answer_capture))
-        return (
-            direction_stats(caller_sent, answer_received),
-            direction_stats(answer_sent, caller_received),
-            diff(after, before),
-        )
+        result = {
+            "up": direction_stats(caller_sent, answer_received),
+            "down": direction_stats(answer_sent, caller_received),
+            "wan": diff(after, before),
+        }
+        if cut is not None:
+            result["cut"] = {
+                "port": cut[1],
+                "up": cut_gap(caller_sent, answer_received, cut[0]),
+                "down": cut_gap(answer_sent, caller_received, cut[0]),
+            }
+        return result
 
     def run(self) -> dict[str, Any]:
         nb = self.netbed
-        self.start_spwm()
-        spwm_up, spwm_down, spwm_wan = self.call(
-            f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", "spwm")
-        udp_leaked = spwm_wan["up"].get("udp_in", 0)
+        seconds = self.args.seconds
+        self.start_contact()
+        spwm: dict[int, dict[str, Any]] = {}
+        for n in self.args.connections:
+            self.start_agent(n)
+            try:
+                phase = self.call(f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", f"spwm{n}", seconds)
+                phase["udp_leaked"] = phase["wan"]["up"].get("udp_in", 0)
+                if self.args.cut:
+                    cut = self.call(f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", f"cut{n}",
+                                    CUT_SECONDS, cut_at=CUT_AT)
+                    phase["cut"] = cut["cut"]
+                phase["agent_alive"] = self.agent.returncode is None
+            finally:
+                self.stop_agent()
+            spwm[n] = phase
         self.bed.set_policy("open")
-        udp_up, udp_down, udp_wan = self.call(
-            f"{nb.UAS}:{ANSWER_PORT_UDP}", f"{nb.UAS}:{ANSWER_PORT_UDP}", "udp")
-        return {
-            "profile": self.profile,
-            "spwm": {"up": spwm_up, "down": spwm_down, "wan": spwm_wan, "udp_leaked": udp_leaked},
-            "udp": {"up": udp_up, "down": udp_down, "wan": udp_wan},
-            "agent_alive": self.agent.returncode is None,
-        }
+        udp = self.call(f"{nb.UAS}:{ANSWER_PORT_UDP}", f"{nb.UAS}:{ANSWER_PORT_UDP}", "udp", seconds)
+        return {"profile": self.profile, "spwm": spwm, "udp": udp}
 
     def close(self) -> None:
         self.bed.destroy()
@@ -205,22 +308,68 @@ def ms(seconds: float) -> str:
     return "-" if math.isnan(seconds) else f"{seconds * 1000:.0f}"
 
 
+def cut_gap(
+    sent: dict[tuple[int, int], float], received: list[tuple[int, int, float]], cut: float, late: float = LATE,
+) -> float:
+    """
+    The audio one cut cost: the longest run of packets not delivered in
+    time (lost, or later than C{late}) among those sent from 1 s before
+    the cut to L{CUT_WINDOW} s after it, x 20 ms (the worst stream); in
+    seconds.
+    """
+    first: dict[tuple[int, int], float] = {}
+    for ssrc, seq, at in received:
+        key = (ssrc, seq)
+        if key in sent and key not in first:
+            first[key] = at - sent[key]
+    streams: dict[int, list[int]] = {}
+    for (ssrc, seq), at in sent.items():
+        if cut - 1.0 <= at <= cut + CUT_WINDOW:
+            streams.setdefault(ssrc, []).append(seq)
+    longest = 0
+    for ssrc, seqs in streams.items():
+        run = 0
+        for seq in sorted(seqs):
+            d = first.get((ssrc, seq))
+            run = 0 if d is not None and d <= late else run + 1
+            longest = max(longest, run)
+    return longest * INTERVAL
+
+
+def phases(r: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """A profile's phases: (key, label, figures), SPWM per N, then plain UDP."""
+    return [(f"spwm{n}", f"SPWM strict, {n} conn.", phase) for n, phase in sorted(r["spwm"].items())] + [
+        ("udp", "plain UDP", r["udp"])
+    ]
+
+
+def bandwidth_factor(phase: dict[str, Any], udp: dict[str, Any], direction: str) -> float:
+    """The bytes a phase put on the WAN in one direction over plain UDP's (NaN if unknown)."""
+    mine = phase["wan"][direction].get("bytes_in", 0)
+    base = udp["wan"][direction].get("bytes_in", 0)
+    return mine / base if base else math.nan
+
+
 def table(results: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| profile (each direction) | path | dir | sent | delivered | late > 150 ms | eff. loss | "
-        "p50 / p95 / p99 / max ms | longest gap ms | BurstR | MOS |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+        "p50 / p95 / p99 / max ms | longest gap ms | BurstR | MOS | WAN bytes x UDP | cut gap ms |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         describe = PROFILES[r["profile"]].describe().replace(", each direction", "")
-        for path, label in (("spwm", "SPWM strict"), ("udp", "plain UDP")):
+        for _, label, phase in phases(r):
             for direction in ("up", "down"):
-                s: DirectionStats = r[path][direction]
+                s: DirectionStats = phase[direction]
+                factor = bandwidth_factor(phase, r["udp"], direction)
+                cut = phase.get("cut")
                 lines.append(
                     f"| {r['profile']}: {describe} | {label} | {direction} | {s.sent} | {s.delivered} | "
                     f"{s.late} ({100 * s.late / max(1, s.sent):.1f} %) | {100 * s.effective_loss:.1f} % | "
                     f"{ms(s.p50)} / {ms(s.p95)} / {ms(s.p99)} / {ms(s.max)} | "
-                    f"{s.longest_gap * 1000:.0f} | {s.burst_r:.2f} | {s.mos:.2f} |"
+                    f"{s.longest_gap * 1000:.0f} | {s.burst_r:.2f} | {s.mos:.2f} | "
+                    f"{'-' if math.isnan(factor) else f'{factor:.2f}'} | "
+                    f"{'-' if cut is None else f'{cut[direction] * 1000:.0f}'} |"
                 )
     return lines
 
@@ -228,20 +377,23 @@ def table(results: list[dict[str, Any]]) -> list[str]:
 def wan_lines(results: list[dict[str, Any]]) -> list[str]:
     lines = []
     for r in results:
-        for path in ("spwm", "udp"):
-            w = r[path]["wan"]
+        for key, _, phase in phases(r):
+            w = phase["wan"]
             parts = []
             for direction in ("up", "down"):
                 c = w[direction]
                 parts.append(
-                    f"{direction}: in {c.get('in', 0):.0f} (udp {c.get('udp_in', 0):.0f}, tcp {c.get('tcp_in', 0):.0f}), "
+                    f"{direction}: in {c.get('in', 0):.0f} (udp {c.get('udp_in', 0):.0f}, tcp {c.get('tcp_in', 0):.0f}; "
+                    f"{c.get('bytes_in', 0) / 1000:.0f} kB), "
                     f"lost {c.get('lost', 0):.0f}, queue-dropped {c.get('queue_dropped', 0):.0f}, "
                     f"slip max {c.get('slip_max_ms', 0):.1f} ms (>1 ms {c.get('slip_over_1ms', 0):.0f}x, "
                     f">5 ms {c.get('slip_over_5ms', 0):.0f}x)"
                 )
-            lines.append(f"  {r['profile']:7} {path:5} emulator " + "; ".join(parts))
-        if r["spwm"]["udp_leaked"]:
-            lines.append(f"  {r['profile']:7} WARNING: {r['spwm']['udp_leaked']} UDP frames crossed the WAN during the SPWM phase")
+            lines.append(f"  {r['profile']:7} {key:6} emulator " + "; ".join(parts))
+            if phase.get("udp_leaked"):
+                lines.append(f"  {r['profile']:7} WARNING: {phase['udp_leaked']} UDP frames crossed the WAN during {key}")
+            if "agent_alive" in phase and not phase["agent_alive"]:
+                lines.append(f"  {r['profile']:7} {key}: the agent had exited by the end of the SPWM call")
     return lines
 
 
@@ -256,21 +408,22 @@ def plot(results: list[dict[str, Any]], path: str, calls: int) -> None:
     cols = min(n, 3)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
-    styles = {
-        ("spwm", "up"): ("tab:red", "-"), ("spwm", "down"): ("tab:red", "--"),
-        ("udp", "up"): ("tab:blue", "-"), ("udp", "down"): ("tab:blue", "--"),
-    }
+    colors = ["tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown"]
     for ax, r in zip(axes.flat, results):
         top = LATE * 1000 * 2
-        for (p, d), (color, style) in styles.items():
-            s: DirectionStats = r[p][d]
-            delays = [x * 1000 for x in s.delays]
-            if not delays:
-                continue
-            ys = [(i + 1) / s.sent for i in range(len(delays))]
-            top = max(top, min(delays[-1], 1000))
-            label = f"{'SPWM (TCP)' if p == 'spwm' else 'plain UDP'} {d}: MOS {s.mos:.2f}"
-            ax.step(delays, ys, where="post", color=color, linestyle=style, label=label)
+        keyed = phases(r)
+        for i, (key, label, phase) in enumerate(keyed):
+            for d in ("up", "down"):
+                color = "tab:blue" if key == "udp" else colors[i % len(colors)]
+                style = "-" if d == "up" else "--"
+                s: DirectionStats = phase[d]
+                delays = [x * 1000 for x in s.delays]
+                if not delays:
+                    continue
+                ys = [(j + 1) / s.sent for j in range(len(delays))]
+                top = max(top, min(delays[-1], 1000))
+                ax.step(delays, ys, where="post", color=color, linestyle=style,
+                        label=f"{label} {d}: MOS {s.mos:.2f}")
         ax.axvline(LATE * 1000, color="black", linewidth=0.8)
         ax.text(LATE * 1000, 0.02, " 150 ms", fontsize=8)
         ax.set_xlim(0, top * 1.05)
@@ -295,12 +448,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each call")
     parser.add_argument("--seed", type=int, default=1, help="the emulator's seed")
     parser.add_argument("--plaintext", action="store_true", help="no TLS in the tunnel")
+    parser.add_argument("--tunnel-connections", default="2", metavar="N[,N...]",
+                        help="the agent's --tunnel-connections; several: one SPWM phase each, in one bed (default %(default)s)")
+    parser.add_argument("--cut", action="store_true",
+                        help=f"also, per N, a {CUT_SECONDS:g} s call in which the agent's busiest connection is killed "
+                             f"(ss -K) after {CUT_AT:g} s: the audio gap it costs")
+    parser.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
+                        help="one more argument for the agent (repeat: --agent-arg=--media-deadline --agent-arg=0.1)")
     parser.add_argument("--plot", metavar="PNG", help="write the CDF picture here (needs matplotlib: the bench extra)")
     parser.add_argument("--workdir", default=None, help="logs and captures (default: a new directory under /tmp)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--max-time", type=float, default=1800.0)
     args = parser.parse_args(argv)
     profiles = [p for p in args.profiles.split(",") if p]
+    try:
+        args.connections = [int(n) for n in args.tunnel_connections.split(",") if n]
+    except ValueError:
+        parser.error(f"--tunnel-connections: numbers, not {args.tunnel_connections!r}")
+    if not args.connections or not all(1 <= n <= 8 for n in args.connections):
+        parser.error("--tunnel-connections: each between 1 and 8")
     unknown = [p for p in profiles if p not in PROFILES]
     if unknown:
         parser.error(f"unknown profile(s) {', '.join(unknown)}; use {', '.join(PROFILES)}")
@@ -330,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"impair bench {started:%Y-%m-%d %H:%M} UTC: python3 bench/impair.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"machine: {platform.node()}, {os.cpu_count()} x {cpu_model()}, {platform.platform()}")
     print(f"load average before: {' '.join(open('/proc/loadavg').read().split()[:3])}")
-    print(f"{args.calls} call(s) x {args.seconds:g} s, G.711 50 pps each way; tunnel {'plaintext' if args.plaintext else 'TLS'}; "
+    print(f"{args.calls} call(s) x {args.seconds:g} s, G.711 50 pps each way; tunnel {'plaintext' if args.plaintext else 'TLS'}, "
+          f"--tunnel-connections {','.join(map(str, args.connections))}{' and a cut each' if args.cut else ''}; "
           f"seed {args.seed}; one clock (CLOCK_MONOTONIC) for both ends")
     cpu0 = machine_cpu()
     results = []
@@ -353,17 +520,15 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(table(results)))
     print()
     print("\n".join(wan_lines(results)))
-    for r in results:
-        if not r["agent_alive"]:
-            print(f"  {r['profile']}: the agent had exited by the end of the SPWM call")
     if args.plot:
         plot(results, args.plot, args.calls)
         print(f"\nCDF picture: {args.plot}")
     if args.json:
         doc = [
             {"profile": r["profile"],
-             **{p: {d: _fields(r[p][d]) for d in ("up", "down")} for p in ("spwm", "udp")},
-             "wan": {p: r[p]["wan"] for p in ("spwm", "udp")}}
+             **{key: {**{d: _fields(phase[d]) for d in ("up", "down")},
+                      "wan": phase["wan"], "cut": phase.get("cut")}
+                for key, _, phase in phases(r)}}
             for r in results
         ]
         Path(args.json).write_text(json.dumps(doc, indent=1))

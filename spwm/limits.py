@@ -170,6 +170,13 @@ class PathLimits:
         before media needs it).
     @ivar duplicate_window: media is sent on every path that is up for this
         long after a loss or a stall was seen.
+    @ivar loss_memory: a loss seen within this long of the one before it
+        means the losses keep coming (a lossy link, not one accident); 0:
+        never.
+    @ivar lossy_window: after such a loss media is sent on every path that
+        is up for this long (at least C{duplicate_window}): on a lossy link
+        the duplication stays on while losses keep coming, instead of
+        starting anew, one loss too late, each time.
     @ivar switch_hold: a QUIC path must be up this long before media moves
         to it from another path that is up; doubled for each stall of that
         path within C{flap_memory}, up to C{max_switch_hold}.
@@ -192,6 +199,8 @@ class PathLimits:
     ping_fraction: float = field(default=0.5, validator=[validators.gt(0.0), validators.lt(1.0)])
     probe_interval: float = field(default=0.5, validator=_pos_time)
     duplicate_window: float = field(default=2.0, validator=validators.ge(0.0))
+    loss_memory: float = field(default=10.0, validator=validators.ge(0.0))
+    lossy_window: float = field(default=30.0, validator=validators.ge(0.0))
     switch_hold: float = field(default=1.0, validator=validators.ge(0.0))
     max_switch_hold: float = field(default=30.0, validator=validators.ge(0.0))
     flap_memory: float = field(default=60.0, validator=validators.ge(0.0))

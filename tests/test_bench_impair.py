@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench.impair import diff, table
+from bench.impair import cut_gap, diff, table
 from spwm.testing.impair import direction_stats
 
 
@@ -36,16 +36,41 @@ class ReportTests(SynchronousTestCase):
 
     def test_table(self) -> None:
         """
-        One row per path and direction; a direction that received nothing
+        One row per phase (SPWM per number of connections, then plain
+        UDP) and direction, with the WAN bytes over plain UDP's and the
+        cut's gap where there was one; a direction that received nothing
         shows dashes for its delays instead of failing.
         """
         sent = {(1, i): i * 0.02 for i in range(4)}
         some = direction_stats(sent, [(1, 0, 0.05), (1, 1, 0.3)])
         none = direction_stats(sent, [])
+        wan = {"up": {"bytes_in": 1000}, "down": {"bytes_in": 2000}}
         result = {"profile": "bad",
-                  "spwm": {"up": some, "down": none},
-                  "udp": {"up": some, "down": some}}
+                  "spwm": {2: {"up": some, "down": none, "wan": {"up": {"bytes_in": 2500}, "down": {"bytes_in": 4000}},
+                               "cut": {"up": 0.04, "down": 0.0}},
+                           1: {"up": some, "down": some, "wan": {"up": {}, "down": {}}}},
+                  "udp": {"up": some, "down": some, "wan": wan}}
         lines = table([result])
-        self.assertEqual(len(lines), 2 + 4)
-        self.assertIn("| bad: 80 ms ± 20 ms, 5 % loss | SPWM strict | up | 4 | 2 | 1 (25.0 %) | 75.0 % | 50 / 280 / 280 / 280 |", lines[2])
-        self.assertIn("| - / - / - / - |", lines[3])
+        self.assertEqual(len(lines), 2 + 6)
+        self.assertIn("| bad: 80 ms ± 20 ms, 5 % loss | SPWM strict, 1 conn. | up | 4 | 2 | 1 (25.0 %) | 75.0 % | 50 / 280 / 280 / 280 |", lines[2])
+        self.assertTrue(lines[2].endswith("| 0.00 | - |"), lines[2])
+        self.assertIn("| SPWM strict, 2 conn. | up |", lines[4])
+        self.assertTrue(lines[4].endswith("| 2.50 | 40 |"), lines[4])
+        self.assertIn("| - / - / - / - |", lines[5])
+        self.assertTrue(lines[5].endswith("| 2.00 | 0 |"), lines[5])
+        self.assertIn("| plain UDP | down |", lines[7])
+        self.assertTrue(lines[7].endswith("| 1.00 | - |"), lines[7])
+
+    def test_cut_gap(self) -> None:
+        """
+        The cut's gap: the longest run of packets lost or late among those
+        sent from 1 s before the cut to 4 s after it, in 20 ms packets;
+        runs outside that window do not count.
+        """
+        sent = {(7, i): i * 0.02 for i in range(500)}  # 10 s
+        received = [(7, i, i * 0.02 + 0.01) for i in range(500)
+                    if not 250 <= i < 256 and not 10 <= i < 30 and i != 300]
+        received.append((7, 300, 300 * 0.02 + 0.2))  # late
+        self.assertAlmostEqual(cut_gap(sent, received, cut=5.0), 0.12)
+        self.assertAlmostEqual(cut_gap(sent, received, cut=0.5), 0.40)
+        self.assertEqual(cut_gap(sent, [(7, i, i * 0.02) for i in range(500)], cut=5.0), 0.0)

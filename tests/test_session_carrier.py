@@ -443,6 +443,70 @@ class FailoverTests(TwoPaths):
         self.assertEqual([p.connection.stats.pings_sent for p in (self.c1, self.c2)], [0, 0])
         self.assertGreaterEqual(self.front.rtt_samples, 18)
 
+    def test_quiet_link_no_duplication(self) -> None:
+        """
+        On a link without loss, media each 20 ms on one path and the
+        agent's pings each 100 ms on the other: neither half finds a path
+        stalled or duplicates (the contact point expects a path between
+        two pings to be quiet).
+        """
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.flush()
+        # the round trip the kernel gives on a LAN (1 ms): stall bounds of 40 ms
+        for front in (self.front, self.contact_front):
+            for path_id in (0, 1):
+                front.scheduler.rtt_sample(path_id, 0.001, self.bed.clock.seconds())
+        for n in range(100):
+            self.front.send_datagram(cid, b"up%d" % n)
+            self.contact_front.send_datagram(cid, b"down%d" % n)
+            self.bed.advance(0.02)
+        for front in (self.front, self.contact_front):
+            snapshot = front.scheduler.snapshot()
+            self.assertFalse(snapshot["duplicating"], front)
+            self.assertEqual([p["stalls"] for p in snapshot["paths"]], [0, 0], front)
+        self.assertEqual(len(self.bed.contact.media.got), 100)
+        self.assertEqual(len(self.bed.agent.media.got), 100)
+        self.assertEqual(self.c1.duplicates + self.c2.duplicates + self.a1.duplicates + self.a2.duplicates, 0)
+
+    def test_silent_path_stalls_at_contact_point(self) -> None:
+        """
+        The contact point finds a path the agent's pings no longer come
+        through stalled (media each 20 ms on the other path shows the
+        session is alive) and duplicates for a while.
+        """
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.flush()
+        self.bed.stalled.add(1)
+        # no round trips here (no sockets): stall bound 0.8 s of the
+        # initial RTT, after 0.15 s without the expected ping
+        for n in range(60):
+            self.front.send_datagram(cid, b"up%d" % n)
+            self.bed.advance(0.02)
+        snapshot = self.contact_front.scheduler.snapshot()
+        self.assertEqual([p["state"] for p in snapshot["paths"]], ["up", "stalled"])
+        self.assertTrue(snapshot["duplicating"])
+
+    def test_dedup_gap_is_a_loss(self) -> None:
+        """
+        A datagram that never came (a sequence number skipped) is a loss
+        for the receiving half: from the next datagram on it duplicates
+        what it sends.
+        """
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.flush()
+        self.front.send_datagram(cid, b"one")
+        self.bed.flush()
+        self.front.stamper.next(cid, 0)  # number 1 is lost on the way
+        self.front.send_datagram(cid, b"three")
+        self.bed.flush()
+        self.assertFalse(self.contact_front.scheduler.snapshot()["duplicating"])
+        self.front.send_datagram(cid, b"four")
+        self.bed.flush()
+        snapshot = self.contact_front.scheduler.snapshot()
+        self.assertTrue(snapshot["duplicating"])
+        self.assertEqual(sum(p["losses"] for p in snapshot["paths"]), 1)
+        self.assertEqual(self.contact_front.dedup.gaps, 1)
+
     def test_idle_session_left_alone(self) -> None:
         """
         Without channels a path that carries nothing is no stalled path:

@@ -304,9 +304,10 @@ class SchedulingTests(SynchronousTestCase):
         """
         After a loss, media goes on every path that is up for
         C{duplicate_window}, then on the best one again; a later loss
-        extends the window.
+        extends the window (here no loss counts as one that keeps coming:
+        C{loss_memory} 0; see L{test_lossy_window}).
         """
-        sched = _two_tcp(duplicate_window=1.0)
+        sched = _two_tcp(duplicate_window=1.0, loss_memory=0.0)
         sched.loss_seen(2, 5.0)
         self.assertEqual(sched.media_paths(5.0), (1, 2))
         self.assertEqual(sched.media_paths(5.999), (1, 2))
@@ -316,6 +317,39 @@ class SchedulingTests(SynchronousTestCase):
         self.assertEqual(sched.media_paths(6.4), (1, 2))
         self.assertEqual(sched.media_paths(6.5), (1,))
         self.assertEqual([p["losses"] for p in sched.snapshot()["paths"]], [2, 1])
+
+    def test_lossy_window(self) -> None:
+        """
+        A loss within C{loss_memory} of the one before means the losses
+        keep coming: media stays on every path for C{lossy_window} from
+        it, and each further such loss extends it; a lone loss after a
+        quiet C{loss_memory} gets C{duplicate_window} again.
+        """
+        sched = _two_tcp(duplicate_window=1.0, loss_memory=3.0, lossy_window=20.0)
+        sched.loss_seen(1, 5.0)
+        self.assertEqual(sched.media_paths(6.0), (1,))
+        sched.loss_seen(2, 7.9)  # 2.9 s after the first: lossy
+        self.assertEqual(sched.lossy_losses, 1)
+        self.assertEqual(sched.media_paths(27.8), (1, 2))
+        self.assertTrue(sched.snapshot()["duplicating"])
+        sched.loss_seen(1, 20.0)  # 12.1 s later: not lossy, but inside the window
+        self.assertEqual(sched.lossy_losses, 1)
+        self.assertEqual(sched.media_paths(27.8), (1, 2))
+        self.assertEqual(sched.media_paths(27.9), (1,))
+        sched.loss_seen(1, 22.0)  # 2 s after the last: lossy again
+        self.assertEqual(sched.media_paths(41.9), (1, 2))
+        self.assertEqual(sched.media_paths(42.0), (1,))
+        self.assertEqual(sched.snapshot()["lossy_losses"], 2)
+
+    def test_lossy_window_never_shorter(self) -> None:
+        """
+        A C{lossy_window} below C{duplicate_window} does not shorten it.
+        """
+        sched = _two_tcp(duplicate_window=2.0, loss_memory=3.0, lossy_window=0.5)
+        sched.loss_seen(1, 1.0)
+        sched.loss_seen(1, 1.5)
+        self.assertEqual(sched.media_paths(3.4), (1, 2))
+        self.assertEqual(sched.media_paths(3.5), (1,))
 
     def test_media_paths_is_precomputed(self) -> None:
         """
@@ -742,6 +776,74 @@ class TcpInfoInputTests(SynchronousTestCase):
         self.assertEqual(sched.media_paths(1.1), (1,))
         sched.tcp_info(1, TcpInfo(total_retrans=4), 1.2)
         self.assertEqual(sched.media_paths(1.2), (1, 2))
+
+    def test_one_recovery_is_one_loss(self) -> None:
+        """
+        A fast recovery read several times is one loss (not losses that
+        keep coming); the next recovery is another.
+        """
+        sched = _two_tcp(duplicate_window=1.0, loss_memory=3.0, lossy_window=20.0)
+        for at in (1.0, 1.1, 1.2, 1.3):
+            sched.tcp_info(1, TcpInfo(ca_state=3, retrans=1), at)
+        self.assertEqual(sched.snapshot()["paths"][0]["losses"], 1)
+        self.assertEqual(sched.media_paths(2.0), (1,))
+        sched.tcp_info(1, TcpInfo(ca_state=0, retrans=0), 1.4)
+        sched.tcp_info(1, TcpInfo(ca_state=3, retrans=1), 1.5)
+        self.assertEqual(sched.snapshot()["paths"][0]["losses"], 2)
+        self.assertEqual(sched.media_paths(21.4), (1, 2))
+
+
+class ExpectTests(SynchronousTestCase):
+    """
+    L{PathScheduler.expect}: the half that does not ping expects each path
+    to be heard from as often as the peer pings.
+    """
+
+    def test_idle_path_between_pings_is_up(self) -> None:
+        """
+        A path the peer only pings (every 0.1 s), watched each time the
+        other path brings media, is never overdue on a fast link: overdue
+        from C{every} after the last frame it brought, not from the
+        first look after it.
+        """
+        sched = _two_tcp(stall_floor=0.04)
+        now = 0.0
+        for step in range(1, 200):
+            now = step * 0.02
+            for path_id in (1, 2):
+                sched.expect(path_id, 0.15, now)
+            sched.received(1, now)  # media on path 1, every 20 ms
+            if step % 5 == 0:
+                sched.received(2, now)  # the peer's ping on path 2, every 0.1 s
+            self.assertEqual(_state_events(sched.tick(now)), [], now)
+        self.assertEqual(sched.media_paths(now), (1,))
+
+    def test_silent_path_stalls_after_expected_and_bound(self) -> None:
+        """
+        A path not heard from stalls at its last frame + C{every} + its
+        stall bound (0.08 here), and media leaves it.
+        """
+        sched = _two_tcp()
+        sched.received(2, 1.0)
+        sched.expect(2, 0.15, 1.01)
+        sched.expect(2, 0.15, 1.1)  # already waited for: unchanged
+        self.assertEqual(_state_events(sched.tick(1.229)), [])
+        deadline = sched.next_deadline()
+        assert deadline is not None
+        self.assertAlmostEqual(deadline, 1.23)
+        self.assertEqual(_state_events(sched.tick(deadline)), [PathStalled(2)])
+        # a stall duplicates for a while: on the paths that are up
+        self.assertEqual(sched.media_paths(deadline), (1,))
+        self.assertTrue(sched.received(2, 1.3))
+        self.assertEqual(_state_events(sched.tick(1.3)), [PathRecovered(2)])
+
+    def test_expect_unknown_path(self) -> None:
+        """
+        An unknown path is ignored.
+        """
+        sched = _two_tcp()
+        sched.expect(9, 0.15, 1.0)
+        self.assertEqual(sched.tick(1.0), [])
 
 
 class DedupTests(SynchronousTestCase):

@@ -307,12 +307,18 @@ class QuicPathTests(SynchronousTestCase):
         # the best path is still TCP (copies may go on QUIC too for a
         # while after the stall: the scheduler's duplication window)
         self.assertEqual(self.front.scheduler.snapshot()["media"], [0])
+        # back on QUIC as the best path; the stall's lost datagrams keep
+        # copies on TCP too for a while (losses that keep coming hold the
+        # duplication on: the scheduler's lossy window)
         self.media_until(
-            lambda: self.front.media_kind() == "quic" and self.contact_front.media_kind() == "quic", 5.0, contact=True
+            lambda: self.front.scheduler.snapshot()["media"] == [1]
+            and self.contact_front.scheduler.snapshot()["media"] == [1],
+            5.0,
+            contact=True,
         )
         self.assertGreaterEqual(self.front.scheduler.media_switches, 3)
-        self.assertEqual(self.bed.agent.paths.status()["session"]["media_on"], "quic")
-        self.assertEqual(self.bed.contact.paths.status()["media_on"], {"quic": 1})
+        self.assertIn(self.bed.agent.paths.status()["session"]["media_on"], ("quic", "tcp+quic"))
+        self.assertEqual(self.front.media_kind(), self.bed.agent.paths.status()["session"]["media_on"])
 
     def test_flapping_bounded(self) -> None:
         """

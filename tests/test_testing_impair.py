@@ -205,7 +205,8 @@ class LinkQueueTests(SynchronousTestCase):
 
     def test_kinds(self) -> None:
         """
-        Frames are counted by IPv4 protocol: udp, tcp, other (ARP, IPv6).
+        Frames are counted by IPv4 protocol: udp, tcp, other (ARP, IPv6);
+        the bytes offered in all (C{bytes_in}: the bench's bandwidth factor).
         """
         self.assertEqual(frame_kind(_frame(17)), "udp")
         self.assertEqual(frame_kind(_frame(6)), "tcp")
@@ -219,7 +220,7 @@ class LinkQueueTests(SynchronousTestCase):
         self.assertEqual(
             queue.snapshot(),
             {"in": 2, "out": 2, "tcp_in": 1, "tcp_out": 1, "udp_in": 1,
-             "udp_out": 1, "queued": 0},
+             "udp_out": 1, "queued": 0, "bytes_in": len(_frame(6)) + len(_frame(17))},
         )
 
     def test_profiles(self) -> None:

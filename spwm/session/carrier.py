@@ -67,6 +67,9 @@ _SEQ = struct.Struct("!I")
 PROBE_INTERVAL = 0.1
 #: the contact point runs its scheduler at most this often (s)
 PASSIVE_TICK = 0.04
+#: the contact point expects to hear from each path at least this often
+#: (the agent's pings, with room for a late timer) (s)
+PASSIVE_EXPECT = 1.5 * PROBE_INTERVAL
 #: a connection that joins a session must be attached within this (s)
 ATTACH_TIMEOUT = 10.0
 #: the agent's scheduler timer never runs sooner than this after the last run (s)
@@ -102,9 +105,11 @@ def check_attach_proof(key: bytes, challenge: bytes, session_id: str, proof: obj
     return hmac.compare_digest(expected, proof.encode("utf-8", "surrogateescape"))
 
 #: Unsent bytes a path's kernel send queue may hold (TCP_NOTSENT_LOWAT):
-#: about two frames of media, so what is steered away from a stalled path
-#: is not already stuck in it.
-NOTSENT_LOWAT = 16384
+#: about 20 G.711 datagrams, 0.4 s of one call or 40 ms of ten, so what
+#: is steered away from a stalled path (or dropped by the media deadline
+#: in the tunnel's own queue) is not already stuck in the kernel.  A lone
+#: connection keeps the tunnel's 16 kB.
+NOTSENT_LOWAT = 4096
 
 
 class PathFront:
@@ -174,6 +179,7 @@ class PathFront:
         self._probing = probe
         self._ticked = 0.0
         self._tcp_info_at = 0.0
+        self._dedup_seen = 0
         # The user keys are derived from the first connection's TLS
         # exporter on both halves, whichever path carries the 2xx.
         self._exported = first.export_keying_material(EXPORTER_LABEL, KEY_LENGTH)
@@ -329,21 +335,37 @@ class PathFront:
                     scheduler.received(other, now)
                     heard[other] = now
             self._ticked = now
-            if now - self._tcp_info_at >= 1.0:
-                # round trips from the kernel (and QUIC's estimate), since
-                # this end does not ping
+            if now - self._tcp_info_at >= PROBE_INTERVAL:
+                # round trips, retransmissions and timeouts from the
+                # kernel, since this end does not ping: as often as the
+                # peer pings
                 self._tcp_info_at = now
                 self._read_tcp_info(now)
+            self._dedup_losses(path_id, now)
             for other in self._paths:
-                due = heard.get(other, now) + PROBE_INTERVAL
-                if now >= due:
-                    scheduler.sent(other, 0, due)
+                # heard from at least every ping of the peer's: overdue
+                # from then, not between two pings
+                scheduler.expect(other, PASSIVE_EXPECT, now)
             scheduler.received(path_id, now)
             heard[path_id] = now
             self.tick()
             return
         scheduler.received(path_id, now)
         self._heard[path_id] = now
+        self._dedup_losses(path_id, now)
+
+    def _dedup_losses(self, path_id: int, now: float) -> None:
+        """
+        The receiving half's sign of loss: the de-duplication skipped
+        sequence numbers or took one late (a datagram that did not come on
+        the path that brought the next ones) since the last look: a loss
+        for the scheduler, so this half duplicates what it sends too.
+        """
+        dedup = self.dedup
+        seen = dedup.gaps + dedup.late
+        if seen != self._dedup_seen:
+            self._dedup_seen = seen
+            self.scheduler.loss_seen(path_id, now)
 
     def rtt_sample(self, path: TunnelProtocol, rtt: float) -> None:
         path_id = self._ids.get(id(path))

@@ -302,6 +302,7 @@ class _Path:
         "pinged",
         "kernel_stuck_since",
         "last_total_retrans",
+        "recovering",
         "last_sent",
         "last_received",
         "last_probe",
@@ -330,6 +331,7 @@ class _Path:
         self.pinged = False
         self.kernel_stuck_since: float | None = None
         self.last_total_retrans: int | None = None
+        self.recovering = False
         self.last_sent = now
         self.last_received = now
         self.last_probe = now
@@ -381,12 +383,16 @@ class PathScheduler:
         self._media_one: tuple[int, ...] = ()
         self._media_all: tuple[int, ...] = ()
         self._dup_until = float("-inf")
+        self._last_loss = float("-inf")
         self._last_media = float("-inf")
         self._now = float("-inf")
         self._armed: float | None = None
         self._pending: list[PathEvent] = []
         self.carrier_changes = 0
         self.media_switches = 0
+        #: losses that came within C{loss_memory} of the one before
+        #: (each started or extended the C{lossy_window})
+        self.lossy_losses = 0
 
     # -- the paths
 
@@ -490,12 +496,31 @@ class PathScheduler:
             return armed is None or now + path.ping_after < armed
         return False
 
+    def expect(self, path_id: int, every: float, now: float) -> None:
+        """
+        The peer sends on the path at least every C{every} seconds (it
+        pings every path while it has channels): a path not heard from is
+        unanswered from C{every} after the last frame it brought, not from
+        C{now}.  For the half that does not ping (the contact point), so
+        that a path the peer only pings is not found stalled between two
+        pings.  Already unanswered: unchanged.  Per call: O(1).
+
+        @param now: the time now (the scheduler's clock moves on).
+        """
+        self._now = max(self._now, now)
+        path = self._paths.get(path_id)
+        if path is None or path.unanswered_since is not None:
+            return
+        path.unanswered_since = path.last_received + every
+        path.pinged = False
+
     def tcp_info(self, path_id: int, info: TcpInfo, now: float) -> None:
         """
         What the kernel says of a TCP path: its RTT replaces the estimate
         (the kernel measures every acknowledgement); retransmissions
-        (more of them, or a fast recovery) count as a loss (media is then
-        duplicated); a retransmission timeout (C{ca_state} loss or
+        (more of them, or the start of a fast recovery: one loss however
+        often it is read during the recovery) count as a loss (media is
+        then duplicated); a retransmission timeout (C{ca_state} loss or
         C{retransmits}) means the oldest unacknowledged data is at least
         one RTO old, i.e. half the current RTO, which the timeout doubled:
         the path is overdue since then.
@@ -513,8 +538,10 @@ class PathScheduler:
             if path.last_total_retrans is not None and total > path.last_total_retrans:
                 lost = True
             path.last_total_retrans = total
-        if info.retrans or info.ca_state == _CA_RECOVERY:
+        recovering = bool(info.retrans) or info.ca_state == _CA_RECOVERY
+        if recovering and not path.recovering:
             lost = True
+        path.recovering = recovering
         if info.retransmits or info.ca_state == _CA_LOSS:
             if path.kernel_stuck_since is None:
                 path.kernel_stuck_since = now - (info.rto_s / 2 if info.rto_s else path.stall_bound)
@@ -527,12 +554,21 @@ class PathScheduler:
         """
         A loss was seen (the de-duplication saw a gap, the peer reported
         one, TCP retransmitted): media goes on every path that is up for
-        C{duplicate_window} from now.
+        C{duplicate_window} from now, or for C{lossy_window} when the loss
+        before this one was at most C{loss_memory} ago (the losses keep
+        coming).
         """
         path = self._paths.get(path_id)
         if path is not None:
             path.losses += 1
-        self._duplicate(now)
+        limits = self.limits
+        window = limits.duplicate_window
+        if limits.loss_memory and abs(now - self._last_loss) <= limits.loss_memory:
+            window = max(window, limits.lossy_window)
+            self.lossy_losses += 1
+        if now > self._last_loss:
+            self._last_loss = now
+        self._duplicate(now, window)
 
     # -- per media datagram
 
@@ -662,6 +698,7 @@ class PathScheduler:
             "carrier": self.carrier(),
             "media": list(self._media_one),
             "duplicating": now < self._dup_until,
+            "lossy_losses": self.lossy_losses,
             "carrier_changes": self.carrier_changes,
             "media_switches": self.media_switches,
             "paths": [
@@ -696,8 +733,8 @@ class PathScheduler:
         path.dead_bound = max(limits.dead_floor, limits.dead_factor * stall)
         path.ping_after = limits.ping_fraction * stall
 
-    def _duplicate(self, now: float) -> None:
-        until = now + self.limits.duplicate_window
+    def _duplicate(self, now: float, window: float | None = None) -> None:
+        until = now + (self.limits.duplicate_window if window is None else window)
         if until > self._dup_until:
             self._dup_until = until
 

@@ -308,6 +308,8 @@ class LinkQueue:
         if kind is None:
             kind = frame_kind(frame)
         self._count("in", kind)
+        # the bytes offered (IP frames): the bench's bandwidth factor
+        self.counters["bytes_in"] += len(frame)
         if self._lose():
             self._count("lost", kind)
             return False
