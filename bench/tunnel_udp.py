@@ -303,7 +303,18 @@ class Bench:
                 own += ["--media-ports", "41000-41999"]
             self.agents[path] = self.procs.start_twistd(
                 "spwm-agent",
-                [*agent_sec, *common, "--contact", f"127.0.0.1:{tport}", "--reconnect-max", "1", *own, *quic, *fwd],
+                [
+                    *agent_sec,
+                    *common,
+                    "--contact",
+                    f"127.0.0.1:{tport}",
+                    "--reconnect-max",
+                    "1",
+                    *own,
+                    *quic,
+                    *fwd,
+                    *self.args.agent_arg,
+                ],
                 os.path.join(self.workdir, f"agent-{path}.log"),
             )
         self.agent = self.agents["tunnel"]
@@ -696,6 +707,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loss-limit", type=float, default=0.1, help="ramp: percent loss that fails a step (default 0.1)")
     p.add_argument("--one-way", action="store_true", help="fixed: --rate one way only, the target a sink (no echo)")
     p.add_argument("--skip-direct", action="store_true", help="skip the direct baseline")
+    p.add_argument(
+        "--agent-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more spwm-agent argument (repeatable), e.g. --agent-arg=--tunnel-connections --agent-arg=1",
+    )
     p.add_argument("--profile", metavar="DIR", help="fixed: py-spy both halves during the tunnel run; files in DIR")
     p.add_argument("--idle", action="store_true", help="--profile: count idle samples too (time waiting in epoll)")
     p.add_argument("--max-time", type=float, default=600, help="stop everything after this many seconds (default 600)")
