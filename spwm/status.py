@@ -643,14 +643,17 @@ def add_contact_lists(status: Status, tunnels: Iterable[Any], sessions: Any, sip
 def add_agent_lists(status: Status, agent_id: str, tunnel: Callable[[], Any], sip: Any, media: Any) -> None:
     """
     The agent's listings: C{tunnels} (C{tunnel()}: the tunnel protocol
-    while up, else C{None}), its phones' C{registrations}, C{calls},
-    C{ended_calls}.
+    while up, else C{None}; or a list of them, one per contact point),
+    its phones' C{registrations}, C{calls}, C{ended_calls}.
     """
     clock = status.clock
 
     def tunnels() -> Listing:
         current = tunnel()
-        return [] if current is None else _tunnels([current], clock)
+        if current is None:
+            return []
+        up = [t for t in current if t is not None] if isinstance(current, (list, tuple)) else [current]
+        return _tunnels(up, clock)
 
     status.add_list("tunnels", tunnels)
     status.add_list("registrations", lambda: _registrations(sip, clock, None, agent_id))

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from spwm.media import manager as media_manager
-from spwm.status import MAX_LIMIT, Query, Status, StatusResource, add_media_lists
+from spwm.status import MAX_LIMIT, Query, Status, StatusResource, add_agent_lists, add_media_lists
 from spwm.statusweb import render_page
 from spwm.tunnel.info import describe_tunnel
 from tests.test_media_manager import AGENT_ADDR, DIALOG, OPERATOR, PHONE, SDP_TYPE, _pair, _sdp
@@ -424,6 +424,38 @@ class TunnelInfoTests(SynchronousTestCase):
                 "established": True,
             },
         )
+
+    def test_agent_with_two_contact_points(self) -> None:
+        """
+        The agent's C{tunnels} listing shows the tunnel to each contact
+        point that is up (C{--contact} given twice), not only the first.
+        """
+
+        def tunnel(peer: str) -> Any:
+            class Tunnel:
+                agent_id = "office"
+                session_id = peer
+                connected_at = 10.0
+                transport = None
+                connection = None
+                is_open = True
+                congested = False
+
+            Tunnel.peer = peer
+            return Tunnel()
+
+        reactor, agent, a_end, contact, c_end = _pair()
+        up: list[Any] = [tunnel("192.0.2.1:443"), None]
+        status = Status("agent", Clock())
+        add_agent_lists(status, "office", lambda: up, None, agent)
+        self.assertEqual([t["source"] for t in status.listing("tunnels")], ["192.0.2.1:443"])
+        up[1] = tunnel("192.0.2.2:443")
+        self.assertEqual(
+            [t["source"] for t in status.listing("tunnels")], ["192.0.2.1:443", "192.0.2.2:443"]
+        )
+        single = Status("agent", Clock())
+        add_agent_lists(single, "office", lambda: up[0], None, agent)
+        self.assertEqual(len(single.listing("tunnels")), 1)
 
     def test_path_of_a_session(self) -> None:
         """

@@ -522,7 +522,8 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
         "forwards",
         lambda: {"dropped_no_tunnel": forwarder.dropped_no_tunnel, "dropped_no_channel": forwarder.dropped_no_channel},
     )
-    add_agent_lists(status, agent_id, lambda: tunnel.tunnel, core, media)
+    # every contact point's tunnel (--contact given twice: both)
+    add_agent_lists(status, agent_id, lambda: [side.tunnel.tunnel for side in sides], core, media)
     status_http = status_services(top, status, config.status, reactor)
     return Agent(
         config=config,
