@@ -38,8 +38,8 @@ import attrs
 from spwm.sip.actions import Action, BindingChanged, Counters, ToApp, ToTunnel
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import SipMessage, parse_message
-from spwm.sip.rewrite import param
-from spwm.sip.uri import parse_name_addr
+from spwm.sip.rewrite import map_contacts, param
+from spwm.sip.uri import NameAddr, parse_name_addr
 
 __all__ = ["FanoutCore", "side_call_id"]
 
@@ -396,22 +396,13 @@ def _leg_request(data: bytes, side: int, max_size: int) -> bytes:
         msg = parse_message(data, max_size=max_size + 4096)
     except SipParseError:
         return data
-    values = msg.get_all("Contact")
-    out = []
-    changed = False
-    for value in values:
-        try:
-            na = parse_name_addr(value)
-        except SipParseError:
-            out.append(value)
-            continue
+    reg_id = str(side + 1)
+
+    def change(na: NameAddr) -> NameAddr | None:
         present, _ = param(na.params, "+sip.instance")
-        if present:
-            na = na.with_param("reg-id", str(side + 1))
-            changed = True
-        out.append(str(na))
-    if changed:
-        msg.set_header("Contact", ", ".join(out))
+        return na.with_param("reg-id", reg_id) if present else None
+
+    map_contacts(msg, change, keep_unreadable=True)
     supported = {s.strip().lower() for v in msg.get_all("Supported") for s in v.split(",")}
     if "outbound" not in supported:
         msg.append_header("Supported", "outbound")

@@ -216,6 +216,34 @@ def decrement_max_forwards(msg: SipMessage, max_forwards: int | None) -> None:
     )
 
 
+def map_contacts(
+    msg: SipMessage, change: Callable[[NameAddr], NameAddr | None], keep_unreadable: bool = False
+) -> None:
+    """
+    Rewrite each C{Contact} of C{msg} to C{change(contact)} (C{None}: as it
+    is); the header is written again only when one changed.  A C{Contact}
+    that does not parse leaves the message as it is, or with
+    C{keep_unreadable} only itself.
+    """
+    out = []
+    changed = False
+    for value in msg.get_all("Contact"):
+        try:
+            na = parse_name_addr(value)
+        except SipParseError:
+            if not keep_unreadable:
+                return
+            out.append(value)
+            continue
+        new = change(na)
+        if new is not None:
+            na = new
+            changed = True
+        out.append(str(na))
+    if changed:
+        msg.set_header("Contact", ", ".join(out))
+
+
 def add_instance(msg: SipMessage, instance_for: Callable[[str], str]) -> None:
     """
     Give each C{Contact} of a REGISTER without a C{+sip.instance} the one
@@ -225,23 +253,14 @@ def add_instance(msg: SipMessage, instance_for: Callable[[str], str]) -> None:
     values = msg.get_all("Contact")
     if not values or any(v.strip() == "*" for v in values):
         return
-    changed = False
-    out = []
-    for value in values:
-        try:
-            na = parse_name_addr(value)
-        except SipParseError:
-            return  # leave what we cannot read to the registrar
+
+    def change(na: NameAddr) -> NameAddr | None:
         present, _ = param(na.params, "+sip.instance")
-        if not present:
-            inst = instance_for(str(na.uri))
-            na = attrs.evolve(
-                na, params=na.params + (("+sip.instance", inst),), angle=True
-            )
-            changed = True
-        out.append(str(na))
-    if changed:
-        msg.set_header("Contact", ", ".join(out))
+        if present:
+            return None
+        return attrs.evolve(na, params=na.params + (("+sip.instance", instance_for(str(na.uri))),), angle=True)
+
+    map_contacts(msg, change)
 
 
 def strip_instance(msg: SipMessage, instance_for: Callable[[str], str]) -> None:
@@ -250,21 +269,14 @@ def strip_instance(msg: SipMessage, instance_for: Callable[[str], str]) -> None:
     C{Contact}s of the answer to a REGISTER, so the application sees its
     own.
     """
-    values = msg.get_all("Contact")
-    out = []
-    changed = False
-    for value in values:
-        try:
-            na = parse_name_addr(value)
-        except SipParseError:
-            return
+
+    def change(na: NameAddr) -> NameAddr | None:
         present, inst = param(na.params, "+sip.instance")
         if present and inst == instance_for(str(na.uri)):
-            na = na.without_param("+sip.instance")
-            changed = True
-        out.append(str(na))
-    if changed:
-        msg.set_header("Contact", ", ".join(out))
+            return na.without_param("+sip.instance")
+        return None
+
+    map_contacts(msg, change)
 
 
 def add_path(msg: SipMessage, route: str) -> None:
