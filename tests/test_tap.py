@@ -221,6 +221,22 @@ class ContactListenTests(SynchronousTestCase):
         self.assertEqual(str(error), "--listen tcp:443: address already in use")
         self.assertEqual([e for e in events if "log_failure" in e], [])
 
+    def test_quic_in_use(self) -> None:
+        """
+        The QUIC listener's line names C{--quic-listen}.
+        """
+
+        class Refusing:
+            def listen(self, factory: Any) -> Any:
+                return fail(CannotListenError("", 443, in_use()))
+
+        factory = ContactTunnelFactory(Router(None, {}, None), MemoryReactorClock(), TunnelLimits())
+        service = ContactListenService(
+            Refusing(), factory, MemoryReactorClock(), description="udp:127.0.0.1:443", option="quic-listen"
+        )
+        error = self.assertRaises(ListenError, service.startService)
+        self.assertEqual(str(error), "--quic-listen udp:127.0.0.1:443: address already in use")
+
 
 class MediaRangeTests(SynchronousTestCase):
     """

@@ -806,7 +806,8 @@ def quic_listen_service(
         factory,
         reactor,
         drain=limits.tunnel.drain_time,
-        description=f"udp:{hostport(host, port)} (QUIC)",
+        description=f"udp:{hostport(host, port)}",
+        option="quic-listen",
     )
 
 

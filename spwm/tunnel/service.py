@@ -987,9 +987,12 @@ class ContactListenService(Service):
         tls_factory: Factory | None = None,
         drain: float = 5.0,
         description: str = "",
+        option: str = "listen",
         reactor: IReactorCore | None = None,
     ) -> None:
         """
+        @param option: the option that names the address (C{listen},
+            C{quic-listen}), for the line of a start-up error.
         @param reactor: stopped when listening fails after the start (an
             endpoint that listens later); C{clock} if it is a reactor.
         """
@@ -1002,6 +1005,8 @@ class ContactListenService(Service):
         self._drain = drain
         self._port: Any = None
         self.description = description
+        # the option that names the address, for a start-up error
+        self.option = option
         self.listening: Deferred[Any] | None = None
 
     def startService(self) -> None:
@@ -1027,7 +1032,7 @@ class ContactListenService(Service):
                 return
             # A contact point that cannot take tunnels is of no use: one
             # line, and the process stops.
-            error = ListenError.from_exception("listen", self.description or "?", f.value)
+            error = ListenError.from_exception(self.option, self.description or "?", f.value)
             self.log.error("cannot take tunnels: {error}; stopping", error=str(error))
             if self._reactor is not None and self._reactor.running:
                 self._reactor.stop()
@@ -1035,7 +1040,7 @@ class ContactListenService(Service):
         self.listening.addCallbacks(listening, failed)
         starting = False
         if refused:
-            raise ListenError.from_exception("listen", self.description or "?", refused[0].value)
+            raise ListenError.from_exception(self.option, self.description or "?", refused[0].value)
 
     def stopService(self) -> Deferred[Any] | None:
         """
