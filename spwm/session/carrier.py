@@ -166,8 +166,6 @@ class PathFront:
         self._sockets: dict[int, Any] = {}
         #: QUIC paths' transports (their RTT estimate feeds the scheduler)
         self._quic: dict[int, Any] = {}
-        #: passive: when each path was last heard from
-        self._heard: dict[int, float] = {}
         self._pinged_at = float("-inf")
         self._ids: dict[int, int] = {}
         self._next_id = 0
@@ -256,7 +254,6 @@ class PathFront:
         self._carrier_moved()
         from spwm.tunnel.protocol import find_socket
 
-        self._heard[path_id] = now
         transport = getattr(path, "transport", None)
         sock = find_socket(transport)
         if sock is not None:
@@ -281,7 +278,6 @@ class PathFront:
         del self._paths[path_id]
         self._sockets.pop(path_id, None)
         self._quic.pop(path_id, None)
-        self._heard.pop(path_id, None)
         self._last = path
         self.scheduler.remove(path_id)
         self._carrier_moved()
@@ -327,13 +323,11 @@ class PathFront:
             # every PROBE_INTERVAL (the peer pings them while it has
             # channels); one that is not is overdue from then on and
             # stalls by its bound, while this one is heard.
-            heard = self._heard
             if now - self._ticked > 2 * PROBE_INTERVAL:
                 # the watch starts again (the peer pings while it has
                 # channels): earlier silence does not count
                 for other in self._paths:
                     scheduler.received(other, now)
-                    heard[other] = now
             self._ticked = now
             if now - self._tcp_info_at >= PROBE_INTERVAL:
                 # round trips, retransmissions and timeouts from the
@@ -347,11 +341,9 @@ class PathFront:
                 # from then, not between two pings
                 scheduler.expect(other, PASSIVE_EXPECT, now)
             scheduler.received(path_id, now)
-            heard[path_id] = now
             self.tick()
             return
         scheduler.received(path_id, now)
-        self._heard[path_id] = now
         self._dedup_losses(path_id, now)
 
     def _dedup_losses(self, path_id: int, now: float) -> None:
