@@ -5,7 +5,6 @@ C{python3 -m spwm status [URL]}: the terminal view of a running half.
 from __future__ import annotations
 
 import io
-import socket
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -15,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from spwm.__main__ import main, render, table
 from spwm.status import Status, StatusHTTPService
+from spwm.testing.ports import free_port
 
 DOC: dict[str, Any] = {
     "side": "contact",
@@ -73,9 +73,7 @@ DOC: dict[str, Any] = {
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port()
 
 
 class RenderTests(SynchronousTestCase):

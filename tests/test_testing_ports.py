@@ -25,3 +25,15 @@ class FreePortTests(SynchronousTestCase):
             u.bind(("127.0.0.1", port))
             t.bind(("127.0.0.1", port))
             t2.bind(("127.0.0.1", port + 1))
+
+    def test_below_the_ephemeral_range(self) -> None:
+        """
+        The ports come from under the kernel's ephemeral range, where no
+        outgoing connection takes them as its local port between the test
+        picking one and its listener binding it.
+        """
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+        ports = {free_port(following=1) for _ in range(50)}
+        self.assertTrue(all(p + 1 < low for p in ports), sorted(ports))
+        self.assertGreater(len(ports), 1)

@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from spwm.errors import ConfigError
 from spwm.tap import contact
 from spwm.tap.options import ContactConfig
+from spwm.testing.ports import free_port
 from spwm.workers import (
     MAX_RESTARTS,
     RESTART_HOLD,
@@ -127,10 +128,7 @@ class ReusePortTests(TestCase):
         Two listeners bind the same port (as two workers do), and both
         accept; a listener without SO_REUSEPORT on it is refused.
         """
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
+        port = free_port()
         factory = Factory.forProtocol(Protocol)
         ports = []
         for _ in range(2):
