@@ -52,6 +52,10 @@ class TunnelLimits:
     @ivar max_held: SIP messages an agent with an on-demand tunnel holds
         while the tunnel comes up; more are answered as if no tunnel.
     @ivar hold_time: seconds those messages wait for the tunnel.
+    @ivar tcp_keepalive: offer to keep the tunnel alive with the kernel's
+        TCP keepalive (and C{TCP_USER_TIMEOUT}) instead of PING frames
+        while it is idle; used when both ends offer it (C{tcp_keepalive}
+        in the hello and the welcome).
     """
 
     max_frame_payload: int = field(default=MAX_PAYLOAD, validator=[_pos, validators.le(MAX_PAYLOAD)])
@@ -70,6 +74,7 @@ class TunnelLimits:
     retry_after_cap: int = field(default=30, validator=_pos)
     max_held: int = field(default=64, validator=_pos)
     hold_time: float = field(default=10.0, validator=_pos_time)
+    tcp_keepalive: bool = True
 
 
 @frozen

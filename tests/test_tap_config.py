@@ -185,6 +185,21 @@ class LimitsTests(SynchronousTestCase):
         with self.assertRaises(ValueError):
             TunnelLimits(max_tunnels=0)
 
+    def test_tcp_keepalive(self) -> None:
+        """
+        Both halves offer the kernel's keepalive by default; not with
+        C{--ping-keepalive}, and not an agent behind an HTTP proxy (whose
+        probes would reach the proxy only).
+        """
+        base = {"contact": "contact.example.test:443"}
+        self.assertTrue(AgentConfig.from_options(base).limits.tunnel.tcp_keepalive)
+        self.assertFalse(AgentConfig.from_options({**base, "ping-keepalive": True}).limits.tunnel.tcp_keepalive)
+        proxied = {**base, "http-proxy": "proxy.example.test:3128"}
+        self.assertFalse(AgentConfig.from_options(proxied).limits.tunnel.tcp_keepalive)
+        plain = {"plaintext": True}
+        self.assertTrue(ContactConfig.from_options(plain).limits.tunnel.tcp_keepalive)
+        self.assertFalse(ContactConfig.from_options({**plain, "ping-keepalive": True}).limits.tunnel.tcp_keepalive)
+
 
 class AssemblyTests(SynchronousTestCase):
     """

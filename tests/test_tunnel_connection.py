@@ -434,6 +434,47 @@ class KeepaliveTests(SynchronousTestCase):
         self.assertEqual(closed.code, ErrorCode.KEEPALIVE_TIMEOUT)
         self.assertEqual(t, now + 30)
 
+    def test_tcp_keepalive_both_offer(self) -> None:
+        """
+        When the hello and the welcome both offer C{tcp_keepalive}, an
+        idle tunnel sends no keepalive PING and declares no keepalive
+        timeout however long it is silent (the kernel does both): no
+        deadline is left, and a PING from the peer is still answered.
+        """
+        limits = TunnelLimits(keepalive_interval=10, keepalive_timeout=30)
+        offer = {"tcp_keepalive": 1}
+        pair = CorePair(limits=limits, agent_hello=offer, hello=offer).handshake()
+        self.assertTrue(pair.agent.tcp_keepalive)
+        self.assertTrue(pair.contact.tcp_keepalive)
+        self.assertIsNone(pair.agent.next_deadline())
+        self.assertIsNone(pair.contact.next_deadline())
+        self.assertEqual(pair.agent.handle_timer(pair.now + 300), [])
+        self.assertEqual(pair.agent.data_to_send(pair.now + 300), b"")
+        pair.advance(300)
+        self.assertIs(pair.agent.state, State.OPEN)
+        self.assertIs(pair.contact.state, State.OPEN)
+        self.assertEqual(pair.agent.stats.pings_sent + pair.contact.stats.pings_sent, 0)
+        pair.agent.ping(pair.now)
+        pair.transfer()
+        self.assertEqual(pair.agent.stats.pings_sent, 1)
+        self.assertEqual(len(of_type(pair.agent_events, ev.RttSampled)), 1)
+
+    def test_tcp_keepalive_one_side_offers(self) -> None:
+        """
+        When only one end offers C{tcp_keepalive} (an older peer, an
+        agent behind an HTTP proxy, a contact point with
+        C{--ping-keepalive}), both keep the PING keepalive and the
+        silence timeout.
+        """
+        limits = TunnelLimits(keepalive_interval=10, keepalive_timeout=30)
+        for agent_hello, welcome in (({"tcp_keepalive": 1}, None), (None, {"tcp_keepalive": 1})):
+            pair = CorePair(limits=limits, agent_hello=agent_hello, hello=welcome).handshake()
+            self.assertFalse(pair.agent.tcp_keepalive)
+            self.assertFalse(pair.contact.tcp_keepalive)
+            pair.advance(100)
+            self.assertGreater(pair.agent.stats.pings_sent + pair.contact.stats.pings_sent, 3)
+            self.assertEqual(pair.agent.next_deadline(), pair.agent._ping_due())
+
     def test_go_away(self) -> None:
         """
         Go-away reaches the peer with the drain time; the sender closes when

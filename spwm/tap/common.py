@@ -31,8 +31,9 @@ _D = Limits()
 
 TUNNEL_LIMIT_OPTIONS = (
     Option("handshake-timeout", _D.tunnel.handshake_timeout, positive_float, "Seconds for the tunnel handshake to complete."),
-    Option("keepalive-interval", _D.tunnel.keepalive_interval, positive_float, "Seconds without a frame sent or without one received before the tunnel sends a ping."),
-    Option("keepalive-timeout", _D.tunnel.keepalive_timeout, positive_float, "Seconds of silence after which the peer is declared dead."),
+    Option("keepalive-interval", _D.tunnel.keepalive_interval, positive_float, "Seconds without a frame sent or without one received before the tunnel sends a ping (idle TLS/TCP tunnels: before the kernel's first keepalive probe, see --ping-keepalive)."),
+    Option("keepalive-timeout", _D.tunnel.keepalive_timeout, positive_float, "Seconds of silence after which the peer is declared dead (idle TLS/TCP tunnels: unanswered keepalive probes or unacknowledged data, counted by the kernel)."),
+    Option("ping-keepalive", False, bool, "Keep idle tunnels alive with PING frames as well as the kernel's TCP keepalive (by default, between two ends that both offer it, an idle TLS/TCP tunnel sends no frames: the kernel probes it every --keepalive-interval and closes it after --keepalive-timeout). Needed behind a TCP proxy or load balancer that closes connections idle at its own level; the agent does it by itself with --http-proxy.", flag=True),
     Option("media-deadline", _D.tunnel.media_deadline, positive_float, "Seconds a media datagram may wait in the tunnel before it is dropped."),
     Option("max-channels", _D.tunnel.max_channels, positive_int, "Open channels per tunnel."),
     Option("max-sip-size", _D.sip.max_message_size, positive_int, "Largest SIP message accepted (bytes); larger ones get 413 or are dropped."),

@@ -71,6 +71,8 @@ def _limits(values: Mapping[str, Any], **tunnel: Any) -> Limits:
             max_channels=values["max-channels"],
             max_priority_queue=values["max-signalling-queue"],
             max_media_queue=values["max-media-queue"],
+            # through an HTTP proxy the kernel's probes reach the proxy only
+            tcp_keepalive=not values["ping-keepalive"] and not values.get("http-proxy"),
             **tunnel,
         ),
         sip=SipLimits(

@@ -22,9 +22,20 @@ class CorePair:
     @ivar contact_events: every event the contact produced, in order.
     """
 
-    def __init__(self, limits: TunnelLimits | None = None, now: float = 1000.0, **contact_args: Any) -> None:
+    def __init__(
+        self,
+        limits: TunnelLimits | None = None,
+        now: float = 1000.0,
+        agent_hello: dict[str, Any] | None = None,
+        **contact_args: Any,
+    ) -> None:
+        """
+        @param agent_hello: extra fields of the agent's hello.
+        @param contact_args: more arguments of the contact point's
+            L{TunnelConnection} (C{hello}: the welcome's extra fields).
+        """
         self.now = now
-        self.agent = TunnelConnection(Role.AGENT, now, limits=limits, agent_id="agent-1")
+        self.agent = TunnelConnection(Role.AGENT, now, limits=limits, agent_id="agent-1", hello=agent_hello)
         contact_args.setdefault("session_id", "s-1")
         self.contact = TunnelConnection(Role.CONTACT, now, limits=limits, **contact_args)
         self.agent_events: list[Any] = []

@@ -134,6 +134,11 @@ class TunnelConnection:
     @ivar attaching: a C{paths} connection whose hello said C{attach}, until
         the contact point's C{attached}: SIP, stream data or a channel
         opened by the peer meanwhile is a protocol error.
+    @ivar tcp_keepalive: both hellos said C{"tcp_keepalive"} (known once
+        open): the kernel keeps this connection alive and finds a dead
+        peer (the adapter set its socket up for that), so this end sends no
+        keepalive PING and declares no keepalive timeout; it still answers
+        every PING, and timed PINGs (round trips) go on as asked.
     """
 
     def __init__(
@@ -168,6 +173,7 @@ class TunnelConnection:
         self.close_reason = ""
         self.going_away = False
         self.paths = False
+        self.tcp_keepalive = False
         self.attaching = False
         self._versions = versions
         self._hello_extra = dict(hello or {})
@@ -324,6 +330,7 @@ class TunnelConnection:
                     raise TunnelProtocolError(ErrorCode.BAD_CONTROL, "welcome without a session_id")
                 self.session_id = session_id
             self.paths = bool(self._hello_extra.get("paths")) and bool(message.get("paths"))
+            self.tcp_keepalive = bool(self._hello_extra.get("tcp_keepalive")) and bool(message.get("tcp_keepalive"))
             # A connection that joins a live session carries nothing but
             # the attach exchange until the contact point said "attached".
             attach = (message if self.role is Role.CONTACT else self._hello_extra).get("attach")
@@ -855,6 +862,9 @@ class TunnelConnection:
             return None
         if self.state is not State.OPEN:
             return self._started + self.limits.handshake_timeout
+        if self.tcp_keepalive:
+            # the kernel keeps the connection alive and finds a dead peer
+            return self._drain_deadline
         deadline = self._last_received + self.limits.keepalive_timeout
         ping = self._ping_due()
         if ping < deadline:
@@ -874,11 +884,11 @@ class TunnelConnection:
             if now >= self._started + limits.handshake_timeout:
                 return [self._fail(ErrorCode.HANDSHAKE_TIMEOUT, f"no handshake within {limits.handshake_timeout:g} s")]
             return []
-        if now >= self._last_received + limits.keepalive_timeout:
+        if not self.tcp_keepalive and now >= self._last_received + limits.keepalive_timeout:
             return [self._fail(ErrorCode.KEEPALIVE_TIMEOUT, f"peer silent for {limits.keepalive_timeout:g} s")]
         if self._drain_deadline is not None and now >= self._drain_deadline:
             return [self._fail(ErrorCode.GOING_AWAY, "drain time over")]
-        if now >= self._ping_due():
+        if not self.tcp_keepalive and now >= self._ping_due():
             self._queue(encode_frame(FrameType.PING, 0, 0, b""))
             self.stats.pings_sent += 1
             self._last_ping = now

@@ -98,6 +98,36 @@ def find_socket(transport: Any) -> socket.socket | None:
     return None
 
 
+#: the kernel's keepalive probes of an idle tunnel, after the first one
+KEEPALIVE_PROBES = 3
+
+
+def set_tcp_keepalive(sock: Any, interval: float, timeout: float) -> bool:
+    """
+    Let the kernel keep the TCP connection of C{sock} alive: a probe once
+    it has been idle for C{interval}, then L{KEEPALIVE_PROBES} more spread
+    over the rest of C{timeout}, and the connection closed (C{ETIMEDOUT})
+    when none is answered; C{TCP_USER_TIMEOUT} closes it too once data sent
+    has gone unacknowledged for C{timeout}.
+
+    @return: C{True} when every option was taken; C{False} for a socket
+        that is not TCP or a platform without these options.
+    """
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_STREAM:
+            return False
+        idle = max(1, int(interval))
+        probe = max(1, int(max(timeout - idle, 0.0) / KEEPALIVE_PROBES))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, probe)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(timeout * 1000))
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
 class TunnelApplication(TypingProtocol):
     """
     What a tunnel hands its events to (L{spwm.tunnel.api.Router} in the
@@ -302,33 +332,51 @@ class TunnelProtocol(Protocol):
         self._write = self.transport.write
         if self._registry is not None:
             self._registry.add(self)
-        self._set_socket_options()
+        hello = self._hello
+        if self._set_socket_options() and self._limits.tcp_keepalive:
+            hello = {**(hello or {}), "tcp_keepalive": 1}
+            self.local_hello["tcp_keepalive"] = 1
         self.connection = TunnelConnection(
             self._role,
             self._clock.seconds(),
             limits=self._limits,
             agent_id=self._agent_id,
             session_id=self._session_id,
-            hello=self._hello,
+            hello=hello,
         )
         self.transport.registerProducer(self, True)
         self._flush()
         self._rearm()
 
-    def _set_socket_options(self) -> None:
+    def _set_socket_options(self) -> bool:
+        """
+        Set up the TCP socket under the transport: no Nagle, a small
+        kernel send queue, and (with C{limits.tcp_keepalive}) the kernel's
+        keepalive, which probes the connection after C{keepalive_interval}
+        without input and closes it once C{keepalive_timeout} has passed
+        without an answer (C{TCP_USER_TIMEOUT} bounds unacknowledged data
+        the same way).
+
+        @return: whether the kernel's keepalive is set up (so the hello
+            may offer C{tcp_keepalive}): C{False} without a TCP socket (in
+            memory, QUIC) or when the options are refused.
+        """
         # Keep the kernel's share of the send queue small, so that the media
         # deadline, not a deep socket buffer, decides what waits.  Under TLS
         # the transport's handle is the OpenSSL connection: walk down to the
         # TCP transport whose handle is the socket.
         sock = find_socket(self.transport)
         if sock is None:
-            return
+            return False
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             lowat = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
             sock.setsockopt(socket.IPPROTO_TCP, lowat, 16384)
         except OSError:
             pass
+        if not self._limits.tcp_keepalive:
+            return False
+        return set_tcp_keepalive(sock, self._limits.keepalive_interval, self._limits.keepalive_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         connection = self.connection

@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
@@ -222,6 +223,50 @@ class LoopbackTests(LoopbackBase):
             sock = find_socket(tunnel.transport)
             self.assertIsInstance(sock, socket.socket)
             self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+
+    @defer.inlineCallbacks
+    def test_idle_tunnel_kept_alive_by_the_kernel(self) -> None:
+        """
+        Both ends offer C{tcp_keepalive}: the sockets are set up for the
+        kernel's keepalive from the keepalive options (idle 1 s, dead 4 s),
+        and over three intervals of silence neither end sends a PING, and
+        the tunnel stays up and carries data afterwards.
+        """
+        from spwm.tunnel.protocol import find_socket
+
+        timing = ["--keepalive-interval", "1", "--keepalive-timeout", "4"]
+        service, port = yield self.start_contact(extra=timing)
+        self.addCleanup(service.service.stopService)
+        agent_service, local = self.start_agent(port, extra=["--tunnel-connections", "1", *timing])
+        yield wait_until(lambda: agent_service.tunnel_service.tunnel is not None and len(service.factory.tunnels) == 1)
+        ends = [agent_service.tunnel_service.tunnel, *service.factory.tunnels]
+        for tunnel in ends:
+            self.assertTrue(tunnel.connection.tcp_keepalive)
+            sock = find_socket(tunnel.transport)
+            self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 1)
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), 4000)
+        yield deferLater(reactor, 3.5, lambda: None)
+        self.assertEqual([t.connection.stats.pings_sent for t in ends], [0, 0])
+        self.assertIs(agent_service.tunnel_service.tunnel, ends[0])
+        got = yield self.exchange(local, b"still")
+        self.assertEqual(got, b"echo:still")
+
+    @defer.inlineCallbacks
+    def test_ping_keepalive(self) -> None:
+        """
+        With C{--ping-keepalive} at the contact point the welcome does not
+        offer C{tcp_keepalive}: both ends keep the PING keepalive.
+        """
+        timing = ["--keepalive-interval", "0.5", "--keepalive-timeout", "4"]
+        service, port = yield self.start_contact(extra=[*timing, "--ping-keepalive"])
+        self.addCleanup(service.service.stopService)
+        agent_service, local = self.start_agent(port, extra=["--tunnel-connections", "1", *timing])
+        yield wait_until(lambda: agent_service.tunnel_service.tunnel is not None and len(service.factory.tunnels) == 1)
+        ends = [agent_service.tunnel_service.tunnel, *service.factory.tunnels]
+        self.assertEqual([t.connection.tcp_keepalive for t in ends], [False, False])
+        yield deferLater(reactor, 1.6, lambda: None)
+        self.assertGreater(sum(t.connection.stats.pings_sent for t in ends), 0)
 
 
 class MutualTLSTests(LoopbackBase):
