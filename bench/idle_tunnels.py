@@ -167,8 +167,10 @@ def clients(args: argparse.Namespace) -> None:
             state["lost"] += 1
 
     factory: Any
-    if args.kind == "spwm":
-        limits = TunnelLimits(keepalive_interval=args.keepalive, keepalive_timeout=3 * args.keepalive)
+    if args.kind in ("spwm", "spwm-ping"):
+        limits = TunnelLimits(
+            keepalive_interval=args.keepalive, keepalive_timeout=3 * args.keepalive, tcp_keepalive=args.kind == "spwm"
+        )
         factory = AgentTunnelFactory(App(), reactor, "idle", limits)
     else:
         factory = Factory.forProtocol(Bare)
@@ -248,7 +250,7 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     port = free_port()
     log = open(os.path.join(workdir, f"{kind}-server.log"), "wb")
-    if kind == "spwm":
+    if kind in ("spwm", "spwm-ping"):
         sip = free_port()
         cmd = [
             sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
@@ -258,6 +260,7 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
             "--keepalive-interval", str(args.keepalive), "--keepalive-timeout", str(3 * args.keepalive),
             "--media-ports", f"{args.media_low}-{args.media_low + 99}",
             *(["--listen-backlog", str(args.backlog)] if args.backlog else []),
+            *(["--ping-keepalive"] if kind == "spwm-ping" else []),
             *(["--workers", str(args.workers)] if args.workers > 1 else []),
             *(["--plaintext"] if args.plaintext else ["--cert", tls[0], "--key", tls[1]]),
         ]  # fmt: skip
@@ -273,7 +276,7 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
     procs.popen.append(server)
     wait_listening(port)
     time.sleep(1.0)
-    if kind == "spwm" and args.workers > 1:
+    if kind in ("spwm", "spwm-ping") and args.workers > 1:
         # the workers start after the supervisor: wait for their listeners
         deadline = time.monotonic() + 20
         while len(children(server.pid)) < args.workers and time.monotonic() < deadline:
@@ -410,12 +413,13 @@ def main(procs: Processes, workdir: str, args: argparse.Namespace) -> int:
             f" | {100 * r['client_cpu'] / k:.3f} % | {100 * r['busy']:.1f} % | {100 * r['steal']:.2f} % |"
         )
     byk = {r["kind"]: r for r in results}
-    if "spwm" in byk and "bare" in byk:
-        s, b = byk["spwm"], byk["bare"]
-        print(
-            f"\nratio spwm/bare: server memory per connection {s['server_kib_per_conn'] / b['server_kib_per_conn']:.2f}x;"
-            f" CPU above bare TLS, both sides: {100 * (s['server_cpu'] + s['client_cpu'] - b['server_cpu'] - b['client_cpu']):.2f} % of a core"
-        )
+    for name in ("spwm", "spwm-ping"):
+        if name in byk and "bare" in byk:
+            s, b = byk[name], byk["bare"]
+            print(
+                f"\nratio {name}/bare: server memory per connection {s['server_kib_per_conn'] / b['server_kib_per_conn']:.2f}x;"
+                f" CPU above bare TLS, both sides: {100 * (s['server_cpu'] + s['client_cpu'] - b['server_cpu'] - b['client_cpu']):.2f} % of a core"
+            )
     for r in results:
         if r["calls"]:
             total = int(r["calls"][0].split()[1])
@@ -435,7 +439,7 @@ def main(procs: Processes, workdir: str, args: argparse.Namespace) -> int:
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=2000, help="idle connections (default 2000)")
-    p.add_argument("--kinds", default="spwm,bare", help="spwm, bare or both (default spwm,bare)")
+    p.add_argument("--kinds", default="spwm,bare", help="comma-separated: spwm (the kernel's TCP keepalive, the default), spwm-ping (PING frames, --ping-keepalive), bare (a Twisted TLS server and clients); default spwm,bare")
     p.add_argument("--keepalive", type=float, default=15.0, help="--keepalive-interval of both sides (timeout 3x)")
     p.add_argument("--measure", type=float, default=60.0, help="seconds of CPU measured once all are up")
     p.add_argument("--settle", type=float, default=3.0, help="seconds after the last connection before measuring")

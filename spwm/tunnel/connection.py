@@ -141,6 +141,11 @@ class TunnelConnection:
         every PING, and timed PINGs (round trips) go on as asked.
     """
 
+    # Slots: an idle contact point holds thousands of these (issue 15's
+    # memory per idle tunnel); attributes set from outside still go into
+    # a __dict__, made only when one is.
+    __slots__ = ("_channels", "_decoder", "_drain_deadline", "_hello_extra", "_highest_peer_channel", "_last_ping", "_last_received", "_last_sent", "_media", "_media_bytes", "_next_channel", "_preface_buf", "_priority", "_priority_bytes", "_started", "_stream", "_stream_bytes", "_versions", "agent_id", "attaching", "close_code", "close_reason", "going_away", "limits", "paths", "role", "session_id", "state", "stats", "tcp_keepalive", "version", "__dict__")
+
     def __init__(
         self,
         role: Role,

@@ -167,6 +167,11 @@ class TunnelProtocol(Protocol):
     @ivar app: the application it reports to.
     """
 
+    # Slots: an idle contact point holds thousands of these (issue 15's
+    # memory per idle tunnel); attributes set from outside still go into
+    # a __dict__, made only when one is.
+    __slots__ = ("_abort_timer", "_agent_id", "_clock", "_close_waiters", "_closing", "_established", "_face", "_go_away_waiters", "_handlers", "_limits", "_lost", "_lost_reason", "_paused", "_registry", "_role", "_routes", "_session_id", "_sink", "_stream_producers", "_streams_paused", "_timer", "_timer_at", "_waiters", "_want_ciphering", "_write", "app", "check_client_identity", "cipher", "close_info", "connected_at", "connection", "duplicates", "front", "go_away_info", "local_hello", "peer", "peer_hello", "ping_srtt", "refused_sealed", "source_host")
+
     log = Logger()
     #: TCP or TLS (the TLS protocol's transport); C{None} before the connection
     transport: Any
@@ -196,7 +201,7 @@ class TunnelProtocol(Protocol):
         self.app = app
         self._clock = clock
         self._limits = limits
-        self._agent_id, self._session_id, self._hello = agent_id, session_id, hello
+        self._agent_id, self._session_id = agent_id, session_id
         #: the extra fields of the hello (agent) or welcome (contact point) we send
         self.local_hello: dict[str, Any] = dict(hello or {})
         self.connection: TunnelConnection | None = None
@@ -241,20 +246,7 @@ class TunnelProtocol(Protocol):
         #: the per-user ciphering of this tunnel (L{UserCipher}), or C{None}
         self.cipher: UserCipher | None = None
         self._want_ciphering = want_ciphering
-        self._sink = self._build_sink()
-        self._dispatch: dict[type, Callable[[Any], None]] = {
-            ev.DatagramReceived: self._on_datagram,
-            ev.HandshakeCompleted: self._on_handshake,
-            ev.SipReceived: self._on_sip,
-            ev.ChannelOpened: self._on_channel_opened,
-            ev.ChannelClosed: self._on_channel_closed,
-            ev.StreamDataReceived: self._on_stream_data,
-            ev.StreamEnded: self._on_stream_ended,
-            ev.PeerWentAway: self._on_goaway,
-            ev.ControlReceived: self._on_control,
-            ev.TunnelClosed: self._on_closed,
-            ev.RttSampled: self._on_rtt,
-        }
+        self._sink: Callable[[int, bytes, int], None] = self._first_datagram
 
     def when_established(self) -> Deferred[TunnelProtocol]:
         """
@@ -332,9 +324,7 @@ class TunnelProtocol(Protocol):
         self._write = self.transport.write
         if self._registry is not None:
             self._registry.add(self)
-        hello = self._hello
         if self._set_socket_options() and self._limits.tcp_keepalive:
-            hello = {**(hello or {}), "tcp_keepalive": 1}
             self.local_hello["tcp_keepalive"] = 1
         self.connection = TunnelConnection(
             self._role,
@@ -342,7 +332,7 @@ class TunnelProtocol(Protocol):
             limits=self._limits,
             agent_id=self._agent_id,
             session_id=self._session_id,
-            hello=hello,
+            hello=self.local_hello,
         )
         self.transport.registerProducer(self, True)
         self._flush()
@@ -387,9 +377,9 @@ class TunnelProtocol(Protocol):
             self.front.path_received(self, now)
         try:
             events = connection.receive_data(data, now, self._sink)
-            dispatch = self._dispatch
+            dispatch = _DISPATCH
             for event in events:
-                dispatch[type(event)](event)
+                dispatch[type(event)](self, event)
         except Exception:
             self.log.failure("unexpected error on tunnel from {peer}", peer=self.peer)
             closed = connection.close(ErrorCode.INTERNAL_ERROR, "internal error")
@@ -491,7 +481,14 @@ class TunnelProtocol(Protocol):
 
     def _start_ciphering(self) -> None:
         self.cipher = UserCipher(0 if self._role is Role.AGENT else 1)
-        self._sink = self._build_sink()
+        self._sink = self._first_datagram
+
+    def _first_datagram(self, channel_id: int, data: bytes, flags: int) -> None:
+        # The sink is built on the first datagram after a change (start,
+        # ciphering, joining a session) rather than at once: most of a
+        # contact point's tunnels are idle and never need one.
+        self._sink = sink = self._build_sink()
+        sink(channel_id, data, flags)
 
     def _build_sink(self) -> Callable[[int, bytes, int], None]:
         """
@@ -576,7 +573,7 @@ class TunnelProtocol(Protocol):
         self._face = front
         self._routes = front.routes
         self._handlers = front.handlers
-        self._sink = self._build_sink()
+        self._sink = self._first_datagram
 
     def route_datagrams(self, channel_id: int, first: Any, second: Any) -> None:
         """
@@ -989,7 +986,7 @@ class TunnelProtocol(Protocol):
         self._timer_at = None
         try:
             for event in self._core.handle_timer(self._clock.seconds()):
-                self._dispatch[type(event)](event)
+                _DISPATCH[type(event)](self, event)
         except Exception:
             self.log.failure("unexpected error in tunnel timer for {peer}", peer=self.peer)
             closed = self._core.close(ErrorCode.INTERNAL_ERROR, "internal error")
@@ -1009,6 +1006,23 @@ class TunnelProtocol(Protocol):
 
     def stopProducing(self) -> None:
         self._paused = True
+
+
+#: the handler of each tunnel event, called as C{handler(protocol, event)}:
+#: one table for every tunnel rather than a dict of bound methods each
+_DISPATCH: dict[type, Callable[[TunnelProtocol, Any], None]] = {
+    ev.DatagramReceived: TunnelProtocol._on_datagram,
+    ev.HandshakeCompleted: TunnelProtocol._on_handshake,
+    ev.SipReceived: TunnelProtocol._on_sip,
+    ev.ChannelOpened: TunnelProtocol._on_channel_opened,
+    ev.ChannelClosed: TunnelProtocol._on_channel_closed,
+    ev.StreamDataReceived: TunnelProtocol._on_stream_data,
+    ev.StreamEnded: TunnelProtocol._on_stream_ended,
+    ev.PeerWentAway: TunnelProtocol._on_goaway,
+    ev.ControlReceived: TunnelProtocol._on_control,
+    ev.TunnelClosed: TunnelProtocol._on_closed,
+    ev.RttSampled: TunnelProtocol._on_rtt,
+}
 
 
 class _TunnelFactory(Factory):
