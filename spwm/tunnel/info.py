@@ -72,7 +72,9 @@ def describe_tunnel(tunnel: Any, now: float) -> dict[str, Any]:
         brackets), C{tls} (version, or C{None} in plaintext), C{cipher},
         C{paths} (the connections it runs on: one), C{rtt_ms} (the
         kernel's TCP estimate), C{queue_signalling} and C{queue_stream}
-        (bytes waiting), C{uptime} (s), C{established}, C{congested};
+        (bytes waiting), C{keepalive} (C{tcp}: the kernel's keepalive, both
+        ends offered it; C{ping}: PING frames), C{uptime} (s),
+        C{established}, C{congested};
         for a path of a session: C{media_on}, C{carrier_on},
         C{media_switches}, C{carrier_switches} (L{_paths}).
     """
@@ -92,6 +94,7 @@ def describe_tunnel(tunnel: Any, now: float) -> dict[str, Any]:
         "rtt_ms": _ms(rtt),
         "queue_signalling": getattr(connection, "priority_queue_bytes", 0) if connection is not None else 0,
         "queue_stream": getattr(connection, "stream_queue_bytes", 0) if connection is not None else 0,
+        "keepalive": ("tcp" if getattr(connection, "tcp_keepalive", False) else "ping") if connection is not None else None,
         "uptime": None if connected is None else round(now - connected, 1),
         "established": bool(_call(tunnel, "is_open")),
         "congested": bool(getattr(tunnel, "congested", False)),

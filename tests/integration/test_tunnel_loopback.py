@@ -19,6 +19,7 @@ from spwm.tap import agent, contact
 from spwm.tap.assembly import build_agent, build_contact
 from spwm.testing.certs import TestCA
 from spwm.testing.ports import free_port
+from spwm.tunnel.info import describe_tunnel
 
 
 class Echo(DatagramProtocol):
@@ -246,6 +247,7 @@ class LoopbackTests(LoopbackBase):
             self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
             self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 1)
             self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT), 4000)
+        self.assertEqual([describe_tunnel(t, 0.0)["keepalive"] for t in ends], ["tcp", "tcp"])
         yield deferLater(reactor, 3.5, lambda: None)
         self.assertEqual([t.connection.stats.pings_sent for t in ends], [0, 0])
         self.assertIs(agent_service.tunnel_service.tunnel, ends[0])
@@ -265,6 +267,7 @@ class LoopbackTests(LoopbackBase):
         yield wait_until(lambda: agent_service.tunnel_service.tunnel is not None and len(service.factory.tunnels) == 1)
         ends = [agent_service.tunnel_service.tunnel, *service.factory.tunnels]
         self.assertEqual([t.connection.tcp_keepalive for t in ends], [False, False])
+        self.assertEqual([describe_tunnel(t, 0.0)["keepalive"] for t in ends], ["ping", "ping"])
         yield deferLater(reactor, 1.6, lambda: None)
         self.assertGreater(sum(t.connection.stats.pings_sent for t in ends), 0)
 
