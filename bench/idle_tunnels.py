@@ -147,9 +147,7 @@ def clients(args: argparse.Namespace) -> None:
                 print(f"lost {reason}", flush=True)
             else:
                 # connected but never through the handshake (its timeout)
-                state["failed"] += 1
-                settled()
-                more()
+                failed(None, getattr(tunnel, "bench_attempt", 1))
 
         def __getattr__(self, name: str) -> Any:
             return lambda *a, **kw: None
@@ -176,18 +174,45 @@ def clients(args: argparse.Namespace) -> None:
         factory = Factory.forProtocol(Bare)
     tls = None if args.plaintext else client_tls_options("localhost", args.ca)
 
-    def failed(f: Any) -> None:
+    from spwm.tunnel.service import backoff
+
+    wait = backoff(cap=args.retry_cap)
+    retrying = {"now": 0, "retries": 0}
+
+    def failed(f: Any = None, attempt: int = 1) -> None:
+        # an agent tries again with its jittered backoff (1 s doubling,
+        # --retry-cap); the benchmark's old clients gave up at once
+        if attempt <= args.retries:
+            retrying["now"] += 1
+            retrying["retries"] += 1
+            reactor.callLater(wait(attempt), again, attempt + 1)  # type: ignore[attr-defined]
+            return
         state["failed"] += 1
         settled()
         more()
 
+    def again(attempt: int) -> None:
+        retrying["now"] -= 1
+        connect(attempt)
+
+    def connect(attempt: int = 1) -> None:
+        endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", args.port, timeout=30)
+        if tls is not None:
+            endpoint = wrapClientTLS(tls, endpoint)
+        d = endpoint.connect(factory)
+        d.addCallback(mark, attempt)
+        d.addErrback(failed, attempt)
+
+    def mark(protocol: Any, attempt: int) -> Any:
+        # under TLS the endpoint gives the TLS wrapper: mark the tunnel in it
+        inner = getattr(protocol, "wrappedProtocol", protocol)
+        inner.bench_attempt = attempt
+        return protocol
+
     def more() -> None:
         while state["started"] < args.count and state["started"] - state["up"] - state["failed"] < args.window:
             state["started"] += 1
-            endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", args.port, timeout=30)
-            if tls is not None:
-                endpoint = wrapClientTLS(tls, endpoint)
-            endpoint.connect(factory).addErrback(failed)
+            connect()
 
     import cProfile
     import pstats
@@ -219,7 +244,7 @@ def clients(args: argparse.Namespace) -> None:
     from twisted.internet.task import LoopingCall
 
     def progress() -> None:
-        print(f"progress {state['up']} {state['failed']}", flush=True)
+        print(f"progress {state['up']} {state['failed']} retrying {retrying['now']} retries {retrying['retries']}", flush=True)
 
     LoopingCall(progress).start(2.0, now=False)
     reactor.callWhenRunning(more)  # type: ignore[attr-defined]
@@ -286,6 +311,7 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
     ccmd = [sys.executable, os.path.abspath(__file__), "--role", "clients", "--kind", kind, "--port", str(port)]
     ccmd += ["--count", str(args.count), "--keepalive", str(args.keepalive), "--window", str(args.window)]
     ccmd += ["--plaintext"] if args.plaintext else ["--ca", tls[2]]
+    ccmd += ["--retries", str(args.retries), "--retry-cap", str(args.retry_cap)]
     client = subprocess.Popen(
         pinned(args.client_cpu, ccmd), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, text=True,
@@ -319,6 +345,8 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
         raise RuntimeError(f"{kind}: the clients did not connect within {args.connect_time} s (last line {line!r})")
     connect_s = time.monotonic() - started
     failed = args.count - up
+    if args.retries and last_seen:
+        print(f"{kind}: {last_seen.split()[-1]} retries by the clients (up to {args.retries} each) by the last progress line", flush=True)
     if failed:
         print(f"{kind}: {failed} of {args.count} connections not set up (failed, timed out, or stalled {args.stall:g} s)", flush=True)
     overflows1 = read_netstat()
@@ -448,6 +476,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--plaintext", action="store_true", help="no TLS")
     p.add_argument("--workers", type=int, default=1, help="--workers of the contact point (its memory and CPU are summed over the supervisor and the workers; pinning applies to all of them, so give --server-cpu -1)")
     p.add_argument("--window", type=int, default=200, help="connections being set up at once (a reconnect storm: --window COUNT)")
+    p.add_argument("--retries", type=int, default=0, help="clients try again this many times after a failed connection or handshake, with the agent's jittered backoff (1 s doubling up to --retry-cap), as real agents do (default 0: give up)")
+    p.add_argument("--retry-cap", type=float, default=8.0, help="longest wait between two tries (s; the agent's --reconnect-max is 60)")
     p.add_argument("--backlog", type=int, default=0, help="the servers' listen backlog (default: the contact point's own default, 4096 for the bare server)")
     p.add_argument("--server-cpu", type=int, default=0, help="CPU the server is pinned to (-1: none)")
     p.add_argument("--client-cpu", type=int, default=1, help="CPU the clients are pinned to (-1: none)")
