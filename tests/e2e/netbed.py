@@ -312,10 +312,10 @@ def _router_ruleset(policy: str) -> str:
     drop every unsolicited inbound packet, and the egress C{policy}.
 
     Whatever the policy, the counters C{udp_out} and C{udp_in} count every
-    UDP packet the router forwards from the LAN to the public side and
-    back (before any verdict: under C{strict} what it then drops is in
-    C{udp_out} and C{egress_dropped}), and C{udp_out_443} / C{udp_in_443}
-    those to and from UDP port 443 (QUIC); they start from zero at each
+    UDP packet the router forwarded (let through) from the LAN to the
+    public side and back (what it drops is in C{egress_dropped} and
+    C{inbound_dropped}), and C{udp_out_443} / C{udp_in_443} those to and
+    from UDP port 443 (QUIC); they start from zero at each
     L{Topology.set_policy}.
     """
     block_udp = ""
@@ -355,16 +355,20 @@ table inet spwm_router {{
     }}
     chain forward {{
         type filter hook forward priority filter; policy drop;
-        iifname "lan0" oifname "pub0" meta l4proto udp counter name udp_out
-        iifname "pub0" oifname "lan0" meta l4proto udp counter name udp_in
-        iifname "lan0" oifname "pub0" udp dport 443 counter name udp_out_443
-        iifname "pub0" oifname "lan0" udp sport 443 counter name udp_in_443
         {block_udp}
         ct state established,related accept
         ct state invalid drop
         {egress}
         iifname "lan0" counter name egress_dropped drop
         counter name inbound_dropped drop
+    }}
+    chain forwarded {{
+        # only what the forward chain let through gets here
+        type filter hook postrouting priority filter; policy accept;
+        oifname "pub0" meta l4proto udp counter name udp_out
+        oifname "lan0" meta l4proto udp counter name udp_in
+        oifname "pub0" udp dport 443 counter name udp_out_443
+        oifname "lan0" udp sport 443 counter name udp_in_443
     }}
 }}
 table ip spwm_nat {{
