@@ -15,7 +15,16 @@ router and the operator gateway, then:
     one call each: one tunnel channel each) sends to the agent's forward
     port, the answerer on 203.0.113.40:7000 answers every call to the
     address it came from (the contact point's socket of that channel);
- 2. plain UDP: the router's policy becomes C{open} and the same caller
+ 2. with C{--quic}, the QUIC path: the contact point has listened for
+    QUIC on UDP 443 from the start (the strict phases' agents run with
+    C{--udp-path off}); the router's policy becomes C{normal} (UDP 443 out
+    through its NAT, L{tests.e2e.netbed.POLICIES}), an agent with the
+    default C{--udp-path auto} and one TCP connection attaches its QUIC
+    path, a short call (not measured) moves the media to it, and once the
+    agent's status says the media is on it, the same call
+    (what carried the media at the end, and how often it moved during
+    the call, are printed after the table);
+ 3. plain UDP: the router's policy becomes C{open} and the same caller
     sends straight to the answerer on the operator's 203.0.113.30:7002
     (through the router's NAT), the answer returning the same way.
 
@@ -37,6 +46,7 @@ channels, as the media relay of a SIP call carries them; no SIP is set up.
 Run from the repository's root, as root::
 
     python3 bench/impair.py --profiles bad,clean
+    python3 bench/impair.py --profiles bad,lossy,clean --tunnel-connections 1 --quic
     python3 bench/impair.py --calls 10 --plot /tmp/impair.png
     python3 bench/impair.py --help
 """
@@ -81,6 +91,10 @@ FORWARD_PORT = 5555
 ANSWER_PORT_SPWM = 7000
 ANSWER_PORT_UDP = 7002
 SERVER_NAME = "contact.example.test"
+#: the QUIC phase's first call (not measured), in seconds: the media moves to QUIC during it
+QUIC_WARM_UP = 4.0
+#: the QUIC phase's agent serves its status here, on 127.0.0.1 of the LAN namespace
+AGENT_STATUS = 9091
 
 
 class BenchError(Exception):
@@ -143,26 +157,37 @@ class ProfileRun:
             contact_sec = ["--cert", files.cert, "--key", files.key]
             self.agent_sec = ["--ca", ca.ca_file, "--server-name", SERVER_NAME]
         target = f"{nb.ECHO}:{ANSWER_PORT_SPWM}"
+        quic = ["--quic-listen", f"{nb.CONTACT}:443"] if self.args.quic else []
         self.contact = self.twistd(
             "op", "spwm-contact",
             [*contact_sec, "--listen", f"tcp:443:interface={nb.CONTACT}",
-             "--allow-forward", target],
+             *quic, "--allow-forward", target],
         )
 
-    def start_agent(self, connections: int) -> None:
+    def start_agent(self, connections: int, quic: bool = False) -> None:
         """
         An agent with C{--tunnel-connections N}; waits until its session
         holds N connections (the contact point said C{paths} and each
         further one is attached), or, with one, until the tunnel is up.
+
+        @param quic: C{--udp-path auto} (the default; its status on
+            L{AGENT_STATUS}), else C{--udp-path off} when the contact point
+            offers QUIC, so that the TCP phases stay TCP only.
         """
         nb = self.netbed
         target = f"{nb.ECHO}:{ANSWER_PORT_SPWM}"
         ups = self.contact.stdout().count("tunnel up with")
+        if quic:
+            udp_path = ["--status-listen", f"tcp:{AGENT_STATUS}:interface=127.0.0.1"]
+        elif self.args.quic:
+            udp_path = ["--udp-path", "off"]
+        else:
+            udp_path = []
         self.agent = self.twistd(
             "lan", "spwm-agent",
             [*self.agent_sec, "--contact", f"{nb.GATEWAY_PUBLIC}:443",
              "--tunnel-connections", str(connections),
-             *self.args.agent_arg,
+             *udp_path, *self.args.agent_arg,
              "--forward-udp", f"{nb.AGENT}:{FORWARD_PORT}={target}"],
         )
         wait_for(lambda: self.contact.stdout().count("tunnel up with") > ups, 30,
@@ -173,6 +198,27 @@ class ProfileRun:
         # what the agent really holds (ss), not what it was told
         wait_for(lambda: len(self.tunnel_ports()) == connections, 10,
                  f"the agent does not hold {connections} connection(s): {self.tunnel_ports()}", self.agent)
+
+    def agent_paths(self) -> dict[str, Any]:
+        """The C{paths} section of the agent's C{/status} (QUIC phase only)."""
+        done = self.bed.exec(
+            "lan",
+            [sys.executable, "-c",
+             "import sys, urllib.request; "
+             "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())",
+             f"http://127.0.0.1:{AGENT_STATUS}/status"],
+            check=False,
+        )
+        if done.returncode != 0:
+            return {}
+        paths: dict[str, Any] = json.loads(done.stdout).get("paths", {})
+        return paths
+
+    def media_on(self) -> str | None:
+        """What carries the agent's session's media now (C{tcp}, C{quic}, C{tcp+quic})."""
+        session = self.agent_paths().get("session") or {}
+        on: str | None = session.get("media_on")
+        return on
 
     def stop_agent(self) -> None:
         self.agent.stop()
@@ -296,9 +342,43 @@ class ProfileRun:
             finally:
                 self.stop_agent()
             spwm[n] = phase
+        result: dict[str, Any] = {"profile": self.profile, "spwm": spwm}
+        if self.args.quic:
+            result["quic"] = self.quic_phase(seconds)
         self.bed.set_policy("open")
-        udp = self.call(f"{nb.UAS}:{ANSWER_PORT_UDP}", f"{nb.UAS}:{ANSWER_PORT_UDP}", "udp", seconds)
-        return {"profile": self.profile, "spwm": spwm, "udp": udp}
+        result["udp"] = self.call(f"{nb.UAS}:{ANSWER_PORT_UDP}", f"{nb.UAS}:{ANSWER_PORT_UDP}", "udp", seconds)
+        return result
+
+    def quic_phase(self, seconds: float) -> dict[str, Any]:
+        """
+        The router under C{normal} (UDP 443 out), an agent with the default
+        C{--udp-path auto} and one TCP connection; once its QUIC path is
+        attached, a short call (L{QUIC_WARM_UP}, not measured) during which
+        the media moves to it, and once the status says the media is on
+        QUIC, the same call as the other phases.  What carried the media at
+        the end and the path's moves during the call go with the figures.
+        """
+        nb = self.netbed
+        self.bed.set_policy("normal")
+        self.start_agent(1, quic=True)
+        try:
+            wait_for(lambda: (self.agent_paths().get("udp_path") or {}).get("quic_path") is True, 40,
+                     "no QUIC path attached", self.agent)
+            # the scheduler moves media to the QUIC path once it has been
+            # answered for its hold: a short call first, not measured
+            self.call(f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", "quicwarm", QUIC_WARM_UP)
+            # "quic", or "tcp+quic": on a lossy link the scheduler sends
+            # the media on both paths while losses keep coming
+            wait_for(lambda: "quic" in (self.media_on() or ""), 20, "the media did not move to QUIC", self.agent)
+            before = self.agent_paths()
+            phase = self.call(f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", "quic", seconds)
+            after = self.agent_paths()
+            phase["paths_before"] = before
+            phase["paths_after"] = after
+            phase["agent_alive"] = self.agent.returncode is None
+        finally:
+            self.stop_agent()
+        return phase
 
     def close(self) -> None:
         self.bed.destroy()
@@ -337,8 +417,9 @@ def cut_gap(
 
 
 def phases(r: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
-    """A profile's phases: (key, label, figures), SPWM per N, then plain UDP."""
-    return [(f"spwm{n}", f"SPWM strict, {n} conn.", phase) for n, phase in sorted(r["spwm"].items())] + [
+    """A profile's phases: (key, label, figures), SPWM per N, the QUIC path, then plain UDP."""
+    quic = [("quic", "SPWM normal, QUIC path", r["quic"])] if "quic" in r else []
+    return [(f"spwm{n}", f"SPWM strict, {n} conn.", phase) for n, phase in sorted(r["spwm"].items())] + quic + [
         ("udp", "plain UDP", r["udp"])
     ]
 
@@ -392,6 +473,15 @@ def wan_lines(results: list[dict[str, Any]]) -> list[str]:
             lines.append(f"  {r['profile']:7} {key:6} emulator " + "; ".join(parts))
             if phase.get("udp_leaked"):
                 lines.append(f"  {r['profile']:7} WARNING: {phase['udp_leaked']} UDP frames crossed the WAN during {key}")
+            if key == "quic":
+                b, a = phase["paths_before"], phase["paths_after"]
+                session, before_session = a.get("session") or {}, b.get("session") or {}
+                lines.append(
+                    f"  {r['profile']:7} quic   media on {before_session.get('media_on')} at the start, "
+                    f"{session.get('media_on')} at the end; media moves during the call "
+                    f"{session.get('media_switches', 0) - before_session.get('media_switches', 0)}; "
+                    f"QUIC paths lost {a.get('udp_path', {}).get('losses', 0) - b.get('udp_path', {}).get('losses', 0)}"
+                )
             if "agent_alive" in phase and not phase["agent_alive"]:
                 lines.append(f"  {r['profile']:7} {key}: the agent had exited by the end of the SPWM call")
     return lines
@@ -453,6 +543,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cut", action="store_true",
                         help=f"also, per N, a {CUT_SECONDS:g} s call in which the agent's busiest connection is killed "
                              f"(ss -K) after {CUT_AT:g} s: the audio gap it costs")
+    parser.add_argument("--quic", action="store_true",
+                        help="also a phase on the QUIC path: the router under normal (UDP 443 out), the contact "
+                             "point with --quic-listen, an agent with --udp-path auto and one TCP connection "
+                             "(the strict phases' agents get --udp-path off); needs TLS")
     parser.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
                         help="one more argument for the agent (repeat: --agent-arg=--media-deadline --agent-arg=0.1)")
     parser.add_argument("--plot", metavar="PNG", help="write the CDF picture here (needs matplotlib: the bench extra)")
@@ -467,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--tunnel-connections: numbers, not {args.tunnel_connections!r}")
     if not args.connections or not all(1 <= n <= 8 for n in args.connections):
         parser.error("--tunnel-connections: each between 1 and 8")
+    if args.quic and args.plaintext:
+        parser.error("--quic needs TLS (the QUIC path is not offered with --plaintext)")
     unknown = [p for p in profiles if p not in PROFILES]
     if unknown:
         parser.error(f"unknown profile(s) {', '.join(unknown)}; use {', '.join(PROFILES)}")
@@ -497,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {platform.node()}, {os.cpu_count()} x {cpu_model()}, {platform.platform()}")
     print(f"load average before: {' '.join(open('/proc/loadavg').read().split()[:3])}")
     print(f"{args.calls} call(s) x {args.seconds:g} s, G.711 50 pps each way; tunnel {'plaintext' if args.plaintext else 'TLS'}, "
-          f"--tunnel-connections {','.join(map(str, args.connections))}{' and a cut each' if args.cut else ''}; "
+          f"--tunnel-connections {','.join(map(str, args.connections))}{' and a cut each' if args.cut else ''}"
+          f"{'; a QUIC path phase under normal' if args.quic else ''}; "
           f"seed {args.seed}; one clock (CLOCK_MONOTONIC) for both ends")
     cpu0 = machine_cpu()
     results = []
@@ -527,7 +624,8 @@ def main(argv: list[str] | None = None) -> int:
         doc = [
             {"profile": r["profile"],
              **{key: {**{d: _fields(phase[d]) for d in ("up", "down")},
-                      "wan": phase["wan"], "cut": phase.get("cut")}
+                      "wan": phase["wan"], "cut": phase.get("cut"),
+                      "paths_after": phase.get("paths_after")}
                 for key, _, phase in phases(r)}}
             for r in results
         ]

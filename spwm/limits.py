@@ -231,6 +231,10 @@ class QuicLimits:
         overhead (48) goes on the stream instead.
     @ivar max_pending_datagrams: media frames waiting for QUIC's congestion
         window; more are dropped and counted (fresh media matters, not old).
+    @ivar window_floor: the smallest congestion window, in bytes: random
+        loss never holds back less than this per round trip (media cannot
+        slow down; see L{spwm.tunnel.quiccc}); 0: aioquic's NewReno as it
+        is (two packets at least).
     @ivar stream_high_water: unacknowledged bytes on the tunnel's stream
         above which the tunnel stops writing to it (its own queues and
         their limits then apply, as with a TCP socket that is full); it
@@ -239,6 +243,7 @@ class QuicLimits:
 
     packet_size: int = field(default=1200, validator=[validators.ge(1200), validators.le(65527)])
     max_pending_datagrams: int = field(default=256, validator=_pos)
+    window_floor: int = field(default=64 * 1024, validator=validators.ge(0))
     stream_high_water: int = field(default=256 * 1024, validator=_pos)
 
 

@@ -69,6 +69,7 @@ from spwm.limits import QuicLimits
 from spwm.logthrottle import Every, ThrottledLog
 from spwm.session.paths import PathKind
 from spwm.tunnel.frames import ALPN, HEADER_SIZE, PREFACE_SIZE, FrameType
+from spwm.tunnel.quiccc import algorithm_name
 
 __all__ = [
     "ALPN_TEXT",
@@ -735,6 +736,7 @@ def server_configuration(cert_file: str, key_file: str, limits: QuicLimits, idle
         alpn_protocols=[ALPN_TEXT],
         max_datagram_frame_size=_MAX_DATAGRAM_FRAME,
         max_datagram_size=limits.packet_size,
+        congestion_control_algorithm=algorithm_name(limits.window_floor),
         idle_timeout=idle_timeout,
         connection_id_length=_CID_LENGTH,
     )
@@ -764,6 +766,7 @@ def client_configuration(
         alpn_protocols=[ALPN_TEXT],
         max_datagram_frame_size=_MAX_DATAGRAM_FRAME,
         max_datagram_size=limits.packet_size,
+        congestion_control_algorithm=algorithm_name(limits.window_floor),
         idle_timeout=idle_timeout,
         server_name=server_name,
         verify_mode=ssl.CERT_REQUIRED,

@@ -13,7 +13,7 @@ Topology (one per test; creation and removal take well under a second)::
     lan  192.0.2.0/24      phones .20-.23, agent .10         gw .1 = rtr
     rtr  NAT + firewall    192.0.2.1 | 198.51.100.2
     gw   operator gateway  198.51.100.10 | 203.0.113.1
-                           DNAT tcp/443 -> contact point 203.0.113.10
+                           DNAT tcp/443, udp/443 -> contact point 203.0.113.10
                            (open_operator: routes udp+tcp/5060 to Kamailio
                             and udp to the UAS)
     op   203.0.113.0/24    contact .10, Kamailio .20, SIPp UAS .30, echo .40
@@ -76,9 +76,18 @@ USERS = {
 }
 """The test users known to Kamailio, with their digest passwords."""
 
-POLICIES = ("open", "strict")
-"""The router's egress policies: C{open} lets out anything, C{strict} only
-new TCP connections to port 443 (and never UDP)."""
+POLICIES = ("open", "normal", "strict")
+"""The router's egress policies: C{open} lets out anything; C{normal} what
+most managed networks let out: web and QUIC (TCP 80 and 443, UDP 443), DNS
+(UDP and TCP 53) and NTP (UDP 123); C{strict} only new TCP connections to
+port 443, and never UDP (also not the packets of a UDP flow let out before
+the router turned C{strict}: a network change that blocks UDP mid-call)."""
+
+NORMAL_TCP_PORTS = (53, 80, 443)
+"""The TCP destination ports the C{normal} policy lets out."""
+
+NORMAL_UDP_PORTS = (53, 123, 443)
+"""The UDP destination ports the C{normal} policy lets out."""
 
 # namespace roles and the addresses each one owns
 _ROLE_ADDRESSES: Mapping[str, tuple[str, ...]] = {
@@ -301,11 +310,32 @@ def _router_ruleset(policy: str) -> str:
     """
     The router's nftables ruleset: masquerade towards the public side,
     drop every unsolicited inbound packet, and the egress C{policy}.
+
+    Whatever the policy, the counters C{udp_out} and C{udp_in} count every
+    UDP packet the router forwarded (let through) from the LAN to the
+    public side and back (what it drops is in C{egress_dropped} and
+    C{inbound_dropped}), and C{udp_out_443} / C{udp_in_443} those to and
+    from UDP port 443 (QUIC); they start from zero at each
+    L{Topology.set_policy}.
     """
+    block_udp = ""
     if policy == "open":
         egress = 'iifname "lan0" oifname "pub0" accept'
+    elif policy == "normal":
+        tcp = ", ".join(map(str, NORMAL_TCP_PORTS))
+        udp = ", ".join(map(str, NORMAL_UDP_PORTS))
+        egress = (
+            f'iifname "lan0" oifname "pub0" ct state new tcp dport {{ {tcp} }} accept\n        '
+            f'iifname "lan0" oifname "pub0" ct state new udp dport {{ {udp} }} accept'
+        )
     elif policy == "strict":
         egress = 'iifname "lan0" oifname "pub0" meta l4proto tcp tcp dport 443 accept'
+        # before the conntrack accept: a UDP flow let out under another
+        # policy stops too
+        block_udp = (
+            'iifname "lan0" oifname "pub0" meta l4proto udp counter name egress_dropped drop\n        '
+            'iifname "pub0" oifname "lan0" meta l4proto udp counter name inbound_dropped drop'
+        )
     else:
         raise ValueError(f"unknown egress policy {policy!r}; use one of {POLICIES}")
     return f"""
@@ -313,6 +343,10 @@ flush ruleset
 table inet spwm_router {{
     counter egress_dropped {{ }}
     counter inbound_dropped {{ }}
+    counter udp_out {{ }}
+    counter udp_in {{ }}
+    counter udp_out_443 {{ }}
+    counter udp_in_443 {{ }}
     chain input {{
         type filter hook input priority filter; policy drop;
         iif "lo" accept
@@ -321,11 +355,20 @@ table inet spwm_router {{
     }}
     chain forward {{
         type filter hook forward priority filter; policy drop;
+        {block_udp}
         ct state established,related accept
         ct state invalid drop
         {egress}
         iifname "lan0" counter name egress_dropped drop
         counter name inbound_dropped drop
+    }}
+    chain forwarded {{
+        # only what the forward chain let through gets here
+        type filter hook postrouting priority filter; policy accept;
+        oifname "pub0" meta l4proto udp counter name udp_out
+        oifname "lan0" meta l4proto udp counter name udp_in
+        oifname "pub0" udp dport 443 counter name udp_out_443
+        oifname "lan0" udp sport 443 counter name udp_in_443
     }}
 }}
 table ip spwm_nat {{
@@ -339,7 +382,8 @@ table ip spwm_nat {{
 
 def _gateway_ruleset(open_operator: bool) -> str:
     """
-    The operator gateway's nftables ruleset: DNAT of TCP 443 on the public
+    The operator gateway's nftables ruleset: DNAT of TCP 443 and UDP 443
+    (the contact point's C{--quic-listen}, when it has one) on the public
     address to the contact point; with C{open_operator} also plain routing
     from the public side to Kamailio's SIP port (UDP and TCP 5060) and to
     any UDP port of the SIPp UAS (its media), as an operator with a public
@@ -367,6 +411,7 @@ table inet spwm_gateway {{
         ct state invalid drop
         iifname "op0" oifname "pub0" accept
         iifname "pub0" ip daddr {CONTACT} tcp dport 443 ct status dnat accept
+        iifname "pub0" ip daddr {CONTACT} udp dport 443 ct status dnat accept
         {operator_accept}
         counter name inbound_dropped drop
     }}
@@ -375,6 +420,7 @@ table ip spwm_nat {{
     chain prerouting {{
         type nat hook prerouting priority dstnat; policy accept;
         iifname "pub0" ip daddr {GATEWAY_PUBLIC} tcp dport 443 dnat to {CONTACT}:443
+        iifname "pub0" ip daddr {GATEWAY_PUBLIC} udp dport 443 dnat to {CONTACT}:443
     }}
 }}
 """

@@ -122,6 +122,32 @@ class TopologyTests(E2ETestCase):
             b"echo:x",
         )
 
+    def test_normal_policy(self) -> None:
+        """
+        Under C{normal} a datagram from the LAN to UDP port 443 of an
+        operator host gets its answer through the NAT (the router counts
+        it both ways in C{udp_out_443} and C{udp_in_443}), one to another
+        UDP port is dropped (C{egress_dropped}); under C{strict} UDP to
+        port 443 is dropped too (C{udp_out_443} stays 0).  (That C{strict}
+        also stops a flow let out before is shown by
+        C{tests.e2e.test_udpnat}.)
+        """
+        topology = self.make_topology("normal", open_operator=True)
+        self.udp_echo_server(netbed.UAS, 443)
+        self.udp_echo_server(netbed.UAS, 7000)
+        self.assertIsNone(self.udp_exchange("lan", PHONE, f"{netbed.UAS}:7000", b"x", timeout=1))
+        self.assertGreater(topology.read_counter("rtr", "egress_dropped"), 0)
+        self.assertEqual(
+            self.udp_exchange("lan", PHONE, f"{netbed.UAS}:443", b"q", timeout=3), b"echo:q"
+        )
+        self.assertGreaterEqual(topology.read_counter("rtr", "udp_out_443"), 1)
+        self.assertGreaterEqual(topology.read_counter("rtr", "udp_in_443"), 1)
+        topology.set_policy("strict")
+        self.assertIsNone(self.udp_exchange("lan", PHONE, f"{netbed.UAS}:443", b"q", timeout=1))
+        self.assertEqual(topology.read_counter("rtr", "udp_out_443"), 0)
+        self.assertEqual(topology.read_counter("rtr", "udp_out"), 0)
+        self.assertGreater(topology.read_counter("rtr", "egress_dropped"), 0)
+
     def test_gateway_exposes_only_contact_port(self) -> None:
         """
         Under C{open}, a datagram from the LAN to an operator host that the
