@@ -251,10 +251,8 @@ class PathLimits:
             raise ValueError(f"stall_ceiling {self.stall_ceiling} is below stall_floor {self.stall_floor}")
         if self.max_switch_hold < self.switch_hold:
             raise ValueError(f"max_switch_hold {self.max_switch_hold} is below switch_hold {self.switch_hold}")
-        if not self.count_floor <= self.count_ceiling <= self.max_paths:
-            raise ValueError(
-                f"count_floor {self.count_floor} <= count_ceiling {self.count_ceiling} <= max_paths {self.max_paths} does not hold"
-            )
+        if self.count_ceiling < self.count_floor:
+            raise ValueError(f"count_ceiling {self.count_ceiling} is below count_floor {self.count_floor}")
         if self.count_quiet_max < self.count_quiet:
             raise ValueError(f"count_quiet_max {self.count_quiet_max} is below count_quiet {self.count_quiet}")
 

@@ -1126,7 +1126,6 @@ class LimitsTests(SynchronousTestCase):
             lambda: PathLimits(ping_fraction=1.0),
             lambda: PathLimits(stall_rtt_factor=0.5),
             lambda: PathLimits(count_floor=3, count_ceiling=2),
-            lambda: PathLimits(count_ceiling=9),
             lambda: PathLimits(count_quiet=100.0, count_quiet_max=50.0),
         ]
         for check in checks:
