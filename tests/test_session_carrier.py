@@ -819,6 +819,47 @@ class CountFedTests(TwoPaths):
         self.assertEqual(count.media_stalls, 1)
         self.assertEqual(len(self.bed.agent.media.got), 17)
 
+    def test_contact_reports_stalls(self) -> None:
+        """
+        An agent that adapts says C{stalls} in its hello; its contact
+        point counts the stalls of the media it receives and tells the
+        agent, whose count takes them as its own (once each).
+        """
+        from spwm.session.paths import PathCount
+
+        bed = Bed()
+        count = PathCount(2, 4)
+        bed.agent.paths.count = count
+        a1, c1 = bed.connect()
+        bed.connect()
+        front = bed.agent.paths.front
+        assert front is not None
+        contact_front = bed.contact.paths.fronts[0]
+        self.assertEqual(c1.peer_hello.get("stalls"), 1)
+        self.assertTrue(contact_front.report_stalls)
+        cid = front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, bed.agent.media)
+        bed.flush()
+        for i in range(10):
+            front.send_datagram(cid, b"%d" % i)
+            bed.advance(0.02, step=0.02)
+        bed.stalled = {0, 1}
+        for i in range(10, 16):
+            front.send_datagram(cid, b"%d" % i)
+            bed.clock.advance(0.02)
+        bed.stalled = set()
+        bed.flush()
+        for i in range(3):
+            front.send_datagram(cid, b"after %d" % i)
+            bed.advance(0.02, step=0.02)
+        assert contact_front.count is not None
+        self.assertEqual(contact_front.count.media_stalls, 1)
+        self.assertEqual((count.media_stalls, front.peer_stalls), (1, 1))
+        # a fixed count says nothing of stalls
+        plain = Bed()
+        _, c = plain.connect()
+        self.assertNotIn("stalls", c.peer_hello)
+        self.assertFalse(plain.contact.paths.fronts[0].report_stalls)
+
     def test_drained_path_loses_nothing(self) -> None:
         """
         A path drained by the keeper: SIP and media go on on the other,

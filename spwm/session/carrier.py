@@ -184,6 +184,12 @@ class PathFront:
         #: the agent's connection count (C{--tunnel-connections auto}): fed
         #: the first copies of the media as they arrive
         self.count: PathCount | None = None
+        #: contact point: tell the agent of the media stalls its count sees
+        #: (the agent said C{stalls} in its hello)
+        self.report_stalls = False
+        self._stalls_told = 0
+        #: agent: the contact point's last C{media-stalls} total
+        self.peer_stalls = 0
         self._accepted_seen = 0
         self._read_at = 0.0
         # The user keys are derived from the first connection's TLS
@@ -325,6 +331,10 @@ class PathFront:
             if accepted != self._accepted_seen:
                 count.arrivals(self._read_at, accepted - self._accepted_seen)
                 self._accepted_seen = accepted
+                if self.report_stalls and count.media_stalls != self._stalls_told:
+                    # the agent decides; it sees only the media it receives
+                    self._stalls_told = count.media_stalls
+                    self.send_control({"op": "media-stalls", "total": count.media_stalls})
             self._read_at = now
         path_id = self._ids.get(id(path))
         if path_id is None:
@@ -803,9 +813,10 @@ class PathSessions:
 
         def hello() -> dict[str, Any]:
             front = self.front
+            stalls = {"stalls": 1} if self.count is not None else {}
             if front is not None and front.is_open:
-                return {"paths": 1, "attach": {"session_id": front.session_id}}
-            return {**resume(), "paths": 1}
+                return {"paths": 1, **stalls, "attach": {"session_id": front.session_id}}
+            return {**resume(), "paths": 1, **stalls}
 
         return hello
 
@@ -838,6 +849,11 @@ class PathSessions:
         front = PathFront(self.clock, path, bytes.fromhex(key), self.limits, probe=self.agent)
         if self.agent:
             front.count = self.count
+        elif path.peer_hello.get("stalls") == 1:
+            # the agent adapts its connection count: it hears of the
+            # stalls of the media it sends from here
+            front.count = PathCount(1, 1, self.limits)
+            front.report_stalls = True
         self.fronts.append(front)
         self._watch(path)
         return front
@@ -943,7 +959,24 @@ class PathSessions:
             return
         if id(path) in self._pending:
             return  # nothing else before the attachment
+        if op == "media-stalls" and self.agent:
+            self._peer_stalls(path.front, message.get("total"))
+            return
         self.observer.control_received(path.front or path, message)  # type: ignore[arg-type]
+
+    def _peer_stalls(self, front: PathFront | None, total: object) -> None:
+        """
+        Agent: the contact point saw media stalls in what we send (its
+        running C{total}): they count as ours (at most ten a message).
+        """
+        count = self.count
+        if front is None or count is None or not isinstance(total, int) or isinstance(total, bool):
+            return
+        new = total - front.peer_stalls if total >= front.peer_stalls else total
+        front.peer_stalls = total
+        now = self.clock.seconds()
+        for _ in range(max(0, min(new, 10))):
+            count.stall(now)
 
     def _check_attach(self, path: TunnelProtocol, message: dict[str, Any]) -> None:
         """
