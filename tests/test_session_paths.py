@@ -1226,10 +1226,17 @@ class PathCountTests(SynchronousTestCase):
 
     def test_grows_on_sustained_stalls_up_to_ceiling(self) -> None:
         """
-        Stalls that keep coming add one connection at a time, at most one
-        per grow hold, never past the ceiling.
+        Stalls that keep coming add connections, C{count_grow_step} at a
+        time (here one), at most once per grow hold, never past the
+        ceiling; by default from the floor straight to the ceiling.
         """
-        count = PathCount(2, 4)
+        default = PathCount(2, 4)
+        media = _Media(default)
+        media.stalls(3, every=0.5)
+        self.assertEqual((default.wanted, default.grows), (4, 1))
+        media.stalls(30, every=0.5)
+        self.assertEqual((default.wanted, default.grows), (4, 1))
+        count = PathCount(2, 4, PathLimits(count_grow_step=1))
         media = _Media(count)
         seen = []
         for _ in range(40):
@@ -1313,11 +1320,11 @@ class PathCountTests(SynchronousTestCase):
     def test_never_out_of_bounds(self, steps: list[tuple[float, int, bool]]) -> None:
         """
         Whatever arrives when, the count stays between floor and ceiling,
-        changes by at most one per decision, and changes up at most once
-        per grow hold.
+        goes up by at most the grow step and down by at most one per
+        decision, and changes up at most once per grow hold.
         """
         limits = PathLimits()
-        count = PathCount(2, 4, limits)
+        count = PathCount(2, 5, limits)
         now = 0.0
         ups: list[float] = []
         for advance, n, ask in steps:
@@ -1326,8 +1333,8 @@ class PathCountTests(SynchronousTestCase):
             if ask:
                 before = count.wanted
                 after = count.decide(now)
-                self.assertTrue(2 <= after <= 4)
-                self.assertLessEqual(abs(after - before), 1)
+                self.assertTrue(2 <= after <= 5)
+                self.assertTrue(-1 <= after - before <= limits.count_grow_step)
                 if after > before:
                     ups.append(now)
         for a, b in zip(ups, ups[1:]):

@@ -816,7 +816,8 @@ class PathCount:
 
      - I{grow}: C{count_grow_stalls} media stalls within
        C{count_grow_window}, and C{count_grow_hold} since the last change:
-       one connection more (the stalls then count anew);
+       C{count_grow_step} connections more, at most the ceiling (the
+       stalls then count anew);
      - I{shrink}: no media stall and no change for the quiet spell
        (C{count_quiet}): one connection less;
      - I{hysteresis}: a grow within C{count_flap_memory} of a shrink
@@ -895,7 +896,7 @@ class PathCount:
         """
         Apply the rules at C{now}.
 
-        @return: L{wanted}, changed by at most one.
+        @return: L{wanted}, up by at most C{count_grow_step} or down by one.
         """
         limits = self.limits
         stalls = self._stalls
@@ -905,7 +906,7 @@ class PathCount:
             and stalls[0] >= now - limits.count_grow_window
             and now - self._changed >= limits.count_grow_hold
         ):
-            self.wanted += 1
+            self.wanted = min(self.ceiling, self.wanted + limits.count_grow_step)
             self.grows += 1
             if now - self._shrunk <= limits.count_flap_memory:
                 self.quiet = min(limits.count_quiet_max, 2 * self.quiet)
