@@ -335,6 +335,11 @@ class ProfileRun:
         for n in self.args.connections:
             self.start_agent(n)
             try:
+                if self.args.warm:
+                    # not measured: the session's connection count as a
+                    # call that is not the first of the session finds it
+                    self.call(f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", f"warm{n}",
+                              self.args.warm)
                 self.paths_seen()
                 phase = self.call(f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", f"spwm{n}", seconds)
                 phase["paths"] = self.paths_seen()
@@ -515,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rebind", action="store_true",
                         help=f"also, per N, a {CUT_SECONDS:g} s call in which the home router's public address changes "
                              f"after {CUT_AT:g} s (every tunnel connection breaks): the audio gap it costs")
+    parser.add_argument("--warm", type=float, default=0.0, metavar="SECONDS",
+                        help="per N, a call this long before the measured one, on the same agent (not measured): "
+                             "with auto, the count a later call of the session starts with")
     parser.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
                         help="one more argument for the agent (repeat: --agent-arg=--media-deadline --agent-arg=0.1)")
     parser.add_argument("--plot", metavar="PNG", help="write the CDF picture here (needs matplotlib: the bench extra)")
@@ -560,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before: {' '.join(open('/proc/loadavg').read().split()[:3])}")
     print(f"{args.calls} call(s) x {args.seconds:g} s, G.711 50 pps each way; tunnel {'plaintext' if args.plaintext else 'TLS'}, "
           f"--tunnel-connections {','.join(map(str, args.connections))}{' and a cut each' if args.cut else ''}"
-          f"{' and a rebind each' if args.rebind else ''}; "
+          f"{' and a rebind each' if args.rebind else ''}{f' after a {args.warm:g} s warm-up call' if args.warm else ''}; "
           f"seed {args.seed}; one clock (CLOCK_MONOTONIC) for both ends")
     cpu0 = machine_cpu()
     results = []
