@@ -201,6 +201,10 @@ class PathLimits:
     @ivar count_grow_stalls: media stalls within C{count_grow_window}
         that add a connection (one stall is a blip, not a bad link).
     @ivar count_grow_window: see C{count_grow_stalls}.
+    @ivar count_covered_after: a stall counts towards a grow only when
+        the media has been copied on every connection for this long (both
+        halves copy by then): a stall before the copies asks for copies,
+        not for connections.
     @ivar count_grow_step: connections added at once (2: from the floor
         of 2 straight to the ceiling of 4, which is what the C{bad}
         profile needs; each step costs the stalls that decide it and a
@@ -245,6 +249,7 @@ class PathLimits:
     count_grow_stalls: int = field(default=3, validator=_pos)
     count_grow_window: float = field(default=5.0, validator=_pos_time)
     count_grow_step: int = field(default=2, validator=_pos)
+    count_covered_after: float = field(default=1.0, validator=validators.ge(0.0))
     count_grow_hold: float = field(default=2.0, validator=validators.ge(0.0))
     count_quiet: float = field(default=60.0, validator=_pos_time)
     count_quiet_max: float = field(default=960.0, validator=_pos_time)

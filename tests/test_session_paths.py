@@ -1224,6 +1224,49 @@ class PathCountTests(SynchronousTestCase):
         self.assertEqual(count.wanted, 2)
         self.assertEqual(count.media_stalls, 11)
 
+    def test_uncovered_stalls_no_grow(self) -> None:
+        """
+        Stalls while the media is not copied on every connection are
+        counted and keep the count from shrinking, but add no connection.
+        """
+        limits = PathLimits(count_grow_step=1)
+        count = PathCount(2, 3, limits)
+        now = 0.0
+        for _ in range(5):
+            count.stall(now)
+            now += 0.5
+        self.assertEqual(count.decide(now), 3)
+        for _ in range(200):
+            count.stall(now, covered=False)
+            now += 0.5
+            self.assertEqual(count.decide(now), 3)
+        self.assertEqual(count.media_stalls, 205)
+        count = PathCount(2, 3, limits)
+        for _ in range(20):
+            count.arrivals(now)
+            now += 0.2
+            count.arrivals(now, 5, covered=False)
+            self.assertEqual(count.decide(now), 2)
+        self.assertEqual(count.media_stalls, 20)
+
+    def test_copies_since(self) -> None:
+        """
+        L{PathScheduler.copies_since}: when the duplication that is on now
+        started; a loss inside the window does not move it; C{None} when
+        it is off.
+        """
+        sched = _scheduler()
+        sched.add(0, TCP, 0.0)
+        sched.add(1, TCP, 0.0)
+        self.assertIsNone(sched.copies_since(1.0))
+        sched.loss_seen(0, 1.0)
+        self.assertEqual(sched.copies_since(1.5), 1.0)
+        sched.loss_seen(0, 2.0)
+        self.assertEqual(sched.copies_since(2.5), 1.0)
+        self.assertIsNone(sched.copies_since(100.0))
+        sched.loss_seen(1, 100.0)
+        self.assertEqual(sched.copies_since(100.0), 100.0)
+
     def test_grows_on_sustained_stalls_up_to_ceiling(self) -> None:
         """
         Stalls that keep coming add connections, C{count_grow_step} at a

@@ -329,7 +329,7 @@ class PathFront:
             # brought (datagrams accepted by the de-duplication) came then
             accepted = self.dedup.accepted
             if accepted != self._accepted_seen:
-                count.arrivals(self._read_at, accepted - self._accepted_seen)
+                count.arrivals(self._read_at, accepted - self._accepted_seen, self._covered(self._read_at))
                 self._accepted_seen = accepted
                 if self.report_stalls and count.media_stalls != self._stalls_told:
                     # the agent decides; it sees only the media it receives
@@ -372,6 +372,15 @@ class PathFront:
             return
         scheduler.received(path_id, now)
         self._dedup_losses(path_id, now)
+
+    def _covered(self, now: float) -> bool:
+        """
+        Whether the media has been copied on every path long enough for a
+        stall to mean too few paths (L{PathCount.arrivals}).
+        """
+        since = self.scheduler.copies_since(now)
+        limits = self.count.limits if self.count is not None else self.scheduler.limits
+        return since is not None and now - since >= limits.count_covered_after and len(self._paths) > 1
 
     def _dedup_losses(self, path_id: int, now: float) -> None:
         """
@@ -975,8 +984,9 @@ class PathSessions:
         new = total - front.peer_stalls if total >= front.peer_stalls else total
         front.peer_stalls = total
         now = self.clock.seconds()
+        covered = front._covered(now)
         for _ in range(max(0, min(new, 10))):
-            count.stall(now)
+            count.stall(now, covered)
 
     def _check_attach(self, path: TunnelProtocol, message: dict[str, Any]) -> None:
         """

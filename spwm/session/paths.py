@@ -387,6 +387,7 @@ class PathScheduler:
         self._media_one: tuple[int, ...] = ()
         self._media_all: tuple[int, ...] = ()
         self._dup_until = float("-inf")
+        self._dup_from = float("-inf")
         self._last_loss = float("-inf")
         self._last_media = float("-inf")
         self._now = float("-inf")
@@ -595,6 +596,14 @@ class PathScheduler:
             return self._media_all
         return self._media_one
 
+    def copies_since(self, now: float) -> float | None:
+        """
+        @return: since when media has gone on every path that is up
+            without a break (the duplication window still open at C{now}),
+            or C{None}: it is not now.
+        """
+        return self._dup_from if now < self._dup_until else None
+
     # -- time
 
     def tick(self, now: float) -> list[PathEvent]:
@@ -740,6 +749,8 @@ class PathScheduler:
     def _duplicate(self, now: float, window: float | None = None) -> None:
         until = now + (self.limits.duplicate_window if window is None else window)
         if until > self._dup_until:
+            if now >= self._dup_until:
+                self._dup_from = now
             self._dup_until = until
 
     def _hold(self, path: _Path, now: float) -> float:
@@ -814,7 +825,9 @@ class PathCount:
     C{count_burst_window} (the held-back datagrams released together; the
     next talk spurt after a silence comes one at a time).
 
-     - I{grow}: C{count_grow_stalls} media stalls within
+     - I{grow}: C{count_grow_stalls} media stalls while the media is
+       copied on every connection (for C{count_covered_after} at least)
+       within
        C{count_grow_window}, and C{count_grow_hold} since the last change:
        C{count_grow_step} connections more, at most the ceiling (the
        stalls then count anew);
@@ -856,9 +869,14 @@ class PathCount:
         self._pause_end: float | None = None
         self._burst = 0
 
-    def arrivals(self, now: float, count: int = 1) -> None:
+    def arrivals(self, now: float, count: int = 1, covered: bool = True) -> None:
         """
         C{count} media datagrams (first copies) arrived at C{now}.
+
+        @param covered: whether the media is copied on every connection now
+            (a stall counts towards a grow only then: a stall of media on
+            one connection asks for copies, which the scheduler starts,
+            not for more connections).
         """
         if count <= 0:
             return
@@ -873,7 +891,7 @@ class PathCount:
                 self._burst += count
                 if self._burst >= limits.count_burst:
                     self._pause_end = None
-                    self.stall(end)
+                    self.stall(end, covered)
                 return
             self._pause_end = None
         if last is not None and limits.count_stall_gap <= now - last <= limits.count_stall_max:
@@ -881,14 +899,19 @@ class PathCount:
             self._burst = count
             if count >= limits.count_burst:
                 self._pause_end = None
-                self.stall(now)
+                self.stall(now, covered)
 
-    def stall(self, now: float) -> None:
+    def stall(self, now: float, covered: bool = True) -> None:
         """
         One media stall at C{now} (L{arrivals} calls it).
+
+        @param covered: see L{arrivals}; an uncovered stall is counted in
+            C{media_stalls} and keeps the count from shrinking, but does
+            not make it grow.
         """
         self.media_stalls += 1
-        self._stalls.append(now)
+        if covered:
+            self._stalls.append(now)
         if now > self._last_stall:
             self._last_stall = now
 
