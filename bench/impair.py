@@ -398,7 +398,8 @@ def cut_gap(
 
 def phases(r: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """A profile's phases: (key, label, figures), SPWM per N, then plain UDP."""
-    return [(f"spwm{n}", f"SPWM strict, {n} conn.", phase) for n, phase in r["spwm"].items()] + [
+    ordered = sorted(r["spwm"].items(), key=lambda item: (isinstance(item[0], str), str(item[0]).zfill(3)))
+    return [(f"spwm{n}", f"SPWM strict, {n} conn.", phase) for n, phase in ordered] + [
         ("udp", "plain UDP", r["udp"])
     ]
 
