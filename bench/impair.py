@@ -87,6 +87,10 @@ CUT_SECONDS = 10.0
 CUT_AT = 5.0
 #: the cut's gap is looked for from 1 s before the cut to this long after it
 CUT_WINDOW = 4.0
+#: --tunnel-connections auto starts with this many (PathLimits.count_floor)
+AUTO_FLOOR = 2
+#: the home router's other public address (--rebind moves between the two)
+ROUTER_PUBLIC_OTHER = "198.51.100.3"
 FORWARD_PORT = 5555
 ANSWER_PORT_SPWM = 7000
 ANSWER_PORT_UDP = 7002
@@ -164,17 +168,19 @@ class ProfileRun:
              *quic, "--allow-forward", target],
         )
 
-    def start_agent(self, connections: int, quic: bool = False) -> None:
+    def start_agent(self, connections: int | str, quic: bool = False) -> None:
         """
         An agent with C{--tunnel-connections N}; waits until its session
         holds N connections (the contact point said C{paths} and each
-        further one is attached), or, with one, until the tunnel is up.
+        further one is attached), or, with one, until the tunnel is up;
+        C{auto}: until it holds the two it starts with.
 
         @param quic: C{--udp-path auto} (the default; its status on
             L{AGENT_STATUS}), else C{--udp-path off} when the contact point
             offers QUIC, so that the TCP phases stay TCP only.
         """
         nb = self.netbed
+        self.agent_log_at = 0
         target = f"{nb.ECHO}:{ANSWER_PORT_SPWM}"
         ups = self.contact.stdout().count("tunnel up with")
         if quic:
@@ -192,6 +198,9 @@ class ProfileRun:
         )
         wait_for(lambda: self.contact.stdout().count("tunnel up with") > ups, 30,
                  "the tunnel did not come up", self.contact)
+        if connections == "auto":
+            connections = AUTO_FLOOR
+        assert isinstance(connections, int)
         if connections > 1:
             wait_for(lambda: f"; {connections} paths" in self.agent.stdout(), 30,
                      f"the agent's session did not get {connections} connections", self.agent)
@@ -267,6 +276,45 @@ class ProfileRun:
             raise BenchError(f"ss -K did not kill the connection from port {port}")
         return cut, port
 
+    def paths_seen(self) -> tuple[int, int]:
+        """
+        The most connections the agent's session held since the last
+        call of this (its log's C{; N paths} lines; at least 1), and how
+        many it holds now (C{ss}).
+        """
+        import re
+
+        text = self.agent.stdout()
+        counts = [int(n) for n in re.findall(r"; (\d+) paths", text[self.agent_log_at:])]
+        self.agent_log_at = len(text)
+        now = len(self.tunnel_ports())
+        return max(counts + [now, 1]), now
+
+    def rebind(self) -> tuple[float, int]:
+        """
+        Change the router's public address mid-call (as a home router that
+        gets a new address from its ISP, or a phone moving network): add
+        the other public address, then delete the current one; the kernel
+        drops the masquerade's connection-tracking entries of the address
+        deleted, so every tunnel connection's next packet leaves from the
+        new address and the contact point answers it with a reset.
+
+        @return: the time of the change (C{time.monotonic()}) and 0.
+        """
+        nb = self.netbed
+        old = getattr(self, "public", nb.ROUTER_PUBLIC)
+        new = ROUTER_PUBLIC_OTHER if old == nb.ROUTER_PUBLIC else nb.ROUTER_PUBLIC
+        # the gateway reaches the new address without ARP over the emulated link
+        mac = json.loads(self.bed.exec("rtr", ["ip", "-j", "link", "show", "pub0"]).stdout)[0]["address"]
+        self.bed.exec("gw", ["ip", "neigh", "replace", new, "lladdr", mac, "dev", "pub0", "nud", "permanent"])
+        self.bed.exec("rtr", ["sysctl", "-q", "-w", "net.ipv4.conf.pub0.promote_secondaries=1"])
+        self.bed.exec("rtr", ["ip", "addr", "add", f"{new}/24", "dev", "pub0", "nodad"])
+        at = time.monotonic()
+        self.bed.exec("rtr", ["ip", "addr", "del", f"{old}/24", "dev", "pub0"])
+        self.bed.exec("rtr", ["ip", "route", "replace", "default", "via", nb.GATEWAY_PUBLIC])
+        self.public = new
+        return at, 0
+
     def endpoint(self, role: str, name: str, argv: list[str], seconds: float) -> tuple[Any, Path]:
         out = self.workdir / f"{name}.capture"
         process = self.bed.spawn(
@@ -293,6 +341,7 @@ class ProfileRun:
 
     def call(
         self, answer_at: str, call_to: str, tag: str, seconds: float, cut_at: float | None = None,
+        rebind: bool = False,
     ) -> dict[str, Any]:
         nb = self.netbed
         packets = int(seconds * 50)
@@ -305,7 +354,7 @@ class ProfileRun:
         cut = None
         if cut_at is not None:
             time.sleep(cut_at)
-            cut = self.cut_busiest()
+            cut = self.rebind() if rebind else self.cut_busiest()
         if caller.wait(seconds + 70) != 0 or answerer.wait(20) != 0:
             raise BenchError(f"{tag}: an endpoint failed: {caller.stderr()[-800:]} {answerer.stderr()[-800:]}")
         after = self.wan_stats()
@@ -332,12 +381,23 @@ class ProfileRun:
         for n in self.args.connections:
             self.start_agent(n)
             try:
+                if self.args.warm:
+                    # not measured: the session's connection count as a
+                    # call that is not the first of the session finds it
+                    self.call(f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", f"warm{n}",
+                              self.args.warm)
+                self.paths_seen()
                 phase = self.call(f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", f"spwm{n}", seconds)
+                phase["paths"] = self.paths_seen()
                 phase["udp_leaked"] = phase["wan"]["up"].get("udp_in", 0)
                 if self.args.cut:
                     cut = self.call(f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", f"cut{n}",
                                     CUT_SECONDS, cut_at=CUT_AT)
                     phase["cut"] = cut["cut"]
+                if self.args.rebind:
+                    moved = self.call(f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", f"rebind{n}",
+                                      CUT_SECONDS, cut_at=CUT_AT, rebind=True)
+                    phase["rebind"] = moved["cut"]
                 phase["agent_alive"] = self.agent.returncode is None
             finally:
                 self.stop_agent()
@@ -419,7 +479,8 @@ def cut_gap(
 def phases(r: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """A profile's phases: (key, label, figures), SPWM per N, the QUIC path, then plain UDP."""
     quic = [("quic", "SPWM normal, QUIC path", r["quic"])] if "quic" in r else []
-    return [(f"spwm{n}", f"SPWM strict, {n} conn.", phase) for n, phase in sorted(r["spwm"].items())] + quic + [
+    ordered = sorted(r["spwm"].items(), key=lambda item: (isinstance(item[0], str), str(item[0]).zfill(3)))
+    return [(f"spwm{n}", f"SPWM strict, {n} conn.", phase) for n, phase in ordered] + quic + [
         ("udp", "plain UDP", r["udp"])
     ]
 
@@ -434,8 +495,8 @@ def bandwidth_factor(phase: dict[str, Any], udp: dict[str, Any], direction: str)
 def table(results: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| profile (each direction) | path | dir | sent | delivered | late > 150 ms | eff. loss | "
-        "p50 / p95 / p99 / max ms | longest gap ms | BurstR | MOS | WAN bytes x UDP | cut gap ms |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "p50 / p95 / p99 / max ms | longest gap ms | BurstR | MOS | WAN bytes x UDP | cut gap ms | rebind gap ms | conns max / end |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         describe = PROFILES[r["profile"]].describe().replace(", each direction", "")
@@ -444,13 +505,17 @@ def table(results: list[dict[str, Any]]) -> list[str]:
                 s: DirectionStats = phase[direction]
                 factor = bandwidth_factor(phase, r["udp"], direction)
                 cut = phase.get("cut")
+                moved = phase.get("rebind")
+                paths = phase.get("paths")
                 lines.append(
                     f"| {r['profile']}: {describe} | {label} | {direction} | {s.sent} | {s.delivered} | "
                     f"{s.late} ({100 * s.late / max(1, s.sent):.1f} %) | {100 * s.effective_loss:.1f} % | "
                     f"{ms(s.p50)} / {ms(s.p95)} / {ms(s.p99)} / {ms(s.max)} | "
                     f"{s.longest_gap * 1000:.0f} | {s.burst_r:.2f} | {s.mos:.2f} | "
                     f"{'-' if math.isnan(factor) else f'{factor:.2f}'} | "
-                    f"{'-' if cut is None else f'{cut[direction] * 1000:.0f}'} |"
+                    f"{'-' if cut is None else f'{cut[direction] * 1000:.0f}'} | "
+                    f"{'-' if moved is None else f'{moved[direction] * 1000:.0f}'} | "
+                    f"{'-' if paths is None else f'{paths[0]} / {paths[1]}'} |"
                 )
     return lines
 
@@ -538,8 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each call")
     parser.add_argument("--seed", type=int, default=1, help="the emulator's seed")
     parser.add_argument("--plaintext", action="store_true", help="no TLS in the tunnel")
-    parser.add_argument("--tunnel-connections", default="2", metavar="N[,N...]",
-                        help="the agent's --tunnel-connections; several: one SPWM phase each, in one bed (default %(default)s)")
+    parser.add_argument("--tunnel-connections", default="auto", metavar="N[,N...]",
+                        help="the agent's --tunnel-connections (a number or auto); several: one SPWM phase each, in one bed (default %(default)s)")
     parser.add_argument("--cut", action="store_true",
                         help=f"also, per N, a {CUT_SECONDS:g} s call in which the agent's busiest connection is killed "
                              f"(ss -K) after {CUT_AT:g} s: the audio gap it costs")
@@ -547,6 +612,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="also a phase on the QUIC path: the router under normal (UDP 443 out), the contact "
                              "point with --quic-listen, an agent with --udp-path auto and one TCP connection "
                              "(the strict phases' agents get --udp-path off); needs TLS")
+    parser.add_argument("--rebind", action="store_true",
+                        help=f"also, per N, a {CUT_SECONDS:g} s call in which the home router's public address changes "
+                             f"after {CUT_AT:g} s (every tunnel connection breaks): the audio gap it costs")
+    parser.add_argument("--warm", type=float, default=0.0, metavar="SECONDS",
+                        help="per N, a call this long before the measured one, on the same agent (not measured): "
+                             "with auto, the count a later call of the session starts with")
     parser.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
                         help="one more argument for the agent (repeat: --agent-arg=--media-deadline --agent-arg=0.1)")
     parser.add_argument("--plot", metavar="PNG", help="write the CDF picture here (needs matplotlib: the bench extra)")
@@ -556,11 +627,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     profiles = [p for p in args.profiles.split(",") if p]
     try:
-        args.connections = [int(n) for n in args.tunnel_connections.split(",") if n]
+        args.connections = [n if n == "auto" else int(n) for n in args.tunnel_connections.split(",") if n]
     except ValueError:
-        parser.error(f"--tunnel-connections: numbers, not {args.tunnel_connections!r}")
-    if not args.connections or not all(1 <= n <= 8 for n in args.connections):
-        parser.error("--tunnel-connections: each between 1 and 8")
+        parser.error(f"--tunnel-connections: numbers or auto, not {args.tunnel_connections!r}")
+    if not args.connections or not all(n == "auto" or 1 <= n <= 8 for n in args.connections):
+        parser.error("--tunnel-connections: each auto or between 1 and 8")
     if args.quic and args.plaintext:
         parser.error("--quic needs TLS (the QUIC path is not offered with --plaintext)")
     unknown = [p for p in profiles if p not in PROFILES]
@@ -594,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before: {' '.join(open('/proc/loadavg').read().split()[:3])}")
     print(f"{args.calls} call(s) x {args.seconds:g} s, G.711 50 pps each way; tunnel {'plaintext' if args.plaintext else 'TLS'}, "
           f"--tunnel-connections {','.join(map(str, args.connections))}{' and a cut each' if args.cut else ''}"
+          f"{' and a rebind each' if args.rebind else ''}{f' after a {args.warm:g} s warm-up call' if args.warm else ''}"
           f"{'; a QUIC path phase under normal' if args.quic else ''}; "
           f"seed {args.seed}; one clock (CLOCK_MONOTONIC) for both ends")
     cpu0 = machine_cpu()
@@ -624,8 +696,8 @@ def main(argv: list[str] | None = None) -> int:
         doc = [
             {"profile": r["profile"],
              **{key: {**{d: _fields(phase[d]) for d in ("up", "down")},
-                      "wan": phase["wan"], "cut": phase.get("cut"),
-                      "paths_after": phase.get("paths_after")}
+                      "wan": phase["wan"], "cut": phase.get("cut"), "rebind": phase.get("rebind"),
+                      "paths": phase.get("paths"), "paths_after": phase.get("paths_after")}
                 for key, _, phase in phases(r)}}
             for r in results
         ]

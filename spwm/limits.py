@@ -192,6 +192,39 @@ class PathLimits:
     @ivar dedup_max_channels: channels the de-duplication remembers; past
         it, the oldest is forgotten.
     @ivar max_paths: paths one session may hold.
+    @ivar count_floor: C{--tunnel-connections auto}: the fewest
+        connections the agent keeps (L{spwm.session.paths.PathCount}).
+    @ivar count_ceiling: ... and the most.
+    @ivar count_stall_gap: a pause at least this long in the media the
+        session receives, ended by a burst, is a I{media stall}: every
+        connection held the media back at once.
+    @ivar count_stall_max: a longer pause is silence, not a stall.
+    @ivar count_burst: datagrams that arrive within C{count_burst_window}
+        of the end of such a pause make it a burst (held back, released
+        together), not the next talk spurt.
+    @ivar count_burst_window: see C{count_burst}.
+    @ivar count_grow_stalls: media stalls within C{count_grow_window}
+        that add a connection (one stall is a blip, not a bad link).
+    @ivar count_grow_window: see C{count_grow_stalls}.
+    @ivar count_covered_after: a stall counts towards a grow only when
+        the media has been copied on every connection for this long (both
+        halves copy by then): a stall before the copies asks for copies,
+        not for connections.
+    @ivar count_grow_step: connections added at once (2: from the floor
+        of 2 straight to the ceiling of 4, which is what the C{bad}
+        profile needs; each step costs the stalls that decide it and a
+        connection's handshake).  Down it goes one at a time.
+    @ivar count_grow_hold: the least time between two changes up (the
+        new connection gets time to show whether it helps).
+    @ivar count_quiet: a connection is dropped after this long without a
+        media stall and without a change; doubled each time a connection
+        must be added again within C{count_flap_memory} of a drop, up to
+        C{count_quiet_max} (hysteresis: a link that needs more connections
+        now and then keeps them).
+    @ivar count_quiet_max: the longest such quiet spell.
+    @ivar count_flap_memory: how long a drop counts as recent.
+    @ivar count_drain: a connection dropped carries nothing from us at
+        once, and is closed this long after, when the peer has moved off it.
     """
 
     stall_floor: float = field(default=0.040, validator=_pos_time)
@@ -212,12 +245,31 @@ class PathLimits:
     dedup_window: int = field(default=1024, validator=_power_of_two)
     dedup_max_channels: int = field(default=4096, validator=_pos)
     max_paths: int = field(default=8, validator=_pos)
+    count_floor: int = field(default=2, validator=_pos)
+    count_ceiling: int = field(default=4, validator=_pos)
+    count_stall_gap: float = field(default=0.08, validator=_pos_time)
+    count_stall_max: float = field(default=2.0, validator=_pos_time)
+    count_burst: int = field(default=3, validator=_pos)
+    count_burst_window: float = field(default=0.005, validator=validators.ge(0.0))
+    count_grow_stalls: int = field(default=3, validator=_pos)
+    count_grow_window: float = field(default=5.0, validator=_pos_time)
+    count_grow_step: int = field(default=2, validator=_pos)
+    count_covered_after: float = field(default=1.0, validator=validators.ge(0.0))
+    count_grow_hold: float = field(default=2.0, validator=validators.ge(0.0))
+    count_quiet: float = field(default=60.0, validator=_pos_time)
+    count_quiet_max: float = field(default=960.0, validator=_pos_time)
+    count_flap_memory: float = field(default=600.0, validator=validators.ge(0.0))
+    count_drain: float = field(default=2.0, validator=validators.ge(0.0))
 
     def __attrs_post_init__(self) -> None:
         if self.stall_ceiling < self.stall_floor:
             raise ValueError(f"stall_ceiling {self.stall_ceiling} is below stall_floor {self.stall_floor}")
         if self.max_switch_hold < self.switch_hold:
             raise ValueError(f"max_switch_hold {self.max_switch_hold} is below switch_hold {self.switch_hold}")
+        if self.count_ceiling < self.count_floor:
+            raise ValueError(f"count_ceiling {self.count_ceiling} is below count_floor {self.count_floor}")
+        if self.count_quiet_max < self.count_quiet:
+            raise ValueError(f"count_quiet_max {self.count_quiet_max} is below count_quiet {self.count_quiet}")
 
 
 @frozen

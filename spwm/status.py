@@ -254,6 +254,8 @@ HELP: dict[str, str] = {
     "paths_media_on": "Live sessions by what carries their media now (key: tcp, quic, tcp+quic).",
     "paths_media_switches": "Times the media of the live sessions moved between paths (TCP, QUIC).",
     "paths_quic_paths": "QUIC paths attached to the live sessions.",
+    "paths_connections_wanted": "Agent, --tunnel-connections auto: connections it keeps attached to its session now.",
+    "paths_media_stalls": "Agent, --tunnel-connections auto: pauses in the received media ended by a burst (every connection held it back).",
 }
 
 #: Legs the per-leg histograms are labelled with (a bounded set).

@@ -36,9 +36,10 @@ class ReportTests(SynchronousTestCase):
 
     def test_table(self) -> None:
         """
-        One row per phase (SPWM per number of connections, then plain
-        UDP) and direction, with the WAN bytes over plain UDP's and the
-        cut's gap where there was one; a direction that received nothing
+        One row per phase (SPWM per number of connections, C{auto} after
+        the numbers, then plain UDP) and direction, with the WAN bytes
+        over plain UDP's, the cut's and the rebind's gap where there was
+        one and the connections held; a direction that received nothing
         shows dashes for its delays instead of failing.
         """
         sent = {(1, i): i * 0.02 for i in range(4)}
@@ -48,18 +49,22 @@ class ReportTests(SynchronousTestCase):
         result = {"profile": "bad",
                   "spwm": {2: {"up": some, "down": none, "wan": {"up": {"bytes_in": 2500}, "down": {"bytes_in": 4000}},
                                "cut": {"up": 0.04, "down": 0.0}},
+                           "auto": {"up": some, "down": some, "wan": {"up": {}, "down": {}},
+                                    "rebind": {"up": 0.06, "down": 0.1}, "paths": (4, 3)},
                            1: {"up": some, "down": some, "wan": {"up": {}, "down": {}}}},
                   "udp": {"up": some, "down": some, "wan": wan}}
         lines = table([result])
-        self.assertEqual(len(lines), 2 + 6)
+        self.assertEqual(len(lines), 2 + 8)
         self.assertIn("| bad: 80 ms ± 20 ms, 5 % loss | SPWM strict, 1 conn. | up | 4 | 2 | 1 (25.0 %) | 75.0 % | 50 / 280 / 280 / 280 |", lines[2])
-        self.assertTrue(lines[2].endswith("| 0.00 | - |"), lines[2])
+        self.assertTrue(lines[2].endswith("| 0.00 | - | - | - |"), lines[2])
         self.assertIn("| SPWM strict, 2 conn. | up |", lines[4])
-        self.assertTrue(lines[4].endswith("| 2.50 | 40 |"), lines[4])
+        self.assertTrue(lines[4].endswith("| 2.50 | 40 | - | - |"), lines[4])
         self.assertIn("| - / - / - / - |", lines[5])
-        self.assertTrue(lines[5].endswith("| 2.00 | 0 |"), lines[5])
-        self.assertIn("| plain UDP | down |", lines[7])
-        self.assertTrue(lines[7].endswith("| 1.00 | - |"), lines[7])
+        self.assertTrue(lines[5].endswith("| 2.00 | 0 | - | - |"), lines[5])
+        self.assertIn("| SPWM strict, auto conn. | up |", lines[6])
+        self.assertTrue(lines[6].endswith("| 0.00 | - | 60 | 4 / 3 |"), lines[6])
+        self.assertIn("| plain UDP | down |", lines[9])
+        self.assertTrue(lines[9].endswith("| 1.00 | - | - | - |"), lines[9])
 
     def test_cut_gap(self) -> None:
         """

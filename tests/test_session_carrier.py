@@ -656,6 +656,250 @@ class KeeperTests(SynchronousTestCase):
         self.assertEqual(kept.closed, ["agent stopping"])
 
 
+class _Front:
+    """
+    What the keeper sees of the session's front when it drains a connection.
+    """
+
+    session_id = "s1"
+
+    def __init__(self) -> None:
+        self.carrier: Any = None
+        self.attached: list[Any] = []
+        self.removed: list[Any] = []
+
+    def path_id(self, path: Any) -> int | None:
+        return self.attached.index(path) if path in self.attached else None
+
+    def remove_path(self, path: Any) -> bool:
+        self.attached.remove(path)
+        self.removed.append(path)
+        return bool(self.attached)
+
+
+class AdaptiveKeeperTests(SynchronousTestCase):
+    """
+    L{PathKeeper} with a L{PathCount} (C{--tunnel-connections auto}): it
+    opens a connection when the count wants more and drains one of its
+    own when it wants fewer.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        from spwm.limits import PathLimits
+        from spwm.session.carrier import PathKeeper
+        from spwm.session.paths import PathCount
+
+        self.clock = Clock()
+        self.limits = PathLimits()
+        self.count = PathCount(2, 4, self.limits)
+        self.front = _Front()
+        self.attempts: list[Deferred[Any]] = []
+
+        def connect() -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            self.attempts.append(d)
+            return d
+
+        self.keeper = PathKeeper(self.clock, connect, 5, count=self.count, front=lambda: self.front)  # type: ignore[arg-type,return-value]
+
+    def connect_all(self) -> list[_Conn]:
+        made = []
+        for d in self.attempts:
+            if not d.called:
+                conn = _Conn()
+                conn.front = self.front
+                self.front.attached.append(conn)
+                d.callback(conn)
+                made.append(conn)
+        return made
+
+    def stalls(self, seconds: float) -> None:
+        """Media that stalls every half second, for C{seconds}."""
+        for _ in range(int(seconds / 0.5)):
+            for _ in range(20):
+                self.clock.advance(0.02)
+                self.count.arrivals(self.clock.seconds())
+            self.clock.advance(0.1)
+            self.count.arrivals(self.clock.seconds(), 5)
+            self.connect_all()
+
+    def test_grow_then_drain(self) -> None:
+        """
+        From the count's floor (one connection besides the tunnel
+        service's), stalls that keep coming open more up to the ceiling
+        (two at once by default); after the quiet spell one is drained: out of the
+        session at once, not the carrier, closed C{count_drain} later, not
+        replaced.
+        """
+        self.assertEqual(self.keeper.extra, 1)
+        self.keeper.session_up()
+        self.assertEqual(len(self.attempts), 1)
+        first = self.connect_all()[0]
+        self.stalls(20.0)
+        self.assertEqual(len(self.attempts), 3)
+        self.assertEqual((self.keeper.extra, self.count.wanted), (3, 4))
+        self.stalls(10.0)
+        self.assertEqual(len(self.attempts), 3)
+        self.front.carrier = self.front.attached[-1]
+        self.clock.pump([1.0] * int(self.limits.count_quiet))
+        self.assertEqual((self.keeper.extra, self.keeper.drained), (2, 1))
+        drained = self.front.removed[0]
+        self.assertIsNot(drained, self.front.carrier)
+        self.assertEqual(drained.closed, [])
+        self.clock.advance(self.limits.count_drain)
+        self.assertEqual(drained.closed, ["fewer connections wanted"])
+        drained.lose()
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.attempts), 3)
+        # down to the floor, and no further
+        self.clock.pump([1.0] * int(10 * self.limits.count_quiet))
+        self.assertEqual((self.keeper.extra, self.keeper.drained, self.count.wanted), (1, 2, 2))
+        self.assertIn(first, self.front.attached + self.front.removed)
+        self.assertEqual(len(self.front.attached), 1)
+
+    def test_stop_and_down(self) -> None:
+        """
+        Down, the keeper asks the count no more; stopping closes what is
+        draining too; a connection that comes up when fewer are wanted is
+        closed.
+        """
+        self.keeper.session_up()
+        self.connect_all()
+        for _ in range(3):
+            self.count.stall(self.clock.seconds())
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.attempts), 3)
+        self.keeper.extra = 1  # as if the count had gone down meanwhile
+        for d in self.attempts[1:]:
+            late = _Conn()
+            d.callback(late)
+            self.assertEqual(late.closed, ["not wanted any more"])
+        self.keeper.session_down()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.keeper.session_up()
+        self.keeper.extra = 0
+        self.keeper._drain(self.front)  # type: ignore[arg-type]
+        self.keeper.stop()
+        self.assertEqual(self.front.removed[0].closed, ["agent stopping"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class CountFedTests(TwoPaths):
+    """
+    The agent's front feeds its L{PathCount} the first copies of the
+    media it receives; a drained path goes without a loss.
+    """
+
+    def test_fed_by_arrivals(self) -> None:
+        """
+        Media from the contact point, in time and then held back and
+        released together: one media stall, seen from the reads; the copies
+        count once.
+        """
+        from spwm.session.paths import PathCount
+
+        count = PathCount(2, 4)
+        self.front.count = count
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.flush()
+        self.contact_front.scheduler.loss_seen(0, self.bed.clock.seconds())  # copies on both paths
+        for i in range(10):
+            self.contact_front.send_datagram(cid, b"%d" % i)
+            self.bed.advance(0.02, step=0.02)
+        self.assertEqual(count.media_stalls, 0)
+        self.bed.stalled = {0, 1}
+        for i in range(10, 16):
+            self.contact_front.send_datagram(cid, b"%d" % i)
+            self.bed.clock.advance(0.02)
+        self.bed.stalled = set()
+        self.bed.flush()
+        self.contact_front.send_datagram(cid, b"next")
+        self.bed.advance(0.02, step=0.02)
+        self.assertEqual(count.media_stalls, 1)
+        self.assertEqual(len(self.bed.agent.media.got), 17)
+
+    def test_contact_reports_stalls(self) -> None:
+        """
+        An agent that adapts says C{stalls} in its hello; its contact
+        point counts the stalls of the media it receives and tells the
+        agent, whose count takes them as its own (once each).
+        """
+        from spwm.session.paths import PathCount
+
+        bed = Bed()
+        count = PathCount(2, 4)
+        bed.agent.paths.count = count
+        a1, c1 = bed.connect()
+        bed.connect()
+        front = bed.agent.paths.front
+        assert front is not None
+        contact_front = bed.contact.paths.fronts[0]
+        self.assertEqual(c1.peer_hello.get("stalls"), 1)
+        self.assertTrue(contact_front.report_stalls)
+        cid = front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, bed.agent.media)
+        bed.flush()
+        for i in range(10):
+            front.send_datagram(cid, b"%d" % i)
+            bed.advance(0.02, step=0.02)
+        bed.stalled = {0, 1}
+        for i in range(10, 16):
+            front.send_datagram(cid, b"%d" % i)
+            bed.clock.advance(0.02)
+        bed.stalled = set()
+        bed.flush()
+        for i in range(3):
+            front.send_datagram(cid, b"after %d" % i)
+            bed.advance(0.02, step=0.02)
+        assert contact_front.count is not None
+        self.assertEqual(contact_front.count.media_stalls, 1)
+        self.assertEqual((count.media_stalls, front.peer_stalls), (1, 1))
+        # a fixed count says nothing of stalls
+        plain = Bed()
+        _, c = plain.connect()
+        self.assertNotIn("stalls", c.peer_hello)
+        self.assertFalse(plain.contact.paths.fronts[0].report_stalls)
+
+    def test_drained_path_loses_nothing(self) -> None:
+        """
+        A path drained by the keeper: SIP and media go on on the other,
+        what the contact point sent on the drained one meanwhile is
+        delivered once, neither half's session logic hears of anything.
+        """
+        from spwm.session.carrier import PathKeeper
+        from spwm.session.paths import PathCount
+
+        count = PathCount(1, 2)
+        count.wanted = 2
+        keeper = PathKeeper(self.bed.clock, lambda: None, 1, count=count, front=lambda: self.front)  # type: ignore[arg-type,return-value]
+        keeper._mine[id(self.a1)] = self.a1
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.flush()
+        self.assertIs(self.front.carrier, self.a1)
+        keeper.extra = 0
+        self.assertTrue(keeper._drain(self.front))
+        self.assertEqual(self.front.paths, [self.a2])
+        self.assertIs(self.front.carrier, self.a2)
+        self.front.send_sip(1, b"INVITE")
+        self.front.send_datagram(cid, b"up")
+        # the contact point still uses both until it finds the drained one stalled
+        self.contact_front.scheduler.loss_seen(0, self.bed.clock.seconds())
+        self.contact_front.send_datagram(cid, b"down")
+        self.bed.flush()
+        self.bed.advance(count.limits.count_drain + 0.5)
+        self.assertFalse(self.a1.is_open)
+        self.bed.flush()
+        self.contact_front.send_datagram(cid, b"down after")
+        self.bed.flush()
+        self.assertEqual(self.bed.contact.sip.received[-1][2], b"INVITE")
+        self.assertEqual([d for _, d in self.bed.contact.media.got], [b"up"])
+        self.assertEqual([d for _, d in self.bed.agent.media.got], [b"down", b"down after"])
+        self.assertEqual([c[0] for c in self.bed.agent.observer.calls], ["established"])
+        self.assertEqual([c[0] for c in self.bed.contact.observer.calls], ["established"])
+        self.assertEqual(self.contact_front.paths, [self.c2])
+
+
 class PathsMachine(RuleBasedStateMachine):
     """
     Any mix of media both ways, duplication, stalls, resets and further

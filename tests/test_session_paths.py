@@ -29,6 +29,7 @@ from spwm.session.paths import (
     PathDead,
     PathEvent,
     PathInput,
+    PathCount,
     PathKind,
     PathRecovered,
     PathScheduler,
@@ -1124,6 +1125,260 @@ class LimitsTests(SynchronousTestCase):
             lambda: PathLimits(switch_hold=5.0, max_switch_hold=1.0),
             lambda: PathLimits(ping_fraction=1.0),
             lambda: PathLimits(stall_rtt_factor=0.5),
+            lambda: PathLimits(count_floor=3, count_ceiling=2),
+            lambda: PathLimits(count_quiet=100.0, count_quiet_max=50.0),
         ]
         for check in checks:
             self.assertRaises(ValueError, check)
+
+
+class _Media:
+    """
+    One G.711 stream arriving at a L{PathCount}: a datagram every 20 ms,
+    the first copies only (what the de-duplication accepts).
+    """
+
+    def __init__(self, count: PathCount, now: float = 0.0) -> None:
+        self.count = count
+        self.now = now
+
+    def flow(self, seconds: float) -> None:
+        """Datagrams in time, one per 20 ms."""
+        for _ in range(round(seconds / 0.02)):
+            self.now += 0.02
+            self.count.arrivals(self.now)
+
+    def stall(self, held: float = 0.2) -> None:
+        """Every connection holds the media back C{held} s; then it all comes at once."""
+        n = round(held / 0.02)
+        self.now += held
+        for _ in range(n):
+            self.count.arrivals(self.now)
+
+    def stalls(self, n: int, every: float) -> None:
+        """C{n} stalls, one per C{every} s of media, asking for a decision after each."""
+        for _ in range(n):
+            self.flow(every)
+            self.stall()
+            self.count.decide(self.now)
+
+
+class PathCountTests(SynchronousTestCase):
+    """
+    L{PathCount}: the agent's connection count under
+    C{--tunnel-connections auto}, with a fake clock (the times given).
+    """
+
+    def test_starts_at_floor(self) -> None:
+        """
+        It starts at the floor; a clean stream changes nothing.
+        """
+        count = PathCount(2, 4)
+        media = _Media(count)
+        media.flow(120.0)
+        self.assertEqual(count.decide(media.now), 2)
+        self.assertEqual(count.media_stalls, 0)
+        self.assertRaises(ValueError, PathCount, 0, 4)
+        self.assertRaises(ValueError, PathCount, 3, 2)
+
+    def test_stall_is_pause_and_burst(self) -> None:
+        """
+        A pause ended by a burst is a media stall; a pause ended by one
+        datagram then the next 20 ms later (a talk spurt after silence),
+        a pause too short, or one too long (silence) is not.
+        """
+        count = PathCount(2, 4)
+        media = _Media(count)
+        media.flow(1.0)
+        media.stall(0.2)
+        self.assertEqual(count.media_stalls, 1)
+        # a talk spurt after 1 s of silence
+        media.now += 1.0
+        media.flow(1.0)
+        # a pause of 60 ms, released at once: under count_stall_gap
+        media.stall(0.06)
+        # 3 s of silence, then a burst (a new call's first datagrams)
+        media.now += 3.0
+        for _ in range(5):
+            count.arrivals(media.now)
+        self.assertEqual(count.media_stalls, 1)
+        # a burst spread over several reads within the burst window counts
+        media.flow(1.0)
+        media.now += 0.1
+        count.arrivals(media.now)
+        count.arrivals(media.now + 0.001, 1)
+        count.arrivals(media.now + 0.002, 2)
+        self.assertEqual(count.media_stalls, 2)
+
+    def test_one_blip_no_grow(self) -> None:
+        """
+        One stall, or stalls further apart than the grow window allows,
+        add no connection.
+        """
+        count = PathCount(2, 4)
+        media = _Media(count)
+        media.flow(1.0)
+        media.stall()
+        self.assertEqual(count.decide(media.now), 2)
+        media.stalls(10, every=3.0)
+        self.assertEqual(count.wanted, 2)
+        self.assertEqual(count.media_stalls, 11)
+
+    def test_uncovered_stalls_no_grow(self) -> None:
+        """
+        Stalls while the media is not copied on every connection are
+        counted and keep the count from shrinking, but add no connection.
+        """
+        limits = PathLimits(count_grow_step=1)
+        count = PathCount(2, 3, limits)
+        now = 0.0
+        for _ in range(5):
+            count.stall(now)
+            now += 0.5
+        self.assertEqual(count.decide(now), 3)
+        for _ in range(200):
+            count.stall(now, covered=False)
+            now += 0.5
+            self.assertEqual(count.decide(now), 3)
+        self.assertEqual(count.media_stalls, 205)
+        count = PathCount(2, 3, limits)
+        for _ in range(20):
+            count.arrivals(now)
+            now += 0.2
+            count.arrivals(now, 5, covered=False)
+            self.assertEqual(count.decide(now), 2)
+        self.assertEqual(count.media_stalls, 20)
+
+    def test_copies_since(self) -> None:
+        """
+        L{PathScheduler.copies_since}: when the duplication that is on now
+        started; a loss inside the window does not move it; C{None} when
+        it is off.
+        """
+        sched = _scheduler()
+        sched.add(0, TCP, 0.0)
+        sched.add(1, TCP, 0.0)
+        self.assertIsNone(sched.copies_since(1.0))
+        sched.loss_seen(0, 1.0)
+        self.assertEqual(sched.copies_since(1.5), 1.0)
+        sched.loss_seen(0, 2.0)
+        self.assertEqual(sched.copies_since(2.5), 1.0)
+        self.assertIsNone(sched.copies_since(100.0))
+        sched.loss_seen(1, 100.0)
+        self.assertEqual(sched.copies_since(100.0), 100.0)
+
+    def test_grows_on_sustained_stalls_up_to_ceiling(self) -> None:
+        """
+        Stalls that keep coming add connections, C{count_grow_step} at a
+        time (here one), at most once per grow hold, never past the
+        ceiling; by default from the floor straight to the ceiling.
+        """
+        default = PathCount(2, 4)
+        media = _Media(default)
+        media.stalls(3, every=0.5)
+        self.assertEqual((default.wanted, default.grows), (4, 1))
+        media.stalls(30, every=0.5)
+        self.assertEqual((default.wanted, default.grows), (4, 1))
+        count = PathCount(2, 4, PathLimits(count_grow_step=1))
+        media = _Media(count)
+        seen = []
+        for _ in range(40):
+            media.flow(0.5)
+            media.stall()
+            seen.append(count.decide(media.now))
+        self.assertEqual(seen[-1], 4)
+        self.assertEqual(count.grows, 2)
+        self.assertEqual(sorted(set(seen)), [2, 3, 4])
+        self.assertEqual(seen, sorted(seen))
+        # 3 stalls to the first grow, at least 2 s and 3 fresh stalls to the next
+        self.assertEqual(seen.index(3), 2)
+        self.assertGreaterEqual(seen.index(4) - seen.index(3), 3)
+
+    def test_shrinks_after_quiet(self) -> None:
+        """
+        After the quiet spell without stalls one connection goes, one per
+        spell, down to the floor and no further.
+        """
+        limits = PathLimits(count_grow_hold=0.0)
+        count = PathCount(2, 4, limits)
+        media = _Media(count)
+        media.stalls(9, every=0.5)
+        self.assertEqual(count.wanted, 4)
+        grown = media.now
+        media.flow(limits.count_quiet - 1.0)
+        self.assertEqual(count.decide(media.now), 4)
+        media.flow(1.0)
+        self.assertEqual(count.decide(media.now), 3)
+        self.assertEqual(count.decide(media.now + 1.0), 3)
+        self.assertEqual(count.decide(grown + 2 * limits.count_quiet + 1.0), 2)
+        self.assertEqual(count.decide(grown + 10 * limits.count_quiet), 2)
+        self.assertEqual(count.shrinks, 2)
+
+    def test_hysteresis_bounds_flapping(self) -> None:
+        """
+        A link bad for a while every so often: each grow soon after a
+        shrink doubles the quiet spell, so the count stays up; changes down
+        are far fewer than the bad spells.
+        """
+        limits = PathLimits(count_grow_hold=0.0)
+        count = PathCount(2, 4, limits)
+        media = _Media(count)
+        changes = 0
+        last = count.wanted
+        for _ in range(20):
+            media.stalls(9, every=0.5)
+            # quiet, asking every second
+            for _ in range(90):
+                media.flow(1.0)
+                if count.decide(media.now) != last:
+                    changes += 1
+                    last = count.wanted
+        # without hysteresis: a shrink every 60 s of each 90 s quiet (20)
+        self.assertLessEqual(count.shrinks, 4)
+        self.assertEqual(count.quiet, limits.count_quiet * 2 ** min(4, count.shrinks))
+        self.assertLessEqual(count.quiet, limits.count_quiet_max)
+        self.assertGreaterEqual(count.wanted, 3)
+
+    def test_quiet_resets_after_flap_memory(self) -> None:
+        """
+        A grow long after the last shrink sets the quiet spell back.
+        """
+        limits = PathLimits(count_grow_hold=0.0)
+        count = PathCount(2, 3, limits)
+        media = _Media(count)
+        media.stalls(3, every=0.5)
+        self.assertEqual(count.wanted, 3)
+        media.flow(61.0)
+        self.assertEqual(count.decide(media.now), 2)
+        media.stalls(3, every=0.5)
+        self.assertEqual((count.wanted, count.quiet), (3, 120.0))
+        media.flow(125.0)
+        self.assertEqual(count.decide(media.now), 2)
+        media.now += limits.count_flap_memory + 1
+        media.stalls(3, every=0.5)
+        self.assertEqual((count.wanted, count.quiet), (3, limits.count_quiet))
+
+    @given(st.lists(st.tuples(st.floats(0.0, 3.0), st.integers(0, 12), st.booleans()), max_size=200))
+    @settings(max_examples=200, deadline=None)
+    def test_never_out_of_bounds(self, steps: list[tuple[float, int, bool]]) -> None:
+        """
+        Whatever arrives when, the count stays between floor and ceiling,
+        goes up by at most the grow step and down by at most one per
+        decision, and changes up at most once per grow hold.
+        """
+        limits = PathLimits()
+        count = PathCount(2, 5, limits)
+        now = 0.0
+        ups: list[float] = []
+        for advance, n, ask in steps:
+            now += advance
+            count.arrivals(now, n)
+            if ask:
+                before = count.wanted
+                after = count.decide(now)
+                self.assertTrue(2 <= after <= 5)
+                self.assertTrue(-1 <= after - before <= limits.count_grow_step)
+                if after > before:
+                    ups.append(now)
+        for a, b in zip(ups, ups[1:]):
+            self.assertGreaterEqual(b - a, limits.count_grow_hold)

@@ -371,7 +371,40 @@ class TunnelConnectionsTests(SynchronousTestCase):
         self.assertEqual(built.paths.keeper.extra, 1)
         hello = built.factory.hello
         assert callable(hello)
-        self.assertEqual(hello(), {"paths": 1})
+        self.assertEqual(hello(), {"paths": 1, "stalls": 1})
+
+    def test_auto_is_the_default(self) -> None:
+        """
+        The default is C{auto}: from 2 up to 4 connections, a
+        L{PathCount} shared by the keeper and the paths layer, its figures
+        in the status; a number is a fixed count (no L{PathCount});
+        anything else is refused naming the option.
+        """
+        from spwm.session.paths import PathCount
+        from spwm.tap.agent import tunnel_connections
+
+        built = self.build()
+        self.assertIsNone(built.config.tunnel_connections)
+        self.assertEqual(built.config.paths_range, (2, 4))
+        assert built.paths is not None and built.paths.keeper is not None
+        count = built.paths.count
+        assert isinstance(count, PathCount)
+        self.assertEqual((count.floor, count.ceiling, count.wanted), (2, 4, 2))
+        self.assertIs(built.paths.keeper.count, count)  # type: ignore[union-attr]
+        self.assertEqual(built.status.document()["paths"]["connections_wanted"], 2)
+        fixed = self.build(**{"tunnel-connections": "3"})
+        assert fixed.paths is not None and fixed.paths.keeper is not None
+        self.assertEqual(fixed.config.paths_range, (3, 3))
+        self.assertIsNone(fixed.paths.count)
+        self.assertEqual(fixed.paths.keeper.extra, 2)  # type: ignore[union-attr]
+        self.assertNotIn("connections_wanted", fixed.status.document()["paths"])
+        self.assertEqual(self.build(**{"user-ciphering": True}).config.paths_range, (1, 1))
+        self.assertIsNone(tunnel_connections("auto"))
+        for bad in ("many", 0, 9, "2.5"):
+            with self.assertRaises(ConfigError) as caught:
+                AgentConfig.from_options({"tunnel-connections": bad})
+            self.assertEqual(caught.exception.key, "tunnel-connections")
+            self.assertIn("auto", str(caught.exception))
 
     def test_one_is_as_before(self) -> None:
         """

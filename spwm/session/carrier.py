@@ -42,6 +42,7 @@ from spwm.security.keys import EXPORTER_LABEL, KEY_LENGTH
 from spwm.session.paths import (
     CarrierChanged,
     Dedup,
+    PathCount,
     PathDead,
     PathKind,
     PathLimits,
@@ -74,6 +75,8 @@ PASSIVE_EXPECT = 1.5 * PROBE_INTERVAL
 ATTACH_TIMEOUT = 10.0
 #: the agent's scheduler timer never runs sooner than this after the last run (s)
 MIN_TICK = 0.005
+#: how often the agent's keeper asks its L{PathCount} (s)
+COUNT_INTERVAL = 0.5
 
 
 def path_kind(path: Any) -> PathKind:
@@ -178,6 +181,17 @@ class PathFront:
         self._ticked = 0.0
         self._tcp_info_at = 0.0
         self._dedup_seen = 0
+        #: the agent's connection count (C{--tunnel-connections auto}): fed
+        #: the first copies of the media as they arrive
+        self.count: PathCount | None = None
+        #: contact point: tell the agent of the media stalls its count sees
+        #: (the agent said C{stalls} in its hello)
+        self.report_stalls = False
+        self._stalls_told = 0
+        #: agent: the contact point's last C{media-stalls} total
+        self.peer_stalls = 0
+        self._accepted_seen = 0
+        self._read_at = 0.0
         # The user keys are derived from the first connection's TLS
         # exporter on both halves, whichever path carries the 2xx.
         self._exported = first.export_keying_material(EXPORTER_LABEL, KEY_LENGTH)
@@ -309,6 +323,19 @@ class PathFront:
     # -- what the paths tell it (TunnelProtocol) -------------------------------
 
     def path_received(self, path: TunnelProtocol, now: float) -> None:
+        count = self.count
+        if count is not None:
+            # called before each read is processed: what the read before
+            # brought (datagrams accepted by the de-duplication) came then
+            accepted = self.dedup.accepted
+            if accepted != self._accepted_seen:
+                count.arrivals(self._read_at, accepted - self._accepted_seen, self._covered(self._read_at))
+                self._accepted_seen = accepted
+                if self.report_stalls and count.media_stalls != self._stalls_told:
+                    # the agent decides; it sees only the media it receives
+                    self._stalls_told = count.media_stalls
+                    self.send_control({"op": "media-stalls", "total": count.media_stalls})
+            self._read_at = now
         path_id = self._ids.get(id(path))
         if path_id is None:
             return
@@ -345,6 +372,15 @@ class PathFront:
             return
         scheduler.received(path_id, now)
         self._dedup_losses(path_id, now)
+
+    def _covered(self, now: float) -> bool:
+        """
+        Whether the media has been copied on every path long enough for a
+        stall to mean too few paths (L{PathCount.arrivals}).
+        """
+        since = self.scheduler.copies_since(now)
+        limits = self.count.limits if self.count is not None else self.scheduler.limits
+        return since is not None and now - since >= limits.count_covered_after and len(self._paths) > 1
 
     def _dedup_losses(self, path_id: int, now: float) -> None:
         """
@@ -746,8 +782,12 @@ class PathSessions:
         limits: PathLimits | None = None,
         keeper: PathKeeper | Keepers | None = None,
         moving: Callable[[], None] | None = None,
+        count: PathCount | None = None,
     ) -> None:
         """
+        @param count: agent, C{--tunnel-connections auto}: the session's
+            front feeds it the media it receives (the keeper decides with
+            it).
         @param moving: agent: called when the contact point sends go-away
             on a path of the session (the tunnel service reconnects at
             once); the session's other paths are closed, so the session
@@ -760,6 +800,7 @@ class PathSessions:
         self.limits = limits
         self.keeper = keeper
         self._moving = moving
+        self.count = count
         self.fronts: list[PathFront] = []
         self.attach_refused = 0
         self._pending: dict[int, TunnelProtocol] = {}
@@ -781,9 +822,10 @@ class PathSessions:
 
         def hello() -> dict[str, Any]:
             front = self.front
+            stalls = {"stalls": 1} if self.count is not None else {}
             if front is not None and front.is_open:
-                return {"paths": 1, "attach": {"session_id": front.session_id}}
-            return {**resume(), "paths": 1}
+                return {"paths": 1, **stalls, "attach": {"session_id": front.session_id}}
+            return {**resume(), "paths": 1, **stalls}
 
         return hello
 
@@ -814,6 +856,13 @@ class PathSessions:
 
     def _new_front(self, path: TunnelProtocol, key: str) -> PathFront:
         front = PathFront(self.clock, path, bytes.fromhex(key), self.limits, probe=self.agent)
+        if self.agent:
+            front.count = self.count
+        elif path.peer_hello.get("stalls") == 1:
+            # the agent adapts its connection count: it hears of the
+            # stalls of the media it sends from here
+            front.count = PathCount(1, 1, self.limits)
+            front.report_stalls = True
         self.fronts.append(front)
         self._watch(path)
         return front
@@ -919,7 +968,25 @@ class PathSessions:
             return
         if id(path) in self._pending:
             return  # nothing else before the attachment
+        if op == "media-stalls" and self.agent:
+            self._peer_stalls(path.front, message.get("total"))
+            return
         self.observer.control_received(path.front or path, message)  # type: ignore[arg-type]
+
+    def _peer_stalls(self, front: PathFront | None, total: object) -> None:
+        """
+        Agent: the contact point saw media stalls in what we send (its
+        running C{total}): they count as ours (at most ten a message).
+        """
+        count = self.count
+        if front is None or count is None or not isinstance(total, int) or isinstance(total, bool):
+            return
+        new = total - front.peer_stalls if total >= front.peer_stalls else total
+        front.peer_stalls = total
+        now = self.clock.seconds()
+        covered = front._covered(now)
+        for _ in range(max(0, min(new, 10))):
+            count.stall(now, covered)
 
     def _check_attach(self, path: TunnelProtocol, message: dict[str, Any]) -> None:
         """
@@ -1010,6 +1077,8 @@ class PathSessions:
         if self.agent:
             live = self.front
             status["session"] = live.summary() if live is not None else None
+            if self.count is not None:
+                status.update(self.count.snapshot())
         return status
 
 
@@ -1030,7 +1099,17 @@ class PathKeeper:
     background when lost (at once, then with a growing delay while
     attempts fail).
 
+    With a L{PathCount} (C{--tunnel-connections auto}) C{extra} follows
+    it: every L{COUNT_INTERVAL} while the session is up the keeper asks it,
+    opens one more connection when it wants more, and I{drains} one of
+    its own when it wants fewer: the connection leaves the session at once
+    (the carrier and the media move off it, as off a lost path), still
+    delivers what the peer sends on it, and is closed C{count_drain}
+    later, when the peer has stopped using it (it is no longer pinged, so
+    the peer finds it stalled).
+
     @ivar opened: connections it opened.
+    @ivar drained: connections it closed because fewer were wanted.
     """
 
     log = Logger()
@@ -1042,21 +1121,31 @@ class PathKeeper:
         extra: int,
         *,
         retry_cap: float = 30.0,
+        count: PathCount | None = None,
+        front: Callable[[], PathFront | None] | None = None,
     ) -> None:
         """
         @param connect: opens one more connection (the agent's endpoint and
             tunnel factory); fires with its protocol.
+        @param count: decides C{extra} (its C{wanted} less the tunnel
+            service's own connection).
+        @param front: the live session's front (to drain a connection from).
         """
         self.clock = clock
         self._connect = connect
-        self.extra = extra
+        self.count = count
+        self.extra = extra if count is None else count.wanted - 1
         self.retry_cap = retry_cap
         self.opened = 0
+        self.drained = 0
+        self._front = front or (lambda: None)
         self._mine: dict[int, Any] = {}
+        self._draining: dict[int, tuple[Any, IDelayedCall]] = {}
         self._connecting = 0
         self._failures = 0
         self._up = False
         self._timer: IDelayedCall | None = None
+        self._adapt_timer: IDelayedCall | None = None
 
     def session_up(self) -> None:
         """
@@ -1065,6 +1154,8 @@ class PathKeeper:
         self._up = True
         self._failures = 0
         self._fill()
+        if self.count is not None and self._adapt_timer is None:
+            self._adapt_timer = self.clock.callLater(COUNT_INTERVAL, self._adapt)
 
     def session_down(self) -> None:
         """
@@ -1074,6 +1165,9 @@ class PathKeeper:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._adapt_timer is not None and self._adapt_timer.active():
+            self._adapt_timer.cancel()
+        self._adapt_timer = None
 
     def attached(self, path: Any) -> None:
         self._failures = 0
@@ -1082,6 +1176,9 @@ class PathKeeper:
         """
         A connection is gone: if it was one of ours, replace it.
         """
+        draining = self._draining.pop(id(path), None)
+        if draining is not None and draining[1].active():
+            draining[1].cancel()
         if self._mine.pop(id(path), None) is None:
             return
         if not self._up:
@@ -1110,6 +1207,9 @@ class PathKeeper:
         if not self._up:
             protocol.close(0, "the session is gone")
             return
+        if len(self._mine) >= self.extra:
+            protocol.close(0, "not wanted any more")
+            return
         self._mine[id(protocol)] = protocol
         # a connection whose handshake fails is no tunnel the observer hears of
         protocol.when_closed().addCallback(self.lost)
@@ -1123,7 +1223,74 @@ class PathKeeper:
         if self._up:
             self._later()
 
+    # -- --tunnel-connections auto ---------------------------------------------
+
+    def _adapt(self) -> None:
+        """
+        Ask the count; open or drain one connection when it changed.
+        """
+        self._adapt_timer = None
+        count = self.count
+        if count is None or not self._up:
+            return
+        self._adapt_timer = self.clock.callLater(COUNT_INTERVAL, self._adapt)
+        extra = count.decide(self.clock.seconds()) - 1
+        if extra == self.extra:
+            return
+        front = self._front()
+        session = front.session_id if front is not None else None
+        if extra > self.extra:
+            self.extra = extra
+            self.log.info(
+                "session {session_id}: the media keeps stalling on every connection at once;"
+                " opening another ({wanted} wanted)",
+                session_id=session,
+                wanted=count.wanted,
+            )
+            self._fill()
+            return
+        self.extra = extra
+        self.log.info(
+            "session {session_id}: no media stall for {quiet:.0f} s; dropping a connection ({wanted} wanted)",
+            session_id=session,
+            quiet=count.quiet,
+            wanted=count.wanted,
+        )
+        while len(self._mine) > self.extra:
+            if not self._drain(front):
+                break
+
+    def _drain(self, front: PathFront | None) -> bool:
+        """
+        Take one of our connections out of the session now and close it
+        C{count_drain} later; not the carrier while another can be.
+
+        @return: whether there was one to drain.
+        """
+        if not self._mine:
+            return False
+        carrier = front.carrier if front is not None else None
+        mine = list(self._mine.values())
+        path = next((p for p in reversed(mine) if p is not carrier), mine[-1])
+        del self._mine[id(path)]
+        self.drained += 1
+        if front is not None and front.path_id(path) is not None:
+            front.remove_path(path)
+        assert self.count is not None
+        delay = self.count.limits.count_drain
+        self._draining[id(path)] = (path, self.clock.callLater(delay, self._drained, path))
+        return True
+
+    def _drained(self, path: Any) -> None:
+        self._draining.pop(id(path), None)
+        path.close(0, "fewer connections wanted")
+
     def stop(self) -> None:
         self.session_down()
         for protocol in list(self._mine.values()):
             protocol.close(0, "agent stopping")
+        for path, timer in list(self._draining.values()):
+            if timer.active():
+                timer.cancel()
+            path.close(0, "agent stopping")
+        self._draining.clear()

@@ -20,6 +20,9 @@ it is given:
  - when the adapter must run L{PathScheduler.tick} next
    (L{PathScheduler.next_deadline}): one timer per session, not per packet.
 
+L{PathCount} decides how many paths the agent keeps (C{--tunnel-connections
+auto}) from the media stalls the receiving half sees.
+
 L{SeqStamper} and L{Dedup} number media datagrams per channel and
 component (u32, wrapping) on the sending half and deliver each at most
 once on the receiving half, whichever paths its copies took.
@@ -48,6 +51,7 @@ __all__ = [
     "PathDead",
     "PathEvent",
     "PathInput",
+    "PathCount",
     "PathKind",
     "PathRecovered",
     "PathScheduler",
@@ -383,6 +387,7 @@ class PathScheduler:
         self._media_one: tuple[int, ...] = ()
         self._media_all: tuple[int, ...] = ()
         self._dup_until = float("-inf")
+        self._dup_from = float("-inf")
         self._last_loss = float("-inf")
         self._last_media = float("-inf")
         self._now = float("-inf")
@@ -591,6 +596,14 @@ class PathScheduler:
             return self._media_all
         return self._media_one
 
+    def copies_since(self, now: float) -> float | None:
+        """
+        @return: since when media has gone on every path that is up
+            without a break (the duplication window still open at C{now}),
+            or C{None}: it is not now.
+        """
+        return self._dup_from if now < self._dup_until else None
+
     # -- time
 
     def tick(self, now: float) -> list[PathEvent]:
@@ -736,6 +749,8 @@ class PathScheduler:
     def _duplicate(self, now: float, window: float | None = None) -> None:
         until = now + (self.limits.duplicate_window if window is None else window)
         if until > self._dup_until:
+            if now >= self._dup_until:
+                self._dup_from = now
             self._dup_until = until
 
     def _hold(self, path: _Path, now: float) -> float:
@@ -790,6 +805,160 @@ class PathScheduler:
         else:
             alive = [p.path_id for p in paths if p.state is not _DEAD] or [p.path_id for p in paths]
             self._media_one = self._media_all = tuple(sorted(alive))
+
+
+# --- how many paths ---------------------------------------------------------
+
+
+class PathCount:
+    """
+    How many connections the agent keeps attached to its session
+    (C{--tunnel-connections auto}), between a floor and a ceiling.
+
+    The copies of a media datagram go on every connection that is up while
+    losses keep coming (L{PathScheduler}); a datagram is late only when
+    every copy is held back at once (a retransmission on each connection).
+    That is what this counts, on the receiving half, from the first copies
+    (what the de-duplication accepts): a I{media stall} is a pause of at
+    least C{count_stall_gap} (and at most C{count_stall_max}: longer is
+    silence) ended by a burst, C{count_burst} datagrams within
+    C{count_burst_window} (the held-back datagrams released together; the
+    next talk spurt after a silence comes one at a time).
+
+     - I{grow}: C{count_grow_stalls} media stalls while the media is
+       copied on every connection (for C{count_covered_after} at least)
+       within
+       C{count_grow_window}, and C{count_grow_hold} since the last change:
+       C{count_grow_step} connections more, at most the ceiling (the
+       stalls then count anew);
+     - I{shrink}: no media stall and no change for the quiet spell
+       (C{count_quiet}): one connection less;
+     - I{hysteresis}: a grow within C{count_flap_memory} of a shrink
+       doubles the quiet spell (up to C{count_quiet_max}); a grow later
+       than that sets it back.  A link that needs more connections now and
+       then keeps them; changes down are at most one per quiet spell.
+
+    Pure: the adapter feeds L{arrivals} and asks L{decide} now and then
+    (every half second is plenty: the decisions are seconds apart).
+
+    @ivar wanted: the connections wanted now (the floor to start with).
+    @ivar media_stalls: media stalls seen.
+    @ivar grows: changes up.
+    @ivar shrinks: changes down.
+    """
+
+    def __init__(self, floor: int, ceiling: int, limits: PathLimits | None = None) -> None:
+        """
+        @raise ValueError: not C{1 <= floor <= ceiling}.
+        """
+        if not 1 <= floor <= ceiling:
+            raise ValueError(f"1 <= floor {floor} <= ceiling {ceiling} does not hold")
+        self.limits = limits or PathLimits()
+        self.floor = floor
+        self.ceiling = ceiling
+        self.wanted = floor
+        self.quiet = self.limits.count_quiet
+        self.media_stalls = 0
+        self.grows = 0
+        self.shrinks = 0
+        self._stalls: deque[float] = deque(maxlen=self.limits.count_grow_stalls)
+        self._last_stall = float("-inf")
+        self._changed = float("-inf")
+        self._shrunk = float("-inf")
+        self._last_arrival: float | None = None
+        self._pause_end: float | None = None
+        self._burst = 0
+
+    def arrivals(self, now: float, count: int = 1, covered: bool = True) -> None:
+        """
+        C{count} media datagrams (first copies) arrived at C{now}.
+
+        @param covered: whether the media is copied on every connection now
+            (a stall counts towards a grow only then: a stall of media on
+            one connection asks for copies, which the scheduler starts,
+            not for more connections).
+        """
+        if count <= 0:
+            return
+        limits = self.limits
+        last = self._last_arrival
+        if last is not None and now < last:
+            now = last
+        self._last_arrival = now
+        end = self._pause_end
+        if end is not None:
+            if now - end <= limits.count_burst_window:
+                self._burst += count
+                if self._burst >= limits.count_burst:
+                    self._pause_end = None
+                    self.stall(end, covered)
+                return
+            self._pause_end = None
+        if last is not None and limits.count_stall_gap <= now - last <= limits.count_stall_max:
+            self._pause_end = now
+            self._burst = count
+            if count >= limits.count_burst:
+                self._pause_end = None
+                self.stall(now, covered)
+
+    def stall(self, now: float, covered: bool = True) -> None:
+        """
+        One media stall at C{now} (L{arrivals} calls it).
+
+        @param covered: see L{arrivals}; an uncovered stall is counted in
+            C{media_stalls} and keeps the count from shrinking, but does
+            not make it grow.
+        """
+        self.media_stalls += 1
+        if covered:
+            self._stalls.append(now)
+        if now > self._last_stall:
+            self._last_stall = now
+
+    def decide(self, now: float) -> int:
+        """
+        Apply the rules at C{now}.
+
+        @return: L{wanted}, up by at most C{count_grow_step} or down by one.
+        """
+        limits = self.limits
+        stalls = self._stalls
+        if (
+            self.wanted < self.ceiling
+            and len(stalls) == stalls.maxlen
+            and stalls[0] >= now - limits.count_grow_window
+            and now - self._changed >= limits.count_grow_hold
+        ):
+            self.wanted = min(self.ceiling, self.wanted + limits.count_grow_step)
+            self.grows += 1
+            if now - self._shrunk <= limits.count_flap_memory:
+                self.quiet = min(limits.count_quiet_max, 2 * self.quiet)
+            else:
+                self.quiet = limits.count_quiet
+            self._changed = now
+            stalls.clear()
+        elif (
+            self.wanted > self.floor
+            and now - self._last_stall >= self.quiet
+            and now - self._changed >= self.quiet
+        ):
+            self.wanted -= 1
+            self.shrinks += 1
+            self._changed = self._shrunk = now
+        return self.wanted
+
+    def snapshot(self) -> dict[str, Any]:
+        """
+        @return: the figures for status and metrics.
+        """
+        return {
+            "connections_wanted": self.wanted,
+            "connections_floor": self.floor,
+            "connections_ceiling": self.ceiling,
+            "connections_grown": self.grows,
+            "connections_shrunk": self.shrinks,
+            "media_stalls": self.media_stalls,
+        }
 
 
 # --- sequence numbers -------------------------------------------------------

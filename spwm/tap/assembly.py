@@ -39,6 +39,7 @@ from spwm.media.manager import MediaManager
 from spwm.media.reader import relay_sockets_for
 from spwm.security.resume import AgentResumption
 from spwm.session.carrier import PathKeeper, PathSessions
+from spwm.session.paths import PathCount
 from spwm.session.manager import SessionManager
 from spwm.session.quicpath import Keepers, QuicProber
 from spwm.sip.authz import AuthorizingContactProxy, MediaAcceptor
@@ -653,15 +654,28 @@ def _agent_side_tunnel(
     if config.paths_wanted > 1 or config.quic_probe:
         later_factory: Later[AgentTunnelFactory] = Later("the tunnel factory")
         raw_endpoint = endpoint[0]
+        fewest, most = config.paths_range
+        # --tunnel-connections auto: the count follows the media's stalls
+        count = PathCount(fewest, most, config.limits.paths) if most > fewest else None
         keeper = PathKeeper(
-            reactor, lambda: raw_endpoint.connect(later_factory()), config.paths_wanted - 1, retry_cap=config.reconnect_max
+            reactor,
+            lambda: raw_endpoint.connect(later_factory()),
+            fewest - 1,
+            retry_cap=config.reconnect_max,
+            count=count,
+            front=lambda: paths.front if paths is not None else None,
         )
         keepers: PathKeeper | Keepers = keeper
         if config.quic_probe:
             quic = agent_quic_prober(config, reactor, lambda: paths.front if paths is not None else None, later_factory)
             keepers = Keepers(keeper, quic)
         paths = PathSessions(
-            reactor, resumption, agent=True, keeper=keepers, moving=lambda: side.later_tunnel().reconnect_now()
+            reactor,
+            resumption,
+            agent=True,
+            keeper=keepers,
+            moving=lambda: side.later_tunnel().reconnect_now(),
+            count=count,
         )
         observer, hello = paths, paths.hello(resumption.hello)
     router = Router(sip_part, {FORWARD_USE: forwarder, "media": media}, observer)

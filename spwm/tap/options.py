@@ -116,7 +116,7 @@ class AgentConfig:
     @ivar http_proxy_auth: C{USER:PASSWORD} for the HTTP proxy (from the
         file or the environment, never the command line).
     @ivar tunnel_connections: connections kept attached to the session
-        (L{paths_wanted} says how many are used).
+        (L{paths_range} says how many are used); C{None}: C{auto}.
     @ivar sip_listen: where the agent listens for SIP applications.
     @ivar limits: every limit, with the options' values.
     """
@@ -138,7 +138,7 @@ class AgentConfig:
     tunnel_idle: float = 30.0
     udp_path: str = "auto"
     quic_port: int = 443
-    tunnel_connections: int = 2
+    tunnel_connections: int | None = None
     sip_listen: tuple[Address, ...] = field(default=(("127.0.0.1", 5060),), converter=_tuple)
     sip_tls_cert: str | None = None
     sip_tls_key: str | None = None
@@ -177,8 +177,8 @@ class AgentConfig:
             raise ConfigError("udp-path", "QUIC is always TLS: --udp-path only excludes --plaintext")
         if self.udp_path == "only" and self.http_proxy:
             raise ConfigError("udp-path", "an HTTP proxy carries TCP only: --udp-path only excludes --http-proxy")
-        if not 1 <= self.tunnel_connections <= 8:
-            raise ConfigError("tunnel-connections", "must be between 1 and 8")
+        if self.tunnel_connections is not None and not 1 <= self.tunnel_connections <= 8:
+            raise ConfigError("tunnel-connections", "must be auto or between 1 and 8")
         if len(self.also_contact) > 1:
             raise ConfigError("contact", "at most two contact points")
         if self.also_contact and self.tunnel == "on-demand":
@@ -195,17 +195,30 @@ class AgentConfig:
         ]
 
     @property
-    def paths_wanted(self) -> int:
+    def paths_range(self) -> tuple[int, int]:
         """
-        The connections actually kept: C{tunnel_connections}, but one with
-        C{--tunnel on-demand} (the on-demand tunnel opens and closes one)
-        and with C{--user-ciphering} (its counters are per connection: the
-        same key on two would repeat nonces), and with C{--udp-path only}
-        (the one QUIC connection; several QUIC paths are not made).
+        The connections actually kept, fewest and most: C{(N, N)} for a
+        number, C{auto} between the limits' C{count_floor} and
+        C{count_ceiling} (2 and 4: L{spwm.session.paths.PathCount}); but
+        one with C{--tunnel on-demand} (the on-demand tunnel opens and
+        closes one) and with C{--user-ciphering} (its counters are per
+        connection: the same key on two would repeat nonces), and with
+        C{--udp-path only} (the one QUIC connection; several QUIC paths
+        are not made).
         """
         if self.tunnel == "on-demand" or self.user_ciphering or self.udp_path == "only":
-            return 1
-        return self.tunnel_connections
+            return (1, 1)
+        if self.tunnel_connections is None:
+            paths = self.limits.paths
+            return (paths.count_floor, min(paths.count_ceiling, paths.max_paths))
+        return (self.tunnel_connections, self.tunnel_connections)
+
+    @property
+    def paths_wanted(self) -> int:
+        """
+        The connections kept to start with (the fewest of L{paths_range}).
+        """
+        return self.paths_range[0]
 
     @property
     def quic_probe(self) -> bool:
@@ -247,7 +260,7 @@ class AgentConfig:
         @param proxy_auth: the HTTP proxy's credentials from elsewhere than
             the options (the environment).
         """
-        from spwm.tap.agent import OPTIONS
+        from spwm.tap.agent import OPTIONS, tunnel_connections
 
         v = _defaults(OPTIONS, given)
         return cls(
@@ -269,7 +282,8 @@ class AgentConfig:
             tunnel_idle=v["tunnel-idle"],
             udp_path=v["udp-path"],
             quic_port=v["quic-port"],
-            tunnel_connections=v["tunnel-connections"],
+            # the default is the word "auto" (the help shows it)
+            tunnel_connections=tunnel_connections(v["tunnel-connections"]),
             sip_listen=v["sip-listen"] or [("127.0.0.1", 5060)],
             sip_tls_cert=v["sip-tls-cert"],
             sip_tls_key=v["sip-tls-key"],
