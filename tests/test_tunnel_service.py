@@ -22,6 +22,8 @@ from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
 from spwm.tunnel.service import (
     AgentTunnelService,
     ContactListenService,
+    LOST_SPREAD,
+    STEADY_UP,
     HTTPConnectEndpoint,
     backoff,
     describe_failure,
@@ -171,9 +173,11 @@ class AgentServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.endpoint.attempts), 2)
         self.assertIsNone(self.service.tunnel)
 
-    def test_lost_tunnel_reconnects_with_backoff(self) -> None:
+    def test_lost_tunnel_reconnects_soon(self) -> None:
         """
-        A tunnel that dies (keepalive timeout) is re-established after a backoff delay.
+        A tunnel that had been up for a while and dies (here the keepalive
+        timeout; a network change, every path of a session broken) is
+        tried again within L{LOST_SPREAD}, not after a backoff step.
         """
         self.service.startService()
         contact_factory, pump = self.connect_contact()
@@ -181,7 +185,24 @@ class AgentServiceTests(SynchronousTestCase):
         self.clock.advance(50)
         pump.flush()
         self.assertIsNone(self.service.tunnel)
-        self.clock.advance(1.01)
+        self.clock.advance(LOST_SPREAD)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+
+    def test_tunnel_lost_soon_after_up_backs_off(self) -> None:
+        """
+        A tunnel lost within L{STEADY_UP} of coming up (a contact point
+        that drops it again and again) is tried again after the backoff,
+        so such a loop does not spin.
+        """
+        self.service.startService()
+        contact_factory, pump = self.connect_contact()
+        self.clock.advance(STEADY_UP / 2)
+        self.service.tunnel.transport.loseConnection()
+        pump.flush()
+        self.assertIsNone(self.service.tunnel)
+        self.clock.advance(0.99)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        self.clock.advance(0.02)
         self.assertEqual(len(self.endpoint.attempts), 2)
 
     def test_handshake_failure_is_retried(self) -> None:

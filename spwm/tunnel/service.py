@@ -508,29 +508,46 @@ def backoff(
     return policy
 
 
+#: a tunnel up at least this long (s) that is lost is tried again within
+#: L{LOST_SPREAD} instead of after the first backoff step
+STEADY_UP = 10.0
+
+#: the spread of that first attempt (s): agents that lost their tunnels
+#: together (a contact point's crash) do not all come back in one instant
+LOST_SPREAD = 0.1
+
+
 class _RetryPolicy:
     """
     The retry policy given to C{ClientService}: the backoff policy, except
     that after the contact point went away gracefully the next attempt is
-    made at once (L{now}).  Such an immediate attempt is not a failure:
-    the attempts after it wait as if it had not been counted.
+    made at once (L{now}), and after a tunnel that had been up for a while
+    was lost, within a short spread (L{now} with C{spread}).  Such an
+    attempt is not a failure: the attempts after it wait as if it had not
+    been counted.
 
     @ivar failures: failed attempts since the tunnel was last up, as the
         latest call counted them.
     """
 
-    def __init__(self, policy: Callable[[int], float]) -> None:
+    def __init__(self, policy: Callable[[int], float], rng: Callable[[], float] = random.random) -> None:
         #: the backoff policy: failed attempts in a row -> seconds
         self.policy = policy
+        self._rng = rng
         self._now = False
+        self._spread = 0.0
         self._free = 0
         self.failures = 0
 
-    def now(self) -> None:
+    def now(self, spread: float = 0.0) -> None:
         """
-        Make the next retry at once.
+        Make the next retry at once, or within C{spread} seconds (a random
+        time in it).
         """
+        if self._now:
+            spread = min(spread, self._spread)
         self._now = True
+        self._spread = spread
 
     def reset(self) -> None:
         """
@@ -548,7 +565,7 @@ class _RetryPolicy:
             self._now = False
             self._free += 1
             self.failures = attempt - self._free
-            return 0.0
+            return self._spread * self._rng() if self._spread else 0.0
         self.failures = attempt - self._free
         return self.policy(self.failures)
 
@@ -775,6 +792,11 @@ class AgentTunnelService(ClientService):
             self.tunnel = None
         if protocol.go_away_info is not None:
             self._retry.now()
+        elif protocol.connected_at is not None and self._time.seconds() - protocol.connected_at >= STEADY_UP:
+            # a tunnel that worked (a network change, every path of the
+            # session broken at once): try again now, not after a backoff
+            # step; one that keeps dropping soon after it is up backs off
+            self._retry.now(LOST_SPREAD)
         self._reporting.last_failure = self._why(protocol, reason, True)
 
     def stopService(self) -> Deferred[None]:
