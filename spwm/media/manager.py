@@ -329,17 +329,35 @@ def media_codec(sdp: bytes, live: MediaDescription) -> str | None:
     return _STATIC_PAYLOADS.get(fmt, "payload type " + fmt)
 
 
-def _learn_codecs(dialog: _Dialog, sdp: bytes, description: SessionDescription) -> None:
+def _codecs(sdp: bytes, description: SessionDescription) -> tuple[str | None, dict[int, str | None]]:
+    """
+    The codecs of a description, each stream's read once: the first live
+    stream's (L{first_codec}) and every stream's with a port, by index
+    (L{media_codec}).
+    """
+    first = None
+    found = False
+    codecs: dict[int, str | None] = {}
+    for media in description.media:
+        if not media.port:
+            continue
+        codec = codecs[media.index] = media_codec(sdp, media)
+        if not found and media.formats:
+            first, found = codec, True
+    return first, codecs
+
+
+def _learn_codecs(dialog: _Dialog, codecs: dict[int, str | None]) -> None:
     """
     Tell each stream's quality figures the codec of the latest description
     (the answer comes after the offer, so the answer's first codec wins):
     its clock rate is the jitter's unit, its name picks the E-model's
     impairment.
     """
-    for media in description.media:
-        stream = dialog.streams.get(media.index)
-        if stream is not None and media.port:
-            stream.quality.set_codec(media_codec(sdp, media))
+    for index, codec in codecs.items():
+        stream = dialog.streams.get(index)
+        if stream is not None:
+            stream.quality.set_codec(codec)
 
 
 def _host_port(host: str | None, port: int | None) -> str:
@@ -905,7 +923,7 @@ class MediaManager:
         leg = dialog.leg
         loser = leg.loser(tag, True)
         if not loser:
-            dialog.codec[True] = first_codec(sdp, description)
+            dialog.codec[True], codecs = _codecs(sdp, description)
         connected = [
             index
             for index, stream in dialog.streams.items()
@@ -914,7 +932,7 @@ class MediaManager:
         outcome = leg.described(True, tag, description, connected)
         self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
         if not loser:
-            _learn_codecs(dialog, sdp, description)
+            _learn_codecs(dialog, codecs)
 
     def sdp_out_of_tunnel(
         self,
@@ -956,11 +974,11 @@ class MediaManager:
             dialog.source = source
         loser = dialog.leg.loser(tag, False)
         if not loser:
-            dialog.codec[False] = first_codec(sdp, description)
+            dialog.codec[False], codecs = _codecs(sdp, description)
         outcome = dialog.leg.described(False, tag, description)
         failed = self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
         if not loser:
-            _learn_codecs(dialog, sdp, description)
+            _learn_codecs(dialog, codecs)
         entries, tcp = self._resolve(dialog, outcome.rewrite, failed)
         if any(t is not None for t in tcp):
             sdp = rewrite_tcp_media(sdp, tcp)
