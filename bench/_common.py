@@ -94,15 +94,23 @@ class Processes:
     def __init__(self) -> None:
         self.popen: list[subprocess.Popen] = []
         self.workers: list[multiprocessing.Process] = []
+        #: a directory: each twistd runs under cProfile and saves its
+        #: statistics there as C{NAME.prof} when it stops (C{--cprofile})
+        self.cprofile_dir: str | None = None
 
     def start_twistd(self, name: str, args: list[str], log: str) -> subprocess.Popen:
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        profile = []
+        if self.cprofile_dir:
+            path = os.path.join(self.cprofile_dir, f"{name}.prof")
+            profile = [f"--profile={path}", "--profiler=cprofile", "--savestats"]
         cmd = [
             sys.executable,
             "-c",
             "from twisted.scripts.twistd import run; run()",
             "-n",
             "--pidfile=",
+            *profile,
             name,
             *args,
         ]
