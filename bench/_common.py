@@ -243,6 +243,7 @@ class Pair:
         media_ports: int = 2000,
         tls: bool = False,
         extra: list[str] = (),
+        agent_extra: list[str] = (),
     ) -> None:
         self.procs = procs
         self.workdir = workdir
@@ -289,6 +290,7 @@ class Pair:
                 "--media-address", "127.0.0.1",
                 "--media-ports", f"{agent_media[0]}-{agent_media[1]}",
                 *extra,
+                *agent_extra,
             ],
             self.agent_log,
         )

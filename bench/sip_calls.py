@@ -87,7 +87,9 @@ class Bench:
         os.makedirs(uas_dir)
         self.pair: Pair | None = None
         if not args.skip_tunnel:
-            self.pair = Pair(procs, workdir, ("127.0.0.1", self.uas_port), media_ports=args.media_ports, tls=args.tls)
+            self.pair = Pair(
+                procs, workdir, ("127.0.0.1", self.uas_port), media_ports=args.media_ports, tls=args.tls, agent_extra=args.agent_arg
+            )
             self.pair.wait_up()
             # SIPp's uac calls as sip:sipp@127.0.0.1; the contact point lets
             # a tunnel call only as an address-of-record registered through it.
@@ -317,6 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-direct", action="store_true")
     p.add_argument("--skip-tunnel", action="store_true")
     p.add_argument("--profile", metavar="DIR", help="--fixed: py-spy both halves during the tunnel step; files in DIR")
+    p.add_argument(
+        "--agent-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for spwm-agent (repeat: --agent-arg=--tunnel-connections --agent-arg=1)",
+    )
     p.add_argument(
         "--cprofile",
         metavar="DIR",
