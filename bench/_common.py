@@ -94,15 +94,23 @@ class Processes:
     def __init__(self) -> None:
         self.popen: list[subprocess.Popen] = []
         self.workers: list[multiprocessing.Process] = []
+        #: a directory: each twistd runs under cProfile and saves its
+        #: statistics there as C{NAME.prof} when it stops (C{--cprofile})
+        self.cprofile_dir: str | None = None
 
     def start_twistd(self, name: str, args: list[str], log: str) -> subprocess.Popen:
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        profile = []
+        if self.cprofile_dir:
+            path = os.path.join(self.cprofile_dir, f"{name}.prof")
+            profile = [f"--profile={path}", "--profiler=cprofile", "--savestats"]
         cmd = [
             sys.executable,
             "-c",
             "from twisted.scripts.twistd import run; run()",
             "-n",
             "--pidfile=",
+            *profile,
             name,
             *args,
         ]
@@ -235,6 +243,7 @@ class Pair:
         media_ports: int = 2000,
         tls: bool = False,
         extra: list[str] = (),
+        agent_extra: list[str] = (),
     ) -> None:
         self.procs = procs
         self.workdir = workdir
@@ -281,6 +290,7 @@ class Pair:
                 "--media-address", "127.0.0.1",
                 "--media-ports", f"{agent_media[0]}-{agent_media[1]}",
                 *extra,
+                *agent_extra,
             ],
             self.agent_log,
         )

@@ -35,6 +35,7 @@ Run from the repository's root::
     python3 bench/sip_calls.py --fixed 300      # one step at 300 calls/s on both paths
     python3 bench/sip_calls.py --fixed 700,150,150 --skip-direct   # overload, then does it recover?
     python3 bench/sip_calls.py --fixed 300 --profile /tmp/prof --skip-direct
+    python3 bench/sip_calls.py --fixed 50 --step 10 --skip-direct --cprofile /tmp/cprof   # Python calls per call
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ class Bench:
         os.makedirs(uas_dir)
         self.pair: Pair | None = None
         if not args.skip_tunnel:
-            self.pair = Pair(procs, workdir, ("127.0.0.1", self.uas_port), media_ports=args.media_ports, tls=args.tls)
+            self.pair = Pair(
+                procs, workdir, ("127.0.0.1", self.uas_port), media_ports=args.media_ports, tls=args.tls, agent_extra=args.agent_arg
+            )
             self.pair.wait_up()
             # SIPp's uac calls as sip:sipp@127.0.0.1; the contact point lets
             # a tunnel call only as an address-of-record registered through it.
@@ -260,6 +263,7 @@ def ramp(bench: Bench, args: argparse.Namespace, path: str, start: float, cap: f
 
 
 def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
+    procs.cprofile_dir = args.cprofile
     bench = Bench(args, procs, workdir)
     print(
         f"SIP call rate: SIPp uac -> {'agent -> contact point (' + ('TLS' if args.tls else 'plaintext') + ') -> ' if bench.pair else ''}"
@@ -315,6 +319,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-direct", action="store_true")
     p.add_argument("--skip-tunnel", action="store_true")
     p.add_argument("--profile", metavar="DIR", help="--fixed: py-spy both halves during the tunnel step; files in DIR")
+    p.add_argument(
+        "--agent-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for spwm-agent (repeat: --agent-arg=--tunnel-connections --agent-arg=1)",
+    )
+    p.add_argument(
+        "--cprofile",
+        metavar="DIR",
+        help="run both halves under cProfile (deterministic call counts; about twice the CPU): DIR/spwm-agent.prof and"
+        " DIR/spwm-contact.prof are written when they stop (read them with pstats)",
+    )
     p.add_argument("--max-time", type=float, default=900, help="stop everything after this many seconds (default 900)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (SIPp statistics, logs)")
     args = p.parse_args(argv)
@@ -325,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--fixed: rates separated by commas")
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
+    if args.cprofile:
+        args.cprofile = os.path.abspath(args.cprofile)
+        os.makedirs(args.cprofile, exist_ok=True)
     return run_bounded(lambda procs, workdir: run(args, procs, workdir), args.max_time, args.keep)
 
 

@@ -370,30 +370,32 @@ class Metrics:
             ["side", "leg"],
             registry=registry,
         )
-        self.setup.labels(self.side)
+        # the labelled series, looked up once (not per call)
+        self._setup = self.setup.labels(self.side)
         self.rtt.labels(self.side)
-        for leg in LEGS:
-            self.jitter.labels(self.side, leg)
-            self.transit.labels(self.side, leg)
-            self.lost.labels(self.side, leg)
-        for answered in ("yes", "no"):
-            self.calls.labels(self.side, answered)
+        self._legs = {
+            leg: (self.jitter.labels(self.side, leg), self.transit.labels(self.side, leg), self.lost.labels(self.side, leg))
+            for leg in LEGS
+        }
+        self._calls = {answered: self.calls.labels(self.side, answered) for answered in ("yes", "no")}
 
     def call_event(self, event: str, record: dict[str, Any]) -> None:
         """
-        A media manager's call observer: the set-up time at the answer, the
-        per-leg figures of the quality measurements at the end.
+        A media manager's call observer: the set-up time at the answer
+        (C{setup_s}), and at the end the per-leg figures of the call detail
+        record (L{spwm.media.manager.call_detail_record}: C{answered_s},
+        and per stream its C{legs}).
         """
         if event == "answered":
             setup = record.get("setup_s")
             if isinstance(setup, (int, float)) and setup >= 0:
-                self.setup.labels(self.side).observe(setup)
+                self._setup.observe(setup)
             return
         if event != "ended":
             return
-        self.calls.labels(self.side, "yes" if record.get("answered_at") is not None else "no").inc()
+        self._calls["yes" if record.get("answered_s") is not None else "no"].inc()
         for stream in record.get("streams") or ():
-            legs = (stream.get("quality") or {}).get("legs") or {}
+            legs = stream.get("legs") or {}
             for leg in LEGS:
                 figures = legs.get(leg)
                 if not figures or not figures.get("packets"):
@@ -403,12 +405,13 @@ class Metrics:
                 jitter = figures.get("jitter_ms")
                 transit = figures.get("transit_ms")
                 lost = figures.get("lost")
+                jitters, transits, losses = self._legs[leg]
                 if isinstance(jitter, (int, float)) and jitter >= 0:
-                    self.jitter.labels(self.side, leg).observe(jitter / 1000)
+                    jitters.observe(jitter / 1000)
                 if isinstance(transit, (int, float)) and transit >= 0:
-                    self.transit.labels(self.side, leg).observe(transit / 1000)
+                    transits.observe(transit / 1000)
                 if isinstance(lost, (int, float)) and lost > 0:
-                    self.lost.labels(self.side, leg).inc(lost)
+                    losses.inc(lost)
 
     def sample(self) -> None:
         """

@@ -10,7 +10,7 @@ from typing import Any
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.media.manager import PENDING_TIMEOUT, MediaManager, first_codec
+from spwm.media.manager import PENDING_TIMEOUT, MediaManager, _codecs, first_codec
 from spwm.media.ports import PortAllocator, PortsExhaustedError
 from spwm.sdp import parse_sdp
 from spwm.sip.flows import Flow, FlowTable
@@ -1181,6 +1181,11 @@ class CallLogTests(SynchronousTestCase):
         for media, expected in cases:
             sdp = b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n" + media
             self.assertEqual(first_codec(sdp, parse_sdp(sdp)), expected, media)
+            # what the hooks use: every stream's codec read once, the same first
+            first, codecs = _codecs(sdp, parse_sdp(sdp))
+            self.assertEqual(first, expected, media)
+        sdp = b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n" + cases[0][0]
+        self.assertEqual(_codecs(sdp, parse_sdp(sdp)), ("opus/48000/2", {1: "opus/48000/2"}))
 
 
 class QualityTests(SynchronousTestCase):

@@ -194,6 +194,26 @@ class BoundTests(SynchronousTestCase):
         self.assertAlmostEqual(path["dead_bound"], 2.0)
         self.assertEqual(path["srtt"], 0.1)
 
+    def test_media_srtt_as_the_snapshot(self) -> None:
+        """
+        L{PathScheduler.media_srtt} gives the media paths and the shortest
+        smoothed round trip among them, as the snapshot shows them;
+        C{None} before any sample.
+        """
+        sched = _scheduler()
+        sched.add(1, TCP, 0.0)
+        sched.add(2, TCP, 0.0)
+        sched.tick(0.0)
+        self.assertEqual(sched.media_srtt(), (tuple(sched.snapshot()["media"]), None))
+        sched.rtt_sample(1, 0.05, 0.0)
+        sched.rtt_sample(2, 0.02, 0.0)
+        sched.tick(0.0)
+        snapshot = sched.snapshot()
+        srtt = {p["path_id"]: p["srtt"] for p in snapshot["paths"]}
+        media, rtt = sched.media_srtt()
+        self.assertEqual(list(media), snapshot["media"])
+        self.assertEqual(rtt, min(srtt[i] for i in media))
+
 
 def _two_tcp(**limits: float) -> PathScheduler:
     sched = _scheduler(**limits)

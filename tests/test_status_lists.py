@@ -198,12 +198,13 @@ class MetricsTests(SynchronousTestCase):
         status = self._status()
         metrics = status.metrics
         metrics.call_event("answered", {"setup_s": 0.3})
-        metrics.call_event("ended", {"answered_at": 5.0, "streams": [{"quality": SNAPSHOT}, {"quality": None}]})
-        metrics.call_event("ended", {"answered_at": None, "streams": []})
+        # the call detail record's shape (spwm.media.manager.call_detail_record)
+        metrics.call_event("ended", {"answered_s": 5.0, "streams": [{"legs": SNAPSHOT["legs"]}, {"legs": None}]})
+        metrics.call_event("ended", {"answered_s": None, "streams": []})
         # a stream that carried nothing (a 407 to the INVITE) adds no sample
         silent = {"legs": {"lan": dict(SNAPSHOT["legs"]["lan"], packets=0, jitter_ms=0.0, lost=0),  # type: ignore[call-overload]
                            "tunnel": dict(SNAPSHOT["legs"]["tunnel"], packets=0, jitter_ms=0.0, transit_ms=1.0)}}  # type: ignore[call-overload]
-        metrics.call_event("ended", {"answered_at": None, "streams": [{"quality": silent}]})
+        metrics.call_event("ended", {"answered_s": None, "streams": [{"legs": silent["legs"]}]})
         text = metrics.exposition()[0].decode()
         self.assertIn('spwm_call_setup_seconds_bucket{le="0.25",side="contact"} 0.0\n', text)
         self.assertIn('spwm_call_setup_seconds_bucket{le="0.5",side="contact"} 1.0\n', text)
@@ -368,6 +369,12 @@ class MediaListingTests(SynchronousTestCase):
         self.assertEqual((ended["call_id"], ended["reason"], ended["state"]), (DIALOG, "dialog ended", "ended"))
         # the snapshot taken when the stream was released
         self.assertEqual(set(ended["streams"][0]["quality"]), {"legs", "mos", "codec"})
+        # one end record: the call detail record (the log line's, the
+        # metrics') is the ring's, and the listing agrees with it
+        (cdr,) = agent.cdrs
+        self.assertEqual(cdr["streams"][0]["legs"], ended["streams"][0]["quality"]["legs"])
+        self.assertEqual((cdr["dialog"], cdr["started"]), (ended["call"], round(ended["started"], 3)))
+        self.assertAlmostEqual(ended["ended"] - ended["started"], ended["duration"], places=3)
         text = status.metrics.exposition()[0].decode()
         self.assertIn('spwm_calls_ended_total{answered="yes",side="agent"} 1.0\n', text)
         self.assertIn('spwm_media_jitter_seconds_count{leg="lan",side="agent"} 1.0\n', text)
@@ -379,6 +386,7 @@ class MediaListingTests(SynchronousTestCase):
         ended = agent.ended_calls()
         self.assertEqual(len(ended), media_manager.ENDED_CALLS)
         self.assertEqual(ended[0]["call"], f"{media_manager.ENDED_CALLS + 4}/call")
+        self.assertEqual([r["dialog"] for r in agent.cdrs], [r["call"] for r in reversed(ended)])
 
     def test_without_quality(self) -> None:
         """

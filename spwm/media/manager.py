@@ -329,17 +329,35 @@ def media_codec(sdp: bytes, live: MediaDescription) -> str | None:
     return _STATIC_PAYLOADS.get(fmt, "payload type " + fmt)
 
 
-def _learn_codecs(dialog: _Dialog, sdp: bytes, description: SessionDescription) -> None:
+def _codecs(sdp: bytes, description: SessionDescription) -> tuple[str | None, dict[int, str | None]]:
+    """
+    The codecs of a description, each stream's read once: the first live
+    stream's (L{first_codec}) and every stream's with a port, by index
+    (L{media_codec}).
+    """
+    first = None
+    found = False
+    codecs: dict[int, str | None] = {}
+    for media in description.media:
+        if not media.port:
+            continue
+        codec = codecs[media.index] = media_codec(sdp, media)
+        if not found and media.formats:
+            first, found = codec, True
+    return first, codecs
+
+
+def _learn_codecs(dialog: _Dialog, codecs: dict[int, str | None]) -> None:
     """
     Tell each stream's quality figures the codec of the latest description
     (the answer comes after the offer, so the answer's first codec wins):
     its clock rate is the jitter's unit, its name picks the E-model's
     impairment.
     """
-    for media in description.media:
-        stream = dialog.streams.get(media.index)
-        if stream is not None and media.port:
-            stream.quality.set_codec(media_codec(sdp, media))
+    for index, codec in codecs.items():
+        stream = dialog.streams.get(index)
+        if stream is not None:
+            stream.quality.set_codec(codec)
 
 
 def _host_port(host: str | None, port: int | None) -> str:
@@ -373,8 +391,29 @@ def _stream_traffic(stream: _Stream, into: dict[str, int] | None = None) -> dict
     return totals
 
 
-#: Ended calls remembered for the status listing (the newest).
-ENDED_CALLS = 100
+#: Ended calls remembered for the status listing (the newest): one ring,
+#: which also holds their call detail records (L{MediaManager.cdrs}).
+ENDED_CALLS = RECENT_CALLS
+
+
+class _EndedCall:
+    """
+    A call leg that ended, as the ring of ended calls keeps it: its call
+    detail record, built once at the end (the log line, the metrics and
+    L{MediaManager.cdrs} share it), and the dialog itself, from which
+    the status listing's entry is made only when a status request asks
+    (L{MediaManager.ended_calls}).  The dialog's streams are released by
+    then, so nothing in it changes any more.
+    """
+
+    __slots__ = ("cdr", "key", "dialog", "ended", "reason")
+
+    def __init__(self, cdr: dict[str, Any], key: str, dialog: "_Dialog", ended: float, reason: str) -> None:
+        self.cdr = cdr
+        self.key = key
+        self.dialog = dialog
+        self.ended = ended
+        self.reason = reason
 
 
 def _quality(stream: Any) -> Any:
@@ -572,8 +611,6 @@ class MediaManager:
         self.hep = hep
         self.call_lines = call_lines
         self.pending_timeout = pending_timeout
-        #: the call detail records of the last RECENT_CALLS calls ended
-        self.cdrs: deque[dict[str, Any]] = deque(maxlen=RECENT_CALLS)
         # session id -> dialog key -> the dialog's media: keyed by the
         # session's stable id, never by the connection that carries it, so
         # a resumption moves nothing and a session's end touches its own
@@ -610,9 +647,10 @@ class MediaManager:
         # (session id, dialog key) -> when; at most MAX_ENDED_MEMORY
         self._recently_ended: dict[tuple[str, str], float] = {}
         self.ignored_after_end = 0
-        # the status listing: the last ended calls, and who is told of a
-        # call's answer and end (C{observer(event, record)})
-        self._ended: deque[dict[str, Any]] = deque(maxlen=ENDED_CALLS)
+        # the last ended calls (their call detail records and the status
+        # listing's entries), and who is told of a call's answer and end
+        # (C{observer(event, record)})
+        self._ended: deque[_EndedCall] = deque(maxlen=ENDED_CALLS)
         self.call_observers: list[Callable[[str, dict[str, Any]], None]] = []
 
     # counts for tests and status
@@ -734,9 +772,24 @@ class MediaManager:
     def ended_calls(self) -> list[dict[str, Any]]:
         """
         The last L{ENDED_CALLS} calls that ended, newest first, as
-        L{call_list} with C{ended} and C{reason}.
+        L{call_list} with C{ended} and C{reason} (made here, for the
+        status request that asks, not at each call's end).
         """
-        return list(reversed(self._ended))
+        out = []
+        for ended in reversed(self._ended):
+            dialog = ended.dialog
+            record = self._call_record(dialog.session, ended.key, dialog, ended.ended)
+            record.update(ended=ended.ended, reason=ended.reason, state="ended")
+            out.append(record)
+        return out
+
+    @property
+    def cdrs(self) -> list[dict[str, Any]]:
+        """
+        The call detail records (L{call_detail_record}) of the last
+        L{RECENT_CALLS} calls ended, oldest first.
+        """
+        return [ended.cdr for ended in self._ended]
 
     def _call_record(self, session_id: str, key: str, dialog: _Dialog, now: float) -> dict[str, Any]:
         """
@@ -780,15 +833,6 @@ class MediaManager:
             "state": "answered" if answered is not None else "setting up",
             "streams": streams,
         }
-
-    def _remember_end(self, dialog_key: str, dialog: _Dialog, reason: str) -> None:
-        """
-        An ended call into the ring of ended calls, and to the observers.
-        """
-        record = self._call_record(dialog.session, dialog_key, dialog, self.clock.seconds())
-        record.update(ended=self.clock.seconds(), reason=reason, state="ended")
-        self._ended.append(record)
-        self._tell("ended", record)
 
     def _tell(self, event: str, record: dict[str, Any]) -> None:
         for observer in self.call_observers:
@@ -879,7 +923,7 @@ class MediaManager:
         leg = dialog.leg
         loser = leg.loser(tag, True)
         if not loser:
-            dialog.codec[True] = first_codec(sdp, description)
+            dialog.codec[True], codecs = _codecs(sdp, description)
         connected = [
             index
             for index, stream in dialog.streams.items()
@@ -888,7 +932,7 @@ class MediaManager:
         outcome = leg.described(True, tag, description, connected)
         self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
         if not loser:
-            _learn_codecs(dialog, sdp, description)
+            _learn_codecs(dialog, codecs)
 
     def sdp_out_of_tunnel(
         self,
@@ -930,11 +974,11 @@ class MediaManager:
             dialog.source = source
         loser = dialog.leg.loser(tag, False)
         if not loser:
-            dialog.codec[False] = first_codec(sdp, description)
+            dialog.codec[False], codecs = _codecs(sdp, description)
         outcome = dialog.leg.described(False, tag, description)
         failed = self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
         if not loser:
-            _learn_codecs(dialog, sdp, description)
+            _learn_codecs(dialog, codecs)
         entries, tcp = self._resolve(dialog, outcome.rewrite, failed)
         if any(t is not None for t in tcp):
             sdp = rewrite_tcp_media(sdp, tcp)
@@ -1519,15 +1563,15 @@ class MediaManager:
 
     def _log_end(self, dialog_key: str, dialog: _Dialog, reason: str) -> None:
         """
-        The call detail record: one structured event at the end of every
-        call (L{call_detail_record} in the event's C{cdr} field, for
-        machines; a line for people). Its streams are released by now.
+        The call detail record, built once: into the ring of ended calls,
+        to the observers (the metrics) and one structured event at the end
+        of every call (L{call_detail_record} in the event's C{cdr} field,
+        for machines; a line for people). Its streams are released by now.
         """
-        self._remember_end(dialog_key, dialog, reason)
-        record = call_detail_record(
-            dialog_key, dialog, reason, self.clock.seconds(), self.side, self._local_leg
-        )
-        self.cdrs.append(record)
+        now = self.clock.seconds()
+        record = call_detail_record(dialog_key, dialog, reason, now, self.side, self._local_leg)
+        self._ended.append(_EndedCall(record, dialog_key, dialog, now, reason))
+        self._tell("ended", record)
         if record["answered_s"] is None:
             answered = "not answered"
         else:

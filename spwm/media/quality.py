@@ -671,7 +671,7 @@ class StreamQuality:
         """
         The codec the SDP negotiated: its clock rate is the jitter's unit.
         """
-        if codec is None:
+        if codec is None or codec == self.codec:
             return
         self.codec = codec
         rate = clock_rate(codec)

@@ -556,12 +556,11 @@ class PathFront:
         scheduler's samples, else that path's own estimate; C{None} where
         none is known.  Read for the status, never per packet.
         """
-        snapshot = self.scheduler.snapshot()
-        media = set(snapshot["media"])
-        known = [p["srtt"] for p in snapshot["paths"] if p["path_id"] in media and p["srtt"] is not None]
-        if not known:
-            paths = [self._paths[i] for i in media if i in self._paths] or list(self._paths.values())
-            known = [r for r in (getattr(p, "rtt", None) for p in paths) if isinstance(r, float)]
+        media, srtt = self.scheduler.media_srtt()
+        if srtt is not None:
+            return srtt
+        paths = [self._paths[i] for i in media if i in self._paths] or list(self._paths.values())
+        known = [r for r in (getattr(p, "rtt", None) for p in paths) if isinstance(r, float)]
         return min(known) if known else None
 
     def late_dropped(self, channel_id: int) -> int | None:

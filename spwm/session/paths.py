@@ -701,6 +701,17 @@ class PathScheduler:
 
     # -- status
 
+    def media_srtt(self) -> tuple[tuple[int, ...], float | None]:
+        """
+        The paths that carry the media now and the shortest smoothed round
+        trip (seconds) among them (C{None}: no sample yet): what
+        L{snapshot} would say, without making it (read once per call's
+        end, for its quality figures).
+        """
+        media = self._media_one
+        known = [p.srtt for i in media if (p := self._paths.get(i)) is not None and p.srtt is not None]
+        return media, (min(known) if known else None)
+
     def snapshot(self) -> dict[str, Any]:
         """
         @return: the carrier, the media path(s) and each path's state,
