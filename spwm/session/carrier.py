@@ -746,8 +746,13 @@ class PathSessions:
         limits: PathLimits | None = None,
         keeper: PathKeeper | Keepers | None = None,
         moving: Callable[[], None] | None = None,
+        elsewhere: Callable[[object], int | None] | None = None,
     ) -> None:
         """
+        @param elsewhere: contact point with C{--workers}: the own port of
+            the worker that holds a session id, when another worker does
+            (L{spwm.workers.WorkerPorts.redirect}); an attach to such a
+            session is refused with that port (C{redirect}).
         @param moving: agent: called when the contact point sends go-away
             on a path of the session (the tunnel service reconnects at
             once); the session's other paths are closed, so the session
@@ -760,8 +765,10 @@ class PathSessions:
         self.limits = limits
         self.keeper = keeper
         self._moving = moving
+        self.elsewhere = elsewhere
         self.fronts: list[PathFront] = []
         self.attach_refused = 0
+        self.attach_redirected = 0
         self._pending: dict[int, TunnelProtocol] = {}
         self._timers: dict[int, IDelayedCall] = {}
 
@@ -930,6 +937,19 @@ class PathSessions:
         challenge = path.local_hello.get("challenge")
         front = next((f for f in self.fronts if f.session_id == session_id and f.is_open), None)
         problem = None
+        redirect = self.elsewhere(session_id) if front is None and self.elsewhere is not None else None
+        if redirect is not None:
+            # another worker's session: the agent is told where it is
+            self.attach_redirected += 1
+            self.log.info(
+                "another connection to session {session_id} from {peer}: held by the worker on port {port}; agent sent there",
+                session_id=session_id,
+                peer=path.peer,
+                port=redirect,
+            )
+            path.send_control({"op": "attach-failed", "reason": "session held by another worker", "redirect": redirect})
+            path.close(ErrorCode.REFUSED, "attach: session held by another worker")
+            return
         if not isinstance(session_id, str) or front is None:
             problem = "no live session by that name"
         elif not isinstance(challenge, str):
@@ -1006,6 +1026,7 @@ class PathSessions:
             "media_switches": sum(f.scheduler.media_switches for f in self.fronts),
             "media_on": media_on,
             "attach_refused": self.attach_refused,
+            "attach_redirected": self.attach_redirected,
         }
         if self.agent:
             live = self.front

@@ -27,7 +27,7 @@ import attrs
 from attrs import frozen
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, TCP6ClientEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 
 from spwm.addr import hostport, is_wildcard, route_source
@@ -81,7 +81,7 @@ from spwm.tunnel.service import (
     client_certificate,
     server_tls_factory,
 )
-from spwm.workers import ReusePortEndpoint, listen_address
+from spwm.workers import ReusePortEndpoint, WorkerPorts, listen_address, worker_ports_base
 
 #: C{observer(direction, peer, data)}: see L{SipTrace}.
 SipObserver = Callable[[str, str, bytes], None]
@@ -158,6 +158,8 @@ class ContactPoint:
     @ivar status: the status document.
     @ivar status_http: serves it, if asked for.
     @ivar quic_listener: accepts the tunnels over QUIC (C{--quic-listen}), if asked for.
+    @ivar worker_listener: C{--workers}: this worker's own tunnel port
+        (the welcome's C{resume_port}).
     @ivar service: the one service to start; its children in start order.
     """
 
@@ -177,6 +179,7 @@ class ContactPoint:
     status_http: StatusHTTPService | None
     service: MultiService
     quic_listener: ContactListenService | None = None
+    worker_listener: ContactListenService | None = None
 
 
 def sip_trace(
@@ -758,17 +761,47 @@ def listen_backlog(config: ContactConfig) -> int:
     return config.listen_backlog or system_backlog()
 
 
+def contact_tls_factory(config: ContactConfig, factory: ContactTunnelFactory) -> Any:
+    """
+    The TLS wrapper of the tunnel listeners, or C{None} with C{--plaintext}.
+    """
+    if config.plaintext:
+        return None
+    if config.client_ca:
+        load_certificates("client-ca", config.client_ca)
+    return load_tls("cert", server_tls_factory, config.cert, config.key, factory, None, config.client_ca)
+
+
+def worker_listen_service(
+    config: ContactConfig, factory: ContactTunnelFactory, reactor: Any, port: int
+) -> ContactListenService:
+    """
+    C{--workers}: this worker's own tunnel listener (L{WorkerPorts.own}),
+    on the C{--listen} address, for the resumptions and further
+    connections of its sessions (the welcome names it).
+    """
+    family, interface, _ = listen_address(config.listen)
+    endpoint: Any = (
+        TCP6ServerEndpoint(reactor, port, listen_backlog(config), interface)
+        if family == socket.AF_INET6
+        else TCP4ServerEndpoint(reactor, port, listen_backlog(config), interface)
+    )
+    return ContactListenService(
+        endpoint,
+        factory,
+        reactor,
+        tls_factory=contact_tls_factory(config, factory),
+        drain=config.limits.tunnel.drain_time,
+        description=f"{'tcp6' if family == socket.AF_INET6 else 'tcp'}:{port}:interface={interface} (this worker's own port)",
+        option="worker-ports",
+    )
+
+
 def contact_listen_service(config: ContactConfig, factory: ContactTunnelFactory, reactor: Any) -> ContactListenService:
     """
     The service that accepts the agents' tunnels.
     """
-    tls_factory = None
-    if not config.plaintext:
-        if config.client_ca:
-            load_certificates("client-ca", config.client_ca)
-        tls_factory = load_tls(
-            "cert", server_tls_factory, config.cert, config.key, factory, None, config.client_ca
-        )
+    tls_factory = contact_tls_factory(config, factory)
     if config.workers > 1:
         # one of several workers: a listener shared with SO_REUSEPORT
         endpoint: Any = ReusePortEndpoint(reactor, *listen_address(config.listen), listen_backlog(config))
@@ -891,6 +924,17 @@ def build_contact(
         max_queued=limits.sip.max_queued,
         trace=sip_trace(config.sip_trace, config.sip_trace_bodies, hep, sip_observer),
     )
+    # --workers: this worker's own port, and where the others' sessions are
+    worker_ports = (
+        WorkerPorts(
+            config.worker_ports if config.worker_ports is not None else worker_ports_base(config),
+            config.worker_index,
+            config.workers,
+        )
+        if config.workers > 1
+        else None
+    )
+    elsewhere = worker_ports.redirect if worker_ports is not None else None
     resumption = later_resumption.bind(
         SessionManager(
             reactor,
@@ -899,13 +943,14 @@ def build_contact(
             runner,
             max_dormant=limits.session.max_dormant,
             forwarder=forwarder,
+            elsewhere=elsewhere,
         )
     )
     gate = MediaAcceptor(media, core)
     # Connections of agents that say "paths" join their session here; the
     # session manager sees the sessions' fronts (or, for other agents, the
     # connections themselves).
-    paths = PathSessions(reactor, resumption, agent=False)
+    paths = PathSessions(reactor, resumption, agent=False, elsewhere=elsewhere)
     router = Router(runner, {FORWARD_USE: forwarder, "media": gate}, paths)
     handshakes = HandshakeGate(limits.tunnel.max_handshaking)
     factory = ContactTunnelFactory(
@@ -918,7 +963,9 @@ def build_contact(
         user_ciphering=config.user_ciphering,
         on_connection=handshakes.connection,
     )
+    factory.worker_ports = worker_ports
     listener = contact_listen_service(config, factory, reactor)
+    own_listener = worker_listen_service(config, factory, reactor, worker_ports.own) if worker_ports is not None else None
     quic_listener = quic_listen_service(config, factory, reactor)
     if quic_listener is not None and config.quic_listen is not None:
         # the welcome tells agents of the QUIC port (--udp-path auto); the
@@ -929,6 +976,8 @@ def build_contact(
     MediaRangeCheck(media_address, config.media_ports).setServiceParent(top)
     hep_service(top, hep)
     listener.setServiceParent(top)
+    if own_listener is not None:
+        own_listener.setServiceParent(top)
     if quic_listener is not None:
         quic_listener.setServiceParent(top)
         quic_service = quic_listener
@@ -992,6 +1041,7 @@ def build_contact(
         status_http=status_http,
         service=top,
         quic_listener=quic_listener,
+        worker_listener=own_listener,
     )
 
 
