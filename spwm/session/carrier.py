@@ -1076,6 +1076,7 @@ class PathKeeper:
         self._mine: dict[int, Any] = {}
         self._connecting = 0
         self._failures = 0
+        self._redirected: set[int] = set()
         self._up = False
         self._timer: IDelayedCall | None = None
 
@@ -1099,15 +1100,25 @@ class PathKeeper:
     def attached(self, path: Any) -> None:
         self._failures = 0
 
+    def redirected(self, path: Any) -> None:
+        """
+        The contact point sent this connection to another of its workers
+        (L{spwm.session.workerroute.WorkerSteering}): its loss is no failed
+        attempt, the next one goes at once.
+        """
+        self._redirected.add(id(path))
+
     def lost(self, path: Any) -> None:
         """
         A connection is gone: if it was one of ours, replace it.
         """
+        redirected = id(path) in self._redirected
+        self._redirected.discard(id(path))
         if self._mine.pop(id(path), None) is None:
             return
         if not self._up:
             return
-        if path.front is None:
+        if path.front is None and not redirected:
             # never attached: wait before the next attempt
             self._failures += 1
         self._later()

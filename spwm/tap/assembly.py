@@ -39,6 +39,7 @@ from spwm.media.manager import MediaManager
 from spwm.media.reader import relay_sockets_for
 from spwm.security.resume import AgentResumption
 from spwm.session.carrier import PathKeeper, PathSessions
+from spwm.session.workerroute import SteeredEndpoint, WorkerRoute, WorkerSteering
 from spwm.session.manager import SessionManager
 from spwm.session.quicpath import Keepers, QuicProber
 from spwm.sip.authz import AuthorizingContactProxy, MediaAcceptor
@@ -247,18 +248,22 @@ def status_services(
     return service
 
 
-def agent_tunnel_endpoint(config: AgentConfig, reactor: Any) -> tuple[Any, Any]:
+def agent_tunnel_endpoint(config: AgentConfig, reactor: Any, port: int | None = None, tls: Any = None) -> tuple[Any, Any]:
     """
     The endpoint every tunnel connection of the agent is made with (the
     contact point, the proxy, TLS and its checks), and its TLS reporter.
+
+    @param port: another port of the contact point (a worker's own) than
+        C{--contact}'s, with the TLS options C{tls} made for that one.
     """
-    if config.ca:
+    if config.ca and tls is None:
         load_certificates("ca", config.ca)
-    host, port = config.contact
+    host, contact_port = config.contact
     endpoint, tls = agent_endpoint(
         reactor,
         host,
-        port,
+        contact_port if port is None else port,
+        tls=tls,
         plaintext=config.plaintext,
         server_name=config.server_name,
         ca_file=config.ca,
@@ -266,7 +271,7 @@ def agent_tunnel_endpoint(config: AgentConfig, reactor: Any) -> tuple[Any, Any]:
         http_proxy_auth=config.http_proxy_auth,
         client_cert=(
             load_tls("client-cert", client_certificate, config.client_cert, config.client_key)
-            if config.client_cert
+            if config.client_cert and tls is None
             else None
         ),
     )
@@ -560,6 +565,8 @@ class AgentSide:
     @ivar config: the agent's configuration with this contact point as
         C{contact}.
     @ivar core: the side's SIP proxy, watched by C{resumption}.
+    @ivar route: which port of the contact point the side's connections go
+        to (a worker's own, for those of the session).
     """
 
     config: AgentConfig
@@ -573,6 +580,7 @@ class AgentSide:
     paths: PathSessions | None = None
     quic: QuicProber | None = None
     tunnel: Any = None
+    route: WorkerRoute | None = None
 
 
 def _agent_side(
@@ -645,9 +653,21 @@ def _agent_side_tunnel(
     # The session logic is the tunnels' one observer; it tells the
     # handle and the forwards.  With several connections the paths layer
     # comes first: the session logic sees the session's front.
-    endpoint = agent_tunnel_endpoint(config, reactor)
+    # --workers at the contact point: the connections that resume or join
+    # the session go to its worker's own port (spwm.session.workerroute)
+    route = WorkerRoute()
+    default_endpoint, tls = agent_tunnel_endpoint(config, reactor)
+
+    def to_port(port: int | None) -> Any:
+        return default_endpoint if port is None else agent_tunnel_endpoint(config, reactor, port, tls)[0]
+
+    def to_session() -> bool:
+        return bool({"resume", "attach"} & set(hello()))
+
+    endpoint = (SteeredEndpoint(to_port, route, to_session), tls)
     paths = None
     quic = None
+    keeper = None
     observer: Any = resumption
     hello: Any = resumption.hello
     # --udp-path auto: a QUIC path joins the session as a further
@@ -655,7 +675,7 @@ def _agent_side_tunnel(
     # connection
     if config.paths_wanted > 1 or config.quic_probe:
         later_factory: Later[AgentTunnelFactory] = Later("the tunnel factory")
-        raw_endpoint = endpoint[0]
+        raw_endpoint = SteeredEndpoint(to_port, route, lambda: True)
         keeper = PathKeeper(
             reactor, lambda: raw_endpoint.connect(later_factory()), config.paths_wanted - 1, retry_cap=config.reconnect_max
         )
@@ -667,6 +687,12 @@ def _agent_side_tunnel(
             reactor, resumption, agent=True, keeper=keepers, moving=lambda: side.later_tunnel().reconnect_now()
         )
         observer, hello = paths, paths.hello(resumption.hello)
+    observer = WorkerSteering(
+        observer,
+        route,
+        reconnect=lambda: side.later_tunnel().reconnect_now(),
+        reattach=keeper.redirected if keeper is not None else None,
+    )
     router = Router(sip_part, {FORWARD_USE: forwarder, "media": media}, observer)
     factory = AgentTunnelFactory(
         router, reactor, agent_id, config.limits.tunnel, hello=hello, user_ciphering=config.user_ciphering
@@ -678,6 +704,7 @@ def _agent_side_tunnel(
         agent_tunnel_service(config, factory, reactor, side.handle.release_held if on_demand else None, endpoint)
     )
     side.router, side.factory, side.paths, side.quic = router, factory, paths, quic
+    side.route = route
 
 
 class SideSip:
