@@ -28,6 +28,9 @@ from spwm.tap import agent
 from spwm.tap.assembly import build_agent
 from spwm.testing.phone import Phone, build_sip, make_sdp, parse_sip, uri_of
 from spwm.testing.ports import free_port
+from spwm.session.carrier import path_kind
+from spwm.session.paths import PathKind
+from spwm.testing.certs import TestCA
 from tests.integration.test_resumption import DIGEST
 from tests.integration.test_tunnel_loopback import wait_until
 
@@ -99,7 +102,11 @@ def alive(pid: int) -> bool:
         return False
 
 
-class WorkersTests(TestCase):
+class _Workers(TestCase):
+    """
+    A supervisor of two workers on loopback, agents added one by one.
+    """
+
     timeout = 90
 
     @defer.inlineCallbacks
@@ -116,19 +123,25 @@ class WorkersTests(TestCase):
         env.pop("SPWM_WORKER", None)
         args = [
             sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-            "spwm-contact", "--workers", "2", "--plaintext",
+            "spwm-contact", "--workers", "2", *self.contact_security(),
             "--listen", f"tcp:{self.tunnel_port}:interface=127.0.0.1",
             "--sip-address", f"127.0.0.1:{self.sip_port}",
             "--sip-proxy", f"127.0.0.1:{self.operator_port.getHost().port}",
             "--media-ports", "46000-46099", "--media-allow", "127.0.0.0/8",
             "--drain-time", "0.2", "--status-interval", "0",
         ]  # fmt: skip
+        self.agents: list[Any] = []
+        self.phones: list[Phone] = []
         self.transport = reactor.spawnProcess(self.process, sys.executable, args, env=env, path=ROOT)
         self.addCleanup(self.stop_supervisor)
         yield wait_until(lambda: self.listening() >= 2, timeout=30)
         yield wait_until(lambda: self.process.text().count("(this worker's own port)") >= 2, timeout=30)
-        self.agents: list[Any] = []
-        self.phones: list[Phone] = []
+
+    def contact_security(self) -> list[str]:
+        return ["--plaintext"]
+
+    def agent_security(self) -> list[str]:
+        return ["--plaintext"]
 
     def listening(self) -> int:
         """
@@ -159,7 +172,7 @@ class WorkersTests(TestCase):
         sip = free_port(following=1)
         options = agent.Options()
         options.parseOptions(
-            ["--contact", f"127.0.0.1:{self.tunnel_port}", "--plaintext", "--agent-id", f"agent{index}",
+            ["--contact", f"127.0.0.1:{self.tunnel_port}", *self.agent_security(), "--agent-id", f"agent{index}",
              "--sip-listen", f"127.0.0.1:{sip}", "--media-ports", f"{44000 + 100 * index}-{44099 + 100 * index}",
              "--status-interval", "0"]
         )  # fmt: skip
@@ -181,6 +194,60 @@ class WorkersTests(TestCase):
         assert match is not None, path
         return int(match.group(1))
 
+    def worker_of(self, built: Any) -> int:
+        """
+        The index of the worker that holds an agent's session, from the
+        session id (it ends in C{-wINDEX}).
+        """
+        session_id = built.resumption.session_id or ""
+        match = re.search(r"-w(\d+)$", session_id)
+        assert match is not None, session_id
+        return int(match.group(1))
+
+    @defer.inlineCallbacks
+    def agents_on_both_workers(self, least: int = 4) -> Any:
+        """
+        At least C{least} agents with a registered phone each, and on
+        both workers (bounded: at most 12).
+        """
+        workers: set[int] = set()
+        for index in range(12):
+            yield self.add_agent(index)
+            built = self.agents[-1]
+            yield wait_until(lambda: built.resumption.session_id is not None, timeout=10)
+            workers.add(self.worker_of(built))
+            if len(workers) == 2 and len(self.agents) >= least:
+                break
+        self.assertEqual(workers, {0, 1}, "twelve agents all on one worker")
+
+    @defer.inlineCallbacks
+    def two_paths(self, built: Any) -> Any:
+        """
+        The agent's session has its two connections.
+        """
+
+        def both() -> bool:
+            front = built.paths.front
+            return front is not None and sum(1 for p in front.paths if path_kind(p) is PathKind.TCP) == 2
+
+        yield wait_until(both, timeout=15)
+
+    @defer.inlineCallbacks
+    def resumed(self, built: Any) -> Any:
+        """
+        The agent's session is live again after a resumption.  (At least
+        one: the path keeper's replacement of a connection lost just
+        before the session's last one says C{resume} too, as its hello is
+        made when no session is live; the contact point then moves the
+        session to it.)
+        """
+        resumed = built.resumption.resumed
+        yield wait_until(
+            lambda: built.resumption.resumed > resumed and built.resumption.state.value == "live", timeout=20
+        )
+
+
+class WorkersTests(_Workers):
     @defer.inlineCallbacks
     def test_calls_reach_the_right_worker(self) -> Any:
         """
@@ -229,58 +296,6 @@ class WorkersTests(TestCase):
             (ok, source), = [(m, a) for m, a in self.operator.responses if m.first.startswith("SIP/2.0 200") and m.get("call-id") == call_id][:1]
             self.assertEqual(source, ("127.0.0.1", port))
             self.assertEqual([c.call_id for c in phone.calls], [call_id])
-
-    def worker_of(self, built: Any) -> int:
-        """
-        The index of the worker that holds an agent's session, from the
-        session id (it ends in C{-wINDEX}).
-        """
-        session_id = built.resumption.session_id or ""
-        match = re.search(r"-w(\d+)$", session_id)
-        assert match is not None, session_id
-        return int(match.group(1))
-
-    @defer.inlineCallbacks
-    def agents_on_both_workers(self, least: int = 4) -> Any:
-        """
-        At least C{least} agents with a registered phone each, and on
-        both workers (bounded: at most 12).
-        """
-        workers: set[int] = set()
-        for index in range(12):
-            yield self.add_agent(index)
-            built = self.agents[-1]
-            yield wait_until(lambda: built.resumption.session_id is not None, timeout=10)
-            workers.add(self.worker_of(built))
-            if len(workers) == 2 and len(self.agents) >= least:
-                break
-        self.assertEqual(workers, {0, 1}, "twelve agents all on one worker")
-
-    @defer.inlineCallbacks
-    def two_paths(self, built: Any) -> Any:
-        """
-        The agent's session has its two connections.
-        """
-
-        def both() -> bool:
-            front = built.paths.front
-            return front is not None and len(front.paths) == 2
-
-        yield wait_until(both, timeout=15)
-
-    @defer.inlineCallbacks
-    def resumed(self, built: Any) -> Any:
-        """
-        The agent's session is live again after a resumption.  (At least
-        one: the path keeper's replacement of a connection lost just
-        before the session's last one says C{resume} too, as its hello is
-        made when no session is live; the contact point then moves the
-        session to it.)
-        """
-        resumed = built.resumption.resumed
-        yield wait_until(
-            lambda: built.resumption.resumed > resumed and built.resumption.state.value == "live", timeout=20
-        )
 
     @defer.inlineCallbacks
     def test_attach_and_resume_at_the_right_worker(self) -> Any:
@@ -391,3 +406,39 @@ class WorkersTests(TestCase):
         self.assertNotIn("Traceback", text)
         self.assertNotIn("ReactorNotRunning", text)
         self.assertFalse(any(alive(w) for w in workers))
+
+
+class WorkersTlsQuicTests(_Workers):
+    """
+    The same with TLS, and QUIC (C{--quic-listen}; agents with
+    C{--udp-path auto}): each worker takes QUIC on its own port and names
+    it in the welcome, so every agent's QUIC path attaches to the worker
+    that holds its session; the TCP connections to a worker's own port
+    pass the same certificate checks.
+    """
+
+    def contact_security(self) -> list[str]:
+        self.ca = TestCA(os.path.abspath(self.mktemp()))
+        cert = self.ca.issue(["contact.spwm.test"], "contact")
+        self.quic_port = free_port()
+        return ["--cert", cert.cert, "--key", cert.key, "--quic-listen", f"127.0.0.1:{self.quic_port}"]
+
+    def agent_security(self) -> list[str]:
+        return ["--server-name", "contact.spwm.test", "--ca", self.ca.ca_file]
+
+    @defer.inlineCallbacks
+    def test_quic_path_at_the_right_worker(self) -> Any:
+        yield self.agents_on_both_workers()
+        for built in self.agents:
+            worker = self.worker_of(built)
+            yield self.two_paths(built)
+
+            def on_quic() -> bool:
+                front = built.paths.front
+                return front is not None and any(path_kind(p) is PathKind.QUIC for p in front.paths)
+
+            yield wait_until(on_quic, timeout=15)
+            front = built.paths.front
+            self.assertEqual(front.peer_hello.get("quic_port"), self.quic_port + worker)
+            self.assertEqual(built.paths.attach_refused, 0)
+        self.assertNotIn("refused another connection", self.process.text())
