@@ -1021,6 +1021,9 @@ def build_contact(
     def gate_port() -> None:
         if listener.listening is not None:
             listener.listening.addCallback(handshakes.set_port)
+        # --workers: the worker's own port (resumptions in a storm) too
+        if own_listener is not None and own_listener.listening is not None:
+            own_listener.listening.addCallback(handshakes.set_port)
 
     Hook(gate_port, handshakes.release).setServiceParent(top)
     listeners = SipListeners(
