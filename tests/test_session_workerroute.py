@@ -290,6 +290,49 @@ class KeeperRedirectTests(SynchronousTestCase):
         self.assertEqual(len(opened), 3)
 
 
+class KeeperResumeTests(SynchronousTestCase):
+    def test_no_resume_from_the_keeper(self) -> None:
+        """
+        A further connection whose hello was made after the session's last
+        connection went (it says C{resume}, not C{attach}) is closed at
+        once: resuming is the tunnel service's connection's to do.
+        """
+        clock = Clock()
+        opened: list[Any] = []
+
+        class Conn:
+            front = None
+
+            def __init__(self, hello: dict[str, Any]) -> None:
+                self.local_hello = hello
+                self.closes: list[Any] = []
+                self.closed: Deferred[Any] = Deferred()
+
+            def when_closed(self) -> Deferred[Any]:
+                return self.closed
+
+            def close(self, code: int, reason: str) -> None:
+                self.closes.append(reason)
+
+        hellos = [{"paths": 1, "attach": {"session_id": "s"}}, {"paths": 1, "resume": {"session_id": "s"}}]
+        attempts: list[Deferred[Any]] = []
+
+        def connect() -> Deferred[Any]:
+            attempts.append(Deferred())
+            return attempts[-1]
+
+        keeper = PathKeeper(clock, connect, 2)
+        keeper.session_up()
+        self.assertEqual(len(attempts), 2)
+        for d, hello in zip(attempts, hellos):
+            opened.append(Conn(hello))
+            d.callback(opened[-1])
+        self.assertEqual([c.closes for c in opened], [[], ["the session is gone"]])
+        # nothing more until the keeper is told of the session again
+        clock.advance(60)
+        self.assertEqual(len(attempts), 2)
+
+
 class ContactRedirectTests(SynchronousTestCase):
     """
     The contact point's answers to a resume or an attach of a session

@@ -1139,7 +1139,14 @@ class PathKeeper:
 
     def _connected(self, protocol: Any) -> None:
         self._connecting -= 1
-        if not self._up:
+        hello = getattr(protocol, "local_hello", None)
+        if not self._up or (isinstance(hello, dict) and "attach" not in hello):
+            # The session's last connection went while this one was made:
+            # its hello (made as it connected) offers to resume the
+            # session or start one, which is the tunnel service's
+            # connection's to do; two would resume it twice (the second
+            # taking it over from the first) or, with --workers, at a
+            # worker chosen for the attach.
             protocol.close(0, "the session is gone")
             return
         self._mine[id(protocol)] = protocol

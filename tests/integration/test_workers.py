@@ -235,11 +235,8 @@ class _Workers(TestCase):
     @defer.inlineCallbacks
     def resumed(self, built: Any) -> Any:
         """
-        The agent's session is live again after a resumption.  (At least
-        one: the path keeper's replacement of a connection lost just
-        before the session's last one says C{resume} too, as its hello is
-        made when no session is live; the contact point then moves the
-        session to it.)
+        The agent's session is live again after a resumption (one more
+        than when asked).
         """
         resumed = built.resumption.resumed
         yield wait_until(
