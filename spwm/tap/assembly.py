@@ -510,7 +510,12 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
     else:
         status.add("tunnel", tunnel.status)
     status.add("no_tunnel", handle.status)
-    status.add("sessions", resumption.status)
+    route = sides[0].route
+    assert route is not None
+    status.add(
+        "sessions",
+        lambda: {**resumption.status(), "worker_redirects": route.redirects, "worker_fallbacks": route.fallbacks},
+    )
     for k, side in enumerate(sides[1:], 2):
         # the second contact point's tunnel and session
         status.add(f"tunnel_{k}", side.tunnel.status)

@@ -357,6 +357,7 @@ class WorkersTests(_Workers):
             self.assertIs(built.paths.front, front)
             self.assertEqual(route.resume_port, right)
             self.assertEqual(built.paths.attach_refused, 0)
+            self.assertEqual(built.status.document()["sessions"]["worker_redirects"], route.redirects)
         text = self.process.text()
         self.assertIn("agent sent there", text)
         self.assertNotIn("refused resumption", text)
