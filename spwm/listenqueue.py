@@ -225,23 +225,26 @@ class HandshakeGate:
         self.limit = limit
         self.handshaking = 0
         self.pauses = 0
-        self._port: object | None = None
+        self._ports: list[object] = []
         self._stopped = False
 
     def set_port(self, port: object) -> object:
         """
-        The listening port to pause and resume (the listener's
-        C{listening} result; returned unchanged).
+        A listening port to pause and resume (a listener's C{listening}
+        result; returned unchanged); there may be several (C{--workers}:
+        the shared port and the worker's own), paused together.
         """
-        self._port = port
+        self._ports.append(port)
+        if self._stopped:
+            port.stopReading()  # type: ignore[attr-defined]
         self._update()
         return port
 
     def release(self) -> None:
         """
-        The port is going away: leave it alone from now on.
+        The ports are going away: leave them alone from now on.
         """
-        self._port = None
+        self._ports = []
         self._stopped = False
 
     def connection(self, tunnel: object) -> None:
@@ -259,16 +262,17 @@ class HandshakeGate:
         self._update()
 
     def _update(self) -> None:
-        port = self._port
-        if port is None:
+        if not self._ports:
             return
         if self.handshaking >= self.limit and not self._stopped:
             self._stopped = True
             self.pauses += 1
-            port.stopReading()  # type: ignore[attr-defined]
+            for port in self._ports:
+                port.stopReading()  # type: ignore[attr-defined]
         elif self.handshaking < self.limit and self._stopped:
             self._stopped = False
-            port.startReading()  # type: ignore[attr-defined]
+            for port in self._ports:
+                port.startReading()  # type: ignore[attr-defined]
 
     def status(self) -> dict[str, int]:
         return {"handshaking": self.handshaking, "accept_pauses": self.pauses}

@@ -205,7 +205,7 @@ COUNTERS: dict[str, frozenset[str]] = {
     "tunnels": frozenset({"refused"}),
     "tunnel": frozenset({"closes"}),
     "no_tunnel": frozenset({"refused_no_tunnel", "acks_dropped", "responses_dropped", "held", "held_overflow"}),
-    "sessions": frozenset({"resumed", "resume_refused"}),
+    "sessions": frozenset({"resumed", "resume_refused", "resume_redirected", "worker_redirects", "worker_fallbacks"}),
     "sip": frozenset({"events", "refused"}),
     "media": frozenset(
         {

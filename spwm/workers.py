@@ -21,13 +21,26 @@ with its own share (L{worker_config}):
     phones to that process;
   - its own slice of C{--media-ports} (whole port pairs);
   - its own state file (C{--state-file} + C{.INDEX}) and status port
-    (C{--status-listen} port + index).
+    (C{--status-listen} port + index);
+  - its own tunnel port besides the shared one (L{WorkerPorts}:
+    C{--worker-ports} + index, by default the C{--listen} port + 1 +
+    index), named in the welcome (C{resume_port}): an agent resumes its
+    session and attaches further connections there, since the kernel
+    spreads connections to the shared port by a hash of the addresses and
+    ports, not by session; the worker's session ids end in C{-wINDEX}, so
+    a resume or attach that reaches the wrong worker anyway is answered
+    with the port of the right one (C{redirect});
+  - its own QUIC port (C{--quic-listen} port + index), named in the
+    welcome as before (C{quic_port}), so a QUIC path reaches its
+    session's worker.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import re
+import secrets
 import signal
 import socket
 import sys
@@ -122,6 +135,94 @@ class WorkerSpec:
         return f"{self.index}/{self.count}/{self.parent}"
 
 
+#: a worker's session id: random hex, then C{-w} and the worker's index
+_WORKER_SESSION = re.compile(r"-w(\d{1,4})$")
+
+
+@attrs.frozen
+class WorkerPorts:
+    """
+    Where the workers of one contact point take the connections of their
+    own sessions: worker I on C{base + I} (TCP, the C{--listen} address),
+    besides the shared C{--listen} port.  Pure: session ids and ports.
+
+    @ivar base: worker 0's own port.
+    @ivar index: this worker.
+    @ivar count: how many workers.
+    """
+
+    base: int
+    index: int
+    count: int
+
+    @property
+    def own(self) -> int:
+        """
+        This worker's own port (the welcome's C{resume_port}).
+        """
+        return self.base + self.index
+
+    def new_session_id(self) -> str:
+        """
+        A fresh session id that names this worker.
+        """
+        return f"{secrets.token_hex(8)}-w{self.index}"
+
+    def redirect(self, session_id: object) -> int | None:
+        """
+        The own port of the worker that holds C{session_id}, when that is
+        another worker; C{None}: this one, or an id no worker of this
+        contact point made (a session from before the workers, another
+        worker count, a forgery), which is then simply unknown here.
+        """
+        if not isinstance(session_id, str):
+            return None
+        match = _WORKER_SESSION.search(session_id)
+        if match is None:
+            return None
+        index = int(match.group(1))
+        if index == self.index or index >= self.count:
+            return None
+        return self.base + index
+
+
+def worker_ports_base(config: Any) -> int:
+    """
+    C{--worker-ports}, or the C{--listen} port + 1.
+
+    @raise ConfigError: C{--listen} is not TCP (as L{listen_address}).
+    """
+    if config.worker_ports is not None:
+        return int(config.worker_ports)
+    return listen_address(config.listen)[2] + 1
+
+
+def check_worker_ports(config: Any) -> None:
+    """
+    The workers' own ports fit below 65536 and take neither the shared
+    C{--listen} port nor a worker's SIP (TCP too) or status port.
+
+    @raise ConfigError: one of them does.
+    """
+    base = worker_ports_base(config)
+    count = config.workers
+    ours = set(range(base, base + count))
+    if base + count - 1 > 65535:
+        raise ConfigError("worker-ports", f"port {base} + {count} workers passes 65535")
+    shared = listen_address(config.listen)[2]
+    if shared in ours:
+        raise ConfigError("worker-ports", f"{base}-{base + count - 1} holds the --listen port {shared}")
+    sip = config.sip_address[1]
+    if ours & set(range(sip, sip + count)):
+        raise ConfigError("worker-ports", f"{base}-{base + count - 1} overlaps the workers' SIP ports {sip}-{sip + count - 1}")
+    if config.status.listen:
+        status = int(offset_port(config.status.listen, 0).split(":")[1])
+        if ours & set(range(status, status + count)):
+            raise ConfigError(
+                "worker-ports", f"{base}-{base + count - 1} overlaps the workers' status ports {status}-{status + count - 1}"
+            )
+
+
 def media_slice(ports: tuple[int, int], index: int, count: int) -> tuple[int, int]:
     """
     Worker C{index}'s share of the media port range: whole port pairs
@@ -156,7 +257,8 @@ def offset_port(description: str, index: int) -> str:
 def worker_config(config: Any, spec: WorkerSpec) -> Any:
     """
     The configuration of worker C{spec.index}: C{config} with its own SIP
-    port, media slice, state file and status port.
+    port, media slice, state file, status port, QUIC port and (with more
+    than one worker) its own tunnel port (C{worker_ports} + C{worker_index}).
     """
     host, port = config.sip_address
     if port + spec.count - 1 > 65535:
@@ -169,6 +271,14 @@ def worker_config(config: Any, spec: WorkerSpec) -> Any:
         changes["state_file"] = f"{config.state_file}.{spec.index}"
     if config.status.listen:
         changes["status"] = attrs.evolve(config.status, listen=offset_port(config.status.listen, spec.index))
+    if config.quic_listen is not None and config.quic_listen[1]:
+        quic_host, quic_port = config.quic_listen
+        if quic_port + spec.count - 1 > 65535:
+            raise ConfigError("quic-listen", f"port {quic_port} + {spec.count} workers passes 65535")
+        changes["quic_listen"] = (quic_host, quic_port + spec.index)
+    if spec.count > 1:
+        changes["worker_ports"] = worker_ports_base(config)
+        changes["worker_index"] = spec.index
     return attrs.evolve(config, **changes)
 
 
@@ -497,6 +607,7 @@ def build_workers(config: Any, reactor: Any = None, argv: list[str] | None = Non
         raise ConfigError("listen", "--workers share one listening port: give it (not 0)")
     for index in range(config.workers):
         worker_config(config, WorkerSpec(index, config.workers, 0))
+    check_worker_ports(config)
     command = worker_command(sys.argv if argv is None else argv)
     stop_time = config.limits.tunnel.drain_time + 10.0
     return Workers(config, WorkerSupervisor(reactor, config.workers, command, stop_time=stop_time))
@@ -522,8 +633,10 @@ __all__ = [
     "ReusePortEndpoint",
     "WORKER_ENV",
     "WorkerSpec",
+    "WorkerPorts",
     "WorkerSupervisor",
     "Workers",
+    "check_worker_ports",
     "build_workers",
     "die_with_parent",
     "guard_stop_signals",
@@ -533,4 +646,5 @@ __all__ = [
     "parse_workers",
     "worker_command",
     "worker_config",
+    "worker_ports_base",
 ]

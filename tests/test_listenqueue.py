@@ -242,6 +242,25 @@ class HandshakeGateTests(SynchronousTestCase):
         tunnel.established.callback(tunnel)
         self.assertEqual(port.calls, ["stop"])
 
+    def test_several_ports(self) -> None:
+        """
+        With C{--workers} the shared port and the worker's own pause
+        together; one added while paused starts paused.
+        """
+        from spwm.listenqueue import HandshakeGate
+
+        gate = HandshakeGate(1)
+        shared, own = _Port(), _Port()
+        gate.set_port(shared)
+        tunnel = _Tunnel()
+        gate.connection(tunnel)
+        gate.set_port(own)
+        self.assertEqual((shared.reading, own.reading), (False, False))
+        tunnel.established.callback(tunnel)
+        self.assertEqual((shared.reading, own.reading), (True, True))
+        self.assertEqual((shared.calls, own.calls), (["stop", "start"], ["stop", "start"]))
+        self.assertEqual(gate.pauses, 1)
+
     def test_wired(self) -> None:
         """
         The contact point's factory tells the gate of each connection;

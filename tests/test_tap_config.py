@@ -360,13 +360,13 @@ class TunnelConnectionsTests(SynchronousTestCase):
     def test_default_two(self) -> None:
         """
         By default two connections: the paths layer is the tunnels'
-        observer, in front of the session logic; the hello says C{paths};
+        observer (behind the worker steering), in front of the session logic; the hello says C{paths};
         one further connection is kept.
         """
         built = self.build()
         self.assertEqual(built.config.paths_wanted, 2)
         assert built.paths is not None and built.paths.keeper is not None
-        self.assertIs(built.router.observer, built.paths)
+        self.assertIs(built.router.observer.observer, built.paths)
         self.assertIs(built.paths.observer, built.resumption)
         self.assertEqual(built.paths.keeper.extra, 1)
         hello = built.factory.hello
@@ -410,12 +410,12 @@ class TunnelConnectionsTests(SynchronousTestCase):
         """
         With 1, and with C{--tunnel on-demand} or C{--user-ciphering}
         whatever the number, no paths layer: the session logic observes
-        the connection and the hello says nothing of paths.
+        the connection (behind the worker steering) and the hello says nothing of paths.
         """
         for more in ({"tunnel-connections": 1}, {"tunnel": "on-demand"}, {"user-ciphering": True, "tunnel-connections": 3}):
             built = self.build(**more)
             self.assertIsNone(built.paths, more)
-            self.assertIs(built.router.observer, built.resumption)
+            self.assertIs(built.router.observer.observer, built.resumption)
             hello = built.factory.hello
             assert callable(hello)
             self.assertNotIn("paths", hello())
@@ -439,7 +439,7 @@ class TunnelConnectionsTests(SynchronousTestCase):
             assert built.paths is not None
             self.assertIsInstance(built.quic, QuicProber)
             self.assertIsInstance(built.paths.keeper, Keepers)
-            self.assertIs(built.router.observer, built.paths)
+            self.assertIs(built.router.observer.observer, built.paths)
             self.assertIn("udp_path", built.status.document()["paths"])
         for more in (
             {"udp-path": "off", "tunnel-connections": 1},

@@ -9,6 +9,8 @@ import signal
 import socket
 from typing import Any
 
+import attrs
+
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
@@ -86,6 +88,17 @@ class SharesTests(SynchronousTestCase):
         self.assertEqual(second.listen, "tcp:4433")
         first = worker_config(config, WorkerSpec(0, 2, 0))
         self.assertEqual((first.sip_address, first.media_ports), (("127.0.0.1", 5070), (50000, 50499)))
+        # the workers' own tunnel ports: by default after the shared one
+        self.assertEqual((first.worker_ports, first.worker_index), (4434, 0))
+        self.assertEqual((second.worker_ports, second.worker_index), (4434, 1))
+        given = worker_config(attrs.evolve(config, worker_ports=7000), WorkerSpec(1, 2, 0))
+        self.assertEqual(given.worker_ports, 7000)
+        # one QUIC port each (a QUIC path reaches its session's worker)
+        quic = attrs.evolve(config, plaintext=False, cert="c.pem", key="k.pem", quic_listen=("127.0.0.1", 4433))
+        self.assertEqual(worker_config(quic, WorkerSpec(1, 2, 0)).quic_listen, ("127.0.0.1", 4434))
+        self.assertEqual(worker_config(quic, WorkerSpec(0, 2, 0)).quic_listen, ("127.0.0.1", 4433))
+        any_port = attrs.evolve(quic, quic_listen=("127.0.0.1", 0))
+        self.assertEqual(worker_config(any_port, WorkerSpec(1, 2, 0)).quic_listen, ("127.0.0.1", 0))
 
     def test_spec_from_environment(self) -> None:
         self.assertIsNone(WorkerSpec.from_environment({}))
@@ -111,6 +124,11 @@ class SharesTests(SynchronousTestCase):
             ({"listen": "tcp:0"}, "listen"),
             ({"listen": "tcp:4433", "media-ports": "50000-50001"}, "media-ports"),
             ({"listen": "tcp:4433", "sip-address": "127.0.0.1:65535"}, "sip-address"),
+            ({"listen": "tcp:4433", "worker-ports": 65535}, "worker-ports"),
+            ({"listen": "tcp:4433", "worker-ports": 4432}, "worker-ports"),
+            ({"listen": "tcp:4433", "sip-address": "127.0.0.1:4435"}, "worker-ports"),
+            ({"listen": "tcp:4433", "worker-ports": 5071}, "worker-ports"),
+            ({"listen": "tcp:4433", "worker-ports": 9091, "status-listen": "tcp:9090"}, "worker-ports"),
         ):
             config = ContactConfig.from_options({"plaintext": True, "workers": 2, **values})
             with self.assertRaises(ConfigError) as caught:

@@ -782,11 +782,16 @@ class PathSessions:
         keeper: PathKeeper | Keepers | None = None,
         moving: Callable[[], None] | None = None,
         count: PathCount | None = None,
+        elsewhere: Callable[[object], int | None] | None = None,
     ) -> None:
         """
         @param count: agent, C{--tunnel-connections auto}: the session's
             front feeds it the media it receives (the keeper decides with
             it).
+        @param elsewhere: contact point with C{--workers}: the own port of
+            the worker that holds a session id, when another worker does
+            (L{spwm.workers.WorkerPorts.redirect}); an attach to such a
+            session is refused with that port (C{redirect}).
         @param moving: agent: called when the contact point sends go-away
             on a path of the session (the tunnel service reconnects at
             once); the session's other paths are closed, so the session
@@ -800,8 +805,10 @@ class PathSessions:
         self.keeper = keeper
         self._moving = moving
         self.count = count
+        self.elsewhere = elsewhere
         self.fronts: list[PathFront] = []
         self.attach_refused = 0
+        self.attach_redirected = 0
         self._pending: dict[int, TunnelProtocol] = {}
         self._timers: dict[int, IDelayedCall] = {}
 
@@ -996,6 +1003,19 @@ class PathSessions:
         challenge = path.local_hello.get("challenge")
         front = next((f for f in self.fronts if f.session_id == session_id and f.is_open), None)
         problem = None
+        redirect = self.elsewhere(session_id) if front is None and self.elsewhere is not None else None
+        if redirect is not None:
+            # another worker's session: the agent is told where it is
+            self.attach_redirected += 1
+            self.log.info(
+                "another connection to session {session_id} from {peer}: held by the worker on port {port}; agent sent there",
+                session_id=session_id,
+                peer=path.peer,
+                port=redirect,
+            )
+            path.send_control({"op": "attach-failed", "reason": "session held by another worker", "redirect": redirect})
+            path.close(ErrorCode.REFUSED, "attach: session held by another worker")
+            return
         if not isinstance(session_id, str) or front is None:
             problem = "no live session by that name"
         elif not isinstance(challenge, str):
@@ -1072,6 +1092,7 @@ class PathSessions:
             "media_switches": sum(f.scheduler.media_switches for f in self.fronts),
             "media_on": media_on,
             "attach_refused": self.attach_refused,
+            "attach_redirected": self.attach_redirected,
         }
         if self.agent:
             live = self.front
@@ -1142,6 +1163,7 @@ class PathKeeper:
         self._draining: dict[int, tuple[Any, IDelayedCall]] = {}
         self._connecting = 0
         self._failures = 0
+        self._redirected: set[int] = set()
         self._up = False
         self._timer: IDelayedCall | None = None
         self._adapt_timer: IDelayedCall | None = None
@@ -1171,6 +1193,14 @@ class PathKeeper:
     def attached(self, path: Any) -> None:
         self._failures = 0
 
+    def redirected(self, path: Any) -> None:
+        """
+        The contact point sent this connection to another of its workers
+        (L{spwm.session.workerroute.WorkerSteering}): its loss is no failed
+        attempt, the next one goes at once.
+        """
+        self._redirected.add(id(path))
+
     def lost(self, path: Any) -> None:
         """
         A connection is gone: if it was one of ours, replace it.
@@ -1178,11 +1208,13 @@ class PathKeeper:
         draining = self._draining.pop(id(path), None)
         if draining is not None and draining[1].active():
             draining[1].cancel()
+        redirected = id(path) in self._redirected
+        self._redirected.discard(id(path))
         if self._mine.pop(id(path), None) is None:
             return
         if not self._up:
             return
-        if path.front is None:
+        if path.front is None and not redirected:
             # never attached: wait before the next attempt
             self._failures += 1
         self._later()
@@ -1203,7 +1235,14 @@ class PathKeeper:
 
     def _connected(self, protocol: Any) -> None:
         self._connecting -= 1
-        if not self._up:
+        hello = getattr(protocol, "local_hello", None)
+        if not self._up or (isinstance(hello, dict) and "attach" not in hello):
+            # The session's last connection went while this one was made:
+            # its hello (made as it connected) offers to resume the
+            # session or start one, which is the tunnel service's
+            # connection's to do; two would resume it twice (the second
+            # taking it over from the first) or, with --workers, at a
+            # worker chosen for the attach.
             protocol.close(0, "the session is gone")
             return
         if len(self._mine) >= self.extra:

@@ -18,7 +18,7 @@ What resumption is, for both halves: L{spwm.security.resume}.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -54,10 +54,15 @@ class SessionManager:
         sip_runner: Any,
         max_dormant: int = MAX_DORMANT,
         forwarder: Any = None,
+        elsewhere: Callable[[object], int | None] | None = None,
     ) -> None:
         """
         @param forwarder: the UDP forward targets (C{ContactForwarder}),
             told when a tunnel is lost.
+        @param elsewhere: C{--workers}: the own port of the worker that
+            holds a session id, when another worker does
+            (L{spwm.workers.WorkerPorts.redirect}); a resume of such a
+            session is answered with that port (C{redirect}).
         """
         self.clock = clock
         self.window = window
@@ -73,8 +78,10 @@ class SessionManager:
         # end is no longer ours to handle), by id()
         self._taken_over: set[int] = set()
         self._bind_later: list[tuple[Any, int, bytes]] = []
+        self.elsewhere = elsewhere
         self.refused = 0
         self.resumed = 0
+        self.redirected = 0
 
     @property
     def keys(self) -> dict[str, dict[str, bytes]]:
@@ -238,6 +245,7 @@ class SessionManager:
             "dormant": len(self._dormant),
             "resumed": self.resumed,
             "resume_refused": self.refused,
+            "resume_redirected": self.redirected,
         }
 
     def session_list(self) -> list[dict[str, Any]]:
@@ -408,6 +416,19 @@ class SessionManager:
             or (state is SessionState.LIVE and session.primary is not None and session.primary is not tunnel)
         )
         problem = None
+        redirect = self.elsewhere(old_session) if session is None and self.elsewhere is not None else None
+        if redirect is not None:
+            # another worker's session (the kernel spread this connection
+            # to the shared port): the agent is told where it is
+            self.redirected += 1
+            self.log.info(
+                "resumption of session {session_id} from {peer}: held by the worker on port {port}; agent sent there",
+                session_id=old_session,
+                peer=tunnel.peer,
+                port=redirect,
+            )
+            tunnel.send_control({"op": "resume-failed", "reason": "session held by another worker", "redirect": redirect})
+            return
         if not found or session is None or not isinstance(old_session, str):
             problem = "no suspended session by that name"
         elif not isinstance(proofs, dict) or not proofs or len(proofs) > MAX_RESUME_USERS:

@@ -27,7 +27,7 @@ import attrs
 from attrs import frozen
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, TCP6ClientEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 
 from spwm.addr import hostport, is_wildcard, route_source
@@ -40,6 +40,7 @@ from spwm.media.reader import relay_sockets_for
 from spwm.security.resume import AgentResumption
 from spwm.session.carrier import PathKeeper, PathSessions
 from spwm.session.paths import PathCount
+from spwm.session.workerroute import SteeredEndpoint, WorkerRoute, WorkerSteering
 from spwm.session.manager import SessionManager
 from spwm.session.quicpath import Keepers, QuicProber
 from spwm.sip.authz import AuthorizingContactProxy, MediaAcceptor
@@ -82,7 +83,7 @@ from spwm.tunnel.service import (
     client_certificate,
     server_tls_factory,
 )
-from spwm.workers import ReusePortEndpoint, listen_address
+from spwm.workers import ReusePortEndpoint, WorkerPorts, listen_address, worker_ports_base
 
 #: C{observer(direction, peer, data)}: see L{SipTrace}.
 SipObserver = Callable[[str, str, bytes], None]
@@ -159,6 +160,8 @@ class ContactPoint:
     @ivar status: the status document.
     @ivar status_http: serves it, if asked for.
     @ivar quic_listener: accepts the tunnels over QUIC (C{--quic-listen}), if asked for.
+    @ivar worker_listener: C{--workers}: this worker's own tunnel port
+        (the welcome's C{resume_port}).
     @ivar service: the one service to start; its children in start order.
     """
 
@@ -178,6 +181,7 @@ class ContactPoint:
     status_http: StatusHTTPService | None
     service: MultiService
     quic_listener: ContactListenService | None = None
+    worker_listener: ContactListenService | None = None
 
 
 def sip_trace(
@@ -245,18 +249,22 @@ def status_services(
     return service
 
 
-def agent_tunnel_endpoint(config: AgentConfig, reactor: Any) -> tuple[Any, Any]:
+def agent_tunnel_endpoint(config: AgentConfig, reactor: Any, port: int | None = None, tls: Any = None) -> tuple[Any, Any]:
     """
     The endpoint every tunnel connection of the agent is made with (the
     contact point, the proxy, TLS and its checks), and its TLS reporter.
+
+    @param port: another port of the contact point (a worker's own) than
+        C{--contact}'s, with the TLS options C{tls} made for that one.
     """
-    if config.ca:
+    if config.ca and tls is None:
         load_certificates("ca", config.ca)
-    host, port = config.contact
+    host, contact_port = config.contact
     endpoint, tls = agent_endpoint(
         reactor,
         host,
-        port,
+        contact_port if port is None else port,
+        tls=tls,
         plaintext=config.plaintext,
         server_name=config.server_name,
         ca_file=config.ca,
@@ -264,7 +272,7 @@ def agent_tunnel_endpoint(config: AgentConfig, reactor: Any) -> tuple[Any, Any]:
         http_proxy_auth=config.http_proxy_auth,
         client_cert=(
             load_tls("client-cert", client_certificate, config.client_cert, config.client_key)
-            if config.client_cert
+            if config.client_cert and tls is None
             else None
         ),
     )
@@ -503,7 +511,12 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
     else:
         status.add("tunnel", tunnel.status)
     status.add("no_tunnel", handle.status)
-    status.add("sessions", resumption.status)
+    route = sides[0].route
+    assert route is not None
+    status.add(
+        "sessions",
+        lambda: {**resumption.status(), "worker_redirects": route.redirects, "worker_fallbacks": route.fallbacks},
+    )
     for k, side in enumerate(sides[1:], 2):
         # the second contact point's tunnel and session
         status.add(f"tunnel_{k}", side.tunnel.status)
@@ -558,6 +571,8 @@ class AgentSide:
     @ivar config: the agent's configuration with this contact point as
         C{contact}.
     @ivar core: the side's SIP proxy, watched by C{resumption}.
+    @ivar route: which port of the contact point the side's connections go
+        to (a worker's own, for those of the session).
     """
 
     config: AgentConfig
@@ -571,6 +586,7 @@ class AgentSide:
     paths: PathSessions | None = None
     quic: QuicProber | None = None
     tunnel: Any = None
+    route: WorkerRoute | None = None
 
 
 def _agent_side(
@@ -643,9 +659,21 @@ def _agent_side_tunnel(
     # The session logic is the tunnels' one observer; it tells the
     # handle and the forwards.  With several connections the paths layer
     # comes first: the session logic sees the session's front.
-    endpoint = agent_tunnel_endpoint(config, reactor)
+    # --workers at the contact point: the connections that resume or join
+    # the session go to its worker's own port (spwm.session.workerroute)
+    route = WorkerRoute()
+    default_endpoint, tls = agent_tunnel_endpoint(config, reactor)
+
+    def to_port(port: int | None) -> Any:
+        return default_endpoint if port is None else agent_tunnel_endpoint(config, reactor, port, tls)[0]
+
+    def to_session() -> bool:
+        return bool({"resume", "attach"} & set(hello()))
+
+    endpoint = (SteeredEndpoint(to_port, route, to_session), tls)
     paths = None
     quic = None
+    keeper = None
     observer: Any = resumption
     hello: Any = resumption.hello
     # --udp-path auto: a QUIC path joins the session as a further
@@ -653,7 +681,7 @@ def _agent_side_tunnel(
     # connection
     if config.paths_wanted > 1 or config.quic_probe:
         later_factory: Later[AgentTunnelFactory] = Later("the tunnel factory")
-        raw_endpoint = endpoint[0]
+        raw_endpoint = SteeredEndpoint(to_port, route, lambda: True)
         fewest, most = config.paths_range
         # --tunnel-connections auto: the count follows the media's stalls
         count = PathCount(fewest, most, config.limits.paths) if most > fewest else None
@@ -678,6 +706,12 @@ def _agent_side_tunnel(
             count=count,
         )
         observer, hello = paths, paths.hello(resumption.hello)
+    observer = WorkerSteering(
+        observer,
+        route,
+        reconnect=lambda: side.later_tunnel().reconnect_now(),
+        reattach=keeper.redirected if keeper is not None else None,
+    )
     router = Router(sip_part, {FORWARD_USE: forwarder, "media": media}, observer)
     factory = AgentTunnelFactory(
         router, reactor, agent_id, config.limits.tunnel, hello=hello, user_ciphering=config.user_ciphering
@@ -689,6 +723,7 @@ def _agent_side_tunnel(
         agent_tunnel_service(config, factory, reactor, side.handle.release_held if on_demand else None, endpoint)
     )
     side.router, side.factory, side.paths, side.quic = router, factory, paths, quic
+    side.route = route
 
 
 class SideSip:
@@ -772,17 +807,47 @@ def listen_backlog(config: ContactConfig) -> int:
     return config.listen_backlog or system_backlog()
 
 
+def contact_tls_factory(config: ContactConfig, factory: ContactTunnelFactory) -> Any:
+    """
+    The TLS wrapper of the tunnel listeners, or C{None} with C{--plaintext}.
+    """
+    if config.plaintext:
+        return None
+    if config.client_ca:
+        load_certificates("client-ca", config.client_ca)
+    return load_tls("cert", server_tls_factory, config.cert, config.key, factory, None, config.client_ca)
+
+
+def worker_listen_service(
+    config: ContactConfig, factory: ContactTunnelFactory, reactor: Any, port: int
+) -> ContactListenService:
+    """
+    C{--workers}: this worker's own tunnel listener (L{WorkerPorts.own}),
+    on the C{--listen} address, for the resumptions and further
+    connections of its sessions (the welcome names it).
+    """
+    family, interface, _ = listen_address(config.listen)
+    endpoint: Any = (
+        TCP6ServerEndpoint(reactor, port, listen_backlog(config), interface)
+        if family == socket.AF_INET6
+        else TCP4ServerEndpoint(reactor, port, listen_backlog(config), interface)
+    )
+    return ContactListenService(
+        endpoint,
+        factory,
+        reactor,
+        tls_factory=contact_tls_factory(config, factory),
+        drain=config.limits.tunnel.drain_time,
+        description=f"{'tcp6' if family == socket.AF_INET6 else 'tcp'}:{port}:interface={interface} (this worker's own port)",
+        option="worker-ports",
+    )
+
+
 def contact_listen_service(config: ContactConfig, factory: ContactTunnelFactory, reactor: Any) -> ContactListenService:
     """
     The service that accepts the agents' tunnels.
     """
-    tls_factory = None
-    if not config.plaintext:
-        if config.client_ca:
-            load_certificates("client-ca", config.client_ca)
-        tls_factory = load_tls(
-            "cert", server_tls_factory, config.cert, config.key, factory, None, config.client_ca
-        )
+    tls_factory = contact_tls_factory(config, factory)
     if config.workers > 1:
         # one of several workers: a listener shared with SO_REUSEPORT
         endpoint: Any = ReusePortEndpoint(reactor, *listen_address(config.listen), listen_backlog(config))
@@ -905,6 +970,17 @@ def build_contact(
         max_queued=limits.sip.max_queued,
         trace=sip_trace(config.sip_trace, config.sip_trace_bodies, hep, sip_observer),
     )
+    # --workers: this worker's own port, and where the others' sessions are
+    worker_ports = (
+        WorkerPorts(
+            config.worker_ports if config.worker_ports is not None else worker_ports_base(config),
+            config.worker_index,
+            config.workers,
+        )
+        if config.workers > 1
+        else None
+    )
+    elsewhere = worker_ports.redirect if worker_ports is not None else None
     resumption = later_resumption.bind(
         SessionManager(
             reactor,
@@ -913,13 +989,14 @@ def build_contact(
             runner,
             max_dormant=limits.session.max_dormant,
             forwarder=forwarder,
+            elsewhere=elsewhere,
         )
     )
     gate = MediaAcceptor(media, core)
     # Connections of agents that say "paths" join their session here; the
     # session manager sees the sessions' fronts (or, for other agents, the
     # connections themselves).
-    paths = PathSessions(reactor, resumption, agent=False)
+    paths = PathSessions(reactor, resumption, agent=False, elsewhere=elsewhere)
     router = Router(runner, {FORWARD_USE: forwarder, "media": gate}, paths)
     handshakes = HandshakeGate(limits.tunnel.max_handshaking)
     factory = ContactTunnelFactory(
@@ -932,7 +1009,9 @@ def build_contact(
         user_ciphering=config.user_ciphering,
         on_connection=handshakes.connection,
     )
+    factory.worker_ports = worker_ports
     listener = contact_listen_service(config, factory, reactor)
+    own_listener = worker_listen_service(config, factory, reactor, worker_ports.own) if worker_ports is not None else None
     quic_listener = quic_listen_service(config, factory, reactor)
     if quic_listener is not None and config.quic_listen is not None:
         # the welcome tells agents of the QUIC port (--udp-path auto); the
@@ -943,6 +1022,8 @@ def build_contact(
     MediaRangeCheck(media_address, config.media_ports).setServiceParent(top)
     hep_service(top, hep)
     listener.setServiceParent(top)
+    if own_listener is not None:
+        own_listener.setServiceParent(top)
     if quic_listener is not None:
         quic_listener.setServiceParent(top)
         quic_service = quic_listener
@@ -959,6 +1040,9 @@ def build_contact(
     def gate_port() -> None:
         if listener.listening is not None:
             listener.listening.addCallback(handshakes.set_port)
+        # --workers: the worker's own port (resumptions in a storm) too
+        if own_listener is not None and own_listener.listening is not None:
+            own_listener.listening.addCallback(handshakes.set_port)
 
     Hook(gate_port, handshakes.release).setServiceParent(top)
     listeners = SipListeners(
@@ -1006,6 +1090,7 @@ def build_contact(
         status_http=status_http,
         service=top,
         quic_listener=quic_listener,
+        worker_listener=own_listener,
     )
 
 

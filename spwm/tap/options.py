@@ -313,6 +313,11 @@ class ContactConfig:
     @ivar sip_address: the operator-side SIP address, C{(ip, port)}.
     @ivar workers: processes sharing the tunnel listener (C{spwm.workers});
         1: this one process.
+    @ivar worker_ports: with C{workers} > 1, the first of the workers' own
+        tunnel ports (worker I also listens on C{worker_ports + I});
+        C{None}: the C{--listen} port + 1 (L{spwm.workers.worker_config}
+        sets it in a worker's configuration).
+    @ivar worker_index: this process's worker index (0 outside workers).
     @ivar listen_backlog: the tunnel listener's backlog; C{None}: the
         system's C{somaxconn} (L{spwm.listenqueue.system_backlog}).
     @ivar limits: every limit; C{limits.tunnel.drain_time} is C{--drain-time}.
@@ -322,6 +327,8 @@ class ContactConfig:
     quic_listen: Address | None = None
     listen_backlog: int | None = None
     workers: int = 1
+    worker_ports: int | None = None
+    worker_index: int = 0
     cert: str | None = None
     key: str | None = None
     plaintext: bool = False
@@ -393,6 +400,7 @@ class ContactConfig:
             quic_listen=v["quic-listen"],
             listen_backlog=v["listen-backlog"],
             workers=v["workers"],
+            worker_ports=v["worker-ports"],
             cert=v["cert"],
             key=v["key"],
             plaintext=bool(v["plaintext"]),

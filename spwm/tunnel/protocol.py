@@ -1159,6 +1159,10 @@ class ContactTunnelFactory(_TunnelFactory):
         #: said in the welcome to agents that speak C{paths} (they may then
         #: attach a QUIC path to their session); C{None}: none
         self.quic_port: int | None = None
+        #: C{--workers}: this worker's ports (L{spwm.workers.WorkerPorts}):
+        #: its session ids name it, and the welcome says its own port
+        #: (C{resume_port}) to every agent; C{None}: one process
+        self.worker_ports: Any = None
         self.tunnels: _Registry = _Registry()
         self.max_tunnels = max_tunnels
         self.max_per_host = max_per_host
@@ -1210,13 +1214,15 @@ class ContactTunnelFactory(_TunnelFactory):
             self.app,
             self.clock,
             self.limits,
-            session_id=secrets.token_hex(8),
+            session_id=secrets.token_hex(8) if self.worker_ports is None else self.worker_ports.new_session_id(),
             hello={
                 "challenge": secrets.token_hex(16),
                 # several connections per session: the key a further
                 # connection proves it knows (spwm.session.carrier)
                 **({"paths": 1, "attach_key": secrets.token_hex(32)} if self.paths else {}),
                 **({"quic_port": self.quic_port} if self.paths and self.quic_port else {}),
+                # where this session is resumed and attached to (--workers)
+                **({"resume_port": self.worker_ports.own} if self.worker_ports is not None else {}),
                 **({"user-ciphering": True} if self.user_ciphering else {}),
             },
             registry=self.tunnels,

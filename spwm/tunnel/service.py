@@ -965,11 +965,15 @@ def agent_endpoint(
     client_cert: Any = None,
     timeout: float = 10.0,
     http_proxy_auth: str | None = None,
+    tls: ReportingClientTLS | None = None,
 ) -> tuple[IStreamClientEndpoint, ReportingClientTLS | None]:
     """
     The endpoint the agent connects with: C{HostnameEndpoint} (both address
     families tried), through an HTTP CONNECT proxy if given, in TLS unless
     C{plaintext}.
+
+    @param tls: the TLS options (and reporter) to use, made for another
+        port of the same contact point; else new ones.
     """
     if http_proxy is not None:
         proxy_host, proxy_port = http_proxy
@@ -984,7 +988,8 @@ def agent_endpoint(
         endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
     if plaintext:
         return endpoint, None
-    tls = client_tls_options(server_name or host, ca_file, client_cert)
+    if tls is None:
+        tls = client_tls_options(server_name or host, ca_file, client_cert)
     return wrapClientTLS(tls, endpoint), tls
 
 

@@ -4,7 +4,11 @@ share the tunnel port (SO_REUSEPORT), each names its own SIP port in the
 Path of the REGISTERs it relays, and a call from the operator side sent to
 that port reaches the phone behind the agent whose tunnel that worker
 holds.  A worker killed is restarted by the supervisor; stopping the
-supervisor stops every worker.
+supervisor stops every worker.  Each worker also listens on its own port
+(the listen port + 1 + its index, by default): an agent's further
+connection attaches, and its resumption after a cut resumes, at the
+worker that holds its session every time; one sent to the wrong worker is
+redirected there.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from spwm.tap import agent
 from spwm.tap.assembly import build_agent
 from spwm.testing.phone import Phone, build_sip, make_sdp, parse_sip, uri_of
 from spwm.testing.ports import free_port
+from spwm.session.carrier import path_kind
+from spwm.session.paths import PathKind
+from spwm.testing.certs import TestCA
+from tests.integration.test_resumption import DIGEST
 from tests.integration.test_tunnel_loopback import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -94,7 +102,11 @@ def alive(pid: int) -> bool:
         return False
 
 
-class WorkersTests(TestCase):
+class _Workers(TestCase):
+    """
+    A supervisor of two workers on loopback, agents added one by one.
+    """
+
     timeout = 90
 
     @defer.inlineCallbacks
@@ -102,25 +114,40 @@ class WorkersTests(TestCase):
         self.operator = Operator()
         self.operator_port = reactor.listenUDP(0, self.operator, interface="127.0.0.1")
         self.addCleanup(self.operator_port.stopListening)
-        self.tunnel_port = free_port()
+        # the shared port and, after it, the workers' own (the default)
+        self.tunnel_port = free_port(following=2)
+        self.worker_ports = (self.tunnel_port + 1, self.tunnel_port + 2)
         self.sip_port = free_port(following=3)
         self.process = WorkerProcess()
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         env.pop("SPWM_WORKER", None)
         args = [
             sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-            "spwm-contact", "--workers", "2", "--plaintext",
+            "spwm-contact", "--workers", "2", *self.contact_security(),
             "--listen", f"tcp:{self.tunnel_port}:interface=127.0.0.1",
             "--sip-address", f"127.0.0.1:{self.sip_port}",
             "--sip-proxy", f"127.0.0.1:{self.operator_port.getHost().port}",
             "--media-ports", "46000-46099", "--media-allow", "127.0.0.0/8",
             "--drain-time", "0.2", "--status-interval", "0",
         ]  # fmt: skip
-        self.transport = reactor.spawnProcess(self.process, sys.executable, args, env=env, path=ROOT)
-        self.addCleanup(self.stop_supervisor)
-        yield wait_until(lambda: self.process.text().count("listening for tunnels") >= 2, timeout=30)
         self.agents: list[Any] = []
         self.phones: list[Phone] = []
+        self.transport = reactor.spawnProcess(self.process, sys.executable, args, env=env, path=ROOT)
+        self.addCleanup(self.stop_supervisor)
+        yield wait_until(lambda: self.listening() >= 2, timeout=30)
+        yield wait_until(lambda: self.process.text().count("(this worker's own port)") >= 2, timeout=30)
+
+    def contact_security(self) -> list[str]:
+        return ["--plaintext"]
+
+    def agent_security(self) -> list[str]:
+        return ["--plaintext"]
+
+    def listening(self) -> int:
+        """
+        How many times a worker said it listens on the shared port.
+        """
+        return self.process.text().count(f"listening for tunnels on tcp:{self.tunnel_port}:")
 
     @defer.inlineCallbacks
     def stop_supervisor(self) -> Any:
@@ -145,7 +172,7 @@ class WorkersTests(TestCase):
         sip = free_port(following=1)
         options = agent.Options()
         options.parseOptions(
-            ["--contact", f"127.0.0.1:{self.tunnel_port}", "--plaintext", "--agent-id", f"agent{index}",
+            ["--contact", f"127.0.0.1:{self.tunnel_port}", *self.agent_security(), "--agent-id", f"agent{index}",
              "--sip-listen", f"127.0.0.1:{sip}", "--media-ports", f"{44000 + 100 * index}-{44099 + 100 * index}",
              "--status-interval", "0"]
         )  # fmt: skip
@@ -156,7 +183,8 @@ class WorkersTests(TestCase):
         phone = Phone(reactor, f"u{index}", "example.test", ("127.0.0.1", sip))
         phone.start()
         self.phones.append(phone)
-        response = yield phone.register()
+        # digest credentials: the session gets a key, so it can be resumed
+        response = yield phone.register(authorization=DIGEST.format(user=f"u{index}"))
         self.assertTrue(response.first.startswith("SIP/2.0 200"), response.first)
         return phone
 
@@ -166,6 +194,57 @@ class WorkersTests(TestCase):
         assert match is not None, path
         return int(match.group(1))
 
+    def worker_of(self, built: Any) -> int:
+        """
+        The index of the worker that holds an agent's session, from the
+        session id (it ends in C{-wINDEX}).
+        """
+        session_id = built.resumption.session_id or ""
+        match = re.search(r"-w(\d+)$", session_id)
+        assert match is not None, session_id
+        return int(match.group(1))
+
+    @defer.inlineCallbacks
+    def agents_on_both_workers(self, least: int = 4) -> Any:
+        """
+        At least C{least} agents with a registered phone each, and on
+        both workers (bounded: at most 12).
+        """
+        workers: set[int] = set()
+        for index in range(12):
+            yield self.add_agent(index)
+            built = self.agents[-1]
+            yield wait_until(lambda: built.resumption.session_id is not None, timeout=10)
+            workers.add(self.worker_of(built))
+            if len(workers) == 2 and len(self.agents) >= least:
+                break
+        self.assertEqual(workers, {0, 1}, "twelve agents all on one worker")
+
+    @defer.inlineCallbacks
+    def two_paths(self, built: Any) -> Any:
+        """
+        The agent's session has its two connections.
+        """
+
+        def both() -> bool:
+            front = built.paths.front
+            return front is not None and sum(1 for p in front.paths if path_kind(p) is PathKind.TCP) == 2
+
+        yield wait_until(both, timeout=15)
+
+    @defer.inlineCallbacks
+    def resumed(self, built: Any) -> Any:
+        """
+        The agent's session is live again after a resumption (one more
+        than when asked).
+        """
+        resumed = built.resumption.resumed
+        yield wait_until(
+            lambda: built.resumption.resumed > resumed and built.resumption.state.value == "live", timeout=20
+        )
+
+
+class WorkersTests(_Workers):
     @defer.inlineCallbacks
     def test_calls_reach_the_right_worker(self) -> Any:
         """
@@ -216,6 +295,74 @@ class WorkersTests(TestCase):
             self.assertEqual([c.call_id for c in phone.calls], [call_id])
 
     @defer.inlineCallbacks
+    def test_attach_and_resume_at_the_right_worker(self) -> Any:
+        """
+        Every agent learns its worker's own port from the welcome; its
+        second connection attaches there (never refused); cut, each
+        resumes its session (same id, registrations and all) at that
+        worker, and attaches its second connection again, with no
+        redirect needed.
+        """
+        yield self.agents_on_both_workers()
+        for built in self.agents:
+            route = built.sides[0].route
+            self.assertEqual(route.resume_port, self.worker_ports[self.worker_of(built)])
+            yield self.two_paths(built)
+            self.assertEqual(built.paths.attach_refused, 0)
+        for built in self.agents:
+            before = built.resumption.session_id
+            front = built.paths.front
+            for path in list(front.paths):
+                path.transport.abortConnection()
+            yield self.resumed(built)
+            self.assertEqual(built.resumption.session_id, before)
+            yield self.two_paths(built)
+            self.assertEqual(built.paths.attach_refused, 0)
+            self.assertEqual(built.sides[0].route.redirects, 0)
+        self.assertNotIn("refused resumption", self.process.text())
+        self.assertNotIn("refused another connection", self.process.text())
+
+    @defer.inlineCallbacks
+    def test_wrong_worker_redirects(self) -> Any:
+        """
+        An agent made to resume, and to attach, at the other worker's port
+        (as an agent that ignores the port, or a NAT that maps it, would)
+        is answered with its worker's port and follows it once: resumed,
+        two connections again.
+        """
+        yield self.agents_on_both_workers(least=2)
+        for built in self.agents[:2]:
+            yield self.two_paths(built)
+            route = built.sides[0].route
+            right = self.worker_ports[self.worker_of(built)]
+            wrong = self.worker_ports[1 - self.worker_of(built)]
+            # the resumption goes to the wrong worker
+            route.resume_port = wrong
+            before = built.resumption.session_id
+            for path in list(built.paths.front.paths):
+                path.transport.abortConnection()
+            yield self.resumed(built)
+            self.assertEqual(built.resumption.session_id, before)
+            self.assertGreaterEqual(route.redirects, 1)
+            self.assertEqual(route.resume_port, right)
+            yield self.two_paths(built)
+            # the further connection goes to the wrong worker
+            redirects = route.redirects
+            route.settled()
+            route.resume_port = wrong
+            front = built.paths.front
+            front.paths[1].transport.abortConnection()
+            yield wait_until(lambda: route.redirects > redirects, timeout=20)
+            yield self.two_paths(built)
+            self.assertIs(built.paths.front, front)
+            self.assertEqual(route.resume_port, right)
+            self.assertEqual(built.paths.attach_refused, 0)
+            self.assertEqual(built.status.document()["sessions"]["worker_redirects"], route.redirects)
+        text = self.process.text()
+        self.assertIn("agent sent there", text)
+        self.assertNotIn("refused resumption", text)
+
+    @defer.inlineCallbacks
     def test_crashed_worker_restarted(self) -> Any:
         """
         A worker killed is started again, with one line saying so; the
@@ -225,7 +372,7 @@ class WorkersTests(TestCase):
         self.assertEqual(len(workers), 2)
         os.kill(workers[1], signal.SIGKILL)
         yield wait_until(lambda: "exited with signal 9; restarting it" in self.process.text(), timeout=10)
-        yield wait_until(lambda: self.process.text().count("listening for tunnels") >= 3, timeout=30)
+        yield wait_until(lambda: self.listening() >= 3, timeout=30)
         now = children(self.transport.pid)
         self.assertEqual(len(now), 2)
         self.assertNotIn(workers[1], now)
@@ -257,3 +404,39 @@ class WorkersTests(TestCase):
         self.assertNotIn("Traceback", text)
         self.assertNotIn("ReactorNotRunning", text)
         self.assertFalse(any(alive(w) for w in workers))
+
+
+class WorkersTlsQuicTests(_Workers):
+    """
+    The same with TLS, and QUIC (C{--quic-listen}; agents with
+    C{--udp-path auto}): each worker takes QUIC on its own port and names
+    it in the welcome, so every agent's QUIC path attaches to the worker
+    that holds its session; the TCP connections to a worker's own port
+    pass the same certificate checks.
+    """
+
+    def contact_security(self) -> list[str]:
+        self.ca = TestCA(os.path.abspath(self.mktemp()))
+        cert = self.ca.issue(["contact.spwm.test"], "contact")
+        self.quic_port = free_port()
+        return ["--cert", cert.cert, "--key", cert.key, "--quic-listen", f"127.0.0.1:{self.quic_port}"]
+
+    def agent_security(self) -> list[str]:
+        return ["--server-name", "contact.spwm.test", "--ca", self.ca.ca_file]
+
+    @defer.inlineCallbacks
+    def test_quic_path_at_the_right_worker(self) -> Any:
+        yield self.agents_on_both_workers()
+        for built in self.agents:
+            worker = self.worker_of(built)
+            yield self.two_paths(built)
+
+            def on_quic() -> bool:
+                front = built.paths.front
+                return front is not None and any(path_kind(p) is PathKind.QUIC for p in front.paths)
+
+            yield wait_until(on_quic, timeout=15)
+            front = built.paths.front
+            self.assertEqual(front.peer_hello.get("quic_port"), self.quic_port + worker)
+            self.assertEqual(built.paths.attach_refused, 0)
+        self.assertNotIn("refused another connection", self.process.text())
