@@ -14,6 +14,18 @@ The nonce is one direction byte (0: agent to contact point, 1: back), three
 zero bytes and the counter; the additional data is the frame type and the
 channel field.
 
+The send counter is one per key and direction: a flow's SIP and the
+channels of its calls (which share its key) take their counters from one
+sequence, so no two frames sealed under a key have the same nonce, whatever
+channel they are on.  It starts at a random point below 2**62 each time a
+cipher state binds the key (a new session, a resumed one, a contact point
+restarted from its state file): the same key bound again after a
+resumption continues nowhere near the counters it used before (two ranges
+of a billion frames overlap with a chance of about 2**-32).  A receiver
+sees, per context, counters that grow with gaps; a receiver of an older
+version (strictly growing counters per context, any first counter)
+accepts them too.
+
 One L{UserCipher} serves a whole session: every path (TLS connection or
 QUIC path) of a session with several seals and opens with it, so a key's
 send counter is shared by all paths and no nonce is ever used twice, and a
@@ -30,6 +42,7 @@ crossed) loses nothing.
 
 from __future__ import annotations
 
+import secrets
 import struct
 
 from cryptography.exceptions import InvalidTag
@@ -43,18 +56,34 @@ _AAD = struct.Struct(">BI")
 _OVERHEAD = 8 + 16
 
 #: Counters of the replay window: below the highest counter opened, a
-#: counter opens once if it is within this many of it.
-WINDOW = 128
-_WINDOW_MASK = (1 << WINDOW) - 1
+#: counter opens once if it is within this many of it (counted in the
+#: key's sequence, which the flow's SIP and all its channels share: 1024
+#: is about ten seconds of one call's RTP and RTCP).
+WINDOW = 1024
+#: send counters start below this (random), leaving 2**62 frames of room
+_START = 1 << 62
+
+
+class _Sender:
+    """
+    The send counter of one key (shared by the contexts using the key).
+    """
+
+    __slots__ = ("counter",)
+
+    def __init__(self, start: int) -> None:
+        self.counter = start
 
 
 class _Context:
-    __slots__ = ("aead", "owner", "recv_counter", "recv_seen", "sealed_seen", "send_counter", "send_prefix", "recv_prefix")
+    __slots__ = ("aead", "mask", "owner", "recv_counter", "recv_seen", "sealed_seen", "send", "send_prefix", "recv_prefix", "window")
 
-    def __init__(self, aead: ChaCha20Poly1305, owner: UserCipher) -> None:
+    def __init__(self, aead: ChaCha20Poly1305, owner: UserCipher, send: _Sender) -> None:
         self.aead = aead
         self.owner = owner
-        self.send_counter = 0
+        self.send = send
+        self.window = owner.window
+        self.mask = (1 << owner.window) - 1
         #: the highest counter opened (-1: none yet)
         self.recv_counter = -1
         #: bit i set: counter C{recv_counter - i} was opened
@@ -72,15 +101,19 @@ class _Context:
         behind = self.recv_counter - counter
         if behind < 0:
             return True
-        return behind < WINDOW and not (self.recv_seen >> behind) & 1
+        return behind < self.window and not (self.recv_seen >> behind) & 1
 
     def opened(self, counter: int) -> None:
         """
         Mark C{counter} as opened (after its tag checked out).
         """
         ahead = counter - self.recv_counter
-        if ahead > 0:
-            self.recv_seen = ((self.recv_seen << ahead) | 1) & _WINDOW_MASK
+        if ahead >= self.window:
+            # (also the first: never shift by a random 62-bit distance)
+            self.recv_seen = 1
+            self.recv_counter = counter
+        elif ahead > 0:
+            self.recv_seen = ((self.recv_seen << ahead) | 1) & self.mask
             self.recv_counter = counter
         else:
             self.recv_seen |= 1 << -ahead
@@ -99,12 +132,14 @@ class UserCipher:
         datagram on another path is one).
     """
 
-    def __init__(self, sender: int) -> None:
+    def __init__(self, sender: int, window: int = WINDOW) -> None:
         """
         @param sender: 0 on the agent, 1 on the contact point (the nonce's
             direction byte).
+        @param window: counters in the replay window.
         """
         self.sender = sender
+        self.window = window
         self._flows: dict[int, _Context] = {}
         self._channels: dict[int, _Context] = {}
         self.refused = 0
@@ -117,7 +152,7 @@ class UserCipher:
         Seal the SIP of application flow C{flow_id} with C{key} from now on.
         """
         if flow_id not in self._flows:
-            self._flows[flow_id] = _Context(ChaCha20Poly1305(key), self)
+            self._flows[flow_id] = _Context(ChaCha20Poly1305(key), self, _Sender(secrets.randbelow(_START)))
 
     def bind_channel(self, channel_id: int, flow_id: int) -> bool:
         """
@@ -129,11 +164,12 @@ class UserCipher:
         context = self._flows.get(flow_id)
         if context is None:
             return False
-        # Its own counters: the channel field in the additional data keeps
+        # The flow's key and send counter (one nonce sequence per key), its
+        # own replay window; the channel field in the additional data keeps
         # a frame of one channel from passing as another's.
         if channel_id not in self._channels:
             # bound once per session (every path's bind lands here)
-            self._channels[channel_id] = _Context(context.aead, self)
+            self._channels[channel_id] = _Context(context.aead, self, context.send)
         return True
 
     def forget_channel(self, channel_id: int) -> None:
@@ -153,8 +189,9 @@ class UserCipher:
         """
         Seal one payload.
         """
-        counter = context.send_counter
-        context.send_counter = counter + 1
+        send = context.send
+        counter = send.counter
+        send.counter = counter + 1
         context.owner.sealed += 1
         head = _COUNTER.pack(counter)
         return head + context.aead.encrypt(context.send_prefix + head, data, _AAD.pack(ftype, channel))
