@@ -1090,6 +1090,10 @@ class PathSessions:
             "media_on": media_on,
             "attach_refused": self.attach_refused,
         }
+        ciphers = [f.cipher.snapshot() for f in self.fronts if f.cipher is not None]
+        if ciphers:
+            # per-user ciphering, summed over the live sessions' cipher states
+            status["ciphering"] = {k: sum(c[k] for c in ciphers) for k in ciphers[0]}
         if self.agent:
             live = self.front
             status["session"] = live.summary() if live is not None else None

@@ -107,6 +107,15 @@ class CipheringPathsTests(_UdpAutoPair):
         yield wait_until(lambda: front.media_kind() == "quic" and contact_front.media_kind() == "quic", timeout=40)
         yield self.flowing(a_call, b_call, front, contact_front)
         self.assertEqual(self.sip_counts(alice, bob), sip_before)
+        for service in (self.contact, agent1):
+            ciphering = service.status.document()["paths"]["ciphering"]
+            self.assertGreater(ciphering["sealed"], 50, ciphering)
+            self.assertGreater(ciphering["opened"], 50, ciphering)
+            self.assertEqual(ciphering["refused"], 0, ciphering)
+        from prometheus_client.exposition import generate_latest
+
+        metrics = generate_latest(self.contact.status.metrics.registry).decode()
+        self.assertIn('spwm_paths_ciphering{key="refused",side="contact"} 0.0', metrics)
         a_call.stop_media()
         b_call.stop_media()
         response = yield alice.hang_up(a_call)
