@@ -502,6 +502,34 @@ class CipheringTests(SynchronousTestCase):
         assert agent is not None and contact is not None
         self.assertEqual((agent.opened, agent.refused, contact.opened, contact.refused), (1, 0, 2, 0))
 
+    def test_older_contact_point_one_connection(self) -> None:
+        """
+        A contact point whose welcome agrees per-user ciphering and
+        C{paths} but does not say C{user-ciphering-paths} (older: it kept
+        a ciphering connection out of the paths layer): the agent's
+        session logic gets the connection itself, no front, nothing to
+        attach; sealed SIP crosses.
+        """
+        bed = Bed(ciphering=True)
+        build = bed.contact_factory.buildProtocol
+
+        def older(addr: Any) -> Any:
+            protocol = build(addr)
+            protocol.local_hello.pop("user-ciphering-paths")
+            return protocol
+
+        bed.contact_factory.buildProtocol = older  # type: ignore[method-assign]
+        a1, c1 = bed.connect()
+        self.assertIsNotNone(a1.cipher)
+        self.assertEqual(bed.agent.observer.calls, [("established", a1)])
+        self.assertIsNone(bed.agent.paths.front)
+        a1.bind_flow_key(5, self.KEY)
+        c1.bind_flow_key(5, self.KEY)
+        a1.send_sip(5, b"MESSAGE sealed")
+        bed.flush()
+        self.assertEqual([d for _, _, d in bed.contact.sip.received], [b"MESSAGE sealed"])
+        self.assertEqual(c1.cipher.opened, 1)  # type: ignore[union-attr]
+
     def test_attach_without_ciphering_refused(self) -> None:
         """
         A further connection on which per-user ciphering was not agreed

@@ -905,6 +905,11 @@ class PathSessions:
                 self._attach(path, attach)
                 return
             key = path.peer_hello.get("attach_key")
+            if path.cipher is not None and path.peer_hello.get("user-ciphering-paths") is not True:
+                # an older contact point: it ciphers on one connection
+                # only (it would take a further one for a new session)
+                self.observer.tunnel_established(path)
+                return
         else:
             if path.peer_hello.get("attach") is not None:
                 # it proves which session it belongs to next

@@ -1225,6 +1225,10 @@ class ContactTunnelFactory(_TunnelFactory):
                 **({"paths": 1, "attach_key": secrets.token_hex(32)} if self.paths else {}),
                 **({"quic_port": self.quic_port} if self.paths and self.quic_port else {}),
                 **({"user-ciphering": True} if self.user_ciphering else {}),
+                # per-user ciphering on every path of a session (one cipher
+                # state per session): an older contact point kept a
+                # ciphering agent to one connection
+                **({"user-ciphering-paths": True} if self.paths and self.user_ciphering else {}),
             },
             registry=self.tunnels,
             want_ciphering=self.user_ciphering,
