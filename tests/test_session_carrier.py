@@ -91,16 +91,16 @@ class Bed:
     in-memory connections between them.
     """
 
-    def __init__(self, contact_paths: bool = True, agent_paths: bool = True) -> None:
+    def __init__(self, contact_paths: bool = True, agent_paths: bool = True, ciphering: bool = False) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
         self.agent = Half(self.clock, agent=True)
         self.contact = Half(self.clock, agent=False)
         hello = self.agent.paths.hello(lambda: {}) if agent_paths else None
-        self.agent_factory = AgentTunnelFactory(self.agent.router, self.clock, "agent-1", hello=hello)
+        self.agent_factory = AgentTunnelFactory(self.agent.router, self.clock, "agent-1", hello=hello, user_ciphering=ciphering)
         observer = self.contact.paths if contact_paths else self.contact.observer
         router = Router(self.contact.sip, {"media": self.contact.media}, observer)  # type: ignore[arg-type]
-        self.contact_factory = ContactTunnelFactory(router, self.clock, paths=contact_paths)
+        self.contact_factory = ContactTunnelFactory(router, self.clock, paths=contact_paths, user_ciphering=ciphering)
         self.pumps: list[tuple[iosim.IOPump, TunnelProtocol, TunnelProtocol]] = []
         self.stalled: set[int] = set()
 
@@ -378,6 +378,173 @@ class ChannelTests(TwoPaths):
         self.assertTrue(self.front.send_sip(3, b"OPTIONS sip:x SIP/2.0\r\n\r\n"))
         self.bed.flush()
         self.assertEqual(self.bed.contact.sip.received, [(self.contact_front, 3, b"OPTIONS sip:x SIP/2.0\r\n\r\n")])
+
+
+class CipheringTests(SynchronousTestCase):
+    """
+    Per-user ciphering on a session with two connections: one cipher
+    state per session, shared by both paths.
+    """
+
+    KEY = bytes(range(32))
+
+    def setUp(self) -> None:
+        self.bed = Bed(ciphering=True)
+        self.a1, self.c1 = self.bed.connect()
+        self.a2, self.c2 = self.bed.connect()
+        front = self.bed.agent.paths.front
+        assert front is not None
+        self.front = front
+        self.contact_front = self.bed.contact.paths.fronts[0]
+        self.front.bind_flow_key(5, self.KEY)
+        self.contact_front.bind_flow_key(5, self.KEY)
+        self.cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.front.bind_channel_to_flow(self.cid, 5)
+        self.bed.flush()
+        self.contact_front.bind_channel_to_flow(self.cid, 5)
+
+    def test_one_cipher_per_session(self) -> None:
+        """
+        Both paths of each half seal and open with the session's cipher.
+        """
+        self.assertEqual(len(self.front.paths), 2)
+        self.assertIsNotNone(self.front.cipher)
+        self.assertIsNotNone(self.contact_front.cipher)
+        self.assertTrue(self.a1.cipher is self.a2.cipher is self.front.cipher)
+        self.assertTrue(self.c1.cipher is self.c2.cipher is self.contact_front.cipher)
+
+    def test_copies_sealed_opened_once(self) -> None:
+        """
+        Media copied on both paths: each copy sealed with its own counter
+        of the one send counter (no nonce twice), every copy opens (none
+        counted as a refused replay), the copies are dropped by sequence
+        number after opening, each datagram is delivered once; nothing of
+        the plaintext is on either wire.
+        """
+        written: list[bytes] = []
+        for path in (self.a1, self.a2):
+            original = path._write
+            path._write = lambda data, original=original: (written.append(data), original(data))  # type: ignore[method-assign]
+        context = self.front.cipher.channel_context(self.cid)  # type: ignore[union-attr]
+        assert context is not None
+        start = context.send.counter
+        now = self.bed.clock.seconds()
+        self.front.scheduler.loss_seen(1, now)
+        self.assertEqual(len(self.front.scheduler.media_paths(now)), 2)
+        for n in range(5):
+            self.front.send_datagram(self.cid, b"secret-rtp%d" % n)
+        self.bed.flush()
+        self.assertEqual(sorted(self.bed.contact.media.got), [(0, b"secret-rtp%d" % n) for n in range(5)])
+        self.assertNotIn(b"secret", b"".join(written))
+        agent, contact = self.front.cipher, self.contact_front.cipher
+        assert agent is not None and contact is not None
+        self.assertEqual(agent.sealed, 10)
+        context = agent.channel_context(self.cid)
+        assert context is not None
+        self.assertEqual(context.send.counter - start, 10)
+        self.assertEqual((contact.opened, contact.refused, contact.unknown), (10, 0, 0))
+        self.assertEqual(self.c1.duplicates + self.c2.duplicates, 5)
+        self.assertEqual(self.contact_front.status()["sealed"]["opened"], 10)
+
+    def test_out_of_order_across_paths(self) -> None:
+        """
+        Frames sealed in one order and delivered in another (one path
+        slower than the other) all open: SIP too, when the carrier moves.
+        """
+        self.bed.stalled.add(0)
+        self.assertIs(self.front.carrier, self.a1)
+        self.front.send_sip(5, b"MESSAGE one")
+        self.a1.send_datagram(self.cid, b"\x00\x00\x00\x01early", 0)
+        self.bed.flush()
+        self.a2.send_datagram(self.cid, b"\x00\x00\x00\x02later", 0)
+        self.a2.send_sip(5, b"MESSAGE two")
+        self.bed.flush()
+        self.bed.stalled.clear()
+        self.bed.flush()
+        contact = self.contact_front.cipher
+        assert contact is not None
+        self.assertEqual(contact.refused, 0)
+        self.assertEqual([d for _, _, d in self.bed.contact.sip.received], [b"MESSAGE two", b"MESSAGE one"])
+        self.assertEqual([d for _, d in self.bed.contact.media.got], [b"\x00\x00\x00\x02later", b"\x00\x00\x00\x01early"])
+
+    def test_replay_on_the_other_path_refused(self) -> None:
+        """
+        A sealed frame read off one path and written again onto the other
+        is refused by the session's window and counted.
+        """
+        written: list[bytes] = []
+        original = self.a1._write
+        self.a1._write = lambda data: (written.append(data), original(data))  # type: ignore[method-assign]
+        self.front.send_sip(5, b"MESSAGE once")
+        self.bed.flush()
+        self.assertEqual(len(self.bed.contact.sip.received), 1)
+        self.c2.dataReceived(b"".join(written))
+        contact = self.contact_front.cipher
+        assert contact is not None
+        self.assertEqual(len(self.bed.contact.sip.received), 1)
+        self.assertEqual(contact.refused, 1)
+
+    def test_cut_one_path_media_goes_on(self) -> None:
+        """
+        The carrier's connection is reset: sealed SIP and media go on on
+        the other path, still sealed, both ways.
+        """
+        self.bed.cut(0)
+        self.assertEqual(self.front.paths, [self.a2])
+        self.front.send_datagram(self.cid, b"after")
+        self.front.send_sip(5, b"BYE")
+        self.contact_front.send_datagram(self.cid, b"down")
+        self.bed.flush()
+        self.assertEqual(self.bed.contact.media.got, [(0, b"after")])
+        self.assertEqual(self.bed.agent.media.got, [(0, b"down")])
+        self.assertEqual([d for _, _, d in self.bed.contact.sip.received], [b"BYE"])
+        agent, contact = self.front.cipher, self.contact_front.cipher
+        assert agent is not None and contact is not None
+        self.assertEqual((agent.opened, agent.refused, contact.opened, contact.refused), (1, 0, 2, 0))
+
+    def test_older_contact_point_one_connection(self) -> None:
+        """
+        A contact point whose welcome agrees per-user ciphering and
+        C{paths} but does not say C{user-ciphering-paths} (older: it kept
+        a ciphering connection out of the paths layer): the agent's
+        session logic gets the connection itself, no front, nothing to
+        attach; sealed SIP crosses.
+        """
+        bed = Bed(ciphering=True)
+        build = bed.contact_factory.buildProtocol
+
+        def older(addr: Any) -> Any:
+            protocol = build(addr)
+            protocol.local_hello.pop("user-ciphering-paths")
+            return protocol
+
+        bed.contact_factory.buildProtocol = older  # type: ignore[method-assign]
+        a1, c1 = bed.connect()
+        self.assertIsNotNone(a1.cipher)
+        self.assertEqual(bed.agent.observer.calls, [("established", a1)])
+        self.assertIsNone(bed.agent.paths.front)
+        a1.bind_flow_key(5, self.KEY)
+        c1.bind_flow_key(5, self.KEY)
+        a1.send_sip(5, b"MESSAGE sealed")
+        bed.flush()
+        self.assertEqual([d for _, _, d in bed.contact.sip.received], [b"MESSAGE sealed"])
+        self.assertEqual(c1.cipher.opened, 1)  # type: ignore[union-attr]
+
+    def test_attach_without_ciphering_refused(self) -> None:
+        """
+        A further connection on which per-user ciphering was not agreed
+        cannot join a ciphering session: C{attach-failed}, closed, the
+        session keeps its paths.
+        """
+        plain = AgentTunnelFactory(
+            self.bed.agent.router, self.bed.clock, "agent-1", hello=self.bed.agent.paths.hello(lambda: {})
+        )
+        a3, c3 = self.bed.connect(plain)
+        self.assertIsNone(a3.cipher)
+        self.assertFalse(a3.is_open)
+        self.assertEqual(self.bed.contact.paths.attach_refused, 1)
+        self.assertEqual(len(self.contact_front.paths), 2)
+        self.assertEqual(len(self.front.paths), 2)
 
 
 class FailoverTests(TwoPaths):

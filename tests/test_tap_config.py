@@ -398,7 +398,9 @@ class TunnelConnectionsTests(SynchronousTestCase):
         self.assertIsNone(fixed.paths.count)
         self.assertEqual(fixed.paths.keeper.extra, 2)  # type: ignore[union-attr]
         self.assertNotIn("connections_wanted", fixed.status.document()["paths"])
-        self.assertEqual(self.build(**{"user-ciphering": True}).config.paths_range, (1, 1))
+        # per-user ciphering keeps the paths: one cipher state per session
+        self.assertEqual(self.build(**{"user-ciphering": True}).config.paths_range, (2, 4))
+        self.assertEqual(self.build(**{"user-ciphering": True, "tunnel-connections": 3}).config.paths_range, (3, 3))
         self.assertIsNone(tunnel_connections("auto"))
         for bad in ("many", 0, 9, "2.5"):
             with self.assertRaises(ConfigError) as caught:
@@ -408,11 +410,15 @@ class TunnelConnectionsTests(SynchronousTestCase):
 
     def test_one_is_as_before(self) -> None:
         """
-        With 1, and with C{--tunnel on-demand} or C{--user-ciphering}
+        With 1 (and no QUIC path), and with C{--tunnel on-demand}
         whatever the number, no paths layer: the session logic observes
         the connection (behind the worker steering) and the hello says nothing of paths.
         """
-        for more in ({"tunnel-connections": 1}, {"tunnel": "on-demand"}, {"user-ciphering": True, "tunnel-connections": 3}):
+        for more in (
+            {"tunnel-connections": 1, "udp-path": "off"},
+            {"tunnel-connections": 1, "udp-path": "off", "user-ciphering": True},
+            {"tunnel": "on-demand"},
+        ):
             built = self.build(**more)
             self.assertIsNone(built.paths, more)
             self.assertIs(built.router.observer.observer, built.resumption)
@@ -425,14 +431,21 @@ class TunnelConnectionsTests(SynchronousTestCase):
         C{--udp-path auto} (the default) over TLS: the paths layer is
         there even with one TCP connection (a QUIC path joins the session
         as a further connection does), with the QUIC prober beside the
-        keeper; C{off}, C{--plaintext}, C{--http-proxy}, on-demand and
-        user ciphering: no prober (and with one connection no paths layer).
+        keeper, with per-user ciphering too; C{off}, C{--plaintext},
+        C{--http-proxy} and on-demand: no prober (and with one connection no paths layer).
         """
         from spwm.session.quicpath import Keepers, QuicProber
 
-        for connections in (1, 2):
+        for connections, ciphering in ((1, False), (2, False), (1, True), (2, True)):
             built = build_agent(
-                AgentConfig.from_options({"agent-id": "a1", "sip-listen": ["127.0.0.1:5999"], "tunnel-connections": connections}),
+                AgentConfig.from_options(
+                    {
+                        "agent-id": "a1",
+                        "sip-listen": ["127.0.0.1:5999"],
+                        "tunnel-connections": connections,
+                        "user-ciphering": ciphering,
+                    }
+                ),
                 MemoryReactorClock(),
             )
             self.assertTrue(built.config.quic_probe)
@@ -446,7 +459,6 @@ class TunnelConnectionsTests(SynchronousTestCase):
             {"plaintext": True, "tunnel-connections": 1},
             {"http-proxy": "192.0.2.1:3128", "tunnel-connections": 1},
             {"tunnel": "on-demand"},
-            {"user-ciphering": True},
         ):
             built = build_agent(
                 AgentConfig.from_options({"agent-id": "a1", "sip-listen": ["127.0.0.1:5999"], **more}),

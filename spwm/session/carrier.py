@@ -58,6 +58,7 @@ from spwm.tunnel.frames import FLAG_SEQ, ChannelKind, ErrorCode
 if TYPE_CHECKING:
     from spwm.session.quicpath import Keepers
     from spwm.tunnel.api import ChannelHandler, TunnelObserver
+    from spwm.tunnel.cipher import UserCipher
     from spwm.tunnel.protocol import TunnelProtocol
 
 __all__ = ["PathFront", "PathKeeper", "PathSessions", "attach_proof", "path_kind"]
@@ -195,6 +196,10 @@ class PathFront:
         # The user keys are derived from the first connection's TLS
         # exporter on both halves, whichever path carries the 2xx.
         self._exported = first.export_keying_material(EXPORTER_LABEL, KEY_LENGTH)
+        #: the session's per-user ciphering (the first connection's, shared
+        #: by every path from now on: one send counter per key for all
+        #: paths), or C{None}
+        self.cipher: UserCipher | None = getattr(first, "cipher", None)
         self.local_hello = first.local_hello
         self.peer_hello = first.peer_hello
         self._session_id = first.session_id
@@ -599,6 +604,7 @@ class PathFront:
             "paths": len(self._paths),
             "carrier_switches": self.switches,
             "duplicates_dropped": sum(p.duplicates for p in self._paths.values()),
+            **({"sealed": self.cipher.snapshot()} if self.cipher is not None else {}),
             **self.scheduler.snapshot(),
         }
 
@@ -735,12 +741,13 @@ class PathFront:
         self.routes.pop(channel_id, None)
 
     def bind_flow_key(self, flow_id: int, key: bytes) -> None:
-        # Paths are not offered with per-user ciphering (its counters are
-        # per connection): nothing to seal.
-        pass
+        # The session's one cipher state: every path seals with it.
+        if self.cipher is not None:
+            self.cipher.bind_flow(flow_id, key)
 
     def bind_channel_to_flow(self, channel_id: int, flow_id: int) -> None:
-        pass
+        if self.cipher is not None:
+            self.cipher.bind_channel(channel_id, flow_id)
 
     def export_keying_material(self, label: bytes, length: int) -> bytes | None:
         if label == EXPORTER_LABEL and length == KEY_LENGTH:
@@ -896,7 +903,7 @@ class PathSessions:
 
     def tunnel_established(self, path: TunnelProtocol) -> None:
         connection = path.connection
-        if connection is None or not connection.paths or path.cipher is not None:
+        if connection is None or not connection.paths:
             self.observer.tunnel_established(path)
             return
         if self.agent:
@@ -905,6 +912,11 @@ class PathSessions:
                 self._attach(path, attach)
                 return
             key = path.peer_hello.get("attach_key")
+            if path.cipher is not None and path.peer_hello.get("user-ciphering-paths") is not True:
+                # an older contact point: it ciphers on one connection
+                # only (it would take a further one for a new session)
+                self.observer.tunnel_established(path)
+                return
         else:
             if path.peer_hello.get("attach") is not None:
                 # it proves which session it belongs to next
@@ -950,6 +962,14 @@ class PathSessions:
             front = self.front
             if front is None or not front.is_open:
                 path.close(0, "no session to attach to any more")
+                return
+            if (getattr(path, "cipher", None) is None) != (front.cipher is None):
+                self.attach_refused += 1
+                self.log.warn(
+                    "session {session_id}: a connection not agreeing on per-user ciphering as the session did is closed",
+                    session_id=front.session_id,
+                )
+                path.close(ErrorCode.REFUSED, "per-user ciphering not agreed on this connection")
                 return
             self._release(path)
             path_id = front.add_path(path, path_kind(path))
@@ -1024,6 +1044,8 @@ class PathSessions:
             problem = "another agent's session"
         elif not check_attach_proof(front.attach_key, bytes.fromhex(challenge), session_id, message.get("proof")):
             problem = "wrong proof"
+        elif (getattr(path, "cipher", None) is None) != (front.cipher is None):
+            problem = "per-user ciphering not agreed on this connection as on the session"
         if problem is not None or front is None or not isinstance(session_id, str):
             self.attach_refused += 1
             self.log.warn(
@@ -1094,6 +1116,10 @@ class PathSessions:
             "attach_refused": self.attach_refused,
             "attach_redirected": self.attach_redirected,
         }
+        ciphers = [f.cipher.snapshot() for f in self.fronts if f.cipher is not None]
+        if ciphers:
+            # per-user ciphering, summed over the live sessions' cipher states
+            status["ciphering"] = {k: sum(c[k] for c in ciphers) for k in ciphers[0]}
         if self.agent:
             live = self.front
             status["session"] = live.summary() if live is not None else None

@@ -201,12 +201,11 @@ class AgentConfig:
         number, C{auto} between the limits' C{count_floor} and
         C{count_ceiling} (2 and 4: L{spwm.session.paths.PathCount}); but
         one with C{--tunnel on-demand} (the on-demand tunnel opens and
-        closes one) and with C{--user-ciphering} (its counters are per
-        connection: the same key on two would repeat nonces), and with
+        closes one) and with
         C{--udp-path only} (the one QUIC connection; several QUIC paths
         are not made).
         """
-        if self.tunnel == "on-demand" or self.user_ciphering or self.udp_path == "only":
+        if self.tunnel == "on-demand" or self.udp_path == "only":
             return (1, 1)
         if self.tunnel_connections is None:
             paths = self.limits.paths
@@ -227,15 +226,15 @@ class AgentConfig:
         contact point offers one (C{--udp-path auto}): not over an HTTP
         proxy (a network that needs one lets no UDP out), not with
         C{--plaintext} (QUIC is always TLS), and not where the session
-        keeps one connection only (C{--tunnel on-demand},
-        C{--user-ciphering}: see L{paths_wanted}).
+        keeps one connection only (C{--tunnel on-demand}: see
+        L{paths_wanted}).  With C{--user-ciphering} every path seals with
+        the session's one cipher state (L{spwm.tunnel.cipher}).
         """
         return (
             self.udp_path == "auto"
             and not self.http_proxy
             and not self.plaintext
             and self.tunnel != "on-demand"
-            and not self.user_ciphering
         )
 
     @classmethod

@@ -565,10 +565,17 @@ class TunnelProtocol(Protocol):
         of this connection; the channels' routes and handlers are the
         session's (shared by all its paths); datagrams stamped with a
         sequence number are given to the session's de-duplication; round
-        trips and received frames are reported to C{front}.
+        trips and received frames are reported to C{front}; a ciphering
+        connection seals and opens with the session's L{UserCipher}
+        (C{front.cipher}).
         """
         front.routes.update(self._routes)
         front.handlers.update(self._handlers)
+        if self.cipher is not None:
+            # one cipher state per session: every path seals with the
+            # session's counters (PathSessions only attaches a path whose
+            # ciphering agrees with the session's)
+            self.cipher = front.cipher
         self.front = front
         self._face = front
         self._routes = front.routes
@@ -1224,6 +1231,10 @@ class ContactTunnelFactory(_TunnelFactory):
                 # where this session is resumed and attached to (--workers)
                 **({"resume_port": self.worker_ports.own} if self.worker_ports is not None else {}),
                 **({"user-ciphering": True} if self.user_ciphering else {}),
+                # per-user ciphering on every path of a session (one cipher
+                # state per session): an older contact point kept a
+                # ciphering agent to one connection
+                **({"user-ciphering-paths": True} if self.paths and self.user_ciphering else {}),
             },
             registry=self.tunnels,
             want_ciphering=self.user_ciphering,
