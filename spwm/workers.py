@@ -37,6 +37,7 @@ with its own share (L{worker_config}):
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import re
@@ -70,6 +71,12 @@ RESTART_HOLD = 30.0
 #: error (a port in use, a bad file); the supervisor stops instead of
 #: restarting
 STARTUP_GRACE = 5.0
+
+
+def _exit_one() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def parse_workers(value: object) -> int:
@@ -476,10 +483,19 @@ class WorkerSupervisor(Service):
         self._recent: dict[int, list[float]] = {i: [] for i in range(count)}
         self._timers: dict[int, Any] = {}
         self.restarts = [0] * count
+        #: a worker exited at start, and the contact point stopped for it
+        self.failed_at_start = False
         self._started_at = 0.0
         self._stopping = False
 
     def _stop_reactor(self) -> None:
+        if self.failed_at_start:
+            # twistd exits 0 once its reactor has stopped, whatever stopped
+            # it: a contact point whose worker could not start must exit 1
+            # like one that could not start itself (its scripts and
+            # supervisors look at the status). At exit, after twistd's own
+            # clean-up (the PID file), with the log flushed.
+            atexit.register(_exit_one)
         if self.reactor.running:
             self.reactor.stop()
 
@@ -517,6 +533,7 @@ class WorkerSupervisor(Service):
                 index=index,
                 how=how,
             )
+            self.failed_at_start = True
             self._stop()
             return
         recent = [t for t in self._recent[index] if now - t < RESTART_WINDOW]

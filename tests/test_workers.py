@@ -248,9 +248,11 @@ class SupervisorTests(SynchronousTestCase):
         A worker that exits by itself at start stops the supervisor: no
         restart loop on a port in use.
         """
+        self.assertFalse(self.supervisor.failed_at_start)
         self.reactor.advance(1)
         self.reactor.spawned[0].end(code=1)
         self.assertEqual(self.stopped, [True])
+        self.assertTrue(self.supervisor.failed_at_start)
         self.reactor.advance(60)
         self.assertEqual(len(self.reactor.spawned), 2)
 

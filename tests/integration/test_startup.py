@@ -112,6 +112,25 @@ class ContactStartupTests(StartupTestCase):
             f"spwm-contact: --listen tcp:{port}:interface=127.0.0.1: address already in use",
         )
 
+    def test_worker_port_in_use(self) -> None:
+        """
+        With C{--workers 2}, worker 1's own port in use: the worker says
+        which option and address, the supervisor that it stops the contact
+        point for it, and the whole contact point exits with status 1 (as
+        one that cannot bind its own listener does), without a traceback.
+        """
+        listen = free_port(following=2)
+        port = listen + 2
+        with socket.socket() as held:
+            held.bind(("127.0.0.1", port))
+            held.listen()
+            code, lines = twistd(*self.contact("--listen", f"tcp:{listen}:interface=127.0.0.1", "--workers", "2"))
+        text = "\n".join(lines)
+        self.assertEqual(code, 1, text)
+        self.assertNotIn("Traceback", text)
+        self.assertIn(f"spwm-contact: --worker-ports tcp:{port}:interface=127.0.0.1 (this worker's own port): address already in use", text)
+        self.assertIn("worker 1 exited with status 1 at start; stopping the contact point", text)
+
     def test_sip_port_in_use(self) -> None:
         """
         An operator-side SIP port in use: C{--sip-address} and the address.
