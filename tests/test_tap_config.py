@@ -185,6 +185,20 @@ class LimitsTests(SynchronousTestCase):
         with self.assertRaises(ValueError):
             TunnelLimits(max_tunnels=0)
 
+    def test_worker_ports_checked(self) -> None:
+        """
+        C{--worker-ports} is refused without C{--workers} 2 or more, and
+        when it is not a port.
+        """
+        plain = {"plaintext": True}
+        with self.assertRaises(ConfigError) as cm:
+            ContactConfig.from_options({**plain, "worker-ports": 20000})
+        self.assertEqual(cm.exception.key, "worker-ports")
+        with self.assertRaises(ConfigError) as cm:
+            ContactConfig.from_options({**plain, "workers": 2, "worker-ports": 70000})
+        self.assertIn("not a port", str(cm.exception))
+        self.assertEqual(ContactConfig.from_options({**plain, "workers": 2, "worker-ports": 20000}).worker_ports, 20000)
+
     def test_tcp_keepalive(self) -> None:
         """
         Both halves offer the kernel's keepalive by default; not with

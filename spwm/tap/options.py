@@ -363,6 +363,10 @@ class ContactConfig:
             raise ConfigError("client-ca", "mutual TLS needs TLS: drop --plaintext")
         if self.plaintext and (self.cert or self.key):
             raise ConfigError("plaintext", "--plaintext and --cert/--key exclude each other")
+        if self.worker_ports is not None and self.workers <= 1:
+            raise ConfigError("worker-ports", "is the first of the workers' own ports: give --workers 2 or more too")
+        if self.worker_ports is not None and not 1 <= self.worker_ports <= 65535:
+            raise ConfigError("worker-ports", f"{self.worker_ports} is not a port (1-65535)")
         if self.quic_listen and self.plaintext:
             raise ConfigError("quic-listen", "QUIC is always TLS: it needs --cert and --key, not --plaintext")
         if self.quic_listen and self.client_ca:
