@@ -42,6 +42,7 @@ from _common import (  # noqa: E402
     summarize_profile,
 )
 from spwm.listenqueue import read_netstat  # noqa: E402  (after _common: it puts the checkout on sys.path)
+from spwm.testing.procs import children  # noqa: E402
 
 
 def raise_nofile() -> None:
@@ -58,14 +59,6 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
-
-
-def children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
 
 
 def server_rss(pid: int) -> int:

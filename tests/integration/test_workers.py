@@ -28,6 +28,7 @@ from spwm.tap import agent
 from spwm.tap.assembly import build_agent
 from spwm.testing.phone import Phone, build_sip, make_sdp, parse_sip, uri_of
 from spwm.testing.ports import free_port
+from spwm.testing.procs import alive, children
 from spwm.session.carrier import path_kind
 from spwm.session.paths import PathKind
 from spwm.testing.certs import TestCA
@@ -84,22 +85,6 @@ class WorkerProcess(protocol.ProcessProtocol):
 
     def text(self) -> str:
         return self.output.decode("utf-8", "replace")
-
-
-def children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 class _Workers(TestCase):
