@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.session.carrier import PathFront, PathSessions
+from spwm.session.carrier import ANNOUNCE_DELAY, PathFront, PathSessions
 from spwm.tunnel.api import Router
 from spwm.tunnel.frames import ChannelKind
 from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory, TunnelProtocol
@@ -369,6 +369,62 @@ class ChannelTests(TwoPaths):
         got = self.bed.contact.media.got
         self.assertEqual(sorted(got), sorted([(0, b"rtp%d" % n) for n in range(5)] + [(1, b"rtcp%d" % n) for n in range(5)]))
         self.assertEqual(self.c1.duplicates + self.c2.duplicates, 10)
+
+    def _other_path_frames(self) -> int:
+        """
+        Frames the agent wrote on its second path other than its pings.
+        """
+        stats = self.a2.connection.stats
+        return stats.frames_out - stats.pings_sent
+
+    def test_short_channel_not_copied(self) -> None:
+        """
+        A channel closed within L{ANNOUNCE_DELAY} of its open costs the
+        other path nothing: neither the copy of its open nor of its close
+        is written there, and both of the contact point's paths forget it.
+        """
+        self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        before = self._other_path_frames()
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.advance(ANNOUNCE_DELAY / 2)
+        self.front.close_channel(cid)
+        self.bed.advance(ANNOUNCE_DELAY * 2)
+        self.assertEqual(self._other_path_frames(), before + 1)  # the first channel's open only
+        for path in (self.a1, self.a2, self.c1, self.c2):
+            self.assertFalse(path.connection.is_open_channel(cid))
+
+    def test_copy_after_the_delay(self) -> None:
+        """
+        A channel still open after L{ANNOUNCE_DELAY} has its open copied
+        on the other path, once; its close is copied there too.
+        """
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        before = self._other_path_frames()
+        self.bed.advance(ANNOUNCE_DELAY * 0.9)
+        self.assertEqual(self._other_path_frames(), before)
+        self.bed.advance(ANNOUNCE_DELAY * 0.2)
+        self.assertEqual(self._other_path_frames(), before + 1)
+        self.bed.advance(ANNOUNCE_DELAY * 2)
+        self.assertEqual(self._other_path_frames(), before + 1)
+        self.front.close_channel(cid)
+        self.bed.flush()
+        self.assertEqual(self._other_path_frames(), before + 2)
+        self.assertFalse(self.c2.connection.is_open_channel(cid))
+
+    def test_copy_before_media_on_the_other_path(self) -> None:
+        """
+        Media the scheduler sends on the other path at once takes the
+        copy of the open with it, ahead of the datagram.
+        """
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        before = self._other_path_frames()
+        self.front.scheduler.loss_seen(1, self.bed.clock.seconds())
+        self.assertEqual(len(self.front.scheduler.media_paths(self.bed.clock.seconds())), 2)
+        self.front.send_datagram(cid, b"rtp")
+        self.assertEqual(self._other_path_frames(), before + 2)
+        self.bed.flush()
+        self.assertEqual(self.bed.contact.media.got, [(0, b"rtp")])
+        self.assertEqual(self.c2.connection.stats.datagrams_before_open, 0)
 
     def test_sip_on_the_carrier(self) -> None:
         """

@@ -219,6 +219,21 @@ class ChannelTests(SynchronousTestCase):
         [closed] = self.pair.contact.receive_data(encode_frame(FrameType.DATAGRAM, 0, 99, b"x"), self.pair.now)
         self.assertEqual(closed.code, ErrorCode.UNKNOWN_CHANNEL)
 
+    def test_close_on_unknown_channel(self) -> None:
+        """
+        A close of a channel that was never opened closes the tunnel; on a
+        connection of a session with several (C{paths}), where the open may
+        have gone on another connection only, it is a late frame.
+        """
+        frame = encode_control({"op": "close", "channel": 99, "code": 0, "reason": ""})
+        [closed] = self.pair.contact.receive_data(frame, self.pair.now)
+        self.assertEqual(closed.code, ErrorCode.UNKNOWN_CHANNEL)
+        pair = CorePair().handshake()
+        pair.contact.paths = True
+        self.assertEqual(pair.contact.receive_data(frame, pair.now), [])
+        self.assertEqual(pair.contact.stats.late_frames, 1)
+        self.assertIs(pair.contact.state, State.OPEN)
+
     def test_late_datagram_is_dropped(self) -> None:
         """
         A datagram on a channel that was open and is now closed is a late

@@ -78,6 +78,13 @@ ATTACH_TIMEOUT = 10.0
 MIN_TICK = 0.005
 #: how often the agent's keeper asks its L{PathCount} (s)
 COUNT_INTERVAL = 0.5
+#: how long the copies of a new channel's C{open} wait before they go on
+#: the paths other than the carrier, batched (s): a channel closed before
+#: then needs neither its copy nor a copy of its close there (a short
+#: call's two control frames and socket writes per other path).  They go
+#: at once when the carrier moves or is lost, and on a path before a
+#: datagram of the session does.
+ANNOUNCE_DELAY = 0.5
 
 
 def path_kind(path: Any) -> PathKind:
@@ -177,6 +184,10 @@ class PathFront:
         self._carrier_id: int | None = None
         self._producers: list[IPushProducer] = []
         self._timer: IDelayedCall | None = None
+        #: path id -> the channels (in the order opened, values unused)
+        #: whose C{open} that path has not carried yet (L{ANNOUNCE_DELAY})
+        self._unannounced: dict[int, dict[int, None]] = {}
+        self._announce_timer: IDelayedCall | None = None
         self._on_dead = on_dead
         self._probing = probe
         self._ticked = 0.0
@@ -297,11 +308,13 @@ class PathFront:
         del self._paths[path_id]
         self._sockets.pop(path_id, None)
         self._quic.pop(path_id, None)
+        self._unannounced.pop(path_id, None)
         self._last = path
         self.scheduler.remove(path_id)
         self._carrier_moved()
         if not self._paths:
             self._cancel()
+            self._announce_all()
         return bool(self._paths)
 
     def _carrier_moved(self) -> None:
@@ -309,6 +322,9 @@ class PathFront:
         if new == self._carrier_id:
             return
         old, self._carrier_id = self._carrier_id, new
+        # what the old carrier held back goes on every path now (the
+        # survivors learn of the channels whose open may be lost with it)
+        self._announce_all()
         if new is None:
             return
         carrier = self._paths[new]
@@ -422,6 +438,8 @@ class PathFront:
         for other in self._paths.values():
             if other is not path and other.connection is not None:
                 other.connection.forget_channel(channel_id)
+        for held in self._unannounced.values():
+            held.pop(channel_id, None)
         self._forget_numbers(channel_id)
 
     def _forget_numbers(self, channel_id: int) -> None:
@@ -662,10 +680,39 @@ class PathFront:
         # A copy on every other path, after the carrier's (which keeps its
         # order with the SIP that refers to the channel): the channel is
         # known to the peer even if the carrier breaks with it queued.
-        for other in self._paths.values():
+        # The copies wait (ANNOUNCE_DELAY), batched; a carrier lost or
+        # moved sends them at once.
+        for path_id, other in self._paths.items():
             if other is not carrier:
-                other.announce_channel(channel_id)
+                self._unannounced.setdefault(path_id, {})[channel_id] = None
+        if self._unannounced and self._announce_timer is None:
+            self._announce_timer = self.clock.callLater(ANNOUNCE_DELAY, self._announce_due)
         return channel_id
+
+    def _announce_due(self) -> None:
+        self._announce_timer = None
+        self._announce_all()
+
+    def _announce_all(self) -> None:
+        """
+        Send every copy of an C{open} held back, on every path.
+        """
+        if self._announce_timer is not None:
+            if self._announce_timer.active():
+                self._announce_timer.cancel()
+            self._announce_timer = None
+        for path_id in list(self._unannounced):
+            self._announce(path_id)
+
+    def _announce(self, path_id: int) -> None:
+        """
+        Send the copies of the C{open}s path C{path_id} has not carried.
+        """
+        channels = self._unannounced.pop(path_id, None)
+        path = self._paths.get(path_id)
+        if channels and path is not None:
+            for channel_id in channels:
+                path.announce_channel(channel_id)
 
     def close_channel(self, channel_id: int, code: int = 0, reason: str = "") -> None:
         """
@@ -677,10 +724,22 @@ class PathFront:
             self.routes.pop(channel_id, None)
             self.handlers.pop(channel_id, None)
             return
+        carrier_id = self._ids.get(id(carrier))
+        if carrier_id in self._unannounced and channel_id in self._unannounced[carrier_id]:
+            # the carrier moved to a path that has not carried the open yet
+            self._announce(carrier_id)
         carrier.close_channel(channel_id, code, reason)
-        for other in self._paths.values():
-            if other is not carrier:
-                other.close_channel(channel_id, code, reason)
+        for path_id, other in self._paths.items():
+            if other is carrier:
+                continue
+            held = self._unannounced.get(path_id)
+            if held is not None and channel_id in held:
+                # its open never went on this path: nothing to close there
+                del held[channel_id]
+                if other.connection is not None:
+                    other.connection.forget_channel(channel_id)
+                continue
+            other.close_channel(channel_id, code, reason)
         self._forget_numbers(channel_id)
 
     def send_datagram(self, channel_id: int, data: bytes, component: int = 0) -> None:
@@ -695,9 +754,13 @@ class PathFront:
         paths = self._paths
         scheduler = self.scheduler
         rearm = False
+        unannounced = self._unannounced
         for path_id in scheduler.media_paths(now):
             path = paths.get(path_id)
             if path is not None:
+                if unannounced and path_id in unannounced:
+                    # the opens it has not carried go before the media
+                    self._announce(path_id)
                 path.send_datagram(channel_id, payload, flags)
                 # the agent watches what it sends: a path that carries
                 # media one way is pinged before its stall bound runs out

@@ -464,6 +464,12 @@ class TunnelConnection:
                 # open, which may not have been read yet.
                 self.stats.datagrams_before_open += 1
                 return
+            if self.paths and what == "close":
+                # The copy of a close of a channel whose open went on
+                # another connection only (its copy here held back, or
+                # this connection attached after it): nothing to undo.
+                self.stats.late_frames += 1
+                return
             raise TunnelProtocolError(ErrorCode.UNKNOWN_CHANNEL, f"{what} on unknown channel {cid}")
         self.stats.late_frames += 1
 
