@@ -29,7 +29,10 @@ with its own share (L{worker_config}):
     spreads connections to the shared port by a hash of the addresses and
     ports, not by session; the worker's session ids end in C{-wINDEX}, so
     a resume or attach that reaches the wrong worker anyway is answered
-    with the port of the right one (C{redirect});
+    with the port of the right one (C{redirect}) on a worker's own port,
+    and handed on to the right one on the shared port
+    (L{spwm.handon}, through a Unix socket in the supervisor's private
+    directory, L{HANDON_ENV});
   - its own QUIC port (C{--quic-listen} port + index), named in the
     welcome as before (C{quic_port}), so a QUIC path reaches its
     session's worker.
