@@ -198,6 +198,20 @@ class HandingOnTests(SynchronousTestCase):
         self.assertIs(agent.core.state, State.OPEN)
         self.assertIn(tunnel, factory.tunnels)
 
+    def test_not_a_hello(self) -> None:
+        """
+        A first frame that is no hello goes to the tunnel core, which
+        refuses it as ever.
+        """
+        factory, tunnel, transport = contact(self.clock, self.handon)
+        tunnel.dataReceived(encode_preface(1, 1))
+        transport.clear()
+        tunnel.dataReceived(encode_frame(FrameType.SIP, 0, 1, b"REGISTER"))
+        self.assertIs(type(tunnel), TunnelProtocol)
+        self.assertEqual(self.handon.connecting, [])
+        self.assertTrue(transport.value().startswith(bytes([FrameType.ERROR])))
+        self.assertTrue(transport.disconnecting)
+
     def test_own_port_stays(self) -> None:
         """
         On the worker's own port another worker's session is answered here

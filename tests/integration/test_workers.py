@@ -37,6 +37,7 @@ from spwm.testing.procs import alive, children
 from spwm.session.carrier import path_kind
 from spwm.session.paths import PathKind
 from spwm.testing.certs import TestCA
+from spwm.testing.httpproxy import ConnectProxy
 from tests.integration.test_resumption import DIGEST
 from tests.integration.test_tunnel_loopback import wait_until
 
@@ -445,86 +446,6 @@ class WorkersTlsQuicTests(_Workers):
         self.assertNotIn("refused another connection", self.process.text())
 
 
-class _ConnectTunnel(protocol.Protocol):
-    """
-    The proxy's connection to the CONNECT target: what it sends goes to
-    the client.
-    """
-
-    def __init__(self, client: _ConnectClient) -> None:
-        self.client = client
-
-    def connectionMade(self) -> None:
-        self.client.target_up(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.client.transport.write(data)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.client.transport.loseConnection()
-
-
-class _ConnectClient(protocol.Protocol):
-    """
-    One client of L{ConnectProxy}: its CONNECT, then its bytes.
-    """
-
-    def __init__(self, proxy: ConnectProxy) -> None:
-        self.proxy = proxy
-        self.target: _ConnectTunnel | None = None
-        self._head = b""
-
-    def connectionMade(self) -> None:
-        self.proxy.clients.append(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.target is not None:
-            self.target.transport.write(data)
-            return
-        self._head += data
-        if b"\r\n\r\n" not in self._head:
-            return
-        request, self._head = self._head.split(b"\r\n\r\n", 1)
-        host, _, port = request.split(b"\r\n")[0].split(b" ")[1].rpartition(b":")
-        if int(port) not in self.proxy.allowed:
-            self.proxy.forbidden += 1
-            self.transport.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
-            self.transport.loseConnection()
-            return
-        self.transport.pauseProducing()
-        protocol.ClientCreator(reactor, _ConnectTunnel, self).connectTCP(host.decode(), int(port)).addErrback(
-            lambda failure: self.transport.loseConnection()
-        )
-
-    def target_up(self, target: _ConnectTunnel) -> None:
-        self.target = target
-        self.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        if self._head:
-            target.transport.write(self._head)
-        self._head = b""
-        self.transport.resumeProducing()
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.proxy.clients.remove(self)
-        if self.target is not None:
-            self.target.transport.loseConnection()
-
-
-class ConnectProxy(protocol.Factory):
-    """
-    An HTTP proxy that lets CONNECT through to the C{allowed} ports only
-    (as many let it through to 443 only).
-    """
-
-    def __init__(self) -> None:
-        self.allowed: set[int] = set()
-        self.forbidden = 0
-        self.clients: list[_ConnectClient] = []
-
-    def buildProtocol(self, addr: Any) -> _ConnectClient:
-        return _ConnectClient(self)
-
-
 class OperatorMedia(DatagramProtocol):
     """
     The operator side's end of a call's media: counts the RTP it gets and
@@ -558,13 +479,12 @@ class WorkersBehindProxyTests(_Workers):
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        self.proxy = ConnectProxy()
+        self.proxy = ConnectProxy(reactor)
         proxy_port = reactor.listenTCP(0, self.proxy, interface="127.0.0.1")
         self.proxy_port = proxy_port.getHost().port
 
         def stop_proxy() -> Any:
-            for client in list(self.proxy.clients):
-                client.transport.abortConnection()
+            self.proxy.cut()
             return proxy_port.stopListening()
 
         self.addCleanup(stop_proxy)
