@@ -7,6 +7,7 @@ clock.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -437,3 +438,44 @@ class StatusTests(SynchronousTestCase):
         handon.ended()
         self.assertEqual(handon.counts.open, 0)
         json.dumps(handon.status())
+
+
+class ListenerTests(SynchronousTestCase):
+    """
+    The worker's hand-on socket.
+    """
+
+    def test_replaces_a_stale_socket(self) -> None:
+        """
+        A socket file left by the worker's previous process is removed; the
+        new one is made readable by this user only; stopping stops it.
+        """
+        directory = self.mktemp()
+        os.mkdir(directory, 0o700)
+        stale = socket_path(directory, 0)
+        with open(stale, "w"):
+            pass
+        listened: list[tuple[str, Any, int]] = []
+
+        class Port:
+            stopped = False
+
+            def stopListening(self) -> None:
+                self.stopped = True
+
+        port = Port()
+
+        class Reactor(Clock):
+            def listenUNIX(self, path: str, factory: Any, mode: int) -> Port:
+                listened.append((path, factory, mode))
+                return port
+
+        handon = HandOn(Reactor(), directory, PORTS, SHARED, 10)
+        service = handon.service(ContactTunnelFactory(RecordingApp(), Clock(), TunnelLimits()))
+        service.startService()
+        self.assertFalse(os.path.exists(stale))
+        ((path, factory, mode),) = listened
+        self.assertEqual((path, mode), (stale, 0o600))
+        self.assertIsInstance(factory.buildProtocol(None), HandOnReceiver)
+        service.stopService()
+        self.assertTrue(port.stopped)
