@@ -443,7 +443,13 @@ def run_bounded(main: Callable[[Processes, str], int], max_time: float, keep: bo
 
 
 def register_through(
-    agent_sip: tuple[str, int], registrar_port: int, user: str, domain: str, expires: int = 3600, timeout: float = 10.0
+    agent_sip: tuple[str, int],
+    registrar_port: int,
+    user: str,
+    domain: str,
+    expires: int = 3600,
+    timeout: float = 10.0,
+    authorization: str | None = None,
 ) -> str:
     """
     Register C{sip:USER@DOMAIN} through the pair, answering the REGISTER as
@@ -451,6 +457,9 @@ def register_through(
     point's C{--sip-proxy}), so the contact point lets the tunnel send other
     requests as that address-of-record. Call before anything else binds the
     registrar port.
+
+    @param authorization: an C{Authorization} header for the REGISTER
+        (digest credentials give the session a key: it can be resumed).
 
     @return: the final status line seen by the client.
     @raise RuntimeError: no final response within C{timeout}.
@@ -480,6 +489,7 @@ def register_through(
             ("CSeq", "1 REGISTER"),
             ("Contact", f"<sip:{user}@127.0.0.1:{cport}>"),
             ("Expires", str(expires)),
+            *([("Authorization", authorization)] if authorization else []),
         ],
     )
     deadline = time.monotonic() + timeout

@@ -256,6 +256,19 @@ class Bench:
         """
         return ["tunnel", "quic"] if self.args.quic else ["tunnel"]
 
+    def security(self) -> tuple[list[str], list[str]]:
+        """
+        The contact point's and the agent's TLS options (a test CA's
+        certificate for C{localhost}), or C{--plaintext} for both.
+        """
+        if not self.args.tls:
+            return ["--plaintext"], ["--plaintext"]
+        from spwm.testing.certs import TestCA
+
+        ca = TestCA(os.path.join(self.workdir, "ca"))
+        files = ca.issue(["localhost", "127.0.0.1"], "contact")
+        return ["--cert", files.cert, "--key", files.key], ["--ca", ca.ca_file, "--server-name", "localhost"]
+
     def start_tunnel(self) -> None:
         a = self.args
         tport = free_port(socket.SOCK_STREAM)
@@ -267,15 +280,7 @@ class Bench:
         if a.streams > CHANNELS_PER_TUNNEL - 16:
             # every stream is a channel; leave room for the tunnel's own
             common += ["--max-channels", str(a.streams + 64)]
-        if a.tls:
-            from spwm.testing.certs import TestCA
-
-            ca = TestCA(os.path.join(self.workdir, "ca"))
-            files = ca.issue(["localhost", "127.0.0.1"], "contact")
-            contact_sec = ["--cert", files.cert, "--key", files.key]
-            agent_sec = ["--ca", ca.ca_file, "--server-name", "localhost"]
-        else:
-            contact_sec = agent_sec = ["--plaintext"]
+        contact_sec, agent_sec = self.security()
         self.contact = self.procs.start_twistd(
             "spwm-contact",
             [

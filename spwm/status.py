@@ -202,10 +202,10 @@ class Status:
 #: Numbers of the document that count since the start: exposed as
 #: Prometheus counters (C{..._total}); every other number is a gauge.
 COUNTERS: dict[str, frozenset[str]] = {
-    "tunnels": frozenset({"refused"}),
+    "tunnels": frozenset({"refused", "handon_failed", "handed_on_in"}),
     "tunnel": frozenset({"closes"}),
     "no_tunnel": frozenset({"refused_no_tunnel", "acks_dropped", "responses_dropped", "held", "held_overflow"}),
-    "sessions": frozenset({"resumed", "resume_refused", "resume_redirected", "worker_redirects", "worker_fallbacks"}),
+    "sessions": frozenset({"resumed", "resume_refused", "resume_redirected", "resume_handed_on", "worker_redirects", "worker_fallbacks"}),
     "sip": frozenset({"events", "refused"}),
     "media": frozenset(
         {

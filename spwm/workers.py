@@ -29,7 +29,10 @@ with its own share (L{worker_config}):
     spreads connections to the shared port by a hash of the addresses and
     ports, not by session; the worker's session ids end in C{-wINDEX}, so
     a resume or attach that reaches the wrong worker anyway is answered
-    with the port of the right one (C{redirect});
+    with the port of the right one (C{redirect}) on a worker's own port,
+    and handed on to the right one on the shared port
+    (L{spwm.handon}, through a Unix socket in the supervisor's private
+    directory, L{HANDON_ENV});
   - its own QUIC port (C{--quic-listen} port + index), named in the
     welcome as before (C{quic_port}), so a QUIC path reaches its
     session's worker.
@@ -42,9 +45,11 @@ import ctypes
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from typing import Any, Callable
 
 import attrs
@@ -61,6 +66,9 @@ from spwm.errors import ConfigError
 #: the environment variable that makes a process worker INDEX of COUNT
 #: (C{INDEX/COUNT/PARENT_PID})
 WORKER_ENV = "SPWM_WORKER"
+#: the environment variable that names the supervisor's private directory
+#: of the workers' hand-on sockets (L{spwm.handon})
+HANDON_ENV = "SPWM_HANDON_DIR"
 
 #: restarts of one worker allowed within L{RESTART_WINDOW} seconds before
 #: the next waits L{RESTART_HOLD} seconds
@@ -114,11 +122,14 @@ class WorkerSpec:
     @ivar index: 0 .. count - 1.
     @ivar count: how many workers.
     @ivar parent: the supervisor's PID.
+    @ivar handon_dir: the supervisor's directory of the workers' hand-on
+        sockets (L{spwm.handon}), or C{None}: no hand-ons.
     """
 
     index: int
     count: int
     parent: int
+    handon_dir: str | None = None
 
     @classmethod
     def from_environment(cls, environ: Any = None) -> WorkerSpec | None:
@@ -127,7 +138,8 @@ class WorkerSpec:
 
         @raise ConfigError: the variable is set but not valid.
         """
-        text = (os.environ if environ is None else environ).get(WORKER_ENV)
+        environ = os.environ if environ is None else environ
+        text = environ.get(WORKER_ENV)
         if not text:
             return None
         try:
@@ -136,7 +148,7 @@ class WorkerSpec:
             raise ConfigError("workers", f"{WORKER_ENV}={text!r} is not INDEX/COUNT/PID") from None
         if not 0 <= index < count:
             raise ConfigError("workers", f"{WORKER_ENV}={text!r}: index out of range")
-        return cls(index, count, parent)
+        return cls(index, count, parent, environ.get(HANDON_ENV) or None)
 
     def env_value(self) -> str:
         return f"{self.index}/{self.count}/{self.parent}"
@@ -182,6 +194,14 @@ class WorkerPorts:
         contact point made (a session from before the workers, another
         worker count, a forgery), which is then simply unknown here.
         """
+        index = self.worker_of(session_id)
+        return None if index is None else self.base + index
+
+    def worker_of(self, session_id: object) -> int | None:
+        """
+        The index of the worker that holds C{session_id}, when that is
+        another worker (as L{redirect}).
+        """
         if not isinstance(session_id, str):
             return None
         match = _WORKER_SESSION.search(session_id)
@@ -190,7 +210,7 @@ class WorkerPorts:
         index = int(match.group(1))
         if index == self.index or index >= self.count:
             return None
-        return self.base + index
+        return index
 
 
 def worker_ports_base(config: Any) -> int:
@@ -286,6 +306,7 @@ def worker_config(config: Any, spec: WorkerSpec) -> Any:
     if spec.count > 1:
         changes["worker_ports"] = worker_ports_base(config)
         changes["worker_index"] = spec.index
+        changes["handon_dir"] = spec.handon_dir
     return attrs.evolve(config, **changes)
 
 
@@ -487,6 +508,9 @@ class WorkerSupervisor(Service):
         self.failed_at_start = False
         self._started_at = 0.0
         self._stopping = False
+        #: the private directory (mode 0700) of the workers' hand-on
+        #: sockets (L{spwm.handon}), made at the start, removed at the end
+        self.handon_dir: str | None = None
 
     def _stop_reactor(self) -> None:
         if self.failed_at_start:
@@ -502,6 +526,8 @@ class WorkerSupervisor(Service):
     def startService(self) -> None:
         super().startService()
         self._started_at = self.reactor.seconds()
+        if self.handon_dir is None:
+            self.handon_dir = tempfile.mkdtemp(prefix="spwm-handon-")
         self.log.info("starting {count} contact point workers", count=self.count)
         for index in range(self.count):
             self._spawn(index)
@@ -512,6 +538,8 @@ class WorkerSupervisor(Service):
             return
         env = dict(self.env)
         env[WORKER_ENV] = WorkerSpec(index, self.count, os.getpid()).env_value()
+        if self.handon_dir is not None:
+            env[HANDON_ENV] = self.handon_dir
         proto = _WorkerProcess(self, index)
         self._protocols[index] = proto
         self.processes[index] = self.reactor.spawnProcess(
@@ -562,10 +590,12 @@ class WorkerSupervisor(Service):
         for index, process in list(self.processes.items()):
             self._signal(process, signal.SIGTERM)
         if not waiting:
+            self._remove_handon_dir()
             return None
         from twisted.internet.defer import DeferredList
 
         done = DeferredList(waiting, consumeErrors=True)
+        done.addCallback(lambda result: self._remove_handon_dir())
 
         def kill() -> None:
             for index, process in list(self.processes.items()):
@@ -580,6 +610,11 @@ class WorkerSupervisor(Service):
 
         done.addCallback(finished)
         return done
+
+    def _remove_handon_dir(self) -> None:
+        directory, self.handon_dir = self.handon_dir, None
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
     @staticmethod
     def _signal(process: Any, sig: int) -> None:
@@ -647,6 +682,7 @@ def worker_command(argv: list[str]) -> list[str]:
 
 
 __all__ = [
+    "HANDON_ENV",
     "ReusePortEndpoint",
     "WORKER_ENV",
     "WorkerSpec",

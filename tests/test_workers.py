@@ -5,8 +5,11 @@ and the supervisor (on a fake reactor).
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import socket
+import stat
 from typing import Any
 
 import attrs
@@ -23,6 +26,7 @@ from spwm.tap import contact
 from spwm.tap.options import ContactConfig
 from spwm.testing.ports import free_port
 from spwm.workers import (
+    HANDON_ENV,
     MAX_RESTARTS,
     RESTART_HOLD,
     WORKER_ENV,
@@ -91,6 +95,8 @@ class SharesTests(SynchronousTestCase):
         # the workers' own tunnel ports: by default after the shared one
         self.assertEqual((first.worker_ports, first.worker_index), (4434, 0))
         self.assertEqual((second.worker_ports, second.worker_index), (4434, 1))
+        self.assertIsNone(second.handon_dir)
+        self.assertEqual(worker_config(config, WorkerSpec(1, 2, 0, "/tmp/d")).handon_dir, "/tmp/d")
         given = worker_config(attrs.evolve(config, worker_ports=7000), WorkerSpec(1, 2, 0))
         self.assertEqual(given.worker_ports, 7000)
         # one QUIC port each (a QUIC path reaches its session's worker)
@@ -103,6 +109,9 @@ class SharesTests(SynchronousTestCase):
     def test_spec_from_environment(self) -> None:
         self.assertIsNone(WorkerSpec.from_environment({}))
         self.assertEqual(WorkerSpec.from_environment({WORKER_ENV: "1/2/77"}), WorkerSpec(1, 2, 77))
+        self.assertEqual(
+            WorkerSpec.from_environment({WORKER_ENV: "1/2/77", HANDON_ENV: "/tmp/d"}), WorkerSpec(1, 2, 77, "/tmp/d")
+        )
         for bad in ("x", "2/2/1", "1/2"):
             with self.assertRaises(ConfigError):
                 WorkerSpec.from_environment({WORKER_ENV: bad})
@@ -213,6 +222,25 @@ class SupervisorTests(SynchronousTestCase):
             self.reactor, 2, ["python", "x"], stop_time=5.0, env={}, stop=lambda: self.stopped.append(True)
         )
         self.supervisor.startService()
+        directory = self.supervisor.handon_dir
+        assert directory is not None
+        self.addCleanup(shutil.rmtree, directory, True)
+
+    def test_handon_dir(self) -> None:
+        """
+        The workers' hand-on sockets go in a directory only this user can
+        enter, named to every worker; it goes when the workers have ended.
+        """
+        directory = self.supervisor.handon_dir
+        assert directory is not None
+        self.assertEqual(stat.S_IMODE(os.stat(directory).st_mode), 0o700)
+        self.assertEqual([p.env[HANDON_ENV] for p in self.reactor.spawned], [directory, directory])
+        d = self.supervisor.stopService()
+        self.assertTrue(os.path.isdir(directory))
+        for process in self.reactor.spawned:
+            process.end(code=0)
+        self.successResultOf(d)
+        self.assertFalse(os.path.exists(directory))
 
     def test_started_with_index(self) -> None:
         self.assertEqual([p.env[WORKER_ENV].split("/")[:2] for p in self.reactor.spawned], [["0", "2"], ["1", "2"]])

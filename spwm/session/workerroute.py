@@ -14,7 +14,10 @@ that gets one for another worker's session anyway (an agent from before,
 a NAT that maps ports, a session resumed through the shared port) answers
 C{resume-failed} or C{attach-failed} with C{redirect}: that worker's port;
 the agent follows it once (L{WorkerSteering}) and gives up as before when
-the followed connection is refused again.
+the followed connection is refused again.  One that gets it on the shared
+port hands it on to the right worker instead (L{spwm.handon}): an agent
+that cannot reach the workers' ports (an HTTP proxy that allows 443 only)
+resumes there through the shared port.
 
 L{WorkerRoute} is pure: hellos and answers in, ports out.
 """

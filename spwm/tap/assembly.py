@@ -83,6 +83,7 @@ from spwm.tunnel.service import (
     client_certificate,
     server_tls_factory,
 )
+from spwm.handon import HandOn
 from spwm.workers import ReusePortEndpoint, WorkerPorts, listen_address, worker_ports_base
 
 #: C{observer(direction, peer, data)}: see L{SipTrace}.
@@ -1010,6 +1011,15 @@ def build_contact(
         on_connection=handshakes.connection,
     )
     factory.worker_ports = worker_ports
+    # --workers: a resumption or attach on the shared port for another
+    # worker's session goes on to that worker (spwm.handon)
+    handon = (
+        HandOn(reactor, config.handon_dir, worker_ports, listen_address(config.listen)[2], limits.tunnel.max_tunnels)
+        if worker_ports is not None and config.handon_dir
+        else None
+    )
+    if handon is not None:
+        factory.tunnel_class = handon.tunnel_class
     listener = contact_listen_service(config, factory, reactor)
     own_listener = worker_listen_service(config, factory, reactor, worker_ports.own) if worker_ports is not None else None
     quic_listener = quic_listen_service(config, factory, reactor)
@@ -1024,6 +1034,8 @@ def build_contact(
     listener.setServiceParent(top)
     if own_listener is not None:
         own_listener.setServiceParent(top)
+    if handon is not None:
+        handon.service(factory).setServiceParent(top)
     if quic_listener is not None:
         quic_listener.setServiceParent(top)
         quic_service = quic_listener
@@ -1056,9 +1068,23 @@ def build_contact(
     listeners.setServiceParent(top)
     Hook(lambda: None, resumption.stop).setServiceParent(top)
     status = Status("contact", reactor)
-    status.add("tunnels", lambda: {"open": len(factory.tunnels), "refused": factory.refused, **handshakes.status(), **listen_watch.status()})
-    status.add("sessions", resumption.status)
-    status.add("paths", paths.status)
+    status.add(
+        "tunnels",
+        lambda: {
+            "open": len(factory.tunnels),
+            "refused": factory.refused,
+            **handshakes.status(),
+            **listen_watch.status(),
+            **(handon.status() if handon is not None else {}),
+        },
+    )
+    if handon is None:
+        status.add("sessions", resumption.status)
+        status.add("paths", paths.status)
+    else:
+        counts = handon.counts
+        status.add("sessions", lambda: {**resumption.status(), "resume_handed_on": counts.resumes})
+        status.add("paths", lambda: {**paths.status(), "attach_handed_on": counts.attaches})
     status.add("sip", core.status)
     status.add("media", lambda: {**media.status(), "refused_unregistered": gate.refused})
     status.add("forwards", lambda: {"open": forwarder.open_count, "refused": forwarder.refused})

@@ -317,6 +317,8 @@ class ContactConfig:
         C{None}: the C{--listen} port + 1 (L{spwm.workers.worker_config}
         sets it in a worker's configuration).
     @ivar worker_index: this process's worker index (0 outside workers).
+    @ivar handon_dir: a worker's: the supervisor's directory of the
+        workers' hand-on sockets (L{spwm.handon}); C{None}: no hand-ons.
     @ivar listen_backlog: the tunnel listener's backlog; C{None}: the
         system's C{somaxconn} (L{spwm.listenqueue.system_backlog}).
     @ivar limits: every limit; C{limits.tunnel.drain_time} is C{--drain-time}.
@@ -328,6 +330,7 @@ class ContactConfig:
     workers: int = 1
     worker_ports: int | None = None
     worker_index: int = 0
+    handon_dir: str | None = None
     cert: str | None = None
     key: str | None = None
     plaintext: bool = False

@@ -170,11 +170,14 @@ class TunnelProtocol(Protocol):
     # Slots: an idle contact point holds thousands of these (issue 15's
     # memory per idle tunnel); attributes set from outside still go into
     # a __dict__, made only when one is.
-    __slots__ = ("_abort_timer", "_agent_id", "_clock", "_close_waiters", "_closing", "_established", "_face", "_go_away_waiters", "_handlers", "_limits", "_lost", "_lost_reason", "_paused", "_registry", "_role", "_routes", "_session_id", "_sink", "_stream_producers", "_streams_paused", "_timer", "_timer_at", "_waiters", "_want_ciphering", "_write", "app", "check_client_identity", "cipher", "close_info", "connected_at", "connection", "duplicates", "front", "go_away_info", "local_hello", "peer", "peer_hello", "ping_srtt", "refused_sealed", "source_host")
+    __slots__ = ("_abort_timer", "_agent_id", "_clock", "_close_waiters", "_closing", "_established", "_face", "_go_away_waiters", "_handlers", "_handon_state", "_limits", "_lost", "_lost_reason", "_paused", "_registry", "_role", "_routes", "_session_id", "_sink", "_stream_producers", "_streams_paused", "_timer", "_timer_at", "_waiters", "_want_ciphering", "_write", "app", "check_client_identity", "cipher", "close_info", "connected_at", "connection", "duplicates", "front", "go_away_info", "local_hello", "peer", "peer_hello", "ping_srtt", "refused_sealed", "source_host")
 
     log = Logger()
     #: TCP or TLS (the TLS protocol's transport); C{None} before the connection
     transport: Any
+    #: C{--workers}: what the hand-on subclasses keep (L{spwm.handon});
+    #: never set on a plain tunnel
+    _handon_state: Any
 
     def __init__(
         self,
@@ -1170,6 +1173,9 @@ class ContactTunnelFactory(_TunnelFactory):
         #: its session ids name it, and the welcome says its own port
         #: (C{resume_port}) to every agent; C{None}: one process
         self.worker_ports: Any = None
+        #: what a connection is built as: C{--workers} with hand-ons, one
+        #: that reads the agent's hello first (L{spwm.handon.HandOn})
+        self.tunnel_class: Callable[..., TunnelProtocol] = TunnelProtocol
         self.tunnels: _Registry = _Registry()
         self.max_tunnels = max_tunnels
         self.max_per_host = max_per_host
@@ -1212,11 +1218,15 @@ class ContactTunnelFactory(_TunnelFactory):
             fields["suppressed"] = tally.suppressed
         self.log.warn(format, **fields)
 
-    def buildProtocol(self, addr: Any) -> TunnelProtocol | None:
+    def buildProtocol(self, addr: Any, kind: Callable[..., TunnelProtocol] | None = None) -> TunnelProtocol | None:
+        """
+        @param kind: what to build (a connection another worker handed on,
+            L{spwm.handon}); C{None}: L{tunnel_class}.
+        """
         host = getattr(addr, "host", None)
         if not self.admits(addr):
             return None
-        protocol = TunnelProtocol(
+        protocol = (kind or self.tunnel_class)(
             Role.CONTACT,
             self.app,
             self.clock,

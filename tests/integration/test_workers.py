@@ -8,30 +8,36 @@ supervisor stops every worker.  Each worker also listens on its own port
 (the listen port + 1 + its index, by default): an agent's further
 connection attaches, and its resumption after a cut resumes, at the
 worker that holds its session every time; one sent to the wrong worker is
-redirected there.
+redirected there.  Agents behind an HTTP proxy that lets them reach only
+the shared port resume and attach every time too: the wrong worker hands
+the connection on to the right one (spwm.handon).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import sys
+import time
 from typing import Any
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.task import deferLater
 from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, readBody
 
 from spwm.tap import agent
 from spwm.tap.assembly import build_agent
-from spwm.testing.phone import Phone, build_sip, make_sdp, parse_sip, uri_of
+from spwm.testing.phone import Phone, build_sip, make_sdp, parse_sip, rtp_packet, sdp_audio_target, uri_of
 from spwm.testing.ports import free_port
 from spwm.testing.procs import alive, children
 from spwm.session.carrier import path_kind
 from spwm.session.paths import PathKind
 from spwm.testing.certs import TestCA
+from spwm.testing.httpproxy import ConnectProxy
 from tests.integration.test_resumption import DIGEST
 from tests.integration.test_tunnel_loopback import wait_until
 
@@ -113,7 +119,7 @@ class _Workers(TestCase):
             "--sip-address", f"127.0.0.1:{self.sip_port}",
             "--sip-proxy", f"127.0.0.1:{self.operator_port.getHost().port}",
             "--media-ports", "46000-46099", "--media-allow", "127.0.0.0/8",
-            "--drain-time", "0.2", "--status-interval", "0",
+            "--drain-time", "0.2", "--status-interval", "0", *self.contact_extra(),
         ]  # fmt: skip
         self.agents: list[Any] = []
         self.phones: list[Phone] = []
@@ -124,6 +130,9 @@ class _Workers(TestCase):
 
     def contact_security(self) -> list[str]:
         return ["--plaintext"]
+
+    def contact_extra(self) -> list[str]:
+        return []
 
     def agent_security(self) -> list[str]:
         return ["--plaintext"]
@@ -206,14 +215,50 @@ class _Workers(TestCase):
         self.assertEqual(workers, {0, 1}, "twelve agents all on one worker")
 
     @defer.inlineCallbacks
+    def call_phone(self, phone: Phone, rtp_port: int) -> Any:
+        """
+        The operator calls C{phone} through the worker its Path names, with
+        its media at C{rtp_port}: the 200 and where it came from, once
+        answered.
+        """
+        path, contact, _ = self.operator.bindings[phone.aor]
+        port = self.worker_port(phone.aor)
+        op_port = self.operator_port.getHost().port
+        call_id = f"op-{port}-{rtp_port}@127.0.0.1"
+        invite = build_sip(
+            f"INVITE {uri_of(contact)} SIP/2.0",
+            [
+                ("Via", f"SIP/2.0/UDP 127.0.0.1:{op_port};branch=z9hG4bK-{port}-{rtp_port}"),
+                ("Route", path),
+                ("Max-Forwards", "70"),
+                ("From", f"<sip:operator@example.test>;tag=o{port}"),
+                ("To", f"<{phone.aor}>"),
+                ("Call-ID", call_id),
+                ("CSeq", "1 INVITE"),
+                ("Contact", f"<sip:operator@127.0.0.1:{op_port}>"),
+                ("Content-Type", "application/sdp"),
+            ],
+            make_sdp("operator", "127.0.0.1", rtp_port, 1),
+        )
+        self.operator.transport.write(invite, ("127.0.0.1", port))
+
+        def answers() -> list[tuple[Any, tuple[str, int]]]:
+            return [(m, a) for m, a in self.operator.responses if m.first.startswith("SIP/2.0 200") and m.get("call-id") == call_id]
+
+        yield wait_until(lambda: bool(answers()), timeout=10)
+        return answers()[0]
+
+    @defer.inlineCallbacks
     def two_paths(self, built: Any) -> Any:
         """
-        The agent's session has its two connections.
+        The agent's session has its two connections (or more: with media
+        that stalls, as across a cut, C{--tunnel-connections auto} opens
+        up to four).
         """
 
         def both() -> bool:
             front = built.paths.front
-            return front is not None and sum(1 for p in front.paths if path_kind(p) is PathKind.TCP) == 2
+            return front is not None and sum(1 for p in front.paths if path_kind(p) is PathKind.TCP) >= 2
 
         yield wait_until(both, timeout=15)
 
@@ -248,36 +293,10 @@ class WorkersTests(_Workers):
             if len(by_worker) == 2:
                 break
         self.assertEqual(set(by_worker), {self.sip_port, self.sip_port + 1}, "ten agents all on one worker")
-        op_port = self.operator_port.getHost().port
         for port, phone in by_worker.items():
-            path, contact, _ = self.operator.bindings[phone.aor]
-            call_id = f"op-{port}@127.0.0.1"
-            invite = build_sip(
-                f"INVITE {uri_of(contact)} SIP/2.0",
-                [
-                    ("Via", f"SIP/2.0/UDP 127.0.0.1:{op_port};branch=z9hG4bK-{port}"),
-                    ("Route", path),
-                    ("Max-Forwards", "70"),
-                    ("From", f"<sip:operator@example.test>;tag=o{port}"),
-                    ("To", f"<{phone.aor}>"),
-                    ("Call-ID", call_id),
-                    ("CSeq", "1 INVITE"),
-                    ("Contact", f"<sip:operator@127.0.0.1:{op_port}>"),
-                    ("Content-Type", "application/sdp"),
-                ],
-                make_sdp("operator", "127.0.0.1", 45000, 1),
-            )
-            self.operator.transport.write(invite, ("127.0.0.1", port))
-
-            def answered(call_id: str = call_id) -> bool:
-                return any(
-                    m.first.startswith("SIP/2.0 200") and m.get("call-id") == call_id for m, _ in self.operator.responses
-                )
-
-            yield wait_until(answered, timeout=10)
-            (ok, source), = [(m, a) for m, a in self.operator.responses if m.first.startswith("SIP/2.0 200") and m.get("call-id") == call_id][:1]
+            ok, source = yield self.call_phone(phone, 45000)
             self.assertEqual(source, ("127.0.0.1", port))
-            self.assertEqual([c.call_id for c in phone.calls], [call_id])
+            self.assertEqual([c.call_id for c in phone.calls], [ok.get("call-id")])
 
     @defer.inlineCallbacks
     def test_attach_and_resume_at_the_right_worker(self) -> Any:
@@ -425,3 +444,140 @@ class WorkersTlsQuicTests(_Workers):
             self.assertEqual(front.peer_hello.get("quic_port"), self.quic_port + worker)
             self.assertEqual(built.paths.attach_refused, 0)
         self.assertNotIn("refused another connection", self.process.text())
+
+
+class OperatorMedia(DatagramProtocol):
+    """
+    The operator side's end of a call's media: counts the RTP it gets and
+    sends RTP to C{target} (the contact point's media port in the 200).
+    """
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.target: tuple[str, int] | None = None
+        self._seq = 0
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.received += 1
+
+    def send(self) -> None:
+        if self.target is not None and self.transport is not None:
+            self._seq += 1
+            self.transport.write(rtp_packet(self._seq & 0xFFFF, 160 * self._seq, 0x5157, time.time()), self.target)
+
+
+class WorkersBehindProxyTests(_Workers):
+    """
+    Agents behind an HTTP proxy that lets them reach only the shared port
+    (TLS): a resumption or a further connection that the kernel gives to
+    the wrong worker is handed on to the right one (spwm.handon), so every
+    session resumes, with its call's media, after every cut, and its
+    second connection attaches.
+    """
+
+    timeout = 240
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.proxy = ConnectProxy(reactor)
+        proxy_port = reactor.listenTCP(0, self.proxy, interface="127.0.0.1")
+        self.proxy_port = proxy_port.getHost().port
+
+        def stop_proxy() -> Any:
+            self.proxy.cut()
+            return proxy_port.stopListening()
+
+        self.addCleanup(stop_proxy)
+        yield super().setUp()
+        self.proxy.allowed = {self.tunnel_port}
+
+    def contact_security(self) -> list[str]:
+        self.ca = TestCA(os.path.abspath(self.mktemp()))
+        cert = self.ca.issue(["contact.spwm.test"], "contact")
+        return ["--cert", cert.cert, "--key", cert.key]
+
+    def agent_security(self) -> list[str]:
+        return ["--server-name", "contact.spwm.test", "--ca", self.ca.ca_file, "--http-proxy", f"127.0.0.1:{self.proxy_port}"]
+
+    def contact_extra(self) -> list[str]:
+        # worker I serves its status on this port + I
+        self.status_port = free_port(following=1)
+        return ["--status-listen", f"tcp:{self.status_port}:interface=127.0.0.1"]
+
+    @defer.inlineCallbacks
+    def worker_status(self, index: int) -> Any:
+        url = f"http://127.0.0.1:{self.status_port + index}/status"
+        response = yield Agent(reactor).request(b"GET", url.encode())
+        body = yield readBody(response)
+        return json.loads(body)
+
+    @defer.inlineCallbacks
+    def media_call(self, phone: Phone) -> Any:
+        """
+        The operator calls C{phone}; media both ways from then on: the
+        phone's call and the operator's end (L{OperatorMedia}).
+        """
+        media = OperatorMedia()
+        rtp = reactor.listenUDP(0, media, interface="127.0.0.1")
+        self.addCleanup(rtp.stopListening)
+        ok, _ = yield self.call_phone(phone, rtp.getHost().port)
+        media.target = sdp_audio_target(ok.body)
+        sending = task.LoopingCall(media.send)
+        sending.start(0.02)
+        self.addCleanup(sending.stop)
+        (call,) = phone.calls
+        call.start_media()
+        self.addCleanup(call.stop_media)
+        return call, media
+
+    @defer.inlineCallbacks
+    def media_flows(self, call: Any, media: OperatorMedia) -> Any:
+        """
+        RTP arrives at both ends (20 packets more each than when asked).
+        """
+        phone_had, operator_had = call.rx.unique, media.received
+        yield wait_until(lambda: call.rx.unique > phone_had + 20 and media.received > operator_had + 20, timeout=10)
+
+    @defer.inlineCallbacks
+    def test_resume_and_attach_handed_on(self) -> Any:
+        """
+        Each agent's second connection attaches; a call to its phone has
+        media both ways; cut three times, each session resumes (same id),
+        attaches its second connection again and its call's media flows
+        again; at least one resumption or attach was handed on (the kernel
+        gave it to the wrong worker), none was refused.
+        """
+        yield self.agents_on_both_workers(least=2)
+        calls = []
+        for built, phone in zip(self.agents, self.phones):
+            yield self.two_paths(built)
+            call, media = yield self.media_call(phone)
+            yield self.media_flows(call, media)
+            calls.append((call, media))
+        for cut in range(3):
+            for built, (call, media) in zip(self.agents, calls):
+                before = built.resumption.session_id
+                for path in list(built.paths.front.paths):
+                    path.transport.abortConnection()
+                yield self.resumed(built)
+                self.assertEqual(built.resumption.session_id, before)
+                yield self.media_flows(call, media)
+                yield self.two_paths(built)
+                self.assertEqual(built.paths.attach_refused, 0)
+        text = self.process.text()
+        self.assertGreater(self.proxy.forbidden, 0)
+        self.assertIn("handed on to worker", text)
+        self.assertNotIn("agent sent there", text)
+        self.assertNotIn("could not hand", text)
+        self.assertNotIn("refused resumption", text)
+        self.assertNotIn("refused another connection", text)
+        # the status counts them: each worker those it made and took
+        made = taken = 0
+        for index in (0, 1):
+            status = yield self.worker_status(index)
+            made += status["sessions"]["resume_handed_on"] + status["paths"]["attach_handed_on"]
+            taken += status["tunnels"]["handed_on_in"]
+            self.assertEqual(status["tunnels"]["handon_failed"], 0)
+        self.assertEqual(made, text.count("handed on to worker"))
+        self.assertEqual(taken, made)
+        self.assertNotIn("Traceback", text)
