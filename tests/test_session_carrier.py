@@ -188,6 +188,28 @@ class AttachTests(SynchronousTestCase):
         self.assertEqual(len(front.paths), 1)
         self.assertEqual(len(bed.contact.observer.calls), 1)
 
+    def test_session_full(self) -> None:
+        """
+        A connection beyond the contact point's C{max_paths} for the
+        session (an agent that wants more than it takes) is refused with
+        C{attach-failed} and closed, with one line; the session keeps the
+        paths it has.
+        """
+        bed = Bed()
+        bed.connect()
+        contact_front = bed.contact.paths.fronts[0]
+        contact_front.scheduler.limits = PathLimits(max_paths=2)
+        a2, _ = bed.connect()
+        self.assertTrue(a2.is_open)
+        a3, _ = bed.connect()
+        self.assertFalse(a3.is_open)
+        self.assertEqual(bed.contact.paths.attach_refused, 1)
+        self.assertEqual(len(contact_front.paths), 2)
+        front = bed.agent.paths.front
+        assert front is not None
+        self.assertEqual(len(front.paths), 2)
+        self.assertEqual(len(bed.contact.observer.calls), 1)
+
     def test_unknown_session(self) -> None:
         """
         An attach naming a session the contact point does not have is

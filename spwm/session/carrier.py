@@ -1101,6 +1101,8 @@ class PathSessions:
             problem = "wrong proof"
         elif (getattr(path, "cipher", None) is None) != (front.cipher is None):
             problem = "per-user ciphering not agreed on this connection as on the session"
+        elif len(front.scheduler) >= front.scheduler.limits.max_paths:
+            problem = f"the session has {len(front.scheduler)} connections, the most this contact point takes"
         if problem is not None or front is None or not isinstance(session_id, str):
             self.attach_refused += 1
             self.log.warn(

@@ -1003,7 +1003,7 @@ class PathCount:
         limits = self.limits
         if copied and limits.spread_rate and rate >= limits.spread_rate:
             wanted = math.ceil(rate * limits.spread_copies / limits.count_load_rate)
-            self.for_load = max(self.floor, min(limits.count_load_ceiling, wanted))
+            self.for_load = max(self.floor, min(limits.count_load_ceiling, limits.max_paths, wanted))
         else:
             self.for_load = 0
 
