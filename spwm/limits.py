@@ -266,7 +266,7 @@ class PathLimits:
     flap_memory: float = field(default=60.0, validator=validators.ge(0.0))
     dedup_window: int = field(default=1024, validator=_power_of_two)
     dedup_max_channels: int = field(default=4096, validator=_pos)
-    max_paths: int = field(default=8, validator=_pos)
+    max_paths: int = field(default=16, validator=_pos)
     count_floor: int = field(default=2, validator=_pos)
     count_ceiling: int = field(default=4, validator=_pos)
     count_stall_gap: float = field(default=0.08, validator=_pos_time)
@@ -284,12 +284,12 @@ class PathLimits:
     count_drain: float = field(default=2.0, validator=validators.ge(0.0))
     rate_window: float = field(default=0.5, validator=_pos_time)
     spread_rate: float = field(default=150.0, validator=validators.ge(0.0))
-    spread_copies: int = field(default=2, validator=_pos)
+    spread_copies: int = field(default=4, validator=_pos)
     coalesce_rate: float = field(default=150.0, validator=validators.ge(0.0))
     coalesce_delay: float = field(default=0.010, validator=validators.ge(0.0))
     coalesce_bytes: int = field(default=1200, validator=_pos)
     count_load_rate: float = field(default=125.0, validator=_pos_time)
-    count_load_ceiling: int = field(default=8, validator=_pos)
+    count_load_ceiling: int = field(default=16, validator=_pos)
 
     def __attrs_post_init__(self) -> None:
         if self.stall_ceiling < self.stall_floor:

@@ -1042,8 +1042,8 @@ class AdaptiveKeeperTests(SynchronousTestCase):
         """
         Media sent at 500 datagrams/s while losses keep it copied: at the
         next decision the keeper opens connections up to what the load
-        asks for (8 in all), without a media stall; when the media stops,
-        they drain one per quiet spell.
+        asks for (16 in all: 4 copies of each at 125 a connection), without
+        a media stall; when the media stops, they drain one per quiet spell.
         """
         from spwm.session.paths import PathKind
 
@@ -1057,12 +1057,12 @@ class AdaptiveKeeperTests(SynchronousTestCase):
             self.clock.advance(0.01)
             scheduler.media_paths(self.clock.seconds(), count=5)
         self.clock.advance(0.5)
-        self.assertEqual((self.count.wanted, self.keeper.extra), (8, 7))
-        self.assertEqual(len(self.attempts), 7)
+        self.assertEqual((self.count.wanted, self.keeper.extra), (16, 15))
+        self.assertEqual(len(self.attempts), 15)
         self.assertEqual(self.count.media_stalls, 0)
         self.connect_all()
         self.clock.pump([1.0] * int(self.limits.count_quiet + 1))
-        self.assertEqual(self.count.wanted, 7)
+        self.assertEqual(self.count.wanted, 15)
 
     def test_stop_and_down(self) -> None:
         """

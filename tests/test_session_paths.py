@@ -1528,12 +1528,14 @@ class PathCountLoadTests(SynchronousTestCase):
 
     def test_grows_to_the_load(self) -> None:
         """
-        500 datagrams/s copied: C{ceil(500 * 2 / 125)} = 8 connections at
-        the next decision, beyond the stall ceiling (4) but within
-        C{count_load_ceiling}; a load that is not copied (a clean link) or
-        below C{spread_rate} asks for nothing.
+        500 datagrams/s copied, 2 copies each, 125 a connection:
+        C{ceil(500 * 2 / 125)} = 8 connections at the next decision,
+        beyond the stall ceiling (4) but within C{count_load_ceiling} and
+        C{max_paths}; a load that is not copied (a clean link) or below
+        C{spread_rate} asks for nothing.
         """
-        count = PathCount(2, 4)
+        limits = PathLimits(spread_copies=2, count_load_rate=125.0, count_load_ceiling=10, max_paths=12)
+        count = PathCount(2, 4, limits)
         count.load(500.0, copied=False)
         self.assertEqual(count.decide(0.0), 2)
         count.load(140.0, copied=True)
@@ -1543,17 +1545,21 @@ class PathCountLoadTests(SynchronousTestCase):
         self.assertEqual(count.decide(2.0), 8)
         self.assertEqual(count.snapshot()["connections_load_grown"], 1)
         count.load(5000.0, copied=True)
-        self.assertEqual(count.decide(3.0), PathLimits().count_load_ceiling)
-        small = PathCount(2, 4, PathLimits(count_load_ceiling=6))
+        self.assertEqual(count.decide(3.0), 10)
+        small = PathCount(2, 4, PathLimits(count_load_ceiling=10, max_paths=6))
         small.load(5000.0, copied=True)
         self.assertEqual(small.decide(0.0), 6)
+        # the defaults: ten G.711 calls (500/s) want 16
+        default = PathCount(2, 4)
+        default.load(500.0, copied=True)
+        self.assertEqual(default.decide(0.0), 16)
 
     def test_shrinks_not_below_the_load(self) -> None:
         """
         While the load holds, quiet spells do not drop connections it
         needs; once it is gone, one goes per quiet spell as before.
         """
-        limits = PathLimits(count_quiet=10.0)
+        limits = PathLimits(count_quiet=10.0, spread_copies=2, count_load_rate=125.0)
         count = PathCount(2, 4, limits)
         count.load(300.0, copied=True)  # 5 connections
         self.assertEqual(count.decide(0.0), 5)

@@ -63,8 +63,8 @@ def tunnel_connections(value: Any) -> int | None:
         number = positive_int(value)
     except ValueError:
         raise ValueError(f"must be auto or a number of connections, not {value!r}") from None
-    if number > 8:
-        raise ValueError(f"must be auto or between 1 and 8, not {value!r}")
+    if number > 16:
+        raise ValueError(f"must be auto or between 1 and 16, not {value!r}")
     return number
 
 
