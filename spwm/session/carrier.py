@@ -76,13 +76,12 @@ PASSIVE_EXPECT = 1.5 * PROBE_INTERVAL
 ATTACH_TIMEOUT = 10.0
 #: the agent's scheduler timer never runs sooner than this after the last run (s)
 MIN_TICK = 0.005
-
-#: Bytes a held media datagram adds to its payload on the wire when it is
-#: coalesced (the frame header and a TLS record's), counted towards
-#: C{coalesce_bytes}.
-BATCH_OVERHEAD = 30
 #: how often the agent's keeper asks its L{PathCount} (s)
 COUNT_INTERVAL = 0.5
+#: bytes a held media datagram adds to its payload on the wire when it is
+#: coalesced (the frame header and a TLS record's), counted towards
+#: C{coalesce_bytes}
+BATCH_OVERHEAD = 30
 
 
 def path_kind(path: Any) -> PathKind:

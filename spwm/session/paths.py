@@ -15,13 +15,17 @@ it is given:
    at once, and otherwise stays where it is;
  - the paths each media datagram goes on (L{PathScheduler.media_paths}):
    the best path that is up (QUIC preferred, with a hold against flapping),
-   or every path that is up while a loss or a stall was seen recently, or
-   every path that is not dead when none is up;
+   or every path that is up while a loss or a stall was seen recently
+   (C{spread_copies} of them in turn, and datagrams coalesced for a few
+   milliseconds, L{PathScheduler.coalesce_delay}, once the media rate is
+   high: copies of a heavy load on every connection add load, not
+   capacity), or every path that is not dead when none is up;
  - when the adapter must run L{PathScheduler.tick} next
    (L{PathScheduler.next_deadline}): one timer per session, not per packet.
 
 L{PathCount} decides how many paths the agent keeps (C{--tunnel-connections
-auto}) from the media stalls the receiving half sees.
+auto}) from the media stalls the receiving half sees and from the media
+load while it is spread.
 
 L{SeqStamper} and L{Dedup} number media datagrams per channel and
 component (u32, wrapping) on the sending half and deliver each at most
