@@ -397,6 +397,8 @@ class PathScheduler:
         self._rate = 0.0
         self._rate_n = 0
         self._rate_since = float("-inf")
+        #: when the window that started at C{_rate_since} is full
+        self._rate_next = float("-inf")
         self._dup_until = float("-inf")
         self._dup_from = float("-inf")
         self._last_loss = float("-inf")
@@ -607,11 +609,11 @@ class PathScheduler:
         """
         self._last_media = now
         self._rate_n += count
-        elapsed = now - self._rate_since
-        if elapsed >= self.limits.rate_window:
-            self._rate = self._rate_n / elapsed
+        if now >= self._rate_next:
+            self._rate = self._rate_n / (now - self._rate_since)
             self._rate_n = 0
             self._rate_since = now
+            self._rate_next = now + self.limits.rate_window
         if now < self._dup_until:
             spread = self._media_spread
             if spread and self.limits.spread_rate and self._rate >= self.limits.spread_rate:
@@ -642,8 +644,10 @@ class PathScheduler:
             media is copied at C{coalesce_rate} or more), or 0: send each
             at once.
         """
+        if now >= self._dup_until:
+            return 0.0
         limits = self.limits
-        if now < self._dup_until and limits.coalesce_rate and self._rate >= limits.coalesce_rate:
+        if limits.coalesce_rate and self._rate >= limits.coalesce_rate:
             return limits.coalesce_delay
         return 0.0
 
