@@ -1040,12 +1040,14 @@ class AdaptiveKeeperTests(SynchronousTestCase):
 
     def test_grow_with_the_load(self) -> None:
         """
-        Media sent at 500 datagrams/s while losses keep it copied: at the
-        next decision the keeper opens connections up to what the load
-        asks for (16 in all: 4 copies of each at 125 a connection), without
-        a media stall; when the media stops, they drain one per quiet spell.
+        Media sent at 500 datagrams/s while losses keep it copied: only
+        once the kernel retransmits (the network loses packets, not a busy
+        process) the keeper opens, at the next decision, connections up to
+        what the load asks for (16 in all: 4 copies of each at 125 a
+        connection), without a media stall; when the media stops, they
+        drain one per quiet spell.
         """
-        from spwm.session.paths import PathKind
+        from spwm.session.paths import PathKind, TcpInfo
 
         scheduler = self.front.scheduler
         scheduler.add(0, PathKind.TCP, 0.0)
@@ -1057,6 +1059,12 @@ class AdaptiveKeeperTests(SynchronousTestCase):
             self.clock.advance(0.01)
             scheduler.media_paths(self.clock.seconds(), count=5)
         self.clock.advance(0.5)
+        self.assertEqual((self.count.wanted, len(self.attempts)), (2, 1))
+        scheduler.tcp_info(0, TcpInfo(total_retrans=0), self.clock.seconds())
+        scheduler.tcp_info(0, TcpInfo(total_retrans=3), self.clock.seconds())
+        for _ in range(150):  # the media goes on
+            self.clock.advance(0.01)
+            scheduler.media_paths(self.clock.seconds(), count=5)
         self.assertEqual((self.count.wanted, self.keeper.extra), (16, 15))
         self.assertEqual(len(self.attempts), 15)
         self.assertEqual(self.count.media_stalls, 0)

@@ -501,6 +501,22 @@ class SpreadTests(SynchronousTestCase):
         answers, _ = _feed_rate(sched, 1000.0, 0.0, 1.0)
         self.assertEqual(set(answers), {(1, 2, 3, 4)})
 
+    def test_network_lossy(self) -> None:
+        """
+        Only the kernel's retransmissions say the network loses packets
+        (for C{lossy_window}); a loss seen otherwise (a gap, a stall)
+        does not.
+        """
+        sched = _tcp_paths(2, lossy_window=30.0)
+        sched.loss_seen(1, 1.0)
+        self.assertFalse(sched.network_lossy(1.0))
+        sched.tcp_info(1, TcpInfo(total_retrans=0), 2.0)
+        self.assertFalse(sched.network_lossy(2.0))
+        sched.tcp_info(1, TcpInfo(total_retrans=1), 3.0)
+        self.assertTrue(sched.network_lossy(3.0))
+        self.assertTrue(sched.network_lossy(33.0))
+        self.assertFalse(sched.network_lossy(33.1))
+
     def test_coalesce_delay(self) -> None:
         """
         The adapter may hold datagrams only while the media is copied at

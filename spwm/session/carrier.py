@@ -1358,7 +1358,10 @@ class PathKeeper:
         front = self._front()
         if front is not None:
             scheduler = front.scheduler
-            count.load(scheduler.media_rate(now), scheduler.copies_since(now) is not None)
+            # a link the kernel retransmits on, not a stall of a busy
+            # process: more connections would not help that
+            copied = scheduler.copies_since(now) is not None and scheduler.network_lossy(now)
+            count.load(scheduler.media_rate(now), copied)
         extra = count.decide(now) - 1
         if extra == self.extra:
             return

@@ -402,6 +402,7 @@ class PathScheduler:
         self._dup_until = float("-inf")
         self._dup_from = float("-inf")
         self._last_loss = float("-inf")
+        self._kernel_loss = float("-inf")
         self._last_media = float("-inf")
         self._now = float("-inf")
         self._armed: float | None = None
@@ -566,6 +567,8 @@ class PathScheduler:
         else:
             path.kernel_stuck_since = None
         if lost:
+            if now > self._kernel_loss:
+                self._kernel_loss = now
             self.loss_seen(path_id, now)
 
     def loss_seen(self, path_id: int, now: float) -> None:
@@ -636,6 +639,16 @@ class PathScheduler:
             if elapsed >= 2 * self.limits.rate_window:
                 return self._rate_n / elapsed
         return self._rate
+
+    def network_lossy(self, now: float) -> bool:
+        """
+        @return: whether the kernel retransmitted on a path within
+            C{lossy_window} of C{now} (L{tcp_info}): the network loses
+            packets, not only a busy peer or process (a stall, a
+            datagram dropped for the media deadline), which copy the
+            media too.
+        """
+        return now - self._kernel_loss <= self.limits.lossy_window
 
     def coalesce_delay(self, now: float) -> float:
         """
@@ -1004,9 +1017,9 @@ class PathCount:
 
     def load(self, rate: float, copied: bool) -> None:
         """
-        The media load now: C{rate} datagrams a second (the larger of what
-        the session sends and receives), C{copied} while losses keep the
-        media copied.  L{decide} applies it.
+        The media load now: C{rate} datagrams a second (what the session
+        sends), C{copied} while losses the network made (the kernel
+        retransmits) keep the media copied.  L{decide} applies it.
         """
         limits = self.limits
         if copied and limits.spread_rate and rate >= limits.spread_rate:
