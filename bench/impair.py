@@ -630,8 +630,8 @@ def main(argv: list[str] | None = None) -> int:
         args.connections = [n if n == "auto" else int(n) for n in args.tunnel_connections.split(",") if n]
     except ValueError:
         parser.error(f"--tunnel-connections: numbers or auto, not {args.tunnel_connections!r}")
-    if not args.connections or not all(n == "auto" or 1 <= n <= 8 for n in args.connections):
-        parser.error("--tunnel-connections: each auto or between 1 and 8")
+    if not args.connections or not all(n == "auto" or 1 <= n <= 16 for n in args.connections):
+        parser.error("--tunnel-connections: each auto or between 1 and 16")
     if args.quic and args.plaintext:
         parser.error("--quic needs TLS (the QUIC path is not offered with --plaintext)")
     unknown = [p for p in profiles if p not in PROFILES]

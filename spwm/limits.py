@@ -225,6 +225,28 @@ class PathLimits:
     @ivar count_flap_memory: how long a drop counts as recent.
     @ivar count_drain: a connection dropped carries nothing from us at
         once, and is closed this long after, when the peer has moved off it.
+    @ivar rate_window: the media datagram rate one half sends is measured
+        over this long (L{spwm.session.paths.PathScheduler.media_rate}).
+    @ivar spread_rate: at this many media datagrams per second or more,
+        while losses keep the media copied, each datagram goes on
+        C{spread_copies} of the paths that are up (in turn) instead of on
+        every one: each TCP connection then carries a share of the load,
+        not all of it (a copy on every connection adds load, not
+        capacity); 0: never.
+    @ivar spread_copies: see C{spread_rate}.
+    @ivar coalesce_rate: at this many media datagrams per second or more,
+        while losses keep the media copied, the datagrams are held up to
+        C{coalesce_delay} (or until C{coalesce_bytes} are held) and written
+        together, so that they leave in one TCP segment: fewer segments,
+        fewer losses, fewer stalls for the same bytes; 0: never.
+    @ivar coalesce_delay: see C{coalesce_rate}.
+    @ivar coalesce_bytes: see C{coalesce_rate} (about one segment's
+        payload with the framing and TLS overhead).
+    @ivar count_load_rate: C{--tunnel-connections auto}: media datagrams
+        per second one connection should carry at most (copies counted)
+        while the media is spread; the count grows to carry the load at
+        that rate, up to C{count_load_ceiling}.
+    @ivar count_load_ceiling: the most connections the load alone asks for.
     """
 
     stall_floor: float = field(default=0.040, validator=_pos_time)
@@ -244,7 +266,7 @@ class PathLimits:
     flap_memory: float = field(default=60.0, validator=validators.ge(0.0))
     dedup_window: int = field(default=1024, validator=_power_of_two)
     dedup_max_channels: int = field(default=4096, validator=_pos)
-    max_paths: int = field(default=8, validator=_pos)
+    max_paths: int = field(default=16, validator=_pos)
     count_floor: int = field(default=2, validator=_pos)
     count_ceiling: int = field(default=4, validator=_pos)
     count_stall_gap: float = field(default=0.08, validator=_pos_time)
@@ -260,6 +282,14 @@ class PathLimits:
     count_quiet_max: float = field(default=960.0, validator=_pos_time)
     count_flap_memory: float = field(default=600.0, validator=validators.ge(0.0))
     count_drain: float = field(default=2.0, validator=validators.ge(0.0))
+    rate_window: float = field(default=0.5, validator=_pos_time)
+    spread_rate: float = field(default=150.0, validator=validators.ge(0.0))
+    spread_copies: int = field(default=4, validator=_pos)
+    coalesce_rate: float = field(default=150.0, validator=validators.ge(0.0))
+    coalesce_delay: float = field(default=0.010, validator=validators.ge(0.0))
+    coalesce_bytes: int = field(default=1200, validator=_pos)
+    count_load_rate: float = field(default=125.0, validator=_pos_time)
+    count_load_ceiling: int = field(default=16, validator=_pos)
 
     def __attrs_post_init__(self) -> None:
         if self.stall_ceiling < self.stall_floor:

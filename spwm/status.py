@@ -257,6 +257,7 @@ HELP: dict[str, str] = {
     "paths_ciphering": "Per-user ciphering of the live sessions with paths: frames sealed, opened, refused (bad tag, replay, unsealed after sealed), unknown (sealed for a flow or channel without a key) (key).",
     "paths_connections_wanted": "Agent, --tunnel-connections auto: connections it keeps attached to its session now.",
     "paths_media_stalls": "Agent, --tunnel-connections auto: pauses in the received media ended by a burst (every connection held it back).",
+    "paths_connections_for_load": "Agent, --tunnel-connections auto: connections the media load asks for now (many calls on a lossy link; 0: none).",
 }
 
 #: Legs the per-leg histograms are labelled with (a bounded set).

@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+from spwm.limits import PathLimits
 from spwm.session.carrier import ANNOUNCE_DELAY, PathFront, PathSessions
 from spwm.tunnel.api import Router
 from spwm.tunnel.frames import ChannelKind
@@ -185,6 +186,28 @@ class AttachTests(SynchronousTestCase):
         self.assertEqual(bed.agent.paths.attach_refused, 1)
         self.assertEqual(len(bed.contact.paths.fronts[0].paths), 1)
         self.assertEqual(len(front.paths), 1)
+        self.assertEqual(len(bed.contact.observer.calls), 1)
+
+    def test_session_full(self) -> None:
+        """
+        A connection beyond the contact point's C{max_paths} for the
+        session (an agent that wants more than it takes) is refused with
+        C{attach-failed} and closed, with one line; the session keeps the
+        paths it has.
+        """
+        bed = Bed()
+        bed.connect()
+        contact_front = bed.contact.paths.fronts[0]
+        contact_front.scheduler.limits = PathLimits(max_paths=2)
+        a2, _ = bed.connect()
+        self.assertTrue(a2.is_open)
+        a3, _ = bed.connect()
+        self.assertFalse(a3.is_open)
+        self.assertEqual(bed.contact.paths.attach_refused, 1)
+        self.assertEqual(len(contact_front.paths), 2)
+        front = bed.agent.paths.front
+        assert front is not None
+        self.assertEqual(len(front.paths), 2)
         self.assertEqual(len(bed.contact.observer.calls), 1)
 
     def test_unknown_session(self) -> None:
@@ -603,6 +626,91 @@ class CipheringTests(SynchronousTestCase):
         self.assertEqual(len(self.front.paths), 2)
 
 
+class CoalesceTests(TwoPaths):
+    """
+    A heavy load on a lossy link: the front holds media datagrams to write
+    them together (L{PathFront.flush_media}), each once at the peer.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.flush()
+        self.front.scheduler.limits = PathLimits(
+            rate_window=0.1, coalesce_rate=200.0, coalesce_delay=0.01, coalesce_bytes=300, spread_rate=0.0
+        )
+        self.front.scheduler.loss_seen(0, self.bed.clock.seconds())
+        self.got = self.bed.contact.media.got
+
+    def _load(self, per_10ms: int) -> None:
+        """
+        C{per_10ms} datagrams each 10 ms for 0.2 s, each step flushed.
+        """
+        for step in range(20):
+            for i in range(per_10ms):
+                self.front.send_datagram(self.cid, b"load-%d-%d" % (step, i))
+            self.bed.advance(0.01)
+
+    def test_held_until_the_delay(self) -> None:
+        """
+        Above the rate, a datagram is held for C{coalesce_delay} with those
+        that follow it, then all go at once, each delivered once.
+        """
+        self._load(3)  # 300/s
+        self.assertEqual(self.front.scheduler.coalesce_delay(self.bed.clock.seconds()), 0.01)
+        before = len(self.got)
+        self.front.send_datagram(self.cid, b"a")
+        self.front.send_datagram(self.cid, b"b")
+        self.bed.flush()
+        self.assertEqual(len(self.got), before)
+        self.bed.clock.advance(0.009)
+        self.bed.flush()
+        self.assertEqual(len(self.got), before)
+        self.bed.clock.advance(0.001)
+        self.bed.flush()
+        self.assertEqual(self.got[before:], [(0, b"a"), (0, b"b")])
+        # each of the 62 went on both paths and was delivered once
+        self.assertEqual(len(self.got), 62)
+        self.assertEqual(self.c1.duplicates + self.c2.duplicates, 62)
+
+    def test_held_until_the_bytes(self) -> None:
+        """
+        Held datagrams go as soon as C{coalesce_bytes} are held (with the
+        frame and record overhead each), before the delay.
+        """
+        self._load(3)
+        before = len(self.got)
+        for i in range(5):
+            self.front.send_datagram(self.cid, b"x" * 36 + b"%d" % i)  # 36 + 1 + 4 + 30 = 71 each
+        self.bed.flush()
+        self.assertEqual([d for _, d in self.got[before:]], [b"x" * 36 + b"%d" % i for i in range(5)])
+
+    def test_slow_media_not_held(self) -> None:
+        """
+        Below the rate each datagram goes at once.
+        """
+        self._load(1)  # 100/s
+        self.assertEqual(self.front.scheduler.coalesce_delay(self.bed.clock.seconds()), 0.0)
+        before = len(self.got)
+        self.front.send_datagram(self.cid, b"now")
+        self.bed.flush()
+        self.assertEqual(self.got[before:], [(0, b"now")])
+
+    def test_close_sends_what_is_held_first(self) -> None:
+        """
+        A channel closed while some of its datagrams are held: they go
+        before its close, and arrive.
+        """
+        self._load(3)
+        before = len(self.got)
+        self.front.send_datagram(self.cid, b"last")
+        self.front.close_channel(self.cid)
+        self.bed.flush()
+        self.assertEqual(self.got[before:], [(0, b"last")])
+        self.bed.advance(0.05)
+        self.assertEqual(self.got[before:], [(0, b"last")])
+
+
 class FailoverTests(TwoPaths):
     """
     Make-before-break: a path lost while another is attached changes
@@ -887,9 +995,13 @@ class _Front:
     session_id = "s1"
 
     def __init__(self) -> None:
+        from spwm.session.paths import PathScheduler
+
         self.carrier: Any = None
         self.attached: list[Any] = []
         self.removed: list[Any] = []
+        #: its media rate and copies are the load the keeper feeds the count
+        self.scheduler = PathScheduler()
 
     def path_id(self, path: Any) -> int | None:
         return self.attached.index(path) if path in self.attached else None
@@ -981,6 +1093,40 @@ class AdaptiveKeeperTests(SynchronousTestCase):
         self.assertEqual((self.keeper.extra, self.keeper.drained, self.count.wanted), (1, 2, 2))
         self.assertIn(first, self.front.attached + self.front.removed)
         self.assertEqual(len(self.front.attached), 1)
+
+    def test_grow_with_the_load(self) -> None:
+        """
+        Media sent at 500 datagrams/s while losses keep it copied: only
+        once the kernel retransmits (the network loses packets, not a busy
+        process) the keeper opens, at the next decision, connections up to
+        what the load asks for (16 in all: 4 copies of each at 125 a
+        connection), without a media stall; when the media stops, they
+        drain one per quiet spell.
+        """
+        from spwm.session.paths import PathKind, TcpInfo
+
+        scheduler = self.front.scheduler
+        scheduler.add(0, PathKind.TCP, 0.0)
+        self.keeper.session_up()
+        self.connect_all()
+        scheduler.loss_seen(0, self.clock.seconds())
+        scheduler.loss_seen(0, self.clock.seconds())  # losses that keep coming
+        for _ in range(100):  # 1 s at 500/s
+            self.clock.advance(0.01)
+            scheduler.media_paths(self.clock.seconds(), count=5)
+        self.clock.advance(0.5)
+        self.assertEqual((self.count.wanted, len(self.attempts)), (2, 1))
+        scheduler.tcp_info(0, TcpInfo(total_retrans=0), self.clock.seconds())
+        scheduler.tcp_info(0, TcpInfo(total_retrans=3), self.clock.seconds())
+        for _ in range(150):  # the media goes on
+            self.clock.advance(0.01)
+            scheduler.media_paths(self.clock.seconds(), count=5)
+        self.assertEqual((self.count.wanted, self.keeper.extra), (16, 15))
+        self.assertEqual(len(self.attempts), 15)
+        self.assertEqual(self.count.media_stalls, 0)
+        self.connect_all()
+        self.clock.pump([1.0] * int(self.limits.count_quiet + 1))
+        self.assertEqual(self.count.wanted, 15)
 
     def test_stop_and_down(self) -> None:
         """

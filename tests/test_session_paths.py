@@ -407,6 +407,137 @@ class SchedulingTests(SynchronousTestCase):
         self.assertEqual(sched.media_paths(1.0), (1, 2))
 
 
+def _tcp_paths(n: int, **limits: float) -> PathScheduler:
+    sched = _scheduler(**limits)
+    for path_id in range(1, n + 1):
+        sched.add(path_id, TCP, 0.0)
+        sched.rtt_sample(path_id, 0.02, 0.0)
+    sched.tick(0.0)
+    return sched
+
+
+def _feed_rate(sched: PathScheduler, rate: float, start: float, seconds: float) -> tuple[list[tuple[int, ...]], float]:
+    """
+    Ask for the media paths of C{rate} datagrams a second, evenly, from
+    C{start} for C{seconds}.
+
+    @return: the answers and the time after the last.
+    """
+    answers = []
+    now = start
+    for _ in range(round(rate * seconds)):
+        answers.append(sched.media_paths(now))
+        now += 1.0 / rate
+    return answers, now
+
+
+class SpreadTests(SynchronousTestCase):
+    """
+    A heavy load on a lossy link: the rate, spreading the copies over the
+    paths in turn, and the coalescing delay.
+    """
+
+    def test_rate(self) -> None:
+        """
+        The rate is the datagrams asked for (batches counted by size) over
+        the last full window; 0 before the first.
+        """
+        sched = _tcp_paths(2, rate_window=0.5)
+        sched.media_paths(1.0)
+        self.assertEqual(sched.media_rate(), 0.0)
+        sched.media_paths(1.25, count=100)
+        self.assertEqual(sched.media_rate(), 0.0)
+        sched.media_paths(1.5, count=50)
+        self.assertEqual(sched.media_rate(), 300.0)
+        sched.media_paths(11.5)
+        self.assertAlmostEqual(sched.media_rate(), 0.1)
+        _, now = _feed_rate(sched, 200.0, 12.0, 1.0)
+        self.assertAlmostEqual(sched.media_rate(), 200.0, delta=2.0)
+        self.assertAlmostEqual(sched.media_rate(now), 200.0, delta=2.0)
+        # the media stopped: two windows later the rate asked at a time falls
+        self.assertLess(sched.media_rate(now + 5.0), 20.0)
+
+    def test_copies_spread_in_turn_above_the_rate(self) -> None:
+        """
+        While the media is copied at C{spread_rate} or more, each datagram
+        goes on C{spread_copies} of the paths that are up, in turn, so each
+        path carries C{spread_copies / n} of the datagrams; below the rate
+        every path takes every datagram, and outside the copy window the
+        best path alone.
+        """
+        sched = _tcp_paths(4, spread_rate=150.0, spread_copies=2, loss_memory=0.0, duplicate_window=100.0)
+        sched.loss_seen(1, 0.0)
+        slow, now = _feed_rate(sched, 100.0, 0.0, 2.0)
+        self.assertEqual(set(slow), {(1, 2, 3, 4)})
+        fast, now = _feed_rate(sched, 400.0, now, 2.0)
+        spread = fast[-400:]
+        self.assertEqual({len(paths) for paths in spread}, {2})
+        per_path = {i: sum(i in paths for paths in spread) for i in (1, 2, 3, 4)}
+        self.assertEqual(per_path, {1: 200, 2: 200, 3: 200, 4: 200})
+        self.assertTrue(sched.snapshot()["spreading"])
+        self.assertEqual(sched.media_paths(200.0), (1,))
+        self.assertFalse(sched.snapshot()["spreading"])
+
+    def test_spread_skips_stalled(self) -> None:
+        """
+        A stalled path gets no share; with no more paths up than
+        C{spread_copies}, every one that is up takes every datagram.
+        """
+        sched = _tcp_paths(3, spread_rate=10.0, spread_copies=2, loss_memory=0.0, duplicate_window=100.0)
+        sched.loss_seen(1, 0.0)
+        _feed_rate(sched, 100.0, 0.0, 1.0)
+        sched.sent(3, 100, 1.0)
+        sched.tick(1.2)
+        self.assertEqual(sched.state(3), STALLED)
+        answers, _ = _feed_rate(sched, 100.0, 1.2, 1.0)
+        self.assertEqual(set(answers), {(1, 2)})
+
+    def test_spread_off(self) -> None:
+        """
+        C{spread_rate} 0: every path that is up, whatever the rate.
+        """
+        sched = _tcp_paths(4, spread_rate=0.0, loss_memory=0.0, duplicate_window=100.0)
+        sched.loss_seen(1, 0.0)
+        answers, _ = _feed_rate(sched, 1000.0, 0.0, 1.0)
+        self.assertEqual(set(answers), {(1, 2, 3, 4)})
+
+    def test_network_lossy(self) -> None:
+        """
+        Only the kernel's retransmissions say the network loses packets
+        (for C{lossy_window}); a loss seen otherwise (a gap, a stall)
+        does not.
+        """
+        sched = _tcp_paths(2, lossy_window=30.0)
+        sched.loss_seen(1, 1.0)
+        self.assertFalse(sched.network_lossy(1.0))
+        sched.tcp_info(1, TcpInfo(total_retrans=0), 2.0)
+        self.assertFalse(sched.network_lossy(2.0))
+        sched.tcp_info(1, TcpInfo(total_retrans=1), 3.0)
+        self.assertTrue(sched.network_lossy(3.0))
+        self.assertTrue(sched.network_lossy(33.0))
+        self.assertFalse(sched.network_lossy(33.1))
+
+    def test_coalesce_delay(self) -> None:
+        """
+        The adapter may hold datagrams only while the media is copied at
+        C{coalesce_rate} or more.
+        """
+        sched = _tcp_paths(2, coalesce_rate=150.0, coalesce_delay=0.01, loss_memory=0.0, duplicate_window=5.0)
+        _, now = _feed_rate(sched, 400.0, 0.0, 1.0)
+        self.assertEqual(sched.coalesce_delay(now), 0.0)  # no loss: one path, no copies
+        sched.loss_seen(1, now)
+        self.assertEqual(sched.coalesce_delay(now), 0.01)
+        self.assertEqual(sched.coalesce_delay(now + 5.0), 0.0)  # the window closed
+        slow = _tcp_paths(2, coalesce_rate=150.0, loss_memory=0.0, duplicate_window=5.0)
+        slow.loss_seen(1, 0.0)
+        _, now = _feed_rate(slow, 100.0, 0.0, 1.0)
+        self.assertEqual(slow.coalesce_delay(now), 0.0)
+        off = _tcp_paths(2, coalesce_rate=0.0, loss_memory=0.0, duplicate_window=5.0)
+        off.loss_seen(1, 0.0)
+        _, now = _feed_rate(off, 400.0, 0.0, 1.0)
+        self.assertEqual(off.coalesce_delay(now), 0.0)
+
+
 class QuicHoldTests(SynchronousTestCase):
     """
     QUIC is preferred for media once it held up long enough; its stalls
@@ -1402,3 +1533,58 @@ class PathCountTests(SynchronousTestCase):
                     ups.append(now)
         for a, b in zip(ups, ups[1:]):
             self.assertGreaterEqual(b - a, limits.count_grow_hold)
+
+
+class PathCountLoadTests(SynchronousTestCase):
+    """
+    L{PathCount.load}: a heavy media load on a lossy link asks for
+    connections at once, whatever the stalls; a shrink never goes below
+    it; no load, no change.
+    """
+
+    def test_grows_to_the_load(self) -> None:
+        """
+        500 datagrams/s copied, 2 copies each, 125 a connection:
+        C{ceil(500 * 2 / 125)} = 8 connections at the next decision,
+        beyond the stall ceiling (4) but within C{count_load_ceiling} and
+        C{max_paths}; a load that is not copied (a clean link) or below
+        C{spread_rate} asks for nothing.
+        """
+        limits = PathLimits(spread_copies=2, count_load_rate=125.0, count_load_ceiling=10, max_paths=12)
+        count = PathCount(2, 4, limits)
+        count.load(500.0, copied=False)
+        self.assertEqual(count.decide(0.0), 2)
+        count.load(140.0, copied=True)
+        self.assertEqual(count.decide(1.0), 2)
+        count.load(500.0, copied=True)
+        self.assertEqual(count.for_load, 8)
+        self.assertEqual(count.decide(2.0), 8)
+        self.assertEqual(count.snapshot()["connections_load_grown"], 1)
+        count.load(5000.0, copied=True)
+        self.assertEqual(count.decide(3.0), 10)
+        small = PathCount(2, 4, PathLimits(count_load_ceiling=10, max_paths=6))
+        small.load(5000.0, copied=True)
+        self.assertEqual(small.decide(0.0), 6)
+        # the defaults: ten G.711 calls (500/s) want 16
+        default = PathCount(2, 4)
+        default.load(500.0, copied=True)
+        self.assertEqual(default.decide(0.0), 16)
+
+    def test_shrinks_not_below_the_load(self) -> None:
+        """
+        While the load holds, quiet spells do not drop connections it
+        needs; once it is gone, one goes per quiet spell as before.
+        """
+        limits = PathLimits(count_quiet=10.0, spread_copies=2, count_load_rate=125.0)
+        count = PathCount(2, 4, limits)
+        count.load(300.0, copied=True)  # 5 connections
+        self.assertEqual(count.decide(0.0), 5)
+        self.assertEqual(count.decide(100.0), 5)
+        count.load(200.0, copied=True)  # 4
+        self.assertEqual(count.decide(110.0), 4)
+        self.assertEqual(count.decide(115.0), 4)  # not a quiet spell since the change
+        count.load(0.0, copied=False)
+        self.assertEqual(count.decide(120.0), 3)
+        self.assertEqual(count.decide(125.0), 3)
+        self.assertEqual(count.decide(130.0), 2)
+        self.assertEqual(count.decide(1000.0), 2)

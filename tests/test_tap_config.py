@@ -416,7 +416,7 @@ class TunnelConnectionsTests(SynchronousTestCase):
         self.assertEqual(self.build(**{"user-ciphering": True}).config.paths_range, (2, 4))
         self.assertEqual(self.build(**{"user-ciphering": True, "tunnel-connections": 3}).config.paths_range, (3, 3))
         self.assertIsNone(tunnel_connections("auto"))
-        for bad in ("many", 0, 9, "2.5"):
+        for bad in ("many", 0, 17, "2.5"):
             with self.assertRaises(ConfigError) as caught:
                 AgentConfig.from_options({"tunnel-connections": bad})
             self.assertEqual(caught.exception.key, "tunnel-connections")
@@ -502,9 +502,11 @@ class TunnelConnectionsTests(SynchronousTestCase):
 
     def test_bounds(self) -> None:
         """
-        0 and more than 8 are refused, naming the option.
+        0 and more than 16 (a contact point's C{max_paths}) are refused,
+        naming the option; 16 is taken.
         """
-        for n in (0, 9):
+        self.assertEqual(AgentConfig.from_options({"tunnel-connections": 16}).paths_range, (16, 16))
+        for n in (0, 17):
             with self.assertRaises(ConfigError) as caught:
                 AgentConfig.from_options({"tunnel-connections": n})
             self.assertEqual(caught.exception.key, "tunnel-connections")

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -85,6 +85,10 @@ COUNT_INTERVAL = 0.5
 #: at once when the carrier moves or is lost, and on a path before a
 #: datagram of the session does.
 ANNOUNCE_DELAY = 0.5
+#: bytes a held media datagram adds to its payload on the wire when it is
+#: coalesced (the frame header and a TLS record's), counted towards
+#: C{coalesce_bytes}
+BATCH_OVERHEAD = 30
 
 
 def path_kind(path: Any) -> PathKind:
@@ -188,6 +192,10 @@ class PathFront:
         #: whose C{open} that path has not carried yet (L{ANNOUNCE_DELAY})
         self._unannounced: dict[int, dict[int, None]] = {}
         self._announce_timer: IDelayedCall | None = None
+        #: media datagrams held to be written together (coalescing)
+        self._batch: list[tuple[int, bytes, int]] = []
+        self._batch_bytes = 0
+        self._batch_timer: IDelayedCall | None = None
         self._on_dead = on_dead
         self._probing = probe
         self._ticked = 0.0
@@ -719,6 +727,8 @@ class PathFront:
         Close a channel on the carrier, and on every other path too (the
         peer takes the first close it reads; the others are late frames).
         """
+        # what is held of it goes before its close
+        self.flush_media()
         carrier = self.carrier
         if carrier is None:
             self.routes.pop(channel_id, None)
@@ -745,26 +755,69 @@ class PathFront:
     def send_datagram(self, channel_id: int, data: bytes, component: int = 0) -> None:
         """
         Send a media datagram on the paths the scheduler names, each copy
-        with the same sequence number.
+        with the same sequence number; or hold it to write it with the
+        next ones when the scheduler says to coalesce (a heavy load on a
+        lossy link), until C{coalesce_delay} has passed since the first
+        held or C{coalesce_bytes} are held.
         """
         now = self.clock.seconds()
         seq = self.stamper.next(channel_id, component & 1)
         payload = _SEQ.pack(seq) + data
-        flags = component | FLAG_SEQ
+        item = (channel_id, payload, component | FLAG_SEQ)
+        batch = self._batch
+        if batch:
+            batch.append(item)
+            self._batch_bytes += len(payload) + BATCH_OVERHEAD
+            if self._batch_bytes >= self.scheduler.limits.coalesce_bytes:
+                self.flush_media()
+            return
+        delay = self.scheduler.coalesce_delay(now)
+        if delay > 0.0:
+            self._batch = [item]
+            self._batch_bytes = len(payload) + BATCH_OVERHEAD
+            self._batch_timer = self.clock.callLater(delay, self._batch_due)
+            return
+        self._send_media(now, (item,))
+
+    def _batch_due(self) -> None:
+        self._batch_timer = None
+        self.flush_media()
+
+    def flush_media(self) -> None:
+        """
+        Write the media datagrams held to coalesce them now (all on the
+        same paths, so that each path's share leaves in one write).
+        """
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = []
+        self._batch_bytes = 0
+        timer = self._batch_timer
+        if timer is not None:
+            self._batch_timer = None
+            if timer.active():
+                timer.cancel()
+        self._send_media(self.clock.seconds(), batch)
+
+    def _send_media(self, now: float, items: Sequence[tuple[int, bytes, int]]) -> None:
         paths = self._paths
         scheduler = self.scheduler
         rearm = False
         unannounced = self._unannounced
-        for path_id in scheduler.media_paths(now):
+        for path_id in scheduler.media_paths(now, len(items)):
             path = paths.get(path_id)
             if path is not None:
                 if unannounced and path_id in unannounced:
                     # the opens it has not carried go before the media
                     self._announce(path_id)
-                path.send_datagram(channel_id, payload, flags)
+                nbytes = 0
+                for channel_id, payload, flags in items:
+                    path.send_datagram(channel_id, payload, flags)
+                    nbytes += len(payload)
                 # the agent watches what it sends: a path that carries
                 # media one way is pinged before its stall bound runs out
-                if self._probing and scheduler.sent(path_id, len(payload), now):
+                if self._probing and scheduler.sent(path_id, nbytes, now):
                     rearm = True
         if rearm:
             self._rearm()
@@ -823,6 +876,7 @@ class PathFront:
             path.go_away(reason, drain)
 
     def close(self, code: int = ErrorCode.NO_ERROR, reason: str = "closed") -> None:
+        self.flush_media()
         for path in list(self._paths.values()):
             path.close(code, reason)
 
@@ -1109,6 +1163,8 @@ class PathSessions:
             problem = "wrong proof"
         elif (getattr(path, "cipher", None) is None) != (front.cipher is None):
             problem = "per-user ciphering not agreed on this connection as on the session"
+        elif len(front.scheduler) >= front.scheduler.limits.max_paths:
+            problem = f"the session has {len(front.scheduler)} connections, the most this contact point takes"
         if problem is not None or front is None or not isinstance(session_id, str):
             self.attach_refused += 1
             self.log.warn(
@@ -1361,19 +1417,35 @@ class PathKeeper:
         if count is None or not self._up:
             return
         self._adapt_timer = self.clock.callLater(COUNT_INTERVAL, self._adapt)
-        extra = count.decide(self.clock.seconds()) - 1
+        now = self.clock.seconds()
+        front = self._front()
+        if front is not None:
+            scheduler = front.scheduler
+            # a link the kernel retransmits on, not a stall of a busy
+            # process: more connections would not help that
+            copied = scheduler.copies_since(now) is not None and scheduler.network_lossy(now)
+            count.load(scheduler.media_rate(now), copied)
+        extra = count.decide(now) - 1
         if extra == self.extra:
             return
-        front = self._front()
         session = front.session_id if front is not None else None
         if extra > self.extra:
             self.extra = extra
-            self.log.info(
-                "session {session_id}: the media keeps stalling on every connection at once;"
-                " opening another ({wanted} wanted)",
-                session_id=session,
-                wanted=count.wanted,
-            )
+            if count.for_load == count.wanted:
+                self.log.info(
+                    "session {session_id}: {rate:.0f} media datagrams/s on a lossy link;"
+                    " spreading them over {wanted} connections",
+                    session_id=session,
+                    rate=front.scheduler.media_rate(now) if front is not None else 0.0,
+                    wanted=count.wanted,
+                )
+            else:
+                self.log.info(
+                    "session {session_id}: the media keeps stalling on every connection at once;"
+                    " opening another ({wanted} wanted)",
+                    session_id=session,
+                    wanted=count.wanted,
+                )
             self._fill()
             return
         self.extra = extra

@@ -15,13 +15,17 @@ it is given:
    at once, and otherwise stays where it is;
  - the paths each media datagram goes on (L{PathScheduler.media_paths}):
    the best path that is up (QUIC preferred, with a hold against flapping),
-   or every path that is up while a loss or a stall was seen recently, or
-   every path that is not dead when none is up;
+   or every path that is up while a loss or a stall was seen recently
+   (C{spread_copies} of them in turn, and datagrams coalesced for a few
+   milliseconds, L{PathScheduler.coalesce_delay}, once the media rate is
+   high: copies of a heavy load on every connection add load, not
+   capacity), or every path that is not dead when none is up;
  - when the adapter must run L{PathScheduler.tick} next
    (L{PathScheduler.next_deadline}): one timer per session, not per packet.
 
 L{PathCount} decides how many paths the agent keeps (C{--tunnel-connections
-auto}) from the media stalls the receiving half sees.
+auto}) from the media stalls the receiving half sees and from the media
+load while it is spread.
 
 L{SeqStamper} and L{Dedup} number media datagrams per channel and
 component (u32, wrapping) on the sending half and deliver each at most
@@ -34,6 +38,7 @@ Twisted, no logging: the adapter logs the events.
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
 import sys
@@ -386,9 +391,18 @@ class PathScheduler:
         self._best: _Path | None = None
         self._media_one: tuple[int, ...] = ()
         self._media_all: tuple[int, ...] = ()
+        #: the paths that are up, C{spread_copies} at a time, in turn
+        self._media_spread: tuple[tuple[int, ...], ...] = ()
+        self._spread_next = 0
+        self._rate = 0.0
+        self._rate_n = 0
+        self._rate_since = float("-inf")
+        #: when the window that started at C{_rate_since} is full
+        self._rate_next = float("-inf")
         self._dup_until = float("-inf")
         self._dup_from = float("-inf")
         self._last_loss = float("-inf")
+        self._kernel_loss = float("-inf")
         self._last_media = float("-inf")
         self._now = float("-inf")
         self._armed: float | None = None
@@ -553,6 +567,8 @@ class PathScheduler:
         else:
             path.kernel_stuck_since = None
         if lost:
+            if now > self._kernel_loss:
+                self._kernel_loss = now
             self.loss_seen(path_id, now)
 
     def loss_seen(self, path_id: int, now: float) -> None:
@@ -584,17 +600,69 @@ class PathScheduler:
         carrier = self._carrier
         return None if carrier is None else carrier.path_id
 
-    def media_paths(self, now: float) -> tuple[int, ...]:
+    def media_paths(self, now: float, count: int = 1) -> tuple[int, ...]:
         """
-        The paths to send one media datagram on: the best path that is up,
-        or every path that is up within the duplication window, or every
-        path that is not dead when none is up.  Per packet: O(1), the tuple
-        is made in advance.
+        The paths to send C{count} media datagrams on (one, or a batch
+        written together): the best path that is up; or, within the
+        duplication window, every path that is up, or C{spread_copies} of
+        them in turn once the rate is C{spread_rate} or more (the load is
+        shared, not copied on every connection); or every path that is not
+        dead when none is up.  Per packet: O(1), the tuples are made in
+        advance.
         """
         self._last_media = now
+        self._rate_n += count
+        if now >= self._rate_next:
+            self._rate = self._rate_n / (now - self._rate_since)
+            self._rate_n = 0
+            self._rate_since = now
+            self._rate_next = now + self.limits.rate_window
         if now < self._dup_until:
+            spread = self._media_spread
+            if spread and self.limits.spread_rate and self._rate >= self.limits.spread_rate:
+                i = self._spread_next
+                self._spread_next = i + 1 if i + 1 < len(spread) else 0
+                return spread[i]
             return self._media_all
         return self._media_one
+
+    def media_rate(self, now: float | None = None) -> float:
+        """
+        @param now: the time now: a rate not measured for two windows
+            (the media stopped or slowed) is what came since.
+        @return: the media datagrams per second L{media_paths} was asked
+            for over its last measuring window (C{rate_window}); 0 before
+            the first full window.
+        """
+        if now is not None:
+            elapsed = now - self._rate_since
+            if elapsed >= 2 * self.limits.rate_window:
+                return self._rate_n / elapsed
+        return self._rate
+
+    def network_lossy(self, now: float) -> bool:
+        """
+        @return: whether the kernel retransmitted on a path within
+            C{lossy_window} of C{now} (L{tcp_info}): the network loses
+            packets, not only a busy peer or process (a stall, a
+            datagram dropped for the media deadline), which copy the
+            media too.
+        """
+        return now - self._kernel_loss <= self.limits.lossy_window
+
+    def coalesce_delay(self, now: float) -> float:
+        """
+        @return: how long the adapter may hold the media datagrams it is
+            given now to write them together (C{coalesce_delay} while the
+            media is copied at C{coalesce_rate} or more), or 0: send each
+            at once.
+        """
+        if now >= self._dup_until:
+            return 0.0
+        limits = self.limits
+        if limits.coalesce_rate and self._rate >= limits.coalesce_rate:
+            return limits.coalesce_delay
+        return 0.0
 
     def copies_since(self, now: float) -> float | None:
         """
@@ -722,6 +790,10 @@ class PathScheduler:
             "carrier": self.carrier(),
             "media": list(self._media_one),
             "duplicating": now < self._dup_until,
+            "media_rate": round(self._rate, 1),
+            "spreading": bool(
+                now < self._dup_until and self._media_spread and self.limits.spread_rate and self._rate >= self.limits.spread_rate
+            ),
             "lossy_losses": self.lossy_losses,
             "carrier_changes": self.carrier_changes,
             "media_switches": self.media_switches,
@@ -810,12 +882,19 @@ class PathScheduler:
             if self._best is not None and best is not None:
                 self.media_switches += 1
             self._best = best
+        spread: tuple[tuple[int, ...], ...] = ()
         if best is not None:
             self._media_one = (best.path_id,)
-            self._media_all = tuple(sorted(p.path_id for p in up))
+            ids = self._media_all = tuple(sorted(p.path_id for p in up))
+            n, k = len(ids), self.limits.spread_copies
+            if n > k:
+                spread = tuple(tuple(ids[(i + j) % n] for j in range(k)) for i in range(n))
         else:
             alive = [p.path_id for p in paths if p.state is not _DEAD] or [p.path_id for p in paths]
             self._media_one = self._media_all = tuple(sorted(alive))
+        if spread != self._media_spread:
+            self._media_spread = spread
+            self._spread_next = 0
 
 
 # --- how many paths ---------------------------------------------------------
@@ -848,6 +927,13 @@ class PathCount:
        doubles the quiet spell (up to C{count_quiet_max}); a grow later
        than that sets it back.  A link that needs more connections now and
        then keeps them; changes down are at most one per quiet spell.
+     - I{load}: while the media is copied (losses keep coming) at
+       C{spread_rate} datagrams a second or more, the scheduler spreads
+       it, C{spread_copies} of the connections per datagram; then at
+       least C{rate * spread_copies / count_load_rate} connections (up
+       to C{count_load_ceiling}) are wanted at once, whatever the
+       stalls, so that each carries a share it can; a shrink never goes
+       below it (L{load}).
 
     Pure: the adapter feeds L{arrivals} and asks L{decide} now and then
     (every half second is plenty: the decisions are seconds apart).
@@ -879,6 +965,9 @@ class PathCount:
         self._last_arrival: float | None = None
         self._pause_end: float | None = None
         self._burst = 0
+        #: the connections the media load asks for now (0: none)
+        self.for_load = 0
+        self.load_grows = 0
 
     def arrivals(self, now: float, count: int = 1, covered: bool = True) -> None:
         """
@@ -926,15 +1015,35 @@ class PathCount:
         if now > self._last_stall:
             self._last_stall = now
 
+    def load(self, rate: float, copied: bool) -> None:
+        """
+        The media load now: C{rate} datagrams a second (what the session
+        sends), C{copied} while losses the network made (the kernel
+        retransmits) keep the media copied.  L{decide} applies it.
+        """
+        limits = self.limits
+        if copied and limits.spread_rate and rate >= limits.spread_rate:
+            wanted = math.ceil(rate * limits.spread_copies / limits.count_load_rate)
+            self.for_load = max(self.floor, min(limits.count_load_ceiling, limits.max_paths, wanted))
+        else:
+            self.for_load = 0
+
     def decide(self, now: float) -> int:
         """
         Apply the rules at C{now}.
 
-        @return: L{wanted}, up by at most C{count_grow_step} or down by one.
+        @return: L{wanted}, up to what the load asks for, else up by at
+            most C{count_grow_step} or down by one.
         """
         limits = self.limits
         stalls = self._stalls
-        if (
+        if self.for_load > self.wanted:
+            self.wanted = self.for_load
+            self.grows += 1
+            self.load_grows += 1
+            self._changed = now
+            stalls.clear()
+        elif (
             self.wanted < self.ceiling
             and len(stalls) == stalls.maxlen
             and stalls[0] >= now - limits.count_grow_window
@@ -949,7 +1058,7 @@ class PathCount:
             self._changed = now
             stalls.clear()
         elif (
-            self.wanted > self.floor
+            self.wanted > max(self.floor, self.for_load)
             and now - self._last_stall >= self.quiet
             and now - self._changed >= self.quiet
         ):
@@ -968,6 +1077,8 @@ class PathCount:
             "connections_ceiling": self.ceiling,
             "connections_grown": self.grows,
             "connections_shrunk": self.shrinks,
+            "connections_for_load": self.for_load,
+            "connections_load_grown": self.load_grows,
             "media_stalls": self.media_stalls,
         }
 

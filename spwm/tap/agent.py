@@ -63,8 +63,8 @@ def tunnel_connections(value: Any) -> int | None:
         number = positive_int(value)
     except ValueError:
         raise ValueError(f"must be auto or a number of connections, not {value!r}") from None
-    if number > 8:
-        raise ValueError(f"must be auto or between 1 and 8, not {value!r}")
+    if number > 16:
+        raise ValueError(f"must be auto or between 1 and 16, not {value!r}")
     return number
 
 
@@ -107,7 +107,7 @@ OPTIONS = (
     Option("max-forward-senders", 256, positive_int, "Senders (source addresses) one UDP forward gives a tunnel channel each; datagrams from more are dropped and counted."),
     Option("reconnect-max", 60.0, positive_float, "Longest wait between reconnection attempts, in seconds."),
     Option("tunnel", "always", tunnel_mode, "always: keep the tunnel up; on-demand: connect at the first SIP message from an application, close when none needs it."),
-    Option("tunnel-connections", "auto", tunnel_connections, "TLS connections to keep attached to the one session (media goes on the healthy ones and moves at once when one stalls or breaks): auto (2, up to 4 while the media keeps stalling on the ones there are), or a number; 1: one connection, as a proxy that allows only one needs. 1 with --tunnel on-demand or --udp-path only. With --udp-path auto a QUIC path joins these when the contact point offers it."),
+    Option("tunnel-connections", "auto", tunnel_connections, "TLS connections to keep attached to the one session (media goes on the healthy ones and moves at once when one stalls or breaks): auto (2, up to 4 while the media keeps stalling on the ones there are, up to 16 while many calls' media is spread over them on a lossy link), or a number up to 16; 1: one connection, as a proxy that allows only one needs. 1 with --tunnel on-demand or --udp-path only. With --udp-path auto a QUIC path joins these when the contact point offers it."),
     Option("tunnel-idle", 30.0, positive_float, "With --tunnel on-demand: seconds after the last registration and dialog have ended (and the last SIP) before the tunnel closes."),
     Option("sip-listen", (), ip_literal_port, "Listen for SIP applications on IP:PORT, UDP and TCP (default 127.0.0.1:5060).", repeat=True),
     Option("sip-tls-cert", None, readable_file, "PEM certificate for SIP over TLS towards applications (port + 1)."),

@@ -177,8 +177,8 @@ class AgentConfig:
             raise ConfigError("udp-path", "QUIC is always TLS: --udp-path only excludes --plaintext")
         if self.udp_path == "only" and self.http_proxy:
             raise ConfigError("udp-path", "an HTTP proxy carries TCP only: --udp-path only excludes --http-proxy")
-        if self.tunnel_connections is not None and not 1 <= self.tunnel_connections <= 8:
-            raise ConfigError("tunnel-connections", "must be auto or between 1 and 8")
+        if self.tunnel_connections is not None and not 1 <= self.tunnel_connections <= 16:
+            raise ConfigError("tunnel-connections", "must be auto or between 1 and 16")
         if len(self.also_contact) > 1:
             raise ConfigError("contact", "at most two contact points")
         if self.also_contact and self.tunnel == "on-demand":
