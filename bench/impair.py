@@ -198,14 +198,17 @@ class ProfileRun:
         )
         wait_for(lambda: self.contact.stdout().count("tunnel up with") > ups, 30,
                  "the tunnel did not come up", self.contact)
-        if connections == "auto":
+        auto = connections == "auto"
+        if auto:
             connections = AUTO_FLOOR
         assert isinstance(connections, int)
         if connections > 1:
             wait_for(lambda: f"; {connections} paths" in self.agent.stdout(), 30,
                      f"the agent's session did not get {connections} connections", self.agent)
-        # what the agent really holds (ss), not what it was told
-        wait_for(lambda: len(self.tunnel_ports()) == connections, 10,
+        # what the agent really holds (ss), not what it was told; auto
+        # may have grown already (a link that showed loss at the start)
+        held = connections
+        wait_for(lambda: len(self.tunnel_ports()) == held or auto and len(self.tunnel_ports()) > held, 10,
                  f"the agent does not hold {connections} connection(s): {self.tunnel_ports()}", self.agent)
 
     def agent_paths(self) -> dict[str, Any]:

@@ -834,6 +834,7 @@ class _Front:
         self.carrier: Any = None
         self.attached: list[Any] = []
         self.removed: list[Any] = []
+        self.watched: list[float] = []
 
     def path_id(self, path: Any) -> int | None:
         return self.attached.index(path) if path in self.attached else None
@@ -842,6 +843,9 @@ class _Front:
         self.attached.remove(path)
         self.removed.append(path)
         return bool(self.attached)
+
+    def watch_link(self, now: float) -> None:
+        self.watched.append(now)
 
 
 class AdaptiveKeeperTests(SynchronousTestCase):
@@ -891,6 +895,30 @@ class AdaptiveKeeperTests(SynchronousTestCase):
             self.clock.advance(0.1)
             self.count.arrivals(self.clock.seconds(), 5)
             self.connect_all()
+
+    def test_late_loss_grows_before_media(self) -> None:
+        """
+        The keeper has the front read the kernel's retransmissions before
+        it asks the count: a late loss found there opens the connections
+        in that same tick, without any media.
+        """
+        self.keeper.session_up()
+        self.connect_all()
+        self.front.watch_link = lambda now: self.count.late_loss(now)  # type: ignore[method-assign]
+        self.clock.advance(0.5)
+        self.assertEqual((self.count.wanted, self.keeper.extra), (4, 3))
+        self.assertEqual(len(self.attempts), 3)
+
+    def test_link_watched_every_tick(self) -> None:
+        """
+        Every count interval while the session is up, none once it is down.
+        """
+        self.keeper.session_up()
+        self.clock.pump([0.5, 0.5])
+        self.assertEqual(self.front.watched, [0.5, 1.0])
+        self.keeper.session_down()
+        self.clock.pump([0.5, 0.5])
+        self.assertEqual(len(self.front.watched), 2)
 
     def test_grow_then_drain(self) -> None:
         """
@@ -1027,6 +1055,44 @@ class CountFedTests(TwoPaths):
         _, c = plain.connect()
         self.assertNotIn("stalls", c.peer_hello)
         self.assertFalse(plain.contact.paths.fronts[0].report_stalls)
+
+    def test_watch_link_late_losses(self) -> None:
+        """
+        L{PathFront.watch_link} reads each TCP path's C{TCP_INFO}: a
+        retransmission since the last look (the first look counts those
+        since the connection started) on a path whose round trip is at
+        least C{count_late_rtt} is a late loss; one on a faster path, or
+        no new one, is not; without a count it reads nothing.
+        """
+        import struct
+
+        from spwm.session.paths import PathCount
+
+        class Sock:
+            def __init__(self, rtt: float, retrans: int) -> None:
+                self.rtt, self.retrans, self.reads = rtt, retrans, 0
+
+            def getsockopt(self, level: int, option: int, size: int) -> bytes:
+                self.reads += 1
+                raw = bytearray(104)
+                struct.pack_into("=II", raw, 68, int(self.rtt * 1e6), int(self.rtt * 5e5))
+                struct.pack_into("=I", raw, 100, self.retrans)
+                return bytes(raw)
+
+        slow, fast = Sock(0.16, 1), Sock(0.04, 3)
+        self.front._sockets = {0: slow, 1: fast}  # type: ignore[dict-item]
+        self.front.watch_link(1.0)
+        self.assertEqual(slow.reads, 0)
+        count = PathCount(2, 4)
+        self.front.count = count
+        self.front.watch_link(1.0)
+        self.assertEqual(count.late_losses, 1)
+        self.front.watch_link(1.5)
+        self.assertEqual(count.late_losses, 1)
+        slow.retrans, fast.retrans = 2, 7
+        self.front.watch_link(2.0)
+        self.assertEqual(count.late_losses, 2)
+        self.assertEqual(count.decide(2.0), 4)
 
     def test_drained_path_loses_nothing(self) -> None:
         """

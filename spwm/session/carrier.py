@@ -182,6 +182,8 @@ class PathFront:
         self._ticked = 0.0
         self._tcp_info_at = 0.0
         self._dedup_seen = 0
+        #: path id -> the kernel's retransmissions on it as L{watch_link} last read them
+        self._retrans_seen: dict[int, int] = {}
         #: the agent's connection count (C{--tunnel-connections auto}): fed
         #: the first copies of the media as they arrive
         self.count: PathCount | None = None
@@ -296,6 +298,7 @@ class PathFront:
             return bool(self._paths)
         del self._paths[path_id]
         self._sockets.pop(path_id, None)
+        self._retrans_seen.pop(path_id, None)
         self._quic.pop(path_id, None)
         self._last = path
         self.scheduler.remove(path_id)
@@ -507,6 +510,26 @@ class PathFront:
             rtt = transport.rtt
             if rtt is not None:
                 self.scheduler.tcp_info(path_id, TcpInfo(rtt_s=rtt[0], rttvar_s=rtt[1]), now)
+
+    def watch_link(self, now: float) -> None:
+        """
+        Agent, C{--tunnel-connections auto}: tell the count of the
+        retransmissions the kernel made since the last look (from each
+        connection's start: a handshake's count) on each TCP path whose
+        round trip is at least C{count_late_rtt} (L{PathCount.late_loss}).
+        The keeper calls it before it asks the count, with or without media.
+        """
+        count = self.count
+        if count is None or count.limits.count_late_rtt <= 0:
+            return
+        for path_id, sock in self._sockets.items():
+            info = read_tcp_info(sock)
+            if info is None or info.total_retrans is None:
+                continue
+            seen = self._retrans_seen.get(path_id, 0)
+            self._retrans_seen[path_id] = info.total_retrans
+            if info.total_retrans > seen and info.rtt_s is not None and info.rtt_s >= count.limits.count_late_rtt:
+                count.late_loss(now)
 
     def tick(self) -> None:
         """
@@ -1298,17 +1321,20 @@ class PathKeeper:
         if count is None or not self._up:
             return
         self._adapt_timer = self.clock.callLater(COUNT_INTERVAL, self._adapt)
-        extra = count.decide(self.clock.seconds()) - 1
+        now = self.clock.seconds()
+        front = self._front()
+        if front is not None:
+            front.watch_link(now)
+        extra = count.decide(now) - 1
         if extra == self.extra:
             return
-        front = self._front()
         session = front.session_id if front is not None else None
         if extra > self.extra:
             self.extra = extra
             self.log.info(
-                "session {session_id}: the media keeps stalling on every connection at once;"
-                " opening another ({wanted} wanted)",
+                "session {session_id}: {why}; opening another ({wanted} wanted)",
                 session_id=session,
+                why=count.why,
                 wanted=count.wanted,
             )
             self._fill()
