@@ -1094,6 +1094,20 @@ class CountFedTests(TwoPaths):
         self.assertEqual(count.late_losses, 2)
         self.assertEqual(count.decide(2.0), 4)
 
+    def test_lost_all_told_session_age(self) -> None:
+        """
+        Agent: when the session's last path is gone, C{lost_all} hears
+        how long the session was up (not when one of several goes).
+        """
+        told: list[float] = []
+        self.bed.agent.paths._lost_all = told.append
+        self.bed.advance(12.0, step=0.5)
+        self.bed.cut(0)
+        self.assertEqual(told, [])
+        self.bed.cut(1)
+        self.assertEqual(len(told), 1)
+        self.assertAlmostEqual(told[0], 12.0, delta=0.5)
+
     def test_drained_path_loses_nothing(self) -> None:
         """
         A path drained by the keeper: SIP and media go on on the other,

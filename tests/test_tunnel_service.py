@@ -25,6 +25,7 @@ from spwm.tunnel.service import (
     LOST_SPREAD,
     STEADY_UP,
     HTTPConnectEndpoint,
+    StaggeredEndpoint,
     backoff,
     describe_failure,
 )
@@ -324,6 +325,149 @@ class AgentServiceTests(SynchronousTestCase):
             self.endpoint.attempts[-1][1].errback(ConnectionRefusedError("nobody home"))
         self.assertEqual(self.delays(events), [0, 1, 2])
         self.assertEqual(len(self.endpoint.attempts), 3)
+
+
+class SessionLostTests(SynchronousTestCase):
+    """
+    L{AgentTunnelService.session_lost}: the agent's session lost every
+    connection at once.
+    """
+
+    setUp = AgentServiceTests.setUp
+    tearDown = AgentServiceTests.tearDown
+    connect_contact = AgentServiceTests.connect_contact
+
+    def test_cuts_backoff_wait_short(self) -> None:
+        """
+        The service's own connection went first, soon after it came up
+        (it waits a backoff step); when the session's last path goes, the
+        next attempt is made within L{LOST_SPREAD}.
+        """
+        self.service.startService()
+        _, pump = self.connect_contact()
+        self.clock.advance(1.0)
+        self.service.tunnel.transport.loseConnection()
+        pump.flush()
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        self.service.session_lost(STEADY_UP + 5)
+        self.clock.advance(LOST_SPREAD)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        self.assertLessEqual(self.service.next_attempt_at, self.clock.seconds())
+
+    def test_next_attempt_soon_when_connected(self) -> None:
+        """
+        Told while its connection is still up (it is the session's last
+        path, lost next), the attempt after that loss goes within
+        L{LOST_SPREAD} however young the connection is.
+        """
+        self.service.startService()
+        _, pump = self.connect_contact()
+        self.clock.advance(1.0)
+        self.service.session_lost(STEADY_UP)
+        self.service.tunnel.transport.loseConnection()
+        pump.flush()
+        self.clock.advance(LOST_SPREAD)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+
+    def test_young_session_backs_off(self) -> None:
+        """
+        A session lost within L{STEADY_UP} of its start keeps the backoff
+        (a contact point that drops every session soon does not make
+        agents spin); a shorter wait is never made longer.
+        """
+        self.service.startService()
+        _, pump = self.connect_contact()
+        self.clock.advance(1.0)
+        self.service.session_lost(STEADY_UP - 1)
+        self.service.tunnel.transport.loseConnection()
+        pump.flush()
+        self.clock.advance(0.99)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        self.clock.advance(0.02)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        self.service._retry.rng = lambda: 1.0
+        self.service._waits.pending = self.clock.callLater(0.01, lambda: None)
+        self.service.session_lost(STEADY_UP)
+        self.assertAlmostEqual(self.service._waits.pending.getTime(), self.clock.seconds() + 0.01)
+
+
+class StaggeredEndpointTests(SynchronousTestCase):
+    """
+    L{StaggeredEndpoint}: happy eyeballs on one address.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.inner = FakeEndpoint()
+        self.endpoint = StaggeredEndpoint(self.inner, self.clock, stagger=0.3, attempts=3)
+        self.factory = Factory.forProtocol(Protocol)
+
+    def test_first_connect_wins(self) -> None:
+        """
+        While none has connected, another attempt every C{stagger}, at most
+        C{attempts}; the first to connect is the result, the others are
+        cancelled, and one that connects all the same gets no protocol.
+        """
+        d = self.endpoint.connect(self.factory)
+        self.assertEqual(len(self.inner.attempts), 1)
+        self.clock.advance(0.3)
+        self.clock.advance(0.3)
+        self.clock.advance(5)
+        self.assertEqual(len(self.inner.attempts), 3)
+        self.assertEqual(self.endpoint.extra_attempts, 2)
+        factories = [f for f, _ in self.inner.attempts]
+        second = factories[1].buildProtocol(None)
+        self.assertIsInstance(second, Protocol)
+        self.assertIsNone(factories[0].buildProtocol(None))
+        self.inner.attempts[1][1].callback(second)
+        self.assertIs(self.successResultOf(d), second)
+        self.assertTrue(all(attempt.called for _, attempt in self.inner.attempts))
+
+    def test_connected_at_once(self) -> None:
+        """
+        A connection made before C{stagger} is the only attempt.
+        """
+        d = self.endpoint.connect(self.factory)
+        factory, attempt = self.inner.attempts[0]
+        attempt.callback(factory.buildProtocol(None))
+        self.successResultOf(d)
+        self.clock.advance(10)
+        self.assertEqual(len(self.inner.attempts), 1)
+
+    def test_failure_without_others_fails(self) -> None:
+        """
+        An attempt that fails while none other is under way fails the
+        connect (a refusal is not tried again here); one that fails while
+        another is under way waits for it.
+        """
+        d = self.endpoint.connect(self.factory)
+        self.inner.attempts[0][1].errback(ConnectionRefusedError("nobody home"))
+        self.failureResultOf(d, ConnectionRefusedError)
+        self.assertIsNone(self.inner.attempts[0][0].buildProtocol(None))
+        self.clock.advance(10)
+        self.assertEqual(len(self.inner.attempts), 1)
+        d = self.endpoint.connect(self.factory)
+        self.clock.advance(0.3)
+        self.inner.attempts[1][1].errback(ConnectionRefusedError("timed out"))
+        self.assertNoResult(d)
+        factory, attempt = self.inner.attempts[2]
+        attempt.callback(factory.buildProtocol(None))
+        self.successResultOf(d)
+
+    def test_cancel(self) -> None:
+        """
+        Cancelling the connect cancels every attempt and starts no more.
+        """
+        d = self.endpoint.connect(self.factory)
+        self.clock.advance(0.3)
+        d.cancel()
+        self.failureResultOf(d)
+        self.assertTrue(all(attempt.called for _, attempt in self.inner.attempts))
+        # a connection made all the same gets no protocol
+        self.assertIsNone(self.inner.attempts[0][0].buildProtocol(None))
+        self.clock.advance(10)
+        self.assertEqual(len(self.inner.attempts), 2)
 
 
 class HTTPConnectTests(SynchronousTestCase):

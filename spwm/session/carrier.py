@@ -162,6 +162,8 @@ class PathFront:
         self.stamper = SeqStamper()
         self.scheduler = PathScheduler(limits or PathLimits())
         self.attach_key = attach_key
+        #: when the session got its first path (this front was made)
+        self.since = clock.seconds()
         self.switches = 0
         self.attached = 0
         #: round-trip samples taken (timed pings answered)
@@ -813,8 +815,13 @@ class PathSessions:
         moving: Callable[[], None] | None = None,
         count: PathCount | None = None,
         elsewhere: Callable[[object], int | None] | None = None,
+        lost_all: Callable[[float], None] | None = None,
     ) -> None:
         """
+        @param lost_all: agent: called with the seconds the session was up
+            when its last path is gone (every path broke: the tunnel
+            service then tries again at once,
+            L{spwm.tunnel.service.AgentTunnelService.session_lost}).
         @param count: agent, C{--tunnel-connections auto}: the session's
             front feeds it the media it receives (the keeper decides with
             it).
@@ -836,6 +843,7 @@ class PathSessions:
         self._moving = moving
         self.count = count
         self.elsewhere = elsewhere
+        self._lost_all = lost_all
         self.fronts: list[PathFront] = []
         self.attach_refused = 0
         self.attach_redirected = 0
@@ -1117,6 +1125,8 @@ class PathSessions:
         if self.keeper is not None:
             self.keeper.session_down()
             self.keeper.lost(path)
+        if self._lost_all is not None:
+            self._lost_all(self.clock.seconds() - front.since)
         self.observer.tunnel_lost(front, reason)  # type: ignore[arg-type]
 
     def status(self) -> dict[str, Any]:
