@@ -1094,6 +1094,60 @@ class CountFedTests(TwoPaths):
         self.assertEqual(count.late_losses, 2)
         self.assertEqual(count.decide(2.0), 4)
 
+    def test_young_slow_session_probed(self) -> None:
+        """
+        A session on a slow link (a path's round trip at least
+        C{count_late_rtt}) is pinged every L{PROBE_INTERVAL} from the
+        first L{PathFront.watch_link} without any channel, until
+        C{count_probe_for} after its start; not on a fast link, not once
+        the count is at its ceiling.
+        """
+        import struct
+
+        from spwm.session.carrier import PROBE_INTERVAL
+        from spwm.session.paths import PathCount
+
+        class Sock:
+            rtt = 0.16
+
+            def getsockopt(self, level: int, option: int, size: int) -> bytes:
+                raw = bytearray(104)
+                struct.pack_into("=II", raw, 68, int(self.rtt * 1e6), int(self.rtt * 5e5))
+                return bytes(raw)
+
+        pings: list[float] = []
+        for path in self.front.paths:
+            path.ping = lambda: pings.append(self.bed.clock.seconds())  # type: ignore[method-assign]
+        sock = Sock()
+        self.front._sockets = {0: sock}  # type: ignore[dict-item]
+        count = PathCount(2, 4)
+        self.front.count = count
+        limits = count.limits
+        sock.rtt = 0.04
+        self.front.watch_link(self.bed.clock.seconds())
+        self.bed.advance(1.0, step=PROBE_INTERVAL)
+        self.assertEqual(pings, [])
+        sock.rtt = 0.16
+        self.front.watch_link(self.bed.clock.seconds())
+        self.bed.advance(1.0, step=PROBE_INTERVAL)
+        self.assertGreaterEqual(len(pings), 2 * 9)
+        self.bed.advance(limits.count_probe_for, step=0.5)
+        pings.clear()
+        self.bed.advance(2.0, step=PROBE_INTERVAL)
+        self.assertEqual(pings, [])
+        # at the ceiling there is nothing to learn
+        fresh = Bed()
+        fresh.connect()
+        fresh.connect()
+        front = fresh.agent.paths.front
+        assert front is not None
+        front._sockets = {0: sock}  # type: ignore[dict-item]
+        grown = PathCount(2, 4)
+        grown.wanted = 4
+        front.count = grown
+        front.watch_link(fresh.clock.seconds())
+        self.assertFalse(front._watched)
+
     def test_lost_all_told_session_age(self) -> None:
         """
         Agent: when the session's last path is gone, C{lost_all} hears
@@ -1107,6 +1161,43 @@ class CountFedTests(TwoPaths):
         self.bed.cut(1)
         self.assertEqual(len(told), 1)
         self.assertAlmostEqual(told[0], 12.0, delta=0.5)
+
+    def test_attach_after_loss_tells_again(self) -> None:
+        """
+        A connection made to join the session while it was still up (the
+        tunnel service's, after its own connection broke first) comes up
+        after the session's last path is gone: it is closed, and
+        C{lost_all} is told again (its next attempt resumes at once); once
+        a new session is up, a late one is closed without a word.
+        """
+        told: list[float] = []
+        bed = self.bed
+        bed.agent.paths._lost_all = told.append
+        bed.advance(12.0, step=0.5)
+        early = bed.agent_factory.buildProtocol(None)
+        later = bed.agent_factory.buildProtocol(None)
+        self.assertIn("attach", early.local_hello)
+        bed.cut(0)
+        bed.cut(1)
+        self.assertEqual(len(told), 1)
+
+        def join(client: TunnelProtocol) -> None:
+            server = bed.contact_factory.buildProtocol(None)
+            pump = iosim.connect(
+                server, iosim.FakeTransport(server, True), client, iosim.FakeTransport(client, False),
+                greet=False, clock=bed.clock,
+            )
+            bed.pumps.append((pump, client, server))
+            bed.flush()
+
+        join(early)
+        self.assertFalse(early.is_open)
+        self.assertEqual(told, [told[0], told[0]])
+        bed.connect()
+        self.assertIsNotNone(bed.agent.paths.front)
+        join(later)
+        self.assertFalse(later.is_open)
+        self.assertEqual(len(told), 2)
 
     def test_drained_path_loses_nothing(self) -> None:
         """
