@@ -344,12 +344,15 @@ class ProfileRun:
 
     def call(
         self, answer_at: str, call_to: str, tag: str, seconds: float, cut_at: float | None = None,
-        rebind: bool = False,
+        rebind: bool = False, start_at: float | None = None,
     ) -> dict[str, Any]:
         nb = self.netbed
         packets = int(seconds * 50)
         calls = str(self.args.calls)
         before = self.wan_stats()
+        if start_at is not None:
+            time.sleep(max(0.0, start_at - time.monotonic()))
+        started = time.monotonic()
         answerer, answer_capture = self.endpoint(
             "op", f"answerer-{tag}", ["answerer", answer_at, "--calls", calls, "--packets", str(packets)], seconds)
         caller, call_capture = self.endpoint(
@@ -367,6 +370,7 @@ class ProfileRun:
             "up": direction_stats(caller_sent, answer_received),
             "down": direction_stats(answer_sent, caller_received),
             "wan": diff(after, before),
+            "started": started,
         }
         if cut is not None:
             result["cut"] = {
@@ -383,6 +387,7 @@ class ProfileRun:
         spwm: dict[int, dict[str, Any]] = {}
         for n in self.args.connections:
             self.start_agent(n)
+            up_at = time.monotonic()
             try:
                 if self.args.warm:
                     # not measured: the session's connection count as a
@@ -390,7 +395,10 @@ class ProfileRun:
                     self.call(f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", f"warm{n}",
                               self.args.warm)
                 self.paths_seen()
-                phase = self.call(f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", f"spwm{n}", seconds)
+                start_at = up_at + self.args.call_after if self.args.call_after is not None else None
+                phase = self.call(f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", f"spwm{n}", seconds,
+                                  start_at=start_at)
+                phase["call_after"] = phase["started"] - up_at
                 phase["paths"] = self.paths_seen()
                 phase["udp_leaked"] = phase["wan"]["up"].get("udp_in", 0)
                 if self.args.cut:
@@ -621,6 +629,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm", type=float, default=0.0, metavar="SECONDS",
                         help="per N, a call this long before the measured one, on the same agent (not measured): "
                              "with auto, the count a later call of the session starts with")
+    parser.add_argument("--call-after", type=float, default=None, metavar="SECONDS",
+                        help="start the measured call this long after the agent's connections are up (default: as "
+                             "soon as the bench is ready, which takes longer while the agent pings: the emulator's "
+                             "counters are read once nothing is queued, for up to 3.5 s); the delay is printed")
     parser.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
                         help="one more argument for the agent (repeat: --agent-arg=--media-deadline --agent-arg=0.1)")
     parser.add_argument("--plot", metavar="PNG", help="write the CDF picture here (needs matplotlib: the bench extra)")
@@ -692,6 +704,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(table(results)))
     print()
     print("\n".join(wan_lines(results)))
+    for r in results:
+        for n, phase in r["spwm"].items():
+            print(f"  {r['profile']:<7} spwm{n}: the measured call started {phase['call_after']:.1f} s after the agent's connections were up")
     if args.plot:
         plot(results, args.plot, args.calls)
         print(f"\nCDF picture: {args.plot}")
