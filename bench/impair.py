@@ -349,9 +349,13 @@ class ProfileRun:
         nb = self.netbed
         packets = int(seconds * 50)
         calls = str(self.args.calls)
-        before = self.wan_stats()
         if start_at is not None:
+            # at a given time: the counters as they are (a packet or two of
+            # the agent's pings may be under way and counted in the call's bytes)
+            before = self.bed.wan_stats(settle=False)
             time.sleep(max(0.0, start_at - time.monotonic()))
+        else:
+            before = self.wan_stats()
         started = time.monotonic()
         answerer, answer_capture = self.endpoint(
             "op", f"answerer-{tag}", ["answerer", answer_at, "--calls", calls, "--packets", str(packets)], seconds)
@@ -632,7 +636,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--call-after", type=float, default=None, metavar="SECONDS",
                         help="start the measured call this long after the agent's connections are up (default: as "
                              "soon as the bench is ready, which takes longer while the agent pings: the emulator's "
-                             "counters are read once nothing is queued, for up to 3.5 s); the delay is printed")
+                             "counters are read once nothing is queued, for up to 3.5 s; with this option they are "
+                             "read as they are); the delay is printed")
     parser.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
                         help="one more argument for the agent (repeat: --agent-arg=--media-deadline --agent-arg=0.1)")
     parser.add_argument("--plot", metavar="PNG", help="write the CDF picture here (needs matplotlib: the bench extra)")
