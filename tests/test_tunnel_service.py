@@ -370,6 +370,29 @@ class SessionLostTests(SynchronousTestCase):
         self.clock.advance(LOST_SPREAD)
         self.assertEqual(len(self.endpoint.attempts), 2)
 
+    def test_closed_as_it_came_up(self) -> None:
+        """
+        A connection closed by the application as it comes up (an attach
+        to a session that is gone, which tells C{session_lost} first) does
+        not clear that: the next attempt goes within L{LOST_SPREAD}.
+        """
+        service = self.service
+
+        class Closing(RecordingApp):
+            def tunnel_established(self, tunnel: Any) -> None:
+                super().tunnel_established(tunnel)
+                service.session_lost(STEADY_UP)
+                tunnel.close(0, "no session to attach to any more")
+
+        self.app.__class__ = Closing
+        service.startService()
+        _, pump = self.connect_contact()
+        pump.flush()
+        self.clock.advance(0)
+        self.assertIsNone(service.tunnel)
+        self.clock.advance(LOST_SPREAD)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+
     def test_young_session_backs_off(self) -> None:
         """
         A session lost within L{STEADY_UP} of its start keeps the backoff

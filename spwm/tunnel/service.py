@@ -904,7 +904,10 @@ class AgentTunnelService(ClientService):
 
     def _up(self, protocol: TunnelProtocol) -> TunnelProtocol:
         self.tunnel = protocol
-        self._retry.reset()
+        if protocol.is_open:
+            self._retry.reset()
+        # else closed as it came up (an attach to a session that is gone):
+        # an attempt at once asked for meanwhile (session_lost) still holds
         self._reporting.last_failure = None
         self._reporting.in_progress = False
         self.next_attempt_at = None
