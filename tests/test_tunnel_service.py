@@ -393,6 +393,36 @@ class SessionLostTests(SynchronousTestCase):
         self.clock.advance(LOST_SPREAD)
         self.assertEqual(len(self.endpoint.attempts), 2)
 
+    def test_attach_under_way_replaced(self) -> None:
+        """
+        An attempt whose handshake is under way and whose hello joins the
+        session is closed when the session is lost; the next attempt goes
+        within L{LOST_SPREAD}, counted as no failure. One that resumes
+        (no C{attach}) is left alone.
+        """
+        service = self.service
+
+        def handshaking(hello: dict[str, Any]) -> tuple[Any, StringTransport]:
+            self.factory.hello = hello
+            factory, d = self.endpoint.attempts[-1]
+            client = factory.buildProtocol(None)
+            transport = StringTransport()
+            client.makeConnection(transport)
+            d.callback(client)
+            return client, transport
+
+        service.startService()
+        client, transport = handshaking({"attach": {"session_id": "s1"}})
+        service.session_lost(STEADY_UP)
+        self.assertTrue(transport.disconnecting)
+        client.connectionLost(Failure(ConnectionDone()))
+        self.clock.advance(LOST_SPREAD)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        self.assertEqual(service.status()["failures"], 0)
+        client, transport = handshaking({"resume": {"session_id": "s1"}})
+        service.session_lost(STEADY_UP)
+        self.assertFalse(transport.disconnecting)
+
     def test_young_session_backs_off(self) -> None:
         """
         A session lost within L{STEADY_UP} of its start keeps the backoff

@@ -814,6 +814,8 @@ class AgentTunnelService(ClientService):
         self.attempt_failed = attempt_failed
         self._reporting.on_failure = self._attempt_failed
         self._waits = _RetryClock(clock)
+        #: the attempt whose handshake is under way (TCP is up)
+        self._preparing: Any = None
         super().__init__(
             self._reporting, factory, retryPolicy=self._schedule, clock=self._waits, prepareConnection=self._prepare
         )
@@ -887,8 +889,11 @@ class AgentTunnelService(ClientService):
         completed.  Stopping the service while it waits closes the tunnel.
         """
         ready: Deferred[TunnelProtocol] = Deferred(lambda d: protocol.close(0, "agent stopping"))
+        self._preparing = protocol
 
         def settle(result: Any) -> None:
+            if self._preparing is protocol:
+                self._preparing = None
             # Once cancelled, ready has fired already.
             if not ready.called:
                 if isinstance(result, Failure):
@@ -961,7 +966,9 @@ class AgentTunnelService(ClientService):
         least L{STEADY_UP} is tried again within L{LOST_SPREAD}, as a lone
         tunnel that worked is: the next attempt, or, when this service's
         own connection was lost before the others and it is waiting a
-        backoff step, that wait, cut short.
+        backoff step, that wait, cut short.  An attempt under way that was
+        made to join the session (its hello says C{attach}) is closed: the
+        next one resumes the session.
         """
         if up_for < STEADY_UP or not self.running:
             return
@@ -970,6 +977,13 @@ class AgentTunnelService(ClientService):
             # connected (its connection is the one lost) or connecting:
             # the policy is asked next
             self._retry.now(LOST_SPREAD)
+            preparing = self._preparing
+            hello = getattr(preparing, "local_hello", None)
+            if isinstance(hello, dict) and "attach" in hello:
+                # an attempt made to join the session while it was up: it
+                # would be refused once its handshake is done; one that
+                # resumes the session goes now instead
+                preparing.close(0, "the session it was to join is gone; resuming it instead")
         else:
             now = self._time.seconds()
             delay = LOST_SPREAD * self._retry.rng()
