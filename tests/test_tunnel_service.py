@@ -415,6 +415,7 @@ class SessionLostTests(SynchronousTestCase):
         client, transport = handshaking({"attach": {"session_id": "s1"}})
         service.session_lost(STEADY_UP)
         self.assertTrue(transport.disconnecting)
+        self.assertTrue(transport.disconnected)
         client.connectionLost(Failure(ConnectionDone()))
         self.clock.advance(LOST_SPREAD)
         self.assertEqual(len(self.endpoint.attempts), 2)

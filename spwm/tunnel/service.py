@@ -984,6 +984,11 @@ class AgentTunnelService(ClientService):
                 # would be refused once its handshake is done; one that
                 # resumes the session goes now instead
                 preparing.close(0, "the session it was to join is gone; resuming it instead")
+                # without waiting for its TLS handshake to take the close
+                # over the lossy link (seen: 1 s on bad)
+                transport = getattr(preparing, "transport", None)
+                if transport is not None:
+                    transport.abortConnection()
         else:
             now = self._time.seconds()
             delay = LOST_SPREAD * self._retry.rng()
