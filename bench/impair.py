@@ -198,14 +198,17 @@ class ProfileRun:
         )
         wait_for(lambda: self.contact.stdout().count("tunnel up with") > ups, 30,
                  "the tunnel did not come up", self.contact)
-        if connections == "auto":
+        auto = connections == "auto"
+        if auto:
             connections = AUTO_FLOOR
         assert isinstance(connections, int)
         if connections > 1:
             wait_for(lambda: f"; {connections} paths" in self.agent.stdout(), 30,
                      f"the agent's session did not get {connections} connections", self.agent)
-        # what the agent really holds (ss), not what it was told
-        wait_for(lambda: len(self.tunnel_ports()) == connections, 10,
+        # what the agent really holds (ss), not what it was told; auto
+        # may have grown already (a link that showed loss at the start)
+        held = connections
+        wait_for(lambda: len(self.tunnel_ports()) == held or auto and len(self.tunnel_ports()) > held, 10,
                  f"the agent does not hold {connections} connection(s): {self.tunnel_ports()}", self.agent)
 
     def agent_paths(self) -> dict[str, Any]:
@@ -341,12 +344,19 @@ class ProfileRun:
 
     def call(
         self, answer_at: str, call_to: str, tag: str, seconds: float, cut_at: float | None = None,
-        rebind: bool = False,
+        rebind: bool = False, start_at: float | None = None,
     ) -> dict[str, Any]:
         nb = self.netbed
         packets = int(seconds * 50)
         calls = str(self.args.calls)
-        before = self.wan_stats()
+        if start_at is not None:
+            # at a given time: the counters as they are (a packet or two of
+            # the agent's pings may be under way and counted in the call's bytes)
+            before = self.bed.wan_stats(settle=False)
+            time.sleep(max(0.0, start_at - time.monotonic()))
+        else:
+            before = self.wan_stats()
+        started = time.monotonic()
         answerer, answer_capture = self.endpoint(
             "op", f"answerer-{tag}", ["answerer", answer_at, "--calls", calls, "--packets", str(packets)], seconds)
         caller, call_capture = self.endpoint(
@@ -364,6 +374,7 @@ class ProfileRun:
             "up": direction_stats(caller_sent, answer_received),
             "down": direction_stats(answer_sent, caller_received),
             "wan": diff(after, before),
+            "started": started,
         }
         if cut is not None:
             result["cut"] = {
@@ -380,6 +391,7 @@ class ProfileRun:
         spwm: dict[int, dict[str, Any]] = {}
         for n in self.args.connections:
             self.start_agent(n)
+            up_at = time.monotonic()
             try:
                 if self.args.warm:
                     # not measured: the session's connection count as a
@@ -387,7 +399,10 @@ class ProfileRun:
                     self.call(f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", f"warm{n}",
                               self.args.warm)
                 self.paths_seen()
-                phase = self.call(f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", f"spwm{n}", seconds)
+                start_at = up_at + self.args.call_after if self.args.call_after is not None else None
+                phase = self.call(f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", f"spwm{n}", seconds,
+                                  start_at=start_at)
+                phase["call_after"] = phase["started"] - up_at
                 phase["paths"] = self.paths_seen()
                 phase["udp_leaked"] = phase["wan"]["up"].get("udp_in", 0)
                 if self.args.cut:
@@ -618,6 +633,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm", type=float, default=0.0, metavar="SECONDS",
                         help="per N, a call this long before the measured one, on the same agent (not measured): "
                              "with auto, the count a later call of the session starts with")
+    parser.add_argument("--call-after", type=float, default=None, metavar="SECONDS",
+                        help="start the measured call this long after the agent's connections are up (default: as "
+                             "soon as the bench is ready, which takes longer while the agent pings: the emulator's "
+                             "counters are read once nothing is queued, for up to 3.5 s; with this option they are "
+                             "read as they are); the delay is printed")
     parser.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
                         help="one more argument for the agent (repeat: --agent-arg=--media-deadline --agent-arg=0.1)")
     parser.add_argument("--plot", metavar="PNG", help="write the CDF picture here (needs matplotlib: the bench extra)")
@@ -689,6 +709,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(table(results)))
     print()
     print("\n".join(wan_lines(results)))
+    for r in results:
+        for n, phase in r["spwm"].items():
+            print(f"  {r['profile']:<7} spwm{n}: the measured call started {phase['call_after']:.1f} s after the agent's connections were up")
     if args.plot:
         plot(results, args.plot, args.calls)
         print(f"\nCDF picture: {args.plot}")

@@ -216,6 +216,19 @@ class PathLimits:
         connection's handshake).  Down it goes one at a time.
     @ivar count_grow_hold: the least time between two changes up (the
         new connection gets time to show whether it helps).
+    @ivar count_late_rtt: on a connection whose smoothed round trip is at
+        least this, a retransmitted segment arrives at least 1.5 round
+        trips after it was sent, past the 150 ms a voice packet may take
+        one way: every loss there is a late copy.  One retransmission the
+        kernel reports on such a connection (the handshake's, the
+        registration's, the first media's) adds connections as
+        C{count_grow_stalls} media stalls do, before the media has to
+        stall; 0: never.
+    @ivar count_probe_for: a session whose connections' round trip is at
+        least C{count_late_rtt} is pinged as during a call (every 100 ms
+        on each connection) for this long from its start, media or not,
+        while the count can still grow: the kernel's retransmissions of
+        those pings show a lossy link before the first call; 0: not.
     @ivar count_quiet: a connection is dropped after this long without a
         media stall and without a change; doubled each time a connection
         must be added again within C{count_flap_memory} of a drop, up to
@@ -278,6 +291,8 @@ class PathLimits:
     count_grow_step: int = field(default=2, validator=_pos)
     count_covered_after: float = field(default=1.0, validator=validators.ge(0.0))
     count_grow_hold: float = field(default=2.0, validator=validators.ge(0.0))
+    count_late_rtt: float = field(default=0.1, validator=validators.ge(0.0))
+    count_probe_for: float = field(default=10.0, validator=validators.ge(0.0))
     count_quiet: float = field(default=60.0, validator=_pos_time)
     count_quiet_max: float = field(default=960.0, validator=_pos_time)
     count_flap_memory: float = field(default=600.0, validator=validators.ge(0.0))

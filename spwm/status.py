@@ -258,6 +258,7 @@ HELP: dict[str, str] = {
     "paths_connections_wanted": "Agent, --tunnel-connections auto: connections it keeps attached to its session now.",
     "paths_media_stalls": "Agent, --tunnel-connections auto: pauses in the received media ended by a burst (every connection held it back).",
     "paths_connections_for_load": "Agent, --tunnel-connections auto: connections the media load asks for now (many calls on a lossy link; 0: none).",
+    "paths_late_losses": "Agent, --tunnel-connections auto: kernel retransmissions seen on a connection whose round trip is 100 ms or more (each can add connections).",
 }
 
 #: Legs the per-leg histograms are labelled with (a bounded set).

@@ -1002,6 +1002,7 @@ class _Front:
         self.removed: list[Any] = []
         #: its media rate and copies are the load the keeper feeds the count
         self.scheduler = PathScheduler()
+        self.watched: list[float] = []
 
     def path_id(self, path: Any) -> int | None:
         return self.attached.index(path) if path in self.attached else None
@@ -1010,6 +1011,9 @@ class _Front:
         self.attached.remove(path)
         self.removed.append(path)
         return bool(self.attached)
+
+    def watch_link(self, now: float) -> None:
+        self.watched.append(now)
 
 
 class AdaptiveKeeperTests(SynchronousTestCase):
@@ -1059,6 +1063,30 @@ class AdaptiveKeeperTests(SynchronousTestCase):
             self.clock.advance(0.1)
             self.count.arrivals(self.clock.seconds(), 5)
             self.connect_all()
+
+    def test_late_loss_grows_before_media(self) -> None:
+        """
+        The keeper has the front read the kernel's retransmissions before
+        it asks the count: a late loss found there opens the connections
+        in that same tick, without any media.
+        """
+        self.keeper.session_up()
+        self.connect_all()
+        self.front.watch_link = lambda now: self.count.late_loss(now)  # type: ignore[method-assign]
+        self.clock.advance(0.5)
+        self.assertEqual((self.count.wanted, self.keeper.extra), (4, 3))
+        self.assertEqual(len(self.attempts), 3)
+
+    def test_link_watched_every_tick(self) -> None:
+        """
+        Every count interval while the session is up, none once it is down.
+        """
+        self.keeper.session_up()
+        self.clock.pump([0.5, 0.5])
+        self.assertEqual(self.front.watched, [0.5, 1.0])
+        self.keeper.session_down()
+        self.clock.pump([0.5, 0.5])
+        self.assertEqual(len(self.front.watched), 2)
 
     def test_grow_then_drain(self) -> None:
         """
@@ -1229,6 +1257,149 @@ class CountFedTests(TwoPaths):
         _, c = plain.connect()
         self.assertNotIn("stalls", c.peer_hello)
         self.assertFalse(plain.contact.paths.fronts[0].report_stalls)
+
+    def test_watch_link_late_losses(self) -> None:
+        """
+        L{PathFront.watch_link} reads each TCP path's C{TCP_INFO}: a
+        retransmission since the last look (the first look counts those
+        since the connection started) on a path whose round trip is at
+        least C{count_late_rtt} is a late loss; one on a faster path, or
+        no new one, is not; without a count it reads nothing.
+        """
+        import struct
+
+        from spwm.session.paths import PathCount
+
+        class Sock:
+            def __init__(self, rtt: float, retrans: int) -> None:
+                self.rtt, self.retrans, self.reads = rtt, retrans, 0
+
+            def getsockopt(self, level: int, option: int, size: int) -> bytes:
+                self.reads += 1
+                raw = bytearray(104)
+                struct.pack_into("=II", raw, 68, int(self.rtt * 1e6), int(self.rtt * 5e5))
+                struct.pack_into("=I", raw, 100, self.retrans)
+                return bytes(raw)
+
+        slow, fast = Sock(0.16, 1), Sock(0.04, 3)
+        self.front._sockets = {0: slow, 1: fast}  # type: ignore[dict-item]
+        self.front.watch_link(1.0)
+        self.assertEqual(slow.reads, 0)
+        count = PathCount(2, 4)
+        self.front.count = count
+        self.front.watch_link(1.0)
+        self.assertEqual(count.late_losses, 1)
+        self.front.watch_link(1.5)
+        self.assertEqual(count.late_losses, 1)
+        slow.retrans, fast.retrans = 2, 7
+        self.front.watch_link(2.0)
+        self.assertEqual(count.late_losses, 2)
+        self.assertEqual(count.decide(2.0), 4)
+
+    def test_young_slow_session_probed(self) -> None:
+        """
+        A session on a slow link (a path's round trip at least
+        C{count_late_rtt}) is pinged every L{PROBE_INTERVAL} from the
+        first L{PathFront.watch_link} without any channel, until
+        C{count_probe_for} after its start; not on a fast link, not once
+        the count is at its ceiling.
+        """
+        import struct
+
+        from spwm.session.carrier import PROBE_INTERVAL
+        from spwm.session.paths import PathCount
+
+        class Sock:
+            rtt = 0.16
+
+            def getsockopt(self, level: int, option: int, size: int) -> bytes:
+                raw = bytearray(104)
+                struct.pack_into("=II", raw, 68, int(self.rtt * 1e6), int(self.rtt * 5e5))
+                return bytes(raw)
+
+        pings: list[float] = []
+        for path in self.front.paths:
+            path.ping = lambda: pings.append(self.bed.clock.seconds())  # type: ignore[method-assign]
+        sock = Sock()
+        self.front._sockets = {0: sock}  # type: ignore[dict-item]
+        count = PathCount(2, 4)
+        self.front.count = count
+        limits = count.limits
+        sock.rtt = 0.04
+        self.front.watch_link(self.bed.clock.seconds())
+        self.bed.advance(1.0, step=PROBE_INTERVAL)
+        self.assertEqual(pings, [])
+        sock.rtt = 0.16
+        self.front.watch_link(self.bed.clock.seconds())
+        self.bed.advance(1.0, step=PROBE_INTERVAL)
+        self.assertGreaterEqual(len(pings), 2 * 9)
+        self.bed.advance(limits.count_probe_for, step=0.5)
+        pings.clear()
+        self.bed.advance(2.0, step=PROBE_INTERVAL)
+        self.assertEqual(pings, [])
+        # at the ceiling there is nothing to learn
+        fresh = Bed()
+        fresh.connect()
+        fresh.connect()
+        front = fresh.agent.paths.front
+        assert front is not None
+        front._sockets = {0: sock}  # type: ignore[dict-item]
+        grown = PathCount(2, 4)
+        grown.wanted = 4
+        front.count = grown
+        front.watch_link(fresh.clock.seconds())
+        self.assertFalse(front._watched)
+
+    def test_lost_all_told_session_age(self) -> None:
+        """
+        Agent: when the session's last path is gone, C{lost_all} hears
+        how long the session was up (not when one of several goes).
+        """
+        told: list[float] = []
+        self.bed.agent.paths._lost_all = told.append
+        self.bed.advance(12.0, step=0.5)
+        self.bed.cut(0)
+        self.assertEqual(told, [])
+        self.bed.cut(1)
+        self.assertEqual(len(told), 1)
+        self.assertAlmostEqual(told[0], 12.0, delta=0.5)
+
+    def test_attach_after_loss_tells_again(self) -> None:
+        """
+        A connection made to join the session while it was still up (the
+        tunnel service's, after its own connection broke first) comes up
+        after the session's last path is gone: it is closed, and
+        C{lost_all} is told again (its next attempt resumes at once); once
+        a new session is up, a late one is closed without a word.
+        """
+        told: list[float] = []
+        bed = self.bed
+        bed.agent.paths._lost_all = told.append
+        bed.advance(12.0, step=0.5)
+        early = bed.agent_factory.buildProtocol(None)
+        later = bed.agent_factory.buildProtocol(None)
+        self.assertIn("attach", early.local_hello)
+        bed.cut(0)
+        bed.cut(1)
+        self.assertEqual(len(told), 1)
+
+        def join(client: TunnelProtocol) -> None:
+            server = bed.contact_factory.buildProtocol(None)
+            pump = iosim.connect(
+                server, iosim.FakeTransport(server, True), client, iosim.FakeTransport(client, False),
+                greet=False, clock=bed.clock,
+            )
+            bed.pumps.append((pump, client, server))
+            bed.flush()
+
+        join(early)
+        self.assertFalse(early.is_open)
+        self.assertEqual(told, [told[0], told[0]])
+        bed.connect()
+        self.assertIsNotNone(bed.agent.paths.front)
+        join(later)
+        self.assertFalse(later.is_open)
+        self.assertEqual(len(told), 2)
 
     def test_drained_path_loses_nothing(self) -> None:
         """

@@ -1445,6 +1445,55 @@ class PathCountTests(SynchronousTestCase):
         self.assertEqual(seen.index(3), 2)
         self.assertGreaterEqual(seen.index(4) - seen.index(3), 3)
 
+    def test_late_loss_grows_at_once(self) -> None:
+        """
+        One late loss (a retransmission on a connection whose round trip
+        leaves no time for it) grows the count as three media stalls do,
+        at the next decision and without media; it is forgotten after the
+        grow window, counts once, and keeps no grow hold from applying.
+        """
+        limits = PathLimits()
+        count = PathCount(2, 4, limits)
+        count.late_loss(10.0)
+        self.assertEqual(count.late_losses, 1)
+        self.assertEqual(count.decide(10.5), 4)
+        self.assertEqual((count.grows, count.media_stalls), (1, 0))
+        self.assertIn("retransmits", count.why)
+        self.assertEqual(count.snapshot()["late_losses"], 1)
+        # one too old to count
+        stale = PathCount(2, 4, limits)
+        stale.late_loss(10.0)
+        self.assertEqual(stale.decide(10.0 + limits.count_grow_window + 0.1), 2)
+        # the grow hold: a late loss right after a change waits for it
+        held = PathCount(2, 4, PathLimits(count_grow_step=1))
+        held.late_loss(0.0)
+        self.assertEqual(held.decide(0.0), 3)
+        held.late_loss(0.5)
+        self.assertEqual(held.decide(0.5), 3)
+        self.assertEqual(held.decide(held.limits.count_grow_hold), 4)
+
+    def test_late_loss_keeps_no_connection(self) -> None:
+        """
+        Late losses do not keep the count from shrinking (only media
+        stalls do): after the quiet spell one connection goes even while
+        they keep coming, and the next one grows it again, with the
+        hysteresis of a grow soon after a shrink.
+        """
+        limits = PathLimits()
+        count = PathCount(2, 4, limits)
+        count.late_loss(0.0)
+        self.assertEqual(count.decide(0.0), 4)
+        now = 0.0
+        seen = []
+        while now < limits.count_quiet + limits.count_grow_hold:
+            now += 0.5
+            count.late_loss(now)
+            seen.append(count.decide(now))
+        self.assertEqual(seen.index(3), round(limits.count_quiet / 0.5) - 1)
+        self.assertEqual(seen.count(3), round(limits.count_grow_hold / 0.5))
+        self.assertEqual((count.shrinks, count.grows, count.wanted), (1, 2, 4))
+        self.assertEqual(count.quiet, 2 * limits.count_quiet)
+
     def test_shrinks_after_quiet(self) -> None:
         """
         After the quiet spell without stalls one connection goes, one per
@@ -1513,9 +1562,10 @@ class PathCountTests(SynchronousTestCase):
     @settings(max_examples=200, deadline=None)
     def test_never_out_of_bounds(self, steps: list[tuple[float, int, bool]]) -> None:
         """
-        Whatever arrives when, the count stays between floor and ceiling,
-        goes up by at most the grow step and down by at most one per
-        decision, and changes up at most once per grow hold.
+        Whatever arrives when, with late losses between, the count stays
+        between floor and ceiling, goes up by at most the grow step and
+        down by at most one per decision, and changes up at most once per
+        grow hold.
         """
         limits = PathLimits()
         count = PathCount(2, 5, limits)
@@ -1524,6 +1574,8 @@ class PathCountTests(SynchronousTestCase):
         for advance, n, ask in steps:
             now += advance
             count.arrivals(now, n)
+            if n == 0:
+                count.late_loss(now)
             if ask:
                 before = count.wanted
                 after = count.decide(now)

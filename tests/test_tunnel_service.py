@@ -25,6 +25,7 @@ from spwm.tunnel.service import (
     LOST_SPREAD,
     STEADY_UP,
     HTTPConnectEndpoint,
+    StaggeredEndpoint,
     backoff,
     describe_failure,
 )
@@ -324,6 +325,203 @@ class AgentServiceTests(SynchronousTestCase):
             self.endpoint.attempts[-1][1].errback(ConnectionRefusedError("nobody home"))
         self.assertEqual(self.delays(events), [0, 1, 2])
         self.assertEqual(len(self.endpoint.attempts), 3)
+
+
+class SessionLostTests(SynchronousTestCase):
+    """
+    L{AgentTunnelService.session_lost}: the agent's session lost every
+    connection at once.
+    """
+
+    setUp = AgentServiceTests.setUp
+    tearDown = AgentServiceTests.tearDown
+    connect_contact = AgentServiceTests.connect_contact
+
+    def test_cuts_backoff_wait_short(self) -> None:
+        """
+        The service's own connection went first, soon after it came up
+        (it waits a backoff step); when the session's last path goes, the
+        next attempt is made within L{LOST_SPREAD}.
+        """
+        self.service.startService()
+        _, pump = self.connect_contact()
+        self.clock.advance(1.0)
+        self.service.tunnel.transport.loseConnection()
+        pump.flush()
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        self.service.session_lost(STEADY_UP + 5)
+        self.clock.advance(LOST_SPREAD)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        self.assertLessEqual(self.service.next_attempt_at, self.clock.seconds())
+
+    def test_next_attempt_soon_when_connected(self) -> None:
+        """
+        Told while its connection is still up (it is the session's last
+        path, lost next), the attempt after that loss goes within
+        L{LOST_SPREAD} however young the connection is.
+        """
+        self.service.startService()
+        _, pump = self.connect_contact()
+        self.clock.advance(1.0)
+        self.service.session_lost(STEADY_UP)
+        self.service.tunnel.transport.loseConnection()
+        pump.flush()
+        self.clock.advance(LOST_SPREAD)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+
+    def test_closed_as_it_came_up(self) -> None:
+        """
+        A connection closed by the application as it comes up (an attach
+        to a session that is gone, which tells C{session_lost} first) does
+        not clear that: the next attempt goes within L{LOST_SPREAD}.
+        """
+        service = self.service
+
+        class Closing(RecordingApp):
+            def tunnel_established(self, tunnel: Any) -> None:
+                super().tunnel_established(tunnel)
+                service.session_lost(STEADY_UP)
+                tunnel.close(0, "no session to attach to any more")
+
+        self.app.__class__ = Closing
+        service.startService()
+        _, pump = self.connect_contact()
+        pump.flush()
+        self.clock.advance(0)
+        self.assertIsNone(service.tunnel)
+        self.clock.advance(LOST_SPREAD)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+
+    def test_attach_under_way_replaced(self) -> None:
+        """
+        An attempt whose handshake is under way and whose hello joins the
+        session is closed when the session is lost; the next attempt goes
+        within L{LOST_SPREAD}, counted as no failure. One that resumes
+        (no C{attach}) is left alone.
+        """
+        service = self.service
+
+        def handshaking(hello: dict[str, Any]) -> tuple[Any, StringTransport]:
+            self.factory.hello = hello
+            factory, d = self.endpoint.attempts[-1]
+            client = factory.buildProtocol(None)
+            transport = StringTransport()
+            client.makeConnection(transport)
+            d.callback(client)
+            return client, transport
+
+        service.startService()
+        client, transport = handshaking({"attach": {"session_id": "s1"}})
+        service.session_lost(STEADY_UP)
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(transport.disconnected)
+        client.connectionLost(Failure(ConnectionDone()))
+        self.clock.advance(LOST_SPREAD)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        self.assertEqual(service.status()["failures"], 0)
+        client, transport = handshaking({"resume": {"session_id": "s1"}})
+        service.session_lost(STEADY_UP)
+        self.assertFalse(transport.disconnecting)
+
+    def test_young_session_backs_off(self) -> None:
+        """
+        A session lost within L{STEADY_UP} of its start keeps the backoff
+        (a contact point that drops every session soon does not make
+        agents spin); a shorter wait is never made longer.
+        """
+        self.service.startService()
+        _, pump = self.connect_contact()
+        self.clock.advance(1.0)
+        self.service.session_lost(STEADY_UP - 1)
+        self.service.tunnel.transport.loseConnection()
+        pump.flush()
+        self.clock.advance(0.99)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        self.clock.advance(0.02)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        self.service._retry.rng = lambda: 1.0
+        self.service._waits.pending = self.clock.callLater(0.01, lambda: None)
+        self.service.session_lost(STEADY_UP)
+        self.assertAlmostEqual(self.service._waits.pending.getTime(), self.clock.seconds() + 0.01)
+
+
+class StaggeredEndpointTests(SynchronousTestCase):
+    """
+    L{StaggeredEndpoint}: happy eyeballs on one address.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.inner = FakeEndpoint()
+        self.endpoint = StaggeredEndpoint(self.inner, self.clock, stagger=0.3, attempts=3)
+        self.factory = Factory.forProtocol(Protocol)
+
+    def test_first_connect_wins(self) -> None:
+        """
+        While none has connected, another attempt every C{stagger}, at most
+        C{attempts}; the first to connect is the result, the others are
+        cancelled, and one that connects all the same gets no protocol.
+        """
+        d = self.endpoint.connect(self.factory)
+        self.assertEqual(len(self.inner.attempts), 1)
+        self.clock.advance(0.3)
+        self.clock.advance(0.3)
+        self.clock.advance(5)
+        self.assertEqual(len(self.inner.attempts), 3)
+        self.assertEqual(self.endpoint.extra_attempts, 2)
+        factories = [f for f, _ in self.inner.attempts]
+        second = factories[1].buildProtocol(None)
+        self.assertIsInstance(second, Protocol)
+        self.assertIsNone(factories[0].buildProtocol(None))
+        self.inner.attempts[1][1].callback(second)
+        self.assertIs(self.successResultOf(d), second)
+        self.assertTrue(all(attempt.called for _, attempt in self.inner.attempts))
+
+    def test_connected_at_once(self) -> None:
+        """
+        A connection made before C{stagger} is the only attempt.
+        """
+        d = self.endpoint.connect(self.factory)
+        factory, attempt = self.inner.attempts[0]
+        attempt.callback(factory.buildProtocol(None))
+        self.successResultOf(d)
+        self.clock.advance(10)
+        self.assertEqual(len(self.inner.attempts), 1)
+
+    def test_failure_without_others_fails(self) -> None:
+        """
+        An attempt that fails while none other is under way fails the
+        connect (a refusal is not tried again here); one that fails while
+        another is under way waits for it.
+        """
+        d = self.endpoint.connect(self.factory)
+        self.inner.attempts[0][1].errback(ConnectionRefusedError("nobody home"))
+        self.failureResultOf(d, ConnectionRefusedError)
+        self.assertIsNone(self.inner.attempts[0][0].buildProtocol(None))
+        self.clock.advance(10)
+        self.assertEqual(len(self.inner.attempts), 1)
+        d = self.endpoint.connect(self.factory)
+        self.clock.advance(0.3)
+        self.inner.attempts[1][1].errback(ConnectionRefusedError("timed out"))
+        self.assertNoResult(d)
+        factory, attempt = self.inner.attempts[2]
+        attempt.callback(factory.buildProtocol(None))
+        self.successResultOf(d)
+
+    def test_cancel(self) -> None:
+        """
+        Cancelling the connect cancels every attempt and starts no more.
+        """
+        d = self.endpoint.connect(self.factory)
+        self.clock.advance(0.3)
+        d.cancel()
+        self.failureResultOf(d)
+        self.assertTrue(all(attempt.called for _, attempt in self.inner.attempts))
+        # a connection made all the same gets no protocol
+        self.assertIsNone(self.inner.attempts[0][0].buildProtocol(None))
+        self.clock.advance(10)
+        self.assertEqual(len(self.inner.attempts), 2)
 
 
 class HTTPConnectTests(SynchronousTestCase):

@@ -173,6 +173,8 @@ class PathFront:
         self.stamper = SeqStamper()
         self.scheduler = PathScheduler(limits or PathLimits())
         self.attach_key = attach_key
+        #: when the session got its first path (this front was made)
+        self.since = clock.seconds()
         self.switches = 0
         self.attached = 0
         #: round-trip samples taken (timed pings answered)
@@ -201,6 +203,10 @@ class PathFront:
         self._ticked = 0.0
         self._tcp_info_at = 0.0
         self._dedup_seen = 0
+        #: path id -> the kernel's retransmissions on it as L{watch_link} last read them
+        self._retrans_seen: dict[int, int] = {}
+        #: agent: the paths are probed until then, channels or not (L{watch_link})
+        self._probe_until = float("-inf")
         #: the agent's connection count (C{--tunnel-connections auto}): fed
         #: the first copies of the media as they arrive
         self.count: PathCount | None = None
@@ -315,6 +321,7 @@ class PathFront:
             return bool(self._paths)
         del self._paths[path_id]
         self._sockets.pop(path_id, None)
+        self._retrans_seen.pop(path_id, None)
         self._quic.pop(path_id, None)
         self._unannounced.pop(path_id, None)
         self._last = path
@@ -468,9 +475,10 @@ class PathFront:
         """
         Whether the paths are watched now: while the session has channels
         (without, nothing a stall would hurt at once; the tunnel's
-        keepalive watches the paths meanwhile).
+        keepalive watches the paths meanwhile), and on the agent while a
+        young session's slow link is probed (L{watch_link}).
         """
-        return bool(self.routes or self.handlers)
+        return bool(self.routes or self.handlers) or self.clock.seconds() < self._probe_until
 
     def _arm(self, fresh: bool = True) -> None:
         if not self._probing or self._timer is not None and self._timer.active() or not self._paths:
@@ -533,6 +541,40 @@ class PathFront:
             rtt = transport.rtt
             if rtt is not None:
                 self.scheduler.tcp_info(path_id, TcpInfo(rtt_s=rtt[0], rttvar_s=rtt[1]), now)
+
+    def watch_link(self, now: float) -> None:
+        """
+        Agent, C{--tunnel-connections auto}: tell the count of the
+        retransmissions the kernel made since the last look (from each
+        connection's start: a handshake's count) on each TCP path whose
+        round trip is at least C{count_late_rtt} (L{PathCount.late_loss}).
+        The keeper calls it before it asks the count, with or without media.
+        On such a slow link, a session younger than C{count_probe_for}
+        whose count can still grow is probed until then as during a call
+        (pings every L{PROBE_INTERVAL} on each path), channels or not: the
+        pings' retransmissions show a lossy link before the first call.
+        """
+        count = self.count
+        if count is None or count.limits.count_late_rtt <= 0:
+            return
+        limits = count.limits
+        slow = False
+        for path_id, sock in self._sockets.items():
+            info = read_tcp_info(sock)
+            if info is None or info.total_retrans is None:
+                continue
+            seen = self._retrans_seen.get(path_id, 0)
+            self._retrans_seen[path_id] = info.total_retrans
+            if info.rtt_s is not None and info.rtt_s >= limits.count_late_rtt:
+                slow = True
+                if info.total_retrans > seen:
+                    count.late_loss(now)
+        if slow and count.wanted < count.ceiling and now < self.since + limits.count_probe_for:
+            if now >= self._probe_until:
+                # a young session on a slow link: ping as during a call,
+                # so that a lossy link shows before the first call
+                self._probe_until = self.since + limits.count_probe_for
+                self._arm()
 
     def tick(self) -> None:
         """
@@ -907,8 +949,13 @@ class PathSessions:
         moving: Callable[[], None] | None = None,
         count: PathCount | None = None,
         elsewhere: Callable[[object], int | None] | None = None,
+        lost_all: Callable[[float], None] | None = None,
     ) -> None:
         """
+        @param lost_all: agent: called with the seconds the session was up
+            when its last path is gone (every path broke: the tunnel
+            service then tries again at once,
+            L{spwm.tunnel.service.AgentTunnelService.session_lost}).
         @param count: agent, C{--tunnel-connections auto}: the session's
             front feeds it the media it receives (the keeper decides with
             it).
@@ -930,6 +977,9 @@ class PathSessions:
         self._moving = moving
         self.count = count
         self.elsewhere = elsewhere
+        self._lost_all = lost_all
+        #: agent: how long the session lost last had been up, until the next one is made
+        self._lost_up_for: float | None = None
         self.fronts: list[PathFront] = []
         self.attach_refused = 0
         self.attach_redirected = 0
@@ -985,6 +1035,7 @@ class PathSessions:
             path.close(ErrorCode.HANDSHAKE_TIMEOUT, f"not attached within {ATTACH_TIMEOUT:g} s")
 
     def _new_front(self, path: TunnelProtocol, key: str) -> PathFront:
+        self._lost_up_for = None
         front = PathFront(self.clock, path, bytes.fromhex(key), self.limits, probe=self.agent)
         if self.agent:
             front.count = self.count
@@ -1059,6 +1110,11 @@ class PathSessions:
         # until it is attached, its loss is no loss of the session's
         self._hold(path)
         if front is None or not front.is_open or front.session_id != session_id or not isinstance(challenge, str):
+            if self.front is None and self._lost_all is not None and self._lost_up_for is not None:
+                # made to join the session while it was still up (its
+                # other paths broke meanwhile): if it is the tunnel
+                # service's, its next attempt (a resumption) goes at once
+                self._lost_all(self._lost_up_for)
             path.close(0, "no session to attach to any more")
             return
         try:
@@ -1213,6 +1269,9 @@ class PathSessions:
         if self.keeper is not None:
             self.keeper.session_down()
             self.keeper.lost(path)
+        if self._lost_all is not None:
+            self._lost_up_for = self.clock.seconds() - front.since
+            self._lost_all(self._lost_up_for)
         self.observer.tunnel_lost(front, reason)  # type: ignore[arg-type]
 
     def status(self) -> dict[str, Any]:
@@ -1420,6 +1479,7 @@ class PathKeeper:
         now = self.clock.seconds()
         front = self._front()
         if front is not None:
+            front.watch_link(now)
             scheduler = front.scheduler
             # a link the kernel retransmits on, not a stall of a busy
             # process: more connections would not help that
@@ -1441,9 +1501,9 @@ class PathKeeper:
                 )
             else:
                 self.log.info(
-                    "session {session_id}: the media keeps stalling on every connection at once;"
-                    " opening another ({wanted} wanted)",
+                    "session {session_id}: {why}; opening another ({wanted} wanted)",
                     session_id=session,
+                    why=count.why,
                     wanted=count.wanted,
                 )
             self._fill()

@@ -921,6 +921,12 @@ class PathCount:
        C{count_grow_window}, and C{count_grow_hold} since the last change:
        C{count_grow_step} connections more, at most the ceiling (the
        stalls then count anew);
+     - I{grow early}: the same, at once, after one I{late loss} within
+       C{count_grow_window}: a retransmission on a connection whose round
+       trip is at least C{count_late_rtt} (L{late_loss}), where every
+       loss is a late copy: a fresh session on such a link grows before
+       (or as soon as) its first media, not after the stalls have cost
+       the call seconds of late packets;
      - I{shrink}: no media stall and no change for the quiet spell
        (C{count_quiet}): one connection less;
      - I{hysteresis}: a grow within C{count_flap_memory} of a shrink
@@ -940,6 +946,7 @@ class PathCount:
 
     @ivar wanted: the connections wanted now (the floor to start with).
     @ivar media_stalls: media stalls seen.
+    @ivar late_losses: late losses seen (L{late_loss}).
     @ivar grows: changes up.
     @ivar shrinks: changes down.
     """
@@ -956,10 +963,14 @@ class PathCount:
         self.wanted = floor
         self.quiet = self.limits.count_quiet
         self.media_stalls = 0
+        self.late_losses = 0
+        #: why it last grew (for the log)
+        self.why = ""
         self.grows = 0
         self.shrinks = 0
         self._stalls: deque[float] = deque(maxlen=self.limits.count_grow_stalls)
         self._last_stall = float("-inf")
+        self._late_loss = float("-inf")
         self._changed = float("-inf")
         self._shrunk = float("-inf")
         self._last_arrival: float | None = None
@@ -1028,6 +1039,17 @@ class PathCount:
         else:
             self.for_load = 0
 
+    def late_loss(self, now: float) -> None:
+        """
+        A I{late loss} at C{now}: the kernel retransmitted on a connection
+        whose smoothed round trip is at least C{count_late_rtt} (the
+        caller checks both).  It does not keep the count from shrinking:
+        only media stalls do.
+        """
+        self.late_losses += 1
+        if now > self._late_loss:
+            self._late_loss = now
+
     def decide(self, now: float) -> int:
         """
         Apply the rules at C{now}.
@@ -1037,18 +1059,24 @@ class PathCount:
         """
         limits = self.limits
         stalls = self._stalls
+        window = now - limits.count_grow_window
         if self.for_load > self.wanted:
             self.wanted = self.for_load
             self.grows += 1
             self.load_grows += 1
+            self.why = "the media load on a lossy link needs more connections"
             self._changed = now
             stalls.clear()
         elif (
             self.wanted < self.ceiling
-            and len(stalls) == stalls.maxlen
-            and stalls[0] >= now - limits.count_grow_window
+            and (len(stalls) == stalls.maxlen and stalls[0] >= window or self._late_loss >= window)
             and now - self._changed >= limits.count_grow_hold
         ):
+            self.why = (
+                "the media keeps stalling on every connection at once"
+                if len(stalls) == stalls.maxlen and stalls[0] >= window
+                else "the kernel retransmits on a connection whose round trip leaves no time for it"
+            )
             self.wanted = min(self.ceiling, self.wanted + limits.count_grow_step)
             self.grows += 1
             if now - self._shrunk <= limits.count_flap_memory:
@@ -1057,6 +1085,7 @@ class PathCount:
                 self.quiet = limits.count_quiet
             self._changed = now
             stalls.clear()
+            self._late_loss = float("-inf")
         elif (
             self.wanted > max(self.floor, self.for_load)
             and now - self._last_stall >= self.quiet
@@ -1080,6 +1109,7 @@ class PathCount:
             "connections_for_load": self.for_load,
             "connections_load_grown": self.load_grows,
             "media_stalls": self.media_stalls,
+            "late_losses": self.late_losses,
         }
 
 

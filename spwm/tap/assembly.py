@@ -705,6 +705,7 @@ def _agent_side_tunnel(
             keeper=keepers,
             moving=lambda: side.later_tunnel().reconnect_now(),
             count=count,
+            lost_all=lambda up_for: side.later_tunnel().session_lost(up_for),
         )
         observer, hello = paths, paths.hello(resumption.hello)
     observer = WorkerSteering(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import math
 import random
-from typing import Any, Callable, cast
+from typing import Any, Callable, Sequence, cast
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
+    IDelayedCall,
     IProtocol,
     IProtocolFactory,
     IReactorCore,
@@ -486,6 +487,132 @@ class _ReportingEndpoint:
         return d
 
 
+#: L{StaggeredEndpoint}: a further attempt while none has connected after this long (s)
+STAGGER = 0.3
+#: ... and at most this many attempts in all
+STAGGER_ATTEMPTS = 3
+
+
+class _FirstOnly(Factory):
+    """
+    The factory of one of L{StaggeredEndpoint}'s attempts: it builds the
+    real protocol for the first attempt that connects only; a later one
+    gets no protocol (the endpoint then closes its connection).
+    """
+
+    noisy = False
+
+    def __init__(self, inner: IProtocolFactory, race: _Race) -> None:
+        self._inner = inner
+        self._race = race
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self._race.won or self._race.done:
+            return None
+        self._race.won = True
+        return self._inner.buildProtocol(addr)
+
+
+class _Race:
+    """
+    The attempts of one L{StaggeredEndpoint.connect}.
+    """
+
+    def __init__(self) -> None:
+        #: a protocol was built (by the first attempt that connected)
+        self.won = False
+        #: the connect's result is known: no attempt builds a protocol after it
+        self.done = False
+        self.pending: list[Deferred[Any]] = []
+        self.timer: Any = None
+        self.started = 0
+        self.last_failure: Failure | None = None
+
+
+@implementer(IStreamClientEndpoint)
+class StaggeredEndpoint:
+    """
+    Happy eyeballs on one contact point: C{connect} makes an attempt with
+    the inner endpoint and, while none has connected, another every
+    C{stagger} seconds, at most C{attempts} in all; the first that
+    connects (TCP) is the connection, the others are cancelled (one that
+    connects all the same builds no protocol and is closed).  On a lossy
+    link a lost SYN or SYN-ACK costs the kernel's retransmission timeout
+    (1 s, then 2 s more); here it costs C{stagger}.  An attempt that fails
+    while none other is under way fails the whole (a refusal is not tried
+    again here: the caller's backoff decides).
+    """
+
+    def __init__(
+        self,
+        inner: IStreamClientEndpoint,
+        clock: IReactorTime,
+        stagger: float = STAGGER,
+        attempts: int = STAGGER_ATTEMPTS,
+    ) -> None:
+        self._inner = inner
+        self._clock = clock
+        self.stagger = stagger
+        self.attempts = attempts
+        #: attempts made beyond the first of each connect
+        self.extra_attempts = 0
+
+    def __repr__(self) -> str:
+        return repr(self._inner)
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        race = _Race()
+
+        def cancel(d: Deferred[IProtocol]) -> None:
+            stop()
+            for attempt in list(race.pending):
+                attempt.cancel()
+
+        result: Deferred[IProtocol] = Deferred(cancel)
+
+        def known(value: Any) -> Any:
+            race.done = True
+            return value
+
+        result.addBoth(known)
+
+        def stop() -> None:
+            if race.timer is not None and race.timer.active():
+                race.timer.cancel()
+            race.timer = None
+
+        def start() -> None:
+            race.timer = None
+            race.started += 1
+            if race.started > 1:
+                self.extra_attempts += 1
+            attempt: Deferred[Any] = self._inner.connect(_FirstOnly(factory, race))
+            race.pending.append(attempt)
+            attempt.addCallbacks(connected, failed, callbackArgs=(attempt,), errbackArgs=(attempt,))
+            if race.started < self.attempts and not result.called:
+                race.timer = self._clock.callLater(self.stagger, start)
+
+        def connected(protocol: IProtocol, attempt: Deferred[Any]) -> None:
+            race.pending.remove(attempt)
+            stop()
+            if not result.called:
+                result.callback(protocol)
+            for other in list(race.pending):
+                other.cancel()
+
+        def failed(reason: Failure, attempt: Deferred[Any]) -> None:
+            race.pending.remove(attempt)
+            if result.called:
+                return
+            race.last_failure = reason
+            if not race.pending:
+                stop()
+                result.errback(reason)
+
+        start()
+        return result
+
+
 def backoff(
     initial: float = 1.0, factor: float = 2.0, cap: float = 60.0, rng: Callable[[], float] = random.random
 ) -> Callable[[int], float]:
@@ -517,6 +644,29 @@ STEADY_UP = 10.0
 LOST_SPREAD = 0.1
 
 
+@implementer(IReactorTime)
+class _RetryClock:
+    """
+    The clock C{ClientService} waits between attempts with (it uses it for
+    nothing else): it remembers the wait under way, so that
+    L{AgentTunnelService.session_lost} can bring the next attempt forward.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self.pending: IDelayedCall | None = None
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: object, **kwargs: object) -> IDelayedCall:
+        self.pending = self.clock.callLater(delay, callable, *args, **kwargs)
+        return self.pending
+
+    def getDelayedCalls(self) -> Sequence[IDelayedCall]:
+        return self.clock.getDelayedCalls()
+
+
 class _RetryPolicy:
     """
     The retry policy given to C{ClientService}: the backoff policy, except
@@ -533,7 +683,7 @@ class _RetryPolicy:
     def __init__(self, policy: Callable[[int], float], rng: Callable[[], float] = random.random) -> None:
         #: the backoff policy: failed attempts in a row -> seconds
         self.policy = policy
-        self._rng = rng
+        self.rng = rng
         self._now = False
         self._spread = 0.0
         self._free = 0
@@ -565,7 +715,7 @@ class _RetryPolicy:
             self._now = False
             self._free += 1
             self.failures = attempt - self._free
-            return self._spread * self._rng() if self._spread else 0.0
+            return self._spread * self.rng() if self._spread else 0.0
         self.failures = attempt - self._free
         return self.policy(self.failures)
 
@@ -663,8 +813,11 @@ class AgentTunnelService(ClientService):
         self.next_attempt_at: float | None = None
         self.attempt_failed = attempt_failed
         self._reporting.on_failure = self._attempt_failed
+        self._waits = _RetryClock(clock)
+        #: the attempt whose handshake is under way (TCP is up)
+        self._preparing: Any = None
         super().__init__(
-            self._reporting, factory, retryPolicy=self._schedule, clock=clock, prepareConnection=self._prepare
+            self._reporting, factory, retryPolicy=self._schedule, clock=self._waits, prepareConnection=self._prepare
         )
 
     @property
@@ -736,8 +889,11 @@ class AgentTunnelService(ClientService):
         completed.  Stopping the service while it waits closes the tunnel.
         """
         ready: Deferred[TunnelProtocol] = Deferred(lambda d: protocol.close(0, "agent stopping"))
+        self._preparing = protocol
 
         def settle(result: Any) -> None:
+            if self._preparing is protocol:
+                self._preparing = None
             # Once cancelled, ready has fired already.
             if not ready.called:
                 if isinstance(result, Failure):
@@ -753,7 +909,10 @@ class AgentTunnelService(ClientService):
 
     def _up(self, protocol: TunnelProtocol) -> TunnelProtocol:
         self.tunnel = protocol
-        self._retry.reset()
+        if protocol.is_open:
+            self._retry.reset()
+        # else closed as it came up (an attach to a session that is gone):
+        # an attempt at once asked for meanwhile (session_lost) still holds
         self._reporting.last_failure = None
         self._reporting.in_progress = False
         self.next_attempt_at = None
@@ -798,6 +957,50 @@ class AgentTunnelService(ClientService):
             # step; one that keeps dropping soon after it is up backs off
             self._retry.now(LOST_SPREAD)
         self._reporting.last_failure = self._why(protocol, reason, True)
+
+    def session_lost(self, up_for: float) -> None:
+        """
+        The agent's session lost its last connection at once (an address
+        change breaks them all; L{spwm.session.carrier.PathSessions} tells
+        it), after it had been up C{up_for} seconds.  A session up at
+        least L{STEADY_UP} is tried again within L{LOST_SPREAD}, as a lone
+        tunnel that worked is: the next attempt, or, when this service's
+        own connection was lost before the others and it is waiting a
+        backoff step, that wait, cut short.  An attempt under way that was
+        made to join the session (its hello says C{attach}) is closed: the
+        next one resumes the session.
+        """
+        if up_for < STEADY_UP or not self.running:
+            return
+        pending = self._waits.pending
+        if pending is None or not pending.active():
+            # connected (its connection is the one lost) or connecting:
+            # the policy is asked next
+            self._retry.now(LOST_SPREAD)
+            preparing = self._preparing
+            hello = getattr(preparing, "local_hello", None)
+            if isinstance(hello, dict) and "attach" in hello:
+                # an attempt made to join the session while it was up: it
+                # would be refused once its handshake is done; one that
+                # resumes the session goes now instead
+                preparing.close(0, "the session it was to join is gone; resuming it instead")
+                # without waiting for its TLS handshake to take the close
+                # over the lossy link (seen: 1 s on bad)
+                transport = getattr(preparing, "transport", None)
+                if transport is not None:
+                    transport.abortConnection()
+        else:
+            now = self._time.seconds()
+            delay = LOST_SPREAD * self._retry.rng()
+            if pending.getTime() - now <= delay:
+                return
+            pending.reset(delay)
+            self.next_attempt_at = now + delay
+            self.log.info(
+                "tunnel to {contact}: the session lost its last connection; attempt in {delay:.1f} s",
+                contact=self.description,
+                delay=delay,
+            )
 
     def stopService(self) -> Deferred[None]:
         """
@@ -969,8 +1172,8 @@ def agent_endpoint(
 ) -> tuple[IStreamClientEndpoint, ReportingClientTLS | None]:
     """
     The endpoint the agent connects with: C{HostnameEndpoint} (both address
-    families tried), through an HTTP CONNECT proxy if given, in TLS unless
-    C{plaintext}.
+    families tried) with staggered attempts (L{StaggeredEndpoint}), through
+    an HTTP CONNECT proxy if given, in TLS unless C{plaintext}.
 
     @param tls: the TLS options (and reporter) to use, made for another
         port of the same contact point; else new ones.
@@ -978,14 +1181,14 @@ def agent_endpoint(
     if http_proxy is not None:
         proxy_host, proxy_port = http_proxy
         endpoint: IStreamClientEndpoint = HTTPConnectEndpoint(
-            HostnameEndpoint(reactor, proxy_host, proxy_port, timeout=timeout),
+            StaggeredEndpoint(HostnameEndpoint(reactor, proxy_host, proxy_port, timeout=timeout), reactor),
             host,
             port,
             auth=http_proxy_auth,
             description=f"[{proxy_host}]:{proxy_port}" if ":" in proxy_host else f"{proxy_host}:{proxy_port}",
         )
     else:
-        endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+        endpoint = StaggeredEndpoint(HostnameEndpoint(reactor, host, port, timeout=timeout), reactor)
     if plaintext:
         return endpoint, None
     if tls is None:
