@@ -1149,6 +1149,19 @@ class DedupTests(SynchronousTestCase):
                 delivered.add((channel, seq))
         self.assertEqual(dedup.accepted, len(delivered))
 
+    def test_jump_too_far(self) -> None:
+        """
+        A number more than L{Dedup.MAX_AHEAD} above the highest is refused
+        and counted: a jump of nearly 2**31 would otherwise make the
+        numbers seen before it newer again (0 and 2 accepted twice).
+        """
+        dedup = Dedup(PathLimits(dedup_window=8))
+        got = [dedup.accept(1, 0, seq) for seq in (0, 2, 2**31 + 1, 0, 2)]
+        self.assertEqual(got, [True, True, False, False, False])
+        self.assertEqual((dedup.too_far, dedup.duplicates, dedup.accepted), (1, 2, 2))
+        self.assertTrue(dedup.accept(1, 0, 2 + Dedup.MAX_AHEAD))
+        self.assertFalse(dedup.accept(1, 0, 3 + 2 * Dedup.MAX_AHEAD))
+
     @given(st.lists(st.tuples(st.integers(1, 3), st.integers(0, 1), st.integers(0, SEQ_MODULUS - 1)), max_size=200))
     def test_never_twice(self, arrivals: list[tuple[int, int, int]]) -> None:
         """

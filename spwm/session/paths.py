@@ -1172,8 +1172,12 @@ class Dedup:
     came on.  Per channel and component a window of C{dedup_window}
     sequence numbers below the highest seen: a number in it not seen yet is
     accepted (late, but first), one below it is refused (it cannot be told
-    from a copy).  Comparison is modulo 2**32 (RFC 1982 style): a number up
-    to 2**31 ahead is newer.
+    from a copy).  Comparison is modulo 2**32 (RFC 1982 style); a number
+    more than L{MAX_AHEAD} ahead of the highest is refused (C{too_far}):
+    a sender numbers each channel from 0 without gaps, so only a million
+    datagrams lost in a row (hours of a call) could make such a jump, and
+    without the bound a jump of nearly 2**31 makes the numbers below it
+    "newer" again and a copy seen before would be accepted twice.
 
     Memory: C{dedup_window / 8} bytes per channel and component, at most
     C{dedup_max_channels} channels (past it the oldest is forgotten).
@@ -1181,10 +1185,14 @@ class Dedup:
     @ivar accepted: datagrams accepted.
     @ivar duplicates: copies refused (seen already).
     @ivar too_old: refused below the window.
+    @ivar too_far: refused more than L{MAX_AHEAD} above the highest.
     @ivar gaps: sequence numbers skipped when the highest moved on (lost
         or late; a late one accepted later counts in C{late}).
     @ivar late: accepted below the highest.
     """
+
+    #: how far ahead of the highest number seen a number may be (2**20)
+    MAX_AHEAD = 0x100000
 
     def __init__(self, limits: PathLimits | None = None) -> None:
         limits = limits or PathLimits()
@@ -1197,6 +1205,7 @@ class Dedup:
         self.accepted = 0
         self.duplicates = 0
         self.too_old = 0
+        self.too_far = 0
         self.gaps = 0
         self.late = 0
 
@@ -1222,7 +1231,7 @@ class Dedup:
         slot = seq & self._slot_mask
         bit = 1 << (slot & 7)
         slot >>= 3
-        if 0 < ahead < 0x80000000:
+        if 0 < ahead <= 0x100000:  # MAX_AHEAD
             # newer: clear the slots the window moves over, mark this one
             bits = window.bits
             if ahead > 1:
@@ -1235,7 +1244,10 @@ class Dedup:
             self.duplicates += 1
             return False
         if ahead <= self._oldest:
-            self.too_old += 1
+            if ahead < 0x80000000:
+                self.too_far += 1
+            else:
+                self.too_old += 1
             return False
         bits = window.bits
         if bits[slot] & bit:
