@@ -167,6 +167,13 @@ class PathLimits:
     @ivar dead_floor: the smallest dead bound.
     @ivar initial_rtt: the RTT assumed of a path before its first sample
         (its variation is half of it).
+    @ivar carrier_floor: SIP and control (the carrier) leave a stalled
+        path only once it is overdue by this much (or by its stall bound
+        when that is longer), unless its kernel retransmits after a
+        timeout: media leaves at the stall bound, but a late answer of a
+        busy peer is not helped by another connection to the same peer,
+        and each move lets SIP on the new connection overtake SIP still
+        queued on the old one (a BYE ahead of its ACK).
     @ivar ping_fraction: a path whose oldest unanswered data is older than
         this share of its stall bound asks for a ping (so that a path that
         only sends is answered before the bound).
@@ -269,6 +276,7 @@ class PathLimits:
     dead_factor: float = field(default=5.0, validator=validators.ge(1.0))
     dead_floor: float = field(default=1.0, validator=_pos_time)
     initial_rtt: float = field(default=0.2, validator=_pos_time)
+    carrier_floor: float = field(default=0.25, validator=validators.ge(0.0))
     ping_fraction: float = field(default=0.5, validator=[validators.gt(0.0), validators.lt(1.0)])
     probe_interval: float = field(default=0.5, validator=_pos_time)
     duplicate_window: float = field(default=2.0, validator=validators.ge(0.0))

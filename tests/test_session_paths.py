@@ -248,9 +248,10 @@ class SchedulingTests(SynchronousTestCase):
 
     def test_failover(self) -> None:
         """
-        The carrier and the media move off a stalled path at once (in the
-        tick that finds it stalled), and media is duplicated over what is
-        still up.
+        The media moves off a stalled path at once (in the tick that finds
+        it stalled) and is duplicated over what is still up; the carrier
+        (SIP and control) follows once the path is overdue by
+        C{carrier_floor}, at the deadline the scheduler hands out.
         """
         sched = _two_tcp()
         self.assertEqual((sched.carrier(), sched.media_paths(1.0)), (1, (1,)))
@@ -258,11 +259,46 @@ class SchedulingTests(SynchronousTestCase):
         sched.sent(2, 100, 1.0)
         sched.received(2, 1.02)
         self.assertEqual(sched.tick(1.079), [PingWanted(1)])
-        events = sched.tick(1.08)
-        self.assertEqual(events, [PathStalled(1), CarrierChanged(2)])
-        self.assertEqual(sched.carrier(), 2)
+        self.assertEqual(sched.tick(1.08), [PathStalled(1)])
         self.assertEqual(sched.media_paths(1.08), (2,))
+        self.assertEqual((sched.carrier(), sched.snapshot()["carrier_held"]), (1, True))
+        self.assertEqual(sched.next_deadline(), 1.0 + 0.25)
+        self.assertEqual(sched.tick(1.25), [CarrierChanged(2)])
+        self.assertEqual((sched.carrier(), sched.snapshot()["carrier_held"]), (2, False))
         self.assertEqual(sched.media_paths(10.0), (2,))
+
+    def test_failover_no_floor(self) -> None:
+        """
+        With C{carrier_floor} 0 the carrier moves with the media, in the
+        tick that finds the path stalled.
+        """
+        sched = _two_tcp(carrier_floor=0.0)
+        sched.sent(1, 100, 1.0)
+        sched.received(2, 1.02)
+        self.assertEqual(sched.tick(1.08), [PathStalled(1), PingWanted(1), CarrierChanged(2)])
+
+    def test_carrier_stays_when_answered(self) -> None:
+        """
+        A carrier answered within C{carrier_floor} (a busy peer's late
+        answer) keeps SIP and control: nothing moves that could reorder
+        them.
+        """
+        sched = _two_tcp()
+        sched.sent(1, 100, 1.0)
+        self.assertEqual(sched.tick(1.08), [PathStalled(1), PingWanted(1)])
+        self.assertTrue(sched.received(1, 1.2))
+        self.assertEqual(sched.tick(1.2), [PathRecovered(1)])
+        self.assertEqual((sched.carrier(), sched.carrier_changes), (1, 1))
+
+    def test_carrier_leaves_kernel_stuck(self) -> None:
+        """
+        A carrier whose kernel retransmits after a timeout is a network's
+        stall, not a busy peer: SIP leaves it with the media.
+        """
+        sched = _two_tcp()
+        sched.sent(1, 100, 1.0)
+        sched.tcp_info(1, TcpInfo(retransmits=1, rto_s=0.2), 1.05)
+        self.assertEqual(sched.tick(1.05), [PathStalled(1), PingWanted(1), CarrierChanged(2)])
 
     def test_recovery_keeps_carrier(self) -> None:
         """
@@ -270,7 +306,7 @@ class SchedulingTests(SynchronousTestCase):
         to tick); the carrier stays where it went; media goes on every path
         that is up while the duplication window lasts, then on the one best.
         """
-        sched = _two_tcp()
+        sched = _two_tcp(carrier_floor=0.0)
         sched.sent(1, 100, 1.0)
         sched.tick(1.1)
         self.assertTrue(sched.received(1, 1.2))
@@ -302,7 +338,7 @@ class SchedulingTests(SynchronousTestCase):
         the carrier stays on its stalled path; when all are dead, on all;
         the carrier is never a dead path.
         """
-        sched = _two_tcp()
+        sched = _two_tcp(carrier_floor=0.0)
         sched.add(3, TCP, 0.0)
         sched.tick(0.0)
         sched.rtt_sample(3, 0.2, 0.0)  # stall bound 0.8
@@ -800,7 +836,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         states = {p["path_id"]: p["state"] for p in self.sched.snapshot()["paths"]}
         carrier = self.sched.carrier()
         if "up" in states.values():
-            assert carrier is not None and states[carrier] == "up", (carrier, states)
+            # or held on its stalled path for carrier_floor
+            assert carrier is not None, states
+            assert states[carrier] == "up" or self.sched.snapshot()["carrier_held"], (carrier, states)
         if carrier is not None:
             assert states[carrier] != "dead", states
         media = self.sched.snapshot()["media"]
@@ -824,7 +862,8 @@ class SchedulerMachineTests(SynchronousTestCase):
     def test_machine(self) -> None:
         """
         Whatever happens: after a tick the next deadline is later (no busy
-        loop); the carrier is up when a path is, never dead; media goes on
+        loop); the carrier is up when a path is (or held on its stalled
+        path for C{carrier_floor}), never dead; media goes on
         one path that is up when one is, and on paths of the session only.
         """
         run_state_machine_as_test(SchedulerMachine, settings=settings(max_examples=150, stateful_step_count=40))

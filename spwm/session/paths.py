@@ -754,6 +754,10 @@ class PathScheduler:
             since = path.overdue_since()
             if since is not None:
                 when = since + (path.stall_bound if state is _UP else path.dead_bound)
+                if state is _STALLED and path is self._carrier:
+                    held = self._carrier_until(path)
+                    if self._now < held < when:
+                        when = held
                 if not path.pinged and path.unanswered_since is not None:
                     when = min(when, path.unanswered_since + path.ping_after)
                 deadline = when if deadline is None or when < deadline else deadline
@@ -788,6 +792,9 @@ class PathScheduler:
         now = self._now
         return {
             "carrier": self.carrier(),
+            "carrier_held": self._carrier is not None
+            and self._carrier.state is _STALLED
+            and self._carrier_until(self._carrier) > now,
             "media": list(self._media_one),
             "duplicating": now < self._dup_until,
             "media_rate": round(self._rate, 1),
@@ -844,6 +851,17 @@ class PathScheduler:
             times.popleft()
         return float(min(limits.max_switch_hold, limits.switch_hold * (2 ** len(times))))
 
+    def _carrier_until(self, path: _Path) -> float:
+        """
+        Until when the stalled carrier C{path} keeps SIP and control
+        (C{carrier_floor}); -inf when its kernel retransmits after a
+        timeout or it is answered.
+        """
+        since = path.overdue_since()
+        if since is None or path.kernel_stuck_since is not None:
+            return float("-inf")
+        return since + max(path.stall_bound, self.limits.carrier_floor)
+
     @staticmethod
     def _rank(path: _Path) -> tuple[float, int]:
         return (path.srtt if path.srtt is not None else float("inf"), path.path_id)
@@ -855,10 +873,16 @@ class PathScheduler:
         # it stays (stalled) or goes to a stalled path; never a dead one
         carrier = self._carrier
         if carrier is None or carrier.state is not _UP or self._paths.get(carrier.path_id) is not carrier:
-            if up:
-                carrier = min(up, key=self._rank)
-            elif carrier is not None and self._paths.get(carrier.path_id) is carrier and carrier.state is _STALLED:
+            if (
+                carrier is not None
+                and self._paths.get(carrier.path_id) is carrier
+                and carrier.state is _STALLED
+                and (not up or self._carrier_until(carrier) > now)
+            ):
+                # held: SIP stays in order on a path that may just be late
                 pass
+            elif up:
+                carrier = min(up, key=self._rank)
             else:
                 stalled = [p for p in paths if p.state is _STALLED]
                 carrier = min(stalled, key=self._rank) if stalled else None
