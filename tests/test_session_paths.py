@@ -1652,9 +1652,9 @@ class PathCountLoadTests(SynchronousTestCase):
         C{ceil(500 * 2 / 125)} = 8 connections at the next decision,
         beyond the stall ceiling (4) but within C{count_load_ceiling} and
         C{max_paths}; a load that is not copied (a clean link) or below
-        C{spread_rate} asks for nothing.
+        C{spread_rate} or above C{count_load_max_rate} asks for nothing.
         """
-        limits = PathLimits(spread_copies=2, count_load_rate=125.0, count_load_ceiling=10, max_paths=12)
+        limits = PathLimits(spread_copies=2, count_load_rate=125.0, count_load_ceiling=10, max_paths=12, count_load_max_rate=6000.0)
         count = PathCount(2, 4, limits)
         count.load(500.0, copied=False)
         self.assertEqual(count.decide(0.0), 2)
@@ -1666,13 +1666,20 @@ class PathCountLoadTests(SynchronousTestCase):
         self.assertEqual(count.snapshot()["connections_load_grown"], 1)
         count.load(5000.0, copied=True)
         self.assertEqual(count.decide(3.0), 10)
-        small = PathCount(2, 4, PathLimits(count_load_ceiling=10, max_paths=6))
+        count.load(6001.0, copied=True)
+        self.assertEqual(count.for_load, 0)
+        small = PathCount(2, 4, PathLimits(count_load_ceiling=10, max_paths=6, count_load_max_rate=6000.0))
         small.load(5000.0, copied=True)
         self.assertEqual(small.decide(0.0), 6)
         # the defaults: ten G.711 calls (500/s) want 16
         default = PathCount(2, 4)
         default.load(500.0, copied=True)
         self.assertEqual(default.decide(0.0), 16)
+        # ... and 500 calls (25,000/s) none: the CPU, not the link, is the
+        # limit there
+        heavy = PathCount(2, 4)
+        heavy.load(25000.0, copied=True)
+        self.assertEqual((heavy.for_load, heavy.decide(0.0)), (0, 2))
 
     def test_shrinks_not_below_the_load(self) -> None:
         """

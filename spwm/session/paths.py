@@ -1054,10 +1054,12 @@ class PathCount:
         """
         The media load now: C{rate} datagrams a second (what the session
         sends), C{copied} while losses the network made (the kernel
-        retransmits) keep the media copied.  L{decide} applies it.
+        retransmits) keep the media copied.  L{decide} applies it.  From
+        C{spread_rate} up to C{count_load_max_rate}: more than that is a
+        CPU's load, not a link's, to copy.
         """
         limits = self.limits
-        if copied and limits.spread_rate and rate >= limits.spread_rate:
+        if copied and limits.spread_rate and limits.spread_rate <= rate <= limits.count_load_max_rate:
             wanted = math.ceil(rate * limits.spread_copies / limits.count_load_rate)
             self.for_load = max(self.floor, min(limits.count_load_ceiling, limits.max_paths, wanted))
         else:
