@@ -267,12 +267,14 @@ class PathLimits:
         while the media is spread; the count grows to carry the load at
         that rate, up to C{count_load_ceiling}.
     @ivar count_load_ceiling: the most connections the load alone asks for.
-    @ivar count_load_max_rate: above this many media datagrams per second
-        the load asks for no connections: copies of that many would cost
-        both halves more CPU than the link's losses cost the audio (500
-        calls on loopback, 25,000 datagrams/s, opened 16 connections on
-        the spurious retransmissions of a saturated machine and lost
-        18-20 % of the datagrams).
+    @ivar spread_max_rate: above this many media datagrams per second
+        the load asks for no connections, and media spread over more
+        connections than C{spread_copies} goes on one of them in turn (no
+        copies): copies of that many would cost both halves more CPU than
+        the link's losses cost the audio (500 calls on loopback, 25,000
+        datagrams/s, opened 16 connections on the spurious retransmissions
+        of a saturated machine, copied each datagram four times and lost
+        18-20 % of them).
     """
 
     stall_floor: float = field(default=0.040, validator=_pos_time)
@@ -319,7 +321,7 @@ class PathLimits:
     coalesce_bytes: int = field(default=1200, validator=_pos)
     count_load_rate: float = field(default=125.0, validator=_pos_time)
     count_load_ceiling: int = field(default=16, validator=_pos)
-    count_load_max_rate: float = field(default=2000.0, validator=validators.ge(0.0))
+    spread_max_rate: float = field(default=2000.0, validator=validators.ge(0.0))
 
     def __attrs_post_init__(self) -> None:
         if self.stall_ceiling < self.stall_floor:

@@ -514,6 +514,26 @@ class SpreadTests(SynchronousTestCase):
         self.assertEqual(sched.media_paths(200.0), (1,))
         self.assertFalse(sched.snapshot()["spreading"])
 
+    def test_no_copies_above_the_max_rate(self) -> None:
+        """
+        Above C{spread_max_rate} (a CPU's load) the paths take the
+        datagrams one each in turn, without copies; back below it, the
+        copies again; with no more paths than C{spread_copies}, every path
+        takes every datagram whatever the rate.
+        """
+        sched = _tcp_paths(4, spread_rate=150.0, spread_copies=2, spread_max_rate=1000.0, loss_memory=0.0, duplicate_window=100.0)
+        sched.loss_seen(1, 0.0)
+        heavy, now = _feed_rate(sched, 2000.0, 0.0, 2.0)
+        turn = heavy[-2000:]
+        self.assertEqual({len(paths) for paths in turn}, {1})
+        self.assertEqual({i: sum(i in paths for paths in turn) for i in (1, 2, 3, 4)}, {1: 500, 2: 500, 3: 500, 4: 500})
+        fast, now = _feed_rate(sched, 400.0, now, 2.0)
+        self.assertEqual({len(paths) for paths in fast[-400:]}, {2})
+        two = _tcp_paths(2, spread_rate=150.0, spread_copies=2, spread_max_rate=1000.0, loss_memory=0.0, duplicate_window=100.0)
+        two.loss_seen(1, 0.0)
+        both, _ = _feed_rate(two, 2000.0, 0.0, 2.0)
+        self.assertEqual(set(both[-2000:]), {(1, 2)})
+
     def test_spread_skips_stalled(self) -> None:
         """
         A stalled path gets no share; with no more paths up than
@@ -1652,9 +1672,9 @@ class PathCountLoadTests(SynchronousTestCase):
         C{ceil(500 * 2 / 125)} = 8 connections at the next decision,
         beyond the stall ceiling (4) but within C{count_load_ceiling} and
         C{max_paths}; a load that is not copied (a clean link) or below
-        C{spread_rate} or above C{count_load_max_rate} asks for nothing.
+        C{spread_rate} or above C{spread_max_rate} asks for nothing.
         """
-        limits = PathLimits(spread_copies=2, count_load_rate=125.0, count_load_ceiling=10, max_paths=12, count_load_max_rate=6000.0)
+        limits = PathLimits(spread_copies=2, count_load_rate=125.0, count_load_ceiling=10, max_paths=12, spread_max_rate=6000.0)
         count = PathCount(2, 4, limits)
         count.load(500.0, copied=False)
         self.assertEqual(count.decide(0.0), 2)
@@ -1668,7 +1688,7 @@ class PathCountLoadTests(SynchronousTestCase):
         self.assertEqual(count.decide(3.0), 10)
         count.load(6001.0, copied=True)
         self.assertEqual(count.for_load, 0)
-        small = PathCount(2, 4, PathLimits(count_load_ceiling=10, max_paths=6, count_load_max_rate=6000.0))
+        small = PathCount(2, 4, PathLimits(count_load_ceiling=10, max_paths=6, spread_max_rate=6000.0))
         small.load(5000.0, copied=True)
         self.assertEqual(small.decide(0.0), 6)
         # the defaults: ten G.711 calls (500/s) want 16

@@ -393,6 +393,8 @@ class PathScheduler:
         self._media_all: tuple[int, ...] = ()
         #: the paths that are up, C{spread_copies} at a time, in turn
         self._media_spread: tuple[tuple[int, ...], ...] = ()
+        #: the same paths one at a time (above C{spread_max_rate})
+        self._media_turn: tuple[tuple[int, ...], ...] = ()
         self._spread_next = 0
         self._rate = 0.0
         self._rate_n = 0
@@ -606,7 +608,8 @@ class PathScheduler:
         written together): the best path that is up; or, within the
         duplication window, every path that is up, or C{spread_copies} of
         them in turn once the rate is C{spread_rate} or more (the load is
-        shared, not copied on every connection); or every path that is not
+        shared, not copied on every connection), one of them in turn above
+        C{spread_max_rate} (a CPU's load: no copies); or every path that is not
         dead when none is up.  Per packet: O(1), the tuples are made in
         advance.
         """
@@ -619,7 +622,10 @@ class PathScheduler:
             self._rate_next = now + self.limits.rate_window
         if now < self._dup_until:
             spread = self._media_spread
-            if spread and self.limits.spread_rate and self._rate >= self.limits.spread_rate:
+            limits = self.limits
+            if spread and limits.spread_rate and self._rate >= limits.spread_rate:
+                if self._rate > limits.spread_max_rate:
+                    spread = self._media_turn
                 i = self._spread_next
                 self._spread_next = i + 1 if i + 1 < len(spread) else 0
                 return spread[i]
@@ -918,6 +924,7 @@ class PathScheduler:
             self._media_one = self._media_all = tuple(sorted(alive))
         if spread != self._media_spread:
             self._media_spread = spread
+            self._media_turn = tuple(s[:1] for s in spread)
             self._spread_next = 0
 
 
@@ -1055,11 +1062,11 @@ class PathCount:
         The media load now: C{rate} datagrams a second (what the session
         sends), C{copied} while losses the network made (the kernel
         retransmits) keep the media copied.  L{decide} applies it.  From
-        C{spread_rate} up to C{count_load_max_rate}: more than that is a
+        C{spread_rate} up to C{spread_max_rate}: more than that is a
         CPU's load, not a link's, to copy.
         """
         limits = self.limits
-        if copied and limits.spread_rate and limits.spread_rate <= rate <= limits.count_load_max_rate:
+        if copied and limits.spread_rate and limits.spread_rate <= rate <= limits.spread_max_rate:
             wanted = math.ceil(rate * limits.spread_copies / limits.count_load_rate)
             self.for_load = max(self.floor, min(limits.count_load_ceiling, limits.max_paths, wanted))
         else:
