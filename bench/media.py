@@ -281,12 +281,28 @@ def udp_socket() -> socket.socket:
 
 def open_sockets(pid: int) -> int:
     """
-    Sockets open in process C{pid} (from C{/proc/PID/fd}).
+    UDP sockets open in process C{pid}: the media sockets and the SIP
+    listeners (C{/proc/PID/fd} matched with C{/proc/PID/net/udp}), not the
+    tunnel's TCP connections, whose number C{--tunnel-connections auto}
+    changes on its own.
     """
     try:
-        return sum(1 for fd in os.listdir(f"/proc/{pid}/fd") if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"))
+        udp: set[str] = set()
+        for table in ("udp", "udp6"):
+            with open(f"/proc/{pid}/net/{table}") as f:
+                next(f)
+                udp.update(line.split()[9] for line in f)
+        fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return -1
+    n = 0
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        n += link.startswith("socket:[") and link[8:-1] in udp
+    return n
 
 
 def pin(mode: str, pids: dict[str, int]) -> str:
@@ -569,14 +585,14 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
     for line in bench.pair.command_lines:
         print(f"  started: {line}")
     print(f"  REGISTER sip:{USER}@{DOMAIN} through the pair (answered by the bench as the registrar): {bench.registered}")
-    print(f"  sockets open before any call: {bench.sockets_idle}", flush=True)
+    print(f"  UDP sockets open before any call: {bench.sockets_idle}", flush=True)
     print(f"  pinning: {bench.pinning}", flush=True)
     summary = []
     status = 0
     for n in args.calls:
         took = bench.ensure_calls(n)
         print(
-            f"\n{n} calls set up ({took:.1f} s for the new ones); sockets open: "
+            f"\n{n} calls set up ({took:.1f} s for the new ones); UDP sockets open: "
             f"{ {k: open_sockets(v) for k, v in bench.pair.pids.items()} }",
             flush=True,
         )
@@ -603,7 +619,7 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
     time.sleep(args.release_wait)
     after = {k: open_sockets(v) for k, v in bench.pair.pids.items()}
     leak = {k: after[k] - bench.sockets_idle[k] for k in after}
-    print(f"\nBYE: {ok} answered 200, {failed} not; sockets open {args.release_wait:g} s later: {after} (before any call: {bench.sockets_idle}, leaked {leak})")
+    print(f"\nBYE: {ok} answered 200, {failed} not; UDP sockets open {args.release_wait:g} s later: {after} (before any call: {bench.sockets_idle}, leaked {leak})")
     if any(v > 0 for v in leak.values()):
         print("  LEAK: media sockets still open after every call ended")
         status = 1
