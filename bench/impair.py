@@ -381,6 +381,8 @@ class ProfileRun:
                 "port": cut[1],
                 "up": cut_gap(caller_sent, answer_received, cut[0]),
                 "down": cut_gap(answer_sent, caller_received, cut[0]),
+                "up_before": cut_gap(caller_sent, answer_received, cut[0], before=True),
+                "down_before": cut_gap(answer_sent, caller_received, cut[0], before=True),
             }
         return result
 
@@ -450,6 +452,14 @@ class ProfileRun:
             after = self.agent_paths()
             phase["paths_before"] = before
             phase["paths_after"] = after
+            if self.args.rebind:
+                # the QUIC path's own NAT binding changes with the address:
+                # the connection migrates (the contact point finds it by its
+                # connection ID) while the TCP connection breaks
+                moved = self.call(f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", "quicrebind",
+                                  CUT_SECONDS, cut_at=CUT_AT, rebind=True)
+                phase["rebind"] = moved["cut"]
+                phase["rebind_paths"] = self.agent_paths()
             phase["agent_alive"] = self.agent.returncode is None
         finally:
             self.stop_agent()
@@ -465,12 +475,15 @@ def ms(seconds: float) -> str:
 
 def cut_gap(
     sent: dict[tuple[int, int], float], received: list[tuple[int, int, float]], cut: float, late: float = LATE,
+    before: bool = False,
 ) -> float:
     """
     The audio one cut cost: the longest run of packets not delivered in
     time (lost, or later than C{late}) among those sent from 1 s before
     the cut to L{CUT_WINDOW} s after it, x 20 ms (the worst stream); in
-    seconds.
+    seconds.  With C{before}: the same among those the call sent before
+    that window (its first C{CUT_AT - 1} s), what the link itself costs
+    without a cut, to compare.
     """
     first: dict[tuple[int, int], float] = {}
     for ssrc, seq, at in received:
@@ -479,7 +492,7 @@ def cut_gap(
             first[key] = at - sent[key]
     streams: dict[int, list[int]] = {}
     for (ssrc, seq), at in sent.items():
-        if cut - 1.0 <= at <= cut + CUT_WINDOW:
+        if (at < cut - 1.0) if before else (cut - 1.0 <= at <= cut + CUT_WINDOW):
             streams.setdefault(ssrc, []).append(seq)
     longest = 0
     for ssrc, seqs in streams.items():
@@ -507,10 +520,19 @@ def bandwidth_factor(phase: dict[str, Any], udp: dict[str, Any], direction: str)
     return mine / base if base else math.nan
 
 
+def _event_gap(event: dict[str, Any] | None, direction: str) -> str:
+    """A cut's or a rebind's gap, and in brackets the same call's longest gap before it."""
+    if event is None:
+        return "-"
+    before = event.get(f"{direction}_before")
+    return f"{event[direction] * 1000:.0f}" + ("" if before is None else f" ({before * 1000:.0f})")
+
+
 def table(results: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| profile (each direction) | path | dir | sent | delivered | late > 150 ms | eff. loss | "
-        "p50 / p95 / p99 / max ms | longest gap ms | BurstR | MOS | WAN bytes x UDP | cut gap ms | rebind gap ms | conns max / end |",
+        "p50 / p95 / p99 / max ms | longest gap ms | BurstR | MOS | WAN bytes x UDP | cut gap ms (before) | rebind gap ms (before) | "
+        "conns max / end |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
@@ -528,8 +550,7 @@ def table(results: list[dict[str, Any]]) -> list[str]:
                     f"{ms(s.p50)} / {ms(s.p95)} / {ms(s.p99)} / {ms(s.max)} | "
                     f"{s.longest_gap * 1000:.0f} | {s.burst_r:.2f} | {s.mos:.2f} | "
                     f"{'-' if math.isnan(factor) else f'{factor:.2f}'} | "
-                    f"{'-' if cut is None else f'{cut[direction] * 1000:.0f}'} | "
-                    f"{'-' if moved is None else f'{moved[direction] * 1000:.0f}'} | "
+                    f"{_event_gap(cut, direction)} | {_event_gap(moved, direction)} | "
                     f"{'-' if paths is None else f'{paths[0]} / {paths[1]}'} |"
                 )
     return lines
@@ -562,6 +583,13 @@ def wan_lines(results: list[dict[str, Any]]) -> list[str]:
                     f"{session.get('media_switches', 0) - before_session.get('media_switches', 0)}; "
                     f"QUIC paths lost {a.get('udp_path', {}).get('losses', 0) - b.get('udp_path', {}).get('losses', 0)}"
                 )
+                if "rebind_paths" in phase:
+                    c = phase["rebind_paths"]
+                    lines.append(
+                        f"  {r['profile']:7} quic   after the rebind: media on {(c.get('session') or {}).get('media_on')}, "
+                        f"QUIC paths lost {c.get('udp_path', {}).get('losses', 0) - a.get('udp_path', {}).get('losses', 0)}, "
+                        f"attached {c.get('udp_path', {}).get('attachments', 0) - a.get('udp_path', {}).get('attachments', 0)}"
+                    )
             if "agent_alive" in phase and not phase["agent_alive"]:
                 lines.append(f"  {r['profile']:7} {key}: the agent had exited by the end of the SPWM call")
     return lines
@@ -628,8 +656,9 @@ def main(argv: list[str] | None = None) -> int:
                              "point with --quic-listen, an agent with --udp-path auto and one TCP connection "
                              "(the strict phases' agents get --udp-path off); needs TLS")
     parser.add_argument("--rebind", action="store_true",
-                        help=f"also, per N, a {CUT_SECONDS:g} s call in which the home router's public address changes "
-                             f"after {CUT_AT:g} s (every tunnel connection breaks): the audio gap it costs")
+                        help=f"also, per N (and after the QUIC phase with --quic), a {CUT_SECONDS:g} s call in which the home "
+                             f"router's public address changes after {CUT_AT:g} s (every TCP connection breaks; a QUIC "
+                             f"path migrates): the audio gap it costs")
     parser.add_argument("--warm", type=float, default=0.0, metavar="SECONDS",
                         help="per N, a call this long before the measured one, on the same agent (not measured): "
                              "with auto, the count a later call of the session starts with")

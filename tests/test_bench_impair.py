@@ -39,7 +39,8 @@ class ReportTests(SynchronousTestCase):
         One row per phase (SPWM per number of connections, C{auto} after
         the numbers, then plain UDP) and direction, with the WAN bytes
         over plain UDP's, the cut's and the rebind's gap where there was
-        one and the connections held; a direction that received nothing
+        one (and the same call's longest gap before it, in brackets, where
+        known) and the connections held; a direction that received nothing
         shows dashes for its delays instead of failing.
         """
         sent = {(1, i): i * 0.02 for i in range(4)}
@@ -50,7 +51,8 @@ class ReportTests(SynchronousTestCase):
                   "spwm": {2: {"up": some, "down": none, "wan": {"up": {"bytes_in": 2500}, "down": {"bytes_in": 4000}},
                                "cut": {"up": 0.04, "down": 0.0}},
                            "auto": {"up": some, "down": some, "wan": {"up": {}, "down": {}},
-                                    "rebind": {"up": 0.06, "down": 0.1}, "paths": (4, 3)},
+                                    "rebind": {"up": 0.06, "down": 0.1, "up_before": 0.14, "down_before": 0.02},
+                                    "paths": (4, 3)},
                            1: {"up": some, "down": some, "wan": {"up": {}, "down": {}}}},
                   "udp": {"up": some, "down": some, "wan": wan}}
         lines = table([result])
@@ -62,7 +64,8 @@ class ReportTests(SynchronousTestCase):
         self.assertIn("| - / - / - / - |", lines[5])
         self.assertTrue(lines[5].endswith("| 2.00 | 0 | - | - |"), lines[5])
         self.assertIn("| SPWM strict, auto conn. | up |", lines[6])
-        self.assertTrue(lines[6].endswith("| 0.00 | - | 60 | 4 / 3 |"), lines[6])
+        self.assertTrue(lines[6].endswith("| 0.00 | - | 60 (140) | 4 / 3 |"), lines[6])
+        self.assertTrue(lines[7].endswith("| 0.00 | - | 100 (20) | 4 / 3 |"), lines[7])
         self.assertIn("| plain UDP | down |", lines[9])
         self.assertTrue(lines[9].endswith("| 1.00 | - | - | - |"), lines[9])
 
@@ -79,3 +82,16 @@ class ReportTests(SynchronousTestCase):
         self.assertAlmostEqual(cut_gap(sent, received, cut=5.0), 0.12)
         self.assertAlmostEqual(cut_gap(sent, received, cut=0.5), 0.40)
         self.assertEqual(cut_gap(sent, [(7, i, i * 0.02) for i in range(500)], cut=5.0), 0.0)
+
+    def test_cut_gap_before(self) -> None:
+        """
+        What the link costs without a cut: the longest run among the
+        packets the call sent before the cut's window (more than 1 s
+        before the cut), to compare with the cut's gap.
+        """
+        sent = {(7, i): i * 0.02 for i in range(500)}
+        received = [(7, i, i * 0.02 + 0.01) for i in range(500) if not 10 <= i < 17 and not 250 <= i < 252]
+        self.assertAlmostEqual(cut_gap(sent, received, cut=5.0, before=True), 0.14)
+        self.assertAlmostEqual(cut_gap(sent, received, cut=5.0), 0.04)
+        # packets in the cut's window (here from 0 s) do not count before it
+        self.assertAlmostEqual(cut_gap(sent, received, cut=1.0, before=True), 0.0)
