@@ -259,7 +259,18 @@ class PathLimits:
         C{coalesce_delay} (or until C{coalesce_bytes} are held) and written
         together, so that they leave in one TCP segment: fewer segments,
         fewer losses, fewer stalls for the same bytes; 0: never.
-    @ivar coalesce_delay: see C{coalesce_rate}.
+    @ivar coalesce_delay: see C{coalesce_rate}: the hold at a high rate
+        (ten calls: about five datagrams a segment).
+    @ivar coalesce_pair: at a low rate the hold is this many intervals
+        between two datagrams (C{coalesce_pair / rate}), so that at least
+        two go together (one G.711 call: 25 ms, every other datagram held
+        that long), up to C{coalesce_hold_max}: each connection then
+        carries half the segments, and is held up by a loss half as often.
+        With every datagram copied on four connections that are each held
+        up by a loss about a third of the time on a link of 5 % loss and
+        80 ms (one call: 50 segments a second each), all four were late
+        at once for 2-3 % of the datagrams; paired, 0-0.8 %.
+    @ivar coalesce_hold_max: see C{coalesce_pair}.
     @ivar coalesce_bytes: see C{coalesce_rate} (about one segment's
         payload with the framing and TLS overhead).
     @ivar count_load_rate: C{--tunnel-connections auto}: media datagrams
@@ -316,8 +327,10 @@ class PathLimits:
     rate_window: float = field(default=0.5, validator=_pos_time)
     spread_rate: float = field(default=150.0, validator=validators.ge(0.0))
     spread_copies: int = field(default=4, validator=_pos)
-    coalesce_rate: float = field(default=150.0, validator=validators.ge(0.0))
+    coalesce_rate: float = field(default=40.0, validator=validators.ge(0.0))
     coalesce_delay: float = field(default=0.010, validator=validators.ge(0.0))
+    coalesce_pair: float = field(default=1.25, validator=validators.ge(0.0))
+    coalesce_hold_max: float = field(default=0.030, validator=validators.ge(0.0))
     coalesce_bytes: int = field(default=1200, validator=_pos)
     count_load_rate: float = field(default=125.0, validator=_pos_time)
     count_load_ceiling: int = field(default=16, validator=_pos)

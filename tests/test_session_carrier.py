@@ -838,6 +838,51 @@ class FailoverTests(TwoPaths):
         self.assertEqual(sum(p["losses"] for p in snapshot["paths"]), 1)
         self.assertEqual(self.contact_front.dedup.gaps, 1)
 
+    def test_contact_point_copies_when_the_agent_does(self) -> None:
+        """
+        The contact point copies what it sends once the agent's copies
+        come (the agent found the link lossy; the contact point has seen
+        no loss of its own): from the read after the first copy, for the
+        duplication window, without counting a loss.  The agent does not
+        follow the contact point's copies (the two would keep each other
+        copying).
+        """
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.flush()
+        now = self.bed.clock.seconds()
+        self.front.scheduler.loss_seen(0, now)
+        for n in range(3):
+            self.front.send_datagram(cid, b"up%d" % n)
+            self.bed.flush()
+        snapshot = self.contact_front.scheduler.snapshot()
+        self.assertTrue(snapshot["duplicating"])
+        self.assertEqual(sum(p["losses"] for p in snapshot["paths"]), 0)
+        self.assertGreater(snapshot["peer_copy_signs"], 0)
+        self.assertEqual(len(self.bed.contact.media.got), 3)
+        # its own datagrams now go on both paths: the agent takes one
+        self.contact_front.send_datagram(cid, b"down")
+        self.bed.flush()
+        self.assertEqual(self.bed.agent.media.got, [(0, b"down")])
+        self.assertEqual(self.front.dedup.duplicates, 1)
+        # the window ends; the agent, copied to, did not start copying
+        self.bed.advance(self.contact_front.scheduler.limits.duplicate_window + 0.1)
+        self.assertFalse(self.contact_front.scheduler.snapshot()["duplicating"])
+
+    def test_agent_does_not_follow_copies(self) -> None:
+        """
+        The contact point's copies do not make the agent copy.
+        """
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.flush()
+        self.contact_front.scheduler.loss_seen(0, self.bed.clock.seconds())
+        for n in range(3):
+            self.contact_front.send_datagram(cid, b"down%d" % n)
+            self.bed.flush()
+        self.assertEqual(self.front.dedup.duplicates, 3)
+        snapshot = self.front.scheduler.snapshot()
+        self.assertFalse(snapshot["duplicating"])
+        self.assertEqual(snapshot["peer_copy_signs"], 0)
+
     def test_idle_session_left_alone(self) -> None:
         """
         Without channels a path that carries nothing is no stalled path:

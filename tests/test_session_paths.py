@@ -593,6 +593,26 @@ class SpreadTests(SynchronousTestCase):
         _, now = _feed_rate(off, 400.0, 0.0, 1.0)
         self.assertEqual(off.coalesce_delay(now), 0.0)
 
+    def test_coalesce_pairs_at_a_low_rate(self) -> None:
+        """
+        At a low rate the hold is C{coalesce_pair} intervals between two
+        datagrams, so that two go together (one G.711 call, 50 a second:
+        25 ms), at least C{coalesce_delay} (a high rate), at most
+        C{coalesce_hold_max} (a slow stream is sent as it comes then);
+        below C{coalesce_rate}, nothing is held.
+        """
+        def hold(rate: float) -> float:
+            sched = _tcp_paths(2, loss_memory=0.0, duplicate_window=5.0)
+            sched.loss_seen(1, 0.0)
+            _, now = _feed_rate(sched, rate, 0.0, 1.0)
+            return sched.coalesce_delay(now)
+
+        self.assertAlmostEqual(hold(50.0), 0.025, places=3)
+        self.assertAlmostEqual(hold(100.0), 0.0125, places=3)
+        self.assertAlmostEqual(hold(500.0), 0.010, places=3)
+        self.assertAlmostEqual(hold(41.0), 0.030, places=3)
+        self.assertEqual(hold(30.0), 0.0)
+
 
 class QuicHoldTests(SynchronousTestCase):
     """

@@ -203,6 +203,7 @@ class PathFront:
         self._ticked = 0.0
         self._tcp_info_at = 0.0
         self._dedup_seen = 0
+        self._copies_seen = 0
         #: path id -> the kernel's retransmissions on it as L{watch_link} last read them
         self._retrans_seen: dict[int, int] = {}
         #: agent: the paths are probed until then, channels or not (L{watch_link})
@@ -423,13 +424,24 @@ class PathFront:
         The receiving half's sign of loss: the de-duplication skipped
         sequence numbers or took one late (a datagram that did not come on
         the path that brought the next ones) since the last look: a loss
-        for the scheduler, so this half duplicates what it sends too.
+        for the scheduler, so this half duplicates what it sends too.  On
+        the contact point also the agent's copies (duplicates dropped):
+        L{PathScheduler.peer_copies}.
         """
         dedup = self.dedup
         seen = dedup.gaps + dedup.late
         if seen != self._dedup_seen:
             self._dedup_seen = seen
             self.scheduler.loss_seen(path_id, now)
+        if not self._probing and dedup.duplicates != self._copies_seen:
+            # The contact point: the agent copies what it sends (it found
+            # the link lossy, or a path stalled), so this half copies too,
+            # from the first copy on: its own sign (a retransmission it
+            # reads once the call's first channel is watched) comes only
+            # after a loss has held up media on one path.  Not the agent:
+            # the two would keep each other copying.
+            self._copies_seen = dedup.duplicates
+            self.scheduler.peer_copies(now)
 
     def rtt_sample(self, path: TunnelProtocol, rtt: float) -> None:
         path_id = self._ids.get(id(path))

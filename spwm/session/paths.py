@@ -414,6 +414,9 @@ class PathScheduler:
         #: losses that came within C{loss_memory} of the one before
         #: (each started or extended the C{lossy_window})
         self.lossy_losses = 0
+        #: reads on the contact point that brought a copy of the agent's
+        #: (each opened or extended the duplication window: L{peer_copies})
+        self.peer_copy_signs = 0
 
     # -- the paths
 
@@ -593,6 +596,16 @@ class PathScheduler:
             self._last_loss = now
         self._duplicate(now, window)
 
+    def peer_copies(self, now: float) -> None:
+        """
+        The peer copies its media on several paths (a copy of a datagram
+        came after the datagram): this half copies what it sends too, for
+        C{duplicate_window} from now.  Not a loss: the count of losses and
+        the lossy window are left alone.
+        """
+        self.peer_copy_signs += 1
+        self._duplicate(now)
+
     # -- per media datagram
 
     def carrier(self) -> int | None:
@@ -659,15 +672,18 @@ class PathScheduler:
     def coalesce_delay(self, now: float) -> float:
         """
         @return: how long the adapter may hold the media datagrams it is
-            given now to write them together (C{coalesce_delay} while the
-            media is copied at C{coalesce_rate} or more), or 0: send each
-            at once.
+            given now to write them together while the media is copied at
+            C{coalesce_rate} or more: C{coalesce_pair} intervals between
+            two datagrams at the rate now (at least two go together), at
+            least C{coalesce_delay}, at most C{coalesce_hold_max}; or 0:
+            send each at once.
         """
         if now >= self._dup_until:
             return 0.0
         limits = self.limits
-        if limits.coalesce_rate and self._rate >= limits.coalesce_rate:
-            return limits.coalesce_delay
+        rate = self._rate
+        if limits.coalesce_rate and rate >= limits.coalesce_rate:
+            return min(limits.coalesce_hold_max, max(limits.coalesce_delay, limits.coalesce_pair / rate))
         return 0.0
 
     def copies_since(self, now: float) -> float | None:
@@ -808,6 +824,7 @@ class PathScheduler:
                 now < self._dup_until and self._media_spread and self.limits.spread_rate and self._rate >= self.limits.spread_rate
             ),
             "lossy_losses": self.lossy_losses,
+            "peer_copy_signs": self.peer_copy_signs,
             "carrier_changes": self.carrier_changes,
             "media_switches": self.media_switches,
             "paths": [
