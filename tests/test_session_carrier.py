@@ -711,6 +711,23 @@ class CoalesceTests(TwoPaths):
         self.assertEqual(self.got[before:], [(0, b"last")])
 
 
+    def test_held_dropped_with_the_last_path(self) -> None:
+        """
+        The session's last path goes while datagrams are held: they are
+        dropped and their timer with them (nothing is left to run).
+        """
+        self._load(3)
+        self.front.send_datagram(self.cid, b"held")
+        held = [c for c in self.bed.clock.getDelayedCalls() if "_batch_due" in repr(c.func)]
+        self.assertEqual(len(held), 1)
+        self.front.remove_path(self.a1)
+        self.assertTrue(held[0].active())  # one path left: still held
+        self.front.remove_path(self.a2)
+        self.assertFalse(held[0].active())
+        self.front.flush_media()
+        self.assertNotIn((0, b"held"), self.got)
+
+
 class FailoverTests(TwoPaths):
     """
     Make-before-break: a path lost while another is attached changes

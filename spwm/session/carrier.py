@@ -331,7 +331,19 @@ class PathFront:
         if not self._paths:
             self._cancel()
             self._announce_all()
+            self._drop_held()
         return bool(self._paths)
+
+    def _drop_held(self) -> None:
+        """
+        The last path is gone: the media datagrams held to coalesce them
+        have nowhere to go (and are stale by a resumption).
+        """
+        self._batch = []
+        self._batch_bytes = 0
+        timer, self._batch_timer = self._batch_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _carrier_moved(self) -> None:
         new = self.scheduler.carrier()
