@@ -255,9 +255,10 @@ class PathLimits:
         capacity); 0: never.
     @ivar spread_copies: see C{spread_rate}.
     @ivar coalesce_rate: at this many media datagrams per second or more,
-        while losses keep the media copied, the datagrams are held up to
-        C{coalesce_delay} (or until C{coalesce_bytes} are held) and written
-        together, so that they leave in one TCP segment: fewer segments,
+        while losses keep the media copied, the datagrams are held (see
+        C{coalesce_delay} and C{coalesce_pair}; or until
+        C{coalesce_bytes} are held) and written together, so that they
+        leave in one TCP segment: fewer segments,
         fewer losses, fewer stalls for the same bytes; 0: never.
     @ivar coalesce_delay: see C{coalesce_rate}: the hold at a high rate
         (ten calls: about five datagrams a segment).
@@ -269,7 +270,7 @@ class PathLimits:
         With every datagram copied on four connections that are each held
         up by a loss about a third of the time on a link of 5 % loss and
         80 ms (one call: 50 segments a second each), all four were late
-        at once for 2-3 % of the datagrams; paired, 0-0.8 %.
+        at once for 1-6 % of the datagrams; paired, 0-1.6 %.
     @ivar coalesce_hold_max: see C{coalesce_pair}.
     @ivar coalesce_bytes: see C{coalesce_rate} (about one segment's
         payload with the framing and TLS overhead).
@@ -279,9 +280,8 @@ class PathLimits:
         that rate, up to C{count_load_ceiling}.
     @ivar count_load_ceiling: the most connections the load alone asks for.
     @ivar spread_max_rate: above this many media datagrams per second
-        the load asks for no connections, and media spread over more
-        connections than C{spread_copies} goes on one of them in turn (no
-        copies): copies of that many would cost both halves more CPU than
+        the load asks for no connections, and media goes on one connection
+        in turn (no copies, however many connections there are): copies of that many would cost both halves more CPU than
         the link's losses cost the audio (500 calls on loopback, 25,000
         datagrams/s, opened 16 connections on the spurious retransmissions
         of a saturated machine, copied each datagram four times and lost

@@ -517,9 +517,8 @@ class SpreadTests(SynchronousTestCase):
     def test_no_copies_above_the_max_rate(self) -> None:
         """
         Above C{spread_max_rate} (a CPU's load) the paths take the
-        datagrams one each in turn, without copies; back below it, the
-        copies again; with no more paths than C{spread_copies}, every path
-        takes every datagram whatever the rate.
+        datagrams one each in turn, without copies, however many there
+        are; back below it, the copies again.
         """
         sched = _tcp_paths(4, spread_rate=150.0, spread_copies=2, spread_max_rate=1000.0, loss_memory=0.0, duplicate_window=100.0)
         sched.loss_seen(1, 0.0)
@@ -529,10 +528,16 @@ class SpreadTests(SynchronousTestCase):
         self.assertEqual({i: sum(i in paths for paths in turn) for i in (1, 2, 3, 4)}, {1: 500, 2: 500, 3: 500, 4: 500})
         fast, now = _feed_rate(sched, 400.0, now, 2.0)
         self.assertEqual({len(paths) for paths in fast[-400:]}, {2})
+        # with no more paths than spread_copies: copies below the max
+        # rate, one path in turn above it
         two = _tcp_paths(2, spread_rate=150.0, spread_copies=2, spread_max_rate=1000.0, loss_memory=0.0, duplicate_window=100.0)
         two.loss_seen(1, 0.0)
-        both, _ = _feed_rate(two, 2000.0, 0.0, 2.0)
-        self.assertEqual(set(both[-2000:]), {(1, 2)})
+        both, now = _feed_rate(two, 400.0, 0.0, 2.0)
+        self.assertEqual(set(both[-400:]), {(1, 2)})
+        alone, _ = _feed_rate(two, 2000.0, now, 2.0)
+        last = alone[-2000:]
+        self.assertEqual(set(last), {(1,), (2,)})
+        self.assertTrue(all(a != b for a, b in zip(last, last[1:])))  # in turn
 
     def test_spread_skips_stalled(self) -> None:
         """

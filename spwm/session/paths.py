@@ -393,7 +393,7 @@ class PathScheduler:
         self._media_all: tuple[int, ...] = ()
         #: the paths that are up, C{spread_copies} at a time, in turn
         self._media_spread: tuple[tuple[int, ...], ...] = ()
-        #: the same paths one at a time (above C{spread_max_rate})
+        #: the paths that are up one at a time (above C{spread_max_rate})
         self._media_turn: tuple[tuple[int, ...], ...] = ()
         self._spread_next = 0
         self._rate = 0.0
@@ -621,8 +621,9 @@ class PathScheduler:
         written together): the best path that is up; or, within the
         duplication window, every path that is up, or C{spread_copies} of
         them in turn once the rate is C{spread_rate} or more (the load is
-        shared, not copied on every connection), one of them in turn above
-        C{spread_max_rate} (a CPU's load: no copies); or every path that is not
+        shared, not copied on every connection), one path that is up in
+        turn above C{spread_max_rate} (a CPU's load: no copies, however
+        many paths there are); or every path that is not
         dead when none is up.  Per packet: O(1), the tuples are made in
         advance.
         """
@@ -634,14 +635,13 @@ class PathScheduler:
             self._rate_since = now
             self._rate_next = now + self.limits.rate_window
         if now < self._dup_until:
-            spread = self._media_spread
             limits = self.limits
-            if spread and limits.spread_rate and self._rate >= limits.spread_rate:
-                if self._rate > limits.spread_max_rate:
-                    spread = self._media_turn
-                i = self._spread_next
-                self._spread_next = i + 1 if i + 1 < len(spread) else 0
-                return spread[i]
+            if limits.spread_rate and self._rate >= limits.spread_rate:
+                spread = self._media_turn if self._rate > limits.spread_max_rate else self._media_spread
+                if spread:
+                    i = self._spread_next
+                    self._spread_next = i + 1 if i + 1 < len(spread) else 0
+                    return spread[i]
             return self._media_all
         return self._media_one
 
@@ -930,18 +930,20 @@ class PathScheduler:
                 self.media_switches += 1
             self._best = best
         spread: tuple[tuple[int, ...], ...] = ()
+        turn: tuple[tuple[int, ...], ...] = ()
         if best is not None:
             self._media_one = (best.path_id,)
             ids = self._media_all = tuple(sorted(p.path_id for p in up))
             n, k = len(ids), self.limits.spread_copies
             if n > k:
                 spread = tuple(tuple(ids[(i + j) % n] for j in range(k)) for i in range(n))
+            turn = tuple((i,) for i in ids)
         else:
             alive = [p.path_id for p in paths if p.state is not _DEAD] or [p.path_id for p in paths]
             self._media_one = self._media_all = tuple(sorted(alive))
-        if spread != self._media_spread:
+        if spread != self._media_spread or turn != self._media_turn:
             self._media_spread = spread
-            self._media_turn = tuple(s[:1] for s in spread)
+            self._media_turn = turn
             self._spread_next = 0
 
 
