@@ -643,6 +643,26 @@ class QuicHoldTests(SynchronousTestCase):
         self.assertEqual(sched.carrier(), 1)
         self.assertEqual(sched.media_switches, 1)
 
+    def test_no_coalescing_on_quic(self) -> None:
+        """
+        While QUIC carries the media (copied on TCP too on a lossy link)
+        nothing is held to coalesce: a QUIC datagram has no head-of-line
+        blocking the pairs would save it from; back on TCP, the hold again.
+        """
+        sched = _scheduler(switch_hold=1.0, loss_memory=0.0, duplicate_window=100.0)
+        sched.add(1, TCP, 0.0)
+        sched.add(2, QUIC, 0.0)
+        sched.loss_seen(1, 0.0)
+        sched.tick(0.0)
+        _, now = _feed_rate(sched, 50.0, 0.0, 1.0)
+        self.assertAlmostEqual(sched.coalesce_delay(now), 0.025, places=3)  # media on TCP
+        sched.tick(now)
+        self.assertEqual(sched.snapshot()["media"], [2])
+        self.assertEqual(sched.coalesce_delay(now), 0.0)
+        sched.remove(2)
+        sched.tick(now)
+        self.assertAlmostEqual(sched.coalesce_delay(now), 0.025, places=3)
+
     def test_back_to_tcp_and_hold_doubles(self) -> None:
         """
         A stalled QUIC path loses the media at once; recovered, it gets it

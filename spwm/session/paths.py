@@ -676,9 +676,14 @@ class PathScheduler:
             C{coalesce_rate} or more: C{coalesce_pair} intervals between
             two datagrams at the rate now (at least two go together), at
             least C{coalesce_delay}, at most C{coalesce_hold_max}; or 0:
-            send each at once.
+            send each at once (also while QUIC carries the media).
         """
         if now >= self._dup_until:
+            return 0.0
+        best = self._best
+        if best is not None and best.kind is PathKind.QUIC:
+            # its datagrams have no head-of-line blocking to be saved
+            # from: the hold would be delay only
             return 0.0
         limits = self.limits
         rate = self._rate
