@@ -258,8 +258,8 @@ class PathLimits:
         while losses keep the media copied, the datagrams are held (see
         C{coalesce_delay} and C{coalesce_pair}; or until
         C{coalesce_bytes} are held) and written together, so that they
-        leave in one TCP segment: fewer segments,
-        fewer losses, fewer stalls for the same bytes; 0: never.
+        leave in one TCP segment: fewer segments, fewer losses, fewer
+        stalls for the same bytes; 0: never.
     @ivar coalesce_delay: see C{coalesce_rate}: the hold at a high rate
         (ten calls: about five datagrams a segment).
     @ivar coalesce_pair: at a low rate the hold is this many intervals
@@ -281,11 +281,11 @@ class PathLimits:
     @ivar count_load_ceiling: the most connections the load alone asks for.
     @ivar spread_max_rate: above this many media datagrams per second
         the load asks for no connections, and media goes on one connection
-        in turn (no copies, however many connections there are): copies of that many would cost both halves more CPU than
-        the link's losses cost the audio (500 calls on loopback, 25,000
-        datagrams/s, opened 16 connections on the spurious retransmissions
-        of a saturated machine, copied each datagram four times and lost
-        18-20 % of them).
+        in turn (no copies, however many connections there are): copies of
+        that many would cost both halves more CPU than the link's losses
+        cost the audio (500 calls on loopback, 25,000 datagrams/s, opened
+        16 connections on the spurious retransmissions of a saturated
+        machine, copied each datagram four times and lost 18-20 % of them).
     """
 
     stall_floor: float = field(default=0.040, validator=_pos_time)

@@ -334,16 +334,24 @@ class PathFront:
             self._drop_held()
         return bool(self._paths)
 
+    def _take_held(self) -> list[tuple[int, bytes, int]]:
+        """
+        The media datagrams held to coalesce them, no longer held (their
+        timer cancelled).
+        """
+        batch, self._batch = self._batch, []
+        self._batch_bytes = 0
+        timer, self._batch_timer = self._batch_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        return batch
+
     def _drop_held(self) -> None:
         """
         The last path is gone: the media datagrams held to coalesce them
         have nowhere to go (and are stale by a resumption).
         """
-        self._batch = []
-        self._batch_bytes = 0
-        timer, self._batch_timer = self._batch_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._take_held()
 
     def _carrier_moved(self) -> None:
         new = self.scheduler.carrier()
@@ -854,17 +862,9 @@ class PathFront:
         Write the media datagrams held to coalesce them now (all on the
         same paths, so that each path's share leaves in one write).
         """
-        batch = self._batch
-        if not batch:
+        if not self._batch:
             return
-        self._batch = []
-        self._batch_bytes = 0
-        timer = self._batch_timer
-        if timer is not None:
-            self._batch_timer = None
-            if timer.active():
-                timer.cancel()
-        self._send_media(self.clock.seconds(), batch)
+        self._send_media(self.clock.seconds(), self._take_held())
 
     def _send_media(self, now: float, items: Sequence[tuple[int, bytes, int]]) -> None:
         paths = self._paths
