@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.security.keys import resumption_proof
@@ -232,9 +233,15 @@ class ContactDormantTests(SynchronousTestCase):
         clock, resumption, media, sip = _contact()
         resumption.tunnel_lost(_registered(resumption, sip, "s1", expires=3600.0), "cut")
         clock.advance(60)
-        resumption.stop()
+        resumption.tunnel_lost(_registered(resumption, sip, "s2", expires=3600.0), "cut")
+        clock.advance(60)
+        with capturedLogs() as events:
+            resumption.stop()
         self.assertEqual((resumption.dormant, clock.getDelayedCalls()), (0, []))
-        self.assertEqual(sip.calls[-1], ("forget", "s1"))
+        self.assertEqual(sorted(sip.calls[-2:]), [("forget", "s1"), ("forget", "s2")])
+        # one line for all of them (a state file holds them), not one each
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(lines, ["2 dormant sessions released: contact point stopping"])
 
 
 class FakeHandle:

@@ -125,6 +125,41 @@ class StateFileTests(SynchronousTestCase):
         clock.advance(501)
         self.assertEqual(resumption.dormant, 0)
 
+    def test_keys_read_once(self) -> None:
+        """
+        Restoring many sessions asks the resumption logic for its sessions
+        with keys once, not once per session (that view is built anew on
+        each read: per session, 10,000 sessions took 17 s to restore).
+        """
+        reads = []
+
+        class Counting(SessionManager):
+            @property
+            def keys(self) -> dict[str, dict[str, bytes]]:
+                reads.append(1)
+                return super().keys
+
+        core = ContactSipProxy(("198.51.100.1", 5060), SECRET)
+        resumption = Counting(self.clock, 60.0, FakeMedia(), RunnerView(core))
+        sessions = {f"s{n}": {"keys": {USER: KEY.hex()}, "flows": {USER: 3}, "sip": SIP} for n in range(50)}
+        doc = {"version": VERSION, "saved_at": self.wall.now, "token_secret": SECRET.hex(), "sessions": sessions}
+        self.assertEqual(ContactState(self.path, self.clock, self.wall).restore(doc, core, resumption), 50)
+        self.assertEqual((len(reads), resumption.dormant), (1, 50))
+
+    def test_forget_one_session(self) -> None:
+        """
+        A session forgotten takes its registrations and rewritten contacts
+        with it and leaves another session's alone.
+        """
+        core, _ = _half(self.clock)
+        now = self.clock.seconds()
+        for sid in ("s1", "s2"):
+            core.import_registrations(sid, SIP, now)
+        core.forget_session("s1")
+        self.assertEqual(core.export_registrations("s1", now), {"registrations": [], "rewritten": []})
+        kept = core.export_registrations("s2", now)
+        self.assertEqual((len(kept["registrations"]), kept["rewritten"]), (2, SIP["rewritten"]))
+
     def test_unusable(self) -> None:
         """
         No file: nothing, silently. Not JSON, another version, a bad key or

@@ -373,11 +373,12 @@ class SessionManager:
         self._decide(session_id, Input.REGISTRATIONS_EXPIRED)  # FORGET
         self._forget_dormant(session_id, "registrations expired")
 
-    def _forget_dormant(self, session_id: str, reason: str) -> None:
+    def _forget_dormant(self, session_id: str, reason: str, quiet: bool = False) -> None:
         del self._dormant[session_id]
         session = self.sessions.pop(session_id)
         session.cancel_timer()
-        self.log.info("dormant session {session_id} released: {reason}", session_id=session_id, reason=reason)
+        if not quiet:
+            self.log.info("dormant session {session_id} released: {reason}", session_id=session_id, reason=reason)
         self.sip.forget_session(session_id)
 
     def _end(self, tunnel: Any, session_id: str, reason: str) -> None:
@@ -515,6 +516,11 @@ class SessionManager:
                 session.cancel_timer()
                 tunnel, session.suspended = session.suspended, None
                 self._end(tunnel, session_id, "contact point stopping")
-        for session_id in list(self._dormant):
+        dormant = list(self._dormant)
+        for session_id in dormant:
             self._decide(session_id, Input.STOP)  # FORGET
-            self._forget_dormant(session_id, "contact point stopping")
+            self._forget_dormant(session_id, "contact point stopping", quiet=True)
+        if dormant:
+            # one line, not one per session: a contact point with a state
+            # file stops with every dormant session saved in it
+            self.log.info("{count} dormant sessions released: contact point stopping", count=len(dormant))

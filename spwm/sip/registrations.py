@@ -81,10 +81,12 @@ class ContactRegistrations:
         self.max_pending = max_pending
         self._regs: dict[str, dict[tuple[str, str], Registration]] = {}
         self._pending: dict[str, _Pending] = {}
-        self._rewritten: dict[tuple[str, int, bytes], str] = {}
-        # (session, flow) registered with RFC 5626 reg-id: its registrar
-        # has another flow to try
-        self._outbound: set[tuple[str, int]] = set()
+        # per session (so that forgetting one costs its own entries only):
+        # (flow, contact hash) -> the original contact URI
+        self._rewritten: dict[str, dict[tuple[int, bytes], str]] = {}
+        # per session, the flows registered with RFC 5626 reg-id: their
+        # registrar has another flow to try
+        self._outbound: dict[str, set[int]] = {}
 
     # -- reading -------------------------------------------------------------
 
@@ -131,14 +133,14 @@ class ContactRegistrations:
             5626 C{reg-id} (so the registrar knows other flows of the
             phone) is live (not kept across a restart).
         """
-        return (session_id, flow_id) in self._outbound
+        return flow_id in self._outbound.get(session_id, ())
 
     def rewritten(self, session_id: str, flow_id: int, extra: bytes) -> str | None:
         """
         @return: the original contact URI a rewritten contact's token
             stands for, or C{None}.
         """
-        return self._rewritten.get((session_id, flow_id, extra))
+        return self._rewritten.get(session_id, {}).get((flow_id, extra))
 
     # -- REGISTER out, 2xx back ----------------------------------------------
 
@@ -163,7 +165,7 @@ class ContactRegistrations:
             out = []
             for na in found:
                 uhash = short_hash(str(na.uri), 4)
-                self._rewritten[(session, fid, uhash)] = str(na.uri)
+                self._rewritten.setdefault(session, {})[(fid, uhash)] = str(na.uri)
                 token = self._codec.encode(KIND_CONTACT, session, fid, uhash)
                 uri = parse_uri(f"sip:{token}@{self._hostport}")
                 out.append(str(attrs.evolve(na, uri=uri, angle=True)))
@@ -212,9 +214,7 @@ class ContactRegistrations:
                 and ctok.session_id == tok.session_id
                 and ctok.flow_id == tok.flow_id
             ):
-                original = self._rewritten.get(
-                    (ctok.session_id, ctok.flow_id, ctok.extra)
-                )
+                original = self._rewritten.get(ctok.session_id, {}).get((ctok.flow_id, ctok.extra))
                 if original is not None:
                     uri_text = original
                     na = attrs.evolve(na, uri=parse_uri(original), angle=True)
@@ -250,9 +250,11 @@ class ContactRegistrations:
                 events.append(BindingChanged("unregistered", aor, reg.contact, 0, session, fid))
         if pending.outbound:
             if any(r.flow_id == fid for r in regs.values()):
-                self._outbound.add((session, fid))
-            else:
-                self._outbound.discard((session, fid))
+                self._outbound.setdefault(session, set()).add(fid)
+            elif session in self._outbound:
+                self._outbound[session].discard(fid)
+                if not self._outbound[session]:
+                    del self._outbound[session]
         return events
 
     # -- time and sessions ---------------------------------------------------
@@ -285,9 +287,8 @@ class ContactRegistrations:
         Forget a session's registrations and rewritten contacts.
         """
         self._regs.pop(session_id, None)
-        for k in [k for k in self._rewritten if k[0] == session_id]:
-            del self._rewritten[k]
-        self._outbound = {k for k in self._outbound if k[0] != session_id}
+        self._rewritten.pop(session_id, None)
+        self._outbound.pop(session_id, None)
 
     def export(self, session_id: str, now: float) -> dict[str, Any]:
         """
@@ -301,7 +302,7 @@ class ContactRegistrations:
                 if r.expires > now
             ],
             "rewritten": [
-                [fid, extra.hex(), uri] for (s, fid, extra), uri in self._rewritten.items() if s == session_id
+                [fid, extra.hex(), uri] for (fid, extra), uri in self._rewritten.get(session_id, {}).items()
             ],
         }
 
@@ -320,14 +321,13 @@ class ContactRegistrations:
                 if math.isfinite(ttl) and ttl > 0 and 0 <= flow_id < 2**32:
                     reg = Registration(str(r["aor"]), str(r["contact"]), flow_id, now + ttl)
                     regs[reg.aor, reg.contact] = reg
-            rewritten = {
-                (session_id, int(fid), bytes.fromhex(extra)): str(uri) for fid, extra, uri in data["rewritten"]
-            }
+            rewritten = {(int(fid), bytes.fromhex(extra)): str(uri) for fid, extra, uri in data["rewritten"]}
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise ValueError(f"malformed registrations of session {session_id}: {e!r}") from None
         if regs:
             self._regs[session_id] = regs
-            self._rewritten.update(rewritten)
+            if rewritten:
+                self._rewritten.setdefault(session_id, {}).update(rewritten)
         return len(regs)
 
 
