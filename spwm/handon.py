@@ -241,13 +241,20 @@ class HandOn:
 
     @ivar limit: hand-ons open at once from this worker; past it a
         connection is answered here (a redirect) as before.
+    @ivar backlog: the listen backlog of this worker's hand-on socket (the
+        tunnel listener's: in a reconnect storm the other workers hand
+        on as fast as the kernel spreads connections, and a full queue
+        fails the hand-on, which then costs the agent a redirect).
     @ivar counts: the L{HandOnCounts}.
     """
 
     log = Logger()
 
-    def __init__(self, reactor: Any, directory: str, ports: WorkerPorts, shared_port: int, limit: int) -> None:
+    def __init__(
+        self, reactor: Any, directory: str, ports: WorkerPorts, shared_port: int, limit: int, backlog: int = 50
+    ) -> None:
         self.reactor = reactor
+        self.backlog = backlog
         self.directory = directory
         self.ports, self.shared_port = ports, shared_port
         self.limit = limit
@@ -676,7 +683,9 @@ class _HandOnListener(Service):
             self.log.error("cannot take hand-ons from the other workers at {path}: {error}", path=path, error=str(e))
             return
         try:
-            self.port = self.handon.reactor.listenUNIX(path, _ReceiverFactory(self.handon, self.tunnels), mode=0o600)
+            self.port = self.handon.reactor.listenUNIX(
+                path, _ReceiverFactory(self.handon, self.tunnels), mode=0o600, backlog=self.handon.backlog
+            )
         except Exception as e:
             self.log.error("cannot take hand-ons from the other workers at {path}: {error}", path=path, error=str(e))
             return

@@ -448,14 +448,15 @@ class ListenerTests(SynchronousTestCase):
     def test_replaces_a_stale_socket(self) -> None:
         """
         A socket file left by the worker's previous process is removed; the
-        new one is made readable by this user only; stopping stops it.
+        new one is made readable by this user only, with the backlog it was
+        given (the tunnel listener's); stopping stops it.
         """
         directory = self.mktemp()
         os.mkdir(directory, 0o700)
         stale = socket_path(directory, 0)
         with open(stale, "w"):
             pass
-        listened: list[tuple[str, Any, int]] = []
+        listened: list[tuple[str, Any, int, int]] = []
 
         class Port:
             stopped = False
@@ -466,16 +467,16 @@ class ListenerTests(SynchronousTestCase):
         port = Port()
 
         class Reactor(Clock):
-            def listenUNIX(self, path: str, factory: Any, mode: int) -> Port:
-                listened.append((path, factory, mode))
+            def listenUNIX(self, path: str, factory: Any, mode: int, backlog: int) -> Port:
+                listened.append((path, factory, mode, backlog))
                 return port
 
-        handon = HandOn(Reactor(), directory, PORTS, SHARED, 10)
+        handon = HandOn(Reactor(), directory, PORTS, SHARED, 10, backlog=4096)
         service = handon.service(ContactTunnelFactory(RecordingApp(), Clock(), TunnelLimits()))
         service.startService()
         self.assertFalse(os.path.exists(stale))
-        ((path, factory, mode),) = listened
-        self.assertEqual((path, mode), (stale, 0o600))
+        ((path, factory, mode, backlog),) = listened
+        self.assertEqual((path, mode, backlog), (stale, 0o600, 4096))
         self.assertIsInstance(factory.buildProtocol(None), HandOnReceiver)
         service.stopService()
         self.assertTrue(port.stopped)

@@ -1015,7 +1015,14 @@ def build_contact(
     # --workers: a resumption or attach on the shared port for another
     # worker's session goes on to that worker (spwm.handon)
     handon = (
-        HandOn(reactor, config.handon_dir, worker_ports, listen_address(config.listen)[2], limits.tunnel.max_tunnels)
+        HandOn(
+            reactor,
+            config.handon_dir,
+            worker_ports,
+            listen_address(config.listen)[2],
+            limits.tunnel.max_tunnels,
+            listen_backlog(config),
+        )
         if worker_ports is not None and config.handon_dir
         else None
     )
