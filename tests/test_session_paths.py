@@ -534,10 +534,13 @@ class SpreadTests(SynchronousTestCase):
         two.loss_seen(1, 0.0)
         both, now = _feed_rate(two, 400.0, 0.0, 2.0)
         self.assertEqual(set(both[-400:]), {(1, 2)})
+        self.assertFalse(two.snapshot()["spreading"])
         alone, _ = _feed_rate(two, 2000.0, now, 2.0)
         last = alone[-2000:]
         self.assertEqual(set(last), {(1,), (2,)})
         self.assertTrue(all(a != b for a, b in zip(last, last[1:])))  # in turn
+        # the status says so (it read false with two paths: no copies to share)
+        self.assertTrue(two.snapshot()["spreading"])
 
     def test_spread_skips_stalled(self) -> None:
         """

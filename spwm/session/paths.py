@@ -817,6 +817,8 @@ class PathScheduler:
             RTT, bounds and counters (for status and metrics).
         """
         now = self._now
+        limits = self.limits
+        spread = self._media_turn if self._rate > limits.spread_max_rate else self._media_spread
         return {
             "carrier": self.carrier(),
             "carrier_held": self._carrier is not None
@@ -825,9 +827,9 @@ class PathScheduler:
             "media": list(self._media_one),
             "duplicating": now < self._dup_until,
             "media_rate": round(self._rate, 1),
-            "spreading": bool(
-                now < self._dup_until and self._media_spread and self.limits.spread_rate and self._rate >= self.limits.spread_rate
-            ),
+            # as media_paths chooses: copies shared in turn, or above the
+            # max rate one path in turn (however few paths there are)
+            "spreading": bool(now < self._dup_until and spread and limits.spread_rate and self._rate >= limits.spread_rate),
             "lossy_losses": self.lossy_losses,
             "peer_copy_signs": self.peer_copy_signs,
             "carrier_changes": self.carrier_changes,
