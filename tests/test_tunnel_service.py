@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -416,7 +416,12 @@ class SessionLostTests(SynchronousTestCase):
         service.session_lost(STEADY_UP)
         self.assertTrue(transport.disconnecting)
         self.assertTrue(transport.disconnected)
-        client.connectionLost(Failure(ConnectionDone()))
+        with capturedLogs() as events:
+            client.connectionLost(Failure(ConnectionDone()))
+        # one line at info: part of an address change, not a fault
+        dropped = [e for e in events if "attempt dropped" in formatEvent(e)]
+        self.assertEqual([e["log_level"] for e in dropped], [LogLevel.info])
+        self.assertFalse([e for e in events if e["log_level"] >= LogLevel.warn])
         self.clock.advance(LOST_SPREAD)
         self.assertEqual(len(self.endpoint.attempts), 2)
         self.assertEqual(service.status()["failures"], 0)

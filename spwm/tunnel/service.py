@@ -816,6 +816,8 @@ class AgentTunnelService(ClientService):
         self._waits = _RetryClock(clock)
         #: the attempt whose handshake is under way (TCP is up)
         self._preparing: Any = None
+        #: an attempt to join the session closed on purpose (session_lost)
+        self._dropped: Any = None
         super().__init__(
             self._reporting, factory, retryPolicy=self._schedule, clock=self._waits, prepareConnection=self._prepare
         )
@@ -940,7 +942,13 @@ class AgentTunnelService(ClientService):
         if protocol.go_away_info is not None:
             self._retry.now()
         self._reporting.last_failure = why
-        self.log.warn("tunnel to {contact} failed: {reason}", contact=self.description, reason=why)
+        if protocol is self._dropped:
+            # closed by us (the session it was to join is gone): part of
+            # an address change, not a fault
+            self._dropped = None
+            self.log.info("tunnel to {contact}: attempt dropped: {reason}", contact=self.description, reason=why)
+        else:
+            self.log.warn("tunnel to {contact} failed: {reason}", contact=self.description, reason=why)
         self._attempt_failed()
         return reason
 
@@ -983,6 +991,7 @@ class AgentTunnelService(ClientService):
                 # an attempt made to join the session while it was up: it
                 # would be refused once its handshake is done; one that
                 # resumes the session goes now instead
+                self._dropped = preparing
                 preparing.close(0, "the session it was to join is gone; resuming it instead")
                 # without waiting for its TLS handshake to take the close
                 # over the lossy link (seen: 1 s on bad)
