@@ -48,6 +48,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 from typing import Any, Callable
@@ -434,6 +435,56 @@ def plugin_arguments(argv: list[str], name: str = "spwm-contact") -> list[str]:
     return argv[at + 1 :]
 
 
+#: the supervisor's hand-on directory: C{spwm-handon-PID-RANDOM} in the
+#: temporary directory (the PID: a later supervisor can tell it is stale)
+HANDON_PREFIX = "spwm-handon-"
+_HANDON_NAME = re.compile(r"spwm-handon-(\d+)-[^/]+\Z")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_handon_dirs(parent: str, alive: Callable[[int], bool] = _alive) -> list[str]:
+    """
+    Remove the hand-on directories in C{parent} that supervisors killed
+    with SIGKILL left behind: this user's, named with a PID no process
+    has now, holding nothing but sockets.  A directory of a supervisor
+    that runs (or of one whose PID was given again) is left alone.
+
+    @return: the directories removed.
+    """
+    removed: list[str] = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        match = _HANDON_NAME.match(name)
+        if match is None:
+            continue
+        path = os.path.join(parent, name)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or alive(int(match.group(1))):
+                continue
+            entries = os.listdir(path)
+            if not all(stat.S_ISSOCK(os.lstat(os.path.join(path, e)).st_mode) for e in entries):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            removed.append(path)
+    return removed
+
+
 class _WorkerProcess(protocol.ProcessProtocol):
     """
     One worker's process: its output goes to the log line by line.
@@ -527,7 +578,9 @@ class WorkerSupervisor(Service):
         super().startService()
         self._started_at = self.reactor.seconds()
         if self.handon_dir is None:
-            self.handon_dir = tempfile.mkdtemp(prefix="spwm-handon-")
+            for stale in sweep_handon_dirs(tempfile.gettempdir()):
+                self.log.info("removed {path}, left by a contact point that was killed", path=stale)
+            self.handon_dir = tempfile.mkdtemp(prefix=f"{HANDON_PREFIX}{os.getpid()}-")
         self.log.info("starting {count} contact point workers", count=self.count)
         for index in range(self.count):
             self._spawn(index)

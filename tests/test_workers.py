@@ -40,6 +40,7 @@ from spwm.workers import (
     parse_workers,
     plugin_arguments,
     stop_signals_once,
+    sweep_handon_dirs,
     usable_cpus,
     worker_command,
     worker_config,
@@ -242,6 +243,15 @@ class SupervisorTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertFalse(os.path.exists(directory))
 
+    def test_handon_dir_named_by_pid(self) -> None:
+        """
+        The directory's name carries the supervisor's PID, so that a later
+        supervisor can tell whether the one that made it still runs.
+        """
+        directory = self.supervisor.handon_dir
+        assert directory is not None
+        self.assertTrue(os.path.basename(directory).startswith(f"spwm-handon-{os.getpid()}-"))
+
     def test_started_with_index(self) -> None:
         self.assertEqual([p.env[WORKER_ENV].split("/")[:2] for p in self.reactor.spawned], [["0", "2"], ["1", "2"]])
 
@@ -315,3 +325,45 @@ class StopSignalTests(SynchronousTestCase):
         once(signal.SIGINT, None)
         once(signal.SIGTERM, None)
         self.assertEqual(calls, [signal.SIGTERM])
+
+
+class SweepTests(SynchronousTestCase):
+    """
+    Hand-on directories left by supervisors killed with SIGKILL.
+    """
+
+    def test_sweep(self) -> None:
+        """
+        A directory named with a PID no process has, holding only sockets,
+        goes; one of a live PID, one holding anything else, one of another
+        name and a file by that name stay.
+        """
+        import socket as socket_module
+
+        parent = self.mktemp()
+        os.mkdir(parent)
+
+        def make(name: str, sockets: int = 1, other: bool = False) -> str:
+            path = os.path.join(parent, name)
+            os.mkdir(path, 0o700)
+            for i in range(sockets):
+                s = socket_module.socket(socket_module.AF_UNIX)
+                s.bind(os.path.join(path, f"w{i}.sock"))
+                s.close()
+            if other:
+                with open(os.path.join(path, "notes"), "w") as f:
+                    f.write("x")
+            return path
+
+        dead = make("spwm-handon-101-abc", sockets=2)
+        empty = make("spwm-handon-102-abc", sockets=0)
+        live = make("spwm-handon-200-abc")
+        mixed = make("spwm-handon-103-abc", other=True)
+        old = make("spwm-handon-abc")
+        with open(os.path.join(parent, "spwm-handon-104-file"), "w"):
+            pass
+        removed = sweep_handon_dirs(parent, alive=lambda pid: pid >= 200)
+        self.assertEqual(sorted(removed), sorted([dead, empty]))
+        for path in (live, mixed, old):
+            self.assertTrue(os.path.isdir(path))
+        self.assertEqual(sweep_handon_dirs(os.path.join(parent, "missing")), [])
