@@ -175,13 +175,15 @@ class HandingOnTests(SynchronousTestCase):
         """
         factory, tunnel, transport = contact(self.clock, self.handon, port)
         agent = Agent(hello)
-        preface = agent.send()
+        sent = agent.send()
+        # the agent sends its hello with its preface; here they arrive apart
+        preface, hello_bytes = sent[:PREFACE_SIZE], sent[PREFACE_SIZE:]
         tunnel.dataReceived(preface)
         ours = transport.value()
         self.assertEqual(ours, encode_preface(1, 1))
         transport.clear()
         agent.receive(ours)
-        hello_bytes = agent.send()
+        self.assertEqual(agent.send(), b"")
         # in two pieces: the decision waits for the whole frame
         tunnel.dataReceived(hello_bytes[:5])
         tunnel.dataReceived(hello_bytes[5:])
@@ -198,6 +200,34 @@ class HandingOnTests(SynchronousTestCase):
         agent.receive(transport.value())
         self.assertIs(agent.core.state, State.OPEN)
         self.assertIn(tunnel, factory.tunnels)
+
+    def test_preface_and_hello_together(self) -> None:
+        """
+        The agent's preface and hello in one piece (as an agent sends
+        them): our preface, then the hand-on for another worker's session,
+        everything the agent sent relayed; for this worker's, the welcome.
+        """
+        for session, handed in (("ab-w1", True), ("ab-w0", False)):
+            factory, tunnel, transport = contact(self.clock, self.handon)
+            agent = Agent({"resume": {"session_id": session}})
+            sent = agent.send()
+            tunnel.dataReceived(sent)
+            ours = transport.value()
+            self.assertTrue(ours.startswith(encode_preface(1, 1)))
+            if handed:
+                self.assertEqual(ours, encode_preface(1, 1))
+                worker, front, d = self.handon.connecting.pop()
+                self.assertEqual((worker, front), (1, tunnel))
+                relay = _Relay(tunnel)
+                local = StringTransport()
+                relay.makeConnection(local)
+                d.callback(relay)
+                header, rest = parse_header(local.value())  # type: ignore[misc]
+                self.assertEqual(rest, sent)
+            else:
+                self.assertEqual(self.handon.connecting, [])
+                agent.receive(ours)
+                self.assertEqual(agent.core.state, State.OPEN)
 
     def test_not_a_hello(self) -> None:
         """

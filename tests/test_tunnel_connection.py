@@ -18,6 +18,7 @@ from spwm.tunnel.decoder import FrameDecoder
 from spwm.tunnel.frames import (
     ChannelKind,
     ErrorCode,
+    PREFACE_SIZE,
     FrameType,
     decode_error,
     encode_control,
@@ -59,11 +60,34 @@ class HandshakeTests(SynchronousTestCase):
         """
         agent = TunnelConnection(Role.AGENT, 0, agent_id="a", hello={"resume": [{"user": "u"}]})
         contact = TunnelConnection(Role.CONTACT, 0, session_id="s")
-        contact.receive_data(agent.data_to_send(0), 0)
-        events = agent.receive_data(contact.data_to_send(0), 0)
-        self.assertEqual(events, [])
         [done] = contact.receive_data(agent.data_to_send(0), 0)
         self.assertEqual(done.peer_hello["resume"], [{"user": "u"}])
+
+    def test_hello_with_the_preface(self) -> None:
+        """
+        An agent that speaks one version sends its hello with its preface
+        (the contact point can choose nothing else): the contact point's
+        preface and welcome come back in one flight, one round trip in
+        all, whether the two arrive together or apart.  An agent that
+        speaks a range waits for the version chosen, as before.
+        """
+        for split in (None, 3, PREFACE_SIZE, PREFACE_SIZE + 5):
+            agent = TunnelConnection(Role.AGENT, 0, agent_id="a")
+            contact = TunnelConnection(Role.CONTACT, 0, session_id="s")
+            first = agent.data_to_send(0)
+            pieces = [first] if split is None else [first[:split], first[split:]]
+            events = [e for piece in pieces for e in contact.receive_data(piece, 0)]
+            self.assertEqual([type(e).__name__ for e in events], ["HandshakeCompleted"])
+            [up] = agent.receive_data(contact.data_to_send(0), 0)
+            self.assertEqual((up.session_id, agent.state, agent.data_to_send(0)), ("s", State.OPEN, b""))
+        ranged = TunnelConnection(Role.AGENT, 0, agent_id="a", versions=(1, 2))
+        contact = TunnelConnection(Role.CONTACT, 0, session_id="s")
+        first = ranged.data_to_send(0)
+        self.assertEqual(first, encode_preface(1, 2))
+        self.assertEqual(contact.receive_data(first, 0), [])
+        self.assertEqual(ranged.receive_data(contact.data_to_send(0), 0), [])
+        [done] = contact.receive_data(ranged.data_to_send(0), 0)
+        self.assertEqual(done.peer_hello["version"], 1)
 
     def test_version_mismatch(self) -> None:
         """

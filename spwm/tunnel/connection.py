@@ -205,6 +205,12 @@ class TunnelConnection:
         self._drain_deadline: float | None = None
         if role is Role.AGENT:
             self._queue(encode_preface(*versions))
+            if versions[0] == versions[1]:
+                # One version: the only one the contact point can choose,
+                # so the hello goes with the preface, a round trip sooner
+                # (every connection, every resumption); a contact point
+                # reads the two in one go or in two.
+                self._queue(encode_control(self._hello(versions[0])))
 
     # -- input -------------------------------------------------------------
 
@@ -296,11 +302,15 @@ class TunnelConnection:
                     f"contact point chose version {low}, we speak {mine_low}-{mine_high}",
                 )
             self.version = low
-            hello = dict(self._hello_extra)
-            hello.update(op="hello", agent_id=self.agent_id, version=low)
-            self._queue(encode_control(hello))
+            if mine_low != mine_high:
+                self._queue(encode_control(self._hello(low)))
         self.state = State.AWAIT_HELLO
         return rest
+
+    def _hello(self, version: int) -> dict[str, Any]:
+        hello = dict(self._hello_extra)
+        hello.update(op="hello", agent_id=self.agent_id, version=version)
+        return hello
 
     # -- frame handlers ----------------------------------------------------
 
