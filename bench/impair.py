@@ -145,7 +145,8 @@ class ProfileRun:
         return self.bed.spawn(
             role, name,
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", name, *args],
+             "-n", "--pidfile=", "--logger=bench.impair.log_observer",
+             name, *args],
             env=self.env, cwd=self.workdir,
         )
 
@@ -377,10 +378,17 @@ class ProfileRun:
             "started": started,
         }
         if cut is not None:
+            up_gap, up_from = gap_run(caller_sent, answer_received, cut[0])
+            down_gap, down_from = gap_run(answer_sent, caller_received, cut[0])
             result["cut"] = {
                 "port": cut[1],
-                "up": cut_gap(caller_sent, answer_received, cut[0]),
-                "down": cut_gap(answer_sent, caller_received, cut[0]),
+                # when it happened, on the endpoints' clock and on the logs'
+                "at": cut[0],
+                "wall": cut[0] + time.time() - time.monotonic(),
+                "up": up_gap,
+                "down": down_gap,
+                "up_from": up_from,
+                "down_from": down_from,
                 "up_before": cut_gap(caller_sent, answer_received, cut[0], before=True),
                 "down_before": cut_gap(answer_sent, caller_received, cut[0], before=True),
             }
@@ -473,6 +481,16 @@ def ms(seconds: float) -> str:
     return "-" if math.isnan(seconds) else f"{seconds * 1000:.0f}"
 
 
+def log_observer() -> Any:
+    """
+    The halves' log (C{twistd --logger}): Twisted's text format on
+    stdout, with milliseconds, to line their events up with the gaps.
+    """
+    from twisted.logger import textFileLogObserver
+
+    return textFileLogObserver(sys.stdout, timeFormat="%Y-%m-%dT%H:%M:%S.%f")
+
+
 def cut_gap(
     sent: dict[tuple[int, int], float], received: list[tuple[int, int, float]], cut: float, late: float = LATE,
     before: bool = False,
@@ -485,6 +503,17 @@ def cut_gap(
     that window (its first C{CUT_AT - 1} s), what the link itself costs
     without a cut, to compare.
     """
+    return gap_run(sent, received, cut, late, before)[0]
+
+
+def gap_run(
+    sent: dict[tuple[int, int], float], received: list[tuple[int, int, float]], cut: float, late: float = LATE,
+    before: bool = False,
+) -> tuple[float, float | None]:
+    """
+    L{cut_gap}, and when its run started: the first packet's send time
+    less the cut's, in seconds (C{None}: no packet missed).
+    """
     first: dict[tuple[int, int], float] = {}
     for ssrc, seq, at in received:
         key = (ssrc, seq)
@@ -495,13 +524,16 @@ def cut_gap(
         if (at < cut - 1.0) if before else (cut - 1.0 <= at <= cut + CUT_WINDOW):
             streams.setdefault(ssrc, []).append(seq)
     longest = 0
+    start: float | None = None
     for ssrc, seqs in streams.items():
         run = 0
         for seq in sorted(seqs):
             d = first.get((ssrc, seq))
             run = 0 if d is not None and d <= late else run + 1
-            longest = max(longest, run)
-    return longest * INTERVAL
+            if run > longest:
+                longest = run
+                start = sent[(ssrc, seq - run + 1)] - cut
+    return longest * INTERVAL, start
 
 
 def phases(r: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -553,6 +585,28 @@ def table(results: list[dict[str, Any]]) -> list[str]:
                     f"{_event_gap(cut, direction)} | {_event_gap(moved, direction)} | "
                     f"{'-' if paths is None else f'{paths[0]} / {paths[1]}'} |"
                 )
+    return lines
+
+
+def cut_lines(results: list[dict[str, Any]]) -> list[str]:
+    """
+    Per cut: when it was (the logs' clock) and when each direction's
+    longest gap started, relative to it.
+    """
+    lines = []
+    for r in results:
+        for n, phase in r["spwm"].items():
+            cut = phase.get("cut")
+            if not cut or "wall" not in cut:
+                continue
+            wall = datetime.datetime.fromtimestamp(cut["wall"], datetime.timezone.utc)
+            gaps = []
+            for d in ("up", "down"):
+                start = cut.get(f"{d}_from")
+                where = "" if start is None else f" from {start:+.2f} s"
+                gaps.append(f"{d} {cut[d] * 1000:.0f} ms{where}")
+            lines.append(f"  {r['profile']:<7} spwm{n}: cut at {wall:%H:%M:%S.%f} UTC (port {cut['port']}); "
+                         f"longest gap {', '.join(gaps)}")
     return lines
 
 
@@ -650,7 +704,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the agent's --tunnel-connections (a number or auto); several: one SPWM phase each, in one bed (default %(default)s)")
     parser.add_argument("--cut", action="store_true",
                         help=f"also, per N, a {CUT_SECONDS:g} s call in which the agent's busiest connection is killed "
-                             f"(ss -K) after {CUT_AT:g} s: the audio gap it costs")
+                             f"(ss -K) after {CUT_AT:g} s: the audio gap it costs (after the table: the cut's time "
+                             f"on the halves' logs, which have milliseconds, and when each longest gap started)")
     parser.add_argument("--quic", action="store_true",
                         help="also a phase on the QUIC path: the router under normal (UDP 443 out), the contact "
                              "point with --quic-listen, an agent with --udp-path auto and one TCP connection "
@@ -738,6 +793,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(table(results)))
     print()
     print("\n".join(wan_lines(results)))
+    for line in cut_lines(results):
+        print(line)
     for r in results:
         for n, phase in r["spwm"].items():
             print(f"  {r['profile']:<7} spwm{n}: the measured call started {phase['call_after']:.1f} s after the agent's connections were up")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench.impair import cut_gap, diff, table
+from bench.impair import cut_gap, cut_lines, diff, gap_run, table
 from spwm.testing.impair import direction_stats
 
 
@@ -95,3 +95,29 @@ class ReportTests(SynchronousTestCase):
         self.assertAlmostEqual(cut_gap(sent, received, cut=5.0), 0.04)
         # packets in the cut's window (here from 0 s) do not count before it
         self.assertAlmostEqual(cut_gap(sent, received, cut=1.0, before=True), 0.0)
+
+    def test_gap_run_start(self) -> None:
+        """
+        With the gap, when its run started: the send time of its first
+        packet less the cut's; C{None} without a gap.
+        """
+        sent = {(7, i): i * 0.02 for i in range(500)}
+        received = [(7, i, i * 0.02 + 0.01) for i in range(500) if not 260 <= i < 264 and i != 240]
+        gap, start = gap_run(sent, received, cut=5.0)
+        self.assertAlmostEqual(gap, 0.08)
+        assert start is not None
+        self.assertAlmostEqual(start, 0.2)
+        self.assertEqual(gap_run(sent, [(7, i, i * 0.02) for i in range(500)], cut=5.0), (0.0, None))
+
+    def test_cut_lines(self) -> None:
+        """
+        A line per cut: its time on the logs' clock and where each
+        direction's longest gap started relative to it.
+        """
+        result = {"profile": "bad",
+                  "spwm": {"auto": {"cut": {"port": 40000, "wall": 0.25, "up": 0.08, "down": 0.0,
+                                            "up_from": 0.614, "down_from": None}},
+                           2: {"cut": {"up": 0.04, "down": 0.0}}}}
+        self.assertEqual(cut_lines([result]), [
+            "  bad     spwmauto: cut at 00:00:00.250000 UTC (port 40000); longest gap up 80 ms from +0.61 s, down 0 ms",
+        ])
