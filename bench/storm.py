@@ -688,7 +688,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cert", help=argparse.SUPPRESS)
     p.add_argument("--key", help=argparse.SUPPRESS)
     p.add_argument("--ca", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("count", "workers", "client_procs"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be 1 or more")
+    if args.give_up <= 0:
+        p.error("--give-up must be above 0")
+    return args
 
 
 if __name__ == "__main__":
