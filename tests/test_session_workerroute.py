@@ -11,14 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionRefusedError, TimeoutError as ConnectTimeout
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.security.keys import resumption_proof
 from spwm.session.carrier import PathKeeper
 from spwm.session.manager import SessionManager
-from spwm.session.workerroute import SteeredEndpoint, WorkerRoute, WorkerSteering, port_of
+from spwm.session.workerroute import AVOID_FOR, SteeredEndpoint, WorkerRoute, WorkerSteering, port_of
 from spwm.tunnel.api import Router
 from spwm.tunnel.protocol import AgentTunnelFactory
 from spwm.workers import WorkerPorts
@@ -103,7 +103,31 @@ class WorkerRouteTests(SynchronousTestCase):
         self.assertEqual(route.port_for(True), 7001)
         route.unreachable(7001)
         self.assertIsNone(route.port_for(True))
-        self.assertEqual(route.status(), {"resume_port": None, "redirects": 0, "fallbacks": 1})
+        self.assertEqual(route.status(), {"resume_port": None, "redirects": 0, "fallbacks": 1, "avoided": 0})
+
+    def test_timed_out_avoided(self) -> None:
+        """
+        A worker's port that timed out (a firewall that drops it) is not
+        tried for L{AVOID_FOR}, though every welcome names it: the
+        session's connections go to the shared port; after that, once
+        more.  One that refused is tried at the next welcome.
+        """
+        clock = Clock()
+        route = WorkerRoute(clock.seconds)
+        route.learn({"resume_port": 7001})
+        route.unreachable(7001, timed_out=True)
+        route.learn({"resume_port": 7001})
+        self.assertIsNone(route.port_for(True))
+        clock.advance(AVOID_FOR - 1)
+        route.learn({"resume_port": 7001})
+        self.assertIsNone(route.port_for(True))
+        self.assertEqual((route.fallbacks, route.avoided), (1, 2))
+        clock.advance(1)
+        route.learn({"resume_port": 7001})
+        self.assertEqual(route.port_for(True), 7001)
+        route.unreachable(7001)
+        route.learn({"resume_port": 7001})
+        self.assertEqual(route.port_for(True), 7001)
 
 
 class FakeEndpoint:
@@ -125,9 +149,12 @@ class SteeredEndpointTests(SynchronousTestCase):
         self.made: dict[int | None, FakeEndpoint] = {}
         self.to_session = False
         self.refuse: set[int] = set()
+        self.drop: set[int] = set()
 
         def make(port: int | None) -> Any:
             result: Any = ConnectionRefusedError() if port in self.refuse else "connected"
+            if port in self.drop:
+                result = ConnectTimeout()
             endpoint = self.made[port] = FakeEndpoint(port, result)
             return endpoint
 
@@ -148,6 +175,21 @@ class SteeredEndpointTests(SynchronousTestCase):
         self.successResultOf(self.endpoint.connect(None))  # type: ignore[arg-type]
         self.assertEqual(self.made[7001].connects, 2)
         self.assertEqual(self.made[None].connects, 2)
+
+    def test_timeout_avoided(self) -> None:
+        """
+        A worker's port whose connection timed out: the next connections
+        to the session go to the configured port, though the welcomes
+        name the worker's again.
+        """
+        self.to_session = True
+        self.drop.add(7001)
+        self.route.learn({"resume_port": 7001})
+        self.failureResultOf(self.endpoint.connect(None), ConnectTimeout)  # type: ignore[arg-type]
+        self.route.learn({"resume_port": 7001})
+        self.successResultOf(self.endpoint.connect(None))  # type: ignore[arg-type]
+        self.assertEqual((self.made[7001].connects, self.made[None].connects), (1, 1))
+        self.assertEqual(self.route.avoided, 1)
 
     def test_unreachable_falls_back(self) -> None:
         """

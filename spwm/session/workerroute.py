@@ -24,8 +24,10 @@ L{WorkerRoute} is pure: hellos and answers in, ports out.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
+from twisted.internet import error
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.logger import Logger
@@ -35,6 +37,11 @@ from zope.interface import implementer
 from spwm.session.carrier import PathKind, path_kind
 
 __all__ = ["SteeredEndpoint", "WorkerRoute", "WorkerSteering", "port_of"]
+
+#: how long (s) a worker's port that timed out is not tried again, even
+#: when a welcome names it: behind a firewall that drops what is not 443,
+#: each try would cost the whole connect timeout (10 s) of a resumption
+AVOID_FOR = 3600.0
 
 
 def port_of(value: object) -> int | None:
@@ -57,12 +64,19 @@ class WorkerRoute:
     @ivar redirects: redirects followed.
     @ivar fallbacks: connections to the worker's port that failed (the
         next one goes to the shared port).
+    @ivar avoided: welcomes that named a worker's port this agent could
+        not reach within its connect timeout lately (L{AVOID_FOR}): the
+        session's connections went to the shared port instead.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
         self.resume_port: int | None = None
         self.redirects = 0
         self.fallbacks = 0
+        self.avoided = 0
+        self._now = now
+        # port -> until when it is not tried (timed out: dropped on the way)
+        self._avoid: dict[int, float] = {}
         # a redirect was followed and the session is not back yet: the
         # next redirect is not followed (no loops)
         self._following = False
@@ -72,7 +86,14 @@ class WorkerRoute:
         A connection that starts or resumes our session is up: its
         welcome says where its worker is (or nothing: one process).
         """
-        self.resume_port = port_of(welcome.get("resume_port"))
+        port = port_of(welcome.get("resume_port"))
+        if port is not None and port in self._avoid:
+            if self._now() < self._avoid[port]:
+                self.avoided += 1
+                port = None
+            else:
+                del self._avoid[port]
+        self.resume_port = port
 
     def settled(self) -> None:
         """
@@ -106,18 +127,28 @@ class WorkerRoute:
         """
         return self.resume_port if to_session else None
 
-    def unreachable(self, port: int) -> None:
+    def unreachable(self, port: int, timed_out: bool = False) -> None:
         """
         A connection to C{port} failed (a firewall, a worker that is no
         more): the next one goes to the shared port, where a redirect
-        can still name the worker.
+        can still name the worker.  One that timed out (a firewall that
+        drops what it does not let through) is not tried again for
+        L{AVOID_FOR}; a refused one (a worker restarting, a firewall that
+        rejects: it cost a round trip) is tried at the next welcome.
         """
+        if timed_out:
+            self._avoid[port] = self._now() + AVOID_FOR
         if port == self.resume_port:
             self.resume_port = None
             self.fallbacks += 1
 
     def status(self) -> dict[str, Any]:
-        return {"resume_port": self.resume_port, "redirects": self.redirects, "fallbacks": self.fallbacks}
+        return {
+            "resume_port": self.resume_port,
+            "redirects": self.redirects,
+            "fallbacks": self.fallbacks,
+            "avoided": self.avoided,
+        }
 
 
 @implementer(IStreamClientEndpoint)
@@ -157,7 +188,8 @@ class SteeredEndpoint:
         if port is not None:
 
             def failed(reason: Failure) -> Failure:
-                self.route.unreachable(port)
+                timed_out = reason.check(error.TimeoutError, TimeoutError) is not None
+                self.route.unreachable(port, timed_out=timed_out)
                 return reason
 
             d.addErrback(failed)

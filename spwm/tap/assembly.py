@@ -516,7 +516,12 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
     assert route is not None
     status.add(
         "sessions",
-        lambda: {**resumption.status(), "worker_redirects": route.redirects, "worker_fallbacks": route.fallbacks},
+        lambda: {
+            **resumption.status(),
+            "worker_redirects": route.redirects,
+            "worker_fallbacks": route.fallbacks,
+            "worker_avoided": route.avoided,
+        },
     )
     for k, side in enumerate(sides[1:], 2):
         # the second contact point's tunnel and session
@@ -662,7 +667,7 @@ def _agent_side_tunnel(
     # comes first: the session logic sees the session's front.
     # --workers at the contact point: the connections that resume or join
     # the session go to its worker's own port (spwm.session.workerroute)
-    route = WorkerRoute()
+    route = WorkerRoute(reactor.seconds)
     default_endpoint, tls = agent_tunnel_endpoint(config, reactor)
 
     def to_port(port: int | None) -> Any:
