@@ -9,7 +9,7 @@ import base64
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import CannotListenError, ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import CannotListenError, ConnectionDone, ConnectionRefusedError, TimeoutError as ConnectTimeout
 from twisted.python.failure import Failure
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
@@ -575,6 +575,36 @@ class HTTPConnectTests(SynchronousTestCase):
         failure = self.failureResultOf(d)
         self.assertIn("403 Forbidden", describe_failure(failure))
         self.assertTrue(transport.disconnecting)
+
+    def test_no_answer(self) -> None:
+        """
+        A proxy that takes the connection and never answers the CONNECT
+        fails the attempt after the timeout, as a TCP connection that
+        times out does (one line, then the agent tries again); one that
+        answers in time is not cut by the timer.
+        """
+        clock = Clock()
+        self.endpoint = HTTPConnectEndpoint(
+            self.proxy, "contact.example.test", 444, clock=clock, timeout=10.0, description="192.0.2.1:3128"
+        )
+        d, proto, transport, received = self.start()
+        clock.advance(9.9)
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        failure = self.failureResultOf(d, ConnectTimeout)
+        self.assertEqual(
+            describe_failure(failure),
+            describe_failure(Failure(ConnectTimeout(string="the HTTP proxy 192.0.2.1:3128 did not answer CONNECT"
+                                                           " contact.example.test:444 within 10 s"))),
+        )  # fmt: skip
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(Failure(ConnectionDone()))  # no second result
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.proxy.attempts.clear()
+        d, proto, transport, received = self.start()
+        proto.dataReceived(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self.successResultOf(d)
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_ipv6_target(self) -> None:
         """

@@ -21,7 +21,7 @@ from service_identity.pyopenssl import extract_patterns
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
-from twisted.internet import ssl
+from twisted.internet import error, ssl
 from automat import NoTransition
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -318,7 +318,14 @@ class _ConnectProtocol(Protocol):
     transport: Any
 
     def __init__(
-        self, target: str, wrapped: Any, done: Deferred[IProtocol], auth: str | None = None, proxy: str = ""
+        self,
+        target: str,
+        wrapped: Any,
+        done: Deferred[IProtocol],
+        auth: str | None = None,
+        proxy: str = "",
+        clock: IReactorTime | None = None,
+        timeout: float = 10.0,
     ) -> None:
         self._target = target
         self._wrapped = wrapped
@@ -327,8 +334,28 @@ class _ConnectProtocol(Protocol):
         self._tunnelled = False
         self._auth = auth
         self._proxy = proxy
+        self._clock = clock
+        self._timeout = timeout
+        self._timer: IDelayedCall | None = None
+
+    def _no_answer(self) -> None:
+        # a proxy that takes the connection but never answers the CONNECT
+        # (it waits on a target a firewall drops): the attempt fails, as a
+        # TCP connection that times out does, and the agent tries again
+        self._timer = None
+        self.transport.abortConnection()
+        if not self._done.called:
+            why = f"the HTTP proxy {self._proxy or ''} did not answer CONNECT {self._target} within {self._timeout:g} s"
+            self._done.errback(Failure(error.TimeoutError(string=why.replace("  ", " "))))
+
+    def _answered(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     def connectionMade(self) -> None:
+        if self._clock is not None:
+            self._timer = self._clock.callLater(self._timeout, self._no_answer)
         head = f"CONNECT {self._target} HTTP/1.1\r\nHost: {self._target}\r\n"
         if self._auth is not None:
             # RFC 7617: Basic, user-id ":" password in UTF-8, base64.
@@ -346,6 +373,7 @@ class _ConnectProtocol(Protocol):
             if len(self._buf) > self.max_response:
                 self._fail("HTTP proxy sent an over-long response")
             return
+        self._answered()
         status_line = head.split(b"\r\n", 1)[0]
         parts = status_line.split(None, 2)
         if len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and parts[1] == b"407":
@@ -385,11 +413,13 @@ class _ConnectProtocol(Protocol):
         return line + "it refused the user and password of http-proxy-auth (or SPWM_HTTP_PROXY_AUTH)"
 
     def _fail(self, reason: str) -> None:
+        self._answered()
         self.transport.loseConnection()
         if not self._done.called:
             self._done.errback(Failure(ConnectionError(reason)))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        self._answered()
         if self._tunnelled:
             self._wrapped.connectionLost(reason)
         elif not self._done.called:
@@ -400,19 +430,28 @@ class _ConnectFactory(Factory):
     noisy = False
 
     def __init__(
-        self, target: str, wrapped: Factory, done: Deferred[IProtocol], auth: str | None = None, proxy: str = ""
+        self,
+        target: str,
+        wrapped: Factory,
+        done: Deferred[IProtocol],
+        auth: str | None = None,
+        proxy: str = "",
+        clock: IReactorTime | None = None,
+        timeout: float = 10.0,
     ) -> None:
         self._target = target
         self._wrapped_factory = wrapped
         self._done = done
         self._auth = auth
         self._proxy = proxy
+        self._clock = clock
+        self._timeout = timeout
 
     def buildProtocol(self, addr: Any) -> Protocol | None:
         wrapped = self._wrapped_factory.buildProtocol(addr)
         if wrapped is None:
             return None
-        return _ConnectProtocol(self._target, wrapped, self._done, self._auth, self._proxy)
+        return _ConnectProtocol(self._target, wrapped, self._done, self._auth, self._proxy, self._clock, self._timeout)
 
 
 @implementer(IStreamClientEndpoint)
@@ -423,21 +462,42 @@ class HTTPConnectEndpoint:
     """
 
     def __init__(
-        self, proxy: IStreamClientEndpoint, host: str, port: int, *, auth: str | None = None, description: str = ""
+        self,
+        proxy: IStreamClientEndpoint,
+        host: str,
+        port: int,
+        *,
+        auth: str | None = None,
+        description: str = "",
+        clock: IReactorTime | None = None,
+        timeout: float = 10.0,
     ) -> None:
         """
         @param auth: C{"user:password"} for Basic proxy authentication.
         @param description: the proxy's address, for messages.
+        @param clock: with it, a proxy that does not answer the CONNECT
+            within C{timeout} seconds fails the attempt with
+            L{error.TimeoutError} (without: no bound).
         """
         self._proxy = proxy
         self._target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._auth = auth
         self._description = description
+        self._clock = clock
+        self._timeout = timeout
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         done: Deferred[IProtocol] = Deferred()
         d: Deferred[Any] = self._proxy.connect(
-            _ConnectFactory(self._target, cast(Factory, protocolFactory), done, self._auth, self._description)
+            _ConnectFactory(
+                self._target,
+                cast(Factory, protocolFactory),
+                done,
+                self._auth,
+                self._description,
+                self._clock,
+                self._timeout,
+            )
         )
 
         def connected(_: Any) -> Deferred[IProtocol]:
@@ -1195,6 +1255,8 @@ def agent_endpoint(
             port,
             auth=http_proxy_auth,
             description=f"[{proxy_host}]:{proxy_port}" if ":" in proxy_host else f"{proxy_host}:{proxy_port}",
+            clock=reactor,
+            timeout=timeout,
         )
     else:
         endpoint = StaggeredEndpoint(HostnameEndpoint(reactor, host, port, timeout=timeout), reactor)
