@@ -13,6 +13,7 @@ from typing import Any
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -1047,6 +1048,38 @@ class KeeperTests(SynchronousTestCase):
         self.assertEqual(late.closed, ["the session is gone"])
         self.keeper.stop()
         self.assertEqual(kept.closed, ["agent stopping"])
+
+    def test_stop_cancels_attempts(self) -> None:
+        """
+        Stopping cancels the attempts under way (they would go on
+        connecting, and leave their timers, after the agent stopped),
+        quietly: no failed attempt is logged or counted.
+        """
+        from twisted.internet.defer import Deferred
+
+        from spwm.session.carrier import PathKeeper
+
+        cancelled: list[Deferred[Any]] = []
+        attempts: list[Deferred[Any]] = []
+
+        def connect() -> Deferred[Any]:
+            d: Deferred[Any] = Deferred(cancelled.append)
+            attempts.append(d)
+            return d
+
+        keeper = PathKeeper(self.clock, connect, 2, retry_cap=4.0)
+        keeper.session_up()
+        self.assertEqual(len(attempts), 2)
+        done = _Conn()
+        attempts[0].callback(done)
+        with capturedLogs() as events:
+            keeper.stop()
+        self.assertEqual(cancelled, [attempts[1]])
+        self.assertEqual(done.closed, ["agent stopping"])
+        self.assertEqual((events, self.clock.getDelayedCalls()), ([], []))
+        # up again later: the next attempt goes at once (no failure counted)
+        keeper.session_up()
+        self.assertEqual(len(attempts), 3)
 
 
 class _Front:

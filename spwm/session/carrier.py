@@ -33,7 +33,7 @@ import hmac
 import struct
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -1390,6 +1390,8 @@ class PathKeeper:
         self._mine: dict[int, Any] = {}
         self._draining: dict[int, tuple[Any, IDelayedCall]] = {}
         self._connecting = 0
+        # the attempts under way, cancelled when the agent stops
+        self._attempts: set[Deferred[Any]] = set()
         self._failures = 0
         self._redirected: set[int] = set()
         self._up = False
@@ -1459,7 +1461,13 @@ class PathKeeper:
             self._connecting += 1
             self.opened += 1
             d = self._connect()
+            self._attempts.add(d)
+            d.addBoth(self._attempt_over, d)
             d.addCallbacks(self._connected, self._failed)
+
+    def _attempt_over(self, result: Any, d: Deferred[Any]) -> Any:
+        self._attempts.discard(d)
+        return result
 
     def _connected(self, protocol: Any) -> None:
         self._connecting -= 1
@@ -1482,6 +1490,8 @@ class PathKeeper:
 
     def _failed(self, reason: Failure) -> None:
         self._connecting -= 1
+        if reason.check(CancelledError) and not self._up:
+            return  # stop() cancelled it
         self._failures += 1
         self.log.info(
             "another connection to the contact point failed: {reason}", reason=reason.getErrorMessage()
@@ -1570,6 +1580,9 @@ class PathKeeper:
 
     def stop(self) -> None:
         self.session_down()
+        for d in list(self._attempts):
+            # an attempt under way would go on connecting after the stop
+            d.cancel()
         for protocol in list(self._mine.values()):
             protocol.close(0, "agent stopping")
         for path, timer in list(self._draining.values()):
