@@ -43,6 +43,17 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def raise_nofile() -> None:
+    """
+    Raise this process's open-file limit to its hard limit (thousands of
+    connections in one process).
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def udp_counters() -> dict[str, int]:
     """
     The kernel's UDP counters (system-wide; other users of the machine add noise).

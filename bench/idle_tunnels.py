@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -38,16 +37,12 @@ from _common import (  # noqa: E402
     free_port,
     machine_cpu,
     machine_usage,
+    raise_nofile,
     run_bounded,
     summarize_profile,
 )
 from spwm.listenqueue import read_netstat  # noqa: E402  (after _common: it puts the checkout on sys.path)
 from spwm.testing.procs import children  # noqa: E402
-
-
-def raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def rss_kib(pid: int) -> int:

@@ -58,6 +58,7 @@ from _common import (  # noqa: E402
     machine_cpu,
     machine_usage,
     percentile,
+    raise_nofile,
     run_bounded,
     summarize_profile,
 )
@@ -72,13 +73,6 @@ from spwm.testing.procs import children  # noqa: E402
 CONNECT_TIMEOUT = 30.0
 HANDSHAKE_TIMEOUT = 10.0
 RESUME_TIMEOUT = 45.0
-
-
-def raise_nofile() -> None:
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 # -- what the contact point restarts from -----------------------------------

@@ -317,25 +317,17 @@ class _ConnectProtocol(Protocol):
     max_response = 16384
     transport: Any
 
-    def __init__(
-        self,
-        target: str,
-        wrapped: Any,
-        done: Deferred[IProtocol],
-        auth: str | None = None,
-        proxy: str = "",
-        clock: IReactorTime | None = None,
-        timeout: float = 10.0,
-    ) -> None:
-        self._target = target
+    def __init__(self, factory: _ConnectFactory, wrapped: Any) -> None:
+        # the attempt's settings are its factory's
+        self._target = factory.target
+        self._done = factory.done
+        self._auth = factory.auth
+        self._proxy = factory.proxy
+        self._clock = factory.clock
+        self._timeout = factory.timeout
         self._wrapped = wrapped
-        self._done = done
         self._buf = b""
         self._tunnelled = False
-        self._auth = auth
-        self._proxy = proxy
-        self._clock = clock
-        self._timeout = timeout
         self._timer: IDelayedCall | None = None
 
     def _no_answer(self) -> None:
@@ -439,19 +431,19 @@ class _ConnectFactory(Factory):
         clock: IReactorTime | None = None,
         timeout: float = 10.0,
     ) -> None:
-        self._target = target
-        self._wrapped_factory = wrapped
-        self._done = done
-        self._auth = auth
-        self._proxy = proxy
-        self._clock = clock
-        self._timeout = timeout
+        self.target = target
+        self.wrapped_factory = wrapped
+        self.done = done
+        self.auth = auth
+        self.proxy = proxy
+        self.clock = clock
+        self.timeout = timeout
 
     def buildProtocol(self, addr: Any) -> Protocol | None:
-        wrapped = self._wrapped_factory.buildProtocol(addr)
+        wrapped = self.wrapped_factory.buildProtocol(addr)
         if wrapped is None:
             return None
-        return _ConnectProtocol(self._target, wrapped, self._done, self._auth, self._proxy, self._clock, self._timeout)
+        return _ConnectProtocol(self, wrapped)
 
 
 @implementer(IStreamClientEndpoint)
