@@ -1,0 +1,61 @@
+"""
+Tests for the benchmark of one contact-point worker's media
+(C{bench/contact_media.py}): its lean agent speaks the tunnel protocol as
+the contact point expects, so the calls it sets up are real calls whose
+RTP the contact point relays both ways.  (The figures are the benchmark's:
+C{python3 bench/contact_media.py}.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from bench.contact_media import sdp, sdp_port, sip_message, sip_parse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class SipTests(SynchronousTestCase):
+    def test_message_round_trip(self) -> None:
+        """
+        What the bench writes it reads back: the start line, every header
+        value under its lower-case name in order, and the body after
+        C{Content-Length}.
+        """
+        body = sdp("caller", 40002)
+        data = sip_message("INVITE sip:a@b SIP/2.0", [("Via", "v1"), ("Via", "v2"), ("Call-ID", "x")], body)
+        start, headers, got = sip_parse(data)
+        self.assertEqual(start, "INVITE sip:a@b SIP/2.0")
+        self.assertEqual(headers["via"], ["v1", "v2"])
+        self.assertEqual(headers["content-length"], [str(len(body))])
+        self.assertEqual(got, body)
+        self.assertEqual(sdp_port(body), 40002)
+
+
+class RunTests(SynchronousTestCase):
+    def test_calls_relayed_both_ways(self) -> None:
+        """
+        Three calls over TLS, one second of RTP: every packet of the relay
+        phase arrives once in each direction, and every call ends with a
+        200 to its BYE.
+        """
+        out = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "bench", "contact_media.py"), "--calls", "3", "--duration", "1",
+             "--no-pin", "--max-time", "90"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        row = re.search(r"^\| 3 \| relay \| (\d+) / (\d+) \| ([\d.]+) / ([\d.]+) %", out.stdout, re.M)
+        self.assertIsNotNone(row, out.stdout)
+        assert row is not None
+        sent_fwd, sent_ret = int(row.group(1)), int(row.group(2))
+        self.assertGreater(sent_fwd, 100)
+        self.assertGreater(sent_ret, 100)
+        self.assertEqual((float(row.group(3)), float(row.group(4))), (0.0, 0.0), out.stdout)
+        self.assertIn("hung up: 3 of 3 BYEs answered 200", out.stdout)
+        self.assertNotIn("duplicates delivered", out.stdout)
