@@ -166,6 +166,7 @@ class LeanAgent:
         self.next_channel = 1
         self.calls: list[dict[str, Any]] = []
         self.by_call_id: dict[str, dict[str, Any]] = {}
+        self.seq_base = 0
         self.collect: Any = None  # (direction, call, seq, sent) during a phase
         self.counters = {"pings": 0, "other_frames": 0}
 
@@ -478,6 +479,10 @@ class LeanAgent:
         flags = 2 if self.seq else 0
         length = SIZE + (4 if self.seq else 0)
         channels = [c["channel"] for c in calls]
+        # a channel's sequence numbers go on from phase to phase, as an
+        # agent's do (the contact point drops numbers it has had)
+        base = self.seq_base
+        self.seq_base += per_call
         packet = bytearray(SIZE)
         rtp = RTP.pack_into
         stamp = STAMP.pack_into
@@ -505,7 +510,7 @@ class LeanAgent:
                         rtp(packet, 0, 0x80, 0, seq & 0xFFFF, seq * 160, call + 1)
                         stamp(packet, 12, call, seq, _monotonic())
                         if self.seq:
-                            frames.append(header.pack(FrameType.DATAGRAM, flags, channels[call], length, seq))
+                            frames.append(header.pack(FrameType.DATAGRAM, flags, channels[call], length, base + seq))
                         else:
                             frames.append(header.pack(FrameType.DATAGRAM, flags, channels[call], length))
                         frames.append(bytes(packet))
