@@ -320,6 +320,8 @@ class LeanAgent:
         elif method == "INVITE":
             call = self.by_call_id[headers["call-id"][0]]
             call["relay"] = sdp_port(body)
+            if not call["relay"]:
+                raise Failed(f"the contact point refused call {call['index']}'s media (port 0 in its offer): see its log")
             to = [("To", headers["to"][0] + f";tag=op{call['index']}")]
             contact = [("Contact", f"<sip:operator@127.0.0.1:{self.sip.getsockname()[1]}>"), ("Content-Type", "application/sdp")]
             self.sip.sendto(sip_message("SIP/2.0 200 OK", copied + to + contact, sdp("operator", self.op_port)), addr)

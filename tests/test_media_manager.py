@@ -10,7 +10,7 @@ from typing import Any
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.media.manager import PENDING_TIMEOUT, MediaManager, _codecs, first_codec
+from spwm.media.manager import BIND_TRIES, PENDING_TIMEOUT, MediaManager, _codecs, first_codec
 from spwm.media.ports import PortAllocator, PortsExhaustedError
 from spwm.sdp import parse_sdp
 from spwm.sip.flows import Flow, FlowTable
@@ -504,6 +504,26 @@ class RefusalTests(SynchronousTestCase):
         out = manager.sdp_out_of_tunnel(tunnel, DIALOG, "application/sdp", _sdp(PHONE, ("audio", 4000, "")))
         self.assertEqual(parse_sdp(out).media[0].port, 30002)
         self.assertEqual((manager.open_sockets, manager.ports_in_use), (2, 1))
+
+    def test_ports_held_elsewhere(self) -> None:
+        """
+        When every pair a stream tries is held by another program, the
+        stream gets port 0 and the contact point says why in one line
+        (not a silent drop); the next stream goes on past the held block.
+        """
+        reactor = FakeUdpReactor()
+        reactor.refuse.update(range(30000, 30000 + 2 * BIND_TRIES))
+        manager = MediaManager(reactor, "contact", CONTACT_ADDR, (30000, 30099))
+        tunnel = FakeTunnel(2, "agent")
+        with capturedLogs() as events:
+            out = manager.sdp_out_of_tunnel(tunnel, DIALOG, "application/sdp", _sdp(PHONE, ("audio", 4000, "")))
+        self.assertEqual(parse_sdp(out).media[0].port, 0)
+        self.assertEqual((manager.open_sockets, manager.ports_in_use, manager.rejected_streams), (0, 0, 1))
+        [line] = [formatEvent(e) for e in events if e.get("log_level").name == "warn"]
+        self.assertIn(f"no media port pair could be bound for dialog {DIALOG}", line)
+        self.assertIn(f"the {BIND_TRIES} pairs tried of 30000-30099 are held by other programs", line)
+        out = manager.sdp_out_of_tunnel(tunnel, "next", "application/sdp", _sdp(PHONE, ("audio", 4000, "")))
+        self.assertEqual(parse_sdp(out).media[0].port, 30000 + 2 * BIND_TRIES)
 
     def test_mux_only(self) -> None:
         """

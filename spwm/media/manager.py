@@ -94,6 +94,11 @@ DEFAULT_MAX_PENDING_CHANNELS = 256
 #: after this belongs to a message that was refused or lost (overload).
 PENDING_TIMEOUT = 10.0
 
+#: Pairs of the range one stream tries to bind before it is given up when
+#: other programs hold them (each try is a C{bind}; the allocator goes on
+#: from the last for the next stream, so a held block is passed in turn).
+BIND_TRIES = 16
+
 #: Call detail records kept for the status page (the last ones ended).
 RECENT_CALLS = 100
 
@@ -1784,7 +1789,16 @@ class MediaManager:
             direct(stream.channel_id, stream.rtp.send, rtcp.send)
 
     def _bind(self, stream: _Stream, dialog: _Dialog, need_rtcp: bool) -> bool:
-        for _ in range(min(self.ports.capacity, 16)):
+        """
+        Bind the stream's relay sockets on a free pair of the range,
+        skipping pairs that another program holds, at most L{BIND_TRIES}
+        of them (the allocator goes on from there for the next stream).
+
+        @return: C{False}: no pair (each failure logged, throttled).
+        """
+        tries = min(self.ports.capacity, BIND_TRIES)
+        taken: CannotListenError | None = None
+        for _ in range(tries):
             try:
                 base = self.ports.allocate()
             except PortsExhaustedError:
@@ -1793,8 +1807,9 @@ class MediaManager:
             rtp = self._endpoint(0)
             try:
                 rtp.port = self.sockets.listen(base, rtp, self.address, self.receive_buffer)
-            except CannotListenError:
+            except CannotListenError as e:
                 self.ports.release(base)
+                taken = e
                 continue
             self._sockets += 1
             rtcp = None
@@ -1802,9 +1817,10 @@ class MediaManager:
                 rtcp = self._endpoint(1)
                 try:
                     rtcp.port = self.sockets.listen(base + 1, rtcp, self.address, self.receive_buffer)
-                except CannotListenError:
+                except CannotListenError as e:
                     self._unlisten(rtp)
                     self.ports.release(base)
+                    taken = e
                     continue
                 self._sockets += 1
             stream.rtp, stream.rtcp, stream.base_port = rtp, rtcp, base
@@ -1818,6 +1834,16 @@ class MediaManager:
             self._apply_remote(stream, dialog, stream.plan.expected())
             self._route(stream)
             return True
+        self._warn(
+            "ports taken",
+            "no media port pair could be bound for dialog {dialog}: the {tries} pairs tried"
+            " of {low}-{high} are held by other programs (last: {error})",
+            dialog=stream.dialog,
+            tries=tries,
+            low=self.ports.low,
+            high=self.ports.high,
+            error=str(taken.socketError) if taken is not None else "",
+        )
         return False
 
     def _endpoint(self, component: int) -> MediaRelayEndpoint:
