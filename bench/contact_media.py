@@ -600,6 +600,7 @@ def start_contact(procs: Processes, workdir: str, args: argparse.Namespace, sip_
         "--sip-address", f"127.0.0.1:{free_port()}", "--media-address", "127.0.0.1",
         "--media-ports", f"{args.media_low}-{args.media_low + 4 * max_calls + 200}", "--media-allow", "127.0.0.0/8",
         "--drain-time", "0.2", "--udp-buffer", str(SOCKET_BUFFER),
+        "--status-listen", f"tcp:{args.status_port}:interface=127.0.0.1",
         *(["--cert", tls[0], "--key", tls[1]] if tls else ["--plaintext"]), *args.contact_arg,
     ]  # fmt: skip
     profile = [f"--profile={args.cprofile}", "--profiler=cprofile", "--savestats"] if args.cprofile else []
@@ -622,6 +623,21 @@ def start_contact(procs: Processes, workdir: str, args: argparse.Namespace, sip_
         except OSError:
             time.sleep(0.1)
     raise Failed(f"spwm-contact did not listen within 20 s: see {log}")
+
+
+def loop_status(port: int) -> dict[str, Any]:
+    """
+    The contact point's own view of its lateness (the C{loop} section of
+    its status), or C{{}} when it cannot be read.
+    """
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as reply:
+            return dict(json.load(reply).get("loop") or {})
+    except (OSError, ValueError):
+        return {}
 
 
 def fmt_ms(seconds: float) -> str:
@@ -648,6 +664,7 @@ def run(procs: Processes, workdir: str, args: argparse.Namespace) -> int:
     if args.pin:
         os.sched_setaffinity(0, {1})
     sip_port = free_port()
+    args.status_port = free_port()
     server, port = start_contact(procs, workdir, args, sip_port, tls)
     agent = LeanAgent(port, tls[2] if tls else None, not args.no_seq, sip_port)
     agent.contact_pid = server.pid
@@ -688,6 +705,14 @@ def run(procs: Processes, workdir: str, args: argparse.Namespace) -> int:
             )
             if f["dups"] or b["dups"]:
                 print(f"  duplicates delivered: {f['dups']} forward, {b['dups']} return")
+            if path == "relay":
+                loop = loop_status(args.status_port)
+                if loop:
+                    print(
+                        f"  the contact point's loop, its last 10 s window: timers late p50 {loop.get('lag_ms_p50')},"
+                        f" p90 {loop.get('lag_ms_p90')}, max {loop.get('lag_ms_max')} ms; windows warned of so far"
+                        f" {loop.get('late_windows')}"
+                    )
         relay = rows[-1]
         ok = relay["forward"]["loss"] < 0.001 and relay["return"]["loss"] < 0.001
         added = None

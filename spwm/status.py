@@ -229,6 +229,7 @@ COUNTERS: dict[str, frozenset[str]] = {
         }
     ),
     "forwards": frozenset({"refused", "dropped_no_tunnel", "dropped_no_channel"}),
+    "loop": frozenset({"late_windows"}),
 }
 
 #: The HELP text of the document's numbers that have one of their own.
@@ -258,6 +259,11 @@ HELP: dict[str, str] = {
     "paths_connections_wanted": "Agent, --tunnel-connections auto: connections it keeps attached to its session now.",
     "paths_media_stalls": "Agent, --tunnel-connections auto: pauses in the received media ended by a burst (every connection held it back).",
     "paths_connections_for_load": "Agent, --tunnel-connections auto: connections the media load asks for now (many calls on a lossy link; 0: none).",
+    "loop_lag_ms_p50": "How late the reactor ran its timers, median of the last 10 s window (ms).",
+    "loop_lag_ms_p90": "How late the reactor ran its timers, 90th percentile of the last 10 s window (ms): a process short of CPU.",
+    "loop_lag_ms_max": "How late the reactor ran its latest timer, at most, in the last 10 s window (ms).",
+    "loop_lag_ms_max_1m": "How late the reactor ran a timer, at most, in the last minute (ms).",
+    "loop_late_windows": "10 s windows whose 90th percentile of timer lateness was 5 ms or more.",
     "paths_late_losses": "Agent, --tunnel-connections auto: kernel retransmissions seen on a connection whose round trip is 100 ms or more (each can add connections).",
 }
 

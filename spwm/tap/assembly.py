@@ -35,6 +35,7 @@ from spwm.errors import ConfigError
 from spwm.hep import HepSender
 from spwm.forward import USE as FORWARD_USE, AgentForwarder, ContactForwarder
 from spwm.listenqueue import HandshakeGate, ListenQueueWatch, system_backlog, with_backlog
+from spwm.looplag import LoopLag
 from spwm.media.manager import MediaManager
 from spwm.media.reader import relay_sockets_for
 from spwm.security.resume import AgentResumption
@@ -1102,6 +1103,11 @@ def build_contact(
     status.add("media", lambda: {**media.status(), "refused_unregistered": gate.refused})
     status.add("forwards", lambda: {"open": forwarder.open_count, "refused": forwarder.refused})
     add_contact_lists(status, factory.tunnels, resumption, core, media)
+    # the contact point's only: an agent carries a few calls, and a
+    # laptop's agent should not wake ten times a second for it
+    loop = LoopLag(reactor)
+    loop.setServiceParent(top)
+    status.add("loop", loop.status)
     if quic_listener is not None:
         status.add("quic", quic_status(quic_listener))
     status_http = status_services(top, status, config.status, reactor)
