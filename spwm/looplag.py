@@ -100,13 +100,11 @@ class LoopLag(Service):
         self._schedule(now)
 
     def _close_window(self) -> None:
-        samples = sorted(self._samples)
+        figures = _figures(self._samples)
         self._samples = []
-        if not samples:
+        if figures is None:
             return
-        n = len(samples)
-        p50, p90, top = samples[n // 2], samples[min(n - 1, (9 * n) // 10)], samples[-1]
-        self._last = (p50, p90, top)
+        p50, p90, top = self._last = figures
         self._maxima.append(top)
         if p90 >= self.warn_lag:
             self.late_windows += 1
@@ -125,19 +123,27 @@ class LoopLag(Service):
     def status(self) -> dict[str, Any]:
         """
         @return: the last window's median, 90th percentile and maximum
-            lateness in milliseconds (C{None} before the first window),
-            the highest maximum of the last minute, and the windows warned
-            of so far.
+            lateness in milliseconds (before the first window is over:
+            those of the timers so far; none yet: 0), the highest maximum
+            of the last minute, and the windows warned of so far.
         """
-        last = self._last
-
-        def ms(value: float | None) -> float | None:
-            return None if value is None else round(1000 * value, 2)
-
+        p50, p90, top = self._last or _figures(self._samples) or (0.0, 0.0, 0.0)
         return {
-            "lag_ms_p50": ms(last[0] if last else None),
-            "lag_ms_p90": ms(last[1] if last else None),
-            "lag_ms_max": ms(last[2] if last else None),
-            "lag_ms_max_1m": ms(max(self._maxima) if self._maxima else None),
+            "lag_ms_p50": round(1000 * p50, 2),
+            "lag_ms_p90": round(1000 * p90, 2),
+            "lag_ms_max": round(1000 * top, 2),
+            "lag_ms_max_1m": round(1000 * max(self._maxima or [top]), 2),
             "late_windows": self.late_windows,
         }
+
+
+def _figures(samples: list[float]) -> tuple[float, float, float] | None:
+    """
+    @return: the median, the 90th percentile and the maximum of
+        C{samples}, or C{None} for none.
+    """
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    n = len(ordered)
+    return ordered[n // 2], ordered[min(n - 1, (9 * n) // 10)], ordered[-1]

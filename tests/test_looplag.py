@@ -38,18 +38,26 @@ def _warnings(events: list) -> list[str]:
 
 
 class LoopLagTests(SynchronousTestCase):
-    def test_nothing_before_the_first_window(self) -> None:
+    def test_before_the_first_window(self) -> None:
         """
-        Until a window is over there are no figures, and no warning.
+        Before any timer the figures are 0; until the first window is
+        over they are those of the timers so far, and nothing is warned of
+        however late.
         """
         clock = _LateClock()
         lag = LoopLag(clock)
-        lag.startService()
-        clock.run_for(5.0)
         self.assertEqual(
             lag.status(),
-            {"lag_ms_p50": None, "lag_ms_p90": None, "lag_ms_max": None, "lag_ms_max_1m": None, "late_windows": 0},
+            {"lag_ms_p50": 0.0, "lag_ms_p90": 0.0, "lag_ms_max": 0.0, "lag_ms_max_1m": 0.0, "late_windows": 0},
         )
+        lag.startService()
+        clock.late = 0.03
+        with capturedLogs() as events:
+            clock.run_for(5.0)
+        status = lag.status()
+        self.assertAlmostEqual(status["lag_ms_p90"], 30.0, places=3)
+        self.assertAlmostEqual(status["lag_ms_max_1m"], 30.0, places=3)
+        self.assertEqual((status["late_windows"], _warnings(events)), (0, []))
         lag.stopService()
         self.assertEqual(clock.getDelayedCalls(), [])
 
