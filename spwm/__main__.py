@@ -144,12 +144,26 @@ _VIEWS: list[tuple[str, str, list[str], Callable[[dict[str, Any]], list[Any]]]] 
 ]
 
 
+#: A C{loop.lag_ms_p90} this high is shown as a process short of CPU (the
+#: contact point's own warning, L{spwm.looplag.WARN_LAG}).
+LATE_MS = 5.0
+
+
 def render(doc: dict[str, Any]) -> str:
     """
     The terminal view of a C{/status} document.
     """
     side = "contact point" if doc.get("side") == "contact" else str(doc.get("side", "?"))
     out = [f"SPWM {side} {doc.get('version', '?')}, up {_cell(doc.get('uptime'))} s"]
+    loop = doc.get("loop")
+    if isinstance(loop, dict):
+        p90 = loop.get("lag_ms_p90")
+        late = isinstance(p90, (int, float)) and p90 >= LATE_MS
+        out.append(
+            f"Event loop: timers late p50 {_cell(loop.get('lag_ms_p50'))}, p90 {_cell(p90)},"
+            f" max {_cell(loop.get('lag_ms_max'))} ms over the last 10 s"
+            + ("; SHORT OF CPU: media and SIP wait as long (docs/operations.md, \"Capacity\")" if late else "")
+        )
     lists = doc.get("lists") or {}
     for name, title, headers, row in _VIEWS:
         page = lists.get(name)

@@ -105,6 +105,19 @@ class RenderTests(SynchronousTestCase):
         row = next(line for line in lines if line.startswith("sip:bob@"))
         self.assertEqual(len(header.rstrip()), len(row.rstrip()))
 
+    def test_loop(self) -> None:
+        """
+        A contact point's event loop: how late its timers run, under the
+        header; a p90 of 5 ms or more is said to be a process short of CPU.
+        """
+        self.assertFalse(any(line.startswith("Event loop") for line in render(DOC).splitlines()))
+        fine = dict(DOC, loop={"lag_ms_p50": 0.3, "lag_ms_p90": 0.62, "lag_ms_max": 1.2, "late_windows": 0})
+        self.assertEqual(
+            render(fine).splitlines()[1], "Event loop: timers late p50 0.3, p90 0.6, max 1.2 ms over the last 10 s"
+        )
+        late = dict(DOC, loop={"lag_ms_p50": 2.0, "lag_ms_p90": 17.0, "lag_ms_max": 43.0, "late_windows": 3})
+        self.assertIn("p90 17.0, max 43.0 ms over the last 10 s; SHORT OF CPU", render(late).splitlines()[1])
+
     def test_paths(self) -> None:
         """
         A tunnel that is a path of a session shows what carries the
