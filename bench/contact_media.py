@@ -81,6 +81,7 @@ RTP = struct.Struct("!BBHII")
 STAMP = struct.Struct("!IId")  # call, sequence, send time
 SIP_FLOW_REGISTER = 1
 SIP_FLOW_CALLS = 2
+SIDE_CALLS = 1_000_000  # the first index of the calls --sip-burst sets up beside the media
 USER = "caller"
 DOMAIN = "bench.spwm.test"
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -166,6 +167,11 @@ class LeanAgent:
         self.next_channel = 1
         self.calls: list[dict[str, Any]] = []
         self.by_call_id: dict[str, dict[str, Any]] = {}
+        self.register_call_id = secrets.token_hex(8)
+        self.register_cseq = 0
+        self.instance = _uuid()
+        self.sip_burst = (0, 0.5)  # calls set up per burst during a relay phase, seconds between bursts
+        self.side_index = SIDE_CALLS
         self.seq_base = 0
         self.collect: Any = None  # (direction, call, seq, sent) during a phase
         self.counters = {"pings": 0, "other_frames": 0}
@@ -338,20 +344,28 @@ class LeanAgent:
         port = 40000 + flow
         return ("Via", f"SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{secrets.token_hex(8)};rport={port};received=127.0.0.1")
 
-    def register(self) -> None:
-        self.until(lambda: self.welcome is not None, 10, "no welcome")
+    def send_register(self) -> None:
+        """
+        The caller's REGISTER (a refresh after the first: the same Call-ID,
+        the next CSeq), as an agent sends it into the tunnel.
+        """
         aor = f"sip:{USER}@{DOMAIN}"
-        call_id = secrets.token_hex(8)
+        self.register_cseq += 1
         self.tunnel_sip(
             f"REGISTER sip:{DOMAIN} SIP/2.0",
             [
                 self.phone_via(SIP_FLOW_REGISTER), ("Max-Forwards", "69"), ("From", f"<{aor}>;tag=r1"), ("To", f"<{aor}>"),
-                ("Call-ID", call_id), ("CSeq", "1 REGISTER"),
-                ("Contact", f'<sip:{USER}@127.0.0.1:{40000 + SIP_FLOW_REGISTER}>;+sip.instance="<urn:uuid:{_uuid()}>"'),
+                ("Call-ID", self.register_call_id), ("CSeq", f"{self.register_cseq} REGISTER"),
+                ("Contact", f'<sip:{USER}@127.0.0.1:{40000 + SIP_FLOW_REGISTER}>;+sip.instance="<urn:uuid:{self.instance}>"'),
                 ("Expires", "3600"),
             ],
             flow=SIP_FLOW_REGISTER,
         )  # fmt: skip
+
+    def register(self) -> None:
+        self.until(lambda: self.welcome is not None, 10, "no welcome")
+        call_id = self.register_call_id
+        self.send_register()
         self.until(lambda: self._final(call_id) is not None, 10, "REGISTER through the contact point")
         status = self._final(call_id)
         if status != 200:
@@ -366,60 +380,105 @@ class LeanAgent:
                     return code
         return None
 
-    def set_up(self, n: int, timeout: float) -> None:
+    def invite(self, index: int) -> dict[str, Any]:
         """
-        Calls until there are C{n}: INVITE (a media channel opened before
-        it, as an agent does), 200, ACK; at most 50 under way.
+        Start call C{index}: its media channel's C{open} (as an agent
+        opens it before the SDP that needs it), then the INVITE with an
+        offer.
         """
         from spwm.tunnel.frames import encode_control
 
+        call_id = f"bench{index}-{secrets.token_hex(6)}"
+        channel = self.next_channel
+        self.next_channel += 2
+        call: dict[str, Any] = {"index": index, "call_id": call_id, "channel": channel, "relay": None, "tag": f"c{index}"}
+        self.by_call_id[call_id] = call
+        meta = {"dialog": f"{SIP_FLOW_CALLS}/{call_id}", "mux": False, "stream": 0, "use": "media"}
+        self.out += encode_control({"op": "open", "channel": channel, "kind": "datagram", "meta": meta})
+        self.tunnel_sip(
+            f"INVITE sip:operator@{DOMAIN} SIP/2.0",
+            [
+                self.phone_via(SIP_FLOW_CALLS), ("Max-Forwards", "69"),
+                ("From", f"<sip:{USER}@{DOMAIN}>;tag={call['tag']}"), ("To", f"<sip:operator@{DOMAIN}>"),
+                ("Call-ID", call_id), ("CSeq", "1 INVITE"), ("Contact", f"<sip:{USER}@127.0.0.1:{40000 + SIP_FLOW_CALLS}>"),
+                ("Content-Type", "application/sdp"),
+            ],
+            sdp(USER, 40000 + 2 * (index % 10000)),
+        )  # fmt: skip
+        return call
+
+    def answered(self, pending: dict[str, dict[str, Any]], data: bytes) -> dict[str, Any] | None:
+        """
+        A final answer to one of the C{pending} INVITEs: ACK it, take it
+        out of C{pending} and return the call; anything else: C{None}.
+
+        @raise Failed: the INVITE was refused.
+        """
+        start, headers, _ = sip_parse(data)
+        call_id = headers.get("call-id", [""])[0]
+        call = pending.get(call_id)
+        if call is None or not start.startswith("SIP/2.0 ") or "INVITE" not in headers.get("cseq", [""])[0]:
+            return None
+        code = int(start.split()[1])
+        if code < 200:
+            return None
+        if code >= 300:
+            raise Failed(f"call {call['index']}: INVITE answered {start}")
+        if call["relay"] is None:
+            raise Failed(f"call {call['index']}: answered before the operator saw its INVITE")
+        call["to"] = headers["to"][0]
+        call["contact"] = headers["contact"][0].strip("<>")
+        call["route"] = headers.get("record-route", [])
+        self.tunnel_sip(f"ACK {call['contact']} SIP/2.0", self._in_dialog(call, "1 ACK"))
+        del pending[call_id]
+        return call
+
+    def set_up(self, n: int, timeout: float) -> None:
+        """
+        Calls until there are C{n}: INVITE, 200, ACK; at most 50 under way.
+        """
         deadline = _monotonic() + timeout
         pending: dict[str, dict[str, Any]] = {}
         while len(self.calls) < n:
             while len(pending) < 50 and len(self.calls) + len(pending) < n:
-                index = len(self.calls) + len(pending)
-                call_id = f"bench{index}-{secrets.token_hex(6)}"
-                channel = self.next_channel
-                self.next_channel += 2
-                call: dict[str, Any] = {"index": index, "call_id": call_id, "channel": channel, "relay": None, "tag": f"c{index}"}
-                self.by_call_id[call_id] = call
-                pending[call_id] = call
-                meta = {"dialog": f"{SIP_FLOW_CALLS}/{call_id}", "mux": False, "stream": 0, "use": "media"}
-                self.out += encode_control({"op": "open", "channel": channel, "kind": "datagram", "meta": meta})
-                self.tunnel_sip(
-                    f"INVITE sip:operator@{DOMAIN} SIP/2.0",
-                    [
-                        self.phone_via(SIP_FLOW_CALLS), ("Max-Forwards", "69"),
-                        ("From", f"<sip:{USER}@{DOMAIN}>;tag={call['tag']}"), ("To", f"<sip:operator@{DOMAIN}>"),
-                        ("Call-ID", call_id), ("CSeq", "1 INVITE"), ("Contact", f"<sip:{USER}@127.0.0.1:{40000 + SIP_FLOW_CALLS}>"),
-                        ("Content-Type", "application/sdp"),
-                    ],
-                    sdp(USER, 40000 + 2 * index),
-                )  # fmt: skip
+                call = self.invite(len(self.calls) + len(pending))
+                pending[call["call_id"]] = call
             self.wait(0.05)
             if _monotonic() > deadline:
                 raise Failed(f"call set-up: {len(self.calls)} of {n} calls after {timeout:g} s")
             for data in self.sip_in:
-                start, headers, body = sip_parse(data)
-                call_id = headers.get("call-id", [""])[0]
-                answered = pending.get(call_id)
-                if answered is None or not start.startswith("SIP/2.0 ") or "INVITE" not in headers.get("cseq", [""])[0]:
-                    continue
-                code = int(start.split()[1])
-                if code < 200:
-                    continue
-                if code >= 300:
-                    raise Failed(f"call {answered['index']}: INVITE answered {start}")
-                if answered["relay"] is None:
-                    raise Failed(f"call {answered['index']}: answered before the operator saw its INVITE")
-                answered["to"] = headers["to"][0]
-                answered["contact"] = headers["contact"][0].strip("<>")
-                answered["route"] = headers.get("record-route", [])
-                self.tunnel_sip(f"ACK {answered['contact']} SIP/2.0", self._in_dialog(answered, "1 ACK"))
-                del pending[call_id]
-                self.calls.append(answered)
+                done = self.answered(pending, data)
+                if done is not None:
+                    self.calls.append(done)
             self.sip_in.clear()
         self.until(self.flush, 10, "writing the ACKs")
+
+    def _side_calls(self, pending: dict[str, dict[str, Any]], counts: list[int]) -> None:
+        """
+        The SIP out of the tunnel during a phase: an answered side call is
+        hung up at once; the 200 to its BYE ends it.
+        """
+        for data in self.sip_in:
+            call = self.answered(pending, data)
+            if call is not None:
+                counts[1] += 1
+                self.hang_up_one(call)
+            elif data.startswith(b"SIP/2.0 200"):
+                start, headers, _ = sip_parse(data)
+                ended = headers.get("call-id", [""])[0]
+                if "BYE" in headers.get("cseq", [""])[0] and ended in self.by_call_id:
+                    del self.by_call_id[ended]
+                    counts[2] += 1
+        self.sip_in.clear()
+
+    def hang_up_one(self, call: dict[str, Any]) -> None:
+        """
+        Close the call's channel and send its BYE.
+        """
+        from spwm.tunnel.frames import encode_control
+
+        self.out += encode_control({"op": "close", "channel": call["channel"], "code": 0, "reason": "dialog ended"})
+        self.tunnel_sip(f"BYE {call['contact']} SIP/2.0", self._in_dialog(call, "2 BYE"))
 
     def _in_dialog(self, call: dict[str, Any], cseq: str) -> list[tuple[str, str]]:
         headers = [self.phone_via(SIP_FLOW_CALLS), ("Max-Forwards", "69")]
@@ -431,11 +490,8 @@ class LeanAgent:
         """
         BYE every call; the number of 200s.
         """
-        from spwm.tunnel.frames import encode_control
-
         for call in self.calls:
-            self.out += encode_control({"op": "close", "channel": call["channel"], "code": 0, "reason": "dialog ended"})
-            self.tunnel_sip(f"BYE {call['contact']} SIP/2.0", self._in_dialog(call, "2 BYE"))
+            self.hang_up_one(call)
         ids = {c["call_id"] for c in self.calls}
         ok: set[str] = set()
         deadline = _monotonic() + timeout
@@ -496,6 +552,11 @@ class LeanAgent:
         m0 = machine_cpu()
         t0 = _monotonic()
         end = t0 + duration
+        burst, every = self.sip_burst if path == "relay" else (0, 0.0)
+        next_burst = t0 + every / 2 if burst else end
+        side_pending: dict[str, dict[str, Any]] = {}
+        side = [0, 0, 0]  # calls started, answered (and hung up at once), ended (200 to the BYE)
+        self.sip_in.clear()
         rate = n / PERIOD
         while True:
             now = _monotonic()
@@ -536,6 +597,15 @@ class LeanAgent:
                     except BlockingIOError:
                         pass  # counted as lost
                 sent[1] = due
+            if now >= next_burst:
+                for _ in range(burst):
+                    extra = self.invite(self.side_index)
+                    self.side_index += 1
+                    side_pending[extra["call_id"]] = extra
+                side[0] += burst
+                next_burst += every
+            if self.sip_in:
+                self._side_calls(side_pending, side)
             if self.out:
                 done = self.flush()
                 if done == write_wanted:
@@ -556,12 +626,14 @@ class LeanAgent:
         busy_until = _monotonic() + 0.5
         while _monotonic() < busy_until:
             self.wait(0.02)
+        self._side_calls(side_pending, side)
         cpu1 = self._contact_cpu()
         me1 = os.times()
         usage = machine_usage(m0, machine_cpu())
         self.collect = None
         wall = _monotonic() - t0
         out: dict[str, Any] = {"path": path, "calls": n, "wall": wall, "busy": usage["busy"], "steal": usage["steal"]}
+        out["side"] = side
         out["contact_cpu"] = (cpu1 - cpu0) / wall
         out["bench_cpu"] = (me1.user + me1.system - me0.user - me0.system) / wall
         for d, name in ((0, "forward"), (1, "return")):
@@ -598,7 +670,7 @@ def start_contact(procs: Processes, workdir: str, args: argparse.Namespace, sip_
     contact_args = [
         "--listen", f"tcp:{port}:interface=127.0.0.1", "--sip-proxy", f"127.0.0.1:{sip_proxy}",
         "--sip-address", f"127.0.0.1:{free_port()}", "--media-address", "127.0.0.1",
-        "--media-ports", f"{args.media_low}-{args.media_low + 4 * max_calls + 200}", "--media-allow", "127.0.0.0/8",
+        "--media-ports", f"{args.media_low}-{args.media_low + 4 * (max_calls + args.sip_burst) + 200}", "--media-allow", "127.0.0.0/8",
         "--drain-time", "0.2", "--udp-buffer", str(SOCKET_BUFFER),
         "--status-listen", f"tcp:{args.status_port}:interface=127.0.0.1",
         *(["--cert", tls[0], "--key", tls[1]] if tls else ["--plaintext"]), *args.contact_arg,
@@ -668,6 +740,7 @@ def run(procs: Processes, workdir: str, args: argparse.Namespace) -> int:
     server, port = start_contact(procs, workdir, args, sip_port, tls)
     agent = LeanAgent(port, tls[2] if tls else None, not args.no_seq, sip_port)
     agent.contact_pid = server.pid
+    agent.sip_burst = (args.sip_burst, args.sip_every)
     agent.register()
     print(
         f"media through one contact-point worker: {'plaintext' if args.plaintext else 'TLS'},"
@@ -703,6 +776,11 @@ def run(procs: Processes, workdir: str, args: argparse.Namespace) -> int:
                 f" | {100 * r['bench_cpu']:.0f} % | {100 * r['busy']:.0f} % | {100 * r['steal']:.1f} % |",
                 flush=True,
             )
+            if r["side"][0]:
+                print(
+                    f"  SIP beside the media: {r['side'][0]} more calls set up and hung up at once, in bursts of"
+                    f" {agent.sip_burst[0]} every {agent.sip_burst[1]:g} s: {r['side'][1]} answered, {r['side'][2]} ended"
+                )
             if f["dups"] or b["dups"]:
                 print(f"  duplicates delivered: {f['dups']} forward, {b['dups']} return")
             if path == "relay":
@@ -754,6 +832,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=8.0, help="seconds of RTP per step and path (default 8)")
     p.add_argument("--plaintext", action="store_true", help="a plaintext tunnel (default TLS)")
     p.add_argument("--no-seq", action="store_true", help="datagrams without sequence numbers, as from an agent with --tunnel-connections 1")
+    p.add_argument("--sip-burst", type=int, default=0, metavar="K",
+                   help="during each relay phase, K more calls set up at once every --sip-every seconds, each hung up when answered (SIP beside the media)")  # fmt: skip
+    p.add_argument("--sip-every", type=float, default=0.5, metavar="S", help="seconds between two --sip-burst bursts (default 0.5)")
     p.add_argument("--skip-direct", action="store_true", help="no baseline (and so no 'added' figure)")
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin the contact point to CPU 0 and the benchmark to CPU 1")
     p.add_argument("--contact-arg", action="append", default=[], metavar="ARG", help="one more argument for spwm-contact")
@@ -769,6 +850,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         p.error(f"--calls: not a list of numbers: {args.calls!r}")
     if not args.calls or min(args.calls) < 1:
         p.error("--calls must name at least one step of 1 call or more")
+    if args.sip_burst < 0 or args.sip_every <= 0:
+        p.error("--sip-burst must be 0 or more and --sip-every above 0")
     if args.duration <= 0:
         p.error("--duration must be above 0")
     if args.pin and (os.cpu_count() or 1) < 2:

@@ -623,3 +623,174 @@ class EventLogTests(SynchronousTestCase):
             ],
         )
         runner.stop()
+
+
+class _RecordingCore:
+    """
+    A contact core that records what it was given, in order, each message
+    taking C{cost} seconds of the runner's timer.
+    """
+
+    def __init__(self, now: list[float], cost: float) -> None:
+        self.now = now
+        self.cost = cost
+        self.seen: list[Any] = []
+
+    def from_tunnel(self, tunnel: Any, session_id: str, flow_id: int, data: bytes, now: float, **kw: Any) -> list[Any]:
+        self.now[0] += self.cost
+        if data == b"boom":
+            raise ValueError("boom")
+        self.seen.append(data)
+        return []
+
+    def from_network(self, transport: str, addr: Any, data: bytes, now: float, **kw: Any) -> list[Any]:
+        self.now[0] += self.cost
+        self.seen.append(data)
+        return []
+
+    def tunnel_detached(self, tunnel: Any, keep_registrations: bool = False) -> None:
+        self.seen.append("lost")
+
+    def tunnel_attached(self, tunnel: Any, session_id: str) -> None:
+        self.seen.append("up")
+
+    def next_deadline(self) -> None:
+        return None
+
+
+class _StepClock(Clock):
+    """
+    A L{Clock} whose L{step} runs one reactor turn: the calls due when it
+    starts, not the ones they schedule for now (L{Clock.advance} would
+    run those too).
+    """
+
+    def step(self) -> None:
+        due = [c for c in self.calls if c.getTime() <= self.seconds()]
+        for call in due:
+            self.calls.remove(call)
+            call.called = 1
+            call.func(*call.args, **call.kw)
+
+
+class SliceTests(SynchronousTestCase):
+    """
+    A runner with C{slice_seconds} handles a burst of messages a slice of
+    time per reactor turn, in order, so other sockets (the media) get the
+    turns in between.
+    """
+
+    def setUp(self) -> None:
+        self.clock = _StepClock()
+        self.now = [0.0]
+        self.core = _RecordingCore(self.now, cost=0.0004)
+        self.runner = ContactSipRunner(
+            self.core,  # type: ignore[arg-type]
+            self.clock,
+            slice_seconds=0.001,
+            timer=lambda: self.now[0],
+        )
+        self.tunnel = FakeTunnel()
+
+    def _burst(self, n: int, prefix: bytes = b"m") -> list[bytes]:
+        messages = [prefix + str(i).encode() for i in range(n)]
+        for m in messages:
+            self.runner.sip_received(self.tunnel, 1, m)
+        return messages
+
+    def test_burst_in_slices(self) -> None:
+        """
+        Ten messages of 0.4 ms each with a 1 ms slice: three now, three
+        in each of the next turns, the last one in the fourth; in order.
+        """
+        messages = self._burst(10)
+        self.assertEqual(self.core.seen, messages[:3])
+        self.assertEqual(self.runner.waiting, 7)
+        self.clock.step()
+        self.assertEqual(self.core.seen, messages[:6])
+        self.clock.step()
+        self.clock.step()
+        self.assertEqual(self.core.seen, messages)
+        self.assertEqual(self.runner.waiting, 0)
+        self.assertEqual((self.runner.deferred_messages, self.clock.getDelayedCalls() != []), (7, True))
+        self.clock.step()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        # a new turn: a new slice
+        later = self._burst(2, b"n")
+        self.assertEqual(self.core.seen[-2:], later)
+
+    def test_later_messages_queue_behind(self) -> None:
+        """
+        While messages wait, a new one waits behind them, whatever the
+        time: the order of a flow's messages holds.
+        """
+        messages = self._burst(5)
+        self.now[0] = -10.0  # even with time to spare in this turn
+        self.runner.sip_received(self.tunnel, 1, b"late")
+        self.assertEqual(self.core.seen, messages[:3])
+        self.clock.step()
+        self.clock.step()
+        self.assertEqual(self.core.seen, messages + [b"late"])
+
+    def test_tunnel_changes_after_what_came_before(self) -> None:
+        """
+        A tunnel lost (or up) first handles every waiting message: the
+        change comes after them, as it did without slicing.
+        """
+        messages = self._burst(6)
+        self.runner.tunnel_lost(self.tunnel)
+        self.assertEqual(self.core.seen, messages + ["lost"])
+        self.assertEqual(self.runner.waiting, 0)
+        more = self._burst(6, b"x")
+        self.runner.tunnel_established(self.tunnel)
+        self.assertEqual(self.core.seen[-7:], more + ["up"])
+
+    def test_bounded(self) -> None:
+        """
+        Past C{MAX_WAITING} waiting messages, every one is handled at once,
+        in order: memory stays bounded under a flood.
+        """
+        from spwm.sip import transport
+
+        self.patch(transport, "MAX_WAITING", 4)
+        messages = self._burst(7)
+        self.assertEqual(self.core.seen, messages[:3])
+        self.assertEqual(self.runner.waiting, 4)
+        self.runner.sip_received(self.tunnel, 1, b"flood")
+        self.assertEqual(self.core.seen, messages + [b"flood"])
+        self.assertEqual(self.runner.waiting, 0)
+
+    def test_failure_logged_and_the_rest_handled(self) -> None:
+        """
+        A waiting message whose handling fails is logged; the ones behind
+        it are handled.
+        """
+        self._burst(3)
+        self.runner.sip_received(self.tunnel, 1, b"boom")
+        self.runner.sip_received(self.tunnel, 1, b"after")
+        with capturedLogs() as events:
+            self.clock.step()
+        self.assertEqual(self.core.seen[-1], b"after")
+        self.assertEqual(len([e for e in events if e.get("log_level") == LogLevel.critical]), 1)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_stop(self) -> None:
+        """
+        Stopping handles what waits and leaves no timer behind.
+        """
+        messages = self._burst(8)
+        self.runner.stop()
+        self.assertEqual(self.core.seen, messages)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_network_and_streams_too(self) -> None:
+        """
+        Datagrams from the operator's network share the slices (and the
+        order) with the tunnel's messages.
+        """
+        proto = SipUdpProtocol(self.runner, ("203.0.113.5", 5060))
+        self._burst(3)
+        proto.datagramReceived(b"from the network", ("198.51.100.7", 5060))
+        self.assertEqual(self.runner.waiting, 1)
+        self.clock.step()
+        self.assertEqual(self.core.seen[-1], b"from the network")

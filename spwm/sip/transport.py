@@ -24,6 +24,8 @@ logged with named fields; they never escape into the reactor.
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred
@@ -291,10 +293,32 @@ class SipStreamFactory(Factory):
         return SipStreamProtocol(self.runner, self.transport_name, self.max_size)
 
 
+#: Seconds of SIP work a runner does in one reactor turn (a half's
+#: default, L{spwm.tap.assembly}): the rest of a burst waits for the next
+#: turn, so the media and the other sockets go in between (a burst of 25
+#: call set-ups is tens of milliseconds of work: every relayed datagram
+#: waited that long).
+SLICE = 0.0005
+
+#: Messages that may wait for a later turn; one more and every waiting
+#: message is handled at once, in order (memory stays bounded under a
+#: flood; the turn is then as long as before slicing).
+MAX_WAITING = 10000
+
+
 class _Runner:
     """
     What both runners share: socket and connection bookkeeping, the timer,
-    and carrying out actions.
+    carrying out actions, and the input in slices.
+
+    Every message in (from the network or applications, from a tunnel)
+    goes through L{_submit}: with C{slice_seconds}, the messages of one
+    reactor turn are handled at once until they have taken that long; the
+    rest wait, in order, for the next turns (later messages queue behind
+    them).  A change of a tunnel or a connection (up, lost, dormant) first
+    handles every waiting message, so it comes after what arrived before
+    it, as without slicing.  Without C{slice_seconds} (tests) every
+    message is handled at once.
     """
 
     log = Logger()
@@ -302,10 +326,25 @@ class _Runner:
     #: seconds between two log lines for the same refused Route
     WARN_INTERVAL = 60.0
 
-    def __init__(self, core: Any, clock: IReactorTime, trace: SipTrace | None = None) -> None:
+    def __init__(
+        self,
+        core: Any,
+        clock: IReactorTime,
+        trace: SipTrace | None = None,
+        slice_seconds: float | None = None,
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.core = core
         self._clock = clock
         self.trace = trace
+        self._slice = slice_seconds
+        self._timer_now = timer
+        self._waiting: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._slice_end: float | None = None
+        self._turn: IDelayedCall | None = None
+        #: messages that waited for a later turn, and turns that had some
+        self.deferred_messages = 0
+        self.deferred_turns = 0
         # one line per refused Route per minute, per drop reason per 10 s
         self._route_log = ThrottledLog(self.log, clock, Every(self.WARN_INTERVAL))
         self._drop_log = ThrottledLog(self.log, clock, Every(10.0))
@@ -314,6 +353,71 @@ class _Runner:
         self._next_conn = 1
         self._timer: IDelayedCall | None = None
         self._deadline: float | None = None
+
+    # -- input in slices ---------------------------------------------------
+
+    def _submit(self, handle: Callable[..., None], *args: Any) -> None:
+        """
+        Handle one message now, or queue it behind others for a later
+        reactor turn (see the class).
+        """
+        if self._slice is None:
+            handle(*args)
+            return
+        if self._waiting:
+            if len(self._waiting) >= MAX_WAITING:
+                self.drain()
+                handle(*args)
+                return
+            self._waiting.append((handle, args))
+            self.deferred_messages += 1
+            return
+        now = self._timer_now()
+        if self._slice_end is None:
+            self._slice_end = now + self._slice
+            self._turn = self._clock.callLater(0, self._next_turn)
+        if now < self._slice_end:
+            handle(*args)
+        else:
+            self._waiting.append((handle, args))
+            self.deferred_messages += 1
+            self.deferred_turns += 1
+
+    def _next_turn(self) -> None:
+        self._turn = None
+        self._slice_end = None
+        if not self._waiting:
+            return
+        end = self._slice_end = self._timer_now() + (self._slice or 0.0)
+        self._turn = self._clock.callLater(0, self._next_turn)
+        waiting = self._waiting
+        while waiting and self._timer_now() < end:
+            handle, args = waiting.popleft()
+            self._run(handle, args)
+        if waiting:
+            self.deferred_turns += 1
+
+    def _run(self, handle: Callable[..., None], args: tuple[Any, ...]) -> None:
+        try:
+            handle(*args)
+        except Exception:
+            self.log.failure("SIP message failed")
+
+    def drain(self) -> None:
+        """
+        Handle every waiting message now, in order.
+        """
+        waiting = self._waiting
+        while waiting:
+            handle, args = waiting.popleft()
+            self._run(handle, args)
+
+    @property
+    def waiting(self) -> int:
+        """
+        Messages waiting for a later reactor turn now.
+        """
+        return len(self._waiting)
 
     # -- sockets and connections -------------------------------------------
 
@@ -332,12 +436,28 @@ class _Runner:
         return conn_id
 
     def stream_lost(self, proto: SipStreamProtocol) -> None:
+        self.drain()
         if proto.conn_id is not None:
             self._streams.pop(proto.conn_id, None)
 
     def datagram_received(
         self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]
     ) -> None:
+        """
+        A datagram from a SIP socket (handled now or in a later turn).
+        """
+        self._submit(self._datagram_received, proto, data, addr)
+
+    def stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
+        """
+        A message from a SIP connection (handled now or in a later turn).
+        """
+        self._submit(self._stream_message, proto, data)
+
+    def _datagram_received(self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]) -> None:
+        raise NotImplementedError
+
+    def _stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
         raise NotImplementedError
 
     def _wildcard_socket(self, flow: Flow) -> SipUdpProtocol | None:
@@ -357,8 +477,6 @@ class _Runner:
             found = proto
         return found
 
-    def stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
-        raise NotImplementedError
 
     # -- actions and timer ---------------------------------------------------
 
@@ -504,8 +622,13 @@ class _Runner:
 
     def stop(self) -> None:
         """
-        Cancel the timer (service shutdown).
+        Handle what waits, cancel the timers (service shutdown).
         """
+        self.drain()
+        if self._turn is not None and self._turn.active():
+            self._turn.cancel()
+        self._turn = None
+        self._slice_end = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -526,14 +649,14 @@ class AgentSipRunner(_Runner):
         clock: IReactorTime,
         send_to_tunnel: Callable[[Any, int, bytes], Any] = _send_sip,
         trace: SipTrace | None = None,
+        slice_seconds: float | None = None,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
-        super().__init__(core, clock, trace)
+        super().__init__(core, clock, trace, slice_seconds, timer)
         self._send_to_tunnel = send_to_tunnel
         self._sources = RouteSources()
 
-    def datagram_received(
-        self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]
-    ) -> None:
+    def _datagram_received(self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]) -> None:
         local = proto.local
         assert local is not None
         if is_wildcard(local[0]):
@@ -549,7 +672,7 @@ class AgentSipRunner(_Runner):
             self.core.from_app(flow, data, self._clock.seconds(), congested=self._congested())
         )
 
-    def stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
+    def _stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
         flow = proto.flow()
         if self.trace is not None:
             self.trace.message(
@@ -593,11 +716,15 @@ class AgentSipRunner(_Runner):
 
     def sip_received(self, tunnel: Any, flow_id: int, data: bytes, side: int | None = None) -> None:
         """
-        The tunnel delivered a SIP message for C{flow_id}.
+        The tunnel delivered a SIP message for C{flow_id} (handled now or
+        in a later turn).
 
         @param side: with several contact points, which one's tunnel
             (the core is then a L{spwm.sip.fanout.FanoutCore}).
         """
+        self._submit(self._sip_received, tunnel, flow_id, data, side)
+
+    def _sip_received(self, tunnel: Any, flow_id: int, data: bytes, side: int | None) -> None:
         if self.trace is not None:
             local, remote, carried = tunnel_addresses(tunnel)
             self.trace.message("received from", self._tunnel_peer(tunnel, flow_id), data, remote, local, carried)
@@ -656,8 +783,10 @@ class ContactSipRunner(_Runner):
         max_connections: int = 64,
         max_queued: int = 64,
         trace: SipTrace | None = None,
+        slice_seconds: float | None = None,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
-        super().__init__(core, clock, trace)
+        super().__init__(core, clock, trace, slice_seconds, timer)
         self._connect = connect
         self._send_to_tunnel = send_to_tunnel
         self.max_connections = max_connections
@@ -665,9 +794,7 @@ class ContactSipRunner(_Runner):
         self._by_peer: dict[tuple[str, int], SipStreamProtocol] = {}
         self._connecting: dict[tuple[str, int], list[bytes]] = {}
 
-    def datagram_received(
-        self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]
-    ) -> None:
+    def _datagram_received(self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]) -> None:
         if self.trace is not None and data.strip(b"\r\n\t "):
             self.trace.message("received from", f"operator udp {peer_text(addr)}", data, addr, proto.local)
         self.execute(
@@ -686,7 +813,7 @@ class ContactSipRunner(_Runner):
         for addr in [a for a, s in self._by_peer.items() if s is proto]:
             del self._by_peer[addr]
 
-    def stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
+    def _stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
         if self.trace is not None:
             self.trace.message(
                 "received from", f"operator tcp {peer_text(proto.peer)}", data, proto.peer, proto.local, "tcp"
@@ -703,12 +830,14 @@ class ContactSipRunner(_Runner):
         """
         A tunnel came up.
         """
+        self.drain()
         self.core.tunnel_attached(tunnel, tunnel.session_id)
 
     def tunnel_lost(self, tunnel: Any, reason: str = "") -> None:
         """
         A tunnel went away: its flows answer 430 from now on.
         """
+        self.drain()
         self.core.tunnel_detached(tunnel)
 
     def tunnel_dormant(self, tunnel: Any) -> None:
@@ -718,12 +847,14 @@ class ContactSipRunner(_Runner):
         and a resumption (L{tunnel_established} with the same session id)
         finds them again.
         """
+        self.drain()
         self.core.tunnel_detached(tunnel, keep_registrations=True)
 
     def forget_session(self, session_id: str) -> None:
         """
         A dormant session is given up: forget its registrations.
         """
+        self.drain()
         self.core.forget_session(session_id)
 
     def registrations(self, session_id: str) -> list[Any]:
@@ -735,8 +866,12 @@ class ContactSipRunner(_Runner):
 
     def sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
         """
-        The tunnel delivered a SIP message from the agent's flow C{flow_id}.
+        The tunnel delivered a SIP message from the agent's flow C{flow_id}
+        (handled now or in a later turn).
         """
+        self._submit(self._sip_received, tunnel, flow_id, data)
+
+    def _sip_received(self, tunnel: Any, flow_id: int, data: bytes) -> None:
         if self.trace is not None:
             local, remote, carried = tunnel_addresses(tunnel)
             self.trace.message("received from", self._tunnel_peer(tunnel, flow_id), data, remote, local, carried)

@@ -52,7 +52,7 @@ from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.fanout import FanoutCore
 from spwm.sip.registrar import EmbeddedRegistrar
-from spwm.sip.transport import AgentSipRunner, ContactSipRunner, SipTrace
+from spwm.sip.transport import SLICE as SIP_SLICE, AgentSipRunner, ContactSipRunner, SipTrace
 from spwm.state import ContactState
 from spwm.status import Status, StatusHTTPService, StatusLogService, add_agent_lists, add_contact_lists
 from spwm.tap.common import (
@@ -469,7 +469,12 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
             max_message_size=limits.sip.max_message_size,
         )
     runner = later_runner.bind(
-        AgentSipRunner(core, reactor, trace=sip_trace(config.sip_trace, config.sip_trace_bodies, hep, sip_observer))
+        AgentSipRunner(
+            core,
+            reactor,
+            trace=sip_trace(config.sip_trace, config.sip_trace_bodies, hep, sip_observer),
+            slice_seconds=SIP_SLICE,
+        )
     )
     for k, side in enumerate(sides):
         sip_part: AgentSipRunner | TouchingSip | SideSip = runner
@@ -977,6 +982,7 @@ def build_contact(
         max_connections=limits.sip.max_connections,
         max_queued=limits.sip.max_queued,
         trace=sip_trace(config.sip_trace, config.sip_trace_bodies, hep, sip_observer),
+        slice_seconds=SIP_SLICE,
     )
     # --workers: this worker's own port, and where the others' sessions are
     worker_ports = (
