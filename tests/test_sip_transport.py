@@ -747,8 +747,9 @@ class SliceTests(SynchronousTestCase):
 
     def test_bounded(self) -> None:
         """
-        Past C{MAX_WAITING} waiting messages, every one is handled at once,
-        in order: memory stays bounded under a flood.
+        With C{MAX_WAITING} messages waiting, each new one is queued after
+        the oldest waiting is handled at once: in order, and the queue
+        (its memory, its delay) stays bounded under a flood.
         """
         from spwm.sip import transport
 
@@ -756,9 +757,11 @@ class SliceTests(SynchronousTestCase):
         messages = self._burst(7)
         self.assertEqual(self.core.seen, messages[:3])
         self.assertEqual(self.runner.waiting, 4)
-        self.runner.sip_received(self.tunnel, 1, b"flood")
-        self.assertEqual(self.core.seen, messages + [b"flood"])
-        self.assertEqual(self.runner.waiting, 0)
+        flood = self._burst(5, b"f")
+        self.assertEqual(self.core.seen, messages + flood[:1])
+        self.assertEqual(self.runner.waiting, 4)
+        self.runner.drain()
+        self.assertEqual(self.core.seen, messages + flood)
 
     def test_failure_logged_and_the_rest_handled(self) -> None:
         """
