@@ -206,7 +206,7 @@ COUNTERS: dict[str, frozenset[str]] = {
     "tunnel": frozenset({"closes"}),
     "no_tunnel": frozenset({"refused_no_tunnel", "acks_dropped", "responses_dropped", "held", "held_overflow"}),
     "sessions": frozenset({"resumed", "resume_refused", "resume_redirected", "resume_handed_on", "worker_redirects", "worker_fallbacks", "worker_avoided"}),
-    "sip": frozenset({"events", "refused"}),
+    "sip": frozenset({"events", "refused", "deferred_messages", "deferred_turns"}),
     "media": frozenset(
         {
             "packets_in",
@@ -259,6 +259,9 @@ HELP: dict[str, str] = {
     "paths_connections_wanted": "Agent, --tunnel-connections auto: connections it keeps attached to its session now.",
     "paths_media_stalls": "Agent, --tunnel-connections auto: pauses in the received media ended by a burst (every connection held it back).",
     "paths_connections_for_load": "Agent, --tunnel-connections auto: connections the media load asks for now (many calls on a lossy link; 0: none).",
+    "sip_waiting": "SIP messages waiting for a later reactor turn now (the SIP work of a turn is cut at 0.5 ms).",
+    "sip_deferred_messages": "SIP messages that waited for a later reactor turn.",
+    "sip_deferred_turns": "Reactor turns whose SIP work ran over its 0.5 ms slice (the rest waited).",
     "loop_lag_ms_p50": "How late the reactor ran its timers, median of the last 10 s window (ms).",
     "loop_lag_ms_p90": "How late the reactor ran its timers, 90th percentile of the last 10 s window (ms): a process short of CPU.",
     "loop_lag_ms_max": "How late the reactor ran its latest timer, at most, in the last 10 s window (ms).",

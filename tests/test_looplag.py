@@ -152,6 +152,8 @@ class AssemblyTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         built = build_contact(ContactConfig.from_options({"plaintext": True}), reactor)
         self.assertEqual(built.status.document()["loop"]["late_windows"], 0)
+        # the SIP runner's slices are in the status too (both halves)
+        self.assertEqual(built.status.document()["sip"]["waiting"], 0)
         [loop] = [s for s in built.service if isinstance(s, LoopLag)]
         loop.startService()
         self.assertEqual(len(reactor.getDelayedCalls()), 1)
@@ -159,3 +161,4 @@ class AssemblyTests(SynchronousTestCase):
         self.assertEqual(reactor.getDelayedCalls(), [])
         agent = build_agent(AgentConfig.from_options({"contact": "192.0.2.1:443", "plaintext": True}), MemoryReactorClock())
         self.assertNotIn("loop", agent.status.document())
+        self.assertEqual(agent.status.document()["sip"]["deferred_turns"], 0)

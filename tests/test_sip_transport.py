@@ -705,7 +705,7 @@ class SliceTests(SynchronousTestCase):
         """
         messages = self._burst(10)
         self.assertEqual(self.core.seen, messages[:3])
-        self.assertEqual(self.runner.waiting, 7)
+        self.assertEqual(self.runner.slice_status(), {"waiting": 7, "deferred_messages": 7, "deferred_turns": 1})
         self.clock.step()
         self.assertEqual(self.core.seen, messages[:6])
         self.clock.step()

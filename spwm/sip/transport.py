@@ -416,6 +416,18 @@ class _Runner:
             handle, args = waiting.popleft()
             self._run(handle, args)
 
+    def slice_status(self) -> dict[str, int]:
+        """
+        For the status: messages waiting for a later turn now, and since
+        the start the messages that waited and the turns whose SIP work
+        ran over its slice.
+        """
+        return {
+            "waiting": len(self._waiting),
+            "deferred_messages": self.deferred_messages,
+            "deferred_turns": self.deferred_turns,
+        }
+
     @property
     def waiting(self) -> int:
         """

@@ -542,7 +542,7 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
             status.add("paths", lambda: {**paths_now.status(), "udp_path": prober.status()})
         else:
             status.add("paths", paths_now.status)
-    status.add("sip", core.status)
+    status.add("sip", lambda: {**core.status(), **runner.slice_status()})
     status.add("media", media.status)
     status.add(
         "forwards",
@@ -1105,7 +1105,7 @@ def build_contact(
         counts = handon.counts
         status.add("sessions", lambda: {**resumption.status(), "resume_handed_on": counts.resumes})
         status.add("paths", lambda: {**paths.status(), "attach_handed_on": counts.attaches})
-    status.add("sip", core.status)
+    status.add("sip", lambda: {**core.status(), **runner.slice_status()})
     status.add("media", lambda: {**media.status(), "refused_unregistered": gate.refused})
     status.add("forwards", lambda: {"open": forwarder.open_count, "refused": forwarder.refused})
     add_contact_lists(status, factory.tunnels, resumption, core, media)
