@@ -16,6 +16,7 @@ from spwm.sip import (
     parse_name_addr,
 )
 from spwm.sip.errors import SipParseError as ErrorsSipParseError
+from spwm.sip.message import Header
 from spwm.errors import SpwmError
 
 INVITE = (
@@ -86,6 +87,23 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(m.count("record-route"), 0)
         self.assertIsNone(m.get("record-route"))
         self.assertEqual(parse_name_addr(m.get("from")).display_name, "Alice, A.")
+
+    def test_has(self) -> None:
+        """
+        has() tells whether count() is above zero: a list header needs a
+        value, not only a line (the first line may be empty); any other
+        header needs a line.
+        """
+        m = parse_message(INVITE)
+        self.assertTrue(m.has("route"))
+        self.assertTrue(m.has("v"))
+        self.assertFalse(m.has("record-route"))
+        m.headers.insert(0, Header(b"Record-Route", "record-route", b" , "))
+        m.headers.insert(0, Header(b"Subject", "subject", b""))
+        self.assertEqual((m.has("record-route"), m.count("record-route")), (False, 0))
+        self.assertEqual((m.has("subject"), m.count("subject")), (True, 1))
+        m.append_header("Record-Route", "<sip:p3.example.com;lr>")
+        self.assertEqual((m.has("record-route"), m.count("record-route")), (True, 1))
 
     def test_response(self) -> None:
         """
@@ -161,6 +179,27 @@ class RejectTests(SynchronousTestCase):
         """
         self.assertRejected(INVITE, 400, "more than 5 header lines", max_headers=5)
         parse_message(INVITE, max_headers=11)
+
+    def test_bad_line_and_limit(self) -> None:
+        """
+        Which comes first names the problem: a malformed line within the
+        first max_headers lines, the limit when the malformed line is
+        further down.
+        """
+        bad = INVITE.replace(b"CSeq:", b"CSeq")
+        self.assertRejected(bad, 400, "malformed header line b'CSeq 314159", max_headers=11)
+        self.assertRejected(bad, 400, "more than 3 header lines", max_headers=3)
+
+    def test_many_folded_lines(self) -> None:
+        """
+        A long header section of folded, whitespace-heavy lines ending in a
+        malformed line is refused (the section is checked without trying
+        every way to cut its lines).
+        """
+        head, rest = INVITE.split(b"\r\n", 1)
+        folded = b"X-F:  \r\n   a  \r\n \t b \r\n" * 300
+        data = head + b"\r\n" + folded + rest.replace(b"CSeq:", b"CSeq")
+        self.assertRejected(data, 400, "malformed header line", max_headers=1000)
 
     def test_missing_headers(self) -> None:
         """

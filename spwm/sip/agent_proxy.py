@@ -230,7 +230,7 @@ class AgentSipProxy:
     ) -> list[Action]:
         problem = request_problem(msg)
         if problem is not None:
-            if msg.count("Via") == 0 or problem.startswith("malformed Via"):
+            if not msg.has("Via") or problem.startswith("malformed Via"):
                 reason = "request from app without usable Via"
                 return [self.counters.drop(reason, reason)]
             return self._answer(flow, msg, 400, "Bad Request: " + problem)
@@ -268,7 +268,7 @@ class AgentSipProxy:
             reason = "response from app not for us"
             return [self.counters.drop(reason, reason)]
         msg.pop_first_value("Via")
-        if msg.count("Via") == 0:
+        if not msg.has("Via"):
             reason = "response from app with only our Via"
             return [self.counters.drop(reason, reason)]
         fid = self.flows.use(flow, now)
@@ -386,7 +386,7 @@ class AgentSipProxy:
         if ruri is not None and self._ours(ruri):
             if msg.method == "REGISTER":
                 register_domain_uri(msg)
-            elif msg.count("Route"):
+            elif msg.has("Route"):
                 strict_route(msg)
         self._pop_own_routes(msg)
 

@@ -35,13 +35,35 @@ CONGESTED_COUNTER = "tunnel congested"
 CONGESTED_RETRY_AFTER = 5
 
 
+#: The headers every request and response needs: (name, lower-case name).
+_REQUIRED = (
+    ("Via", "via"),
+    ("From", "from"),
+    ("To", "to"),
+    ("Call-ID", "call-id"),
+    ("CSeq", "cseq"),
+)
+
+
+def _missing(msg: SipMessage) -> str | None:
+    """
+    @return: C{"missing NAME"} for the first of L{_REQUIRED} without a
+        value, or C{None}.
+    """
+    present = {h.name for h in msg.headers}
+    for name, cname in _REQUIRED:
+        if cname not in present or (cname == "via" and not msg.has("via")):
+            return f"missing {name}"
+    return None
+
+
 def request_problem(msg: SipMessage) -> str | None:
     """
     @return: what is wrong with a request that parsed, or C{None}.
     """
-    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
-        if msg.count(name) == 0:
-            return f"missing {name}"
+    missing = _missing(msg)
+    if missing is not None:
+        return missing
     try:
         num, method = msg.cseq
     except (SipParseError, ValueError, TypeError):
@@ -61,9 +83,9 @@ def response_problem(msg: SipMessage) -> str | None:
     """
     @return: what is wrong with a response that parsed, or C{None}.
     """
-    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
-        if msg.count(name) == 0:
-            return f"missing {name}"
+    missing = _missing(msg)
+    if missing is not None:
+        return missing
     try:
         msg.cseq
         if msg.top_via is None:

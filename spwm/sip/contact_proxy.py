@@ -551,7 +551,7 @@ class ContactSipProxy:
             return [self.counters.drop(reason, reason)]
         present, branch = param(top.params, "branch")
         msg.pop_first_value("Via")
-        if msg.count("Via") == 0:
+        if not msg.has("Via"):
             reason = "response from network with only our Via"
             return [self.counters.drop(reason, reason)]
         method = msg.cseq[1]
@@ -689,7 +689,7 @@ class ContactSipProxy:
         out: list[_Step] = []
         for reply in self.registrar.handle_request(msg, now):
             if reply.is_request:
-                if reply.count("Route") == 0:
+                if not reply.has("Route"):
                     out.extend(self._refuse(msg, 404, "Not Found"))
                 else:
                     out.extend(self._route_in(transport, src, reply, now, False, congested))
@@ -710,7 +710,7 @@ class ContactSipProxy:
         problem = request_problem(msg)
         if problem is None:
             return None
-        if msg.method == "ACK" or msg.count("Via") == 0 or problem.startswith("malformed Via"):
+        if msg.method == "ACK" or not msg.has("Via") or problem.startswith("malformed Via"):
             return self.counters.drop(
                 f"malformed request from {origin}: {problem}", f"malformed request from {origin}"
             )

@@ -278,9 +278,6 @@ class SipMessage:
         self._parsed[cname] = (h, h.value, value)
         return value
 
-    def _keep(self, cname: str, h: Header, value: Any) -> None:
-        self._parsed[cname] = (h, h.value, value)
-
     def _lines(self, name: str) -> list[Header]:
         cname = canonical_name(name)
         return [h for h in self.headers if h.name == cname]
@@ -328,6 +325,18 @@ class SipMessage:
         @return: the number of values of a header (C{len(get_all(name))}).
         """
         return len(self.get_all(name))
+
+    def has(self, name: str) -> bool:
+        """
+        @return: whether a header has a value (C{count(name) > 0}), read up
+            to the first line that has one.
+        """
+        cname = canonical_name(name)
+        single = cname not in LIST_HEADERS
+        for h in self.headers:
+            if h.name == cname and (single or split_header_values(h.text)):
+                return True
+        return False
 
     # --- changing -----------------------------------------------------------
 
@@ -487,11 +496,14 @@ class SipMessage:
         bytes it was parsed from (up to the end of its Content-Length body;
         leading CRLFs and trailing datagram noise are not part of it).
         """
-        parts = [self.start_line()]
-        parts.extend([h.to_bytes() for h in self.headers])
-        parts.append(self._blank)
-        parts.append(self.body)
-        return b"".join(parts)
+        # Header.to_bytes inlined: most lines go out as they came in
+        parts = [
+            raw[0]
+            if (raw := h._raw) is not None and raw[2] is h.value and raw[1] is h.raw_name
+            else h.to_bytes()
+            for h in self.headers
+        ]
+        return b"".join([self.start_line(), *parts, self._blank, self.body])
 
     # --- convenience ------------------------------------------------------
 
@@ -638,19 +650,25 @@ def _first_via(h: Header) -> Any:
     return parse_via(values[0]) if values else _MALFORMED
 
 
-def _check_headers(message: SipMessage) -> None:
+def _check_headers(message: SipMessage) -> Header | None:
     """
     Check the headers a proxy relies on (RFC 3261 8.1.1, 20): one well-formed
     From, To, Call-ID and CSeq; at least one Via and every Via value
     well-formed; Max-Forwards and Content-Length once at most and in range;
-    Contact values well-formed.
+    Contact values well-formed.  Keep what it parsed on the message.
 
+    @return: the Content-Length line, or C{None}.
     @raise SipParseError: on the first problem found.
     """
     found: dict[str, list[Header]] = {}
     for h in message.headers:
-        if h.name in _CHECKED:
-            found.setdefault(h.name, []).append(h)
+        name = h.name
+        if name in _CHECKED:
+            lines = found.get(name)
+            if lines is None:
+                found[name] = [h]
+            else:
+                lines.append(h)
     for name in ("from", "to", "call-id", "cseq"):
         lines = found.get(name)
         if not lines:
@@ -666,43 +684,53 @@ def _check_headers(message: SipMessage) -> None:
         raise bad("missing Via")
     top: Via | None = None
     for h in vias:
-        for value in split_header_values(h.text, strict=True):
+        for value in split_header_values(_decode(h.value), strict=True):
             via = parse_via(value)
             if top is None:
                 top = via
     if top is None:  # the first line has a value (strict split)
         raise bad("missing Via")
-    message._keep("via", vias[0], top)
-    for name in ("from", "to"):
-        h = found[name][0]
-        message._keep(name, h, parse_name_addr(h.text))
+    parsed = message._parsed
+    parsed["via"] = (vias[0], vias[0].value, top)
+    h = found["from"][0]
+    parsed["from"] = (h, h.value, parse_name_addr(_decode(h.value)))
+    h = found["to"][0]
+    parsed["to"] = (h, h.value, parse_name_addr(_decode(h.value)))
     h = found["call-id"][0]
-    call_id = h.text
+    call_id = _decode(h.value)
     if g.CALL_ID.fullmatch(call_id) is None:
         raise bad("malformed Call-ID")
-    message._keep("call-id", h, call_id)
+    parsed["call-id"] = (h, h.value, call_id)
     h = found["cseq"][0]
-    m = g.CSEQ.fullmatch(h.text)
+    m = g.CSEQ.fullmatch(_decode(h.value))
     if m is None:
         raise bad("malformed CSeq")
-    message._keep("cseq", h, (int(m.group(1)), m.group(2)))
-    if int(m.group(1)) > _MAX_CSEQ:
+    number, method = m.groups()
+    number = int(number)
+    parsed["cseq"] = (h, h.value, (number, method))
+    if number > _MAX_CSEQ:
         raise bad("CSeq number over 2**32-1")
-    if message.is_request and m.group(2) != message.method:
+    if message.is_request and method != message.method:
         if message.method in _KNOWN_METHODS:
             raise bad("CSeq method does not match the request method")
         raise bad("CSeq method does not match the request method", 501)
-    if "max-forwards" in found:
-        m = g.DIGITS.fullmatch(found["max-forwards"][0].text)
+    lines = found.get("max-forwards")
+    if lines is not None:
+        m = g.DIGITS.fullmatch(_decode(lines[0].value))
         if m is None or int(m.group(1)) > 255:
             raise bad("malformed Max-Forwards")
-    contacts = found.get("contact", [])
-    addresses = []
-    for h in contacts:
-        for value in split_header_values(h.text, strict=True):
-            if value != "*":
-                addresses.append(parse_name_addr(value))
-    message._parsed["contact"] = (contacts, [h.value for h in contacts], addresses)
+    contacts = found.get("contact")
+    if contacts is None:
+        parsed["contact"] = ([], [], [])
+    else:
+        addresses = []
+        for h in contacts:
+            for value in split_header_values(_decode(h.value), strict=True):
+                if value != "*":
+                    addresses.append(parse_name_addr(value))
+        parsed["contact"] = (contacts, [h.value for h in contacts], addresses)
+    lines = found.get("content-length")
+    return None if lines is None else lines[0]
 
 
 _CHECKED = frozenset(
@@ -785,36 +813,29 @@ def parse_message(
     )
     pos = m.end()
 
-    # header lines: one regex match per line
-    headers = message.headers
-    match = g.HEADER_LINE_B.match
-    while pos < head_end:
-        m = match(data, pos, head_end)
-        if m is None:
-            raise bad(f"malformed header line {data[pos : pos + 30]!r}")
-        if len(headers) >= max_headers:
-            raise bad(f"more than {max_headers} header lines")
-        raw_name, value = m.group(1, 3)
-        headers.append(
-            Header(raw_name, _wire_name(raw_name), value, (m.group(0), raw_name, value))
-        )
-        pos = m.end()
+    # header lines: one match checks them all, one findall cuts them
+    if g.HEADER_SECTION_B.fullmatch(data, pos, head_end) is None:
+        _refuse_header_lines(data, pos, head_end, max_headers)
+    lines = g.HEADER_LINES_B.findall(data, pos, head_end)
+    if len(lines) > max_headers:
+        raise bad(f"more than {max_headers} header lines")
+    known = _name_cache.get
+    message.headers = [
+        Header(raw_name, known(raw_name) or _wire_name(raw_name), value, (line, raw_name, value))
+        for line, raw_name, _, value, _ in lines
+    ]
     message._blank = data[head_end:body_start]
 
-    _check_headers(message)
+    content_length = _check_headers(message)
 
     # body
-    length = None
-    for h in headers:
-        if h.name == "content-length":
-            cl = g.DIGITS.fullmatch(h.text)
-            if cl is None:
-                raise bad("malformed Content-Length")
-            length = int(cl.group(1))
-            break
-    if length is None:
+    if content_length is None:
         message.body = data[body_start:]
     else:
+        cl = g.DIGITS.fullmatch(content_length.text)
+        if cl is None:
+            raise bad("malformed Content-Length")
+        length = int(cl.group(1))
         if body_start + length > size:
             raise bad(
                 f"Content-Length {length} larger than the {size - body_start} "
@@ -822,6 +843,26 @@ def parse_message(
             )
         message.body = data[body_start : body_start + length]
     return message
+
+
+def _refuse_header_lines(data: bytes, pos: int, head_end: int, max_headers: int) -> None:
+    """
+    Find the first problem of a header section that is not all well-formed
+    lines, line by line, as L{parse_message} reports it.
+
+    @raise SipParseError: always.
+    """
+    count = 0
+    match = g.HEADER_LINE_B.match
+    while pos < head_end:
+        m = match(data, pos, head_end)
+        if m is None:
+            break
+        if count >= max_headers:
+            raise bad(f"more than {max_headers} header lines")
+        count += 1
+        pos = m.end()
+    raise bad(f"malformed header line {data[pos : pos + 30]!r}")
 
 
 _TAG_MISSING = object()
