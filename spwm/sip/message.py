@@ -426,20 +426,14 @@ class SipMessage:
         cname = canonical_name(name)
         self._parsed.pop(cname, None)
         new = _encode(value)
-        first = None
-        kept = []
-        for h in self.headers:
-            if h.name == cname:
-                if first is None:
-                    first = h
-                    h.value = new
-                    kept.append(h)
-            else:
-                kept.append(h)
-        if first is None:
-            self.headers.append(Header(_encode_name(name), cname, new))
-        else:
-            self.headers[:] = kept
+        headers = self.headers
+        at = [i for i, h in enumerate(headers) if h.name == cname]
+        if not at:
+            headers.append(Header(_encode_name(name), cname, new))
+            return
+        headers[at[0]].value = new
+        for i in reversed(at[1:]):
+            del headers[i]
 
     def remove_header(self, name: str) -> None:
         """
@@ -660,30 +654,29 @@ def _check_headers(message: SipMessage) -> Header | None:
     @return: the Content-Length line, or C{None}.
     @raise SipParseError: on the first problem found.
     """
-    found: dict[str, list[Header]] = {}
+    first: dict[str, Header] = {}
+    more: dict[str, list[Header]] = {}
     for h in message.headers:
         name = h.name
         if name in _CHECKED:
-            lines = found.get(name)
-            if lines is None:
-                found[name] = [h]
+            if name not in first:
+                first[name] = h
+            elif name in more:
+                more[name].append(h)
             else:
-                lines.append(h)
+                more[name] = [h]
     for name in ("from", "to", "call-id", "cseq"):
-        lines = found.get(name)
-        if not lines:
+        if name not in first:
             raise bad(f"missing {_DISPLAY_NAMES.get(name, name.title())}")
-        if len(lines) > 1:
+        if name in more:
             raise bad(f"more than one {_DISPLAY_NAMES.get(name, name.title())}")
     for name in ("max-forwards", "content-length"):
-        lines = found.get(name)
-        if lines and len(lines) > 1:
+        if name in more:
             raise bad(f"more than one {name.title()}")
-    vias = found.get("via")
-    if not vias:
+    if "via" not in first:
         raise bad("missing Via")
     top: Via | None = None
-    for h in vias:
+    for h in [first["via"], *more["via"]] if "via" in more else [first["via"]]:
         for value in split_header_values(_decode(h.value), strict=True):
             via = parse_via(value)
             if top is None:
@@ -691,17 +684,18 @@ def _check_headers(message: SipMessage) -> Header | None:
     if top is None:  # the first line has a value (strict split)
         raise bad("missing Via")
     parsed = message._parsed
-    parsed["via"] = (vias[0], vias[0].value, top)
-    h = found["from"][0]
+    h = first["via"]
+    parsed["via"] = (h, h.value, top)
+    h = first["from"]
     parsed["from"] = (h, h.value, parse_name_addr(_decode(h.value)))
-    h = found["to"][0]
+    h = first["to"]
     parsed["to"] = (h, h.value, parse_name_addr(_decode(h.value)))
-    h = found["call-id"][0]
+    h = first["call-id"]
     call_id = _decode(h.value)
     if g.CALL_ID.fullmatch(call_id) is None:
         raise bad("malformed Call-ID")
     parsed["call-id"] = (h, h.value, call_id)
-    h = found["cseq"][0]
+    h = first["cseq"]
     m = g.CSEQ.fullmatch(_decode(h.value))
     if m is None:
         raise bad("malformed CSeq")
@@ -714,23 +708,21 @@ def _check_headers(message: SipMessage) -> Header | None:
         if message.method in _KNOWN_METHODS:
             raise bad("CSeq method does not match the request method")
         raise bad("CSeq method does not match the request method", 501)
-    lines = found.get("max-forwards")
-    if lines is not None:
-        m = g.DIGITS.fullmatch(_decode(lines[0].value))
+    if "max-forwards" in first:
+        m = g.DIGITS.fullmatch(_decode(first["max-forwards"].value))
         if m is None or int(m.group(1)) > 255:
             raise bad("malformed Max-Forwards")
-    contacts = found.get("contact")
-    if contacts is None:
+    if "contact" not in first:
         parsed["contact"] = ([], [], [])
     else:
+        contacts = [first["contact"], *more["contact"]] if "contact" in more else [first["contact"]]
         addresses = []
         for h in contacts:
             for value in split_header_values(_decode(h.value), strict=True):
                 if value != "*":
                     addresses.append(parse_name_addr(value))
         parsed["contact"] = (contacts, [h.value for h in contacts], addresses)
-    lines = found.get("content-length")
-    return None if lines is None else lines[0]
+    return first.get("content-length")
 
 
 _CHECKED = frozenset(
