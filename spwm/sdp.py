@@ -26,11 +26,12 @@ The parser raises only L{SdpError}, for any input.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
-from attrs import frozen
+from attrs import field, frozen
 
 from spwm.errors import SpwmError
 
@@ -75,7 +76,9 @@ ICE_ATTRIBUTES = frozenset(
 #: The direction attributes (RFC 3264 section 5.1).
 DIRECTIONS = frozenset({"sendrecv", "sendonly", "recvonly", "inactive"})
 
-_LINE = re.compile(rb"([a-zA-Z])=([^\r\n]*)\Z")
+#: One line as C{splitlines(keepends=True)} cuts it: C{<type>=<value>} or
+#: empty (groups 1 and 2 C{None}), then its ending if any.
+_LINE = re.compile(rb"(?:([a-zA-Z])=([^\r\n]*))?(\r\n|\r|\n)?\Z")
 _TOKEN = re.compile(rb"[!#-'*+\-.0-9A-Z^-~]+\Z")
 _DIGITS = re.compile(rb"[0-9]{1,20}\Z")
 _ORIGIN_VERSION = re.compile(rb"(o=\S+[ \t]+\S+[ \t]+)([0-9]+)")
@@ -235,6 +238,8 @@ class SessionDescription:
     origin: tuple[str, str, int, str, str, str] | None
     connection: Connection | None
     media: tuple[MediaDescription, ...]
+    # what _scan found, for a rewrite of the same body
+    _scanned: _Scan | None = field(default=None, eq=False, repr=False)
 
     def to_bytes(self) -> bytes:
         """
@@ -262,16 +267,14 @@ def _parse_connection(value: bytes) -> Connection:
 
 def _split_line(raw: bytes) -> tuple[bytes, bytes, bytes]:
     """
-    @return: (type letter, value, line ending) of a raw line.
+    @return: (type letter, value, line ending) of a raw line (C{b""} for
+        what it does not have).
     """
-    stripped = raw.rstrip(b"\r\n")
-    ending = raw[len(stripped) :]
-    if not stripped:
-        return b"", b"", ending
-    match = _LINE.match(stripped)
+    match = _LINE.match(raw)
     if match is None:
         raise SdpError("malformed line (not <type>=<value>)")
-    return match.group(1), match.group(2), ending
+    kind, value, ending = match.groups()
+    return kind or b"", value or b"", ending or b""
 
 
 def _attribute(value: bytes) -> tuple[bytes, bytes | None]:
@@ -348,24 +351,51 @@ def _parse_rtcp(value: bytes) -> tuple[int, str | None]:
     return port, address
 
 
-def _scan(body: bytes) -> tuple[tuple[bytes, ...], list[int], list[_Section], tuple[Any, ...] | None]:
+class _Scan(NamedTuple):
+    """
+    What L{_scan} finds in a body.
+
+    @ivar lines: the raw lines.
+    @ivar fields: for each line, its (type letter, value, line ending),
+        C{b""} for what it does not have.
+    @ivar owners: for each line, the section it belongs to (0 for the
+        session, 1 + index for media).
+    @ivar sections: the sections.
+    @ivar origin: the C{o=} fields, or C{None}.
+    """
+
+    lines: tuple[bytes, ...]
+    fields: list[tuple[bytes, bytes, bytes]]
+    owners: list[int]
+    sections: list[_Section]
+    origin: tuple[Any, ...] | None
+
+
+def _scan(body: bytes) -> _Scan:
     """
     Split C{body} into lines and sections.
 
-    @return: the raw lines; for each line the section it belongs to (0 for
-        the session, 1 + index for media); the sections; the origin.
+    @raise SdpError: the body is malformed.
     """
     if not isinstance(body, bytes):
         raise SdpError("an SDP body is bytes")
     lines = tuple(body.splitlines(keepends=True))
     if not lines:
         raise SdpError("empty session description")
+    fields: list[tuple[bytes, bytes, bytes]] = []
     owners: list[int] = []
     sections = [_Section()]
     origin = None
     first = True
+    match = _LINE.match
     for raw in lines:
-        kind, value, _ = _split_line(raw)
+        m = match(raw)
+        if m is None:
+            raise SdpError("malformed line (not <type>=<value>)")
+        kind, value, ending = m.groups()
+        if kind is None:
+            kind = value = b""
+        fields.append((kind, value, ending or b""))
         if first:
             if kind != b"v":
                 raise SdpError("a session description starts with v=")
@@ -422,7 +452,7 @@ def _scan(body: bytes) -> tuple[tuple[bytes, ...], list[int], list[_Section], tu
             elif name == b"path" and arg is not None:
                 section.path = tuple(_ascii(uri) for uri in arg.split())
         owners.append(len(sections) - 1)
-    return lines, owners, sections, origin
+    return _Scan(lines, fields, owners, sections, origin)
 
 
 def parse_sdp(body: bytes) -> SessionDescription:
@@ -438,7 +468,14 @@ def parse_sdp(body: bytes) -> SessionDescription:
     @raise SdpError: the body is malformed. No other exception is raised for
         any C{bytes} input.
     """
-    lines, _, sections, origin = _scan(body)
+    return _describe(_scan(body))
+
+
+def _describe(scan: _Scan) -> SessionDescription:
+    """
+    The description of a scanned body (L{parse_sdp}).
+    """
+    sections = scan.sections
     session = sections[0]
     media = []
     for index, section in enumerate(sections[1:]):
@@ -478,10 +515,11 @@ def parse_sdp(body: bytes) -> SessionDescription:
             )
         )
     return SessionDescription(
-        lines=lines,
-        origin=origin,
+        lines=scan.lines,
+        origin=scan.origin,
         connection=session.connection,
         media=tuple(media),
+        scanned=scan,
     )
 
 
@@ -490,6 +528,7 @@ def rewrite_sdp(
     address: str,
     ports: Sequence[tuple[int, int | None] | None],
     versioner: OriginVersioner | None = None,
+    parsed: SessionDescription | None = None,
 ) -> bytes:
     """
     Rewrite a session description so that its media goes to C{address}.
@@ -514,21 +553,29 @@ def rewrite_sdp(
     @param address: the relay's media address (an IPv4 or IPv6 literal).
     @param ports: one entry per C{m=} line, in order.
     @param versioner: if given, fixes the C{o=} version (L{OriginVersioner}).
+    @param parsed: L{parse_sdp}C{(body)} if the caller has it (a
+        description of another body is not used).
     @return: the rewritten body.
     @raise SdpError: the body is malformed.
     @raise ValueError: C{address} is not an IP literal, or C{ports} does not
         have one entry per C{m=} line.
     """
-    family = b"IP6" if ipaddress.ip_address(address).version == 6 else b"IP4"
+    family = _address_family(address)
     encoded = address.encode("ascii")
-    lines, owners, sections, _ = _scan(body)
-    parsed = parse_sdp(body)
+    scan = None if parsed is None else parsed._scanned
+    if scan is None or b"".join(scan.lines) != body:
+        scan = _scan(body)
+        parsed = _describe(scan)
+    assert parsed is not None
+    fields, owners, sections = scan.fields, scan.owners, scan.sections
     if len(ports) != len(parsed.media):
         raise ValueError(f"{len(ports)} port entries for {len(parsed.media)} m= lines")
     session = sections[0]
     blocks: list[list[bytes]] = [[] for _ in sections]
-    for position, raw in enumerate(lines):
+    block_fields: list[list[tuple[bytes, bytes, bytes]]] = [[] for _ in sections]
+    for position, raw in enumerate(scan.lines):
         blocks[owners[position]].append(raw)
+        block_fields[owners[position]].append(fields[position])
     inheriting = [m for m in parsed.media if sections[m.index + 1].connection is None]
     session_c = session.connection
     rewrite_session_c = session_c is not None and (
@@ -542,8 +589,7 @@ def rewrite_sdp(
             entry = None
         relayed = entry is not None and entry[0] != 0
         section_out: list[bytes] = []
-        for raw in block:
-            kind, value, ending = _split_line(raw)
+        for raw, (kind, value, ending) in zip(block, block_fields[number]):
             if kind == b"a":
                 name, arg = _attribute(value)
                 if name in ICE_ATTRIBUTES:
@@ -560,7 +606,7 @@ def rewrite_sdp(
                 raw = _replace_port(value, entry[0], ending)
             section_out.append(raw)
         if media is not None:
-            ending = _split_line(block[0])[2] or b"\r\n"
+            ending = block_fields[number][0][2] or b"\r\n"
             own_c = sections[number].connection is not None
             if (
                 not relayed
@@ -589,6 +635,16 @@ def rewrite_sdp(
     if versioner is not None:
         result = versioner.apply(result)
     return result
+
+
+@functools.lru_cache(maxsize=16)
+def _address_family(address: str) -> bytes:
+    """
+    C{b"IP4"} or C{b"IP6"} for an IP literal (a relay's few addresses).
+
+    @raise ValueError: C{address} is not an IP literal.
+    """
+    return b"IP6" if ipaddress.ip_address(address).version == 6 else b"IP4"
 
 
 @frozen
@@ -629,7 +685,7 @@ def rewrite_tcp_media(body: bytes, changes: Sequence[TcpRewrite | None]) -> byte
     @raise SdpError: the body is malformed.
     @raise ValueError: C{changes} does not have one entry per C{m=} line.
     """
-    lines, owners, sections, _ = _scan(body)
+    lines, fields, owners, sections, _ = _scan(body)
     if len(changes) != len(sections) - 1:
         raise ValueError(f"{len(changes)} entries for {len(sections) - 1} m= lines")
     out: list[bytes] = []
@@ -640,7 +696,7 @@ def rewrite_tcp_media(body: bytes, changes: Sequence[TcpRewrite | None]) -> byte
         owner = owners[position]
         change = changes[owner - 1] if owner else None
         if change is not None:
-            kind, value, ending = _split_line(raw)
+            kind, value, ending = fields[position]
             if kind == b"a":
                 name, arg = _attribute(value)
                 if name == b"setup":
@@ -649,9 +705,9 @@ def rewrite_tcp_media(body: bytes, changes: Sequence[TcpRewrite | None]) -> byte
                     raw = _path_line(value, arg, change, ending)
             out.append(raw)
             if position == last_of[owner] and sections[owner].setup is None:
-                ending = _split_line(lines[position])[2]
+                ending = fields[position][2]
                 if not ending:
-                    ending = _split_line(lines[0])[2] or b"\r\n"
+                    ending = fields[0][2] or b"\r\n"
                     out[-1] += ending
                 out.append(b"a=setup:" + change.setup.encode("ascii") + ending)
         else:

@@ -982,7 +982,7 @@ class MediaManager:
         entries, tcp = self._resolve(dialog, outcome.rewrite, failed)
         if any(t is not None for t in tcp):
             sdp = rewrite_tcp_media(sdp, tcp)
-        out = rewrite_sdp(sdp, self.address, entries, dialog.versioner)
+        out = rewrite_sdp(sdp, self.address, entries, dialog.versioner, description)
         return replace_sdp(content_type, body, out)
 
     def dialog_answered(
