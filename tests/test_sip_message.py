@@ -386,7 +386,10 @@ def fresh(m: SipMessage) -> SipMessage:
 
 
 def readings(m: SipMessage) -> tuple:
-    return (m.top_via, m.from_, m.to, m.from_tag, m.to_tag, m.call_id, m.cseq, m.cseq_method, m.contact_addresses())
+    return (
+        m.top_via, m.from_, m.to, m.from_tag, m.to_tag, m.call_id, m.cseq, m.cseq_method,
+        m.max_forwards, m.content_type, m.contact_addresses(),
+    )
 
 
 class ParsedOnceTests(SynchronousTestCase):
@@ -434,6 +437,10 @@ class ParsedOnceTests(SynchronousTestCase):
         self.assertEqual([str(na.uri) for na in m.contact_addresses()], ["sip:c@192.0.2.3"])
         m.append_header("Contact", "<sip:d@192.0.2.4>")
         self.assertEqual(len(m.contact_addresses()), 2)
+        m.set_header("Max-Forwards", "9")
+        self.assertEqual(m.max_forwards, 9)
+        m.set_header("Content-Type", "Text/Plain; x=1")
+        self.assertEqual(m.content_type, "text/plain")
         m.remove_header("From")
         self.assertIsNone(m.from_)
         self.assertEqual(readings(m)[:-1], readings(fresh(m))[:-1])
@@ -451,6 +458,10 @@ class ParsedOnceTests(SynchronousTestCase):
         self.assertEqual(m.call_id, "another-call")
         m.headers[:] = [h for h in m.headers if h.name != "contact"]
         self.assertEqual(m.contact_addresses(), [])
+        [mf] = [h for h in m.headers if h.name == "max-forwards"]
+        self.assertEqual(m.max_forwards, 70)
+        mf.value = b"x"
+        self.assertIsNone(m.max_forwards)
 
 
 class MakeResponseTests(SynchronousTestCase):

@@ -607,19 +607,14 @@ class SipMessage:
         """
         Max-Forwards, or C{None} if absent or malformed.
         """
-        text = self.get("max-forwards")
-        m = g.DIGITS.fullmatch(text) if text is not None else None
-        return int(m.group(1)) if m is not None else None
+        return self._kept("max-forwards", _max_forwards)
 
     @property
     def content_type(self) -> str | None:
         """
         The media type of Content-Type, lower case, without parameters.
         """
-        text = self.get("content-type")
-        if not text:
-            return None
-        return text.split(";", 1)[0].strip().lower()
+        return self._kept("content-type", _media_type)
 
 
 #: What a property keeps for a header that does not parse its way.
@@ -632,6 +627,18 @@ def _header_text(h: Header) -> str:
 
 def _name_addr(h: Header) -> NameAddr:
     return parse_name_addr(h.text)
+
+
+def _max_forwards(h: Header) -> int | None:
+    m = g.DIGITS.fullmatch(h.text)
+    return int(m.group(1)) if m is not None else None
+
+
+def _media_type(h: Header) -> str | None:
+    text = h.text
+    if not text:
+        return None
+    return text.split(";", 1)[0].strip().lower()
 
 
 def _cseq(h: Header) -> Any:
@@ -654,6 +661,8 @@ def _check_headers(message: SipMessage) -> Header | None:
     @return: the Content-Length line, or C{None}.
     @raise SipParseError: on the first problem found.
     """
+    # each value decoded as Header.text does (_decode), inline for the
+    # usual line without folding
     first: dict[str, Header] = {}
     more: dict[str, list[Header]] = {}
     for h in message.headers:
@@ -677,7 +686,9 @@ def _check_headers(message: SipMessage) -> Header | None:
         raise bad("missing Via")
     top: Via | None = None
     for h in [first["via"], *more["via"]] if "via" in more else [first["via"]]:
-        for value in split_header_values(_decode(h.value), strict=True):
+        v = h.value
+        text = _decode(v) if b"\n" in v else v.decode("utf-8", "surrogateescape").strip()
+        for value in split_header_values(text, strict=True):
             via = parse_via(value)
             if top is None:
                 top = via
@@ -686,39 +697,42 @@ def _check_headers(message: SipMessage) -> Header | None:
     parsed = message._parsed
     h = first["via"]
     parsed["via"] = (h, h.value, top)
-    h = first["from"]
-    parsed["from"] = (h, h.value, parse_name_addr(_decode(h.value)))
-    h = first["to"]
-    parsed["to"] = (h, h.value, parse_name_addr(_decode(h.value)))
-    h = first["call-id"]
-    call_id = _decode(h.value)
-    if g.CALL_ID.fullmatch(call_id) is None:
-        raise bad("malformed Call-ID")
-    parsed["call-id"] = (h, h.value, call_id)
-    h = first["cseq"]
-    m = g.CSEQ.fullmatch(_decode(h.value))
-    if m is None:
-        raise bad("malformed CSeq")
-    number, method = m.groups()
-    number = int(number)
-    parsed["cseq"] = (h, h.value, (number, method))
-    if number > _MAX_CSEQ:
-        raise bad("CSeq number over 2**32-1")
-    if message.is_request and method != message.method:
-        if message.method in _KNOWN_METHODS:
-            raise bad("CSeq method does not match the request method")
-        raise bad("CSeq method does not match the request method", 501)
+    for name in ("from", "to", "call-id", "cseq"):
+        h = first[name]
+        v = h.value
+        text = _decode(v) if b"\n" in v else v.decode("utf-8", "surrogateescape").strip()
+        if name == "call-id":
+            if g.CALL_ID.fullmatch(text) is None:
+                raise bad("malformed Call-ID")
+            parsed[name] = (h, v, text)
+        elif name == "cseq":
+            m = g.CSEQ.fullmatch(text)
+            if m is None:
+                raise bad("malformed CSeq")
+            number = int(m.group(1))
+            method = m.group(2)
+            parsed[name] = (h, v, (number, method))
+            if number > _MAX_CSEQ:
+                raise bad("CSeq number over 2**32-1")
+            if message.is_request and method != message.method:
+                if message.method in _KNOWN_METHODS:
+                    raise bad("CSeq method does not match the request method")
+                raise bad("CSeq method does not match the request method", 501)
+        else:
+            parsed[name] = (h, v, parse_name_addr(text))
     if "max-forwards" in first:
-        m = g.DIGITS.fullmatch(_decode(first["max-forwards"].value))
+        h = first["max-forwards"]
+        m = g.DIGITS.fullmatch(h.text)
         if m is None or int(m.group(1)) > 255:
             raise bad("malformed Max-Forwards")
+        parsed["max-forwards"] = (h, h.value, int(m.group(1)))
     if "contact" not in first:
         parsed["contact"] = ([], [], [])
     else:
         contacts = [first["contact"], *more["contact"]] if "contact" in more else [first["contact"]]
         addresses = []
         for h in contacts:
-            for value in split_header_values(_decode(h.value), strict=True):
+            for value in split_header_values(h.text, strict=True):
                 if value != "*":
                     addresses.append(parse_name_addr(value))
         parsed["contact"] = (contacts, [h.value for h in contacts], addresses)
