@@ -125,6 +125,21 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(parse_message(INVITE).to_bytes(), INVITE)
         self.assertEqual(parse_message(b"\r\n\r\n" + INVITE).to_bytes(), INVITE)
 
+    def test_empty_line_endings(self) -> None:
+        """
+        The header section ends at the first empty line whatever its line
+        ends (CRLF or bare LF, mixed); the body starts after it.
+        """
+        head, body = INVITE.split(b"\r\n\r\n")
+        for blank in (b"\r\n\r\n", b"\n\n", b"\r\n\n", b"\n\r\n"):
+            data = head + blank + body
+            m = parse_message(data)
+            self.assertEqual(m.body, b"v=0\n", blank)
+            self.assertEqual(m.to_bytes(), data, blank)
+        # an empty line further down does not count before the first
+        m = parse_message(head + b"\n\n" + body + b"\r\n\r\n")
+        self.assertEqual(m.body, b"v=0\n")
+
     def test_trailing_datagram_bytes(self) -> None:
         """
         Bytes after the Content-Length body are not part of the message.
@@ -193,8 +208,8 @@ class RejectTests(SynchronousTestCase):
     def test_many_folded_lines(self) -> None:
         """
         A long header section of folded, whitespace-heavy lines ending in a
-        malformed line is refused (the section is checked without trying
-        every way to cut its lines).
+        malformed line is refused (the lines are cut without trying every
+        way to cut them).
         """
         head, rest = INVITE.split(b"\r\n", 1)
         folded = b"X-F:  \r\n   a  \r\n \t b \r\n" * 300

@@ -8,6 +8,7 @@ from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.sip import uri as uri_module
+from spwm.sip.uri import check_via
 from spwm.sip import (
     NameAddr,
     SipParseError,
@@ -157,6 +158,33 @@ class ViaTests(SynchronousTestCase):
         """
         for text in ["SIP/2.0 h", "SIP/2.0/UDP", "SIP/2.0/UDP h;;", "SIP/2.0/UDP h:99999", "SIP/2.0/UDP h;branch=", "SIP/2.0/UDP h, x"]:
             self.assertRaises(SipParseError, parse_via, text)
+
+
+class CheckViaTests(SynchronousTestCase):
+    """
+    check_via refuses what parse_via refuses, with the same reason.
+    """
+
+    @given(st.text(alphabet="SIP/2.0UDPTCPudp 0123456789.:;=[]abc-\t\r\n,", max_size=40))
+    def test_same_as_parse(self, text: str) -> None:
+        """
+        For any text, check_via raises exactly when parse_via does.
+        """
+        try:
+            parse_via(text)
+        except SipParseError as e:
+            with self.assertRaises(SipParseError) as caught:
+                check_via(text)
+            self.assertEqual(str(caught.exception), str(e))
+        else:
+            check_via(text)
+
+    def test_port(self) -> None:
+        """
+        A Via port over 65535 is refused; a good value passes.
+        """
+        self.assertRaises(SipParseError, check_via, "SIP/2.0/UDP h:70000;branch=z9hG4bKx")
+        check_via("SIP/2.0/UDP h:5060;branch=z9hG4bKx")
 
 
 class CacheTests(SynchronousTestCase):

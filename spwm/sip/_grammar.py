@@ -43,11 +43,6 @@ HEADER_LINE_B = re.compile(
     rb"([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)(\r?\n)"
 )
 
-#: A whole header section of well-formed lines, each L{HEADER_LINE_B}
-#: matched as the line-by-line parser would (atomic: a line once matched is
-#: not cut another way), so one C{fullmatch} checks every line.
-HEADER_SECTION_B = re.compile(b"(?>" + HEADER_LINE_B.pattern + b")*")
-
 #: L{HEADER_LINE_B} with the whole line as group 1: name, separator, raw
 #: value and line end are groups 2 to 5.
 HEADER_LINES_B = re.compile(b"(" + HEADER_LINE_B.pattern + b")")

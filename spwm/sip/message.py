@@ -23,6 +23,7 @@ from spwm.sip.uri import (
     Via,
     parse_name_addr,
     parse_uri,
+    check_via,
     parse_via,
     split_header_values,
 )
@@ -689,9 +690,10 @@ def _check_headers(message: SipMessage) -> Header | None:
         v = h.value
         text = _decode(v) if b"\n" in v else v.decode("utf-8", "surrogateescape").strip()
         for value in split_header_values(text, strict=True):
-            via = parse_via(value)
             if top is None:
-                top = via
+                top = parse_via(value)
+            else:
+                check_via(value)
     if top is None:  # the first line has a value (strict split)
         raise bad("missing Via")
     parsed = message._parsed
@@ -774,11 +776,16 @@ def parse_message(
         start += 2
     if start == size:
         raise bad("empty message")
-    end = g.HEAD_END_B.search(data, start)
-    if end is None:
+    # the first empty line (g.HEAD_END_B), found with bytes.find: a
+    # regex search that starts with an optional CR tries every position
+    crlf = data.find(b"\n\r\n", start)
+    lf = data.find(b"\n\n", start)
+    if crlf < 0 and lf < 0:
         raise bad("header section not terminated by an empty line")
-    head_end = end.start() + (2 if data[end.start()] == 13 else 1)
-    body_start = end.end()
+    if lf < 0 or 0 <= crlf < lf:
+        head_end, body_start = crlf + 1, crlf + 3
+    else:
+        head_end, body_start = lf + 1, lf + 2
 
     # start line
     if data[start : start + 4].upper() == b"SIP/":
@@ -819,10 +826,12 @@ def parse_message(
     )
     pos = m.end()
 
-    # header lines: one match checks them all, one findall cuts them
-    if g.HEADER_SECTION_B.fullmatch(data, pos, head_end) is None:
-        _refuse_header_lines(data, pos, head_end, max_headers)
+    # header lines: one findall cuts them; they are all well-formed when
+    # they cover the header section without a gap (findall skips what
+    # does not match)
     lines = g.HEADER_LINES_B.findall(data, pos, head_end)
+    if len(b"".join([line[0] for line in lines])) != head_end - pos:
+        _refuse_header_lines(data, pos, head_end, max_headers)
     if len(lines) > max_headers:
         raise bad(f"more than {max_headers} header lines")
     known = _name_cache.get

@@ -468,6 +468,21 @@ class Via:
         return f"{self.protocol}/{self.transport} {host}{_params_text(self.params)}"
 
 
+def check_via(text: str) -> None:
+    """
+    Check one via-parm as L{parse_via} does, without building the value
+    (a message's Via values below the top one, which a proxy only passes on).
+
+    @raise SipParseError: as L{parse_via}.
+    """
+    if text in PARSED_CACHES["parse_via"]:
+        return
+    m = g.VIA.fullmatch(_unfold(text))
+    if m is None:
+        raise bad(f"malformed Via {_unfold(text)[:60]!r}")
+    _host_port(m.group(4), m.group(5), "Via port")
+
+
 @_parsed_once
 def parse_via(text: str) -> Via:
     """
@@ -544,6 +559,7 @@ __all__ = [
     "SipParseError",
     "SipUri",
     "Via",
+    "check_via",
     "parse_name_addr",
     "parse_uri",
     "parse_via",
