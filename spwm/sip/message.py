@@ -160,11 +160,30 @@ def _encode(value: str) -> bytes:
     return value.encode("utf-8", "surrogateescape")
 
 
+#: Header names as the mutators were given them -> (wire name, canonical
+#: name), checked once (code names a handful of headers).
+_given_names: dict[str, tuple[bytes, str]] = {}
+
+
 def _encode_name(name: str) -> bytes:
     raw = name.encode("ascii", "replace")
     if g.HEADER_LINE_B.fullmatch(raw + b":\r\n") is None:
         raise ValueError(f"not a header name: {name!r}")
     return raw
+
+
+def _given_name(name: str) -> tuple[bytes, str]:
+    """
+    @return: the wire and canonical forms of a header name given to a
+        mutator.
+    @raise ValueError: it is not a header name.
+    """
+    names = _given_names.get(name)
+    if names is None:
+        names = (_encode_name(name), canonical_name(name))
+        if len(_given_names) < _NAME_CACHE_MAX:
+            _given_names[name] = names
+    return names
 
 
 @attrs.define
@@ -342,7 +361,8 @@ class SipMessage:
     # --- changing -----------------------------------------------------------
 
     def _new(self, name: str, value: str) -> Header:
-        return Header(_encode_name(name), canonical_name(name), _encode(value))
+        raw_name, cname = _given_name(name)
+        return Header(raw_name, cname, _encode(value))
 
     def prepend_header(self, name: str, value: str) -> None:
         """
