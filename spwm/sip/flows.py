@@ -17,7 +17,6 @@ operator network cannot name a tunnel or flow it was not given.
 from __future__ import annotations
 
 import base64
-import hashlib
 import heapq
 import hmac
 import struct
@@ -134,7 +133,7 @@ class FlowTokenCodec:
         if not 0 <= flow_id < 2**32:
             raise ValueError("flow id out of range")
         payload = kind + _FLOW.pack(flow_id) + bytes([len(sess)]) + sess + extra
-        mac = hmac.new(self._secret, payload, hashlib.sha256).digest()[:_MAC_LEN]
+        mac = hmac.digest(self._secret, payload, "sha256")[:_MAC_LEN]
         token = base64.b32encode(payload + mac).decode("ascii").rstrip("=").lower()
         self._remember(token, FlowToken(kind, session_id, flow_id, bytes(extra)))
         return token
@@ -161,7 +160,7 @@ class FlowTokenCodec:
         if len(raw) < 1 + 4 + 1 + _MAC_LEN:
             return None
         payload, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
-        good = hmac.new(self._secret, payload, hashlib.sha256).digest()[:_MAC_LEN]
+        good = hmac.digest(self._secret, payload, "sha256")[:_MAC_LEN]
         if not hmac.compare_digest(mac, good):
             return None
         k = payload[:1]
