@@ -11,7 +11,7 @@ byte (L{SipMessage.to_bytes}).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 import attrs
 
@@ -200,9 +200,10 @@ class Header:
     raw_name: bytes
     name: str
     value: bytes
-    # (exact line as received with its line end, raw_name, value): used while
-    # raw_name and value are still those very objects
-    _raw: tuple[bytes, bytes, bytes] | None = attrs.field(
+    # (exact line as received with its line end, raw_name, separator, value,
+    # line end), the parser's match: used while raw_name and value are
+    # still those very objects
+    _raw: tuple[bytes, bytes, bytes, bytes, bytes] | None = attrs.field(
         default=None, repr=False, eq=False
     )
 
@@ -219,7 +220,7 @@ class Header:
         @return: the line with its line end: as received if unchanged.
         """
         raw = self._raw
-        if raw is not None and raw[2] is self.value and raw[1] is self.raw_name:
+        if raw is not None and raw[3] is self.value and raw[1] is self.raw_name:
             return raw[0]
         return self.raw_name + b": " + self.value + b"\r\n"
 
@@ -514,7 +515,7 @@ class SipMessage:
         # Header.to_bytes inlined: most lines go out as they came in
         parts = [
             raw[0]
-            if (raw := h._raw) is not None and raw[2] is h.value and raw[1] is h.raw_name
+            if (raw := h._raw) is not None and raw[3] is h.value and raw[1] is h.raw_name
             else h.to_bytes()
             for h in self.headers
         ]
@@ -709,7 +710,9 @@ def _check_headers(message: SipMessage) -> Header | None:
     for h in [first["via"], *more["via"]] if "via" in more else [first["via"]]:
         v = h.value
         text = _decode(v) if b"\n" in v else v.decode("utf-8", "surrogateescape").strip()
-        for value in split_header_values(text, strict=True):
+        # (what split_header_values gives a plain single value, inline)
+        single = text and "," not in text and '"' not in text
+        for value in [text] if single else split_header_values(text, strict=True):
             if top is None:
                 top = parse_via(value)
             else:
@@ -854,11 +857,12 @@ def parse_message(
         _refuse_header_lines(data, pos, head_end, max_headers)
     if len(lines) > max_headers:
         raise bad(f"more than {max_headers} header lines")
-    known = _name_cache.get
-    message.headers = [
-        Header(raw_name, known(raw_name) or _wire_name(raw_name), value, (line, raw_name, value))
-        for line, raw_name, _, value, _ in lines
-    ]
+    if lines:
+        # by map: no Python call per line but Header's own
+        _, raw_names, _, values, _ = zip(*lines)
+        cached = list(map(_name_cache.get, raw_names))
+        names = list(map(_wire_name, raw_names)) if None in cached else cast("list[str]", cached)
+        message.headers = list(map(Header, raw_names, names, values, lines))
     message._blank = data[head_end:body_start]
 
     content_length = _check_headers(message)
