@@ -26,11 +26,12 @@ The parser raises only L{SdpError}, for any input.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence, cast
 
-from attrs import frozen
+from attrs import field, frozen
 
 from spwm.errors import SpwmError
 
@@ -75,7 +76,9 @@ ICE_ATTRIBUTES = frozenset(
 #: The direction attributes (RFC 3264 section 5.1).
 DIRECTIONS = frozenset({"sendrecv", "sendonly", "recvonly", "inactive"})
 
-_LINE = re.compile(rb"([a-zA-Z])=([^\r\n]*)\Z")
+#: One line as C{splitlines(keepends=True)} cuts it: C{<type>=<value>} or
+#: empty (groups 1 and 2 C{None}), then its ending if any.
+_LINE = re.compile(rb"(?:([a-zA-Z])=([^\r\n]*))?(\r\n|\r|\n)?\Z")
 _TOKEN = re.compile(rb"[!#-'*+\-.0-9A-Z^-~]+\Z")
 _DIGITS = re.compile(rb"[0-9]{1,20}\Z")
 _ORIGIN_VERSION = re.compile(rb"(o=\S+[ \t]+\S+[ \t]+)([0-9]+)")
@@ -235,6 +238,8 @@ class SessionDescription:
     origin: tuple[str, str, int, str, str, str] | None
     connection: Connection | None
     media: tuple[MediaDescription, ...]
+    # what _scan found, for a rewrite of the same body
+    _scanned: _Scan | None = field(default=None, eq=False, repr=False)
 
     def to_bytes(self) -> bytes:
         """
@@ -252,26 +257,26 @@ def _ascii(value: bytes) -> str:
 
 def _parse_connection(value: bytes) -> Connection:
     parts = value.split()
-    if len(parts) != 3 or not all(_TOKEN.match(p) for p in parts[:2]):
+    if len(parts) != 3 or not (_TOKEN.match(parts[0]) and _TOKEN.match(parts[1])):
         raise SdpError("malformed c= line")
     address = parts[2].split(b"/", 1)[0]
     if not address:
         raise SdpError("malformed c= line: empty address")
-    return Connection(_ascii(parts[0]), _ascii(parts[1]), _ascii(address))
+    # (the fields hold no whitespace: decoded at once)
+    nettype, addrtype, text = _ascii(b" ".join((parts[0], parts[1], address))).split(" ")
+    return Connection(nettype, addrtype, text)
 
 
 def _split_line(raw: bytes) -> tuple[bytes, bytes, bytes]:
     """
-    @return: (type letter, value, line ending) of a raw line.
+    @return: (type letter, value, line ending) of a raw line (C{b""} for
+        what it does not have).
     """
-    stripped = raw.rstrip(b"\r\n")
-    ending = raw[len(stripped) :]
-    if not stripped:
-        return b"", b"", ending
-    match = _LINE.match(stripped)
+    match = _LINE.match(raw)
     if match is None:
         raise SdpError("malformed line (not <type>=<value>)")
-    return match.group(1), match.group(2), ending
+    kind, value, ending = match.groups()
+    return kind or b"", value or b"", ending or b""
 
 
 def _attribute(value: bytes) -> tuple[bytes, bytes | None]:
@@ -333,8 +338,10 @@ def _parse_mline(value: bytes) -> tuple[str, int, int, str, tuple[str, ...]]:
         count = _parse_port(count_text)
         if count < 1:
             raise SdpError("malformed m= line: port count 0")
-    formats = tuple(_ascii(f) for f in parts[3:] if f)
-    return _ascii(media), port, count, _ascii(proto), formats
+    fields = [media, proto, *[f for f in parts[3:] if f]]
+    # (the fields hold no space: decoded at once)
+    media_text, proto_text, *formats = _ascii(b" ".join(fields)).split(" ")
+    return media_text, port, count, proto_text, tuple(formats)
 
 
 def _parse_rtcp(value: bytes) -> tuple[int, str | None]:
@@ -348,33 +355,70 @@ def _parse_rtcp(value: bytes) -> tuple[int, str | None]:
     return port, address
 
 
-def _scan(body: bytes) -> tuple[tuple[bytes, ...], list[int], list[_Section], tuple[Any, ...] | None]:
+class _Scan(NamedTuple):
+    """
+    What L{_scan} finds in a body.
+
+    @ivar lines: the raw lines.
+    @ivar fields: for each line, its (type letter, value, line ending);
+        C{None} for what it does not have (an empty line has no type).
+    @ivar starts: the index of each section's first line (the session's
+        is 0, then each C{m=} line's).
+    @ivar sections: the sections.
+    @ivar origin: the C{o=} fields, or C{None}.
+    """
+
+    lines: tuple[bytes, ...]
+    fields: list[tuple[Any, ...]]
+    starts: list[int]
+    sections: list[_Section]
+    origin: tuple[Any, ...] | None
+
+    def blocks(self) -> list[tuple[tuple[bytes, ...], list[tuple[Any, ...]]]]:
+        """
+        @return: for each section, its lines and their fields.
+        """
+        bounds = [*self.starts, len(self.lines)]
+        return [
+            (self.lines[start:end], self.fields[start:end])
+            for start, end in zip(bounds, bounds[1:])
+        ]
+
+
+#: C{Match.groups} for C{map}: the fields of every line without a Python
+#: call per line.
+_GROUPS: Callable[[re.Match[bytes]], tuple[Any, ...]] = re.Match.groups
+
+
+def _scan(body: bytes) -> _Scan:
     """
     Split C{body} into lines and sections.
 
-    @return: the raw lines; for each line the section it belongs to (0 for
-        the session, 1 + index for media); the sections; the origin.
+    @raise SdpError: the body is malformed (the first problem, line by
+        line).
     """
     if not isinstance(body, bytes):
         raise SdpError("an SDP body is bytes")
     lines = tuple(body.splitlines(keepends=True))
     if not lines:
         raise SdpError("empty session description")
-    owners: list[int] = []
-    sections = [_Section()]
+    matches = list(map(_LINE.match, lines))
+    good = matches.index(None) if None in matches else len(lines)
+    if good == 0:
+        raise SdpError("malformed line (not <type>=<value>)")
+    fields = list(map(_GROUPS, cast("list[re.Match[bytes]]", matches[:good])))
+    if fields[0][0] != b"v":
+        raise SdpError("a session description starts with v=")
+    starts = [0]
+    section = _Section()
+    sections = [section]
     origin = None
-    first = True
-    for raw in lines:
-        kind, value, _ = _split_line(raw)
-        if first:
-            if kind != b"v":
-                raise SdpError("a session description starts with v=")
-            first = False
-        section = sections[-1]
+    for position, (kind, value, _) in enumerate(fields):
         if kind == b"m":
             section = _Section()
             section.mline = _parse_mline(value)
             sections.append(section)
+            starts.append(position)
         elif kind == b"c":
             if section.connection is not None:
                 raise SdpError("more than one c= line in a section")
@@ -385,7 +429,8 @@ def _scan(body: bytes) -> tuple[tuple[bytes, ...], list[int], list[_Section], tu
             parts = value.split()
             if len(parts) != 6 or not _DIGITS.match(parts[2]):
                 raise SdpError("malformed o= line")
-            texts = [_ascii(p) for p in parts]
+            # (the fields hold no whitespace: decoded at once)
+            texts = _ascii(b" ".join(parts)).split(" ")
             origin = (
                 texts[0],
                 texts[1],
@@ -421,8 +466,9 @@ def _scan(body: bytes) -> tuple[tuple[bytes, ...], list[int], list[_Section], tu
                 section.connection_mode = _ascii(arg.strip()).lower()
             elif name == b"path" and arg is not None:
                 section.path = tuple(_ascii(uri) for uri in arg.split())
-        owners.append(len(sections) - 1)
-    return lines, owners, sections, origin
+    if good < len(lines):
+        raise SdpError("malformed line (not <type>=<value>)")
+    return _Scan(lines, fields, starts, sections, origin)
 
 
 def parse_sdp(body: bytes) -> SessionDescription:
@@ -438,7 +484,14 @@ def parse_sdp(body: bytes) -> SessionDescription:
     @raise SdpError: the body is malformed. No other exception is raised for
         any C{bytes} input.
     """
-    lines, _, sections, origin = _scan(body)
+    return _describe(_scan(body))
+
+
+def _describe(scan: _Scan) -> SessionDescription:
+    """
+    The description of a scanned body (L{parse_sdp}).
+    """
+    sections = scan.sections
     session = sections[0]
     media = []
     for index, section in enumerate(sections[1:]):
@@ -478,10 +531,11 @@ def parse_sdp(body: bytes) -> SessionDescription:
             )
         )
     return SessionDescription(
-        lines=lines,
-        origin=origin,
+        lines=scan.lines,
+        origin=scan.origin,
         connection=session.connection,
         media=tuple(media),
+        scanned=scan,
     )
 
 
@@ -490,6 +544,7 @@ def rewrite_sdp(
     address: str,
     ports: Sequence[tuple[int, int | None] | None],
     versioner: OriginVersioner | None = None,
+    parsed: SessionDescription | None = None,
 ) -> bytes:
     """
     Rewrite a session description so that its media goes to C{address}.
@@ -514,36 +569,41 @@ def rewrite_sdp(
     @param address: the relay's media address (an IPv4 or IPv6 literal).
     @param ports: one entry per C{m=} line, in order.
     @param versioner: if given, fixes the C{o=} version (L{OriginVersioner}).
+    @param parsed: L{parse_sdp}C{(body)} if the caller has it (a
+        description of another body is not used).
     @return: the rewritten body.
     @raise SdpError: the body is malformed.
     @raise ValueError: C{address} is not an IP literal, or C{ports} does not
         have one entry per C{m=} line.
     """
-    family = b"IP6" if ipaddress.ip_address(address).version == 6 else b"IP4"
+    family = _address_family(address)
     encoded = address.encode("ascii")
-    lines, owners, sections, _ = _scan(body)
-    parsed = parse_sdp(body)
+    scan = None if parsed is None else parsed._scanned
+    if scan is None or b"".join(scan.lines) != body:
+        scan = _scan(body)
+        parsed = _describe(scan)
+    assert parsed is not None
+    sections = scan.sections
     if len(ports) != len(parsed.media):
         raise ValueError(f"{len(ports)} port entries for {len(parsed.media)} m= lines")
     session = sections[0]
-    blocks: list[list[bytes]] = [[] for _ in sections]
-    for position, raw in enumerate(lines):
-        blocks[owners[position]].append(raw)
+    blocks = scan.blocks()
     inheriting = [m for m in parsed.media if sections[m.index + 1].connection is None]
     session_c = session.connection
     rewrite_session_c = session_c is not None and (
         not session_c.unspecified or any(m.placeholder for m in inheriting)
     )
     out: list[bytes] = []
-    for number, block in enumerate(blocks):
+    for number, (block, block_fields) in enumerate(blocks):
         media = parsed.media[number - 1] if number else None
         entry = ports[number - 1] if number else None
         if media is not None and media.port == 0:
             entry = None
         relayed = entry is not None and entry[0] != 0
         section_out: list[bytes] = []
-        for raw in block:
-            kind, value, ending = _split_line(raw)
+        for raw, (kind, value, ending) in zip(block, block_fields):
+            if ending is None:
+                ending = b""
             if kind == b"a":
                 name, arg = _attribute(value)
                 if name in ICE_ATTRIBUTES:
@@ -560,7 +620,7 @@ def rewrite_sdp(
                 raw = _replace_port(value, entry[0], ending)
             section_out.append(raw)
         if media is not None:
-            ending = _split_line(block[0])[2] or b"\r\n"
+            ending = block_fields[0][2] or b"\r\n"
             own_c = sections[number].connection is not None
             if (
                 not relayed
@@ -575,7 +635,7 @@ def rewrite_sdp(
                     at += 1
                 if not section_out[at - 1].endswith((b"\n", b"\r")):
                     section_out[at - 1] += ending
-                section_out.insert(at, _session_c_raw(blocks[0]) + ending)
+                section_out.insert(at, _session_c_raw(blocks[0][0]) + ending)
             if relayed and entry is not None:
                 rtp, rtcp = entry
                 if rtcp is not None and rtcp != rtp + 1 and sections[number].rtcp is None:
@@ -589,6 +649,16 @@ def rewrite_sdp(
     if versioner is not None:
         result = versioner.apply(result)
     return result
+
+
+@functools.lru_cache(maxsize=16)
+def _address_family(address: str) -> bytes:
+    """
+    C{b"IP4"} or C{b"IP6"} for an IP literal (a relay's few addresses).
+
+    @raise ValueError: C{address} is not an IP literal.
+    """
+    return b"IP6" if ipaddress.ip_address(address).version == 6 else b"IP4"
 
 
 @frozen
@@ -629,10 +699,14 @@ def rewrite_tcp_media(body: bytes, changes: Sequence[TcpRewrite | None]) -> byte
     @raise SdpError: the body is malformed.
     @raise ValueError: C{changes} does not have one entry per C{m=} line.
     """
-    lines, owners, sections, _ = _scan(body)
+    scan = _scan(body)
+    lines, fields, sections = scan.lines, scan.fields, scan.sections
     if len(changes) != len(sections) - 1:
         raise ValueError(f"{len(changes)} entries for {len(sections) - 1} m= lines")
     out: list[bytes] = []
+    owners: list[int] = []
+    for owner, (block, _) in enumerate(scan.blocks()):
+        owners.extend([owner] * len(block))
     last_of: dict[int, int] = {}
     for position, owner in enumerate(owners):
         last_of[owner] = position
@@ -640,7 +714,9 @@ def rewrite_tcp_media(body: bytes, changes: Sequence[TcpRewrite | None]) -> byte
         owner = owners[position]
         change = changes[owner - 1] if owner else None
         if change is not None:
-            kind, value, ending = _split_line(raw)
+            kind, value, ending = fields[position]
+            if ending is None:
+                ending = b""
             if kind == b"a":
                 name, arg = _attribute(value)
                 if name == b"setup":
@@ -649,9 +725,9 @@ def rewrite_tcp_media(body: bytes, changes: Sequence[TcpRewrite | None]) -> byte
                     raw = _path_line(value, arg, change, ending)
             out.append(raw)
             if position == last_of[owner] and sections[owner].setup is None:
-                ending = _split_line(lines[position])[2]
+                ending = fields[position][2] or b""
                 if not ending:
-                    ending = _split_line(lines[0])[2] or b"\r\n"
+                    ending = fields[0][2] or b"\r\n"
                     out[-1] += ending
                 out.append(b"a=setup:" + change.setup.encode("ascii") + ending)
         else:
@@ -674,7 +750,7 @@ def _path_line(value: bytes, arg: bytes, change: TcpRewrite, ending: bytes) -> b
     return b"a=" + name + b":" + uri + ending
 
 
-def _session_c_raw(session_lines: list[bytes]) -> bytes:
+def _session_c_raw(session_lines: Sequence[bytes]) -> bytes:
     for raw in session_lines:
         kind, value, _ = _split_line(raw)
         if kind == b"c":

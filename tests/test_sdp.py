@@ -591,6 +591,20 @@ class PropertyTests(SynchronousTestCase):
         self.assertEqual([m.port for m in out.media], [base if m.port else 0 for m in parsed.media])
         self.assertFalse(any(m.ice for m in out.media))
 
+    @given(_sdp_bodies(), st.integers(1024, 65000))
+    def test_rewrite_with_description(self, body: bytes, base: int) -> None:
+        """
+        A rewrite given the description of its body (what the caller parsed
+        already) gives what it gives without; given the description of
+        another body, it reads its own body.
+        """
+        parsed = parse_sdp(body)
+        ports = [(base, base + 1) if m.port else None for m in parsed.media]
+        out = rewrite_sdp(body, RELAY4, ports)
+        self.assertEqual(rewrite_sdp(body, RELAY4, ports, None, parsed), out)
+        other = parse_sdp(SIMPLE)
+        self.assertEqual(rewrite_sdp(body, RELAY4, ports, None, other), out)
+
     @given(st.binary(max_size=300))
     def test_garbage(self, body: bytes) -> None:
         """

@@ -16,6 +16,7 @@ from spwm.sip import (
     parse_name_addr,
 )
 from spwm.sip.errors import SipParseError as ErrorsSipParseError
+from spwm.sip.message import Header
 from spwm.errors import SpwmError
 
 INVITE = (
@@ -87,6 +88,23 @@ class ParseTests(SynchronousTestCase):
         self.assertIsNone(m.get("record-route"))
         self.assertEqual(parse_name_addr(m.get("from")).display_name, "Alice, A.")
 
+    def test_has(self) -> None:
+        """
+        has() tells whether count() is above zero: a list header needs a
+        value, not only a line (the first line may be empty); any other
+        header needs a line.
+        """
+        m = parse_message(INVITE)
+        self.assertTrue(m.has("route"))
+        self.assertTrue(m.has("v"))
+        self.assertFalse(m.has("record-route"))
+        m.headers.insert(0, Header(b"Record-Route", "record-route", b" , "))
+        m.headers.insert(0, Header(b"Subject", "subject", b""))
+        self.assertEqual((m.has("record-route"), m.count("record-route")), (False, 0))
+        self.assertEqual((m.has("subject"), m.count("subject")), (True, 1))
+        m.append_header("Record-Route", "<sip:p3.example.com;lr>")
+        self.assertEqual((m.has("record-route"), m.count("record-route")), (True, 1))
+
     def test_response(self) -> None:
         """
         A response has status and reason, no method; cseq_method tells what
@@ -106,6 +124,21 @@ class ParseTests(SynchronousTestCase):
         """
         self.assertEqual(parse_message(INVITE).to_bytes(), INVITE)
         self.assertEqual(parse_message(b"\r\n\r\n" + INVITE).to_bytes(), INVITE)
+
+    def test_empty_line_endings(self) -> None:
+        """
+        The header section ends at the first empty line whatever its line
+        ends (CRLF or bare LF, mixed); the body starts after it.
+        """
+        head, body = INVITE.split(b"\r\n\r\n")
+        for blank in (b"\r\n\r\n", b"\n\n", b"\r\n\n", b"\n\r\n"):
+            data = head + blank + body
+            m = parse_message(data)
+            self.assertEqual(m.body, b"v=0\n", blank)
+            self.assertEqual(m.to_bytes(), data, blank)
+        # an empty line further down does not count before the first
+        m = parse_message(head + b"\n\n" + body + b"\r\n\r\n")
+        self.assertEqual(m.body, b"v=0\n")
 
     def test_trailing_datagram_bytes(self) -> None:
         """
@@ -161,6 +194,27 @@ class RejectTests(SynchronousTestCase):
         """
         self.assertRejected(INVITE, 400, "more than 5 header lines", max_headers=5)
         parse_message(INVITE, max_headers=11)
+
+    def test_bad_line_and_limit(self) -> None:
+        """
+        Which comes first names the problem: a malformed line within the
+        first max_headers lines, the limit when the malformed line is
+        further down.
+        """
+        bad = INVITE.replace(b"CSeq:", b"CSeq")
+        self.assertRejected(bad, 400, "malformed header line b'CSeq 314159", max_headers=11)
+        self.assertRejected(bad, 400, "more than 3 header lines", max_headers=3)
+
+    def test_many_folded_lines(self) -> None:
+        """
+        A long header section of folded, whitespace-heavy lines ending in a
+        malformed line is refused (the lines are cut without trying every
+        way to cut them).
+        """
+        head, rest = INVITE.split(b"\r\n", 1)
+        folded = b"X-F:  \r\n   a  \r\n \t b \r\n" * 300
+        data = head + b"\r\n" + folded + rest.replace(b"CSeq:", b"CSeq")
+        self.assertRejected(data, 400, "malformed header line", max_headers=1000)
 
     def test_missing_headers(self) -> None:
         """
@@ -347,7 +401,10 @@ def fresh(m: SipMessage) -> SipMessage:
 
 
 def readings(m: SipMessage) -> tuple:
-    return (m.top_via, m.from_, m.to, m.from_tag, m.to_tag, m.call_id, m.cseq, m.cseq_method, m.contact_addresses())
+    return (
+        m.top_via, m.from_, m.to, m.from_tag, m.to_tag, m.call_id, m.cseq, m.cseq_method,
+        m.max_forwards, m.content_type, m.contact_addresses(),
+    )
 
 
 class ParsedOnceTests(SynchronousTestCase):
@@ -395,6 +452,10 @@ class ParsedOnceTests(SynchronousTestCase):
         self.assertEqual([str(na.uri) for na in m.contact_addresses()], ["sip:c@192.0.2.3"])
         m.append_header("Contact", "<sip:d@192.0.2.4>")
         self.assertEqual(len(m.contact_addresses()), 2)
+        m.set_header("Max-Forwards", "9")
+        self.assertEqual(m.max_forwards, 9)
+        m.set_header("Content-Type", "Text/Plain; x=1")
+        self.assertEqual(m.content_type, "text/plain")
         m.remove_header("From")
         self.assertIsNone(m.from_)
         self.assertEqual(readings(m)[:-1], readings(fresh(m))[:-1])
@@ -412,6 +473,10 @@ class ParsedOnceTests(SynchronousTestCase):
         self.assertEqual(m.call_id, "another-call")
         m.headers[:] = [h for h in m.headers if h.name != "contact"]
         self.assertEqual(m.contact_addresses(), [])
+        [mf] = [h for h in m.headers if h.name == "max-forwards"]
+        self.assertEqual(m.max_forwards, 70)
+        mf.value = b"x"
+        self.assertIsNone(m.max_forwards)
 
 
 class MakeResponseTests(SynchronousTestCase):

@@ -16,7 +16,15 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.sip.flows import KIND_ROUTE, KIND_VIA, Flow, FlowTable, FlowTokenCodec
+from spwm.sip.flows import (
+    KIND_ROUTE,
+    KIND_VIA,
+    TOKEN_CACHE_SIZE,
+    Flow,
+    FlowTable,
+    FlowToken,
+    FlowTokenCodec,
+)
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import SipMessage, make_response, parse_message
 from spwm.sip.names import ProxyNames
@@ -324,6 +332,29 @@ class FlowTokenTests(SynchronousTestCase):
         flipped = token[:-3] + ("a" if token[-3] != "a" else "b") + token[-2:]
         self.assertIsNone(FlowTokenCodec(SECRET).decode(flipped))
         self.assertIsNone(FlowTokenCodec(SECRET).decode(token, KIND_VIA))
+
+    def test_remembered(self) -> None:
+        """
+        A codec remembers the tokens it made and checked: the same token for
+        the same fields, and a remembered token still decodes only as its
+        own kind, while a changed one is checked and refused.  It remembers
+        at most TOKEN_CACHE_SIZE of them.
+        """
+        codec = FlowTokenCodec(SECRET)
+        token = codec.encode(KIND_VIA, "s1", 7, b"x")
+        self.assertEqual(codec.encode(KIND_VIA, "s1", 7, b"x"), token)
+        self.assertEqual(codec.decode(token), FlowToken(KIND_VIA, "s1", 7, b"x"))
+        self.assertIsNone(codec.decode(token, KIND_ROUTE))
+        flipped = token[:-3] + ("a" if token[-3] != "a" else "b") + token[-2:]
+        self.assertIsNone(codec.decode(flipped))
+        checked = FlowTokenCodec(SECRET).encode(KIND_ROUTE, "s2", 9)
+        self.assertEqual(codec.decode(checked, KIND_ROUTE), FlowToken(KIND_ROUTE, "s2", 9))
+        self.assertEqual(codec.encode(KIND_ROUTE, "s2", 9), checked)
+        for i in range(TOKEN_CACHE_SIZE + 10):
+            codec.encode(KIND_ROUTE, "s3", i)
+            self.assertLessEqual(len(codec._decoded), TOKEN_CACHE_SIZE)
+            self.assertLessEqual(len(codec._encoded), TOKEN_CACHE_SIZE)
+        self.assertEqual(codec.decode(token), FlowToken(KIND_VIA, "s1", 7, b"x"))
 
     @given(st.text(max_size=300))
     def test_garbage_never_raises(self, text: str) -> None:

@@ -92,6 +92,31 @@ class AgentRunnerTests(SynchronousTestCase):
         self.assertIsNone(self.core.flows.lookup(fid, self.clock.seconds()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_timer_not_moved_later(self) -> None:
+        """
+        A message that makes a flow live longer does not move the armed
+        timer: it fires at the first deadline, finds nothing due and is
+        armed again for the flow's new end, where the flow expires.
+        """
+        udp = SipUdpProtocol(self.runner)
+        udp.makeConnection(FakeUdpTransport("192.0.2.1", 5060))
+        udp.datagramReceived(request("OPTIONS", "sip:bob@example.org"), ("192.0.2.10", 5062))
+        [(fid, _)] = self.tunnel.sip_sent
+        [first] = self.clock.getDelayedCalls()
+        self.assertEqual(first.getTime(), 100 + 300)
+        self.clock.advance(50)
+        udp.datagramReceived(
+            request("OPTIONS", "sip:bob@example.org", cseq=2), ("192.0.2.10", 5062)
+        )
+        self.assertEqual(self.clock.getDelayedCalls(), [first])
+        self.clock.advance(250)
+        self.assertIsNotNone(self.core.flows.lookup(fid, self.clock.seconds()))
+        [second] = self.clock.getDelayedCalls()
+        self.assertEqual(second.getTime(), 150 + 300)
+        self.clock.advance(50)
+        self.assertIsNone(self.core.flows.lookup(fid, self.clock.seconds()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_wildcard_socket_names_the_address_reached(self) -> None:
         """
         On a socket bound to every address (C{--sip-listen 0.0.0.0:5060}),

@@ -7,6 +7,8 @@ from __future__ import annotations
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from spwm.sip import uri as uri_module
+from spwm.sip.uri import check_via
 from spwm.sip import (
     NameAddr,
     SipParseError,
@@ -156,6 +158,66 @@ class ViaTests(SynchronousTestCase):
         """
         for text in ["SIP/2.0 h", "SIP/2.0/UDP", "SIP/2.0/UDP h;;", "SIP/2.0/UDP h:99999", "SIP/2.0/UDP h;branch=", "SIP/2.0/UDP h, x"]:
             self.assertRaises(SipParseError, parse_via, text)
+
+
+class CheckViaTests(SynchronousTestCase):
+    """
+    check_via refuses what parse_via refuses, with the same reason.
+    """
+
+    @given(st.text(alphabet="SIP/2.0UDPTCPudp 0123456789.:;=[]abc-\t\r\n,", max_size=40))
+    def test_same_as_parse(self, text: str) -> None:
+        """
+        For any text, check_via raises exactly when parse_via does.
+        """
+        try:
+            parse_via(text)
+        except SipParseError as e:
+            with self.assertRaises(SipParseError) as caught:
+                check_via(text)
+            self.assertEqual(str(caught.exception), str(e))
+        else:
+            check_via(text)
+
+    def test_port(self) -> None:
+        """
+        A Via port over 65535 is refused; a good value passes.
+        """
+        self.assertRaises(SipParseError, check_via, "SIP/2.0/UDP h:70000;branch=z9hG4bKx")
+        check_via("SIP/2.0/UDP h:5060;branch=z9hG4bKx")
+
+
+class CacheTests(SynchronousTestCase):
+    """
+    Each parser keeps what it parsed by its text, within its bounds.
+    """
+
+    def test_same_text_parsed_once(self) -> None:
+        """
+        The same text gives the same (immutable) value; a malformed text is
+        refused every time.
+        """
+        for parse, text in [
+            (parse_uri, "sip:cache-a@example.com;transport=tcp"),
+            (parse_name_addr, '"A" <sip:cache-a@example.com>;tag=1'),
+            (parse_via, "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKcache"),
+        ]:
+            self.assertIs(parse(text), parse(text))
+            self.assertRaises(SipParseError, parse, text + " <")
+            self.assertRaises(SipParseError, parse, text + " <")
+
+    def test_bounds(self) -> None:
+        """
+        A text longer than PARSED_CACHE_TEXT is not kept; the cache never
+        holds more than PARSED_CACHE_SIZE values.
+        """
+        long = "sip:" + "a" * uri_module.PARSED_CACHE_TEXT + "@example.com"
+        self.assertEqual(parse_uri(long), parse_uri(long))
+        self.assertNotIn(long, uri_module.PARSED_CACHES["parse_uri"])
+        for i in range(uri_module.PARSED_CACHE_SIZE + 10):
+            parse_uri(f"sip:u{i}@example.com")
+            self.assertLessEqual(len(uri_module.PARSED_CACHES["parse_uri"]), uri_module.PARSED_CACHE_SIZE)
+        self.assertIn(f"sip:u{i}@example.com", uri_module.PARSED_CACHES["parse_uri"])
 
 
 class SplitTests(SynchronousTestCase):

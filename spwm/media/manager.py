@@ -987,7 +987,7 @@ class MediaManager:
         entries, tcp = self._resolve(dialog, outcome.rewrite, failed)
         if any(t is not None for t in tcp):
             sdp = rewrite_tcp_media(sdp, tcp)
-        out = rewrite_sdp(sdp, self.address, entries, dialog.versioner)
+        out = rewrite_sdp(sdp, self.address, entries, dialog.versioner, description)
         return replace_sdp(content_type, body, out)
 
     def dialog_answered(
@@ -1089,43 +1089,47 @@ class MediaManager:
         """
         failed: set[int] = set()
         for action in actions:
-            if isinstance(action, (IgnoredBranch, Crowded, Answered, AnsweredToo, AnsweredWithoutSdp)):
-                self._note(dialog_key, dialog, action, now)
-                continue
+            # class patterns: no isinstance call per action and type
+            match action:
+                case IgnoredBranch() | Crowded() | Answered() | AnsweredToo() | AnsweredWithoutSdp():
+                    self._note(dialog_key, dialog, action, now)
+                    continue
             if action.index in failed:
                 continue
-            if isinstance(action, Release):
-                self._release_stream(dialog, action.index, action.reason, close=close, tell_leg=False)
-                continue
-            if isinstance(action, Rejected):
-                self.rejected_streams += 1
-                continue
-            if isinstance(action, Create):
-                self._create(tunnel, dialog_key, dialog, action.index, action.tcp, now)
-                continue
+            match action:
+                case Release():
+                    self._release_stream(dialog, action.index, action.reason, close=close, tell_leg=False)
+                    continue
+                case Rejected():
+                    self.rejected_streams += 1
+                    continue
+                case Create():
+                    self._create(tunnel, dialog_key, dialog, action.index, action.tcp, now)
+                    continue
             stream = dialog.streams.get(action.index)
             if stream is None:
                 continue
             ok = True
-            if isinstance(action, Expect):
-                self._apply_remote(stream, dialog, action.branches)
-            elif isinstance(action, Bind):
-                if stream.rtp is None and not self._bind(stream, dialog, action.rtcp):
-                    self._release_stream(dialog, stream.index, "no media ports")
-                    self.rejected_streams += 1
-                    ok = False
-            elif isinstance(action, OpenChannel):
-                if stream.channel_id is None:
-                    ok = self._take_channel(stream, action.mux)
-            elif isinstance(action, TcpExpect):
-                assert stream.tcp is not None
-                stream.tcp.expect(action.host)
-            elif isinstance(action, TcpListen):
-                if not self._tcp_listen(dialog, stream):
-                    self.rejected_streams += 1
-                    ok = False
-            elif isinstance(action, TcpConnect):
-                ok = self._tcp_connect(dialog, stream, action.media)
+            match action:
+                case Expect():
+                    self._apply_remote(stream, dialog, action.branches)
+                case Bind():
+                    if stream.rtp is None and not self._bind(stream, dialog, action.rtcp):
+                        self._release_stream(dialog, stream.index, "no media ports")
+                        self.rejected_streams += 1
+                        ok = False
+                case OpenChannel():
+                    if stream.channel_id is None:
+                        ok = self._take_channel(stream, action.mux)
+                case TcpExpect():
+                    assert stream.tcp is not None
+                    stream.tcp.expect(action.host)
+                case TcpListen():
+                    if not self._tcp_listen(dialog, stream):
+                        self.rejected_streams += 1
+                        ok = False
+                case TcpConnect():
+                    ok = self._tcp_connect(dialog, stream, action.media)
             if not ok:
                 failed.add(action.index)
         return failed

@@ -43,6 +43,10 @@ HEADER_LINE_B = re.compile(
     rb"([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)(\r?\n)"
 )
 
+#: L{HEADER_LINE_B} with the whole line as group 1: name, separator, raw
+#: value and line end are groups 2 to 5.
+HEADER_LINES_B = re.compile(b"(" + HEADER_LINE_B.pattern + b")")
+
 #: The empty line that ends the header section (first CRLF CRLF, LF LF tolerated).
 HEAD_END_B = re.compile(rb"\r?\n\r?\n")
 

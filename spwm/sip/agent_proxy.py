@@ -34,8 +34,6 @@ from spwm.sip.checks import (
     CONGESTED_COUNTER,
     answer_malformed,
     congested_response,
-    request_problem,
-    response_problem,
     starts_work,
 )
 from spwm.sip.dialogs import DialogTable
@@ -228,12 +226,7 @@ class AgentSipProxy:
     def _app_request(
         self, flow: Flow, msg: SipMessage, now: float, congested: bool
     ) -> list[Action]:
-        problem = request_problem(msg)
-        if problem is not None:
-            if msg.count("Via") == 0 or problem.startswith("malformed Via"):
-                reason = "request from app without usable Via"
-                return [self.counters.drop(reason, reason)]
-            return self._answer(flow, msg, 400, "Bad Request: " + problem)
+        # (parse_message checked the headers a proxy relies on)
         if congested and starts_work(msg):
             return [
                 ToApp(flow, congested_response(msg)),
@@ -258,9 +251,7 @@ class AgentSipProxy:
         return [ToTunnel(self.tunnel_key, fid, msg.to_bytes())]
 
     def _app_response(self, flow: Flow, msg: SipMessage, now: float) -> list[Action]:
-        if response_problem(msg) is not None:
-            reason = "malformed response from app"
-            return [self.counters.drop(reason, reason)]
+        # (parse_message checked the headers a proxy relies on)
         via = msg.top_via
         assert via is not None
         present, branch = param(via.params, "branch")
@@ -268,7 +259,7 @@ class AgentSipProxy:
             reason = "response from app not for us"
             return [self.counters.drop(reason, reason)]
         msg.pop_first_value("Via")
-        if msg.count("Via") == 0:
+        if not msg.has("Via"):
             reason = "response from app with only our Via"
             return [self.counters.drop(reason, reason)]
         fid = self.flows.use(flow, now)
@@ -281,9 +272,7 @@ class AgentSipProxy:
     def _tunnel_request(
         self, flow_id: int, flow: Flow | None, msg: SipMessage, now: float
     ) -> list[Action]:
-        if request_problem(msg) is not None:
-            reason = "malformed request from tunnel"
-            return [self.counters.drop(reason, reason)]
+        # (parse_message checked the headers a proxy relies on)
         if flow is None:
             if msg.method == "ACK":
                 reason = "ACK for an unknown flow"
@@ -309,9 +298,7 @@ class AgentSipProxy:
         if flow is None:
             reason = "response for an unknown flow"
             return [self.counters.drop(reason, reason)]
-        if response_problem(msg) is not None:
-            reason = "malformed response from tunnel"
-            return [self.counters.drop(reason, reason)]
+        # (parse_message checked the headers a proxy relies on)
         fid = self.flows.use(flow, now)
         self._track_response(msg, flow, fid, now)
         events: list[Action] = []
@@ -386,7 +373,7 @@ class AgentSipProxy:
         if ruri is not None and self._ours(ruri):
             if msg.method == "REGISTER":
                 register_domain_uri(msg)
-            elif msg.count("Route"):
+            elif msg.has("Route"):
                 strict_route(msg)
         self._pop_own_routes(msg)
 

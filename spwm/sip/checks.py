@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_sip_proxy -*-
 """
-What both SIP proxy cores check before they touch a message, and how they
-refuse it: the problems of a request or response that parsed, the crude
-error answer to one that did not (RFC 3261 8.2.6), and the C{503} of a
-congested tunnel.
+How both SIP proxy cores refuse a message: the crude error answer to one
+that did not parse (RFC 3261 8.2.6), and the C{503} of a congested
+tunnel.  What a message that parsed needs (RFC 3261 8.1.1 headers, every
+Via well-formed, CSeq matching the method) L{spwm.sip.message.parse_message}
+checked already.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 from typing import Callable
 
 from spwm.sip.actions import Action, Dropped
-from spwm.sip.errors import SipParseError
 from spwm.sip.message import SipMessage, make_response
 
 __all__ = [
@@ -21,8 +21,6 @@ __all__ = [
     "answer_malformed",
     "congested_response",
     "crude_error",
-    "request_problem",
-    "response_problem",
     "starts_work",
 ]
 
@@ -33,44 +31,6 @@ CONGESTED_COUNTER = "tunnel congested"
 
 #: Seconds a refused client is asked to wait (C{Retry-After}).
 CONGESTED_RETRY_AFTER = 5
-
-
-def request_problem(msg: SipMessage) -> str | None:
-    """
-    @return: what is wrong with a request that parsed, or C{None}.
-    """
-    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
-        if msg.count(name) == 0:
-            return f"missing {name}"
-    try:
-        num, method = msg.cseq
-    except (SipParseError, ValueError, TypeError):
-        return "malformed CSeq"
-    if method.upper() != (msg.method or "").upper():
-        return "CSeq method does not match the request"
-    try:
-        if msg.top_via is None:
-            return "malformed Via"
-        msg.max_forwards
-    except (SipParseError, ValueError):
-        return "malformed Via or Max-Forwards"
-    return None
-
-
-def response_problem(msg: SipMessage) -> str | None:
-    """
-    @return: what is wrong with a response that parsed, or C{None}.
-    """
-    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
-        if msg.count(name) == 0:
-            return f"missing {name}"
-    try:
-        msg.cseq
-        if msg.top_via is None:
-            return "malformed Via"
-    except (SipParseError, ValueError, TypeError):
-        return "malformed CSeq or Via"
-    return None
 
 
 _CRUDE = {

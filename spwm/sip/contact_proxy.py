@@ -29,7 +29,6 @@ from attrs import frozen
 from spwm.sip.actions import (
     Action,
     Counters,
-    Dropped,
     MediaHook,
     OperatorProxy,
     RouteRefused,
@@ -44,8 +43,6 @@ from spwm.sip.checks import (
     CONGESTED_COUNTER,
     answer_malformed,
     congested_response,
-    request_problem,
-    response_problem,
     starts_work,
 )
 from spwm.sip.dialogs import Dialog, DialogTable
@@ -364,11 +361,7 @@ class ContactSipProxy:
     def _tunnel_request(
         self, key: TunnelKey, session: str, fid: int, msg: SipMessage, now: float
     ) -> list[_Step]:
-        bad = self._bad_request(msg, "tunnel")
-        if isinstance(bad, Dropped):
-            return [bad]
-        if bad is not None:
-            return [ToTunnel(key, fid, bad.to_bytes())]
+        # (parse_message checked the headers a proxy relies on)
         mf = msg.max_forwards
         if mf is not None and mf <= 0:
             # the agent decrements; this only guards against a broken one
@@ -414,9 +407,6 @@ class ContactSipProxy:
     def _tunnel_response(
         self, key: TunnelKey, session: str, msg: SipMessage, now: float
     ) -> list[_Step]:
-        if response_problem(msg) is not None:
-            reason = "malformed response from tunnel"
-            return [self.counters.drop(reason, reason)]
         tok = self._via_token(msg.top_via)
         if tok is None or tok.session_id != session:
             reason = "response from tunnel without our Via"
@@ -537,9 +527,6 @@ class ContactSipProxy:
         return list(self._network_response(msg, now))
 
     def _network_response(self, msg: SipMessage, now: float) -> list[Action]:
-        if response_problem(msg) is not None:
-            reason = "malformed response from network"
-            return [self.counters.drop(reason, reason)]
         top = msg.top_via
         tok = self._via_token(top)
         if top is None or tok is None:
@@ -551,7 +538,7 @@ class ContactSipProxy:
             return [self.counters.drop(reason, reason)]
         present, branch = param(top.params, "branch")
         msg.pop_first_value("Via")
-        if msg.count("Via") == 0:
+        if not msg.has("Via"):
             reason = "response from network with only our Via"
             return [self.counters.drop(reason, reason)]
         method = msg.cseq[1]
@@ -574,11 +561,7 @@ class ContactSipProxy:
         now: float,
         congested: Callable[[TunnelKey], bool],
     ) -> list[_Step]:
-        bad = self._bad_request(msg, "network")
-        if isinstance(bad, Dropped):
-            return [bad]
-        if bad is not None:
-            return self._send_response(transport, src, bad.to_bytes())
+        # (parse_message checked the headers a proxy relies on)
         stamp_via(msg, src, always_rport=transport != "udp")
         mf = msg.max_forwards
         if mf is not None and mf <= 0:
@@ -689,7 +672,7 @@ class ContactSipProxy:
         out: list[_Step] = []
         for reply in self.registrar.handle_request(msg, now):
             if reply.is_request:
-                if reply.count("Route") == 0:
+                if not reply.has("Route"):
                     out.extend(self._refuse(msg, 404, "Not Found"))
                 else:
                     out.extend(self._route_in(transport, src, reply, now, False, congested))
@@ -701,20 +684,6 @@ class ContactSipProxy:
         return out
 
     # -- answering -----------------------------------------------------------
-
-    def _bad_request(self, msg: SipMessage, origin: str) -> SipMessage | Dropped | None:
-        """
-        C{None} for a well-formed request; else the 400 that says what is
-        wrong, or a drop when no answer can be routed (or it is an ACK).
-        """
-        problem = request_problem(msg)
-        if problem is None:
-            return None
-        if msg.method == "ACK" or msg.count("Via") == 0 or problem.startswith("malformed Via"):
-            return self.counters.drop(
-                f"malformed request from {origin}: {problem}", f"malformed request from {origin}"
-            )
-        return make_response(msg, 400, "Bad Request: " + problem)
 
     def _refuse(self, msg: SipMessage, status: int, reason: str) -> list[_Step]:
         """

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Hashable, Iterator
 
-import attrs
 from attrs import frozen
 
 __all__ = ["Dialog", "DialogTable"]
@@ -157,7 +156,7 @@ class DialogTable:
         if dialogs:
             expires = now + self.lifetime
             self._calls[key] = [
-                attrs.evolve(d, expires=expires)
+                Dialog(d.call_id, d.from_tag, d.to_tag, d.flow_id, expires)
                 if flow_id is None or d.flow_id == flow_id
                 else d
                 for d in dialogs

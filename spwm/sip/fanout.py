@@ -449,7 +449,7 @@ def _leg_answer(msg: SipMessage, call_id: str, side: int) -> bytes:
     requires = [
         s.strip() for v in msg.get_all("Require") for s in v.split(",") if s.strip().lower() != "outbound"
     ]
-    if msg.count("Require"):
+    if msg.has("Require"):
         if requires:
             msg.set_header("Require", ", ".join(requires))
         else:

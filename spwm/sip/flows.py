@@ -17,7 +17,6 @@ operator network cannot name a tunnel or flow it was not given.
 from __future__ import annotations
 
 import base64
-import hashlib
 import heapq
 import hmac
 import struct
@@ -33,6 +32,13 @@ _KINDS = frozenset({KIND_VIA, KIND_ROUTE, KIND_CONTACT})
 _MAC_LEN = 8
 _MAX_SESSION = 64
 _FLOW = struct.Struct("!I")
+
+#: The most tokens a codec remembers (emptied when full): those it made,
+#: and those it checked, each with what it names.  A token comes back
+#: again and again (the Via branch in each response to its request, the
+#: Record-Route token in each request of its dialog), and one remembered
+#: needs no HMAC.
+TOKEN_CACHE_SIZE = 4096
 
 
 @frozen
@@ -86,6 +92,19 @@ class FlowTokenCodec:
         if len(secret) < 16:
             raise ValueError("flow token secret must be at least 16 bytes")
         self._secret = secret
+        self._encoded: dict[tuple[bytes, str, int, bytes], str] = {}
+        self._decoded: dict[str, FlowToken] = {}
+
+    def _remember(self, token: str, decoded: FlowToken) -> None:
+        """
+        Remember an authentic token (one we made or checked) and its
+        meaning, within L{TOKEN_CACHE_SIZE}.
+        """
+        if len(self._decoded) >= TOKEN_CACHE_SIZE:
+            self._decoded.clear()
+            self._encoded.clear()
+        self._decoded[token] = decoded
+        self._encoded[decoded.kind, decoded.session_id, decoded.flow_id, decoded.extra] = token
 
     @property
     def secret(self) -> bytes:
@@ -103,6 +122,9 @@ class FlowTokenCodec:
         @raise ValueError: for an unknown kind, an over-long session id or a
             flow id outside 0..2**32-1 (caller bugs).
         """
+        token = self._encoded.get((kind, session_id, flow_id, extra))
+        if token is not None:
+            return token
         if kind not in _KINDS:
             raise ValueError(f"unknown token kind {kind!r}")
         sess = session_id.encode("utf-8")
@@ -111,8 +133,10 @@ class FlowTokenCodec:
         if not 0 <= flow_id < 2**32:
             raise ValueError("flow id out of range")
         payload = kind + _FLOW.pack(flow_id) + bytes([len(sess)]) + sess + extra
-        mac = hmac.new(self._secret, payload, hashlib.sha256).digest()[:_MAC_LEN]
-        return base64.b32encode(payload + mac).decode("ascii").rstrip("=").lower()
+        mac = hmac.digest(self._secret, payload, "sha256")[:_MAC_LEN]
+        token = base64.b32encode(payload + mac).decode("ascii").rstrip("=").lower()
+        self._remember(token, FlowToken(kind, session_id, flow_id, bytes(extra)))
+        return token
 
     def decode(self, token: str | None, kind: bytes | None = None) -> FlowToken | None:
         """
@@ -124,6 +148,9 @@ class FlowTokenCodec:
         """
         if not token or len(token) > 256:
             return None
+        known = self._decoded.get(token)
+        if known is not None:
+            return known if kind is None or known.kind == kind else None
         text = token.upper()
         text += "=" * (-len(text) % 8)
         try:
@@ -133,7 +160,7 @@ class FlowTokenCodec:
         if len(raw) < 1 + 4 + 1 + _MAC_LEN:
             return None
         payload, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
-        good = hmac.new(self._secret, payload, hashlib.sha256).digest()[:_MAC_LEN]
+        good = hmac.digest(self._secret, payload, "sha256")[:_MAC_LEN]
         if not hmac.compare_digest(mac, good):
             return None
         k = payload[:1]
@@ -147,7 +174,9 @@ class FlowTokenCodec:
             session = payload[6 : 6 + slen].decode("utf-8")
         except UnicodeDecodeError:
             return None
-        return FlowToken(k, session, flow_id, bytes(payload[6 + slen :]))
+        decoded = FlowToken(k, session, flow_id, bytes(payload[6 + slen :]))
+        self._remember(token, decoded)
+        return decoded
 
 
 @define

@@ -11,7 +11,7 @@ byte (L{SipMessage.to_bytes}).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 import attrs
 
@@ -23,6 +23,7 @@ from spwm.sip.uri import (
     Via,
     parse_name_addr,
     parse_uri,
+    check_via,
     parse_via,
     split_header_values,
 )
@@ -159,11 +160,30 @@ def _encode(value: str) -> bytes:
     return value.encode("utf-8", "surrogateescape")
 
 
+#: Header names as the mutators were given them -> (wire name, canonical
+#: name), checked once (code names a handful of headers).
+_given_names: dict[str, tuple[bytes, str]] = {}
+
+
 def _encode_name(name: str) -> bytes:
     raw = name.encode("ascii", "replace")
     if g.HEADER_LINE_B.fullmatch(raw + b":\r\n") is None:
         raise ValueError(f"not a header name: {name!r}")
     return raw
+
+
+def _given_name(name: str) -> tuple[bytes, str]:
+    """
+    @return: the wire and canonical forms of a header name given to a
+        mutator.
+    @raise ValueError: it is not a header name.
+    """
+    names = _given_names.get(name)
+    if names is None:
+        names = (_encode_name(name), canonical_name(name))
+        if len(_given_names) < _NAME_CACHE_MAX:
+            _given_names[name] = names
+    return names
 
 
 @attrs.define
@@ -180,9 +200,10 @@ class Header:
     raw_name: bytes
     name: str
     value: bytes
-    # (exact line as received with its line end, raw_name, value): used while
-    # raw_name and value are still those very objects
-    _raw: tuple[bytes, bytes, bytes] | None = attrs.field(
+    # (exact line as received with its line end, raw_name, separator, value,
+    # line end), the parser's match: used while raw_name and value are
+    # still those very objects
+    _raw: tuple[bytes, bytes, bytes, bytes, bytes] | None = attrs.field(
         default=None, repr=False, eq=False
     )
 
@@ -199,7 +220,7 @@ class Header:
         @return: the line with its line end: as received if unchanged.
         """
         raw = self._raw
-        if raw is not None and raw[2] is self.value and raw[1] is self.raw_name:
+        if raw is not None and raw[3] is self.value and raw[1] is self.raw_name:
             return raw[0]
         return self.raw_name + b": " + self.value + b"\r\n"
 
@@ -278,9 +299,6 @@ class SipMessage:
         self._parsed[cname] = (h, h.value, value)
         return value
 
-    def _keep(self, cname: str, h: Header, value: Any) -> None:
-        self._parsed[cname] = (h, h.value, value)
-
     def _lines(self, name: str) -> list[Header]:
         cname = canonical_name(name)
         return [h for h in self.headers if h.name == cname]
@@ -329,10 +347,23 @@ class SipMessage:
         """
         return len(self.get_all(name))
 
+    def has(self, name: str) -> bool:
+        """
+        @return: whether a header has a value (C{count(name) > 0}), read up
+            to the first line that has one.
+        """
+        cname = canonical_name(name)
+        single = cname not in LIST_HEADERS
+        for h in self.headers:
+            if h.name == cname and (single or split_header_values(h.text)):
+                return True
+        return False
+
     # --- changing -----------------------------------------------------------
 
     def _new(self, name: str, value: str) -> Header:
-        return Header(_encode_name(name), canonical_name(name), _encode(value))
+        raw_name, cname = _given_name(name)
+        return Header(raw_name, cname, _encode(value))
 
     def prepend_header(self, name: str, value: str) -> None:
         """
@@ -417,20 +448,14 @@ class SipMessage:
         cname = canonical_name(name)
         self._parsed.pop(cname, None)
         new = _encode(value)
-        first = None
-        kept = []
-        for h in self.headers:
-            if h.name == cname:
-                if first is None:
-                    first = h
-                    h.value = new
-                    kept.append(h)
-            else:
-                kept.append(h)
-        if first is None:
-            self.headers.append(Header(_encode_name(name), cname, new))
-        else:
-            self.headers[:] = kept
+        headers = self.headers
+        at = [i for i, h in enumerate(headers) if h.name == cname]
+        if not at:
+            headers.append(Header(_encode_name(name), cname, new))
+            return
+        headers[at[0]].value = new
+        for i in reversed(at[1:]):
+            del headers[i]
 
     def remove_header(self, name: str) -> None:
         """
@@ -487,11 +512,14 @@ class SipMessage:
         bytes it was parsed from (up to the end of its Content-Length body;
         leading CRLFs and trailing datagram noise are not part of it).
         """
-        parts = [self.start_line()]
-        parts.extend([h.to_bytes() for h in self.headers])
-        parts.append(self._blank)
-        parts.append(self.body)
-        return b"".join(parts)
+        # Header.to_bytes inlined: most lines go out as they came in
+        parts = [
+            raw[0]
+            if (raw := h._raw) is not None and raw[3] is h.value and raw[1] is h.raw_name
+            else h.to_bytes()
+            for h in self.headers
+        ]
+        return b"".join([self.start_line(), *parts, self._blank, self.body])
 
     # --- convenience ------------------------------------------------------
 
@@ -601,19 +629,14 @@ class SipMessage:
         """
         Max-Forwards, or C{None} if absent or malformed.
         """
-        text = self.get("max-forwards")
-        m = g.DIGITS.fullmatch(text) if text is not None else None
-        return int(m.group(1)) if m is not None else None
+        return self._kept("max-forwards", _max_forwards)
 
     @property
     def content_type(self) -> str | None:
         """
         The media type of Content-Type, lower case, without parameters.
         """
-        text = self.get("content-type")
-        if not text:
-            return None
-        return text.split(";", 1)[0].strip().lower()
+        return self._kept("content-type", _media_type)
 
 
 #: What a property keeps for a header that does not parse its way.
@@ -628,6 +651,18 @@ def _name_addr(h: Header) -> NameAddr:
     return parse_name_addr(h.text)
 
 
+def _max_forwards(h: Header) -> int | None:
+    m = g.DIGITS.fullmatch(h.text)
+    return int(m.group(1)) if m is not None else None
+
+
+def _media_type(h: Header) -> str | None:
+    text = h.text
+    if not text:
+        return None
+    return text.split(";", 1)[0].strip().lower()
+
+
 def _cseq(h: Header) -> Any:
     m = g.CSEQ.fullmatch(h.text)
     return _MALFORMED if m is None else (int(m.group(1)), m.group(2))
@@ -638,71 +673,95 @@ def _first_via(h: Header) -> Any:
     return parse_via(values[0]) if values else _MALFORMED
 
 
-def _check_headers(message: SipMessage) -> None:
+def _check_headers(message: SipMessage) -> Header | None:
     """
     Check the headers a proxy relies on (RFC 3261 8.1.1, 20): one well-formed
     From, To, Call-ID and CSeq; at least one Via and every Via value
     well-formed; Max-Forwards and Content-Length once at most and in range;
-    Contact values well-formed.
+    Contact values well-formed.  Keep what it parsed on the message.
 
+    @return: the Content-Length line, or C{None}.
     @raise SipParseError: on the first problem found.
     """
-    found: dict[str, list[Header]] = {}
+    # each value decoded as Header.text does (_decode), inline for the
+    # usual line without folding
+    first: dict[str, Header] = {}
+    more: dict[str, list[Header]] = {}
     for h in message.headers:
-        if h.name in _CHECKED:
-            found.setdefault(h.name, []).append(h)
+        name = h.name
+        if name in _CHECKED:
+            if name not in first:
+                first[name] = h
+            elif name in more:
+                more[name].append(h)
+            else:
+                more[name] = [h]
     for name in ("from", "to", "call-id", "cseq"):
-        lines = found.get(name)
-        if not lines:
+        if name not in first:
             raise bad(f"missing {_DISPLAY_NAMES.get(name, name.title())}")
-        if len(lines) > 1:
+        if name in more:
             raise bad(f"more than one {_DISPLAY_NAMES.get(name, name.title())}")
     for name in ("max-forwards", "content-length"):
-        lines = found.get(name)
-        if lines and len(lines) > 1:
+        if name in more:
             raise bad(f"more than one {name.title()}")
-    vias = found.get("via")
-    if not vias:
+    if "via" not in first:
         raise bad("missing Via")
     top: Via | None = None
-    for h in vias:
-        for value in split_header_values(h.text, strict=True):
-            via = parse_via(value)
+    for h in [first["via"], *more["via"]] if "via" in more else [first["via"]]:
+        v = h.value
+        text = _decode(v) if b"\n" in v else v.decode("utf-8", "surrogateescape").strip()
+        # (what split_header_values gives a plain single value, inline)
+        single = text and "," not in text and '"' not in text
+        for value in [text] if single else split_header_values(text, strict=True):
             if top is None:
-                top = via
+                top = parse_via(value)
+            else:
+                check_via(value)
     if top is None:  # the first line has a value (strict split)
         raise bad("missing Via")
-    message._keep("via", vias[0], top)
-    for name in ("from", "to"):
-        h = found[name][0]
-        message._keep(name, h, parse_name_addr(h.text))
-    h = found["call-id"][0]
-    call_id = h.text
-    if g.CALL_ID.fullmatch(call_id) is None:
-        raise bad("malformed Call-ID")
-    message._keep("call-id", h, call_id)
-    h = found["cseq"][0]
-    m = g.CSEQ.fullmatch(h.text)
-    if m is None:
-        raise bad("malformed CSeq")
-    message._keep("cseq", h, (int(m.group(1)), m.group(2)))
-    if int(m.group(1)) > _MAX_CSEQ:
-        raise bad("CSeq number over 2**32-1")
-    if message.is_request and m.group(2) != message.method:
-        if message.method in _KNOWN_METHODS:
-            raise bad("CSeq method does not match the request method")
-        raise bad("CSeq method does not match the request method", 501)
-    if "max-forwards" in found:
-        m = g.DIGITS.fullmatch(found["max-forwards"][0].text)
+    parsed = message._parsed
+    h = first["via"]
+    parsed["via"] = (h, h.value, top)
+    for name in ("from", "to", "call-id", "cseq"):
+        h = first[name]
+        v = h.value
+        text = _decode(v) if b"\n" in v else v.decode("utf-8", "surrogateescape").strip()
+        if name == "call-id":
+            if g.CALL_ID.fullmatch(text) is None:
+                raise bad("malformed Call-ID")
+            parsed[name] = (h, v, text)
+        elif name == "cseq":
+            m = g.CSEQ.fullmatch(text)
+            if m is None:
+                raise bad("malformed CSeq")
+            number = int(m.group(1))
+            method = m.group(2)
+            parsed[name] = (h, v, (number, method))
+            if number > _MAX_CSEQ:
+                raise bad("CSeq number over 2**32-1")
+            if message.is_request and method != message.method:
+                if message.method in _KNOWN_METHODS:
+                    raise bad("CSeq method does not match the request method")
+                raise bad("CSeq method does not match the request method", 501)
+        else:
+            parsed[name] = (h, v, parse_name_addr(text))
+    if "max-forwards" in first:
+        h = first["max-forwards"]
+        m = g.DIGITS.fullmatch(h.text)
         if m is None or int(m.group(1)) > 255:
             raise bad("malformed Max-Forwards")
-    contacts = found.get("contact", [])
-    addresses = []
-    for h in contacts:
-        for value in split_header_values(h.text, strict=True):
-            if value != "*":
-                addresses.append(parse_name_addr(value))
-    message._parsed["contact"] = (contacts, [h.value for h in contacts], addresses)
+        parsed["max-forwards"] = (h, h.value, int(m.group(1)))
+    if "contact" not in first:
+        parsed["contact"] = ([], [], [])
+    else:
+        contacts = [first["contact"], *more["contact"]] if "contact" in more else [first["contact"]]
+        addresses = []
+        for h in contacts:
+            for value in split_header_values(h.text, strict=True):
+                if value != "*":
+                    addresses.append(parse_name_addr(value))
+        parsed["contact"] = (contacts, [h.value for h in contacts], addresses)
+    return first.get("content-length")
 
 
 _CHECKED = frozenset(
@@ -740,11 +799,16 @@ def parse_message(
         start += 2
     if start == size:
         raise bad("empty message")
-    end = g.HEAD_END_B.search(data, start)
-    if end is None:
+    # the first empty line (g.HEAD_END_B), found with bytes.find: a
+    # regex search that starts with an optional CR tries every position
+    crlf = data.find(b"\n\r\n", start)
+    lf = data.find(b"\n\n", start)
+    if crlf < 0 and lf < 0:
         raise bad("header section not terminated by an empty line")
-    head_end = end.start() + (2 if data[end.start()] == 13 else 1)
-    body_start = end.end()
+    if lf < 0 or 0 <= crlf < lf:
+        head_end, body_start = crlf + 1, crlf + 3
+    else:
+        head_end, body_start = lf + 1, lf + 2
 
     # start line
     if data[start : start + 4].upper() == b"SIP/":
@@ -785,36 +849,32 @@ def parse_message(
     )
     pos = m.end()
 
-    # header lines: one regex match per line
-    headers = message.headers
-    match = g.HEADER_LINE_B.match
-    while pos < head_end:
-        m = match(data, pos, head_end)
-        if m is None:
-            raise bad(f"malformed header line {data[pos : pos + 30]!r}")
-        if len(headers) >= max_headers:
-            raise bad(f"more than {max_headers} header lines")
-        raw_name, value = m.group(1, 3)
-        headers.append(
-            Header(raw_name, _wire_name(raw_name), value, (m.group(0), raw_name, value))
-        )
-        pos = m.end()
+    # header lines: one findall cuts them; they are all well-formed when
+    # they cover the header section without a gap (findall skips what
+    # does not match)
+    lines = g.HEADER_LINES_B.findall(data, pos, head_end)
+    if len(b"".join([line[0] for line in lines])) != head_end - pos:
+        _refuse_header_lines(data, pos, head_end, max_headers)
+    if len(lines) > max_headers:
+        raise bad(f"more than {max_headers} header lines")
+    if lines:
+        # by map: no Python call per line but Header's own
+        _, raw_names, _, values, _ = zip(*lines)
+        cached = list(map(_name_cache.get, raw_names))
+        names = list(map(_wire_name, raw_names)) if None in cached else cast("list[str]", cached)
+        message.headers = list(map(Header, raw_names, names, values, lines))
     message._blank = data[head_end:body_start]
 
-    _check_headers(message)
+    content_length = _check_headers(message)
 
     # body
-    length = None
-    for h in headers:
-        if h.name == "content-length":
-            cl = g.DIGITS.fullmatch(h.text)
-            if cl is None:
-                raise bad("malformed Content-Length")
-            length = int(cl.group(1))
-            break
-    if length is None:
+    if content_length is None:
         message.body = data[body_start:]
     else:
+        cl = g.DIGITS.fullmatch(content_length.text)
+        if cl is None:
+            raise bad("malformed Content-Length")
+        length = int(cl.group(1))
         if body_start + length > size:
             raise bad(
                 f"Content-Length {length} larger than the {size - body_start} "
@@ -822,6 +882,26 @@ def parse_message(
             )
         message.body = data[body_start : body_start + length]
     return message
+
+
+def _refuse_header_lines(data: bytes, pos: int, head_end: int, max_headers: int) -> None:
+    """
+    Find the first problem of a header section that is not all well-formed
+    lines, line by line, as L{parse_message} reports it.
+
+    @raise SipParseError: always.
+    """
+    count = 0
+    match = g.HEADER_LINE_B.match
+    while pos < head_end:
+        m = match(data, pos, head_end)
+        if m is None:
+            break
+        if count >= max_headers:
+            raise bad(f"more than {max_headers} header lines")
+        count += 1
+        pos = m.end()
+    raise bad(f"malformed header line {data[pos : pos + 30]!r}")
 
 
 _TAG_MISSING = object()

@@ -202,7 +202,7 @@ class EmbeddedRegistrar:
             response, or the request itself retargeted.  Nothing for an ACK
             that cannot be routed.
         """
-        if msg.count("Route"):
+        if msg.has("Route"):
             return [msg]
         if msg.method == "REGISTER":
             return [self._register(msg, now)]

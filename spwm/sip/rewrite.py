@@ -284,7 +284,7 @@ def add_path(msg: SipMessage, route: str) -> None:
     RFC 3327: put C{route} on top of a REGISTER's C{Path} and say that
     this request supports C{path}.
     """
-    if msg.count("Path"):
+    if msg.has("Path"):
         msg.prepend_header("Path", route)
     else:
         msg.append_header("Path", route)

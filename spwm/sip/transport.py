@@ -617,8 +617,21 @@ class _Runner:
         raise NotImplementedError
 
     def _rearm(self) -> None:
+        """
+        Keep one timer for the core's next deadline.  A deadline that moved
+        later leaves the armed timer alone (an application flow's idle
+        lifetime moves with every message): the core's timer handling is
+        harmless when nothing is due yet, and re-arms for the later one.
+        """
         deadline = self.core.next_deadline()
-        if deadline == self._deadline and (self._timer is None) == (deadline is None):
+        if (
+            self._timer is not None
+            and deadline is not None
+            and self._deadline is not None
+            and self._deadline <= deadline
+        ):
+            return
+        if deadline is None and self._timer is None:
             return
         if self._timer is not None and self._timer.active():
             self._timer.cancel()

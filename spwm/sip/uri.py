@@ -12,8 +12,9 @@ L{unescape} gives the meaning.
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import attrs
 
@@ -202,12 +203,51 @@ def _host_port(host: str, port: str | None, what: str) -> tuple[str, int | None]
     return host, number
 
 
+#: The most values each of L{parse_uri}, L{parse_name_addr} and
+#: L{parse_via} keeps by their text (emptied when full): the messages of a
+#: dialog repeat their From, To, Contact, Request-URI and Via values, and a
+#: parsed value is immutable, so each is parsed once.
+PARSED_CACHE_SIZE = 1024
+
+#: Longer texts are parsed every time (the caches stay small).
+PARSED_CACHE_TEXT = 512
+
+#: Each cached parser's values by text, by the parser's name.
+PARSED_CACHES: dict[str, dict[str, Any]] = {}
+
+_T = TypeVar("_T")
+
+
+def _parsed_once(parse: Callable[[str], _T]) -> Callable[[str], _T]:
+    """
+    Keep what C{parse} returns by its text (L{PARSED_CACHE_SIZE},
+    L{PARSED_CACHE_TEXT}); what it raises is raised again every time.
+    """
+    cache: dict[str, Any] = {}
+    PARSED_CACHES[parse.__name__] = cache
+
+    @functools.wraps(parse)
+    def parse_kept(text: str) -> _T:
+        value = cache.get(text)
+        if value is None:
+            value = parse(text)
+            if len(text) <= PARSED_CACHE_TEXT:
+                if len(cache) >= PARSED_CACHE_SIZE:
+                    cache.clear()
+                cache[text] = value
+        return value
+
+    return parse_kept
+
+
+@_parsed_once
 def parse_uri(text: str) -> SipUri:
     """
     Parse a URI (RFC 3261 19.1 for sip/sips, RFC 3986 absolute URI otherwise).
 
     @param text: the URI, without angle brackets or surrounding whitespace.
-    @return: the parsed URI.
+    @return: the parsed URI (the same object for the same text while it is
+        in the cache, L{PARSED_CACHE_SIZE}).
     @raise SipParseError: (400) when it is malformed, for example an IPv6
         address without brackets (RFC 5118 4.2) or a port over 65535.
     """
@@ -315,6 +355,7 @@ class NameAddr:
         return text + _params_text(self.params)
 
 
+@_parsed_once
 def parse_name_addr(text: str) -> NameAddr:
     """
     Parse one name-addr or addr-spec with header parameters (RFC 3261 20.10).
@@ -323,7 +364,8 @@ def parse_name_addr(text: str) -> NameAddr:
     (RFC 4475 3.3.12) and the URI may not contain "?" (3.1.2.13).
 
     @param text: one value (split lists first with L{split_header_values}).
-    @return: the parsed value.
+    @return: the parsed value (the same object for the same text while it
+        is in the cache, L{PARSED_CACHE_SIZE}).
     @raise SipParseError: (400) when malformed: unbalanced quotes, spaces
         inside the brackets, unquoted non-token display names, bad params.
     """
@@ -426,6 +468,22 @@ class Via:
         return f"{self.protocol}/{self.transport} {host}{_params_text(self.params)}"
 
 
+def check_via(text: str) -> None:
+    """
+    Check one via-parm as L{parse_via} does, without building the value
+    (a message's Via values below the top one, which a proxy only passes on).
+
+    @raise SipParseError: as L{parse_via}.
+    """
+    if text in PARSED_CACHES["parse_via"]:
+        return
+    m = g.VIA.fullmatch(_unfold(text))
+    if m is None:
+        raise bad(f"malformed Via {_unfold(text)[:60]!r}")
+    _host_port(m.group(4), m.group(5), "Via port")
+
+
+@_parsed_once
 def parse_via(text: str) -> Via:
     """
     Parse one via-parm (one value of a Via header; split lists first).
@@ -434,6 +492,8 @@ def parse_via(text: str) -> Via:
     IPv6 sent-by in brackets and C{received} with or without brackets
     (RFC 5118 4.5).
 
+    @return: the parsed value (the same object for the same text while it
+        is in the cache, L{PARSED_CACHE_SIZE}).
     @raise SipParseError: (400) when malformed, e.g. empty parameters
         (RFC 4475 3.1.2.1) or a port over 65535.
     """
@@ -499,6 +559,7 @@ __all__ = [
     "SipParseError",
     "SipUri",
     "Via",
+    "check_via",
     "parse_name_addr",
     "parse_uri",
     "parse_via",
