@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import json
 import os
 import secrets
 import selectors
@@ -58,6 +59,7 @@ import struct
 import subprocess
 import sys
 import time
+import uuid
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -167,9 +169,6 @@ class LeanAgent:
         self.next_channel = 1
         self.calls: list[dict[str, Any]] = []
         self.by_call_id: dict[str, dict[str, Any]] = {}
-        self.register_call_id = secrets.token_hex(8)
-        self.register_cseq = 0
-        self.instance = _uuid()
         self.sip_burst = (0, 0.5)  # calls set up per burst during a relay phase, seconds between bursts
         self.side_index = SIDE_CALLS
         self.seq_base = 0
@@ -245,8 +244,6 @@ class LeanAgent:
             elif ftype == FrameType.SIP:
                 self.sip_in.append(bytes(buf[body:pos]))
             elif ftype == FrameType.CONTROL:
-                import json
-
                 message = json.loads(bytes(buf[body:pos]))
                 if message.get("op") == "welcome":
                     self.welcome = message
@@ -344,28 +341,24 @@ class LeanAgent:
         port = 40000 + flow
         return ("Via", f"SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{secrets.token_hex(8)};rport={port};received=127.0.0.1")
 
-    def send_register(self) -> None:
+    def register(self) -> None:
         """
-        The caller's REGISTER (a refresh after the first: the same Call-ID,
-        the next CSeq), as an agent sends it into the tunnel.
+        The caller's REGISTER, as an agent sends it into the tunnel; the
+        benchmark answers it as the operator's registrar.
         """
+        self.until(lambda: self.welcome is not None, 10, "no welcome")
         aor = f"sip:{USER}@{DOMAIN}"
-        self.register_cseq += 1
+        call_id = secrets.token_hex(8)
         self.tunnel_sip(
             f"REGISTER sip:{DOMAIN} SIP/2.0",
             [
                 self.phone_via(SIP_FLOW_REGISTER), ("Max-Forwards", "69"), ("From", f"<{aor}>;tag=r1"), ("To", f"<{aor}>"),
-                ("Call-ID", self.register_call_id), ("CSeq", f"{self.register_cseq} REGISTER"),
-                ("Contact", f'<sip:{USER}@127.0.0.1:{40000 + SIP_FLOW_REGISTER}>;+sip.instance="<urn:uuid:{self.instance}>"'),
+                ("Call-ID", call_id), ("CSeq", "1 REGISTER"),
+                ("Contact", f'<sip:{USER}@127.0.0.1:{40000 + SIP_FLOW_REGISTER}>;+sip.instance="<urn:uuid:{uuid.uuid4()}>"'),
                 ("Expires", "3600"),
             ],
             flow=SIP_FLOW_REGISTER,
         )  # fmt: skip
-
-    def register(self) -> None:
-        self.until(lambda: self.welcome is not None, 10, "no welcome")
-        call_id = self.register_call_id
-        self.send_register()
         self.until(lambda: self._final(call_id) is not None, 10, "REGISTER through the contact point")
         status = self._final(call_id)
         if status != 200:
@@ -655,12 +648,6 @@ class LeanAgent:
         return cpu_seconds(self.contact_pid) if self.contact_pid else 0.0
 
 
-def _uuid() -> str:
-    import uuid
-
-    return str(uuid.uuid4())
-
-
 # -- the benchmark -------------------------------------------------------------
 
 
@@ -702,7 +689,6 @@ def loop_status(port: int) -> dict[str, Any]:
     The contact point's own view of its lateness (the C{loop} section of
     its status), or C{{}} when it cannot be read.
     """
-    import json
     import urllib.request
 
     try:

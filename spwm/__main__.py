@@ -144,8 +144,9 @@ _VIEWS: list[tuple[str, str, list[str], Callable[[dict[str, Any]], list[Any]]]] 
 ]
 
 
-#: A C{loop.lag_ms_p90} this high is shown as a process short of CPU (the
-#: contact point's own warning, L{spwm.looplag.WARN_LAG}).
+#: A C{loop.lag_ms_p90} this high is shown as a process short of CPU: the
+#: contact point's own warning, L{spwm.looplag.WARN_LAG} (a copy: this
+#: command reads a remote status document and imports no Twisted).
 LATE_MS = 5.0
 
 
