@@ -559,9 +559,34 @@ class PortAllocatorTests(SynchronousTestCase):
         self.assertEqual(ports.capacity, 2)
         self.assertEqual([ports.allocate(), ports.allocate()], [30002, 30004])
         self.assertRaises(PortsExhaustedError, ports.allocate)
+        self.assertTrue(ports.full)
         ports.release(30002)
+        self.assertFalse(ports.full)
         self.assertEqual(ports.allocate(), 30002)
         self.assertRaises(ValueError, PortAllocator, 30001, 30001)
+
+    def test_media_full_through_the_adapter(self) -> None:
+        """
+        The SIP cores' C{media_full} (through L{MediaHookAdapter}) is true
+        exactly while every pair of the manager's range holds a stream, and
+        a stream that finds the range full gets port 0 without a search of
+        the range.
+        """
+        reactor = FakeUdpReactor()
+        contact = MediaManager(reactor, "contact", CONTACT_ADDR, (30000, 30003))
+        end = FakeTunnel(2, "agent")
+        end.app = contact
+        hook = MediaHookAdapter(contact)
+        offer = _sdp(PHONE, ("audio", 4000, ""))
+        for n in (1, 2):
+            self.assertFalse(hook.media_full())
+            body = hook.sdp_out_of_tunnel(end, f"1/call-{n}", SDP_TYPE, offer)
+            self.assertNotIn(b"m=audio 0 ", body)
+        self.assertTrue(hook.media_full())
+        body = hook.sdp_out_of_tunnel(end, "1/call-3", SDP_TYPE, offer)
+        self.assertIn(b"m=audio 0 ", body)
+        hook.dialog_ended(end, "1/call-1")
+        self.assertFalse(hook.media_full())
 
 
 OPERATOR_A = "203.0.113.20"

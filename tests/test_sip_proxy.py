@@ -40,6 +40,7 @@ from spwm.sip.actions import (
 )
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.checks import CONGESTED as _CONGESTED
+from spwm.sip.checks import MEDIA_FULL as _MEDIA_FULL
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.transport import AgentSipRunner, SipStreamFactory
 from spwm.sip.uri import parse_name_addr
@@ -159,6 +160,21 @@ def dropped(actions: list[Any]) -> list[str]:
     return [a.reason for a in actions]
 
 
+def invite_for_phone() -> bytes:
+    """
+    An INVITE with SDP from the contact point for the phone at 192.0.2.10.
+    """
+    return request(
+        "INVITE",
+        "sip:alice@192.0.2.10:5062",
+        via="SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKcp1",
+        from_="<sip:bob@example.org>;tag=fb",
+        to="<sip:alice@example.org>",
+        body=SDP,
+        content_type="application/sdp",
+    )
+
+
 class RecordingHook:
     """
     A media hook that records its calls and rewrites SDP recognisably.
@@ -175,6 +191,11 @@ class RecordingHook:
         self.tags: list[tuple[str, str | None]] = []
         self.answers: list[tuple[Any, str, str | None, bool]] = []
         self.challenged: list[str] = []
+        #: what L{media_full} answers
+        self.full = False
+
+    def media_full(self) -> bool:
+        return self.full
 
     def sdp_into_tunnel(
         self,
@@ -484,6 +505,38 @@ class AgentTests(SynchronousTestCase):
             only(agent.from_app(FLOW_A, data, 0.0, congested=True), ToTunnel)
         only(agent.from_app(FLOW_A, request("INVITE", "sip:bob@example.org"), 0.0), ToTunnel)
 
+    def test_media_full_refuses_new_invites(self) -> None:
+        """
+        While the agent's media port range is full, a new INVITE either way
+        is answered C{503} with C{Retry-After} where it came from and its
+        SDP is not shown to the media hook; a REGISTER, a re-INVITE and a
+        BYE still pass, and so do new INVITEs once pairs are free again.
+        """
+        self.hook.full = True
+        fid = self.agent.flows.use(FLOW_A, 0.0)
+        out = request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp")
+        resp = parse_message(only(self.agent.from_app(FLOW_A, out, 0.0), ToApp).data)
+        self.assertEqual(
+            (resp.status, resp.reason, resp.get("Retry-After")),
+            (503, "Service Unavailable (no free media ports)", "5"),
+        )
+        inv = invite_for_phone()
+        act = only(self.agent.from_tunnel(fid, inv, 1.0), ToTunnel)
+        resp = parse_message(act.data)
+        self.assertEqual((act.flow_id, resp.status, resp.top_via.branch), (fid, 503, "z9hG4bKcp1"))
+        self.assertEqual(self.hook.calls, [])
+        self.assertEqual(self.agent.counters[_MEDIA_FULL.split(":")[0]], 2)
+        in_dialog = {"to": "<sip:bob@example.org>;tag=b", "cseq": 2}
+        for data in (
+            register(),
+            request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp", **in_dialog),
+            request("BYE", "sip:bob@example.org", **in_dialog),
+        ):
+            only(self.agent.from_app(FLOW_A, data, 0.0), ToTunnel)
+        self.hook.full = False
+        only(self.agent.from_app(FLOW_A, out, 0.0), ToTunnel)
+        only(self.agent.from_tunnel(fid, inv, 1.0), ToApp)
+
     def test_register_keeps_own_instance(self) -> None:
         """
         An application's own C{+sip.instance} is kept as it is.
@@ -579,15 +632,7 @@ class AgentTests(SynchronousTestCase):
         into the tunnel.
         """
         fid = self.agent.flows.use(FLOW_A, 0.0)
-        inv = request(
-            "INVITE",
-            "sip:alice@192.0.2.10:5062",
-            via="SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKcp1",
-            from_="<sip:bob@example.org>;tag=fb",
-            to="<sip:alice@example.org>",
-            body=SDP,
-            content_type="application/sdp",
-        )
+        inv = invite_for_phone()
         act = only(self.agent.from_tunnel(fid, inv, 1.0), ToApp)
         self.assertEqual(act.flow, FLOW_A)
         msg = parse_message(act.data)
@@ -945,6 +990,27 @@ class ContactTests(SynchronousTestCase):
         only(self.down(bye), ToTunnel)
         self.key.congested = False
         only(self.down(self.incoming_invite()), ToTunnel)
+
+    def test_media_full_refuses_new_invites(self) -> None:
+        """
+        While the contact point's media port range is full, a new INVITE
+        from the network is answered C{503} towards the previous hop and a
+        new INVITE from the tunnel back into the tunnel, both with
+        C{Retry-After}; nothing goes on and the media hook sees no SDP.
+        """
+        self.hook.full = True
+        out = only(self.down(self.incoming_invite(body=SDP, content_type="application/sdp")), ToNetwork)
+        resp = parse_message(out.data)
+        self.assertEqual((resp.status, resp.get("Retry-After")), (503, "5"))
+        self.assertEqual(out.addr, ("198.51.100.7", 5060))
+        data = request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp")
+        back = only(self.cp.from_tunnel(self.key, "sess-1", 5, data, 0.0), ToTunnel)
+        self.assertEqual((back.flow_id, parse_message(back.data).status), (5, 503))
+        self.assertEqual(self.hook.calls, [])
+        self.assertEqual(self.cp.counters[_MEDIA_FULL.split(":")[0]], 2)
+        self.hook.full = False
+        only(self.down(self.incoming_invite(body=SDP, content_type="application/sdp")), ToTunnel)
+        self.up(data)
 
     def test_response_honours_received_rport(self) -> None:
         """

@@ -64,15 +64,24 @@ class PortAllocator:
         @return: the even port of a free pair, now in use.
         @raise PortsExhaustedError: every pair is in use.
         """
-        for _ in range(self._pairs):
-            port = self._first + 2 * self._next
-            self._next = (self._next + 1) % self._pairs
-            if port not in self._used:
-                self._used.add(port)
-                return port
+        if len(self._used) < self._pairs:
+            # (a full range is refused at once: no walk over every pair)
+            for _ in range(self._pairs):
+                port = self._first + 2 * self._next
+                self._next = (self._next + 1) % self._pairs
+                if port not in self._used:
+                    self._used.add(port)
+                    return port
         raise PortsExhaustedError(
             f"all {self._pairs} media port pairs of {self.low}-{self.high} in use"
         )
+
+    @property
+    def full(self) -> bool:
+        """
+        Whether every pair is in use.
+        """
+        return len(self._used) >= self._pairs
 
     def release(self, port: int) -> None:
         """

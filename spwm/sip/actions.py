@@ -34,6 +34,7 @@ __all__ = [
     "ToTunnel",
     "dialog_key",
     "leg_ended",
+    "media_full",
     "show_media",
 ]
 
@@ -292,3 +293,16 @@ def leg_ended(
     """
     if hook is not None:
         hook.dialog_ended(key, dialog_key(fid, call_id), challenged=status in (401, 407))
+
+
+def media_full(hook: MediaHook | None, msg: SipMessage) -> bool:
+    """
+    Whether C{msg} is a new INVITE (no To-tag) and this half has no free
+    media port pair to relay its call with: the hook's optional
+    C{media_full()} says so.  Both halves refuse such an INVITE with 503
+    whichever way it goes, since each needs a pair for every call.
+    """
+    if hook is None or msg.method != "INVITE" or msg.to_tag is not None:
+        return False
+    full = getattr(hook, "media_full", None)
+    return full is not None and bool(full())

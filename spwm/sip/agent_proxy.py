@@ -27,13 +27,17 @@ from spwm.sip.actions import (
     ToApp,
     ToTunnel,
     leg_ended,
+    media_full,
     show_media,
 )
 from spwm.sip.checks import (
     CONGESTED,
     CONGESTED_COUNTER,
+    MEDIA_FULL,
+    MEDIA_FULL_COUNTER,
     answer_malformed,
     congested_response,
+    media_full_response,
     starts_work,
 )
 from spwm.sip.dialogs import DialogTable
@@ -232,6 +236,11 @@ class AgentSipProxy:
                 ToApp(flow, congested_response(msg)),
                 self.counters.drop(CONGESTED, CONGESTED_COUNTER),
             ]
+        if media_full(self.media_hook, msg):
+            return [
+                ToApp(flow, media_full_response(msg)),
+                self.counters.drop(MEDIA_FULL, MEDIA_FULL_COUNTER),
+            ]
         mf = msg.max_forwards
         if mf is not None and mf <= 0:
             return self._answer(flow, msg, 483, "Too Many Hops")
@@ -279,6 +288,11 @@ class AgentSipProxy:
                 return [self.counters.drop(reason, reason)]
             resp = make_response(msg, 430, "Flow Failed")
             return [ToTunnel(self.tunnel_key, flow_id, resp.to_bytes())]
+        if media_full(self.media_hook, msg):
+            return [
+                ToTunnel(self.tunnel_key, flow_id, media_full_response(msg)),
+                self.counters.drop(MEDIA_FULL, MEDIA_FULL_COUNTER),
+            ]
         self._pop_own_routes(msg)
         branch = MAGIC + AGENT_BRANCH_MARK + short_hash(branch_source(msg)).hex()
         msg.prepend_header(

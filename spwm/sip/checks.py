@@ -18,9 +18,12 @@ __all__ = [
     "CONGESTED",
     "CONGESTED_COUNTER",
     "CONGESTED_RETRY_AFTER",
+    "MEDIA_FULL",
+    "MEDIA_FULL_COUNTER",
     "answer_malformed",
     "congested_response",
     "crude_error",
+    "media_full_response",
     "starts_work",
 ]
 
@@ -31,6 +34,12 @@ CONGESTED_COUNTER = "tunnel congested"
 
 #: Seconds a refused client is asked to wait (C{Retry-After}).
 CONGESTED_RETRY_AFTER = 5
+
+#: The log reason of a new call refused because this half has no free
+#: media port pair to relay it with.
+MEDIA_FULL = "no free media ports: new call refused with 503"
+#: ... and the counter it is counted under.
+MEDIA_FULL_COUNTER = "no free media ports"
 
 
 _CRUDE = {
@@ -114,9 +123,23 @@ def congested_response(msg: SipMessage) -> bytes:
     The 503 for a request refused because its tunnel's signalling backlog
     is over the high-water mark (RFC 3261 21.5.4, with C{Retry-After}).
     """
+    return _unavailable(msg, "tunnel congested")
+
+
+def media_full_response(msg: SipMessage) -> bytes:
+    """
+    The 503 for a new INVITE that this half could not relay media for: its
+    media port range is full (RFC 3261 21.5.4, with C{Retry-After}: ports
+    come free as calls end).  Better than passing the offer on with its
+    streams at port 0, which sets up a call without audio.
+    """
+    return _unavailable(msg, "no free media ports")
+
+
+def _unavailable(msg: SipMessage, why: str) -> bytes:
     return make_response(
         msg,
         503,
-        "Service Unavailable (tunnel congested)",
+        f"Service Unavailable ({why})",
         extra_headers=(("Retry-After", str(CONGESTED_RETRY_AFTER)),),
     ).to_bytes()

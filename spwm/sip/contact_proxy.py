@@ -36,13 +36,17 @@ from spwm.sip.actions import (
     ToTunnel,
     TunnelKey,
     leg_ended,
+    media_full,
     show_media,
 )
 from spwm.sip.checks import (
     CONGESTED,
     CONGESTED_COUNTER,
+    MEDIA_FULL,
+    MEDIA_FULL_COUNTER,
     answer_malformed,
     congested_response,
+    media_full_response,
     starts_work,
 )
 from spwm.sip.dialogs import Dialog, DialogTable
@@ -370,6 +374,11 @@ class ContactSipProxy:
                 return [self.counters.drop(reason, reason)]
             resp = make_response(msg, 483, "Too Many Hops")
             return [ToTunnel(key, fid, resp.to_bytes())]
+        if media_full(self.media_hook, msg):
+            return [
+                ToTunnel(key, fid, media_full_response(msg)),
+                self.counters.drop(MEDIA_FULL, MEDIA_FULL_COUNTER),
+            ]
         if self._route_token(msg.uri) is not None:
             strict_route(msg)
         self._pop_own_routes(msg, token=True)
@@ -628,6 +637,13 @@ class ContactSipProxy:
             resp = congested_response(msg)
             return self._send_response(via_transport, dest, resp) + [
                 self.counters.drop(CONGESTED, CONGESTED_COUNTER)
+            ]
+        if media_full(self.media_hook, msg):
+            top_via = msg.top_via
+            assert top_via is not None
+            via_transport, dest = via_destination(top_via)
+            return self._send_response(via_transport, dest, media_full_response(msg)) + [
+                self.counters.drop(MEDIA_FULL, MEDIA_FULL_COUNTER)
             ]
         ruri_hash = short_hash(msg.uri or "", 2)
         if self._looped(msg, tok.session_id, tok.flow_id, ruri_hash):

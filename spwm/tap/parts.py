@@ -399,6 +399,13 @@ class MediaHookAdapter:
             self.log.warn("malformed SDP in dialog {dialog}: {reason}", dialog=dialog_key, reason=str(e))
             return body
 
+    def media_full(self) -> bool:
+        """
+        Whether every media port pair is in use: the SIP cores refuse new
+        INVITEs with 503 then (L{spwm.sip.actions.media_full}).
+        """
+        return bool(self._manager.ports.full)
+
     def dialog_answered(
         self, key: Any, dialog_key: str, tag: str | None, ours: bool = True
     ) -> None:
