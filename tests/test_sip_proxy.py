@@ -736,6 +736,43 @@ class AgentTests(SynchronousTestCase):
         self.assertEqual(self.hook.calls, [("ended", self.key, dialog_key(1, "c2"))])
 
 
+    def test_unacknowledged_answer_ends_leg(self) -> None:
+        """
+        A 2xx that no ACK confirms within 64 x T1 (32 s) ends its leg's
+        media as a BYE would, and is counted; the deadline is the core's
+        next one, a retransmitted 2xx does not move it, and an ACK (from
+        the phone, or from the tunnel for a call to the phone) keeps the
+        call.
+        """
+        hook_calls = self.hook.calls
+        ups = []
+        for n in (1, 2):
+            ups.append(only(self.agent.from_app(FLOW_A, request("INVITE", "sip:bob@example.org", call_id=f"c{n}"), 0.0), ToTunnel))
+            self.agent.from_tunnel(ups[-1].flow_id, answer(ups[-1].data, 200), 1.0)
+        self.agent.from_tunnel(ups[0].flow_id, answer(ups[0].data, 200), 3.0)  # retransmitted
+        fid = self.agent.flows.use(FLOW_B, 0.0)
+        self.agent.from_tunnel(fid, invite_for_phone(), 1.0)
+        self.agent.from_app(FLOW_B, answer(invite_for_phone(), 200, to_tag="ph"), 2.0)
+        self.assertEqual(self.agent.next_deadline(), 33.0)
+        ack = request("ACK", "sip:bob@example.org", call_id="c2", to="<sip:bob@example.org>;tag=tt")
+        only(self.agent.from_app(FLOW_A, ack, 5.0), ToTunnel)
+        ack_in = request(
+            "ACK",
+            "sip:alice@192.0.2.10:5062",
+            via="SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKcp2",
+            from_="<sip:bob@example.org>;tag=fb",
+            to="<sip:alice@example.org>;tag=ph",
+        )
+        only(self.agent.from_tunnel(fid, ack_in, 5.0), ToApp)
+        del hook_calls[:]
+        self.agent.handle_timer(32.9)
+        self.assertEqual(hook_calls, [])
+        self.agent.handle_timer(33.0)
+        self.assertEqual(hook_calls, [("ended", self.key, dialog_key(1, "c1"))])
+        self.assertEqual(self.agent.counters["answer never acknowledged"], 1)
+        self.agent.handle_timer(100.0)
+        self.assertEqual(len(hook_calls), 1)
+
     def test_challenge_ends_leg_as_challenged(self) -> None:
         """
         A 407 to the INVITE ends the leg's media and says it was a
@@ -929,6 +966,33 @@ class ContactTests(SynchronousTestCase):
         self.assertEqual(self.hook.calls[-1], ("ended", self.key, dialog_key(5, "call-1@192.0.2.10")))
         only(self.down(answer(act.data, 200)), ToTunnel)
         self.assertEqual(self.cp.dialogs("sess-1"), [])
+
+    def test_unacknowledged_answer_ends_leg(self) -> None:
+        """
+        A 2xx to an INVITE from the tunnel that no ACK confirms within
+        32 s ends the leg's media and the dialog; the same call ACKed
+        keeps both; the sweep runs at that deadline.
+        """
+        for call_id, acked in (("c1", False), ("c2", True)):
+            inv = request("INVITE", "sip:bob@example.org", call_id=call_id, body=SDP, content_type="application/sdp")
+            act, msg = self.up(inv)
+            only(self.down(answer(act.data, 200, body=SDP), now=1.0), ToTunnel)
+            if acked:
+                ack = request(
+                    "ACK",
+                    "sip:bob@198.51.100.30",
+                    call_id=call_id,
+                    to="<sip:bob@example.org>;tag=tt",
+                    extra=(f"Route: {msg.get('Record-Route')}",),
+                )
+                self.up(ack, now=2.0)
+        del self.hook.calls[:]
+        self.cp.handle_timer(30.0)  # the regular sweep comes first
+        self.assertEqual((self.hook.calls, self.cp.next_deadline()), ([], 33.0))
+        self.cp.handle_timer(33.0)
+        self.assertEqual(self.hook.calls, [("ended", self.key, dialog_key(5, "c1"))])
+        self.assertEqual([d.call_id for d in self.cp.dialogs("sess-1")], ["c2"])
+        self.assertEqual(self.cp.counters["answer never acknowledged"], 1)
 
     def incoming_invite(self, route: str | None = None, **kw: Any) -> bytes:
         if route is None:

@@ -40,7 +40,7 @@ from spwm.sip.checks import (
     media_full_response,
     starts_work,
 )
-from spwm.sip.dialogs import DialogTable
+from spwm.sip.dialogs import UNACKNOWLEDGED, DialogTable
 from spwm.sip.errors import SipParseError
 from spwm.sip.flows import Flow, FlowTable
 from spwm.sip.message import SipMessage, make_response, parse_message
@@ -188,11 +188,12 @@ class AgentSipProxy:
         """
         @return: when L{handle_timer} should next run, or C{None}.
         """
-        flows = self.flows.next_deadline()
-        bindings = self._bindings.next_expiry
-        if flows is None or (bindings is not None and bindings < flows):
-            return bindings
-        return flows
+        times = [
+            t
+            for t in (self.flows.next_deadline(), self._bindings.next_expiry, self._dialogs.next_ack_deadline)
+            if t is not None
+        ]
+        return min(times) if times else None
 
     def status(self) -> dict[str, Any]:
         """
@@ -215,6 +216,11 @@ class AgentSipProxy:
             application that was not refreshed in time.
         """
         self.flows.expire(now)
+        for fid, d in self._dialogs.unacknowledged(now):
+            # its UAS has given up on it: over, as if a BYE had ended it
+            self.counters.count(UNACKNOWLEDGED)
+            if self._dialogs.remove(fid, d.call_id, d.from_tag, d.to_tag):
+                leg_ended(self.media_hook, self.tunnel_key, d.flow_id, d.call_id)
         self._dialogs.expire(now)
         return self._bindings.expire(now)
 
@@ -359,6 +365,8 @@ class AgentSipProxy:
         if method == "BYE":
             if self._dialogs.remove(fid, call_id, msg.from_tag, msg.to_tag):
                 leg_ended(self.media_hook, self.tunnel_key, fid, call_id)
+        elif method == "ACK":
+            self._dialogs.acked(fid, call_id, msg.from_tag, msg.to_tag)
         elif method == "CANCEL" and not self._dialogs.has(fid, call_id):
             leg_ended(self.media_hook, self.tunnel_key, fid, call_id)
 

@@ -49,7 +49,7 @@ from spwm.sip.checks import (
     media_full_response,
     starts_work,
 )
-from spwm.sip.dialogs import Dialog, DialogTable
+from spwm.sip.dialogs import UNACKNOWLEDGED, Dialog, DialogTable
 from spwm.sip.errors import SipParseError
 from spwm.sip.flows import KIND_CONTACT, KIND_ROUTE, KIND_VIA, FlowToken, FlowTokenCodec
 from spwm.sip.message import SipMessage, make_response, parse_message
@@ -290,7 +290,11 @@ class ContactSipProxy:
         """
         @return: when L{handle_timer} should next run, or C{None}.
         """
-        return self._next_sweep
+        ack = self._dialogs.next_ack_deadline
+        sweep = self._next_sweep
+        if ack is None or (sweep is not None and sweep <= ack):
+            return sweep
+        return ack
 
     def handle_timer(self, now: float) -> list[Action]:
         """
@@ -301,6 +305,7 @@ class ContactSipProxy:
             that expired.
         """
         events = self._registrations.expire(now)
+        self._unacknowledged(now)
         self._dialogs.expire(now)
         if self.registrar is not None:
             self.registrar.expire(now)
@@ -744,15 +749,35 @@ class ContactSipProxy:
         """
         A BYE ends the leg's media only when no other established dialog of
         the leg is left (forking: the BYE to a losing branch keeps the
-        winner's media); a CANCEL only before any answer.
+        winner's media); a CANCEL only before any answer.  An ACK confirms
+        its dialog's answer (L{_unacknowledged}).
         """
         method = msg.method
         if method == "BYE":
             if self._dialogs.others(session, msg.call_id, fid, msg.from_tag, msg.to_tag):
                 return
+        elif method == "ACK":
+            self._dialogs.acked(session, msg.call_id, msg.from_tag, msg.to_tag)
+            return
         elif method != "CANCEL" or self._dialogs.has(session, msg.call_id, fid):
             return
         leg_ended(self.media_hook, key, fid, msg.call_id)
+
+    def _unacknowledged(self, now: float) -> None:
+        """
+        A dialog whose answer no ACK confirmed within L{spwm.sip.dialogs.ACK_WAIT} is over
+        (its UAS has given up on it): it ends like one a BYE ended, so a
+        caller that vanished does not hold relay ports until the media
+        timeout.
+        """
+        for session, d in self._dialogs.unacknowledged(now):
+            self.counters.count(UNACKNOWLEDGED)
+            key = self._tunnels.get(str(session))
+            if key is not None and not self._dialogs.others(
+                session, d.call_id, d.flow_id, d.from_tag, d.to_tag
+            ):
+                leg_ended(self.media_hook, key, d.flow_id, d.call_id)
+            self._dialogs.remove(session, d.call_id, d.from_tag, d.to_tag)
 
     # -- names and tokens ----------------------------------------------------
 

@@ -9,6 +9,11 @@ before any dialog was established.
 One L{DialogTable} serves both halves.  Its entries are grouped by a
 I{scope}: the contact point uses the tunnel session (so a session's
 dialogs go with it), the agent its application flow.
+
+A dialog whose 2xx no ACK confirms within L{ACK_WAIT} ends as if a BYE
+had ended it (L{DialogTable.unacknowledged}): its UAS has given up on it,
+and a caller that vanished (an overload, a crashed phone) must not hold
+relay ports until the media timeout.
 """
 
 from __future__ import annotations
@@ -17,7 +22,16 @@ from typing import Hashable, Iterator
 
 from attrs import frozen
 
-__all__ = ["Dialog", "DialogTable"]
+__all__ = ["ACK_WAIT", "UNACKNOWLEDGED", "Dialog", "DialogTable"]
+
+#: Seconds a 2xx to an INVITE waits for its ACK: 64 x T1, after which a
+#: UAS gives up retransmitting it and ends the dialog (RFC 3261 13.3.1.4).
+ACK_WAIT = 64 * 0.5
+
+#: The counter of dialogs that ended so (both cores' C{events}).
+UNACKNOWLEDGED = "answer never acknowledged"
+
+_Unacked = tuple[Hashable, str, frozenset[str | None]]
 
 
 @frozen
@@ -60,6 +74,9 @@ class DialogTable:
         # scope -> its call ids, in the order they were first answered
         self._scopes: dict[Hashable, dict[str, None]] = {}
         self._count = 0
+        # (scope, call id, tags) of dialogs whose first 2xx has not been
+        # ACKed -> when it was answered; oldest first
+        self._unacked: dict[_Unacked, float] = {}
 
     def __len__(self) -> int:
         """
@@ -88,6 +105,10 @@ class DialogTable:
         tags = {from_tag, to_tag}
         old = self._calls.pop(key, [])
         dialogs = [d for d in old if not _same(d, tags)]
+        if len(dialogs) == len(old):
+            # new: its ACK is awaited (a 2xx retransmission or a
+            # re-INVITE's 2xx leaves the first answer's state)
+            self._unacked[scope, call_id, frozenset(tags)] = now
         dialogs.append(Dialog(call_id, from_tag, to_tag, flow_id, now + self.lifetime))
         self._count += len(dialogs) - len(old)
         self._calls[key] = dialogs
@@ -112,9 +133,47 @@ class DialogTable:
         if left:
             self._count -= len(dialogs) - len(left)
             self._calls[key] = left
+            self._unacked.pop((scope, call_id, frozenset(tags)), None)
             return False
         self._drop(key)
         return True
+
+    def acked(self, scope: Hashable, call_id: str, from_tag: str | None, to_tag: str | None) -> None:
+        """
+        An ACK of the dialog of these tags passed: its answer is confirmed.
+        """
+        if self._unacked:
+            self._unacked.pop((scope, call_id, frozenset((from_tag, to_tag))), None)
+
+    @property
+    def next_ack_deadline(self) -> float | None:
+        """
+        When the oldest answer still without its ACK has waited
+        L{ACK_WAIT}, or C{None}.
+        """
+        for answered in self._unacked.values():
+            return answered + ACK_WAIT
+        return None
+
+    def unacknowledged(self, now: float) -> list[tuple[Hashable, Dialog]]:
+        """
+        Take out the dialogs whose answer has waited L{ACK_WAIT} for an ACK
+        by C{now}; they stay established until L{remove}d.
+
+        @return: those dialogs, each with its scope, oldest first.
+        """
+        out: list[tuple[Hashable, Dialog]] = []
+        unacked = self._unacked
+        while unacked:
+            key, answered = next(iter(unacked.items()))
+            if answered + ACK_WAIT > now:
+                break
+            del unacked[key]
+            scope, call_id, tags = key
+            for d in self._calls.get((scope, call_id), ()):
+                if _same(d, set(tags)):
+                    out.append((scope, d))
+        return out
 
     def has(self, scope: Hashable, call_id: str, flow_id: int | None = None) -> bool:
         """
@@ -173,6 +232,9 @@ class DialogTable:
             elif len(left) != len(dialogs):
                 self._count -= len(dialogs) - len(left)
                 self._calls[key] = left
+                for d in dialogs:
+                    if d.expires <= now:
+                        self._unacked.pop((key[0], key[1], frozenset((d.from_tag, d.to_tag))), None)
 
     def of(self, scope: Hashable) -> list[Dialog]:
         """
@@ -194,6 +256,9 @@ class DialogTable:
         dialogs = self._calls.pop(key)
         self._count -= len(dialogs)
         scope, call_id = key
+        if self._unacked:
+            for d in dialogs:
+                self._unacked.pop((scope, call_id, frozenset((d.from_tag, d.to_tag))), None)
         calls = self._scopes[scope]
         del calls[call_id]
         if not calls:
