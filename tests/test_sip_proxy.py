@@ -994,6 +994,21 @@ class ContactTests(SynchronousTestCase):
         self.assertEqual([d.call_id for d in self.cp.dialogs("sess-1")], ["c2"])
         self.assertEqual(self.cp.counters["answer never acknowledged"], 1)
 
+    def test_unacknowledged_answers_in_batches(self) -> None:
+        """
+        Answers that fall due together are ended at most 64 per timer run;
+        the deadline stays due until all are.
+        """
+        for n in range(100):
+            act, _ = self.up(request("INVITE", "sip:bob@example.org", call_id=f"c{n}"))
+            only(self.down(answer(act.data, 200), now=1.0), ToTunnel)
+        del self.hook.calls[:]
+        self.cp.handle_timer(40.0)
+        self.assertEqual((len(self.hook.calls), self.cp.next_deadline()), (64, 33.0))
+        self.cp.handle_timer(40.0)
+        self.assertEqual(len(self.hook.calls), 100)
+        self.assertIsNone(self.cp.next_deadline())
+
     def incoming_invite(self, route: str | None = None, **kw: Any) -> bytes:
         if route is None:
             token = self.codec.encode(KIND_ROUTE, "sess-1", 5)

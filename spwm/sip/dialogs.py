@@ -155,16 +155,19 @@ class DialogTable:
             return answered + ACK_WAIT
         return None
 
-    def unacknowledged(self, now: float) -> list[tuple[Hashable, Dialog]]:
+    def unacknowledged(self, now: float, limit: int = 64) -> list[tuple[Hashable, Dialog]]:
         """
         Take out the dialogs whose answer has waited L{ACK_WAIT} for an ACK
-        by C{now}; they stay established until L{remove}d.
+        by C{now}, at most C{limit} of them (thousands fall due together
+        after an overload: the rest wait for the next call, and
+        L{next_ack_deadline} is already due); they stay established until
+        L{remove}d.
 
         @return: those dialogs, each with its scope, oldest first.
         """
         out: list[tuple[Hashable, Dialog]] = []
         unacked = self._unacked
-        while unacked:
+        while unacked and len(out) < limit:
             key, answered = next(iter(unacked.items()))
             if answered + ACK_WAIT > now:
                 break
