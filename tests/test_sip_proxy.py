@@ -741,12 +741,12 @@ class AgentTests(SynchronousTestCase):
         A 2xx that no ACK confirms within 64 x T1 (32 s) ends its leg's
         media as a BYE would, and is counted; the deadline is the core's
         next one, a retransmitted 2xx does not move it, and an ACK (from
-        the phone, or from the tunnel for a call to the phone) keeps the
-        call.
+        the phone, also on another flow than its INVITE, or from the
+        tunnel for a call to the phone) keeps the call.
         """
         hook_calls = self.hook.calls
         ups = []
-        for n in (1, 2):
+        for n in (1, 2, 3):
             ups.append(only(self.agent.from_app(FLOW_A, request("INVITE", "sip:bob@example.org", call_id=f"c{n}"), 0.0), ToTunnel))
             self.agent.from_tunnel(ups[-1].flow_id, answer(ups[-1].data, 200), 1.0)
         self.agent.from_tunnel(ups[0].flow_id, answer(ups[0].data, 200), 3.0)  # retransmitted
@@ -756,6 +756,9 @@ class AgentTests(SynchronousTestCase):
         self.assertEqual(self.agent.next_deadline(), 33.0)
         ack = request("ACK", "sip:bob@example.org", call_id="c2", to="<sip:bob@example.org>;tag=tt")
         only(self.agent.from_app(FLOW_A, ack, 5.0), ToTunnel)
+        # the phone's ACK of c3 comes from another flow (a new connection)
+        ack = request("ACK", "sip:bob@example.org", call_id="c3", to="<sip:bob@example.org>;tag=tt")
+        only(self.agent.from_app(FLOW_B, ack, 5.0), ToTunnel)
         ack_in = request(
             "ACK",
             "sip:alice@192.0.2.10:5062",

@@ -31,7 +31,7 @@ ACK_WAIT = 64 * 0.5
 #: The counter of dialogs that ended so (both cores' C{events}).
 UNACKNOWLEDGED = "answer never acknowledged"
 
-_Unacked = tuple[Hashable, str, frozenset[str | None]]
+_Call = tuple[str, frozenset[str | None]]
 
 
 @frozen
@@ -74,9 +74,12 @@ class DialogTable:
         # scope -> its call ids, in the order they were first answered
         self._scopes: dict[Hashable, dict[str, None]] = {}
         self._count = 0
-        # (scope, call id, tags) of dialogs whose first 2xx has not been
-        # ACKed -> when it was answered; oldest first
-        self._unacked: dict[_Unacked, float] = {}
+        # (call id, tags) of dialogs whose first 2xx has not been ACKed ->
+        # when it was answered and the scopes that hold it; oldest first.
+        # Not by scope: the ACK may come on another flow than the 2xx went
+        # (a phone that answers over TCP), and two phones behind one agent
+        # calling each other are two legs of one dialog that one ACK confirms.
+        self._unacked: dict[_Call, tuple[float, set[Hashable]]] = {}
 
     def __len__(self) -> int:
         """
@@ -108,7 +111,7 @@ class DialogTable:
         if len(dialogs) == len(old):
             # new: its ACK is awaited (a 2xx retransmission or a
             # re-INVITE's 2xx leaves the first answer's state)
-            self._unacked[scope, call_id, frozenset(tags)] = now
+            self._unacked.setdefault((call_id, frozenset(tags)), (now, set()))[1].add(scope)
         dialogs.append(Dialog(call_id, from_tag, to_tag, flow_id, now + self.lifetime))
         self._count += len(dialogs) - len(old)
         self._calls[key] = dialogs
@@ -133,7 +136,7 @@ class DialogTable:
         if left:
             self._count -= len(dialogs) - len(left)
             self._calls[key] = left
-            self._unacked.pop((scope, call_id, frozenset(tags)), None)
+            self._forget_unacked(scope, call_id, tags)
             return False
         self._drop(key)
         return True
@@ -143,7 +146,7 @@ class DialogTable:
         An ACK of the dialog of these tags passed: its answer is confirmed.
         """
         if self._unacked:
-            self._unacked.pop((scope, call_id, frozenset((from_tag, to_tag))), None)
+            self._unacked.pop((call_id, frozenset((from_tag, to_tag))), None)
 
     @property
     def next_ack_deadline(self) -> float | None:
@@ -151,7 +154,7 @@ class DialogTable:
         When the oldest answer still without its ACK has waited
         L{ACK_WAIT}, or C{None}.
         """
-        for answered in self._unacked.values():
+        for answered, _ in self._unacked.values():
             return answered + ACK_WAIT
         return None
 
@@ -168,14 +171,15 @@ class DialogTable:
         out: list[tuple[Hashable, Dialog]] = []
         unacked = self._unacked
         while unacked and len(out) < limit:
-            key, answered = next(iter(unacked.items()))
+            key, (answered, scopes) = next(iter(unacked.items()))
             if answered + ACK_WAIT > now:
                 break
             del unacked[key]
-            scope, call_id, tags = key
-            for d in self._calls.get((scope, call_id), ()):
-                if _same(d, set(tags)):
-                    out.append((scope, d))
+            call_id, tags = key
+            for scope in scopes:
+                for d in self._calls.get((scope, call_id), ()):
+                    if _same(d, set(tags)):
+                        out.append((scope, d))
         return out
 
     def has(self, scope: Hashable, call_id: str, flow_id: int | None = None) -> bool:
@@ -237,7 +241,7 @@ class DialogTable:
                 self._calls[key] = left
                 for d in dialogs:
                     if d.expires <= now:
-                        self._unacked.pop((key[0], key[1], frozenset((d.from_tag, d.to_tag))), None)
+                        self._forget_unacked(key[0], key[1], {d.from_tag, d.to_tag})
 
     def of(self, scope: Hashable) -> list[Dialog]:
         """
@@ -261,8 +265,16 @@ class DialogTable:
         scope, call_id = key
         if self._unacked:
             for d in dialogs:
-                self._unacked.pop((scope, call_id, frozenset((d.from_tag, d.to_tag))), None)
+                self._forget_unacked(scope, call_id, {d.from_tag, d.to_tag})
         calls = self._scopes[scope]
         del calls[call_id]
         if not calls:
             del self._scopes[scope]
+
+    def _forget_unacked(self, scope: Hashable, call_id: str, tags: set[str | None]) -> None:
+        key = (call_id, frozenset(tags))
+        entry = self._unacked.get(key)
+        if entry is not None:
+            entry[1].discard(scope)
+            if not entry[1]:
+                del self._unacked[key]
