@@ -1565,6 +1565,42 @@ class PairTests(SynchronousTestCase):
         flow, busy = w.take_app()
         self.assertEqual((flow, busy.status), (FLOW_A, 486))
 
+    def test_ack_through_both_halves_keeps_call(self) -> None:
+        """
+        Two phones behind one agent: a call whose caller ACKs the 200 along
+        its route set keeps its media on both halves past the 32 s ACK
+        wait; a call whose 200 nobody ACKs ends on both, each leg once.
+        """
+        contact_hook, agent_hook = RecordingHook("contact"), RecordingHook("agent")
+        w = World(media_hook=contact_hook)
+        _, a = w.add_agent("s1", agent_hook)
+        w.app(a, FLOW_A, register("alice", "sip:alice@192.0.2.10:5062"))
+        w.take_app()
+        w.app(a, FLOW_B, register("bob", "sip:bob@192.0.2.11:5064", via_host="192.0.2.11:5064"))
+        w.take_app()
+        for call_id, ack in (("c1", True), ("c2", False)):
+            w.app(a, FLOW_A, request("INVITE", "sip:bob@example.org", call_id=call_id, body=SDP, content_type="application/sdp"))
+            flow, inv = w.take_app()
+            w.app(a, FLOW_B, answer(inv.to_bytes(), 200, body=SDP))
+            flow, ok = w.take_app()
+            self.assertEqual((flow, ok.status), (FLOW_A, 200))
+            if ack:
+                routes = tuple(f"Route: {r}" for r in reversed(ok.get_all("Record-Route")))
+                w.app(a, FLOW_A, request("ACK", "sip:bob@192.0.2.11:5064", call_id=call_id, to=ok.get("To"), extra=routes))
+                flow, acked = w.take_app()
+                self.assertEqual((flow, acked.method), (FLOW_B, "ACK"))
+        for hook in (contact_hook, agent_hook):
+            del hook.calls[:]
+        w.now += 40
+        w.run(a.handle_timer(w.now), "agent")
+        w.run(w.contact.handle_timer(w.now), "contact")
+        ended = sorted(c[2] for c in agent_hook.calls + contact_hook.calls if c[0] == "ended")
+        # the agent's two legs (one per phone's flow), the contact point's
+        # two (one per flow of the session): all of c2, none of c1
+        self.assertEqual(len(ended), 4)
+        self.assertTrue(all(key.endswith("/c2") for key in ended), ended)
+        self.assertEqual(len(set(ended)), 2)
+
     def test_unknown_and_unavailable(self) -> None:
         """
         The embedded registrar answers 404 for unknown users and 480 for

@@ -107,7 +107,9 @@ class DialogTable:
         key = (scope, call_id)
         tags = {from_tag, to_tag}
         old = self._calls.pop(key, [])
-        dialogs = [d for d in old if not _same(d, tags)]
+        # one per tags and flow: two phones behind one agent calling each
+        # other are two legs of one dialog in one session
+        dialogs = [d for d in old if not (_same(d, tags) and d.flow_id == flow_id)]
         if len(dialogs) == len(old):
             # new: its ACK is awaited (a 2xx retransmission or a
             # re-INVITE's 2xx leaves the first answer's state)
