@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.sip.dialogs import Dialog, DialogTable
+from spwm.sip.dialogs import ACK_WAIT, Dialog, DialogTable
 
 
 class DialogTableTests(SynchronousTestCase):
@@ -35,13 +35,44 @@ class DialogTableTests(SynchronousTestCase):
 
     def test_answered_again_replaces(self) -> None:
         """
-        A 2xx again for the same tags (a retransmission, or on another
-        flow) replaces the dialog with a fresh expiry.
+        A 2xx again for the same tags on the same flow (a retransmission, a
+        re-INVITE's) replaces the dialog with a fresh expiry; on another
+        flow it is a second leg of the dialog (two phones behind one agent
+        calling each other), which a BYE's tags remove together.
         """
         t = DialogTable(100.0)
         t.answered("s", "c", 1, "a", "b", 0.0)
-        t.answered("s", "c", 2, "a", "b", 5.0)
-        self.assertEqual(t.of("s"), [Dialog("c", "a", "b", 2, 105.0)])
+        t.answered("s", "c", 1, "a", "b", 5.0)
+        self.assertEqual(t.of("s"), [Dialog("c", "a", "b", 1, 105.0)])
+        t.answered("s", "c", 2, "b", "a", 6.0)
+        self.assertEqual(len(t), 2)
+        self.assertTrue(t.remove("s", "c", "a", "b"))
+        self.assertEqual(len(t), 0)
+
+    def test_ack_wait(self) -> None:
+        """
+        A new dialog's answer waits L{ACK_WAIT} for its ACK: an ACK from
+        any scope confirms it (by Call-ID and tags), a 2xx again does not
+        restart the wait, and what falls due is handed out once, oldest
+        first, at most C{limit} at a time, with every leg that holds it.
+        """
+        t = DialogTable(1000.0)
+        t.answered("s", "c1", 1, "a", "b", 0.0)
+        t.answered("s", "c2", 1, "a", "b", 1.0)
+        t.answered("s", "c3", 1, "a", "b", 2.0)
+        t.answered("s", "c3", 2, "a", "b", 2.5)
+        t.answered("s", "c1", 1, "a", "b", 3.0)
+        self.assertEqual(t.next_ack_deadline, ACK_WAIT)
+        t.acked("elsewhere", "c2", "b", "a")
+        self.assertEqual(t.unacknowledged(ACK_WAIT - 0.1), [])
+        self.assertEqual([(sc, d.call_id) for sc, d in t.unacknowledged(100.0, limit=1)], [("s", "c1")])
+        self.assertEqual(t.next_ack_deadline, 2.0 + ACK_WAIT)
+        self.assertEqual(sorted(d.flow_id for _, d in t.unacknowledged(100.0)), [1, 2])
+        self.assertEqual((t.unacknowledged(200.0), t.next_ack_deadline), ([], None))
+        self.assertEqual(len(t), 4)  # handed out, not removed (c1 answered twice is one)
+        t.answered("s", "c4", 1, "a", "b", 300.0)
+        t.remove("s", "c4", "a", "b")
+        self.assertIsNone(t.next_ack_deadline)
 
     def test_scopes_and_flows(self) -> None:
         """

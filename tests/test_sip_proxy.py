@@ -41,6 +41,7 @@ from spwm.sip.actions import (
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.checks import CONGESTED as _CONGESTED
 from spwm.sip.checks import MEDIA_FULL as _MEDIA_FULL
+from spwm.sip.checks import RETRANSMITTED_CONGESTED
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.transport import AgentSipRunner, SipStreamFactory
 from spwm.sip.uri import parse_name_addr
@@ -536,6 +537,29 @@ class AgentTests(SynchronousTestCase):
         self.hook.full = False
         only(self.agent.from_app(FLOW_A, out, 0.0), ToTunnel)
         only(self.agent.from_tunnel(fid, inv, 1.0), ToApp)
+
+    def test_retransmitted_invite_not_refused(self) -> None:
+        """
+        A retransmission of an INVITE already passed into the tunnel is not
+        answered 503 when the tunnel has become congested (dropped: the
+        original is on its way) or the media range full (passed on again);
+        an INVITE refused with 503 is refused again when retransmitted.
+        """
+        agent = AgentSipProxy(FakeTunnel("s"), "agent-1", media_hook=self.hook)
+        sent = request("INVITE", "sip:bob@example.org")
+        only(agent.from_app(FLOW_A, sent, 0.0), ToTunnel)
+        self.assertEqual(dropped(agent.from_app(FLOW_A, sent, 0.5, congested=True)), [RETRANSMITTED_CONGESTED])
+        self.hook.full = True
+        only(agent.from_app(FLOW_A, sent, 1.5), ToTunnel)
+        refused = request("INVITE", "sip:bob@example.org", call_id="c2")
+        for _ in range(2):
+            resp = parse_message(only(agent.from_app(FLOW_A, refused, 2.0), ToApp).data)
+            self.assertEqual(resp.status, 503)
+        self.hook.full = False
+        for _ in range(2):
+            resp = parse_message(only(agent.from_app(FLOW_A, refused, 2.0, congested=True), ToApp).data)
+            self.assertEqual(resp.status, 503)
+        self.assertEqual(agent.counters[RETRANSMITTED_CONGESTED], 1)
 
     def test_register_keeps_own_instance(self) -> None:
         """
@@ -1093,6 +1117,26 @@ class ContactTests(SynchronousTestCase):
         self.hook.full = False
         only(self.down(self.incoming_invite(body=SDP, content_type="application/sdp")), ToTunnel)
         self.up(data)
+
+    def test_retransmitted_invite_not_refused(self) -> None:
+        """
+        A retransmission of an INVITE from the network already passed into
+        the tunnel is dropped, not answered 503, once the tunnel is
+        congested, and passed on again once the media range is full; one
+        from the tunnel is passed on again too.
+        """
+        invite = self.incoming_invite()
+        only(self.down(invite), ToTunnel)
+        self.key.congested = True
+        self.assertEqual(dropped(self.down(invite)), [RETRANSMITTED_CONGESTED])
+        self.key.congested = False
+        self.hook.full = True
+        only(self.down(invite), ToTunnel)
+        self.hook.full = False
+        out = request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp")
+        self.up(out)
+        self.hook.full = True
+        self.up(out)
 
     def test_response_honours_received_rport(self) -> None:
         """

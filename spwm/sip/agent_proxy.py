@@ -35,6 +35,8 @@ from spwm.sip.checks import (
     CONGESTED_COUNTER,
     MEDIA_FULL,
     MEDIA_FULL_COUNTER,
+    RETRANSMITTED_CONGESTED,
+    RecentInvites,
     answer_malformed,
     congested_response,
     media_full_response,
@@ -115,6 +117,9 @@ class AgentSipProxy:
         # scoped by application flow: a scope and Call-ID is one call leg
         self._dialogs = DialogTable(dialog_lifetime, limit=65536)
         self._bindings = AppBindings()
+        # the applications' new INVITEs passed on lately (their
+        # retransmissions pass on too, whatever the tunnel's state)
+        self._invites = RecentInvites()
         # flow id -> when the registration made through it expires
         self._registered_until: dict[int, float] = {}
 
@@ -237,16 +242,23 @@ class AgentSipProxy:
         self, flow: Flow, msg: SipMessage, now: float, congested: bool
     ) -> list[Action]:
         # (parse_message checked the headers a proxy relies on)
+        new_invite = msg.method == "INVITE" and msg.to_tag is None
+        again = new_invite and msg in self._invites
         if congested and starts_work(msg):
+            if again:
+                reason = RETRANSMITTED_CONGESTED
+                return [self.counters.drop(reason, reason)]
             return [
                 ToApp(flow, congested_response(msg)),
                 self.counters.drop(CONGESTED, CONGESTED_COUNTER),
             ]
-        if media_full(self.media_hook, msg):
+        if not again and media_full(self.media_hook, msg):
             return [
                 ToApp(flow, media_full_response(msg)),
                 self.counters.drop(MEDIA_FULL, MEDIA_FULL_COUNTER),
             ]
+        if new_invite and not again:
+            self._invites.add(msg)
         mf = msg.max_forwards
         if mf is not None and mf <= 0:
             return self._answer(flow, msg, 483, "Too Many Hops")

@@ -20,6 +20,8 @@ __all__ = [
     "CONGESTED_RETRY_AFTER",
     "MEDIA_FULL",
     "MEDIA_FULL_COUNTER",
+    "RETRANSMITTED_CONGESTED",
+    "RecentInvites",
     "answer_malformed",
     "congested_response",
     "crude_error",
@@ -34,6 +36,10 @@ CONGESTED_COUNTER = "tunnel congested"
 
 #: Seconds a refused client is asked to wait (C{Retry-After}).
 CONGESTED_RETRY_AFTER = 5
+
+#: The log reason (and counter) of a retransmitted INVITE dropped while
+#: its tunnel is congested (L{RecentInvites}).
+RETRANSMITTED_CONGESTED = "INVITE retransmission dropped: tunnel congested"
 
 #: The log reason of a new call refused because this half has no free
 #: media port pair to relay it with.
@@ -143,3 +149,45 @@ def _unavailable(msg: SipMessage, why: str) -> bytes:
         f"Service Unavailable ({why})",
         extra_headers=(("Retry-After", str(CONGESTED_RETRY_AFTER)),),
     ).to_bytes()
+
+
+class RecentInvites:
+    """
+    The new INVITEs a core passed on lately, by Call-ID and top Via branch,
+    at most C{limit} (the oldest forgotten first).
+
+    While a tunnel is congested, new requests are answered 503; but a
+    retransmission of an INVITE already passed on is dropped instead: its
+    original is on its way, and a 503 to the retransmission ends the call
+    at the caller while the original goes on to be answered, a call nobody
+    ACKs that holds relay ports (RFC 3261 lets a stateless proxy forward
+    or drop a retransmission; it must not answer it differently from the
+    original).
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._seen: dict[tuple[str, str], None] = {}
+
+    @staticmethod
+    def _key(msg: SipMessage) -> tuple[str, str] | None:
+        via = msg.top_via
+        if via is None or not via.branch:
+            return None
+        return (msg.call_id or "", via.branch)
+
+    def add(self, msg: SipMessage) -> None:
+        """
+        C{msg}, a new INVITE, is being passed on.
+        """
+        key = self._key(msg)
+        if key is None:
+            return
+        seen = self._seen
+        seen[key] = None
+        if len(seen) > self.limit:
+            del seen[next(iter(seen))]
+
+    def __contains__(self, msg: SipMessage) -> bool:
+        key = self._key(msg)
+        return key is not None and key in self._seen

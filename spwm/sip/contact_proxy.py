@@ -44,6 +44,8 @@ from spwm.sip.checks import (
     CONGESTED_COUNTER,
     MEDIA_FULL,
     MEDIA_FULL_COUNTER,
+    RETRANSMITTED_CONGESTED,
+    RecentInvites,
     answer_malformed,
     congested_response,
     media_full_response,
@@ -163,6 +165,9 @@ class ContactSipProxy:
         )
         # scoped by session: its dialogs go with its tunnel
         self._dialogs = DialogTable(dialog_lifetime)
+        # the new INVITEs passed on lately, either way (their
+        # retransmissions pass on too, whatever the tunnel's state)
+        self._invites = RecentInvites()
         self._next_sweep: float | None = None
 
     @property
@@ -379,11 +384,13 @@ class ContactSipProxy:
                 return [self.counters.drop(reason, reason)]
             resp = make_response(msg, 483, "Too Many Hops")
             return [ToTunnel(key, fid, resp.to_bytes())]
-        if media_full(self.media_hook, msg):
+        again = self._invite_again(msg)
+        if not again and media_full(self.media_hook, msg):
             return [
                 ToTunnel(key, fid, media_full_response(msg)),
                 self.counters.drop(MEDIA_FULL, MEDIA_FULL_COUNTER),
             ]
+        self._passing(msg, again)
         if self._route_token(msg.uri) is not None:
             strict_route(msg)
         self._pop_own_routes(msg, token=True)
@@ -635,7 +642,11 @@ class ContactSipProxy:
         key = self._tunnels.get(tok.session_id)
         if key is None:
             return self._refuse(msg, 430, "Flow Failed")
+        again = self._invite_again(msg)
         if starts_work(msg) and congested(key):
+            if again:
+                reason = RETRANSMITTED_CONGESTED
+                return [self.counters.drop(reason, reason)]
             top_via = msg.top_via
             assert top_via is not None
             via_transport, dest = via_destination(top_via)
@@ -643,13 +654,14 @@ class ContactSipProxy:
             return self._send_response(via_transport, dest, resp) + [
                 self.counters.drop(CONGESTED, CONGESTED_COUNTER)
             ]
-        if media_full(self.media_hook, msg):
+        if not again and media_full(self.media_hook, msg):
             top_via = msg.top_via
             assert top_via is not None
             via_transport, dest = via_destination(top_via)
             return self._send_response(via_transport, dest, media_full_response(msg)) + [
                 self.counters.drop(MEDIA_FULL, MEDIA_FULL_COUNTER)
             ]
+        self._passing(msg, again)
         ruri_hash = short_hash(msg.uri or "", 2)
         if self._looped(msg, tok.session_id, tok.flow_id, ruri_hash):
             return self._refuse(msg, 482, "Loop Detected")
@@ -744,6 +756,19 @@ class ContactSipProxy:
                 leg_ended(self.media_hook, key, fid, call_id, status)
         elif method == "BYE" and (200 <= status < 300 or status in (404, 481)):
             self._dialogs.remove(session, call_id, msg.from_tag, msg.to_tag)
+
+    def _invite_again(self, msg: SipMessage) -> bool:
+        """
+        Whether C{msg} is a retransmission of a new INVITE passed on lately
+        (L{RecentInvites}); a new INVITE that passes the checks seen first
+        is remembered (one refused is not: its retransmission is refused
+        alike).
+        """
+        return msg.method == "INVITE" and msg.to_tag is None and msg in self._invites
+
+    def _passing(self, msg: SipMessage, again: bool) -> None:
+        if not again and msg.method == "INVITE" and msg.to_tag is None:
+            self._invites.add(msg)
 
     def _maybe_ended(self, key: TunnelKey, session: str, fid: int, msg: SipMessage) -> None:
         """
