@@ -112,8 +112,9 @@ class MediaLimits:
         this long is released.
     @ivar receive_buffer: receive buffer of each relay socket.
     @ivar max_streams_per_dialog: media streams one dialog may open.
-    @ivar max_pending_channels: media channels opened by the peer before
-        the SDP that explains them.
+    @ivar max_pending_channels: media channels one session's peer may
+        open before the SDP that explains them (all sessions together: at
+        most L{spwm.media.manager.MAX_PENDING_TOTAL}).
     @ivar max_branches_per_stream: early branches (forks) kept per stream.
     @ivar pending_timeout: seconds a channel the peer opened may wait for
         the SDP that explains it before it is closed.

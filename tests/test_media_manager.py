@@ -446,6 +446,33 @@ class RefusalTests(SynchronousTestCase):
         self.assertEqual(c_end.closed, [(5, 0, "no session description")])
         self.assertEqual((contact.open_channels, reactor.getDelayedCalls()), (0, []))
 
+    def test_pending_limit_per_session(self) -> None:
+        """
+        The limit on channels waiting for their SDP is per session: one
+        agent that opens channels without SDP is refused past it, another
+        agent's channels are still accepted; a pending channel that gets
+        its stream, or expires, makes room again.
+        """
+        reactor = FakeUdpReactor()
+        contact = MediaManager(reactor, "contact", CONTACT_ADDR, (30000, 30099), max_pending_channels=2)
+        greedy = BaseFakeTunnel(session_id="greedy", first_channel=2)
+        other = BaseFakeTunnel(session_id="other", first_channel=2)
+        router = Router(None, {"media": contact}, None)
+        for n, stream in enumerate((0, 1, 2)):
+            router.channel_requested(greedy, 2 * n + 1, ChannelKind.DATAGRAM, {"use": "media", "dialog": "1/d", "stream": stream})
+        self.assertEqual([c[:2] for c in greedy.closed], [(5, ErrorCode.REFUSED)])
+        router.channel_requested(other, 1, ChannelKind.DATAGRAM, {"use": "media", "dialog": "1/e", "stream": 0})
+        self.assertEqual((other.closed, contact.open_channels, contact.refused_channels), ([], 3, 1))
+        contact.sdp_out_of_tunnel(greedy, "1/d", SDP_TYPE, _sdp(PHONE, ("audio", 4000, "")))
+        router.channel_requested(greedy, 7, ChannelKind.DATAGRAM, {"use": "media", "dialog": "1/f", "stream": 0})
+        self.assertEqual(len(greedy.closed), 1)
+        reactor.advance(PENDING_TIMEOUT + 10)
+        reactor.advance(10)
+        for n in range(2):
+            router.channel_requested(greedy, 9 + 2 * n, ChannelKind.DATAGRAM, {"use": "media", "dialog": f"1/g{n}", "stream": 0})
+        self.assertNotIn(9, [c[0] for c in greedy.closed])
+        self.assertNotIn(11, [c[0] for c in greedy.closed])
+
     def test_ports_exhausted(self) -> None:
         """
         When the range has no free pair, the stream gets port 0 and nothing

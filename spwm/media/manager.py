@@ -86,8 +86,14 @@ from spwm.tunnel.frames import ChannelKind, ErrorCode
 #: Default media inactivity timeout in seconds (not applied to held streams).
 DEFAULT_INACTIVITY_TIMEOUT = 60.0
 
-#: Default number of channels the peer may open before their SDP arrives.
+#: Default number of channels the peer may open before their SDP arrives,
+#: per session.
 DEFAULT_MAX_PENDING_CHANNELS = 256
+
+#: At most this many channels wait for their SDP in all sessions together
+#: (a bound on memory; each session has its own, smaller limit, so one
+#: agent that opens channels without SDP cannot refuse another's).
+MAX_PENDING_TOTAL = 8192
 
 #: Seconds a channel the peer opened may wait for its SDP. The SDP travels
 #: right behind the open on the same tunnel, so a channel still waiting
@@ -629,6 +635,8 @@ class MediaManager:
         # channels the peer opened whose SDP we have not seen yet:
         # (session id, dialog key, stream) -> (connection, channel id, since)
         self._pending: dict[tuple[str, str, int], tuple[Any, int, float]] = {}
+        # session -> its pending channels (the per-session limit)
+        self._pending_count: dict[str, int] = {}
         self._sockets = 0
         self._sweeper = Sweep(
             self.clock,
@@ -1036,9 +1044,10 @@ class MediaManager:
             self._execute(tunnel, dialog_key, dialog, dialog.leg.ended().actions, now)
             if not challenged:
                 self._log_end(dialog_key, dialog, "dialog ended")
-        for key in [k for k in self._pending if k[0] == session_id and k[1] == dialog_key]:
-            connection, channel_id, _ = self._pending.pop(key)
-            self._close_channel(connection, channel_id, "dialog ended")
+        if session_id in self._pending_count:
+            for key in [k for k in self._pending if k[0] == session_id and k[1] == dialog_key]:
+                connection, channel_id, _ = self._unpend(key)
+                self._close_channel(connection, channel_id, "dialog ended")
         self._sweeper.settle()
 
     def _remember_ended(self, session_id: str, dialog_key: str, now: float) -> None:
@@ -1229,8 +1238,7 @@ class MediaManager:
             actions = dialog.leg.ended("tunnel lost").actions
             self._execute(None, dialog_key, dialog, actions, now, close=False)
             self._log_end(dialog_key, dialog, "tunnel lost")
-        for key in [k for k in self._pending if k[0] == session_id]:
-            del self._pending[key]
+        self._unpend_session(session_id)
         self._sweeper.settle()
 
     def session_suspended(self, session_id: str) -> None:
@@ -1243,8 +1251,7 @@ class MediaManager:
         for dialog in self._sessions.get(session_id, {}).values():
             for stream in dialog.streams.values():
                 self._drop_channel(stream)
-        for key in [k for k in self._pending if k[0] == session_id]:
-            del self._pending[key]
+        self._unpend_session(session_id)
 
     def session_resumed(self, session_id: str, tunnel: Any, reopen: bool) -> None:
         """
@@ -1294,9 +1301,11 @@ class MediaManager:
                 dialog.session = into
                 for stream in dialog.streams.values():
                     stream.session = into
-        for key in [k for k in self._pending if k[0] == fresh]:
-            entry = self._pending.pop(key)
-            self._pending.setdefault((into, key[1], key[2]), entry)
+        if fresh in self._pending_count:
+            for key in [k for k in self._pending if k[0] == fresh]:
+                entry = self._unpend(key)
+                if (into, key[1], key[2]) not in self._pending:
+                    self._pend((into, key[1], key[2]), entry)
         self._sweeper.settle()
 
     def _drop_channel(self, stream: _Stream) -> None:
@@ -1324,6 +1333,24 @@ class MediaManager:
         channel_id = stream.tunnel.open_channel(kind, meta, self)
         self._attach(stream, channel_id)
 
+    def _pend(self, key: tuple[str, str, int], entry: tuple[Any, int, float]) -> None:
+        self._pending[key] = entry
+        self._pending_count[key[0]] = self._pending_count.get(key[0], 0) + 1
+
+    def _unpend(self, key: tuple[str, str, int]) -> tuple[Any, int, float]:
+        entry = self._pending.pop(key)
+        left = self._pending_count[key[0]] - 1
+        if left:
+            self._pending_count[key[0]] = left
+        else:
+            del self._pending_count[key[0]]
+        return entry
+
+    def _unpend_session(self, session_id: str) -> None:
+        if self._pending_count.pop(session_id, None) is not None:
+            for key in [k for k in self._pending if k[0] == session_id]:
+                del self._pending[key]
+
     def accept(
         self, tunnel: Any, channel_id: int, kind: Any, meta: dict[str, Any]
     ) -> MediaManager | Refusal:
@@ -1333,7 +1360,8 @@ class MediaManager:
         the SDP that needs it comes out of the tunnel. Refuse stream
         channels not marked C{"tcp": true} (and datagram channels so
         marked), malformed metadata, a second channel for a stream, and
-        more than C{max_pending_channels} waiting channels.
+        more than C{max_pending_channels} waiting channels of one session
+        (L{MAX_PENDING_TOTAL} of all sessions).
         """
         dialog_key = meta.get("dialog")
         index = meta.get("stream")
@@ -1344,8 +1372,10 @@ class MediaManager:
             problem = "media channel without dialog and stream"
         elif not 0 <= index < self.max_streams_per_dialog:
             problem = "stream index out of range"
-        elif len(self._pending) >= self.max_pending_channels:
+        elif self._pending_count.get(tunnel.session_id, 0) >= self.max_pending_channels:
             problem = "too many pending media channels"
+        elif len(self._pending) >= MAX_PENDING_TOTAL:
+            problem = "too many pending media channels in all sessions"
         else:
             session_id = tunnel.session_id
             dialog = self._find(session_id, dialog_key)
@@ -1368,7 +1398,7 @@ class MediaManager:
         if stream is not None:
             self._attach(stream, channel_id)
         else:
-            self._pending[session_id, dialog_key, index] = (tunnel, channel_id, self.clock.seconds())
+            self._pend((session_id, dialog_key, index), (tunnel, channel_id, self.clock.seconds()))
             self._sweeper.ensure()
         return self
 
@@ -1412,7 +1442,7 @@ class MediaManager:
         """
         for key, (connection, pending_id, _) in list(self._pending.items()):
             if connection is tunnel and pending_id == channel_id:
-                del self._pending[key]
+                self._unpend(key)
                 self._sweeper.settle()
         stream = self._channels.get((tunnel, channel_id))
         if stream is None:
@@ -1711,7 +1741,8 @@ class MediaManager:
         @return: C{False} if no channel can be opened (the tunnel is at its
             channel limit or closed): the stream is released.
         """
-        pending = self._pending.pop((stream.session, stream.dialog, stream.index), None)
+        key = (stream.session, stream.dialog, stream.index)
+        pending = self._unpend(key) if key in self._pending else None
         if pending is not None:
             # on the connection the peer opened it on
             stream.tunnel = pending[0]
@@ -1967,5 +1998,5 @@ class MediaManager:
                     self._release_stream(dialog, index, "media inactivity")
         for key, (connection, channel_id, since) in list(self._pending.items()):
             if now - since >= min(self.inactivity_timeout, self.pending_timeout):
-                del self._pending[key]
+                self._unpend(key)
                 self._close_channel(connection, channel_id, "no session description")
