@@ -44,6 +44,7 @@ from zope.interface import implementer
 from spwm.errors import ListenError
 from spwm.tunnel.frames import ALPN
 from spwm.tunnel.protocol import AdmissionFactory, AgentTunnelFactory, ContactTunnelFactory, TunnelProtocol
+from spwm.tunnel.tlsread import ReadBatchingTLSFactory
 
 # OpenSSL's X509_V_ERR_* codes that people meet, in words (the common ones
 # get a sentence of their own in _verify_error).
@@ -245,9 +246,11 @@ def server_tls_factory(
 ) -> TLSMemoryBIOFactory:
     """
     Wrap the contact point's tunnel factory in TLS with the PEM certificate
-    (and chain) in C{cert_file} and the key in C{key_file}.
+    (and chain) in C{cert_file} and the key in C{key_file}; the records
+    of one socket read reach the tunnel together
+    (L{spwm.tunnel.tlsread}).
     """
-    return TLSMemoryBIOFactory(server_tls_options(cert_file, key_file, client_ca), False, wrapped, clock=clock)
+    return ReadBatchingTLSFactory(server_tls_options(cert_file, key_file, client_ca), False, wrapped, clock=clock)
 
 
 def load_pem_certificates(path: str) -> list[ssl.Certificate]:
