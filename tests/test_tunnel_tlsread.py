@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.testing.certs import TestCA
 from spwm.tunnel.service import server_tls_options
-from spwm.tunnel.tlsread import ReadBatchingTLSFactory
+from spwm.tunnel.tlsread import TunnelTLSFactory
 
 
 class Recorder(Protocol):
@@ -40,7 +40,7 @@ class Recorder(Protocol):
 
 class ReadBatchingTests(SynchronousTestCase):
     """
-    L{ReadBatchingTLSProtocol} against Twisted's own TLS protocol.
+    L{TunnelTLSProtocol} against Twisted's own TLS protocol.
     """
 
     def setUp(self) -> None:
@@ -90,7 +90,7 @@ class ReadBatchingTests(SynchronousTestCase):
         _, twisted_app, client, pump = self.connect(TLSMemoryBIOFactory)
         self.send_records(client, pump, records)
         self.assertEqual(twisted_app.received, records)
-        _, app, client, pump = self.connect(ReadBatchingTLSFactory)
+        _, app, client, pump = self.connect(TunnelTLSFactory)
         self.send_records(client, pump, records)
         self.assertEqual(app.received, [b"".join(records)])
 
@@ -100,7 +100,7 @@ class ReadBatchingTests(SynchronousTestCase):
         Twisted's size, arrive whole and in order.
         """
         records = [bytes([i]) * 16384 for i in range(6)]
-        _, app, client, pump = self.connect(ReadBatchingTLSFactory)
+        _, app, client, pump = self.connect(TunnelTLSFactory)
         self.send_records(client, pump, records)
         self.assertEqual(b"".join(app.received), b"".join(records))
 
@@ -109,7 +109,7 @@ class ReadBatchingTests(SynchronousTestCase):
         The records read with the peer's close_notify are delivered before
         the connection ends, cleanly.
         """
-        client_app, app, client, pump = self.connect(ReadBatchingTLSFactory)
+        client_app, app, client, pump = self.connect(TunnelTLSFactory)
         client._write(b"last words")
         client.loseConnection()
         pump.flush()
@@ -121,9 +121,10 @@ class ReadBatchingTests(SynchronousTestCase):
         An application that aborts in C{dataReceived} gets nothing more,
         and the connection goes.
         """
-        _, app, client, pump = self.connect(ReadBatchingTLSFactory)
+        _, app, client, pump = self.connect(TunnelTLSFactory)
         app.abort_on = b"stop"
         self.send_records(client, pump, [b"one", b"stop"])
         self.send_records(client, pump, [b"more"])
         self.assertEqual(app.received, [b"onestop"])
         self.assertIsNotNone(app.lost)
+

@@ -44,7 +44,7 @@ from zope.interface import implementer
 from spwm.errors import ListenError
 from spwm.tunnel.frames import ALPN
 from spwm.tunnel.protocol import AdmissionFactory, AgentTunnelFactory, ContactTunnelFactory, TunnelProtocol
-from spwm.tunnel.tlsread import ReadBatchingTLSFactory
+from spwm.tunnel.tlsread import TunnelTLSFactory
 
 # OpenSSL's X509_V_ERR_* codes that people meet, in words (the common ones
 # get a sentence of their own in _verify_error).
@@ -250,7 +250,7 @@ def server_tls_factory(
     of one socket read reach the tunnel together
     (L{spwm.tunnel.tlsread}).
     """
-    return ReadBatchingTLSFactory(server_tls_options(cert_file, key_file, client_ca), False, wrapped, clock=clock)
+    return TunnelTLSFactory(server_tls_options(cert_file, key_file, client_ca), False, wrapped, clock=clock)
 
 
 def load_pem_certificates(path: str) -> list[ssl.Certificate]:
