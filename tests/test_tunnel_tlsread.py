@@ -7,16 +7,19 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import ssl
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test.iosim import connect, makeFakeClient, makeFakeServer
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from spwm.testing.certs import TestCA
 from spwm.tunnel.service import server_tls_options
-from spwm.tunnel.tlsread import TunnelTLSFactory
+from spwm.tunnel.tlsread import TunnelTLSClientEndpoint, TunnelTLSFactory, TunnelTLSProtocol
 
 
 class Recorder(Protocol):
@@ -128,3 +131,44 @@ class ReadBatchingTests(SynchronousTestCase):
         self.assertEqual(app.received, [b"onestop"])
         self.assertIsNotNone(app.lost)
 
+
+
+class ClientEndpointTests(SynchronousTestCase):
+    """
+    L{TunnelTLSClientEndpoint}, the agent's C{wrapClientTLS}.
+    """
+
+    def test_connects_in_tls(self) -> None:
+        """
+        The endpoint below gets a L{TunnelTLSFactory} for a client around
+        the application's factory; the application's protocol comes out.
+        """
+        app = Protocol()
+        app_factory = Factory.forProtocol(lambda: app)
+        below = FakeEndpoint()
+        endpoint = TunnelTLSClientEndpoint(ssl.optionsForClientTLS("contact.example.test"), below)
+        got: list[Any] = []
+        endpoint.connect(app_factory).addCallback(got.append)
+        factory = below.factories[0]
+        self.assertIsInstance(factory, TunnelTLSFactory)
+        self.assertIs(factory.wrappedFactory, app_factory)
+        tls = factory.buildProtocol(None)
+        self.assertIsInstance(tls, TunnelTLSProtocol)
+        below.connected.callback(tls)
+        self.assertEqual(got, [app])
+
+
+@implementer(IStreamClientEndpoint)
+class FakeEndpoint:
+    """
+    A client endpoint that keeps the factories it is given and answers
+    with C{connected}.
+    """
+
+    def __init__(self) -> None:
+        self.factories: list[Any] = []
+        self.connected: Deferred[Any] = Deferred()
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        self.factories.append(factory)
+        return self.connected

@@ -31,8 +31,11 @@ from typing import Any
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet import tcp
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 #: The most one C{SSL_read} or one read of the send BIO asks for
 #: (Twisted's figure; a record holds at most 16 kB).
@@ -130,3 +133,26 @@ class TunnelTLSFactory(TLSMemoryBIOFactory):
     """
 
     protocol = TunnelTLSProtocol
+
+
+@implementer(IStreamClientEndpoint)
+class TunnelTLSClientEndpoint:
+    """
+    C{wrapClientTLS} with L{TunnelTLSProtocol}: connects through
+    C{endpoint} in TLS with C{creator}'s options, and gives the
+    application's protocol.
+    """
+
+    def __init__(self, creator: Any, endpoint: IStreamClientEndpoint) -> None:
+        self._creator = creator
+        self._endpoint = endpoint
+
+    def connect(self, protocol_factory: IProtocolFactory) -> Deferred[IProtocol]:
+        factory = TunnelTLSFactory(self._creator, True, protocol_factory)
+        return self._endpoint.connect(factory).addCallback(_unwrap)
+
+
+def _unwrap(protocol: Any) -> IProtocol:
+    # the endpoint's protocol is the TLS layer: the application's is inside
+    wrapped: IProtocol = protocol.wrappedProtocol
+    return wrapped
