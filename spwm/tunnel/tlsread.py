@@ -53,6 +53,9 @@ class TunnelTLSProtocol(BufferingTLSTransport):
     aborts the connection in C{dataReceived}, the records read with the
     ones it was handling are delivered to it still (Twisted stops between
     two records); the tunnel's protocol refuses input once it has closed.
+    And bytes written leave sooner: an abort drops what the transport
+    still buffers (the TLS close alert with it), as before, but not what
+    was written to the socket at once.
 
     @ivar _tcp: the transport when it is Twisted's TCP connection (whose
         buffer can be seen to be empty), else C{None}: writes then go
@@ -109,6 +112,7 @@ class TunnelTLSProtocol(BufferingTLSTransport):
         transport = self._tcp
         if (
             transport is None
+            or self.disconnecting
             or transport.dataBuffer
             or transport._tempDataLen
             or not transport.connected
@@ -116,7 +120,8 @@ class TunnelTLSProtocol(BufferingTLSTransport):
             or transport._writeDisconnecting
         ):
             # something waits before these bytes, or the connection is
-            # going: the transport's own way
+            # going: the transport's own way (an abort then drops the TLS
+            # close alert with the rest, as with Twisted's class)
             self.transport.write(data)  # type: ignore[union-attr]
             return
         sent = transport.writeSomeData(data)

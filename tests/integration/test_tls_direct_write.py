@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import socket
 
+from OpenSSL import SSL
 from twisted.internet import ssl, tcp
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -33,7 +34,7 @@ class DirectWriteTests(SynchronousTestCase):
         files = ca.issue(["contact.example.test"], "server")
         with open(ca.ca_file, "rb") as f:
             trust = ssl.Certificate.loadPEM(f.read())
-        self.reactor = MemoryReactor()
+        self.reactor = MemoryReactorClock()
         clock = Clock()
         self.client_app, self.server_app = Recorder(), Recorder()
         client = TLSMemoryBIOFactory(
@@ -111,3 +112,23 @@ class DirectWriteTests(SynchronousTestCase):
         self.server_tls.write(b"after")
         self.pump()
         self.assertEqual(b"".join(self.client_app.received), b"after")
+
+    def test_abort_sends_nothing_more(self) -> None:
+        """
+        An abort sends no TLS close alert (as with Twisted's class: the
+        alert waits in the transport's buffer, which the abort drops).
+        """
+        self.server_tls.abortConnection()
+        with self.assertRaises(BlockingIOError):
+            self.client.socket.recv(65536)
+
+    def test_close_alert_on_lose(self) -> None:
+        """
+        A clean close still sends the TLS close alert, after the data
+        written before it.
+        """
+        self.server_tls.write(b"bye")
+        self.server_tls.loseConnection()
+        self.pump()
+        self.assertEqual(b"".join(self.client_app.received), b"bye")
+        self.assertTrue(self.client.protocol.getHandle().get_shutdown() & SSL.RECEIVED_SHUTDOWN)
