@@ -53,6 +53,7 @@ class DirectWriteTests(SynchronousTestCase):
         self.client = tcp.Connection(a, client, self.reactor)
         self.server = tcp.Connection(b, server, self.reactor)
         self.server_tls = server
+        self.client_tls = client
         self.clock = clock
         for transport, protocol in ((self.client, client), (self.server, server)):
             transport.connected = True
@@ -131,4 +132,4 @@ class DirectWriteTests(SynchronousTestCase):
         self.server_tls.loseConnection()
         self.pump()
         self.assertEqual(b"".join(self.client_app.received), b"bye")
-        self.assertTrue(self.client.protocol.getHandle().get_shutdown() & SSL.RECEIVED_SHUTDOWN)
+        self.assertTrue(self.client_tls.getHandle().get_shutdown() & SSL.RECEIVED_SHUTDOWN)
