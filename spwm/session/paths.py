@@ -371,7 +371,8 @@ class PathScheduler:
      - L{add} / L{remove} a path as it is attached / lost, then L{tick};
      - per frame: L{sent} and L{received}; when either returns C{True},
        run L{tick} now or re-arm the timer at L{next_deadline} at once;
-     - per media datagram: L{media_paths} (then L{sent} per path used);
+     - per media datagram: L{media_now} (or L{coalesce_delay} and
+       L{media_paths}; then L{sent} per path used);
      - L{rtt_sample} per PONG (or QUIC sample), L{tcp_info} now and then
        (e.g. on each tick), L{loss_seen} when the de-duplication saw a gap
        or the peer reported loss; re-arm after them;
@@ -630,10 +631,7 @@ class PathScheduler:
         self._last_media = now
         self._rate_n += count
         if now >= self._rate_next:
-            self._rate = self._rate_n / (now - self._rate_since)
-            self._rate_n = 0
-            self._rate_since = now
-            self._rate_next = now + self.limits.rate_window
+            self._measure(now)
         if now < self._dup_until:
             limits = self.limits
             if limits.spread_rate and self._rate >= limits.spread_rate:
@@ -644,6 +642,35 @@ class PathScheduler:
                     return spread[i]
             return self._media_all
         return self._media_one
+
+    def media_now(self, now: float) -> tuple[int, ...] | None:
+        """
+        Per media datagram, in one call: the paths to send one datagram on
+        at once, as L{media_paths}C{(now)} gives them; or C{None} when it
+        is to be held to be coalesced with the next ones (L{coalesce_delay}
+        says for how long; L{media_paths} is then asked when they go).
+        """
+        if now < self._dup_until:
+            if self.coalesce_delay(now) > 0.0:
+                return None
+            return self.media_paths(now)
+        # media_paths() outside the duplication window, inlined: this is
+        # the usual case, once per datagram sent
+        self._last_media = now
+        self._rate_n += 1
+        if now >= self._rate_next:
+            self._measure(now)
+        return self._media_one
+
+    def _measure(self, now: float) -> None:
+        """
+        The measuring window of the media rate is full: the rate over it,
+        and a new window from C{now}.
+        """
+        self._rate = self._rate_n / (now - self._rate_since)
+        self._rate_n = 0
+        self._rate_since = now
+        self._rate_next = now + self.limits.rate_window
 
     def media_rate(self, now: float | None = None) -> float:
         """

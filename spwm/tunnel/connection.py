@@ -44,6 +44,7 @@ from spwm.tunnel.frames import (
 
 _PACK = HEADER.pack
 _DATAGRAM = int(FrameType.DATAGRAM)
+_DATAGRAM_CHANNEL = ChannelKind.DATAGRAM
 _NEVER_STALE = float("inf")
 _CORE_OPS = frozenset({"hello", "welcome", "open", "close"})
 _TIMED_PING = struct.Struct("!d")
@@ -238,7 +239,8 @@ class TunnelConnection:
                 if not data or self.state is State.CLOSED:
                     return out
             frames = self._decoder.feed(data)
-            self.stats.frames_in += len(frames)
+            stats = self.stats
+            stats.frames_in += len(frames)
             channels = self._channels
             handlers = _FRAME_HANDLERS
             opened = self.state is State.OPEN
@@ -246,8 +248,8 @@ class TunnelConnection:
                 if ftype == _DATAGRAM and opened:
                     # The media fast path.
                     ch = channels.get(channel)
-                    if ch is not None and ch.kind is ChannelKind.DATAGRAM:
-                        self.stats.datagrams_in += 1
+                    if ch is not None and ch.kind is _DATAGRAM_CHANNEL:
+                        stats.datagrams_in += 1
                         if datagram_sink is not None and not out:
                             datagram_sink(channel, payload, flags)
                         else:
@@ -690,12 +692,13 @@ class TunnelConnection:
         if self._priority or self._media or self.state is not State.OPEN or channel_id not in self._channels:
             self.send_datagram(channel_id, data, now, component)
             return None
+        size = len(data)
         stats = self.stats
         stats.datagrams_out += 1
         stats.frames_out += 1
-        stats.bytes_out += len(data) + 8
+        stats.bytes_out += size + 8
         self._last_sent = now
-        return _PACK(_DATAGRAM, component, channel_id, len(data)) + data
+        return _PACK(_DATAGRAM, component, channel_id, size) + data
 
     def send_stream_data(self, channel_id: int, data: bytes, fin: bool = False) -> bool:
         """

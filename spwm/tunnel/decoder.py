@@ -16,7 +16,9 @@ from spwm.tunnel.frames import (
     FrameType,
 )
 
-_KNOWN = {int(t): t for t in FrameType}
+#: Per frame type: the type, the flags it does not define, and whether it
+#: is connection-level (channel 0 only); one lookup per frame.
+_RULES = {int(t): (t, ~ALLOWED_FLAGS[t] & 0xFF, t in CONNECTION_LEVEL) for t in FrameType}
 _UNPACK = HEADER.unpack_from
 
 #: A decoded frame: type, flags, channel and payload.
@@ -33,12 +35,14 @@ class FrameDecoder:
     @ivar max_payload: the largest payload accepted (at most L{MAX_PAYLOAD}).
     """
 
-    __slots__ = ("_buf", "max_payload", "_failed")
+    __slots__ = ("_buf", "_need", "max_payload", "_failed")
 
     def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
         if not 0 < max_payload <= MAX_PAYLOAD:
             raise ValueError(f"max_payload must be in 1..{MAX_PAYLOAD}")
         self._buf = bytearray()
+        # the size the waiting start of a frame must reach to be parsed
+        self._need = 0
         self.max_payload = max_payload
         self._failed = False
 
@@ -61,20 +65,32 @@ class FrameDecoder:
         if self._failed:
             raise TunnelProtocolError(ErrorCode.PROTOCOL_ERROR, "decoder already failed")
         buf = self._buf
-        buf += data
+        if buf:
+            # the start of a frame waits: parse it with the new bytes once
+            # they complete it (a frame trickling in is not copied per read)
+            buf += data
+            if len(buf) < self._need:
+                return []
+            data = bytes(buf)
+            buf.clear()
+        elif type(data) is not bytes:
+            data = bytes(data)
+        # Parsed from the bytes object itself, so that each payload is one
+        # slice (one copy), not a bytearray slice turned into bytes.
         frames: list[Frame] = []
         offset = 0
-        end = len(buf)
+        end = len(data)
         max_payload = self.max_payload
         try:
             while end - offset >= HEADER_SIZE:
-                ftype, flags, channel, length = _UNPACK(buf, offset)
-                known = _KNOWN.get(ftype)
-                if known is None:
+                ftype, flags, channel, length = _UNPACK(data, offset)
+                rule = _RULES.get(ftype)
+                if rule is None:
                     raise TunnelProtocolError(
                         ErrorCode.UNKNOWN_FRAME_TYPE, f"unknown frame type {ftype:#04x}"
                     )
-                if flags & ~ALLOWED_FLAGS[known]:
+                known, forbidden, connection_level = rule
+                if flags & forbidden:
                     raise TunnelProtocolError(
                         ErrorCode.PROTOCOL_ERROR,
                         f"reserved flags {flags:#04x} set on {known.name} frame",
@@ -84,7 +100,7 @@ class FrameDecoder:
                         ErrorCode.FRAME_TOO_LARGE,
                         f"{known.name} frame of {length} bytes exceeds {max_payload}",
                     )
-                if channel and known in CONNECTION_LEVEL:
+                if channel and connection_level:
                     raise TunnelProtocolError(
                         ErrorCode.PROTOCOL_ERROR,
                         f"{known.name} frame on channel {channel}",
@@ -92,13 +108,15 @@ class FrameDecoder:
                 start = offset + HEADER_SIZE
                 stop = start + length
                 if stop > end:
+                    self._need = stop - offset
                     break
-                frames.append((ftype, flags, channel, bytes(buf[start:stop])))
+                frames.append((ftype, flags, channel, data[start:stop]))
                 offset = stop
         except TunnelProtocolError:
             self._failed = True
-            buf.clear()
             raise
-        if offset:
-            del buf[:offset]
+        if offset < end:
+            if end - offset < HEADER_SIZE:
+                self._need = HEADER_SIZE
+            buf += memoryview(data)[offset:]
         return frames

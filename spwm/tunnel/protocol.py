@@ -508,6 +508,12 @@ class TunnelProtocol(Protocol):
         cipher = self.cipher
 
         def deliver(channel_id: int, data: bytes, flags: int) -> None:
+            # The sink of a tunnel that does not cipher; the sealed sink
+            # below calls it with what it opened, without FLAG_SEALED.
+            if flags & FLAG_SEALED:
+                # Sealed frames without ciphering on this tunnel are refused.
+                self.refused_sealed += 1
+                return
             if flags & FLAG_SEQ:
                 if len(data) < 4:
                     return
@@ -528,28 +534,7 @@ class TunnelProtocol(Protocol):
                 app_datagram(face, channel_id, data, flags)
 
         if cipher is None:
-
-            def sink(channel_id: int, data: bytes, flags: int) -> None:
-                if flags & FLAG_SEALED:
-                    # Sealed frames without ciphering on this tunnel are refused.
-                    self.refused_sealed += 1
-                    return
-                if flags & FLAG_SEQ:
-                    deliver(channel_id, data, flags)
-                    return
-                # deliver()'s tail, inlined: one call less per datagram on
-                # the unnumbered (single-connection) fast path
-                route = routes.get(channel_id)
-                if route is not None:
-                    route[flags](data)
-                    return
-                handler = handlers.get(channel_id)
-                if handler is not None:
-                    handler.datagram_received(face, channel_id, data, flags)
-                else:
-                    app_datagram(face, channel_id, data, flags)
-
-            return sink
+            return deliver
         channel_context = cipher.channel_context
         open_ = cipher.open
 

@@ -24,7 +24,7 @@ from twisted.application.service import Service
 from twisted.internet import error, ssl
 from automat import NoTransition
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IDelayedCall,
@@ -44,6 +44,7 @@ from zope.interface import implementer
 from spwm.errors import ListenError
 from spwm.tunnel.frames import ALPN
 from spwm.tunnel.protocol import AdmissionFactory, AgentTunnelFactory, ContactTunnelFactory, TunnelProtocol
+from spwm.tunnel.tlsread import TunnelTLSClientEndpoint, TunnelTLSFactory
 
 # OpenSSL's X509_V_ERR_* codes that people meet, in words (the common ones
 # get a sentence of their own in _verify_error).
@@ -245,9 +246,11 @@ def server_tls_factory(
 ) -> TLSMemoryBIOFactory:
     """
     Wrap the contact point's tunnel factory in TLS with the PEM certificate
-    (and chain) in C{cert_file} and the key in C{key_file}.
+    (and chain) in C{cert_file} and the key in C{key_file}; the records
+    of one socket read reach the tunnel together
+    (L{spwm.tunnel.tlsread}).
     """
-    return TLSMemoryBIOFactory(server_tls_options(cert_file, key_file, client_ca), False, wrapped, clock=clock)
+    return TunnelTLSFactory(server_tls_options(cert_file, key_file, client_ca), False, wrapped, clock=clock)
 
 
 def load_pem_certificates(path: str) -> list[ssl.Certificate]:
@@ -1234,7 +1237,8 @@ def agent_endpoint(
     """
     The endpoint the agent connects with: C{HostnameEndpoint} (both address
     families tried) with staggered attempts (L{StaggeredEndpoint}), through
-    an HTTP CONNECT proxy if given, in TLS unless C{plaintext}.
+    an HTTP CONNECT proxy if given, in TLS unless C{plaintext} (the
+    tunnel's TLS, L{spwm.tunnel.tlsread}).
 
     @param tls: the TLS options (and reporter) to use, made for another
         port of the same contact point; else new ones.
@@ -1256,7 +1260,7 @@ def agent_endpoint(
         return endpoint, None
     if tls is None:
         tls = client_tls_options(server_name or host, ca_file, client_cert)
-    return wrapClientTLS(tls, endpoint), tls
+    return TunnelTLSClientEndpoint(tls, endpoint), tls
 
 
 # -- the contact point ----------------------------------------------------

@@ -1,0 +1,174 @@
+"""
+Tests for L{spwm.tunnel.tlsread}: the records of one read delivered together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import ssl
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from twisted.test.iosim import connect, makeFakeClient, makeFakeServer
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from spwm.testing.certs import TestCA
+from spwm.tunnel.service import server_tls_options
+from spwm.tunnel.tlsread import TunnelTLSClientEndpoint, TunnelTLSFactory, TunnelTLSProtocol
+
+
+class Recorder(Protocol):
+    """
+    Keeps every C{dataReceived} call and the reason of the loss.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.lost: Failure | None = None
+        self.abort_on: bytes | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+        if self.abort_on is not None and self.abort_on in data:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost = reason
+
+
+class ReadBatchingTests(SynchronousTestCase):
+    """
+    L{TunnelTLSProtocol} against Twisted's own TLS protocol.
+    """
+
+    def setUp(self) -> None:
+        ca = TestCA(self.mktemp())
+        files = ca.issue(["contact.example.test"], "server")
+        self.server_options = server_tls_options(files.cert, files.key)
+        with open(ca.ca_file, "rb") as f:
+            trust = ssl.Certificate.loadPEM(f.read())
+        self.client_options = ssl.optionsForClientTLS("contact.example.test", trustRoot=trust)
+
+    def connect(self, factory_class: Any) -> tuple[Recorder, Recorder, Any, Any]:
+        """
+        A client (Twisted's TLS) and a server (C{factory_class}) in memory,
+        handshake done.
+
+        @return: the two applications, the client's TLS protocol and the pump.
+        """
+        clock = Clock()
+        client_app, server_app = Recorder(), Recorder()
+        client_factory = TLSMemoryBIOFactory(
+            self.client_options, True, Factory.forProtocol(lambda: client_app), clock=clock
+        )
+        server_factory = factory_class(self.server_options, False, Factory.forProtocol(lambda: server_app), clock=clock)
+        client = client_factory.buildProtocol(None)
+        server = server_factory.buildProtocol(None)
+        pump = connect(server, makeFakeServer(server), client, makeFakeClient(client), greet=False, clock=clock)
+        pump.flush()
+        self.clock = clock
+        return client_app, server_app, client, pump
+
+    def send_records(self, client: Any, pump: Any, records: list[bytes]) -> None:
+        """
+        Write each of C{records} as a TLS record of its own, then move them
+        all to the server in one read.
+        """
+        for record in records:
+            # past the write aggregation: one SSL_write, one record, each
+            client._write(record)
+        pump.flush()
+
+    def test_one_delivery_per_read(self) -> None:
+        """
+        Several records that arrive in one read reach the application in
+        one call, in order; Twisted's class delivers one call per record.
+        """
+        records = [b"frame %d " % i * 10 for i in range(5)]
+        _, twisted_app, client, pump = self.connect(TLSMemoryBIOFactory)
+        self.send_records(client, pump, records)
+        self.assertEqual(twisted_app.received, records)
+        _, app, client, pump = self.connect(TunnelTLSFactory)
+        self.send_records(client, pump, records)
+        self.assertEqual(app.received, [b"".join(records)])
+
+    def test_large_read(self) -> None:
+        """
+        Records of 16 kB, more than one C{SSL_read} takes at once in
+        Twisted's size, arrive whole and in order.
+        """
+        records = [bytes([i]) * 16384 for i in range(6)]
+        _, app, client, pump = self.connect(TunnelTLSFactory)
+        self.send_records(client, pump, records)
+        self.assertEqual(b"".join(app.received), b"".join(records))
+
+    def test_close_after_data(self) -> None:
+        """
+        The records read with the peer's close_notify are delivered before
+        the connection ends, cleanly.
+        """
+        client_app, app, client, pump = self.connect(TunnelTLSFactory)
+        client._write(b"last words")
+        client.loseConnection()
+        pump.flush()
+        self.assertEqual(app.received, [b"last words"])
+        self.assertIsNotNone(app.lost)
+
+    def test_aborted_in_delivery(self) -> None:
+        """
+        An application that aborts in C{dataReceived} gets nothing more,
+        and the connection goes.
+        """
+        _, app, client, pump = self.connect(TunnelTLSFactory)
+        app.abort_on = b"stop"
+        self.send_records(client, pump, [b"one", b"stop"])
+        self.send_records(client, pump, [b"more"])
+        self.assertEqual(app.received, [b"onestop"])
+        self.assertIsNotNone(app.lost)
+
+
+
+class ClientEndpointTests(SynchronousTestCase):
+    """
+    L{TunnelTLSClientEndpoint}, the agent's C{wrapClientTLS}.
+    """
+
+    def test_connects_in_tls(self) -> None:
+        """
+        The endpoint below gets a L{TunnelTLSFactory} for a client around
+        the application's factory; the application's protocol comes out.
+        """
+        app = Protocol()
+        app_factory = Factory.forProtocol(lambda: app)
+        below = FakeEndpoint()
+        endpoint = TunnelTLSClientEndpoint(ssl.optionsForClientTLS("contact.example.test"), below)
+        got: list[Any] = []
+        endpoint.connect(app_factory).addCallback(got.append)
+        factory = below.factories[0]
+        self.assertIsInstance(factory, TunnelTLSFactory)
+        self.assertIs(factory.wrappedFactory, app_factory)
+        tls = factory.buildProtocol(None)
+        self.assertIsInstance(tls, TunnelTLSProtocol)
+        below.connected.callback(tls)
+        self.assertEqual(got, [app])
+
+
+@implementer(IStreamClientEndpoint)
+class FakeEndpoint:
+    """
+    A client endpoint that keeps the factories it is given and answers
+    with C{connected}.
+    """
+
+    def __init__(self) -> None:
+        self.factories: list[Any] = []
+        self.connected: Deferred[Any] = Deferred()
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        self.factories.append(factory)
+        return self.connected
