@@ -560,6 +560,13 @@ class AgentTests(SynchronousTestCase):
             resp = parse_message(only(agent.from_app(FLOW_A, refused, 2.0, congested=True), ToApp).data)
             self.assertEqual(resp.status, 503)
         self.assertEqual(agent.counters[RETRANSMITTED_CONGESTED], 1)
+        # an INVITE for the phone, repeated by the contact point once the
+        # agent's range is full, goes to the phone again
+        fid = agent.flows.use(FLOW_B, 0.0)
+        self.hook.full = False
+        only(agent.from_tunnel(fid, invite_for_phone(), 3.0), ToApp)
+        self.hook.full = True
+        only(agent.from_tunnel(fid, invite_for_phone(), 3.5), ToApp)
 
     def test_register_keeps_own_instance(self) -> None:
         """

@@ -117,7 +117,7 @@ class AgentSipProxy:
         # scoped by application flow: a scope and Call-ID is one call leg
         self._dialogs = DialogTable(dialog_lifetime, limit=65536)
         self._bindings = AppBindings()
-        # the applications' new INVITEs passed on lately (their
+        # the new INVITEs passed on lately, either way (their
         # retransmissions pass on too, whatever the tunnel's state)
         self._invites = RecentInvites()
         # flow id -> when the registration made through it expires
@@ -242,8 +242,7 @@ class AgentSipProxy:
         self, flow: Flow, msg: SipMessage, now: float, congested: bool
     ) -> list[Action]:
         # (parse_message checked the headers a proxy relies on)
-        new_invite = msg.method == "INVITE" and msg.to_tag is None
-        again = new_invite and msg in self._invites
+        again = self._invites.again(msg)
         if congested and starts_work(msg):
             if again:
                 reason = RETRANSMITTED_CONGESTED
@@ -257,8 +256,7 @@ class AgentSipProxy:
                 ToApp(flow, media_full_response(msg)),
                 self.counters.drop(MEDIA_FULL, MEDIA_FULL_COUNTER),
             ]
-        if new_invite and not again:
-            self._invites.add(msg)
+        self._invites.passing(msg, again)
         mf = msg.max_forwards
         if mf is not None and mf <= 0:
             return self._answer(flow, msg, 483, "Too Many Hops")
@@ -306,11 +304,13 @@ class AgentSipProxy:
                 return [self.counters.drop(reason, reason)]
             resp = make_response(msg, 430, "Flow Failed")
             return [ToTunnel(self.tunnel_key, flow_id, resp.to_bytes())]
-        if media_full(self.media_hook, msg):
+        again = self._invites.again(msg)
+        if not again and media_full(self.media_hook, msg):
             return [
                 ToTunnel(self.tunnel_key, flow_id, media_full_response(msg)),
                 self.counters.drop(MEDIA_FULL, MEDIA_FULL_COUNTER),
             ]
+        self._invites.passing(msg, again)
         self._pop_own_routes(msg)
         branch = MAGIC + AGENT_BRANCH_MARK + short_hash(branch_source(msg)).hex()
         msg.prepend_header(

@@ -176,10 +176,24 @@ class RecentInvites:
             return None
         return (msg.call_id or "", via.branch)
 
-    def add(self, msg: SipMessage) -> None:
+    def again(self, msg: SipMessage) -> bool:
         """
-        C{msg}, a new INVITE, is being passed on.
+        Whether C{msg} is a new INVITE (no To-tag) that was passed on lately.
         """
+        if msg.method != "INVITE" or msg.to_tag is not None:
+            return False
+        key = self._key(msg)
+        return key is not None and key in self._seen
+
+    def passing(self, msg: SipMessage, again: bool) -> None:
+        """
+        C{msg} passes the checks and goes on: remember it if it is a new
+        INVITE seen first (C{again}: what L{again} said of it).  One that
+        was refused is not remembered, so its retransmission is refused
+        alike.
+        """
+        if again or msg.method != "INVITE" or msg.to_tag is not None:
+            return
         key = self._key(msg)
         if key is None:
             return
@@ -187,7 +201,3 @@ class RecentInvites:
         seen[key] = None
         if len(seen) > self.limit:
             del seen[next(iter(seen))]
-
-    def __contains__(self, msg: SipMessage) -> bool:
-        key = self._key(msg)
-        return key is not None and key in self._seen

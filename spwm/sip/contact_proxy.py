@@ -384,13 +384,13 @@ class ContactSipProxy:
                 return [self.counters.drop(reason, reason)]
             resp = make_response(msg, 483, "Too Many Hops")
             return [ToTunnel(key, fid, resp.to_bytes())]
-        again = self._invite_again(msg)
+        again = self._invites.again(msg)
         if not again and media_full(self.media_hook, msg):
             return [
                 ToTunnel(key, fid, media_full_response(msg)),
                 self.counters.drop(MEDIA_FULL, MEDIA_FULL_COUNTER),
             ]
-        self._passing(msg, again)
+        self._invites.passing(msg, again)
         if self._route_token(msg.uri) is not None:
             strict_route(msg)
         self._pop_own_routes(msg, token=True)
@@ -642,7 +642,7 @@ class ContactSipProxy:
         key = self._tunnels.get(tok.session_id)
         if key is None:
             return self._refuse(msg, 430, "Flow Failed")
-        again = self._invite_again(msg)
+        again = self._invites.again(msg)
         if starts_work(msg) and congested(key):
             if again:
                 reason = RETRANSMITTED_CONGESTED
@@ -661,7 +661,7 @@ class ContactSipProxy:
             return self._send_response(via_transport, dest, media_full_response(msg)) + [
                 self.counters.drop(MEDIA_FULL, MEDIA_FULL_COUNTER)
             ]
-        self._passing(msg, again)
+        self._invites.passing(msg, again)
         ruri_hash = short_hash(msg.uri or "", 2)
         if self._looped(msg, tok.session_id, tok.flow_id, ruri_hash):
             return self._refuse(msg, 482, "Loop Detected")
@@ -756,19 +756,6 @@ class ContactSipProxy:
                 leg_ended(self.media_hook, key, fid, call_id, status)
         elif method == "BYE" and (200 <= status < 300 or status in (404, 481)):
             self._dialogs.remove(session, call_id, msg.from_tag, msg.to_tag)
-
-    def _invite_again(self, msg: SipMessage) -> bool:
-        """
-        Whether C{msg} is a retransmission of a new INVITE passed on lately
-        (L{RecentInvites}); a new INVITE that passes the checks seen first
-        is remembered (one refused is not: its retransmission is refused
-        alike).
-        """
-        return msg.method == "INVITE" and msg.to_tag is None and msg in self._invites
-
-    def _passing(self, msg: SipMessage, again: bool) -> None:
-        if not again and msg.method == "INVITE" and msg.to_tag is None:
-            self._invites.add(msg)
 
     def _maybe_ended(self, key: TunnelKey, session: str, fid: int, msg: SipMessage) -> None:
         """
