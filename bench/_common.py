@@ -255,6 +255,7 @@ class Pair:
         tls: bool = False,
         extra: list[str] = (),
         agent_extra: list[str] = (),
+        contact_extra: list[str] = (),
     ) -> None:
         self.procs = procs
         self.workdir = workdir
@@ -287,6 +288,7 @@ class Pair:
                 "--media-allow", "127.0.0.0/8",
                 "--drain-time", "0.2",
                 *extra,
+                *contact_extra,
             ],
             self.contact_log,
         )

@@ -88,7 +88,13 @@ class Bench:
         self.pair: Pair | None = None
         if not args.skip_tunnel:
             self.pair = Pair(
-                procs, workdir, ("127.0.0.1", self.uas_port), media_ports=args.media_ports, tls=args.tls, agent_extra=args.agent_arg
+                procs,
+                workdir,
+                ("127.0.0.1", self.uas_port),
+                media_ports=args.media_ports,
+                tls=args.tls,
+                agent_extra=args.agent_arg,
+                contact_extra=args.contact_arg,
             )
             self.pair.wait_up()
             # SIPp's uac calls as sip:sipp@127.0.0.1; the contact point lets
@@ -325,6 +331,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="ARG",
         help="one more argument for spwm-agent (repeat: --agent-arg=--tunnel-connections --agent-arg=1)",
+    )
+    p.add_argument(
+        "--contact-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for spwm-contact (repeat: --contact-arg=--max-calls --contact-arg=40)",
     )
     p.add_argument(
         "--cprofile",

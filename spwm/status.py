@@ -247,6 +247,7 @@ HELP: dict[str, str] = {
     "sip_events": "SIP messages dropped or refused, by kind or status code (key).",
     "media_streams": "Media streams relayed now.",
     "calls_in_progress": "Call legs with media now.",
+    "calls_limit": "Contact point, --max-calls: call legs with media it relays at most; new calls beyond are refused with 503.",
     "media_port_pairs_in_use": "Media port pairs allocated.",
     "media_port_pairs_total": "Media port pairs in --media-ports.",
     "media_packets_in": "Media packets received from this half's side.",
@@ -632,9 +633,10 @@ def add_media_lists(status: Status, media: Any) -> None:
     """
     The calls in progress and the last ended ones, from a
     L{spwm.media.manager.MediaManager}, whose answers and ends also feed
-    the metrics' histograms; and a C{calls} section (C{in_progress}).
+    the metrics' histograms; and a C{calls} section (C{in_progress}, and
+    the C{--max-calls} C{limit} or C{None}).
     """
-    status.add("calls", lambda: {"in_progress": media.calls})
+    status.add("calls", lambda: {"in_progress": media.calls, "limit": getattr(media, "max_calls", None)})
     status.add_list("calls", lambda: sorted(media.call_list(), key=lambda c: c["started"]))
     status.add_list("ended_calls", media.ended_calls)
     media.call_observers.append(status.metrics.call_event)

@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from spwm.media.manager import BIND_TRIES, PENDING_TIMEOUT, MediaManager, _codecs, first_codec
 from spwm.media.ports import PortAllocator, PortsExhaustedError
 from spwm.sdp import parse_sdp
+from spwm.sip.actions import CALL_LIMIT
 from spwm.sip.flows import Flow, FlowTable
 from spwm.tap.parts import MediaHookAdapter, flow_source
 from spwm.tunnel.frames import ChannelKind, ErrorCode
@@ -614,6 +615,46 @@ class PortAllocatorTests(SynchronousTestCase):
         self.assertIn(b"m=audio 0 ", body)
         hook.dialog_ended(end, "1/call-1")
         self.assertFalse(hook.media_full())
+
+
+    def test_call_limit_through_the_adapter(self) -> None:
+        """
+        With C{max_calls}, the adapter names the call limit (not the ports)
+        while the manager holds that many call legs, and no more once one
+        ends; the count follows every way a leg comes and goes (a dialog's
+        end, its session's end, a session absorbed into another that has
+        one of its dialogs) and equals what the call list shows.
+        """
+        reactor = FakeUdpReactor()
+        contact = MediaManager(reactor, "contact", CONTACT_ADDR, (30000, 30099), max_calls=3)
+        hook = MediaHookAdapter(contact)
+        offer = _sdp(PHONE, ("audio", 4000, ""))
+        one, two, three = (BaseFakeTunnel(session_id=name, first_channel=2) for name in ("one", "two", "three"))
+
+        def calls() -> int:
+            self.assertEqual(contact.calls, len(contact.call_list()))
+            return contact.calls
+
+        hook.sdp_out_of_tunnel(one, "1/a", SDP_TYPE, offer)
+        hook.sdp_out_of_tunnel(one, "1/b", SDP_TYPE, offer)
+        # the same dialog's SDP again is no new leg
+        hook.sdp_out_of_tunnel(one, "1/b", SDP_TYPE, offer)
+        self.assertEqual((calls(), hook.media_full()), (2, None))
+        hook.sdp_out_of_tunnel(two, "1/c", SDP_TYPE, offer)
+        self.assertEqual((calls(), hook.media_full()), (3, CALL_LIMIT))
+        self.assertFalse(contact.ports.full)
+        hook.dialog_ended(one, "1/a")
+        self.assertEqual((calls(), hook.media_full()), (2, None))
+        contact.session_ended("one")
+        self.assertEqual(calls(), 1)
+        hook.sdp_out_of_tunnel(three, "1/c", SDP_TYPE, offer)
+        hook.sdp_out_of_tunnel(three, "1/d", SDP_TYPE, offer)
+        self.assertEqual((calls(), hook.media_full()), (3, CALL_LIMIT))
+        # "three" resumed "two": its 1/c ends (two has one), 1/d moves
+        contact.session_absorbed("three", "two")
+        self.assertEqual((calls(), hook.media_full()), (2, None))
+        self.assertEqual(sorted(contact.dialog_keys("two")), ["1/c", "1/d"])
+        self.assertEqual(MediaManager(reactor, "contact", CONTACT_ADDR, (31000, 31009)).at_call_limit, False)
 
 
 OPERATOR_A = "203.0.113.20"

@@ -29,8 +29,10 @@ from spwm.sip.errors import SipParseError
 from spwm.sip.message import SipMessage, make_response, parse_message
 from spwm.sip.names import ProxyNames
 from spwm.sip.actions import (
+    CALL_LIMIT,
     BindingChanged,
     Dropped,
+    MediaRefusal,
     OperatorProxy,
     RouteRefused,
     ToApp,
@@ -193,9 +195,9 @@ class RecordingHook:
         self.answers: list[tuple[Any, str, str | None, bool]] = []
         self.challenged: list[str] = []
         #: what L{media_full} answers
-        self.full = False
+        self.full: bool | MediaRefusal = False
 
-    def media_full(self) -> bool:
+    def media_full(self) -> bool | MediaRefusal:
         return self.full
 
     def sdp_into_tunnel(
@@ -1124,6 +1126,25 @@ class ContactTests(SynchronousTestCase):
         self.hook.full = False
         only(self.down(self.incoming_invite(body=SDP, content_type="application/sdp")), ToTunnel)
         self.up(data)
+
+    def test_call_limit_refuses_new_invites(self) -> None:
+        """
+        At the contact point's C{--max-calls}, new INVITEs either way get
+        C{503 Service Unavailable (call limit reached)} with C{Retry-After},
+        counted as C{call limit reached}; a request within a dialog goes on.
+        """
+        self.hook.full = CALL_LIMIT
+        out = only(self.down(self.incoming_invite(body=SDP, content_type="application/sdp")), ToNetwork)
+        resp = parse_message(out.data)
+        self.assertEqual((resp.status, resp.reason, resp.get("Retry-After")), (503, "Service Unavailable (call limit reached)", "5"))
+        data = request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp")
+        back = parse_message(only(self.cp.from_tunnel(self.key, "sess-1", 5, data, 0.0), ToTunnel).data)
+        self.assertEqual((back.status, back.reason), (503, "Service Unavailable (call limit reached)"))
+        self.assertEqual((self.cp.counters["call limit reached"], self.cp.counters.get("no free media ports")), (2, None))
+        reinvite = self.incoming_invite(body=SDP, content_type="application/sdp").replace(
+            b"To: <sip:alice@example.org>", b"To: <sip:alice@example.org>;tag=x"
+        )
+        only(self.down(reinvite), ToTunnel)
 
     def test_retransmitted_invite_not_refused(self) -> None:
         """

@@ -388,6 +388,21 @@ class MediaListingTests(SynchronousTestCase):
         self.assertEqual(ended[0]["call"], f"{media_manager.ENDED_CALLS + 4}/call")
         self.assertEqual([r["dialog"] for r in agent.cdrs], [r["call"] for r in reversed(ended)])
 
+    def test_calls_section_and_limit(self) -> None:
+        """
+        The C{calls} section has the calls in progress and the manager's
+        C{--max-calls} limit; the metrics show the limit only when one is
+        set.
+        """
+        reactor, agent, a_end, _ = self._call()
+        status = Status("agent", reactor)
+        add_media_lists(status, agent)
+        self.assertEqual(status.full()["calls"], {"in_progress": 1, "limit": None})
+        self.assertNotIn("spwm_calls_limit", status.metrics.exposition()[0].decode())
+        agent.max_calls = 300
+        self.assertEqual(status.full()["calls"], {"in_progress": 1, "limit": 300})
+        self.assertIn('spwm_calls_limit{side="agent"} 300.0\n', status.metrics.exposition()[0].decode())
+
     def test_without_quality(self) -> None:
         """
         Streams without quality measurements list C{None}.

@@ -250,6 +250,19 @@ class AssemblyTests(SynchronousTestCase):
         self.assertEqual(built.sip_core.max_users, 5)
         self.assertIsNone(built.state)
         self.assertIsNone(built.quic_listener)
+        self.assertIsNone(built.media.max_calls)
+
+    def test_max_calls(self) -> None:
+        """
+        C{--max-calls} reaches the contact point's media manager; it is a
+        positive number.
+        """
+        config = ContactConfig.from_options({"plaintext": True, "listen": "tcp:0", "max-calls": 350})
+        self.assertEqual(build_contact(config, MemoryReactorClock()).media.max_calls, 350)
+        for bad in (0, -1, "many"):
+            with self.assertRaises(ConfigError) as caught:
+                ContactConfig.from_options({"plaintext": True, "max-calls": bad})
+            self.assertEqual(caught.exception.key, "max-calls")
 
     def test_quic_records(self) -> None:
         """

@@ -572,6 +572,7 @@ class MediaManager:
         hep: Any = None,
         call_lines: bool = False,
         pending_timeout: float = PENDING_TIMEOUT,
+        max_calls: int | None = None,
     ) -> None:
         """
         @param reactor: provides C{IReactorUDP} (and C{IReactorTime} unless
@@ -598,6 +599,10 @@ class MediaManager:
             RTCP report relayed is copied to it; or C{None}.
         @param pending_timeout: seconds a channel the peer opened waits
             for the SDP that explains it (L{spwm.limits.MediaLimits}).
+        @param max_calls: the call legs with media this half relays at
+            once (C{--max-calls}): at that many, L{at_call_limit} is true
+            and the SIP cores refuse new calls with 503; C{None}: no limit
+            but the port range.
         @param call_lines: log each call's start and answer (debug level,
             C{--log-level debug}); the call detail record at its end is
             always logged.
@@ -622,11 +627,15 @@ class MediaManager:
         self.hep = hep
         self.call_lines = call_lines
         self.pending_timeout = pending_timeout
+        self.max_calls = max_calls
         # session id -> dialog key -> the dialog's media: keyed by the
         # session's stable id, never by the connection that carries it, so
         # a resumption moves nothing and a session's end touches its own
         # dialogs only
         self._sessions: dict[str, dict[str, _Dialog]] = {}
+        # the dialogs in _sessions, kept as they come and go (the call
+        # limit asks at every new INVITE: not a walk over the sessions)
+        self._dialog_count = 0
         # A channel belongs to one connection (channel ids are per
         # connection): (connection, channel_id) -> (send for component 0,
         # send for component 1), and -> its stream
@@ -780,7 +789,15 @@ class MediaManager:
         """
         Call legs with media now (the dialogs L{call_list} lists).
         """
-        return sum(len(dialogs) for dialogs in self._sessions.values())
+        return self._dialog_count
+
+    @property
+    def at_call_limit(self) -> bool:
+        """
+        Whether this half relays C{max_calls} call legs (or more: the
+        limit lowered by a restart with a state file never ends a call).
+        """
+        return self.max_calls is not None and self._dialog_count >= self.max_calls
 
     def ended_calls(self) -> list[dict[str, Any]]:
         """
@@ -1036,6 +1053,7 @@ class MediaManager:
         if dialogs is not None and not dialogs:
             del self._sessions[session_id]
         if dialog is not None:
+            self._dialog_count -= 1
             now = self.clock.seconds()
             if dialog.leg.answered:
                 # only an answered call can see its 2xx again; a failed
@@ -1234,7 +1252,9 @@ class MediaManager:
         channels are gone with the connection).
         """
         now = self.clock.seconds()
-        for dialog_key, dialog in self._sessions.pop(session_id, {}).items():
+        dialogs = self._sessions.pop(session_id, {})
+        self._dialog_count -= len(dialogs)
+        for dialog_key, dialog in dialogs.items():
             actions = dialog.leg.ended("tunnel lost").actions
             self._execute(None, dialog_key, dialog, actions, now, close=False)
             self._log_end(dialog_key, dialog, "tunnel lost")
@@ -1294,6 +1314,7 @@ class MediaManager:
             now = self.clock.seconds()
             for dialog_key, dialog in dialogs.items():
                 if dialog_key in target:
+                    self._dialog_count -= 1
                     self._execute(None, dialog_key, dialog, dialog.leg.ended().actions, now)
                     self._log_end(dialog_key, dialog, "resumed as another session")
                     continue
@@ -1543,6 +1564,7 @@ class MediaManager:
         if dialog is None:
             media = LegMedia(self.max_streams_per_dialog, self.max_branches_per_stream)
             dialog = dialogs[dialog_key] = _Dialog(media, now)
+            self._dialog_count += 1
             dialog.agent = str(getattr(tunnel, "agent_id", "") or "")
             dialog.session = tunnel.session_id
             if self.call_lines:

@@ -35,6 +35,9 @@ __all__ = [
     "dialog_key",
     "leg_ended",
     "media_full",
+    "MediaRefusal",
+    "NO_MEDIA_PORTS",
+    "CALL_LIMIT",
     "show_media",
 ]
 
@@ -295,14 +298,44 @@ def leg_ended(
         hook.dialog_ended(key, dialog_key(fid, call_id), challenged=status in (401, 407))
 
 
-def media_full(hook: MediaHook | None, msg: SipMessage) -> bool:
+@frozen
+class MediaRefusal:
     """
-    Whether C{msg} is a new INVITE (no To-tag) and this half has no free
-    media port pair to relay its call with: the hook's optional
-    C{media_full()} says so.  Both halves refuse such an INVITE with 503
-    whichever way it goes, since each needs a pair for every call.
+    Why a half cannot take a new call's media now (L{media_full}).
+
+    @ivar phrase: in the 503's reason phrase, C{Service Unavailable (...)}.
+    @ivar reason: the log reason of the refusal.
+    @ivar counter: the counter it is counted under (C{sip.events}).
+    """
+
+    phrase: str
+    reason: str
+    counter: str
+
+
+#: Every media port pair of the half is in use.
+NO_MEDIA_PORTS = MediaRefusal(
+    "no free media ports", "no free media ports: new call refused with 503", "no free media ports"
+)
+#: The half relays its C{--max-calls} call legs.
+CALL_LIMIT = MediaRefusal(
+    "call limit reached", "call limit reached (--max-calls): new call refused with 503", "call limit reached"
+)
+
+
+def media_full(hook: MediaHook | None, msg: SipMessage) -> MediaRefusal | None:
+    """
+    Why this half cannot relay the media of C{msg}, a new INVITE (no
+    To-tag): its media port range is full, or it relays its C{--max-calls}
+    calls; C{None} when it can (or C{msg} is no new INVITE). The hook's
+    optional C{media_full()} says so (C{True}: no free ports).  Both
+    halves refuse such an INVITE with 503 whichever way it goes, since
+    each needs a pair for every call.
     """
     if hook is None or msg.method != "INVITE" or msg.to_tag is not None:
-        return False
+        return None
     full = getattr(hook, "media_full", None)
-    return full is not None and bool(full())
+    why = None if full is None else full()
+    if not why:
+        return None
+    return why if isinstance(why, MediaRefusal) else NO_MEDIA_PORTS

@@ -33,8 +33,6 @@ from spwm.sip.actions import (
 from spwm.sip.checks import (
     CONGESTED,
     CONGESTED_COUNTER,
-    MEDIA_FULL,
-    MEDIA_FULL_COUNTER,
     RETRANSMITTED_CONGESTED,
     RecentInvites,
     answer_malformed,
@@ -251,10 +249,11 @@ class AgentSipProxy:
                 ToApp(flow, congested_response(msg)),
                 self.counters.drop(CONGESTED, CONGESTED_COUNTER),
             ]
-        if not again and media_full(self.media_hook, msg):
+        full = None if again else media_full(self.media_hook, msg)
+        if full is not None:
             return [
-                ToApp(flow, media_full_response(msg)),
-                self.counters.drop(MEDIA_FULL, MEDIA_FULL_COUNTER),
+                ToApp(flow, media_full_response(msg, full)),
+                self.counters.drop(full.reason, full.counter),
             ]
         self._invites.passing(msg, again)
         mf = msg.max_forwards
@@ -305,10 +304,11 @@ class AgentSipProxy:
             resp = make_response(msg, 430, "Flow Failed")
             return [ToTunnel(self.tunnel_key, flow_id, resp.to_bytes())]
         again = self._invites.again(msg)
-        if not again and media_full(self.media_hook, msg):
+        full = None if again else media_full(self.media_hook, msg)
+        if full is not None:
             return [
-                ToTunnel(self.tunnel_key, flow_id, media_full_response(msg)),
-                self.counters.drop(MEDIA_FULL, MEDIA_FULL_COUNTER),
+                ToTunnel(self.tunnel_key, flow_id, media_full_response(msg, full)),
+                self.counters.drop(full.reason, full.counter),
             ]
         self._invites.passing(msg, again)
         self._pop_own_routes(msg)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from spwm.sip.actions import Action, Dropped
+from spwm.sip.actions import NO_MEDIA_PORTS, Action, Dropped, MediaRefusal
 from spwm.sip.message import SipMessage, make_response
 
 __all__ = [
@@ -43,9 +43,9 @@ RETRANSMITTED_CONGESTED = "INVITE retransmission dropped: tunnel congested"
 
 #: The log reason of a new call refused because this half has no free
 #: media port pair to relay it with.
-MEDIA_FULL = "no free media ports: new call refused with 503"
+MEDIA_FULL = NO_MEDIA_PORTS.reason
 #: ... and the counter it is counted under.
-MEDIA_FULL_COUNTER = "no free media ports"
+MEDIA_FULL_COUNTER = NO_MEDIA_PORTS.counter
 
 
 _CRUDE = {
@@ -132,14 +132,16 @@ def congested_response(msg: SipMessage) -> bytes:
     return _unavailable(msg, "tunnel congested")
 
 
-def media_full_response(msg: SipMessage) -> bytes:
+def media_full_response(msg: SipMessage, why: MediaRefusal = NO_MEDIA_PORTS) -> bytes:
     """
     The 503 for a new INVITE that this half could not relay media for: its
-    media port range is full (RFC 3261 21.5.4, with C{Retry-After}: ports
-    come free as calls end).  Better than passing the offer on with its
-    streams at port 0, which sets up a call without audio.
+    media port range is full, or it relays its C{--max-calls} calls (RFC
+    3261 21.5.4, with C{Retry-After}: ports and calls come free as calls
+    end).  Better than passing the offer on with its streams at port 0,
+    which sets up a call without audio, or than taking a call that the
+    half has no CPU for, which spoils the audio of every call.
     """
-    return _unavailable(msg, "no free media ports")
+    return _unavailable(msg, why.phrase)
 
 
 def _unavailable(msg: SipMessage, why: str) -> bytes:

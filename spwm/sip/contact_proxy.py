@@ -42,8 +42,6 @@ from spwm.sip.actions import (
 from spwm.sip.checks import (
     CONGESTED,
     CONGESTED_COUNTER,
-    MEDIA_FULL,
-    MEDIA_FULL_COUNTER,
     RETRANSMITTED_CONGESTED,
     RecentInvites,
     answer_malformed,
@@ -385,10 +383,11 @@ class ContactSipProxy:
             resp = make_response(msg, 483, "Too Many Hops")
             return [ToTunnel(key, fid, resp.to_bytes())]
         again = self._invites.again(msg)
-        if not again and media_full(self.media_hook, msg):
+        full = None if again else media_full(self.media_hook, msg)
+        if full is not None:
             return [
-                ToTunnel(key, fid, media_full_response(msg)),
-                self.counters.drop(MEDIA_FULL, MEDIA_FULL_COUNTER),
+                ToTunnel(key, fid, media_full_response(msg, full)),
+                self.counters.drop(full.reason, full.counter),
             ]
         self._invites.passing(msg, again)
         if self._route_token(msg.uri) is not None:
@@ -654,12 +653,13 @@ class ContactSipProxy:
             return self._send_response(via_transport, dest, resp) + [
                 self.counters.drop(CONGESTED, CONGESTED_COUNTER)
             ]
-        if not again and media_full(self.media_hook, msg):
+        full = None if again else media_full(self.media_hook, msg)
+        if full is not None:
             top_via = msg.top_via
             assert top_via is not None
             via_transport, dest = via_destination(top_via)
-            return self._send_response(via_transport, dest, media_full_response(msg)) + [
-                self.counters.drop(MEDIA_FULL, MEDIA_FULL_COUNTER)
+            return self._send_response(via_transport, dest, media_full_response(msg, full)) + [
+                self.counters.drop(full.reason, full.counter)
             ]
         self._invites.passing(msg, again)
         ruri_hash = short_hash(msg.uri or "", 2)

@@ -939,6 +939,7 @@ def build_contact(
         sockets=relay_sockets_for(reactor),
         hep=hep,
         call_lines=config.log_level == "debug",
+        max_calls=config.max_calls,
     )
     state = None
     if config.state_file:

@@ -350,6 +350,7 @@ class ContactConfig:
     media_address: str | None = None
     media_ports: tuple[int, int] = (50000, 50999)
     media_allow: tuple[str, ...] = field(default=(), converter=_tuple)
+    max_calls: int | None = None
     user_ciphering: bool = False
     status: StatusConfig = field(factory=StatusConfig)
     limits: Limits = field(factory=lambda: Limits(tunnel=TunnelLimits(drain_time=5.0)))
@@ -426,6 +427,7 @@ class ContactConfig:
             media_address=v["media-address"],
             media_ports=v["media-ports"],
             media_allow=v["media-allow"],
+            max_calls=v["max-calls"],
             user_ciphering=bool(v["user-ciphering"]),
             status=StatusConfig(v["status-listen"], v["status-interval"]),
             limits=_limits(

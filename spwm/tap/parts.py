@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from spwm.addr import hostport
 from spwm.errors import ListenError
 from spwm.forward import set_receive_buffer
+from spwm.sip.actions import CALL_LIMIT, NO_MEDIA_PORTS, MediaRefusal
 from spwm.sip.errors import SipParseError
 from spwm.sdp import SdpError
 from spwm.sip.message import make_response, parse_message
@@ -399,12 +400,18 @@ class MediaHookAdapter:
             self.log.warn("malformed SDP in dialog {dialog}: {reason}", dialog=dialog_key, reason=str(e))
             return body
 
-    def media_full(self) -> bool:
+    def media_full(self) -> MediaRefusal | None:
         """
-        Whether every media port pair is in use: the SIP cores refuse new
-        INVITEs with 503 then (L{spwm.sip.actions.media_full}).
+        Why the manager can take no new call now: every media port pair is
+        in use, or it relays its C{--max-calls} call legs; the SIP cores
+        refuse new INVITEs with 503 then (L{spwm.sip.actions.media_full}).
         """
-        return bool(self._manager.ports.full)
+        manager = self._manager
+        if manager.ports.full:
+            return NO_MEDIA_PORTS
+        if manager.at_call_limit:
+            return CALL_LIMIT
+        return None
 
     def dialog_answered(
         self, key: Any, dialog_key: str, tag: str | None, ours: bool = True
