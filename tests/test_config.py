@@ -265,6 +265,7 @@ class DeployExamplesTests(SynchronousTestCase):
         self.assertEqual(options["media-ports"], (50000, 59999))
         self.assertEqual(options["state-file"], "/var/lib/spwm/contact.state")
         self.assertEqual(options["status-listen"], "tcp:9090:interface=127.0.0.1")
+        self.assertEqual(options["max-calls"], 300)
 
     def test_agent(self) -> None:
         """
