@@ -10,7 +10,7 @@ from typing import Any
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.media.manager import BIND_TRIES, PENDING_TIMEOUT, MediaManager, _codecs, first_codec
+from spwm.media.manager import BIND_TRIES, PENDING_TIMEOUT, UNANSWERED_TIMEOUT, MediaManager, _codecs, first_codec
 from spwm.media.ports import PortAllocator, PortsExhaustedError
 from spwm.sdp import parse_sdp
 from spwm.sip.actions import CALL_LIMIT
@@ -265,15 +265,22 @@ class LifetimeTests(SynchronousTestCase):
         agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer)
         return reactor, agent, a_end, contact, c_end
 
+    @staticmethod
+    def _answered(agent: MediaManager, a_end: FakeTunnel, contact: MediaManager, c_end: FakeTunnel) -> None:
+        # the 2xx to the INVITE crossed both halves (from the operator side)
+        contact.dialog_answered(c_end, DIALOG, "b", ours=True)
+        agent.dialog_answered(a_end, DIALOG, "b", ours=False)
+
     def test_inactivity_releases(self) -> None:
         """
-        A stream without packets for the timeout (60 s) is released and its
-        channel closed, which releases the peer's side too; while packets
-        flow it stays.
+        A stream of an answered call without packets for the timeout (60 s)
+        is released and its channel closed, which releases the peer's side
+        too; while packets flow it stays.
         """
         reactor, agent, a_end, contact, c_end = self._established(
             _sdp(PHONE, ("audio", 4000, "")), _sdp(OPERATOR, ("audio", 6000, ""))
         )
+        self._answered(agent, a_end, contact, c_end)
         phone_rtp = reactor.udp[AGENT_ADDR, 20000]
         for _ in range(12):
             phone_rtp.receive(b"rtp", (PHONE, 4000))
@@ -337,6 +344,7 @@ class LifetimeTests(SynchronousTestCase):
         reactor, agent, a_end, contact, c_end = self._established(
             _sdp(PHONE, ("audio", 4000, "")), _sdp(OPERATOR, ("audio", 6000, ""))
         )
+        self._answered(agent, a_end, contact, c_end)
         hold = _sdp(PHONE, ("audio", 4000, "a=sendonly"), version=2)
         held_answer = _sdp(OPERATOR, ("audio", 6000, "a=recvonly"), version=2)
         agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", hold)
@@ -356,6 +364,43 @@ class LifetimeTests(SynchronousTestCase):
         for _ in range(8):
             reactor.advance(10)
         self.assertEqual((agent.streams, contact.streams), (0, 0))
+
+    def test_ringing_outlasts_the_timeout(self) -> None:
+        """
+        A call not answered yet may ring for minutes without early media:
+        its streams outlast the media timeout, so that an answer after 90 s
+        of ringing has its ports and channel on both halves and media flows
+        both ways; a call never answered and never ended is released after
+        L{UNANSWERED_TIMEOUT} without media.
+        """
+        offer, answer = _sdp(PHONE, ("audio", 4000, "")), _sdp(OPERATOR, ("audio", 6000, ""))
+        reactor, agent, a_end, contact, c_end = _pair()
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer)
+        to_operator = contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", offer)
+        for _ in range(9):
+            reactor.advance(10)
+        self.assertEqual((agent.streams, contact.streams, agent.open_channels, contact.open_channels), (1, 1, 1, 1))
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer)
+        to_phone = agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer)
+        self._answered(agent, a_end, contact, c_end)
+        relay_port = parse_sdp(to_operator).media[0].port
+        agent_port = parse_sdp(to_phone).media[0].port
+        reactor.udp[AGENT_ADDR, agent_port].receive(b"from-phone", (PHONE, 4000))
+        reactor.udp[CONTACT_ADDR, relay_port].receive(b"from-bob", (OPERATOR, 6000))
+        self.assertIn((b"from-phone", (OPERATOR, 6000)), reactor.udp[CONTACT_ADDR, relay_port].sent)
+        self.assertIn((b"from-bob", (PHONE, 4000)), reactor.udp[AGENT_ADDR, agent_port].sent)
+        # answered: the media timeout applies again
+        for _ in range(8):
+            reactor.advance(10)
+        assert_released(self, agent, contact)
+        reactor, agent, a_end, contact, c_end = _pair()
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer)
+        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", offer)
+        reactor.advance(UNANSWERED_TIMEOUT - 11)
+        self.assertEqual((agent.streams, contact.streams), (1, 1))
+        for _ in range(3):
+            reactor.advance(10)
+        assert_released(self, agent, contact)
 
     def test_hold_address_survives_timeout(self) -> None:
         """

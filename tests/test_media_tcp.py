@@ -1048,6 +1048,8 @@ class MsrpCallTests(SynchronousTestCase):
         self._assert_clean(reactor, agent, contact)
         reactor, agent, a_end, contact, c_end, _ = self._offer(inactivity_timeout=4.0)
         self._answer(agent, a_end, contact, c_end, "active")
+        contact.dialog_answered(c_end, DIALOG, "b", ours=True)
+        agent.dialog_answered(a_end, DIALOG, "b", ours=False)
         reactor.tcp[AGENT_ADDR, 20000].accept(PHONE, 50001)
         for _ in range(10):
             reactor.advance(1.0)

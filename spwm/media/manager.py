@@ -86,6 +86,14 @@ from spwm.tunnel.frames import ChannelKind, ErrorCode
 #: Default media inactivity timeout in seconds (not applied to held streams).
 DEFAULT_INACTIVITY_TIMEOUT = 60.0
 
+#: Seconds without media after which a stream of a call not answered yet
+#: is released (or the inactivity timeout, if longer). A phone may ring
+#: for minutes without early media; a proxy on the way ends an INVITE
+#: that has no final answer after its Timer C, "greater than 3 minutes"
+#: (RFC 3261 16.6, 16.8), whose CANCEL or 408 ends the call here: 200 s
+#: leaves 20 s for those to come through.
+UNANSWERED_TIMEOUT = 200.0
+
 #: Default number of channels the peer may open before their SDP arrives,
 #: per session.
 DEFAULT_MAX_PENDING_CHANNELS = 256
@@ -1993,10 +2001,13 @@ class MediaManager:
 
     def _sweep(self, now: float) -> None:
         """
-        Release streams idle for longer than the timeout unless held, and
-        channels the peer opened whose SDP never came (L{Sweep}).
+        Release streams idle for longer than the timeout unless held (a
+        call not answered yet: L{UNANSWERED_TIMEOUT}, it may be ringing),
+        and channels the peer opened whose SDP never came (L{Sweep}).
         """
+        unanswered_timeout = max(self.inactivity_timeout, UNANSWERED_TIMEOUT)
         for dialog in list(self._all_dialogs()):
+            timeout = self.inactivity_timeout if dialog.leg.answered else unanswered_timeout
             for index, stream in list(dialog.streams.items()):
                 count = stream.count()
                 if count != stream.last_count:
@@ -2009,7 +2020,7 @@ class MediaManager:
                     # a TCP connection that is up is alive (MSRP may be
                     # silent for long); its closing releases the stream
                     stream.last_activity = now
-                elif now - stream.last_activity >= self.inactivity_timeout:
+                elif now - stream.last_activity >= timeout:
                     self.log.info(
                         "media stream {stream} of dialog {dialog} idle for {idle}s:"
                         " released",

@@ -117,7 +117,7 @@ OPTIONS = (
     Option("sip-trace-bodies", False, bool, "With --sip-trace, log message bodies (SDP) too.", flag=True),
     Option("media-address", None, ip_address, "Address of the relay sockets that applications send media to (default: the first --sip-listen address; for 0.0.0.0 or ::, the address this host reaches the contact point from)."),
     Option("media-ports", (40000, 40999), port_range, "UDP port range LOW-HIGH for media towards applications."),
-    Option("media-timeout", 60.0, positive_float, "Seconds without media after which a stream that is not on hold is released."),
+    Option("media-timeout", 60.0, positive_float, "Seconds without media after which a stream of an answered call that is not on hold is released (a call not answered yet may ring for minutes without media: 200 s, or this if longer)."),
     *TUNNEL_LIMIT_OPTIONS,
     *STATUS_OPTIONS,
     *HEP_OPTIONS,

@@ -34,7 +34,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -455,6 +455,8 @@ class Phone(DatagramProtocol):
     @ivar received: counts of SIP messages received, likewise.
     @ivar calls: every call, in order.
     @ivar incoming: called with each new incoming L{Call} once it is answered.
+    @ivar ring_seconds: how long an incoming call rings (180, no early
+        media) before it is answered; 0: at once.
     """
 
     noisy = False
@@ -469,8 +471,10 @@ class Phone(DatagramProtocol):
         address: str = "127.0.0.1",
         auto_answer: bool = True,
         on_incoming: Callable[[Call], None] | None = None,
+        ring_seconds: float = 0.0,
     ) -> None:
         self.reactor = reactor
+        self.ring_seconds = ring_seconds
         self.name = name
         self.domain = domain
         self.proxy = proxy
@@ -715,6 +719,9 @@ class Phone(DatagramProtocol):
             if self.on_incoming is not None:
                 self.on_incoming(call)
 
+        if self.ring_seconds:
+            # ring first (180, no early media), then answer
+            d.addCallback(lambda port: task.deferLater(self.reactor, self.ring_seconds, lambda: port))
         d.addCallback(answer)
         d.addErrback(lambda f: self.errors.append(f"answering failed: {f.getErrorMessage()}"))
 

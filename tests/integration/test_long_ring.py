@@ -1,0 +1,56 @@
+"""
+A call that rings for longer than the media timeout before it is answered
+(no early media) keeps its media on both halves: the answer finds its
+ports and channel, and RTP flows both ways.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, reactor, task
+
+from spwm.testing.phone import Phone
+from tests.integration.test_resumption import DIGEST, _LoopbackPair
+from tests.integration.test_tunnel_loopback import wait_until
+
+
+class LongRingTests(_LoopbackPair):
+    """
+    Both halves with a 2 s media timeout (sweeps every second); bob's phone
+    rings 4 s before it answers.
+    """
+
+    extra = ["--media-timeout", "2"]
+
+    @defer.inlineCallbacks
+    def test_answer_after_the_media_timeout(self) -> Any:
+        """
+        The call rings twice the media timeout and is answered: RTP flows
+        both ways, and the answered call's streams fall back to the media
+        timeout once they go silent.
+        """
+        answered: defer.Deferred[Any] = defer.Deferred()
+        alice = Phone(reactor, "alice", "example.test", self.agents[0].config.sip_listen[0])
+        bob = Phone(reactor, "bob", "example.test", self.agents[1].config.sip_listen[0], ring_seconds=4.0)
+        bob.on_incoming = lambda c: answered.called or answered.callback(c)
+        for phone in (alice, bob):
+            phone.start()
+            self.addCleanup(phone.stop)
+        for phone, user in ((alice, "alice"), (bob, "bob")):
+            response = yield phone.register(authorization=DIGEST.format(user=user))
+            self.assertEqual(response.status, 200)
+        started = reactor.seconds()
+        a_call = yield alice.call("bob")
+        b_call = yield answered
+        yield b_call.established
+        self.assertGreaterEqual(reactor.seconds() - started, 4.0)
+        a_call.start_media()
+        b_call.start_media()
+        yield task.deferLater(reactor, 1.0, lambda: None)
+        self.assertGreater(a_call.rx.unique, 30)
+        self.assertGreater(b_call.rx.unique, 30)
+        a_call.stop_media()
+        b_call.stop_media()
+        # silent now: the media timeout releases the answered call's media
+        yield wait_until(lambda: self.contact.media.streams == 0 and self.agents[0].media.streams == 0, timeout=10)
