@@ -698,6 +698,22 @@ def loop_status(port: int) -> dict[str, Any]:
         return {}
 
 
+def caveats(relay: dict[str, Any], cpus: int) -> str:
+    """
+    What may have limited a step besides the contact point: its load
+    generator near the end of its own core, or other work on the machine
+    (the machine's busy time less the two processes'), as text to append
+    to the step's line (empty when neither).
+    """
+    notes = []
+    if relay["bench_cpu"] >= 0.9:
+        notes.append(f"the load generator used {100 * relay['bench_cpu']:.0f} % of its core: it may have limited this step")
+    others = cpus * relay["busy"] - relay["contact_cpu"] - relay["bench_cpu"]
+    if others >= 0.1:
+        notes.append(f"other work on the machine took {others:.2f} of a core: figures disturbed")
+    return "".join(f" [{note}]" for note in notes)
+
+
 def fmt_ms(seconds: float) -> str:
     return f"{1000 * seconds:.2f}"
 
@@ -799,7 +815,7 @@ def run(procs: Processes, workdir: str, args: argparse.Namespace) -> int:
             text += f", p99 added {fmt_ms(added[0])} / {fmt_ms(added[1])} ms"
         text += f", the contact point {100 * relay['contact_cpu']:.0f} % of a core"
         text += f", {1e6 * relay['contact_cpu'] / (2 * n / PERIOD):.1f} us per datagram: {'PASS' if ok else 'FAIL'}"
-        print(text)
+        print(text + caveats(relay, os.cpu_count() or 1))
     print(f"hung up: {hung} of {len(agent.calls)} BYEs answered 200; pings answered {agent.counters['pings']}")
     if args.profile and os.path.exists(args.profile):
         for line in summarize_profile(args.profile, top=25):

@@ -15,7 +15,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench.contact_media import sdp, sdp_port, sip_message, sip_parse
+from bench.contact_media import caveats, sdp, sdp_port, sip_message, sip_parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,6 +35,21 @@ class SipTests(SynchronousTestCase):
         self.assertEqual(headers["content-length"], [str(len(body))])
         self.assertEqual(got, body)
         self.assertEqual(sdp_port(body), 40002)
+
+
+class CaveatTests(SynchronousTestCase):
+    def test_generator_and_other_work(self) -> None:
+        """
+        A step's line says when the load generator was near the end of its
+        core, or when other work took a tenth of a core or more (the
+        machine's busy time less the two processes'); nothing otherwise.
+        """
+        quiet = {"bench_cpu": 0.8, "contact_cpu": 0.93, "busy": 0.87}
+        self.assertEqual(caveats(quiet, 2), "")
+        busy_bench = dict(quiet, bench_cpu=0.92, busy=0.93)
+        self.assertEqual(caveats(busy_bench, 2), " [the load generator used 92 % of its core: it may have limited this step]")
+        shared = {"bench_cpu": 0.41, "contact_cpu": 0.61, "busy": 0.98}
+        self.assertEqual(caveats(shared, 2), " [other work on the machine took 0.94 of a core: figures disturbed]")
 
 
 class RunTests(SynchronousTestCase):
