@@ -87,7 +87,7 @@ OPTIONS = (
     Option("media-ports", (50000, 50999), port_range, "UDP port range LOW-HIGH for media towards the operator network."),
     Option("media-allow", (), network, "Send media only to this network (CIDR, repeatable; default: anywhere but loopback, link-local, multicast).", repeat=True),
     Option("media-timeout", 60.0, positive_float, "Seconds without media after which a stream of an answered call that is not on hold is released (a call not answered yet may ring for minutes without media: 200 s, or this if longer)."),
-    Option("max-calls", None, positive_int, "Calls with media the contact point relays at once (each worker, with --workers): a new INVITE beyond them, either way, is answered 503 with Retry-After, so that the calls in progress keep their audio (default: no limit but --media-ports; one worker on one core of the project's machine carries about 300-350 calls: docs/operations.md, \"Capacity\")."),
+    Option("max-calls", None, positive_int, "Call legs with media the contact point relays at once (each worker, with --workers; a call between two agents of this contact point is two legs): a new INVITE beyond them, either way, is answered 503 with Retry-After, so that the calls in progress keep their audio (default: no limit but --media-ports; one worker on one core of the project's machine carries about 300-350 calls: docs/operations.md, \"Capacity\")."),
     *TUNNEL_LIMIT_OPTIONS,
     *STATUS_OPTIONS,
     *HEP_OPTIONS,
