@@ -369,9 +369,10 @@ class LifetimeTests(SynchronousTestCase):
         """
         A call not answered yet may ring for minutes without early media:
         its streams outlast the media timeout, so that an answer after 90 s
-        of ringing has its ports and channel on both halves and media flows
-        both ways; a call never answered and never ended is released after
-        L{UNANSWERED_TIMEOUT} without media.
+        of ringing has its ports and channel on both halves (also through a
+        sweep before its first packet: the answer restarts the idle clock)
+        and media flows both ways; a call never answered and never ended is
+        released after L{UNANSWERED_TIMEOUT} without media.
         """
         offer, answer = _sdp(PHONE, ("audio", 4000, "")), _sdp(OPERATOR, ("audio", 6000, ""))
         reactor, agent, a_end, contact, c_end = _pair()
@@ -383,6 +384,10 @@ class LifetimeTests(SynchronousTestCase):
         contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer)
         to_phone = agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer)
         self._answered(agent, a_end, contact, c_end)
+        # a sweep between the answer and the first packet keeps the streams:
+        # the answer restarts their idle clock
+        reactor.advance(10)
+        self.assertEqual((agent.streams, contact.streams), (1, 1))
         relay_port = parse_sdp(to_operator).media[0].port
         agent_port = parse_sdp(to_phone).media[0].port
         reactor.udp[AGENT_ADDR, agent_port].receive(b"from-phone", (PHONE, 4000))

@@ -1042,6 +1042,12 @@ class MediaManager:
         if self._just_ended(tunnel.session_id, dialog_key, now):
             return
         dialog = self._dialog(tunnel, dialog_key, now, self._local_leg if ours else "tunnel")
+        if not dialog.leg.answered:
+            # the answer is activity: the media timeout that applies from
+            # now on counts from here, not from the start of the ringing
+            # (a sweep between the 2xx and the first packet released it)
+            for stream in dialog.streams.values():
+                stream.last_activity = now
         outcome = dialog.leg.answered_by(tag, ours)
         self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
 
