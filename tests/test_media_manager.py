@@ -5,6 +5,7 @@ joined by a fake tunnel, fake UDP sockets, a fake clock.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.logger import capturedLogs, formatEvent
@@ -98,6 +99,8 @@ def assert_released(test: SynchronousTestCase, *managers: MediaManager) -> None:
             (manager.open_sockets, manager.open_channels, manager.ports_in_use, manager.streams),
             (0, 0, 0, 0),
         )
+        # the count the sweep asks agrees with the dialogs' streams
+        test.assertEqual(manager._stream_count, 0)
 
 
 class OfferAnswerTests(SynchronousTestCase):
@@ -284,6 +287,48 @@ class LifetimeTests(SynchronousTestCase):
         self.assertEqual((agent.open_sockets, contact.open_sockets), (0, 0))
         self.assertEqual((agent.open_channels, contact.open_channels), (0, 0))
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_release_does_not_walk_the_dialogs(self) -> None:
+        """
+        Whether the sweep has anything left to watch is asked at every
+        stream release; the answer costs the same whatever the number of
+        dialogs in progress (here: dialogs whose streams a re-offer
+        removed, which the sweep no longer watches). Counted in Python
+        calls, not time.
+        """
+
+        def calls_to_end_a_call(idle_dialogs: int) -> int:
+            reactor = FakeUdpReactor()
+            agent = MediaManager(reactor, "agent", AGENT_ADDR, (20000, 29999))
+            end = FakeTunnel(1, "contact")
+            offer = _sdp(PHONE, ("audio", 4000, ""))
+            agent.sdp_into_tunnel(end, DIALOG, "application/sdp", offer)
+            for n in range(idle_dialogs):
+                key = f"idle-{n};from-tag=a"
+                agent.sdp_into_tunnel(end, key, "application/sdp", offer)
+                agent.sdp_into_tunnel(end, key, "application/sdp", _sdp(PHONE, ("audio", 0, ""), version=2))
+            self.assertEqual(agent.streams, 1)
+            self.assertEqual(agent._stream_count, 1)
+            self.assertTrue(reactor.getDelayedCalls())
+            calls = 0
+
+            def count(frame: Any, event: str, arg: Any) -> None:
+                nonlocal calls
+                if event in ("call", "c_call"):
+                    calls += 1
+
+            sys.setprofile(count)
+            try:
+                agent.dialog_ended(end, DIALOG)
+            finally:
+                sys.setprofile(None)
+            self.assertEqual((agent.streams, agent._stream_count), (0, 0))
+            # nothing left to watch: the sweep's timer is gone
+            self.assertEqual(reactor.getDelayedCalls(), [])
+            return calls
+
+        few, many = calls_to_end_a_call(10), calls_to_end_a_call(1000)
+        self.assertEqual(many, few)
 
     def test_answer_repeated_after_bye(self) -> None:
         """

@@ -638,6 +638,11 @@ class MediaManager:
         # session -> its pending channels (the per-session limit)
         self._pending_count: dict[str, int] = {}
         self._sockets = 0
+        # the streams of all dialogs, counted where they are made and
+        # released, so that the sweep's "anything left?" at each release
+        # is one comparison, not a walk over every dialog (recounted by
+        # each sweep, which walks them anyway)
+        self._stream_count = 0
         self._sweeper = Sweep(
             self.clock,
             lambda: sweep_interval(self.inactivity_timeout),
@@ -1516,6 +1521,8 @@ class MediaManager:
         The means of a new stream: its record, and for TCP its endpoint
         (no socket yet).
         """
+        if index not in dialog.streams:
+            self._stream_count += 1
         stream = dialog.streams[index] = _Stream(
             tunnel, tunnel.session_id, dialog_key, index, dialog.leg.streams[index], now, self.side
         )
@@ -1928,6 +1935,7 @@ class MediaManager:
         stream = dialog.streams.pop(index, None)
         if stream is None:
             return
+        self._stream_count -= 1
         _add_traffic(self._released, stream)
         if stream.rtp is not None:
             dialog.quality[index] = stream.quality.snapshot()
@@ -1965,9 +1973,10 @@ class MediaManager:
     def _busy(self) -> bool:
         """
         The sweep has something to watch: streams, or channels waiting
-        for their SDP.
+        for their SDP.  Asked at every stream release: constant time,
+        whatever the number of dialogs.
         """
-        return any(d.streams for d in self._all_dialogs()) or bool(self._pending)
+        return self._stream_count > 0 or bool(self._pending)
 
     def _sweep(self, now: float) -> None:
         """
