@@ -1283,6 +1283,23 @@ class CallLogTests(SynchronousTestCase):
 
         self.assertEqual(json.loads(json.dumps(record)), record)
 
+    def test_call_detail_line_with_braces(self) -> None:
+        """
+        The line is the event's format; braces in it (a Call-ID may hold
+        them) come out as they are, and the record keeps the Call-ID.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        key = "7/a{b}c{{@lan"
+        with capturedLogs() as events:
+            agent.sdp_into_tunnel(a_end, key, "application/sdp", _sdp(PHONE, ("audio", 4000, "")))
+            agent.dialog_ended(a_end, key)
+        (event,) = [e for e in events if "cdr" in e]
+        self.assertEqual(event["cdr"]["call_id"], "a{b}c{{@lan")
+        self.assertTrue(
+            formatEvent(event).startswith("call a{b}c{{@lan ended (dialog ended) after 0.0s, not answered: ? -> ?"),
+            formatEvent(event),
+        )
+
     def test_first_codec(self) -> None:
         """
         The codec is the first format of the first live stream: its
