@@ -660,6 +660,39 @@ class PortAllocatorTests(SynchronousTestCase):
         hook.dialog_ended(end, "1/call-1")
         self.assertFalse(hook.media_full())
 
+    def test_parties_through_show_media(self) -> None:
+        """
+        The SIP core shows the INVITE and its 2xx (through the adapter):
+        the record names the parties as the INVITE's From and To URIs, as
+        text; the 2xx's naming is not kept.
+        """
+        from spwm.sip.actions import show_media
+        from spwm.sip.message import parse_message
+
+        from .test_sip_proxy import answer, request
+
+        reactor = FakeUdpReactor()
+        agent = MediaManager(reactor, "agent", AGENT_ADDR, (20000, 20099))
+        end = FakeTunnel(1, "contact")
+        hook = MediaHookAdapter(agent)
+        invite = request(
+            "INVITE",
+            "sip:bob@example.org",
+            from_="Alice <sip:alice@example.org;user=phone>;tag=fa",
+            to="<sip:bob@example.org>",
+            body=_sdp(PHONE, ("audio", 4000, "")),
+            content_type=SDP_TYPE,
+        )
+        show_media(hook, end, 1, parse_message(invite), True)
+        ok = parse_message(answer(invite, 200, body=_sdp(OPERATOR, ("audio", 6000, ""))))
+        ok.set_header("From", "<sip:other@example.org>;tag=fa")
+        show_media(hook, end, 1, ok, False)
+        agent.dialog_ended(end, "1/call-1@192.0.2.10")
+        (record,) = agent.cdrs
+        self.assertEqual(
+            (record["from"], record["to"]), ("sip:alice@example.org;user=phone", "sip:bob@example.org")
+        )
+
 
 OPERATOR_A = "203.0.113.20"
 OPERATOR_B = "203.0.113.30"

@@ -1644,16 +1644,16 @@ class MediaManager:
             line = line.replace("{", "{{").replace("}", "}}")
         self.log.info(line, cdr=record)
 
-    def call_parties(self, tunnel: Any, dialog_key: str, from_uri: str, to_uri: str) -> None:
+    def call_parties(self, tunnel: Any, dialog_key: str, from_uri: object, to_uri: object) -> None:
         """
         The SIP core names the parties of a call leg (From and To of its
         first message with SDP or answer) for the call detail record.
-        Only the first naming is kept; a leg we hold no media for is
-        ignored.
+        Only the first naming is kept, as text (C{str} of the URIs, made
+        only then); a leg we hold no media for is ignored.
         """
         dialog = self._find(tunnel.session_id, dialog_key)
         if dialog is not None and dialog.parties is None:
-            dialog.parties = (from_uri, to_uri)
+            dialog.parties = (str(from_uri), str(to_uri))
 
     def _hep_rtcp(self, stream: _Stream, leg: str, packets: list[dict[str, Any]]) -> None:
         """
