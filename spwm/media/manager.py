@@ -641,10 +641,11 @@ class MediaManager:
         # session -> its pending channels (the per-session limit)
         self._pending_count: dict[str, int] = {}
         self._sockets = 0
-        # the streams of all dialogs, counted where they are made and
-        # released, so that the sweep's "anything left?" at each release
-        # is one comparison, not a walk over every dialog (recounted by
-        # each sweep, which walks them anyway)
+        # the streams of all dialogs, counted where they are made
+        # (_create) and released (_release_stream, the only places that
+        # add to or take from a dialog's streams), so that the sweep's
+        # "anything left?" at each release is one comparison, not a walk
+        # over every dialog
         self._stream_count = 0
         self._sweeper = Sweep(
             self.clock,
