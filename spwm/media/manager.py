@@ -640,6 +640,12 @@ class MediaManager:
         self._pending: dict[tuple[str, str, int], tuple[Any, int, float]] = {}
         # session -> its pending channels (the per-session limit)
         self._pending_count: dict[str, int] = {}
+        # the pending channels by (session id, dialog key) -> their streams
+        # (in the order they came), and by (connection, channel id): a
+        # dialog's end and a peer's close find theirs without a walk over
+        # every pending channel (up to MAX_PENDING_TOTAL under overload)
+        self._pending_dialogs: dict[tuple[str, str], dict[int, None]] = {}
+        self._pending_channels: dict[tuple[Any, int], tuple[str, str, int]] = {}
         self._sockets = 0
         # the streams of all dialogs, counted where they are made
         # (_create) and released (_release_stream, the only places that
@@ -1053,9 +1059,10 @@ class MediaManager:
             self._execute(tunnel, dialog_key, dialog, dialog.leg.ended().actions, now)
             if not challenged:
                 self._log_end(dialog_key, dialog, "dialog ended")
-        if session_id in self._pending_count:
-            for key in [k for k in self._pending if k[0] == session_id and k[1] == dialog_key]:
-                connection, channel_id, _ = self._unpend(key)
+        indices = self._pending_dialogs.get((session_id, dialog_key))
+        if indices:
+            for index in list(indices):
+                connection, channel_id, _ = self._unpend((session_id, dialog_key, index))
                 self._close_channel(connection, channel_id, "dialog ended")
         self._sweeper.settle()
 
@@ -1345,6 +1352,8 @@ class MediaManager:
     def _pend(self, key: tuple[str, str, int], entry: tuple[Any, int, float]) -> None:
         self._pending[key] = entry
         self._pending_count[key[0]] = self._pending_count.get(key[0], 0) + 1
+        self._pending_dialogs.setdefault((key[0], key[1]), {})[key[2]] = None
+        self._pending_channels[entry[0], entry[1]] = key
 
     def _unpend(self, key: tuple[str, str, int]) -> tuple[Any, int, float]:
         entry = self._pending.pop(key)
@@ -1353,12 +1362,18 @@ class MediaManager:
             self._pending_count[key[0]] = left
         else:
             del self._pending_count[key[0]]
+        indices = self._pending_dialogs[key[0], key[1]]
+        del indices[key[2]]
+        if not indices:
+            del self._pending_dialogs[key[0], key[1]]
+        if self._pending_channels.get((entry[0], entry[1])) == key:
+            del self._pending_channels[entry[0], entry[1]]
         return entry
 
     def _unpend_session(self, session_id: str) -> None:
-        if self._pending_count.pop(session_id, None) is not None:
+        if session_id in self._pending_count:
             for key in [k for k in self._pending if k[0] == session_id]:
-                del self._pending[key]
+                self._unpend(key)
 
     def accept(
         self, tunnel: Any, channel_id: int, kind: Any, meta: dict[str, Any]
@@ -1449,10 +1464,10 @@ class MediaManager:
         """
         The peer closed a media channel: release its stream.
         """
-        for key, (connection, pending_id, _) in list(self._pending.items()):
-            if connection is tunnel and pending_id == channel_id:
-                self._unpend(key)
-                self._sweeper.settle()
+        key = self._pending_channels.get((tunnel, channel_id))
+        if key is not None:
+            self._unpend(key)
+            self._sweeper.settle()
         stream = self._channels.get((tunnel, channel_id))
         if stream is None:
             return
