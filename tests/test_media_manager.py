@@ -5,6 +5,7 @@ joined by a fake tunnel, fake UDP sockets, a fake clock.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.logger import capturedLogs, formatEvent
@@ -99,6 +100,33 @@ def assert_released(test: SynchronousTestCase, *managers: MediaManager) -> None:
             (manager.open_sockets, manager.open_channels, manager.ports_in_use, manager.streams),
             (0, 0, 0, 0),
         )
+        # the count the sweep asks agrees with the dialogs' streams, and
+        # no index of pending channels keeps anything
+        test.assertEqual(
+            (manager._stream_count, manager._pending_dialogs, manager._pending_channels), (0, {}, {})
+        )
+
+
+def steps(work: Any) -> int:
+    """
+    The Python work of C{work()}: the calls and lines it runs (loop
+    iterations included), counted with C{sys.settrace}; the same for the
+    same work on a busy machine.
+    """
+    count = 0
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal count
+        count += 1
+        return trace
+
+    before = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        work()
+    finally:
+        sys.settrace(before)
+    return count
 
 
 class OfferAnswerTests(SynchronousTestCase):
@@ -292,6 +320,37 @@ class LifetimeTests(SynchronousTestCase):
         self.assertEqual((agent.open_sockets, contact.open_sockets), (0, 0))
         self.assertEqual((agent.open_channels, contact.open_channels), (0, 0))
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_release_does_not_walk_the_dialogs(self) -> None:
+        """
+        Whether the sweep has anything left to watch is asked at every
+        stream release; the answer costs the same whatever the number of
+        dialogs in progress (here: dialogs whose streams a re-offer
+        removed, which the sweep no longer watches). Counted in Python
+        calls and lines, not time.
+        """
+
+        def calls_to_end_a_call(idle_dialogs: int) -> int:
+            reactor = FakeUdpReactor()
+            agent = MediaManager(reactor, "agent", AGENT_ADDR, (20000, 29999))
+            end = FakeTunnel(1, "contact")
+            offer = _sdp(PHONE, ("audio", 4000, ""))
+            agent.sdp_into_tunnel(end, DIALOG, "application/sdp", offer)
+            for n in range(idle_dialogs):
+                key = f"idle-{n};from-tag=a"
+                agent.sdp_into_tunnel(end, key, "application/sdp", offer)
+                agent.sdp_into_tunnel(end, key, "application/sdp", _sdp(PHONE, ("audio", 0, ""), version=2))
+            self.assertEqual(agent.streams, 1)
+            self.assertEqual(agent._stream_count, 1)
+            self.assertTrue(reactor.getDelayedCalls())
+            calls = steps(lambda: agent.dialog_ended(end, DIALOG))
+            self.assertEqual((agent.streams, agent._stream_count), (0, 0))
+            # nothing left to watch: the sweep's timer is gone
+            self.assertEqual(reactor.getDelayedCalls(), [])
+            return calls
+
+        few, many = calls_to_end_a_call(10), calls_to_end_a_call(1000)
+        self.assertEqual(many, few)
 
     def test_answer_repeated_after_bye(self) -> None:
         """
@@ -524,6 +583,37 @@ class RefusalTests(SynchronousTestCase):
         self.assertNotIn(9, [c[0] for c in greedy.closed])
         self.assertNotIn(11, [c[0] for c in greedy.closed])
 
+    def test_pending_found_without_a_walk(self) -> None:
+        """
+        The peer closing a channel that waits for its SDP, and the end of
+        a dialog with one, find it without a walk over the other pending
+        channels (up to 8,192 under overload): the Python calls and lines
+        are the same beside 10 and 500 of them, and only those two
+        channels go.
+        """
+
+        def calls_beside(others: int) -> int:
+            reactor = FakeUdpReactor()
+            contact = MediaManager(reactor, "contact", CONTACT_ADDR, (30000, 30099), max_pending_channels=1000)
+            agent = BaseFakeTunnel(session_id="s", first_channel=2)
+            router = Router(None, {"media": contact}, None)
+            for n in range(others):
+                router.channel_requested(
+                    agent, 101 + 2 * n, ChannelKind.DATAGRAM, {"use": "media", "dialog": f"1/o{n}", "stream": 0}
+                )
+            for channel_id, dialog in ((1, "1/a"), (3, "1/b")):
+                router.channel_requested(
+                    agent, channel_id, ChannelKind.DATAGRAM, {"use": "media", "dialog": dialog, "stream": 0}
+                )
+            self.assertEqual(contact.open_channels, others + 2)
+            calls = steps(lambda: contact.channel_closed(agent, 1, 0, ""))
+            calls += steps(lambda: contact.dialog_ended(agent, "1/b"))
+            self.assertEqual(contact.open_channels, others)
+            self.assertEqual([c[0] for c in agent.closed], [3])
+            return calls
+
+        self.assertEqual(calls_beside(500), calls_beside(10))
+
     def test_ports_exhausted(self) -> None:
         """
         When the range has no free pair, the stream gets port 0 and nothing
@@ -665,6 +755,39 @@ class PortAllocatorTests(SynchronousTestCase):
         self.assertIn(b"m=audio 0 ", body)
         hook.dialog_ended(end, "1/call-1")
         self.assertFalse(hook.media_full())
+
+    def test_parties_through_show_media(self) -> None:
+        """
+        The SIP core shows the INVITE and its 2xx (through the adapter):
+        the record names the parties as the INVITE's From and To URIs, as
+        text; the 2xx's naming is not kept.
+        """
+        from spwm.sip.actions import show_media
+        from spwm.sip.message import parse_message
+
+        from .test_sip_proxy import answer, request
+
+        reactor = FakeUdpReactor()
+        agent = MediaManager(reactor, "agent", AGENT_ADDR, (20000, 20099))
+        end = FakeTunnel(1, "contact")
+        hook = MediaHookAdapter(agent)
+        invite = request(
+            "INVITE",
+            "sip:bob@example.org",
+            from_="Alice <sip:alice@example.org;user=phone>;tag=fa",
+            to="<sip:bob@example.org>",
+            body=_sdp(PHONE, ("audio", 4000, "")),
+            content_type=SDP_TYPE,
+        )
+        show_media(hook, end, 1, parse_message(invite), True)
+        ok = parse_message(answer(invite, 200, body=_sdp(OPERATOR, ("audio", 6000, ""))))
+        ok.set_header("From", "<sip:other@example.org>;tag=fa")
+        show_media(hook, end, 1, ok, False)
+        agent.dialog_ended(end, "1/call-1@192.0.2.10")
+        (record,) = agent.cdrs
+        self.assertEqual(
+            (record["from"], record["to"]), ("sip:alice@example.org;user=phone", "sip:bob@example.org")
+        )
 
 
     def test_call_limit_through_the_adapter(self) -> None:
@@ -1328,6 +1451,23 @@ class CallLogTests(SynchronousTestCase):
         import json
 
         self.assertEqual(json.loads(json.dumps(record)), record)
+
+    def test_call_detail_line_with_braces(self) -> None:
+        """
+        The line is the event's format; braces in it (a Call-ID may hold
+        them) come out as they are, and the record keeps the Call-ID.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        key = "7/a{b}c{{@lan"
+        with capturedLogs() as events:
+            agent.sdp_into_tunnel(a_end, key, "application/sdp", _sdp(PHONE, ("audio", 4000, "")))
+            agent.dialog_ended(a_end, key)
+        (event,) = [e for e in events if "cdr" in e]
+        self.assertEqual(event["cdr"]["call_id"], "a{b}c{{@lan")
+        self.assertTrue(
+            formatEvent(event).startswith("call a{b}c{{@lan ended (dialog ended) after 0.0s, not answered: ? -> ?"),
+            formatEvent(event),
+        )
 
     def test_first_codec(self) -> None:
         """

@@ -6,9 +6,12 @@ sockets, no reactor.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import InvalidAddressError
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -45,6 +48,42 @@ class FakeUdpTransport:
 
     def write(self, data: bytes, addr: tuple[str, int]) -> None:
         self.written.append((data, addr))
+
+
+class RecordingSocket(socket.socket):
+    """
+    A UDP socket (never bound) whose C{sendto} records instead of sending.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+        self.error: OSError | None = None
+
+    def sendto(self, data: Any, addr: Any) -> int:  # type: ignore[override]
+        if self.error is not None:
+            raise self.error
+        self.sent.append((data, addr))
+        return len(data)
+
+
+class CheckingUdpTransport(FakeUdpTransport):
+    """
+    Like Twisted's C{udp.Port}: refuses a host that is not an IP address,
+    and hands out its socket.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self.socket = RecordingSocket()
+
+    def getHandle(self) -> socket.socket:
+        return self.socket
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not isIPAddress(addr[0]) and not isIPv6Address(addr[0]):
+            raise InvalidAddressError(addr[0], "not an IP address")
+        super().write(data, addr)
 
 
 def stream(
@@ -91,6 +130,32 @@ class AgentRunnerTests(SynchronousTestCase):
         self.clock.advance(301)
         self.assertIsNone(self.core.flows.lookup(fid, self.clock.seconds()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_udp_send_checks_a_host_once(self) -> None:
+        """
+        The first datagram to a host goes through the transport's C{write}
+        (Twisted's address checks); later ones to that host through the
+        socket's own C{sendto}. A host name is refused by C{write} every
+        time and never reaches C{sendto}. A C{sendto} that fails is left
+        to C{write}.
+        """
+        udp = SipUdpProtocol(self.runner)
+        tr = CheckingUdpTransport("192.0.2.1", 5060)
+        self.addCleanup(tr.socket.close)
+        udp.makeConnection(tr)
+        udp.send(b"one", ("192.0.2.10", 5062))
+        udp.send(b"two", ("192.0.2.10", 5064))
+        udp.send(b"three", ("192.0.2.10", 5062))
+        self.assertEqual(tr.written, [(b"one", ("192.0.2.10", 5062))])
+        self.assertEqual(
+            tr.socket.sent, [(b"two", ("192.0.2.10", 5064)), (b"three", ("192.0.2.10", 5062))]
+        )
+        for _ in range(2):
+            self.assertRaises(InvalidAddressError, udp.send, b"four", ("sip.example.com", 5060))
+        self.assertEqual(len(tr.written) + len(tr.socket.sent), 3)
+        tr.socket.error = BlockingIOError()
+        udp.send(b"five", ("192.0.2.10", 5062))
+        self.assertEqual(tr.written[-1], (b"five", ("192.0.2.10", 5062)))
 
     def test_timer_not_moved_later(self) -> None:
         """

@@ -630,6 +630,9 @@ class MediaManager:
         self.max_streams_per_dialog = max_streams_per_dialog
         self.max_pending_channels = max_pending_channels
         self.tcp_buffer = tcp_buffer
+        # one Logger for the manager: the class attribute makes a new one
+        # at each use (this half logs a line per call)
+        self.log = self.log
         self.sockets = sockets if sockets is not None else TwistedRelaySockets(reactor, MAX_DATAGRAM)
         self.max_branches_per_stream = max_branches_per_stream
         self.hep = hep
@@ -654,7 +657,19 @@ class MediaManager:
         self._pending: dict[tuple[str, str, int], tuple[Any, int, float]] = {}
         # session -> its pending channels (the per-session limit)
         self._pending_count: dict[str, int] = {}
+        # the pending channels by (session id, dialog key) -> their streams
+        # (in the order they came), and by (connection, channel id): a
+        # dialog's end and a peer's close find theirs without a walk over
+        # every pending channel (up to MAX_PENDING_TOTAL under overload)
+        self._pending_dialogs: dict[tuple[str, str], dict[int, None]] = {}
+        self._pending_channels: dict[tuple[Any, int], tuple[str, str, int]] = {}
         self._sockets = 0
+        # the streams of all dialogs, counted where they are made
+        # (_create) and released (_release_stream, the only places that
+        # add to or take from a dialog's streams), so that the sweep's
+        # "anything left?" at each release is one comparison, not a walk
+        # over every dialog
+        self._stream_count = 0
         self._sweeper = Sweep(
             self.clock,
             lambda: sweep_interval(self.inactivity_timeout),
@@ -1076,9 +1091,10 @@ class MediaManager:
             self._execute(tunnel, dialog_key, dialog, dialog.leg.ended().actions, now)
             if not challenged:
                 self._log_end(dialog_key, dialog, "dialog ended")
-        if session_id in self._pending_count:
-            for key in [k for k in self._pending if k[0] == session_id and k[1] == dialog_key]:
-                connection, channel_id, _ = self._unpend(key)
+        indices = self._pending_dialogs.get((session_id, dialog_key))
+        if indices:
+            for index in list(indices):
+                connection, channel_id, _ = self._unpend((session_id, dialog_key, index))
                 self._close_channel(connection, channel_id, "dialog ended")
         self._sweeper.settle()
 
@@ -1371,6 +1387,8 @@ class MediaManager:
     def _pend(self, key: tuple[str, str, int], entry: tuple[Any, int, float]) -> None:
         self._pending[key] = entry
         self._pending_count[key[0]] = self._pending_count.get(key[0], 0) + 1
+        self._pending_dialogs.setdefault((key[0], key[1]), {})[key[2]] = None
+        self._pending_channels[entry[0], entry[1]] = key
 
     def _unpend(self, key: tuple[str, str, int]) -> tuple[Any, int, float]:
         entry = self._pending.pop(key)
@@ -1379,12 +1397,18 @@ class MediaManager:
             self._pending_count[key[0]] = left
         else:
             del self._pending_count[key[0]]
+        indices = self._pending_dialogs[key[0], key[1]]
+        del indices[key[2]]
+        if not indices:
+            del self._pending_dialogs[key[0], key[1]]
+        if self._pending_channels.get((entry[0], entry[1])) == key:
+            del self._pending_channels[entry[0], entry[1]]
         return entry
 
     def _unpend_session(self, session_id: str) -> None:
-        if self._pending_count.pop(session_id, None) is not None:
+        if session_id in self._pending_count:
             for key in [k for k in self._pending if k[0] == session_id]:
-                del self._pending[key]
+                self._unpend(key)
 
     def accept(
         self, tunnel: Any, channel_id: int, kind: Any, meta: dict[str, Any]
@@ -1475,10 +1499,10 @@ class MediaManager:
         """
         The peer closed a media channel: release its stream.
         """
-        for key, (connection, pending_id, _) in list(self._pending.items()):
-            if connection is tunnel and pending_id == channel_id:
-                self._unpend(key)
-                self._sweeper.settle()
+        key = self._pending_channels.get((tunnel, channel_id))
+        if key is not None:
+            self._unpend(key)
+            self._sweeper.settle()
         stream = self._channels.get((tunnel, channel_id))
         if stream is None:
             return
@@ -1551,6 +1575,8 @@ class MediaManager:
         The means of a new stream: its record, and for TCP its endpoint
         (no socket yet).
         """
+        if index not in dialog.streams:
+            self._stream_count += 1
         stream = dialog.streams[index] = _Stream(
             tunnel, tunnel.session_id, dialog_key, index, dialog.leg.streams[index], now, self.side
         )
@@ -1651,34 +1677,35 @@ class MediaManager:
             answered = "not answered"
         else:
             answered = "answered for {}s".format(record["answered_s"])
-        # The line is made here, once, and handed to the logger whole (a
-        # format of one field): Twisted's formatting of eight fields cost
-        # about twice as much per call (issue 15).
-        self.log.info(
-            "{cdr_line}",
-            cdr=record,
-            cdr_line="call {} ended ({}) after {}s, {}: {} -> {}, codec {}; {}".format(
-                record["call_id"],
-                reason,
-                record["duration_s"],
-                answered,
-                record["from"] or "?",
-                record["to"] or "?",
-                record["codec"] or "none",
-                _cdr_summary(record),
-            ),
+        line = "call {} ended ({}) after {}s, {}: {} -> {}, codec {}; {}".format(
+            record["call_id"],
+            reason,
+            record["duration_s"],
+            answered,
+            record["from"] or "?",
+            record["to"] or "?",
+            record["codec"] or "none",
+            _cdr_summary(record),
         )
+        # The line is made here, once, and is the event's format itself
+        # (its braces, which a Call-ID may hold, doubled): Twisted's
+        # formatting of eight fields cost about twice as much per call,
+        # and of one field ("{cdr_line}") still about 20 Python calls
+        # more than a format without fields (issue 15).
+        if "{" in line or "}" in line:
+            line = line.replace("{", "{{").replace("}", "}}")
+        self.log.info(line, cdr=record)
 
-    def call_parties(self, tunnel: Any, dialog_key: str, from_uri: str, to_uri: str) -> None:
+    def call_parties(self, tunnel: Any, dialog_key: str, from_uri: object, to_uri: object) -> None:
         """
         The SIP core names the parties of a call leg (From and To of its
         first message with SDP or answer) for the call detail record.
-        Only the first naming is kept; a leg we hold no media for is
-        ignored.
+        Only the first naming is kept, as text (C{str} of the URIs, made
+        only then); a leg we hold no media for is ignored.
         """
         dialog = self._find(tunnel.session_id, dialog_key)
         if dialog is not None and dialog.parties is None:
-            dialog.parties = (from_uri, to_uri)
+            dialog.parties = (str(from_uri), str(to_uri))
 
     def _hep_rtcp(self, stream: _Stream, leg: str, packets: list[dict[str, Any]]) -> None:
         """
@@ -1964,6 +1991,7 @@ class MediaManager:
         stream = dialog.streams.pop(index, None)
         if stream is None:
             return
+        self._stream_count -= 1
         _add_traffic(self._released, stream)
         if stream.rtp is not None:
             dialog.quality[index] = stream.quality.snapshot()
@@ -2001,9 +2029,10 @@ class MediaManager:
     def _busy(self) -> bool:
         """
         The sweep has something to watch: streams, or channels waiting
-        for their SDP.
+        for their SDP.  Asked at every stream release: constant time,
+        whatever the number of dialogs.
         """
-        return any(d.streams for d in self._all_dialogs()) or bool(self._pending)
+        return self._stream_count > 0 or bool(self._pending)
 
     def _sweep(self, now: float) -> None:
         """

@@ -42,7 +42,10 @@ class Sweep:
             is armed).
         @param check: called with the time of each sweep.
         @param busy: whether there is anything left to watch; the timer is
-            armed again after a sweep only then.
+            armed again after a sweep only then.  Asked at every
+            L{settle}, i.e. at every stream release: it must answer in
+            constant time (the manager counts its streams), not walk the
+            calls in progress.
         """
         self.clock = clock
         self._interval = interval

@@ -279,10 +279,11 @@ def show_media(
             msg.set_body(body)
     parties = getattr(hook, "call_parties", None)
     if parties is not None and msg.cseq_method == "INVITE":
-        # for the call detail record (the manager keeps the first naming)
+        # for the call detail record (the manager keeps the first naming,
+        # and makes the URIs' text only for it)
         from_, to = msg.from_, msg.to
         if from_ is not None and to is not None:
-            parties(key, leg, str(from_.uri), str(to.uri))
+            parties(key, leg, from_.uri, to.uri)
     if answer:
         hook.dialog_answered(key, leg, tag, ours=into)
 

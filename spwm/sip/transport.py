@@ -24,6 +24,7 @@ logged with named fields; they never escape into the reactor.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -172,6 +173,10 @@ def _tunnel_congested(tunnel_key: Any) -> bool:
     return bool(getattr(tunnel_key, "congested", False))
 
 
+#: The most hosts a SIP UDP socket remembers as checked (emptied when full).
+MAX_CHECKED_HOSTS = 1024
+
+
 class SipUdpProtocol(DatagramProtocol):
     """
     One SIP UDP socket; hands each datagram to its runner.
@@ -187,12 +192,46 @@ class SipUdpProtocol(DatagramProtocol):
     def __init__(self, runner: _Runner, local: tuple[str, int] | None = None) -> None:
         self.runner = runner
         self.local = local
+        # the socket's own sendto, and the hosts Twisted's write has let
+        # through on this socket (IP literals of its family)
+        self._sendto: Callable[[bytes, tuple[str, int]], Any] | None = None
+        self._good: set[str] = set()
 
     def startProtocol(self) -> None:
         if self.local is None:
             host = self.transport.getHost()
             self.local = (host.host, host.port)
+        handle = getattr(self.transport, "getHandle", None)
+        sock = handle() if handle else None
+        if isinstance(sock, socket.socket):
+            self._sendto = sock.sendto
         self.runner.udp_started(self)
+
+    def send(self, data: bytes, addr: tuple[str, int]) -> None:
+        """
+        Send one datagram to C{addr}. Twisted's C{Port.write} checks that
+        the host is an IP address of the socket's family for every
+        datagram (a host name would make C{sendto} resolve it, blocking);
+        a host it let through once is sent to with the socket's own
+        C{sendto}, as the media relay does. A C{sendto} that fails is
+        left to C{write}, whose errors are the caller's as before.
+
+        @raise twisted.internet.error.InvalidAddressError: C{addr} is not
+            an IP address of the socket's family (from C{write}).
+        """
+        host = addr[0]
+        sendto = self._sendto
+        if sendto is not None and host in self._good:
+            try:
+                sendto(data, addr)
+                return
+            except OSError:
+                pass
+        self.transport.write(data, addr)
+        if sendto is not None:
+            if len(self._good) >= MAX_CHECKED_HOSTS:
+                self._good.clear()
+            self._good.add(host)
 
     def stopProtocol(self) -> None:
         self.runner.udp_stopped(self)
@@ -775,7 +814,7 @@ class AgentSipRunner(_Runner):
                     "no UDP socket on {local} for the flow", local=hostport(flow.local[0], flow.local[1])
                 )
                 return
-            proto.transport.write(action.data, flow.remote)
+            proto.send(action.data, flow.remote)
             return
         stream = self._streams.get(flow.conn_id)
         if stream is None:
@@ -933,7 +972,7 @@ class ContactSipRunner(_Runner):
             if proto is None or proto.transport is None:
                 self.log.warn("no operator-side UDP socket; dropped a message")
                 return
-            proto.transport.write(action.data, action.addr)
+            proto.send(action.data, action.addr)
             return
         if action.transport not in ("tcp",):
             self.log.warn(

@@ -425,9 +425,10 @@ class MediaHookAdapter:
         if tunnel is not None:
             self._manager.dialog_ended(tunnel, dialog_key, challenged)
 
-    def call_parties(self, key: Any, dialog_key: str, from_uri: str, to_uri: str) -> None:
+    def call_parties(self, key: Any, dialog_key: str, from_uri: object, to_uri: object) -> None:
         """
-        The From and To of a call leg, for the call detail record.
+        The From and To URIs of a call leg, for the call detail record
+        (made text only by the manager, for the first naming it keeps).
         """
         tunnel = self._resolve(key)
         if tunnel is not None:
