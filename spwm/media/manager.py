@@ -817,8 +817,10 @@ class MediaManager:
     @property
     def at_call_limit(self) -> bool:
         """
-        Whether this half relays C{max_calls} call legs (or more: the
-        limit lowered by a restart with a state file never ends a call).
+        Whether this half relays C{max_calls} call legs or more (only new
+        INVITEs are refused; a leg that comes otherwise, such as the
+        dialogs of a session absorbed into another, still counts, and no
+        call in progress is ended for the limit).
         """
         return self.max_calls is not None and self._dialog_count >= self.max_calls
 
