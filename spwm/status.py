@@ -636,7 +636,7 @@ def add_media_lists(status: Status, media: Any) -> None:
     the metrics' histograms; and a C{calls} section (C{in_progress}, and
     the C{--max-calls} C{limit} or C{None}).
     """
-    status.add("calls", lambda: {"in_progress": media.calls, "limit": getattr(media, "max_calls", None)})
+    status.add("calls", lambda: {"in_progress": media.calls, "limit": media.max_calls})
     status.add_list("calls", lambda: sorted(media.call_list(), key=lambda c: c["started"]))
     status.add_list("ended_calls", media.ended_calls)
     media.call_observers.append(status.metrics.call_event)

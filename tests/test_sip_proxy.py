@@ -33,6 +33,7 @@ from spwm.sip.actions import (
     BindingChanged,
     Dropped,
     MediaRefusal,
+    NO_MEDIA_PORTS,
     OperatorProxy,
     RouteRefused,
     ToApp,
@@ -42,7 +43,6 @@ from spwm.sip.actions import (
 )
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.checks import CONGESTED as _CONGESTED
-from spwm.sip.checks import MEDIA_FULL as _MEDIA_FULL
 from spwm.sip.checks import RETRANSMITTED_CONGESTED
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.transport import AgentSipRunner, SipStreamFactory
@@ -195,9 +195,9 @@ class RecordingHook:
         self.answers: list[tuple[Any, str, str | None, bool]] = []
         self.challenged: list[str] = []
         #: what L{media_full} answers
-        self.full: bool | MediaRefusal = False
+        self.full: MediaRefusal | None = None
 
-    def media_full(self) -> bool | MediaRefusal:
+    def media_full(self) -> MediaRefusal | None:
         return self.full
 
     def sdp_into_tunnel(
@@ -515,7 +515,7 @@ class AgentTests(SynchronousTestCase):
         SDP is not shown to the media hook; a REGISTER, a re-INVITE and a
         BYE still pass, and so do new INVITEs once pairs are free again.
         """
-        self.hook.full = True
+        self.hook.full = NO_MEDIA_PORTS
         fid = self.agent.flows.use(FLOW_A, 0.0)
         out = request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp")
         resp = parse_message(only(self.agent.from_app(FLOW_A, out, 0.0), ToApp).data)
@@ -528,7 +528,7 @@ class AgentTests(SynchronousTestCase):
         resp = parse_message(act.data)
         self.assertEqual((act.flow_id, resp.status, resp.top_via.branch), (fid, 503, "z9hG4bKcp1"))
         self.assertEqual(self.hook.calls, [])
-        self.assertEqual(self.agent.counters[_MEDIA_FULL.split(":")[0]], 2)
+        self.assertEqual(self.agent.counters[NO_MEDIA_PORTS.counter], 2)
         in_dialog = {"to": "<sip:bob@example.org>;tag=b", "cseq": 2}
         for data in (
             register(),
@@ -536,7 +536,7 @@ class AgentTests(SynchronousTestCase):
             request("BYE", "sip:bob@example.org", **in_dialog),
         ):
             only(self.agent.from_app(FLOW_A, data, 0.0), ToTunnel)
-        self.hook.full = False
+        self.hook.full = None
         only(self.agent.from_app(FLOW_A, out, 0.0), ToTunnel)
         only(self.agent.from_tunnel(fid, inv, 1.0), ToApp)
 
@@ -551,13 +551,13 @@ class AgentTests(SynchronousTestCase):
         sent = request("INVITE", "sip:bob@example.org")
         only(agent.from_app(FLOW_A, sent, 0.0), ToTunnel)
         self.assertEqual(dropped(agent.from_app(FLOW_A, sent, 0.5, congested=True)), [RETRANSMITTED_CONGESTED])
-        self.hook.full = True
+        self.hook.full = NO_MEDIA_PORTS
         only(agent.from_app(FLOW_A, sent, 1.5), ToTunnel)
         refused = request("INVITE", "sip:bob@example.org", call_id="c2")
         for _ in range(2):
             resp = parse_message(only(agent.from_app(FLOW_A, refused, 2.0), ToApp).data)
             self.assertEqual(resp.status, 503)
-        self.hook.full = False
+        self.hook.full = None
         for _ in range(2):
             resp = parse_message(only(agent.from_app(FLOW_A, refused, 2.0, congested=True), ToApp).data)
             self.assertEqual(resp.status, 503)
@@ -565,9 +565,9 @@ class AgentTests(SynchronousTestCase):
         # an INVITE for the phone, repeated by the contact point once the
         # agent's range is full, goes to the phone again
         fid = agent.flows.use(FLOW_B, 0.0)
-        self.hook.full = False
+        self.hook.full = None
         only(agent.from_tunnel(fid, invite_for_phone(), 3.0), ToApp)
-        self.hook.full = True
+        self.hook.full = NO_MEDIA_PORTS
         only(agent.from_tunnel(fid, invite_for_phone(), 3.5), ToApp)
 
     def test_register_keeps_own_instance(self) -> None:
@@ -1113,7 +1113,7 @@ class ContactTests(SynchronousTestCase):
         new INVITE from the tunnel back into the tunnel, both with
         C{Retry-After}; nothing goes on and the media hook sees no SDP.
         """
-        self.hook.full = True
+        self.hook.full = NO_MEDIA_PORTS
         out = only(self.down(self.incoming_invite(body=SDP, content_type="application/sdp")), ToNetwork)
         resp = parse_message(out.data)
         self.assertEqual((resp.status, resp.get("Retry-After")), (503, "5"))
@@ -1122,8 +1122,8 @@ class ContactTests(SynchronousTestCase):
         back = only(self.cp.from_tunnel(self.key, "sess-1", 5, data, 0.0), ToTunnel)
         self.assertEqual((back.flow_id, parse_message(back.data).status), (5, 503))
         self.assertEqual(self.hook.calls, [])
-        self.assertEqual(self.cp.counters[_MEDIA_FULL.split(":")[0]], 2)
-        self.hook.full = False
+        self.assertEqual(self.cp.counters[NO_MEDIA_PORTS.counter], 2)
+        self.hook.full = None
         only(self.down(self.incoming_invite(body=SDP, content_type="application/sdp")), ToTunnel)
         self.up(data)
 
@@ -1158,12 +1158,12 @@ class ContactTests(SynchronousTestCase):
         self.key.congested = True
         self.assertEqual(dropped(self.down(invite)), [RETRANSMITTED_CONGESTED])
         self.key.congested = False
-        self.hook.full = True
+        self.hook.full = NO_MEDIA_PORTS
         only(self.down(invite), ToTunnel)
-        self.hook.full = False
+        self.hook.full = None
         out = request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp")
         self.up(out)
-        self.hook.full = True
+        self.hook.full = NO_MEDIA_PORTS
         self.up(out)
 
     def test_response_honours_received_rport(self) -> None:

@@ -329,14 +329,11 @@ def media_full(hook: MediaHook | None, msg: SipMessage) -> MediaRefusal | None:
     Why this half cannot relay the media of C{msg}, a new INVITE (no
     To-tag): its media port range is full, or it relays its C{--max-calls}
     calls; C{None} when it can (or C{msg} is no new INVITE). The hook's
-    optional C{media_full()} says so (C{True}: no free ports).  Both
-    halves refuse such an INVITE with 503 whichever way it goes, since
-    each needs a pair for every call.
+    optional C{media_full()} says so.  Both halves refuse such an INVITE
+    with 503 whichever way it goes, since each needs a pair for every
+    call.
     """
     if hook is None or msg.method != "INVITE" or msg.to_tag is not None:
         return None
     full = getattr(hook, "media_full", None)
-    why = None if full is None else full()
-    if not why:
-        return None
-    return why if isinstance(why, MediaRefusal) else NO_MEDIA_PORTS
+    return None if full is None else full()

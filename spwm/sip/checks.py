@@ -11,15 +11,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from spwm.sip.actions import NO_MEDIA_PORTS, Action, Dropped, MediaRefusal
+from spwm.sip.actions import Action, Dropped, MediaRefusal
 from spwm.sip.message import SipMessage, make_response
 
 __all__ = [
     "CONGESTED",
     "CONGESTED_COUNTER",
     "CONGESTED_RETRY_AFTER",
-    "MEDIA_FULL",
-    "MEDIA_FULL_COUNTER",
     "RETRANSMITTED_CONGESTED",
     "RecentInvites",
     "answer_malformed",
@@ -40,12 +38,6 @@ CONGESTED_RETRY_AFTER = 5
 #: The log reason (and counter) of a retransmitted INVITE dropped while
 #: its tunnel is congested (L{RecentInvites}).
 RETRANSMITTED_CONGESTED = "INVITE retransmission dropped: tunnel congested"
-
-#: The log reason of a new call refused because this half has no free
-#: media port pair to relay it with.
-MEDIA_FULL = NO_MEDIA_PORTS.reason
-#: ... and the counter it is counted under.
-MEDIA_FULL_COUNTER = NO_MEDIA_PORTS.counter
 
 
 _CRUDE = {
@@ -132,7 +124,7 @@ def congested_response(msg: SipMessage) -> bytes:
     return _unavailable(msg, "tunnel congested")
 
 
-def media_full_response(msg: SipMessage, why: MediaRefusal = NO_MEDIA_PORTS) -> bytes:
+def media_full_response(msg: SipMessage, why: MediaRefusal) -> bytes:
     """
     The 503 for a new INVITE that this half could not relay media for: its
     media port range is full, or it relays its C{--max-calls} calls (RFC
