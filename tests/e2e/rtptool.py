@@ -2,12 +2,15 @@
 A small RTP/RTCP sender and counter the media tests run inside namespaces
 (no Twisted, no reactor; every run is bounded in time).
 
-  rtptool.py send SRC_IP SRC_PORT DEST[,DEST...] COUNT PPS [rtcp] [ssrc=N] [delay=S]
+  rtptool.py send SRC_IP SRC_PORT DEST[,DEST...] COUNT PPS [rtcp] [ssrc=N] [delay=S] [latch]
       from SRC_IP:SRC_PORT send COUNT packets to every DEST (HOST:PORT) at
       PPS packets per second each (RTP PCMA, 160-byte payload, one SSRC per
       destination numbered from N, default 1; with "rtcp" a 28-byte RTCP
       sender report instead); with delay=S bind first, then wait S seconds
-      (counting what arrives) before sending.  Meanwhile count what comes back on the same socket, per
+      (counting what arrives) before sending; with "latch" send one packet
+      of SSRC 0 to every DEST right after binding, so that a relay that
+      latches to its peer's source address has learnt it before the counted
+      stream starts.  Meanwhile count what comes back on the same socket, per
       SSRC; wait one second after the last packet, then print one JSON line
       {"sent": N, "received": N, "by_ssrc": {...}, "sources": [...]}.
 """
@@ -39,7 +42,7 @@ def ssrc_of(data: bytes) -> int | None:
     return None
 
 
-def send(src_ip: str, src_port: int, dests: list[tuple[str, int]], count: int, pps: float, rtcp: bool, first_ssrc: int = 1, delay: float = 0.0) -> dict:
+def send(src_ip: str, src_port: int, dests: list[tuple[str, int]], count: int, pps: float, rtcp: bool, first_ssrc: int = 1, delay: float = 0.0, latch: bool = False) -> dict:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -67,6 +70,12 @@ def send(src_ip: str, src_port: int, dests: list[tuple[str, int]], count: int, p
                 by_ssrc[ssrc] = by_ssrc.get(ssrc, 0) + 1
 
     start = time.monotonic() + delay
+    if latch:
+        for dest in dests:
+            try:
+                sock.sendto(make(0, 0), dest)
+            except (BlockingIOError, ConnectionRefusedError):
+                pass
     interval = 1.0 / pps
     for seq in range(count):
         due = start + seq * interval
@@ -112,5 +121,6 @@ if __name__ == "__main__":
         "rtcp" in options,
         ssrc[0] if ssrc else 1,
         delay[0] if delay else 0.0,
+        "latch" in options,
     )
     print(json.dumps(result), flush=True)

@@ -368,7 +368,7 @@ class SpwmSipTestCase(E2ETestCase):
         """
         Run several C{rtptool.py send} at once, each given as a tuple
         (role, src, src_port, dests, count, pps, rtcp, name[, ssrc[,
-        delay]]), and return their reports in the same order.
+        delay[, latch]]]), and return their reports in the same order.
         """
         processes = []
         for role, src, src_port, dests, count, pps, rtcp, name, *more in runs:
@@ -379,6 +379,8 @@ class SpwmSipTestCase(E2ETestCase):
                 argv.append(f"ssrc={more[0]}")
             if len(more) > 1:
                 argv.append(f"delay={more[1]}")
+            if len(more) > 2 and more[2]:
+                argv.append("latch")
             processes.append((self.topology.spawn(role, name, argv), count / pps + 15.0))
         reports = []
         for process, timeout in processes:

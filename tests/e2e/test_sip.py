@@ -56,9 +56,14 @@ def hairpin_call(case: SpwmSipTestCase, scenario: str, callee: str) -> None:
     caller = case.topology.spawn("lan", f"alice-calls-{callee}", argv, cwd=case.logdir)
     [(_, alice_port)] = case.wait_for_sdp(f"alice-calls-{callee}", "SIP/2.0 200")
     [(_, callee_port)] = case.wait_for_sdp(f"phone-{callee}", "INVITE")
+    # the tools send from port 7000, not the port their SDP names, so the
+    # agent learns where each phone is from its first packet (latching);
+    # a packet for a phone not yet heard from goes to the SDP's port.  Each
+    # tool sends one uncounted packet on binding and its counted stream
+    # 0.5 s later, so both are latched first whichever process starts last
     at_alice, at_callee = case.rtptools(
-        ("lan", PHONES[0], 7000, [f"{AGENT}:{alice_port}"], 100, 50, False, "rtp-alice", 1, 0.3),
-        ("lan", PHONES[1], 7000, [f"{AGENT}:{callee_port}"], 100, 50, False, f"rtp-{callee}", 101, 0.3),
+        ("lan", PHONES[0], 7000, [f"{AGENT}:{alice_port}"], 100, 50, False, "rtp-alice", 1, 0.5, True),
+        ("lan", PHONES[1], 7000, [f"{AGENT}:{callee_port}"], 100, 50, False, f"rtp-{callee}", 101, 0.5, True),
     )
     case.assertSippSuccess(case.wait_sipp(caller))
     case.assertSippSuccess(case.sipp_finish(callee_phone))
