@@ -123,7 +123,7 @@ class MediaLimits:
     inactivity_timeout: float = field(default=60.0, validator=_pos_time)
     receive_buffer: int = field(default=256 * 1024, validator=_pos)
     max_streams_per_dialog: int = field(default=16, validator=_pos)
-    max_pending_channels: int = field(default=256, validator=_pos)
+    max_pending_channels: int = field(default=1024, validator=_pos)
     max_branches_per_stream: int = field(default=8, validator=_pos)
     pending_timeout: float = field(default=10.0, validator=_pos_time)
 

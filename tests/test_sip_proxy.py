@@ -570,6 +570,24 @@ class AgentTests(SynchronousTestCase):
         self.hook.full = NO_MEDIA_PORTS
         only(agent.from_tunnel(fid, invite_for_phone(), 3.5), ToApp)
 
+    def test_retransmitted_invite_goes_as_the_original(self) -> None:
+        """
+        A retransmission of an INVITE goes on as its original did (into
+        the tunnel unchanged; to the phone with the body the original
+        went with) and is not shown to the media hook again.
+        """
+        sent = request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp")
+        for now in (0.0, 0.5):
+            only(self.agent.from_app(FLOW_A, sent, now), ToTunnel)
+        self.assertEqual([c[0] for c in self.hook.calls], ["into"])
+        fid = self.agent.flows.use(FLOW_B, 0.0)
+        first = parse_message(only(self.agent.from_tunnel(fid, invite_for_phone(), 1.0), ToApp).data)
+        self.hook.side = "changed"
+        again = parse_message(only(self.agent.from_tunnel(fid, invite_for_phone(), 1.5), ToApp).data)
+        self.assertTrue(first.body.endswith(b"a=relayed-by:agent\r\n"), first.body)
+        self.assertEqual(again.body, first.body)
+        self.assertEqual([c[0] for c in self.hook.calls], ["into", "out"])
+
     def test_register_keeps_own_instance(self) -> None:
         """
         An application's own C{+sip.instance} is kept as it is.
@@ -1165,6 +1183,33 @@ class ContactTests(SynchronousTestCase):
         self.up(out)
         self.hook.full = NO_MEDIA_PORTS
         self.up(out)
+
+    def test_retransmitted_invite_goes_as_the_original(self) -> None:
+        """
+        A retransmission of an INVITE from the tunnel goes to the operator
+        with the body its original went with, and is not shown to the
+        media hook again: shown after the agent had closed the stream's
+        channel (a backlog delayed it past the call's end), it made the
+        stream anew, with ports and a channel the agent did not explain.
+        The same for one from the network, and for a new INVITE with
+        another branch, which is shown.
+        """
+        out = request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp")
+        _, first = self.up(out)
+        self.assertTrue(first.body.endswith(b"a=relayed-by:contact\r\n"), first.body)
+        self.hook.side = "changed"
+        _, again = self.up(out, now=1.0)
+        self.assertEqual(again.body, first.body)
+        self.assertEqual([c[0] for c in self.hook.calls], ["out"])
+        invite = self.incoming_invite(body=SDP, content_type="application/sdp")
+        for now in (2.0, 2.5):
+            only(self.down(invite, now=now), ToTunnel)
+        self.assertEqual([c[0] for c in self.hook.calls], ["out", "into"])
+        other = out.replace(b"branch=z9hG4bK", b"branch=z9hG4bKnew")
+        self.assertNotEqual(other, out)
+        _, shown = self.up(other, now=3.0)
+        self.assertTrue(shown.body.endswith(b"a=relayed-by:changed\r\n"), shown.body)
+        self.assertEqual([c[0] for c in self.hook.calls], ["out", "into", "out"])
 
     def test_response_honours_received_rport(self) -> None:
         """

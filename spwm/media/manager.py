@@ -95,17 +95,21 @@ DEFAULT_INACTIVITY_TIMEOUT = 60.0
 UNANSWERED_TIMEOUT = 200.0
 
 #: Default number of channels the peer may open before their SDP arrives,
-#: per session.
-DEFAULT_MAX_PENDING_CHANNELS = 256
+#: per session.  Every call has one such channel for a moment; a busy half
+#: keeps them for as long as its SIP backlog (the SIP waits in slices, and
+#: the copy of an C{open} on another connection of the session overtakes
+#: the SIP on the carrier): at 450 calls/s into one worker that can take
+#: 300, 256 were too few, 1,024 enough.
+DEFAULT_MAX_PENDING_CHANNELS = 1024
 
 #: At most this many channels wait for their SDP in all sessions together
-#: (a bound on memory; each session has its own, smaller limit, so one
-#: agent that opens channels without SDP cannot refuse another's).
-MAX_PENDING_TOTAL = 8192
+#: (a bound on memory, a few MB; each session has its own, smaller limit,
+#: so one agent that opens channels without SDP cannot refuse another's).
+MAX_PENDING_TOTAL = 16384
 
 #: Seconds a channel the peer opened may wait for its SDP. The SDP travels
-#: right behind the open on the same tunnel, so a channel still waiting
-#: after this belongs to a message that was refused or lost (overload).
+#: right behind the open, so a channel still waiting after this belongs to
+#: a message that was refused or lost (overload).
 PENDING_TIMEOUT = 10.0
 
 #: Pairs of the range one stream tries to bind before it is given up when

@@ -255,7 +255,7 @@ class AgentSipProxy:
                 ToApp(flow, media_full_response(msg, full)),
                 self.counters.drop(full.reason, full.counter),
             ]
-        self._invites.passing(msg, again)
+        invite = self._invites.passing(msg, again)
         mf = msg.max_forwards
         if mf is not None and mf <= 0:
             return self._answer(flow, msg, 483, "Too Many Hops")
@@ -270,7 +270,7 @@ class AgentSipProxy:
         fid = self.flows.use(flow, now)
         if method == "REGISTER":
             self._bindings.request(fid, msg)
-        show_media(self.media_hook, self.tunnel_key, fid, msg, True)
+        self._invites.media(invite, again, self.media_hook, self.tunnel_key, fid, msg, True)
         self._maybe_ended(fid, msg)
         return [ToTunnel(self.tunnel_key, fid, msg.to_bytes())]
 
@@ -310,7 +310,7 @@ class AgentSipProxy:
                 ToTunnel(self.tunnel_key, flow_id, media_full_response(msg, full)),
                 self.counters.drop(full.reason, full.counter),
             ]
-        self._invites.passing(msg, again)
+        invite = self._invites.passing(msg, again)
         self._pop_own_routes(msg)
         branch = MAGIC + AGENT_BRANCH_MARK + short_hash(branch_source(msg)).hex()
         msg.prepend_header(
@@ -320,7 +320,7 @@ class AgentSipProxy:
         method = msg.method
         if method in DIALOG_CREATING and msg.to_tag is None:
             msg.prepend_header("Record-Route", self._record_route(flow))
-        show_media(self.media_hook, self.tunnel_key, flow_id, msg, False)
+        self._invites.media(invite, again, self.media_hook, self.tunnel_key, flow_id, msg, False)
         self._maybe_ended(flow_id, msg)
         return [ToApp(flow, msg.to_bytes())]
 

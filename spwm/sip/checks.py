@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from spwm.sip.actions import Action, Dropped, MediaRefusal
+from spwm.sip.actions import Action, Dropped, MediaHook, MediaRefusal, TunnelKey, show_media
 from spwm.sip.message import SipMessage, make_response
 
 __all__ = [
@@ -147,8 +147,9 @@ def _unavailable(msg: SipMessage, why: str) -> bytes:
 
 class RecentInvites:
     """
-    The new INVITEs a core passed on lately, by Call-ID and top Via branch,
-    at most C{limit} (the oldest forgotten first).
+    The new INVITEs a core passed on lately, by Call-ID and top Via branch
+    (as they came in), at most C{limit} (the oldest forgotten first), each
+    with the body it went on with.
 
     While a tunnel is congested, new requests are answered 503; but a
     retransmission of an INVITE already passed on is dropped instead: its
@@ -157,11 +158,20 @@ class RecentInvites:
     ACKs that holds relay ports (RFC 3261 lets a stateless proxy forward
     or drop a retransmission; it must not answer it differently from the
     original).
+
+    A retransmission that is passed on goes with the body its original
+    went on with, and is not shown to the media relay again (L{media}): its
+    offer was.  Shown again, a retransmission that a backlog delayed until
+    after the peer half had closed the stream's channel (the call ended,
+    or was answered and the peer's close came first) made the stream
+    anew, with relay ports and a channel the peer then held unexplained
+    for 10 s: under an overload, so many that the peer refused the
+    channels of new calls, which then had no audio.
     """
 
     def __init__(self, limit: int = 4096) -> None:
         self.limit = limit
-        self._seen: dict[tuple[str, str], None] = {}
+        self._seen: dict[tuple[str, str], bytes | None] = {}
 
     @staticmethod
     def _key(msg: SipMessage) -> tuple[str, str] | None:
@@ -179,19 +189,49 @@ class RecentInvites:
         key = self._key(msg)
         return key is not None and key in self._seen
 
-    def passing(self, msg: SipMessage, again: bool) -> None:
+    def passing(self, msg: SipMessage, again: bool) -> tuple[str, str] | None:
         """
         C{msg} passes the checks and goes on: remember it if it is a new
         INVITE seen first (C{again}: what L{again} said of it).  One that
         was refused is not remembered, so its retransmission is refused
         alike.
+
+        @return: the INVITE's name here, for L{media} (C{None}: no new
+            INVITE); take it before the message is changed.
         """
-        if again or msg.method != "INVITE" or msg.to_tag is not None:
-            return
+        if msg.method != "INVITE" or msg.to_tag is not None:
+            return None
         key = self._key(msg)
-        if key is None:
-            return
+        if key is None or again:
+            return key
         seen = self._seen
         seen[key] = None
         if len(seen) > self.limit:
             del seen[next(iter(seen))]
+        return key
+
+    def media(
+        self,
+        invite: tuple[str, str] | None,
+        again: bool,
+        hook: MediaHook | None,
+        tunnel_key: TunnelKey,
+        fid: int,
+        msg: SipMessage,
+        into: bool,
+    ) -> None:
+        """
+        Show a request that crosses the tunnel to the media hook
+        (L{show_media}) and remember the body a new INVITE goes on with;
+        a retransmission (C{again}) is not shown, it takes that body.
+
+        @param invite: what L{passing} returned.
+        """
+        if again:
+            body = self._seen.get(invite) if invite is not None else None
+            if body is not None and body != msg.body:
+                msg.set_body(body)
+            return
+        show_media(hook, tunnel_key, fid, msg, into)
+        if invite is not None and invite in self._seen:
+            self._seen[invite] = msg.body

@@ -389,7 +389,7 @@ class ContactSipProxy:
                 ToTunnel(key, fid, media_full_response(msg, full)),
                 self.counters.drop(full.reason, full.counter),
             ]
-        self._invites.passing(msg, again)
+        invite = self._invites.passing(msg, again)
         if self._route_token(msg.uri) is not None:
             strict_route(msg)
         self._pop_own_routes(msg, token=True)
@@ -403,7 +403,7 @@ class ContactSipProxy:
             self._registrations.outgoing(
                 msg, session, fid, branch, self._route_uri(session, fid), now
             )
-        show_media(self.media_hook, key, fid, msg, False)
+        self._invites.media(invite, again, self.media_hook, key, fid, msg, False)
         self._maybe_ended(key, session, fid, msg)
         self._dialogs.touch(session, call_id, now)
         if self.operator is None:
@@ -661,7 +661,7 @@ class ContactSipProxy:
             return self._send_response(via_transport, dest, media_full_response(msg, full)) + [
                 self.counters.drop(full.reason, full.counter)
             ]
-        self._invites.passing(msg, again)
+        invite = self._invites.passing(msg, again)
         ruri_hash = short_hash(msg.uri or "", 2)
         if self._looped(msg, tok.session_id, tok.flow_id, ruri_hash):
             return self._refuse(msg, 482, "Loop Detected")
@@ -676,7 +676,7 @@ class ContactSipProxy:
                 "Record-Route", self._route_uri(tok.session_id, tok.flow_id)
             )
         msg.prepend_header("Via", self._via("udp", branch))
-        show_media(self.media_hook, key, tok.flow_id, msg, True)
+        self._invites.media(invite, again, self.media_hook, key, tok.flow_id, msg, True)
         self._maybe_ended(key, tok.session_id, tok.flow_id, msg)
         self._dialogs.touch(tok.session_id, call_id, now)
         return [ToTunnel(key, tok.flow_id, msg.to_bytes())]
