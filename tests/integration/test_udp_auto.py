@@ -31,6 +31,13 @@ def quic_path(front: PathFront) -> Any:
     return next((p for p in front.paths if path_kind(p) is PathKind.QUIC), None)
 
 
+def on_quic(front: PathFront) -> bool:
+    """
+    Whether the front's media goes on a QUIC path (alone or duplicated).
+    """
+    return "quic" in (front.media_kind() or "").split("+")
+
+
 @defer.inlineCallbacks
 def moved(predicate: Any, timeout: float) -> Any:
     """
@@ -190,9 +197,15 @@ class UdpAutoTests(_UdpAutoPair):
         yield wait_until(lambda: prober.losses == 1, timeout=5)
         sip_before = self.sip_counts(alice, bob)
         path.transport.blackhole = False
-        yield wait_until(lambda: quic_path(front) is not None and front.media_kind() == "quic", timeout=20)
-        self.assertIsNot(quic_path(front), path)
-        yield wait_until(lambda: contact_front.media_kind() == "quic", timeout=20)
+        # on QUIC: alone, or beside TCP while the duplication window that a
+        # busy machine's stalls keep open lasts (as in one run under -j2)
+        yield wait_until(lambda: quic_path(front) is not None and on_quic(front), timeout=20)
+        fresh = quic_path(front)
+        self.assertIsNot(fresh, path)
+        yield wait_until(lambda: on_quic(contact_front), timeout=20)
+        sent = fresh.transport.stats.datagrams_sent
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        self.assertGreater(fresh.transport.stats.datagrams_sent - sent, 5)
         self.assertEqual(prober.attachments, 2)
         self.assertEqual(self.sip_counts(alice, bob), sip_before)
         # the contact point's side of the cut path ends at its keepalive
