@@ -43,7 +43,7 @@ from spwm.sip.actions import (
 )
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.checks import CONGESTED as _CONGESTED
-from spwm.sip.checks import RETRANSMITTED_CONGESTED
+from spwm.sip.checks import RETRANSMITTED_CONGESTED, RecentInvites
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.transport import AgentSipRunner, SipStreamFactory
 from spwm.sip.uri import parse_name_addr
@@ -322,6 +322,40 @@ class World:
             )
         a = self.to_network.pop()
         return a, parse_message(a.data)
+
+
+class RecentInvitesTests(SynchronousTestCase):
+    """
+    Tests for L{RecentInvites}'s bounds.
+    """
+
+    def test_bodies_bounded(self) -> None:
+        """
+        The bodies kept (rewritten ones only) stay within C{max_bytes}:
+        past it the oldest INVITEs are forgotten, so their retransmissions
+        count as new; the latest are remembered with their bodies.
+        """
+        hook = RecordingHook("x" * 1000)
+        invites = RecentInvites(limit=100, max_bytes=5000)
+        sent = []
+        for n in range(10):
+            msg = parse_message(request("INVITE", "sip:bob@example.org", call_id=f"c{n}", body=SDP, content_type="application/sdp"))
+            invite = invites.passing(msg, invites.again(msg))
+            invites.media(invite, False, hook, "key", 1, msg, False)
+            sent.append((msg.body, request("INVITE", "sip:bob@example.org", call_id=f"c{n}", body=SDP, content_type="application/sdp")))
+        self.assertLessEqual(invites._bytes, 5000)
+        self.assertGreater(invites._bytes, 3000)
+        first = parse_message(sent[0][1])
+        self.assertFalse(invites.again(first))
+        last = parse_message(sent[-1][1])
+        self.assertTrue(invites.again(last))
+        invites.media(invites.passing(last, True), True, hook, "key", 1, last, False)
+        self.assertEqual(last.body, sent[-1][0])
+        # a body going into the tunnel is not kept: it goes on unchanged
+        msg = parse_message(request("INVITE", "sip:bob@example.org", call_id="in", body=SDP, content_type="application/sdp"))
+        before = invites._bytes
+        invites.media(invites.passing(msg, False), False, hook, "key", 1, msg, True)
+        self.assertEqual(invites._bytes, before)
 
 
 class FlowTokenTests(SynchronousTestCase):

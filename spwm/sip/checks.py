@@ -169,9 +169,12 @@ class RecentInvites:
     channels of new calls, which then had no audio.
     """
 
-    def __init__(self, limit: int = 4096) -> None:
+    def __init__(self, limit: int = 4096, max_bytes: int = 4 << 20) -> None:
         self.limit = limit
+        #: the bodies kept (those the media relay rewrote) in bytes, at most
+        self.max_bytes = max_bytes
         self._seen: dict[tuple[str, str], bytes | None] = {}
+        self._bytes = 0
 
     @staticmethod
     def _key(msg: SipMessage) -> tuple[str, str] | None:
@@ -204,11 +207,20 @@ class RecentInvites:
         key = self._key(msg)
         if key is None or again:
             return key
-        seen = self._seen
-        seen[key] = None
-        if len(seen) > self.limit:
-            del seen[next(iter(seen))]
+        self._seen[key] = None
+        self._trim()
         return key
+
+    def _trim(self) -> None:
+        """
+        Forget the oldest INVITEs past C{limit} of them or C{max_bytes} of
+        bodies.
+        """
+        seen = self._seen
+        while len(seen) > self.limit or self._bytes > self.max_bytes:
+            body = seen.pop(next(iter(seen)))
+            if body is not None:
+                self._bytes -= len(body)
 
     def media(
         self,
@@ -222,8 +234,9 @@ class RecentInvites:
     ) -> None:
         """
         Show a request that crosses the tunnel to the media hook
-        (L{show_media}) and remember the body a new INVITE goes on with;
-        a retransmission (C{again}) is not shown, it takes that body.
+        (L{show_media}) and remember the body a new INVITE goes on with
+        when the relay rewrote it; a retransmission (C{again}) is not
+        shown, it takes that body.
 
         @param invite: what L{passing} returned.
         """
@@ -232,6 +245,14 @@ class RecentInvites:
             if body is not None and body != msg.body:
                 msg.set_body(body)
             return
+        if into:
+            # the body goes on as it came: a retransmission's is the same
+            show_media(hook, tunnel_key, fid, msg, into)
+            return
+        body = msg.body
         show_media(hook, tunnel_key, fid, msg, into)
-        if invite is not None and invite in self._seen:
+        if invite is not None and msg.body is not body and invite in self._seen:
+            old = self._seen[invite]
             self._seen[invite] = msg.body
+            self._bytes += len(msg.body) - (len(old) if old is not None else 0)
+            self._trim()
