@@ -319,6 +319,13 @@ class LifetimeTests(SynchronousTestCase):
         self.assertEqual((agent.streams, contact.streams), (0, 0))
         self.assertEqual((agent.open_sockets, contact.open_sockets), (0, 0))
         self.assertEqual((agent.open_channels, contact.open_channels), (0, 0))
+        # the agent's call ended with its last stream; the contact point's,
+        # whose stream the closed channel released, a media timeout later
+        self.assertEqual((agent.calls, contact.calls), (0, 1))
+        self.assertEqual([c["reason"] for c in agent.ended_calls()], ["media inactivity"])
+        reactor.advance(60)
+        self.assertEqual((agent.calls, contact.calls), (0, 0))
+        self.assertEqual([c["reason"] for c in contact.ended_calls()], ["media inactivity"])
         self.assertEqual(reactor.getDelayedCalls(), [])
 
     def test_release_does_not_walk_the_dialogs(self) -> None:
@@ -345,7 +352,12 @@ class LifetimeTests(SynchronousTestCase):
             self.assertTrue(reactor.getDelayedCalls())
             calls = steps(lambda: agent.dialog_ended(end, DIALOG))
             self.assertEqual((agent.streams, agent._stream_count), (0, 0))
-            # nothing left to watch: the sweep's timer is gone
+            # the dialogs without streams end after the media timeout, and
+            # then nothing is left to watch: the sweep's timer is gone
+            self.assertEqual(agent.calls, idle_dialogs)
+            for _ in range(10):
+                reactor.advance(agent.inactivity_timeout / 4)
+            self.assertEqual(agent.calls, 0)
             self.assertEqual(reactor.getDelayedCalls(), [])
             return calls
 
@@ -465,6 +477,42 @@ class LifetimeTests(SynchronousTestCase):
         for _ in range(3):
             reactor.advance(10)
         assert_released(self, agent, contact)
+
+    def test_dialog_without_media_ends(self) -> None:
+        """
+        A dialog that SIP never ends stops counting as a call once it has
+        no media: an INVITE that no answer ever reached, after
+        L{UNANSWERED_TIMEOUT} (its C{--max-calls} place comes free), and
+        an answered call whose both ends vanished without a BYE, after the
+        media timeout; a half whose stream the other half's closed channel
+        released follows a media timeout later.  The call records say
+        "media inactivity"; a late BYE changes nothing, and a later offer
+        makes the dialog anew.
+        """
+        offer, answer = _sdp(PHONE, ("audio", 4000, "")), _sdp(OPERATOR, ("audio", 6000, ""))
+        reactor, agent, a_end, contact, c_end = _pair(max_calls=1)
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer)
+        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", offer)
+        self.assertTrue(contact.at_call_limit)
+        for _ in range(int(UNANSWERED_TIMEOUT + 2 * contact.inactivity_timeout) // 10):
+            reactor.advance(10)
+        self.assertEqual((agent.calls, contact.calls, contact.at_call_limit), (0, 0, False))
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        reasons = [c["reason"] for m in (agent, contact) for c in m.ended_calls()]
+        self.assertEqual(reasons, ["media inactivity", "media inactivity"])
+        agent.dialog_ended(a_end, DIALOG)
+        contact.dialog_ended(c_end, DIALOG)
+        self.assertEqual((len(agent.ended_calls()), len(contact.ended_calls())), (1, 1))
+        # answered, then silent for good
+        reactor, agent, a_end, contact, c_end = self._established(offer, answer)
+        self._answered(agent, a_end, contact, c_end)
+        for _ in range(14):
+            reactor.advance(10)
+        self.assertEqual((agent.calls, contact.calls), (0, 0))
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        # a later offer makes it anew
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", _sdp(PHONE, ("audio", 4000, ""), version=2))
+        self.assertEqual((agent.calls, agent.streams), (1, 1))
 
     def test_hold_address_survives_timeout(self) -> None:
         """

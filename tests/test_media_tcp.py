@@ -915,6 +915,12 @@ class MsrpCallTests(SynchronousTestCase):
                 (0, 0, 0, 0),
             )
         self.assertEqual(reactor.open_tcp, 0)
+        # a dialog left without streams (the other half ended it, or an
+        # offer removed them) ends after the media timeout; then no timer
+        timeout = max(manager.inactivity_timeout for manager in managers)
+        for _ in range(10):
+            reactor.advance(timeout / 4)
+        self.assertEqual([manager.calls for manager in managers], [0] * len(managers))
         self.assertEqual(reactor.getDelayedCalls(), [])
 
     def test_dialog_ended_and_tunnel_lost(self) -> None:

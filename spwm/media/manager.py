@@ -674,6 +674,11 @@ class MediaManager:
         # "anything left?" at each release is one comparison, not a walk
         # over every dialog
         self._stream_count = 0
+        # (session, dialog key) -> when the dialog lost its last stream
+        # (stale entries, of dialogs that ended or got a stream again, are
+        # dropped by the next sweep): one without streams for the media
+        # timeout ends (L{_sweep})
+        self._streamless: dict[tuple[str, str], float] = {}
         self._sweeper = Sweep(
             self.clock,
             lambda: sweep_interval(self.inactivity_timeout),
@@ -1088,6 +1093,7 @@ class MediaManager:
         if dialogs is not None and not dialogs:
             del self._sessions[session_id]
         if dialog is not None:
+            self._streamless.pop((session_id, dialog_key), None)
             self._dialog_count -= 1
             now = self.clock.seconds()
             if dialog.leg.answered:
@@ -1097,12 +1103,19 @@ class MediaManager:
             self._execute(tunnel, dialog_key, dialog, dialog.leg.ended().actions, now)
             if not challenged:
                 self._log_end(dialog_key, dialog, "dialog ended")
+        self._close_pending(session_id, dialog_key, "dialog ended")
+        self._sweeper.settle()
+
+    def _close_pending(self, session_id: str, dialog_key: str, reason: str) -> None:
+        """
+        Close the channels the peer opened for the dialog that still wait
+        for their SDP: the dialog is over.
+        """
         indices = self._pending_dialogs.get((session_id, dialog_key))
         if indices:
             for index in list(indices):
                 connection, channel_id, _ = self._unpend((session_id, dialog_key, index))
-                self._close_channel(connection, channel_id, "dialog ended")
-        self._sweeper.settle()
+                self._close_channel(connection, channel_id, reason)
 
     def _remember_ended(self, session_id: str, dialog_key: str, now: float) -> None:
         ended = self._recently_ended
@@ -1290,6 +1303,7 @@ class MediaManager:
         now = self.clock.seconds()
         dialogs = self._sessions.pop(session_id, {})
         self._dialog_count -= len(dialogs)
+        self._forget_streamless(session_id)
         for dialog_key, dialog in dialogs.items():
             actions = dialog.leg.ended("tunnel lost").actions
             self._execute(None, dialog_key, dialog, actions, now, close=False)
@@ -1345,6 +1359,7 @@ class MediaManager:
         if fresh == into:
             return
         dialogs = self._sessions.pop(fresh, None)
+        self._forget_streamless(fresh)
         if dialogs:
             target = self._sessions.setdefault(into, {})
             now = self.clock.seconds()
@@ -1998,6 +2013,9 @@ class MediaManager:
         if stream is None:
             return
         self._stream_count -= 1
+        if not dialog.streams and self._find(stream.session, stream.dialog) is dialog:
+            # (not when the dialog is ending: it is gone from the table)
+            self._streamless[stream.session, stream.dialog] = self.clock.seconds()
         _add_traffic(self._released, stream)
         if stream.rtp is not None:
             dialog.quality[index] = stream.quality.snapshot()
@@ -2038,7 +2056,7 @@ class MediaManager:
         for their SDP.  Asked at every stream release: constant time,
         whatever the number of dialogs.
         """
-        return self._stream_count > 0 or bool(self._pending)
+        return self._stream_count > 0 or bool(self._pending) or bool(self._streamless)
 
     def _sweep(self, now: float) -> None:
         """
@@ -2047,30 +2065,83 @@ class MediaManager:
         and channels the peer opened whose SDP never came (L{Sweep}).
         """
         unanswered_timeout = max(self.inactivity_timeout, UNANSWERED_TIMEOUT)
-        for dialog in list(self._all_dialogs()):
-            timeout = self.inactivity_timeout if dialog.leg.answered else unanswered_timeout
-            for index, stream in list(dialog.streams.items()):
-                count = stream.count()
-                if count != stream.last_count:
-                    stream.last_count = count
-                    stream.last_activity = now
-                    for endpoint in (stream.rtp, stream.rtcp):
-                        if endpoint is not None:
-                            endpoint.last_activity = now
-                elif stream.plan.held or (stream.tcp is not None and stream.tcp.connected):
-                    # a TCP connection that is up is alive (MSRP may be
-                    # silent for long); its closing releases the stream
-                    stream.last_activity = now
-                elif now - stream.last_activity >= timeout:
-                    self.log.info(
-                        "media stream {stream} of dialog {dialog} idle for {idle}s:"
-                        " released",
-                        stream=index,
-                        dialog=stream.dialog,
-                        idle=now - stream.last_activity,
-                    )
-                    self._release_stream(dialog, index, "media inactivity")
+        idle: list[tuple[str, str]] = []
+        for session_id, dialogs in list(self._sessions.items()):
+            for dialog_key, dialog in list(dialogs.items()):
+                if self._sweep_dialog(dialog, now, unanswered_timeout):
+                    idle.append((session_id, dialog_key))
+        for session_id, dialog_key in idle:
+            self._end_idle(session_id, dialog_key)
+        for (session_id, dialog_key), since in list(self._streamless.items()):
+            found = self._find(session_id, dialog_key)
+            if found is None or found.streams:
+                del self._streamless[session_id, dialog_key]
+            elif now - since >= self.inactivity_timeout:
+                self._end_idle(session_id, dialog_key)
         for key, (connection, channel_id, since) in list(self._pending.items()):
             if now - since >= min(self.inactivity_timeout, self.pending_timeout):
                 self._unpend(key)
                 self._close_channel(connection, channel_id, "no session description")
+
+    def _forget_streamless(self, session_id: str) -> None:
+        """
+        The dialogs of C{session_id} went (with it, or into another
+        session): they wait no more to end for want of streams.
+        """
+        if self._streamless:
+            for key in [k for k in self._streamless if k[0] == session_id]:
+                del self._streamless[key]
+
+    def _end_idle(self, session_id: str, dialog_key: str) -> None:
+        """
+        The sweep released the last stream of a dialog for want of media,
+        or the dialog has been without streams for the media timeout (the
+        peer closed them, an offer removed them): the dialog ends here
+        (its call record says "media inactivity", and it counts no more as
+        a call, also towards C{max_calls}).  SIP may never end it: an
+        INVITE that no answer ever reached, a call whose both ends vanished
+        without a BYE.  It is not remembered as ended: a re-INVITE that
+        brings media back makes it anew.
+        """
+        self._streamless.pop((session_id, dialog_key), None)
+        dialogs = self._sessions[session_id]
+        dialog = dialogs.pop(dialog_key)
+        if not dialogs:
+            del self._sessions[session_id]
+        self._dialog_count -= 1
+        self._execute(None, dialog_key, dialog, dialog.leg.ended().actions, self.clock.seconds())
+        self._log_end(dialog_key, dialog, "media inactivity")
+        self._close_pending(session_id, dialog_key, "media inactivity")
+
+    def _sweep_dialog(self, dialog: _Dialog, now: float, unanswered_timeout: float) -> bool:
+        """
+        One dialog's part of L{_sweep}.
+
+        @return: whether it released the dialog's last stream.
+        """
+        released = False
+        timeout = self.inactivity_timeout if dialog.leg.answered else unanswered_timeout
+        for index, stream in list(dialog.streams.items()):
+            count = stream.count()
+            if count != stream.last_count:
+                stream.last_count = count
+                stream.last_activity = now
+                for endpoint in (stream.rtp, stream.rtcp):
+                    if endpoint is not None:
+                        endpoint.last_activity = now
+            elif stream.plan.held or (stream.tcp is not None and stream.tcp.connected):
+                # a TCP connection that is up is alive (MSRP may be
+                # silent for long); its closing releases the stream
+                stream.last_activity = now
+            elif now - stream.last_activity >= timeout:
+                self.log.info(
+                    "media stream {stream} of dialog {dialog} idle for {idle}s:"
+                    " released",
+                    stream=index,
+                    dialog=stream.dialog,
+                    idle=now - stream.last_activity,
+                )
+                self._release_stream(dialog, index, "media inactivity")
+                released = True
+        return released and not dialog.streams
+
