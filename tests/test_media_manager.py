@@ -485,9 +485,10 @@ class LifetimeTests(SynchronousTestCase):
         L{UNANSWERED_TIMEOUT} (its C{--max-calls} place comes free), and
         an answered call whose both ends vanished without a BYE, after the
         media timeout; a half whose stream the other half's closed channel
-        released follows a media timeout later.  The call records say
-        "media inactivity"; a late BYE changes nothing, and a later offer
-        makes the dialog anew.
+        released follows a media timeout later, as does a leg that only
+        ever saw an answer without SDP.  The call records say "media
+        inactivity"; a late BYE changes nothing, and a later offer makes
+        the dialog anew.
         """
         offer, answer = _sdp(PHONE, ("audio", 4000, "")), _sdp(OPERATOR, ("audio", 6000, ""))
         reactor, agent, a_end, contact, c_end = _pair(max_calls=1)
@@ -513,6 +514,14 @@ class LifetimeTests(SynchronousTestCase):
         # a later offer makes it anew
         agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", _sdp(PHONE, ("audio", 4000, ""), version=2))
         self.assertEqual((agent.calls, agent.streams), (1, 1))
+        # a leg that only ever saw an answer without SDP
+        reactor, agent, a_end, contact, c_end = _pair()
+        agent.dialog_answered(a_end, "other", "b", ours=False)
+        self.assertEqual(agent.calls, 1)
+        for _ in range(8):
+            reactor.advance(10)
+        self.assertEqual(agent.calls, 0)
+        self.assertEqual(reactor.getDelayedCalls(), [])
 
     def test_hold_address_survives_timeout(self) -> None:
         """

@@ -1598,6 +1598,8 @@ class MediaManager:
         """
         if index not in dialog.streams:
             self._stream_count += 1
+        if self._streamless:
+            self._streamless.pop((tunnel.session_id, dialog_key), None)
         stream = dialog.streams[index] = _Stream(
             tunnel, tunnel.session_id, dialog_key, index, dialog.leg.streams[index], now, self.side
         )
@@ -1626,6 +1628,10 @@ class MediaManager:
             media = LegMedia(self.max_streams_per_dialog, self.max_branches_per_stream)
             dialog = dialogs[dialog_key] = _Dialog(media, now)
             self._dialog_count += 1
+            # without streams until its SDP makes some (an answer without
+            # SDP may be all it ever sees)
+            self._streamless[tunnel.session_id, dialog_key] = now
+            self._sweeper.ensure()
             dialog.agent = str(getattr(tunnel, "agent_id", "") or "")
             dialog.session = tunnel.session_id
             if self.call_lines:
