@@ -885,6 +885,13 @@ class PortAllocatorTests(SynchronousTestCase):
         self.assertEqual((calls(), hook.media_full()), (2, None))
         self.assertEqual(sorted(contact.dialog_keys("two")), ["1/c", "1/d"])
         self.assertEqual(MediaManager(reactor, "contact", CONTACT_ADDR, (31000, 31009)).at_call_limit, False)
+        # a leg without streams moved so still ends a media timeout later
+        hook.dialog_answered(three, "1/e", "t", ours=False)
+        contact.session_absorbed("three", "two")
+        self.assertEqual(sorted(contact.dialog_keys("two")), ["1/c", "1/d", "1/e"])
+        for _ in range(8):
+            reactor.advance(10)
+        self.assertNotIn("1/e", contact.dialog_keys("two"))
 
 
 OPERATOR_A = "203.0.113.20"

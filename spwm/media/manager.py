@@ -1373,6 +1373,9 @@ class MediaManager:
                 dialog.session = into
                 for stream in dialog.streams.values():
                     stream.session = into
+                if not dialog.streams:
+                    self._streamless[into, dialog_key] = now
+                    self._sweeper.ensure()
         if fresh in self._pending_count:
             for key in [k for k in self._pending if k[0] == fresh]:
                 entry = self._unpend(key)
