@@ -28,7 +28,8 @@ class LongRingTests(_LoopbackPair):
         """
         The call rings twice the media timeout and is answered: RTP flows
         both ways, and the answered call's streams fall back to the media
-        timeout once they go silent.
+        timeout once they go silent; with its media gone the call leg ends
+        on every half without a BYE, and the late BYE still goes through.
         """
         answered: defer.Deferred[Any] = defer.Deferred()
         alice = Phone(reactor, "alice", "example.test", self.agents[0].config.sip_listen[0])
@@ -54,3 +55,15 @@ class LongRingTests(_LoopbackPair):
         b_call.stop_media()
         # silent now: the media timeout releases the answered call's media
         yield wait_until(lambda: self.contact.media.streams == 0 and self.agents[0].media.streams == 0, timeout=10)
+        # and with no media left the call legs end on every half, though
+        # no BYE came (yet): they count no more as calls
+        halves = [self.contact, *self.agents]
+        yield wait_until(lambda: all(half.media.calls == 0 for half in halves), timeout=10)
+        self.assertEqual(self.contact.status.document()["calls"]["in_progress"], 0)
+        # (the contact point relays both legs: alice's and bob's agent)
+        reasons = [[c["reason"] for c in half.media.ended_calls()] for half in halves]
+        self.assertEqual(reasons, [["media inactivity"] * 2, ["media inactivity"], ["media inactivity"]])
+        # the BYE still goes through, and ends nothing twice
+        response = yield alice.hang_up(a_call)
+        self.assertEqual(response.status, 200)
+        self.assertEqual([len(half.media.ended_calls()) for half in halves], [2, 1, 1])
