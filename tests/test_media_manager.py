@@ -11,8 +11,17 @@ from typing import Any
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.media.manager import BIND_TRIES, PENDING_TIMEOUT, UNANSWERED_TIMEOUT, MediaManager, _codecs, first_codec
+from spwm.media.manager import (
+    BIND_TRIES,
+    NO_RESPONSE_TIMEOUT,
+    PENDING_TIMEOUT,
+    UNANSWERED_TIMEOUT,
+    MediaManager,
+    _codecs,
+    first_codec,
+)
 from spwm.media.ports import PortAllocator, PortsExhaustedError
+from spwm.media.sweep import sweep_interval
 from spwm.sdp import parse_sdp
 from spwm.sip.actions import CALL_LIMIT
 from spwm.sip.flows import Flow, FlowTable
@@ -522,6 +531,76 @@ class LifetimeTests(SynchronousTestCase):
             reactor.advance(10)
         self.assertEqual(agent.calls, 0)
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_invite_without_response_ends(self) -> None:
+        """
+        A new call whose INVITE no response of any kind reached (the next
+        hop down) ends on both halves once its caller has given up (Timer
+        B, L{NO_RESPONSE_TIMEOUT}), within one sweep, with the call record
+        reason "no response": its ports and its C{--max-calls} place come
+        free, and no timer is left.  A provisional response (a 100 from
+        the operator's proxy, a 180) means the INVITE was taken: that call
+        rings on, up to L{UNANSWERED_TIMEOUT} without media, and so does
+        one whose dialog a response made (no INVITE seen waiting).
+        """
+        offer = _sdp(PHONE, ("audio", 4000, ""))
+
+        def invited(max_calls: int | None = None) -> Any:
+            built = _pair() if max_calls is None else _pair(max_calls=max_calls)
+            reactor, agent, a_end, contact, c_end = built
+            agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer)
+            agent.dialog_invited(a_end, DIALOG)
+            contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", offer)
+            contact.dialog_invited(c_end, DIALOG)
+            return built
+
+        reactor, agent, a_end, contact, c_end = invited(max_calls=1)
+        self.assertTrue(contact.at_call_limit)
+        reactor.advance(NO_RESPONSE_TIMEOUT - 1)
+        self.assertEqual((agent.calls, contact.calls), (1, 1))
+        reactor.advance(1 + sweep_interval(contact.inactivity_timeout))
+        self.assertEqual((agent.calls, contact.calls, contact.at_call_limit), (0, 0, False))
+        for manager in (agent, contact):
+            self.assertEqual((manager.open_sockets, manager.open_channels, manager.ports_in_use), (0, 0, 0))
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        reasons = [c["reason"] for m in (agent, contact) for c in m.ended_calls()]
+        self.assertEqual(reasons, ["no response", "no response"])
+        # heard: it rings on past Timer B (a 100 Trying at the contact
+        # point, a 180 at the agent)
+        reactor, agent, a_end, contact, c_end = invited()
+        reactor.advance(1)
+        contact.dialog_heard(c_end, DIALOG)
+        agent.dialog_heard(a_end, DIALOG)
+        for _ in range(4):
+            reactor.advance(10)
+        self.assertEqual((agent.calls, contact.calls), (1, 1))
+        # once heard, another INVITE mark changes nothing
+        agent.dialog_invited(a_end, DIALOG)
+        contact.dialog_invited(c_end, DIALOG)
+        while reactor.seconds() < UNANSWERED_TIMEOUT - 10:
+            reactor.advance(10)
+        self.assertEqual((agent.calls, contact.calls), (1, 1))
+        for _ in range(2):
+            reactor.advance(10)
+        # (the contact point's stream went with the agent's closed
+        # channel: its leg follows a media timeout later)
+        self.assertEqual(agent.calls, 0)
+        for _ in range(7):
+            reactor.advance(10)
+        self.assertEqual((agent.calls, contact.calls), (0, 0))
+        reasons = [c["reason"] for m in (agent, contact) for c in m.ended_calls()]
+        self.assertEqual(reasons, ["media inactivity", "media inactivity"])
+        # the answer ends the wait too, and a dialog an answer made never
+        # waits (a re-INVITE's answer after the media ended)
+        reactor, agent, a_end, contact, c_end = invited()
+        agent.dialog_answered(a_end, DIALOG, "b", ours=False)
+        other = "2/other@example.test"
+        agent.sdp_out_of_tunnel(a_end, other, "application/sdp", _sdp(OPERATOR, ("audio", 6000, "")))
+        agent.dialog_invited(a_end, other)
+        agent.dialog_answered(a_end, other, "b", ours=False)
+        reactor.advance(NO_RESPONSE_TIMEOUT + 10)
+        self.assertEqual(agent.calls, 2)
+        self.assertEqual(agent.ended_calls(), [])
 
     def test_hold_address_survives_timeout(self) -> None:
         """

@@ -194,6 +194,8 @@ class RecordingHook:
         self.tags: list[tuple[str, str | None]] = []
         self.answers: list[tuple[Any, str, str | None, bool]] = []
         self.challenged: list[str] = []
+        #: C{("invited" | "heard", dialog_key)} of every call of those
+        self.waits: list[tuple[str, str]] = []
         #: what L{media_full} answers
         self.full: MediaRefusal | None = None
 
@@ -227,6 +229,12 @@ class RecordingHook:
         self, tunnel_key: Any, dialog_key: str, tag: str | None, ours: bool = True
     ) -> None:
         self.answers.append((tunnel_key, dialog_key, tag, ours))
+
+    def dialog_invited(self, tunnel_key: Any, dialog_key: str) -> None:
+        self.waits.append(("invited", dialog_key))
+
+    def dialog_heard(self, tunnel_key: Any, dialog_key: str) -> None:
+        self.waits.append(("heard", dialog_key))
 
     def dialog_ended(self, tunnel_key: Any, dialog_key: str, challenged: bool = False) -> None:
         self.calls.append(("ended", tunnel_key, dialog_key))
@@ -1716,11 +1724,10 @@ class PairTests(SynchronousTestCase):
         flow, busy = w.take_app()
         self.assertEqual((flow, busy.status), (FLOW_A, 486))
 
-    def test_ack_through_both_halves_keeps_call(self) -> None:
+    def _alice_and_bob(self) -> tuple[World, AgentSipProxy, RecordingHook, RecordingHook]:
         """
-        Two phones behind one agent: a call whose caller ACKs the 200 along
-        its route set keeps its media on both halves past the 32 s ACK
-        wait; a call whose 200 nobody ACKs ends on both, each leg once.
+        Two phones registered behind one agent (alice on L{FLOW_A}, bob on
+        L{FLOW_B}), both halves with a L{RecordingHook}.
         """
         contact_hook, agent_hook = RecordingHook("contact"), RecordingHook("agent")
         w = World(media_hook=contact_hook)
@@ -1729,6 +1736,15 @@ class PairTests(SynchronousTestCase):
         w.take_app()
         w.app(a, FLOW_B, register("bob", "sip:bob@192.0.2.11:5064", via_host="192.0.2.11:5064"))
         w.take_app()
+        return w, a, contact_hook, agent_hook
+
+    def test_ack_through_both_halves_keeps_call(self) -> None:
+        """
+        Two phones behind one agent: a call whose caller ACKs the 200 along
+        its route set keeps its media on both halves past the 32 s ACK
+        wait; a call whose 200 nobody ACKs ends on both, each leg once.
+        """
+        w, a, contact_hook, agent_hook = self._alice_and_bob()
         for call_id, ack in (("c1", True), ("c2", False)):
             w.app(a, FLOW_A, request("INVITE", "sip:bob@example.org", call_id=call_id, body=SDP, content_type="application/sdp"))
             flow, inv = w.take_app()
@@ -1751,6 +1767,50 @@ class PairTests(SynchronousTestCase):
         self.assertEqual(len(ended), 4)
         self.assertTrue(all(key.endswith("/c2") for key in ended), ended)
         self.assertEqual(len(set(ended)), 2)
+
+    def test_invite_waits_for_a_response(self) -> None:
+        """
+        Both halves tell their media hook that a new call's INVITE with SDP
+        crossed (once: not its retransmission, not a re-INVITE) and that a
+        provisional response to it did, so the media manager can end a leg
+        whose INVITE nothing answered (Timer B); the 2xx is an answer, not
+        "heard".
+        """
+        w, a, contact_hook, agent_hook = self._alice_and_bob()
+        invite = request("INVITE", "sip:bob@example.org", call_id="c1", body=SDP, content_type="application/sdp")
+        w.app(a, FLOW_A, invite)
+        flow, inv = w.take_app()
+        self.assertEqual((flow, inv.method), (FLOW_B, "INVITE"))
+        # the caller's leg and the callee's, on each half
+        legs = {key for _, key in agent_hook.waits}
+        self.assertEqual(len(legs), 2)
+        for hook in (agent_hook, contact_hook):
+            self.assertEqual(sorted(kind for kind, _ in hook.waits), ["invited", "invited"])
+            del hook.waits[:]
+        w.app(a, FLOW_A, invite)
+        w.take_app()
+        self.assertEqual((agent_hook.waits, contact_hook.waits), ([], []))
+        w.app(a, FLOW_B, answer(inv.to_bytes(), 180, "Ringing"))
+        flow, ringing = w.take_app()
+        self.assertEqual((flow, ringing.status), (FLOW_A, 180))
+        for hook in (agent_hook, contact_hook):
+            self.assertEqual(sorted(kind for kind, _ in hook.waits), ["heard", "heard"])
+            del hook.waits[:]
+        w.app(a, FLOW_B, answer(inv.to_bytes(), 200, body=SDP))
+        flow, ok = w.take_app()
+        self.assertEqual((flow, ok.status), (FLOW_A, 200))
+        self.assertEqual((agent_hook.waits, contact_hook.waits), ([], []))
+        self.assertEqual(len(agent_hook.answers), 2)
+        # a re-INVITE (To-tag) does not wait
+        routes = tuple(f"Route: {r}" for r in reversed(ok.get_all("Record-Route")))
+        reinvite = request(
+            "INVITE", "sip:bob@192.0.2.11:5064", call_id="c1", to=ok.get("To"), cseq=2,
+            body=SDP, content_type="application/sdp", extra=routes,
+        )  # fmt: skip
+        w.app(a, FLOW_A, reinvite)
+        flow, again = w.take_app()
+        self.assertEqual((flow, again.method), (FLOW_B, "INVITE"))
+        self.assertEqual((agent_hook.waits, contact_hook.waits), ([], []))
 
     def test_unknown_and_unavailable(self) -> None:
         """

@@ -20,6 +20,7 @@ See C{docs/media.md} and C{docs/architecture.md} ("Media").
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
@@ -93,6 +94,18 @@ DEFAULT_INACTIVITY_TIMEOUT = 60.0
 #: (RFC 3261 16.6, 16.8), whose CANCEL or 408 ends the call here: 200 s
 #: leaves 20 s for those to come through.
 UNANSWERED_TIMEOUT = 200.0
+
+#: Seconds after which a call leg whose INVITE no response of any kind
+#: came back to (not even a provisional one) ends: its caller gave up then
+#: (RFC 3261 Timer B, 64 x T1), and every retransmission went with it.
+#: Without this, a next hop that took no INVITE (the operator's proxy down
+#: or unreachable) left each such call's ports held for
+#: L{UNANSWERED_TIMEOUT}, and calls refused for a full port range long
+#: after the proxy was back.
+NO_RESPONSE_TIMEOUT = 64 * 0.5
+
+#: A dialog's C{waiting} once a response to its INVITE crossed: for good.
+_HEARD = math.inf
 
 #: Default number of channels the peer may open before their SDP arrives,
 #: per session.  Every call has one such channel for a moment; a busy half
@@ -242,6 +255,7 @@ class _Dialog:
         "parties",
         "agent",
         "session",
+        "waiting",
     )
 
     def __init__(self, leg: LegMedia, now: float = 0.0) -> None:
@@ -264,6 +278,9 @@ class _Dialog:
         # for the status listing: the agent and the session
         self.agent = ""
         self.session = ""
+        # when its initial INVITE crossed, until a response to it did
+        # (NO_RESPONSE_TIMEOUT); None: no INVITE seen; HEARD: answered
+        self.waiting: float | None = None
 
 
 #: Seconds a dialog that ended (an answered call's BYE) is remembered, so
@@ -1068,6 +1085,7 @@ class MediaManager:
         if self._just_ended(tunnel.session_id, dialog_key, now):
             return
         dialog = self._dialog(tunnel, dialog_key, now, self._local_leg if ours else "tunnel")
+        dialog.waiting = _HEARD
         if not dialog.leg.answered:
             # the answer is activity: the media timeout that applies from
             # now on counts from here, not from the start of the ringing
@@ -1076,6 +1094,29 @@ class MediaManager:
                 stream.last_activity = now
         outcome = dialog.leg.answered_by(tag, ours)
         self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
+
+    def dialog_invited(self, tunnel: Any, dialog_key: str) -> None:
+        """
+        The initial INVITE of a dialog crossed the tunnel, after its SDP
+        made the dialog: the dialog waits for a response to it, and ends
+        L{NO_RESPONSE_TIMEOUT} later if none comes (L{dialog_heard}).  A
+        dialog made otherwise (an answer, a re-INVITE after its media
+        ended) never waits.
+        """
+        dialog = self._find(tunnel.session_id, dialog_key)
+        if dialog is not None and dialog.waiting is None and not dialog.leg.answered:
+            dialog.waiting = self.clock.seconds()
+
+    def dialog_heard(self, tunnel: Any, dialog_key: str) -> None:
+        """
+        A response other than a 2xx to an INVITE of the dialog crossed the
+        tunnel (provisional, or a final error that does not end it): its
+        INVITE reached someone who answers it, and the dialog waits no
+        more, for good (L{dialog_invited}; a 2xx is L{dialog_answered}).
+        """
+        dialog = self._find(tunnel.session_id, dialog_key)
+        if dialog is not None:
+            dialog.waiting = _HEARD
 
     def dialog_ended(self, tunnel: Any, dialog_key: str, challenged: bool = False) -> None:
         """
@@ -2074,13 +2115,16 @@ class MediaManager:
         and channels the peer opened whose SDP never came (L{Sweep}).
         """
         unanswered_timeout = max(self.inactivity_timeout, UNANSWERED_TIMEOUT)
-        idle: list[tuple[str, str]] = []
+        idle: list[tuple[str, str, str]] = []
         for session_id, dialogs in list(self._sessions.items()):
             for dialog_key, dialog in list(dialogs.items()):
-                if self._sweep_dialog(dialog, now, unanswered_timeout):
-                    idle.append((session_id, dialog_key))
-        for session_id, dialog_key in idle:
-            self._end_idle(session_id, dialog_key)
+                waiting = dialog.waiting
+                if waiting is not None and now - waiting >= NO_RESPONSE_TIMEOUT:
+                    idle.append((session_id, dialog_key, "no response"))
+                elif self._sweep_dialog(dialog, now, unanswered_timeout):
+                    idle.append((session_id, dialog_key, "media inactivity"))
+        for session_id, dialog_key, reason in idle:
+            self._end_idle(session_id, dialog_key, reason)
         for (session_id, dialog_key), since in list(self._streamless.items()):
             found = self._find(session_id, dialog_key)
             if found is None or found.streams:
@@ -2101,16 +2145,18 @@ class MediaManager:
             for key in [k for k in self._streamless if k[0] == session_id]:
                 del self._streamless[key]
 
-    def _end_idle(self, session_id: str, dialog_key: str) -> None:
+    def _end_idle(self, session_id: str, dialog_key: str, reason: str = "media inactivity") -> None:
         """
         The sweep released the last stream of a dialog for want of media,
         or the dialog has been without streams for the media timeout (the
-        peer closed them, an offer removed them): the dialog ends here
-        (its call record says "media inactivity", and it counts no more as
-        a call, also towards C{max_calls}).  SIP may never end it: an
-        INVITE that no answer ever reached, a call whose both ends vanished
-        without a BYE.  It is not remembered as ended: a re-INVITE that
-        brings media back makes it anew.
+        peer closed them, an offer removed them), or its initial INVITE
+        has had no response for L{NO_RESPONSE_TIMEOUT} (C{reason} "no
+        response"): the dialog ends here (its call record says
+        C{reason}, and it counts no more as a call, also towards
+        C{max_calls}).  SIP may never end it: an INVITE that no answer
+        ever reached, a call whose both ends vanished without a BYE.  It
+        is not remembered as ended: a re-INVITE that brings media back
+        makes it anew.
         """
         self._streamless.pop((session_id, dialog_key), None)
         dialogs = self._sessions[session_id]
@@ -2119,8 +2165,8 @@ class MediaManager:
             del self._sessions[session_id]
         self._dialog_count -= 1
         self._execute(None, dialog_key, dialog, dialog.leg.ended().actions, self.clock.seconds())
-        self._log_end(dialog_key, dialog, "media inactivity")
-        self._close_pending(session_id, dialog_key, "media inactivity")
+        self._log_end(dialog_key, dialog, reason)
+        self._close_pending(session_id, dialog_key, reason)
 
     def _sweep_dialog(self, dialog: _Dialog, now: float, unanswered_timeout: float) -> bool:
         """

@@ -254,18 +254,27 @@ def show_media(
     """
     Show a message crossing the tunnel to the media hook: its SDP with the
     tag of the endpoint that wrote it (a body coming out of the tunnel may
-    be replaced), then the answer of a 2xx to INVITE.
+    be replaced), then the answer of a 2xx to INVITE.  A hook that has
+    them is also told the parties of an INVITE's leg (C{call_parties}),
+    that a new call's INVITE with SDP crossed (C{dialog_invited}) and that
+    any other response to an INVITE did (C{dialog_heard}): a leg whose
+    INVITE no response ever reached ends as its caller gives up
+    (C{spwm.media.manager.NO_RESPONSE_TIMEOUT}).
 
     @param into: whether C{msg} goes into the tunnel (else it comes out).
     """
     if hook is None:
         return
     sdp = bool(msg.body) and msg.content_type in _SDP_TYPES
-    answer = (
-        not msg.is_request
-        and 200 <= (msg.status or 0) < 300
-        and msg.cseq_method == "INVITE"
-    )
+    request = msg.is_request
+    invite = msg.cseq_method == "INVITE"
+    answer = invite and not request and 200 <= (msg.status or 0) < 300
+    if invite and not request and not answer:
+        # any other response to an INVITE: someone took the INVITE (the
+        # leg no longer waits for a response, MediaManager.dialog_invited)
+        heard = getattr(hook, "dialog_heard", None)
+        if heard is not None:
+            heard(key, dialog_key(fid, msg.call_id or ""))
     if not (sdp or answer):
         return
     leg = dialog_key(fid, msg.call_id or "")
@@ -286,6 +295,11 @@ def show_media(
             parties(key, leg, from_.uri, to.uri)
     if answer:
         hook.dialog_answered(key, leg, tag, ours=into)
+    elif sdp and request and invite and msg.to_tag is None:
+        # a new call's INVITE, its SDP shown: the leg waits for a response
+        invited = getattr(hook, "dialog_invited", None)
+        if invited is not None:
+            invited(key, leg)
 
 
 def leg_ended(

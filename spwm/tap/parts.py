@@ -420,6 +420,16 @@ class MediaHookAdapter:
         if tunnel is not None:
             self._manager.dialog_answered(tunnel, dialog_key, tag, ours=ours)
 
+    def dialog_invited(self, key: Any, dialog_key: str) -> None:
+        tunnel = self._resolve(key)
+        if tunnel is not None:
+            self._manager.dialog_invited(tunnel, dialog_key)
+
+    def dialog_heard(self, key: Any, dialog_key: str) -> None:
+        tunnel = self._resolve(key)
+        if tunnel is not None:
+            self._manager.dialog_heard(tunnel, dialog_key)
+
     def dialog_ended(self, key: Any, dialog_key: str, challenged: bool = False) -> None:
         tunnel = self._resolve(key)
         if tunnel is not None:

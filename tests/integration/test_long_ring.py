@@ -1,7 +1,8 @@
 """
 A call that rings for longer than the media timeout before it is answered
 (no early media) keeps its media on both halves: the answer finds its
-ports and channel, and RTP flows both ways.
+ports and channel, and RTP flows both ways.  A call whose INVITE nothing
+answers ends on every half once its caller has given up (Timer B).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from typing import Any
 
 from twisted.internet import defer, reactor
 
-from spwm.testing.phone import Phone
+from spwm.media import manager
+from spwm.testing.phone import Phone, TransactionTimeout
 from tests.integration.test_resumption import DIGEST, _LoopbackPair
 from tests.integration.test_tunnel_loopback import wait_until
 
@@ -24,6 +26,22 @@ class LongRingTests(_LoopbackPair):
     extra = ["--media-timeout", "2"]
 
     @defer.inlineCallbacks
+    def registered(self, ring_seconds: float = 0.0) -> Any:
+        """
+        Alice's phone behind the first agent and bob's behind the second,
+        both registered; bob's rings C{ring_seconds} before answering.
+        """
+        alice = Phone(reactor, "alice", "example.test", self.agents[0].config.sip_listen[0])
+        bob = Phone(reactor, "bob", "example.test", self.agents[1].config.sip_listen[0], ring_seconds=ring_seconds)
+        for phone in (alice, bob):
+            phone.start()
+            self.addCleanup(phone.stop)
+        for phone, user in ((alice, "alice"), (bob, "bob")):
+            response = yield phone.register(authorization=DIGEST.format(user=user))
+            self.assertEqual(response.status, 200)
+        return alice, bob
+
+    @defer.inlineCallbacks
     def test_answer_after_the_media_timeout(self) -> Any:
         """
         The call rings twice the media timeout and is answered: RTP flows
@@ -32,15 +50,8 @@ class LongRingTests(_LoopbackPair):
         on every half without a BYE, and the late BYE still goes through.
         """
         answered: defer.Deferred[Any] = defer.Deferred()
-        alice = Phone(reactor, "alice", "example.test", self.agents[0].config.sip_listen[0])
-        bob = Phone(reactor, "bob", "example.test", self.agents[1].config.sip_listen[0], ring_seconds=4.0)
+        alice, bob = yield self.registered(ring_seconds=4.0)
         bob.on_incoming = lambda c: answered.called or answered.callback(c)
-        for phone in (alice, bob):
-            phone.start()
-            self.addCleanup(phone.stop)
-        for phone, user in ((alice, "alice"), (bob, "bob")):
-            response = yield phone.register(authorization=DIGEST.format(user=user))
-            self.assertEqual(response.status, 200)
         started = reactor.seconds()
         a_call = yield alice.call("bob")
         b_call = yield answered
@@ -67,3 +78,28 @@ class LongRingTests(_LoopbackPair):
         response = yield alice.hang_up(a_call)
         self.assertEqual(response.status, 200)
         self.assertEqual([len(half.media.ended_calls()) for half in halves], [2, 1, 1])
+
+    @defer.inlineCallbacks
+    def test_invite_nobody_answers(self) -> Any:
+        """
+        Bob's phone is gone (registered, then switched off): alice's
+        INVITE reaches nobody and no response comes back.  Once the caller
+        has given up (Timer B; 2 s here instead of 32) the call's legs end
+        on all three halves with the call record reason "no response",
+        their ports free, though no final response or CANCEL ever came;
+        alice's retransmissions make no media state again.
+        """
+        self.patch(manager, "NO_RESPONSE_TIMEOUT", 2.0)
+        alice, bob = yield self.registered()
+        yield bob.stop()
+        halves = [self.contact, *self.agents]
+        calling = alice.call("bob")
+        yield wait_until(lambda: all(half.media.calls > 0 for half in halves), timeout=10)
+        yield wait_until(lambda: all(half.media.calls == 0 for half in halves), timeout=10)
+        reasons = [[c["reason"] for c in half.media.ended_calls()] for half in halves]
+        self.assertEqual(reasons, [["no response"] * 2, ["no response"], ["no response"]])
+        self.assertEqual([half.media.ports_in_use for half in halves], [0, 0, 0])
+        # alice gives up herself (the test phone's own timeout, 8 s); her
+        # retransmissions until then made no leg again
+        yield self.assertFailure(calling, TransactionTimeout)
+        self.assertEqual([half.media.calls for half in halves], [0, 0, 0])
