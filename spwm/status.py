@@ -39,6 +39,7 @@ from twisted.web.server import Request, Site
 import spwm
 from spwm.addr import peer
 from spwm.errors import ListenError
+from spwm.media.manager import END_REASONS
 
 #: A section of the document: metric name -> number, or -> {label: number}.
 Section = dict[str, Any]
@@ -274,6 +275,15 @@ HELP: dict[str, str] = {
 #: Legs the per-leg histograms are labelled with (a bounded set).
 LEGS = ("lan", "tunnel", "operator")
 
+
+def reason_label(reason: str) -> str:
+    """
+    A call detail record's end reason as the C{reason} label of
+    C{spwm_calls_ended_total}: C{media inactivity} is C{media_inactivity}.
+    """
+    return reason.replace(" ", "_")
+
+
 #: The families L{Metrics} makes itself: a number of the document that
 #: would be named alike is left out of C{/metrics} (one family per name).
 OWN_FAMILIES = frozenset(
@@ -373,8 +383,8 @@ class Metrics:
         )
         self.calls = Counter(
             "spwm_calls_ended",
-            "Calls (legs with media) ended, answered or not.",
-            ["side", "answered"],
+            "Calls (legs with media) ended, answered or not, by why they ended (the call detail record's reason).",
+            ["side", "answered", "reason"],
             registry=registry,
         )
         self.lost = Counter(
@@ -390,7 +400,11 @@ class Metrics:
             leg: (self.jitter.labels(self.side, leg), self.transit.labels(self.side, leg), self.lost.labels(self.side, leg))
             for leg in LEGS
         }
-        self._calls = {answered: self.calls.labels(self.side, answered) for answered in ("yes", "no")}
+        self._calls = {
+            (answered, reason): self.calls.labels(self.side, answered, reason_label(reason))
+            for answered in ("yes", "no")
+            for reason in END_REASONS
+        }
 
     def call_event(self, event: str, record: dict[str, Any]) -> None:
         """
@@ -406,7 +420,12 @@ class Metrics:
             return
         if event != "ended":
             return
-        self._calls["yes" if record.get("answered_s") is not None else "no"].inc()
+        answered = "yes" if record.get("answered_s") is not None else "no"
+        reason = str(record.get("reason") or "")
+        counter = self._calls.get((answered, reason))
+        if counter is None:
+            counter = self.calls.labels(self.side, answered, reason_label(reason or "unknown"))
+        counter.inc()
         for stream in record.get("streams") or ():
             legs = stream.get("legs") or {}
             for leg in LEGS:

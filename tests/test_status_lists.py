@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from spwm.media import manager as media_manager
+from spwm.media.manager import END_REASONS
 from spwm.status import MAX_LIMIT, Query, Status, StatusResource, add_agent_lists, add_media_lists
 from spwm.statusweb import render_page
 from spwm.tunnel.info import describe_tunnel
@@ -199,12 +200,14 @@ class MetricsTests(SynchronousTestCase):
         metrics = status.metrics
         metrics.call_event("answered", {"setup_s": 0.3})
         # the call detail record's shape (spwm.media.manager.call_detail_record)
-        metrics.call_event("ended", {"answered_s": 5.0, "streams": [{"legs": SNAPSHOT["legs"]}, {"legs": None}]})
-        metrics.call_event("ended", {"answered_s": None, "streams": []})
+        metrics.call_event(
+            "ended", {"answered_s": 5.0, "reason": "dialog ended", "streams": [{"legs": SNAPSHOT["legs"]}, {"legs": None}]}
+        )
+        metrics.call_event("ended", {"answered_s": None, "reason": "no response", "streams": []})
         # a stream that carried nothing (a 407 to the INVITE) adds no sample
         silent = {"legs": {"lan": dict(SNAPSHOT["legs"]["lan"], packets=0, jitter_ms=0.0, lost=0),  # type: ignore[call-overload]
                            "tunnel": dict(SNAPSHOT["legs"]["tunnel"], packets=0, jitter_ms=0.0, transit_ms=1.0)}}  # type: ignore[call-overload]
-        metrics.call_event("ended", {"answered_s": None, "streams": [{"legs": silent["legs"]}]})
+        metrics.call_event("ended", {"answered_s": None, "reason": "dialog ended", "streams": [{"legs": silent["legs"]}]})
         text = metrics.exposition()[0].decode()
         self.assertIn('spwm_call_setup_seconds_bucket{le="0.25",side="contact"} 0.0\n', text)
         self.assertIn('spwm_call_setup_seconds_bucket{le="0.5",side="contact"} 1.0\n', text)
@@ -214,8 +217,13 @@ class MetricsTests(SynchronousTestCase):
         self.assertIn('spwm_media_transit_seconds_count{leg="tunnel",side="contact"} 1.0\n', text)
         self.assertIn('spwm_media_transit_seconds_count{leg="lan",side="contact"} 0.0\n', text)
         self.assertIn('spwm_media_lost_packets_total{leg="lan",side="contact"} 3.0\n', text)
-        self.assertIn('spwm_calls_ended_total{answered="yes",side="contact"} 1.0\n', text)
-        self.assertIn('spwm_calls_ended_total{answered="no",side="contact"} 2.0\n', text)
+        # by answer and reason, every known reason from the start
+        ended = re.findall(r'^spwm_calls_ended_total\{answered="(\w+)",reason="(\w+)",side="contact"\} (\S+)$', text, re.M)
+        self.assertEqual(len(ended), 2 * len(END_REASONS))
+        self.assertEqual(
+            sorted((a, r, float(n)) for a, r, n in ended if float(n)),
+            [("no", "dialog_ended", 1.0), ("no", "no_response", 1.0), ("yes", "dialog_ended", 1.0)],
+        )
         self.assertIn('spwm_media_jitter_seconds_count{leg="lan",side="contact"} 1.0\n', text)
 
     def test_rtt_sampled_per_scrape(self) -> None:
@@ -376,7 +384,7 @@ class MediaListingTests(SynchronousTestCase):
         self.assertEqual((cdr["dialog"], cdr["started"]), (ended["call"], round(ended["started"], 3)))
         self.assertAlmostEqual(ended["ended"] - ended["started"], ended["duration"], places=3)
         text = status.metrics.exposition()[0].decode()
-        self.assertIn('spwm_calls_ended_total{answered="yes",side="agent"} 1.0\n', text)
+        self.assertIn('spwm_calls_ended_total{answered="yes",reason="dialog_ended",side="agent"} 1.0\n', text)
         self.assertIn('spwm_media_jitter_seconds_count{leg="lan",side="agent"} 1.0\n', text)
         self.assertIn('spwm_media_jitter_seconds_count{leg="tunnel",side="agent"} 0.0\n', text)
         for n in range(media_manager.ENDED_CALLS + 5):

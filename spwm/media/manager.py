@@ -107,6 +107,12 @@ NO_RESPONSE_TIMEOUT = 64 * 0.5
 #: A dialog's C{waiting} once a response to its INVITE crossed: for good.
 _HEARD = math.inf
 
+#: Why a call leg's media ends, as its call detail record says (C{reason}):
+#: a BYE, CANCEL or final error; its session's tunnel lost past the resume
+#: window; its session resumed as another; no media left; no response to
+#: its INVITE (L{NO_RESPONSE_TIMEOUT}).
+END_REASONS = ("dialog ended", "tunnel lost", "resumed as another session", "media inactivity", "no response")
+
 #: Default number of channels the peer may open before their SDP arrives,
 #: per session.  Every call has one such channel for a moment; a busy half
 #: keeps them for as long as its SIP backlog (the SIP waits in slices, and

@@ -264,11 +264,14 @@ class MonitoringTests(SpwmSipTestCase):
             self.assertIsNotNone(ended["ended"])
             metrics = self.fetch(side, "/metrics")
             self.assertRegex(metrics, rf'spwm_calls_in_progress\{{side="{side}"\}} 0\.0')
-            ended_yes = [
-                line for line in metrics.splitlines()
-                if line.startswith("spwm_calls_ended_total{") and 'answered="yes"' in line
-            ]
-            self.assertEqual([line.rsplit(" ", 1)[1] for line in ended_yes], ["1.0"], metrics[-3000:])
+            # by why it ended: one answered call, ended by its BYE
+            ended_yes = {
+                reason: float(value)
+                for reason, value in re.findall(
+                    r'^spwm_calls_ended_total\{answered="yes",reason="(\w+)",side="\w+"\} (\S+)$', metrics, re.M
+                )
+            }
+            self.assertEqual({r: n for r, n in ended_yes.items() if n}, {"dialog_ended": 1.0}, metrics[-3000:])
             # the per-leg families got the call's two legs on this half
             legs = {"agent": ("lan", "tunnel"), "contact": ("tunnel", "operator")}[side]
             for family, value in (("spwm_media_jitter_seconds_count", "1.0"), ("spwm_media_lost_packets_total", "0.0")):

@@ -76,7 +76,7 @@ class StatusPageTests(_WithStatus):
         self.assertEqual(code, 200)
         self.assertIn(b'spwm_sip_registrations{side="contact"} 2.0\n', body)
         self.assertIn(b'spwm_media_streams{side="contact"} 0.0\n', body)
-        self.assertIn(b'spwm_calls_ended_total{answered="yes",side="contact"} 2.0\n', body)
+        self.assertIn(b'spwm_calls_ended_total{answered="yes",reason="dialog_ended",side="contact"} 2.0\n', body)
         self.assertIn(b'spwm_call_setup_seconds_count{side="contact"} 2.0\n', body)
         code, body = yield self.get(self.contact, "/status")
         ended = json.loads(body)["lists"]["ended_calls"]["items"]
