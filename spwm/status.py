@@ -246,6 +246,7 @@ HELP: dict[str, str] = {
     "sip_registrations": "Bindings registered through tunnels.",
     "sip_dialogs": "Established dialogs.",
     "sip_events": "SIP messages dropped or refused, by kind or status code (key).",
+    "sip_proxies": "Contact point with --sip-proxy given more than once: each operator proxy (key), 1 while it answers OPTIONS, 0 while it is skipped.",
     "media_streams": "Media streams relayed now.",
     "calls_in_progress": "Call legs with media now.",
     "calls_limit": "Contact point, --max-calls: call legs with media it relays at most; new calls beyond are refused with 503.",

@@ -40,9 +40,22 @@ class ConfigTests(SynchronousTestCase):
         options.parseOptions(
             ["--plaintext", "--sip-proxy", "198.51.100.7:5080;transport=tcp", "--sip-address", "192.0.2.1"]
         )
-        self.assertEqual(options["sip-proxy"], OperatorProxy("198.51.100.7", 5080, "tcp"))
+        self.assertEqual(options["sip-proxy"], [OperatorProxy("198.51.100.7", 5080, "tcp")])
         self.assertEqual(options.config.sip_proxy, OperatorProxy("198.51.100.7", 5080, "tcp"))
+        self.assertEqual((options.config.also_sip_proxy, options.config.sip_proxy_ping), ((), 5.0))
         self.assertEqual(options.config.sip_address, ("192.0.2.1", 5060))
+        # several proxies, in order of preference; the TOML file's list
+        options = contact.Options()
+        options.parseOptions(
+            ["--plaintext", "--sip-proxy", "198.51.100.7", "--sip-proxy", "198.51.100.8:5070", "--sip-proxy-ping", "2"]
+        )
+        self.assertEqual(options.config.sip_proxy, OperatorProxy("198.51.100.7"))
+        self.assertEqual(options.config.also_sip_proxy, (OperatorProxy("198.51.100.8", 5070),))
+        self.assertEqual(options.config.sip_proxy_ping, 2.0)
+        config = ContactConfig.from_options({"plaintext": True, "sip-proxy": ["198.51.100.7", "198.51.100.8"]})
+        self.assertEqual((config.sip_proxy, config.also_sip_proxy), (OperatorProxy("198.51.100.7"), (OperatorProxy("198.51.100.8"),)))
+        config = ContactConfig.from_options({"plaintext": True, "sip-proxy": "198.51.100.7"})
+        self.assertEqual((config.sip_proxy, config.also_sip_proxy), (OperatorProxy("198.51.100.7"), ()))
         config = AgentConfig.from_options({"contact": "[2001:db8::1]:8443", "http-proxy": "proxy.example.test:3128"})
         self.assertEqual(config.contact, ("2001:db8::1", 8443))
         self.assertEqual(config.contact_name, "[2001:db8::1]:8443")

@@ -28,6 +28,7 @@ __all__ = [
     "Dropped",
     "MediaHook",
     "OperatorProxy",
+    "ProxyChanged",
     "RouteRefused",
     "ToApp",
     "ToNetwork",
@@ -146,7 +147,28 @@ class BindingChanged:
     app: Flow | None = None
 
 
-Action = Union[ToTunnel, ToApp, ToNetwork, Dropped, RouteRefused, BindingChanged]
+@frozen
+class ProxyChanged:
+    """
+    One of the operator's proxies went out of use or came back
+    (L{spwm.sip.nexthop.ProxyPool}); the adapter logs it.
+
+    @ivar proxy: the proxy.
+    @ivar up: whether it answers now.
+    @ivar why: what made the change (for the log).
+    @ivar using: the proxy requests go to from now on.
+    @ivar answering: whether C{using} answers (else none does, and
+        requests go to the first all the same).
+    """
+
+    proxy: OperatorProxy
+    up: bool
+    why: str
+    using: OperatorProxy
+    answering: bool = True
+
+
+Action = Union[ToTunnel, ToApp, ToNetwork, Dropped, RouteRefused, BindingChanged, ProxyChanged]
 
 
 class Counters(dict[str, int]):

@@ -97,6 +97,10 @@ class AuthorizingContactProxy:
         return self._core.registrar
 
     @property
+    def proxies(self) -> Any:
+        return self._core.proxies
+
+    @property
     def secret(self) -> bytes:
         return self._core.secret
 

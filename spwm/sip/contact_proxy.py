@@ -54,6 +54,7 @@ from spwm.sip.errors import SipParseError
 from spwm.sip.flows import KIND_CONTACT, KIND_ROUTE, KIND_VIA, FlowToken, FlowTokenCodec
 from spwm.sip.message import SipMessage, make_response, parse_message
 from spwm.sip.names import ProxyNames
+from spwm.sip.nexthop import ProxyPool, proxy_text
 from spwm.sip.registrations import ContactRegistrations, Registration
 from spwm.sip.rewrite import (
     DIALOG_CREATING,
@@ -120,6 +121,7 @@ class ContactSipProxy:
         secret: bytes,
         *,
         operator: OperatorProxy | None = None,
+        proxies: ProxyPool | None = None,
         contact_rewrite: bool = False,
         media_hook: MediaHook | None = None,
         registrar: EmbeddedRegistrar | None = None,
@@ -137,12 +139,17 @@ class ContactSipProxy:
         @param names: the URIs that name this contact point (RFC 3261
             16.4): C{address} and the C{--sip-name}s; C{address} alone by
             default.
+        @param proxies: the operator's proxies (several C{--sip-proxy}:
+            requests go to the first that answers its C{OPTIONS}); a
+            C{ProxyPool} of C{operator} alone by default.
         """
         self.address = address
         self.names = names if names is not None else ProxyNames([address])
-        self.operator = operator
+        if proxies is None and operator is not None:
+            proxies = ProxyPool([operator], address)
+        self.proxies = proxies
         self.media_hook = media_hook
-        if operator is None and registrar is None:
+        if proxies is None and registrar is None:
             from spwm.sip.registrar import EmbeddedRegistrar
 
             registrar = EmbeddedRegistrar()
@@ -167,6 +174,14 @@ class ContactSipProxy:
         # retransmissions pass on too, whatever the tunnel's state)
         self._invites = RecentInvites()
         self._next_sweep: float | None = None
+
+    @property
+    def operator(self) -> OperatorProxy | None:
+        """
+        The operator proxy requests go to now (the first of C{proxies}
+        that answers), or C{None} for the embedded registrar.
+        """
+        return None if self.proxies is None else self.proxies.current
 
     @property
     def contact_rewrite(self) -> bool:
@@ -263,13 +278,18 @@ class ContactSipProxy:
         For the status page: sessions attached, bindings and dialogs now,
         and the drops and refusals so far (by reason or status code).
         """
-        return {
+        out: dict[str, Any] = {
             "sessions": len(self._tunnels),
             "registered_sessions": self._registrations.sessions(),
             "registrations": len(self._registrations),
             "dialogs": len(self._dialogs),
             "events": dict(self.counters),
         }
+        pool = self.proxies
+        if pool is not None and pool.probing:
+            out["proxies"] = {proxy_text(p): up for p, up in pool.answering()}
+            out["proxy"] = proxy_text(pool.current)
+        return out
 
     def registrations(self, session_id: str) -> list[Registration]:
         """
@@ -293,11 +313,16 @@ class ContactSipProxy:
         """
         @return: when L{handle_timer} should next run, or C{None}.
         """
-        ack = self._dialogs.next_ack_deadline
-        sweep = self._next_sweep
-        if ack is None or (sweep is not None and sweep <= ack):
-            return sweep
-        return ack
+        times = [
+            t
+            for t in (
+                self._dialogs.next_ack_deadline,
+                self._next_sweep,
+                None if self.proxies is None else self.proxies.next_deadline(),
+            )
+            if t is not None
+        ]
+        return min(times) if times else None
 
     def handle_timer(self, now: float) -> list[Action]:
         """
@@ -305,15 +330,18 @@ class ContactSipProxy:
         registrar's bindings.
 
         @return: a L{BindingChanged} C{"expired"} for each registration
-            that expired.
+            that expired; the operator's proxies' C{OPTIONS} pings when
+            due, and their changes (L{ProxyChanged}).
         """
-        events = self._registrations.expire(now)
+        events: list[Action] = list(self._registrations.expire(now))
         self._unacknowledged(now)
         self._dialogs.expire(now)
         if self.registrar is not None:
             self.registrar.expire(now)
         busy = self._registrations.busy() or bool(self._dialogs)
         self._next_sweep = now + self.sweep_interval if busy else None
+        if self.proxies is not None:
+            events.extend(self.proxies.due(now))
         return events
 
     def _malformed(
@@ -406,12 +434,13 @@ class ContactSipProxy:
         self._invites.media(invite, again, self.media_hook, key, fid, msg, False)
         self._maybe_ended(key, session, fid, msg)
         self._dialogs.touch(session, call_id, now)
-        if self.operator is None:
+        operator = self.operator
+        if operator is None:
             transport = "udp"
             dest = self.address
         else:
-            transport = self.operator.transport.lower()
-            dest = (self.operator.host, self.operator.port)
+            transport = operator.transport.lower()
+            dest = (operator.host, operator.port)
         msg.prepend_header("Via", self._via(transport, branch))
         data = msg.to_bytes()
         if transport == "udp" and len(data) > UDP_SIZE_LIMIT:
@@ -419,7 +448,7 @@ class ContactSipProxy:
             msg.replace_first_value("Via", self._via(transport, branch))
             data = msg.to_bytes()
         self._arm(now)
-        if self.registrar is not None and self.operator is None:
+        if self.registrar is not None and operator is None:
             # the embedded registrar answers at once, as from the network
             return [_Spiral("udp", reply.to_bytes()) for reply in self.registrar.handle_request(msg, now)]
         return [ToNetwork(transport, dest, data)]
@@ -548,6 +577,12 @@ class ContactSipProxy:
 
     def _network_response(self, msg: SipMessage, now: float) -> list[Action]:
         top = msg.top_via
+        pool = self.proxies
+        if pool is not None and pool.probing and top is not None:
+            present, branch = param(top.params, "branch")
+            if ProxyPool.ours(branch):
+                # a response to our OPTIONS ping of a proxy
+                return list(pool.answered(msg, branch or ""))
         tok = self._via_token(top)
         if top is None or tok is None:
             reason = "response from network with unknown or forged Via"

@@ -44,6 +44,7 @@ from spwm.sip.framing import KeepAlive, SipStreamFramer
 from spwm.sip.actions import (
     BindingChanged,
     Dropped,
+    ProxyChanged,
     RouteRefused,
     ToApp,
     ToNetwork,
@@ -51,6 +52,7 @@ from spwm.sip.actions import (
 )
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.contact_proxy import ContactSipProxy
+from spwm.sip.nexthop import proxy_text
 
 if TYPE_CHECKING:
     from spwm.sip.authz import AuthorizingContactProxy
@@ -571,7 +573,28 @@ class _Runner:
                 self._log_binding(action)
             elif isinstance(action, RouteRefused):
                 self._log_route_refused(action)
+            elif isinstance(action, ProxyChanged):
+                self._log_proxy(action)
         self._rearm()
+
+    def _log_proxy(self, change: ProxyChanged) -> None:
+        using = proxy_text(change.using)
+        if not change.answering:
+            using = f"the first, {using}, all the same (none answers)"
+        if change.up:
+            self.log.info(
+                "operator proxy {proxy} answers again ({why}); requests go to {using}",
+                proxy=proxy_text(change.proxy),
+                why=change.why,
+                using=using,
+            )
+        else:
+            self.log.warn(
+                "operator proxy {proxy} does not answer ({why}); requests go to {using}",
+                proxy=proxy_text(change.proxy),
+                why=change.why,
+                using=using,
+            )
 
     @staticmethod
     def _app_peer(flow: Flow) -> str:
@@ -861,6 +884,20 @@ class ContactSipRunner(_Runner):
         self.max_queued = max_queued
         self._by_peer: dict[tuple[str, int], SipStreamProtocol] = {}
         self._connecting: dict[tuple[str, int], list[bytes]] = {}
+
+    def udp_started(self, proto: SipUdpProtocol) -> None:
+        first = not self._udp
+        super().udp_started(proto)
+        pool = self.core.proxies
+        if first and pool is not None and pool.probing:
+            self.log.info(
+                "operator proxies {proxies}, in this order: OPTIONS to each every {interval}s, requests to the first that answers",
+                proxies=", ".join(proxy_text(p) for p in pool.proxies),
+                interval=f"{pool.interval:g}",
+            )
+        # the core's first deadline: the operator's proxies' first pings
+        # go once there is a socket to send them from
+        self._rearm()
 
     def _datagram_received(self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]) -> None:
         if self.trace is not None and data.strip(b"\r\n\t "):

@@ -48,6 +48,7 @@ from spwm.sip.authz import AuthorizingContactProxy, MediaAcceptor
 from spwm.sip.flows import FlowTable
 from spwm.sip.names import ProxyNames
 from spwm.sip.actions import OperatorProxy
+from spwm.sip.nexthop import ProxyPool
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.fanout import FanoutCore
@@ -922,6 +923,12 @@ def build_contact(
     forwarder = ContactForwarder(reactor, list(config.allow_forward), receive_buffer=limits.sip.udp_buffer)
     sip_host, sip_port = config.sip_address
     operator = operator_proxy(config.sip_proxy)
+    proxies = None
+    if operator is not None:
+        more = [operator_proxy(p) for p in config.also_sip_proxy]
+        proxies = ProxyPool(
+            [operator, *(p for p in more if p is not None)], (sip_host, sip_port), interval=config.sip_proxy_ping
+        )
     media_address = config.media_address or sip_host
     hep = hep_sender(config.hep, reactor, "contact")
     media = MediaManager(
@@ -952,7 +959,7 @@ def build_contact(
         ContactSipProxy(
             (sip_host, sip_port),
             secret,
-            operator=operator,
+            proxies=proxies,
             registrar=registrar,
             names=ProxyNames([(sip_host, sip_port)], list(config.sip_names)),
             contact_rewrite=config.contact_rewrite,

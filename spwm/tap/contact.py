@@ -16,6 +16,7 @@ from spwm.config import (
     ip_address,
     ip_literal_port,
     network,
+    non_negative_float,
     optional_string,
     port_range,
     positive_float,
@@ -25,6 +26,7 @@ from spwm.config import (
 )
 from spwm.sip.names import sip_domain, sip_name
 from spwm.sip.actions import OperatorProxy
+from spwm.sip.nexthop import DEFAULT_PING_INTERVAL
 from spwm.tap.assembly import build_contact
 from spwm.tap.common import HEP_OPTIONS, LOG_OPTIONS, STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service
 from spwm.tap.options import ContactConfig
@@ -73,7 +75,8 @@ OPTIONS = (
     Option("max-tunnels", 10000, positive_int, "Tunnels (handshaking ones included) the contact point accepts in total."),
     Option("max-tunnels-per-address", 100, positive_int, "Tunnels accepted from one source address."),
     Option("max-handshakes", 256, positive_int, "Tunnels in their handshake (TLS and hello) at once; while that many are, the contact point accepts no more (the kernel's queue holds them), so a reconnect storm is worked through in order instead of every handshake timing out."),
-    Option("sip-proxy", None, parse_sip_proxy, "Operator proxy HOST[:PORT][;transport=udp|tcp] (default: the embedded registrar)."),
+    Option("sip-proxy", (), parse_sip_proxy, "Operator proxy HOST[:PORT][;transport=udp|tcp] (default: the embedded registrar); given more than once, the proxies in order of preference: each is sent OPTIONS every --sip-proxy-ping seconds, and requests go to the first that answers.", repeat=True),
+    Option("sip-proxy-ping", DEFAULT_PING_INTERVAL, non_negative_float, "With --sip-proxy given more than once: seconds between two OPTIONS to each proxy; a proxy that misses two in a row (no response within this, or a 5xx) is skipped until it answers again. 0: no pings, always the first."),
     Option("sip-address", ("127.0.0.1", 5070), sip_address, "Operator-side SIP address ADDR[:PORT] of the contact point (UDP and TCP)."),
     Option("sip-name", (), sip_name, "Another name of this contact point in a Route or Request-URI: a DNS name or address, NAME[:PORT] (without a port: the --sip-address port).", repeat=True),
     Option("domain", (), sip_domain, "A domain the embedded registrar serves (repeatable; default: any); a REGISTER for another domain gets 403.", repeat=True),

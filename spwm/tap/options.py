@@ -44,6 +44,26 @@ def _tuple(value: Any) -> tuple[Any, ...]:
     return tuple(value)
 
 
+def _first(value: Any) -> Any:
+    """
+    The first of a repeatable option's values (one value as it is, as
+    before the option was repeatable), or C{None}.
+    """
+    if value is None or isinstance(value, OperatorProxy):
+        return value
+    values = list(value)
+    return values[0] if values else None
+
+
+def _rest(value: Any) -> tuple[Any, ...]:
+    """
+    The values after the first of a repeatable option.
+    """
+    if value is None or isinstance(value, OperatorProxy):
+        return ()
+    return tuple(value)[1:]
+
+
 @frozen
 class StatusConfig:
     """
@@ -309,6 +329,10 @@ class ContactConfig:
     @ivar sip_proxy: the operator proxy (as written: a name is resolved
         when the contact point is built), or C{None} for the embedded
         registrar.
+    @ivar also_sip_proxy: the proxies after it (C{--sip-proxy} given more
+        than once), in order of preference.
+    @ivar sip_proxy_ping: seconds between two C{OPTIONS} to each proxy
+        when there are several (L{spwm.sip.nexthop}); 0: none.
     @ivar sip_address: the operator-side SIP address, C{(ip, port)}.
     @ivar workers: processes sharing the tunnel listener (C{spwm.workers});
         1: this one process.
@@ -338,6 +362,8 @@ class ContactConfig:
     allow_forward: tuple[Address, ...] = field(default=(), converter=_tuple)
     state_file: str | None = None
     sip_proxy: OperatorProxy | None = None
+    also_sip_proxy: tuple[OperatorProxy, ...] = field(default=(), converter=_tuple)
+    sip_proxy_ping: float = 5.0
     sip_address: Address = ("127.0.0.1", 5070)
     sip_names: tuple[tuple[str, int | None], ...] = field(default=(), converter=_tuple)
     domains: tuple[str, ...] = field(default=(), converter=_tuple)
@@ -414,7 +440,9 @@ class ContactConfig:
             client_ca=v["client-ca"],
             allow_forward=v["allow-forward"],
             state_file=v["state-file"],
-            sip_proxy=v["sip-proxy"],
+            sip_proxy=_first(v["sip-proxy"]),
+            also_sip_proxy=_rest(v["sip-proxy"]),
+            sip_proxy_ping=v["sip-proxy-ping"],
             sip_address=v["sip-address"],
             sip_names=v["sip-name"],
             domains=v["domain"],

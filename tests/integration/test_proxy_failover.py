@@ -1,0 +1,115 @@
+"""
+A contact point with two operator proxies (C{--sip-proxy} twice) on
+loopback: it pings both with OPTIONS, sends a phone's REGISTER to the
+first; the first stops answering (its socket closed): the contact point
+says so in one log line and the next REGISTER goes to the second, whose
+answer reaches the phone; the first comes back: requests go to it again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import globalLogPublisher
+
+from spwm.testing.phone import Phone, build_sip, parse_sip, uri_of
+from spwm.testing.ports import free_port
+from tests.integration.test_resumption import DIGEST, _LoopbackPair
+from tests.integration.test_tunnel_loopback import wait_until
+
+
+class Proxy(DatagramProtocol):
+    """
+    An operator proxy as far as the test needs: answers OPTIONS and
+    REGISTER with 200 (the REGISTER's Contact with an expiry), and counts
+    what it got by method.
+    """
+
+    def __init__(self) -> None:
+        self.got: dict[str, int] = {}
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        message = parse_sip(data)
+        method = message.first.split(" ", 1)[0]
+        self.got[method] = self.got.get(method, 0) + 1
+        if method not in ("OPTIONS", "REGISTER"):
+            return
+        headers = [(name, value) for name, value in message.headers if name.lower() in ("via", "from", "call-id", "cseq")]
+        headers.append(("To", (message.get("to") or "") + ";tag=op"))
+        if method == "REGISTER":
+            headers.append(("Contact", (message.get("contact") or "") + ";expires=300"))
+        self.transport.write(build_sip("SIP/2.0 200 OK", headers), addr)
+
+
+class ProxyFailoverTests(_LoopbackPair):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.ports = [free_port(), free_port()]
+        self.proxies = [Proxy(), Proxy()]
+        self.listening = [self.listen(i) for i in (0, 1)]
+        self.contact_extra = [
+            "--sip-proxy", f"127.0.0.1:{self.ports[0]}", "--sip-proxy", f"127.0.0.1:{self.ports[1]}",
+            "--sip-proxy-ping", "0.3",
+        ]  # fmt: skip
+        self.lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if "operator proxy" in str(event.get("log_format", "")):
+                from twisted.logger import formatEvent
+
+                self.lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        yield super().setUp()
+
+    def listen(self, index: int) -> Any:
+        port = reactor.listenUDP(self.ports[index], self.proxies[index], interface="127.0.0.1")
+        self.addCleanup(lambda: port.stopListening() if port.connected else None)
+        return port
+
+    def proxies_up(self) -> dict[str, bool]:
+        return self.contact.status.document()["sip"]["proxies"]
+
+    @defer.inlineCallbacks
+    def test_failover_and_back(self) -> Any:
+        """
+        Both proxies are pinged; the REGISTER goes to the first; the first
+        stops: one warning, and the refresh goes to the second and is
+        answered; the first comes back: one line, and the next refresh
+        goes to it.
+        """
+        first, second = self.proxies
+        yield wait_until(lambda: first.got.get("OPTIONS", 0) >= 2 and second.got.get("OPTIONS", 0) >= 2, timeout=10)
+        alice = Phone(reactor, "alice", "example.test", self.agents[0].config.sip_listen[0])
+        alice.start()
+        self.addCleanup(alice.stop)
+        response = yield alice.register(authorization=DIGEST.format(user="alice"))
+        self.assertEqual(response.status, 200)
+        self.assertEqual((first.got.get("REGISTER"), second.got.get("REGISTER")), (1, None))
+        # the first proxy goes away
+        yield self.listening[0].stopListening()
+        yield wait_until(lambda: not self.proxies_up()[f"127.0.0.1:{self.ports[0]};transport=udp"], timeout=10)
+        (down,) = self.lines
+        self.assertIn(f"operator proxy 127.0.0.1:{self.ports[0]};transport=udp does not answer", down)
+        self.assertIn(f"requests go to 127.0.0.1:{self.ports[1]};transport=udp", down)
+        response = yield alice.register(authorization=DIGEST.format(user="alice"))
+        self.assertEqual(response.status, 200)
+        self.assertEqual((first.got.get("REGISTER"), second.got.get("REGISTER")), (1, 1))
+        self.assertEqual(self.contact.status.document()["sip"]["proxy"], f"127.0.0.1:{self.ports[1]};transport=udp")
+        metrics = self.contact.status.metrics.exposition()[0].decode()
+        for index, value in ((0, "0.0"), (1, "1.0")):
+            self.assertIn(f'spwm_sip_proxies{{key="127.0.0.1:{self.ports[index]};transport=udp",side="contact"}} {value}\n', metrics)
+        # it comes back
+        self.listening[0] = self.listen(0)
+        yield wait_until(lambda: all(self.proxies_up().values()), timeout=10)
+        self.assertEqual(len(self.lines), 2)
+        self.assertIn("answers again", self.lines[1])
+        response = yield alice.register(authorization=DIGEST.format(user="alice"))
+        self.assertEqual(response.status, 200)
+        self.assertEqual((first.got.get("REGISTER"), second.got.get("REGISTER")), (2, 1))
+        self.assertEqual(uri_of(response.get("to") or ""), alice.aor)

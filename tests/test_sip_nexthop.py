@@ -1,0 +1,250 @@
+"""
+The operator's proxies as the contact point's next hop (L{spwm.sip.nexthop}):
+the pool alone with a fake clock, then through the contact point's SIP
+core.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.sip.actions import OperatorProxy, ProxyChanged, ToNetwork
+from spwm.sip.contact_proxy import ContactSipProxy
+from spwm.sip.message import make_response, parse_message
+from spwm.sip.nexthop import PING_MARK, ProxyPool
+from spwm.testing.tunnel import FakeTunnel
+from tests.test_sip_proxy import CONTACT_ADDR, SECRET, register
+
+A = OperatorProxy("198.51.100.7")
+B = OperatorProxy("198.51.100.8", 5070)
+C = OperatorProxy("198.51.100.9", 5060, "tcp")
+
+
+def pings(actions: list[Any]) -> dict[OperatorProxy, ToNetwork]:
+    """
+    The OPTIONS among C{actions}, by the proxy they go to.
+    """
+    by_addr = {(p.host, p.port): p for p in (A, B, C)}
+    return {
+        by_addr[a.addr]: a
+        for a in actions
+        if isinstance(a, ToNetwork) and a.data.startswith(b"OPTIONS ")
+    }
+
+
+def reply(ping: ToNetwork, status: int = 200, reason: str = "OK") -> Any:
+    """
+    The proxy's response to a ping, parsed (as the core sees it).
+    """
+    return parse_message(make_response(parse_message(ping.data), status, reason).to_bytes())
+
+
+def branch_of(ping: ToNetwork) -> str:
+    via = parse_message(ping.data).top_via
+    assert via is not None
+    return dict(via.params)["branch"] or ""
+
+
+class ProxyPoolTests(SynchronousTestCase):
+    def test_single_proxy_never_probed(self) -> None:
+        """
+        One proxy: nothing to choose, no pings, no deadline.
+        """
+        pool = ProxyPool([A], CONTACT_ADDR)
+        self.assertFalse(pool.probing)
+        self.assertIsNone(pool.next_deadline())
+        self.assertEqual(pool.due(100.0), [])
+        self.assertEqual(pool.current, A)
+
+    def test_ping_is_an_options_request(self) -> None:
+        """
+        Each proxy gets an OPTIONS for itself over its transport, with our
+        Via (a branch of ours) and a CSeq that counts up.
+        """
+        pool = ProxyPool([A, C], CONTACT_ADDR, interval=5)
+        self.assertEqual(pool.next_deadline(), 0.0)
+        sent = pings(pool.due(1.0))
+        self.assertEqual(set(sent), {A, C})
+        self.assertEqual((sent[A].transport, sent[C].transport), ("udp", "tcp"))
+        msg = parse_message(sent[C].data)
+        self.assertEqual((msg.method, msg.uri), ("OPTIONS", "sip:198.51.100.9:5060"))
+        via = msg.top_via
+        assert via is not None
+        self.assertEqual((via.transport.upper(), via.host, via.port), ("TCP", CONTACT_ADDR[0], CONTACT_ADDR[1]))
+        self.assertTrue(ProxyPool.ours(branch_of(sent[C])))
+        self.assertIn(PING_MARK, branch_of(sent[C]))
+        self.assertEqual(msg.cseq, (1, "OPTIONS"))
+        self.assertEqual(pool.next_deadline(), 6.0)
+        # nothing before the next deadline
+        self.assertEqual(pool.due(5.9), [])
+        again = pings(pool.due(6.0))
+        self.assertEqual(parse_message(again[C].data).cseq, (2, "OPTIONS"))
+        self.assertNotEqual(branch_of(again[C]), branch_of(sent[C]))
+
+    def test_failover_and_back(self) -> None:
+        """
+        The first proxy misses two pings in a row: requests go to the
+        second (one change, with why); a late answer to an old ping changes
+        nothing; the first answers again: back to it.  A single miss
+        changes nothing.
+        """
+        pool = ProxyPool([A, B], CONTACT_ADDR, interval=5)
+        now = 0.0
+        sent = pings(pool.due(now))
+        self.assertEqual(pool.answered(reply(sent[A]), branch_of(sent[A])), [])
+        self.assertEqual(pool.answered(reply(sent[B]), branch_of(sent[B])), [])
+        # one miss of A: still A
+        now += 5
+        sent = pings(pool.due(now))
+        pool.answered(reply(sent[B]), branch_of(sent[B]))
+        now += 5
+        out = pool.due(now)
+        self.assertEqual([a for a in out if isinstance(a, ProxyChanged)], [])
+        self.assertEqual(pool.current, A)
+        sent = pings(out)
+        first_lost = sent[A]
+        pool.answered(reply(sent[B]), branch_of(sent[B]))
+        now += 5
+        out = pool.due(now)
+        changes = [a for a in out if isinstance(a, ProxyChanged)]
+        self.assertEqual(len(changes), 1)
+        self.assertEqual((changes[0].proxy, changes[0].up, changes[0].using), (A, False, B))
+        self.assertIn("no response to OPTIONS, 2 times in a row", changes[0].why)
+        self.assertEqual((pool.current, pool.answering()), (B, [(A, False), (B, True)]))
+        # an answer to a ping already counted as missed is too late
+        self.assertEqual(pool.answered(reply(first_lost), branch_of(first_lost)), [])
+        self.assertEqual(pool.current, B)
+        sent = pings(out)
+        (back,) = pool.answered(reply(sent[A], 404, "Not Found"), branch_of(sent[A]))
+        self.assertEqual((back.proxy, back.up, back.using), (A, True, A))
+        self.assertEqual((pool.current, pool.changes), (A, 2))
+
+    def test_errors_and_provisional(self) -> None:
+        """
+        A 5xx to a ping is a miss (503: overloaded, shutting down); a 1xx
+        waits for the final response; with every proxy out, requests go to
+        the first.
+        """
+        pool = ProxyPool([A, B], CONTACT_ADDR, interval=5, misses=1)
+        sent = pings(pool.due(0.0))
+        self.assertEqual(pool.answered(reply(sent[A], 100, "Trying"), branch_of(sent[A])), [])
+        (change,) = pool.answered(reply(sent[A], 503, "Service Unavailable"), branch_of(sent[A]))
+        self.assertEqual((change.proxy, change.up, change.using), (A, False, B))
+        self.assertIn("503 Service Unavailable to OPTIONS", change.why)
+        out = pool.due(5.0)
+        (change,) = [a for a in out if isinstance(a, ProxyChanged)]
+        self.assertEqual((change.proxy, change.up, change.using, change.answering), (B, False, A, False))
+        self.assertEqual(pool.current, A)
+        # both out at once: both changes name where requests go in the end
+        pool = ProxyPool([A, B], CONTACT_ADDR, interval=5, misses=1)
+        pool.due(0.0)
+        changes = [a for a in pool.due(5.0) if isinstance(a, ProxyChanged)]
+        self.assertEqual([(c.proxy, c.using, c.answering) for c in changes], [(A, A, False), (B, A, False)])
+
+    def test_bad_arguments(self) -> None:
+        self.assertRaises(ValueError, ProxyPool, [], CONTACT_ADDR)
+        self.assertRaises(ValueError, ProxyPool, [A, B], CONTACT_ADDR, misses=0)
+        self.assertFalse(ProxyPool([A, B], CONTACT_ADDR, interval=0).probing)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(st.booleans(), st.booleans(), st.booleans()), max_size=30))
+    def test_current_is_the_first_that_answers(self, rounds: list[tuple[bool, bool, bool]]) -> None:
+        """
+        Whatever answers when (each round, each proxy's ping answered or
+        not): requests go to the first proxy that has not missed two
+        pings in a row since its last answer, else to the first; every
+        ping gets a branch of its own.
+        """
+        proxies = [A, B, C]
+        pool = ProxyPool(proxies, CONTACT_ADDR, interval=1)
+        misses = {p: 0 for p in proxies}
+        up = {p: True for p in proxies}
+        branches: set[str] = set()
+        unanswered: set[OperatorProxy] = set()
+
+        def check() -> None:
+            self.assertEqual(pool.current, next((p for p in proxies if up[p]), A))
+
+        for index, answers in enumerate([*rounds, (False, False, False)]):
+            sent = pings(pool.due(float(index)))
+            for proxy in unanswered:
+                misses[proxy] += 1
+                if misses[proxy] >= 2:
+                    up[proxy] = False
+            check()
+            self.assertEqual(set(sent), set(proxies))
+            for ping in sent.values():
+                self.assertNotIn(branch_of(ping), branches)
+                branches.add(branch_of(ping))
+            unanswered = set()
+            for proxy, answer in zip(proxies, answers):
+                if answer:
+                    pool.answered(reply(sent[proxy]), branch_of(sent[proxy]))
+                    misses[proxy] = 0
+                    up[proxy] = True
+                else:
+                    unanswered.add(proxy)
+            check()
+
+
+class CoreTests(SynchronousTestCase):
+    """
+    Through the contact point's SIP core.
+    """
+
+    def core(self) -> ContactSipProxy:
+        return ContactSipProxy(CONTACT_ADDR, SECRET, proxies=ProxyPool([A, B], CONTACT_ADDR, interval=5))
+
+    def test_requests_follow_the_pool(self) -> None:
+        """
+        The core's timer sends the pings; their responses are the pool's
+        (not dropped as forged); once the first proxy misses two, a
+        REGISTER from the tunnel goes to the second, and back when the
+        first answers; the status lists both.
+        """
+        core = self.core()
+        tunnel = FakeTunnel("s1")
+        core.tunnel_attached(tunnel, "s1")
+        self.assertEqual(core.next_deadline(), 0.0)
+        now = 1000.0
+        sent = pings(core.handle_timer(now))
+        self.assertEqual(set(sent), {A, B})
+        for proxy in (A, B):
+            out = core.from_network("udp", (proxy.host, proxy.port), reply(sent[proxy]).to_bytes(), now)
+            self.assertEqual(out, [])
+        self.assertEqual(core.counters, {})
+        for _ in range(2):
+            now += 5
+            sent = pings(core.handle_timer(now))
+            core.from_network("udp", (B.host, B.port), reply(sent[B]).to_bytes(), now)
+        now += 5
+        out = core.handle_timer(now)
+        (change,) = [a for a in out if isinstance(a, ProxyChanged)]
+        self.assertEqual((change.proxy, change.using), (A, B))
+        self.assertEqual(core.operator, B)
+        (to_b,) = core.from_tunnel(tunnel, "s1", 1, register(), now)
+        assert isinstance(to_b, ToNetwork)
+        self.assertEqual(to_b.addr, ("198.51.100.8", 5070))
+        status = core.status()
+        self.assertEqual(status["proxies"], {"198.51.100.7:5060;transport=udp": False, "198.51.100.8:5070;transport=udp": True})
+        self.assertEqual(status["proxy"], "198.51.100.8:5070;transport=udp")
+        sent = pings(out)
+        core.from_network("udp", (A.host, A.port), reply(sent[A]).to_bytes(), now)
+        (to_a,) = core.from_tunnel(tunnel, "s1", 1, register(branch="z9hG4bKreg2"), now)
+        assert isinstance(to_a, ToNetwork)
+        self.assertEqual(to_a.addr, ("198.51.100.7", 5060))
+
+    def test_one_proxy_unchanged(self) -> None:
+        """
+        A single proxy (C{operator=}): no pings, no deadline of theirs, no
+        proxies in the status.
+        """
+        core = ContactSipProxy(CONTACT_ADDR, SECRET, operator=A)
+        self.assertIsNone(core.next_deadline())
+        self.assertEqual(core.handle_timer(1000.0), [])
+        self.assertNotIn("proxies", core.status())
+        self.assertEqual(core.operator, A)
