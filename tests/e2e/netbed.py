@@ -859,7 +859,7 @@ class Kamailio:
     @classmethod
     def start(
         cls, topology: Topology, address: str = KAMAILIO, trusted: str = UAS,
-        ready_timeout: float = 10.0, config_name: str = "kamailio.cfg",
+        ready_timeout: float = 10.0, config_name: str = "kamailio.cfg", name: str = "kamailio",
     ) -> Kamailio:
         """
         Render C{data/kamailio.cfg}, start C{kamailio -DD -E} in the C{op}
@@ -869,6 +869,8 @@ class Kamailio:
             REGISTER) are not challenged.
         @param config_name: the configuration in C{data/} (the outbound
             registrar: C{kamailio_outbound.cfg}).
+        @param name: its process's name in the log directory (and of its
+            rendered configuration there): a second Kamailio needs another.
         @raise NetbedError: it did not get ready within C{ready_timeout}.
         """
         rundir = Path(tempfile.mkdtemp(prefix="spwm-kam-"))
@@ -880,11 +882,11 @@ class Kamailio:
             "TRUSTED": trusted,
         }.items():
             config = config.replace(f"@@{key}@@", value)
-        cfg_path = topology.logdir / "kamailio.cfg"
+        cfg_path = topology.logdir / f"{name}.cfg"
         cfg_path.write_text(config, "utf-8")
         process = topology.spawn(
             "op",
-            "kamailio",
+            name,
             [
                 "kamailio", "-DD", "-E", "-m", "32", "-M", "4",
                 "-Y", str(rundir), "-P", str(rundir / "kamailio.pid"),

@@ -311,10 +311,10 @@ class SpwmSipTestCase(E2ETestCase):
         self.assertSippSuccess(result)
         self.assertSippSuccess(self.sipp_finish(uas))
 
-    def assertCallFromOperatorReachesPhone(self, callee: str = "alice") -> None:
+    def assertCallFromOperatorReachesPhone(self, callee: str = "alice", proxy: str = KAMAILIO) -> None:
         """
         carol, on the operator network (ECHO), calls C{callee} by her
-        address of record at Kamailio; a SIPp UAS on the LAN phone
+        address of record at the Kamailio on C{proxy}; a SIPp UAS on the LAN phone
         (PHONE:5060, echoing RTP) answers: the call completes on both SIPp
         ends, the phone saw one incoming call, and more than 50 RTP packets
         arrived at each end (nft counters C{in_at_phone}, C{in_at_caller}).
@@ -323,7 +323,7 @@ class SpwmSipTestCase(E2ETestCase):
         self.count_udp("lan", "in_at_phone", f"ip saddr {AGENT} ip daddr {PHONE} udp dport 6000")
         self.count_udp("op", "in_at_caller", f"ip saddr {CONTACT} ip daddr {ECHO} udp dport 6000")
         result = self.sipp_uac(
-            "uac_rtp.xml", f"{KAMAILIO}:5060", user="carol", service=callee,
+            "uac_rtp.xml", f"{proxy}:5060", user="carol", service=callee,
             role="op", local_ip=ECHO, keys={"pcap": PCAP},
             extra=["-d", "2000", "-mi", ECHO, "-mp", "6000"],
             name=f"carol-calls-{callee}",
