@@ -15,7 +15,7 @@ from twisted.internet.error import InvalidAddressError
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogLevel, capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.sip.flows import Flow
@@ -466,13 +466,22 @@ class ContactRunnerTests(SynchronousTestCase):
 
     def test_tcp_connect_failure(self) -> None:
         """
-        A failed connection drops its queued messages with a log line.
+        A failed connection drops its queued messages with a log line; a
+        proxy that stays down (every request, every ping of a pool tries
+        again) gets one such line per minute, which counts the others.
         """
         r = self.runner("tcp")
-        r.sip_received(self.tunnel, 4, request("OPTIONS", "sip:bob@example.org"))
         with capturedLogs() as events:
-            self.connects[0][2].errback(ConnectionRefusedError("refused"))
-        self.assertTrue(any(e.get("count") == 1 for e in events))
+            for n in range(4):
+                r.sip_received(self.tunnel, 4, request("OPTIONS", "sip:bob@example.org", call_id=f"c{n}"))
+                self.connects[-1][2].errback(ConnectionRefusedError("refused"))
+                self.clock.advance(20)
+        self.assertEqual(len(self.connects), 4)
+        lines = [formatEvent(e) for e in events if "TCP connection to" in formatEvent(e)]
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("198.51.100.7:5060 failed, 1 messages dropped", lines[0])
+        self.assertIn("(0 more failures since the last such line)", lines[0])
+        self.assertIn("(2 more failures since the last such line)", lines[1])
         r.stop()
 
     def test_incoming_tcp_reused_for_answer(self) -> None:

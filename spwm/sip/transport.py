@@ -884,6 +884,9 @@ class ContactSipRunner(_Runner):
         self.max_queued = max_queued
         self._by_peer: dict[tuple[str, int], SipStreamProtocol] = {}
         self._connecting: dict[tuple[str, int], list[bytes]] = {}
+        # one line per address per minute: a proxy that is down is tried
+        # again at every request (and every OPTIONS ping of a pool)
+        self._connect_log = ThrottledLog(self.log, clock, Every(self.WARN_INTERVAL), max_keys=64)
 
     def udp_started(self, proto: SipUdpProtocol) -> None:
         first = not self._udp
@@ -1066,9 +1069,11 @@ class ContactSipRunner(_Runner):
 
     def _connect_failed(self, failure: Failure, addr: tuple[str, int]) -> None:
         queue = self._connecting.pop(addr, [])
-        self.log.warn(
-            "TCP connection to {peer} failed, {count} messages dropped: {reason}",
+        self._connect_log.warn(
+            addr,
+            "TCP connection to {peer} failed, {dropped} messages dropped: {reason}"
+            " ({suppressed} more failures since the last such line)",
             peer=peer_text(addr),
-            count=len(queue),
+            dropped=len(queue),
             reason=failure.getErrorMessage(),
         )
