@@ -465,6 +465,26 @@ class Metrics:
         return encoder(self.registry), content_type
 
 
+def proxies_line(doc: dict[str, Any]) -> str | None:
+    """
+    For the page and C{spwm status}: a contact point's operator proxies
+    (C{--sip-proxy} more than once), which answer and which is in use;
+    C{None} without several.
+    """
+    sip = doc.get("sip")
+    if not isinstance(sip, dict):
+        return None
+    proxies = sip.get("proxies")
+    if not isinstance(proxies, dict) or not proxies:
+        return None
+    using = sip.get("proxy")
+    parts = [
+        f"{name} {'answers' if up else 'DOES NOT ANSWER'}" + (" (in use)" if name == using else "")
+        for name, up in proxies.items()
+    ]
+    return "Operator proxies: " + ", ".join(parts)
+
+
 def summary(doc: dict[str, Any]) -> str:
     """
     One line for the log: every section's non-zero numbers (and its

@@ -16,7 +16,7 @@ import html
 from typing import Any, Callable, Iterable
 from urllib.parse import urlencode
 
-from spwm.status import Query, Status, summary
+from spwm.status import Query, Status, proxies_line, summary
 
 __all__ = ["CONTENT_SECURITY_POLICY", "REFRESH", "render_page"]
 
@@ -222,6 +222,11 @@ def render_page(status: Status, query: Query) -> bytes:
         f"<h1>SPWM {_e(side)}</h1>",
         f'<p>version {_e(doc.get("version"))}, up {_num(doc.get("uptime"), 0)} s;'
         f' refreshes every {REFRESH} s. <span class="muted">{_e(summary(doc))}</span></p>',
+    ]
+    proxies = proxies_line(doc)
+    if proxies is not None:
+        parts.append(f'<p class="proxies">{_e(proxies)}</p>')
+    parts += [
         '<form method="get" action="/">',
     ]
     for name in ("agent", "aor", "state"):

@@ -105,6 +105,25 @@ class RenderTests(SynchronousTestCase):
         row = next(line for line in lines if line.startswith("sip:bob@"))
         self.assertEqual(len(header.rstrip()), len(row.rstrip()))
 
+    def test_proxies(self) -> None:
+        """
+        A contact point with several operator proxies: one line under the
+        header says which answer and which is in use; none without them.
+        """
+        self.assertFalse(any(line.startswith("Operator proxies") for line in render(DOC).splitlines()))
+        pool = dict(
+            DOC,
+            sip={
+                "proxies": {"198.51.100.7:5060;transport=udp": False, "198.51.100.8:5060;transport=udp": True},
+                "proxy": "198.51.100.8:5060;transport=udp",
+            },
+        )
+        self.assertEqual(
+            render(pool).splitlines()[1],
+            "Operator proxies: 198.51.100.7:5060;transport=udp DOES NOT ANSWER,"
+            " 198.51.100.8:5060;transport=udp answers (in use)",
+        )
+
     def test_loop(self) -> None:
         """
         A contact point's event loop: how late its timers run, under the

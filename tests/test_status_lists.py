@@ -263,6 +263,26 @@ class PageTests(SynchronousTestCase):
         self.assertIn("&lt;img src=x onerror=alert(2)&gt;", page)
         self.assertIn("[2001:db8::1]:443", page)
 
+    def test_operator_proxies(self) -> None:
+        """
+        A contact point's page says which of its operator proxies answer
+        and which is in use (with several); nothing about them without.
+        """
+        status = Status("contact", Clock())
+        self.assertNotIn("Operator proxies", render_page(status, Query()).decode())
+        status.add(
+            "sip",
+            lambda: {
+                "proxies": {"198.51.100.7:5060;transport=udp": True, "198.51.100.8:5060;transport=tcp": False},
+                "proxy": "198.51.100.7:5060;transport=udp",
+            },
+        )
+        self.assertIn(
+            '<p class="proxies">Operator proxies: 198.51.100.7:5060;transport=udp answers (in use),'
+            " 198.51.100.8:5060;transport=tcp DOES NOT ANSWER</p>",
+            render_page(status, Query()).decode(),
+        )
+
     def test_calls_with_quality(self) -> None:
         """
         A call in progress is shown with its streams' figures per leg and
