@@ -313,16 +313,16 @@ class ContactSipProxy:
         """
         @return: when L{handle_timer} should next run, or C{None}.
         """
-        times = [
-            t
-            for t in (
-                self._dialogs.next_ack_deadline,
-                self._next_sweep,
-                None if self.proxies is None else self.proxies.next_deadline(),
-            )
-            if t is not None
-        ]
-        return min(times) if times else None
+        ack = self._dialogs.next_ack_deadline
+        when = self._next_sweep
+        if ack is not None and (when is None or ack < when):
+            when = ack
+        pool = self.proxies
+        if pool is not None and pool.interval > 0:
+            ping = pool.next_deadline()
+            if ping is not None and (when is None or ping < when):
+                when = ping
+        return when
 
     def handle_timer(self, now: float) -> list[Action]:
         """
