@@ -54,6 +54,9 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(options.config.sip_proxy_ping, 2.0)
         config = ContactConfig.from_options({"plaintext": True, "sip-proxy": ["198.51.100.7", "198.51.100.8"]})
         self.assertEqual((config.sip_proxy, config.also_sip_proxy), (OperatorProxy("198.51.100.7"), (OperatorProxy("198.51.100.8"),)))
+        with self.assertRaises(ConfigError) as caught:
+            ContactConfig.from_options({"plaintext": True, "sip-proxy": ["198.51.100.7", "198.51.100.7:5060"]})
+        self.assertIn("given twice", str(caught.exception))
         config = ContactConfig.from_options({"plaintext": True, "sip-proxy": "198.51.100.7"})
         self.assertEqual((config.sip_proxy, config.also_sip_proxy), (OperatorProxy("198.51.100.7"), ()))
         config = AgentConfig.from_options({"contact": "[2001:db8::1]:8443", "http-proxy": "proxy.example.test:3128"})

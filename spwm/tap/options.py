@@ -403,6 +403,9 @@ class ContactConfig:
             raise ConfigError(
                 "quic-listen", "mutual TLS (--client-ca) is not offered over QUIC yet: agents with certificates use TCP"
             )
+        proxies = [p for p in (self.sip_proxy, *self.also_sip_proxy) if p is not None]
+        if len(set(proxies)) < len(proxies):
+            raise ConfigError("sip-proxy", "a proxy is given twice: list each once, in order of preference")
         if self.domains and self.sip_proxy:
             raise ConfigError(
                 "domain", "--domain is for the embedded registrar: the operator proxy decides its own domains"
