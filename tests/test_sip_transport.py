@@ -464,6 +464,20 @@ class ContactRunnerTests(SynchronousTestCase):
         self.assertEqual(len(self.connects), 2)
         r.stop()
 
+    def test_stop_closes_connections_to_the_operator(self) -> None:
+        """
+        Stopping the runner closes the connections it opened to the
+        operator's proxy (an embedding program's reactor is left clean).
+        """
+        r = self.runner("tcp")
+        r.sip_received(self.tunnel, 4, request("OPTIONS", "sip:bob@example.org"))
+        [(addr, factory, d)] = self.connects
+        proto, tr = stream(factory, ("203.0.113.5", 33000), addr)
+        d.callback(proto)
+        self.assertFalse(tr.disconnecting)
+        r.stop()
+        self.assertTrue(tr.disconnecting)
+
     def test_tcp_connect_failure(self) -> None:
         """
         A failed connection drops its queued messages with a log line; a

@@ -888,6 +888,15 @@ class ContactSipRunner(_Runner):
         # again at every request (and every OPTIONS ping of a pool)
         self._connect_log = ThrottledLog(self.log, clock, Every(self.WARN_INTERVAL), max_keys=64)
 
+    def stop(self) -> None:
+        """
+        Also close the connections opened to the operator's proxies.
+        """
+        super().stop()
+        for proto in list(self._by_peer.values()):
+            if proto.outgoing and proto.transport is not None:
+                proto.transport.loseConnection()
+
     def udp_started(self, proto: SipUdpProtocol) -> None:
         first = not self._udp
         super().udp_started(proto)

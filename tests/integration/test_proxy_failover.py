@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import globalLogPublisher
 
 from spwm.testing.phone import Phone, build_sip, parse_sip, uri_of
@@ -31,6 +31,9 @@ class Proxy(DatagramProtocol):
         self.got: dict[str, int] = {}
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.answer(data, lambda out: self.transport.write(out, addr))
+
+    def answer(self, data: bytes, send: Any) -> None:
         message = parse_sip(data)
         method = message.first.split(" ", 1)[0]
         self.got[method] = self.got.get(method, 0) + 1
@@ -40,7 +43,23 @@ class Proxy(DatagramProtocol):
         headers.append(("To", (message.get("to") or "") + ";tag=op"))
         if method == "REGISTER":
             headers.append(("Contact", (message.get("contact") or "") + ";expires=300"))
-        self.transport.write(build_sip("SIP/2.0 200 OK", headers), addr)
+        send(build_sip("SIP/2.0 200 OK", headers))
+
+
+class TcpProxy(Protocol):
+    """
+    L{Proxy} over TCP: one connection of it (messages without bodies).
+    """
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            message, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            self.proxy.answer(message + b"\r\n\r\n", self.transport.write)
 
 
 class ProxyFailoverTests(_LoopbackPair):
@@ -52,7 +71,7 @@ class ProxyFailoverTests(_LoopbackPair):
         self.proxies = [Proxy(), Proxy()]
         self.listening = [self.listen(i) for i in (0, 1)]
         self.contact_extra = [
-            "--sip-proxy", f"127.0.0.1:{self.ports[0]}", "--sip-proxy", f"127.0.0.1:{self.ports[1]}",
+            "--sip-proxy", self.proxy_name(0), "--sip-proxy", self.proxy_name(1),
             "--sip-proxy-ping", "0.3",
         ]  # fmt: skip
         self.lines: list[str] = []
@@ -71,6 +90,15 @@ class ProxyFailoverTests(_LoopbackPair):
         port = reactor.listenUDP(self.ports[index], self.proxies[index], interface="127.0.0.1")
         self.addCleanup(lambda: port.stopListening() if port.connected else None)
         return port
+
+    def proxy_name(self, index: int) -> str:
+        return f"127.0.0.1:{self.ports[index]};transport=udp"
+
+    def stop(self, index: int) -> Any:
+        """
+        The proxy goes away.
+        """
+        return self.listening[index].stopListening()
 
     def proxies_up(self) -> dict[str, bool]:
         return self.contact.status.document()["sip"]["proxies"]
@@ -92,18 +120,18 @@ class ProxyFailoverTests(_LoopbackPair):
         self.assertEqual(response.status, 200)
         self.assertEqual((first.got.get("REGISTER"), second.got.get("REGISTER")), (1, None))
         # the first proxy goes away
-        yield self.listening[0].stopListening()
-        yield wait_until(lambda: not self.proxies_up()[f"127.0.0.1:{self.ports[0]};transport=udp"], timeout=10)
+        yield self.stop(0)
+        yield wait_until(lambda: not self.proxies_up()[self.proxy_name(0)], timeout=10)
         (down,) = self.lines
-        self.assertIn(f"operator proxy 127.0.0.1:{self.ports[0]};transport=udp does not answer", down)
-        self.assertIn(f"requests go to 127.0.0.1:{self.ports[1]};transport=udp", down)
+        self.assertIn(f"operator proxy {self.proxy_name(0)} does not answer", down)
+        self.assertIn(f"requests go to {self.proxy_name(1)}", down)
         response = yield alice.register(authorization=DIGEST.format(user="alice"))
         self.assertEqual(response.status, 200)
         self.assertEqual((first.got.get("REGISTER"), second.got.get("REGISTER")), (1, 1))
-        self.assertEqual(self.contact.status.document()["sip"]["proxy"], f"127.0.0.1:{self.ports[1]};transport=udp")
+        self.assertEqual(self.contact.status.document()["sip"]["proxy"], self.proxy_name(1))
         metrics = self.contact.status.metrics.exposition()[0].decode()
         for index, value in ((0, "0.0"), (1, "1.0")):
-            self.assertIn(f'spwm_sip_proxies{{key="127.0.0.1:{self.ports[index]};transport=udp",side="contact"}} {value}\n', metrics)
+            self.assertIn(f'spwm_sip_proxies{{key="{self.proxy_name(index)}",side="contact"}} {value}\n', metrics)
         # it comes back
         self.listening[0] = self.listen(0)
         yield wait_until(lambda: all(self.proxies_up().values()), timeout=10)
@@ -113,3 +141,46 @@ class ProxyFailoverTests(_LoopbackPair):
         self.assertEqual(response.status, 200)
         self.assertEqual((first.got.get("REGISTER"), second.got.get("REGISTER")), (2, 1))
         self.assertEqual(uri_of(response.get("to") or ""), alice.aor)
+
+
+class TcpProxyFailoverTests(ProxyFailoverTests):
+    """
+    The same with the first proxy over TCP (C{;transport=tcp}): its pings
+    and the REGISTER go on the contact point's connection to it, and their
+    responses come back on it.
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.connections: list[TcpProxy] = []
+
+        def closed() -> bool:
+            return all(c.transport is None or not c.transport.connected for c in self.connections)
+
+        # (runs last) the contact point closed its connections when it
+        # stopped: wait until they are gone
+        self.addCleanup(wait_until, closed, 5)
+        yield super().setUp()
+
+    def listen(self, index: int) -> Any:
+        if index:
+            return super().listen(index)
+
+        def made() -> TcpProxy:
+            connection = TcpProxy(self.proxies[0])
+            self.connections.append(connection)
+            return connection
+
+        port = reactor.listenTCP(self.ports[0], Factory.forProtocol(made), interface="127.0.0.1")
+        self.addCleanup(lambda: port.stopListening() if port.connected else None)
+        return port
+
+    def stop(self, index: int) -> Any:
+        # its connections go with it
+        for connection in self.connections if index == 0 else ():
+            if connection.transport is not None:
+                connection.transport.abortConnection()
+        return super().stop(index)
+
+    def proxy_name(self, index: int) -> str:
+        return f"127.0.0.1:{self.ports[index]};transport={'tcp' if index == 0 else 'udp'}"
