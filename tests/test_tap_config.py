@@ -5,13 +5,15 @@ tree and the assembly (L{spwm.tap.assembly}) on an in-memory reactor.
 
 from __future__ import annotations
 
+import socket
+
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.errors import ConfigError
 from spwm.limits import Limits, TunnelLimits
 from spwm.sip.actions import OperatorProxy
-from spwm.tap import agent, assembly, contact
+from spwm.tap import agent, assembly, contact, parts
 from spwm.tap.assembly import Agent, ContactPoint, agent_media_address, build_agent, build_contact
 from spwm.tap.options import AgentConfig, ContactConfig
 from spwm.tap.parts import Later
@@ -267,6 +269,43 @@ class AssemblyTests(SynchronousTestCase):
         self.assertIsNone(built.state)
         self.assertIsNone(built.quic_listener)
         self.assertIsNone(built.media.max_calls)
+
+    def test_operator_proxies_resolved(self) -> None:
+        """
+        Each C{--sip-proxy} is resolved once at start, in order: a name
+        with several addresses of the C{--sip-address} family is that many
+        proxies of the pool (in the resolver's order, each address once);
+        another family's addresses are left out; a name without any is one
+        line's error.
+        """
+        answers = {
+            "pool.example.test": [
+                (socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("198.51.100.7", 0)),
+                (socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("198.51.100.8", 0)),
+                (socket.AF_INET6, socket.SOCK_DGRAM, 17, "", ("2001:db8::7", 0, 0, 0)),
+            ],
+            "v6only.example.test": [(socket.AF_INET6, socket.SOCK_DGRAM, 17, "", ("2001:db8::9", 0, 0, 0))],
+        }
+
+        def getaddrinfo(host: str, port: object, family: int = 0, type: int = 0) -> list:
+            if host[0].isdigit():
+                return [(socket.AF_INET, socket.SOCK_DGRAM, 17, "", (host, 0))]
+            return [a for a in answers[host] if family in (0, a[0])]
+
+        self.patch(parts.socket, "getaddrinfo", getaddrinfo)
+        config = ContactConfig.from_options(
+            {"plaintext": True, "sip-address": "192.0.2.1", "sip-proxy": ["pool.example.test", "198.51.100.8:5060", "192.0.2.9:5080"]}
+        )
+        self.assertEqual(
+            assembly.operator_proxies(config),
+            [OperatorProxy("198.51.100.7"), OperatorProxy("198.51.100.8"), OperatorProxy("192.0.2.9", 5080)],
+        )
+        built = build_contact(config, MemoryReactorClock())
+        self.assertEqual(built.sip_core.core.proxies.proxies[:2], (OperatorProxy("198.51.100.7"), OperatorProxy("198.51.100.8")))
+        config = ContactConfig.from_options({"plaintext": True, "sip-address": "192.0.2.1", "sip-proxy": "v6only.example.test"})
+        with self.assertRaises(ConfigError) as caught:
+            assembly.operator_proxies(config)
+        self.assertEqual(str(caught.exception), "sip-proxy: cannot resolve v6only.example.test: no IPv4 address")
 
     def test_max_calls(self) -> None:
         """

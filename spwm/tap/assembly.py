@@ -72,7 +72,7 @@ from spwm.tap.parts import (
     MediaHookAdapter,
     SipListeners,
     flow_source,
-    resolve_ip,
+    resolve_all,
 )
 from spwm.tunnel.api import Router
 from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
@@ -799,18 +799,29 @@ def check_state_directory(path: str) -> None:
         raise ConfigError("state-file", f"cannot write in {directory!r}")
 
 
-def operator_proxy(proxy: OperatorProxy | None) -> OperatorProxy | None:
+def operator_proxies(config: ContactConfig) -> list[OperatorProxy]:
     """
-    C{--sip-proxy} with its host resolved (once, at start).
+    Every C{--sip-proxy} with its host resolved (once, at start), in
+    order: a name with several addresses (of the family of
+    C{--sip-address}) is that many proxies, in the resolver's order (RFC
+    3263 4.2: try them in turn), each address once.
 
-    @raise ConfigError: the name does not resolve.
+    @raise ConfigError: a name does not resolve, or not in that family.
     """
-    if proxy is None:
-        return None
-    try:
-        return OperatorProxy(resolve_ip(proxy.host), proxy.port, proxy.transport)
-    except OSError as e:
-        raise ConfigError("sip-proxy", f"cannot resolve {proxy.host}: {e}") from None
+    family = socket.AF_INET6 if ":" in config.sip_address[0] else socket.AF_INET
+    out: list[OperatorProxy] = []
+    for proxy in (config.sip_proxy, *config.also_sip_proxy):
+        if proxy is None:
+            continue
+        try:
+            addresses = resolve_all(proxy.host, family)
+        except OSError as e:
+            raise ConfigError("sip-proxy", f"cannot resolve {proxy.host}: {e}") from None
+        for address in addresses:
+            resolved = OperatorProxy(address, proxy.port, proxy.transport)
+            if resolved not in out:
+                out.append(resolved)
+    return out
 
 
 def listen_backlog(config: ContactConfig) -> int:
@@ -922,13 +933,9 @@ def build_contact(
 
     forwarder = ContactForwarder(reactor, list(config.allow_forward), receive_buffer=limits.sip.udp_buffer)
     sip_host, sip_port = config.sip_address
-    operator = operator_proxy(config.sip_proxy)
-    proxies = None
-    if operator is not None:
-        more = [operator_proxy(p) for p in config.also_sip_proxy]
-        proxies = ProxyPool(
-            [operator, *(p for p in more if p is not None)], (sip_host, sip_port), interval=config.sip_proxy_ping
-        )
+    resolved = operator_proxies(config)
+    operator = resolved[0] if resolved else None
+    proxies = ProxyPool(resolved, (sip_host, sip_port), interval=config.sip_proxy_ping) if resolved else None
     media_address = config.media_address or sip_host
     hep = hep_sender(config.hep, reactor, "contact")
     media = MediaManager(

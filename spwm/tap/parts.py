@@ -466,9 +466,19 @@ def flow_source(flows: Any, clock: Any) -> Any:
     return source
 
 
-def resolve_ip(host: str) -> str:
+def resolve_all(host: str, family: int) -> list[str]:
     """
-    The first address of C{host} (an IP literal is returned as it is).
-    Called once at start-up.
+    Every address of C{host} in C{family} (C{socket.AF_INET} or
+    C{AF_INET6}), in the resolver's order, each once (an IP literal is
+    itself).  Called once at start-up.
+
+    @raise OSError: the name does not resolve, or not in C{family}.
     """
-    return str(socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0])
+    found: list[str] = []
+    for info in socket.getaddrinfo(host, None, family=family, type=socket.SOCK_DGRAM):
+        address = str(info[4][0])
+        if address not in found:
+            found.append(address)
+    if not found:
+        raise OSError(f"no {'IPv6' if family == socket.AF_INET6 else 'IPv4'} address")
+    return found
