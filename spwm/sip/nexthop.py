@@ -99,10 +99,9 @@ class ProxyPool:
         self.changes = 0
         self._hp = hostport(*address)
         self._probes = [_Probe(p) for p in self.proxies]
-        self._by_branch: dict[str, _Probe] = {}
         self._current = self.proxies[0]
         # the first pings go at the first timer (at once)
-        self._next: float | None = 0.0 if self.interval > 0 else None
+        self._next = 0.0
         self._call_id = f"{secrets.token_hex(8)}@{self._hp}"
         self._tag = secrets.token_hex(4)
 
@@ -135,12 +134,11 @@ class ProxyPool:
         @return: the pings to send and the changes to log.
         """
         out: list[ToNetwork | ProxyChanged] = []
-        if not self.probing or self._next is None or now < self._next:
+        if not self.probing or now < self._next:
             return out
         changed: list[tuple[_Probe, str]] = []
         for probe in self._probes:
             if probe.branch is not None:
-                self._by_branch.pop(probe.branch, None)
                 probe.branch = None
                 if self._missed(probe):
                     changed.append((probe, f"no response to OPTIONS, {probe.misses} times in a row"))
@@ -157,13 +155,11 @@ class ProxyPool:
         @return: the changes to log (none for a response that is not to a
             ping of ours, or late).
         """
-        probe = self._by_branch.pop(branch, None)
-        if probe is None:
-            return []
+        probe = next((p for p in self._probes if p.branch == branch), None)
         status = msg.status or 0
-        if status < 200:
-            # provisional: the final response is still to come
-            self._by_branch[branch] = probe
+        if probe is None or status < 200:
+            # not the ping waiting now (or late); or provisional: the
+            # final response is still to come
             return []
         probe.branch = None
         if status >= 500:
@@ -223,7 +219,6 @@ class ProxyPool:
         branch = f"{MAGIC}{PING_MARK}{secrets.token_hex(8)}"
         probe.branch = branch
         probe.cseq += 1
-        self._by_branch[branch] = probe
         target = hostport(proxy.host, proxy.port)
         lines = [
             f"OPTIONS sip:{target} SIP/2.0",

@@ -934,7 +934,6 @@ def build_contact(
     forwarder = ContactForwarder(reactor, list(config.allow_forward), receive_buffer=limits.sip.udp_buffer)
     sip_host, sip_port = config.sip_address
     resolved = operator_proxies(config)
-    operator = resolved[0] if resolved else None
     proxies = ProxyPool(resolved, (sip_host, sip_port), interval=config.sip_proxy_ping) if resolved else None
     media_address = config.media_address or sip_host
     hep = hep_sender(config.hep, reactor, "contact")
@@ -961,7 +960,7 @@ def build_contact(
         state = ContactState(config.state_file, reactor)
     saved = state.load() if state is not None else None
     secret = (state.secret(saved) if state is not None else None) or os.urandom(32)
-    registrar = None if operator is not None else EmbeddedRegistrar(domains=list(config.domains) or None)
+    registrar = None if proxies is not None else EmbeddedRegistrar(domains=list(config.domains) or None)
     core = AuthorizingContactProxy(
         ContactSipProxy(
             (sip_host, sip_port),

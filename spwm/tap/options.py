@@ -44,26 +44,6 @@ def _tuple(value: Any) -> tuple[Any, ...]:
     return tuple(value)
 
 
-def _first(value: Any) -> Any:
-    """
-    The first of a repeatable option's values (one value as it is, as
-    before the option was repeatable), or C{None}.
-    """
-    if value is None or isinstance(value, OperatorProxy):
-        return value
-    values = list(value)
-    return values[0] if values else None
-
-
-def _rest(value: Any) -> tuple[Any, ...]:
-    """
-    The values after the first of a repeatable option.
-    """
-    if value is None or isinstance(value, OperatorProxy):
-        return ()
-    return tuple(value)[1:]
-
-
 @frozen
 class StatusConfig:
     """
@@ -443,8 +423,9 @@ class ContactConfig:
             client_ca=v["client-ca"],
             allow_forward=v["allow-forward"],
             state_file=v["state-file"],
-            sip_proxy=_first(v["sip-proxy"]),
-            also_sip_proxy=_rest(v["sip-proxy"]),
+            # (a repeatable option: a list, the first and the rest)
+            sip_proxy=v["sip-proxy"][0] if v["sip-proxy"] else None,
+            also_sip_proxy=v["sip-proxy"][1:],
             sip_proxy_ping=v["sip-proxy-ping"],
             sip_address=v["sip-address"],
             sip_names=v["sip-name"],
