@@ -20,6 +20,7 @@ here runs per packet or per message.  See C{docs/operations.md},
 from __future__ import annotations
 
 import json
+import time
 import re
 from typing import Any, Callable, Iterable
 
@@ -231,6 +232,7 @@ COUNTERS: dict[str, frozenset[str]] = {
     ),
     "forwards": frozenset({"refused", "dropped_no_tunnel", "dropped_no_channel"}),
     "loop": frozenset({"late_windows"}),
+    "certificate": frozenset({"reloads", "reload_failures"}),
 }
 
 #: The HELP text of the document's numbers that have one of their own.
@@ -270,6 +272,11 @@ HELP: dict[str, str] = {
     "loop_lag_ms_max": "How late the reactor ran its latest timer, at most, in the last 10 s window (ms).",
     "loop_lag_ms_max_1m": "How late the reactor ran a timer, at most, in the last minute (ms).",
     "loop_late_windows": "10 s windows whose 90th percentile of timer lateness was 5 ms or more.",
+    "certificate_not_after": "Contact point: when the certificate in use expires (seconds since the epoch); alert on it minus time().",
+    "certificate_expires_in": "Contact point: seconds until the certificate in use expires (negative: expired, agents refuse the tunnel).",
+    "certificate_loaded_at": "Contact point: when the certificate in use was loaded (seconds since the epoch).",
+    "certificate_reloads": "Contact point: times changed certificate files were loaded and put in use since the start.",
+    "certificate_reload_failures": "Contact point: times changed certificate files did not load (the one in use stayed).",
     "paths_late_losses": "Agent, --tunnel-connections auto: kernel retransmissions seen on a connection whose round trip is 100 ms or more (each can add connections).",
 }
 
@@ -483,6 +490,34 @@ def proxies_line(doc: dict[str, Any]) -> str | None:
         for name, up in proxies.items()
     ]
     return "Operator proxies: " + ", ".join(parts)
+
+
+def certificate_line(doc: dict[str, Any]) -> str | None:
+    """
+    For the page and C{spwm status}: the contact point's certificate, when
+    it expires, and a renewal that did not load; C{None} without TLS.
+    """
+    cert = doc.get("certificate")
+    if not isinstance(cert, dict) or not _is_number(cert.get("not_after")):
+        return None
+    left = cert.get("expires_in")
+    days = float(left) / 86400 if isinstance(left, (int, float)) else None
+    day = time.strftime("%Y-%m-%d", time.gmtime(cert["not_after"]))
+    if days is None:
+        when = f"expires {day}"
+    elif days <= 0:
+        when = f"EXPIRED {day}: agents refuse this contact point"
+    elif days <= 14:
+        when = f"expires {day}, in {days:.0f} days: RENEW IT"
+    else:
+        when = f"expires {day} (in {days:.0f} days)"
+    line = f"Certificate: {cert.get('subject', '?')}, {when}"
+    if cert.get("reloads"):
+        times = "once" if cert["reloads"] == 1 else f"{cert['reloads']} times"
+        line += f"; loaded again {times} since the start"
+    if cert.get("error"):
+        line += f"; THE CHANGED FILES DO NOT LOAD ({cert['error']}): still the one above"
+    return line
 
 
 def summary(doc: dict[str, Any]) -> str:

@@ -669,6 +669,18 @@ class WorkerSupervisor(Service):
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
 
+    def reload(self) -> None:
+        """
+        C{SIGHUP}: pass it on to every worker (each loads its certificate
+        files again: L{spwm.security.certwatch}).
+        """
+        self.log.info(
+            "SIGHUP: passed on to the {count} running workers (each loads its certificate files again)",
+            count=len(self.processes),
+        )
+        for process in list(self.processes.values()):
+            self._signal(process, signal.SIGHUP)
+
     @staticmethod
     def _signal(process: Any, sig: int) -> None:
         try:

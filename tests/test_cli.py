@@ -124,6 +124,32 @@ class RenderTests(SynchronousTestCase):
             " 198.51.100.8:5060;transport=udp answers (in use)",
         )
 
+    def test_certificate(self) -> None:
+        """
+        A contact point with TLS: its certificate and when it expires, under
+        the header; close to the end it says to renew it, past it that
+        agents refuse the contact point, and a renewal that did not load is
+        named; nothing in plaintext.
+        """
+        self.assertFalse(any(line.startswith("Certificate") for line in render(DOC).splitlines()))
+        cert = {"subject": "cp.example.net", "not_after": 1811462400.0, "expires_in": 90 * 86400, "reloads": 0}
+        self.assertEqual(
+            render(dict(DOC, certificate=cert)).splitlines()[1],
+            "Certificate: cp.example.net, expires 2027-05-28 (in 90 days)",
+        )
+        soon = dict(cert, expires_in=3 * 86400 + 100, reloads=1)
+        self.assertEqual(
+            render(dict(DOC, certificate=soon)).splitlines()[1],
+            "Certificate: cp.example.net, expires 2027-05-28, in 3 days: RENEW IT; loaded again once since the start",
+        )
+        gone = dict(cert, expires_in=-5, reloads=2, error="cannot load certificate/key: the key does not belong to the certificate")
+        self.assertEqual(
+            render(dict(DOC, certificate=gone)).splitlines()[1],
+            "Certificate: cp.example.net, EXPIRED 2027-05-28: agents refuse this contact point;"
+            " loaded again 2 times since the start; THE CHANGED FILES DO NOT LOAD"
+            " (cannot load certificate/key: the key does not belong to the certificate): still the one above",
+        )
+
     def test_loop(self) -> None:
         """
         A contact point's event loop: how late its timers run, under the

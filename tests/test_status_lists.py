@@ -17,7 +17,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from spwm.media import manager as media_manager
 from spwm.media.manager import END_REASONS
-from spwm.status import MAX_LIMIT, Query, Status, StatusResource, add_agent_lists, add_media_lists
+from spwm.status import MAX_LIMIT, Metrics, Query, Status, StatusResource, add_agent_lists, add_media_lists
 from spwm.statusweb import render_page
 from spwm.tunnel.info import describe_tunnel
 from tests.test_media_manager import AGENT_ADDR, DIALOG, OPERATOR, PHONE, SDP_TYPE, _pair, _sdp
@@ -282,6 +282,37 @@ class PageTests(SynchronousTestCase):
             " 198.51.100.8:5060;transport=tcp DOES NOT ANSWER</p>",
             render_page(status, Query()).decode(),
         )
+
+    def test_certificate(self) -> None:
+        """
+        A contact point's page names its certificate and when it expires
+        (with TLS); nothing about it without; its numbers are metrics,
+        the reloads a counter.
+        """
+        status = Status("contact", Clock())
+        self.assertNotIn("Certificate", render_page(status, Query()).decode())
+        status.add(
+            "certificate",
+            lambda: {
+                "file": "/etc/spwm/cp.pem",
+                "subject": "cp.example.net",
+                "not_after": 1811462400.0,
+                "expires_in": 10 * 86400,
+                "loaded_at": 1811000000.0,
+                "reloads": 1,
+                "reload_failures": 0,
+                "error": None,
+            },
+        )
+        self.assertIn(
+            '<p class="certificate">Certificate: cp.example.net, expires 2027-05-28, in 10 days: RENEW IT;'
+            " loaded again once since the start</p>",
+            render_page(status, Query()).decode(),
+        )
+        text = Metrics(status).exposition()[0].decode()
+        self.assertIn('spwm_certificate_expires_in{side="contact"} 864000.0', text)
+        self.assertIn('spwm_certificate_reloads_total{side="contact"} 1.0', text)
+        self.assertIn("# TYPE spwm_certificate_not_after gauge", text)
 
     def test_calls_with_quality(self) -> None:
         """

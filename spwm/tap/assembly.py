@@ -52,6 +52,7 @@ from spwm.sip.nexthop import ProxyPool
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.fanout import FanoutCore
+from spwm.security.certwatch import CertificateWatch, Loader, ReloadableServerTLS
 from spwm.sip.registrar import EmbeddedRegistrar
 from spwm.sip.transport import SLICE as SIP_SLICE, AgentSipRunner, ContactSipRunner, SipTrace
 from spwm.state import ContactState
@@ -83,8 +84,9 @@ from spwm.tunnel.service import (
     agent_endpoint,
     backoff,
     client_certificate,
-    server_tls_factory,
+    server_tls_options,
 )
+from spwm.tunnel.tlsread import TunnelTLSFactory
 from spwm.handon import HandOn
 from spwm.workers import ReusePortEndpoint, WorkerPorts, listen_address, worker_ports_base
 
@@ -165,6 +167,8 @@ class ContactPoint:
     @ivar quic_listener: accepts the tunnels over QUIC (C{--quic-listen}), if asked for.
     @ivar worker_listener: C{--workers}: this worker's own tunnel port
         (the welcome's C{resume_port}).
+    @ivar certificates: loads the certificate files again when they
+        change (C{None} with C{--plaintext}).
     @ivar service: the one service to start; its children in start order.
     """
 
@@ -185,6 +189,7 @@ class ContactPoint:
     service: MultiService
     quic_listener: ContactListenService | None = None
     worker_listener: ContactListenService | None = None
+    certificates: CertificateWatch | None = None
 
 
 def sip_trace(
@@ -488,7 +493,6 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
     tunnel = sides[0].tunnel
     sip_tls = None
     if config.sip_tls_cert:
-        from spwm.tunnel.service import server_tls_options
 
         sip_tls = load_tls("sip-tls-cert", server_tls_options, config.sip_tls_cert, config.sip_tls_key)
     on_demand = None
@@ -832,19 +836,43 @@ def listen_backlog(config: ContactConfig) -> int:
     return config.listen_backlog or system_backlog()
 
 
-def contact_tls_factory(config: ContactConfig, factory: ContactTunnelFactory) -> Any:
+def contact_tls(config: ContactConfig) -> ReloadableServerTLS | None:
     """
-    The TLS wrapper of the tunnel listeners, or C{None} with C{--plaintext}.
+    The TLS options of the tunnel listeners, in the holder the certificate
+    watch swaps them in (L{spwm.security.certwatch}), or C{None} with
+    C{--plaintext}.
+
+    @raise ConfigError: the certificate, key or client CA does not load.
     """
     if config.plaintext:
         return None
+    return ReloadableServerTLS(contact_tls_options(config))
+
+
+def contact_tls_options(config: ContactConfig) -> Any:
+    """
+    The tunnel listeners' TLS options from the C{--cert}, C{--key} and
+    C{--client-ca} files as they are now.
+
+    @raise ConfigError: they do not load.
+    """
+    assert config.cert is not None and config.key is not None
     if config.client_ca:
         load_certificates("client-ca", config.client_ca)
-    return load_tls("cert", server_tls_factory, config.cert, config.key, factory, None, config.client_ca)
+    return load_tls("cert", server_tls_options, config.cert, config.key, config.client_ca)
+
+
+def contact_tls_factory(tls: ReloadableServerTLS | None, factory: ContactTunnelFactory, reactor: Any) -> Any:
+    """
+    The TLS wrapper of a tunnel listener, or C{None} with C{--plaintext}.
+    """
+    if tls is None:
+        return None
+    return TunnelTLSFactory(tls, False, factory, clock=reactor)
 
 
 def worker_listen_service(
-    config: ContactConfig, factory: ContactTunnelFactory, reactor: Any, port: int
+    config: ContactConfig, factory: ContactTunnelFactory, reactor: Any, port: int, tls: ReloadableServerTLS | None
 ) -> ContactListenService:
     """
     C{--workers}: this worker's own tunnel listener (L{WorkerPorts.own}),
@@ -861,18 +889,20 @@ def worker_listen_service(
         endpoint,
         factory,
         reactor,
-        tls_factory=contact_tls_factory(config, factory),
+        tls_factory=contact_tls_factory(tls, factory, reactor),
         drain=config.limits.tunnel.drain_time,
         description=f"{'tcp6' if family == socket.AF_INET6 else 'tcp'}:{port}:interface={interface} (this worker's own port)",
         option="worker-ports",
     )
 
 
-def contact_listen_service(config: ContactConfig, factory: ContactTunnelFactory, reactor: Any) -> ContactListenService:
+def contact_listen_service(
+    config: ContactConfig, factory: ContactTunnelFactory, reactor: Any, tls: ReloadableServerTLS | None
+) -> ContactListenService:
     """
     The service that accepts the agents' tunnels.
     """
-    tls_factory = contact_tls_factory(config, factory)
+    tls_factory = contact_tls_factory(tls, factory, reactor)
     if config.workers > 1:
         # one of several workers: a listener shared with SO_REUSEPORT
         endpoint: Any = ReusePortEndpoint(reactor, *listen_address(config.listen), listen_backlog(config))
@@ -888,31 +918,62 @@ def contact_listen_service(config: ContactConfig, factory: ContactTunnelFactory,
     )
 
 
+def quic_configuration(config: ContactConfig) -> Any:
+    """
+    The QUIC listener's configuration from the C{--cert} and C{--key}
+    files as they are now.
+
+    @raise ConfigError: they do not load.
+    """
+    from spwm.tunnel.quic import server_configuration
+
+    limits = config.limits
+    return load_tls("cert", server_configuration, config.cert, config.key, limits.quic, limits.tunnel.keepalive_timeout)
+
+
 def quic_listen_service(
     config: ContactConfig, factory: ContactTunnelFactory, reactor: Any
-) -> ContactListenService | None:
+) -> tuple[ContactListenService, Any] | None:
     """
     C{--quic-listen}: the service that accepts tunnels over QUIC, with the
     same certificate, the same tunnel factory and so the same admission
-    and session manager as the TCP listener; C{None} without the option.
+    and session manager as the TCP listener, and its endpoint (the
+    certificate watch gives it renewed certificates); C{None} without the
+    option.
     """
     if config.quic_listen is None:
         return None
-    from spwm.tunnel.quic import QuicServerEndpoint, server_configuration
+    from spwm.tunnel.quic import QuicServerEndpoint
 
     host, port = config.quic_listen
     limits = config.limits
-    configuration = load_tls(
-        "cert", server_configuration, config.cert, config.key, limits.quic, limits.tunnel.keepalive_timeout
-    )
-    return ContactListenService(
-        QuicServerEndpoint(reactor, host, port, configuration, limits=limits.quic),
+    endpoint = QuicServerEndpoint(reactor, host, port, quic_configuration(config), limits=limits.quic)
+    service = ContactListenService(
+        endpoint,
         factory,
         reactor,
         drain=limits.tunnel.drain_time,
         description=f"udp:{hostport(host, port)}",
         option="quic-listen",
     )
+    return service, endpoint
+
+
+def certificate_watch(
+    config: ContactConfig, reactor: Any, tls: ReloadableServerTLS | None, quic_endpoint: Any
+) -> CertificateWatch | None:
+    """
+    The watch that loads the C{--cert}, C{--key} and C{--client-ca} files
+    again when they change (a renewed certificate) and installs them in
+    the TLS and QUIC listeners; C{None} with C{--plaintext}.
+    """
+    if tls is None or config.cert is None:
+        return None
+    loaders = [Loader(lambda: contact_tls_options(config), tls.use)]
+    if quic_endpoint is not None:
+        loaders.append(Loader(lambda: quic_configuration(config), quic_endpoint.use_configuration))
+    paths = [p for p in (config.cert, config.key, config.client_ca) if p]
+    return CertificateWatch(reactor, "cert", config.cert, paths, loaders)
 
 
 def build_contact(
@@ -1054,9 +1115,14 @@ def build_contact(
     )
     if handon is not None:
         factory.tunnel_class = handon.tunnel_class
-    listener = contact_listen_service(config, factory, reactor)
-    own_listener = worker_listen_service(config, factory, reactor, worker_ports.own) if worker_ports is not None else None
-    quic_listener = quic_listen_service(config, factory, reactor)
+    tls = contact_tls(config)
+    listener = contact_listen_service(config, factory, reactor, tls)
+    own_listener = (
+        worker_listen_service(config, factory, reactor, worker_ports.own, tls) if worker_ports is not None else None
+    )
+    quic = quic_listen_service(config, factory, reactor)
+    quic_listener = quic[0] if quic is not None else None
+    certificates = certificate_watch(config, reactor, tls, quic[1] if quic is not None else None)
     if quic_listener is not None and config.quic_listen is not None:
         # the welcome tells agents of the QUIC port (--udp-path auto); the
         # port bound, if --quic-listen asked for any (0)
@@ -1079,6 +1145,8 @@ def build_contact(
                 quic_service.listening.addCallback(lambda port: announce_quic_port(factory, port))
 
         Hook(announce, lambda: None).setServiceParent(top)
+    if certificates is not None:
+        certificates.setServiceParent(top)
     # after the listener: it watches only while the listener runs
     listen_watch = ListenQueueWatch(reactor, config.listen, listen_backlog(config))
     listen_watch.setServiceParent(top)
@@ -1130,6 +1198,8 @@ def build_contact(
     status.add("loop", loop.status)
     if quic_listener is not None:
         status.add("quic", quic_status(quic_listener))
+    if certificates is not None:
+        status.add("certificate", certificates.status)
     status_http = status_services(top, status, config.status, reactor)
     if state is not None:
         kept = state
@@ -1156,6 +1226,7 @@ def build_contact(
         service=top,
         quic_listener=quic_listener,
         worker_listener=own_listener,
+        certificates=certificates,
     )
 
 

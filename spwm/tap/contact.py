@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.logger import Logger
 
 from spwm.config import (
     Option,
@@ -27,7 +28,8 @@ from spwm.config import (
 from spwm.sip.names import sip_domain, sip_name
 from spwm.sip.actions import OperatorProxy
 from spwm.sip.nexthop import DEFAULT_PING_INTERVAL
-from spwm.tap.assembly import build_contact
+from spwm.security.certwatch import install_reload_signal
+from spwm.tap.assembly import ContactPoint, build_contact
 from spwm.tap.common import HEP_OPTIONS, LOG_OPTIONS, STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service
 from spwm.tap.options import ContactConfig
 from spwm.workers import WorkerSpec, build_workers, die_with_parent, guard_stop_signals, parse_workers, worker_config
@@ -62,8 +64,8 @@ def sip_address(value: object) -> tuple[str, int]:
 OPTIONS = (
     Option("listen", "tcp:443", string, "Where tunnels connect: a Twisted server endpoint description."),
     Option("listen-backlog", None, positive_int, "Length of the tunnel listener's accept queue (the listen backlog; default: the system's net.core.somaxconn, 4096 if unreadable); a backlog= in --listen wins."),
-    Option("cert", None, readable_file, "PEM certificate (and chain) of the contact point."),
-    Option("key", None, readable_file, "PEM private key of the contact point."),
+    Option("cert", None, readable_file, "PEM certificate (and chain) of the contact point; loaded again when the file changes (within 60 s) or on SIGHUP, for new tunnels."),
+    Option("key", None, readable_file, "PEM private key of the contact point (loaded again with --cert)."),
     Option("plaintext", False, bool, "Plain TCP instead of TLS (tests, or TLS terminated elsewhere).", flag=True),
     Option("quic-listen", None, ip_literal_port, "Also take tunnels over QUIC (UDP) on IP:PORT, with --cert/--key (default: off; see docs/security.md)."),
     Option("client-ca", None, readable_file, "Mutual TLS: agents must present a certificate from these CAs (PEM) that names their --agent-id."),
@@ -127,8 +129,37 @@ def build_contact_or_workers(config: ContactConfig, reactor: Any = None) -> Any:
     if spec is not None:
         die_with_parent(spec.parent)
         guard_stop_signals(reactor)
-        return build_contact(worker_config(config, spec), reactor)
+        contact = build_contact(worker_config(config, spec), reactor)
+        reload_on_hangup(contact, reactor)
+        return contact
     if config.workers > 1:
         guard_stop_signals(reactor)
-        return build_workers(config, reactor)
-    return build_contact(config, reactor)
+        workers = build_workers(config, reactor)
+        install_reload_signal(reactor or _reactor(), workers.supervisor.reload)
+        return workers
+    contact = build_contact(config, reactor)
+    reload_on_hangup(contact, reactor)
+    return contact
+
+
+def reload_on_hangup(contact: ContactPoint, reactor: Any = None) -> None:
+    """
+    C{SIGHUP} loads the certificate files again (C{kill -HUP}, systemd's
+    C{ExecReload}); with C{--plaintext} there are none, and the signal
+    says so in one line instead of ending the process.
+    """
+    certificates = contact.certificates
+    if certificates is not None:
+        install_reload_signal(reactor or _reactor(), certificates.reload)
+    else:
+        install_reload_signal(reactor or _reactor(), _nothing_to_reload)
+
+
+def _nothing_to_reload() -> None:
+    Logger().info("SIGHUP: nothing to load again (--plaintext: no certificate)")
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor

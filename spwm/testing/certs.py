@@ -61,7 +61,7 @@ class TestCA:
             .public_key(self._key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
+            .not_valid_after(now + datetime.timedelta(days=365))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(self._key, hashes.SHA256())
         )
@@ -69,11 +69,15 @@ class TestCA:
         with open(self.ca_file, "wb") as f:
             f.write(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, names: list[str], filename: str, *, expired: bool = False, client: bool = False) -> CertFiles:
+    def issue(
+        self, names: list[str], filename: str, *, expired: bool = False, client: bool = False, days: float = 90
+    ) -> CertFiles:
         """
         Issue a certificate for C{names} (DNS names or IP addresses).
 
         @param expired: make one whose validity ended yesterday.
+        @param days: how long from now it is valid (an ACME client's 90
+            days by default: a contact point warns 14 days before the end).
         @param client: for TLS client authentication instead of a server.
         """
         key = ec.generate_private_key(ec.SECP256R1())
@@ -81,7 +85,7 @@ class TestCA:
         if expired:
             start, end = now - datetime.timedelta(days=10), now - datetime.timedelta(days=1)
         else:
-            start, end = now - datetime.timedelta(days=1), now + datetime.timedelta(days=10)
+            start, end = now - datetime.timedelta(days=1), now + datetime.timedelta(days=days)
         alt: list[x509.GeneralName] = []
         for n in names:
             try:

@@ -1041,6 +1041,16 @@ class QuicServerEndpoint:
         self.listener = listener
         return succeed(_ListeningQuic(port, listener, self._reactor))
 
+    def use_configuration(self, configuration: QuicConfiguration) -> None:
+        """
+        New connections from now on are made with C{configuration} (a
+        renewed certificate: L{spwm.security.certwatch}); open ones keep
+        theirs.
+        """
+        self._configuration = configuration
+        if self.listener is not None:
+            self.listener.configuration = configuration
+
 
 # -- the agent's side --------------------------------------------------------
 

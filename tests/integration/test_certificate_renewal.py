@@ -1,0 +1,149 @@
+"""
+A renewed certificate taken by a running contact point on loopback: the
+tunnels open before keep going on the old one, new tunnels (TLS over TCP
+and QUIC) get the new one, and files that do not load change nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cryptography import x509
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from spwm.tap import agent, contact
+from spwm.tap.assembly import build_agent, build_contact
+from spwm.testing.certs import CertFiles, TestCA
+from spwm.testing.ports import free_port
+from tests.integration.test_tunnel_loopback import Echo, LoopbackBase, wait_until
+
+
+def serial(path: str) -> int:
+    """
+    The serial number of the certificate in the PEM file C{path}.
+    """
+    with open(path, "rb") as f:
+        return int(x509.load_pem_x509_certificate(f.read()).serial_number)
+
+
+def renew(ca: TestCA, into: CertFiles) -> int:
+    """
+    A new certificate for the same names over C{into}'s files, moved into
+    place as an ACME client does.
+
+    @return: its serial number.
+    """
+    fresh = ca.issue(["contact.spwm.test", "127.0.0.1"], "renewed")
+    os.replace(fresh.key, into.key)
+    os.replace(fresh.cert, into.cert)
+    return serial(into.cert)
+
+
+def tls_serial(built: Any) -> int:
+    """
+    The serial number of the certificate the agent's TLS tunnel got.
+    """
+    return int(built.tunnel_service.tunnel.transport.getPeerCertificate().get_serial_number())
+
+
+class TlsRenewalTests(LoopbackBase):
+    @defer.inlineCallbacks
+    def test_new_tunnels_get_the_renewed_certificate(self) -> Any:
+        """
+        After the files are renewed and the watch looks at them, the tunnel
+        that was open stays open and carries data; an agent that connects
+        now is shown the new certificate.
+        """
+        service, port = yield self.start_contact()
+        self.addCleanup(service.service.stopService)
+        first, local = self.start_agent(port, extra=["--tunnel-connections", "1"])
+        yield wait_until(lambda: first.tunnel_service.tunnel is not None)
+        old_tunnel = first.tunnel_service.tunnel
+        self.assertEqual(tls_serial(first), serial(self.cert.cert))
+
+        new_serial = renew(self.ca, self.cert)
+        self.assertTrue(service.certificates.check())
+        self.assertEqual(service.status.document()["certificate"]["reloads"], 1)
+
+        second, local2 = self.start_agent(port, extra=["--tunnel-connections", "1"])
+        yield wait_until(lambda: second.tunnel_service.tunnel is not None)
+        self.assertEqual(tls_serial(second), new_serial)
+        self.assertIs(first.tunnel_service.tunnel, old_tunnel)
+        self.assertNotEqual(tls_serial(first), new_serial)
+        got = yield self.exchange(local, b"old")
+        self.assertEqual(got, b"echo:old")
+        got = yield self.exchange(local2, b"new")
+        self.assertEqual(got, b"echo:new")
+
+    @defer.inlineCallbacks
+    def test_files_that_do_not_load_change_nothing(self) -> Any:
+        """
+        A certificate whose key is not in place yet: the watch refuses it
+        and new agents still get the certificate in use.
+        """
+        service, port = yield self.start_contact()
+        self.addCleanup(service.service.stopService)
+        old_serial = serial(self.cert.cert)
+        fresh = self.ca.issue(["contact.spwm.test", "127.0.0.1"], "half")
+        os.replace(fresh.cert, self.cert.cert)
+        self.assertFalse(service.certificates.check())
+        built, local = self.start_agent(port, extra=["--tunnel-connections", "1"])
+        yield wait_until(lambda: built.tunnel_service.tunnel is not None)
+        self.assertEqual(tls_serial(built), old_serial)
+        self.assertIn("does not belong", service.status.document()["certificate"]["error"])
+
+
+class QuicRenewalTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_quic_tunnels_get_the_renewed_certificate(self) -> Any:
+        """
+        With C{--quic-listen}, the QUIC listener takes the renewed
+        certificate too: an agent on the QUIC path that connects after it
+        is shown the new one, the one connected before keeps its tunnel.
+        """
+        self.ca = TestCA(self.mktemp())
+        self.cert = self.ca.issue(["contact.spwm.test", "127.0.0.1"], "contact")
+        tcp_port, quic_port = free_port(), free_port()
+        echo = reactor.listenUDP(0, Echo(), interface="127.0.0.1")
+        self.addCleanup(echo.stopListening)
+        options = contact.Options()
+        options.parseOptions(
+            ["--listen", f"tcp:{tcp_port}:interface=127.0.0.1", "--quic-listen", f"127.0.0.1:{quic_port}",
+             "--cert", self.cert.cert, "--key", self.cert.key, "--sip-address", f"127.0.0.1:{free_port()}",
+             "--drain-time", "0.2"]
+        )  # fmt: skip
+        built = build_contact(options.config, reactor)
+        built.service.startService()
+        self.addCleanup(built.service.stopService)
+        yield built.listener.listening
+        yield built.quic_listener.listening
+
+        def quic_agent() -> Any:
+            options = agent.Options()
+            options.parseOptions(
+                ["--contact", f"127.0.0.1:{tcp_port}", "--udp-path", "only", "--quic-port", str(quic_port),
+                 "--server-name", "contact.spwm.test", "--ca", self.ca.ca_file,
+                 "--sip-listen", f"127.0.0.1:{free_port()}", "--reconnect-max", "0.5"]
+            )  # fmt: skip
+            a = build_agent(options.config, reactor)
+            a.service.startService()
+            self.addCleanup(a.service.stopService)
+            return a
+
+        def quic_serial(a: Any) -> int:
+            return int(a.tunnel_service.tunnel.transport.quic.tls._peer_certificate.serial_number)
+
+        first = quic_agent()
+        yield wait_until(lambda: first.tunnel_service.tunnel is not None)
+        old_tunnel = first.tunnel_service.tunnel
+        self.assertEqual(quic_serial(first), serial(self.cert.cert))
+        new_serial = renew(self.ca, self.cert)
+        self.assertTrue(built.certificates.check())
+        second = quic_agent()
+        yield wait_until(lambda: second.tunnel_service.tunnel is not None)
+        self.assertEqual(quic_serial(second), new_serial)
+        self.assertIs(first.tunnel_service.tunnel, old_tunnel)
