@@ -20,6 +20,7 @@ from spwm.security.certwatch import (
     CertificateWatch,
     Loader,
     ReloadableServerTLS,
+    ReloadingFiles,
     file_stamp,
     read_facts,
 )
@@ -340,3 +341,53 @@ class ReloadableServerTLSTests(SynchronousTestCase):
 def _pair(files: CertFiles) -> tuple[str, str]:
     return files.cert, files.key
 
+
+
+class ReloadingFilesTests(WatchTestCase):
+    """
+    The agent's files, built again when asked for after a change.
+    """
+
+    def reloading(self) -> ReloadingFiles:
+        return ReloadingFiles("--client-cert", [self.files.cert, self.files.key], self.build, "start")
+
+    def test_unchanged(self) -> None:
+        """
+        While the files do not change, the object of the start is given and
+        nothing is built or said.
+        """
+        files = self.reloading()
+        self.assertEqual([files.get() for _ in range(3)], ["start"] * 3)
+        self.assertEqual(self.lines(), [])
+
+    def test_changed(self) -> None:
+        """
+        Renewed files are built at the next ask, once, with one line.
+        """
+        files = self.reloading()
+        renew(self.ca, self.files, "new.spwm.test")
+        got = files.get()
+        self.assertEqual(got.certificate.get_subject().commonName, "new.spwm.test")
+        self.assertIs(files.get(), got)
+        self.assertEqual(files.reloads, 1)
+        self.assertEqual(
+            self.lines(), ["--client-cert: the files changed and were loaded again for this and the next connections"]
+        )
+
+    def test_changed_but_not_loading(self) -> None:
+        """
+        A certificate without its key yet: the last good object, one error
+        line for the change; the whole renewal is used once in place.
+        """
+        files = self.reloading()
+        fresh = self.ca.issue(["new.spwm.test"], "fresh")
+        os.replace(fresh.cert, self.files.cert)
+        self.assertEqual([files.get(), files.get()], ["start", "start"])
+        [line] = self.lines(LogLevel.error)
+        self.assertIn(
+            "--client-cert: the files changed but do not load (cannot load certificate/key: the key does not belong "
+            "to the certificate): the next connections use the ones loaded at ",
+            line,
+        )
+        os.replace(fresh.key, self.files.key)
+        self.assertEqual(files.get().certificate.get_subject().commonName, "new.spwm.test")

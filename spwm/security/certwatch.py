@@ -362,6 +362,78 @@ class CertificateWatch(Service):
         return True
 
 
+class ReloadingFiles:
+    """
+    An object built from files, built again when they change, at the
+    moment it is asked for: the agent's TLS options (C{--client-cert},
+    C{--client-key}, C{--ca}) for its next tunnel connection.  An agent
+    connects seldom, so it needs no timer: a renewed client certificate
+    or a CA file with a new CA is used by the next connection, without a
+    restart.  Files that changed but do not load leave the last good
+    object in use, with one error line per change.
+
+    @ivar current: the object in use.
+    @ivar reloads: builds after the first that succeeded.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        options: str,
+        paths: Iterable[str],
+        build: Callable[[], Any],
+        current: Any,
+        *,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        """
+        @param options: the options that name the files (C{--ca,
+            --client-cert}), for the log lines.
+        @param build: builds the object from the files now (raises when
+            they do not load).
+        @param current: the object built from them at the start.
+        """
+        self.options = options
+        self.paths = tuple(paths)
+        self.build = build
+        self.current = current
+        self.wall = wall
+        self.stamp = file_stamp(self.paths)
+        self.loaded_at = wall()
+        self.reloads = 0
+        self._failed_stamp: tuple[tuple[int, int, int, int], ...] | None = None
+
+    def get(self) -> Any:
+        """
+        The object, built again first if the files changed since it was.
+        """
+        stamp = file_stamp(self.paths)
+        if stamp == self.stamp or stamp == self._failed_stamp:
+            return self.current
+        try:
+            built = self.build()
+        except Exception as e:
+            self._failed_stamp = stamp
+            self.log.error(
+                "{options}: the files changed but do not load ({error}): the next connections use the ones loaded "
+                "at {loaded}",
+                options=self.options,
+                error=_words(e),
+                loaded=utc_day(self.loaded_at),
+            )
+            return self.current
+        self.current = built
+        self.stamp = stamp
+        self._failed_stamp = None
+        self.reloads += 1
+        self.loaded_at = self.wall()
+        self.log.info(
+            "{options}: the files changed and were loaded again for this and the next connections", options=self.options
+        )
+        return built
+
+
 def install_reload_signal(reactor: Any, reload: Callable[[], Any]) -> None:
     """
     Once the reactor runs, C{SIGHUP} calls C{reload} in the reactor's
@@ -387,6 +459,7 @@ __all__ = [
     "CertificateWatch",
     "Loader",
     "ReloadableServerTLS",
+    "ReloadingFiles",
     "file_stamp",
     "install_reload_signal",
     "read_facts",

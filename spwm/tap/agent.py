@@ -94,9 +94,9 @@ def proxy_credentials(value: Any) -> str:
 OPTIONS = (
     Option("contact", ("localhost:443",), host_port_string, "The contact point, HOST:PORT (DNS name, IPv4 or [IPv6]); given twice, two contact points (RFC 5626 flows through both).", repeat=True),
     Option("server-name", None, optional_string, "Name the contact point's certificate must match (default: the host in --contact)."),
-    Option("ca", None, readable_file, "PEM file of the certificates to trust (default: the system's store)."),
+    Option("ca", None, readable_file, "PEM file of the certificates to trust (default: the system's store); loaded again for the next connection when it changes."),
     Option("plaintext", False, bool, "Plain TCP instead of TLS (tests, or TLS terminated elsewhere).", flag=True),
-    Option("client-cert", None, readable_file, "Mutual TLS: this agent's certificate (PEM), naming its --agent-id."),
+    Option("client-cert", None, readable_file, "Mutual TLS: this agent's certificate (PEM), naming its --agent-id; loaded again (with --client-key) for the next connection when it changes."),
     Option("client-key", None, readable_file, "Mutual TLS: the key of --client-cert (PEM)."),
     Option("http-proxy", None, host_port_pair, "Connect through this HTTP CONNECT proxy, HOST:PORT."),
     Option("http-proxy-auth", None, proxy_credentials, "USER:PASSWORD for --http-proxy (Basic); only in the --config file or the SPWM_HTTP_PROXY_AUTH environment variable, never on the command line."),

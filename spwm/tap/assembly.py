@@ -52,7 +52,7 @@ from spwm.sip.nexthop import ProxyPool
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.fanout import FanoutCore
-from spwm.security.certwatch import CertificateWatch, Loader, ReloadableServerTLS
+from spwm.security.certwatch import CertificateWatch, Loader, ReloadableServerTLS, ReloadingFiles
 from spwm.sip.registrar import EmbeddedRegistrar
 from spwm.sip.transport import SLICE as SIP_SLICE, AgentSipRunner, ContactSipRunner, SipTrace
 from spwm.state import ContactState
@@ -84,6 +84,7 @@ from spwm.tunnel.service import (
     agent_endpoint,
     backoff,
     client_certificate,
+    client_options,
     server_tls_options,
 )
 from spwm.tunnel.tlsread import TunnelTLSFactory
@@ -284,7 +285,30 @@ def agent_tunnel_endpoint(config: AgentConfig, reactor: Any, port: int | None = 
             else None
         ),
     )
+    if tls is not None and port is None and (config.ca or config.client_cert):
+        tls.source = agent_tls_files(config, host, tls)
     return endpoint, tls
+
+
+def agent_tls_files(config: AgentConfig, host: str, tls: Any) -> Any:
+    """
+    The agent's C{--ca}, C{--client-cert} and C{--client-key} files, loaded
+    again for the next tunnel connection when they change (a renewed
+    client certificate, a CA file with a new CA): the C{source} of its
+    TLS options (L{spwm.security.certwatch.ReloadingFiles}).
+    """
+
+    def build() -> Any:
+        cert = None
+        if config.client_cert:
+            cert = load_tls("client-cert", client_certificate, config.client_cert, config.client_key)
+        if config.ca:
+            load_certificates("ca", config.ca)
+        return client_options(config.server_name or host, config.ca, cert)
+
+    named = ", ".join(name for name, path in (("--ca", config.ca), ("--client-cert", config.client_cert)) if path)
+    paths = [p for p in (config.ca, config.client_cert, config.client_key) if p]
+    return ReloadingFiles(named, paths, build, tls.options).get
 
 
 def agent_tunnel_service(

@@ -184,6 +184,10 @@ class ReportingClientTLS:
 
     def __init__(self, inner: Any, hostname: str) -> None:
         self._inner = inner
+        #: when set, gives the options of each new connection instead of
+        #: the ones given here (files loaded again when they change:
+        #: L{spwm.security.certwatch.ReloadingFiles})
+        self.source: Callable[[], Any] | None = None
         self.hostname = hostname
         if isIPAddress(hostname) or isIPv6Address(hostname):
             self._service_id: Any = IPAddress_ID(hostname)
@@ -191,9 +195,17 @@ class ReportingClientTLS:
             self._service_id = DNS_ID(hostname)
         self.last_error: str | None = None
 
+    @property
+    def options(self) -> Any:
+        """
+        The options given at the start (Twisted's).
+        """
+        return self._inner
+
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         self.last_error = None
-        connection = self._inner.clientConnectionForTLS(tlsProtocol)
+        inner = self._inner if self.source is None else self.source()
+        connection = inner.clientConnectionForTLS(tlsProtocol)
         service_id = self._service_id
 
         def verify(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
@@ -227,6 +239,13 @@ def client_tls_options(server_name: str, ca_file: str | None, client_cert: Any =
     point's certificate checked against C{server_name} (service-identity)
     with the system's trust store or the certificates in C{ca_file}.
     """
+    return ReportingClientTLS(client_options(server_name, ca_file, client_cert), server_name)
+
+
+def client_options(server_name: str, ca_file: str | None, client_cert: Any = None) -> Any:
+    """
+    Twisted's client TLS options under L{client_tls_options}'s reporter.
+    """
     if ca_file is None:
         trust = ssl.platformTrust()
     else:
@@ -238,7 +257,7 @@ def client_tls_options(server_name: str, ca_file: str | None, client_cert: Any =
         acceptableProtocols=[ALPN],
         extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2},
     )
-    return ReportingClientTLS(options, server_name)
+    return options
 
 
 def server_tls_factory(

@@ -147,3 +147,44 @@ class QuicRenewalTests(TestCase):
         yield wait_until(lambda: second.tunnel_service.tunnel is not None)
         self.assertEqual(quic_serial(second), new_serial)
         self.assertIs(first.tunnel_service.tunnel, old_tunnel)
+
+
+class AgentClientCertificateTests(LoopbackBase):
+    """
+    Mutual TLS: the agent's renewed client certificate is used by its next
+    connection, without a restart.
+    """
+
+    @defer.inlineCallbacks
+    def test_next_connection_uses_the_renewed_client_certificate(self) -> Any:
+        """
+        The agent's C{--client-cert} and C{--client-key} files renewed, its
+        connection cut: the contact point sees the new certificate on the
+        agent's new connection, and data flows again.
+        """
+        service, port = yield self.start_contact(extra=["--client-ca", self.ca.ca_file])
+        self.addCleanup(service.service.stopService)
+        files = self.ca.issue(["agent-1"], "client-agent-1", client=True)
+        built, local = self.start_agent(
+            port,
+            extra=["--agent-id", "agent-1", "--client-cert", files.cert, "--client-key", files.key,
+                   "--tunnel-connections", "1"],
+        )  # fmt: skip
+        yield wait_until(lambda: built.tunnel_service.tunnel is not None and len(service.factory.tunnels) == 1)
+
+        def seen() -> int:
+            [tunnel] = service.factory.tunnels
+            return int(tunnel.transport.getPeerCertificate().get_serial_number())
+
+        self.assertEqual(seen(), serial(files.cert))
+        fresh = self.ca.issue(["agent-1"], "renewed-agent-1", client=True)
+        os.replace(fresh.key, files.key)
+        os.replace(fresh.cert, files.cert)
+        first = built.tunnel_service.tunnel
+        first.transport.abortConnection()
+        yield wait_until(
+            lambda: built.tunnel_service.tunnel not in (None, first) and len(service.factory.tunnels) == 1
+        )
+        self.assertEqual(seen(), serial(files.cert))
+        got = yield self.exchange(local, b"renewed")
+        self.assertEqual(got, b"echo:renewed")
