@@ -272,11 +272,11 @@ HELP: dict[str, str] = {
     "loop_lag_ms_max": "How late the reactor ran its latest timer, at most, in the last 10 s window (ms).",
     "loop_lag_ms_max_1m": "How late the reactor ran a timer, at most, in the last minute (ms).",
     "loop_late_windows": "10 s windows whose 90th percentile of timer lateness was 5 ms or more.",
-    "certificate_not_after": "Contact point: when the certificate in use expires (seconds since the epoch); alert on it minus time().",
-    "certificate_expires_in": "Contact point: seconds until the certificate in use expires (negative: expired, agents refuse the tunnel).",
-    "certificate_loaded_at": "Contact point: when the certificate in use was loaded (seconds since the epoch).",
-    "certificate_reloads": "Contact point: times changed certificate files were loaded and put in use since the start.",
-    "certificate_reload_failures": "Contact point: times changed certificate files did not load (the one in use stayed).",
+    "certificate_not_after": "The certificate in use (contact point: --cert; agent: --sip-tls-cert): when it expires (seconds since the epoch); alert on it minus time().",
+    "certificate_expires_in": "Seconds until the certificate in use (contact point: --cert; agent: --sip-tls-cert) expires (negative: expired).",
+    "certificate_loaded_at": "When the certificate in use (contact point: --cert; agent: --sip-tls-cert) was loaded (seconds since the epoch).",
+    "certificate_reloads": "Times changed certificate files were loaded and put in use since the start.",
+    "certificate_reload_failures": "Times changed certificate files did not load (the one in use stayed).",
     "paths_late_losses": "Agent, --tunnel-connections auto: kernel retransmissions seen on a connection whose round trip is 100 ms or more (each can add connections).",
 }
 
@@ -494,8 +494,9 @@ def proxies_line(doc: dict[str, Any]) -> str | None:
 
 def certificate_line(doc: dict[str, Any]) -> str | None:
     """
-    For the page and C{spwm status}: the contact point's certificate, when
-    it expires, and a renewal that did not load; C{None} without TLS.
+    For the page and C{spwm status}: the certificate in use (the contact
+    point's C{--cert}, the agent's C{--sip-tls-cert}), when it expires,
+    and a renewal that did not load; C{None} without one.
     """
     cert = doc.get("certificate")
     if not isinstance(cert, dict) or not _is_number(cert.get("not_after")):
@@ -506,7 +507,12 @@ def certificate_line(doc: dict[str, Any]) -> str | None:
     if days is None:
         when = f"expires {day}"
     elif days <= 0:
-        when = f"EXPIRED {day}: agents refuse this contact point"
+        who = (
+            "agents refuse this contact point"
+            if doc.get("side") == "contact"
+            else "phones that check it refuse SIP over TLS"
+        )
+        when = f"EXPIRED {day}: {who}"
     elif days <= 14:
         when = f"expires {day}, in {days:.0f} days: RENEW IT"
     else:

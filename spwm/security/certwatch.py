@@ -191,6 +191,9 @@ class CertificateWatch(Service):
         interval: float = CHECK_INTERVAL,
         wall: Callable[[], float] = time.time,
         describe: Callable[[Exception], str] | None = None,
+        users: str = "tunnels",
+        refused: str = "agents refuse this contact point",
+        on_signal: bool = True,
     ) -> None:
         """
         @param option: the option that names the files (C{cert}), for the
@@ -201,6 +204,11 @@ class CertificateWatch(Service):
             client CA): a change to any of them is a change.
         @param describe: turns a loader's exception into the words of the
             line (default: the exception's text).
+        @param users: what gets the certificate, for the lines (the
+            contact point's tunnels, the agent's SIP over TLS connections).
+        @param refused: who refuses an expired one, for the lines.
+        @param on_signal: whether C{SIGHUP} reaches L{reload} (the contact
+            point's plugin), for the lines.
         """
         self.clock = clock
         self.option = option
@@ -210,6 +218,9 @@ class CertificateWatch(Service):
         self.interval = interval
         self.wall = wall
         self.describe = describe or _words
+        self.users = users
+        self.refused = refused
+        self.on_signal = on_signal
         self.stamp = file_stamp(self.paths)
         self.facts = read_facts(cert_file)
         self.loaded_at = wall()
@@ -271,10 +282,11 @@ class CertificateWatch(Service):
         self._expiry_line_at = now
         if left <= 0:
             self.log.error(
-                "--{option}: the certificate in use ({subject}, {file}) EXPIRED on {day}: agents refuse this "
-                "contact point until it is renewed (renewed files are loaded within {interval:.0f} s, or at once "
-                "on SIGHUP)",
+                "--{option}: the certificate in use ({subject}, {file}) EXPIRED on {day}: {refused} until it is "
+                "renewed (renewed files are loaded within {interval:.0f} s{signal})",
                 option=self.option,
+                refused=self.refused,
+                signal=self._signal_words(),
                 subject=self.facts.subject,
                 file=self.cert_file,
                 day=utc_day(self.facts.not_after),
@@ -283,8 +295,9 @@ class CertificateWatch(Service):
         else:
             self.log.warn(
                 "--{option}: the certificate in use ({subject}, {file}) expires on {day}, in {days:.0f} days: "
-                "renew it (renewed files are loaded within {interval:.0f} s, or at once on SIGHUP)",
+                "renew it (renewed files are loaded within {interval:.0f} s{signal})",
                 option=self.option,
+                signal=self._signal_words(),
                 subject=self.facts.subject,
                 file=self.cert_file,
                 day=utc_day(self.facts.not_after),
@@ -308,6 +321,9 @@ class CertificateWatch(Service):
         }
 
     # internals
+
+    def _signal_words(self) -> str:
+        return ", or at once on SIGHUP" if self.on_signal else ""
 
     def _schedule(self) -> None:
         self._call = self.clock.callLater(self.interval, self._tick)
@@ -350,9 +366,10 @@ class CertificateWatch(Service):
         self.facts = facts
         self._expiry_line_at = None
         self.log.info(
-            "--{option}: certificate loaded again ({why}): {subject}, expires {day}{same}; new tunnels get it, "
+            "--{option}: certificate loaded again ({why}): {subject}, expires {day}{same}; new {users} get it, "
             "open ones keep theirs",
             option=self.option,
+            users=self.users,
             why="SIGHUP" if sighup else "the files changed",
             subject=facts.subject,
             day=utc_day(facts.not_after),

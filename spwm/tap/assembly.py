@@ -124,6 +124,8 @@ class Agent:
         session when the contact point offers one; else C{None}.
     @ivar sides: each contact point's parts (C{--contact} given twice:
         two, the first one's are also the fields above).
+    @ivar sip_certificates: with C{--sip-tls-cert}, loads its files again
+        when they change; else C{None}.
     """
 
     config: AgentConfig
@@ -144,6 +146,7 @@ class Agent:
     service: MultiService
     quic: QuicProber | None = None
     sides: tuple[AgentSide, ...] = ()
+    sip_certificates: CertificateWatch | None = None
 
 
 @frozen
@@ -309,6 +312,34 @@ def agent_tls_files(config: AgentConfig, host: str, tls: Any) -> Any:
     named = ", ".join(name for name, path in (("--ca", config.ca), ("--client-cert", config.client_cert)) if path)
     paths = [p for p in (config.ca, config.client_cert, config.client_key) if p]
     return ReloadingFiles(named, paths, build, tls.options).get
+
+
+def agent_sip_tls(config: AgentConfig, reactor: Any) -> tuple[ReloadableServerTLS, CertificateWatch]:
+    """
+    C{--sip-tls-cert}: the TLS options of the agent's SIP over TLS
+    listeners, and the watch that loads the files again when they change
+    (every 60 s; the agent has no C{SIGHUP} handler).
+
+    @raise ConfigError: the certificate or key does not load.
+    """
+    cert, key = config.sip_tls_cert, config.sip_tls_key
+    assert cert is not None and key is not None
+
+    def build() -> Any:
+        return load_tls("sip-tls-cert", server_tls_options, cert, key)
+
+    tls = ReloadableServerTLS(build())
+    watch = CertificateWatch(
+        reactor,
+        "sip-tls-cert",
+        cert,
+        [cert, key],
+        [Loader(build, tls.use)],
+        users="SIP over TLS connections",
+        refused="phones that check it refuse the agent's SIP over TLS",
+        on_signal=False,
+    )
+    return tls, watch
 
 
 def agent_tunnel_service(
@@ -516,9 +547,9 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
     router, factory, paths, quic = sides[0].router, sides[0].factory, sides[0].paths, sides[0].quic
     tunnel = sides[0].tunnel
     sip_tls = None
-    if config.sip_tls_cert:
-
-        sip_tls = load_tls("sip-tls-cert", server_tls_options, config.sip_tls_cert, config.sip_tls_key)
+    sip_certificates = None
+    if config.sip_tls_cert and config.sip_tls_key:
+        sip_tls, sip_certificates = agent_sip_tls(config, reactor)
     on_demand = None
     if config.tunnel == "on-demand":
         on_demand = later_on_demand.bind(
@@ -536,6 +567,8 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
         reactor, runner, sip_addresses, sip_tls, limits.sip.udp_buffer, limits.sip.max_message_size
     )
     listeners.setServiceParent(top)
+    if sip_certificates is not None:
+        sip_certificates.setServiceParent(top)
     for side in sides:
         Hook(lambda: None, side.resumption.stop).setServiceParent(top)
         if side.paths is not None and side.paths.keeper is not None:
@@ -573,6 +606,8 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
             status.add("paths", paths_now.status)
     status.add("sip", lambda: {**core.status(), **runner.slice_status()})
     status.add("media", media.status)
+    if sip_certificates is not None:
+        status.add("certificate", sip_certificates.status)
     status.add(
         "forwards",
         lambda: {"dropped_no_tunnel": forwarder.dropped_no_tunnel, "dropped_no_channel": forwarder.dropped_no_channel},
@@ -599,6 +634,7 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
         service=top,
         quic=quic,
         sides=tuple(sides),
+        sip_certificates=sip_certificates,
     )
 
 

@@ -188,3 +188,35 @@ class AgentClientCertificateTests(LoopbackBase):
         self.assertEqual(seen(), serial(files.cert))
         got = yield self.exchange(local, b"renewed")
         self.assertEqual(got, b"echo:renewed")
+
+
+class AgentSipTlsTests(LoopbackBase):
+    """
+    The agent's C{--sip-tls-cert} for SIP over TLS from phones.
+    """
+
+    @defer.inlineCallbacks
+    def test_new_sip_connections_get_the_renewed_certificate(self) -> Any:
+        """
+        Renewed files: after the watch looks, a phone's new TLS connection
+        to the agent's SIP port is shown the new certificate; the status
+        document's C{certificate} section says it was loaded again.
+        """
+        from twisted.internet.threads import deferToThread
+
+        from tests.integration.test_reload_signal import served_serial
+
+        service, port = yield self.start_contact()
+        self.addCleanup(service.service.stopService)
+        sip = self.ca.issue(["agent.spwm.test", "127.0.0.1"], "sip")
+        built, _ = self.start_agent(port, extra=["--sip-tls-cert", sip.cert, "--sip-tls-key", sip.key])
+        tls_port = built.config.sip_listen[0][1] + 1
+        got = yield deferToThread(served_serial, tls_port)
+        self.assertEqual(got, serial(sip.cert))
+        fresh = self.ca.issue(["agent.spwm.test", "127.0.0.1"], "sip-renewed")
+        os.replace(fresh.key, sip.key)
+        os.replace(fresh.cert, sip.cert)
+        self.assertTrue(built.sip_certificates.check())
+        got = yield deferToThread(served_serial, tls_port)
+        self.assertEqual(got, serial(sip.cert))
+        self.assertEqual(built.status.document()["certificate"]["reloads"], 1)
