@@ -60,6 +60,38 @@ class ProxyPoolTests(SynchronousTestCase):
         self.assertEqual(pool.due(100.0), [])
         self.assertEqual(pool.current, A)
 
+    def test_replace_keeps_the_state_of_those_that_stay(self) -> None:
+        """
+        A name that resolves to other addresses: a proxy that stays keeps
+        its state (out stays out), a new one counts as up, and requests go
+        to the first that answers of the new list.
+        """
+        pool = ProxyPool([A, B], CONTACT_ADDR, interval=5)
+        for now in (0.0, 5.0, 10.0):
+            sent = pings(pool.due(now))
+            pool.answered(reply(sent[B]), branch_of(sent[B]))
+        self.assertEqual(pool.answering(), [(A, False), (B, True)])
+        self.assertEqual(pool.current, B)
+        self.assertTrue(pool.replace([A, C], 11.0))
+        # C answered nothing yet: counts as up, after A, which is out
+        self.assertEqual(pool.answering(), [(A, False), (C, True)])
+        self.assertEqual(pool.current, C)
+        self.assertTrue(pool.replace([B], 12.0))
+        self.assertEqual(pool.current, B)
+        self.assertFalse(pool.probing)
+        self.assertRaises(ValueError, pool.replace, [], 13.0)
+
+    def test_replace_one_by_two_starts_probing(self) -> None:
+        """
+        A single proxy is not probed; once the name gives two addresses
+        both are pinged from the next deadline, the time of the change.
+        """
+        pool = ProxyPool([A], CONTACT_ADDR, interval=5)
+        self.assertIsNone(pool.next_deadline())
+        self.assertFalse(pool.replace([A, B], 40.0))
+        self.assertEqual(pool.next_deadline(), 40.0)
+        self.assertEqual(set(pings(pool.due(40.0))), {A, B})
+
     def test_ping_is_an_options_request(self) -> None:
         """
         Each proxy gets an OPTIONS for itself over its transport, with our
@@ -248,3 +280,100 @@ class CoreTests(SynchronousTestCase):
         self.assertEqual(core.handle_timer(1000.0), [])
         self.assertNotIn("proxies", core.status())
         self.assertEqual(core.operator, A)
+
+
+class ProxyNameWatchTests(SynchronousTestCase):
+    """
+    L{spwm.tap.parts.ProxyNameWatch}: the names resolved again on a timer
+    (synchronously here, with a fake resolver).
+    """
+
+    def setUp(self) -> None:
+        import socket
+
+        from twisted.internet.defer import maybeDeferred
+        from twisted.internet.task import Clock
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from spwm.tap.parts import ProxyNameWatch
+
+        self.clock = Clock()
+        self.answers: dict[str, Any] = {"operator.test": ["198.51.100.7"]}
+        self.used: list[list[OperatorProxy]] = []
+        self.in_use: tuple[OperatorProxy, ...] = (A,)
+        self.lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if "parts" in str(event.get("log_namespace", "")):
+                self.lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+        def resolve(host: str, family: int) -> list[str]:
+            answer = self.answers[host]
+            if isinstance(answer, OSError):
+                raise answer
+            return list(answer)
+
+        def use(proxies: list[OperatorProxy], why: str) -> None:
+            self.used.append(proxies)
+            self.in_use = tuple(proxies)
+
+        self.watch = ProxyNameWatch(
+            self.clock,
+            [OperatorProxy("operator.test")],
+            socket.AF_INET,
+            lambda: self.in_use,
+            use,
+            60.0,
+            run=maybeDeferred,
+            resolve=resolve,
+        )
+        self.watch.startService()
+        self.addCleanup(self.watch.stopService)
+
+    def test_same_addresses(self) -> None:
+        """
+        A name that resolves as before: nothing used, nothing said.
+        """
+        for _ in range(3):
+            self.clock.advance(60)
+        self.assertEqual((self.used, self.lines), ([], []))
+
+    def test_other_addresses(self) -> None:
+        """
+        Other addresses are handed on once, in the resolver's order.
+        """
+        self.answers["operator.test"] = ["198.51.100.9", "198.51.100.7"]
+        self.clock.advance(60)
+        self.clock.advance(60)
+        self.assertEqual(self.used, [[OperatorProxy("198.51.100.9"), A]])
+
+    def test_failure_keeps_the_addresses(self) -> None:
+        """
+        A name that stops resolving: one warning for the whole outage, the
+        addresses stay; one line when it resolves again.
+        """
+        self.answers["operator.test"] = OSError("Temporary failure in name resolution")
+        for _ in range(3):
+            self.clock.advance(60)
+        self.assertEqual(self.used, [])
+        self.assertEqual(
+            self.lines,
+            [
+                "--sip-proxy: cannot resolve operator.test: Temporary failure in name resolution;"
+                " keeping 198.51.100.7:5060;transport=udp until it resolves again"
+            ],
+        )
+        self.answers["operator.test"] = ["198.51.100.7"]
+        self.clock.advance(60)
+        self.assertEqual(self.lines[1:], ["--sip-proxy: operator.test resolves again"])
+        self.assertEqual(self.used, [])
+
+    def test_stopped(self) -> None:
+        """
+        Once stopped, no timer is left.
+        """
+        self.watch.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])

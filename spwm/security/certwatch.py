@@ -36,8 +36,8 @@ from typing import Any, Callable, Iterable
 
 from attrs import frozen
 from OpenSSL import SSL
-from twisted.application.service import Service
-from twisted.internet.interfaces import IDelayedCall, IOpenSSLServerConnectionCreator, IReactorTime
+from twisted.application.internet import TimerService
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -165,7 +165,7 @@ class Loader:
     install: Callable[[Any], None]
 
 
-class CertificateWatch(Service):
+class CertificateWatch(TimerService):
     """
     While running, looks at the certificate files every C{interval}
     seconds and loads them again when they changed (L{check}); L{reload}
@@ -210,6 +210,7 @@ class CertificateWatch(Service):
         @param on_signal: whether C{SIGHUP} reaches L{reload} (the contact
             point's plugin), for the lines.
         """
+        super().__init__(interval, self.check)
         self.clock = clock
         self.option = option
         self.cert_file = cert_file
@@ -229,22 +230,8 @@ class CertificateWatch(Service):
         self.error: str | None = None
         self._failed_stamp: tuple[tuple[int, int, int, int], ...] | None = None
         self._expiry_line_at: float | None = None
-        self._call: IDelayedCall | None = None
 
-    # Service
-
-    def startService(self) -> None:
-        super().startService()
-        self.expiry_check()
-        self._schedule()
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-    # the watch
+    # the watch (a TimerService: check at the start, then every interval)
 
     def check(self) -> bool:
         """
@@ -324,17 +311,6 @@ class CertificateWatch(Service):
 
     def _signal_words(self) -> str:
         return ", or at once on SIGHUP" if self.on_signal else ""
-
-    def _schedule(self) -> None:
-        self._call = self.clock.callLater(self.interval, self._tick)
-
-    def _tick(self) -> None:
-        self._call = None
-        try:
-            self.check()
-        finally:
-            if self.running:
-                self._schedule()
 
     def _load(self, stamp: tuple[tuple[int, int, int, int], ...], *, sighup: bool) -> bool:
         try:

@@ -94,6 +94,7 @@ class ProxyPool:
         if misses < 1:
             raise ValueError(f"misses {misses} < 1")
         self.proxies = tuple(proxies)
+        self._asked = interval
         self.interval = interval if len(self.proxies) > 1 else 0.0
         self.misses = misses
         self.changes = 0
@@ -172,6 +173,30 @@ class ProxyPool:
             return []
         probe.up = True
         return self._changed([(probe, f"answered OPTIONS with {status}")])
+
+    def replace(self, proxies: Sequence[OperatorProxy], now: float) -> bool:
+        """
+        The proxies are now C{proxies} (their names resolve to other
+        addresses): a proxy that stays keeps its state (up, misses, the
+        ping it waits for); a new one counts as up until it misses; a
+        pool of two or more is probed (the first pings at C{now}).
+
+        @return: whether L{current} changed.
+        @raise ValueError: no proxy.
+        """
+        if not proxies:
+            raise ValueError("no proxy")
+        kept = {p.proxy: p for p in self._probes}
+        self.proxies = tuple(proxies)
+        self._probes = [kept.get(p) or _Probe(p) for p in self.proxies]
+        was_probing = self.probing
+        self.interval = self._asked if len(self.proxies) > 1 else 0.0
+        if self.probing and not was_probing:
+            self._next = now
+        before = self._current
+        answering = [p.proxy for p in self._probes if p.up]
+        self._current = answering[0] if answering else self.proxies[0]
+        return self._current != before
 
     @staticmethod
     def ours(branch: str | None) -> bool:

@@ -44,6 +44,7 @@ from spwm.sip.framing import KeepAlive, SipStreamFramer
 from spwm.sip.actions import (
     BindingChanged,
     Dropped,
+    OperatorProxy,
     ProxyChanged,
     RouteRefused,
     ToApp,
@@ -896,6 +897,30 @@ class ContactSipRunner(_Runner):
         for proto in list(self._by_peer.values()):
             if proto.outgoing and proto.transport is not None:
                 proto.transport.loseConnection()
+
+    def use_proxies(self, proxies: list[OperatorProxy], why: str) -> None:
+        """
+        The operator's proxies are now C{proxies} (in order), because
+        C{why} (a name resolves to other addresses): the pool keeps the
+        state of those that stay, one line says what changed, and the
+        connections opened to proxies that left are closed.
+        """
+        pool = self.core.proxies
+        if pool is None or not proxies or tuple(proxies) == pool.proxies:
+            return
+        gone = [p for p in pool.proxies if p not in proxies]
+        pool.replace(proxies, self._clock.seconds())
+        self.log.info(
+            "operator proxies now {proxies} ({why}); requests go to {using}",
+            proxies=", ".join(proxy_text(p) for p in proxies),
+            why=why,
+            using=proxy_text(pool.current),
+        )
+        for proxy in gone:
+            proto = self._by_peer.get((proxy.host, proxy.port))
+            if proto is not None and proto.outgoing and proto.transport is not None and proxy.transport == "tcp":
+                proto.transport.loseConnection()
+        self._rearm()
 
     def udp_started(self, proto: SipUdpProtocol) -> None:
         first = not self._udp

@@ -72,8 +72,9 @@ from spwm.tap.parts import (
     LaterOnDemand,
     MediaHookAdapter,
     SipListeners,
+    ProxyNameWatch,
     flow_source,
-    resolve_all,
+    resolve_proxies,
 )
 from spwm.tunnel.api import Router
 from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
@@ -865,27 +866,61 @@ def check_state_directory(path: str) -> None:
 
 def operator_proxies(config: ContactConfig) -> list[OperatorProxy]:
     """
-    Every C{--sip-proxy} with its host resolved (once, at start), in
-    order: a name with several addresses (of the family of
-    C{--sip-address}) is that many proxies, in the resolver's order (RFC
-    3263 4.2: try them in turn), each address once.
+    Every C{--sip-proxy} with its host resolved, in order
+    (L{resolve_proxies}): a name with several addresses (of the family of
+    C{--sip-address}) is that many proxies.  Resolved again while the
+    contact point runs (L{proxy_name_watch}).
 
     @raise ConfigError: a name does not resolve, or not in that family.
     """
-    family = socket.AF_INET6 if ":" in config.sip_address[0] else socket.AF_INET
-    out: list[OperatorProxy] = []
-    for proxy in (config.sip_proxy, *config.also_sip_proxy):
-        if proxy is None:
-            continue
-        try:
-            addresses = resolve_all(proxy.host, family)
-        except OSError as e:
-            raise ConfigError("sip-proxy", f"cannot resolve {proxy.host}: {e}") from None
-        for address in addresses:
-            resolved = OperatorProxy(address, proxy.port, proxy.transport)
-            if resolved not in out:
-                out.append(resolved)
-    return out
+    try:
+        return resolve_proxies(configured_proxies(config), sip_family(config))
+    except OSError as e:
+        raise ConfigError("sip-proxy", f"cannot resolve {e}") from None
+
+
+def configured_proxies(config: ContactConfig) -> list[OperatorProxy]:
+    """
+    The C{--sip-proxy} entries as given (names unresolved).
+    """
+    return [p for p in (config.sip_proxy, *config.also_sip_proxy) if p is not None]
+
+
+def is_ip(host: str) -> bool:
+    """
+    Whether C{host} is an IPv4 or IPv6 address (nothing to resolve).
+    """
+    from twisted.internet.abstract import isIPAddress, isIPv6Address
+
+    return isIPAddress(host) or isIPv6Address(host)
+
+
+def sip_family(config: ContactConfig) -> int:
+    """
+    The address family of C{--sip-address} (the operator proxies').
+    """
+    return socket.AF_INET6 if ":" in config.sip_address[0] else socket.AF_INET
+
+
+def proxy_name_watch(config: ContactConfig, reactor: Any, runner: ContactSipRunner) -> ProxyNameWatch | None:
+    """
+    The service that resolves the C{--sip-proxy} names again every
+    C{--sip-proxy-resolve} seconds; C{None} when every entry is an
+    address, or with C{--sip-proxy-resolve 0}.
+    """
+    entries = configured_proxies(config)
+    if not config.sip_proxy_resolve or all(is_ip(p.host) for p in entries):
+        return None
+    pool = runner.core.proxies
+    assert pool is not None
+    return ProxyNameWatch(
+        reactor,
+        entries,
+        sip_family(config),
+        lambda: pool.proxies,
+        runner.use_proxies,
+        config.sip_proxy_resolve,
+    )
 
 
 def listen_backlog(config: ContactConfig) -> int:
@@ -1228,6 +1263,9 @@ def build_contact(
         option="sip-address",
     )
     listeners.setServiceParent(top)
+    names = proxy_name_watch(config, reactor, runner)
+    if names is not None:
+        names.setServiceParent(top)
     Hook(lambda: None, resumption.stop).setServiceParent(top)
     status = Status("contact", reactor)
     status.add(

@@ -313,6 +313,8 @@ class ContactConfig:
         than once), in order of preference.
     @ivar sip_proxy_ping: seconds between two C{OPTIONS} to each proxy
         when there are several (L{spwm.sip.nexthop}); 0: none.
+    @ivar sip_proxy_resolve: seconds between two resolutions of the
+        C{--sip-proxy} names while running; 0: only at start.
     @ivar sip_address: the operator-side SIP address, C{(ip, port)}.
     @ivar workers: processes sharing the tunnel listener (C{spwm.workers});
         1: this one process.
@@ -344,6 +346,7 @@ class ContactConfig:
     sip_proxy: OperatorProxy | None = None
     also_sip_proxy: tuple[OperatorProxy, ...] = field(default=(), converter=_tuple)
     sip_proxy_ping: float = 5.0
+    sip_proxy_resolve: float = 60.0
     sip_address: Address = ("127.0.0.1", 5070)
     sip_names: tuple[tuple[str, int | None], ...] = field(default=(), converter=_tuple)
     domains: tuple[str, ...] = field(default=(), converter=_tuple)
@@ -427,6 +430,7 @@ class ContactConfig:
             sip_proxy=v["sip-proxy"][0] if v["sip-proxy"] else None,
             also_sip_proxy=v["sip-proxy"][1:],
             sip_proxy_ping=v["sip-proxy-ping"],
+            sip_proxy_resolve=v["sip-proxy-resolve"],
             sip_address=v["sip-address"],
             sip_names=v["sip-name"],
             domains=v["domain"],

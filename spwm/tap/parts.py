@@ -11,6 +11,7 @@ import socket
 from collections import deque
 from typing import Any, Callable, Generic, Protocol, TypeVar
 
+from twisted.application.internet import TimerService
 from twisted.application.service import Service
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -18,7 +19,8 @@ from twisted.logger import Logger
 from spwm.addr import hostport
 from spwm.errors import ListenError
 from spwm.forward import set_receive_buffer
-from spwm.sip.actions import CALL_LIMIT, NO_MEDIA_PORTS, MediaRefusal
+from spwm.sip.actions import CALL_LIMIT, NO_MEDIA_PORTS, MediaRefusal, OperatorProxy
+from spwm.sip.nexthop import proxy_text
 from spwm.sip.errors import SipParseError
 from spwm.sdp import SdpError
 from spwm.sip.message import make_response, parse_message
@@ -464,6 +466,127 @@ def flow_source(flows: Any, clock: Any) -> Any:
         return None if flow is None else flow.remote[0]
 
     return source
+
+
+def resolve_proxies(
+    proxies: list[OperatorProxy], family: int, resolve: Callable[[str, int], list[str]] | None = None
+) -> list[OperatorProxy]:
+    """
+    The C{--sip-proxy} entries with their hosts resolved, in order: a name
+    with several addresses (of C{family}) is that many proxies, in the
+    resolver's order (RFC 3263 4.2: try them in turn), each address once.
+
+    @raise OSError: a name does not resolve, or not in that family (its
+        message starts with the name).
+    """
+    resolve = resolve or resolve_all
+    out: list[OperatorProxy] = []
+    for proxy in proxies:
+        try:
+            addresses = resolve(proxy.host, family)
+        except OSError as e:
+            raise OSError(f"{proxy.host}: {e.strerror or e}") from None
+        for address in addresses:
+            resolved = OperatorProxy(address, proxy.port, proxy.transport)
+            if resolved not in out:
+                out.append(resolved)
+    return out
+
+
+class ProxyNameWatch(TimerService):
+    """
+    While running, resolves the C{--sip-proxy} names again every
+    C{interval} seconds (in a thread: the system's resolver blocks) and,
+    when they give other addresses, hands the new list to C{use} (the
+    contact point's SIP runner, L{spwm.sip.transport.ContactSipRunner.use_proxies}):
+    an operator that moves its proxy to another address by DNS needs no
+    restart of the contact point.  A name that stops resolving keeps the
+    addresses it had (one warning, and one line when it resolves again).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: Any,
+        proxies: list[OperatorProxy],
+        family: int,
+        current: Callable[[], tuple[OperatorProxy, ...]],
+        use: Callable[[list[OperatorProxy], str], None],
+        interval: float,
+        *,
+        run: Callable[[Callable[[], Any]], Any] | None = None,
+        resolve: Callable[[str, int], list[str]] | None = None,
+    ) -> None:
+        """
+        @param proxies: the entries as configured (names and ports).
+        @param current: the addresses in use now.
+        @param run: runs a blocking call and gives a L{Deferred} of its
+            result (default: the reactor's thread pool).
+        """
+        super().__init__(interval, self.check)
+        self.clock = clock
+        self.proxies = list(proxies)
+        self.family = family
+        self.current = current
+        self.use = use
+        self.interval = interval
+        self.resolve = resolve
+        self._run = run
+        self._busy = False
+        self.failing: str | None = None
+        self.changes = 0
+
+    def check(self) -> Any:
+        """
+        Resolve the names now; use the new addresses if they changed.
+
+        @return: a L{Deferred} that fires when done (never fails).
+        """
+        from twisted.internet.defer import succeed
+
+        if self._busy:
+            return succeed(None)
+        self._busy = True
+        run = self._run
+        if run is None:
+            from twisted.internet.threads import deferToThreadPool
+
+            pool = self.clock.getThreadPool()
+            d = deferToThreadPool(self.clock, pool, lambda: resolve_proxies(self.proxies, self.family, self.resolve))
+        else:
+            d = run(lambda: resolve_proxies(self.proxies, self.family, self.resolve))
+        d.addCallbacks(self._resolved, self._failed)
+        d.addBoth(self._done)
+        return d
+
+    def _done(self, result: Any) -> None:
+        self._busy = False
+
+    def _resolved(self, proxies: list[OperatorProxy]) -> None:
+        if not self.running:
+            return
+        if self.failing is not None:
+            self.log.info("--sip-proxy: {name} resolves again", name=self.failing)
+            self.failing = None
+        before = self.current()
+        if tuple(proxies) == tuple(before):
+            return
+        self.changes += 1
+        self.use(proxies, "the --sip-proxy names resolve to other addresses")
+
+    def _failed(self, reason: Any) -> None:
+        if not self.running:
+            return
+        why = reason.getErrorMessage()
+        if self.failing is None:
+            self.log.warn(
+                "--sip-proxy: cannot resolve {why}; keeping {proxies} until it resolves again",
+                why=why,
+                proxies=", ".join(proxy_text(p) for p in self.current()),
+            )
+        self.failing = why.split(":", 1)[0]
+
 
 
 def resolve_all(host: str, family: int) -> list[str]:

@@ -184,3 +184,94 @@ class TcpProxyFailoverTests(ProxyFailoverTests):
 
     def proxy_name(self, index: int) -> str:
         return f"127.0.0.1:{self.ports[index]};transport={'tcp' if index == 0 else 'udp'}"
+
+
+class ProxyNameTests(_LoopbackPair):
+    """
+    C{--sip-proxy NAME:PORT} whose name the operator moves to another
+    address while the contact point runs (the resolver patched: a name of
+    the test's own, first 127.0.0.1, then 127.0.0.2).
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        from spwm.tap import parts
+
+        self.port = free_port()
+        self.proxies = [Proxy(), Proxy()]
+        for index, host in enumerate(("127.0.0.1", "127.0.0.2")):
+            port = reactor.listenUDP(self.port, self.proxies[index], interface=host)
+            self.addCleanup(port.stopListening)
+        self.addresses: list[str] | OSError = ["127.0.0.1"]
+
+        def resolve(host: str, family: int) -> list[str]:
+            if host != "operator.spwm.test":
+                raise OSError(f"unexpected name {host}")
+            if isinstance(self.addresses, OSError):
+                raise self.addresses
+            return list(self.addresses)
+
+        self.patch(parts, "resolve_all", resolve)
+        self.contact_extra = ["--sip-proxy", f"operator.spwm.test:{self.port}", "--sip-proxy-resolve", "0.2"]
+        self.lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if "--sip-proxy" in str(event.get("log_format", "")) or "operator proxies now" in str(
+                event.get("log_format", "")
+            ):
+                from twisted.logger import formatEvent
+
+                self.lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        yield super().setUp()
+
+    @defer.inlineCallbacks
+    def test_requests_follow_the_name(self) -> Any:
+        """
+        The REGISTER goes to the name's address; the name moves: one line,
+        and the next REGISTER goes to the new address and is answered; the
+        name stops resolving: one warning, the address stays in use, one
+        line when it resolves again.
+        """
+        first, second = self.proxies
+        alice = Phone(reactor, "alice", "example.test", self.agents[0].config.sip_listen[0])
+        alice.start()
+        self.addCleanup(alice.stop)
+        response = yield alice.register(authorization=DIGEST.format(user="alice"))
+        self.assertEqual(response.status, 200)
+        self.assertEqual((first.got.get("REGISTER"), second.got.get("REGISTER")), (1, None))
+        self.assertEqual(self.lines, [])
+        self.addresses = ["127.0.0.2"]
+        yield wait_until(lambda: len(self.lines) >= 1, timeout=10)
+        moved = f"127.0.0.2:{self.port};transport=udp"
+        self.assertEqual(
+            self.lines,
+            [
+                f"operator proxies now {moved} (the --sip-proxy names resolve to other addresses);"
+                f" requests go to {moved}"
+            ],
+        )
+        pool = self.contact.runner.core.proxies
+        self.assertEqual([(p.host, p.port) for p in pool.proxies], [("127.0.0.2", self.port)])
+        response = yield alice.register(authorization=DIGEST.format(user="alice"))
+        self.assertEqual(response.status, 200)
+        self.assertEqual((first.got.get("REGISTER"), second.got.get("REGISTER")), (1, 1))
+        # the name stops resolving: the address in use stays
+        self.addresses = OSError("Name or service not known")
+        yield wait_until(lambda: len(self.lines) >= 2, timeout=10)
+        self.assertEqual(
+            self.lines[1],
+            f"--sip-proxy: cannot resolve operator.spwm.test: Name or service not known; keeping {moved}"
+            " until it resolves again",
+        )
+        response = yield alice.register(authorization=DIGEST.format(user="alice"))
+        self.assertEqual(response.status, 200)
+        self.assertEqual(second.got.get("REGISTER"), 2)
+        self.addresses = ["127.0.0.2"]
+        yield wait_until(lambda: len(self.lines) >= 3, timeout=10)
+        self.assertEqual(self.lines[2], "--sip-proxy: operator.spwm.test resolves again")
+        self.assertEqual(len(self.lines), 3)
