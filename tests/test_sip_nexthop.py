@@ -343,12 +343,48 @@ class ProxyNameWatchTests(SynchronousTestCase):
 
     def test_other_addresses(self) -> None:
         """
-        Other addresses are handed on once, in the resolver's order.
+        Other addresses are handed on once: the one in use first, the new
+        one after it; then the name moves to the new one alone.
         """
         self.answers["operator.test"] = ["198.51.100.9", "198.51.100.7"]
         self.clock.advance(60)
         self.clock.advance(60)
-        self.assertEqual(self.used, [[OperatorProxy("198.51.100.9"), A]])
+        self.assertEqual(self.used, [[A, OperatorProxy("198.51.100.9")]])
+        self.answers["operator.test"] = ["198.51.100.9"]
+        self.clock.advance(60)
+        self.assertEqual(self.used[1:], [[OperatorProxy("198.51.100.9")]])
+
+    def test_round_robin_changes_nothing(self) -> None:
+        """
+        A name served round robin (its addresses in another order at each
+        query): the order in use stays; an address added comes after those
+        that stay, one taken out leaves.
+        """
+        B7, B8, B9 = (OperatorProxy(f"198.51.100.{i}") for i in (7, 8, 9))
+        self.answers["operator.test"] = ["198.51.100.7", "198.51.100.8"]
+        self.clock.advance(60)
+        self.assertEqual(self.used, [[B7, B8]])
+        for answer in (["198.51.100.8", "198.51.100.7"], ["198.51.100.7", "198.51.100.8"]):
+            self.answers["operator.test"] = answer
+            self.clock.advance(60)
+        self.assertEqual(len(self.used), 1)
+        self.answers["operator.test"] = ["198.51.100.9", "198.51.100.8", "198.51.100.7"]
+        self.clock.advance(60)
+        self.assertEqual(self.used[-1], [B7, B8, B9])
+        self.answers["operator.test"] = ["198.51.100.9", "198.51.100.7"]
+        self.clock.advance(60)
+        self.assertEqual(self.used[-1], [B7, B9])
+
+    def test_entries_keep_their_order(self) -> None:
+        """
+        With two entries, the first's addresses come before the second's
+        whatever was in use.
+        """
+        from spwm.tap.parts import merge_proxies
+
+        P1, P2, P3 = (OperatorProxy(f"198.51.100.{i}") for i in (1, 2, 3))
+        self.assertEqual(merge_proxies([[P2, P1], [P3]], (P3, P1, P2)), [P1, P2, P3])
+        self.assertEqual(merge_proxies([[P1], [P1, P3]], ()), [P1, P3])
 
     def test_failure_keeps_the_addresses(self) -> None:
         """

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import socket
 from collections import deque
-from typing import Any, Callable, Generic, Protocol, TypeVar
+from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 
 from twisted.application.internet import TimerService
 from twisted.application.service import Service
@@ -479,17 +479,48 @@ def resolve_proxies(
     @raise OSError: a name does not resolve, or not in that family (its
         message starts with the name).
     """
+    return _flat(resolve_groups(proxies, family, resolve))
+
+
+def resolve_groups(
+    proxies: list[OperatorProxy], family: int, resolve: Callable[[str, int], list[str]] | None = None
+) -> list[list[OperatorProxy]]:
+    """
+    As L{resolve_proxies}, the proxies of each entry apart.
+    """
     resolve = resolve or resolve_all
-    out: list[OperatorProxy] = []
+    groups: list[list[OperatorProxy]] = []
     for proxy in proxies:
         try:
             addresses = resolve(proxy.host, family)
         except OSError as e:
             raise OSError(f"{proxy.host}: {e.strerror or e}") from None
-        for address in addresses:
-            resolved = OperatorProxy(address, proxy.port, proxy.transport)
-            if resolved not in out:
-                out.append(resolved)
+        groups.append([OperatorProxy(address, proxy.port, proxy.transport) for address in addresses])
+    return groups
+
+
+def merge_proxies(groups: list[list[OperatorProxy]], before: Sequence[OperatorProxy]) -> list[OperatorProxy]:
+    """
+    The proxies of a new resolution (one group per entry, in the entries'
+    order), each group's proxies that were in use before in their old
+    order, then its new ones in the resolver's: a name served round robin
+    (its addresses in another order at each query) changes nothing, and a
+    proxy added to a name comes after those that stayed.
+    """
+    rank = {p: i for i, p in enumerate(before)}
+    ordered = []
+    for group in groups:
+        kept = sorted((p for p in group if p in rank), key=rank.__getitem__)
+        ordered.append(kept + [p for p in group if p not in rank])
+    return _flat(ordered)
+
+
+def _flat(groups: list[list[OperatorProxy]]) -> list[OperatorProxy]:
+    out: list[OperatorProxy] = []
+    for group in groups:
+        for proxy in group:
+            if proxy not in out:
+                out.append(proxy)
     return out
 
 
@@ -553,9 +584,9 @@ class ProxyNameWatch(TimerService):
             from twisted.internet.threads import deferToThreadPool
 
             pool = self.clock.getThreadPool()
-            d = deferToThreadPool(self.clock, pool, lambda: resolve_proxies(self.proxies, self.family, self.resolve))
+            d = deferToThreadPool(self.clock, pool, lambda: resolve_groups(self.proxies, self.family, self.resolve))
         else:
-            d = run(lambda: resolve_proxies(self.proxies, self.family, self.resolve))
+            d = run(lambda: resolve_groups(self.proxies, self.family, self.resolve))
         d.addCallbacks(self._resolved, self._failed)
         d.addBoth(self._done)
         return d
@@ -563,13 +594,14 @@ class ProxyNameWatch(TimerService):
     def _done(self, result: Any) -> None:
         self._busy = False
 
-    def _resolved(self, proxies: list[OperatorProxy]) -> None:
+    def _resolved(self, groups: list[list[OperatorProxy]]) -> None:
         if not self.running:
             return
         if self.failing is not None:
             self.log.info("--sip-proxy: {name} resolves again", name=self.failing)
             self.failing = None
         before = self.current()
+        proxies = merge_proxies(groups, before)
         if tuple(proxies) == tuple(before):
             return
         self.changes += 1
