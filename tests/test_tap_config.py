@@ -293,6 +293,9 @@ class AssemblyTests(SynchronousTestCase):
             return [a for a in answers[host] if family in (0, a[0])]
 
         self.patch(parts.socket, "getaddrinfo", getaddrinfo)
+        # the names given without a port have no SRV records here
+        looked_up: list[str] = []
+        self.patch(parts, "lookup_srv", lambda name: looked_up.append(name) or [])
         config = ContactConfig.from_options(
             {"plaintext": True, "sip-address": "192.0.2.1", "sip-proxy": ["pool.example.test", "198.51.100.8:5060", "192.0.2.9:5080"]}
         )
@@ -306,6 +309,68 @@ class AssemblyTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             assembly.operator_proxies(config)
         self.assertEqual(str(caught.exception), "sip-proxy: cannot resolve v6only.example.test: no IPv4 address")
+        self.assertEqual(looked_up[:2], ["_sip._udp.pool.example.test", "_sip._udp.pool.example.test"])
+
+    def test_operator_proxies_by_srv(self) -> None:
+        """
+        A C{--sip-proxy} name without a port is looked up as RFC 3263 4.2
+        says: its SRV records for the transport, by priority and then
+        weight (highest first), each target's addresses with the record's
+        port, a target that does not resolve skipped; with a port, or an
+        address, no SRV lookup; a failed lookup is one line's error that
+        says how to skip SRV.
+        """
+        records = {
+            "_sip._tcp.example.test": [
+                (20, 0, 5062, "c.example.test"),
+                (10, 10, 5060, "a.example.test"),
+                (10, 60, 5061, "b.example.test"),
+                (10, 5, 5063, "gone.example.test"),
+            ],
+        }
+        addresses = {"a.example.test": ["198.51.100.1"], "b.example.test": ["198.51.100.2"], "c.example.test": ["198.51.100.3"]}
+        looked_up: list[str] = []
+
+        def srv(name: str) -> list:
+            looked_up.append(name)
+            answer = records.get(name, [])
+            if isinstance(answer, OSError):
+                raise answer
+            return answer
+
+        def resolve(host: str, family: int) -> list[str]:
+            if host not in addresses:
+                raise OSError("Name or service not known")
+            return addresses[host]
+
+        self.patch(parts, "lookup_srv", srv)
+        self.patch(parts, "resolve_all", resolve)
+        config = ContactConfig.from_options(
+            {"plaintext": True, "sip-address": "192.0.2.1", "sip-proxy": ["example.test;transport=tcp", "a.example.test:5070"]}
+        )
+        self.assertEqual(
+            assembly.operator_proxies(config),
+            [
+                OperatorProxy("198.51.100.2", 5061, "tcp"),
+                OperatorProxy("198.51.100.1", 5060, "tcp"),
+                OperatorProxy("198.51.100.3", 5062, "tcp"),
+                OperatorProxy("198.51.100.1", 5070),
+            ],
+        )
+        self.assertEqual(looked_up, ["_sip._tcp.example.test"])
+        records["_sip._udp.example.test"] = [(0, 0, 5060, ".")]
+        config = ContactConfig.from_options({"plaintext": True, "sip-address": "192.0.2.1", "sip-proxy": "example.test"})
+        with self.assertRaises(ConfigError) as caught:
+            assembly.operator_proxies(config)
+        self.assertEqual(str(caught.exception), "sip-proxy: cannot resolve example.test: its SRV records name no SIP server")
+        records["_sip._udp.example.test"] = OSError("the SRV lookup of _sip._udp.example.test failed (timeout)")  # type: ignore[assignment]
+        with self.assertRaises(ConfigError) as caught:
+            assembly.operator_proxies(config)
+        self.assertEqual(
+            str(caught.exception),
+            "sip-proxy: cannot resolve example.test: the SRV lookup of _sip._udp.example.test failed (timeout)"
+            " (a port, example.test:5060, skips SRV)",
+        )
 
     def test_max_calls(self) -> None:
         """

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Hashable, Protocol, Union
 
-from attrs import frozen
+from attrs import field, frozen
 
 from spwm.sip.flows import Flow
 from spwm.sip.message import SipMessage
@@ -197,11 +197,16 @@ class Counters(dict[str, int]):
 class OperatorProxy:
     """
     Where the contact point sends every request.
+
+    @ivar srv: as configured, a name given without a port: its DNS SRV
+        records (C{_sip._udp.NAME}, C{_sip._tcp.NAME}) say where its
+        proxies are, RFC 3263 4.2 (not part of the proxy's identity).
     """
 
     host: str
     port: int = 5060
     transport: str = "udp"
+    srv: bool = field(default=False, eq=False, repr=False)
 
 
 class MediaHook(Protocol):

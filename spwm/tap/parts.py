@@ -469,7 +469,10 @@ def flow_source(flows: Any, clock: Any) -> Any:
 
 
 def resolve_proxies(
-    proxies: list[OperatorProxy], family: int, resolve: Callable[[str, int], list[str]] | None = None
+    proxies: list[OperatorProxy],
+    family: int,
+    resolve: Callable[[str, int], list[str]] | None = None,
+    srv: Callable[[str], list[tuple[int, int, int, str]]] | None = None,
 ) -> list[OperatorProxy]:
     """
     The C{--sip-proxy} entries with their hosts resolved, in order: a name
@@ -479,24 +482,101 @@ def resolve_proxies(
     @raise OSError: a name does not resolve, or not in that family (its
         message starts with the name).
     """
-    return _flat(resolve_groups(proxies, family, resolve))
+    return _flat(resolve_groups(proxies, family, resolve, srv))
 
 
 def resolve_groups(
-    proxies: list[OperatorProxy], family: int, resolve: Callable[[str, int], list[str]] | None = None
+    proxies: list[OperatorProxy],
+    family: int,
+    resolve: Callable[[str, int], list[str]] | None = None,
+    srv: Callable[[str], list[tuple[int, int, int, str]]] | None = None,
 ) -> list[list[OperatorProxy]]:
     """
-    As L{resolve_proxies}, the proxies of each entry apart.
+    As L{resolve_proxies}, the proxies of each entry apart.  An entry
+    given as a name without a port (C{srv}) is looked up as RFC 3263 4.2
+    says: its SRV records (C{_sip._udp.NAME} or C{_sip._tcp.NAME}) in
+    order of priority, then of weight (highest first: the pool fails over,
+    it does not share the load), each target's addresses with the
+    record's port; a name without SRV records is its own addresses, port
+    5060.
+
+    @param srv: C{srv(name)} gives the SRV records of C{name} as
+        C{(priority, weight, port, target)}, C{[]} when it has none
+        (default: L{lookup_srv}).
     """
     resolve = resolve or resolve_all
+    srv = srv or lookup_srv
     groups: list[list[OperatorProxy]] = []
     for proxy in proxies:
+        if proxy.srv:
+            try:
+                records = srv(f"_sip._{proxy.transport}.{proxy.host}")
+            except OSError as e:
+                raise OSError(f"{proxy.host}: {e} (a port, {proxy.host}:{proxy.port}, skips SRV)") from None
+            if records:
+                groups.append(_srv_group(proxy, records, family, resolve))
+                continue
         try:
             addresses = resolve(proxy.host, family)
         except OSError as e:
             raise OSError(f"{proxy.host}: {e.strerror or e}") from None
         groups.append([OperatorProxy(address, proxy.port, proxy.transport) for address in addresses])
     return groups
+
+
+def _srv_group(
+    proxy: OperatorProxy, records: list[tuple[int, int, int, str]], family: int, resolve: Callable[[str, int], list[str]]
+) -> list[OperatorProxy]:
+    """
+    The proxies of an entry's SRV records; a target that does not resolve
+    is skipped (the next is tried, RFC 3263 4.2).
+
+    @raise OSError: none resolves, or the records say there is no SIP
+        service (a target of C{.}, RFC 2782).
+    """
+    group: list[OperatorProxy] = []
+    error = "its SRV records name no SIP server"
+    for _, _, port, target in sorted(records, key=lambda r: (r[0], -r[1], r[3])):
+        if target in ("", "."):
+            continue
+        try:
+            addresses = resolve(target, family)
+        except OSError as e:
+            error = f"{target}: {e.strerror or e}"
+            continue
+        group.extend(OperatorProxy(address, port, proxy.transport) for address in addresses)
+    if not group:
+        raise OSError(f"{proxy.host}: {error}")
+    return group
+
+
+#: Seconds an SRV lookup may take in all (the resolver's tries included).
+SRV_LIFETIME = 3.0
+
+
+def lookup_srv(name: str, resolver: Any = None) -> list[tuple[int, int, int, str]]:
+    """
+    The SRV records of C{name} with the system's resolver configuration
+    (dnspython), C{[]} when the name has none or does not exist.
+
+    @param resolver: a C{dns.resolver.Resolver} (default: the system's).
+    @raise OSError: the lookup failed (no answer from any server, a
+        server failure).
+    """
+    import dns.exception
+    import dns.name
+    import dns.resolver
+
+    try:
+        answer = (resolver or dns.resolver).resolve(name, "SRV", lifetime=SRV_LIFETIME, search=False)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    except dns.exception.DNSException as e:
+        raise OSError(f"the SRV lookup of {name} failed ({e})") from None
+    return [
+        (int(r.priority), int(r.weight), int(r.port), "." if r.target == dns.name.root else r.target.to_text(True))
+        for r in answer
+    ]
 
 
 def merge_proxies(groups: list[list[OperatorProxy]], before: Sequence[OperatorProxy]) -> list[OperatorProxy]:
@@ -548,6 +628,7 @@ class ProxyNameWatch(TimerService):
         *,
         run: Callable[[Callable[[], Any]], Any] | None = None,
         resolve: Callable[[str, int], list[str]] | None = None,
+        srv: Callable[[str], list[tuple[int, int, int, str]]] | None = None,
     ) -> None:
         """
         @param proxies: the entries as configured (names and ports).
@@ -563,6 +644,7 @@ class ProxyNameWatch(TimerService):
         self.use = use
         self.interval = interval
         self.resolve = resolve
+        self.srv = srv
         self._run = run
         self._busy = False
         self.failing: str | None = None
@@ -584,12 +666,15 @@ class ProxyNameWatch(TimerService):
             from twisted.internet.threads import deferToThreadPool
 
             pool = self.clock.getThreadPool()
-            d = deferToThreadPool(self.clock, pool, lambda: resolve_groups(self.proxies, self.family, self.resolve))
+            d = deferToThreadPool(self.clock, pool, self._resolve)
         else:
-            d = run(lambda: resolve_groups(self.proxies, self.family, self.resolve))
+            d = run(self._resolve)
         d.addCallbacks(self._resolved, self._failed)
         d.addBoth(self._done)
         return d
+
+    def _resolve(self) -> list[list[OperatorProxy]]:
+        return resolve_groups(self.proxies, self.family, self.resolve, self.srv)
 
     def _done(self, result: Any) -> None:
         self._busy = False
