@@ -348,6 +348,23 @@ class ContactRunnerTests(SynchronousTestCase):
         self.assertEqual((fid, parse_message(back).status), (4, 200))
         r.stop()
 
+    def test_start_line_names_the_proxy(self) -> None:
+        """
+        Once its socket is up, the runner says where requests go (a name
+        given to --sip-proxy, looked up by SRV or not, shows its address
+        here).
+        """
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        r = self.runner()
+        SipUdpProtocol(r).makeConnection(FakeUdpTransport("203.0.113.5", 5060))
+        lines = [formatEvent(e) for e in events if "operator proxy" in str(e.get("log_format", ""))]
+        self.assertEqual(lines, ["operator proxy 198.51.100.7:5060;transport=udp: requests go there"])
+        r.stop()
+
     def test_congested_tunnel(self) -> None:
         """
         The runner tells the core which tunnels are congested: a new

@@ -932,6 +932,8 @@ class ContactSipRunner(_Runner):
                 proxies=", ".join(proxy_text(p) for p in pool.proxies),
                 interval=f"{pool.interval:g}",
             )
+        elif first and pool is not None:
+            self.log.info("operator proxy {proxy}: requests go there", proxy=proxy_text(pool.current))
         # the core's first deadline: the operator's proxies' first pings
         # go once there is a socket to send them from
         self._rearm()
