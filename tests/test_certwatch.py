@@ -145,6 +145,36 @@ class ReloadTests(WatchTestCase):
         self.clock.advance(CHECK_INTERVAL)
         self.assertEqual(len(self.installed), 1)
 
+    def test_certbot_symbolic_links(self) -> None:
+        """
+        certbot's layout: C{live/} holds symbolic links into C{archive/}, and
+        a renewal writes C{cert2.pem} and C{privkey2.pem} there and points
+        the links at them; the watch follows the links and loads the new
+        files.
+        """
+        base = self.mktemp()
+        archive, live = os.path.join(base, "archive"), os.path.join(base, "live")
+        os.makedirs(archive)
+        os.makedirs(live)
+        os.replace(self.files.cert, os.path.join(archive, "cert1.pem"))
+        os.replace(self.files.key, os.path.join(archive, "privkey1.pem"))
+        for link, target in (("fullchain.pem", "cert1.pem"), ("privkey.pem", "privkey1.pem")):
+            os.symlink(os.path.join("..", "archive", target), os.path.join(live, link))
+        self.files = CertFiles(os.path.join(live, "fullchain.pem"), os.path.join(live, "privkey.pem"))
+        watch = self.watch()
+        watch.startService()
+        self.addCleanup(watch.stopService)
+        fresh = self.ca.issue(["new.spwm.test"], "fresh")
+        os.replace(fresh.cert, os.path.join(archive, "cert2.pem"))
+        os.replace(fresh.key, os.path.join(archive, "privkey2.pem"))
+        for link, target in (("fullchain.pem", "cert2.pem"), ("privkey.pem", "privkey2.pem")):
+            tmp = os.path.join(live, link + ".new")
+            os.symlink(os.path.join("..", "archive", target), tmp)
+            os.replace(tmp, os.path.join(live, link))
+        self.clock.advance(CHECK_INTERVAL)
+        self.assertEqual(len(self.installed), 1)
+        self.assertEqual(watch.facts.subject, "new.spwm.test")
+
     def test_files_that_do_not_load_keep_the_old_certificate(self) -> None:
         """
         A renewal caught half way (the new certificate with the old key)
