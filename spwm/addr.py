@@ -42,6 +42,17 @@ def peer(address: Any) -> str:
     return str(address)
 
 
+def is_ip_address(host: str) -> bool:
+    """
+    Whether C{host} is an IPv4 or IPv6 address (not a name to resolve).
+    """
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=256)
 def is_wildcard(host: str) -> bool:
     """

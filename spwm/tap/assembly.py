@@ -30,7 +30,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, TCP6ClientEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 
-from spwm.addr import hostport, is_wildcard, route_source
+from spwm.addr import hostport, is_ip_address, is_wildcard, route_source
 from spwm.errors import ConfigError
 from spwm.hep import HepSender
 from spwm.forward import USE as FORWARD_USE, AgentForwarder, ContactForwarder
@@ -886,15 +886,6 @@ def configured_proxies(config: ContactConfig) -> list[OperatorProxy]:
     return [p for p in (config.sip_proxy, *config.also_sip_proxy) if p is not None]
 
 
-def is_ip(host: str) -> bool:
-    """
-    Whether C{host} is an IPv4 or IPv6 address (nothing to resolve).
-    """
-    from twisted.internet.abstract import isIPAddress, isIPv6Address
-
-    return isIPAddress(host) or isIPv6Address(host)
-
-
 def sip_family(config: ContactConfig) -> int:
     """
     The address family of C{--sip-address} (the operator proxies').
@@ -909,7 +900,7 @@ def proxy_name_watch(config: ContactConfig, reactor: Any, runner: ContactSipRunn
     address, or with C{--sip-proxy-resolve 0}.
     """
     entries = configured_proxies(config)
-    if not config.sip_proxy_resolve or all(is_ip(p.host) for p in entries):
+    if not config.sip_proxy_resolve or all(is_ip_address(p.host) for p in entries):
         return None
     pool = runner.core.proxies
     assert pool is not None

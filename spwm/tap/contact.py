@@ -28,6 +28,7 @@ from spwm.config import (
 from spwm.sip.names import sip_domain, sip_name
 from spwm.sip.actions import OperatorProxy
 from spwm.sip.nexthop import DEFAULT_PING_INTERVAL
+from spwm.addr import is_ip_address
 from spwm.security.certwatch import install_reload_signal
 from spwm.tap.assembly import ContactPoint, build_contact
 from spwm.tap.common import HEP_OPTIONS, LOG_OPTIONS, STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service
@@ -50,15 +51,7 @@ def parse_sip_proxy(value: object) -> OperatorProxy:
         transport = val.strip().lower()
     host, port = host_port(target, 5060)
     # a name without a port: its SRV records first (RFC 3263 4.2)
-    return OperatorProxy(host, port, transport, srv=":" not in target and not _is_ip(host))
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ip_address(host)
-    except ValueError:
-        return False
-    return True
+    return OperatorProxy(host, port, transport, srv=":" not in target and not is_ip_address(host))
 
 
 def sip_address(value: object) -> tuple[str, int]:

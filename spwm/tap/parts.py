@@ -646,9 +646,7 @@ class ProxyNameWatch(TimerService):
         self.resolve = resolve
         self.srv = srv
         self._run = run
-        self._busy = False
         self.failing: str | None = None
-        self.changes = 0
 
     def check(self) -> Any:
         """
@@ -656,11 +654,6 @@ class ProxyNameWatch(TimerService):
 
         @return: a L{Deferred} that fires when done (never fails).
         """
-        from twisted.internet.defer import succeed
-
-        if self._busy:
-            return succeed(None)
-        self._busy = True
         run = self._run
         if run is None:
             from twisted.internet.threads import deferToThreadPool
@@ -670,14 +663,10 @@ class ProxyNameWatch(TimerService):
         else:
             d = run(self._resolve)
         d.addCallbacks(self._resolved, self._failed)
-        d.addBoth(self._done)
         return d
 
     def _resolve(self) -> list[list[OperatorProxy]]:
         return resolve_groups(self.proxies, self.family, self.resolve, self.srv)
-
-    def _done(self, result: Any) -> None:
-        self._busy = False
 
     def _resolved(self, groups: list[list[OperatorProxy]]) -> None:
         if not self.running:
@@ -689,7 +678,6 @@ class ProxyNameWatch(TimerService):
         proxies = merge_proxies(groups, before)
         if tuple(proxies) == tuple(before):
             return
-        self.changes += 1
         self.use(proxies, "the --sip-proxy names resolve to other addresses")
 
     def _failed(self, reason: Any) -> None:

@@ -46,6 +46,19 @@ class Proxy(DatagramProtocol):
         send(build_sip("SIP/2.0 200 OK", headers))
 
 
+@defer.inlineCallbacks
+def registered_alice(test: Any) -> Any:
+    """
+    Alice's phone behind the test's first agent, registered (200).
+    """
+    alice = Phone(reactor, "alice", "example.test", test.agents[0].config.sip_listen[0])
+    alice.start()
+    test.addCleanup(alice.stop)
+    response = yield alice.register(authorization=DIGEST.format(user="alice"))
+    test.assertEqual(response.status, 200)
+    return alice
+
+
 class TcpProxy(Protocol):
     """
     L{Proxy} over TCP: one connection of it (messages without bodies).
@@ -113,11 +126,7 @@ class ProxyFailoverTests(_LoopbackPair):
         """
         first, second = self.proxies
         yield wait_until(lambda: first.got.get("OPTIONS", 0) >= 2 and second.got.get("OPTIONS", 0) >= 2, timeout=10)
-        alice = Phone(reactor, "alice", "example.test", self.agents[0].config.sip_listen[0])
-        alice.start()
-        self.addCleanup(alice.stop)
-        response = yield alice.register(authorization=DIGEST.format(user="alice"))
-        self.assertEqual(response.status, 200)
+        alice = yield registered_alice(self)
         self.assertEqual((first.got.get("REGISTER"), second.got.get("REGISTER")), (1, None))
         # the first proxy goes away
         yield self.stop(0)
@@ -238,11 +247,7 @@ class ProxyNameTests(_LoopbackPair):
         line when it resolves again.
         """
         first, second = self.proxies
-        alice = Phone(reactor, "alice", "example.test", self.agents[0].config.sip_listen[0])
-        alice.start()
-        self.addCleanup(alice.stop)
-        response = yield alice.register(authorization=DIGEST.format(user="alice"))
-        self.assertEqual(response.status, 200)
+        alice = yield registered_alice(self)
         self.assertEqual((first.got.get("REGISTER"), second.got.get("REGISTER")), (1, None))
         self.assertEqual(self.lines, [])
         self.addresses = ["127.0.0.2"]
