@@ -165,14 +165,12 @@ def render(doc: dict[str, Any]) -> str:
             f" max {_cell(loop.get('lag_ms_max'))} ms over the last 10 s"
             + ("; SHORT OF CPU: media and SIP wait as long (docs/operations.md, \"Capacity\")" if late else "")
         )
-    from spwm.status import certificate_line, proxies_line
+    from spwm.status import certificate_lines, proxies_line
 
     proxies = proxies_line(doc)
     if proxies is not None:
         out.append(proxies)
-    certificate = certificate_line(doc)
-    if certificate is not None:
-        out.append(certificate)
+    out.extend(certificate_lines(doc))
     lists = doc.get("lists") or {}
     for name, title, headers, row in _VIEWS:
         page = lists.get(name)

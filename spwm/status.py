@@ -233,6 +233,7 @@ COUNTERS: dict[str, frozenset[str]] = {
     "forwards": frozenset({"refused", "dropped_no_tunnel", "dropped_no_channel"}),
     "loop": frozenset({"late_windows"}),
     "certificate": frozenset({"reloads", "reload_failures"}),
+    "client_certificate": frozenset({"reloads", "reload_failures"}),
 }
 
 #: The HELP text of the document's numbers that have one of their own.
@@ -277,6 +278,11 @@ HELP: dict[str, str] = {
     "certificate_loaded_at": "When the certificate in use (contact point: --cert; agent: --sip-tls-cert) was loaded (seconds since the epoch).",
     "certificate_reloads": "Times changed certificate files were loaded and put in use since the start.",
     "certificate_reload_failures": "Times changed certificate files did not load (the one in use stayed).",
+    "client_certificate_not_after": "Agent, --client-cert: when the certificate it presents to the contact point expires (seconds since the epoch); a contact point with --client-ca refuses it after.",
+    "client_certificate_expires_in": "Agent, --client-cert: seconds until the certificate it presents to the contact point expires (negative: expired).",
+    "client_certificate_loaded_at": "Agent, --client-cert: when the certificate files in use were loaded (seconds since the epoch).",
+    "client_certificate_reloads": "Agent: times changed --client-cert or --ca files were loaded and put in use since the start.",
+    "client_certificate_reload_failures": "Agent: times changed --client-cert or --ca files did not load (the ones in use stayed).",
     "paths_late_losses": "Agent, --tunnel-connections auto: kernel retransmissions seen on a connection whose round trip is 100 ms or more (each can add connections).",
 }
 
@@ -492,13 +498,30 @@ def proxies_line(doc: dict[str, Any]) -> str | None:
     return "Operator proxies: " + ", ".join(parts)
 
 
-def certificate_line(doc: dict[str, Any]) -> str | None:
+def certificate_lines(doc: dict[str, Any]) -> list[str]:
     """
-    For the page and C{spwm status}: the certificate in use (the contact
-    point's C{--cert}, the agent's C{--sip-tls-cert}), when it expires,
-    and a renewal that did not load; C{None} without one.
+    For the page and C{spwm status}: a line for each certificate in use
+    (the contact point's C{--cert}; the agent's C{--sip-tls-cert} and
+    C{--client-cert}), when it expires, and a renewal that did not load.
     """
-    cert = doc.get("certificate")
+    lines = []
+    for section, label, refused in (
+        (
+            "certificate",
+            "Certificate",
+            "agents refuse this contact point"
+            if doc.get("side") == "contact"
+            else "phones that check it refuse SIP over TLS",
+        ),
+        ("client_certificate", "Client certificate", "a contact point with --client-ca refuses this agent"),
+    ):
+        line = _certificate_line(doc.get(section), label, refused)
+        if line is not None:
+            lines.append(line)
+    return lines
+
+
+def _certificate_line(cert: Any, label: str, refused: str) -> str | None:
     if not isinstance(cert, dict) or not _is_number(cert.get("not_after")):
         return None
     left = cert.get("expires_in")
@@ -507,17 +530,12 @@ def certificate_line(doc: dict[str, Any]) -> str | None:
     if days is None:
         when = f"expires {day}"
     elif days <= 0:
-        who = (
-            "agents refuse this contact point"
-            if doc.get("side") == "contact"
-            else "phones that check it refuse SIP over TLS"
-        )
-        when = f"EXPIRED {day}: {who}"
+        when = f"EXPIRED {day}: {refused}"
     elif days <= 14:
         when = f"expires {day}, in {days:.0f} days: RENEW IT"
     else:
         when = f"expires {day} (in {days:.0f} days)"
-    line = f"Certificate: {cert.get('subject', '?')}, {when}"
+    line = f"{label}: {cert.get('subject', '?')}, {when}"
     if cert.get("reloads"):
         times = "once" if cert["reloads"] == 1 else f"{cert['reloads']} times"
         line += f"; loaded again {times} since the start"

@@ -16,7 +16,7 @@ import html
 from typing import Any, Callable, Iterable
 from urllib.parse import urlencode
 
-from spwm.status import Query, Status, certificate_line, proxies_line, summary
+from spwm.status import Query, Status, certificate_lines, proxies_line, summary
 
 __all__ = ["CONTENT_SECURITY_POLICY", "REFRESH", "render_page"]
 
@@ -226,8 +226,7 @@ def render_page(status: Status, query: Query) -> bytes:
     proxies = proxies_line(doc)
     if proxies is not None:
         parts.append(f'<p class="proxies">{_e(proxies)}</p>')
-    certificate = certificate_line(doc)
-    if certificate is not None:
+    for certificate in certificate_lines(doc):
         parts.append(f'<p class="certificate">{_e(certificate)}</p>')
     parts += [
         '<form method="get" action="/">',

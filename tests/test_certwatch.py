@@ -20,7 +20,6 @@ from spwm.security.certwatch import (
     CertificateWatch,
     Loader,
     ReloadableServerTLS,
-    ReloadingFiles,
     file_stamp,
     read_facts,
 )
@@ -195,10 +194,11 @@ class ReloadTests(WatchTestCase):
         [line] = self.lines(LogLevel.error)
         self.assertIn(
             "--cert: the certificate files changed but do not load (cannot load certificate/key: the key does not "
-            "belong to the certificate): still serving the one loaded at ",
+            "belong to the certificate): the one loaded at ",
             line,
         )
-        self.assertIn("(old.spwm.test, expires ", line)
+        self.assertIn(" (old.spwm.test, expires ", line)
+        self.assertTrue(line.endswith(" UTC) stays in use"), line)
         for _ in range(3):
             self.clock.advance(CHECK_INTERVAL)
         self.assertEqual(len(self.lines(LogLevel.error)), 1)
@@ -373,51 +373,110 @@ def _pair(files: CertFiles) -> tuple[str, str]:
 
 
 
-class ReloadingFilesTests(WatchTestCase):
+class AgentFilesTests(WatchTestCase):
     """
-    The agent's files, built again when asked for after a change.
+    The agent's tunnel files: a watch without a certificate of its own
+    (C{--ca} alone), loaders added after it is made (one per contact
+    point), and the TLS options each new connection is made with.
     """
 
-    def reloading(self) -> ReloadingFiles:
-        return ReloadingFiles("--client-cert", [self.files.cert, self.files.key], self.build, "start")
+    def ca_watch(self) -> CertificateWatch:
+        return CertificateWatch(
+            self.clock,
+            "ca",
+            None,
+            [self.ca.ca_file],
+            [],
+            wall=lambda: self.now,
+            users="tunnel connections",
+        )
 
-    def test_unchanged(self) -> None:
+    def test_ca_alone(self) -> None:
         """
-        While the files do not change, the object of the start is given and
-        nothing is built or said.
+        A CA file is no certificate of ours: no facts, no expiry line; a
+        new CA file is built by every loader added, with one line that
+        names no certificate.
         """
-        files = self.reloading()
-        self.assertEqual([files.get() for _ in range(3)], ["start"] * 3)
-        self.assertEqual(self.lines(), [])
-
-    def test_changed(self) -> None:
-        """
-        Renewed files are built at the next ask, once, with one line.
-        """
-        files = self.reloading()
-        renew(self.ca, self.files, "new.spwm.test")
-        got = files.get()
-        self.assertEqual(got.certificate.get_subject().commonName, "new.spwm.test")
-        self.assertIs(files.get(), got)
-        self.assertEqual(files.reloads, 1)
+        watch = self.ca_watch()
+        built: list[str] = []
+        watch.add(Loader(lambda: "first", built.append))
+        watch.add(Loader(lambda: "second", built.append))
+        watch.startService()
+        self.addCleanup(watch.stopService)
+        self.now += 1000 * DAY
+        self.assertFalse(watch.check())
+        self.assertEqual((built, self.lines()), ([], []))
+        self.assertEqual(watch.status()["subject"], None)
+        with open(self.ca.ca_file, "a") as f:
+            f.write("\n")
+        self.assertTrue(watch.check())
+        self.assertEqual(built, ["first", "second"])
         self.assertEqual(
-            self.lines(), ["--client-cert: the files changed and were loaded again for this and the next connections"]
+            self.lines(),
+            ["--ca: files loaded again (the files changed); new tunnel connections get it, open ones keep theirs"],
         )
 
-    def test_changed_but_not_loading(self) -> None:
+    def test_a_ca_file_that_does_not_load(self) -> None:
         """
-        A certificate without its key yet: the last good object, one error
-        line for the change; the whole renewal is used once in place.
+        A CA file that fails its loader: one error line that names no
+        certificate, nothing installed.
         """
-        files = self.reloading()
-        fresh = self.ca.issue(["new.spwm.test"], "fresh")
-        os.replace(fresh.cert, self.files.cert)
-        self.assertEqual([files.get(), files.get()], ["start", "start"])
+        watch = self.ca_watch()
+        installed: list[Any] = []
+
+        def build() -> Any:
+            raise ConfigError("ca", "no PEM certificate in 'ca.pem'")
+
+        watch.add(Loader(build, installed.append))
+        with open(self.ca.ca_file, "a") as f:
+            f.write("\n")
+        self.assertFalse(watch.check())
+        self.assertFalse(watch.check())
+        self.assertEqual(installed, [])
         [line] = self.lines(LogLevel.error)
-        self.assertIn(
-            "--client-cert: the files changed but do not load (cannot load certificate/key: the key does not belong "
-            "to the certificate): the next connections use the ones loaded at ",
-            line,
+        self.assertIn("--ca: the certificate files changed but do not load (no PEM certificate in 'ca.pem'): ", line)
+        self.assertTrue(line.endswith(" UTC stays in use"), line)
+
+    def test_new_connections_use_the_renewed_client_certificate(self) -> None:
+        """
+        The agent's TLS options with the watch as their C{refresh}: the
+        connection made after a renewal presents the new certificate,
+        without waiting for the watch's timer.
+        """
+        from OpenSSL import SSL
+
+        from spwm.tunnel.service import client_certificate, client_options, client_tls_options
+
+        client = self.ca.issue(["agent-1"], "client", client=True)
+
+        def build() -> Any:
+            cert = load_tls("client-cert", client_certificate, client.cert, client.key)
+            return client_options("contact.spwm.test", self.ca.ca_file, cert)
+
+        tls = client_tls_options(
+            "contact.spwm.test", self.ca.ca_file, load_tls("client-cert", client_certificate, client.cert, client.key)
         )
-        os.replace(fresh.key, self.files.key)
-        self.assertEqual(files.get().certificate.get_subject().commonName, "new.spwm.test")
+        watch = CertificateWatch(
+            self.clock, "client-cert", client.cert, [client.cert, client.key], [Loader(build, tls.use)],
+            wall=lambda: self.now,
+        )  # fmt: skip
+        tls.refresh = watch.check
+
+        def presented() -> str:
+            # the certificate a new connection presents to the contact point
+            from twisted.internet.protocol import Factory, Protocol
+            from twisted.internet.testing import StringTransport
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            protocol = TLSMemoryBIOFactory(tls, True, Factory.forProtocol(Protocol)).buildProtocol(None)
+            protocol.makeConnection(StringTransport())
+            connection = protocol._tlsConnection
+            self.assertIsInstance(connection, SSL.Connection)
+            return str(connection.get_certificate().get_subject().commonName)
+
+        self.assertEqual([presented(), presented()], ["agent-1", "agent-1"])
+        renew(self.ca, client, "agent-2")
+        # no timer ran: the connection itself looked at the files
+        self.assertEqual(presented(), "agent-2")
+        self.assertEqual(watch.facts.subject, "agent-2")
+        self.assertEqual(watch.reloads, 1)

@@ -150,6 +150,27 @@ class RenderTests(SynchronousTestCase):
             " (cannot load certificate/key: the key does not belong to the certificate): still the one above",
         )
 
+    def test_client_certificate(self) -> None:
+        """
+        An agent with mutual TLS: its SIP over TLS certificate and the
+        client certificate it presents, one line each; an expired client
+        certificate says that the contact point refuses the agent.
+        """
+        agent = dict(DOC, side="agent")
+        cert = {"subject": "agent-7", "not_after": 1811462400.0, "expires_in": 90 * 86400, "reloads": 0}
+        sip = dict(cert, subject="pbx.lan.example")
+        self.assertEqual(
+            render(dict(agent, certificate=sip, client_certificate=cert)).splitlines()[1:3],
+            [
+                "Certificate: pbx.lan.example, expires 2027-05-28 (in 90 days)",
+                "Client certificate: agent-7, expires 2027-05-28 (in 90 days)",
+            ],
+        )
+        self.assertEqual(
+            render(dict(agent, client_certificate=dict(cert, expires_in=-1))).splitlines()[1],
+            "Client certificate: agent-7, EXPIRED 2027-05-28: a contact point with --client-ca refuses this agent",
+        )
+
     def test_loop(self) -> None:
         """
         A contact point's event loop: how late its timers run, under the

@@ -895,3 +895,34 @@ class ContactServiceTests(SynchronousTestCase):
         self.assertNotIn("log_failure", line)
         self.assertIn("address already in use", line["error"])
         self.assertEqual(reactor.stopped, 1)
+
+
+class DescribeAlertTests(SynchronousTestCase):
+    """
+    An alert the contact point sent about the agent's client certificate
+    (mutual TLS) is said as such; other TLS errors keep OpenSSL's words.
+    """
+
+    def error(self, reason: str) -> Any:
+        from OpenSSL import SSL
+
+        return SSL.Error([("SSL routines", "", reason)])
+
+    def test_certificate_required(self) -> None:
+        self.assertEqual(
+            describe_failure(self.error("tlsv13 alert certificate required")),
+            "TLS error: the contact point asks for a client certificate (mutual TLS: give --client-cert and"
+            " --client-key) (tlsv13 alert certificate required)",
+        )
+
+    def test_certificate_refused(self) -> None:
+        for reason in ("sslv3 alert bad certificate", "tls alert certificate expired", "tlsv1 alert unknown ca"):
+            self.assertEqual(
+                describe_failure(self.error(reason)),
+                f"TLS error: the contact point refused this agent's client certificate ({reason}; its log says why)",
+            )
+
+    def test_other_errors(self) -> None:
+        self.assertEqual(
+            describe_failure(self.error("tlsv1 alert protocol version")), "TLS error: tlsv1 alert protocol version"
+        )

@@ -1,22 +1,26 @@
 # -*- test-case-name: tests.test_certwatch -*-
 """
-The contact point's certificate, loaded again when its files change.
+Certificates loaded again when their files change: the contact point's
+(C{--cert}), the agent's SIP over TLS one (C{--sip-tls-cert}) and its
+tunnel's (C{--client-cert}, C{--ca}).
 
 Certificates from an ACME client (Let's Encrypt: 90 days, renewed after
 about 60) change under a running contact point.  Restarting it to take a
 renewed certificate would end every call whose media goes through it; so
 the files are loaded again in place instead: L{CertificateWatch} looks at
 them every L{CHECK_INTERVAL} seconds (and at once on C{SIGHUP}, where the
-program asks for it) and, when they changed and load, hands the new TLS
-options to the listeners.  Connections already open keep the certificate
+program asks for it; the agent's tunnel files also before each
+connection) and, when they changed and load, hands the new TLS options
+to the listeners.  Connections already open keep the certificate
 they were made with; new ones get the new one.  Files that changed but do
 not load (a renewal half written, a key that does not belong to the
 certificate) leave the old certificate in use, with one error line.
 
 It also says when the certificate in use is about to expire
 (L{EXPIRY_WARNING} before, once a day) or has expired: agents refuse a
-contact point whose certificate has expired, so that line is the one an
-operator must not miss.  The status document carries the same
+contact point whose certificate has expired (and a contact point with
+C{--client-ca} an agent whose client certificate has), so that line is
+the one an operator must not miss.  The status document carries the same
 (C{certificate} section: C{not_after}, C{expires_in}, C{reloads}).
 
 The watch knows nothing of TLS itself: each of its L{Loader}s builds one
@@ -171,7 +175,8 @@ class CertificateWatch(TimerService):
     seconds and loads them again when they changed (L{check}); L{reload}
     loads them whatever their stamp says (C{SIGHUP}).
 
-    @ivar facts: the certificate in use.
+    @ivar facts: the certificate in use (C{None}: files without one of
+        their own, the agent's C{--ca} alone).
     @ivar loaded_at: when it was loaded (wall clock).
     @ivar reloads: loads after the first that put a certificate in use.
     @ivar failures: loads after the first that failed.
@@ -184,7 +189,7 @@ class CertificateWatch(TimerService):
         self,
         clock: IReactorTime,
         option: str,
-        cert_file: str,
+        cert_file: str | None,
         paths: Iterable[str],
         loaders: Iterable[Loader],
         *,
@@ -199,7 +204,8 @@ class CertificateWatch(TimerService):
         @param option: the option that names the files (C{cert}), for the
             log lines.
         @param cert_file: the certificate file (its first certificate is
-            the one the facts are of).
+            the one the facts are of), or C{None} for files that are not
+            a certificate of ours (a CA file: no facts, no expiry lines).
         @param paths: every file the loaders read (the certificate, key,
             client CA): a change to any of them is a change.
         @param describe: turns a loader's exception into the words of the
@@ -215,7 +221,7 @@ class CertificateWatch(TimerService):
         self.option = option
         self.cert_file = cert_file
         self.paths = tuple(paths)
-        self.loaders = tuple(loaders)
+        self.loaders = list(loaders)
         self.interval = interval
         self.wall = wall
         self.describe = describe or _words
@@ -223,13 +229,20 @@ class CertificateWatch(TimerService):
         self.refused = refused
         self.on_signal = on_signal
         self.stamp = file_stamp(self.paths)
-        self.facts = read_facts(cert_file)
+        self.facts = read_facts(cert_file) if cert_file is not None else None
         self.loaded_at = wall()
         self.reloads = 0
         self.failures = 0
         self.error: str | None = None
         self._failed_stamp: tuple[tuple[int, int, int, int], ...] | None = None
         self._expiry_line_at: float | None = None
+
+    def add(self, loader: Loader) -> None:
+        """
+        One more thing to build from the files and install at each load
+        (the agent: each contact point's TLS options).
+        """
+        self.loaders.append(loader)
 
     # the watch (a TimerService: check at the start, then every interval)
 
@@ -260,6 +273,8 @@ class CertificateWatch(TimerService):
         One line when the certificate in use expires within
         L{EXPIRY_WARNING} or has expired, at most once a day.
         """
+        if self.facts is None:
+            return
         now = self.wall()
         left = self.facts.not_after - now
         if left > EXPIRY_WARNING:
@@ -296,11 +311,12 @@ class CertificateWatch(TimerService):
         """
         The status document's C{certificate} section.
         """
+        facts = self.facts
         return {
             "file": self.cert_file,
-            "subject": self.facts.subject,
-            "not_after": self.facts.not_after,
-            "expires_in": round(self.facts.not_after - self.wall()),
+            "subject": None if facts is None else facts.subject,
+            "not_after": None if facts is None else facts.not_after,
+            "expires_in": None if facts is None else round(facts.not_after - self.wall()),
             "loaded_at": self.loaded_at,
             "reloads": self.reloads,
             "reload_failures": self.failures,
@@ -312,23 +328,25 @@ class CertificateWatch(TimerService):
     def _signal_words(self) -> str:
         return ", or at once on SIGHUP" if self.on_signal else ""
 
+    def _in_use(self, facts: CertificateFacts | None) -> str:
+        # "cp.example.net, expires 2027-03-01 12:00 UTC", or nothing
+        return "" if facts is None else f" ({facts.subject}, expires {utc_day(facts.not_after)})"
+
     def _load(self, stamp: tuple[tuple[int, int, int, int], ...], *, sighup: bool) -> bool:
         try:
             built = [loader.build() for loader in self.loaders]
-            facts = read_facts(self.cert_file)
+            facts = read_facts(self.cert_file) if self.cert_file is not None else None
         except Exception as e:
             self.failures += 1
             self.error = self.describe(e)
             self._failed_stamp = stamp
             self.log.error(
-                "--{option}: {what} do not load ({error}): still serving the one loaded at {loaded} ({subject}, "
-                "expires {day})",
+                "--{option}: {what} do not load ({error}): the one loaded at {loaded}{in_use} stays in use",
                 option=self.option,
                 what="on SIGHUP the certificate files" if sighup else "the certificate files changed but",
                 error=self.error,
                 loaded=utc_day(self.loaded_at),
-                subject=self.facts.subject,
-                day=utc_day(self.facts.not_after),
+                in_use=self._in_use(self.facts),
             )
             return False
         for loader, thing in zip(self.loaders, built):
@@ -342,89 +360,16 @@ class CertificateWatch(TimerService):
         self.facts = facts
         self._expiry_line_at = None
         self.log.info(
-            "--{option}: certificate loaded again ({why}): {subject}, expires {day}{same}; new {users} get it, "
-            "open ones keep theirs",
+            "--{option}: {what} loaded again ({why}){in_use}{same}; new {users} get it, open ones keep theirs",
             option=self.option,
+            what="certificate" if facts is not None else "files",
             users=self.users,
             why="SIGHUP" if sighup else "the files changed",
-            subject=facts.subject,
-            day=utc_day(facts.not_after),
-            same="" if renewed else " (the same certificate as before)",
+            in_use="" if facts is None else f": {facts.subject}, expires {utc_day(facts.not_after)}",
+            same="" if renewed or facts is None else " (the same certificate as before)",
         )
         self.expiry_check()
         return True
-
-
-class ReloadingFiles:
-    """
-    An object built from files, built again when they change, at the
-    moment it is asked for: the agent's TLS options (C{--client-cert},
-    C{--client-key}, C{--ca}) for its next tunnel connection.  An agent
-    connects seldom, so it needs no timer: a renewed client certificate
-    or a CA file with a new CA is used by the next connection, without a
-    restart.  Files that changed but do not load leave the last good
-    object in use, with one error line per change.
-
-    @ivar current: the object in use.
-    @ivar reloads: builds after the first that succeeded.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        options: str,
-        paths: Iterable[str],
-        build: Callable[[], Any],
-        current: Any,
-        *,
-        wall: Callable[[], float] = time.time,
-    ) -> None:
-        """
-        @param options: the options that name the files (C{--ca,
-            --client-cert}), for the log lines.
-        @param build: builds the object from the files now (raises when
-            they do not load).
-        @param current: the object built from them at the start.
-        """
-        self.options = options
-        self.paths = tuple(paths)
-        self.build = build
-        self.current = current
-        self.wall = wall
-        self.stamp = file_stamp(self.paths)
-        self.loaded_at = wall()
-        self.reloads = 0
-        self._failed_stamp: tuple[tuple[int, int, int, int], ...] | None = None
-
-    def get(self) -> Any:
-        """
-        The object, built again first if the files changed since it was.
-        """
-        stamp = file_stamp(self.paths)
-        if stamp == self.stamp or stamp == self._failed_stamp:
-            return self.current
-        try:
-            built = self.build()
-        except Exception as e:
-            self._failed_stamp = stamp
-            self.log.error(
-                "{options}: the files changed but do not load ({error}): the next connections use the ones loaded "
-                "at {loaded}",
-                options=self.options,
-                error=_words(e),
-                loaded=utc_day(self.loaded_at),
-            )
-            return self.current
-        self.current = built
-        self.stamp = stamp
-        self._failed_stamp = None
-        self.reloads += 1
-        self.loaded_at = self.wall()
-        self.log.info(
-            "{options}: the files changed and were loaded again for this and the next connections", options=self.options
-        )
-        return built
 
 
 def install_reload_signal(reactor: Any, reload: Callable[[], Any]) -> None:
@@ -445,6 +390,24 @@ def install_reload_signal(reactor: Any, reload: Callable[[], Any]) -> None:
         reactor.callWhenRunning(install)
 
 
+def reload_on_hangup(reactor: Any, watches: Iterable[CertificateWatch | None], nothing: str) -> None:
+    """
+    For the twistd plugins: C{SIGHUP} (C{kill -HUP}, systemd's
+    C{ExecReload}) loads the files of every watch in C{watches} again;
+    without any, it says C{nothing} in one line instead of ending the
+    process.
+    """
+    present = [watch for watch in watches if watch is not None]
+
+    def reload() -> None:
+        if not present:
+            Logger().info("SIGHUP: {nothing}", nothing=nothing)
+        for watch in present:
+            watch.reload()
+
+    install_reload_signal(reactor, reload)
+
+
 __all__ = [
     "CHECK_INTERVAL",
     "EXPIRY_WARNING",
@@ -452,8 +415,8 @@ __all__ = [
     "CertificateWatch",
     "Loader",
     "ReloadableServerTLS",
-    "ReloadingFiles",
     "file_stamp",
     "install_reload_signal",
     "read_facts",
+    "reload_on_hangup",
 ]

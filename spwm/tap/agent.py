@@ -27,6 +27,7 @@ from spwm.config import (
     readable_file,
     udp_forward,
 )
+from spwm.security.certwatch import reload_on_hangup as hangup
 from spwm.sip.names import sip_name
 from spwm.tap.assembly import agent_names, build_agent
 from spwm.tap.common import HEP_OPTIONS, LOG_OPTIONS, STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service
@@ -94,9 +95,9 @@ def proxy_credentials(value: Any) -> str:
 OPTIONS = (
     Option("contact", ("localhost:443",), host_port_string, "The contact point, HOST:PORT (DNS name, IPv4 or [IPv6]); given twice, two contact points (RFC 5626 flows through both).", repeat=True),
     Option("server-name", None, optional_string, "Name the contact point's certificate must match (default: the host in --contact)."),
-    Option("ca", None, readable_file, "PEM file of the certificates to trust (default: the system's store); loaded again for the next connection when it changes."),
+    Option("ca", None, readable_file, "PEM file of the certificates to trust (default: the system's store); loaded again when it changes (looked at before each connection, every 60 s and on SIGHUP)."),
     Option("plaintext", False, bool, "Plain TCP instead of TLS (tests, or TLS terminated elsewhere).", flag=True),
-    Option("client-cert", None, readable_file, "Mutual TLS: this agent's certificate (PEM), naming its --agent-id; loaded again (with --client-key) for the next connection when it changes."),
+    Option("client-cert", None, readable_file, "Mutual TLS: this agent's certificate (PEM), naming its --agent-id; loaded again (with --client-key) when it changes (looked at before each connection, every 60 s and on SIGHUP); warned of from 14 days before it expires."),
     Option("client-key", None, readable_file, "Mutual TLS: the key of --client-cert (PEM)."),
     Option("http-proxy", None, host_port_pair, "Connect through this HTTP CONNECT proxy, HOST:PORT."),
     Option("http-proxy-auth", None, proxy_credentials, "USER:PASSWORD for --http-proxy (Basic); only in the --config file or the SPWM_HTTP_PROXY_AUTH environment variable, never on the command line."),
@@ -110,7 +111,7 @@ OPTIONS = (
     Option("tunnel-connections", "auto", tunnel_connections, "TLS connections to keep attached to the one session (media goes on the healthy ones and moves at once when one stalls or breaks): auto (2, up to 4 while the media keeps stalling on the ones there are, up to 16 while many calls' media is spread over them on a lossy link), or a number up to 16; 1: one connection, as a proxy that allows only one needs. 1 with --tunnel on-demand or --udp-path only. With --udp-path auto a QUIC path joins these when the contact point offers it."),
     Option("tunnel-idle", 30.0, positive_float, "With --tunnel on-demand: seconds after the last registration and dialog have ended (and the last SIP) before the tunnel closes."),
     Option("sip-listen", (), ip_literal_port, "Listen for SIP applications on IP:PORT, UDP and TCP (default 127.0.0.1:5060).", repeat=True),
-    Option("sip-tls-cert", None, readable_file, "PEM certificate for SIP over TLS towards applications (port + 1); loaded again when the file changes (within 60 s), for new connections."),
+    Option("sip-tls-cert", None, readable_file, "PEM certificate for SIP over TLS towards applications (port + 1); loaded again when the file changes (within 60 s, or on SIGHUP), for new connections."),
     Option("sip-tls-key", None, readable_file, "PEM key for SIP over TLS towards applications."),
     Option("sip-name", (), sip_name, "Another name of this agent in a Route or Request-URI: a DNS name or address, NAME[:PORT] (without a port: every port the agent listens on).", repeat=True),
     Option("sip-trace", False, bool, "Log every SIP message received and sent (start line and headers).", flag=True),
@@ -177,4 +178,21 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     """
     The agent of C{options.config} (L{build_agent}).
     """
-    return build_service("agent", lambda: build_agent(options.config, reactor))
+    return build_service("agent", lambda: build_agent_for_twistd(options.config, reactor))
+
+
+def build_agent_for_twistd(config: AgentConfig, reactor: Any = None) -> Any:
+    """
+    L{build_agent}, and C{SIGHUP} loads its certificate files again
+    (C{--sip-tls-cert}, C{--client-cert}, C{--ca}) instead of ending the
+    process.
+    """
+    agent = build_agent(config, reactor)
+    if reactor is None:
+        from twisted.internet import reactor
+    hangup(
+        reactor,
+        [agent.sip_certificates, agent.tls_files],
+        "nothing to load again (no --sip-tls-cert, --client-cert or --ca)",
+    )
+    return agent

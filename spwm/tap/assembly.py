@@ -52,7 +52,7 @@ from spwm.sip.nexthop import ProxyPool
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.fanout import FanoutCore
-from spwm.security.certwatch import CertificateWatch, Loader, ReloadableServerTLS, ReloadingFiles
+from spwm.security.certwatch import CertificateWatch, Loader, ReloadableServerTLS
 from spwm.sip.registrar import EmbeddedRegistrar
 from spwm.sip.transport import SLICE as SIP_SLICE, AgentSipRunner, ContactSipRunner, SipTrace
 from spwm.state import ContactState
@@ -127,6 +127,8 @@ class Agent:
         two, the first one's are also the fields above).
     @ivar sip_certificates: with C{--sip-tls-cert}, loads its files again
         when they change; else C{None}.
+    @ivar tls_files: with C{--client-cert} or C{--ca}, loads the tunnel's
+        TLS files again when they change; else C{None}.
     """
 
     config: AgentConfig
@@ -148,6 +150,7 @@ class Agent:
     quic: QuicProber | None = None
     sides: tuple[AgentSide, ...] = ()
     sip_certificates: CertificateWatch | None = None
+    tls_files: CertificateWatch | None = None
 
 
 @frozen
@@ -262,13 +265,21 @@ def status_services(
     return service
 
 
-def agent_tunnel_endpoint(config: AgentConfig, reactor: Any, port: int | None = None, tls: Any = None) -> tuple[Any, Any]:
+def agent_tunnel_endpoint(
+    config: AgentConfig,
+    reactor: Any,
+    port: int | None = None,
+    tls: Any = None,
+    files: CertificateWatch | None = None,
+) -> tuple[Any, Any]:
     """
     The endpoint every tunnel connection of the agent is made with (the
     contact point, the proxy, TLS and its checks), and its TLS reporter.
 
     @param port: another port of the contact point (a worker's own) than
         C{--contact}'s, with the TLS options C{tls} made for that one.
+    @param files: L{agent_tls_watch}: the TLS options are built again from
+        the files when they change (checked before each connection too).
     """
     if config.ca and tls is None:
         load_certificates("ca", config.ca)
@@ -289,37 +300,51 @@ def agent_tunnel_endpoint(config: AgentConfig, reactor: Any, port: int | None = 
             else None
         ),
     )
-    if tls is not None and port is None and (config.ca or config.client_cert):
-        tls.source = agent_tls_files(config, host, tls)
+    if tls is not None and port is None and files is not None:
+        server_name = config.server_name or host
+
+        def build() -> Any:
+            cert = None
+            if config.client_cert:
+                cert = load_tls("client-cert", client_certificate, config.client_cert, config.client_key)
+            if config.ca:
+                load_certificates("ca", config.ca)
+            return client_options(server_name, config.ca, cert)
+
+        files.add(Loader(build, tls.use))
+        tls.refresh = files.check
     return endpoint, tls
 
 
-def agent_tls_files(config: AgentConfig, host: str, tls: Any) -> Any:
+def agent_tls_watch(config: AgentConfig, reactor: Any) -> CertificateWatch | None:
     """
     The agent's C{--ca}, C{--client-cert} and C{--client-key} files, loaded
-    again for the next tunnel connection when they change (a renewed
-    client certificate, a CA file with a new CA): the C{source} of its
-    TLS options (L{spwm.security.certwatch.ReloadingFiles}).
+    again when they change (a renewed client certificate, a CA file with a
+    new CA): looked at before each tunnel connection, every 60 s and on
+    C{SIGHUP}; it warns before C{--client-cert} expires (a contact point
+    with C{--client-ca} refuses an expired one).  C{None} without such
+    files or with C{--plaintext}.  Each contact point's TLS options join
+    it as a loader (L{agent_tunnel_endpoint}).
     """
-
-    def build() -> Any:
-        cert = None
-        if config.client_cert:
-            cert = load_tls("client-cert", client_certificate, config.client_cert, config.client_key)
-        if config.ca:
-            load_certificates("ca", config.ca)
-        return client_options(config.server_name or host, config.ca, cert)
-
-    named = ", ".join(name for name, path in (("--ca", config.ca), ("--client-cert", config.client_cert)) if path)
-    paths = [p for p in (config.ca, config.client_cert, config.client_key) if p]
-    return ReloadingFiles(named, paths, build, tls.options).get
+    if config.plaintext or not (config.ca or config.client_cert):
+        return None
+    option = ", --".join(name for name, path in (("ca", config.ca), ("client-cert", config.client_cert)) if path)
+    return CertificateWatch(
+        reactor,
+        option,
+        config.client_cert,
+        [p for p in (config.ca, config.client_cert, config.client_key) if p],
+        [],
+        users="tunnel connections",
+        refused="a contact point that checks client certificates (--client-ca) refuses this agent",
+    )
 
 
 def agent_sip_tls(config: AgentConfig, reactor: Any) -> tuple[ReloadableServerTLS, CertificateWatch]:
     """
     C{--sip-tls-cert}: the TLS options of the agent's SIP over TLS
     listeners, and the watch that loads the files again when they change
-    (every 60 s; the agent has no C{SIGHUP} handler).
+    (every 60 s, and on C{SIGHUP}).
 
     @raise ConfigError: the certificate or key does not load.
     """
@@ -338,7 +363,6 @@ def agent_sip_tls(config: AgentConfig, reactor: Any) -> tuple[ReloadableServerTL
         [Loader(build, tls.use)],
         users="SIP over TLS connections",
         refused="phones that check it refuse the agent's SIP over TLS",
-        on_signal=False,
     )
     return tls, watch
 
@@ -512,6 +536,8 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
     )
     flows = FlowTable()
     names = agent_names(sip_addresses, bool(config.sip_tls_cert), config.sip_names)
+    # --ca, --client-cert: one watch for every contact point's TLS options
+    tls_files = agent_tls_watch(config, reactor)
     # One tunnel side per contact point (docs/operations.md, "Two
     # contact points"): the first is the default one; the SIP runner, the
     # media relay and the UDP forwards are shared.
@@ -544,7 +570,7 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
             sip_part = SideSip(runner, k)
         elif config.tunnel == "on-demand":
             sip_part = TouchingSip(runner, LaterOnDemand(later_on_demand))
-        _agent_side_tunnel(side, reactor, agent_id, sip_part, forwarder, media)
+        _agent_side_tunnel(side, reactor, agent_id, sip_part, forwarder, media, tls_files)
     router, factory, paths, quic = sides[0].router, sides[0].factory, sides[0].paths, sides[0].quic
     tunnel = sides[0].tunnel
     sip_tls = None
@@ -570,6 +596,8 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
     listeners.setServiceParent(top)
     if sip_certificates is not None:
         sip_certificates.setServiceParent(top)
+    if tls_files is not None:
+        tls_files.setServiceParent(top)
     for side in sides:
         Hook(lambda: None, side.resumption.stop).setServiceParent(top)
         if side.paths is not None and side.paths.keeper is not None:
@@ -609,6 +637,8 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
     status.add("media", media.status)
     if sip_certificates is not None:
         status.add("certificate", sip_certificates.status)
+    if tls_files is not None and tls_files.facts is not None:
+        status.add("client_certificate", tls_files.status)
     status.add(
         "forwards",
         lambda: {"dropped_no_tunnel": forwarder.dropped_no_tunnel, "dropped_no_channel": forwarder.dropped_no_channel},
@@ -636,6 +666,7 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
         quic=quic,
         sides=tuple(sides),
         sip_certificates=sip_certificates,
+        tls_files=tls_files,
     )
 
 
@@ -726,7 +757,13 @@ def _agent_side(
 
 
 def _agent_side_tunnel(
-    side: AgentSide, reactor: Any, agent_id: str, sip_part: Any, forwarder: AgentForwarder, media: MediaManager
+    side: AgentSide,
+    reactor: Any,
+    agent_id: str,
+    sip_part: Any,
+    forwarder: AgentForwarder,
+    media: MediaManager,
+    tls_files: CertificateWatch | None = None,
 ) -> None:
     """
     The second half of an agent's side: its paths, tunnel application,
@@ -740,7 +777,7 @@ def _agent_side_tunnel(
     # --workers at the contact point: the connections that resume or join
     # the session go to its worker's own port (spwm.session.workerroute)
     route = WorkerRoute(reactor.seconds)
-    default_endpoint, tls = agent_tunnel_endpoint(config, reactor)
+    default_endpoint, tls = agent_tunnel_endpoint(config, reactor, files=tls_files)
 
     def to_port(port: int | None) -> Any:
         return default_endpoint if port is None else agent_tunnel_endpoint(config, reactor, port, tls)[0]

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import IService
-from twisted.logger import Logger
 
 from spwm.config import (
     Option,
@@ -30,6 +29,7 @@ from spwm.sip.actions import OperatorProxy
 from spwm.sip.nexthop import DEFAULT_PING_INTERVAL
 from spwm.addr import is_ip_address
 from spwm.security.certwatch import install_reload_signal
+from spwm.security.certwatch import reload_on_hangup as hangup
 from spwm.tap.assembly import ContactPoint, build_contact
 from spwm.tap.common import HEP_OPTIONS, LOG_OPTIONS, STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service
 from spwm.tap.options import ContactConfig
@@ -151,15 +151,7 @@ def reload_on_hangup(contact: ContactPoint, reactor: Any = None) -> None:
     C{ExecReload}); with C{--plaintext} there are none, and the signal
     says so in one line instead of ending the process.
     """
-    certificates = contact.certificates
-    if certificates is not None:
-        install_reload_signal(reactor or _reactor(), certificates.reload)
-    else:
-        install_reload_signal(reactor or _reactor(), _nothing_to_reload)
-
-
-def _nothing_to_reload() -> None:
-    Logger().info("SIGHUP: nothing to load again (--plaintext: no certificate)")
+    hangup(reactor or _reactor(), [contact.certificates], "nothing to load again (--plaintext: no certificate)")
 
 
 def _reactor() -> Any:

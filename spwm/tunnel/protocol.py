@@ -71,8 +71,10 @@ def client_identity_problem(transport: Any, agent_id: str) -> str | None:
         return "no client certificate"
     try:
         verify_service_identity(extract_patterns(cert), [DNS_ID(agent_id)], [])
-    except (VerificationError, ValueError) as e:
-        return f"client certificate does not match agent id {agent_id!r}: {e}"
+    except (VerificationError, ValueError):
+        from spwm.tunnel.service import cert_names
+
+        return f"client certificate for {cert_names(cert)} does not match agent id {agent_id!r}"
     return None
 
 

@@ -219,7 +219,7 @@ def _cert_sentence(reason: str, certificate: Any, server_name: str | None) -> st
     """
     from OpenSSL import crypto
 
-    from spwm.tunnel.service import _cert_names, _verify_error
+    from spwm.tunnel.service import _verify_error, cert_names
 
     try:
         cert = crypto.X509.from_cryptography(certificate) if certificate is not None else None
@@ -229,7 +229,7 @@ def _cert_sentence(reason: str, certificate: Any, server_name: str | None) -> st
     if cert is None:
         return f"certificate check failed: {reason}"
     if "doesn't match" in text or "does not match" in text:
-        return f"certificate for {_cert_names(cert)} does not match server name {server_name}"
+        return f"certificate for {cert_names(cert)} does not match server name {server_name}"
     if "no longer valid" in text:
         return _verify_error(10, 0, cert)
     if "not valid yet" in text:
@@ -238,7 +238,7 @@ def _cert_sentence(reason: str, certificate: Any, server_name: str | None) -> st
         return _verify_error(18, 0, cert)
     if "issuer" in text:
         return _verify_error(20, 0, cert)
-    return f"certificate for {_cert_names(cert)}: {reason}"
+    return f"certificate for {cert_names(cert)}: {reason}"
 
 
 def describe_quic_close(event: qe.ConnectionTerminated, *, local: bool) -> str:

@@ -64,6 +64,20 @@ _VERIFY_ERRORS = {
 #: what OpenSSL says when the peer's first bytes are not TLS at all
 _NOT_TLS = ("wrong version number", "packet length too long", "http request", "unknown protocol", "record layer failure")
 
+#: OpenSSL's words for an alert the contact point sent about the client
+#: certificate (mutual TLS, its --client-ca): "sslv3 alert bad
+#: certificate", "tls alert certificate expired", "tlsv1 alert unknown
+#: ca"; OpenSSL names alerts it receives so, not errors of its own
+_CERTIFICATE_REFUSED = (
+    "alert bad certificate",
+    "alert certificate expired",
+    "alert certificate revoked",
+    "alert certificate unknown",
+    "alert unsupported certificate",
+    "alert unknown ca",
+    "alert access denied",
+)
+
 PLAINTEXT_ANSWER = "the contact point answered in plaintext (is it started with --plaintext?)"
 
 PLAINTEXT_UNANSWERED = (
@@ -72,7 +86,7 @@ PLAINTEXT_UNANSWERED = (
 )
 
 
-def _cert_names(cert: Any) -> str:
+def cert_names(cert: Any) -> str:
     """
     The names a certificate is for (subjectAltName, else its common name).
     """
@@ -121,7 +135,7 @@ def _verify_error(errno: int, depth: int, cert: Any) -> str:
     """
     One sentence for a failed certificate check, naming the certificate.
     """
-    which = f"certificate for {_cert_names(cert)}" if depth == 0 else f"CA certificate {_common_name(cert, False)}"
+    which = f"certificate for {cert_names(cert)}" if depth == 0 else f"CA certificate {_common_name(cert, False)}"
     if errno == 10:
         return f"{which} expired on {_asn1_date(cert.get_notAfter())}"
     if errno == 9:
@@ -165,8 +179,13 @@ def describe_failure(failure: Failure | BaseException | None, tls_error: str | N
         return "certificate does not match the server name"
     if isinstance(exc, SSL.Error):
         text = _ssl_text(exc)
-        if any(marker in text.lower() for marker in _NOT_TLS):
+        lower = text.lower()
+        if any(marker in lower for marker in _NOT_TLS):
             return PLAINTEXT_ANSWER
+        if "alert certificate required" in lower:
+            return f"TLS error: the contact point asks for a client certificate (mutual TLS: give --client-cert and --client-key) ({text})"
+        if any(marker in lower for marker in _CERTIFICATE_REFUSED):
+            return f"TLS error: the contact point refused this agent's client certificate ({text}; its log says why)"
         return f"TLS error: {text}"
     return str(exc) or name
 
@@ -184,10 +203,10 @@ class ReportingClientTLS:
 
     def __init__(self, inner: Any, hostname: str) -> None:
         self._inner = inner
-        #: when set, gives the options of each new connection instead of
-        #: the ones given here (files loaded again when they change:
-        #: L{spwm.security.certwatch.ReloadingFiles})
-        self.source: Callable[[], Any] | None = None
+        #: when set, called before each new connection (the agent's
+        #: L{spwm.security.certwatch.CertificateWatch.check}: files that
+        #: changed are loaded and put in use by L{use} first)
+        self.refresh: Callable[[], Any] | None = None
         self.hostname = hostname
         if isIPAddress(hostname) or isIPv6Address(hostname):
             self._service_id: Any = IPAddress_ID(hostname)
@@ -198,14 +217,22 @@ class ReportingClientTLS:
     @property
     def options(self) -> Any:
         """
-        The options given at the start (Twisted's).
+        The options new connections are made with (Twisted's).
         """
         return self._inner
 
+    def use(self, options: Any) -> None:
+        """
+        New connections from now on are made with C{options} (files loaded
+        again).
+        """
+        self._inner = options
+
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         self.last_error = None
-        inner = self._inner if self.source is None else self.source()
-        connection = inner.clientConnectionForTLS(tlsProtocol)
+        if self.refresh is not None:
+            self.refresh()
+        connection = self._inner.clientConnectionForTLS(tlsProtocol)
         service_id = self._service_id
 
         def verify(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
@@ -219,7 +246,7 @@ class ReportingClientTLS:
                 except VerificationError:
                     if self.last_error is None:
                         self.last_error = (
-                            f"certificate for {_cert_names(cert)} does not match server name {self.hostname}"
+                            f"certificate for {cert_names(cert)} does not match server name {self.hostname}"
                         )
                     tlsProtocol.failVerification(Failure())
                     return False

@@ -28,14 +28,14 @@ def serial(path: str) -> int:
         return int(x509.load_pem_x509_certificate(f.read()).serial_number)
 
 
-def renew(ca: TestCA, into: CertFiles) -> int:
+def renew(ca: TestCA, into: CertFiles, *names: str, client: bool = False) -> int:
     """
-    A new certificate for the same names over C{into}'s files, moved into
-    place as an ACME client does.
+    A new certificate for C{names} (default: the contact point's) over
+    C{into}'s files, moved into place as an ACME client does.
 
     @return: its serial number.
     """
-    fresh = ca.issue(["contact.spwm.test", "127.0.0.1"], "renewed")
+    fresh = ca.issue(list(names) or ["contact.spwm.test", "127.0.0.1"], "renewed", client=client)
     os.replace(fresh.key, into.key)
     os.replace(fresh.cert, into.cert)
     return serial(into.cert)
@@ -188,6 +188,10 @@ class AgentClientCertificateTests(LoopbackBase):
         self.assertEqual(seen(), serial(files.cert))
         got = yield self.exchange(local, b"renewed")
         self.assertEqual(got, b"echo:renewed")
+        # the agent's status says which certificate it uses now
+        section = built.status.document()["client_certificate"]
+        self.assertEqual((section["subject"], section["reloads"], section["error"]), ("agent-1", 1, None))
+        self.assertEqual(section["file"], files.cert)
 
 
 class AgentSipTlsTests(LoopbackBase):

@@ -146,3 +146,80 @@ class ReloadSignalTests(TestCase):
         self.assertFalse(self.process.ended.called)
         with socket.create_connection(("127.0.0.1", self.port), timeout=5):
             pass
+
+
+class AgentReloadSignalTests(TestCase):
+    """
+    C{SIGHUP} to an agent started with C{twistd -n spwm-agent}: it loads
+    its certificate files again (C{--client-cert}, C{--ca}) and keeps
+    running; without any it says there is nothing to load.  Its client
+    certificate's expiry is warned of at the start.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def start(self, *extra: str) -> Any:
+        """
+        Start C{twistd -n spwm-agent} towards a port nobody listens on
+        (it keeps trying) with C{extra}, and wait until its SIP listens.
+        """
+        self.process = WorkerProcess()
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        low = free_port(following=4)
+        args = [
+            sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+            "spwm-agent", "--contact", f"127.0.0.1:{free_port()}", "--server-name", "contact.spwm.test",
+            "--sip-listen", f"127.0.0.1:{free_port()}", "--media-ports", f"{low}-{low + 3}",
+            "--status-interval", "0", *extra,
+        ]  # fmt: skip
+        self.transport = reactor.spawnProcess(self.process, sys.executable, args, env=env, path=ROOT)
+        self.addCleanup(ReloadSignalTests.stop, self)  # type: ignore[arg-type]
+        try:
+            yield wait_until(lambda: self.process.ended.called or "SIP on udp and tcp" in self.process.text(), timeout=30)
+        except AssertionError:
+            self.fail(f"it did not start: {self.process.text()}")
+        if self.process.ended.called:
+            self.fail(f"it did not start: {self.process.text()}")
+
+    @defer.inlineCallbacks
+    def test_sighup_loads_the_client_certificate_again(self) -> Any:
+        """
+        Mutual TLS with a client certificate that expires in 10 days: a
+        warning at the start; renewed files and C{SIGHUP}: one line names
+        the new certificate, and the agent keeps running.
+        """
+        ca = TestCA(os.path.abspath(self.mktemp()))
+        client = ca.issue(["agent-1"], "client-agent-1", client=True, days=10)
+        yield self.start(
+            "--agent-id", "agent-1", "--ca", ca.ca_file, "--client-cert", client.cert, "--client-key", client.key
+        )
+        yield wait_until(lambda: "certificate in use (agent-1," in self.process.text(), timeout=10)
+        text = self.process.text()
+        self.assertIn("--ca, --client-cert: the certificate in use (agent-1, ", text)
+        self.assertIn("days: renew it (renewed files are loaded within 60 s, or at once on SIGHUP)", text)
+        renew(ca, client, "agent-1", client=True)
+        os.kill(self.transport.pid, signal.SIGHUP)
+        yield wait_until(lambda: "certificate loaded again (SIGHUP)" in self.process.text(), timeout=10)
+        self.assertIn(
+            "--ca, --client-cert: certificate loaded again (SIGHUP): agent-1, expires ", self.process.text()
+        )
+        self.assertIn("new tunnel connections get it, open ones keep theirs", self.process.text())
+        self.assertFalse(self.process.ended.called)
+        yield ReloadSignalTests.stop(self)  # type: ignore[arg-type]
+        self.assertIn("Server Shut Down.", self.process.text())
+        self.assertNotIn("Traceback", self.process.text())
+
+    @defer.inlineCallbacks
+    def test_sighup_without_certificate_files(self) -> Any:
+        """
+        An agent with no certificate files of its own (C{--plaintext}):
+        C{SIGHUP} says so in one line and the agent keeps running.
+        """
+        yield self.start("--plaintext")
+        os.kill(self.transport.pid, signal.SIGHUP)
+        yield wait_until(
+            lambda: "SIGHUP: nothing to load again (no --sip-tls-cert, --client-cert or --ca)" in self.process.text()
+        )
+        self.assertFalse(self.process.ended.called)
+        self.assertNotIn("Traceback", self.process.text())

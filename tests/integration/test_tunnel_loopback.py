@@ -309,6 +309,30 @@ class MutualTLSTests(LoopbackBase):
         self.assertIsNone(agent_service.tunnel_service.tunnel)
         # the agent's next attempt may be mid-handshake here: none is open
         self.assertEqual([t for t in service.factory.tunnels if t.is_open], [])
+        # its status says what to do, in words
+        self.assertIn(
+            "TLS error: the contact point asks for a client certificate (mutual TLS: give --client-cert and "
+            "--client-key) (",
+            agent_service.tunnel_service.status()["last_failure"],
+        )
+
+    @defer.inlineCallbacks
+    def test_expired_client_certificate(self) -> None:
+        """
+        An agent whose client certificate has expired is refused in the
+        handshake; it says that the contact point refused its certificate.
+        """
+        service, port = yield self.start_contact()
+        self.addCleanup(service.service.stopService)
+        files = self.ca.issue(["agent-1"], "client-expired", client=True, expired=True)
+        agent_service, local = self.start_agent(
+            port, extra=["--agent-id", "agent-1", "--client-cert", files.cert, "--client-key", files.key]
+        )
+        yield wait_until(lambda: agent_service.tunnel_service.attempts >= 2)
+        self.assertIsNone(agent_service.tunnel_service.tunnel)
+        failure = agent_service.tunnel_service.status()["last_failure"]
+        self.assertIn("TLS error: the contact point refused this agent's client certificate (", failure)
+        self.assertIn("certificate expired; its log says why)", failure)
 
     @defer.inlineCallbacks
     def test_certificate_for_another_agent(self) -> None:
@@ -323,6 +347,9 @@ class MutualTLSTests(LoopbackBase):
             lambda: any("does not match agent id" in str(e.get("reason", "")) for e in self.log_events)
         )
         self.assertIsNone(agent_service.tunnel_service.tunnel)
+        # in words, without the representation of an exception
+        reasons = {str(e["reason"]) for e in self.log_events if "does not match agent id" in str(e.get("reason", ""))}
+        self.assertEqual(reasons, {"client certificate for agent-2 does not match agent id 'agent-1'"})
 
 
 def sip_register(port: int, expires: int, branch: str) -> bytes:
