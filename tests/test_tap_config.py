@@ -6,6 +6,7 @@ tree and the assembly (L{spwm.tap.assembly}) on an in-memory reactor.
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -293,9 +294,10 @@ class AssemblyTests(SynchronousTestCase):
             return [a for a in answers[host] if family in (0, a[0])]
 
         self.patch(parts.socket, "getaddrinfo", getaddrinfo)
-        # the names given without a port have no SRV records here
+        # the names given without a port have no NAPTR or SRV records here
         looked_up: list[str] = []
         self.patch(parts, "lookup_srv", lambda name: looked_up.append(name) or [])
+        self.patch(parts, "lookup_naptr", lambda name: looked_up.append("NAPTR " + name) or [])
         config = ContactConfig.from_options(
             {"plaintext": True, "sip-address": "192.0.2.1", "sip-proxy": ["pool.example.test", "198.51.100.8:5060", "192.0.2.9:5080"]}
         )
@@ -309,7 +311,11 @@ class AssemblyTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             assembly.operator_proxies(config)
         self.assertEqual(str(caught.exception), "sip-proxy: cannot resolve v6only.example.test: no IPv4 address")
-        self.assertEqual(looked_up[:2], ["_sip._udp.pool.example.test", "_sip._udp.pool.example.test"])
+        # RFC 3263 4.1: no transport given, no NAPTR records: UDP's SRV
+        # records, then TCP's, then the name's own addresses over UDP
+        self.assertEqual(
+            looked_up[:3], ["NAPTR pool.example.test", "_sip._udp.pool.example.test", "_sip._tcp.pool.example.test"]
+        )
 
     def test_operator_proxies_by_srv(self) -> None:
         """
@@ -344,6 +350,7 @@ class AssemblyTests(SynchronousTestCase):
             return addresses[host]
 
         self.patch(parts, "lookup_srv", srv)
+        self.patch(parts, "lookup_naptr", lambda name: [])
         self.patch(parts, "resolve_all", resolve)
         config = ContactConfig.from_options(
             {"plaintext": True, "sip-address": "192.0.2.1", "sip-proxy": ["example.test;transport=tcp", "a.example.test:5070"]}
@@ -369,7 +376,80 @@ class AssemblyTests(SynchronousTestCase):
         self.assertEqual(
             str(caught.exception),
             "sip-proxy: cannot resolve example.test: the SRV lookup of _sip._udp.example.test failed (timeout)"
-            " (a port, example.test:5060, skips SRV)",
+            " (a port, example.test:5060, skips NAPTR and SRV)",
+        )
+
+    def test_operator_proxies_by_naptr(self) -> None:
+        """
+        A C{--sip-proxy} name without a port or a transport: its NAPTR
+        records choose the transport (RFC 3263 4.1: C{SIP+D2T} is TCP,
+        C{SIP+D2U} UDP, by order then preference; other services and flags
+        are not ours) and name the SRV records; one whose SRV records are
+        missing is passed over; without NAPTR records the first transport
+        with SRV records is taken; a failed NAPTR lookup is one line's
+        error.
+        """
+        naptr: dict[str, Any] = {
+            "example.test": [
+                (20, 10, "s", "SIP+D2U", "_sip._udp.example.test"),
+                (10, 10, "s", "SIP+D2T", "_sip._tcp.example.test"),
+                (5, 10, "s", "SIPS+D2T", "_sips._tcp.example.test"),
+                (1, 10, "u", "E2U+sip", "."),
+            ],
+        }
+        records: dict[str, list] = {
+            "_sip._tcp.example.test": [(10, 0, 5070, "a.example.test")],
+            "_sip._udp.example.test": [(10, 0, 5080, "a.example.test")],
+            "_sips._tcp.example.test": [(10, 0, 5061, "a.example.test")],
+        }
+        looked_up: list[str] = []
+
+        def lookup_naptr(name: str) -> list:
+            looked_up.append("NAPTR " + name)
+            answer = naptr.get(name, [])
+            if isinstance(answer, OSError):
+                raise answer
+            return answer
+
+        def lookup_srv(name: str) -> list:
+            looked_up.append(name)
+            return records.get(name, [])
+
+        self.patch(parts, "lookup_naptr", lookup_naptr)
+        self.patch(parts, "lookup_srv", lookup_srv)
+        self.patch(parts, "resolve_all", lambda host, family: {"a.example.test": ["198.51.100.1"]}[host])
+
+        def proxies() -> list[OperatorProxy]:
+            looked_up.clear()
+            config = ContactConfig.from_options({"plaintext": True, "sip-address": "192.0.2.1", "sip-proxy": "example.test"})
+            return assembly.operator_proxies(config)
+
+        self.assertEqual(proxies(), [OperatorProxy("198.51.100.1", 5070, "tcp")])
+        self.assertEqual(looked_up, ["NAPTR example.test", "_sip._tcp.example.test"])
+        # the TCP record's SRV records are gone: the next NAPTR record
+        del records["_sip._tcp.example.test"]
+        self.assertEqual(proxies(), [OperatorProxy("198.51.100.1", 5080, "udp")])
+        self.assertEqual(looked_up, ["NAPTR example.test", "_sip._tcp.example.test", "_sip._udp.example.test"])
+        # no NAPTR records: the SRV records that exist choose (TCP here)
+        del naptr["example.test"]
+        del records["_sip._udp.example.test"]
+        records["_sip._tcp.example.test"] = [(10, 0, 5090, "a.example.test")]
+        self.assertEqual(proxies(), [OperatorProxy("198.51.100.1", 5090, "tcp")])
+        self.assertEqual(looked_up, ["NAPTR example.test", "_sip._udp.example.test", "_sip._tcp.example.test"])
+        # with a transport given, no NAPTR lookup
+        looked_up.clear()
+        config = ContactConfig.from_options(
+            {"plaintext": True, "sip-address": "192.0.2.1", "sip-proxy": "example.test;transport=tcp"}
+        )
+        self.assertEqual(assembly.operator_proxies(config), [OperatorProxy("198.51.100.1", 5090, "tcp")])
+        self.assertEqual(looked_up, ["_sip._tcp.example.test"])
+        naptr["example.test"] = OSError("the NAPTR lookup of example.test failed (timeout)")
+        with self.assertRaises(ConfigError) as caught:
+            proxies()
+        self.assertEqual(
+            str(caught.exception),
+            "sip-proxy: cannot resolve example.test: the NAPTR lookup of example.test failed (timeout)"
+            " (a port, example.test:5060, skips NAPTR and SRV)",
         )
 
     def test_max_calls(self) -> None:

@@ -201,12 +201,17 @@ class OperatorProxy:
     @ivar srv: as configured, a name given without a port: its DNS SRV
         records (C{_sip._udp.NAME}, C{_sip._tcp.NAME}) say where its
         proxies are, RFC 3263 4.2 (not part of the proxy's identity).
+    @ivar any_transport: as configured, a name given without a port and
+        without C{;transport=}: its NAPTR records, else which of its SRV
+        records exist, choose the transport (RFC 3263 4.1); C{transport}
+        is UDP until they do.
     """
 
     host: str
     port: int = 5060
     transport: str = "udp"
     srv: bool = field(default=False, eq=False, repr=False)
+    any_transport: bool = field(default=False, eq=False, repr=False)
 
 
 class MediaHook(Protocol):

@@ -44,14 +44,17 @@ def parse_sip_proxy(value: object) -> OperatorProxy:
     text = string(value)
     target, _, params = text.partition(";")
     transport = "udp"
+    given = bool(params)
     if params:
         key, _, val = params.partition("=")
         if key.strip().lower() != "transport" or val.strip().lower() not in ("udp", "tcp"):
             raise ValueError(f"{text!r}: only ;transport=udp or ;transport=tcp is understood")
         transport = val.strip().lower()
     host, port = host_port(target, 5060)
-    # a name without a port: its SRV records first (RFC 3263 4.2)
-    return OperatorProxy(host, port, transport, srv=":" not in target and not is_ip_address(host))
+    # a name without a port: its SRV records first (RFC 3263 4.2), and
+    # without a transport its NAPTR records before them (4.1)
+    srv = ":" not in target and not is_ip_address(host)
+    return OperatorProxy(host, port, transport, srv=srv, any_transport=srv and not given)
 
 
 def sip_address(value: object) -> tuple[str, int]:
@@ -79,7 +82,7 @@ OPTIONS = (
     Option("max-tunnels", 10000, positive_int, "Tunnels (handshaking ones included) the contact point accepts in total."),
     Option("max-tunnels-per-address", 100, positive_int, "Tunnels accepted from one source address."),
     Option("max-handshakes", 256, positive_int, "Tunnels in their handshake (TLS and hello) at once; while that many are, the contact point accepts no more (the kernel's queue holds them), so a reconnect storm is worked through in order instead of every handshake timing out."),
-    Option("sip-proxy", (), parse_sip_proxy, "Operator proxy HOST[:PORT][;transport=udp|tcp] (default: the embedded registrar); a name without a port is looked up by its DNS SRV records first (RFC 3263); given more than once, the proxies in order of preference: each is sent OPTIONS every --sip-proxy-ping seconds, and requests go to the first that answers.", repeat=True),
+    Option("sip-proxy", (), parse_sip_proxy, "Operator proxy HOST[:PORT][;transport=udp|tcp] (default: the embedded registrar); a name without a port is looked up by its DNS NAPTR (without ;transport) and SRV records first (RFC 3263); given more than once, the proxies in order of preference: each is sent OPTIONS every --sip-proxy-ping seconds, and requests go to the first that answers.", repeat=True),
     Option("sip-proxy-resolve", 60.0, non_negative_float, "Seconds between two resolutions of the --sip-proxy names while running (addresses are not resolved): when a name gives other addresses, requests follow them without a restart; a name that stops resolving keeps its addresses. 0: only at start."),
     Option("sip-proxy-ping", DEFAULT_PING_INTERVAL, non_negative_float, "With --sip-proxy given more than once: seconds between two OPTIONS to each proxy; a proxy that misses two in a row (no response within this, or a 5xx) is skipped until it answers again. 0: no pings, always the first."),
     Option("sip-address", ("127.0.0.1", 5070), sip_address, "Operator-side SIP address ADDR[:PORT] of the contact point (UDP and TCP)."),

@@ -468,11 +468,18 @@ def flow_source(flows: Any, clock: Any) -> Any:
     return source
 
 
+#: (priority, weight, port, target)
+SrvRecord = tuple[int, int, int, str]
+#: (order, preference, flags, service, replacement)
+NaptrRecord = tuple[int, int, str, str, str]
+
+
 def resolve_proxies(
     proxies: list[OperatorProxy],
     family: int,
     resolve: Callable[[str, int], list[str]] | None = None,
-    srv: Callable[[str], list[tuple[int, int, int, str]]] | None = None,
+    srv: Callable[[str], list[SrvRecord]] | None = None,
+    naptr: Callable[[str], list[NaptrRecord]] | None = None,
 ) -> list[OperatorProxy]:
     """
     The C{--sip-proxy} entries with their hosts resolved, in order: a name
@@ -482,39 +489,50 @@ def resolve_proxies(
     @raise OSError: a name does not resolve, or not in that family (its
         message starts with the name).
     """
-    return _flat(resolve_groups(proxies, family, resolve, srv))
+    return _flat(resolve_groups(proxies, family, resolve, srv, naptr))
 
 
 def resolve_groups(
     proxies: list[OperatorProxy],
     family: int,
     resolve: Callable[[str, int], list[str]] | None = None,
-    srv: Callable[[str], list[tuple[int, int, int, str]]] | None = None,
+    srv: Callable[[str], list[SrvRecord]] | None = None,
+    naptr: Callable[[str], list[NaptrRecord]] | None = None,
 ) -> list[list[OperatorProxy]]:
     """
     As L{resolve_proxies}, the proxies of each entry apart.  An entry
-    given as a name without a port (C{srv}) is looked up as RFC 3263 4.2
-    says: its SRV records (C{_sip._udp.NAME} or C{_sip._tcp.NAME}) in
-    order of priority, then of weight (highest first: the pool fails over,
-    it does not share the load), each target's addresses with the
-    record's port; a name without SRV records is its own addresses, port
-    5060.
+    given as a name without a port (C{srv}) is looked up as RFC 3263 says:
+    without C{;transport=}, its NAPTR records choose the transport and
+    name the SRV records (4.1: C{SIP+D2U} for UDP, C{SIP+D2T} for TCP, in
+    order and preference), and without NAPTR records the first of
+    C{_sip._udp.NAME} and C{_sip._tcp.NAME} that exists does; with a
+    transport, its SRV records.  The SRV records are taken in order of
+    priority, then of weight (highest first: the pool fails over, it does
+    not share the load), each target's addresses with the record's port;
+    a name without any of these records is its own addresses, port 5060,
+    over the transport given (UDP when none is).
 
     @param srv: C{srv(name)} gives the SRV records of C{name} as
         C{(priority, weight, port, target)}, C{[]} when it has none
         (default: L{lookup_srv}).
+    @param naptr: C{naptr(name)} gives the NAPTR records of C{name} as
+        C{(order, preference, flags, service, replacement)}, C{[]} when it
+        has none (default: L{lookup_naptr}).
     """
     resolve = resolve or resolve_all
     srv = srv or lookup_srv
+    naptr = naptr or lookup_naptr
     groups: list[list[OperatorProxy]] = []
     for proxy in proxies:
         if proxy.srv:
             try:
-                records = srv(f"_sip._{proxy.transport}.{proxy.host}")
+                found = _service_records(proxy, srv, naptr)
             except OSError as e:
-                raise OSError(f"{proxy.host}: {e} (a port, {proxy.host}:{proxy.port}, skips SRV)") from None
-            if records:
-                groups.append(_srv_group(proxy, records, family, resolve))
+                skips = "NAPTR and SRV" if proxy.any_transport else "SRV"
+                raise OSError(f"{proxy.host}: {e} (a port, {proxy.host}:{proxy.port}, skips {skips})") from None
+            if found is not None:
+                transport, records = found
+                groups.append(_srv_group(proxy, transport, records, family, resolve))
                 continue
         try:
             addresses = resolve(proxy.host, family)
@@ -524,8 +542,46 @@ def resolve_groups(
     return groups
 
 
+#: NAPTR services (RFC 3263 4.1) of the transports the contact point
+#: speaks to its operator proxies
+NAPTR_SERVICES = {"SIP+D2U": "udp", "SIP+D2T": "tcp"}
+
+
+
+def _service_records(
+    proxy: OperatorProxy,
+    srv: Callable[[str], list[SrvRecord]],
+    naptr: Callable[[str], list[NaptrRecord]],
+) -> tuple[str, list[SrvRecord]] | None:
+    """
+    The transport and SRV records of an entry given as a name without a
+    port (RFC 3263 4.1, 4.2), or C{None} when it has none.
+    """
+    if not proxy.any_transport:
+        records = srv(f"_sip._{proxy.transport}.{proxy.host}")
+        return (proxy.transport, records) if records else None
+    usable = sorted(
+        (order, preference, NAPTR_SERVICES[service.upper()], replacement)
+        for order, preference, flags, service, replacement in naptr(proxy.host)
+        if flags.lower() == "s" and service.upper() in NAPTR_SERVICES and replacement not in ("", ".")
+    )
+    for _, _, transport, name in usable:
+        records = srv(name)
+        if records:
+            return transport, records
+    for transport in ("udp", "tcp"):
+        records = srv(f"_sip._{transport}.{proxy.host}")
+        if records:
+            return transport, records
+    return None
+
+
 def _srv_group(
-    proxy: OperatorProxy, records: list[tuple[int, int, int, str]], family: int, resolve: Callable[[str, int], list[str]]
+    proxy: OperatorProxy,
+    transport: str,
+    records: list[SrvRecord],
+    family: int,
+    resolve: Callable[[str, int], list[str]],
 ) -> list[OperatorProxy]:
     """
     The proxies of an entry's SRV records; a target that does not resolve
@@ -544,17 +600,42 @@ def _srv_group(
         except OSError as e:
             error = f"{target}: {e.strerror or e}"
             continue
-        group.extend(OperatorProxy(address, port, proxy.transport) for address in addresses)
+        group.extend(OperatorProxy(address, port, transport) for address in addresses)
     if not group:
         raise OSError(f"{proxy.host}: {error}")
     return group
 
 
-#: Seconds an SRV lookup may take in all (the resolver's tries included).
+#: Seconds an SRV or NAPTR lookup may take in all (the resolver's tries
+#: included).
 SRV_LIFETIME = 3.0
 
 
-def lookup_srv(name: str, resolver: Any = None) -> list[tuple[int, int, int, str]]:
+def _dns_lookup(name: str, rdtype: str, resolver: Any) -> Any:
+    """
+    The records of C{rdtype} of C{name} (dnspython), C{[]} when there are
+    none or the name does not exist.
+
+    @raise OSError: the lookup failed.
+    """
+    import dns.exception
+    import dns.resolver
+
+    try:
+        return (resolver or dns.resolver).resolve(name, rdtype, lifetime=SRV_LIFETIME, search=False)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    except dns.exception.DNSException as e:
+        raise OSError(f"the {rdtype} lookup of {name} failed ({e})") from None
+
+
+def _target(name: Any) -> str:
+    import dns.name
+
+    return "." if name == dns.name.root else str(name.to_text(True))
+
+
+def lookup_srv(name: str, resolver: Any = None) -> list[SrvRecord]:
     """
     The SRV records of C{name} with the system's resolver configuration
     (dnspython), C{[]} when the name has none or does not exist.
@@ -563,19 +644,23 @@ def lookup_srv(name: str, resolver: Any = None) -> list[tuple[int, int, int, str
     @raise OSError: the lookup failed (no answer from any server, a
         server failure).
     """
-    import dns.exception
-    import dns.name
-    import dns.resolver
+    return [(int(r.priority), int(r.weight), int(r.port), _target(r.target)) for r in _dns_lookup(name, "SRV", resolver)]
 
-    try:
-        answer = (resolver or dns.resolver).resolve(name, "SRV", lifetime=SRV_LIFETIME, search=False)
-    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-        return []
-    except dns.exception.DNSException as e:
-        raise OSError(f"the SRV lookup of {name} failed ({e})") from None
+
+def lookup_naptr(name: str, resolver: Any = None) -> list[NaptrRecord]:
+    """
+    The NAPTR records of C{name} as L{lookup_srv} gives SRV records:
+    C{(order, preference, flags, service, replacement)}.
+    """
     return [
-        (int(r.priority), int(r.weight), int(r.port), "." if r.target == dns.name.root else r.target.to_text(True))
-        for r in answer
+        (
+            int(r.order),
+            int(r.preference),
+            r.flags.decode("ascii", "replace"),
+            r.service.decode("ascii", "replace"),
+            _target(r.replacement),
+        )
+        for r in _dns_lookup(name, "NAPTR", resolver)
     ]
 
 
@@ -628,7 +713,8 @@ class ProxyNameWatch(TimerService):
         *,
         run: Callable[[Callable[[], Any]], Any] | None = None,
         resolve: Callable[[str, int], list[str]] | None = None,
-        srv: Callable[[str], list[tuple[int, int, int, str]]] | None = None,
+        srv: Callable[[str], list[SrvRecord]] | None = None,
+        naptr: Callable[[str], list[NaptrRecord]] | None = None,
     ) -> None:
         """
         @param proxies: the entries as configured (names and ports).
@@ -645,6 +731,7 @@ class ProxyNameWatch(TimerService):
         self.interval = interval
         self.resolve = resolve
         self.srv = srv
+        self.naptr = naptr
         self._run = run
         self.failing: str | None = None
 
@@ -666,7 +753,7 @@ class ProxyNameWatch(TimerService):
         return d
 
     def _resolve(self) -> list[list[OperatorProxy]]:
-        return resolve_groups(self.proxies, self.family, self.resolve, self.srv)
+        return resolve_groups(self.proxies, self.family, self.resolve, self.srv, self.naptr)
 
     def _resolved(self, groups: list[list[OperatorProxy]]) -> None:
         if not self.running:
