@@ -234,6 +234,7 @@ COUNTERS: dict[str, frozenset[str]] = {
     "loop": frozenset({"late_windows"}),
     "certificate": frozenset({"reloads", "reload_failures"}),
     "client_certificate": frozenset({"reloads", "reload_failures"}),
+    "cdr_file": frozenset({"written", "failures", "reopened"}),
 }
 
 #: The HELP text of the document's numbers that have one of their own.
@@ -283,6 +284,9 @@ HELP: dict[str, str] = {
     "client_certificate_loaded_at": "Agent, --client-cert: when the certificate files in use were loaded (seconds since the epoch).",
     "client_certificate_reloads": "Agent: times changed --client-cert or --ca files were loaded and put in use since the start.",
     "client_certificate_reload_failures": "Agent: times changed --client-cert or --ca files did not load (the ones in use stayed).",
+    "cdr_file_written": "--cdr-file: call detail records written to the file since the start.",
+    "cdr_file_failures": "--cdr-file: call detail records lost to a failed write (a full disk, a file that cannot be written).",
+    "cdr_file_reopened": "--cdr-file: times the file was reopened (SIGHUP).",
     "paths_late_losses": "Agent, --tunnel-connections auto: kernel retransmissions seen on a connection whose round trip is 100 ms or more (each can add connections).",
 }
 

@@ -36,7 +36,7 @@ import calendar
 import os
 import signal
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 from attrs import frozen
 from OpenSSL import SSL
@@ -390,12 +390,23 @@ def install_reload_signal(reactor: Any, reload: Callable[[], Any]) -> None:
         reactor.callWhenRunning(install)
 
 
-def reload_on_hangup(reactor: Any, watches: Iterable[CertificateWatch | None], nothing: str) -> None:
+class Reloadable(Protocol):
+    """
+    What C{SIGHUP} reaches: a L{CertificateWatch}, the C{--cdr-file}.
+    """
+
+    def reload(self) -> Any:
+        """
+        Load (or open) the files again.
+        """
+
+
+def reload_on_hangup(reactor: Any, watches: Iterable[Reloadable | None], nothing: str) -> None:
     """
     For the twistd plugins: C{SIGHUP} (C{kill -HUP}, systemd's
-    C{ExecReload}) loads the files of every watch in C{watches} again;
-    without any, it says C{nothing} in one line instead of ending the
-    process.
+    C{ExecReload}) loads the files of every watch in C{watches} again (and
+    reopens the C{--cdr-file}); without any, it says C{nothing} in one
+    line instead of ending the process.
     """
     present = [watch for watch in watches if watch is not None]
 

@@ -192,7 +192,7 @@ def build_agent_for_twistd(config: AgentConfig, reactor: Any = None) -> Any:
         from twisted.internet import reactor
     hangup(
         reactor,
-        [agent.sip_certificates, agent.tls_files],
-        "nothing to load again (no --sip-tls-cert, --client-cert or --ca)",
+        [agent.sip_certificates, agent.tls_files, agent.cdr],
+        "nothing to load again (no --sip-tls-cert, --client-cert, --ca or --cdr-file)",
     )
     return agent

@@ -52,6 +52,7 @@ from spwm.sip.nexthop import ProxyPool
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.fanout import FanoutCore
+from spwm.cdrfile import CdrFile
 from spwm.security.certwatch import CertificateWatch, Loader, ReloadableServerTLS
 from spwm.sip.registrar import EmbeddedRegistrar
 from spwm.sip.transport import SLICE as SIP_SLICE, AgentSipRunner, ContactSipRunner, SipTrace
@@ -129,6 +130,7 @@ class Agent:
         when they change; else C{None}.
     @ivar tls_files: with C{--client-cert} or C{--ca}, loads the tunnel's
         TLS files again when they change; else C{None}.
+    @ivar cdr: with C{--cdr-file}, writes the ended calls' records there.
     """
 
     config: AgentConfig
@@ -151,6 +153,7 @@ class Agent:
     sides: tuple[AgentSide, ...] = ()
     sip_certificates: CertificateWatch | None = None
     tls_files: CertificateWatch | None = None
+    cdr: CdrFile | None = None
 
 
 @frozen
@@ -177,6 +180,7 @@ class ContactPoint:
         (the welcome's C{resume_port}).
     @ivar certificates: loads the certificate files again when they
         change (C{None} with C{--plaintext}).
+    @ivar cdr: with C{--cdr-file}, writes the ended calls' records there.
     @ivar service: the one service to start; its children in start order.
     """
 
@@ -198,6 +202,7 @@ class ContactPoint:
     quic_listener: ContactListenService | None = None
     worker_listener: ContactListenService | None = None
     certificates: CertificateWatch | None = None
+    cdr: CdrFile | None = None
 
 
 def sip_trace(
@@ -244,6 +249,22 @@ def agent_names(addresses: list[tuple[str, int]], tls: bool, names: Any) -> Prox
     if tls:
         listening += [(host, port + 1) for host, port in addresses]
     return ProxyNames(listening, list(names))
+
+
+def cdr_file(path: str | None, reactor: Any, media: MediaManager, status: Status) -> CdrFile | None:
+    """
+    C{--cdr-file}: the file every ended call's record is appended to, fed
+    by C{media}, with its C{cdr_file} status section; C{None} without the
+    option.
+
+    @raise ConfigError: the file cannot be opened for appending.
+    """
+    if path is None:
+        return None
+    cdr = CdrFile(path, reactor)
+    media.call_observers.append(cdr.call_event)
+    status.add("cdr_file", cdr.status)
+    return cdr
 
 
 def status_services(
@@ -639,6 +660,7 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
         status.add("certificate", sip_certificates.status)
     if tls_files is not None and tls_files.facts is not None:
         status.add("client_certificate", tls_files.status)
+    cdr = cdr_file(config.cdr_file, reactor, media, status)
     status.add(
         "forwards",
         lambda: {"dropped_no_tunnel": forwarder.dropped_no_tunnel, "dropped_no_channel": forwarder.dropped_no_channel},
@@ -667,6 +689,7 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
         sides=tuple(sides),
         sip_certificates=sip_certificates,
         tls_files=tls_files,
+        cdr=cdr,
     )
 
 
@@ -1326,6 +1349,7 @@ def build_contact(
         status.add("quic", quic_status(quic_listener))
     if certificates is not None:
         status.add("certificate", certificates.status)
+    cdr = cdr_file(config.cdr_file, reactor, media, status)
     status_http = status_services(top, status, config.status, reactor)
     if state is not None:
         kept = state
@@ -1353,6 +1377,7 @@ def build_contact(
         quic_listener=quic_listener,
         worker_listener=own_listener,
         certificates=certificates,
+        cdr=cdr,
     )
 
 

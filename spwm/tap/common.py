@@ -61,6 +61,7 @@ def log_level(value: Any) -> str:
 
 
 LOG_OPTIONS = (
+    Option("cdr-file", None, optional_string, "Append each ended call's detail record to this file as one line of JSON (the log's 'call ... ended' line for machines; created mode 0640; reopened on SIGHUP, for logrotate; --workers share it)."),
     Option("log-level", "info", log_level, "info: one line per call (its call detail record at the end), registrations, tunnels and problems; debug: also each call's start and answer lines (they cost CPU at high call rates)."),
 )
 

@@ -28,6 +28,7 @@ from spwm.sip.names import sip_domain, sip_name
 from spwm.sip.actions import OperatorProxy
 from spwm.sip.nexthop import DEFAULT_PING_INTERVAL
 from spwm.addr import is_ip_address
+from spwm.cdrfile import CdrFile
 from spwm.security.certwatch import install_reload_signal
 from spwm.security.certwatch import reload_on_hangup as hangup
 from spwm.tap.assembly import ContactPoint, build_contact
@@ -139,6 +140,9 @@ def build_contact_or_workers(config: ContactConfig, reactor: Any = None) -> Any:
         reload_on_hangup(contact, reactor)
         return contact
     if config.workers > 1:
+        if config.cdr_file is not None:
+            # the workers append to it: one line at start if they cannot
+            CdrFile(config.cdr_file).close()
         guard_stop_signals(reactor)
         workers = build_workers(config, reactor)
         install_reload_signal(reactor or _reactor(), workers.supervisor.reload)
@@ -154,7 +158,9 @@ def reload_on_hangup(contact: ContactPoint, reactor: Any = None) -> None:
     C{ExecReload}); with C{--plaintext} there are none, and the signal
     says so in one line instead of ending the process.
     """
-    hangup(reactor or _reactor(), [contact.certificates], "nothing to load again (--plaintext: no certificate)")
+    hangup(
+        reactor or _reactor(), [contact.certificates, contact.cdr], "nothing to load again (--plaintext: no certificate)"
+    )
 
 
 def _reactor() -> Any:

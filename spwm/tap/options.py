@@ -147,6 +147,7 @@ class AgentConfig:
     sip_trace_bodies: bool = False
     hep: Address | None = None
     log_level: str = "info"
+    cdr_file: str | None = None
     media_address: str | None = None
     media_ports: tuple[int, int] = (40000, 40999)
     user_ciphering: bool = False
@@ -291,6 +292,7 @@ class AgentConfig:
             sip_trace_bodies=bool(v["sip-trace-bodies"]),
             hep=v["hep"],
             log_level=v["log-level"],
+            cdr_file=v["cdr-file"],
             media_address=v["media-address"],
             media_ports=v["media-ports"],
             user_ciphering=bool(v["user-ciphering"]),
@@ -354,6 +356,7 @@ class ContactConfig:
     sip_trace_bodies: bool = False
     hep: Address | None = None
     log_level: str = "info"
+    cdr_file: str | None = None
     allow_unregistered: bool = False
     contact_rewrite: bool = False
     media_address: str | None = None
@@ -438,6 +441,7 @@ class ContactConfig:
             sip_trace_bodies=bool(v["sip-trace-bodies"]),
             hep=v["hep"],
             log_level=v["log-level"],
+            cdr_file=v["cdr-file"],
             allow_unregistered=bool(v["allow-unregistered"]),
             contact_rewrite=bool(v["contact-rewrite"]),
             media_address=v["media-address"],

@@ -6,6 +6,7 @@ collector receives.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -36,6 +37,11 @@ class QualityLoopbackTests(_LoopbackPair):
         port = reactor.listenUDP(0, self.collector, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
         self.extra = ["--hep", f"127.0.0.1:{port.getHost().port}"]
+        # --cdr-file: the contact point's own file; the two agents share one
+        self.contact_cdrs = self.mktemp()
+        self.agent_cdrs = self.mktemp()
+        self.contact_extra = ["--cdr-file", self.contact_cdrs]
+        self.agent_extra = [*self.agent_extra, "--cdr-file", self.agent_cdrs]
         yield super().setUp()
 
     @defer.inlineCallbacks
@@ -72,6 +78,18 @@ class QualityLoopbackTests(_LoopbackPair):
         contact_records = list(self.contact.media.cdrs)
         self.assertEqual({r["side"] for r in contact_records}, {"contact"})
         self.assertTrue(all(r["streams"][0]["legs"]["lan"] is None for r in contact_records))
+        # --cdr-file: the same records, one JSON line each; bob's agent
+        # writes its record when bob's phone sees the BYE
+        yield wait_until(lambda: len(self.agents[1].media.cdrs) == 1)
+        with open(self.contact_cdrs, encoding="utf-8") as f:
+            self.assertEqual([json.loads(line) for line in f], contact_records)
+        with open(self.agent_cdrs, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        self.assertEqual(
+            sorted(json.loads(line)["dialog"] for line in lines),
+            sorted(r["dialog"] for r in [*agent.cdrs, *self.agents[1].media.cdrs]),
+        )
+        self.assertEqual(self.contact.status.document()["cdr_file"]["written"], 2)
         # HEP: SIP copies from both halves (capture agents 1 and 2)
         yield wait_until(lambda: {p[12] for p in self.collector.packets} == {1, 2})
         sip = [p for p in self.collector.packets if p[11] == 1]

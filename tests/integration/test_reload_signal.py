@@ -147,6 +147,22 @@ class ReloadSignalTests(TestCase):
         with socket.create_connection(("127.0.0.1", self.port), timeout=5):
             pass
 
+    @defer.inlineCallbacks
+    def test_sighup_reopens_the_cdr_file(self) -> Any:
+        """
+        C{--cdr-file} moved away as C{logrotate} does, then C{SIGHUP}: the
+        file is made again at its path, with one line.
+        """
+        path = os.path.abspath(self.mktemp())
+        yield self.start("--plaintext", "--cdr-file", path)
+        self.assertTrue(os.path.exists(path))
+        os.rename(path, path + ".1")
+        self.hang_up()
+        yield wait_until(lambda: f"--cdr-file: {path} reopened" in self.process.text())
+        self.assertTrue(os.path.exists(path))
+        self.assertNotIn("nothing to load again", self.process.text())
+        self.assertFalse(self.process.ended.called)
+
 
 class AgentReloadSignalTests(TestCase):
     """
@@ -219,7 +235,7 @@ class AgentReloadSignalTests(TestCase):
         yield self.start("--plaintext")
         os.kill(self.transport.pid, signal.SIGHUP)
         yield wait_until(
-            lambda: "SIGHUP: nothing to load again (no --sip-tls-cert, --client-cert or --ca)" in self.process.text()
+            lambda: "SIGHUP: nothing to load again (no --sip-tls-cert, --client-cert, --ca or --cdr-file)" in self.process.text()
         )
         self.assertFalse(self.process.ended.called)
         self.assertNotIn("Traceback", self.process.text())

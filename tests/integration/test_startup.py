@@ -173,6 +173,19 @@ class ContactStartupTests(StartupTestCase):
             f"spwm-contact: invalid configuration: {path}: plaintext: must be true or false, not 'yes'",
         )
 
+    def test_cdr_file_cannot_be_opened(self) -> None:
+        """
+        A C{--cdr-file} in a directory that does not exist: one line, also
+        with C{--workers} (the supervisor checks it before any worker
+        starts).
+        """
+        for workers in ([], ["--workers", "2"]):
+            self.assertStopsWith(
+                self.contact("--cdr-file", "/nonexistent/cdr.jsonl", *workers),
+                "spwm-contact: invalid configuration: cdr-file: cannot open '/nonexistent/cdr.jsonl' for appending:"
+                " No such file or directory",
+            )
+
     def test_missing_config(self) -> None:
         """
         A C{--config} pointing nowhere: one line naming it.

@@ -1,0 +1,188 @@
+"""
+Tests for L{spwm.cdrfile}: the C{--cdr-file} of ended calls' records, one
+JSON line each, its reopening for log rotation and what it says when the
+file cannot be written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from typing import Any
+
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.cdrfile import CdrFile
+from spwm.errors import ConfigError
+
+
+def record(call_id: str, **more: Any) -> dict[str, Any]:
+    return {"call_id": call_id, "dialog": f"7/{call_id}", "side": "contact", "duration_s": 1.5, **more}
+
+
+class _Triggers:
+    """
+    A reactor's system event triggers, as far as L{CdrFile} uses them.
+    """
+
+    def __init__(self) -> None:
+        self.triggers: list[tuple[str, str, Any]] = []
+
+    def addSystemEventTrigger(self, phase: str, event: str, fn: Any) -> None:
+        self.triggers.append((phase, event, fn))
+
+
+class CdrFileTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        os.mkdir(self.dir)
+        self.path = os.path.join(self.dir, "cdr.jsonl")
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def lines(self, level: LogLevel | None = None) -> list[str]:
+        return [
+            formatEvent(e)
+            for e in self.events
+            if "cdrfile" in str(e.get("log_namespace", "")) and (level is None or e.get("log_level") is level)
+        ]
+
+    def cdr(self, **kwargs: Any) -> CdrFile:
+        cdr = CdrFile(self.path, **kwargs)
+        self.addCleanup(cdr.close)
+        return cdr
+
+    def read(self, path: str | None = None) -> list[dict[str, Any]]:
+        with open(path or self.path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+    def test_records_as_json_lines(self) -> None:
+        """
+        Each ended call's record is one line of JSON that reads back as the
+        record (text outside ASCII as it is); other call events are not
+        records.
+        """
+        cdr = self.cdr()
+        first = record("a@192.0.2.1", **{"from": "sip:jürgen@example.test", "mos": {"up": 4.4, "down": None}})
+        cdr.call_event("answered", {"setup_s": 0.2, "call": "7/a@192.0.2.1"})
+        cdr.call_event("ended", first)
+        cdr.call_event("ended", record("b@192.0.2.1"))
+        self.assertEqual(self.read(), [first, record("b@192.0.2.1")])
+        with open(self.path, "rb") as f:
+            self.assertIn("jürgen".encode(), f.read())
+        self.assertEqual(cdr.status(), {"path": self.path, "written": 2, "failures": 0, "reopened": 0})
+        self.assertEqual(self.lines(), [])
+
+    def test_appends_and_mode(self) -> None:
+        """
+        An existing file is appended to, never truncated; a new one is
+        made readable by its owner and group only (the records name the
+        parties).
+        """
+        with open(self.path, "w") as f:
+            f.write(json.dumps(record("old")) + "\n")
+        os.chmod(self.path, 0o600)
+        self.cdr().call_event("ended", record("new"))
+        self.assertEqual([r["call_id"] for r in self.read()], ["old", "new"])
+        fresh = os.path.join(self.dir, "fresh.jsonl")
+        old = os.umask(0)
+        try:
+            CdrFile(fresh).close()
+        finally:
+            os.umask(old)
+        self.assertEqual(stat.S_IMODE(os.stat(fresh).st_mode), 0o640)
+
+    def test_two_writers_share_a_file(self) -> None:
+        """
+        Two processes' files on one path (C{--workers}): each record stays
+        one whole line.
+        """
+        one, two = self.cdr(), self.cdr()
+        for n in range(50):
+            (one if n % 2 else two).call_event("ended", record(f"c{n}", padding="x" * 3000))
+        self.assertEqual(sorted(r["call_id"] for r in self.read()), sorted(f"c{n}" for n in range(50)))
+
+    def test_cannot_open(self) -> None:
+        """
+        A path that cannot be opened is a configuration error at start, in
+        words.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            CdrFile(os.path.join(self.dir, "no", "such", "dir.jsonl"))
+        self.assertEqual(caught.exception.key, "cdr-file")
+        self.assertIn("cannot open ", str(caught.exception))
+        self.assertIn("for appending: No such file or directory", str(caught.exception))
+
+    def test_write_failures(self) -> None:
+        """
+        A file that cannot be written (a full disk: C{/dev/full}) loses the
+        records, counted, with a line at the 1st, 2nd, 4th... loss.
+        """
+        if not os.path.exists("/dev/full"):
+            raise self.failureException("/dev/full is needed")
+        cdr = CdrFile("/dev/full")
+        self.addCleanup(cdr.close)
+        for n in range(5):
+            cdr.call_event("ended", record(f"c{n}"))
+        self.assertEqual((cdr.written, cdr.failures), (0, 5))
+        lines = self.lines(LogLevel.error)
+        self.assertEqual(len(lines), 3)
+        self.assertEqual(
+            lines[0],
+            "--cdr-file: the record of call c0 was not written to /dev/full: No space left on device"
+            " (1 records lost so far)",
+        )
+        self.assertIn("(4 records lost so far)", lines[2])
+
+    def test_reopen_after_rotation(self) -> None:
+        """
+        C{logrotate} moves the file away, then C{SIGHUP} (L{CdrFile.reload}):
+        records go to a new file at the path; the moved one keeps those
+        before.
+        """
+        cdr = self.cdr()
+        cdr.call_event("ended", record("before"))
+        os.rename(self.path, self.path + ".1")
+        cdr.call_event("ended", record("rotated"))
+        cdr.reload()
+        cdr.call_event("ended", record("after"))
+        self.assertEqual([r["call_id"] for r in self.read(self.path + ".1")], ["before", "rotated"])
+        self.assertEqual([r["call_id"] for r in self.read()], ["after"])
+        self.assertEqual(cdr.reopened, 1)
+        self.assertEqual(self.lines(), [f"--cdr-file: {self.path} reopened"])
+
+    def test_reopen_fails(self) -> None:
+        """
+        A path that cannot be opened again keeps the file open before, with
+        one error line.
+        """
+        cdr = self.cdr()
+        os.rename(self.path, self.path + ".1")
+        # a directory where the file was (EISDIR, as root too)
+        os.mkdir(self.path)
+        cdr.reload()
+        cdr.call_event("ended", record("kept"))
+        self.assertEqual([r["call_id"] for r in self.read(self.path + ".1")], ["kept"])
+        [line] = self.lines(LogLevel.error)
+        self.assertTrue(line.startswith(f"--cdr-file: cannot reopen {self.path} ("), line)
+        self.assertTrue(line.endswith("): records still go to the file open before"), line)
+
+    def test_closed_after_shutdown(self) -> None:
+        """
+        The file stays open while the process stops (the drain's calls are
+        recorded) and is closed after the reactor's shutdown; a record
+        after that is counted as lost.
+        """
+        reactor = _Triggers()
+        cdr = self.cdr(reactor=reactor)
+        [(phase, event, close)] = reactor.triggers
+        self.assertEqual((phase, event), ("after", "shutdown"))
+        cdr.call_event("ended", record("drained"))
+        close()
+        close()
+        cdr.call_event("ended", record("late"))
+        self.assertEqual([r["call_id"] for r in self.read()], ["drained"])
+        self.assertEqual((cdr.written, cdr.failures), (1, 1))
