@@ -483,7 +483,8 @@ def call_detail_record(
     The call detail record of a call leg that ended: JSON-ready values
     only.
 
-    C{call_id}, C{dialog} (flow/Call-ID), C{side}, C{from}, C{to},
+    C{call_id}, C{dialog} (flow/Call-ID), C{side}, C{agent} (the
+    agent's id the call went through), C{session}, C{from}, C{to},
     C{reason}, C{started} (Unix time), C{duration_s}, C{answered_s}
     (C{None}: not answered), C{codec}, C{mos} (per direction: the
     worst stream's), and per stream (C{streams}, by index) its C{legs}
@@ -513,6 +514,8 @@ def call_detail_record(
         "dialog": dialog_key,
         "side": side,
         "local_leg": local_leg,
+        "agent": dialog.agent or None,
+        "session": dialog.session or None,
         "from": None if parties is None else parties[0],
         "to": None if parties is None else parties[1],
         "reason": reason,

@@ -78,6 +78,9 @@ class QualityLoopbackTests(_LoopbackPair):
         contact_records = list(self.contact.media.cdrs)
         self.assertEqual({r["side"] for r in contact_records}, {"contact"})
         self.assertTrue(all(r["streams"][0]["legs"]["lan"] is None for r in contact_records))
+        # each leg names the agent it went through
+        self.assertEqual({r["agent"] for r in contact_records}, {a.config.agent_id for a in self.agents})
+        self.assertEqual(record["agent"], self.agents[0].config.agent_id)
         # --cdr-file: the same records, one JSON line each; bob's agent
         # writes its record when bob's phone sees the BYE
         yield wait_until(lambda: len(self.agents[1].media.cdrs) == 1)
