@@ -165,8 +165,9 @@ def render(doc: dict[str, Any]) -> str:
             f" max {_cell(loop.get('lag_ms_max'))} ms over the last 10 s"
             + ("; SHORT OF CPU: media and SIP wait as long (docs/operations.md, \"Capacity\")" if late else "")
         )
-    from spwm.status import certificate_lines, proxies_line
+    from spwm.status import certificate_lines, proxies_line, tunnel_lines
 
+    out.extend(tunnel_lines(doc))
     proxies = proxies_line(doc)
     if proxies is not None:
         out.append(proxies)

@@ -502,6 +502,33 @@ def proxies_line(doc: dict[str, Any]) -> str | None:
     return "Operator proxies: " + ", ".join(parts)
 
 
+def tunnel_lines(doc: dict[str, Any]) -> list[str]:
+    """
+    For the page and C{spwm status}: an agent's tunnel to each contact
+    point that is not up, and why, in words (the last failed attempt's
+    reason); nothing while every tunnel is up.
+    """
+    if doc.get("side") != "agent":
+        return []
+    lines = []
+    for section in sorted(k for k in doc if k == "tunnel" or k.startswith("tunnel_")):
+        tunnel = doc[section]
+        if not isinstance(tunnel, dict) or tunnel.get("up", True):
+            continue
+        contact = tunnel.get("contact") or "the contact point"
+        if tunnel.get("mode") == "on-demand" and not tunnel.get("wanted"):
+            lines.append(f"Tunnel to {contact}: idle (on demand: it connects at the next SIP from a phone)")
+            continue
+        failures = tunnel.get("failures") or 0
+        line = f"Tunnel to {contact}: DOWN"
+        if failures:
+            line += f" after {failures} failed attempt" + ("s" if failures != 1 else "")
+        if tunnel.get("last_failure"):
+            line += f": {tunnel['last_failure']}"
+        lines.append(line + "; new SIP requests from phones get 503 until it is up")
+    return lines
+
+
 def certificate_lines(doc: dict[str, Any]) -> list[str]:
     """
     For the page and C{spwm status}: a line for each certificate in use

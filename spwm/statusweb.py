@@ -16,7 +16,7 @@ import html
 from typing import Any, Callable, Iterable
 from urllib.parse import urlencode
 
-from spwm.status import Query, Status, certificate_lines, proxies_line, summary
+from spwm.status import Query, Status, certificate_lines, proxies_line, summary, tunnel_lines
 
 __all__ = ["CONTENT_SECURITY_POLICY", "REFRESH", "render_page"]
 
@@ -226,6 +226,8 @@ def render_page(status: Status, query: Query) -> bytes:
     proxies = proxies_line(doc)
     if proxies is not None:
         parts.append(f'<p class="proxies">{_e(proxies)}</p>')
+    for tunnel in tunnel_lines(doc):
+        parts.append(f'<p class="tunnel">{_e(tunnel)}</p>')
     for certificate in certificate_lines(doc):
         parts.append(f'<p class="certificate">{_e(certificate)}</p>')
     parts += [

@@ -171,6 +171,33 @@ class RenderTests(SynchronousTestCase):
             "Client certificate: agent-7, EXPIRED 2027-05-28: a contact point with --client-ca refuses this agent",
         )
 
+    def test_tunnel_down(self) -> None:
+        """
+        An agent whose tunnel is down says so under the header, with the
+        last attempt's reason in words; one line per contact point that is
+        not up; an on-demand tunnel nobody needs is idle, not down; nothing
+        while the tunnels are up.
+        """
+        agent = dict(DOC, side="agent")
+        up = {"contact": "cp.example.net:443", "up": True, "failures": 0, "last_failure": None}
+        self.assertFalse(any(line.startswith("Tunnel to") for line in render(dict(agent, tunnel=up)).splitlines()))
+        down = dict(up, up=False, failures=3, last_failure="certificate for cp.example.net expired on 2026-11-30")
+        second = dict(up, contact="cp2.example.net:443", up=False, failures=1, last_failure="Connection refused")
+        self.assertEqual(
+            render(dict(agent, tunnel=down, tunnel_2=second)).splitlines()[1:3],
+            [
+                "Tunnel to cp.example.net:443: DOWN after 3 failed attempts: certificate for cp.example.net expired"
+                " on 2026-11-30; new SIP requests from phones get 503 until it is up",
+                "Tunnel to cp2.example.net:443: DOWN after 1 failed attempt: Connection refused; new SIP requests"
+                " from phones get 503 until it is up",
+            ],
+        )
+        idle = dict(up, up=False, mode="on-demand", wanted=0)
+        self.assertEqual(
+            render(dict(agent, tunnel=idle)).splitlines()[1],
+            "Tunnel to cp.example.net:443: idle (on demand: it connects at the next SIP from a phone)",
+        )
+
     def test_loop(self) -> None:
         """
         A contact point's event loop: how late its timers run, under the

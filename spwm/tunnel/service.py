@@ -977,10 +977,11 @@ class AgentTunnelService(ClientService):
 
     def status(self) -> dict[str, Any]:
         """
-        For the status page: whether the tunnel is up, failed attempts
-        since it was last up, the last failure's reason.
+        For the status page: the contact point, whether the tunnel is up,
+        failed attempts since it was last up, the last failure's reason.
         """
         return {
+            "contact": self.description,
             "up": self.tunnel is not None,
             "failures": 0 if self.tunnel is not None else self._retry.failures,
             "last_failure": self._reporting.last_failure,

@@ -315,6 +315,13 @@ class MutualTLSTests(LoopbackBase):
             "--client-key) (",
             agent_service.tunnel_service.status()["last_failure"],
         )
+        # and so does `spwm status`, under its header
+        from spwm.__main__ import render
+
+        line = render(agent_service.status.document()).splitlines()[1]
+        self.assertTrue(line.startswith(f"Tunnel to 127.0.0.1:{port}: DOWN after "), line)
+        self.assertIn(" failed attempt", line)
+        self.assertIn(": TLS error: the contact point asks for a client certificate", line)
 
     @defer.inlineCallbacks
     def test_expired_client_certificate(self) -> None:
