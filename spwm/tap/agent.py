@@ -181,13 +181,30 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     return build_service("agent", lambda: build_agent_for_twistd(options.config, reactor))
 
 
+def on_a_terminal() -> bool:
+    """
+    Whether this process's standard input, output or error is a terminal.
+    """
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def build_agent_for_twistd(config: AgentConfig, reactor: Any = None) -> Any:
     """
     L{build_agent}, and C{SIGHUP} loads its certificate files again
-    (C{--sip-tls-cert}, C{--client-cert}, C{--ca}) instead of ending the
-    process.
+    (C{--sip-tls-cert}, C{--client-cert}, C{--ca}) and reopens its
+    C{--cdr-file} instead of ending the process, unless it runs on a
+    terminal: an agent started in a shell ends when the terminal hangs up,
+    as a program there should.
     """
     agent = build_agent(config, reactor)
+    if on_a_terminal():
+        return agent
     if reactor is None:
         from twisted.internet import reactor
     hangup(

@@ -175,10 +175,11 @@ class AgentReloadSignalTests(TestCase):
     timeout = 60
 
     @defer.inlineCallbacks
-    def start(self, *extra: str) -> Any:
+    def start(self, *extra: str, pty: bool = False) -> Any:
         """
         Start C{twistd -n spwm-agent} towards a port nobody listens on
-        (it keeps trying) with C{extra}, and wait until its SIP listens.
+        (it keeps trying) with C{extra}, and wait until its SIP listens;
+        with C{pty}, on a terminal of its own.
         """
         self.process = WorkerProcess()
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -189,7 +190,7 @@ class AgentReloadSignalTests(TestCase):
             "--sip-listen", f"127.0.0.1:{free_port()}", "--media-ports", f"{low}-{low + 3}",
             "--status-interval", "0", *extra,
         ]  # fmt: skip
-        self.transport = reactor.spawnProcess(self.process, sys.executable, args, env=env, path=ROOT)
+        self.transport = reactor.spawnProcess(self.process, sys.executable, args, env=env, path=ROOT, usePTY=pty)
         self.addCleanup(ReloadSignalTests.stop, self)  # type: ignore[arg-type]
         try:
             yield wait_until(lambda: self.process.ended.called or "SIP on udp and tcp" in self.process.text(), timeout=30)
@@ -239,3 +240,19 @@ class AgentReloadSignalTests(TestCase):
         )
         self.assertFalse(self.process.ended.called)
         self.assertNotIn("Traceback", self.process.text())
+
+    @defer.inlineCallbacks
+    def test_sighup_on_a_terminal_ends_it(self) -> Any:
+        """
+        An agent started in a shell (its output a terminal) ends when the
+        terminal hangs up, as a program there should: no handler.
+        """
+        from twisted.internet.error import ProcessTerminated
+
+        yield self.start("--plaintext", pty=True)
+        os.kill(self.transport.pid, signal.SIGHUP)
+        yield wait_until(lambda: self.process.ended.called, timeout=10)
+        ended = yield self.process.ended
+        self.assertIsInstance(ended, ProcessTerminated)
+        self.assertEqual(ended.signal, signal.SIGHUP)
+        self.assertNotIn("nothing to load again", self.process.text())
