@@ -547,7 +547,6 @@ def resolve_groups(
 NAPTR_SERVICES = {"SIP+D2U": "udp", "SIP+D2T": "tcp"}
 
 
-
 def _service_records(
     proxy: OperatorProxy,
     srv: Callable[[str], list[SrvRecord]],
