@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -239,7 +240,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
     status.add_argument("--limit", type=int, default=None, help="items per table (the listener's default 100)")
     status.add_argument("--json", action="store_true", help="print the JSON as received")
+    cdr = commands.add_parser(
+        "cdr", help="the call detail records of --cdr-file files summed up per agent, day or half"
+    )
+    cdr.add_argument("files", nargs="+", metavar="FILE", help="--cdr-file files (rotated .gz ones too)")
+    cdr.add_argument("--by", choices=("agent", "day", "side"), default="agent", help="one row per (default agent)")
+    cdr.add_argument("--since", default=None, help="only the legs that started this long ago or later: 3600, 30m, 24h, 7d")
     args = parser.parse_args(argv)
+    if args.command == "cdr":
+        return _cdr(args, out, err)
     url = _status_url(args.url)
     if args.limit is not None:
         url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"limit": args.limit})
@@ -249,6 +258,35 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         print(f"spwm status: {e}", file=err)
         return 1
     out.write(json.dumps(doc, indent=1, sort_keys=True) + "\n" if args.json else render(doc))
+    return 0
+
+
+def _cdr(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """
+    C{spwm cdr}: the summary table of the files.
+    """
+    from spwm.cdrsummary import HEADERS, parse_duration, read_records, summarize
+
+    since = None
+    if args.since is not None:
+        try:
+            since = time.time() - parse_duration(args.since)
+        except ValueError as e:
+            print(f"spwm cdr: --since: {e}", file=err)
+            return 2
+    skipped = [0]
+    try:
+        rows = summarize(read_records(args.files, skipped), args.by, since)
+    except OSError as e:
+        print(f"spwm cdr: cannot read {getattr(e, 'filename', None) or 'a file'}: {e.strerror or e}", file=err)
+        return 1
+    headers = [h.format(by=args.by) for h in HEADERS]
+    if rows:
+        out.write(table(headers, rows) + "\n")
+    else:
+        out.write("no call legs" + (" in that time" if since is not None else "") + "\n")
+    if skipped[0]:
+        out.write(f"({skipped[0]} lines that are not records skipped)\n")
     return 0
 
 

@@ -295,3 +295,96 @@ class CommandTests(TestCase):
             err.getvalue(),
             f"spwm status: http://127.0.0.1:{port.getHost().port}/metrics did not answer with a status document (JSON)\n",
         )
+
+
+def _record(agent: str, started: float, answered: float | None, up: float | None, lost: int = 0, reason: str = "dialog ended") -> dict[str, Any]:
+    return {
+        "call_id": f"{agent}-{started}",
+        "side": "contact",
+        "agent": agent,
+        "reason": reason,
+        "started": started,
+        "duration_s": 10.0,
+        "answered_s": answered,
+        "mos": {"up": up, "down": None if up is None else up - 0.1},
+        "streams": [{"legs": {"lan": None, "tunnel": {"packets": 100 - lost, "lost": lost}, "operator": {"packets": 100, "lost": 0}}}],
+    }
+
+
+class CdrCommandTests(SynchronousTestCase):
+    """
+    C{spwm cdr}: the records of C{--cdr-file} files summed up.
+    """
+
+    def setUp(self) -> None:
+        import json
+        import time
+
+        self.now = time.time()
+        day = 86400.0
+        records = [
+            _record("branch-1", self.now - 100, 60.0, 4.4),
+            _record("branch-1", self.now - 50, None, None, reason="no response"),
+            _record("branch-2", self.now - 2 * day, 30.0, 3.0, lost=10),
+        ]
+        self.path = self.mktemp()
+        with open(self.path, "w") as f:
+            for r in records[:2]:
+                f.write(json.dumps(r) + "\n")
+            f.write("not json\n")
+        # the older record in a rotated, compressed file
+        import gzip
+
+        self.rotated = self.mktemp() + ".gz"
+        with gzip.open(self.rotated, "wt") as f:
+            f.write(json.dumps(records[2]) + "\n")
+
+    def run_cdr(self, *args: str) -> tuple[int, list[str], str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(["cdr", *args], out, err)
+        return code, out.getvalue().splitlines(), err.getvalue()
+
+    def test_per_agent(self) -> None:
+        """
+        One row per agent and one for all: legs, answered, ASR, ACD, MOS per
+        direction (median, worst), lost packets as a share of those sent on
+        the legs, legs that ended otherwise; lines that are not records are
+        counted.
+        """
+        code, lines, err = self.run_cdr(self.path, self.rotated)
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(lines[0].split()[:3], ["agent", "legs", "answered"])
+        rows = [line.split() for line in lines[2:5]]
+        self.assertEqual(rows[0], ["branch-1", "2", "1", "50.0", "60.0", "4.4", "4.4", "4.3", "4.3", "0.0", "1"])
+        self.assertEqual(rows[1], ["branch-2", "1", "1", "100.0", "30.0", "3.0", "3.0", "2.9", "2.9", "5.0", "0"])
+        self.assertEqual(rows[2], ["all", "3", "2", "66.7", "45.0", "3.7", "3.0", "3.6", "2.9", "1.7", "1"])
+        self.assertEqual(lines[5], "(1 lines that are not records skipped)")
+
+    def test_by_day_and_since(self) -> None:
+        """
+        C{--by day} gives one row per UTC day; C{--since} keeps the legs
+        that started that long ago or later.
+        """
+        code, lines, _ = self.run_cdr(self.path, self.rotated, "--by", "day")
+        self.assertEqual(code, 0)
+        self.assertEqual(lines[0].split()[0], "day")
+        import time
+
+        days = {time.strftime("%Y-%m-%d", time.gmtime(t)) for t in (self.now - 100, self.now - 50, self.now - 2 * 86400)}
+        self.assertEqual({line.split()[0] for line in lines[2:] if line[:4].isdigit()}, days)
+        code, lines, _ = self.run_cdr(self.path, self.rotated, "--since", "1h")
+        self.assertEqual([line.split()[:2] for line in lines[2:4]], [["branch-1", "2"], ["all", "2"]])
+        code, lines, _ = self.run_cdr(self.rotated, "--since", "30m")
+        self.assertEqual(lines, ["no call legs in that time"])
+
+    def test_errors(self) -> None:
+        """
+        A file that cannot be read: one line, status 1; a duration that is
+        not one: one line, status 2.
+        """
+        code, lines, err = self.run_cdr("/nonexistent/cdr.jsonl")
+        self.assertEqual((code, lines), (1, []))
+        self.assertEqual(err, "spwm cdr: cannot read /nonexistent/cdr.jsonl: No such file or directory\n")
+        code, lines, err = self.run_cdr(self.path, "--since", "yesterday")
+        self.assertEqual(code, 2)
+        self.assertEqual(err, "spwm cdr: --since: not a duration: 'yesterday' (e.g. 3600, 30m, 24h, 7d)\n")
