@@ -374,10 +374,16 @@ class CertificateWatch(TimerService):
 
 def install_reload_signal(reactor: Any, reload: Callable[[], Any]) -> None:
     """
-    Once the reactor runs, C{SIGHUP} calls C{reload} in the reactor's
-    thread (instead of ending the process, the signal's default).  For
+    From now on, C{SIGHUP} calls C{reload} in the reactor's thread (once
+    it runs; instead of ending the process, the signal's default).  For
     the twistd plugins, not for programs that embed the protocols: the
     signal is the program's.
+
+    Installed at once, not when the reactor starts: a half's listeners
+    say they listen before the reactor runs, and a C{systemctl reload}
+    sent then (or a supervisor passing one on to a worker) would
+    otherwise end the process.  Twisted's own handlers leave C{SIGHUP}
+    alone.
     """
 
     def handler(signum: int, frame: Any) -> None:
@@ -386,7 +392,12 @@ def install_reload_signal(reactor: Any, reload: Callable[[], Any]) -> None:
     def install() -> None:
         signal.signal(signal.SIGHUP, handler)
 
-    if hasattr(signal, "SIGHUP"):
+    if not hasattr(signal, "SIGHUP"):
+        return
+    try:
+        install()
+    except ValueError:
+        # not the main thread: when the reactor runs, in its thread
         reactor.callWhenRunning(install)
 
 
