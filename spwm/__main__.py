@@ -166,13 +166,16 @@ def render(doc: dict[str, Any]) -> str:
             f" max {_cell(loop.get('lag_ms_max'))} ms over the last 10 s"
             + ("; SHORT OF CPU: media and SIP wait as long (docs/operations.md, \"Capacity\")" if late else "")
         )
-    from spwm.status import certificate_lines, proxies_line, tunnel_lines
+    from spwm.status import cdr_line, certificate_lines, proxies_line, tunnel_lines
 
     out.extend(tunnel_lines(doc))
     proxies = proxies_line(doc)
     if proxies is not None:
         out.append(proxies)
     out.extend(certificate_lines(doc))
+    cdr = cdr_line(doc)
+    if cdr is not None:
+        out.append(cdr)
     lists = doc.get("lists") or {}
     for name, title, headers, row in _VIEWS:
         page = lists.get(name)

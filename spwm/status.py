@@ -529,6 +529,20 @@ def tunnel_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def cdr_line(doc: dict[str, Any]) -> str | None:
+    """
+    For the page and C{spwm status}: C{--cdr-file} records that could not
+    be written (a full disk); C{None} while every record was.
+    """
+    cdr = doc.get("cdr_file")
+    if not isinstance(cdr, dict) or not cdr.get("failures"):
+        return None
+    return (
+        f"CDR file {cdr.get('path', '?')}: {cdr['failures']} RECORDS LOST (writes failed, see the log);"
+        f" {cdr.get('written', 0)} written"
+    )
+
+
 def certificate_lines(doc: dict[str, Any]) -> list[str]:
     """
     For the page and C{spwm status}: a line for each certificate in use

@@ -16,7 +16,7 @@ import html
 from typing import Any, Callable, Iterable
 from urllib.parse import urlencode
 
-from spwm.status import Query, Status, certificate_lines, proxies_line, summary, tunnel_lines
+from spwm.status import Query, Status, cdr_line, certificate_lines, proxies_line, summary, tunnel_lines
 
 __all__ = ["CONTENT_SECURITY_POLICY", "REFRESH", "render_page"]
 
@@ -230,6 +230,9 @@ def render_page(status: Status, query: Query) -> bytes:
         parts.append(f'<p class="tunnel">{_e(tunnel)}</p>')
     for certificate in certificate_lines(doc):
         parts.append(f'<p class="certificate">{_e(certificate)}</p>')
+    cdr = cdr_line(doc)
+    if cdr is not None:
+        parts.append(f'<p class="cdr">{_e(cdr)}</p>')
     parts += [
         '<form method="get" action="/">',
     ]

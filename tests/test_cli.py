@@ -198,6 +198,18 @@ class RenderTests(SynchronousTestCase):
             "Tunnel to cp.example.net:443: idle (on demand: it connects at the next SIP from a phone)",
         )
 
+    def test_cdr_file_losses(self) -> None:
+        """
+        C{--cdr-file} records that could not be written are said under the
+        header; nothing while every record was.
+        """
+        fine = {"path": "/var/log/spwm/cdr.jsonl", "written": 12, "failures": 0, "reopened": 0}
+        self.assertFalse(any(line.startswith("CDR file") for line in render(dict(DOC, cdr_file=fine)).splitlines()))
+        self.assertEqual(
+            render(dict(DOC, cdr_file=dict(fine, failures=3))).splitlines()[1],
+            "CDR file /var/log/spwm/cdr.jsonl: 3 RECORDS LOST (writes failed, see the log); 12 written",
+        )
+
     def test_loop(self) -> None:
         """
         A contact point's event loop: how late its timers run, under the

@@ -314,6 +314,25 @@ class PageTests(SynchronousTestCase):
         self.assertIn('spwm_certificate_reloads_total{side="contact"} 1.0', text)
         self.assertIn("# TYPE spwm_certificate_not_after gauge", text)
 
+    def test_cdr_file(self) -> None:
+        """
+        A half with C{--cdr-file}: its page says when records were lost;
+        its numbers are counters.
+        """
+        status = Status("contact", Clock())
+        counts = {"path": "/var/log/spwm/cdr.jsonl", "written": 7, "failures": 0, "reopened": 1}
+        status.add("cdr_file", lambda: dict(counts))
+        self.assertNotIn('class="cdr"', render_page(status, Query()).decode())
+        counts["failures"] = 2
+        self.assertIn(
+            '<p class="cdr">CDR file /var/log/spwm/cdr.jsonl: 2 RECORDS LOST (writes failed, see the log);'
+            " 7 written</p>",
+            render_page(status, Query()).decode(),
+        )
+        text = Metrics(status).exposition()[0].decode()
+        self.assertIn('spwm_cdr_file_failures_total{side="contact"} 2.0', text)
+        self.assertIn('spwm_cdr_file_written_total{side="contact"} 7.0', text)
+
     def test_calls_with_quality(self) -> None:
         """
         A call in progress is shown with its streams' figures per leg and
