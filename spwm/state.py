@@ -111,10 +111,10 @@ class ContactState:
         except ValueError as e:
             self.log.warn("state file {path}: {reason}", path=self.path, reason=str(e))
             count = 0
-        kept = resumption.keys  # one view of every session with keys, not one per session
+        kept = resumption.resumable_ids()  # one set, not one per session
         for session_id in sessions:
             if str(session_id) not in kept:
-                # registrations without usable keys: nobody can resume them
+                # registrations without a usable key: nobody can resume them
                 core.forget_session(str(session_id))
         self.log.info(
             "state file {path}: {count} sessions restored, their registrations await their agents",

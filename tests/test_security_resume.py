@@ -13,9 +13,10 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.security.keys import resumption_proof
+from spwm.security.keys import derive_session_key, resumption_proof
 from spwm.security.resume import AgentResumption
 from spwm.session.manager import SessionManager
+from spwm.session.state import SessionState
 from spwm.sip.registrations import Registration
 from spwm.testing.tunnel import FakeTunnel as BaseFakeTunnel
 
@@ -281,7 +282,7 @@ class AgentDormantTests(SynchronousTestCase):
         clock.advance(60)
         self.assertTrue(resumption.dormant)
         self.assertEqual(media.calls, [("suspended", old.session_id), ("lost", old.session_id)])
-        self.assertEqual(resumption.hello(), {"resume": {"session_id": "s1", "users": [USER]}})
+        self.assertEqual(resumption.hello(), {"session_key": 1, "resume": {"session_id": "s1", "users": [USER]}})
         new = FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex()})
         resumption.tunnel_established(new)
         [message] = new.controls
@@ -306,7 +307,7 @@ class AgentDormantTests(SynchronousTestCase):
         lost: list[list[int]] = []
         resumption.session_lost = lambda flows: lost.append(flows) or 1
         resumption.control_received(new, {"op": "resume-failed", "reason": "no suspended session by that name"})
-        self.assertEqual((resumption.dormant, resumption.keys, resumption.hello()), (False, {}, {}))
+        self.assertEqual((resumption.dormant, resumption.keys, resumption.hello()), (False, {}, {"session_key": 1}))
         self.assertEqual(lost, [[3]])
 
     def test_stop_closes_nothing(self) -> None:
@@ -344,7 +345,7 @@ class OnDemandCloseTests(SynchronousTestCase):
         resumption.end_session()
         resumption.tunnel_lost(tunnel, "tunnel no longer needed (on-demand)")
         self.assertEqual(resumption.status()["suspended"], 0)
-        self.assertEqual(resumption.hello(), {})
+        self.assertEqual(resumption.hello(), {"session_key": 1})
         self.assertEqual(media.calls, [("lost", tunnel.session_id)])
         self.assertEqual(lost, [])
         self.assertEqual(clock.getDelayedCalls(), [])
@@ -363,3 +364,162 @@ class OnDemandCloseTests(SynchronousTestCase):
         cut = _registered(resumption, sip, "s2", 1000.0)
         resumption.tunnel_lost(cut, "cut")
         self.assertEqual(resumption.status()["suspended"], 1)
+
+
+class SessionKeyTests(SynchronousTestCase):
+    """
+    A session whose registrations gave no per-user key (no digest
+    credentials) is resumable by its own key, made by both halves when
+    both say so in their hellos.
+    """
+
+    EXPORTED = b"\x42" * 32
+
+    def _fresh(self, resumption: SessionManager, session: str, agent_says: bool = True) -> FakeTunnel:
+        tunnel = FakeTunnel(session, peer_hello={"session_key": 1} if agent_says else {})
+        tunnel.exported = self.EXPORTED
+        resumption.tunnel_established(tunnel)
+        return tunnel
+
+    def _resume(self, resumption: SessionManager, session: str, **message: Any) -> FakeTunnel:
+        new = FakeTunnel("fresh-" + session, peer_hello={"session_key": 1})
+        new.exported = b"\x43" * 32
+        resumption.tunnel_established(new)
+        resumption.control_received(new, {"op": "resume", "session_id": session, **message})
+        return new
+
+    def test_the_same_key_on_both_halves(self) -> None:
+        """
+        The agent's key for the session its welcome named is the contact
+        point's for that session; another session or other keying
+        material gives another key.
+        """
+        clock, contact, media, sip = _contact()
+        self._fresh(contact, "s1")
+        agent = AgentResumption(Clock(), 60.0, FakeMedia(), FakeHandle())
+        welcome = FakeTunnel("s1", peer_hello={"challenge": CHALLENGE.hex(), "session_key": 1})
+        welcome.exported = self.EXPORTED
+        agent.tunnel_established(welcome)
+        key = contact.sessions["s1"].session_key
+        self.assertEqual((len(key), agent.session.session_key, agent.state), (32, key, SessionState.LIVE))
+        self.assertNotEqual(derive_session_key(self.EXPORTED, "s2"), key)
+        self.assertNotEqual(derive_session_key(b"\x43" * 32, "s1"), key)
+        self.assertNotEqual(derive_session_key(None, "s1"), key)
+
+    def test_suspended_and_resumed_by_the_session_proof(self) -> None:
+        """
+        Without a per-user key the session is suspended (not ended) on a
+        cut, and a resume with the session's proof alone resumes it with
+        its media.
+        """
+        clock, contact, media, sip = _contact()
+        old = self._fresh(contact, "s1")
+        key = contact.sessions["s1"].session_key
+        contact.tunnel_lost(old, "cut")
+        self.assertEqual(media.calls, [("suspended", "s1")])
+        new = self._resume(contact, "s1", proofs={}, session_proof=resumption_proof(key, CHALLENGE, "s1"))
+        self.assertEqual(new.controls, [{"op": "resumed", "session_id": "s1", "users": []}])
+        self.assertEqual((new.session_id, contact.resumed, contact.refused), ("s1", 1, 0))
+        self.assertEqual(media.calls[-1], ("resumed", "s1", new))
+
+    def test_proofs_checked(self) -> None:
+        """
+        A wrong session proof, none, or user proofs without it (the session
+        has its own key: the agent that made it proves it) are refused,
+        and the session stays suspended.
+        """
+        clock, contact, media, sip = _contact()
+        old = _registered(contact, sip, "s1", 1000.0)
+        contact.tunnel_lost(old, "cut")
+        user = {USER: resumption_proof(KEY, CHALLENGE, "s1")}
+        # (the session made in _registered has no key of its own: give it one)
+        contact.sessions["s1"].session_key = own = b"\x05" * 32
+        for message, reason in (
+            ({"proofs": {}, "session_proof": resumption_proof(b"\x06" * 32, CHALLENGE, "s1")}, "wrong session proof"),
+            ({"proofs": user}, "no session proof"),
+            ({"proofs": {}}, "no proofs"),
+            ({"proofs": {USER: "00"}, "session_proof": resumption_proof(own, CHALLENGE, "s1")}, f"wrong proof for {USER}"),
+        ):
+            new = self._resume(contact, "s1", **message)
+            self.assertEqual(new.controls, [{"op": "resume-failed", "reason": reason}])
+        self.assertEqual((contact.state_of("s1"), contact.refused), (SessionState.SUSPENDED, 4))
+        new = self._resume(contact, "s1", proofs=user, session_proof=resumption_proof(own, CHALLENGE, "s1"))
+        self.assertEqual(new.controls[0]["op"], "resumed")
+
+    def test_older_agent(self) -> None:
+        """
+        An agent that does not say it makes session keys gets none: its
+        session without per-user keys ends with its connection, as before.
+        """
+        clock, contact, media, sip = _contact()
+        old = self._fresh(contact, "s1", agent_says=False)
+        self.assertIsNone(contact.sessions["s1"].session_key)
+        contact.tunnel_lost(old, "cut")
+        self.assertEqual(media.calls, [("lost", "s1")])
+
+    def test_agent_offers_and_resumes(self) -> None:
+        """
+        The agent of such a session suspends it on a cut, offers it on
+        the next connection with the session proof, and takes the
+        contact point's answer.
+        """
+        clock, media = Clock(), FakeMedia()
+        agent = AgentResumption(clock, 60.0, media, FakeHandle())
+        first = FakeTunnel("s1", peer_hello={"challenge": CHALLENGE.hex(), "session_key": 1})
+        agent.tunnel_established(first)
+        key = agent.session.session_key
+        agent.tunnel_lost(first, "cut")
+        self.assertEqual((agent.state, agent.hello()), (SessionState.SUSPENDED, {"session_key": 1, "resume": {"session_id": "s1", "users": []}}))
+        new = FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex(), "session_key": 1})
+        agent.handle.current = new
+        agent.tunnel_established(new)
+        self.assertEqual(
+            new.controls,
+            [{"op": "resume", "session_id": "s1", "proofs": {}, "session_proof": resumption_proof(key, CHALLENGE, "s1")}],
+        )
+        agent.control_received(new, {"op": "resumed", "session_id": "s1", "users": []})
+        self.assertEqual((agent.state, agent.resumed, new.session_id, agent.session.session_key), (SessionState.LIVE, 1, "s1", key))
+
+    def test_offer_before_the_held_sip(self) -> None:
+        """
+        On the new connection the resumption offer goes first, then the
+        tunnel handle is told (and sends the SIP that waited for it), so
+        the contact point resumes the session before it reads that SIP.
+        """
+        seen: list[int] = []
+
+        class Handle(FakeHandle):
+            def tunnel_established(self, tunnel: Any) -> None:
+                seen.append(len(tunnel.controls))
+
+        agent = AgentResumption(Clock(), 60.0, FakeMedia(), Handle())
+        agent.tunnel_established(FakeTunnel("s1", peer_hello={"session_key": 1}))
+        agent.tunnel_lost(FakeTunnel("s1"), "cut")
+        self.assertTrue(agent.resuming)
+        agent.tunnel_established(FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex(), "session_key": 1}))
+        self.assertEqual(seen, [0, 1])
+
+    def test_agent_after_a_refusal(self) -> None:
+        """
+        Refused, the agent forgets the old session and makes the key of
+        the fresh one its connection came with; a contact point that
+        makes no session keys gives it none (and nothing to resume).
+        """
+        clock, media = Clock(), FakeMedia()
+        agent = AgentResumption(clock, 60.0, media, FakeHandle())
+        agent.tunnel_established(FakeTunnel("s1", peer_hello={"session_key": 1}))
+        agent.tunnel_lost(FakeTunnel("s1"), "cut")
+        new = FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex(), "session_key": 1})
+        new.exported = self.EXPORTED
+        agent.handle.current = new
+        agent.tunnel_established(new)
+        agent.control_received(new, {"op": "resume-failed", "reason": "no suspended session by that name"})
+        self.assertEqual(
+            (agent.state, agent.session_id, agent.session.session_key),
+            (SessionState.LIVE, "s9", derive_session_key(self.EXPORTED, "s9")),
+        )
+        older = AgentResumption(clock, 60.0, media, FakeHandle())
+        older.tunnel_established(FakeTunnel("s2", peer_hello={"challenge": CHALLENGE.hex()}))
+        self.assertEqual((older.state, older.session.session_key), (SessionState.ENDED, None))
+        older.tunnel_lost(FakeTunnel("s2"), "cut")
+        self.assertEqual((older.state, older.hello()), (SessionState.ENDED, {"session_key": 1}))

@@ -144,12 +144,16 @@ class AgentLives(RuleBasedStateMachine):
         self.resumption.tunnel_lost(self.tunnel, "cut")
 
     @precondition(lambda self: not self.up)
-    @rule(challenge=st.booleans())
-    def reconnect(self, challenge: bool) -> None:
+    @rule(challenge=st.booleans(), session_key=st.booleans())
+    def reconnect(self, challenge: bool, session_key: bool) -> None:
         self.count += 1
-        hello = {"challenge": CHALLENGE.hex()} if challenge else {}
+        hello: dict[str, Any] = {"challenge": CHALLENGE.hex()} if challenge else {}
+        if session_key:
+            # a contact point that makes session keys
+            hello["session_key"] = 1
         self.tunnel = FakeTunnel(f"n{self.count}", peer_hello=hello)
         self.up = True
+        self.resumption.handle.current = self.tunnel
         self.resumption.tunnel_established(self.tunnel)
 
     @precondition(lambda self: self.up)
@@ -181,11 +185,15 @@ class AgentLives(RuleBasedStateMachine):
         timer = bool(self.clock.getDelayedCalls())
         assert timer == (state is S.SUSPENDED), (state, timer)
         assert (r.session.suspended is not None) == (state is S.SUSPENDED)
-        assert bool(r.hello()) == (state in (S.SUSPENDED, S.DORMANT)), (state, r.hello())
+        assert ("resume" in r.hello()) == (state in (S.SUSPENDED, S.DORMANT)), (state, r.hello())
+        assert r.hello()["session_key"] == 1
         if state is S.ENDED and (self.stopped or r.session_id is None):
             assert r.keys == {}
+        if state is S.ENDED:
+            # a session key is made with the session, and forgotten with it
+            assert r.session.session_key is None
         if self.stopped and state is S.ENDED:
-            assert r.hello() == {}
+            assert "resume" not in r.hello()
         # media: each suspension is released or resumed once
         assert not _open_suspensions(self.media.calls) or state is S.SUSPENDED, self.media.calls
 

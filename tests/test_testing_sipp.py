@@ -9,7 +9,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.testing.sipp import last_stats, parse_stats, read_stats, sipp_time
+from spwm.testing.sipp import last_stats, parse_stats, read_stats, sipp_time, stat_count
 
 # the shape of a real -trace_stat file (columns cut short)
 STATS = (
@@ -65,6 +65,16 @@ class StatsTests(SynchronousTestCase):
         missing = os.path.join(os.path.dirname(os.path.abspath(path)), "absent.csv")
         self.assertEqual(read_stats(missing), [])
         self.assertEqual(last_stats(missing), {})
+
+
+    def test_counts(self) -> None:
+        """
+        A column's whole number; 0 for an absent, empty or garbled one.
+        """
+        row = {"SuccessfulCall(C)": "42", "Rate": "12.5", "Empty": "", "Bad": "n/a"}
+        self.assertEqual(
+            [stat_count(row, k) for k in ("SuccessfulCall(C)", "Rate", "Empty", "Bad", "Missing")], [42, 12, 0, 0, 0]
+        )
 
 
 class TimeTests(SynchronousTestCase):

@@ -117,6 +117,47 @@ class NoTunnelTests(SynchronousTestCase):
         self.assertEqual(self.agent.handle.counters["responses_dropped"], 1)
         self.assertEqual(self.agent.handle.dropped, 2)
 
+    def test_held_while_resuming(self) -> None:
+        """
+        While the lost session is being resumed, requests and responses
+        from phones wait (at most C{resume_hold} seconds) instead of
+        getting 503 or being dropped, and go on the new connection in
+        their order; past the hold, a request gets 503.
+        """
+        from spwm.testing.tunnel import FakeTunnel
+
+        resuming = [True]
+        self.agent.handle.resuming = lambda: resuming[0]
+        self.agent.handle.resume_hold = 2.0
+        bye = request(
+            "BYE",
+            "sip:bob@example.org",
+            via="SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKbye",
+            from_="<sip:alice@example.org>;tag=a",
+            to="<sip:bob@example.org>;tag=b",
+            call_id="c1@x",
+            cseq=2,
+        )
+        self.agent.handle.send_sip(1, bye)
+        self.agent.handle.send_sip(1, answer(register(), 200))
+        self.clock.advance(1.9)
+        self.assertEqual((self.agent.to_app, self.agent.handle.dropped), ([], 0))
+        self.assertEqual(self.agent.handle.status()["held_now"], 2)
+        tunnel = FakeTunnel("s1")
+        self.agent.handle.tunnel_established(tunnel)
+        self.assertEqual([d for _, d in tunnel.sip_sent], [bye, answer(register(), 200)])
+        self.assertEqual(self.agent.handle.counters["held_resuming"], 2)
+        # lost again; this time the resumption takes too long
+        self.agent.handle.tunnel_lost(tunnel, "cut")
+        self.agent.from_phone(register())
+        self.clock.advance(2.1)
+        [resp] = [parse_message(d) for d in self.agent.to_app]
+        self.assertEqual(resp.status, 503)
+        # not resuming (no session to resume): 503 at once, as before
+        resuming[0] = False
+        self.agent.from_phone(register(branch="z9hG4bKreg2"))
+        self.assertEqual(len(self.agent.to_app), 2)
+
     def test_retry_after_from_the_reconnect_schedule(self) -> None:
         """
         The service's C{retry_after} is the time to the next attempt, at

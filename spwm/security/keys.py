@@ -12,6 +12,17 @@ exported from the tunnel's TLS session (RFC 5705)::
            cnonce 0x00 nc 0x00 response            (UTF-8)
     key  = HKDF-SHA256(salt = "spwm/1", ikm, info, 32 bytes)
 
+Every session of an agent and a contact point that both say so in their
+hellos (C{"session_key": 1}) also has a *session key*, made from the same
+keying material when the session is made, without a registration::
+
+    info = "spwm/1 session key" 0x00 session-id     (UTF-8)
+    key  = HKDF-SHA256(salt = "spwm/1", ikm, info, 32 bytes)
+
+so that a session whose registrations carry no digest credentials (a
+registrar that does not authenticate, the embedded one) can be resumed
+too: it proves the agent is the one that made the session.
+
 A resumption proof for a fresh challenge from the contact point is::
 
     proof = HMAC-SHA256(key, "spwm/1 resume" 0x00 challenge 0x00 old-session-id)
@@ -105,6 +116,18 @@ def derive_user_key(credentials: DigestCredentials, exported: bytes | None) -> b
         part.encode("utf-8")
         for part in ("spwm/1 user key", c.username, c.realm, c.nonce, c.cnonce, c.nc, c.response)
     )
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_LENGTH, salt=b"spwm/1", info=info).derive(exported or b"")
+
+
+def derive_session_key(exported: bytes | None, session_id: str) -> bytes:
+    """
+    The session key (see the module docstring).
+
+    @param exported: keying material exported with L{EXPORTER_LABEL}
+        from the TLS session of the connection that made the session, or
+        C{None} for a plaintext tunnel (then the key is not secret).
+    """
+    info = b"spwm/1 session key\x00" + session_id.encode("utf-8")
     return HKDF(algorithm=hashes.SHA256(), length=KEY_LENGTH, salt=b"spwm/1", info=info).derive(exported or b"")
 
 

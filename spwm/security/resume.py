@@ -41,6 +41,7 @@ from spwm.security.keys import (
     EXPORTER_LABEL,
     KEY_LENGTH,
     DigestCredentials,
+    derive_session_key,
     derive_user_key,
     parse_digest,
     resumption_proof,
@@ -111,6 +112,23 @@ def user_key(tunnel: Any, credentials: DigestCredentials) -> bytes:
     """
     exported = tunnel.export_keying_material(EXPORTER_LABEL, KEY_LENGTH) if tunnel is not None else None
     return derive_user_key(credentials, exported)
+
+
+def session_key(tunnel: Any) -> bytes:
+    """
+    Derive the key of C{tunnel}'s (fresh) session with the keying material
+    of its TLS session.
+    """
+    return derive_session_key(tunnel.export_keying_material(EXPORTER_LABEL, KEY_LENGTH), tunnel.session_id)
+
+
+def both_make_session_keys(hello: Any) -> bool:
+    """
+    Whether the peer's C{hello} says it makes session keys (both halves
+    of this version do; an older peer does not, and its sessions are
+    resumable only by per-user keys, as before).
+    """
+    return isinstance(hello, dict) and hello.get("session_key") == 1
 
 
 class _Lifecycle:
@@ -236,6 +254,7 @@ class AgentResumption(_Lifecycle):
         elif effect is Effect.END:
             self.media.session_ended(tunnel.session_id, reason)
             self.keys.clear()
+            self.session.session_key = None
         elif effect is Effect.DROP_TUNNEL:
             self.media.session_ended(tunnel.session_id, reason)
 
@@ -273,24 +292,38 @@ class AgentResumption(_Lifecycle):
 
     def hello(self) -> dict[str, Any]:
         """
-        Extra hello fields: the resumption offer, if there is something to resume.
+        Extra hello fields: that this agent makes session keys, and the
+        resumption offer, if there is something to resume.
         """
         waiting = self.state in (SessionState.SUSPENDED, SessionState.DORMANT)
-        if not waiting or not self.keys or not self.session_id:
-            return {}
-        return {"resume": {"session_id": self.session_id, "users": sorted(self.keys)[:MAX_RESUME_USERS]}}
+        if not waiting or not self.session.resumable or not self.session_id:
+            return {"session_key": 1}
+        return {
+            "session_key": 1,
+            "resume": {"session_id": self.session_id, "users": sorted(self.keys)[:MAX_RESUME_USERS]},
+        }
+
+    @property
+    def resuming(self) -> bool:
+        """
+        Whether the session's connection was lost and the agent is
+        reconnecting to resume it (within the window): the tunnel handle
+        holds SIP meanwhile rather than refuse it.
+        """
+        return self.state is SessionState.SUSPENDED and not self._stopping
 
     def tunnel_established(self, tunnel: Any) -> None:
         """
-        The one observer of the agent's tunnels: the handle, the
-        resumption offer, the forwards, in this order.
+        The one observer of the agent's tunnels: the resumption offer,
+        the handle, the forwards, in this order (the offer goes before
+        the SIP that waited for the tunnel, so the contact point resumes
+        the session before it reads that SIP).
         """
-        self.handle.tunnel_established(tunnel)
         self.session.use_tunnel(tunnel)
         problem = None
         if self.state in (SessionState.SUSPENDED, SessionState.DORMANT):
             challenge = tunnel.peer_hello.get("challenge")
-            if not isinstance(challenge, str) or not self.keys or not self.session_id:
+            if not isinstance(challenge, str) or not self.session.resumable or not self.session_id:
                 problem = "the contact point offers no resumption"
             else:
                 try:
@@ -301,14 +334,34 @@ class AgentResumption(_Lifecycle):
             self._apply(Input.RESUME_REFUSED, tunnel, problem)
         else:
             self._apply(Input.TUNNEL_UP, tunnel)
+        self._new_session_key(tunnel)
+        self.handle.tunnel_established(tunnel)
         if self.forwarder is not None:
             self.forwarder.tunnel_established(tunnel)
+
+    def _new_session_key(self, tunnel: Any) -> None:
+        """
+        A connection that carries a fresh session (not one being resumed):
+        make its session key, when the contact point makes one too, so
+        that the session can be resumed without a per-user key.
+        """
+        if self.state in (SessionState.SUSPENDED, SessionState.DORMANT):
+            return
+        if self.session.session_key is not None or not both_make_session_keys(getattr(tunnel, "peer_hello", None)):
+            return
+        if self.session_id not in (None, tunnel.session_id):
+            return
+        self.session.session_key = session_key(tunnel)
+        self.session_id = tunnel.session_id
+        self._apply(Input.KEY_LEARNED)
 
     def _offer(self, tunnel: Any, media: bool) -> None:
         raw = bytes.fromhex(tunnel.peer_hello["challenge"])
         assert self.session_id is not None
         proofs = {user: resumption_proof(key, raw, self.session_id) for user, key in self.keys.items()}
         message: dict[str, Any] = {"op": "resume", "session_id": self.session_id, "proofs": proofs}
+        if self.session.session_key is not None:
+            message["session_proof"] = resumption_proof(self.session.session_key, raw, self.session_id)
         if not media:
             message["media"] = False
         tunnel.send_control(message)
@@ -320,6 +373,9 @@ class AgentResumption(_Lifecycle):
             self._apply(Input.RESUME_OK if media else Input.RESUME_OK_REGISTRATIONS, tunnel)
         elif op == "resume-failed":
             self._apply(Input.RESUME_REFUSED, tunnel, str(message.get("reason", "refused")))
+            # the connection goes on with the fresh session it came with
+            if tunnel is self.handle.current:
+                self._new_session_key(tunnel)
 
     def _resume(self, tunnel: Any, media: bool) -> None:
         old, self.session.suspended = self.session.suspended, None
@@ -350,7 +406,7 @@ class AgentResumption(_Lifecycle):
     def tunnel_lost(self, tunnel: Any, reason: str) -> None:
         self.handle.tunnel_lost(tunnel, reason)
         self.session.stop_using_tunnel(tunnel)
-        resumable = bool(self.keys) and self.window > 0 and not self._stopping
+        resumable = self.session.resumable and self.window > 0 and not self._stopping
         self._apply(Input.TUNNEL_LOST if resumable else Input.TUNNEL_ENDED, tunnel, reason)
         if self.forwarder is not None:
             self.forwarder.tunnel_lost(tunnel, reason)
@@ -391,6 +447,7 @@ class AgentResumption(_Lifecycle):
             self.media.session_ended(old.session_id, reason)
         self.keys.clear()
         self.flows.clear()
+        self.session.session_key = None
         self.session_id = None
 
     def _cancel(self) -> None:

@@ -3,8 +3,9 @@
 A session in the state file (L{spwm.state}) and back: one codec instead
 of the resumption's and the SIP core's exporters stitched together.
 
-An entry is C{{"keys": {user: hex}, "flows": {user: flow id}, "sip":
-{...}}}; C{"sip"} is what the contact point's SIP core exports for the
+An entry is C{{"keys": {user: hex}, "flows": {user: flow id},
+"session_key": hex, "sip": {...}}} (C{"session_key"} only when the
+session has one: files written before it are read as without); C{"sip"} is what the contact point's SIP core exports for the
 session (its registrations and rewritten contacts), passed through.
 """
 
@@ -22,11 +23,14 @@ def to_json(session: Session, sip: Any) -> dict[str, Any]:
     @param sip: the SIP core's export of the session's registrations.
     @return: the session's entry, JSON-ready.
     """
-    return {
+    entry = {
         "keys": {user: key.hex() for user, key in session.keys.items()},
         "flows": dict(session.flows),
         "sip": sip,
     }
+    if session.session_key is not None:
+        entry["session_key"] = session.session_key.hex()
+    return entry
 
 
 def from_json(session_id: Any, entry: Any) -> tuple[Session, Any]:
@@ -38,6 +42,8 @@ def from_json(session_id: Any, entry: Any) -> tuple[Session, Any]:
     try:
         keys = {str(user): bytes.fromhex(key) for user, key in entry["keys"].items()}
         flows = {str(user): int(fid) for user, fid in entry["flows"].items()}
+        own = entry.get("session_key")
+        session_key = None if own is None else bytes.fromhex(own)
     except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"malformed sessions: {e!r}") from None
-    return Session(str(session_id), keys=keys, flows=flows), entry.get("sip")
+    return Session(str(session_id), keys=keys, flows=flows, session_key=session_key), entry.get("sip")

@@ -24,7 +24,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from spwm.security.keys import KEY_LENGTH, check_proof
-from spwm.security.resume import MAX_DORMANT, MAX_RESUME_USERS, RegistrationWatcher, user_key
+from spwm.security.resume import (
+    MAX_DORMANT,
+    MAX_RESUME_USERS,
+    RegistrationWatcher,
+    both_make_session_keys,
+    session_key,
+    user_key,
+)
 from spwm.session.codec import from_json, to_json
 from spwm.session.session import Session
 from spwm.session.state import CONTACT_TRANSITIONS, Effect, Input, SessionState, transition
@@ -90,6 +97,13 @@ class SessionManager:
         for the status and the tests; the keys live in the sessions).
         """
         return {sid: s.keys for sid, s in self.sessions.items() if s.keys}
+
+    def resumable_ids(self) -> set[str]:
+        """
+        The ids of the sessions a key can resume (a per-user key or the
+        session's own), live, suspended or dormant.
+        """
+        return {sid for sid, s in self.sessions.items() if s.resumable}
 
     @property
     def flows(self) -> dict[str, dict[str, int]]:
@@ -158,7 +172,11 @@ class SessionManager:
 
     def tunnel_established(self, tunnel: Any) -> None:
         self._decide(tunnel.session_id, Input.TUNNEL_UP)  # always ATTACH
-        self.sessions[tunnel.session_id].use_tunnel(tunnel)
+        session = self.sessions[tunnel.session_id]
+        session.use_tunnel(tunnel)
+        if session.session_key is None and both_make_session_keys(getattr(tunnel, "peer_hello", None)):
+            # a fresh session: its own key, which the agent makes too
+            session.session_key = session_key(tunnel)
         self.sip.tunnel_established(tunnel)
 
     def tunnel_lost(self, tunnel: Any, reason: str) -> None:
@@ -188,7 +206,7 @@ class SessionManager:
             event = Input.GONE_AWAY
         elif (
             session is not None
-            and session.keys
+            and session.resumable
             and self.window > 0
             and not self._stopping
             and session.state is not SessionState.SUSPENDED
@@ -324,7 +342,7 @@ class SessionManager:
         return {
             session_id: to_json(session, None if sip is None else sip(session_id))
             for session_id, session in self.sessions.items()
-            if session.keys
+            if session.resumable
         }
 
     def import_state(self, sessions: Any) -> int:
@@ -346,7 +364,8 @@ class SessionManager:
             registrations = self.sip.registrations(session_id)
             if (
                 not registrations
-                or not keys
+                or not restored.resumable
+                or (restored.session_key is not None and len(restored.session_key) != KEY_LENGTH)
                 or set(keys) != set(flows)
                 or any(len(key) != KEY_LENGTH for key in keys.values())
                 or not all(0 <= fid < 2**32 for fid in flows.values())
@@ -430,19 +449,27 @@ class SessionManager:
             )
             tunnel.send_control({"op": "resume-failed", "reason": "session held by another worker", "redirect": redirect})
             return
+        own = message.get("session_proof")
         if not found or session is None or not isinstance(old_session, str):
             problem = "no suspended session by that name"
-        elif not isinstance(proofs, dict) or not proofs or len(proofs) > MAX_RESUME_USERS:
+        elif not isinstance(proofs, dict) or len(proofs) > MAX_RESUME_USERS or not (proofs or own is not None):
             problem = "no proofs"
         elif not isinstance(challenge, str):
             problem = "no challenge was sent"
         else:
             raw = bytes.fromhex(challenge)
+            if session.session_key is not None and not check_proof(session.session_key, raw, old_session, own):
+                # the session has its own key: the agent that made the
+                # session proves it, whatever users it names
+                problem = "wrong session proof" if own is not None else "no session proof"
+            elif session.session_key is None and not proofs:
+                problem = "no proofs"
             for user, proof in proofs.items():
+                if problem is not None:
+                    break
                 key = session.keys.get(user)
                 if key is None or not check_proof(key, raw, old_session, proof):
                     problem = f"wrong proof for {user}"
-                    break
         if problem is not None:
             self.refused += 1
             self.log.warn(

@@ -30,6 +30,9 @@ class Session:
         it; flow tokens and media are keyed by it).
     @ivar state: where it is (L{SessionState}).
     @ivar keys: user id -> per-user key.
+    @ivar session_key: the session's own key (L{spwm.security.keys.derive_session_key}),
+        when both halves made one: it resumes a session whose
+        registrations gave no per-user key; C{None} otherwise.
     @ivar flows: user id -> the agent's flow that registered it.
     @ivar watcher: the REGISTER transactions crossing it, while live.
     @ivar timer: the window's end (C{SUSPENDED}) or the check of its last
@@ -44,11 +47,19 @@ class Session:
     session_id: str
     state: SessionState = SessionState.ENDED
     keys: dict[str, bytes] = Factory(dict)
+    session_key: bytes | None = None
     flows: dict[str, int] = Factory(dict)
     watcher: RegistrationWatcher | None = None
     timer: IDelayedCall | None = None
     connections: list[Any] = Factory(list)
     suspended: Any = None
+
+    @property
+    def resumable(self) -> bool:
+        """
+        Whether a key can prove the session: a per-user key or its own.
+        """
+        return bool(self.keys) or self.session_key is not None
 
     @property
     def primary(self) -> Any:

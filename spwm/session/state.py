@@ -15,8 +15,9 @@ L{CONTACT_TRANSITIONS} each session of the contact point
 
 States:
 
-- C{ENDED}: no session worth resuming (no per-user key yet, or given up).
-- C{LIVE}: a session with keys, on a live tunnel.
+- C{ENDED}: no session worth resuming (no key yet, or given up).
+- C{LIVE}: a session with keys (per-user keys, or its own session key), on
+  a live tunnel.
 - C{SUSPENDED}: its tunnel broke; within the resumption window calls and
   media are kept (sockets bound, channels gone).
 - C{DORMANT}: the window is over: calls and media released, keys kept so
@@ -25,7 +26,8 @@ States:
 Inputs (the session logic makes them from the tunnel's life and the
 resume control messages):
 
-- C{KEY_LEARNED}: a REGISTER succeeded with digest credentials.
+- C{KEY_LEARNED}: a REGISTER succeeded with digest credentials, or the
+  session's own key was made (both halves make one).
 - C{TUNNEL_UP}: a tunnel came up (in C{SUSPENDED}/C{DORMANT} with a
   challenge to answer: the proof is sent).
 - C{TUNNEL_LOST}: the tunnel broke and the session can be resumed (keys,

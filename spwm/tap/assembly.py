@@ -767,6 +767,8 @@ def _agent_side(
         session_lost=lambda flows: later_runner().close_stream_flows(flows),
         forwarder=forwarder,
     )
+    # a cut of the session's connection: SIP waits for the resumption
+    handle.resuming = lambda: resumption.resuming
     proxy = AgentSipProxy(
         handle,
         agent_id,

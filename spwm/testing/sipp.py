@@ -49,6 +49,17 @@ def last_stats(path: str | os.PathLike[str]) -> dict[str, str]:
     return rows[-1] if rows else {}
 
 
+def stat_count(row: dict[str, str], key: str) -> int:
+    """
+    The whole number in column C{key} of a statistics C{row} (0 when it is
+    absent or not a number).
+    """
+    try:
+        return int(float(row.get(key, "0") or 0))
+    except ValueError:
+        return 0
+
+
 def sipp_time(value: str) -> float:
     """
     Seconds of a SIPp duration C{HH:MM:SS:uuuuuu} (or C{HH:MM:SS}); NaN when

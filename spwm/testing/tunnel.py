@@ -64,6 +64,8 @@ class FakeTunnel:
         self.producers: list[IPushProducer] = []
         self.open_error: Exception | None = None
         self._next_channel = first_channel
+        #: what L{export_keying_material} gives (C{None}: plaintext)
+        self.exported: bytes | None = None
 
     def __repr__(self) -> str:
         return f"<FakeTunnel {self._session_id}>"
@@ -71,6 +73,12 @@ class FakeTunnel:
     @property
     def session_id(self) -> str:
         return self._session_id
+
+    def export_keying_material(self, label: bytes, length: int) -> bytes | None:
+        """
+        A plaintext tunnel's: none (L{exported} when a test sets it).
+        """
+        return self.exported
 
     @property
     def agent_id(self) -> str:

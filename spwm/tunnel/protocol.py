@@ -1221,6 +1221,10 @@ class ContactTunnelFactory(_TunnelFactory):
             session_id=secrets.token_hex(8) if self.worker_ports is None else self.worker_ports.new_session_id(),
             hello={
                 "challenge": secrets.token_hex(16),
+                # this contact point makes a session key for an agent that
+                # makes one too (spwm.security.keys): resumable without
+                # per-user keys
+                "session_key": 1,
                 # several connections per session: the key a further
                 # connection proves it knows (spwm.session.carrier)
                 **({"paths": 1, "attach_key": secrets.token_hex(32)} if self.paths else {}),

@@ -36,6 +36,9 @@ class _LoopbackPair(TestCase):
     # the agents' own options: one connection each (resumption is what
     # happens when a session's last connection is lost)
     agent_extra: list[str] = ["--tunnel-connections", "1"]
+    #: the phones' REGISTER credentials (C{None}: none, as for a
+    #: registrar that does not authenticate)
+    digest: str | None = DIGEST
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
@@ -72,9 +75,10 @@ class _LoopbackPair(TestCase):
         for phone in (alice, bob):
             phone.start()
             self.addCleanup(phone.stop)
-        response = yield alice.register(authorization=DIGEST.format(user="alice"))
+        digest = self.digest
+        response = yield alice.register(authorization=digest and digest.format(user="alice"))
         self.assertEqual(response.status, 200)
-        response = yield bob.register(authorization=DIGEST.format(user="bob"))
+        response = yield bob.register(authorization=digest and digest.format(user="bob"))
         self.assertEqual(response.status, 200)
         a_call = yield alice.call("bob")
         b_call = yield answered
@@ -98,6 +102,30 @@ class _LoopbackPair(TestCase):
         third = yield alice.call("bob")
         response = yield alice.hang_up(third)
         self.assertEqual(response.status, 200)
+
+    @defer.inlineCallbacks
+    def cut_and_resume(self, alice: Any, bob: Any, a_call: Any, b_call: Any) -> Any:
+        """
+        Cut the first agent's tunnel during a call: its agent resumes the
+        session on a new connection, RTP flows both ways again within a
+        second, and no SIP crossed the contact point for it.
+        """
+        agent1 = self.agents[0]
+        old = agent1.tunnel_service.tunnel
+        session = old.session_id
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        sip_before = dict(alice.sent), dict(bob.received)
+        old.transport.abortConnection()
+        yield wait_until(lambda: agent1.resumption.resumed == 1, timeout=10)
+        new = agent1.tunnel_service.tunnel
+        self.assertIsNot(new, old)
+        self.assertEqual(new.session_id, session)
+        resumed_at = (a_call.rx.unique, b_call.rx.unique)
+        yield task.deferLater(reactor, 1.0, lambda: None)
+        self.assertGreater(a_call.rx.unique - resumed_at[0], 30)
+        self.assertGreater(b_call.rx.unique - resumed_at[1], 30)
+        self.assertEqual((dict(alice.sent), dict(bob.received)), sip_before)
+        self.assertEqual(self.contact.resumption.resumed, 1)
 
     @defer.inlineCallbacks
     def start_contact(self) -> Any:
@@ -133,19 +161,7 @@ class ResumptionTests(_LoopbackPair):
         session = old.session_id
         self.assertEqual(set(agent1.resumption.keys), {"alice@example.test"})
         self.assertEqual(agent1.resumption.keys, self.contact.resumption.keys[session])
-        yield task.deferLater(reactor, 0.5, lambda: None)
-        sip_before = dict(alice.sent), dict(bob.received)
-        old.transport.abortConnection()
-        yield wait_until(lambda: agent1.resumption.resumed == 1, timeout=10)
-        new = agent1.tunnel_service.tunnel
-        self.assertIsNot(new, old)
-        self.assertEqual(new.session_id, session)
-        resumed_at = (a_call.rx.unique, b_call.rx.unique)
-        yield task.deferLater(reactor, 1.0, lambda: None)
-        self.assertGreater(a_call.rx.unique - resumed_at[0], 30)
-        self.assertGreater(b_call.rx.unique - resumed_at[1], 30)
-        self.assertEqual((dict(alice.sent), dict(bob.received)), sip_before)
-        self.assertEqual(self.contact.resumption.resumed, 1)
+        yield self.cut_and_resume(alice, bob, a_call, b_call)
         # the session is still registered and usable: hang up cleanly
         a_call.stop_media()
         b_call.stop_media()
@@ -171,6 +187,80 @@ class ResumptionTests(_LoopbackPair):
         self.assertNotEqual(new.session_id, session)
         # The agent gave up its old session at once.
         yield wait_until(lambda: agent1.media.open_sockets == 0)
+        a_call.stop_media()
+        b_call.stop_media()
+
+
+class KeylessResumptionTests(_LoopbackPair):
+    """
+    Resumption of a session whose registrations carried no digest
+    credentials (a registrar that does not authenticate: here the
+    embedded one), by the session's own key.
+    """
+
+    digest = None
+
+    @defer.inlineCallbacks
+    def test_media_resumes_after_reconnect(self) -> Any:
+        """
+        No per-user key, but both halves made the same session key; when
+        alice's tunnel is cut her agent resumes the session with it: RTP
+        flows both ways again within a second, no SIP crossed the contact
+        point for it, and both phones can still call each other (their
+        registrations went on with the session).
+        """
+        alice, bob, a_call, b_call = yield self.call()
+        agent1 = self.agents[0]
+        old = agent1.tunnel_service.tunnel
+        session = old.session_id
+        self.assertEqual((agent1.resumption.keys, self.contact.resumption.keys.get(session)), ({}, None))
+        own = agent1.resumption.session.session_key
+        self.assertIsNotNone(own)
+        self.assertEqual(own, self.contact.resumption.sessions[session].session_key)
+        yield self.cut_and_resume(alice, bob, a_call, b_call)
+        a_call.stop_media()
+        b_call.stop_media()
+        response = yield alice.hang_up(a_call)
+        self.assertEqual(response.status, 200)
+        yield self.calls_both_ways(alice, bob)
+        yield wait_until(lambda: self.contact.media.open_sockets == 0 and agent1.media.open_sockets == 0)
+
+    @defer.inlineCallbacks
+    def test_hang_up_during_the_cut(self) -> Any:
+        """
+        A BYE sent the moment the tunnel is cut waits for the resumption
+        (it is not answered 503): the call ends with 200 on both sides.
+        """
+        alice, bob, a_call, b_call = yield self.call()
+        agent1 = self.agents[0]
+        agent1.tunnel_service.tunnel.transport.abortConnection()
+        a_call.stop_media()
+        b_call.stop_media()
+        response = yield alice.hang_up(a_call)
+        self.assertEqual(response.status, 200)
+        self.assertEqual(agent1.resumption.resumed, 1)
+        self.assertEqual(agent1.handle.counters["refused_no_tunnel"], 0)
+        yield wait_until(lambda: self.contact.media.open_sockets == 0 and agent1.media.open_sockets == 0)
+
+    @defer.inlineCallbacks
+    def test_forged_resumption_refused(self) -> Any:
+        """
+        A resume with a wrong session proof is refused and logged; the
+        agent goes on with a fresh session (and a session key of its own).
+        """
+        alice, bob, a_call, b_call = yield self.call()
+        agent1 = self.agents[0]
+        session = agent1.tunnel_service.tunnel.session_id
+        agent1.resumption.session.session_key = b"\0" * 32
+        agent1.tunnel_service.tunnel.transport.abortConnection()
+        yield wait_until(lambda: self.contact.resumption.refused == 1, timeout=10)
+        self.assertEqual(self.contact.resumption.resumed, 0)
+        new = agent1.tunnel_service.tunnel
+        self.assertNotEqual(new.session_id, session)
+        yield wait_until(lambda: agent1.media.open_sockets == 0)
+        self.assertEqual(
+            agent1.resumption.session.session_key, self.contact.resumption.sessions[new.session_id].session_key
+        )
         a_call.stop_media()
         b_call.stop_media()
 
