@@ -446,6 +446,23 @@ class SessionKeyTests(SynchronousTestCase):
         new = self._resume(contact, "s1", proofs=user, session_proof=resumption_proof(own, CHALLENGE, "s1"))
         self.assertEqual(new.controls[0]["op"], "resumed")
 
+    def test_none_without_tls(self) -> None:
+        """
+        Without TLS keying material (a plaintext or a QUIC tunnel) neither
+        half makes a session key: the session id alone is in the flow
+        tokens of C{Record-Route} and C{Path}, no secret.  Such a session
+        without per-user keys ends with its connection, as before.
+        """
+        clock, contact, media, sip = _contact()
+        old = FakeTunnel("s1", peer_hello={"session_key": 1})
+        contact.tunnel_established(old)
+        agent = AgentResumption(Clock(), 60.0, FakeMedia(), FakeHandle())
+        agent.tunnel_established(FakeTunnel("s1", peer_hello={"challenge": CHALLENGE.hex(), "session_key": 1}))
+        self.assertEqual((contact.sessions["s1"].session_key, agent.session.session_key), (None, None))
+        self.assertEqual(agent.state, SessionState.ENDED)
+        contact.tunnel_lost(old, "cut")
+        self.assertEqual(media.calls, [("lost", "s1")])
+
     def test_older_agent(self) -> None:
         """
         An agent that does not say it makes session keys gets none: its
@@ -466,6 +483,7 @@ class SessionKeyTests(SynchronousTestCase):
         clock, media = Clock(), FakeMedia()
         agent = AgentResumption(clock, 60.0, media, FakeHandle())
         first = FakeTunnel("s1", peer_hello={"challenge": CHALLENGE.hex(), "session_key": 1})
+        first.exported = self.EXPORTED
         agent.tunnel_established(first)
         key = agent.session.session_key
         agent.tunnel_lost(first, "cut")
@@ -493,7 +511,9 @@ class SessionKeyTests(SynchronousTestCase):
                 seen.append(len(tunnel.controls))
 
         agent = AgentResumption(Clock(), 60.0, FakeMedia(), Handle())
-        agent.tunnel_established(FakeTunnel("s1", peer_hello={"session_key": 1}))
+        first = FakeTunnel("s1", peer_hello={"session_key": 1})
+        first.exported = self.EXPORTED
+        agent.tunnel_established(first)
         agent.tunnel_lost(FakeTunnel("s1"), "cut")
         self.assertTrue(agent.resuming)
         agent.tunnel_established(FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex(), "session_key": 1}))
@@ -507,8 +527,10 @@ class SessionKeyTests(SynchronousTestCase):
         """
         clock, media = Clock(), FakeMedia()
         agent = AgentResumption(clock, 60.0, media, FakeHandle())
-        agent.tunnel_established(FakeTunnel("s1", peer_hello={"session_key": 1}))
-        agent.tunnel_lost(FakeTunnel("s1"), "cut")
+        first = FakeTunnel("s1", peer_hello={"session_key": 1})
+        first.exported = self.EXPORTED
+        agent.tunnel_established(first)
+        agent.tunnel_lost(first, "cut")
         new = FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex(), "session_key": 1})
         new.exported = self.EXPORTED
         agent.handle.current = new

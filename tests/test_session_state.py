@@ -152,6 +152,7 @@ class AgentLives(RuleBasedStateMachine):
             # a contact point that makes session keys
             hello["session_key"] = 1
         self.tunnel = FakeTunnel(f"n{self.count}", peer_hello=hello)
+        self.tunnel.exported = KEY  # TLS keying material
         self.up = True
         self.resumption.handle.current = self.tunnel
         self.resumption.tunnel_established(self.tunnel)

@@ -125,7 +125,8 @@ def derive_session_key(exported: bytes | None, session_id: str) -> bytes:
 
     @param exported: keying material exported with L{EXPORTER_LABEL}
         from the TLS session of the connection that made the session, or
-        C{None} for a plaintext tunnel (then the key is not secret).
+        C{None} for a plaintext tunnel (then the key is not secret: the
+        halves make none, L{spwm.security.resume.session_key}).
     """
     info = b"spwm/1 session key\x00" + session_id.encode("utf-8")
     return HKDF(algorithm=hashes.SHA256(), length=KEY_LENGTH, salt=b"spwm/1", info=info).derive(exported or b"")

@@ -114,12 +114,16 @@ def user_key(tunnel: Any, credentials: DigestCredentials) -> bytes:
     return derive_user_key(credentials, exported)
 
 
-def session_key(tunnel: Any) -> bytes:
+def session_key(tunnel: Any) -> bytes | None:
     """
     Derive the key of C{tunnel}'s (fresh) session with the keying material
-    of its TLS session.
+    of its TLS session; C{None} without TLS keying material (a plaintext
+    tunnel, a QUIC one): the session id alone is no secret (it is in the
+    flow tokens of C{Record-Route} and C{Path}), so such a session gets
+    no key of its own.
     """
-    return derive_session_key(tunnel.export_keying_material(EXPORTER_LABEL, KEY_LENGTH), tunnel.session_id)
+    exported = tunnel.export_keying_material(EXPORTER_LABEL, KEY_LENGTH)
+    return None if exported is None else derive_session_key(exported, tunnel.session_id)
 
 
 def both_make_session_keys(hello: Any) -> bool:
@@ -351,7 +355,10 @@ class AgentResumption(_Lifecycle):
             return
         if self.session_id not in (None, tunnel.session_id):
             return
-        self.session.session_key = session_key(tunnel)
+        key = session_key(tunnel)
+        if key is None:
+            return
+        self.session.session_key = key
         self.session_id = tunnel.session_id
         self._apply(Input.KEY_LEARNED)
 

@@ -176,6 +176,7 @@ class SessionManager:
         session.use_tunnel(tunnel)
         if session.session_key is None and both_make_session_keys(getattr(tunnel, "peer_hello", None)):
             # a fresh session: its own key, which the agent makes too
+            # (none without TLS keying material)
             session.session_key = session_key(tunnel)
         self.sip.tunnel_established(tunnel)
 
