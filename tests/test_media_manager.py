@@ -656,6 +656,54 @@ class LifetimeTests(SynchronousTestCase):
         self.assertEqual(agent.open_channels, 2)
 
 
+class SuspendedSessionTests(SynchronousTestCase):
+    """
+    A call that SIP waiting for a resumption starts (its session
+    suspended, no connection open) keeps its stream until the resumption
+    brings the channel.
+    """
+
+    OFFER = _sdp(PHONE, ("audio", 4000, ""))
+
+    def test_stream_waits_for_the_resumption(self) -> None:
+        """
+        The stream made while the session is suspended has no channel and
+        is not released; after the resumption the peer's channel for it is
+        attached and RTP goes through.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        agent.session_suspended(a_end.session_id)
+        a_end.open_error = TunnelNotOpenError("the session has no open connection")
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", self.OFFER)
+        self.assertEqual((agent.streams, agent.open_channels, agent.rejected_streams), (1, 0, 0))
+        a_end.open_error = None
+        agent.session_resumed(a_end.session_id, a_end, reopen=False)
+        # the INVITE reaches the contact point on the resumed session: it
+        # opens the stream's channel, which the agent attaches
+        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", self.OFFER)
+        self.assertEqual((agent.open_channels, contact.open_channels), (1, 1))
+        answer = _sdp(OPERATOR, ("audio", 6000, ""))
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer)
+        agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer)
+        [(_, port)] = [key for key in reactor.udp if key[0] == AGENT_ADDR and key[1] % 2 == 0]
+        reactor.udp[AGENT_ADDR, port].receive(b"rtp", (PHONE, 4000))
+        self.assertEqual([d for _, d, _ in a_end.datagrams], [b"rtp"])
+
+    def test_released_when_not_suspended(self) -> None:
+        """
+        Without a suspension (a connection that is just not open) the
+        stream is released for want of a channel, as before.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        a_end.open_error = TunnelNotOpenError("the session has no open connection")
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", self.OFFER)
+        self.assertEqual((agent.streams, agent.rejected_streams), (0, 1))
+        agent.session_suspended(a_end.session_id)
+        agent.session_ended(a_end.session_id)
+        agent.sdp_into_tunnel(a_end, DIALOG + "2", "application/sdp", self.OFFER)
+        self.assertEqual((agent.streams, agent.rejected_streams), (0, 2))
+
+
 class RefusalTests(SynchronousTestCase):
     """
     Channels and streams the manager does not take.

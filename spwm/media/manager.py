@@ -705,6 +705,11 @@ class MediaManager:
         # dropped by the next sweep): one without streams for the media
         # timeout ends (L{_sweep})
         self._streamless: dict[tuple[str, str], float] = {}
+        #: the sessions whose connection broke and that may be resumed: a
+        #: stream made meanwhile (a call that SIP waiting for the
+        #: resumption starts) waits for its channel instead of being
+        #: released for want of one
+        self._suspended: set[str] = set()
         self._sweeper = Sweep(
             self.clock,
             lambda: sweep_interval(self.inactivity_timeout),
@@ -1350,6 +1355,7 @@ class MediaManager:
         its window over): release every stream of its dialogs (their
         channels are gone with the connection).
         """
+        self._suspended.discard(session_id)
         now = self.clock.seconds()
         dialogs = self._sessions.pop(session_id, {})
         self._dialog_count -= len(dialogs)
@@ -1366,8 +1372,10 @@ class MediaManager:
         The session's connection broke but the session may be resumed:
         its channels are gone, the streams, their relay sockets and ports
         stay (what our side sends meanwhile is dropped and counted) until
-        L{session_resumed} or L{session_ended}.
+        L{session_resumed} or L{session_ended}.  A stream made meanwhile
+        waits for its channel too.
         """
+        self._suspended.add(session_id)
         for dialog in self._sessions.get(session_id, {}).values():
             for stream in dialog.streams.values():
                 self._drop_channel(stream)
@@ -1382,7 +1390,10 @@ class MediaManager:
         stream again; the other side attaches them as they come, by dialog
         and stream.  A stream whose channel is on another connection is
         moved (its channel forgotten); one on C{tunnel} already is left.
+        A stream made while the session was suspended has no channel yet:
+        it gets one the same way.
         """
+        self._suspended.discard(session_id)
         now = self.clock.seconds()
         moved = []
         for dialog in self._sessions.get(session_id, {}).values():
@@ -1910,22 +1921,35 @@ class MediaManager:
             }
         try:
             channel_id = tunnel.open_channel(kind, meta, self)
-        except (ChannelLimitError, TunnelNotOpenError) as e:
-            self.rejected_streams += 1
-            self.refused_local_channels += 1
-            self._warn(
-                "no channel",
-                "no media channel for stream {stream} of dialog {dialog}: {reason}",
-                stream=stream.index,
-                dialog=stream.dialog,
-                reason=str(e),
-            )
-            dialog = self._find(stream.session, stream.dialog)
-            if dialog is not None and dialog.streams.get(stream.index) is stream:
-                self._release_stream(dialog, stream.index, "no media channel", close=False)
+        except TunnelNotOpenError as e:
+            if stream.session in self._suspended:
+                # the session is being resumed: the channel comes with the
+                # resumption (session_resumed)
+                return True
+            self._refuse_stream(stream, str(e))
+            return False
+        except ChannelLimitError as e:
+            self._refuse_stream(stream, str(e))
             return False
         self._attach(stream, channel_id)
         return True
+
+    def _refuse_stream(self, stream: _Stream, reason: str) -> None:
+        """
+        No channel for C{stream}: counted, logged, and the stream released.
+        """
+        self.rejected_streams += 1
+        self.refused_local_channels += 1
+        self._warn(
+            "no channel",
+            "no media channel for stream {stream} of dialog {dialog}: {reason}",
+            stream=stream.index,
+            dialog=stream.dialog,
+            reason=reason,
+        )
+        dialog = self._find(stream.session, stream.dialog)
+        if dialog is not None and dialog.streams.get(stream.index) is stream:
+            self._release_stream(dialog, stream.index, "no media channel", close=False)
 
     def _attach(self, stream: _Stream, channel_id: int) -> None:
         stream.channel_id = channel_id

@@ -773,7 +773,10 @@ def _agent_side(
         handle,
         agent_id,
         # media from the phone's signalling host latches (docs/media.md)
-        media_hook=MediaHookAdapter(media, lambda key: key.current, flow_source(flows, reactor)),
+        # while the session's connection is lost and being resumed, its
+        # media is the suspended session's (the SIP that waits meanwhile
+        # starts and ends calls of that session)
+        media_hook=MediaHookAdapter(media, lambda key: key.current or resumption.session.suspended, flow_source(flows, reactor)),
         max_message_size=limits.sip.max_message_size,
         names=names,
         flows=flows,

@@ -103,6 +103,17 @@ class _LoopbackPair(TestCase):
         response = yield alice.hang_up(third)
         self.assertEqual(response.status, 200)
 
+    def cut_all(self, agent: Any) -> None:
+        """
+        Reset every connection of C{agent}'s session at once.
+        """
+        front = agent.paths.front if agent.paths is not None else None
+        if front is not None:
+            for path in list(front.paths):
+                path.transport.abortConnection()
+        else:
+            agent.tunnel_service.tunnel.transport.abortConnection()
+
     @defer.inlineCallbacks
     def cut_and_resume(self, alice: Any, bob: Any, a_call: Any, b_call: Any) -> Any:
         """
@@ -115,7 +126,7 @@ class _LoopbackPair(TestCase):
         session = old.session_id
         yield task.deferLater(reactor, 0.5, lambda: None)
         sip_before = dict(alice.sent), dict(bob.received)
-        old.transport.abortConnection()
+        self.cut_all(agent1)
         yield wait_until(lambda: agent1.resumption.resumed == 1, timeout=10)
         new = agent1.tunnel_service.tunnel
         self.assertIsNot(new, old)
@@ -229,18 +240,55 @@ class KeylessResumptionTests(_LoopbackPair):
     def test_hang_up_during_the_cut(self) -> Any:
         """
         A BYE sent the moment the tunnel is cut waits for the resumption
-        (it is not answered 503): the call ends with 200 on both sides.
+        (it is not answered 503): the call ends with 200 on both sides,
+        and both halves release its media at once (not at the media
+        timeout).
         """
         alice, bob, a_call, b_call = yield self.call()
         agent1 = self.agents[0]
-        agent1.tunnel_service.tunnel.transport.abortConnection()
+        self.cut_all(agent1)
         a_call.stop_media()
         b_call.stop_media()
         response = yield alice.hang_up(a_call)
         self.assertEqual(response.status, 200)
         self.assertEqual(agent1.resumption.resumed, 1)
         self.assertEqual(agent1.handle.counters["refused_no_tunnel"], 0)
-        yield wait_until(lambda: self.contact.media.open_sockets == 0 and agent1.media.open_sockets == 0)
+        yield wait_until(
+            lambda: (self.contact.media.calls, agent1.media.calls, agent1.media.open_sockets) == (0, 0, 0), timeout=3
+        )
+
+    @defer.inlineCallbacks
+    def test_call_during_the_cut(self) -> Any:
+        """
+        A call placed the moment the tunnel is cut waits for the
+        resumption and is set up on the resumed session, with RTP both
+        ways.
+        """
+        alice, bob, a_call, b_call = yield self.call()
+        a_call.stop_media()
+        b_call.stop_media()
+        response = yield alice.hang_up(a_call)
+        self.assertEqual(response.status, 200)
+        agent1 = self.agents[0]
+        answered: defer.Deferred[Any] = defer.Deferred()
+        bob.on_incoming = lambda c: answered.called or answered.callback(c)
+        self.cut_all(agent1)
+        second = yield alice.call("bob")
+        incoming = yield answered
+        yield incoming.established
+        second.start_media()
+        incoming.start_media()
+        yield task.deferLater(reactor, 1.0, lambda: None)
+        self.assertGreater(second.rx.unique, 30)
+        self.assertGreater(incoming.rx.unique, 30)
+        self.assertEqual(agent1.resumption.resumed, 1)
+        second.stop_media()
+        incoming.stop_media()
+        response = yield alice.hang_up(second)
+        self.assertEqual(response.status, 200)
+        yield wait_until(
+            lambda: (self.contact.media.calls, agent1.media.calls, agent1.media.open_sockets) == (0, 0, 0), timeout=3
+        )
 
     @defer.inlineCallbacks
     def test_forged_resumption_refused(self) -> Any:
@@ -252,7 +300,7 @@ class KeylessResumptionTests(_LoopbackPair):
         agent1 = self.agents[0]
         session = agent1.tunnel_service.tunnel.session_id
         agent1.resumption.session.session_key = b"\0" * 32
-        agent1.tunnel_service.tunnel.transport.abortConnection()
+        self.cut_all(agent1)
         yield wait_until(lambda: self.contact.resumption.refused == 1, timeout=10)
         self.assertEqual(self.contact.resumption.resumed, 0)
         new = agent1.tunnel_service.tunnel
@@ -263,6 +311,15 @@ class KeylessResumptionTests(_LoopbackPair):
         )
         a_call.stop_media()
         b_call.stop_media()
+
+
+class KeylessPathsResumptionTests(KeylessResumptionTests):
+    """
+    The same with the agents' default connections (C{auto}: two), every
+    one of them cut at once.
+    """
+
+    agent_extra: list[str] = []
 
 
 class CipheredResumptionTests(ResumptionTests):
