@@ -208,7 +208,18 @@ COUNTERS: dict[str, frozenset[str]] = {
     "tunnel": frozenset({"closes"}),
     "no_tunnel": frozenset({"refused_no_tunnel", "acks_dropped", "responses_dropped", "held", "held_overflow", "held_resuming"}),
     "sessions": frozenset({"resumed", "resume_refused", "resume_redirected", "resume_handed_on", "worker_redirects", "worker_fallbacks", "worker_avoided"}),
-    "sip": frozenset({"events", "refused", "deferred_messages", "deferred_turns"}),
+    "sip": frozenset(
+        {
+            "events",
+            "refused",
+            "deferred_messages",
+            "deferred_turns",
+            "resume_held",
+            "resume_held_sent",
+            "resume_held_overflow",
+            "resume_held_expired",
+        }
+    ),
     "media": frozenset(
         {
             "packets_in",

@@ -449,6 +449,69 @@ class ContactRunnerTests(SynchronousTestCase):
         self.assertEqual(r.core.counters["message for a tunnel that is not open"], 3)
         r.stop()
 
+    def test_held_while_resuming(self) -> None:
+        """
+        While the session waits for its agent to resume it, what would be
+        dropped (an in-dialog request, a response) waits instead and goes,
+        in order, on the connection the session is resumed on; a new
+        request for an RFC 5626 flow is still answered 430 (the phone's
+        other flow).  Past C{resume_hold} what waits is dropped as before.
+        """
+        from spwm.testing.tunnel import FakeTunnel
+
+        r = self.runner()
+        resuming = {self.tunnel.session_id}
+        r.resuming = lambda session: session in resuming
+        udp = SipUdpProtocol(r)
+        tr = FakeUdpTransport("203.0.113.5", 5060)
+        udp.makeConnection(tr)
+        outbound = register(contact_params=';+sip.instance="<urn:uuid:1>";reg-id=1').replace(
+            b"Content-Length", b"Supported: outbound\r\nContent-Length"
+        )
+        r.sip_received(self.tunnel, 4, outbound)
+        sent = tr.written[-1][0]
+        contact = parse_message(sent).get("Contact")
+        udp.datagramReceived(answer(sent, 200, extra=(("Contact", contact),)), ("198.51.100.7", 5060))
+        r.sip_received(self.tunnel, 4, request("INVITE", "sip:bob@example.org", call_id="out-1"))
+        invite_out = tr.written[-1][0]
+        rr = parse_message(invite_out).get("Record-Route")
+        assert rr is not None
+
+        def incoming(method: str, to: str, call_id: str) -> bytes:
+            return request(
+                method,
+                "sip:alice@192.0.2.10:5062",
+                via="SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKop1",
+                call_id=call_id,
+                to=to,
+                extra=(f"Route: {rr}",),
+            )
+
+        self.tunnel.up = False
+        bye = incoming("BYE", "<sip:alice@example.org>;tag=x", "in-1")
+        udp.datagramReceived(bye, ("198.51.100.7", 5060))
+        udp.datagramReceived(answer(invite_out, 180), ("198.51.100.7", 5060))
+        written = len(tr.written)
+        udp.datagramReceived(incoming("INVITE", "<sip:alice@example.org>", "in-2"), ("198.51.100.7", 5060))
+        self.assertEqual(parse_message(tr.written[-1][0]).status, 430)
+        self.assertEqual(len(tr.written), written + 1)
+        self.assertEqual(r.held_status()["resume_held_now"], 2)
+        self.clock.advance(3.9)
+        resumed = FakeTunnel(self.tunnel.session_id)
+        resuming.clear()
+        r.tunnel_established(resumed)
+        self.assertEqual([parse_message(d).method or parse_message(d).status for _, d in resumed.sip_sent], ["BYE", 180])
+        self.assertEqual((r.held_status()["resume_held_sent"], r.held_status()["resume_held_now"]), (2, 0))
+        self.assertNotIn("message for a tunnel that is not open", r.core.counters)
+        # lost again, and not resumed in time
+        resumed.up = False
+        resuming.add(self.tunnel.session_id)
+        udp.datagramReceived(bye, ("198.51.100.7", 5060))
+        self.clock.advance(4.1)
+        self.assertEqual(r.held_status()["resume_held_expired"], 1)
+        self.assertEqual(r.core.counters["message for a tunnel that is not open"], 1)
+        r.stop()
+
     def test_tcp_pool(self) -> None:
         """
         With a TCP operator proxy, one connection is opened on demand;

@@ -157,6 +157,12 @@ class NoTunnelTests(SynchronousTestCase):
         resuming[0] = False
         self.agent.from_phone(register(branch="z9hG4bKreg2"))
         self.assertEqual(len(self.agent.to_app), 2)
+        # the resumption's own bound on messages, above the on-demand one
+        resuming[0] = True
+        self.agent.handle.max_held, self.agent.handle.resume_max_held = 2, 5
+        for n in range(7):
+            self.agent.from_phone(register(branch=f"z9hG4bKr{n}"))
+        self.assertEqual((len(self.agent.to_app), self.agent.handle.counters["held_overflow"]), (4, 2))
 
     def test_retry_after_from_the_reconnect_schedule(self) -> None:
         """

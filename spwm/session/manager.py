@@ -98,6 +98,14 @@ class SessionManager:
         """
         return {sid: s.keys for sid, s in self.sessions.items() if s.keys}
 
+    def resuming(self, session_id: str) -> bool:
+        """
+        Whether the session's connection broke and its agent may still
+        resume it (suspended, within the window): SIP for it waits.
+        """
+        session = self.sessions.get(session_id)
+        return session is not None and session.state is SessionState.SUSPENDED and not self._stopping
+
     def resumable_ids(self) -> set[str]:
         """
         The ids of the sessions a key can resume (a per-user key or the
@@ -514,13 +522,16 @@ class SessionManager:
         self.sessions.pop(fresh, None)
         tunnel.adopt_session(old_session)
         session.use_tunnel(tunnel)
-        self.sip.tunnel_established(tunnel)
         resumed: dict[str, Any] = {"op": "resumed", "session_id": old_session, "users": sorted(proofs)}
         if not media:
             resumed["media"] = False
+        # the answer goes before the SIP that waited for the session (the
+        # runner sends it now): the agent takes that SIP as the resumed
+        # session's, not as its new connection's fresh one
         tunnel.send_control(resumed)
         for user, key in session.keys.items():
             tunnel.bind_flow_key(session.flows[user], key)
+        self.sip.tunnel_established(tunnel)
         if media:
             self.media.session_resumed(old_session, tunnel, reopen=True)
         # calls made on the new connection before the proof go on

@@ -199,6 +199,9 @@ class AuthorizingContactProxy:
     def undeliverable(self, tunnel_key: Any, flow_id: int, data: bytes, now: float) -> list[Any]:
         return self._core.undeliverable(tunnel_key, flow_id, data, now)
 
+    def fails_over(self, tunnel_key: Any, flow_id: int, data: bytes) -> bool:
+        return self._core.fails_over(tunnel_key, flow_id, data)
+
     def tunnel_detached(self, tunnel_key: Any, keep_registrations: bool = False) -> None:
         session = getattr(tunnel_key, "session_id", None)
         if session is not None:

@@ -472,6 +472,31 @@ class ContactSipProxy:
 
     # -- messages from the operator network --------------------------------
 
+    def fails_over(self, tunnel_key: TunnelKey, flow_id: int, data: bytes) -> bool:
+        """
+        Whether L{undeliverable} answers this message C{430 Flow Failed}
+        (a new request for a flow registered with RFC 5626 C{reg-id}: the
+        registrar has the phone's other flow) rather than dropping it.
+        """
+        return self._fails_over(tunnel_key, flow_id, data) is not None
+
+    def _fails_over(self, tunnel_key: TunnelKey, flow_id: int, data: bytes) -> SipMessage | None:
+        try:
+            msg = parse_message(data, max_size=self.max_message_size + 4096)
+        except SipParseError:
+            return None
+        session = self._sessions.get(tunnel_key)
+        if (
+            not msg.is_request
+            or msg.method in ("ACK", "CANCEL")
+            or msg.to_tag is not None
+            or msg.count("Via") < 2
+            or session is None
+            or not self._registrations.outbound_flow(session, flow_id)
+        ):
+            return None
+        return msg
+
     def undeliverable(self, tunnel_key: TunnelKey, flow_id: int, data: bytes, now: float) -> list[Action]:
         """
         A message this core sent into a tunnel (C{ToTunnel}) could not be
@@ -483,20 +508,8 @@ class ContactSipProxy:
         sender retransmits, and a retransmission after the resumption gets
         through.
         """
-        try:
-            msg = parse_message(data, max_size=self.max_message_size + 4096)
-        except SipParseError:
-            msg = None
-        session = self._sessions.get(tunnel_key)
-        if (
-            msg is None
-            or not msg.is_request
-            or msg.method in ("ACK", "CANCEL")
-            or msg.to_tag is not None
-            or msg.count("Via") < 2
-            or session is None
-            or not self._registrations.outbound_flow(session, flow_id)
-        ):
+        msg = self._fails_over(tunnel_key, flow_id, data)
+        if msg is None:
             reason = "message for a tunnel that is not open"
             return [self.counters.drop(reason, reason)]
         msg.pop_first_value("Via")  # ours

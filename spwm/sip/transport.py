@@ -864,6 +864,15 @@ class ContactSipRunner(_Runner):
     @param max_connections: the pool's limit on outgoing connections.
     @param max_queued: messages held per connection while it is being
         opened; more are dropped.
+
+    While a session is being resumed (C{resuming(session_id)}: its agent's
+    connection broke within the resumption window), a message for it that
+    would otherwise be dropped waits for the resumed connection, at most
+    C{resume_hold} seconds and C{resume_max_held} messages per session:
+    a response to a non-INVITE request is not sent again by its UAS, and
+    over TCP nothing is retransmitted, so a BYE or its 200 lost in a cut
+    would leave a call up at one end.  A new request that RFC 5626 can
+    send to the phone's other flow is answered C{430} as before.
     """
 
     def __init__(
@@ -888,12 +897,29 @@ class ContactSipRunner(_Runner):
         # one line per address per minute: a proxy that is down is tried
         # again at every request (and every OPTIONS ping of a pool)
         self._connect_log = ThrottledLog(self.log, clock, Every(self.WARN_INTERVAL), max_keys=64)
+        #: C{resuming(session_id)}: whether that session waits for its
+        #: agent to resume it (C{None}: none ever does)
+        self.resuming: Callable[[str], bool] | None = None
+        self.resume_hold = 4.0
+        self.resume_max_held = 1024
+        #: session id -> the messages (C{ToTunnel}) that wait for it
+        self._held: dict[str, deque[ToTunnel]] = {}
+        self._held_timers: dict[str, IDelayedCall] = {}
+        #: C{resume_held} (messages that waited), C{resume_held_sent}
+        #: (sent on the resumed connection), C{resume_held_overflow},
+        #: C{resume_held_expired} (undeliverable after the wait)
+        self.held_counts = {"resume_held": 0, "resume_held_sent": 0, "resume_held_overflow": 0, "resume_held_expired": 0}
 
     def stop(self) -> None:
         """
         Also close the connections opened to the operator's proxies.
         """
         super().stop()
+        for timer in self._held_timers.values():
+            if timer.active():
+                timer.cancel()
+        self._held_timers.clear()
+        self._held.clear()
         for proto in list(self._by_peer.values()):
             if proto.outgoing and proto.transport is not None:
                 proto.transport.loseConnection()
@@ -972,10 +998,62 @@ class ContactSipRunner(_Runner):
 
     def tunnel_established(self, tunnel: Any) -> None:
         """
-        A tunnel came up.
+        A tunnel came up (or a session was resumed on it): what waited for
+        its session goes on it now.
         """
         self.drain()
         self.core.tunnel_attached(tunnel, tunnel.session_id)
+        held = self._held.pop(tunnel.session_id, None)
+        timer = self._held_timers.pop(tunnel.session_id, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        for action in held or ():
+            if self._send_to_tunnel(tunnel, action.flow_id, action.data) is False:
+                self._undeliverable(action)
+            else:
+                self.held_counts["resume_held_sent"] += 1
+
+    def held_status(self) -> dict[str, int]:
+        """
+        For the status: the messages that waited for a resumption so far,
+        and those waiting now.
+        """
+        return dict(self.held_counts, resume_held_now=sum(len(q) for q in self._held.values()))
+
+    def _hold(self, action: ToTunnel) -> bool:
+        """
+        Keep a message the session's connection could not take, if the
+        session is being resumed.
+
+        @return: whether it was kept.
+        """
+        session = getattr(action.tunnel_key, "session_id", None)
+        if self.resuming is None or not isinstance(session, str) or not self.resuming(session):
+            return False
+        if self.core.fails_over(action.tunnel_key, action.flow_id, action.data):
+            return False
+        held = self._held.setdefault(session, deque())
+        if len(held) >= self.resume_max_held:
+            self.held_counts["resume_held_overflow"] += 1
+            return False
+        held.append(action)
+        self.held_counts["resume_held"] += 1
+        if session not in self._held_timers:
+            self._held_timers[session] = self._clock.callLater(self.resume_hold, self._hold_over, session)
+        return True
+
+    def _hold_over(self, session: str) -> None:
+        """
+        The session was not resumed in time: what waited for it is
+        undeliverable.
+        """
+        self._held_timers.pop(session, None)
+        for action in self._held.pop(session, ()):
+            self.held_counts["resume_held_expired"] += 1
+            self._undeliverable(action)
+
+    def _undeliverable(self, action: ToTunnel) -> None:
+        self.execute(self.core.undeliverable(action.tunnel_key, action.flow_id, action.data, self._clock.seconds()))
 
     def tunnel_lost(self, tunnel: Any, reason: str = "") -> None:
         """
@@ -1032,13 +1110,11 @@ class ContactSipRunner(_Runner):
     # -- output ----------------------------------------------------------------
 
     def _to_tunnel(self, action: ToTunnel) -> None:
-        if self._send_to_tunnel(action.tunnel_key, action.flow_id, action.data) is False:
+        if self._send_to_tunnel(action.tunnel_key, action.flow_id, action.data) is False and not self._hold(action):
             # the session's tunnel is not open (it waits for its agent):
             # a new request for an RFC 5626 flow gets 430, which sends the
             # registrar to the phone's other flow
-            self.execute(
-                self.core.undeliverable(action.tunnel_key, action.flow_id, action.data, self._clock.seconds())
-            )
+            self._undeliverable(action)
 
     def _to_network(self, action: ToNetwork) -> None:
         if action.transport == "udp":

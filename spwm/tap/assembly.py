@@ -1232,6 +1232,8 @@ def build_contact(
             elsewhere=elsewhere,
         )
     )
+    # SIP for a session whose agent is reconnecting waits for it
+    runner.resuming = resumption.resuming
     gate = MediaAcceptor(media, core)
     # Connections of agents that say "paths" join their session here; the
     # session manager sees the sessions' fronts (or, for other agents, the
@@ -1341,7 +1343,7 @@ def build_contact(
         counts = handon.counts
         status.add("sessions", lambda: {**resumption.status(), "resume_handed_on": counts.resumes})
         status.add("paths", lambda: {**paths.status(), "attach_handed_on": counts.attaches})
-    status.add("sip", lambda: {**core.status(), **runner.slice_status()})
+    status.add("sip", lambda: {**core.status(), **runner.slice_status(), **runner.held_status()})
     status.add("media", lambda: {**media.status(), "refused_unregistered": gate.refused})
     status.add("forwards", lambda: {"open": forwarder.open_count, "refused": forwarder.refused})
     add_contact_lists(status, factory.tunnels, resumption, core, media)

@@ -206,7 +206,8 @@ class AgentTunnelHandle:
     While the session that was lost is being resumed (C{resuming()}: its
     connection broke and the agent reconnects within the resumption
     window) every message waits the same way, for at most
-    C{resume_hold} seconds: a cut of a fraction of a second costs a
+    C{resume_hold} seconds and C{resume_max_held} messages (more than for
+    an on-demand tunnel: an agent busy with calls has many in flight): a cut of a fraction of a second costs a
     phone nothing (a BYE answered 503 would leave its call up at the
     other end).
 
@@ -236,6 +237,7 @@ class AgentTunnelHandle:
         retry_after: Callable[[], int] = lambda: 5,
         on_demand: OnDemand | None = None,
         resume_hold: float = 4.0,
+        resume_max_held: int = 1024,
     ) -> None:
         self.current: Any = None
         self.dropped = 0
@@ -253,6 +255,7 @@ class AgentTunnelHandle:
         self.max_held = max_held
         self.hold_time = hold_time
         self.resume_hold = resume_hold
+        self.resume_max_held = resume_max_held
         self.resuming: Callable[[], bool] | None = None
         self._clock = clock
         self._held: deque[tuple[int, bytes]] = deque()
@@ -267,16 +270,16 @@ class AgentTunnelHandle:
                 on_demand.touch()
             return
         if on_demand is not None and on_demand.want():
-            self._hold(flow_id, data, self.hold_time)
+            self._hold(flow_id, data, self.hold_time, self.max_held)
             return
         if tunnel is None and self.resuming is not None and self.resuming():
             self.counters["held_resuming"] += 1
-            self._hold(flow_id, data, self.resume_hold)
+            self._hold(flow_id, data, self.resume_hold, self.resume_max_held)
             return
         self.unavailable(flow_id, data)
 
-    def _hold(self, flow_id: int, data: bytes, seconds: float) -> None:
-        if len(self._held) >= self.max_held:
+    def _hold(self, flow_id: int, data: bytes, seconds: float, limit: int) -> None:
+        if len(self._held) >= limit:
             self.counters["held_overflow"] += 1
             self.unavailable(flow_id, data)
             return

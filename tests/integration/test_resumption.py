@@ -258,6 +258,28 @@ class KeylessResumptionTests(_LoopbackPair):
         )
 
     @defer.inlineCallbacks
+    def test_far_end_hangs_up_during_the_cut(self) -> Any:
+        """
+        The far end's BYE that reaches the contact point while alice's
+        session waits for its agent waits with it (not dropped): alice
+        answers it on the resumed session, at once.
+        """
+        alice, bob, a_call, b_call = yield self.call()
+        agent1 = self.agents[0]
+        a_call.stop_media()
+        b_call.stop_media()
+        self.cut_all(agent1)
+        started = reactor.seconds()
+        response = yield bob.hang_up(b_call)
+        self.assertEqual(response.status, 200)
+        # no retransmission was needed (the first is at 0.5 s)
+        self.assertLess(reactor.seconds() - started, 0.5)
+        self.assertGreaterEqual(self.contact.runner.held_counts["resume_held_sent"], 1)
+        yield wait_until(
+            lambda: (self.contact.media.calls, agent1.media.calls, agent1.media.open_sockets) == (0, 0, 0), timeout=3
+        )
+
+    @defer.inlineCallbacks
     def test_call_during_the_cut(self) -> Any:
         """
         A call placed the moment the tunnel is cut waits for the
