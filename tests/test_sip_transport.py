@@ -491,6 +491,9 @@ class ContactRunnerTests(SynchronousTestCase):
         bye = incoming("BYE", "<sip:alice@example.org>;tag=x", "in-1")
         udp.datagramReceived(bye, ("198.51.100.7", 5060))
         udp.datagramReceived(answer(invite_out, 180), ("198.51.100.7", 5060))
+        # the far end retransmits its BYE: the copy does not wait twice
+        udp.datagramReceived(bye, ("198.51.100.7", 5060))
+        self.assertEqual(r.held_status()["resume_held_duplicates"], 1)
         written = len(tr.written)
         udp.datagramReceived(incoming("INVITE", "<sip:alice@example.org>", "in-2"), ("198.51.100.7", 5060))
         self.assertEqual(parse_message(tr.written[-1][0]).status, 430)

@@ -140,13 +140,16 @@ class NoTunnelTests(SynchronousTestCase):
         )
         self.agent.handle.send_sip(1, bye)
         self.agent.handle.send_sip(1, answer(register(), 200))
+        # the phone retransmits its BYE: the copy does not wait twice
+        self.agent.handle.send_sip(1, bye)
+        self.assertEqual(self.agent.handle.counters["held_duplicates"], 1)
         self.clock.advance(1.9)
         self.assertEqual((self.agent.to_app, self.agent.handle.dropped), ([], 0))
         self.assertEqual(self.agent.handle.status()["held_now"], 2)
         tunnel = FakeTunnel("s1")
         self.agent.handle.tunnel_established(tunnel)
         self.assertEqual([d for _, d in tunnel.sip_sent], [bye, answer(register(), 200)])
-        self.assertEqual(self.agent.handle.counters["held_resuming"], 2)
+        self.assertEqual(self.agent.handle.counters["held_resuming"], 3)
         # lost again; this time the resumption takes too long
         self.agent.handle.tunnel_lost(tunnel, "cut")
         self.agent.from_phone(register())

@@ -904,11 +904,18 @@ class ContactSipRunner(_Runner):
         self.resume_max_held = 1024
         #: session id -> the messages (C{ToTunnel}) that wait for it
         self._held: dict[str, deque[ToTunnel]] = {}
+        self._held_keys: dict[str, set[tuple[int, bytes]]] = {}
         self._held_timers: dict[str, IDelayedCall] = {}
         #: C{resume_held} (messages that waited), C{resume_held_sent}
         #: (sent on the resumed connection), C{resume_held_overflow},
         #: C{resume_held_expired} (undeliverable after the wait)
-        self.held_counts = {"resume_held": 0, "resume_held_sent": 0, "resume_held_overflow": 0, "resume_held_expired": 0}
+        self.held_counts = {
+            "resume_held": 0,
+            "resume_held_sent": 0,
+            "resume_held_overflow": 0,
+            "resume_held_expired": 0,
+            "resume_held_duplicates": 0,
+        }
 
     def stop(self) -> None:
         """
@@ -920,6 +927,7 @@ class ContactSipRunner(_Runner):
                 timer.cancel()
         self._held_timers.clear()
         self._held.clear()
+        self._held_keys.clear()
         for proto in list(self._by_peer.values()):
             if proto.outgoing and proto.transport is not None:
                 proto.transport.loseConnection()
@@ -1004,6 +1012,7 @@ class ContactSipRunner(_Runner):
         self.drain()
         self.core.tunnel_attached(tunnel, tunnel.session_id)
         held = self._held.pop(tunnel.session_id, None)
+        self._held_keys.pop(tunnel.session_id, None)
         timer = self._held_timers.pop(tunnel.session_id, None)
         if timer is not None and timer.active():
             timer.cancel()
@@ -1033,10 +1042,17 @@ class ContactSipRunner(_Runner):
         if self.core.fails_over(action.tunnel_key, action.flow_id, action.data):
             return False
         held = self._held.setdefault(session, deque())
+        keys = self._held_keys.setdefault(session, set())
+        if (action.flow_id, action.data) in keys:
+            # a retransmission of a message that waits already (see
+            # AgentTunnelHandle._hold)
+            self.held_counts["resume_held_duplicates"] += 1
+            return True
         if len(held) >= self.resume_max_held:
             self.held_counts["resume_held_overflow"] += 1
             return False
         held.append(action)
+        keys.add((action.flow_id, action.data))
         self.held_counts["resume_held"] += 1
         if session not in self._held_timers:
             self._held_timers[session] = self._clock.callLater(self.resume_hold, self._hold_over, session)
@@ -1048,6 +1064,7 @@ class ContactSipRunner(_Runner):
         undeliverable.
         """
         self._held_timers.pop(session, None)
+        self._held_keys.pop(session, None)
         for action in self._held.pop(session, ()):
             self.held_counts["resume_held_expired"] += 1
             self._undeliverable(action)

@@ -248,6 +248,7 @@ class AgentTunnelHandle:
             "held": 0,
             "held_overflow": 0,
             "held_resuming": 0,
+            "held_duplicates": 0,
         }
         self.answer = answer
         self.retry_after = retry_after
@@ -259,6 +260,7 @@ class AgentTunnelHandle:
         self.resuming: Callable[[], bool] | None = None
         self._clock = clock
         self._held: deque[tuple[int, bytes]] = deque()
+        self._held_set: set[tuple[int, bytes]] = set()
         self._hold_timer: Any = None
         self._told = False
 
@@ -279,12 +281,19 @@ class AgentTunnelHandle:
         self.unavailable(flow_id, data)
 
     def _hold(self, flow_id: int, data: bytes, seconds: float, limit: int) -> None:
+        if (flow_id, data) in self._held_set:
+            # a retransmission of a message that waits already: the
+            # original goes, and a UAS that gets both back to back may
+            # not take the second for a retransmission
+            self.counters["held_duplicates"] += 1
+            return
         if len(self._held) >= limit:
             self.counters["held_overflow"] += 1
             self.unavailable(flow_id, data)
             return
         self.counters["held"] += 1
         self._held.append((flow_id, data))
+        self._held_set.add((flow_id, data))
         if self._hold_timer is None and self._clock is not None:
             self._hold_timer = self._clock.callLater(seconds, self.release_held)
 
@@ -294,6 +303,7 @@ class AgentTunnelHandle:
         """
         self._cancel_hold()
         held, self._held = self._held, deque()
+        self._held_set.clear()
         for flow_id, data in held:
             self.unavailable(flow_id, data)
 
@@ -360,6 +370,7 @@ class AgentTunnelHandle:
         self._told = False
         self._cancel_hold()
         held, self._held = self._held, deque()
+        self._held_set.clear()
         for flow_id, data in held:
             if not tunnel.send_sip(flow_id, data):
                 self.unavailable(flow_id, data)
