@@ -256,10 +256,14 @@ class Pair:
         extra: list[str] = (),
         agent_extra: list[str] = (),
         contact_extra: list[str] = (),
+        agent_contact_port: int | None = None,
     ) -> None:
         self.procs = procs
         self.workdir = workdir
         self.tunnel_port = free_port()
+        # the agent connects here (a relay in front of the contact point's
+        # port, to cut its connections), or to the contact point itself
+        self.agent_contact_port = agent_contact_port or self.tunnel_port
         self.sip_listen = ("127.0.0.1", free_port())
         self.sip_address = ("127.0.0.1", free_port())
         contact_media, agent_media = media_ranges(2, media_ports)
@@ -297,7 +301,7 @@ class Pair:
             "spwm-agent",
             [
                 *agent_sec,
-                "--contact", f"127.0.0.1:{self.tunnel_port}",
+                "--contact", f"127.0.0.1:{self.agent_contact_port}",
                 "--reconnect-max", "1",
                 "--sip-listen", f"{self.sip_listen[0]}:{self.sip_listen[1]}",
                 "--media-address", "127.0.0.1",

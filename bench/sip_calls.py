@@ -66,7 +66,7 @@ from _common import (  # noqa: E402
 
 from _load import bisect_ramp  # noqa: E402
 
-from spwm.testing.sipp import last_stats, sipp_time  # noqa: E402
+from spwm.testing.sipp import last_stats, sipp_time, stat_count  # noqa: E402
 
 #: SIPp's counters whose sum is "failed calls" (the cumulative columns).
 FAILED = "FailedCall(C)"
@@ -170,10 +170,7 @@ class Bench:
         last = last_stats(stat)
 
         def n(key: str) -> int:
-            try:
-                return int(float(last.get(key, "0") or 0))
-            except ValueError:
-                return 0
+            return stat_count(last, key)
 
         rtts = sorted(_read_rtts(cwd))
         failed_detail = {k[6:-3]: n(k) for k in last if k.startswith("Failed") and k.endswith("(C)") and k != FAILED and n(k)}
