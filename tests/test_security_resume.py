@@ -545,3 +545,28 @@ class SessionKeyTests(SynchronousTestCase):
         self.assertEqual((older.state, older.session.session_key), (SessionState.ENDED, None))
         older.tunnel_lost(FakeTunnel("s2"), "cut")
         self.assertEqual((older.state, older.hello()), (SessionState.ENDED, {"session_key": 1}))
+
+    def test_refusal_closes_registered_phones(self) -> None:
+        """
+        Refused, the agent closes the connections of every phone that had
+        registered through the session (those without credentials, whose
+        flows only the SIP core knows, too), so that they register again.
+        """
+
+        class Core:
+            def registration_list(self) -> list[dict[str, Any]]:
+                return [{"aor": "sip:bob@example.test", "flow": 7}, {"aor": "sip:carol@example.test", "flow": 9}]
+
+        clock, media = Clock(), FakeMedia()
+        agent = AgentResumption(clock, 60.0, media, FakeHandle())
+        agent.wrap(Core())
+        lost: list[list[int]] = []
+        agent.session_lost = lambda flows: lost.append(flows) or len(flows)
+        first = FakeTunnel("s1", peer_hello={"session_key": 1})
+        first.exported = self.EXPORTED
+        agent.tunnel_established(first)
+        agent.tunnel_lost(first, "cut")
+        new = FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex(), "session_key": 1})
+        agent.tunnel_established(new)
+        agent.control_received(new, {"op": "resume-failed", "reason": "no suspended session by that name"})
+        self.assertEqual(lost, [[7, 9]])

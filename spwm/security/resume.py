@@ -194,6 +194,8 @@ class AgentResumption(_Lifecycle):
         self.session_lost = session_lost
         self._stopping = False
         self.resumed = 0
+        #: the agent's SIP core (L{wrap}), for its registrations
+        self._core: Any = None
 
     @property
     def state(self) -> SessionState:
@@ -268,7 +270,20 @@ class AgentResumption(_Lifecycle):
         """
         Watch the REGISTER transactions of an L{AgentSipProxy}.
         """
+        self._core = core
         return _ObservedAgentCore(core, self)
+
+    def _registered_flows(self) -> set[int]:
+        """
+        The application flows with a live registration through the
+        session: those that gave a per-user key, and (from the SIP core's
+        bindings) those that registered without credentials.
+        """
+        flows = set(self.flows.values())
+        core = self._core
+        if core is not None:
+            flows.update(b["flow"] for b in core.registration_list() if isinstance(b.get("flow"), int))
+        return flows
 
     def status(self) -> dict[str, int]:
         """
@@ -441,11 +456,12 @@ class AgentResumption(_Lifecycle):
         old, self.session.suspended = self.session.suspended, None
         if was in (SessionState.SUSPENDED, SessionState.DORMANT):
             self.log.info("session {session_id} not resumed: {reason}", session_id=self.session_id, reason=reason)
-            if self.session_lost is not None and self.flows and not self._stopping:
+            flows = self._registered_flows()
+            if self.session_lost is not None and flows and not self._stopping:
                 # The contact point has no registration of ours any more:
                 # phones on TCP/TLS re-register at once when their
                 # connection closes; phones on UDP wait for their refresh.
-                closed = self.session_lost(sorted(self.flows.values()))
+                closed = self.session_lost(sorted(flows))
                 if closed:
                     self.log.info(
                         "closed {count} phone connection(s) so that they register again", count=closed
