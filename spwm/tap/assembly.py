@@ -773,10 +773,15 @@ def _agent_side(
         handle,
         agent_id,
         # media from the phone's signalling host latches (docs/media.md)
-        # while the session's connection is lost and being resumed, its
-        # media is the suspended session's (the SIP that waits meanwhile
-        # starts and ends calls of that session)
-        media_hook=MediaHookAdapter(media, lambda key: key.current or resumption.session.suspended, flow_source(flows, reactor)),
+        # until the session whose connection was lost is resumed, its
+        # media is the suspended session's: the SIP that waits meanwhile,
+        # and what comes on the new connection before the contact point's
+        # answer, starts and ends calls of that session
+        media_hook=MediaHookAdapter(
+            media,
+            lambda key: resumption.session.suspended if resumption.resuming else key.current,
+            flow_source(flows, reactor),
+        ),
         max_message_size=limits.sip.max_message_size,
         names=names,
         flows=flows,

@@ -258,6 +258,31 @@ class KeylessResumptionTests(_LoopbackPair):
         )
 
     @defer.inlineCallbacks
+    def test_hang_up_before_the_answer(self) -> Any:
+        """
+        A BYE that goes on the new connection after the resumption's offer
+        but before the contact point's answer reached the agent ends the
+        call's media on the agent at once, as the resumed session's (not
+        as the new connection's fresh one).
+        """
+        alice, bob, a_call, b_call = yield self.call()
+        agent1 = self.agents[0]
+        resumption = agent1.resumption
+        answer = resumption.control_received
+        # the contact point's answer reaches the agent 0.5 s late
+        resumption.control_received = lambda tunnel, message: reactor.callLater(0.5, answer, tunnel, message)
+        self.cut_all(agent1)
+        yield wait_until(lambda: agent1.handle.current is not None and resumption.resuming, timeout=5)
+        a_call.stop_media()
+        b_call.stop_media()
+        response = yield alice.hang_up(a_call)
+        self.assertEqual(response.status, 200)
+        self.assertEqual(resumption.resumed, 0)
+        yield wait_until(lambda: resumption.resumed == 1, timeout=3)
+        self.assertEqual((agent1.media.calls, agent1.media.open_sockets), (0, 0))
+        yield wait_until(lambda: self.contact.media.calls == 0, timeout=3)
+
+    @defer.inlineCallbacks
     def test_far_end_hangs_up_during_the_cut(self) -> Any:
         """
         The far end's BYE that reaches the contact point while alice's
