@@ -467,18 +467,19 @@ class SessionManager:
             problem = "no challenge was sent"
         else:
             raw = bytes.fromhex(challenge)
-            if session.session_key is not None and not check_proof(session.session_key, raw, old_session, own):
-                # the session has its own key: the agent that made the
-                # session proves it, whatever users it names
-                problem = "wrong session proof" if own is not None else "no session proof"
-            elif session.session_key is None and not proofs:
-                problem = "no proofs"
             for user, proof in proofs.items():
-                if problem is not None:
-                    break
                 key = session.keys.get(user)
                 if key is None or not check_proof(key, raw, old_session, proof):
                     problem = f"wrong proof for {user}"
+                    break
+            if problem is None and session.session_key is not None and not check_proof(
+                session.session_key, raw, old_session, own
+            ):
+                # the session has its own key: the agent that made the
+                # session proves it, whatever users it names
+                problem = "wrong session proof" if own is not None else "no session proof"
+            elif problem is None and session.session_key is None and not proofs:
+                problem = "no proofs"
         if problem is not None:
             self.refused += 1
             self.log.warn(
