@@ -118,3 +118,25 @@ class DialogTableTests(SynchronousTestCase):
             (t.has(1, "c1"), t.has(2, "c2"), t.has(3, "c3"), len(t)), (True, False, True, 2)
         )
         self.assertEqual(t.of(2), [])
+        self.assertEqual(t.dropped, 1)
+
+    def test_scope_bound(self) -> None:
+        """
+        Past C{scope_limit} calls in one scope, that scope's call first
+        answered goes; other scopes keep theirs, and answering a call
+        again does not count twice.
+        """
+        t = DialogTable(100.0, scope_limit=2)
+        t.answered("other", "o1", 9, "a", "b", 0.0)
+        t.answered("s", "c1", 1, "a", "b", 0.0)
+        t.answered("s", "c1", 1, "a", "b", 0.5)
+        t.answered("s", "c2", 1, "a", "b", 1.0)
+        self.assertEqual((len(t), t.dropped), (3, 0))
+        t.answered("s", "c3", 1, "a", "b", 2.0)
+        self.assertEqual(
+            ([d.call_id for d in t.of("s")], [d.call_id for d in t.of("other")], len(t)),
+            (["c2", "c3"], ["o1"], 3),
+        )
+        self.assertEqual(t.dropped, 1)
+        # the dropped call's answer no longer waits for its ACK
+        self.assertEqual([d.call_id for _, d in t.unacknowledged(1000.0)], ["o1", "c2", "c3"])

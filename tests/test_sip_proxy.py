@@ -1090,6 +1090,31 @@ class ContactTests(SynchronousTestCase):
         self.assertEqual([d.call_id for d in self.cp.dialogs("sess-1")], ["c2"])
         self.assertEqual(self.cp.counters["answer never acknowledged"], 1)
 
+    def test_session_dialog_bound(self) -> None:
+        """
+        A session keeps at most C{max_session_dialogs} calls' dialogs: past
+        it its oldest is forgotten and counted, and another session's
+        dialogs stay.
+        """
+        cp = ContactSipProxy(
+            CONTACT_ADDR, SECRET, operator=OPERATOR, media_hook=self.hook, max_session_dialogs=3
+        )
+        other = FakeTunnel("sess-2")
+        cp.tunnel_attached(self.key, "sess-1")
+        cp.tunnel_attached(other, "sess-2")
+
+        def call(key: FakeTunnel, session: str, call_id: str) -> None:
+            inv = request("INVITE", "sip:bob@example.org", call_id=call_id, body=SDP, content_type="application/sdp")
+            act = only(cp.from_tunnel(key, session, 5, inv, 0.0), ToNetwork)
+            only(cp.from_network("udp", ("198.51.100.7", 5060), answer(act.data, 200), 1.0), ToTunnel)
+
+        call(other, "sess-2", "o1")
+        for n in range(5):
+            call(self.key, "sess-1", f"c{n}")
+        self.assertEqual([d.call_id for d in cp.dialogs("sess-1")], ["c2", "c3", "c4"])
+        self.assertEqual([d.call_id for d in cp.dialogs("sess-2")], ["o1"])
+        self.assertEqual(cp.counters["dialogs over the session's limit"], 2)
+
     def test_unacknowledged_answers_in_batches(self) -> None:
         """
         Answers that fall due together are ended at most 64 per timer run;

@@ -74,10 +74,14 @@ from spwm.sip.uri import NameAddr, SipUri, Via, parse_uri, parse_via
 if TYPE_CHECKING:
     from spwm.sip.registrar import EmbeddedRegistrar
 
-__all__ = ["ContactSipProxy", "UDP_SIZE_LIMIT", "never_congested"]
+__all__ = ["ContactSipProxy", "DIALOG_DROPPED", "UDP_SIZE_LIMIT", "never_congested"]
 
 #: RFC 3261 18.1.1: a request within 200 bytes of a 1500-byte MTU goes by TCP.
 UDP_SIZE_LIMIT = 1300
+
+#: The counter of calls whose dialogs went past a session's
+#: C{max_session_dialogs} (the session's oldest call's dialogs forgotten).
+DIALOG_DROPPED = "dialogs over the session's limit"
 
 #: At most this many spirals (messages to our own address) per input; more
 #: means a routing loop through ourselves.
@@ -130,6 +134,7 @@ class ContactSipProxy:
         max_message_size: int = 65535,
         max_pending: int = 4096,
         names: ProxyNames | None = None,
+        max_session_dialogs: int = 4096,
     ) -> None:
         """
         @param secret: the per-process flow token key (16 bytes or more).
@@ -142,6 +147,10 @@ class ContactSipProxy:
         @param proxies: the operator's proxies (several C{--sip-proxy}:
             requests go to the first that answers its C{OPTIONS}); a
             C{ProxyPool} of C{operator} alone by default.
+        @param max_session_dialogs: at most this many calls' dialogs are
+            kept per session; past it the session's oldest goes (counted as
+            L{DIALOG_DROPPED}).  Dialogs whose BYE never came live for
+            C{dialog_lifetime}: this bounds what one session piles up.
         """
         self.address = address
         self.names = names if names is not None else ProxyNames([address])
@@ -169,7 +178,7 @@ class ContactSipProxy:
             max_pending=max_pending,
         )
         # scoped by session: its dialogs go with its tunnel
-        self._dialogs = DialogTable(dialog_lifetime)
+        self._dialogs = DialogTable(dialog_lifetime, scope_limit=max_session_dialogs)
         # the new INVITEs passed on lately, either way (their
         # retransmissions pass on too, whatever the tunnel's state)
         self._invites = RecentInvites()
@@ -798,7 +807,11 @@ class ContactSipProxy:
         call_id = msg.call_id
         if method == "INVITE":
             if 200 <= status < 300:
-                self._dialogs.answered(session, call_id, fid, msg.from_tag, msg.to_tag, now)
+                dialogs = self._dialogs
+                dropped = dialogs.dropped
+                dialogs.answered(session, call_id, fid, msg.from_tag, msg.to_tag, now)
+                if dialogs.dropped != dropped:
+                    self.counters.count(DIALOG_DROPPED)
                 self._arm(now)
             elif status >= 300 and not self._dialogs.has(session, call_id):
                 leg_ended(self.media_hook, key, fid, call_id, status)

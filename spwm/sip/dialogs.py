@@ -63,11 +63,20 @@ class DialogTable:
         L{touch}ed) without being ended.
     @ivar limit: at most this many calls (scope and Call-ID) are kept; past
         it the call answered longest ago goes.  C{None}: no limit.
+    @ivar scope_limit: at most this many calls are kept in one scope; past
+        it the scope's call first answered longest ago goes (a scope that
+        piles up dialogs whose BYE never came loses its own oldest, not
+        another scope's).  C{None}: no limit.
+    @ivar dropped: calls dropped so far by either bound.
     """
 
-    def __init__(self, lifetime: float, limit: int | None = None) -> None:
+    def __init__(
+        self, lifetime: float, limit: int | None = None, scope_limit: int | None = None
+    ) -> None:
         self.lifetime = lifetime
         self.limit = limit
+        self.scope_limit = scope_limit
+        self.dropped = 0
         # (scope, call id) -> its dialogs; ordered by last answer (the
         # bound's eviction order)
         self._calls: dict[tuple[Hashable, str], list[Dialog]] = {}
@@ -117,8 +126,13 @@ class DialogTable:
         dialogs.append(Dialog(call_id, from_tag, to_tag, flow_id, now + self.lifetime))
         self._count += len(dialogs) - len(old)
         self._calls[key] = dialogs
-        self._scopes.setdefault(scope, {})[call_id] = None
+        calls = self._scopes.setdefault(scope, {})
+        calls[call_id] = None
+        if self.scope_limit is not None and len(calls) > self.scope_limit:
+            self.dropped += 1
+            self._drop((scope, next(iter(calls))))
         if self.limit is not None and len(self._calls) > self.limit:
+            self.dropped += 1
             self._drop(next(iter(self._calls)))
 
     def remove(
