@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.sip.actions import OperatorProxy, ProxyChanged, ToNetwork
+from spwm.sip.actions import OperatorProxy, ProxyChanged, ToNetwork, ToTunnel
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.message import make_response, parse_message
 from spwm.sip.nexthop import PING_MARK, ProxyPool
 from spwm.testing.tunnel import FakeTunnel
-from tests.test_sip_proxy import CONTACT_ADDR, SECRET, register
+from tests.test_sip_proxy import CONTACT_ADDR, SECRET, register, request
 
 A = OperatorProxy("198.51.100.7")
 B = OperatorProxy("198.51.100.8", 5070)
@@ -181,6 +181,7 @@ class ProxyPoolTests(SynchronousTestCase):
         self.assertRaises(ValueError, ProxyPool, [], CONTACT_ADDR)
         self.assertRaises(ValueError, ProxyPool, [A, B], CONTACT_ADDR, misses=0)
         self.assertFalse(ProxyPool([A, B], CONTACT_ADDR, interval=0).probing)
+        self.assertFalse(ProxyPool([A, B], CONTACT_ADDR, interval=0).none_answers)
 
     @settings(max_examples=200, deadline=None)
     @given(st.lists(st.tuples(st.booleans(), st.booleans(), st.booleans()), max_size=30))
@@ -188,8 +189,8 @@ class ProxyPoolTests(SynchronousTestCase):
         """
         Whatever answers when (each round, each proxy's ping answered or
         not): requests go to the first proxy that has not missed two
-        pings in a row since its last answer, else to the first; every
-        ping gets a branch of its own.
+        pings in a row since its last answer, else to the first (and the
+        pool says none answers); every ping gets a branch of its own.
         """
         proxies = [A, B, C]
         pool = ProxyPool(proxies, CONTACT_ADDR, interval=1)
@@ -200,6 +201,7 @@ class ProxyPoolTests(SynchronousTestCase):
 
         def check() -> None:
             self.assertEqual(pool.current, next((p for p in proxies if up[p]), A))
+            self.assertEqual(pool.none_answers, not any(up.values()))
 
         for index, answers in enumerate([*rounds, (False, False, False)]):
             sent = pings(pool.due(float(index)))
@@ -269,6 +271,50 @@ class CoreTests(SynchronousTestCase):
         (to_a,) = core.from_tunnel(tunnel, "s1", 1, register(branch="z9hG4bKreg2"), now)
         assert isinstance(to_a, ToNetwork)
         self.assertEqual(to_a.addr, ("198.51.100.7", 5060))
+
+    def test_none_answers(self) -> None:
+        """
+        With every proxy out, a new request from a tunnel is answered
+        C{503} with C{Retry-After} at once and counted; an ACK, a CANCEL
+        and a request inside a dialog go to the first proxy all the same;
+        once one answers again, new requests go to it.
+        """
+        core = self.core()
+        tunnel = FakeTunnel("s1")
+        core.tunnel_attached(tunnel, "s1")
+        now = 1000.0
+        core.handle_timer(now)
+        for _ in range(2):
+            now += 5
+            out = core.handle_timer(now)
+        self.assertEqual(
+            [(c.proxy, c.answering) for c in out if isinstance(c, ProxyChanged)], [(A, False), (B, False)]
+        )
+        invite = request("INVITE", "sip:bob@example.org")
+        (answer, dropped) = core.from_tunnel(tunnel, "s1", 1, invite, now)
+        assert isinstance(answer, ToTunnel)
+        resp = parse_message(answer.data)
+        self.assertEqual(
+            (resp.status, resp.reason, resp.get("Retry-After"), resp.call_id, answer.flow_id),
+            (503, "Service Unavailable (no operator proxy answers)", "10", "call-1@192.0.2.10", 1),
+        )
+        self.assertEqual(core.counters["no operator proxy answers"], 1)
+        (refused, _) = core.from_tunnel(tunnel, "s1", 1, register(), now)
+        assert isinstance(refused, ToTunnel)
+        self.assertEqual(parse_message(refused.data).status, 503)
+        for method, to in (
+            ("ACK", "<sip:bob@example.org>"),
+            ("CANCEL", "<sip:bob@example.org>"),
+            ("BYE", "<sip:bob@example.org>;tag=tt"),
+        ):
+            (sent,) = core.from_tunnel(tunnel, "s1", 1, request(method, "sip:bob@example.org", to=to), now)
+            assert isinstance(sent, ToNetwork), method
+            self.assertEqual(sent.addr, ("198.51.100.7", 5060))
+        sent = pings(out)
+        core.from_network("udp", (B.host, B.port), reply(sent[B]).to_bytes(), now)
+        (to_b,) = core.from_tunnel(tunnel, "s1", 1, register(branch="z9hG4bKreg2"), now)
+        assert isinstance(to_b, ToNetwork)
+        self.assertEqual((to_b.addr, core.counters["no operator proxy answers"]), (("198.51.100.8", 5070), 2))
 
     def test_one_proxy_unchanged(self) -> None:
         """

@@ -157,8 +157,9 @@ class ProxyChanged:
     @ivar up: whether it answers now.
     @ivar why: what made the change (for the log).
     @ivar using: the proxy requests go to from now on.
-    @ivar answering: whether C{using} answers (else none does, and
-        requests go to the first all the same).
+    @ivar answering: whether C{using} answers (else none does: new
+        requests are answered C{503}, those inside dialogs go to the
+        first all the same).
     """
 
     proxy: OperatorProxy

@@ -25,6 +25,7 @@ __all__ = [
     "crude_error",
     "media_full_response",
     "starts_work",
+    "unavailable",
 ]
 
 #: The log reason of a request refused because its tunnel is congested.
@@ -121,7 +122,7 @@ def congested_response(msg: SipMessage) -> bytes:
     The 503 for a request refused because its tunnel's signalling backlog
     is over the high-water mark (RFC 3261 21.5.4, with C{Retry-After}).
     """
-    return _unavailable(msg, "tunnel congested")
+    return unavailable(msg, "tunnel congested")
 
 
 def media_full_response(msg: SipMessage, why: MediaRefusal) -> bytes:
@@ -133,15 +134,18 @@ def media_full_response(msg: SipMessage, why: MediaRefusal) -> bytes:
     which sets up a call without audio, or than taking a call that the
     half has no CPU for, which spoils the audio of every call.
     """
-    return _unavailable(msg, why.phrase)
+    return unavailable(msg, why.phrase)
 
 
-def _unavailable(msg: SipMessage, why: str) -> bytes:
+def unavailable(msg: SipMessage, why: str, retry_after: int = CONGESTED_RETRY_AFTER) -> bytes:
+    """
+    A C{503 Service Unavailable (why)} to C{msg} with C{Retry-After}.
+    """
     return make_response(
         msg,
         503,
         f"Service Unavailable ({why})",
-        extra_headers=(("Retry-After", str(CONGESTED_RETRY_AFTER)),),
+        extra_headers=(("Retry-After", str(retry_after)),),
     ).to_bytes()
 
 

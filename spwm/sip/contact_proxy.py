@@ -48,6 +48,7 @@ from spwm.sip.checks import (
     congested_response,
     media_full_response,
     starts_work,
+    unavailable,
 )
 from spwm.sip.dialogs import UNACKNOWLEDGED, Dialog, DialogTable
 from spwm.sip.errors import SipParseError
@@ -74,7 +75,7 @@ from spwm.sip.uri import NameAddr, SipUri, Via, parse_uri, parse_via
 if TYPE_CHECKING:
     from spwm.sip.registrar import EmbeddedRegistrar
 
-__all__ = ["ContactSipProxy", "DIALOG_DROPPED", "UDP_SIZE_LIMIT", "never_congested"]
+__all__ = ["ContactSipProxy", "DIALOG_DROPPED", "NO_PROXY", "UDP_SIZE_LIMIT", "never_congested"]
 
 #: RFC 3261 18.1.1: a request within 200 bytes of a 1500-byte MTU goes by TCP.
 UDP_SIZE_LIMIT = 1300
@@ -82,6 +83,15 @@ UDP_SIZE_LIMIT = 1300
 #: The counter of calls whose dialogs went past a session's
 #: C{max_session_dialogs} (the session's oldest call's dialogs forgotten).
 DIALOG_DROPPED = "dialogs over the session's limit"
+
+#: Why a new request from a tunnel is answered C{503} while every
+#: operator proxy is out (L{ProxyPool.none_answers}): in its reason
+#: phrase, and the counter of those requests (C{sip.events}).
+NO_PROXY = "no operator proxy answers"
+
+#: Its C{Retry-After} (seconds): about when the next ping may tell a proxy
+#: is back.
+NO_PROXY_RETRY_AFTER = 10
 
 #: At most this many spirals (messages to our own address) per input; more
 #: means a routing loop through ourselves.
@@ -419,6 +429,19 @@ class ContactSipProxy:
                 return [self.counters.drop(reason, reason)]
             resp = make_response(msg, 483, "Too Many Hops")
             return [ToTunnel(key, fid, resp.to_bytes())]
+        pool = self.proxies
+        if (
+            pool is not None
+            and msg.to_tag is None
+            and pool.none_answers
+            and msg.method not in ("ACK", "CANCEL")
+        ):
+            # every operator proxy is known to be out: say so now rather
+            # than let the phone wait for its transaction's timeout
+            return [
+                ToTunnel(key, fid, unavailable(msg, NO_PROXY, NO_PROXY_RETRY_AFTER)),
+                self.counters.drop(f"{NO_PROXY}: new request refused with 503", NO_PROXY),
+            ]
         again = self._invites.again(msg)
         full = None if again else media_full(self.media_hook, msg)
         if full is not None:

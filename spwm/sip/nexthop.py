@@ -11,7 +11,11 @@ C{OPTIONS} to each proxy every C{interval} seconds.  Any response but a
 to an C{OPTIONS} for itself is fine); a 5xx (C{503}: overloaded, shutting
 down) or no response within the interval is a miss, and C{misses} misses
 in a row take the proxy out until it answers again.  With every proxy
-out, requests go to the first (nothing better is known).  A single
+out, new requests from the tunnels are answered C{503} at once (see
+L{ProxyPool.none_answers}): a phone that waited for Timer B (32 s) on a
+proxy known to be gone would fail the call all the same, and one with
+another server to try (RFC 3263) tries it now; requests inside a dialog,
+C{ACK} and C{CANCEL} go to the first proxy all the same.  A single
 C{--sip-proxy} is never probed: there is nothing to choose.
 
 Pure: L{ProxyPool} takes the time and the responses and gives the
@@ -112,6 +116,13 @@ class ProxyPool:
         Whether the proxies are probed (two or more, a ping interval).
         """
         return self.interval > 0
+
+    @property
+    def none_answers(self) -> bool:
+        """
+        Whether the proxies are probed and every one of them is out.
+        """
+        return self.probing and not any(p.up for p in self._probes)
 
     @property
     def current(self) -> OperatorProxy:

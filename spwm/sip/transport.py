@@ -581,7 +581,7 @@ class _Runner:
     def _log_proxy(self, change: ProxyChanged) -> None:
         using = proxy_text(change.using)
         if not change.answering:
-            using = f"the first, {using}, all the same (none answers)"
+            using = f"none: new requests are answered 503 until one answers (those inside calls go to {using})"
         if change.up:
             self.log.info(
                 "operator proxy {proxy} answers again ({why}); requests go to {using}",

@@ -151,6 +151,34 @@ class ProxyFailoverTests(_LoopbackPair):
         self.assertEqual((first.got.get("REGISTER"), second.got.get("REGISTER")), (2, 1))
         self.assertEqual(uri_of(response.get("to") or ""), alice.aor)
 
+    @defer.inlineCallbacks
+    def test_none_answers(self) -> Any:
+        """
+        Both proxies stop: the phone's REGISTER is answered C{503} with
+        C{Retry-After} at once (not after its transaction's 32 s) and
+        reaches neither; one comes back: the next REGISTER goes to it.
+        """
+        first, second = self.proxies
+        alice = yield registered_alice(self)
+        yield self.stop(0)
+        yield self.stop(1)
+        yield wait_until(lambda: not any(self.proxies_up().values()), timeout=10)
+        self.assertIn("requests go to none: new requests are answered 503 until one answers", self.lines[-1])
+        asked = reactor.seconds()
+        response = yield alice.register(authorization=DIGEST.format(user="alice"))
+        self.assertEqual(
+            (response.status, response.first, response.get("retry-after")),
+            (503, "SIP/2.0 503 Service Unavailable (no operator proxy answers)", "10"),
+        )
+        self.assertLess(reactor.seconds() - asked, 5)
+        self.assertEqual((first.got.get("REGISTER"), second.got.get("REGISTER")), (1, None))
+        self.assertEqual(self.contact.status.document()["sip"]["events"]["no operator proxy answers"], 1)
+        self.listening[1] = self.listen(1)
+        yield wait_until(lambda: self.proxies_up()[self.proxy_name(1)], timeout=10)
+        response = yield alice.register(authorization=DIGEST.format(user="alice"))
+        self.assertEqual(response.status, 200)
+        self.assertEqual((first.got.get("REGISTER"), second.got.get("REGISTER")), (1, 1))
+
 
 class TcpProxyFailoverTests(ProxyFailoverTests):
     """
