@@ -246,7 +246,7 @@ COUNTERS: dict[str, frozenset[str]] = {
     "loop": frozenset({"late_windows"}),
     "certificate": frozenset({"reloads", "reload_failures"}),
     "client_certificate": frozenset({"reloads", "reload_failures"}),
-    "cdr_file": frozenset({"written", "failures", "reopened"}),
+    "cdr_file": frozenset({"written", "write_errors", "failures", "reopened"}),
 }
 
 #: The HELP text of the document's numbers that have one of their own.
@@ -297,7 +297,9 @@ HELP: dict[str, str] = {
     "client_certificate_reloads": "Agent: times changed --client-cert or --ca files were loaded and put in use since the start.",
     "client_certificate_reload_failures": "Agent: times changed --client-cert or --ca files did not load (the ones in use stayed).",
     "cdr_file_written": "--cdr-file: call detail records written to the file since the start.",
-    "cdr_file_failures": "--cdr-file: call detail records lost to a failed write (a full disk, a file that cannot be written).",
+    "cdr_file_failures": "--cdr-file: call detail records lost: more waited than memory keeps for a file that cannot be written (a full disk), or some still waited at the stop.",
+    "cdr_file_waiting": "--cdr-file: call detail records that wait in memory for the file to take them (a full disk).",
+    "cdr_file_write_errors": "--cdr-file: writes to the file that failed (each record that waits is tried again).",
     "cdr_file_reopened": "--cdr-file: times the file was reopened (SIGHUP).",
     "paths_late_losses": "Agent, --tunnel-connections auto: kernel retransmissions seen on a connection whose round trip is 100 ms or more (each can add connections).",
 }
@@ -543,16 +545,19 @@ def tunnel_lines(doc: dict[str, Any]) -> list[str]:
 
 def cdr_line(doc: dict[str, Any]) -> str | None:
     """
-    For the page and C{spwm status}: C{--cdr-file} records that could not
-    be written (a full disk); C{None} while every record was.
+    For the page and C{spwm status}: C{--cdr-file} records that wait for
+    a file that takes no writes (a full disk), or were lost; C{None} while
+    every record was written.
     """
     cdr = doc.get("cdr_file")
-    if not isinstance(cdr, dict) or not cdr.get("failures"):
+    if not isinstance(cdr, dict) or not (cdr.get("failures") or cdr.get("waiting")):
         return None
-    return (
-        f"CDR file {cdr.get('path', '?')}: {cdr['failures']} RECORDS LOST (writes failed, see the log);"
-        f" {cdr.get('written', 0)} written"
-    )
+    parts = []
+    if cdr.get("waiting"):
+        parts.append(f"{cdr['waiting']} RECORDS WAIT (the file takes no writes, see the log)")
+    if cdr.get("failures"):
+        parts.append(f"{cdr['failures']} RECORDS LOST")
+    return f"CDR file {cdr.get('path', '?')}: {'; '.join(parts)}; {cdr.get('written', 0)} written"
 
 
 def certificate_lines(doc: dict[str, Any]) -> list[str]:

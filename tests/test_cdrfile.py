@@ -11,6 +11,7 @@ import os
 import stat
 from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -32,6 +33,16 @@ class _Triggers:
 
     def addSystemEventTrigger(self, phase: str, event: str, fn: Any) -> None:
         self.triggers.append((phase, event, fn))
+
+
+class _Clock(Clock, _Triggers):
+    """
+    A fake clock with system event triggers.
+    """
+
+    def __init__(self) -> None:
+        Clock.__init__(self)
+        _Triggers.__init__(self)
 
 
 class CdrFileTests(SynchronousTestCase):
@@ -73,7 +84,10 @@ class CdrFileTests(SynchronousTestCase):
         self.assertEqual(self.read(), [first, record("b@192.0.2.1")])
         with open(self.path, "rb") as f:
             self.assertIn("jürgen".encode(), f.read())
-        self.assertEqual(cdr.status(), {"path": self.path, "written": 2, "failures": 0, "reopened": 0})
+        self.assertEqual(
+            cdr.status(),
+            {"path": self.path, "written": 2, "waiting": 0, "write_errors": 0, "failures": 0, "reopened": 0},
+        )
         self.assertEqual(self.lines(), [])
 
     def test_appends_and_mode(self) -> None:
@@ -118,24 +132,100 @@ class CdrFileTests(SynchronousTestCase):
 
     def test_write_failures(self) -> None:
         """
-        A file that cannot be written (a full disk: C{/dev/full}) loses the
-        records, counted, with a line at the 1st, 2nd, 4th... loss.
+        A file that cannot be written (a full disk: C{/dev/full}) keeps
+        the records waiting in memory, with a line at the 1st, 2nd, 4th...
+        failed write; past C{max_waiting} the oldest is lost, counted,
+        with its own line; closing loses those that wait, with one line.
         """
         if not os.path.exists("/dev/full"):
             raise self.failureException("/dev/full is needed")
-        cdr = CdrFile("/dev/full")
+        cdr = CdrFile("/dev/full", max_waiting=3)
         self.addCleanup(cdr.close)
         for n in range(5):
             cdr.call_event("ended", record(f"c{n}"))
-        self.assertEqual((cdr.written, cdr.failures), (0, 5))
+        self.assertEqual((cdr.written, cdr.waiting, cdr.write_errors, cdr.failures), (0, 3, 5, 2))
         lines = self.lines(LogLevel.error)
-        self.assertEqual(len(lines), 3)
         self.assertEqual(
             lines[0],
-            "--cdr-file: the record of call c0 was not written to /dev/full: No space left on device"
-            " (1 records lost so far)",
+            "--cdr-file: cannot write to /dev/full: No space left on device; 1 records wait in memory and"
+            " are tried again every 10 s (1 failed writes so far)",
         )
-        self.assertIn("(4 records lost so far)", lines[2])
+        self.assertEqual(
+            [line for line in lines if "lost" in line],
+            [
+                "--cdr-file: 1 records lost so far (more than 3 records waited), not written to /dev/full",
+                "--cdr-file: 2 records lost so far (more than 3 records waited), not written to /dev/full",
+            ],
+        )
+        self.assertEqual(len(lines), 5)
+        cdr.close()
+        self.assertEqual((cdr.waiting, cdr.failures), (0, 5))
+        self.assertEqual(
+            self.lines(LogLevel.error)[-1],
+            "--cdr-file: 5 records lost so far (they still waited for the file when it was closed),"
+            " not written to /dev/full",
+        )
+        self.assertEqual(cdr.status()["failures"], 5)
+
+    def test_full_disk_then_space(self) -> None:
+        """
+        Records that a full disk refused wait and are written, in order,
+        when it takes them again: with the next record, or by the retry
+        timer; a write cut short leaves a fragment that a newline ends
+        before the whole record is written again.
+        """
+        clock = _Clock()
+        full = [True]
+        short = [False]
+
+        def write(fd: int, data: bytes) -> int:
+            if short[0]:
+                short[0] = False
+                return os.write(fd, data[:7])
+            if full[0]:
+                raise OSError(28, "No space left on device")
+            return os.write(fd, data)
+
+        cdr = self.cdr(reactor=clock, write=write)
+        cdr.call_event("ended", record("c0"))
+        cdr.call_event("ended", record("c1"))
+        self.assertEqual((cdr.written, cdr.waiting, cdr.failures), (0, 2, 0))
+        self.assertEqual([c.getTime() for c in clock.getDelayedCalls()], [10.0])
+        full[0] = False
+        short[0] = True
+        clock.advance(10)
+        # cut short: one more try later
+        self.assertEqual((cdr.written, cdr.waiting), (0, 2))
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(10)
+        self.assertEqual((cdr.written, cdr.waiting, cdr.failures), (2, 0, 0))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        cdr.call_event("ended", record("c2"))
+        with open(self.path, encoding="utf-8") as f:
+            text = f.read().splitlines()
+        self.assertEqual(text[0], '{"call_')
+        self.assertEqual([json.loads(line)["call_id"] for line in text[1:]], ["c0", "c1", "c2"])
+        self.assertEqual(self.lines(LogLevel.info), [f"--cdr-file: {self.path} takes records again: 2 that waited written"])
+        self.assertEqual(cdr.status()["write_errors"], 3)
+
+    def test_waiting_written_on_reload(self) -> None:
+        """
+        C{SIGHUP} tries the records that wait: a file moved to another
+        disk, or space made and the file reopened.
+        """
+        full = [True]
+
+        def write(fd: int, data: bytes) -> int:
+            if full[0]:
+                raise OSError(28, "No space left on device")
+            return os.write(fd, data)
+
+        cdr = self.cdr(write=write)
+        cdr.call_event("ended", record("waited"))
+        full[0] = False
+        cdr.reload()
+        self.assertEqual([r["call_id"] for r in self.read()], ["waited"])
+        self.assertEqual((cdr.written, cdr.waiting), (1, 0))
 
     def test_reopen_after_rotation(self) -> None:
         """

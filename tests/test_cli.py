@@ -200,14 +200,19 @@ class RenderTests(SynchronousTestCase):
 
     def test_cdr_file_losses(self) -> None:
         """
-        C{--cdr-file} records that could not be written are said under the
-        header; nothing while every record was.
+        C{--cdr-file} records that wait for a file that takes no writes, or
+        were lost, are said under the header; nothing while every record
+        was written.
         """
-        fine = {"path": "/var/log/spwm/cdr.jsonl", "written": 12, "failures": 0, "reopened": 0}
+        fine = {"path": "/var/log/spwm/cdr.jsonl", "written": 12, "waiting": 0, "write_errors": 0, "failures": 0, "reopened": 0}
         self.assertFalse(any(line.startswith("CDR file") for line in render(dict(DOC, cdr_file=fine)).splitlines()))
         self.assertEqual(
             render(dict(DOC, cdr_file=dict(fine, failures=3))).splitlines()[1],
-            "CDR file /var/log/spwm/cdr.jsonl: 3 RECORDS LOST (writes failed, see the log); 12 written",
+            "CDR file /var/log/spwm/cdr.jsonl: 3 RECORDS LOST; 12 written",
+        )
+        self.assertEqual(
+            render(dict(DOC, cdr_file=dict(fine, waiting=5, write_errors=9))).splitlines()[1],
+            "CDR file /var/log/spwm/cdr.jsonl: 5 RECORDS WAIT (the file takes no writes, see the log); 12 written",
         )
 
     def test_loop(self) -> None:

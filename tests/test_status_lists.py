@@ -316,22 +316,24 @@ class PageTests(SynchronousTestCase):
 
     def test_cdr_file(self) -> None:
         """
-        A half with C{--cdr-file}: its page says when records were lost;
-        its numbers are counters.
+        A half with C{--cdr-file}: its page says when records wait or were
+        lost; its counts are counters, the records waiting a gauge.
         """
         status = Status("contact", Clock())
-        counts = {"path": "/var/log/spwm/cdr.jsonl", "written": 7, "failures": 0, "reopened": 1}
+        counts = {"path": "/var/log/spwm/cdr.jsonl", "written": 7, "waiting": 0, "write_errors": 0, "failures": 0, "reopened": 1}
         status.add("cdr_file", lambda: dict(counts))
         self.assertNotIn('class="cdr"', render_page(status, Query()).decode())
-        counts["failures"] = 2
+        counts.update(failures=2, waiting=3, write_errors=4)
         self.assertIn(
-            '<p class="cdr">CDR file /var/log/spwm/cdr.jsonl: 2 RECORDS LOST (writes failed, see the log);'
-            " 7 written</p>",
+            '<p class="cdr">CDR file /var/log/spwm/cdr.jsonl: 3 RECORDS WAIT (the file takes no writes, see the'
+            " log); 2 RECORDS LOST; 7 written</p>",
             render_page(status, Query()).decode(),
         )
         text = Metrics(status).exposition()[0].decode()
         self.assertIn('spwm_cdr_file_failures_total{side="contact"} 2.0', text)
         self.assertIn('spwm_cdr_file_written_total{side="contact"} 7.0', text)
+        self.assertIn('spwm_cdr_file_write_errors_total{side="contact"} 4.0', text)
+        self.assertIn('spwm_cdr_file_waiting{side="contact"} 3.0', text)
 
     def test_calls_with_quality(self) -> None:
         """
