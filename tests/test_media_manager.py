@@ -917,6 +917,16 @@ class PortAllocatorTests(SynchronousTestCase):
         self.assertEqual(ports.allocate(), 30002)
         self.assertRaises(ValueError, PortAllocator, 30001, 30001)
 
+    def test_holds(self) -> None:
+        """
+        L{PortAllocator.holds} is true for both ports of a pair in use.
+        """
+        ports = PortAllocator(30001, 30006)
+        base = ports.allocate()
+        self.assertEqual([ports.holds(p) for p in range(30000, 30007)], [False, False, True, True, False, False, False])
+        ports.release(base)
+        self.assertFalse(ports.holds(base) or ports.holds(base + 1))
+
     def test_media_full_through_the_adapter(self) -> None:
         """
         The SIP cores' C{media_full} (through L{MediaHookAdapter}) is true
@@ -1290,6 +1300,59 @@ class SignallingHostLatchTests(SynchronousTestCase):
         reactor, agent = self._call(source=None)
         reactor.udp[AGENT_ADDR, 20000].receive(b"up", (self.SIGNALLING, 7000))
         self.assertEqual(agent.status()["dropped_source"], 1)
+
+    def test_own_socket_latches_only_where_named(self) -> None:
+        """
+        A phone on the agent's own machine whose SDP names a port of
+        another call's relay socket (a load generator that sends from
+        ports it does not bind): that socket may latch onto the named
+        one (as in a call between two legs of one half), but the other
+        way round, where no SDP named it, what it sends is dropped rather
+        than latched onto, so the two sockets do not send each other's
+        media round and round; the phone's own other port still latches.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        first = "call-0;from-tag=a;to-tag=b"
+        # the second call's phone names the first call's relay port
+        for dialog, offer in ((first, _sdp(PHONE, ("audio", 4000, ""))), (DIALOG, _sdp(AGENT_ADDR, ("audio", 20000, "")))):
+            answer = _sdp(OPERATOR, ("audio", 6000, ""))
+            agent.sdp_into_tunnel(a_end, dialog, "application/sdp", offer, source=AGENT_ADDR)
+            contact.sdp_out_of_tunnel(c_end, dialog, "application/sdp", offer)
+            contact.sdp_into_tunnel(c_end, dialog, "application/sdp", answer)
+            agent.sdp_out_of_tunnel(a_end, dialog, "application/sdp", answer)
+        rtp_a, _ = agent.stream_endpoints(a_end.session_id, first, 0)
+        rtp_b, _ = agent.stream_endpoints(a_end.session_id, DIALOG, 0)
+        socket_a, socket_b = reactor.udp[AGENT_ADDR, 20000], reactor.udp[AGENT_ADDR, 20002]
+        socket_a.receive(b"up", (AGENT_ADDR, 7000))
+        self.assertEqual((rtp_a.latches, rtp_a.peer), (1, (AGENT_ADDR, 7000)))
+        socket_a.receive(b"loop", (AGENT_ADDR, 20002))
+        socket_a.receive(b"loop", (AGENT_ADDR, 20003))
+        self.assertEqual((rtp_a.dropped_source, rtp_a.latches, rtp_a.peer), (2, 1, (AGENT_ADDR, 7000)))
+        socket_b.receive(b"named", (AGENT_ADDR, 20000))
+        self.assertEqual((rtp_b.latches, rtp_b.peer), (1, (AGENT_ADDR, 20000)))
+        # once the second call's ports are free again, a phone may hold them
+        agent.dialog_ended(a_end, DIALOG)
+        socket_a.receive(b"phone", (AGENT_ADDR, 20002))
+        self.assertEqual((rtp_a.latches, rtp_a.peer), (2, (AGENT_ADDR, 20002)))
+
+    def test_own_socket_on_all_addresses(self) -> None:
+        """
+        A half that listens on all addresses takes a pair of its own on
+        any address of this machine (loopback here) for its own, and a
+        port on another machine's address for a phone's.
+        """
+        reactor = FakeUdpReactor()
+        agent = MediaManager(reactor, "agent", "0.0.0.0", (20000, 20099))
+        end = FakeTunnel(1, "contact")
+        end.app = agent
+        agent.sdp_into_tunnel(end, DIALOG, "application/sdp", _sdp(PHONE, ("audio", 4000, "")))
+        agent.sdp_out_of_tunnel(end, DIALOG, "application/sdp", _sdp(OPERATOR, ("audio", 6000, "")))
+        rtp, _ = agent.stream_endpoints(end.session_id, DIALOG, 0)
+        assert rtp.own is not None
+        self.assertEqual(
+            [rtp.own(a) for a in (("127.0.0.1", 20000), ("127.0.0.1", 20001), ("127.0.0.1", 20002), ("192.0.2.99", 20000))],
+            [True, True, False, False],
+        )
 
     def test_contact_ignores_source(self) -> None:
         """

@@ -37,6 +37,7 @@ from spwm.media.relay import (
     MAX_DATAGRAM,
     AllowPolicy,
     MediaRelayEndpoint,
+    is_local_address,
     normalise_host,
 )
 from spwm.media.negotiation import (
@@ -2049,12 +2050,32 @@ class MediaManager:
         return False
 
     def _endpoint(self, component: int) -> MediaRelayEndpoint:
-        return MediaRelayEndpoint(
+        endpoint = MediaRelayEndpoint(
             component=component,
             strict=self.strict,
             policy=self.policy,
             receive_buffer=self.receive_buffer,
         )
+        endpoint.own = self._own_socket
+        return endpoint
+
+    def _own_socket(self, address: tuple[str, int]) -> bool:
+        """
+        Whether C{address} is one of this half's relay sockets: a port of
+        a pair in use, on our media address (any address of this machine
+        when we listen on all of them).  A phone whose SDP names one (a
+        load generator that sends from ports it does not bind, a phone
+        on the agent's own machine) would otherwise make two of our
+        sockets latch onto each other and send each other's media round
+        and round.
+        """
+        host, port = address
+        if not self.ports.holds(port):
+            return False
+        ours = normalise_host(self.address)
+        if ours is None or ours in ("0.0.0.0", "::"):
+            return is_local_address(host)
+        return normalise_host(host) == ours
 
     def _unlisten(self, endpoint: MediaRelayEndpoint | None) -> None:
         if endpoint is None or endpoint.port is None:

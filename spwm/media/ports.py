@@ -83,6 +83,12 @@ class PortAllocator:
         """
         return len(self._used) >= self._pairs
 
+    def holds(self, port: int) -> bool:
+        """
+        Whether C{port} belongs to a pair handed out and not released.
+        """
+        return port - ((port - self._first) & 1) in self._used
+
     def release(self, port: int) -> None:
         """
         Give back the pair of C{port} (a value that L{allocate} returned).

@@ -141,6 +141,25 @@ def normalise_host(host: str) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=256)
+def is_local_address(host: str) -> bool:
+    """
+    Whether C{host} (an IP literal) is an address of this machine: one a
+    socket can be bound to.  Asked only when a datagram from one of a
+    relay's own ports would latch (L{MediaRelayEndpoint.own}): cached.
+    """
+    normal = normalise_host(host)
+    if normal is None:
+        return False
+    family = socket.AF_INET6 if ":" in normal else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((normal, 0))
+    except OSError:
+        return False
+    return True
+
+
 class _Branch:
     """
     What the SDP of one branch (early dialog) negotiated for our side's
@@ -252,6 +271,12 @@ class MediaRelayEndpoint(DatagramProtocol):
         self.latches = 0
         self.last_activity: float | None = None
         self.on_latch: Callable[[tuple[str, int], tuple[str, int] | None], None] | None = None
+        #: C{own(address)}: whether C{address} is one of this half's own
+        #: relay sockets, which latch only where an SDP named them exactly
+        #: (a phone that sends from the signalling host's other ports
+        #: latches, but one of ours that does would make two relay
+        #: sockets send each other's media: a loop)
+        self.own: Callable[[tuple[str, int]], bool] | None = None
         self._told = False
         self.quality_in: RtpStats | None = None
         self.quality_out: RtpStats | None = None
@@ -527,4 +552,13 @@ class MediaRelayEndpoint(DatagramProtocol):
                 found = branch
         if found is None or not self.policy.permits(host):
             return None
+        own = self.own
+        if own is not None and own(addr):
+            # one of our own sockets latches only where an SDP named it
+            # exactly (a call between two phones of this half: each leg's
+            # SDP names the other leg's socket)
+            if normal is None:
+                normal = normalise_host(host) or ""
+            named = next((b for b in self._branches.values() if b.host == normal and b.port == port), None)
+            return named
         return found
