@@ -206,7 +206,14 @@ def build_service(side: str, build: Callable[[], Any]) -> IService:
     """
     C{build().service} for C{twistd}: a L{ConfigError} becomes one line
     (C{spwm-SIDE: invalid configuration: KEY: PROBLEM}) and exit status 1.
+    Names are looked up in threads that a stop does not wait for
+    (L{spwm.lookups}).
     """
+    from twisted.internet import reactor
+
+    from spwm import lookups
+
+    lookups.install(reactor)
     try:
         service: IService = build().service
         return service

@@ -774,8 +774,9 @@ class ProxyNameWatch(TimerService):
         if run is None:
             from twisted.internet.threads import deferToThreadPool
 
-            pool = self.clock.getThreadPool()
-            d = deferToThreadPool(self.clock, pool, self._resolve)
+            from spwm.lookups import lookup_pool
+
+            d = deferToThreadPool(self.clock, lookup_pool(), self._resolve)
         else:
             d = run(self._resolve)
         d.addCallbacks(self._resolved, self._failed)

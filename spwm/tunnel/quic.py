@@ -1128,7 +1128,9 @@ class QuicClientEndpoint:
                 raise OSError(f"no address for {self._host}")
             return str(infos[0][4][0])
 
-        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), lookup)
+        from spwm.lookups import lookup_pool
+
+        return deferToThreadPool(self._reactor, lookup_pool(), lookup)
 
     def connect(self, protocolFactory: Any) -> Deferred[Any]:
         self.report.last_error = None
