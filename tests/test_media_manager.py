@@ -1335,6 +1335,26 @@ class SignallingHostLatchTests(SynchronousTestCase):
         socket_a.receive(b"phone", (AGENT_ADDR, 20002))
         self.assertEqual((rtp_a.latches, rtp_a.peer), (2, (AGENT_ADDR, 20002)))
 
+    def test_socket_never_latches_onto_itself(self) -> None:
+        """
+        A phone whose SDP names the very port the agent then takes for the
+        stream (a load generator that does not bind it): what the socket
+        sends to itself is dropped, not latched onto, so the far end's
+        echo does not go round through it.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        offer = _sdp(AGENT_ADDR, ("audio", 20000, ""))
+        answer = _sdp(OPERATOR, ("audio", 6000, ""))
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer, source=AGENT_ADDR)
+        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", offer)
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer)
+        agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer)
+        rtp, _ = agent.stream_endpoints(a_end.session_id, DIALOG, 0)
+        self.assertEqual(rtp.local_port, 20000)
+        reactor.udp[AGENT_ADDR, 20000].receive(b"itself", (AGENT_ADDR, 20000))
+        self.assertEqual((rtp.dropped_source, rtp.latches, rtp.peer), (1, 0, None))
+        self.assertEqual(reactor.udp[CONTACT_ADDR, 30000].sent, [])
+
     def test_own_socket_on_all_addresses(self) -> None:
         """
         A half that listens on all addresses takes a pair of its own on

@@ -2010,6 +2010,7 @@ class MediaManager:
             rtp = self._endpoint(0)
             try:
                 rtp.port = self.sockets.listen(base, rtp, self.address, self.receive_buffer)
+                rtp.local_port = base
             except CannotListenError as e:
                 self.ports.release(base)
                 taken = e
@@ -2020,6 +2021,7 @@ class MediaManager:
                 rtcp = self._endpoint(1)
                 try:
                     rtcp.port = self.sockets.listen(base + 1, rtcp, self.address, self.receive_buffer)
+                    rtcp.local_port = base + 1
                 except CannotListenError as e:
                     self._unlisten(rtp)
                     self.ports.release(base)

@@ -277,6 +277,8 @@ class MediaRelayEndpoint(DatagramProtocol):
         #: latches, but one of ours that does would make two relay
         #: sockets send each other's media: a loop)
         self.own: Callable[[tuple[str, int]], bool] | None = None
+        #: the port this socket is bound to (set by its owner), for L{own}
+        self.local_port: int | None = None
         self._told = False
         self.quality_in: RtpStats | None = None
         self.quality_out: RtpStats | None = None
@@ -554,6 +556,10 @@ class MediaRelayEndpoint(DatagramProtocol):
             return None
         own = self.own
         if own is not None and own(addr):
+            if port == self.local_port:
+                # this very socket (an SDP that named a port the half then
+                # took for this stream): what it sends would come back to it
+                return None
             # one of our own sockets latches only where an SDP named it
             # exactly (a call between two phones of this half: each leg's
             # SDP names the other leg's socket)
