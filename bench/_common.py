@@ -257,7 +257,13 @@ class Pair:
         agent_extra: list[str] = (),
         contact_extra: list[str] = (),
         agent_contact_port: int | None = None,
+        media_base: int | None = None,
     ) -> None:
+        """
+        @param media_base: the contact point's media range starts here and
+            the agent's follows it (C{media_ports} each); a random place
+            between 20000 and 32000 by default (L{media_ranges}).
+        """
         self.procs = procs
         self.workdir = workdir
         self.tunnel_port = free_port()
@@ -266,7 +272,12 @@ class Pair:
         self.agent_contact_port = agent_contact_port or self.tunnel_port
         self.sip_listen = ("127.0.0.1", free_port())
         self.sip_address = ("127.0.0.1", free_port())
-        contact_media, agent_media = media_ranges(2, media_ports)
+        if media_base is None:
+            contact_media, agent_media = media_ranges(2, media_ports)
+        else:
+            contact_media = (media_base, media_base + media_ports - 1)
+            agent_media = (media_base + media_ports, media_base + 2 * media_ports - 1)
+        self.media = {"contact": contact_media, "agent": agent_media}
         if tls:
             sys.path.insert(0, ROOT)
             from spwm.testing.certs import TestCA

@@ -242,6 +242,45 @@ def slope(points: list[tuple[float, float]]) -> float:
     return sum((x - mx) * (y - my) for x, y in points) / sxx
 
 
+# -- SIPp's media ports ----------------------------------------------------------
+
+#: The uac_pcap scenario names SIPp's [auto_media_port] in each call's SDP:
+#: its -mp plus 4 x the call's number modulo 10,000 (SIPp's documentation),
+#: ports it does not bind.  That sweep is kept off the halves' media ranges,
+#: off the ports L{free_port} hands out (10000-19999) and off the UAS's echo
+#: ports: a call whose SDP names the echo has both halves relay the echo's
+#: audio round and round through it (nothing any relay could tell from a
+#: phone).  The halves' ranges start at L{MEDIA_BASE}, the sweep after them.
+MEDIA_BASE = 20000
+UAC_MEDIA_SWEEP = 10_004
+
+#: Where the UAS's echo ports are looked for (below L{free_port}'s).
+ECHO_PORTS = (8000, 10000)
+
+
+def free_udp_block(low: int, high: int, count: int) -> int:
+    """
+    The first port C{p} in C{[low, high)} with C{p} to C{p + count - 1}
+    free for UDP on loopback now.
+
+    @raise RuntimeError: none.
+    """
+    for port in range(low, high - count + 1, count):
+        held: list[socket.socket] = []
+        try:
+            for offset in range(count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                held.append(s)
+                s.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+        return port
+    raise RuntimeError(f"no {count} free UDP ports in {low}-{high}")
+
+
 # -- the run -------------------------------------------------------------------
 
 
@@ -258,7 +297,11 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
         agent_extra=["--status-listen", f"tcp:{status_ports['agent']}:interface=127.0.0.1", *args.agent_arg],
         contact_extra=["--status-listen", f"tcp:{status_ports['contact']}:interface=127.0.0.1", *args.contact_arg],
         agent_contact_port=relay_port,
+        media_base=MEDIA_BASE,
     )
+    uac_media = MEDIA_BASE + 2 * args.media_ports
+    if uac_media + UAC_MEDIA_SWEEP > 65536:
+        raise SystemExit(f"--media-ports {args.media_ports}: no room for SIPp's media ports after the halves' ranges")
     cut_proc = None
     if relay_port is not None:
         cut_proc = procs.fork(cutter, relay_port, pair.tunnel_port)
@@ -280,7 +323,9 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
         procs.popen.append(p)
         return p
 
-    uas = sipp(["-sn", "uas", "-rtp_echo", "-i", "127.0.0.1", "-p", str(uas_port), "-mp", str(free_port()), "-nostdin"], uas_dir)
+    # the echo listens on -mp to -mp + 3 (audio and video, RTP and RTCP)
+    echo = free_udp_block(*ECHO_PORTS, 4)
+    uas = sipp(["-sn", "uas", "-rtp_echo", "-i", "127.0.0.1", "-p", str(uas_port), "-mp", str(echo), "-nostdin"], uas_dir)
     time.sleep(0.5)
     if uas.poll() is not None:
         raise RuntimeError(f"the SIPp UAS exited with {uas.returncode}; see {uas_dir}")
@@ -305,7 +350,7 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
     stat = os.path.join(uac_dir, "stat.csv")
     uac_args = [
         "-sn", args.scenario, f"{pair.sip_listen[0]}:{pair.sip_listen[1]}",
-        "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port()),
+        "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(uac_media),
         "-nostdin", "-r", f"{args.rate:g}", "-m", str(calls), "-l", str(max(10, int(args.rate * (call_s + 10)))),
         "-recv_timeout", "10000", "-timeout", f"{seconds + call_s + 120:.0f}s", "-timeout_error",
         "-trace_stat", "-stf", stat, "-fd", "5", "-trace_err",
