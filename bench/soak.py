@@ -71,6 +71,7 @@ from _common import (  # noqa: E402
     run_bounded,
 )
 
+from spwm.testing.ports import free_udp_block  # noqa: E402
 from spwm.testing.sipp import last_stats, stat_count  # noqa: E402
 
 #: where SIPp's own pcap files are (Debian's C{sip-tester})
@@ -256,29 +257,6 @@ UAC_MEDIA_SWEEP = 10_004
 
 #: Where the UAS's echo ports are looked for (below L{free_port}'s).
 ECHO_PORTS = (8000, 10000)
-
-
-def free_udp_block(low: int, high: int, count: int) -> int:
-    """
-    The first port C{p} in C{[low, high)} with C{p} to C{p + count - 1}
-    free for UDP on loopback now.
-
-    @raise RuntimeError: none.
-    """
-    for port in range(low, high - count + 1, count):
-        held: list[socket.socket] = []
-        try:
-            for offset in range(count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                held.append(s)
-                s.bind(("127.0.0.1", port + offset))
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-        return port
-    raise RuntimeError(f"no {count} free UDP ports in {low}-{high}")
 
 
 # -- the run -------------------------------------------------------------------

@@ -9,8 +9,8 @@ import socket
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench.soak import ECHO_PORTS, MEDIA_BASE, UAC_MEDIA_SWEEP, free_udp_block
-from spwm.testing.ports import HIGH, LOW
+from bench.soak import ECHO_PORTS, MEDIA_BASE, UAC_MEDIA_SWEEP
+from spwm.testing.ports import HIGH, LOW, free_udp_block
 
 
 class SippMediaPortTests(SynchronousTestCase):

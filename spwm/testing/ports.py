@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import socket
+from typing import Sequence
 
 #: Where the ports are drawn from: under the ephemeral range, and away
 #: from the ranges the tests and the bed bind by number (20000 and up).
@@ -31,6 +32,26 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+def _bindable(host: str, binds: Sequence[tuple[int, int]]) -> bool:
+    """
+    Whether every C{(socket type, port)} of C{binds} can be bound on
+    C{host} now (all at once; each is closed again).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    held: list[socket.socket] = []
+    try:
+        for kind, port in binds:
+            s = socket.socket(family, kind)
+            held.append(s)
+            s.bind((host, port))
+    except OSError:
+        return False
+    finally:
+        for s in held:
+            s.close()
+    return True
+
+
 def free_port(host: str = "127.0.0.1", following: int = 0) -> int:
     """
     A port free now on C{host} for both UDP and TCP, with the C{following}
@@ -39,22 +60,22 @@ def free_port(host: str = "127.0.0.1", following: int = 0) -> int:
     @raise RuntimeError: if none is found in 100 tries.
     """
     high = min(HIGH, _ephemeral_low() - 1) - following
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(100):
         port = _draw.randint(LOW, high)
-        held: list[socket.socket] = []
-        try:
-            u = socket.socket(family, socket.SOCK_DGRAM)
-            held.append(u)
-            u.bind((host, port))
-            for offset in range(following + 1):
-                t = socket.socket(family)
-                held.append(t)
-                t.bind((host, port + offset))
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-        return port
+        binds = [(socket.SOCK_DGRAM, port)] + [(socket.SOCK_STREAM, port + n) for n in range(following + 1)]
+        if _bindable(host, binds):
+            return port
     raise RuntimeError(f"no free port on {host}")
+
+
+def free_udp_block(low: int, high: int, count: int, host: str = "127.0.0.1") -> int:
+    """
+    The first port C{p} in C{[low, high)}, in steps of C{count}, with C{p}
+    to C{p + count - 1} free for UDP on C{host} now.
+
+    @raise RuntimeError: none.
+    """
+    for port in range(low, high - count + 1, count):
+        if _bindable(host, [(socket.SOCK_DGRAM, port + n) for n in range(count)]):
+            return port
+    raise RuntimeError(f"no {count} free UDP ports in {low}-{high}")
