@@ -513,7 +513,10 @@ def proxies_line(doc: dict[str, Any]) -> str | None:
         f"{name} {'answers' if up else 'DOES NOT ANSWER'}" + (" (in use)" if name == using else "")
         for name, up in proxies.items()
     ]
-    return "Operator proxies: " + ", ".join(parts)
+    line = "Operator proxies: " + ", ".join(parts)
+    if not any(proxies.values()):
+        line += "; NONE ANSWERS: new SIP requests from phones get 503"
+    return line
 
 
 def tunnel_lines(doc: dict[str, Any]) -> list[str]:

@@ -123,6 +123,19 @@ class RenderTests(SynchronousTestCase):
             "Operator proxies: 198.51.100.7:5060;transport=udp DOES NOT ANSWER,"
             " 198.51.100.8:5060;transport=udp answers (in use)",
         )
+        # with none answering, requests inside calls still go to the first
+        none = dict(
+            DOC,
+            sip={
+                "proxies": {"198.51.100.7:5060;transport=udp": False, "198.51.100.8:5060;transport=udp": False},
+                "proxy": "198.51.100.7:5060;transport=udp",
+            },
+        )
+        self.assertEqual(
+            render(none).splitlines()[1],
+            "Operator proxies: 198.51.100.7:5060;transport=udp DOES NOT ANSWER (in use),"
+            " 198.51.100.8:5060;transport=udp DOES NOT ANSWER; NONE ANSWERS: new SIP requests from phones get 503",
+        )
 
     def test_certificate(self) -> None:
         """
