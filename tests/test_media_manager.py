@@ -689,6 +689,42 @@ class SuspendedSessionTests(SynchronousTestCase):
         reactor.udp[AGENT_ADDR, port].receive(b"rtp", (PHONE, 4000))
         self.assertEqual([d for _, d, _ in a_end.datagrams], [b"rtp"])
 
+    def test_both_halves_open_a_channel_for_a_stream(self) -> None:
+        """
+        Around a resumption both halves open a channel for the same stream
+        before either sees the other's: the agent takes the contact
+        point's and closes its own, the contact point refuses the agent's,
+        and RTP goes both ways on the contact point's channel; neither half
+        releases the stream.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        answer = _sdp(OPERATOR, ("audio", 6000, ""))
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", self.OFFER)
+        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", self.OFFER)
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer)
+        agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer)
+        # the new connection, as each half sees it
+        a_new, c_new = FakeTunnel(1, "contact"), FakeTunnel(2, "agent")
+        a_new.app, c_new.app = agent, contact
+        # the agent's open of its channel is still on its way when the
+        # contact point opens its own
+        agent.session_resumed(a_end.session_id, a_new, reopen=True)
+        (agent_channel, kind, meta) = a_new.opened[-1]
+        c_new.other = a_new
+        contact.session_resumed(c_end.session_id, c_new, reopen=True)
+        (contact_channel, _, _) = c_new.opened[-1]
+        a_new.other = c_new
+        Router(None, {"media": contact}, None).channel_requested(c_new, agent_channel, kind, dict(meta))
+        self.assertEqual((agent.streams, contact.streams), (1, 1))
+        self.assertEqual(agent.replaced_channels, 1)
+        self.assertEqual([c[0] for c in a_new.closed], [agent_channel])
+        self.assertEqual([c[:2] for c in c_new.closed], [(agent_channel, ErrorCode.REFUSED)])
+        reactor.udp[AGENT_ADDR, 20000].receive(b"up", (PHONE, 4000))
+        reactor.udp[CONTACT_ADDR, 30000].receive(b"down", (OPERATOR, 6000))
+        self.assertEqual(reactor.udp[CONTACT_ADDR, 30000].sent, [(b"up", (OPERATOR, 6000))])
+        self.assertEqual(reactor.udp[AGENT_ADDR, 20000].sent, [(b"down", (PHONE, 4000))])
+        self.assertEqual([d[0] for d in a_new.datagrams], [contact_channel])
+
     def test_released_when_not_suspended(self) -> None:
         """
         Without a suspension (a connection that is just not open) the

@@ -158,6 +158,7 @@ class _Stream:
         "index",
         "plan",
         "channel_id",
+        "channel_ours",
         "rtp",
         "rtcp",
         "base_port",
@@ -186,6 +187,8 @@ class _Stream:
         self.index = index
         self.plan = plan
         self.channel_id: int | None = None
+        # whether this half opened its channel (else the peer did)
+        self.channel_ours = False
         self.rtp: MediaRelayEndpoint | None = None
         self.rtcp: MediaRelayEndpoint | None = None
         self.base_port: int | None = None
@@ -719,6 +722,7 @@ class MediaManager:
         )
         self.dropped_unknown_channel = 0
         self.refused_channels = 0
+        self.replaced_channels = 0
         self.rejected_streams = 0
         self.refused_local_channels = 0
         self._warnings = ThrottledLog(self.log, None, PowersOfTwo(), max_keys=64)
@@ -760,6 +764,7 @@ class MediaManager:
             "port_pairs_total": self.ports.capacity,
             "rejected_streams": self.rejected_streams,
             "refused_channels": self.refused_channels,
+            "replaced_channels": self.replaced_channels,
             "refused_local_channels": self.refused_local_channels,
             "dropped_unknown_channel": self.dropped_unknown_channel,
             "ignored_branch_sdp": self.ignored_branch_sdp,
@@ -1468,7 +1473,7 @@ class MediaManager:
             kind = ChannelKind.DATAGRAM
             meta["mux"] = stream.plan.mux
         channel_id = stream.tunnel.open_channel(kind, meta, self)
-        self._attach(stream, channel_id)
+        self._attach(stream, channel_id, ours=True)
 
     def _pend(self, key: tuple[str, str, int], entry: tuple[Any, int, float]) -> None:
         self._pending[key] = entry
@@ -1526,6 +1531,9 @@ class MediaManager:
             dialog = self._find(session_id, dialog_key)
             stream = None if dialog is None else dialog.streams.get(index)
             if stream is not None and stream.channel_id is not None:
+                if self.side == "agent" and stream.channel_ours and stream.tcp is None:
+                    self._replace_channel(stream, tunnel, channel_id)
+                    return self
                 problem = "stream already has a channel"
             elif (session_id, dialog_key, index) in self._pending:
                 problem = "stream already has a channel"
@@ -1546,6 +1554,24 @@ class MediaManager:
             self._pend((session_id, dialog_key, index), (tunnel, channel_id, self.clock.seconds()))
             self._sweeper.ensure()
         return self
+
+    def _replace_channel(self, stream: _Stream, tunnel: Any, channel_id: int) -> None:
+        """
+        Agent: the contact point opened a channel for a stream that has one
+        the agent opened.  Both halves opened one before each saw the
+        other's (around a resumption or a switch of connections); each
+        refusing the other's would close both and release the call's media
+        on both halves.  The contact point's wins: it refuses the agent's
+        (L{accept} there), and the agent takes the contact point's and
+        closes its own.
+        """
+        old_tunnel, old = stream.tunnel, stream.channel_id
+        assert old is not None
+        self._drop_channel(stream)
+        old_tunnel.close_channel(old, 0, "replaced by the contact point's channel for the stream")
+        stream.tunnel = tunnel
+        self._attach(stream, channel_id)
+        self.replaced_channels += 1
 
     def datagram_received(
         self, tunnel: Any, channel_id: int, data: bytes, component: int
@@ -1932,7 +1958,7 @@ class MediaManager:
         except ChannelLimitError as e:
             self._refuse_stream(stream, str(e))
             return False
-        self._attach(stream, channel_id)
+        self._attach(stream, channel_id, ours=True)
         return True
 
     def _refuse_stream(self, stream: _Stream, reason: str) -> None:
@@ -1952,8 +1978,9 @@ class MediaManager:
         if dialog is not None and dialog.streams.get(stream.index) is stream:
             self._release_stream(dialog, stream.index, "no media channel", close=False)
 
-    def _attach(self, stream: _Stream, channel_id: int) -> None:
+    def _attach(self, stream: _Stream, channel_id: int, ours: bool = False) -> None:
         stream.channel_id = channel_id
+        stream.channel_ours = ours
         bind = getattr(stream.tunnel, "bind_channel_to_flow", None)
         if bind is not None:
             # Per-user ciphering: the channel takes the key of the flow
