@@ -272,8 +272,14 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
         ("127.0.0.1", uas_port),
         media_ports=args.media_ports,
         tls=not args.plaintext,
-        agent_extra=["--status-listen", f"tcp:{status_ports['agent']}:interface=127.0.0.1", *args.agent_arg],
-        contact_extra=["--status-listen", f"tcp:{status_ports['contact']}:interface=127.0.0.1", *args.contact_arg],
+        agent_extra=[
+            "--status-listen", f"tcp:{status_ports['agent']}:interface=127.0.0.1",
+            "--cdr-file", os.path.join(workdir, "agent-cdr.jsonl"), *args.agent_arg,
+        ],
+        contact_extra=[
+            "--status-listen", f"tcp:{status_ports['contact']}:interface=127.0.0.1",
+            "--cdr-file", os.path.join(workdir, "contact-cdr.jsonl"), *args.contact_arg,
+        ],
         agent_contact_port=relay_port,
         media_base=MEDIA_BASE,
     )
@@ -418,13 +424,56 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
             f"({fds:+d} against before the first call, {grown:+d} tunnel connections), RSS {after[name]['rss'] / 1024:.1f} MB, "
             f"{_short(after[name]['gauges'])}: {'back to idle' if ok else 'NOT BACK TO IDLE'}"
         )
+    media_ok = True
+    if args.scenario == "uac_pcap":
+        for name in pids:
+            verdict = media_verdict(os.path.join(workdir, f"{name}-cdr.jsonl"), name)
+            media_ok = media_ok and verdict["silent"] == 0 and verdict["looped"] == 0
+            print(
+                f"  {name}: media of {verdict['answered']} answered calls (its --cdr-file): a median of "
+                f"{verdict['median']:g} datagrams through the tunnel each; {verdict['silent']} with less than half of "
+                f"that (media lost), {verdict['looped']} with more than twice (media looping)"
+                + (f": {', '.join(verdict['examples'])}" if verdict["examples"] else "")
+            )
     for line, count in sorted(pair.warning_counts().items(), key=lambda kv: -kv[1])[:12]:
         print(f"  log x{count}: {line}")
     with open(os.path.join(workdir, "samples.json"), "w") as f:
         json.dump({"idle": idle, "after": after, "samples": samples}, f)
-    ok = bounded and failed == 0 and success == calls
+    ok = bounded and media_ok and failed == 0 and success == calls
     print(f"verdict: {'every call completed and both halves came back to idle' if ok else 'SEE ABOVE'}")
     return 0 if ok else 1
+
+
+def media_verdict(path: str, side: str) -> dict[str, Any]:
+    """
+    What a half's call detail records say of each answered call's media
+    through the tunnel: every call plays the same pcap, so a call whose
+    tunnel leg carried less than half the median lost its media (no
+    channel), and one with more than twice the median looped.
+
+    @return: C{answered}, C{median}, C{silent}, C{looped} and up to five
+        C{examples} (Call-ID and count).
+    """
+    counts: list[tuple[str, int]] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("answered_s") is None:
+                continue
+            packets = 0
+            for stream in record.get("streams") or []:
+                legs = stream.get("legs") or {}
+                packets += (legs.get("tunnel") or {}).get("packets") or 0
+            counts.append((str(record.get("call_id")), packets))
+    ordered = sorted(c for _, c in counts)
+    median = ordered[len(ordered) // 2] if ordered else 0
+    silent = [(i, c) for i, c in counts if c < median / 2]
+    looped = [(i, c) for i, c in counts if c > 2 * median]
+    examples = [f"{i} {c}" for i, c in (silent + looped)[:5]]
+    return {"answered": len(counts), "median": median, "silent": len(silent), "looped": len(looped), "examples": examples}
 
 
 def _short(g: dict[str, float]) -> str:

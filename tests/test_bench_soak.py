@@ -5,11 +5,13 @@ Tests for the soak benchmark's choice of SIPp's media ports
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench.soak import ECHO_PORTS, MEDIA_BASE, UAC_MEDIA_SWEEP
+from bench.soak import ECHO_PORTS, MEDIA_BASE, UAC_MEDIA_SWEEP, media_verdict
 from spwm.testing.ports import HIGH, LOW, free_udp_block
 
 
@@ -40,3 +42,28 @@ class SippMediaPortTests(SynchronousTestCase):
         for (_, end), (start, _) in zip(spans, spans[1:]):
             self.assertLessEqual(end, start, spans)
         self.assertLessEqual(sweep[1], 65536)
+
+
+class MediaVerdictTests(SynchronousTestCase):
+    def test_silent_and_looping_calls(self) -> None:
+        """
+        From a half's call detail records: answered calls whose tunnel leg
+        carried less than half the median are silent, more than twice
+        looped; unanswered calls and lines that are not JSON are passed
+        over.
+        """
+
+        def record(call_id: str, packets: int | None, answered: float | None = 9.0) -> str:
+            legs = None if packets is None else {"lan": {"packets": 999}, "tunnel": {"packets": packets}}
+            return json.dumps({"call_id": call_id, "answered_s": answered, "streams": [{"index": 0, "legs": legs}]})
+
+        path = os.path.join(self.mktemp())
+        lines = [record(f"c{n}", 246) for n in range(7)]
+        lines += [record("dead", None), record("quiet", 3), record("loop", 59036), record("early", 0, None), "{torn"]
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        verdict = media_verdict(path, "agent")
+        self.assertEqual(
+            verdict,
+            {"answered": 10, "median": 246, "silent": 2, "looped": 1, "examples": ["dead 0", "quiet 3", "loop 59036"]},
+        )
