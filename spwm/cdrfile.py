@@ -63,8 +63,10 @@ class CdrFile:
     Appends each ended call's record to a file, one JSON object a line.
 
     A media manager's call observer (L{call_event}).  The file stays open
-    while the process stops (the calls a drain ends are recorded too) and
-    is closed after the reactor's shutdown, or by L{close}.
+    while the process stops and until it exits, or until L{close}: the
+    calls that a stop ends are recorded too, also those whose end comes
+    in the reactor's last turns, after its shutdown triggers (the
+    sessions of tunnels closed when the drain time is over).
 
     @ivar written: records written since the start.
     @ivar failures: records lost: more than L{MAX_WAITING} waited, or some
@@ -90,9 +92,9 @@ class CdrFile:
         Open the file now, so that a path that cannot be written is a
         configuration error at start rather than lost records later.
 
-        @param reactor: closes the file after its shutdown, and tries the
-            records that wait again every C{retry_interval} seconds, if
-            given (else only the next record and L{reload} try them).
+        @param reactor: tries the records that wait again every
+            C{retry_interval} seconds, and once more after its shutdown,
+            if given (else only the next record and L{reload} try them).
         @param write: C{os.write}, or a test's.
         @raise ConfigError: it cannot be opened.
         """
@@ -119,7 +121,20 @@ class CdrFile:
             raise ConfigError("cdr-file", f"cannot open {path!r} for appending: {e.strerror or e}") from None
         add_trigger = getattr(reactor, "addSystemEventTrigger", None)
         if add_trigger is not None:
-            add_trigger("after", "shutdown", self.close)
+            add_trigger("after", "shutdown", self._shut_down)
+
+    def _shut_down(self) -> None:
+        """
+        After the reactor's shutdown: no more retry timer; the records
+        that wait are tried once more.  The file stays open (see the
+        class).
+        """
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        self._reactor = None
+        if self._waiting:
+            self._flush()
 
     @property
     def waiting(self) -> int:

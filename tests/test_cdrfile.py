@@ -260,19 +260,34 @@ class CdrFileTests(SynchronousTestCase):
         self.assertTrue(line.startswith(f"--cdr-file: cannot reopen {self.path} ("), line)
         self.assertTrue(line.endswith("): records still go to the file open before"), line)
 
-    def test_closed_after_shutdown(self) -> None:
+    def test_open_through_shutdown(self) -> None:
         """
-        The file stays open while the process stops (the drain's calls are
-        recorded) and is closed after the reactor's shutdown; a record
-        after that is counted as lost.
+        The file stays open through the reactor's shutdown: a call that
+        the stop ends in the reactor's last turns, after its shutdown
+        triggers, is recorded too; the trigger stops the retry timer and
+        tries what waits once more.  L{CdrFile.close} closes it (twice is
+        fine); a record after that is counted as lost.
         """
-        reactor = _Triggers()
-        cdr = self.cdr(reactor=reactor)
-        [(phase, event, close)] = reactor.triggers
+        reactor = _Clock()
+        full = [True]
+
+        def write(fd: int, data: bytes) -> int:
+            if full[0]:
+                raise OSError(28, "No space left on device")
+            return os.write(fd, data)
+
+        cdr = self.cdr(reactor=reactor, write=write)
+        [(phase, event, shut_down)] = reactor.triggers
         self.assertEqual((phase, event), ("after", "shutdown"))
+        cdr.call_event("ended", record("waited"))
+        self.assertEqual(len(reactor.getDelayedCalls()), 1)
+        full[0] = False
+        shut_down()
+        self.assertEqual(reactor.getDelayedCalls(), [])
         cdr.call_event("ended", record("drained"))
-        close()
-        close()
+        self.assertEqual([r["call_id"] for r in self.read()], ["waited", "drained"])
+        cdr.close()
+        cdr.close()
         cdr.call_event("ended", record("late"))
-        self.assertEqual([r["call_id"] for r in self.read()], ["drained"])
-        self.assertEqual((cdr.written, cdr.failures), (1, 1))
+        self.assertEqual([r["call_id"] for r in self.read()], ["waited", "drained"])
+        self.assertEqual((cdr.written, cdr.failures), (2, 1))

@@ -8,6 +8,7 @@ Before, the signal's default ended the process.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -162,6 +163,55 @@ class ReloadSignalTests(TestCase):
         self.assertTrue(os.path.exists(path))
         self.assertNotIn("nothing to load again", self.process.text())
         self.assertFalse(self.process.ended.called)
+
+    @defer.inlineCallbacks
+    def test_stop_records_the_calls_it_ends(self) -> Any:
+        """
+        A call in progress when the contact point stops (SIGTERM, twistd)
+        is in its C{--cdr-file}: both of its legs, ended by the stop.
+        Before, calls that the stop ended in the reactor's last turns came
+        after the file was closed and were lost, with an error line.
+        """
+        from spwm.tap import agent
+        from spwm.tap.assembly import build_agent
+        from spwm.testing.phone import Phone
+
+        path = os.path.abspath(self.mktemp())
+        yield self.start("--plaintext", "--cdr-file", path, "--media-allow", "127.0.0.0/8")
+        phones = []
+        for name in ("alice", "bob"):
+            options = agent.Options()
+            options.parseOptions(
+                ["--plaintext", "--contact", f"127.0.0.1:{self.port}", "--agent-id", name,
+                 "--sip-listen", f"127.0.0.1:{free_port()}", "--media-address", "127.0.0.1",
+                 "--reconnect-max", "0.3"]
+            )  # fmt: skip
+            service = build_agent(options.config, reactor)
+            service.service.startService()
+            self.addCleanup(service.service.stopService)
+            yield wait_until(lambda: service.tunnel_service.tunnel is not None)
+            phone = Phone(reactor, name, "example.test", service.config.sip_listen[0])
+            phone.start()
+            self.addCleanup(phone.stop)
+            response = yield phone.register()
+            self.assertEqual(response.status, 200)
+            phones.append(phone)
+        alice, bob = phones
+        answered: defer.Deferred[Any] = defer.Deferred()
+        bob.on_incoming = lambda c: answered.called or answered.callback(c)
+        a_call = yield alice.call("bob")
+        b_call = yield answered
+        yield b_call.established
+        a_call.start_media()
+        b_call.start_media()
+        yield wait_until(lambda: b_call.rx.unique > 5 and a_call.rx.unique > 5)
+        yield self.stop()
+        with open(path, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f]
+        self.assertEqual(len(records), 2, records)
+        self.assertEqual({r["call_id"] for r in records}, {a_call.call_id})
+        self.assertTrue(all(r["answered_s"] is not None for r in records), records)
+        self.assertNotIn("records lost", self.process.text())
 
 
 class AgentReloadSignalTests(TestCase):
