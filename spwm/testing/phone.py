@@ -849,6 +849,29 @@ class CallFailed(Exception):
     """
 
 
+@defer.inlineCallbacks
+def call_with_media(caller: "Phone", callee: "Phone") -> Any:
+    """
+    C{caller} calls C{callee} (by its name), which answers; once the call
+    is established both send RTP.
+
+    @return: a L{Deferred} of the caller's and the callee's L{Call}.
+    """
+    answered: defer.Deferred[Call] = defer.Deferred()
+
+    def incoming_call(call: Call) -> None:
+        if not answered.called:
+            answered.callback(call)
+
+    callee.on_incoming = incoming_call
+    outgoing = yield caller.call(callee.name)
+    incoming = yield answered
+    yield incoming.established
+    outgoing.start_media()
+    incoming.start_media()
+    return outgoing, incoming
+
+
 class TransactionTimeout(Exception):
     """
     A request got no final response in time.

@@ -15,6 +15,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from spwm.embed import ConfigError, ContactConfig, build_contact
+from spwm.testing.phone import call_with_media
 from spwm.testing.ports import free_port
 from tests.integration.test_tunnel_loopback import wait_until
 
@@ -78,13 +79,7 @@ class EmbeddingTests(TestCase):
         for phone in (alice, bob):
             response = yield phone.register()
             self.assertEqual(response.status, 200)
-        answered: defer.Deferred[Any] = defer.Deferred()
-        bob.on_incoming = lambda c: answered.called or answered.callback(c)
-        call = yield alice.call("bob")
-        b_call = yield answered
-        yield b_call.established
-        call.start_media()
-        b_call.start_media()
+        call, b_call = yield call_with_media(alice, bob)
         yield wait_until(lambda: call.rx.unique >= 10 and b_call.rx.unique >= 10, timeout=10)
         response = yield alice.hang_up(call)
         self.assertEqual(response.status, 200)

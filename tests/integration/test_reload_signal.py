@@ -174,7 +174,7 @@ class ReloadSignalTests(TestCase):
         """
         from spwm.tap import agent
         from spwm.tap.assembly import build_agent
-        from spwm.testing.phone import Phone
+        from spwm.testing.phone import Phone, call_with_media
 
         path = os.path.abspath(self.mktemp())
         yield self.start("--plaintext", "--cdr-file", path, "--media-allow", "127.0.0.0/8")
@@ -196,14 +196,7 @@ class ReloadSignalTests(TestCase):
             response = yield phone.register()
             self.assertEqual(response.status, 200)
             phones.append(phone)
-        alice, bob = phones
-        answered: defer.Deferred[Any] = defer.Deferred()
-        bob.on_incoming = lambda c: answered.called or answered.callback(c)
-        a_call = yield alice.call("bob")
-        b_call = yield answered
-        yield b_call.established
-        a_call.start_media()
-        b_call.start_media()
+        a_call, b_call = yield call_with_media(*phones)
         yield wait_until(lambda: b_call.rx.unique > 5 and a_call.rx.unique > 5)
         yield self.stop()
         with open(path, encoding="utf-8") as f:
