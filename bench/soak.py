@@ -290,7 +290,13 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
     if relay_port is not None:
         cut_proc = procs.fork(cutter, relay_port, pair.tunnel_port)
     pair.wait_up()
-    registered = register_through(pair.sip_listen, uas_port, "sipp", "127.0.0.1")
+    # one REGISTER for the whole run (its registrar's port is SIPp's UAS's
+    # afterwards, which cannot answer a refresh): it must outlive the calls
+    # and the settling, or the contact point refuses the tunnel's requests
+    # (403, not registered) from then on; a run of an hour with an expiry
+    # of 3600 s failed its last calls so
+    expires = max(3600, int(args.minutes * 60 + args.settle + 600))
+    registered = register_through(pair.sip_listen, uas_port, "sipp", "127.0.0.1", expires=expires)
     pids = pair.pids
 
     uas_dir = os.path.join(workdir, "uas")
