@@ -111,28 +111,19 @@ class RenderTests(SynchronousTestCase):
         header says which answer and which is in use; none without them.
         """
         self.assertFalse(any(line.startswith("Operator proxies") for line in render(DOC).splitlines()))
-        pool = dict(
-            DOC,
-            sip={
-                "proxies": {"198.51.100.7:5060;transport=udp": False, "198.51.100.8:5060;transport=udp": True},
-                "proxy": "198.51.100.8:5060;transport=udp",
-            },
-        )
+        first, second = "198.51.100.7:5060;transport=udp", "198.51.100.8:5060;transport=udp"
+
+        def pool(second_up: bool, using: str) -> dict[str, Any]:
+            return dict(DOC, sip={"proxies": {first: False, second: second_up}, "proxy": using})
+
         self.assertEqual(
-            render(pool).splitlines()[1],
+            render(pool(True, second)).splitlines()[1],
             "Operator proxies: 198.51.100.7:5060;transport=udp DOES NOT ANSWER,"
             " 198.51.100.8:5060;transport=udp answers (in use)",
         )
         # with none answering, requests inside calls still go to the first
-        none = dict(
-            DOC,
-            sip={
-                "proxies": {"198.51.100.7:5060;transport=udp": False, "198.51.100.8:5060;transport=udp": False},
-                "proxy": "198.51.100.7:5060;transport=udp",
-            },
-        )
         self.assertEqual(
-            render(none).splitlines()[1],
+            render(pool(False, first)).splitlines()[1],
             "Operator proxies: 198.51.100.7:5060;transport=udp DOES NOT ANSWER (in use),"
             " 198.51.100.8:5060;transport=udp DOES NOT ANSWER; NONE ANSWERS: new SIP requests from phones get 503",
         )

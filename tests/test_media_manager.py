@@ -84,6 +84,26 @@ def _pair(
     return reactor, agent, agent_end, contact, contact_end
 
 
+def _negotiate(
+    agent: MediaManager,
+    a_end: Any,
+    contact: MediaManager,
+    c_end: Any,
+    dialog: str,
+    offer: bytes,
+    answer: bytes,
+    source: str | None = None,
+) -> None:
+    """
+    The phone's C{offer} through the agent and the contact point, and the
+    operator's C{answer} back (C{source}: the phone's signalling host).
+    """
+    agent.sdp_into_tunnel(a_end, dialog, "application/sdp", offer, source=source)
+    contact.sdp_out_of_tunnel(c_end, dialog, "application/sdp", offer)
+    contact.sdp_into_tunnel(c_end, dialog, "application/sdp", answer)
+    agent.sdp_out_of_tunnel(a_end, dialog, "application/sdp", answer)
+
+
 def _sdp(host: str, *streams: tuple[str, int, str], version: int = 1) -> bytes:
     lines = [
         b"v=0",
@@ -698,11 +718,7 @@ class SuspendedSessionTests(SynchronousTestCase):
         releases the stream.
         """
         reactor, agent, a_end, contact, c_end = _pair()
-        answer = _sdp(OPERATOR, ("audio", 6000, ""))
-        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", self.OFFER)
-        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", self.OFFER)
-        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer)
-        agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer)
+        _negotiate(agent, a_end, contact, c_end, DIALOG, self.OFFER, _sdp(OPERATOR, ("audio", 6000, "")))
         # the new connection, as each half sees it
         a_new, c_new = FakeTunnel(1, "contact"), FakeTunnel(2, "agent")
         a_new.app, c_new.app = agent, contact
@@ -1279,11 +1295,7 @@ class SignallingHostLatchTests(SynchronousTestCase):
     def _call(self, source: str | None = SIGNALLING):
         reactor, agent, a_end, contact, c_end = _pair()
         offer = _sdp(PHONE, ("audio", 4000, ""))
-        answer = _sdp(OPERATOR, ("audio", 6000, ""))
-        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer, source=source)
-        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", offer)
-        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer)
-        agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer)
+        _negotiate(agent, a_end, contact, c_end, DIALOG, offer, _sdp(OPERATOR, ("audio", 6000, "")), source)
         return reactor, agent
 
     def test_latched_both_ways_and_logged(self) -> None:
@@ -1350,12 +1362,9 @@ class SignallingHostLatchTests(SynchronousTestCase):
         reactor, agent, a_end, contact, c_end = _pair()
         first = "call-0;from-tag=a;to-tag=b"
         # the second call's phone names the first call's relay port
+        answer = _sdp(OPERATOR, ("audio", 6000, ""))
         for dialog, offer in ((first, _sdp(PHONE, ("audio", 4000, ""))), (DIALOG, _sdp(AGENT_ADDR, ("audio", 20000, "")))):
-            answer = _sdp(OPERATOR, ("audio", 6000, ""))
-            agent.sdp_into_tunnel(a_end, dialog, "application/sdp", offer, source=AGENT_ADDR)
-            contact.sdp_out_of_tunnel(c_end, dialog, "application/sdp", offer)
-            contact.sdp_into_tunnel(c_end, dialog, "application/sdp", answer)
-            agent.sdp_out_of_tunnel(a_end, dialog, "application/sdp", answer)
+            _negotiate(agent, a_end, contact, c_end, dialog, offer, answer, AGENT_ADDR)
         rtp_a, _ = agent.stream_endpoints(a_end.session_id, first, 0)
         rtp_b, _ = agent.stream_endpoints(a_end.session_id, DIALOG, 0)
         socket_a, socket_b = reactor.udp[AGENT_ADDR, 20000], reactor.udp[AGENT_ADDR, 20002]
@@ -1380,11 +1389,7 @@ class SignallingHostLatchTests(SynchronousTestCase):
         """
         reactor, agent, a_end, contact, c_end = _pair()
         offer = _sdp(AGENT_ADDR, ("audio", 20000, ""))
-        answer = _sdp(OPERATOR, ("audio", 6000, ""))
-        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer, source=AGENT_ADDR)
-        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", offer)
-        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer)
-        agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer)
+        _negotiate(agent, a_end, contact, c_end, DIALOG, offer, _sdp(OPERATOR, ("audio", 6000, "")), AGENT_ADDR)
         rtp, _ = agent.stream_endpoints(a_end.session_id, DIALOG, 0)
         self.assertEqual(rtp.local_port, 20000)
         reactor.udp[AGENT_ADDR, 20000].receive(b"itself", (AGENT_ADDR, 20000))
