@@ -153,12 +153,16 @@ class ConfigTests(SynchronousTestCase):
     def test_quic_errors(self) -> None:
         """
         The QUIC options and what they exclude: QUIC is always TLS, an HTTP
-        proxy carries TCP only, mutual TLS is not offered over QUIC.
+        proxy carries TCP only, QUIC carries no client certificate (so an
+        agent with one does not run the whole tunnel over QUIC; a contact
+        point with mutual TLS takes QUIC paths all the same).
         """
         for values in [
             {"udp-path": "sometimes"},
             {"udp-path": "only", "plaintext": True},
             {"udp-path": "only", "http-proxy": "proxy.example:3128"},
+            # QUIC carries no client certificate
+            {"udp-path": "only", "client-cert": __file__, "client-key": __file__},
             {"quic-port": 0},
         ]:
             with self.assertRaises(ConfigError) as caught:
@@ -167,13 +171,17 @@ class ConfigTests(SynchronousTestCase):
         config = AgentConfig.from_options({"udp-path": "only", "quic-port": 8443})
         self.assertEqual((config.udp_path, config.quic_port), ("only", 8443))
         self.assertEqual(AgentConfig.from_options({}).udp_path, "auto")
-        for values in [
-            {"plaintext": True, "quic-listen": "127.0.0.1:443"},
-            {"cert": __file__, "key": __file__, "client-ca": __file__, "quic-listen": "127.0.0.1:443"},
-        ]:
-            with self.assertRaises(ConfigError) as caught:
-                ContactConfig.from_options(values)
-            self.assertEqual(caught.exception.key, "quic-listen")
+        # auto with a client certificate: the session opens over TCP
+        config = AgentConfig.from_options({"client-cert": __file__, "client-key": __file__})
+        self.assertEqual(config.udp_path, "auto")
+        with self.assertRaises(ConfigError) as caught:
+            ContactConfig.from_options({"plaintext": True, "quic-listen": "127.0.0.1:443"})
+        self.assertEqual(caught.exception.key, "quic-listen")
+        # with mutual TLS, QUIC takes further paths of sessions (the tunnel decides)
+        config = ContactConfig.from_options(
+            {"cert": __file__, "key": __file__, "client-ca": __file__, "quic-listen": "127.0.0.1:443"}
+        )
+        self.assertEqual((config.client_ca, config.quic_listen), (__file__, ("127.0.0.1", 443)))
         with self.assertRaises(ConfigError) as caught:
             ContactConfig.from_options({"plaintext": True, "quic-listen": "localhost:443"})
         self.assertEqual(caught.exception.key, "quic-listen")

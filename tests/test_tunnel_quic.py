@@ -18,7 +18,7 @@ from spwm.testing.certs import TestCA
 from spwm.tunnel.api import TunnelHandle
 from spwm.tunnel.connection import Role
 from spwm.tunnel.frames import HEADER, PREFACE, ChannelKind, FrameType, encode_frame
-from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory, TunnelProtocol
+from spwm.tunnel.protocol import NO_CERTIFICATE_OVER_QUIC, AgentTunnelFactory, ContactTunnelFactory, TunnelProtocol
 from spwm.tunnel.quic import (
     FrameSplitter,
     QuicClientReport,
@@ -103,7 +103,7 @@ class QuicTunnelTests(SynchronousTestCase):
         self.pipe = Pipe(self.clock, self.listener)
 
     def connect(
-        self, server_name: str = "contact.spwm.test", ca_file: str | None = None
+        self, server_name: str = "contact.spwm.test", ca_file: str | None = None, hello: dict[str, Any] | None = None
     ) -> tuple[TunnelProtocol, QuicTunnelTransport, QuicClientReport]:
         report = QuicClientReport()
         configuration = client_configuration(server_name, ca_file or self.ca.ca_file, QuicLimits(), 45.0)
@@ -122,7 +122,7 @@ class QuicTunnelTests(SynchronousTestCase):
             server_name=server_name,
         )
         self.pipe.agent = transport
-        protocol = AgentTunnelFactory(self.agent_app, self.clock, "agent-1").buildProtocol(None)
+        protocol = AgentTunnelFactory(self.agent_app, self.clock, "agent-1", hello=hello).buildProtocol(None)
         quic.connect(CONTACT_ADDR, now=self.clock.seconds())
         transport.attach(protocol)
         self.pipe.pump()
@@ -371,6 +371,52 @@ class QuicTunnelTests(SynchronousTestCase):
             " not in --ca or the system's trust store",
         )
         self.assertFalse(agent.is_open)
+
+    def mutual_tls(self) -> None:
+        """
+        The contact point checks client certificates (C{--client-ca}).
+        """
+        self.factory.check_client_identity = True
+
+    def test_mutual_tls_no_session_over_quic(self) -> None:
+        """
+        With mutual TLS, a QUIC connection that would open a session (or
+        resume one) is refused with the reason, in one line: QUIC carries
+        no client certificate.  The application hears of no tunnel.
+        """
+        self.mutual_tls()
+        for hello in (None, {"paths": 1}, {"paths": 1, "resume": {"session_id": "0123456789abcdef"}}):
+            self.agent_app.calls.clear()
+            self.contact_app.calls.clear()
+            agent, agent_quic, _ = self.connect(hello=hello)
+            for _ in range(10):
+                self.pipe.pump()
+                self.clock.advance(0.5)
+            self.assertFalse(agent.is_open)
+            self.assertNotIn(("established",), self.contact_app.calls)
+            self.assertEqual(
+                [c for c in self.agent_app.calls if c[0] == "lost"], [("lost", NO_CERTIFICATE_OVER_QUIC)]
+            )
+            self.assertTrue(agent_quic.terminated)
+            self.assertEqual(self.listener.transports, set())
+
+    def test_mutual_tls_attach_over_quic(self) -> None:
+        """
+        With mutual TLS, a QUIC connection that joins a session (its hello
+        says C{attach}) is taken: it is held to the attach exchange (the
+        application decides on its proof); SIP on it before then is a
+        protocol error that ends it, with nothing delivered.
+        """
+        self.mutual_tls()
+        agent, _, _ = self.connect(hello={"paths": 1, "attach": {"session_id": "0123456789abcdef"}})
+        contact, _ = self.contact_side()
+        self.assertTrue(contact.is_open)
+        self.assertEqual(self.contact_app.calls, [("established",)])
+        self.assertTrue(contact.connection.attaching)
+        agent.send_sip(0, b"INVITE sip:bob@example.test SIP/2.0\r\n\r\n")
+        self.pipe.pump()
+        self.assertEqual([c for c in self.contact_app.calls if c[0] == "sip"], [])
+        self.assertFalse(contact.is_open)
 
     def test_admission(self) -> None:
         """

@@ -73,7 +73,7 @@ OPTIONS = (
     Option("cert", None, readable_file, "PEM certificate (and chain) of the contact point; loaded again when the file changes (within 60 s) or on SIGHUP, for new tunnels."),
     Option("key", None, readable_file, "PEM private key of the contact point (loaded again with --cert)."),
     Option("plaintext", False, bool, "Plain TCP instead of TLS (tests, or TLS terminated elsewhere).", flag=True),
-    Option("quic-listen", None, ip_literal_port, "Also take tunnels over QUIC (UDP) on IP:PORT, with --cert/--key (default: off; see docs/security.md)."),
+    Option("quic-listen", None, ip_literal_port, "Also take tunnels over QUIC (UDP) on IP:PORT, with --cert/--key (default: off; see docs/security.md); with --client-ca only as further paths of sessions opened over TCP."),
     Option("client-ca", None, readable_file, "Mutual TLS: agents must present a certificate from these CAs (PEM) that names their --agent-id."),
     Option("allow-forward", (), ip_literal_port, "Allow UDP forwards to this IP:PORT (none by default).", repeat=True),
     Option("workers", 1, parse_workers, "Processes of this contact point (a number, or auto: one per CPU): they share the --listen port (SO_REUSEPORT), each has its own SIP port (--sip-address port + its index), a slice of --media-ports, its own --state-file (+ .INDEX) and --status-listen port (+ index); a supervisor restarts a worker that dies."),

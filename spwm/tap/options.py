@@ -178,6 +178,12 @@ class AgentConfig:
             raise ConfigError("udp-path", "QUIC is always TLS: --udp-path only excludes --plaintext")
         if self.udp_path == "only" and self.http_proxy:
             raise ConfigError("udp-path", "an HTTP proxy carries TCP only: --udp-path only excludes --http-proxy")
+        if self.udp_path == "only" and self.client_cert:
+            raise ConfigError(
+                "udp-path",
+                "QUIC carries no client certificate: with --client-cert use --udp-path auto "
+                "(the session opens over TCP, media moves to QUIC)",
+            )
         if self.tunnel_connections is not None and not 1 <= self.tunnel_connections <= 16:
             raise ConfigError("tunnel-connections", "must be auto or between 1 and 16")
         if len(self.also_contact) > 1:
@@ -385,10 +391,6 @@ class ContactConfig:
             raise ConfigError("worker-ports", f"{self.worker_ports} is not a port (1-65535)")
         if self.quic_listen and self.plaintext:
             raise ConfigError("quic-listen", "QUIC is always TLS: it needs --cert and --key, not --plaintext")
-        if self.quic_listen and self.client_ca:
-            raise ConfigError(
-                "quic-listen", "mutual TLS (--client-ca) is not offered over QUIC yet: agents with certificates use TCP"
-            )
         proxies = [p for p in (self.sip_proxy, *self.also_sip_proxy) if p is not None]
         if len(set(proxies)) < len(proxies):
             raise ConfigError("sip-proxy", "a proxy is given twice: list each once, in order of preference")

@@ -54,6 +54,13 @@ __all__ = [
 ]
 
 
+#: why a contact point with mutual TLS refuses a QUIC connection that
+#: would open or resume a session (it can join one, L{TunnelProtocol})
+NO_CERTIFICATE_OVER_QUIC = (
+    "mutual TLS: QUIC carries no client certificate, so it only joins a session opened over TCP"
+)
+
+
 def client_identity_problem(transport: Any, agent_id: str) -> str | None:
     """
     With mutual TLS, check that the agent's certificate names its agent id
@@ -611,7 +618,16 @@ class TunnelProtocol(Protocol):
 
     def _on_handshake(self, e: ev.HandshakeCompleted) -> None:
         if self.check_client_identity:
-            problem = client_identity_problem(self.transport, e.agent_id)
+            if getattr(self.transport, "client_certificates", True):
+                problem = client_identity_problem(self.transport, e.agent_id)
+            elif self.connection is not None and self.connection.attaching:
+                # a further path of a live session (QUIC, no client
+                # certificate): it carries nothing before it proves it
+                # knows the session's attach key, which only the agent
+                # the session's certificate names was given
+                problem = None
+            else:
+                problem = NO_CERTIFICATE_OVER_QUIC
             if problem is not None:
                 self.log.warn("refused tunnel from {peer}: {reason}", peer=self.peer, reason=problem)
                 self.close(ErrorCode.REFUSED, problem)

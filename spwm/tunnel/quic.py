@@ -280,6 +280,11 @@ class QuicTunnelTransport:
     disconnecting = False
     #: what a session's scheduler knows this path as (L{spwm.session.carrier.path_kind})
     path_kind = PathKind.QUIC
+    #: aioquic asks the agent for no certificate: a contact point with
+    #: mutual TLS (C{--client-ca}) takes a QUIC connection only to join a
+    #: session opened over TCP with one (L{spwm.tunnel.protocol}: the
+    #: attach proof, a key sent inside that session, stands for it)
+    client_certificates = False
     #: B{Test hook, for tests only}: while true, every UDP datagram this
     #: connection sends or receives is discarded, as a firewall dropping
     #: UDP would (the loopback tests of C{--udp-path auto} cut UDP this way,

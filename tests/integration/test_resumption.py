@@ -49,7 +49,7 @@ class _LoopbackPair(TestCase):
             "--listen", f"tcp:{port}:interface=127.0.0.1", "--cert", cert.cert, "--key", cert.key,
             "--sip-address", f"127.0.0.1:{free_port()}", "--media-ports", "42000-42099",
             "--media-allow", "127.0.0.0/8", "--drain-time", "0.2", "--resume-window", "10",
-            *self.extra, *self.contact_extra,
+            *self.extra, *self.contact_extra, *self.contact_options(ca),
         ]
         self.contact = yield self.start_contact()
         self.agents = []
@@ -58,13 +58,26 @@ class _LoopbackPair(TestCase):
             options.parseOptions(
                 ["--contact", f"127.0.0.1:{port}", "--server-name", "contact.spwm.test", "--ca", ca.ca_file,
                  "--agent-id", name, "--sip-listen", f"127.0.0.1:{free_port()}", "--media-ports", media,
-                 "--reconnect-max", "0.3", "--resume-window", "10", *self.extra, *self.agent_extra]
+                 "--reconnect-max", "0.3", "--resume-window", "10", *self.extra, *self.agent_extra,
+                 *self.agent_options(name, ca)]
             )
             service = build_agent(options.config, reactor)
             service.service.startService()
             self.addCleanup(service.service.stopService)
             self.agents.append(service)
         yield wait_until(lambda: all(a.tunnel_service.tunnel is not None for a in self.agents))
+
+    def contact_options(self, ca: TestCA) -> list[str]:
+        """
+        More options for the contact point, made with the test CA.
+        """
+        return []
+
+    def agent_options(self, name: str, ca: TestCA) -> list[str]:
+        """
+        More options for agent C{name}, made with the test CA.
+        """
+        return []
 
     @defer.inlineCallbacks
     def call(self) -> Any:

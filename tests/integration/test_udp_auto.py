@@ -221,6 +221,43 @@ class UdpAutoTests(_UdpAutoPair):
         self.assertEqual(response.status, 200)
 
 
+class MutualTlsUdpAutoTests(_UdpAutoPair):
+    """
+    A contact point with mutual TLS (C{--client-ca}) and a QUIC listener,
+    agents with client certificates: their sessions open over TCP (the
+    certificate checked) and the QUIC path joins them, though QUIC
+    carries no client certificate.
+    """
+
+    def contact_options(self, ca: Any) -> list[str]:
+        return ["--client-ca", ca.ca_file]
+
+    def agent_options(self, name: str, ca: Any) -> list[str]:
+        files = ca.issue([name], "client-" + name, client=True)
+        return ["--client-cert", files.cert, "--client-key", files.key]
+
+    @defer.inlineCallbacks
+    def test_media_on_quic(self) -> Any:
+        """
+        The call's media goes on the QUIC path on both halves (L{on_quic});
+        the contact point refused no connection.
+        """
+        alice, bob, a_call, b_call, front, contact_front = yield self.on_quic()
+        transport = quic_path(front).transport
+        sent = transport.stats.datagrams_sent, transport.stats.datagrams_received
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        self.assertGreater(transport.stats.datagrams_sent - sent[0], 5)
+        self.assertGreater(transport.stats.datagrams_received - sent[1], 5)
+        self.assertEqual(self.contact.paths.attach_refused, 0)
+        self.assertEqual(
+            [e for e in self.events if "refused tunnel" in (e.get("log_format") or "")], []
+        )
+        a_call.stop_media()
+        b_call.stop_media()
+        response = yield alice.hang_up(a_call)
+        self.assertEqual(response.status, 200)
+
+
 class UdpBlockedTests(_UdpAutoPair):
     """
     UDP dropped from the start (every QUIC connection of the process
