@@ -18,6 +18,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+from spwm.tunnel.frames import ErrorCode
 from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
 from spwm.tunnel.service import (
     AgentTunnelService,
@@ -205,6 +206,40 @@ class AgentServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.endpoint.attempts), 1)
         self.clock.advance(0.02)
         self.assertEqual(len(self.endpoint.attempts), 2)
+
+    def test_refused_again_and_again_backs_off(self) -> None:
+        """
+        A contact point that closes every tunnel right after the hello (a
+        refusal: mutual TLS with a certificate for another agent, or a
+        QUIC connection that would open a session there) is tried again
+        after growing delays, 1, 2, 4, 8, 8 s with this policy, not every
+        second for ever; a tunnel that then stays up and is lost later is
+        tried again at once, and the delays start over.
+        """
+        self.service.startService()
+        for expected in [1, 2, 4, 8, 8]:
+            contact_factory, pump = self.connect_contact()
+            (server,) = contact_factory.tunnels
+            server.close(ErrorCode.REFUSED, "client certificate for agent-2 does not match agent id 'agent-1'")
+            pump.flush()
+            self.assertIsNone(self.service.tunnel)
+            n = len(self.endpoint.attempts)
+            self.clock.advance(expected - 0.01)
+            self.assertEqual(len(self.endpoint.attempts), n, expected)
+            self.clock.advance(0.02)
+            self.assertEqual(len(self.endpoint.attempts), n + 1, expected)
+        contact_factory, pump = self.connect_contact()
+        self.clock.advance(STEADY_UP + 1)
+        self.service.tunnel.transport.loseConnection()
+        pump.flush()
+        self.clock.advance(LOST_SPREAD)
+        self.assertEqual(len(self.endpoint.attempts), 7)
+        contact_factory, pump = self.connect_contact()
+        self.clock.advance(1)
+        self.service.tunnel.transport.loseConnection()
+        pump.flush()
+        self.clock.advance(1.01)
+        self.assertEqual(len(self.endpoint.attempts), 8)
 
     def test_handshake_failure_is_retried(self) -> None:
         """

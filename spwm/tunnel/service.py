@@ -779,6 +779,11 @@ class _RetryPolicy:
 
     @ivar failures: failed attempts since the tunnel was last up, as the
         latest call counted them.
+    @ivar short_lived: tunnels in a row that were lost within
+        L{STEADY_UP} of coming up (a contact point that refuses this agent
+        once its hello is read, say a client certificate for another agent
+        id): each such loss waits one backoff step more, so a refusal does
+        not cost a handshake a second for ever.
     """
 
     def __init__(self, policy: Callable[[int], float], rng: Callable[[], float] = random.random) -> None:
@@ -789,6 +794,7 @@ class _RetryPolicy:
         self._spread = 0.0
         self._free = 0
         self.failures = 0
+        self.short_lived = 0
 
     def now(self, spread: float = 0.0) -> None:
         """
@@ -818,7 +824,7 @@ class _RetryPolicy:
             self.failures = attempt - self._free
             return self._spread * self.rng() if self._spread else 0.0
         self.failures = attempt - self._free
-        return self.policy(self.failures)
+        return self.policy(self.failures + max(0, self.short_lived - 1))
 
 
 @implementer(IProtocol)
@@ -1065,7 +1071,11 @@ class AgentTunnelService(ClientService):
             # a tunnel that worked (a network change, every path of the
             # session broken at once): try again now, not after a backoff
             # step; one that keeps dropping soon after it is up backs off
+            self._retry.short_lived = 0
             self._retry.now(LOST_SPREAD)
+        else:
+            # further each time it drops again soon after it is up
+            self._retry.short_lived += 1
         self._reporting.last_failure = self._why(protocol, reason, True)
 
     def session_lost(self, up_for: float) -> None:
