@@ -121,10 +121,19 @@ class AgentServiceTests(SynchronousTestCase):
                 self.assertEqual(len(self.endpoint.attempts), n)
                 self.clock.advance(0.02)
                 self.assertEqual(len(self.endpoint.attempts), n + 1)
+            self.service.startService()
         lines = [e for e in events if e.get("log_format", "").startswith("tunnel to {contact} down")]
         self.assertEqual(len(lines), 5)
         self.assertIn("nobody home", lines[0]["reason"])
         self.assertEqual(lines[-1]["delay"], 8)
+        # one line per retry: ClientService's own ("Scheduling retry N to
+        # connect ... in 0.7610160266955841 seconds.") is left out, the
+        # rest of what it logs is not
+        self.assertEqual([e for e in events if "Scheduling retry" in e.get("log_format", "")], [])
+        self.assertEqual(
+            [formatEvent(e) for e in events if "Duplicate ClientService" in e.get("log_format", "")],
+            [f"Duplicate ClientService.startService {self.service!r}"],
+        )
 
     def test_reconnects_after_1100_failures(self) -> None:
         """

@@ -36,7 +36,7 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -877,6 +877,17 @@ class _AttemptFactory(Factory):
         return None if proxy is None else _Attempt(proxy)
 
 
+def _without_twisted_retry_line(event: dict[str, Any]) -> None:
+    """
+    C{ClientService}'s log, less its own line for each retry
+    (C{Scheduling retry N to connect ... in 0.7610160266955841 seconds.}):
+    L{AgentTunnelService} logs each retry itself, with the reason.
+    """
+    if str(event.get("log_format", "")).startswith("Scheduling retry "):
+        return
+    globalLogPublisher(event)
+
+
 class AgentTunnelService(ClientService):
     """
     Keeps the agent's tunnel up: connects (over TLS unless plaintext),
@@ -894,6 +905,8 @@ class AgentTunnelService(ClientService):
     """
 
     log = Logger()
+    # what ClientService itself logs (its retry line is ours, with the reason)
+    _log = Logger(observer=_without_twisted_retry_line)
 
     def __init__(
         self,
