@@ -36,7 +36,7 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -906,7 +906,7 @@ class AgentTunnelService(ClientService):
 
     log = Logger()
     # what ClientService itself logs (its retry line is ours, with the reason)
-    _log = Logger(observer=_without_twisted_retry_line)
+    _log = Logger(observer=cast(ILogObserver, _without_twisted_retry_line))
 
     def __init__(
         self,
