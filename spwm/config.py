@@ -195,6 +195,38 @@ def udp_forward(value: Any) -> tuple[str, int, str, int]:
     return local_host, local_port, host, port
 
 
+def listen_description(value: Any) -> str:
+    """
+    Where to listen for TCP connections: a Twisted server endpoint
+    description (C{tcp:9090:interface=127.0.0.1}, C{unix:/run/x.sock}), or
+    the short forms C{PORT}, C{IP:PORT} and C{[IPV6]:PORT} (the way the
+    other addresses are written), returned as the description they stand
+    for (C{tcp:PORT}, C{tcp:PORT:interface=IP}, C{tcp6:PORT:interface=IPV6}).
+    """
+    text = string(value).strip()
+    if text.isdigit():
+        return f"tcp:{parse_port(text)}"
+    try:
+        host, port = host_port(text)
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        # not a short form: Twisted reads it (and says what is wrong)
+        return text
+    if address.version == 6:
+        escaped = host.replace(":", "\\:")
+        return f"tcp6:{port}:interface={escaped}"
+    return f"tcp:{port}:interface={host}"
+
+
+def optional_listen_description(value: Any) -> str | None:
+    """
+    L{listen_description}, or nothing.
+    """
+    if value is None or value == "":
+        return None
+    return listen_description(value)
+
+
 def ip_literal_port(value: Any) -> tuple[str, int]:
     """
     C{IP:PORT} with an IP address literal.

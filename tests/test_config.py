@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 
 from twisted.application.service import IServiceMaker
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.config import ConfigExit, host_port, port_range, udp_forward
+from spwm.config import ConfigExit, host_port, listen_description, optional_listen_description, port_range, udp_forward
 from spwm.tap import agent, contact
 
 
@@ -146,20 +148,46 @@ class OptionsTests(SynchronousTestCase):
             contact.Options(), ["--cert", "/nonexistent/c.pem", "--key", "/nonexistent/c.key"], "--cert: cannot read"
         )
 
+    def test_listen_short_forms(self) -> None:
+        """
+        C{--listen} and C{--status-listen} take C{PORT}, C{IP:PORT} and
+        C{[IPV6]:PORT} as the other addresses are written, as the TCP
+        endpoints they stand for (which C{--workers} can offset); Twisted
+        descriptions pass as they are.
+        """
+        for given, meant in [
+            ("443", "tcp:443"),
+            ("127.0.0.1:9090", "tcp:9090:interface=127.0.0.1"),
+            ("0.0.0.0:443", "tcp:443:interface=0.0.0.0"),
+            ("[::1]:9090", "tcp6:9090:interface=\\:\\:1"),
+            ("[2001:db8::1]:443", "tcp6:443:interface=2001\\:db8\\:\\:1"),
+            ("tcp:443:interface=127.0.0.1", "tcp:443:interface=127.0.0.1"),
+            ("unix:/run/spwm.sock", "unix:/run/spwm.sock"),
+            ("bogus:1", "bogus:1"),
+        ]:
+            self.assertEqual(listen_description(given), meant, given)
+            options = contact.Options()
+            options.parseOptions(["--plaintext", "--listen", given, "--status-listen", given])
+            self.assertEqual((options.config.listen, options.config.status.listen), (meant, meant))
+        self.assertIsNone(optional_listen_description(""))
+        endpoint = serverFromString(MemoryReactorClock(), listen_description("[::1]:9090"))
+        self.assertEqual((endpoint._interface, endpoint._port), ("::1", 9090))
+        with self.assertRaises(ValueError):
+            listen_description("70000")
+
     def test_bad_listen_endpoint(self) -> None:
         """
         A C{--listen} that is no endpoint description stops the assembly
         with one line naming the option.
         """
-        from twisted.internet.testing import MemoryReactorClock
-
         options = contact.Options()
         options.parseOptions(["--plaintext", "--listen", "bogus:1"])
         with self.assertRaises(SystemExit) as cm:
             contact.makeService(options, MemoryReactorClock())
         self.assertEqual(
             cm.exception.code,
-            "spwm-contact: invalid configuration: listen: 'bogus:1': Unknown endpoint type: 'bogus'",
+            "spwm-contact: invalid configuration: listen: 'bogus:1': Unknown endpoint type: 'bogus'"
+            " (give IP:PORT, PORT or a Twisted endpoint such as tcp:9090:interface=127.0.0.1)",
         )
 
     def test_bad_command_line(self) -> None:

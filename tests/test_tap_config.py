@@ -532,7 +532,11 @@ class AssemblyTests(SynchronousTestCase):
         config = ContactConfig(plaintext=True, listen="bogus:1")
         with self.assertRaises(ConfigError) as caught:
             build_contact(config, MemoryReactorClock())
-        self.assertEqual(str(caught.exception), "listen: 'bogus:1': Unknown endpoint type: 'bogus'")
+        self.assertEqual(
+            str(caught.exception),
+            "listen: 'bogus:1': Unknown endpoint type: 'bogus'"
+            " (give IP:PORT, PORT or a Twisted endpoint such as tcp:9090:interface=127.0.0.1)",
+        )
 
     def test_later(self) -> None:
         """

@@ -18,6 +18,7 @@ from spwm.config import (
     Option,
     ip_literal_port,
     non_negative_float,
+    optional_listen_description,
     optional_string,
     positive_float,
     positive_int,
@@ -47,7 +48,7 @@ TUNNEL_LIMIT_OPTIONS = (
 
 
 STATUS_OPTIONS = (
-    Option("status-listen", None, optional_string, "Serve the status page (/), /status (JSON) and /metrics (Prometheus) here, a Twisted endpoint such as tcp:9090:interface=127.0.0.1 (default: not served)."),
+    Option("status-listen", None, optional_listen_description, "Serve the status page (/), /status (JSON) and /metrics (Prometheus) here: IP:PORT, PORT (every address) or a Twisted endpoint such as tcp:9090:interface=127.0.0.1 (default: not served)."),
     Option("status-interval", 300.0, non_negative_float, "Seconds between status lines in the log; 0: none."),
 )
 
@@ -199,7 +200,9 @@ def server_endpoint(reactor: Any, key: str, description: str) -> Any:
     try:
         return serverFromString(reactor, description)
     except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(key, f"{description!r}: {e}") from None
+        raise ConfigError(
+            key, f"{description!r}: {e} (give IP:PORT, PORT or a Twisted endpoint such as tcp:9090:interface=127.0.0.1)"
+        ) from None
 
 
 def build_service(side: str, build: Callable[[], Any]) -> IService:

@@ -15,6 +15,7 @@ from spwm.config import (
     host_port,
     ip_address,
     ip_literal_port,
+    listen_description,
     network,
     non_negative_float,
     optional_string,
@@ -68,7 +69,7 @@ def sip_address(value: object) -> tuple[str, int]:
 
 
 OPTIONS = (
-    Option("listen", "tcp:443", string, "Where tunnels connect: a Twisted server endpoint description."),
+    Option("listen", "tcp:443", listen_description, "Where tunnels connect: IP:PORT, PORT (every address) or a Twisted server endpoint description (tcp:443, tcp6:443:interface=\\:\\:)."),
     Option("listen-backlog", None, positive_int, "Length of the tunnel listener's accept queue (the listen backlog; default: the system's net.core.somaxconn, 4096 if unreadable); a backlog= in --listen wins."),
     Option("cert", None, readable_file, "PEM certificate (and chain) of the contact point; loaded again when the file changes (within 60 s) or on SIGHUP, for new tunnels."),
     Option("key", None, readable_file, "PEM private key of the contact point (loaded again with --cert)."),
