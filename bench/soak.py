@@ -38,6 +38,7 @@ as many file descriptors, no dialog, stream or channel left.
     python3 bench/soak.py --minutes 3 --rate 10        # shorter
     python3 bench/soak.py --scenario uac --rate 100 --call-length 1000   # signalling and relay ports, no RTP
     python3 bench/soak.py --cut-every 0                # no cuts
+    python3 bench/soak.py --quic                       # media on a QUIC path; the cuts hit the TCP connections only
 
 Everything it starts is ended by PID when it finishes, on Ctrl-C, on an
 error and after C{--max-time}.
@@ -266,6 +267,7 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
     uas_port = free_port()
     status_ports = {"agent": free_port(), "contact": free_port()}
     relay_port = free_port() if args.cut_every else None
+    quic = ["--quic-listen", f"127.0.0.1:{free_port()}"] if args.quic else []
     pair = Pair(
         procs,
         workdir,
@@ -278,7 +280,7 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
         ],
         contact_extra=[
             "--status-listen", f"tcp:{status_ports['contact']}:interface=127.0.0.1",
-            "--cdr-file", os.path.join(workdir, "contact-cdr.jsonl"), *args.contact_arg,
+            "--cdr-file", os.path.join(workdir, "contact-cdr.jsonl"), *quic, *args.contact_arg,
         ],
         agent_contact_port=relay_port,
         media_base=MEDIA_BASE,
@@ -325,7 +327,8 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
     call_s = 9.0 if args.scenario == "uac_pcap" else args.call_length / 1000
     print(
         f"soak: SIPp {args.scenario} -> agent -> {'cutter -> ' if relay_port else ''}contact point "
-        f"({'plaintext' if args.plaintext else 'TLS'}) -> SIPp uas -rtp_echo; {args.rate:g} calls/s for "
+        f"({'plaintext' if args.plaintext else 'TLS'}{', media on a QUIC path beside it (not cut)' if quic else ''}) "
+        f"-> SIPp uas -rtp_echo; {args.rate:g} calls/s for "
         f"{args.minutes:g} min ({calls} calls of about {call_s:g} s, about {args.rate * call_s:.0f} at once); "
         + (f"the tunnel cut every {args.cut_every:g} s" if args.cut_every else "no cuts"),
         flush=True,
@@ -498,6 +501,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=5.0, help="seconds after the calls before the idle check (default 5)")
     parser.add_argument("--media-ports", type=int, default=4000, help="each half's media port range (default 4000)")
     parser.add_argument("--plaintext", action="store_true", help="no TLS in the tunnel")
+    parser.add_argument(
+        "--quic",
+        action="store_true",
+        help="the contact point also listens for QUIC (--quic-listen): the agent sends the media on a QUIC "
+        "path beside the TLS tunnel, which the cuts do not touch",
+    )
     parser.add_argument("--agent-arg", action="append", default=[], metavar="ARG")
     parser.add_argument("--contact-arg", action="append", default=[], metavar="ARG")
     parser.add_argument("--max-time", type=float, default=None, help="stop everything after this many seconds (default: the calls plus 5 minutes)")
