@@ -199,6 +199,12 @@ class PathLimits:
         and component by the receiving session; a power of two.
     @ivar dedup_max_channels: channels the de-duplication remembers; past
         it, the oldest is forgotten.
+    @ivar dedup_slow: a sequence number the receiving session skipped
+        is a sign of loss (the media is then copied) only when it is
+        still missing this long after the next one came, or comes this
+        late: datagrams spread over several paths arrive out of order by
+        less, and without the bound the reordering of the spread kept the
+        copying (and so the spread) going on a clean network for good.
     @ivar max_paths: paths one session may hold.
     @ivar count_floor: C{--tunnel-connections auto}: the fewest
         connections the agent keeps (L{spwm.session.paths.PathCount}).
@@ -307,6 +313,7 @@ class PathLimits:
     flap_memory: float = field(default=60.0, validator=validators.ge(0.0))
     dedup_window: int = field(default=1024, validator=_power_of_two)
     dedup_max_channels: int = field(default=4096, validator=_pos)
+    dedup_slow: float = field(default=0.020, validator=validators.ge(0.0))
     max_paths: int = field(default=16, validator=_pos)
     count_floor: int = field(default=2, validator=_pos)
     count_ceiling: int = field(default=4, validator=_pos)
@@ -367,12 +374,19 @@ class QuicLimits:
         above which the tunnel stops writing to it (its own queues and
         their limits then apply, as with a TCP socket that is full); it
         writes again below a quarter of this.
+    @ivar socket_buffer: the receive and send buffers asked for the UDP
+        socket of the QUIC listener and of each agent's QUIC connection
+        (C{SO_RCVBUF}/C{SO_SNDBUF}; the kernel grants at most
+        C{net.core.rmem_max}/C{wmem_max}): one listener socket takes every
+        session's media, and the default 208 KiB held a tenth of a second
+        of 180 calls, lost in each hiccup of a busy process.
     """
 
     packet_size: int = field(default=1200, validator=[validators.ge(1200), validators.le(65527)])
     max_pending_datagrams: int = field(default=256, validator=_pos)
     window_floor: int = field(default=64 * 1024, validator=validators.ge(0))
     stream_high_water: int = field(default=256 * 1024, validator=_pos)
+    socket_buffer: int = field(default=4 << 20, validator=_pos)
 
 
 @frozen

@@ -8,6 +8,7 @@ fake clock.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from hypothesis import settings, strategies as st
@@ -20,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from spwm.limits import PathLimits
 from spwm.session.carrier import ANNOUNCE_DELAY, PathFront, PathSessions
 from spwm.tunnel.api import Router
-from spwm.tunnel.frames import ChannelKind
+from spwm.tunnel.frames import FLAG_SEQ, ChannelKind
 from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory, TunnelProtocol
 
 
@@ -821,7 +822,8 @@ class FailoverTests(TwoPaths):
         """
         The contact point finds a path the agent's pings no longer come
         through stalled (media each 20 ms on the other path shows the
-        session is alive) and duplicates for a while.
+        session is alive); it carried none of the contact point's media,
+        so that media stays on its one path, not copied.
         """
         cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
         self.bed.flush()
@@ -833,13 +835,16 @@ class FailoverTests(TwoPaths):
             self.bed.advance(0.02)
         snapshot = self.contact_front.scheduler.snapshot()
         self.assertEqual([p["state"] for p in snapshot["paths"]], ["up", "stalled"])
-        self.assertTrue(snapshot["duplicating"])
+        self.assertFalse(snapshot["duplicating"])
+        self.assertEqual(len(self.bed.contact.media.got), 60)
 
     def test_dedup_gap_is_a_loss(self) -> None:
         """
         A datagram that never came (a sequence number skipped) is a loss
-        for the receiving half: from the next datagram on it duplicates
-        what it sends.
+        for the receiving half once it is still missing C{dedup_slow}
+        (20 ms) after the next one came: from the datagram after that on it
+        duplicates what it sends.  Before then it may be a copy reordered
+        among paths.
         """
         cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
         self.bed.flush()
@@ -848,13 +853,65 @@ class FailoverTests(TwoPaths):
         self.front.stamper.next(cid, 0)  # number 1 is lost on the way
         self.front.send_datagram(cid, b"three")
         self.bed.flush()
-        self.assertFalse(self.contact_front.scheduler.snapshot()["duplicating"])
+        self.bed.clock.advance(0.01)
         self.front.send_datagram(cid, b"four")
+        self.bed.flush()
+        self.assertFalse(self.contact_front.scheduler.snapshot()["duplicating"])
+        self.bed.clock.advance(0.015)
+        self.front.send_datagram(cid, b"five")
         self.bed.flush()
         snapshot = self.contact_front.scheduler.snapshot()
         self.assertTrue(snapshot["duplicating"])
         self.assertEqual(sum(p["losses"] for p in snapshot["paths"]), 1)
-        self.assertEqual(self.contact_front.dedup.gaps, 1)
+        self.assertEqual((self.contact_front.dedup.gaps, self.contact_front.dedup.slow), (1, 1))
+
+    def reordered(self, late_by: float) -> None:
+        """
+        Media numbered 1, 0, 3, 2, 5, 4, ... (each pair swapped, as
+        datagrams spread over paths arrive), the odd ones on one path and
+        the even ones on the other, each even one C{late_by} after the odd
+        one it should have preceded; 50 datagrams.
+        """
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.flush()
+        first, second = list(self.front.paths)
+        for n in range(0, 50, 2):
+            second.send_datagram(cid, struct.pack("!I", n + 1) + b"rtp", FLAG_SEQ)
+            self.bed.flush()
+            self.bed.clock.advance(late_by)
+            first.send_datagram(cid, struct.pack("!I", n) + b"rtp", FLAG_SEQ)
+            self.bed.flush()
+            self.bed.clock.advance(0.02)
+
+    def test_reordering_is_no_loss(self) -> None:
+        """
+        Datagrams reordered among paths by a few milliseconds (media
+        spread over several paths, or copies, or a QUIC path beside TCP)
+        are late but no loss: the receiving half does not start copying
+        what it sends; each is delivered once.
+        """
+        self.reordered(0.003)
+        dedup = self.contact_front.dedup
+        self.assertEqual((dedup.gaps, dedup.late, dedup.slow), (24, 25, 0))
+        snapshot = self.contact_front.scheduler.snapshot()
+        self.assertFalse(snapshot["duplicating"])
+        self.assertEqual(sum(p["losses"] for p in snapshot["paths"]), 0)
+        self.assertEqual(len(self.bed.contact.media.got), 50)
+
+    def test_slow_datagrams_are_a_loss(self) -> None:
+        """
+        The same, each swapped datagram 25 ms late (held up on its path
+        past C{dedup_slow}): losses for the receiving half, which copies
+        what it sends.
+        """
+        self.reordered(0.025)
+        dedup = self.contact_front.dedup
+        self.assertEqual((dedup.gaps, dedup.late), (24, 25))
+        self.assertGreaterEqual(dedup.slow, 20)
+        snapshot = self.contact_front.scheduler.snapshot()
+        self.assertTrue(snapshot["duplicating"])
+        self.assertGreaterEqual(sum(p["losses"] for p in snapshot["paths"]), 20)
+        self.assertEqual(len(self.bed.contact.media.got), 50)
 
     def test_contact_point_copies_when_the_agent_does(self) -> None:
         """
@@ -1250,6 +1307,51 @@ class AdaptiveKeeperTests(SynchronousTestCase):
         self.connect_all()
         self.clock.pump([1.0] * int(self.limits.count_quiet + 1))
         self.assertEqual(self.count.wanted, 15)
+
+    def test_load_with_a_quic_path(self) -> None:
+        """
+        The same load with a QUIC path in the session: while the media goes
+        on the QUIC path, neither its load nor media stalls open TCP
+        connections (they would carry none of it); once it is back on TCP
+        the load does, up to 15 in all with the QUIC path, the most the
+        contact point takes in a session (C{max_paths}, 16).
+        """
+        from spwm.session.paths import PathKind, TcpInfo
+
+        scheduler = self.front.scheduler
+        scheduler.add(0, PathKind.TCP, 0.0)
+        scheduler.add(1, PathKind.QUIC, 0.0)
+        self.keeper.session_up()
+        self.connect_all()
+
+        def media(seconds: float) -> None:
+            for _ in range(int(seconds / 0.01)):
+                self.clock.advance(0.01)
+                scheduler.tick(self.clock.seconds())
+                scheduler.received(0, self.clock.seconds())
+                scheduler.received(1, self.clock.seconds())
+                scheduler.media_paths(self.clock.seconds(), count=5)
+
+        media(1.5)  # past the QUIC path's hold
+        self.assertTrue(scheduler.media_on_quic())
+        scheduler.loss_seen(0, self.clock.seconds())
+        scheduler.loss_seen(0, self.clock.seconds())
+        scheduler.tcp_info(0, TcpInfo(total_retrans=0), self.clock.seconds())
+        scheduler.tcp_info(0, TcpInfo(total_retrans=3), self.clock.seconds())
+        media(1.5)
+        self.stalls(10.0)
+        self.assertEqual((self.count.wanted, self.keeper.extra, len(self.attempts)), (2, 1, 1))
+        # UDP stops: the QUIC path goes, the media is on TCP again
+        scheduler.remove(1)
+        scheduler.add(1, PathKind.QUIC, self.clock.seconds())  # back, not yet past its hold
+        scheduler.loss_seen(0, self.clock.seconds())
+        scheduler.loss_seen(0, self.clock.seconds())
+        scheduler.tcp_info(0, TcpInfo(total_retrans=6), self.clock.seconds())
+        for _ in range(150):
+            self.clock.advance(0.01)
+            scheduler.media_paths(self.clock.seconds(), count=5)
+        self.assertFalse(scheduler.media_on_quic())
+        self.assertEqual((self.count.wanted, self.keeper.extra), (16, 14))
 
     def test_stop_and_down(self) -> None:
         """

@@ -300,6 +300,27 @@ class SchedulingTests(SynchronousTestCase):
         sched.tcp_info(1, TcpInfo(retransmits=1, rto_s=0.2), 1.05)
         self.assertEqual(sched.tick(1.05), [PathStalled(1), PingWanted(1), CarrierChanged(2)])
 
+    def test_stall_without_media_is_not_copied_for(self) -> None:
+        """
+        A stall of a path that carries no media (a TCP path beside the
+        media's, pinged late by a busy process) moves the carrier if it
+        had it but leaves the media on its one path; a stall of the
+        media's path copies the media on every path that is up.
+        """
+        sched = _two_tcp(carrier_floor=0.0)
+        self.assertEqual(sched.media_paths(1.0), (1,))
+        sched.sent(2, 100, 1.0)
+        sched.tick(1.1)
+        self.assertEqual(sched.state(2), PathState.STALLED)
+        self.assertEqual(sched.media_paths(1.1), (1,))
+        self.assertFalse(sched.snapshot()["duplicating"])
+        sched.received(2, 1.2)
+        sched.tick(1.2)
+        sched.sent(1, 100, 1.3)
+        sched.tick(1.4)
+        self.assertEqual(sched.state(1), PathState.STALLED)
+        self.assertTrue(sched.snapshot()["duplicating"])
+
     def test_recovery_keeps_carrier(self) -> None:
         """
         A stalled path that is answered again comes back (L{received} says
@@ -1190,6 +1211,76 @@ class DedupTests(SynchronousTestCase):
         for seq in range(2, 100000, 7):
             dedup.accept(6, 0, seq)
         self.assertEqual(len(dedup._channels[6][0].bits), 8)  # type: ignore[union-attr]
+
+    def test_reordered_is_not_slow(self) -> None:
+        """
+        A skipped number that comes within C{dedup_slow} of the next one
+        (datagrams spread over paths, reordered) is late but not slow; one
+        that comes later, or is still missing that long after, is slow,
+        counted once; the watch then takes the next number skipped.
+        """
+        dedup = Dedup(PathLimits(dedup_slow=0.02))
+        dedup.watch(10.0)
+        for seq in (0, 2):
+            dedup.accept(1, 0, seq)
+        dedup.watch(10.005)
+        dedup.accept(1, 0, 1)  # 5 ms after 2: reordered
+        self.assertEqual((dedup.gaps, dedup.late, dedup.slow), (1, 1, 0))
+        self.assertFalse(dedup.watch(10.1))
+        dedup.accept(1, 0, 4)  # 3 skipped at 10.1
+        dedup.accept(1, 0, 6)  # 5 skipped too: not watched while 3 is
+        self.assertFalse(dedup.watch(10.115))
+        self.assertTrue(dedup.watch(10.125))  # 3 missing for 25 ms
+        self.assertFalse(dedup.watch(10.2))  # counted once
+        dedup.accept(1, 0, 3)  # late, and counted already
+        dedup.accept(1, 0, 5)
+        self.assertEqual((dedup.gaps, dedup.late, dedup.slow), (3, 3, 1))
+        dedup.accept(1, 0, 8)  # 7 skipped at 10.2
+        dedup.watch(10.25)
+        dedup.accept(1, 0, 7)  # 50 ms late: slow
+        self.assertEqual((dedup.gaps, dedup.late, dedup.slow), (4, 4, 2))
+        dedup.accept(1, 0, 10)  # 9 skipped; the channel closes: no watch left
+        dedup.forget(1)
+        self.assertFalse(dedup.watch(11.0))
+        self.assertEqual(dedup.slow, 2)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(st.tuples(st.integers(0, 40), st.floats(0.0, 0.1)), min_size=1, max_size=60),
+        st.floats(0.001, 0.05),
+    )
+    def test_slow_only_past_the_bound(self, arrivals: list[tuple[int, float]], bound: float) -> None:
+        """
+        Any arrival order of one channel's numbers, each read at its own
+        time: C{slow} never counts more numbers than were truly slow (filled
+        C{bound} or more after they were skipped, or seen missing that long
+        at a read), so a run in which every skipped number came within the
+        bound counts none.
+        """
+        dedup = Dedup(PathLimits(dedup_slow=bound, dedup_window=64))
+        now = 0.0
+        skipped_at: dict[int, float] = {}
+        filled: set[int] = set()
+        truly_slow: set[int] = set()
+        high: int | None = None
+        for seq, step in arrivals:
+            now += step
+            dedup.watch(now)
+            for missing, at in skipped_at.items():
+                if missing not in filled and now - at >= bound:
+                    truly_slow.add(missing)
+            if high is not None and seq > high + 1:
+                for missing in range(high + 1, seq):
+                    skipped_at.setdefault(missing, now)
+            if high is not None and seq < high and seq in skipped_at and seq not in filled:
+                filled.add(seq)
+                if now - skipped_at[seq] >= bound:
+                    truly_slow.add(seq)
+            if high is None or seq > high:
+                high = seq
+            dedup.accept(1, 0, seq)
+        self.assertLessEqual(dedup.slow, len(truly_slow))
+        self.assertLessEqual(dedup.slow, dedup.gaps)
 
     def test_window_must_be_power_of_two(self) -> None:
         """

@@ -441,15 +441,17 @@ class PathFront:
 
     def _dedup_losses(self, path_id: int, now: float) -> None:
         """
-        The receiving half's sign of loss: the de-duplication skipped
-        sequence numbers or took one late (a datagram that did not come on
-        the path that brought the next ones) since the last look: a loss
-        for the scheduler, so this half duplicates what it sends too.  On
-        the contact point also the agent's copies (duplicates dropped):
-        L{PathScheduler.peer_copies}.
+        The receiving half's sign of loss: a sequence number the
+        de-duplication skipped was still missing C{dedup_slow} after the
+        next one came, or came that late (L{Dedup.slow}: lost, or held up
+        on the path that carried it, not reordered among paths) since the
+        last look: a loss for the scheduler, so this half duplicates what
+        it sends too.  On the contact point also the agent's copies
+        (duplicates dropped): L{PathScheduler.peer_copies}.
         """
         dedup = self.dedup
-        seen = dedup.gaps + dedup.late
+        dedup.watch(now)
+        seen = dedup.slow
         if seen != self._dedup_seen:
             self._dedup_seen = seen
             self.scheduler.loss_seen(path_id, now)
@@ -1527,14 +1529,22 @@ class PathKeeper:
         self._adapt_timer = self.clock.callLater(COUNT_INTERVAL, self._adapt)
         now = self.clock.seconds()
         front = self._front()
+        on_quic = False
+        cap = count.limits.max_paths - 1
         if front is not None:
             front.watch_link(now)
             scheduler = front.scheduler
+            # the media on a QUIC path: TCP connections carry none of it,
+            # so neither its load nor its stalls ask for more of them
+            on_quic = scheduler.media_on_quic()
             # a link the kernel retransmits on, not a stall of a busy
             # process: more connections would not help that
             copied = scheduler.copies_since(now) is not None and scheduler.network_lossy(now)
-            count.load(scheduler.media_rate(now), copied)
-        extra = count.decide(now) - 1
+            count.load(0.0 if on_quic else scheduler.media_rate(now), copied and not on_quic)
+            # the contact point takes max_paths paths a session, the
+            # QUIC path among them
+            cap -= scheduler.quic_paths()
+        extra = min(count.decide(now, grow=not on_quic) - 1, max(0, cap))
         if extra == self.extra:
             return
         session = front.session_id if front is not None else None

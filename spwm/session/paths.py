@@ -718,6 +718,20 @@ class PathScheduler:
             return min(limits.coalesce_hold_max, max(limits.coalesce_delay, limits.coalesce_pair / rate))
         return 0.0
 
+    def quic_paths(self) -> int:
+        """
+        @return: how many of the paths are QUIC paths.
+        """
+        return sum(1 for p in self._paths.values() if p.kind is PathKind.QUIC)
+
+    def media_on_quic(self) -> bool:
+        """
+        @return: whether the media's path (the one it goes on when not
+            copied) is a QUIC path.
+        """
+        best = self._best
+        return best is not None and best.kind is PathKind.QUIC
+
     def copies_since(self, now: float) -> float | None:
         """
         @return: since when media has gone on every path that is up
@@ -769,7 +783,13 @@ class PathScheduler:
                         path.stalls += 1
                     else:
                         path.deaths += 1
-                    self._duplicate(now)
+                    if path is self._best or now < self._dup_until:
+                        # the media's path stalled (or the media is
+                        # copied on it): copy it on every path for a while.
+                        # A stall of a path without media (a TCP path beside
+                        # the QUIC path, a busy process's late ping) leaves
+                        # the media where it is, on one path.
+                        self._duplicate(now)
             if event is not None:
                 events.append(event(path.path_id))
             if path.state is _DEAD:
@@ -1136,17 +1156,22 @@ class PathCount:
         if now > self._late_loss:
             self._late_loss = now
 
-    def decide(self, now: float) -> int:
+    def decide(self, now: float, grow: bool = True) -> int:
         """
         Apply the rules at C{now}.
 
+        @param grow: whether the count may grow now (not while the media
+            goes on a QUIC path: more TCP connections would carry none of
+            it); it may shrink all the same.
         @return: L{wanted}, up to what the load asks for, else up by at
             most C{count_grow_step} or down by one.
         """
         limits = self.limits
         stalls = self._stalls
         window = now - limits.count_grow_window
-        if self.for_load > self.wanted:
+        if not grow:
+            stalls.clear()
+        if grow and self.for_load > self.wanted:
             self.wanted = self.for_load
             self.grows += 1
             self.load_grows += 1
@@ -1154,7 +1179,8 @@ class PathCount:
             self._changed = now
             stalls.clear()
         elif (
-            self.wanted < self.ceiling
+            grow
+            and self.wanted < self.ceiling
             and (len(stalls) == stalls.maxlen and stalls[0] >= window or self._late_loss >= window)
             and now - self._changed >= limits.count_grow_hold
         ):
@@ -1275,6 +1301,13 @@ class Dedup:
     @ivar gaps: sequence numbers skipped when the highest moved on (lost
         or late; a late one accepted later counts in C{late}).
     @ivar late: accepted below the highest.
+    @ivar slow: skipped numbers that were still missing C{dedup_slow}
+        after the next one came, or came that late: lost, or held up on
+        their path (a stall), rather than reordered among paths.  One
+        skipped number at a time is watched (L{watch}), from the time the
+        receiving session last gave (L{now}, set before each read: no
+        clock per datagram); the next is watched once it is settled.
+    @ivar now: the time, as the receiving session last set it.
     """
 
     #: how far ahead of the highest number seen a number may be (2**20)
@@ -1294,6 +1327,27 @@ class Dedup:
         self.too_far = 0
         self.gaps = 0
         self.late = 0
+        self.slow = 0
+        self.slow_after = limits.dedup_slow
+        self.now = 0.0
+        # the skipped number watched: its window, the number, since when
+        self._watched: tuple[_Window, int, float] | None = None
+
+    def watch(self, now: float) -> bool:
+        """
+        The time is C{now} (before a read is processed): if the skipped
+        number watched has been missing C{dedup_slow} or more, it counts
+        in C{slow} and the watch moves on to the next number skipped.
+
+        @return: whether it did.
+        """
+        self.now = now
+        watched = self._watched
+        if watched is not None and now - watched[2] >= self.slow_after:
+            self._watched = None
+            self.slow += 1
+            return True
+        return False
 
     def accept(self, channel_id: int, component: int, seq: int) -> bool:
         """
@@ -1305,6 +1359,7 @@ class Dedup:
         if windows is None:
             if len(self._channels) >= self.max_channels:
                 del self._channels[next(iter(self._channels))]
+                self._watched = None  # rare: its window may have gone
             windows = self._channels[channel_id] = [None, None]
         component &= 1
         window = windows[component]
@@ -1342,6 +1397,12 @@ class Dedup:
         bits[slot] |= bit
         self.accepted += 1
         self.late += 1
+        watched = self._watched
+        if watched is not None and watched[1] == seq and watched[0] is window:
+            # reordered (within dedup_slow) or slow
+            self._watched = None
+            if self.now - watched[2] >= self.slow_after:
+                self.slow += 1
         return True
 
     def _skip(self, window: _Window, ahead: int) -> None:
@@ -1351,6 +1412,8 @@ class Dedup:
         seen yet.
         """
         self.gaps += ahead - 1
+        if self._watched is None:
+            self._watched = (window, (window.high + 1) & 0xFFFFFFFF, self.now)
         bits = window.bits
         if ahead >= self.window:
             bits[:] = bytes(len(bits))
@@ -1363,9 +1426,13 @@ class Dedup:
 
     def forget(self, channel_id: int) -> None:
         """
-        The channel closed: its windows go.
+        The channel closed: its windows go (and the watch of a number
+        skipped in them).
         """
-        self._channels.pop(channel_id, None)
+        windows = self._channels.pop(channel_id, None)
+        watched = self._watched
+        if windows is not None and watched is not None and any(w is watched[0] for w in windows):
+            self._watched = None
 
     def __len__(self) -> int:
         return len(self._channels)

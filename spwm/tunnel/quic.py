@@ -1043,6 +1043,7 @@ class QuicServerEndpoint:
             port = self._reactor.listenUDP(self._port, listener, interface=self._host)
         except Exception as e:
             return fail(e)
+        set_socket_buffers(port, self._limits.socket_buffer)
         self.listener = listener
         return succeed(_ListeningQuic(port, listener, self._reactor))
 
@@ -1055,6 +1056,19 @@ class QuicServerEndpoint:
         self._configuration = configuration
         if self.listener is not None:
             self.listener.configuration = configuration
+
+
+def set_socket_buffers(port: Any, size: int) -> None:
+    """
+    Ask for C{size} bytes of receive and send buffer on a QUIC UDP port
+    (L{QuicLimits.socket_buffer}); the kernel grants what its maxima allow.
+    """
+    try:
+        handle = port.getHandle()
+        handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    except (OSError, AttributeError):
+        pass
 
 
 # -- the agent's side --------------------------------------------------------
@@ -1149,6 +1163,7 @@ class QuicClientEndpoint:
             raise ConnectionError("the tunnel factory refused the connection")
         udp = _ClientPort()
         port = self._reactor.listenUDP(0, udp, interface="::" if ":" in ip else "0.0.0.0")
+        set_socket_buffers(port, self._limits.socket_buffer)
 
         def send(data: bytes, addr: Any) -> None:
             try:

@@ -135,6 +135,24 @@ class QuicLoopbackTests(TestCase):
             str(caught.exception), "certificate for contact.spwm.test does not match server name wrong.spwm.test"
         )
 
+    def test_socket_buffers(self) -> None:
+        """
+        The listener's UDP socket, which takes every session's media, has
+        the receive and send buffers of C{QuicLimits.socket_buffer} (4 MiB,
+        as far as the kernel's maxima allow; Linux reports twice what it
+        grants), not the system's default.
+        """
+        import socket
+
+        from spwm.limits import QuicLimits
+
+        wanted = QuicLimits().socket_buffer
+        handle = self.contact.quic_listener._port.port.getHandle()
+        for option, maximum in ((socket.SO_RCVBUF, "rmem_max"), (socket.SO_SNDBUF, "wmem_max")):
+            with open(f"/proc/sys/net/core/{maximum}") as f:
+                granted = min(wanted, int(f.read()))
+            self.assertGreaterEqual(handle.getsockopt(socket.SOL_SOCKET, option), 2 * granted)
+
     @defer.inlineCallbacks
     def test_wrong_name(self) -> Any:
         """
