@@ -37,3 +37,24 @@ class FreePortTests(SynchronousTestCase):
         ports = {free_port(following=1) for _ in range(50)}
         self.assertTrue(all(p + 1 < low for p in ports), sorted(ports))
         self.assertGreater(len(ports), 1)
+
+    def test_away_from(self) -> None:
+        """
+        With C{away_from}, neither the port nor the C{following} ones after
+        it are among those ports (which another part of the test takes):
+        draws that would meet them (here forced: the first three draws are
+        next to them) are drawn again.
+        """
+        from spwm.testing import ports
+
+        taken = free_port(following=2)
+        real = ports._draw.randint
+        forced = [taken - 2, taken, taken + 2]
+
+        def draw(low: int, high: int) -> int:
+            return forced.pop(0) if forced else real(low, high)
+
+        self.patch(ports._draw, "randint", draw)
+        port = free_port(following=3, away_from=range(taken, taken + 3))
+        self.assertEqual(forced, [])
+        self.assertTrue(set(range(port, port + 4)).isdisjoint(range(taken, taken + 3)), (port, taken))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 import socket
-from typing import Sequence
+from typing import Iterable, Sequence
 
 #: Where the ports are drawn from: under the ephemeral range, and away
 #: from the ranges the tests and the bed bind by number (20000 and up).
@@ -52,16 +52,21 @@ def _bindable(host: str, binds: Sequence[tuple[int, int]]) -> bool:
     return True
 
 
-def free_port(host: str = "127.0.0.1", following: int = 0) -> int:
+def free_port(host: str = "127.0.0.1", following: int = 0, away_from: Iterable[int] = ()) -> int:
     """
     A port free now on C{host} for both UDP and TCP, with the C{following}
-    ports after it free for TCP too (SIP over TLS listens on port + 1).
+    ports after it free for TCP too (SIP over TLS listens on port + 1),
+    none of them in C{away_from} (ports a test has drawn already for
+    something that takes the ports after it too, such as C{--workers}).
 
     @raise RuntimeError: if none is found in 100 tries.
     """
     high = min(HIGH, _ephemeral_low() - 1) - following
+    taken = set(away_from)
     for _ in range(100):
         port = _draw.randint(LOW, high)
+        if taken and not taken.isdisjoint(range(port, port + following + 1)):
+            continue
         binds = [(socket.SOCK_DGRAM, port)] + [(socket.SOCK_STREAM, port + n) for n in range(following + 1)]
         if _bindable(host, binds):
             return port

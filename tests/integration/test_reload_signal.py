@@ -58,13 +58,16 @@ class ReloadSignalTests(TestCase):
         C{listeners} tunnel listeners listen.
         """
         self.port = free_port(following=2)
+        # the SIP ports apart from the tunnel port and, with --workers 2,
+        # the workers' own after it (a run drew 12450-12451 and SIP 12451)
+        sip = free_port(following=3, away_from=range(self.port, self.port + 3))
         self.process = WorkerProcess()
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         env.pop("SPWM_WORKER", None)
         args = [
             sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
             "spwm-contact", "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-            "--sip-address", f"127.0.0.1:{free_port(following=3)}", "--drain-time", "0.2",
+            "--sip-address", f"127.0.0.1:{sip}", "--drain-time", "0.2",
             "--status-interval", "0", *extra,
         ]  # fmt: skip
         self.transport = reactor.spawnProcess(self.process, sys.executable, args, env=env, path=ROOT)

@@ -116,7 +116,7 @@ class _Workers(TestCase):
         # the shared port and, after it, the workers' own (the default)
         self.tunnel_port = free_port(following=2)
         self.worker_ports = (self.tunnel_port + 1, self.tunnel_port + 2)
-        self.sip_port = free_port(following=3)
+        self.sip_port = free_port(following=3, away_from=range(self.tunnel_port, self.tunnel_port + 3))
         self.process = WorkerProcess()
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         env.pop("SPWM_WORKER", None)
