@@ -292,7 +292,8 @@ class PathLimits:
         that many would cost both halves more CPU than the link's losses
         cost the audio (500 calls on loopback, 25,000 datagrams/s, opened
         16 connections on the spurious retransmissions of a saturated
-        machine, copied each datagram four times and lost 18-20 % of them).
+        machine, copied each datagram four times and lost 18-20 % of
+        them); with the media on a QUIC path, on that path alone.
     """
 
     stall_floor: float = field(default=0.040, validator=_pos_time)

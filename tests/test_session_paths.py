@@ -563,6 +563,27 @@ class SpreadTests(SynchronousTestCase):
         # the status says so (it read false with two paths: no copies to share)
         self.assertTrue(two.snapshot()["spreading"])
 
+    def test_above_the_max_rate_on_the_quic_path(self) -> None:
+        """
+        Above C{spread_max_rate} with the media on a QUIC path, the
+        datagrams stay on the QUIC path while the media is copied, not in
+        turn over the TCP connections (they would wait there, arrive late
+        and keep the copying going); below it, the copies as before.
+        """
+        sched = _scheduler(spread_rate=150.0, spread_copies=2, spread_max_rate=1000.0, loss_memory=0.0, duplicate_window=100.0, switch_hold=0.0)
+        for path_id in (1, 2):
+            sched.add(path_id, TCP, 0.0)
+            sched.rtt_sample(path_id, 0.02, 0.0)
+        sched.add(3, PathKind.QUIC, 0.0)
+        sched.rtt_sample(3, 0.02, 0.0)
+        sched.tick(0.0)
+        self.assertTrue(sched.media_on_quic())
+        sched.loss_seen(1, 0.0)
+        heavy, now = _feed_rate(sched, 2000.0, 0.0, 2.0)
+        self.assertEqual(set(heavy[-2000:]), {(3,)})
+        fast, now = _feed_rate(sched, 400.0, now, 2.0)
+        self.assertEqual({len(paths) for paths in fast[-400:]}, {2})
+
     def test_spread_skips_stalled(self) -> None:
         """
         A stalled path gets no share; with no more paths up than

@@ -396,6 +396,8 @@ class PathScheduler:
         self._media_spread: tuple[tuple[int, ...], ...] = ()
         #: the paths that are up one at a time (above C{spread_max_rate})
         self._media_turn: tuple[tuple[int, ...], ...] = ()
+        # the media's path is a QUIC path (L{media_on_quic}, kept for the hot path)
+        self._quic_best = False
         self._spread_next = 0
         self._rate = 0.0
         self._rate_n = 0
@@ -635,7 +637,15 @@ class PathScheduler:
         if now < self._dup_until:
             limits = self.limits
             if limits.spread_rate and self._rate >= limits.spread_rate:
-                spread = self._media_turn if self._rate > limits.spread_max_rate else self._media_spread
+                if self._rate > limits.spread_max_rate:
+                    if self._quic_best:
+                        # a CPU's load, not a link's: on the QUIC path
+                        # alone, not in turn over TCP connections that the
+                        # media would then wait on (and arrive late from)
+                        return self._media_one
+                    spread = self._media_turn
+                else:
+                    spread = self._media_spread
                 if spread:
                     i = self._spread_next
                     self._spread_next = i + 1 if i + 1 < len(spread) else 0
@@ -729,8 +739,7 @@ class PathScheduler:
         @return: whether the media's path (the one it goes on when not
             copied) is a QUIC path.
         """
-        best = self._best
-        return best is not None and best.kind is PathKind.QUIC
+        return self._quic_best
 
     def copies_since(self, now: float) -> float | None:
         """
@@ -983,6 +992,7 @@ class PathScheduler:
             if self._best is not None and best is not None:
                 self.media_switches += 1
             self._best = best
+        self._quic_best = best is not None and best.kind is PathKind.QUIC
         spread: tuple[tuple[int, ...], ...] = ()
         turn: tuple[tuple[int, ...], ...] = ()
         if best is not None:
