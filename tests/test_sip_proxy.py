@@ -43,7 +43,7 @@ from spwm.sip.actions import (
 )
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.checks import CONGESTED as _CONGESTED
-from spwm.sip.checks import RETRANSMITTED_CONGESTED, RecentInvites
+from spwm.sip.checks import RETRANSMITTED_ANSWERED, RETRANSMITTED_CONGESTED, RecentInvites
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.transport import AgentSipRunner, SipStreamFactory
 from spwm.sip.uri import parse_name_addr
@@ -337,6 +337,22 @@ class RecentInvitesTests(SynchronousTestCase):
     Tests for L{RecentInvites}'s bounds.
     """
 
+    def test_answered_forgotten_with_the_invite(self) -> None:
+        """
+        An INVITE forgotten past C{limit} is forgotten as answered too:
+        the answered set stays within the bound.
+        """
+        invites = RecentInvites(limit=3)
+        for n in range(10):
+            msg = parse_message(request("INVITE", "sip:bob@example.org", call_id=f"c{n}"))
+            invites.passing(msg, invites.again(msg))
+            invites.accepted(parse_message(answer(msg.to_bytes(), 200)))
+            self.assertTrue(invites.answered(msg))
+        self.assertEqual(len(invites._accepted), 3)
+        first = parse_message(request("INVITE", "sip:bob@example.org", call_id="c0"))
+        self.assertFalse(invites.again(first))
+        self.assertFalse(invites.answered(first))
+
     def test_bodies_bounded(self) -> None:
         """
         The bodies kept (rewritten ones only) stay within C{max_bytes}:
@@ -611,6 +627,40 @@ class AgentTests(SynchronousTestCase):
         only(agent.from_tunnel(fid, invite_for_phone(), 3.0), ToApp)
         self.hook.full = NO_MEDIA_PORTS
         only(agent.from_tunnel(fid, invite_for_phone(), 3.5), ToApp)
+
+    def test_retransmitted_invite_after_2xx_dropped(self) -> None:
+        """
+        A retransmission of an INVITE that comes after a 2xx to it has
+        passed back (it crossed the 2xx) is dropped, either way: passed on
+        after the caller's ACK, it reaches a UAS whose dialog is confirmed
+        (SIPp's UAS then abandons the call).  Before the 2xx, after a
+        provisional or after a non-2xx final answer, it goes on.
+        """
+        agent = AgentSipProxy(FakeTunnel("s"), "agent-1", media_hook=self.hook)
+        sent = request("INVITE", "sip:bob@example.org")
+        up = only(agent.from_app(FLOW_A, sent, 0.0), ToTunnel)
+        only(agent.from_tunnel(up.flow_id, answer(up.data, 180, "Ringing"), 0.1), ToApp)
+        self.assertEqual(only(agent.from_app(FLOW_A, sent, 0.5), ToTunnel).data, up.data)
+        only(agent.from_tunnel(up.flow_id, answer(up.data, 200), 0.6), ToApp)
+        self.assertEqual(dropped(agent.from_app(FLOW_A, sent, 1.5)), [RETRANSMITTED_ANSWERED])
+        self.assertEqual(agent.counters[RETRANSMITTED_ANSWERED], 1)
+        # another INVITE of the same call (a new branch) goes on
+        other = sent.replace(b"branch=z9hG4bK", b"branch=z9hG4bKnew")
+        self.assertNotEqual(other, sent)
+        only(agent.from_app(FLOW_A, other, 1.6), ToTunnel)
+        # refused: its retransmission goes on, to be refused again
+        refused = request("INVITE", "sip:bob@example.org", call_id="c2")
+        up2 = only(agent.from_app(FLOW_A, refused, 2.0), ToTunnel)
+        only(agent.from_tunnel(up2.flow_id, answer(up2.data, 486, "Busy Here"), 2.1), ToApp)
+        only(agent.from_app(FLOW_A, refused, 2.5), ToTunnel)
+        # an INVITE for the phone: the phone's 2xx passes back into the
+        # tunnel, and the INVITE repeated by the contact point stops here
+        fid = agent.flows.use(FLOW_B, 0.0)
+        down = only(agent.from_tunnel(fid, invite_for_phone(), 3.0), ToApp)
+        only(agent.from_tunnel(fid, invite_for_phone(), 3.2), ToApp)
+        only(agent.from_app(FLOW_B, answer(down.data, 200), 3.3), ToTunnel)
+        self.assertEqual(dropped(agent.from_tunnel(fid, invite_for_phone(), 3.5)), [RETRANSMITTED_ANSWERED])
+        self.assertEqual(agent.counters[RETRANSMITTED_ANSWERED], 2)
 
     def test_retransmitted_invite_goes_as_the_original(self) -> None:
         """
@@ -1250,6 +1300,24 @@ class ContactTests(SynchronousTestCase):
         self.up(out)
         self.hook.full = NO_MEDIA_PORTS
         self.up(out)
+
+    def test_retransmitted_invite_after_2xx_dropped(self) -> None:
+        """
+        A retransmission of an INVITE that comes after a 2xx to it has
+        passed back is dropped, from the tunnel and from the network;
+        before the 2xx it goes on.
+        """
+        out = request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp")
+        act, _ = self.up(out)
+        self.up(out, now=0.5)
+        only(self.down(answer(act.data, 200), now=0.6), ToTunnel)
+        self.assertEqual(dropped(self.cp.from_tunnel(self.key, "sess-1", 5, out, 1.0)), [RETRANSMITTED_ANSWERED])
+        invite = self.incoming_invite()
+        into = only(self.down(invite, now=2.0), ToTunnel)
+        only(self.down(invite, now=2.5), ToTunnel)
+        self.cp.from_tunnel(self.key, "sess-1", 5, answer(into.data, 200), 2.6)
+        self.assertEqual(dropped(self.down(invite, now=3.0)), [RETRANSMITTED_ANSWERED])
+        self.assertEqual(self.cp.counters[RETRANSMITTED_ANSWERED], 2)
 
     def test_retransmitted_invite_goes_as_the_original(self) -> None:
         """

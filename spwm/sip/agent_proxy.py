@@ -33,6 +33,7 @@ from spwm.sip.actions import (
 from spwm.sip.checks import (
     CONGESTED,
     CONGESTED_COUNTER,
+    RETRANSMITTED_ANSWERED,
     RETRANSMITTED_CONGESTED,
     RecentInvites,
     answer_malformed,
@@ -241,6 +242,9 @@ class AgentSipProxy:
     ) -> list[Action]:
         # (parse_message checked the headers a proxy relies on)
         again = self._invites.again(msg)
+        if again and self._invites.answered(msg):
+            reason = RETRANSMITTED_ANSWERED
+            return [self.counters.drop(reason, reason)]
         if congested and starts_work(msg):
             if again:
                 reason = RETRANSMITTED_CONGESTED
@@ -304,6 +308,9 @@ class AgentSipProxy:
             resp = make_response(msg, 430, "Flow Failed")
             return [ToTunnel(self.tunnel_key, flow_id, resp.to_bytes())]
         again = self._invites.again(msg)
+        if again and self._invites.answered(msg):
+            reason = RETRANSMITTED_ANSWERED
+            return [self.counters.drop(reason, reason)]
         full = None if again else media_full(self.media_hook, msg)
         if full is not None:
             return [
@@ -349,6 +356,7 @@ class AgentSipProxy:
         call_id = msg.call_id
         if method == "INVITE":
             if 200 <= status < 300:
+                self._invites.accepted(msg)
                 self._dialogs.answered(fid, call_id, fid, msg.from_tag, msg.to_tag, now)
                 # the leg's other dialogs live as long as the newest
                 self._dialogs.touch(fid, call_id, now)

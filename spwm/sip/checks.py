@@ -18,6 +18,7 @@ __all__ = [
     "CONGESTED",
     "CONGESTED_COUNTER",
     "CONGESTED_RETRY_AFTER",
+    "RETRANSMITTED_ANSWERED",
     "RETRANSMITTED_CONGESTED",
     "RecentInvites",
     "answer_malformed",
@@ -39,6 +40,10 @@ CONGESTED_RETRY_AFTER = 5
 #: The log reason (and counter) of a retransmitted INVITE dropped while
 #: its tunnel is congested (L{RecentInvites}).
 RETRANSMITTED_CONGESTED = "INVITE retransmission dropped: tunnel congested"
+
+#: The log reason (and counter) of a retransmitted INVITE dropped because
+#: a 2xx to it has passed back already (L{RecentInvites.accepted}).
+RETRANSMITTED_ANSWERED = "INVITE retransmission dropped: already answered 2xx"
 
 
 _CRUDE = {
@@ -171,6 +176,16 @@ class RecentInvites:
     anew, with relay ports and a channel the peer then held unexplained
     for 10 s: under an overload, so many that the peer refused the
     channels of new calls, which then had no audio.
+
+    A retransmission that comes after a 2xx to its INVITE has passed back
+    is dropped (L{accepted}): it crossed the 2xx, which its sender will get
+    (the UAS core repeats a 2xx until the ACK comes, RFC 3261 13.3.1.4, and
+    not because the INVITE came again).  This is what the Accepted state
+    of an INVITE server transaction does for a transaction-stateful proxy
+    (RFC 6026 7.1).  Passed on, a retransmission that a backlog delayed
+    until after the caller's ACK reaches a UAS whose dialog is confirmed:
+    SIPp's UAS takes it for an unexpected message and abandons the call,
+    leaving its BYE unanswered.
     """
 
     def __init__(self, limit: int = 4096, max_bytes: int = 4 << 20) -> None:
@@ -179,6 +194,8 @@ class RecentInvites:
         self.max_bytes = max_bytes
         self._seen: dict[tuple[str, str], bytes | None] = {}
         self._bytes = 0
+        # those of them that a 2xx has answered
+        self._accepted: set[tuple[str, str]] = set()
 
     @staticmethod
     def _key(msg: SipMessage) -> tuple[str, str] | None:
@@ -222,9 +239,28 @@ class RecentInvites:
         """
         seen = self._seen
         while len(seen) > self.limit or self._bytes > self.max_bytes:
-            body = seen.pop(next(iter(seen)))
+            key = next(iter(seen))
+            body = seen.pop(key)
+            self._accepted.discard(key)
             if body is not None:
                 self._bytes -= len(body)
+
+    def accepted(self, response: SipMessage) -> None:
+        """
+        A 2xx to an INVITE passes back, its top C{Via} (the proxy's own
+        taken off) the one its INVITE came in with: retransmissions of that
+        INVITE are dropped from now on (L{answered}).
+        """
+        key = self._key(response)
+        if key is not None and key in self._seen:
+            self._accepted.add(key)
+
+    def answered(self, msg: SipMessage) -> bool:
+        """
+        Whether C{msg}, a retransmission (L{again} said so), is of an
+        INVITE that a 2xx has answered: drop it.
+        """
+        return self._key(msg) in self._accepted
 
     def media(
         self,

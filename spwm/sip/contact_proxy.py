@@ -42,6 +42,7 @@ from spwm.sip.actions import (
 from spwm.sip.checks import (
     CONGESTED,
     CONGESTED_COUNTER,
+    RETRANSMITTED_ANSWERED,
     RETRANSMITTED_CONGESTED,
     RecentInvites,
     answer_malformed,
@@ -443,6 +444,9 @@ class ContactSipProxy:
                 self.counters.drop(f"{NO_PROXY}: new request refused with 503", NO_PROXY),
             ]
         again = self._invites.again(msg)
+        if again and self._invites.answered(msg):
+            reason = RETRANSMITTED_ANSWERED
+            return [self.counters.drop(reason, reason)]
         full = None if again else media_full(self.media_hook, msg)
         if full is not None:
             return [
@@ -722,6 +726,9 @@ class ContactSipProxy:
         if key is None:
             return self._refuse(msg, 430, "Flow Failed")
         again = self._invites.again(msg)
+        if again and self._invites.answered(msg):
+            reason = RETRANSMITTED_ANSWERED
+            return [self.counters.drop(reason, reason)]
         if starts_work(msg) and congested(key):
             if again:
                 reason = RETRANSMITTED_CONGESTED
@@ -830,6 +837,7 @@ class ContactSipProxy:
         call_id = msg.call_id
         if method == "INVITE":
             if 200 <= status < 300:
+                self._invites.accepted(msg)
                 dialogs = self._dialogs
                 dropped = dialogs.dropped
                 dialogs.answered(session, call_id, fid, msg.from_tag, msg.to_tag, now)

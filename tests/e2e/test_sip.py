@@ -18,6 +18,7 @@ from .netbed import (
     CONTACT,
     ECHO,
     KAMAILIO,
+    ManagedProcess,
     PHONE,
     PHONES,
     sipp_argv,
@@ -377,12 +378,12 @@ class SpwmEmbeddedRegistrarTests(SpwmSipTestCase):
         self.start_spwm_agent(AGENT, name="agent-one")
         self.start_spwm_agent(SECOND_AGENT, name="agent-two")
 
-    def test_two_agents_call_each_other(self) -> None:
+    def register_alice_and_bob(self) -> ManagedProcess:
         """
         alice registers through the first agent, bob through the second
-        (no authentication: the embedded registrar answers 200 at once);
-        alice calls bob by his address of record: the call completes on
-        both SIPp ends and the RTP and its echo cross both tunnels.
+        (no authentication: the embedded registrar answers 200 at once).
+
+        @return: bob's phone, a SIPp UAS.
         """
         for user, address, agent in (("alice", PHONES[0], AGENT), ("bob", PHONES[1], SECOND_AGENT)):
             result = self.sipp_uac(
@@ -390,7 +391,16 @@ class SpwmEmbeddedRegistrarTests(SpwmSipTestCase):
                 name=f"register-{user}",
             )
             self.assertSippSuccess(result)
-        bob = self.sipp_uas(local_ip=PHONES[1], role="lan", name="phone-bob")
+        return self.sipp_uas(local_ip=PHONES[1], role="lan", name="phone-bob")
+
+    def test_two_agents_call_each_other(self) -> None:
+        """
+        alice registers through the first agent, bob through the second
+        (no authentication: the embedded registrar answers 200 at once);
+        alice calls bob by his address of record: the call completes on
+        both SIPp ends and the RTP and its echo cross both tunnels.
+        """
+        bob = self.register_alice_and_bob()
         self.count_udp("lan", "at_bob", f"ip saddr {SECOND_AGENT} ip daddr {PHONES[1]} udp dport 6000")
         self.count_udp("lan", "at_alice", f"ip saddr {AGENT} ip daddr {PHONES[0]} udp dport 6000")
         result = self.sipp_uac(
@@ -404,6 +414,26 @@ class SpwmEmbeddedRegistrarTests(SpwmSipTestCase):
         at_alice = self.counter("lan", "at_alice")
         self.assertGreater(at_bob, 50, (at_bob, at_alice))
         self.assertGreater(at_alice, 50, (at_bob, at_alice))
+
+    def test_invite_retransmission_after_the_ack(self) -> None:
+        """
+        alice's phone sends its INVITE once more after the ACK (a
+        retransmission that crossed the 200, delayed: under load the
+        answer can take longer than the phone's 500 ms retransmission
+        timer).  The halves drop it, as the 200 had passed them: bob's
+        UAS, which would take it for an unexpected message and abandon
+        the call, never sees it, and the call ends with its BYE answered.
+        """
+        bob = self.register_alice_and_bob()
+        result = self.sipp_uac(
+            "uac_late_retransmission.xml", f"{AGENT}:5060", user="alice", service="bob",
+            extra=["-d", "500"], name="alice-calls-bob",
+        )
+        self.assertSippSuccess(result)
+        finished = self.sipp_finish(bob)
+        self.assertSippSuccess(finished)
+        invites = finished.messages().count("INVITE sip:")
+        self.assertEqual(invites, 1, "bob's UAS got the INVITE after the ACK")
 
     def test_two_phones_behind_one_agent_call_each_other(self) -> None:
         """
