@@ -317,7 +317,8 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
 
     # the echo listens on -mp to -mp + 3 (audio and video, RTP and RTCP)
     echo = free_udp_block(*ECHO_PORTS, 4)
-    uas = sipp(["-sn", "uas", "-rtp_echo", "-i", "127.0.0.1", "-p", str(uas_port), "-mp", str(echo), "-nostdin"], uas_dir)
+    trace = ["-trace_msg"] if args.trace_sip else []
+    uas = sipp(["-sn", "uas", "-rtp_echo", "-i", "127.0.0.1", "-p", str(uas_port), "-mp", str(echo), "-nostdin", *trace], uas_dir)
     time.sleep(0.5)
     if uas.poll() is not None:
         raise RuntimeError(f"the SIPp UAS exited with {uas.returncode}; see {uas_dir}")
@@ -346,7 +347,7 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
         "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(uac_media),
         "-nostdin", "-r", f"{args.rate:g}", "-m", str(calls), "-l", str(max(10, int(args.rate * (call_s + 10)))),
         "-recv_timeout", "10000", "-timeout", f"{seconds + call_s + 120:.0f}s", "-timeout_error",
-        "-trace_stat", "-stf", stat, "-fd", "5", "-trace_err",
+        "-trace_stat", "-stf", stat, "-fd", "5", "-trace_err", *trace,
     ]
     if args.scenario == "uac":
         uac_args += ["-d", str(args.call_length)]
@@ -511,6 +512,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contact-arg", action="append", default=[], metavar="ARG")
     parser.add_argument("--max-time", type=float, default=None, help="stop everything after this many seconds (default: the calls plus 5 minutes)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--trace-sip", action="store_true",
+        help="both SIPp log every message (-trace_msg, about 7 kB a call; with --keep, to see why calls failed)",
+    )
     args = parser.parse_args(argv)
     if not os.path.exists(os.path.join(PCAP_DIR, "g711a.pcap")) and args.scenario == "uac_pcap":
         parser.error(f"{PCAP_DIR}/g711a.pcap not found (Debian's sip-tester has it); or --scenario uac")

@@ -991,6 +991,61 @@ class FailoverTests(TwoPaths):
         self.assertFalse(self.c2.connection.is_open_channel(cid))
         self.assertEqual([c[0] for c in self.bed.contact.observer.calls], ["established"])
 
+    def test_sip_lost_with_the_carrier_sent_again(self) -> None:
+        """
+        SIP lost with the carrier (written, never read: a reset) is sent
+        again on the new carrier, before what follows: the peer takes
+        each message once, in order; the session logic hears nothing.
+        """
+        self.front.send_sip(1, b"INVITE")
+        self.front.send_sip(1, b"CANCEL")
+        self.bed.cut(0, lose_queued=True)
+        self.front.send_sip(1, b"BYE")
+        self.bed.flush()
+        got = [data for _, _, data in self.bed.contact.sip.received]
+        self.assertEqual(got, [b"INVITE", b"CANCEL", b"BYE"])
+        self.assertEqual(self.front.sip_order.resent, 2)
+        self.assertEqual([c[0] for c in self.bed.contact.observer.calls], ["established"])
+
+    def test_sip_acknowledged_not_sent_again(self) -> None:
+        """
+        The peer acknowledges the SIP it took within L{SipOrder.ACK_DELAY}:
+        what it acknowledged is not kept, and not sent again when the
+        carrier moves; both directions.
+        """
+        self.front.send_sip(1, b"REGISTER")
+        self.contact_front.send_sip(1, b"SIP/2.0 200 OK")
+        self.bed.flush()
+        self.assertEqual((self.front.sip_order.kept, self.contact_front.sip_order.kept), (1, 1))
+        self.bed.advance(0.1)
+        self.assertEqual((self.front.sip_order.kept, self.contact_front.sip_order.kept), (0, 0))
+        self.bed.cut(0)
+        self.front.send_sip(1, b"INVITE")
+        self.bed.flush()
+        self.assertEqual([d for _, _, d in self.bed.contact.sip.received], [b"REGISTER", b"INVITE"])
+        self.assertEqual(self.front.sip_order.resent, 0)
+        self.assertEqual(self.bed.contact.paths.status()["sip_order"]["sip_copies"], 0)
+
+    def test_sip_held_on_a_stalled_carrier(self) -> None:
+        """
+        SIP queued on a carrier that stalls goes again on the path the
+        carrier moves to, before the SIP that follows; when the stalled
+        path delivers its copy late, the peer drops it: the ACK sent after
+        the move does not overtake the INVITE retransmission sent before.
+        """
+        # a call's channel: the agent probes its paths
+        self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.advance(0.5)  # round-trip samples on both paths
+        self.bed.stalled.add(0)
+        self.front.send_sip(1, b"INVITE again")
+        self.advance_until(lambda: self.front.carrier is self.a2, 2.0)
+        self.front.send_sip(1, b"ACK")
+        self.bed.flush()
+        self.bed.stalled.discard(0)
+        self.bed.flush()
+        self.assertEqual([d for _, _, d in self.bed.contact.sip.received], [b"INVITE again", b"ACK"])
+        self.assertEqual(self.bed.contact.paths.status()["sip_order"]["sip_copies"], 1)
+
     def test_silent_path_closed(self) -> None:
         """
         A path that stops answering (nothing arrives: a stall that does not

@@ -37,6 +37,7 @@ from spwm.session.paths import (
     PathState,
     PingWanted,
     SeqStamper,
+    SipOrder,
     TcpInfo,
     parse_tcp_info,
     read_tcp_info,
@@ -1393,6 +1394,107 @@ class DedupTests(SynchronousTestCase):
             if dedup.accept(*arrival):
                 self.assertNotIn(arrival, delivered)
                 delivered.add(arrival)
+
+
+class SipOrderTests(SynchronousTestCase):
+    """
+    Tests for L{SipOrder}: SIP numbered, kept until acknowledged, sent
+    again on a new carrier, and taken once, in order.
+    """
+
+    def test_numbers_kept_until_acked(self) -> None:
+        """
+        Each message gets the next number and stays kept until a C{next}
+        above it is acknowledged; a C{next} that is not a whole number is
+        ignored.
+        """
+        order = SipOrder()
+        self.assertEqual([order.number(1, b"m%d" % n) for n in range(3)], [0, 1, 2])
+        for bad in (None, "2", 1.5, True):
+            order.acked(bad)
+            self.assertEqual(order.kept, 3)
+        order.acked(2)
+        self.assertEqual(order.unacked(), [(2, 1, b"m2")])
+        self.assertEqual(order.resent, 1)
+        order.acked(3)
+        self.assertEqual((order.kept, order.unacked()), (0, []))
+
+    def test_bounded(self) -> None:
+        """
+        At most C{max_kept} messages and about C{max_bytes} are kept: past
+        either the oldest are given up (counted); the newest is always kept.
+        """
+        order = SipOrder(max_kept=4, max_bytes=100)
+        for n in range(10):
+            order.number(1, b"x")
+        self.assertEqual(([m[0] for m in order.unacked()], order.given_up), ([6, 7, 8, 9], 6))
+        order.number(1, b"y" * 500)
+        self.assertEqual(([m[0] for m in order.unacked()], order.given_up), ([10], 10))
+
+    def test_arrived(self) -> None:
+        """
+        The receiver takes the next number, refuses a copy below it, takes
+        one above it counting the gap, and acknowledges once per change;
+        numbers wrap at 2**32.
+        """
+        order = SipOrder()
+        self.assertEqual([order.arrived(n) for n in (0, 1, 0, 1, 2)], [True, True, False, False, True])
+        self.assertEqual(order.ack_due(), 3)
+        self.assertIsNone(order.ack_due())
+        self.assertTrue(order.arrived(5))
+        self.assertEqual((order.skipped, order.copies, order.ack_due()), (2, 2, 6))
+        wrapping = SipOrder()
+        wrapping._expected = SEQ_MODULUS - 1
+        self.assertTrue(wrapping.arrived(SEQ_MODULUS - 1))
+        self.assertTrue(wrapping.arrived(0))
+        self.assertFalse(wrapping.arrived(SEQ_MODULUS - 1))
+        self.assertEqual(wrapping.ack_due(), SEQ_MODULUS + 1)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from(["send", "read0", "read1", "ack", "move", "cut"]), st.integers(0, 3)), max_size=80))
+    def test_any_moves_and_interleavings(self, steps: list[tuple[str, int]]) -> None:
+        """
+        Whatever the moves of the carrier between two connections, the
+        cuts (what a connection had not delivered is lost, then it comes
+        back empty), the acknowledgements and the order in which the
+        receiver reads the two connections: it takes every message once,
+        in the order sent, with nothing skipped, once the last carrier
+        has delivered.
+        """
+        sender, receiver = SipOrder(), SipOrder()
+        wires: list[list[int]] = [[], []]
+        carrier = 0
+        sent = 0
+        taken: list[int] = []
+        acked_next = 0
+
+        def read(path: int, count: int) -> None:
+            for _ in range(min(count + 1, len(wires[path]))):
+                number = wires[path].pop(0)
+                if receiver.arrived(number & (SEQ_MODULUS - 1)):
+                    taken.append(number)
+
+        for what, n in steps:
+            if what == "send":
+                for _ in range(n + 1):
+                    wires[carrier].append(sender.number(1, b"m"))
+                    sent += 1
+            elif what in ("read0", "read1"):
+                read(int(what[-1]), n)
+            elif what == "ack":
+                due = receiver.ack_due()
+                if due is not None:
+                    acked_next = due
+                sender.acked(acked_next)
+            elif what in ("move", "cut"):
+                if what == "cut":
+                    wires[carrier].clear()
+                carrier = 1 - carrier
+                wires[carrier].extend(number for number, _, _ in sender.unacked())
+        read(1 - carrier, 1 << 20)
+        read(carrier, 1 << 20)
+        self.assertEqual(taken, list(range(sent)))
+        self.assertEqual(receiver.skipped, 0)
 
 
 class TcpInfoSocketTests(SynchronousTestCase):

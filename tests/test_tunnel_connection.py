@@ -16,6 +16,7 @@ from spwm.tunnel import events as ev
 from spwm.tunnel.connection import ChannelLimitError, Role, State, TunnelConnection
 from spwm.tunnel.decoder import FrameDecoder
 from spwm.tunnel.frames import (
+    FLAG_SEQ,
     ChannelKind,
     ErrorCode,
     PREFACE_SIZE,
@@ -257,6 +258,27 @@ class ChannelTests(SynchronousTestCase):
         self.assertEqual(pair.contact.receive_data(frame, pair.now), [])
         self.assertEqual(pair.contact.stats.late_frames, 1)
         self.assertIs(pair.contact.state, State.OPEN)
+
+    def test_numbered_sip_only_when_agreed(self) -> None:
+        """
+        A SIP frame with C{FLAG_SEQ} is taken (its event says numbered)
+        only when both hellos said C{paths} and C{sip-seq}; otherwise it
+        breaks the protocol.  Either side alone does not agree it.
+        """
+        frame = encode_frame(FrameType.SIP, FLAG_SEQ, 3, b"\x00\x00\x00\x07INVITE")
+        both = CorePair(agent_hello={"paths": 1, "sip-seq": 1}, hello={"paths": 1, "sip-seq": 1}).handshake()
+        self.assertTrue(both.agent.sip_seq and both.contact.sip_seq)
+        [got] = both.contact.receive_data(frame, both.now)
+        self.assertEqual(got, ev.SipReceived(3, b"\x00\x00\x00\x07INVITE", False, True))
+        for agent_hello, hello in (
+            ({"paths": 1}, {"paths": 1, "sip-seq": 1}),
+            ({"paths": 1, "sip-seq": 1}, {"paths": 1}),
+            ({"sip-seq": 1}, {"sip-seq": 1}),
+        ):
+            pair = CorePair(agent_hello=agent_hello, hello=hello).handshake()
+            self.assertFalse(pair.agent.sip_seq or pair.contact.sip_seq, (agent_hello, hello))
+            [closed] = pair.contact.receive_data(frame, pair.now)
+            self.assertEqual(closed.code, ErrorCode.PROTOCOL_ERROR)
 
     def test_late_datagram_is_dropped(self) -> None:
         """

@@ -49,6 +49,7 @@ from spwm.session.paths import (
     PathScheduler,
     PingWanted,
     SeqStamper,
+    SipOrder,
     TcpInfo,
     read_tcp_info,
     set_notsent_lowat,
@@ -230,6 +231,16 @@ class PathFront:
         self.peer_hello = first.peer_hello
         self._session_id = first.session_id
         self._agent_id = first.agent_id
+        #: the session's SIP numbered, kept until acknowledged and sent
+        #: again when the carrier moves (both halves said C{sip-seq}), or
+        #: C{None}
+        self.sip_order: SipOrder | None = (
+            SipOrder() if getattr(first.connection, "sip_seq", False) else None
+        )
+        #: the path the last SIP went on (the kept SIP goes again when
+        #: the carrier is another)
+        self._sip_path: TunnelProtocol | None = None
+        self._sip_ack_timer: IDelayedCall | None = None
         self.add_path(first, path_kind(first))
 
     # -- the paths -----------------------------------------------------------
@@ -332,6 +343,9 @@ class PathFront:
             self._cancel()
             self._announce_all()
             self._drop_held()
+            timer, self._sip_ack_timer = self._sip_ack_timer, None
+            if timer is not None and timer.active():
+                timer.cancel()
         return bool(self._paths)
 
     def _take_held(self) -> list[tuple[int, bytes, int]]:
@@ -363,6 +377,7 @@ class PathFront:
         self._announce_all()
         if new is None:
             return
+        self._sip_follows()
         carrier = self._paths[new]
         for producer in self._producers:
             carrier.register_stream_producer(producer)
@@ -743,8 +758,74 @@ class PathFront:
         return (self.carrier or self._last).close_info
 
     def send_sip(self, flow_id: int, data: bytes) -> bool:
+        order = self.sip_order
+        if order is None:
+            carrier = self.carrier
+            return carrier is not None and carrier.send_sip(flow_id, data)
+        carrier = self._sip_follows()
+        if carrier is None:
+            return False
+        return carrier.send_sip(flow_id, data, order.number(flow_id, data))
+
+    def _sip_follows(self) -> TunnelProtocol | None:
+        """
+        The SIP goes on the carrier: when that is another path than the
+        last SIP took, the messages the peer has not acknowledged go
+        there first (those in flight on a path that broke, or still queued
+        on a stalled one: the peer takes each once, in order).
+
+        @return: the carrier.
+        """
         carrier = self.carrier
-        return carrier is not None and carrier.send_sip(flow_id, data)
+        order = self.sip_order
+        if order is None or carrier is None or carrier is self._sip_path:
+            return carrier
+        before, self._sip_path = self._sip_path, carrier
+        if before is not None and order.kept:
+            unacked = order.unacked()
+            for number, flow_id, data in unacked:
+                carrier.send_sip(flow_id, data, number)
+            self.log.info(
+                "session {session_id}: {count} SIP message(s) not acknowledged sent again on path {path_id}",
+                session_id=self.session_id,
+                count=len(unacked),
+                path_id=self.path_id(carrier),
+            )
+        return carrier
+
+    def sip_arrived(self, number: int) -> bool:
+        """
+        A numbered SIP message arrived on one of the paths
+        (L{SipOrder.arrived}); its acknowledgement goes within
+        L{SipOrder.ACK_DELAY}.
+
+        @return: whether to take it (C{False}: a copy).
+        """
+        order = self.sip_order
+        if order is None:
+            # numbered by a peer whose first connection did not agree:
+            # taken as it comes
+            return True
+        if not order.arrived(number):
+            return False
+        if self._sip_ack_timer is None:
+            self._sip_ack_timer = self.clock.callLater(SipOrder.ACK_DELAY, self._sip_ack)
+        return True
+
+    def _sip_ack(self) -> None:
+        self._sip_ack_timer = None
+        order = self.sip_order
+        due = order.ack_due() if order is not None else None
+        if due is not None:
+            self.send_control({"op": "sip-ack", "next": due})
+
+    def sip_acked(self, next_expected: object) -> None:
+        """
+        The peer's C{sip-ack}: it took every message numbered below
+        C{next_expected}.
+        """
+        if self.sip_order is not None:
+            self.sip_order.acked(next_expected)
 
     def send_control(self, message: dict[str, Any]) -> bool:
         carrier = self.carrier
@@ -1045,8 +1126,8 @@ class PathSessions:
             front = self.front
             stalls = {"stalls": 1} if self.count is not None else {}
             if front is not None and front.is_open:
-                return {"paths": 1, **stalls, "attach": {"session_id": front.session_id}}
-            return {**resume(), "paths": 1, **stalls}
+                return {"paths": 1, "sip-seq": 1, **stalls, "attach": {"session_id": front.session_id}}
+            return {**resume(), "paths": 1, "sip-seq": 1, **stalls}
 
         return hello
 
@@ -1211,6 +1292,9 @@ class PathSessions:
         if op == "media-stalls" and self.agent:
             self._peer_stalls(path.front, message.get("total"))
             return
+        if op == "sip-ack" and path.front is not None:
+            path.front.sip_acked(message.get("next"))
+            return
         self.observer.control_received(path.front or path, message)  # type: ignore[arg-type]
 
     def _peer_stalls(self, front: PathFront | None, total: object) -> None:
@@ -1335,6 +1419,10 @@ class PathSessions:
             "attach_refused": self.attach_refused,
             "attach_redirected": self.attach_redirected,
         }
+        orders = [f.sip_order.snapshot() for f in self.fronts if f.sip_order is not None]
+        if orders:
+            # SIP numbered across the paths (sip-seq), summed over the live sessions
+            status["sip_order"] = {k: sum(o[k] for o in orders) for k in orders[0]}
         ciphers = [f.cipher.snapshot() for f in self.fronts if f.cipher is not None]
         if ciphers:
             # per-user ciphering, summed over the live sessions' cipher states

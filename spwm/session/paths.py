@@ -31,6 +31,10 @@ L{SeqStamper} and L{Dedup} number media datagrams per channel and
 component (u32, wrapping) on the sending half and deliver each at most
 once on the receiving half, whichever paths its copies took.
 
+L{SipOrder} numbers a session's SIP messages, sends again on a new
+carrier those the peer has not acknowledged, and takes each once, in
+order (C{sip-seq}).
+
 L{read_tcp_info} and L{set_notsent_lowat} are the two socket helpers the
 TCP adapter calls on its own socket; nothing else here touches I/O.  No
 Twisted, no logging: the adapter logs the events.
@@ -65,6 +69,7 @@ __all__ = [
     "PingWanted",
     "SEQ_MODULUS",
     "SeqStamper",
+    "SipOrder",
     "TCP_NOTSENT_LOWAT",
     "TRANSITIONS",
     "TcpInfo",
@@ -1446,3 +1451,146 @@ class Dedup:
 
     def __len__(self) -> int:
         return len(self._channels)
+
+
+# --- SIP across paths ---------------------------------------------------------
+
+
+class SipOrder:
+    """
+    One session's SIP across its paths, both directions (C{sip-seq}).
+
+    Sending: each message gets the next number (from 0, one by one; u32 on
+    the wire, wrapping) and is kept until the peer acknowledges it
+    (L{acked}); when the carrier moves, the adapter sends every kept
+    message again on the new carrier (L{unacked}), before anything else
+    goes there.  Without that, SIP in flight on a connection that breaks
+    is lost: a phone over UDP retransmits it, one over TCP or TLS does
+    not (its INVITE transaction times out after 32 s), and SIP still
+    queued on a stalled connection arrives after what the new carrier
+    carried (an INVITE's retransmission after its ACK, a BYE before it).
+
+    Receiving: L{arrived} takes each number once, in order: one below the
+    next expected is a copy, already taken (the sender sent it again on
+    the new carrier, or the stalled connection delivered it late).  A
+    number above it means messages were given up by the sender (more than
+    C{max_kept} unacknowledged): taken, the gap counted.  The receiver
+    acknowledges what it took (L{ack_due}) every L{ACK_DELAY} while SIP
+    arrives.
+
+    Why no reordering buffer is needed: a connection delivers in order,
+    and the messages sent again on a new carrier start at the first one
+    not acknowledged, which is at most the receiver's next expected; so
+    every connection's stream, read from where the receiver is, has no
+    gap.
+
+    @ivar resent: messages sent again after the carrier moved.
+    @ivar copies: messages received that had been taken already.
+    @ivar given_up: kept messages forgotten unacknowledged (past
+        C{max_kept} or C{max_bytes}).
+    @ivar skipped: numbers the receiver never got (the sender's given-up
+        messages).
+    """
+
+    #: how long after the first message taken the receiver acknowledges (s)
+    ACK_DELAY = 0.05
+
+    def __init__(self, max_kept: int = 1024, max_bytes: int = 1 << 20) -> None:
+        self.max_kept = max_kept
+        self.max_bytes = max_bytes
+        # sending: the next number; the messages not acknowledged yet
+        self._next_out = 0
+        self._kept: deque[tuple[int, int, bytes]] = deque()
+        self._kept_bytes = 0
+        # receiving: the next number expected; the last acknowledged
+        self._expected = 0
+        self._told = 0
+        self.resent = 0
+        self.copies = 0
+        self.given_up = 0
+        self.skipped = 0
+
+    # -- sending ----------------------------------------------------------------
+
+    def number(self, flow_id: int, data: bytes) -> int:
+        """
+        A message goes out: keep it.
+
+        @return: its number (as the session counts, not wrapped).
+        """
+        number = self._next_out
+        self._next_out = number + 1
+        kept = self._kept
+        kept.append((number, flow_id, data))
+        self._kept_bytes += len(data)
+        while len(kept) > self.max_kept or (self._kept_bytes > self.max_bytes and len(kept) > 1):
+            _, _, old = kept.popleft()
+            self._kept_bytes -= len(old)
+            self.given_up += 1
+        return number
+
+    def acked(self, next_expected: object) -> None:
+        """
+        The peer took every message numbered below C{next_expected} (the
+        C{next} of its C{sip-ack}; anything but a whole number is ignored).
+        """
+        if not isinstance(next_expected, int) or isinstance(next_expected, bool):
+            return
+        kept = self._kept
+        while kept and kept[0][0] < next_expected:
+            _, _, old = kept.popleft()
+            self._kept_bytes -= len(old)
+
+    def unacked(self) -> list[tuple[int, int, bytes]]:
+        """
+        The kept messages, oldest first (number, flow id, bytes), counted
+        as sent again: the carrier moved, they go on the new one.
+        """
+        self.resent += len(self._kept)
+        return list(self._kept)
+
+    @property
+    def kept(self) -> int:
+        """
+        Messages not acknowledged yet.
+        """
+        return len(self._kept)
+
+    # -- receiving --------------------------------------------------------------
+
+    def arrived(self, wire: int) -> bool:
+        """
+        A message numbered C{wire} (u32, as on the wire) arrived.
+
+        @return: whether to take it (C{False}: a copy of one taken).
+        """
+        expected = self._expected
+        ahead = (wire - expected) & _SEQ_MASK
+        if ahead >= _HALF:
+            self.copies += 1
+            return False
+        self.skipped += ahead
+        self._expected = expected + ahead + 1
+        return True
+
+    def ack_due(self) -> int | None:
+        """
+        @return: the C{next} to acknowledge, if it moved since the last
+            acknowledgement (then taken as told).
+        """
+        if self._expected == self._told:
+            return None
+        self._told = self._expected
+        return self._expected
+
+    def snapshot(self) -> dict[str, int]:
+        """
+        For the status page.
+        """
+        return {
+            "sip_kept": len(self._kept),
+            "sip_resent": self.resent,
+            "sip_copies": self.copies,
+            "sip_given_up": self.given_up,
+            "sip_skipped": self.skipped,
+        }

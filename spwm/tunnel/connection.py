@@ -25,6 +25,7 @@ from spwm.tunnel import events as ev
 from spwm.tunnel.decoder import FrameDecoder
 from spwm.tunnel.frames import (
     FLAG_SEALED,
+    FLAG_SEQ,
     FLAG_FIN,
     HEADER,
     MAGIC,
@@ -132,6 +133,10 @@ class TunnelConnection:
         connection is one of several of a session, whose channels are
         registered on it by L{register_channel}; a datagram for a channel
         it does not know yet is dropped and counted, not an error.
+    @ivar sip_seq: both hellos said C{"paths"} and C{"sip-seq"} (known once
+        open): SIP frames may carry C{FLAG_SEQ} (the session numbers its
+        messages: L{spwm.session.carrier.SipOrder}); without, such a frame
+        is a protocol error.
     @ivar attaching: a C{paths} connection whose hello said C{attach}, until
         the contact point's C{attached}: SIP, stream data or a channel
         opened by the peer meanwhile is a protocol error.
@@ -145,7 +150,7 @@ class TunnelConnection:
     # Slots: an idle contact point holds thousands of these (issue 15's
     # memory per idle tunnel); attributes set from outside still go into
     # a __dict__, made only when one is.
-    __slots__ = ("_channels", "_decoder", "_drain_deadline", "_hello_extra", "_highest_peer_channel", "_last_ping", "_last_received", "_last_sent", "_media", "_media_bytes", "_next_channel", "_preface_buf", "_priority", "_priority_bytes", "_started", "_stream", "_stream_bytes", "_versions", "agent_id", "attaching", "close_code", "close_reason", "going_away", "limits", "paths", "role", "session_id", "state", "stats", "tcp_keepalive", "version", "__dict__")
+    __slots__ = ("_channels", "_decoder", "_drain_deadline", "_hello_extra", "_highest_peer_channel", "_last_ping", "_last_received", "_last_sent", "_media", "_media_bytes", "_next_channel", "_preface_buf", "_priority", "_priority_bytes", "_started", "_stream", "_stream_bytes", "_versions", "agent_id", "attaching", "close_code", "close_reason", "going_away", "limits", "paths", "role", "session_id", "sip_seq", "state", "stats", "tcp_keepalive", "version", "__dict__")
 
     def __init__(
         self,
@@ -179,6 +184,7 @@ class TunnelConnection:
         self.close_reason = ""
         self.going_away = False
         self.paths = False
+        self.sip_seq = False
         self.tcp_keepalive = False
         self.attaching = False
         self._versions = versions
@@ -347,6 +353,7 @@ class TunnelConnection:
                     raise TunnelProtocolError(ErrorCode.BAD_CONTROL, "welcome without a session_id")
                 self.session_id = session_id
             self.paths = bool(self._hello_extra.get("paths")) and bool(message.get("paths"))
+            self.sip_seq = self.paths and self._hello_extra.get("sip-seq") == 1 and message.get("sip-seq") == 1
             self.tcp_keepalive = bool(self._hello_extra.get("tcp_keepalive")) and bool(message.get("tcp_keepalive"))
             # A connection that joins a live session carries nothing but
             # the attach exchange until the contact point said "attached".
@@ -419,7 +426,10 @@ class TunnelConnection:
     def _on_sip(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
         if self.attaching:
             raise TunnelProtocolError(ErrorCode.PROTOCOL_ERROR, "SIP before the connection was attached")
-        out.append(ev.SipReceived(channel, payload, bool(flags & FLAG_SEALED)))
+        numbered = bool(flags & FLAG_SEQ)
+        if numbered and not self.sip_seq:
+            raise TunnelProtocolError(ErrorCode.PROTOCOL_ERROR, "a numbered SIP frame without sip-seq")
+        out.append(ev.SipReceived(channel, payload, bool(flags & FLAG_SEALED), numbered))
 
     def _on_stream_data(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
         ch = self._channels.get(channel)

@@ -41,6 +41,9 @@ class SipReceived:
     flow_id: int
     data: bytes
     sealed: bool = False
+    #: the payload starts with the message's number in its session
+    #: (C{FLAG_SEQ}: both hellos said C{"sip-seq"})
+    numbered: bool = False
 
 
 @frozen

@@ -93,6 +93,11 @@ FLAG_COMPONENT = 0x01
 #: number (network order), per channel and component, stamped by the
 #: sending session so that the receiving one can drop the copies it got on
 #: several connections.  Only between peers that both said C{"paths"}.
+#: The same bit of SIP frames: the payload starts with a u32 number of the
+#: message in its session and direction, so that the receiving session
+#: takes each message once, in order, when the sender sent it again on
+#: another connection (the carrier moved).  Only between peers that both
+#: said C{"paths"} and C{"sip-seq"}.
 FLAG_SEQ = 0x02
 #: Flag bit of STREAM_DATA frames: the sender's end of the stream.
 FLAG_FIN = 0x01
@@ -104,7 +109,7 @@ FLAG_SEALED = 0x80
 
 ALLOWED_FLAGS = {
     FrameType.CONTROL: 0,
-    FrameType.SIP: FLAG_SEALED,
+    FrameType.SIP: FLAG_SEQ | FLAG_SEALED,
     FrameType.DATAGRAM: FLAG_COMPONENT | FLAG_SEQ | FLAG_SEALED,
     FrameType.STREAM_DATA: FLAG_FIN,
     FrameType.PING: 0,

@@ -36,6 +36,9 @@ from spwm.tunnel.timers import SharedTimer, shared_timers
 
 _DATAGRAM = int(FrameType.DATAGRAM)
 _SEQ = struct.Struct("!I")
+#: what numbering a SIP message adds to its frame's payload at most (the
+#: number, and the seal's overhead when ciphering)
+_SIP_NUMBERED_ROOM = _SEQ.size + 24
 if TYPE_CHECKING:
     from spwm.session.carrier import PathFront
 
@@ -489,6 +492,15 @@ class TunnelProtocol(Protocol):
         elif e.sealed:
             self.refused_sealed += 1
             return
+        if e.numbered:
+            # the session takes each message once, in order (a copy sent
+            # again on this path after the carrier moved is dropped)
+            if len(data) < 4:
+                return
+            front = self.front
+            if front is not None and not front.sip_arrived(_SEQ.unpack_from(data)[0]):
+                return
+            data = data[4:]
         self.app.sip_received(self._face, e.flow_id, data)
 
     def _start_ciphering(self) -> None:
@@ -731,21 +743,30 @@ class TunnelProtocol(Protocol):
 
     # -- application API ---------------------------------------------------
 
-    def send_sip(self, flow_id: int, data: bytes) -> bool:
+    def send_sip(self, flow_id: int, data: bytes, number: int | None = None) -> bool:
         """
         Send one SIP message for application flow C{flow_id}.
 
+        @param number: the message's number in its session (the front's
+            L{spwm.session.paths.SipOrder}): sent with it (C{FLAG_SEQ}) when
+            this connection agreed C{sip-seq}, and when the message with it
+            still fits in a frame (else unnumbered, taken as it comes).
         @return: C{False} if the tunnel is not open and the message was dropped.
         @raise ValueError: if the message is larger than a frame.
         """
         if not self.is_open:
             return False
+        core = self._core
+        flags = 0
+        if number is not None and core.sip_seq and len(data) + _SIP_NUMBERED_ROOM <= core.limits.max_frame_payload:
+            data = _SEQ.pack(number & 0xFFFFFFFF) + data
+            flags = FLAG_SEQ
         cipher = self.cipher
         context = cipher.flow_context(flow_id) if cipher is not None else None
         if context is not None:
-            self._core.send_sip(flow_id, UserCipher.seal(context, FrameType.SIP, flow_id, data), FLAG_SEALED)
+            core.send_sip(flow_id, UserCipher.seal(context, FrameType.SIP, flow_id, data), FLAG_SEALED | flags)
         else:
-            self._core.send_sip(flow_id, data)
+            core.send_sip(flow_id, data, flags)
         self._flush()
         return True
 
@@ -1243,7 +1264,9 @@ class ContactTunnelFactory(_TunnelFactory):
                 "session_key": 1,
                 # several connections per session: the key a further
                 # connection proves it knows (spwm.session.carrier)
-                **({"paths": 1, "attach_key": secrets.token_hex(32)} if self.paths else {}),
+                # ... whose SIP is numbered, acknowledged and sent again
+                # when the carrier moves (spwm.session.paths.SipOrder)
+                **({"paths": 1, "attach_key": secrets.token_hex(32), "sip-seq": 1} if self.paths else {}),
                 **({"quic_port": self.quic_port} if self.paths and self.quic_port else {}),
                 # where this session is resumed and attached to (--workers)
                 **({"resume_port": self.worker_ports.own} if self.worker_ports is not None else {}),
