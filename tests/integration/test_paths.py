@@ -90,6 +90,36 @@ class TwoConnectionsTests(_LoopbackPair):
         yield wait_until(lambda: self.contact.media.open_sockets == 0 and agent1.media.open_sockets == 0)
 
     @defer.inlineCallbacks
+    def test_sip_lost_with_the_carrier(self) -> Any:
+        """
+        alice's BYE reaches the contact point's kernel on the connection
+        that carries her session, and that connection is reset before the
+        contact point reads it (its reading paused): the BYE is lost with
+        it, and the agent sends it again on the other connection (the
+        contact point had not acknowledged it).  bob gets it once, and
+        alice her 200 before her first retransmission (0.5 s): a phone
+        over TCP, which does not retransmit, would get it too.
+        """
+        alice, bob, a_call, b_call, front, contact_front = yield self.two_paths()
+        a_call.stop_media()
+        b_call.stop_media()
+        carrier = front.carrier
+        assert carrier is not None
+        local = carrier.transport.getHost().port
+        [far] = [p for p in contact_front.paths if p.transport.getPeer().port == local]
+        far.transport.pauseProducing()
+        started = reactor.seconds()
+        hung_up = alice.hang_up(a_call)
+        yield task.deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(bob.received.get("BYE", 0), 0)
+        far.transport.abortConnection()
+        response = yield hung_up
+        self.assertEqual(response.status, 200)
+        self.assertLess(reactor.seconds() - started, 0.5)
+        self.assertEqual((alice.sent["BYE"], bob.received["BYE"]), (1, 1))
+        self.assertGreaterEqual(front.sip_order.resent, 1)
+
+    @defer.inlineCallbacks
     def test_all_connections_cut(self) -> Any:
         """
         When every connection of the session is reset, the session is
