@@ -43,7 +43,7 @@ from spwm.sip.actions import (
 )
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.checks import CONGESTED as _CONGESTED
-from spwm.sip.checks import RETRANSMITTED_ANSWERED, RETRANSMITTED_CONGESTED, RecentInvites
+from spwm.sip.checks import RETRANSMITTED_ANSWERED, RETRANSMITTED_BUNCHED, RETRANSMITTED_CONGESTED, RecentInvites
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.transport import AgentSipRunner, SipStreamFactory
 from spwm.sip.uri import parse_name_addr
@@ -345,13 +345,13 @@ class RecentInvitesTests(SynchronousTestCase):
         invites = RecentInvites(limit=3)
         for n in range(10):
             msg = parse_message(request("INVITE", "sip:bob@example.org", call_id=f"c{n}"))
-            invites.passing(msg, invites.again(msg))
+            invites.passing(msg, invites.again(msg), float(n))
             invites.accepted(parse_message(answer(msg.to_bytes(), 200)))
-            self.assertTrue(invites.answered(msg))
-        self.assertEqual(len(invites._accepted), 3)
+            self.assertEqual(invites.redundant(msg, n + 1.0), RETRANSMITTED_ANSWERED)
+        self.assertEqual((len(invites._accepted), len(invites._passed_at)), (3, 3))
         first = parse_message(request("INVITE", "sip:bob@example.org", call_id="c0"))
         self.assertFalse(invites.again(first))
-        self.assertFalse(invites.answered(first))
+        self.assertIsNone(invites.redundant(first, 20.0))
 
     def test_bodies_bounded(self) -> None:
         """
@@ -657,10 +657,24 @@ class AgentTests(SynchronousTestCase):
         # tunnel, and the INVITE repeated by the contact point stops here
         fid = agent.flows.use(FLOW_B, 0.0)
         down = only(agent.from_tunnel(fid, invite_for_phone(), 3.0), ToApp)
-        only(agent.from_tunnel(fid, invite_for_phone(), 3.2), ToApp)
-        only(agent.from_app(FLOW_B, answer(down.data, 200), 3.3), ToTunnel)
-        self.assertEqual(dropped(agent.from_tunnel(fid, invite_for_phone(), 3.5)), [RETRANSMITTED_ANSWERED])
+        only(agent.from_tunnel(fid, invite_for_phone(), 3.5), ToApp)
+        only(agent.from_app(FLOW_B, answer(down.data, 200), 3.6), ToTunnel)
+        self.assertEqual(dropped(agent.from_tunnel(fid, invite_for_phone(), 4.5)), [RETRANSMITTED_ANSWERED])
         self.assertEqual(agent.counters[RETRANSMITTED_ANSWERED], 2)
+
+    def test_bunched_retransmission_dropped(self) -> None:
+        """
+        A retransmission that comes within 0.25 s of the last copy passed
+        on (bunched on the way: a phone retransmits 0.5 s apart at the
+        least) is dropped; one spaced as a phone spaces them goes on.
+        """
+        sent = request("INVITE", "sip:bob@example.org")
+        verdicts = []
+        for now in (0.0, 0.1, 0.5, 0.6, 0.74, 1.5):
+            actions = self.agent.from_app(FLOW_A, sent, now)
+            verdicts.append("on" if any(isinstance(a, ToTunnel) for a in actions) else dropped(actions)[0])
+        b = RETRANSMITTED_BUNCHED
+        self.assertEqual(verdicts, ["on", b, "on", b, b, "on"])
 
     def test_retransmitted_invite_goes_as_the_original(self) -> None:
         """
@@ -1289,17 +1303,17 @@ class ContactTests(SynchronousTestCase):
         from the tunnel is passed on again too.
         """
         invite = self.incoming_invite()
-        only(self.down(invite), ToTunnel)
+        only(self.down(invite, now=1.0), ToTunnel)
         self.key.congested = True
-        self.assertEqual(dropped(self.down(invite)), [RETRANSMITTED_CONGESTED])
+        self.assertEqual(dropped(self.down(invite, now=1.5)), [RETRANSMITTED_CONGESTED])
         self.key.congested = False
         self.hook.full = NO_MEDIA_PORTS
-        only(self.down(invite), ToTunnel)
+        only(self.down(invite, now=2.5), ToTunnel)
         self.hook.full = None
         out = request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp")
         self.up(out)
         self.hook.full = NO_MEDIA_PORTS
-        self.up(out)
+        self.up(out, now=0.5)
 
     def test_retransmitted_invite_after_2xx_dropped(self) -> None:
         """
@@ -1318,6 +1332,18 @@ class ContactTests(SynchronousTestCase):
         self.cp.from_tunnel(self.key, "sess-1", 5, answer(into.data, 200), 2.6)
         self.assertEqual(dropped(self.down(invite, now=3.0)), [RETRANSMITTED_ANSWERED])
         self.assertEqual(self.cp.counters[RETRANSMITTED_ANSWERED], 2)
+
+    def test_bunched_retransmission_dropped(self) -> None:
+        """
+        An INVITE and its retransmission delivered back to back by the
+        tunnel (a stalled connection's queue): the retransmission is
+        dropped, so that it cannot reach the UAS after its 2xx; the next,
+        0.5 s later, goes on.
+        """
+        out = request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp")
+        self.up(out, now=3.0)
+        self.assertEqual(dropped(self.cp.from_tunnel(self.key, "sess-1", 5, out, 3.001)), [RETRANSMITTED_BUNCHED])
+        self.up(out, now=3.5)
 
     def test_retransmitted_invite_goes_as_the_original(self) -> None:
         """
@@ -1880,6 +1906,7 @@ class PairTests(SynchronousTestCase):
         for hook in (agent_hook, contact_hook):
             self.assertEqual(sorted(kind for kind, _ in hook.waits), ["invited", "invited"])
             del hook.waits[:]
+        w.now += 0.5  # the phone's first retransmission
         w.app(a, FLOW_A, invite)
         w.take_app()
         self.assertEqual((agent_hook.waits, contact_hook.waits), ([], []))
@@ -2331,9 +2358,12 @@ class AgentRouteTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.agent = AgentSipProxy(object(), "agent-1", names=AGENT_NAMES)
+        self.now = 0.0
 
     def up(self, data: bytes, flow: Flow = FLOW_A) -> SipMessage:
-        return parse_message(only(self.agent.from_app(flow, data, 0.0), ToTunnel).data)
+        # a second apart: the same INVITE again is a retransmission
+        self.now += 1.0
+        return parse_message(only(self.agent.from_app(flow, data, self.now), ToTunnel).data)
 
     def routes_after(self, *routes: str, method: str = "REGISTER") -> list[str]:
         extra = tuple(f"Route: {r}" for r in routes)

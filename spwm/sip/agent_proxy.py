@@ -33,7 +33,6 @@ from spwm.sip.actions import (
 from spwm.sip.checks import (
     CONGESTED,
     CONGESTED_COUNTER,
-    RETRANSMITTED_ANSWERED,
     RETRANSMITTED_CONGESTED,
     RecentInvites,
     answer_malformed,
@@ -242,9 +241,10 @@ class AgentSipProxy:
     ) -> list[Action]:
         # (parse_message checked the headers a proxy relies on)
         again = self._invites.again(msg)
-        if again and self._invites.answered(msg):
-            reason = RETRANSMITTED_ANSWERED
-            return [self.counters.drop(reason, reason)]
+        if again:
+            redundant = self._invites.redundant(msg, now)
+            if redundant is not None:
+                return [self.counters.drop(redundant, redundant)]
         if congested and starts_work(msg):
             if again:
                 reason = RETRANSMITTED_CONGESTED
@@ -259,7 +259,7 @@ class AgentSipProxy:
                 ToApp(flow, media_full_response(msg, full)),
                 self.counters.drop(full.reason, full.counter),
             ]
-        invite = self._invites.passing(msg, again)
+        invite = self._invites.passing(msg, again, now)
         mf = msg.max_forwards
         if mf is not None and mf <= 0:
             return self._answer(flow, msg, 483, "Too Many Hops")
@@ -308,16 +308,17 @@ class AgentSipProxy:
             resp = make_response(msg, 430, "Flow Failed")
             return [ToTunnel(self.tunnel_key, flow_id, resp.to_bytes())]
         again = self._invites.again(msg)
-        if again and self._invites.answered(msg):
-            reason = RETRANSMITTED_ANSWERED
-            return [self.counters.drop(reason, reason)]
+        if again:
+            redundant = self._invites.redundant(msg, now)
+            if redundant is not None:
+                return [self.counters.drop(redundant, redundant)]
         full = None if again else media_full(self.media_hook, msg)
         if full is not None:
             return [
                 ToTunnel(self.tunnel_key, flow_id, media_full_response(msg, full)),
                 self.counters.drop(full.reason, full.counter),
             ]
-        invite = self._invites.passing(msg, again)
+        invite = self._invites.passing(msg, again, now)
         self._pop_own_routes(msg)
         branch = MAGIC + AGENT_BRANCH_MARK + short_hash(branch_source(msg)).hex()
         msg.prepend_header(

@@ -19,6 +19,7 @@ __all__ = [
     "CONGESTED_COUNTER",
     "CONGESTED_RETRY_AFTER",
     "RETRANSMITTED_ANSWERED",
+    "RETRANSMITTED_BUNCHED",
     "RETRANSMITTED_CONGESTED",
     "RecentInvites",
     "answer_malformed",
@@ -44,6 +45,15 @@ RETRANSMITTED_CONGESTED = "INVITE retransmission dropped: tunnel congested"
 #: The log reason (and counter) of a retransmitted INVITE dropped because
 #: a 2xx to it has passed back already (L{RecentInvites.accepted}).
 RETRANSMITTED_ANSWERED = "INVITE retransmission dropped: already answered 2xx"
+
+#: Seconds within which a retransmitted INVITE that follows the last copy
+#: passed on is dropped (L{RecentInvites.redundant}): a phone retransmits
+#: T1 = 0.5 s apart at the least, so copies closer than this were bunched
+#: on the way (a stalled connection's queue, a busy half).
+BUNCHED = 0.25
+
+#: The log reason (and counter) of such a retransmission.
+RETRANSMITTED_BUNCHED = "INVITE retransmission dropped: its last copy passed on under 0.25 s ago"
 
 
 _CRUDE = {
@@ -186,6 +196,17 @@ class RecentInvites:
     until after the caller's ACK reaches a UAS whose dialog is confirmed:
     SIPp's UAS takes it for an unexpected message and abandons the call,
     leaving its BYE unanswered.
+
+    A retransmission that comes within L{BUNCHED} of the last copy passed
+    on is dropped too: a phone retransmits T1 (0.5 s) apart at the least,
+    so such copies were bunched on the way, by a connection that stalled
+    with the INVITE and its retransmissions queued and then delivered them
+    back to back (before the resend of the carrier, or by it), or a half
+    busy for longer than T1.  Passed on, the retransmission follows its
+    original by a millisecond and reaches the UAS after its 2xx, before
+    the 2xx has passed back (the same unexpected message to SIPp).  One
+    that the downstream hop needs (the original was lost there) is sent
+    again by the phone later, spaced as it should be.
     """
 
     def __init__(self, limit: int = 4096, max_bytes: int = 4 << 20) -> None:
@@ -196,6 +217,8 @@ class RecentInvites:
         self._bytes = 0
         # those of them that a 2xx has answered
         self._accepted: set[tuple[str, str]] = set()
+        # when the last copy of each was passed on (when told the time)
+        self._passed_at: dict[tuple[str, str], float] = {}
 
     @staticmethod
     def _key(msg: SipMessage) -> tuple[str, str] | None:
@@ -213,7 +236,7 @@ class RecentInvites:
         key = self._key(msg)
         return key is not None and key in self._seen
 
-    def passing(self, msg: SipMessage, again: bool) -> tuple[str, str] | None:
+    def passing(self, msg: SipMessage, again: bool, now: float | None = None) -> tuple[str, str] | None:
         """
         C{msg} passes the checks and goes on: remember it if it is a new
         INVITE seen first (C{again}: what L{again} said of it).  One that
@@ -226,7 +249,11 @@ class RecentInvites:
         if msg.method != "INVITE" or msg.to_tag is not None:
             return None
         key = self._key(msg)
-        if key is None or again:
+        if key is None:
+            return key
+        if now is not None:
+            self._passed_at[key] = now
+        if again:
             return key
         self._seen[key] = None
         self._trim()
@@ -242,6 +269,7 @@ class RecentInvites:
             key = next(iter(seen))
             body = seen.pop(key)
             self._accepted.discard(key)
+            self._passed_at.pop(key, None)
             if body is not None:
                 self._bytes -= len(body)
 
@@ -255,12 +283,19 @@ class RecentInvites:
         if key is not None and key in self._seen:
             self._accepted.add(key)
 
-    def answered(self, msg: SipMessage) -> bool:
+    def redundant(self, msg: SipMessage, now: float) -> str | None:
         """
-        Whether C{msg}, a retransmission (L{again} said so), is of an
-        INVITE that a 2xx has answered: drop it.
+        Whether to drop C{msg}, a retransmission (L{again} said so): the
+        reason when a 2xx has answered its INVITE, or when it comes within
+        L{BUNCHED} of the last copy passed on; else C{None}.
         """
-        return self._key(msg) in self._accepted
+        key = self._key(msg)
+        if key in self._accepted:
+            return RETRANSMITTED_ANSWERED
+        last = self._passed_at.get(key) if key is not None else None
+        if last is not None and 0 <= now - last < BUNCHED:
+            return RETRANSMITTED_BUNCHED
+        return None
 
     def media(
         self,

@@ -42,7 +42,6 @@ from spwm.sip.actions import (
 from spwm.sip.checks import (
     CONGESTED,
     CONGESTED_COUNTER,
-    RETRANSMITTED_ANSWERED,
     RETRANSMITTED_CONGESTED,
     RecentInvites,
     answer_malformed,
@@ -444,16 +443,17 @@ class ContactSipProxy:
                 self.counters.drop(f"{NO_PROXY}: new request refused with 503", NO_PROXY),
             ]
         again = self._invites.again(msg)
-        if again and self._invites.answered(msg):
-            reason = RETRANSMITTED_ANSWERED
-            return [self.counters.drop(reason, reason)]
+        if again:
+            redundant = self._invites.redundant(msg, now)
+            if redundant is not None:
+                return [self.counters.drop(redundant, redundant)]
         full = None if again else media_full(self.media_hook, msg)
         if full is not None:
             return [
                 ToTunnel(key, fid, media_full_response(msg, full)),
                 self.counters.drop(full.reason, full.counter),
             ]
-        invite = self._invites.passing(msg, again)
+        invite = self._invites.passing(msg, again, now)
         if self._route_token(msg.uri) is not None:
             strict_route(msg)
         self._pop_own_routes(msg, token=True)
@@ -726,9 +726,10 @@ class ContactSipProxy:
         if key is None:
             return self._refuse(msg, 430, "Flow Failed")
         again = self._invites.again(msg)
-        if again and self._invites.answered(msg):
-            reason = RETRANSMITTED_ANSWERED
-            return [self.counters.drop(reason, reason)]
+        if again:
+            redundant = self._invites.redundant(msg, now)
+            if redundant is not None:
+                return [self.counters.drop(redundant, redundant)]
         if starts_work(msg) and congested(key):
             if again:
                 reason = RETRANSMITTED_CONGESTED
@@ -748,7 +749,7 @@ class ContactSipProxy:
             return self._send_response(via_transport, dest, media_full_response(msg, full)) + [
                 self.counters.drop(full.reason, full.counter)
             ]
-        invite = self._invites.passing(msg, again)
+        invite = self._invites.passing(msg, again, now)
         ruri_hash = short_hash(msg.uri or "", 2)
         if self._looped(msg, tok.session_id, tok.flow_id, ruri_hash):
             return self._refuse(msg, 482, "Loop Detected")
