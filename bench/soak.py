@@ -73,7 +73,7 @@ from _common import (  # noqa: E402
 )
 
 from spwm.testing.ports import free_udp_block  # noqa: E402
-from spwm.testing.sipp import last_stats, stat_count  # noqa: E402
+from spwm.testing.sipp import last_stats, message_times, one_way, stat_count  # noqa: E402
 
 #: where SIPp's own pcap files are (Debian's C{sip-tester})
 PCAP_DIR = "/usr/share/sip-tester"
@@ -445,6 +445,8 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
                 f"that (media lost), {verdict['looped']} with more than twice (media looping)"
                 + (f": {', '.join(verdict['examples'])}" if verdict["examples"] else "")
             )
+    if args.trace_sip:
+        print_one_way(uac_dir, uas_dir)
     for line, count in sorted(pair.warning_counts().items(), key=lambda kv: -kv[1])[:12]:
         print(f"  log x{count}: {line}")
     with open(os.path.join(workdir, "samples.json"), "w") as f:
@@ -452,6 +454,38 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
     ok = bounded and media_ok and failed == 0 and success == calls
     print(f"verdict: {'every call completed and both halves came back to idle' if ok else 'SEE ABOVE'}")
     return 0 if ok else 1
+
+
+def print_one_way(uac_dir: str, uas_dir: str) -> None:
+    """
+    From both SIPp's message logs (C{--trace-sip}): how long SIP took
+    through the pair, one way, per kind of message.
+    """
+    logs = []
+    for d in (uac_dir, uas_dir):
+        found = [name for name in os.listdir(d) if name.endswith("_messages.log")]
+        if not found:
+            print(f"  SIP one-way: no message log in {d}")
+            return
+        with open(os.path.join(d, found[0]), encoding="utf-8", errors="replace") as f:
+            logs.append(message_times(f.read()))
+    uac, uas = logs
+    parts = []
+    for sender, receiver, what, method, label in (
+        (uac, uas, "INVITE", "INVITE", "INVITE"),
+        (uas, uac, "200", "INVITE", "its 200"),
+        (uac, uas, "ACK", "ACK", "ACK"),
+        (uac, uas, "BYE", "BYE", "BYE"),
+        (uas, uac, "200", "BYE", "its 200"),
+    ):
+        times = one_way(sender, receiver, what, method)
+        if not times:
+            continue
+        p50 = times[len(times) // 2] * 1000
+        p99 = times[min(len(times) - 1, int(len(times) * 0.99))] * 1000
+        late = sum(1 for t in times if t > 0.5)
+        parts.append(f"{label} p50 {p50:.1f} / p99 {p99:.0f} / max {times[-1] * 1000:.0f} ms ({late} of {len(times)} over 500 ms)")
+    print("  SIP one-way through the pair (first copies, SIPp's message logs): " + "; ".join(parts))
 
 
 def media_verdict(path: str, side: str) -> dict[str, Any]:

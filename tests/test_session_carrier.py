@@ -1026,6 +1026,21 @@ class FailoverTests(TwoPaths):
         self.assertEqual(self.front.sip_order.resent, 0)
         self.assertEqual(self.bed.contact.paths.status()["sip_order"]["sip_copies"], 0)
 
+    def test_sip_too_large_to_number(self) -> None:
+        """
+        A SIP message too large to carry its number in one frame goes
+        unnumbered, is taken as it comes, and is neither kept nor sent
+        again; the numbered ones around it keep their order.
+        """
+        large = b"MESSAGE " + b"x" * 65500
+        self.front.send_sip(1, b"INVITE")
+        self.front.send_sip(1, large)
+        self.front.send_sip(1, b"BYE")
+        self.assertEqual(self.front.sip_order.kept, 2)
+        self.bed.cut(0, lose_queued=True)
+        self.bed.flush()
+        self.assertEqual([d for _, _, d in self.bed.contact.sip.received], [b"INVITE", b"BYE"])
+
     def test_sip_held_on_a_stalled_carrier(self) -> None:
         """
         SIP queued on a carrier that stalls goes again on the path the

@@ -9,7 +9,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.testing.sipp import last_stats, parse_stats, read_stats, sipp_time, stat_count
+from spwm.testing.sipp import last_stats, message_times, one_way, parse_stats, read_stats, sipp_time, stat_count
 
 # the shape of a real -trace_stat file (columns cut short)
 STATS = (
@@ -83,3 +83,46 @@ class TimeTests(SynchronousTestCase):
         self.assertEqual(sipp_time("01:02:03"), 3723.0)
         self.assertTrue(math.isnan(sipp_time("")))
         self.assertTrue(math.isnan(sipp_time("x:y:z")))
+
+
+def _block(at: str, way: str, message: str) -> str:
+    head = "UDP message sent (100 bytes):" if way == "sent" else "UDP message received [100] bytes :"
+    return f"----------------------------------------------- 2026-12-04 {at}\n{head}\n\n{message}\n"
+
+
+_INVITE = "INVITE sip:service@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5061\nCall-ID: c1\nCSeq: 1 INVITE\n\nv=0\n"
+_OK = "SIP/2.0 200 OK\nCall-ID: c1\nCSeq: 1 INVITE\nContent-Length: 0"
+_ACK_OTHER = "ACK sip:service@127.0.0.1 SIP/2.0\nCall-ID: c2\nCSeq: 1 ACK\n"
+
+
+class MessageLogTests(SynchronousTestCase):
+    """
+    SIPp's C{-trace_msg} log read for one-way times.
+    """
+
+    def test_first_copy_and_one_way(self) -> None:
+        """
+        Each message keeps the time it was first sent or received (a
+        retransmission does not move it), responses are named by their
+        code, and a note SIPp appends about another call's message does
+        not rename the message before it; the one-way time is the
+        receiver's first time less the sender's.
+        """
+        uac = message_times(
+            _block("10:00:00.000", "sent", _INVITE)
+            + _block("10:00:00.500", "sent", _INVITE)
+            + _block("10:00:00.620", "received", _OK)
+            + "-----------------------------------------------\nDead call c2 received a UDP message:\n" + _ACK_OTHER
+        )
+        uas = message_times(
+            _block("10:00:00.010", "received", _INVITE)
+            + _block("10:00:00.600", "sent", _OK)
+            + _block("10:00:00.610", "received", _INVITE)
+        )
+        self.assertEqual(set(uac), {("sent", "c1", "INVITE", "1 INVITE"), ("received", "c1", "200", "1 INVITE")})
+        self.assertAlmostEqual(uac["sent", "c1", "INVITE", "1 INVITE"], 36000.0)
+        [invite] = one_way(uac, uas, "INVITE", "INVITE")
+        self.assertAlmostEqual(invite, 0.010, places=6)
+        [ok] = one_way(uas, uac, "200", "INVITE")
+        self.assertAlmostEqual(ok, 0.020, places=6)
+        self.assertEqual(one_way(uac, uas, "BYE", "BYE"), [])

@@ -2,7 +2,9 @@
 """
 SIPp's statistics file (C{-trace_stat -stf FILE}), read once for the
 benchmarks (C{bench/sip_calls.py}) and the end-to-end bed
-(C{tests/e2e/netbed.py}).
+(C{tests/e2e/netbed.py}); and its message log (C{-trace_msg}), read for
+the one-way times of SIP between two SIPp (L{message_times},
+L{one_way}: C{bench/soak.py --trace-sip}).
 
 The file is C{;}-separated text: a header line of column names (C{StartTime},
 C{OutgoingCall(C)}, C{SuccessfulCall(C)}, C{FailedCall(C)},
@@ -13,6 +15,7 @@ C{;}.  Durations are C{HH:MM:SS:uuuuuu}.
 from __future__ import annotations
 
 import os
+import re
 
 
 def parse_stats(text: str) -> list[dict[str, str]]:
@@ -80,3 +83,66 @@ def _fields(line: str) -> list[str]:
     if line.endswith(";"):
         line = line[:-1]
     return line.split(";")
+
+
+#: the line that starts each message of a C{-trace_msg} log
+_MESSAGE_HEAD = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d) (\d\d):(\d\d):(\d\d(?:\.\d+)?)$", re.M)
+
+
+def message_times(text: str) -> dict[tuple[str, str, str, str], float]:
+    """
+    When each SIP message of a SIPp C{-trace_msg} log was first sent or
+    received: (C{"sent"} or C{"received"}, Call-ID, the method or the
+    status code, the CSeq header's value) to seconds since that day's
+    midnight (the log's clock: the machine's, so that two SIPp's logs on
+    one machine compare).  A message sent or received again (a
+    retransmission) keeps its first time; blocks that are not a message
+    (SIPp's notes on unexpected messages) are skipped.
+    """
+    times: dict[tuple[str, str, str, str], float] = {}
+    heads = list(_MESSAGE_HEAD.finditer(text))
+    for n, head in enumerate(heads):
+        end = heads[n + 1].start() if n + 1 < len(heads) else len(text)
+        lines = text[head.end() : end].strip("\n").split("\n")
+        if len(lines) < 3:
+            continue
+        way = "sent" if " message sent " in lines[0] else "received" if " message received " in lines[0] else None
+        first = lines[2] if not lines[1].strip() else lines[1]
+        if way is None or not first.strip():
+            continue
+        words = first.strip().split(" ")
+        what = words[1] if first.strip().startswith("SIP/2.0 ") and len(words) > 1 else words[0]
+        call_id = cseq = ""
+        start = lines.index(first) if first in lines else 0
+        for line in lines[start + 1 :]:
+            if not line.strip() or line.startswith("-----"):
+                break  # the headers end (a body, or SIPp's notes, follow)
+            name, _, value = line.partition(":")
+            if name.lower() in ("call-id", "i"):
+                call_id = value.strip()
+            elif name.lower() == "cseq":
+                cseq = value.strip()
+        at = int(head.group(2)) * 3600 + int(head.group(3)) * 60 + float(head.group(4))
+        times.setdefault((way, call_id, what, cseq), at)
+    return times
+
+
+def one_way(
+    sender: dict[tuple[str, str, str, str], float],
+    receiver: dict[tuple[str, str, str, str], float],
+    what: str,
+    method: str,
+) -> list[float]:
+    """
+    The one-way times (s) of the messages C{what} (a method, or a status
+    code) in transactions of C{method} that C{sender} sent (first) and
+    C{receiver} received (first), sorted; from L{message_times} of each.
+    """
+    out = []
+    for (way, call_id, kind, cseq), sent in sender.items():
+        if way != "sent" or kind != what or not cseq.endswith(" " + method):
+            continue
+        got = receiver.get(("received", call_id, kind, cseq))
+        if got is not None:
+            out.append(got - sent)
+    return sorted(out)

@@ -743,14 +743,22 @@ class TunnelProtocol(Protocol):
 
     # -- application API ---------------------------------------------------
 
+    def numbers_sip(self, size: int) -> bool:
+        """
+        Whether a SIP message of C{size} bytes goes numbered on this
+        connection (L{send_sip} with a C{number}): it agreed C{sip-seq},
+        and the message with its number still fits in a frame.
+        """
+        core = self._core
+        return core.sip_seq and size + _SIP_NUMBERED_ROOM <= core.limits.max_frame_payload
+
     def send_sip(self, flow_id: int, data: bytes, number: int | None = None) -> bool:
         """
         Send one SIP message for application flow C{flow_id}.
 
         @param number: the message's number in its session (the front's
-            L{spwm.session.paths.SipOrder}): sent with it (C{FLAG_SEQ}) when
-            this connection agreed C{sip-seq}, and when the message with it
-            still fits in a frame (else unnumbered, taken as it comes).
+            L{spwm.session.paths.SipOrder}), sent with it (C{FLAG_SEQ});
+            only when L{numbers_sip} said so.
         @return: C{False} if the tunnel is not open and the message was dropped.
         @raise ValueError: if the message is larger than a frame.
         """
@@ -758,7 +766,7 @@ class TunnelProtocol(Protocol):
             return False
         core = self._core
         flags = 0
-        if number is not None and core.sip_seq and len(data) + _SIP_NUMBERED_ROOM <= core.limits.max_frame_payload:
+        if number is not None:
             data = _SEQ.pack(number & 0xFFFFFFFF) + data
             flags = FLAG_SEQ
         cipher = self.cipher
