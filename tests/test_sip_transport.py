@@ -418,7 +418,9 @@ class ContactRunnerTests(SynchronousTestCase):
                 method,
                 "sip:alice@192.0.2.10:5062",
                 via="SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKop1",
-                call_id="in-1",
+                # a call of its own per flow (the same INVITE again would
+                # be a retransmission)
+                call_id=f"in-{fid}",
                 to=to,
                 extra=(f"Route: {rr}",),
             )

@@ -278,7 +278,7 @@ class PathFront:
         from now on and becomes one the scheduler may choose.
 
         What a path must offer (a QUIC path too): the L{TunnelHandle}
-        methods (C{send_sip} with a C{number} too, and C{numbers_sip}),
+        methods, C{send_numbered_sip} and C{numbers_sip},
         C{is_open}, C{peer}, C{session_id}, C{agent_id},
         C{adopt_session}, C{ping()}, C{announce_channel(channel_id)},
         C{close(code, reason)}, C{duplicates},
@@ -770,7 +770,7 @@ class PathFront:
             # too large to number in one frame (or a path that did not
             # agree sip-seq): it goes as it is, taken as it comes
             return carrier.send_sip(flow_id, data)
-        return carrier.send_sip(flow_id, data, order.number(flow_id, data))
+        return carrier.send_numbered_sip(flow_id, data, order.number(flow_id, data))
 
     def _sip_follows(self) -> TunnelProtocol | None:
         """
@@ -790,7 +790,7 @@ class PathFront:
             unacked = order.unacked()
             for number, flow_id, data in unacked:
                 if carrier.numbers_sip(len(data)):
-                    carrier.send_sip(flow_id, data, number)
+                    carrier.send_numbered_sip(flow_id, data, number)
             self.log.info(
                 "session {session_id}: {count} SIP message(s) not acknowledged sent again on path {path_id}",
                 session_id=self.session_id,

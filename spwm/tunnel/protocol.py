@@ -752,15 +752,20 @@ class TunnelProtocol(Protocol):
         core = self._core
         return core.sip_seq and size + _SIP_NUMBERED_ROOM <= core.limits.max_frame_payload
 
-    def send_sip(self, flow_id: int, data: bytes, number: int | None = None) -> bool:
+    def send_sip(self, flow_id: int, data: bytes) -> bool:
         """
         Send one SIP message for application flow C{flow_id}.
 
-        @param number: the message's number in its session (the front's
-            L{spwm.session.paths.SipOrder}), sent with it (C{FLAG_SEQ});
-            only when L{numbers_sip} said so.
         @return: C{False} if the tunnel is not open and the message was dropped.
         @raise ValueError: if the message is larger than a frame.
+        """
+        return self.send_numbered_sip(flow_id, data, None)
+
+    def send_numbered_sip(self, flow_id: int, data: bytes, number: int | None) -> bool:
+        """
+        L{send_sip} with the message's number in its session (the front's
+        L{spwm.session.paths.SipOrder}), sent with it (C{FLAG_SEQ}); only
+        when L{numbers_sip} said so.  C{None}: as L{send_sip}.
         """
         if not self.is_open:
             return False
