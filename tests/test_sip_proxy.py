@@ -1154,6 +1154,41 @@ class ContactTests(SynchronousTestCase):
         self.assertEqual([d.call_id for d in self.cp.dialogs("sess-1")], ["c2"])
         self.assertEqual(self.cp.counters["answer never acknowledged"], 1)
 
+    def test_unanswered_bye_ends_dialog(self) -> None:
+        """
+        A dialog whose BYE nothing answers (the UAS is gone, or ignores
+        it) ends 32 s after the BYE, when the BYE's transaction times out
+        (RFC 3261 15.1.1), at the next sweep, either way the BYE went; a
+        dialog without a BYE lives on.
+        """
+        for call_id in ("c1", "c2", "c3"):
+            inv = request("INVITE", "sip:bob@example.org", call_id=call_id, body=SDP, content_type="application/sdp")
+            act, msg = self.up(inv)
+            only(self.down(answer(act.data, 200, body=SDP), now=1.0), ToTunnel)
+            ack = request(
+                "ACK", "sip:bob@198.51.100.30", call_id=call_id, to="<sip:bob@example.org>;tag=tt",
+                extra=(f"Route: {msg.get('Record-Route')}",),
+            )
+            self.up(ack, now=2.0)
+        route = msg.get("Record-Route")
+        bye = request(
+            "BYE", "sip:bob@198.51.100.30", call_id="c1", to="<sip:bob@example.org>;tag=tt", cseq=2,
+            extra=(f"Route: {route}",),
+        )
+        self.up(bye, now=10.0)
+        # the far end's BYE for c2 (From and To as it sees them)
+        token = self.codec.encode(KIND_ROUTE, "sess-1", 5)
+        far_bye = request(
+            "BYE", "sip:alice@192.0.2.10:5062", call_id="c2", from_="<sip:bob@example.org>;tag=tt",
+            to="<sip:alice@example.org>;tag=fa", via="SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKfarbye",
+            cseq=2, extra=(f"Route: <sip:{token}@203.0.113.5:5060;lr>",),
+        )
+        only(self.down(far_bye, now=10.0), ToTunnel)
+        self.cp.handle_timer(40.0)
+        self.assertEqual(sorted(d.call_id for d in self.cp.dialogs("sess-1")), ["c1", "c2", "c3"])
+        self.cp.handle_timer(42.5)
+        self.assertEqual([d.call_id for d in self.cp.dialogs("sess-1")], ["c3"])
+
     def test_session_dialog_bound(self) -> None:
         """
         A session keeps at most C{max_session_dialogs} calls' dialogs: past

@@ -470,6 +470,8 @@ class ContactSipProxy:
         self._invites.media(invite, again, self.media_hook, key, fid, msg, False)
         self._maybe_ended(key, session, fid, msg)
         self._dialogs.touch(session, call_id, now)
+        if method == "BYE":
+            self._dialogs.ending(session, call_id, msg.from_tag, msg.to_tag, now)
         operator = self.operator
         if operator is None:
             transport = "udp"
@@ -767,6 +769,9 @@ class ContactSipProxy:
         self._invites.media(invite, again, self.media_hook, key, tok.flow_id, msg, True)
         self._maybe_ended(key, tok.session_id, tok.flow_id, msg)
         self._dialogs.touch(tok.session_id, call_id, now)
+        if method == "BYE":
+            self._dialogs.ending(tok.session_id, call_id, msg.from_tag, msg.to_tag, now)
+            self._arm(now)
         return [ToTunnel(key, tok.flow_id, msg.to_bytes())]
 
     def _not_ours(

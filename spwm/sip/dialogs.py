@@ -22,11 +22,16 @@ from typing import Hashable, Iterator
 
 from attrs import frozen
 
-__all__ = ["ACK_WAIT", "UNACKNOWLEDGED", "Dialog", "DialogTable"]
+__all__ = ["ACK_WAIT", "BYE_WAIT", "UNACKNOWLEDGED", "Dialog", "DialogTable"]
 
 #: Seconds a 2xx to an INVITE waits for its ACK: 64 x T1, after which a
 #: UAS gives up retransmitting it and ends the dialog (RFC 3261 13.3.1.4).
 ACK_WAIT = 64 * 0.5
+
+#: Seconds a dialog outlives a BYE that nothing answers: 64 x T1, when the
+#: BYE's client transaction times out, and a UAC takes the dialog as ended
+#: without a response as with one (RFC 3261 15.1.1).
+BYE_WAIT = 64 * 0.5
 
 #: The counter of dialogs that ended so (both cores' C{events}).
 UNACKNOWLEDGED = "answer never acknowledged"
@@ -243,6 +248,25 @@ class DialogTable:
                 else d
                 for d in dialogs
             ]
+
+    def ending(
+        self, scope: Hashable, call_id: str, from_tag: str | None, to_tag: str | None, now: float
+    ) -> None:
+        """
+        A BYE of the dialog of these tags passed: the dialog lives at most
+        L{BYE_WAIT} more, ended by its answer before then (L{remove}), or
+        by L{expire} after, when nothing answered it.
+        """
+        key = (scope, call_id)
+        dialogs = self._calls.get(key)
+        if not dialogs:
+            return
+        tags = {from_tag, to_tag}
+        until = now + BYE_WAIT
+        self._calls[key] = [
+            Dialog(d.call_id, d.from_tag, d.to_tag, d.flow_id, min(d.expires, until)) if _same(d, tags) else d
+            for d in dialogs
+        ]
 
     def expire(self, now: float) -> None:
         """
