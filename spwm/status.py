@@ -275,6 +275,7 @@ HELP: dict[str, str] = {
     "paths_media_on": "Live sessions by what carries their media now (key: tcp, quic, tcp+quic).",
     "paths_media_switches": "Times the media of the live sessions moved between paths (TCP, QUIC).",
     "paths_quic_paths": "QUIC paths attached to the live sessions.",
+    "paths_sip_order": "SIP numbered across the paths of the live sessions (sip-seq): sip_kept not acknowledged yet, sip_resent sent again after the carrier moved, sip_copies received twice and dropped, sip_given_up forgotten unacknowledged, sip_skipped never received (key).",
     "paths_ciphering": "Per-user ciphering of the live sessions with paths: frames sealed, opened, refused (bad tag, replay, unsealed after sealed), unknown (sealed for a flow or channel without a key) (key).",
     "paths_connections_wanted": "Agent, --tunnel-connections auto: connections it keeps attached to its session now.",
     "paths_media_stalls": "Agent, --tunnel-connections auto: pauses in the received media ended by a burst (every connection held it back).",
