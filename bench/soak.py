@@ -73,7 +73,7 @@ from _common import (  # noqa: E402
 )
 
 from spwm.testing.ports import free_udp_block  # noqa: E402
-from spwm.testing.sipp import last_stats, message_times, one_way, stat_count  # noqa: E402
+from spwm.testing.sipp import last_stats, stat_count  # noqa: E402
 
 #: where SIPp's own pcap files are (Debian's C{sip-tester})
 PCAP_DIR = "/usr/share/sip-tester"
@@ -327,7 +327,7 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
     calls = int(round(args.rate * seconds))
     call_s = 9.0 if args.scenario == "uac_pcap" else args.call_length / 1000
     print(
-        f"soak: SIPp {args.scenario} -> agent -> {'cutter -> ' if relay_port else ''}contact point "
+        f"soak: SIPp {args.scenario} -{args.phone_transport.upper()}-> agent -> {'cutter -> ' if relay_port else ''}contact point "
         f"({'plaintext' if args.plaintext else 'TLS'}{', media on a QUIC path beside it (not cut)' if quic else ''}) "
         f"-> SIPp uas -rtp_echo; {args.rate:g} calls/s for "
         f"{args.minutes:g} min ({calls} calls of about {call_s:g} s, about {args.rate * call_s:.0f} at once); "
@@ -351,6 +351,10 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
     ]
     if args.scenario == "uac":
         uac_args += ["-d", str(args.call_length)]
+    if args.phone_transport == "tcp":
+        # SIPp over TCP retransmits nothing, as a phone over TCP or TLS:
+        # SIP the pair loses is a failed call
+        uac_args += ["-t", "t1"]
     cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
     mach0 = machine_cpu()
     start = time.monotonic()
@@ -461,6 +465,8 @@ def print_one_way(uac_dir: str, uas_dir: str) -> None:
     From both SIPp's message logs (C{--trace-sip}): how long SIP took
     through the pair, one way, per kind of message.
     """
+    from spwm.testing.sipp import message_times, one_way
+
     logs = []
     for d in (uac_dir, uas_dir):
         found = [name for name in os.listdir(d) if name.endswith("_messages.log")]
@@ -546,6 +552,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contact-arg", action="append", default=[], metavar="ARG")
     parser.add_argument("--max-time", type=float, default=None, help="stop everything after this many seconds (default: the calls plus 5 minutes)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--phone-transport", choices=("udp", "tcp"), default="udp",
+        help="how SIPp's UAC (the phones) reaches the agent (default udp; tcp: no retransmissions, as a phone over TCP or TLS)",
+    )
     parser.add_argument(
         "--trace-sip", action="store_true",
         help="both SIPp log every message (-trace_msg, about 7 kB a call; with --keep, to see why calls failed)",
