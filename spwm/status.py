@@ -206,7 +206,7 @@ class Status:
 COUNTERS: dict[str, frozenset[str]] = {
     "tunnels": frozenset({"refused", "handon_failed", "handed_on_in"}),
     "tunnel": frozenset({"closes"}),
-    "no_tunnel": frozenset({"refused_no_tunnel", "acks_dropped", "responses_dropped", "held", "held_overflow", "held_resuming", "held_duplicates", "held_carried"}),
+    "no_tunnel": frozenset({"refused_no_tunnel", "acks_dropped", "responses_dropped", "held", "held_overflow", "held_resuming", "held_duplicates"}),
     "sessions": frozenset({"resumed", "resume_refused", "resume_redirected", "resume_handed_on", "worker_redirects", "worker_fallbacks", "worker_avoided"}),
     "sip": frozenset(
         {

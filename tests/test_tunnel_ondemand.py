@@ -167,31 +167,6 @@ class NoTunnelTests(SynchronousTestCase):
             self.agent.from_phone(register(branch=f"z9hG4bKr{n}"))
         self.assertEqual((len(self.agent.to_app), self.agent.handle.counters["held_overflow"]), (4, 2))
 
-    def test_carried_while_resuming(self) -> None:
-        """
-        SIP the session's last connection took with it (sent, not
-        acknowledged) waits first while the session is resumed and goes
-        on the new connection before what the phones sent meanwhile; a
-        message already waiting is not held twice; with no resumption
-        under way (the session is gone) nothing is carried or answered.
-        """
-        from spwm.testing.tunnel import FakeTunnel
-
-        resuming = [False]
-        self.agent.handle.resuming = lambda: resuming[0]
-        self.agent.handle.carry([(1, b"INVITE lost")])
-        self.assertEqual((self.agent.handle.status()["held_now"], self.agent.to_app), (0, []))
-        resuming[0] = True
-        self.agent.handle.carry([(1, b"INVITE in flight"), (2, b"SIP/2.0 200 OK in flight")])
-        self.agent.handle.send_sip(1, b"BYE meanwhile")
-        self.agent.handle.carry([(1, b"BYE meanwhile")])
-        self.assertEqual(self.agent.handle.counters["held_carried"], 2)
-        tunnel = FakeTunnel("s1")
-        self.agent.handle.tunnel_established(tunnel)
-        self.assertEqual(
-            [d for _, d in tunnel.sip_sent], [b"INVITE in flight", b"SIP/2.0 200 OK in flight", b"BYE meanwhile"]
-        )
-
     def test_retry_after_from_the_reconnect_schedule(self) -> None:
         """
         The service's C{retry_after} is the time to the next attempt, at

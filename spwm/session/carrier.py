@@ -1078,14 +1078,8 @@ class PathSessions:
         count: PathCount | None = None,
         elsewhere: Callable[[object], int | None] | None = None,
         lost_all: Callable[[float], None] | None = None,
-        orphaned: Callable[[list[tuple[int, bytes]]], None] | None = None,
     ) -> None:
         """
-        @param orphaned: agent: called, once the session logic has heard
-            that the session lost its last path, with the SIP messages
-            the contact point had not acknowledged (flow id and bytes,
-            oldest first), to send after the resumption
-            (L{spwm.tap.parts.AgentTunnelHandle.carry}).
         @param lost_all: agent: called with the seconds the session was up
             when its last path is gone (every path broke: the tunnel
             service then tries again at once,
@@ -1112,7 +1106,6 @@ class PathSessions:
         self.count = count
         self.elsewhere = elsewhere
         self._lost_all = lost_all
-        self._orphaned = orphaned
         #: agent: how long the session lost last had been up, until the next one is made
         self._lost_up_for: float | None = None
         self.fronts: list[PathFront] = []
@@ -1411,9 +1404,6 @@ class PathSessions:
             self._lost_up_for = self.clock.seconds() - front.since
             self._lost_all(self._lost_up_for)
         self.observer.tunnel_lost(front, reason)  # type: ignore[arg-type]
-        order = front.sip_order
-        if self._orphaned is not None and order is not None and order.kept:
-            self._orphaned([(flow_id, data) for _, flow_id, data in order.unacked()])
 
     def status(self) -> dict[str, Any]:
         """

@@ -853,9 +853,6 @@ def _agent_side_tunnel(
             moving=lambda: side.later_tunnel().reconnect_now(),
             count=count,
             lost_all=lambda up_for: side.later_tunnel().session_lost(up_for),
-            # the SIP in flight when the last connection broke goes again
-            # after the resumption
-            orphaned=side.handle.carry,
         )
         observer, hello = paths, paths.hello(resumption.hello)
     observer = WorkerSteering(

@@ -249,7 +249,6 @@ class AgentTunnelHandle:
             "held_overflow": 0,
             "held_resuming": 0,
             "held_duplicates": 0,
-            "held_carried": 0,
         }
         self.answer = answer
         self.retry_after = retry_after
@@ -280,26 +279,6 @@ class AgentTunnelHandle:
             self._hold(flow_id, data, self.resume_hold, self.resume_max_held)
             return
         self.unavailable(flow_id, data)
-
-    def carry(self, messages: list[tuple[int, bytes]]) -> None:
-        """
-        The session lost its last connection with these SIP messages sent
-        and not acknowledged by the contact point (C{sip-seq}; flow id and
-        bytes, oldest first): they were in flight, and a phone over TCP
-        does not send them again.  While the session is being resumed they
-        wait first, and go after the resumption's offer as the SIP held
-        meanwhile does; otherwise they are dropped (the session is gone).
-        One the contact point had taken may so arrive twice: a copy of a
-        request is absorbed as a retransmission (an INVITE's by the halves,
-        L{spwm.sip.checks.RecentInvites}), a copy of a response by the
-        transaction it answers.
-        """
-        if not messages or self.current is not None or self.resuming is None or not self.resuming():
-            return
-        for flow_id, data in messages:
-            if (flow_id, data) not in self._held_set:
-                self.counters["held_carried"] += 1
-            self._hold(flow_id, data, self.resume_hold, self.resume_max_held)
 
     def _hold(self, flow_id: int, data: bytes, seconds: float, limit: int) -> None:
         if (flow_id, data) in self._held_set:

@@ -120,35 +120,6 @@ class TwoConnectionsTests(_LoopbackPair):
         self.assertGreaterEqual(front.sip_order.resent, 1)
 
     @defer.inlineCallbacks
-    def test_sip_lost_with_every_connection(self) -> Any:
-        """
-        alice's BYE reaches the contact point's kernel on the carrier, and
-        every connection of her session is reset before the contact point
-        reads it: the session is suspended and resumed on a new
-        connection, and the BYE, which the contact point had not
-        acknowledged, goes after the resumption's offer.  bob gets it
-        once, alice her 200 before her first retransmission (0.5 s).
-        """
-        alice, bob, a_call, b_call, front, contact_front = yield self.two_paths()
-        agent1 = self.agents[0]
-        a_call.stop_media()
-        b_call.stop_media()
-        for path in contact_front.paths:
-            path.transport.pauseProducing()
-        started = reactor.seconds()
-        hung_up = alice.hang_up(a_call)
-        yield task.deferLater(reactor, 0.1, lambda: None)
-        self.assertEqual(bob.received.get("BYE", 0), 0)
-        for path in contact_front.paths:
-            path.transport.abortConnection()
-        response = yield hung_up
-        self.assertEqual(response.status, 200)
-        self.assertLess(reactor.seconds() - started, 0.5)
-        self.assertEqual((alice.sent["BYE"], bob.received["BYE"]), (1, 1))
-        self.assertEqual(agent1.resumption.resumed, 1)
-        self.assertEqual(agent1.handle.counters["held_carried"], 1)
-
-    @defer.inlineCallbacks
     def test_all_connections_cut(self) -> Any:
         """
         When every connection of the session is reset, the session is
