@@ -277,7 +277,7 @@ class RecentInvites:
         """
         A 2xx to an INVITE passes back, its top C{Via} (the proxy's own
         taken off) the one its INVITE came in with: retransmissions of that
-        INVITE are dropped from now on (L{answered}).
+        INVITE are dropped from now on (L{redundant}).
         """
         key = self._key(response)
         if key is not None and key in self._seen:

@@ -113,8 +113,7 @@ def message_times(text: str) -> dict[tuple[str, str, str, str], float]:
         words = first.strip().split(" ")
         what = words[1] if first.strip().startswith("SIP/2.0 ") and len(words) > 1 else words[0]
         call_id = cseq = ""
-        start = lines.index(first) if first in lines else 0
-        for line in lines[start + 1 :]:
+        for line in lines[lines.index(first) + 1 :]:
             if not line.strip() or line.startswith("-----"):
                 break  # the headers end (a body, or SIPp's notes, follow)
             name, _, value = line.partition(":")

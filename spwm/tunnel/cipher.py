@@ -53,7 +53,9 @@ FLAG_SEALED = 0x80
 
 _COUNTER = struct.Struct(">Q")
 _AAD = struct.Struct(">BI")
-_OVERHEAD = 8 + 16
+#: What sealing adds to a payload: the counter and the AEAD tag.
+SEAL_OVERHEAD = 8 + 16
+_OVERHEAD = SEAL_OVERHEAD
 
 #: Counters of the replay window: below the highest counter opened, a
 #: counter opens once if it is within this many of it (counted in the

@@ -135,7 +135,7 @@ class TunnelConnection:
         it does not know yet is dropped and counted, not an error.
     @ivar sip_seq: both hellos said C{"paths"} and C{"sip-seq"} (known once
         open): SIP frames may carry C{FLAG_SEQ} (the session numbers its
-        messages: L{spwm.session.carrier.SipOrder}); without, such a frame
+        messages: L{spwm.session.paths.SipOrder}); without, such a frame
         is a protocol error.
     @ivar attaching: a C{paths} connection whose hello said C{attach}, until
         the contact point's C{attached}: SIP, stream data or a channel

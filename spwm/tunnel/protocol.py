@@ -30,7 +30,7 @@ from spwm.logthrottle import Every, ThrottledLog
 from spwm.tunnel import events as ev
 from spwm.tunnel.api import ChannelHandler
 from spwm.tunnel.connection import ChannelLimitError, Role, State, TunnelConnection, TunnelNotOpenError
-from spwm.tunnel.cipher import UserCipher
+from spwm.tunnel.cipher import SEAL_OVERHEAD, UserCipher
 from spwm.tunnel.frames import FLAG_COMPONENT, FLAG_SEALED, FLAG_SEQ, ChannelKind, ErrorCode, FrameType
 from spwm.tunnel.timers import SharedTimer, shared_timers
 
@@ -38,7 +38,7 @@ _DATAGRAM = int(FrameType.DATAGRAM)
 _SEQ = struct.Struct("!I")
 #: what numbering a SIP message adds to its frame's payload at most (the
 #: number, and the seal's overhead when ciphering)
-_SIP_NUMBERED_ROOM = _SEQ.size + 24
+_SIP_NUMBERED_ROOM = _SEQ.size + SEAL_OVERHEAD
 if TYPE_CHECKING:
     from spwm.session.carrier import PathFront
 
