@@ -451,6 +451,7 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
             )
     if args.trace_sip:
         print_one_way(uac_dir, uas_dir)
+    print_sip_carried({name: status_doc(port) for name, port in status_ports.items()})
     for line, count in sorted(pair.warning_counts().items(), key=lambda kv: -kv[1])[:12]:
         print(f"  log x{count}: {line}")
     with open(os.path.join(workdir, "samples.json"), "w") as f:
@@ -458,6 +459,23 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
     ok = bounded and media_ok and failed == 0 and success == calls
     print(f"verdict: {'every call completed and both halves came back to idle' if ok else 'SEE ABOVE'}")
     return 0 if ok else 1
+
+
+def print_sip_carried(docs: dict[str, dict[str, Any]]) -> None:
+    """
+    The SIP the cuts put in flight again: sent again on another connection
+    of the session (C{paths.sip_order}), carried into a resumed session or
+    dropped there (the agent's C{no_tunnel}).
+    """
+    for name, doc in docs.items():
+        order = (doc.get("paths") or {}).get("sip_order") or {}
+        held = doc.get("no_tunnel") or {}
+        parts = [f"{key} {order[key]}" for key in ("sip_resent", "sip_copies", "sip_given_up") if key in order]
+        parts += [f"{key} {held[key]}" for key in ("held_resuming", "held_carried", "carried_taken", "carried_dropped") if key in held]
+        sip = doc.get("sip") or {}
+        parts += [f"{key} {sip[key]}" for key in ("resume_held", "resume_carried", "resume_carried_taken", "resume_carried_dropped") if key in sip]
+        if parts:
+            print(f"  {name}: SIP through the cuts: {', '.join(parts)}")
 
 
 def print_one_way(uac_dir: str, uas_dir: str) -> None:

@@ -206,7 +206,7 @@ class Status:
 COUNTERS: dict[str, frozenset[str]] = {
     "tunnels": frozenset({"refused", "handon_failed", "handed_on_in"}),
     "tunnel": frozenset({"closes"}),
-    "no_tunnel": frozenset({"refused_no_tunnel", "acks_dropped", "responses_dropped", "held", "held_overflow", "held_resuming", "held_duplicates"}),
+    "no_tunnel": frozenset({"refused_no_tunnel", "acks_dropped", "responses_dropped", "held", "held_overflow", "held_resuming", "held_duplicates", "held_carried", "carried_dropped", "carried_taken"}),
     "sessions": frozenset({"resumed", "resume_refused", "resume_redirected", "resume_handed_on", "worker_redirects", "worker_fallbacks", "worker_avoided"}),
     "sip": frozenset(
         {
@@ -219,6 +219,9 @@ COUNTERS: dict[str, frozenset[str]] = {
             "resume_held_overflow",
             "resume_held_expired",
             "resume_held_duplicates",
+            "resume_carried",
+            "resume_carried_dropped",
+            "resume_carried_taken",
         }
     ),
     "media": frozenset(

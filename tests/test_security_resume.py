@@ -519,6 +519,50 @@ class SessionKeyTests(SynchronousTestCase):
         agent.tunnel_established(FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex(), "session_key": 1}))
         self.assertEqual(seen, [0, 1])
 
+    def test_carried_sip_settled(self) -> None:
+        """
+        The tunnel handle hears once how a resumption ends: with the
+        calls (the flows' keys bound by then, so the SIP it sends is
+        ciphered for its user), with the registrations only, refused, or
+        the window over; a session that was never suspended tells it
+        nothing.
+        """
+        settled: list[tuple[bool, list[Any]]] = []
+
+        class Handle(FakeHandle):
+            carried_next = 4
+
+            def resume_settled(self, resumed: bool, peer_next: object) -> None:
+                settled.append((resumed, list(self.current.bound) if self.current is not None else [], peer_next))
+
+        def suspended() -> tuple[Clock, AgentResumption, FakeTunnel]:
+            clock = Clock()
+            agent = AgentResumption(clock, 60.0, FakeMedia(), Handle())
+            agent.keys[USER] = KEY
+            agent.flows[USER] = 3
+            agent.session_id = "s1"
+            agent.tunnel_lost(FakeTunnel("s1"), "cut")
+            new = FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex()})
+            agent.handle.current = new
+            agent.tunnel_established(new)
+            return clock, agent, new
+
+        clock, agent, new = suspended()
+        self.assertEqual(settled, [])
+        # the offer says what the agent took of the contact point's SIP
+        self.assertEqual(new.controls[0]["sip_next"], 4)
+        agent.control_received(new, {"op": "resumed", "session_id": "s1", "sip_next": 9})
+        agent.control_received(new, {"op": "resumed", "session_id": "s1"})
+        self.assertEqual(settled, [(True, [(3, KEY)], 9)])
+        del settled[:]
+        clock, agent, new = suspended()
+        agent.control_received(new, {"op": "resumed", "session_id": "s1", "media": False})
+        clock, agent, new = suspended()
+        agent.control_received(new, {"op": "resume-failed", "reason": "no"})
+        clock, agent, new = suspended()
+        clock.advance(60)
+        self.assertEqual([resumed for resumed, _, _ in settled], [False, False, False])
+
     def test_agent_after_a_refusal(self) -> None:
         """
         Refused, the agent forgets the old session and makes the key of

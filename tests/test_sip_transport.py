@@ -517,6 +517,52 @@ class ContactRunnerTests(SynchronousTestCase):
         self.assertEqual(r.core.counters["message for a tunnel that is not open"], 1)
         r.stop()
 
+    def test_carried_into_the_resumption(self) -> None:
+        """
+        What the session's last connection took with it (sent, not
+        acknowledged by the agent) goes first on the resumed connection,
+        before what waited meanwhile, each once; resumed with the
+        registrations only, or not within C{resume_hold}, it is dropped;
+        with no resumption under way nothing is kept.
+        """
+        from spwm.testing.tunnel import FakeTunnel
+
+        session = self.tunnel.session_id
+        r = self.runner()
+        resuming = {session}
+        r.resuming = lambda s: s in resuming
+        messages = [(3, 4, b"INVITE taken"), (4, 4, b"BYE in flight"), (5, 4, b"SIP/2.0 200 OK in flight")]
+        r.carry(session, messages, 11)
+        # only the first loss counts until the resumption
+        r.carry(session, [(0, 4, b"OPTIONS fresh")], 0)
+        self.assertEqual(r.held_status()["resume_carried_now"], 3)
+        # the agent took message 3 (its offer's sip_next): left out; the
+        # answer says what the contact point took of the agent's
+        self.assertEqual(r.settle_carried(session, True, 4), 11)
+        resumed = FakeTunnel(session)
+        resuming.clear()
+        r.tunnel_established(resumed)
+        self.assertEqual(resumed.sip_sent, [(4, b"BYE in flight"), (4, b"SIP/2.0 200 OK in flight")])
+        self.assertEqual(
+            (r.held_status()["resume_carried"], r.held_status()["resume_carried_taken"], r.held_status()["resume_carried_now"]),
+            (3, 1, 0),
+        )
+        # registrations only
+        resuming.add(session)
+        r.carry(session, [(6, 4, b"INVITE in flight")], 12)
+        self.assertIsNone(r.settle_carried(session, False, None))
+        again = FakeTunnel(session)
+        r.tunnel_established(again)
+        self.assertEqual(again.sip_sent, [])
+        # not resumed in time
+        r.carry(session, [(7, 4, b"INVITE in flight")], 12)
+        self.clock.advance(r.resume_hold + 0.1)
+        self.assertEqual((r.held_status()["resume_carried_dropped"], r.held_status()["resume_carried_now"]), (2, 0))
+        resuming.clear()
+        r.carry(session, [(8, 4, b"INVITE lost")], 12)
+        self.assertEqual(r.held_status()["resume_carried_now"], 0)
+        r.stop()
+
     def test_tcp_pool(self) -> None:
         """
         With a TCP operator proxy, one connection is opened on demand;

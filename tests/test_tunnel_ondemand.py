@@ -167,6 +167,106 @@ class NoTunnelTests(SynchronousTestCase):
             self.agent.from_phone(register(branch=f"z9hG4bKr{n}"))
         self.assertEqual((len(self.agent.to_app), self.agent.handle.counters["held_overflow"]), (4, 2))
 
+    def _carrying(self) -> Any:
+        from spwm.testing.tunnel import FakeTunnel
+
+        self.agent.handle.resuming = lambda: True
+        self.agent.handle.carry([(7, 1, b"INVITE in flight"), (8, 2, b"SIP/2.0 200 OK in flight")], 5)
+        # a second loss before the answer (a connection that carried a
+        # fresh session's numbers) changes nothing
+        self.agent.handle.carry([(0, 1, b"OPTIONS fresh")], 0)
+        self.agent.handle.send_sip(1, b"BYE before the connection")
+        tunnel = FakeTunnel("s1")
+        self.agent.handle.tunnel_established(tunnel)
+        self.agent.handle.send_sip(1, b"ACK before the answer")
+        return tunnel
+
+    def test_carried_after_a_resumption_with_the_calls(self) -> None:
+        """
+        SIP the session's last connection took with it (sent, not
+        acknowledged) is kept while the session is resumed, with the
+        number the agent expected next from the contact point there (for
+        the offer); on the new connection everything waits for the
+        resumption's answer, and when the contact point kept the calls
+        the carried SIP goes first, then what the phones sent meanwhile,
+        in order, and then SIP goes straight on.  Without the contact
+        point's C{sip_next} (an older one) all of it goes.
+        """
+        tunnel = self._carrying()
+        self.assertEqual((tunnel.sip_sent, self.agent.handle.carried_next), ([], 5))
+        self.assertEqual(
+            (self.agent.handle.status()["carried_now"], self.agent.handle.counters["held_carried"]), (2, 2)
+        )
+        self.agent.handle.resume_settled(True, None)
+        self.assertEqual(
+            [d for _, d in tunnel.sip_sent],
+            [b"INVITE in flight", b"SIP/2.0 200 OK in flight", b"BYE before the connection", b"ACK before the answer"],
+        )
+        self.agent.handle.send_sip(1, b"BYE after")
+        self.assertEqual(tunnel.sip_sent[-1], (1, b"BYE after"))
+        self.assertEqual((self.agent.handle.status()["carried_now"], self.agent.to_app), (0, []))
+        self.assertIsNone(self.agent.handle.carried_next)
+
+    def test_carried_but_what_the_contact_point_took(self) -> None:
+        """
+        The contact point's answer says what it took of the lost
+        connection's SIP (C{sip_next}: it had read message 7 and not yet
+        acknowledged it): only message 8 goes again, so the far end gets
+        no copy.
+        """
+        tunnel = self._carrying()
+        self.agent.handle.resume_settled(True, 8)
+        self.assertEqual(
+            [d for _, d in tunnel.sip_sent],
+            [b"SIP/2.0 200 OK in flight", b"BYE before the connection", b"ACK before the answer"],
+        )
+        self.assertEqual(self.agent.handle.counters["carried_taken"], 1)
+
+    def test_carried_dropped_without_the_calls(self) -> None:
+        """
+        A contact point that resumed only the registrations (it restarted,
+        or the window was over there) has no calls for the carried SIP:
+        it is dropped, and what the phones sent meanwhile goes.  With no
+        resumption under way nothing is carried.
+        """
+        tunnel = self._carrying()
+        self.agent.handle.resume_settled(False, 9)
+        self.assertEqual([d for _, d in tunnel.sip_sent], [b"BYE before the connection", b"ACK before the answer"])
+        self.assertEqual(self.agent.handle.counters["carried_dropped"], 2)
+        self.agent.handle.tunnel_lost(tunnel, "cut")
+        self.agent.handle.resuming = lambda: False
+        self.agent.handle.carry([(9, 1, b"INVITE lost")], 3)
+        self.assertEqual((self.agent.handle.status()["carried_now"], self.agent.handle.carried_next), (0, None))
+
+    def test_carried_unanswered(self) -> None:
+        """
+        A resumption that is not answered within C{resume_hold}: the SIP
+        held meanwhile is answered 503 as any held SIP, the carried is
+        dropped, and new SIP goes on the connection.
+        """
+        self.agent.handle.resume_hold = 2.0
+        tunnel = self._carrying()
+        self.clock.advance(2.1)
+        self.assertEqual((self.agent.handle.counters["carried_dropped"], self.agent.handle.carried_next), (2, None))
+        self.assertEqual(self.agent.handle.status()["held_now"], 0)
+        self.agent.handle.send_sip(1, b"BYE after")
+        self.assertEqual(tunnel.sip_sent, [(1, b"BYE after")])
+
+    def test_carried_through_a_second_cut(self) -> None:
+        """
+        The new connection breaks before the answer: the carried and the
+        held SIP wait on for the next one.
+        """
+        from spwm.testing.tunnel import FakeTunnel
+
+        tunnel = self._carrying()
+        self.agent.handle.tunnel_lost(tunnel, "cut")
+        again = FakeTunnel("s2")
+        self.agent.handle.tunnel_established(again)
+        self.assertEqual((tunnel.sip_sent, again.sip_sent), ([], []))
+        self.agent.handle.resume_settled(True, 7)
+        self.assertEqual(len(again.sip_sent), 4)
+
     def test_retry_after_from_the_reconnect_schedule(self) -> None:
         """
         The service's C{retry_after} is the time to the next attempt, at

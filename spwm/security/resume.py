@@ -194,6 +194,9 @@ class AgentResumption(_Lifecycle):
         self.session_lost = session_lost
         self._stopping = False
         self.resumed = 0
+        #: the contact point's C{sip_next} in its C{resumed}, for the
+        #: tunnel handle's carried SIP
+        self._peer_sip_next: object = None
         #: the agent's SIP core (L{wrap}), for its registrations
         self._core: Any = None
 
@@ -242,6 +245,17 @@ class AgentResumption(_Lifecycle):
         """
         effect, new_state = transition(AGENT_TRANSITIONS, self.state, event)
         before, self.session.state = self.session.state, new_state
+        self._carry_out(effect, before, tunnel, reason)
+        if before is SessionState.SUSPENDED and new_state is not SessionState.SUSPENDED:
+            # the SIP the lost connection took with it goes on the resumed
+            # session (its flows' keys bound by now) only when the contact
+            # point kept its calls
+            settled = getattr(self.handle, "resume_settled", None)
+            if settled is not None:
+                settled(effect is Effect.RESUME, self._peer_sip_next)
+            self._peer_sip_next = None
+
+    def _carry_out(self, effect: Effect, before: SessionState, tunnel: Any, reason: str) -> None:
         if effect is Effect.NOTHING:
             return
         if effect is Effect.SUSPEND:
@@ -386,12 +400,19 @@ class AgentResumption(_Lifecycle):
             message["session_proof"] = resumption_proof(self.session.session_key, raw, self.session_id)
         if not media:
             message["media"] = False
+        else:
+            # what the agent took of the SIP the contact point sent on the
+            # lost connection: the contact point carries the rest
+            taken = getattr(self.handle, "carried_next", None)
+            if isinstance(taken, int):
+                message["sip_next"] = taken
         tunnel.send_control(message)
 
     def control_received(self, tunnel: Any, message: dict[str, Any]) -> None:
         op = message.get("op")
         if op == "resumed" and message.get("session_id") == self.session_id:
             media = message.get("media") is not False
+            self._peer_sip_next = message.get("sip_next")
             self._apply(Input.RESUME_OK if media else Input.RESUME_OK_REGISTRATIONS, tunnel)
         elif op == "resume-failed":
             self._apply(Input.RESUME_REFUSED, tunnel, str(message.get("reason", "refused")))

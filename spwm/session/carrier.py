@@ -1078,8 +1078,17 @@ class PathSessions:
         count: PathCount | None = None,
         elsewhere: Callable[[object], int | None] | None = None,
         lost_all: Callable[[float], None] | None = None,
+        orphaned: Callable[[str, list[tuple[int, int, bytes]], int], None] | None = None,
     ) -> None:
         """
+        @param orphaned: called, once the session logic has heard that a
+            session lost its last path, with its id, the SIP messages the
+            peer had not acknowledged (number, flow id and bytes, oldest
+            first) and the next number this half expected from the peer:
+            the messages go after the resumption, those the peer says it
+            took (the resumption's C{sip_next}) left out
+            (L{spwm.tap.parts.AgentTunnelHandle.carry},
+            L{spwm.sip.transport.ContactSipRunner.carry}).
         @param lost_all: agent: called with the seconds the session was up
             when its last path is gone (every path broke: the tunnel
             service then tries again at once,
@@ -1106,6 +1115,7 @@ class PathSessions:
         self.count = count
         self.elsewhere = elsewhere
         self._lost_all = lost_all
+        self._orphaned = orphaned
         #: agent: how long the session lost last had been up, until the next one is made
         self._lost_up_for: float | None = None
         self.fronts: list[PathFront] = []
@@ -1404,6 +1414,9 @@ class PathSessions:
             self._lost_up_for = self.clock.seconds() - front.since
             self._lost_all(self._lost_up_for)
         self.observer.tunnel_lost(front, reason)  # type: ignore[arg-type]
+        order = front.sip_order
+        if self._orphaned is not None and order is not None:
+            self._orphaned(front.session_id, order.unacked() if order.kept else [], order.expected)
 
     def status(self) -> dict[str, Any]:
         """

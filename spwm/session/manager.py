@@ -526,6 +526,12 @@ class SessionManager:
         resumed: dict[str, Any] = {"op": "resumed", "session_id": old_session, "users": sorted(proofs)}
         if not media:
             resumed["media"] = False
+        # the SIP the session's last connection took with it: dropped
+        # without the calls, else what the agent did not take goes first
+        settle = getattr(self.sip, "settle_carried", None)
+        sip_next = settle(old_session, media, message.get("sip_next")) if settle is not None else None
+        if sip_next is not None:
+            resumed["sip_next"] = sip_next
         # the answer goes before the SIP that waited for the session (the
         # runner sends it now): the agent takes that SIP as the resumed
         # session's, not as its new connection's fresh one

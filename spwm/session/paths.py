@@ -1573,6 +1573,13 @@ class SipOrder:
         self._expected = expected + ahead + 1
         return True
 
+    @property
+    def expected(self) -> int:
+        """
+        The next number to take: every message numbered below it was taken.
+        """
+        return self._expected
+
     def ack_due(self) -> int | None:
         """
         @return: the C{next} to acknowledge, if it moved since the last

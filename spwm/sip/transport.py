@@ -873,6 +873,14 @@ class ContactSipRunner(_Runner):
     over TCP nothing is retransmitted, so a BYE or its 200 lost in a cut
     would leave a call up at one end.  A new request that RFC 5626 can
     send to the phone's other flow is answered C{430} as before.
+
+    The SIP the session's last connection took with it (sent, not yet
+    acknowledged by the agent: C{sip-seq}) is I{carried} (L{carry}): it
+    goes first on the resumed connection when the session was resumed
+    with its calls; resumed with its registrations only
+    (L{settle_carried}), or not within C{resume_hold}, it is dropped,
+    since the calls it belongs to are gone at the agent; what the agent
+    says it took (C{sip_next}) is left out.
     """
 
     def __init__(
@@ -906,6 +914,11 @@ class ContactSipRunner(_Runner):
         self._held: dict[str, deque[ToTunnel]] = {}
         self._held_keys: dict[str, set[tuple[int, bytes]]] = {}
         self._held_timers: dict[str, IDelayedCall] = {}
+        #: session id -> the SIP its last connection took with it (flow
+        #: id, bytes), oldest first
+        self._carried: dict[str, list[tuple[int, int, bytes]]] = {}
+        #: session id -> the next number it expected from the agent there
+        self._carried_next: dict[str, int] = {}
         #: C{resume_held} (messages that waited), C{resume_held_sent}
         #: (sent on the resumed connection), C{resume_held_overflow},
         #: C{resume_held_expired} (undeliverable after the wait)
@@ -915,6 +928,9 @@ class ContactSipRunner(_Runner):
             "resume_held_overflow": 0,
             "resume_held_expired": 0,
             "resume_held_duplicates": 0,
+            "resume_carried": 0,
+            "resume_carried_dropped": 0,
+            "resume_carried_taken": 0,
         }
 
     def stop(self) -> None:
@@ -928,6 +944,8 @@ class ContactSipRunner(_Runner):
         self._held_timers.clear()
         self._held.clear()
         self._held_keys.clear()
+        self._carried.clear()
+        self._carried_next.clear()
         for proto in list(self._by_peer.values()):
             if proto.outgoing and proto.transport is not None:
                 proto.transport.loseConnection()
@@ -1016,18 +1034,80 @@ class ContactSipRunner(_Runner):
         timer = self._held_timers.pop(tunnel.session_id, None)
         if timer is not None and timer.active():
             timer.cancel()
+        self._carried_next.pop(tunnel.session_id, None)
+        for _, flow_id, data in self._carried.pop(tunnel.session_id, ()):
+            # sent before: a copy the agent took already is absorbed as a
+            # retransmission; one it cannot take now is not answered
+            self._send_to_tunnel(tunnel, flow_id, data)
         for action in held or ():
             if self._send_to_tunnel(tunnel, action.flow_id, action.data) is False:
                 self._undeliverable(action)
             else:
                 self.held_counts["resume_held_sent"] += 1
 
+    def carry(self, session: str, messages: list[tuple[int, int, bytes]], taken: int) -> None:
+        """
+        The session lost its last connection with these SIP messages sent
+        and not acknowledged by the agent (number, flow id and bytes,
+        oldest first): over TCP the operator's side does not send them
+        again.  C{taken}: the next number the contact point expected from
+        the agent there (the C{sip_next} of its C{resumed}).  While the
+        session is being resumed they are kept (at most
+        C{resume_max_held}, at most C{resume_hold} seconds) for
+        L{settle_carried}; otherwise they are dropped.
+        """
+        if session in self._carried_next or self.resuming is None or not self.resuming(session):
+            return
+        self._carried_next[session] = taken
+        self._carried[session] = messages[: self.resume_max_held]
+        self.held_counts["resume_carried"] += len(self._carried[session])
+        self.held_counts["resume_carried_dropped"] += max(0, len(messages) - self.resume_max_held)
+        if session not in self._held_timers:
+            self._held_timers[session] = self._clock.callLater(self.resume_hold, self._hold_over, session)
+
+    def settle_carried(self, session: str, resumed: bool, peer_next: object) -> int | None:
+        """
+        The session is being resumed: with its calls (C{resumed}) what the
+        agent took of the carried SIP (numbered below C{peer_next}, its
+        offer's C{sip_next}; without one, nothing) is left out and the
+        rest goes first on the resumed connection (L{tunnel_established});
+        with its registrations only (the agent had released its calls) it
+        is dropped, since the calls it belongs to are gone there.
+
+        @return: what the contact point took of the agent's (the next
+            number it expected from it), for the C{resumed}; C{None}:
+            not known (nothing carried).
+        """
+        taken = self._carried_next.get(session)
+        carried = self._carried.get(session)
+        if not carried:
+            return taken if resumed else None
+        if not resumed:
+            self.held_counts["resume_carried_dropped"] += len(carried)
+            del self._carried[session]
+            return None
+        if isinstance(peer_next, int) and not isinstance(peer_next, bool):
+            left = [m for m in carried if m[0] >= peer_next]
+            self.held_counts["resume_carried_taken"] += len(carried) - len(left)
+            self._carried[session] = left
+        return taken
+
+    def _drop_carried(self, session: str) -> None:
+        self._carried_next.pop(session, None)
+        carried = self._carried.pop(session, None)
+        if carried:
+            self.held_counts["resume_carried_dropped"] += len(carried)
+
     def held_status(self) -> dict[str, int]:
         """
         For the status: the messages that waited for a resumption so far,
         and those waiting now.
         """
-        return dict(self.held_counts, resume_held_now=sum(len(q) for q in self._held.values()))
+        return dict(
+            self.held_counts,
+            resume_held_now=sum(len(q) for q in self._held.values()),
+            resume_carried_now=sum(len(c) for c in self._carried.values()),
+        )
 
     def _hold(self, action: ToTunnel) -> bool:
         """
@@ -1065,6 +1145,7 @@ class ContactSipRunner(_Runner):
         """
         self._held_timers.pop(session, None)
         self._held_keys.pop(session, None)
+        self._drop_carried(session)
         for action in self._held.pop(session, ()):
             self.held_counts["resume_held_expired"] += 1
             self._undeliverable(action)

@@ -853,6 +853,11 @@ def _agent_side_tunnel(
             moving=lambda: side.later_tunnel().reconnect_now(),
             count=count,
             lost_all=lambda up_for: side.later_tunnel().session_lost(up_for),
+            # the SIP in flight when the last connection broke goes again
+            # after the resumption
+            orphaned=lambda session, messages, taken: (
+                side.handle.carry(messages, taken) if session == resumption.session_id else None
+            ),
         )
         observer, hello = paths, paths.hello(resumption.hello)
     observer = WorkerSteering(
@@ -1243,7 +1248,9 @@ def build_contact(
     # Connections of agents that say "paths" join their session here; the
     # session manager sees the sessions' fronts (or, for other agents, the
     # connections themselves).
-    paths = PathSessions(reactor, resumption, agent=False, elsewhere=elsewhere)
+    # the SIP in flight when a session's last connection broke goes first
+    # on the resumed one
+    paths = PathSessions(reactor, resumption, agent=False, elsewhere=elsewhere, orphaned=runner.carry)
     router = Router(runner, {FORWARD_USE: forwarder, "media": gate}, paths)
     handshakes = HandshakeGate(limits.tunnel.max_handshaking)
     factory = ContactTunnelFactory(

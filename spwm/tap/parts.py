@@ -211,6 +211,14 @@ class AgentTunnelHandle:
     phone nothing (a BYE answered 503 would leave its call up at the
     other end).
 
+    The SIP the session's last connection took with it (sent, not yet
+    acknowledged by the contact point: C{sip-seq}) is I{carried}
+    (L{carry}): it goes again on the resumed session only when the
+    contact point resumed it with its calls (L{resume_settled}), first,
+    and what the phones sent meanwhile waits for that answer behind it.
+    A contact point that restarted, or kept only the registrations, has
+    no calls for it: there it is dropped.
+
     @ivar current: the open L{TunnelProtocol}, or C{None}.
     @ivar dropped: messages not sent (refused, dropped or held too long).
     @ivar counters: C{refused_no_tunnel} (requests answered 503),
@@ -249,6 +257,9 @@ class AgentTunnelHandle:
             "held_overflow": 0,
             "held_resuming": 0,
             "held_duplicates": 0,
+            "held_carried": 0,
+            "carried_dropped": 0,
+            "carried_taken": 0,
         }
         self.answer = answer
         self.retry_after = retry_after
@@ -263,22 +274,78 @@ class AgentTunnelHandle:
         self._held_set: set[tuple[int, bytes]] = set()
         self._hold_timer: Any = None
         self._told = False
+        #: SIP the session's last connection took with it, for the
+        #: resumed session (L{carry})
+        self._carried: list[tuple[int, int, bytes]] = []
+        #: the next number the agent expected from the contact point on
+        #: the session's lost connection (what it took of the carried
+        #: SIP's other direction), while a resumption is awaited
+        self.carried_next: int | None = None
+        #: a connection is up and the held SIP waits behind the carried
+        #: for the resumption's answer
+        self._answer_due = False
 
     def send_sip(self, flow_id: int, data: bytes) -> None:
         tunnel = self.current
         on_demand = self.on_demand
-        if tunnel is not None and not self._held and tunnel.send_sip(flow_id, data):
+        if tunnel is not None and not self._held and not self._answer_due and tunnel.send_sip(flow_id, data):
             if on_demand is not None:
                 on_demand.touch()
             return
         if on_demand is not None and on_demand.want():
             self._hold(flow_id, data, self.hold_time, self.max_held)
             return
-        if tunnel is None and self.resuming is not None and self.resuming():
+        if self._answer_due or (tunnel is None and self.resuming is not None and self.resuming()):
             self.counters["held_resuming"] += 1
             self._hold(flow_id, data, self.resume_hold, self.resume_max_held)
             return
         self.unavailable(flow_id, data)
+
+    def carry(self, messages: list[tuple[int, int, bytes]], taken: int) -> None:
+        """
+        The session lost its last connection with these SIP messages sent
+        and not acknowledged by the contact point (C{sip-seq}; number, flow
+        id and bytes, oldest first): they were in flight, and a phone over
+        TCP does not send them again.  C{taken}: the next number the agent
+        expected from the contact point there (the resumption offer's
+        C{sip_next}, L{carried_next}).  While the session is being resumed
+        they are kept (at most C{resume_max_held}) for L{resume_settled};
+        otherwise (the session is gone) they are dropped.  Only the first
+        loss counts until the resumption is settled: a connection that
+        breaks before the answer carried a fresh session's numbers.
+        """
+        if self.carried_next is not None or self.current is not None:
+            return
+        if self.resuming is None or not self.resuming():
+            return
+        self.carried_next = taken
+        for message in messages[: self.resume_max_held]:
+            self._carried.append(message)
+            self.counters["held_carried"] += 1
+        self.counters["carried_dropped"] += max(0, len(messages) - self.resume_max_held)
+
+    def resume_settled(self, resumed: bool, peer_next: object = None) -> None:
+        """
+        The resumption is decided: C{resumed}, the contact point resumed
+        the session with its calls, so the carried SIP it had not taken
+        (numbered from C{peer_next} on, its answer's C{sip_next}; without
+        one, all) goes now, before the SIP held meanwhile; otherwise
+        (registrations only, refused, the window over, the agent
+        stopping) the calls it belongs to are gone at the contact point
+        and it is dropped.
+        """
+        carried, self._carried = self._carried, []
+        self.carried_next = None
+        if resumed and isinstance(peer_next, int) and not isinstance(peer_next, bool):
+            taken = [m for m in carried if m[0] < peer_next]
+            self.counters["carried_taken"] += len(taken)
+            carried = [m for m in carried if m[0] >= peer_next]
+        if carried and not resumed:
+            self.counters["carried_dropped"] += len(carried)
+            carried = []
+        waiting, self._answer_due = self._answer_due, False
+        if self.current is not None and (carried or waiting):
+            self._send_held(self.current, [(flow_id, data) for _, flow_id, data in carried])
 
     def _hold(self, flow_id: int, data: bytes, seconds: float, limit: int) -> None:
         if (flow_id, data) in self._held_set:
@@ -299,9 +366,15 @@ class AgentTunnelHandle:
 
     def release_held(self) -> None:
         """
-        The tunnel did not come up (in time): answer what waited.
+        The tunnel did not come up (in time), or the resumption was not
+        answered: answer what waited, drop what was carried.
         """
         self._cancel_hold()
+        self._answer_due = False
+        self.carried_next = None
+        if self._carried:
+            self.counters["carried_dropped"] += len(self._carried)
+            self._carried = []
         held, self._held = self._held, deque()
         self._held_set.clear()
         for flow_id, data in held:
@@ -362,16 +435,28 @@ class AgentTunnelHandle:
         """
         For the status page: what was refused or dropped without a tunnel.
         """
-        return dict(self.counters, held_now=len(self._held))
+        return dict(self.counters, held_now=len(self._held), carried_now=len(self._carried))
 
     # tunnel application part: keep track of the connection
     def tunnel_established(self, tunnel: Any) -> None:
         self.current = tunnel
         self._told = False
         self._cancel_hold()
+        if self._carried:
+            # the resumption's answer decides whether they go; what the
+            # phones sent meanwhile waits behind them (not longer than
+            # SIP waits for a resumption)
+            self._answer_due = True
+            if self._held and self._clock is not None:
+                self._hold_timer = self._clock.callLater(self.resume_hold, self.release_held)
+            return
+        self._send_held(tunnel, [])
+
+    def _send_held(self, tunnel: Any, first: list[tuple[int, bytes]]) -> None:
+        self._cancel_hold()
         held, self._held = self._held, deque()
         self._held_set.clear()
-        for flow_id, data in held:
+        for flow_id, data in [*first, *held]:
             if not tunnel.send_sip(flow_id, data):
                 self.unavailable(flow_id, data)
         if held and self.on_demand is not None:
@@ -380,6 +465,8 @@ class AgentTunnelHandle:
     def tunnel_lost(self, tunnel: Any, reason: str) -> None:
         if self.current is tunnel:
             self.current = None
+            # the held SIP waits for the next connection
+            self._answer_due = False
 
 
 class MediaHookAdapter:

@@ -120,6 +120,82 @@ class TwoConnectionsTests(_LoopbackPair):
         self.assertGreaterEqual(front.sip_order.resent, 1)
 
     @defer.inlineCallbacks
+    def bye_lost_with_every_connection(self, to_agent: bool) -> Any:
+        """
+        A BYE reaches the kernel of the half that is to read it on the
+        carrier (that half's reading paused), and every connection of
+        alice's session is reset before it reads it: the session is
+        suspended and resumed on a new connection, and the sender, which
+        had the BYE unacknowledged, sends it again there.  The callee
+        gets it once, the caller its 200 before its first retransmission
+        (0.5 s).
+
+        @param to_agent: bob's BYE to alice (the contact point sends it
+            again) rather than alice's to bob (the agent does).
+        """
+        alice, bob, a_call, b_call, front, contact_front = yield self.two_paths()
+        a_call.stop_media()
+        b_call.stop_media()
+        reader = front if to_agent else contact_front
+        caller, callee, call = (bob, alice, b_call) if to_agent else (alice, bob, a_call)
+        for path in reader.paths:
+            path.transport.pauseProducing()
+        started = reactor.seconds()
+        hung_up = caller.hang_up(call)
+        yield task.deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(callee.received.get("BYE", 0), 0)
+        for path in list(reader.paths):
+            path.transport.abortConnection()
+        response = yield hung_up
+        self.assertEqual(response.status, 200)
+        self.assertLess(reactor.seconds() - started, 0.5)
+        self.assertEqual((caller.sent["BYE"], callee.received["BYE"]), (1, 1))
+        self.assertEqual(self.agents[0].resumption.resumed, 1)
+
+    @defer.inlineCallbacks
+    def test_sip_lost_with_every_connection(self) -> Any:
+        """
+        alice's BYE, lost with every connection before the contact point
+        read it, goes again from the agent on the resumed session.
+        """
+        yield self.bye_lost_with_every_connection(to_agent=False)
+        self.assertEqual(self.agents[0].handle.counters["held_carried"], 1)
+
+    @defer.inlineCallbacks
+    def test_sip_to_the_agent_lost_with_every_connection(self) -> Any:
+        """
+        The other way: bob's BYE for alice, lost with every connection
+        before her agent read it, goes again from the contact point.
+        """
+        yield self.bye_lost_with_every_connection(to_agent=True)
+        self.assertGreaterEqual(self.contact.runner.held_status()["resume_carried"], 1)
+
+    @defer.inlineCallbacks
+    def test_sip_taken_not_carried(self) -> Any:
+        """
+        bob's BYE reaches alice through her agent, which does not get to
+        acknowledge it (its acknowledgements held back) before every
+        connection of her session is reset: the contact point keeps it as
+        in flight, and the agent's resumption offer says it took it
+        (C{sip_next}), so it is not sent again: alice gets one BYE.
+        """
+        alice, bob, a_call, b_call, front, contact_front = yield self.two_paths()
+        agent1 = self.agents[0]
+        a_call.stop_media()
+        b_call.stop_media()
+        front.sip_order.ack_due = lambda: None
+        response = yield bob.hang_up(b_call)
+        self.assertEqual(response.status, 200)
+        self.assertEqual(alice.received["BYE"], 1)
+        self.assertGreaterEqual(contact_front.sip_order.kept, 1)
+        for path in list(front.paths):
+            path.transport.abortConnection()
+        yield wait_until(lambda: agent1.resumption.resumed == 1, timeout=10)
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(alice.received["BYE"], 1)
+        self.assertGreaterEqual(self.contact.runner.held_status()["resume_carried_taken"], 1)
+
+    @defer.inlineCallbacks
     def test_all_connections_cut(self) -> Any:
         """
         When every connection of the session is reset, the session is

@@ -284,6 +284,10 @@ class KeylessResumptionTests(_LoopbackPair):
         answer = resumption.control_received
         # the contact point's answer reaches the agent 0.5 s late
         resumption.control_received = lambda tunnel, message: reactor.callLater(0.5, answer, tunnel, message)
+        # the call's SIP acknowledged (with it in flight at the cut the
+        # BYE would wait behind it for the answer: test_paths)
+        order = getattr(agent1.handle.current, "sip_order", None)
+        yield wait_until(lambda: order is None or order.kept == 0, timeout=3)
         self.cut_all(agent1)
         yield wait_until(lambda: agent1.handle.current is not None and resumption.resuming, timeout=5)
         a_call.stop_media()
