@@ -124,6 +124,61 @@ def _resume(resumption: SessionManager, session: str, key: bytes = KEY, **extra:
     return new
 
 
+class ContactCarryTests(SynchronousTestCase):
+    """
+    The contact point's part in the SIP carried into a resumed session.
+    """
+
+    def _sip(self) -> tuple[Clock, SessionManager, Any]:
+        from spwm.session.paths import SipOrder
+
+        class Sip(FakeSip):
+            def __init__(self) -> None:
+                super().__init__()
+                self.carried: list[tuple[Any, ...]] = []
+                self.settled: list[tuple[Any, ...]] = []
+
+            def carry(self, session: str, messages: list[Any], taken: int, *, taken_over: bool = False) -> None:
+                self.carried.append((session, messages, taken, taken_over))
+
+            def settle_carried(self, session: str, resumed: bool, peer_next: object) -> int | None:
+                self.settled.append((session, resumed, peer_next))
+                return 5 if resumed else None
+
+        clock, media, sip = Clock(), FakeMedia(), Sip()
+        resumption = SessionManager(clock, 60.0, media, sip)
+        tunnel = _registered(resumption, sip, "s1", expires=3000.0)
+        order = tunnel.sip_order = SipOrder()
+        order.number(3, b"BYE in flight")
+        order.arrived(0)
+        return clock, resumption, sip
+
+    def test_taken_over(self) -> None:
+        """
+        A resumption of a session whose connection is thought live still
+        (it died silently: the agent's address changed) carries what was
+        in flight on it, with the number it expected next; the answer
+        says that number, and the agent's C{sip_next} decides what goes.
+        """
+        clock, resumption, sip = self._sip()
+        new = _resume(resumption, "s1", sip_next=0)
+        self.assertEqual(sip.carried, [("s1", [(0, 3, b"BYE in flight")], 1, True)])
+        self.assertEqual(sip.settled, [("s1", True, 0)])
+        self.assertEqual(new.controls[-1]["sip_next"], 5)
+
+    def test_registrations_only(self) -> None:
+        """
+        Resumed without the calls, the carried SIP is dropped and the
+        answer says no C{sip_next}.
+        """
+        clock, resumption, sip = self._sip()
+        old = resumption.sessions["s1"].primary
+        resumption.tunnel_lost(old, "cut")
+        new = _resume(resumption, "s1", media=False, sip_next=0)
+        self.assertEqual(sip.settled, [("s1", False, 0)])
+        self.assertNotIn("sip_next", new.controls[-1])
+
+
 class ContactDormantTests(SynchronousTestCase):
     """
     A session not resumed within the window keeps its registrations.

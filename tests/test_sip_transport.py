@@ -561,6 +561,12 @@ class ContactRunnerTests(SynchronousTestCase):
         resuming.clear()
         r.carry(session, [(8, 4, b"INVITE lost")], 12)
         self.assertEqual(r.held_status()["resume_carried_now"], 0)
+        # a live session whose connection a resumption takes over
+        r.carry(session, [(8, 4, b"INVITE in flight")], 12, taken_over=True)
+        self.assertEqual(r.settle_carried(session, True, 8), 12)
+        taking = FakeTunnel(session)
+        r.tunnel_established(taking)
+        self.assertEqual(taking.sip_sent, [(4, b"INVITE in flight")])
         r.stop()
 
     def test_tcp_pool(self) -> None:

@@ -509,6 +509,13 @@ class SessionManager:
             media = False
         else:  # TAKE_OVER
             taken = list(session.connections)
+            # the SIP in flight on them, as when the last connection is
+            # lost (an agent whose address changed: they died silently)
+            carry = getattr(self.sip, "carry", None)
+            for old_tunnel in taken:
+                order = getattr(old_tunnel, "sip_order", None)
+                if carry is not None and order is not None:
+                    carry(old_session, order.unacked() if order.kept else [], order.expected, taken_over=True)
             for old_tunnel in taken:
                 self._taken_over.add(id(old_tunnel))
                 session.stop_using_tunnel(old_tunnel)

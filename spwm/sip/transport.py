@@ -1045,7 +1045,9 @@ class ContactSipRunner(_Runner):
             else:
                 self.held_counts["resume_held_sent"] += 1
 
-    def carry(self, session: str, messages: list[tuple[int, int, bytes]], taken: int) -> None:
+    def carry(
+        self, session: str, messages: list[tuple[int, int, bytes]], taken: int, *, taken_over: bool = False
+    ) -> None:
         """
         The session lost its last connection with these SIP messages sent
         and not acknowledged by the agent (number, flow id and bytes,
@@ -1054,9 +1056,13 @@ class ContactSipRunner(_Runner):
         the agent there (the C{sip_next} of its C{resumed}).  While the
         session is being resumed they are kept (at most
         C{resume_max_held}, at most C{resume_hold} seconds) for
-        L{settle_carried}; otherwise they are dropped.
+        L{settle_carried}; otherwise they are dropped.  C{taken_over}: the
+        session is live still, on connections that a resumption takes over
+        (they died silently).
         """
-        if session in self._carried_next or self.resuming is None or not self.resuming(session):
+        if session in self._carried_next:
+            return
+        if not taken_over and (self.resuming is None or not self.resuming(session)):
             return
         self._carried_next[session] = taken
         self._carried[session] = messages[: self.resume_max_held]
