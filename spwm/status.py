@@ -238,6 +238,7 @@ COUNTERS: dict[str, frozenset[str]] = {
             "tcp_bytes_out",
             "rejected_streams",
             "refused_channels",
+            "crossed_channels",
             "replaced_channels",
             "refused_local_channels",
             "dropped_unknown_channel",

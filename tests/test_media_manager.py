@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.media.manager import (
@@ -735,11 +735,16 @@ class SuspendedSessionTests(SynchronousTestCase):
         contact.session_resumed(c_end.session_id, c_new, reopen=True)
         (contact_channel, _, _) = c_new.opened[-1]
         a_new.other = c_new
-        Router(None, {"media": contact}, None).channel_requested(c_new, agent_channel, kind, dict(meta))
+        with capturedLogs() as events:
+            Router(None, {"media": contact}, None).channel_requested(c_new, agent_channel, kind, dict(meta))
+        self.assertEqual([e for e in events if e["log_level"] >= LogLevel.warn], [])
         self.assertEqual((agent.streams, contact.streams), (1, 1))
         self.assertEqual(agent.replaced_channels, 1)
         self.assertEqual([c[0] for c in a_new.closed], [agent_channel])
         self.assertEqual([c[:2] for c in c_new.closed], [(agent_channel, ErrorCode.REFUSED)])
+        # on the contact point the refusal is the protocol: counted, no
+        # warning, and not among the refusals of faulty channels
+        self.assertEqual((contact.crossed_channels, contact.refused_channels), (1, 0))
         reactor.udp[AGENT_ADDR, 20000].receive(b"up", (PHONE, 4000))
         reactor.udp[CONTACT_ADDR, 30000].receive(b"down", (OPERATOR, 6000))
         self.assertEqual(reactor.udp[CONTACT_ADDR, 30000].sent, [(b"up", (OPERATOR, 6000))])

@@ -581,6 +581,10 @@ class MediaManager:
     @ivar dropped_unknown_channel: datagrams from the tunnel on a channel we
         do not know (late or never opened).
     @ivar refused_channels: channels from the peer that we refused.
+    @ivar crossed_channels: contact point: the agent's channels for a
+        stream the contact point had opened one for at the same time
+        (around a resumption), refused without a warning: the agent
+        takes the contact point's.
     @ivar rejected_streams: streams we rejected (limits, no ports, TCP).
     @ivar refused_local_channels: streams released because the tunnel would
         not open their channel (at its channel limit, or closed).
@@ -722,6 +726,7 @@ class MediaManager:
         )
         self.dropped_unknown_channel = 0
         self.refused_channels = 0
+        self.crossed_channels = 0
         self.replaced_channels = 0
         self.rejected_streams = 0
         self.refused_local_channels = 0
@@ -764,6 +769,7 @@ class MediaManager:
             "port_pairs_total": self.ports.capacity,
             "rejected_streams": self.rejected_streams,
             "refused_channels": self.refused_channels,
+            "crossed_channels": self.crossed_channels,
             "replaced_channels": self.replaced_channels,
             "refused_local_channels": self.refused_local_channels,
             "dropped_unknown_channel": self.dropped_unknown_channel,
@@ -1534,6 +1540,12 @@ class MediaManager:
                 if self.side == "agent" and stream.channel_ours and stream.tcp is None:
                     self._replace_channel(stream, tunnel, channel_id)
                     return self
+                if stream.channel_ours and stream.tcp is None:
+                    # the agent opened its own at the same time (around a
+                    # resumption): it takes ours (_replace_channel there),
+                    # so this refusal is the protocol, not a fault
+                    self.crossed_channels += 1
+                    return Refusal("stream already has a channel")
                 problem = "stream already has a channel"
             elif (session_id, dialog_key, index) in self._pending:
                 problem = "stream already has a channel"
