@@ -914,8 +914,8 @@ class ContactSipRunner(_Runner):
         self._held: dict[str, deque[ToTunnel]] = {}
         self._held_keys: dict[str, set[tuple[int, bytes]]] = {}
         self._held_timers: dict[str, IDelayedCall] = {}
-        #: session id -> the SIP its last connection took with it (flow
-        #: id, bytes), oldest first
+        #: session id -> the SIP its last connection took with it (number,
+        #: flow id, bytes), oldest first
         self._carried: dict[str, list[tuple[int, int, bytes]]] = {}
         #: session id -> the next number it expected from the agent there
         self._carried_next: dict[str, int] = {}
@@ -1036,8 +1036,9 @@ class ContactSipRunner(_Runner):
             timer.cancel()
         self._carried_next.pop(tunnel.session_id, None)
         for _, flow_id, data in self._carried.pop(tunnel.session_id, ()):
-            # sent before: a copy the agent took already is absorbed as a
-            # retransmission; one it cannot take now is not answered
+            # what the agent had not taken (settle_carried), before what
+            # waited meanwhile; one it cannot take now is not answered
+            # (it was sent once already)
             self._send_to_tunnel(tunnel, flow_id, data)
         for action in held or ():
             if self._send_to_tunnel(tunnel, action.flow_id, action.data) is False:
