@@ -70,6 +70,7 @@ __all__ = [
     "SEQ_MODULUS",
     "SeqStamper",
     "SipOrder",
+    "not_taken",
     "TCP_NOTSENT_LOWAT",
     "TRANSITIONS",
     "TcpInfo",
@@ -1601,3 +1602,15 @@ class SipOrder:
             "sip_given_up": self.given_up,
             "sip_skipped": self.skipped,
         }
+
+
+def not_taken(carried: list[tuple[int, int, bytes]], peer_next: object) -> list[tuple[int, int, bytes]]:
+    """
+    Of the SIP a session's lost connection took with it (number, flow id,
+    bytes), what the peer had not taken: numbered from C{peer_next} on
+    (the C{sip_next} of its resumption message); without a whole number
+    there (a peer of an earlier version), all of it.
+    """
+    if not isinstance(peer_next, int) or isinstance(peer_next, bool):
+        return carried
+    return [m for m in carried if m[0] >= peer_next]

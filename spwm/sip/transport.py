@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from spwm.addr import RouteSources, hostport, is_wildcard
 from spwm.addr import peer as peer_text
 from spwm.logthrottle import Every, ThrottledLog
+from spwm.session.paths import not_taken
 from spwm.sip.errors import SipParseError
 from spwm.sip.flows import Flow
 from spwm.sip.framing import KeepAlive, SipStreamFramer
@@ -1093,10 +1094,9 @@ class ContactSipRunner(_Runner):
             self.held_counts["resume_carried_dropped"] += len(carried)
             del self._carried[session]
             return None
-        if isinstance(peer_next, int) and not isinstance(peer_next, bool):
-            left = [m for m in carried if m[0] >= peer_next]
-            self.held_counts["resume_carried_taken"] += len(carried) - len(left)
-            self._carried[session] = left
+        left = not_taken(carried, peer_next)
+        self.held_counts["resume_carried_taken"] += len(carried) - len(left)
+        self._carried[session] = left
         return taken
 
     def _drop_carried(self, session: str) -> None:

@@ -25,6 +25,7 @@ from spwm.sip.errors import SipParseError
 from spwm.sdp import SdpError
 from spwm.sip.message import make_response, parse_message
 from spwm.sip.transport import SipStreamFactory, SipUdpProtocol
+from spwm.session.paths import not_taken
 
 
 T = TypeVar("T")
@@ -336,10 +337,10 @@ class AgentTunnelHandle:
         """
         carried, self._carried = self._carried, []
         self.carried_next = None
-        if resumed and isinstance(peer_next, int) and not isinstance(peer_next, bool):
-            taken = [m for m in carried if m[0] < peer_next]
-            self.counters["carried_taken"] += len(taken)
-            carried = [m for m in carried if m[0] >= peer_next]
+        if resumed:
+            left = not_taken(carried, peer_next)
+            self.counters["carried_taken"] += len(carried) - len(left)
+            carried = left
         if carried and not resumed:
             self.counters["carried_dropped"] += len(carried)
             carried = []
