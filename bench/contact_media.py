@@ -39,7 +39,7 @@ added is under 5 ms, in both directions (the issue's target).
 
     python3 bench/contact_media.py                          # 500 calls, TLS
     python3 bench/contact_media.py --calls 500,750,1000,1250 --duration 8   # a ramp: stops at the first failed step (--keep-going: not)
-    python3 bench/contact_media.py --no-seq                 # as an agent with --tunnel-connections 1
+    python3 bench/contact_media.py --no-seq                 # as an agent without paths (--tunnel on-demand)
     python3 bench/contact_media.py --profile /tmp/cm.raw    # py-spy the contact point through the last step
 
 Every process is ended by PID at the end, on Ctrl-C and after --max-time.
@@ -834,7 +834,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--calls", default="500", help="calls per step, comma-separated (default 500); stops at the first failed step")
     p.add_argument("--duration", type=float, default=8.0, help="seconds of RTP per step and path (default 8)")
     p.add_argument("--plaintext", action="store_true", help="a plaintext tunnel (default TLS)")
-    p.add_argument("--no-seq", action="store_true", help="datagrams without sequence numbers, as from an agent with --tunnel-connections 1")
+    p.add_argument("--no-seq", action="store_true", help="datagrams without sequence numbers, as from an agent without paths (--tunnel on-demand)")
     p.add_argument("--sip-burst", type=int, default=0, metavar="K",
                    help="during each relay phase, K more calls set up at once every --sip-every seconds, each hung up when answered (SIP beside the media)")  # fmt: skip
     p.add_argument("--sip-every", type=float, default=0.5, metavar="S", help="seconds between two --sip-burst bursts (default 0.5)")

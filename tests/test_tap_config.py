@@ -647,18 +647,34 @@ class TunnelConnectionsTests(SynchronousTestCase):
             self.assertEqual(caught.exception.key, "tunnel-connections")
             self.assertIn("auto", str(caught.exception))
 
-    def test_one_is_as_before(self) -> None:
+    def test_one_connection_keeps_the_paths_layer(self) -> None:
         """
-        With 1 (and no QUIC path), and with C{--tunnel on-demand}
-        whatever the number, no paths layer: the session logic observes
-        the connection (behind the worker steering) and the hello says nothing of paths.
+        With 1 and no QUIC path (C{--udp-path off}, over an HTTP proxy, in
+        plaintext) the paths layer is there all the same, with no further
+        connection to keep: the hello says C{paths} and C{sip-seq} (the
+        SIP is numbered, and carried into a resumption).  With C{--tunnel
+        on-demand} and C{--udp-path only}, whatever the number, none: the
+        session logic observes the connection (behind the worker steering)
+        and the hello says nothing of paths.
         """
         for more in (
             {"tunnel-connections": 1, "udp-path": "off"},
             {"tunnel-connections": 1, "udp-path": "off", "user-ciphering": True},
-            {"tunnel": "on-demand"},
+            {"tunnel-connections": 1, "http-proxy": "192.0.2.1:3128"},
+            {"tunnel-connections": 1, "plaintext": True},
         ):
             built = self.build(**more)
+            self.assertTrue(built.config.paths_layer, more)
+            assert built.paths is not None and built.paths.keeper is not None, more
+            self.assertEqual(built.paths.keeper.extra, 0)
+            self.assertIsNone(built.paths.count)
+            self.assertIs(built.router.observer.observer, built.paths)
+            hello = built.factory.hello
+            assert callable(hello)
+            self.assertEqual((hello()["paths"], hello()["sip-seq"]), (1, 1), more)
+        for more in ({"tunnel": "on-demand"}, {"tunnel": "on-demand", "tunnel-connections": 3}, {"udp-path": "only", "plaintext": False}):
+            built = self.build(**more)
+            self.assertFalse(built.config.paths_layer, more)
             self.assertIsNone(built.paths, more)
             self.assertIs(built.router.observer.observer, built.resumption)
             hello = built.factory.hello
@@ -671,7 +687,8 @@ class TunnelConnectionsTests(SynchronousTestCase):
         there even with one TCP connection (a QUIC path joins the session
         as a further connection does), with the QUIC prober beside the
         keeper, with per-user ciphering too; C{off}, C{--plaintext},
-        C{--http-proxy} and on-demand: no prober (and with one connection no paths layer).
+        C{--http-proxy} and on-demand: no prober (the paths layer is
+        there with one connection all the same, but not on demand).
         """
         from spwm.session.quicpath import Keepers, QuicProber
 
@@ -705,7 +722,7 @@ class TunnelConnectionsTests(SynchronousTestCase):
             )
             self.assertFalse(built.config.quic_probe, more)
             self.assertIsNone(built.quic, more)
-            self.assertIsNone(built.paths, more)
+            self.assertEqual(built.paths is not None, more.get("tunnel") != "on-demand", more)
 
     def test_welcome_names_the_quic_port(self) -> None:
         """

@@ -109,8 +109,9 @@ class Agent:
     @ivar forwarder: the UDP forwards.
     @ivar media: the media relay.
     @ivar resumption: keys and session resumption.
-    @ivar paths: with C{--tunnel-connections} over 1, the layer that joins
-        the connections into the session (L{PathSessions}); else C{None}.
+    @ivar paths: the layer that joins the connections into the session
+        (L{PathSessions}), one or several; C{None} with C{--tunnel
+        on-demand} and C{--udp-path only} (L{AgentConfig.paths_layer}).
     @ivar sip_core: the SIP core (the agent proxy, watched by C{resumption}).
     @ivar runner: the SIP runner (sockets to applications, the tunnel).
     @ivar factory: builds each tunnel connection.
@@ -824,10 +825,12 @@ def _agent_side_tunnel(
     keeper = None
     observer: Any = resumption
     hello: Any = resumption.hello
-    # --udp-path auto: a QUIC path joins the session as a further
-    # connection does, so the paths layer is there even with one TCP
-    # connection
-    if config.paths_wanted > 1 or config.quic_probe:
+    # The paths layer is there even with one TCP connection (over an HTTP
+    # proxy, in plaintext, with --udp-path off): its SIP is numbered, so
+    # what is in flight when the connection breaks goes again in the
+    # resumed session; with --udp-path auto a QUIC path joins the session
+    # as a further connection does
+    if config.paths_layer:
         later_factory: Later[AgentTunnelFactory] = Later("the tunnel factory")
         raw_endpoint = SteeredEndpoint(to_port, route, lambda: True)
         fewest, most = config.paths_range

@@ -227,6 +227,21 @@ class AgentConfig:
         return self.paths_range[0]
 
     @property
+    def paths_layer(self) -> bool:
+        """
+        Whether the agent runs its tunnel through the paths layer
+        (L{spwm.session.carrier.PathSessions}), even with one connection:
+        its SIP is then numbered (C{sip-seq}) and what is in flight when
+        the connection breaks goes again in the resumed session, a QUIC
+        path may join, and more connections may.  Not with C{--tunnel
+        on-demand} (its one connection opens and closes with the calls)
+        nor C{--udp-path only} (the one QUIC connection): those keep the
+        single tunnel without it.  The contact point must offer C{paths}
+        as well; an older one gets the single tunnel all the same.
+        """
+        return self.tunnel != "on-demand" and self.udp_path != "only"
+
+    @property
     def quic_probe(self) -> bool:
         """
         Whether the agent attaches a QUIC path to its session when the

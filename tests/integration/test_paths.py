@@ -45,6 +45,13 @@ class TwoConnectionsTests(_LoopbackPair):
         self.assertIsInstance(agent1.resumption.handle.current, PathFront)
         return alice, bob, a_call, b_call, front, contact_front
 
+    def attached(self) -> Any:
+        """
+        The call, once alice's session has all its paths on both halves
+        (L{two_paths} here).
+        """
+        return self.two_paths()
+
     @defer.inlineCallbacks
     def test_connection_cut_mid_call(self) -> Any:
         """
@@ -133,7 +140,7 @@ class TwoConnectionsTests(_LoopbackPair):
         @param to_agent: bob's BYE to alice (the contact point sends it
             again) rather than alice's to bob (the agent does).
         """
-        alice, bob, a_call, b_call, front, contact_front = yield self.two_paths()
+        alice, bob, a_call, b_call, front, contact_front = yield self.attached()
         a_call.stop_media()
         b_call.stop_media()
         reader = front if to_agent else contact_front
@@ -224,6 +231,58 @@ class TwoConnectionsTests(_LoopbackPair):
         b_call.stop_media()
         response = yield alice.hang_up(a_call)
         self.assertEqual(response.status, 200)
+
+
+class OneConnectionTests(_LoopbackPair):
+    """
+    An agent that keeps one connection and adds no QUIC path
+    (C{--tunnel-connections 1 --udp-path off}, as over an HTTP proxy that
+    admits one connection) still runs it through the paths layer: its SIP
+    is numbered, and what is in flight when that one connection breaks
+    goes again in the resumed session, both ways.
+    """
+
+    agent_extra: list[str] = ["--tunnel-connections", "1", "--udp-path", "off"]
+
+    @defer.inlineCallbacks
+    def attached(self) -> Any:
+        """
+        The call, once alice's session has its one path on both halves.
+
+        @return: as L{TwoConnectionsTests.two_paths}.
+        """
+        alice, bob, a_call, b_call = yield self.call()
+        agent1 = self.agents[0]
+        self.assertEqual(agent1.config.paths_range, (1, 1))
+        self.assertFalse(agent1.config.quic_probe)
+        assert agent1.paths is not None
+        yield wait_until(lambda: agent1.paths.front is not None and len(agent1.paths.front.paths) == 1, timeout=10)
+        front = agent1.paths.front
+        assert front is not None
+        self.assertTrue(front.sip_order is not None)
+        contact_front = next(f for f in self.contact.paths.fronts if f.session_id == front.session_id)
+        return alice, bob, a_call, b_call, front, contact_front
+
+    bye_lost_with_every_connection = TwoConnectionsTests.bye_lost_with_every_connection
+
+    @defer.inlineCallbacks
+    def test_sip_lost_with_the_connection(self) -> Any:
+        """
+        alice's BYE, lost with the one connection before the contact point
+        read it, goes again from the agent on the resumed session: bob
+        gets it once, alice her 200 before her first retransmission.
+        """
+        yield self.bye_lost_with_every_connection(to_agent=False)
+        self.assertEqual(self.agents[0].handle.counters["held_carried"], 1)
+
+    @defer.inlineCallbacks
+    def test_sip_to_the_agent_lost_with_the_connection(self) -> Any:
+        """
+        The other way: bob's BYE for alice, lost with the one connection
+        before her agent read it, goes again from the contact point.
+        """
+        yield self.bye_lost_with_every_connection(to_agent=True)
+        self.assertGreaterEqual(self.contact.runner.held_status()["resume_carried"], 1)
 
 
 class TwoConnectionsRestartTests(test_resumption.RestartTests):
