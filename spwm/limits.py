@@ -164,6 +164,16 @@ class PathLimits:
     @ivar stall_rtt_factor: the smoothed RTT's share of the stall bound.
     @ivar stall_rttvar_factor: the RTT variation's share of the stall bound.
     @ivar stall_ceiling: the largest stall bound, whatever the RTT.
+    @ivar stall_evidence_grace: a path overdue past its stall bound
+        stalls only once the peer was heard on another path since its
+        oldest unanswered frame went (without that, the peer's process or
+        the whole network is quiet, and moving or copying the media gains
+        nothing: it waits for its dead bound), and this long after the
+        later of that frame and the end of the other path's last pause
+        (C{stall_floor} / 2 without a frame: a peer back from a pause of
+        its own answers every path in one turn, a few ms apart); not when
+        its kernel retransmits after a timeout, nor for a lone path
+        (L{spwm.session.paths.PathScheduler}).
     @ivar dead_factor: the dead bound in stall bounds.
     @ivar dead_floor: the smallest dead bound.
     @ivar initial_rtt: the RTT assumed of a path before its first sample
@@ -300,6 +310,7 @@ class PathLimits:
     stall_rtt_factor: float = field(default=2.0, validator=validators.ge(1.0))
     stall_rttvar_factor: float = field(default=4.0, validator=validators.ge(0.0))
     stall_ceiling: float = field(default=3.0, validator=_pos_time)
+    stall_evidence_grace: float = field(default=0.010, validator=validators.ge(0.0))
     dead_factor: float = field(default=5.0, validator=validators.ge(1.0))
     dead_floor: float = field(default=1.0, validator=_pos_time)
     initial_rtt: float = field(default=0.2, validator=_pos_time)

@@ -279,6 +279,8 @@ HELP: dict[str, str] = {
     "paths_media_on": "Live sessions by what carries their media now (key: tcp, quic, tcp+quic).",
     "paths_media_switches": "Times the media of the live sessions moved between paths (TCP, QUIC).",
     "paths_quic_paths": "QUIC paths attached to the live sessions.",
+    "paths_path_stalls": "Times a path of the live sessions stalled (overdue past its stall bound while the peer was heard on another path, or its kernel retransmitting after a timeout): its media and SIP moved off it.",
+    "paths_stalls_held": "Times a path of the live sessions was overdue past its stall bound while nothing came on its other paths either (the peer busy, or the network quiet): held up, not stalled; nothing moved.",
     "paths_sip_order": "SIP numbered across the paths of the live sessions (sip-seq): sip_kept not acknowledged yet, sip_resent sent again after the carrier moved, sip_copies received twice and dropped, sip_given_up forgotten unacknowledged, sip_skipped never received (key).",
     "paths_ciphering": "Per-user ciphering of the live sessions with paths: frames sealed, opened, refused (bad tag, replay, unsealed after sealed), unknown (sealed for a flow or channel without a key) (key).",
     "paths_connections_wanted": "Agent, --tunnel-connections auto: connections it keeps attached to its session now.",

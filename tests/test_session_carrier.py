@@ -1061,6 +1061,36 @@ class FailoverTests(TwoPaths):
         self.assertEqual([d for _, _, d in self.bed.contact.sip.received], [b"INVITE again", b"ACK"])
         self.assertEqual(self.bed.contact.paths.status()["sip_order"]["sip_copies"], 1)
 
+    def test_busy_peer_moves_nothing(self) -> None:
+        """
+        Nothing arrives on either path for 150 ms (the peer's process
+        busy: a long turn, a garbage collection), past the stall bound of
+        the path that carries the media: it is held up, not stalled, on
+        both halves; the media and the carrier stay, nothing is copied;
+        then everything comes in one go and the session goes on as before.
+        A path that alone stops answering still stalls (the test below).
+        """
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.advance(0.5)  # round-trip samples on both paths
+        for front in (self.front, self.contact_front):
+            self.assertEqual(front.scheduler.media_paths(self.bed.clock.seconds()), (0,))
+        self.bed.stalled = {0, 1}
+        for _ in range(15):
+            self.front.send_datagram(cid, b"held")
+            self.contact_front.send_datagram(cid, b"held")
+            self.bed.clock.advance(0.01)
+        self.bed.stalled = set()
+        self.bed.advance(0.3)
+        for front in (self.front, self.contact_front):
+            snapshot = front.scheduler.snapshot()
+            self.assertEqual([p["stalls"] for p in snapshot["paths"]], [0, 0], front)
+            self.assertFalse(snapshot["duplicating"], front)
+            self.assertEqual(snapshot["media_switches"], 0, front)
+        self.assertGreaterEqual(self.front.scheduler.stalls_held, 1)
+        self.assertIs(self.front.carrier, self.a1)
+        self.assertEqual(self.bed.agent.paths.status()["stalls_held"], self.front.scheduler.stalls_held)
+        self.assertEqual(self.bed.agent.paths.status()["path_stalls"], 0)
+
     def test_silent_path_closed(self) -> None:
         """
         A path that stops answering (nothing arrives: a stall that does not

@@ -54,7 +54,15 @@ def _state_events(events: list[PathEvent]) -> list[PathEvent]:
 
 
 def _scheduler(**limits: float) -> PathScheduler:
-    return PathScheduler(PathLimits(**limits))  # type: ignore[arg-type]
+    """
+    A scheduler with these limits; without the grace a path held up for
+    want of the peer heard elsewhere waits once that is seen
+    (C{stall_evidence_grace} 0 unless given: the tests of the bounds and
+    the moves find a path stalled at its bound, the peer heard elsewhere;
+    L{SchedulingTests.test_busy_peer_is_no_stall} and the tests beside it
+    give the grace).
+    """
+    return PathScheduler(PathLimits(**{"stall_evidence_grace": 0.0, **limits}))  # type: ignore[arg-type]
 
 
 class TableTests(SynchronousTestCase):
@@ -286,6 +294,7 @@ class SchedulingTests(SynchronousTestCase):
         """
         sched = _two_tcp()
         sched.sent(1, 100, 1.0)
+        sched.received(2, 1.02)  # the peer is heard on the other path
         self.assertEqual(sched.tick(1.08), [PathStalled(1), PingWanted(1)])
         self.assertTrue(sched.received(1, 1.2))
         self.assertEqual(sched.tick(1.2), [PathRecovered(1)])
@@ -294,12 +303,13 @@ class SchedulingTests(SynchronousTestCase):
     def test_carrier_leaves_kernel_stuck(self) -> None:
         """
         A carrier whose kernel retransmits after a timeout is a network's
-        stall, not a busy peer: SIP leaves it with the media.
+        stall, not a busy peer: SIP leaves it with the media, even before
+        the peer is heard on another path (which is pinged).
         """
         sched = _two_tcp()
         sched.sent(1, 100, 1.0)
         sched.tcp_info(1, TcpInfo(retransmits=1, rto_s=0.2), 1.05)
-        self.assertEqual(sched.tick(1.05), [PathStalled(1), PingWanted(1), CarrierChanged(2)])
+        self.assertEqual(sched.tick(1.05), [PathStalled(1), PingWanted(1), PingWanted(2), CarrierChanged(2)])
 
     def test_stall_without_media_is_not_copied_for(self) -> None:
         """
@@ -311,6 +321,7 @@ class SchedulingTests(SynchronousTestCase):
         sched = _two_tcp(carrier_floor=0.0)
         self.assertEqual(sched.media_paths(1.0), (1,))
         sched.sent(2, 100, 1.0)
+        sched.received(1, 1.05)
         sched.tick(1.1)
         self.assertEqual(sched.state(2), PathState.STALLED)
         self.assertEqual(sched.media_paths(1.1), (1,))
@@ -318,9 +329,72 @@ class SchedulingTests(SynchronousTestCase):
         sched.received(2, 1.2)
         sched.tick(1.2)
         sched.sent(1, 100, 1.3)
+        sched.received(2, 1.35)
         sched.tick(1.4)
         self.assertEqual(sched.state(1), PathState.STALLED)
         self.assertTrue(sched.snapshot()["duplicating"])
+
+    def test_busy_peer_is_no_stall(self) -> None:
+        """
+        The media's path overdue past its stall bound while nothing came on
+        the other path either (the peer's process busy, or the network
+        quiet) is held up, not stalled: the media stays on it, nothing is
+        copied, the other path is pinged (its answer tells); once the peer
+        is heard on the other path, L{received} says to tick and the path
+        is found stalled.
+        """
+        sched = _two_tcp(stall_evidence_grace=0.01)
+        self.assertEqual(sched.media_paths(1.0), (1,))
+        sched.sent(1, 100, 1.0)
+        # at ping_after: the overdue path and the other, not heard since
+        self.assertEqual(sched.tick(1.04), [PingWanted(1), PingWanted(2)])
+        sched.sent(2, 16, 1.04)
+        self.assertEqual(_state_events(sched.tick(1.08)), [])
+        self.assertEqual((sched.state(1), sched.media_paths(1.08)), (UP, (1,)))
+        self.assertFalse(sched.snapshot()["duplicating"])
+        self.assertEqual(sched.snapshot()["stalls_held"], 1)
+        # no busy loop on the held path's deadline (past): the next one is
+        # the ping's on path 2 (1.04 + 0.08)
+        self.assertEqual(sched.next_deadline(), 1.12)
+        self.assertEqual(_state_events(sched.tick(1.1)), [])
+        self.assertEqual(sched.snapshot()["stalls_held"], 1)
+        # the peer answers the other path's ping: path 1 stalls once it
+        # stayed unanswered for the grace (10 ms) after that
+        self.assertTrue(sched.received(2, 1.11))
+        self.assertAlmostEqual(sched.next_deadline() or 0.0, 1.12)
+        self.assertEqual(_state_events(sched.tick(1.115)), [])
+        self.assertEqual(_state_events(sched.tick(1.12)), [PathStalled(1)])
+        self.assertEqual(sched.media_paths(1.12), (2,))
+        self.assertEqual(sched.snapshot()["stalls_held"], 1)
+
+    def test_busy_peer_held_answered(self) -> None:
+        """
+        A held path that is answered itself (the peer's turn ended) was
+        never stalled: nothing moved, no event, and L{received} does not
+        ask for a tick.
+        """
+        sched = _two_tcp(stall_evidence_grace=0.01)
+        sched.sent(1, 100, 1.0)
+        sched.sent(2, 100, 1.0)
+        self.assertEqual(_state_events(sched.tick(1.09)), [])
+        self.assertTrue(sched.received(1, 1.1))  # 2 is still held: tick
+        self.assertEqual(_state_events(sched.tick(1.1)), [])  # the grace
+        self.assertFalse(sched.received(2, 1.105))  # 2's answer, in the grace
+        self.assertEqual(_state_events(sched.tick(1.2)), [])
+        self.assertEqual((sched.state(1), sched.state(2)), (UP, UP))
+        self.assertEqual(sched.carrier_changes, 1)  # the first carrier only
+        self.assertEqual(sched.media_switches, 0)
+
+    def test_all_quiet_dies_by_the_dead_bound(self) -> None:
+        """
+        Held up paths that stay unanswered everywhere die by their dead
+        bound, as before.
+        """
+        sched = _two_tcp()
+        sched.sent(1, 100, 1.0)
+        sched.sent(2, 100, 1.0)
+        self.assertEqual(_state_events(sched.tick(1.5)), [])
+        self.assertEqual(_state_events(sched.tick(2.0)), [PathDead(1), PathDead(2)])
 
     def test_recovery_keeps_carrier(self) -> None:
         """
@@ -330,6 +404,7 @@ class SchedulingTests(SynchronousTestCase):
         """
         sched = _two_tcp(carrier_floor=0.0)
         sched.sent(1, 100, 1.0)
+        sched.received(2, 1.05)
         sched.tick(1.1)
         self.assertTrue(sched.received(1, 1.2))
         self.assertFalse(sched.received(1, 1.21))
@@ -364,19 +439,24 @@ class SchedulingTests(SynchronousTestCase):
         sched.add(3, TCP, 0.0)
         sched.tick(0.0)
         sched.rtt_sample(3, 0.2, 0.0)  # stall bound 0.8
-        for path_id in (1, 2, 3):
+        for path_id in (1, 2):
             sched.sent(path_id, 10, 1.0)
+        sched.received(3, 1.05)  # the peer is heard on 3
+        sched.sent(3, 10, 1.06)
         sched.tick(1.1)
         self.assertEqual([sched.state(i) for i in (1, 2, 3)], [STALLED, STALLED, UP])
         self.assertEqual(sched.carrier(), 3)
-        events = sched.tick(1.8)
+        # 3's kernel retransmits after a timeout: stalled by its bound
+        # though no other path is heard
+        sched.tcp_info(3, TcpInfo(retransmits=1, rto_s=0.2), 1.8)
+        events = sched.tick(1.86)
         self.assertEqual(events, [PathStalled(3), PingWanted(3)])
         self.assertEqual(sched.carrier(), 3)
         self.assertEqual(sched.media_paths(10.0), (1, 2, 3))
         sched.tick(2.0)  # 1 and 2 dead (bound 1.0)
         self.assertEqual([sched.state(i) for i in (1, 2, 3)], [DEAD, DEAD, STALLED])
         self.assertEqual(sched.media_paths(10.0), (3,))
-        self.assertEqual(sched.tick(5.0), [PathDead(3), CarrierChanged(None)])
+        self.assertEqual(sched.tick(5.1), [PathDead(3), CarrierChanged(None)])
         self.assertEqual(sched.media_paths(10.0), (1, 2, 3))
 
     def test_duplication_window(self) -> None:
@@ -594,6 +674,7 @@ class SpreadTests(SynchronousTestCase):
         sched.loss_seen(1, 0.0)
         _feed_rate(sched, 100.0, 0.0, 1.0)
         sched.sent(3, 100, 1.0)
+        sched.received(1, 1.1)
         sched.tick(1.2)
         self.assertEqual(sched.state(3), STALLED)
         answers, _ = _feed_rate(sched, 100.0, 1.2, 1.0)
@@ -721,6 +802,7 @@ class QuicHoldTests(SynchronousTestCase):
         sched.tick(1.0)
         self.assertEqual(sched.snapshot()["media"], [2])
         sched.sent(2, 10, 2.0)
+        sched.received(1, 2.05)  # the peer is heard on the TCP path
         sched.tick(2.08)
         self.assertEqual(sched.snapshot()["media"], [1])  # 2 is stalled
         self.assertEqual(sched.media_paths(2.08), (1,))  # duplicated on what is up
@@ -749,6 +831,7 @@ class QuicHoldTests(SynchronousTestCase):
         while now < 60.0:
             sched.tick(now)
             sched.sent(2, 10, now + 0.4)
+            sched.received(1, now + 0.5)
             stalls += len([e for e in sched.tick(now + 1.0) if isinstance(e, PathStalled)])
             sched.received(2, now + 1.4)
             sched.tick(now + 1.4)
@@ -765,10 +848,12 @@ class QuicHoldTests(SynchronousTestCase):
         sched.add(2, QUIC, 0.0)
         sched.rtt_sample(2, 0.02, 0.0)
         sched.sent(2, 10, 0.0)
+        sched.received(1, 0.05)
         sched.tick(0.1)
         sched.received(2, 0.2)
         sched.tick(0.2)
         sched.sent(2, 10, 0.3)
+        sched.received(1, 0.35)
         sched.tick(0.4)
         sched.received(2, 20.0)
         sched.tick(20.0)
@@ -1129,6 +1214,7 @@ class ExpectTests(SynchronousTestCase):
         sched.received(2, 1.0)
         sched.expect(2, 0.15, 1.01)
         sched.expect(2, 0.15, 1.1)  # already waited for: unchanged
+        sched.received(1, 1.2)  # the peer is heard on path 1 (media)
         self.assertEqual(_state_events(sched.tick(1.229)), [])
         deadline = sched.next_deadline()
         assert deadline is not None

@@ -443,7 +443,12 @@ class PathFront:
             scheduler.received(path_id, now)
             self.tick()
             return
-        scheduler.received(path_id, now)
+        if scheduler.received(path_id, now) and self._probing:
+            # a path held up while no other was heard (the peer busy) may
+            # stall now that the peer is heard on this one, after the
+            # grace; or this stalled one comes back: the timer at the
+            # scheduler's deadline, not at the next ping round
+            self._rearm()
         self._dedup_losses(path_id, now)
 
     def _covered(self, now: float) -> bool:
@@ -658,6 +663,18 @@ class PathFront:
                 if wanted is not None:
                     wanted.ping()
                     self.scheduler.sent(event.path_id, 16, self.clock.seconds())
+        if not self._probing and self.scheduler.held() and (self._timer is None or not self._timer.active()):
+            # The contact point runs the scheduler as it reads: a path held
+            # up (the agent quiet on every path) may stall when the grace
+            # after the agent is heard elsewhere ends, which no read may
+            # follow soon; a timer then, only while one is held.
+            deadline = self.scheduler.next_deadline()
+            if deadline is not None:
+                self._timer = self.clock.callLater(max(MIN_TICK, deadline - self.clock.seconds()), self._held_due)
+
+    def _held_due(self) -> None:
+        self._timer = None
+        self.tick()
 
     def media_kind(self) -> str | None:
         """
@@ -1434,6 +1451,8 @@ class PathSessions:
             "quic_paths": quic_paths,
             "carrier_switches": sum(f.switches for f in self.fronts),
             "media_switches": sum(f.scheduler.media_switches for f in self.fronts),
+            "path_stalls": sum(f.scheduler.stalls for f in self.fronts),
+            "stalls_held": sum(f.scheduler.stalls_held for f in self.fronts),
             "media_on": media_on,
             "attach_refused": self.attach_refused,
             "attach_redirected": self.attach_redirected,

@@ -320,6 +320,7 @@ class _Path:
         "recovering",
         "last_sent",
         "last_received",
+        "heard_since",
         "last_probe",
         "recover_pending",
         "stall_times",
@@ -349,6 +350,9 @@ class _Path:
         self.recovering = False
         self.last_sent = now
         self.last_received = now
+        #: since when the peer is heard on it without a pause of
+        #: C{stall_floor} / 2 or more
+        self.heard_since = now
         self.last_probe = now
         self.recover_pending = False
         self.stall_times: deque[float] = deque(maxlen=16)
@@ -418,6 +422,11 @@ class PathScheduler:
         self._now = float("-inf")
         self._armed: float | None = None
         self._pending: list[PathEvent] = []
+        #: the paths that are up and overdue past their stall bound but
+        #: not stalled (L{tick}), and the earliest time a tick found they
+        #: may be (L{_stall_at}; inf: not yet)
+        self._held: dict[int, float] = {}
+        self._quiet_gap = self.limits.stall_floor / 2
         self.carrier_changes = 0
         self.media_switches = 0
         #: losses that came within C{loss_memory} of the one before
@@ -426,6 +435,12 @@ class PathScheduler:
         #: reads on the contact point that brought a copy of the agent's
         #: (each opened or extended the duplication window: L{peer_copies})
         self.peer_copy_signs = 0
+        #: paths found stalled (L{PathStalled})
+        self.stalls = 0
+        #: times a path overdue past its stall bound was held up, not
+        #: stalled, because no other path was heard from since: the peer
+        #: (a busy process) or the whole network went quiet, not the path
+        self.stalls_held = 0
 
     # -- the paths
 
@@ -456,6 +471,7 @@ class PathScheduler:
         path = self._paths.pop(path_id, None)
         if path is None:
             return
+        self._held.pop(path_id, None)
         self._recompute(self._now)
 
     def __contains__(self, path_id: int) -> bool:
@@ -502,10 +518,18 @@ class PathScheduler:
         if path is None:
             return False
         path.unanswered_since = None
+        if now - path.last_received > self._quiet_gap:
+            path.heard_since = now
         path.last_received = now
         if path.state is not _UP and not path.recover_pending:
             path.recover_pending = True
             return True
+        held = self._held
+        if held:
+            # the peer is heard on this path: one held up elsewhere may
+            # stall (L{next_deadline} says when); this one is answered
+            held.pop(path_id, None)
+            return bool(held)
         return False
 
     def sent(self, path_id: int, nbytes: int, now: float) -> bool:
@@ -770,6 +794,8 @@ class PathScheduler:
         self._pending = []
         limits = self.limits
         media_active = self._last_media + limits.probe_interval > now
+        before = self._held
+        held: dict[int, float] = {}
         for path in self._paths.values():
             path.recover_pending = False
             since = path.overdue_since()
@@ -782,6 +808,19 @@ class PathScheduler:
                     event_input = _LOST
                 elif now >= since + path.stall_bound:
                     event_input = _OVERDUE
+                    if path.state is _UP and path.kernel_stuck_since is None:
+                        at = self._stall_at(path, since)
+                        earlier = before.get(path.path_id)
+                        if earlier is not None and earlier < at:
+                            at = earlier
+                        if now < at:
+                            # the peer is quiet on every path (L{_stall_at}):
+                            # held up, not stalled; it dies by its dead
+                            # bound as before
+                            event_input = _ANSWERED
+                            held[path.path_id] = at
+                            if earlier is None:
+                                self.stalls_held += 1
                 else:
                     event_input = _ANSWERED
             old = path.state
@@ -796,6 +835,7 @@ class PathScheduler:
                         path.stall_times.append(now)
                     if new is _STALLED:
                         path.stalls += 1
+                        self.stalls += 1
                     else:
                         path.deaths += 1
                     if path is self._best or now < self._dup_until:
@@ -816,10 +856,25 @@ class PathScheduler:
                     path.last_probe = now
                     path.pings += 1
                     events.append(PingWanted(path.path_id))
+                    # and the others not heard from since, with nothing
+                    # unanswered of their own: their answers tell a path
+                    # that stalls from a peer that is busy (above)
+                    for other in self._paths.values():
+                        if (
+                            other is not path
+                            and other.state is not _DEAD
+                            and other.unanswered_since is None
+                            and other.last_received <= unanswered
+                            and other.last_probe < now
+                        ):
+                            other.last_probe = now
+                            other.pings += 1
+                            events.append(PingWanted(other.path_id))
             elif media_active and now >= max(path.last_sent, path.last_probe) + limits.probe_interval:
                 path.last_probe = now
                 path.pings += 1
                 events.append(PingWanted(path.path_id))
+        self._held = held
         self._recompute(now)
         events.extend(self._pending)
         self._pending = []
@@ -842,7 +897,13 @@ class PathScheduler:
                 continue
             since = path.overdue_since()
             if since is not None:
-                when = since + (path.stall_bound if state is _UP else path.dead_bound)
+                if state is _UP and path.path_id in self._held:
+                    # held up (tick): until the peer is heard elsewhere,
+                    # else its dead bound
+                    at = min(self._held[path.path_id], self._stall_at(path, since))
+                    when = min(max(at, since + path.stall_bound), since + path.dead_bound)
+                else:
+                    when = since + (path.stall_bound if state is _UP else path.dead_bound)
                 if state is _STALLED and path is self._carrier:
                     held = self._carrier_until(path)
                     if self._now < held < when:
@@ -894,6 +955,7 @@ class PathScheduler:
             "spreading": bool(now < self._dup_until and spread and limits.spread_rate and self._rate >= limits.spread_rate),
             "lossy_losses": self.lossy_losses,
             "peer_copy_signs": self.peer_copy_signs,
+            "stalls_held": self.stalls_held,
             "carrier_changes": self.carrier_changes,
             "media_switches": self.media_switches,
             "paths": [
@@ -953,6 +1015,39 @@ class PathScheduler:
         if since is None or path.kernel_stuck_since is not None:
             return float("-inf")
         return since + max(path.stall_bound, self.limits.carrier_floor)
+
+    def held(self) -> bool:
+        """
+        @return: whether a path is held up (L{tick}): the half that runs
+            no timer of its own (the contact point) asks L{next_deadline}
+            for one while it is.
+        """
+        return bool(self._held)
+
+    def _stall_at(self, path: _Path, since: float) -> float:
+        """
+        From when C{path}, overdue since C{since} past its stall bound, may
+        be found stalled: only once the peer was heard on another path
+        (not dead) after C{since}, and C{stall_evidence_grace} after the
+        later of C{since} and the end of that path's last pause.  When
+        nothing came on any other path, the peer's process is busy (a long
+        turn, a garbage collection) or the whole network is quiet: moving
+        the media or copying it gains nothing (+inf).  A peer back from
+        such a pause answers every path in one turn, a few ms apart (the
+        grace).  A lone path stalls by its bound alone (-inf: nothing to
+        move to; its state tells the operator).
+        """
+        grace = self.limits.stall_evidence_grace
+        at = float("inf")
+        others = False
+        for other in self._paths.values():
+            if other is not path and other.state is not _DEAD:
+                others = True
+                if other.last_received > since:
+                    when = max(other.heard_since, since) + grace
+                    if when < at:
+                        at = when
+        return at if others else float("-inf")
 
     @staticmethod
     def _rank(path: _Path) -> tuple[float, int]:
