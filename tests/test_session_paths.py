@@ -385,6 +385,22 @@ class SchedulingTests(SynchronousTestCase):
         self.assertEqual(sched.carrier_changes, 1)  # the first carrier only
         self.assertEqual(sched.media_switches, 0)
 
+    def test_held_path_alone_once_the_other_dies(self) -> None:
+        """
+        A path held up for want of the peer heard on the other path, which
+        dies in the same tick: it is a lone path now and stalls in that
+        tick (no deadline left in the past).  Found by the state machine
+        below.
+        """
+        sched = _two_tcp(stall_evidence_grace=0.01)
+        sched.sent(2, 100, 0.0)  # dead at 1.0
+        sched.sent(1, 100, 0.5)  # stall bound 0.08, dead at 1.5
+        events = _state_events(sched.tick(1.0))
+        self.assertEqual(sorted(events, key=repr), sorted([PathDead(2), PathStalled(1)], key=repr))
+        self.assertEqual((sched.state(1), sched.state(2)), (STALLED, DEAD))
+        deadline = sched.next_deadline()
+        self.assertTrue(deadline is None or deadline > 1.0, deadline)
+
     def test_all_quiet_dies_by_the_dead_bound(self) -> None:
         """
         Held up paths that stay unanswered everywhere die by their dead

@@ -177,6 +177,15 @@ class PingWanted:
 PathEvent = Union[PathStalled, PathRecovered, PathDead, CarrierChanged, PingWanted]
 
 _UP, _STALLED, _DEAD = PathState.UP, PathState.STALLED, PathState.DEAD
+
+
+def _since_of(path: _Path) -> float:
+    """
+    When a held path's oldest unanswered frame went (held paths are
+    overdue).
+    """
+    since = path.overdue_since()
+    return since if since is not None else float("-inf")
 _ANSWERED, _OVERDUE, _LOST = PathInput.ANSWERED, PathInput.OVERDUE, PathInput.LOST
 
 #: The table: C{TRANSITIONS[(state, input)] = (new_state, event type or
@@ -823,30 +832,7 @@ class PathScheduler:
                                 self.stalls_held += 1
                 else:
                     event_input = _ANSWERED
-            old = path.state
-            new, event = TRANSITIONS[(old, event_input)]
-            if new is not old:
-                path.state = new
-                if new is _UP:
-                    path.up_since = now
-                    path.recoveries += 1
-                else:
-                    if old is _UP:
-                        path.stall_times.append(now)
-                    if new is _STALLED:
-                        path.stalls += 1
-                        self.stalls += 1
-                    else:
-                        path.deaths += 1
-                    if path is self._best or now < self._dup_until:
-                        # the media's path stalled (or the media is
-                        # copied on it): copy it on every path for a while.
-                        # A stall of a path without media (a TCP path beside
-                        # the QUIC path, a busy process's late ping) leaves
-                        # the media where it is, on one path.
-                        self._duplicate(now)
-            if event is not None:
-                events.append(event(path.path_id))
+            self._move(path, event_input, now, events)
             if path.state is _DEAD:
                 continue
             unanswered = path.unanswered_since
@@ -874,6 +860,11 @@ class PathScheduler:
                 path.last_probe = now
                 path.pings += 1
                 events.append(PingWanted(path.path_id))
+        for path_id in [i for i in held if now >= self._stall_at(self._paths[i], _since_of(self._paths[i]))]:
+            # held above while a path it waited on was still there: that
+            # one died in this tick (a lone path now), so it stalls now
+            del held[path_id]
+            self._move(self._paths[path_id], _OVERDUE, now, events)
         self._held = held
         self._recompute(now)
         events.extend(self._pending)
@@ -1015,6 +1006,36 @@ class PathScheduler:
         if since is None or path.kernel_stuck_since is not None:
             return float("-inf")
         return since + max(path.stall_bound, self.limits.carrier_floor)
+
+    def _move(self, path: _Path, event_input: PathInput, now: float, events: list[PathEvent]) -> None:
+        """
+        Move C{path} through L{TRANSITIONS} by C{event_input} at C{now},
+        its event into C{events}.
+        """
+        old = path.state
+        new, event = TRANSITIONS[(old, event_input)]
+        if new is not old:
+            path.state = new
+            if new is _UP:
+                path.up_since = now
+                path.recoveries += 1
+            else:
+                if old is _UP:
+                    path.stall_times.append(now)
+                if new is _STALLED:
+                    path.stalls += 1
+                    self.stalls += 1
+                else:
+                    path.deaths += 1
+                if path is self._best or now < self._dup_until:
+                    # the media's path stalled (or the media is
+                    # copied on it): copy it on every path for a while.
+                    # A stall of a path without media (a TCP path beside
+                    # the QUIC path, a busy process's late ping) leaves
+                    # the media where it is, on one path.
+                    self._duplicate(now)
+        if event is not None:
+            events.append(event(path.path_id))
 
     def held(self) -> bool:
         """
