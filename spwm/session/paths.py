@@ -178,14 +178,6 @@ PathEvent = Union[PathStalled, PathRecovered, PathDead, CarrierChanged, PingWant
 
 _UP, _STALLED, _DEAD = PathState.UP, PathState.STALLED, PathState.DEAD
 
-
-def _since_of(path: _Path) -> float:
-    """
-    When a held path's oldest unanswered frame went (held paths are
-    overdue).
-    """
-    since = path.overdue_since()
-    return since if since is not None else float("-inf")
 _ANSWERED, _OVERDUE, _LOST = PathInput.ANSWERED, PathInput.OVERDUE, PathInput.LOST
 
 #: The table: C{TRANSITIONS[(state, input)] = (new_state, event type or
@@ -860,11 +852,14 @@ class PathScheduler:
                 path.last_probe = now
                 path.pings += 1
                 events.append(PingWanted(path.path_id))
-        for path_id in [i for i in held if now >= self._stall_at(self._paths[i], _since_of(self._paths[i]))]:
-            # held above while a path it waited on was still there: that
-            # one died in this tick (a lone path now), so it stalls now
-            del held[path_id]
-            self._move(self._paths[path_id], _OVERDUE, now, events)
+        for path_id in list(held):
+            # held above while a path it waited on was still there: when
+            # that one died in this tick (a lone path now), it stalls now
+            path = self._paths[path_id]
+            since = path.overdue_since()
+            if since is not None and now >= self._stall_at(path, since):
+                del held[path_id]
+                self._move(path, _OVERDUE, now, events)
         self._held = held
         self._recompute(now)
         events.extend(self._pending)
