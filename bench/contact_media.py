@@ -684,6 +684,24 @@ def start_contact(procs: Processes, workdir: str, args: argparse.Namespace, sip_
     raise Failed(f"spwm-contact did not listen within 20 s: see {log}")
 
 
+def tunnel_socket_info(port: int) -> list[str]:
+    """
+    The kernel's view of the tunnel's loopback connection, both ends
+    (C{ss -tin}: windows, retransmissions, how long the sender was limited
+    by the receiver's window), or nothing when C{ss} cannot tell.
+    """
+    try:
+        out = subprocess.run(
+            ["ss", "-tinH", f"( sport = :{port} or dport = :{port} )"],
+            capture_output=True, text=True, timeout=5, check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    lines = [" ".join(line.split()) for line in out.splitlines() if line.strip()]
+    # each connection is a line of addresses and a line of figures
+    return [" ".join(lines[i : i + 2]) for i in range(0, len(lines), 2)]
+
+
 def loop_status(port: int) -> dict[str, Any]:
     """
     The contact point's own view of its lateness (the C{loop} section of
@@ -785,6 +803,9 @@ def run(procs: Processes, workdir: str, args: argparse.Namespace) -> int:
                 )
             if f["dups"] or b["dups"]:
                 print(f"  duplicates delivered: {f['dups']} forward, {b['dups']} return")
+            if path == "relay" and f["loss"] > 0.01:
+                for line in tunnel_socket_info(agent.tunnel.getsockname()[1]):
+                    print(f"  tunnel socket (ss -tin): {line}")
             if path == "relay":
                 loop = loop_status(args.status_port)
                 if loop:
