@@ -267,6 +267,36 @@ class NoTunnelTests(SynchronousTestCase):
         self.agent.handle.resume_settled(True, 7)
         self.assertEqual(len(again.sip_sent), 4)
 
+    def test_nothing_carried_waits_through_a_second_cut(self) -> None:
+        """
+        The last connection broke with nothing in flight; the new one
+        breaks before the resumption's answer: what the phones sent once
+        it was up waited for the answer and goes, once, on the next
+        connection (sent on the broken one, it would have been lost with
+        it: a phone over TCP does not send it again).
+        """
+        from spwm.testing.tunnel import FakeTunnel
+
+        self.agent.handle.resuming = lambda: True
+        self.agent.handle.carry([], 4)
+        first = FakeTunnel("s1")
+        self.agent.handle.tunnel_established(first)
+        self.agent.handle.send_sip(1, b"BYE before the answer")
+        self.agent.handle.tunnel_lost(first, "cut")
+        self.agent.handle.carry([], 0)
+        again = FakeTunnel("s2")
+        self.agent.handle.tunnel_established(again)
+        self.agent.handle.send_sip(1, b"ACK before the answer")
+        self.assertEqual((first.sip_sent, again.sip_sent), ([], []))
+        self.agent.handle.resume_settled(True, 4)
+        self.assertEqual(
+            (first.sip_sent, again.sip_sent),
+            ([], [(1, b"BYE before the answer"), (1, b"ACK before the answer")]),
+        )
+        self.agent.handle.send_sip(1, b"BYE after")
+        self.assertEqual(again.sip_sent[-1], (1, b"BYE after"))
+        self.assertEqual((self.agent.handle.dropped, self.agent.to_app), (0, []))
+
     def test_retry_after_from_the_reconnect_schedule(self) -> None:
         """
         The service's C{retry_after} is the time to the next attempt, at

@@ -216,7 +216,9 @@ class AgentTunnelHandle:
     acknowledged by the contact point: C{sip-seq}) is I{carried}
     (L{carry}): it goes again on the resumed session only when the
     contact point resumed it with its calls (L{resume_settled}), first,
-    and what the phones sent meanwhile waits for that answer behind it.
+    and what the phones sent meanwhile waits for that answer behind it;
+    it waits for the answer also when nothing was carried, so that a new
+    connection that breaks before the answer takes none of it along.
     A contact point that restarted, or kept only the registrations, has
     no calls for it: there it is dropped.
 
@@ -443,10 +445,13 @@ class AgentTunnelHandle:
         self.current = tunnel
         self._told = False
         self._cancel_hold()
-        if self._carried:
-            # the resumption's answer decides whether they go; what the
-            # phones sent meanwhile waits behind them (not longer than
-            # SIP waits for a resumption)
+        if self._carried or self.carried_next is not None:
+            # a resumption of a session whose SIP is numbered: its answer
+            # decides whether the carried SIP goes, and what the phones
+            # sent meanwhile waits behind it (not longer than SIP waits
+            # for a resumption), also when nothing was carried: SIP sent
+            # on this connection before the answer would carry the fresh
+            # session's numbers and be lost with it if it broke first
             self._answer_due = True
             if self._held and self._clock is not None:
                 self._hold_timer = self._clock.callLater(self.resume_hold, self.release_held)

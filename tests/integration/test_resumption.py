@@ -273,10 +273,14 @@ class KeylessResumptionTests(_LoopbackPair):
     @defer.inlineCallbacks
     def test_hang_up_before_the_answer(self) -> Any:
         """
-        A BYE that goes on the new connection after the resumption's offer
-        but before the contact point's answer reached the agent ends the
-        call's media on the agent at once, as the resumed session's (not
-        as the new connection's fresh one).
+        A BYE the phone sends once the new connection is up, after the
+        resumption's offer but before the contact point's answer reached
+        the agent, ends the call's media on the agent at once, as the
+        resumed session's (not as the new connection's fresh one), and
+        waits on the agent for the answer (the session's SIP is numbered:
+        sent before the answer it would carry the fresh session's numbers
+        and be lost if this connection broke too); it goes then, and the
+        call ends with 200.
         """
         alice, bob, a_call, b_call = yield self.call()
         agent1 = self.agents[0]
@@ -292,11 +296,12 @@ class KeylessResumptionTests(_LoopbackPair):
         yield wait_until(lambda: agent1.handle.current is not None and resumption.resuming, timeout=5)
         a_call.stop_media()
         b_call.stop_media()
-        response = yield alice.hang_up(a_call)
-        self.assertEqual(response.status, 200)
-        self.assertEqual(resumption.resumed, 0)
-        yield wait_until(lambda: resumption.resumed == 1, timeout=3)
-        self.assertEqual((agent1.media.calls, agent1.media.open_sockets), (0, 0))
+        held = agent1.handle.counters["held_resuming"]
+        bye = alice.hang_up(a_call)
+        yield wait_until(lambda: agent1.handle.counters["held_resuming"] > held, timeout=3)
+        self.assertEqual((resumption.resumed, agent1.media.calls, agent1.media.open_sockets), (0, 0, 0))
+        response = yield bye
+        self.assertEqual((response.status, resumption.resumed), (200, 1))
         yield wait_until(lambda: self.contact.media.calls == 0, timeout=3)
 
     @defer.inlineCallbacks
