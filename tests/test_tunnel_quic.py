@@ -189,6 +189,30 @@ class QuicTunnelTests(SynchronousTestCase):
         self.assertEqual(contact_quic.stats.datagrams_sent, 1)
         self.assertEqual(contact.connection.stats.datagrams_in, 3)
 
+    def test_packets_the_socket_refused(self) -> None:
+        """
+        A packet the UDP socket refuses (its send buffer full) is counted
+        (C{packets_unsent}) and lost as on the network: its media datagram
+        is gone, the SIP in it comes again, and the connection goes on.
+        """
+        agent, agent_quic, _ = self.connect()
+        cid = agent.open_channel(ChannelKind.DATAGRAM, {"use": "media"})
+        self.pipe.pump()
+        send = agent_quic._send
+
+        def refuse(data: bytes, addr: Any) -> bool:
+            return False
+
+        agent_quic._send = refuse
+        agent.send_datagram(cid, b"rtp-refused")
+        self.assertTrue(agent.send_sip(7, b"REGISTER refused once"))
+        self.assertGreaterEqual(agent_quic.stats.packets_unsent, 1)
+        agent_quic._send = send
+        agent.send_datagram(cid, b"rtp-after")
+        self.pipe.pump()
+        got = [c for c in self.contact_app.calls if c[0] in ("datagram", "sip")]
+        self.assertEqual(got, [("datagram", cid, b"rtp-after", 0), ("sip", 7, b"REGISTER refused once")])
+
     def test_malformed_and_early_datagrams(self) -> None:
         """
         A QUIC DATAGRAM frame that is not one tunnel DATAGRAM frame is

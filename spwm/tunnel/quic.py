@@ -196,6 +196,9 @@ class QuicStats:
     @ivar datagrams_dropped_early: received before the tunnel handshake
         or for a channel not open (yet: the datagram overtook its open on
         the stream, or no more).
+    @ivar packets_unsent: QUIC packets the UDP socket refused (its send
+        buffer full, the network unreachable): lost as on the network;
+        QUIC sends again what needs it, a media datagram in one is gone.
     """
 
     datagrams_sent: int = 0
@@ -204,6 +207,7 @@ class QuicStats:
     datagrams_dropped_queue: int = 0
     datagrams_dropped_malformed: int = 0
     datagrams_dropped_early: int = 0
+    packets_unsent: int = 0
 
 
 def _address(host: str, port: int) -> IPv4Address | IPv6Address:
@@ -295,7 +299,7 @@ class QuicTunnelTransport:
         self,
         quic: QuicConnection,
         clock: IReactorTime,
-        send: Callable[[bytes, Any], None],
+        send: Callable[[bytes, Any], bool | None],
         peer: tuple[str, int],
         host: Any,
         *,
@@ -306,7 +310,8 @@ class QuicTunnelTransport:
         server_name: str | None = None,
     ) -> None:
         """
-        @param send: C{send(data, addr)} writes one UDP datagram.
+        @param send: C{send(data, addr)} writes one UDP datagram; it
+            returns C{False} when the socket refused it (counted).
         @param peer: the peer's C{(host, port)}.
         @param host: our address (C{getHost}).
         @param on_terminated: told once, when the QUIC connection has ended.
@@ -367,8 +372,8 @@ class QuicTunnelTransport:
         self._service()
 
     def _write_udp(self, data: bytes, addr: Any) -> None:
-        if not self.blackhole:
-            self._send(data, addr)
+        if not self.blackhole and self._send(data, addr) is False:
+            self.stats.packets_unsent += 1
 
     def _service(self) -> None:
         # Events (they may write), then what QUIC has to send (which may end
@@ -553,12 +558,14 @@ class QuicTunnelTransport:
         if stats.datagrams_sent or stats.datagrams_received:
             self.log.info(
                 "QUIC connection with {peer} ended: {sent} media datagrams sent, {received} received,"
-                " {dropped} dropped waiting for the congestion window, {on_stream} too large (sent on the stream)",
+                " {dropped} dropped waiting for the congestion window, {on_stream} too large (sent on the stream),"
+                " {unsent} packets the socket refused",
                 peer=self._peer_text(),
                 sent=stats.datagrams_sent,
                 received=stats.datagrams_received,
                 dropped=stats.datagrams_dropped_queue,
                 on_stream=stats.datagrams_on_stream,
+                unsent=stats.packets_unsent,
             )
         # Later, as a TCP transport does: the protocol may be in the middle
         # of closing us.
@@ -920,14 +927,17 @@ class QuicListener(DatagramProtocol):
         quic.receive_datagram(data, addr, self.clock.seconds())
         transport.attach(protocol)
 
-    def _write(self, data: bytes, addr: Any) -> None:
-        if self.transport is not None:
-            try:
-                self.transport.write(data, addr)
-            except OSError as e:
-                tally = self._throttle.hit("send")
-                if tally is not None:
-                    self.log.warn("cannot send QUIC to {peer}: {error}", peer=addr, error=str(e))
+    def _write(self, data: bytes, addr: Any) -> bool:
+        if self.transport is None:
+            return False
+        try:
+            self.transport.write(data, addr)
+        except OSError as e:
+            tally = self._throttle.hit("send")
+            if tally is not None:
+                self.log.warn("cannot send QUIC to {peer}: {error}", peer=addr, error=str(e))
+            return False
+        return True
 
     def _cid(self, transport: QuicTunnelTransport, cid: bytes, issued: bool) -> None:
         if issued:
@@ -1165,13 +1175,15 @@ class QuicClientEndpoint:
         port = self._reactor.listenUDP(0, udp, interface="::" if ":" in ip else "0.0.0.0")
         set_socket_buffers(port, self._limits.socket_buffer)
 
-        def send(data: bytes, addr: Any) -> None:
+        def send(data: bytes, addr: Any) -> bool:
             try:
                 port.write(data, addr)
             except OSError:
-                # the network is unreachable now: QUIC retransmits, the
-                # handshake or idle timeout ends it
-                pass
+                # the network is unreachable now, or the socket's buffer
+                # is full: QUIC retransmits, the handshake or idle timeout
+                # ends it (counted: QuicStats.packets_unsent)
+                return False
+            return True
 
         def terminated(_: QuicTunnelTransport) -> None:
             udp.quic = None
