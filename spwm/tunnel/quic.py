@@ -559,13 +559,16 @@ class QuicTunnelTransport:
             self.log.info(
                 "QUIC connection with {peer} ended: {sent} media datagrams sent, {received} received,"
                 " {dropped} dropped waiting for the congestion window, {on_stream} too large (sent on the stream),"
-                " {unsent} packets the socket refused",
+                " {unsent} packets the socket refused; {early} received for a channel not open (yet, or any more),"
+                " {malformed} malformed",
                 peer=self._peer_text(),
                 sent=stats.datagrams_sent,
                 received=stats.datagrams_received,
                 dropped=stats.datagrams_dropped_queue,
                 on_stream=stats.datagrams_on_stream,
                 unsent=stats.packets_unsent,
+                early=stats.datagrams_dropped_early,
+                malformed=stats.datagrams_dropped_malformed,
             )
         # Later, as a TCP transport does: the protocol may be in the middle
         # of closing us.
