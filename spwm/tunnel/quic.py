@@ -142,6 +142,15 @@ class FrameSplitter:
         """
         return not self._buf and not self._preface
 
+    @property
+    def preface_done(self) -> bool:
+        """
+        Whether the preface is behind: from then on only whole frames come
+        out, so what they were fed to ends at a frame boundary (a partial
+        frame stays here).
+        """
+        return not self._preface
+
     def split(self, data: bytes) -> list[tuple[bool, bytes]]:
         """
         @return: C{(is_datagram, piece)} in stream order: runs of whole
@@ -512,7 +521,7 @@ class QuicTunnelTransport:
         tunnel = self._tunnel()
         connection = getattr(tunnel, "connection", None)
         if (
-            not self._in.at_boundary
+            not self._in.preface_done
             or connection is None
             or not tunnel.is_open
             or not connection.is_open_channel((data[2] << 24) | (data[3] << 16) | (data[4] << 8) | data[5])
@@ -520,6 +529,8 @@ class QuicTunnelTransport:
             # Before the tunnel handshake, or before the channel's open (a
             # QUIC datagram may overtake the stream), the core would take
             # it for a protocol error: a datagram is just dropped instead.
+            # (A partial frame of the stream waiting in the splitter is no
+            # reason: the core has been given whole frames only.)
             self.stats.datagrams_dropped_early += 1
             return
         self.stats.datagrams_received += 1
