@@ -2025,9 +2025,10 @@ class PathCountTests(SynchronousTestCase):
 
 class PathCountLoadTests(SynchronousTestCase):
     """
-    L{PathCount.load}: a heavy media load on a lossy link asks for
-    connections at once, whatever the stalls; a shrink never goes below
-    it; no load, no change.
+    L{PathCount.load}: a heavy media load on a lossy link, held for
+    C{count_load_hold}, asks for connections whatever the stalls, and
+    keeps them for C{count_load_linger} after it last asked; the stall
+    rules count apart from it; no load, no change.
     """
 
     def test_grows_to_the_load(self) -> None:
@@ -2038,48 +2039,116 @@ class PathCountLoadTests(SynchronousTestCase):
         C{max_paths}; a load that is not copied (a clean link) or below
         C{spread_rate} or above C{spread_max_rate} asks for nothing.
         """
-        limits = PathLimits(spread_copies=2, count_load_rate=125.0, count_load_ceiling=10, max_paths=12, spread_max_rate=6000.0)
+        limits = PathLimits(
+            spread_copies=2,
+            count_load_rate=125.0,
+            count_load_ceiling=10,
+            max_paths=12,
+            spread_max_rate=6000.0,
+            count_load_hold=0.0,
+            count_load_linger=0.0,
+        )
         count = PathCount(2, 4, limits)
         count.load(500.0, copied=False)
         self.assertEqual(count.decide(0.0), 2)
         count.load(140.0, copied=True)
         self.assertEqual(count.decide(1.0), 2)
         count.load(500.0, copied=True)
-        self.assertEqual(count.for_load, 8)
         self.assertEqual(count.decide(2.0), 8)
+        self.assertEqual(count.for_load, 8)
         self.assertEqual(count.snapshot()["connections_load_grown"], 1)
+        self.assertEqual(count.why, "the media load on a lossy link needs more connections")
         count.load(5000.0, copied=True)
         self.assertEqual(count.decide(3.0), 10)
         count.load(6001.0, copied=True)
+        count.decide(4.0)
         self.assertEqual(count.for_load, 0)
-        small = PathCount(2, 4, PathLimits(count_load_ceiling=10, max_paths=6, spread_max_rate=6000.0))
+        small = PathCount(2, 4, PathLimits(count_load_ceiling=10, max_paths=6, spread_max_rate=6000.0, count_load_hold=0.0))
         small.load(5000.0, copied=True)
         self.assertEqual(small.decide(0.0), 6)
-        # the defaults: ten G.711 calls (500/s) want 16
+        # the defaults: ten G.711 calls (500/s) want 16, once they have
+        # for count_load_hold (3 s), decided every half second
         default = PathCount(2, 4)
-        default.load(500.0, copied=True)
-        self.assertEqual(default.decide(0.0), 16)
+        for k in range(7):
+            default.load(500.0, copied=True)
+            self.assertEqual(default.decide(k / 2), 16 if k == 6 else 2)
         # ... and 500 calls (25,000/s) none: the CPU, not the link, is the
         # limit there
-        heavy = PathCount(2, 4)
+        heavy = PathCount(2, 4, PathLimits(count_load_hold=0.0))
         heavy.load(25000.0, copied=True)
-        self.assertEqual((heavy.for_load, heavy.decide(0.0)), (0, 2))
+        self.assertEqual((heavy.decide(0.0), heavy.for_load), (2, 0))
 
-    def test_shrinks_not_below_the_load(self) -> None:
+    def test_a_load_passing_through_asks_for_nothing(self) -> None:
         """
-        While the load holds, quiet spells do not drop connections it
-        needs; once it is gone, one goes per quiet spell as before.
+        The calls of a CPU's load ending: 8,000 datagrams/s down to none
+        over 8 s, copied all along (a spurious retransmission on a
+        saturated machine), decided every half second.  The rate is
+        within C{spread_rate} .. C{spread_max_rate} for under 2 s on the
+        way down: no connection more (without the hold it asked for 16).
+        A burst of a second, or one that breaks off for one decision,
+        asks for none either; the same rate held 3 s does.
         """
-        limits = PathLimits(count_quiet=10.0, spread_copies=2, count_load_rate=125.0)
+
+        def run(rates: list[float], hold: float | None = None) -> int:
+            limits = PathLimits() if hold is None else PathLimits(count_load_hold=hold)
+            count = PathCount(2, 4, limits)
+            most = 0
+            for k, rate in enumerate(rates):
+                count.load(rate, copied=True)
+                most = max(most, count.decide(k / 2))
+            return most
+
+        ramp = [max(0.0, 8000.0 - 1000.0 * k / 2) for k in range(20)]
+        self.assertEqual(run(ramp), 2)
+        self.assertEqual(run(ramp, hold=0.0), 16)
+        self.assertEqual(run([0.0, 500.0, 500.0, 0.0] * 5), 2)
+        self.assertEqual(run([500.0] * 6 + [3000.0] + [500.0] * 6), 2)
+        self.assertEqual(run([500.0] * 7), 16)
+
+    def test_load_connections_linger_then_go_together(self) -> None:
+        """
+        While the load asks, quiet spells drop none of its connections;
+        they stay for C{count_load_linger} after it last asked for them
+        (a smaller load keeps the larger count meanwhile), then go at
+        once, down to what the stall rules want (the floor here).
+        """
+        limits = PathLimits(count_quiet=10.0, spread_copies=2, count_load_rate=125.0, count_load_hold=0.0, count_load_linger=10.0)
         count = PathCount(2, 4, limits)
         count.load(300.0, copied=True)  # 5 connections
         self.assertEqual(count.decide(0.0), 5)
         self.assertEqual(count.decide(100.0), 5)
         count.load(200.0, copied=True)  # 4
-        self.assertEqual(count.decide(110.0), 4)
-        self.assertEqual(count.decide(115.0), 4)  # not a quiet spell since the change
+        self.assertEqual(count.decide(105.0), 5)
+        self.assertEqual(count.decide(110.0), 5)
+        self.assertEqual(count.decide(110.5), 4)
         count.load(0.0, copied=False)
-        self.assertEqual(count.decide(120.0), 3)
-        self.assertEqual(count.decide(125.0), 3)
-        self.assertEqual(count.decide(130.0), 2)
+        self.assertEqual(count.decide(115.0), 4)
+        self.assertEqual(count.decide(120.5), 4)
+        self.assertEqual(count.decide(121.0), 2)
+        self.assertEqual(count.why, "the media load that wanted them is gone")
+        self.assertEqual(count.snapshot()["connections_shrunk"], 2)
         self.assertEqual(count.decide(1000.0), 2)
+
+    def test_stalls_count_apart_from_the_load(self) -> None:
+        """
+        Stalls that grew the count to 4 before the load came keep it at 4
+        when the load's 8 connections go; the quiet spell then drops one
+        at a time, as without a load.
+        """
+        limits = PathLimits(
+            count_quiet=10.0, count_grow_step=2, count_load_hold=0.0, count_load_linger=5.0, count_covered_after=0.0
+        )
+        count = PathCount(2, 4, limits)
+        for t in (0.0, 0.5, 1.0):
+            count.stall(t)
+        self.assertEqual(count.decide(1.0), 4)
+        count.load(250.0, copied=True)  # ceil(250 * 4 / 125) = 8
+        self.assertEqual(count.decide(2.0), 8)
+        count.load(0.0, copied=False)
+        self.assertEqual(count.decide(7.0), 8)
+        self.assertEqual(count.decide(7.5), 4)
+        self.assertEqual(count.decide(11.0), 4)
+        self.assertEqual(count.decide(12.0), 3)
+        self.assertEqual(count.why, "no media stall for 10 s")
+        self.assertEqual(count.decide(22.0), 2)
+        self.assertEqual(count.decide(40.0), 2)

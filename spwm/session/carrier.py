@@ -1693,11 +1693,13 @@ class PathKeeper:
                 )
             self._fill()
             return
+        fewer = self.extra - extra
         self.extra = extra
         self.log.info(
-            "session {session_id}: no media stall for {quiet:.0f} s; dropping a connection ({wanted} wanted)",
+            "session {session_id}: {why}; dropping {what} ({wanted} wanted)",
             session_id=session,
-            quiet=count.quiet,
+            why=count.why,
+            what="a connection" if fewer == 1 else f"{fewer} connections",
             wanted=count.wanted,
         )
         while len(self._mine) > self.extra:

@@ -1168,9 +1168,14 @@ class PathCount:
        C{spread_rate} datagrams a second or more, the scheduler spreads
        it, C{spread_copies} of the connections per datagram; then at
        least C{rate * spread_copies / count_load_rate} connections (up
-       to C{count_load_ceiling}) are wanted at once, whatever the
-       stalls, so that each carries a share it can; a shrink never goes
-       below it (L{load}).
+       to C{count_load_ceiling}) are wanted, whatever the stalls, so
+       that each carries a share it can (L{load}): once the load has
+       asked for them without a break for C{count_load_hold} (a rate
+       passing through on its way down from a CPU's load, many calls
+       ending, or a moment's burst asks for none), and for
+       C{count_load_linger} after it last asked (the next calls find
+       them); then the count goes back at once to what the stalls ask
+       for.  The stall rules above count apart from the load.
 
     Pure: the adapter feeds L{arrivals} and asks L{decide} now and then
     (every half second is plenty: the decisions are seconds apart).
@@ -1207,9 +1212,19 @@ class PathCount:
         self._last_arrival: float | None = None
         self._pause_end: float | None = None
         self._burst = 0
-        #: the connections the media load asks for now (0: none)
+        #: the connections the media load asks for now (0: none), held
+        #: and lingering (L{decide})
         self.for_load = 0
         self.load_grows = 0
+        #: what the stall rules alone want
+        self._by_stalls = floor
+        #: what the load asked for at the last L{load} call
+        self._load_ask = 0
+        #: (time, ask) at each L{decide} within C{count_load_hold}, and
+        #: one before it (the ask in effect at the window's start)
+        self._load_asks: deque[tuple[float, int]] = deque()
+        #: (time, held ask) at each L{decide} within C{count_load_linger}
+        self._load_held: deque[tuple[float, int]] = deque()
 
     def arrivals(self, now: float, count: int = 1, covered: bool = True) -> None:
         """
@@ -1268,9 +1283,34 @@ class PathCount:
         limits = self.limits
         if copied and limits.spread_rate and limits.spread_rate <= rate <= limits.spread_max_rate:
             wanted = math.ceil(rate * limits.spread_copies / limits.count_load_rate)
-            self.for_load = max(self.floor, min(limits.count_load_ceiling, limits.max_paths, wanted))
+            self._load_ask = max(self.floor, min(limits.count_load_ceiling, limits.max_paths, wanted))
         else:
-            self.for_load = 0
+            self._load_ask = 0
+
+    def _for_load(self, now: float) -> int:
+        """
+        @return: the connections the load asks for at C{now}: the least it
+            asked for over the last C{count_load_hold} (0 unless it asked
+            at the start of that window too), the most of that over the
+            last C{count_load_linger}.
+        """
+        limits = self.limits
+        asks = self._load_asks
+        if asks and asks[-1][0] >= now:
+            asks.pop()
+        asks.append((now, self._load_ask))
+        start = now - limits.count_load_hold
+        while len(asks) > 1 and asks[1][0] <= start:
+            asks.popleft()
+        held = min(a for _, a in asks) if asks[0][0] <= start else 0
+        lingering = self._load_held
+        if lingering and lingering[-1][0] >= now:
+            held = max(held, lingering.pop()[1])
+        if held:
+            lingering.append((now, held))
+        while lingering and lingering[0][0] < now - limits.count_load_linger:
+            lingering.popleft()
+        return max((h for _, h in lingering), default=0)
 
     def late_loss(self, now: float) -> None:
         """
@@ -1290,24 +1330,20 @@ class PathCount:
         @param grow: whether the count may grow now (not while the media
             goes on a QUIC path: more TCP connections would carry none of
             it); it may shrink all the same.
-        @return: L{wanted}, up to what the load asks for, else up by at
-            most C{count_grow_step} or down by one.
+        @return: L{wanted}: the more of what the stall rules want (up by
+            at most C{count_grow_step} or down by one) and what the load
+            asks for.
         """
         limits = self.limits
         stalls = self._stalls
         window = now - limits.count_grow_window
         if not grow:
             stalls.clear()
-        if grow and self.for_load > self.wanted:
-            self.wanted = self.for_load
-            self.grows += 1
-            self.load_grows += 1
-            self.why = "the media load on a lossy link needs more connections"
-            self._changed = now
-            stalls.clear()
-        elif (
+        self.for_load = self._for_load(now)
+        quiet = False
+        if (
             grow
-            and self.wanted < self.ceiling
+            and self._by_stalls < self.ceiling
             and (len(stalls) == stalls.maxlen and stalls[0] >= window or self._late_loss >= window)
             and now - self._changed >= limits.count_grow_hold
         ):
@@ -1316,8 +1352,7 @@ class PathCount:
                 if len(stalls) == stalls.maxlen and stalls[0] >= window
                 else "the kernel retransmits on a connection whose round trip leaves no time for it"
             )
-            self.wanted = min(self.ceiling, self.wanted + limits.count_grow_step)
-            self.grows += 1
+            self._by_stalls = min(self.ceiling, self._by_stalls + limits.count_grow_step)
             if now - self._shrunk <= limits.count_flap_memory:
                 self.quiet = min(limits.count_quiet_max, 2 * self.quiet)
             else:
@@ -1326,13 +1361,25 @@ class PathCount:
             stalls.clear()
             self._late_loss = float("-inf")
         elif (
-            self.wanted > max(self.floor, self.for_load)
+            self._by_stalls > self.floor
             and now - self._last_stall >= self.quiet
             and now - self._changed >= self.quiet
         ):
-            self.wanted -= 1
-            self.shrinks += 1
+            self._by_stalls -= 1
+            quiet = True
             self._changed = self._shrunk = now
+        wanted = max(self._by_stalls, self.for_load if grow else min(self.for_load, self.wanted))
+        if wanted > self.wanted:
+            if self.for_load == wanted:
+                self.load_grows += 1
+                self.why = "the media load on a lossy link needs more connections"
+                self._changed = now
+                stalls.clear()
+            self.grows += 1
+        elif wanted < self.wanted:
+            self.why = f"no media stall for {self.quiet:.0f} s" if quiet else "the media load that wanted them is gone"
+            self.shrinks += 1
+        self.wanted = wanted
         return self.wanted
 
     def snapshot(self) -> dict[str, Any]:
