@@ -2025,10 +2025,10 @@ class PathCountTests(SynchronousTestCase):
 
 class PathCountLoadTests(SynchronousTestCase):
     """
-    L{PathCount.load}: a heavy media load on a lossy link, held for
-    C{count_load_hold}, asks for connections whatever the stalls, and
-    keeps them for C{count_load_linger} after it last asked; the stall
-    rules count apart from it; no load, no change.
+    L{PathCount.load}: a heavy media load on a lossy link that does not
+    fall asks for connections at once, whatever the stalls, and keeps
+    them for C{count_load_linger} after it last asked; the stall rules
+    count apart from it; no load, no change.
     """
 
     def test_grows_to_the_load(self) -> None:
@@ -2045,7 +2045,7 @@ class PathCountLoadTests(SynchronousTestCase):
             count_load_ceiling=10,
             max_paths=12,
             spread_max_rate=6000.0,
-            count_load_hold=0.0,
+            count_load_trend=0.0,
             count_load_linger=0.0,
         )
         count = PathCount(2, 4, limits)
@@ -2063,47 +2063,50 @@ class PathCountLoadTests(SynchronousTestCase):
         count.load(6001.0, copied=True)
         count.decide(4.0)
         self.assertEqual(count.for_load, 0)
-        small = PathCount(2, 4, PathLimits(count_load_ceiling=10, max_paths=6, spread_max_rate=6000.0, count_load_hold=0.0))
+        small = PathCount(2, 4, PathLimits(count_load_ceiling=10, max_paths=6, spread_max_rate=6000.0))
         small.load(5000.0, copied=True)
         self.assertEqual(small.decide(0.0), 6)
-        # the defaults: ten G.711 calls (500/s) want 16, once they have
-        # for count_load_hold (3 s), decided every half second
+        # the defaults: ten G.711 calls (500/s) want 16
         default = PathCount(2, 4)
-        for k in range(7):
-            default.load(500.0, copied=True)
-            self.assertEqual(default.decide(k / 2), 16 if k == 6 else 2)
+        default.load(500.0, copied=True)
+        self.assertEqual(default.decide(0.0), 16)
         # ... and 500 calls (25,000/s) none: the CPU, not the link, is the
         # limit there
-        heavy = PathCount(2, 4, PathLimits(count_load_hold=0.0))
+        heavy = PathCount(2, 4)
         heavy.load(25000.0, copied=True)
         self.assertEqual((heavy.decide(0.0), heavy.for_load), (2, 0))
 
-    def test_a_load_passing_through_asks_for_nothing(self) -> None:
+    def test_a_falling_load_asks_for_nothing(self) -> None:
         """
         The calls of a CPU's load ending: 8,000 datagrams/s down to none
         over 8 s, copied all along (a spurious retransmission on a
-        saturated machine), decided every half second.  The rate is
-        within C{spread_rate} .. C{spread_max_rate} for under 2 s on the
-        way down: no connection more (without the hold it asked for 16).
-        A burst of a second, or one that breaks off for one decision,
-        asks for none either; the same rate held 3 s does.
+        saturated machine), decided every half second.  On the way down
+        the rate is within C{spread_rate} .. C{spread_max_rate} but lower
+        than C{count_load_trend} before: no connection more (without the
+        rule it asked for 16).  Ten calls starting one a second, and ten
+        calls whose rate wobbles around 500/s, ask at once; 30 calls
+        ending (1,500/s down to none) keep what they had.
         """
 
-        def run(rates: list[float], hold: float | None = None) -> int:
-            limits = PathLimits() if hold is None else PathLimits(count_load_hold=hold)
+        def run(rates: list[float], trend: float | None = None) -> list[int]:
+            limits = PathLimits() if trend is None else PathLimits(count_load_trend=trend)
             count = PathCount(2, 4, limits)
-            most = 0
+            wanted = []
             for k, rate in enumerate(rates):
                 count.load(rate, copied=True)
-                most = max(most, count.decide(k / 2))
-            return most
+                wanted.append(count.decide(k / 2))
+            return wanted
 
-        ramp = [max(0.0, 8000.0 - 1000.0 * k / 2) for k in range(20)]
-        self.assertEqual(run(ramp), 2)
-        self.assertEqual(run(ramp, hold=0.0), 16)
-        self.assertEqual(run([0.0, 500.0, 500.0, 0.0] * 5), 2)
-        self.assertEqual(run([500.0] * 6 + [3000.0] + [500.0] * 6), 2)
-        self.assertEqual(run([500.0] * 7), 16)
+        down = [max(0.0, 8000.0 - 1000.0 * k / 2) for k in range(20)]
+        self.assertEqual(max(run(down)), 2)
+        self.assertEqual(max(run(down, trend=0.0)), 16)
+        up = [min(500.0, 25.0 * k) for k in range(24)]  # a call a second
+        self.assertEqual(run(up)[5:9], [2, 5, 6, 7])  # from 150/s (three calls) on: at once
+        self.assertEqual(run(up)[-1], 16)
+        wobble = [500.0 + (10.0 if k % 3 else -10.0) for k in range(10)]
+        self.assertEqual(run(wobble)[0], 16)
+        ending = [1500.0] * 4 + [1500.0 - 100.0 * k for k in range(16)]
+        self.assertEqual(run(ending), [16] * 20)
 
     def test_load_connections_linger_then_go_together(self) -> None:
         """
@@ -2112,7 +2115,7 @@ class PathCountLoadTests(SynchronousTestCase):
         (a smaller load keeps the larger count meanwhile), then go at
         once, down to what the stall rules want (the floor here).
         """
-        limits = PathLimits(count_quiet=10.0, spread_copies=2, count_load_rate=125.0, count_load_hold=0.0, count_load_linger=10.0)
+        limits = PathLimits(count_quiet=10.0, spread_copies=2, count_load_rate=125.0, count_load_linger=10.0)
         count = PathCount(2, 4, limits)
         count.load(300.0, copied=True)  # 5 connections
         self.assertEqual(count.decide(0.0), 5)
@@ -2136,7 +2139,7 @@ class PathCountLoadTests(SynchronousTestCase):
         at a time, as without a load.
         """
         limits = PathLimits(
-            count_quiet=10.0, count_grow_step=2, count_load_hold=0.0, count_load_linger=5.0, count_covered_after=0.0
+            count_quiet=10.0, count_grow_step=2, count_load_linger=5.0, count_covered_after=0.0
         )
         count = PathCount(2, 4, limits)
         for t in (0.0, 0.5, 1.0):

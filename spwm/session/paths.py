@@ -1169,13 +1169,13 @@ class PathCount:
        it, C{spread_copies} of the connections per datagram; then at
        least C{rate * spread_copies / count_load_rate} connections (up
        to C{count_load_ceiling}) are wanted, whatever the stalls, so
-       that each carries a share it can (L{load}): once the load has
-       asked for them without a break for C{count_load_hold} (a rate
-       passing through on its way down from a CPU's load, many calls
-       ending, or a moment's burst asks for none), and for
-       C{count_load_linger} after it last asked (the next calls find
-       them); then the count goes back at once to what the stalls ask
-       for.  The stall rules above count apart from the load.
+       that each carries a share it can (L{load}): while the rate is not
+       lower than C{count_load_trend} before (a falling load, calls
+       ending, needs no more connections than it has: a rate passing
+       through on its way down from a CPU's load asks for none), and
+       for C{count_load_linger} after it last asked (the next calls
+       find them); then the count goes back at once to what the stalls
+       ask for.  The stall rules above count apart from the load.
 
     Pure: the adapter feeds L{arrivals} and asks L{decide} now and then
     (every half second is plenty: the decisions are seconds apart).
@@ -1218,11 +1218,12 @@ class PathCount:
         self.load_grows = 0
         #: what the stall rules alone want
         self._by_stalls = floor
-        #: what the load asked for at the last L{load} call
+        #: what the load asked for at the last L{load} call, and its rate
         self._load_ask = 0
-        #: (time, ask) at each L{decide} within C{count_load_hold}, and
-        #: one before it (the ask in effect at the window's start)
-        self._load_asks: deque[tuple[float, int]] = deque()
+        self._load_rate = 0.0
+        #: (time, rate) at each L{decide} within C{count_load_trend}, and
+        #: one before it (the rate at the window's start)
+        self._load_rates: deque[tuple[float, float]] = deque()
         #: (time, held ask) at each L{decide} within C{count_load_linger}
         self._load_held: deque[tuple[float, int]] = deque()
 
@@ -1281,6 +1282,7 @@ class PathCount:
         CPU's load, not a link's, to copy.
         """
         limits = self.limits
+        self._load_rate = rate
         if copied and limits.spread_rate and limits.spread_rate <= rate <= limits.spread_max_rate:
             wanted = math.ceil(rate * limits.spread_copies / limits.count_load_rate)
             self._load_ask = max(self.floor, min(limits.count_load_ceiling, limits.max_paths, wanted))
@@ -1289,20 +1291,23 @@ class PathCount:
 
     def _for_load(self, now: float) -> int:
         """
-        @return: the connections the load asks for at C{now}: the least it
-            asked for over the last C{count_load_hold} (0 unless it asked
-            at the start of that window too), the most of that over the
-            last C{count_load_linger}.
+        @return: the connections the load asks for at C{now}: what it asks
+            for now unless its rate is lower than C{count_load_trend}
+            before (it falls: calls end), the most of that over the last
+            C{count_load_linger}.
         """
         limits = self.limits
-        asks = self._load_asks
-        if asks and asks[-1][0] >= now:
-            asks.pop()
-        asks.append((now, self._load_ask))
-        start = now - limits.count_load_hold
-        while len(asks) > 1 and asks[1][0] <= start:
-            asks.popleft()
-        held = min(a for _, a in asks) if asks[0][0] <= start else 0
+        rates = self._load_rates
+        if rates and rates[-1][0] >= now:
+            rates.pop()
+        rate = self._load_rate
+        rates.append((now, rate))
+        start = now - limits.count_load_trend
+        while len(rates) > 1 and rates[1][0] <= start:
+            rates.popleft()
+        held = self._load_ask
+        if rates[0][0] <= start and rate < rates[0][1]:
+            held = 0
         lingering = self._load_held
         if lingering and lingering[-1][0] >= now:
             held = max(held, lingering.pop()[1])
