@@ -2108,6 +2108,51 @@ class PathCountLoadTests(SynchronousTestCase):
         ending = [1500.0] * 4 + [1500.0 - 100.0 * k for k in range(16)]
         self.assertEqual(run(ending), [16] * 20)
 
+    @given(
+        st.floats(2001.0, 30000.0),
+        st.lists(st.tuples(st.floats(0.01, 0.5), st.floats(0.1, 3000.0)), min_size=1, max_size=120),
+    )
+    @settings(max_examples=200, deadline=None)
+    def test_a_falling_load_never_grows(self, start: float, steps: list[tuple[float, float]]) -> None:
+        """
+        Whatever the pace: a rate that falls at every decision from above
+        C{spread_max_rate}, copied all along, opens no connection.
+        """
+        count = PathCount(2, 4)
+        now, rate = 0.0, start
+        count.load(rate, copied=True)
+        self.assertEqual(count.decide(now), 2)
+        for advance, drop in steps:
+            now += advance
+            rate = max(0.0, rate - drop)
+            count.load(rate, copied=True)
+            self.assertEqual(count.decide(now), 2)
+            if rate == 0.0:
+                break
+
+    @given(st.lists(st.tuples(st.floats(0.0, 5.0), st.floats(0.0, 3000.0), st.booleans()), max_size=150))
+    @settings(max_examples=200, deadline=None)
+    def test_load_within_bounds_and_gone_after_the_linger(self, steps: list[tuple[float, float, bool]]) -> None:
+        """
+        Whatever the load does: the count stays between the floor and the
+        load's ceiling, and exceeds the stall ceiling only within
+        C{count_load_linger} of a decision at which the load could ask
+        (copied, within C{spread_rate} .. C{spread_max_rate}).
+        """
+        limits = PathLimits()
+        count = PathCount(2, 4, limits)
+        now = 0.0
+        could_ask = float("-inf")
+        for advance, rate, copied in steps:
+            now += advance
+            count.load(rate, copied)
+            if copied and limits.spread_rate <= rate <= limits.spread_max_rate:
+                could_ask = now
+            wanted = count.decide(now)
+            self.assertTrue(2 <= wanted <= limits.count_load_ceiling)
+            if wanted > 4:
+                self.assertLessEqual(now - could_ask, limits.count_load_linger)
+
     def test_load_connections_linger_then_go_together(self) -> None:
         """
         While the load asks, quiet spells drop none of its connections;

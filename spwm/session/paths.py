@@ -1306,7 +1306,9 @@ class PathCount:
         while len(rates) > 1 and rates[1][0] <= start:
             rates.popleft()
         held = self._load_ask
-        if rates[0][0] <= start and rate < rates[0][1]:
+        if len(rates) > 1 and rate < rates[0][1]:
+            # lower than C{count_load_trend} before (or than the first
+            # rate told, when that is more recent)
             held = 0
         lingering = self._load_held
         if lingering and lingering[-1][0] >= now:
