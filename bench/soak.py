@@ -32,7 +32,10 @@ after the warm-up, and the same slope over the second half of the calls
 alone (a half that settles has a flatter second half; one that keeps
 something per call does not).  After the calls and C{--settle} seconds
 it checks that each half is back where it was before the first call:
-as many file descriptors, no dialog, stream or channel left.
+as many file descriptors, no dialog, stream or channel left.  The
+session's tunnel connections are counted apart (C{--tunnel-connections
+auto} may have grown them); when the agent ends with more than it started
+with, the lines of its log that opened them are printed.
 
     python3 bench/soak.py                              # 10 minutes, 20 calls/s with media, a cut a minute
     python3 bench/soak.py --minutes 3 --rate 10        # shorter
@@ -438,6 +441,10 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
             f"({fds:+d} against before the first call, {grown:+d} tunnel connections), RSS {after[name]['rss'] / 1024:.1f} MB, "
             f"{_short(after[name]['gauges'])}: {'back to idle' if ok else 'NOT BACK TO IDLE'}"
         )
+        if name == "agent" and grown > 0:
+            # what grew them (--tunnel-connections auto): the count's own words
+            for line in count_changes(pair.agent_log)[-3:]:
+                print(f"    {line}")
     media_ok = True
     if args.scenario == "uac_pcap":
         for name in pids:
@@ -510,6 +517,24 @@ def print_one_way(uac_dir: str, uas_dir: str) -> None:
         late = sum(1 for t in times if t > 0.5)
         parts.append(f"{label} p50 {p50:.1f} / p99 {p99:.0f} / max {times[-1] * 1000:.0f} ms ({late} of {len(times)} over 500 ms)")
     print("  SIP one-way through the pair (first copies, SIPp's message logs): " + "; ".join(parts))
+
+
+def count_changes(log: str) -> list[str]:
+    """
+    @return: the agent log's lines of C{--tunnel-connections auto}
+        changing its count (opening or dropping connections), timestamps
+        kept, the logger's name dropped.
+    """
+    lines = []
+    try:
+        with open(log, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if "PathKeeper#info" in line and ("; opening another" in line or "; spreading them" in line or "; dropping" in line):
+                    stamp, _, text = line.partition(" [")
+                    lines.append(f"{stamp} {text.partition('] ')[2].rstrip()}")
+    except OSError:
+        pass
+    return lines
 
 
 def media_verdict(path: str, side: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """
-Tests for the soak benchmark's choice of SIPp's media ports
-(C{bench/soak.py}).
+Tests for the soak benchmark's choice of SIPp's media ports, its media
+verdict and its reading of the agent's log (C{bench/soak.py}).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import socket
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench.soak import ECHO_PORTS, MEDIA_BASE, UAC_MEDIA_SWEEP, media_verdict
+from bench.soak import ECHO_PORTS, MEDIA_BASE, UAC_MEDIA_SWEEP, count_changes, media_verdict
 from spwm.testing.ports import HIGH, LOW, free_udp_block
 
 
@@ -67,3 +67,32 @@ class MediaVerdictTests(SynchronousTestCase):
             verdict,
             {"answered": 10, "median": 246, "silent": 2, "looped": 1, "examples": ["dead 0", "quiet 3", "loop 59036"]},
         )
+
+
+class CountChangesTests(SynchronousTestCase):
+    def test_the_counts_lines(self) -> None:
+        """
+        The lines of C{--tunnel-connections auto} opening or dropping
+        connections (as an agent logged them), in order, without the
+        logger's name; other lines, and a log that is not there, give
+        nothing.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(
+                "2026-12-05T03:49:17+0000 [spwm.session.carrier.PathSessions#info] session a9f3: connection 1 attached (127.0.0.1:14977); 2 paths\n"
+                "2026-12-05T03:51:42+0000 [spwm.session.carrier.PathKeeper#info] session d779: 1681 media datagrams/s on a lossy link; spreading them over 16 connections\n"
+                "2026-12-05T04:23:07+0000 [spwm.session.carrier.PathKeeper#info] session 788c: the kernel retransmits on a connection whose round trip leaves no time for it; opening another (4 wanted)\n"
+                "2026-12-05T04:24:43+0000 [spwm.session.carrier.PathKeeper#info] session d779: the media load that wanted them is gone; dropping 14 connections (2 wanted)\n"
+                "2026-12-05T04:25:00+0000 [spwm.session.carrier.PathKeeper#info] another connection to the contact point failed: refused\n"
+            )
+        self.assertEqual(
+            count_changes(path),
+            [
+                "2026-12-05T03:51:42+0000 session d779: 1681 media datagrams/s on a lossy link; spreading them over 16 connections",
+                "2026-12-05T04:23:07+0000 session 788c: the kernel retransmits on a connection whose round trip leaves no time for it;"
+                " opening another (4 wanted)",
+                "2026-12-05T04:24:43+0000 session d779: the media load that wanted them is gone; dropping 14 connections (2 wanted)",
+            ],
+        )
+        self.assertEqual(count_changes(path + ".gone"), [])
