@@ -166,9 +166,12 @@ def render(doc: dict[str, Any]) -> str:
             f" max {_cell(loop.get('lag_ms_max'))} ms over the last 10 s"
             + ("; SHORT OF CPU: media and SIP wait as long (docs/operations.md, \"Capacity\")" if late else "")
         )
-    from spwm.status import cdr_line, certificate_lines, proxies_line, tunnel_lines
+    from spwm.status import cdr_line, certificate_lines, connections_line, proxies_line, tunnel_lines
 
     out.extend(tunnel_lines(doc))
+    connections = connections_line(doc)
+    if connections is not None:
+        out.append(connections)
     proxies = proxies_line(doc)
     if proxies is not None:
         out.append(proxies)

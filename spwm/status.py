@@ -285,7 +285,7 @@ HELP: dict[str, str] = {
     "paths_ciphering": "Per-user ciphering of the live sessions with paths: frames sealed, opened, refused (bad tag, replay, unsealed after sealed), unknown (sealed for a flow or channel without a key) (key).",
     "paths_connections_wanted": "Agent, --tunnel-connections auto: connections it keeps attached to its session now.",
     "paths_media_stalls": "Agent, --tunnel-connections auto: pauses in the received media ended by a burst (every connection held it back).",
-    "paths_connections_for_load": "Agent, --tunnel-connections auto: connections the media load asks for now (many calls on a lossy link; 0: none).",
+    "paths_connections_for_load": "Agent, --tunnel-connections auto: connections the media load asks for now or asked for within the last 60 s (many calls on a lossy link; 0: none).",
     "sip_waiting": "SIP messages waiting for a later reactor turn now (the SIP work of a turn is cut at 0.5 ms).",
     "sip_deferred_messages": "SIP messages that waited for a later reactor turn.",
     "sip_deferred_turns": "Reactor turns whose SIP work ran over its 0.5 ms slice (the rest waited).",
@@ -552,6 +552,22 @@ def tunnel_lines(doc: dict[str, Any]) -> list[str]:
             line += f": {tunnel['last_failure']}"
         lines.append(line + "; new SIP requests from phones get 503 until it is up")
     return lines
+
+
+def connections_line(doc: dict[str, Any]) -> str | None:
+    """
+    For the page and C{spwm status}: an agent whose C{--tunnel-connections
+    auto} keeps more connections than it starts with, how many and why (in
+    the words of its log); C{None} otherwise.
+    """
+    paths = doc.get("paths") if doc.get("side") == "agent" else None
+    if not isinstance(paths, dict):
+        return None
+    wanted, floor = paths.get("connections_wanted"), paths.get("connections_floor")
+    if not isinstance(wanted, int) or not isinstance(floor, int) or wanted <= floor:
+        return None
+    why = paths.get("connections_why") or "more were wanted"
+    return f"Tunnel connections: {wanted} (auto starts with {floor}): {why}"
 
 
 def cdr_line(doc: dict[str, Any]) -> str | None:

@@ -16,7 +16,7 @@ import html
 from typing import Any, Callable, Iterable
 from urllib.parse import urlencode
 
-from spwm.status import Query, Status, cdr_line, certificate_lines, proxies_line, summary, tunnel_lines
+from spwm.status import Query, Status, cdr_line, certificate_lines, connections_line, proxies_line, summary, tunnel_lines
 
 __all__ = ["CONTENT_SECURITY_POLICY", "REFRESH", "render_page"]
 
@@ -228,6 +228,9 @@ def render_page(status: Status, query: Query) -> bytes:
         parts.append(f'<p class="proxies">{_e(proxies)}</p>')
     for tunnel in tunnel_lines(doc):
         parts.append(f'<p class="tunnel">{_e(tunnel)}</p>')
+    connections = connections_line(doc)
+    if connections is not None:
+        parts.append(f'<p class="tunnel">{_e(connections)}</p>')
     for certificate in certificate_lines(doc):
         parts.append(f'<p class="certificate">{_e(certificate)}</p>')
     cdr = cdr_line(doc)

@@ -202,6 +202,26 @@ class RenderTests(SynchronousTestCase):
             "Tunnel to cp.example.net:443: idle (on demand: it connects at the next SIP from a phone)",
         )
 
+    def test_tunnel_connections_grown(self) -> None:
+        """
+        An agent whose C{--tunnel-connections auto} keeps more connections
+        than it starts with says how many and why, in its log's words;
+        nothing at the floor, for a fixed count (no count in the document)
+        or for a contact point.
+        """
+        agent = dict(DOC, side="agent")
+        paths = {"paths": 2, "connections_wanted": 2, "connections_floor": 2, "connections_why": ""}
+        self.assertFalse(any(line.startswith("Tunnel connections") for line in render(dict(agent, paths=paths)).splitlines()))
+        self.assertFalse(any(line.startswith("Tunnel connections") for line in render(dict(agent, paths={"paths": 3})).splitlines()))
+        grown = dict(paths, connections_wanted=16, connections_why="the media load on a lossy link needs more connections")
+        self.assertEqual(
+            render(dict(agent, paths=grown)).splitlines()[1],
+            "Tunnel connections: 16 (auto starts with 2): the media load on a lossy link needs more connections",
+        )
+        self.assertFalse(
+            any(line.startswith("Tunnel connections") for line in render(dict(DOC, side="contact", paths=grown)).splitlines())
+        )
+
     def test_cdr_file_losses(self) -> None:
         """
         C{--cdr-file} records that wait for a file that takes no writes, or

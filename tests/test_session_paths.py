@@ -2174,7 +2174,11 @@ class PathCountLoadTests(SynchronousTestCase):
         self.assertEqual(count.decide(120.5), 4)
         self.assertEqual(count.decide(121.0), 2)
         self.assertEqual(count.why, "the media load that wanted them is gone")
-        self.assertEqual(count.snapshot()["connections_shrunk"], 2)
+        snapshot = count.snapshot()
+        self.assertEqual(
+            (snapshot["connections_shrunk"], snapshot["connections_why"], snapshot["connections_for_load"]),
+            (2, "the media load that wanted them is gone", 0),
+        )
         self.assertEqual(count.decide(1000.0), 2)
 
     def test_stalls_count_apart_from_the_load(self) -> None:

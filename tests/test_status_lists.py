@@ -335,6 +335,25 @@ class PageTests(SynchronousTestCase):
         self.assertIn('spwm_cdr_file_write_errors_total{side="contact"} 4.0', text)
         self.assertIn('spwm_cdr_file_waiting{side="contact"} 3.0', text)
 
+    def test_tunnel_connections(self) -> None:
+        """
+        An agent's page says when C{--tunnel-connections auto} keeps more
+        connections than it starts with, and why; the reason is no metric.
+        """
+        status = Status("agent", Clock())
+        paths = {"paths": 2, "connections_wanted": 2, "connections_floor": 2, "connections_why": ""}
+        status.add("paths", lambda: dict(paths))
+        self.assertNotIn("Tunnel connections", render_page(status, Query()).decode())
+        paths.update(connections_wanted=4, connections_why="the media keeps stalling on every connection at once")
+        self.assertIn(
+            '<p class="tunnel">Tunnel connections: 4 (auto starts with 2): the media keeps stalling on every'
+            " connection at once</p>",
+            render_page(status, Query()).decode(),
+        )
+        text = Metrics(status).exposition()[0].decode()
+        self.assertIn('spwm_paths_connections_wanted{side="agent"} 4.0', text)
+        self.assertNotIn("connections_why", text)
+
     def test_calls_with_quality(self) -> None:
         """
         A call in progress is shown with its streams' figures per leg and

@@ -631,6 +631,11 @@ class TunnelConnectionsTests(SynchronousTestCase):
         self.assertEqual((count.floor, count.ceiling, count.wanted), (2, 4, 2))
         self.assertIs(built.paths.keeper.count, count)  # type: ignore[union-attr]
         self.assertEqual(built.status.document()["paths"]["connections_wanted"], 2)
+        # why it last changed: in the document, not a metric (text)
+        self.assertEqual(built.status.document()["paths"]["connections_why"], "")
+        body, _ = built.status.metrics.exposition(None)
+        self.assertIn(b"spwm_paths_connections_wanted", body)
+        self.assertNotIn(b"connections_why", body)
         fixed = self.build(**{"tunnel-connections": "3"})
         assert fixed.paths is not None and fixed.paths.keeper is not None
         self.assertEqual(fixed.config.paths_range, (3, 3))

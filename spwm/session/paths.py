@@ -1200,7 +1200,7 @@ class PathCount:
         self.quiet = self.limits.count_quiet
         self.media_stalls = 0
         self.late_losses = 0
-        #: why it last grew (for the log)
+        #: why it last changed (for the log and the status; "": never)
         self.why = ""
         self.grows = 0
         self.shrinks = 0
@@ -1395,6 +1395,7 @@ class PathCount:
         """
         return {
             "connections_wanted": self.wanted,
+            "connections_why": self.why,
             "connections_floor": self.floor,
             "connections_ceiling": self.ceiling,
             "connections_grown": self.grows,
