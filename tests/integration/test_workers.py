@@ -56,7 +56,9 @@ class Operator(DatagramProtocol):
     """
     The operator's proxy and registrar, as far as the test needs: answers
     REGISTER with 200 and keeps, per user, the Path and Contact and the
-    address the REGISTER came from; records the responses it gets.
+    address the REGISTER came from; records the responses it gets, and
+    acknowledges each 200 to an INVITE as the caller would (without the
+    ACK the contact point ends the call after 32 s, RFC 3261 13.3.1.4).
     """
 
     def __init__(self) -> None:
@@ -67,6 +69,8 @@ class Operator(DatagramProtocol):
         message = parse_sip(data)
         if message.first.startswith("SIP/2.0"):
             self.responses.append((message, addr))
+            if message.first.startswith("SIP/2.0 200") and (message.get("cseq") or "").endswith("INVITE"):
+                self.acknowledge(message, addr)
             return
         if message.first.startswith("REGISTER"):
             user = uri_of(message.get("to") or "")
@@ -78,6 +82,25 @@ class Operator(DatagramProtocol):
         elif not message.first.startswith("ACK"):
             # nothing else is expected
             pass
+
+    def acknowledge(self, ok: Any, addr: tuple[str, int]) -> None:
+        """
+        The ACK of a 200 to an INVITE: to the answer's Contact, through
+        its Record-Route (reversed), sent back where the answer came from.
+        """
+        number = (ok.get("cseq") or "1").split()[0]
+        port = self.transport.getHost().port
+        tag = re.sub(r"[^A-Za-z0-9]", "", ok.get("call-id") or "")
+        headers = [("Via", f"SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-ack-{number}-{tag}")]
+        headers += [("Route", route) for route in reversed(ok.get_all("record-route"))]
+        headers += [
+            ("Max-Forwards", "70"),
+            ("From", ok.get("from") or ""),
+            ("To", ok.get("to") or ""),
+            ("Call-ID", ok.get("call-id") or ""),
+            ("CSeq", f"{number} ACK"),
+        ]
+        self.transport.write(build_sip(f"ACK {uri_of(ok.get('contact') or '')} SIP/2.0", headers), addr)
 
 
 class WorkerProcess(protocol.ProcessProtocol):
@@ -534,6 +557,8 @@ class WorkersBehindProxyTests(_Workers):
         sending.start(0.02)
         self.addCleanup(sending.stop)
         (call,) = phone.calls
+        # the operator's ACK reached the phone: the call is set up
+        yield wait_until(lambda: call.established.called, timeout=10)
         call.start_media()
         self.addCleanup(call.stop_media)
         return call, media
@@ -544,7 +569,14 @@ class WorkersBehindProxyTests(_Workers):
         RTP arrives at both ends (20 packets more each than when asked).
         """
         phone_had, operator_had = call.rx.unique, media.received
-        yield wait_until(lambda: call.rx.unique > phone_had + 20 and media.received > operator_had + 20, timeout=10)
+        try:
+            yield wait_until(lambda: call.rx.unique > phone_had + 20 and media.received > operator_had + 20, timeout=10)
+        except AssertionError:
+            # say which way stopped, and what the workers said
+            self.fail(
+                f"media did not flow within 10 s: the phone got {call.rx.unique - phone_had} more,"
+                f" the operator {media.received - operator_had} more; the workers said:\n{self.process.text()[-6000:]}"
+            )
 
     @defer.inlineCallbacks
     def test_resume_and_attach_handed_on(self) -> Any:
