@@ -24,6 +24,7 @@ from spwm.tunnel.service import (
     AgentTunnelService,
     ContactListenService,
     LOST_SPREAD,
+    PROMPT_BURST,
     STEADY_UP,
     HTTPConnectEndpoint,
     StaggeredEndpoint,
@@ -199,22 +200,44 @@ class AgentServiceTests(SynchronousTestCase):
         self.clock.advance(LOST_SPREAD)
         self.assertEqual(len(self.endpoint.attempts), 2)
 
-    def test_tunnel_lost_soon_after_up_backs_off(self) -> None:
+    def drop_soon(self, times: int) -> None:
         """
-        A tunnel lost within L{STEADY_UP} of coming up (a contact point
-        that drops it again and again) is tried again after the backoff,
-        so such a loop does not spin.
+        C{times} tunnels in a row lost by the network a second after they
+        came up, each tried again within L{LOST_SPREAD}.
+        """
+        for _ in range(times):
+            n = len(self.endpoint.attempts)
+            _, pump = self.connect_contact()
+            self.clock.advance(1.0)
+            self.service.tunnel.transport.loseConnection()
+            pump.flush()
+            self.assertIsNone(self.service.tunnel)
+            self.clock.advance(LOST_SPREAD)
+            self.assertEqual(len(self.endpoint.attempts), n + 1)
+
+    def test_tunnel_lost_soon_after_up(self) -> None:
+        """
+        A tunnel lost by the network within L{STEADY_UP} of coming up (a
+        link that breaks every few seconds) is tried again within
+        L{LOST_SPREAD}, L{PROMPT_BURST} times in a row; the next such
+        loss waits the backoff (a middlebox that kills every connection
+        soon: such a loop does not spin), and growing ones after it;
+        after L{STEADY_UP} without such a loss, one goes at once again.
         """
         self.service.startService()
-        contact_factory, pump = self.connect_contact()
-        self.clock.advance(STEADY_UP / 2)
-        self.service.tunnel.transport.loseConnection()
-        pump.flush()
-        self.assertIsNone(self.service.tunnel)
-        self.clock.advance(0.99)
-        self.assertEqual(len(self.endpoint.attempts), 1)
-        self.clock.advance(0.02)
-        self.assertEqual(len(self.endpoint.attempts), 2)
+        self.drop_soon(PROMPT_BURST)
+        for expected in [1, 2]:
+            contact_factory, pump = self.connect_contact()
+            self.clock.advance(0.5)
+            self.service.tunnel.transport.loseConnection()
+            pump.flush()
+            n = len(self.endpoint.attempts)
+            self.clock.advance(expected - 0.01)
+            self.assertEqual(len(self.endpoint.attempts), n, expected)
+            self.clock.advance(0.02)
+            self.assertEqual(len(self.endpoint.attempts), n + 1, expected)
+        self.clock.advance(STEADY_UP)
+        self.drop_soon(1)
 
     def test_refused_again_and_again_backs_off(self) -> None:
         """
@@ -388,15 +411,17 @@ class SessionLostTests(SynchronousTestCase):
         next attempt is made within L{LOST_SPREAD}.
         """
         self.service.startService()
+        AgentServiceTests.drop_soon(self, PROMPT_BURST)  # type: ignore[arg-type]
+        n = len(self.endpoint.attempts)
         _, pump = self.connect_contact()
         self.clock.advance(1.0)
         self.service.tunnel.transport.loseConnection()
         pump.flush()
         self.clock.advance(0.1)
-        self.assertEqual(len(self.endpoint.attempts), 1)
+        self.assertEqual(len(self.endpoint.attempts), n)
         self.service.session_lost(STEADY_UP + 5)
         self.clock.advance(LOST_SPREAD)
-        self.assertEqual(len(self.endpoint.attempts), 2)
+        self.assertEqual(len(self.endpoint.attempts), n + 1)
         self.assertLessEqual(self.service.next_attempt_at, self.clock.seconds())
 
     def test_next_attempt_soon_when_connected(self) -> None:
@@ -475,20 +500,31 @@ class SessionLostTests(SynchronousTestCase):
 
     def test_young_session_backs_off(self) -> None:
         """
-        A session lost within L{STEADY_UP} of its start keeps the backoff
-        (a contact point that drops every session soon does not make
-        agents spin); a shorter wait is never made longer.
+        A session lost within L{STEADY_UP} of its start is tried again
+        within L{LOST_SPREAD} L{PROMPT_BURST} times in a row (each loss
+        takes one, whichever of the service and the session tells first),
+        then keeps the backoff (a contact point that drops every session
+        soon does not make agents spin); a shorter wait is never made
+        longer.
         """
         self.service.startService()
+        for n in range(1, PROMPT_BURST + 1):
+            _, pump = self.connect_contact()
+            self.clock.advance(1.0)
+            self.service.session_lost(1.0)
+            self.service.tunnel.transport.loseConnection()
+            pump.flush()
+            self.clock.advance(LOST_SPREAD)
+            self.assertEqual(len(self.endpoint.attempts), n + 1)
         _, pump = self.connect_contact()
         self.clock.advance(1.0)
         self.service.session_lost(STEADY_UP - 1)
         self.service.tunnel.transport.loseConnection()
         pump.flush()
         self.clock.advance(0.99)
-        self.assertEqual(len(self.endpoint.attempts), 1)
+        self.assertEqual(len(self.endpoint.attempts), PROMPT_BURST + 1)
         self.clock.advance(0.02)
-        self.assertEqual(len(self.endpoint.attempts), 2)
+        self.assertEqual(len(self.endpoint.attempts), PROMPT_BURST + 2)
         self.service._retry.rng = lambda: 1.0
         self.service._waits.pending = self.clock.callLater(0.01, lambda: None)
         self.service.session_lost(STEADY_UP)

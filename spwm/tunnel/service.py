@@ -744,6 +744,15 @@ STEADY_UP = 10.0
 #: together (a contact point's crash) do not all come back in one instant
 LOST_SPREAD = 0.1
 
+#: a tunnel that worked but was lost sooner than L{STEADY_UP} by the
+#: network (the contact point did not close it) is tried again within
+#: L{LOST_SPREAD} too, this many times in a row, then once per
+#: L{STEADY_UP} (a token bucket): a call on a link that breaks every few
+#: seconds comes back after each break rather than after ever longer
+#: waits, and a middlebox that kills every connection soon after it is up
+#: still meets the backoff
+PROMPT_BURST = 3
+
 
 @implementer(IReactorTime)
 class _RetryClock:
@@ -782,8 +791,9 @@ class _RetryPolicy:
     @ivar short_lived: tunnels in a row that were lost within
         L{STEADY_UP} of coming up (a contact point that refuses this agent
         once its hello is read, say a client certificate for another agent
-        id): each such loss waits one backoff step more, so a refusal does
-        not cost a handshake a second for ever.
+        id) and not retried at once (L{prompt}): each such loss waits one
+        backoff step more, so a refusal does not cost a handshake a second
+        for ever.
     """
 
     def __init__(self, policy: Callable[[int], float], rng: Callable[[], float] = random.random) -> None:
@@ -795,6 +805,32 @@ class _RetryPolicy:
         self._free = 0
         self.failures = 0
         self.short_lived = 0
+        # the prompt attempts' token bucket: tokens, when last filled
+        self._tokens = float(PROMPT_BURST)
+        self._filled: float | None = None
+
+    @property
+    def asked_now(self) -> bool:
+        """
+        Whether the next attempt is to be made at once (L{now}) already.
+        """
+        return self._now
+
+    def prompt(self, at: float) -> bool:
+        """
+        May a tunnel that worked, lost soon after it came up, be tried
+        again at once?  Yes L{PROMPT_BURST} times in a row, then once per
+        L{STEADY_UP}; each yes takes one.
+
+        @param at: the time now.
+        """
+        if self._filled is not None:
+            self._tokens = min(float(PROMPT_BURST), self._tokens + (at - self._filled) / STEADY_UP)
+        self._filled = at
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
     def now(self, spread: float = 0.0) -> None:
         """
@@ -1086,6 +1122,11 @@ class AgentTunnelService(ClientService):
             # step; one that keeps dropping soon after it is up backs off
             self._retry.short_lived = 0
             self._retry.now(LOST_SPREAD)
+        elif self._retry.asked_now or (protocol.close_info is None and self._retry.prompt(self._time.seconds())):
+            # up a short while, lost by the network (the contact point did
+            # not close it): at once too, a few times in a row (or at once
+            # already: the session lost its last path, told first)
+            self._retry.now(LOST_SPREAD)
         else:
             # further each time it drops again soon after it is up
             self._retry.short_lived += 1
@@ -1096,14 +1137,17 @@ class AgentTunnelService(ClientService):
         The agent's session lost its last connection at once (an address
         change breaks them all; L{spwm.session.carrier.PathSessions} tells
         it), after it had been up C{up_for} seconds.  A session up at
-        least L{STEADY_UP} is tried again within L{LOST_SPREAD}, as a lone
-        tunnel that worked is: the next attempt, or, when this service's
+        least L{STEADY_UP} (or a shorter while, L{PROMPT_BURST} times in a
+        row, then once per L{STEADY_UP}) is tried again within
+        L{LOST_SPREAD}, as a lone tunnel that worked is: the next attempt, or, when this service's
         own connection was lost before the others and it is waiting a
         backoff step, that wait, cut short.  An attempt under way that was
         made to join the session (its hello says C{attach}) is closed: the
         next one resumes the session.
         """
-        if up_for < STEADY_UP or not self.running:
+        if not self.running:
+            return
+        if up_for < STEADY_UP and not self._retry.asked_now and not self._retry.prompt(self._time.seconds()):
             return
         pending = self._waits.pending
         if pending is None or not pending.active():

@@ -453,8 +453,10 @@ class DormantResumptionTests(_LoopbackPair):
         session = old.session_id
         before = self.contact.media.open_sockets
         registers = alice.sent.get("REGISTER")
-        # Keep the agent away for longer than the window.
+        # Keep the agent away for longer than the window (its tunnel is
+        # young: without the prompt attempts a young tunnel may make)
         agent1.tunnel_service.policy = lambda attempt: 2.5
+        agent1.tunnel_service._retry.prompt = lambda at: False
         old.transport.abortConnection()
         yield wait_until(lambda: self.contact.resumption.dormant == 1, timeout=10)
         self.assertTrue(agent1.resumption.dormant)
