@@ -1794,6 +1794,23 @@ class CallLogTests(SynchronousTestCase):
             formatEvent(event),
         )
 
+    def test_unacknowledged_answer_reason(self) -> None:
+        """
+        A call whose answer no ACK confirmed (the SIP core ends it after
+        32 s) says so in its line and record, and counts under its own
+        reason in the status.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        key = "7/noack@lan"
+        with capturedLogs() as events:
+            agent.sdp_into_tunnel(a_end, key, "application/sdp", _sdp(PHONE, ("audio", 4000, "")))
+            agent.dialog_answered(a_end, key, "b", ours=False)
+            reactor.advance(32)
+            agent.dialog_ended(a_end, key, reason="answer never acknowledged")
+        (event,) = [e for e in events if "cdr" in e]
+        self.assertEqual(event["cdr"]["reason"], "answer never acknowledged")
+        self.assertIn("ended (answer never acknowledged) after 32.0s", formatEvent(event))
+
     def test_first_codec(self) -> None:
         """
         The codec is the first format of the first live stream: its

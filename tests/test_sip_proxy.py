@@ -194,6 +194,7 @@ class RecordingHook:
         self.tags: list[tuple[str, str | None]] = []
         self.answers: list[tuple[Any, str, str | None, bool]] = []
         self.challenged: list[str] = []
+        self.reasons: list[str] = []
         #: C{("invited" | "heard", dialog_key)} of every call of those
         self.waits: list[tuple[str, str]] = []
         #: what L{media_full} answers
@@ -236,8 +237,11 @@ class RecordingHook:
     def dialog_heard(self, tunnel_key: Any, dialog_key: str) -> None:
         self.waits.append(("heard", dialog_key))
 
-    def dialog_ended(self, tunnel_key: Any, dialog_key: str, challenged: bool = False) -> None:
+    def dialog_ended(
+        self, tunnel_key: Any, dialog_key: str, challenged: bool = False, reason: str = "dialog ended"
+    ) -> None:
         self.calls.append(("ended", tunnel_key, dialog_key))
+        self.reasons.append(reason)
         if challenged:
             self.challenged.append(dialog_key)
 
@@ -929,6 +933,8 @@ class AgentTests(SynchronousTestCase):
         self.assertEqual(hook_calls, [])
         self.agent.handle_timer(33.0)
         self.assertEqual(hook_calls, [("ended", self.key, dialog_key(1, "c1"))])
+        # the call record says why
+        self.assertEqual(self.hook.reasons[-1], "answer never acknowledged")
         self.assertEqual(self.agent.counters["answer never acknowledged"], 1)
         self.agent.handle_timer(100.0)
         self.assertEqual(len(hook_calls), 1)
@@ -1151,6 +1157,7 @@ class ContactTests(SynchronousTestCase):
         self.assertEqual((self.hook.calls, self.cp.next_deadline()), ([], 33.0))
         self.cp.handle_timer(33.0)
         self.assertEqual(self.hook.calls, [("ended", self.key, dialog_key(5, "c1"))])
+        self.assertEqual(self.hook.reasons[-1], "answer never acknowledged")
         self.assertEqual([d.call_id for d in self.cp.dialogs("sess-1")], ["c2"])
         self.assertEqual(self.cp.counters["answer never acknowledged"], 1)
 

@@ -112,7 +112,14 @@ _HEARD = math.inf
 #: a BYE, CANCEL or final error; its session's tunnel lost past the resume
 #: window; its session resumed as another; no media left; no response to
 #: its INVITE (L{NO_RESPONSE_TIMEOUT}).
-END_REASONS = ("dialog ended", "tunnel lost", "resumed as another session", "media inactivity", "no response")
+END_REASONS = (
+    "dialog ended",
+    "answer never acknowledged",
+    "tunnel lost",
+    "resumed as another session",
+    "media inactivity",
+    "no response",
+)
 
 #: Default number of channels the peer may open before their SDP arrives,
 #: per session.  Every call has one such channel for a moment; a busy half
@@ -1144,10 +1151,12 @@ class MediaManager:
         if dialog is not None:
             dialog.waiting = _HEARD
 
-    def dialog_ended(self, tunnel: Any, dialog_key: str, challenged: bool = False) -> None:
+    def dialog_ended(self, tunnel: Any, dialog_key: str, challenged: bool = False, reason: str = "dialog ended") -> None:
         """
         The dialog (or early dialog, or transaction) is over: close its
-        channels and release its sockets and ports.
+        channels and release its sockets and ports.  C{reason}: the call
+        record's (C{dialog ended}, or C{answer never acknowledged}: no ACK
+        for its 2xx within 32 s).
 
         @param challenged: it ended with a 401 or 407 answer, which the
             caller answers with the same INVITE and credentials: released
@@ -1169,7 +1178,7 @@ class MediaManager:
                 self._remember_ended(session_id, dialog_key, now)
             self._execute(tunnel, dialog_key, dialog, dialog.leg.ended().actions, now)
             if not challenged:
-                self._log_end(dialog_key, dialog, "dialog ended")
+                self._log_end(dialog_key, dialog, reason)
         self._close_pending(session_id, dialog_key, "dialog ended")
         self._sweeper.settle()
 

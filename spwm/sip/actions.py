@@ -262,12 +262,15 @@ class MediaHook(Protocol):
         C{False} when it came out of the tunnel.
         """
 
-    def dialog_ended(self, tunnel_key: TunnelKey, dialog_key: str, challenged: bool = False) -> None:
+    def dialog_ended(
+        self, tunnel_key: TunnelKey, dialog_key: str, challenged: bool = False, reason: str = "dialog ended"
+    ) -> None:
         """
         BYE, CANCEL, or a final non-2xx answer to an initial INVITE;
         C{challenged}: that answer was 401 or 407, and the caller will
         likely send the INVITE again with credentials (same Call-ID): not a
-        call of its own in the call records.
+        call of its own in the call records.  C{reason}: the call record's
+        end reason (C{answer never acknowledged}: no ACK for its 2xx).
         """
 
 
@@ -336,14 +339,20 @@ def show_media(
 
 
 def leg_ended(
-    hook: MediaHook | None, key: TunnelKey, fid: int, call_id: str, status: int | None = None
+    hook: MediaHook | None,
+    key: TunnelKey,
+    fid: int,
+    call_id: str,
+    status: int | None = None,
+    reason: str = "dialog ended",
 ) -> None:
     """
     Tell the media hook that a call leg ended (C{status}: the final
-    answer to its INVITE that ended it, if one did).
+    answer to its INVITE that ended it, if one did; C{reason}: for the
+    call record).
     """
     if hook is not None:
-        hook.dialog_ended(key, dialog_key(fid, call_id), challenged=status in (401, 407))
+        hook.dialog_ended(key, dialog_key(fid, call_id), challenged=status in (401, 407), reason=reason)
 
 
 @frozen

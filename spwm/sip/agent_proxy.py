@@ -223,7 +223,7 @@ class AgentSipProxy:
             # its UAS has given up on it: over, as if a BYE had ended it
             self.counters.count(UNACKNOWLEDGED)
             if self._dialogs.remove(fid, d.call_id, d.from_tag, d.to_tag):
-                leg_ended(self.media_hook, self.tunnel_key, d.flow_id, d.call_id)
+                leg_ended(self.media_hook, self.tunnel_key, d.flow_id, d.call_id, reason=UNACKNOWLEDGED)
         self._dialogs.expire(now)
         return self._bindings.expire(now)
 

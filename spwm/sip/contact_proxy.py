@@ -886,7 +886,7 @@ class ContactSipProxy:
             if key is not None and not self._dialogs.others(
                 session, d.call_id, d.flow_id, d.from_tag, d.to_tag
             ):
-                leg_ended(self.media_hook, key, d.flow_id, d.call_id)
+                leg_ended(self.media_hook, key, d.flow_id, d.call_id, reason=UNACKNOWLEDGED)
             self._dialogs.remove(session, d.call_id, d.from_tag, d.to_tag)
 
     # -- names and tokens ----------------------------------------------------

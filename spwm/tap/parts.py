@@ -555,10 +555,10 @@ class MediaHookAdapter:
         if tunnel is not None:
             self._manager.dialog_heard(tunnel, dialog_key)
 
-    def dialog_ended(self, key: Any, dialog_key: str, challenged: bool = False) -> None:
+    def dialog_ended(self, key: Any, dialog_key: str, challenged: bool = False, reason: str = "dialog ended") -> None:
         tunnel = self._resolve(key)
         if tunnel is not None:
-            self._manager.dialog_ended(tunnel, dialog_key, challenged)
+            self._manager.dialog_ended(tunnel, dialog_key, challenged, reason)
 
     def call_parties(self, key: Any, dialog_key: str, from_uri: object, to_uri: object) -> None:
         """

@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 
 from spwm.media import manager
+from spwm.sip import dialogs
 from spwm.testing.phone import Phone, TransactionTimeout
 from tests.integration.test_resumption import DIGEST, _LoopbackPair
 from tests.integration.test_tunnel_loopback import wait_until
@@ -103,3 +104,26 @@ class LongRingTests(_LoopbackPair):
         # retransmissions until then made no leg again
         yield self.assertFailure(calling, TransactionTimeout)
         self.assertEqual([half.media.calls for half in halves], [0, 0, 0])
+
+    @defer.inlineCallbacks
+    def test_answer_never_acknowledged(self) -> Any:
+        """
+        Bob answers, but alice's phone never sends the ACK (a caller that
+        vanished, or ACKs lost on their way): once the ACK wait is over
+        (2 s here instead of 32) the call's legs end on all three halves
+        with the call record reason "answer never acknowledged", their
+        ports free.
+        """
+        self.patch(dialogs, "ACK_WAIT", 2.0)
+        alice, bob = yield self.registered()
+        self.patch(alice, "_send_ack", lambda call, response: None)
+        halves = [self.contact, *self.agents]
+        yield alice.call("bob")  # answered (200)
+        self.assertEqual([half.media.calls for half in halves], [2, 1, 1])
+        yield wait_until(lambda: all(half.media.calls == 0 for half in halves), timeout=10)
+        reasons = [[c["reason"] for c in half.media.ended_calls()] for half in halves]
+        self.assertEqual(
+            reasons,
+            [["answer never acknowledged"] * 2, ["answer never acknowledged"], ["answer never acknowledged"]],
+        )
+        self.assertEqual([half.media.ports_in_use for half in halves], [0, 0, 0])
