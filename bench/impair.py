@@ -87,6 +87,12 @@ CUT_SECONDS = 10.0
 CUT_AT = 5.0
 #: the cut's gap is looked for from 1 s before the cut to this long after it
 CUT_WINDOW = 4.0
+#: C{--cuts K}: the cuts this far apart (one gap window after another,
+#: and sooner than the agent's STEADY_UP of 10 s: each new connection
+#: is young when it is cut)
+CUT_APART = 5.0
+#: how long a repeated cut waits for the agent's connection to be back
+CUT_WAIT = 8.0
 #: --tunnel-connections auto starts with this many (PathLimits.count_floor)
 AUTO_FLOOR = 2
 #: the home router's other public address (--rebind moves between the two)
@@ -260,16 +266,22 @@ class ProfileRun:
                 ports[port] = int(sent.group(1))
         return ports
 
-    def cut_busiest(self) -> tuple[float, int]:
+    def cut_busiest(self, wait: float = 0.0) -> tuple[float, int]:
         """
         Kill (C{ss -K}) the agent's connection that sent the most bytes,
         the one that carries the media: the worst connection to lose.
 
+        @param wait: wait up to this long for a connection to be there (a
+            cut after another: the agent may still be reconnecting).
         @return: the time of the cut (C{time.monotonic()}, the endpoints'
             clock) and the port.
         """
         nb = self.netbed
         ports = self.tunnel_ports()
+        deadline = time.monotonic() + wait
+        while not ports and time.monotonic() < deadline:
+            time.sleep(0.05)
+            ports = self.tunnel_ports()
         if not ports:
             raise BenchError("no tunnel connection to cut")
         port = max(ports, key=lambda p: ports[p])
@@ -345,7 +357,7 @@ class ProfileRun:
 
     def call(
         self, answer_at: str, call_to: str, tag: str, seconds: float, cut_at: float | None = None,
-        rebind: bool = False, start_at: float | None = None,
+        rebind: bool = False, start_at: float | None = None, cuts: int = 1,
     ) -> dict[str, Any]:
         nb = self.netbed
         packets = int(seconds * 50)
@@ -363,9 +375,13 @@ class ProfileRun:
         caller, call_capture = self.endpoint(
             "lan", f"caller-{tag}", ["caller", nb.PHONE, call_to, "--calls", calls, "--packets", str(packets)], seconds)
         cut = None
+        more: list[tuple[float, int]] = []
         if cut_at is not None:
             time.sleep(cut_at)
             cut = self.rebind() if rebind else self.cut_busiest()
+            for _ in range(cuts - 1):
+                time.sleep(max(0.0, cut[0] + CUT_APART * (len(more) + 1) - time.monotonic()))
+                more.append(self.cut_busiest(wait=CUT_WAIT))
         if caller.wait(seconds + 70) != 0 or answerer.wait(20) != 0:
             raise BenchError(f"{tag}: an endpoint failed: {caller.stderr()[-800:]} {answerer.stderr()[-800:]}")
         after = self.wan_stats()
@@ -378,20 +394,26 @@ class ProfileRun:
             "started": started,
         }
         if cut is not None:
-            up_gap, up_from = gap_run(caller_sent, answer_received, cut[0])
-            down_gap, down_from = gap_run(answer_sent, caller_received, cut[0])
-            result["cut"] = {
-                "port": cut[1],
-                # when it happened, on the endpoints' clock and on the logs'
-                "at": cut[0],
-                "wall": cut[0] + time.time() - time.monotonic(),
-                "up": up_gap,
-                "down": down_gap,
-                "up_from": up_from,
-                "down_from": down_from,
-                "up_before": cut_gap(caller_sent, answer_received, cut[0], before=True),
-                "down_before": cut_gap(answer_sent, caller_received, cut[0], before=True),
-            }
+            # (each cut's "before" is the call's longest gap before the first)
+            events = []
+            for at, port in [cut, *more]:
+                up_gap, up_from = gap_run(caller_sent, answer_received, at)
+                down_gap, down_from = gap_run(answer_sent, caller_received, at)
+                events.append({
+                    "port": port,
+                    # when it happened, on the endpoints' clock and on the logs'
+                    "at": at,
+                    "wall": at + time.time() - time.monotonic(),
+                    "up": up_gap,
+                    "down": down_gap,
+                    "up_from": up_from,
+                    "down_from": down_from,
+                    "up_before": cut_gap(caller_sent, answer_received, cut[0], before=True),
+                    "down_before": cut_gap(answer_sent, caller_received, cut[0], before=True),
+                })
+            # the table shows the worst of several cuts; the lines after it each
+            result["cut"] = max(events, key=lambda e: max(e["up"], e["down"]))
+            result["cuts"] = events
         return result
 
     def run(self) -> dict[str, Any]:
@@ -416,9 +438,11 @@ class ProfileRun:
                 phase["paths"] = self.paths_seen()
                 phase["udp_leaked"] = phase["wan"]["up"].get("udp_in", 0)
                 if self.args.cut:
+                    cuts = self.args.cuts
                     cut = self.call(f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", f"cut{n}",
-                                    CUT_SECONDS, cut_at=CUT_AT)
+                                    CUT_SECONDS + CUT_APART * (cuts - 1), cut_at=CUT_AT, cuts=cuts)
                     phase["cut"] = cut["cut"]
+                    phase["cuts"] = cut["cuts"]
                 if self.args.rebind:
                     moved = self.call(f"{nb.ECHO}:{ANSWER_PORT_SPWM}", f"{nb.AGENT}:{FORWARD_PORT}", f"rebind{n}",
                                       CUT_SECONDS, cut_at=CUT_AT, rebind=True)
@@ -596,17 +620,17 @@ def cut_lines(results: list[dict[str, Any]]) -> list[str]:
     lines = []
     for r in results:
         for n, phase in r["spwm"].items():
-            cut = phase.get("cut")
-            if not cut or "wall" not in cut:
-                continue
-            wall = datetime.datetime.fromtimestamp(cut["wall"], datetime.timezone.utc)
-            gaps = []
-            for d in ("up", "down"):
-                start = cut.get(f"{d}_from")
-                where = "" if start is None else f" from {start:+.2f} s"
-                gaps.append(f"{d} {cut[d] * 1000:.0f} ms{where}")
-            lines.append(f"  {r['profile']:<7} spwm{n}: cut at {wall:%H:%M:%S.%f} UTC (port {cut['port']}); "
-                         f"longest gap {', '.join(gaps)}")
+            for cut in phase.get("cuts") or [phase.get("cut")]:
+                if not cut or "wall" not in cut:
+                    continue
+                wall = datetime.datetime.fromtimestamp(cut["wall"], datetime.timezone.utc)
+                gaps = []
+                for d in ("up", "down"):
+                    start = cut.get(f"{d}_from")
+                    where = "" if start is None else f" from {start:+.2f} s"
+                    gaps.append(f"{d} {cut[d] * 1000:.0f} ms{where}")
+                lines.append(f"  {r['profile']:<7} spwm{n}: cut at {wall:%H:%M:%S.%f} UTC (port {cut['port']}); "
+                             f"longest gap {', '.join(gaps)}")
     return lines
 
 
@@ -706,6 +730,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"also, per N, a {CUT_SECONDS:g} s call in which the agent's busiest connection is killed "
                              f"(ss -K) after {CUT_AT:g} s: the audio gap it costs (after the table: the cut's time "
                              f"on the halves' logs, which have milliseconds, and when each longest gap started)")
+    parser.add_argument("--cuts", type=int, default=1, metavar="K",
+                        help=f"with --cut: K cuts, {CUT_APART:g} s apart (each new connection cut young, as on a link "
+                             f"that breaks every few seconds; the call is longer by that); the table shows the worst "
+                             f"gap, the lines after it each (default %(default)s)")
     parser.add_argument("--quic", action="store_true",
                         help="also a phase on the QUIC path: the router under normal (UDP 443 out), the contact "
                              "point with --quic-listen, an agent with --udp-path auto and one TCP connection "
@@ -738,6 +766,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tunnel-connections: each auto or between 1 and 16")
     if args.quic and args.plaintext:
         parser.error("--quic needs TLS (the QUIC path is not offered with --plaintext)")
+    if not 1 <= args.cuts <= 10:
+        parser.error("--cuts: between 1 and 10")
+    if args.cuts > 1 and not args.cut:
+        parser.error("--cuts goes with --cut")
     unknown = [p for p in profiles if p not in PROFILES]
     if unknown:
         parser.error(f"unknown profile(s) {', '.join(unknown)}; use {', '.join(PROFILES)}")
@@ -768,7 +800,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {platform.node()}, {os.cpu_count()} x {cpu_model()}, {platform.platform()}")
     print(f"load average before: {' '.join(open('/proc/loadavg').read().split()[:3])}")
     print(f"{args.calls} call(s) x {args.seconds:g} s, G.711 50 pps each way; tunnel {'plaintext' if args.plaintext else 'TLS'}, "
-          f"--tunnel-connections {','.join(map(str, args.connections))}{' and a cut each' if args.cut else ''}"
+          f"--tunnel-connections {','.join(map(str, args.connections))}"
+          f"{(' and a cut each' if args.cuts == 1 else f' and {args.cuts} cuts {CUT_APART:g} s apart each') if args.cut else ''}"
           f"{' and a rebind each' if args.rebind else ''}{f' after a {args.warm:g} s warm-up call' if args.warm else ''}"
           f"{'; a QUIC path phase under normal' if args.quic else ''}; "
           f"seed {args.seed}; one clock (CLOCK_MONOTONIC) for both ends")
@@ -805,7 +838,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = [
             {"profile": r["profile"],
              **{key: {**{d: _fields(phase[d]) for d in ("up", "down")},
-                      "wan": phase["wan"], "cut": phase.get("cut"), "rebind": phase.get("rebind"),
+                      "wan": phase["wan"], "cut": phase.get("cut"), "cuts": phase.get("cuts"), "rebind": phase.get("rebind"),
                       "paths": phase.get("paths"), "paths_after": phase.get("paths_after")}
                 for key, _, phase in phases(r)}}
             for r in results

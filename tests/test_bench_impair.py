@@ -7,9 +7,12 @@ C{tests/test_testing_impair.py}.
 
 from __future__ import annotations
 
+import io
+from contextlib import redirect_stderr
+
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench.impair import cut_gap, cut_lines, diff, gap_run, table
+from bench.impair import cut_gap, cut_lines, diff, gap_run, main, table
 from spwm.testing.impair import direction_stats
 
 
@@ -121,3 +124,27 @@ class ReportTests(SynchronousTestCase):
         self.assertEqual(cut_lines([result]), [
             "  bad     spwmauto: cut at 00:00:00.250000 UTC (port 40000); longest gap up 80 ms from +0.61 s, down 0 ms",
         ])
+
+    def test_cut_lines_several(self) -> None:
+        """
+        With C{--cuts K}, a line per cut in order (the table shows the
+        worst one).
+        """
+        first = {"port": 40000, "wall": 0.25, "up": 0.06, "down": 0.0, "up_from": 0.01, "down_from": None}
+        second = {"port": 40002, "wall": 5.25, "up": 0.92, "down": 0.0, "up_from": 0.01, "down_from": None}
+        result = {"profile": "clean", "spwm": {1: {"cut": second, "cuts": [first, second]}}}
+        self.assertEqual(cut_lines([result]), [
+            "  clean   spwm1: cut at 00:00:00.250000 UTC (port 40000); longest gap up 60 ms from +0.01 s, down 0 ms",
+            "  clean   spwm1: cut at 00:00:05.250000 UTC (port 40002); longest gap up 920 ms from +0.01 s, down 0 ms",
+        ])
+
+    def test_cuts_option(self) -> None:
+        """
+        C{--cuts} is 1 to 10 and goes with C{--cut}: anything else is one
+        usage line and exit status 2, before any bed is built.
+        """
+        for argv in (["--cuts", "3"], ["--cut", "--cuts", "0"], ["--cut", "--cuts", "11"]):
+            with self.assertRaises(SystemExit) as raised:
+                with redirect_stderr(io.StringIO()):
+                    main(argv)
+            self.assertEqual(raised.exception.code, 2, argv)
