@@ -549,7 +549,8 @@ def tunnel_lines(doc: dict[str, Any]) -> list[str]:
         if failures:
             line += f" after {failures} failed attempt" + ("s" if failures != 1 else "")
         if tunnel.get("last_failure"):
-            line += f": {tunnel['last_failure']}"
+            # (Twisted's reasons end in a full stop: "111: Connection refused.")
+            line += f": {str(tunnel['last_failure']).rstrip('. ')}"
         lines.append(line + "; new SIP requests from phones get 503 until it is up")
     return lines
 

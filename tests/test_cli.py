@@ -186,7 +186,7 @@ class RenderTests(SynchronousTestCase):
         up = {"contact": "cp.example.net:443", "up": True, "failures": 0, "last_failure": None}
         self.assertFalse(any(line.startswith("Tunnel to") for line in render(dict(agent, tunnel=up)).splitlines()))
         down = dict(up, up=False, failures=3, last_failure="certificate for cp.example.net expired on 2026-11-30")
-        second = dict(up, contact="cp2.example.net:443", up=False, failures=1, last_failure="Connection refused")
+        second = dict(up, contact="cp2.example.net:443", up=False, failures=1, last_failure="Connection refused.")
         self.assertEqual(
             render(dict(agent, tunnel=down, tunnel_2=second)).splitlines()[1:3],
             [
