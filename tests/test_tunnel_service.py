@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import CannotListenError, ConnectionDone, ConnectionRefusedError, TimeoutError as ConnectTimeout
 from twisted.python.failure import Failure
@@ -22,6 +24,7 @@ from spwm.tunnel.frames import ErrorCode
 from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
 from spwm.tunnel.service import (
     AgentTunnelService,
+    _RetryPolicy,
     ContactListenService,
     LOST_SPREAD,
     PROMPT_BURST,
@@ -1006,3 +1009,28 @@ class DescribeAlertTests(SynchronousTestCase):
         self.assertEqual(
             describe_failure(self.error("tlsv1 alert protocol version")), "TLS error: tlsv1 alert protocol version"
         )
+
+
+class PromptBucketTests(SynchronousTestCase):
+    """
+    L{_RetryPolicy.prompt}: how often a young tunnel lost by the network
+    may be tried again at once.
+    """
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.floats(min_value=0.0, max_value=30.0, allow_nan=False), min_size=1, max_size=60))
+    def test_bounded(self, gaps: list[float]) -> None:
+        """
+        Whatever the times of the losses, the prompt attempts granted up to
+        any moment are at most L{PROMPT_BURST} plus one per L{STEADY_UP}
+        since the first loss; losses L{STEADY_UP} apart are all granted.
+        """
+        policy = _RetryPolicy(lambda attempt: 1.0)
+        now, first, granted = 0.0, None, 0
+        for gap in gaps:
+            now += gap
+            first = now if first is None else first
+            granted += policy.prompt(now)
+            self.assertLessEqual(granted, PROMPT_BURST + (now - first) / STEADY_UP + 1e-9)
+        spaced = _RetryPolicy(lambda attempt: 1.0)
+        self.assertTrue(all(spaced.prompt(i * STEADY_UP) for i in range(len(gaps))))
