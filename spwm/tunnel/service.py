@@ -1139,9 +1139,9 @@ class AgentTunnelService(ClientService):
         it), after it had been up C{up_for} seconds.  A session up at
         least L{STEADY_UP} (or a shorter while, L{PROMPT_BURST} times in a
         row, then once per L{STEADY_UP}) is tried again within
-        L{LOST_SPREAD}, as a lone tunnel that worked is: the next attempt, or, when this service's
-        own connection was lost before the others and it is waiting a
-        backoff step, that wait, cut short.  An attempt under way that was
+        L{LOST_SPREAD}, as a lone tunnel that worked is: the next attempt,
+        or, when this service's own connection was lost before the others
+        and it is waiting a backoff step, that wait, cut short.  An attempt under way that was
         made to join the session (its hello says C{attach}) is closed: the
         next one resumes the session.
         """
