@@ -110,16 +110,22 @@ class LongRingTests(_LoopbackPair):
         """
         Bob answers, but alice's phone never sends the ACK (a caller that
         vanished, or ACKs lost on their way): once the ACK wait is over
-        (2 s here instead of 32) the call's legs end on all three halves
-        with the call record reason "answer never acknowledged", their
-        ports free.
+        (2 s here instead of 32) the call's legs end on all three halves,
+        though their audio flows, with the call record reason "answer
+        never acknowledged", their ports free.
         """
         self.patch(dialogs, "ACK_WAIT", 2.0)
         alice, bob = yield self.registered()
         self.patch(alice, "_send_ack", lambda call, response: None)
         halves = [self.contact, *self.agents]
-        yield alice.call("bob")  # answered (200)
+        a_call = yield alice.call("bob")  # answered (200)
         self.assertEqual([half.media.calls for half in halves], [2, 1, 1])
+        # audio both ways: the media timeout (2 s here) ends nothing
+        (b_call,) = bob.calls
+        a_call.start_media()
+        b_call.start_media()
+        self.addCleanup(a_call.stop_media)
+        self.addCleanup(b_call.stop_media)
         yield wait_until(lambda: all(half.media.calls == 0 for half in halves), timeout=10)
         reasons = [[c["reason"] for c in half.media.ended_calls()] for half in halves]
         self.assertEqual(
