@@ -1191,6 +1191,50 @@ class KeeperTests(SynchronousTestCase):
         self.clock.advance(60)
         self.assertEqual(len(self.attempts), 14)
 
+    def test_lost_young_again_and_again(self) -> None:
+        """
+        A connection of ours lost a second after it attached (a middlebox
+        that kills every further connection soon) is replaced at once
+        L{PROMPT_BURST} times in a row, then after 0.5, 1, 2 s...; one that
+        lasts L{STEADY_UP} is replaced at once again, and the waits start
+        over.
+        """
+        from spwm.tunnel.retry import PROMPT_BURST, STEADY_UP
+
+        keeper = self.keeper
+        keeper.extra = 1
+        keeper.session_up()
+
+        def attach_and_lose(after: float) -> None:
+            conn = _Conn()
+            conn.front = object()
+            self.attempts[-1].callback(conn)
+            keeper.attached(conn)
+            self.clock.advance(after)
+            conn.lose()
+
+        for _ in range(PROMPT_BURST):
+            n = len(self.attempts)
+            attach_and_lose(1.0)
+            self.clock.advance(0)
+            self.assertEqual(len(self.attempts), n + 1)
+        for wait in (0.5, 1.0, 2.0):
+            n = len(self.attempts)
+            attach_and_lose(1.0)
+            self.clock.advance(wait - 0.01)
+            self.assertEqual(len(self.attempts), n, wait)
+            self.clock.advance(0.02)
+            self.assertEqual(len(self.attempts), n + 1, wait)
+        n = len(self.attempts)
+        attach_and_lose(STEADY_UP)
+        self.clock.advance(0)
+        self.assertEqual(len(self.attempts), n + 1)
+        # the waits start over (and the bucket has filled meanwhile)
+        n = len(self.attempts)
+        attach_and_lose(1.0)
+        self.clock.advance(0)
+        self.assertEqual(len(self.attempts), n + 1)
+
     def test_late_connection_closed(self) -> None:
         """
         A connection that comes up after the session went down is closed;

@@ -55,6 +55,7 @@ from spwm.session.paths import (
     set_notsent_lowat,
 )
 from spwm.tunnel.frames import FLAG_SEQ, ChannelKind, ErrorCode
+from spwm.tunnel.retry import STEADY_UP, PromptBucket
 
 if TYPE_CHECKING:
     from spwm.session.quicpath import Keepers
@@ -1488,7 +1489,10 @@ class PathKeeper:
     Agent: keeps C{extra} connections besides the tunnel service's own
     attached to the session while it is up, each replaced in the
     background when lost (at once, then with a growing delay while
-    attempts fail).
+    attempts fail).  One lost sooner than L{STEADY_UP} after it attached
+    (a middlebox that kills every further connection a moment after it is
+    up) is replaced at once from a L{PromptBucket}, past it after a delay
+    that grows with each such loss in a row, until one lasts.
 
     With a L{PathCount} (C{--tunnel-connections auto}) C{extra} follows
     it: every L{COUNT_INTERVAL} while the session is up the keeper asks it,
@@ -1536,6 +1540,11 @@ class PathKeeper:
         # the attempts under way, cancelled when the agent stops
         self._attempts: set[Deferred[Any]] = set()
         self._failures = 0
+        # connections of ours lost young in a row past the bucket, and
+        # when each of ours attached
+        self._young = 0
+        self._prompt = PromptBucket()
+        self._attached_at: dict[int, float] = {}
         self._redirected: set[int] = set()
         self._up = False
         self._timer: IDelayedCall | None = None
@@ -1565,6 +1574,8 @@ class PathKeeper:
 
     def attached(self, path: Any) -> None:
         self._failures = 0
+        if id(path) in self._mine:
+            self._attached_at[id(path)] = self.clock.seconds()
 
     def redirected(self, path: Any) -> None:
         """
@@ -1583,6 +1594,7 @@ class PathKeeper:
             draining[1].cancel()
         redirected = id(path) in self._redirected
         self._redirected.discard(id(path))
+        attached_at = self._attached_at.pop(id(path), None)
         if self._mine.pop(id(path), None) is None:
             return
         if not self._up:
@@ -1590,12 +1602,20 @@ class PathKeeper:
         if path.front is None and not redirected:
             # never attached: wait before the next attempt
             self._failures += 1
+        elif attached_at is not None and draining is None and not redirected:
+            now = self.clock.seconds()
+            if now - attached_at >= STEADY_UP:
+                self._young = 0
+            elif not self._prompt.take(now):
+                # lost young again and again: wait, longer each time
+                self._young += 1
         self._later()
 
     def _later(self) -> None:
         if self._timer is not None and self._timer.active():
             return
-        delay = 0.0 if self._failures == 0 else min(self.retry_cap, 0.5 * 2 ** min(self._failures - 1, 16))
+        waits = self._failures + self._young
+        delay = 0.0 if waits == 0 else min(self.retry_cap, 0.5 * 2 ** min(waits - 1, 16))
         self._timer = self.clock.callLater(delay, self._fill)
 
     def _fill(self) -> None:

@@ -44,6 +44,7 @@ from zope.interface import implementer
 from spwm.errors import ListenError
 from spwm.tunnel.frames import ALPN
 from spwm.tunnel.protocol import AdmissionFactory, AgentTunnelFactory, ContactTunnelFactory, TunnelProtocol
+from spwm.tunnel.retry import LOST_SPREAD, PROMPT_BURST, STEADY_UP, PromptBucket
 from spwm.tunnel.tlsread import TunnelTLSClientEndpoint, TunnelTLSFactory
 
 # OpenSSL's X509_V_ERR_* codes that people meet, in words (the common ones
@@ -736,22 +737,6 @@ def backoff(
     return policy
 
 
-#: a tunnel up at least this long (s) that is lost is tried again within
-#: L{LOST_SPREAD} instead of after the first backoff step
-STEADY_UP = 10.0
-
-#: the spread of that first attempt (s): agents that lost their tunnels
-#: together (a contact point's crash) do not all come back in one instant
-LOST_SPREAD = 0.1
-
-#: a tunnel that worked but was lost sooner than L{STEADY_UP} by the
-#: network (the contact point did not close it) is tried again within
-#: L{LOST_SPREAD} too, this many times in a row, then once per
-#: L{STEADY_UP} (a token bucket): a call on a link that breaks every few
-#: seconds comes back after each break rather than after ever longer
-#: waits, and a middlebox that kills every connection soon after it is up
-#: still meets the backoff
-PROMPT_BURST = 3
 
 
 @implementer(IReactorTime)
@@ -805,9 +790,7 @@ class _RetryPolicy:
         self._free = 0
         self.failures = 0
         self.short_lived = 0
-        # the prompt attempts' token bucket: tokens, when last filled
-        self._tokens = float(PROMPT_BURST)
-        self._filled: float | None = None
+        self._prompt = PromptBucket()
 
     @property
     def asked_now(self) -> bool:
@@ -824,13 +807,7 @@ class _RetryPolicy:
 
         @param at: the time now.
         """
-        if self._filled is not None:
-            self._tokens = min(float(PROMPT_BURST), self._tokens + (at - self._filled) / STEADY_UP)
-        self._filled = at
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
+        return self._prompt.take(at)
 
     def now(self, spread: float = 0.0) -> None:
         """
