@@ -83,7 +83,8 @@ class WorkerRouteTests(SynchronousTestCase):
     def test_redirect_once(self) -> None:
         """
         A redirect is followed once; the next only after the session is
-        back (resumed, attached, or a new one started).
+        back (resumed, attached, or a new one started), unless it names
+        the same port.
         """
         route = WorkerRoute()
         route.learn({"resume_port": 7000})
@@ -91,9 +92,13 @@ class WorkerRouteTests(SynchronousTestCase):
         self.assertEqual(route.port_for(True), 7001)
         self.assertFalse(route.redirect(7000))
         self.assertEqual(route.port_for(True), 7001)
+        # one more answer naming the port followed (an attach that crossed
+        # the resumption): the same worker, followed
+        self.assertTrue(route.redirect(7001))
+        self.assertEqual(route.port_for(True), 7001)
         route.settled()
         self.assertTrue(route.redirect(7000))
-        self.assertEqual(route.redirects, 2)
+        self.assertEqual(route.redirects, 3)
         self.assertFalse(WorkerRoute().redirect("7001"))
 
     def test_unreachable(self) -> None:

@@ -109,11 +109,20 @@ class WorkerRoute:
 
         @return: whether to follow (the next connection to the session
             goes to C{port}); C{False} when C{port} is no port or a
-            redirect was followed already without the session coming back.
+            redirect to another port was followed already without the
+            session coming back.  Another answer naming the port followed
+            already (a further connection's attach that crossed the
+            resumption, both sent to the wrong worker) is followed too:
+            the same worker, no ping-pong.
         """
         target = port_of(port)
-        if target is None or self._following:
+        if target is None:
             return False
+        if self._following:
+            if target != self.resume_port:
+                return False
+            self.redirects += 1
+            return True
         self._following = True
         self.resume_port = target
         self.redirects += 1
