@@ -1265,6 +1265,14 @@ class PathSessions:
         session_id = attach.get("session_id") if isinstance(attach, dict) else None
         # until it is attached, its loss is no loss of the session's
         self._hold(path)
+        connected_at = getattr(path, "connected_at", None)
+        made_before = front is not None and connected_at is not None and front.since > connected_at
+        if made_before:
+            # made to join the session's earlier front (every path of it
+            # broke, the session resumed meanwhile): the contact point may
+            # not have the resumed session under that name yet
+            path.close(0, "no session to attach to any more")
+            return
         if front is None or not front.is_open or front.session_id != session_id or not isinstance(challenge, str):
             if self.front is None and self._lost_all is not None and self._lost_up_for is not None:
                 # made to join the session while it was still up (its
