@@ -227,13 +227,30 @@ def cpu_model() -> str:
 # -- SIP and media -------------------------------------------------------------
 
 
+#: Where L{media_ranges} places the halves' media ports: below Linux's
+#: ephemeral range.
+MEDIA_LOW, MEDIA_HIGH = 20000, 32000
+
+
 def media_ranges(count: int, size: int) -> list[tuple[int, int]]:
     """
-    C{count} disjoint even-aligned ranges of C{size} ports between 20000 and
-    32000 (below Linux's ephemeral range), at a random place.
+    C{count} disjoint even-aligned ranges of C{size} ports between
+    L{MEDIA_LOW} and L{MEDIA_HIGH}, at a random place.
+
+    @raise ValueError: they do not fit (L{max_media_ports}).
     """
-    base = random.randrange(20000, 32000 - count * size, 2)
+    if not 2 <= size <= max_media_ports(count):
+        raise ValueError(f"{size} media ports each: from 2 to {max_media_ports(count)} fit for {count} ranges")
+    base = random.randrange(MEDIA_LOW, MEDIA_HIGH - count * size, 2)
     return [(base + i * size, base + (i + 1) * size - 1) for i in range(count)]
+
+
+def max_media_ports(count: int) -> int:
+    """
+    The largest even range size of which C{count} fit between L{MEDIA_LOW}
+    and L{MEDIA_HIGH}.
+    """
+    return (MEDIA_HIGH - MEDIA_LOW - 2) // count // 2 * 2
 
 
 class Pair:

@@ -51,12 +51,15 @@ from typing import Any, Callable
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
+    MEDIA_HIGH,
+    MEDIA_LOW,
     Pair,
     Processes,
     cpu_seconds,
     free_port,
     machine_cpu,
     machine_usage,
+    max_media_ports,
     percentile,
     register_through,
     run_bounded,
@@ -333,6 +336,14 @@ def pin(mode: str, pids: dict[str, int]) -> str:
     return f"{alone} alone on CPU {first}; {rest}, senders, receivers and signaller on CPU {second}"
 
 
+def media_ports_for(calls: int) -> int:
+    """
+    Each half's media port range for C{calls} calls at once (2 streams'
+    pairs a call, and room for the ports still held by the previous step).
+    """
+    return max(1000, 4 * calls + 200)
+
+
 class Bench:
     """
     The sockets of both sides, the pair, the signaller, and one measured phase per call.
@@ -349,7 +360,7 @@ class Bench:
             procs,
             workdir,
             ("127.0.0.1", responder_port),
-            media_ports=max(1000, 4 * self.max_calls + 200),
+            media_ports=media_ports_for(self.max_calls),
             tls=args.tls,
             extra=["--user-ciphering"] if args.user_ciphering else [],
         )
@@ -664,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--calls: numbers separated by commas")
     if not args.calls or min(args.calls) < 1 or args.calls != sorted(args.calls):
         p.error("--calls: positive and increasing")
+    if media_ports_for(max(args.calls)) > max_media_ports(2):
+        p.error(f"--calls: at most {(max_media_ports(2) - 200) // 4} (each half binds 4 media ports a call between {MEDIA_LOW} and {MEDIA_HIGH})")
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
     return run_bounded(lambda procs, workdir: run(args, procs, workdir), args.max_time, args.keep)

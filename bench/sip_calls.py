@@ -50,12 +50,15 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
+    MEDIA_HIGH,
+    MEDIA_LOW,
     Pair,
     Processes,
     cpu_seconds,
     free_port,
     machine_cpu,
     machine_usage,
+    max_media_ports,
     percentile,
     register_through,
     run_bounded,
@@ -350,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             args.fixed = [float(x) for x in args.fixed.split(",") if x.strip()]
         except ValueError:
             p.error("--fixed: rates separated by commas")
+    if not 2 <= args.media_ports <= max_media_ports(2):
+        p.error(f"--media-ports: from 2 to {max_media_ports(2)} (each half's range, both between {MEDIA_LOW} and {MEDIA_HIGH})")
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
     if args.cprofile:

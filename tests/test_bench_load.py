@@ -1,16 +1,20 @@
 """
 Tests for the benchmarks' shared load helpers (C{bench/_load.py}): the ramp
-with bisection, the loss figure, the microsecond format, the receive loop.
+with bisection, the loss figure, the microsecond format, the receive loop;
+and their media port ranges (C{bench/_common.py}).
 """
 
 from __future__ import annotations
 
+import io
 import socket
 import time
+from contextlib import redirect_stderr
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from bench._common import MEDIA_HIGH, MEDIA_LOW, max_media_ports, media_ranges
 from bench._load import bisect_ramp, fmt_us, loss, receive_until
 
 
@@ -123,3 +127,46 @@ class ReceiveTests(SynchronousTestCase):
         receive_until([a, b], start + 0.3, lambda buf, n, now: got.append(bytes(buf[:n])))
         self.assertGreaterEqual(time.monotonic() - start, 0.29)
         self.assertEqual(sorted(got), [b"one", b"three", b"two"])
+
+
+class MediaRangesTests(SynchronousTestCase):
+    """
+    The halves' media port ranges of the benchmarks (C{bench/_common.py}),
+    and the options that size them.
+    """
+
+    def test_fit(self) -> None:
+        """
+        Ranges up to L{max_media_ports} are disjoint, even-aligned and between
+        L{MEDIA_LOW} and L{MEDIA_HIGH}; a larger size is a ValueError, not
+        an error of C{random}.
+        """
+        for count in (1, 2, 3):
+            largest = max_media_ports(count)
+            for size in (2, 1000, largest):
+                ranges = media_ranges(count, size)
+                self.assertEqual(len(ranges), count)
+                for low, high in ranges:
+                    self.assertEqual((low % 2, high - low + 1), (0, size))
+                    self.assertTrue(MEDIA_LOW <= low and high < MEDIA_HIGH)
+                for (_, high), (low, _) in zip(ranges, ranges[1:]):
+                    self.assertLess(high, low)
+            self.assertRaises(ValueError, media_ranges, count, largest + 2)
+
+    def test_options(self) -> None:
+        """
+        C{sip_calls.py --media-ports} and C{media.py --calls} that would not
+        fit are refused with a usage error before anything starts.
+        """
+        from bench import media, sip_calls
+
+        err = io.StringIO()
+        with redirect_stderr(err):
+            with self.assertRaises(SystemExit) as e:
+                sip_calls.main(["--media-ports", str(max_media_ports(2) + 2)])
+            self.assertEqual(e.exception.code, 2)
+            with self.assertRaises(SystemExit) as e:
+                media.main(["--calls", "100,3000"])
+            self.assertEqual(e.exception.code, 2)
+        self.assertIn("--media-ports: from 2 to 5998", err.getvalue())
+        self.assertIn("--calls: at most 1449", err.getvalue())
