@@ -5,6 +5,7 @@ joined by a fake tunnel, fake UDP sockets, a fake clock.
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Any
 
@@ -13,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.media.manager import (
     BIND_TRIES,
+    ENDED_CALLS,
     NO_RESPONSE_TIMEOUT,
     PENDING_TIMEOUT,
     UNANSWERED_TIMEOUT,
@@ -1901,3 +1903,116 @@ class QualityTests(SynchronousTestCase):
                 ((CONTACT_ADDR, 30001), (OPERATOR, 6001), ["rr"], "q@lan"),
             ],
         )
+
+
+def spwm_garbage(work: Any) -> dict[str, int]:
+    """
+    The objects of SPWM's classes that C{work()} leaves to the garbage
+    collector (in reference cycles), by class name: everything it frees
+    by reference counting is not there.  The collector is off meanwhile,
+    and garbage from before is collected first.
+    """
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        work()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        found: dict[str, int] = {}
+        for o in gc.garbage:
+            if type(o).__module__.startswith("spwm."):
+                name = type(o).__qualname__
+                found[name] = found.get(name, 0) + 1
+        return found
+    finally:
+        gc.set_debug(0)
+        del gc.garbage[:]
+        if enabled:
+            gc.enable()
+
+
+class NoGarbageTests(SynchronousTestCase):
+    """
+    A call's media objects are freed by reference counting when its
+    streams are released: none is left in a reference cycle for the
+    garbage collector, whose full collections pause the whole process for
+    longer the more calls are in progress (C{spwm.gcpolicy}).
+    """
+
+    def test_calls(self) -> None:
+        """
+        More calls than the ring of ended calls keeps, each with media
+        both ways through both halves: latched to another port, RTP and
+        RTCP (SR and RR, copied to HEP), ended by either side first.
+        """
+        from spwm.media import relay
+
+        from .test_hep import FakeHep
+        from .test_media_quality import report_block, rr, rtp, sr
+
+        hep = FakeHep()
+        reactor, agent, a_end, contact, c_end = _pair(hep=hep)
+        self.patch(relay, "_monotonic", reactor.seconds)
+        offer = _sdp(PHONE, ("audio", 4000, ""))
+        answer = _sdp(OPERATOR, ("audio", 6000, ""))
+
+        def calls() -> None:
+            for n in range(ENDED_CALLS + 10):
+                key = f"{n}/c@lan"
+                _negotiate(agent, a_end, contact, c_end, key, offer, answer)
+                contact.dialog_answered(c_end, key, "b", ours=True)
+                agent.dialog_answered(a_end, key, "b", ours=False)
+                phone_rtp, phone_rtcp = agent.stream_endpoints(a_end.session_id, key, 0)
+                far_rtp, far_rtcp = contact.stream_endpoints(c_end.session_id, key, 0)
+                for seq in range(3):
+                    phone_rtp.datagramReceived(rtp(seq, seq * 160), (PHONE, 4010))
+                    far_rtp.datagramReceived(rtp(100 + seq, seq * 160, ssrc=9), (OPERATOR, 6000))
+                    reactor.advance(0.02)
+                far_rtcp.datagramReceived(sr(9, 0xABCD, 0x1234), (OPERATOR, 6001))
+                phone_rtcp.datagramReceived(rr(0x1234, [report_block(9, 0, 0, 102, 8, 0, 0)]), (PHONE, 4011))
+                self.assertEqual((phone_rtp.latches, far_rtp.packets_out), (1, 3))
+                first, second = ((agent, a_end), (contact, c_end))[:: 1 if n % 2 else -1]
+                first[0].dialog_ended(first[1], key)
+                second[0].dialog_ended(second[1], key)
+                reactor.advance(1)
+
+        self.assertEqual(spwm_garbage(calls), {})
+        self.assertEqual(len(hep.reports), 2 * (ENDED_CALLS + 10))
+        assert_released(self, agent, contact)
+        self.assertEqual(len(contact.cdrs), ENDED_CALLS)
+
+    def test_forked_held_and_refused(self) -> None:
+        """
+        Forked early media with audio and video, the loser's streams
+        released at the answer, video removed by a re-INVITE, the call
+        held; a stream whose port pairs are all taken by another program;
+        all of it ended.
+        """
+        forking = ForkingTests()
+        reactor, agent, a_end, contact, c_end = _pair()
+
+        def calls() -> None:
+            offer = _sdp(PHONE, ("audio", 4000, ""), ("video", 4002, ""))
+            agent.sdp_into_tunnel(a_end, DIALOG, SDP_TYPE, offer, tag="ph")
+            contact.sdp_out_of_tunnel(c_end, DIALOG, SDP_TYPE, offer, tag="ph")
+            for tag, answer in (
+                ("a", _sdp(OPERATOR_A, ("audio", 6000, ""), ("video", 6002, ""))),
+                ("b", _sdp(OPERATOR_B, ("audio", 7000, ""), ("video", 0, ""))),
+            ):
+                contact.sdp_into_tunnel(c_end, DIALOG, SDP_TYPE, answer, tag=tag)
+                agent.sdp_out_of_tunnel(a_end, DIALOG, SDP_TYPE, answer, tag=tag)
+            reactor.udp[CONTACT_ADDR, 30000].receive(b"ring-a", (OPERATOR_A, 6000))
+            reactor.udp[CONTACT_ADDR, 30000].receive(b"ring-b", (OPERATOR_B, 7000))
+            forking._answered(agent, a_end, contact, c_end, "b")
+            held = _sdp(PHONE, ("audio", 4000, "a=sendonly"), ("video", 0, ""), version=2)
+            agent.sdp_into_tunnel(a_end, DIALOG, SDP_TYPE, held, tag="ph")
+            contact.sdp_out_of_tunnel(c_end, DIALOG, SDP_TYPE, held, tag="ph")
+            reactor.refuse.update(range(30000, 30100))
+            _negotiate(agent, a_end, contact, c_end, "2/refused", _sdp(PHONE, ("audio", 4100, "")), _sdp(OPERATOR, ("audio", 6100, "")))
+            for key in (DIALOG, "2/refused"):
+                agent.dialog_ended(a_end, key)
+                contact.dialog_ended(c_end, key)
+            assert_released(self, agent, contact)
+
+        self.assertEqual(spwm_garbage(calls), {})

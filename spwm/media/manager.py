@@ -2048,7 +2048,9 @@ class MediaManager:
         @return: C{False}: no pair (each failure logged, throttled).
         """
         tries = min(self.ports.capacity, BIND_TRIES)
-        taken: CannotListenError | None = None
+        # the last refusal's text (not the exception: its traceback would
+        # keep this frame, and the stream in it, in a reference cycle)
+        taken = ""
         for _ in range(tries):
             try:
                 base = self.ports.allocate()
@@ -2060,8 +2062,9 @@ class MediaManager:
                 rtp.port = self.sockets.listen(base, rtp, self.address, self.receive_buffer)
                 rtp.local_port = base
             except CannotListenError as e:
+                rtp.dispose()
                 self.ports.release(base)
-                taken = e
+                taken = str(e.socketError)
                 continue
             self._sockets += 1
             rtcp = None
@@ -2071,9 +2074,10 @@ class MediaManager:
                     rtcp.port = self.sockets.listen(base + 1, rtcp, self.address, self.receive_buffer)
                     rtcp.local_port = base + 1
                 except CannotListenError as e:
+                    rtcp.dispose()
                     self._unlisten(rtp)
                     self.ports.release(base)
-                    taken = e
+                    taken = str(e.socketError)
                     continue
                 self._sockets += 1
             stream.rtp, stream.rtcp, stream.base_port = rtp, rtcp, base
@@ -2095,7 +2099,7 @@ class MediaManager:
             tries=tries,
             low=self.ports.low,
             high=self.ports.high,
-            error=str(taken.socketError) if taken is not None else "",
+            error=taken,
         )
         return False
 
@@ -2128,12 +2132,17 @@ class MediaManager:
         return normalise_host(host) == ours
 
     def _unlisten(self, endpoint: MediaRelayEndpoint | None) -> None:
-        if endpoint is None or endpoint.port is None:
+        """
+        Close C{endpoint}'s socket; the endpoint is done (L{MediaRelayEndpoint.dispose}).
+        """
+        if endpoint is None:
             return
-        endpoint.detach()
-        port, endpoint.port = endpoint.port, None
-        self._sockets -= 1
-        port.stopListening()
+        if endpoint.port is not None:
+            endpoint.detach()
+            port, endpoint.port = endpoint.port, None
+            self._sockets -= 1
+            port.stopListening()
+        endpoint.dispose()
 
     def _forget(self, key: tuple[Any, int]) -> None:
         self._routes.pop(key, None)
@@ -2189,6 +2198,9 @@ class MediaManager:
         if stream.tcp is not None:
             stream.tcp.close()
             stream.tcp = None
+        # its callbacks refer back to the stream: without them reference
+        # counting frees it (spwm.gcpolicy)
+        stream.quality.close()
         if stream.base_port is not None:
             self.ports.release(stream.base_port)
             stream.base_port = None

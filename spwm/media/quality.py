@@ -678,6 +678,16 @@ class StreamQuality:
         self.local.set_rate(rate)
         self.tunnel.set_rate(rate)
 
+    def close(self) -> None:
+        """
+        The stream is released (its snapshot taken): drop the callbacks,
+        which refer back to these figures or to the stream, so that
+        reference counting frees them without the garbage collector.
+        """
+        self.local.on_rtcp = self.tunnel.on_rtcp = None
+        self.on_report = None
+        self.tunnel_rtt = self.late_dropped = None
+
     def _other(self, stats: RtpStats) -> RtpStats:
         return self.tunnel if stats is self.local else self.local
 

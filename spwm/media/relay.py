@@ -179,6 +179,20 @@ class _Branch:
         self.target: tuple[str, int] | None = None
 
 
+
+def _dropped(channel_id: int, data: bytes, component: int) -> None:
+    """
+    What a disposed endpoint sends into the tunnel: nothing.
+    """
+
+
+def _closed(data: bytes, target: tuple[str, int]) -> None:
+    """
+    What a disposed endpoint sends to its side: nothing; as a closed socket.
+    """
+    raise OSError("relay socket closed")
+
+
 class MediaRelayEndpoint(DatagramProtocol):
     """
     One UDP socket of one media stream component (RTP, or RTCP when it is
@@ -364,6 +378,23 @@ class MediaRelayEndpoint(DatagramProtocol):
         """
         self._send = self._no_channel
         self._channel_id = 0
+
+    def dispose(self) -> None:
+        """
+        The endpoint is done: its socket is closed (or was never bound) and
+        nothing reads its counters any more.  Drop every reference back to
+        it (its own bound methods) and to its stream (the callbacks, the
+        quality figures), so that reference counting frees it at once: a
+        call's objects then never wait for the garbage collector, whose
+        full collections stop the process for longer the more calls are
+        in progress (C{spwm.gcpolicy}).
+        """
+        self._send = _dropped
+        self._sendto = _closed
+        self._channel_id = 0
+        self.on_latch = None
+        self.own = None
+        self.quality_in = self.quality_out = None
 
     def expect(
         self,
