@@ -178,7 +178,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     """
     The agent of C{options.config} (L{build_agent}).
     """
-    return build_service("agent", lambda: build_agent_for_twistd(options.config, reactor))
+    return build_service("agent", lambda: build_agent_for_twistd(options.config, reactor), reactor)
 
 
 def on_a_terminal() -> bool:

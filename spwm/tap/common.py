@@ -25,6 +25,7 @@ from spwm.config import (
 )
 from spwm.addr import hostport
 from spwm.errors import ConfigError, ListenError
+from spwm.gcpolicy import GcPolicy
 from spwm.media.ports import check_range
 from spwm.limits import Limits
 
@@ -205,12 +206,14 @@ def server_endpoint(reactor: Any, key: str, description: str) -> Any:
         ) from None
 
 
-def build_service(side: str, build: Callable[[], Any]) -> IService:
+def build_service(side: str, build: Callable[[], Any], clock: Any = None) -> IService:
     """
     C{build().service} for C{twistd}: a L{ConfigError} becomes one line
     (C{spwm-SIDE: invalid configuration: KEY: PROBLEM}) and exit status 1.
     Names are looked up in threads that a stop does not wait for
-    (L{spwm.lookups}).
+    (L{spwm.lookups}).  A half that carries calls gets the process's
+    garbage collection policy (L{GcPolicy}, timed by C{clock}, the
+    reactor if not given), and its status the C{gc} section.
     """
     from twisted.internet import reactor
 
@@ -218,7 +221,15 @@ def build_service(side: str, build: Callable[[], Any]) -> IService:
 
     lookups.install(reactor)
     try:
-        service: IService = build().service
-        return service
+        built = build()
     except ConfigError as e:
         raise ConfigExit(f"spwm-{side}: invalid configuration: {e}") from None
+    service: IService = built.service
+    status = getattr(built, "status", None)
+    if status is not None and isinstance(service, MultiService):
+        # a half that carries calls (not the workers' supervisor): full
+        # garbage collections on a timer, one policy per process
+        policy = GcPolicy(reactor if clock is None else clock)
+        policy.setServiceParent(service)
+        status.add("gc", policy.status)
+    return service

@@ -124,7 +124,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     """
     The contact point of C{options.config} (L{build_contact}).
     """
-    return build_service("contact", lambda: build_contact_or_workers(options.config, reactor))
+    return build_service("contact", lambda: build_contact_or_workers(options.config, reactor), reactor)
 
 
 def build_contact_or_workers(config: ContactConfig, reactor: Any = None) -> Any:

@@ -1,0 +1,180 @@
+# -*- test-case-name: tests.test_gcpolicy -*-
+"""
+When the garbage collector makes its full collections: on a timer, not
+whenever allocations say so.
+
+CPython's collector goes through every object that can hold references
+in a full (generation 2) collection, and the process does nothing else
+meanwhile: no datagram is relayed, no SIP message read.  What it goes
+through grows with the calls in progress (each holds a few dozen such
+objects on each half: its dialog, streams, relay endpoints, quality
+figures) and it costs more here than the object count suggests (objects
+spread over memory, a shared machine's small cache): with 1,500 calls in
+progress a full collection stopped a half for 90-170 ms, and CPython made
+one every few seconds while calls came and went, since it starts one
+whenever the objects that survived two younger collections reach a
+quarter of those it already holds (C{docs/performance.md}, "Full garbage
+collections").  Every call's audio stopped as long, every time.
+
+Nothing a call leaves behind needs the collector any more (its media
+objects are freed by reference counting: C{tests/test_media_manager.py},
+C{NoGarbageTests}).  So L{GcPolicy}, started by the C{twistd} plugins
+(not by L{spwm.tap.assembly.build_agent} or C{build_contact}: a program
+that embeds the protocols keeps its own policy):
+
+  - once the reactor runs, collects everything and freezes what is left
+    (C{gc.freeze}: the modules, classes and functions of start-up, about
+    60,000 objects that are never garbage and no collection need look at
+    again);
+  - turns CPython's own full collections off, and collects the middle
+    generation every 3 young collections rather than 10 (L{OLDER}: it
+    holds the calls set up since its last collection, which survived a
+    young one; with 10, up to 10-17 ms a pause in the same run, with 3 up
+    to 6 ms);
+  - makes a full collection itself every L{LONGEST} seconds, sooner when
+    the last one found much garbage (halving the wait down to
+    L{SHORTEST}, while some part of the program leaves cycles behind),
+    so that memory stays bounded whatever leaves cycles.
+
+Its figures are the status document's C{gc} section.
+"""
+
+from __future__ import annotations
+
+import gc as _gc
+import time
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+
+#: Seconds between two full collections while they find little garbage.
+LONGEST = 600.0
+
+#: The shortest wait between two full collections (much garbage found).
+SHORTEST = 60.0
+
+#: A full collection that frees this many objects or more halves the wait
+#: before the next one; one that frees less than L{LITTLE} doubles it
+#: (up to L{LONGEST}).
+MUCH = 50_000
+LITTLE = 5_000
+
+#: Young collections between two collections of the middle generation
+#: (CPython's default: 10).
+OLDER = 3
+
+#: CPython's threshold for its own full collections, set so that they
+#: never come (the C int's largest value: the count is of younger
+#: collections since the last full one).
+NEVER = 2**31 - 1
+
+
+class GcPolicy(Service):
+    """
+    Full garbage collections on a timer (see the module).
+
+    @ivar full_collections: full collections made since the start.
+    @ivar wait: seconds until the next one after the last one.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: Any,
+        gc: Any = _gc,
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        """
+        @param clock: provides C{IReactorTime}.
+        @param gc: the collector (the C{gc} module; tests give another).
+        @param timer: what the pauses are measured with.
+        """
+        self.clock = clock
+        self.gc = gc
+        self.timer = timer
+        self.wait = LONGEST
+        self.full_collections = 0
+        self._saved: tuple[int, int, int] | None = None
+        self._frozen = 0
+        self._last: tuple[float, int] | None = None  # seconds, objects freed
+        self._longest = 0.0
+        self._call: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        young, _, _ = self._saved = self.gc.get_threshold()
+        self.gc.set_threshold(young, OLDER, NEVER)
+        # on the first turn of the reactor: start-up is done by then
+        self._call = self.clock.callLater(0, self._start)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        if self._saved is not None:
+            self.gc.set_threshold(*self._saved)
+            self._saved = None
+        if self._frozen:
+            self.gc.unfreeze()
+            self._frozen = 0
+
+    def _start(self) -> None:
+        self._call = None
+        self._collect()
+        self.gc.freeze()
+        self._frozen = self.gc.get_freeze_count()
+        self.log.info(
+            "garbage collector: {frozen} objects of start-up frozen; a full collection every"
+            " {wait:g} s (sooner while it finds much garbage)",
+            frozen=self._frozen,
+            wait=self.wait,
+        )
+        self._schedule()
+
+    def _schedule(self) -> None:
+        self._call = self.clock.callLater(self.wait, self._full)
+
+    def _full(self) -> None:
+        self._call = None
+        freed = self._collect()
+        if freed >= MUCH:
+            wait = max(SHORTEST, self.wait / 2)
+            if wait < self.wait:
+                self.log.warn(
+                    "a full garbage collection freed {freed} objects held in reference cycles; the"
+                    " next one in {wait:g} s",
+                    freed=freed,
+                    wait=wait,
+                )
+            self.wait = wait
+        elif freed < LITTLE:
+            self.wait = min(LONGEST, self.wait * 2)
+        self._schedule()
+
+    def _collect(self) -> int:
+        started = self.timer()
+        freed: int = self.gc.collect()
+        took = self.timer() - started
+        self.full_collections += 1
+        self._last = (took, freed)
+        self._longest = max(self._longest, took)
+        return freed
+
+    def status(self) -> dict[str, Any]:
+        """
+        @return: the full collections made, the last one's pause (ms) and
+            objects freed, the longest pause, the wait before the next
+            one, and the objects frozen at start.
+        """
+        took, freed = self._last or (0.0, 0)
+        return {
+            "full_collections": self.full_collections,
+            "last_full_ms": round(1000 * took, 1),
+            "last_full_freed": freed,
+            "longest_full_ms": round(1000 * self._longest, 1),
+            "full_every_s": self.wait,
+            "frozen": self._frozen,
+        }
