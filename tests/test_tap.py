@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import signal
 import sys
 from typing import Any
 
@@ -25,7 +26,7 @@ from spwm.forward import AgentForwarder
 from spwm.limits import TunnelLimits
 from spwm.media.ports import check_range
 from spwm.tap import agent, contact
-from spwm.tap.common import MediaRangeCheck, StartupExit, StartupService
+from spwm.tap.common import MediaRangeCheck, StartupExit, StartupService, stop_signals_once
 from spwm.tap.parts import SipListeners
 from spwm.tunnel.api import Router
 from spwm.tunnel.protocol import ContactTunnelFactory
@@ -483,4 +484,90 @@ class StateFileTests(SynchronousTestCase):
             contact.makeService(options, MemoryReactorClock())
         self.assertEqual(
             cm.exception.code, "spwm-contact: invalid configuration: state-file: no directory '/nonexistent/spwm'"
+        )
+
+
+class _ThreadCallReactor(MemoryReactorClock):
+    """
+    A memory reactor whose C{callFromThread} calls at once.
+    """
+
+    def callFromThread(self, f: Any, *args: Any, **kw: Any) -> None:
+        f(*args, **kw)
+
+
+class StopSignalTests(SynchronousTestCase):
+    """
+    Only the first SIGTERM or SIGINT reaches Twisted's handler, which
+    stops the reactor; a later one, while the half stops (the contact
+    point's drain), is one info line instead of a C{ReactorNotRunning}
+    traceback.
+    """
+
+    def setUp(self) -> None:
+        self.calls: list[int] = []
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
+
+    def twisted_handlers(self) -> None:
+        """
+        Handlers standing for those Twisted installs when the reactor
+        starts.
+        """
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda number, frame: self.calls.append(number))
+
+    def test_only_the_first(self) -> None:
+        """
+        Only the first stop signal reaches the handler that signal had;
+        each later one goes to C{again}.
+        """
+        again: list[int] = []
+        previous = {signal.SIGTERM: lambda signum, frame: self.calls.append(-signum)}
+        previous[signal.SIGINT] = lambda signum, frame: self.calls.append(signum)
+        once = stop_signals_once(previous, again.append)
+        once(signal.SIGINT, None)
+        once(signal.SIGTERM, None)
+        once(signal.SIGINT, None)
+        self.assertEqual(self.calls, [signal.SIGINT])
+        self.assertEqual(again, [signal.SIGTERM, signal.SIGINT])
+
+    def stopped_twice(self, module: Any, argv: list[str]) -> list[str]:
+        """
+        Build C{module}'s service, start the reactor (Twisted's handlers
+        first, then the hooks) and send it SIGTERM, SIGTERM and SIGINT.
+
+        @return: the log lines of the later signals.
+        """
+        reactor = _ThreadCallReactor()
+        options = module.Options()
+        options.parseOptions(argv)
+        module.makeService(options, reactor)
+        self.twisted_handlers()
+        with capturedLogs() as events:
+            reactor.run()
+            for signum in (signal.SIGTERM, signal.SIGTERM, signal.SIGINT):
+                signal.getsignal(signum)(signum, None)
+        self.assertEqual(self.calls, [signal.SIGTERM])
+        from twisted.logger import formatEvent
+
+        return [formatEvent(e) for e in events if e.get("log_namespace") == "spwm.tap.common"]
+
+    def test_single_contact_point(self) -> None:
+        """
+        A contact point of one process (no C{--workers}) passes only the
+        first stop signal on.
+        """
+        self.assertEqual(
+            self.stopped_twice(contact, ["--plaintext"]),
+            ["SIGTERM: the stop is already under way", "SIGINT: the stop is already under way"],
+        )
+
+    def test_agent(self) -> None:
+        """
+        So does the agent.
+        """
+        self.assertEqual(
+            self.stopped_twice(agent, ["--plaintext", "--contact", "127.0.0.1:14443", "--sip-listen", "127.0.0.1:15160"]),
+            ["SIGTERM: the stop is already under way", "SIGINT: the stop is already under way"],
         )
