@@ -79,7 +79,7 @@ OPTIONS = (
     Option("allow-forward", (), ip_literal_port, "Allow UDP forwards to this IP:PORT (none by default).", repeat=True),
     Option("workers", 1, parse_workers, "Processes of this contact point (a number, or auto: one per CPU): they share the --listen port (SO_REUSEPORT), each has its own SIP port (--sip-address port + its index), a slice of --media-ports, its own --state-file (+ .INDEX) and --status-listen port (+ index); a supervisor restarts a worker that dies."),
     Option("worker-ports", None, positive_int, "With --workers N: worker I also takes tunnels on its own port, this + I (default: the --listen port + 1), on the --listen address; the welcome names it, so a reconnecting agent resumes (and attaches further connections) at the worker that holds its session. These ports must be reachable like --listen."),
-    Option("drain-time", 5.0, positive_float, "Seconds tunnels get to move after go-away when the contact point stops."),
+    Option("drain-time", 5.0, non_negative_float, "Seconds tunnels get to move after go-away when the contact point stops; 0: no drain, every tunnel is closed at once."),
     Option("state-file", None, optional_string, "Keep the flow token key and the registrations of sessions with keys in this file across a restart (written at stop, mode 0600; read at start): agents resume their registrations in the next process (default: none, a restart loses them)."),
     Option("max-tunnels", 10000, positive_int, "Tunnels (handshaking ones included) the contact point accepts in total."),
     Option("max-tunnels-per-address", 100, positive_int, "Tunnels accepted from one source address."),
