@@ -286,6 +286,81 @@ class MediaRangeTests(SynchronousTestCase):
         self.assertEqual(bind.tried, [40000])
 
 
+class _ForeignReactor(MemoryReactorClock):
+    """
+    A memory reactor on a host that has no address C{192.0.2.10}.
+    """
+
+    def _refuse(self, port: int, interface: str) -> None:
+        if interface == "192.0.2.10":
+            raise CannotListenError(interface, port, OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"))
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
+        self._refuse(port, interface)
+        return _Port(BusyReactor(set()), "udp", port)
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        self._refuse(port, interface)
+        return super().listenTCP(port, factory, backlog, interface)
+
+
+class ForeignSipAddressTests(SynchronousTestCase):
+    """
+    A SIP address that is not this host's is said as such, naming the SIP
+    option, although the media address (by default that same host) could
+    not be bound either.
+    """
+
+    def start(self, built: Any) -> str:
+        """
+        Start C{built}'s service, whose media range check finds the host
+        without C{192.0.2.10}.
+
+        @return: the line of the failed start.
+        """
+
+        def bind(address: str, port: int) -> None:
+            if address == "192.0.2.10":
+                raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+
+        for child in built.service:
+            if isinstance(child, MediaRangeCheck):
+                child.bind = bind
+        error = self.assertRaises(StartupExit, built.service.startService)
+        return str(error.code)
+
+    def test_agent(self) -> None:
+        """
+        C{spwm-agent --sip-listen 192.0.2.10:15160} without
+        C{--media-ports}: the line names C{--sip-listen}.
+        """
+        from spwm.tap.assembly import build_agent
+        from spwm.tap.options import AgentConfig
+
+        config = AgentConfig.from_options(
+            {"plaintext": True, "contact": "127.0.0.1:14443", "sip-listen": "192.0.2.10:15160"}
+        )
+        self.assertEqual(
+            self.start(build_agent(config, _ForeignReactor())),
+            "spwm-agent: --sip-listen udp 192.0.2.10:15160: not an address of this host",
+        )
+
+    def test_contact(self) -> None:
+        """
+        So with the contact point's C{--sip-address}.
+        """
+        from spwm.tap.assembly import build_contact
+        from spwm.tap.options import ContactConfig
+
+        config = ContactConfig.from_options(
+            {"plaintext": True, "listen": "tcp:14443:interface=127.0.0.1", "sip-address": "192.0.2.10:15070"}
+        )
+        self.assertEqual(
+            self.start(build_contact(config, _ForeignReactor())),
+            "spwm-contact: --sip-address udp 192.0.2.10:15070: not an address of this host",
+        )
+
+
 class StartupServiceTests(SynchronousTestCase):
     """
     The top service turns a L{ListenError} of a child into one line and an
