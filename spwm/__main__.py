@@ -271,7 +271,7 @@ def _cdr(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """
     C{spwm cdr}: the summary table of the files.
     """
-    from spwm.cdrsummary import HEADERS, parse_duration, read_records, summarize
+    from spwm.cdrsummary import HEADERS, UnreadableFileError, parse_duration, read_records, summarize
 
     since = None
     if args.since is not None:
@@ -283,8 +283,8 @@ def _cdr(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     skipped = [0]
     try:
         rows = summarize(read_records(args.files, skipped), args.by, since)
-    except OSError as e:
-        print(f"spwm cdr: cannot read {getattr(e, 'filename', None) or 'a file'}: {e.strerror or e}", file=err)
+    except UnreadableFileError as e:
+        print(f"spwm cdr: {e}", file=err)
         return 1
     headers = [h.format(by=args.by) for h in HEADERS]
     if rows:

@@ -13,9 +13,12 @@ import json
 import re
 import statistics
 import time
+import zlib
 from typing import Any, Iterable, Iterator, TextIO
 
-__all__ = ["parse_duration", "read_records", "summarize", "HEADERS"]
+from spwm.errors import SpwmError
+
+__all__ = ["parse_duration", "read_records", "summarize", "HEADERS", "UnreadableFileError"]
 
 #: The columns of L{summarize}'s rows.
 HEADERS = ("{by}", "legs", "answered", "ASR %", "ACD s", "MOS up p50", "MOS up min", "MOS down p50", "MOS down min", "lost %", "ended otherwise")
@@ -42,29 +45,73 @@ def _open(path: str) -> TextIO:
     return open(path, encoding="utf-8", errors="replace")
 
 
+class UnreadableFileError(SpwmError):
+    """
+    A file of L{read_records} cannot be read: missing, not readable, a
+    C{.gz} one cut short or not gzip.
+
+    @ivar path: the file as given.
+    @ivar reason: why, in a few words (C{No such file or directory},
+        C{Compressed file ended before the end-of-stream marker was
+        reached}, C{Not a gzipped file (b'no')}).
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"cannot read {self.path}: {self.reason}"
+
+
+def _is_record(value: Any) -> bool:
+    """
+    Whether a JSON value is a call detail record: an object with a text
+    C{call_id} and C{reason} and a number C{started}, as every record
+    of C{--cdr-file} has.
+    """
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("call_id"), str)
+        and isinstance(value.get("reason"), str)
+        and _number(value.get("started")) is not None
+    )
+
+
+def _file_records(path: str, skipped: list[int]) -> Iterator[dict[str, Any]]:
+    with _open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if _is_record(record):
+                yield record
+            else:
+                skipped[0] += 1
+
+
 def read_records(paths: Iterable[str], skipped: list[int]) -> Iterator[dict[str, Any]]:
     """
     The records of the files (C{.gz} ones too, as logrotate compresses
-    them), in order; a line that is not a JSON object is counted in
+    them), in order; a line that is not a call detail record (not JSON,
+    or JSON of another kind, see L{_is_record}) is counted in
     C{skipped[0]}.
 
-    @raise OSError: a file cannot be read.
+    @raise UnreadableFileError: a file cannot be read, as far as it was
+        read (a missing file, a C{.gz} one cut short or not gzip).
     """
     for path in paths:
-        with _open(path) as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    skipped[0] += 1
-                    continue
-                if isinstance(record, dict):
-                    yield record
-                else:
-                    skipped[0] += 1
+        try:
+            yield from _file_records(path, skipped)
+        except OSError as e:
+            raise UnreadableFileError(path, e.strerror or str(e)) from None
+        except (EOFError, zlib.error) as e:
+            raise UnreadableFileError(path, str(e)) from None
 
 
 def _key(record: dict[str, Any], by: str) -> str:

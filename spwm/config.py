@@ -82,7 +82,7 @@ def positive_float(value: Any) -> float:
 
 def non_negative_float(value: Any) -> float:
     """
-    A number, zero or more.
+    A number, zero or more (not C{nan}).
     """
     if isinstance(value, bool):
         raise ValueError(f"must be a number, not {value!r}")
@@ -90,7 +90,7 @@ def non_negative_float(value: Any) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"must be a number, not {value!r}") from None
-    if number < 0:
+    if not number >= 0:
         raise ValueError(f"must be 0 or more, not {value!r}")
     return number
 

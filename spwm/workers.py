@@ -384,43 +384,6 @@ def die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def stop_signals_once(previous: Any) -> Callable[[int, Any], None]:
-    """
-    A handler for SIGTERM and SIGINT that passes only the first of them
-    to C{previous} (Twisted's): a worker gets the stop signal twice when
-    the whole group or cgroup is signalled (systemd's default
-    C{KillMode=control-group}, Ctrl-C in a terminal) and then the
-    supervisor's, and a second one to a reactor already stopping is a
-    traceback (C{ReactorNotRunning}).
-    """
-    seen: list[int] = []
-
-    def once(signum: int, frame: Any) -> None:
-        if seen:
-            return
-        seen.append(signum)
-        if callable(previous):
-            previous(signum, frame)
-
-    return once
-
-
-def guard_stop_signals(reactor: Any = None) -> None:
-    """
-    Once the reactor runs (it installs its own handlers then), let only
-    the first SIGTERM or SIGINT through (L{stop_signals_once}).
-    """
-    if reactor is None:
-        from twisted.internet import reactor
-
-    def install() -> None:
-        once = stop_signals_once(signal.getsignal(signal.SIGTERM))
-        signal.signal(signal.SIGTERM, once)
-        signal.signal(signal.SIGINT, once)
-
-    reactor.callWhenRunning(install)
-
-
 def plugin_arguments(argv: list[str], name: str = "spwm-contact") -> list[str]:
     """
     The plugin's own arguments in a C{twistd} command line (what follows
@@ -757,7 +720,6 @@ __all__ = [
     "check_worker_ports",
     "build_workers",
     "die_with_parent",
-    "guard_stop_signals",
     "listen_address",
     "media_slice",
     "offset_port",

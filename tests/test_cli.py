@@ -429,3 +429,47 @@ class CdrCommandTests(SynchronousTestCase):
         code, lines, err = self.run_cdr(self.path, "--since", "yesterday")
         self.assertEqual(code, 2)
         self.assertEqual(err, "spwm cdr: --since: not a duration: 'yesterday' (e.g. 3600, 30m, 24h, 7d)\n")
+
+    def test_unreadable_gzip(self) -> None:
+        """
+        A C{.gz} file cut short (logrotate still compressing it) or one
+        that is not gzip at all: one line naming the file and the reason,
+        status 1, nothing on the output, even after a file that reads.
+        """
+        with open(self.rotated, "rb") as f:
+            data = f.read()
+        cut = self.mktemp() + ".gz"
+        with open(cut, "wb") as f:
+            f.write(data[:30])
+        code, lines, err = self.run_cdr(self.path, cut)
+        self.assertEqual((code, lines), (1, []))
+        self.assertEqual(
+            err, f"spwm cdr: cannot read {cut}: Compressed file ended before the end-of-stream marker was reached\n"
+        )
+        other = self.mktemp() + ".gz"
+        with open(other, "wb") as f:
+            f.write(b"no gzip here\n")
+        code, lines, err = self.run_cdr(other)
+        self.assertEqual((code, lines), (1, []))
+        self.assertEqual(err, f"spwm cdr: cannot read {other}: Not a gzipped file (b'no')\n")
+        damaged = self.mktemp() + ".gz"
+        with open(damaged, "wb") as f:
+            f.write(data[:12] + bytes(b ^ 0xFF for b in data[12:]))
+        code, lines, err = self.run_cdr(damaged)
+        self.assertEqual((code, lines), (1, []))
+        self.assertTrue(err.startswith(f"spwm cdr: cannot read {damaged}: "), err)
+        self.assertEqual(len(err.splitlines()), 1)
+
+    def test_json_that_is_not_a_record(self) -> None:
+        """
+        A JSON line that is not a call detail record (an object without
+        the record's C{call_id}, C{reason} and C{started}, an array, a
+        number, a string) is skipped and counted like a line that is not
+        JSON, not summed up as a leg.
+        """
+        with open(self.path, "a") as f:
+            f.write('{"agent":5}\n[]\n7\n"text"\n{"call_id":"x","reason":"dialog ended","started":"soon"}\n')
+        code, lines, err = self.run_cdr(self.path)
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual([line.split()[:2] for line in lines[2:4]], [["branch-1", "2"], ["all", "2"]])
+        self.assertEqual(lines[4], "(6 lines that are not records skipped)")

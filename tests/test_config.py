@@ -197,6 +197,28 @@ class OptionsTests(SynchronousTestCase):
         self.assertRefused(agent.Options(), ["--forward-udp", "x"], "forward-udp")
         self.assertRefused(agent.Options(), ["--keepalive-timeout", "zero"], "keepalive-timeout")
 
+    def test_drain_time_zero(self) -> None:
+        """
+        C{--drain-time 0} stops without a drain; a negative drain time, or
+        one that is not a number (C{nan} among them), is refused.
+        """
+        options = contact.Options()
+        options.parseOptions(["--plaintext", "--drain-time", "0"])
+        self.assertEqual(options.config.limits.tunnel.drain_time, 0.0)
+        self.assertRefused(
+            contact.Options(),
+            ["--plaintext", "--drain-time", "-1"],
+            "spwm-contact: invalid configuration: --drain-time: must be 0 or more, not '-1'",
+        )
+        self.assertRefused(
+            contact.Options(),
+            ["--plaintext", "--drain-time", "nan"],
+            "spwm-contact: invalid configuration: --drain-time: must be 0 or more, not 'nan'",
+        )
+        self.assertRefused(
+            contact.Options(), ["--plaintext", "--config", self.write("drain-time = -0.5\n")], "drain-time: must be 0 or more"
+        )
+
     def test_contact_needs_tls_material(self) -> None:
         """
         The contact point refuses to start without a certificate unless

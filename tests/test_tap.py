@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import signal
 import sys
 from typing import Any
 
@@ -25,7 +26,7 @@ from spwm.forward import AgentForwarder
 from spwm.limits import TunnelLimits
 from spwm.media.ports import check_range
 from spwm.tap import agent, contact
-from spwm.tap.common import MediaRangeCheck, StartupExit, StartupService
+from spwm.tap.common import MediaRangeCheck, StartupExit, StartupService, stop_signals_once
 from spwm.tap.parts import SipListeners
 from spwm.tunnel.api import Router
 from spwm.tunnel.protocol import ContactTunnelFactory
@@ -285,6 +286,81 @@ class MediaRangeTests(SynchronousTestCase):
         self.assertEqual(bind.tried, [40000])
 
 
+class _ForeignReactor(MemoryReactorClock):
+    """
+    A memory reactor on a host that has no address C{192.0.2.10}.
+    """
+
+    def _refuse(self, port: int, interface: str) -> None:
+        if interface == "192.0.2.10":
+            raise CannotListenError(interface, port, OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"))
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
+        self._refuse(port, interface)
+        return _Port(BusyReactor(set()), "udp", port)
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        self._refuse(port, interface)
+        return super().listenTCP(port, factory, backlog, interface)
+
+
+class ForeignSipAddressTests(SynchronousTestCase):
+    """
+    A SIP address that is not this host's is said as such, naming the SIP
+    option, although the media address (by default that same host) could
+    not be bound either.
+    """
+
+    def start(self, built: Any) -> str:
+        """
+        Start C{built}'s service, whose media range check finds the host
+        without C{192.0.2.10}.
+
+        @return: the line of the failed start.
+        """
+
+        def bind(address: str, port: int) -> None:
+            if address == "192.0.2.10":
+                raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+
+        for child in built.service:
+            if isinstance(child, MediaRangeCheck):
+                child.bind = bind
+        error = self.assertRaises(StartupExit, built.service.startService)
+        return str(error.code)
+
+    def test_agent(self) -> None:
+        """
+        C{spwm-agent --sip-listen 192.0.2.10:15160} without
+        C{--media-ports}: the line names C{--sip-listen}.
+        """
+        from spwm.tap.assembly import build_agent
+        from spwm.tap.options import AgentConfig
+
+        config = AgentConfig.from_options(
+            {"plaintext": True, "contact": "127.0.0.1:14443", "sip-listen": "192.0.2.10:15160"}
+        )
+        self.assertEqual(
+            self.start(build_agent(config, _ForeignReactor())),
+            "spwm-agent: --sip-listen udp 192.0.2.10:15160: not an address of this host",
+        )
+
+    def test_contact(self) -> None:
+        """
+        So with the contact point's C{--sip-address}.
+        """
+        from spwm.tap.assembly import build_contact
+        from spwm.tap.options import ContactConfig
+
+        config = ContactConfig.from_options(
+            {"plaintext": True, "listen": "tcp:14443:interface=127.0.0.1", "sip-address": "192.0.2.10:15070"}
+        )
+        self.assertEqual(
+            self.start(build_contact(config, _ForeignReactor())),
+            "spwm-contact: --sip-address udp 192.0.2.10:15070: not an address of this host",
+        )
+
+
 class StartupServiceTests(SynchronousTestCase):
     """
     The top service turns a L{ListenError} of a child into one line and an
@@ -483,4 +559,90 @@ class StateFileTests(SynchronousTestCase):
             contact.makeService(options, MemoryReactorClock())
         self.assertEqual(
             cm.exception.code, "spwm-contact: invalid configuration: state-file: no directory '/nonexistent/spwm'"
+        )
+
+
+class _ThreadCallReactor(MemoryReactorClock):
+    """
+    A memory reactor whose C{callFromThread} calls at once.
+    """
+
+    def callFromThread(self, f: Any, *args: Any, **kw: Any) -> None:
+        f(*args, **kw)
+
+
+class StopSignalTests(SynchronousTestCase):
+    """
+    Only the first SIGTERM or SIGINT reaches Twisted's handler, which
+    stops the reactor; a later one, while the half stops (the contact
+    point's drain), is one info line instead of a C{ReactorNotRunning}
+    traceback.
+    """
+
+    def setUp(self) -> None:
+        self.calls: list[int] = []
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
+
+    def twisted_handlers(self) -> None:
+        """
+        Handlers standing for those Twisted installs when the reactor
+        starts.
+        """
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda number, frame: self.calls.append(number))
+
+    def test_only_the_first(self) -> None:
+        """
+        Only the first stop signal reaches the handler that signal had;
+        each later one goes to C{again}.
+        """
+        again: list[int] = []
+        previous = {signal.SIGTERM: lambda signum, frame: self.calls.append(-signum)}
+        previous[signal.SIGINT] = lambda signum, frame: self.calls.append(signum)
+        once = stop_signals_once(previous, again.append)
+        once(signal.SIGINT, None)
+        once(signal.SIGTERM, None)
+        once(signal.SIGINT, None)
+        self.assertEqual(self.calls, [signal.SIGINT])
+        self.assertEqual(again, [signal.SIGTERM, signal.SIGINT])
+
+    def stopped_twice(self, module: Any, argv: list[str]) -> list[str]:
+        """
+        Build C{module}'s service, start the reactor (Twisted's handlers
+        first, then the hooks) and send it SIGTERM, SIGTERM and SIGINT.
+
+        @return: the log lines of the later signals.
+        """
+        reactor = _ThreadCallReactor()
+        options = module.Options()
+        options.parseOptions(argv)
+        module.makeService(options, reactor)
+        self.twisted_handlers()
+        with capturedLogs() as events:
+            reactor.run()
+            for signum in (signal.SIGTERM, signal.SIGTERM, signal.SIGINT):
+                signal.getsignal(signum)(signum, None)
+        self.assertEqual(self.calls, [signal.SIGTERM])
+        from twisted.logger import formatEvent
+
+        return [formatEvent(e) for e in events if e.get("log_namespace") == "spwm.tap.common"]
+
+    def test_single_contact_point(self) -> None:
+        """
+        A contact point of one process (no C{--workers}) passes only the
+        first stop signal on.
+        """
+        self.assertEqual(
+            self.stopped_twice(contact, ["--plaintext"]),
+            ["SIGTERM: the stop is already under way", "SIGINT: the stop is already under way"],
+        )
+
+    def test_agent(self) -> None:
+        """
+        So does the agent.
+        """
+        self.assertEqual(
+            self.stopped_twice(agent, ["--plaintext", "--contact", "127.0.0.1:14443", "--sip-listen", "127.0.0.1:15160"]),
+            ["SIGTERM: the stop is already under way", "SIGINT: the stop is already under way"],
         )

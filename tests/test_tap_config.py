@@ -272,7 +272,7 @@ class AssemblyTests(SynchronousTestCase):
         )
         built = build_contact(config, MemoryReactorClock())
         self.assertIsInstance(built, ContactPoint)
-        self.assertEqual(list(built.service)[1], built.listener)
+        self.assertEqual(list(built.service)[0], built.listener)
         self.assertEqual(built.factory.max_per_host, 2)
         self.assertEqual(built.sip_core.max_users, 5)
         self.assertIsNone(built.state)

@@ -941,6 +941,27 @@ class ContactServiceTests(SynchronousTestCase):
         self.assertEqual(clients[1].close_info.reason, "drain time over")
         self.assertEqual(service.factory.tunnels, set())
 
+    def test_no_drain(self) -> None:
+        """
+        A drain time of 0 (C{--drain-time 0}): the agents are told to go
+        away and every tunnel is closed in the next turn, with one line
+        saying so.
+        """
+        reactor, service, clients, pumps = self.listening_service(2, drain=0)
+        with capturedLogs() as events:
+            d = service.stopService()
+        self.assertEqual(
+            [formatEvent(e) for e in events if e.get("log_namespace", "").endswith("ContactListenService")],
+            ["closing 2 tunnel(s) at once (no drain time)"],
+        )
+        reactor.advance(0)
+        self.successResultOf(d)
+        for pump in pumps:
+            pump.flush()
+        self.assertTrue(all(c.go_away_info is not None for c in clients))
+        self.assertEqual([c.close_info.reason for c in clients], ["drain time over"] * 2)
+        self.assertEqual(service.factory.tunnels, set())
+
     def test_no_tunnels_no_wait(self) -> None:
         """
         Without tunnels the stop is over at once.

@@ -39,7 +39,6 @@ from spwm.workers import (
     offset_port,
     parse_workers,
     plugin_arguments,
-    stop_signals_once,
     sweep_handon_dirs,
     usable_cpus,
     worker_command,
@@ -312,19 +311,6 @@ class SupervisorTests(SynchronousTestCase):
         self.successResultOf(d)
         self.reactor.advance(60)
         self.assertEqual(len(self.reactor.spawned), 2)
-
-
-class StopSignalTests(SynchronousTestCase):
-    def test_only_the_first(self) -> None:
-        """
-        Only the first stop signal reaches the reactor's handler.
-        """
-        calls: list[int] = []
-        once = stop_signals_once(lambda signum, frame: calls.append(signum))
-        once(signal.SIGTERM, None)
-        once(signal.SIGINT, None)
-        once(signal.SIGTERM, None)
-        self.assertEqual(calls, [signal.SIGTERM])
 
 
 class SweepTests(SynchronousTestCase):

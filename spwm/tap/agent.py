@@ -30,7 +30,7 @@ from spwm.config import (
 from spwm.security.certwatch import reload_on_hangup as hangup
 from spwm.sip.names import sip_name
 from spwm.tap.assembly import agent_names, build_agent
-from spwm.tap.common import HEP_OPTIONS, LOG_OPTIONS, STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service
+from spwm.tap.common import HEP_OPTIONS, LOG_OPTIONS, STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service, guard_stop_signals
 from spwm.tap.options import AgentConfig
 
 __all__ = ["OPTIONS", "Options", "makeService", "agent_names", "proxy_credentials", "tunnel_connections", "tunnel_mode", "udp_path", "udp_port"]
@@ -200,9 +200,11 @@ def build_agent_for_twistd(config: AgentConfig, reactor: Any = None) -> Any:
     (C{--sip-tls-cert}, C{--client-cert}, C{--ca}) and reopens its
     C{--cdr-file} instead of ending the process, unless it runs on a
     terminal: an agent started in a shell ends when the terminal hangs up,
-    as a program there should.
+    as a program there should.  A stop signal after the first is one
+    info line (L{guard_stop_signals}).
     """
     agent = build_agent(config, reactor)
+    guard_stop_signals(reactor)
     if on_a_terminal():
         return agent
     if reactor is None:

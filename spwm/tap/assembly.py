@@ -606,7 +606,6 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
         )
 
     top = StartupService("agent")
-    MediaRangeCheck(media_address, config.media_ports).setServiceParent(top)
     hep_service(top, hep)
     (on_demand if on_demand is not None else tunnel).setServiceParent(top)
     for side in sides[1:]:
@@ -616,6 +615,9 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
         reactor, runner, sip_addresses, sip_tls, limits.sip.udp_buffer, limits.sip.max_message_size
     )
     listeners.setServiceParent(top)
+    # after the SIP listeners: the media address is by default the first
+    # --sip-listen host, and a host that is not ours is that option's error
+    MediaRangeCheck(media_address, config.media_ports).setServiceParent(top)
     if sip_certificates is not None:
         sip_certificates.setServiceParent(top)
     if tls_files is not None:
@@ -1297,7 +1299,6 @@ def build_contact(
         factory.quic_port = config.quic_listen[1] or None
 
     top = StartupService("contact")
-    MediaRangeCheck(media_address, config.media_ports).setServiceParent(top)
     hep_service(top, hep)
     listener.setServiceParent(top)
     if own_listener is not None:
@@ -1336,6 +1337,9 @@ def build_contact(
         option="sip-address",
     )
     listeners.setServiceParent(top)
+    # after the SIP listener: the media address is by default the
+    # --sip-address host, and a host that is not ours is that option's error
+    MediaRangeCheck(media_address, config.media_ports).setServiceParent(top)
     names = proxy_name_watch(config, reactor, runner)
     if names is not None:
         names.setServiceParent(top)

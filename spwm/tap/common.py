@@ -6,6 +6,7 @@ Options shared by both services.
 from __future__ import annotations
 
 import errno
+import signal
 from typing import Any, Callable
 
 from twisted.application.service import IService, MultiService, Service
@@ -233,3 +234,63 @@ def build_service(side: str, build: Callable[[], Any], clock: Any = None) -> ISe
         policy.setServiceParent(service)
         status.add("gc", policy.status)
     return service
+
+
+_log = Logger()
+
+#: the signals that stop a half (twistd's handlers stop the reactor)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def stop_signals_once(
+    previous: dict[int, Any], again: Callable[[int], None] | None = None
+) -> Callable[[int, Any], None]:
+    """
+    A handler for SIGTERM and SIGINT that passes only the first of them
+    to the handler that signal had before (C{previous[signum]},
+    Twisted's), and each later one to C{again} instead.
+
+    A second stop signal to a reactor already stopping (an operator's
+    second Ctrl-C or C{kill} during the contact point's drain; systemd's
+    default C{KillMode=control-group}, which signals a worker directly
+    and then the supervisor passes the signal on) would be a traceback
+    (C{ReactorNotRunning}) at critical level.
+    """
+    seen: list[int] = []
+
+    def once(signum: int, frame: Any) -> None:
+        if seen:
+            if again is not None:
+                again(signum)
+            return
+        seen.append(signum)
+        handler = previous.get(signum)
+        if callable(handler):
+            handler(signum, frame)
+
+    return once
+
+
+def guard_stop_signals(reactor: Any = None) -> None:
+    """
+    Once the reactor runs (it installs its own handlers then), let only
+    the first SIGTERM or SIGINT through (L{stop_signals_once}); each
+    later one is an info line, C{SIGINT: the stop is already under way}.
+    For the twistd plugins (both halves, the supervisor of
+    C{--workers} and each worker), not for programs that embed the
+    protocols: the signals are the program's.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+
+    def again(signum: int) -> None:
+        reactor.callFromThread(
+            _log.info, "{signal}: the stop is already under way", signal=signal.Signals(signum).name
+        )
+
+    def install() -> None:
+        once = stop_signals_once({signum: signal.getsignal(signum) for signum in STOP_SIGNALS}, again)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, once)
+
+    reactor.callWhenRunning(install)

@@ -33,9 +33,9 @@ from spwm.cdrfile import CdrFile
 from spwm.security.certwatch import install_reload_signal
 from spwm.security.certwatch import reload_on_hangup as hangup
 from spwm.tap.assembly import ContactPoint, build_contact
-from spwm.tap.common import HEP_OPTIONS, LOG_OPTIONS, STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service
+from spwm.tap.common import HEP_OPTIONS, LOG_OPTIONS, STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service, guard_stop_signals
 from spwm.tap.options import ContactConfig
-from spwm.workers import WorkerSpec, build_workers, die_with_parent, guard_stop_signals, parse_workers, worker_config
+from spwm.workers import WorkerSpec, build_workers, die_with_parent, parse_workers, worker_config
 
 __all__ = ["OPTIONS", "Options", "makeService", "parse_sip_proxy", "sip_address"]
 
@@ -79,7 +79,7 @@ OPTIONS = (
     Option("allow-forward", (), ip_literal_port, "Allow UDP forwards to this IP:PORT (none by default).", repeat=True),
     Option("workers", 1, parse_workers, "Processes of this contact point (a number, or auto: one per CPU): they share the --listen port (SO_REUSEPORT), each has its own SIP port (--sip-address port + its index), a slice of --media-ports, its own --state-file (+ .INDEX) and --status-listen port (+ index); a supervisor restarts a worker that dies."),
     Option("worker-ports", None, positive_int, "With --workers N: worker I also takes tunnels on its own port, this + I (default: the --listen port + 1), on the --listen address; the welcome names it, so a reconnecting agent resumes (and attaches further connections) at the worker that holds its session. These ports must be reachable like --listen."),
-    Option("drain-time", 5.0, positive_float, "Seconds tunnels get to move after go-away when the contact point stops."),
+    Option("drain-time", 5.0, non_negative_float, "Seconds tunnels get to move after go-away when the contact point stops; 0: no drain, every tunnel is closed at once."),
     Option("state-file", None, optional_string, "Keep the flow token key and the registrations of sessions with keys in this file across a restart (written at stop, mode 0600; read at start): agents resume their registrations in the next process (default: none, a restart loses them)."),
     Option("max-tunnels", 10000, positive_int, "Tunnels (handshaking ones included) the contact point accepts in total."),
     Option("max-tunnels-per-address", 100, positive_int, "Tunnels accepted from one source address."),
@@ -131,26 +131,26 @@ def build_contact_or_workers(config: ContactConfig, reactor: Any = None) -> Any:
     """
     The contact point of C{config}; with C{--workers N} the supervisor of
     N workers (L{spwm.workers}); in a worker's process (its environment
-    says so), that worker's contact point.
+    says so), that worker's contact point.  In each, a stop signal
+    after the first is one info line (L{guard_stop_signals}).
     """
     spec = WorkerSpec.from_environment()
+    built: Any
     if spec is not None:
         die_with_parent(spec.parent)
-        guard_stop_signals(reactor)
-        contact = build_contact(worker_config(config, spec), reactor)
-        reload_on_hangup(contact, reactor)
-        return contact
-    if config.workers > 1:
+        built = build_contact(worker_config(config, spec), reactor)
+        reload_on_hangup(built, reactor)
+    elif config.workers > 1:
         if config.cdr_file is not None:
             # the workers append to it: one line at start if they cannot
             CdrFile(config.cdr_file).close()
-        guard_stop_signals(reactor)
-        workers = build_workers(config, reactor)
-        install_reload_signal(reactor or _reactor(), workers.supervisor.reload)
-        return workers
-    contact = build_contact(config, reactor)
-    reload_on_hangup(contact, reactor)
-    return contact
+        built = build_workers(config, reactor)
+        install_reload_signal(reactor or _reactor(), built.supervisor.reload)
+    else:
+        built = build_contact(config, reactor)
+        reload_on_hangup(built, reactor)
+    guard_stop_signals(reactor)
+    return built
 
 
 def reload_on_hangup(contact: ContactPoint, reactor: Any = None) -> None:

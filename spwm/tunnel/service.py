@@ -1434,14 +1434,18 @@ class ContactListenService(Service):
         """
         Stop listening and drain: go-away on every tunnel, then wait for
         their own close notifications (L{TunnelProtocol.when_closed}), at
-        most the drain time; tunnels still open then are closed.
+        most the drain time; tunnels still open then are closed.  With a
+        drain time of 0, that is in the reactor's next turn.
         """
         super().stopService()
         stopped = self._port.stopListening() if self._port is not None else None
         tunnels = list(self.factory.tunnels)
         if not tunnels:
             return stopped
-        self.log.info("draining {count} tunnel(s) for {drain} s", count=len(tunnels), drain=self._drain)
+        if self._drain > 0:
+            self.log.info("draining {count} tunnel(s) for {drain} s", count=len(tunnels), drain=self._drain)
+        else:
+            self.log.info("closing {count} tunnel(s) at once (no drain time)", count=len(tunnels))
         self.factory.go_away_all("contact point shutting down", self._drain)
         gone = DeferredList([t.when_closed() for t in tunnels], consumeErrors=True)
         done: Deferred[None] = Deferred()
