@@ -85,7 +85,8 @@ class SipLimits:
     @ivar max_message_size: largest SIP message accepted (at most 65535).
     @ivar udp_buffer: receive buffer of the SIP (and forward) UDP sockets.
     @ivar registers_per_minute: REGISTER requests one tunnel may send per
-        minute (contact point; more get C{503}).
+        minute for one address-of-record (contact point; more get C{503};
+        in all, 4 x C{users_per_tunnel}: L{spwm.sip.authz}).
     @ivar users_per_tunnel: addresses-of-record one tunnel may register
         (contact point; one more gets C{403}).
     @ivar max_connections: outgoing TCP connections of the contact point's

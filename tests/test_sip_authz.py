@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.sip.authz import AuthorizingContactProxy, MediaAcceptor
+from spwm.sip.authz import TUNNEL_REGISTERS_PER_USER, AuthorizingContactProxy, MediaAcceptor
 from spwm.tunnel.api import Router
 from spwm.sip.message import parse_message
 from spwm.sip.actions import ToTunnel
@@ -182,12 +182,13 @@ class LimitTests(GateTestCase):
 
     def test_register_rate(self) -> None:
         """
-        More REGISTER requests per minute than the limit get 503 with
-        Retry-After; a minute later they pass again.
+        More REGISTER requests for one address per minute than the limit
+        get 503 with Retry-After; a minute later they pass again.
         """
         for i in range(5):
             self.register("alice")
-        actions = self.send(request("REGISTER", "sip:example.org", call_id="reg-x", extra=("Contact: <sip:alice@192.0.2.10:5062>",)))
+        actions = self.send(request("REGISTER", "sip:example.org", from_="<sip:alice@example.org>;tag=x", to="<sip:alice@example.org>",
+                                    call_id="reg-x", extra=("Contact: <sip:alice@192.0.2.10:5062>",)))
         self.assertEqual(self.statuses(actions), [503])
         [resp] = [parse_message(a.data) for a in actions if isinstance(a, ToTunnel)]
         self.assertEqual(resp.get("Retry-After"), "60")
@@ -195,3 +196,40 @@ class LimitTests(GateTestCase):
             "REGISTER", "sip:example.org", from_="<sip:alice@example.org>;tag=r9", to="<sip:alice@example.org>",
             call_id="reg-y", extra=("Contact: <sip:alice@192.0.2.10:5062>", "Expires: 300")), 75.0)
         self.assertIn(200, self.statuses(ok))
+
+    def _register(self, user: str, n: int, now: float = 10.0) -> list[int]:
+        actions = self.proxy.from_tunnel(self.tunnel, "s-1", 1, request(
+            "REGISTER", "sip:example.org", from_=f"<sip:{user}@example.org>;tag=r{n}", to=f"<sip:{user}@example.org>",
+            call_id=f"reg-{user}-{n}", extra=(f"Contact: <sip:{user}@192.0.2.10:5062>", "Expires: 300")), now)
+        return self.statuses(actions)
+
+    def test_register_rate_per_user(self) -> None:
+        """
+        The limit is per address-of-record: a phone that sends REGISTER
+        after REGISTER (a wrong password, retried for ever) gets 503 for
+        its own address only; the other phones behind the same agent
+        register as before.
+        """
+        for n in range(5):
+            self.assertEqual(self._register("bob", n), [200])
+        self.assertEqual(self._register("bob", 5), [503])
+        self.assertEqual(self._register("alice", 0), [200])
+        self.assertEqual(self._register("bob", 6), [503])
+        self.assertEqual(self.proxy.refused, {"too many REGISTER requests for this user": 2})
+
+    def test_register_rate_per_tunnel(self) -> None:
+        """
+        In all, a tunnel may send L{TUNNEL_REGISTERS_PER_USER} REGISTERs
+        per minute per user it may register: past that, every address gets
+        503 (many addresses tried through one tunnel); a minute later they
+        pass again, and the addresses not seen for a minute are forgotten.
+        """
+        self.assertEqual(self.proxy.tunnel_register_limit, TUNNEL_REGISTERS_PER_USER * 2)
+        for n in range(self.proxy.tunnel_register_limit):
+            self.assertEqual(self._register(f"u{n}", 0), [403] if n >= 2 else [200])
+        self.assertEqual(self._register("alice", 0), [503])
+        self.assertEqual(self.proxy.refused["too many REGISTER requests"], 1)
+        self.assertEqual(self._register("u0", 1, now=75.0), [200])
+        for n in range(self.proxy.tunnel_register_limit):
+            self._register(f"v{n}", 0, now=76.0)
+        self.assertLessEqual(len(self.proxy._register_times["s-1"]), self.proxy.tunnel_register_limit + 2)

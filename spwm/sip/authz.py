@@ -10,13 +10,14 @@ through it (the From identity is checked).  When all registrations of a tunnel
 have expired or been removed, it is unregistered again.
 
 L{AuthorizingContactProxy} wraps a L{spwm.sip.contact_proxy.ContactSipProxy} (same
-interface) and limits REGISTER requests per tunnel; L{MediaAcceptor} guards the
-media channels.
+interface) and limits REGISTER requests per address-of-record and per
+tunnel; L{MediaAcceptor} guards the media channels.
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from typing import Any, Callable
 
 from spwm.sip.errors import SipParseError
@@ -34,8 +35,39 @@ _FROM = re.compile(rb"^(?:from|f)[ \t]*:[ \t]*(.*(?:\r?\n[ \t]+.*)*)", re.IGNORE
 _TO = re.compile(rb"^(?:to|t)[ \t]*:[ \t]*(.*(?:\r?\n[ \t]+.*)*)", re.IGNORECASE | re.MULTILINE)
 
 
+#: REGISTER requests a tunnel may send per minute in all, per address-of-
+#: record it may register (C{max_users}): each phone's registration is two
+#: with a digest challenge, and after a power cut every phone behind an
+#: agent registers in the same minute.
+TUNNEL_REGISTERS_PER_USER = 4
+
+#: The key of a REGISTER whose To does not parse (the core answers it 400).
+_NO_AOR = ("", "")
+
+
 def _identity(uri: Any) -> tuple[str, str]:
     return ((uri.user or "").lower(), uri.host.lower())
+
+
+def _header_identity(pattern: "re.Pattern[bytes]", data: bytes) -> tuple[str, str] | None:
+    """
+    The (user, host) of the first From or To (C{pattern}) of a request,
+    or C{None} if it has none that parses.
+    """
+    end = data.find(b"\r\n\r\n")
+    match = pattern.search(data, 0, end if end >= 0 else len(data))
+    if match is None:
+        return None
+    try:
+        value = b" ".join(match.group(1).split()).decode("utf-8", "surrogateescape")
+        return _identity(parse_name_addr(value).uri)
+    except SipParseError:
+        return None
+
+
+def _expire(times: "deque[float]", horizon: float) -> None:
+    while times and times[0] <= horizon:
+        times.popleft()
 
 
 class AuthorizingContactProxy:
@@ -62,18 +94,31 @@ class AuthorizingContactProxy:
             (C{request_from_tunnel(tunnel, session_id, data)}) and of
             responses going into tunnels (C{response_to_tunnel(tunnel,
             data)}), for the per-user keys.
-        @param register_limit: REGISTER requests per tunnel per minute;
-            more get C{503} with C{Retry-After} (stops password guessing
-            through us).
+        @param register_limit: REGISTER requests per address-of-record
+            (the To) and tunnel per minute; more get C{503} with
+            C{Retry-After} (stops password guessing through us, and a phone
+            that retries a wrong password for ever, without holding up the
+            other phones behind the same agent).  A tunnel may send
+            L{TUNNEL_REGISTERS_PER_USER} times C{max_users} in all (at
+            least C{register_limit}).
         """
         self._core = core
         self.require_registration = require_registration
         self.observer = observer
         self.register_limit = register_limit
         self.max_users = max_users
-        self._register_times: dict[str, list[float]] = {}
+        # per session: the times of its REGISTERs per address-of-record,
+        # and of all of them under None
+        self._register_times: dict[str, dict[tuple[str, str] | None, deque[float]]] = {}
         self._identities: dict[str, tuple[tuple[str, ...], set[tuple[str, str]]]] = {}
         self.refused: dict[str, int] = {}
+
+    @property
+    def tunnel_register_limit(self) -> int:
+        """
+        REGISTER requests a tunnel may send per minute in all.
+        """
+        return max(self.register_limit, TUNNEL_REGISTERS_PER_USER * self.max_users)
 
     # -- the core's interface, passed on ---------------------------------
 
@@ -167,28 +212,43 @@ class AuthorizingContactProxy:
                     self.observer.response_to_tunnel(action.tunnel_key, action.flow_id, action.data)
         return actions
 
-    def _register_allowed(self, session_id: str, now: float) -> bool:
-        times = self._register_times.setdefault(session_id, [])
-        while times and times[0] <= now - 60.0:
-            times.pop(0)
-        if len(times) >= self.register_limit:
-            return False
-        times.append(now)
-        return True
+    def _register_refusal(self, session_id: str, aor: tuple[str, str], now: float) -> str | None:
+        """
+        Count a REGISTER for C{aor} through a session, unless one of its
+        minutes is full.
 
-    def _new_user_over_limit(self, session_id: str, data: bytes) -> bool:
+        @return: why it is refused, or C{None}.
+        """
+        windows = self._register_times.get(session_id)
+        if windows is None:
+            windows = self._register_times[session_id] = {None: deque()}
+        horizon = now - 60.0
+        total = windows[None]
+        _expire(total, horizon)
+        if len(total) >= self.tunnel_register_limit:
+            return "too many REGISTER requests"
+        own = windows.get(aor)
+        if own is None:
+            if len(windows) > self.tunnel_register_limit:
+                # the addresses not seen for a minute (bounded: at most a
+                # minute's total of them have times)
+                for key, times in list(windows.items()):
+                    if key is not None:
+                        _expire(times, horizon)
+                        if not times:
+                            del windows[key]
+            own = windows[aor] = deque()
+        else:
+            _expire(own, horizon)
+            if len(own) >= self.register_limit:
+                return "too many REGISTER requests for this user"
+        own.append(now)
+        total.append(now)
+        return None
+
+    def _new_user_over_limit(self, session_id: str, aor: tuple[str, str] | None) -> bool:
         identities = self.identities(session_id)
-        if len(identities) < self.max_users:
-            return False
-        end = data.find(b"\r\n\r\n")
-        match = _TO.search(data, 0, end if end >= 0 else len(data))
-        if match is None:
-            return False
-        try:
-            value = b" ".join(match.group(1).split()).decode("utf-8", "surrogateescape")
-            return _identity(parse_name_addr(value).uri) not in identities
-        except SipParseError:
-            return False
+        return len(identities) >= self.max_users and aor is not None and aor not in identities
 
     def status(self) -> dict[str, Any]:
         """
@@ -223,11 +283,11 @@ class AuthorizingContactProxy:
             return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now, congested=congested)
         method = head.split(b" ", 1)[0].decode("ascii", "replace").upper()
         if method == "REGISTER":
-            if not self._register_allowed(session_id, now):
-                return self._refuse(
-                    tunnel_key, flow_id, data, method, "too many REGISTER requests", 503, "Service Unavailable"
-                )
-            if self._new_user_over_limit(session_id, data):
+            aor = _header_identity(_TO, data)
+            refusal = self._register_refusal(session_id, _NO_AOR if aor is None else aor, now)
+            if refusal is not None:
+                return self._refuse(tunnel_key, flow_id, data, method, refusal, 503, "Service Unavailable")
+            if self._new_user_over_limit(session_id, aor):
                 return self._refuse(tunnel_key, flow_id, data, method, "too many users on this tunnel")
             if self.observer is not None:
                 self.observer.request_from_tunnel(tunnel_key, session_id, data)

@@ -94,7 +94,7 @@ OPTIONS = (
     Option("sip-trace-bodies", False, bool, "With --sip-trace, log message bodies (SDP) too.", flag=True),
     Option("allow-unregistered", False, bool, "Let tunnels send any request and open media before a registration succeeded (trunks, tests).", flag=True),
     Option("max-users-per-tunnel", 64, positive_int, "Addresses-of-record one tunnel may register; a REGISTER for one more gets 403."),
-    Option("max-registers-per-minute", 30, positive_int, "REGISTER requests a tunnel may send per minute; more get 503."),
+    Option("max-registers-per-minute", 30, positive_int, "REGISTER requests a tunnel may send per minute for one address-of-record; more get 503 (in all: 4 x --max-users-per-tunnel)."),
     Option("contact-rewrite", False, bool, "Rewrite Contact to our address for registrars without Path support.", flag=True),
     Option("media-address", None, ip_address, "Operator-side address of the relay sockets (default: the --sip-address address)."),
     Option("media-ports", (50000, 50999), port_range, "UDP port range LOW-HIGH for media towards the operator network."),
