@@ -130,6 +130,29 @@ class AuthorizationTests(GateTestCase):
         actions = self.proxy.from_tunnel(other, "s-2", 1, request("MESSAGE", "sip:bob@example.org", call_id="m4"), 10.0)
         self.assertEqual(self.statuses(actions), [403])
 
+    def test_withheld_caller_id(self) -> None:
+        """
+        A registered tunnel may call with its caller ID withheld (RFC 3323:
+        an anonymous From), also naming the identity it prefers (RFC 3325)
+        when that is one registered through it; not with another one's,
+        and not before it is registered at all.
+        """
+        anonymous = '"Anonymous" <sip:anonymous@anonymous.invalid>;tag=an'
+
+        def call(n: int, *extra: str) -> list[int]:
+            return self.statuses(self.send(request("INVITE", "sip:bob@example.org", from_=anonymous, call_id=f"anon-{n}", extra=extra)))
+
+        self.assertEqual(call(0), [403])
+        self.assertEqual(self.proxy.refused, {"tunnel not registered": 1})
+        self.register("alice")
+        self.assertNotIn(403, call(1))
+        self.assertNotIn(403, call(2, "P-Preferred-Identity: <sip:alice@example.org>"))
+        self.assertEqual(call(3, "P-Preferred-Identity: <sip:mallory@example.org>"), [403])
+        self.assertEqual(
+            self.proxy.refused,
+            {"tunnel not registered": 1, "P-Preferred-Identity is not registered through this tunnel": 1},
+        )
+
     def test_unregistered_ack_is_dropped_silently(self) -> None:
         """
         An ACK is never answered.

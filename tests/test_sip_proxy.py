@@ -1038,6 +1038,23 @@ class ContactTests(SynchronousTestCase):
             "udp", src, data, now, congested=lambda key: getattr(key, "congested", False)
         )
 
+    def test_asserted_identity_removed(self) -> None:
+        """
+        A P-Asserted-Identity from the tunnel does not reach the operator
+        (RFC 3325 5: only its own network asserts identities, and a proxy
+        that trusts the contact point would believe it); a
+        P-Preferred-Identity does, and the removal is counted.
+        """
+        act, msg = self.up(
+            request(
+                "INVITE",
+                "sip:bob@example.org",
+                extra=("P-Asserted-Identity: <sip:boss@example.org>", "P-Preferred-Identity: <sip:alice@example.org>"),
+            )
+        )
+        self.assertEqual((msg.get_all("P-Asserted-Identity"), msg.get("P-Preferred-Identity")), ([], "<sip:alice@example.org>"))
+        self.assertEqual(self.cp.counters["P-Asserted-Identity from tunnel removed"], 1)
+
     def test_register_path(self) -> None:
         """
         A REGISTER goes to the operator proxy with our Via (token in the

@@ -6,7 +6,9 @@ Until the operator's registrar (or the embedded one) has answered a REGISTER
 that came through a tunnel with 2xx, that tunnel may send only REGISTER and
 OPTIONS; anything else gets C{403}, and no media channel can be opened.
 Afterwards it may send requests only as the addresses-of-record registered
-through it (the From identity is checked).  When all registrations of a tunnel
+through it (the From identity is checked; a withheld one, RFC 3323's
+anonymous From, passes, and a P-Preferred-Identity beside it must be one of
+them).  When all registrations of a tunnel
 have expired or been removed, it is unregistered again.
 
 L{AuthorizingContactProxy} wraps a L{spwm.sip.contact_proxy.ContactSipProxy} (same
@@ -32,6 +34,11 @@ from spwm.tunnel.frames import ChannelKind
 UNREGISTERED_METHODS = frozenset({"REGISTER", "OPTIONS"})
 
 _FROM = re.compile(rb"^(?:from|f)[ \t]*:[ \t]*(.*(?:\r?\n[ \t]+.*)*)", re.IGNORECASE | re.MULTILINE)
+_PREFERRED = re.compile(rb"^p-preferred-identity[ \t]*:[ \t]*(.*(?:\r?\n[ \t]+.*)*)", re.IGNORECASE | re.MULTILINE)
+
+#: The host of an anonymous From (RFC 3323 4.1.1.3: a caller who withholds
+#: its identity, "Anonymous" <sip:anonymous@anonymous.invalid>).
+ANONYMOUS_HOST = "anonymous.invalid"
 _TO = re.compile(rb"^(?:to|t)[ \t]*:[ \t]*(.*(?:\r?\n[ \t]+.*)*)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -312,7 +319,15 @@ class AuthorizingContactProxy:
         except SipParseError:
             # Let the core answer malformed requests as it does.
             return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now, congested=congested)
-        if identity not in identities:
+        if identity[1] == ANONYMOUS_HOST:
+            # a withheld caller ID (RFC 3323): the tunnel is registered; an
+            # identity it prefers (RFC 3325) must be one of its own
+            preferred = _header_identity(_PREFERRED, data)
+            if preferred is not None and preferred not in identities:
+                return self._refuse(
+                    tunnel_key, flow_id, data, method, "P-Preferred-Identity is not registered through this tunnel"
+                )
+        elif identity not in identities:
             return self._refuse(tunnel_key, flow_id, data, method, "From is not registered through this tunnel")
         return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now, congested=congested)
 

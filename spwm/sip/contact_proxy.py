@@ -457,6 +457,14 @@ class ContactSipProxy:
         if self._route_token(msg.uri) is not None:
             strict_route(msg)
         self._pop_own_routes(msg, token=True)
+        for h in msg.headers:
+            if h.name == "p-asserted-identity":
+                # RFC 3325 5: an identity only the operator's network may
+                # assert; a phone's (or anyone's through an agent) would be
+                # believed by a proxy that trusts this contact point
+                msg.remove_header("P-Asserted-Identity")
+                self.counters.count("P-Asserted-Identity from tunnel removed")
+                break
         method = msg.method
         call_id = msg.call_id
         extra = short_hash(branch_source(msg)) + short_hash(msg.uri or "", 2)
