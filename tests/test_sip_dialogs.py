@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.sip.dialogs import ACK_WAIT, Dialog, DialogTable
+from spwm.sip.dialogs import ACK_WAIT, Dialog, DialogTable, MovedLegs
 
 
 class DialogTableTests(SynchronousTestCase):
@@ -140,3 +140,50 @@ class DialogTableTests(SynchronousTestCase):
         self.assertEqual(t.dropped, 1)
         # the dropped call's answer no longer waits for its ACK
         self.assertEqual([d.call_id for _, d in t.unacknowledged(1000.0)], ["o1", "c2", "c3"])
+
+
+class FlowOfTests(SynchronousTestCase):
+    """
+    L{DialogTable.flow_of}: the flow whose leg a message inside a dialog
+    belongs to; L{MovedLegs}: the responses to such messages.
+    """
+
+    def test_flow_of(self) -> None:
+        """
+        The arrival flow when a dialog of the tags is on it or on none;
+        the one other flow that has one; the arrival flow again when two
+        do (two legs of one dialog: two phones behind one agent).  With a
+        scope, only that scope is looked in.
+        """
+        table = DialogTable(60.0)
+        table.answered(1, "c", 1, "a", "b", 0.0)
+        self.assertEqual(table.flow_of("c", "a", "b", 1), 1)
+        self.assertEqual(table.flow_of("c", "b", "a", 9), 1)
+        self.assertEqual(table.flow_of("c", "a", "x", 9), 9)
+        self.assertEqual(table.flow_of("other", "a", "b", 9), 9)
+        self.assertEqual(table.flow_of("c", "a", "b", 9, scope=2), 9)
+        table.answered(2, "c", 2, "a", "b", 0.0)
+        self.assertEqual(table.flow_of("c", "a", "b", 9), 9)
+        self.assertEqual(table.flow_of("c", "a", "b", 2), 2)
+        self.assertEqual(table.flow_of("c", "a", "b", 9, scope=2), 2)
+        table.remove(1, "c", "a", "b")
+        table.remove(2, "c", "a", "b")
+        self.assertEqual(table.flow_of("c", "a", "b", 9), 9)
+        self.assertEqual(table._call_scopes, {})
+
+    def test_moved_legs(self) -> None:
+        """
+        A moved request's provisional responses find its leg, its final
+        one too and forgets it; at most C{limit} are kept, oldest first
+        out.
+        """
+        moved = MovedLegs(limit=2)
+        self.assertEqual(moved.leg("c", 2, 9, 9, final=False), 9)
+        moved.moved("c", 2, 9, 1)
+        self.assertEqual(moved.leg("c", 2, 9, 9, final=False), 1)
+        self.assertEqual(moved.leg("c", 2, 8, 8, final=False), 8)
+        self.assertEqual(moved.leg("c", 2, 9, 9, final=True), 1)
+        self.assertEqual((moved.leg("c", 2, 9, 9, final=True), len(moved)), (9, 0))
+        for cseq in (3, 4, 5):
+            moved.moved("c", cseq, 9, 1)
+        self.assertEqual([moved.leg("c", n, 9, 9, final=True) for n in (3, 4, 5)], [9, 1, 1])

@@ -1880,6 +1880,67 @@ class PairTests(SynchronousTestCase):
         self.assertIn(("ended", kb, dialog_key(1, "call-1@192.0.2.10")), hook_b.calls)
         self.assertEqual(w.drops, [])
 
+    def test_reinvite_over_another_transport(self) -> None:
+        """
+        A phone that sends a re-INVITE over TCP (over 1,300 bytes, RFC 3261
+        18.1.1: a new connection, a new flow) in a call it set up over UDP:
+        its SDP and the answer's count for the call's leg on both halves
+        (the flow the dialog was set up on), the answer goes back over the
+        TCP connection, and the BYE over UDP ends the leg on both halves:
+        no second leg is made, none is left behind.
+        """
+        contact_hook, hook_a, hook_b = RecordingHook("C"), RecordingHook("A"), RecordingHook("B")
+        w = World(media_hook=contact_hook)
+        ka, a = w.add_agent("sa", hook_a)
+        kb, b = w.add_agent("sb", hook_b)
+        fa = Flow("udp", ("192.0.2.1", 5060), ("192.0.2.10", 5062))
+        fa_tcp = Flow("tcp", ("192.0.2.1", 5060), ("192.0.2.10", 40123), 9)
+        fb = Flow("udp", ("198.51.100.1", 5060), ("198.51.100.20", 5062))
+        w.app(a, fa, register("alice", "sip:alice@192.0.2.10:5062"))
+        w.take_app()
+        w.app(b, fb, register("bob", "sip:bob@198.51.100.20:5062", via_host="198.51.100.20:5062"))
+        w.take_app()
+        w.app(a, fa, request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp",
+                             extra=("Contact: <sip:alice@192.0.2.10:5062>",)))
+        _, inv = w.take_app()
+        w.app(b, fb, answer(inv.to_bytes(), 200, to_tag="tb", body=SDP,
+                            extra=(("Contact", "<sip:bob@198.51.100.20:5062>"),)))
+        _, ok = w.take_app()
+        route_lines = tuple(f"Route: {r}" for r in reversed(ok.get_all("Record-Route")))
+        w.app(a, fa, request("ACK", "sip:bob@198.51.100.20:5062", to="<sip:bob@example.org>;tag=tb",
+                             via="SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKack1;rport", extra=route_lines))
+        w.take_app()
+        keys_before = {c[2] for hook in (hook_a, contact_hook) for c in hook.calls}
+
+        # the re-INVITE (hold) over TCP
+        held = SDP.replace(b"m=audio 4000 RTP/AVP 0\r\n", b"m=audio 4000 RTP/AVP 0\r\na=sendonly\r\n")
+        w.app(a, fa_tcp, request("INVITE", "sip:bob@198.51.100.20:5062", to="<sip:bob@example.org>;tag=tb", cseq=2,
+                                 via="SIP/2.0/TCP 192.0.2.10:40123;branch=z9hG4bKre1", body=held,
+                                 content_type="application/sdp", extra=route_lines))
+        flow, reinvite = w.take_app()
+        self.assertEqual((flow, reinvite.method), (fb, "INVITE"))
+        w.app(b, fb, answer(reinvite.to_bytes(), 200, to_tag="tb", body=SDP))
+        flow, reok = w.take_app()
+        self.assertEqual((flow, reok.status), (fa_tcp, 200))
+        w.app(a, fa_tcp, request("ACK", "sip:bob@198.51.100.20:5062", to="<sip:bob@example.org>;tag=tb", cseq=2,
+                                 via="SIP/2.0/TCP 192.0.2.10:40123;branch=z9hG4bKack2", extra=route_lines))
+        w.take_app()
+        for hook in (hook_a, contact_hook):
+            self.assertEqual({c[2] for c in hook.calls}, keys_before, hook.side)
+            offers = [c for c in hook.calls if c[1] is ka and c[0] == ("into" if hook is hook_a else "out")]
+            self.assertEqual(len(offers), 2, hook.side)
+
+        # the BYE over UDP ends the call's one leg on both halves
+        w.app(a, fa, request("BYE", "sip:bob@198.51.100.20:5062", to="<sip:bob@example.org>;tag=tb", cseq=3,
+                             via="SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKbye3;rport", extra=route_lines))
+        _, bye = w.take_app()
+        w.app(b, fb, answer(bye.to_bytes(), 200, to_tag=None))
+        w.take_app()
+        [leg] = keys_before & {c[2] for c in hook_a.calls if c[0] == "ended"}
+        self.assertIn(("ended", ka, leg), hook_a.calls)
+        self.assertEqual([c for c in contact_hook.calls if c[0] == "ended" and c[1] is ka], [("ended", ka, leg)])
+        self.assertEqual((w.contact.dialogs("sa"), w.drops), ([], []))
+
     def test_two_phones_one_agent(self) -> None:
         """
         Two phones behind one agent, told apart by their flows and the

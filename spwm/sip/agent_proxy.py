@@ -40,7 +40,7 @@ from spwm.sip.checks import (
     media_full_response,
     starts_work,
 )
-from spwm.sip.dialogs import UNACKNOWLEDGED, DialogTable
+from spwm.sip.dialogs import UNACKNOWLEDGED, DialogTable, MovedLegs
 from spwm.sip.errors import SipParseError
 from spwm.sip.flows import Flow, FlowTable
 from spwm.sip.message import SipMessage, make_response, parse_message
@@ -114,6 +114,7 @@ class AgentSipProxy:
         self._instance_ns = uuid.uuid5(uuid.NAMESPACE_URL, "spwm-agent:" + agent_id)
         # scoped by application flow: a scope and Call-ID is one call leg
         self._dialogs = DialogTable(dialog_lifetime, limit=65536)
+        self._moved = MovedLegs()
         self._bindings = AppBindings()
         # the new INVITEs passed on lately, either way (their
         # retransmissions pass on too, whatever the tunnel's state)
@@ -274,8 +275,9 @@ class AgentSipProxy:
         fid = self.flows.use(flow, now)
         if method == "REGISTER":
             self._bindings.request(fid, msg)
-        self._invites.media(invite, again, self.media_hook, self.tunnel_key, fid, msg, True)
-        self._maybe_ended(fid, msg)
+        leg = self._leg(fid, msg)
+        self._invites.media(invite, again, self.media_hook, self.tunnel_key, leg, msg, True)
+        self._maybe_ended(leg, msg)
         return [ToTunnel(self.tunnel_key, fid, msg.to_bytes())]
 
     def _app_response(self, flow: Flow, msg: SipMessage, now: float) -> list[Action]:
@@ -340,14 +342,30 @@ class AgentSipProxy:
             return [self.counters.drop(reason, reason)]
         # (parse_message checked the headers a proxy relies on)
         fid = self.flows.use(flow, now)
-        self._track_response(msg, flow, fid, now)
+        leg = self._moved.leg(msg.call_id or "", msg.cseq[0], fid, fid, (msg.status or 0) >= 200)
+        self._track_response(msg, flow, leg, now)
         events: list[Action] = []
         if msg.cseq[1] == "REGISTER":
             strip_instance(msg, self.instance_for)
             if 200 <= (msg.status or 0) < 300:
                 events = self._bindings.answered(flow, fid, msg, now)
-        show_media(self.media_hook, self.tunnel_key, fid, msg, False)
+        show_media(self.media_hook, self.tunnel_key, leg, msg, False)
         return [ToApp(flow, msg.to_bytes()), *events]
+
+    def _leg(self, fid: int, msg: SipMessage) -> int:
+        """
+        The flow whose call leg (media, dialogs) a message on flow C{fid}
+        belongs to: inside a dialog, the flow the dialog was set up on,
+        also when the phone now sends over another transport
+        (L{DialogTable.flow_of}); the message itself still goes on C{fid}.
+        """
+        if msg.to_tag is None:
+            return fid
+        call_id = msg.call_id or ""
+        leg = self._dialogs.flow_of(call_id, msg.from_tag, msg.to_tag, fid)
+        if leg != fid and msg.method != "ACK":
+            self._moved.moved(call_id, msg.cseq[0], fid, leg)
+        return leg
 
     # -- dialogs and registrations -------------------------------------------
 

@@ -50,7 +50,7 @@ from spwm.sip.checks import (
     starts_work,
     unavailable,
 )
-from spwm.sip.dialogs import UNACKNOWLEDGED, Dialog, DialogTable
+from spwm.sip.dialogs import UNACKNOWLEDGED, Dialog, DialogTable, MovedLegs
 from spwm.sip.errors import SipParseError
 from spwm.sip.flows import KIND_CONTACT, KIND_ROUTE, KIND_VIA, FlowToken, FlowTokenCodec
 from spwm.sip.message import SipMessage, make_response, parse_message
@@ -189,6 +189,7 @@ class ContactSipProxy:
         )
         # scoped by session: its dialogs go with its tunnel
         self._dialogs = DialogTable(dialog_lifetime, scope_limit=max_session_dialogs)
+        self._moved = MovedLegs()
         # the new INVITEs passed on lately, either way (their
         # retransmissions pass on too, whatever the tunnel's state)
         self._invites = RecentInvites()
@@ -475,8 +476,13 @@ class ContactSipProxy:
             self._registrations.outgoing(
                 msg, session, fid, branch, self._route_uri(session, fid), now
             )
-        self._invites.media(invite, again, self.media_hook, key, fid, msg, False)
-        self._maybe_ended(key, session, fid, msg)
+        # inside a dialog, the leg is the flow it was set up on, also when
+        # the phone now sends over another transport (DialogTable.flow_of)
+        leg = fid if msg.to_tag is None else self._dialogs.flow_of(call_id, msg.from_tag, msg.to_tag, fid, session)
+        if leg != fid and method != "ACK":
+            self._moved.moved(call_id, msg.cseq[0], (session, fid), leg)
+        self._invites.media(invite, again, self.media_hook, key, leg, msg, False)
+        self._maybe_ended(key, session, leg, msg)
         self._dialogs.touch(session, call_id, now)
         if method == "BYE":
             self._dialogs.ending(session, call_id, msg.from_tag, msg.to_tag, now)
@@ -663,9 +669,11 @@ class ContactSipProxy:
             if answered is not None:
                 events = answered
                 self._arm(now)
-        self._track_response(key, tok.session_id, tok.flow_id, msg, now)
-        show_media(self.media_hook, key, tok.flow_id, msg, True)
-        return [ToTunnel(key, tok.flow_id, msg.to_bytes()), *events]
+        fid = tok.flow_id
+        leg = self._moved.leg(msg.call_id, msg.cseq[0], (tok.session_id, fid), fid, status >= 200)
+        self._track_response(key, tok.session_id, leg, msg, now)
+        show_media(self.media_hook, key, leg, msg, True)
+        return [ToTunnel(key, fid, msg.to_bytes()), *events]
 
     def _network_request(
         self,

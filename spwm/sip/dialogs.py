@@ -22,7 +22,7 @@ from typing import Hashable, Iterator
 
 from attrs import frozen
 
-__all__ = ["ACK_WAIT", "BYE_WAIT", "UNACKNOWLEDGED", "Dialog", "DialogTable"]
+__all__ = ["ACK_WAIT", "BYE_WAIT", "UNACKNOWLEDGED", "Dialog", "DialogTable", "MovedLegs"]
 
 #: Seconds a 2xx to an INVITE waits for its ACK: 64 x T1, after which a
 #: UAS gives up retransmitting it and ends the dialog (RFC 3261 13.3.1.4).
@@ -87,6 +87,8 @@ class DialogTable:
         self._calls: dict[tuple[Hashable, str], list[Dialog]] = {}
         # scope -> its call ids, in the order they were first answered
         self._scopes: dict[Hashable, dict[str, None]] = {}
+        # call id -> the scopes that hold a dialog of it (L{flow_of})
+        self._call_scopes: dict[str, set[Hashable]] = {}
         self._count = 0
         # (call id, tags) of dialogs whose first 2xx has not been ACKed ->
         # when it was answered and the scopes that hold it; oldest first.
@@ -133,6 +135,7 @@ class DialogTable:
         self._calls[key] = dialogs
         calls = self._scopes.setdefault(scope, {})
         calls[call_id] = None
+        self._call_scopes.setdefault(call_id, set()).add(scope)
         if self.scope_limit is not None and len(calls) > self.scope_limit:
             self.dropped += 1
             self._drop((scope, next(iter(calls))))
@@ -212,6 +215,39 @@ class DialogTable:
         if not dialogs:
             return False
         return flow_id is None or any(d.flow_id == flow_id for d in dialogs)
+
+    def flow_of(
+        self,
+        call_id: str,
+        from_tag: str | None,
+        to_tag: str | None,
+        flow_id: int,
+        scope: Hashable | None = None,
+    ) -> int:
+        """
+        The flow of the established dialog of these tags that a message on
+        C{flow_id} belongs to: a phone may send inside its dialog over
+        another transport than it set the dialog up with (a re-INVITE over
+        1,300 bytes goes by TCP, RFC 3261 18.1.1, on a new connection: a
+        new flow), and the dialog's media and its end are the first
+        flow's.
+
+        @param scope: look in this scope only (the contact point's
+            session); C{None}: in every scope (the agent's flows).
+        @return: C{flow_id} when a dialog of these tags is on it, or none
+            is anywhere; else the one other flow that has one; C{flow_id}
+            again when several do (two phones behind one agent calling each
+            other: not to be guessed).
+        """
+        tags = {from_tag, to_tag}
+        found: set[int] = set()
+        for s in (scope,) if scope is not None else self._call_scopes.get(call_id, ()):
+            for d in self._calls.get((s, call_id), ()):
+                if _same(d, tags):
+                    if d.flow_id == flow_id:
+                        return flow_id
+                    found.add(d.flow_id)
+        return found.pop() if len(found) == 1 else flow_id
 
     def others(
         self,
@@ -310,6 +346,10 @@ class DialogTable:
         del calls[call_id]
         if not calls:
             del self._scopes[scope]
+        scopes = self._call_scopes[call_id]
+        scopes.discard(scope)
+        if not scopes:
+            del self._call_scopes[call_id]
 
     def _forget_unacked(self, scope: Hashable, call_id: str, tags: set[str | None]) -> None:
         key = (call_id, frozenset(tags))
@@ -318,3 +358,47 @@ class DialogTable:
             entry[1].discard(scope)
             if not entry[1]:
                 del self._unacked[key]
+
+
+class MovedLegs:
+    """
+    The requests inside a dialog that came on another flow than the
+    dialog's (L{DialogTable.flow_of}), so that their responses, which come
+    back for the flow the request came on, count for the dialog's leg too.
+    A response is matched by Call-ID, CSeq number and flow; the initial
+    INVITE of a dialog is never here (its answer makes the dialog on its
+    own flow).
+
+    @ivar limit: at most this many requests are remembered (the oldest
+        goes: one whose response never came).
+    """
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
+        self._legs: dict[tuple[str, int, Hashable], int] = {}
+
+    def __len__(self) -> int:
+        return len(self._legs)
+
+    def moved(self, call_id: str, cseq: int, flow: Hashable, leg: int) -> None:
+        """
+        A request on C{flow} (a flow id, or what names it uniquely: the
+        contact point's session and flow id) belongs to the leg of flow
+        C{leg}.
+        """
+        legs = self._legs
+        legs[call_id, cseq, flow] = leg
+        if len(legs) > self.limit:
+            del legs[next(iter(legs))]
+
+    def leg(self, call_id: str, cseq: int, flow: Hashable, flow_id: int, final: bool) -> int:
+        """
+        @return: the leg of a response on C{flow} (whose flow id is
+            C{flow_id}, returned unless its request was L{moved}); a
+            C{final} one forgets it.
+        """
+        legs = self._legs
+        if not legs:
+            return flow_id
+        key = (call_id, cseq, flow)
+        return legs.pop(key, flow_id) if final else legs.get(key, flow_id)
