@@ -506,9 +506,13 @@ class WorkerSupervisor(Service):
         stop_time: float = 10.0,
         env: dict[str, str] | None = None,
         stop: Callable[[], None] | None = None,
+        warnings: tuple[str, ...] = (),
     ) -> None:
         self.reactor = reactor
         self.count = count
+        #: said once at the start (what the configuration does not do
+        #: with several workers)
+        self.warnings = warnings
         self.command = command
         self.stop_time = stop_time
         self.env = dict(os.environ if env is None else env)
@@ -545,6 +549,8 @@ class WorkerSupervisor(Service):
                 self.log.info("removed {path}, left by a contact point that was killed", path=stale)
             self.handon_dir = tempfile.mkdtemp(prefix=f"{HANDON_PREFIX}{os.getpid()}-")
         self.log.info("starting {count} contact point workers", count=self.count)
+        for text in self.warnings:
+            self.log.warn("{text}", text=text)
         for index in range(self.count):
             self._spawn(index)
 
@@ -690,7 +696,26 @@ def build_workers(config: Any, reactor: Any = None, argv: list[str] | None = Non
     check_worker_ports(config)
     command = worker_command(sys.argv if argv is None else argv)
     stop_time = config.limits.tunnel.drain_time + 10.0
-    return Workers(config, WorkerSupervisor(reactor, config.workers, command, stop_time=stop_time))
+    return Workers(
+        config, WorkerSupervisor(reactor, config.workers, command, stop_time=stop_time, warnings=worker_warnings(config))
+    )
+
+
+#: What the supervisor says at start for the embedded registrar.
+EMBEDDED_REGISTRAR_WARNING = (
+    "every worker has an embedded registrar of its own (no --sip-proxy): a phone registered through"
+    " one worker cannot be called through another, and calls between them get 404; give --sip-proxy"
+    " (the operator's registrar) or run one worker"
+)
+
+
+def worker_warnings(config: Any) -> tuple[str, ...]:
+    """
+    What a contact point of several workers cannot do with C{config}: the
+    embedded registrar is per process, and a phone's tunnel lands on
+    whichever worker the kernel picks.
+    """
+    return (EMBEDDED_REGISTRAR_WARNING,) if config.sip_proxy is None and not config.also_sip_proxy else ()
 
 
 def worker_command(argv: list[str]) -> list[str]:

@@ -19,6 +19,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from spwm.errors import ConfigError
@@ -33,6 +34,7 @@ from spwm.workers import (
     ReusePortEndpoint,
     WorkerSpec,
     WorkerSupervisor,
+    EMBEDDED_REGISTRAR_WARNING,
     build_workers,
     listen_address,
     media_slice,
@@ -43,6 +45,7 @@ from spwm.workers import (
     usable_cpus,
     worker_command,
     worker_config,
+    worker_warnings,
 )
 
 
@@ -225,6 +228,29 @@ class SupervisorTests(SynchronousTestCase):
         directory = self.supervisor.handon_dir
         assert directory is not None
         self.addCleanup(shutil.rmtree, directory, True)
+
+    def test_warnings(self) -> None:
+        """
+        What the configuration cannot do with several workers is said once,
+        as a warning, when they start: the embedded registrar (no
+        C{--sip-proxy}) is one per worker.
+        """
+        from spwm.tap import contact
+
+        def warnings(*argv: str) -> tuple[str, ...]:
+            options = contact.Options()
+            options.parseOptions(["--plaintext", "--workers", "2", *argv])
+            return worker_warnings(options.config)
+
+        self.assertEqual(warnings(), (EMBEDDED_REGISTRAR_WARNING,))
+        self.assertEqual(warnings("--sip-proxy", "192.0.2.7:5060"), ())
+        supervisor = WorkerSupervisor(self.reactor, 1, ["python", "x"], env={}, warnings=("one", "two"))
+        with capturedLogs() as events:
+            supervisor.startService()
+        self.addCleanup(shutil.rmtree, supervisor.handon_dir, True)
+        self.assertEqual(
+            [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn], ["one", "two"]
+        )
 
     def test_handon_dir(self) -> None:
         """
