@@ -1880,6 +1880,27 @@ class PairTests(SynchronousTestCase):
         self.assertIn(("ended", kb, dialog_key(1, "call-1@192.0.2.10")), hook_b.calls)
         self.assertEqual(w.drops, [])
 
+    def test_embedded_registrar_dead_flow_480(self) -> None:
+        """
+        With the embedded registrar, a call to a phone whose agent's tunnel
+        is gone (its registration kept, the session dormant) gets 480
+        Temporarily Unavailable: the registrar is the proxy with no other
+        flow to try, and 430 is meant for such a proxy, not for a phone.
+        """
+        w = World()
+        _, a = w.add_agent("sa")
+        kb, b = w.add_agent("sb")
+        fa = Flow("udp", ("192.0.2.1", 5060), ("192.0.2.10", 5062))
+        fb = Flow("udp", ("198.51.100.1", 5060), ("198.51.100.20", 5062))
+        w.app(a, fa, register("alice", "sip:alice@192.0.2.10:5062"))
+        w.take_app()
+        w.app(b, fb, register("bob", "sip:bob@198.51.100.20:5062", via_host="198.51.100.20:5062"))
+        w.take_app()
+        w.contact.tunnel_detached(kb, keep_registrations=True)
+        w.app(a, fa, request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp"))
+        flow, resp = w.take_app()
+        self.assertEqual((flow, resp.status, resp.reason), (fa, 480, "Temporarily Unavailable"))
+
     def test_reinvite_over_another_transport(self) -> None:
         """
         A phone that sends a re-INVITE over TCP (over 1,300 bytes, RFC 3261

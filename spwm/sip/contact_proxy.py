@@ -742,6 +742,12 @@ class ContactSipProxy:
                     msg.uri = original
         key = self._tunnels.get(tok.session_id)
         if key is None:
+            if self.operator is None and self.registrar is not None and (not lookup or self._is_our_addr(src)):
+                # the embedded registrar's own lookup (or its spiral): it
+                # is the proxy that has no other flow to try, and the
+                # caller gets what RFC 5626 5.3 has such a proxy answer,
+                # not the 430 meant for it
+                return self._refuse(msg, 480, "Temporarily Unavailable")
             return self._refuse(msg, 430, "Flow Failed")
         again = self._invites.again(msg)
         if again:
