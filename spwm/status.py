@@ -849,8 +849,22 @@ def add_contact_lists(status: Status, tunnels: Iterable[Any], sessions: Any, sip
     def agents() -> dict[str, str]:
         return {s["session"]: s["agent"] for s in sessions.session_list()}
 
+    def session_list() -> Listing:
+        # every connection of a session: the session logic knows the one
+        # it was made or resumed on, the paths layer attaches the others
+        peers: dict[str, list[str]] = {}
+        for t in list(tunnels):
+            sid = getattr(t, "session_id", None)
+            if sid:
+                peers.setdefault(str(sid), []).append(str(getattr(t, "peer", "?")))
+        listed = sessions.session_list()
+        for entry in listed:
+            more = [p for p in peers.get(entry["session"], ()) if p not in entry["connections"]]
+            entry["connections"] = entry["connections"] + more
+        return sorted(listed, key=lambda s: (s["agent"], s["session"]))
+
     status.add_list("tunnels", lambda: _tunnels(tunnels, clock))
-    status.add_list("sessions", lambda: sorted(sessions.session_list(), key=lambda s: (s["agent"], s["session"])))
+    status.add_list("sessions", session_list)
     status.add_list("registrations", lambda: _registrations(sip, clock, agents))
     add_media_lists(status, media)
 

@@ -608,3 +608,38 @@ class TunnelInfoTests(SynchronousTestCase):
         tunnel = Tunnel()
         tunnel.front = Front()
         self.assertEqual([describe_tunnel(tunnel, 1.0)[k] for k in keys], ["quic", "tcp", 2, 1])
+
+
+class ContactSessionListTests(SynchronousTestCase):
+    """
+    The contact point's C{sessions} listing.
+    """
+
+    def test_every_connection_of_a_session(self) -> None:
+        """
+        A session's C{connections} are all its tunnel connections: the one
+        the session logic knows, and those the paths layer attached
+        (C{--tunnel-connections} 2 and more), each once.
+        """
+        from spwm.status import add_contact_lists
+
+        class Tunnel:
+            def __init__(self, session_id: str, peer: str) -> None:
+                self.session_id, self.peer = session_id, peer
+
+        class Sessions:
+            def session_list(self) -> list[dict[str, Any]]:
+                return [
+                    {"session": "s1", "state": "live", "agent": "a", "connections": ["192.0.2.1:4000"], "users": 1},
+                    {"session": "s2", "state": "suspended", "agent": "b", "connections": [], "users": 0},
+                ]
+
+        tunnels = [Tunnel("s1", "192.0.2.1:4000"), Tunnel("s1", "192.0.2.1:4002"), Tunnel("s3", "198.51.100.9:1")]
+        status = Status("contact", Clock())
+        _, agent, _, contact, _ = _pair()
+        add_contact_lists(status, tunnels, Sessions(), type("Sip", (), {"registration_list": lambda self: []})(), contact)
+        listed = status.lists()["sessions"]["items"]
+        self.assertEqual(
+            [(s["session"], s["connections"]) for s in listed],
+            [("s1", ["192.0.2.1:4000", "192.0.2.1:4002"]), ("s2", [])],
+        )
