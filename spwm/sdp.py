@@ -15,7 +15,8 @@ lines that a media relay has to touch and keeps every other byte as it was:
     candidate;
   - hold: C{a=sendonly}, C{a=recvonly}, C{a=inactive} and the RFC 2543 hold
     address C{0.0.0.0} (or C{::}), which a rewrite keeps;
-  - C{o=}: the version is handled by L{OriginVersioner};
+  - C{o=}: its address becomes ours like C{c=}'s, its version is handled
+    by L{OriginVersioner};
   - C{multipart/mixed} bodies: L{find_sdp} and L{replace_sdp}.
 
 Line order and line endings (CRLF, LF or CR, as found) are kept; a line that
@@ -558,6 +559,11 @@ def rewrite_sdp(
     and, if it names an address, C{address}. When C{rtcp_port} is not
     C{rtp_port + 1} and there is no C{a=rtcp}, one is added at the end of
     the media section. An entry C{(0, None)} rejects the stream (port 0).
+    The C{o=} line gets C{IN IP4|IP6 address} as its network, address type
+    and address, whatever the streams (also when every C{c=} is a hold
+    address or no stream is relayed): the far side sees one address family
+    and none of our side's addresses. Its username, session id and version
+    are kept (the version then goes through C{versioner}).
 
     A C{m=} line with C{None}, and every line with port 0, are left as they
     are; a live stream left alone that inherited a rewritten session C{c=}
@@ -578,6 +584,7 @@ def rewrite_sdp(
     """
     family = _address_family(address)
     encoded = address.encode("ascii")
+    origin_tail = family + b" " + encoded
     scan = None if parsed is None else parsed._scanned
     if scan is None or b"".join(scan.lines) != body:
         scan = _scan(body)
@@ -618,6 +625,9 @@ def rewrite_sdp(
                     raw = b"c=IN " + family + b" " + encoded + ending
             elif kind == b"m" and entry is not None:
                 raw = _replace_port(value, entry[0], ending)
+            elif kind == b"o" and number == 0:
+                # (the scan checked: six fields)
+                raw = b"o=" + b" ".join(value.split()[:3]) + b" IN " + origin_tail + ending
             section_out.append(raw)
         if media is not None:
             ending = block_fields[0][2] or b"\r\n"
@@ -815,7 +825,13 @@ class OriginVersioner:
         Fix the C{o=} version of a (rewritten) body.
 
         A body whose origin (username, sess-id, network and address) differs
-        from the previous one starts afresh with its own version.
+        from the previous one starts afresh with its own version. The origin
+        compared is the one in C{body}: after L{rewrite_sdp} its network and
+        address are ours, so a new username or sess-id from the endpoint
+        starts afresh, while an endpoint that only changes its own address
+        keeps the session the other side knows, and the version goes on
+        rising (starting afresh there could send the same origin with a
+        lower version).
 
         @param body: an SDP body, normally the output of L{rewrite_sdp}.
         @return: C{body} with the C{o=} version set; unchanged if it has no

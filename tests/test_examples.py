@@ -239,6 +239,45 @@ class RtpTests(SynchronousTestCase):
         self.assertAlmostEqual(stats.percentile(0.99), 0.004)
         self.assertIsNone(phone.RtpStats().percentile(0.5))
 
+    def test_foreign_rtp_has_no_send_time(self):
+        """
+        RTP from another kind of phone (PCMU audio, PCMU silence, another
+        size, a header with a CSRC) is counted but carries no send time, so
+        it gives no latency: the line C{examples/phone.py} prints says
+        C{latency n/a}, not a figure read from audio bytes.
+        """
+        header = struct.pack("!BBHII", 0x80, 0, 7, 160, 0x99)
+        audio = header + bytes(range(160))
+        silence = header + b"\xff" * 160
+        ours = phone.rtp_packet(7, 160, 0x99, 12.5)
+        with_csrc = b"\x81" + ours[1:12] + b"\x00\x00\x00\x01" + ours[16:]
+        for packet in (audio, silence, audio[:100], with_csrc):
+            self.assertEqual(phone.parse_rtp(packet), (7, 0x99, None))
+        stats = phone.RtpStats(own_ssrc=1)
+        for seq in range(3, 8):
+            stats.packet(struct.pack("!BBHII", 0x80, 0, seq, 160 * seq, 0x99) + bytes(160), 1e9)
+        stats.packet(audio, 1e9)  # seq 7 again
+        self.assertEqual((stats.received, stats.unique, stats.unstamped, stats.latencies), (6, 5, 5, []))
+        self.assertIsNone(stats.percentile(0.5))
+        self.assertEqual(
+            phone.report_line("dave", 399, stats),
+            "dave: sent 399 RTP, received 5 (dup 1), latency n/a (the peer's packets carry no send time)",
+        )
+
+    def test_report_line(self):
+        """
+        Between two test phones the line gives p50 and p99 in ms as before;
+        with nothing received it says so.
+        """
+        stats = phone.RtpStats()
+        for i, seq in enumerate([1, 2, 3, 3]):
+            stats.packet(phone.rtp_packet(seq, 0, 1, 100.0), 100.0 + (i + 1) / 1000)
+        self.assertEqual(stats.unstamped, 0)
+        self.assertEqual(
+            phone.report_line("alice", 250, stats), "alice: sent 250 RTP, received 3 (dup 1), p50 2.00 ms, p99 3.00 ms"
+        )
+        self.assertEqual(phone.report_line("bob", 250, phone.RtpStats()), "bob: sent 250 RTP, received none")
+
     def test_header_layout(self):
         """
         The sequence number and SSRC sit where RFC 3550 puts them.

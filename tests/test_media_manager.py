@@ -195,6 +195,25 @@ class OfferAnswerTests(SynchronousTestCase):
         self.assertEqual((agent.open_sockets, contact.open_sockets), (2, 2))
         self.assertEqual((agent.open_channels, contact.open_channels), (1, 1))
 
+    def test_origin_is_the_half_address(self) -> None:
+        """
+        Each half writes its own media address into o= as into c=: an IPv6
+        phone's offer reaches the IPv4 operator side as C{IN IP4} with the
+        contact point's address in both (a client that takes the family
+        from o= accepts it), and the operator's answer reaches the phone
+        with the agent's; neither side's address crosses to the other.
+        """
+        offer = _sdp(PHONE, ("audio", 4000, "")).replace(
+            b"IN IP4 " + PHONE.encode(), b"IN IP6 fd00::2"
+        )
+        reactor, agent, a_end, contact, c_end, to_operator, to_phone = self._call(offer)
+        self.assertEqual(parse_sdp(to_operator).origin, ("-", "42", 1, "IN", "IP4", CONTACT_ADDR))
+        self.assertEqual(parse_sdp(to_operator).media[0].address, CONTACT_ADDR)
+        self.assertNotIn(b"fd00", to_operator)
+        self.assertNotIn(b"IP6", to_operator)
+        self.assertEqual(parse_sdp(to_phone).origin, ("-", "42", 1, "IN", "IP4", AGENT_ADDR))
+        self.assertNotIn(OPERATOR.encode(), to_phone)
+
     def test_media_both_ways(self) -> None:
         """
         RTP and RTCP from the phone reach the operator's negotiated address

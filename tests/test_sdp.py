@@ -56,7 +56,7 @@ def _kept(line: bytes) -> bool:
     """
     Lines that a rewrite must keep byte for byte.
     """
-    if line[:2] in (b"c=", b"m="):
+    if line[:2] in (b"c=", b"m=", b"o="):
         return False
     if line.startswith(b"a="):
         name = line[2:].partition(b":")[0].lower()
@@ -112,8 +112,9 @@ class CorpusTests(SynchronousTestCase):
         address (except a hold address, which stays), every non-zero port to
         its relay port, keeps port-0 lines and the m= order, rewrites
         C{a=rtcp} to the relay's RTCP port and address, strips every ICE
-        attribute, keeps every other line in order byte for byte, and keeps
-        CRLF line endings.
+        attribute, gives C{o=} the relay address and keeps its username,
+        session id and version, keeps every other line in order byte for
+        byte, and keeps CRLF line endings.
         """
         for row in _index():
             name = row["file"]
@@ -156,6 +157,13 @@ class CorpusTests(SynchronousTestCase):
             # line endings kept
             self.assertEqual(out.count(b"\n"), out.count(b"\r\n"), name)
             self.assertTrue(out.endswith(b"\r\n"), name)
+            # o=: our address, the endpoint's session
+            if before.origin is not None:
+                self.assertEqual(
+                    after.origin, (*before.origin[:3], "IN", "IP4", RELAY4), name
+                )
+                if before.origin[5] not in ("0.0.0.0", "::"):  # (hold c= keeps those)
+                    self.assertNotIn(before.origin[5].encode(), out, name)
             # no endpoint address survives in a c=/a=rtcp line
             for m in before.media:
                 if m.port and m.address and not m.connection.unspecified:
@@ -165,14 +173,14 @@ class CorpusTests(SynchronousTestCase):
 
     def test_fqdn_does_not_survive(self) -> None:
         """
-        An FQDN in c= (RFC 3264 10.1) is replaced by the relay address; it
-        stays only in o=, which names the origin and carries no media.
+        An FQDN in c= and o= (RFC 3264 10.1) is replaced by the relay
+        address in both.
         """
         body = (DATA / "rfc3264-10.1-offer-alice.sdp").read_bytes()
         out = rewrite_sdp(body, RELAY4, _ports(parse_sdp(body)))
         self.assertIn(b"c=IN IP4 198.51.100.7\r\n", out)
-        self.assertEqual(out.count(b"host.anywhere.com"), 1)
-        self.assertIn(b"o=alice 2890844526 2890844526 IN IP4 host.anywhere.com", out)
+        self.assertNotIn(b"host.anywhere.com", out)
+        self.assertIn(b"o=alice 2890844526 2890844526 IN IP4 198.51.100.7\r\n", out)
         self.assertEqual(
             [m.port for m in parse_sdp(out).media], [40000, 40002, 40004]
         )
@@ -229,11 +237,56 @@ class CorpusTests(SynchronousTestCase):
         media = parse_sdp(mapped).media[0]
         self.assertEqual((media.address_family, media.address), ("IP6", "::ffff:192.0.2.2"))
 
+    def test_origin_follows_relay_address(self) -> None:
+        """
+        An IPv6 phone's offer rewritten towards an IPv4 side says
+        C{o=... IN IP4 <relay>} like its c=, so a client that takes the
+        address family from o= (baresip) sees one family; the username,
+        session id and version stay, and the phone's address appears nowhere.
+        The other way round o= says C{IN IP6 <relay>}. Spacing in o= is
+        normalised, the line ending kept.
+        """
+        offer = (
+            b"v=0\r\n"
+            b"o=- 3592956540 764632573 IN IP6 fd00::2\r\n"
+            b"s=-\r\n"
+            b"c=IN IP6 fd00::2\r\n"
+            b"t=0 0\r\n"
+            b"m=audio 4000 RTP/AVP 0\r\n"
+            b"a=rtcp:4001 IN IP6 fd00::2\r\n"
+        )
+        out = rewrite_sdp(offer, RELAY4, [(40000, 40001)])
+        self.assertIn(b"\r\no=- 3592956540 764632573 IN IP4 198.51.100.7\r\n", out)
+        self.assertNotIn(b"fd00", out)
+        self.assertNotIn(b"IP6", out)
+        self.assertEqual(
+            parse_sdp(out).origin,
+            ("-", "3592956540", 764632573, "IN", "IP4", RELAY4),
+        )
+        back = rewrite_sdp(SIMPLE.replace(b"o=alice ", b"o=alice\t "), RELAY6, [(40000, 40001)])
+        self.assertIn(b"\r\no=alice 2890844526 2890844526 IN IP6 2001:db8::7\r\n", back)
+        self.assertNotIn(b"192.0.2.10", back)
+        self.assertNotIn(b"IP4", back)
+
+    def test_origin_without_relayed_stream(self) -> None:
+        """
+        o= gets the relay address also when no stream is relayed (all left
+        alone or rejected) and when every c= is a hold address.
+        """
+        out = rewrite_sdp(SIMPLE, RELAY4, [None])
+        self.assertIn(b"o=alice 2890844526 2890844526 IN IP4 198.51.100.7\r\n", out)
+        held = SIMPLE.replace(b"c=IN IP4 192.0.2.10", b"c=IN IP4 0.0.0.0")
+        out = rewrite_sdp(held, RELAY6, [(40000, 40001)])
+        self.assertIn(b"o=alice 2890844526 2890844526 IN IP6 2001:db8::7\r\n", out)
+        self.assertIn(b"c=IN IP4 0.0.0.0\r\n", out)
+        self.assertNotIn(b"192.0.2.10", out)
+
     def test_hold_address_stays(self) -> None:
         """
         RFC 2543 hold (c=IN IP4 0.0.0.0 with a real port, RFC 4317 5.2 and
         5.3) keeps 0.0.0.0: the relay never turns a hold into a routable
-        address. The stream counts as held.
+        address. The stream counts as held. The o= line, which carries no
+        media, still gets the relay address (and nothing else does).
         """
         for name in ("rfc4317-5.2-block48.sdp", "rfc4317-5.3-block53.sdp"):
             body = (DATA / name).read_bytes()
@@ -242,7 +295,9 @@ class CorpusTests(SynchronousTestCase):
             self.assertTrue(parsed.media[0].held, name)
             out = rewrite_sdp(body, RELAY4, _ports(parsed))
             self.assertIn(b"\r\nc=IN IP4 0.0.0.0\r\n", out, name)
-            self.assertNotIn(RELAY4.encode(), out, name)
+            self.assertEqual(parse_sdp(out).origin[3:], ("IN", "IP4", RELAY4), name)
+            self.assertEqual(out.count(RELAY4.encode()), 1, name)
+            self.assertNotIn(parsed.origin[5].encode(), out, name)
 
     def test_trickle_placeholder_replaced(self) -> None:
         """
@@ -352,12 +407,12 @@ class CorpusTests(SynchronousTestCase):
 
     def test_no_media(self) -> None:
         """
-        A body without m= lines (RFC 4317 5.1) rewrites its c= and adds
-        nothing.
+        A body without m= lines (RFC 4317 5.1) rewrites its o= and c= and
+        adds nothing.
         """
         body = (DATA / "rfc4317-5.1-block44.sdp").read_bytes()
         out = rewrite_sdp(body, RELAY4, [])
-        self.assertEqual(out, body.replace(b"host.atlanta.example.com\r\nt=", b"198.51.100.7\r\nt="))
+        self.assertEqual(out, body.replace(b"host.atlanta.example.com\r\n", b"198.51.100.7\r\n"))
         self.assertNotIn(b"m=", out)
 
     def test_misuse(self) -> None:
@@ -419,6 +474,28 @@ class OriginVersionerTests(SynchronousTestCase):
         other = SIMPLE.replace(b"o=alice 2890844526", b"o=bob 77")
         out = rewrite_sdp(other, RELAY4, [(40002, 40003)], versioner)
         self.assertIn(b"o=bob 77 2890844526 IN", out)
+
+    def test_origin_address_is_ours(self) -> None:
+        """
+        After the rewrite the origin the versioner compares has our address:
+        an endpoint that starts a new session id is still detected (its own
+        version), while one that keeps username and session id but changes
+        its address keeps the session the other side knows, and the version
+        goes on rising instead of going back to the endpoint's.
+        """
+        versioner = OriginVersioner()
+        first = rewrite_sdp(SIMPLE, RELAY4, [(40000, 40001)], versioner)
+        self.assertIn(b"o=alice 2890844526 2890844526 IN IP4 198.51.100.7\r\n", first)
+        moved = SIMPLE.replace(b"192.0.2.10", b"192.0.2.99")
+        out = rewrite_sdp(moved, RELAY4, [(40002, 40003)], versioner)
+        self.assertIn(b"o=alice 2890844526 2890844527 IN IP4 198.51.100.7\r\n", out)
+        self.assertNotIn(b"192.0.2.99", out)
+        again = rewrite_sdp(moved, RELAY4, [(40002, 40003)], versioner)
+        self.assertEqual(again, out)
+        new_session = moved.replace(b"o=alice 2890844526 2890844526", b"o=alice 5 1")
+        out = rewrite_sdp(new_session, RELAY4, [(40002, 40003)], versioner)
+        self.assertIn(b"o=alice 5 1 IN IP4 198.51.100.7\r\n", out)
+        self.assertEqual(versioner.version, 1)
 
     def test_no_origin(self) -> None:
         """

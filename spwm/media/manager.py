@@ -1060,8 +1060,9 @@ class MediaManager:
         """
         A message from the tunnel goes to our side: make sure every live
         stream has relay sockets on our media address and a channel, and
-        return the body with our address and ports (ICE stripped, C{o=}
-        version kept consistent). The caller fixes C{Content-Length}.
+        return the body with our address and ports (in C{c=} and C{o=}; ICE
+        stripped, C{o=} version kept consistent). The caller fixes
+        C{Content-Length}.
 
         Streams with port 0 are released; streams that cannot be relayed
         (TCP media, over the per-dialog limit, no free ports) get port 0.

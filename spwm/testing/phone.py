@@ -8,7 +8,9 @@ outbound proxy (an SPWM agent). Once a call is up it sends audio-sized RTP
 (12-byte header + 160 bytes of payload = 172 bytes, 50 packets per second)
 and counts what arrives: packets, duplicates, loss and one-way latency (the
 payload carries the send time; both phones share a clock when they run on one
-machine).
+machine). Latency comes only from packets in this phone's own format (see
+L{rtp_packet}): the RTP of another kind of phone carries no send time, and
+for it no latency is given.
 
 It does not use SPWM's own SIP parser on purpose: the phone is the other
 side of the wire, so a bug shared by both ends could not hide.  This module
@@ -27,6 +29,7 @@ Run alone (two phones in two shells, behind one agent or two)::
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import secrets
 import struct
@@ -52,6 +55,8 @@ TRANSACTION_TIMEOUT = 8.0
 _COMPACT = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact", "l": "content-length", "c": "content-type"}
 _RTP_HEADER = struct.Struct("!BBHII")
 _SEND_TIME = struct.Struct("!d")
+#: What follows the send time in our payload (PCMU silence).
+_FILLER = b"\xff" * (RTP_PACKET_SIZE - _RTP_HEADER.size - _SEND_TIME.size)
 
 
 class SipParseError(ValueError):
@@ -267,21 +272,33 @@ def sdp_audio_target(body: bytes) -> tuple[str, int] | None:
 
 def rtp_packet(seq: int, timestamp: int, ssrc: int, send_time: float, marker: bool = False) -> bytes:
     """
-    One 172-byte PCMU packet whose payload starts with the send time.
+    One 172-byte PCMU packet: a 12-byte header (no CSRC, no extension),
+    then the send time as a big-endian double, then 152 bytes of PCMU
+    silence (0xff). That payload is how L{parse_rtp} tells our packets
+    from another phone's.
     """
     header = _RTP_HEADER.pack(0x80, (0x80 if marker else 0) | 0, seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc)
-    payload = _SEND_TIME.pack(send_time) + b"\xff" * (RTP_PACKET_SIZE - 12 - 8)
-    return header + payload
+    return header + _SEND_TIME.pack(send_time) + _FILLER
 
 
-def parse_rtp(data: bytes) -> tuple[int, int, float] | None:
+def parse_rtp(data: bytes) -> tuple[int, int, float | None] | None:
     """
-    C{(sequence number, SSRC, send time)} of one of our packets, or C{None}.
+    C{(sequence number, SSRC, send time)} of an RTP packet, or C{None} for
+    a datagram that is not RTP (version 2, at least 20 bytes).
+
+    The send time is C{None} unless the packet is in L{rtp_packet}'s
+    format (172 bytes, a plain 12-byte header, a finite send time, the
+    silence filler): a real phone's audio carries no send time, and reading
+    its first payload bytes as one gives nonsense.
     """
     if len(data) < 20 or data[0] >> 6 != 2:
         return None
-    _, _, seq, _, ssrc = _RTP_HEADER.unpack_from(data)
-    (sent,) = _SEND_TIME.unpack_from(data, 12)
+    first, _, seq, _, ssrc = _RTP_HEADER.unpack_from(data)
+    sent: float | None = None
+    if len(data) == RTP_PACKET_SIZE and first == 0x80 and data.endswith(_FILLER):
+        (sent,) = _SEND_TIME.unpack_from(data, _RTP_HEADER.size)
+        if not math.isfinite(sent):
+            sent = None
     return seq, ssrc, sent
 
 
@@ -289,9 +306,13 @@ class RtpStats:
     """
     What one phone received on one call.
 
-    @ivar received: packets that were ours (parsed), duplicates included.
+    @ivar received: RTP packets from the peer, duplicates included.
     @ivar unique: distinct sequence numbers received.
-    @ivar latencies: one-way delays in seconds, one per unique packet.
+    @ivar latencies: one-way delays in seconds, one per unique packet that
+        carries our send time (L{parse_rtp}).
+    @ivar unstamped: unique packets without our send time (a peer that is
+        not this phone): counted, but no latency.
+    @ivar foreign: datagrams that are not RTP.
     @ivar echoed: packets carrying our own SSRC (our own audio came back:
         a relay that mixed up the two legs of a call); not counted above.
     """
@@ -303,6 +324,7 @@ class RtpStats:
         self.bytes = 0
         self.duplicates = 0
         self.foreign = 0
+        self.unstamped = 0
         self.latencies: list[float] = []
         self._seen: set[int] = set()
         self._cycles = 0
@@ -332,11 +354,15 @@ class RtpStats:
             self.duplicates += 1
             return
         self._seen.add(extended)
-        self.latencies.append(now - sent)
+        if sent is None:
+            self.unstamped += 1
+        else:
+            self.latencies.append(now - sent)
 
     def percentile(self, fraction: float) -> float | None:
         """
-        The latency below which C{fraction} of the packets arrived, or C{None}.
+        The latency below which C{fraction} of the packets arrived, or
+        C{None} when no packet carried our send time.
         """
         if not self.latencies:
             return None
@@ -878,6 +904,26 @@ class TransactionTimeout(Exception):
     """
 
 
+def report_line(name: str, sent: int, rx: RtpStats) -> str:
+    """
+    The line L{main} prints about a call's RTP.
+
+    @param name: the phone's user name.
+    @param sent: RTP packets it sent.
+    @param rx: what it received.
+    @return: packets sent and received, with the p50 and p99 one-way
+        latency when the peer's packets carried our send time (another
+        instance of this phone), else C{latency n/a}.
+    """
+    if not rx.unique:
+        return f"{name}: sent {sent} RTP, received none"
+    head = f"{name}: sent {sent} RTP, received {rx.unique} (dup {rx.duplicates})"
+    p50, p99 = rx.percentile(0.5), rx.percentile(0.99)
+    if p50 is None or p99 is None:
+        return f"{head}, latency n/a (the peer's packets carry no send time)"
+    return f"{head}, p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms"
+
+
 def _host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host, int(port)
@@ -903,13 +949,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"code": 1}
 
     def report(call: Call) -> None:
-        p50, p99 = call.rx.percentile(0.5), call.rx.percentile(0.99)
-        print(
-            f"{args.name}: sent {call.sent} RTP, received {call.rx.unique}"
-            f" (dup {call.rx.duplicates}), p50 {p50 and p50 * 1000:.2f} ms, p99 {p99 and p99 * 1000:.2f} ms"
-            if p50 is not None
-            else f"{args.name}: sent {call.sent} RTP, received none"
-        )
+        print(report_line(args.name, call.sent, call.rx))
 
     @defer.inlineCallbacks
     def run() -> Any:
