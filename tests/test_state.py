@@ -147,6 +147,34 @@ class StateFileTests(SynchronousTestCase):
         self.assertEqual(state.restore(doc, core, resumption), 0)
         self.assertEqual(core.registrations("s1"), [])
 
+    def test_agent_name(self) -> None:
+        """
+        The agent's name goes with its session through a restart, so the
+        sessions listing names the agent of a dormant session; a file
+        without it (an older version) is read as without, one with a name
+        that is no agent's is not read.
+        """
+        core, resumption = _half(self.clock)
+        core.import_registrations("s1", SIP, self.clock.seconds())
+        session = Session("s1", session_key=KEY)
+        session.use_tunnel(type("Tunnel", (), {"agent_id": "branch-7"})())
+        resumption.sessions["s1"] = session
+        ContactState(self.path, self.clock, self.wall).save(core, resumption)
+        state = ContactState(self.path, Clock(), self.wall)
+        doc = state.load()
+        self.assertEqual(doc["sessions"]["s1"]["agent"], "branch-7")
+        core, resumption = _half(Clock(), state.secret(doc))
+        self.assertEqual(state.restore(doc, core, resumption), 1)
+        [listed] = resumption.session_list()
+        self.assertEqual((listed["state"], listed["agent"], listed["connections"]), ("dormant", "branch-7", []))
+        del doc["sessions"]["s1"]["agent"]
+        core, resumption = _half(Clock(), state.secret(doc))
+        self.assertEqual(state.restore(doc, core, resumption), 1)
+        self.assertEqual(resumption.session_list()[0]["agent"], "")
+        doc["sessions"]["s1"]["agent"] = "x" * 257
+        core, resumption = _half(Clock(), state.secret(doc))
+        self.assertEqual(state.restore(doc, core, resumption), 0)
+
     def test_keys_read_once(self) -> None:
         """
         Restoring many sessions asks the resumption logic for its sessions

@@ -4,8 +4,9 @@ A session in the state file (L{spwm.state}) and back: one codec instead
 of the resumption's and the SIP core's exporters stitched together.
 
 An entry is C{{"keys": {user: hex}, "flows": {user: flow id},
-"session_key": hex, "sip": {...}}} (C{"session_key"} only when the
-session has one: files written before it are read as without); C{"sip"} is what the contact point's SIP core exports for the
+"session_key": hex, "agent": name, "sip": {...}}} (C{"session_key"} and
+C{"agent"} only when the session has them: files written before them are
+read as without); C{"sip"} is what the contact point's SIP core exports for the
 session (its registrations and rewritten contacts), passed through.
 """
 
@@ -16,6 +17,11 @@ from typing import Any
 from spwm.session.session import Session
 
 __all__ = ["from_json", "to_json"]
+
+
+#: The longest agent name a state file may give a session (the hello's
+#: limit: anything longer is not ours).
+MAX_AGENT = 256
 
 
 def to_json(session: Session, sip: Any) -> dict[str, Any]:
@@ -30,6 +36,8 @@ def to_json(session: Session, sip: Any) -> dict[str, Any]:
     }
     if session.session_key is not None:
         entry["session_key"] = session.session_key.hex()
+    if session.agent_id:
+        entry["agent"] = session.agent_id
     return entry
 
 
@@ -44,6 +52,10 @@ def from_json(session_id: Any, entry: Any) -> tuple[Session, Any]:
         flows = {str(user): int(fid) for user, fid in entry["flows"].items()}
         own = entry.get("session_key")
         session_key = None if own is None else bytes.fromhex(own)
+        agent = entry.get("agent", "")
+        if not isinstance(agent, str) or len(agent) > MAX_AGENT:
+            raise ValueError("malformed sessions: agent")
     except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"malformed sessions: {e!r}") from None
-    return Session(str(session_id), keys=keys, flows=flows, session_key=session_key), entry.get("sip")
+    session = Session(str(session_id), keys=keys, flows=flows, session_key=session_key, agent_id=agent)
+    return session, entry.get("sip")

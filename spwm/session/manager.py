@@ -288,7 +288,7 @@ class SessionManager:
                 {
                     "session": sid,
                     "state": s.state.value,
-                    "agent": "" if primary is None else str(getattr(primary, "agent_id", "") or ""),
+                    "agent": (str(getattr(primary, "agent_id", "") or "") if primary is not None else "") or s.agent_id,
                     "connections": [str(getattr(c, "peer", "?")) for c in s.connections],
                     "users": len(s.keys),
                 }

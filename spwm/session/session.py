@@ -42,6 +42,9 @@ class Session:
         with one, everything is as before.
     @ivar suspended: the lost connection whose calls are kept while
         C{SUSPENDED}.
+    @ivar agent_id: the agent's name its last connection gave (C{""}:
+        none yet), kept while no connection is attached and across a
+        restart, for the status listings.
     """
 
     session_id: str
@@ -53,6 +56,7 @@ class Session:
     timer: IDelayedCall | None = None
     connections: list[Any] = Factory(list)
     suspended: Any = None
+    agent_id: str = ""
 
     @property
     def resumable(self) -> bool:
@@ -75,6 +79,9 @@ class Session:
         """
         if not any(c is tunnel for c in self.connections):
             self.connections.append(tunnel)
+        agent = getattr(tunnel, "agent_id", None)
+        if agent:
+            self.agent_id = str(agent)
 
     def stop_using_tunnel(self, tunnel: Any) -> bool:
         """
