@@ -34,7 +34,11 @@ that embeds the protocols keeps its own policy):
   - makes a full collection itself every L{LONGEST} seconds, sooner when
     the last one found much garbage (halving the wait down to
     L{SHORTEST}, while some part of the program leaves cycles behind),
-    so that memory stays bounded whatever leaves cycles.
+    and at once (but not twice within L{SHORTEST}) when the process has
+    grown by half and L{GROWTH_MIN} bytes since the last one (many tunnel
+    connections broken at once, each of which leaves a few hundred
+    objects in cycles), so that memory stays bounded whatever leaves
+    cycles.
 
 Its figures are the status document's C{gc} section.
 """
@@ -42,6 +46,7 @@ Its figures are the status document's C{gc} section.
 from __future__ import annotations
 
 import gc as _gc
+import os
 import time
 from typing import Any, Callable
 
@@ -60,6 +65,16 @@ SHORTEST = 60.0
 MUCH = 50_000
 LITTLE = 5_000
 
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+#: Seconds between two looks at the process's size.
+CHECK = 10.0
+
+#: A process this many times its size after the last full collection, and
+#: L{GROWTH_MIN} bytes larger, collects at once.
+GROWTH = 1.5
+GROWTH_MIN = 64 * 1024 * 1024
+
 #: Young collections between two collections of the middle generation
 #: (CPython's default: 10).
 OLDER = 3
@@ -68,6 +83,19 @@ OLDER = 3
 #: never come (the C int's largest value: the count is of younger
 #: collections since the last full one).
 NEVER = 2**31 - 1
+
+
+
+def resident_size() -> int | None:
+    """
+    This process's resident size in bytes (Linux's C{/proc/self/statm}),
+    or C{None} where it cannot be read.
+    """
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class GcPolicy(Service):
@@ -85,17 +113,26 @@ class GcPolicy(Service):
         clock: Any,
         gc: Any = _gc,
         timer: Callable[[], float] = time.perf_counter,
+        size: Callable[[], int | None] = resident_size,
     ) -> None:
         """
         @param clock: provides C{IReactorTime}.
         @param gc: the collector (the C{gc} module; tests give another).
         @param timer: what the pauses are measured with.
+        @param size: the process's resident size in bytes (C{None}: not
+            known here).
         """
         self.clock = clock
         self.gc = gc
         self.timer = timer
+        self.size = size
         self.wait = LONGEST
         self.full_collections = 0
+        #: full collections made because the process grew
+        self.for_growth = 0
+        self._due = 0.0
+        self._last_at = 0.0
+        self._base: int | None = None
         self._saved: tuple[int, int, int] | None = None
         self._frozen = 0
         self._last: tuple[float, int] | None = None  # seconds, objects freed
@@ -126,6 +163,7 @@ class GcPolicy(Service):
         self._collect()
         self.gc.freeze()
         self._frozen = self.gc.get_freeze_count()
+        self._due = self._last_at + self.wait
         self.log.info(
             "garbage collector: {frozen} objects of start-up frozen; a full collection every"
             " {wait:g} s (sooner while it finds much garbage)",
@@ -135,7 +173,32 @@ class GcPolicy(Service):
         self._schedule()
 
     def _schedule(self) -> None:
-        self._call = self.clock.callLater(self.wait, self._full)
+        self._call = self.clock.callLater(CHECK, self._check)
+
+    def _check(self) -> None:
+        now = self.clock.seconds()
+        if now >= self._due:
+            self._full()
+            return
+        size = self.size()
+        base = self._base
+        if (
+            size is not None
+            and base is not None
+            and size > base * GROWTH
+            and size - base >= GROWTH_MIN
+            and now - self._last_at >= SHORTEST
+        ):
+            self.for_growth += 1
+            self.log.info(
+                "this process grew from {before} to {after} MB since the last full garbage collection:"
+                " one now",
+                before=base // 2**20,
+                after=size // 2**20,
+            )
+            self._full()
+            return
+        self._schedule()
 
     def _full(self) -> None:
         self._call = None
@@ -152,6 +215,7 @@ class GcPolicy(Service):
             self.wait = wait
         elif freed < LITTLE:
             self.wait = min(LONGEST, self.wait * 2)
+        self._due = self._last_at + self.wait
         self._schedule()
 
     def _collect(self) -> int:
@@ -161,13 +225,16 @@ class GcPolicy(Service):
         self.full_collections += 1
         self._last = (took, freed)
         self._longest = max(self._longest, took)
+        self._last_at = self.clock.seconds()
+        self._base = self.size()
         return freed
 
     def status(self) -> dict[str, Any]:
         """
         @return: the full collections made, the last one's pause (ms) and
             objects freed, the longest pause, the wait before the next
-            one, and the objects frozen at start.
+            one, the collections made because the process grew, and the
+            objects frozen at start.
         """
         took, freed = self._last or (0.0, 0)
         return {
@@ -176,5 +243,7 @@ class GcPolicy(Service):
             "last_full_freed": freed,
             "longest_full_ms": round(1000 * self._longest, 1),
             "full_every_s": self.wait,
+            "full_for_growth": self.for_growth,
             "frozen": self._frozen,
         }
+

@@ -15,7 +15,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.gcpolicy import LITTLE, LONGEST, MUCH, NEVER, OLDER, SHORTEST, GcPolicy
+from spwm.gcpolicy import CHECK, GROWTH_MIN, LITTLE, LONGEST, MUCH, NEVER, OLDER, SHORTEST, GcPolicy, resident_size
 
 
 class FakeGc:
@@ -57,10 +57,22 @@ class FakeGc:
         return self.frozen
 
 
-def _started() -> tuple[Clock, FakeGc, GcPolicy]:
+def _run(clock: Clock, seconds: float) -> None:
+    """
+    Advance C{clock} by C{seconds} in steps of L{CHECK} (a L{Clock} runs a
+    timer that a call due within one C{advance} sets from the advance's
+    end, not from its own time).
+    """
+    for _ in range(int(seconds // CHECK)):
+        clock.advance(CHECK)
+    clock.advance(seconds % CHECK)
+
+
+def _started(size: list[int | None] | None = None) -> tuple[Clock, FakeGc, GcPolicy]:
     clock = Clock()
     fake = FakeGc()
-    policy = GcPolicy(clock, gc=fake, timer=lambda: fake.now)
+    sizes = size if size is not None else [None]
+    policy = GcPolicy(clock, gc=fake, timer=lambda: fake.now, size=lambda: sizes[0])
     policy.startService()
     return clock, fake, policy
 
@@ -83,9 +95,9 @@ class GcPolicyTests(SynchronousTestCase):
             [formatEvent(e) for e in events],
             [f"garbage collector: 42000 objects of start-up frozen; a full collection every {LONGEST:g} s (sooner while it finds much garbage)"],
         )
-        clock.advance(LONGEST - 1)
+        _run(clock, LONGEST - 1)
         self.assertEqual(fake.calls.count("collect"), 1)
-        clock.advance(1)
+        _run(clock, 1)
         self.assertEqual(fake.calls.count("collect"), 2)
         self.assertEqual(policy.status()["full_collections"], 2)
 
@@ -116,12 +128,17 @@ class GcPolicyTests(SynchronousTestCase):
         clock, fake, policy = _started()
         clock.advance(0)
         fake.freed = [MUCH] * 6 + [LITTLE, LITTLE - 1, 0, 0, 0, 0]
-        waits = []
+        waits, apart = [], []
         with capturedLogs() as events:
             for _ in range(12):
-                clock.advance(policy.wait)
+                done, before = policy.full_collections, clock.seconds()
+                while policy.full_collections == done:
+                    clock.advance(CHECK)
+                apart.append(clock.seconds() - before)
                 waits.append(policy.wait)
         self.assertEqual(waits, [300, 150, 75, 60, 60, 60, 60, 120, 240, 480, 600, 600])
+        # each comes at the first look at or after its time
+        self.assertEqual(apart, [600, 300, 150, 80, 60, 60, 60, 60, 120, 240, 480, 600])
         self.assertEqual(
             [formatEvent(e) for e in events],
             [
@@ -129,6 +146,40 @@ class GcPolicyTests(SynchronousTestCase):
                 for w in (300, 150, 75, SHORTEST)
             ],
         )
+
+    def test_growth(self) -> None:
+        """
+        A process half as large again and L{GROWTH_MIN} larger than after
+        the last full collection makes one at the next look (one line
+        says so), not within L{SHORTEST} of the last; growing less, or
+        with its size unknown, it waits for the timer.
+        """
+        mb = 2**20
+        size: list[int | None] = [100 * mb]
+        clock, fake, policy = _started(size)
+        clock.advance(0)
+        size[0] = 160 * mb  # 1.6 times, but only 60 MB more
+        _run(clock, SHORTEST)
+        self.assertEqual(policy.full_collections, 1)
+        size[0] = 165 * mb
+        with capturedLogs() as events:
+            clock.advance(CHECK)
+        self.assertEqual((policy.full_collections, policy.for_growth), (2, 1))
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            ["this process grew from 100 to 165 MB since the last full garbage collection: one now"],
+        )
+        size[0] = 400 * mb  # at once again: not within SHORTEST
+        _run(clock, SHORTEST - CHECK)
+        self.assertEqual(policy.full_collections, 2)
+        clock.advance(CHECK)
+        self.assertEqual(policy.full_collections, 3)
+        size[0] = None
+        _run(clock, LONGEST - CHECK)
+        self.assertEqual(policy.full_collections, 3)
+        clock.advance(CHECK)
+        self.assertEqual((policy.full_collections, policy.for_growth), (4, 2))
+        self.assertGreater(resident_size() or 0, 10 * mb)
 
     def test_status(self) -> None:
         """
@@ -138,16 +189,18 @@ class GcPolicyTests(SynchronousTestCase):
         clock, fake, policy = _started()
         self.assertEqual(
             policy.status(),
-            {"full_collections": 0, "last_full_ms": 0.0, "last_full_freed": 0, "longest_full_ms": 0.0, "full_every_s": LONGEST, "frozen": 0},
+            {"full_collections": 0, "last_full_ms": 0.0, "last_full_freed": 0, "longest_full_ms": 0.0, "full_every_s": LONGEST,
+             "full_for_growth": 0, "frozen": 0},
         )
         fake.pause = 0.120
         clock.advance(0)
         fake.pause = 0.0304
         fake.freed = [17]
-        clock.advance(LONGEST)
+        _run(clock, LONGEST)
         self.assertEqual(
             policy.status(),
-            {"full_collections": 2, "last_full_ms": 30.4, "last_full_freed": 17, "longest_full_ms": 120.0, "full_every_s": LONGEST, "frozen": 42_000},
+            {"full_collections": 2, "last_full_ms": 30.4, "last_full_freed": 17, "longest_full_ms": 120.0, "full_every_s": LONGEST,
+             "full_for_growth": 0, "frozen": 42_000},
         )
 
     def test_real_collector(self) -> None:
