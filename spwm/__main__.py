@@ -252,10 +252,18 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     cdr.add_argument("files", nargs="+", metavar="FILE", help="--cdr-file files (rotated .gz ones too)")
     cdr.add_argument("--by", choices=("agent", "day", "side"), default="agent", help="one row per (default agent)")
     cdr.add_argument("--since", default=None, help="only the legs that started this long ago or later: 3600, 30m, 24h, 7d")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    command = status if args.command == "status" else cdr
+    if extra:
+        # (the command's own usage, not the top level's)
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "cdr":
         return _cdr(args, out, err)
     url = _status_url(args.url)
+    try:
+        urllib.parse.urlsplit(url).port
+    except ValueError as e:
+        status.error(f"{args.url}: {e}")
     if args.limit is not None:
         url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"limit": args.limit})
     try:

@@ -5,6 +5,7 @@ C{python3 -m spwm status [URL]}: the terminal view of a running half.
 from __future__ import annotations
 
 import io
+from contextlib import redirect_stderr
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -298,6 +299,24 @@ class ScriptTests(SynchronousTestCase):
 
 
 class CommandTests(TestCase):
+    def test_usage_errors(self) -> None:
+        """
+        An unknown option is a usage error of the command it was given to
+        (its own usage line), and a port out of range is one too, before
+        anything is asked: status 2.
+        """
+        for argv, usage, message in (
+            (["status", "127.0.0.1:9099", "--bogus"], "usage: spwm status", "unrecognized arguments: --bogus"),
+            (["cdr", "x.jsonl", "--bogus"], "usage: spwm cdr", "unrecognized arguments: --bogus"),
+            (["status", "127.0.0.1:99999"], "usage: spwm status", "127.0.0.1:99999: Port out of range 0-65535"),
+        ):
+            err = io.StringIO()
+            with redirect_stderr(err), self.assertRaises(SystemExit) as e:
+                main(argv, out=io.StringIO(), err=err)
+            self.assertEqual(e.exception.code, 2)
+            self.assertTrue(err.getvalue().startswith(usage), err.getvalue())
+            self.assertIn(message, err.getvalue())
+
     def test_no_answer(self) -> None:
         """
         A URL that does not answer: one line on standard error, status 1.
