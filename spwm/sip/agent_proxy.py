@@ -275,7 +275,9 @@ class AgentSipProxy:
         fid = self.flows.use(flow, now)
         if method == "REGISTER":
             self._bindings.request(fid, msg)
-        leg = self._leg(fid, msg)
+        # inside a dialog, the flow it was set up on (a phone may send on
+        # another transport now); the message itself goes on its own
+        leg = self._moved.request(self._dialogs, msg, fid, fid)
         self._invites.media(invite, again, self.media_hook, self.tunnel_key, leg, msg, True)
         self._maybe_ended(leg, msg)
         return [ToTunnel(self.tunnel_key, fid, msg.to_bytes())]
@@ -351,21 +353,6 @@ class AgentSipProxy:
                 events = self._bindings.answered(flow, fid, msg, now)
         show_media(self.media_hook, self.tunnel_key, leg, msg, False)
         return [ToApp(flow, msg.to_bytes()), *events]
-
-    def _leg(self, fid: int, msg: SipMessage) -> int:
-        """
-        The flow whose call leg (media, dialogs) a message on flow C{fid}
-        belongs to: inside a dialog, the flow the dialog was set up on,
-        also when the phone now sends over another transport
-        (L{DialogTable.flow_of}); the message itself still goes on C{fid}.
-        """
-        if msg.to_tag is None:
-            return fid
-        call_id = msg.call_id or ""
-        leg = self._dialogs.flow_of(call_id, msg.from_tag, msg.to_tag, fid)
-        if leg != fid and msg.method != "ACK":
-            self._moved.moved(call_id, msg.cseq[0], fid, leg)
-        return leg
 
     # -- dialogs and registrations -------------------------------------------
 

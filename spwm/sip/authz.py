@@ -309,14 +309,8 @@ class AuthorizingContactProxy:
         identities = self.identities(session_id)
         if not identities:
             return self._refuse(tunnel_key, flow_id, data, method, "tunnel not registered")
-        end = data.find(b"\r\n\r\n")
-        match = _FROM.search(data, 0, end if end >= 0 else len(data))
-        try:
-            if match is None:
-                raise SipParseError(400, "no From")
-            value = b" ".join(match.group(1).split()).decode("utf-8", "surrogateescape")
-            identity = _identity(parse_name_addr(value).uri)
-        except SipParseError:
+        identity = _header_identity(_FROM, data)
+        if identity is None:
             # Let the core answer malformed requests as it does.
             return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now, congested=congested)
         if identity[1] == ANONYMOUS_HOST:

@@ -458,14 +458,12 @@ class ContactSipProxy:
         if self._route_token(msg.uri) is not None:
             strict_route(msg)
         self._pop_own_routes(msg, token=True)
-        for h in msg.headers:
-            if h.name == "p-asserted-identity":
-                # RFC 3325 5: an identity only the operator's network may
-                # assert; a phone's (or anyone's through an agent) would be
-                # believed by a proxy that trusts this contact point
-                msg.remove_header("P-Asserted-Identity")
-                self.counters.count("P-Asserted-Identity from tunnel removed")
-                break
+        if msg.has("P-Asserted-Identity"):
+            # RFC 3325 5: an identity only the operator's network may
+            # assert; a phone's (or anyone's through an agent) would be
+            # believed by a proxy that trusts this contact point
+            msg.remove_header("P-Asserted-Identity")
+            self.counters.count("P-Asserted-Identity from tunnel removed")
         method = msg.method
         call_id = msg.call_id
         extra = short_hash(branch_source(msg)) + short_hash(msg.uri or "", 2)
@@ -478,9 +476,7 @@ class ContactSipProxy:
             )
         # inside a dialog, the leg is the flow it was set up on, also when
         # the phone now sends over another transport (DialogTable.flow_of)
-        leg = fid if msg.to_tag is None else self._dialogs.flow_of(call_id, msg.from_tag, msg.to_tag, fid, session)
-        if leg != fid and method != "ACK":
-            self._moved.moved(call_id, msg.cseq[0], (session, fid), leg)
+        leg = self._moved.request(self._dialogs, msg, fid, (session, fid), session)
         self._invites.media(invite, again, self.media_hook, key, leg, msg, False)
         self._maybe_ended(key, session, leg, msg)
         self._dialogs.touch(session, call_id, now)

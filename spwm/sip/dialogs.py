@@ -18,7 +18,7 @@ relay ports until the media timeout.
 
 from __future__ import annotations
 
-from typing import Hashable, Iterator
+from typing import Any, Hashable, Iterator
 
 from attrs import frozen
 
@@ -390,6 +390,21 @@ class MovedLegs:
         legs[call_id, cseq, flow] = leg
         if len(legs) > self.limit:
             del legs[next(iter(legs))]
+
+    def request(self, dialogs: DialogTable, msg: Any, flow_id: int, flow: Hashable, scope: Hashable | None = None) -> int:
+        """
+        The leg of a request C{msg} on flow C{flow_id} (named C{flow} here):
+        inside a dialog, the flow the dialog was set up on
+        (L{DialogTable.flow_of}, looking in C{scope}); a request moved so
+        is remembered for its responses (an ACK has none).
+        """
+        if msg.to_tag is None:
+            return flow_id
+        call_id = msg.call_id or ""
+        leg = dialogs.flow_of(call_id, msg.from_tag, msg.to_tag, flow_id, scope)
+        if leg != flow_id and msg.method != "ACK":
+            self.moved(call_id, msg.cseq[0], flow, leg)
+        return leg
 
     def leg(self, call_id: str, cseq: int, flow: Hashable, flow_id: int, final: bool) -> int:
         """
