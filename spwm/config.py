@@ -10,11 +10,12 @@ options override the file.
 
 from __future__ import annotations
 
+import getopt
 import ipaddress
 import sys
 import tomllib
 import types
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from attrs import frozen
 from twisted.python import usage
@@ -418,7 +419,7 @@ class SpwmOptions(usage.Options):
         try:
             path = _find_config(list(options))
             if path is not None:
-                self.load_file(path)
+                self.load_file(path, given=self._given(options))
             super().parseOptions(options)
         except usage.UsageError as e:
             # usage.Options wraps our coercions' errors in this prefix; the
@@ -426,10 +427,33 @@ class SpwmOptions(usage.Options):
             text = str(e).replace("Parameter type enforcement failed: ", "")
             raise ConfigExit(f"{self.synopsis_name}: invalid configuration: {text}") from None
 
-    def load_file(self, path: str) -> None:
+    def _given(self, argv: Sequence[str]) -> set[str]:
         """
-        Read a TOML file into the options; later command-line options win.
+        The long names of the options that C{argv} gives, read the way
+        C{usage.Options} reads them (abbreviations included).
 
+        @raise usage.UsageError: C{argv} cannot be read (an unknown option,
+            a value missing).
+        """
+        try:
+            opts, _ = getopt.getopt(list(argv), self.shortOpt, self.longOpt)
+        except getopt.error as e:
+            raise usage.UsageError(str(e)) from None
+        given = set()
+        for opt, _value in opts:
+            name = opt.lstrip("-")
+            name = self.synonyms.get(name) or self.synonyms.get(name.replace("-", "_"), name)
+            given.add(name.replace("_", "-"))
+        return given
+
+    def load_file(self, path: str, given: Collection[str] = ()) -> None:
+        """
+        Read a TOML file into the options.  A key that the command line
+        also gives (C{given}) is neither checked nor used: the command line
+        wins, and a repeatable option's list from the command line replaces
+        the file's.
+
+        @param given: the long names of the options on the command line.
         @raise usage.UsageError: naming the key and the problem.
         """
         try:
@@ -445,6 +469,8 @@ class SpwmOptions(usage.Options):
             try:
                 if option is None:
                     raise ConfigError(key, "unknown option")
+                if key in given:
+                    continue
                 if option.flag:
                     self[key] = 1 if _coerce(Option(key, False, boolean, ""), value) else 0
                 elif option.repeat:

@@ -148,6 +148,33 @@ class OptionsTests(SynchronousTestCase):
             contact.Options(), ["--cert", "/nonexistent/c.pem", "--key", "/nonexistent/c.key"], "--cert: cannot read"
         )
 
+    def test_command_line_wins_over_a_bad_file_value(self) -> None:
+        """
+        A file key that the command line also gives is not checked: a
+        certificate path in the file that cannot be read, or a bad contact
+        list, is replaced from the command line (also abbreviated or as
+        C{--name=value}); a repeatable option's list is replaced, not added
+        to.  Keys the command line does not give are still checked.
+        """
+        cert = self.write("certificate")
+        key = self.write("key")
+        path = self.write('cert = "/nonexistent/contact.pem"\nkey = "/nonexistent/contact.key"\n')
+        options = contact.Options()
+        options.parseOptions(["--config", path, "--cert", cert, f"--key={key}"])
+        self.assertEqual((options["cert"], options["key"]), (cert, key))
+        options = contact.Options()
+        options.parseOptions(["--config", path, "--cer", cert, "--key", key])
+        self.assertEqual((options["cert"], options["key"]), (cert, key))
+        self.assertRefused(
+            contact.Options(),
+            ["--config", path, "--cert", cert],
+            f"spwm-contact: invalid configuration: {path}: key: cannot read '/nonexistent/contact.key'",
+        )
+        path = self.write('contact = ["nohost", "a.example.test:443", "b.example.test:443"]\n')
+        options = agent.Options()
+        options.parseOptions(["--config", path, "--contact", "c.example.test:443"])
+        self.assertEqual(options["contact"], ["c.example.test:443"])
+
     def test_listen_short_forms(self) -> None:
         """
         C{--listen} and C{--status-listen} take C{PORT}, C{IP:PORT} and
