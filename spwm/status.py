@@ -539,14 +539,19 @@ def tunnel_lines(doc: dict[str, Any]) -> list[str]:
     """
     For the page and C{spwm status}: an agent's tunnel to each contact
     point that is not up, and why, in words (the last failed attempt's
-    reason); nothing while every tunnel is up.
+    reason); nothing while every tunnel is up.  While another contact
+    point's tunnel is up, new requests go through it, and the line says so
+    rather than that they get 503.
     """
     if doc.get("side") != "agent":
         return []
+    tunnels = [
+        doc[k] for k in sorted(k for k in doc if k == "tunnel" or k.startswith("tunnel_")) if isinstance(doc[k], dict)
+    ]
+    up = [t.get("contact") or "the other contact point" for t in tunnels if t.get("up", True)]
     lines = []
-    for section in sorted(k for k in doc if k == "tunnel" or k.startswith("tunnel_")):
-        tunnel = doc[section]
-        if not isinstance(tunnel, dict) or tunnel.get("up", True):
+    for tunnel in tunnels:
+        if tunnel.get("up", True):
             continue
         contact = tunnel.get("contact") or "the contact point"
         if tunnel.get("mode") == "on-demand" and not tunnel.get("wanted"):
@@ -559,7 +564,10 @@ def tunnel_lines(doc: dict[str, Any]) -> list[str]:
         if tunnel.get("last_failure"):
             # (Twisted's reasons end in a full stop: "111: Connection refused.")
             line += f": {str(tunnel['last_failure']).rstrip('. ')}"
-        lines.append(line + "; new SIP requests from phones get 503 until it is up")
+        if up:
+            lines.append(line + f"; new SIP requests from phones go through {', '.join(up)}")
+        else:
+            lines.append(line + "; new SIP requests from phones get 503 until it is up")
     return lines
 
 

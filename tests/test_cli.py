@@ -180,8 +180,9 @@ class RenderTests(SynchronousTestCase):
         """
         An agent whose tunnel is down says so under the header, with the
         last attempt's reason in words; one line per contact point that is
-        not up; an on-demand tunnel nobody needs is idle, not down; nothing
-        while the tunnels are up.
+        not up; with both down new requests get 503, with the other up they
+        go through it; an on-demand tunnel nobody needs is idle, not down;
+        nothing while the tunnels are up.
         """
         agent = dict(DOC, side="agent")
         up = {"contact": "cp.example.net:443", "up": True, "failures": 0, "last_failure": None}
@@ -196,6 +197,16 @@ class RenderTests(SynchronousTestCase):
                 "Tunnel to cp2.example.net:443: DOWN after 1 failed attempt: Connection refused; new SIP requests"
                 " from phones get 503 until it is up",
             ],
+        )
+        self.assertEqual(
+            render(dict(agent, tunnel=up, tunnel_2=second)).splitlines()[1],
+            "Tunnel to cp2.example.net:443: DOWN after 1 failed attempt: Connection refused; new SIP requests"
+            " from phones go through cp.example.net:443",
+        )
+        self.assertEqual(
+            render(dict(agent, tunnel=down, tunnel_2=dict(second, up=True, failures=0))).splitlines()[1],
+            "Tunnel to cp.example.net:443: DOWN after 3 failed attempts: certificate for cp.example.net expired"
+            " on 2026-11-30; new SIP requests from phones go through cp2.example.net:443",
         )
         idle = dict(up, up=False, mode="on-demand", wanted=0)
         self.assertEqual(
