@@ -18,6 +18,7 @@ from spwm.testing.certs import TestCA
 from spwm.tunnel.api import TunnelHandle
 from spwm.tunnel.connection import Role
 from spwm.tunnel.frames import HEADER, PREFACE, ChannelKind, FrameType, encode_frame
+from spwm.tunnel.info import describe_tunnel
 from spwm.tunnel.protocol import NO_CERTIFICATE_OVER_QUIC, AgentTunnelFactory, ContactTunnelFactory, TunnelProtocol
 from spwm.tunnel.quic import (
     FrameSplitter,
@@ -150,6 +151,22 @@ class QuicTunnelTests(SynchronousTestCase):
         self.assertIsInstance(agent, TunnelHandle)
         self.assertEqual(contact.peer, "192.0.2.10:40000")
         self.assertIn(contact, self.factory.tunnels)
+
+    def test_status_says_tls_over_quic(self) -> None:
+        """
+        The status listing describes a QUIC tunnel, on both ends, as TLS
+        1.3 with the cipher suite aioquic negotiated, its path's transport
+        as C{quic} and its round trip as QUIC measured it; never as
+        plaintext TCP.
+        """
+        agent, _, _ = self.connect()
+        contact, _ = self.contact_side()
+        for end in (agent, contact):
+            info = describe_tunnel(end, self.clock.seconds())
+            self.assertEqual(info["tls"], "TLSv1.3")
+            self.assertIn(info["cipher"], ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"])
+            self.assertEqual([p["transport"] for p in info["paths"]], ["quic"])
+            self.assertIsInstance(info["rtt_ms"], float)
 
     def test_sip_both_ways(self) -> None:
         """

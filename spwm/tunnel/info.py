@@ -11,6 +11,7 @@ import socket
 import struct
 from typing import Any
 
+from spwm.session.paths import PathKind
 from spwm.tunnel.protocol import find_socket
 
 __all__ = ["describe_tunnel", "tcp_rtt"]
@@ -62,6 +63,42 @@ def _tls(transport: Any) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _quic(transport: Any) -> Any:
+    """
+    The QUIC transport (L{spwm.tunnel.quic.QuicTunnelTransport}) under a
+    tunnel, or C{None} when it runs on TCP.
+    """
+    for _ in range(4):
+        if transport is None:
+            break
+        if getattr(transport, "path_kind", None) is PathKind.QUIC:
+            return transport
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+def _quic_tls(transport: Any) -> tuple[str | None, str | None]:
+    """
+    The TLS version and cipher of a QUIC connection: QUIC is always TLS
+    1.3; the cipher suite is the one aioquic's TLS context negotiated
+    (written as OpenSSL names it, C{TLS_AES_128_GCM_SHA256}), C{None}
+    before the handshake chose one.
+    """
+    tls = getattr(getattr(transport, "quic", None), "tls", None)
+    suite = getattr(getattr(tls, "key_schedule", None), "cipher_suite", None)
+    name = getattr(suite, "name", None)
+    return "TLSv1.3", f"TLS_{name}" if name else None
+
+
+def _quic_rtt(transport: Any) -> float | None:
+    """
+    QUIC's smoothed round-trip time of a connection, in seconds, once
+    measured.
+    """
+    rtt = getattr(transport, "rtt", None)
+    return rtt[0] if rtt else None
+
+
 def describe_tunnel(tunnel: Any, now: float) -> dict[str, Any]:
     """
     One tunnel connection for the status listing.
@@ -69,9 +106,10 @@ def describe_tunnel(tunnel: Any, now: float) -> dict[str, Any]:
     @param tunnel: a L{spwm.tunnel.protocol.TunnelProtocol} (or anything
         with its public attributes).
     @return: C{agent}, C{session}, C{source} (C{HOST:PORT}, IPv6 in
-        brackets), C{tls} (version, or C{None} in plaintext), C{cipher},
-        C{paths} (the connections it runs on: one), C{rtt_ms} (the
-        kernel's TCP estimate), C{queue_signalling} and C{queue_stream}
+        brackets), C{tls} (version, or C{None} in plaintext; C{TLSv1.3}
+        on QUIC), C{cipher}, C{paths} (the connections it runs on: one,
+        with its C{transport}: C{tls}, C{tcp} or C{quic}), C{rtt_ms} (the
+        kernel's TCP estimate, or QUIC's own), C{queue_signalling} and C{queue_stream}
         (bytes waiting), C{keepalive} (C{tcp}: the kernel's keepalive, both
         ends offered it; C{ping}: PING frames), C{uptime} (s),
         C{established}, C{congested};
@@ -80,8 +118,15 @@ def describe_tunnel(tunnel: Any, now: float) -> dict[str, Any]:
     """
     connection = getattr(tunnel, "connection", None)
     transport = getattr(tunnel, "transport", None)
-    version, cipher = _tls(transport)
-    rtt = tcp_rtt(find_socket(transport))
+    quic = _quic(transport)
+    if quic is not None:
+        version, cipher = _quic_tls(quic)
+        rtt = _quic_rtt(quic)
+        kind = "quic"
+    else:
+        version, cipher = _tls(transport)
+        rtt = tcp_rtt(find_socket(transport))
+        kind = "tls" if version else "tcp"
     connected = getattr(tunnel, "connected_at", None)
     source = str(getattr(tunnel, "peer", "?"))
     return {
@@ -90,7 +135,7 @@ def describe_tunnel(tunnel: Any, now: float) -> dict[str, Any]:
         "source": source,
         "tls": version,
         "cipher": cipher,
-        "paths": [{"source": source, "transport": "tls" if version else "tcp", "rtt_ms": _ms(rtt)}],
+        "paths": [{"source": source, "transport": kind, "rtt_ms": _ms(rtt)}],
         "rtt_ms": _ms(rtt),
         "queue_signalling": getattr(connection, "priority_queue_bytes", 0) if connection is not None else 0,
         "queue_stream": getattr(connection, "stream_queue_bytes", 0) if connection is not None else 0,
