@@ -202,9 +202,13 @@ class Status:
 
 
 #: Numbers of the document that count since the start: exposed as
-#: Prometheus counters (C{..._total}); every other number is a gauge.
+#: Prometheus counters (C{..._total}); every other number is a gauge.  A
+#: section of the second contact point (C{sessions_2}, L{base_section})
+#: has the same counters as the first.
 COUNTERS: dict[str, frozenset[str]] = {
-    "tunnels": frozenset({"refused", "handon_failed", "handed_on_in"}),
+    "tunnels": frozenset(
+        {"refused", "accept_pauses", "host_listen_overflows", "host_listen_drops", "handon_failed", "handed_on_in"}
+    ),
     "tunnel": frozenset({"closes"}),
     "no_tunnel": frozenset({"refused_no_tunnel", "acks_dropped", "responses_dropped", "held", "held_overflow", "held_resuming", "held_duplicates", "held_carried", "carried_dropped", "carried_taken"}),
     "sessions": frozenset({"resumed", "resume_refused", "resume_redirected", "resume_handed_on", "worker_redirects", "worker_fallbacks", "worker_avoided"}),
@@ -247,6 +251,7 @@ COUNTERS: dict[str, frozenset[str]] = {
             "refused_unregistered",
         }
     ),
+    "paths": frozenset({"attach_refused", "attach_redirected", "attach_handed_on"}),
     "forwards": frozenset({"refused", "dropped_no_tunnel", "dropped_no_channel"}),
     "loop": frozenset({"late_windows"}),
     "gc": frozenset({"full_collections", "full_for_growth"}),
@@ -320,6 +325,23 @@ HELP: dict[str, str] = {
     "paths_late_losses": "Agent, --tunnel-connections auto: kernel retransmissions seen on a connection whose round trip is 100 ms or more (each can add connections).",
 }
 
+#: The number that ends the name of a section of the second contact point.
+_NTH = re.compile(r"_([0-9]+)$")
+
+
+def base_section(section: str) -> tuple[str, str | None]:
+    """
+    The section a status document's section repeats for another contact
+    point (C{--contact} given twice), and that contact point's number:
+    C{("sessions", "2")} for C{sessions_2}, C{("sessions", None)} for
+    C{sessions}.
+    """
+    found = _NTH.search(section)
+    if found is None:
+        return section, None
+    return section[: found.start()], found.group(1)
+
+
 #: Legs the per-leg histograms are labelled with (a bounded set).
 LEGS = ("lan", "tunnel", "operator")
 
@@ -366,12 +388,15 @@ class _DocumentCollector:
         for section, values in doc.items():
             if not isinstance(values, dict):
                 continue
-            counters = COUNTERS.get(section, frozenset())
+            base, nth = base_section(section)
+            counters = COUNTERS.get(base, frozenset())
             for name, value in values.items():
                 metric = _NAME.sub("_", f"spwm_{section}_{name}")
                 if metric in OWN_FAMILIES:
                     continue
-                help_text = HELP.get(metric[5:], f"The status document's {section}.{name}.")
+                help_text = HELP.get(_NAME.sub("_", f"{base}_{name}"), f"The status document's {section}.{name}.")
+                if nth is not None:
+                    help_text = f"Contact point {nth} (--contact given more than once): {help_text}"
                 kind = CounterMetricFamily if name in counters else GaugeMetricFamily
                 if isinstance(value, dict):
                     family = kind(metric, help_text, labels=["side", "key"])

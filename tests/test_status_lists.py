@@ -165,6 +165,58 @@ class MetricsTests(SynchronousTestCase):
         self.assertNotIn("note", text)
         self.assertIn('spwm_media_transit_seconds_count{leg="tunnel",side="contact"} 0.0\n', text)
 
+    def test_second_contact_point_same_types(self) -> None:
+        """
+        The sections of an agent's second contact point (C{tunnel_2},
+        C{sessions_2}, C{paths_2}) have the first's counters and gauges:
+        C{spwm_sessions_2_resumed_total} is a counter as
+        C{spwm_sessions_resumed_total} is, the failures since the tunnel
+        was last up a gauge in both; their HELP is the first's, naming the
+        contact point.
+        """
+        status = Status("agent", Clock())
+        for suffix in ("", "_2"):
+            status.add("tunnel" + suffix, lambda: {"up": False, "failures": 3})
+            status.add("sessions" + suffix, lambda: {"users": 1, "resumed": 2})
+            status.add("paths" + suffix, lambda: {"paths": 2, "attach_refused": 1})
+        text = status.metrics.exposition()[0].decode()
+        types = _families(text)
+        for first, second in [
+            ("spwm_sessions_resumed_total", "spwm_sessions_2_resumed_total"),
+            ("spwm_sessions_users", "spwm_sessions_2_users"),
+            ("spwm_tunnel_failures", "spwm_tunnel_2_failures"),
+            ("spwm_paths_attach_refused_total", "spwm_paths_2_attach_refused_total"),
+        ]:
+            self.assertEqual(types[second], types[first], second)
+        self.assertEqual(types["spwm_sessions_2_resumed_total"], "counter")
+        self.assertEqual(types["spwm_tunnel_2_failures"], "gauge")
+        self.assertIn(
+            "# HELP spwm_sessions_2_resumed_total Contact point 2 (--contact given more than once):"
+            " Sessions resumed on a new connection.\n",
+            text,
+        )
+
+    def test_documented_counters(self) -> None:
+        """
+        The contact point's numbers that operations.md lists as counted
+        since the start are counters: the accept pauses and the kernel's
+        accept-queue growth, the paths' refused, redirected and handed-on
+        attaches.
+        """
+        status = Status("contact", Clock())
+        status.add("tunnels", lambda: {"accept_pauses": 1, "host_listen_overflows": 2, "host_listen_drops": 3})
+        status.add("paths", lambda: {"attach_refused": 1, "attach_redirected": 0, "attach_handed_on": 0})
+        types = _families(status.metrics.exposition()[0].decode())
+        for name in [
+            "spwm_tunnels_accept_pauses",
+            "spwm_tunnels_host_listen_overflows",
+            "spwm_tunnels_host_listen_drops",
+            "spwm_paths_attach_refused",
+            "spwm_paths_attach_redirected",
+            "spwm_paths_attach_handed_on",
+        ]:
+            self.assertEqual(types.get(name + "_total"), "counter", name)
+
     def test_one_family_per_name(self) -> None:
         """
         A number of the document named like one of the families the
