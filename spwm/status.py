@@ -41,6 +41,7 @@ import spwm
 from spwm.addr import peer
 from spwm.errors import ListenError
 from spwm.media.manager import END_REASONS
+from spwm.tunnel.info import describe_tunnel
 
 #: A section of the document: metric name -> number, or -> {label: number}.
 Section = dict[str, Any]
@@ -718,6 +719,14 @@ class StatusResource(Resource):
     def __init__(self, status: Status) -> None:
         super().__init__()
         self.status = status
+        # spwm.statusweb imports this module, so this module cannot import
+        # it at its top; it is imported here, at start-up, not at each
+        # request: a package upgraded under the running process (whose
+        # modules then no longer match) does not break the page.
+        from spwm.statusweb import CONTENT_SECURITY_POLICY, render_page
+
+        self._render_page = render_page
+        self._page_policy = CONTENT_SECURITY_POLICY
 
     def render_GET(self, request: Request) -> bytes:
         path = b"/" + b"/".join(s for s in request.postpath or () if s)
@@ -733,12 +742,10 @@ class StatusResource(Resource):
             request.setHeader(b"content-type", content_type.encode())
             return body
         if path == b"/":
-            from spwm.statusweb import CONTENT_SECURITY_POLICY, render_page
-
             request.setHeader(b"content-type", b"text/html; charset=utf-8")
             # The page runs no script: even text that escaped escaping could not.
-            request.setHeader(b"content-security-policy", CONTENT_SECURITY_POLICY)
-            return render_page(self.status, Query.from_args(request.args or {}))
+            request.setHeader(b"content-security-policy", self._page_policy)
+            return self._render_page(self.status, Query.from_args(request.args or {}))
         request.setResponseCode(404)
         request.setHeader(b"content-type", b"text/plain")
         return b"not found: try /, /status or /metrics\n"
@@ -850,8 +857,6 @@ def _registrations(sip: Any, clock: Any, agents: Callable[[], dict[str, str]] | 
 
 
 def _tunnels(protocols: Iterable[Any], clock: Any) -> Listing:
-    from spwm.tunnel.info import describe_tunnel
-
     now = clock.seconds()
     return sorted(
         (describe_tunnel(t, now) for t in list(protocols)),

@@ -6,7 +6,9 @@ and the media manager's counters behind it.
 from __future__ import annotations
 
 import errno
+import importlib
 import json
+import sys
 
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
@@ -18,7 +20,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 import spwm
 from spwm.errors import ListenError
-from spwm.status import Status, StatusHTTPService, StatusLogService, StatusResource, summary
+from spwm.status import Status, StatusHTTPService, StatusLogService, StatusResource, add_agent_lists, summary
 from spwm.tap import contact
 from tests.test_media_manager import (
     AGENT_ADDR,
@@ -95,6 +97,42 @@ class ResourceTests(SynchronousTestCase):
         request = DummyRequest([b"other"])
         resource.render_GET(request)
         self.assertEqual(request.responseCode, 404)
+
+
+    def test_no_import_at_a_request(self) -> None:
+        """
+        The page, C{/status} (with a tunnel listed) and C{/metrics} import
+        nothing at a request: with C{spwm.statusweb} and
+        C{spwm.tunnel.info} unimportable after the resource is made (the
+        package upgraded or removed under the running process), all three
+        still answer.
+        """
+
+        class Tunnel:
+            agent_id = "office"
+            session_id = "s1"
+            peer = "192.0.2.9:4000"
+            connected_at = 100.0
+            transport = None
+            connection = None
+            is_open = True
+            congested = False
+
+        class Sip:
+            def registration_list(self) -> list:
+                return []
+
+        _, status, _ = _status()
+        _, agent, _, _, _ = _pair()
+        add_agent_lists(status, "office", Tunnel, Sip(), agent)
+        resource = StatusResource(status)
+        for name in ("spwm.statusweb", "spwm.tunnel.info"):
+            self.addCleanup(sys.modules.__setitem__, name, importlib.import_module(name))
+            sys.modules[name] = None  # type: ignore[assignment]
+        body = resource.render_GET(DummyRequest([b"status"]))
+        self.assertEqual([t["source"] for t in json.loads(body)["lists"]["tunnels"]["items"]], ["192.0.2.9:4000"])
+        self.assertIn(b"<h1>SPWM contact point</h1>", resource.render_GET(DummyRequest([b""])))
+        self.assertIn(b"spwm_sip_registrations", resource.render_GET(DummyRequest([b"metrics"])))
 
 
 class LogServiceTests(SynchronousTestCase):
