@@ -44,7 +44,7 @@ from spwm.sip.actions import (
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.checks import CONGESTED as _CONGESTED
 from spwm.sip.checks import RETRANSMITTED_ANSWERED, RETRANSMITTED_BUNCHED, RETRANSMITTED_CONGESTED, RecentInvites
-from spwm.sip.contact_proxy import ContactSipProxy
+from spwm.sip.contact_proxy import UNKNOWN_TOKEN_430, UNKNOWN_TOKEN_REASON, ContactSipProxy
 from spwm.sip.transport import AgentSipRunner, SipStreamFactory
 from spwm.sip.uri import parse_name_addr
 from spwm.testing.tunnel import FakeTunnel
@@ -1533,8 +1533,10 @@ class ContactTests(SynchronousTestCase):
 
     def test_forged_token(self) -> None:
         """
-        A request with a forged route token is refused 403 and never reaches
-        a tunnel; a response with a forged Via is dropped.
+        A request with a forged route token (one this process cannot
+        authenticate) is answered C{430 Flow Failed}, counted, and never
+        reaches a tunnel, although the session it names is attached; a
+        response with a forged Via is dropped.
         """
         forged = FlowTokenCodec(b"y" * 32).encode(KIND_ROUTE, "sess-1", 5)
         out = only(
@@ -1543,7 +1545,12 @@ class ContactTests(SynchronousTestCase):
             ),
             ToNetwork,
         )
-        self.assertEqual(parse_message(out.data).status, 403)
+        resp = parse_message(out.data)
+        self.assertEqual((resp.status, resp.reason, out.addr), (430, UNKNOWN_TOKEN_REASON, ("198.51.100.7", 5060)))
+        self.assertEqual(self.cp.counters[UNKNOWN_TOKEN_430], 1)
+        for garbage in ["x", "abc", forged[:-2], forged.upper() + "a"]:
+            out = only(self.down(self.incoming_invite(route=f"<sip:{garbage}@203.0.113.5:5060;lr>")), ToNetwork)
+            self.assertEqual(parse_message(out.data).status, 430)
         fake_branch = "z9hG4bK" + FlowTokenCodec(b"y" * 32).encode(
             KIND_VIA, "sess-1", 5
         )
@@ -1556,6 +1563,28 @@ class ContactTests(SynchronousTestCase):
             200,
         )
         self.assertTrue(dropped(self.down(resp)))
+
+    def test_restarted_without_state_file(self) -> None:
+        """
+        The Path token a process made, presented to a process with another
+        key (the same contact point restarted without C{--state-file}), is
+        answered C{430 Flow Failed} with a reason that names the cause, so
+        an RFC 5626 registrar tries the phone's other flow (RFC 5626 5.3);
+        the request goes into no tunnel, though the agent's session is
+        back under the same name.
+        """
+        act, msg = self.up(register())
+        route = msg.get("Path")
+        only(self.down(self.incoming_invite(route=route)), ToTunnel)
+        restarted = ContactSipProxy(CONTACT_ADDR, b"r" * 32, operator=OPERATOR, media_hook=self.hook)
+        restarted.tunnel_attached(self.key, "sess-1")
+        out = only(restarted.from_network("udp", ("198.51.100.7", 5060), self.incoming_invite(route=route), 2.0), ToNetwork)
+        resp = parse_message(out.data)
+        self.assertEqual((resp.status, resp.reason), (430, UNKNOWN_TOKEN_REASON))
+        self.assertIn("--state-file", resp.reason)
+        self.assertEqual(restarted.counters[UNKNOWN_TOKEN_430], 1)
+        ack = self.incoming_invite(route=route).replace(b"INVITE", b"ACK")
+        self.assertTrue(dropped(restarted.from_network("udp", ("198.51.100.7", 5060), ack, 2.0)))
 
     def test_no_open_relay(self) -> None:
         """

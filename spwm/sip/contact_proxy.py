@@ -97,6 +97,13 @@ NO_PROXY_RETRY_AFTER = 10
 #: means a routing loop through ourselves.
 MAX_SPIRALS = 32
 
+#: The reason phrase of the C{430} for a C{Route} whose flow token this
+#: process cannot authenticate (made under another key, as by a process
+#: before a restart without C{--state-file}, or forged), and the counter
+#: of those requests (C{sip.events}).
+UNKNOWN_TOKEN_REASON = "Flow Failed (flow token unknown to this process; restarted without --state-file?)"
+UNKNOWN_TOKEN_430 = "430 for a flow token unknown to this process"
+
 
 def never_congested(tunnel_key: TunnelKey) -> bool:
     """
@@ -716,7 +723,17 @@ class ContactSipProxy:
                 return out
             tok = self._codec.decode(top.uri.user, KIND_ROUTE)
             if tok is None:
-                return self._refuse(msg, 403, "Forbidden: invalid flow token")
+                # RFC 5626 5.3 has an edge proxy answer 403 for a token
+                # that was tampered with and 430 for a flow that no longer
+                # exists.  A token made under another key (this process
+                # started without --state-file after the one that made
+                # it) cannot be told from a forged one, and either way
+                # the flow it names does not exist here and nothing is
+                # forwarded; 430, unlike 403, makes an outbound
+                # registrar try the phone's other flow (through the other
+                # contact point), so a restart does not cut the phone off
+                self.counters.count(UNKNOWN_TOKEN_430)
+                return self._refuse(msg, 430, UNKNOWN_TOKEN_REASON)
             msg.pop_first_value("Route")
         else:
             tok = None
