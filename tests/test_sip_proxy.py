@@ -1491,6 +1491,39 @@ class ContactTests(SynchronousTestCase):
         out = only(self.down(self.incoming_invite(route=route)), ToNetwork)
         self.assertEqual(parse_message(out.data).status, 430)
 
+    def test_outbound_binding_of_this_flow_only(self) -> None:
+        """
+        The registrar's 2xx to an RFC 5626 REGISTER lists the phone's
+        contact once per flow (C{reg-id} 1 through the other contact point,
+        2 through this one): one binding is recorded and one
+        L{BindingChanged} made, with the expiry of the entry whose C{reg-id}
+        is this REGISTER's; a registrar that leaves C{reg-id} out of its
+        answer still gives one, with the first entry's expiry.
+        """
+        contact = "sip:alice@192.0.2.10:5062"
+        data = register(contact_params=';+sip.instance="<urn:uuid:1>";reg-id=2').replace(
+            b"Content-Length", b"Supported: outbound\r\nContent-Length"
+        )
+        for n, (first, second, expires) in enumerate(
+            [
+                (";reg-id=1;expires=300", ";reg-id=2;expires=200", 200),
+                (";expires=300", ";expires=200", 300),
+            ]
+        ):
+            cp = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR)
+            cp.tunnel_attached(self.key, "sess-1")
+            act = only(cp.from_tunnel(self.key, "sess-1", 5, data, 0.0), ToNetwork)
+            inst = ';+sip.instance="<urn:uuid:1>"'
+            ok = answer(act.data, 200, extra=(("Contact", f"<{contact}>{inst}{first}"), ("Contact", f"<{contact}>{inst}{second}")))
+            out = cp.from_network("udp", ("198.51.100.7", 5060), ok, 1.0)
+            events = [a for a in out if isinstance(a, BindingChanged)]
+            self.assertEqual(
+                events,
+                [BindingChanged("registered", "sip:alice@example.org", contact, expires, "sess-1", 5)],
+                n,
+            )
+            self.assertEqual([(r.contact, r.expires) for r in cp.registrations("sess-1")], [(contact, 1.0 + expires)])
+
     def test_plain_register_path_without_ob(self) -> None:
         """
         A REGISTER without RFC 5626 gets a Path without C{;ob}.

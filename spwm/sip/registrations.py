@@ -23,7 +23,7 @@ from spwm.sip.actions import Action, BindingChanged
 from spwm.sip.errors import SipParseError
 from spwm.sip.flows import KIND_CONTACT, Flow, FlowToken, FlowTokenCodec
 from spwm.sip.message import SipMessage
-from spwm.sip.rewrite import add_path, contacts, expires_of, short_hash
+from spwm.sip.rewrite import add_path, contacts, expires_of, param, short_hash
 from spwm.sip.uri import SipUri, parse_name_addr, parse_uri
 
 __all__ = ["AppBindings", "ContactRegistrations", "Registration", "outbound_register"]
@@ -45,7 +45,8 @@ class Registration:
 class _Pending:
     session_id: str
     flow_id: int
-    contacts: list[str]
+    # each contact URI the REGISTER asked for -> its RFC 5626 reg-id
+    contacts: dict[str, str | None]
     expires: float
     outbound: bool = False
 
@@ -159,7 +160,7 @@ class ContactRegistrations:
         it until its answer.
         """
         found = contacts(msg)
-        originals = [str(na.uri) for na in found]
+        originals = {str(na.uri): param(na.params, "reg-id")[1] for na in found}
         outbound = outbound_register(msg, found)
         if self.contact_rewrite and found:
             out = []
@@ -196,7 +197,13 @@ class ContactRegistrations:
         pending = self._pending.pop(branch, None)
         values = msg.get_all("Contact")
         restored = []
-        mine: list[tuple[str, int]] = []
+        # this REGISTER's contact URI -> its expiry: the entry with the
+        # REGISTER's reg-id, else the first (a registrar that leaves reg-id
+        # out); with two contact points the registrar lists the same URI
+        # once per flow, and the other flow's entry is the other contact
+        # point's binding
+        mine: dict[str, int] = {}
+        exact: set[str] = set()
         changed = False
         for value in values:
             try:
@@ -220,8 +227,12 @@ class ContactRegistrations:
                     na = attrs.evolve(na, uri=parse_uri(original), angle=True)
                     changed = True
             restored.append(str(na))
-            if pending is not None and uri_text in pending.contacts:
-                mine.append((uri_text, expires))
+            if pending is not None and uri_text in pending.contacts and uri_text not in exact:
+                if param(na.params, "reg-id")[1] == pending.contacts[uri_text]:
+                    exact.add(uri_text)
+                    mine[uri_text] = expires
+                else:
+                    mine.setdefault(uri_text, expires)
         if changed:
             msg.set_header("Contact", ", ".join(restored))
         if pending is None:
@@ -239,7 +250,7 @@ class ContactRegistrations:
         for k in before:
             del regs[k]
         events: list[Action] = []
-        for uri_text, expires in mine:
+        for uri_text, expires in mine.items():
             if expires > 0:
                 key = (aor, uri_text)
                 if key not in before:
