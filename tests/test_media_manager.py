@@ -370,13 +370,52 @@ class LifetimeTests(SynchronousTestCase):
         self.assertEqual((agent.open_sockets, contact.open_sockets), (0, 0))
         self.assertEqual((agent.open_channels, contact.open_channels), (0, 0))
         # the agent's call ended with its last stream; the contact point's,
-        # whose stream the closed channel released, a media timeout later
-        self.assertEqual((agent.calls, contact.calls), (0, 1))
-        self.assertEqual([c["reason"] for c in agent.ended_calls()], ["media inactivity"])
-        reactor.advance(60)
+        # whose stream the closed channel released, at once: its media had
+        # been silent for the timeout too
         self.assertEqual((agent.calls, contact.calls), (0, 0))
+        self.assertEqual([c["reason"] for c in agent.ended_calls()], ["media inactivity"])
         self.assertEqual([c["reason"] for c in contact.ended_calls()], ["media inactivity"])
+        reactor.advance(60)
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_short_timeout_on_both_halves(self) -> None:
+        """
+        With a 3 s media timeout on both halves and no packet at all, each
+        half ends the call within the timeout and one sweep interval (1 s)
+        of the answer, whichever half's sweep releases the stream first
+        (the other's stream goes with the closed channel); the released
+        stream's idle time is logged rounded, in seconds.
+        """
+        for late in ("agent", "contact"):
+            reactor, agent, a_end, contact, c_end = _pair()
+            agent.inactivity_timeout = contact.inactivity_timeout = 3.0
+            offer, answer = _sdp(PHONE, ("audio", 4000, "")), _sdp(OPERATOR, ("audio", 6000, ""))
+            # one half's sweep runs 0.5 s after the other's
+            agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", offer)
+            if late == "contact":
+                reactor.advance(0.5)
+            contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", offer)
+            contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", answer)
+            if late == "agent":
+                reactor.advance(0.5)
+            agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", answer)
+            reactor.advance(0.25)
+            answered = reactor.seconds()
+            self._answered(agent, a_end, contact, c_end)
+            ended: dict[str, float] = {}
+            with capturedLogs() as events:
+                for _ in range(100):
+                    reactor.advance(0.05)
+                    for name, half in (("agent", agent), ("contact", contact)):
+                        if half.calls == 0:
+                            ended.setdefault(name, reactor.seconds() - answered)
+            self.assertEqual(sorted(ended), ["agent", "contact"], late)
+            for name, after in ended.items():
+                self.assertTrue(3.0 <= after <= 4.0 + 1e-9, (late, name, after))
+            lines = [formatEvent(e) for e in events if "idle for" in e.get("log_format", "")]
+            self.assertEqual(len(lines), 1, (late, lines))
+            self.assertRegex(lines[0], r"^media stream 0 of dialog .* idle for [34]\.\d s: released$")
+            self.assertEqual(reactor.getDelayedCalls(), [])
 
     def test_release_does_not_walk_the_dialogs(self) -> None:
         """

@@ -225,6 +225,26 @@ class _Stream:
         return total
 
 
+def _quiet_since(dialog: _Dialog, stream: _Stream, now: float) -> float:
+    """
+    Since when a dialog whose last stream goes has been without media,
+    for its wait without streams (C{MediaManager._sweep}).
+
+    @return: for an answered call, the last activity the sweep saw on the
+        stream (its silence counts towards the media timeout already),
+        unless packets came since that sweep, it is on hold or its TCP
+        connection is up; else C{now}.
+    """
+    if (
+        not dialog.leg.answered
+        or stream.plan.held
+        or stream.count() != stream.last_count
+        or (stream.tcp is not None and stream.tcp.connected)
+    ):
+        return now
+    return stream.last_activity
+
+
 def _tunnel_rtt(tunnel: Any) -> float | None:
     """
     The round trip (seconds) the tunnel connection measures, if it
@@ -1645,6 +1665,13 @@ class MediaManager:
         stream.channel_id = None
         if dialog is not None:
             self._release_stream(dialog, stream.index, "peer closed", close=False)
+            # the peer's sweep may have released it for want of media
+            # just before ours would: the call ends here as soon as its
+            # media has been silent for the timeout on this half too, not
+            # a whole timeout after the close
+            since = self._streamless.get((stream.session, stream.dialog))
+            if since is not None and self.clock.seconds() - since >= self.inactivity_timeout:
+                self._end_idle(stream.session, stream.dialog)
 
     # TCP media (RFC 4145): see docs/media.md, "TCP media"
 
@@ -2179,7 +2206,9 @@ class MediaManager:
         self._stream_count -= 1
         if not dialog.streams and self._find(stream.session, stream.dialog) is dialog:
             # (not when the dialog is ending: it is gone from the table)
-            self._streamless[stream.session, stream.dialog] = self.clock.seconds()
+            self._streamless[stream.session, stream.dialog] = _quiet_since(
+                dialog, stream, self.clock.seconds()
+            )
         _add_traffic(self._released, stream)
         if stream.rtp is not None:
             dialog.quality[index] = stream.quality.snapshot()
@@ -2307,7 +2336,7 @@ class MediaManager:
                 stream.last_activity = now
             elif now - stream.last_activity >= timeout:
                 self.log.info(
-                    "media stream {stream} of dialog {dialog} idle for {idle}s:"
+                    "media stream {stream} of dialog {dialog} idle for {idle:.1f} s:"
                     " released",
                     stream=index,
                     dialog=stream.dialog,
