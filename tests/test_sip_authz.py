@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from spwm.sip.authz import TUNNEL_REGISTERS_PER_USER, AuthorizingContactProxy, MediaAcceptor
 from spwm.tunnel.api import Router
 from spwm.sip.message import parse_message
-from spwm.sip.actions import ToTunnel
+from spwm.sip.actions import Dropped, ToTunnel
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.tunnel.frames import ChannelKind, ErrorCode
 from spwm.testing.tunnel import FakeTunnel
@@ -201,6 +201,11 @@ class LimitTests(GateTestCase):
         )
         self.assertEqual(self.statuses(actions), [403])
         self.assertEqual(self.proxy.refused, {"too many users on this tunnel": 1})
+        # answered, so the log line names the answer and is no drop
+        self.assertEqual(
+            [a for a in actions if isinstance(a, Dropped)],
+            [Dropped("REGISTER refused with 403 Forbidden: too many users on this tunnel", "REGISTER refused", answered=True)],
+        )
         self.register("alice")
 
     def test_register_rate(self) -> None:

@@ -214,16 +214,19 @@ class AgentRunnerTests(SynchronousTestCase):
         """
         The runner tells the core whether the tunnel is congested: while
         it is, a new request from a phone is answered C{503} and does not
-        reach the tunnel.
+        reach the tunnel; the log line says it was refused with 503, not
+        that it was dropped.
         """
         udp = SipUdpProtocol(self.runner)
         tr = FakeUdpTransport("192.0.2.1", 5060)
         udp.makeConnection(tr)
         self.tunnel.congested = True
-        udp.datagramReceived(request("INVITE", "sip:bob@example.org"), ("192.0.2.10", 5062))
+        with capturedLogs() as events:
+            udp.datagramReceived(request("INVITE", "sip:bob@example.org"), ("192.0.2.10", 5062))
         self.assertEqual(self.tunnel.sip_sent, [])
         [(out, addr)] = tr.written
         self.assertEqual(parse_message(out).status, 503)
+        self.assertEqual(_lines(events), ["tunnel congested: new request refused with 503 (0 more since the last such line)"])
         self.tunnel.congested = False
         udp.datagramReceived(request("INVITE", "sip:bob@example.org"), ("192.0.2.10", 5062))
         self.assertEqual(len(self.tunnel.sip_sent), 1)
@@ -237,7 +240,10 @@ class AgentRunnerTests(SynchronousTestCase):
         with capturedLogs() as events:
             udp.datagramReceived(b"\x00\xffINVITE", ("192.0.2.10", 5062))
         self.assertEqual(self.tunnel.sip_sent, [])
-        self.assertTrue(any("dropped" in e["log_format"] for e in events))
+        self.assertEqual(
+            [line.split(":")[0] for line in _lines(events)],
+            ["SIP message dropped"],
+        )
 
     def test_tcp_flow_and_keepalive(self) -> None:
         """

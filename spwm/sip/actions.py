@@ -90,17 +90,21 @@ class ToNetwork:
 @frozen
 class Dropped:
     """
-    A message was dropped; the adapter logs C{reason}.
+    A message was dropped, or a request refused with an error answer;
+    the adapter logs C{reason}.
 
     @ivar reason: what happened, for the log (may name the message's
-        problem).
+        problem; for a refusal, the status it was answered with).
     @ivar counter: the name the drop is counted under in the core's
         C{counters} (and on C{/status} and C{/metrics}): fixed for each
         kind of drop, whatever C{reason} says.
+    @ivar answered: the request was answered (C{reason} says with what),
+        so the log line does not call it dropped.
     """
 
     reason: str
     counter: str
+    answered: bool = False
 
 
 @frozen
@@ -192,6 +196,16 @@ class Counters(dict[str, int]):
         """
         self[counter] = self.get(counter, 0) + 1
         return Dropped(reason, counter)
+
+    def refuse(self, reason: str, counter: str) -> Dropped:
+        """
+        Count a request refused with an error answer (which the caller
+        sends) under C{counter}.
+
+        @return: the L{Dropped} action for it, marked C{answered}.
+        """
+        self[counter] = self.get(counter, 0) + 1
+        return Dropped(reason, counter, answered=True)
 
 
 @frozen

@@ -252,13 +252,13 @@ class AgentSipProxy:
                 return [self.counters.drop(reason, reason)]
             return [
                 ToApp(flow, congested_response(msg)),
-                self.counters.drop(CONGESTED, CONGESTED_COUNTER),
+                self.counters.refuse(CONGESTED, CONGESTED_COUNTER),
             ]
         full = None if again else media_full(self.media_hook, msg)
         if full is not None:
             return [
                 ToApp(flow, media_full_response(msg, full)),
-                self.counters.drop(full.reason, full.counter),
+                self.counters.refuse(full.reason, full.counter),
             ]
         invite = self._invites.passing(msg, again, now)
         mf = msg.max_forwards
@@ -320,7 +320,7 @@ class AgentSipProxy:
         if full is not None:
             return [
                 ToTunnel(self.tunnel_key, flow_id, media_full_response(msg, full)),
-                self.counters.drop(full.reason, full.counter),
+                self.counters.refuse(full.reason, full.counter),
             ]
         invite = self._invites.passing(msg, again, now)
         self._pop_own_routes(msg)

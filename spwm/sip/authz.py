@@ -345,7 +345,8 @@ class AuthorizingContactProxy:
             return [drop]
         extra = (("Retry-After", "60"),) if status == 503 else ()
         response = make_response(request, status, f"{phrase} ({reason})", extra_headers=extra)
-        return [ToTunnel(tunnel_key, flow_id, response.to_bytes()), drop]
+        refusal = Dropped(f"{method} refused with {status} {phrase}: {reason}", drop.counter, answered=True)
+        return [ToTunnel(tunnel_key, flow_id, response.to_bytes()), refusal]
 
 
 class MediaAcceptor:

@@ -448,7 +448,7 @@ class ContactSipProxy:
             # than let the phone wait for its transaction's timeout
             return [
                 ToTunnel(key, fid, unavailable(msg, NO_PROXY, NO_PROXY_RETRY_AFTER)),
-                self.counters.drop(f"{NO_PROXY}: new request refused with 503", NO_PROXY),
+                self.counters.refuse(f"{NO_PROXY}: new request refused with 503", NO_PROXY),
             ]
         again = self._invites.again(msg)
         if again:
@@ -459,7 +459,7 @@ class ContactSipProxy:
         if full is not None:
             return [
                 ToTunnel(key, fid, media_full_response(msg, full)),
-                self.counters.drop(full.reason, full.counter),
+                self.counters.refuse(full.reason, full.counter),
             ]
         invite = self._invites.passing(msg, again, now)
         if self._route_token(msg.uri) is not None:
@@ -776,7 +776,7 @@ class ContactSipProxy:
             via_transport, dest = via_destination(top_via)
             resp = congested_response(msg)
             return self._send_response(via_transport, dest, resp) + [
-                self.counters.drop(CONGESTED, CONGESTED_COUNTER)
+                self.counters.refuse(CONGESTED, CONGESTED_COUNTER)
             ]
         full = None if again else media_full(self.media_hook, msg)
         if full is not None:
@@ -784,7 +784,7 @@ class ContactSipProxy:
             assert top_via is not None
             via_transport, dest = via_destination(top_via)
             return self._send_response(via_transport, dest, media_full_response(msg, full)) + [
-                self.counters.drop(full.reason, full.counter)
+                self.counters.refuse(full.reason, full.counter)
             ]
         invite = self._invites.passing(msg, again, now)
         ruri_hash = short_hash(msg.uri or "", 2)

@@ -570,7 +570,7 @@ class _Runner:
                     )
                 self._to_tunnel(action)
             elif isinstance(action, Dropped):
-                self._log_drop(action.reason)
+                self._log_drop(action.reason, action.answered)
             elif isinstance(action, BindingChanged):
                 self._log_binding(action)
             elif isinstance(action, RouteRefused):
@@ -662,12 +662,14 @@ class _Runner:
             suppressed=tally.suppressed,
         )
 
-    def _log_drop(self, reason: str) -> None:
+    def _log_drop(self, reason: str, answered: bool = False) -> None:
         # One line per reason per 10 s: a flood of bad SIP must not become
-        # a flood of log lines.
+        # a flood of log lines.  A refusal's reason says what it was
+        # answered with: it was not dropped.
         self._drop_log.info(
             reason,
-            "SIP message dropped: {reason} ({suppressed} more since the last such line)",
+            ("{reason}" if answered else "SIP message dropped: {reason}")
+            + " ({suppressed} more since the last such line)",
             reason=reason,
         )
 
