@@ -305,6 +305,35 @@ class FanoutTests(SynchronousTestCase):
         bye = request("BYE", "sip:bob@192.0.2.99", call_id="c2", to="<sip:bob@example.org>;tag=b", cseq=2)
         self.assertEqual(list(self.send(bye)), ["tunnel-2"])
 
+    def test_new_request_where_registered(self) -> None:
+        """
+        A phone whose REGISTER only the second contact point took (the
+        first answered 503: its registrar was out of reach) calls through
+        the second, though the first is up; a phone registered through
+        neither goes through the first.
+        """
+        sent = self.send(register())
+        self.back(0, answer(sent["tunnel-1"], 503, "Service Unavailable"))
+        self.back(1, registrar_ok(sent["tunnel-2"]))
+        self.assertTrue(self.sides[1].registered("sip:alice@example.org"))
+        self.assertFalse(self.sides[0].registered("sip:alice@example.org"))
+        invite = request("INVITE", "sip:bob@example.org", call_id="c1", extra=("Contact: <sip:alice@192.0.2.10:5062>",))
+        self.assertEqual(list(self.send(invite)), ["tunnel-2"])
+        other = request(
+            "INVITE",
+            "sip:bob@example.org",
+            from_="<sip:carol@example.org>;tag=fc",
+            call_id="c2",
+            extra=("Contact: <sip:carol@192.0.2.10:5062>",),
+        )
+        self.assertEqual(list(self.send(other)), ["tunnel-1"])
+        # the binding gone (unregistered): the first live side again
+        sent = self.send(register(expires=0))
+        self.back(1, registrar_ok(sent["tunnel-2"], expires=0))
+        self.assertFalse(self.sides[1].registered("sip:alice@example.org"))
+        invite3 = request("INVITE", "sip:bob@example.org", call_id="c3", extra=("Contact: <sip:alice@192.0.2.10:5062>",))
+        self.assertEqual(list(self.send(invite3)), ["tunnel-1"])
+
     def test_incoming_answer_follows_side(self) -> None:
         """
         A request from a tunnel is answered by the phone through the same

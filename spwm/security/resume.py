@@ -551,6 +551,9 @@ class _ObservedAgentCore:
     def registration_list(self) -> list[dict[str, Any]]:
         return list(self._core.registration_list())
 
+    def registered(self, aor: str) -> bool:
+        return bool(self._core.registered(aor))
+
     def next_deadline(self) -> float | None:
         return self._core.next_deadline()
 

@@ -212,6 +212,13 @@ class AgentSipProxy:
         """
         return self._bindings.listing()
 
+    def registered(self, aor: str) -> bool:
+        """
+        Whether an application registered C{aor} (C{str} of its URI)
+        through this tunnel and the binding lasts.
+        """
+        return self._bindings.has_aor(aor)
+
     def handle_timer(self, now: float) -> list[Action]:
         """
         Expire flows, dialog records and the applications' bindings.

@@ -134,6 +134,27 @@ class FanoutCore:
                 return k
         return 0
 
+    def _side_for(self, msg: SipMessage) -> int:
+        """
+        The side a new request goes through: the first live one through
+        which its From is registered (a contact point may have refused
+        the phone's REGISTER, or not reached the registrar, while the
+        other took it: only that one lets the phone call), else the first
+        live one.
+        """
+        live = [k for k in range(len(self.sides)) if self._live(k)]
+        if len(live) > 1:
+            try:
+                from_ = msg.from_
+            except SipParseError:
+                from_ = None
+            if from_ is not None:
+                aor = str(from_.uri)
+                for k in live:
+                    if self.sides[k].registered(aor):
+                        return k
+        return live[0] if live else 0
+
     @property
     def tunnel_key(self) -> Any:
         """
@@ -241,7 +262,7 @@ class FanoutCore:
             # a new request: the first live side (a retransmission of
             # one finds its side again, as long as that side lives)
             if side is None or not self._live(side):
-                side = self.preferred()
+                side = self._side_for(msg)
         self._remember(call_id, side)
         return self.sides[side].from_app(flow, data, now, congested=congested)
 

@@ -370,7 +370,18 @@ class AppBindings:
         self._pending: dict[tuple[int, str, int], tuple[str, frozenset[str] | None]] = {}
         self._bound: dict[tuple[int, str], dict[str, tuple[float, int]]] = {}
         self._flows: dict[int, Flow] = {}
+        # the addresses-of-record of _bound, made again after a change
+        self._aors: frozenset[str] | None = None
         self.next_expiry: float | None = None
+
+    def has_aor(self, aor: str) -> bool:
+        """
+        Whether the address-of-record C{aor} (as C{str} of its URI) has a
+        binding here, through any flow.
+        """
+        if self._aors is None:
+            self._aors = frozenset(a for _, a in self._bound)
+        return aor in self._aors
 
     def request(self, fid: int, msg: SipMessage) -> None:
         """
@@ -409,6 +420,7 @@ class AppBindings:
             if asked is None or uri in asked:
                 listed[uri] = expires_of(msg, na.params, 3600)
         before = self._bound.pop((fid, aor), {})
+        self._aors = None
         now_bound = {
             uri: (now + expires, expires) for uri, expires in listed.items() if expires > 0
         }
@@ -464,6 +476,7 @@ class AppBindings:
                     soonest = t
             if not bound:
                 del self._bound[(fid, aor)]
+                self._aors = None
         live = {fid for fid, _ in self._bound}
         for fid in [f for f in self._flows if f not in live]:
             del self._flows[fid]
