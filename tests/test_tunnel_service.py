@@ -651,13 +651,57 @@ class HTTPConnectTests(SynchronousTestCase):
 
     def test_refused(self) -> None:
         """
-        A proxy that refuses fails the attempt with its status line.
+        A proxy that refuses fails the attempt with one line naming the
+        proxy and its status and reason (no representation of bytes).
         """
+        self.endpoint = HTTPConnectEndpoint(self.proxy, "contact.example.test", 443, description="192.0.2.1:3128")
         d, proto, transport, received = self.start()
-        proto.dataReceived(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+        proto.dataReceived(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
         failure = self.failureResultOf(d)
-        self.assertIn("403 Forbidden", describe_failure(failure))
+        self.assertEqual(describe_failure(failure), "HTTP proxy 192.0.2.1:3128 refused CONNECT: 403 Forbidden")
         self.assertTrue(transport.disconnecting)
+
+    def test_proxy_unreachable(self) -> None:
+        """
+        A proxy that cannot be reached fails the attempt with a line naming
+        the proxy (not Twisted's text, which reads as if the contact point
+        refused).
+        """
+        self.endpoint = HTTPConnectEndpoint(self.proxy, "contact.example.test", 443, description="192.0.2.1:3128")
+        for exc, line in [
+            (ConnectionRefusedError(111, "Connection refused"), "HTTP proxy 192.0.2.1:3128: connection refused"),
+            (ConnectTimeout(), "HTTP proxy 192.0.2.1:3128: no answer to the TCP connection (timed out)"),
+        ]:
+            d = self.endpoint.connect(Factory.forProtocol(Protocol))
+            self.proxy.attempts.pop()[1].errback(exc)
+            self.assertEqual(describe_failure(self.failureResultOf(d)), line)
+
+    def test_closed_or_not_http(self) -> None:
+        """
+        A proxy that closes before it answers the CONNECT, or answers
+        something that is not HTTP, fails the attempt with a line that
+        says so and names the proxy.
+        """
+        self.endpoint = HTTPConnectEndpoint(self.proxy, "contact.example.test", 443, description="192.0.2.1:3128")
+        d, proto, transport, received = self.start()
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(
+            describe_failure(self.failureResultOf(d)),
+            "HTTP proxy 192.0.2.1:3128: closed the connection before answering CONNECT",
+        )
+        for answer in [b"SSH-2.0-OpenSSH_9.2\r\n", b"\x16\x03\x01", b"HTTP/2 200\r\n\r\n", b"HTX"]:
+            self.proxy.attempts.clear()
+            d, proto, transport, received = self.start()
+            proto.dataReceived(answer)
+            self.assertEqual(
+                describe_failure(self.failureResultOf(d)), "HTTP proxy 192.0.2.1:3128: not an HTTP answer to CONNECT"
+            )
+            self.assertTrue(transport.disconnecting)
+            proto.connectionLost(Failure(ConnectionDone()))  # no second result
+        self.proxy.attempts.clear()
+        d, proto, transport, received = self.start()
+        proto.dataReceived(b"HTT")  # a start of an answer: wait for the rest
+        self.assertNoResult(d)
 
     def test_no_answer(self) -> None:
         """
@@ -676,10 +720,8 @@ class HTTPConnectTests(SynchronousTestCase):
         clock.advance(0.1)
         failure = self.failureResultOf(d, ConnectTimeout)
         self.assertEqual(
-            describe_failure(failure),
-            describe_failure(Failure(ConnectTimeout(string="the HTTP proxy 192.0.2.1:3128 did not answer CONNECT"
-                                                           " contact.example.test:444 within 10 s"))),
-        )  # fmt: skip
+            describe_failure(failure), "HTTP proxy 192.0.2.1:3128: no answer to CONNECT contact.example.test:444 within 10 s"
+        )
         self.assertTrue(transport.disconnecting)
         proto.connectionLost(Failure(ConnectionDone()))  # no second result
         self.assertEqual(clock.getDelayedCalls(), [])

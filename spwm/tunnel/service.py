@@ -23,7 +23,7 @@ from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet import error, ssl
 from automat import NoTransition
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
@@ -358,6 +358,23 @@ def server_tls_options(cert_file: str, key_file: str, client_ca: str | None = No
 # -- HTTP CONNECT ---------------------------------------------------------
 
 
+def _proxy_name(address: str) -> str:
+    """
+    The HTTP proxy as log lines name it: C{"HTTP proxy 192.0.2.1:3128"}.
+    """
+    return f"HTTP proxy {address}" if address else "HTTP proxy"
+
+
+class HTTPProxyTimeout(error.TimeoutError):
+    """
+    The HTTP proxy took the connection and did not answer the C{CONNECT}
+    in time; its text is the whole line (without Twisted's prefix).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class _ConnectProtocol(Protocol):
     """
     Speaks HTTP CONNECT to a proxy, then hands the connection to the real
@@ -373,6 +390,7 @@ class _ConnectProtocol(Protocol):
         self._done = factory.done
         self._auth = factory.auth
         self._proxy = factory.proxy
+        self._who = _proxy_name(factory.proxy)
         self._clock = factory.clock
         self._timeout = factory.timeout
         self._wrapped = wrapped
@@ -387,8 +405,8 @@ class _ConnectProtocol(Protocol):
         self._timer = None
         self.transport.abortConnection()
         if not self._done.called:
-            why = f"the HTTP proxy {self._proxy or ''} did not answer CONNECT {self._target} within {self._timeout:g} s"
-            self._done.errback(Failure(error.TimeoutError(string=why.replace("  ", " "))))
+            why = f"{self._who}: no answer to CONNECT {self._target} within {self._timeout:g} s"
+            self._done.errback(Failure(HTTPProxyTimeout(string=why)))
 
     def _answered(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -410,19 +428,29 @@ class _ConnectProtocol(Protocol):
             self._wrapped.dataReceived(data)
             return
         self._buf += data
+        if not self._buf.startswith(b"HTTP/"[: len(self._buf)]):
+            # something else answers on that port (an SSH or TLS server):
+            # no point in waiting for the rest
+            self._fail(f"{self._who}: not an HTTP answer to CONNECT")
+            return
         head, sep, rest = self._buf.partition(b"\r\n\r\n")
         if not sep:
             if len(self._buf) > self.max_response:
-                self._fail("HTTP proxy sent an over-long response")
+                self._fail(f"{self._who}: answer to CONNECT over {self.max_response} bytes")
             return
         self._answered()
         status_line = head.split(b"\r\n", 1)[0]
         parts = status_line.split(None, 2)
-        if len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and parts[1] == b"407":
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+            self._fail(f"{self._who}: not an HTTP answer to CONNECT")
+            return
+        if parts[1] == b"407":
             self._fail(self._auth_demanded(head))
             return
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].startswith(b"2"):
-            self._fail(f"HTTP proxy refused CONNECT: {status_line.decode('latin-1')!r}")
+        if not parts[1].startswith(b"2"):
+            # the status and reason as the proxy wrote them, printable only
+            answer = b" ".join(parts[1:]).decode("latin-1")[:80]
+            self._fail(f"{self._who} refused CONNECT: {''.join(c for c in answer if c.isprintable())}")
             return
         self._tunnelled = True
         self._buf = b""
@@ -465,7 +493,11 @@ class _ConnectProtocol(Protocol):
         if self._tunnelled:
             self._wrapped.connectionLost(reason)
         elif not self._done.called:
-            self._done.errback(reason or Failure(ConnectionError("HTTP proxy closed the connection")))
+            if reason is None or reason.check(error.ConnectionDone, error.ConnectionLost):
+                what = "closed the connection before answering CONNECT"
+            else:
+                what = f"lost the connection before answering CONNECT ({describe_failure(reason)})"
+            self._done.errback(Failure(ConnectionError(f"{self._who}: {what}")))
 
 
 class _ConnectFactory(Factory):
@@ -545,6 +577,20 @@ class HTTPConnectEndpoint:
         def connected(_: Any) -> Deferred[IProtocol]:
             return done
 
+        def unreachable(f: Failure) -> Failure:
+            # the proxy, not the contact point, is what cannot be reached:
+            # the line names it (Twisted's text names neither)
+            if f.check(CancelledError):
+                return f
+            if f.check(error.ConnectionRefusedError):
+                what = "connection refused"
+            elif f.check(error.TimeoutError):
+                what = "no answer to the TCP connection (timed out)"
+            else:
+                what = describe_failure(f)
+            return Failure(ConnectionError(f"{_proxy_name(self._description)}: {what}"))
+
+        d.addErrback(unreachable)
         d.addCallback(connected)
         return d
 
