@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -97,6 +98,39 @@ class ProberTests(SynchronousTestCase):
         self.clock.advance(0)
         self.fail_at([5, 10, 20, 40, 60, 60])
         self.assertEqual(self.prober.probe_failures, 6)
+
+    def test_repeated_failure_logged_once(self) -> None:
+        """
+        A probe that fails as the last one did (UDP blocked for good) is not
+        logged again at every try: once, then when the reason changes or
+        after ten minutes with the count of those not logged; after the
+        path attached and went, a failure is logged again.
+        """
+        with capturedLogs() as events:
+            self.prober.session_up()
+            self.clock.advance(0)
+            self.fail_at([5, 10, 20, 40] + [60] * 10)
+            lines = [formatEvent(e) for e in events if "no QUIC path" in e.get("log_format", "")]
+            self.assertEqual(
+                lines,
+                [
+                    "no QUIC path to the contact point (UDP port 4433): no answer; media stays on TCP, next try in 5 s",
+                    "no QUIC path to the contact point (UDP port 4433): no answer; media stays on TCP, next try in 60 s"
+                    " (12 more like it in 10 min not logged)",
+                ],
+            )
+            del events[:]
+            self.attempts[-1][1].errback(ConnectionError("refused"))
+            self.clock.advance(60)
+            path = _Conn()
+            self.attempts[-1][1].callback(path)
+            self.prober.attached(path)
+            path.lose()
+            self.clock.advance(60)
+            self.attempts[-1][1].errback(ConnectionError("refused"))
+            lines = [formatEvent(e) for e in events if "no QUIC path" in e.get("log_format", "")]
+            self.assertEqual(len(lines), 2)
+            self.assertTrue(all(": refused;" in line for line in lines))
 
     def test_lost_path(self) -> None:
         """

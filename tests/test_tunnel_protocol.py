@@ -508,6 +508,26 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [c for c in self.clock.getDelayedCalls() if c.active()])
         self.failureResultOf(proto.when_established())
 
+    def test_agent_handshake_timeout_not_warned(self) -> None:
+        """
+        The agent's own attempt that times out in the handshake is no line
+        of the protocol's: the service or the QUIC prober that made
+        it logs the failure with its reason (one line); the contact point's
+        stays a warning.
+        """
+        lines = {}
+        for name, factory in [
+            ("agent", AgentTunnelFactory(RecordingApp(), self.clock, "a1", TunnelLimits(handshake_timeout=3))),
+            ("contact", ContactTunnelFactory(RecordingApp(), self.clock, TunnelLimits(handshake_timeout=3))),
+        ]:
+            proto = factory.buildProtocol(None)
+            proto.makeConnection(StringTransport())
+            with capturedLogs() as events:
+                self.clock.advance(3.1)
+            self.assertEqual(proto.close_info.code, ErrorCode.HANDSHAKE_TIMEOUT)
+            lines[name] = [e["log_level"].name for e in events if "no handshake" in str(e.get("reason"))]
+        self.assertEqual(lines, {"agent": [], "contact": ["warn"]})
+
     def test_app_error_closes_tunnel(self) -> None:
         """
         An exception in the application is logged and closes that tunnel.

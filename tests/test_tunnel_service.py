@@ -311,6 +311,71 @@ class AgentServiceTests(SynchronousTestCase):
     def delays(self, events: list[dict]) -> list[float]:
         return [e["delay"] for e in events if e.get("log_format", "").startswith("tunnel to {contact} down")]
 
+    def test_same_failure_warned_once(self) -> None:
+        """
+        Attempts that fail the same way one after the other: one warning
+        for the first, then one line per attempt (the retry line); a
+        failure of another kind, or the first after a tunnel was up, is
+        warned again.
+        """
+        with capturedLogs() as events:
+            self.service.startService()
+            for delay in [1, 2, 4]:
+                self.handshake_fails()
+                self.clock.advance(delay)
+            contact_factory, pump = self.connect_contact()
+            [tunnel] = list(contact_factory.tunnels)
+            tunnel.close(0, "restarting")
+            pump.flush()
+            self.clock.advance(1)
+            self.handshake_fails()
+        warned = [e for e in events if e.get("log_format", "").startswith("tunnel to {contact} failed")]
+        self.assertEqual(len(warned), 2)
+        self.assertEqual(len(self.delays(events)), 5)
+
+    def test_quic_nothing_back_hint(self) -> None:
+        """
+        Over QUIC (C{--udp-path only}), an attempt that times out in the
+        handshake with nothing back from the contact point's UDP port
+        says what to check; one that got answers does not.
+        """
+        from spwm.limits import TunnelLimits
+        from spwm.tunnel.quic import QuicClientReport
+
+        report = QuicClientReport()
+        self.service.stopService()
+        self.service = AgentTunnelService(
+            self.endpoint,
+            AgentTunnelFactory(self.app, self.clock, "agent-1", TunnelLimits(handshake_timeout=2)),
+            self.clock,
+            description="contact.example.test (QUIC, UDP port 4433)",
+            tls=report,  # type: ignore[arg-type]
+            policy=backoff(initial=1, factor=2, cap=8, rng=lambda: 1.0),
+        )
+        reasons = []
+        for answers in (0, 3):
+            report.port, report.datagrams_in = 4433, answers
+            with capturedLogs() as events:
+                if not self.service.running:
+                    self.service.startService()
+                factory, d = self.endpoint.attempts[-1]
+                client = factory.buildProtocol(None)
+                client.makeConnection(StringTransport())
+                d.callback(client)
+                self.clock.advance(2)
+                client.connectionLost(Failure(ConnectionDone()))
+            [line] = [e for e in events if e.get("log_format", "").startswith("tunnel to {contact} down")]
+            reasons.append(line["reason"])
+            self.clock.advance(8)
+        self.assertEqual(
+            reasons,
+            [
+                "no handshake within 2 s; nothing came back from UDP port 4433: does the contact point listen"
+                " for QUIC (--quic-listen) and does the network let UDP through?",
+                "no handshake within 2 s",
+            ],
+        )
+
     def test_failed_handshake_counts_as_failed_attempt(self) -> None:
         """
         ClientService counts an attempt that took TCP but failed the

@@ -34,7 +34,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["QuicProber", "Keepers", "quic_port_of"]
+__all__ = ["QuicProber", "Keepers", "quic_port_of", "REPEAT_LINE"]
+
+#: a probe that fails as the last logged one did is logged again only after
+#: this long (s), with the count of those not logged
+REPEAT_LINE = 600.0
 
 
 def quic_port_of(hello: dict[str, Any]) -> int | None:
@@ -103,6 +107,11 @@ class QuicProber:
         self._attached_at: float | None = None
         self._connecting = False
         self._timer: IDelayedCall | None = None
+        #: the reason of the last failure logged, when, and the failures
+        #: like it not logged since
+        self._said: str | None = None
+        self._said_at = 0.0
+        self._unsaid = 0
 
     # -- what PathSessions tells it (Keepers) ---------------------------------
 
@@ -114,6 +123,7 @@ class QuicProber:
         self.port = quic_port_of(front.peer_hello) if front is not None else None
         self._up = True
         self._failures = 0
+        self._said = None
         if self.port is None:
             return
         self._later(self.first_delay)
@@ -129,6 +139,8 @@ class QuicProber:
         if path is not None and path is self._path:
             self._attached_at = self.clock.seconds()
             self.attachments += 1
+            # a failure after this is news again
+            self._said = None
 
     def lost(self, path: Any) -> None:
         # our own path's end is followed through its when_closed()
@@ -197,13 +209,26 @@ class QuicProber:
         if not self._up:
             return
         delay = self.next_delay
-        self.log.info(
-            "no QUIC path to {contact} (UDP port {port}): {reason}; media stays on TCP, next try in {delay:g} s",
-            contact=self.description,
-            port=self.port,
-            reason=reason.getErrorMessage(),
-            delay=delay,
-        )
+        why = reason.getErrorMessage()
+        now = self.clock.seconds()
+        if why == self._said and now - self._said_at < REPEAT_LINE:
+            # UDP blocked for good: not the same line at every probe
+            self._unsaid += 1
+        else:
+            unsaid = (
+                f" ({self._unsaid} more like it in {(now - self._said_at) / 60:.0f} min not logged)"
+                if why == self._said and self._unsaid
+                else ""
+            )
+            self.log.info(
+                "no QUIC path to {contact} (UDP port {port}): {reason}; media stays on TCP, next try in {delay:g} s{unsaid}",
+                contact=self.description,
+                port=self.port,
+                reason=why,
+                delay=delay,
+                unsaid=unsaid,
+            )
+            self._said, self._said_at, self._unsaid = why, now, 0
         self._later(delay)
 
     def _closed(self, protocol: Any) -> None:

@@ -732,6 +732,11 @@ class TunnelProtocol(Protocol):
         self.close_info = e
         if e.code == ErrorCode.NO_ERROR:
             self.log.info("tunnel with {peer} closed: {reason}", peer=self.peer, reason=e.reason)
+        elif e.code == ErrorCode.HANDSHAKE_TIMEOUT and self._role is Role.AGENT and not e.by_peer:
+            # the agent's own attempt: whoever made it (the tunnel
+            # service, the QUIC prober) logs its failure with the reason,
+            # in one line (twistd writes debug lines too)
+            pass
         else:
             self.log.warn(
                 "tunnel with {peer} closed {side}: {code} {reason}",

@@ -50,11 +50,13 @@ from aioquic.quic.packet import (
 )
 from aioquic.quic.retry import QuicRetryTokenHandler
 from attrs import define
+from twisted.internet import base, error, udp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
     IPushProducer,
+    IReactorFDSet,
     IReactorTime,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
@@ -1107,17 +1109,80 @@ class QuicClientReport:
 
     def __init__(self) -> None:
         self.last_error: str | None = None
+        #: the latest attempt's UDP port at the contact point
+        self.port: int | None = None
+        #: UDP datagrams the latest attempt got back
+        self.datagrams_in = 0
+
+    def explain(self, why: str) -> str:
+        """
+        C{why} the latest attempt failed, with a hint when nothing came
+        back at all (no QUIC listener there, or UDP blocked on the way).
+        """
+        if self.datagrams_in or self.port is None:
+            return why
+        return (
+            f"{why}; nothing came back from UDP port {self.port}: does the contact point"
+            " listen for QUIC (--quic-listen) and does the network let UDP through?"
+        )
 
 
 class _ClientPort(DatagramProtocol):
     noisy = False
 
-    def __init__(self) -> None:
+    def __init__(self, report: QuicClientReport) -> None:
         self.quic: QuicTunnelTransport | None = None
+        self._report = report
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
+        self._report.datagrams_in += 1
         if self.quic is not None:
             self.quic.datagram_received(data, addr)
+
+
+class _QuietUDPPort(udp.Port):
+    """
+    C{listenUDP}'s port without its two lines at info level per socket
+    (C{_ClientPort starting on N}, C{(UDP Port N Closed)}): the agent opens
+    one per QUIC attempt, and a network that drops UDP would log them at
+    every probe.  The rest is Twisted's.
+    """
+
+    def _bindSocket(self) -> None:
+        try:
+            skt = self.createInternetSocket()
+            skt.bind((self.interface, self.port))
+        except OSError as le:
+            raise error.CannotListenError(self.interface, self.port, le)
+        self._realPortNumber = skt.getsockname()[1]
+        self.connected = 1
+        self.socket = skt
+        self.fileno = skt.fileno  # type: ignore[method-assign]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._realPortNumber = None
+        self.maxThroughput = -1
+        base.BasePort.connectionLost(self, reason)
+        self.protocol.doStop()
+        self.socket.close()
+        del self.socket
+        del self.fileno
+        if hasattr(self, "d"):
+            self.d.callback(None)
+            del self.d
+
+
+def _listen_quietly(reactor: Any, protocol: DatagramProtocol, interface: str) -> Any:
+    """
+    A UDP socket on a free port for C{protocol}: a L{_QuietUDPPort} on a
+    reactor of file descriptors, else the reactor's C{listenUDP} (a fake
+    network's).
+    """
+    if not IReactorFDSet.providedBy(reactor):
+        return reactor.listenUDP(0, protocol, interface=interface)
+    port = _QuietUDPPort(0, protocol, interface=interface, reactor=reactor)
+    port.startListening()
+    return port
 
 
 @implementer(IStreamClientEndpoint)
@@ -1177,6 +1242,8 @@ class QuicClientEndpoint:
 
     def connect(self, protocolFactory: Any) -> Deferred[Any]:
         self.report.last_error = None
+        self.report.port = self._port
+        self.report.datagrams_in = 0
         return self._resolve().addCallback(self._connect, protocolFactory)
 
     def _connect(self, ip: str, protocolFactory: Any) -> Any:
@@ -1185,8 +1252,8 @@ class QuicClientEndpoint:
         protocol = protocolFactory.buildProtocol(peer)
         if protocol is None:
             raise ConnectionError("the tunnel factory refused the connection")
-        udp = _ClientPort()
-        port = self._reactor.listenUDP(0, udp, interface="::" if ":" in ip else "0.0.0.0")
+        udp = _ClientPort(self.report)
+        port = _listen_quietly(self._reactor, udp, "::" if ":" in ip else "0.0.0.0")
         set_socket_buffers(port, self._limits.socket_buffer)
 
         def send(data: bytes, addr: Any) -> bool:
@@ -1253,7 +1320,7 @@ def connect_quic_tunnel(
             why = report.last_error
             if why is None:
                 close_info = getattr(protocol, "close_info", None)
-                why = close_info.reason if close_info is not None else reason.getErrorMessage()
+                why = report.explain(close_info.reason if close_info is not None else reason.getErrorMessage())
             return Failure(QuicConnectionClosed(why))
 
         d: Deferred[Any] = protocol.when_established()

@@ -991,6 +991,8 @@ class AgentTunnelService(ClientService):
         #: when the next attempt is due while waiting between attempts
         self.next_attempt_at: float | None = None
         self.attempt_failed = attempt_failed
+        #: the reason of the latest failed attempt logged as a warning
+        self._warned: str | None = None
         self._reporting.on_failure = self._attempt_failed
         self._waits = _RetryClock(clock)
         #: the attempt whose handshake is under way (TCP is up)
@@ -1091,6 +1093,7 @@ class AgentTunnelService(ClientService):
 
     def _up(self, protocol: TunnelProtocol) -> TunnelProtocol:
         self.tunnel = protocol
+        self._warned = None
         if protocol.is_open:
             self._retry.reset()
         # else closed as it came up (an attach to a session that is gone):
@@ -1105,12 +1108,17 @@ class AgentTunnelService(ClientService):
         if protocol.go_away_info is not None:
             return f"contact point went away: {protocol.go_away_info.reason}"
         if protocol.close_info is not None:
-            return protocol.close_info.reason
-        tls_error = self._tls.last_error if self._tls is not None else None
-        why = describe_failure(reason, tls_error)
-        connection = protocol.connection
-        if self._tls is None and not was_up and (connection is None or connection.stats.bytes_in == 0):
-            why = PLAINTEXT_UNANSWERED
+            why = protocol.close_info.reason
+        else:
+            tls_error = self._tls.last_error if self._tls is not None else None
+            why = describe_failure(reason, tls_error)
+            connection = protocol.connection
+            if self._tls is None and not was_up and (connection is None or connection.stats.bytes_in == 0):
+                why = PLAINTEXT_UNANSWERED
+        explain = getattr(self._tls, "explain", None)
+        if explain is not None and not was_up:
+            # over QUIC: a hint when nothing came back at all
+            why = explain(why)
         return why
 
     def _handshake_failed(self, reason: Failure, protocol: Any) -> Failure:
@@ -1127,8 +1135,11 @@ class AgentTunnelService(ClientService):
             # an address change, not a fault
             self._dropped = None
             self.log.info("tunnel to {contact}: attempt dropped: {reason}", contact=self.description, reason=why)
-        else:
+        elif why != self._warned:
+            # the first failure of a kind; its repeats are the retry line's
+            # (one line per attempt)
             self.log.warn("tunnel to {contact} failed: {reason}", contact=self.description, reason=why)
+        self._warned = why
         self._attempt_failed()
         return reason
 

@@ -135,6 +135,41 @@ class QuicLoopbackTests(TestCase):
             str(caught.exception), "certificate for contact.spwm.test does not match server name wrong.spwm.test"
         )
 
+    @defer.inlineCallbacks
+    def test_probe_nobody_answers(self) -> Any:
+        """
+        A QUIC attempt to a UDP port where nothing answers fails with one
+        reason that says what to check, and logs nothing itself: no
+        warning of the handshake timeout, none of Twisted's lines for its
+        UDP socket (C{... starting on N}, C{(UDP Port N Closed)}).
+        """
+        import socket
+
+        from twisted.internet.task import deferLater
+
+        from spwm.limits import QuicLimits, TunnelLimits
+        from spwm.tunnel.api import Router
+        from spwm.tunnel.protocol import AgentTunnelFactory
+        from spwm.tunnel.quic import QuicConnectionClosed, client_configuration, connect_quic_tunnel
+
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(silent.close)
+        silent.bind(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+        factory = AgentTunnelFactory(Router(None, {}, None), reactor, "probe", TunnelLimits(handshake_timeout=0.5))
+        configuration = lambda: client_configuration("contact.spwm.test", self.ca.ca_file, QuicLimits(), 45.0)
+        del self.log_events[:]
+        with self.assertRaises(QuicConnectionClosed) as caught:
+            yield connect_quic_tunnel(reactor, "127.0.0.1", port, configuration, factory)
+        yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(
+            str(caught.exception),
+            f"no handshake within 0.5 s; nothing came back from UDP port {port}: does the contact point"
+            " listen for QUIC (--quic-listen) and does the network let UDP through?",
+        )
+        lines = [e for e in self.log_events if e.get("log_level") is None or e["log_level"].name != "debug"]
+        self.assertEqual([e.get("log_format") or e.get("message") for e in lines], [])
+
     def test_socket_buffers(self) -> None:
         """
         The listener's UDP socket, which takes every session's media, has
