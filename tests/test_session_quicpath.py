@@ -316,6 +316,28 @@ class QuicPathTests(SynchronousTestCase):
         self.assertEqual([p["stalls"] for p in snapshot["paths"]], [0, 0])
         self.assertEqual(self.contact_front.media_kind(), "quic")
 
+    def test_contact_point_drops_silent_quic_path(self) -> None:
+        """
+        UDP cut both ways mid-call: the agent closes its QUIC path after
+        its dead bound, but its close cannot arrive; the contact point,
+        which still hears the agent on TCP, drops the silent QUIC path
+        within a bound like the agent's (not at the tunnel's keepalive
+        timeout, 45 s), with one line.
+        """
+        self.media_until(
+            lambda: self.front.media_kind() == "quic" and self.contact_front.media_kind() == "quic", 2.0, contact=True
+        )
+        self.bed.stalled.add(1)
+        with capturedLogs() as events:
+            took = self.media_until(lambda: len(self.front.paths) == 1, 3.0, contact=True)
+            self.assertLessEqual(took, 1.5)
+            took = self.media_until(lambda: len(self.contact_front.paths) == 1, 3.0, contact=True)
+            self.assertLessEqual(took, 0.5)
+        self.assertTrue(self.c2.close_info is not None or not self.c2.is_open)
+        lines = [formatEvent(e) for e in events if "silent while the others are heard" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(self.contact_front.media_kind(), "tcp")
+
     def test_fallback_and_return(self) -> None:
         """
         On QUIC, the QUIC path stops answering (UDP cut): the agent's

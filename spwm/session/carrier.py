@@ -641,20 +641,35 @@ class PathFront:
             if isinstance(event, PathDead):
                 path = self._paths.get(event.path_id)
                 # The last path is left to the tunnel's own keepalive; the
-                # contact point (passive) only stops using a path: closing
-                # is for the agent, which probes.
-                if path is not None and len(self._paths) > 1 and self._probing:
+                # contact point (passive) only stops using a TCP path:
+                # closing one is for the agent, which probes, and its close
+                # arrives.  A QUIC path it closes too: the agent's close of
+                # a path whose UDP is blocked never arrives, and the path
+                # would stay until the tunnel's keepalive timeout.  (Passive,
+                # a path is found dead only while another is heard.)
+                if path is None or len(self._paths) <= 1:
+                    continue
+                if self._probing:
                     self.log.warn(
                         "session {session_id}: path {path_id} ({peer}) answers nothing; closing it",
                         session_id=self.session_id,
                         path_id=event.path_id,
                         peer=path.peer,
                     )
-                    if self._on_dead is not None:
-                        self._on_dead(path)
-                    # detached now: its transport's loss may come later
-                    self.remove_path(path)
-                    path.close(ErrorCode.KEEPALIVE_TIMEOUT, "path answers nothing")
+                elif event.path_id in self._quic:
+                    self.log.info(
+                        "session {session_id}: QUIC path {path_id} ({peer}) silent while the others are heard; closing it",
+                        session_id=self.session_id,
+                        path_id=event.path_id,
+                        peer=path.peer,
+                    )
+                else:
+                    continue
+                if self._on_dead is not None:
+                    self._on_dead(path)
+                # detached now: its transport's loss may come later
+                self.remove_path(path)
+                path.close(ErrorCode.KEEPALIVE_TIMEOUT, "path answers nothing")
             elif isinstance(event, CarrierChanged):
                 self._carrier_moved()
             elif isinstance(event, PingWanted) and self._probing:
