@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -778,6 +778,42 @@ class FailoverTests(TwoPaths):
         self.bed.cut(1)
         self.assertEqual(self.bed.agent.observer.calls[-1], ("lost", self.front))
         self.assertEqual(self.bed.contact.observer.calls[-1], ("lost", self.contact_front))
+
+    def test_gone_line_counts_live_connections(self) -> None:
+        """
+        The line for a lost connection counts the connections still alive:
+        one whose socket already holds the peer's close (a contact point
+        that died closes every connection at once; their losses are told
+        one by one) is not one to go on on.
+        """
+        import socket
+
+        def gone_lines(events: list[dict], bed: Bed = self.bed) -> list[str]:
+            # the agent's (the contact point's knows no sockets here)
+            return [
+                formatEvent(e)
+                for e in events
+                if "a connection is gone" in e.get("log_format", "") and e.get("log_source") is bed.agent.paths
+            ]
+
+        with capturedLogs() as events:
+            self.bed.cut(0)
+        self.assertEqual(
+            [line.split("; ", 1)[1] for line in gone_lines(events)], ["going on on the other connection"]
+        )
+        bed = Bed()
+        bed.connect()
+        bed.connect()
+        front = bed.agent.paths.front
+        assert front is not None
+        mine, theirs = socket.socketpair()
+        self.addCleanup(mine.close)
+        theirs.close()
+        front._sockets[front.path_id(front.paths[1])] = mine
+        with capturedLogs() as events:
+            bed.cut(0)
+        lines = gone_lines(events, bed)
+        self.assertEqual([line.split("; ", 1)[1] for line in lines], ["none left: reconnecting"])
 
     def test_probes_only_with_channels(self) -> None:
         """

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import socket
 import struct
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -127,6 +128,21 @@ def check_attach_proof(key: bytes, challenge: bytes, session_id: str, proof: obj
 #: in the tunnel's own queue) is not already stuck in the kernel.  A lone
 #: connection keeps the tunnel's 16 kB.
 NOTSENT_LOWAT = 4096
+
+
+def _peer_closed(sock: Any) -> bool:
+    """
+    Whether a TCP socket holds the peer's close or a reset that was not
+    read yet (C{None}, no socket known: no).
+    """
+    if sock is None:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
 
 
 class PathFront:
@@ -252,6 +268,15 @@ class PathFront:
         The attached paths, in the order they were attached.
         """
         return list(self._paths.values())
+
+    def live_paths(self) -> int:
+        """
+        The attached paths not known to be gone: a TCP path whose socket
+        already holds the peer's close (or a reset) its protocol has not
+        read yet does not count (a contact point that dies closes every
+        connection at once, and their losses are told one by one).
+        """
+        return sum(1 for path_id in self._paths if not _peer_closed(self._sockets.get(path_id)))
 
     def path_id(self, path: TunnelProtocol) -> int | None:
         """
@@ -1438,11 +1463,18 @@ class PathSessions:
             self.observer.tunnel_lost(path, reason)
             return
         if front.remove_path(path):
+            count = front.live_paths()
+            if count == 0:
+                rest = "none left: reconnecting" if self.agent else "none left"
+            elif count == 1:
+                rest = "going on on the other connection"
+            else:
+                rest = f"going on on the {count} others"
             self.log.info(
-                "session {session_id}: a connection is gone ({reason}); going on on {count} other(s)",
+                "session {session_id}: a connection is gone ({reason}); {rest}",
                 session_id=front.session_id,
                 reason=reason,
-                count=len(front.paths),
+                rest=rest,
             )
             if self.keeper is not None:
                 self.keeper.lost(path)
