@@ -815,6 +815,21 @@ class FailoverTests(TwoPaths):
         lines = gone_lines(events, bed)
         self.assertEqual([line.split("; ", 1)[1] for line in lines], ["none left: reconnecting"])
 
+    def test_stop_without_drain(self) -> None:
+        """
+        A contact point that stops with a drain time of 0 closes every
+        path at once: no warning (the drain's end is no fault), and no
+        carrier move to a path that is closed too.
+        """
+        with capturedLogs() as events:
+            self.bed.contact_factory.go_away_all("contact point shutting down", 0)
+            self.bed.advance(0.1)
+        self.assertFalse(self.c1.is_open or self.c2.is_open)
+        self.assertEqual([formatEvent(e) for e in events if e["log_level"].name in ("warn", "error", "critical")], [])
+        self.assertEqual([e for e in events if "carrier moves" in e.get("log_format", "")], [])
+        closed = [formatEvent(e) for e in events if "closed: {reason}" in e.get("log_format", "")]
+        self.assertIn("drain time over", " ".join(closed))
+
     def test_probes_only_with_channels(self) -> None:
         """
         Without a channel the agent pings no path (the keepalive watches

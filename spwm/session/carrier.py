@@ -271,12 +271,15 @@ class PathFront:
 
     def live_paths(self) -> int:
         """
-        The attached paths not known to be gone: a TCP path whose socket
+        The attached paths not known to be gone: one closed already whose
+        loss is not told yet does not count, nor a TCP path whose socket
         already holds the peer's close (or a reset) its protocol has not
         read yet does not count (a contact point that dies closes every
         connection at once, and their losses are told one by one).
         """
-        return sum(1 for path_id in self._paths if not _peer_closed(self._sockets.get(path_id)))
+        return sum(
+            1 for path_id, path in self._paths.items() if path.is_open and not _peer_closed(self._sockets.get(path_id))
+        )
 
     def path_id(self, path: TunnelProtocol) -> int | None:
         """
@@ -411,6 +414,10 @@ class PathFront:
         if old is None:
             return
         self.switches += 1
+        if not carrier.is_open:
+            # closed too, its loss not told yet (a stop closes every path):
+            # no move to tell of
+            return
         self.log.info(
             "session {session_id}: the carrier moves from path {old} to path {new} ({peer})",
             session_id=self.session_id,

@@ -730,7 +730,9 @@ class TunnelProtocol(Protocol):
 
     def _on_closed(self, e: ev.TunnelClosed) -> None:
         self.close_info = e
-        if e.code == ErrorCode.NO_ERROR:
+        if e.code == ErrorCode.NO_ERROR or e.code == ErrorCode.GOING_AWAY:
+            # GOING_AWAY: a drain's planned end (at once with a drain time
+            # of 0), no fault
             self.log.info("tunnel with {peer} closed: {reason}", peer=self.peer, reason=e.reason)
         elif e.code == ErrorCode.HANDSHAKE_TIMEOUT and self._role is Role.AGENT and not e.by_peer:
             # the agent's own attempt: whoever made it (the tunnel
