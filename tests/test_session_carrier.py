@@ -1242,6 +1242,47 @@ class KeeperTests(SynchronousTestCase):
         self.clock.advance(60)
         self.assertEqual(len(self.attempts), 14)
 
+    def test_cut_before_handshake_told_once(self) -> None:
+        """
+        A further connection the contact point closes as it takes it (over
+        its --max-tunnels): one info line for the first of a row, not one
+        per retry; again after one attached; none for a connection
+        refused in the handshake (told with its reason elsewhere).
+        """
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        self.keeper = type(self.keeper)(self.clock, self.keeper._connect, 1, retry_cap=4.0)
+        with capturedLogs() as events:
+            self.keeper.session_up()
+            for _ in range(5):
+                conn = _Conn()
+                conn.lost_reason = Failure(ConnectionDone())
+                self.attempts[-1].callback(conn)
+                conn.lose()
+                self.clock.advance(4.0)
+            lines = [formatEvent(e) for e in events if e["log_level"].name != "debug"]
+            self.assertEqual(len(lines), 1)
+            self.assertIn("closed a further connection before its handshake (Connection was closed cleanly.)", lines[0])
+            self.assertIn("--max-tunnels", lines[0])
+            self.assertEqual(events[0]["log_level"].name, "info")
+            attached = _Conn()
+            attached.front = object()
+            self.attempts[-1].callback(attached)
+            self.keeper.attached(attached)
+            refused = _Conn()
+            refused.close_info = object()
+            attached.lose()
+            self.clock.advance(0)
+            self.attempts[-1].callback(refused)
+            refused.lose()
+            self.clock.advance(4.0)
+            self.assertEqual(len([e for e in events if "further connection" in e.get("log_format", "")]), 1)
+            cut = _Conn()
+            self.attempts[-1].callback(cut)
+            cut.lose()
+        self.assertEqual(len([e for e in events if "further connection" in e.get("log_format", "")]), 2)
+
     def test_lost_young_again_and_again(self) -> None:
         """
         A connection of ours lost a second after it attached (a middlebox

@@ -1611,6 +1611,9 @@ class PathKeeper:
         self._up = False
         self._timer: IDelayedCall | None = None
         self._adapt_timer: IDelayedCall | None = None
+        # a further connection cut before its handshake was told of since
+        # the last one attached
+        self._cut_told = False
 
     def session_up(self) -> None:
         """
@@ -1636,6 +1639,7 @@ class PathKeeper:
 
     def attached(self, path: Any) -> None:
         self._failures = 0
+        self._cut_told = False
         if id(path) in self._mine:
             self._attached_at[id(path)] = self.clock.seconds()
 
@@ -1664,6 +1668,7 @@ class PathKeeper:
         if path.front is None and not redirected:
             # never attached: wait before the next attempt
             self._failures += 1
+            self._tell_cut(path)
         elif attached_at is not None and draining is None and not redirected:
             now = self.clock.seconds()
             if now - attached_at >= STEADY_UP:
@@ -1672,6 +1677,27 @@ class PathKeeper:
                 # lost young again and again: wait, longer each time
                 self._young += 1
         self._later()
+
+    def _tell_cut(self, path: Any) -> None:
+        """
+        One line (the first of a row, not per retry) for a further
+        connection the contact point closed before its handshake: over
+        its C{--max-tunnels} or C{--max-tunnels-per-address} it closes a
+        connection as it takes it, without a word.  (One it refused in the
+        handshake was told with its reason: it has C{close_info}.)
+        """
+        if self._cut_told or getattr(path, "close_info", None) is not None:
+            return
+        self._cut_told = True
+        lost = getattr(path, "lost_reason", None)
+        front = self._front()
+        self.log.info(
+            "the contact point closed a further connection before its handshake ({reason}): it does so over"
+            " its --max-tunnels or --max-tunnels-per-address limit (its log says); the session goes on on"
+            " {count} connection(s), another is tried after a growing delay",
+            reason=lost.getErrorMessage() if lost is not None else "closed",
+            count=front.live_paths() if front is not None else 0,
+        )
 
     def _later(self) -> None:
         if self._timer is not None and self._timer.active():
