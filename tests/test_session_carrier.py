@@ -813,7 +813,7 @@ class FailoverTests(TwoPaths):
         with capturedLogs() as events:
             bed.cut(0)
         lines = gone_lines(events, bed)
-        self.assertEqual([line.split("; ", 1)[1] for line in lines], ["none left: reconnecting"])
+        self.assertEqual([line.split("; ", 1)[1] for line in lines], ["none left"])
 
     def test_stop_without_drain(self) -> None:
         """

@@ -1472,7 +1472,9 @@ class PathSessions:
         if front.remove_path(path):
             count = front.live_paths()
             if count == 0:
-                rest = "none left: reconnecting" if self.agent else "none left"
+                # closed too, their losses not told yet (a contact point
+                # gone, a stop): the session's own loss line follows
+                rest = "none left"
             elif count == 1:
                 rest = "going on on the other connection"
             else:
