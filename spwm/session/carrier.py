@@ -130,6 +130,11 @@ def check_attach_proof(key: bytes, challenge: bytes, session_id: str, proof: obj
 NOTSENT_LOWAT = 4096
 
 
+#: the line for a lost connection of a session that has others waits this
+#: long (s) for the losses of those that went with it
+GONE_LINE_WAIT = 0.05
+
+
 def _peer_closed(sock: Any) -> bool:
     """
     Whether a TCP socket holds the peer's close or a reset that was not
@@ -1188,6 +1193,9 @@ class PathSessions:
         self.attach_redirected = 0
         self._pending: dict[int, TunnelProtocol] = {}
         self._timers: dict[int, IDelayedCall] = {}
+        # per session (its front's id): the line of a lost connection
+        # held back (the first's reason, connections gone, its timer)
+        self._gone: dict[int, tuple[str, int, IDelayedCall]] = {}
 
     @property
     def front(self) -> PathFront | None:
@@ -1470,25 +1478,12 @@ class PathSessions:
             self.observer.tunnel_lost(path, reason)
             return
         if front.remove_path(path):
-            count = front.live_paths()
-            if count == 0:
-                # closed too, their losses not told yet (a contact point
-                # gone, a stop): the session's own loss line follows
-                rest = "none left"
-            elif count == 1:
-                rest = "going on on the other connection"
-            else:
-                rest = f"going on on the {count} others"
-            self.log.info(
-                "session {session_id}: a connection is gone ({reason}); {rest}",
-                session_id=front.session_id,
-                reason=reason,
-                rest=rest,
-            )
+            self._gone_line(front, reason)
             if self.keeper is not None:
                 self.keeper.lost(path)
             return
         self.fronts = [f for f in self.fronts if f is not front]
+        self._say_gone(front, also=1)
         if self.keeper is not None:
             self.keeper.session_down()
             self.keeper.lost(path)
@@ -1499,6 +1494,50 @@ class PathSessions:
         order = front.sip_order
         if self._orphaned is not None and order is not None:
             self._orphaned(front.session_id, order.unacked() if order.kept else [], order.expected)
+
+    def _gone_line(self, front: PathFront, reason: str) -> None:
+        """
+        A connection of C{front}'s session is gone and others are left:
+        the line waits L{GONE_LINE_WAIT} for the losses of those that go
+        with it (a contact point that dies closes them all within
+        moments, and each loss is told alone), so that it counts only the
+        connections still alive.
+        """
+        pending = self._gone.get(id(front))
+        if pending is not None:
+            self._gone[id(front)] = (pending[0], pending[1] + 1, pending[2])
+            return
+        timer = self.clock.callLater(GONE_LINE_WAIT, self._say_gone, front)
+        self._gone[id(front)] = (reason, 1, timer)
+
+    def _say_gone(self, front: PathFront, also: int = 0) -> None:
+        """
+        Log the line L{_gone_line} held for C{front}, if any, with
+        C{also} more connections gone (its last, when its session is lost).
+        """
+        pending = self._gone.pop(id(front), None)
+        if pending is None:
+            return
+        reason, count, timer = pending
+        if timer.active():
+            timer.cancel()
+        count += also
+        left = front.live_paths() if not also else 0
+        if left == 0:
+            # closed too, their losses not told yet (a stop), or gone:
+            # the session's own loss line follows
+            rest = "none left"
+        elif left == 1:
+            rest = "going on on the other connection"
+        else:
+            rest = f"going on on the {left} others"
+        self.log.info(
+            "session {session_id}: {what} ({reason}); {rest}",
+            session_id=front.session_id,
+            what="a connection is gone" if count == 1 else f"{count} connections are gone",
+            reason=reason,
+            rest=rest,
+        )
 
     def status(self) -> dict[str, Any]:
         """
