@@ -96,6 +96,23 @@ class FramerTests(SynchronousTestCase):
                 framer.feed(B.replace(b"l: 0\r\n", bad))
             self.assertEqual(caught.exception.status, 400)
 
+    def test_binary_start(self) -> None:
+        """
+        Bytes that cannot start a SIP message (a STUN Binding request, TLS)
+        are fatal (400) at once, not buffered up to max_size; a CR that may
+        still become a CRLF waits, a stray LF is left to the parser.
+        """
+        stun = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + bytes(12)
+        for data in [stun, b"\r\n\r\n" + stun, b"\x16\x03\x01\x02\x00", b"\r\n\rX"]:
+            with self.assertRaises(SipParseError) as caught:
+                SipStreamFramer().feed(data)
+            self.assertEqual(caught.exception.status, 400)
+            self.assertIn("not a SIP message", caught.exception.reason)
+        framer = SipStreamFramer()
+        self.assertEqual(framer.feed(b"\r\n\r\n\r"), [KeepAlive()])
+        self.assertEqual(framer.feed(b"\n" + B), [B])
+        self.assertEqual(SipStreamFramer().feed(b"\n" + B), [b"\n" + B])
+
     def test_size_limits(self) -> None:
         """
         A header section or message over max_size is fatal (413) naming the

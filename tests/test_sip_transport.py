@@ -245,6 +245,60 @@ class AgentRunnerTests(SynchronousTestCase):
             ["SIP message dropped"],
         )
 
+    def test_udp_stun_binding(self) -> None:
+        """
+        A STUN Binding request (RFC 5626 8) is answered from the same
+        socket with the source address; it is not taken for SIP (no drop
+        line, nothing in the trace or the tunnel). Past the answer budget,
+        and for other STUN messages, there is no answer but one line.
+        """
+        from tests.test_sip_stun import attributes, mapped, stun
+
+        self.runner.trace = SipTrace()
+        udp = SipUdpProtocol(self.runner)
+        tr = FakeUdpTransport("192.0.2.1", 5060)
+        udp.makeConnection(tr)
+        with capturedLogs() as events:
+            udp.datagramReceived(stun(), ("192.0.2.10", 5062))
+        self.assertEqual(events, [])
+        [(out, addr)] = tr.written
+        self.assertEqual(addr, ("192.0.2.10", 5062))
+        self.assertEqual(out[:2], b"\x01\x01")
+        self.assertEqual(mapped(attributes(out)[0x0020]), ("192.0.2.10", 5062))
+        self.assertEqual(self.tunnel.sip_sent, [])
+        tr.written.clear()
+        with capturedLogs() as events:
+            udp.datagramReceived(stun(0x0011), ("192.0.2.10", 5062))
+            udp.datagramReceived(stun(0x0011), ("192.0.2.10", 5062))
+        self.assertEqual(tr.written, [])
+        self.assertEqual(
+            _lines(events),
+            ["STUN message from 192.0.2.10:5062 not answered: STUN message type 0x0011, not a Binding request (0 more since the last such line)"],
+        )
+        budget = self.runner.stun_budget
+        assert budget is not None
+        for _ in range(budget.burst):  # the first answer took one already
+            udp.datagramReceived(stun(), ("192.0.2.10", 5062))
+        self.assertEqual(len(tr.written), budget.burst - 1)
+        self.assertEqual(budget.refused, 1)
+
+    def test_tcp_stun_closes(self) -> None:
+        """
+        STUN bytes on a SIP connection (RFC 5626 keeps a stream flow with
+        CRLF CRLF, not STUN) close it at once with a line, rather than
+        leaving them buffered for a header end that never comes.
+        """
+        from tests.test_sip_stun import stun
+
+        proto, tr = stream(
+            SipStreamFactory(self.runner), ("192.0.2.1", 5060), ("192.0.2.10", 40000)
+        )
+        with capturedLogs() as events:
+            proto.dataReceived(stun())
+        self.assertEqual(tr.value(), b"")
+        self.assertTrue(tr.disconnecting)
+        self.assertIn("not a SIP message: it starts with the byte 0x00", _lines(events)[0])
+
     def test_tcp_flow_and_keepalive(self) -> None:
         """
         Messages split across TCP segments are framed and go into the
@@ -352,6 +406,26 @@ class ContactRunnerTests(SynchronousTestCase):
         udp.datagramReceived(answer(data, 200), ("198.51.100.7", 5060))
         [(fid, back)] = self.tunnel.sip_sent
         self.assertEqual((fid, parse_message(back).status), (4, 200))
+        r.stop()
+
+    def test_udp_stun_not_answered(self) -> None:
+        """
+        The operator side answers no STUN, but does not take it for SIP
+        either: one line, no answer.
+        """
+        from tests.test_sip_stun import stun
+
+        r = self.runner()
+        udp = SipUdpProtocol(r)
+        tr = FakeUdpTransport("203.0.113.5", 5060)
+        udp.makeConnection(tr)
+        with capturedLogs() as events:
+            udp.datagramReceived(stun(), ("198.51.100.7", 5060))
+        self.assertEqual(tr.written, [])
+        self.assertEqual(
+            _lines(events),
+            ["STUN message from 198.51.100.7:5060 not answered: STUN is answered on the agent's SIP ports only (0 more since the last such line)"],
+        )
         r.stop()
 
     def test_start_line_names_the_proxy(self) -> None:

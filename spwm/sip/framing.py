@@ -26,6 +26,9 @@ class KeepAlive:
 
 _PING = b"\r\n\r\n"
 _CRLF = b"\r\n"
+#: the bytes a message may start with: a method or C{SIP/2.0} is a
+#: token (RFC 3261 25.1); a stray LF is left to the parser, as before
+_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~\n")
 
 
 class SipStreamFramer:
@@ -63,7 +66,9 @@ class SipStreamFramer:
         @return: the messages and keepalives completed by these bytes, in order.
         @raise SipParseError: when the stream cannot be framed any more: a
             header section or message over C{max_size} (413), a message
-            without Content-Length or with a malformed one (400).  The framer
+            without Content-Length or with a malformed one, bytes that
+            cannot start a message (a STUN message, say: RFC 5626 keeps a
+            stream flow alive with C{CRLF CRLF}) (400).  The framer
             then refuses further input with the same error; close the
             connection.
         """
@@ -89,6 +94,11 @@ class SipStreamFramer:
                             break  # could still become a ping
                     if pos >= len(buf) or buf.startswith(_CRLF, pos):
                         break
+                    first = buf[pos]
+                    if first not in _START and not (first == 13 and pos == len(buf) - 1):
+                        # binary (a STUN message, TLS to a TCP port ...):
+                        # no header end would ever come
+                        raise bad(f"not a SIP message: it starts with the byte 0x{first:02x}")
                     end = g.HEAD_END_B.search(buf, max(pos, self._scan))
                     if end is None:
                         if len(buf) - pos > self.max_size:

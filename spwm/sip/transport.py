@@ -55,6 +55,7 @@ from spwm.sip.actions import (
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.nexthop import proxy_text
+from spwm.sip.stun import AnswerBudget, Ignored, binding_answer, is_stun
 
 if TYPE_CHECKING:
     from spwm.sip.authz import AuthorizingContactProxy
@@ -395,6 +396,9 @@ class _Runner:
         # one line per refused Route per minute, per drop reason per 10 s
         self._route_log = ThrottledLog(self.log, clock, Every(self.WARN_INTERVAL))
         self._drop_log = ThrottledLog(self.log, clock, Every(10.0))
+        #: answers STUN Binding requests on the UDP sockets (within its
+        #: rate) when set; otherwise STUN is only recognised and ignored
+        self.stun_budget: AnswerBudget | None = None
         self._udp: dict[tuple[str, int], SipUdpProtocol] = {}
         self._streams: dict[int, SipStreamProtocol] = {}
         self._next_conn = 1
@@ -503,9 +507,39 @@ class _Runner:
         self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]
     ) -> None:
         """
-        A datagram from a SIP socket (handled now or in a later turn).
+        A datagram from a SIP socket (handled now or in a later turn); a
+        STUN message is handled here (L{spwm.sip.stun}), never as SIP.
         """
+        if is_stun(data):
+            self._stun(proto, data, addr)
+            return
         self._submit(self._datagram_received, proto, data, addr)
+
+    def _stun(self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]) -> None:
+        """
+        Answer a STUN Binding request (RFC 5626 8) when this runner has a
+        L{stun_budget} with a token left; say in one line (per reason per
+        10 s) why any other STUN message gets no answer.
+        """
+        budget = self.stun_budget
+        if budget is None:
+            self._ignore_stun(addr, "STUN is answered on the agent's SIP ports only")
+            return
+        answer = binding_answer(data, addr)
+        if isinstance(answer, Ignored):
+            self._ignore_stun(addr, answer.reason)
+        elif not budget.take(self._clock.seconds()):
+            self._ignore_stun(addr, f"over {budget.rate:g} answers a second")
+        else:
+            proto.send(answer, addr)
+
+    def _ignore_stun(self, addr: tuple[str, int], reason: str) -> None:
+        self._drop_log.info(
+            ("stun", reason),
+            "STUN message from {peer} not answered: {reason} ({suppressed} more since the last such line)",
+            peer=peer_text(addr),
+            reason=reason,
+        )
 
     def stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
         """
@@ -750,6 +784,9 @@ class AgentSipRunner(_Runner):
         super().__init__(core, clock, trace, slice_seconds, timer)
         self._send_to_tunnel = send_to_tunnel
         self._sources = RouteSources()
+        # phones using SIP outbound over UDP keep their flows with STUN
+        # (RFC 5626 4.4.2); their first hop answers
+        self.stun_budget = AnswerBudget()
 
     def _datagram_received(self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]) -> None:
         local = proto.local
