@@ -774,9 +774,10 @@ class AgentTests(SynchronousTestCase):
 
     def test_max_forwards_483(self) -> None:
         """
-        A request with Max-Forwards 0 is answered 483.
+        A request with Max-Forwards 0 is answered 483 (but an OPTIONS,
+        which the agent answers itself: L{AgentOptionsTests}).
         """
-        data = request("OPTIONS", "sip:bob@example.org", max_forwards=0)
+        data = request("MESSAGE", "sip:bob@example.org", max_forwards=0)
         resp = parse_message(only(self.agent.from_app(FLOW_A, data, 0.0), ToApp).data)
         self.assertEqual(resp.status, 483)
 
@@ -2677,7 +2678,7 @@ class AgentRouteTests(SynchronousTestCase):
         self.assertEqual((msg.uri, msg.get_all("Route")), ("sip:bob@192.0.2.11:5064", ["<sip:tok@203.0.113.5;lr>"]))
         msg = self.up(request("INVITE", "sip:192.0.2.1", extra=("Route: <sip:bob@example.org>",)))
         self.assertEqual((msg.uri, msg.get_all("Route")), ("sip:bob@example.org", []))
-        msg = self.up(request("OPTIONS", "sip:192.0.2.1"))
+        msg = self.up(request("MESSAGE", "sip:192.0.2.1"))
         self.assertEqual(msg.uri, "sip:192.0.2.1")
 
     def test_route_to_app_removed(self) -> None:
@@ -2712,6 +2713,80 @@ class AgentRouteTests(SynchronousTestCase):
         self.assertFalse(names6.matches("host.example", 5060))
 
 
+class AgentOptionsTests(SynchronousTestCase):
+    """
+    An C{OPTIONS} for the agent itself (RFC 3261 11, 16.3): a phone's
+    keepalive to its outbound proxy is answered by the agent.
+    """
+
+    def setUp(self) -> None:
+        self.key = FakeTunnel()
+        self.agent = AgentSipProxy(self.key, "agent-1", names=AGENT_NAMES)
+
+    def options(self, ruri: str, **kw: Any) -> list[Any]:
+        return self.agent.from_app(FLOW_A, request("OPTIONS", ruri, to=f"<{ruri}>", **kw), 1.0)
+
+    def test_answered_200(self) -> None:
+        """
+        An OPTIONS whose Request-URI names the agent without a user part
+        (any of its addresses or names, the default port when none is
+        given), or whose Max-Forwards is 0 whatever it names, is answered
+        200 with Allow and Accept and a To tag; nothing goes into the
+        tunnel.
+        """
+        for ruri, mf in [
+            ("sip:192.0.2.1:5060", 70),
+            ("sip:192.0.2.1", 70),
+            ("sip:[2001:db8::1]:5060;transport=udp", 70),
+            ("sip:agent.example.net", 70),
+            ("sips:192.0.2.1", 70),
+            ("sip:192.0.2.1:5060", 0),
+            ("sip:bob@example.org", 0),
+        ]:
+            [action] = self.options(ruri, max_forwards=mf)
+            resp = parse_message(only([action], ToApp).data)
+            self.assertEqual(resp.status, 200, ruri)
+            self.assertIn(b"\r\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER,", action.data)
+            self.assertEqual(resp.get("accept"), "application/sdp")
+            self.assertIsNotNone(resp.to_tag)
+            self.assertIn("z9hG4bKapp1", resp.get("via"))
+        self.assertEqual(self.key.sip_sent, [])
+        self.assertEqual(self.agent.counters["OPTIONS answered here"], 7)
+
+    def test_own_route_then_answered(self) -> None:
+        """
+        The agent pre-loaded as Route does not change that; another Route
+        left means the request goes on.
+        """
+        [action] = self.options("sip:192.0.2.1", extra=("Route: <sip:192.0.2.1;lr>",))
+        self.assertEqual(parse_message(only([action], ToApp).data).status, 200)
+        actions = self.options("sip:192.0.2.1", extra=("Route: <sip:192.0.2.1;lr>, <sip:sbc.example.org;lr>",))
+        only(actions, ToTunnel)
+
+    def test_others_forwarded(self) -> None:
+        """
+        An OPTIONS to someone else, to a user at the agent's address, or to
+        another port of the agent's host goes into the tunnel as before.
+        """
+        for ruri in ["sip:bob@example.org", "sip:bob@192.0.2.1:5060", "sip:192.0.2.1:5070", "sip:example.org"]:
+            self.assertEqual(parse_message(only(self.options(ruri), ToTunnel).data).uri, ruri)
+
+    def test_no_tunnel_503(self) -> None:
+        """
+        While no tunnel could carry a request (the tunnel key's
+        C{unavailable_for()} gives a Retry-After), the answer is 503 with
+        that Retry-After, as other requests get then.
+        """
+        self.key.unavailable_for = lambda: 9  # type: ignore[attr-defined]
+        [action] = self.options("sip:192.0.2.1:5060")
+        resp = parse_message(only([action], ToApp).data)
+        self.assertEqual((resp.status, resp.get("retry-after")), (503, "9"))
+        self.assertEqual(self.agent.counters["OPTIONS answered here: 503, no tunnel"], 1)
+        self.key.unavailable_for = lambda: None  # type: ignore[attr-defined]
+        [action] = self.options("sip:192.0.2.1:5060")
+        self.assertEqual(parse_message(only([action], ToApp).data).status, 200)
+
+
 CONTACT_NAMES = ProxyNames([CONTACT_ADDR], [("contact.example.net", None), ("198.51.100.50", 5080)])
 
 
@@ -2730,6 +2805,34 @@ class ContactRouteTests(SynchronousTestCase):
     def up(self, data: bytes) -> tuple[ToNetwork, SipMessage]:
         act = only(self.cp.from_tunnel(self.key, "sess-1", 5, data, 0.0), ToNetwork)
         return act, parse_message(act.data)
+
+    def test_options_to_the_contact_point(self) -> None:
+        """
+        An OPTIONS from the network naming the contact point (no user part,
+        no Route left but ours), or with Max-Forwards 0, is answered 200 by
+        it, as the agent answers its phones; one with a flow token, or to
+        a user, is routed as before (an unknown user: 404).
+        """
+        src = ("198.51.100.7", 5060)
+        via = "SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKop1"
+        for ruri, mf, extra in [
+            ("sip:203.0.113.5", 70, ()),
+            ("sip:contact.example.net:5060", 70, ("Route: <sip:203.0.113.5;lr>",)),
+            ("sip:bob@example.org", 0, ()),
+        ]:
+            data = request("OPTIONS", ruri, via=via, max_forwards=mf, extra=extra)
+            act = only(self.cp.from_network("udp", src, data, 0.0), ToNetwork)
+            resp = parse_message(act.data)
+            self.assertEqual((act.addr, resp.status), (src, 200), ruri)
+            self.assertIn(b"\r\nAllow: INVITE, ACK,", act.data)
+            self.assertIsNotNone(resp.to_tag)
+        self.assertEqual(self.cp.counters["OPTIONS answered here"], 3)
+        for ruri in ("sip:bob@203.0.113.5", "sip:203.0.113.5:5070"):
+            data = request("OPTIONS", ruri, via=via)
+            act = only(self.cp.from_network("udp", src, data, 0.0), ToNetwork)
+            self.assertEqual(parse_message(act.data).status, 404, ruri)
+        data = request("OPTIONS", "sip:alice@192.0.2.10", via=via, extra=(f"Route: <sip:{self.token}@203.0.113.5;lr>",))
+        only(self.cp.from_network("udp", src, data, 0.0), ToTunnel)
 
     def test_tokenless_own_routes_removed_from_tunnel(self) -> None:
         """

@@ -96,6 +96,39 @@ class NoTunnelTests(SynchronousTestCase):
         lines = [e for e in events if "answered 503" in e.get("log_format", "")]
         self.assertEqual(len(lines), 1)
 
+    def test_options_to_the_agent(self) -> None:
+        """
+        A phone's OPTIONS keepalive to the agent is answered 503 with the
+        Retry-After while no tunnel is up (not 200: that would hide the
+        outage), 200 once one is, and 200 with an on-demand tunnel down
+        (its idle state), without starting it.
+        """
+        from spwm.sip.names import ProxyNames
+        from spwm.testing.tunnel import FakeTunnel
+
+        self.agent.core.names = ProxyNames([("127.0.0.1", 5060)])
+        ping = request("OPTIONS", "sip:127.0.0.1:5060", to="<sip:127.0.0.1:5060>")
+        self.agent.from_phone(ping)
+        resp = parse_message(self.agent.to_app.pop())
+        self.assertEqual((resp.status, resp.get("retry-after")), (503, "7"))
+        tunnel = FakeTunnel()
+        self.agent.handle.current = tunnel
+        self.agent.from_phone(ping)
+        self.assertEqual(parse_message(self.agent.to_app.pop()).status, 200)
+        self.agent.handle.current = None
+
+        class Idle:
+            wanted = 0
+
+            def want(self) -> bool:
+                self.wanted += 1
+                return True
+
+        self.agent.handle.on_demand = idle = Idle()  # type: ignore[assignment]
+        self.agent.from_phone(ping)
+        self.assertEqual(parse_message(self.agent.to_app.pop()).status, 200)
+        self.assertEqual((idle.wanted, tunnel.sip_sent), (0, []))
+
     def test_ack_and_responses_dropped_and_counted(self) -> None:
         """
         An ACK is never answered and a response from a phone is dropped;

@@ -33,11 +33,14 @@ from spwm.sip.actions import (
 from spwm.sip.checks import (
     CONGESTED,
     CONGESTED_COUNTER,
+    OPTIONS_ANSWERED,
     RETRANSMITTED_CONGESTED,
     RecentInvites,
     answer_malformed,
     congested_response,
     media_full_response,
+    options_answer,
+    options_for_hop,
     starts_work,
 )
 from spwm.sip.dialogs import UNACKNOWLEDGED, DialogTable, MovedLegs
@@ -66,7 +69,11 @@ from spwm.sip.rewrite import (
 )
 from spwm.sip.uri import SipUri, parse_uri
 
-__all__ = ["AgentSipProxy"]
+__all__ = ["AgentSipProxy", "OPTIONS_REFUSED"]
+
+#: The counter of the C{OPTIONS} to the agent answered C{503} for want of
+#: a tunnel (those answered C{200}: L{OPTIONS_ANSWERED})
+OPTIONS_REFUSED = "OPTIONS answered here: 503, no tunnel"
 
 
 class AgentSipProxy:
@@ -248,6 +255,8 @@ class AgentSipProxy:
         self, flow: Flow, msg: SipMessage, now: float, congested: bool
     ) -> list[Action]:
         # (parse_message checked the headers a proxy relies on)
+        if msg.method == "OPTIONS" and self._options_for_us(msg):
+            return self._answer_options(flow, msg)
         again = self._invites.again(msg)
         if again:
             redundant = self._invites.redundant(msg, now)
@@ -305,6 +314,38 @@ class AgentSipProxy:
         self._track_response(msg, None, fid, now)
         show_media(self.media_hook, self.tunnel_key, fid, msg, True)
         return [ToTunnel(self.tunnel_key, fid, msg.to_bytes())]
+
+    def _options_for_us(self, msg: SipMessage) -> bool:
+        """
+        Whether an C{OPTIONS} from an application is the agent's to answer
+        (RFC 3261 11, 16.3): its C{Max-Forwards} is 0, or its Request-URI
+        names the agent (L{ProxyNames}: an address or name with the port
+        the agent listens on, 5060 or 5061 when none is given) with no user
+        part and no C{Route} is left once the agent's own are removed.  A
+        phone's keepalive to its outbound proxy is either.  Our own
+        C{Route}s are removed from C{msg} on the way.
+        """
+        if not options_for_hop(msg, self._ours):
+            return False
+        mf = msg.max_forwards
+        if mf is not None and mf <= 0:
+            return True
+        self._pop_own_routes(msg)
+        return not msg.has("Route")
+
+    def _answer_options(self, flow: Flow, msg: SipMessage) -> list[Action]:
+        """
+        The agent's own answer to an C{OPTIONS} for it: C{200} with
+        C{Allow} (the methods it relays) and C{Accept: application/sdp}; but
+        C{503} with C{Retry-After} while no tunnel could carry a request
+        (C{tunnel_key.unavailable_for()}), as every other request gets then:
+        a phone that pings its outbound proxy to find out whether it works
+        learns that it does not.
+        """
+        unavailable_for = getattr(self.tunnel_key, "unavailable_for", None)
+        retry = unavailable_for() if unavailable_for is not None else None
+        self.counters.count(OPTIONS_ANSWERED if retry is None else OPTIONS_REFUSED)
+        return [ToApp(flow, options_answer(msg, retry))]
 
     # -- from the tunnel ----------------------------------------------------
 

@@ -9,10 +9,13 @@ checked already.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable
 
 from spwm.sip.actions import Action, Dropped, MediaHook, MediaRefusal, TunnelKey, show_media
+from spwm.sip.errors import SipParseError
 from spwm.sip.message import SipMessage, make_response
+from spwm.sip.uri import SipUri, parse_uri
 
 __all__ = [
     "CONGESTED",
@@ -26,6 +29,9 @@ __all__ = [
     "congested_response",
     "crude_error",
     "media_full_response",
+    "OPTIONS_ANSWERED",
+    "options_answer",
+    "options_for_hop",
     "starts_work",
     "unavailable",
 ]
@@ -162,6 +168,49 @@ def unavailable(msg: SipMessage, why: str, retry_after: int = CONGESTED_RETRY_AF
         f"Service Unavailable ({why})",
         extra_headers=(("Retry-After", str(retry_after)),),
     ).to_bytes()
+
+
+#: The counter of the C{OPTIONS} a half answered itself (L{options_answer})
+OPTIONS_ANSWERED = "OPTIONS answered here"
+
+#: The C{Allow} of a half's own answer to C{OPTIONS}: the methods it
+#: relays (any, in fact; these are the ones SIP defines)
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, REFER, SUBSCRIBE, NOTIFY, MESSAGE, PUBLISH"
+
+
+def options_for_hop(msg: SipMessage, is_us: Callable[[SipUri], bool]) -> bool:
+    """
+    Whether an C{OPTIONS} may be for this hop itself (RFC 3261 11, 16.3):
+    its C{Max-Forwards} is 0 (a proxy may then be the final recipient), or
+    its Request-URI has no user part and C{is_us}.  The caller checks the
+    C{Route}s left.
+    """
+    mf = msg.max_forwards
+    if mf is not None and mf <= 0:
+        return True
+    try:
+        ruri = parse_uri(msg.uri or "")
+    except SipParseError:
+        return False
+    return not ruri.user and is_us(ruri)
+
+
+def options_answer(msg: SipMessage, retry_after: int | None = None) -> bytes:
+    """
+    A half's own answer to an C{OPTIONS} addressed to it (RFC 3261 11):
+    C{200} with C{Allow} (L{ALLOW}) and C{Accept: application/sdp}, or,
+    with C{retry_after}, C{503} with that C{Retry-After} (the half cannot
+    relay now).  The To tag comes from the Call-ID, so a retransmission
+    gets the same answer.
+    """
+    tag = hashlib.sha256((msg.call_id or "").encode("utf-8", "replace")).hexdigest()[:10]
+    if retry_after is not None:
+        status, reason = 503, "Service Unavailable (no tunnel to the contact point)"
+        extra: tuple[tuple[str, str], ...] = (("Retry-After", str(retry_after)),)
+    else:
+        status, reason = 200, "OK"
+        extra = (("Allow", ALLOW), ("Accept", "application/sdp"))
+    return make_response(msg, status, reason, to_tag=tag, extra_headers=extra).to_bytes()
 
 
 class RecentInvites:

@@ -42,11 +42,14 @@ from spwm.sip.actions import (
 from spwm.sip.checks import (
     CONGESTED,
     CONGESTED_COUNTER,
+    OPTIONS_ANSWERED,
     RETRANSMITTED_CONGESTED,
     RecentInvites,
     answer_malformed,
     congested_response,
     media_full_response,
+    options_answer,
+    options_for_hop,
     starts_work,
     unavailable,
 )
@@ -689,6 +692,13 @@ class ContactSipProxy:
         # (parse_message checked the headers a proxy relies on)
         stamp_via(msg, src, always_rport=transport != "udp")
         mf = msg.max_forwards
+        if msg.method == "OPTIONS" and self._options_for_us(msg, mf):
+            # an operator's proxy (or phone) asking whether we are there
+            self.counters.count(OPTIONS_ANSWERED)
+            top_via = msg.top_via
+            assert top_via is not None
+            via_transport, dest = via_destination(top_via)
+            return self._send_response(via_transport, dest, options_answer(msg))
         if mf is not None and mf <= 0:
             return self._refuse(msg, 483, "Too Many Hops")
         decrement_max_forwards(msg, mf)
@@ -929,6 +939,20 @@ class ContactSipProxy:
     def _arm(self, now: float) -> None:
         if self._next_sweep is None:
             self._next_sweep = now + self.sweep_interval
+
+    def _options_for_us(self, msg: SipMessage, mf: int | None) -> bool:
+        """
+        Whether an C{OPTIONS} from the network is the contact point's to
+        answer (RFC 3261 11, 16.3), as the agent does for its phones: its
+        C{Max-Forwards} is 0, or its Request-URI names the contact point
+        with no user part (no flow token) and no C{Route} is left once our
+        pre-loaded ones are removed (from C{msg}).
+        """
+        if not options_for_hop(msg, self._is_us):
+            return False
+        if mf is not None and mf <= 0:
+            return True
+        return self._pop_own_routes(msg, token=False) is None
 
     def _is_us(self, uri: SipUri) -> bool:
         return self.names.names_us(uri)

@@ -388,6 +388,23 @@ class AgentTunnelHandle:
             self._hold_timer.cancel()
         self._hold_timer = None
 
+    def unavailable_for(self) -> int | None:
+        """
+        Whether a new request from an application is refused now, for the
+        agent's own answers (an C{OPTIONS} to the agent).
+
+        @return: C{None} while a request can go: a tunnel is up, or an
+            on-demand tunnel would be started for it (its idle state is
+            no outage, and a keepalive must not start it), or the lost
+            session is being resumed; otherwise the C{Retry-After} seconds
+            a request is refused with (C{503}).
+        """
+        if self.current is not None or self.on_demand is not None:
+            return None
+        if self.resuming is not None and self.resuming():
+            return None
+        return int(self.retry_after())
+
     def unavailable(self, flow_id: int, data: bytes) -> None:
         """
         No tunnel for this message: answer a request with C{503} and
