@@ -131,6 +131,19 @@ class RegistrarTests(SynchronousTestCase):
         self.assertEqual(ta.status, 480)
         self.assertEqual(self.do(request("ACK", "sip:nobody@example.org")), [])
 
+    def test_publish_489(self) -> None:
+        """
+        A PUBLISH, even for a registered AOR (the publisher's own), is
+        answered 489 instead of being routed to the phones: there is no
+        presence server here.
+        """
+        self.do(reg_with_path(expires=120))
+        [bad] = self.do(request("PUBLISH", "sip:alice@example.org"), 10.0)
+        self.assertEqual((bad.status, bad.reason), (489, "Bad Event (no presence server here)"))
+        self.assertIsNotNone(bad.to_tag)
+        [fwd] = self.do(request("SUBSCRIBE", "sip:alice@example.org"), 10.0)
+        self.assertEqual(fwd.uri, "sip:alice@192.0.2.10:5062")
+
     def test_whole_aor_match(self) -> None:
         """
         A callee is matched by its whole address-of-record: the same user

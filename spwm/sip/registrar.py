@@ -16,7 +16,10 @@ were a peer on the operator network:
   - any other request for a registered address-of-record is retargeted to
     the newest live binding (Request-URI := contact) and routed along its
     stored C{Path}, which names the tunnel and flow;
-  - unknown users get C{404}, users without live bindings C{480}.
+  - unknown users get C{404}, users without live bindings C{480};
+  - a C{PUBLISH} gets C{489 Bad Event}: there is no presence server (no
+    event state compositor, RFC 3903), and routing it to the registered
+    contacts would hand a phone its own publication.
 
 Addresses-of-record are compared whole, in their canonical form
 (L{aor_key}).  With C{domains} the registrar serves only those: a REGISTER
@@ -206,6 +209,11 @@ class EmbeddedRegistrar:
             return [msg]
         if msg.method == "REGISTER":
             return [self._register(msg, now)]
+        if msg.method == "PUBLISH":
+            # RFC 3903 6 step 2: where the address-of-record lives, the
+            # event state compositor answers an event package it does not
+            # support with 489; here it supports none
+            return self._answer(msg, 489, "Bad Event (no presence server here)")
         try:
             target = aor_key(parse_uri(msg.uri or ""))
         except SipParseError:
