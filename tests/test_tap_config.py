@@ -170,6 +170,12 @@ class ConfigTests(SynchronousTestCase):
             self.assertIn(caught.exception.key, ("udp-path", "quic-port"))
         config = AgentConfig.from_options({"udp-path": "only", "quic-port": 8443})
         self.assertEqual((config.udp_path, config.quic_port), ("only", 8443))
+        # a QUIC port for nothing: auto takes the contact point's, off has none
+        for path in ("auto", "off"):
+            with self.assertRaises(ConfigError) as caught:
+                AgentConfig.from_options({"udp-path": path, "quic-port": 8443})
+            self.assertEqual(caught.exception.key, "quic-port")
+            self.assertIn("is for --udp-path only", str(caught.exception))
         self.assertEqual(AgentConfig.from_options({}).udp_path, "auto")
         # auto with a client certificate: the session opens over TCP
         config = AgentConfig.from_options({"client-cert": __file__, "client-key": __file__})

@@ -102,7 +102,7 @@ OPTIONS = (
     Option("http-proxy", None, host_port_pair, "Connect through this HTTP CONNECT proxy, HOST:PORT."),
     Option("http-proxy-auth", None, proxy_credentials, "USER:PASSWORD for --http-proxy (Basic); only in the --config file or the SPWM_HTTP_PROXY_AUTH environment variable, never on the command line."),
     Option("udp-path", "auto", udp_path, "only: the whole tunnel over QUIC (UDP) to the host of --contact and --quic-port; off: TLS over TCP only; auto: start on TLS over TCP and, when the contact point's welcome names its QUIC port, attach a QUIC path to the session in the background and send media on it while it works (SIP stays on TCP; back to TCP within the stall bound when UDP stops; probed again after 5 s, doubling to 60 s); not over --http-proxy, with --plaintext or --tunnel on-demand."),
-    Option("quic-port", 443, udp_port, "UDP port of the contact point's QUIC listener (its --quic-listen), for --udp-path only (auto takes the port the contact point names)."),
+    Option("quic-port", 443, udp_port, "UDP port of the contact point's QUIC listener (its --quic-listen), for --udp-path only (auto takes the port the contact point names; another port with auto or off is refused)."),
     Option("agent-id", None, optional_string, "This agent's identity (default: the host name)."),
     Option("forward-udp", (), udp_forward, "Forward UDP: [ADDR:]LOCAL_PORT=HOST:PORT (ADDR defaults to 127.0.0.1).", repeat=True),
     Option("max-forward-senders", 256, positive_int, "Senders (source addresses) one UDP forward gives a tunnel channel each; datagrams from more are dropped and counted."),

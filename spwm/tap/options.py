@@ -184,6 +184,14 @@ class AgentConfig:
                 "QUIC carries no client certificate: with --client-cert use --udp-path auto "
                 "(the session opens over TCP, media moves to QUIC)",
             )
+        if self.quic_port != 443 and self.udp_path != "only":
+            # a port given for nothing: with auto the contact point's
+            # welcome names its QUIC port, with off there is no QUIC
+            raise ConfigError(
+                "quic-port",
+                f"is for --udp-path only (with {self.udp_path}, "
+                + ("the agent takes the QUIC port the contact point names)" if self.udp_path == "auto" else "there is no QUIC)"),
+            )
         if self.tunnel_connections is not None and not 1 <= self.tunnel_connections <= 16:
             raise ConfigError("tunnel-connections", "must be auto or between 1 and 16")
         if len(self.also_contact) > 1:
