@@ -741,6 +741,201 @@ class LifetimeTests(SynchronousTestCase):
         self.assertEqual(agent.open_channels, 2)
 
 
+class ReofferTests(SynchronousTestCase):
+    """
+    A re-offer (re-INVITE or UPDATE with SDP in an answered call) takes
+    effect with its 2xx; until then the old session goes on, and a
+    non-2xx final response (488, 491, 487 after a CANCEL) leaves the media
+    exactly as before the offer (RFC 3261 section 14, RFC 3264 section 8).
+    """
+
+    REINVITE = (2, "INVITE")
+
+    def _call(self, video: bool = False):
+        offer = _sdp(PHONE, ("audio", 4000, ""), *([("video", 4002, "")] if video else []))
+        answer = _sdp(OPERATOR, ("audio", 6000, ""), *([("video", 6002, "")] if video else []))
+        reactor, agent, a_end, contact, c_end = _pair()
+        _negotiate(agent, a_end, contact, c_end, DIALOG, offer, answer)
+        contact.dialog_answered(c_end, DIALOG, "b", ours=True)
+        agent.dialog_answered(a_end, DIALOG, "b", ours=False)
+        return reactor, agent, a_end, contact, c_end
+
+    def _operator_offers(self, agent, a_end, contact, c_end, sdp: bytes, key=REINVITE) -> bytes:
+        # the operator side's re-INVITE crosses the contact point, then the agent
+        contact.sdp_into_tunnel(c_end, DIALOG, "application/sdp", sdp, offer=key)
+        return agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", sdp, offer=key)
+
+    def _phone_settles(self, agent, a_end, contact, c_end, accepted: bool, key=REINVITE) -> None:
+        # the phone's final response to the operator's re-INVITE
+        agent.offer_settled(a_end, DIALOG, False, key, accepted)
+        contact.offer_settled(c_end, DIALOG, True, key, accepted)
+
+    def _both_ways(self, reactor, operator_port: int, phone_port: int = 4000, video: bool = False) -> None:
+        """
+        RTP from the operator's C{operator_port} reaches the phone, and the
+        phone's reaches that port.
+        """
+        base = 2 if video else 0
+        op_rtp = reactor.udp[CONTACT_ADDR, 30000 + 2 * base // 2]
+        phone_rtp = reactor.udp[AGENT_ADDR, 20000 + 2 * base // 2]
+        before = (len(op_rtp.sent), len(phone_rtp.sent))
+        op_rtp.receive(b"down", (OPERATOR, operator_port))
+        phone_rtp.receive(b"up", (PHONE, phone_port))
+        self.assertEqual(phone_rtp.sent[before[1]:], [(b"down", (PHONE, phone_port))])
+        self.assertEqual(op_rtp.sent[before[0]:], [(b"up", (OPERATOR, operator_port))])
+
+    def test_refused_port_change_keeps_old_address(self) -> None:
+        """
+        The operator side moves its audio to another port in a re-INVITE
+        and the phone refuses it (488): the contact point goes on relaying
+        from and to the old, still valid port (strict source), both ways.
+        """
+        reactor, agent, a_end, contact, c_end = self._call()
+        self._both_ways(reactor, 6000)
+        out = self._operator_offers(agent, a_end, contact, c_end, _sdp(OPERATOR, ("audio", 6008, ""), version=2))
+        # our relay port towards the phone stays the one it knows
+        self.assertEqual(parse_sdp(out).media[0].port, 20000)
+        self._phone_settles(agent, a_end, contact, c_end, accepted=False)
+        self._both_ways(reactor, 6000)
+        self._both_ways(reactor, 6000)
+        rtp, _ = contact.stream_endpoints(c_end.session_id, DIALOG, 0)
+        self.assertEqual(rtp.dropped_source, 0)
+
+    def test_pending_offer_keeps_old_address_until_answer(self) -> None:
+        """
+        While the re-INVITE waits for its answer the old port is relayed
+        both ways; its 2xx moves the media to the new port (the old one is
+        dropped from then on).
+        """
+        reactor, agent, a_end, contact, c_end = self._call()
+        self._operator_offers(agent, a_end, contact, c_end, _sdp(OPERATOR, ("audio", 6008, ""), version=2))
+        self._both_ways(reactor, 6000)
+        self._phone_settles(agent, a_end, contact, c_end, accepted=True)
+        answer = _sdp(PHONE, ("audio", 4000, ""), version=2)
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", answer)
+        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", answer)
+        self._both_ways(reactor, 6008)
+        rtp, _ = contact.stream_endpoints(c_end.session_id, DIALOG, 0)
+        reactor.udp[CONTACT_ADDR, 30000].receive(b"old", (OPERATOR, 6000))
+        self.assertEqual(rtp.dropped_source, 1)
+
+    def test_refused_stream_removal_keeps_stream(self) -> None:
+        """
+        The phone re-offers without video (port 0) and the operator side
+        refuses it: the video stream, its channel and its relay ports stay
+        on both halves and go on relaying; an accepted removal releases it.
+        """
+        reactor, agent, a_end, contact, c_end = self._call(video=True)
+        reoffer = _sdp(PHONE, ("audio", 4000, ""), ("video", 0, ""), version=2)
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", reoffer, offer=self.REINVITE)
+        out = contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", reoffer, offer=self.REINVITE)
+        self.assertEqual([m.port for m in parse_sdp(out).media], [30000, 0])
+        self.assertEqual(a_end.closed, [])
+        # the operator side answers 488: it goes into the tunnel at the contact point
+        contact.offer_settled(c_end, DIALOG, False, self.REINVITE, False)
+        agent.offer_settled(a_end, DIALOG, True, self.REINVITE, False)
+        for manager in (agent, contact):
+            self.assertEqual((manager.open_sockets, manager.open_channels, manager.ports_in_use), (4, 2, 2))
+        self._both_ways(reactor, 6002, 4002, video=True)
+        # the same offer again, accepted this time
+        reoffer = _sdp(PHONE, ("audio", 4000, ""), ("video", 0, ""), version=3)
+        key = (3, "INVITE")
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", reoffer, offer=key)
+        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", reoffer, offer=key)
+        contact.offer_settled(c_end, DIALOG, False, key, True)
+        agent.offer_settled(a_end, DIALOG, True, key, True)
+        self.assertEqual([reason for _, _, reason in c_end.closed], ["stream removed"])
+        for manager in (agent, contact):
+            self.assertEqual((manager.open_sockets, manager.open_channels, manager.ports_in_use), (2, 1, 1))
+
+    def test_refused_new_stream_released(self) -> None:
+        """
+        A refused re-offer that added video releases the new stream on both
+        halves; audio goes on.
+        """
+        reactor, agent, a_end, contact, c_end = self._call()
+        self._operator_offers(
+            agent, a_end, contact, c_end, _sdp(OPERATOR, ("audio", 6000, ""), ("video", 6002, ""), version=2)
+        )
+        self.assertEqual((agent.open_channels, contact.open_channels), (2, 2))
+        self._phone_settles(agent, a_end, contact, c_end, accepted=False)
+        for manager in (agent, contact):
+            self.assertEqual((manager.open_sockets, manager.open_channels, manager.ports_in_use), (2, 1, 1))
+        self._both_ways(reactor, 6000)
+
+    def test_glare(self) -> None:
+        """
+        Both sides re-offer at once (each moving its port) and both get 491:
+        the media stays on the old addresses both ways.
+        """
+        reactor, agent, a_end, contact, c_end = self._call()
+        phone_key, operator_key = (2, "INVITE"), (7, "INVITE")
+        mine = _sdp(PHONE, ("audio", 4010, ""), version=2)
+        agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", mine, offer=phone_key)
+        self._operator_offers(
+            agent, a_end, contact, c_end, _sdp(OPERATOR, ("audio", 6008, ""), version=2), key=operator_key
+        )
+        contact.sdp_out_of_tunnel(c_end, DIALOG, "application/sdp", mine, offer=phone_key)
+        self._both_ways(reactor, 6000)
+        # 491 to each
+        contact.offer_settled(c_end, DIALOG, False, phone_key, False)
+        agent.offer_settled(a_end, DIALOG, True, phone_key, False)
+        self._phone_settles(agent, a_end, contact, c_end, accepted=False, key=operator_key)
+        self._both_ways(reactor, 6000)
+
+    def test_cancelled_reinvite_through_show_media(self) -> None:
+        """
+        The SIP wiring: a re-INVITE from the operator side that moves its
+        port is CANCELled and answered 487; a response to another request
+        (a 491 to CSeq 1) settles nothing. The old port is relayed both
+        ways all along.
+        """
+        from spwm.sip.actions import show_media
+        from spwm.sip.message import parse_message
+
+        from .test_sip_proxy import answer, request
+
+        reactor, agent, a_end, contact, c_end = _pair()
+        a_hook, c_hook = MediaHookAdapter(agent), MediaHookAdapter(contact)
+        key = "1/call-1@192.0.2.10"
+
+        def cross(message: bytes, from_phone: bool) -> None:
+            # from one side's hook into the tunnel, out of the other's
+            first, second = (a_hook, c_hook) if from_phone else (c_hook, a_hook)
+            ends = (a_end, c_end) if from_phone else (c_end, a_end)
+            show_media(first, ends[0], 1, parse_message(message), True)
+            show_media(second, ends[1], 1, parse_message(message), False)
+
+        invite = request(
+            "INVITE", "sip:bob@example.org", body=_sdp(PHONE, ("audio", 4000, "")), content_type=SDP_TYPE
+        )
+        cross(invite, True)
+        cross(answer(invite, 200, body=_sdp(OPERATOR, ("audio", 6000, ""))), False)
+        self._both_ways(reactor, 6000)
+        def from_operator(cseq: int, **sdp: Any) -> bytes:
+            # an INVITE inside the dialog, from the operator side
+            return request(
+                "INVITE",
+                "sip:alice@192.0.2.10",
+                from_="<sip:bob@example.org>;tag=tt",
+                to="<sip:alice@example.org>;tag=fa",
+                cseq=cseq,
+                **sdp,
+            )
+
+        reinvite = from_operator(5, body=_sdp(OPERATOR, ("audio", 6008, ""), version=2), content_type=SDP_TYPE)
+        cross(reinvite, False)
+        self._both_ways(reactor, 6000)
+        other = from_operator(1)
+        cross(answer(other, 491, "Request Pending", to_tag="fa"), True)
+        self.assertEqual(sorted(contact._sessions[c_end.session_id][key].leg.pending), [True])
+        cross(answer(reinvite, 487, "Request Terminated", to_tag="fa"), True)
+        self.assertEqual(contact._sessions[c_end.session_id][key].leg.pending, {})
+        self._both_ways(reactor, 6000)
+        rtp, _ = contact.stream_endpoints(c_end.session_id, key, 0)
+        self.assertEqual(rtp.dropped_source, 0)
+
+
 class SuspendedSessionTests(SynchronousTestCase):
     """
     A call that SIP waiting for a resumption starts (its session

@@ -179,6 +179,170 @@ class LegMediaTests(SynchronousTestCase):
                 self.assertEqual(following, StreamState.RELEASED)
 
 
+class ReofferTests(SynchronousTestCase):
+    """
+    A re-offer in an answered leg waits for its final response.
+    """
+
+    def _answered(self) -> LegMedia:
+        leg = LegMedia()
+        leg.described(True, "a", sdp([("udp", 5000, "sendrecv"), ("udp", 5002, "sendrecv")]))
+        leg.described(False, "b", sdp([("udp", 4000, "sendrecv"), ("udp", 4002, "sendrecv")]))
+        leg.answered_by("b", False)
+        return leg
+
+    def test_pending_then_refused(self) -> None:
+        """
+        Our side's re-offer moves stream 0 and removes stream 1: nothing
+        changes until the response; a refusal leaves the leg as it was.
+        """
+        leg = self._answered()
+        old = {index: stream.expected() for index, stream in leg.streams.items()}
+        offer = sdp([("udp", 5008, "sendrecv"), ("udp", 0, "sendrecv")], version=2)
+        out = leg.described(True, "a", offer, offer=(2, "INVITE"))
+        self.assertEqual(out.actions, [])
+        self.assertEqual(leg.settled(True, (3, "INVITE"), False).actions, [])
+        self.assertEqual(leg.settled(False, (2, "INVITE"), False).actions, [])
+        self.assertEqual(leg.settled(True, (2, "INVITE"), False).actions, [])
+        self.assertEqual({index: stream.expected() for index, stream in leg.streams.items()}, old)
+        self.assertEqual(leg.pending, {})
+
+    def test_pending_then_accepted(self) -> None:
+        """
+        The 2xx applies the offer: the relay expects the new port, the
+        removed stream is released.
+        """
+        leg = self._answered()
+        offer = sdp([("udp", 5008, "sendrecv"), ("udp", 0, "sendrecv")], version=2)
+        leg.described(True, "a", offer, offer=(2, "UPDATE"))
+        out = leg.settled(True, (2, "UPDATE"), True)
+        self.assertEqual(
+            out.actions,
+            [Expect(0, (("a", offer.media[0]),)), Release(1, "stream removed")],
+        )
+
+    def test_their_offer_adds_a_stream(self) -> None:
+        """
+        A re-offer towards our side that adds a stream makes it at once (its
+        relay ports go into the SDP); a refusal releases it.
+        """
+        leg = self._answered()
+        offer = sdp([("udp", 4000, "sendrecv"), ("udp", 4002, "sendrecv"), ("udp", 4004, "sendrecv")], version=2)
+        out = leg.described(False, "b", offer, offer=(9, "INVITE"))
+        self.assertEqual(out.rewrite, [Relay(0), Relay(1), Relay(2)])
+        self.assertIn(Create(2, False), out.actions)
+        out = leg.settled(False, (9, "INVITE"), False)
+        self.assertEqual(out.actions, [Release(2, "offer refused")])
+
+    def test_before_the_answer_at_once(self) -> None:
+        """
+        Before the leg is answered (an UPDATE or PRACK offer while early)
+        an offer applies at once, as before.
+        """
+        leg = LegMedia()
+        leg.described(True, "a", sdp([("udp", 5000, "sendrecv")]))
+        offer = sdp([("udp", 5008, "sendrecv")], version=2)
+        out = leg.described(True, "a", offer, offer=(2, "UPDATE"))
+        self.assertIn(Expect(0, (("a", offer.media[0]),)), out.actions)
+        self.assertEqual(leg.pending, {})
+
+
+class ReofferMachine(RuleBasedStateMachine):
+    """
+    An answered leg with random re-offers from either side, each accepted
+    (2xx and answer) or refused (any other final response), now and then
+    both sides at once (glare, both refused): the relay always expects the
+    last accepted description of our side, and the live streams are those
+    of the last accepted descriptions plus those a pending offer adds.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.leg = LegMedia(max_streams=3)
+        self.expect: dict[int, tuple[Any, ...]] = {}
+        # the model: per side, the last accepted port of each stream
+        self.accepted: dict[bool, dict[int, int]] = {True: {0: 5000}, False: {0: 4000}}
+        self.pending: tuple[bool, tuple[int, str], list[int]] | None = None
+        self.cseq = 1
+        self.version = 1
+        self.run(self.leg.described(True, "a", self.description(True, [5000])))
+        self.run(self.leg.described(False, "b", self.description(False, [4000])))
+        self.run(self.leg.answered_by("b", False))
+
+    def description(self, ours: bool, ports: list[int]) -> SessionDescription:
+        self.version += 1
+        return sdp(
+            [("udp", port, "sendrecv") for port in ports],
+            self.version,
+            "192.0.2.10" if ours else "198.51.100.20",
+        )
+
+    def run(self, outcome: Outcome) -> None:
+        for action in outcome.actions:
+            if isinstance(action, Create):
+                self.expect[action.index] = ()
+            elif isinstance(action, Release):
+                del self.expect[action.index]
+            elif isinstance(action, Expect):
+                self.expect[action.index] = action.branches
+
+    def offer(self, ours: bool, ports: list[int]) -> tuple[int, str]:
+        self.cseq += 1
+        key = (self.cseq, "INVITE" if self.cseq % 2 else "UPDATE")
+        tag = "a" if ours else "b"
+        self.run(self.leg.described(ours, tag, self.description(ours, ports), offer=key))
+        return key
+
+    @precondition(lambda self: self.pending is None)
+    @rule(ours=st.booleans(), ports=st.lists(st.sampled_from([0, 1, 1, 2]), min_size=3, max_size=3))
+    def reoffer(self, ours: bool, ports: list[int]) -> None:
+        # three m= lines each time: an offer keeps every line (RFC 3264
+        # section 8), port 0 for a stream it does not want
+        real = [0 if p == 0 else (5000 if ours else 4000) + 10 * p + 2 * i for i, p in enumerate(ports)]
+        self.pending = (ours, self.offer(ours, real), real)
+
+    @precondition(lambda self: self.pending is not None)
+    @rule(accepted=st.booleans())
+    def settle(self, accepted: bool) -> None:
+        assert self.pending is not None
+        ours, key, ports = self.pending
+        self.pending = None
+        self.run(self.leg.settled(ours, key, accepted))
+        if not accepted:
+            return
+        # the answer: the other side keeps what it had where it can, a
+        # port of its own for a new stream, port 0 where the offer has it
+        theirs = self.accepted[not ours]
+        base = 5000 if not ours else 4000
+        answer = [
+            0 if port == 0 else theirs.get(i) or base + 100 + 2 * i for i, port in enumerate(ports)
+        ]
+        self.run(self.leg.described(not ours, "a" if not ours else "b", self.description(not ours, answer)))
+        for side, side_ports in ((ours, ports), (not ours, answer)):
+            self.accepted[side] = {i: p for i, p in enumerate(side_ports) if p}
+
+    @precondition(lambda self: self.pending is None)
+    @rule()
+    def glare(self) -> None:
+        mine = self.offer(True, [5090, 0, 5094])
+        theirs = self.offer(False, [4090, 4092, 0])
+        self.run(self.leg.settled(False, theirs, False))
+        self.run(self.leg.settled(True, mine, False))
+
+    @invariant()
+    def relay_holds_last_accepted(self) -> None:
+        live = set(self.accepted[True]) & set(self.accepted[False])
+        if self.pending is not None:
+            ours, _, ports = self.pending
+            live |= {i for i, p in enumerate(ports) if p}
+        assert set(self.leg.streams) == live, (self.leg.streams, live)
+        assert set(self.expect) == live
+        for index, port in self.accepted[True].items():
+            if index in self.expect:
+                ((tag, media),) = self.expect[index]
+                assert (tag, media.port) == ("a", port), (index, self.expect[index], port)
+
+
 # the stateful test
 
 TAGS = ("a", "b", "c")
@@ -446,4 +610,13 @@ class LegMediaStatefulTests(SynchronousTestCase):
         run_state_machine_as_test(
             LegMediaMachine,
             settings=settings(max_examples=400, stateful_step_count=25, deadline=None, database=None),
+        )
+
+    def test_random_reoffers(self) -> None:
+        """
+        Re-offers accepted and refused at random (L{ReofferMachine}).
+        """
+        run_state_machine_as_test(
+            ReofferMachine,
+            settings=settings(max_examples=300, stateful_step_count=20, deadline=None, database=None),
         )

@@ -210,6 +210,7 @@ class RecordingHook:
         content_type: str,
         body: bytes,
         tag: str | None = None,
+        offer: tuple[int, str] | None = None,
     ) -> None:
         self.calls.append(("into", tunnel_key, dialog_key, content_type, body))
         self.tags.append(("into", tag))
@@ -221,6 +222,7 @@ class RecordingHook:
         content_type: str,
         body: bytes,
         tag: str | None = None,
+        offer: tuple[int, str] | None = None,
     ) -> bytes:
         self.calls.append(("out", tunnel_key, dialog_key, content_type, body))
         self.tags.append(("out", tag))

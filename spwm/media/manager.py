@@ -1022,6 +1022,7 @@ class MediaManager:
         body: bytes,
         tag: str | None = None,
         source: str | None = None,
+        offer: tuple[int, str] | None = None,
     ) -> None:
         """
         A message from our side goes into the tunnel: learn our side's
@@ -1042,6 +1043,10 @@ class MediaManager:
             signalling host), or C{None}: when not strict, media from it
             latches like media from the host its SDP names (see
             C{docs/media.md}, "Latching").
+        @param offer: the SDP is an offer in an INVITE or UPDATE request
+            with this CSeq (number, method): in an answered call it takes
+            effect when L{offer_settled} accepts it (C{docs/media.md},
+            "Re-offers").
         @raise spwm.sdp.SdpError: the body is malformed.
         """
         sdp = find_sdp(content_type, body)
@@ -1063,7 +1068,7 @@ class MediaManager:
             for index, stream in dialog.streams.items()
             if stream.tcp is not None and stream.tcp.ever_connected
         ]
-        outcome = leg.described(True, tag, description, connected)
+        outcome = leg.described(True, tag, description, connected, offer)
         self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
         if not loser:
             _learn_codecs(dialog, codecs)
@@ -1076,6 +1081,7 @@ class MediaManager:
         body: bytes,
         tag: str | None = None,
         source: str | None = None,
+        offer: tuple[int, str] | None = None,
     ) -> bytes:
         """
         A message from the tunnel goes to our side: make sure every live
@@ -1094,6 +1100,8 @@ class MediaManager:
             (To-tag of a response, From-tag of a request), or C{None}.
         @param source: our side's endpoint's signalling host, as for
             L{sdp_into_tunnel}, or C{None}.
+        @param offer: as for L{sdp_into_tunnel}: the request's CSeq when
+            the SDP is an offer in an INVITE or UPDATE.
         @return: the new body (C{body} itself when it has no SDP).
         @raise spwm.sdp.SdpError: the body is malformed.
         """
@@ -1110,7 +1118,7 @@ class MediaManager:
         loser = dialog.leg.loser(tag, False)
         if not loser:
             dialog.codec[False], codecs = _codecs(sdp, description)
-        outcome = dialog.leg.described(False, tag, description)
+        outcome = dialog.leg.described(False, tag, description, offer=offer)
         failed = self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
         if not loser:
             _learn_codecs(dialog, codecs)
@@ -1148,6 +1156,28 @@ class MediaManager:
                 stream.last_activity = now
         outcome = dialog.leg.answered_by(tag, ours)
         self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
+
+    def offer_settled(
+        self, tunnel: Any, dialog_key: str, ours: bool, key: tuple[int, str], accepted: bool
+    ) -> None:
+        """
+        The final response to an INVITE or UPDATE of the dialog crossed the
+        tunnel (before its SDP, if it has one, is shown). If the request
+        carried a re-offer, a 2xx applies it and any other final response
+        drops it: the media stays exactly as before the offer
+        (L{spwm.media.negotiation.LegMedia.settled}).
+
+        @param ours: the request came from our side (its response comes
+            out of the tunnel).
+        @param key: the request's CSeq (number, method).
+        @param accepted: the response is a 2xx.
+        """
+        dialog = self._find(tunnel.session_id, dialog_key)
+        if dialog is None:
+            return
+        outcome = dialog.leg.settled(ours, key, accepted)
+        if outcome.actions:
+            self._execute(tunnel, dialog_key, dialog, outcome.actions, self.clock.seconds())
 
     def dialog_invited(self, tunnel: Any, dialog_key: str) -> None:
         """

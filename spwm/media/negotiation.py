@@ -10,6 +10,9 @@ C{FLOW/CALL-ID}) on one half:
     the endpoint that wrote the SDP, or C{None}: no branch information);
   - L{LegMedia.answered}: a 2xx to an INVITE of branch T crossed the
     tunnel (from side S);
+  - L{LegMedia.settled}: the final response to a re-offer (an INVITE or
+    UPDATE with SDP in an answered leg, held pending until then) crossed
+    the tunnel: a 2xx applies it, any other final response drops it;
   - L{LegMedia.ended}: the leg is over;
   - L{LegMedia.release}: the executor gave a stream up on its own (no
     ports, no channel, inactivity, the peer closed the channel, ...).
@@ -425,6 +428,34 @@ class StreamPlan:
                 self.held_theirs = held
 
 
+class PendingOffer:
+    """
+    A re-offer (an INVITE or UPDATE with SDP in an answered leg) waiting
+    for its final response (RFC 3261 section 14, RFC 3264 section 8, RFC
+    3311): until a 2xx, the streams it changes keep the session they had,
+    and a failure leaves them as they were.
+
+    @ivar ours: the offer came from our side (into the tunnel).
+    @ivar key: the CSeq (number, method) of the request that carried it.
+    @ivar tag: the offerer's tag.
+    @ivar described: the new description of each UDP stream that existed
+        before the offer (applied by a 2xx).
+    @ivar removed: the streams the offer refuses (port 0) or bundles onto
+        another, with the reason (released by a 2xx).
+    @ivar created: the streams the offer added (released by a failure).
+    """
+
+    __slots__ = ("ours", "key", "tag", "described", "removed", "created")
+
+    def __init__(self, ours: bool, key: tuple[int, str], tag: str | None) -> None:
+        self.ours = ours
+        self.key = key
+        self.tag = tag
+        self.described: dict[int, MediaDescription] = {}
+        self.removed: dict[int, str] = {}
+        self.created: set[int] = set()
+
+
 def primary_indices(description: SessionDescription) -> list[int]:
     """
     For each m= line, the index of the stream whose transport it uses: its
@@ -465,6 +496,9 @@ class LegMedia:
         tunnel).
     @ivar latest: the tag of the latest description from our side (key
         C{True}) and from the other side (key C{False}).
+    @ivar pending: the re-offer from our side (key C{True}) and from the
+        other side (key C{False}) that waits for its final response (both
+        at once in a glare).
     """
 
     def __init__(
@@ -479,6 +513,7 @@ class LegMedia:
         self.winner: str | None = None
         self.winner_ours = False
         self.latest: dict[bool, str | None] = {}
+        self.pending: dict[bool, PendingOffer] = {}
         # ended() was called: no input may follow
         self.over = False
 
@@ -516,22 +551,79 @@ class LegMedia:
         tag: str | None,
         description: SessionDescription,
         tcp_connected: Collection[int] = (),
+        offer: tuple[int, str] | None = None,
     ) -> Outcome:
         """
         Side C{ours} described the session on branch C{tag}.
+
+        Once the leg is answered, an C{offer} is held pending until
+        L{settled}: the streams it changes keep their description (the
+        relay sends to and accepts from the old address), the streams it
+        refuses stay; only the streams it adds are made at once (their
+        channels and relay ports must exist before the SDP arrives).
 
         @param ours: the description goes into the tunnel (from our
             side's endpoint); C{False}: it comes out, towards our side.
         @param tcp_connected: the indices of the TCP streams whose
             connection to our side was ever made (a new description with
             C{a=connection:new} starts them over).
+        @param offer: the description is an offer in a request (INVITE or
+            UPDATE) whose final response settles it: the request's CSeq
+            (number, method); C{None} for any other description (an
+            answer, an offer in a response, an initial offer).
         @return: the actions; with C{ours} false, also one rewrite entry
             per C{m=} line.
         """
         assert not self.over
+        pending = None
+        if offer is not None and self.answered and not self.loser(tag, ours):
+            actions: list[Action] = []
+            # a new offer from the same side means the previous one is
+            # over (RFC 3264 section 4: one offer at a time); its final
+            # response never crossed here
+            self._drop_pending(ours, actions)
+            pending = self.pending[ours] = PendingOffer(ours, offer, tag)
+        else:
+            actions = []
         if ours:
-            return Outcome(self._ours(tag, description, tcp_connected), [])
-        return self._theirs(tag, description)
+            return Outcome(actions + self._ours(tag, description, tcp_connected, pending), [])
+        outcome = self._theirs(tag, description, pending)
+        return Outcome(actions + outcome.actions, outcome.rewrite)
+
+    def settled(self, ours: bool, key: tuple[int, str], accepted: bool) -> Outcome:
+        """
+        The final response to the request C{key} from side C{ours} crossed
+        the tunnel. If that request carried a pending re-offer, a 2xx
+        (C{accepted}) applies it: the changed streams take their new
+        descriptions, the refused ones are released; any other final
+        response (488, 491, 408, 487 after a CANCEL, ...) drops it: the
+        streams it added are released, everything else stays as it was
+        before the offer (RFC 3261 section 14.1). Other requests change
+        nothing.
+
+        @param ours: the request came from our side (the response goes
+            out of the tunnel towards it).
+        @param key: the request's CSeq (number, method).
+        """
+        actions: list[Action] = []
+        pending = self.pending.get(ours)
+        if self.over or pending is None or pending.key != key:
+            return Outcome(actions, [])
+        if not accepted:
+            self._drop_pending(ours, actions)
+            return Outcome(actions, [])
+        del self.pending[ours]
+        for index, media in pending.described.items():
+            stream = self.streams.get(index)
+            if stream is None or stream.tcp:
+                continue
+            self._remember(stream, stream.ours if ours else stream.theirs, pending.tag, media, actions)
+            stream.mux = stream.mux or media.rtcp_mux
+            if ours:
+                actions.append(Expect(index, stream.expected()))
+        for index, reason in pending.removed.items():
+            self._release(index, reason, actions)
+        return Outcome(actions, [])
 
     def answered_by(self, tag: str | None, ours: bool) -> Outcome:
         """
@@ -596,6 +688,7 @@ class LegMedia:
         actions: list[Action] = []
         for index in list(self.streams):
             self._release(index, reason, actions)
+        self.pending.clear()
         self.over = True
         return Outcome(actions, [])
 
@@ -609,8 +702,22 @@ class LegMedia:
 
     # internals
 
+    def _drop_pending(self, ours: bool, actions: list[Action]) -> None:
+        """
+        Forget the pending re-offer from side C{ours}: release the streams
+        it added; the others never changed.
+        """
+        pending = self.pending.pop(ours, None)
+        if pending is not None:
+            for index in sorted(pending.created):
+                self._release(index, "offer refused", actions)
+
     def _ours(
-        self, tag: str | None, description: SessionDescription, tcp_connected: Collection[int]
+        self,
+        tag: str | None,
+        description: SessionDescription,
+        tcp_connected: Collection[int],
+        pending: PendingOffer | None = None,
     ) -> list[Action]:
         actions: list[Action] = []
         if self.loser(tag, True):
@@ -626,7 +733,10 @@ class LegMedia:
             index = media.index
             if media.port == 0 or primaries[index] != index:
                 stream = self.streams.get(index)
-                if self.defers(stream, tag, True):
+                if pending is not None and stream is not None:
+                    # released when the offer is accepted
+                    pending.removed[index] = "stream removed"
+                elif self.defers(stream, tag, True):
                     assert stream is not None and tag is not None
                     self._branch_refused(stream, tag, True, actions)
                 else:
@@ -639,14 +749,23 @@ class LegMedia:
                     self.streams[index].refused.discard((True, tag))
                 self._tcp_ours(media, version, tcp_connected, actions)
                 continue
+            before = self.streams.get(index)
             stream = self._stream(index, False, actions)
+            if pending is not None:
+                if stream is before:
+                    # the relay keeps the old address until the answer
+                    pending.described[index] = media
+                    continue
+                pending.created.add(index)
             self._remember(stream, stream.ours, tag, media, actions)
             stream.mux = stream.mux or media.rtcp_mux
             actions.append(Expect(index, stream.expected()))
             actions.append(OpenChannel(index, False, media.rtcp_mux))
         return actions
 
-    def _theirs(self, tag: str | None, description: SessionDescription) -> Outcome:
+    def _theirs(
+        self, tag: str | None, description: SessionDescription, pending: PendingOffer | None = None
+    ) -> Outcome:
         actions: list[Action] = []
         rewrite: list[Entry] = []
         primaries = primary_indices(description)
@@ -657,7 +776,10 @@ class LegMedia:
             index = media.index
             stream = self.streams.get(index)
             if media.port == 0 or primaries[index] != index:
-                if self.defers(stream, tag, False):
+                if pending is not None and stream is not None:
+                    # released when the offer is accepted
+                    pending.removed[index] = "stream removed" if media.port == 0 else "stream bundled"
+                elif self.defers(stream, tag, False):
                     assert stream is not None and tag is not None
                     self._branch_refused(stream, tag, False, actions)
                 elif media.port == 0:
@@ -680,8 +802,15 @@ class LegMedia:
                     stream.refused.discard((False, tag))
                 rewrite.append(self._tcp_theirs(index, actions))
                 continue
+            before = stream
             stream = self._stream(index, False, actions)
-            if not loser:
+            if pending is not None and stream is before:
+                # the other side's description changes when the offer is
+                # accepted (our relay ports stay as they are)
+                pending.described[index] = media
+            elif not loser:
+                if pending is not None:
+                    pending.created.add(index)
                 self._remember(stream, stream.theirs, tag, media, actions)
             stream.mux = stream.mux or media.rtcp_mux
             actions.append(Bind(index, not media.rtcp_mux_only))

@@ -48,6 +48,10 @@ TunnelKey = Hashable
 
 _SDP_TYPES = frozenset({"application/sdp", "multipart/mixed"})
 
+#: The requests whose SDP offer is settled by their final response
+#: (RFC 3261 section 14, RFC 3311).
+_OFFER_METHODS = frozenset({"INVITE", "UPDATE"})
+
 
 @frozen
 class ToTunnel:
@@ -248,9 +252,13 @@ class MediaHook(Protocol):
         content_type: str,
         body: bytes,
         tag: str | None = None,
+        offer: tuple[int, str] | None = None,
     ) -> None:
         """
-        A message with SDP goes from this side into the tunnel.
+        A message with SDP goes from this side into the tunnel.  C{offer}:
+        it is an INVITE or UPDATE inside a dialog with this CSeq (number,
+        method), whose final response settles its offer
+        (C{offer_settled}, optional).
         """
 
     def sdp_out_of_tunnel(
@@ -260,10 +268,11 @@ class MediaHook(Protocol):
         content_type: str,
         body: bytes,
         tag: str | None = None,
+        offer: tuple[int, str] | None = None,
     ) -> bytes:
         """
         A message with SDP comes out of the tunnel to this side; return the
-        body to send instead.
+        body to send instead.  C{offer}: as for C{sdp_into_tunnel}.
         """
 
     def dialog_answered(
@@ -304,8 +313,10 @@ def show_media(
     """
     Show a message crossing the tunnel to the media hook: its SDP with the
     tag of the endpoint that wrote it (a body coming out of the tunnel may
-    be replaced), then the answer of a 2xx to INVITE.  A hook that has
-    them is also told the parties of an INVITE's leg (C{call_parties}),
+    be replaced), then the answer of a 2xx to INVITE.  A final response to
+    an INVITE or UPDATE is shown first to the hook's C{offer_settled}, if
+    it has one (a re-offer takes effect with a 2xx, a failure drops it).
+    A hook that has them is also told the parties of an INVITE's leg (C{call_parties}),
     that a new call's INVITE with SDP crossed (C{dialog_invited}) and that
     any other response to an INVITE did (C{dialog_heard}): a leg whose
     INVITE no response ever reached ends as its caller gives up
@@ -317,23 +328,33 @@ def show_media(
         return
     sdp = bool(msg.body) and msg.content_type in _SDP_TYPES
     request = msg.is_request
-    invite = msg.cseq_method == "INVITE"
-    answer = invite and not request and 200 <= (msg.status or 0) < 300
+    method = msg.cseq_method
+    invite = method == "INVITE"
+    status = msg.status or 0
+    answer = invite and not request and 200 <= status < 300
     if invite and not request and not answer:
         # any other response to an INVITE: someone took the INVITE (the
         # leg no longer waits for a response, MediaManager.dialog_invited)
         heard = getattr(hook, "dialog_heard", None)
         if heard is not None:
             heard(key, dialog_key(fid, msg.call_id or ""))
+    if not request and status >= 200 and method in _OFFER_METHODS:
+        # the end of a re-offer's transaction, before the answer in its
+        # body: a 2xx applies the offer, anything else drops it
+        settled = getattr(hook, "offer_settled", None)
+        if settled is not None:
+            settled(key, dialog_key(fid, msg.call_id or ""), not into, msg.cseq, status < 300)
     if not (sdp or answer):
         return
     leg = dialog_key(fid, msg.call_id or "")
     # the tag of the endpoint that wrote it
     tag = msg.from_tag if msg.is_request else msg.to_tag
+    # an offer inside a dialog that its final response settles
+    offer = msg.cseq if request and method in _OFFER_METHODS and msg.to_tag is not None else None
     if sdp and into:
-        hook.sdp_into_tunnel(key, leg, msg.content_type or "", msg.body, tag=tag)
+        hook.sdp_into_tunnel(key, leg, msg.content_type or "", msg.body, tag=tag, offer=offer)
     elif sdp:
-        body = hook.sdp_out_of_tunnel(key, leg, msg.content_type or "", msg.body, tag=tag)
+        body = hook.sdp_out_of_tunnel(key, leg, msg.content_type or "", msg.body, tag=tag, offer=offer)
         if body != msg.body:
             msg.set_body(body)
     parties = getattr(hook, "call_parties", None)

@@ -514,33 +514,55 @@ class MediaHookAdapter:
         self.sdp_errors = 0
 
     def sdp_into_tunnel(
-        self, key: Any, dialog_key: str, content_type: str, body: bytes, tag: str | None = None
+        self,
+        key: Any,
+        dialog_key: str,
+        content_type: str,
+        body: bytes,
+        tag: str | None = None,
+        offer: tuple[int, str] | None = None,
     ) -> None:
-        tunnel = self._resolve(key)
-        if tunnel is None:
-            return
-        source = None if self.source is None else self.source(dialog_key)
-        try:
-            self._manager.sdp_into_tunnel(tunnel, dialog_key, content_type, body, tag=tag, source=source)
-        except SdpError as e:
-            self.sdp_errors += 1
-            self.log.warn("malformed SDP in dialog {dialog}: {reason}", dialog=dialog_key, reason=str(e))
+        self._show(self._manager.sdp_into_tunnel, key, dialog_key, content_type, body, tag, offer)
 
     def sdp_out_of_tunnel(
-        self, key: Any, dialog_key: str, content_type: str, body: bytes, tag: str | None = None
+        self,
+        key: Any,
+        dialog_key: str,
+        content_type: str,
+        body: bytes,
+        tag: str | None = None,
+        offer: tuple[int, str] | None = None,
     ) -> bytes:
+        out = self._show(self._manager.sdp_out_of_tunnel, key, dialog_key, content_type, body, tag, offer)
+        return body if out is None else out
+
+    def _show(
+        self,
+        show: Callable[..., Any],
+        key: Any,
+        dialog_key: str,
+        content_type: str,
+        body: bytes,
+        tag: str | None,
+        offer: tuple[int, str] | None,
+    ) -> Any:
+        """
+        Show one SDP body to the manager (C{show}: its C{sdp_into_tunnel}
+        or C{sdp_out_of_tunnel}) with the dialog's signalling host.
+
+        @return: what C{show} returns, or C{None} when the tunnel is gone
+            or the SDP is malformed (logged and counted).
+        """
         tunnel = self._resolve(key)
         if tunnel is None:
-            return body
+            return None
         source = None if self.source is None else self.source(dialog_key)
         try:
-            return self._manager.sdp_out_of_tunnel(
-                tunnel, dialog_key, content_type, body, tag=tag, source=source
-            )
+            return show(tunnel, dialog_key, content_type, body, tag=tag, source=source, offer=offer)
         except SdpError as e:
             self.sdp_errors += 1
             self.log.warn("malformed SDP in dialog {dialog}: {reason}", dialog=dialog_key, reason=str(e))
-            return body
+            return None
 
     def media_full(self) -> MediaRefusal | None:
         """
@@ -561,6 +583,13 @@ class MediaHookAdapter:
         tunnel = self._resolve(key)
         if tunnel is not None:
             self._manager.dialog_answered(tunnel, dialog_key, tag, ours=ours)
+
+    def offer_settled(
+        self, key: Any, dialog_key: str, ours: bool, cseq: tuple[int, str], accepted: bool
+    ) -> None:
+        tunnel = self._resolve(key)
+        if tunnel is not None:
+            self._manager.offer_settled(tunnel, dialog_key, ours, cseq, accepted)
 
     def dialog_invited(self, key: Any, dialog_key: str) -> None:
         tunnel = self._resolve(key)
