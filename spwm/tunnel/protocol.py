@@ -46,6 +46,12 @@ if TYPE_CHECKING:
 def _not_connected(data: bytes) -> object:
     raise RuntimeError("tunnel not connected")
 
+def _gone_sink(channel_id: int, data: bytes, flags: int) -> None:
+    # the datagram sink of a lost connection: no bound method or closure
+    # of it, which would keep it in a reference cycle
+    return None
+
+
 _ABORT_CODES = frozenset({ErrorCode.HANDSHAKE_TIMEOUT, ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.QUEUE_OVERFLOW})
 
 __all__ = [
@@ -440,6 +446,7 @@ class TunnelProtocol(Protocol):
         # its other paths: its front decides).
         if self.front is None:
             self._handlers.clear()
+        self._sink = _gone_sink
 
     # -- event handlers ----------------------------------------------------
 

@@ -33,6 +33,7 @@ from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import connectionDone
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -69,6 +70,15 @@ class TunnelTLSProtocol(BufferingTLSTransport):
             self._tcp = transport
         super().makeConnection(transport)
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        # Twisted drops the wrapped protocol and the TLS connection here,
+        # not the producer (the wrapped protocol, through its membrane)
+        # that the protocol did not unregister before the loss: the two
+        # would stay in a reference cycle until a full garbage
+        # collection (spwm.gcpolicy), with all they hold.
+        self._producer = None
+
     def _flushReceiveBIO(self) -> None:
         # Twisted's loop (twisted.protocols.tls, 26.10), with the delivery
         # of the records gathered and done once, before anything that ends
@@ -86,8 +96,14 @@ class TunnelTLSProtocol(BufferingTLSTransport):
                 self._tlsShutdownFinished(None)
             except Error:
                 failure = Failure()
-                self._deliver(chunks)
-                self._tlsShutdownFinished(failure)
+                try:
+                    self._deliver(chunks)
+                    self._tlsShutdownFinished(failure)
+                finally:
+                    # its traceback holds this frame: kept here, the two
+                    # (and the connection) would wait for a full
+                    # garbage collection (spwm.gcpolicy)
+                    del failure
         self._deliver(chunks)
         self._flushSendBIO()
 
