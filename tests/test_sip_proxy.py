@@ -1007,6 +1007,29 @@ class AgentTests(SynchronousTestCase):
         self.assertEqual(self.hook.tags, [("out", "fb"), ("into", "ph")])
         self.assertEqual(self.hook.answers, [(self.key, dialog_key(1, "in-1"), "ph", True)])
 
+    def test_options_answer_with_sdp_sets_up_no_media(self) -> None:
+        """
+        A phone's 200 to an OPTIONS from the operator side (a keepalive)
+        with its SDP (RFC 3261 11.2: its capabilities) is passed on
+        untouched and shown to no media hook: no relay ports, no call. An
+        OPTIONS or MESSAGE from the phone with an SDP body likewise.
+        """
+        fid = self.agent.flows.use(FLOW_A, 0.0)
+        options = request(
+            "OPTIONS",
+            "sip:alice@192.0.2.10:5062",
+            via="SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKop1",
+            from_="<sip:proxy@example.org>;tag=fp",
+            call_id="ping-1",
+        )
+        down = only(self.agent.from_tunnel(fid, options, 1.0), ToApp)
+        up = only(self.agent.from_app(FLOW_A, answer(down.data, 200, to_tag="ph", body=SDP), 2.0), ToTunnel)
+        self.assertEqual(parse_message(up.data).body, SDP)
+        for method in ("OPTIONS", "MESSAGE"):
+            out = request(method, "sip:bob@example.org", call_id=f"{method}-1", body=SDP, content_type="application/sdp")
+            self.assertEqual(parse_message(only(self.agent.from_app(FLOW_A, out, 3.0), ToTunnel).data).body, SDP)
+        self.assertEqual((self.hook.calls, self.hook.answers, self.hook.waits), ([], [], []))
+
 
 class ContactTests(SynchronousTestCase):
     """

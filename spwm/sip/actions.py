@@ -51,6 +51,11 @@ _SDP_TYPES = frozenset({"application/sdp", "multipart/mixed"})
 #: The requests whose SDP offer is settled by their final response
 #: (RFC 3261 section 14, RFC 3311).
 _OFFER_METHODS = frozenset({"INVITE", "UPDATE"})
+#: the methods whose requests and responses carry a session's offers and
+#: answers (RFC 3261 13, RFC 3262, RFC 3311); an SDP anywhere else (the
+#: 200 to an OPTIONS, RFC 3261 11.2: capabilities, not a session) is left
+#: alone and sets up no media
+_SESSION_METHODS = frozenset({"INVITE", "ACK", "PRACK", "UPDATE"})
 
 
 @frozen
@@ -326,9 +331,9 @@ def show_media(
     """
     if hook is None:
         return
-    sdp = bool(msg.body) and msg.content_type in _SDP_TYPES
     request = msg.is_request
     method = msg.cseq_method
+    sdp = bool(msg.body) and msg.content_type in _SDP_TYPES and method in _SESSION_METHODS
     invite = method == "INVITE"
     status = msg.status or 0
     answer = invite and not request and 200 <= status < 300
