@@ -50,12 +50,33 @@ RETRY_INTERVAL = 10.0
 
 def open_for_append(path: str) -> int:
     """
-    Open C{path} for appending, creating it with L{FILE_MODE}.
+    Open C{path} for appending, creating it with L{FILE_MODE} whatever the
+    process's umask (twistd's daemon mode sets 077); an existing file keeps
+    its own mode.
 
     @return: the file descriptor.
     @raise OSError: it cannot be opened.
     """
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+    # O_EXCL tells whether this call made the file: only then is its mode
+    # ours to set (an operator's chmod of an existing file stands).  Two
+    # tries cover a file removed between the two opens.
+    for _ in range(2):
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except FileExistsError:
+            try:
+                return os.open(path, flags)
+            except FileNotFoundError:
+                continue
+        try:
+            os.fchmod(fd, FILE_MODE)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+    # a dangling symbolic link: its target is made as the umask allows
+    return os.open(path, flags | os.O_CREAT, FILE_MODE)
 
 
 class CdrFile:

@@ -109,6 +109,30 @@ class CdrFileTests(SynchronousTestCase):
             os.umask(old)
         self.assertEqual(stat.S_IMODE(os.stat(fresh).st_mode), 0o640)
 
+    def test_mode_whatever_the_umask(self) -> None:
+        """
+        Under twistd's daemon mode (umask 077) the file made at start and
+        the one made again after a rotation are both mode 0640; an
+        existing file keeps its own mode.
+        """
+        old = os.umask(0o077)
+        self.addCleanup(os.umask, old)
+        cdr = self.cdr()
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o640)
+        os.rename(self.path, self.path + ".1")
+        cdr.reload()
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o640)
+        kept = os.path.join(self.dir, "kept.jsonl")
+        open(kept, "w").close()
+        os.chmod(kept, 0o600)
+        CdrFile(kept).close()
+        self.assertEqual(stat.S_IMODE(os.stat(kept).st_mode), 0o600)
+        # a link to a file not there yet: the file is made where it points
+        target = os.path.abspath(os.path.join(self.dir, "target.jsonl"))
+        os.symlink(target, os.path.join(self.dir, "link.jsonl"))
+        CdrFile(os.path.join(self.dir, "link.jsonl")).close()
+        self.assertTrue(os.path.isfile(target))
+
     def test_two_writers_share_a_file(self) -> None:
         """
         Two processes' files on one path (C{--workers}): each record stays
