@@ -351,6 +351,17 @@ class DeployExamplesTests(SynchronousTestCase):
         options = self._load(agent, "agent.toml")
         self.assertEqual(options.sip_addresses(), [("192.0.2.10", 5060)])
 
+    def test_install_steps(self) -> None:
+        """
+        docs/operations.md makes the venv whose C{twistd} the units run,
+        with the system's Python (one under C{/root} is not the service's
+        to run).
+        """
+        with open(os.path.join(os.path.dirname(os.path.dirname(self.deploy)), "docs", "operations.md")) as f:
+            text = f.read()
+        self.assertIn("\n/usr/bin/python3 -m venv /opt/spwm/venv\n", text)
+        self.assertIn("\n/opt/spwm/venv/bin/pip install .", text)
+
     def test_units(self) -> None:
         """
         Each unit runs its half in the foreground with its TOML file.
@@ -359,6 +370,9 @@ class DeployExamplesTests(SynchronousTestCase):
             with open(os.path.join(self.deploy, f"spwm-{half}.service")) as f:
                 unit = f.read()
             self.assertIn(f"twistd -n --pidfile= spwm-{half} --config /etc/spwm/{half}.toml", unit)
+            # The venv of docs/operations.md, by its full path: systemd's
+            # PATH holds no venv.
+            self.assertIn(f"\nExecStart=/opt/spwm/venv/bin/twistd -n --pidfile= spwm-{half} ", unit)
             # A start-up error exits 1: the unit starts it again, spaced
             # out so that systemd's start limit does not end the retries.
             self.assertRegex(unit, r"(?m)^Restart=(on-failure|always)$")
