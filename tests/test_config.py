@@ -5,6 +5,7 @@ Tests for L{spwm.config} and the two services' options.
 from __future__ import annotations
 
 import os
+import re
 
 from twisted.application.service import IServiceMaker
 from twisted.internet.endpoints import serverFromString
@@ -361,6 +362,12 @@ class DeployExamplesTests(SynchronousTestCase):
             text = f.read()
         self.assertIn("\n/usr/bin/python3 -m venv /opt/spwm/venv\n", text)
         self.assertIn("\n/opt/spwm/venv/bin/pip install .", text)
+        # the user the contact point's unit runs as is made there, and
+        # owns the key
+        with open(os.path.join(self.deploy, "spwm-contact.service")) as f:
+            [user] = re.findall(r"(?m)^User=(\S+)$", f.read())
+        self.assertIn(f"\nuseradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {user}\n", text)
+        self.assertIn(f" -o {user} -g {user} contact.key /etc/spwm/", text)
 
     def test_units(self) -> None:
         """
