@@ -369,6 +369,21 @@ class DeployExamplesTests(SynchronousTestCase):
         self.assertIn(f"\nuseradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {user}\n", text)
         self.assertIn(f" -o {user} -g {user} contact.key /etc/spwm/", text)
 
+    def test_agent_unit_user(self) -> None:
+        """
+        The agent's unit runs as a fixed user, which a mode 0640 file of
+        its group can be readable by (C{DynamicUser} has none), and a
+        C{cdr-file} of C{agent.toml} lies in its C{LogsDirectory}.
+        """
+        with open(os.path.join(self.deploy, "spwm-agent.service")) as f:
+            unit = f.read()
+        self.assertNotRegex(unit, r"(?m)^DynamicUser=")
+        self.assertIn("\nUser=spwm\nGroup=spwm\n", unit)
+        [logs] = re.findall(r"(?m)^LogsDirectory=(\S+)$", unit)
+        with open(os.path.join(self.deploy, "agent.toml")) as f:
+            [path] = re.findall(r'(?m)^# cdr-file = "(.+)"$', f.read())
+        self.assertEqual(os.path.dirname(path), f"/var/log/{logs}")
+
     def test_units(self) -> None:
         """
         Each unit runs its half in the foreground with its TOML file.
