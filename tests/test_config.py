@@ -362,6 +362,11 @@ class DeployExamplesTests(SynchronousTestCase):
             text = f.read()
         self.assertIn("\n/usr/bin/python3 -m venv /opt/spwm/venv\n", text)
         self.assertIn("\n/opt/spwm/venv/bin/pip install .", text)
+        # the plugin cache, which the services cannot write, made by root
+        self.assertIn(
+            '\n/opt/spwm/venv/bin/python3 -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"\n',
+            text,
+        )
         # the user the contact point's unit runs as is made there, and
         # owns the key
         with open(os.path.join(self.deploy, "spwm-contact.service")) as f:
