@@ -344,6 +344,13 @@ class DeployExamplesTests(SynchronousTestCase):
         self.assertEqual(options["state-file"], "/var/lib/spwm/contact.state")
         self.assertEqual(options["status-listen"], "tcp:9090:interface=127.0.0.1")
         self.assertEqual(options["max-calls"], 300)
+        # the comment says what it counts: call legs, not calls
+        with open(os.path.join(self.deploy, "contact.toml")) as f:
+            before = f.read().split("\nmax-calls = ")[0].splitlines()
+        comment = []
+        while before and before[-1].startswith("#"):
+            comment.insert(0, before.pop())
+        self.assertTrue(comment[0].startswith("# Call legs with media at once"), comment)
 
     def test_agent(self) -> None:
         """
