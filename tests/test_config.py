@@ -413,6 +413,29 @@ class DeployExamplesTests(SynchronousTestCase):
             self.assertIn("\nRestartSec=5\n", unit)
 
 
+class LogFileTests(SynchronousTestCase):
+    """
+    What docs/operations.md, "Logs", says of twistd's C{--logfile} holds for
+    the Twisted installed.
+    """
+
+    def test_twistd_rotation(self) -> None:
+        """
+        twistd's log file rotates at 1,000,000 bytes and keeps every old
+        file, as the docs say; C{SIGUSR1}, not C{SIGHUP}, rotates it.
+        """
+        from twisted.python.logfile import LogFile
+
+        log = LogFile.fromFullPath(os.path.abspath(self.mktemp()))
+        self.addCleanup(log.close)
+        self.assertEqual((log.rotateLength, log.maxRotatedFiles), (1_000_000, None))
+        with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "operations.md")) as f:
+            text = " ".join(f.read().split())
+        self.assertIn("when it reaches 1,000,000 bytes, and on `SIGUSR1`", text)
+        self.assertIn("It deletes none of them", text)
+        self.assertIn("`SIGHUP` does not reopen it", text)
+
+
 class ReadmeTests(SynchronousTestCase):
     """
     The README's by-hand commands parse as written.
