@@ -41,6 +41,8 @@ import spwm
 from spwm.addr import peer
 from spwm.errors import ListenError
 from spwm.media.manager import END_REASONS
+from spwm.sip.checks import CONGESTED_COUNTER
+from spwm.sip.dialogs import UNACKNOWLEDGED
 from spwm.tunnel.info import describe_tunnel
 
 #: A section of the document: metric name -> number, or -> {label: number}.
@@ -326,6 +328,16 @@ HELP: dict[str, str] = {
     "paths_late_losses": "Agent, --tunnel-connections auto: kernel retransmissions seen on a connection whose round trip is 100 ms or more (each can add connections).",
 }
 
+#: The keys of C{sip.events} that C{/metrics} has from the start, at 0
+#: until they happen, per side (a fixed few of the common ones, as
+#: C{spwm_calls_ended_total} has every reason): a dashboard's rate of
+#: them is 0, not "no data", on a half that dropped nothing yet.  The
+#: other keys appear when first counted.
+SIP_EVENT_KEYS: dict[str, tuple[str, ...]] = {
+    "contact": ("403", "404", "430", "480", "ACK dropped", CONGESTED_COUNTER, UNACKNOWLEDGED),
+    "agent": ("ACK refused", CONGESTED_COUNTER, UNACKNOWLEDGED),
+}
+
 #: The number that ends the name of a section of the second contact point.
 _NTH = re.compile(r"_([0-9]+)$")
 
@@ -400,6 +412,8 @@ class _DocumentCollector:
                     help_text = f"Contact point {nth} (--contact given more than once): {help_text}"
                 kind = CounterMetricFamily if name in counters else GaugeMetricFamily
                 if isinstance(value, dict):
+                    if (base, name) == ("sip", "events"):
+                        value = {**dict.fromkeys(SIP_EVENT_KEYS.get(side, ()), 0), **value}
                     family = kind(metric, help_text, labels=["side", "key"])
                     for key, number in sorted(value.items()):
                         if _is_number(number):

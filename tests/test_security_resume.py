@@ -19,6 +19,7 @@ from spwm.session.manager import SessionManager
 from spwm.session.state import SessionState
 from spwm.sip.registrations import Registration
 from spwm.testing.tunnel import FakeTunnel as BaseFakeTunnel
+from spwm.tunnel.events import PeerWentAway
 
 USER = "alice@example.test"
 KEY = bytes(range(32))
@@ -337,7 +338,7 @@ class AgentDormantTests(SynchronousTestCase):
         clock.advance(60)
         self.assertTrue(resumption.dormant)
         self.assertEqual(media.calls, [("suspended", old.session_id), ("lost", old.session_id)])
-        self.assertEqual(resumption.hello(), {"session_key": 1, "resume": {"session_id": "s1", "users": [USER]}})
+        self.assertEqual(resumption.hello(), {"session_key": 1, "final-stop": 1, "resume": {"session_id": "s1", "users": [USER]}})
         new = FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex()})
         resumption.tunnel_established(new)
         [message] = new.controls
@@ -362,7 +363,7 @@ class AgentDormantTests(SynchronousTestCase):
         lost: list[list[int]] = []
         resumption.session_lost = lambda flows: lost.append(flows) or 1
         resumption.control_received(new, {"op": "resume-failed", "reason": "no suspended session by that name"})
-        self.assertEqual((resumption.dormant, resumption.keys, resumption.hello()), (False, {}, {"session_key": 1}))
+        self.assertEqual((resumption.dormant, resumption.keys, resumption.hello()), (False, {}, {"session_key": 1, "final-stop": 1}))
         self.assertEqual(lost, [[3]])
 
     def test_stop_closes_nothing(self) -> None:
@@ -400,7 +401,7 @@ class OnDemandCloseTests(SynchronousTestCase):
         resumption.end_session()
         resumption.tunnel_lost(tunnel, "tunnel no longer needed (on-demand)")
         self.assertEqual(resumption.status()["suspended"], 0)
-        self.assertEqual(resumption.hello(), {"session_key": 1})
+        self.assertEqual(resumption.hello(), {"session_key": 1, "final-stop": 1})
         self.assertEqual(media.calls, [("lost", tunnel.session_id)])
         self.assertEqual(lost, [])
         self.assertEqual(clock.getDelayedCalls(), [])
@@ -419,6 +420,65 @@ class OnDemandCloseTests(SynchronousTestCase):
         cut = _registered(resumption, sip, "s2", 1000.0)
         resumption.tunnel_lost(cut, "cut")
         self.assertEqual(resumption.status()["suspended"], 1)
+
+
+class AgentStopTests(SynchronousTestCase):
+    """
+    An agent that stops for good says so (its go-away's C{final}): the
+    contact point releases its session at once, as at the window's end.
+    """
+
+    def _stopped(self, sip: FakeSip, resumption: SessionManager, session: str) -> FakeTunnel:
+        tunnel = _registered(resumption, sip, session, expires=300.0)
+        tunnel.go_away_info = PeerWentAway(12, "agent stopping", 0.0, final=True)
+        tunnel.agent_stopped = True
+        return tunnel
+
+    def test_dormant_at_once(self) -> None:
+        """
+        Its calls and media go now and its registrations are kept
+        (dormant) until they expire, with one line; no window is waited.
+        """
+        clock, resumption, media, sip = _contact()
+        tunnel = self._stopped(sip, resumption, "s1")
+        with capturedLogs() as events:
+            resumption.tunnel_lost(tunnel, "agent stopping")
+        self.assertEqual((resumption.status()["suspended"], resumption.dormant), (0, 1))
+        self.assertEqual(resumption.state_of("s1"), SessionState.DORMANT)
+        self.assertEqual(media.calls, [("suspended", "s1"), ("lost", "s1")])
+        self.assertEqual(sip.calls, [("established", "s1"), ("dormant", "s1")])
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            ["session s1 ended: its agent stopped: calls and media released; 1 registrations kept for 300 s more"],
+        )
+        # only the registration's expiry is watched: no window left
+        self.assertEqual([c.getTime() for c in clock.getDelayedCalls()], [301.0])
+        clock.advance(302)
+        self.assertEqual((resumption.dormant, sip.calls[-1]), (0, ("forget", "s1")))
+
+    def test_without_registrations_ended(self) -> None:
+        """
+        Without registrations the session ends at once.
+        """
+        clock, resumption, media, sip = _contact()
+        tunnel = self._stopped(sip, resumption, "s1")
+        del sip.regs["s1"]
+        resumption.tunnel_lost(tunnel, "agent stopping")
+        self.assertEqual((resumption.state_of("s1"), resumption.dormant), (SessionState.ENDED, 0))
+        self.assertIn(("lost", "s1"), sip.calls)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_plain_close_still_suspended(self) -> None:
+        """
+        A close without the final go-away (an older agent, a network
+        loss, a move after the contact point's own go-away) is kept for
+        the window as before.
+        """
+        clock, resumption, media, sip = _contact()
+        tunnel = _registered(resumption, sip, "s1", expires=300.0)
+        resumption.tunnel_lost(tunnel, "agent stopping")
+        self.assertEqual(resumption.state_of("s1"), SessionState.SUSPENDED)
+        self.assertEqual(media.calls, [("suspended", "s1")])
 
 
 class SessionKeyTests(SynchronousTestCase):
@@ -542,7 +602,7 @@ class SessionKeyTests(SynchronousTestCase):
         agent.tunnel_established(first)
         key = agent.session.session_key
         agent.tunnel_lost(first, "cut")
-        self.assertEqual((agent.state, agent.hello()), (SessionState.SUSPENDED, {"session_key": 1, "resume": {"session_id": "s1", "users": []}}))
+        self.assertEqual((agent.state, agent.hello()), (SessionState.SUSPENDED, {"session_key": 1, "final-stop": 1, "resume": {"session_id": "s1", "users": []}}))
         new = FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex(), "session_key": 1})
         agent.handle.current = new
         agent.tunnel_established(new)
@@ -643,7 +703,7 @@ class SessionKeyTests(SynchronousTestCase):
         older.tunnel_established(FakeTunnel("s2", peer_hello={"challenge": CHALLENGE.hex()}))
         self.assertEqual((older.state, older.session.session_key), (SessionState.ENDED, None))
         older.tunnel_lost(FakeTunnel("s2"), "cut")
-        self.assertEqual((older.state, older.hello()), (SessionState.ENDED, {"session_key": 1}))
+        self.assertEqual((older.state, older.hello()), (SessionState.ENDED, {"session_key": 1, "final-stop": 1}))
 
     def test_refusal_closes_registered_phones(self) -> None:
         """

@@ -1199,6 +1199,9 @@ class _Conn:
     def close(self, code: int = 0, reason: str = "") -> None:
         self.closed.append(reason)
 
+    def close_for_good(self, reason: str) -> None:
+        self.closed.append(reason)
+
 
 class KeeperTests(SynchronousTestCase):
     """

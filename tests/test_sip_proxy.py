@@ -44,7 +44,7 @@ from spwm.sip.actions import (
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.checks import CONGESTED as _CONGESTED
 from spwm.sip.checks import RETRANSMITTED_ANSWERED, RETRANSMITTED_BUNCHED, RETRANSMITTED_CONGESTED, RecentInvites
-from spwm.sip.contact_proxy import UNKNOWN_TOKEN_430, UNKNOWN_TOKEN_REASON, ContactSipProxy
+from spwm.sip.contact_proxy import ACK_OF_OUR_REFUSAL, UNKNOWN_TOKEN_430, UNKNOWN_TOKEN_REASON, ContactSipProxy
 from spwm.sip.transport import AgentSipRunner, SipStreamFactory
 from spwm.sip.uri import parse_name_addr
 from spwm.testing.tunnel import FakeTunnel
@@ -1495,6 +1495,22 @@ class ContactTests(SynchronousTestCase):
         self.assertEqual(parse_message(out.data).status, 430)
         self.assertEqual(out.addr, ("198.51.100.7", 5060))
 
+    def test_ack_of_our_430_absorbed(self) -> None:
+        """
+        The ACK of our own C{430} (its To without a tag, as our answer's)
+        is taken in silence and counted; an ACK with a To tag (of a 2xx,
+        for a flow gone since) is still dropped with a reason to log.
+        """
+        self.cp.tunnel_detached(self.key)
+        out = only(self.down(self.incoming_invite()), ToNetwork)
+        answer_ = parse_message(out.data)
+        self.assertEqual((answer_.status, answer_.to_tag), (430, None))
+        ack = self.incoming_invite().replace(b"INVITE sip:", b"ACK sip:").replace(b"1 INVITE", b"1 ACK")
+        self.assertEqual(self.down(ack), [])
+        self.assertEqual(self.cp.counters.get(ACK_OF_OUR_REFUSAL), 1)
+        tagged = ack.replace(b"<sip:alice@example.org>", b"<sip:alice@example.org>;tag=ta")
+        self.assertEqual(self.down(tagged), [Dropped("ACK dropped: 430 Flow Failed", "ACK dropped")])
+
     def test_outbound_register_path_ob(self) -> None:
         """
         RFC 5626: a REGISTER with C{Supported: outbound} and a contact with
@@ -1643,7 +1659,9 @@ class ContactTests(SynchronousTestCase):
         self.assertIn("--state-file", resp.reason)
         self.assertEqual(restarted.counters[UNKNOWN_TOKEN_430], 1)
         ack = self.incoming_invite(route=route).replace(b"INVITE", b"ACK")
-        self.assertTrue(dropped(restarted.from_network("udp", ("198.51.100.7", 5060), ack, 2.0)))
+        # its ACK is taken in silence (the ACK of our own answer)
+        self.assertEqual(restarted.from_network("udp", ("198.51.100.7", 5060), ack, 2.0), [])
+        self.assertEqual(restarted.counters[ACK_OF_OUR_REFUSAL], 1)
 
     def test_no_open_relay(self) -> None:
         """

@@ -17,7 +17,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from spwm.media import manager as media_manager
 from spwm.media.manager import END_REASONS
-from spwm.status import MAX_LIMIT, Metrics, Query, Status, StatusResource, add_agent_lists, add_media_lists
+from spwm.status import MAX_LIMIT, SIP_EVENT_KEYS, Metrics, Query, Status, StatusResource, add_agent_lists, add_media_lists
 from spwm.statusweb import render_page
 from spwm.tunnel.info import describe_tunnel
 from tests.test_media_manager import AGENT_ADDR, DIALOG, OPERATOR, PHONE, SDP_TYPE, _pair, _sdp
@@ -164,6 +164,25 @@ class MetricsTests(SynchronousTestCase):
         self.assertIn('spwm_sip_up{side="contact"} 1.0\n', text)
         self.assertNotIn("note", text)
         self.assertIn('spwm_media_transit_seconds_count{leg="tunnel",side="contact"} 0.0\n', text)
+
+    def test_sip_events_from_the_start(self) -> None:
+        """
+        C{spwm_sip_events_total} has a series at 0 for each of the side's
+        common keys before anything was dropped or refused (a rate of it
+        is 0, not "no data"); a key counted since has its count, others
+        appear when counted; nothing is added where the half has no
+        C{sip.events}.
+        """
+        for side in ("contact", "agent"):
+            status = Status(side, Clock())
+            status.add("sip", lambda: {"events": {"tunnel congested": 2, "other": 1}})
+            text = status.metrics.exposition()[0].decode()
+            series = dict(re.findall(r'^spwm_sip_events_total\{key="([^"]*)",side="\w+"\} (\S+)$', text, re.M))
+            expected = {**dict.fromkeys(SIP_EVENT_KEYS[side], "0.0"), "tunnel congested": "2.0", "other": "1.0"}
+            self.assertEqual(series, expected)
+        status = Status("contact", Clock())
+        status.add("tunnels", lambda: {"open": 0})
+        self.assertNotIn("spwm_sip_events_total{", status.metrics.exposition()[0].decode())
 
     def test_second_contact_point_same_types(self) -> None:
         """

@@ -616,7 +616,7 @@ class TunnelConnectionsTests(SynchronousTestCase):
         self.assertEqual(built.paths.keeper.extra, 1)
         hello = built.factory.hello
         assert callable(hello)
-        self.assertEqual(hello(), {"paths": 1, "sip-seq": 1, "stalls": 1, "session_key": 1})
+        self.assertEqual(hello(), {"paths": 1, "sip-seq": 1, "stalls": 1, "session_key": 1, "final-stop": 1})
 
     def test_auto_is_the_default(self) -> None:
         """

@@ -552,6 +552,29 @@ class KeepaliveTests(SynchronousTestCase):
         self.assertEqual(closed.code, ErrorCode.GOING_AWAY)
 
 
+    def test_final_go_away(self) -> None:
+        """
+        When the hello and the welcome both say C{"final-stop"}, a final
+        go-away reaches the peer as such; a plain one, or any between
+        peers of which one did not say it, is not final.
+        """
+        offer = {"final-stop": 1}
+        pair = CorePair(agent_hello=offer, hello=offer).handshake()
+        self.assertEqual((pair.agent.final_stop, pair.contact.final_stop), (True, True))
+        pair.agent.go_away(pair.now, "agent stopping", 0.0, final=True)
+        pair.transfer()
+        [gone] = of_type(pair.contact_events, ev.PeerWentAway)
+        self.assertEqual((gone.reason, gone.drain, gone.final), ("agent stopping", 0.0, True))
+        plain = CorePair(agent_hello=offer, hello=offer).handshake()
+        plain.agent.go_away(plain.now, "tunnel no longer needed", 0.0)
+        plain.transfer()
+        [gone] = of_type(plain.contact_events, ev.PeerWentAway)
+        self.assertFalse(gone.final)
+        for agent_hello, welcome in ((offer, None), (None, offer)):
+            older = CorePair(agent_hello=agent_hello, hello=welcome).handshake()
+            self.assertEqual((older.agent.final_stop, older.contact.final_stop), (False, False))
+
+
 class PropertyTests(SynchronousTestCase):
     """
     Random input never breaks the core.

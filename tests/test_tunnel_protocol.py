@@ -84,13 +84,20 @@ class _Producer:
         pass
 
 
-def connect_pair(clock: Clock, limits: TunnelLimits | None = None, tls: tuple[Any, Any] | None = None):
+def connect_pair(
+    clock: Clock,
+    limits: TunnelLimits | None = None,
+    tls: tuple[Any, Any] | None = None,
+    agent_hello: dict[str, Any] | None = None,
+):
     """
     Connect an agent and a contact point in memory.
+
+    @param agent_hello: extra fields of the agent's hello.
     """
     agent_app, contact_app = RecordingApp(), RecordingApp()
     contact_factory = ContactTunnelFactory(contact_app, clock, limits)
-    agent_factory = AgentTunnelFactory(agent_app, clock, "agent-x", limits)
+    agent_factory = AgentTunnelFactory(agent_app, clock, "agent-x", limits, hello=agent_hello)
     server_f, client_f = contact_factory, agent_factory
     if tls is not None:
         server_f = TLSMemoryBIOFactory(tls[0], False, contact_factory, clock=clock)
@@ -444,6 +451,23 @@ class AdapterTests(SynchronousTestCase):
         self.assertIsNotNone(agent.lost_reason)
         self.assertIs(self.successResultOf(agent.when_closed()), agent)
         self.assertIs(self.successResultOf(agent.when_going_away()), agent)
+
+    def test_close_for_good(self) -> None:
+        """
+        An agent that said C{"final-stop"} and stops sends a final go-away
+        before its close: the contact point's end knows the agent stopped.
+        An older agent's close (no C{"final-stop"}) is a plain close.
+        """
+        for hello, stopped in (({"final-stop": 1}, True), (None, False)):
+            clock = Clock()
+            agent_app, contact_app, _, pump = connect_pair(clock, agent_hello=hello)
+            pump.flush()
+            contact = contact_app.tunnel
+            agent_app.tunnel.close_for_good("agent stopping")
+            pump.flush()
+            self.assertEqual(contact.agent_stopped, stopped)
+            self.assertEqual((contact.go_away_info is not None), stopped)
+            self.assertEqual((contact.close_info.code, contact.close_info.reason), (0, "agent stopping"))
 
     def test_timer_error_closes_with_a_reason(self) -> None:
         """

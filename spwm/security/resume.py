@@ -325,14 +325,17 @@ class AgentResumption(_Lifecycle):
 
     def hello(self) -> dict[str, Any]:
         """
-        Extra hello fields: that this agent makes session keys, and the
-        resumption offer, if there is something to resume.
+        Extra hello fields: that this agent makes session keys and says
+        when it stops for good, and the resumption offer, if there is something to resume.
         """
         waiting = self.state in (SessionState.SUSPENDED, SessionState.DORMANT)
+        # "final-stop": this agent says when it stops for good
+        # (TunnelProtocol.close_for_good)
         if not waiting or not self.session.resumable or not self.session_id:
-            return {"session_key": 1}
+            return {"session_key": 1, "final-stop": 1}
         return {
             "session_key": 1,
+            "final-stop": 1,
             "resume": {"session_id": self.session_id, "users": sorted(self.keys)[:MAX_RESUME_USERS]},
         }
 

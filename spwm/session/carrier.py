@@ -210,6 +210,8 @@ class PathFront:
         self._ids: dict[int, int] = {}
         self._next_id = 0
         self._last: TunnelProtocol = first
+        # one of its connections said the agent stops for good
+        self._agent_stopped = False
         self._carrier_id: int | None = None
         self._producers: list[IPushProducer] = []
         self._timer: IDelayedCall | None = None
@@ -372,6 +374,7 @@ class PathFront:
         self._quic.pop(path_id, None)
         self._unannounced.pop(path_id, None)
         self._last = path
+        self._agent_stopped = self._agent_stopped or path.agent_stopped
         self.scheduler.remove(path_id)
         self._carrier_moved()
         if not self._paths:
@@ -828,6 +831,14 @@ class PathFront:
     def close_info(self) -> Any:
         return (self.carrier or self._last).close_info
 
+    @property
+    def agent_stopped(self) -> bool:
+        """
+        Whether a connection of the session, lost, said that the agent
+        stops for good (L{TunnelProtocol.close_for_good}).
+        """
+        return self._agent_stopped or (self.carrier or self._last).agent_stopped
+
     def send_sip(self, flow_id: int, data: bytes) -> bool:
         order = self.sip_order
         if order is None:
@@ -1215,7 +1226,9 @@ class PathSessions:
             front = self.front
             stalls = {"stalls": 1} if self.count is not None else {}
             if front is not None and front.is_open:
-                return {"paths": 1, "sip-seq": 1, **stalls, "attach": {"session_id": front.session_id}}
+                # "final-stop" on every connection: whichever the contact
+                # point loses last says that the agent stopped for good
+                return {"paths": 1, "sip-seq": 1, "final-stop": 1, **stalls, "attach": {"session_id": front.session_id}}
             return {**resume(), "paths": 1, "sip-seq": 1, **stalls}
 
         return hello
@@ -1886,9 +1899,9 @@ class PathKeeper:
             # an attempt under way would go on connecting after the stop
             d.cancel()
         for protocol in list(self._mine.values()):
-            protocol.close(0, "agent stopping")
+            protocol.close_for_good("agent stopping")
         for path, timer in list(self._draining.values()):
             if timer.active():
                 timer.cancel()
-            path.close(0, "agent stopping")
+            path.close_for_good("agent stopping")
         self._draining.clear()

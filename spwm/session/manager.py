@@ -209,17 +209,21 @@ class SessionManager:
             if session.stop_using_tunnel(tunnel):
                 self._switch(session, reason)
             return
-        # An agent that sent go-away before closing (an on-demand tunnel
-        # nobody needs) is not coming back for this session: end it now.
-        if getattr(tunnel, "go_away_info", None) is not None:
-            event = Input.GONE_AWAY
-        elif (
+        resumable = (
             session is not None
             and session.resumable
             and self.window > 0
             and not self._stopping
             and session.state is not SessionState.SUSPENDED
-        ):
+        )
+        # An agent that stops for good (its go-away said "final") cannot
+        # resume: its session is released as at the window's end, now.
+        stopped = resumable and bool(getattr(tunnel, "agent_stopped", False))
+        # An agent that sent go-away before closing (an on-demand tunnel
+        # nobody needs) is not coming back for this session: end it now.
+        if getattr(tunnel, "go_away_info", None) is not None and not stopped:
+            event = Input.GONE_AWAY
+        elif resumable:
             event = Input.TUNNEL_LOST
         else:
             event = Input.TUNNEL_ENDED
@@ -234,6 +238,8 @@ class SessionManager:
             session.suspended = tunnel
             session.timer = self.clock.callLater(self.window, self._expire, session_id)
             self._dormant.pop(session_id, None)
+            if stopped:
+                self._release_suspended(session, "ended: its agent stopped", "agent stopped")
         else:  # END
             self._end(tunnel, session_id, reason)
 
@@ -300,24 +306,35 @@ class SessionManager:
         if session is None or session.state is not SessionState.SUSPENDED:
             return  # (not suspended, WINDOW_OVER): nothing
         session.timer = None
+        self._release_suspended(session, f"not resumed within {self.window} s", "resumption window over")
+
+    def _release_suspended(self, session: Session, what: str, reason: str) -> None:
+        """
+        A suspended session is not resumed (its window is over, or its
+        agent stopped for good): its calls and media go; its
+        registrations, if any, are kept (dormant) until they expire, for
+        an agent that comes back later; without any it ends.
+
+        @param what: what happened, for the log line.
+        @param reason: why, for the SIP and media it ends.
+        """
+        session_id = session.session_id
+        session.cancel_timer()
         registrations = self.sip.registrations(session_id)
         effect = self._decide(session_id, Input.WINDOW_OVER if registrations else Input.REGISTRATIONS_EXPIRED)
         tunnel, session.suspended = session.suspended, None
         if effect is Effect.END:
-            self.log.info("session {session_id} not resumed within {window} s: released", session_id=session_id, window=self.window)
-            self._end(tunnel, session_id, "resumption window over")
+            self.log.info("session {session_id} {what}: released", session_id=session_id, what=what)
+            self._end(tunnel, session_id, reason)
             return
-        # Calls and media go; the registrations stay until they expire, for
-        # an agent that comes back later.
         self.sip.tunnel_dormant(tunnel)
-        self.media.session_ended(session_id, "resumption window over")
+        self.media.session_ended(session_id, reason)
         session.watcher = None
         last = self._make_dormant(session, registrations)
         self.log.info(
-            "session {session_id} not resumed within {window} s: calls and media released;"
-            " {count} registrations kept for {left:.0f} s more",
+            "session {session_id} {what}: calls and media released; {count} registrations kept for {left:.0f} s more",
             session_id=session_id,
-            window=self.window,
+            what=what,
             count=len(registrations),
             left=last - self.clock.seconds(),
         )

@@ -158,7 +158,7 @@ class QuicProber:
         if path is None:
             return None
         closed: Deferred[Any] = path.when_closed()
-        path.close(0, "agent stopping")
+        path.close_for_good("agent stopping")
         return closed.addCallback(lambda _: deferLater(self.clock, 0, lambda: None))
 
     # -- probing --------------------------------------------------------------

@@ -107,6 +107,11 @@ MAX_SPIRALS = 32
 UNKNOWN_TOKEN_REASON = "Flow Failed (flow token unknown to this process; restarted without --state-file?)"
 UNKNOWN_TOKEN_430 = "430 for a flow token unknown to this process"
 
+#: The counter (C{sip.events}) of ACKs of our own refusals: taken in
+#: silence (RFC 3261 17.1.1.3: the ACK of a non-2xx answer goes to the
+#: hop that answered), not logged as drops.
+ACK_OF_OUR_REFUSAL = "ACK of our refusal"
+
 
 def never_congested(tunnel_key: TunnelKey) -> bool:
     """
@@ -859,9 +864,16 @@ class ContactSipProxy:
     def _refuse(self, msg: SipMessage, status: int, reason: str) -> list[_Step]:
         """
         Answer a request from the network with an error, statelessly; an
-        ACK is never answered.
+        ACK is never answered.  An ACK whose To has no tag is the ACK of
+        one of these answers (routed as its INVITE was, it meets the same
+        refusal): only such a stateless answer leaves To without a tag (a
+        UAS tags every final answer to an INVITE, RFC 3261 8.2.6.2), so it
+        is expected and taken in silence; any other is dropped and logged.
         """
         if msg.method == "ACK":
+            if msg.to_tag is None:
+                self.counters.count(ACK_OF_OUR_REFUSAL)
+                return []
             return [self.counters.drop(f"ACK dropped: {status} {reason}", "ACK dropped")]
         self.counters.count(str(status))
         resp = make_response(msg, status, reason)

@@ -145,12 +145,16 @@ class TunnelConnection:
         peer (the adapter set its socket up for that), so this end sends no
         keepalive PING and declares no keepalive timeout; it still answers
         every PING, and timed PINGs (round trips) go on as asked.
+    @ivar final_stop: both hellos said C{"final-stop": 1} (known once
+        open): an agent that stops for good says so in its go-away
+        (C{"final": true}), and the contact point does not wait for it to
+        resume the session.
     """
 
     # Slots: an idle contact point holds thousands of these (issue 15's
     # memory per idle tunnel); attributes set from outside still go into
     # a __dict__, made only when one is.
-    __slots__ = ("_channels", "_decoder", "_drain_deadline", "_hello_extra", "_highest_peer_channel", "_last_ping", "_last_received", "_last_sent", "_media", "_media_bytes", "_next_channel", "_preface_buf", "_priority", "_priority_bytes", "_started", "_stream", "_stream_bytes", "_versions", "agent_id", "attaching", "close_code", "close_reason", "going_away", "limits", "paths", "role", "session_id", "sip_seq", "state", "stats", "tcp_keepalive", "version", "__dict__")
+    __slots__ = ("_channels", "_decoder", "_drain_deadline", "_hello_extra", "_highest_peer_channel", "_last_ping", "_last_received", "_last_sent", "_media", "_media_bytes", "_next_channel", "_preface_buf", "_priority", "_priority_bytes", "_started", "_stream", "_stream_bytes", "_versions", "agent_id", "attaching", "close_code", "close_reason", "final_stop", "going_away", "limits", "paths", "role", "session_id", "sip_seq", "state", "stats", "tcp_keepalive", "version", "__dict__")
 
     def __init__(
         self,
@@ -183,6 +187,7 @@ class TunnelConnection:
         self.close_code: int | None = None
         self.close_reason = ""
         self.going_away = False
+        self.final_stop = False
         self.paths = False
         self.sip_seq = False
         self.tcp_keepalive = False
@@ -355,6 +360,7 @@ class TunnelConnection:
             self.paths = bool(self._hello_extra.get("paths")) and bool(message.get("paths"))
             self.sip_seq = self.paths and self._hello_extra.get("sip-seq") == 1 and message.get("sip-seq") == 1
             self.tcp_keepalive = bool(self._hello_extra.get("tcp_keepalive")) and bool(message.get("tcp_keepalive"))
+            self.final_stop = self._hello_extra.get("final-stop") == 1 and message.get("final-stop") == 1
             # A connection that joins a live session carries nothing but
             # the attach exchange until the contact point said "attached".
             attach = (message if self.role is Role.CONTACT else self._hello_extra).get("attach")
@@ -459,10 +465,11 @@ class TunnelConnection:
             code = int(message.get("code", 0))
             reason = str(message.get("reason", ""))
             drain = float(message.get("drain", 0.0))
+            final = message.get("final") is True
         except (ValueError, TypeError, AttributeError, RecursionError):
             raise TunnelProtocolError(ErrorCode.BAD_CONTROL, "malformed go-away") from None
         self.going_away = True
-        out.append(ev.PeerWentAway(code, reason, max(0.0, drain)))
+        out.append(ev.PeerWentAway(code, reason, max(0.0, drain), final))
 
     def _on_error(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
         try:
@@ -748,17 +755,24 @@ class TunnelConnection:
         """
         return self._stream_bytes
 
-    def go_away(self, now: float, reason: str = "shutting down", drain: float | None = None) -> None:
+    def go_away(self, now: float, reason: str = "shutting down", drain: float | None = None, final: bool = False) -> None:
         """
         Tell the peer that we are draining: it should move elsewhere.  The
         tunnel closes by itself after the drain time.
+
+        @param final: say that we stop for good (an agent that will not
+            resume its session); only to a peer that said C{"final-stop"}
+            (L{final_stop}).
         """
         if self.state is State.CLOSED or self.going_away:
             return
         drain = self.limits.drain_time if drain is None else drain
         self.going_away = True
         self._drain_deadline = now + drain
-        payload = json.dumps({"code": int(ErrorCode.GOING_AWAY), "reason": reason, "drain": drain}).encode()
+        message: dict[str, Any] = {"code": int(ErrorCode.GOING_AWAY), "reason": reason, "drain": drain}
+        if final:
+            message["final"] = True
+        payload = json.dumps(message).encode()
         self._queue(encode_frame(FrameType.GOAWAY, 0, 0, payload))
 
     def close(self, code: int = ErrorCode.NO_ERROR, reason: str = "closed") -> ev.TunnelClosed | None:

@@ -103,11 +103,16 @@ class StreamEnded:
 class PeerWentAway:
     """
     The peer is draining: it will close the tunnel after C{drain} seconds.
+
+    @ivar final: the peer (an agent) stops for good and will not resume
+        its session (C{"final": true}, only between peers that both said
+        C{"final-stop"}).
     """
 
     code: int
     reason: str
     drain: float
+    final: bool = False
 
 
 @frozen

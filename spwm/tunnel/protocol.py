@@ -948,6 +948,26 @@ class TunnelProtocol(Protocol):
             self._flush()
             self._rearm()
 
+    def close_for_good(self, reason: str) -> None:
+        """
+        The agent stops for good (its process ends, its keys with it):
+        a peer that said C{"final-stop"} gets a go-away saying so
+        (C{"final": true}, drain 0) before the close, so that it does
+        not keep the session for a resumption that cannot come; an older
+        peer gets the close alone, as before.
+        """
+        connection = self.connection
+        if connection is not None and connection.final_stop and not self._lost:
+            connection.go_away(self._clock.seconds(), reason, 0.0, final=True)
+        self.close(ErrorCode.NO_ERROR, reason)
+
+    @property
+    def agent_stopped(self) -> bool:
+        """
+        Whether the peer said it stops for good (L{close_for_good}).
+        """
+        return self.go_away_info is not None and self.go_away_info.final
+
     def close(self, code: int = ErrorCode.NO_ERROR, reason: str = "closed") -> None:
         """
         Close the tunnel with a reason.
@@ -1289,6 +1309,9 @@ class ContactTunnelFactory(_TunnelFactory):
                 # makes one too (spwm.security.keys): resumable without
                 # per-user keys
                 "session_key": 1,
+                # an agent that stops for good says so (its go-away's
+                # "final"): its session is not kept for a resumption
+                "final-stop": 1,
                 # several connections per session: the key a further
                 # connection proves it knows (spwm.session.carrier)
                 # ... whose SIP is numbered, acknowledged and sent again

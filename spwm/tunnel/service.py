@@ -1072,7 +1072,7 @@ class AgentTunnelService(ClientService):
         C{prepareConnection}: the attempt is good once the handshake has
         completed.  Stopping the service while it waits closes the tunnel.
         """
-        ready: Deferred[TunnelProtocol] = Deferred(lambda d: protocol.close(0, "agent stopping"))
+        ready: Deferred[TunnelProtocol] = Deferred(lambda d: protocol.close_for_good("agent stopping"))
         self._preparing = protocol
 
         def settle(result: Any) -> None:
@@ -1219,7 +1219,7 @@ class AgentTunnelService(ClientService):
         Close the tunnel with a reason, then stop reconnecting.
         """
         if self.tunnel is not None:
-            self.tunnel.close(0, "agent stopping")
+            self.tunnel.close_for_good("agent stopping")
         return super().stopService()
 
     def reconnect_now(self) -> None:

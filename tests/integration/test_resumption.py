@@ -15,7 +15,7 @@ from twisted.trial.unittest import TestCase
 from spwm.tap import agent, contact
 from spwm.tap.assembly import build_agent, build_contact
 from spwm.testing.certs import TestCA
-from spwm.testing.phone import Phone
+from spwm.testing.phone import CallFailed, Phone
 from tests.integration.test_sip_loopback import free_port
 from tests.integration.test_tunnel_loopback import wait_until
 
@@ -482,6 +482,60 @@ class CipheredDormantResumptionTests(DormantResumptionTests):
     """
 
     extra = ["--resume-window", "1", "--user-ciphering"]
+
+
+class AgentStopTests(_LoopbackPair):
+    """
+    An agent that stops (a restart, an upgrade) says so: the contact
+    point releases its session at once instead of keeping it for the
+    window (10 s here).
+    """
+
+    #: the agent's connections when it stops
+    expected_connections = 1
+
+    def connections(self, agent: Any) -> int:
+        front = agent.paths.front if agent.paths is not None else None
+        return 1 if front is None else len(front.paths)
+
+    @defer.inlineCallbacks
+    def test_callers_answered_at_once(self) -> Any:
+        """
+        alice's agent stops during a call: at once the contact point
+        releases the call's media and keeps her registration dormant, and
+        bob's call to her is answered C{480} (the embedded registrar's
+        answer for a dormant session) within a second, not after the
+        window.
+        """
+        alice, bob, a_call, b_call = yield self.call()
+        a_call.stop_media()
+        b_call.stop_media()
+        agent1 = self.agents[0]
+        session = agent1.tunnel_service.tunnel.session_id
+        yield wait_until(lambda: self.connections(agent1) == self.expected_connections)
+        before = self.contact.media.open_sockets
+        yield agent1.service.stopService()
+        yield wait_until(lambda: self.contact.resumption.dormant == 1, timeout=1)
+        self.assertEqual(self.contact.resumption.status()["suspended"], 0)
+        self.assertEqual(
+            [r.aor for r in self.contact.sip_core.registrations(session)], ["sip:alice@example.test"]
+        )
+        # alice's leg of the call: its relay sockets
+        self.assertEqual(self.contact.media.open_sockets, before - 2)
+        started = reactor.seconds()
+        with self.assertRaises(CallFailed) as failed:
+            yield bob.call("alice")
+        self.assertEqual(str(failed.exception), "INVITE answered 480 Temporarily Unavailable")
+        self.assertLess(reactor.seconds() - started, 1.0)
+
+
+class PathsAgentStopTests(AgentStopTests):
+    """
+    The same with two connections per session.
+    """
+
+    agent_extra = ["--tunnel-connections", "2"]
+    expected_connections = 2
 
 
 class RestartTests(_LoopbackPair):
