@@ -141,6 +141,51 @@ class DialogTableTests(SynchronousTestCase):
         # the dropped call's answer no longer waits for its ACK
         self.assertEqual([d.call_id for _, d in t.unacknowledged(1000.0)], ["o1", "c2", "c3"])
 
+    def test_remote_target(self) -> None:
+        """
+        The target L{DialogTable.offered} for a call's INVITE becomes the
+        target of the dialogs its 2xx makes (for that From-tag only, in
+        that scope only); it survives a 2xx again, a touch and a BYE, and
+        L{DialogTable.retarget} changes it.
+        """
+        t = DialogTable(100.0)
+        t.offered("s", "c", "a", "sip:u@198.51.100.1")
+        t.answered("s", "c", 1, "a", "b", 0.0)
+        t.answered("s", "c", 1, "a", "b", 1.0)
+        t.touch("s", "c", 2.0)
+        t.ending("s", "c", "b", "a", 3.0)
+        self.assertEqual(t.target("s", "c", "b", "a"), "sip:u@198.51.100.1")
+        self.assertIsNone(t.target("s", "c", "a", "x"))
+        self.assertIsNone(t.target("other", "c", "a", "b"))
+        t.retarget("s", "c", "b", "a", "sip:u@198.51.100.2")
+        self.assertEqual(t.target("s", "c", "a", "b"), "sip:u@198.51.100.2")
+        t.retarget("s", "nothing", "a", "b", "sip:u@198.51.100.3")
+        self.assertEqual(len(t), 1)
+        # an INVITE from the other side (another From-tag) has no target here
+        t.offered("s", "d", "a", "sip:u@198.51.100.1")
+        t.answered("s", "d", 1, "z", "b", 0.0)
+        self.assertIsNone(t.target("s", "d", "z", "b"))
+
+    def test_offered_bound(self) -> None:
+        """
+        Past C{offer_limit} INVITEs not answered, the oldest's target is
+        forgotten; a call that ends forgets its own.
+        """
+        t = DialogTable(100.0, offer_limit=2)
+        for n in range(3):
+            t.offered("s", f"c{n}", "a", f"sip:u@198.51.100.{n}")
+        for n in range(3):
+            t.answered("s", f"c{n}", 1, "a", "b", 0.0)
+        self.assertEqual(
+            [t.target("s", f"c{n}", "a", "b") for n in range(3)],
+            [None, "sip:u@198.51.100.1", "sip:u@198.51.100.2"],
+        )
+        self.assertEqual(len(t._offered), 2)
+        t.remove("s", "c1", "a", "b")
+        t.forget("s")
+        self.assertEqual(len(t._offered), 0)
+
+
 
 class FlowOfTests(SynchronousTestCase):
     """

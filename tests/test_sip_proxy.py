@@ -44,7 +44,7 @@ from spwm.sip.actions import (
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.checks import CONGESTED as _CONGESTED
 from spwm.sip.checks import RETRANSMITTED_ANSWERED, RETRANSMITTED_BUNCHED, RETRANSMITTED_CONGESTED, RecentInvites
-from spwm.sip.contact_proxy import ACK_OF_OUR_REFUSAL, UNKNOWN_TOKEN_430, UNKNOWN_TOKEN_REASON, ContactSipProxy
+from spwm.sip.contact_proxy import ACK_OF_OUR_REFUSAL, TARGET_UNREACHABLE, UNKNOWN_TOKEN_430, UNKNOWN_TOKEN_REASON, ContactSipProxy
 from spwm.sip.transport import AgentSipRunner, SipStreamFactory
 from spwm.sip.uri import parse_name_addr
 from spwm.testing.tunnel import FakeTunnel
@@ -2332,6 +2332,17 @@ class StructuredFuzzTests(SynchronousTestCase):
                 self.assertIsInstance(a, kinds)
 
 
+def from_carol(method: str, ruri: str, branch: str = "z9hG4bKext1", **kw: Any) -> bytes:
+    """
+    A request of an operator-side UA, carol at 198.51.100.40 (From-tag
+    C{fc}), to alice (see L{request}).
+    """
+    kw.setdefault("via", f"SIP/2.0/UDP 198.51.100.40:5060;branch={branch}")
+    kw.setdefault("to", "<sip:alice@example.org>")
+    kw.setdefault("call_id", "ext-1")
+    return request(method, ruri, from_="<sip:carol@example.org>;tag=fc", **kw)
+
+
 class EmbeddedFromNetworkTests(SynchronousTestCase):
     """
     With the embedded registrar, an operator-side UA may call a registered
@@ -2348,14 +2359,7 @@ class EmbeddedFromNetworkTests(SynchronousTestCase):
         _, a = w.add_agent("s1")
         w.app(a, FLOW_A, register())
         w.take_app()
-        inv = request(
-            "INVITE",
-            "sip:alice@example.org",
-            via="SIP/2.0/UDP 198.51.100.40:5060;branch=z9hG4bKext1",
-            from_="<sip:carol@example.org>;tag=fc",
-            to="<sip:alice@example.org>",
-            call_id="ext-1",
-        )
+        inv = from_carol("INVITE", "sip:alice@example.org")
         w.network(inv, src=("198.51.100.40", 5060))
         flow, got = w.take_app()
         self.assertEqual((flow, got.uri), (FLOW_A, "sip:alice@192.0.2.10:5062"))
@@ -2381,6 +2385,215 @@ class EmbeddedFromNetworkTests(SynchronousTestCase):
         w.network(register(via_host="198.51.100.40:5060"), src=("198.51.100.40", 5060))
         act, nf = w.take_network()
         self.assertEqual(nf.status, 404)
+
+
+class EmbeddedDialogTests(SynchronousTestCase):
+    """
+    With the embedded registrar, a phone's requests inside a dialog that an
+    operator-side UA set up by calling its address-of-record go to that
+    UA's remote target (its C{Contact}), and only there.
+    """
+
+    CALLER = ("198.51.100.40", 5060)
+    TARGET = "sip:carol@198.51.100.40:5060"
+
+    def setUp(self) -> None:
+        self.w = World()
+        self.key, self.agent = self.w.add_agent("s1")
+        self.w.app(self.agent, FLOW_A, register())
+        self.w.take_app()
+
+    def call(self, contact: str = TARGET, call_id: str = "ext-1") -> list[str]:
+        """
+        The operator-side UA at L{CALLER} calls alice with C{contact}; alice
+        answers 200 and the UA ACKs.
+
+        @return: the phone's route set (the INVITE's Record-Routes).
+        """
+        w = self.w
+        inv = from_carol(
+            "INVITE", "sip:alice@example.org", call_id=call_id, extra=(f"Contact: <{contact}>",)
+        )
+        w.network(inv, src=self.CALLER)
+        _, got = w.take_app()
+        w.app(
+            self.agent,
+            FLOW_A,
+            answer(got.to_bytes(), 200, extra=(("Contact", "<sip:alice@192.0.2.10:5062>"),)),
+        )
+        act, ok = w.take_network()
+        self.assertEqual((act.addr, ok.status), (self.CALLER, 200))
+        routes = ok.get_all("Record-Route")
+        ack = from_carol(
+            "ACK",
+            "sip:alice@192.0.2.10:5062",
+            "z9hG4bKext2",
+            to="<sip:alice@example.org>;tag=tt",
+            call_id=call_id,
+            extra=tuple(f"Route: {r}" for r in reversed(routes)),
+        )
+        w.network(ack, src=self.CALLER)
+        _, got_ack = w.take_app()
+        self.assertEqual(got_ack.method, "ACK")
+        return got.get_all("Record-Route")
+
+    def phone(
+        self,
+        method: str,
+        routes: list[str],
+        ruri: str = TARGET,
+        call_id: str = "ext-1",
+        to_tag: str = "fc",
+        cseq: int = 1,
+        branch: str = "z9hG4bKph1",
+        agent: AgentSipProxy | None = None,
+    ) -> None:
+        """
+        Alice's phone sends C{method} inside the call, along C{routes}.
+        """
+        data = request(
+            method,
+            ruri,
+            via=f"SIP/2.0/UDP 192.0.2.10:5062;branch={branch};rport",
+            from_="<sip:alice@example.org>;tag=tt",
+            to=f"<sip:carol@example.org>;tag={to_tag}",
+            call_id=call_id,
+            cseq=cseq,
+            extra=tuple(f"Route: {r}" for r in routes),
+        )
+        self.w.app(agent or self.agent, FLOW_A, data)
+
+    def test_bye_reaches_the_caller(self) -> None:
+        """
+        The phone's BYE goes to the caller's Contact over UDP with the
+        contact point's Via on top; the caller's 200 comes back to the
+        phone and ends the dialog.
+        """
+        w = self.w
+        routes = self.call()
+        self.phone("BYE", routes, cseq=2)
+        act, bye = w.take_network()
+        self.assertEqual((act.transport, act.addr), ("udp", self.CALLER))
+        self.assertEqual((bye.method, bye.uri, bye.count("Route")), ("BYE", self.TARGET, 0))
+        self.assertTrue(bye.get_all("Via")[0].startswith("SIP/2.0/UDP 203.0.113.5:5060;branch="))
+        w.network(answer(bye.to_bytes(), 200, to_tag=None), src=self.CALLER)
+        flow, ok = w.take_app()
+        self.assertEqual((flow, ok.status, ok.cseq[1]), (FLOW_A, 200, "BYE"))
+        self.assertEqual(w.contact.dialogs("s1"), [])
+        self.assertEqual(w.drops, [])
+
+    def test_reinvite_and_ack(self) -> None:
+        """
+        The phone's re-INVITE (hold) reaches the caller and its 200 comes
+        back; the ACK for that 200 goes to the caller too.  The caller's
+        2xx with a new Contact moves the target: the next request goes
+        there (over TCP, by its C{transport} parameter), and not to the
+        old one.
+        """
+        w = self.w
+        routes = self.call()
+        self.phone("INVITE", routes, cseq=2)
+        act, reinv = w.take_network()
+        self.assertEqual((act.addr, reinv.method), (self.CALLER, "INVITE"))
+        moved = "sip:carol@198.51.100.41:5070;transport=tcp"
+        w.network(
+            answer(reinv.to_bytes(), 200, to_tag=None, extra=(("Contact", f"<{moved}>"),)),
+            src=self.CALLER,
+        )
+        _, ok = w.take_app()
+        self.assertEqual((ok.status, ok.cseq[1]), (200, "INVITE"))
+        self.phone("ACK", routes, ruri=moved, cseq=2, branch="z9hG4bKph2")
+        act, ack = w.take_network()
+        self.assertEqual((act.transport, act.addr, ack.method), ("tcp", ("198.51.100.41", 5070), "ACK"))
+        self.phone("BYE", routes, cseq=3, branch="z9hG4bKph3")
+        _, nf = w.take_app()
+        self.assertEqual(nf.status, 404)
+        self.assertEqual(w.to_network, [])
+
+    def test_refresh_from_the_caller(self) -> None:
+        """
+        The caller's own re-INVITE still reaches the phone, and its new
+        Contact is the target the phone's BYE then goes to.
+        """
+        w = self.w
+        routes = self.call()
+        moved = "sip:carol@198.51.100.42:5080"
+        reinv = from_carol(
+            "INVITE",
+            "sip:alice@192.0.2.10:5062",
+            via="SIP/2.0/UDP 198.51.100.42:5080;branch=z9hG4bKext3",
+            to="<sip:alice@example.org>;tag=tt",
+            cseq=2,
+            extra=(f"Contact: <{moved}>",) + tuple(f"Route: {r}" for r in reversed(routes)),
+        )
+        w.network(reinv, src=("198.51.100.42", 5080))
+        _, got = w.take_app()
+        self.assertEqual((got.method, got.cseq[0]), ("INVITE", 2))
+        w.app(self.agent, FLOW_A, answer(got.to_bytes(), 200))
+        act, ok = w.take_network()
+        self.assertEqual((act.addr, ok.status), (("198.51.100.42", 5080), 200))
+        self.phone("BYE", routes, ruri=moved, cseq=2)
+        act, bye = w.take_network()
+        self.assertEqual((act.addr, bye.method), (("198.51.100.42", 5080), "BYE"))
+
+    def test_forged_requests_refused(self) -> None:
+        """
+        Nothing goes to the network for an in-dialog request whose dialog
+        the contact point did not record (another Call-ID or tag), whose
+        Request-URI is not the dialog's remote target, or that comes from
+        another tunnel: 404 in the tunnel, as before.
+        """
+        w = self.w
+        routes = self.call()
+        _, other = w.add_agent("s2")
+        other.flows.use(FLOW_A, w.now)
+        cases: list[dict[str, Any]] = [
+            {"call_id": "invented"},
+            {"to_tag": "invented"},
+            {"ruri": "sip:carol@198.51.100.99:5060"},
+            {"ruri": "sip:carol@198.51.100.40:5061"},
+            # the other agent's phone, with the contact point's Route only
+            # (the first agent's Record-Route means nothing to it)
+            {"agent": other, "routes": [r for r in routes if "203.0.113.5" in r]},
+        ]
+        for kw in cases:
+            self.phone("BYE", **{"routes": routes, **kw})
+            _, nf = w.take_app()
+            self.assertEqual((nf.status, nf.reason), (404, "Not Found"), kw)
+            self.assertEqual(w.to_network, [], kw)
+
+    def test_target_by_name_refused(self) -> None:
+        """
+        A remote target with a host name (or TLS) is not sent to: the
+        phone's request gets 404 naming why, and nothing is sent.
+        """
+        w = self.w
+        target = "sip:carol@ua.example.org:5060"
+        routes = self.call(target)
+        self.phone("BYE", routes, ruri=target)
+        _, nf = w.take_app()
+        self.assertEqual(
+            (nf.status, nf.reason), (404, f"Not Found: remote target {target} is not an IP address")
+        )
+        self.assertEqual(w.to_network, [])
+        self.assertEqual(w.contact.counters[TARGET_UNREACHABLE], 1)
+
+    def test_not_with_an_operator_proxy(self) -> None:
+        """
+        With an operator proxy, in-dialog requests go to it as before,
+        whatever their Request-URI.
+        """
+        w = World(operator=OPERATOR)
+        key, agent = w.add_agent("s1")
+        token = FlowTokenCodec(SECRET).encode(KIND_ROUTE, "s1", 1)
+        data = request(
+            "BYE",
+            self.TARGET,
+            to="<sip:carol@example.org>;tag=fc",
+            extra=(f"Route: <sip:{token}@203.0.113.5:5060;lr>",),
+        )
+        out = only(w.contact.from_tunnel(key, "s1", 1, data, w.now), ToNetwork)
+        self.assertEqual(out.addr, ("198.51.100.7", 5060))
 
 
 class PassThroughTests(SynchronousTestCase):

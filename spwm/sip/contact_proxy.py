@@ -14,6 +14,11 @@ flow token.  It does no I/O or logging: each method returns a list of
 actions (L{spwm.sip.actions}) for the runner
 (L{spwm.sip.transport.ContactSipRunner}).
 
+With the embedded registrar, the one request from a tunnel that goes
+elsewhere is one inside a dialog with a party on the operator network,
+addressed to the remote target that party gave (its C{Contact}, recorded in
+the dialog table): it goes to that address (L{ContactSipProxy._dialog_hop}).
+
 With the embedded registrar, a message the contact point sends to its own
 address (the registrar's answer, a response whose next C{Via} is ours
 again) I{spirals}: it is handled as if it came from the network, in the
@@ -22,6 +27,7 @@ same call, by a loop over the actions (no re-entrant call).
 
 from __future__ import annotations
 
+import ipaddress
 from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
 
 from attrs import frozen
@@ -57,7 +63,7 @@ from spwm.sip.dialogs import UNACKNOWLEDGED, Dialog, DialogTable, MovedLegs
 from spwm.sip.errors import SipParseError
 from spwm.sip.flows import KIND_CONTACT, KIND_ROUTE, KIND_VIA, FlowToken, FlowTokenCodec
 from spwm.sip.message import SipMessage, make_response, parse_message
-from spwm.sip.names import ProxyNames
+from spwm.sip.names import ProxyNames, normalize_host
 from spwm.sip.nexthop import ProxyPool, proxy_text
 from spwm.sip.registrations import ContactRegistrations, Registration
 from spwm.sip.rewrite import (
@@ -73,7 +79,7 @@ from spwm.sip.rewrite import (
     top_route,
     via_destination,
 )
-from spwm.sip.uri import NameAddr, SipUri, Via, parse_uri, parse_via
+from spwm.sip.uri import NameAddr, SipUri, Via, parse_name_addr, parse_uri, parse_via
 
 if TYPE_CHECKING:
     from spwm.sip.registrar import EmbeddedRegistrar
@@ -112,12 +118,59 @@ UNKNOWN_TOKEN_430 = "430 for a flow token unknown to this process"
 #: hop that answered), not logged as drops.
 ACK_OF_OUR_REFUSAL = "ACK of our refusal"
 
+#: The counter of in-dialog requests from a tunnel, with the embedded
+#: registrar, for a dialog's remote target on the network side that the
+#: contact point cannot send to (a host name, or a transport other than UDP
+#: and TCP): answered C{404} in the tunnel.
+TARGET_UNREACHABLE = "remote target not reachable from here"
+
+#: The methods whose C{Contact} sets or refreshes a dialog's remote target
+#: (RFC 3261 12.1.1, 12.2: INVITE; RFC 3311 5.1: UPDATE).
+_TARGET_METHODS = ("INVITE", "UPDATE")
+
 
 def never_congested(tunnel_key: TunnelKey) -> bool:
     """
     The default C{congested} input: no tunnel is ever congested.
     """
     return False
+
+
+def _contact_target(msg: SipMessage) -> str | None:
+    """
+    @return: the URI of the first C{Contact} of C{msg} (a remote target,
+        RFC 3261 12.1), or C{None} when there is none or it does not parse.
+    """
+    value = msg.get("Contact")
+    if value is None:
+        return None
+    try:
+        return str(parse_name_addr(value).uri)
+    except SipParseError:
+        return None
+
+
+def _uri_key(uri: SipUri) -> tuple[Any, ...]:
+    """
+    @return: what two URIs that name the same target have alike (RFC 3261
+        19.1.4, in short): scheme, user and password as written, host in
+        its compared form, port, parameters with names and values
+        lower-cased in any order; headers aside.
+    """
+    params = frozenset((k.lower(), None if v is None else v.lower()) for k, v in uri.params)
+    return (uri.scheme, uri.user, uri.password, normalize_host(uri.host), uri.port, params)
+
+
+def _same_target(target: str, ruri: str) -> bool:
+    """
+    @return: whether the Request-URI C{ruri} is the remote target C{target}.
+    """
+    if target == ruri:
+        return True
+    try:
+        return _uri_key(parse_uri(target)) == _uri_key(parse_uri(ruri))
+    except SipParseError:
+        return False
 
 
 @frozen
@@ -498,12 +551,21 @@ class ContactSipProxy:
         if method == "BYE":
             self._dialogs.ending(session, call_id, msg.from_tag, msg.to_tag, now)
         operator = self.operator
-        if operator is None:
-            transport = "udp"
-            dest = self.address
-        else:
+        hop = None
+        if operator is not None:
             transport = operator.transport.lower()
             dest = (operator.host, operator.port)
+        else:
+            hop = self._dialog_hop(session, msg)
+            if isinstance(hop, str):
+                self._arm(now)
+                if method == "ACK":
+                    return [self.counters.drop(f"ACK to {msg.uri}: {hop}", TARGET_UNREACHABLE)]
+                return [
+                    ToTunnel(key, fid, make_response(msg, 404, "Not Found: " + hop).to_bytes()),
+                    self.counters.refuse(f"{method} to {msg.uri} answered 404: {hop}", TARGET_UNREACHABLE),
+                ]
+            transport, dest = hop or ("udp", self.address)
         msg.prepend_header("Via", self._via(transport, branch))
         data = msg.to_bytes()
         if transport == "udp" and len(data) > UDP_SIZE_LIMIT:
@@ -511,10 +573,62 @@ class ContactSipProxy:
             msg.replace_first_value("Via", self._via(transport, branch))
             data = msg.to_bytes()
         self._arm(now)
-        if self.registrar is not None and operator is None:
+        if self.registrar is not None and operator is None and hop is None:
             # the embedded registrar answers at once, as from the network
             return [_Spiral("udp", reply.to_bytes()) for reply in self.registrar.handle_request(msg, now)]
         return [ToNetwork(transport, dest, data)]
+
+    def _dialog_hop(self, session: str, msg: SipMessage) -> tuple[str, tuple[str, int]] | str | None:
+        """
+        Where a request from a tunnel goes, with the embedded registrar,
+        when it is inside a dialog of C{session} with a party on the
+        network side and its Request-URI is that party's remote target as
+        recorded (L{DialogTable.target}), with no C{Route} left: the
+        target's IP address and port, over UDP (or TCP by its C{transport}
+        parameter).  The registrar would look the Request-URI up as an
+        address-of-record.  Only a recorded target is sent to: a tunnel
+        cannot make the contact point send requests anywhere else.
+
+        @return: C{(transport, (host, port))}; C{None} when the request is
+            not such a request (the registrar takes it); the reason why
+            the target cannot be sent to from here.
+        """
+        if self.registrar is None or msg.to_tag is None or msg.has("Route"):
+            return None
+        target = self._dialogs.target(session, msg.call_id, msg.from_tag, msg.to_tag)
+        if target is None or not _same_target(target, msg.uri or ""):
+            return None
+        uri = parse_uri(target)
+        transport = (uri.param("transport") or "udp").lower()
+        if uri.scheme != "sip" or transport not in ("udp", "tcp"):
+            return f"remote target {target} needs a transport other than UDP and TCP"
+        try:
+            host = str(ipaddress.ip_address(uri.host))
+        except ValueError:
+            return f"remote target {target} is not an IP address"
+        dest = (host, uri.port or 5060)
+        if self._is_our_addr(dest):
+            return None  # ourselves: the registrar's spiral routes it
+        return transport, dest
+
+    def _remember_target(self, session: str, msg: SipMessage) -> None:
+        """
+        Record the remote target that a request from a party on the network
+        side (not a spiral) names in its C{Contact}: the target of the
+        dialogs its INVITE makes, or a target refresh of an established
+        dialog.  Only with the embedded registrar (L{_dialog_hop}).
+        """
+        method = msg.method or msg.cseq[1]
+        if self.registrar is None or self.proxies is not None or method not in _TARGET_METHODS:
+            return
+        target = _contact_target(msg)
+        if target is None:
+            return
+        if msg.to_tag is None:
+            if method == "INVITE":
+                self._dialogs.offered(session, msg.call_id, msg.from_tag, target)
+        else:
+            self._dialogs.retarget(session, msg.call_id, msg.from_tag, msg.to_tag, target)
 
     def _tunnel_response(
         self, key: TunnelKey, session: str, msg: SipMessage, now: float
@@ -649,9 +763,9 @@ class ContactSipProxy:
             )
         if msg.is_request:
             return self._network_request(transport, src, msg, now, congested)
-        return list(self._network_response(msg, now))
+        return list(self._network_response(src, msg, now))
 
-    def _network_response(self, msg: SipMessage, now: float) -> list[Action]:
+    def _network_response(self, src: tuple[str, int], msg: SipMessage, now: float) -> list[Action]:
         top = msg.top_via
         pool = self.proxies
         if pool is not None and pool.probing and top is not None:
@@ -683,6 +797,9 @@ class ContactSipProxy:
         fid = tok.flow_id
         leg = self._moved.leg(msg.call_id, msg.cseq[0], (tok.session_id, fid), fid, status >= 200)
         self._track_response(key, tok.session_id, leg, msg, now)
+        if 200 <= status < 300 and msg.to_tag is not None and not self._is_our_addr(src):
+            # the network side's 2xx to a target refresh from the tunnel
+            self._remember_target(tok.session_id, msg)
         show_media(self.media_hook, key, leg, msg, True)
         return [ToTunnel(key, fid, msg.to_bytes()), *events]
 
@@ -822,6 +939,8 @@ class ContactSipProxy:
         if method == "BYE":
             self._dialogs.ending(tok.session_id, call_id, msg.from_tag, msg.to_tag, now)
             self._arm(now)
+        if not self._is_our_addr(src):
+            self._remember_target(tok.session_id, msg)
         return [ToTunnel(key, tok.flow_id, msg.to_bytes())]
 
     def _not_ours(

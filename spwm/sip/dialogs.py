@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Hashable, Iterator
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 __all__ = ["ACK_WAIT", "BYE_WAIT", "UNACKNOWLEDGED", "Dialog", "DialogTable", "MovedLegs"]
 
@@ -43,6 +43,11 @@ _Call = tuple[str, frozenset[str | None]]
 class Dialog:
     """
     An INVITE dialog established through a tunnel (one per to-tag when forked).
+
+    @ivar target: the remote target of the party on the network side (RFC
+        3261 12.2.1.1: the URI of its C{Contact}, from its INVITE, its 2xx
+        or its target refreshes), when the core records it (the contact
+        point with the embedded registrar), else C{None}.
     """
 
     call_id: str
@@ -50,6 +55,7 @@ class Dialog:
     to_tag: str | None
     flow_id: int
     expires: float
+    target: str | None = None
 
 
 def _same(dialog: Dialog, tags: set[str | None]) -> bool:
@@ -73,15 +79,25 @@ class DialogTable:
         piles up dialogs whose BYE never came loses its own oldest, not
         another scope's).  C{None}: no limit.
     @ivar dropped: calls dropped so far by either bound.
+    @ivar offer_limit: at most this many remote targets of INVITEs not yet
+        answered are kept (L{offered}); past it the oldest goes.
     """
 
     def __init__(
-        self, lifetime: float, limit: int | None = None, scope_limit: int | None = None
+        self,
+        lifetime: float,
+        limit: int | None = None,
+        scope_limit: int | None = None,
+        offer_limit: int = 4096,
     ) -> None:
         self.lifetime = lifetime
         self.limit = limit
         self.scope_limit = scope_limit
+        self.offer_limit = offer_limit
         self.dropped = 0
+        # (scope, call id) -> the From-tag and remote target of the new
+        # INVITE that came from the network side (L{offered}), oldest first
+        self._offered: dict[tuple[Hashable, str], tuple[str | None, str]] = {}
         # (scope, call id) -> its dialogs; ordered by last answer (the
         # bound's eviction order)
         self._calls: dict[tuple[Hashable, str], list[Dialog]] = {}
@@ -118,11 +134,18 @@ class DialogTable:
     ) -> None:
         """
         A 2xx answered an INVITE: the dialog of these tags is established
-        (again) on C{flow_id} and lives for L{lifetime} from C{now}.
+        (again) on C{flow_id} and lives for L{lifetime} from C{now}.  Its
+        remote target on the network side stays what it was, or is the
+        one L{offered} for the INVITE of this call and From-tag.
         """
         key = (scope, call_id)
         tags = {from_tag, to_tag}
         old = self._calls.pop(key, [])
+        target = next((d.target for d in old if _same(d, tags)), None)
+        if target is None:
+            offer = self._offered.get(key)
+            if offer is not None and offer[0] == from_tag:
+                target = offer[1]
         # one per tags and flow: two phones behind one agent calling each
         # other are two legs of one dialog in one session
         dialogs = [d for d in old if not (_same(d, tags) and d.flow_id == flow_id)]
@@ -130,7 +153,7 @@ class DialogTable:
             # new: its ACK is awaited (a 2xx retransmission or a
             # re-INVITE's 2xx leaves the first answer's state)
             self._unacked.setdefault((call_id, frozenset(tags)), (now, set()))[1].add(scope)
-        dialogs.append(Dialog(call_id, from_tag, to_tag, flow_id, now + self.lifetime))
+        dialogs.append(Dialog(call_id, from_tag, to_tag, flow_id, now + self.lifetime, target))
         self._count += len(dialogs) - len(old)
         self._calls[key] = dialogs
         calls = self._scopes.setdefault(scope, {})
@@ -279,11 +302,49 @@ class DialogTable:
         if dialogs:
             expires = now + self.lifetime
             self._calls[key] = [
-                Dialog(d.call_id, d.from_tag, d.to_tag, d.flow_id, expires)
-                if flow_id is None or d.flow_id == flow_id
-                else d
+                evolve(d, expires=expires) if flow_id is None or d.flow_id == flow_id else d
                 for d in dialogs
             ]
+
+    def offered(self, scope: Hashable, call_id: str, from_tag: str | None, target: str) -> None:
+        """
+        A new INVITE from the network side went into C{scope}: the dialogs
+        its 2xx establishes (L{answered}) have C{target} as their remote
+        target on that side.
+        """
+        offered = self._offered
+        key = (scope, call_id)
+        offered.pop(key, None)
+        offered[key] = (from_tag, target)
+        if len(offered) > self.offer_limit:
+            del offered[next(iter(offered))]
+
+    def retarget(
+        self, scope: Hashable, call_id: str, from_tag: str | None, to_tag: str | None, target: str
+    ) -> None:
+        """
+        A target refresh (a re-INVITE or UPDATE from the network side, or
+        the network side's 2xx to one) changed the remote target of the
+        established dialog of these tags, if there is one, to C{target}.
+        """
+        key = (scope, call_id)
+        dialogs = self._calls.get(key)
+        if dialogs:
+            tags = {from_tag, to_tag}
+            self._calls[key] = [evolve(d, target=target) if _same(d, tags) else d for d in dialogs]
+
+    def target(
+        self, scope: Hashable, call_id: str, from_tag: str | None, to_tag: str | None
+    ) -> str | None:
+        """
+        @return: the remote target on the network side of the established
+            dialog of these tags in C{scope}, or C{None}.
+        """
+        tags = {from_tag, to_tag}
+        for d in self._calls.get((scope, call_id), ()):
+            if _same(d, tags) and d.target is not None:
+                return d.target
+        return None
 
     def ending(
         self, scope: Hashable, call_id: str, from_tag: str | None, to_tag: str | None, now: float
@@ -300,8 +361,7 @@ class DialogTable:
         tags = {from_tag, to_tag}
         until = now + BYE_WAIT
         self._calls[key] = [
-            Dialog(d.call_id, d.from_tag, d.to_tag, d.flow_id, min(d.expires, until)) if _same(d, tags) else d
-            for d in dialogs
+            evolve(d, expires=min(d.expires, until)) if _same(d, tags) else d for d in dialogs
         ]
 
     def expire(self, now: float) -> None:
@@ -337,6 +397,7 @@ class DialogTable:
 
     def _drop(self, key: tuple[Hashable, str]) -> None:
         dialogs = self._calls.pop(key)
+        self._offered.pop(key, None)
         self._count -= len(dialogs)
         scope, call_id = key
         if self._unacked:

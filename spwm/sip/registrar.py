@@ -5,7 +5,10 @@ The contact point's embedded registrar and location proxy (sans-I/O).
 With no operator proxy configured, the contact point hands every request it
 would send to the operator network to L{EmbeddedRegistrar.handle_request}
 and feeds what comes back into its own network input, as if the registrar
-were a peer on the operator network:
+were a peer on the operator network (except a request inside a dialog with
+an operator-side UA, for that UA's recorded remote target, which the
+contact point sends there itself: see
+L{spwm.sip.contact_proxy.ContactSipProxy}):
 
   - C{REGISTER} (no authentication) stores the bindings of an
     address-of-record with their C{Path} and expiry and is answered
