@@ -19,6 +19,7 @@ from spwm.media.manager import (
     PENDING_TIMEOUT,
     UNANSWERED_TIMEOUT,
     MediaManager,
+    _cdr_summary,
     _codecs,
     first_codec,
 )
@@ -934,6 +935,81 @@ class ReofferTests(SynchronousTestCase):
         self._both_ways(reactor, 6000)
         rtp, _ = contact.stream_endpoints(c_end.session_id, key, 0)
         self.assertEqual(rtp.dropped_source, 0)
+
+
+class ReaddedStreamRecordTests(SynchronousTestCase):
+    """
+    The call detail record of a call whose stream was removed (port 0,
+    applied by its 2xx) and added again on new relay ports: it shows the
+    stream over both incarnations.
+    """
+
+    def setUp(self) -> None:
+        from spwm.media import relay
+
+        self.reactor, self.agent, self.a_end, self.contact, self.c_end = ReofferTests()._call()
+        self.patch(relay, "_monotonic", self.reactor.seconds)
+        self.version = 1
+
+    def _reoffer(self, operator_port: int, phone_port: int, cseq: int) -> tuple[int, int]:
+        """
+        The operator side re-offers audio on C{operator_port}; the phone
+        accepts (200) with C{phone_port} (0: removes it).
+
+        @return: the relay ports: the agent's towards the phone, the
+            contact point's towards the operator side (0: none).
+        """
+        key = (cseq, "INVITE")
+        self.version += 1
+        offer = _sdp(OPERATOR, ("audio", operator_port, ""), version=self.version)
+        self.contact.sdp_into_tunnel(self.c_end, DIALOG, "application/sdp", offer, offer=key)
+        to_phone = self.agent.sdp_out_of_tunnel(self.a_end, DIALOG, "application/sdp", offer, offer=key)
+        self.agent.offer_settled(self.a_end, DIALOG, False, key, True)
+        self.contact.offer_settled(self.c_end, DIALOG, True, key, True)
+        answer = _sdp(PHONE, ("audio", phone_port, ""), version=self.version)
+        self.agent.sdp_into_tunnel(self.a_end, DIALOG, "application/sdp", answer)
+        to_operator = self.contact.sdp_out_of_tunnel(self.c_end, DIALOG, "application/sdp", answer)
+        return parse_sdp(to_phone).media[0].port, parse_sdp(to_operator).media[0].port
+
+    def _talk(self, ports: tuple[int, int], phone_seqs: range, operator_seqs: range) -> None:
+        """
+        RTP both ways, 20 ms apart: the phone's from its port 4000, the
+        operator side's from its port 6000 (SSRC 9).
+        """
+        from .test_media_quality import rtp
+
+        phone = self.reactor.udp[AGENT_ADDR, ports[0]]
+        far = self.reactor.udp[CONTACT_ADDR, ports[1]]
+        for up, down in zip(phone_seqs, operator_seqs):
+            phone.receive(rtp(up, up * 160), (PHONE, 4000))
+            far.receive(rtp(down, down * 160, ssrc=9), (OPERATOR, 6000))
+            self.reactor.advance(0.02)
+
+    def _records(self) -> tuple[dict, dict]:
+        self.agent.dialog_ended(self.a_end, DIALOG)
+        self.contact.dialog_ended(self.c_end, DIALOG)
+        ((a_record,), (c_record,)) = (self.agent.cdrs, self.contact.cdrs)
+        return a_record, c_record
+
+    def test_incarnations_summed(self) -> None:
+        """
+        Audio removed by a 200 with port 0 and added again 5 s later: each
+        half's record counts the packets and relay counters of both
+        incarnations, on each leg.
+        """
+        self._talk((20000, 30000), range(1, 51), range(1000, 1050))
+        self.assertEqual(self._reoffer(6000, 0, 2)[1], 0)
+        self.reactor.advance(5)
+        ports = self._reoffer(6000, 4000, 3)
+        self.assertNotEqual(ports[1], 0)
+        self._talk(ports, range(51, 81), range(1300, 1330))
+        a_record, c_record = self._records()
+        for record, legs in ((a_record, ("lan", "tunnel")), (c_record, ("tunnel", "operator"))):
+            (stream,) = record["streams"]
+            self.assertEqual([stream["legs"][leg]["packets"] for leg in legs], [80, 80], record["side"])
+            self.assertEqual([stream["legs"][leg]["lost"] for leg in legs], [0, 0], record["side"])
+            self.assertEqual((stream["relay"]["packets_in"], stream["relay"]["packets_out"]), (80, 80))
+        self.assertTrue(_cdr_summary(a_record).startswith("stream 0: lan 80 pkts lost 0"), _cdr_summary(a_record))
 
 
 class SuspendedSessionTests(SynchronousTestCase):

@@ -17,6 +17,7 @@ from spwm.media.quality import (
     clock_rate,
     delay_impairment,
     emodel,
+    merge_snapshots,
     mos_from_r,
     ntp_middle,
     parse_rtcp,
@@ -492,6 +493,42 @@ class StreamQualityTests(SynchronousTestCase):
         quality = StreamQuality("contact")
         quality.tunnel.received(b"\x80\xc9\x00\x05" + b"\x00" * 4, 1.0)
         self.assertEqual((quality.tunnel.rtcp_packets, quality.tunnel.rtcp_errors), (1, 1))
+
+
+class MergeSnapshotsTests(SynchronousTestCase):
+    """
+    L{merge_snapshots}: one stream's figures over its incarnations.
+    """
+
+    def test_merge(self) -> None:
+        """
+        Counts add up, jitter and transit are the worst, the MOS per
+        direction the lowest rated, RTCP and codec the latest known; a
+        first incarnation is its own snapshot.
+        """
+        first = StreamQuality("agent", "PCMU/8000", tunnel_rtt=lambda: 0.040, late_dropped=lambda: 2)
+        feed(first.local, [n for n in range(100) if n != 50])
+        feed(first.tunnel, list(range(100)))
+        first.tunnel.received(sr(7, 1, 2), 10.0)
+        second = StreamQuality("agent", "PCMA/8000", tunnel_rtt=lambda: 0.020, late_dropped=lambda: None)
+        feed(second.local, list(range(1000, 1030)))
+        for n, seq in enumerate(range(30)):
+            # 5 ms of jitter steps on the tunnel leg
+            second.tunnel.received(rtp(seq, seq * 160), 200.0 + n * 0.020 + (0.005 if n % 2 else 0.0))
+        a, b = first.snapshot(), second.snapshot()
+        self.assertIs(merge_snapshots(None, a), a)
+        merged = merge_snapshots(a, b)
+        self.assertEqual(merged["codec"], "PCMA/8000")
+        self.assertIsNone(merged["legs"]["operator"])
+        lan, tunnel = merged["legs"]["lan"], merged["legs"]["tunnel"]
+        self.assertEqual((lan["packets"], lan["expected"], lan["lost"]), (129, 130, 1))
+        self.assertEqual((tunnel["packets"], tunnel["bytes"]), (130, a["legs"]["tunnel"]["bytes"] + b["legs"]["tunnel"]["bytes"]))
+        self.assertEqual(tunnel["jitter_ms"], max(a["legs"]["tunnel"]["jitter_ms"], b["legs"]["tunnel"]["jitter_ms"]))
+        self.assertGreater(tunnel["jitter_ms"], a["legs"]["tunnel"]["jitter_ms"])
+        self.assertEqual((tunnel["transit_ms"], tunnel["late_dropped"]), (20.0, 2))
+        self.assertEqual(tunnel["rtcp"], a["legs"]["tunnel"]["rtcp"])
+        for which in ("up", "down"):
+            self.assertEqual(merged["mos"][which], min(a["mos"][which], b["mos"][which]))
 
 
 class RealClientTests(SynchronousTestCase):

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from spwm.addr import hostport
 from spwm.logthrottle import Every, PowersOfTwo, ThrottledLog
 from spwm.media.ports import PortAllocator, PortsExhaustedError
-from spwm.media.quality import StreamQuality
+from spwm.media.quality import StreamQuality, merge_snapshots
 from spwm.media.reader import TwistedRelaySockets
 from spwm.media.relay import (
     DEFAULT_RECEIVE_BUFFER,
@@ -308,7 +308,8 @@ class _Dialog:
         self.answered_at: float | None = None
         self.codec: dict[bool, str | None] = {}
         self.history: dict[int, dict[str, int]] = {}
-        # the quality snapshot of each stream, taken when it was released
+        # the quality snapshot of each stream index, taken when it was
+        # released, over its incarnations (removed and added again)
         self.quality: dict[int, dict[str, Any]] = {}
         # (From URI, To URI) of the call, when the SIP core told us
         self.parties: tuple[str, str] | None = None
@@ -2223,7 +2224,9 @@ class MediaManager:
     ) -> None:
         """
         Give the means of a stream up: close (or forget) its channel,
-        unbind its sockets, close its TCP endpoint, free its ports.
+        unbind its sockets, close its TCP endpoint, free its ports. Its
+        figures go to the call detail record, added to those of its
+        index's earlier incarnations (L{merge_snapshots}).
 
         @param tell_leg: the release is the executor's own (the
             negotiation is told); C{False}: the negotiation asked for it.
@@ -2241,10 +2244,8 @@ class MediaManager:
             )
         _add_traffic(self._released, stream)
         if stream.rtp is not None:
-            dialog.quality[index] = stream.quality.snapshot()
-            history = dialog.history.get(index)
-            if history is None:
-                history = dialog.history[index] = dict.fromkeys(_CALL_COUNTERS, 0)
+            dialog.quality[index] = merge_snapshots(dialog.quality.get(index), stream.quality.snapshot())
+            history = dialog.history.setdefault(index, dict.fromkeys(_CALL_COUNTERS, 0))
             _stream_traffic(stream, history)
         if stream.channel_id is not None:
             if close:

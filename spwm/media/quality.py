@@ -834,3 +834,55 @@ class StreamQuality:
             "mos": {"up": self.mos("up", transit), "down": self.mos("down", transit)},
             "codec": self.codec,
         }
+
+
+#: Leg figures that add up over the incarnations of a stream.
+_SUMMED = ("packets", "bytes", "expected", "lost", "reordered", "duplicates", "restarts")
+
+
+def _worst(a: float | None, b: float | None, pick: Callable[[float, float], float]) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else pick(a, b)
+
+
+def _merge_leg(earlier: dict[str, Any] | None, later: dict[str, Any] | None) -> dict[str, Any] | None:
+    if earlier is None or later is None:
+        return later if earlier is None else earlier
+    merged = dict(later)
+    for name in _SUMMED:
+        merged[name] = earlier[name] + later[name]
+    merged["jitter_ms"] = max(earlier["jitter_ms"], later["jitter_ms"])
+    merged["transit_ms"] = _worst(earlier["transit_ms"], later["transit_ms"], max)
+    late = [n for n in (earlier["late_dropped"], later["late_dropped"]) if n is not None]
+    merged["late_dropped"] = sum(late) if late else None
+    if later["rtcp"] is None:
+        merged["rtcp"] = earlier["rtcp"]
+    return merged
+
+
+def merge_snapshots(earlier: dict[str, Any] | None, later: dict[str, Any]) -> dict[str, Any]:
+    """
+    The figures of a stream over its incarnations: a stream removed from
+    a call (port 0) and added again has a new L{StreamQuality} (new relay
+    ports, its own sequence numbers); the call detail record shows them
+    as one.
+
+    Per leg the counts (C{packets}, C{bytes}, C{expected}, C{lost},
+    C{reordered}, C{duplicates}, C{restarts}, C{late_dropped}) are
+    summed; C{jitter_ms} and C{transit_ms} are the worst (largest)
+    incarnation's, C{rtcp} the last one seen. Per direction the MOS is
+    the worst (lowest) rated incarnation's, as the call's is its worst
+    stream's. The codec is the latest one.
+
+    @param earlier: the snapshot of the earlier incarnations, or
+        C{None} (the first).
+    @param later: L{StreamQuality.snapshot} of the incarnation that ends.
+    """
+    if earlier is None:
+        return later
+    return {
+        "legs": {name: _merge_leg(earlier["legs"].get(name), leg) for name, leg in later["legs"].items()},
+        "mos": {which: _worst(earlier["mos"][which], later["mos"][which], min) for which in ("up", "down")},
+        "codec": later["codec"] or earlier["codec"],
+    }
