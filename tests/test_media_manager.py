@@ -941,7 +941,8 @@ class ReaddedStreamRecordTests(SynchronousTestCase):
     """
     The call detail record of a call whose stream was removed (port 0,
     applied by its 2xx) and added again on new relay ports: it shows the
-    stream over both incarnations.
+    stream over both incarnations, and an endpoint's report about the
+    gap is not taken for loss.
     """
 
     def setUp(self) -> None:
@@ -1010,6 +1011,28 @@ class ReaddedStreamRecordTests(SynchronousTestCase):
             self.assertEqual([stream["legs"][leg]["lost"] for leg in legs], [0, 0], record["side"])
             self.assertEqual((stream["relay"]["packets_in"], stream["relay"]["packets_out"]), (80, 80))
         self.assertTrue(_cdr_summary(a_record).startswith("stream 0: lan 80 pkts lost 0"), _cdr_summary(a_record))
+
+    def test_report_about_the_gap_is_not_loss(self) -> None:
+        """
+        The operator side goes on numbering its RTP while the audio is
+        removed (its packets reach no relay), and the phone's first report
+        after the audio is added again covers that gap: half of the
+        interval "lost". Neither half rates the down direction by it
+        (before: MOS down about 1.5 with no packet lost on any leg).
+        """
+        from .test_media_quality import report_block, rr
+
+        self._talk((20000, 30000), range(1, 51), range(1000, 1050))
+        self._reoffer(6000, 0, 2)
+        self.reactor.advance(5)
+        ports = self._reoffer(6000, 4000, 3)
+        self._talk(ports, range(51, 301), range(1300, 1550))
+        phone_rtcp = self.reactor.udp[AGENT_ADDR, ports[0] + 1]
+        phone_rtcp.receive(rr(0x1234, [report_block(9, 128, 250, 1549, 8, 0, 0)]), (PHONE, 4001))
+        a_record, c_record = self._records()
+        for record in (a_record, c_record):
+            self.assertGreater(record["mos"]["down"], 4.3, record["side"])
+            self.assertEqual(record["streams"][0]["mos"], record["mos"])
 
 
 class SuspendedSessionTests(SynchronousTestCase):

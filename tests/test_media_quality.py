@@ -489,6 +489,23 @@ class StreamQualityTests(SynchronousTestCase):
         assert down is not None
         self.assertEqual(snap["mos"]["down"], round(down[1], 2))
 
+    def test_readded_first_report_not_loss(self) -> None:
+        """
+        A re-added stream: the phone's first report block about a source
+        (its interval began before this incarnation) is shown but not
+        taken for the MOS; its next one is.
+        """
+        quality = StreamQuality("agent", "PCMU/8000", readded=True)
+        feed(quality.local, list(range(50)))
+        feed(quality.tunnel, list(range(50)))
+        quality.local.received(rr(8, [report_block(7, 128, 250, 300, 16, 0, 0)]), 10.0)
+        self.assertEqual(quality.snapshot()["legs"]["lan"]["rtcp"]["rr"][0]["fraction_lost"], 0.5)
+        self.assertEqual(quality.mos("down"), quality.mos("up"))
+        quality.local.received(rr(8, [report_block(7, 26, 253, 350, 16, 0, 0)]), 15.0)
+        down = emodel("PCMU/8000", 26 / 256, 40.0)
+        assert down is not None
+        self.assertEqual(quality.mos("down"), round(down[1], 2))
+
     def test_rtcp_errors_counted(self) -> None:
         quality = StreamQuality("contact")
         quality.tunnel.received(b"\x80\xc9\x00\x05" + b"\x00" * 4, 1.0)

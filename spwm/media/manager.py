@@ -1774,6 +1774,9 @@ class MediaManager:
         stream = dialog.streams[index] = _Stream(
             tunnel, tunnel.session_id, dialog_key, index, dialog.leg.streams[index], now, self.side
         )
+        # an earlier incarnation of the index was recorded: the stream was
+        # removed and is added again
+        stream.quality.readded = index in dialog.quality
         stream.quality.set_codec(dialog.codec.get(False) or dialog.codec.get(True))
         if self.hep is not None:
             stream.quality.on_report = lambda leg, packets: self._hep_rtcp(stream, leg, packets)

@@ -593,11 +593,15 @@ class _Rtcp:
     The last RTCP figures seen on one leg.
     """
 
-    __slots__ = ("sr", "rr", "xr", "rtt_ms", "sr_arrivals")
+    __slots__ = ("sr", "rr", "rr_for_loss", "reported", "xr", "rtt_ms", "sr_arrivals")
 
     def __init__(self) -> None:
         self.sr: dict[str, Any] | None = None
         self.rr: list[dict[str, Any]] | None = None
+        # the last report blocks whose interval lies within this stream's
+        # life (the loss the MOS takes), and the sources reported on so far
+        self.rr_for_loss: list[dict[str, Any]] | None = None
+        self.reported: set[int] = set()
         self.xr: dict[str, Any] | None = None
         self.rtt_ms: float | None = None
         # NTP middle 32 bits of the SRs that arrived on this leg -> when
@@ -643,6 +647,13 @@ class StreamQuality:
         C{None}); read for the snapshot only.
     @ivar late_dropped: returns the stream's datagrams dropped by the
         tunnel's media deadline (or C{None}: not counted per stream).
+    @ivar readded: the stream was removed from the call and is added
+        again (a new incarnation of its index): an endpoint's first
+        report block about a source covers the time since its report
+        before the removal, the gap included (a sender that went on
+        numbering its packets while no relay took them shows as loss
+        there), so the MOS takes an endpoint's reported loss only from
+        its second report block about a source on.
     """
 
     def __init__(
@@ -651,6 +662,7 @@ class StreamQuality:
         codec: str | None = None,
         tunnel_rtt: Callable[[], float | None] | None = None,
         late_dropped: Callable[[], int | None] | None = None,
+        readded: bool = False,
     ) -> None:
         if side not in LEGS:
             raise ValueError(f"side must be 'agent' or 'contact', not {side!r}")
@@ -662,6 +674,7 @@ class StreamQuality:
         self._rtcp_of = {self.local.leg: _Rtcp(), self.tunnel.leg: _Rtcp()}
         self.tunnel_rtt = tunnel_rtt
         self.late_dropped = late_dropped
+        self.readded = readded
         #: called with the leg's name and the parsed packets of every
         #: RTCP datagram (the HEP copy), or C{None}
         self.on_report: Callable[[str, list[dict[str, Any]]], None] | None = None
@@ -725,6 +738,15 @@ class StreamQuality:
                         seen.xr = block
         if blocks:
             seen.rr = blocks
+            for_loss = blocks
+            if self.readded:
+                # a block's interval begins at the endpoint's previous
+                # report: the first one about a source seen here began
+                # before this incarnation
+                for_loss = [b for b in blocks if b["ssrc"] in seen.reported]
+                seen.reported.update(b["ssrc"] for b in blocks)
+            if for_loss:
+                seen.rr_for_loss = for_loss
             for block in blocks:
                 sent = other.sr_arrivals.get(block["lsr"]) if block["lsr"] else None
                 if sent is not None:
@@ -778,7 +800,7 @@ class StreamQuality:
         The E-model MOS of one direction (L{emodel}) from what this half
         sees of it: loss, the larger of our own count on the leg it
         arrives on and the fraction lost the receiving endpoint reports
-        in RTCP; delay, half the sum of the RTCP round trips from this
+        in RTCP (its last report block; see C{readded}); delay, half the sum of the RTCP round trips from this
         half to each endpoint, as far as known (else the tunnel transit,
         else 0), plus L{PACKET_TIME_MS}
         and a jitter buffer of twice the jitter (at least
@@ -793,7 +815,7 @@ class StreamQuality:
         loss = stats.loss_ratio()
         # the receiving endpoint's report about this direction arrives on
         # the other leg (it sends its RTCP back the way it came)
-        report = self._rtcp_of[self._other(stats).leg].rr
+        report = self._rtcp_of[self._other(stats).leg].rr_for_loss
         if report:
             loss = max(loss, max(b["fraction_lost"] for b in report) / 256)
         # the two round trips from this half, one to each endpoint, make
