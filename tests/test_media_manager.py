@@ -942,7 +942,8 @@ class ReaddedStreamRecordTests(SynchronousTestCase):
     The call detail record of a call whose stream was removed (port 0,
     applied by its 2xx) and added again on new relay ports: it shows the
     stream over both incarnations, and an endpoint's report about the
-    gap is not taken for loss.
+    gap is not taken for loss; a stream added by a refused offer is not
+    in it.
     """
 
     def setUp(self) -> None:
@@ -1033,6 +1034,59 @@ class ReaddedStreamRecordTests(SynchronousTestCase):
         for record in (a_record, c_record):
             self.assertGreater(record["mos"]["down"], 4.3, record["side"])
             self.assertEqual(record["streams"][0]["mos"], record["mos"])
+
+    def test_refused_added_stream_not_recorded(self) -> None:
+        """
+        A re-offer that adds video, refused (488): neither half's record
+        lists the video stream, which never carried media.
+        """
+        ReofferTests()._operator_offers(
+            self.agent,
+            self.a_end,
+            self.contact,
+            self.c_end,
+            _sdp(OPERATOR, ("audio", 6000, ""), ("video", 6002, ""), version=2),
+        )
+        ReofferTests()._phone_settles(self.agent, self.a_end, self.contact, self.c_end, accepted=False)
+        self._talk((20000, 30000), range(1, 11), range(1000, 1010))
+        a_record, c_record = self._records()
+        self.assertEqual([s["index"] for s in a_record["streams"]], [0])
+        self.assertEqual([s["index"] for s in c_record["streams"]], [0])
+
+
+    def test_added_stream_refused_in_the_answer_not_recorded(self) -> None:
+        """
+        A re-offer that adds video, accepted by a 200 whose answer refuses
+        the video (port 0): neither half's record lists it.
+        """
+        key = (2, "INVITE")
+        offer = _sdp(OPERATOR, ("audio", 6000, ""), ("video", 6002, ""), version=2)
+        ReofferTests()._operator_offers(self.agent, self.a_end, self.contact, self.c_end, offer, key=key)
+        ReofferTests()._phone_settles(self.agent, self.a_end, self.contact, self.c_end, accepted=True, key=key)
+        answer = _sdp(PHONE, ("audio", 4000, ""), ("video", 0, ""), version=2)
+        self.agent.sdp_into_tunnel(self.a_end, DIALOG, "application/sdp", answer)
+        self.contact.sdp_out_of_tunnel(self.c_end, DIALOG, "application/sdp", answer)
+        self._talk((20000, 30000), range(1, 11), range(1000, 1010))
+        a_record, c_record = self._records()
+        self.assertEqual([s["index"] for s in a_record["streams"]], [0])
+        self.assertEqual([s["index"] for s in c_record["streams"]], [0])
+
+    def test_stream_not_in_the_answer_not_recorded(self) -> None:
+        """
+        The phone offers audio and video, the answer refuses video (port
+        0): neither half's record lists the video stream.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        offer = _sdp(PHONE, ("audio", 4000, ""), ("video", 4002, ""))
+        answer = _sdp(OPERATOR, ("audio", 6000, ""), ("video", 0, ""))
+        _negotiate(agent, a_end, contact, c_end, DIALOG, offer, answer)
+        contact.dialog_answered(c_end, DIALOG, "b", ours=True)
+        agent.dialog_answered(a_end, DIALOG, "b", ours=False)
+        agent.dialog_ended(a_end, DIALOG)
+        contact.dialog_ended(c_end, DIALOG)
+        for manager in (agent, contact):
+            (record,) = manager.cdrs
+            self.assertEqual([s["index"] for s in record["streams"]], [0], manager.side)
 
 
 class SuspendedSessionTests(SynchronousTestCase):

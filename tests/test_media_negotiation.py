@@ -98,8 +98,22 @@ class LegMediaTests(SynchronousTestCase):
         leg.described(True, "a", sdp([("udp", 5000, "sendrecv")]))
         leg.described(True, "b", sdp([("udp", 0, "sendrecv")]))
         out = leg.answered_by("b", True)
-        self.assertIn(Release(0, "not in the answer"), out.actions)
+        self.assertIn(Release(0, "not in the answer", refused=True), out.actions)
         self.assertEqual(leg.streams, {})
+
+    def test_refusal_without_branches(self) -> None:
+        """
+        Without branch information an answer's port 0 releases the stream
+        at once, as refused (it never had a description from both sides);
+        a later removal of an accepted stream is no refusal.
+        """
+        leg = LegMedia()
+        leg.described(True, None, sdp([("udp", 5000, "sendrecv"), ("udp", 5002, "sendrecv")]))
+        out = leg.described(False, None, sdp([("udp", 4000, "sendrecv"), ("udp", 0, "sendrecv")]))
+        self.assertIn(Release(1, "stream removed", refused=True), out.actions)
+        leg.answered_by(None, False)
+        out = leg.described(True, None, sdp([("udp", 0, "sendrecv")], version=2))
+        self.assertIn(Release(0, "stream removed", refused=False), out.actions)
 
     def test_loser_ignored(self) -> None:
         """
@@ -232,7 +246,7 @@ class ReofferTests(SynchronousTestCase):
         self.assertEqual(out.rewrite, [Relay(0), Relay(1), Relay(2)])
         self.assertIn(Create(2, False), out.actions)
         out = leg.settled(False, (9, "INVITE"), False)
-        self.assertEqual(out.actions, [Release(2, "offer refused")])
+        self.assertEqual(out.actions, [Release(2, "offer refused", refused=True)])
 
     def test_before_the_answer_at_once(self) -> None:
         """

@@ -1302,7 +1302,9 @@ class MediaManager:
                 continue
             match action:
                 case Release():
-                    self._release_stream(dialog, action.index, action.reason, close=close, tell_leg=False)
+                    self._release_stream(
+                        dialog, action.index, action.reason, close=close, tell_leg=False, refused=action.refused
+                    )
                     continue
                 case Rejected():
                     self.rejected_streams += 1
@@ -2224,6 +2226,7 @@ class MediaManager:
         reason: str,
         close: bool = True,
         tell_leg: bool = True,
+        refused: bool = False,
     ) -> None:
         """
         Give the means of a stream up: close (or forget) its channel,
@@ -2233,6 +2236,8 @@ class MediaManager:
 
         @param tell_leg: the release is the executor's own (the
             negotiation is told); C{False}: the negotiation asked for it.
+        @param refused: its offer was refused: if it carried no datagram
+            either, the record does not list it (on either half).
         """
         if tell_leg:
             dialog.leg.release(index)
@@ -2247,9 +2252,12 @@ class MediaManager:
             )
         _add_traffic(self._released, stream)
         if stream.rtp is not None:
-            dialog.quality[index] = merge_snapshots(dialog.quality.get(index), stream.quality.snapshot())
-            history = dialog.history.setdefault(index, dict.fromkeys(_CALL_COUNTERS, 0))
-            _stream_traffic(stream, history)
+            traffic = _stream_traffic(stream)
+            if not refused or any(traffic.values()):
+                dialog.quality[index] = merge_snapshots(dialog.quality.get(index), stream.quality.snapshot())
+                history = dialog.history.setdefault(index, dict.fromkeys(_CALL_COUNTERS, 0))
+                for name, count in traffic.items():
+                    history[name] += count
         if stream.channel_id is not None:
             if close:
                 self._close_channel(stream.tunnel, stream.channel_id, reason)

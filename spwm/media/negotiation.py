@@ -114,11 +114,14 @@ class Create:
 class Release:
     """
     The stream is gone (the plan has forgotten it): close its channel,
-    unbind its sockets, free its ports.
+    unbind its sockets, free its ports. C{refused}: its offer was
+    refused (a re-offer that added it failed, or an answer did not take
+    it), so it never was part of the session.
     """
 
     index: int
     reason: str
+    refused: bool = False
 
 
 @frozen
@@ -456,6 +459,19 @@ class PendingOffer:
         self.created: set[int] = set()
 
 
+def _never_accepted(stream: StreamPlan | None) -> bool:
+    """
+    Whether a UDP stream that a description removes (port 0) never had a
+    live description from both sides: its offer is refused by that one
+    (an answer with port 0), it never carried a session.
+    """
+    if stream is None or stream.tcp:
+        return False
+    return not any(m is not None for m in stream.ours.values()) or not any(
+        m is not None for m in stream.theirs.values()
+    )
+
+
 def primary_indices(description: SessionDescription) -> list[int]:
     """
     For each m= line, the index of the stream whose transport it uses: its
@@ -659,7 +675,7 @@ class LegMedia:
         for index, stream in list(self.streams.items()):
             if stream.tcp:
                 if (ours, keep) in stream.refused:
-                    self._release(index, "not in the answer", actions, Input.ANSWER_DROPS)
+                    self._release(index, "not in the answer", actions, Input.ANSWER_DROPS, refused=True)
                 else:
                     stream.move(Input.ANSWER_KEEPS)
                 continue
@@ -677,7 +693,7 @@ class LegMedia:
                 stream.update_held()
                 actions.append(Expect(index, stream.expected()))
             else:
-                self._release(index, "not in the answer", actions, Input.ANSWER_DROPS)
+                self._release(index, "not in the answer", actions, Input.ANSWER_DROPS, refused=True)
         actions.append(Answered(tag, ours))
         return Outcome(actions, [])
 
@@ -710,7 +726,7 @@ class LegMedia:
         pending = self.pending.pop(ours, None)
         if pending is not None:
             for index in sorted(pending.created):
-                self._release(index, "offer refused", actions)
+                self._release(index, "offer refused", actions, refused=True)
 
     def _ours(
         self,
@@ -740,7 +756,7 @@ class LegMedia:
                     assert stream is not None and tag is not None
                     self._branch_refused(stream, tag, True, actions)
                 else:
-                    self._release(index, "stream removed", actions)
+                    self._release(index, "stream removed", actions, refused=_never_accepted(stream))
                 continue
             if index >= self.max_streams:
                 continue
@@ -783,7 +799,7 @@ class LegMedia:
                     assert stream is not None and tag is not None
                     self._branch_refused(stream, tag, False, actions)
                 elif media.port == 0:
-                    self._release(index, "stream removed", actions)
+                    self._release(index, "stream removed", actions, refused=_never_accepted(stream))
                 else:
                     self._release(index, "stream bundled", actions)
                 rewrite.append(Keep() if media.port == 0 else SameAs(primaries[index]))
@@ -947,10 +963,15 @@ class LegMedia:
         stream.update_held()
 
     def _release(
-        self, index: int, reason: str, actions: list[Action], event: Input = Input.RELEASED
+        self,
+        index: int,
+        reason: str,
+        actions: list[Action],
+        event: Input = Input.RELEASED,
+        refused: bool = False,
     ) -> None:
         stream = self.streams.pop(index, None)
         if stream is None:
             return
         stream.move(event)
-        actions.append(Release(index, reason))
+        actions.append(Release(index, reason, refused))
