@@ -1035,6 +1035,32 @@ class ReaddedStreamRecordTests(SynchronousTestCase):
             self.assertGreater(record["mos"]["down"], 4.3, record["side"])
             self.assertEqual(record["streams"][0]["mos"], record["mos"])
 
+    def test_refused_codec_not_taken(self) -> None:
+        """
+        The operator side re-offers G.729 only: refused by a 488 the
+        stream goes on with PCMU, and removed by a 200 with port 0 it was
+        PCMU all along; its figures are rated as PCMU (G.729's impairment
+        capped MOS at 4.06 before).
+        """
+        g729 = _sdp(OPERATOR, ("audio", 6008, "a=rtpmap:18 G729/8000"), version=2).replace(b"RTP/AVP 0", b"RTP/AVP 18")
+        self._talk((20000, 30000), range(1, 51), range(1000, 1050))
+        ReofferTests()._operator_offers(self.agent, self.a_end, self.contact, self.c_end, g729)
+        ReofferTests()._phone_settles(self.agent, self.a_end, self.contact, self.c_end, accepted=False)
+        for manager, end in ((self.agent, self.a_end), (self.contact, self.c_end)):
+            (call,) = manager.live_calls()
+            self.assertEqual(call["streams"][0]["quality"]["codec"], "PCMU/8000", manager.side)
+        key = (3, "INVITE")
+        ReofferTests()._operator_offers(
+            self.agent, self.a_end, self.contact, self.c_end, g729.replace(b" 2 IN", b" 3 IN"), key=key
+        )
+        ReofferTests()._phone_settles(self.agent, self.a_end, self.contact, self.c_end, accepted=True, key=key)
+        answer = _sdp(PHONE, ("audio", 0, ""), version=2)
+        self.agent.sdp_into_tunnel(self.a_end, DIALOG, "application/sdp", answer)
+        self.contact.sdp_out_of_tunnel(self.c_end, DIALOG, "application/sdp", answer)
+        for record in self._records():
+            self.assertEqual(record["streams"][0]["codec"], "PCMU/8000", record["side"])
+            self.assertEqual(record["mos"], {"up": 4.39, "down": 4.39}, record["side"])
+
     def test_refused_added_stream_not_recorded(self) -> None:
         """
         A re-offer that adds video, refused (488): neither half's record

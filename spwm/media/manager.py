@@ -430,7 +430,9 @@ def _learn_codecs(dialog: _Dialog, codecs: dict[int, str | None]) -> None:
     Tell each stream's quality figures the codec of the latest description
     (the answer comes after the offer, so the answer's first codec wins):
     its clock rate is the jitter's unit, its name picks the E-model's
-    impairment.
+    impairment. Not for a re-offer in an answered call: until its answer
+    the streams carry what they carried, and a refusal (a non-2xx, or
+    port 0 in the answer) leaves them so.
     """
     for index, codec in codecs.items():
         stream = dialog.streams.get(index)
@@ -1069,9 +1071,10 @@ class MediaManager:
             for index, stream in dialog.streams.items()
             if stream.tcp is not None and stream.tcp.ever_connected
         ]
+        reoffer = offer is not None and leg.answered
         outcome = leg.described(True, tag, description, connected, offer)
         self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
-        if not loser:
+        if not loser and not reoffer:
             _learn_codecs(dialog, codecs)
 
     def sdp_out_of_tunnel(
@@ -1119,9 +1122,10 @@ class MediaManager:
         loser = dialog.leg.loser(tag, False)
         if not loser:
             dialog.codec[False], codecs = _codecs(sdp, description)
+        reoffer = offer is not None and dialog.leg.answered
         outcome = dialog.leg.described(False, tag, description, offer=offer)
         failed = self._execute(tunnel, dialog_key, dialog, outcome.actions, now)
-        if not loser:
+        if not loser and not reoffer:
             _learn_codecs(dialog, codecs)
         entries, tcp = self._resolve(dialog, outcome.rewrite, failed)
         if any(t is not None for t in tcp):
