@@ -519,8 +519,8 @@ class MergeSnapshotsTests(SynchronousTestCase):
 
     def test_merge(self) -> None:
         """
-        Counts add up, jitter and transit are the worst, the MOS per
-        direction the lowest rated, RTCP and codec the latest known; a
+        Counts add up, the jitter is weighted by packets, the transit is
+        the worst, the MOS per direction the lowest rated, RTCP and codec the latest known; a
         first incarnation is its own snapshot.
         """
         first = StreamQuality("agent", "PCMU/8000", tunnel_rtt=lambda: 0.040, late_dropped=lambda: 2)
@@ -540,8 +540,9 @@ class MergeSnapshotsTests(SynchronousTestCase):
         lan, tunnel = merged["legs"]["lan"], merged["legs"]["tunnel"]
         self.assertEqual((lan["packets"], lan["expected"], lan["lost"]), (129, 130, 1))
         self.assertEqual((tunnel["packets"], tunnel["bytes"]), (130, a["legs"]["tunnel"]["bytes"] + b["legs"]["tunnel"]["bytes"]))
-        self.assertEqual(tunnel["jitter_ms"], max(a["legs"]["tunnel"]["jitter_ms"], b["legs"]["tunnel"]["jitter_ms"]))
-        self.assertGreater(tunnel["jitter_ms"], a["legs"]["tunnel"]["jitter_ms"])
+        jitter = (a["legs"]["tunnel"]["jitter_ms"] * 100 + b["legs"]["tunnel"]["jitter_ms"] * 30) / 130
+        self.assertGreater(b["legs"]["tunnel"]["jitter_ms"], a["legs"]["tunnel"]["jitter_ms"])
+        self.assertEqual(tunnel["jitter_ms"], round(jitter, 3))
         self.assertEqual((tunnel["transit_ms"], tunnel["late_dropped"]), (20.0, 2))
         self.assertEqual(tunnel["rtcp"], a["legs"]["tunnel"]["rtcp"])
         for which in ("up", "down"):

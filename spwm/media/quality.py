@@ -874,7 +874,13 @@ def _merge_leg(earlier: dict[str, Any] | None, later: dict[str, Any] | None) -> 
     merged = dict(later)
     for name in _SUMMED:
         merged[name] = earlier[name] + later[name]
-    merged["jitter_ms"] = max(earlier["jitter_ms"], later["jitter_ms"])
+    packets = earlier["packets"] + later["packets"]
+    if packets:
+        # each incarnation's jitter is its last estimate (A.8 smooths over
+        # about 16 packets): weighted by the packets it stands for, not
+        # the worst of two moments
+        jitter = (earlier["jitter_ms"] * earlier["packets"] + later["jitter_ms"] * later["packets"]) / packets
+        merged["jitter_ms"] = round(jitter, 3)
     merged["transit_ms"] = _worst(earlier["transit_ms"], later["transit_ms"], max)
     late = [n for n in (earlier["late_dropped"], later["late_dropped"]) if n is not None]
     merged["late_dropped"] = sum(late) if late else None
@@ -892,8 +898,9 @@ def merge_snapshots(earlier: dict[str, Any] | None, later: dict[str, Any]) -> di
 
     Per leg the counts (C{packets}, C{bytes}, C{expected}, C{lost},
     C{reordered}, C{duplicates}, C{restarts}, C{late_dropped}) are
-    summed; C{jitter_ms} and C{transit_ms} are the worst (largest)
-    incarnation's, C{rtcp} the last one seen. Per direction the MOS is
+    summed; C{jitter_ms} is the incarnations' mean weighted by their
+    packets on the leg, C{transit_ms} the worst (largest), C{rtcp} the
+    last one seen. Per direction the MOS is
     the worst (lowest) rated incarnation's, as the call's is its worst
     stream's. The codec is the latest one.
 
