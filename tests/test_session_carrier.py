@@ -1257,6 +1257,38 @@ class KeeperTests(SynchronousTestCase):
         self.clock.advance(60)
         self.assertEqual(len(self.attempts), 14)
 
+    def test_failure_told_once_per_reason(self) -> None:
+        """
+        Further connections that fail the same way, retried after a
+        growing delay: one info line, and one more for another reason;
+        again after one attached.
+        """
+        self.keeper = type(self.keeper)(self.clock, self.keeper._connect, 1, retry_cap=4.0)
+
+        def failures() -> list[str]:
+            return [formatEvent(e) for e in events if "another connection" in e.get("log_format", "")]
+
+        with capturedLogs() as events:
+            self.keeper.session_up()
+            for why in ("refused", "refused", "refused", "timed out", "timed out"):
+                self.attempts[-1].errback(ConnectionError(why))
+                self.clock.advance(4.0)
+            self.assertEqual(
+                [line.split(";")[0] for line in failures()],
+                [
+                    "another connection to the contact point failed: refused",
+                    "another connection to the contact point failed: timed out",
+                ],
+            )
+            attached = _Conn()
+            attached.front = object()
+            self.attempts[-1].callback(attached)
+            self.keeper.attached(attached)
+            attached.lose()
+            self.clock.advance(0)
+            self.attempts[-1].errback(ConnectionError("timed out"))
+            self.assertEqual(len(failures()), 3)
+
     def test_cut_before_handshake_told_once(self) -> None:
         """
         A further connection the contact point closes as it takes it (over

@@ -1668,6 +1668,9 @@ class PathKeeper:
         # a further connection cut before its handshake was told of since
         # the last one attached
         self._cut_told = False
+        # the reason of the last further connection that failed, told
+        # since the last one attached (the same is not told again)
+        self._failure_told: str | None = None
 
     def session_up(self) -> None:
         """
@@ -1694,6 +1697,7 @@ class PathKeeper:
     def attached(self, path: Any) -> None:
         self._failures = 0
         self._cut_told = False
+        self._failure_told = None
         if id(path) in self._mine:
             self._attached_at[id(path)] = self.clock.seconds()
 
@@ -1798,9 +1802,17 @@ class PathKeeper:
         if reason.check(CancelledError) and not self._up:
             return  # stop() cancelled it
         self._failures += 1
-        self.log.info(
-            "another connection to the contact point failed: {reason}", reason=reason.getErrorMessage()
-        )
+        why = reason.getErrorMessage()
+        if why != self._failure_told:
+            # one line per reason until a further connection attaches:
+            # the retries come after a growing delay, for as long as the
+            # failure lasts
+            self._failure_told = why
+            self.log.info(
+                "another connection to the contact point failed: {reason}; tried again after a growing"
+                " delay (the same failure is not logged again)",
+                reason=why,
+            )
         if self._up:
             self._later()
 
