@@ -153,6 +153,68 @@ class AuthorizationTests(GateTestCase):
             {"tunnel not registered": 1, "P-Preferred-Identity is not registered through this tunnel": 1},
         )
 
+    def message(self, n: int, from_: str = "<sip:alice@example.org>;tag=f", *extra: str) -> list[Any]:
+        return self.send(request("MESSAGE", "sip:bob@example.org", from_=from_, call_id=f"m-{n}", extra=extra))
+
+    def test_preferred_identity_whatever_the_from(self) -> None:
+        """
+        Every P-Preferred-Identity value (every header line, every list
+        element) must be registered through the tunnel, also beside a
+        registered From: a proxy may assert any of them.  One that does
+        not parse is refused too; the 403 names the header.
+        """
+        self.register("alice")
+        anonymous = '"Anonymous" <sip:anonymous@anonymous.invalid>;tag=an'
+        alice = "P-Preferred-Identity: <sip:alice@example.org>"
+        refused = {
+            1: (None, "P-Preferred-Identity: <sip:bob@example.org>"),
+            2: (anonymous, alice, "P-Preferred-Identity: <sip:bob@example.org>"),
+            3: (anonymous, "P-Preferred-Identity: <sip:alice@example.org>, <sip:bob@example.org>"),
+            4: (None, "P-Preferred-Identity: <sip:alice@example.org>, <tel:+15551234>"),
+            5: (None, "P-Preferred-Identity: <sips:alice@example.org>"),
+        }
+        malformed = {
+            6: (None, "P-Preferred-Identity: <sip:bob@example.org"),
+            7: (anonymous, "P-Preferred-Identity: <sip:alice@example.org>,"),
+            8: (None, "P-Preferred-Identity:"),
+        }
+        for cases, reason in ((refused, "not registered"), (malformed, "malformed")):
+            for n, (from_, *extra) in cases.items():
+                actions = self.message(n, from_ or "<sip:alice@example.org>;tag=f", *extra)
+                [resp] = [parse_message(a.data) for a in actions if isinstance(a, ToTunnel)]
+                self.assertEqual((n, resp.status, resp.reason), (n, 403, f"Forbidden (P-Preferred-Identity is {reason}" + (
+                    " through this tunnel)" if reason == "not registered" else ")")))
+        self.assertNotIn(403, self.statuses(self.message(9, "<sip:alice@example.org>;tag=f", alice)))
+        self.assertNotIn(403, self.statuses(self.message(10, anonymous, alice, "P-Preferred-Identity: <sip:alice@example.org>")))
+        self.assertEqual(
+            self.proxy.refused,
+            {"P-Preferred-Identity is not registered through this tunnel": 5, "P-Preferred-Identity is malformed": 3},
+        )
+
+    def test_identity_compared_as_a_uri(self) -> None:
+        """
+        From and P-Preferred-Identity are compared with the registered
+        address as RFC 3261 19.1.4 compares URIs: scheme, user (with case),
+        password and port count, the host's case and escapes do not, nor
+        do URI parameters.
+        """
+        self.register("alice")
+        for n, other in enumerate(
+            ["sips:alice@example.org", "sip:ALICE@example.org", "sip:alice@example.org:5070", "sip:alice:pw@example.org"]
+        ):
+            self.assertEqual(self.statuses(self.message(n, f"<{other}>;tag=f")), [403], other)
+            self.assertEqual(
+                self.statuses(self.message(10 + n, "<sip:alice@example.org>;tag=f", f"P-Preferred-Identity: <{other}>")),
+                [403],
+                other,
+            )
+        same = "<sip:%61lice@EXAMPLE.org;user=phone>"
+        self.assertNotIn(403, self.statuses(self.message(20, f"{same};tag=f", f"P-Preferred-Identity: {same}")))
+        self.assertEqual(
+            self.proxy.refused,
+            {"From is not registered through this tunnel": 4, "P-Preferred-Identity is not registered through this tunnel": 4},
+        )
+
     def test_unregistered_ack_is_dropped_silently(self) -> None:
         """
         An ACK is never answered.

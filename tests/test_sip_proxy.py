@@ -1066,20 +1066,27 @@ class ContactTests(SynchronousTestCase):
 
     def test_asserted_identity_removed(self) -> None:
         """
-        A P-Asserted-Identity from the tunnel does not reach the operator
-        (RFC 3325 5: only its own network asserts identities, and a proxy
-        that trusts the contact point would believe it); a
-        P-Preferred-Identity does, and the removal is counted.
+        A P-Asserted-Identity or Remote-Party-ID from the tunnel does not
+        reach the operator (RFC 3325 5: only its own network asserts
+        identities, and a proxy that trusts the contact point would believe
+        it); a P-Preferred-Identity does, and the removals are counted.
         """
         act, msg = self.up(
             request(
                 "INVITE",
                 "sip:bob@example.org",
-                extra=("P-Asserted-Identity: <sip:boss@example.org>", "P-Preferred-Identity: <sip:alice@example.org>"),
+                extra=(
+                    "P-Asserted-Identity: <sip:boss@example.org>",
+                    "P-Preferred-Identity: <sip:alice@example.org>",
+                    "Remote-Party-ID: <sip:boss@example.org>;party=calling;screen=yes",
+                    "remote-party-id: <sip:boss@example.org>;party=calling;screen=yes",
+                ),
             )
         )
         self.assertEqual((msg.get_all("P-Asserted-Identity"), msg.get("P-Preferred-Identity")), ([], "<sip:alice@example.org>"))
+        self.assertEqual(msg.get_all("Remote-Party-ID"), [])
         self.assertEqual(self.cp.counters["P-Asserted-Identity from tunnel removed"], 1)
+        self.assertEqual(self.cp.counters["Remote-Party-ID from tunnel removed"], 1)
 
     def test_register_path(self) -> None:
         """

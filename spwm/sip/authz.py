@@ -6,10 +6,12 @@ Until the operator's registrar (or the embedded one) has answered a REGISTER
 that came through a tunnel with 2xx, that tunnel may send only REGISTER and
 OPTIONS; anything else gets C{403}, and no media channel can be opened.
 Afterwards it may send requests only as the addresses-of-record registered
-through it (the From identity is checked; a withheld one, RFC 3323's
-anonymous From, passes, and a P-Preferred-Identity beside it must be one of
-them).  When all registrations of a tunnel
-have expired or been removed, it is unregistered again.
+through it: the From identity is checked (a withheld one, RFC 3323's
+anonymous From, passes), and so is every P-Preferred-Identity value
+(RFC 3325), whatever the From.  Identities are compared as RFC 3261 19.1.4
+compares URIs, without their parameters (L{identity_key}).  When all
+registrations of a tunnel have expired or been removed, it is unregistered
+again.
 
 L{AuthorizingContactProxy} wraps a L{spwm.sip.contact_proxy.ContactSipProxy} (same
 interface) and limits REGISTER requests per address-of-record and per
@@ -26,7 +28,8 @@ from spwm.sip.errors import SipParseError
 from spwm.sip.message import make_response, parse_message
 from spwm.sip.actions import Dropped, ToTunnel
 from spwm.sip.contact_proxy import ContactSipProxy, never_congested
-from spwm.sip.uri import parse_name_addr, parse_uri
+from spwm.sip import _grammar as g
+from spwm.sip.uri import parse_name_addr, parse_uri, split_header_values, unescape
 from spwm.tunnel.api import ChannelAcceptor, ChannelHandler, Refusal
 from spwm.tunnel.frames import ChannelKind
 
@@ -48,28 +51,84 @@ _TO = re.compile(rb"^(?:to|t)[ \t]*:[ \t]*(.*(?:\r?\n[ \t]+.*)*)", re.IGNORECASE
 #: agent registers in the same minute.
 TUNNEL_REGISTERS_PER_USER = 4
 
+#: An identity as compared here (L{identity_key}).
+Identity = tuple[str, "str | None", "str | None", str, "int | None", "str | None"]
+
 #: The key of a REGISTER whose To does not parse (the core answers it 400).
-_NO_AOR = ("", "")
+_NO_AOR: Identity = ("", None, None, "", None, None)
+
+#: Why a request is refused for its P-Preferred-Identity.
+PREFERRED_UNREGISTERED = "P-Preferred-Identity is not registered through this tunnel"
+PREFERRED_MALFORMED = "P-Preferred-Identity is malformed"
 
 
-def _identity(uri: Any) -> tuple[str, str]:
-    return ((uri.user or "").lower(), uri.host.lower())
-
-
-def _header_identity(pattern: "re.Pattern[bytes]", data: bytes) -> tuple[str, str] | None:
+def identity_key(uri: Any) -> Identity:
     """
-    The (user, host) of the first From or To (C{pattern}) of a request,
+    What two URIs naming the same identity have in common: scheme, user,
+    password, host and port, compared as RFC 3261 19.1.4 compares them (the
+    host without case, the user and password with case, escapes decoded; a
+    port is not its default, so C{alice@example.org:5060} is another
+    identity than C{alice@example.org}); URI parameters are left out, so
+    C{;user=phone} does not make another identity.  A URI of another scheme
+    (C{tel}) is its text without parameters.
+    """
+    if uri.opaque is not None:
+        return (uri.scheme, None, None, "", None, uri.opaque.split(";", 1)[0])
+    user = None if uri.user is None else unescape(uri.user)
+    password = None if uri.password is None else unescape(uri.password)
+    return (uri.scheme, user, password, uri.host.lower(), uri.port, None)
+
+
+def _head(data: bytes) -> int:
+    """
+    Where the header section of a message ends (the whole of it if it has
+    no empty line), so that a body is never read for headers.
+    """
+    end = g.HEAD_END_B.search(data)
+    return len(data) if end is None else end.start()
+
+
+def _header_values(match: "re.Match[bytes]") -> str:
+    return b" ".join(match.group(1).split()).decode("utf-8", "surrogateescape")
+
+
+def _header_identity(pattern: "re.Pattern[bytes]", data: bytes) -> Identity | None:
+    """
+    The identity of the first From or To (C{pattern}) of a request,
     or C{None} if it has none that parses.
     """
-    end = data.find(b"\r\n\r\n")
-    match = pattern.search(data, 0, end if end >= 0 else len(data))
+    match = pattern.search(data, 0, _head(data))
     if match is None:
         return None
     try:
-        value = b" ".join(match.group(1).split()).decode("utf-8", "surrogateescape")
-        return _identity(parse_name_addr(value).uri)
+        return identity_key(parse_name_addr(_header_values(match)).uri)
     except SipParseError:
         return None
+
+
+def preferred_refusal(data: bytes, identities: set[Identity]) -> str | None:
+    """
+    Why a request's P-Preferred-Identity is refused: every value of every
+    such header line (RFC 3325 9.2 allows two, a sip or sips and a tel URI;
+    a proxy may take any of them for the identity it asserts) must be one
+    of C{identities}; one that does not parse is refused too, as the
+    operator's proxy might read it otherwise than we do.
+
+    @return: the reason (L{PREFERRED_UNREGISTERED} or
+        L{PREFERRED_MALFORMED}), or C{None} when all are registered or
+        there is none.
+    """
+    for match in _PREFERRED.finditer(data, 0, _head(data)):
+        try:
+            values = split_header_values(_header_values(match), strict=True)
+            if not values:
+                return PREFERRED_MALFORMED
+            for value in values:
+                if identity_key(parse_name_addr(value).uri) not in identities:
+                    return PREFERRED_UNREGISTERED
+        except SipParseError:
+            return PREFERRED_MALFORMED
+    return None
 
 
 def _expire(times: "deque[float]", horizon: float) -> None:
@@ -116,8 +175,8 @@ class AuthorizingContactProxy:
         self.max_users = max_users
         # per session: the times of its REGISTERs per address-of-record,
         # and of all of them under None
-        self._register_times: dict[str, dict[tuple[str, str] | None, deque[float]]] = {}
-        self._identities: dict[str, tuple[tuple[str, ...], set[tuple[str, str]]]] = {}
+        self._register_times: dict[str, dict[Identity | None, deque[float]]] = {}
+        self._identities: dict[str, tuple[tuple[str, ...], set[Identity]]] = {}
         self.refused: dict[str, int] = {}
 
     @property
@@ -177,9 +236,9 @@ class AuthorizingContactProxy:
     def handle_timer(self, now: float) -> list[Any]:
         return self._core.handle_timer(now)
 
-    def identities(self, session_id: str) -> set[tuple[str, str]]:
+    def identities(self, session_id: str) -> set[Identity]:
         """
-        The (user, host) of every address-of-record registered through a
+        The identity (L{identity_key}) of every address-of-record registered through a
         session (parsed once per set of registrations, not per request).
         """
         aors = tuple(r.aor for r in self._core.registrations(session_id))
@@ -189,7 +248,7 @@ class AuthorizingContactProxy:
         out = set()
         for aor in aors:
             try:
-                out.add(_identity(parse_uri(aor)))
+                out.add(identity_key(parse_uri(aor)))
             except SipParseError:
                 continue
         if len(self._identities) > 65536:
@@ -219,7 +278,7 @@ class AuthorizingContactProxy:
                     self.observer.response_to_tunnel(action.tunnel_key, action.flow_id, action.data)
         return actions
 
-    def _register_refusal(self, session_id: str, aor: tuple[str, str], now: float) -> str | None:
+    def _register_refusal(self, session_id: str, aor: Identity, now: float) -> str | None:
         """
         Count a REGISTER for C{aor} through a session, unless one of its
         minutes is full.
@@ -253,7 +312,7 @@ class AuthorizingContactProxy:
         total.append(now)
         return None
 
-    def _new_user_over_limit(self, session_id: str, aor: tuple[str, str] | None) -> bool:
+    def _new_user_over_limit(self, session_id: str, aor: Identity | None) -> bool:
         identities = self.identities(session_id)
         return len(identities) >= self.max_users and aor is not None and aor not in identities
 
@@ -310,19 +369,16 @@ class AuthorizingContactProxy:
         if not identities:
             return self._refuse(tunnel_key, flow_id, data, method, "tunnel not registered")
         identity = _header_identity(_FROM, data)
-        if identity is None:
-            # Let the core answer malformed requests as it does.
-            return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now, congested=congested)
-        if identity[1] == ANONYMOUS_HOST:
-            # a withheld caller ID (RFC 3323): the tunnel is registered; an
-            # identity it prefers (RFC 3325) must be one of its own
-            preferred = _header_identity(_PREFERRED, data)
-            if preferred is not None and preferred not in identities:
-                return self._refuse(
-                    tunnel_key, flow_id, data, method, "P-Preferred-Identity is not registered through this tunnel"
-                )
-        elif identity not in identities:
+        # A From that does not parse is the core's to answer (400); a
+        # withheld caller ID (RFC 3323, any user at anonymous.invalid)
+        # passes, as the tunnel is registered.
+        if identity is not None and identity[3] != ANONYMOUS_HOST and identity not in identities:
             return self._refuse(tunnel_key, flow_id, data, method, "From is not registered through this tunnel")
+        # The identity a proxy may assert for the request (RFC 3325 9.2),
+        # whatever the From says.
+        preferred = preferred_refusal(data, identities)
+        if preferred is not None:
+            return self._refuse(tunnel_key, flow_id, data, method, preferred)
         return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now, congested=congested)
 
     def _refuse(

@@ -86,6 +86,18 @@ if TYPE_CHECKING:
 
 __all__ = ["ContactSipProxy", "DIALOG_DROPPED", "NO_PROXY", "UDP_SIZE_LIMIT", "never_congested"]
 
+#: Headers that assert an identity, removed from every request from a
+#: tunnel (counted in C{sip.events} as "<header> from tunnel removed"):
+#: RFC 3325's P-Asserted-Identity, and Remote-Party-ID
+#: (draft-ietf-sip-privacy-04, which Asterisk- and Cisco-style proxies
+#: believe with C{screen=yes}).  Both belong to the operator's trust
+#: domain, and this contact point asserts nothing.  Remote-Party-ID is
+#: removed rather than checked like P-Preferred-Identity because its
+#: C{screen} and C{party} parameters claim more than an identity (that it
+#: was screened, whose it is); a phone that withholds its number has
+#: Privacy (RFC 3323) and an anonymous From, which pass.
+ASSERTED_IDENTITY_HEADERS = ("P-Asserted-Identity", "Remote-Party-ID")
+
 #: RFC 3261 18.1.1: a request within 200 bytes of a 1500-byte MTU goes by TCP.
 UDP_SIZE_LIMIT = 1300
 
@@ -526,12 +538,13 @@ class ContactSipProxy:
         if self._route_token(msg.uri) is not None:
             strict_route(msg)
         self._pop_own_routes(msg, token=True)
-        if msg.has("P-Asserted-Identity"):
-            # RFC 3325 5: an identity only the operator's network may
-            # assert; a phone's (or anyone's through an agent) would be
-            # believed by a proxy that trusts this contact point
-            msg.remove_header("P-Asserted-Identity")
-            self.counters.count("P-Asserted-Identity from tunnel removed")
+        for asserted in ASSERTED_IDENTITY_HEADERS:
+            if msg.has(asserted):
+                # RFC 3325 5: an identity only the operator's network may
+                # assert; a phone's (or anyone's through an agent) would be
+                # believed by a proxy that trusts this contact point
+                msg.remove_header(asserted)
+                self.counters.count(f"{asserted} from tunnel removed")
         method = msg.method
         call_id = msg.call_id
         extra = short_hash(branch_source(msg)) + short_hash(msg.uri or "", 2)
