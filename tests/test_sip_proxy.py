@@ -1327,6 +1327,21 @@ class ContactTests(SynchronousTestCase):
         self.assertEqual((out.transport, out.addr), ("udp", ("198.51.100.7", 5060)))
         self.assertEqual(parse_message(out.data).top_via.branch, "z9hG4bKop1")
 
+    def test_asserted_identity_removed_from_answers(self) -> None:
+        """
+        The answering phone's P-Asserted-Identity or Remote-Party-ID (a
+        connected party's identity) does not reach the operator either.
+        """
+        act = only(self.down(self.incoming_invite()), ToTunnel)
+        ok = answer(
+            act.data,
+            200,
+            extra=(("P-Asserted-Identity", "<sip:boss@example.org>"), ("Remote-Party-ID", "<sip:boss@example.org>;party=called")),
+        )
+        out = parse_message(only(self.cp.from_tunnel(self.key, "sess-1", 5, ok, 2.0), ToNetwork).data)
+        self.assertEqual((out.status, out.get_all("P-Asserted-Identity"), out.get_all("Remote-Party-ID")), (200, [], []))
+        self.assertEqual(self.cp.counters["P-Asserted-Identity from tunnel removed"], 1)
+
     def test_congested_tunnel_refuses_new_requests(self) -> None:
         """
         While the tunnel's signalling backlog is over its high-water mark a

@@ -538,13 +538,7 @@ class ContactSipProxy:
         if self._route_token(msg.uri) is not None:
             strict_route(msg)
         self._pop_own_routes(msg, token=True)
-        for asserted in ASSERTED_IDENTITY_HEADERS:
-            if msg.has(asserted):
-                # RFC 3325 5: an identity only the operator's network may
-                # assert; a phone's (or anyone's through an agent) would be
-                # believed by a proxy that trusts this contact point
-                msg.remove_header(asserted)
-                self.counters.count(f"{asserted} from tunnel removed")
+        self._strip_asserted(msg)
         method = msg.method
         call_id = msg.call_id
         extra = short_hash(branch_source(msg)) + short_hash(msg.uri or "", 2)
@@ -656,9 +650,23 @@ class ContactSipProxy:
             reason = "response from tunnel with only our Via"
             return [self.counters.drop(reason, reason)]
         transport, dest = via_destination(nxt)
+        # (an answering phone's, as a connected party's identity, too)
+        self._strip_asserted(msg)
         self._track_response(key, tok.session_id, tok.flow_id, msg, now)
         show_media(self.media_hook, key, tok.flow_id, msg, False)
         return self._send_response(transport, dest, msg.to_bytes())
+
+    def _strip_asserted(self, msg: SipMessage) -> None:
+        """
+        Remove the asserted identities of a message from a tunnel.
+        """
+        for asserted in ASSERTED_IDENTITY_HEADERS:
+            if msg.has(asserted):
+                # RFC 3325 5: an identity only the operator's network may
+                # assert; a phone's (or anyone's through an agent) would be
+                # believed by a proxy that trusts this contact point
+                msg.remove_header(asserted)
+                self.counters.count(f"{asserted} from tunnel removed")
 
     # -- messages from the operator network --------------------------------
 
