@@ -1497,6 +1497,26 @@ class ContactTests(SynchronousTestCase):
         )
         self.assertEqual(out.addr, ("198.51.100.8", 40000))
 
+    def test_response_ignores_senders_own_received(self) -> None:
+        """
+        A C{received} (or C{rport} value) the sender wrote in its own Via
+        is replaced by the request's source: the contact point's own answer
+        (an OPTIONS, a 404) and the application's answer relayed back go to
+        where the request came from, never to the host the Via names
+        (RFC 3261 18.2.1: a reflector for any operator-side host).
+        """
+        src = ("198.51.100.8", 40000)
+        forged = "SIP/2.0/UDP 198.51.100.8:40000;received=192.0.2.99;branch=z9hG4bKop1"
+        for ruri in ("sip:203.0.113.5", "sip:bob@203.0.113.5"):
+            data = request("OPTIONS", ruri, via=forged)
+            act = only(self.cp.from_network("udp", src, data, 0.0), ToNetwork)
+            self.assertEqual(act.addr, src, ruri)
+        for n, via in enumerate((forged, forged + ";rport=5999", forged.replace("40000;", "5060;") + ";rport=5999")):
+            data = self.incoming_invite().replace(b"SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKop1", via.encode())
+            act = only(self.cp.from_network("udp", src, data, float(n)), ToTunnel)
+            out = only(self.cp.from_tunnel(self.key, "sess-1", 5, answer(act.data, 100, "Trying"), 1.0), ToNetwork)
+            self.assertEqual(out.addr, src, via)
+
     def test_session_gone_430(self) -> None:
         """
         After the tunnel is gone, a request for its flow is answered 430

@@ -188,18 +188,22 @@ def register_domain_uri(msg: SipMessage) -> None:
 def stamp_via(msg: SipMessage, src: tuple[str, int], always_rport: bool = False) -> None:
     """
     RFC 3261 18.2.1 and RFC 3581: record in the top C{Via} where the
-    request came from: C{received} when its host differs from C{src},
-    C{received} and C{rport} when it asks for C{rport} (or always, with
-    C{always_rport}: a connection's port is the only way back).
+    request came from: C{received} when its host differs from C{src} or it
+    carries a C{received} already, C{received} and C{rport} when it asks
+    for C{rport} (or always, with C{always_rport}: a connection's port is
+    the only way back).  A C{received} or C{rport} value the sender wrote
+    itself is replaced, never kept: responses go to where the request came
+    from, not to an address taken from the message.
     """
     via = msg.top_via
     assert via is not None
     host, port = src
     new = via
     has_rport, _ = param(via.params, "rport")
+    has_received, _ = param(via.params, "received")
     if has_rport or always_rport:
         new = new.with_param("received", host).with_param("rport", str(port))
-    elif via.host != host:
+    elif has_received or via.host != host:
         new = new.with_param("received", host)
     if new != via:
         msg.replace_first_value("Via", str(new))
