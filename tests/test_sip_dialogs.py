@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.sip.dialogs import ACK_WAIT, Dialog, DialogTable, MovedLegs
+from spwm.sip.dialogs import ACK_WAIT, Dialog, DialogTable, MovedLegs, RemoteTarget
+
+
+def _target(n: int) -> RemoteTarget:
+    """
+    @return: the remote target of a party at 198.51.100.C{n}.
+    """
+    return RemoteTarget(f"sip:u@198.51.100.{n}", f"198.51.100.{n}")
 
 
 class DialogTableTests(SynchronousTestCase):
@@ -149,20 +156,20 @@ class DialogTableTests(SynchronousTestCase):
         L{DialogTable.retarget} changes it.
         """
         t = DialogTable(100.0)
-        t.offered("s", "c", "a", "sip:u@198.51.100.1")
+        t.offered("s", "c", "a", _target(1))
         t.answered("s", "c", 1, "a", "b", 0.0)
         t.answered("s", "c", 1, "a", "b", 1.0)
         t.touch("s", "c", 2.0)
         t.ending("s", "c", "b", "a", 3.0)
-        self.assertEqual(t.target("s", "c", "b", "a"), "sip:u@198.51.100.1")
+        self.assertEqual(t.target("s", "c", "b", "a"), _target(1))
         self.assertIsNone(t.target("s", "c", "a", "x"))
         self.assertIsNone(t.target("other", "c", "a", "b"))
-        t.retarget("s", "c", "b", "a", "sip:u@198.51.100.2")
-        self.assertEqual(t.target("s", "c", "a", "b"), "sip:u@198.51.100.2")
-        t.retarget("s", "nothing", "a", "b", "sip:u@198.51.100.3")
+        t.retarget("s", "c", "b", "a", _target(2))
+        self.assertEqual(t.target("s", "c", "a", "b"), _target(2))
+        t.retarget("s", "nothing", "a", "b", _target(3))
         self.assertEqual(len(t), 1)
         # an INVITE from the other side (another From-tag) has no target here
-        t.offered("s", "d", "a", "sip:u@198.51.100.1")
+        t.offered("s", "d", "a", _target(1))
         t.answered("s", "d", 1, "z", "b", 0.0)
         self.assertIsNone(t.target("s", "d", "z", "b"))
 
@@ -173,12 +180,12 @@ class DialogTableTests(SynchronousTestCase):
         """
         t = DialogTable(100.0, offer_limit=2)
         for n in range(3):
-            t.offered("s", f"c{n}", "a", f"sip:u@198.51.100.{n}")
+            t.offered("s", f"c{n}", "a", _target(n))
         for n in range(3):
             t.answered("s", f"c{n}", 1, "a", "b", 0.0)
         self.assertEqual(
             [t.target("s", f"c{n}", "a", "b") for n in range(3)],
-            [None, "sip:u@198.51.100.1", "sip:u@198.51.100.2"],
+            [None, _target(1), _target(2)],
         )
         self.assertEqual(len(t._offered), 2)
         t.remove("s", "c1", "a", "b")

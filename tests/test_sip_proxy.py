@@ -2528,16 +2528,16 @@ class EmbeddedDialogTests(SynchronousTestCase):
         """
         The phone's re-INVITE (hold) reaches the caller and its 200 comes
         back; the ACK for that 200 goes to the caller too.  The caller's
-        2xx with a new Contact moves the target: the next request goes
-        there (over TCP, by its C{transport} parameter), and not to the
-        old one.
+        2xx with a new Contact (on its own host) moves the target: the
+        next request goes there (over TCP, by its C{transport}
+        parameter), and not to the old one.
         """
         w = self.w
         routes = self.call()
         self.phone("INVITE", routes, cseq=2)
         act, reinv = w.take_network()
         self.assertEqual((act.addr, reinv.method), (self.CALLER, "INVITE"))
-        moved = "sip:carol@198.51.100.41:5070;transport=tcp"
+        moved = "sip:carol@198.51.100.40:5070;transport=tcp"
         w.network(
             answer(reinv.to_bytes(), 200, to_tag=None, extra=(("Contact", f"<{moved}>"),)),
             src=self.CALLER,
@@ -2546,7 +2546,7 @@ class EmbeddedDialogTests(SynchronousTestCase):
         self.assertEqual((ok.status, ok.cseq[1]), (200, "INVITE"))
         self.phone("ACK", routes, ruri=moved, cseq=2, branch="z9hG4bKph2")
         act, ack = w.take_network()
-        self.assertEqual((act.transport, act.addr, ack.method), ("tcp", ("198.51.100.41", 5070), "ACK"))
+        self.assertEqual((act.transport, act.addr, ack.method), ("tcp", ("198.51.100.40", 5070), "ACK"))
         self.phone("BYE", routes, cseq=3, branch="z9hG4bKph3")
         _, nf = w.take_app()
         self.assertEqual(nf.status, 404)
@@ -2619,6 +2619,42 @@ class EmbeddedDialogTests(SynchronousTestCase):
         )
         self.assertEqual(w.to_network, [])
         self.assertEqual(w.contact.counters[TARGET_UNREACHABLE], 1)
+
+    def test_target_elsewhere_refused(self) -> None:
+        """
+        A remote target whose host is not the address the message that
+        set it came from (the INVITE's, a refresh's, the 2xx to the
+        phone's re-INVITE) is not sent to, over UDP or TCP: the phone's
+        ACK is dropped with a line, its BYE gets 404 naming why, and
+        nothing goes to the network (else any host on the operator side
+        could have the contact point send SIP, or open TCP, anywhere,
+        loopback included).
+        """
+        w = self.w
+        reason = "remote target {} is not the caller's address 198.51.100.40 (its message came from there)"
+        for n, target in enumerate(("sip:v@127.0.0.77:31999", "sip:v@192.0.2.77:31998;transport=tcp")):
+            call_id = f"ext-{n}"
+            routes = self.call(target, call_id=call_id)
+            self.phone("ACK", routes, ruri=target, call_id=call_id)
+            self.assertEqual(w.to_network, [])
+            self.assertEqual(w.drops, [f"ACK to {target}: " + reason.format(target)])
+            self.phone("BYE", routes, ruri=target, call_id=call_id, cseq=2, branch="z9hG4bKph2")
+            _, nf = w.take_app()
+            self.assertEqual((nf.status, nf.reason), (404, "Not Found: " + reason.format(target)))
+            self.assertEqual(w.to_network, [])
+            w.drops.clear()
+        # the caller's 2xx to the phone's re-INVITE, moving the target to
+        # another host, moves it nowhere it is sent to
+        routes = self.call(call_id="ext-3")
+        self.phone("INVITE", routes, call_id="ext-3", cseq=2)
+        _, reinv = w.take_network()
+        moved = "sip:v@198.51.100.41:5060"
+        w.network(answer(reinv.to_bytes(), 200, to_tag=None, extra=(("Contact", f"<{moved}>"),)), src=self.CALLER)
+        w.take_app()
+        self.phone("BYE", routes, ruri=moved, call_id="ext-3", cseq=3, branch="z9hG4bKph3")
+        _, nf = w.take_app()
+        self.assertEqual((nf.status, nf.reason), (404, "Not Found: " + reason.format(moved)))
+        self.assertEqual(w.to_network, [])
 
     def test_not_with_an_operator_proxy(self) -> None:
         """

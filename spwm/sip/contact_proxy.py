@@ -17,7 +17,8 @@ actions (L{spwm.sip.actions}) for the runner
 With the embedded registrar, the one request from a tunnel that goes
 elsewhere is one inside a dialog with a party on the operator network,
 addressed to the remote target that party gave (its C{Contact}, recorded in
-the dialog table): it goes to that address (L{ContactSipProxy._dialog_hop}).
+the dialog table): it goes to that address, and only when it is the address
+the party's message came from (L{ContactSipProxy._dialog_hop}).
 
 With the embedded registrar, a message the contact point sends to its own
 address (the registrar's answer, a response whose next C{Via} is ours
@@ -59,7 +60,7 @@ from spwm.sip.checks import (
     starts_work,
     unavailable,
 )
-from spwm.sip.dialogs import UNACKNOWLEDGED, Dialog, DialogTable, MovedLegs
+from spwm.sip.dialogs import UNACKNOWLEDGED, Dialog, DialogTable, MovedLegs, RemoteTarget
 from spwm.sip.errors import SipParseError
 from spwm.sip.flows import KIND_CONTACT, KIND_ROUTE, KIND_VIA, FlowToken, FlowTokenCodec
 from spwm.sip.message import SipMessage, make_response, parse_message
@@ -593,8 +594,10 @@ class ContactSipProxy:
         recorded (L{DialogTable.target}), with no C{Route} left: the
         target's IP address and port, over UDP (or TCP by its C{transport}
         parameter).  The registrar would look the Request-URI up as an
-        address-of-record.  Only a recorded target is sent to: a tunnel
-        cannot make the contact point send requests anywhere else.
+        address-of-record.  Only a recorded target is sent to, and only
+        when its host is the IP address the message that set it came
+        from: neither a tunnel nor a party on the network side can make
+        the contact point send requests anywhere else.
 
         @return: C{(transport, (host, port))}; C{None} when the request is
             not such a request (the registrar takes it); the reason why
@@ -603,34 +606,41 @@ class ContactSipProxy:
         if self.registrar is None or msg.to_tag is None or msg.has("Route"):
             return None
         target = self._dialogs.target(session, msg.call_id, msg.from_tag, msg.to_tag)
-        if target is None or not _same_target(target, msg.uri or ""):
+        if target is None or not _same_target(target.uri, msg.uri or ""):
             return None
-        uri = parse_uri(target)
+        uri = parse_uri(target.uri)
         transport = (uri.param("transport") or "udp").lower()
         if uri.scheme != "sip" or transport not in ("udp", "tcp"):
-            return f"remote target {target} needs a transport other than UDP and TCP"
+            return f"remote target {target.uri} needs a transport other than UDP and TCP"
         try:
             host = str(ipaddress.ip_address(uri.host))
         except ValueError:
-            return f"remote target {target} is not an IP address"
+            return f"remote target {target.uri} is not an IP address"
         dest = (host, uri.port or 5060)
         if self._is_our_addr(dest):
             return None  # ourselves: the registrar's spiral routes it
+        if normalize_host(host) != target.source:
+            # a party may name only itself: else any host on the network
+            # side could have the contact point send SIP (or open TCP) to
+            # a third host or to its own loopback services
+            return f"remote target {target.uri} is not the caller's address {target.source} (its message came from there)"
         return transport, dest
 
-    def _remember_target(self, session: str, msg: SipMessage) -> None:
+    def _remember_target(self, session: str, msg: SipMessage, src: tuple[str, int]) -> None:
         """
-        Record the remote target that a request from a party on the network
-        side (not a spiral) names in its C{Contact}: the target of the
-        dialogs its INVITE makes, or a target refresh of an established
-        dialog.  Only with the embedded registrar (L{_dialog_hop}).
+        Record the remote target that a message from a party on the network
+        side (not a spiral) names in its C{Contact}, with C{src}, where the
+        message came from: the target of the dialogs its INVITE makes, or
+        a target refresh of an established dialog.  Only with the embedded
+        registrar (L{_dialog_hop}).
         """
         method = msg.method or msg.cseq[1]
         if self.registrar is None or self.proxies is not None or method not in _TARGET_METHODS:
             return
-        target = _contact_target(msg)
-        if target is None:
+        uri = _contact_target(msg)
+        if uri is None:
             return
+        target = RemoteTarget(uri, normalize_host(src[0]))
         if msg.to_tag is None:
             if method == "INVITE":
                 self._dialogs.offered(session, msg.call_id, msg.from_tag, target)
@@ -820,7 +830,7 @@ class ContactSipProxy:
         self._track_response(key, tok.session_id, leg, msg, now)
         if 200 <= status < 300 and msg.to_tag is not None and not self._is_our_addr(src):
             # the network side's 2xx to a target refresh from the tunnel
-            self._remember_target(tok.session_id, msg)
+            self._remember_target(tok.session_id, msg, src)
         show_media(self.media_hook, key, leg, msg, True)
         return [ToTunnel(key, fid, msg.to_bytes()), *events]
 
@@ -961,7 +971,7 @@ class ContactSipProxy:
             self._dialogs.ending(tok.session_id, call_id, msg.from_tag, msg.to_tag, now)
             self._arm(now)
         if not self._is_our_addr(src):
-            self._remember_target(tok.session_id, msg)
+            self._remember_target(tok.session_id, msg, src)
         return [ToTunnel(key, tok.flow_id, msg.to_bytes())]
 
     def _not_ours(

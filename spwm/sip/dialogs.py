@@ -22,7 +22,7 @@ from typing import Any, Hashable, Iterator
 
 from attrs import evolve, frozen
 
-__all__ = ["ACK_WAIT", "BYE_WAIT", "UNACKNOWLEDGED", "Dialog", "DialogTable", "MovedLegs"]
+__all__ = ["ACK_WAIT", "BYE_WAIT", "UNACKNOWLEDGED", "Dialog", "DialogTable", "MovedLegs", "RemoteTarget"]
 
 #: Seconds a 2xx to an INVITE waits for its ACK: 64 x T1, after which a
 #: UAS gives up retransmitting it and ends the dialog (RFC 3261 13.3.1.4).
@@ -37,6 +37,21 @@ BYE_WAIT = 64 * 0.5
 UNACKNOWLEDGED = "answer never acknowledged"
 
 _Call = tuple[str, frozenset[str | None]]
+
+
+@frozen
+class RemoteTarget:
+    """
+    The remote target of a party on the network side, and where the
+    message that set it came from.
+
+    @ivar uri: the URI of the message's C{Contact} (RFC 3261 12.1).
+    @ivar source: the IP address the message came from (the address a
+        core sends to only when the URI names it).
+    """
+
+    uri: str
+    source: str
 
 
 @frozen
@@ -55,7 +70,7 @@ class Dialog:
     to_tag: str | None
     flow_id: int
     expires: float
-    target: str | None = None
+    target: RemoteTarget | None = None
 
 
 def _same(dialog: Dialog, tags: set[str | None]) -> bool:
@@ -97,7 +112,7 @@ class DialogTable:
         self.dropped = 0
         # (scope, call id) -> the From-tag and remote target of the new
         # INVITE that came from the network side (L{offered}), oldest first
-        self._offered: dict[tuple[Hashable, str], tuple[str | None, str]] = {}
+        self._offered: dict[tuple[Hashable, str], tuple[str | None, RemoteTarget]] = {}
         # (scope, call id) -> its dialogs; ordered by last answer (the
         # bound's eviction order)
         self._calls: dict[tuple[Hashable, str], list[Dialog]] = {}
@@ -306,7 +321,7 @@ class DialogTable:
                 for d in dialogs
             ]
 
-    def offered(self, scope: Hashable, call_id: str, from_tag: str | None, target: str) -> None:
+    def offered(self, scope: Hashable, call_id: str, from_tag: str | None, target: RemoteTarget) -> None:
         """
         A new INVITE from the network side went into C{scope}: the dialogs
         its 2xx establishes (L{answered}) have C{target} as their remote
@@ -320,7 +335,7 @@ class DialogTable:
             del offered[next(iter(offered))]
 
     def retarget(
-        self, scope: Hashable, call_id: str, from_tag: str | None, to_tag: str | None, target: str
+        self, scope: Hashable, call_id: str, from_tag: str | None, to_tag: str | None, target: RemoteTarget
     ) -> None:
         """
         A target refresh (a re-INVITE or UPDATE from the network side, or
@@ -335,7 +350,7 @@ class DialogTable:
 
     def target(
         self, scope: Hashable, call_id: str, from_tag: str | None, to_tag: str | None
-    ) -> str | None:
+    ) -> RemoteTarget | None:
         """
         @return: the remote target on the network side of the established
             dialog of these tags in C{scope}, or C{None}.
