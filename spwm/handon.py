@@ -60,6 +60,7 @@ from spwm.logthrottle import Every, ThrottledLog
 from spwm.security.keys import EXPORTER_LABEL, KEY_LENGTH
 from spwm.tunnel.connection import State
 from spwm.tunnel.frames import HEADER, HEADER_SIZE, PREFACE_SIZE, FrameType, encode_preface
+from spwm.tunnel.info import tls_of
 from spwm.tunnel.protocol import TunnelProtocol, client_identity_problem
 from spwm.workers import WorkerPorts
 
@@ -165,20 +166,30 @@ def handon_target(hello: dict[str, Any] | None, ports: WorkerPorts, on_shared_po
     return None
 
 
-def encode_header(host: str, port: int, exporter: bytes | None) -> bytes:
+def encode_header(
+    host: str, port: int, exporter: bytes | None, tls: tuple[str, str | None] | None = None
+) -> bytes:
     """
     The line a worker sends first on a hand-on connection: the agent's
-    address and the keying material its TLS session exported (the user
-    keys of the session are derived with it), or C{None} (plaintext).
+    address, the keying material its TLS session exported (the user
+    keys of the session are derived with it), or C{None} (plaintext),
+    and the TLS version and cipher of that session (for the status of
+    the worker that takes it, which sees none), or C{None}.
     """
-    fields = {"v": 1, "host": host, "port": port, "exporter": None if exporter is None else exporter.hex()}
+    fields: dict[str, Any] = {"v": 1, "host": host, "port": port, "exporter": None if exporter is None else exporter.hex()}
+    if tls is not None:
+        fields["tls"] = list(tls)
     return json.dumps(fields, separators=(",", ":"), sort_keys=True).encode() + b"\n"
 
 
-def parse_header(data: bytes) -> tuple[tuple[str, int, bytes | None], bytes] | None:
+def parse_header(
+    data: bytes,
+) -> tuple[tuple[str, int, bytes | None, tuple[str, str | None] | None], bytes] | None:
     """
-    C{((host, port, exporter), rest)} from the bytes of a hand-on
-    connection, or C{None} while the header line is incomplete.
+    C{((host, port, exporter, tls), rest)} from the bytes of a hand-on
+    connection, or C{None} while the header line is incomplete; C{tls}
+    is C{(version, cipher)} or C{None} (plaintext, or a worker that did
+    not say).
 
     @raise ValueError: not a header this version makes.
     """
@@ -200,7 +211,11 @@ def parse_header(data: bytes) -> tuple[tuple[str, int, bytes | None], bytes] | N
         if not isinstance(exporter, str):
             raise ValueError("hand-on header with a bad exporter value")
         exporter = bytes.fromhex(exporter)
-    return (host, port, exporter), data[end + 1 :]
+    tls = fields.get("tls")
+    told: tuple[str, str | None] | None = None
+    if isinstance(tls, list) and len(tls) == 2 and isinstance(tls[0], str) and (tls[1] is None or isinstance(tls[1], str)):
+        told = (tls[0], tls[1])
+    return (host, port, exporter, told), data[end + 1 :]
 
 
 def socket_path(directory: str, index: int) -> str:
@@ -407,7 +422,8 @@ class HandOnTunnelProtocol(TunnelProtocol):
         state.handon.started(state.target)
         addr = self.transport.getPeer()
         relay.transport.write(
-            encode_header(str(getattr(addr, "host", "")), int(getattr(addr, "port", 0)), self._exported()) + state.held
+            encode_header(str(getattr(addr, "host", "")), int(getattr(addr, "port", 0)), self._exported(), self._tls())
+            + state.held
         )
         state.held = b""
         relay.transport.registerProducer(_Reading(self.transport), True)
@@ -419,6 +435,10 @@ class HandOnTunnelProtocol(TunnelProtocol):
             worker=state.target.worker,
         )
         self.transport.resumeProducing()
+
+    def _tls(self) -> tuple[str, str | None] | None:
+        version, cipher = tls_of(self.transport)
+        return None if version is None else (version, cipher)
 
     def _exported(self) -> bytes | None:
         return TunnelProtocol.export_keying_material(self, EXPORTER_LABEL, KEY_LENGTH)
@@ -585,9 +605,12 @@ class _HandedOnTransport:
 
     transport = None
 
-    def __init__(self, transport: Any, peer: Any) -> None:
+    def __init__(self, transport: Any, peer: Any, tls: tuple[str, str | None] | None = None) -> None:
         self._transport = transport
         self._peer = peer
+        #: the TLS version and cipher of the agent's connection, as the
+        #: worker that handed it on terminates it (the status shows it)
+        self.handed_on_tls = tls
 
     def getPeer(self) -> Any:
         return self._peer
@@ -627,7 +650,7 @@ class HandOnReceiver(Protocol):
             return
         if parsed is None:
             return
-        (host, port, exporter), rest = parsed
+        (host, port, exporter, tls), rest = parsed
         self._buffer = b""
         addr = (IPv6Address if ":" in host else IPv4Address)("TCP", host, port)
         tunnel = self.tunnels.buildProtocol(addr, partial(HandedOnTunnelProtocol, exporter=exporter))
@@ -639,7 +662,7 @@ class HandOnReceiver(Protocol):
         tunnel.check_client_identity = False
         self.handon.counts.received += 1
         self.tunnel = tunnel
-        tunnel.makeConnection(_HandedOnTransport(self.transport, addr))
+        tunnel.makeConnection(_HandedOnTransport(self.transport, addr, tls))
         if rest:
             tunnel.dataReceived(rest)
 

@@ -34,6 +34,7 @@ from spwm.limits import TunnelLimits
 from spwm.security.keys import EXPORTER_LABEL, KEY_LENGTH
 from spwm.tunnel.connection import Role, State, TunnelConnection
 from spwm.tunnel.frames import PREFACE_SIZE, FrameType, encode_control, encode_frame, encode_preface
+from spwm.tunnel.info import describe_tunnel
 from spwm.tunnel.protocol import ContactTunnelFactory, TunnelProtocol
 from spwm.workers import WorkerPorts
 from tests.test_tunnel_protocol import RecordingApp
@@ -95,9 +96,16 @@ class TargetTests(SynchronousTestCase):
 
 class HeaderTests(SynchronousTestCase):
     def test_round_trip(self) -> None:
-        line = encode_header("192.0.2.7", 40000, b"\x01" * 32)
-        self.assertEqual(parse_header(line + b"rest"), (("192.0.2.7", 40000, b"\x01" * 32), b"rest"))
-        self.assertEqual(parse_header(encode_header("2001:db8::1", 1, None)), (("2001:db8::1", 1, None), b""))
+        line = encode_header("192.0.2.7", 40000, b"\x01" * 32, ("TLSv1.3", "TLS_AES_256_GCM_SHA384"))
+        self.assertEqual(
+            parse_header(line + b"rest"),
+            (("192.0.2.7", 40000, b"\x01" * 32, ("TLSv1.3", "TLS_AES_256_GCM_SHA384")), b"rest"),
+        )
+        self.assertEqual(parse_header(encode_header("2001:db8::1", 1, None)), (("2001:db8::1", 1, None, None), b""))
+        # a TLS field that is not a version and a cipher is not taken
+        self.assertEqual(
+            parse_header(b'{"v":1,"host":"h","port":1,"exporter":null,"tls":[5]}\n'), (("h", 1, None, None), b"")
+        )
 
     def test_incomplete(self) -> None:
         self.assertIsNone(parse_header(encode_header("192.0.2.7", 1, None)[:-1]))
@@ -278,7 +286,7 @@ class HandingOnTests(SynchronousTestCase):
         relay.makeConnection(local)
         d.callback(relay)
         header, rest = parse_header(local.value())  # type: ignore[misc]
-        self.assertEqual(header, ("192.0.2.7", 40000, None))
+        self.assertEqual(header, ("192.0.2.7", 40000, None, None))  # plaintext: no TLS
         self.assertEqual(rest, sent)
         self.assertEqual(transport.producerState, "producing")
         self.assertNotIn(tunnel, factory.tunnels)
@@ -421,9 +429,10 @@ class ReceivingTests(SynchronousTestCase):
         """
         agent = Agent({"resume": {"session_id": "ab-w0"}})
         exporter = b"\x07" * KEY_LENGTH
-        receiver, transport = self.receive(encode_header("2001:db8::7", 40000, exporter)[:10])
+        header = encode_header("2001:db8::7", 40000, exporter, ("TLSv1.3", "TLS_AES_128_GCM_SHA256"))
+        receiver, transport = self.receive(header[:10])
         self.assertIsNone(receiver.tunnel)
-        receiver.dataReceived(encode_header("2001:db8::7", 40000, exporter)[10:] + agent.send())
+        receiver.dataReceived(header[10:] + agent.send())
         tunnel = receiver.tunnel
         assert tunnel is not None
         self.assertEqual(tunnel.peer, "[2001:db8::7]:40000")
@@ -431,6 +440,13 @@ class ReceivingTests(SynchronousTestCase):
         self.assertEqual(tunnel.export_keying_material(EXPORTER_LABEL, KEY_LENGTH), exporter)
         self.assertIsNone(tunnel.export_keying_material(b"other", KEY_LENGTH))
         self.assertFalse(tunnel.check_client_identity)
+        # the status shows the TLS session the other worker terminates,
+        # not plaintext
+        described = describe_tunnel(tunnel, 0.0)
+        self.assertEqual(
+            (described["tls"], described["cipher"], described["paths"][0]["transport"]),
+            ("TLSv1.3", "TLS_AES_128_GCM_SHA256", "tls"),
+        )
         self.assertEqual(transport.value()[:PREFACE_SIZE], encode_preface(1, 1))
         agent.receive(transport.value())
         transport.clear()

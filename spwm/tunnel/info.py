@@ -14,7 +14,7 @@ from typing import Any
 from spwm.session.paths import PathKind
 from spwm.tunnel.protocol import find_socket
 
-__all__ = ["describe_tunnel", "tcp_rtt"]
+__all__ = ["describe_tunnel", "tcp_rtt", "tls_of"]
 
 #: struct tcp_info (Linux): tcpi_rtt and tcpi_rttvar, microseconds, at
 #: byte 68 and 72.
@@ -39,13 +39,18 @@ def tcp_rtt(sock: Any) -> float | None:
     return rtt / 1e6 if rtt else None
 
 
-def _tls(transport: Any) -> tuple[str | None, str | None]:
+def tls_of(transport: Any) -> tuple[str | None, str | None]:
     """
-    The TLS version and cipher of a transport (C{None, None} without TLS).
+    The TLS version and cipher of a transport (C{None, None} without TLS);
+    for a connection another worker handed on (C{--workers}), those of its
+    TLS session there.
     """
     for _ in range(4):
         if transport is None:
             break
+        told = getattr(transport, "handed_on_tls", None)
+        if told is not None:
+            return told[0], told[1]
         handle = getattr(transport, "getHandle", None)
         if handle is not None:
             try:
@@ -124,7 +129,7 @@ def describe_tunnel(tunnel: Any, now: float) -> dict[str, Any]:
         rtt = _quic_rtt(quic)
         kind = "quic"
     else:
-        version, cipher = _tls(transport)
+        version, cipher = tls_of(transport)
         rtt = tcp_rtt(find_socket(transport))
         kind = "tls" if version else "tcp"
     connected = getattr(tunnel, "connected_at", None)
