@@ -93,6 +93,13 @@ class SipLimits:
         runner towards the operator network.
     @ivar max_queued: messages held per such connection while it opens.
     @ivar max_forward_senders: senders one agent UDP forward gives a channel.
+    @ivar max_stream_connections: connections one SIP TCP or TLS listening
+        socket holds at once (the agent's towards applications, the
+        contact point's operator-side one); one more is closed at once.
+    @ivar first_message_timeout: seconds an accepted SIP connection has to
+        bring its first complete SIP message; one that has not is closed
+        (a phone sends its REGISTER at once; a connection that carried SIP
+        stays open however long it idles, RFC 5626).
     """
 
     max_message_size: int = field(default=65535, validator=[_pos, validators.le(65535)])
@@ -102,6 +109,8 @@ class SipLimits:
     max_connections: int = field(default=64, validator=_pos)
     max_queued: int = field(default=64, validator=_pos)
     max_forward_senders: int = field(default=256, validator=_pos)
+    max_stream_connections: int = field(default=1024, validator=_pos)
+    first_message_timeout: float = field(default=30.0, validator=_pos_time)
 
 
 @frozen

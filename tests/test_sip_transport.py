@@ -742,6 +742,99 @@ class ContactRunnerTests(SynchronousTestCase):
         r.stop()
 
 
+class StreamListenerLimitTests(SynchronousTestCase):
+    """
+    A SIP listener's L{SipStreamFactory} bounds its connections: their
+    number, and the time to a first SIP message.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.tunnel = FakeTunnel()
+        self.core = AgentSipProxy(self.tunnel, "agent-1")
+        self.runner = AgentSipRunner(self.core, self.clock)
+
+    def factory(self, max_connections: int = 2, timeout: float = 30.0) -> SipStreamFactory:
+        return SipStreamFactory(self.runner, "tcp", 65535, max_connections, timeout)
+
+    def test_over_the_limit_closed_at_once(self) -> None:
+        """
+        A connection beyond C{max_connections} is aborted at once, before
+        the runner knows it, with one warning per 10 s naming the count;
+        once one closes, a new one is accepted again.
+        """
+        factory = self.factory(max_connections=2)
+        first, _ = stream(factory, ("192.0.2.1", 5060), ("192.0.2.10", 40000))
+        stream(factory, ("192.0.2.1", 5060), ("192.0.2.10", 40001))
+        with capturedLogs() as events:
+            over, tr = stream(factory, ("192.0.2.1", 5060), ("192.0.2.10", 40002))
+            stream(factory, ("192.0.2.1", 5060), ("192.0.2.10", 40003))
+        self.assertTrue(tr.disconnecting)
+        self.assertIsNone(over.conn_id)
+        self.assertEqual(factory.refused, 2)
+        self.assertEqual(len(self.runner._streams), 2)
+        [line] = _lines(events)
+        self.assertIn("refused SIP tcp connection from 192.0.2.10:40002: 2 connections open, limit 2", line)
+        self.assertIn("--max-sip-connections", line)
+        over.connectionLost(None)
+        first.connectionLost(None)
+        _, tr = stream(factory, ("192.0.2.1", 5060), ("192.0.2.10", 40004))
+        self.assertFalse(tr.disconnecting)
+        self.assertEqual(len(factory.open), 2)
+
+    def test_no_first_message_closed(self) -> None:
+        """
+        A connection that brings no complete SIP message within the bound
+        (nothing, a partial header, or only keepalives) is closed, with one
+        info line per 10 s.
+        """
+        factory = self.factory(max_connections=10, timeout=30.0)
+        idle, idle_tr = stream(factory, ("192.0.2.1", 5060), ("192.0.2.10", 40000))
+        partial, partial_tr = stream(factory, ("192.0.2.1", 5060), ("192.0.2.10", 40001))
+        partial.dataReceived(b"\r\n\r\nREGISTER sip:example.test SIP/2.0\r\nVia: ")
+        self.clock.advance(29.9)
+        self.assertFalse(idle_tr.disconnecting or partial_tr.disconnecting)
+        with capturedLogs() as events:
+            self.clock.advance(0.2)
+        self.assertTrue(idle_tr.disconnecting)
+        self.assertTrue(partial_tr.disconnecting)
+        self.assertEqual(factory.silent, 2)
+        [line] = _lines(events)
+        self.assertIn("closed SIP tcp connection from 192.0.2.10:40000: no complete SIP message within 30 s", line)
+        idle.connectionLost(None)
+        partial.connectionLost(None)
+        self.assertEqual(factory.open, set())
+
+    def test_connection_that_carried_sip_stays(self) -> None:
+        """
+        A connection whose first message came in time stays open however
+        long it is idle (RFC 5626 flows), and no timer is left behind.
+        """
+        factory = self.factory(timeout=30.0)
+        proto, tr = stream(factory, ("192.0.2.1", 5060), ("192.0.2.10", 40000))
+        proto.dataReceived(register().replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"))
+        self.clock.advance(3600)
+        proto.dataReceived(b"\r\n\r\n")
+        self.clock.advance(3600)
+        self.assertFalse(tr.disconnecting)
+        self.assertIsNone(proto._first_timer)
+        self.assertEqual(factory.silent, 0)
+        proto.connectionLost(None)
+        self.assertEqual(factory.open, set())
+
+    def test_outgoing_factory_unbounded(self) -> None:
+        """
+        A factory without bounds (an outgoing connection's) sets no timer
+        and counts nothing.
+        """
+        factory = SipStreamFactory(self.runner)
+        proto, tr = stream(factory, ("192.0.2.1", 5060), ("192.0.2.10", 40000))
+        self.clock.advance(3600)
+        self.assertFalse(tr.disconnecting)
+        self.assertIsNone(proto.listener)
+        self.assertEqual(factory.open, set())
+
+
 def _lines(events: list[dict], namespace: str | None = None) -> list[str]:
     from twisted.logger import formatEvent
 

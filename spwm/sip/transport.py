@@ -272,12 +272,34 @@ class SipStreamProtocol(Protocol):
         self.local: tuple[str, int] = ("", 0)
         self.peer: tuple[str, int] = ("", 0)
         self.outgoing = False
+        #: the listener's factory that bounds this connection (set by
+        #: L{SipStreamFactory.buildProtocol}); C{None}: not bounded
+        self.listener: SipStreamFactory | None = None
+        #: closes the connection unless a first SIP message comes in time
+        self._first_timer: IDelayedCall | None = None
+        self._refused = False
 
     def connectionMade(self) -> None:
         h, p = self.transport.getHost(), self.transport.getPeer()
         self.local = (getattr(h, "host", ""), getattr(h, "port", 0))
         self.peer = (getattr(p, "host", ""), getattr(p, "port", 0))
+        listener = self.listener
+        if listener is not None:
+            if not listener.admit(self):
+                # over the listener's limit: closed before the runner knows it
+                self._refused = True
+                _abort(self.transport)
+                return
+            self._first_timer = listener.first_message_timer(self)
         self.conn_id = self.runner.stream_connected(self)
+
+    def first_message_overdue(self) -> None:
+        """
+        No complete SIP message came within the listener's bound: close
+        the connection (without waiting for a peer that may not read).
+        """
+        self._first_timer = None
+        _abort(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         try:
@@ -296,18 +318,30 @@ class SipStreamProtocol(Protocol):
                 if isinstance(item, KeepAlive):
                     self.transport.write(b"\r\n")
                 else:
+                    self._cancel_first_timer()
                     self.runner.stream_message(self, item)
         except Exception:
             self.log.failure("SIP message from {peer} failed", peer=self._peer_text())
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._cancel_first_timer()
+        if self._refused:
+            return
+        if self.listener is not None:
+            self.listener.released(self)
         try:
             self.runner.stream_lost(self)
         except Exception:
             self.log.failure(
                 "cleaning up SIP stream from {peer} failed", peer=self._peer_text()
             )
+
+    def _cancel_first_timer(self) -> None:
+        if self._first_timer is not None:
+            if self._first_timer.active():
+                self._first_timer.cancel()
+            self._first_timer = None
 
     def flow(self) -> Flow:
         """
@@ -319,22 +353,121 @@ class SipStreamProtocol(Protocol):
         return peer_text(self.peer)
 
 
+def _abort(transport: Any) -> None:
+    """
+    Close a connection at once, dropping what waits to be written (a peer
+    that does not read holds nothing of ours).
+    """
+    getattr(transport, "abortConnection", transport.loseConnection)()
+
+
 class SipStreamFactory(Factory):
     """
     Builds L{SipStreamProtocol}s for a runner (listening or connecting).
+
+    A listener's factory (C{max_connections} given) bounds its connections:
+    one more than C{max_connections} open is closed at once, and one that
+    brings no complete SIP message within C{first_message_timeout} is
+    closed; each with a line, one per 10 s at most.  A connection that has
+    carried SIP stays open however long it is idle (phones keep their
+    flows open, RFC 5626).
+
+    @ivar open: the connections counted now.
+    @ivar refused: connections closed over C{max_connections}.
+    @ivar silent: connections closed for want of a first message.
     """
 
     noisy = False
 
+    log = Logger()
+
     def __init__(
-        self, runner: _Runner, transport_name: str = "tcp", max_size: int = 65535
+        self,
+        runner: _Runner,
+        transport_name: str = "tcp",
+        max_size: int = 65535,
+        max_connections: int | None = None,
+        first_message_timeout: float | None = None,
     ) -> None:
+        """
+        @param max_connections: connections held at once; C{None}: this
+            factory counts nothing (an outgoing connection's).
+        @param first_message_timeout: seconds for the first message;
+            C{None}: no bound.
+        """
         self.runner = runner
         self.transport_name = transport_name
         self.max_size = max_size
+        self.max_connections = max_connections
+        self.first_message_timeout = first_message_timeout
+        self.open: set[SipStreamProtocol] = set()
+        self.refused = 0
+        self.silent = 0
+        self._clock = runner._clock
+        self._log = ThrottledLog(self.log, runner._clock, Every(10.0))
 
     def buildProtocol(self, addr: Any) -> SipStreamProtocol:
-        return SipStreamProtocol(self.runner, self.transport_name, self.max_size)
+        proto = SipStreamProtocol(self.runner, self.transport_name, self.max_size)
+        if self.max_connections is not None or self.first_message_timeout is not None:
+            proto.listener = self
+        return proto
+
+    def admit(self, proto: SipStreamProtocol) -> bool:
+        """
+        Count a new connection, or say (in a line, rate-limited) why it is
+        closed.
+
+        @return: whether it is within C{max_connections}.
+        """
+        if self.max_connections is not None and len(self.open) >= self.max_connections:
+            self.refused += 1
+            self._closed_line(
+                self._log.warn,
+                proto,
+                "refused SIP {transport} connection from {peer}: {open} connections open, limit {limit}"
+                " (--max-sip-connections; ",
+                open=len(self.open),
+                limit=self.max_connections,
+            )
+            return False
+        self.open.add(proto)
+        return True
+
+    def first_message_timer(self, proto: SipStreamProtocol) -> IDelayedCall | None:
+        """
+        @return: the call that closes C{proto} unless its first message
+            comes in time; C{None}: no bound.
+        """
+        if self.first_message_timeout is None:
+            return None
+        return self._clock.callLater(self.first_message_timeout, self._overdue, proto)
+
+    def _overdue(self, proto: SipStreamProtocol) -> None:
+        self.silent += 1
+        self._closed_line(
+            self._log.info,
+            proto,
+            "closed SIP {transport} connection from {peer}: no complete SIP message within {timeout:g} s (",
+            timeout=self.first_message_timeout,
+        )
+        proto.first_message_overdue()
+
+    def _closed_line(self, write: Callable[..., bool], proto: SipStreamProtocol, format: str, **fields: Any) -> None:
+        # one line per kind per 10 s (the format is the kind), with the
+        # count of those suppressed since
+        write(
+            format,
+            format + "{suppressed} more since the last such line)",
+            transport=self.transport_name,
+            peer=peer_text(proto.peer),
+            **fields,
+        )
+
+    def released(self, proto: SipStreamProtocol) -> None:
+        """
+        A counted connection is gone.
+        """
+        self.open.discard(proto)
 
 
 #: Seconds of SIP work a runner does in one reactor turn (a half's

@@ -612,7 +612,14 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
         side.tunnel.setServiceParent(top)
     Hook(forwarder.start, forwarder.stop).setServiceParent(top)
     listeners = SipListeners(
-        reactor, runner, sip_addresses, sip_tls, limits.sip.udp_buffer, limits.sip.max_message_size
+        reactor,
+        runner,
+        sip_addresses,
+        sip_tls,
+        limits.sip.udp_buffer,
+        limits.sip.max_message_size,
+        max_connections=limits.sip.max_stream_connections,
+        first_message_timeout=limits.sip.first_message_timeout,
     )
     listeners.setServiceParent(top)
     # after the SIP listeners: the media address is by default the first
@@ -1335,6 +1342,8 @@ def build_contact(
         receive_buffer=limits.sip.udp_buffer,
         max_size=limits.sip.max_message_size,
         option="sip-address",
+        max_connections=limits.sip.max_stream_connections,
+        first_message_timeout=limits.sip.first_message_timeout,
     )
     listeners.setServiceParent(top)
     # after the SIP listener: the media address is by default the

@@ -40,6 +40,7 @@ TUNNEL_LIMIT_OPTIONS = (
     Option("media-deadline", _D.tunnel.media_deadline, positive_float, "Seconds a media datagram may wait in the tunnel before it is dropped."),
     Option("max-channels", _D.tunnel.max_channels, positive_int, "Open channels per tunnel."),
     Option("max-sip-size", _D.sip.max_message_size, positive_int, "Largest SIP message accepted (bytes); larger ones get 413 or are dropped."),
+    Option("max-sip-connections", _D.sip.max_stream_connections, positive_int, "SIP TCP (and TLS) connections each SIP listening socket holds at once (the agent's --sip-listen, the contact point's --sip-address); one more is closed at once, with a warning."),
     Option("max-signalling-queue", _D.tunnel.max_priority_queue, positive_int, "Bytes of SIP and control a tunnel may queue for a peer that does not read; past a quarter of it new SIP requests get 503, past it the tunnel is closed."),
     Option("max-media-queue", _D.tunnel.max_media_queue, positive_int, "Bytes of media a tunnel may queue; past it datagrams are dropped and counted."),
     Option("udp-buffer", _D.sip.udp_buffer, positive_int, "Receive buffer (bytes) of SIP and forward UDP sockets."),

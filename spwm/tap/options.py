@@ -78,6 +78,7 @@ def _limits(values: Mapping[str, Any], **tunnel: Any) -> Limits:
         sip=SipLimits(
             max_message_size=min(values["max-sip-size"], 65535),
             udp_buffer=values["udp-buffer"],
+            max_stream_connections=values["max-sip-connections"],
             **({"max_forward_senders": values["max-forward-senders"]} if "max-forward-senders" in values else {}),
             **(
                 {

@@ -134,10 +134,16 @@ class SipListeners(Service):
         receive_buffer: int = 4 * 1024 * 1024,
         max_size: int = 65535,
         option: str = "sip-listen",
+        max_connections: int = 1024,
+        first_message_timeout: float = 30.0,
     ) -> None:
         """
         @param option: the option that names C{addresses}, for the line that
             says one cannot be bound.
+        @param max_connections: connections each TCP or TLS listening
+            socket holds at once (L{SipStreamFactory}).
+        @param first_message_timeout: seconds a connection has to bring its
+            first SIP message.
         """
         self._reactor = reactor
         self._option = option
@@ -146,6 +152,8 @@ class SipListeners(Service):
         self._tls = tls
         self._receive_buffer = receive_buffer
         self._max_size = max_size
+        self._max_connections = max_connections
+        self._first_message_timeout = first_message_timeout
         self.ports: list[Any] = []
 
     def startService(self) -> None:
@@ -163,16 +171,21 @@ class SipListeners(Service):
             # A burst of SIP (a registration storm) waits in the kernel
             # rather than being dropped there.
             set_receive_buffer(udp, self._receive_buffer)
-            factory = SipStreamFactory(self._runner, "tcp", self._max_size)
+            factory = self._stream_factory("tcp")
             self._listen("tcp", host, port, lambda: self._reactor.listenTCP(port, factory, interface=host))
             self.log.info("SIP on udp and tcp {address}", address=hostport(host, port))
             if self._tls is not None:
                 from twisted.protocols.tls import TLSMemoryBIOFactory
 
                 tls_port = port + 1
-                wrapped = TLSMemoryBIOFactory(self._tls, False, SipStreamFactory(self._runner, "tls", self._max_size))
+                wrapped = TLSMemoryBIOFactory(self._tls, False, self._stream_factory("tls"))
                 self._listen("tls", host, tls_port, lambda: self._reactor.listenTCP(tls_port, wrapped, interface=host))
                 self.log.info("SIP on tls {address}", address=hostport(host, tls_port))
+
+    def _stream_factory(self, transport: str) -> SipStreamFactory:
+        return SipStreamFactory(
+            self._runner, transport, self._max_size, self._max_connections, self._first_message_timeout
+        )
 
     def _listen(self, transport: str, host: str, port: int, listen: Any) -> Any:
         try:
