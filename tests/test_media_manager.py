@@ -19,6 +19,7 @@ from spwm.media.manager import (
     PENDING_TIMEOUT,
     UNANSWERED_TIMEOUT,
     MediaManager,
+    session_share,
     _cdr_summary,
     _codecs,
     first_codec,
@@ -26,7 +27,7 @@ from spwm.media.manager import (
 from spwm.media.ports import PortAllocator, PortsExhaustedError
 from spwm.media.sweep import sweep_interval
 from spwm.sdp import parse_sdp
-from spwm.sip.actions import CALL_LIMIT
+from spwm.sip.actions import CALL_LIMIT, TUNNEL_MEDIA_LIMIT
 from spwm.sip.flows import Flow, FlowTable
 from spwm.tap.parts import MediaHookAdapter, flow_source
 from spwm.tunnel.frames import ChannelKind, ErrorCode
@@ -1479,6 +1480,68 @@ class PortAllocatorTests(SynchronousTestCase):
             (record["from"], record["to"]), ("sip:alice@example.org;user=phone", "sip:bob@example.org")
         )
 
+
+    def test_session_share_through_the_adapter(self) -> None:
+        """
+        With C{max_pairs_per_session}, a session whose streams hold that
+        many pairs gets no more: a further stream gets port 0 with a
+        warning, and the adapter names the tunnel's limit for a new call
+        through that tunnel only (another session still gets ports); the
+        count follows a dialog's end and a session absorbed into another.
+        """
+        reactor = FakeUdpReactor()
+        contact = MediaManager(reactor, "contact", CONTACT_ADDR, (30000, 30099), max_pairs_per_session=3)
+        hook = MediaHookAdapter(contact)
+        one, two = (BaseFakeTunnel(session_id=name, first_channel=2) for name in ("one", "two"))
+        pair = _sdp(PHONE, ("audio", 4000, ""), ("video", 4002, ""))
+        body = hook.sdp_out_of_tunnel(one, "1/a", SDP_TYPE, pair)
+        self.assertEqual(body.count(b" 0 RTP/AVP"), 0)
+        self.assertEqual((contact.session_pairs("one"), hook.media_full(one)), (2, None))
+        with capturedLogs() as events:
+            body = hook.sdp_out_of_tunnel(one, "1/b", SDP_TYPE, pair)
+        self.assertIn(b"m=video 0 ", body)
+        self.assertNotIn(b"m=audio 0 ", body)
+        self.assertEqual((contact.session_pairs("one"), hook.media_full(one)), (3, TUNNEL_MEDIA_LIMIT))
+        self.assertIn(
+            "media port limit of session one reached (3 port pairs, --max-media-per-tunnel):"
+            " stream 1 of dialog 1/b not relayed",
+            [formatEvent(e) for e in events][-1],
+        )
+        self.assertIsNone(hook.media_full(two))
+        self.assertIsNone(hook.media_full())
+        body = hook.sdp_out_of_tunnel(two, "1/c", SDP_TYPE, pair)
+        self.assertNotIn(b" 0 RTP/AVP", body)
+        hook.dialog_ended(one, "1/a")
+        self.assertEqual((contact.session_pairs("one"), hook.media_full(one)), (1, None))
+        contact.session_absorbed("one", "two")
+        self.assertEqual((contact.session_pairs("one"), contact.session_pairs("two")), (0, 3))
+        self.assertEqual(hook.media_full(two), TUNNEL_MEDIA_LIMIT)
+        contact.session_ended("two")
+        self.assertEqual((contact.session_pairs("two"), contact.ports_in_use), (0, 0))
+
+    def test_default_session_share(self) -> None:
+        """
+        By default a session may hold a quarter of the range's pairs, at
+        least 16 (one call with every stream it may have).
+        """
+        self.assertEqual((session_share(500), session_share(50), session_share(8)), (125, 16, 16))
+
+    def test_streams_over_the_call_limit_logged(self) -> None:
+        """
+        The streams of a call beyond C{max_streams_per_dialog} get port 0
+        with a warning (throttled) naming the stream and the limit.
+        """
+        reactor = FakeUdpReactor()
+        contact = MediaManager(reactor, "contact", CONTACT_ADDR, (30000, 30099), max_streams_per_dialog=1)
+        end = BaseFakeTunnel(session_id="one", first_channel=2)
+        offer = _sdp(PHONE, ("audio", 4000, ""), ("video", 4002, ""))
+        with capturedLogs() as events:
+            body = contact.sdp_out_of_tunnel(end, "1/a", SDP_TYPE, offer)
+        self.assertIn(b"m=video 0 ", body)
+        self.assertEqual(contact.rejected_streams, 1)
+        self.assertIn(
+            "stream 1 of dialog 1/a not relayed (port 0): over 1 streams per call", formatEvent(events[-1])
+        )
 
     def test_call_limit_through_the_adapter(self) -> None:
         """

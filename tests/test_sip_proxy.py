@@ -200,7 +200,7 @@ class RecordingHook:
         #: what L{media_full} answers
         self.full: MediaRefusal | None = None
 
-    def media_full(self) -> MediaRefusal | None:
+    def media_full(self, key: Any = None) -> MediaRefusal | None:
         return self.full
 
     def sdp_into_tunnel(

@@ -134,6 +134,21 @@ DEFAULT_MAX_PENDING_CHANNELS = 1024
 #: so one agent that opens channels without SDP cannot refuse another's).
 MAX_PENDING_TOTAL = 16384
 
+#: The fewest port pairs L{session_share} gives one session: one call with
+#: every stream a call may have (C{--max-streams-per-dialog}'s default).
+MIN_SESSION_PAIRS = 16
+
+
+def session_share(capacity: int) -> int:
+    """
+    The port pairs one session (one tunnel's agent) may hold at once by
+    default (C{--max-media-per-tunnel}): a quarter of the range, so that
+    one agent, by mistake or not, leaves three quarters to the others (with
+    the default 500 pairs, 125: some 60 calls of audio and video, over 100
+    of audio alone), but at least L{MIN_SESSION_PAIRS}.
+    """
+    return max(MIN_SESSION_PAIRS, capacity // 4)
+
 #: Seconds a channel the peer opened may wait for its SDP. The SDP travels
 #: right behind the open, so a channel still waiting after this belongs to
 #: a message that was refused or lost (overload).
@@ -649,6 +664,7 @@ class MediaManager:
         call_lines: bool = False,
         pending_timeout: float = PENDING_TIMEOUT,
         max_calls: int | None = None,
+        max_pairs_per_session: int | None = None,
     ) -> None:
         """
         @param reactor: provides C{IReactorUDP} (and C{IReactorTime} unless
@@ -679,6 +695,11 @@ class MediaManager:
             once (C{--max-calls}): at that many, L{at_call_limit} is true
             and the SIP cores refuse new calls with 503; C{None}: no limit
             but the port range.
+        @param max_pairs_per_session: the port pairs the streams of one
+            session (one tunnel's agent) may hold at once
+            (C{--max-media-per-tunnel}, L{session_share}): at that many, a
+            new call through it is refused with 503 and a further stream
+            of its calls gets port 0; C{None}: no limit but the range.
         @param call_lines: log each call's start and answer (debug level,
             C{--log-level debug}); the call detail record at its end is
             always logged.
@@ -696,6 +717,9 @@ class MediaManager:
         self.inactivity_timeout = inactivity_timeout
         self.receive_buffer = receive_buffer
         self.max_streams_per_dialog = max_streams_per_dialog
+        self.max_pairs_per_session = max_pairs_per_session
+        # session id -> the port pairs its streams hold
+        self._session_pairs: dict[str, int] = {}
         self.max_pending_channels = max_pending_channels
         self.tcp_buffer = tcp_buffer
         # one Logger for the manager: the class attribute makes a new one
@@ -1312,6 +1336,13 @@ class MediaManager:
                     continue
                 case Rejected():
                     self.rejected_streams += 1
+                    self._warn(
+                        "streams per call",
+                        "stream {index} of dialog {dialog} not relayed (port 0): over {limit} streams per call",
+                        index=action.index,
+                        dialog=dialog_key,
+                        limit=self.max_streams_per_dialog,
+                    )
                     continue
                 case Create():
                     self._create(tunnel, dialog_key, dialog, action.index, action.tcp, now)
@@ -1512,6 +1543,10 @@ class MediaManager:
                 target[dialog_key] = dialog
                 dialog.session = into
                 for stream in dialog.streams.values():
+                    if stream.base_port is not None:
+                        # its pair counts in the share of the session it is in now
+                        self._count_pair(stream.session, -1)
+                        self._count_pair(into, 1)
                     stream.session = into
                 if not dialog.streams:
                     self._streamless[into, dialog_key] = now
@@ -1716,6 +1751,8 @@ class MediaManager:
         endpoint = stream.tcp
         assert endpoint is not None
         for _ in range(min(self.ports.capacity, 16)):
+            if self._over_session_share(stream):
+                break
             try:
                 base = self.ports.allocate()
             except PortsExhaustedError:
@@ -1726,7 +1763,7 @@ class MediaManager:
             except CannotListenError:
                 self.ports.release(base)
                 continue
-            stream.base_port = base
+            self._hold_pair(stream, base)
             return True
         self._release_stream(dialog, stream.index, "no media ports")
         return False
@@ -1734,9 +1771,7 @@ class MediaManager:
     def _tcp_connect(self, dialog: _Dialog, stream: _Stream, media: MediaDescription) -> bool:
         endpoint = stream.tcp
         assert endpoint is not None
-        if stream.base_port is not None:
-            self.ports.release(stream.base_port)
-            stream.base_port = None
+        self._free_pair(stream)
         if media.address is None or not endpoint.connect(media.address, media.port):
             self.log.warn(
                 "TCP media of dialog {dialog}: refusing to connect to {address}: {reason}",
@@ -2119,6 +2154,8 @@ class MediaManager:
         # the last refusal's text (not the exception: its traceback would
         # keep this frame, and the stream in it, in a reference cycle)
         taken = ""
+        if self._over_session_share(stream):
+            return False
         for _ in range(tries):
             try:
                 base = self.ports.allocate()
@@ -2148,7 +2185,8 @@ class MediaManager:
                     taken = str(e.socketError)
                     continue
                 self._sockets += 1
-            stream.rtp, stream.rtcp, stream.base_port = rtp, rtcp, base
+            stream.rtp, stream.rtcp = rtp, rtcp
+            self._hold_pair(stream, base)
             for endpoint in (rtp, rtcp):
                 if endpoint is not None:
                     endpoint.quality_in = stream.quality.local
@@ -2277,10 +2315,63 @@ class MediaManager:
         # its callbacks refer back to the stream: without them reference
         # counting frees it (spwm.gcpolicy)
         stream.quality.close()
-        if stream.base_port is not None:
-            self.ports.release(stream.base_port)
-            stream.base_port = None
+        self._free_pair(stream)
         self._sweeper.settle()
+
+    def _hold_pair(self, stream: _Stream, base: int) -> None:
+        """
+        The stream holds the pair at C{base}, counted in its session's share.
+        """
+        stream.base_port = base
+        self._count_pair(stream.session, 1)
+
+    def _free_pair(self, stream: _Stream) -> None:
+        """
+        Give the stream's pair back to the range and its session's share.
+        """
+        if stream.base_port is None:
+            return
+        self.ports.release(stream.base_port)
+        stream.base_port = None
+        self._count_pair(stream.session, -1)
+
+    def _count_pair(self, session_id: str, change: int) -> None:
+        held = self._session_pairs.get(session_id, 0) + change
+        if held > 0:
+            self._session_pairs[session_id] = held
+        else:
+            self._session_pairs.pop(session_id, None)
+
+    def session_pairs(self, session_id: str) -> int:
+        """
+        The port pairs the streams of one session hold now.
+        """
+        return self._session_pairs.get(session_id, 0)
+
+    def session_full(self, session_id: str) -> bool:
+        """
+        Whether the session holds its share of the port range
+        (C{max_pairs_per_session}): a new call through it is refused.
+        """
+        return self.max_pairs_per_session is not None and self.session_pairs(session_id) >= self.max_pairs_per_session
+
+    def _over_session_share(self, stream: _Stream) -> bool:
+        """
+        Whether the stream's session holds its share already (then the
+        stream gets no pair: port 0 in the SDP, with a warning).
+        """
+        if not self.session_full(stream.session):
+            return False
+        self._warn(
+            "session share",
+            "media port limit of session {session} reached ({limit} port pairs, --max-media-per-tunnel):"
+            " stream {index} of dialog {dialog} not relayed",
+            session=stream.session,
+            limit=self.max_pairs_per_session,
+            index=stream.index,
+            dialog=stream.dialog,
+        )
+        return True
 
     def _warn(self, kind: str, format: str, **fields: Any) -> None:
         """

@@ -38,6 +38,7 @@ __all__ = [
     "media_full",
     "MediaRefusal",
     "NO_MEDIA_PORTS",
+    "TUNNEL_MEDIA_LIMIT",
     "CALL_LIMIT",
     "show_media",
 ]
@@ -414,22 +415,30 @@ class MediaRefusal:
 NO_MEDIA_PORTS = MediaRefusal(
     "no free media ports", "no free media ports: new call refused with 503", "no free media ports"
 )
+#: The session of the call holds its share of the media port range
+#: (C{--max-media-per-tunnel}).
+TUNNEL_MEDIA_LIMIT = MediaRefusal(
+    "media port limit of this tunnel reached",
+    "media port limit of the tunnel reached (--max-media-per-tunnel): new call refused with 503",
+    "media port limit of the tunnel reached",
+)
 #: The half relays its C{--max-calls} call legs.
 CALL_LIMIT = MediaRefusal(
     "call limit reached", "call limit reached (--max-calls): new call refused with 503", "call limit reached"
 )
 
 
-def media_full(hook: MediaHook | None, msg: SipMessage) -> MediaRefusal | None:
+def media_full(hook: MediaHook | None, msg: SipMessage, key: TunnelKey | None = None) -> MediaRefusal | None:
     """
     Why this half cannot relay the media of C{msg}, a new INVITE (no
-    To-tag): its media port range is full, or it relays its C{--max-calls}
-    calls; C{None} when it can (or C{msg} is no new INVITE). The hook's
-    optional C{media_full()} says so.  Both halves refuse such an INVITE
+    To-tag): its media port range is full, it relays its C{--max-calls}
+    calls, or the tunnel C{key} the call goes through holds its share of
+    the ports; C{None} when it can (or C{msg} is no new INVITE). The hook's
+    optional C{media_full(key)} says so.  Both halves refuse such an INVITE
     with 503 whichever way it goes, since each needs a pair for every
     call.
     """
     if hook is None or msg.method != "INVITE" or msg.to_tag is not None:
         return None
     full = getattr(hook, "media_full", None)
-    return None if full is None else full()
+    return None if full is None else full(key)

@@ -529,7 +529,7 @@ class ContactSipProxy:
             redundant = self._invites.redundant(msg, now)
             if redundant is not None:
                 return [self.counters.drop(redundant, redundant)]
-        full = None if again else media_full(self.media_hook, msg)
+        full = None if again else media_full(self.media_hook, msg, key)
         if full is not None:
             return [
                 ToTunnel(key, fid, media_full_response(msg, full)),
@@ -941,7 +941,7 @@ class ContactSipProxy:
             return self._send_response(via_transport, dest, resp) + [
                 self.counters.refuse(CONGESTED, CONGESTED_COUNTER)
             ]
-        full = None if again else media_full(self.media_hook, msg)
+        full = None if again else media_full(self.media_hook, msg, key)
         if full is not None:
             top_via = msg.top_via
             assert top_via is not None

@@ -36,7 +36,8 @@ from spwm.hep import HepSender
 from spwm.forward import USE as FORWARD_USE, AgentForwarder, ContactForwarder
 from spwm.listenqueue import HandshakeGate, ListenQueueWatch, system_backlog, with_backlog
 from spwm.looplag import LoopLag
-from spwm.media.manager import MediaManager
+from spwm.media.manager import MediaManager, session_share
+from spwm.media.ports import PortAllocator
 from spwm.media.reader import relay_sockets_for
 from spwm.security.resume import AgentResumption
 from spwm.session.carrier import PathKeeper, PathSessions
@@ -1187,6 +1188,7 @@ def build_contact(
         hep=hep,
         call_lines=config.log_level == "debug",
         max_calls=config.max_calls,
+        max_pairs_per_session=config.max_media_per_tunnel or session_share(PortAllocator(*config.media_ports).capacity),
     )
     state = None
     if config.state_file:

@@ -100,6 +100,7 @@ OPTIONS = (
     Option("media-ports", (50000, 50999), port_range, "UDP port range LOW-HIGH for media towards the operator network."),
     Option("media-allow", (), network, "Send media only to this network (CIDR, repeatable; default: anywhere but loopback, link-local, multicast).", repeat=True),
     Option("media-timeout", 60.0, positive_float, "Seconds without media after which a stream of an answered call that is not on hold is released (a call not answered yet may ring for minutes without media: 200 s, or this if longer)."),
+    Option("max-media-per-tunnel", None, positive_int, "Media port pairs (one per stream) the calls of one tunnel may hold at once: a new INVITE through a tunnel at this many is answered 503 (media port limit of this tunnel reached), and a further stream of its calls gets port 0, each with a warning; so that one agent cannot take every pair of --media-ports from the others (default: a quarter of the --media-ports pairs, at least 16; raise it for an agent in front of a PBX)."),
     Option("max-calls", None, positive_int, "Call legs with media the contact point relays at once (each worker, with --workers; a call between two agents of this contact point is two legs): a new INVITE beyond them, either way, is answered 503 with Retry-After, so that the calls in progress keep their audio (default: no limit but --media-ports; one worker on one core of the project's machine carries about 300-350 calls: docs/operations.md, \"Capacity\")."),
     *TUNNEL_LIMIT_OPTIONS,
     *STATUS_OPTIONS,

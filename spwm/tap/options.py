@@ -393,6 +393,7 @@ class ContactConfig:
     media_ports: tuple[int, int] = (50000, 50999)
     media_allow: tuple[str, ...] = field(default=(), converter=_tuple)
     max_calls: int | None = None
+    max_media_per_tunnel: int | None = None
     user_ciphering: bool = False
     status: StatusConfig = field(factory=StatusConfig)
     limits: Limits = field(factory=lambda: Limits(tunnel=TunnelLimits(drain_time=5.0)))
@@ -474,6 +475,7 @@ class ContactConfig:
             media_ports=v["media-ports"],
             media_allow=v["media-allow"],
             max_calls=v["max-calls"],
+            max_media_per_tunnel=v["max-media-per-tunnel"],
             user_ciphering=bool(v["user-ciphering"]),
             status=StatusConfig(v["status-listen"], v["status-interval"]),
             limits=_limits(

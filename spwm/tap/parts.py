@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from spwm.addr import hostport
 from spwm.errors import ListenError
 from spwm.forward import set_receive_buffer
-from spwm.sip.actions import CALL_LIMIT, NO_MEDIA_PORTS, MediaRefusal, OperatorProxy
+from spwm.sip.actions import CALL_LIMIT, NO_MEDIA_PORTS, TUNNEL_MEDIA_LIMIT, MediaRefusal, OperatorProxy
 from spwm.sip.nexthop import proxy_text
 from spwm.sip.errors import SipParseError
 from spwm.sdp import SdpError
@@ -577,10 +577,11 @@ class MediaHookAdapter:
             self.log.warn("malformed SDP in dialog {dialog}: {reason}", dialog=dialog_key, reason=str(e))
             return None
 
-    def media_full(self) -> MediaRefusal | None:
+    def media_full(self, key: Any = None) -> MediaRefusal | None:
         """
         Why the manager can take no new call now: every media port pair is
-        in use, or it relays its C{--max-calls} call legs; the SIP cores
+        in use, it relays its C{--max-calls} call legs, or the session of
+        the tunnel C{key} holds its share of the pairs; the SIP cores
         refuse new INVITEs with 503 then (L{spwm.sip.actions.media_full}).
         """
         manager = self._manager
@@ -588,6 +589,9 @@ class MediaHookAdapter:
             return NO_MEDIA_PORTS
         if manager.at_call_limit:
             return CALL_LIMIT
+        tunnel = None if key is None else self._resolve(key)
+        if tunnel is not None and manager.session_full(tunnel.session_id):
+            return TUNNEL_MEDIA_LIMIT
         return None
 
     def dialog_answered(
