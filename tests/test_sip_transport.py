@@ -755,7 +755,7 @@ class StreamListenerLimitTests(SynchronousTestCase):
         self.runner = AgentSipRunner(self.core, self.clock)
 
     def factory(self, max_connections: int = 2, timeout: float = 30.0) -> SipStreamFactory:
-        return SipStreamFactory(self.runner, "tcp", 65535, max_connections, timeout)
+        return SipStreamFactory(self.runner, "tcp", 65535, max_connections, timeout, clock=self.clock)
 
     def test_over_the_limit_closed_at_once(self) -> None:
         """
@@ -821,6 +821,14 @@ class StreamListenerLimitTests(SynchronousTestCase):
         self.assertEqual(factory.silent, 0)
         proto.connectionLost(None)
         self.assertEqual(factory.open, set())
+
+    def test_bounds_need_a_clock(self) -> None:
+        """
+        A bound without a clock is refused when the factory is made, not
+        when the first connection would need it.
+        """
+        self.assertRaises(ValueError, SipStreamFactory, self.runner, "tcp", 65535, 10)
+        self.assertRaises(ValueError, SipStreamFactory, self.runner, "tcp", 65535, None, 30.0)
 
     def test_outgoing_factory_unbounded(self) -> None:
         """

@@ -388,13 +388,19 @@ class SipStreamFactory(Factory):
         max_size: int = 65535,
         max_connections: int | None = None,
         first_message_timeout: float | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         """
         @param max_connections: connections held at once; C{None}: this
             factory counts nothing (an outgoing connection's).
         @param first_message_timeout: seconds for the first message;
             C{None}: no bound.
+        @param clock: for that bound and for the lines' rate; needed with
+            either bound.
+        @raise ValueError: a bound without a clock.
         """
+        if clock is None and (max_connections is not None or first_message_timeout is not None):
+            raise ValueError("a SIP listener's connection bounds need a clock")
         self.runner = runner
         self.transport_name = transport_name
         self.max_size = max_size
@@ -403,8 +409,8 @@ class SipStreamFactory(Factory):
         self.open: set[SipStreamProtocol] = set()
         self.refused = 0
         self.silent = 0
-        self._clock = runner._clock
-        self._log = ThrottledLog(self.log, runner._clock, Every(10.0))
+        self._clock = clock
+        self._log = ThrottledLog(self.log, clock, Every(10.0)) if clock is not None else None
 
     def buildProtocol(self, addr: Any) -> SipStreamProtocol:
         proto = SipStreamProtocol(self.runner, self.transport_name, self.max_size)
@@ -421,6 +427,7 @@ class SipStreamFactory(Factory):
         """
         if self.max_connections is not None and len(self.open) >= self.max_connections:
             self.refused += 1
+            assert self._log is not None
             self._closed_line(
                 self._log.warn,
                 proto,
@@ -440,10 +447,12 @@ class SipStreamFactory(Factory):
         """
         if self.first_message_timeout is None:
             return None
+        assert self._clock is not None
         return self._clock.callLater(self.first_message_timeout, self._overdue, proto)
 
     def _overdue(self, proto: SipStreamProtocol) -> None:
         self.silent += 1
+        assert self._log is not None
         self._closed_line(
             self._log.info,
             proto,

@@ -184,7 +184,12 @@ class SipListeners(Service):
 
     def _stream_factory(self, transport: str) -> SipStreamFactory:
         return SipStreamFactory(
-            self._runner, transport, self._max_size, self._max_connections, self._first_message_timeout
+            self._runner,
+            transport,
+            self._max_size,
+            self._max_connections,
+            self._first_message_timeout,
+            clock=self._reactor,
         )
 
     def _listen(self, transport: str, host: str, port: int, listen: Any) -> Any:
