@@ -1483,39 +1483,50 @@ class PortAllocatorTests(SynchronousTestCase):
 
     def test_session_share_through_the_adapter(self) -> None:
         """
-        With C{max_pairs_per_session}, a session whose streams hold that
-        many pairs gets no more: a further stream gets port 0 with a
-        warning, and the adapter names the tunnel's limit for a new call
-        through that tunnel only (another session still gets ports); the
-        count follows a dialog's end and a session absorbed into another.
+        With C{max_pairs_per_session}, a session that holds that many
+        pairs takes more while over a quarter of the range is free; once
+        a quarter or less is free it gets no more: a further stream gets
+        port 0 with a warning, and the adapter names the tunnel's limit for
+        a new call through that tunnel only (another session still gets
+        the pairs left); the count follows a dialog's end and a session
+        absorbed into another.
         """
         reactor = FakeUdpReactor()
-        contact = MediaManager(reactor, "contact", CONTACT_ADDR, (30000, 30099), max_pairs_per_session=3)
+        # 8 pairs: a share of 3, and the last 2 kept for sessions under it
+        contact = MediaManager(reactor, "contact", CONTACT_ADDR, (30000, 30015), max_pairs_per_session=3)
         hook = MediaHookAdapter(contact)
         one, two = (BaseFakeTunnel(session_id=name, first_channel=2) for name in ("one", "two"))
         pair = _sdp(PHONE, ("audio", 4000, ""), ("video", 4002, ""))
-        body = hook.sdp_out_of_tunnel(one, "1/a", SDP_TYPE, pair)
+        for dialog in ("1/a", "1/b"):
+            body = hook.sdp_out_of_tunnel(one, dialog, SDP_TYPE, pair)
+            self.assertEqual(body.count(b" 0 RTP/AVP"), 0)
+        # over its share, but half the range is free: a busy agent
+        self.assertEqual((contact.session_pairs("one"), hook.media_full(one)), (4, None))
+        body = hook.sdp_out_of_tunnel(one, "1/c", SDP_TYPE, pair)
         self.assertEqual(body.count(b" 0 RTP/AVP"), 0)
-        self.assertEqual((contact.session_pairs("one"), hook.media_full(one)), (2, None))
+        self.assertEqual((contact.session_pairs("one"), hook.media_full(one)), (6, TUNNEL_MEDIA_LIMIT))
         with capturedLogs() as events:
-            body = hook.sdp_out_of_tunnel(one, "1/b", SDP_TYPE, pair)
+            body = hook.sdp_out_of_tunnel(one, "1/d", SDP_TYPE, pair)
+        self.assertIn(b"m=audio 0 ", body)
         self.assertIn(b"m=video 0 ", body)
-        self.assertNotIn(b"m=audio 0 ", body)
-        self.assertEqual((contact.session_pairs("one"), hook.media_full(one)), (3, TUNNEL_MEDIA_LIMIT))
         self.assertIn(
             "media port limit of session one reached (3 port pairs, --max-media-per-tunnel):"
-            " stream 1 of dialog 1/b not relayed",
-            [formatEvent(e) for e in events][-1],
+            " stream 0 of dialog 1/d not relayed",
+            [formatEvent(e) for e in events][0],
         )
+        self.assertEqual(contact.session_pairs("one"), 6)
+        # the last pairs are for the others
         self.assertIsNone(hook.media_full(two))
-        self.assertIsNone(hook.media_full())
-        body = hook.sdp_out_of_tunnel(two, "1/c", SDP_TYPE, pair)
+        body = hook.sdp_out_of_tunnel(two, "1/e", SDP_TYPE, pair)
         self.assertNotIn(b" 0 RTP/AVP", body)
+        self.assertEqual(contact.ports_in_use, 8)
         hook.dialog_ended(one, "1/a")
-        self.assertEqual((contact.session_pairs("one"), hook.media_full(one)), (1, None))
+        self.assertEqual((contact.session_pairs("one"), hook.media_full(one)), (4, TUNNEL_MEDIA_LIMIT))
+        hook.dialog_ended(one, "1/b")
+        self.assertEqual((contact.session_pairs("one"), hook.media_full(one)), (2, None))
         contact.session_absorbed("one", "two")
-        self.assertEqual((contact.session_pairs("one"), contact.session_pairs("two")), (0, 3))
-        self.assertEqual(hook.media_full(two), TUNNEL_MEDIA_LIMIT)
+        self.assertEqual((contact.session_pairs("one"), contact.session_pairs("two")), (0, 4))
+        hook.dialog_ended(one, "1/d")
         contact.session_ended("two")
         self.assertEqual((contact.session_pairs("two"), contact.ports_in_use), (0, 0))
 

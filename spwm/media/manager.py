@@ -141,11 +141,13 @@ MIN_SESSION_PAIRS = 16
 
 def session_share(capacity: int) -> int:
     """
-    The port pairs one session (one tunnel's agent) may hold at once by
-    default (C{--max-media-per-tunnel}): a quarter of the range, so that
-    one agent, by mistake or not, leaves three quarters to the others (with
-    the default 500 pairs, 125: some 60 calls of audio and video, over 100
-    of audio alone), but at least L{MIN_SESSION_PAIRS}.
+    The port pairs one session (one tunnel's agent) may hold by default
+    (C{--max-media-per-tunnel}) once a quarter of the range or less is
+    free (L{MediaManager.session_full}): a quarter of the range (with the
+    default 500 pairs, 125: some 60 calls of audio and video, over 100 of
+    audio alone), but at least L{MIN_SESSION_PAIRS}. One agent, by mistake
+    or not, can then take at most three quarters of the range, and the
+    others always find pairs.
     """
     return max(MIN_SESSION_PAIRS, capacity // 4)
 
@@ -697,9 +699,10 @@ class MediaManager:
             but the port range.
         @param max_pairs_per_session: the port pairs the streams of one
             session (one tunnel's agent) may hold at once
-            (C{--max-media-per-tunnel}, L{session_share}): at that many, a
-            new call through it is refused with 503 and a further stream
-            of its calls gets port 0; C{None}: no limit but the range.
+            (C{--max-media-per-tunnel}, L{session_share}) once a quarter
+            of the range or less is free: at that many then, a new call
+            through it is refused with 503 and a further stream of its
+            calls gets port 0; C{None}: no limit but the range.
         @param call_lines: log each call's start and answer (debug level,
             C{--log-level debug}); the call detail record at its end is
             always logged.
@@ -2351,9 +2354,16 @@ class MediaManager:
     def session_full(self, session_id: str) -> bool:
         """
         Whether the session holds its share of the port range
-        (C{max_pairs_per_session}): a new call through it is refused.
+        (C{max_pairs_per_session}) while the range runs short (a quarter
+        of its pairs or fewer free): a new call through it is refused.
+        While more is free a busy agent (a PBX behind it) takes what it
+        needs; the last quarter stays for the sessions under their share.
         """
-        return self.max_pairs_per_session is not None and self.session_pairs(session_id) >= self.max_pairs_per_session
+        limit = self.max_pairs_per_session
+        if limit is None or self.session_pairs(session_id) < limit:
+            return False
+        ports = self.ports
+        return ports.capacity - ports.in_use <= ports.capacity // 4
 
     def _over_session_share(self, stream: _Stream) -> bool:
         """
