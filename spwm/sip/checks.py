@@ -9,12 +9,11 @@ checked already.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Callable
 
 from spwm.sip.actions import Action, Dropped, MediaHook, MediaRefusal, TunnelKey, show_media
 from spwm.sip.errors import SipParseError
-from spwm.sip.message import SipMessage, make_response
+from spwm.sip.message import SipMessage, make_response, stable_tag
 from spwm.sip.uri import SipUri, parse_uri
 
 __all__ = [
@@ -33,6 +32,7 @@ __all__ = [
     "options_answer",
     "options_for_hop",
     "starts_work",
+    "NO_TUNNEL",
     "unavailable",
 ]
 
@@ -158,14 +158,21 @@ def media_full_response(msg: SipMessage, why: MediaRefusal) -> bytes:
     return unavailable(msg, why.phrase)
 
 
-def unavailable(msg: SipMessage, why: str, retry_after: int = CONGESTED_RETRY_AFTER) -> bytes:
+#: Why a half answers 503 while it has no tunnel (L{unavailable})
+NO_TUNNEL = "no tunnel to the contact point"
+
+
+def unavailable(msg: SipMessage, why: str, retry_after: int = CONGESTED_RETRY_AFTER, tagged: bool = False) -> bytes:
     """
-    A C{503 Service Unavailable (why)} to C{msg} with C{Retry-After}.
+    A C{503 Service Unavailable (why)} to C{msg} with C{Retry-After};
+    C{tagged}: with a To tag of its own (L{stable_tag}), as the answer of
+    the hop that ends the request.
     """
     return make_response(
         msg,
         503,
         f"Service Unavailable ({why})",
+        to_tag=stable_tag(msg) if tagged else None,
         extra_headers=(("Retry-After", str(retry_after)),),
     ).to_bytes()
 
@@ -203,14 +210,10 @@ def options_answer(msg: SipMessage, retry_after: int | None = None) -> bytes:
     relay now).  The To tag comes from the Call-ID, so a retransmission
     gets the same answer.
     """
-    tag = hashlib.sha256((msg.call_id or "").encode("utf-8", "replace")).hexdigest()[:10]
     if retry_after is not None:
-        status, reason = 503, "Service Unavailable (no tunnel to the contact point)"
-        extra: tuple[tuple[str, str], ...] = (("Retry-After", str(retry_after)),)
-    else:
-        status, reason = 200, "OK"
-        extra = (("Allow", ALLOW), ("Accept", "application/sdp"))
-    return make_response(msg, status, reason, to_tag=tag, extra_headers=extra).to_bytes()
+        return unavailable(msg, NO_TUNNEL, retry_after, tagged=True)
+    extra = (("Allow", ALLOW), ("Accept", "application/sdp"))
+    return make_response(msg, 200, "OK", to_tag=stable_tag(msg), extra_headers=extra).to_bytes()
 
 
 class RecentInvites:

@@ -11,6 +11,7 @@ byte (L{SipMessage.to_bytes}).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable, Iterable, cast
 
 import attrs
@@ -907,6 +908,14 @@ def _refuse_header_lines(data: bytes, pos: int, head_end: int, max_headers: int)
 _TAG_MISSING = object()
 
 
+def stable_tag(msg: SipMessage) -> str:
+    """
+    The To tag of an answer a half makes itself: derived from the Call-ID,
+    so a retransmitted request gets the same answer (RFC 3261 8.2.6.2).
+    """
+    return hashlib.sha256((msg.call_id or "").encode("utf-8", "surrogateescape")).hexdigest()[:10]
+
+
 def make_response(
     request: SipMessage,
     status: int,
@@ -962,4 +971,5 @@ __all__ = [
     "parse_uri",
     "parse_via",
     "split_header_values",
+    "stable_tag",
 ]

@@ -36,14 +36,13 @@ binding.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any
 
 from attrs import define, field, frozen
 
 from spwm.sip.errors import SipParseError
-from spwm.sip.message import SipMessage, make_response
+from spwm.sip.message import SipMessage, make_response, stable_tag
 
 from spwm.sip.names import normalize_host
 from spwm.sip.uri import parse_name_addr, parse_uri, unescape
@@ -245,13 +244,7 @@ class EmbeddedRegistrar:
     def _answer(self, msg: SipMessage, status: int, reason: str) -> list[SipMessage]:
         if msg.method == "ACK":
             return []
-        return [make_response(msg, status, reason, to_tag=self._tag(msg))]
-
-    @staticmethod
-    def _tag(msg: SipMessage) -> str:
-        return hashlib.sha256(
-            (msg.call_id or "").encode("utf-8", "surrogateescape")
-        ).hexdigest()[:10]
+        return [make_response(msg, status, reason, to_tag=stable_tag(msg))]
 
     def _register(self, msg: SipMessage, now: float) -> SipMessage:
         try:
@@ -331,4 +324,4 @@ class EmbeddedRegistrar:
             )
         for p in path:
             extra.append(("Path", p))
-        return make_response(msg, 200, "OK", to_tag=self._tag(msg), extra_headers=extra)
+        return make_response(msg, 200, "OK", to_tag=stable_tag(msg), extra_headers=extra)

@@ -6,7 +6,6 @@ tunnel handle, the media hook adapter.
 
 from __future__ import annotations
 
-import hashlib
 import socket
 from collections import deque
 from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
@@ -23,7 +22,8 @@ from spwm.sip.actions import CALL_LIMIT, NO_MEDIA_PORTS, TUNNEL_MEDIA_LIMIT, Med
 from spwm.sip.nexthop import proxy_text
 from spwm.sip.errors import SipParseError
 from spwm.sdp import SdpError
-from spwm.sip.message import make_response, parse_message
+from spwm.sip.checks import NO_TUNNEL, unavailable
+from spwm.sip.message import parse_message
 from spwm.sip.transport import SipStreamFactory, SipUdpProtocol
 from spwm.session.paths import not_taken
 
@@ -450,15 +450,7 @@ class AgentTunnelHandle:
             )
         if self.answer is None:
             return
-        tag = hashlib.sha256(msg.call_id.encode("utf-8", "replace")).hexdigest()[:10]
-        response = make_response(
-            msg,
-            503,
-            "Service Unavailable (no tunnel to the contact point)",
-            to_tag=tag,
-            extra_headers=(("Retry-After", str(retry)),),
-        )
-        self.answer(flow_id, response.to_bytes())
+        self.answer(flow_id, unavailable(msg, NO_TUNNEL, retry, tagged=True))
 
     @property
     def congested(self) -> bool:
