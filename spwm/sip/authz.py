@@ -28,7 +28,6 @@ from spwm.sip.errors import SipParseError
 from spwm.sip.message import make_response, parse_message
 from spwm.sip.actions import Dropped, ToTunnel
 from spwm.sip.contact_proxy import ContactSipProxy, never_congested
-from spwm.sip import _grammar as g
 from spwm.sip.uri import parse_name_addr, parse_uri, split_header_values, unescape
 from spwm.tunnel.api import ChannelAcceptor, ChannelHandler, Refusal
 from spwm.tunnel.frames import ChannelKind
@@ -84,8 +83,14 @@ def _head(data: bytes) -> int:
     Where the header section of a message ends (the whole of it if it has
     no empty line), so that a body is never read for headers.
     """
-    end = g.HEAD_END_B.search(data)
-    return len(data) if end is None else end.start()
+    # bytes.find, as parse_message does: the regular expression's search
+    # (its optional CR first) tries every position, five times slower on
+    # each request from a tunnel
+    ends = [found for found in (data.find(b"\n\r\n"), data.find(b"\n\n")) if found >= 0]
+    if not ends:
+        return len(data)
+    end = min(ends)
+    return end - 1 if end and data[end - 1] == 13 else end
 
 
 def _header_values(match: "re.Match[bytes]") -> str:
