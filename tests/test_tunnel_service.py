@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.tunnel.frames import ErrorCode
 from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
+from spwm.session.workerroute import SteeredEndpoint, WorkerRoute
 from spwm.tunnel.service import (
     AgentTunnelService,
     _RetryPolicy,
@@ -138,6 +139,39 @@ class AgentServiceTests(SynchronousTestCase):
             [formatEvent(e) for e in events if "Duplicate ClientService" in e.get("log_format", "")],
             [f"Duplicate ClientService.startService {self.service!r}"],
         )
+
+    def test_reason_names_a_workers_own_port(self) -> None:
+        """
+        An attempt that went to a worker's own port (C{--workers} at the
+        contact point) and failed: the failure and retry lines name that
+        port, not only the configured C{--contact}; one to the configured
+        port does not.
+        """
+        route = WorkerRoute()
+        to_session = [False]
+        made: dict[int | None, FakeEndpoint] = {}
+
+        def make(port: int | None) -> FakeEndpoint:
+            return made.setdefault(port, FakeEndpoint())
+
+        self.service = AgentTunnelService(
+            SteeredEndpoint(make, route, lambda: to_session[0]),
+            self.factory,
+            self.clock,
+            description="contact.example.test:443",
+            policy=backoff(initial=1, factor=2, cap=8, rng=lambda: 1.0),
+        )
+        with capturedLogs() as events:
+            self.service.startService()
+            made[None].attempts[-1][1].errback(ConnectionRefusedError("nobody home"))
+            route.learn({"resume_port": 7001})
+            to_session[0] = True
+            self.clock.advance(1)
+            made[7001].attempts[-1][1].errback(ConnectionRefusedError("nobody home"))
+        lines = [formatEvent(e) for e in events if e.get("log_format", "").startswith("tunnel to {contact} down")]
+        self.assertEqual(len(lines), 2)
+        self.assertNotIn("port", lines[0].split("attempt")[0])
+        self.assertIn("(at the worker's own port 7001)", lines[1])
 
     def test_reconnects_after_1100_failures(self) -> None:
         """

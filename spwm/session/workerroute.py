@@ -184,6 +184,9 @@ class SteeredEndpoint:
         self.route = route
         self._to_session = to_session
         self._endpoints: dict[int | None, IStreamClientEndpoint] = {}
+        #: the port the latest attempt went to (C{None}: the configured
+        #: one), for the lines that say why it failed
+        self.last_port: int | None = None
 
     def endpoint(self, port: int | None) -> IStreamClientEndpoint:
         found = self._endpoints.get(port)
@@ -193,6 +196,7 @@ class SteeredEndpoint:
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
         port = self.route.port_for(self._to_session())
+        self.last_port = port
         d = self.endpoint(port).connect(protocolFactory)
         if port is not None:
 

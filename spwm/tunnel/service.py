@@ -617,6 +617,15 @@ class _ReportingEndpoint:
     def __repr__(self) -> str:
         return self.description
 
+    def at_port(self, why: str) -> str:
+        """
+        C{why}, naming the port when the attempt went to a worker's own
+        port rather than the configured one
+        (L{spwm.session.workerroute.SteeredEndpoint}).
+        """
+        port = getattr(self._inner, "last_port", None)
+        return why if port is None else f"{why} (at the worker's own port {port})"
+
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         self.attempts += 1
         self.in_progress = True
@@ -625,7 +634,7 @@ class _ReportingEndpoint:
         d.addCallback(lambda attempt: attempt.proxy)
 
         def failed(f: Failure) -> Failure:
-            self.last_failure = describe_failure(f)
+            self.last_failure = self.at_port(describe_failure(f))
             self.in_progress = False
             if self.on_failure is not None:
                 self.on_failure()
@@ -1126,7 +1135,7 @@ class AgentTunnelService(ClientService):
         if not self.running:
             # Closed because the service stops: not a failed attempt.
             return reason
-        why = self._why(protocol, reason, False)
+        why = self._reporting.at_port(self._why(protocol, reason, False))
         if protocol.go_away_info is not None:
             self._retry.now()
         self._reporting.last_failure = why
