@@ -86,6 +86,9 @@ class Bench:
         self.workdir = workdir
         self.steps = 0
         self.uas_port = free_port()
+        #: every step's SIPp UAC binds this port: its From is
+        #: sip:sipp@127.0.0.1:PORT, the address-of-record registered below
+        self.uac_port = free_port()
         uas_dir = os.path.join(workdir, "uas")
         os.makedirs(uas_dir)
         self.pair: Pair | None = None
@@ -100,9 +103,10 @@ class Bench:
                 contact_extra=args.contact_arg,
             )
             self.pair.wait_up()
-            # SIPp's uac calls as sip:sipp@127.0.0.1; the contact point lets
-            # a tunnel call only as an address-of-record registered through it.
-            self.registered = register_through(self.pair.sip_listen, self.uas_port, "sipp", "127.0.0.1")
+            # SIPp's uac calls as sip:sipp@127.0.0.1:PORT (its own port); the
+            # contact point lets a tunnel call only as an address-of-record
+            # registered through it, the port included (RFC 3261 19.1.4).
+            self.registered = register_through(self.pair.sip_listen, self.uas_port, "sipp", f"127.0.0.1:{self.uac_port}")
         self.uas = self._sipp(
             ["-sn", "uas", "-i", "127.0.0.1", "-p", str(self.uas_port), "-mp", str(free_port()), "-nostdin"],
             uas_dir,
@@ -139,7 +143,7 @@ class Bench:
         bound = seconds * 2 + 25
         args = [
             "-sn", "uac", f"{host}:{port}",
-            "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port()),
+            "-i", "127.0.0.1", "-p", str(self.uac_port), "-mp", str(free_port()),
             "-nostdin",
             "-r", f"{rate:.3f}", "-rp", "1000",
             "-m", str(calls), "-l", str(limit), "-d", str(a.call_length),
@@ -280,7 +284,7 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
             print(f"  started: {line}")
     print(f"  started: sipp -sn uas -i 127.0.0.1 -p {bench.uas_port} ...", flush=True)
     if bench.pair is not None:
-        print(f"  REGISTER sip:sipp@127.0.0.1 through the pair (answered by the bench as the registrar): {bench.registered}")
+        print(f"  REGISTER sip:sipp@127.0.0.1:{bench.uac_port} through the pair (answered by the bench as the registrar): {bench.registered}")
     found: dict[str, tuple[float, float | None]] = {}
     paths = [p for p in ("direct", "tunnel") if not (p == "direct" and args.skip_direct) and not (p == "tunnel" and args.skip_tunnel)]
     if args.fixed:

@@ -301,7 +301,10 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
     # (403, not registered) from then on; a run of an hour with an expiry
     # of 3600 s failed its last calls so
     expires = max(3600, int(args.minutes * 60 + args.settle + 600))
-    registered = register_through(pair.sip_listen, uas_port, "sipp", "127.0.0.1", expires=expires)
+    # SIPp's From is sip:sipp@127.0.0.1:PORT (its own port): the
+    # address-of-record registered, the port included (RFC 3261 19.1.4)
+    uac_port = free_port()
+    registered = register_through(pair.sip_listen, uas_port, "sipp", f"127.0.0.1:{uac_port}", expires=expires)
     pids = pair.pids
 
     uas_dir = os.path.join(workdir, "uas")
@@ -340,14 +343,14 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
     print(f"  machine: {os.cpu_count()} CPUs, {cpu_model()}", flush=True)
     for line in pair.command_lines:
         print(f"  started: {line}")
-    print(f"  REGISTER sip:sipp@127.0.0.1 through the pair: {registered}", flush=True)
+    print(f"  REGISTER sip:sipp@127.0.0.1:{uac_port} through the pair: {registered}", flush=True)
 
     time.sleep(1.0)
     idle = {name: {"fds": fd_count(pid), "rss": rss_kb(pid), "gauges": gauges(status_doc(status_ports[name]))} for name, pid in pids.items()}
     stat = os.path.join(uac_dir, "stat.csv")
     uac_args = [
         "-sn", args.scenario, f"{pair.sip_listen[0]}:{pair.sip_listen[1]}",
-        "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(uac_media),
+        "-i", "127.0.0.1", "-p", str(uac_port), "-mp", str(uac_media),
         "-nostdin", "-r", f"{args.rate:g}", "-m", str(calls), "-l", str(max(10, int(args.rate * (call_s + 10)))),
         "-recv_timeout", "10000", "-timeout", f"{seconds + call_s + 120:.0f}s", "-timeout_error",
         "-trace_stat", "-stf", stat, "-fd", "5", "-trace_err", *trace,
