@@ -29,6 +29,7 @@ import ipaddress
 import json
 import socket
 import struct
+import time
 from typing import Any, Callable
 
 from twisted.internet.protocol import DatagramProtocol
@@ -243,13 +244,14 @@ class HepSender:
     ) -> None:
         """
         @param target: the collector's IP literal and port.
-        @param clock: seconds since the epoch (C{reactor.seconds}).
+        @param clock: seconds since the epoch, the capture's date
+            (C{time.time}: the wall clock, whatever the reactor goes by).
         """
         self.reactor = reactor
         self.target = target
         self.agent_id = agent_id
         self.auth_key = auth_key
-        self.clock = clock if clock is not None else reactor.seconds
+        self.clock = clock if clock is not None else time.time
         self.sent = 0
         self.failed = 0
         self._port: Any = None

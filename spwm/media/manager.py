@@ -28,6 +28,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from spwm.addr import hostport
+from spwm.clock import wall
 from spwm.logthrottle import Every, PowersOfTwo, ThrottledLog
 from spwm.media.ports import PortAllocator, PortsExhaustedError
 from spwm.media.quality import StreamQuality, merge_snapshots
@@ -570,7 +571,7 @@ def call_detail_record(
         "from": None if parties is None else parties[0],
         "to": None if parties is None else parties[1],
         "reason": reason,
-        "started": round(dialog.started, 3),
+        "started": round(wall(dialog.started), 3),
         "duration_s": round(now - dialog.started, 1),
         "answered_s": None if dialog.answered_at is None else round(now - dialog.answered_at, 1),
         "codec": codec,
@@ -943,7 +944,7 @@ class MediaManager:
         for ended in reversed(self._ended):
             dialog = ended.dialog
             record = self._call_record(dialog.session, ended.key, dialog, ended.ended)
-            record.update(ended=ended.ended, reason=ended.reason, state="ended")
+            record.update(ended=wall(ended.ended), reason=ended.reason, state="ended")
             out.append(record)
         return out
 
@@ -989,8 +990,8 @@ class MediaManager:
             "call_id": key.split("/", 1)[-1],
             "from": from_,
             "to": to,
-            "started": dialog.started,
-            "answered_at": answered,
+            "started": wall(dialog.started),
+            "answered_at": None if answered is None else wall(answered),
             "duration": round(now - dialog.started, 3),
             "setup_s": None if answered is None else round(answered - dialog.started, 3),
             "codec": dialog.codec.get(True) or dialog.codec.get(False),
@@ -1022,8 +1023,8 @@ class MediaManager:
                     "call_id": dialog_key.partition("/")[2] or dialog_key,
                     "from": None if parties is None else parties[0],
                     "to": None if parties is None else parties[1],
-                    "started": dialog.started,
-                    "answered": dialog.answered_at,
+                    "started": wall(dialog.started),
+                    "answered": None if dialog.answered_at is None else wall(dialog.answered_at),
                     "codec": codec or dialog.codec.get(True) or dialog.codec.get(False),
                     "streams": [
                         {

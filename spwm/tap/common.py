@@ -213,20 +213,28 @@ def build_service(side: str, build: Callable[[], Any], clock: Any = None) -> ISe
     C{build().service} for C{twistd}: a L{ConfigError} becomes one line
     (C{spwm-SIDE: invalid configuration: KEY: PROBLEM}) and exit status 1.
     Names are looked up in threads that a stop does not wait for
-    (L{spwm.lookups}).  A half that carries calls gets the process's
+    (L{spwm.lookups}).  Under twistd (no C{clock} given) the reactor goes
+    by the steady clock (L{spwm.clock}).  A half that carries calls gets the process's
     garbage collection policy (L{GcPolicy}, timed by C{clock}, the
     reactor if not given), and its status the C{gc} section.
     """
     from twisted.internet import reactor
 
-    from spwm import lookups
+    from spwm import clock as steady_clock, lookups
 
     lookups.install(reactor)
+    steady = None
+    if clock is None:
+        # twistd's reactor: timers and ages by the time elapsed, not by
+        # the system clock, which may be set (spwm.clock)
+        steady = steady_clock.install(reactor)
     try:
         built = build()
     except ConfigError as e:
         raise ConfigExit(f"spwm-{side}: invalid configuration: {e}") from None
     service: IService = built.service
+    if steady is not None and isinstance(service, MultiService):
+        steady_clock.StepWatch(steady, reactor).setServiceParent(service)
     status = getattr(built, "status", None)
     if status is not None and isinstance(service, MultiService):
         # a half that carries calls (not the workers' supervisor): full
