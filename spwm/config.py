@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import getopt
 import ipaddress
+import math
 import sys
 import tomllib
 import types
@@ -66,16 +67,32 @@ def optional_string(value: Any) -> str | None:
     return string(value)
 
 
-def positive_float(value: Any) -> float:
+#: the largest integer an option takes: the kernel's socket options (the
+#: receive buffers) are C{int}s, and no count or size needs more
+MAX_INT = 2**31 - 1
+
+
+def _number(value: Any) -> float:
     """
-    A number greater than zero.
+    C{value} as a finite number (C{inf} and C{nan} would reach the
+    reactor's timers and the kernel's socket options, which take neither).
     """
     if isinstance(value, bool):
         raise ValueError(f"must be a number, not {value!r}")
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"must be a number, not {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"must be a finite number, not {value!r}")
+    return number
+
+
+def positive_float(value: Any) -> float:
+    """
+    A finite number greater than zero.
+    """
+    number = _number(value)
     if not number > 0:
         raise ValueError(f"must be greater than 0, not {value!r}")
     return number
@@ -83,14 +100,9 @@ def positive_float(value: Any) -> float:
 
 def non_negative_float(value: Any) -> float:
     """
-    A number, zero or more (not C{nan}).
+    A finite number, zero or more.
     """
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number, not {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"must be a number, not {value!r}") from None
+    number = _number(value)
     if not number >= 0:
         raise ValueError(f"must be 0 or more, not {value!r}")
     return number
@@ -98,16 +110,18 @@ def non_negative_float(value: Any) -> float:
 
 def positive_int(value: Any) -> int:
     """
-    An integer greater than zero.
+    An integer greater than zero, at most L{MAX_INT}.
     """
-    if isinstance(value, bool):
-        raise ValueError("must be an integer")
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"must be an integer, not {value!r}")
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"must be an integer, not {value!r}") from None
     if number <= 0:
         raise ValueError(f"must be greater than 0, not {value!r}")
+    if number > MAX_INT:
+        raise ValueError(f"must be at most {MAX_INT}, not {value!r}")
     return number
 
 

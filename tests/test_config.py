@@ -13,7 +13,18 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.config import ConfigExit, host_port, listen_description, optional_listen_description, port_range, udp_forward
+from spwm.config import (
+    MAX_INT,
+    ConfigExit,
+    host_port,
+    listen_description,
+    non_negative_float,
+    optional_listen_description,
+    port_range,
+    positive_float,
+    positive_int,
+    udp_forward,
+)
 from spwm.tap import agent, contact
 
 
@@ -53,6 +64,31 @@ class ParseTests(SynchronousTestCase):
         with self.assertRaises(ValueError) as cm:
             port_range("40001-40002")
         self.assertEqual(str(cm.exception), "range '40001-40002' holds no port pair (an even port and the next)")
+
+
+    def test_numbers_finite(self) -> None:
+        """
+        A number option takes no C{inf} or C{nan} (they would reach the
+        reactor's timers and the kernel's socket options, and end as a
+        traceback), nor a number too large for an C{int} socket option,
+        nor a fraction where a count is asked for.
+        """
+        for coerce in (positive_float, non_negative_float):
+            for value in ("inf", "-inf", "nan", "1e400", float("inf")):
+                with self.assertRaises(ValueError) as cm:
+                    coerce(value)
+                self.assertEqual(str(cm.exception), f"must be a finite number, not {value!r}")
+            self.assertEqual(coerce("1e6"), 1e6)
+        self.assertEqual(non_negative_float("0"), 0.0)
+        self.assertEqual(positive_int(MAX_INT), MAX_INT)
+        self.assertEqual(positive_int(2.0), 2)
+        with self.assertRaises(ValueError) as cm:
+            positive_int("99999999999999999999")
+        self.assertEqual(str(cm.exception), "must be at most 2147483647, not '99999999999999999999'")
+        for value in (1.5, "1.5", float("inf"), "inf", True):
+            with self.assertRaises(ValueError) as cm:
+                positive_int(value)
+            self.assertEqual(str(cm.exception), f"must be an integer, not {value!r}")
 
 
 class OptionsTests(SynchronousTestCase):
@@ -129,6 +165,9 @@ class OptionsTests(SynchronousTestCase):
             ("reconnect-max = true\n", "reconnect-max: must be a number, not True"),
             ("contact = 5\n", "contact: '5' needs a port (HOST:PORT)"),
             ("sip-listen = {a = 1}\n", "sip-listen: must be a non-empty string"),
+            ("keepalive-interval = inf\n", "keepalive-interval: must be a finite number, not inf"),
+            ("udp-buffer = 1e30\n", "udp-buffer: must be at most 2147483647, not 1e+30"),
+            ("max-channels = 1.5\n", "max-channels: must be an integer, not 1.5"),
         ]
         for text, words in cases:
             path = self.write(text)
@@ -241,7 +280,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertRefused(
             contact.Options(),
             ["--plaintext", "--drain-time", "nan"],
-            "spwm-contact: invalid configuration: --drain-time: must be 0 or more, not 'nan'",
+            "spwm-contact: invalid configuration: --drain-time: must be a finite number, not 'nan'",
         )
         self.assertRefused(
             contact.Options(), ["--plaintext", "--config", self.write("drain-time = -0.5\n")], "drain-time: must be 0 or more"

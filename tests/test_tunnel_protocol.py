@@ -5,6 +5,8 @@ transports and a fake clock, with and without TLS.
 
 from __future__ import annotations
 
+import errno
+import socket
 from typing import Any
 
 from twisted.internet import ssl
@@ -19,7 +21,7 @@ from spwm.limits import TunnelLimits
 from spwm.testing.certs import TestCA
 from spwm.tunnel.frames import ALPN, ChannelKind, ErrorCode
 from spwm.tunnel.api import Router
-from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
+from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory, set_tcp_keepalive
 from spwm.tunnel.service import PLAINTEXT_ANSWER, ReportingClientTLS, describe_failure, server_tls_options
 
 
@@ -835,3 +837,54 @@ class ClosingTests(SynchronousTestCase):
         proto.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
         proto.connectionLost(None)
         self.assertEqual([c for c in clock.getDelayedCalls() if c.active()], [])
+
+
+class _KernelSocket:
+    """
+    A TCP socket's options as Linux takes them: an C{int} value (Python
+    raises C{TypeError} for a larger one), C{TCP_KEEPIDLE} and
+    C{TCP_KEEPINTVL} at most 32767 s (C{EINVAL} above).
+    """
+
+    def __init__(self) -> None:
+        self.options: dict[tuple[int, int], int] = {}
+
+    def getsockopt(self, level: int, name: int) -> int:
+        return socket.SOCK_STREAM if (level, name) == (socket.SOL_SOCKET, socket.SO_TYPE) else self.options[level, name]
+
+    def setsockopt(self, level: int, name: int, value: int) -> None:
+        if not -(2**31) <= value < 2**31:
+            raise TypeError("a bytes-like object is required, not 'int'")
+        if name in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL) and level == socket.IPPROTO_TCP and value > 32767:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        self.options[level, name] = value
+
+
+class TcpKeepaliveTests(SynchronousTestCase):
+    """
+    L{set_tcp_keepalive} gives the kernel values it takes.
+    """
+
+    def test_values(self) -> None:
+        """
+        The idle time is the interval, the probes share the rest of the
+        timeout, and unacknowledged data is given the timeout.
+        """
+        sock = _KernelSocket()
+        self.assertTrue(set_tcp_keepalive(sock, 15.0, 45.0))
+        self.assertEqual(sock.options[socket.IPPROTO_TCP, socket.TCP_KEEPIDLE], 15)
+        self.assertEqual(sock.options[socket.IPPROTO_TCP, socket.TCP_KEEPINTVL], 10)
+        self.assertEqual(sock.options[socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT], 45000)
+
+    def test_long_times(self) -> None:
+        """
+        Times longer than the kernel's options hold (a keepalive timeout of
+        a month: C{TCP_USER_TIMEOUT} in ms past an C{int}, which was a
+        C{TypeError} at each tunnel connection) are given as the longest
+        they hold.
+        """
+        sock = _KernelSocket()
+        self.assertTrue(set_tcp_keepalive(sock, 1e6, 3e6))
+        self.assertEqual(sock.options[socket.IPPROTO_TCP, socket.TCP_KEEPIDLE], 32767)
+        self.assertEqual(sock.options[socket.IPPROTO_TCP, socket.TCP_KEEPINTVL], 32767)
+        self.assertEqual(sock.options[socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT], 2**31 - 1)

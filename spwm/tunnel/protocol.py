@@ -119,6 +119,13 @@ def find_socket(transport: Any) -> socket.socket | None:
 #: the kernel's keepalive probes of an idle tunnel, after the first one
 KEEPALIVE_PROBES = 3
 
+#: the longest C{TCP_KEEPIDLE} and C{TCP_KEEPINTVL} Linux takes (seconds):
+#: a longer --keepalive-interval or --keepalive-timeout probes at this
+MAX_KEEPALIVE_SECONDS = 32767
+
+#: the longest C{TCP_USER_TIMEOUT} a socket option (a C{int}) holds, in ms
+MAX_USER_TIMEOUT_MS = 2**31 - 1
+
 
 def set_tcp_keepalive(sock: Any, interval: float, timeout: float) -> bool:
     """
@@ -134,13 +141,13 @@ def set_tcp_keepalive(sock: Any, interval: float, timeout: float) -> bool:
     try:
         if sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_STREAM:
             return False
-        idle = max(1, int(interval))
-        probe = max(1, int(max(timeout - idle, 0.0) / KEEPALIVE_PROBES))
+        idle = min(max(1, int(interval)), MAX_KEEPALIVE_SECONDS)
+        probe = min(max(1, int(max(timeout - idle, 0.0) / KEEPALIVE_PROBES)), MAX_KEEPALIVE_SECONDS)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, probe)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(timeout * 1000))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, min(int(timeout * 1000), MAX_USER_TIMEOUT_MS))
     except (OSError, AttributeError):
         return False
     return True

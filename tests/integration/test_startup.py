@@ -235,6 +235,22 @@ class AgentStartupTests(StartupTestCase):
             f"spwm-agent: --forward-udp 127.0.0.1:{port}=192.0.2.9:7000: address already in use",
         )
 
+    def test_numbers_out_of_range(self) -> None:
+        """
+        A receive buffer too large for the kernel's C{int} and an infinite
+        keepalive interval are refused in one line each; they were a
+        traceback at start (C{setsockopt}) and a traceback at each tunnel
+        connection (C{TCP_KEEPIDLE}).
+        """
+        self.assertStopsWith(
+            self.agent("--udp-buffer", "99999999999999999999"),
+            "spwm-agent: invalid configuration: --udp-buffer: must be at most 2147483647, not '99999999999999999999'",
+        )
+        self.assertStopsWith(
+            self.agent("--keepalive-interval", "inf"),
+            "spwm-agent: invalid configuration: --keepalive-interval: must be a finite number, not 'inf'",
+        )
+
     def test_media_range_in_use(self) -> None:
         """
         A media range whose every pair is in use: C{--media-ports}.
