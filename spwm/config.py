@@ -418,7 +418,7 @@ class SpwmOptions(usage.Options):
                 self[option.name] = []
             self[option.name].append(coerced)
 
-        handler.__doc__ = option.doc + " (repeatable)"
+        handler.__doc__ = option.doc + " (repeatable)" + (f" [default: {show_default(option.default)}]" if option.default else "")
         return handler
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
@@ -530,6 +530,9 @@ def show_default(value: Any) -> str | None:
     """
     if value is None or value is False or value == () or value == [] or value == "":
         return None
+    if isinstance(value, tuple) and all(isinstance(v, str) for v in value):
+        # a repeatable option's values (--contact's localhost:443)
+        return ", ".join(value)
     if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
         return f"{value[0]}-{value[1]}"
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int):

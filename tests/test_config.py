@@ -23,6 +23,7 @@ from spwm.config import (
     port_range,
     positive_float,
     positive_int,
+    show_default,
     udp_forward,
 )
 from spwm.tap import agent, contact
@@ -344,6 +345,47 @@ class DocsTests(SynchronousTestCase):
         for module in (agent, contact):
             for option in module.OPTIONS:
                 self.assertIn(f"`--{option.name}`", text)
+
+    def test_configuration_md_tables(self) -> None:
+        """
+        Each service's table in docs/configuration.md has one row per
+        option, no row for an option that does not exist, and in each row
+        the option's kind (a flag, repeatable) and its default as C{--help}
+        writes it (C{60}, C{40000-40999}; C{off} for a flag, C{none} for a
+        repeatable option without one, C{-} for none).
+        """
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(here, "docs", "configuration.md")) as f:
+            text = f.read()
+        tables = {
+            agent: text.split("### `spwm-agent`")[1].split("### `spwm-contact`")[0],
+            contact: text.split("### `spwm-contact`")[1].split("\n## ")[0],
+        }
+        row = re.compile(r"^\| `--([a-z0-9-]+)`(?: \((flag|repeatable)\))? \| `([^`]*)` \|", re.M)
+        for module, table in tables.items():
+            rows = {m.group(1): (m.group(2), m.group(3)) for m in row.finditer(table)}
+            self.assertEqual(sorted(rows), sorted(o.name for o in module.OPTIONS), module.__name__)
+            for option in module.OPTIONS:
+                shown = show_default(option.default)
+                if option.flag:
+                    expected = ("flag", "off")
+                elif option.repeat:
+                    expected = ("repeatable", shown or "none")
+                else:
+                    expected = (None, shown or "-")
+                self.assertEqual(rows[option.name], expected, option.name)
+
+    def test_help_shows_defaults(self) -> None:
+        """
+        C{--help} shows the default of every option that has one, a
+        repeatable one's too (C{--contact}'s C{localhost:443}).
+        """
+        for module in (agent, contact):
+            text = " ".join(str(module.Options()).split())
+            for option in module.OPTIONS:
+                shown = show_default(option.default)
+                if shown is not None:
+                    self.assertIn(f"[default: {shown}]", text, option.name)
 
 
 class DeployExamplesTests(SynchronousTestCase):
