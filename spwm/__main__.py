@@ -300,7 +300,8 @@ def _cdr(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         out.write("no call legs" + (" in that time" if since is not None else "") + "\n")
     if skipped[0]:
-        out.write(f"({skipped[0]} lines that are not records skipped)\n")
+        one = skipped[0] == 1
+        out.write(f"({skipped[0]} {'line that is not a record' if one else 'lines that are not records'} skipped)\n")
     return 0
 
 

@@ -429,7 +429,7 @@ class CdrCommandTests(SynchronousTestCase):
         self.assertEqual(rows[0], ["branch-1", "2", "1", "50.0", "60.0", "4.4", "4.4", "4.3", "4.3", "0.0", "1"])
         self.assertEqual(rows[1], ["branch-2", "1", "1", "100.0", "30.0", "3.0", "3.0", "2.9", "2.9", "5.0", "0"])
         self.assertEqual(rows[2], ["all", "3", "2", "66.7", "45.0", "3.7", "3.0", "3.6", "2.9", "1.7", "1"])
-        self.assertEqual(lines[5], "(1 lines that are not records skipped)")
+        self.assertEqual(lines[5], "(1 line that is not a record skipped)")
 
     def test_by_day_and_since(self) -> None:
         """
