@@ -431,9 +431,12 @@ class SpwmOptions(usage.Options):
         if options is None:
             options = sys.argv[1:]
         try:
-            path = _find_config(list(options))
-            if path is not None:
-                self.load_file(path, given=self._given(options))
+            given = self._command_line(options)
+            # the last --config, however written (--config=F, or --conf F:
+            # usage.Options takes an abbreviation of a long name)
+            paths = [value for name, value in given if name == "config"]
+            if paths:
+                self.load_file(paths[-1], given={name for name, _ in given})
             super().parseOptions(options)
         except usage.UsageError as e:
             # usage.Options wraps our coercions' errors in this prefix; the
@@ -441,10 +444,11 @@ class SpwmOptions(usage.Options):
             text = str(e).replace("Parameter type enforcement failed: ", "")
             raise ConfigExit(f"{self.synopsis_name}: invalid configuration: {text}") from None
 
-    def _given(self, argv: Sequence[str]) -> set[str]:
+    def _command_line(self, argv: Sequence[str]) -> list[tuple[str, str]]:
         """
-        The long names of the options that C{argv} gives, read the way
-        C{usage.Options} reads them (abbreviations included).
+        The options that C{argv} gives, in order, as (long name, value),
+        read the way C{usage.Options} reads them (abbreviations of long
+        names included: C{--conf} is C{--config}).
 
         @raise usage.UsageError: C{argv} cannot be read (an unknown option,
             a value missing).
@@ -453,12 +457,20 @@ class SpwmOptions(usage.Options):
             opts, _ = getopt.getopt(list(argv), self.shortOpt, self.longOpt)
         except getopt.error as e:
             raise usage.UsageError(str(e)) from None
-        given = set()
-        for opt, _value in opts:
+        given = []
+        for opt, value in opts:
             name = opt.lstrip("-")
             name = self.synonyms.get(name) or self.synonyms.get(name.replace("-", "_"), name)
-            given.add(name.replace("_", "-"))
+            given.append((name.replace("_", "-"), value))
         return given
+
+    def _given(self, argv: Sequence[str]) -> set[str]:
+        """
+        The long names of the options that C{argv} gives (L{_command_line}).
+
+        @raise usage.UsageError: C{argv} cannot be read.
+        """
+        return {name for name, _ in self._command_line(argv)}
 
     def load_file(self, path: str, given: Collection[str] = ()) -> None:
         """
@@ -581,16 +593,6 @@ def _type_problem(value: Any) -> str:
         type(value), type(value).__name__
     )
     return f"must not be {kind} ({value!r})"
-
-
-def _find_config(argv: list[str]) -> str | None:
-    path = None
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            path = argv[i + 1]
-        elif arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-    return path
 
 
 class ConfigExit(SystemExit):

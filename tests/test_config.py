@@ -189,6 +189,20 @@ class OptionsTests(SynchronousTestCase):
             contact.Options(), ["--cert", "/nonexistent/c.pem", "--key", "/nonexistent/c.key"], "--cert: cannot read"
         )
 
+    def test_config_abbreviated(self) -> None:
+        """
+        C{--config} abbreviated (C{--conf F}, which C{usage.Options} takes)
+        or as C{--config=F} reads the file: its values are used and checked
+        (the file was silently left out when abbreviated).
+        """
+        good = self.write('sip-listen = ["127.0.0.1:5068"]\nplaintext = true\n')
+        for argv in (["--conf", good], [f"--config={good}"], ["--confi", good]):
+            options = agent.Options()
+            options.parseOptions(argv)
+            self.assertEqual(options.sip_addresses(), [("127.0.0.1", 5068)], argv)
+        bad = self.write("keepalive-interval = -1\n")
+        self.assertRefused(agent.Options(), ["--conf", bad], f"{bad}: keepalive-interval: must be greater than 0")
+
     def test_command_line_wins_over_a_bad_file_value(self) -> None:
         """
         A file key that the command line also gives is not checked: a

@@ -925,16 +925,22 @@ class ProxyAuthTests(SynchronousTestCase):
 
     def test_refused_on_command_line(self) -> None:
         """
-        C{--http-proxy-auth} on the command line is refused with one line
-        saying where the credentials go; in the file it is taken.
+        C{--http-proxy-auth} on the command line, also abbreviated, is
+        refused with one line saying where the credentials go; in the file
+        it is taken.
         """
         from spwm.config import ConfigExit
         from spwm.tap import agent
 
-        with self.assertRaises(ConfigExit) as caught:
-            agent.Options().parseOptions(["--http-proxy-auth=alice:secret"])
-        self.assertIn("--config file or set SPWM_HTTP_PROXY_AUTH", str(caught.exception))
-        self.assertNotIn("secret", str(caught.exception))
+        for argv in (
+            ["--http-proxy-auth=alice:secret"],
+            # abbreviated, as usage.Options takes it (it was taken so)
+            ["--http-proxy", "proxy.example.test:3128", "--http-proxy-au", "alice:secret"],
+        ):
+            with self.assertRaises(ConfigExit) as caught:
+                agent.Options().parseOptions(argv)
+            self.assertIn("--config file or set SPWM_HTTP_PROXY_AUTH", str(caught.exception))
+            self.assertNotIn("secret", str(caught.exception))
         path = self.mktemp()
         with open(path, "w") as f:
             f.write('http-proxy = "proxy.example.test:3128"\nhttp-proxy-auth = "alice:secret"\n')

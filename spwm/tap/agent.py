@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.python import usage
 
 from spwm.config import (
     ConfigError,
@@ -138,7 +139,11 @@ class Options(SpwmOptions, name="spwm-agent", options=OPTIONS):
         import sys
 
         argv = sys.argv[1:] if options is None else list(options)
-        if any(a == "--http-proxy-auth" or a.startswith("--http-proxy-auth=") for a in argv):
+        try:
+            given = self._given(argv)
+        except usage.UsageError:
+            given = set()  # the parse below says what is wrong
+        if "http-proxy-auth" in given:
             raise ConfigExit(
                 "spwm-agent: invalid configuration: --http-proxy-auth: not on the command line (every"
                 ' user sees it with ps): put http-proxy-auth = "user:password" in the --config file'
