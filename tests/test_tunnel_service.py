@@ -367,6 +367,24 @@ class AgentServiceTests(SynchronousTestCase):
         self.assertEqual(len(warned), 2)
         self.assertEqual(len(self.delays(events)), 5)
 
+    def test_connection_refused_warned_once(self) -> None:
+        """
+        Attempts that cannot connect at all (a contact point not
+        listening) warn once for the first of a row, with the reason, as a
+        failed handshake does (operations.md, "Logs"); the repeats are the
+        retry line's.
+        """
+        with capturedLogs() as events:
+            self.service.startService()
+            for delay in [1, 2, 4]:
+                self.endpoint.attempts[-1][1].errback(Failure(ConnectionRefusedError()))
+                self.clock.advance(delay)
+        warned = [e for e in events if e.get("log_format", "").startswith("tunnel to {contact} failed")]
+        self.assertEqual(len(warned), 1)
+        self.assertEqual(warned[0]["log_level"], LogLevel.warn)
+        self.assertIn("refused", warned[0]["reason"])
+        self.assertEqual(len(self.delays(events)), 3)
+
     def test_quic_nothing_back_hint(self) -> None:
         """
         Over QUIC (C{--udp-path only}), an attempt that times out in the

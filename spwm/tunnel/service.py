@@ -1002,7 +1002,7 @@ class AgentTunnelService(ClientService):
         self.attempt_failed = attempt_failed
         #: the reason of the latest failed attempt logged as a warning
         self._warned: str | None = None
-        self._reporting.on_failure = self._attempt_failed
+        self._reporting.on_failure = self._connect_failed
         self._waits = _RetryClock(clock)
         #: the attempt whose handshake is under way (TCP is up)
         self._preparing: Any = None
@@ -1040,6 +1040,19 @@ class AgentTunnelService(ClientService):
     def _attempt_failed(self) -> None:
         if self.attempt_failed is not None:
             self.attempt_failed()
+
+    def _connect_failed(self) -> None:
+        """
+        An attempt could not connect (TCP refused or timed out, an HTTP
+        proxy's CONNECT failed): the first failure of a kind is a warning,
+        as for an attempt whose handshake fails; its repeats are the retry
+        line's.
+        """
+        why = self._reporting.last_failure
+        if why is not None and why != self._warned:
+            self.log.warn("tunnel to {contact} failed: {reason}", contact=self.description, reason=why)
+        self._warned = why
+        self._attempt_failed()
 
     def retry_after(self, cap: int = 30) -> int:
         """
