@@ -205,6 +205,36 @@ def _status_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts)
 
 
+def _seconds(text: str) -> float:
+    """
+    C{--timeout}: a finite number of seconds greater than 0 (0 or less
+    was a misleading 'does not answer' line).
+
+    @raise argparse.ArgumentTypeError: naming the problem.
+    """
+    from spwm.config import positive_float
+
+    try:
+        return positive_float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _count(text: str) -> int:
+    """
+    C{--limit}: a whole number of items, 0 or more.
+
+    @raise argparse.ArgumentTypeError: naming the problem.
+    """
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text!r}")
+    return number
+
+
 def fetch(url: str, timeout: float) -> dict[str, Any]:
     """
     @raise OSError: the URL does not answer, or not with a status document
@@ -243,8 +273,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         "status", help="tunnels, registrations and calls of a running half (from its --status-listen)"
     )
     status.add_argument("url", nargs="?", default=DEFAULT_URL, help=f"its /status URL (default {DEFAULT_URL})")
-    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
-    status.add_argument("--limit", type=int, default=None, help="items per table (the listener's default 100)")
+    status.add_argument("--timeout", type=_seconds, default=5.0, help="seconds to wait for the answer (default 5)")
+    status.add_argument("--limit", type=_count, default=None, help="items per table (the listener's default 100)")
     status.add_argument("--json", action="store_true", help="print the JSON as received")
     cdr = commands.add_parser(
         "cdr", help="the call detail records of --cdr-file files summed up per agent, day or half"

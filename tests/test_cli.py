@@ -313,13 +313,19 @@ class CommandTests(TestCase):
     def test_usage_errors(self) -> None:
         """
         An unknown option is a usage error of the command it was given to
-        (its own usage line), and a port out of range is one too, before
-        anything is asked: status 2.
+        (its own usage line), and a port out of range, a C{--timeout} not
+        above 0 and a negative C{--limit} are too, before anything is
+        asked: status 2.
         """
         for argv, usage, message in (
             (["status", "127.0.0.1:9099", "--bogus"], "usage: spwm status", "unrecognized arguments: --bogus"),
             (["cdr", "x.jsonl", "--bogus"], "usage: spwm cdr", "unrecognized arguments: --bogus"),
             (["status", "127.0.0.1:99999"], "usage: spwm status", "127.0.0.1:99999: Port out of range 0-65535"),
+            # (they were a misleading 'does not answer: Operation now in
+            # progress' / 'Timeout value out of range' line, status 1)
+            (["status", "--timeout", "0"], "usage: spwm status", "argument --timeout: must be greater than 0, not '0'"),
+            (["status", "--timeout", "inf"], "usage: spwm status", "argument --timeout: must be a finite number"),
+            (["status", "--limit", "-5"], "usage: spwm status", "argument --limit: must be 0 or more, not '-5'"),
         ):
             err = io.StringIO()
             with redirect_stderr(err), self.assertRaises(SystemExit) as e:
