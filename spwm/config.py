@@ -542,9 +542,10 @@ def show_default(value: Any) -> str | None:
     """
     if value is None or value is False or value == () or value == [] or value == "":
         return None
-    if isinstance(value, tuple) and all(isinstance(v, str) for v in value):
-        # a repeatable option's values (--contact's localhost:443)
-        return ", ".join(value)
+    if isinstance(value, tuple) and value and all(isinstance(v, (str, tuple)) for v in value):
+        # a repeatable option's values (--contact's localhost:443,
+        # --sip-listen's 127.0.0.1:5060)
+        return ", ".join(v if isinstance(v, str) else str(show_default(v)) for v in value)
     if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
         return f"{value[0]}-{value[1]}"
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int):

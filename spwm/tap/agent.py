@@ -111,7 +111,7 @@ OPTIONS = (
     Option("tunnel", "always", tunnel_mode, "always: keep the tunnel up; on-demand: connect at the first SIP message from an application, close when none needs it."),
     Option("tunnel-connections", "auto", tunnel_connections, "TLS connections to keep attached to the one session (media goes on the healthy ones and moves at once when one stalls or breaks): auto (2, up to 4 while the media keeps stalling on the ones there are, up to 16 while many calls' media is spread over them on a lossy link), or a number up to 16; 1: one connection, as a proxy that allows only one needs. 1 with --tunnel on-demand or --udp-path only. With --udp-path auto a QUIC path joins these when the contact point offers it."),
     Option("tunnel-idle", 30.0, positive_float, "With --tunnel on-demand: seconds after the last registration and dialog have ended (and the last SIP) before the tunnel closes."),
-    Option("sip-listen", (), ip_literal_port, "Listen for SIP applications on IP:PORT, UDP and TCP (default 127.0.0.1:5060).", repeat=True),
+    Option("sip-listen", (("127.0.0.1", 5060),), ip_literal_port, "Listen for SIP applications on IP:PORT, UDP and TCP.", repeat=True),
     Option("sip-tls-cert", None, readable_file, "PEM certificate for SIP over TLS towards applications (port + 1); loaded again when the file changes (within 60 s, or on SIGHUP), for new connections."),
     Option("sip-tls-key", None, readable_file, "PEM key for SIP over TLS towards applications."),
     Option("sip-name", (), sip_name, "Another name of this agent in a Route or Request-URI: a DNS name or address, NAME[:PORT] (without a port: every port the agent listens on).", repeat=True),
