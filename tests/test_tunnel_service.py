@@ -379,6 +379,9 @@ class AgentServiceTests(SynchronousTestCase):
             for delay in [1, 2, 4]:
                 self.endpoint.attempts[-1][1].errback(Failure(ConnectionRefusedError()))
                 self.clock.advance(delay)
+            # the attempt under way when the service stops is cancelled:
+            # no failure to warn of
+            self.service.stopService()
         warned = [e for e in events if e.get("log_format", "").startswith("tunnel to {contact} failed")]
         self.assertEqual(len(warned), 1)
         self.assertEqual(warned[0]["log_level"], LogLevel.warn)

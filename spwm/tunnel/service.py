@@ -1049,9 +1049,10 @@ class AgentTunnelService(ClientService):
         line's.
         """
         why = self._reporting.last_failure
-        if why is not None and why != self._warned:
+        # (an attempt cancelled because the service stops is no failure)
+        if self.running and why is not None and why != self._warned:
             self.log.warn("tunnel to {contact} failed: {reason}", contact=self.description, reason=why)
-        self._warned = why
+            self._warned = why
         self._attempt_failed()
 
     def retry_after(self, cap: int = 30) -> int:
