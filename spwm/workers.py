@@ -318,14 +318,13 @@ def listen_address(description: str) -> tuple[int, str, int]:
 
     @raise ConfigError: another kind of endpoint (C{--workers} needs TCP).
     """
-    from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+    from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 
     from twisted.internet import reactor
 
-    try:
-        endpoint = serverFromString(reactor, description)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError("listen", f"{description!r}: {e}") from None
+    from spwm.tap.common import server_endpoint
+
+    endpoint = server_endpoint(reactor, "listen", description)
     if isinstance(endpoint, TCP6ServerEndpoint):
         return socket.AF_INET6, endpoint._interface or "::", endpoint._port
     if isinstance(endpoint, TCP4ServerEndpoint):

@@ -272,6 +272,38 @@ class OptionsTests(SynchronousTestCase):
             " (give IP:PORT, PORT or a Twisted endpoint such as tcp:9090:interface=127.0.0.1)",
         )
 
+    def test_endpoint_files_missing(self) -> None:
+        """
+        An endpoint whose files Twisted cannot read (C{ssl:} without its
+        key and certificate, or with a file that is no PEM) stops the
+        assembly with one line naming the option and the file, also with
+        C{--workers}; it was a traceback.
+        """
+        missing = os.path.abspath(self.mktemp())
+        garbage = self.write("not a key")
+        for argv, line in (
+            (
+                ["--listen", f"ssl:4451:privateKey={missing}"],
+                f"spwm-contact: invalid configuration: listen: 'ssl:4451:privateKey={missing}':"
+                f" [Errno 2] No such file or directory: '{missing}'",
+            ),
+            (
+                ["--listen", f"ssl:4451:privateKey={missing}", "--workers", "2"],
+                f"spwm-contact: invalid configuration: listen: 'ssl:4451:privateKey={missing}':"
+                f" [Errno 2] No such file or directory: '{missing}'",
+            ),
+            (
+                ["--listen", "tcp:4451", "--status-listen", f"ssl:9095:privateKey={garbage}"],
+                f"spwm-contact: invalid configuration: status-listen: 'ssl:9095:privateKey={garbage}':",
+            ),
+        ):
+            options = contact.Options()
+            options.parseOptions(["--plaintext", *argv])
+            with self.assertRaises(SystemExit) as cm:
+                contact.makeService(options, MemoryReactorClock())
+            self.assertIsInstance(cm.exception.code, str)
+            self.assertTrue(cm.exception.code.startswith(line), cm.exception.code)
+
     def test_bad_command_line(self) -> None:
         """
         A bad command-line value is refused with one line naming the option.

@@ -198,11 +198,15 @@ def server_endpoint(reactor: Any, key: str, description: str) -> Any:
     """
     C{serverFromString} for option C{key}.
 
-    @raise ConfigError: Twisted does not understand C{description}.
+    @raise ConfigError: Twisted does not understand C{description}, or
+        cannot read what it names (an C{ssl:} endpoint's key and
+        certificate files, which were a traceback).
     """
+    from OpenSSL import crypto
+
     try:
         return serverFromString(reactor, description)
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, LookupError, TypeError, OSError, crypto.Error) as e:
         raise ConfigError(
             key, f"{description!r}: {e} (give IP:PORT, PORT or a Twisted endpoint such as tcp:9090:interface=127.0.0.1)"
         ) from None
