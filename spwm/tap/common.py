@@ -39,7 +39,7 @@ TUNNEL_LIMIT_OPTIONS = (
     Option("ping-keepalive", False, bool, "Keep idle tunnels alive with PING frames as well as the kernel's TCP keepalive (by default, between two ends that both offer it, an idle TLS/TCP tunnel sends no frames: the kernel probes it every --keepalive-interval and closes it after --keepalive-timeout). Needed behind a TCP proxy or load balancer that closes connections idle at its own level; the agent does it by itself with --http-proxy.", flag=True),
     Option("media-deadline", _D.tunnel.media_deadline, positive_float, "Seconds a media datagram may wait in the tunnel before it is dropped."),
     Option("max-channels", _D.tunnel.max_channels, positive_int, "Open channels per tunnel."),
-    Option("max-sip-size", _D.sip.max_message_size, positive_int, "Largest SIP message accepted (bytes); larger ones get 413 or are dropped."),
+    Option("max-sip-size", _D.sip.max_message_size, positive_int, "Largest SIP message accepted (bytes; at most 65535, a tunnel frame: a larger value counts as 65535); larger ones get 413 or are dropped."),
     Option("max-sip-connections", _D.sip.max_stream_connections, positive_int, "SIP TCP (and TLS) connections each SIP listening socket holds at once (the agent's --sip-listen, the contact point's --sip-address); one more is closed at once, with a warning."),
     Option("max-signalling-queue", _D.tunnel.max_priority_queue, positive_int, "Bytes of SIP and control a tunnel may queue for a peer that does not read; past a quarter of it new SIP requests get 503, past it the tunnel is closed."),
     Option("max-media-queue", _D.tunnel.max_media_queue, positive_int, "Bytes of media a tunnel may queue; past it datagrams are dropped and counted."),
