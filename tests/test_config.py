@@ -169,6 +169,7 @@ class OptionsTests(SynchronousTestCase):
             ("keepalive-interval = inf\n", "keepalive-interval: must be a finite number, not inf"),
             ("udp-buffer = 1e30\n", "udp-buffer: must be at most 2147483647, not 1e+30"),
             ("max-channels = 1.5\n", "max-channels: must be an integer, not 1.5"),
+            ("status-interval = 0.001\n", "status-interval: must be 0 (no status lines) or at least 1, not 0.001"),
         ]
         for text, words in cases:
             path = self.write(text)
