@@ -88,10 +88,15 @@ def _exit_one() -> None:
     os._exit(1)
 
 
+#: the most workers C{--workers} takes: each is a process for a core, with
+#: its own SIP, tunnel and status ports (a typo of 1000 would start 1000)
+MAX_WORKERS = 256
+
+
 def parse_workers(value: object) -> int:
     """
-    C{--workers}: a positive number, or C{auto} (the number of CPUs this
-    process may run on).
+    C{--workers}: a positive number up to L{MAX_WORKERS}, or C{auto} (the
+    number of CPUs this process may run on).
     """
     text = str(value).strip().lower()
     if text == "auto":
@@ -102,6 +107,8 @@ def parse_workers(value: object) -> int:
         raise ValueError(f"{value!r} is not a number of workers or auto") from None
     if n < 1:
         raise ValueError("must be at least 1")
+    if n > MAX_WORKERS:
+        raise ValueError(f"must be at most {MAX_WORKERS} (one process per core), not {n}")
     return n
 
 

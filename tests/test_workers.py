@@ -56,6 +56,10 @@ class SharesTests(SynchronousTestCase):
         self.assertEqual(parse_workers("auto"), usable_cpus())
         self.assertRaises(ValueError, parse_workers, "0")
         self.assertRaises(ValueError, parse_workers, "many")
+        self.assertEqual(parse_workers("256"), 256)
+        with self.assertRaises(ValueError) as raised:
+            parse_workers("1000")
+        self.assertEqual(str(raised.exception), "must be at most 256 (one process per core), not 1000")
 
     def test_option(self) -> None:
         options = contact.Options()
