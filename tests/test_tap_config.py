@@ -67,6 +67,20 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.contact_name, "[2001:db8::1]:8443")
         self.assertEqual(config.http_proxy, ("proxy.example.test", 3128))
 
+    def test_proxy_intervals(self) -> None:
+        """
+        C{--sip-proxy-ping} and C{--sip-proxy-resolve}: 0 (off) or at least
+        0.1 s; a smaller one would send OPTIONS or DNS queries without pause.
+        """
+        for name in ("sip-proxy-ping", "sip-proxy-resolve"):
+            for good, expected in (("0", 0.0), ("0.1", 0.1), ("2", 2.0)):
+                options = contact.Options()
+                options.parseOptions(["--plaintext", "--sip-proxy", "198.51.100.7", f"--{name}", good])
+                self.assertEqual(options[name], expected)
+            with self.assertRaises(SystemExit) as caught:
+                contact.Options().parseOptions(["--plaintext", f"--{name}", "0.001"])
+            self.assertIn(f"--{name}: must be 0 (off) or at least 0.1, not '0.001'", str(caught.exception))
+
     def test_two_contact_points(self) -> None:
         """
         C{--contact} given twice: the first is the default, the second a

@@ -39,6 +39,17 @@ from spwm.workers import WorkerSpec, build_workers, die_with_parent, parse_worke
 
 __all__ = ["OPTIONS", "Options", "makeService", "parse_sip_proxy", "sip_address"]
 
+def proxy_interval(value: object) -> float:
+    """
+    C{--sip-proxy-ping} and C{--sip-proxy-resolve}: 0 (off) or at least
+    0.1 s (a smaller one would send OPTIONS or DNS queries without pause).
+    """
+    number = non_negative_float(value)
+    if 0 < number < 0.1:
+        raise ValueError(f"must be 0 (off) or at least 0.1, not {value!r}")
+    return number
+
+
 def parse_sip_proxy(value: object) -> OperatorProxy:
     """
     C{HOST[:PORT][;transport=udp|tcp]} of the operator proxy.
@@ -85,8 +96,8 @@ OPTIONS = (
     Option("max-tunnels-per-address", 100, positive_int, "Tunnels accepted from one source address."),
     Option("max-handshakes", 256, positive_int, "Tunnels in their handshake (TLS and hello) at once; while that many are, the contact point accepts no more (the kernel's queue holds them), so a reconnect storm is worked through in order instead of every handshake timing out."),
     Option("sip-proxy", (), parse_sip_proxy, "Operator proxy HOST[:PORT][;transport=udp|tcp] (default: the embedded registrar); a name without a port is looked up by its DNS NAPTR (without ;transport) and SRV records first (RFC 3263); given more than once, the proxies in order of preference: each is sent OPTIONS every --sip-proxy-ping seconds, and requests go to the first that answers.", repeat=True),
-    Option("sip-proxy-resolve", 60.0, non_negative_float, "Seconds between two resolutions of the --sip-proxy names while running (addresses are not resolved): when a name gives other addresses, requests follow them without a restart; a name that stops resolving keeps its addresses. 0: only at start."),
-    Option("sip-proxy-ping", DEFAULT_PING_INTERVAL, non_negative_float, "With --sip-proxy given more than once: seconds between two OPTIONS to each proxy; a proxy that misses two in a row (no response within this, or a 5xx) is skipped until it answers again. 0: no pings, always the first."),
+    Option("sip-proxy-resolve", 60.0, proxy_interval, "Seconds between two resolutions of the --sip-proxy names while running (addresses are not resolved): when a name gives other addresses, requests follow them without a restart; a name that stops resolving keeps its addresses. 0: only at start; else at least 0.1."),
+    Option("sip-proxy-ping", DEFAULT_PING_INTERVAL, proxy_interval, "With --sip-proxy given more than once: seconds between two OPTIONS to each proxy; a proxy that misses two in a row (no response within this, or a 5xx) is skipped until it answers again. 0: no pings, always the first; else at least 0.1."),
     Option("sip-address", ("127.0.0.1", 5070), sip_address, "Operator-side SIP address ADDR[:PORT] of the contact point (UDP and TCP)."),
     Option("sip-name", (), sip_name, "Another name of this contact point in a Route or Request-URI: a DNS name or address, NAME[:PORT] (without a port: the --sip-address port).", repeat=True),
     Option("domain", (), sip_domain, "A domain the embedded registrar serves (repeatable; default: any); a REGISTER for another domain gets 403.", repeat=True),
