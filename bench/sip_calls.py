@@ -245,6 +245,14 @@ def _read_rtts(cwd: str) -> list[float]:
 
 def describe(r: dict[str, Any]) -> str:
     cpu = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["cpu"].items())
+    # each half's CPU per completed call (its share of a core over the
+    # step's wall time), the figure to compare between two trees
+    if r["success"]:
+        per_call = ", ".join(
+            f"{k} {v * r['wall'] / r['success'] * 1e3:.2f}" for k, v in r["cpu"].items() if k in ("agent", "contact")
+        )
+        if per_call:
+            cpu += f"; per call (ms) {per_call}"
     m = r["machine"]
     rtt = r["rtt"]
     fails = f" {r['failed_detail']}" if r["failed_detail"] else ""
