@@ -52,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
     MEDIA_HIGH,
     MEDIA_LOW,
+    ROOT,
     Pair,
     Processes,
     cpu_seconds,
@@ -245,6 +246,14 @@ def _read_rtts(cwd: str) -> list[float]:
 
 def describe(r: dict[str, Any]) -> str:
     cpu = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["cpu"].items())
+    # each half's CPU per completed call (its share of a core over the
+    # step's wall time), the figure to compare between two trees
+    if r["success"]:
+        per_call = ", ".join(
+            f"{k} {v * r['wall'] / r['success'] * 1e3:.2f}" for k, v in r["cpu"].items() if k in ("agent", "contact")
+        )
+        if per_call:
+            cpu += f"; per call (ms) {per_call}"
     m = r["machine"]
     rtt = r["rtt"]
     fails = f" {r['failed_detail']}" if r["failed_detail"] else ""
@@ -272,6 +281,25 @@ def ramp(bench: Bench, args: argparse.Namespace, path: str, start: float, cap: f
     return found.good, found.bad, found.results
 
 
+def _commit(root: str) -> str:
+    """
+    The checkout's commit (and C{+changes} when its work tree differs),
+    or C{"not a git checkout"}.
+    """
+    try:
+        head = subprocess.run(
+            ["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+    if not head:
+        return "not a git checkout"
+    return head + (" +changes" if dirty else "")
+
+
 def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
     procs.cprofile_dir = args.cprofile
     bench = Bench(args, procs, workdir)
@@ -280,6 +308,9 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
         f"SIPp uas, and uac -> uas directly; call length {args.call_length} ms, {args.step:g} s per step"
     )
     if bench.pair is not None:
+        # the halves run this checkout's code whatever PYTHONPATH says
+        # (_common puts it first): say which, so two trees compared are two
+        print(f"  code: {ROOT} ({_commit(ROOT)}), {sys.executable}")
         for line in bench.pair.command_lines:
             print(f"  started: {line}")
     print(f"  started: sipp -sn uas -i 127.0.0.1 -p {bench.uas_port} ...", flush=True)

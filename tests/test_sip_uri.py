@@ -115,6 +115,21 @@ class NameAddrTests(SynchronousTestCase):
         self.assertEqual(str(na), '"A" <sip:a@[2001:db8::1]:5060>;+sip.instance="<urn:uuid:1>"')
         self.assertEqual(parse_name_addr(str(na)), na)
 
+    def test_tag_of_copies(self) -> None:
+        """
+        The tag, looked up once when a value is made, is that of each copy
+        (with_param, without_param, made directly); the kept lookup is no
+        part of equality or repr.
+        """
+        na = parse_name_addr("<sip:a@h>;TAG=1;x")
+        self.assertEqual(na.tag, "1")
+        self.assertEqual(na.with_param("tag", "2").tag, "2")
+        self.assertEqual(na.with_param("Tag").tag, "")
+        self.assertIsNone(na.without_param("tag").tag)
+        self.assertEqual(NameAddr(None, na.uri, (("tag", "3"),)).tag, "3")
+        self.assertEqual(na, NameAddr(None, na.uri, na.params))
+        self.assertNotIn("_tag", repr(na))
+
     def test_rejects(self) -> None:
         """
         Unbalanced quotes, spaces in brackets, unquoted commas, "?" in

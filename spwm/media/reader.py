@@ -36,6 +36,9 @@ from twisted.python.failure import Failure
 
 from spwm.logthrottle import PowersOfTwo, ThrottledLog
 
+#: C{SOCK_NONBLOCK} where the platform has it (Linux), else 0.
+_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
+
 #: Events one poll returns at most (the rest wait for the next round).
 MAX_EVENTS = 1024
 
@@ -125,9 +128,12 @@ class EpollRelaySockets:
         @raise CannotListenError: the address is in use or not ours.
         """
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        # non-blocking from its creation: no ioctl of its own (two relay
+        # sockets per call and half)
+        sock = socket.socket(family, socket.SOCK_DGRAM | _NONBLOCK)
         try:
-            sock.setblocking(False)
+            if not _NONBLOCK:
+                sock.setblocking(False)
             if receive_buffer:
                 try:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)

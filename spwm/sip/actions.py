@@ -332,9 +332,11 @@ def show_media(
     """
     if hook is None:
         return
+    # each header read once (set_body below changes none of them)
     request = msg.is_request
     method = msg.cseq_method
-    sdp = bool(msg.body) and msg.content_type in _SDP_TYPES and method in _SESSION_METHODS
+    content_type = msg.content_type if msg.body else None
+    sdp = content_type in _SDP_TYPES and method in _SESSION_METHODS
     invite = method == "INVITE"
     status = msg.status or 0
     answer = invite and not request and 200 <= status < 300
@@ -353,18 +355,19 @@ def show_media(
     if not (sdp or answer):
         return
     leg = dialog_key(fid, msg.call_id or "")
+    to_tag = msg.to_tag
     # the tag of the endpoint that wrote it
-    tag = msg.from_tag if msg.is_request else msg.to_tag
+    tag = msg.from_tag if request else to_tag
     # an offer inside a dialog that its final response settles
-    offer = msg.cseq if request and method in _OFFER_METHODS and msg.to_tag is not None else None
+    offer = msg.cseq if request and method in _OFFER_METHODS and to_tag is not None else None
     if sdp and into:
-        hook.sdp_into_tunnel(key, leg, msg.content_type or "", msg.body, tag=tag, offer=offer)
+        hook.sdp_into_tunnel(key, leg, content_type or "", msg.body, tag=tag, offer=offer)
     elif sdp:
-        body = hook.sdp_out_of_tunnel(key, leg, msg.content_type or "", msg.body, tag=tag, offer=offer)
+        body = hook.sdp_out_of_tunnel(key, leg, content_type or "", msg.body, tag=tag, offer=offer)
         if body != msg.body:
             msg.set_body(body)
     parties = getattr(hook, "call_parties", None)
-    if parties is not None and msg.cseq_method == "INVITE":
+    if parties is not None and invite:
         # for the call detail record (the manager keeps the first naming,
         # and makes the URIs' text only for it)
         from_, to = msg.from_, msg.to
@@ -372,7 +375,7 @@ def show_media(
             parties(key, leg, from_.uri, to.uri)
     if answer:
         hook.dialog_answered(key, leg, tag, ours=into)
-    elif sdp and request and invite and msg.to_tag is None:
+    elif sdp and request and invite and to_tag is None:
         # a new call's INVITE, its SDP shown: the leg waits for a response
         invited = getattr(hook, "dialog_invited", None)
         if invited is not None:

@@ -301,6 +301,13 @@ class NameAddr:
     uri: SipUri
     params: Params = ()
     angle: bool = True
+    #: the C{tag} parameter, looked up once (a proxy reads the tags of
+    #: From and To many times per message, and a parsed value is shared
+    #: by every message with the same text: L{parse_name_addr})
+    _tag: str | None = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_tag", _param_lookup(self.params, "tag"))
 
     @property
     def display_name(self) -> str | None:
@@ -314,7 +321,7 @@ class NameAddr:
         """
         The C{tag} parameter, or C{None}.
         """
-        return _param_lookup(self.params, "tag")
+        return self._tag
 
     def param(self, name: str) -> str | None:
         """

@@ -143,11 +143,17 @@ def encode_frame(ftype: int, flags: int, channel: int, payload: bytes) -> bytes:
     return HEADER.pack(ftype, flags, channel, len(payload)) + payload
 
 
+#: The encoder of control messages, made once: C{json.dumps} with
+#: arguments makes a new encoder for every message (a few channel opens,
+#: closes and acknowledgements per call).
+_CONTROL_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
 def encode_control(message: dict[str, Any]) -> bytes:
     """
     Encode a CONTROL frame holding a JSON object.
     """
-    payload = json.dumps(message, separators=(",", ":"), sort_keys=True).encode()
+    payload = _CONTROL_JSON.encode(message).encode()
     return encode_frame(FrameType.CONTROL, 0, 0, payload)
 
 

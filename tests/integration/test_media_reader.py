@@ -116,6 +116,16 @@ class EpollRelaySocketsTests(TestCase):
             self.sockets.listen(port, Collector(), "127.0.0.1")
         self.assertEqual(self.sockets.open_sockets, 1)
 
+    def test_non_blocking(self) -> None:
+        """
+        A relay socket is non-blocking (made so at its creation): a read
+        with nothing queued raises at once instead of stopping the reactor.
+        """
+        relay, _ = self._listen(Collector())
+        self.assertFalse(relay.socket.getblocking())
+        with self.assertRaises(BlockingIOError):
+            relay.socket.recvfrom(2048)
+
     def test_stop_listening_closes_and_unregisters(self) -> None:
         """
         C{stopListening} closes the socket (the port is free again) and,
