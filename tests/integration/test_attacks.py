@@ -85,16 +85,25 @@ def within(d: defer.Deferred, seconds: float) -> defer.Deferred:
     return d.addTimeout(seconds, reactor)
 
 
+#: Where the media ranges are drawn: above Linux's ephemeral range
+#: (32768-60999), which the kernel hands out, and away from 20000-31999,
+#: where the benchmarks and the demo put thousands of relay ports (a
+#: benchmark running beside the tests held every pair of a range drawn
+#: there, and the contact point could not start).
+MEDIA_LOW, MEDIA_HIGH = 61000, 65536
+
+
 def media_base(size: int) -> int:
     """
     The first port of C{size} UDP ports free on loopback now, at a random
-    place of 20000-31999 (two test processes of C{trial -j2} draw apart).
+    place of L{MEDIA_LOW}-L{MEDIA_HIGH} (two test processes of
+    C{trial -j2} draw apart).
     """
-    start = random.randrange(20000, 31000, 2)
+    start = random.randrange(MEDIA_LOW, MEDIA_HIGH - size, 2)
     try:
-        return free_udp_block(start, 32000, size)
+        return free_udp_block(start, MEDIA_HIGH, size)
     except RuntimeError:
-        return free_udp_block(20000, 32000, size)
+        return free_udp_block(MEDIA_LOW, MEDIA_HIGH, size)
 
 
 def kernel_drops(port: int) -> int:
@@ -325,8 +334,13 @@ class AttackTestCase(TestCase):
             self.assertGreaterEqual(sent, MIN_SENT, f"{name}: only {sent} sent")
             self.assertEqual(receiver.rx.echoed, 0, name)
             self.assertLessEqual(sent - got, sent * MAX_LOSS, f"{name}: sent {sent}, received {got}")
-        # the good tunnels are still the ones up
-        self.assertTrue(self.good_tunnels <= set(self.contact.factory.tunnels))
+        # the good agents' sessions went on, never suspended: each still
+        # has its connections at the contact point (on a starved host an
+        # agent may replace one it found silent: the session keeps going)
+        sessions = {t.session_id for t in self.good_tunnels}
+        self.assertLessEqual(sessions, {t.session_id for t in self.good_now()})
+        self.assertEqual([a.resumption.resumed for a in self.agents], [0, 0])
+        self.assertEqual(self.contact.resumption.resumed, 0)
 
     def warnings(self, text: str) -> list[str]:
         """Warning lines logged so far that contain C{text}."""
