@@ -486,11 +486,13 @@ class DormantResumptionTests(_LoopbackPair):
         before = self.contact.media.open_sockets
         registers = alice.sent.get("REGISTER")
         # Keep the agent away for longer than the window (its tunnel is
-        # young: without the prompt attempts a young tunnel may make)
-        agent1.tunnel_service.policy = lambda attempt: 2.5
+        # young: without the prompt attempts a young tunnel may make): 6 s
+        # against the window's 1 s, so that the contact point's timer,
+        # late on a busy host, still runs out first
+        agent1.tunnel_service.policy = lambda attempt: 6.0
         agent1.tunnel_service._retry.prompt = lambda at: False
         old.transport.abortConnection()
-        yield wait_until(lambda: self.contact.resumption.dormant == 1, timeout=10)
+        yield wait_until(lambda: self.contact.resumption.dormant == 1, timeout=WAIT)
         self.assertTrue(agent1.resumption.dormant)
         self.assertEqual(agent1.media.open_sockets, 0)
         self.assertEqual(self.contact.media.open_sockets, before - 2)
