@@ -71,15 +71,19 @@ WORKER_ENV = "SPWM_WORKER"
 #: of the workers' hand-on sockets (L{spwm.handon})
 HANDON_ENV = "SPWM_HANDON_DIR"
 
+#: the environment variable that names the descriptor on which a worker
+#: tells the supervisor that it has started (L{report_started})
+STARTED_ENV = "SPWM_WORKER_STARTED_FD"
+#: that descriptor in the worker (a pipe the supervisor reads)
+STARTED_FD = 3
+#: what the worker writes there once its services have all started
+STARTED_WORD = b"started\n"
+
 #: restarts of one worker allowed within L{RESTART_WINDOW} seconds before
 #: the next waits L{RESTART_HOLD} seconds
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
 RESTART_HOLD = 30.0
-#: a worker that dies this soon after the first start of all: a start-up
-#: error (a port in use, a bad file); the supervisor stops instead of
-#: restarting
-STARTUP_GRACE = 5.0
 
 
 def _exit_one() -> None:
@@ -454,16 +458,51 @@ def sweep_handon_dirs(parent: str, alive: Callable[[int], bool] = _alive) -> lis
     return removed
 
 
+def report_started(environ: Any = None) -> None:
+    """
+    In a worker whose reactor runs (its services have all started, every
+    listener bound): tell the supervisor, on the descriptor L{STARTED_ENV}
+    names (L{STARTED_WORD}), and close it.  Nothing when the variable is
+    not set or the descriptor is not there (a worker started by hand).
+    """
+    environ = os.environ if environ is None else environ
+    text = environ.get(STARTED_ENV, "")
+    if not text.isdigit():
+        return
+    fd = int(text)
+    try:
+        os.write(fd, STARTED_WORD)
+    except OSError:
+        pass
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 class _WorkerProcess(protocol.ProcessProtocol):
     """
-    One worker's process: its output goes to the log line by line.
+    One worker's process: its output goes to the log line by line; its
+    L{STARTED_FD} says when it has started.
+
+    @ivar started: the worker said it has started (L{report_started}).
     """
 
     def __init__(self, supervisor: WorkerSupervisor, index: int) -> None:
         self.supervisor = supervisor
         self.index = index
         self._partial = b""
+        self._said = b""
+        self.started = False
         self.ended: Deferred[None] = Deferred()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == STARTED_FD:
+            self._said = (self._said + data)[-len(STARTED_WORD) :]
+            if self._said == STARTED_WORD:
+                self.started = True
+            return
+        self.outReceived(data)
 
     def outReceived(self, data: bytes) -> None:
         lines = (self._partial + data).split(b"\n")
@@ -483,7 +522,7 @@ class _WorkerProcess(protocol.ProcessProtocol):
         self._partial = b""
         code = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
-        self.supervisor.worker_ended(self.index, code, sig)
+        self.supervisor.worker_ended(self.index, code, sig, self.started)
         self.ended.callback(None)
 
 
@@ -492,10 +531,11 @@ class WorkerSupervisor(Service):
     Starts C{count} workers, restarts one that dies (at most
     L{MAX_RESTARTS} in L{RESTART_WINDOW} seconds, then after
     L{RESTART_HOLD}), stops them all (SIGTERM, SIGKILL after C{stop_time})
-    when it stops.  A worker that exits by itself (not by a signal) within
-    L{STARTUP_GRACE} seconds of the first start of all had a start-up
-    error (a port in use: its one line is in the log): the supervisor
-    stops the process (C{stop}) instead of restarting it.
+    when it stops.  A worker that exits by itself (not by a signal) at its
+    first start, before it said it had started (L{report_started}: every
+    listener bound), had a start-up error (a port in use: its one line is
+    in the log): the supervisor stops the process (C{stop}) instead of
+    restarting it, however long the start took (seconds on a busy host).
 
     @ivar command: the worker's command line (argv, with the executable).
     @ivar restarts: restarts so far, per worker.
@@ -530,7 +570,6 @@ class WorkerSupervisor(Service):
         self.restarts = [0] * count
         #: a worker exited at start, and the contact point stopped for it
         self.failed_at_start = False
-        self._started_at = 0.0
         self._stopping = False
         #: the private directory (mode 0700) of the workers' hand-on
         #: sockets (L{spwm.handon}), made at the start, removed at the end
@@ -549,7 +588,6 @@ class WorkerSupervisor(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._started_at = self.reactor.seconds()
         if self.handon_dir is None:
             for stale in sweep_handon_dirs(tempfile.gettempdir()):
                 self.log.info("removed {path}, left by a contact point that was killed", path=stale)
@@ -566,24 +604,29 @@ class WorkerSupervisor(Service):
             return
         env = dict(self.env)
         env[WORKER_ENV] = WorkerSpec(index, self.count, os.getpid()).env_value()
+        env[STARTED_ENV] = str(STARTED_FD)
         if self.handon_dir is not None:
             env[HANDON_ENV] = self.handon_dir
         proto = _WorkerProcess(self, index)
         self._protocols[index] = proto
         self.processes[index] = self.reactor.spawnProcess(
-            proto, self.command[0], self.command, env=env, childFDs={0: "w", 1: "r", 2: "r"}
+            proto, self.command[0], self.command, env=env, childFDs={0: "w", 1: "r", 2: "r", STARTED_FD: "r"}
         )
 
     def worker_line(self, index: int, line: str) -> None:
         self.log.info("worker {index}: {line}", index=index, line=line)
 
-    def worker_ended(self, index: int, code: int | None, sig: int | None) -> None:
+    def worker_ended(self, index: int, code: int | None, sig: int | None, started: bool = True) -> None:
+        """
+        Worker C{index} ended with status C{code} or signal C{sig};
+        C{started}: it had said it started (L{report_started}).
+        """
         self.processes.pop(index, None)
         if self._stopping:
             return
         now = self.reactor.seconds()
         how = f"signal {sig}" if sig else f"status {code}"
-        if sig is None and now - self._started_at < STARTUP_GRACE and self.restarts[index] == 0:
+        if sig is None and not started and self.restarts[index] == 0:
             self.log.error(
                 "worker {index} exited with {how} at start; stopping the contact point (see its lines above)",
                 index=index,
@@ -755,6 +798,7 @@ __all__ = [
     "media_slice",
     "offset_port",
     "parse_workers",
+    "report_started",
     "worker_command",
     "worker_config",
     "worker_ports_base",

@@ -30,6 +30,9 @@ from spwm.workers import (
     HANDON_ENV,
     MAX_RESTARTS,
     RESTART_HOLD,
+    STARTED_ENV,
+    STARTED_FD,
+    STARTED_WORD,
     WORKER_ENV,
     ReusePortEndpoint,
     WorkerSpec,
@@ -41,6 +44,7 @@ from spwm.workers import (
     offset_port,
     parse_workers,
     plugin_arguments,
+    report_started,
     sweep_handon_dirs,
     usable_cpus,
     worker_command,
@@ -199,6 +203,12 @@ class FakeProcess:
     def signalProcess(self, sig: int) -> None:
         self.signals.append(sig)
 
+    def started(self) -> None:
+        """
+        The worker says it has started (as L{report_started} writes it).
+        """
+        self.proto.childDataReceived(STARTED_FD, STARTED_WORD)
+
     def end(self, code: int | None = None, sig: int | None = None) -> None:
         if code == 0:
             reason = Failure(ProcessDone(0))
@@ -216,6 +226,7 @@ class FakeReactor(Clock):
 
     def spawnProcess(self, proto: Any, executable: str, args: list, env: dict, childFDs: Any = None) -> FakeProcess:
         process = FakeProcess(self, proto, env)
+        process.childFDs = childFDs
         self.spawned.append(process)
         proto.makeConnection(process)
         return process
@@ -322,6 +333,65 @@ class SupervisorTests(SynchronousTestCase):
         self.assertTrue(self.supervisor.failed_at_start)
         self.reactor.advance(60)
         self.assertEqual(len(self.reactor.spawned), 2)
+
+    def test_slow_startup_failure_stops(self) -> None:
+        """
+        A start-up failure is a worker that exits before it said it had
+        started, however long that took (a busy host takes seconds to
+        import and start a worker): the other worker started, this one
+        fails 30 s after the supervisor started, and the supervisor stops
+        instead of restarting it.
+        """
+        self.reactor.spawned[0].started()
+        self.reactor.advance(30)
+        self.reactor.spawned[1].end(code=1)
+        self.assertEqual(self.stopped, [True])
+        self.assertTrue(self.supervisor.failed_at_start)
+        self.reactor.advance(60)
+        self.assertEqual(len(self.reactor.spawned), 2)
+
+    def test_started_worker_restarted(self) -> None:
+        """
+        A worker that said it had started and then exits by itself, even
+        a moment later, is restarted: it is not a start-up failure.
+        """
+        self.reactor.spawned[1].started()
+        self.reactor.advance(0.1)
+        self.reactor.spawned[1].end(code=1)
+        self.assertEqual(self.stopped, [])
+        self.reactor.advance(0.5)
+        self.assertEqual(len(self.reactor.spawned), 3)
+        self.assertEqual(self.supervisor.restarts, [0, 1])
+
+    def test_started_pipe(self) -> None:
+        """
+        Each worker gets a pipe on L{STARTED_FD}, named in its environment;
+        the word may come in pieces; the worker's output on it is not
+        logged as its lines.
+        """
+        lines: list[tuple[int, str]] = []
+        self.supervisor.worker_line = lambda i, line: lines.append((i, line))  # type: ignore[method-assign]
+        for process in self.reactor.spawned:
+            self.assertEqual(process.childFDs[STARTED_FD], "r")
+            self.assertEqual(process.env[STARTED_ENV], str(STARTED_FD))
+        proto = self.reactor.spawned[0].proto
+        proto.childDataReceived(STARTED_FD, STARTED_WORD[:3])
+        self.assertFalse(proto.started)
+        proto.childDataReceived(STARTED_FD, STARTED_WORD[3:])
+        self.assertTrue(proto.started)
+        self.assertEqual(lines, [])
+
+    def test_report_started(self) -> None:
+        """
+        The worker writes L{STARTED_WORD} on the descriptor its environment
+        names and closes it; without the variable it does nothing.
+        """
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        report_started({STARTED_ENV: str(write)})
+        self.assertEqual(os.read(read, 100), STARTED_WORD)
+        self.assertEqual(os.read(read, 100), b"")  # closed: end of file
+        report_started({})
 
     def test_stop(self) -> None:
         """

@@ -35,7 +35,7 @@ from spwm.security.certwatch import reload_on_hangup as hangup
 from spwm.tap.assembly import ContactPoint, build_contact
 from spwm.tap.common import HEP_OPTIONS, LOG_OPTIONS, STATUS_OPTIONS, TUNNEL_LIMIT_OPTIONS, build_service, guard_stop_signals
 from spwm.tap.options import ContactConfig
-from spwm.workers import WorkerSpec, build_workers, die_with_parent, parse_workers, worker_config
+from spwm.workers import WorkerSpec, build_workers, die_with_parent, parse_workers, report_started, worker_config
 
 __all__ = ["OPTIONS", "Options", "makeService", "parse_sip_proxy", "sip_address"]
 
@@ -152,6 +152,9 @@ def build_contact_or_workers(config: ContactConfig, reactor: Any = None) -> Any:
         die_with_parent(spec.parent)
         built = build_contact(worker_config(config, spec), reactor)
         reload_on_hangup(built, reactor)
+        # the reactor runs only once every service has started (a listener
+        # that cannot bind ends the process before): tell the supervisor
+        (reactor or _reactor()).callWhenRunning(report_started)
     elif config.workers > 1:
         if config.cdr_file is not None:
             # the workers append to it: one line at start if they cannot

@@ -295,7 +295,8 @@ class AgentStartupTests(StartupTestCase):
         # The parent exits as soon as the daemon has told it; the daemon
         # then removes its PID file and writes the line as it exits.
         log = ""
-        for _ in range(100):
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
             with open(logfile) as f:
                 log = f.read()
             if line in log and not os.path.exists(pidfile):
