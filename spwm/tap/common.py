@@ -248,15 +248,16 @@ def build_service(side: str, build: Callable[[], Any], clock: Any = None) -> ISe
     except ConfigError as e:
         raise ConfigExit(f"spwm-{side}: invalid configuration: {e}") from None
     service: IService = built.service
-    if steady is not None and isinstance(service, MultiService):
-        steady_clock.StepWatch(steady, reactor).setServiceParent(service)
     status = getattr(built, "status", None)
     if status is not None and isinstance(service, MultiService):
-        # a half that carries calls (not the workers' supervisor): full
-        # garbage collections on a timer, one policy per process
+        # a half that carries calls (not the workers' supervisor, whose
+        # workers each say so): full garbage collections on a timer, one
+        # policy per process, and a line when the system clock is set
         policy = GcPolicy(reactor if clock is None else clock)
         policy.setServiceParent(service)
         status.add("gc", policy.status)
+        if steady is not None:
+            steady_clock.StepWatch(steady, reactor).setServiceParent(service)
     return service
 
 
