@@ -108,6 +108,22 @@ def non_negative_float(value: Any) -> float:
     return number
 
 
+def zero_or_at_least(minimum: float, zero: str) -> Callable[[Any], float]:
+    """
+    The check of an interval that is 0 (C{zero} says what that means) or
+    at least C{minimum} seconds: a smaller one would run its work without
+    pause (status lines, OPTIONS pings, DNS queries).
+    """
+
+    def check(value: Any) -> float:
+        number = non_negative_float(value)
+        if 0 < number < minimum:
+            raise ValueError(f"must be 0 ({zero}) or at least {minimum:g}, not {value!r}")
+        return number
+
+    return check
+
+
 def positive_int(value: Any) -> int:
     """
     An integer greater than zero, at most L{MAX_INT}.

@@ -321,6 +321,15 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual(self.supervisor.restarts, [0, MAX_RESTARTS + 1])
         self.assertEqual(self.stopped, [])
 
+    def assertStoppedAtStart(self) -> None:
+        """
+        The supervisor stopped for a start-up failure and restarts nothing.
+        """
+        self.assertEqual(self.stopped, [True])
+        self.assertTrue(self.supervisor.failed_at_start)
+        self.reactor.advance(60)
+        self.assertEqual(len(self.reactor.spawned), 2)
+
     def test_startup_failure_stops(self) -> None:
         """
         A worker that exits by itself at start stops the supervisor: no
@@ -329,10 +338,7 @@ class SupervisorTests(SynchronousTestCase):
         self.assertFalse(self.supervisor.failed_at_start)
         self.reactor.advance(1)
         self.reactor.spawned[0].end(code=1)
-        self.assertEqual(self.stopped, [True])
-        self.assertTrue(self.supervisor.failed_at_start)
-        self.reactor.advance(60)
-        self.assertEqual(len(self.reactor.spawned), 2)
+        self.assertStoppedAtStart()
 
     def test_slow_startup_failure_stops(self) -> None:
         """
@@ -345,10 +351,7 @@ class SupervisorTests(SynchronousTestCase):
         self.reactor.spawned[0].started()
         self.reactor.advance(30)
         self.reactor.spawned[1].end(code=1)
-        self.assertEqual(self.stopped, [True])
-        self.assertTrue(self.supervisor.failed_at_start)
-        self.reactor.advance(60)
-        self.assertEqual(len(self.reactor.spawned), 2)
+        self.assertStoppedAtStart()
 
     def test_started_worker_restarted(self) -> None:
         """

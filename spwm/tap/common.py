@@ -23,6 +23,7 @@ from spwm.config import (
     optional_string,
     positive_float,
     positive_int,
+    zero_or_at_least,
 )
 from spwm.addr import hostport
 from spwm.errors import ConfigError, ListenError
@@ -50,15 +51,9 @@ TUNNEL_LIMIT_OPTIONS = (
 )
 
 
-def status_interval(value: Any) -> float:
-    """
-    C{--status-interval}: 0 (no status lines) or at least 1 s (a smaller
-    one wrote a line per reactor turn: 1748 in 3 s at 0.001).
-    """
-    number = non_negative_float(value)
-    if 0 < number < 1:
-        raise ValueError(f"must be 0 (no status lines) or at least 1, not {value!r}")
-    return number
+#: C{--status-interval}: 0 (no status lines) or at least 1 s (a smaller
+#: one wrote a line per reactor turn: 1748 in 3 s at 0.001)
+status_interval = zero_or_at_least(1, "no status lines")
 
 
 STATUS_OPTIONS = (

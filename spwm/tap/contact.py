@@ -24,6 +24,7 @@ from spwm.config import (
     positive_int,
     readable_file,
     string,
+    zero_or_at_least,
 )
 from spwm.sip.names import sip_domain, sip_name
 from spwm.sip.actions import OperatorProxy
@@ -39,15 +40,8 @@ from spwm.workers import WorkerSpec, build_workers, die_with_parent, parse_worke
 
 __all__ = ["OPTIONS", "Options", "makeService", "parse_sip_proxy", "sip_address"]
 
-def proxy_interval(value: object) -> float:
-    """
-    C{--sip-proxy-ping} and C{--sip-proxy-resolve}: 0 (off) or at least
-    0.1 s (a smaller one would send OPTIONS or DNS queries without pause).
-    """
-    number = non_negative_float(value)
-    if 0 < number < 0.1:
-        raise ValueError(f"must be 0 (off) or at least 0.1, not {value!r}")
-    return number
+#: C{--sip-proxy-ping} and C{--sip-proxy-resolve}: 0 (off) or at least 0.1 s
+proxy_interval = zero_or_at_least(0.1, "off")
 
 
 def parse_sip_proxy(value: object) -> OperatorProxy:
