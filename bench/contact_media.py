@@ -138,10 +138,27 @@ class LeanAgent:
     socket) and the operator side's media socket, in one loop.
     """
 
-    def __init__(self, port: int, ca: str | None, seq: bool, sip_port: int) -> None:
+    def __init__(
+        self,
+        port: int,
+        ca: str | None,
+        seq: bool,
+        sip_port: int,
+        user: str = USER,
+        sip: socket.socket | None = None,
+        by_call_id: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """
+        @param user: the phone's user part (several agents of one
+            benchmark register distinct users).
+        @param sip: the operator's SIP socket, when agents share one (it
+            is then not bound here), with C{by_call_id}: their calls by
+            Call-ID, so each answers the others' requests alike.
+        """
         from spwm.tunnel.frames import ALPN, encode_control, encode_preface
 
         self.seq = seq
+        self.user = user
         self.sel = selectors.DefaultSelector()
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -160,7 +177,11 @@ class LeanAgent:
         self.preface = False
         self.out = bytearray()
         self.sel.register(self.tunnel, selectors.EVENT_READ, "tunnel")
-        self.sip = self._udp(sip_port, "sip", buffer=False)
+        if sip is None:
+            self.sip = self._udp(sip_port, "sip", buffer=False)
+        else:
+            self.sip = sip
+            self.sel.register(sip, selectors.EVENT_READ, "sip")
         self.op = self._udp(0, "op")
         self.op_port = self.op.getsockname()[1]
         self.lan = self._udp(0, "lan")  # the baseline's other end
@@ -168,7 +189,7 @@ class LeanAgent:
         self.sip_in: list[bytes] = []  # SIP messages out of the tunnel
         self.next_channel = 1
         self.calls: list[dict[str, Any]] = []
-        self.by_call_id: dict[str, dict[str, Any]] = {}
+        self.by_call_id: dict[str, dict[str, Any]] = {} if by_call_id is None else by_call_id
         self.sip_burst = (0, 0.5)  # calls set up per burst during a relay phase, seconds between bursts
         self.side_index = SIDE_CALLS
         self.seq_base = 0
@@ -327,7 +348,7 @@ class LeanAgent:
                 raise Failed(f"the contact point refused call {call['index']}'s media (port 0 in its offer): see its log")
             to = [("To", headers["to"][0] + f";tag=op{call['index']}")]
             contact = [("Contact", f"<sip:operator@127.0.0.1:{self.sip.getsockname()[1]}>"), ("Content-Type", "application/sdp")]
-            self.sip.sendto(sip_message("SIP/2.0 200 OK", copied + to + contact, sdp("operator", self.op_port)), addr)
+            self.sip.sendto(sip_message("SIP/2.0 200 OK", copied + to + contact, sdp("operator", call["op_port"])), addr)
         elif method in ("BYE", "CANCEL", "OPTIONS"):
             self.sip.sendto(sip_message("SIP/2.0 200 OK", copied + [("To", headers["to"][0])]), addr)
         # ACK: nothing
@@ -347,14 +368,14 @@ class LeanAgent:
         benchmark answers it as the operator's registrar.
         """
         self.until(lambda: self.welcome is not None, 10, "no welcome")
-        aor = f"sip:{USER}@{DOMAIN}"
+        aor = f"sip:{self.user}@{DOMAIN}"
         call_id = secrets.token_hex(8)
         self.tunnel_sip(
             f"REGISTER sip:{DOMAIN} SIP/2.0",
             [
                 self.phone_via(SIP_FLOW_REGISTER), ("Max-Forwards", "69"), ("From", f"<{aor}>;tag=r1"), ("To", f"<{aor}>"),
                 ("Call-ID", call_id), ("CSeq", "1 REGISTER"),
-                ("Contact", f'<sip:{USER}@127.0.0.1:{40000 + SIP_FLOW_REGISTER}>;+sip.instance="<urn:uuid:{uuid.uuid4()}>"'),
+                ("Contact", f'<sip:{self.user}@127.0.0.1:{40000 + SIP_FLOW_REGISTER}>;+sip.instance="<urn:uuid:{uuid.uuid4()}>"'),
                 ("Expires", "3600"),
             ],
             flow=SIP_FLOW_REGISTER,
@@ -385,6 +406,7 @@ class LeanAgent:
         channel = self.next_channel
         self.next_channel += 2
         call: dict[str, Any] = {"index": index, "call_id": call_id, "channel": channel, "relay": None, "tag": f"c{index}"}
+        call["op_port"] = self.op_port
         self.by_call_id[call_id] = call
         meta = {"dialog": f"{SIP_FLOW_CALLS}/{call_id}", "mux": False, "stream": 0, "use": "media"}
         self.out += encode_control({"op": "open", "channel": channel, "kind": "datagram", "meta": meta})
@@ -392,11 +414,11 @@ class LeanAgent:
             f"INVITE sip:operator@{DOMAIN} SIP/2.0",
             [
                 self.phone_via(SIP_FLOW_CALLS), ("Max-Forwards", "69"),
-                ("From", f"<sip:{USER}@{DOMAIN}>;tag={call['tag']}"), ("To", f"<sip:operator@{DOMAIN}>"),
-                ("Call-ID", call_id), ("CSeq", "1 INVITE"), ("Contact", f"<sip:{USER}@127.0.0.1:{40000 + SIP_FLOW_CALLS}>"),
+                ("From", f"<sip:{self.user}@{DOMAIN}>;tag={call['tag']}"), ("To", f"<sip:operator@{DOMAIN}>"),
+                ("Call-ID", call_id), ("CSeq", "1 INVITE"), ("Contact", f"<sip:{self.user}@127.0.0.1:{40000 + SIP_FLOW_CALLS}>"),
                 ("Content-Type", "application/sdp"),
             ],
-            sdp(USER, 40000 + 2 * (index % 10000)),
+            sdp(self.user, 40000 + 2 * (index % 10000)),
         )  # fmt: skip
         return call
 
@@ -476,7 +498,7 @@ class LeanAgent:
     def _in_dialog(self, call: dict[str, Any], cseq: str) -> list[tuple[str, str]]:
         headers = [self.phone_via(SIP_FLOW_CALLS), ("Max-Forwards", "69")]
         headers += [("Route", r) for r in call["route"]]
-        headers += [("From", f"<sip:{USER}@{DOMAIN}>;tag={call['tag']}"), ("To", call["to"]), ("Call-ID", call["call_id"]), ("CSeq", cseq)]
+        headers += [("From", f"<sip:{self.user}@{DOMAIN}>;tag={call['tag']}"), ("To", call["to"]), ("Call-ID", call["call_id"]), ("CSeq", cseq)]
         return headers
 
     def hang_up(self, timeout: float) -> int:
