@@ -477,10 +477,14 @@ class Bench:
         ok = relay["forward"]["loss"] < 0.001 and relay["return"]["loss"] < 0.001 and max(added) < 0.005
         step = {"calls": n, "setup": setup, "relay": relay, "direct": direct, "added": added, "ok": ok, "held": held}
         wcpu = " + ".join(f"{100 * c:.0f}" for c in relay["workers_cpu"])
+        # each worker relays its share both ways: 2 datagrams per call and 20 ms
+        per = n / contact.workers * 2 / PERIOD
+        step["us_per_datagram"] = [1e6 * c / per for c in relay["workers_cpu"]]
+        per_datagram = " / ".join(f"{u:.1f}" for u in step["us_per_datagram"])
         print(
             f"  {n} calls (set up in {setup:.1f} s; calls per worker by their status {held}):"
             f" loss {100 * relay['forward']['loss']:.3f} / {100 * relay['return']['loss']:.3f} %,"
-            f" p99 added {fmt_ms(added[0])} / {fmt_ms(added[1])} ms; workers {wcpu} % of a core"
+            f" p99 added {fmt_ms(added[0])} / {fmt_ms(added[1])} ms; workers {wcpu} % of a core ({per_datagram} us per datagram)"
             f" (supervisor {100 * relay['supervisor_cpu']:.0f} %), generator {100 * relay['generator_cpu']:.0f} %"
             f" (direct: {100 * direct['generator_cpu']:.0f} %), other processes {100 * relay['others']:.0f} %"
             f" (direct {100 * direct['others']:.0f} %), steal {100 * relay['steal']:.1f} %: {'PASS' if ok else 'FAIL'}"
