@@ -232,6 +232,7 @@ def dataplane(
     base: int,
     timeout: float,
     tick_us: int = 1000,
+    procs: Processes | None = None,
 ) -> dict[str, Any]:
     """
     Run the C data plane over C{sessions} for one phase; its JSON result
@@ -254,12 +255,16 @@ def dataplane(
     lines.append(f"calls {len(calls)}")
     lines += [f"{s} {channel} {port}" for s, channel, port in calls]
     proc = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=fds)
+    if procs is not None:
+        procs.popen.append(proc)  # ended by PID with the rest on Ctrl-C or --max-time
     try:
         out, err = proc.communicate(("\n".join(lines) + "\n").encode(), timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
         raise Failed(f"the data plane did not finish within {timeout:g} s") from None
+    if procs is not None:
+        procs.popen.remove(proc)
     if proc.returncode:
         raise Failed((err.decode(errors="replace").strip().splitlines() or [f"the data plane exited with status {proc.returncode}"])[-1])
     result: dict[str, Any] = json.loads(out)
@@ -538,8 +543,9 @@ class Bench:
         m0 = machine_cpu()
         t0 = time.monotonic()
         r = dataplane(
-            self.binary, sessions, calls, path, self.args.duration, self.phase, True, base, self.args.duration + 30, self.args.tick_us
-        )
+            self.binary, sessions, calls, path, self.args.duration, self.phase, True, base,
+            self.args.duration + 30, self.args.tick_us, self.procs,
+        )  # fmt: skip
         wall = time.monotonic() - t0
         usage = machine_usage(m0, machine_cpu())
         cpu1 = contact.cpu() if contact else []
@@ -585,7 +591,7 @@ class Bench:
             o0 = all_cpu({os.getpid()})
             r = dataplane(
                 self.binary, [s for s, _ in sessions], calls, "direct", self.args.duration, self.phase, True, 0,
-                self.args.duration + 30, self.args.tick_us,
+                self.args.duration + 30, self.args.tick_us, self.procs,
             )  # fmt: skip
             usage = machine_usage(m0, machine_cpu())
             f, b = r["forward"], r["return"]
