@@ -1,20 +1,32 @@
 """
 Tests for L{spwm.sip.byes} (the BYE a half sends of its own for a call
 whose media it lost), the dialog table's record of the parties it needs,
-and the agent core's use of them (L{AgentSipProxy.leg_lost}).
+and both cores' use of them (C{leg_lost}).
 """
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.sip.actions import ToApp, ToTunnel
+from spwm.sip.actions import ToApp, ToNetwork, ToTunnel
 from spwm.sip.agent_proxy import BYE_ANSWERED, BYE_SENT, AgentSipProxy
+from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.byes import T1, T2, TIMER_F, ByeSender, build_bye, is_bye_branch, reason_header, route_toward
 from spwm.sip.dialogs import DialogTable, Parties, Party
 from spwm.sip.flows import Flow
 from spwm.sip.message import make_response, parse_message
-from tests.test_sip_proxy import FLOW_A, RecordingHook, answer, invite_for_phone, only, request
+from spwm.testing.tunnel import FakeTunnel
+from tests.test_sip_proxy import (
+    CONTACT_ADDR,
+    FLOW_A,
+    OPERATOR,
+    SECRET,
+    RecordingHook,
+    answer,
+    invite_for_phone,
+    only,
+    request,
+)
 
 CALLER = Party('"Alice" <sip:alice@example.org>;tag=fa', "fa", "sip:alice@192.0.2.10:5062", 7)
 CALLEE = Party("<sip:bob@example.org>;tag=tb", "tb", "sip:bob@198.51.100.20:5070;transport=udp", None)
@@ -365,3 +377,82 @@ class AgentLegLostTests(SynchronousTestCase):
         self.agent.from_tunnel(up.flow_id, ok.to_bytes(), 1.0)
         bye = parse_message(only(self.agent.leg_lost("s", up.flow_id, "call-1@192.0.2.10", "tunnel lost", 2.0)[0], ToApp).data)
         self.assertTrue((bye.get("Via") or "").startswith("SIP/2.0/TCP 192.0.2.1:5060;"))
+
+
+class ContactLegLostTests(SynchronousTestCase):
+    """
+    L{ContactSipProxy.leg_lost} with an operator proxy: the far party of
+    a call whose media is lost gets a BYE of the contact point's own,
+    through the operator's proxy.
+    """
+
+    def setUp(self) -> None:
+        self.cp = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR, media_hook=RecordingHook("contact"))
+        self.key = FakeTunnel("sess-1")
+        self.cp.tunnel_attached(self.key, "sess-1")
+
+    def call_out(self) -> None:
+        """
+        The phone behind flow 5 calls bob on the operator side; the
+        operator's proxy record-routes above us, bob answers.
+        """
+        invite = request("INVITE", "sip:bob@example.org", extra=("Contact: <sip:alice@192.0.2.10:5062>",))
+        act = only(self.cp.from_tunnel(self.key, "sess-1", 5, invite, 0.0), ToNetwork)
+        sent = parse_message(act.data)
+        ok = make_response(
+            sent,
+            200,
+            "OK",
+            to_tag="tt",
+            extra_headers=(
+                ("Record-Route", "<sip:198.51.100.7;lr>"),
+                *(("Record-Route", v) for v in sent.get_all("Record-Route")),
+                ("Contact", "<sip:bob@198.51.100.30:5080>"),
+            ),
+        )
+        only(self.cp.from_network("udp", (OPERATOR.host, OPERATOR.port), ok.to_bytes(), 1.0), ToTunnel)
+
+    def test_bye_to_the_far_party(self) -> None:
+        """
+        The far party gets a BYE in the phone's name through the operator's
+        proxy: its Contact, the proxy's Route (ours left out), CSeq one past
+        the phone's INVITE, the Reason; its answer stays here, counted.
+        """
+        self.call_out()
+        actions, told = self.cp.leg_lost("sess-1", 5, "call-1@192.0.2.10", "media inactivity", 2.0)
+        self.assertEqual(told, ["far party"])
+        act = only(actions, ToNetwork)
+        self.assertEqual((act.transport, act.addr), ("udp", (OPERATOR.host, OPERATOR.port)))
+        bye = parse_message(act.data)
+        self.assertEqual((bye.method, bye.uri), ("BYE", "sip:bob@198.51.100.30:5080"))
+        self.assertEqual(bye.get_all("Route"), ["<sip:198.51.100.7;lr>"])
+        self.assertEqual((bye.from_tag, bye.to_tag, bye.cseq), ("fa", "tt", (2, "BYE")))
+        self.assertEqual(bye.get("Reason"), 'SIP;cause=408;text="media inactivity"')
+        self.assertTrue((bye.get("Via") or "").startswith("SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bK-spwm-bye-"))
+        self.assertEqual(self.cp.counters[BYE_SENT], 1)
+        response = make_response(bye, 200, "OK").to_bytes()
+        self.assertEqual(self.cp.from_network("udp", (OPERATOR.host, OPERATOR.port), response, 2.1), [])
+        self.assertEqual(self.cp.counters[BYE_ANSWERED], 1)
+        self.assertEqual(self.cp.dialogs("sess-1"), [])
+        self.assertEqual(self.cp.leg_lost("sess-1", 5, "call-1@192.0.2.10", "tunnel lost", 3.0), ([], []))
+
+    def test_retransmitted_until_answered(self) -> None:
+        """
+        Over UDP the BYE goes again from the core's timer until an answer.
+        """
+        self.call_out()
+        first = only(self.cp.leg_lost("sess-1", 5, "call-1@192.0.2.10", "tunnel lost", 2.0)[0], ToNetwork)
+        self.assertEqual(self.cp.next_deadline(), 2.0 + T1)
+        again = [a for a in self.cp.handle_timer(2.0 + T1) if isinstance(a, ToNetwork)]
+        self.assertEqual(again, [first])
+        self.cp.from_network("udp", (OPERATOR.host, OPERATOR.port), make_response(parse_message(first.data), 481, "Gone").to_bytes(), 3.0)
+        self.assertEqual([a for a in self.cp.handle_timer(2.0 + 3 * T1) if isinstance(a, ToNetwork)], [])
+
+    def test_turned_off(self) -> None:
+        """
+        With C{bye_on_loss} off nothing is sent, and the dialogs go.
+        """
+        self.cp.bye_on_loss = False
+        self.call_out()
+        self.assertEqual(self.cp.leg_lost("sess-1", 5, "call-1@192.0.2.10", "tunnel lost", 2.0), ([], []))
+        self.assertEqual(self.cp.dialogs("sess-1"), [])

@@ -943,14 +943,15 @@ class MediaManager:
     def ended_calls(self) -> list[dict[str, Any]]:
         """
         The last L{ENDED_CALLS} calls that ended, newest first, as
-        L{call_list} with C{ended} and C{reason} (made here, for the
+        L{call_list} with C{ended}, C{reason} and C{bye_sent} (whom this
+        half sent a BYE of its own, L{leg_lost}) (made here, for the
         status request that asks, not at each call's end).
         """
         out = []
         for ended in reversed(self._ended):
             dialog = ended.dialog
             record = self._call_record(dialog.session, ended.key, dialog, ended.ended)
-            record.update(ended=wall(ended.ended), reason=ended.reason, state="ended")
+            record.update(ended=wall(ended.ended), reason=ended.reason, state="ended", bye_sent=ended.cdr["bye_sent"])
             out.append(record)
         return out
 
