@@ -14,7 +14,7 @@ from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.byes import T1, T2, TIMER_F, ByeSender, build_bye, is_bye_branch, reason_header, route_toward
 from spwm.sip.dialogs import DialogTable, Parties, Party
 from spwm.sip.flows import Flow
-from spwm.sip.message import make_response, parse_message
+from spwm.sip.message import SipMessage, make_response, parse_message
 from spwm.testing.tunnel import FakeTunnel
 from tests.test_sip_proxy import (
     CONTACT_ADDR,
@@ -42,6 +42,26 @@ RR = (
 
 def ours(value: str) -> bool:
     return value == OURS
+
+
+def answered_above(data: bytes, proxy: str, contact: str) -> SipMessage:
+    """
+    The callee's 200 (To-tag C{tt}, C{contact}) to the INVITE C{data} as
+    a half sent it on, through a proxy that record-routed C{proxy} above
+    the half's own entries.
+    """
+    sent = parse_message(data)
+    return make_response(
+        sent,
+        200,
+        "OK",
+        to_tag="tt",
+        extra_headers=(
+            ("Record-Route", proxy),
+            *(("Record-Route", v) for v in sent.get_all("Record-Route")),
+            ("Contact", contact),
+        ),
+    )
 
 
 class DialogTablePartiesTests(SynchronousTestCase):
@@ -282,18 +302,7 @@ class AgentLegLostTests(SynchronousTestCase):
             "INVITE", "sip:bob@example.org", cseq=5, extra=("Contact: <sip:alice@192.0.2.10:5062>",)
         )
         up = only(self.agent.from_app(FLOW_A, invite, 0.0), ToTunnel)
-        sent = parse_message(up.data)
-        ok = make_response(
-            sent,
-            200,
-            "OK",
-            to_tag="tt",
-            extra_headers=(
-                ("Record-Route", "<sip:p1.example.net;lr>"),
-                *(("Record-Route", v) for v in sent.get_all("Record-Route")),
-                ("Contact", "<sip:bob@198.51.100.20>"),
-            ),
-        )
+        ok = answered_above(up.data, "<sip:p1.example.net;lr>", "<sip:bob@198.51.100.20>")
         only(self.agent.from_tunnel(up.flow_id, ok.to_bytes(), 1.0), ToApp)
         return up.flow_id
 
@@ -398,18 +407,7 @@ class ContactLegLostTests(SynchronousTestCase):
         """
         invite = request("INVITE", "sip:bob@example.org", extra=("Contact: <sip:alice@192.0.2.10:5062>",))
         act = only(self.cp.from_tunnel(self.key, "sess-1", 5, invite, 0.0), ToNetwork)
-        sent = parse_message(act.data)
-        ok = make_response(
-            sent,
-            200,
-            "OK",
-            to_tag="tt",
-            extra_headers=(
-                ("Record-Route", "<sip:198.51.100.7;lr>"),
-                *(("Record-Route", v) for v in sent.get_all("Record-Route")),
-                ("Contact", "<sip:bob@198.51.100.30:5080>"),
-            ),
-        )
+        ok = answered_above(act.data, "<sip:198.51.100.7;lr>", "<sip:bob@198.51.100.30:5080>")
         only(self.cp.from_network("udp", (OPERATOR.host, OPERATOR.port), ok.to_bytes(), 1.0), ToTunnel)
 
     def test_bye_to_the_far_party(self) -> None:
