@@ -314,6 +314,20 @@ class OfferAnswerTests(SynchronousTestCase):
         agent.dialog_ended(a_end, DIALOG)
         self.assertEqual((len(told), agent.cdrs[-1]["bye_sent"]), (1, []))
 
+    def test_streamless_leg_not_told(self) -> None:
+        """
+        A leg that never had a stream (only an answer without SDP crossed)
+        and ends after the media timeout is not shown to C{leg_lost}: its
+        SIP may be all there is to it.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        told: list[str] = []
+        contact.leg_lost = lambda session_id, dialog_key, reason: told.append(reason) or []
+        contact.dialog_answered(c_end, DIALOG, "b", ours=True)
+        reactor.advance(contact.inactivity_timeout + 5)
+        self.assertEqual([c["reason"] for c in contact.cdrs], ["media inactivity"])
+        self.assertEqual(told, [])
+
     def test_multipart_and_no_sdp(self) -> None:
         """
         SDP inside multipart/mixed is rewritten in place; a body without SDP

@@ -11,7 +11,21 @@ from twisted.trial.unittest import SynchronousTestCase
 from spwm.sip.actions import ToApp, ToNetwork, ToTunnel
 from spwm.sip.agent_proxy import BYE_ANSWERED, BYE_SENT, AgentSipProxy
 from spwm.sip.contact_proxy import ContactSipProxy
-from spwm.sip.byes import T1, T2, TIMER_F, ByeSender, build_bye, is_bye_branch, reason_header, route_toward
+from spwm.sip.byes import (
+    MAX_PARTY_TEXT,
+    MAX_ROUTE_ENTRIES,
+    MAX_ROUTE_TEXT,
+    T1,
+    T2,
+    TIMER_F,
+    ByeSender,
+    build_bye,
+    is_bye_branch,
+    reason_header,
+    remember_answer,
+    remember_dialog_request,
+    route_toward,
+)
 from spwm.sip.dialogs import DialogTable, Parties, Party
 from spwm.sip.flows import Flow
 from spwm.sip.message import SipMessage, make_response, parse_message
@@ -128,6 +142,43 @@ class DialogTablePartiesTests(SynchronousTestCase):
         for n in range(3):
             table.answered(1, f"c{n}", 1, "fa", "tb", 0.0, CALLEE, RR)
         self.assertEqual([d.parties is not None for d in table.of(1)], [False, True, True])
+
+
+class PartyBoundTests(SynchronousTestCase):
+    """
+    What a message may make a dialog's parties take is bounded.
+    """
+
+    def answer(self, extra: tuple[str, ...] = (), contact: str = "sip:bob@198.51.100.20") -> DialogTable:
+        table = DialogTable(3600.0)
+        invite = parse_message(request("INVITE", "sip:bob@example.org", extra=("Contact: <sip:a@192.0.2.10>",)))
+        remember_dialog_request(table, 1, invite, True)
+        ok = parse_message(answer(invite.to_bytes(), 200, extra=tuple(("Record-Route", v) for v in extra) + (("Contact", f"<{contact}>"),)))
+        remember_answer(table, 1, 1, ok, 0.0)
+        return table
+
+    def test_within_bounds(self) -> None:
+        """
+        A usual answer makes the parties, with its Record-Route.
+        """
+        parties = self.answer(("<sip:p1;lr>",)).of(1)[0].parties
+        assert parties is not None
+        self.assertEqual((parties.record_route, parties.callee.target), (("<sip:p1;lr>",), "sip:bob@198.51.100.20"))
+
+    def test_over_bounds(self) -> None:
+        """
+        Past L{MAX_ROUTE_ENTRIES} route entries, L{MAX_ROUTE_TEXT} route
+        characters or L{MAX_PARTY_TEXT} characters of a target the dialog
+        has no parties (no BYE of ours for it), but is established.
+        """
+        long_host = "h" * MAX_PARTY_TEXT
+        for table in (
+            self.answer(tuple(f"<sip:p{n};lr>" for n in range(MAX_ROUTE_ENTRIES + 1))),
+            self.answer((f"<sip:{'p' * MAX_ROUTE_TEXT};lr>",)),
+            self.answer(contact=f"sip:bob@{long_host}"),
+        ):
+            (dialog,) = table.of(1)
+            self.assertIsNone(dialog.parties)
 
 
 class RouteTests(SynchronousTestCase):

@@ -1925,8 +1925,10 @@ class MediaManager:
         now = self.clock.seconds()
         record = call_detail_record(dialog_key, dialog, reason, now, self.side, self._local_leg)
         told: list[str] = []
-        if reason in LOSS_CAUSES and self.leg_lost is not None:
-            # no BYE ended it: the SIP core ends it for the parties
+        if reason in LOSS_CAUSES and self.leg_lost is not None and (dialog.history or reason != "media inactivity"):
+            # no BYE ended it: the SIP core ends it for the parties (not
+            # for want of media a leg that never had a stream: its SIP
+            # may be all there is to it)
             told = self.leg_lost(dialog.session, dialog_key, reason)
         record["bye_sent"] = told
         self._ended.append(_EndedCall(record, dialog_key, dialog, now, reason))

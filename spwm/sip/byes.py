@@ -34,6 +34,9 @@ __all__ = [
     "BYE_SENT",
     "ByeSender",
     "LOSS_CAUSES",
+    "MAX_PARTY_TEXT",
+    "MAX_ROUTE_ENTRIES",
+    "MAX_ROUTE_TEXT",
     "build_bye",
     "is_bye_branch",
     "party_of",
@@ -72,15 +75,29 @@ TIMER_F = 64 * T1
 #: 12.2, RFC 3311)
 _TARGET_METHODS = frozenset({"INVITE", "UPDATE"})
 
+#: The most a dialog's parties may take in the dialog table: characters
+#: of a party's From/To value and of its remote target, C{Record-Route}
+#: entries and their characters in all.  A dialog past them gets no
+#: parties (no BYE of our own): a message of 64 KiB must not make every
+#: dialog of a busy half that big (about 4 KiB at most, a few hundred
+#: bytes usually).
+MAX_PARTY_TEXT = 512
+MAX_ROUTE_ENTRIES = 8
+MAX_ROUTE_TEXT = 2048
 
-def party_of(msg: SipMessage, header: str, tag: str | None, cseq: int | None) -> Party:
+
+def party_of(msg: SipMessage, header: str, tag: str | None, cseq: int | None) -> Party | None:
     """
     @return: the party that wrote C{msg}'s C{header} (C{From} of a
         request, C{To} of a response) with its C{Contact} as its remote
-        target.
+        target; C{None} when either is over L{MAX_PARTY_TEXT}.
     """
     found = msg.contact_addresses()
-    return Party(msg.get(header) or "", tag, str(found[0].uri) if found else None, cseq)
+    text = msg.get(header) or ""
+    target = str(found[0].uri) if found else None
+    if len(text) > MAX_PARTY_TEXT or (target is not None and len(target) > MAX_PARTY_TEXT):
+        return None
+    return Party(text, tag, target, cseq)
 
 
 def remember_dialog_request(dialogs: DialogTable, scope: Hashable, msg: SipMessage, inside: bool) -> None:
@@ -92,13 +109,16 @@ def remember_dialog_request(dialogs: DialogTable, scope: Hashable, msg: SipMessa
     """
     method = msg.method
     if msg.to_tag is None:
-        if method == "INVITE":
-            dialogs.invited(scope, msg.call_id, party_of(msg, "From", msg.from_tag, msg.cseq[0]), inside)
+        caller = party_of(msg, "From", msg.from_tag, msg.cseq[0]) if method == "INVITE" else None
+        if caller is not None:
+            dialogs.invited(scope, msg.call_id, caller, inside)
         return
     target = None
     if method in _TARGET_METHODS:
         found = msg.contact_addresses()
         target = str(found[0].uri) if found else None
+        if target is not None and len(target) > MAX_PARTY_TEXT:
+            target = None
     dialogs.passed(scope, msg.call_id, msg.from_tag, msg.to_tag, msg.cseq[0], target)
 
 
@@ -110,19 +130,13 @@ def remember_answer(dialogs: DialogTable, scope: Hashable, flow_id: int, msg: Si
     (also a re-INVITE's 2xx: a target refresh).
     """
     call_id = msg.call_id
-    dialogs.answered(
-        scope,
-        call_id,
-        flow_id,
-        msg.from_tag,
-        msg.to_tag,
-        now,
-        party_of(msg, "To", msg.to_tag, None),
-        tuple(msg.get_all("Record-Route")),
-    )
-    found = msg.contact_addresses()
-    if found:
-        dialogs.refreshed(scope, call_id, msg.from_tag, msg.to_tag, str(found[0].uri))
+    callee = party_of(msg, "To", msg.to_tag, None)
+    record_route = tuple(msg.get_all("Record-Route"))
+    if len(record_route) > MAX_ROUTE_ENTRIES or sum(map(len, record_route)) > MAX_ROUTE_TEXT:
+        callee, record_route = None, ()
+    dialogs.answered(scope, call_id, flow_id, msg.from_tag, msg.to_tag, now, callee, record_route)
+    if callee is not None and callee.target is not None:
+        dialogs.refreshed(scope, call_id, msg.from_tag, msg.to_tag, callee.target)
 
 
 def reason_header(reason: str) -> str:
