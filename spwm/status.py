@@ -335,7 +335,9 @@ HELP: dict[str, str] = {
 #: them is 0, not "no data", on a half that dropped nothing yet.  The
 #: other keys appear when first counted.
 SIP_EVENT_KEYS: dict[str, tuple[str, ...]] = {
-    "contact": ("403", "404", "430", "480", "ACK dropped", CONGESTED_COUNTER, UNACKNOWLEDGED, BYE_SENT, BYE_ANSWERED),
+    "contact": (
+        "403", "404", "430", "480", "ACK dropped", CONGESTED_COUNTER, UNACKNOWLEDGED, BYE_SENT, BYE_ANSWERED,
+    ),
     "agent": ("ACK refused", CONGESTED_COUNTER, UNACKNOWLEDGED, BYE_SENT, BYE_ANSWERED),
 }
 

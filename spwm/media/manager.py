@@ -951,7 +951,9 @@ class MediaManager:
         for ended in reversed(self._ended):
             dialog = ended.dialog
             record = self._call_record(dialog.session, ended.key, dialog, ended.ended)
-            record.update(ended=wall(ended.ended), reason=ended.reason, state="ended", bye_sent=ended.cdr["bye_sent"])
+            record.update(
+                ended=wall(ended.ended), reason=ended.reason, state="ended", bye_sent=ended.cdr["bye_sent"]
+            )
             out.append(record)
         return out
 
@@ -1925,11 +1927,12 @@ class MediaManager:
         now = self.clock.seconds()
         record = call_detail_record(dialog_key, dialog, reason, now, self.side, self._local_leg)
         told: list[str] = []
-        if reason in LOSS_CAUSES and self.leg_lost is not None and (dialog.history or reason != "media inactivity"):
+        lost = self.leg_lost
+        if lost is not None and reason in LOSS_CAUSES and (dialog.history or reason != "media inactivity"):
             # no BYE ended it: the SIP core ends it for the parties (not
             # for want of media a leg that never had a stream: its SIP
             # may be all there is to it)
-            told = self.leg_lost(dialog.session, dialog_key, reason)
+            told = lost(dialog.session, dialog_key, reason)
         record["bye_sent"] = told
         self._ended.append(_EndedCall(record, dialog_key, dialog, now, reason))
         self._tell("ended", record)

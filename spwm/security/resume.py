@@ -545,7 +545,9 @@ class _ObservedAgentCore:
     def busy(self, now: float) -> bool:
         return bool(self._core.busy(now))
 
-    def leg_lost(self, session_id: str, flow_id: int, call_id: str, reason: str, now: float) -> tuple[list[Any], list[str]]:
+    def leg_lost(
+        self, session_id: str, flow_id: int, call_id: str, reason: str, now: float
+    ) -> tuple[list[Any], list[str]]:
         return self._core.leg_lost(session_id, flow_id, call_id, reason, now)
 
     def flow_closed(self, flow: Any) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import Any, Hashable
+from typing import Any, Hashable, cast
 
 from spwm.sip.actions import (
     Action,
@@ -261,7 +261,9 @@ class AgentSipProxy:
         self._dialogs.expire(now)
         return [*self._bindings.expire(now), *self._send_byes(now)]
 
-    def leg_lost(self, session_id: str, flow_id: int, call_id: str, reason: str, now: float) -> tuple[list[Action], list[str]]:
+    def leg_lost(
+        self, session_id: str, flow_id: int, call_id: str, reason: str, now: float
+    ) -> tuple[list[Action], list[str]]:
         """
         The media of the call leg of C{flow_id} and C{call_id} is lost (the
         call record's C{reason}: C{tunnel lost}, C{media inactivity}): end
@@ -295,7 +297,8 @@ class AgentSipProxy:
         return self._send_byes(now), told
 
     def _send_byes(self, now: float) -> list[Action]:
-        return [ToApp(flow, data) for flow, data in self._byes.due(now)]  # type: ignore[arg-type]
+        # (the sender's destinations are the phones' flows)
+        return [ToApp(cast(Flow, flow), data) for flow, data in self._byes.due(now)]
 
     def _ours_value(self, value: str) -> bool:
         try:

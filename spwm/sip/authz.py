@@ -241,7 +241,9 @@ class AuthorizingContactProxy:
     def handle_timer(self, now: float) -> list[Any]:
         return self._core.handle_timer(now)
 
-    def leg_lost(self, session_id: str, flow_id: int, call_id: str, reason: str, now: float) -> tuple[list[Any], list[str]]:
+    def leg_lost(
+        self, session_id: str, flow_id: int, call_id: str, reason: str, now: float
+    ) -> tuple[list[Any], list[str]]:
         return self._core.leg_lost(session_id, flow_id, call_id, reason, now)
 
     def identities(self, session_id: str) -> set[Identity]:

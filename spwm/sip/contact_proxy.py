@@ -495,7 +495,9 @@ class ContactSipProxy:
                 continue
             # the far party is the one not behind this leg's tunnel
             to_caller = not parties.caller_inside
-            route = route_toward(parties.record_route, lambda v: self._own_leg_value(v, session_id, flow_id), to_caller)
+            route = route_toward(
+                parties.record_route, lambda v: self._own_leg_value(v, session_id, flow_id), to_caller
+            )
             behind_tunnel = any(self._token_value(v) for v in route)
             if behind_tunnel and reason != "tunnel lost":
                 continue

@@ -213,7 +213,9 @@ class FanoutCore:
             times.append(min(f.expires for f in self._registers.values()))
         return min(times) if times else None
 
-    def leg_lost(self, session_id: str, flow_id: int, call_id: str, reason: str, now: float) -> tuple[list[Action], list[str]]:
+    def leg_lost(
+        self, session_id: str, flow_id: int, call_id: str, reason: str, now: float
+    ) -> tuple[list[Action], list[str]]:
         """
         The media of a call leg is lost: each side's core ends what
         dialogs of it it has (the call went through one).
