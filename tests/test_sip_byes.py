@@ -6,6 +6,7 @@ and both cores' use of them (C{leg_lost}).
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.sip.actions import ToApp, ToNetwork, ToTunnel
@@ -29,7 +30,9 @@ from spwm.sip.byes import (
 from spwm.sip.dialogs import DialogTable, Parties, Party
 from spwm.sip.flows import Flow
 from spwm.sip.message import SipMessage, make_response, parse_message
+from spwm.sip.transport import AgentSipRunner, SipUdpProtocol
 from spwm.testing.tunnel import FakeTunnel
+from tests.test_sip_transport import FakeUdpTransport
 from tests.test_sip_proxy import (
     CONTACT_ADDR,
     FLOW_A,
@@ -52,6 +55,10 @@ RR = (
     OURS,
     "<sip:lan-proxy.example.org;lr>",
 )
+
+
+#: alice's phone (FLOW_A's remote end)
+PHONE = FLOW_A.remote
 
 
 def ours(value: str) -> bool:
@@ -505,3 +512,50 @@ class ContactLegLostTests(SynchronousTestCase):
         self.call_out()
         self.assertEqual(self.cp.leg_lost("sess-1", 5, "call-1@192.0.2.10", "tunnel lost", 2.0), ([], []))
         self.assertEqual(self.cp.dialogs("sess-1"), [])
+
+
+class PacedThroughRunnerTests(SynchronousTestCase):
+    """
+    Many calls lost at once: the runner sends their BYEs over several
+    reactor turns (the sender's pace on the runner's timer), not at once.
+    """
+
+    def test_many_lost_calls(self) -> None:
+        """
+        120 calls of one phone lose their media together: 50 BYEs go at
+        once, 50 more 50 ms later, the last 20 50 ms after that; each is
+        sent again after T1 until the phone answers; once every BYE is
+        answered no BYE timer is left (only the flow's).
+        """
+        clock = Clock()
+        clock.advance(100)
+        tunnel = FakeTunnel()
+        core = AgentSipProxy(tunnel, "agent-1")
+        runner = AgentSipRunner(core, clock)
+        udp = SipUdpProtocol(runner)
+        transport = FakeUdpTransport("192.0.2.1", 5060)
+        udp.makeConnection(transport)
+        calls = [f"c{n}" for n in range(120)]
+        for call_id in calls:
+            invite = request("INVITE", "sip:bob@example.org", call_id=call_id, extra=("Contact: <sip:alice@192.0.2.10:5062>",))
+            udp.datagramReceived(invite, PHONE)
+            fid, data = tunnel.sip_sent[-1]
+            runner.sip_received(tunnel, fid, answer(data, 200, extra=(("Contact", "<sip:bob@198.51.100.20>"),)))
+        del transport.written[:]
+        told = [runner.leg_lost("s", f"{fid}/{call_id}", "tunnel lost") for call_id in calls]
+        self.assertEqual(told, [["phone"]] * 120)
+        byes = [parse_message(data) for data, addr in transport.written]
+        self.assertEqual(len(byes), 50)
+        clock.advance(0.05)
+        self.assertEqual(len(transport.written), 100)
+        clock.advance(0.05)
+        self.assertEqual(len(transport.written), 120)
+        # retransmitted after T1 (the first 50 are due first)
+        clock.advance(T1 - 0.1)
+        self.assertEqual(len(transport.written), 170)
+        for data, addr in list(transport.written[:120]):
+            udp.datagramReceived(make_response(parse_message(data), 200, "OK").to_bytes(), PHONE)
+        clock.advance(TIMER_F)
+        self.assertEqual(core.counters[BYE_ANSWERED], 120)
+        self.assertEqual(len(transport.written), 170)
+        self.assertEqual([call.getTime() for call in clock.getDelayedCalls()], [100 + 300])

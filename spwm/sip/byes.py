@@ -250,8 +250,9 @@ class ByeSender:
 
     @ivar limit: at most this many BYEs wait to be sent or for their
         answer; one more is refused (L{add} says so, C{dropped} counts).
-    @ivar batch: at most this many are sent for the first time in one go
-        (L{due}), and the next go is C{spacing} seconds later.
+    @ivar batch: at most this many are sent for the first time in any
+        C{spacing} seconds (a window starts with the first sent after the
+        last one ended).
     @ivar counts: C{sent}, C{answered}, C{timed_out}, C{dropped} so far.
     """
 
@@ -261,9 +262,17 @@ class ByeSender:
         self.spacing = spacing
         self.counts = {"sent": 0, "answered": 0, "timed_out": 0, "dropped": 0}
         self._queue: deque[_Bye] = deque()
-        self._next_batch = 0.0
+        # the current window of C{spacing} seconds ends then, and this
+        # many more may go out in it
+        self._window_end = 0.0
+        self._window_left = 0
         # branch -> a BYE sent and not answered yet
         self._sent: dict[str, _Bye] = {}
+        # the soonest time one of them is due, as L{due} last found it (an
+        # answer since can only make it later: a timer that finds nothing
+        # due costs one call), so that L{next_deadline}, asked after every
+        # SIP message, costs no walk through thousands of BYEs
+        self._sent_due: float | None = None
 
     def __len__(self) -> int:
         return len(self._queue) + len(self._sent)
@@ -292,11 +301,12 @@ class ByeSender:
         """
         @return: when L{due} next has something to do, or C{None}.
         """
-        when = self._next_batch if self._queue else None
-        for bye in self._sent.values():
-            due = bye.given_up if bye.again is None else min(bye.again, bye.given_up)
-            if when is None or due < when:
-                when = due
+        when = None
+        if self._queue:
+            when = self._window_end if self._window_left <= 0 else self._window_end - self.spacing
+        sent = self._sent_due if self._sent else None
+        if sent is not None and (when is None or sent < when):
+            when = sent
         return when
 
     def due(self, now: float) -> list[tuple[Hashable, bytes]]:
@@ -315,15 +325,23 @@ class ByeSender:
                 out.append((bye.dest, bye.data))
                 bye.interval = min(bye.interval * 2, T2)
                 bye.again = now + bye.interval
-        if self._queue and now >= self._next_batch:
-            for _ in range(min(self.batch, len(self._queue))):
-                bye = self._queue.popleft()
-                bye.given_up = now + TIMER_F
-                bye.again = None if bye.reliable else now + T1
-                self._sent[bye.branch] = bye
-                self.counts["sent"] += 1
-                out.append((bye.dest, bye.data))
-            self._next_batch = now + self.spacing
+        if self._queue and now >= self._window_end:
+            self._window_end = now + self.spacing
+            self._window_left = self.batch
+        while self._queue and self._window_left > 0:
+            bye = self._queue.popleft()
+            self._window_left -= 1
+            bye.given_up = now + TIMER_F
+            bye.again = None if bye.reliable else now + T1
+            self._sent[bye.branch] = bye
+            self.counts["sent"] += 1
+            out.append((bye.dest, bye.data))
+        soonest = None
+        for bye in self._sent.values():
+            due = bye.given_up if bye.again is None else min(bye.again, bye.given_up)
+            if soonest is None or due < soonest:
+                soonest = due
+        self._sent_due = soonest
         return out
 
     def answered(self, branch: str, status: int) -> bool:

@@ -489,7 +489,7 @@ class ContactSipProxy:
             return [], told
         pool = self.proxies
         operator = None if pool is None else pool.current
-        for d in [d for d in self._dialogs.of(session_id) if d.call_id == call_id and d.flow_id == flow_id]:
+        for d in [d for d in self._dialogs.call(session_id, call_id) if d.flow_id == flow_id]:
             parties = d.parties
             if parties is None or d.ending:
                 continue

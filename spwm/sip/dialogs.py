@@ -583,6 +583,12 @@ class DialogTable:
                     if d.expires <= now:
                         self._forget_unacked(key[0], key[1], {d.from_tag, d.to_tag})
 
+    def call(self, scope: Hashable, call_id: str) -> list[Dialog]:
+        """
+        @return: the dialogs of the call in C{scope} (constant time).
+        """
+        return list(self._calls.get((scope, call_id), ()))
+
     def of(self, scope: Hashable) -> list[Dialog]:
         """
         @return: the dialogs of C{scope}.
