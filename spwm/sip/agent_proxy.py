@@ -262,7 +262,7 @@ class AgentSipProxy:
         return [*self._bindings.expire(now), *self._send_byes(now)]
 
     def leg_lost(
-        self, session_id: str, flow_id: int, call_id: str, reason: str, now: float
+        self, session_id: str, flow_id: int, call_id: str, reason: str, now: float, tunnels: bool = True
     ) -> tuple[list[Action], list[str]]:
         """
         The media of the call leg of C{flow_id} and C{call_id} is lost (the
@@ -273,6 +273,8 @@ class AgentSipProxy:
 
         @param session_id: the session the leg was in (for the contact
             point's core; the agent's dialogs are by flow).
+        @param tunnels: for the contact point's core (the agent sends none
+            into the tunnel).
         @return: the actions (the first BYEs), and whom a BYE went to
             (C{"phone"} per dialog), for the call record.
         """

@@ -242,9 +242,9 @@ class AuthorizingContactProxy:
         return self._core.handle_timer(now)
 
     def leg_lost(
-        self, session_id: str, flow_id: int, call_id: str, reason: str, now: float
+        self, session_id: str, flow_id: int, call_id: str, reason: str, now: float, tunnels: bool = True
     ) -> tuple[list[Any], list[str]]:
-        return self._core.leg_lost(session_id, flow_id, call_id, reason, now)
+        return self._core.leg_lost(session_id, flow_id, call_id, reason, now, tunnels)
 
     def identities(self, session_id: str) -> set[Identity]:
         """

@@ -465,7 +465,7 @@ class ContactSipProxy:
         return events
 
     def leg_lost(
-        self, session_id: str, flow_id: int, call_id: str, reason: str, now: float
+        self, session_id: str, flow_id: int, call_id: str, reason: str, now: float, tunnels: bool = True
     ) -> tuple[list[Action], list[str]]:
         """
         The media of the call leg of C{session_id}, C{flow_id} and
@@ -478,7 +478,9 @@ class ContactSipProxy:
         C{Record-Route}), or to the party's recorded remote target.  A far
         party behind a tunnel of ours is not sent one for C{media
         inactivity}: its own agent sees the same silence and ends the
-        call for it.  The dialogs are forgotten, so none gets a second.
+        call for it; nor one at all without C{tunnels} (the contact point
+        stops: every tunnel goes, and each agent ends its calls for its
+        phones).  The dialogs are forgotten, so none gets a second.
 
         @return: the actions (the first BYEs), and whom a BYE went to
             (C{"far party"} per dialog), for the call record.
@@ -499,7 +501,7 @@ class ContactSipProxy:
                 parties.record_route, lambda v: self._own_leg_value(v, session_id, flow_id), to_caller
             )
             behind_tunnel = any(self._token_value(v) for v in route)
-            if behind_tunnel and reason != "tunnel lost":
+            if behind_tunnel and (reason != "tunnel lost" or not tunnels):
                 continue
             branch = ByeSender.branch()
             if operator is not None:

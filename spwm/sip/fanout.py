@@ -214,7 +214,7 @@ class FanoutCore:
         return min(times) if times else None
 
     def leg_lost(
-        self, session_id: str, flow_id: int, call_id: str, reason: str, now: float
+        self, session_id: str, flow_id: int, call_id: str, reason: str, now: float, tunnels: bool = True
     ) -> tuple[list[Action], list[str]]:
         """
         The media of a call leg is lost: each side's core ends what
@@ -223,7 +223,7 @@ class FanoutCore:
         actions: list[Action] = []
         told: list[str] = []
         for side in self.sides:
-            more, whom = side.leg_lost(session_id, flow_id, call_id, reason, now)
+            more, whom = side.leg_lost(session_id, flow_id, call_id, reason, now, tunnels)
             actions.extend(more)
             told.extend(whom)
         return actions, told

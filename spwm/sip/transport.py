@@ -547,6 +547,10 @@ class _Runner:
         self._timer: IDelayedCall | None = None
         self._deadline: float | None = None
         self._stopped = False
+        #: the service stops, its sockets still open for a while (the
+        #: contact point's drain): the calls that end meanwhile get BYEs
+        #: only toward the network, none into a tunnel (they all go)
+        self.draining = False
 
     # -- input in slices ---------------------------------------------------
 
@@ -773,7 +777,9 @@ class _Runner:
             flow_id = int(flow)
         except ValueError:
             return []
-        actions, told = self.core.leg_lost(session_id, flow_id, call_id, reason, self._clock.seconds())
+        actions, told = self.core.leg_lost(
+            session_id, flow_id, call_id, reason, self._clock.seconds(), not self.draining
+        )
         self.execute(actions)
         return list(told)
 

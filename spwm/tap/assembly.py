@@ -1352,6 +1352,9 @@ def build_contact(
         option="sip-address",
         max_connections=limits.sip.max_stream_connections,
         first_message_timeout=limits.sip.first_message_timeout,
+        # open until the tunnels' drain is over: the calls that end then
+        # are ended for the operator side with BYEs (docs/sip-proxy.md)
+        after=listener.when_stopped,
     )
     listeners.setServiceParent(top)
     # after the SIP listener: the media address is by default the
@@ -1360,7 +1363,13 @@ def build_contact(
     names = proxy_name_watch(config, reactor, runner)
     if names is not None:
         names.setServiceParent(top)
-    Hook(lambda: None, resumption.stop).setServiceParent(top)
+    def stop_sessions() -> None:
+        # the calls that end from now on get no BYE into a tunnel: every
+        # tunnel goes, and each agent ends its calls for its phones
+        runner.draining = True
+        resumption.stop()
+
+    Hook(lambda: None, stop_sessions).setServiceParent(top)
     status = Status("contact", reactor)
     status.add(
         "tunnels",

@@ -604,6 +604,44 @@ class AgentStopTests(_LoopbackPair):
         self.assertEqual((bob.received.get("BYE"), alice.received.get("BYE", 0) <= 1), (1, True))
 
 
+class ContactStopTests(_LoopbackPair):
+    """
+    The contact point stops (its drain 0.2 s) during a call from a phone on
+    its network side (carol, no agent: the embedded registrar's network)
+    to alice behind an agent.
+    """
+
+    @defer.inlineCallbacks
+    def test_network_party_told(self) -> Any:
+        """
+        The call's leg ends as its tunnel goes (C{tunnel lost}) while the
+        contact point's SIP socket is still open (it closes after the
+        drain): carol gets a BYE in alice's name (tags, CSeq 1: alice sent
+        no request, the Reason), the call record says so.
+        """
+        answered: defer.Deferred[Any] = defer.Deferred()
+        alice = Phone(reactor, "alice", "example.test", self.agents[0].config.sip_listen[0])
+        alice.on_incoming = lambda c: answered.called or answered.callback(c)
+        carol = Phone(reactor, "carol", "example.test", self.contact.config.sip_address)
+        for phone in (alice, carol):
+            phone.start()
+            self.addCleanup(phone.stop)
+        response = yield alice.register(authorization=DIGEST.format(user="alice"))
+        self.assertEqual(response.status, 200)
+        c_call = yield carol.call("alice")
+        a_call = yield answered
+        yield self.contact.service.stopService()
+        yield wait_until(lambda: c_call.ended.called, timeout=WINDOW_HALF)
+        (bye,) = carol.byes
+        self.assertEqual(bye.get("call-id"), c_call.call_id)
+        self.assertEqual((tag_of(bye.get("from") or ""), tag_of(bye.get("to") or "")), (a_call.local_tag, c_call.local_tag))
+        self.assertEqual(bye.cseq, (1, "BYE"))
+        self.assertEqual(bye.get("reason"), 'SIP;cause=503;text="tunnel lost"')
+        self.assertEqual(
+            [(c["reason"], c["bye_sent"]) for c in self.contact.media.cdrs], [("tunnel lost", ["far party"])]
+        )
+
+
 class PathsAgentStopTests(AgentStopTests):
     """
     The same with two connections per session.
