@@ -509,7 +509,8 @@ class ContactSipProxy:
                 dest: Any = (transport, (operator.host, operator.port))
             else:
                 transport, dest = "udp", None
-            data = build_bye(call_id, parties, to_caller, route, self._via(transport, branch), branch, reason)
+            via = f"SIP/2.0/{transport.upper()} {self._hp}"
+            data = build_bye(call_id, parties, to_caller, route, via, branch, reason)
             if data is None:
                 continue
             if dest is None:
