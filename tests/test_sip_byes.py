@@ -13,6 +13,7 @@ from spwm.sip.actions import ToApp, ToNetwork, ToTunnel
 from spwm.sip.agent_proxy import BYE_ANSWERED, BYE_SENT, AgentSipProxy
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.byes import (
+    BYE_DROPPED,
     MAX_PARTY_TEXT,
     MAX_ROUTE_ENTRIES,
     MAX_ROUTE_TEXT,
@@ -432,6 +433,16 @@ class AgentLegLostTests(SynchronousTestCase):
         self.assertEqual(self.agent.next_deadline(), 2.0 + T1)
         again = [a for a in self.agent.handle_timer(2.0 + T1) if isinstance(a, ToApp)]
         self.assertEqual(again, [first])
+
+    def test_queue_full_counted(self) -> None:
+        """
+        With its sender's queue full, the agent sends no BYE for the lost
+        call, says so in the record (nobody told) and counts it.
+        """
+        fid = self.call_out()
+        self.agent._byes.limit = 0
+        self.assertEqual(self.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0), ([], []))
+        self.assertEqual(self.agent.counters[BYE_DROPPED], 1)
 
     def test_tcp_flow(self) -> None:
         """

@@ -45,6 +45,7 @@ from spwm.sip.checks import (
 )
 from spwm.sip.byes import (
     BYE_ANSWERED,
+    BYE_DROPPED,
     BYE_SENT,
     ByeSender,
     build_bye,
@@ -293,9 +294,13 @@ class AgentSipProxy:
             route = route_toward(parties.record_route, self._ours_value, to_caller)
             branch = ByeSender.branch()
             data = build_bye(call_id, parties, to_caller, route, via, branch, reason)
-            if data is not None and self._byes.add(flow, data, branch, reliable=flow.transport != "udp"):
+            if data is None:
+                continue
+            if self._byes.add(flow, data, branch, reliable=flow.transport != "udp"):
                 self.counters.count(BYE_SENT)
                 told.append("phone")
+            else:
+                self.counters.count(BYE_DROPPED)
         return self._send_byes(now), told
 
     def _send_byes(self, now: float) -> list[Action]:

@@ -31,6 +31,7 @@ from spwm.sip.uri import parse_name_addr
 __all__ = [
     "BYE_ANSWERED",
     "BYE_BRANCH_MARK",
+    "BYE_DROPPED",
     "BYE_SENT",
     "ByeSender",
     "LOSS_CAUSES",
@@ -64,6 +65,8 @@ LOSS_CAUSES = {
 #: own and of the final answers they had
 BYE_SENT = "BYE sent: call media lost"
 BYE_ANSWERED = "BYE sent: answered"
+#: ... and of those not sent: L{ByeSender.limit} BYEs were waiting
+BYE_DROPPED = "BYE not sent: too many waiting"
 
 #: Seconds: RFC 3261's T1 and T2, and Timer F (64 x T1), after which a BYE
 #: that nothing answered is given up.

@@ -62,6 +62,7 @@ from spwm.sip.checks import (
 )
 from spwm.sip.byes import (
     BYE_ANSWERED,
+    BYE_DROPPED,
     BYE_SENT,
     ByeSender,
     build_bye,
@@ -527,6 +528,8 @@ class ContactSipProxy:
             if self._byes.add(dest, data, branch, reliable=dest != "spiral" and dest[0] != "udp"):
                 self.counters.count(BYE_SENT)
                 told.append("far party")
+            else:
+                self.counters.count(BYE_DROPPED)
         self._dialogs.take(session_id, call_id, flow_id)
         return self._send_byes(now), told
 
