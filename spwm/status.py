@@ -42,6 +42,7 @@ from spwm.addr import peer
 from spwm.errors import ListenError
 from spwm.media.manager import END_REASONS
 from spwm.sip.checks import CONGESTED_COUNTER
+from spwm.sip.byes import BYE_ANSWERED, BYE_SENT
 from spwm.sip.dialogs import UNACKNOWLEDGED
 from spwm.tunnel.info import describe_tunnel
 
@@ -334,8 +335,10 @@ HELP: dict[str, str] = {
 #: them is 0, not "no data", on a half that dropped nothing yet.  The
 #: other keys appear when first counted.
 SIP_EVENT_KEYS: dict[str, tuple[str, ...]] = {
-    "contact": ("403", "404", "430", "480", "ACK dropped", CONGESTED_COUNTER, UNACKNOWLEDGED),
-    "agent": ("ACK refused", CONGESTED_COUNTER, UNACKNOWLEDGED),
+    "contact": (
+        "403", "404", "430", "480", "ACK dropped", CONGESTED_COUNTER, UNACKNOWLEDGED, BYE_SENT, BYE_ANSWERED,
+    ),
+    "agent": ("ACK refused", CONGESTED_COUNTER, UNACKNOWLEDGED, BYE_SENT, BYE_ANSWERED),
 }
 
 #: The number that ends the name of a section of the second contact point.

@@ -128,7 +128,11 @@ def _calls(items: list[dict[str, Any]], ended: bool) -> list[list[str]]:
             _td(call.get("codec")),
         ]
         if ended:
-            cells.append(_td(call.get("reason")))
+            told = call.get("bye_sent") or []
+            reason = call.get("reason")
+            if told and isinstance(told, list):
+                reason = f"{reason}: BYE sent to the " + " and the ".join(sorted(set(map(str, told))))
+            cells.append(_td(reason))
         cells.append(f"<td>{_legs(call.get('streams') or [])}</td>")
         rows.append(cells)
     return rows

@@ -286,6 +286,48 @@ class OfferAnswerTests(SynchronousTestCase):
         self.assertEqual((contact.open_sockets, contact.open_channels, contact.ports_in_use), (0, 0, 0))
         self.assertEqual(c_end.closed, [])
 
+    def test_lost_leg_told(self) -> None:
+        """
+        A leg that ends for want of media (its tunnel lost) is shown to
+        the C{leg_lost} hook with its session, key and reason before its
+        record is made: the record's C{bye_sent} (also in the ended calls
+        listing) and its log line say whom a BYE went to; a leg a BYE
+        ended is not shown.
+        """
+        reactor, agent, a_end, contact, c_end, _, _ = self._call()
+        told: list[tuple[str, str, str]] = []
+
+        def lost(session_id: str, dialog_key: str, reason: str) -> list[str]:
+            told.append((session_id, dialog_key, reason))
+            return ["far party"]
+
+        contact.leg_lost = lost
+        with capturedLogs() as events:
+            contact.session_ended(c_end.session_id, "connection lost")
+        self.assertEqual(told, [(c_end.session_id, DIALOG, "tunnel lost")])
+        self.assertEqual(contact.cdrs[-1]["bye_sent"], ["far party"])
+        self.assertEqual(contact.ended_calls()[0]["bye_sent"], ["far party"])
+        (line,) = [formatEvent(e) for e in events if "cdr" in e]
+        self.assertIn("ended (tunnel lost) after", line)
+        self.assertTrue(line.endswith(": BYE sent to the far party"), line)
+        agent.leg_lost = lost
+        agent.dialog_ended(a_end, DIALOG)
+        self.assertEqual((len(told), agent.cdrs[-1]["bye_sent"]), (1, []))
+
+    def test_streamless_leg_not_told(self) -> None:
+        """
+        A leg that never had a stream (only an answer without SDP crossed)
+        and ends after the media timeout is not shown to C{leg_lost}: its
+        SIP may be all there is to it.
+        """
+        reactor, agent, a_end, contact, c_end = _pair()
+        told: list[str] = []
+        contact.leg_lost = lambda session_id, dialog_key, reason: told.append(reason) or []
+        contact.dialog_answered(c_end, DIALOG, "b", ours=True)
+        reactor.advance(contact.inactivity_timeout + 5)
+        self.assertEqual([c["reason"] for c in contact.cdrs], ["media inactivity"])
+        self.assertEqual(told, [])
+
     def test_multipart_and_no_sdp(self) -> None:
         """
         SDP inside multipart/mixed is rewritten in place; a body without SDP

@@ -1109,6 +1109,26 @@ class ContactServiceTests(SynchronousTestCase):
         self.assertEqual(clients[1].close_info.reason, "drain time over")
         self.assertEqual(service.factory.tunnels, set())
 
+    def test_when_stopped_after_the_losses(self) -> None:
+        """
+        L{ContactListenService.when_stopped} fires once the stop is over
+        and every tunnel's loss has been told (in the turn after its
+        connection is lost), not at the drain's end already.
+        """
+        reactor, service, clients, pumps = self.listening_service(2, drain=5)
+        app = service.factory.app
+        stopped = service.when_stopped()
+        # what the app had been told of when the Deferred fired
+        told = stopped.addCallback(lambda _: [call for call in app.calls if call[0] == "lost"])
+        d = service.stopService()
+        reactor.advance(5)
+        self.successResultOf(d)
+        self.assertNoResult(told)
+        for pump in pumps:
+            pump.flush()
+        self.assertEqual(len(self.successResultOf(told)), 2)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
     def test_no_drain(self) -> None:
         """
         A drain time of 0 (C{--drain-time 0}): the agents are told to go

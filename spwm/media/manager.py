@@ -70,6 +70,7 @@ from spwm.media.negotiation import (
     latest,
 )
 from spwm.media.sweep import Sweep, sweep_interval
+from spwm.sip.byes import LOSS_CAUSES
 from spwm.media.tcp import DEFAULT_MAX_BUFFER, TcpMediaEndpoint
 from spwm.sdp import (
     MediaDescription,
@@ -805,6 +806,11 @@ class MediaManager:
         # (C{observer(event, record)})
         self._ended: deque[_EndedCall] = deque(maxlen=ENDED_CALLS)
         self.call_observers: list[Callable[[str, dict[str, Any]], None]] = []
+        #: C{leg_lost(session_id, dialog_key, reason)}: told of a call leg
+        #: that ends for want of media (L{LOSS_CAUSES}: no BYE ended it),
+        #: before its record is made; returns whom the SIP core sent a BYE
+        #: to (the record's C{bye_sent}).  C{None}: nobody is told.
+        self.leg_lost: Callable[[str, str, str], list[str]] | None = None
 
     # counts for tests and status
 
@@ -937,14 +943,17 @@ class MediaManager:
     def ended_calls(self) -> list[dict[str, Any]]:
         """
         The last L{ENDED_CALLS} calls that ended, newest first, as
-        L{call_list} with C{ended} and C{reason} (made here, for the
+        L{call_list} with C{ended}, C{reason} and C{bye_sent} (whom this
+        half sent a BYE of its own, L{leg_lost}) (made here, for the
         status request that asks, not at each call's end).
         """
         out = []
         for ended in reversed(self._ended):
             dialog = ended.dialog
             record = self._call_record(dialog.session, ended.key, dialog, ended.ended)
-            record.update(ended=wall(ended.ended), reason=ended.reason, state="ended")
+            record.update(
+                ended=wall(ended.ended), reason=ended.reason, state="ended", bye_sent=ended.cdr["bye_sent"]
+            )
             out.append(record)
         return out
 
@@ -1917,6 +1926,14 @@ class MediaManager:
         """
         now = self.clock.seconds()
         record = call_detail_record(dialog_key, dialog, reason, now, self.side, self._local_leg)
+        told: list[str] = []
+        lost = self.leg_lost
+        if lost is not None and reason in LOSS_CAUSES and (dialog.history or reason != "media inactivity"):
+            # no BYE ended it: the SIP core ends it for the parties (not
+            # for want of media a leg that never had a stream: its SIP
+            # may be all there is to it)
+            told = lost(dialog.session, dialog_key, reason)
+        record["bye_sent"] = told
         self._ended.append(_EndedCall(record, dialog_key, dialog, now, reason))
         self._tell("ended", record)
         if record["answered_s"] is None:
@@ -1933,6 +1950,8 @@ class MediaManager:
             record["codec"] or "none",
             _cdr_summary(record),
         )
+        if told:
+            line += ": BYE sent to the " + " and the ".join(sorted(set(told)))
         # The line is made here, once, and is the event's format itself
         # (its braces, which a Call-ID may hold, doubled): Twisted's
         # formatting of eight fields cost about twice as much per call,

@@ -545,6 +545,11 @@ class _ObservedAgentCore:
     def busy(self, now: float) -> bool:
         return bool(self._core.busy(now))
 
+    def leg_lost(
+        self, session_id: str, flow_id: int, call_id: str, reason: str, now: float, tunnels: bool = True
+    ) -> tuple[list[Any], list[str]]:
+        return self._core.leg_lost(session_id, flow_id, call_id, reason, now, tunnels)
+
     def flow_closed(self, flow: Any) -> None:
         self._core.flow_closed(flow)
 

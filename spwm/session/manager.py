@@ -327,8 +327,10 @@ class SessionManager:
             self.log.info("session {session_id} {what}: released", session_id=session_id, what=what)
             self._end(tunnel, session_id, reason)
             return
-        self.sip.tunnel_dormant(tunnel)
+        # the media first: the SIP core still has the session's dialogs,
+        # to end them for the far parties (a BYE of its own)
         self.media.session_ended(session_id, reason)
+        self.sip.tunnel_dormant(tunnel)
         session.watcher = None
         last = self._make_dormant(session, registrations)
         self.log.info(
@@ -427,13 +429,16 @@ class SessionManager:
         self.sip.forget_session(session_id)
 
     def _end(self, tunnel: Any, session_id: str, reason: str) -> None:
-        self.sip.tunnel_lost(tunnel, reason)
         session = self.sessions.get(session_id)
         if session is not None and session.state is not SessionState.ENDED:
             # a connection of a session suspended or dormant already: the
             # session's calls are not this connection's to end
+            self.sip.tunnel_lost(tunnel, reason)
             return
+        # the media first: the SIP core still has the session's dialogs,
+        # to end them for the far parties (a BYE of its own)
         self.media.session_ended(session_id, reason)
+        self.sip.tunnel_lost(tunnel, reason)
         if session is not None:
             session.cancel_timer()
             del self.sessions[session_id]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import Any, Hashable
+from typing import Any, Hashable, cast
 
 from spwm.sip.actions import (
     Action,
@@ -42,6 +42,17 @@ from spwm.sip.checks import (
     options_answer,
     options_for_hop,
     starts_work,
+)
+from spwm.sip.byes import (
+    BYE_ANSWERED,
+    BYE_DROPPED,
+    BYE_SENT,
+    ByeSender,
+    build_bye,
+    is_bye_branch,
+    remember_answer,
+    remember_dialog_request,
+    route_toward,
 )
 from spwm.sip.dialogs import UNACKNOWLEDGED, DialogTable, MovedLegs
 from spwm.sip.errors import SipParseError
@@ -67,14 +78,13 @@ from spwm.sip.rewrite import (
     strip_instance,
     top_route,
 )
-from spwm.sip.uri import SipUri, parse_uri
+from spwm.sip.uri import SipUri, parse_name_addr, parse_uri
 
-__all__ = ["AgentSipProxy", "OPTIONS_REFUSED"]
+__all__ = ["AgentSipProxy", "BYE_SENT", "OPTIONS_REFUSED"]
 
 #: The counter of the C{OPTIONS} to the agent answered C{503} for want of
 #: a tunnel (those answered C{200}: L{OPTIONS_ANSWERED})
 OPTIONS_REFUSED = "OPTIONS answered here: 503, no tunnel"
-
 
 class AgentSipProxy:
     """
@@ -96,8 +106,11 @@ class AgentSipProxy:
         dialog_lifetime: float = 12 * 3600.0,
         max_message_size: int = 65535,
         names: ProxyNames | None = None,
+        bye_on_loss: bool = True,
     ) -> None:
         """
+        @param bye_on_loss: send a BYE of our own to the phone of a call
+            whose media is lost (L{leg_lost}).
         @param agent_id: the agent's identity; seeds the C{+sip.instance}
             given to applications and the user part of our C{Record-Route}.
         @param registration_margin: seconds a UDP flow outlives the longest
@@ -121,6 +134,8 @@ class AgentSipProxy:
         self._instance_ns = uuid.uuid5(uuid.NAMESPACE_URL, "spwm-agent:" + agent_id)
         # scoped by application flow: a scope and Call-ID is one call leg
         self._dialogs = DialogTable(dialog_lifetime, limit=65536)
+        self.bye_on_loss = bye_on_loss
+        self._byes = ByeSender()
         self._moved = MovedLegs()
         self._bindings = AppBindings()
         # the new INVITEs passed on lately, either way (their
@@ -201,7 +216,12 @@ class AgentSipProxy:
         """
         times = [
             t
-            for t in (self.flows.next_deadline(), self._bindings.next_expiry, self._dialogs.next_ack_deadline)
+            for t in (
+                self.flows.next_deadline(),
+                self._bindings.next_expiry,
+                self._dialogs.next_ack_deadline,
+                self._byes.next_deadline(),
+            )
             if t is not None
         ]
         return min(times) if times else None
@@ -240,7 +260,58 @@ class AgentSipProxy:
             if self._dialogs.remove(fid, d.call_id, d.from_tag, d.to_tag):
                 leg_ended(self.media_hook, self.tunnel_key, d.flow_id, d.call_id, reason=UNACKNOWLEDGED)
         self._dialogs.expire(now)
-        return self._bindings.expire(now)
+        return [*self._bindings.expire(now), *self._send_byes(now)]
+
+    def leg_lost(
+        self, session_id: str, flow_id: int, call_id: str, reason: str, now: float, tunnels: bool = True
+    ) -> tuple[list[Action], list[str]]:
+        """
+        The media of the call leg of C{flow_id} and C{call_id} is lost (the
+        call record's C{reason}: C{tunnel lost}, C{media inactivity}): end
+        its dialogs that no BYE is ending yet for the phone, with a BYE of
+        our own in the far party's name over the phone's flow (bounded,
+        L{ByeSender}); the dialogs are forgotten, so none gets a second.
+
+        @param session_id: the session the leg was in (for the contact
+            point's core; the agent's dialogs are by flow).
+        @param tunnels: for the contact point's core (the agent sends none
+            into the tunnel).
+        @return: the actions (the first BYEs), and whom a BYE went to
+            (C{"phone"} per dialog), for the call record.
+        """
+        dialogs = self._dialogs.take(flow_id, call_id, flow_id)
+        flow = self.flows.lookup(flow_id, now)
+        told: list[str] = []
+        if not self.bye_on_loss or flow is None:
+            return [], told
+        via = f"SIP/2.0/{flow.transport.upper()} {hostport(*flow.local)}"
+        for d in dialogs:
+            parties = d.parties
+            if parties is None:
+                continue
+            # the phone is the party on our own side
+            to_caller = parties.caller_inside
+            route = route_toward(parties.record_route, self._ours_value, to_caller)
+            branch = ByeSender.branch()
+            data = build_bye(call_id, parties, to_caller, route, via, branch, reason)
+            if data is None:
+                continue
+            if self._byes.add(flow, data, branch, reliable=flow.transport != "udp"):
+                self.counters.count(BYE_SENT)
+                told.append("phone")
+            else:
+                self.counters.count(BYE_DROPPED)
+        return self._send_byes(now), told
+
+    def _send_byes(self, now: float) -> list[Action]:
+        # (the sender's destinations are the phones' flows)
+        return [ToApp(cast(Flow, flow), data) for flow, data in self._byes.due(now)]
+
+    def _ours_value(self, value: str) -> bool:
+        try:
+            return self._ours(parse_name_addr(value).uri)
+        except SipParseError:
+            return False
 
     # -- from the applications ----------------------------------------------
 
@@ -294,6 +365,7 @@ class AgentSipProxy:
         # inside a dialog, the flow it was set up on (a phone may send on
         # another transport now); the message itself goes on its own
         leg = self._moved.request(self._dialogs, msg, fid, fid)
+        remember_dialog_request(self._dialogs, leg, msg, True)
         self._invites.media(invite, again, self.media_hook, self.tunnel_key, leg, msg, True)
         self._maybe_ended(leg, msg)
         return [ToTunnel(self.tunnel_key, fid, msg.to_bytes())]
@@ -303,6 +375,11 @@ class AgentSipProxy:
         via = msg.top_via
         assert via is not None
         present, branch = param(via.params, "branch")
+        if is_bye_branch(branch):
+            # the answer to a BYE of our own: for us alone
+            if self._byes.answered(branch or "", msg.status or 0) and (msg.status or 0) >= 200:
+                self.counters.count(BYE_ANSWERED)
+            return []
         if not (branch or "").startswith(MAGIC + AGENT_BRANCH_MARK):
             reason = "response from app not for us"
             return [self.counters.drop(reason, reason)]
@@ -380,6 +457,7 @@ class AgentSipProxy:
         method = msg.method
         if method in DIALOG_CREATING and msg.to_tag is None:
             msg.prepend_header("Record-Route", self._record_route(flow))
+        remember_dialog_request(self._dialogs, flow_id, msg, False)
         self._invites.media(invite, again, self.media_hook, self.tunnel_key, flow_id, msg, False)
         self._maybe_ended(flow_id, msg)
         return [ToApp(flow, msg.to_bytes())]
@@ -411,7 +489,7 @@ class AgentSipProxy:
         if method == "INVITE":
             if 200 <= status < 300:
                 self._invites.accepted(msg)
-                self._dialogs.answered(fid, call_id, fid, msg.from_tag, msg.to_tag, now)
+                remember_answer(self._dialogs, fid, fid, msg, now)
                 # the leg's other dialogs live as long as the newest
                 self._dialogs.touch(fid, call_id, now)
             elif status >= 300 and not self._dialogs.has(fid, call_id):

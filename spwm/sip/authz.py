@@ -241,6 +241,11 @@ class AuthorizingContactProxy:
     def handle_timer(self, now: float) -> list[Any]:
         return self._core.handle_timer(now)
 
+    def leg_lost(
+        self, session_id: str, flow_id: int, call_id: str, reason: str, now: float, tunnels: bool = True
+    ) -> tuple[list[Any], list[str]]:
+        return self._core.leg_lost(session_id, flow_id, call_id, reason, now, tunnels)
+
     def identities(self, session_id: str) -> set[Identity]:
         """
         The identity (L{identity_key}) of every address-of-record registered through a

@@ -60,6 +60,17 @@ from spwm.sip.checks import (
     starts_work,
     unavailable,
 )
+from spwm.sip.byes import (
+    BYE_ANSWERED,
+    BYE_DROPPED,
+    BYE_SENT,
+    ByeSender,
+    build_bye,
+    is_bye_branch,
+    remember_answer,
+    remember_dialog_request,
+    route_toward,
+)
 from spwm.sip.dialogs import UNACKNOWLEDGED, Dialog, DialogTable, MovedLegs, RemoteTarget
 from spwm.sip.errors import SipParseError
 from spwm.sip.flows import KIND_CONTACT, KIND_ROUTE, KIND_VIA, FlowToken, FlowTokenCodec
@@ -226,8 +237,11 @@ class ContactSipProxy:
         max_pending: int = 4096,
         names: ProxyNames | None = None,
         max_session_dialogs: int = 4096,
+        bye_on_loss: bool = True,
     ) -> None:
         """
+        @param bye_on_loss: send a BYE of our own to the far party of a
+            call whose media is lost (L{leg_lost}).
         @param secret: the per-process flow token key (16 bytes or more).
         @param registrar: the embedded registrar to use when C{operator} is
             C{None}; a fresh L{spwm.sip.registrar.EmbeddedRegistrar} by
@@ -270,6 +284,8 @@ class ContactSipProxy:
         )
         # scoped by session: its dialogs go with its tunnel
         self._dialogs = DialogTable(dialog_lifetime, scope_limit=max_session_dialogs)
+        self.bye_on_loss = bye_on_loss
+        self._byes = ByeSender()
         self._moved = MovedLegs()
         # the new INVITEs passed on lately, either way (their
         # retransmissions pass on too, whatever the tunnel's state)
@@ -418,6 +434,9 @@ class ContactSipProxy:
         when = self._next_sweep
         if ack is not None and (when is None or ack < when):
             when = ack
+        bye = self._byes.next_deadline()
+        if bye is not None and (when is None or bye < when):
+            when = bye
         pool = self.proxies
         if pool is not None and pool.interval > 0:
             ping = pool.next_deadline()
@@ -443,7 +462,115 @@ class ContactSipProxy:
         self._next_sweep = now + self.sweep_interval if busy else None
         if self.proxies is not None:
             events.extend(self.proxies.due(now))
+        events.extend(self._send_byes(now))
         return events
+
+    def leg_lost(
+        self, session_id: str, flow_id: int, call_id: str, reason: str, now: float, tunnels: bool = True
+    ) -> tuple[list[Action], list[str]]:
+        """
+        The media of the call leg of C{session_id}, C{flow_id} and
+        C{call_id} is lost (the call record's C{reason}: C{tunnel lost},
+        C{media inactivity}): end its dialogs that no BYE is ending yet for
+        the far party (the operator side), with a BYE of our own in the
+        phone's name (bounded, L{ByeSender}): through the operator's proxy
+        with its route set; with the embedded registrar as if it came from
+        the network (a party behind another tunnel of ours, by its
+        C{Record-Route}), or to the party's recorded remote target.  A far
+        party behind a tunnel of ours is not sent one for C{media
+        inactivity}: its own agent sees the same silence and ends the
+        call for it; nor one at all without C{tunnels} (the contact point
+        stops: every tunnel goes, and each agent ends its calls for its
+        phones).  The dialogs are forgotten, so none gets a second.
+
+        @return: the actions (the first BYEs), and whom a BYE went to
+            (C{"far party"} per dialog), for the call record.
+        """
+        told: list[str] = []
+        if not self.bye_on_loss:
+            self._dialogs.take(session_id, call_id, flow_id)
+            return [], told
+        pool = self.proxies
+        operator = None if pool is None else pool.current
+        for d in [d for d in self._dialogs.call(session_id, call_id) if d.flow_id == flow_id]:
+            parties = d.parties
+            if parties is None or d.ending:
+                continue
+            # the far party is the one not behind this leg's tunnel
+            to_caller = not parties.caller_inside
+            route = route_toward(
+                parties.record_route, lambda v: self._own_leg_value(v, session_id, flow_id), to_caller
+            )
+            behind_tunnel = any(self._token_value(v) for v in route)
+            if behind_tunnel and (reason != "tunnel lost" or not tunnels):
+                continue
+            branch = ByeSender.branch()
+            if operator is not None:
+                transport = operator.transport.lower()
+                dest: Any = (transport, (operator.host, operator.port))
+            else:
+                transport, dest = "udp", None
+            via = f"SIP/2.0/{transport.upper()} {self._hp}"
+            data = build_bye(call_id, parties, to_caller, route, via, branch, reason)
+            if data is None:
+                continue
+            if dest is None:
+                msg = parse_message(data)
+                hop = self._dialog_hop(session_id, msg)
+                if isinstance(hop, tuple):
+                    transport, addr = hop
+                    msg.replace_first_value("Via", self._via(transport, branch))
+                    data, dest = msg.to_bytes(), (transport, addr)
+                elif route:
+                    dest = "spiral"  # the registrar's own routing, as from the network
+                else:
+                    continue
+            if self._byes.add(dest, data, branch, reliable=dest != "spiral" and dest[0] != "udp"):
+                self.counters.count(BYE_SENT)
+                told.append("far party")
+            else:
+                self.counters.count(BYE_DROPPED)
+        self._dialogs.take(session_id, call_id, flow_id)
+        return self._send_byes(now), told
+
+    def _send_byes(self, now: float) -> list[Action]:
+        steps: list[_Step] = []
+        for dest, data in self._byes.due(now):
+            if dest == "spiral":
+                steps.append(_Spiral("udp", data))
+            else:
+                transport, addr = cast("tuple[str, tuple[str, int]]", dest)
+                steps.append(ToNetwork(transport, addr, data))
+        return self._settle(steps, now, never_congested)
+
+    def _token_value(self, value: str) -> FlowToken | None:
+        """
+        @return: the flow token of a C{Record-Route} value of ours, or
+            C{None}.
+        """
+        try:
+            uri = parse_name_addr(value).uri
+        except SipParseError:
+            return None
+        if not uri.user or not self._is_us(uri):
+            return None
+        return self._codec.decode(uri.user, KIND_ROUTE)
+
+    def _own_leg_value(self, value: str, session_id: str, flow_id: int) -> bool:
+        """
+        Whether a C{Record-Route} value is this leg's own: ours, with the
+        leg's flow token or none (a call between two tunnels of ours has
+        one of ours for each leg: the other leg's is on the far party's
+        route).
+        """
+        try:
+            uri = parse_name_addr(value).uri
+        except SipParseError:
+            return False
+        if not self._is_us(uri):
+            return False
+        tok = self._token_value(value)
+        return tok is None or (tok.session_id == session_id and tok.flow_id == flow_id)
 
     def _malformed(
         self, data: bytes, e: SipParseError, origin: str, reply: Callable[[bytes], Action]
@@ -553,6 +680,7 @@ class ContactSipProxy:
         # inside a dialog, the leg is the flow it was set up on, also when
         # the phone now sends over another transport (DialogTable.flow_of)
         leg = self._moved.request(self._dialogs, msg, fid, (session, fid), session)
+        remember_dialog_request(self._dialogs, session, msg, True)
         self._invites.media(invite, again, self.media_hook, key, leg, msg, False)
         self._maybe_ended(key, session, leg, msg)
         self._dialogs.touch(session, call_id, now)
@@ -804,6 +932,14 @@ class ContactSipProxy:
             if ProxyPool.ours(branch):
                 # a response to our OPTIONS ping of a proxy
                 return list(pool.answered(msg, branch or ""))
+        if top is not None:
+            present, branch = param(top.params, "branch")
+            if is_bye_branch(branch):
+                # the answer to a BYE of our own: for us alone
+                status = msg.status or 0
+                if self._byes.answered(branch or "", status) and status >= 200:
+                    self.counters.count(BYE_ANSWERED)
+                return []
         tok = self._via_token(top)
         if top is None or tok is None:
             reason = "response from network with unknown or forged Via"
@@ -964,6 +1100,7 @@ class ContactSipProxy:
                 "Record-Route", self._route_uri(tok.session_id, tok.flow_id)
             )
         msg.prepend_header("Via", self._via("udp", branch))
+        remember_dialog_request(self._dialogs, tok.session_id, msg, False)
         self._invites.media(invite, again, self.media_hook, key, tok.flow_id, msg, True)
         self._maybe_ended(key, tok.session_id, tok.flow_id, msg)
         self._dialogs.touch(tok.session_id, call_id, now)
@@ -1053,7 +1190,7 @@ class ContactSipProxy:
                 self._invites.accepted(msg)
                 dialogs = self._dialogs
                 dropped = dialogs.dropped
-                dialogs.answered(session, call_id, fid, msg.from_tag, msg.to_tag, now)
+                remember_answer(dialogs, session, fid, msg, now)
                 if dialogs.dropped != dropped:
                     self.counters.count(DIALOG_DROPPED)
                 self._arm(now)

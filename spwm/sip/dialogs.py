@@ -22,7 +22,17 @@ from typing import Any, Hashable, Iterator
 
 from attrs import evolve, frozen
 
-__all__ = ["ACK_WAIT", "BYE_WAIT", "UNACKNOWLEDGED", "Dialog", "DialogTable", "MovedLegs", "RemoteTarget"]
+__all__ = [
+    "ACK_WAIT",
+    "BYE_WAIT",
+    "UNACKNOWLEDGED",
+    "Dialog",
+    "DialogTable",
+    "MovedLegs",
+    "Parties",
+    "Party",
+    "RemoteTarget",
+]
 
 #: Seconds a 2xx to an INVITE waits for its ACK: 64 x T1, after which a
 #: UAS gives up retransmitting it and ends the dialog (RFC 3261 13.3.1.4).
@@ -55,6 +65,63 @@ class RemoteTarget:
 
 
 @frozen
+class Party:
+    """
+    One party of an established dialog, as the messages passing through
+    this half show it: what a BYE to it, or in its name, needs (RFC 3261
+    12.1, 12.2.1.1).
+
+    @ivar header: its C{From} (the caller) or C{To} (the callee) value as
+        it sent it, with its tag: the C{To} of a BYE to it, the C{From} of
+        one in its name.
+    @ivar tag: the tag of C{header}.
+    @ivar target: its remote target (the URI of its latest C{Contact}:
+        its INVITE or 2xx, or a target refresh), or C{None} when it gave
+        none.
+    @ivar cseq: the highest CSeq number it used in the dialog, or C{None}
+        when it sent no request in it (the callee, until it does).
+    """
+
+    header: str
+    tag: str | None
+    target: str | None
+    cseq: int | None = None
+
+
+@frozen
+class Parties:
+    """
+    The two parties of an established dialog and its route, as this half
+    saw them pass (L{DialogTable.invited}, L{DialogTable.answered}).
+
+    @ivar caller: the party that sent the INVITE (its C{From}).
+    @ivar callee: the party that answered it (the 2xx's C{To}).
+    @ivar record_route: the 2xx's C{Record-Route} values, top first (the
+        entry nearest the callee first), this half's own among them;
+        L{spwm.sip.byes.route_toward} takes each party's route set out.
+    @ivar caller_inside: whether the caller is on this half's own side
+        (the agent: a phone; the contact point: the tunnel), not on the
+        far side (the agent: the tunnel; the contact point: the network).
+    """
+
+    caller: Party
+    callee: Party
+    record_route: tuple[str, ...]
+    caller_inside: bool
+
+    def sender(self, from_tag: str | None) -> str | None:
+        """
+        @return: C{"caller"} or C{"callee"}, the party whose tag is
+            C{from_tag} (the sender of a request), or C{None}.
+        """
+        if from_tag == self.caller.tag:
+            return "caller"
+        if from_tag == self.callee.tag:
+            return "callee"
+        return None
+
+
+@frozen
 class Dialog:
     """
     An INVITE dialog established through a tunnel (one per to-tag when forked).
@@ -63,6 +130,9 @@ class Dialog:
         3261 12.2.1.1: the URI of its C{Contact}, from its INVITE, its 2xx
         or its target refreshes), when the core records it (the contact
         point with the embedded registrar), else C{None}.
+    @ivar parties: both parties, when the core records them (what a BYE of
+        its own needs, L{spwm.sip.byes}), else C{None}.
+    @ivar ending: a BYE of the dialog passed (L{DialogTable.ending}).
     """
 
     call_id: str
@@ -71,6 +141,8 @@ class Dialog:
     flow_id: int
     expires: float
     target: RemoteTarget | None = None
+    parties: Parties | None = None
+    ending: bool = False
 
 
 def _same(dialog: Dialog, tags: set[str | None]) -> bool:
@@ -113,6 +185,9 @@ class DialogTable:
         # (scope, call id) -> the From-tag and remote target of the new
         # INVITE that came from the network side (L{offered}), oldest first
         self._offered: dict[tuple[Hashable, str], tuple[str | None, RemoteTarget]] = {}
+        # (scope, call id) -> the caller of the new INVITE that passed
+        # (L{invited}) and whether it is inside, oldest first
+        self._invited: dict[tuple[Hashable, str], tuple[Party, bool]] = {}
         # (scope, call id) -> its dialogs; ordered by last answer (the
         # bound's eviction order)
         self._calls: dict[tuple[Hashable, str], list[Dialog]] = {}
@@ -146,12 +221,19 @@ class DialogTable:
         from_tag: str | None,
         to_tag: str | None,
         now: float,
+        callee: Party | None = None,
+        record_route: tuple[str, ...] = (),
     ) -> None:
         """
         A 2xx answered an INVITE: the dialog of these tags is established
         (again) on C{flow_id} and lives for L{lifetime} from C{now}.  Its
         remote target on the network side stays what it was, or is the
         one L{offered} for the INVITE of this call and From-tag.
+
+        @param callee: the answering party (the 2xx's C{To} and
+            C{Contact}), with C{record_route}, the 2xx's C{Record-Route}
+            values: with the caller L{invited} for this call and From-tag,
+            the dialog's L{Parties} (a first answer's stay).
         """
         key = (scope, call_id)
         tags = {from_tag, to_tag}
@@ -161,6 +243,11 @@ class DialogTable:
             offer = self._offered.get(key)
             if offer is not None and offer[0] == from_tag:
                 target = offer[1]
+        parties = next((d.parties for d in old if _same(d, tags) and d.parties is not None), None)
+        if parties is None and callee is not None:
+            invite = self._invited.get(key)
+            if invite is not None and invite[0].tag == from_tag:
+                parties = Parties(invite[0], callee, record_route, invite[1])
         # one per tags and flow: two phones behind one agent calling each
         # other are two legs of one dialog in one session
         dialogs = [d for d in old if not (_same(d, tags) and d.flow_id == flow_id)]
@@ -168,7 +255,7 @@ class DialogTable:
             # new: its ACK is awaited (a 2xx retransmission or a
             # re-INVITE's 2xx leaves the first answer's state)
             self._unacked.setdefault((call_id, frozenset(tags)), (now, set()))[1].add(scope)
-        dialogs.append(Dialog(call_id, from_tag, to_tag, flow_id, now + self.lifetime, target))
+        dialogs.append(Dialog(call_id, from_tag, to_tag, flow_id, now + self.lifetime, target, parties))
         self._count += len(dialogs) - len(old)
         self._calls[key] = dialogs
         calls = self._scopes.setdefault(scope, {})
@@ -334,6 +421,108 @@ class DialogTable:
         if len(offered) > self.offer_limit:
             del offered[next(iter(offered))]
 
+    def invited(self, scope: Hashable, call_id: str, caller: Party, inside: bool) -> None:
+        """
+        A new INVITE (no To-tag) passed in C{scope}, from C{caller} (on
+        this half's own side when C{inside}): the dialogs its 2xx
+        establishes (L{answered}) have it as their caller.  At most
+        C{offer_limit} INVITEs not answered yet are remembered (the oldest
+        goes).
+        """
+        invited = self._invited
+        key = (scope, call_id)
+        invited.pop(key, None)
+        invited[key] = (caller, inside)
+        if len(invited) > self.offer_limit:
+            del invited[next(iter(invited))]
+
+    def passed(
+        self,
+        scope: Hashable,
+        call_id: str,
+        from_tag: str | None,
+        to_tag: str | None,
+        cseq: int,
+        target: str | None = None,
+    ) -> None:
+        """
+        A request inside the established dialog of these tags passed: its
+        sender (the party of C{from_tag}) has used CSeq C{cseq}, and
+        C{target}, when given, is its new remote target (a target refresh:
+        re-INVITE or UPDATE with a C{Contact}).
+        """
+        self._update(scope, call_id, from_tag, to_tag, from_tag, cseq, target)
+
+    def refreshed(
+        self, scope: Hashable, call_id: str, from_tag: str | None, to_tag: str | None, target: str
+    ) -> None:
+        """
+        A 2xx to a target refresh inside the dialog of these tags passed:
+        its sender (the party of C{to_tag}) has C{target} as its remote
+        target now.
+        """
+        self._update(scope, call_id, from_tag, to_tag, to_tag, None, target)
+
+    def _update(
+        self,
+        scope: Hashable,
+        call_id: str,
+        from_tag: str | None,
+        to_tag: str | None,
+        tag: str | None,
+        cseq: int | None,
+        target: str | None,
+    ) -> None:
+        key = (scope, call_id)
+        dialogs = self._calls.get(key)
+        if not dialogs:
+            return
+        tags = {from_tag, to_tag}
+        changed = False
+        out: list[Dialog] = []
+        for d in dialogs:
+            parties = d.parties
+            which = None if parties is None or not _same(d, tags) else parties.sender(tag)
+            if parties is not None and which is not None:
+                party: Party = getattr(parties, which)
+                new = party
+                if cseq is not None and (party.cseq is None or cseq > party.cseq):
+                    new = evolve(new, cseq=cseq)
+                if target is not None and target != party.target:
+                    new = evolve(new, target=target)
+                if new is not party:
+                    if which == "caller":
+                        d = evolve(d, parties=evolve(parties, caller=new))
+                    else:
+                        d = evolve(d, parties=evolve(parties, callee=new))
+                    changed = True
+            out.append(d)
+        if changed:
+            self._calls[key] = out
+
+    def take(self, scope: Hashable, call_id: str, flow_id: int | None = None) -> list[Dialog]:
+        """
+        Take the call's dialogs in C{scope} (on C{flow_id}, if given: one
+        leg of a call between two phones behind one agent) out of the
+        table (its media is lost, and this half ends them itself).
+
+        @return: those of them no BYE is ending already.
+        """
+        key = (scope, call_id)
+        dialogs = self._calls.get(key)
+        if not dialogs:
+            return []
+        taken = [d for d in dialogs if flow_id is None or d.flow_id == flow_id]
+        left = [d for d in dialogs if not (flow_id is None or d.flow_id == flow_id)]
+        if left:
+            self._count -= len(taken)
+            self._calls[key] = left
+            for d in taken:
+                self._forget_unacked(scope, call_id, {d.from_tag, d.to_tag})
+        else:
+            self._drop(key)
+        return [d for d in taken if not d.ending]
+
     def retarget(
         self, scope: Hashable, call_id: str, from_tag: str | None, to_tag: str | None, target: RemoteTarget
     ) -> None:
@@ -376,7 +565,7 @@ class DialogTable:
         tags = {from_tag, to_tag}
         until = now + BYE_WAIT
         self._calls[key] = [
-            evolve(d, expires=min(d.expires, until)) if _same(d, tags) else d for d in dialogs
+            evolve(d, expires=min(d.expires, until), ending=True) if _same(d, tags) else d for d in dialogs
         ]
 
     def expire(self, now: float) -> None:
@@ -393,6 +582,12 @@ class DialogTable:
                 for d in dialogs:
                     if d.expires <= now:
                         self._forget_unacked(key[0], key[1], {d.from_tag, d.to_tag})
+
+    def call(self, scope: Hashable, call_id: str) -> list[Dialog]:
+        """
+        @return: the dialogs of the call in C{scope} (constant time).
+        """
+        return list(self._calls.get((scope, call_id), ()))
 
     def of(self, scope: Hashable) -> list[Dialog]:
         """
@@ -413,6 +608,7 @@ class DialogTable:
     def _drop(self, key: tuple[Hashable, str]) -> None:
         dialogs = self._calls.pop(key)
         self._offered.pop(key, None)
+        self._invited.pop(key, None)
         self._count -= len(dialogs)
         scope, call_id = key
         if self._unacked:

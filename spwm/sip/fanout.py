@@ -213,6 +213,21 @@ class FanoutCore:
             times.append(min(f.expires for f in self._registers.values()))
         return min(times) if times else None
 
+    def leg_lost(
+        self, session_id: str, flow_id: int, call_id: str, reason: str, now: float, tunnels: bool = True
+    ) -> tuple[list[Action], list[str]]:
+        """
+        The media of a call leg is lost: each side's core ends what
+        dialogs of it it has (the call went through one).
+        """
+        actions: list[Action] = []
+        told: list[str] = []
+        for side in self.sides:
+            more, whom = side.leg_lost(session_id, flow_id, call_id, reason, now, tunnels)
+            actions.extend(more)
+            told.extend(whom)
+        return actions, told
+
     def handle_timer(self, now: float) -> list[Action]:
         """
         The sides' timers (a binding that expired in several sides is

@@ -546,6 +546,11 @@ class _Runner:
         self._next_conn = 1
         self._timer: IDelayedCall | None = None
         self._deadline: float | None = None
+        self._stopped = False
+        #: the service stops, its sockets still open for a while (the
+        #: contact point's drain): the calls that end meanwhile get BYEs
+        #: only toward the network, none into a tunnel (they all go)
+        self.draining = False
 
     # -- input in slices ---------------------------------------------------
 
@@ -755,6 +760,29 @@ class _Runner:
                 self._log_proxy(action)
         self._rearm()
 
+    def leg_lost(self, session_id: str, dialog_key: str, reason: str) -> list[str]:
+        """
+        The media manager ended a call leg whose media it lost (C{reason}:
+        its call record's): the core ends its dialogs with BYEs of its own
+        (C{leg_lost}), which are sent.
+
+        @return: whom a BYE went to, for the call record; nobody once
+            the runner has stopped (its sockets are closed: the service
+            stops).
+        """
+        if self._stopped:
+            return []
+        flow, _, call_id = dialog_key.partition("/")
+        try:
+            flow_id = int(flow)
+        except ValueError:
+            return []
+        actions, told = self.core.leg_lost(
+            session_id, flow_id, call_id, reason, self._clock.seconds(), not self.draining
+        )
+        self.execute(actions)
+        return list(told)
+
     def _log_proxy(self, change: ProxyChanged) -> None:
         using = proxy_text(change.using)
         if not change.answering:
@@ -895,6 +923,7 @@ class _Runner:
         """
         Handle what waits, cancel the timers (service shutdown).
         """
+        self._stopped = True
         self.drain()
         if self._turn is not None and self._turn.active():
             self._turn.cancel()

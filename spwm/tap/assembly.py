@@ -587,6 +587,8 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
             slice_seconds=SIP_SLICE,
         )
     )
+    # a call that ends here without a BYE: the phone is told (docs/sip-proxy.md)
+    media.leg_lost = runner.leg_lost
     for k, side in enumerate(sides):
         sip_part: AgentSipRunner | TouchingSip | SideSip = runner
         if len(sides) > 1:
@@ -796,6 +798,7 @@ def _agent_side(
         max_message_size=limits.sip.max_message_size,
         names=names,
         flows=flows,
+        bye_on_loss=config.bye_on_loss,
     )
     return AgentSide(config, handle, resumption, resumption.wrap(proxy), later_tunnel, later_on_demand)
 
@@ -1207,6 +1210,7 @@ def build_contact(
             contact_rewrite=config.contact_rewrite,
             media_hook=MediaHookAdapter(media),
             max_message_size=limits.sip.max_message_size,
+            bye_on_loss=config.bye_on_loss,
         ),
         require_registration=not config.allow_unregistered,
         register_limit=limits.sip.registers_per_minute,
@@ -1234,6 +1238,8 @@ def build_contact(
         trace=sip_trace(config.sip_trace, config.sip_trace_bodies, hep, sip_observer),
         slice_seconds=SIP_SLICE,
     )
+    # a call that ends here without a BYE: the far party is told (docs/sip-proxy.md)
+    media.leg_lost = runner.leg_lost
     # --workers: this worker's own port, and where the others' sessions are
     worker_ports = (
         WorkerPorts(
@@ -1346,6 +1352,9 @@ def build_contact(
         option="sip-address",
         max_connections=limits.sip.max_stream_connections,
         first_message_timeout=limits.sip.first_message_timeout,
+        # open until the tunnels' drain is over: the calls that end then
+        # are ended for the operator side with BYEs (docs/sip-proxy.md)
+        after=listener.when_stopped,
     )
     listeners.setServiceParent(top)
     # after the SIP listener: the media address is by default the
@@ -1354,7 +1363,13 @@ def build_contact(
     names = proxy_name_watch(config, reactor, runner)
     if names is not None:
         names.setServiceParent(top)
-    Hook(lambda: None, resumption.stop).setServiceParent(top)
+    def stop_sessions() -> None:
+        # the calls that end from now on get no BYE into a tunnel: every
+        # tunnel goes, and each agent ends its calls for its phones
+        runner.draining = True
+        resumption.stop()
+
+    Hook(lambda: None, stop_sessions).setServiceParent(top)
     status = Status("contact", reactor)
     status.add(
         "tunnels",

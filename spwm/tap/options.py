@@ -152,6 +152,7 @@ class AgentConfig:
     media_address: str | None = None
     media_ports: tuple[int, int] = (40000, 40999)
     user_ciphering: bool = False
+    bye_on_loss: bool = True
     status: StatusConfig = field(factory=StatusConfig)
     limits: Limits = field(factory=Limits)
 
@@ -326,6 +327,7 @@ class AgentConfig:
             media_address=v["media-address"],
             media_ports=v["media-ports"],
             user_ciphering=bool(v["user-ciphering"]),
+            bye_on_loss=not v["no-bye-on-loss"],
             status=StatusConfig(v["status-listen"], v["status-interval"]),
             limits=_limits(v),
         )
@@ -395,6 +397,7 @@ class ContactConfig:
     max_calls: int | None = None
     max_media_per_tunnel: int | None = None
     user_ciphering: bool = False
+    bye_on_loss: bool = True
     status: StatusConfig = field(factory=StatusConfig)
     limits: Limits = field(factory=lambda: Limits(tunnel=TunnelLimits(drain_time=5.0)))
 
@@ -477,6 +480,7 @@ class ContactConfig:
             max_calls=v["max-calls"],
             max_media_per_tunnel=v["max-media-per-tunnel"],
             user_ciphering=bool(v["user-ciphering"]),
+            bye_on_loss=not v["no-bye-on-loss"],
             status=StatusConfig(v["status-listen"], v["status-interval"]),
             limits=_limits(
                 v,

@@ -136,10 +136,16 @@ class SipListeners(Service):
         option: str = "sip-listen",
         max_connections: int = 1024,
         first_message_timeout: float = 30.0,
+        after: Callable[[], Any] | None = None,
     ) -> None:
         """
         @param option: the option that names C{addresses}, for the line that
             says one cannot be bound.
+        @param after: at stop, the sockets stay open (and the runner
+            running, C{draining}) until the Deferred this returns fires:
+            the contact point's tunnel listener's drain (the calls that end
+            then are ended for the operator side with BYEs, which need the
+            socket).
         @param max_connections: connections each TCP or TLS listening
             socket holds at once (L{SipStreamFactory}).
         @param first_message_timeout: seconds a connection has to bring its
@@ -154,6 +160,7 @@ class SipListeners(Service):
         self._max_size = max_size
         self._max_connections = max_connections
         self._first_message_timeout = first_message_timeout
+        self._after = after
         self.ports: list[Any] = []
 
     def startService(self) -> None:
@@ -202,6 +209,14 @@ class SipListeners(Service):
 
     def stopService(self) -> Any:
         super().stopService()
+        from twisted.internet.defer import maybeDeferred
+
+        if self._after is None:
+            return self._close()
+        self._runner.draining = True
+        return maybeDeferred(self._after).addBoth(lambda _: self._close())
+
+    def _close(self) -> Any:
         from twisted.internet.defer import gatherResults, maybeDeferred
 
         ports, self.ports = self.ports, []

@@ -479,6 +479,7 @@ class Phone(DatagramProtocol):
     @ivar name: user part of the AOR (C{name@domain}).
     @ivar sent: counts of SIP messages sent, by method or status code.
     @ivar received: counts of SIP messages received, likewise.
+    @ivar byes: every BYE received, in order.
     @ivar calls: every call, in order.
     @ivar incoming: called with each new incoming L{Call} once it is answered.
     @ivar ring_seconds: how long an incoming call rings (180, no early
@@ -509,6 +510,7 @@ class Phone(DatagramProtocol):
         self.on_incoming = on_incoming
         self.sent: dict[str, int] = {}
         self.received: dict[str, int] = {}
+        self.byes: list[SipMessage] = []
         self.errors: list[str] = []
         self.calls: list[Call] = []
         self._by_call_id: dict[str, Call] = {}
@@ -693,6 +695,7 @@ class Phone(DatagramProtocol):
                 if not call.established.called:
                     call.established.callback(call)
         elif method == "BYE":
+            self.byes.append(message)
             if call is None or tag_of(message.get("to") or "") != call.local_tag:
                 self._reply(message, addr, 481, "Call/Transaction Does Not Exist")
                 return

@@ -1471,6 +1471,7 @@ class ContactListenService(Service):
         self._clock = clock
         self._reactor = reactor if reactor is not None else (clock if IReactorCore.providedBy(clock) else None)
         self._drain = drain
+        self._stop_waiters: list[Deferred[None]] = []
         self._port: Any = None
         self.description = description
         # the option that names the address, for a start-up error
@@ -1510,7 +1511,64 @@ class ContactListenService(Service):
         if refused:
             raise ListenError.from_exception(self.option, self.description or "?", refused[0].value)
 
+    #: Seconds L{when_stopped} waits, after the drain, for the tunnels it
+    #: closed to be lost (a connection's loss is told when its transport
+    #: has closed, a turn or so later).
+    CLOSE_WAIT = 2.0
+
+    def when_stopped(self) -> Deferred[None]:
+        """
+        @return: a Deferred that fires with C{None} once the service has
+            stopped and the loss of every tunnel it had has been told (the
+            sessions' ends, and their calls'), at most L{CLOSE_WAIT}
+            seconds after its drain.
+        """
+        waiting: Deferred[None] = Deferred()
+        self._stop_waiters.append(waiting)
+        return waiting
+
     def stopService(self) -> Deferred[Any] | None:
+        """
+        Stop listening and drain (L{_stop}); then tell those waiting
+        (L{when_stopped}).
+        """
+        tunnels = list(self.factory.tunnels)
+
+        def tell(result: Any) -> Any:
+            self._tell_stopped(tunnels)
+            return result
+
+        stopping = self._stop()
+        if stopping is None:
+            return tell(None)
+        return stopping.addBoth(tell)
+
+    def _tell_stopped(self, tunnels: list[Any]) -> None:
+        """
+        Fire the L{when_stopped} Deferreds in the turn after the last of
+        C{tunnels} is lost (its connection's loss is told after its
+        C{when_closed}), or after L{CLOSE_WAIT}.
+        """
+        waiters, self._stop_waiters = self._stop_waiters, []
+        if not waiters:
+            return
+        fired = False
+
+        def fire() -> None:
+            nonlocal fired
+            if fired:
+                return
+            fired = True
+            if timer.active():
+                timer.cancel()
+            for waiting in waiters:
+                waiting.callback(None)
+
+        timer = self._clock.callLater(self.CLOSE_WAIT, fire)
+        gone = DeferredList([t.when_closed() for t in tunnels], consumeErrors=True)
+        gone.addCallback(lambda _: self._clock.callLater(0, fire))
+
+    def _stop(self) -> Deferred[Any] | None:
         """
         Stop listening and drain: go-away on every tunnel, then wait for
         their own close notifications (L{TunnelProtocol.when_closed}), at

@@ -330,20 +330,25 @@ class SpwmMediaTimeoutTests(MediaTestBase):
     def test_silent_call_not_on_hold_is_released(self) -> None:
         """
         The control case: a call that is not on hold and carries no media
-        at all loses its relay ports after the 3 s inactivity timeout while
-        the SIP dialog is still up (so the hold case above proves that
-        hold keeps them).
+        at all loses its relay ports after the 3 s inactivity timeout (so
+        the hold case above proves that hold keeps them), and is ended for
+        both ends by the halves' own BYEs (docs/sip-proxy.md, "Ending a
+        call whose media is lost"): alice's SIPp (C{uac_call_ended.xml})
+        gets the agent's, bob's the contact point's, each with
+        C{Reason: SIP;cause=408;text="media inactivity"}, and both answer
+        200.
         """
         uas = self.sipp_uas()
-        uac = self.background_uac("uac_call.xml", "alice-silent", ["-d", "7000"])
+        uac = self.background_uac("uac_call_ended.xml", "alice-silent", [])
         self.wait_for_sdp("alice-silent", "SIP/2.0 200")
         self.assertTrue(self.open_media_ports("lan", AGENT_MEDIA_PORTS))
         lan, op = self.wait_media_ports_closed(timeout=6.0)
-        still_up = uac.returncode is None
+        self.assertEqual((lan, op), ([], []), "silent call's media ports not released by the timeout")
         self.assertSippSuccess(self.wait_sipp(uac))
         self.assertSippSuccess(self.sipp_finish(uas))
-        self.assertTrue(still_up, "the call ended before the check")
-        self.assertEqual((lan, op), ([], []), "silent call's media ports not released by the timeout")
+        for name in ("alice-silent", "sipp-uas"):
+            messages = (self.logdir / f"{name}.messages.log").read_text("utf-8", "replace")
+            self.assertIn('Reason: SIP;cause=408;text="media inactivity"', messages, name)
 
 
 class SpwmMediaLoadTests(MediaTestBase):

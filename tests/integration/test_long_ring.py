@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 
 from spwm.media import manager
 from spwm.sip import dialogs
-from spwm.testing.phone import Phone, TransactionTimeout
+from spwm.sip.agent_proxy import BYE_ANSWERED, BYE_SENT
+from spwm.testing.phone import Phone, TransactionTimeout, tag_of
 from tests.integration.test_resumption import DIGEST, _LoopbackPair
 from tests.integration.test_tunnel_loopback import wait_until
 
@@ -68,17 +70,53 @@ class LongRingTests(_LoopbackPair):
         # silent now: the media timeout releases the answered call's media
         yield wait_until(lambda: self.contact.media.streams == 0 and self.agents[0].media.streams == 0, timeout=10)
         # and with no media left the call legs end on every half, though
-        # no BYE came (yet): they count no more as calls
+        # no BYE came: they count no more as calls
         halves = [self.contact, *self.agents]
         yield wait_until(lambda: all(half.media.calls == 0 for half in halves), timeout=10)
         self.assertEqual(self.contact.status.document()["calls"]["in_progress"], 0)
         # (the contact point relays both legs: alice's and bob's agent)
         reasons = [[c["reason"] for c in half.media.ended_calls()] for half in halves]
         self.assertEqual(reasons, [["media inactivity"] * 2, ["media inactivity"], ["media inactivity"]])
-        # the BYE still goes through, and ends nothing twice
+        # each agent ended the call for its phone with a BYE of its own:
+        # in the far party's name, with the Reason, answered 200
+        yield wait_until(lambda: a_call.ended.called and b_call.ended.called, timeout=10)
+        (to_alice,), (to_bob,) = alice.byes, bob.byes
+        for bye, call, cseq in ((to_alice, a_call, 1), (to_bob, b_call, a_call.cseq + 1)):
+            self.assertEqual(bye.get("call-id"), call.call_id)
+            self.assertEqual(tag_of(bye.get("to") or ""), call.local_tag)
+            self.assertEqual(tag_of(bye.get("from") or ""), call.remote_tag)
+            self.assertEqual(bye.cseq, (cseq, "BYE"))
+            self.assertEqual(bye.get("reason"), 'SIP;cause=408;text="media inactivity"')
+        self.assertEqual(
+            [[c["bye_sent"] for c in half.media.cdrs] for half in halves], [[[], []], [["phone"]], [["phone"]]]
+        )
+        yield wait_until(lambda: all(a.sip_core.status()["events"].get(BYE_ANSWERED) == 1 for a in self.agents), timeout=10)
+        self.assertEqual([a.sip_core.status()["events"][BYE_SENT] for a in self.agents], [1, 1])
+        # nothing more: no second BYE, nothing forwarded
+        self.assertEqual((alice.byes, bob.byes), ([to_alice], [to_bob]))
+        self.assertEqual((alice.received.get("BYE"), bob.received.get("BYE")), (1, 1))
+
+    @defer.inlineCallbacks
+    def test_hung_up_call_gets_no_bye_of_ours(self) -> Any:
+        """
+        A call that its caller hangs up (its BYE ended it on every half)
+        gets no BYE of the halves' own, also after the media timeout:
+        only alice's reaches bob.
+        """
+        alice, bob = yield self.registered()
+        answered: defer.Deferred[Any] = defer.Deferred()
+        bob.on_incoming = lambda c: answered.called or answered.callback(c)
+        a_call = yield alice.call("bob")
+        yield answered
         response = yield alice.hang_up(a_call)
         self.assertEqual(response.status, 200)
-        self.assertEqual([len(half.media.ended_calls()) for half in halves], [2, 1, 1])
+        halves = [self.contact, *self.agents]
+        yield wait_until(lambda: all(half.media.calls == 0 for half in halves), timeout=10)
+        # past the media timeout (2 s) twice
+        yield deferLater(reactor, 4.0, lambda: None)
+        self.assertEqual((len(alice.byes), len(bob.byes)), (0, 1))
+        self.assertIsNone(bob.byes[0].get("reason"))
+        self.assertEqual([a.sip_core.status()["events"].get(BYE_SENT) for a in self.agents], [None, None])
 
     @defer.inlineCallbacks
     def test_invite_nobody_answers(self) -> Any:

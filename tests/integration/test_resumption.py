@@ -15,7 +15,8 @@ from twisted.trial.unittest import TestCase
 from spwm.tap import agent, contact
 from spwm.tap.assembly import build_agent, build_contact
 from spwm.testing.certs import TestCA
-from spwm.testing.phone import CallFailed, Phone
+from spwm.sip.byes import BYE_ANSWERED, BYE_SENT
+from spwm.testing.phone import CallFailed, Phone, tag_of
 from tests.integration.test_sip_loopback import free_port
 from tests.integration.test_tunnel_loopback import wait_until
 
@@ -474,7 +475,8 @@ class DormantResumptionTests(_LoopbackPair):
     def test_registrations_resumed_after_window(self) -> Any:
         """
         alice's agent comes back only after the window: her call's media is
-        released on both halves at the window's end, her registration is
+        released on both halves at the window's end, and the call ended
+        for both phones (each gets a BYE), her registration is
         kept (dormant) on the contact point, and the new connection resumes
         it: bob reaches her with a new call and she calls him, without her
         registering again and without C{430} or C{403}.
@@ -495,7 +497,14 @@ class DormantResumptionTests(_LoopbackPair):
         yield wait_until(lambda: self.contact.resumption.dormant == 1, timeout=WAIT)
         self.assertTrue(agent1.resumption.dormant)
         self.assertEqual(agent1.media.open_sockets, 0)
-        self.assertEqual(self.contact.media.open_sockets, before - 2)
+        # alice's leg's sockets, and bob's: the contact point ended the
+        # call for him with a BYE of its own (through his tunnel), as her
+        # agent did for her
+        self.assertEqual(self.contact.media.open_sockets, before - 4)
+        yield wait_until(lambda: a_call.ended.called and b_call.ended.called, timeout=WAIT)
+        self.assertEqual(
+            [b.get("reason") for b in alice.byes + bob.byes], ['SIP;cause=503;text="tunnel lost"'] * 2
+        )
         self.assertEqual(
             [r.aor for r in self.contact.sip_core.registrations(session)], ["sip:alice@example.test"]
         )
@@ -504,7 +513,6 @@ class DormantResumptionTests(_LoopbackPair):
         self.assertEqual((self.contact.resumption.dormant, agent1.resumption.dormant), (0, False))
         a_call.stop_media()
         b_call.stop_media()
-        yield bob.hang_up(b_call)
         yield self.calls_both_ways(alice, bob)
         self.assertEqual(alice.sent.get("REGISTER"), registers)
 
@@ -555,14 +563,83 @@ class AgentStopTests(_LoopbackPair):
         self.assertEqual(
             [r.aor for r in self.contact.sip_core.registrations(session)], ["sip:alice@example.test"]
         )
-        # alice's leg of the call: its relay sockets
-        self.assertEqual(self.contact.media.open_sockets, before - 2)
+        # alice's leg of the call, and bob's, which the contact point's
+        # BYE ended: their relay sockets
+        self.assertEqual(self.contact.media.open_sockets, before - 4)
         started = reactor.seconds()
         with self.assertRaises(CallFailed) as failed:
             yield bob.call("alice")
         self.assertEqual(str(failed.exception), "INVITE answered 480 Temporarily Unavailable")
         # not after the window: at once (a tenth of a second on a quiet host)
         self.assertLess(reactor.seconds() - started, WINDOW_HALF)
+
+
+    @defer.inlineCallbacks
+    def test_far_party_told(self) -> Any:
+        """
+        alice's agent stops during a call: the contact point, which ends
+        her leg's media at once (C{tunnel lost}), ends the call for bob
+        with a BYE of its own in alice's name, through bob's tunnel (his
+        agent passes it on as any BYE), with the Reason; bob's answer
+        stays at the contact point; bob's leg ends as by any BYE, and
+        the call record of alice's leg says that a BYE went.
+        """
+        alice, bob, a_call, b_call = yield self.call()
+        agent1 = self.agents[0]
+        yield wait_until(lambda: self.connections(agent1) == self.expected_connections)
+        yield agent1.service.stopService()
+        yield wait_until(lambda: b_call.ended.called, timeout=WINDOW_HALF)
+        (bye,) = bob.byes
+        self.assertEqual(bye.get("call-id"), b_call.call_id)
+        self.assertEqual((tag_of(bye.get("from") or ""), tag_of(bye.get("to") or "")), (a_call.local_tag, b_call.local_tag))
+        self.assertEqual(bye.cseq, (a_call.cseq + 1, "BYE"))
+        self.assertEqual(bye.get("reason"), 'SIP;cause=503;text="tunnel lost"')
+        events = self.contact.sip_core.core.status()["events"]
+        yield wait_until(lambda: events.get(BYE_ANSWERED) == 1)
+        self.assertEqual(events[BYE_SENT], 1)
+        records = {c["session"]: (c["reason"], c["bye_sent"]) for c in self.contact.media.cdrs}
+        self.assertEqual(sorted(records.values()), [("dialog ended", []), ("tunnel lost", ["far party"])])
+        self.assertEqual([c["reason"] for c in self.agents[1].media.cdrs], ["dialog ended"])
+        # bob's phone sent nothing to alice: no second BYE either way
+        self.assertEqual((bob.received.get("BYE"), alice.received.get("BYE", 0) <= 1), (1, True))
+
+
+class ContactStopTests(_LoopbackPair):
+    """
+    The contact point stops (its drain 0.2 s) during a call from a phone on
+    its network side (carol, no agent: the embedded registrar's network)
+    to alice behind an agent.
+    """
+
+    @defer.inlineCallbacks
+    def test_network_party_told(self) -> Any:
+        """
+        The call's leg ends as its tunnel goes (C{tunnel lost}) while the
+        contact point's SIP socket is still open (it closes after the
+        drain): carol gets a BYE in alice's name (tags, CSeq 1: alice sent
+        no request, the Reason), the call record says so.
+        """
+        answered: defer.Deferred[Any] = defer.Deferred()
+        alice = Phone(reactor, "alice", "example.test", self.agents[0].config.sip_listen[0])
+        alice.on_incoming = lambda c: answered.called or answered.callback(c)
+        carol = Phone(reactor, "carol", "example.test", self.contact.config.sip_address)
+        for phone in (alice, carol):
+            phone.start()
+            self.addCleanup(phone.stop)
+        response = yield alice.register(authorization=DIGEST.format(user="alice"))
+        self.assertEqual(response.status, 200)
+        c_call = yield carol.call("alice")
+        a_call = yield answered
+        yield self.contact.service.stopService()
+        yield wait_until(lambda: c_call.ended.called, timeout=WINDOW_HALF)
+        (bye,) = carol.byes
+        self.assertEqual(bye.get("call-id"), c_call.call_id)
+        self.assertEqual((tag_of(bye.get("from") or ""), tag_of(bye.get("to") or "")), (a_call.local_tag, c_call.local_tag))
+        self.assertEqual(bye.cseq, (1, "BYE"))
+        self.assertEqual(bye.get("reason"), 'SIP;cause=503;text="tunnel lost"')
+        self.assertEqual(
+            [(c["reason"], c["bye_sent"]) for c in self.contact.media.cdrs], [("tunnel lost", ["far party"])]
+        )
 
 
 class PathsAgentStopTests(AgentStopTests):
@@ -606,6 +683,15 @@ class RestartTests(_LoopbackPair):
         self.assertEqual(sorted(a.tunnel_service.tunnel.session_id for a in self.agents), sessions)
         self.assertEqual(self.contact.resumption.dormant, 0)
         yield wait_until(lambda: all(a.media.streams == 0 for a in self.agents))
+        # each agent ended the call for its phone: a BYE of its own, in
+        # the far party's name, with the Reason
+        yield wait_until(lambda: a_call.ended.called and b_call.ended.called)
+        for phone, call in ((alice, a_call), (bob, b_call)):
+            (bye,) = phone.byes
+            self.assertEqual(bye.get("call-id"), call.call_id)
+            self.assertEqual((tag_of(bye.get("to") or ""), tag_of(bye.get("from") or "")), (call.local_tag, call.remote_tag))
+            self.assertEqual(bye.get("reason"), 'SIP;cause=503;text="tunnel lost"')
+        self.assertEqual([[c["bye_sent"] for c in a.media.cdrs] for a in self.agents], [[["phone"]], [["phone"]]])
         a_call.stop_media()
         b_call.stop_media()
         yield self.calls_both_ways(alice, bob)

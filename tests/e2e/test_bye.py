@@ -1,0 +1,99 @@
+"""
+A call whose media is lost is ended for both parties by the halves' own
+BYEs (docs/sip-proxy.md, "Ending a call whose media is lost"), with a real
+phone: baresip behind the agent calls bob (a SIPp UAS echoing RTP,
+registered at Kamailio); then the phone's audio is dropped in its own
+namespace, so no media crosses either half.  After the media timeout (3 s
+on both halves) the agent ends the call for baresip and the contact point
+for bob, each with a BYE in the other party's name: bob's SIPp, which
+waits for a BYE, answers it and ends its scenario; baresip answers its
+own and ends the call.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from .netbed import ManagedProcess, run
+from .phones import Baresip
+from .test_interop import InteropTestCase
+
+#: --media-timeout on both halves
+MEDIA_TIMEOUT = 3.0
+
+
+class BaresipByeOnLossTests(InteropTestCase):
+    """
+    The interop bed (Kamailio, a TLS tunnel, an agent with SIP over UDP,
+    TCP and TLS, bob registered) with C{--media-timeout 3} on both
+    halves.
+    """
+
+    client = "baresip"
+
+    def start_spwm_contact(self, *args: Any, **kwargs: Any) -> ManagedProcess:
+        kwargs["media_timeout"] = MEDIA_TIMEOUT
+        return super().start_spwm_contact(*args, **kwargs)
+
+    def start_spwm_agent(self, *args: Any, **kwargs: Any) -> ManagedProcess:
+        kwargs["media_timeout"] = MEDIA_TIMEOUT
+        return super().start_spwm_agent(*args, **kwargs)
+
+    def drop_phone_audio(self) -> None:
+        """
+        Drop every UDP datagram baresip sends from its RTP ports (the
+        C{rtp_ports} of its config, 10000-10099) in the phone's namespace.
+        """
+        script = """
+table inet spwm_drop {
+    chain output {
+        type filter hook output priority filter - 20; policy accept;
+        udp sport 10000-10099 drop
+    }
+}
+"""
+        run(["ip", "netns", "exec", self.topology.namespaces["ph"], "nft", "-f", "-"], stdin=script.encode())
+
+    def wait_log(self, process: Any, texts: Sequence[str], timeout: float) -> str:
+        """
+        Wait (bounded) until C{process}'s log holds each of C{texts}.
+
+        @return: the log.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            log = process.log() if isinstance(process, Baresip) else process.stdout()
+            if all(text in log for text in texts):
+                return str(log)
+            if time.monotonic() > deadline:
+                self.fail(f"{texts} not all in the log within {timeout}s; see {self.logdir}")
+            time.sleep(0.2)
+
+    def test_media_lost_both_parties_told(self) -> None:
+        """
+        baresip calls bob, audio both ways; the phone's audio is dropped:
+        both halves end the call for want of media and each sends a BYE
+        of its own with C{Reason: SIP;cause=408;text="media inactivity"}:
+        bob's SIPp gets the contact point's (through Kamailio) and answers
+        it, ending its scenario with success; baresip gets the agent's
+        and ends the call; the halves' call lines say whom they told.
+        """
+        phone = Baresip(self.topology, self.logdir, "baresip-bye", "alice", "udp", self.agent_ca)
+        phone.start()
+        self.addCleanup(phone.stop)
+        self.wait_registered(phone)
+        uas = self.sipp_uas("uas_echo.xml", extra=["-m", "1"], name="bob-bye")
+        phone.dial("sip:bob@example.test")
+        self.wait_media()
+        self.media_flows(1.0, "the call")
+        self.drop_phone_audio()
+        # bob's UAS waits for a BYE: the contact point's ends its scenario
+        self.assertSippSuccess(self.wait_sipp(uas, timeout=4 * MEDIA_TIMEOUT + 10))
+        messages = (self.logdir / "bob-bye.messages.log").read_text("utf-8", "replace")
+        self.assertIn('Reason: SIP;cause=408;text="media inactivity"', messages)
+        self.wait_log(self.agent, ["ended (media inactivity)", ": BYE sent to the phone"], 10.0)
+        self.wait_log(self.contact, ["ended (media inactivity)", ": BYE sent to the far party"], 10.0)
+        # baresip took the agent's BYE as the far end's hang-up and closed
+        # the call (it does not log the Reason)
+        self.wait_log(phone, ["session closed: Connection reset by peer", "terminated"], 10.0)
