@@ -127,6 +127,42 @@ class DialogTablePartiesTests(SynchronousTestCase):
         self.assertEqual((parties.caller.cseq, parties.caller.target), (9, CALLER.target))
         self.assertEqual((parties.callee.cseq, parties.callee.target), (3, "sip:bob@198.51.100.22"))
 
+    def test_answer_again_refreshes_the_answering_party(self) -> None:
+        """
+        L{remember_answer}: a first 2xx gives the callee its C{Contact} as
+        target (L{DialogTable.answered} says it is new); a re-INVITE's 2xx
+        with another C{Contact} (the dialog answered again) is a target
+        refresh of the party that answered it; an ACK or a BYE inside the
+        dialog changes nothing.
+        """
+        self.table.invited(1, "c1", CALLER, True)
+        first = (
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK1\r\n"
+            b"From: <sip:alice@example.org>;tag=fa\r\nTo: <sip:bob@example.org>;tag=tb\r\n"
+            b"Call-ID: c1\r\nCSeq: 7 INVITE\r\nContact: <sip:bob@198.51.100.20:5070>\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
+        remember_answer(self.table, 1, 1, parse_message(first), 0.0)
+        parties = self.table.of(1)[0].parties
+        assert parties is not None
+        self.assertEqual(parties.callee.target, "sip:bob@198.51.100.20:5070")
+        again = first.replace(b"CSeq: 7", b"CSeq: 8").replace(b"198.51.100.20", b"198.51.100.23")
+        remember_answer(self.table, 1, 1, parse_message(again), 1.0)
+        parties = self.table.of(1)[0].parties
+        assert parties is not None
+        self.assertEqual(parties.callee.target, "sip:bob@198.51.100.23:5070")
+        for method in (b"ACK", b"BYE"):
+            request = (
+                method + b" sip:bob@198.51.100.23:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK2\r\n"
+                b"From: <sip:alice@example.org>;tag=fa\r\nTo: <sip:bob@example.org>;tag=tb\r\n"
+                b"Call-ID: c1\r\nCSeq: 99 " + method + b"\r\nContact: <sip:alice@192.0.2.99>\r\n"
+                b"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            )
+            remember_dialog_request(self.table, 1, parse_message(request), True)
+        parties = self.table.of(1)[0].parties
+        assert parties is not None
+        self.assertEqual((parties.caller.cseq, parties.caller.target), (CALLER.cseq, CALLER.target))
+
     def test_take_leaves_dialogs_a_bye_ends(self) -> None:
         """
         L{DialogTable.take} takes the call's dialogs out of the table, but

@@ -78,6 +78,13 @@ TIMER_F = 64 * T1
 #: 12.2, RFC 3311)
 _TARGET_METHODS = frozenset({"INVITE", "UPDATE"})
 
+#: the requests inside a dialog that tell nothing new of their sender: an
+#: ACK has its INVITE's CSeq, a BYE (or CANCEL) ends the dialog (one that
+#: is ending gets no BYE of ours), and none refreshes the target; the
+#: dialog table is not walked for them (two of every call's three
+#: requests)
+_NOTHING_NEW = frozenset({"ACK", "BYE", "CANCEL"})
+
 #: The most a dialog's parties may take in the dialog table: characters
 #: of a party's From/To value and of its remote target, C{Record-Route}
 #: entries and their characters in all.  A dialog past them gets no
@@ -116,6 +123,8 @@ def remember_dialog_request(dialogs: DialogTable, scope: Hashable, msg: SipMessa
         if caller is not None:
             dialogs.invited(scope, msg.call_id, caller, inside)
         return
+    if method in _NOTHING_NEW:
+        return
     target = None
     if method in _TARGET_METHODS:
         found = msg.contact_addresses()
@@ -137,8 +146,10 @@ def remember_answer(dialogs: DialogTable, scope: Hashable, flow_id: int, msg: Si
     record_route = tuple(msg.get_all("Record-Route"))
     if len(record_route) > MAX_ROUTE_ENTRIES or sum(map(len, record_route)) > MAX_ROUTE_TEXT:
         callee, record_route = None, ()
-    dialogs.answered(scope, call_id, flow_id, msg.from_tag, msg.to_tag, now, callee, record_route)
-    if callee is not None and callee.target is not None:
+    again = dialogs.answered(scope, call_id, flow_id, msg.from_tag, msg.to_tag, now, callee, record_route)
+    if again and callee is not None and callee.target is not None:
+        # a re-INVITE's 2xx (or a retransmission): a target refresh; a
+        # first answer's party has its target already
         dialogs.refreshed(scope, call_id, msg.from_tag, msg.to_tag, callee.target)
 
 

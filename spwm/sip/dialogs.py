@@ -223,7 +223,7 @@ class DialogTable:
         now: float,
         callee: Party | None = None,
         record_route: tuple[str, ...] = (),
-    ) -> None:
+    ) -> bool:
         """
         A 2xx answered an INVITE: the dialog of these tags is established
         (again) on C{flow_id} and lives for L{lifetime} from C{now}.  Its
@@ -234,6 +234,9 @@ class DialogTable:
             C{Contact}), with C{record_route}, the 2xx's C{Record-Route}
             values: with the caller L{invited} for this call and From-tag,
             the dialog's L{Parties} (a first answer's stay).
+        @return: whether the dialog of these tags had its parties already
+            (a re-INVITE's 2xx or a retransmission: the answering party's
+            target may be new, L{refreshed}).
         """
         key = (scope, call_id)
         tags = {from_tag, to_tag}
@@ -244,6 +247,7 @@ class DialogTable:
             if offer is not None and offer[0] == from_tag:
                 target = offer[1]
         parties = next((d.parties for d in old if _same(d, tags) and d.parties is not None), None)
+        again = parties is not None
         if parties is None and callee is not None:
             invite = self._invited.get(key)
             if invite is not None and invite[0].tag == from_tag:
@@ -267,6 +271,7 @@ class DialogTable:
         if self.limit is not None and len(self._calls) > self.limit:
             self.dropped += 1
             self._drop(next(iter(self._calls)))
+        return again
 
     def remove(
         self, scope: Hashable, call_id: str, from_tag: str | None, to_tag: str | None
