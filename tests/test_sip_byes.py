@@ -331,6 +331,20 @@ class ByeSenderTests(SynchronousTestCase):
         self.assertEqual(sender.due(10.5), [("d", b"4")])
         self.assertEqual(sender.counts["sent"], 5)
 
+    def test_unsent(self) -> None:
+        """
+        L{ByeSender.unsent} counts the BYEs not sent a first time yet (what
+        a stopping contact point waits for), not those awaiting an answer.
+        """
+        sender = ByeSender(batch=2, spacing=0.25)
+        for n in range(3):
+            sender.add("d", b"%d" % n, f"b{n}", reliable=False)
+        self.assertEqual(sender.unsent(), 3)
+        sender.due(0.0)
+        self.assertEqual((sender.unsent(), len(sender)), (1, 3))
+        sender.due(0.25)
+        self.assertEqual((sender.unsent(), len(sender)), (0, 3))
+
     def test_udp_retransmissions_until_timer_f(self) -> None:
         """
         Over UDP a BYE is sent again after T1, doubling to T2; without a

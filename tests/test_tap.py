@@ -16,6 +16,7 @@ from twisted.application.service import Service
 from twisted.internet.address import IPv6Address
 from twisted.internet.defer import fail
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -27,7 +28,7 @@ from spwm.limits import TunnelLimits
 from spwm.media.ports import check_range
 from spwm.tap import agent, contact
 from spwm.tap.common import MediaRangeCheck, StartupExit, StartupService, stop_signals_once
-from spwm.tap.parts import SipListeners
+from spwm.tap.parts import SipListeners, until
 from spwm.tunnel.api import Router
 from spwm.tunnel.protocol import ContactTunnelFactory
 from spwm.tunnel.service import ContactListenService
@@ -106,6 +107,58 @@ class ListenErrorTests(SynchronousTestCase):
         for code, words in cases:
             error = CannotListenError("127.0.0.1", 443, OSError(code, "No such device"))
             self.assertEqual(str(ListenError.from_exception("listen", "tcp:443", error)), f"--listen tcp:443: {words}")
+
+
+class UntilTests(SynchronousTestCase):
+    """
+    L{until}: what a stopping contact point's SIP socket waits for (its
+    BYEs of the calls that ended with the tunnels), bounded.
+    """
+
+    def test_done_later(self) -> None:
+        """
+        It fires with C{True} at the first step that finds it done, not
+        before.
+        """
+        clock, left = Clock(), [3]
+        fired: list[bool] = []
+        until(clock, lambda: left[0] == 0, 5.0).addCallback(fired.append)
+        clock.advance(0.05)
+        self.assertEqual(fired, [])
+        left[0] = 0
+        clock.advance(0.05)
+        self.assertEqual(fired, [True])
+
+    def test_limit(self) -> None:
+        """
+        Never done: it fires with C{False} at its limit, not before.
+        """
+        clock = Clock()
+        fired: list[bool] = []
+        until(clock, lambda: False, 1.0).addCallback(fired.append)
+        clock.pump([0.05] * 19)
+        self.assertEqual(fired, [])
+        clock.pump([0.05] * 2)
+        self.assertEqual(fired, [False])
+
+    def test_sockets_open_until_after(self) -> None:
+        """
+        L{SipListeners} with C{after}: its sockets close once what C{after}
+        waits for is done (the BYEs sent), not at the stop.
+        """
+        reactor, clock, unsent = BusyReactor(set()), Clock(), [120]
+        runner = FakeRunner()
+        listeners = SipListeners(
+            reactor, runner, [("127.0.0.1", 5060)], after=lambda: until(clock, lambda: unsent[0] == 0, 5.0)
+        )
+        listeners.startService()
+        listeners.stopService()
+        clock.advance(1.0)
+        self.assertEqual((reactor.stopped, runner.stopped), ([], False))
+        unsent[0] = 0
+        clock.advance(0.05)
+        self.assertTrue(runner.stopped)
+        self.assertIn(("udp", 5060), reactor.stopped)
 
 
 class SipListenersTests(SynchronousTestCase):

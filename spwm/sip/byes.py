@@ -291,6 +291,13 @@ class ByeSender:
     def __len__(self) -> int:
         return len(self._queue) + len(self._sent)
 
+    def unsent(self) -> int:
+        """
+        @return: how many BYEs wait to be sent a first time (the queue,
+            paced by C{batch} per C{spacing}).
+        """
+        return len(self._queue)
+
     @staticmethod
     def branch() -> str:
         """

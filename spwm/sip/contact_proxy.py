@@ -533,6 +533,14 @@ class ContactSipProxy:
         self._dialogs.take(session_id, call_id, flow_id)
         return self._send_byes(now), told
 
+    def byes_unsent(self) -> int:
+        """
+        @return: the BYEs of our own still waiting to be sent a first time
+            (the contact point's stop keeps its SIP socket open for them,
+            L{spwm.tap.parts.until}).
+        """
+        return self._byes.unsent()
+
     def _send_byes(self, now: float) -> list[Action]:
         steps: list[_Step] = []
         for dest, data in self._byes.due(now):

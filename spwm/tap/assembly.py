@@ -77,6 +77,7 @@ from spwm.tap.parts import (
     ProxyNameWatch,
     flow_source,
     resolve_proxies,
+    until,
 )
 from spwm.tunnel.api import Router
 from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
@@ -221,6 +222,12 @@ def sip_trace(
 
 #: The HEP capture agent id of each half (Homer shows it per packet).
 HEP_AGENT_ID = {"agent": 1, "contact": 2}
+
+#: Seconds a stopping contact point keeps its SIP socket open, after its
+#: tunnels' drain, for the BYEs of the calls that ended with them to go
+#: out (1,000 a second, L{spwm.sip.byes.ByeSender}: 5,000 of them; the
+#: workers' supervisor kills a worker 10 s after the drain).
+BYE_FLUSH = 5.0
 
 
 def hep_sender(target: tuple[str, int] | None, reactor: Any, side: str) -> HepSender | None:
@@ -1200,8 +1207,7 @@ def build_contact(
     saved = state.load() if state is not None else None
     secret = (state.secret(saved) if state is not None else None) or os.urandom(32)
     registrar = None if proxies is not None else EmbeddedRegistrar(domains=list(config.domains) or None)
-    core = AuthorizingContactProxy(
-        ContactSipProxy(
+    proxy = ContactSipProxy(
             (sip_host, sip_port),
             secret,
             proxies=proxies,
@@ -1211,7 +1217,9 @@ def build_contact(
             media_hook=MediaHookAdapter(media),
             max_message_size=limits.sip.max_message_size,
             bye_on_loss=config.bye_on_loss,
-        ),
+        )
+    core = AuthorizingContactProxy(
+        proxy,
         require_registration=not config.allow_unregistered,
         register_limit=limits.sip.registers_per_minute,
         max_users=limits.sip.users_per_tunnel,
@@ -1354,7 +1362,11 @@ def build_contact(
         first_message_timeout=limits.sip.first_message_timeout,
         # open until the tunnels' drain is over: the calls that end then
         # are ended for the operator side with BYEs (docs/sip-proxy.md)
-        after=listener.when_stopped,
+        # and until the BYEs of those calls have gone out (paced, 1,000 a
+        # second), at most BYE_FLUSH seconds more
+        after=lambda: listener.when_stopped().addCallback(
+            lambda _: until(reactor, lambda: proxy.byes_unsent() == 0, BYE_FLUSH)
+        ),
     )
     listeners.setServiceParent(top)
     # after the SIP listener: the media address is by default the

@@ -12,6 +12,7 @@ from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 
 from twisted.application.internet import TimerService
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
@@ -222,6 +223,28 @@ class SipListeners(Service):
         ports, self.ports = self.ports, []
         self._runner.stop()
         return gatherResults([maybeDeferred(p.stopListening) for p in ports])
+
+
+def until(clock: Any, done: Callable[[], bool], limit: float, step: float = 0.05) -> Deferred[bool]:
+    """
+    Wait until C{done()} is true, asking every C{step} seconds, for at most
+    C{limit} seconds.
+
+    @return: a Deferred that fires with C{done()}'s last answer.
+    """
+    waiting: Deferred[bool] = Deferred()
+    end = clock.seconds() + limit
+
+    def ask() -> None:
+        if done():
+            waiting.callback(True)
+        elif clock.seconds() >= end:
+            waiting.callback(False)
+        else:
+            clock.callLater(step, ask)
+
+    ask()
+    return waiting
 
 
 class AgentTunnelHandle:
