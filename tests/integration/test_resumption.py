@@ -612,6 +612,24 @@ class ContactStopTests(_LoopbackPair):
     """
 
     @defer.inlineCallbacks
+    def alice_and_carol(self, on_incoming: Any) -> Any:
+        """
+        alice registered behind the agent (her incoming calls to
+        C{on_incoming}) and carol on the contact point's network side.
+
+        @return: carol's phone.
+        """
+        alice = Phone(reactor, "alice", "example.test", self.agents[0].config.sip_listen[0])
+        alice.on_incoming = on_incoming
+        carol = Phone(reactor, "carol", "example.test", self.contact.config.sip_address)
+        for phone in (alice, carol):
+            phone.start()
+            self.addCleanup(phone.stop)
+        response = yield alice.register(authorization=DIGEST.format(user="alice"))
+        self.assertEqual(response.status, 200)
+        return carol
+
+    @defer.inlineCallbacks
     def test_network_party_told(self) -> Any:
         """
         The call's leg ends as its tunnel goes (C{tunnel lost}) while the
@@ -620,14 +638,7 @@ class ContactStopTests(_LoopbackPair):
         no request, the Reason), the call record says so.
         """
         answered: defer.Deferred[Any] = defer.Deferred()
-        alice = Phone(reactor, "alice", "example.test", self.agents[0].config.sip_listen[0])
-        alice.on_incoming = lambda c: answered.called or answered.callback(c)
-        carol = Phone(reactor, "carol", "example.test", self.contact.config.sip_address)
-        for phone in (alice, carol):
-            phone.start()
-            self.addCleanup(phone.stop)
-        response = yield alice.register(authorization=DIGEST.format(user="alice"))
-        self.assertEqual(response.status, 200)
+        carol = yield self.alice_and_carol(lambda c: answered.called or answered.callback(c))
         c_call = yield carol.call("alice")
         a_call = yield answered
         yield self.contact.service.stopService()
@@ -640,6 +651,28 @@ class ContactStopTests(_LoopbackPair):
         self.assertEqual(
             [(c["reason"], c["bye_sent"]) for c in self.contact.media.cdrs], [("tunnel lost", ["far party"])]
         )
+
+    @defer.inlineCallbacks
+    def test_socket_open_until_every_bye_went(self) -> Any:
+        """
+        With two calls and the BYEs paced one a second, the stop keeps the
+        SIP socket open until the second BYE has gone too (it closed once
+        the tunnels' losses were handled, and the queue's later BYEs never
+        went).
+        """
+        answered: list[Any] = []
+        carol = yield self.alice_and_carol(answered.append)
+        calls = []
+        for _ in range(2):
+            calls.append((yield carol.call("alice")))
+        # alice has the ACKs (none of her 200s is sent again into the stop)
+        yield wait_until(lambda: len(answered) == 2 and all(c.established.called for c in answered))
+        byes = self.contact.sip_core.core._byes
+        byes.batch, byes.spacing = 1, 1.0
+        yield self.contact.service.stopService()
+        yield wait_until(lambda: all(c.ended.called for c in calls), timeout=WINDOW_HALF)
+        self.assertEqual(sorted(b.get("call-id") for b in carol.byes), sorted(c.call_id for c in calls))
+        self.assertEqual(byes.unsent(), 0)
 
 
 class PathsAgentStopTests(AgentStopTests):
