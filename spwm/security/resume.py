@@ -550,6 +550,9 @@ class _ObservedAgentCore:
     ) -> tuple[list[Any], list[str]]:
         return self._core.leg_lost(session_id, flow_id, call_id, reason, now, tunnels)
 
+    def byes_unsent(self) -> int:
+        return int(self._core.byes_unsent())
+
     def flow_closed(self, flow: Any) -> None:
         self._core.flow_closed(flow)
 

@@ -303,6 +303,13 @@ class AgentSipProxy:
                 self.counters.count(BYE_DROPPED)
         return self._send_byes(now), told
 
+    def byes_unsent(self) -> int:
+        """
+        @return: the BYEs of our own still waiting to be sent a first time
+            (a stopping agent keeps its SIP sockets open for them).
+        """
+        return self._byes.unsent()
+
     def _send_byes(self, now: float) -> list[Action]:
         # (the sender's destinations are the phones' flows)
         return [ToApp(cast(Flow, flow), data) for flow, data in self._byes.due(now)]

@@ -177,6 +177,9 @@ class FanoutCore:
     def busy(self, now: float) -> bool:
         return any(side.busy(now) for side in self.sides)
 
+    def byes_unsent(self) -> int:
+        return sum(side.byes_unsent() for side in self.sides)
+
     def flow_closed(self, flow: Any) -> None:
         self.sides[0].flow_closed(flow)
 

@@ -630,6 +630,10 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
         limits.sip.max_message_size,
         max_connections=limits.sip.max_stream_connections,
         first_message_timeout=limits.sip.first_message_timeout,
+        # open, at the stop, until the session's calls have ended with its
+        # tunnel and their phones' BYEs have gone out (docs/sip-proxy.md),
+        # at most BYE_FLUSH seconds
+        after=lambda: until(reactor, lambda: media.streams == 0 and core.byes_unsent() == 0, BYE_FLUSH),
     )
     listeners.setServiceParent(top)
     # after the SIP listeners: the media address is by default the first

@@ -575,6 +575,34 @@ class AgentStopTests(_LoopbackPair):
 
 
     @defer.inlineCallbacks
+    def stop_during_call(self) -> Any:
+        """
+        alice calls bob; alice's agent stops once it has its connections.
+
+        @return: C{self.call()}'s phones and calls.
+        """
+        phones_and_calls = yield self.call()
+        agent1 = self.agents[0]
+        yield wait_until(lambda: self.connections(agent1) == self.expected_connections)
+        yield agent1.service.stopService()
+        return phones_and_calls
+
+    @defer.inlineCallbacks
+    def one_bye(self, phone: Any, call: Any, other: Any) -> Any:
+        """
+        C{call} of C{phone} ends with one BYE, in the name of the party of
+        C{other} (the call's tags), with the C{tunnel lost} Reason.
+
+        @return: the BYE.
+        """
+        yield wait_until(lambda: call.ended.called, timeout=WINDOW_HALF)
+        (bye,) = phone.byes
+        self.assertEqual(bye.get("call-id"), call.call_id)
+        self.assertEqual((tag_of(bye.get("from") or ""), tag_of(bye.get("to") or "")), (other.local_tag, call.local_tag))
+        self.assertEqual(bye.get("reason"), 'SIP;cause=503;text="tunnel lost"')
+        return bye
+
+    @defer.inlineCallbacks
     def test_far_party_told(self) -> Any:
         """
         alice's agent stops during a call: the contact point, which ends
@@ -584,16 +612,9 @@ class AgentStopTests(_LoopbackPair):
         stays at the contact point; bob's leg ends as by any BYE, and
         the call record of alice's leg says that a BYE went.
         """
-        alice, bob, a_call, b_call = yield self.call()
-        agent1 = self.agents[0]
-        yield wait_until(lambda: self.connections(agent1) == self.expected_connections)
-        yield agent1.service.stopService()
-        yield wait_until(lambda: b_call.ended.called, timeout=WINDOW_HALF)
-        (bye,) = bob.byes
-        self.assertEqual(bye.get("call-id"), b_call.call_id)
-        self.assertEqual((tag_of(bye.get("from") or ""), tag_of(bye.get("to") or "")), (a_call.local_tag, b_call.local_tag))
+        alice, bob, a_call, b_call = yield self.stop_during_call()
+        bye = yield self.one_bye(bob, b_call, a_call)
         self.assertEqual(bye.cseq, (a_call.cseq + 1, "BYE"))
-        self.assertEqual(bye.get("reason"), 'SIP;cause=503;text="tunnel lost"')
         events = self.contact.sip_core.core.status()["events"]
         yield wait_until(lambda: events.get(BYE_ANSWERED) == 1)
         self.assertEqual(events[BYE_SENT], 1)
@@ -602,6 +623,17 @@ class AgentStopTests(_LoopbackPair):
         self.assertEqual([c["reason"] for c in self.agents[1].media.cdrs], ["dialog ended"])
         # bob's phone sent nothing to alice: no second BYE either way
         self.assertEqual((bob.received.get("BYE"), alice.received.get("BYE", 0) <= 1), (1, True))
+
+    @defer.inlineCallbacks
+    def test_phone_told(self) -> Any:
+        """
+        alice's agent stops during a call: before its SIP sockets close,
+        it ends the call for alice's phone with a BYE of its own in bob's
+        name (tags, the Reason), once; its call record says so.
+        """
+        alice, bob, a_call, b_call = yield self.stop_during_call()
+        yield self.one_bye(alice, a_call, b_call)
+        self.assertEqual([(c["reason"], c["bye_sent"]) for c in self.agents[0].media.cdrs], [("tunnel lost", ["phone"])])
 
 
 class ContactStopTests(_LoopbackPair):
