@@ -642,7 +642,7 @@ class WorkerSupervisor(Service):
         self.restarts[index] += 1
         self.log.warn(
             "worker {index} exited with {how}; restarting it in {delay} s (restart {count};"
-            " its agents reconnect; it reads its state file, which holds what it wrote at its last stop)",
+            " its agents reconnect; it reads its state file, written at most --state-interval s before)",
             index=index,
             how=how,
             delay=delay,

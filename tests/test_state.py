@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from hypothesis import given, strategies as st
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -18,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from spwm.session.manager import SessionManager
 from spwm.session.session import Session
 from spwm.sip.contact_proxy import ContactSipProxy
-from spwm.state import VERSION, ContactState
+from spwm.state import SAVE_SLICE, VERSION, ContactState, write_file
 from tests.test_security_resume import KEY, USER, FakeMedia
 
 SECRET = b"s" * 32
@@ -259,6 +260,157 @@ class StateFileTests(SynchronousTestCase):
         with capturedLogs() as events:
             state.save(core, resumption)
         self.assertEqual([e["log_level"].name for e in events], ["error"])
+
+
+class Writes:
+    """
+    The periodic writes' thread, held: each call waits until the test
+    lets it run (L{finish}).
+    """
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def __call__(self, f: Any, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.waiting.append((d, f, args))
+        return d
+
+    def finish(self) -> None:
+        d, f, args = self.waiting.pop(0)
+        try:
+            result = f(*args)
+        except Exception as e:
+            d.errback(e)
+        else:
+            d.callback(result)
+
+
+class PeriodicWriteTests(SynchronousTestCase):
+    """
+    While the contact point runs, the state is written every interval (a
+    crash loses at most that much), in slices, with the disk work left to
+    a thread; the stop's own write comes after the one under way.
+    """
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.wall = Wall(1_700_000_000.0)
+        self.core, self.resumption = _half(self.clock)
+
+    def add_session(self, name: str, flow: int = 3) -> None:
+        sip = {"registrations": [{**SIP["registrations"][0], "flow_id": flow}], "rewritten": []}
+        self.core.import_registrations(name, sip, self.clock.seconds())
+        self.resumption.sessions[name] = Session(name, keys={USER: KEY}, flows={USER: flow})
+
+    def saved(self) -> dict:
+        with open(self.path) as f:
+            return dict(json.load(f))
+
+    def test_written_at_start_and_every_interval(self) -> None:
+        """
+        Started, the file is written at once (the token key, before any
+        session: a worker that dies before its first stop keeps its
+        tokens valid), then every interval with the sessions of then; a
+        session made after a write is in the next one, a session gone is
+        gone from it.
+        """
+        state = ContactState(self.path, self.clock, self.wall)
+        state.start(self.core, self.resumption, 10.0)
+        doc = self.saved()
+        self.assertEqual((doc["token_secret"], doc["sessions"], state.writes), (SECRET.hex(), {}, 1))
+        self.add_session("s1")
+        self.clock.advance(9.9)
+        self.assertEqual(self.saved()["sessions"], {})
+        self.clock.advance(0.1)
+        entry = self.saved()["sessions"]["s1"]
+        self.assertEqual((entry["keys"], entry["flows"]), ({USER: KEY.hex()}, {USER: 3}))
+        self.assertEqual([r["ttl"] for r in entry["sip"]["registrations"]], [590.0])
+        del self.resumption.sessions["s1"]
+        self.clock.advance(10.0)
+        self.assertEqual((self.saved()["sessions"], state.writes), ({}, 3))
+        self.assertFalse(os.path.exists(self.path + ".tmp"))
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o600)
+
+    def test_read_back_as_after_a_stop(self) -> None:
+        """
+        What a periodic write leaves is what a new process restores, as
+        from the stop's write (the process that wrote it never stopped).
+        """
+        self.add_session("s1")
+        ContactState(self.path, self.clock, self.wall).start(self.core, self.resumption, 10.0)
+        clock = Clock()
+        self.wall.now += 100
+        state = ContactState(self.path, clock, self.wall)
+        doc = state.load()
+        core, resumption = _half(clock, state.secret(doc) or b"")
+        self.assertEqual(state.restore(doc or {}, core, resumption), 1)
+        [reg] = core.registrations("s1")
+        self.assertEqual((reg.flow_id, reg.expires), (3, 500.0))
+        self.assertEqual(resumption.keys, {"s1": {USER: KEY}})
+
+    def test_in_slices(self) -> None:
+        """
+        More sessions than a slice are taken over several reactor turns;
+        the file is written once, with all of them, after the last.
+        """
+        count = 2 * SAVE_SLICE + 1
+        for n in range(count):
+            self.add_session(f"s{n:04}", n + 1)
+        state = ContactState(self.path, self.clock, self.wall)
+        state.start(self.core, self.resumption, 10.0)
+        # the first slice, and the next waiting for the next turn
+        self.assertFalse(os.path.exists(self.path))
+        self.assertEqual([c.getTime() for c in self.clock.getDelayedCalls()], [self.clock.seconds()])
+        self.clock.advance(0)
+        self.assertEqual(len(self.saved()["sessions"]), count)
+        self.assertEqual(state.writes, 1)
+
+    def test_stop_waits_for_the_write_under_way(self) -> None:
+        """
+        The stop's result fires only once the disk write under way is
+        over (so that the stop's own write is the last), and no write
+        follows the stop.
+        """
+        writes = Writes()
+        state = ContactState(self.path, self.clock, self.wall, writes)
+        state.start(self.core, self.resumption, 10.0)
+        self.assertEqual(len(writes.waiting), 1)
+        stopped = state.stop()
+        self.assertNoResult(stopped)
+        writes.finish()
+        self.successResultOf(stopped)
+        self.clock.advance(60.0)
+        self.assertEqual((writes.waiting, state.writes, self.clock.getDelayedCalls()), ([], 1, []))
+
+    def test_failure_said_once(self) -> None:
+        """
+        A file that cannot be written is one error line, not one per
+        interval; a line again when writing works again.
+        """
+        missing = os.path.join(self.path, "missing")
+        state = ContactState(os.path.join(missing, "state.json"), self.clock, self.wall)
+        with capturedLogs() as events:
+            state.start(self.core, self.resumption, 10.0)
+            self.clock.advance(10.0)
+            self.clock.advance(10.0)
+            os.makedirs(missing)
+            self.clock.advance(10.0)
+        self.assertEqual((state.failures, state.writes), (3, 1))
+        self.assertEqual([e["log_level"].name for e in events], ["error", "info"])
+        state.stop()
+
+    def test_write_file(self) -> None:
+        """
+        The disk work: the text, mode 0600, no temporary file left.
+        """
+        write_file(self.path, "{}")
+        with open(self.path) as f:
+            self.assertEqual(f.read(), "{}")
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o600)
+        self.assertFalse(os.path.exists(self.path + ".tmp"))
 
 
 _json = st.recursive(

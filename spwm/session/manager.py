@@ -373,6 +373,19 @@ class SessionManager:
             if session.resumable
         }
 
+    def export_session(self, session_id: str, sip: Any = None) -> dict[str, Any] | None:
+        """
+        One session's entry of L{export_state} (for a write in slices,
+        L{spwm.state.ContactState.start}).
+
+        @return: the entry, or C{None} when the session is gone or no key
+            can resume it.
+        """
+        session = self.sessions.get(session_id)
+        if session is None or not session.resumable:
+            return None
+        return to_json(session, None if sip is None else sip(session_id))
+
     def import_state(self, sessions: Any) -> int:
         """
         Restore sessions saved by L{export_state} as dormant, for those of

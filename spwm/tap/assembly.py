@@ -1423,9 +1423,14 @@ def build_contact(
         kept = state
         if saved is not None:
             kept.restore(saved, core, resumption)
-        # Added last, so stopped first: saved while the sessions are live,
-        # before the drain closes their tunnels.
-        Hook(lambda: None, lambda: kept.save(core, resumption)).setServiceParent(top)
+        # Written every SAVE_INTERVAL while running (a crash loses at most
+        # that much); added last, so stopped first: the periodic write
+        # under way finishes, then the last one is made while the
+        # sessions are live, before the drain closes their tunnels.
+        Hook(
+            lambda: kept.start(core, resumption, config.state_interval) if config.state_interval else None,
+            lambda: kept.stop().addCallback(lambda _: kept.save(core, resumption)),
+        ).setServiceParent(top)
     return ContactPoint(
         config=config,
         router=router,

@@ -42,6 +42,7 @@ __all__ = ["OPTIONS", "Options", "makeService", "parse_sip_proxy", "sip_address"
 
 #: C{--sip-proxy-ping} and C{--sip-proxy-resolve}: 0 (off) or at least 0.1 s
 proxy_interval = zero_or_at_least(0.1, "off")
+state_interval = zero_or_at_least(1.0, "written at stop only")
 
 
 def parse_sip_proxy(value: object) -> OperatorProxy:
@@ -85,7 +86,8 @@ OPTIONS = (
     Option("workers", 1, parse_workers, "Processes of this contact point (a number up to 256, or auto: one per CPU): they share the --listen port (SO_REUSEPORT), each has its own SIP port (--sip-address port + its index), a slice of --media-ports, its own --state-file (+ .INDEX) and --status-listen port (+ index); a supervisor restarts a worker that dies."),
     Option("worker-ports", None, positive_int, "With --workers N: worker I also takes tunnels on its own port, this + I (default: the --listen port + 1), on the --listen address; the welcome names it, so a reconnecting agent resumes (and attaches further connections) at the worker that holds its session. These ports must be reachable like --listen."),
     Option("drain-time", 5.0, non_negative_float, "Seconds tunnels get to move after go-away when the contact point stops; 0: no drain, every tunnel is closed at once."),
-    Option("state-file", None, optional_string, "Keep the flow token key and the registrations of sessions with keys in this file across a restart (written at stop, mode 0600; read at start): agents resume their registrations in the next process (default: none, a restart loses them)."),
+    Option("state-file", None, optional_string, "Keep the flow token key and the registrations of sessions with keys in this file across a restart (written at stop and every --state-interval seconds, mode 0600; read at start): agents resume their registrations in the next process, also after a crash (default: none, a restart loses them)."),
+    Option("state-interval", 30.0, state_interval, "With --state-file: seconds between two writes of the file while running (a crash loses at most the sessions and keys of this long); 0: written at stop only; else at least 1."),
     Option("max-tunnels", 10000, positive_int, "Tunnels (handshaking ones included) the contact point accepts in total."),
     Option("max-tunnels-per-address", 100, positive_int, "Tunnels accepted from one source address."),
     Option("max-handshakes", 256, positive_int, "Tunnels in their handshake (TLS and hello) at once; while that many are, the contact point accepts no more (the kernel's queue holds them), so a reconnect storm is worked through in order instead of every handshake timing out."),

@@ -377,6 +377,7 @@ class ContactConfig:
     client_ca: str | None = None
     allow_forward: tuple[Address, ...] = field(default=(), converter=_tuple)
     state_file: str | None = None
+    state_interval: float = 30.0
     sip_proxy: OperatorProxy | None = None
     also_sip_proxy: tuple[OperatorProxy, ...] = field(default=(), converter=_tuple)
     sip_proxy_ping: float = 5.0
@@ -459,6 +460,7 @@ class ContactConfig:
             client_ca=v["client-ca"],
             allow_forward=v["allow-forward"],
             state_file=v["state-file"],
+            state_interval=v["state-interval"],
             # (a repeatable option: a list, the first and the rest)
             sip_proxy=v["sip-proxy"][0] if v["sip-proxy"] else None,
             also_sip_proxy=v["sip-proxy"][1:],

@@ -441,6 +441,63 @@ class WorkersTests(_Workers):
         self.assertFalse(any(alive(w) for w in workers))
 
 
+class CrashedWorkersStateTests(_Workers):
+    """
+    With C{--state-file}, written every second while the workers run: a
+    worker killed (SIGKILL: no stop, so no write at its stop) leaves what
+    it wrote last, and its restarted process gives its agents their
+    sessions back.
+    """
+
+    def contact_extra(self) -> list[str]:
+        self.state_file = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.dirname(self.state_file), exist_ok=True)
+        return ["--state-file", self.state_file, "--state-interval", "1"]
+
+    def saved_sessions(self, index: int) -> set[str]:
+        try:
+            with open(f"{self.state_file}.{index}") as f:
+                return set(json.load(f)["sessions"])
+        except (OSError, ValueError, KeyError):
+            return set()
+
+    @defer.inlineCallbacks
+    def test_sessions_back_after_a_crash(self) -> Any:
+        """
+        Agents on both workers, each with a phone registered with digest
+        credentials; both workers are killed: the supervisor restarts
+        them, each reads the sessions its killed process wrote, and every
+        agent resumes its session (its registrations) there; the
+        operator's call to each phone through the Path of before reaches
+        it, and no phone registered again.  (Before the periodic write a
+        killed worker left no file: every resumption was refused, and the
+        new processes' token keys made the operator's Paths void.)
+        """
+        yield self.agents_on_both_workers(least=2)
+        for built in self.agents:
+            session = built.resumption.session_id
+            worker = self.worker_of(built)
+            yield wait_until(lambda: session in self.saved_sessions(worker), timeout=10)
+        registers = [phone.sent.get("REGISTER") for phone in self.phones]
+        resumed = [built.resumption.resumed for built in self.agents]
+        for pid in children(self.transport.pid):
+            os.kill(pid, signal.SIGKILL)
+        yield wait_until(lambda: self.process.text().count("exited with signal 9; restarting it") == 2, timeout=10)
+        yield wait_until(lambda: self.listening() >= 4, timeout=30)
+        yield wait_until(
+            lambda: all(
+                b.resumption.resumed > r and b.resumption.state.value == "live" for b, r in zip(self.agents, resumed)
+            ),
+            timeout=30,
+        )
+        self.assertEqual(self.process.text().count("(registrations only)"), len(self.agents))
+        self.assertNotIn("refused resumption", self.process.text())
+        for n, phone in enumerate(self.phones):
+            ok, _ = yield self.call_phone(phone, 45000 + 2 * n)
+            self.assertIn(ok.get("call-id"), [c.call_id for c in phone.calls])
+        self.assertEqual([phone.sent.get("REGISTER") for phone in self.phones], registers)
+
+
 class WorkersTlsQuicTests(_Workers):
     """
     The same with TLS, and QUIC (C{--quic-listen}; agents with
