@@ -179,7 +179,9 @@ class ContactState:
             except ValueError as e:
                 self.log.warn("state file {path}: {reason}", path=self.path, reason=str(e))
         try:
-            count: int = resumption.import_state({k: v for k, v in sessions.items() if isinstance(v, dict)})
+            count: int = resumption.import_state(
+                {k: v for k, v in sessions.items() if isinstance(v, dict)}, calls_ended=doc.get("running") is not True
+            )
         except ValueError as e:
             self.log.warn("state file {path}: {reason}", path=self.path, reason=str(e))
             count = 0
@@ -266,7 +268,11 @@ class ContactState:
     def _write_in_slices(self, core: Any, resumption: Any) -> Deferred[None]:
         done: Deferred[None] = Deferred()
         now = self.clock.seconds()
-        head: dict[str, Any] = {"version": VERSION, "saved_at": self.wall(), "token_secret": core.secret.hex()}
+        # "running": the process that wrote this had not stopped (found at
+        # a start, it died: the calls were not ended for the far parties)
+        head: dict[str, Any] = {
+            "version": VERSION, "saved_at": self.wall(), "running": True, "token_secret": core.secret.hex()
+        }
         ids = sorted(resumption.resumable_ids())
         parts: list[str] = []
 

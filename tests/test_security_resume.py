@@ -125,6 +125,23 @@ def _resume(resumption: SessionManager, session: str, key: bytes = KEY, **extra:
     return new
 
 
+def _reconnected(agent: AgentResumption) -> FakeTunnel:
+    """
+    The agent's session s1 (alice's key, flow 3) lost its connection; a
+    new one is up and has offered the resumption.
+
+    @return: the new connection.
+    """
+    agent.keys[USER] = KEY
+    agent.flows[USER] = 3
+    agent.session_id = "s1"
+    agent.tunnel_lost(FakeTunnel("s1"), "cut")
+    new = FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex()})
+    agent.handle.current = new
+    agent.tunnel_established(new)
+    return new
+
+
 class ContactCarryTests(SynchronousTestCase):
     """
     The contact point's part in the SIP carried into a resumed session.
@@ -653,14 +670,7 @@ class SessionKeyTests(SynchronousTestCase):
         def suspended() -> tuple[Clock, AgentResumption, FakeTunnel]:
             clock = Clock()
             agent = AgentResumption(clock, 60.0, FakeMedia(), Handle())
-            agent.keys[USER] = KEY
-            agent.flows[USER] = 3
-            agent.session_id = "s1"
-            agent.tunnel_lost(FakeTunnel("s1"), "cut")
-            new = FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex()})
-            agent.handle.current = new
-            agent.tunnel_established(new)
-            return clock, agent, new
+            return clock, agent, _reconnected(agent)
 
         clock, agent, new = suspended()
         self.assertEqual(settled, [])
@@ -677,6 +687,50 @@ class SessionKeyTests(SynchronousTestCase):
         clock, agent, new = suspended()
         clock.advance(60)
         self.assertEqual([resumed for resumed, _, _ in settled], [False, False, False])
+
+    def test_far_parties_after_a_process_that_died(self) -> None:
+        """
+        Resumed with the registrations only and C{calls_ended: false} (the
+        contact point's process before died with the calls), the agent's
+        calls are released with their far parties reachable through the
+        tunnel (the SIP core ends their calls there); without it (a
+        contact point that stopped and ended them itself), or resumed
+        with the calls, not; and not after the release.
+        """
+        seen: list[tuple[str, bool]] = []
+
+        def suspended() -> tuple[AgentResumption, FakeTunnel]:
+            class Media(FakeMedia):
+                def session_ended(self, session_id: str, reason: str = "") -> None:
+                    seen.append((session_id, agent.far_party_reachable(session_id)))
+
+            agent = AgentResumption(Clock(), 60.0, Media(), FakeHandle())
+            return agent, _reconnected(agent)
+
+        agent, new = suspended()
+        agent.control_received(new, {"op": "resumed", "session_id": "s1", "media": False, "calls_ended": False})
+        self.assertEqual((seen, agent.far_party_reachable("s1")), ([("s1", True)], False))
+        del seen[:]
+        agent, new = suspended()
+        agent.control_received(new, {"op": "resumed", "session_id": "s1", "media": False})
+        self.assertEqual(seen, [("s1", False)])
+        agent, new = suspended()
+        agent.control_received(new, {"op": "resumed", "session_id": "s1", "calls_ended": False})
+        self.assertEqual((seen, agent.resumed), ([("s1", False)], 1))
+
+    def test_restored_calls_not_ended_said(self) -> None:
+        """
+        A session restored from a file that a process wrote while it ran
+        (it died) is resumed with C{calls_ended: false}, once; one from a
+        stop's file, without it.
+        """
+        for calls_ended, said in ((False, {"calls_ended": False}), (True, {})):
+            clock, contact, media, sip = _contact()
+            sip.regs["s1"] = [Registration("sip:alice@example.test", "sip:a@192.0.2.9", 3, 3600.0)]
+            self.assertEqual(contact.import_state({"s1": {"keys": {USER: KEY.hex()}, "flows": {USER: 3}}}, calls_ended), 1)
+            new = _resume(contact, "s1")
+            self.assertEqual(new.controls[-1], {"op": "resumed", "session_id": "s1", "users": [USER], "media": False, **said})
+            self.assertEqual(contact.calls_unended, set())
 
     def test_agent_after_a_refusal(self) -> None:
         """

@@ -507,6 +507,112 @@ class AgentLegLostTests(SynchronousTestCase):
         self.assertTrue((bye.get("Via") or "").startswith("SIP/2.0/TCP 192.0.2.1:5060;"))
 
 
+class AgentFarPartyTests(SynchronousTestCase):
+    """
+    C{leg_lost(..., far=True)}: after a resumption at a contact point
+    whose process before died with the calls, the agent also ends the
+    call for the far party, with a BYE in the phone's name into the
+    tunnel.
+    """
+
+    def setUp(self) -> None:
+        self.key = object()
+        self.agent = AgentSipProxy(self.key, "agent-1", media_hook=RecordingHook("agent"))
+
+    def call_out(self, above: tuple[str, ...]) -> int:
+        """
+        Alice's phone calls bob; the 2xx comes with C{above} recorded
+        above the agent's own entry (the contact point's first, nearest
+        the agent, last).
+        """
+        invite = request("INVITE", "sip:bob@example.org", cseq=5, extra=("Contact: <sip:alice@192.0.2.10:5062>",))
+        up = only(self.agent.from_app(FLOW_A, invite, 0.0), ToTunnel)
+        sent = parse_message(up.data)
+        ok = make_response(
+            sent, 200, "OK", to_tag="tt",
+            extra_headers=(
+                *(("Record-Route", v) for v in above),
+                *(("Record-Route", v) for v in sent.get_all("Record-Route")),
+                ("Contact", "<sip:bob@198.51.100.20>"),
+            ),
+        )  # fmt: skip
+        only(self.agent.from_tunnel(up.flow_id, ok.to_bytes(), 1.0), ToApp)
+        return up.flow_id
+
+    def test_bye_into_the_tunnel(self) -> None:
+        """
+        The far party gets a BYE in alice's name (her tag, CSeq one past
+        her INVITE's) through the route set above the agent, into the
+        tunnel on her flow; the phone gets its own BYE too; both are in
+        the record; the far party's answer, back through the tunnel, is
+        absorbed and counted.
+        """
+        cp = "<sip:tok1@203.0.113.5:5060;lr>"
+        fid = self.call_out(("<sip:proxy.example.net;lr>", cp))
+        actions, told = self.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0, far=True)
+        self.assertEqual(sorted(told), ["far party", "phone"])
+        (up,) = [a for a in actions if isinstance(a, ToTunnel)]
+        self.assertEqual((up.tunnel_key, up.flow_id), (self.key, fid))
+        bye = parse_message(up.data)
+        self.assertEqual((bye.method, bye.uri), ("BYE", "sip:bob@198.51.100.20"))
+        self.assertEqual(bye.get_all("Route"), [cp, "<sip:proxy.example.net;lr>"])
+        self.assertEqual((bye.from_tag, bye.to_tag, bye.cseq), ("fa", "tt", (6, "BYE")))
+        self.assertEqual(bye.get("Reason"), 'SIP;cause=503;text="tunnel lost"')
+        self.assertTrue(is_bye_branch(bye.top_via.branch if bye.top_via else None))
+        self.assertEqual(len([a for a in actions if isinstance(a, ToApp)]), 1)
+        self.assertEqual(self.agent.counters[BYE_SENT], 2)
+        self.assertEqual(self.agent.from_tunnel(fid, make_response(bye, 200, "OK").to_bytes(), 2.1), [])
+        self.assertEqual(self.agent.counters[BYE_ANSWERED], 1)
+        # over the tunnel: not sent again
+        self.assertEqual([a for a in self.agent.handle_timer(2.0 + T1) if isinstance(a, ToTunnel)], [])
+
+    def test_not_without_far(self) -> None:
+        """
+        Without C{far} (the contact point ended the calls itself, or the
+        tunnel is gone), nothing goes into the tunnel.
+        """
+        fid = self.call_out(("<sip:tok1@203.0.113.5:5060;lr>",))
+        actions, told = self.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0)
+        self.assertEqual((told, [a for a in actions if isinstance(a, ToTunnel)]), (["phone"], []))
+
+    def test_not_back_into_the_same_contact_point(self) -> None:
+        """
+        A far party whose route comes back into the same contact point
+        process (same host and port: behind another of its tunnels) gets
+        none from this agent: its own agent ends the call for it. One
+        behind another worker (another port) gets it.
+        """
+        cp = "<sip:tok1@203.0.113.5:5060;lr>"
+        same = ("<sip:tok2@203.0.113.5:5060;lr>", "<sip:proxy.example.net;lr>", cp)
+        fid = self.call_out(same)
+        actions, told = self.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0, far=True)
+        self.assertEqual((told, [a for a in actions if isinstance(a, ToTunnel)]), (["phone"], []))
+        other = AgentFarPartyTests("test_not_back_into_the_same_contact_point")
+        other.setUp()
+        fid = other.call_out(("<sip:tok2@203.0.113.5:5061;lr>", "<sip:proxy.example.net;lr>", cp))
+        actions, told = other.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0, far=True)
+        self.assertEqual(sorted(told), ["far party", "phone"])
+
+    def test_turned_off(self) -> None:
+        """
+        C{bye_on_loss} off: none either way.
+        """
+        self.agent.bye_on_loss = False
+        fid = self.call_out(("<sip:tok1@203.0.113.5:5060;lr>",))
+        self.assertEqual(self.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0, far=True), ([], []))
+
+    def test_other_responses_pass(self) -> None:
+        """
+        While a BYE of ours waits, other responses from the tunnel go to
+        the phones as before.
+        """
+        fid = self.call_out(("<sip:tok1@203.0.113.5:5060;lr>",))
+        self.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0, far=True)
+        invite = request("INVITE", "sip:carol@example.org", cseq=1, call_id="call-2@192.0.2.10")
+        up = only(self.agent.from_app(FLOW_A, invite, 3.0), ToTunnel)
+        only(self.agent.from_tunnel(up.flow_id, answer(up.data, 180), 3.1), ToApp)
+
+
 class ContactLegLostTests(SynchronousTestCase):
     """
     L{ContactSipProxy.leg_lost} with an operator proxy: the far party of

@@ -123,6 +123,8 @@ class StateFileTests(SynchronousTestCase):
         [binding] = core.registrar.bindings("sip:alice@example.test", clock.seconds())
         self.assertEqual((binding.expires, binding.path), (505.0, ("<sip:tok@198.51.100.1;lr>",)))
         self.assertEqual(core.export_registrations("s1", clock.seconds())["rewritten"], SIP["rewritten"])
+        # the stop's file: that process ended its calls itself
+        self.assertEqual(resumption.calls_unended, set())
         clock.advance(501)
         self.assertEqual(resumption.dormant, 0)
 
@@ -350,6 +352,10 @@ class PeriodicWriteTests(SynchronousTestCase):
         [reg] = core.registrations("s1")
         self.assertEqual((reg.flow_id, reg.expires), (3, 500.0))
         self.assertEqual(resumption.keys, {"s1": {USER: KEY}})
+        # written while running: the process died with its calls, which
+        # its agents' resumptions are told (calls_ended: false)
+        self.assertEqual((doc or {}).get("running"), True)
+        self.assertEqual(resumption.calls_unended, {"s1"})
 
     def test_in_slices(self) -> None:
         """

@@ -199,6 +199,13 @@ class AgentResumption(_Lifecycle):
         self._peer_sip_next: object = None
         #: the agent's SIP core (L{wrap}), for its registrations
         self._core: Any = None
+        #: the contact point's C{resumed} said that it did not end the
+        #: calls for their far parties (C{calls_ended: false}: it died)
+        self._calls_unended = False
+        #: the session whose calls are being released after such a
+        #: resumption: their far parties are ended through the tunnel
+        #: (L{far_party_reachable})
+        self._ending_far: str | None = None
 
     @property
     def state(self) -> SessionState:
@@ -415,6 +422,7 @@ class AgentResumption(_Lifecycle):
         op = message.get("op")
         if op == "resumed" and message.get("session_id") == self.session_id:
             media = message.get("media") is not False
+            self._calls_unended = not media and message.get("calls_ended") is False
             self._peer_sip_next = message.get("sip_next")
             self._apply(Input.RESUME_OK if media else Input.RESUME_OK_REGISTRATIONS, tunnel)
         elif op == "resume-failed":
@@ -434,11 +442,18 @@ class AgentResumption(_Lifecycle):
         if old is not None and not media:
             # The contact point kept only the registrations (past its
             # window, or restarted): our calls' media is gone there.
-            self.media.session_ended(old.session_id, "the contact point resumed the registrations only")
+            # After a process that died, its far parties were not told:
+            # our SIP core ends their calls too, through this tunnel.
+            self._ending_far = old.session_id if self._calls_unended else None
+            try:
+                self.media.session_ended(old.session_id, "the contact point resumed the registrations only")
+            finally:
+                self._ending_far = None
             old = None
         elif old is not None:
             self.media.session_resumed(old.session_id, tunnel, reopen=False)
             self.media.session_absorbed(old.session_id, self.session_id)
+        self._calls_unended = False
         # calls made on the new connection before the answer go on
         self.media.session_absorbed(fresh, self.session_id)
         self.resumed += 1
@@ -448,6 +463,15 @@ class AgentResumption(_Lifecycle):
             peer=tunnel.peer,
             what="" if old is not None else " (registrations only)",
         )
+
+    def far_party_reachable(self, session_id: str) -> bool:
+        """
+        Whether the calls of C{session_id} now released can be ended for
+        their far parties through the tunnel: the session was just resumed
+        (its registrations only) at a contact point whose process before
+        died with them (C{resumed}'s C{calls_ended: false}).
+        """
+        return session_id == self._ending_far
 
     def tunnel_lost(self, tunnel: Any, reason: str) -> None:
         self.handle.tunnel_lost(tunnel, reason)
@@ -548,7 +572,8 @@ class _ObservedAgentCore:
     def leg_lost(
         self, session_id: str, flow_id: int, call_id: str, reason: str, now: float, tunnels: bool = True
     ) -> tuple[list[Any], list[str]]:
-        return self._core.leg_lost(session_id, flow_id, call_id, reason, now, tunnels)
+        far = tunnels and self._resumption.far_party_reachable(session_id)
+        return self._core.leg_lost(session_id, flow_id, call_id, reason, now, tunnels, far=far)
 
     def byes_unsent(self) -> int:
         return int(self._core.byes_unsent())

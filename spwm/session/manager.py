@@ -77,6 +77,9 @@ class SessionManager:
         self.sip = sip_runner
         self.forwarder = forwarder
         self.sessions: dict[str, Session] = {}
+        #: restored sessions whose calls the process before did not end
+        #: for their far parties (L{import_state}), until resumed
+        self.calls_unended: set[str] = set()
         # the dormant sessions' ids, oldest first (for MAX_DORMANT)
         self._dormant: dict[str, None] = {}
         self.max_dormant = max_dormant
@@ -386,11 +389,17 @@ class SessionManager:
             return None
         return to_json(session, None if sip is None else sip(session_id))
 
-    def import_state(self, sessions: Any) -> int:
+    def import_state(self, sessions: Any, calls_ended: bool = True) -> int:
         """
         Restore sessions saved by L{export_state} as dormant, for those of
         them whose registrations the SIP core got back (restore those
         first); the others are dropped.
+
+        @param calls_ended: whether the process that wrote them ended
+            their calls for the far parties (it stopped); else (it died:
+            the file is one of its periodic writes) the agent that resumes
+            one is told so (C{resumed}'s C{calls_ended: false}) and ends
+            them itself.
 
         @return: the number of dormant sessions.
         @raise ValueError: C{sessions} is not what L{export_state} makes.
@@ -414,6 +423,8 @@ class SessionManager:
                 continue
             self.sessions[session_id] = restored
             self._make_dormant(restored, registrations)
+            if not calls_ended:
+                self.calls_unended.add(session_id)
             count += 1
         return count
 
@@ -435,6 +446,7 @@ class SessionManager:
 
     def _forget_dormant(self, session_id: str, reason: str, quiet: bool = False) -> None:
         del self._dormant[session_id]
+        self.calls_unended.discard(session_id)
         session = self.sessions.pop(session_id)
         session.cancel_timer()
         if not quiet:
@@ -557,6 +569,8 @@ class SessionManager:
             self.media.session_suspended(old_session)
             for old_tunnel in taken:
                 old_tunnel.close(ErrorCode.GOING_AWAY, "session resumed on another connection")
+        unended = old_session in self.calls_unended
+        self.calls_unended.discard(old_session)
         fresh = tunnel.session_id
         self._decide(fresh, Input.ABSORBED)  # ABSORB
         # The new connection takes the old session's name, so flow tokens
@@ -568,6 +582,10 @@ class SessionManager:
         resumed: dict[str, Any] = {"op": "resumed", "session_id": old_session, "users": sorted(proofs)}
         if not media:
             resumed["media"] = False
+            if unended:
+                # the process before died with the calls: their far
+                # parties were not told; the agent can (docs/sip-proxy.md)
+                resumed["calls_ended"] = False
         # the SIP the session's last connection took with it: dropped
         # without the calls, else what the agent did not take goes first
         settle = getattr(self.sip, "settle_carried", None)

@@ -54,7 +54,7 @@ from spwm.sip.byes import (
     remember_dialog_request,
     route_toward,
 )
-from spwm.sip.dialogs import UNACKNOWLEDGED, DialogTable, MovedLegs
+from spwm.sip.dialogs import UNACKNOWLEDGED, DialogTable, MovedLegs, Parties
 from spwm.sip.errors import SipParseError
 from spwm.sip.flows import Flow, FlowTable
 from spwm.sip.message import SipMessage, make_response, parse_message
@@ -80,7 +80,29 @@ from spwm.sip.rewrite import (
 )
 from spwm.sip.uri import SipUri, parse_name_addr, parse_uri
 
-__all__ = ["AgentSipProxy", "BYE_SENT", "OPTIONS_REFUSED"]
+__all__ = ["AgentSipProxy", "BYE_SENT", "OPTIONS_REFUSED", "TUNNEL_BYE"]
+
+#: The destination kind of a BYE of our own into the tunnel (to a far
+#: party), beside the phones' flows: C{(TUNNEL_BYE, flow_id)}.
+TUNNEL_BYE = "tunnel"
+
+
+def _spirals(route: list[str]) -> bool:
+    """
+    Whether a route set toward a far party comes back into the contact
+    point it starts at: its first hop (the contact point's own
+    C{Record-Route}) appears again further on, the same host and port (a
+    party behind another tunnel of the same process; another worker has
+    a port of its own).
+    """
+    hops = []
+    for value in route:
+        try:
+            uri = parse_name_addr(value).uri
+        except SipParseError:
+            return False
+        hops.append((uri.host.lower(), uri.port))
+    return bool(hops) and hops[0] in hops[1:]
 
 #: The counter of the C{OPTIONS} to the agent answered C{503} for want of
 #: a tunnel (those answered C{200}: L{OPTIONS_ANSWERED})
@@ -134,6 +156,9 @@ class AgentSipProxy:
         self._instance_ns = uuid.uuid5(uuid.NAMESPACE_URL, "spwm-agent:" + agent_id)
         # scoped by application flow: a scope and Call-ID is one call leg
         self._dialogs = DialogTable(dialog_lifetime, limit=65536)
+        # the Via of a BYE of our own into the tunnel (its answer comes
+        # back through the tunnel, whatever it names)
+        self._tunnel_via = f"SIP/2.0/TCP {self._rr_user}.invalid"
         self.bye_on_loss = bye_on_loss
         self._byes = ByeSender()
         self._moved = MovedLegs()
@@ -263,7 +288,15 @@ class AgentSipProxy:
         return [*self._bindings.expire(now), *self._send_byes(now)]
 
     def leg_lost(
-        self, session_id: str, flow_id: int, call_id: str, reason: str, now: float, tunnels: bool = True
+        self,
+        session_id: str,
+        flow_id: int,
+        call_id: str,
+        reason: str,
+        now: float,
+        tunnels: bool = True,
+        *,
+        far: bool = False,
     ) -> tuple[list[Action], list[str]]:
         """
         The media of the call leg of C{flow_id} and C{call_id} is lost (the
@@ -274,34 +307,67 @@ class AgentSipProxy:
 
         @param session_id: the session the leg was in (for the contact
             point's core; the agent's dialogs are by flow).
-        @param tunnels: for the contact point's core (the agent sends none
-            into the tunnel).
+        @param tunnels: for the contact point's core.
+        @param far: also end them for the far party, with a BYE in the
+            phone's name into the tunnel: the session was just resumed at
+            a contact point whose process before died with the calls
+            (L{spwm.security.resume.AgentResumption.far_party_reachable}),
+            so nobody told the far party.  Not for a far party whose
+            route comes back into the same contact point process (behind
+            one of its other tunnels: that one's agent ends the call for
+            its phone, as this one for ours).
         @return: the actions (the first BYEs), and whom a BYE went to
-            (C{"phone"} per dialog), for the call record.
+            (C{"phone"}, C{"far party"} per dialog), for the call record.
         """
         dialogs = self._dialogs.take(flow_id, call_id, flow_id)
         flow = self.flows.lookup(flow_id, now)
         told: list[str] = []
-        if not self.bye_on_loss or flow is None:
+        if not self.bye_on_loss:
             return [], told
-        via = f"SIP/2.0/{flow.transport.upper()} {hostport(*flow.local)}"
         for d in dialogs:
             parties = d.parties
             if parties is None:
                 continue
-            # the phone is the party on our own side
-            to_caller = parties.caller_inside
-            route = route_toward(parties.record_route, self._ours_value, to_caller)
-            branch = ByeSender.branch()
-            data = build_bye(call_id, parties, to_caller, route, via, branch, reason)
-            if data is None:
-                continue
-            if self._byes.add(flow, data, branch, reliable=flow.transport != "udp"):
-                self.counters.count(BYE_SENT)
-                told.append("phone")
-            else:
-                self.counters.count(BYE_DROPPED)
+            if flow is not None:
+                # the phone is the party on our own side
+                via = f"SIP/2.0/{flow.transport.upper()} {hostport(*flow.local)}"
+                self._queue_bye(flow, call_id, parties, parties.caller_inside, via, reason, told, "phone")
+            if far:
+                self._queue_bye(
+                    (TUNNEL_BYE, flow_id), call_id, parties, not parties.caller_inside, self._tunnel_via, reason, told,
+                    "far party",
+                )
         return self._send_byes(now), told
+
+    def _queue_bye(
+        self,
+        dest: Flow | tuple[str, int],
+        call_id: str,
+        parties: Parties,
+        to_caller: bool,
+        via: str,
+        reason: str,
+        told: list[str],
+        whom: str,
+    ) -> None:
+        """
+        Queue the BYE to one party of a dialog (C{dest}: the phone's flow,
+        or C{(TUNNEL_BYE, flow_id)}: into the tunnel), noting C{whom} in
+        C{told} if it went.
+        """
+        route = route_toward(parties.record_route, self._ours_value, to_caller)
+        if isinstance(dest, tuple) and _spirals(route):
+            return
+        branch = ByeSender.branch()
+        data = build_bye(call_id, parties, to_caller, route, via, branch, reason)
+        if data is None:
+            return
+        reliable = isinstance(dest, tuple) or dest.transport != "udp"
+        if self._byes.add(dest, data, branch, reliable=reliable):
+            self.counters.count(BYE_SENT)
+            told.append(whom)
+        else:
+            self.counters.count(BYE_DROPPED)
 
     def byes_unsent(self) -> int:
         """
@@ -311,8 +377,15 @@ class AgentSipProxy:
         return self._byes.unsent()
 
     def _send_byes(self, now: float) -> list[Action]:
-        # (the sender's destinations are the phones' flows)
-        return [ToApp(cast(Flow, flow), data) for flow, data in self._byes.due(now)]
+        # (the sender's destinations are the phones' flows, and flows of
+        # the tunnel, (TUNNEL_BYE, flow id), for far parties)
+        out: list[Action] = []
+        for dest, data in self._byes.due(now):
+            if isinstance(dest, tuple):
+                out.append(ToTunnel(self.tunnel_key, dest[1], data))
+            else:
+                out.append(ToApp(cast(Flow, dest), data))
+        return out
 
     def _ours_value(self, value: str) -> bool:
         try:
@@ -472,6 +545,14 @@ class AgentSipProxy:
     def _tunnel_response(
         self, flow: Flow | None, msg: SipMessage, now: float
     ) -> list[Action]:
+        if self._byes and msg.cseq[1] == "BYE":
+            via = msg.top_via
+            branch = None if via is None else param(via.params, "branch")[1]
+            if is_bye_branch(branch):
+                # the answer to a BYE of our own to a far party: for us
+                if self._byes.answered(branch or "", msg.status or 0) and (msg.status or 0) >= 200:
+                    self.counters.count(BYE_ANSWERED)
+                return []
         if flow is None:
             reason = "response for an unknown flow"
             return [self.counters.drop(reason, reason)]

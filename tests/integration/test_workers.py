@@ -31,7 +31,7 @@ from twisted.web.client import Agent, readBody
 
 from spwm.tap import agent
 from spwm.tap.assembly import build_agent
-from spwm.testing.phone import Phone, build_sip, make_sdp, parse_sip, rtp_packet, sdp_audio_target, uri_of
+from spwm.testing.phone import Phone, build_sip, make_sdp, parse_sip, rtp_packet, sdp_audio_target, tag_of, uri_of
 from spwm.testing.ports import free_port
 from spwm.testing.procs import alive, children
 from spwm.session.carrier import path_kind
@@ -64,6 +64,8 @@ class Operator(DatagramProtocol):
     def __init__(self) -> None:
         self.bindings: dict[str, tuple[str, str, tuple[str, int]]] = {}
         self.responses: list[tuple[Any, tuple[str, int]]] = []
+        #: the BYEs it got (each answered 200)
+        self.byes: list[Any] = []
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         message = parse_sip(data)
@@ -79,9 +81,10 @@ class Operator(DatagramProtocol):
             headers.append(("To", (message.get("to") or "") + ";tag=op"))
             headers.append(("Contact", (message.get("contact") or "") + ";expires=300"))
             self.transport.write(build_sip("SIP/2.0 200 OK", headers), addr)
-        elif not message.first.startswith("ACK"):
-            # nothing else is expected
-            pass
+        elif message.first.startswith("BYE"):
+            self.byes.append(message)
+            headers = [(name, value) for name, value in message.headers if name.lower() in ("via", "from", "to", "call-id", "cseq")]
+            self.transport.write(build_sip("SIP/2.0 200 OK", headers), addr)
 
     def acknowledge(self, ok: Any, addr: tuple[str, int]) -> None:
         """
@@ -462,6 +465,57 @@ class CrashedWorkersStateTests(_Workers):
             return set()
 
     @defer.inlineCallbacks
+    def kill_workers(self) -> Any:
+        """
+        Once every agent's session is in its worker's file, kill both
+        workers (SIGKILL); wait until they are restarted and every agent
+        has resumed its session.
+        """
+        for built in self.agents:
+            session = built.resumption.session_id
+            worker = self.worker_of(built)
+            yield wait_until(lambda: session in self.saved_sessions(worker), timeout=10)
+        resumed = [built.resumption.resumed for built in self.agents]
+        for pid in children(self.transport.pid):
+            os.kill(pid, signal.SIGKILL)
+        yield wait_until(lambda: self.process.text().count("exited with signal 9; restarting it") == 2, timeout=10)
+        yield wait_until(lambda: self.listening() >= 4, timeout=30)
+        yield wait_until(
+            lambda: all(
+                b.resumption.resumed > r and b.resumption.state.value == "live" for b, r in zip(self.agents, resumed)
+            ),
+            timeout=30,
+        )
+
+    @defer.inlineCallbacks
+    def test_far_party_told_after_a_crash(self) -> Any:
+        """
+        The operator calls a phone; both workers are killed during the
+        call: the restarted worker resumes the agent's session with
+        C{calls_ended: false} (its process before died with the call), so
+        the agent ends the call for both parties: its phone gets a BYE,
+        and the operator a BYE in the phone's name (its tags, the Reason)
+        through the restarted worker, whose token in the route set is
+        still good.  (Without it, the operator stayed in the call.)
+        """
+        phone = yield self.add_agent(0)
+        ok, _ = yield self.call_phone(phone, 45000)
+        (call,) = phone.calls
+        yield wait_until(lambda: call.established.called, timeout=10)
+        yield self.kill_workers()
+        yield wait_until(lambda: bool(self.operator.byes) and call.ended.called, timeout=10)
+        (bye,) = self.operator.byes
+        self.assertEqual(bye.get("call-id"), ok.get("call-id"))
+        self.assertEqual(
+            (tag_of(bye.get("from") or ""), tag_of(bye.get("to") or "")),
+            (tag_of(ok.get("to") or ""), tag_of(ok.get("from") or "")),
+        )
+        self.assertEqual(bye.get("reason"), 'SIP;cause=503;text="tunnel lost"')
+        built = self.agents[0]
+        yield wait_until(lambda: built.media.cdrs and built.media.cdrs[-1]["bye_sent"] != [], timeout=5)
+        self.assertEqual(sorted(built.media.cdrs[-1]["bye_sent"]), ["far party", "phone"])
+
+    @defer.inlineCallbacks
     def test_sessions_back_after_a_crash(self) -> Any:
         """
         Agents on both workers, each with a phone registered with digest
@@ -474,22 +528,8 @@ class CrashedWorkersStateTests(_Workers):
         new processes' token keys made the operator's Paths void.)
         """
         yield self.agents_on_both_workers(least=2)
-        for built in self.agents:
-            session = built.resumption.session_id
-            worker = self.worker_of(built)
-            yield wait_until(lambda: session in self.saved_sessions(worker), timeout=10)
         registers = [phone.sent.get("REGISTER") for phone in self.phones]
-        resumed = [built.resumption.resumed for built in self.agents]
-        for pid in children(self.transport.pid):
-            os.kill(pid, signal.SIGKILL)
-        yield wait_until(lambda: self.process.text().count("exited with signal 9; restarting it") == 2, timeout=10)
-        yield wait_until(lambda: self.listening() >= 4, timeout=30)
-        yield wait_until(
-            lambda: all(
-                b.resumption.resumed > r and b.resumption.state.value == "live" for b, r in zip(self.agents, resumed)
-            ),
-            timeout=30,
-        )
+        yield self.kill_workers()
         self.assertEqual(self.process.text().count("(registrations only)"), len(self.agents))
         self.assertNotIn("refused resumption", self.process.text())
         for n, phone in enumerate(self.phones):
