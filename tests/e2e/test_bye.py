@@ -8,14 +8,21 @@ on both halves) the agent ends the call for baresip and the contact point
 for bob, each with a BYE in the other party's name: bob's SIPp, which
 waits for a BYE, answers it and ends its scenario; baresip answers its
 own and ends the call.
+
+A contact point killed during a call (SIGKILL, with a state file it wrote
+while it ran) and started again: the agent resumes its session there and
+ends the call both ways itself, bob's through the new contact point.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import time
 from typing import Any, Sequence
 
-from .netbed import ManagedProcess, run
+from .netbed import CONTACT, ManagedProcess, run
 from .phones import Baresip
 from .test_interop import InteropTestCase
 
@@ -23,7 +30,30 @@ from .test_interop import InteropTestCase
 MEDIA_TIMEOUT = 3.0
 
 
-class BaresipByeOnLossTests(InteropTestCase):
+class _BaresipBed(InteropTestCase):
+    """
+    The interop bed with baresip, and its processes' logs read.
+    """
+
+    client = "baresip"
+
+    def wait_log(self, process: Any, texts: Sequence[str], timeout: float) -> str:
+        """
+        Wait (bounded) until C{process}'s log holds each of C{texts}.
+
+        @return: the log.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            log = process.log() if isinstance(process, Baresip) else process.stdout()
+            if all(text in log for text in texts):
+                return str(log)
+            if time.monotonic() > deadline:
+                self.fail(f"{texts} not all in the log within {timeout}s; see {self.logdir}")
+            time.sleep(0.2)
+
+
+class BaresipByeOnLossTests(_BaresipBed):
     """
     The interop bed (Kamailio, a TLS tunnel, an agent with SIP over UDP,
     TCP and TLS, bob registered) with C{--media-timeout 3} on both
@@ -55,21 +85,6 @@ table inet spwm_drop {
 """
         run(["ip", "netns", "exec", self.topology.namespaces["ph"], "nft", "-f", "-"], stdin=script.encode())
 
-    def wait_log(self, process: Any, texts: Sequence[str], timeout: float) -> str:
-        """
-        Wait (bounded) until C{process}'s log holds each of C{texts}.
-
-        @return: the log.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            log = process.log() if isinstance(process, Baresip) else process.stdout()
-            if all(text in log for text in texts):
-                return str(log)
-            if time.monotonic() > deadline:
-                self.fail(f"{texts} not all in the log within {timeout}s; see {self.logdir}")
-            time.sleep(0.2)
-
     def test_media_lost_both_parties_told(self) -> None:
         """
         baresip calls bob, audio both ways; the phone's audio is dropped:
@@ -97,3 +112,61 @@ table inet spwm_drop {
         # baresip took the agent's BYE as the far end's hang-up and closed
         # the call (it does not log the Reason)
         self.wait_log(phone, ["session closed: Connection reset by peer", "terminated"], 10.0)
+
+
+class BaresipByeAfterCrashTests(_BaresipBed):
+    """
+    The same bed with C{--state-file} written every second: the contact
+    point is killed (SIGKILL: no stop, no BYE of its own) during a call
+    and started again with the same options.
+    """
+
+    client = "baresip"
+
+    def start_spwm_contact(self, *args: Any, **kwargs: Any) -> ManagedProcess:
+        self.state_file = self.logdir / "contact.state"
+        kwargs["extra"] = [*kwargs.get("extra", ()), "--state-file", str(self.state_file), "--state-interval", "1"]
+        return super().start_spwm_contact(*args, **kwargs)
+
+    def saved_sessions(self) -> int:
+        try:
+            doc = json.loads(self.state_file.read_text("utf-8"))
+        except (OSError, ValueError):
+            return 0
+        return len(doc.get("sessions", {})) if doc.get("running") else 0
+
+    def test_crash_both_parties_told(self) -> None:
+        """
+        baresip calls bob; once the contact point's periodic write holds
+        the agent's session, the contact point is killed and started
+        again: it restores the session, the agent resumes it (its
+        registrations; the calls are gone with the dead process, which
+        told nobody) and ends the call itself both ways: bob's SIPp gets
+        a BYE in baresip's name with C{Reason: ... "tunnel lost"} through
+        the new contact point and Kamailio and ends its scenario; baresip
+        gets the agent's BYE and closes the call.
+        """
+        phone = Baresip(self.topology, self.logdir, "baresip-crash", "alice", "udp", self.agent_ca)
+        phone.start()
+        self.addCleanup(phone.stop)
+        self.wait_registered(phone)
+        uas = self.sipp_uas("uas_echo.xml", extra=["-m", "1"], name="bob-crash")
+        phone.dial("sip:bob@example.test")
+        self.wait_media()
+        self.media_flows(1.0, "the call")
+        deadline = time.monotonic() + 10.0
+        while self.saved_sessions() < 1:
+            if time.monotonic() > deadline:
+                self.fail(f"no session in {self.state_file} within 10 s")
+            time.sleep(0.2)
+        os.killpg(self.contact.pid, signal.SIGKILL)
+        self.contact.wait(5.0)
+        process = self.start_contact(self.contact_argv)
+        self.wait_for_listener("op", "udp", CONTACT, 5060, process)
+        self.contact = process
+        self.assertSippSuccess(self.wait_sipp(uas, timeout=30))
+        messages = (self.logdir / "bob-crash.messages.log").read_text("utf-8", "replace")
+        self.assertIn('Reason: SIP;cause=503;text="tunnel lost"', messages)
+        self.wait_log(self.contact, ["1 sessions restored", "(registrations only)"], 10.0)
+        self.wait_log(self.agent, ["ended (tunnel lost)", ": BYE sent to the far party and the phone"], 10.0)
+        self.wait_log(phone, ["terminated"], 10.0)
