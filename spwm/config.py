@@ -124,6 +124,11 @@ def zero_or_at_least(minimum: float, zero: str) -> Callable[[Any], float]:
     return check
 
 
+#: C{--state-interval} (both halves): 0, the state file written at stop
+#: only, or at least a second.
+state_interval = zero_or_at_least(1.0, "written at stop only")
+
+
 def positive_int(value: Any) -> int:
     """
     An integer greater than zero, at most L{MAX_INT}.

@@ -103,9 +103,11 @@ def in_thread(reactor: Any) -> Callable[..., "Deferred[Any]"]:
     return lambda f, *args: deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
 
-class ContactState:
+class _StateFile:
     """
-    Reads and writes the state file of one contact point.
+    What the state files of both halves share: reading, writing at once
+    (a stop) and every interval while running (a crash loses at most
+    that much), the disk work in a thread, a failure said once.
 
     @ivar path: the file.
     """
@@ -154,6 +156,81 @@ class ContactState:
             self.log.warn("state file {path} ignored: not version {version}", path=self.path, version=VERSION)
             return None
         return doc
+
+    def _start(self, write: Callable[[], "Deferred[None]"], interval: float) -> None:
+        self._stopped = False
+        self.interval = interval
+        self._tick(write, interval)
+
+    def stop(self) -> Deferred[None]:
+        """
+        No more periodic writes.
+
+        @return: fires once the one under way, if any, is over (the stop's
+            own write must come after it, not be overwritten by it).
+        """
+        self._stopped = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        writing = self._writing
+        if writing is None:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        writing.addBoth(lambda _: done.callback(None))
+        return done
+
+    def _tick(self, write: Callable[[], "Deferred[None]"], interval: float) -> None:
+        self._timer = None
+        if self._stopped:
+            return
+        writing = write()
+        self._writing = writing
+
+        def over(_: Any) -> None:
+            self._writing = None
+            if not self._stopped:
+                self._timer = self.clock.callLater(interval, self._tick, write, interval)
+
+        writing.addBoth(over)
+
+    def _in_thread(self, text: str | Iterable[str], count: int) -> Deferred[None]:
+        done: Deferred[None] = Deferred()
+        writing = self.run_in_thread(write_file, self.path, text)
+        writing.addCallbacks(lambda _: self._written(count), self._not_written)
+        writing.addBoth(lambda _: done.callback(None))
+        return done
+
+    def _written(self, count: int) -> None:
+        self.writes += 1
+        if self._failing:
+            self._failing = False
+            self.log.info("state file {path} written again: {count} sessions", path=self.path, count=count)
+
+    def _not_written(self, failure: Any) -> None:
+        self.failures += 1
+        if not self._failing:
+            self._failing = True
+            self.log.error(
+                "state file {path} not written: {reason} (tried again every {interval} s; said once)",
+                path=self.path,
+                reason=str(failure.value),
+                interval=f"{self.interval:g}",
+            )
+
+    def _write_now(self, text: str, count: int) -> None:
+        try:
+            write_file(self.path, text)
+        except OSError as e:
+            self.log.error("state file {path} not written: {reason}", path=self.path, reason=str(e))
+            return
+        self.log.info("state file {path} written: {count} sessions", path=self.path, count=count)
+
+
+class ContactState(_StateFile):
+    """
+    Reads and writes the state file of one contact point.
+    """
 
     def secret(self, doc: dict[str, Any] | None) -> bytes | None:
         """
@@ -219,6 +296,21 @@ class ContactState:
         """
         Write the state now (atomically, mode 0600); a failure is logged.
         """
+        self._write_now(*self.document(core, resumption))
+
+    def stop_and_save(self, core: Any, resumption: Any) -> Deferred[None]:
+        """
+        The stop: the state as it is now, written once the periodic write
+        under way (if any) is over, and no periodic write after it.
+        """
+        text, count = self.document(core, resumption)
+        return self.stop().addCallback(lambda _: self._write_now(text, count))
+
+    def document(self, core: Any, resumption: Any) -> tuple[str, int]:
+        """
+        @return: the file's text now (every session at once: the stop's),
+            and how many sessions it holds.
+        """
         now = self.clock.seconds()
         sessions = resumption.export_state(lambda session_id: core.export_registrations(session_id, now))
         doc = {
@@ -229,14 +321,7 @@ class ContactState:
         }
         if core.registrar is not None:
             doc["registrar"] = core.registrar.export_bindings(now)
-        try:
-            write_file(self.path, json.dumps(doc))
-        except OSError as e:
-            self.log.error("state file {path} not written: {reason}", path=self.path, reason=str(e))
-            return
-        self.log.info(
-            "state file {path} written: {count} sessions", path=self.path, count=len(sessions)
-        )
+        return json.dumps(doc), len(sessions)
 
     # -- while running ---------------------------------------------------
 
@@ -244,44 +329,11 @@ class ContactState:
         """
         Write the state now and then every C{interval} seconds until
         L{stop}, each time in slices (L{SAVE_SLICE} sessions per reactor
-        turn) with the disk work in a thread.  A failure is logged once
-        (and again when writing works again), not every time.
+        turn) with the text's assembly and the disk work in a thread.  A
+        failure is logged once (and again when writing works again), not
+        every time.
         """
-        self._stopped = False
-        self.interval = interval
-        self._tick(core, resumption, interval)
-
-    def stop(self) -> Deferred[None]:
-        """
-        No more periodic writes.
-
-        @return: fires once the one under way, if any, is over (the stop's
-            own L{save} must come after it, not be overwritten by it).
-        """
-        self._stopped = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        writing = self._writing
-        if writing is None:
-            return succeed(None)
-        done: Deferred[None] = Deferred()
-        writing.addBoth(lambda _: done.callback(None))
-        return done
-
-    def _tick(self, core: Any, resumption: Any, interval: float) -> None:
-        self._timer = None
-        if self._stopped:
-            return
-        writing = self._write_in_slices(core, resumption)
-        self._writing = writing
-
-        def over(_: Any) -> None:
-            self._writing = None
-            if not self._stopped:
-                self._timer = self.clock.callLater(interval, self._tick, core, resumption, interval)
-
-        writing.addBoth(over)
+        self._start(lambda: self._write_in_slices(core, resumption), interval)
 
     def _write_in_slices(self, core: Any, resumption: Any) -> Deferred[None]:
         done: Deferred[None] = Deferred()
@@ -312,30 +364,10 @@ class ContactState:
                 return
             if core.registrar is not None:
                 head["registrar"] = core.registrar.export_bindings(now)
-            count = len(parts)
-            writing = self.run_in_thread(write_file, self.path, _document(head, parts))
-            writing.addCallbacks(lambda _: self._written(count), self._not_written)
-            writing.addBoth(lambda _: done.callback(None))
+            self._in_thread(_document(head, parts), len(parts)).chainDeferred(done)
 
         step(0)
         return done
-
-    def _written(self, count: int) -> None:
-        self.writes += 1
-        if self._failing:
-            self._failing = False
-            self.log.info("state file {path} written again: {count} sessions", path=self.path, count=count)
-
-    def _not_written(self, failure: Any) -> None:
-        self.failures += 1
-        if not self._failing:
-            self._failing = True
-            self.log.error(
-                "state file {path} not written: {reason} (tried again every {interval} s; said once)",
-                path=self.path,
-                reason=str(failure.value),
-                interval=f"{self.interval:g}",
-            )
 
 
 def _aged(items: Any, elapsed: float) -> Any:
@@ -349,3 +381,103 @@ def _aged(items: Any, elapsed: float) -> Any:
         {**r, "ttl": r["ttl"] - elapsed} if isinstance(r, dict) and isinstance(r.get("ttl"), (int, float)) else r
         for r in items
     ]
+
+
+class AgentState(_StateFile):
+    """
+    The agent's state file (C{spwm-agent --state-file}): for each contact
+    point's side, its session (id, keys, flows: L{spwm.session.codec})
+    and what its SIP core needs to reach the phones on UDP through the
+    same flow ids (L{spwm.sip.agent_proxy.AgentSipProxy.export_state}).
+    Written at start, every interval and at stop; read at start, where
+    each session becomes dormant and the first tunnel offers its
+    resumption: after a restart (an upgrade) or a crash, the contact
+    point's dormant session is resumed (its registrations) and the
+    registrar's Paths reach the phones again, with no REGISTER.  The
+    calls in progress are gone with the process (the stop ends them for
+    both parties).
+
+    @param sides: C{(resumption, core)} per contact point: the side's
+        L{spwm.security.resume.AgentResumption} and its (inner)
+        L{spwm.sip.agent_proxy.AgentSipProxy}.
+    """
+
+    def document(self, sides: list[tuple[Any, Any]]) -> tuple[dict[str, Any], int]:
+        """
+        @return: the file's contents now, and how many sessions it holds.
+        """
+        now = self.clock.seconds()
+        entries = [{"session": resumption.export_session(), "sip": core.export_state(now)} for resumption, core in sides]
+        doc = {"version": VERSION, "saved_at": self.wall(), "agent": True, "sides": entries}
+        return doc, sum(1 for e in entries if e["session"] is not None)
+
+    def save(self, sides: list[tuple[Any, Any]]) -> None:
+        """
+        Write the state now.
+        """
+        doc, count = self.document(sides)
+        self._write_now(json.dumps(doc), count)
+
+    def stop_and_save(self, sides: list[tuple[Any, Any]]) -> Deferred[None]:
+        """
+        The stop: the state as it is now (before the sessions are
+        released, which clears their keys), written once the periodic
+        write under way (if any) is over, and no periodic write after it.
+        """
+        doc, count = self.document(sides)
+        return self.stop().addCallback(lambda _: self._write_now(json.dumps(doc), count))
+
+    def start(self, sides: list[tuple[Any, Any]], interval: float = SAVE_INTERVAL) -> None:
+        """
+        Write the state now and every C{interval} seconds until L{stop}
+        (small: one session per contact point; the disk work in a thread).
+        """
+
+        def write() -> Deferred[None]:
+            doc, count = self.document(sides)
+            return self._in_thread(json.dumps(doc), count)
+
+        self._start(write, interval)
+
+    def restore(self, doc: dict[str, Any] | None, sides: list[tuple[Any, Any]]) -> int:
+        """
+        Before the tunnels start: each side's session, dormant, and its
+        phones' UDP flows (lifetimes minus the time the agent was down).
+        A file of another contact point count, or what does not fit, is
+        skipped with a line.
+
+        @return: the number of sessions restored.
+        """
+        if doc is None:
+            return 0
+        entries = doc.get("sides")
+        if doc.get("agent") is not True or not isinstance(entries, list):
+            self.log.warn("state file {path} ignored: not an agent's", path=self.path)
+            return 0
+        saved_at = doc.get("saved_at")
+        elapsed = max(0.0, self.wall() - saved_at) if isinstance(saved_at, (int, float)) else 0.0
+        now = self.clock.seconds()
+        sessions = flows = 0
+        for (resumption, core), entry in zip(sides, entries):
+            if not isinstance(entry, dict):
+                continue
+            sip = entry.get("sip")
+            if isinstance(sip, dict):
+                sip = {key: _aged(sip.get(key), elapsed) for key in ("flows", "bindings")} | {
+                    "registered": [
+                        [r[0], r[1] - elapsed] if isinstance(r, list) and len(r) == 2 and isinstance(r[1], (int, float)) else r
+                        for r in sip.get("registered") or []
+                    ]
+                    if isinstance(sip.get("registered"), list)
+                    else None
+                }
+                flows += core.import_state(sip, now)
+            if resumption.import_session(entry.get("session")):
+                sessions += 1
+        self.log.info(
+            "state file {path}: {sessions} sessions and {flows} phone flows restored; the tunnel offers their resumption",
+            path=self.path,
+            sessions=sessions,
+            flows=flows,
+        )
+        return sessions

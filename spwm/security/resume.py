@@ -46,6 +46,7 @@ from spwm.security.keys import (
     parse_digest,
     resumption_proof,
 )
+from spwm.session.codec import from_json, to_json
 from spwm.session.session import Session
 from spwm.session.state import AGENT_TRANSITIONS, Effect, Input, SessionState, transition
 from spwm.sip.errors import SipParseError
@@ -463,6 +464,49 @@ class AgentResumption(_Lifecycle):
             peer=tunnel.peer,
             what="" if old is not None else " (registrations only)",
         )
+
+    def export_session(self) -> dict[str, Any] | None:
+        """
+        The session, JSON-ready (L{spwm.session.codec}, with its id), for
+        a restarted agent to resume (L{import_session}); C{None} when there
+        is nothing a key could resume.
+        """
+        if not self.session_id or not self.session.resumable or self.state is SessionState.ENDED:
+            return None
+        return {"session_id": self.session_id, **to_json(self.session, None)}
+
+    def import_session(self, entry: Any) -> bool:
+        """
+        At the start, before any tunnel: the session a stopped (or dead)
+        process of this agent had, dormant (its calls are gone; its
+        registrations wait at the contact point), so that the first
+        tunnel offers its resumption (L{hello}) and the phones are
+        reachable again through the same flow tokens, with no REGISTER.
+
+        @return: whether it was taken (not when malformed).
+        """
+        if not isinstance(entry, dict) or self.state is not SessionState.ENDED:
+            return False
+        session_id = entry.get("session_id")
+        try:
+            restored, _ = from_json(session_id, entry)
+        except ValueError:
+            return False
+        if (
+            not isinstance(session_id, str)
+            or not 0 < len(session_id) <= 64
+            or not restored.resumable
+            or any(len(key) != KEY_LENGTH for key in restored.keys.values())
+            or (restored.session_key is not None and len(restored.session_key) != KEY_LENGTH)
+            or set(restored.keys) != set(restored.flows)
+        ):
+            return False
+        self.session.keys.update(restored.keys)
+        self.session.flows.update(restored.flows)
+        self.session.session_key = restored.session_key
+        self.session_id = session_id
+        self.session.state = SessionState.DORMANT
+        return True
 
     def far_party_reachable(self, session_id: str) -> bool:
         """

@@ -182,6 +182,48 @@ class AgentSipProxy:
             del until[fid]
         return bool(until) or len(self._dialogs) > 0
 
+    def export_state(self, now: float) -> dict[str, Any]:
+        """
+        What a restarted agent needs to reach its phones on UDP again
+        through the same flow ids (the ids the contact point's tokens
+        name), JSON-ready, lifetimes relative to C{now}: the UDP flows
+        with a live registration, their bindings, and when each
+        registration expires.  Phones on TCP and TLS lose their
+        connections with the process and register again at once.
+        """
+        live = {fid for fid, until in self._registered_until.items() if until > now}
+        flows = self.flows.export_udp(now, live)
+        kept = {entry["flow_id"] for entry in flows}
+        return {
+            "flows": flows,
+            "bindings": self._bindings.export(now, kept),
+            "registered": [[fid, until - now] for fid, until in self._registered_until.items() if fid in kept],
+        }
+
+    def import_state(self, data: Any, now: float) -> int:
+        """
+        Take back what L{export_state} gave in another process (at the
+        start, before any flow is made); what does not fit is skipped.
+
+        @return: the number of flows restored.
+        """
+        if not isinstance(data, dict):
+            return 0
+        count = self.flows.restore_udp(data.get("flows"), now)
+        self._bindings.restore(data.get("bindings"), lambda fid: self.flows.lookup(fid, now), now)
+        registered = data.get("registered")
+        for item in registered if isinstance(registered, list) else ():
+            if (
+                isinstance(item, list)
+                and len(item) == 2
+                and isinstance(item[0], int)
+                and isinstance(item[1], (int, float))
+                and 0 < item[1] < 2**31
+                and self.flows.lookup(item[0], now) is not None
+            ):
+                self._registered_until[item[0]] = now + item[1]
+        return count
+
     def instance_for(self, contact_uri: str) -> str:
         """
         @return: the C{+sip.instance} value this agent gives an application

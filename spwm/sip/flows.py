@@ -21,6 +21,8 @@ import heapq
 import hmac
 import struct
 
+from typing import Any
+
 from attrs import define, field, frozen
 
 #: Token kinds: the byte that says where a token may be used.
@@ -300,6 +302,69 @@ class FlowTable:
                 continue
             return when
         return None
+
+    def export_udp(self, now: float, flow_ids: set[int] | None = None) -> list[dict[str, Any]]:
+        """
+        The UDP flows that live past C{now} (those of C{flow_ids} only,
+        when given), JSON-ready, their lifetimes relative to C{now}: what a
+        restarted agent needs to reach its phones again through the same
+        flow ids (L{restore_udp}).  Stream flows end with the process.
+        """
+        out = []
+        for entry in self._by_id.values():
+            flow = entry.flow
+            if flow.conn_id is not None or entry.expires is None or entry.expires <= now:
+                continue
+            if flow_ids is not None and entry.flow_id not in flow_ids:
+                continue
+            out.append(
+                {
+                    "flow_id": entry.flow_id,
+                    "local": [flow.local[0], flow.local[1]],
+                    "remote": [flow.remote[0], flow.remote[1]],
+                    "ttl": entry.expires - now,
+                }
+            )
+        return out
+
+    def restore_udp(self, entries: Any, now: float) -> int:
+        """
+        Take back UDP flows that L{export_udp} gave (in another process),
+        with their flow ids; an entry that is malformed, expired, or whose
+        id or address is taken already is skipped.  New flows get ids
+        above the restored ones.
+
+        @return: the number restored.
+        """
+        if not isinstance(entries, list):
+            return 0
+        count = 0
+        for item in entries:
+            try:
+                fid = item["flow_id"]
+                local = (str(item["local"][0]), int(item["local"][1]))
+                remote = (str(item["remote"][0]), int(item["remote"][1]))
+                ttl = float(item["ttl"])
+            except (KeyError, IndexError, TypeError, ValueError):
+                continue
+            if (
+                not isinstance(fid, int)
+                or not 0 < fid < 2**32
+                or not 0 < ttl < 2**31
+                or fid in self._by_id
+                or not all(0 <= port < 65536 for _, port in (local, remote))
+            ):
+                continue
+            flow = Flow("udp", local, remote)
+            if flow in self._by_flow or len(self._by_id) >= self.max_flows:
+                continue
+            entry = _FlowEntry(flow, fid, now + ttl)
+            self._by_flow[flow] = entry
+            self._by_id[fid] = entry
+            heapq.heappush(self._heap, (now + ttl, fid))
+            self._next_id = max(self._next_id, fid % (2**32 - 1) + 1)
+            count += 1
+        return count
 
     def _evict_one(self) -> None:
         victim = None

@@ -444,6 +444,49 @@ class AppBindings:
                 del self._bound[next(iter(self._bound))]
         return events
 
+    def export(self, now: float, flow_ids: set[int]) -> list[dict[str, Any]]:
+        """
+        The live bindings made through C{flow_ids}, JSON-ready, their
+        lifetimes relative to C{now} (for a restarted agent, L{restore}).
+        """
+        out = []
+        for (fid, aor), bound in self._bound.items():
+            if fid not in flow_ids:
+                continue
+            for uri, (t, expires) in bound.items():
+                if t > now:
+                    out.append({"flow_id": fid, "aor": aor, "contact": uri, "ttl": t - now, "expires": expires})
+        return out
+
+    def restore(self, entries: Any, flow_of: Callable[[int], Flow | None], now: float) -> int:
+        """
+        Take back the bindings L{export} gave (in another process), for
+        the flows C{flow_of} knows; malformed or expired ones are skipped.
+
+        @return: the number restored.
+        """
+        if not isinstance(entries, list):
+            return 0
+        count = 0
+        for item in entries:
+            try:
+                fid, aor, uri = item["flow_id"], item["aor"], item["contact"]
+                ttl, expires = float(item["ttl"]), int(item["expires"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            flow = flow_of(fid) if isinstance(fid, int) else None
+            if flow is None or not isinstance(aor, str) or not isinstance(uri, str) or not 0 < ttl < 2**31:
+                continue
+            if len(self._bound) >= self._limit and (fid, aor) not in self._bound:
+                break
+            self._bound.setdefault((fid, aor), {})[uri] = (now + ttl, expires)
+            self._flows[fid] = flow
+            if self.next_expiry is None or now + ttl < self.next_expiry:
+                self.next_expiry = now + ttl
+            count += 1
+        self._aors = None
+        return count
+
     def listing(self) -> list[dict[str, Any]]:
         """
         @return: the applications' bindings, for the status listing:

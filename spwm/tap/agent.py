@@ -26,6 +26,7 @@ from spwm.config import (
     positive_float,
     positive_int,
     readable_file,
+    state_interval,
     udp_forward,
 )
 from spwm.security.certwatch import reload_on_hangup as hangup
@@ -108,6 +109,8 @@ OPTIONS = (
     Option("forward-udp", (), udp_forward, "Forward UDP: [ADDR:]LOCAL_PORT=HOST:PORT (ADDR defaults to 127.0.0.1).", repeat=True),
     Option("max-forward-senders", 256, positive_int, "Senders (source addresses) one UDP forward gives a tunnel channel each; datagrams from more are dropped and counted."),
     Option("reconnect-max", 60.0, positive_float, "Longest wait between reconnection attempts, in seconds."),
+    Option("state-file", None, optional_string, "Keep the session (its keys) and the phones' UDP flows in this file across a restart (written at start, every --state-interval seconds and at stop, mode 0600; read at start): the agent resumes its registrations at the contact point, so phones on UDP are reachable again at once, with no REGISTER (default: none, they wait for their next REGISTER)."),
+    Option("state-interval", 30.0, state_interval, "With --state-file: seconds between two writes of the file while running (a crash loses at most the keys of this long); 0: written at stop only; else at least 1."),
     Option("tunnel", "always", tunnel_mode, "always: keep the tunnel up; on-demand: connect at the first SIP message from an application, close when none needs it."),
     Option("tunnel-connections", "auto", tunnel_connections, "TLS connections to keep attached to the one session (media goes on the healthy ones and moves at once when one stalls or breaks): auto (2, up to 4 while the media keeps stalling on the ones there are, up to 16 while many calls' media is spread over them on a lossy link), or a number up to 16; 1: one connection, as a proxy that allows only one needs. 1 with --tunnel on-demand or --udp-path only. With --udp-path auto a QUIC path joins these when the contact point offers it."),
     Option("tunnel-idle", 30.0, positive_float, "With --tunnel on-demand: seconds after the last registration and dialog have ended (and the last SIP) before the tunnel closes."),

@@ -57,7 +57,7 @@ from spwm.cdrfile import CdrFile
 from spwm.security.certwatch import CertificateWatch, Loader, ReloadableServerTLS
 from spwm.sip.registrar import EmbeddedRegistrar
 from spwm.sip.transport import SLICE as SIP_SLICE, AgentSipRunner, ContactSipRunner, SipTrace
-from spwm.state import ContactState
+from spwm.state import AgentState, ContactState
 from spwm.status import Status, StatusHTTPService, StatusLogService, add_agent_lists, add_contact_lists
 from spwm.tap.common import (
     MediaRangeCheck,
@@ -579,6 +579,14 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
         for k, side_config in enumerate(config.contact_configs())
     ]
     handle, resumption = sides[0].handle, sides[0].resumption
+    # --state-file: each side's session (dormant: the first tunnel offers
+    # its resumption) and its phones' UDP flows, before anything starts
+    agent_state = None
+    state_sides = [(side.resumption, side.core.core) for side in sides]
+    if config.state_file:
+        check_state_directory(config.state_file)
+        agent_state = AgentState(config.state_file, reactor)
+        agent_state.restore(agent_state.load(), state_sides)
     core: Any = sides[0].core
     if len(sides) > 1:
         core = FanoutCore(
@@ -647,6 +655,14 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
         Hook(lambda: None, side.resumption.stop).setServiceParent(top)
         if side.paths is not None and side.paths.keeper is not None:
             Hook(lambda: None, side.paths.keeper.stop).setServiceParent(top)
+    if agent_state is not None:
+        # added after the resumptions' hooks, so stopped before them: the
+        # sessions are saved with their keys, then released
+        kept_state = agent_state
+        Hook(
+            lambda: kept_state.start(state_sides, config.state_interval) if config.state_interval else None,
+            lambda: kept_state.stop_and_save(state_sides),
+        ).setServiceParent(top)
     status = Status("agent", reactor)
     if on_demand is not None:
         demand = on_demand
@@ -1429,7 +1445,7 @@ def build_contact(
         # sessions are live, before the drain closes their tunnels.
         Hook(
             lambda: kept.start(core, resumption, config.state_interval) if config.state_interval else None,
-            lambda: kept.stop().addCallback(lambda _: kept.save(core, resumption)),
+            lambda: kept.stop_and_save(core, resumption),
         ).setServiceParent(top)
     return ContactPoint(
         config=config,

@@ -24,6 +24,7 @@ from spwm.config import (
     positive_int,
     readable_file,
     string,
+    state_interval,
     zero_or_at_least,
 )
 from spwm.sip.names import sip_domain, sip_name
@@ -42,7 +43,6 @@ __all__ = ["OPTIONS", "Options", "makeService", "parse_sip_proxy", "sip_address"
 
 #: C{--sip-proxy-ping} and C{--sip-proxy-resolve}: 0 (off) or at least 0.1 s
 proxy_interval = zero_or_at_least(0.1, "off")
-state_interval = zero_or_at_least(1.0, "written at stop only")
 
 
 def parse_sip_proxy(value: object) -> OperatorProxy:

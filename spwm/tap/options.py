@@ -135,6 +135,8 @@ class AgentConfig:
     agent_id: str | None = None
     forward_udp: tuple[tuple[str, int, str, int], ...] = field(default=(), converter=_tuple)
     reconnect_max: float = 60.0
+    state_file: str | None = None
+    state_interval: float = 30.0
     tunnel: str = "always"
     tunnel_idle: float = 30.0
     udp_path: str = "auto"
@@ -309,6 +311,8 @@ class AgentConfig:
             agent_id=v["agent-id"],
             forward_udp=v["forward-udp"],
             reconnect_max=v["reconnect-max"],
+            state_file=v["state-file"],
+            state_interval=v["state-interval"],
             tunnel=v["tunnel"],
             tunnel_idle=v["tunnel-idle"],
             udp_path=v["udp-path"],

@@ -155,12 +155,7 @@ class ResumptionTestBase(SpwmSipTestCase):
         # one connection unless a case says otherwise: these cases cut the
         # session's connection (with two, cutting one is make-before-break,
         # no resumption: MakeBeforeBreakTests)
-        self.start_spwm_agent(
-            extra=[
-                "--reconnect-max", "0.5", "--resume-window", str(self.resume_window),
-                "--tunnel-connections", str(self.connections),
-            ]
-        )
+        self.start_spwm_agent(extra=self.agent_extra())
         self.register_uas("bob")
         self.assertSippSuccess(self.sipp_uac("register.xml", PROXY, user="alice", name="register-alice"))
         [alice] = [b for b in self.location_table() if b.aor == "alice"]
@@ -187,6 +182,13 @@ class ResumptionTestBase(SpwmSipTestCase):
     def contact_extra(self) -> list[str]:
         """More options for the contact point."""
         return []
+
+    def agent_extra(self) -> list[str]:
+        """The agent's options beside the bed's own."""
+        return [
+            "--reconnect-max", "0.5", "--resume-window", str(self.resume_window),
+            "--tunnel-connections", str(self.connections),
+        ]  # fmt: skip
 
     # -- the call -------------------------------------------------------------
 
@@ -631,6 +633,35 @@ class ContactRestartTests(ResumptionTestBase):
         before = self.sip_counts(), self.operator_view()
         self.restart_spwm_contact()
         self.wait_for_log(self.contact, r"state file \S+: 1 sessions restored", timeout=5.0)
+        self.wait_for_log(self.contact, rf"session {session} resumed from \S+ \(registrations only\)", timeout=20.0)
+        self.assertEqual((self.sip_counts(), self.operator_view()), before, "SIP crossed or the binding changed")
+        self.assertCallFromOperatorReachesPhone("alice")
+
+
+class AgentRestartTests(ResumptionTestBase):
+    """
+    The agent restarts with C{--state-file}.
+    """
+
+    def agent_extra(self) -> list[str]:
+        return [*super().agent_extra(), "--state-file", str(self.logdir / "agent.state")]
+
+    def test_registration_survives_agent_restart(self) -> None:
+        """
+        alice is registered (digest, over UDP); the agent is stopped
+        (SIGTERM: it tells the contact point, which keeps her registration
+        dormant) and started again with the same options: it reads its
+        state file and resumes the session (registrations only), no SIP
+        crosses between the contact point and Kamailio, Kamailio's binding
+        is unchanged, and carol's call to alice reaches the phone (SIPp on
+        UDP, which did not register again) with RTP both ways.  (Without
+        the file, carol's call got 430 until alice's next REGISTER.)
+        """
+        session = self.session_id()
+        before = self.sip_counts(), self.operator_view()
+        self.agent.stop(grace=10.0)
+        self.start_spwm_agent(extra=self.agent_extra())
+        self.wait_for_log(self.agent, r"1 sessions and 1 phone flows restored", timeout=5.0)
         self.wait_for_log(self.contact, rf"session {session} resumed from \S+ \(registrations only\)", timeout=20.0)
         self.assertEqual((self.sip_counts(), self.operator_view()), before, "SIP crossed or the binding changed")
         self.assertCallFromOperatorReachesPhone("alice")

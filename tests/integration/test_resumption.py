@@ -707,6 +707,57 @@ class ContactStopTests(_LoopbackPair):
         self.assertEqual(byes.unsent(), 0)
 
 
+class AgentRestartTests(_LoopbackPair):
+    """
+    The agents run with C{--state-file}: alice's agent is stopped (an
+    upgrade) and started again with the same options.
+    """
+
+    def agent_options(self, name: str, ca: TestCA) -> list[str]:
+        return ["--state-file", os.path.abspath(self.mktemp())]
+
+    @defer.inlineCallbacks
+    def restart_first_agent(self) -> Any:
+        """
+        Stop the first agent and start a new one with its configuration
+        (its state file); wait until its tunnel is up.
+
+        @return: the new agent.
+        """
+        old = self.agents[0]
+        yield old.service.stopService()
+        new = build_agent(old.config, reactor)
+        new.service.startService()
+        self.addCleanup(new.service.stopService)
+        self.agents[0] = new
+        yield wait_until(lambda: new.tunnel_service.tunnel is not None, timeout=WAIT)
+        return new
+
+    @defer.inlineCallbacks
+    def test_phone_on_udp_reachable_after_a_restart(self) -> Any:
+        """
+        During a call, alice's agent restarts: the call ends for both
+        (as at any agent stop); the new process reads its state file and
+        resumes the session at the contact point (its registrations: the
+        contact point had kept them dormant), so bob's call to alice, on
+        UDP, reaches her phone through the flow of before, and alice has
+        not registered again.  (Without the file the new agent had a
+        fresh session: bob's call got 480 until alice's next REGISTER.)
+        """
+        alice, bob, a_call, b_call = yield self.call()
+        registers = alice.sent.get("REGISTER")
+        new = yield self.restart_first_agent()
+        yield wait_until(lambda: a_call.ended.called and b_call.ended.called, timeout=WAIT)
+        yield wait_until(lambda: new.resumption.resumed == 1, timeout=WAIT)
+        self.assertEqual(self.contact.resumption.resumed, 1)
+        a_call.stop_media()
+        b_call.stop_media()
+        yield self.calls_both_ways(alice, bob)
+        self.assertEqual(alice.sent.get("REGISTER"), registers)
+        # what the status listing shows of her registration came back too
+        self.assertEqual([b["aor"] for b in new.sip_core.registration_list()], ["sip:alice@example.test"])
+
+
 class PathsAgentStopTests(AgentStopTests):
     """
     The same with two connections per session.
