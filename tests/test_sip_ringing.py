@@ -138,8 +138,8 @@ class BuildTests(SynchronousTestCase):
         that tag (the early dialog's); all Via lines when none is ours.
         """
         table = kept(ANSWER, ours_on_top=False)
-        table.provisional(KEY, "early1", 1.0)
-        table.provisional(KEY, "other", 2.0)
+        table.response(KEY, 180, parse_message(answer(SENT, 180, to_tag="early1")), 1.0)
+        table.response(KEY, 183, parse_message(answer(SENT, 183, to_tag="other")), 2.0)
         entry = table.take("leg", 3.0)
         assert entry is not None
         resp = build_final(entry, "tunnel lost")
@@ -171,7 +171,7 @@ class RingingTableTests(SynchronousTestCase):
         An INVITE finally answered (or CANCELled by its caller) is gone.
         """
         table = kept()
-        table.finished(KEY)
+        table.response(KEY, 487, parse_message(answer(SENT, 487)), 1.0)
         self.assertEqual((len(table), table.take("leg", 1.0)), (0, None))
 
     def test_timer_c(self) -> None:
@@ -182,8 +182,12 @@ class RingingTableTests(SynchronousTestCase):
         self.assertIsNone(kept().take("leg", TIMER_C))
         self.assertIsNotNone(kept().take("leg", TIMER_C - 1))
         table = kept()
-        table.provisional(KEY, None, 100.0)
+        table.response(KEY, 180, parse_message(answer(SENT, 180, to_tag=None)), 100.0)
         self.assertIsNotNone(table.take("leg", TIMER_C + 50))
+        # (not a 100: hop by hop)
+        table = kept()
+        table.response(KEY, 100, parse_message(answer(SENT, 100, to_tag=None)), 100.0)
+        self.assertIsNone(table.take("leg", TIMER_C + 50))
 
     def test_expired_forgotten_on_add(self) -> None:
         """

@@ -421,7 +421,7 @@ class AgentSipProxy:
         self._maybe_ended(leg, msg)
         if invite is not None:
             if not again:
-                self._ringing.passed(invite, ANSWER, (leg, msg.call_id), msg, fid, False, now)
+                self._ringing.passed(invite, ANSWER, (leg, invite[0]), msg, fid, False, now)
         elif method == "CANCEL":
             self._ringing.finished((msg.call_id, (msg.top_via or _NO_VIA).branch or ""))
         return [ToTunnel(self.tunnel_key, fid, msg.to_bytes())]
@@ -536,7 +536,8 @@ class AgentSipProxy:
         self._maybe_ended(flow_id, msg)
         if invite is not None:
             if not again:
-                self._ringing.passed((msg.call_id, branch), CANCEL, (flow_id, msg.call_id), msg, flow_id, True, now)
+                call_id = invite[0]
+                self._ringing.passed((call_id, branch), CANCEL, (flow_id, call_id), msg, flow_id, True, now)
         elif method == "CANCEL":
             self._ringing.finished((msg.call_id, branch))
         return [ToApp(flow, msg.to_bytes())]
@@ -549,19 +550,18 @@ class AgentSipProxy:
             return [self.counters.drop(reason, reason)]
         # (parse_message checked the headers a proxy relies on)
         fid = self.flows.use(flow, now)
-        leg = self._moved.leg(msg.call_id or "", msg.cseq[0], fid, fid, (msg.status or 0) >= 200)
+        call_id = msg.call_id or ""
+        number, method = msg.cseq
+        status = msg.status or 0
+        leg = self._moved.leg(call_id, number, fid, fid, status >= 200)
         self._track_response(msg, flow, leg, now)
-        if msg.cseq[1] == "INVITE":
-            status = msg.status or 0
-            key = (msg.call_id, (msg.top_via or _NO_VIA).branch or "")
-            if status >= 200:
-                self._ringing.finished(key)
-            else:
-                self._ringing.provisional(key, msg.to_tag, now)
+        if method == "INVITE":
+            # (the phone's INVITE: its own Via on top)
+            self._ringing.response((call_id, (msg.top_via or _NO_VIA).branch or ""), status, msg, now)
         events: list[Action] = []
-        if msg.cseq[1] == "REGISTER":
+        if method == "REGISTER":
             strip_instance(msg, self.instance_for)
-            if 200 <= (msg.status or 0) < 300:
+            if 200 <= status < 300:
                 events = self._bindings.answered(flow, fid, msg, now)
         show_media(self.media_hook, self.tunnel_key, leg, msg, False)
         return [ToApp(flow, msg.to_bytes()), *events]

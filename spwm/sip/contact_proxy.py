@@ -881,11 +881,7 @@ class ContactSipProxy:
             reason = "response from tunnel without our Via"
             return [self.counters.drop(reason, reason)]
         if msg.cseq[1] == "INVITE":
-            ringing = (msg.call_id, top.branch or "")
-            if (msg.status or 0) >= 200:
-                self._ringing.finished(ringing)
-            else:
-                self._ringing.provisional(ringing, msg.to_tag, now)
+            self._ringing.response((msg.call_id, top.branch or ""), msg.status or 0, msg, now)
         msg.pop_first_value("Via")
         nxt = msg.top_via
         if nxt is None:

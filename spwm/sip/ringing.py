@@ -159,7 +159,7 @@ class Ringing:
         keep what L{build_final} or L{build_cancel} need.
         """
         headers = [h for h in msg.headers if h.name in _KEPT]
-        size = sum([len(h.value) for h in headers])
+        size = len(b"".join([h.value for h in headers]))
         if size > MAX_KEPT_BYTES:
             return
         old = self._pending.pop(key, None)
@@ -173,7 +173,7 @@ class Ringing:
     def _trim(self, now: float) -> None:
         """
         Forget the oldest past C{limit} or C{max_bytes}, and those past
-        Timer C (the table is in the order of C{last}: L{provisional}
+        Timer C (the table is in the order of C{last}: L{response}
         moves an INVITE to the back).
         """
         pending = self._pending
@@ -190,17 +190,25 @@ class Ringing:
         if self._legs.get(entry.leg) == key:
             del self._legs[entry.leg]
 
-    def provisional(self, key: tuple[str, str], to_tag: str | None, now: float) -> None:
+    def response(self, key: tuple[str, str], status: int, msg: SipMessage, now: float) -> None:
         """
-        A provisional response to the INVITE C{key} passes: its To tag (the
-        early dialog's, the first one) is kept, and Timer C starts again
-        (the INVITE goes to the back of the table).
+        A response C{msg} with C{status} to the INVITE C{key} passes: a
+        final one forgets the INVITE (L{finished}); a provisional one
+        (not C{100}: hop by hop, and it does not restart Timer C, RFC 3261
+        16.7 step 2) keeps its To tag (the early dialog's, the first one)
+        and starts Timer C again (the INVITE goes to the back of the
+        table).
         """
+        if status >= 200:
+            self.finished(key)
+            return
+        if status == 100:
+            return
         entry = self._pending.pop(key, None)
         if entry is None:
             return
         if entry.tag is None:
-            entry.tag = to_tag
+            entry.tag = msg.to_tag
         entry.last = now
         self._pending[key] = entry
 
