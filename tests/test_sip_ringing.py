@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.sip.actions import ToApp, ToNetwork, ToTunnel
 from spwm.sip.agent_proxy import AgentSipProxy
-from spwm.sip.byes import T1, T2
+from spwm.sip.byes import BYE_ANSWERED, BYE_SENT, T1, T2
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.flows import KIND_ROUTE, FlowTokenCodec
 from spwm.sip.message import SipMessage, make_response, parse_message
@@ -30,6 +30,7 @@ from spwm.sip.ringing import (
     told_text,
 )
 from spwm.testing.tunnel import FakeTunnel
+from tests.test_sip_byes import answered_above
 from tests.test_sip_proxy import (
     CONTACT_ADDR,
     FLOW_A,
@@ -304,6 +305,31 @@ class AgentRingingTests(SynchronousTestCase):
         # no CANCEL again
         self.assertEqual([a for a in self.agent.handle_timer(2.0 + T1) if isinstance(a, ToApp)], [])
 
+    def test_answer_crossing_the_cancel(self) -> None:
+        """
+        The phone answered 200 before our CANCEL reached it: the 2xx stays
+        here, is ACKed (its Contact, the INVITE's CSeq, its To tag) and
+        ended at once with a BYE in the caller's name (CSeq one past, the
+        Reason), once: a retransmitted 2xx is ACKed again, no second BYE;
+        the BYE's 200 stays here.
+        """
+        fid, got = self.ring_phone()
+        only(self.lost(fid)[0], ToApp)
+        ok = answer(got.to_bytes(), 200, to_tag="ph", extra=(("Contact", "<sip:alice@192.0.2.10:5062>"),))
+        sent = self.agent.from_app(FLOW_A, ok, 2.1)
+        self.assertEqual({a.flow for a in sent}, {FLOW_A})
+        ack, bye = (parse_message(a.data) for a in sent)
+        self.assertEqual((ack.method, ack.uri, ack.cseq), ("ACK", "sip:alice@192.0.2.10:5062", (1, "ACK")))
+        self.assertEqual((ack.from_tag, ack.to_tag, ack.has("Route"), ack.has("Reason")), ("fb", "ph", False, False))
+        self.assertEqual((bye.method, bye.uri, bye.cseq), ("BYE", "sip:alice@192.0.2.10:5062", (2, "BYE")))
+        self.assertEqual((bye.from_tag, bye.to_tag, bye.get("Reason")), ("fb", "ph", REASON))
+        self.assertNotEqual(ack.get("Via"), bye.get("Via"))
+        self.assertEqual(self.agent.counters[BYE_SENT], 1)
+        again = [parse_message(a.data) for a in self.agent.from_app(FLOW_A, ok, 2.3)]
+        self.assertEqual([(m.method, m.cseq) for m in again], [("ACK", (1, "ACK"))])
+        self.assertEqual(self.agent.from_app(FLOW_A, make_response(bye, 200, "OK").to_bytes(), 2.7), [])
+        self.assertEqual(self.agent.counters[BYE_ANSWERED], 1)
+
     def test_cancel_retransmitted(self) -> None:
         """
         Over UDP, the CANCEL goes again after T1 until a response; the
@@ -417,6 +443,24 @@ class ContactRingingTests(SynchronousTestCase):
         self.assertEqual(ack.get_all("Via"), invite_sent.get_all("Via")[:1])
         self.assertEqual(self.cp.counters[CANCEL_ANSWERED], 1)
 
+    def test_answer_crossing_the_cancel(self) -> None:
+        """
+        The far party answered 200 before our CANCEL reached it: the
+        contact point ACKs the 2xx and ends it with a BYE, both through
+        the operator's proxy with its Route, to the 2xx's Contact.
+        """
+        invite = request("INVITE", "sip:bob@example.org")
+        sent = only(self.cp.from_tunnel(self.key, "sess-1", 5, invite, 0.0), ToNetwork)
+        self.cp.leg_lost("sess-1", 5, "call-1@192.0.2.10", "tunnel lost", 2.0)
+        ok = answered_above(sent.data, "<sip:198.51.100.7;lr>", "<sip:bob@198.51.100.30:5080>")
+        out = self.cp.from_network("udp", self.proxy, ok.to_bytes(), 2.1)
+        self.assertEqual({(a.transport, a.addr) for a in out}, {("udp", self.proxy)})
+        ack, bye = (parse_message(a.data) for a in out)
+        for msg, cseq in ((ack, (1, "ACK")), (bye, (2, "BYE"))):
+            self.assertEqual((msg.uri, msg.cseq, msg.from_tag, msg.to_tag), ("sip:bob@198.51.100.30:5080", cseq, "fa", "tt"))
+            self.assertEqual(msg.get_all("Route"), ["<sip:198.51.100.7;lr>"])
+        self.assertEqual(self.cp.counters[BYE_SENT], 1)
+
     def test_final_response_to_the_far_caller(self) -> None:
         """
         A call from the network ringing at the phone (180 with a tag): the
@@ -508,6 +552,24 @@ class EmbeddedRingingTests(SynchronousTestCase):
         self.assertEqual((ack.method, ack.uri, ack.to_tag), ("ACK", self.rung.uri, "ph"))
         self.assertEqual(ack.get_all("Via"), self.rung.get_all("Via")[:3])
         self.assertEqual(w.drops, [])
+
+    def test_caller_lost_answer_crossing(self) -> None:
+        """
+        Alice's tunnel lost, and bob's phone answered before the contact
+        point's CANCEL came: the 2xx is ACKed and ended with a BYE, both
+        through bob's tunnel to his phone's Contact.
+        """
+        w = self.w
+        self.lose(self.t1)
+        w.take_app()  # the CANCEL
+        ok = answer(self.rung.to_bytes(), 200, to_tag="ph", extra=(("Contact", "<sip:bob@192.0.2.10:5062>"),))
+        w.app(self.a2, FLOW_A, ok)
+        got = w.take_apps()
+        self.assertEqual([(m.method, m.uri, m.cseq, m.to_tag) for _, m in got], [
+            ("ACK", "sip:bob@192.0.2.10:5062", (1, "ACK"), "ph"),
+            ("BYE", "sip:bob@192.0.2.10:5062", (2, "BYE"), "ph"),
+        ])
+        self.assertEqual(got[1][1].get("Reason"), REASON)
 
     def test_callee_lost(self) -> None:
         """

@@ -335,15 +335,19 @@ class AgentSipProxy:
         self.counters.count(counter)
         return [f"phone ({what})"]
 
-    def _cancelled_response(self, flow: Flow, entry: Pending, msg: SipMessage) -> list[Action]:
+    def _cancelled_response(self, flow: Flow, entry: Pending, msg: SipMessage, now: float) -> list[Action]:
         """
         A response to an INVITE we CANCELled, or to our CANCEL: ours alone
-        (L{absorb}); the ACK of a 487 goes to the phone.
+        (L{absorb}); the ACK of a 487, or of a 2xx that crossed the CANCEL
+        (and its BYE), go to the phone.
         """
-        ack, answered = absorb(entry, msg, self._byes)
+        via = f"SIP/2.0/{flow.transport.upper()} {hostport(*flow.local)}"
+        ack, answered, bye = absorb(entry, msg, self._byes, self._ours_value, via, flow, flow.transport != "udp")
         if answered:
             self.counters.count(CANCEL_ANSWERED)
-        return [] if ack is None else [ToApp(flow, ack)]
+        if bye:
+            self.counters.count(BYE_SENT)
+        return ([] if ack is None else [ToApp(flow, ack)]) + self._send_byes(now)
 
     def byes_unsent(self) -> int:
         """
@@ -451,7 +455,7 @@ class AgentSipProxy:
         if self._ringing.cancelled:
             entry = self._ringing.cancelled_invite((msg.call_id, branch or ""), now)
             if entry is not None:
-                return self._cancelled_response(flow, entry, msg)
+                return self._cancelled_response(flow, entry, msg, now)
         if not (branch or "").startswith(MAGIC + AGENT_BRANCH_MARK):
             reason = "response from app not for us"
             return [self.counters.drop(reason, reason)]

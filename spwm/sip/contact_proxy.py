@@ -582,12 +582,25 @@ class ContactSipProxy:
     def _cancelled_response(self, entry: Pending, msg: SipMessage, now: float) -> list[_Step]:
         """
         A response to an INVITE we CANCELled, or to our CANCEL: ours alone
-        (L{absorb}); the ACK of a 487 goes where the INVITE went.
+        (L{absorb}); the ACK of a 487, or of a 2xx that crossed the CANCEL
+        (and its BYE), go where the INVITE went.
         """
-        ack, answered = absorb(entry, msg, self._byes)
+        dest: Any = entry.dest
+        session, fid, _ = cast("tuple[str, int, str]", entry.leg)
+        ack, answered, bye = absorb(
+            entry,
+            msg,
+            self._byes,
+            lambda v: self._own_leg_value(v, session, fid),
+            f"SIP/2.0/{'UDP' if dest == 'registrar' else dest[0].upper()} {self._hp}",
+            dest,
+            dest == "registrar" or dest[0] != "udp",
+        )
         if answered:
             self.counters.count(CANCEL_ANSWERED)
-        return [] if ack is None else self._to_dest(entry.dest, ack, now)
+        if bye:
+            self.counters.count(BYE_SENT)
+        return ([] if ack is None else self._to_dest(dest, ack, now)) + self._bye_steps(now)
 
     def _to_dest(self, dest: Any, data: bytes, now: float) -> list[_Step]:
         """
@@ -627,10 +640,13 @@ class ContactSipProxy:
         return self._byes.unsent()
 
     def _send_byes(self, now: float) -> list[Action]:
+        return self._settle(self._bye_steps(now), now, never_congested)
+
+    def _bye_steps(self, now: float) -> list[_Step]:
         steps: list[_Step] = []
         for dest, data in self._byes.due(now):
             steps.extend(self._to_dest(dest, data, now))
-        return self._settle(steps, now, never_congested)
+        return steps
 
     def _token_value(self, value: str) -> FlowToken | None:
         """

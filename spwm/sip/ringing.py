@@ -5,7 +5,8 @@ rings} (its INVITE passed on, no final response yet) with the tunnel of
 one of its parties: the caller still there is answered with a final
 response (L{build_final}), the callee still ringing gets a CANCEL
 (L{build_cancel}) and the ACK of the 487 that ends its INVITE
-(L{build_ack}).  The BYE of L{spwm.sip.byes} does the same for an
+(L{build_ack}) or, when it answered first, the ACK of its 2xx and a BYE
+(L{end_answer}).  The BYE of L{spwm.sip.byes} does the same for an
 established dialog.
 
 L{Ringing} keeps, per INVITE passed on and not finally answered, the few
@@ -31,8 +32,10 @@ from typing import Any, Callable, Hashable, Iterable
 
 from attrs import define
 
-from spwm.sip.byes import ByeSender, reason_header
-from spwm.sip.message import Header, SipMessage, make_response
+from spwm.sip.byes import ByeSender, build_bye, party_of, reason_header, route_toward
+from spwm.sip.dialogs import Parties, Party
+from spwm.sip.message import Header, SipMessage, make_response, parse_message
+from spwm.sip.rewrite import MAGIC
 
 __all__ = [
     "CANCEL_ANSWERED",
@@ -46,6 +49,7 @@ __all__ = [
     "build_cancel",
     "build_final",
     "absorb",
+    "end_answer",
     "ending",
     "told_text",
 ]
@@ -102,6 +106,8 @@ class Pending:
     @ivar ours_on_top: its top C{Via} is this half's own (dropped from a
         response).
     @ivar tag: the To tag of the first provisional response with one.
+    @ivar ended: a 2xx that crossed our CANCEL has had our BYE
+        (L{absorb}).
     """
 
     kind: str
@@ -114,6 +120,7 @@ class Pending:
     size: int
     last: float
     tag: str | None = None
+    ended: bool = False
 
 
 class Ringing:
@@ -410,24 +417,75 @@ def ending(entry: Pending, reason: str) -> tuple[SipMessage | None, bytes, str, 
     return response, response.to_bytes(), FINAL_SENT, str(FINAL_STATUS[0])
 
 
-def absorb(entry: Pending, response: SipMessage, byes: ByeSender) -> tuple[bytes | None, bool]:
+def end_answer(
+    entry: Pending, response: SipMessage, ours: Callable[[str], bool], via: str
+) -> tuple[bytes, bytes, str] | None:
+    """
+    A 2xx that crossed our CANCEL (the callee answered before the CANCEL
+    reached it): the ACK that confirms it (RFC 3261 13.2.2.4) and a BYE
+    that ends it at once in the caller's name (15.1.1, as
+    L{spwm.sip.byes.build_bye} for a call whose media is lost), rather than
+    leave the callee in a call nobody is in until it gives up waiting for
+    the ACK (32 s, 13.3.1.4).  Both go to the 2xx's C{Contact} with the
+    route set toward the callee (L{route_toward}), From the INVITE's, To
+    the 2xx's; the ACK with the INVITE's CSeq number, the BYE one past it.
+
+    @param ours: whether a C{Record-Route} value is this half's own.
+    @param via: this half's C{Via} without its branch.
+    @return: the ACK, the BYE and the BYE's branch (L{ByeSender.branch});
+        C{None} when the 2xx gives no C{Contact}.
+    """
+    callee = party_of(response, "To", response.to_tag, None)
+    if callee is None or callee.target is None:
+        return None
+    cseq = _cseq_number(entry)
+    caller = Party(_get(entry, "from").decode("utf-8", "surrogateescape"), response.from_tag, None, cseq)
+    record_route = tuple(response.get_all("Record-Route"))
+    route = route_toward(record_route, ours, False)
+    branch = ByeSender.branch()
+    bye = build_bye(response.call_id, Parties(caller, callee, record_route, False), False, route, via, branch, "tunnel lost")
+    if bye is None:
+        return None
+    ack = parse_message(bye)
+    ack.method = "ACK"
+    ack.set_header("CSeq", f"{cseq} ACK")
+    ack.remove_header("Reason")
+    ack.replace_first_value("Via", f"{via};branch={MAGIC}-spwm-ack-{secrets.token_hex(8)}")
+    return ack.to_bytes(), bye, branch
+
+
+def absorb(
+    entry: Pending, response: SipMessage, byes: ByeSender, ours: Callable[[str], bool], via: str, dest: Hashable, reliable: bool
+) -> tuple[bytes | None, bool, bool]:
     """
     A response to an INVITE a core CANCELled (L{Ringing.cancelled_invite}),
     or to its CANCEL: the core's alone (the tunnel it would go to is
     gone).  A provisional one slows the CANCEL's retransmissions; a final
     one ends them; the INVITE's non-2xx final response (the 487) is ACKed
-    (RFC 3261 17.1.1.3).  A 2xx (the callee answered before our CANCEL
-    came) is not: its UAS gives up after 32 s and sends a BYE (RFC 3261
-    13.3.1.4).
+    (RFC 3261 17.1.1.3); a 2xx (the callee answered before our CANCEL
+    came) is ACKed and, the first time, ended with a BYE queued in
+    C{byes} for C{dest} (L{end_answer}).
 
+    @param ours: whether a C{Record-Route} value is this half's own.
+    @param via: this half's C{Via} without its branch, for the 2xx's ACK
+        and BYE.
     @return: the ACK to send where the INVITE went, or C{None}; whether
-        this first answered the CANCEL (count L{CANCEL_ANSWERED}).
+        this first answered the CANCEL (count L{CANCEL_ANSWERED}); whether
+        a BYE was queued (count C{BYE_SENT}).
     """
     status = response.status or 0
     answered = byes.answered(entry.key[1], status) and status >= 200
-    if status >= 300 and response.cseq[1] == "INVITE":
-        return build_ack(entry, response), answered
-    return None, answered
+    if status < 200 or response.cseq[1] != "INVITE":
+        return None, answered, False
+    if status >= 300:
+        return build_ack(entry, response), answered, False
+    ended = end_answer(entry, response, ours, via)
+    if ended is None:
+        return None, answered, False
+    ack, bye, branch = ended
+    queued = not entry.ended and byes.add(dest, bye, branch, reliable)
+    entry.ended = entry.ended or queued
+    return ack, answered, queued
 
 
 def told_text(told: Iterable[str]) -> str:
