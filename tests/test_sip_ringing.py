@@ -175,6 +175,19 @@ class RingingTableTests(SynchronousTestCase):
         table.response(KEY, 487, parse_message(answer(SENT, 487)), 1.0)
         self.assertEqual((len(table), table.take("leg", 1.0)), (0, None))
 
+    def test_same_key_again(self) -> None:
+        """
+        An INVITE kept again under the same key for another leg replaces
+        the first: the first leg finds nothing, the bytes are counted once.
+        """
+        table = kept()
+        size = table._bytes
+        table.passed(KEY, CANCEL, "other", parse_message(SENT), "dest", True, 1.0)
+        self.assertEqual((len(table), table._bytes), (1, size))
+        self.assertIsNone(table.take("leg", 2.0))
+        self.assertIsNotNone(table.take("other", 2.0))
+        self.assertEqual((len(table), table._bytes), (0, 0))
+
     def test_timer_c(self) -> None:
         """
         Past Timer C without a response, an INVITE is not taken; a

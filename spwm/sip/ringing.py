@@ -171,7 +171,7 @@ class Ringing:
             return
         old = self._pending.pop(key, None)
         if old is not None:
-            self._bytes -= old.size
+            self._forget(key, old)
         self._pending[key] = Pending(kind, key, leg, msg.uri or "", headers, dest, ours_on_top, size, now)
         self._legs[leg] = key
         self._bytes += size
@@ -233,10 +233,12 @@ class Ringing:
         @return: the newest INVITE of C{leg} still waiting for its final
             response (within Timer C), forgotten here.
         """
-        key = self._legs.get(leg)
+        key = self._legs.pop(leg, None)
         if key is None:
             return None
-        entry = self._pending.pop(key)
+        entry = self._pending.pop(key, None)
+        if entry is None:
+            return None
         self._forget(key, entry)
         if now - entry.last >= TIMER_C:
             return None
@@ -292,13 +294,16 @@ class Ringing:
 
 def _bounded(table: dict[Any, Any], limit: int, now: float, until: Callable[[Any], float]) -> None:
     """
-    Make room for one more in C{table}: drop what is over (its C{until}
-    past C{now}), then the oldest while it holds C{limit}.
+    Make room for one more in C{table}, whose entries are in the order of
+    their C{until} (each added for the same time from its C{now}): drop
+    the oldest while it is over (its C{until} past C{now}) or the table
+    holds C{limit}.
     """
-    for old in [k for k, v in table.items() if until(v) <= now]:
-        del table[old]
-    while len(table) >= limit:
-        del table[next(iter(table))]
+    while table:
+        first = next(iter(table))
+        if len(table) < limit and until(table[first]) > now:
+            return
+        del table[first]
 
 
 def _lines(headers: Iterable[Header]) -> bytes:
