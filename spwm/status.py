@@ -43,6 +43,7 @@ from spwm.errors import ListenError
 from spwm.media.manager import END_REASONS
 from spwm.sip.checks import CONGESTED_COUNTER
 from spwm.sip.byes import BYE_ANSWERED, BYE_SENT
+from spwm.sip.ringing import CANCEL_ANSWERED, CANCEL_SENT, FINAL_SENT
 from spwm.sip.dialogs import UNACKNOWLEDGED
 from spwm.tunnel.info import describe_tunnel
 
@@ -337,8 +338,11 @@ HELP: dict[str, str] = {
 SIP_EVENT_KEYS: dict[str, tuple[str, ...]] = {
     "contact": (
         "403", "404", "430", "480", "ACK dropped", CONGESTED_COUNTER, UNACKNOWLEDGED, BYE_SENT, BYE_ANSWERED,
+        CANCEL_SENT, CANCEL_ANSWERED, FINAL_SENT,
     ),
-    "agent": ("ACK refused", CONGESTED_COUNTER, UNACKNOWLEDGED, BYE_SENT, BYE_ANSWERED),
+    "agent": (
+        "ACK refused", CONGESTED_COUNTER, UNACKNOWLEDGED, BYE_SENT, BYE_ANSWERED, CANCEL_SENT, CANCEL_ANSWERED, FINAL_SENT,
+    ),
 }
 
 #: The number that ends the name of a section of the second contact point.

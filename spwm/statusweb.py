@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 from urllib.parse import urlencode
 
 from spwm.status import Query, Status, cdr_line, certificate_lines, connections_line, proxies_line, summary, tunnel_lines
+from spwm.sip.ringing import told_text
 
 __all__ = ["CONTENT_SECURITY_POLICY", "REFRESH", "render_page"]
 
@@ -131,7 +132,7 @@ def _calls(items: list[dict[str, Any]], ended: bool) -> list[list[str]]:
             told = call.get("bye_sent") or []
             reason = call.get("reason")
             if told and isinstance(told, list):
-                reason = f"{reason}: BYE sent to the " + " and the ".join(sorted(set(map(str, told))))
+                reason = f"{reason}: {told_text(told)}"
             cells.append(_td(reason))
         cells.append(f"<td>{_legs(call.get('streams') or [])}</td>")
         rows.append(cells)

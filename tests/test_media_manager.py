@@ -314,6 +314,19 @@ class OfferAnswerTests(SynchronousTestCase):
         agent.dialog_ended(a_end, DIALOG)
         self.assertEqual((len(told), agent.cdrs[-1]["bye_sent"]), (1, []))
 
+    def test_ringing_leg_told(self) -> None:
+        """
+        A ringing leg lost: the record's C{bye_sent} is what the SIP core
+        sent to whom, and the log line says it in words.
+        """
+        reactor, agent, a_end, contact, c_end, _, _ = self._call()
+        contact.leg_lost = lambda session_id, dialog_key, reason: ["far party (CANCEL)"]
+        with capturedLogs() as events:
+            contact.session_ended(c_end.session_id, "connection lost")
+        self.assertEqual(contact.cdrs[-1]["bye_sent"], ["far party (CANCEL)"])
+        (line,) = [formatEvent(e) for e in events if "cdr" in e]
+        self.assertTrue(line.endswith(": CANCEL sent to the far party"), line)
+
     def test_streamless_leg_not_told(self) -> None:
         """
         A leg that never had a stream (only an answer without SDP crossed)

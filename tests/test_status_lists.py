@@ -357,16 +357,20 @@ class PageTests(SynchronousTestCase):
     def test_ended_call_bye_sent(self) -> None:
         """
         An ended call's reason on the page says whom the half sent a BYE
-        of its own to (C{bye_sent}); a call without says only its reason.
+        of its own to (C{bye_sent}), or for a call lost while it rang what
+        it sent; a call without says only its reason.
         """
         status = Status("agent", Clock())
         ended = [
             {"call": "1/a", "call_id": "a", "reason": "tunnel lost", "bye_sent": ["phone"], "streams": []},
             {"call": "1/b", "call_id": "b", "reason": "dialog ended", "bye_sent": [], "streams": []},
+            {"call": "1/c", "call_id": "c", "reason": "tunnel lost", "bye_sent": ["phone (CANCEL)"], "streams": []},
         ]
         status.add_list("ended_calls", lambda: ended)
         page = render_page(status, Query()).decode()
         self.assertIn("<td>tunnel lost: BYE sent to the phone</td>", page)
+        # a call lost while it rang: what went
+        self.assertIn("<td>tunnel lost: CANCEL sent to the phone</td>", page)
         self.assertIn("<td>dialog ended</td>", page)
 
     def test_certificate(self) -> None:

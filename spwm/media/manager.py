@@ -71,6 +71,7 @@ from spwm.media.negotiation import (
 )
 from spwm.media.sweep import Sweep, sweep_interval
 from spwm.sip.byes import LOSS_CAUSES
+from spwm.sip.ringing import told_text
 from spwm.media.tcp import DEFAULT_MAX_BUFFER, TcpMediaEndpoint
 from spwm.sdp import (
     MediaDescription,
@@ -809,7 +810,9 @@ class MediaManager:
         #: C{leg_lost(session_id, dialog_key, reason)}: told of a call leg
         #: that ends for want of media (L{LOSS_CAUSES}: no BYE ended it),
         #: before its record is made; returns whom the SIP core sent a BYE
-        #: to (the record's C{bye_sent}).  C{None}: nobody is told.
+        #: to, or for a call that rang a CANCEL or final response
+        #: (C{"phone (CANCEL)"}, L{spwm.sip.ringing.told_text}; the
+        #: record's C{bye_sent}).  C{None}: nobody is told.
         self.leg_lost: Callable[[str, str, str], list[str]] | None = None
 
     # counts for tests and status
@@ -1951,7 +1954,7 @@ class MediaManager:
             _cdr_summary(record),
         )
         if told:
-            line += ": BYE sent to the " + " and the ".join(sorted(set(told)))
+            line += ": " + told_text(told)
         # The line is made here, once, and is the event's format itself
         # (its braces, which a Call-ID may hold, doubled): Twisted's
         # formatting of eight fields cost about twice as much per call,

@@ -55,6 +55,7 @@ from spwm.sip.byes import (
     route_toward,
 )
 from spwm.sip.dialogs import UNACKNOWLEDGED, DialogTable, MovedLegs, Parties
+from spwm.sip.ringing import ANSWER, CANCEL, CANCEL_ANSWERED, Pending, Ringing, absorb, ending
 from spwm.sip.errors import SipParseError
 from spwm.sip.flows import Flow, FlowTable
 from spwm.sip.message import SipMessage, make_response, parse_message
@@ -78,7 +79,7 @@ from spwm.sip.rewrite import (
     strip_instance,
     top_route,
 )
-from spwm.sip.uri import SipUri, parse_name_addr, parse_uri
+from spwm.sip.uri import SipUri, parse_name_addr, parse_uri, parse_via
 
 __all__ = ["AgentSipProxy", "BYE_SENT", "OPTIONS_REFUSED", "TUNNEL_BYE"]
 
@@ -107,6 +108,10 @@ def _spirals(route: list[str]) -> bool:
 #: The counter of the C{OPTIONS} to the agent answered C{503} for want of
 #: a tunnel (those answered C{200}: L{OPTIONS_ANSWERED})
 OPTIONS_REFUSED = "OPTIONS answered here: 503, no tunnel"
+
+#: (for a message without Via, which the parser refuses: a branch of none)
+_NO_VIA = parse_via("SIP/2.0/UDP invalid")
+
 
 class AgentSipProxy:
     """
@@ -166,6 +171,9 @@ class AgentSipProxy:
         # the new INVITEs passed on lately, either way (their
         # retransmissions pass on too, whatever the tunnel's state)
         self._invites = RecentInvites()
+        # those of them not finally answered yet (what a call lost while
+        # it rings needs: L{_end_ringing})
+        self._ringing = Ringing()
         # flow id -> when the registration made through it expires
         self._registered_until: dict[int, float] = {}
 
@@ -363,9 +371,9 @@ class AgentSipProxy:
         """
         dialogs = self._dialogs.take(flow_id, call_id, flow_id)
         flow = self.flows.lookup(flow_id, now)
-        told: list[str] = []
+        told = self._end_ringing(flow, flow_id, call_id, reason, now)
         if not self.bye_on_loss:
-            return [], told
+            return self._send_byes(now), told
         for d in dialogs:
             parties = d.parties
             if parties is None:
@@ -411,6 +419,44 @@ class AgentSipProxy:
         else:
             self.counters.count(BYE_DROPPED)
 
+    def _end_ringing(self, flow: Flow | None, flow_id: int, call_id: str, reason: str, now: float) -> list[str]:
+        """
+        A call leg lost with its tunnel while it rings (its INVITE passed
+        on, no final response yet): the phone that calls gets a final
+        response of ours (L{build_final}), the phone that rings a CANCEL
+        (L{build_cancel}), over its flow, sent and retransmitted as the
+        BYEs are (L{ByeSender}, keyed by the INVITE's branch: the ACK of
+        the response, the CANCEL's 200 and the INVITE's 487 stop it).
+
+        @return: whom, for the call record: C{"phone (480)"} or
+            C{"phone (CANCEL)"}.
+        """
+        entry = self._ringing.take((flow_id, call_id), now)
+        if entry is None or flow is None or not self.bye_on_loss or reason != "tunnel lost":
+            return []
+        response, data, counter, what = ending(entry, reason)
+        if not self._byes.add(flow, data, entry.key[1], flow.transport != "udp"):
+            self.counters.count(BYE_DROPPED)
+            return []
+        # (the phone's branch for a response to it, ours for the CANCEL)
+        self._ringing.sent(entry, entry.key[1], now)
+        self.counters.count(counter)
+        return [f"phone ({what})"]
+
+    def _cancelled_response(self, flow: Flow, entry: Pending, msg: SipMessage, now: float) -> list[Action]:
+        """
+        A response to an INVITE we CANCELled, or to our CANCEL: ours alone
+        (L{absorb}); the ACK of a 487, or of a 2xx that crossed the CANCEL
+        (and its BYE), go to the phone.
+        """
+        via = f"SIP/2.0/{flow.transport.upper()} {hostport(*flow.local)}"
+        ack, answered, bye = absorb(entry, msg, self._byes, self._ours_value, via, flow, flow.transport != "udp")
+        if answered:
+            self.counters.count(CANCEL_ANSWERED)
+        if bye:
+            self.counters.count(BYE_SENT)
+        return ([] if ack is None else [ToApp(flow, ack)]) + self._send_byes(now)
+
     def byes_unsent(self) -> int:
         """
         @return: the BYEs of our own still waiting to be sent a first time
@@ -450,6 +496,8 @@ class AgentSipProxy:
         # (parse_message checked the headers a proxy relies on)
         if msg.method == "OPTIONS" and self._options_for_us(msg):
             return self._answer_options(flow, msg)
+        if self._ringing.answered and msg.method == "ACK" and self._acked(msg, now):
+            return []
         again = self._invites.again(msg)
         if again:
             redundant = self._invites.redundant(msg, now)
@@ -490,7 +538,24 @@ class AgentSipProxy:
         remember_dialog_request(self._dialogs, leg, msg, True)
         self._invites.media(invite, again, self.media_hook, self.tunnel_key, leg, msg, True)
         self._maybe_ended(leg, msg)
+        if invite is not None:
+            if not again:
+                self._ringing.passed(invite, ANSWER, (leg, invite[0]), msg, fid, False, now)
+        elif method == "CANCEL":
+            self._ringing.finished((msg.call_id, (msg.top_via or _NO_VIA).branch or ""))
         return [ToTunnel(self.tunnel_key, fid, msg.to_bytes())]
+
+    def _acked(self, msg: SipMessage, now: float) -> bool:
+        """
+        Whether C{msg}, an ACK from a phone, is that of our own final
+        response (L{_end_ringing}): it ends that response's
+        retransmissions, and goes no further.
+        """
+        branch = (msg.top_via or _NO_VIA).branch or ""
+        if not self._ringing.acked((msg.call_id, branch), now):
+            return False
+        self._byes.answered(branch, 200)
+        return True
 
     def _app_response(self, flow: Flow, msg: SipMessage, now: float) -> list[Action]:
         # (parse_message checked the headers a proxy relies on)
@@ -502,6 +567,10 @@ class AgentSipProxy:
             if self._byes.answered(branch or "", msg.status or 0) and (msg.status or 0) >= 200:
                 self.counters.count(BYE_ANSWERED)
             return []
+        if self._ringing.cancelled:
+            entry = self._ringing.cancelled_invite((msg.call_id, branch or ""), now)
+            if entry is not None:
+                return self._cancelled_response(flow, entry, msg, now)
         if not (branch or "").startswith(MAGIC + AGENT_BRANCH_MARK):
             reason = "response from app not for us"
             return [self.counters.drop(reason, reason)]
@@ -511,6 +580,8 @@ class AgentSipProxy:
             return [self.counters.drop(reason, reason)]
         fid = self.flows.use(flow, now)
         self._track_response(msg, None, fid, now)
+        if (msg.status or 0) >= 200 and msg.cseq[1] == "INVITE":
+            self._ringing.finished((msg.call_id, branch or ""))
         show_media(self.media_hook, self.tunnel_key, fid, msg, True)
         return [ToTunnel(self.tunnel_key, fid, msg.to_bytes())]
 
@@ -582,6 +653,12 @@ class AgentSipProxy:
         remember_dialog_request(self._dialogs, flow_id, msg, False)
         self._invites.media(invite, again, self.media_hook, self.tunnel_key, flow_id, msg, False)
         self._maybe_ended(flow_id, msg)
+        if invite is not None:
+            if not again:
+                call_id = invite[0]
+                self._ringing.passed((call_id, branch), CANCEL, (flow_id, call_id), msg, flow_id, True, now)
+        elif method == "CANCEL":
+            self._ringing.finished((msg.call_id, branch))
         return [ToApp(flow, msg.to_bytes())]
 
     def _tunnel_response(
@@ -600,12 +677,18 @@ class AgentSipProxy:
             return [self.counters.drop(reason, reason)]
         # (parse_message checked the headers a proxy relies on)
         fid = self.flows.use(flow, now)
-        leg = self._moved.leg(msg.call_id or "", msg.cseq[0], fid, fid, (msg.status or 0) >= 200)
+        call_id = msg.call_id or ""
+        number, method = msg.cseq
+        status = msg.status or 0
+        leg = self._moved.leg(call_id, number, fid, fid, status >= 200)
         self._track_response(msg, flow, leg, now)
+        if method == "INVITE":
+            # (the phone's INVITE: its own Via on top)
+            self._ringing.response((call_id, (msg.top_via or _NO_VIA).branch or ""), status, msg, now)
         events: list[Action] = []
-        if msg.cseq[1] == "REGISTER":
+        if method == "REGISTER":
             strip_instance(msg, self.instance_for)
-            if 200 <= (msg.status or 0) < 300:
+            if 200 <= status < 300:
                 events = self._bindings.answered(flow, fid, msg, now)
         show_media(self.media_hook, self.tunnel_key, leg, msg, False)
         return [ToApp(flow, msg.to_bytes()), *events]

@@ -72,6 +72,7 @@ from spwm.sip.byes import (
     route_toward,
 )
 from spwm.sip.dialogs import UNACKNOWLEDGED, Dialog, DialogTable, MovedLegs, RemoteTarget
+from spwm.sip.ringing import ANSWER, CANCEL, CANCEL_ANSWERED, Pending, Ringing, absorb, ending
 from spwm.sip.errors import SipParseError
 from spwm.sip.flows import KIND_CONTACT, KIND_ROUTE, KIND_VIA, FlowToken, FlowTokenCodec
 from spwm.sip.message import SipMessage, make_response, parse_message
@@ -290,6 +291,9 @@ class ContactSipProxy:
         # the new INVITEs passed on lately, either way (their
         # retransmissions pass on too, whatever the tunnel's state)
         self._invites = RecentInvites()
+        # those of them not finally answered yet (what a call lost while
+        # it rings needs: L{_end_ringing})
+        self._ringing = Ringing()
         self._next_sweep: float | None = None
 
     @property
@@ -486,7 +490,7 @@ class ContactSipProxy:
         @return: the actions (the first BYEs), and whom a BYE went to
             (C{"far party"} per dialog), for the call record.
         """
-        told: list[str] = []
+        told = self._end_ringing(session_id, flow_id, call_id, reason, now, tunnels)
         if not self.bye_on_loss:
             self._dialogs.take(session_id, call_id, flow_id)
             return [], told
@@ -533,6 +537,100 @@ class ContactSipProxy:
         self._dialogs.take(session_id, call_id, flow_id)
         return self._send_byes(now), told
 
+    def _end_ringing(
+        self, session_id: str, flow_id: int, call_id: str, reason: str, now: float, tunnels: bool
+    ) -> list[str]:
+        """
+        A call leg lost with its tunnel while it rings (its INVITE passed
+        on, no final response yet): a caller on this side gets a final
+        response of ours (L{build_final}) where a response to its INVITE
+        goes (its top C{Via} after ours: through the operator's proxy, or
+        a spiral into the caller's tunnel with the embedded registrar); a
+        callee on this side a CANCEL (L{build_cancel}) where the INVITE
+        went (the operator's proxy, or the embedded registrar's routing).
+        Sent and retransmitted as the BYEs are (L{ByeSender}, keyed by
+        the branch a response to them has on top); without C{tunnels}
+        (the contact point stops) none goes into a tunnel.
+
+        @return: whom, for the call record: C{"far party (480)"} or
+            C{"far party (CANCEL)"}.
+        """
+        entry = self._ringing.take((session_id, flow_id, call_id), now)
+        if entry is None or not self.bye_on_loss or reason != "tunnel lost":
+            return []
+        response, data, counter, what = ending(entry, reason)
+        if response is None:
+            dest: Any = entry.dest
+            branch = entry.key[1]
+            reliable = dest == "registrar" or dest[0] != "udp"
+        else:
+            top = response.top_via
+            assert top is not None  # (one below ours, or it came in without)
+            transport, addr = via_destination(top)
+            dest = "spiral" if self._is_our_addr(addr) else (transport, addr)
+            branch = top.branch or ""
+            reliable = dest == "spiral" or transport != "udp"
+        if dest in ("spiral", "registrar") and not tunnels:
+            return []
+        if not self._byes.add(dest, data, branch, reliable):
+            self.counters.count(BYE_DROPPED)
+            return []
+        self._ringing.sent(entry, branch, now)
+        self.counters.count(counter)
+        return [f"far party ({what})"]
+
+    def _cancelled_response(self, entry: Pending, msg: SipMessage, now: float) -> list[_Step]:
+        """
+        A response to an INVITE we CANCELled, or to our CANCEL: ours alone
+        (L{absorb}); the ACK of a 487, or of a 2xx that crossed the CANCEL
+        (and its BYE), go where the INVITE went.
+        """
+        dest: Any = entry.dest
+        session, fid, _ = cast("tuple[str, int, str]", entry.leg)
+        ack, answered, bye = absorb(
+            entry,
+            msg,
+            self._byes,
+            lambda v: self._own_leg_value(v, session, fid),
+            f"SIP/2.0/{'UDP' if dest == 'registrar' else dest[0].upper()} {self._hp}",
+            dest,
+            dest == "registrar" or dest[0] != "udp",
+        )
+        if answered:
+            self.counters.count(CANCEL_ANSWERED)
+        if bye:
+            self.counters.count(BYE_SENT)
+        return ([] if ack is None else self._to_dest(dest, ack, now)) + self._bye_steps(now)
+
+    def _to_dest(self, dest: Any, data: bytes, now: float) -> list[_Step]:
+        """
+        The steps that send C{data}, a message of our own, to C{dest}: a
+        C{(transport, addr)}, C{"spiral"} (as from the network) or
+        C{"registrar"} (a request the embedded registrar routes, as one
+        from a tunnel).
+        """
+        if dest == "spiral":
+            return [_Spiral("udp", data)]
+        if dest == "registrar":
+            if self.registrar is None:
+                return []
+            replies = self.registrar.handle_request(parse_message(data), now)
+            return [_Spiral("udp", reply.to_bytes()) for reply in replies]
+        transport, addr = cast("tuple[str, tuple[str, int]]", dest)
+        return [ToNetwork(transport, addr, data)]
+
+    def _acked(self, msg: SipMessage, key: tuple[str, str], now: float) -> bool:
+        """
+        Whether C{msg}, an ACK, is that of our own final response
+        (L{_end_ringing}; C{key}: its Call-ID and the branch its response
+        has on top): it ends that response's retransmissions, and goes no
+        further.
+        """
+        if not self._ringing.acked(key, now):
+            return False
+        self._byes.answered(key[1], 200)
+        return True
+
     def byes_unsent(self) -> int:
         """
         @return: the BYEs of our own still waiting to be sent a first time
@@ -542,14 +640,13 @@ class ContactSipProxy:
         return self._byes.unsent()
 
     def _send_byes(self, now: float) -> list[Action]:
+        return self._settle(self._bye_steps(now), now, never_congested)
+
+    def _bye_steps(self, now: float) -> list[_Step]:
         steps: list[_Step] = []
         for dest, data in self._byes.due(now):
-            if dest == "spiral":
-                steps.append(_Spiral("udp", data))
-            else:
-                transport, addr = cast("tuple[str, tuple[str, int]]", dest)
-                steps.append(ToNetwork(transport, addr, data))
-        return self._settle(steps, now, never_congested)
+            steps.extend(self._to_dest(dest, data, now))
+        return steps
 
     def _token_value(self, value: str) -> FlowToken | None:
         """
@@ -679,6 +776,8 @@ class ContactSipProxy:
         call_id = msg.call_id
         extra = short_hash(branch_source(msg)) + short_hash(msg.uri or "", 2)
         branch = MAGIC + self._codec.encode(KIND_VIA, session, fid, extra)
+        if self._ringing.answered and method == "ACK" and self._acked(msg, (call_id, branch), now):
+            return []
         if method in DIALOG_CREATING and msg.to_tag is None:
             msg.prepend_header("Record-Route", self._route_uri(session, fid))
         if method == "REGISTER":
@@ -717,6 +816,12 @@ class ContactSipProxy:
             msg.replace_first_value("Via", self._via(transport, branch))
             data = msg.to_bytes()
         self._arm(now)
+        if invite is not None:
+            if not again:
+                where = (transport, dest) if operator is not None else "registrar"
+                self._ringing.passed((call_id, branch), CANCEL, (session, leg, call_id), msg, where, True, now)
+        elif method == "CANCEL":
+            self._ringing.finished((call_id, branch))
         if self.registrar is not None and operator is None and hop is None:
             # the embedded registrar answers at once, as from the network
             return [_Spiral("udp", reply.to_bytes()) for reply in self.registrar.handle_request(msg, now)]
@@ -786,10 +891,13 @@ class ContactSipProxy:
     def _tunnel_response(
         self, key: TunnelKey, session: str, msg: SipMessage, now: float
     ) -> list[_Step]:
-        tok = self._via_token(msg.top_via)
-        if tok is None or tok.session_id != session:
+        top = msg.top_via
+        tok = self._via_token(top)
+        if top is None or tok is None or tok.session_id != session:
             reason = "response from tunnel without our Via"
             return [self.counters.drop(reason, reason)]
+        if msg.cseq[1] == "INVITE":
+            self._ringing.response((msg.call_id, top.branch or ""), msg.status or 0, msg, now)
         msg.pop_first_value("Via")
         nxt = msg.top_via
         if nxt is None:
@@ -930,9 +1038,9 @@ class ContactSipProxy:
             )
         if msg.is_request:
             return self._network_request(transport, src, msg, now, congested)
-        return list(self._network_response(src, msg, now))
+        return self._network_response(src, msg, now)
 
-    def _network_response(self, src: tuple[str, int], msg: SipMessage, now: float) -> list[Action]:
+    def _network_response(self, src: tuple[str, int], msg: SipMessage, now: float) -> list[_Step]:
         top = msg.top_via
         pool = self.proxies
         if pool is not None and pool.probing and top is not None:
@@ -948,6 +1056,10 @@ class ContactSipProxy:
                 if self._byes.answered(branch or "", status) and status >= 200:
                     self.counters.count(BYE_ANSWERED)
                 return []
+            if self._ringing.cancelled:
+                entry = self._ringing.cancelled_invite((msg.call_id, branch or ""), now)
+                if entry is not None:
+                    return self._cancelled_response(entry, msg, now)
         tok = self._via_token(top)
         if top is None or tok is None:
             reason = "response from network with unknown or forged Via"
@@ -972,6 +1084,8 @@ class ContactSipProxy:
         fid = tok.flow_id
         leg = self._moved.leg(msg.call_id, msg.cseq[0], (tok.session_id, fid), fid, status >= 200)
         self._track_response(key, tok.session_id, leg, msg, now)
+        if status >= 200 and method == "INVITE":
+            self._ringing.finished((msg.call_id, branch or ""))
         if 200 <= status < 300 and msg.to_tag is not None and not self._is_our_addr(src):
             # the network side's 2xx to a target refresh from the tunnel
             self._remember_target(tok.session_id, msg, src)
@@ -987,6 +1101,10 @@ class ContactSipProxy:
         congested: Callable[[TunnelKey], bool],
     ) -> list[_Step]:
         # (parse_message checked the headers a proxy relies on)
+        if self._ringing.answered and msg.method == "ACK":
+            top = msg.top_via
+            if top is not None and self._acked(msg, (msg.call_id, top.branch or ""), now):
+                return []
         stamp_via(msg, src, always_rport=transport != "udp")
         mf = msg.max_forwards
         if msg.method == "OPTIONS" and self._options_for_us(msg, mf):
@@ -1110,6 +1228,12 @@ class ContactSipProxy:
         msg.prepend_header("Via", self._via("udp", branch))
         remember_dialog_request(self._dialogs, tok.session_id, msg, False)
         self._invites.media(invite, again, self.media_hook, key, tok.flow_id, msg, True)
+        if invite is not None:
+            if not again:
+                leg = (tok.session_id, tok.flow_id, call_id)
+                self._ringing.passed((call_id, branch), ANSWER, leg, msg, None, True, now)
+        elif method == "CANCEL":
+            self._ringing.finished((call_id, branch))
         self._maybe_ended(key, tok.session_id, tok.flow_id, msg)
         self._dialogs.touch(tok.session_id, call_id, now)
         if method == "BYE":

@@ -46,7 +46,7 @@ TUNNEL_LIMIT_OPTIONS = (
     Option("max-media-queue", _D.tunnel.max_media_queue, positive_int, "Bytes of media a tunnel may queue; past it datagrams are dropped and counted."),
     Option("udp-buffer", _D.sip.udp_buffer, positive_int, "Receive buffer (bytes) of SIP and forward UDP sockets."),
     Option("media-buffer", _D.media.receive_buffer, positive_int, "Receive buffer (bytes) of each media relay socket: about 300 audio packets; a backlog beyond it is too late to play and the kernel drops it."),
-    Option("no-bye-on-loss", False, bool, "Send no BYE of our own when a call ends here without one (its media lost: tunnel lost past resumption, no media for --media-timeout): the parties are then not told, and stay in a silent call until they hang up.", flag=True),
+    Option("no-bye-on-loss", False, bool, "Send no BYE of our own when a call ends here without one (its media lost: tunnel lost past resumption, no media for --media-timeout), nor a CANCEL or 480 for a call lost while it rings: the parties are then not told, and stay in a silent (or ringing) call until they hang up.", flag=True),
     Option("user-ciphering", False, bool, "Seal each registered user's SIP and media frames with that user's key (both halves must ask).", flag=True),
     Option("resume-window", _D.session.resume_window, non_negative_float, "Seconds a broken tunnel's calls and media wait to be resumed (its registrations stay, dormant, until they expire); 0: never suspend."),
 )

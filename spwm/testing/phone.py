@@ -414,6 +414,12 @@ class Call:
         self._ts = secrets.randbits(31)
         self.invite: SipMessage | None = None
         self.answer: bytes | None = None
+        #: an incoming call CANCELled before its answer (answered 487)
+        self.cancelled = False
+        #: ACKs received for the non-2xx final response (the 487)
+        self.final_acks = 0
+        #: an incoming call's ring before its answer (L{Phone.ring_seconds})
+        self.ringing: defer.Deferred[Any] | None = None
 
     @property
     def local_port(self) -> int:
@@ -480,6 +486,7 @@ class Phone(DatagramProtocol):
     @ivar sent: counts of SIP messages sent, by method or status code.
     @ivar received: counts of SIP messages received, likewise.
     @ivar byes: every BYE received, in order.
+    @ivar cancels: every CANCEL received, in order.
     @ivar calls: every call, in order.
     @ivar incoming: called with each new incoming L{Call} once it is answered.
     @ivar ring_seconds: how long an incoming call rings (180, no early
@@ -511,6 +518,10 @@ class Phone(DatagramProtocol):
         self.sent: dict[str, int] = {}
         self.received: dict[str, int] = {}
         self.byes: list[SipMessage] = []
+        self.cancels: list[SipMessage] = []
+        # Call-ID -> the INVITE of ours a non-2xx final response ended
+        # (its retransmissions are ACKed again)
+        self._failed_invites: dict[str, bytes] = {}
         self.errors: list[str] = []
         self.calls: list[Call] = []
         self._by_call_id: dict[str, Call] = {}
@@ -552,6 +563,8 @@ class Phone(DatagramProtocol):
         for call_id in list(self._ok_retransmits):
             self._stop_ok(call_id)
         for call in self.calls:
+            if call.ringing is not None:
+                call.ringing.cancel()
             yield call.close()
         port, self._sip_port = self._sip_port, None
         if port is not None:
@@ -666,12 +679,17 @@ class Phone(DatagramProtocol):
                 call = self._by_call_id.get(key[0])
                 if call is not None and call.remote_tag is not None:
                     self._send_ack(call, message)
+            elif method == "INVITE" and key[0] in self._failed_invites:
+                self._ack_failure(self._failed_invites[key[0]], message)
             return
         assert message.status is not None
         if message.status < 200:
             transaction.provisional = True
             return
         del self._transactions[key]
+        if method == "INVITE" and message.status >= 300:
+            self._failed_invites[key[0]] = transaction.data
+            self._ack_failure(transaction.data, message)
         if transaction.timer is not None and transaction.timer.active():
             transaction.timer.cancel()
         transaction.deferred.callback(message)
@@ -690,7 +708,9 @@ class Phone(DatagramProtocol):
                 return
             self._incoming(message, addr)
         elif method == "ACK":
-            if call is not None:
+            if call is not None and call.cancelled:
+                call.final_acks += 1
+            elif call is not None:
                 self._stop_ok(call_id)
                 if not call.established.called:
                     call.established.callback(call)
@@ -705,7 +725,16 @@ class Phone(DatagramProtocol):
             if not call.ended.called:
                 call.ended.callback(200)
         elif method == "CANCEL":
+            self.cancels.append(message)
             self._reply(message, addr, 481 if call is None else 200, "OK" if call else "Call/Transaction Does Not Exist")
+            if call is not None and not call.outgoing and call.answer is None and call.invite is not None:
+                # ringing still: the INVITE ends with 487 (RFC 3261 9.2)
+                call.cancelled = True
+                if call.ringing is not None:
+                    call.ringing.cancel()
+                self._reply(call.invite, addr, 487, "Request Terminated", to_tag=call.local_tag)
+                if not call.ended.called:
+                    call.ended.callback(487)
         elif method == "OPTIONS":
             self._reply(message, addr, 200, "OK")
         else:
@@ -733,6 +762,8 @@ class Phone(DatagramProtocol):
         d = self._bind_media(call)
 
         def answer(_: object) -> None:
+            if call.cancelled:
+                return
             body = make_sdp(self.name, self.address, call.local_port, secrets.randbits(31))
             call.answer = self._reply(
                 invite,
@@ -748,11 +779,19 @@ class Phone(DatagramProtocol):
             if self.on_incoming is not None:
                 self.on_incoming(call)
 
+        def ring(port: Any) -> Any:
+            call.ringing = task.deferLater(self.reactor, self.ring_seconds, lambda: port)
+            return call.ringing
+
         if self.ring_seconds:
             # ring first (180, no early media), then answer
-            d.addCallback(lambda port: task.deferLater(self.reactor, self.ring_seconds, lambda: port))
+            d.addCallback(ring)
         d.addCallback(answer)
-        d.addErrback(lambda f: self.errors.append(f"answering failed: {f.getErrorMessage()}"))
+        def failed(f: Any) -> None:
+            if not f.check(defer.CancelledError):  # (a CANCEL, or the stop)
+                self.errors.append(f"answering failed: {f.getErrorMessage()}")
+
+        d.addErrback(failed)
 
     # sending
 
@@ -799,6 +838,31 @@ class Phone(DatagramProtocol):
         timer = self._ok_retransmits.pop(call_id, None)
         if timer is not None and timer.active():
             timer.cancel()
+
+    def cancel(self, call: Call) -> defer.Deferred[SipMessage]:
+        """
+        CANCEL the INVITE of C{call}, an outgoing call not answered yet
+        (RFC 3261 9.1); fires with the CANCEL's final response.
+        """
+        transaction = self._transactions[call.call_id, call.cseq, "INVITE"]
+        invite = parse_sip(transaction.data)
+        headers = [("Via", invite.get("via") or ""), ("Max-Forwards", "70")]
+        headers += [(name, invite.get(name) or "") for name in ("From", "To", "Call-ID")]
+        headers.append(("CSeq", f"{call.cseq} CANCEL"))
+        return self._request(f"CANCEL {invite.uri} SIP/2.0", headers, call.call_id, call.cseq, "CANCEL")
+
+    def _ack_failure(self, invite_data: bytes, response: SipMessage) -> None:
+        """
+        ACK a non-2xx final response to our INVITE (RFC 3261 17.1.1.3):
+        the INVITE's Request-URI, Via, From, Call-ID and CSeq number, the
+        response's To.
+        """
+        invite = parse_sip(invite_data)
+        headers = [("Via", invite.get("via") or ""), ("Max-Forwards", "70")]
+        headers += [("From", invite.get("from") or ""), ("To", response.get("to") or "")]
+        headers += [("Call-ID", invite.get("call-id") or ""), ("CSeq", f"{invite.cseq[0]} ACK")]
+        self._count_sent("ACK")
+        self._send(build_sip(f"ACK {invite.uri} SIP/2.0", headers), self.proxy, count=False)
 
     def _send_ack(self, call: Call, response: SipMessage) -> None:
         headers = self._dialog_headers(call, "ACK", cseq=call.cseq)

@@ -52,6 +52,21 @@ class _BaresipBed(InteropTestCase):
                 self.fail(f"{texts} not all in the log within {timeout}s; see {self.logdir}")
             time.sleep(0.2)
 
+    def call_bob(self, name: str, scenario: str, uas_name: str) -> tuple[Baresip, ManagedProcess]:
+        """
+        baresip C{name} (alice, over UDP) registers and calls bob, a SIPp
+        UAS C{uas_name} running C{scenario} for one call.
+
+        @return: the phone and bob's SIPp.
+        """
+        phone = Baresip(self.topology, self.logdir, name, "alice", "udp", self.agent_ca)
+        phone.start()
+        self.addCleanup(phone.stop)
+        self.wait_registered(phone)
+        uas = self.sipp_uas(scenario, extra=["-m", "1"], name=uas_name)
+        phone.dial("sip:bob@example.test")
+        return phone, uas
+
 
 class BaresipByeOnLossTests(_BaresipBed):
     """
@@ -94,12 +109,7 @@ table inet spwm_drop {
         it, ending its scenario with success; baresip gets the agent's
         and ends the call; the halves' call lines say whom they told.
         """
-        phone = Baresip(self.topology, self.logdir, "baresip-bye", "alice", "udp", self.agent_ca)
-        phone.start()
-        self.addCleanup(phone.stop)
-        self.wait_registered(phone)
-        uas = self.sipp_uas("uas_echo.xml", extra=["-m", "1"], name="bob-bye")
-        phone.dial("sip:bob@example.test")
+        phone, uas = self.call_bob("baresip-bye", "uas_echo.xml", "bob-bye")
         self.wait_media()
         self.media_flows(1.0, "the call")
         self.drop_phone_audio()
@@ -113,6 +123,23 @@ table inet spwm_drop {
         # the call (it does not log the Reason)
         self.wait_log(phone, ["session closed: Connection reset by peer", "terminated"], 10.0)
 
+    def test_ringing_call_lost_both_parties_told(self) -> None:
+        """
+        baresip calls bob, who rings (a SIPp UAS that answers 180 and
+        waits for a CANCEL); the agent stops: the contact point CANCELs
+        the INVITE through Kamailio (bob answers it 200 and the INVITE
+        487, his scenario ends with success once the 487 is ACKed) and
+        the stopping agent answers baresip 480 (docs/sip-proxy.md,
+        "Ending a call lost while it rings"); the halves' call lines say
+        what they sent.
+        """
+        phone, uas = self.call_bob("baresip-ring", "uas_ring_cancel.xml", "bob-rings")
+        self.wait_log(phone, ["180 Ringing"], 10.0)
+        self.agent.stop()
+        self.assertSippSuccess(self.wait_sipp(uas, timeout=20))
+        self.wait_log(self.contact, ["ended (tunnel lost)", ": CANCEL sent to the far party"], 10.0)
+        self.assertIn(": 480 sent to the phone", self.agent.stdout())
+        self.wait_log(phone, ["480 Temporarily Unavailable"], 10.0)
 
 class BaresipByeAfterCrashTests(_BaresipBed):
     """
@@ -146,12 +173,7 @@ class BaresipByeAfterCrashTests(_BaresipBed):
         the new contact point and Kamailio and ends its scenario; baresip
         gets the agent's BYE and closes the call.
         """
-        phone = Baresip(self.topology, self.logdir, "baresip-crash", "alice", "udp", self.agent_ca)
-        phone.start()
-        self.addCleanup(phone.stop)
-        self.wait_registered(phone)
-        uas = self.sipp_uas("uas_echo.xml", extra=["-m", "1"], name="bob-crash")
-        phone.dial("sip:bob@example.test")
+        phone, uas = self.call_bob("baresip-crash", "uas_echo.xml", "bob-crash")
         self.wait_media()
         self.media_flows(1.0, "the call")
         deadline = time.monotonic() + 10.0

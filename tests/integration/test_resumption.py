@@ -644,14 +644,15 @@ class ContactStopTests(_LoopbackPair):
     """
 
     @defer.inlineCallbacks
-    def alice_and_carol(self, on_incoming: Any) -> Any:
+    def alice_and_carol(self, on_incoming: Any, ring_seconds: float = 0.0) -> Any:
         """
         alice registered behind the agent (her incoming calls to
-        C{on_incoming}) and carol on the contact point's network side.
+        C{on_incoming}, rung C{ring_seconds} before her answer) and carol
+        on the contact point's network side.
 
         @return: carol's phone.
         """
-        alice = Phone(reactor, "alice", "example.test", self.agents[0].config.sip_listen[0])
+        alice = Phone(reactor, "alice", "example.test", self.agents[0].config.sip_listen[0], ring_seconds=ring_seconds)
         alice.on_incoming = on_incoming
         carol = Phone(reactor, "carol", "example.test", self.contact.config.sip_address)
         for phone in (alice, carol):
@@ -682,6 +683,24 @@ class ContactStopTests(_LoopbackPair):
         self.assertEqual(bye.get("reason"), 'SIP;cause=503;text="tunnel lost"')
         self.assertEqual(
             [(c["reason"], c["bye_sent"]) for c in self.contact.media.cdrs], [("tunnel lost", ["far party"])]
+        )
+
+    @defer.inlineCallbacks
+    def test_ringing_network_caller_told(self) -> Any:
+        """
+        A call from carol that still rings at alice's phone: carol gets
+        the contact point's 480 before its SIP socket closes; the call
+        record says so (C{tests.integration.test_ringing_lost}).
+        """
+        carol = yield self.alice_and_carol(lambda c: None, ring_seconds=120.0)
+        outcome = carol.call("alice")
+        outcome.addErrback(lambda f: f.value)
+        yield wait_until(lambda: carol.received.get("180", 0) >= 1, timeout=WAIT)
+        yield self.contact.service.stopService()
+        failed = yield outcome
+        self.assertEqual(str(failed), "INVITE answered 480 Temporarily Unavailable")
+        self.assertEqual(
+            [(c["reason"], c["bye_sent"]) for c in self.contact.media.cdrs], [("tunnel lost", ["far party (480)"])]
         )
 
     @defer.inlineCallbacks

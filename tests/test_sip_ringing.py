@@ -1,0 +1,598 @@
+"""
+Tests for L{spwm.sip.ringing} (what a half sends of its own for a call
+lost while it rings: a final response to the caller, a CANCEL to the
+callee and the ACK of its 487), the table of INVITEs not finally answered,
+and both cores' use of them (C{leg_lost}).
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from spwm.sip.actions import ToApp, ToNetwork, ToTunnel
+from spwm.sip.agent_proxy import AgentSipProxy
+from spwm.sip.byes import BYE_ANSWERED, BYE_SENT, T1, T2
+from spwm.sip.contact_proxy import ContactSipProxy
+from spwm.sip.flows import KIND_ROUTE, FlowTokenCodec
+from spwm.sip.message import SipMessage, make_response, parse_message
+from spwm.sip.ringing import (
+    ANSWER,
+    CANCEL,
+    CANCEL_ANSWERED,
+    CANCEL_SENT,
+    FINAL_SENT,
+    MAX_KEPT_BYTES,
+    TIMER_C,
+    Ringing,
+    build_ack,
+    build_cancel,
+    build_final,
+    told_text,
+)
+from spwm.testing.tunnel import FakeTunnel
+from tests.test_sip_byes import answered_above
+from tests.test_sip_proxy import (
+    CONTACT_ADDR,
+    FLOW_A,
+    OPERATOR,
+    SDP,
+    SECRET,
+    RecordingHook,
+    World,
+    answer,
+    from_carol,
+    invite_for_phone,
+    only,
+    register,
+    request,
+)
+
+REASON = 'SIP;cause=503;text="tunnel lost"'
+
+#: an INVITE as a half sent it on: its own Via on top, a Route
+SENT = (
+    b"INVITE sip:bob@198.51.100.20:5070 SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKours1\r\n"
+    b"Via: SIP/2.0/UDP 198.51.100.40:5060;branch=z9hG4bKext1;received=198.51.100.41;rport=5099\r\n"
+    b"Max-Forwards: 69\r\n"
+    b"Route: <sip:p1.example.net;lr>\r\n"
+    b"Route: <sip:p2.example.net;lr>\r\n"
+    b'From: "Carol" <sip:carol@example.org>;tag=fc\r\n'
+    b"To: <sip:bob@example.org>\r\n"
+    b"Call-ID: ring-1\r\n"
+    b"CSeq: 41 INVITE\r\n"
+    b"Record-Route: <sip:x@203.0.113.5;lr>\r\n"
+    b"Contact: <sip:carol@198.51.100.40>\r\n"
+    b"Content-Type: application/sdp\r\n"
+    b"Content-Length: " + str(len(SDP)).encode() + b"\r\n\r\n" + SDP
+)
+KEY = ("ring-1", "z9hG4bKours1")
+
+
+def kept(kind: str = CANCEL, ours_on_top: bool = True, data: bytes = SENT, now: float = 0.0) -> Ringing:
+    table = Ringing()
+    table.passed(KEY, kind, "leg", parse_message(data), "dest", ours_on_top, now)
+    return table
+
+
+class BuildTests(SynchronousTestCase):
+    """
+    L{build_cancel}, L{build_ack} and L{build_final} from what
+    L{Ringing} kept of an INVITE.
+    """
+
+    def test_cancel(self) -> None:
+        """
+        The CANCEL has the INVITE's Request-URI, top Via alone (its
+        branch), Routes, From, To, Call-ID and CSeq number, with
+        Max-Forwards 70 and the Reason; no body.
+        """
+        entry = kept().take("leg", 1.0)
+        assert entry is not None
+        cancel = parse_message(build_cancel(entry, "tunnel lost"))
+        self.assertEqual((cancel.method, cancel.uri), ("CANCEL", "sip:bob@198.51.100.20:5070"))
+        self.assertEqual(cancel.get_all("Via"), ["SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKours1"])
+        self.assertEqual(cancel.get_all("Route"), ["<sip:p1.example.net;lr>", "<sip:p2.example.net;lr>"])
+        self.assertEqual(cancel.get("From"), '"Carol" <sip:carol@example.org>;tag=fc')
+        self.assertEqual((cancel.to_tag, cancel.get("To")), (None, "<sip:bob@example.org>"))
+        self.assertEqual((cancel.call_id, cancel.cseq, cancel.max_forwards), ("ring-1", (41, "CANCEL"), 70))
+        self.assertEqual(cancel.get("Reason"), REASON)
+        self.assertEqual(cancel.body, b"")
+        self.assertFalse(cancel.has("Contact") or cancel.has("Record-Route"))
+
+    def test_ack_of_487(self) -> None:
+        """
+        The ACK of the 487 has the INVITE's Request-URI, top Via, Routes,
+        From, Call-ID and CSeq number with ACK, and the 487's To (its tag).
+        """
+        entry = kept().take("leg", 1.0)
+        assert entry is not None
+        resp = make_response(parse_message(SENT), 487, "Request Terminated", to_tag="tb")
+        ack = parse_message(build_ack(entry, resp))
+        self.assertEqual((ack.method, ack.uri), ("ACK", "sip:bob@198.51.100.20:5070"))
+        self.assertEqual(ack.get_all("Via"), ["SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKours1"])
+        self.assertEqual(len(ack.get_all("Route")), 2)
+        self.assertEqual((ack.from_tag, ack.to_tag, ack.cseq), ("fc", "tb", (41, "ACK")))
+        self.assertFalse(ack.has("Reason"))
+
+    def test_final_response(self) -> None:
+        """
+        The 480 goes to the caller: the Via lines below ours, as they came
+        in, From, To with a fresh tag, Call-ID, CSeq and the Reason.
+        """
+        entry = kept(ANSWER).take("leg", 1.0)
+        assert entry is not None
+        resp = parse_message(build_final(entry, "tunnel lost").to_bytes())
+        self.assertEqual((resp.status, resp.reason), (480, "Temporarily Unavailable"))
+        self.assertEqual(
+            resp.get_all("Via"),
+            ["SIP/2.0/UDP 198.51.100.40:5060;branch=z9hG4bKext1;received=198.51.100.41;rport=5099"],
+        )
+        self.assertEqual((resp.from_tag, resp.call_id, resp.cseq), ("fc", "ring-1", (41, "INVITE")))
+        self.assertTrue(resp.to_tag)
+        self.assertEqual(resp.get("Reason"), REASON)
+        self.assertFalse(resp.has("Route"))
+
+    def test_final_response_early_tag(self) -> None:
+        """
+        After a provisional response with a To tag, the final response has
+        that tag (the early dialog's); all Via lines when none is ours.
+        """
+        table = kept(ANSWER, ours_on_top=False)
+        table.response(KEY, 180, parse_message(answer(SENT, 180, to_tag="early1")), 1.0)
+        table.response(KEY, 183, parse_message(answer(SENT, 183, to_tag="other")), 2.0)
+        entry = table.take("leg", 3.0)
+        assert entry is not None
+        resp = build_final(entry, "tunnel lost")
+        self.assertEqual((resp.to_tag, len(resp.get_all("Via"))), ("early1", 2))
+
+    def test_told_text(self) -> None:
+        """
+        The call record's C{bye_sent} in words: as before for BYEs, and
+        what went to whom for a ringing call.
+        """
+        self.assertEqual(told_text(["phone"]), "BYE sent to the phone")
+        self.assertEqual(told_text(["phone", "far party"]), "BYE sent to the far party and the phone")
+        self.assertEqual(told_text(["phone (CANCEL)"]), "CANCEL sent to the phone")
+        self.assertEqual(told_text(["far party (480)"]), "480 sent to the far party")
+        self.assertEqual(told_text([]), "")
+
+
+class RingingTableTests(SynchronousTestCase):
+    """
+    L{Ringing}: bounded, forgotten on the final response, the caller's
+    CANCEL or Timer C.
+    """
+
+    def invite(self, n: int) -> SipMessage:
+        return parse_message(SENT.replace(b"ring-1", b"ring-%d" % n))
+
+    def test_finished(self) -> None:
+        """
+        An INVITE finally answered (or CANCELled by its caller) is gone.
+        """
+        table = kept()
+        table.response(KEY, 487, parse_message(answer(SENT, 487)), 1.0)
+        self.assertEqual((len(table), table.take("leg", 1.0)), (0, None))
+
+    def test_same_key_again(self) -> None:
+        """
+        An INVITE kept again under the same key for another leg replaces
+        the first: the first leg finds nothing, the bytes are counted once.
+        """
+        table = kept()
+        size = table._bytes
+        table.passed(KEY, CANCEL, "other", parse_message(SENT), "dest", True, 1.0)
+        self.assertEqual((len(table), table._bytes), (1, size))
+        self.assertIsNone(table.take("leg", 2.0))
+        self.assertIsNotNone(table.take("other", 2.0))
+        self.assertEqual((len(table), table._bytes), (0, 0))
+
+    def test_timer_c(self) -> None:
+        """
+        Past Timer C without a response, an INVITE is not taken; a
+        provisional response starts Timer C again.
+        """
+        self.assertIsNone(kept().take("leg", TIMER_C))
+        self.assertIsNotNone(kept().take("leg", TIMER_C - 1))
+        table = kept()
+        table.response(KEY, 180, parse_message(answer(SENT, 180, to_tag=None)), 100.0)
+        self.assertIsNotNone(table.take("leg", TIMER_C + 50))
+        # (not a 100: hop by hop)
+        table = kept()
+        table.response(KEY, 100, parse_message(answer(SENT, 100, to_tag=None)), 100.0)
+        self.assertIsNone(table.take("leg", TIMER_C + 50))
+
+    def test_expired_forgotten_on_add(self) -> None:
+        """
+        Those past Timer C leave the table as new ones come.
+        """
+        table = Ringing()
+        table.passed(("a", "1"), CANCEL, "a", self.invite(1), None, True, 0.0)
+        table.passed(("b", "1"), CANCEL, "b", self.invite(2), None, True, 10.0)
+        table.passed(("c", "1"), CANCEL, "c", self.invite(3), None, True, TIMER_C + 5)
+        self.assertEqual(len(table), 2)
+
+    def test_limit(self) -> None:
+        """
+        At most C{limit} INVITEs: the oldest goes.
+        """
+        table = Ringing(limit=3)
+        for n in range(5):
+            table.passed((str(n), "b"), CANCEL, n, self.invite(n), None, True, float(n))
+        self.assertEqual(len(table), 3)
+        self.assertIsNone(table.take(0, 5.0))
+        self.assertIsNone(table.take(1, 5.0))
+        self.assertIsNotNone(table.take(4, 5.0))
+
+    def test_bytes(self) -> None:
+        """
+        At most C{max_bytes} of header values (the oldest go); an INVITE
+        whose kept lines are over L{MAX_KEPT_BYTES} is not kept at all.
+        """
+        size = sum(len(h.value) for h in parse_message(SENT).headers if h.name in ("via", "from", "to", "call-id", "cseq", "route"))
+        table = Ringing(max_bytes=2 * size)
+        for n in range(4):
+            table.passed((str(n), "b"), CANCEL, n, self.invite(n), None, True, 0.0)
+        self.assertEqual(len(table), 2)
+        big = SENT.replace(b"Route: <sip:p2.example.net;lr>", b"Route: <sip:" + b"p" * MAX_KEPT_BYTES + b".example.net;lr>")
+        table = Ringing()
+        table.passed(KEY, CANCEL, "leg", parse_message(big), None, True, 0.0)
+        self.assertEqual(len(table), 0)
+
+    def test_cancelled_and_answered_bounded(self) -> None:
+        """
+        The INVITEs the core CANCELled or answered are kept 32 s, at most
+        C{limit} of each.
+        """
+        table = Ringing(limit=2)
+        for n in range(3):
+            table.passed((str(n), "b"), CANCEL, n, self.invite(n), None, True, 0.0)
+        entries = [table.take(n, 0.0) for n in (1, 2)]
+        for entry in entries:
+            assert entry is not None
+            table.cancelling(entry, 0.0)
+            table.answering(entry, "z9hG4bKc", 0.0)
+        self.assertIsNotNone(table.cancelled_invite(("1", "b"), 31.0))
+        self.assertIsNone(table.cancelled_invite(("1", "b"), 32.0))
+        self.assertTrue(table.acked(("2", "z9hG4bKc"), 31.0))
+        self.assertFalse(table.acked(("2", "z9hG4bKc"), 32.0))
+        extra = parse_message(SENT)
+        table.passed(KEY, CANCEL, "x", extra, None, True, 1.0)
+        entry = table.take("x", 1.0)
+        assert entry is not None
+        table.cancelling(entry, 1.0)
+        self.assertEqual(len(table.cancelled), 2)
+        self.assertIsNone(table.cancelled_invite(("1", "b"), 1.0))
+
+
+class AgentRingingTests(SynchronousTestCase):
+    """
+    L{AgentSipProxy.leg_lost} for a call lost with its tunnel while it
+    rings.
+    """
+
+    def setUp(self) -> None:
+        self.key = object()
+        self.agent = AgentSipProxy(self.key, "agent-1", media_hook=RecordingHook("agent"))
+
+    def ring_phone(self) -> tuple[int, SipMessage]:
+        """
+        An INVITE from the tunnel rings alice's phone (FLOW_A), which
+        answers 180.
+        """
+        fid = self.agent.flows.use(FLOW_A, 0.0)
+        down = only(self.agent.from_tunnel(fid, invite_for_phone(), 0.0), ToApp)
+        only(self.agent.from_app(FLOW_A, answer(down.data, 180, "Ringing", to_tag="ph"), 0.5), ToTunnel)
+        return fid, parse_message(down.data)
+
+    def lost(self, fid: int, reason: str = "tunnel lost", at: float = 2.0) -> tuple[list, list[str]]:
+        return self.agent.leg_lost("s", fid, "call-1@192.0.2.10", reason, at)
+
+    def test_cancel_to_the_ringing_phone(self) -> None:
+        """
+        The phone that rings gets a CANCEL of the INVITE it got (its
+        Request-URI, the agent's Via and branch, From, To without tag,
+        CSeq), with the Reason; the record says C{"phone (CANCEL)"}; the
+        CANCEL's 200 and the INVITE's 487 stay here and the 487 is ACKed
+        with the 487's To tag.
+        """
+        fid, got = self.ring_phone()
+        actions, told = self.lost(fid)
+        self.assertEqual(told, ["phone (CANCEL)"])
+        act = only(actions, ToApp)
+        self.assertEqual(act.flow, FLOW_A)
+        cancel = parse_message(act.data)
+        self.assertEqual((cancel.method, cancel.uri, cancel.cseq), ("CANCEL", got.uri, (1, "CANCEL")))
+        self.assertEqual(cancel.get_all("Via"), got.get_all("Via")[:1])
+        self.assertEqual((cancel.get("From"), cancel.get("To")), (got.get("From"), got.get("To")))
+        self.assertEqual(cancel.get("Reason"), REASON)
+        self.assertEqual(self.agent.counters[CANCEL_SENT], 1)
+        self.assertEqual(self.agent.from_app(FLOW_A, answer(act.data, 200, to_tag="ph"), 2.1), [])
+        self.assertEqual(self.agent.counters[CANCEL_ANSWERED], 1)
+        terminated = answer(got.to_bytes(), 487, "Request Terminated", to_tag="ph")
+        for _ in range(2):  # and its retransmission
+            ack = parse_message(only(self.agent.from_app(FLOW_A, terminated, 2.2), ToApp).data)
+            self.assertEqual((ack.method, ack.uri, ack.cseq, ack.to_tag), ("ACK", got.uri, (1, "ACK"), "ph"))
+            self.assertEqual(ack.get_all("Via"), got.get_all("Via")[:1])
+        # no CANCEL again
+        self.assertEqual([a for a in self.agent.handle_timer(2.0 + T1) if isinstance(a, ToApp)], [])
+
+    def test_answer_crossing_the_cancel(self) -> None:
+        """
+        The phone answered 200 before our CANCEL reached it: the 2xx stays
+        here, is ACKed (its Contact, the INVITE's CSeq, its To tag) and
+        ended at once with a BYE in the caller's name (CSeq one past, the
+        Reason), once: a retransmitted 2xx is ACKed again, no second BYE;
+        the BYE's 200 stays here.
+        """
+        fid, got = self.ring_phone()
+        only(self.lost(fid)[0], ToApp)
+        ok = answer(got.to_bytes(), 200, to_tag="ph", extra=(("Contact", "<sip:alice@192.0.2.10:5062>"),))
+        sent = self.agent.from_app(FLOW_A, ok, 2.1)
+        self.assertEqual({a.flow for a in sent}, {FLOW_A})
+        ack, bye = (parse_message(a.data) for a in sent)
+        self.assertEqual((ack.method, ack.uri, ack.cseq), ("ACK", "sip:alice@192.0.2.10:5062", (1, "ACK")))
+        self.assertEqual((ack.from_tag, ack.to_tag, ack.has("Route"), ack.has("Reason")), ("fb", "ph", False, False))
+        self.assertEqual((bye.method, bye.uri, bye.cseq), ("BYE", "sip:alice@192.0.2.10:5062", (2, "BYE")))
+        self.assertEqual((bye.from_tag, bye.to_tag, bye.get("Reason")), ("fb", "ph", REASON))
+        self.assertNotEqual(ack.get("Via"), bye.get("Via"))
+        self.assertEqual(self.agent.counters[BYE_SENT], 1)
+        again = [parse_message(a.data) for a in self.agent.from_app(FLOW_A, ok, 2.3)]
+        self.assertEqual([(m.method, m.cseq) for m in again], [("ACK", (1, "ACK"))])
+        self.assertEqual(self.agent.from_app(FLOW_A, make_response(bye, 200, "OK").to_bytes(), 2.7), [])
+        self.assertEqual(self.agent.counters[BYE_ANSWERED], 1)
+
+    def test_cancel_retransmitted(self) -> None:
+        """
+        Over UDP, the CANCEL goes again after T1 until a response; the
+        INVITE's 487 alone ends it too.
+        """
+        fid, got = self.ring_phone()
+        first = only(self.lost(fid)[0], ToApp)
+        again = [a for a in self.agent.handle_timer(2.0 + T1) if isinstance(a, ToApp)]
+        self.assertEqual(again, [first])
+        only(self.agent.from_app(FLOW_A, answer(got.to_bytes(), 487, "Request Terminated", to_tag="ph"), 3.0), ToApp)
+        self.assertEqual([a for a in self.agent.handle_timer(2.0 + 3 * T1 + T2) if isinstance(a, ToApp)], [])
+
+    def test_final_response_to_the_calling_phone(self) -> None:
+        """
+        The phone that calls out, ringing at the far end (180 with a tag),
+        gets a 480 of the agent's own with that tag and the Reason, over
+        its flow; again until its ACK, which stays here.
+        """
+        invite = request("INVITE", "sip:bob@example.org", extra=("Contact: <sip:alice@192.0.2.10:5062>",))
+        up = only(self.agent.from_app(FLOW_A, invite, 0.0), ToTunnel)
+        ringing = answer(up.data, 180, "Ringing", to_tag="tb")
+        only(self.agent.from_tunnel(up.flow_id, ringing, 0.5), ToApp)
+        actions, told = self.lost(up.flow_id)
+        self.assertEqual(told, ["phone (480)"])
+        act = only(actions, ToApp)
+        resp = parse_message(act.data)
+        self.assertEqual((act.flow, resp.status, resp.to_tag, resp.cseq), (FLOW_A, 480, "tb", (1, "INVITE")))
+        self.assertEqual(resp.get_all("Via"), ["SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKapp1;rport=5062;received=192.0.2.10"])
+        self.assertEqual(resp.get("Reason"), REASON)
+        self.assertEqual(self.agent.counters[FINAL_SENT], 1)
+        self.assertEqual([a for a in self.agent.handle_timer(2.0 + T1) if isinstance(a, ToApp)], [act])
+        ack = request("ACK", "sip:bob@example.org", to="<sip:bob@example.org>;tag=tb")
+        self.assertEqual(self.agent.from_app(FLOW_A, ack, 2.6), [])
+        self.assertEqual([a for a in self.agent.handle_timer(2.0 + 3 * T1) if isinstance(a, ToApp)], [])
+
+    def test_not_after_the_answer(self) -> None:
+        """
+        A call answered (its INVITE's final response passed) gets none of
+        this (its dialog gets a BYE instead).
+        """
+        fid, got = self.ring_phone()
+        only(self.agent.from_app(FLOW_A, answer(got.to_bytes(), 486, "Busy Here", to_tag="ph"), 1.0), ToTunnel)
+        self.assertEqual(self.lost(fid), ([], []))
+
+    def test_not_after_the_callers_cancel(self) -> None:
+        """
+        A call its caller CANCELled gets no CANCEL of ours.
+        """
+        fid, got = self.ring_phone()
+        cancel = request(
+            "CANCEL",
+            "sip:alice@192.0.2.10:5062",
+            via="SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKcp1",
+            from_="<sip:bob@example.org>;tag=fb",
+            to="<sip:alice@example.org>",
+        )
+        only(self.agent.from_tunnel(fid, cancel, 1.0), ToApp)
+        self.assertEqual(self.lost(fid), ([], []))
+
+    def test_only_for_tunnel_lost(self) -> None:
+        """
+        Nothing for another reason (media inactivity: the ringing call's
+        own timer), nor with C{bye_on_loss} off; and the INVITE is
+        forgotten all the same.
+        """
+        fid, _ = self.ring_phone()
+        self.assertEqual(self.lost(fid, "media inactivity"), ([], []))
+        self.assertEqual(self.lost(fid), ([], []))
+        self.setUp()
+        self.agent.bye_on_loss = False
+        fid, _ = self.ring_phone()
+        self.assertEqual(self.lost(fid), ([], []))
+
+
+class ContactRingingTests(SynchronousTestCase):
+    """
+    L{ContactSipProxy.leg_lost} for a call lost with its tunnel while it
+    rings, with an operator proxy.
+    """
+
+    def setUp(self) -> None:
+        self.cp = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR, media_hook=RecordingHook("contact"))
+        self.key = FakeTunnel("sess-1")
+        self.cp.tunnel_attached(self.key, "sess-1")
+        self.proxy = (OPERATOR.host, OPERATOR.port)
+
+    def test_cancel_toward_the_far_party(self) -> None:
+        """
+        A phone's call out ringing at the far end: the CANCEL goes to the
+        operator's proxy as the INVITE did (the contact point's Via and
+        branch); its 200 and the 487 stay here, the 487 ACKed there.
+        """
+        invite = request("INVITE", "sip:bob@example.org", extra=("Contact: <sip:alice@192.0.2.10:5062>",))
+        sent = only(self.cp.from_tunnel(self.key, "sess-1", 5, invite, 0.0), ToNetwork)
+        only(self.cp.from_network("udp", self.proxy, answer(sent.data, 180, "Ringing"), 0.5), ToTunnel)
+        actions, told = self.cp.leg_lost("sess-1", 5, "call-1@192.0.2.10", "tunnel lost", 2.0)
+        self.assertEqual(told, ["far party (CANCEL)"])
+        act = only(actions, ToNetwork)
+        self.assertEqual((act.transport, act.addr), ("udp", self.proxy))
+        cancel = parse_message(act.data)
+        invite_sent = parse_message(sent.data)
+        self.assertEqual((cancel.method, cancel.uri, cancel.cseq), ("CANCEL", invite_sent.uri, (1, "CANCEL")))
+        self.assertEqual(cancel.get_all("Via"), invite_sent.get_all("Via")[:1])
+        self.assertEqual(cancel.get("Reason"), REASON)
+        self.assertEqual(self.cp.counters[CANCEL_SENT], 1)
+        self.assertEqual(self.cp.from_network("udp", self.proxy, answer(act.data, 200), 2.1), [])
+        ack = parse_message(
+            only(self.cp.from_network("udp", self.proxy, answer(sent.data, 487, "Request Terminated"), 2.2), ToNetwork).data
+        )
+        self.assertEqual((ack.method, ack.uri, ack.to_tag, ack.cseq), ("ACK", invite_sent.uri, "tt", (1, "ACK")))
+        self.assertEqual(ack.get_all("Via"), invite_sent.get_all("Via")[:1])
+        self.assertEqual(self.cp.counters[CANCEL_ANSWERED], 1)
+
+    def test_answer_crossing_the_cancel(self) -> None:
+        """
+        The far party answered 200 before our CANCEL reached it: the
+        contact point ACKs the 2xx and ends it with a BYE, both through
+        the operator's proxy with its Route, to the 2xx's Contact.
+        """
+        invite = request("INVITE", "sip:bob@example.org")
+        sent = only(self.cp.from_tunnel(self.key, "sess-1", 5, invite, 0.0), ToNetwork)
+        self.cp.leg_lost("sess-1", 5, "call-1@192.0.2.10", "tunnel lost", 2.0)
+        ok = answered_above(sent.data, "<sip:198.51.100.7;lr>", "<sip:bob@198.51.100.30:5080>")
+        out = self.cp.from_network("udp", self.proxy, ok.to_bytes(), 2.1)
+        self.assertEqual({(a.transport, a.addr) for a in out}, {("udp", self.proxy)})
+        ack, bye = (parse_message(a.data) for a in out)
+        for msg, cseq in ((ack, (1, "ACK")), (bye, (2, "BYE"))):
+            self.assertEqual((msg.uri, msg.cseq, msg.from_tag, msg.to_tag), ("sip:bob@198.51.100.30:5080", cseq, "fa", "tt"))
+            self.assertEqual(msg.get_all("Route"), ["<sip:198.51.100.7;lr>"])
+        self.assertEqual(self.cp.counters[BYE_SENT], 1)
+
+    def test_final_response_to_the_far_caller(self) -> None:
+        """
+        A call from the network ringing at the phone (180 with a tag): the
+        caller gets a 480 with that tag where a response to its INVITE
+        goes (its Via below ours, received from the operator's proxy), again until its ACK, which stays here.
+        """
+        ruri = "sip:alice@192.0.2.10:5062"
+        token = FlowTokenCodec(SECRET).encode(KIND_ROUTE, "sess-1", 5)
+        invite = from_carol("INVITE", ruri, extra=(f"Route: <sip:{token}@203.0.113.5;lr>",))
+        down = only(self.cp.from_network("udp", self.proxy, invite, 0.0), ToTunnel)
+        ringing = answer(down.data, 180, "Ringing", to_tag="ph")
+        only(self.cp.from_tunnel(self.key, "sess-1", 5, ringing, 0.5), ToNetwork)
+        actions, told = self.cp.leg_lost("sess-1", 5, "ext-1", "tunnel lost", 2.0)
+        self.assertEqual(told, ["far party (480)"])
+        act = only(actions, ToNetwork)
+        resp = parse_message(act.data)
+        # (its INVITE came from the operator's proxy: Via received)
+        self.assertEqual((act.addr, resp.status, resp.to_tag), (self.proxy, 480, "ph"))
+        self.assertEqual(len(resp.get_all("Via")), 1)
+        self.assertEqual(self.cp.counters[FINAL_SENT], 1)
+        self.assertEqual([a for a in self.cp.handle_timer(2.0 + T1) if isinstance(a, ToNetwork)], [act])
+        ack = from_carol("ACK", ruri, to="<sip:alice@example.org>;tag=ph", extra=(f"Route: <sip:{token}@203.0.113.5;lr>",))
+        self.assertEqual(self.cp.from_network("udp", self.proxy, ack, 2.6), [])
+        self.assertEqual([a for a in self.cp.handle_timer(2.0 + 3 * T1) if isinstance(a, ToNetwork)], [])
+
+    def test_not_after_the_answer(self) -> None:
+        """
+        A call whose INVITE was answered gets none of this.
+        """
+        invite = request("INVITE", "sip:bob@example.org")
+        sent = only(self.cp.from_tunnel(self.key, "sess-1", 5, invite, 0.0), ToNetwork)
+        only(self.cp.from_network("udp", self.proxy, answer(sent.data, 603, "Decline"), 0.5), ToTunnel)
+        self.assertEqual(self.cp.leg_lost("sess-1", 5, "call-1@192.0.2.10", "tunnel lost", 2.0), ([], []))
+
+
+class EmbeddedRingingTests(SynchronousTestCase):
+    """
+    With the embedded registrar, alice (behind agent s1) calls bob
+    (behind agent s2); bob's phone rings.
+    """
+
+    def setUp(self) -> None:
+        self.w = w = World()
+        self.t1, self.a1 = w.add_agent("s1")
+        self.t2, self.a2 = w.add_agent("s2")
+        w.app(self.a1, FLOW_A, register())
+        w.take_app()
+        w.app(self.a2, FLOW_A, register("bob", "sip:bob@192.0.2.10:5062"))
+        w.take_app()
+        invite = request("INVITE", "sip:bob@example.org", extra=("Contact: <sip:alice@192.0.2.10:5062>",))
+        w.app(self.a1, FLOW_A, invite)
+        self.rung = w.take_app()[1]
+        w.app(self.a2, FLOW_A, answer(self.rung.to_bytes(), 180, "Ringing", to_tag="ph"))
+        self.assertEqual(w.take_app()[1].status, 180)
+
+    def leg(self, session: str) -> tuple[str, int]:
+        legs: list[tuple[str, int, str]] = list(self.w.contact._ringing._legs)  # type: ignore[arg-type]
+        return next((s, fid) for s, fid, _ in legs if s == session)
+
+    def lose(self, tunnel: FakeTunnel) -> list[str]:
+        """
+        C{tunnel} is lost past resumption: the contact point's C{leg_lost}
+        for its leg of the call, its actions carried out.
+
+        @return: whom it told.
+        """
+        w = self.w
+        session, fid = self.leg(tunnel.session_id)
+        w.contact.tunnel_detached(tunnel, keep_registrations=True)
+        actions, told = w.contact.leg_lost(session, fid, "call-1@192.0.2.10", "tunnel lost", w.now)
+        w.run(actions, "contact")
+        return told
+
+    def test_caller_lost(self) -> None:
+        """
+        Alice's tunnel lost: the contact point CANCELs the INVITE into
+        bob's tunnel (through its registrar's routing), and bob's phone
+        gets it from its agent; the 487 is ACKed back to bob's phone and
+        goes no further.
+        """
+        w = self.w
+        self.assertEqual(self.lose(self.t1), ["far party (CANCEL)"])
+        flow, cancel = w.take_app()
+        self.assertEqual((cancel.method, cancel.uri, cancel.get("Reason")), ("CANCEL", self.rung.uri, REASON))
+        self.assertEqual(cancel.get_all("Via"), self.rung.get_all("Via")[:3])
+        w.app(self.a2, FLOW_A, answer(cancel.to_bytes(), 200, to_tag="ph"))
+        w.app(self.a2, FLOW_A, answer(self.rung.to_bytes(), 487, "Request Terminated", to_tag="ph"))
+        flow, ack = w.take_app()
+        self.assertEqual((ack.method, ack.uri, ack.to_tag), ("ACK", self.rung.uri, "ph"))
+        self.assertEqual(ack.get_all("Via"), self.rung.get_all("Via")[:3])
+        self.assertEqual(w.drops, [])
+
+    def test_caller_lost_answer_crossing(self) -> None:
+        """
+        Alice's tunnel lost, and bob's phone answered before the contact
+        point's CANCEL came: the 2xx is ACKed and ended with a BYE, both
+        through bob's tunnel to his phone's Contact.
+        """
+        w = self.w
+        self.lose(self.t1)
+        w.take_app()  # the CANCEL
+        ok = answer(self.rung.to_bytes(), 200, to_tag="ph", extra=(("Contact", "<sip:bob@192.0.2.10:5062>"),))
+        w.app(self.a2, FLOW_A, ok)
+        got = w.take_apps()
+        self.assertEqual([(m.method, m.uri, m.cseq, m.to_tag) for _, m in got], [
+            ("ACK", "sip:bob@192.0.2.10:5062", (1, "ACK"), "ph"),
+            ("BYE", "sip:bob@192.0.2.10:5062", (2, "BYE"), "ph"),
+        ])
+        self.assertEqual(got[1][1].get("Reason"), REASON)
+
+    def test_callee_lost(self) -> None:
+        """
+        Bob's tunnel lost: alice gets the contact point's 480 through her
+        tunnel; not while the contact point stops (C{tunnels} false).
+        """
+        w = self.w
+        session, fid = self.leg("s2")
+        self.assertEqual(w.contact.leg_lost(session, fid, "call-1@192.0.2.10", "tunnel lost", w.now, tunnels=False), ([], []))
+        self.setUp()
+        self.assertEqual(self.lose(self.t2), ["far party (480)"])
+        flow, resp = self.w.take_app()
+        self.assertEqual((flow, resp.status, resp.to_tag, resp.get("Reason")), (FLOW_A, 480, "ph", REASON))
