@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import signal
 import sys
@@ -613,6 +614,39 @@ class StateFileTests(SynchronousTestCase):
         self.assertEqual(
             cm.exception.code, "spwm-contact: invalid configuration: state-file: no directory '/nonexistent/spwm'"
         )
+
+
+    def test_the_other_halfs_file(self) -> None:
+        """
+        Each half refuses the other half's state file with one line, not
+        overwrite it at its start (an agent's keys, a contact point's
+        sessions and token key would be lost).
+        """
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            json.dump({"version": 1, "saved_at": 0, "token_secret": "00" * 32, "sessions": {}}, f)
+        options = agent.Options()
+        options.parseOptions(["--plaintext", "--state-file", path])
+        with self.assertRaises(SystemExit) as cm:
+            agent.makeService(options, MemoryReactorClock())
+        self.assertEqual(
+            cm.exception.code,
+            f"spwm-agent: invalid configuration: state-file: {path} is a contact point's state file, not an agent's:"
+            " give each its own",
+        )
+        with open(path, "w") as f:
+            json.dump({"version": 1, "agent": True, "sides": []}, f)
+        options = contact.Options()
+        options.parseOptions(["--plaintext", "--state-file", path])
+        with self.assertRaises(SystemExit) as cm:
+            contact.makeService(options, MemoryReactorClock())
+        self.assertEqual(
+            cm.exception.code,
+            f"spwm-contact: invalid configuration: state-file: {path} is an agent's state file, not a contact"
+            " point's: give each its own",
+        )
+        with open(path) as f:
+            self.assertEqual(json.load(f)["agent"], True)
 
 
 class _ThreadCallReactor(MemoryReactorClock):
