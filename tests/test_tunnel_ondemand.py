@@ -21,6 +21,7 @@ from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.tap.parts import AgentTunnelHandle
 from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
 from spwm.tunnel.service import AgentTunnelService, OnDemandTunnel, backoff
+from tests.test_agent_state import registered_agent
 from tests.test_sip_proxy import answer, register, request
 from tests.test_tunnel_protocol import RecordingApp
 from tests.test_tunnel_service import FakeEndpoint
@@ -455,6 +456,18 @@ class OnDemandTests(SynchronousTestCase):
         self.assertEqual(len(self.endpoint.attempts), 2)
         contact = self.connect()
         self.assertEqual([c[0] for c in contact.calls], ["established", "sip"])
+
+    def test_restored_registration_starts_it(self) -> None:
+        """
+        A registration taken back from the agent's state file (valid at
+        the start) needs the tunnel at once: started, it connects.
+        """
+        self.on_demand.stopService()
+        self.assertEqual(self.endpoint.attempts, [])
+        core, _ = registered_agent(self.clock.seconds())
+        self.assertEqual(self.agent.core.import_state(core.export_state(self.clock.seconds()), self.clock.seconds()), 1)
+        self.on_demand.startService()
+        self.assertEqual(len(self.endpoint.attempts), 1)
 
     def test_failed_connection_answers_503(self) -> None:
         """

@@ -1337,6 +1337,16 @@ class OnDemandTunnel(Service):
             self._arm()
         return bool(self.service.connecting)
 
+    def startService(self) -> None:
+        """
+        No tunnel at start, unless an application needs one already:
+        registrations restored from the agent's C{--state-file} wait at
+        the contact point, and calls to their phones need the tunnel now.
+        """
+        super().startService()
+        if self._busy(self._clock.seconds()):
+            self.want()
+
     def _arm(self) -> None:
         if self._timer is None or not self._timer.active():
             self._timer = self._clock.callLater(self._check_interval, self._check)
