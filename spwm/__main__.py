@@ -166,7 +166,7 @@ def render(doc: dict[str, Any]) -> str:
             f" max {_cell(loop.get('lag_ms_max'))} ms over the last 10 s"
             + ("; SHORT OF CPU: media and SIP wait as long (docs/operations.md, \"Capacity\")" if late else "")
         )
-    from spwm.status import cdr_line, certificate_lines, connections_line, proxies_line, tunnel_lines
+    from spwm.status import cdr_line, certificate_lines, connections_line, proxies_line, state_line, tunnel_lines
 
     out.extend(tunnel_lines(doc))
     connections = connections_line(doc)
@@ -179,6 +179,9 @@ def render(doc: dict[str, Any]) -> str:
     cdr = cdr_line(doc)
     if cdr is not None:
         out.append(cdr)
+    state = state_line(doc)
+    if state is not None:
+        out.append(state)
     lists = doc.get("lists") or {}
     for name, title, headers, row in _VIEWS:
         page = lists.get(name)

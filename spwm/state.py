@@ -138,6 +138,8 @@ class _StateFile:
         self._stopped = False
         self._failing = False
         self.interval = SAVE_INTERVAL
+        #: the wall clock's time of the last write that worked
+        self.written_at: float | None = None
 
     def load(self) -> dict[str, Any] | None:
         """
@@ -201,8 +203,23 @@ class _StateFile:
         writing.addBoth(lambda _: done.callback(None))
         return done
 
+    def status(self) -> dict[str, Any]:
+        """
+        The status document's C{state_file} section: writes that worked
+        and failed since the start, when the last one worked (seconds
+        since the epoch), and 1 while the writes fail.
+        """
+        return {
+            "path": self.path,
+            "writes": self.writes,
+            "failures": self.failures,
+            "written_at": self.written_at,
+            "failing": int(self._failing),
+        }
+
     def _written(self, count: int) -> None:
         self.writes += 1
+        self.written_at = self.wall()
         if self._failing:
             self._failing = False
             self.log.info("state file {path} written again: {count} sessions", path=self.path, count=count)
@@ -222,8 +239,11 @@ class _StateFile:
         try:
             write_file(self.path, text)
         except OSError as e:
+            self.failures += 1
             self.log.error("state file {path} not written: {reason}", path=self.path, reason=str(e))
             return
+        self.writes += 1
+        self.written_at = self.wall()
         self.log.info("state file {path} written: {count} sessions", path=self.path, count=count)
 
 

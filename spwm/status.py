@@ -263,6 +263,7 @@ COUNTERS: dict[str, frozenset[str]] = {
     "certificate": frozenset({"reloads", "reload_failures"}),
     "client_certificate": frozenset({"reloads", "reload_failures"}),
     "cdr_file": frozenset({"written", "write_errors", "failures", "reopened"}),
+    "state_file": frozenset({"writes", "failures"}),
 }
 
 #: The HELP text of the document's numbers that have one of their own.
@@ -327,6 +328,10 @@ HELP: dict[str, str] = {
     "cdr_file_waiting": "--cdr-file: call detail records that wait in memory for the file to take them (a full disk).",
     "cdr_file_write_errors": "--cdr-file: writes to the file that failed (each record that waits is tried again).",
     "cdr_file_reopened": "--cdr-file: times the file was reopened (SIGHUP).",
+    "state_file_writes": "--state-file: writes of the state file that worked since the start (at start, every --state-interval, at stop).",
+    "state_file_failures": "--state-file: writes of the state file that failed since the start (a crash then loses more; see the log).",
+    "state_file_written_at": "--state-file: when the state file was last written (seconds since the epoch); alert on time() minus it well past --state-interval.",
+    "state_file_failing": "--state-file: 1 while the writes of the state file fail.",
     "paths_late_losses": "Agent, --tunnel-connections auto: kernel retransmissions seen on a connection whose round trip is 100 ms or more (each can add connections).",
 }
 
@@ -649,6 +654,20 @@ def cdr_line(doc: dict[str, Any]) -> str | None:
     if cdr.get("failures"):
         parts.append(f"{cdr['failures']} RECORDS LOST")
     return f"CDR file {cdr.get('path', '?')}: {'; '.join(parts)}; {cdr.get('written', 0)} written"
+
+
+def state_line(doc: dict[str, Any]) -> str | None:
+    """
+    For the page and C{spwm status}: a C{--state-file} whose writes fail
+    (a crash would lose what it should keep); C{None} while they work.
+    """
+    state = doc.get("state_file")
+    if not isinstance(state, dict) or not state.get("failing"):
+        return None
+    return (
+        f"State file {state.get('path', '?')}: NOT WRITTEN ({state.get('failures', 0)} writes failed,"
+        f" see the log); {state.get('writes', 0)} written"
+    )
 
 
 def certificate_lines(doc: dict[str, Any]) -> list[str]:

@@ -16,7 +16,17 @@ import html
 from typing import Any, Callable, Iterable
 from urllib.parse import urlencode
 
-from spwm.status import Query, Status, cdr_line, certificate_lines, connections_line, proxies_line, summary, tunnel_lines
+from spwm.status import (
+    Query,
+    Status,
+    cdr_line,
+    certificate_lines,
+    connections_line,
+    proxies_line,
+    state_line,
+    summary,
+    tunnel_lines,
+)
 from spwm.sip.ringing import told_text
 
 __all__ = ["CONTENT_SECURITY_POLICY", "REFRESH", "render_page"]
@@ -241,6 +251,9 @@ def render_page(status: Status, query: Query) -> bytes:
     cdr = cdr_line(doc)
     if cdr is not None:
         parts.append(f'<p class="cdr">{_e(cdr)}</p>')
+    state = state_line(doc)
+    if state is not None:
+        parts.append(f'<p class="cdr">{_e(state)}</p>')
     parts += [
         '<form method="get" action="/">',
     ]

@@ -8,6 +8,7 @@ exist).
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any
 
@@ -15,7 +16,11 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
+from spwm.__main__ import render as render_status
 from spwm.media import manager as media_manager
+from spwm.session.manager import SessionManager
+from spwm.sip.contact_proxy import ContactSipProxy
+from spwm.state import ContactState
 from spwm.media.manager import END_REASONS
 from spwm.status import MAX_LIMIT, SIP_EVENT_KEYS, Metrics, Query, Status, StatusResource, add_agent_lists, add_media_lists
 from spwm.statusweb import render_page
@@ -424,6 +429,36 @@ class PageTests(SynchronousTestCase):
         self.assertIn('spwm_cdr_file_written_total{side="contact"} 7.0', text)
         self.assertIn('spwm_cdr_file_write_errors_total{side="contact"} 4.0', text)
         self.assertIn('spwm_cdr_file_waiting{side="contact"} 3.0', text)
+
+    def test_state_file(self) -> None:
+        """
+        A half with C{--state-file}: its writes and failures are counters,
+        when it last wrote a gauge; its page and C{spwm status} say so
+        while the writes fail, and not once they work again.
+        """
+        path = os.path.abspath(self.mktemp())
+        clock = Clock()
+        state = ContactState(os.path.join(path, "state.json"), clock, lambda: 1_700_000_000.0)
+        status = Status("contact", clock)
+        status.add("state_file", state.status)
+        core = ContactSipProxy(("198.51.100.1", 5060), b"s" * 32)
+        sessions = SessionManager(clock, 60.0, None, core)
+        state.start(core, sessions, 30.0)
+        text = Metrics(status).exposition()[0].decode()
+        self.assertIn('spwm_state_file_failures_total{side="contact"} 1.0', text)
+        self.assertIn('spwm_state_file_failing{side="contact"} 1.0', text)
+        self.assertNotIn("spwm_state_file_written_at", text)
+        line = f"State file {path}/state.json: NOT WRITTEN (1 writes failed, see the log); 0 written"
+        self.assertIn(line, render_page(status, Query()).decode())
+        self.assertIn(line, render_status(status.document()))
+        os.makedirs(path)
+        clock.advance(30.0)
+        text = Metrics(status).exposition()[0].decode()
+        self.assertIn('spwm_state_file_writes_total{side="contact"} 1.0', text)
+        self.assertIn('spwm_state_file_written_at{side="contact"} 1.7e+09', text)
+        self.assertIn('spwm_state_file_failing{side="contact"} 0.0', text)
+        self.assertNotIn("State file", render_page(status, Query()).decode())
+        state.stop()
 
     def test_tunnel_connections(self) -> None:
         """

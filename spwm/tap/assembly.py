@@ -671,6 +671,8 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
             lambda: kept_state.stop_and_save(state_sides),
         ).setServiceParent(top)
     status = Status("agent", reactor)
+    if agent_state is not None:
+        status.add("state_file", agent_state.status)
     if on_demand is not None:
         demand = on_demand
         status.add("tunnel", lambda: dict(tunnel.status(), **demand.status()))
@@ -1448,6 +1450,7 @@ def build_contact(
     cdr = cdr_file(config.cdr_file, reactor, media, status)
     status_http = status_services(top, status, config.status, reactor)
     if state is not None:
+        status.add("state_file", state.status)
         kept = state
         if saved is not None:
             kept.restore(saved, core, resumption)
