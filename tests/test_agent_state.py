@@ -10,6 +10,7 @@ import json
 import os
 from typing import Any
 
+from hypothesis import given, settings, strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -131,6 +132,7 @@ class SessionStateTests(SynchronousTestCase):
             {**good, "session_id": None},
             {**good, "flows": {}},
             {**good, "keys": "x"},
+            {**good, "flows": {USER: 2**40}},
             None,
         ):
             agent = self.agent()
@@ -207,3 +209,54 @@ class AgentStateFileTests(SynchronousTestCase):
             self.assertEqual(state.restore(state.load(), [(resumption, AgentSipProxy(object(), "a"))]), 0)
         self.assertEqual([formatEvent(e) for e in events], [f"state file {self.path} ignored: not an agent's"])
         self.assertEqual(resumption.state, SessionState.ENDED)
+
+
+def _odd() -> Any:
+    return st.one_of(
+        st.sampled_from([float("inf"), float("-inf"), float("nan"), 2**40, -1, 0, 1.5, 600, "x", "", None, True, [], {}]),
+        st.integers(-(2**70), 2**70),
+        st.text(max_size=8),
+        st.lists(st.integers(-5, 70000) | st.text(max_size=4), max_size=3),
+    )
+
+
+def _agent_document() -> Any:
+    """
+    Documents shaped like an agent's state file, with any values in the
+    places (so the checks of the values are reached).
+    """
+    odd = _odd()
+    flow = st.fixed_dictionaries({"flow_id": odd, "local": odd, "remote": odd, "ttl": odd})
+    binding = st.fixed_dictionaries({"flow_id": odd, "aor": odd, "contact": odd, "ttl": odd, "expires": odd})
+    session = st.fixed_dictionaries(
+        {
+            "session_id": odd | st.just("s1"),
+            "keys": st.dictionaries(st.text(max_size=4), st.sampled_from([KEY.hex(), "zz"]) | odd, max_size=2) | odd,
+            "flows": st.dictionaries(st.text(max_size=4), odd, max_size=2) | odd,
+            "session_key": odd | st.just(SESSION_KEY.hex()),
+        }
+    )
+    sip = st.fixed_dictionaries(
+        {"flows": st.lists(flow, max_size=3) | odd, "bindings": st.lists(binding, max_size=3) | odd,
+         "registered": st.lists(st.lists(odd, max_size=3), max_size=3) | odd}
+    )  # fmt: skip
+    side = st.fixed_dictionaries({"session": session | odd, "sip": sip | odd})
+    return st.fixed_dictionaries(
+        {"version": st.just(1), "agent": st.just(True), "saved_at": odd, "sides": st.lists(side | odd, max_size=2) | odd}
+    )
+
+
+class AgentGarbageTests(SynchronousTestCase):
+    @settings(max_examples=300)
+    @given(_agent_document())
+    def test_restore_never_raises(self, doc: dict) -> None:
+        """
+        Whatever an agent's state file of the right version holds, taking
+        it back logs what it cannot use and never raises: a bad file must
+        not keep the agent from starting.
+        """
+        clock = Clock()
+        state = AgentState("/nonexistent", clock, Wall(1_700_000_000.0))
+        side = (AgentResumption(clock, 60.0, FakeMedia(), FakeHandle()), AgentSipProxy(object(), "agent-1"))
+        with capturedLogs():
+            state.restore(doc, [side])

@@ -499,6 +499,7 @@ class AgentResumption(_Lifecycle):
             or any(len(key) != KEY_LENGTH for key in restored.keys.values())
             or (restored.session_key is not None and len(restored.session_key) != KEY_LENGTH)
             or set(restored.keys) != set(restored.flows)
+            or not all(0 < fid < 2**32 for fid in restored.flows.values())
         ):
             return False
         self.session.keys.update(restored.keys)
