@@ -260,3 +260,26 @@ class AgentGarbageTests(SynchronousTestCase):
         side = (AgentResumption(clock, 60.0, FakeMedia(), FakeHandle()), AgentSipProxy(object(), "agent-1"))
         with capturedLogs():
             state.restore(doc, [side])
+
+
+class RingingLostScopeTests(SynchronousTestCase):
+    def test_only_the_sides_session(self) -> None:
+        """
+        The agent's core, as its resumption watches it, ends its ringing
+        calls for its own session only (with two contact points, each
+        side's core has its own), or for any while it knows none.
+        """
+        calls: list[str] = []
+
+        class Core(AgentSipProxy):
+            def ringing_lost(self, session_id: str, now: float, tunnels: bool = True) -> list[Any]:
+                calls.append(session_id)
+                return []
+
+        resumption = AgentResumption(Clock(), 60.0, FakeMedia(), FakeHandle())
+        wrapped = resumption.wrap(Core(object(), "agent-1"))
+        wrapped.ringing_lost("s9", 0.0)
+        resumption.session_id = "s1"
+        wrapped.ringing_lost("s2", 0.0)
+        wrapped.ringing_lost("s1", 0.0)
+        self.assertEqual(calls, ["s9", "s1"])

@@ -314,6 +314,21 @@ class OfferAnswerTests(SynchronousTestCase):
         agent.dialog_ended(a_end, DIALOG)
         self.assertEqual((len(told), agent.cdrs[-1]["bye_sent"]), (1, []))
 
+    def test_session_lost_told_after_its_legs(self) -> None:
+        """
+        A session ended for good is shown to the C{session_lost} hook once,
+        after its legs' C{leg_lost} (the SIP core ends there the calls of
+        its that ring without a media stream); a session suspended is not.
+        """
+        reactor, agent, a_end, contact, c_end, _, _ = self._call()
+        seen: list[Any] = []
+        contact.leg_lost = lambda session_id, dialog_key, reason: seen.append(("leg", session_id)) or []
+        contact.session_lost = lambda session_id: seen.append(("session", session_id))
+        contact.session_suspended(c_end.session_id)
+        self.assertEqual(seen, [])
+        contact.session_ended(c_end.session_id, "connection lost")
+        self.assertEqual(seen, [("leg", c_end.session_id), ("session", c_end.session_id)])
+
     def test_ringing_leg_told(self) -> None:
         """
         A ringing leg lost: the record's C{bye_sent} is what the SIP core

@@ -266,6 +266,30 @@ class RingingTableTests(SynchronousTestCase):
         self.assertIsNone(table.cancelled_invite(("1", "b"), 1.0))
 
 
+class RingingScopeTests(SynchronousTestCase):
+    """
+    L{Ringing.legs_of}: the legs with an INVITE waiting, by session.
+    """
+
+    def test_by_session(self) -> None:
+        """
+        With a scope function, each session's legs; a leg leaves its
+        session's set when its INVITE is taken, finished or replaced.
+        """
+        table = Ringing(scope=lambda leg: leg[0])
+        for n, leg in enumerate((("s1", 1, "a"), ("s1", 2, "b"), ("s2", 1, "c"))):
+            invite = parse_message(SENT.replace(b"ring-1", b"ring-%d" % n))
+            table.passed((f"k{n}", "z9hG4bK"), CANCEL, leg, invite, "dest", True, 0.0)
+        self.assertEqual(sorted(table.legs_of("s1")), [("s1", 1, "a"), ("s1", 2, "b")])
+        self.assertIsNotNone(table.take(("s1", 1, "a"), 1.0))
+        table.finished(("k1", "z9hG4bK"))
+        self.assertEqual((table.legs_of("s1"), table.legs_of("s2")), ([], [("s2", 1, "c")]))
+        table.passed(("k2", "z9hG4bK"), CANCEL, ("s3", 1, "c"), parse_message(SENT), "dest", True, 2.0)
+        self.assertEqual((table.legs_of("s2"), table._scopes), ([], {"s3": {("s3", 1, "c")}}))
+        # without a scope function: every leg
+        self.assertEqual(kept().legs_of(), ["leg"])
+
+
 class AgentRingingTests(SynchronousTestCase):
     """
     L{AgentSipProxy.leg_lost} for a call lost with its tunnel while it
@@ -342,6 +366,21 @@ class AgentRingingTests(SynchronousTestCase):
         self.assertEqual([(m.method, m.cseq) for m in again], [("ACK", (1, "ACK"))])
         self.assertEqual(self.agent.from_app(FLOW_A, make_response(bye, 200, "OK").to_bytes(), 2.7), [])
         self.assertEqual(self.agent.counters[BYE_ANSWERED], 1)
+
+    def test_without_sdp_when_the_session_goes(self) -> None:
+        """
+        An INVITE without SDP rings the phone (no media stream: no
+        leg_lost for it): when the session is lost for good
+        (C{ringing_lost}) the phone gets the CANCEL.
+        """
+        fid = self.agent.flows.use(FLOW_A, 0.0)
+        invite = parse_message(invite_for_phone())
+        invite.set_body(b"", None)
+        down = only(self.agent.from_tunnel(fid, invite.to_bytes(), 0.0), ToApp)
+        only(self.agent.from_app(FLOW_A, answer(down.data, 180, "Ringing", to_tag="ph"), 0.5), ToTunnel)
+        cancel = parse_message(only(self.agent.ringing_lost("s", 2.0), ToApp).data)
+        self.assertEqual((cancel.method, cancel.get("Reason")), ("CANCEL", REASON))
+        self.assertEqual(self.agent.ringing_lost("s", 2.1), [])
 
     def test_cancel_retransmitted(self) -> None:
         """
@@ -455,6 +494,26 @@ class ContactRingingTests(SynchronousTestCase):
         self.assertEqual((ack.method, ack.uri, ack.to_tag, ack.cseq), ("ACK", invite_sent.uri, "tt", (1, "ACK")))
         self.assertEqual(ack.get_all("Via"), invite_sent.get_all("Via")[:1])
         self.assertEqual(self.cp.counters[CANCEL_ANSWERED], 1)
+
+    def test_without_sdp_when_the_session_goes(self) -> None:
+        """
+        A call that rings without a media stream (its INVITE had no SDP:
+        no leg_lost for it) is ended when its session is lost for good
+        (C{ringing_lost}), the far party's CANCEL as for a call with
+        media; another session's ringing call is left alone, and a
+        second call of the method sends nothing more.
+        """
+        invite = request("INVITE", "sip:bob@example.org")
+        sent = only(self.cp.from_tunnel(self.key, "sess-1", 5, invite, 0.0), ToNetwork)
+        other = FakeTunnel("sess-2")
+        self.cp.tunnel_attached(other, "sess-2")
+        only(self.cp.from_tunnel(other, "sess-2", 6, request("INVITE", "sip:carol@example.org", call_id="c2"), 0.0), ToNetwork)
+        cancel = parse_message(only(self.cp.ringing_lost("sess-1", 2.0), ToNetwork).data)
+        self.assertEqual((cancel.method, cancel.uri, cancel.call_id), ("CANCEL", parse_message(sent.data).uri, "call-1@192.0.2.10"))
+        self.assertEqual(cancel.get("Reason"), REASON)
+        self.assertEqual(self.cp.ringing_lost("sess-1", 2.1), [])
+        self.cp.bye_on_loss = False
+        self.assertEqual(self.cp.ringing_lost("sess-2", 3.0), [])
 
     def test_answer_crossing_the_cancel(self) -> None:
         """

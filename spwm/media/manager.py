@@ -814,6 +814,11 @@ class MediaManager:
         #: (C{"phone (CANCEL)"}, L{spwm.sip.ringing.told_text}; the
         #: record's C{bye_sent}).  C{None}: nobody is told.
         self.leg_lost: Callable[[str, str, str], list[str]] | None = None
+        #: C{session_lost(session_id)}: told once a session's streams are
+        #: released for good (L{session_ended}), after its legs'
+        #: L{leg_lost}: the SIP core ends the session's calls that still
+        #: ring without a media stream (an INVITE without SDP).
+        self.session_lost: Callable[[str], Any] | None = None
 
     # counts for tests and status
 
@@ -1492,6 +1497,8 @@ class MediaManager:
             self._log_end(dialog_key, dialog, "tunnel lost")
         self._unpend_session(session_id)
         self._sweeper.settle()
+        if self.session_lost is not None:
+            self.session_lost(session_id)
 
     def session_suspended(self, session_id: str) -> None:
         """

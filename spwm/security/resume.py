@@ -620,6 +620,13 @@ class _ObservedAgentCore:
         far = tunnels and self._resumption.far_party_reachable(session_id)
         return self._core.leg_lost(session_id, flow_id, call_id, reason, now, tunnels, far=far)
 
+    def ringing_lost(self, session_id: str, now: float, tunnels: bool = True) -> list[Any]:
+        # (with two contact points, each side's core has its own calls:
+        # only the side whose session it is, when it knows one)
+        if self._resumption.session_id not in (None, session_id):
+            return []
+        return list(self._core.ringing_lost(session_id, now, tunnels))
+
     def byes_unsent(self) -> int:
         return int(self._core.byes_unsent())
 

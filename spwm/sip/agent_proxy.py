@@ -419,6 +419,23 @@ class AgentSipProxy:
         else:
             self.counters.count(BYE_DROPPED)
 
+    def ringing_lost(self, session_id: str, now: float, tunnels: bool = True) -> list[Action]:
+        """
+        The session is lost for good: the calls that still ring and that
+        L{leg_lost} was not told of (no media stream: an INVITE without
+        SDP) end as theirs do (L{_end_ringing}).
+
+        @param session_id: the session (the agent's core has one).
+        @param tunnels: for the contact point's core.
+        @return: the actions (the first of what is sent).
+        """
+        if not self.bye_on_loss:
+            return []
+        for leg in self._ringing.legs_of():
+            flow_id, call_id = cast("tuple[int, str]", leg)
+            self._end_ringing(self.flows.lookup(flow_id, now), flow_id, call_id, "tunnel lost", now)
+        return self._send_byes(now)
+
     def _end_ringing(self, flow: Flow | None, flow_id: int, call_id: str, reason: str, now: float) -> list[str]:
         """
         A call leg lost with its tunnel while it rings (its INVITE passed

@@ -246,6 +246,9 @@ class AuthorizingContactProxy:
     ) -> tuple[list[Any], list[str]]:
         return self._core.leg_lost(session_id, flow_id, call_id, reason, now, tunnels)
 
+    def ringing_lost(self, session_id: str, now: float, tunnels: bool = True) -> list[Any]:
+        return self._core.ringing_lost(session_id, now, tunnels)
+
     def identities(self, session_id: str) -> set[Identity]:
         """
         The identity (L{identity_key}) of every address-of-record registered through a

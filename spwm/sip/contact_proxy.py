@@ -29,7 +29,7 @@ same call, by a loop over the actions (no re-entrant call).
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, cast
 
 from attrs import frozen
 
@@ -152,6 +152,14 @@ TARGET_UNREACHABLE = "remote target not reachable from here"
 #: The methods whose C{Contact} sets or refreshes a dialog's remote target
 #: (RFC 3261 12.1.1, 12.2: INVITE; RFC 3311 5.1: UPDATE).
 _TARGET_METHODS = ("INVITE", "UPDATE")
+
+
+def _leg_session(leg: Any) -> Hashable:
+    """
+    The session of a call leg C{(session, flow, Call-ID)} (L{Ringing}'s
+    scope).
+    """
+    return cast("tuple[str, int, str]", leg)[0]
 
 
 def never_congested(tunnel_key: TunnelKey) -> bool:
@@ -293,7 +301,8 @@ class ContactSipProxy:
         self._invites = RecentInvites()
         # those of them not finally answered yet (what a call lost while
         # it rings needs: L{_end_ringing})
-        self._ringing = Ringing()
+        # (its legs are (session, flow, Call-ID): by session for ringing_lost)
+        self._ringing = Ringing(scope=_leg_session)
         self._next_sweep: float | None = None
 
     @property
@@ -536,6 +545,21 @@ class ContactSipProxy:
                 self.counters.count(BYE_DROPPED)
         self._dialogs.take(session_id, call_id, flow_id)
         return self._send_byes(now), told
+
+    def ringing_lost(self, session_id: str, now: float, tunnels: bool = True) -> list[Action]:
+        """
+        The session is lost for good: the calls of its that still ring and
+        that L{leg_lost} was not told of (no media stream: an INVITE
+        without SDP) end as theirs do (L{_end_ringing}).
+
+        @return: the actions (the first of what is sent).
+        """
+        if not self.bye_on_loss:
+            return []
+        for leg in self._ringing.legs_of(session_id):
+            _, flow_id, call_id = cast("tuple[str, int, str]", leg)
+            self._end_ringing(session_id, flow_id, call_id, "tunnel lost", now, tunnels)
+        return self._send_byes(now)
 
     def _end_ringing(
         self, session_id: str, flow_id: int, call_id: str, reason: str, now: float, tunnels: bool

@@ -231,6 +231,16 @@ class FanoutCore:
             told.extend(whom)
         return actions, told
 
+    def ringing_lost(self, session_id: str, now: float, tunnels: bool = True) -> list[Action]:
+        """
+        A session is lost for good: the side whose it is ends its calls
+        that still ring.
+        """
+        actions: list[Action] = []
+        for side in self.sides:
+            actions.extend(side.ringing_lost(session_id, now, tunnels))
+        return actions
+
     def handle_timer(self, now: float) -> list[Action]:
         """
         The sides' timers (a binding that expired in several sides is

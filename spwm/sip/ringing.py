@@ -133,13 +133,23 @@ class Ringing:
     CANCELled itself, whose responses it absorbs (L{CANCEL_KEPT}).
     """
 
-    def __init__(self, limit: int = 4096, max_bytes: int = 2 << 20) -> None:
+    def __init__(
+        self, limit: int = 4096, max_bytes: int = 2 << 20, scope: Callable[[Any], Hashable] | None = None
+    ) -> None:
+        """
+        @param scope: C{scope(leg)}: the session a call leg is in, for
+            L{legs_of} (the contact point's legs are C{(session, flow,
+            Call-ID)}); C{None}: one scope (the agent's one session).
+        """
         self.limit = limit
         self.max_bytes = max_bytes
         self._bytes = 0
         self._pending: dict[tuple[str, str], Pending] = {}
         # call leg -> the key of its newest INVITE waiting
         self._legs: dict[Hashable, tuple[str, str]] = {}
+        self._scope = scope
+        # scope -> its legs in _legs (with a scope function)
+        self._scopes: dict[Hashable, set[Hashable]] = {}
         #: key -> (an INVITE the core CANCELled, until when it is kept):
         #: the responses with its key are the core's own (L{cancelled});
         #: empty, no response needs a look
@@ -174,6 +184,8 @@ class Ringing:
             self._forget(key, old)
         self._pending[key] = Pending(kind, key, leg, msg.uri or "", headers, dest, ours_on_top, size, now)
         self._legs[leg] = key
+        if self._scope is not None:
+            self._scopes.setdefault(self._scope(leg), set()).add(leg)
         self._bytes += size
         self._trim(now)
 
@@ -196,6 +208,28 @@ class Ringing:
         self._bytes -= entry.size
         if self._legs.get(entry.leg) == key:
             del self._legs[entry.leg]
+            self._unscope(entry.leg)
+
+    def _unscope(self, leg: Hashable) -> None:
+        if self._scope is None:
+            return
+        scope = self._scope(leg)
+        legs = self._scopes.get(scope)
+        if legs is not None:
+            legs.discard(leg)
+            if not legs:
+                del self._scopes[scope]
+
+    def legs_of(self, scope: Hashable = None) -> list[Hashable]:
+        """
+        @return: the call legs of C{scope} with an INVITE waiting (every
+            leg, without a scope function): when their session is lost
+            for good, those that L{take} has not found yet (a call that
+            rings with no media stream: an INVITE without SDP).
+        """
+        if self._scope is None:
+            return list(self._legs)
+        return list(self._scopes.get(scope, ()))
 
     def response(self, key: tuple[str, str], status: int, msg: SipMessage, now: float) -> None:
         """
@@ -236,6 +270,7 @@ class Ringing:
         key = self._legs.pop(leg, None)
         if key is None:
             return None
+        self._unscope(leg)
         entry = self._pending.pop(key, None)
         if entry is None:
             return None

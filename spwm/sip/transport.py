@@ -783,6 +783,16 @@ class _Runner:
         self.execute(actions)
         return list(told)
 
+    def ringing_lost(self, session_id: str) -> None:
+        """
+        The media manager released a session for good (C{session_ended}):
+        the core ends its calls that still ring and had no media stream
+        (C{ringing_lost}), which is sent.
+        """
+        if self._stopped:
+            return
+        self.execute(self.core.ringing_lost(session_id, self._clock.seconds(), not self.draining))
+
     def _log_proxy(self, change: ProxyChanged) -> None:
         using = proxy_text(change.using)
         if not change.answering:

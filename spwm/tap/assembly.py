@@ -611,6 +611,7 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
     )
     # a call that ends here without a BYE: the phone is told (docs/sip-proxy.md)
     media.leg_lost = runner.leg_lost
+    media.session_lost = runner.ringing_lost
     for k, side in enumerate(sides):
         sip_part: AgentSipRunner | TouchingSip | SideSip = runner
         if len(sides) > 1:
@@ -1282,6 +1283,7 @@ def build_contact(
     )
     # a call that ends here without a BYE: the far party is told (docs/sip-proxy.md)
     media.leg_lost = runner.leg_lost
+    media.session_lost = runner.ringing_lost
     # --workers: this worker's own port, and where the others' sessions are
     worker_ports = (
         WorkerPorts(

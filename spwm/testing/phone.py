@@ -491,6 +491,10 @@ class Phone(DatagramProtocol):
     @ivar incoming: called with each new incoming L{Call} once it is answered.
     @ivar ring_seconds: how long an incoming call rings (180, no early
         media) before it is answered; 0: at once.
+    @ivar rings_without_offer: an incoming INVITE without SDP (a late
+        offer) rings as one with SDP does (it cannot be answered: the
+        phone makes no offer; it is for calls that end while they ring);
+        else it is answered 488.
     """
 
     noisy = False
@@ -506,9 +510,11 @@ class Phone(DatagramProtocol):
         auto_answer: bool = True,
         on_incoming: Callable[[Call], None] | None = None,
         ring_seconds: float = 0.0,
+        rings_without_offer: bool = False,
     ) -> None:
         self.reactor = reactor
         self.ring_seconds = ring_seconds
+        self.rings_without_offer = rings_without_offer
         self.name = name
         self.domain = domain
         self.proxy = proxy
@@ -597,17 +603,20 @@ class Phone(DatagramProtocol):
         return self._request(f"REGISTER sip:{self.domain} SIP/2.0", headers, self._register_call_id, self._register_cseq, "REGISTER")
 
     @defer.inlineCallbacks
-    def call(self, user: str) -> Any:
+    def call(self, user: str, offer: bool = True) -> Any:
         """
         Call C{user@domain}; fires with the L{Call} once the 2xx is ACKed.
 
+        @param offer: with an SDP offer; else an INVITE without a body (a
+            late offer, for calls that end while they ring: an answer
+            with an offer is not answered in the ACK).
         @raise CallFailed: a final response other than 2xx, or no SDP answer.
         """
         call = self._new_call(self._new_id(), self._new_id(8), outgoing=True)
         call.local_uri = self.aor
         call.remote_uri = f"sip:{user}@{self.domain}"
         yield self._bind_media(call)
-        body = make_sdp(self.name, self.address, call.local_port, secrets.randbits(31))
+        body = make_sdp(self.name, self.address, call.local_port, secrets.randbits(31)) if offer else b""
         headers = [
             ("Via", self._via()),
             ("Max-Forwards", "70"),
@@ -617,8 +626,9 @@ class Phone(DatagramProtocol):
             ("CSeq", f"{call.cseq} INVITE"),
             ("Contact", self.contact),
             ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS"),
-            ("Content-Type", "application/sdp"),
         ]
+        if body:
+            headers.append(("Content-Type", "application/sdp"))
         response = yield self._request(f"INVITE {call.remote_uri} SIP/2.0", headers, call.call_id, call.cseq, "INVITE", body)
         if response.status is None or not 200 <= response.status < 300:
             yield call.close()
@@ -752,7 +762,7 @@ class Phone(DatagramProtocol):
         call.cseq = 0
         call.remote_media = sdp_audio_target(invite.body)
         self._reply(invite, addr, 100, "Trying")
-        if call.remote_media is None:
+        if call.remote_media is None and not (self.rings_without_offer and not invite.body):
             self._reply(invite, addr, 488, "Not Acceptable Here", to_tag=call.local_tag)
             return
         if not self.auto_answer:
@@ -763,6 +773,10 @@ class Phone(DatagramProtocol):
 
         def answer(_: object) -> None:
             if call.cancelled:
+                return
+            if call.remote_media is None:
+                # a late offer: rung long enough, nothing to answer with
+                self._reply(invite, addr, 480, "Temporarily Unavailable", to_tag=call.local_tag)
                 return
             body = make_sdp(self.name, self.address, call.local_port, secrets.randbits(31))
             call.answer = self._reply(

@@ -23,13 +23,16 @@ REASON = 'SIP;cause=503;text="tunnel lost"'
 LONG_RING = 120.0
 
 
-class RingingLostTests(_LoopbackPair):
+class _RingingBed(_LoopbackPair):
     """
     alice's agent stays away past the resumption window (1 s) while a call
     rings.
     """
 
     extra = ["--resume-window", "1"]
+
+    #: whether the calls of a test offer SDP in their INVITE
+    offer = True
 
     @defer.inlineCallbacks
     def registered(self) -> Any:
@@ -39,7 +42,10 @@ class RingingLostTests(_LoopbackPair):
         """
         phones = []
         for agent, user in zip(self.agents, ("alice", "bob")):
-            phone = Phone(reactor, user, "example.test", agent.config.sip_listen[0], ring_seconds=LONG_RING)
+            phone = Phone(
+                reactor, user, "example.test", agent.config.sip_listen[0], ring_seconds=LONG_RING,
+                rings_without_offer=not self.offer,
+            )  # fmt: skip
             phone.start()
             self.addCleanup(phone.stop)
             response = yield phone.register(authorization=DIGEST.format(user=user))
@@ -55,7 +61,7 @@ class RingingLostTests(_LoopbackPair):
         @return: the caller's call (a Deferred, its failure caught) and the
             callee's L{Call}.
         """
-        outcome = caller.call(user)
+        outcome = caller.call(user, offer=self.offer)
         outcome.addErrback(lambda f: f.value)
         yield wait_until(lambda: caller.received.get("180", 0) >= 1, timeout=WAIT)
         return outcome, callee.calls[-1]
@@ -93,6 +99,13 @@ class RingingLostTests(_LoopbackPair):
 
     def records(self, half: Any) -> list[tuple[str, list[str]]]:
         return sorted((c["reason"], c["bye_sent"]) for c in half.media.cdrs)
+
+
+
+class RingingLostTests(_RingingBed):
+    """
+    Calls with SDP in their INVITE (a media stream each).
+    """
 
     @defer.inlineCallbacks
     def test_caller_lost(self) -> Any:
@@ -156,3 +169,45 @@ class RingingLostTests(_LoopbackPair):
         for half in (self.contact, self.agents[0]):
             told = [whom for _, bye_sent in self.records(half) for whom in bye_sent]
             self.assertEqual([whom for whom in told if "(" in whom], [])
+
+
+class LateOfferRingingLostTests(_RingingBed):
+    """
+    The same with INVITEs without SDP (a late offer): such a call rings
+    with no media stream, so no half's media ends a leg for it; the halves
+    end it when the session is lost for good (the SIP cores'
+    C{ringing_lost}), with no call record.
+    """
+
+    offer = False
+
+    def records(self, half: Any) -> list[tuple[str, list[str]]]:
+        # no media stream, no call record: what was sent is in the counters
+        return []
+
+    @defer.inlineCallbacks
+    def test_caller_lost(self) -> Any:
+        """
+        alice's late-offer call rings at bob when her tunnel is lost: her
+        agent answers her 480; the contact point CANCELs toward bob (the
+        Reason) and ACKs his 487.
+        """
+        alice, bob, b_call = yield self.lost_while_ringing(alice_calls=True)
+        (cancel,) = bob.cancels
+        self.assertEqual((cancel.get("call-id"), cancel.get("reason")), (b_call.call_id, REASON))
+        self.assertEqual(b_call.ended.result, 487)
+        events = self.contact.sip_core.core.status()["events"]
+        yield wait_until(lambda: events.get(CANCEL_ANSWERED) == 1)
+        self.assertEqual(self.agents[0].sip_core.core.status()["events"][FINAL_SENT], 1)
+
+    @defer.inlineCallbacks
+    def test_callee_lost(self) -> Any:
+        """
+        bob's late-offer call rings at alice when her tunnel is lost: her
+        agent CANCELs it; the contact point answers bob 480.
+        """
+        alice, bob, a_call = yield self.lost_while_ringing(alice_calls=False)
+        (cancel,) = alice.cancels
+        self.assertEqual((cancel.get("call-id"), cancel.get("reason")), (a_call.call_id, REASON))
+        self.assertEqual(self.contact.sip_core.core.status()["events"][FINAL_SENT], 1)
+        self.assertEqual(self.agents[0].sip_core.core.status()["events"][CANCEL_SENT], 1)
