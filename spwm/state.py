@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 #: The format of the file; another version is ignored.
 VERSION = 1
@@ -186,7 +187,12 @@ class _StateFile:
         self._timer = None
         if self._stopped:
             return
-        writing = write()
+        try:
+            writing = write()
+        except Exception:
+            # a bug, not the disk: said (once) and tried again later
+            self._not_written(Failure())
+            writing = succeed(None)
         self._writing = writing
 
         def over(_: Any) -> None:
@@ -372,6 +378,14 @@ class ContactState(_StateFile):
             return core.export_registrations(session_id, now)
 
         def step(start: int) -> None:
+            try:
+                more(start)
+            except Exception:
+                # a bug, not the disk: said (once), the write given up
+                self._not_written(Failure())
+                done.callback(None)
+
+        def more(start: int) -> None:
             if self._stopped:
                 done.callback(None)
                 return

@@ -408,6 +408,32 @@ class PeriodicWriteTests(SynchronousTestCase):
         self.assertEqual([e["log_level"].name for e in events], ["error", "info"])
         state.stop()
 
+    def test_a_bug_said_not_hung(self) -> None:
+        """
+        A write that raises (a bug, not the disk) is one error line and a
+        failure; the next interval tries again, and the stop does not wait
+        for it.
+        """
+        self.add_session("s1")
+        state = ContactState(self.path, self.clock, self.wall)
+        broken = [True]
+        export = self.resumption.export_session
+
+        def export_session(session_id: str, sip: Any = None) -> Any:
+            if broken[0]:
+                raise RuntimeError("broken")
+            return export(session_id, sip)
+
+        self.resumption.export_session = export_session  # type: ignore[method-assign]
+        with capturedLogs() as events:
+            state.start(self.core, self.resumption, 10.0)
+            self.assertEqual((state.failures, state.writes), (1, 0))
+            broken[0] = False
+            self.clock.advance(10.0)
+        self.assertEqual((state.failures, state.writes), (1, 1))
+        self.assertEqual([e["log_level"].name for e in events], ["error", "info"])
+        self.successResultOf(state.stop())
+
     def test_write_file(self) -> None:
         """
         The disk work: the text, mode 0600, no temporary file left.

@@ -345,7 +345,7 @@ class FlowTable:
                 local = (str(item["local"][0]), int(item["local"][1]))
                 remote = (str(item["remote"][0]), int(item["remote"][1]))
                 ttl = float(item["ttl"])
-            except (KeyError, IndexError, TypeError, ValueError):
+            except (KeyError, IndexError, TypeError, ValueError, OverflowError):
                 continue
             if (
                 not isinstance(fid, int)

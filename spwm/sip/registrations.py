@@ -472,7 +472,7 @@ class AppBindings:
             try:
                 fid, aor, uri = item["flow_id"], item["aor"], item["contact"]
                 ttl, expires = float(item["ttl"]), int(item["expires"])
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, OverflowError):
                 continue
             flow = flow_of(fid) if isinstance(fid, int) else None
             if flow is None or not isinstance(aor, str) or not isinstance(uri, str) or not 0 < ttl < 2**31:
