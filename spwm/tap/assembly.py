@@ -980,8 +980,9 @@ class TouchingSip:
 
 def check_state_directory(path: str) -> None:
     """
-    The state file is written at stop: refuse at start a directory it could
-    not be written to, rather than lose the state then.
+    The state file is written while running and at stop: refuse at start
+    a directory it could not be written to, rather than lose the state
+    then.
 
     @raise ConfigError: it could not.
     """
