@@ -43,6 +43,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from spwm.errors import ConfigError
+
 #: The format of the file; another version is ignored.
 VERSION = 1
 
@@ -158,6 +160,20 @@ class _StateFile:
         if not isinstance(doc, dict) or doc.get("version") != VERSION:
             self.log.warn("state file {path} ignored: not version {version}", path=self.path, version=VERSION)
             return None
+        return doc
+
+    def load_own(self, agent: bool) -> dict[str, Any] | None:
+        """
+        L{load}, refusing the other half's file (written at start, it
+        would be overwritten: an agent's keys, a contact point's sessions
+        and token key lost).
+
+        @raise ConfigError: the file is the other half's.
+        """
+        doc = self.load()
+        if doc is not None and (doc.get("agent") is True) != agent:
+            mine, theirs = ("an agent's", "a contact point's") if agent else ("a contact point's", "an agent's")
+            raise ConfigError("state-file", f"{self.path} is {theirs} state file, not {mine}: give each its own")
         return doc
 
     def _start(self, write: Callable[[], "Deferred[None]"], interval: float) -> None:

@@ -492,6 +492,16 @@ class AgentSipProxy:
                 out.append(ToApp(cast(Flow, dest), data))
         return out
 
+    def _bye_answered(self, branch: str, msg: SipMessage) -> list[Action]:
+        """
+        A response to a BYE of our own (its C{branch}): absorbed, a final
+        one counted.
+        """
+        status = msg.status or 0
+        if self._byes.answered(branch, status) and status >= 200:
+            self.counters.count(BYE_ANSWERED)
+        return []
+
     def _ours_value(self, value: str) -> bool:
         try:
             return self._ours(parse_name_addr(value).uri)
@@ -581,9 +591,7 @@ class AgentSipProxy:
         present, branch = param(via.params, "branch")
         if is_bye_branch(branch):
             # the answer to a BYE of our own: for us alone
-            if self._byes.answered(branch or "", msg.status or 0) and (msg.status or 0) >= 200:
-                self.counters.count(BYE_ANSWERED)
-            return []
+            return self._bye_answered(branch or "", msg)
         if self._ringing.cancelled:
             entry = self._ringing.cancelled_invite((msg.call_id, branch or ""), now)
             if entry is not None:
@@ -686,9 +694,7 @@ class AgentSipProxy:
             branch = None if via is None else param(via.params, "branch")[1]
             if is_bye_branch(branch):
                 # the answer to a BYE of our own to a far party: for us
-                if self._byes.answered(branch or "", msg.status or 0) and (msg.status or 0) >= 200:
-                    self.counters.count(BYE_ANSWERED)
-                return []
+                return self._bye_answered(branch or "", msg)
         if flow is None:
             reason = "response for an unknown flow"
             return [self.counters.drop(reason, reason)]

@@ -586,14 +586,7 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
     if config.state_file:
         check_state_directory(config.state_file)
         agent_state = AgentState(config.state_file, reactor)
-        doc = agent_state.load()
-        if doc is not None and doc.get("agent") is not True:
-            # written at start: a contact point's sessions and token key
-            # would be lost
-            raise ConfigError(
-                "state-file", f"{config.state_file} is a contact point's state file, not an agent's: give each its own"
-            )
-        agent_state.restore(doc, state_sides)
+        agent_state.restore(agent_state.load_own(agent=True), state_sides)
     core: Any = sides[0].core
     if len(sides) > 1:
         core = FanoutCore(
@@ -1235,12 +1228,7 @@ def build_contact(
     if config.state_file:
         check_state_directory(config.state_file)
         state = ContactState(config.state_file, reactor)
-    saved = state.load() if state is not None else None
-    if saved is not None and saved.get("agent") is True:
-        # written at start: the agent's keys would be lost
-        raise ConfigError(
-            "state-file", f"{config.state_file} is an agent's state file, not a contact point's: give each its own"
-        )
+    saved = state.load_own(agent=False) if state is not None else None
     secret = (state.secret(saved) if state is not None else None) or os.urandom(32)
     registrar = None if proxies is not None else EmbeddedRegistrar(domains=list(config.domains) or None)
     proxy = ContactSipProxy(
