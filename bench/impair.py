@@ -59,6 +59,7 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import sys
 import time
@@ -248,8 +249,6 @@ class ProfileRun:
         The agent's established connections to the gateway's 443: local
         port -> bytes it sent (C{ss -ti}).
         """
-        import re
-
         nb = self.netbed
         done = self.bed.exec("lan", ["ss", "-tinH", "state", "established", "dst", f"{nb.GATEWAY_PUBLIC}:443"],
                              check=False)
@@ -298,8 +297,6 @@ class ProfileRun:
         call of this (its log's C{; N paths} lines; at least 1), and how
         many it holds now (C{ss}).
         """
-        import re
-
         text = self.agent.stdout()
         counts = [int(n) for n in re.findall(r"; (\d+) paths", text[self.agent_log_at:])]
         self.agent_log_at = len(text)
@@ -410,7 +407,12 @@ class ProfileRun:
                     "down_from": down_from,
                     "up_before": cut_gap(caller_sent, answer_received, cut[0], before=True),
                     "down_before": cut_gap(answer_sent, caller_received, cut[0], before=True),
+                    "up_cost": cut_cost(caller_sent, answer_received, at),
+                    "down_cost": cut_cost(answer_sent, caller_received, at),
                 })
+            log = self.agent.stdout()
+            for event in events:
+                event["attached_after"] = attached_after(log, event["wall"])
             # the table shows the worst of several cuts; the lines after it each
             result["cut"] = max(events, key=lambda e: max(e["up"], e["down"]))
             result["cuts"] = events
@@ -560,6 +562,49 @@ def gap_run(
     return longest * INTERVAL, start
 
 
+def cut_cost(
+    sent: dict[tuple[int, int], float], received: list[tuple[int, int, float]], cut: float, late: float = LATE,
+) -> tuple[int, float, float]:
+    """
+    What one cut cost beyond what the link costs anyway: the packets not
+    delivered in time (lost, or later than C{late}) among those sent in
+    the cut's window (L{cut_gap}'s), against as many as the same call
+    missed at its own rate outside the window (before and after it).
+
+    @return: the packets missed in the window, those expected there at
+        the call's rate outside it, and the difference per stream x 20 ms
+        (at least 0): the audio the cut cost each stream, in seconds.
+    """
+    delivered = {(ssrc, seq) for ssrc, seq, at in received if at - sent.get((ssrc, seq), at + 1.0) <= late}
+    inside = outside = missed_inside = missed_outside = 0
+    streams = set()
+    for key, at in sent.items():
+        streams.add(key[0])
+        missed = key not in delivered
+        if cut - 1.0 <= at <= cut + CUT_WINDOW:
+            inside += 1
+            missed_inside += missed
+        else:
+            outside += 1
+            missed_outside += missed
+    expected = missed_outside / outside * inside if outside else 0.0
+    return missed_inside, expected, max(0.0, missed_inside - expected) / max(1, len(streams)) * INTERVAL
+
+
+def attached_after(log: str, wall: float) -> float | None:
+    """
+    How long after C{wall} (a cut, on the logs' clock: UTC seconds) the
+    agent's log says the next connection attached to its session (the
+    replacement), in seconds; C{None} if it says none did.
+    """
+    for match in re.finditer(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+) .*connection \d+ attached", log, re.M):
+        at = datetime.datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S.%f").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+        if at >= wall:
+            return at - wall
+    return None
+
+
 def phases(r: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """A profile's phases: (key, label, figures), SPWM per N, the QUIC path, then plain UDP."""
     quic = [("quic", "SPWM normal, QUIC path", r["quic"])] if "quic" in r else []
@@ -629,8 +674,16 @@ def cut_lines(results: list[dict[str, Any]]) -> list[str]:
                     start = cut.get(f"{d}_from")
                     where = "" if start is None else f" from {start:+.2f} s"
                     gaps.append(f"{d} {cut[d] * 1000:.0f} ms{where}")
+                costs = []
+                for d in ("up", "down"):
+                    if f"{d}_cost" in cut:
+                        missed, expected, cost = cut[f"{d}_cost"]
+                        costs.append(f"{d} {cost * 1000:.0f} ms ({missed} missed in the window, {expected:.1f} expected)")
+                attached = cut.get("attached_after")
                 lines.append(f"  {r['profile']:<7} spwm{n}: cut at {wall:%H:%M:%S.%f} UTC (port {cut['port']}); "
-                             f"longest gap {', '.join(gaps)}")
+                             f"longest gap {', '.join(gaps)}"
+                             + (f"; audio the cut cost beyond the link's own rate: {', '.join(costs)}" if costs else "")
+                             + (f"; replacement attached after {attached:.2f} s" if attached is not None else ""))
     return lines
 
 

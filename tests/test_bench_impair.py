@@ -12,7 +12,7 @@ from contextlib import redirect_stderr
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench.impair import cut_gap, cut_lines, diff, gap_run, main, table
+from bench.impair import attached_after, cut_cost, cut_gap, cut_lines, diff, gap_run, main, table
 from spwm.testing.impair import direction_stats
 
 
@@ -112,6 +112,53 @@ class ReportTests(SynchronousTestCase):
         self.assertAlmostEqual(start, 0.2)
         self.assertEqual(gap_run(sent, [(7, i, i * 0.02) for i in range(500)], cut=5.0), (0.0, None))
 
+    def test_cut_cost(self) -> None:
+        """
+        What a cut cost beyond the link: the packets missed (lost or late)
+        in its window less as many as the call missed at its own rate
+        outside it, per stream, x 20 ms; never below 0.
+        """
+        sent = {(7, i): i * 0.02 for i in range(500)}  # 10 s; the window (cut 5.0): 4.0-9.0 s, 251 packets
+        # outside the window 1 in 50 missed (lost or late), inside 10 missed
+        received = [(7, i, i * 0.02 + 0.01) for i in range(500)
+                    if not (i < 200 or i > 450) or i % 50 != 0]
+        received = [(s, q, at + (0.2 if q in (300, 301) else 0.0)) for s, q, at in received  # late
+                    if not 260 <= q < 268]  # lost
+        missed, expected, cost = cut_cost(sent, received, cut=5.0)
+        self.assertEqual(missed, 10)
+        outside = 500 - 251
+        self.assertAlmostEqual(expected, len([i for i in range(500) if not 200 <= i <= 450 and i % 50 == 0])
+                               / outside * 251)
+        self.assertAlmostEqual(cost, (10 - expected) * 0.02)
+        # two streams: the same misses cost each stream half as much
+        both = {**sent, **{(8, i): at for (_, i), at in sent.items()}}
+        two = received + [(8, i, i * 0.02 + 0.01) for i in range(500)]
+        self.assertAlmostEqual(cut_cost(both, two, cut=5.0)[2], (10 - expected) / 2 * 0.02)
+        # a window better than the rest of the call costs nothing (not less)
+        self.assertEqual(cut_cost(sent, [(7, i, i * 0.02) for i in range(500) if i % 10 or 200 <= i <= 450],
+                                  cut=5.0), (0, 24 / 249 * 251, 0.0))
+
+    def test_attached_after(self) -> None:
+        """
+        The replacement's attach after a cut: the first "connection N
+        attached" line of the agent's log at or after the cut (the logs'
+        clock, UTC); C{None} without one.
+        """
+        import datetime
+
+        log = (
+            "2026-12-05T21:28:39.500000 [spwm.session.carrier.PathSessions#info] session s: connection 3 attached"
+            " (198.51.100.10:443); 4 paths\n"
+            "2026-12-05T21:28:39.807034 [spwm.session.carrier.PathSessions#info] session s: a connection is gone\n"
+            "2026-12-05T21:28:40.492759 [spwm.session.carrier.PathSessions#info] session s: connection 4 attached"
+            " (198.51.100.10:443); 4 paths\n"
+        )
+        cut = datetime.datetime(2026, 12, 5, 21, 28, 39, 747181, tzinfo=datetime.timezone.utc).timestamp()
+        after = attached_after(log, cut)
+        assert after is not None
+        self.assertAlmostEqual(after, 0.745578, places=5)
+        self.assertIsNone(attached_after(log, cut + 1.0))
+
     def test_cut_lines(self) -> None:
         """
         A line per cut: its time on the logs' clock and where each
@@ -123,6 +170,18 @@ class ReportTests(SynchronousTestCase):
                            2: {"cut": {"up": 0.04, "down": 0.0}}}}
         self.assertEqual(cut_lines([result]), [
             "  bad     spwmauto: cut at 00:00:00.250000 UTC (port 40000); longest gap up 80 ms from +0.61 s, down 0 ms",
+        ])
+
+    def test_cut_lines_cost(self) -> None:
+        """
+        With the cut's cost, the line says it for each direction.
+        """
+        cut = {"port": 40000, "wall": 0.25, "up": 0.08, "down": 0.0, "up_from": 0.614, "down_from": None,
+               "up_cost": (6, 2.5, 0.07), "down_cost": (0, 0.4, 0.0), "attached_after": 0.7456}
+        self.assertEqual(cut_lines([{"profile": "bad", "spwm": {"auto": {"cut": cut}}}]), [
+            "  bad     spwmauto: cut at 00:00:00.250000 UTC (port 40000); longest gap up 80 ms from +0.61 s, down 0 ms;"
+            " audio the cut cost beyond the link's own rate: up 70 ms (6 missed in the window, 2.5 expected),"
+            " down 0 ms (0 missed in the window, 0.4 expected); replacement attached after 0.75 s",
         ])
 
     def test_cut_lines_several(self) -> None:
