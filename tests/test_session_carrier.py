@@ -1374,6 +1374,120 @@ class KeeperTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(len(self.attempts), n + 1)
 
+    def _lossy_front(self, paths: int = 1) -> _Front:
+        """
+        A session front whose link loses packets (the kernel retransmitted
+        on its first path), with C{paths} paths, given to the keeper.
+        """
+        from spwm.session.paths import PathKind
+
+        front = _Front()
+        self._lossy_scheduler(front.scheduler)
+        for path_id in range(1, paths):
+            front.scheduler.add(path_id, PathKind.TCP, self.clock.seconds())
+        self.keeper._front = lambda: front
+        return front
+
+    def _attached(self, attempt: int) -> _Conn:
+        conn = _Conn()
+        self.attempts[attempt].callback(conn)
+        conn.front = object()
+        self.keeper.attached(conn)
+        return conn
+
+    def test_replacement_raced_on_a_lossy_link(self) -> None:
+        """
+        On a link that loses packets, an attached connection of ours that
+        is lost is replaced by two attempts at once: the first to attach
+        is kept, the other is closed (not counted as a failure, not
+        replaced); one still connecting then is closed as it connects.
+        """
+        self._lossy_front(paths=3)
+        self.keeper.session_up()
+        first, second = self._attached(0), self._attached(1)
+        first.lose()
+        self.clock.advance(0)
+        self.assertEqual(len(self.attempts), 4)
+        self.assertEqual((self.keeper.raced, self.keeper.race_losers), (1, 0))
+        slow, fast = _Conn(), _Conn()
+        self.attempts[2].callback(slow)
+        self.attempts[3].callback(fast)
+        fast.front = object()
+        self.keeper.attached(fast)
+        self.assertEqual(slow.closed, ["another connection attached first"])
+        self.assertEqual((fast.closed, second.closed), ([], []))
+        self.assertEqual(self.keeper.race_losers, 1)
+        slow.lose()  # its loss is ours: nothing more is opened
+        self.clock.advance(20)
+        self.assertEqual(len(self.attempts), 4)
+        # again, the winner's TCP connection first: the other is closed as it connects
+        fast.lose()
+        self.clock.advance(0)
+        self.assertEqual(len(self.attempts), 6)
+        self._attached(4)
+        late = _Conn()
+        self.attempts[5].callback(late)
+        self.assertEqual(late.closed, ["not wanted any more"])
+        self.assertEqual((self.keeper.raced, self.keeper.race_losers), (2, 1))
+
+    def test_no_race_on_a_clean_link_or_without_room(self) -> None:
+        """
+        One attempt for a replacement on a link that lost nothing lately,
+        for a connection that never attached (a failure: the growing delay
+        applies), when a raced attempt failed (the other goes on alone),
+        and when one more connection than wanted would not fit in the
+        contact point's C{max_paths}.
+        """
+        from spwm.limits import PathLimits
+        from spwm.session.paths import PathScheduler
+        from spwm.tunnel.retry import STEADY_UP
+
+        front = _Front()
+        self.keeper._front = lambda: front
+        self.keeper.session_up()
+        kept = self._attached(0)
+        self._attached(1).lose()
+        self.clock.advance(0)
+        self.assertEqual((len(self.attempts), self.keeper.raced), (3, 0))
+        # a lossy link, the loss of one that never attached
+        self._lossy_front()
+        never = _Conn()
+        self.attempts[2].callback(never)
+        never.lose()
+        self.clock.advance(1.0)
+        self.assertEqual((len(self.attempts), self.keeper.raced), (4, 0))
+        # raced, and one of the two fails: the other goes on alone
+        other = self._attached(3)
+        kept.lose()
+        self.clock.advance(0)
+        self.assertEqual((len(self.attempts), self.keeper.raced), (6, 1))
+        self.attempts[4].errback(ConnectionError("refused"))
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.attempts), 6)
+        self._attached(5)
+        # no room: max_paths 3 holds the service's connection and our two
+        front = self._lossy_front()
+        front.scheduler = PathScheduler(PathLimits(max_paths=3))
+        self._lossy_scheduler(front.scheduler)
+        other.lose()
+        self.clock.advance(1.0)
+        self.assertEqual((len(self.attempts), self.keeper.raced), (7, 1))
+        # with room, the same loss is raced
+        steady = self._attached(6)
+        self.clock.advance(STEADY_UP)
+        front.scheduler = PathScheduler(PathLimits(max_paths=4))
+        self._lossy_scheduler(front.scheduler)
+        steady.lose()
+        self.clock.advance(0)
+        self.assertEqual((len(self.attempts), self.keeper.raced), (9, 2))
+
+    def _lossy_scheduler(self, scheduler: Any) -> None:
+        from spwm.session.paths import PathKind, TcpInfo
+
+        scheduler.add(0, PathKind.TCP, self.clock.seconds())
+        scheduler.tcp_info(0, TcpInfo(total_retrans=0), self.clock.seconds())
+        scheduler.tcp_info(0, TcpInfo(total_retrans=1), self.clock.seconds())
+
     def test_late_connection_closed(self) -> None:
         """
         A connection that comes up after the session went down is closed;
@@ -1449,6 +1563,9 @@ class _Front:
 
     def watch_link(self, now: float) -> None:
         self.watched.append(now)
+
+    def live_paths(self) -> int:
+        return len(self.attached)
 
 
 class AdaptiveKeeperTests(SynchronousTestCase):

@@ -1587,6 +1587,11 @@ class PathSessions:
             status["session"] = live.summary() if live is not None else None
             if self.count is not None:
                 status.update(self.count.snapshot())
+            for keeper in getattr(self.keeper, "parts", (self.keeper,)):
+                if isinstance(keeper, PathKeeper):
+                    # replacements raced on a lossy link, and their losers
+                    status["replacements_raced"] = keeper.raced
+                    status["race_losers"] = keeper.race_losers
         return status
 
 
@@ -1619,8 +1624,20 @@ class PathKeeper:
     later, when the peer has stopped using it (it is no longer pinged, so
     the peer finds it stalled).
 
+    On a link that loses packets (the kernel retransmitted on a path
+    lately: L{PathScheduler.network_lossy}) the replacement of an attached
+    connection of ours is I{raced}: two attempts at once, the first to
+    attach is kept and the other closed.  A lost segment of a new
+    connection's handshakes (TCP, TLS, the tunnel's hello and attach: some
+    eight segments) costs a retransmission timeout of half a second or
+    more on such a link, so one attempt in three or four takes that much
+    longer; while the replacement is not there the media has one copy
+    fewer.  Only with room for both under the contact point's C{max_paths}.
+
     @ivar opened: connections it opened.
     @ivar drained: connections it closed because fewer were wanted.
+    @ivar raced: replacements raced (two attempts at once).
+    @ivar race_losers: attempts closed because the other attached first.
     """
 
     log = Logger()
@@ -1649,6 +1666,10 @@ class PathKeeper:
         self.retry_cap = retry_cap
         self.opened = 0
         self.drained = 0
+        self.raced = 0
+        self.race_losers = 0
+        #: one attempt more than C{extra} is wanted now (a raced replacement)
+        self._race = False
         self._front = front or (lambda: None)
         self._mine: dict[int, Any] = {}
         self._draining: dict[int, tuple[Any, IDelayedCall]] = {}
@@ -1687,6 +1708,7 @@ class PathKeeper:
         The session's last path is gone: open nothing until it is up again.
         """
         self._up = False
+        self._race = False
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -1700,6 +1722,23 @@ class PathKeeper:
         self._failure_told = None
         if id(path) in self._mine:
             self._attached_at[id(path)] = self.clock.seconds()
+            if self._race:
+                self._race_won()
+
+    def _race_won(self) -> None:
+        """
+        A raced replacement attached: the other attempt, not attached yet,
+        is closed (one still connecting is closed as it connects: more are
+        not wanted).
+        """
+        self._race = False
+        for key, protocol in list(self._mine.items()):
+            if len(self._mine) <= self.extra:
+                break
+            if key not in self._attached_at:
+                del self._mine[key]
+                self.race_losers += 1
+                protocol.close(0, "another connection attached first")
 
     def redirected(self, path: Any) -> None:
         """
@@ -1726,6 +1765,7 @@ class PathKeeper:
         if path.front is None and not redirected:
             # never attached: wait before the next attempt
             self._failures += 1
+            self._race = False
             self._tell_cut(path)
         elif attached_at is not None and draining is None and not redirected:
             now = self.clock.seconds()
@@ -1734,7 +1774,23 @@ class PathKeeper:
             elif not self._prompt.take(now):
                 # lost young again and again: wait, longer each time
                 self._young += 1
+            if not self._young and self._lossy_room(now):
+                self._race = True
+                self.raced += 1
         self._later()
+
+    def _lossy_room(self, now: float) -> bool:
+        """
+        @return: whether a replacement is to be raced now: the link loses
+            packets, and the session has room for one more attempt than
+            wanted under the contact point's C{max_paths}.
+        """
+        front = self._front()
+        if front is None:
+            return False
+        scheduler = front.scheduler
+        wanted = 1 + self.extra + scheduler.quic_paths()
+        return wanted < scheduler.limits.max_paths and scheduler.network_lossy(now)
 
     def _tell_cut(self, path: Any) -> None:
         """
@@ -1766,7 +1822,7 @@ class PathKeeper:
 
     def _fill(self) -> None:
         self._timer = None
-        while self._up and len(self._mine) + self._connecting < self.extra:
+        while self._up and len(self._mine) + self._connecting < self.extra + self._race:
             self._connecting += 1
             self.opened += 1
             d = self._connect()
@@ -1790,7 +1846,7 @@ class PathKeeper:
             # worker chosen for the attach.
             protocol.close(0, "the session is gone")
             return
-        if len(self._mine) >= self.extra:
+        if len(self._mine) >= self.extra + self._race:
             protocol.close(0, "not wanted any more")
             return
         self._mine[id(protocol)] = protocol
@@ -1802,6 +1858,7 @@ class PathKeeper:
         if reason.check(CancelledError) and not self._up:
             return  # stop() cancelled it
         self._failures += 1
+        self._race = False
         why = reason.getErrorMessage()
         if why != self._failure_told:
             # one line per reason until a further connection attaches:
