@@ -662,46 +662,106 @@ class FarCancelAfterRestartTests(SynchronousTestCase):
     key): it gets the branch the dead process gave the INVITE, so the
     operator's proxy matches it to that INVITE (RFC 3261 9.1, 16.11); the
     487 comes back to the agent and its ACK goes out with that branch too.
+    The new process does not know which transport the INVITE's size chose
+    (RFC 3261 18.1.1): the CANCEL goes both ways.
     """
+
+    def cancel_after_restart(self, pad: int) -> tuple[SipMessage, dict[str, ToNetwork]]:
+        """
+        Alice's INVITE (with C{pad} header lines of 60 bytes) rings at the
+        far party through a contact point that dies; the agent's CANCEL
+        through the next one.
+
+        @return: the INVITE as the dead contact point sent it, the
+            CANCELs the next one sends by transport (each to the proxy).
+        """
+        via = "SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKapp1;rport"
+        self.agent = AgentSipProxy(object(), "agent-1", media_hook=RecordingHook("agent"))
+        self.proxy = (OPERATOR.host, OPERATOR.port)
+        padding = tuple(f"X-Pad-{n}: {'x' * 50}" for n in range(pad))
+        invite = request("INVITE", "sip:bob@example.org", via=via, extra=("Contact: <sip:alice@192.0.2.10:5062>", *padding))
+        up = only(self.agent.from_app(FLOW_A, invite, 0.0), ToTunnel)
+        dead = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR, media_hook=RecordingHook("contact"))
+        key = FakeTunnel("sess-1")
+        dead.tunnel_attached(key, "sess-1")
+        self.out = only(dead.from_tunnel(key, "sess-1", up.flow_id, up.data, 0.0), ToNetwork)
+        ringing = only(dead.from_network("udp", self.proxy, answer(self.out.data, 180, "Ringing", to_tag="tb"), 0.5), ToTunnel)
+        only(self.agent.from_tunnel(up.flow_id, ringing.data, 0.5), ToApp)
+        # the contact point's process dies; the next one has its token key
+        self.cp = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR, media_hook=RecordingHook("contact"))
+        self.key = FakeTunnel("sess-1")
+        self.cp.tunnel_attached(self.key, "sess-1")
+        actions, _ = self.agent.leg_lost("sess-1", up.flow_id, "call-1@192.0.2.10", "tunnel lost", 2.0, far=True)
+        (into,) = [a for a in actions if isinstance(a, ToTunnel)]
+        out = self.cp.from_tunnel(self.key, "sess-1", into.flow_id, into.data, 2.0)
+        self.assertEqual({a.addr for a in out}, {self.proxy})
+        return parse_message(self.out.data), {a.transport: a for a in out}
 
     def test_same_branch(self) -> None:
         """
         The CANCEL leaves the restarted contact point with the INVITE's
-        Via (the contact point's with the same branch, the phone's), for
-        the same next hop; the 487's ACK likewise.
+        Via (the contact point's with the same branch, the phone's) over
+        the INVITE's transport (UDP), and over TCP with a TCP Via, the
+        same branch; the 487's ACK with the INVITE's Via.
         """
-        via = "SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKapp1;rport"
-        agent = AgentSipProxy(object(), "agent-1", media_hook=RecordingHook("agent"))
-        proxy = (OPERATOR.host, OPERATOR.port)
-        invite = request("INVITE", "sip:bob@example.org", via=via, extra=("Contact: <sip:alice@192.0.2.10:5062>",))
-        up = only(agent.from_app(FLOW_A, invite, 0.0), ToTunnel)
-        dead = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR, media_hook=RecordingHook("contact"))
-        key = FakeTunnel("sess-1")
-        dead.tunnel_attached(key, "sess-1")
-        out = only(dead.from_tunnel(key, "sess-1", up.flow_id, up.data, 0.0), ToNetwork)
-        sent = parse_message(out.data)
-        ringing = only(dead.from_network("udp", proxy, answer(out.data, 180, "Ringing", to_tag="tb"), 0.5), ToTunnel)
-        only(agent.from_tunnel(up.flow_id, ringing.data, 0.5), ToApp)
-        # the contact point's process dies; the next one has its token key
+        sent, cancels = self.cancel_after_restart(0)
+        self.assertEqual((self.out.transport, sorted(cancels)), ("udp", ["tcp", "udp"]))
+        cancel = parse_message(cancels["udp"].data)
+        self.assertEqual((cancel.method, cancel.uri, cancel.cseq), ("CANCEL", sent.uri, (1, "CANCEL")))
+        self.assertEqual(cancel.get_all("Via"), sent.get_all("Via")[:2])
+        other = parse_message(cancels["tcp"].data)
+        self.assertEqual(other.get_all("Via")[0], sent.get_all("Via")[0].replace("/UDP ", "/TCP "))
+        # its 200 stays at the agent; the 487 is ACKed with the INVITE's branch
+        back = only(self.cp.from_network("udp", self.proxy, answer(cancels["udp"].data, 200, to_tag="tb"), 2.1), ToTunnel)
+        self.assertEqual(self.agent.from_tunnel(back.flow_id, back.data, 2.1), [])
+        terminated = answer(self.out.data, 487, "Request Terminated", to_tag="tb")
+        back = only(self.cp.from_network("udp", self.proxy, terminated, 2.2), ToTunnel)
+        into = only(self.agent.from_tunnel(back.flow_id, back.data, 2.2), ToTunnel)
+        ack = parse_message(only(self.cp.from_tunnel(self.key, "sess-1", into.flow_id, into.data, 2.2), ToNetwork).data)
+        self.assertEqual((ack.method, ack.cseq, ack.to_tag), ("ACK", (1, "ACK"), "tb"))
+        self.assertEqual(ack.get_all("Via"), sent.get_all("Via")[:2])
+
+    def test_invite_over_tcp(self) -> None:
+        """
+        An INVITE over 1,300 bytes went to the proxy over TCP (RFC 3261
+        18.1.1): the CANCEL's copy over TCP has its Via exactly.
+        """
+        sent, cancels = self.cancel_after_restart(20)
+        self.assertEqual((self.out.transport, sorted(cancels)), ("tcp", ["tcp", "udp"]))
+        self.assertEqual(parse_message(cancels["tcp"].data).get_all("Via"), sent.get_all("Via")[:2])
+
+
+class CancelTransportTests(SynchronousTestCase):
+    """
+    A phone's CANCEL through a contact point that knows its INVITE (in
+    its ringing table) goes the way the INVITE went: over TCP with a TCP
+    Via when its size sent the INVITE over TCP (RFC 3261 9.1, 18.1.1).
+    """
+
+    def cancel(self, pad: int) -> tuple[ToNetwork, ToNetwork]:
         cp = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR, media_hook=RecordingHook("contact"))
         key = FakeTunnel("sess-1")
         cp.tunnel_attached(key, "sess-1")
-        actions, _ = agent.leg_lost("sess-1", up.flow_id, "call-1@192.0.2.10", "tunnel lost", 2.0, far=True)
-        (into,) = [a for a in actions if isinstance(a, ToTunnel)]
-        act = only(cp.from_tunnel(key, "sess-1", into.flow_id, into.data, 2.0), ToNetwork)
-        self.assertEqual((act.transport, act.addr), (out.transport, out.addr))
-        cancel = parse_message(act.data)
-        self.assertEqual((cancel.method, cancel.uri, cancel.cseq), ("CANCEL", sent.uri, (1, "CANCEL")))
-        self.assertEqual(cancel.get_all("Via"), sent.get_all("Via")[:2])
-        self.assertEqual(cancel.top_via.branch if cancel.top_via else None, sent.top_via.branch if sent.top_via else "")
-        # its 200 stays at the agent; the 487 is ACKed with the INVITE's branch
-        back = only(cp.from_network("udp", proxy, answer(act.data, 200, to_tag="tb"), 2.1), ToTunnel)
-        self.assertEqual(agent.from_tunnel(back.flow_id, back.data, 2.1), [])
-        back = only(cp.from_network("udp", proxy, answer(out.data, 487, "Request Terminated", to_tag="tb"), 2.2), ToTunnel)
-        into = only(agent.from_tunnel(back.flow_id, back.data, 2.2), ToTunnel)
-        ack = parse_message(only(cp.from_tunnel(key, "sess-1", into.flow_id, into.data, 2.2), ToNetwork).data)
-        self.assertEqual((ack.method, ack.cseq, ack.to_tag), ("ACK", (1, "ACK"), "tb"))
-        self.assertEqual(ack.get_all("Via"), sent.get_all("Via")[:2])
+        padding = tuple(f"X-Pad-{n}: {'x' * 50}" for n in range(pad))
+        invite = only(cp.from_tunnel(key, "sess-1", 5, request("INVITE", "sip:bob@example.org", extra=padding), 0.0), ToNetwork)
+        cancel = only(cp.from_tunnel(key, "sess-1", 5, request("CANCEL", "sip:bob@example.org"), 1.0), ToNetwork)
+        return invite, cancel
+
+    def test_large_invite(self) -> None:
+        """
+        The INVITE went over TCP: its CANCEL too, with the INVITE's Via.
+        """
+        invite, cancel = self.cancel(20)
+        self.assertEqual((invite.transport, cancel.transport), ("tcp", "tcp"))
+        self.assertEqual(parse_message(cancel.data).get_all("Via")[0], parse_message(invite.data).get_all("Via")[0])
+
+    def test_small_invite(self) -> None:
+        """
+        The INVITE went over UDP: its CANCEL too, once.
+        """
+        invite, cancel = self.cancel(0)
+        self.assertEqual((invite.transport, cancel.transport), ("udp", "udp"))
+        self.assertEqual(parse_message(cancel.data).get_all("Via")[0], parse_message(invite.data).get_all("Via")[0])
 
 
 class ContactRingingTests(SynchronousTestCase):

@@ -254,6 +254,14 @@ class Ringing:
         entry.last = now
         self._pending[key] = entry
 
+    def dest_of(self, key: tuple[str, str]) -> Hashable | None:
+        """
+        @return: where the INVITE C{key} went (L{Pending.dest}), while it
+            waits for its final response; else C{None}.
+        """
+        entry = self._pending.get(key)
+        return None if entry is None else entry.dest
+
     def finished(self, key: tuple[str, str]) -> None:
         """
         The INVITE C{key} has its final response, or its caller's CANCEL
