@@ -272,7 +272,7 @@ class RingingLostScopeTests(SynchronousTestCase):
         calls: list[str] = []
 
         class Core(AgentSipProxy):
-            def ringing_lost(self, session_id: str, now: float, tunnels: bool = True) -> list[Any]:
+            def ringing_lost(self, session_id: str, now: float, tunnels: bool = True, *, far: bool = False) -> list[Any]:
                 calls.append(session_id)
                 return []
 

@@ -17,6 +17,7 @@ from spwm.security.keys import derive_session_key, resumption_proof
 from spwm.security.resume import AgentResumption
 from spwm.session.manager import SessionManager
 from spwm.session.state import SessionState
+from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.registrations import Registration
 from spwm.testing.tunnel import FakeTunnel as BaseFakeTunnel
 from spwm.tunnel.events import PeerWentAway
@@ -717,6 +718,32 @@ class SessionKeyTests(SynchronousTestCase):
         agent, new = suspended()
         agent.control_received(new, {"op": "resumed", "session_id": "s1", "calls_ended": False})
         self.assertEqual((seen, agent.resumed), ([("s1", False)], 1))
+
+    def test_ringing_calls_far_after_a_process_that_died(self) -> None:
+        """
+        The calls that still ring (the SIP core's C{ringing_lost}, which
+        the media manager calls as it releases the session) are ended for
+        their far parties too after such a resumption (C{far}), as the
+        legs are; not when the tunnels are going, nor afterwards.
+        """
+        far_seen: list[bool] = []
+
+        class Core(AgentSipProxy):
+            def ringing_lost(self, session_id: str, now: float, tunnels: bool = True, *, far: bool = False) -> list[Any]:
+                far_seen.append(far)
+                return []
+
+        class Media(FakeMedia):
+            def session_ended(self, session_id: str, reason: str = "") -> None:
+                wrapped.ringing_lost(session_id, 0.0)
+                wrapped.ringing_lost(session_id, 0.0, False)
+
+        agent = AgentResumption(Clock(), 60.0, Media(), FakeHandle())
+        wrapped = agent.wrap(Core(object(), "agent-1"))
+        new = _reconnected(agent)
+        agent.control_received(new, {"op": "resumed", "session_id": "s1", "media": False, "calls_ended": False})
+        wrapped.ringing_lost("s1", 1.0)
+        self.assertEqual(far_seen, [True, False, False])
 
     def test_restored_calls_not_ended_said(self) -> None:
         """

@@ -238,7 +238,8 @@ class CoreTests(SynchronousTestCase):
         The core's timer sends the pings; their responses are the pool's
         (not dropped as forged); once the first proxy misses two, a
         REGISTER from the tunnel goes to the second, and back when the
-        first answers; the status lists both.
+        first answers; the status lists both.  The CANCEL of an INVITE
+        sent to the first goes there, the INVITE's proxy (RFC 3261 9.1).
         """
         core = self.core()
         tunnel = FakeTunnel("s1")
@@ -251,6 +252,8 @@ class CoreTests(SynchronousTestCase):
             out = core.from_network("udp", (proxy.host, proxy.port), reply(sent[proxy]).to_bytes(), now)
             self.assertEqual(out, [])
         self.assertEqual(core.counters, {})
+        (invite,) = core.from_tunnel(tunnel, "s1", 1, request("INVITE", "sip:bob@example.org"), now)
+        self.assertEqual(invite.addr, ("198.51.100.7", 5060))
         for _ in range(2):
             now += 5
             sent = pings(core.handle_timer(now))
@@ -263,6 +266,8 @@ class CoreTests(SynchronousTestCase):
         (to_b,) = core.from_tunnel(tunnel, "s1", 1, register(), now)
         assert isinstance(to_b, ToNetwork)
         self.assertEqual(to_b.addr, ("198.51.100.8", 5070))
+        (cancel,) = core.from_tunnel(tunnel, "s1", 1, request("CANCEL", "sip:bob@example.org"), now)
+        self.assertEqual((cancel.addr, parse_message(cancel.data).top_via), (invite.addr, parse_message(invite.data).top_via))
         status = core.status()
         self.assertEqual(status["proxies"], {"198.51.100.7:5060;transport=udp": False, "198.51.100.8:5070;transport=udp": True})
         self.assertEqual(status["proxy"], "198.51.100.8:5070;transport=udp")
@@ -302,14 +307,15 @@ class CoreTests(SynchronousTestCase):
         (refused, _) = core.from_tunnel(tunnel, "s1", 1, register(), now)
         assert isinstance(refused, ToTunnel)
         self.assertEqual(parse_message(refused.data).status, 503)
-        for method, to in (
-            ("ACK", "<sip:bob@example.org>"),
-            ("CANCEL", "<sip:bob@example.org>"),
-            ("BYE", "<sip:bob@example.org>;tag=tt"),
+        for method, to, transports in (
+            ("ACK", "<sip:bob@example.org>", ["udp"]),
+            # (its INVITE unknown here: by either transport it may have gone)
+            ("CANCEL", "<sip:bob@example.org>", ["udp", "tcp"]),
+            ("BYE", "<sip:bob@example.org>;tag=tt", ["udp"]),
         ):
-            (sent,) = core.from_tunnel(tunnel, "s1", 1, request(method, "sip:bob@example.org", to=to), now)
-            assert isinstance(sent, ToNetwork), method
-            self.assertEqual(sent.addr, ("198.51.100.7", 5060))
+            relayed = core.from_tunnel(tunnel, "s1", 1, request(method, "sip:bob@example.org", to=to), now)
+            self.assertTrue(all(isinstance(a, ToNetwork) for a in relayed), method)
+            self.assertEqual([(a.transport, a.addr) for a in relayed], [(t, ("198.51.100.7", 5060)) for t in transports])
         sent = pings(out)
         core.from_network("udp", (B.host, B.port), reply(sent[B]).to_bytes(), now)
         (to_b,) = core.from_tunnel(tunnel, "s1", 1, register(branch="z9hG4bKreg2"), now)

@@ -7,13 +7,15 @@ and both cores' use of them (C{leg_lost}).
 
 from __future__ import annotations
 
+from typing import Callable
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.sip.actions import ToApp, ToNetwork, ToTunnel
 from spwm.sip.agent_proxy import AgentSipProxy
-from spwm.sip.byes import BYE_ANSWERED, BYE_SENT, T1, T2
+from spwm.sip.byes import BYE_ANSWERED, BYE_DROPPED, BYE_SENT, T1, T2
 from spwm.sip.contact_proxy import ContactSipProxy
-from spwm.sip.flows import KIND_ROUTE, FlowTokenCodec
+from spwm.sip.flows import KIND_ROUTE, FlowTable, FlowTokenCodec
 from spwm.sip.message import SipMessage, make_response, parse_message
 from spwm.sip.ringing import (
     ANSWER,
@@ -73,6 +75,20 @@ def kept(kind: str = CANCEL, ours_on_top: bool = True, data: bytes = SENT, now: 
     table = Ringing()
     table.passed(KEY, kind, "leg", parse_message(data), "dest", ours_on_top, now)
     return table
+
+
+def ended_once(
+    test: SynchronousTestCase, send: Callable[[bytes, float], list], ok: bytes, bye: SipMessage, cseq: int
+) -> None:
+    """
+    After a 2xx that crossed our CANCEL was ACKed and ended with C{bye}:
+    the 2xx again (C{send}: into the core from where it came) is ACKed
+    again (CSeq C{cseq}), with no second BYE; the BYE's 200 stays in the
+    core.
+    """
+    again = [parse_message(a.data) for a in send(ok, 2.3)]
+    test.assertEqual([(m.method, m.cseq) for m in again], [("ACK", (cseq, "ACK"))])
+    test.assertEqual(send(make_response(bye, 200, "OK").to_bytes(), 2.7), [])
 
 
 class BuildTests(SynchronousTestCase):
@@ -362,9 +378,7 @@ class AgentRingingTests(SynchronousTestCase):
         self.assertEqual((bye.from_tag, bye.to_tag, bye.get("Reason")), ("fb", "ph", REASON))
         self.assertNotEqual(ack.get("Via"), bye.get("Via"))
         self.assertEqual(self.agent.counters[BYE_SENT], 1)
-        again = [parse_message(a.data) for a in self.agent.from_app(FLOW_A, ok, 2.3)]
-        self.assertEqual([(m.method, m.cseq) for m in again], [("ACK", (1, "ACK"))])
-        self.assertEqual(self.agent.from_app(FLOW_A, make_response(bye, 200, "OK").to_bytes(), 2.7), [])
+        ended_once(self, lambda data, now: self.agent.from_app(FLOW_A, data, now), ok, bye, 1)
         self.assertEqual(self.agent.counters[BYE_ANSWERED], 1)
 
     def test_without_sdp_when_the_session_goes(self) -> None:
@@ -454,6 +468,300 @@ class AgentRingingTests(SynchronousTestCase):
         self.agent.bye_on_loss = False
         fid, _ = self.ring_phone()
         self.assertEqual(self.lost(fid), ([], []))
+
+
+class AgentFarRingingTests(SynchronousTestCase):
+    """
+    C{leg_lost(..., far=True)} and C{ringing_lost(..., far=True)} for a
+    phone's call that rings at the far party when the contact point's
+    process died: the far party gets a CANCEL into the tunnel, its
+    answers stay here.
+    """
+
+    def setUp(self) -> None:
+        self.key = object()
+        self.agent = AgentSipProxy(self.key, "agent-1", media_hook=RecordingHook("agent"))
+
+    def call_out(self, sdp: bool = True) -> tuple[int, SipMessage]:
+        """
+        Alice's phone calls bob through a Route beyond the agent; bob
+        rings (180 with a tag, back through the tunnel).
+
+        @return: the flow id and the INVITE as it went into the tunnel.
+        """
+        invite = request(
+            "INVITE",
+            "sip:bob@example.org",
+            cseq=7,
+            extra=("Route: <sip:proxy.example.net;lr>", "Contact: <sip:alice@192.0.2.10:5062>"),
+            body=SDP if sdp else b"",
+            content_type="application/sdp" if sdp else None,
+        )
+        up = only(self.agent.from_app(FLOW_A, invite, 0.0), ToTunnel)
+        only(self.agent.from_tunnel(up.flow_id, answer(up.data, 180, "Ringing", to_tag="tb"), 0.5), ToApp)
+        return up.flow_id, parse_message(up.data)
+
+    def lost(self, fid: int, far: bool = True) -> tuple[list, list[str]]:
+        return self.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0, far=far)
+
+    def far_cancel(self, actions: list, fid: int) -> SipMessage:
+        (act,) = [a for a in actions if isinstance(a, ToTunnel)]
+        self.assertEqual((act.tunnel_key, act.flow_id), (self.key, fid))
+        return parse_message(act.data)
+
+    def test_cancel_into_the_tunnel(self) -> None:
+        """
+        The far party gets a CANCEL of the INVITE as it went into the
+        tunnel (RFC 3261 9.1): its Request-URI, its top Via (the phone's,
+        with its branch: the agent adds none), Route, From, To without
+        tag, Call-ID and CSeq number, Max-Forwards 70, the Reason, no
+        body; the phone still gets its 480; both are in the record.
+        """
+        fid, sent = self.call_out()
+        actions, told = self.lost(fid)
+        self.assertEqual(told, ["phone (480)", "far party (CANCEL)"])
+        self.assertEqual(parse_message(only([a for a in actions if isinstance(a, ToApp)], ToApp).data).status, 480)
+        cancel = self.far_cancel(actions, fid)
+        self.assertEqual((cancel.method, cancel.uri, cancel.cseq), ("CANCEL", sent.uri, (7, "CANCEL")))
+        self.assertEqual(cancel.get_all("Via"), sent.get_all("Via")[:1])
+        self.assertEqual(cancel.get_all("Route"), ["<sip:proxy.example.net;lr>"])
+        self.assertEqual(
+            (cancel.get("From"), cancel.get("To"), cancel.call_id, cancel.to_tag),
+            (sent.get("From"), sent.get("To"), sent.call_id, None),
+        )
+        self.assertEqual((cancel.max_forwards, cancel.get("Reason"), cancel.body), (70, REASON, b""))
+        self.assertEqual(self.agent.counters[CANCEL_SENT], 1)
+        self.assertEqual(self.agent.counters[FINAL_SENT], 1)
+        # over the tunnel: not sent again
+        self.assertEqual([a for a in self.agent.handle_timer(2.0 + T1) if isinstance(a, ToTunnel)], [])
+
+    def test_answers_absorbed(self) -> None:
+        """
+        The CANCEL's 200 and the INVITE's 487, back through the tunnel,
+        stay here (the phone has had its 480): the 487 is ACKed into the
+        tunnel with the INVITE's top Via (its branch, RFC 3261 17.1.1.3),
+        Request-URI, Route and CSeq number and the 487's To tag, again
+        for a retransmission; a late 180 stays here too.  The phone's
+        480 is still sent again until its ACK.
+        """
+        fid, sent = self.call_out()
+        actions, _ = self.lost(fid)
+        to_phone = only([a for a in actions if isinstance(a, ToApp)], ToApp)
+        cancel = self.far_cancel(actions, fid)
+        self.assertEqual(self.agent.from_tunnel(fid, answer(cancel.to_bytes(), 200, to_tag="tb"), 2.1), [])
+        self.assertEqual(self.agent.counters[CANCEL_ANSWERED], 1)
+        self.assertEqual(self.agent.from_tunnel(fid, answer(sent.to_bytes(), 180, "Ringing", to_tag="tb"), 2.1), [])
+        terminated = answer(sent.to_bytes(), 487, "Request Terminated", to_tag="tb")
+        for _ in range(2):  # and its retransmission
+            act = only(self.agent.from_tunnel(fid, terminated, 2.2), ToTunnel)
+            self.assertEqual((act.tunnel_key, act.flow_id), (self.key, fid))
+            ack = parse_message(act.data)
+            self.assertEqual((ack.method, ack.uri, ack.cseq, ack.to_tag), ("ACK", sent.uri, (7, "ACK"), "tb"))
+            self.assertEqual(ack.get_all("Via"), sent.get_all("Via")[:1])
+            self.assertEqual(ack.get_all("Route"), ["<sip:proxy.example.net;lr>"])
+        self.assertEqual([a for a in self.agent.handle_timer(2.0 + T1) if isinstance(a, ToApp)], [to_phone])
+
+    def test_answer_crossing_the_cancel(self) -> None:
+        """
+        Bob answered 200 before our CANCEL reached him: the 2xx stays
+        here, and is ACKed and ended with a BYE in alice's name, both into
+        the tunnel to its Contact with the route set beyond the agent's
+        own Record-Route (the contact point's first); once: a
+        retransmitted 2xx is ACKed again, no second BYE; the BYE's 200
+        stays here.
+        """
+        fid, sent = self.call_out()
+        self.lost(fid)
+        cp = "<sip:tok1@203.0.113.5:5060;lr>"
+        ok = make_response(
+            sent, 200, "OK", to_tag="tb",
+            extra_headers=(
+                ("Record-Route", "<sip:proxy.example.net;lr>"),
+                ("Record-Route", cp),
+                *(("Record-Route", v) for v in sent.get_all("Record-Route")),
+                ("Contact", "<sip:bob@198.51.100.20>"),
+            ),
+        ).to_bytes()  # fmt: skip
+        out = self.agent.from_tunnel(fid, ok, 2.1)
+        self.assertEqual({(type(a), a.flow_id) for a in out}, {(ToTunnel, fid)})
+        ack, bye = (parse_message(a.data) for a in out)
+        for msg, cseq in ((ack, (7, "ACK")), (bye, (8, "BYE"))):
+            self.assertEqual((msg.uri, msg.cseq, msg.from_tag, msg.to_tag), ("sip:bob@198.51.100.20", cseq, "fa", "tb"))
+            self.assertEqual(msg.get_all("Route"), [cp, "<sip:proxy.example.net;lr>"])
+        self.assertEqual(bye.get("Reason"), REASON)
+        self.assertEqual(self.agent.counters[BYE_SENT], 1)
+        ended_once(self, lambda data, now: self.agent.from_tunnel(fid, data, now), ok, bye, 7)
+        self.assertEqual(self.agent.counters[BYE_ANSWERED], 1)
+
+    def test_not_without_far(self) -> None:
+        """
+        Without C{far} (the contact point stopped and ended the call
+        itself, or the tunnel is gone for good) only the phone is told,
+        and the far party's answers go to the phone as before.
+        """
+        fid, sent = self.call_out()
+        actions, told = self.lost(fid, far=False)
+        self.assertEqual((told, [a for a in actions if isinstance(a, ToTunnel)]), (["phone (480)"], []))
+        self.assertNotIn(CANCEL_SENT, self.agent.counters)
+        terminated = answer(sent.to_bytes(), 487, "Request Terminated", to_tag="tb")
+        only(self.agent.from_tunnel(fid, terminated, 2.2), ToApp)
+
+    def test_not_for_the_ringing_phone(self) -> None:
+        """
+        A call from the far party ringing at our phone: the phone gets its
+        CANCEL, nothing goes into the tunnel (the CANCEL is for INVITEs
+        that went into it).
+        """
+        fid = self.agent.flows.use(FLOW_A, 0.0)
+        down = only(self.agent.from_tunnel(fid, invite_for_phone(), 0.0), ToApp)
+        only(self.agent.from_app(FLOW_A, answer(down.data, 180, "Ringing", to_tag="ph"), 0.5), ToTunnel)
+        actions, told = self.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0, far=True)
+        self.assertEqual(told, ["phone (CANCEL)"])
+        self.assertEqual(parse_message(only(actions, ToApp).data).method, "CANCEL")
+
+    def test_phone_gone(self) -> None:
+        """
+        The far party gets its CANCEL also when the phone's flow is gone
+        (no 480 then).
+        """
+        fid, sent = self.call_out()
+        self.agent.flows = FlowTable()
+        actions, told = self.lost(fid)
+        self.assertEqual(told, ["far party (CANCEL)"])
+        self.assertEqual(self.far_cancel(actions, fid).method, "CANCEL")
+
+    def test_without_sdp_when_the_session_goes(self) -> None:
+        """
+        A call out without SDP (no media stream, no leg_lost) ringing when
+        the session is lost for good: C{ringing_lost} with C{far} sends
+        the CANCEL into the tunnel too; without C{far} it does not.
+        """
+        for far, expected in ((True, ["CANCEL"]), (False, [])):
+            self.setUp()
+            fid, sent = self.call_out(sdp=False)
+            actions = self.agent.ringing_lost("s", 2.0, far=far)
+            self.assertEqual([parse_message(a.data).method for a in actions if isinstance(a, ToTunnel)], expected)
+            self.assertEqual(parse_message(only([a for a in actions if isinstance(a, ToApp)], ToApp).data).status, 480)
+
+    def test_bounded(self) -> None:
+        """
+        The CANCEL waits with the BYEs (L{ByeSender}, its limit): with no
+        room left it is not sent, counted, not in the record.
+        """
+        fid, _ = self.call_out()
+        self.agent._byes.limit = 1
+        actions, told = self.lost(fid)
+        self.assertEqual((told, [a for a in actions if isinstance(a, ToTunnel)]), (["phone (480)"], []))
+        self.assertEqual((self.agent.counters[BYE_DROPPED], self.agent.counters.get(CANCEL_SENT)), (1, None))
+
+
+class FarCancelAfterRestartTests(SynchronousTestCase):
+    """
+    The agent's CANCEL of a call ringing at the far party, through a
+    contact point restarted after a crash (a new core with the same token
+    key): it gets the branch the dead process gave the INVITE, so the
+    operator's proxy matches it to that INVITE (RFC 3261 9.1, 16.11); the
+    487 comes back to the agent and its ACK goes out with that branch too.
+    The new process does not know which transport the INVITE's size chose
+    (RFC 3261 18.1.1): the CANCEL goes both ways.
+    """
+
+    def cancel_after_restart(self, pad: int) -> tuple[SipMessage, dict[str, ToNetwork]]:
+        """
+        Alice's INVITE (with C{pad} header lines of 60 bytes) rings at the
+        far party through a contact point that dies; the agent's CANCEL
+        through the next one.
+
+        @return: the INVITE as the dead contact point sent it, the
+            CANCELs the next one sends by transport (each to the proxy).
+        """
+        via = "SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKapp1;rport"
+        self.agent = AgentSipProxy(object(), "agent-1", media_hook=RecordingHook("agent"))
+        self.proxy = (OPERATOR.host, OPERATOR.port)
+        padding = tuple(f"X-Pad-{n}: {'x' * 50}" for n in range(pad))
+        invite = request("INVITE", "sip:bob@example.org", via=via, extra=("Contact: <sip:alice@192.0.2.10:5062>", *padding))
+        up = only(self.agent.from_app(FLOW_A, invite, 0.0), ToTunnel)
+        dead = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR, media_hook=RecordingHook("contact"))
+        key = FakeTunnel("sess-1")
+        dead.tunnel_attached(key, "sess-1")
+        self.out = only(dead.from_tunnel(key, "sess-1", up.flow_id, up.data, 0.0), ToNetwork)
+        ringing = only(dead.from_network("udp", self.proxy, answer(self.out.data, 180, "Ringing", to_tag="tb"), 0.5), ToTunnel)
+        only(self.agent.from_tunnel(up.flow_id, ringing.data, 0.5), ToApp)
+        # the contact point's process dies; the next one has its token key
+        self.cp = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR, media_hook=RecordingHook("contact"))
+        self.key = FakeTunnel("sess-1")
+        self.cp.tunnel_attached(self.key, "sess-1")
+        actions, _ = self.agent.leg_lost("sess-1", up.flow_id, "call-1@192.0.2.10", "tunnel lost", 2.0, far=True)
+        (into,) = [a for a in actions if isinstance(a, ToTunnel)]
+        out = self.cp.from_tunnel(self.key, "sess-1", into.flow_id, into.data, 2.0)
+        self.assertEqual({a.addr for a in out}, {self.proxy})
+        return parse_message(self.out.data), {a.transport: a for a in out}
+
+    def test_same_branch(self) -> None:
+        """
+        The CANCEL leaves the restarted contact point with the INVITE's
+        Via (the contact point's with the same branch, the phone's) over
+        the INVITE's transport (UDP), and over TCP with a TCP Via, the
+        same branch; the 487's ACK with the INVITE's Via.
+        """
+        sent, cancels = self.cancel_after_restart(0)
+        self.assertEqual((self.out.transport, sorted(cancels)), ("udp", ["tcp", "udp"]))
+        cancel = parse_message(cancels["udp"].data)
+        self.assertEqual((cancel.method, cancel.uri, cancel.cseq), ("CANCEL", sent.uri, (1, "CANCEL")))
+        self.assertEqual(cancel.get_all("Via"), sent.get_all("Via")[:2])
+        other = parse_message(cancels["tcp"].data)
+        self.assertEqual(other.get_all("Via")[0], sent.get_all("Via")[0].replace("/UDP ", "/TCP "))
+        # its 200 stays at the agent; the 487 is ACKed with the INVITE's branch
+        back = only(self.cp.from_network("udp", self.proxy, answer(cancels["udp"].data, 200, to_tag="tb"), 2.1), ToTunnel)
+        self.assertEqual(self.agent.from_tunnel(back.flow_id, back.data, 2.1), [])
+        terminated = answer(self.out.data, 487, "Request Terminated", to_tag="tb")
+        back = only(self.cp.from_network("udp", self.proxy, terminated, 2.2), ToTunnel)
+        into = only(self.agent.from_tunnel(back.flow_id, back.data, 2.2), ToTunnel)
+        ack = parse_message(only(self.cp.from_tunnel(self.key, "sess-1", into.flow_id, into.data, 2.2), ToNetwork).data)
+        self.assertEqual((ack.method, ack.cseq, ack.to_tag), ("ACK", (1, "ACK"), "tb"))
+        self.assertEqual(ack.get_all("Via"), sent.get_all("Via")[:2])
+
+    def test_invite_over_tcp(self) -> None:
+        """
+        An INVITE over 1,300 bytes went to the proxy over TCP (RFC 3261
+        18.1.1): the CANCEL's copy over TCP has its Via exactly.
+        """
+        sent, cancels = self.cancel_after_restart(20)
+        self.assertEqual((self.out.transport, sorted(cancels)), ("tcp", ["tcp", "udp"]))
+        self.assertEqual(parse_message(cancels["tcp"].data).get_all("Via"), sent.get_all("Via")[:2])
+
+
+class CancelTransportTests(SynchronousTestCase):
+    """
+    A phone's CANCEL through a contact point that knows its INVITE (in
+    its ringing table) goes the way the INVITE went: over TCP with a TCP
+    Via when its size sent the INVITE over TCP (RFC 3261 9.1, 18.1.1).
+    """
+
+    def cancel(self, pad: int) -> tuple[ToNetwork, ToNetwork]:
+        cp = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR, media_hook=RecordingHook("contact"))
+        key = FakeTunnel("sess-1")
+        cp.tunnel_attached(key, "sess-1")
+        padding = tuple(f"X-Pad-{n}: {'x' * 50}" for n in range(pad))
+        invite = only(cp.from_tunnel(key, "sess-1", 5, request("INVITE", "sip:bob@example.org", extra=padding), 0.0), ToNetwork)
+        cancel = only(cp.from_tunnel(key, "sess-1", 5, request("CANCEL", "sip:bob@example.org"), 1.0), ToNetwork)
+        return invite, cancel
+
+    def test_large_invite(self) -> None:
+        """
+        The INVITE went over TCP: its CANCEL too, with the INVITE's Via.
+        """
+        invite, cancel = self.cancel(20)
+        self.assertEqual((invite.transport, cancel.transport), ("tcp", "tcp"))
+        self.assertEqual(parse_message(cancel.data).get_all("Via")[0], parse_message(invite.data).get_all("Via")[0])
+
+    def test_small_invite(self) -> None:
+        """
+        The INVITE went over UDP: its CANCEL too, once.
+        """
+        invite, cancel = self.cancel(0)
+        self.assertEqual((invite.transport, cancel.transport), ("udp", "udp"))
+        self.assertEqual(parse_message(cancel.data).get_all("Via")[0], parse_message(invite.data).get_all("Via")[0])
 
 
 class ContactRingingTests(SynchronousTestCase):

@@ -625,7 +625,8 @@ class _ObservedAgentCore:
         # only the side whose session it is, when it knows one)
         if self._resumption.session_id not in (None, session_id):
             return []
-        return list(self._core.ringing_lost(session_id, now, tunnels))
+        far = tunnels and self._resumption.far_party_reachable(session_id)
+        return list(self._core.ringing_lost(session_id, now, tunnels, far=far))
 
     def byes_unsent(self) -> int:
         return int(self._core.byes_unsent())

@@ -55,7 +55,18 @@ from spwm.sip.byes import (
     route_toward,
 )
 from spwm.sip.dialogs import UNACKNOWLEDGED, DialogTable, MovedLegs, Parties
-from spwm.sip.ringing import ANSWER, CANCEL, CANCEL_ANSWERED, Pending, Ringing, absorb, ending
+from spwm.sip.ringing import (
+    ANSWER,
+    CANCEL,
+    CANCEL_ANSWERED,
+    CANCEL_SENT,
+    Pending,
+    Ringing,
+    absorb,
+    build_cancel,
+    ending,
+    far_key,
+)
 from spwm.sip.errors import SipParseError
 from spwm.sip.flows import Flow, FlowTable
 from spwm.sip.message import SipMessage, make_response, parse_message
@@ -365,13 +376,15 @@ class AgentSipProxy:
             so nobody told the far party.  Not for a far party whose
             route comes back into the same contact point process (behind
             one of its other tunnels: that one's agent ends the call for
-            its phone, as this one for ours).
+            its phone, as this one for ours).  A call of the phone's that
+            still rings at the far party gets a CANCEL into the tunnel
+            (L{_end_ringing}).
         @return: the actions (the first BYEs), and whom a BYE went to
             (C{"phone"}, C{"far party"} per dialog), for the call record.
         """
         dialogs = self._dialogs.take(flow_id, call_id, flow_id)
         flow = self.flows.lookup(flow_id, now)
-        told = self._end_ringing(flow, flow_id, call_id, reason, now)
+        told = self._end_ringing(flow, flow_id, call_id, reason, now, far)
         if not self.bye_on_loss:
             return self._send_byes(now), told
         for d in dialogs:
@@ -419,7 +432,9 @@ class AgentSipProxy:
         else:
             self.counters.count(BYE_DROPPED)
 
-    def ringing_lost(self, session_id: str, now: float, tunnels: bool = True) -> list[Action]:
+    def ringing_lost(
+        self, session_id: str, now: float, tunnels: bool = True, *, far: bool = False
+    ) -> list[Action]:
         """
         The session is lost for good: the calls that still ring and that
         L{leg_lost} was not told of (no media stream: an INVITE without
@@ -427,16 +442,20 @@ class AgentSipProxy:
 
         @param session_id: the session (the agent's core has one).
         @param tunnels: for the contact point's core.
+        @param far: as for L{leg_lost}: a call of the phone's that rings
+            at the far party gets a CANCEL into the tunnel too.
         @return: the actions (the first of what is sent).
         """
         if not self.bye_on_loss:
             return []
         for leg in self._ringing.legs_of():
             flow_id, call_id = cast("tuple[int, str]", leg)
-            self._end_ringing(self.flows.lookup(flow_id, now), flow_id, call_id, "tunnel lost", now)
+            self._end_ringing(self.flows.lookup(flow_id, now), flow_id, call_id, "tunnel lost", now, far)
         return self._send_byes(now)
 
-    def _end_ringing(self, flow: Flow | None, flow_id: int, call_id: str, reason: str, now: float) -> list[str]:
+    def _end_ringing(
+        self, flow: Flow | None, flow_id: int, call_id: str, reason: str, now: float, far: bool = False
+    ) -> list[str]:
         """
         A call leg lost with its tunnel while it rings (its INVITE passed
         on, no final response yet): the phone that calls gets a final
@@ -445,34 +464,83 @@ class AgentSipProxy:
         BYEs are (L{ByeSender}, keyed by the INVITE's branch: the ACK of
         the response, the CANCEL's 200 and the INVITE's 487 stop it).
 
+        With C{far} (the session resumed at a contact point whose process
+        died with the calls, L{leg_lost}), the far party that a phone's
+        call rings at also gets a CANCEL, into the tunnel (L{_cancel_far}).
+
         @return: whom, for the call record: C{"phone (480)"} or
-            C{"phone (CANCEL)"}.
+            C{"phone (CANCEL)"}, and C{"far party (CANCEL)"}.
         """
         entry = self._ringing.take((flow_id, call_id), now)
-        if entry is None or flow is None or not self.bye_on_loss or reason != "tunnel lost":
+        if entry is None or not self.bye_on_loss or reason != "tunnel lost":
             return []
-        response, data, counter, what = ending(entry, reason)
-        if not self._byes.add(flow, data, entry.key[1], flow.transport != "udp"):
+        told: list[str] = []
+        if flow is not None:
+            response, data, counter, what = ending(entry, reason)
+            if self._byes.add(flow, data, entry.key[1], flow.transport != "udp"):
+                # (the phone's branch for a response to it, ours for the CANCEL)
+                self._ringing.sent(entry, entry.key[1], now)
+                self.counters.count(counter)
+                told.append(f"phone ({what})")
+            else:
+                self.counters.count(BYE_DROPPED)
+        if far and entry.kind == ANSWER:
+            told += self._cancel_far(entry, reason, now)
+        return told
+
+    def _cancel_far(self, entry: Pending, reason: str, now: float) -> list[str]:
+        """
+        The CANCEL of a phone's INVITE still ringing at the far party when
+        the contact point's process died (RFC 3261 9.1: L{build_cancel},
+        from the INVITE as it went into the tunnel: the phone's C{Via} and
+        branch on top, our agent adds none), into the tunnel on the
+        phone's flow, sent as the far party's BYEs are (L{ByeSender}, once:
+        the tunnel is reliable; under L{far_key}, beside the phone's 480).
+        The restarted contact point gives it the branch it gave the
+        INVITE (its C{Via} branch is an HMAC of the session, the flow and
+        the phone's branch, under the token key its state file kept), so
+        the operator's proxy takes it for the CANCEL of that INVITE.  Its
+        200 and the INVITE's 487 come back through the tunnel to us
+        (L{_tunnel_response}).
+
+        A route that comes back into the same contact point (a callee
+        behind another of its tunnels) is not told apart as for a BYE:
+        an INVITE not answered has no C{Record-Route} to see it in, and
+        the CANCEL is the next hop's (the operator's proxy ends its own
+        transaction with it, which the callee's agent, CANCELling its
+        phone, does not).
+
+        @return: C{["far party (CANCEL)"]}, or nothing when too many wait.
+        """
+        if not self._byes.add((TUNNEL_BYE, cast(int, entry.dest)), build_cancel(entry, reason), far_key(entry), True):
             self.counters.count(BYE_DROPPED)
             return []
-        # (the phone's branch for a response to it, ours for the CANCEL)
-        self._ringing.sent(entry, entry.key[1], now)
-        self.counters.count(counter)
-        return [f"phone ({what})"]
+        self._ringing.cancelling(entry, now)
+        self.counters.count(CANCEL_SENT)
+        return ["far party (CANCEL)"]
 
-    def _cancelled_response(self, flow: Flow, entry: Pending, msg: SipMessage, now: float) -> list[Action]:
+    def _cancelled_response(self, flow: Flow | None, entry: Pending, msg: SipMessage, now: float) -> list[Action]:
         """
         A response to an INVITE we CANCELled, or to our CANCEL: ours alone
         (L{absorb}); the ACK of a 487, or of a 2xx that crossed the CANCEL
-        (and its BYE), go to the phone.
+        (and its BYE), go where the INVITE went: to the phone on C{flow},
+        or into the tunnel (C{None}: the far party's, L{_cancel_far}).
         """
-        via = f"SIP/2.0/{flow.transport.upper()} {hostport(*flow.local)}"
-        ack, answered, bye = absorb(entry, msg, self._byes, self._ours_value, via, flow, flow.transport != "udp")
+        if flow is None:
+            fid = cast(int, entry.dest)
+            ack, answered, bye = absorb(
+                entry, msg, self._byes, self._ours_value, self._tunnel_via, (TUNNEL_BYE, fid), True, far_key(entry)
+            )
+            out: list[Action] = [] if ack is None else [ToTunnel(self.tunnel_key, fid, ack)]
+        else:
+            via = f"SIP/2.0/{flow.transport.upper()} {hostport(*flow.local)}"
+            ack, answered, bye = absorb(entry, msg, self._byes, self._ours_value, via, flow, flow.transport != "udp")
+            out = [] if ack is None else [ToApp(flow, ack)]
         if answered:
             self.counters.count(CANCEL_ANSWERED)
         if bye:
             self.counters.count(BYE_SENT)
-        return ([] if ack is None else [ToApp(flow, ack)]) + self._send_byes(now)
+        return out + self._send_byes(now)
 
     def byes_unsent(self) -> int:
         """
@@ -594,7 +662,7 @@ class AgentSipProxy:
             return self._bye_answered(branch or "", msg)
         if self._ringing.cancelled:
             entry = self._ringing.cancelled_invite((msg.call_id, branch or ""), now)
-            if entry is not None:
+            if entry is not None and entry.kind == CANCEL:
                 return self._cancelled_response(flow, entry, msg, now)
         if not (branch or "").startswith(MAGIC + AGENT_BRANCH_MARK):
             reason = "response from app not for us"
@@ -695,6 +763,12 @@ class AgentSipProxy:
             if is_bye_branch(branch):
                 # the answer to a BYE of our own to a far party: for us
                 return self._bye_answered(branch or "", msg)
+        if self._ringing.cancelled:
+            # (the phone's Via on top: the INVITE's key)
+            entry = self._ringing.cancelled_invite((msg.call_id, (msg.top_via or _NO_VIA).branch or ""), now)
+            if entry is not None and entry.kind == ANSWER:
+                # the far party's answer to our CANCEL, or its INVITE's
+                return self._cancelled_response(None, entry, msg, now)
         if flow is None:
             reason = "response for an unknown flow"
             return [self.counters.drop(reason, reason)]

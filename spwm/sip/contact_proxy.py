@@ -839,6 +839,9 @@ class ContactSipProxy:
             transport = "tcp"
             msg.replace_first_value("Via", self._via(transport, branch))
             data = msg.to_bytes()
+        steps: list[_Step] = []
+        if method == "CANCEL" and operator is not None:
+            transport, dest, data, steps = self._cancel_way(msg, (call_id, branch), transport, dest, data)
         self._arm(now)
         if invite is not None:
             if not again:
@@ -849,7 +852,41 @@ class ContactSipProxy:
         if self.registrar is not None and operator is None and hop is None:
             # the embedded registrar answers at once, as from the network
             return [_Spiral("udp", reply.to_bytes()) for reply in self.registrar.handle_request(msg, now)]
-        return [ToNetwork(transport, dest, data)]
+        return [ToNetwork(transport, dest, data), *steps]
+
+    def _cancel_way(
+        self, msg: SipMessage, key: tuple[str, str], transport: str, dest: tuple[str, int], data: bytes
+    ) -> tuple[str, tuple[str, int], bytes, list[_Step]]:
+        """
+        A CANCEL from a tunnel to the operator's proxy goes where its
+        INVITE went and by the same transport (RFC 3261 9.1), its top
+        C{Via} saying so: the proxy matches it to the INVITE by that
+        C{Via}, its transport included (Kamailio's C{t_check_trans}; one
+        not matched is dropped).  The INVITE's size chose the transport
+        (over L{UDP_SIZE_LIMIT}, TCP: 18.1.1), so the CANCEL's own cannot:
+        while the INVITE is in the ringing table, its transport and
+        proxy; else (it passed a process before this one, which died:
+        the agent's CANCEL after a crash; or it is forgotten) both ways,
+        over UDP and over TCP: the proxy takes the one that matches and
+        drops (or answers 481 to) the other.
+
+        @param transport: C{msg}'s transport as chosen for itself (its
+            C{Via} on top says it), C{dest} and C{data} its destination
+            and bytes.
+        @return: the transport, destination and bytes to send, and a
+            further step (the TCP copy).
+        """
+        went = self._ringing.dest_of(key)
+        if isinstance(went, tuple):
+            transport_went, dest_went = cast("tuple[str, tuple[str, int]]", went)
+            if (transport_went, dest_went) != (transport, dest):
+                msg.replace_first_value("Via", self._via(transport_went, key[1]))
+                return transport_went, dest_went, msg.to_bytes(), []
+            return transport, dest, data, []
+        if transport != "udp":
+            return transport, dest, data, []
+        msg.replace_first_value("Via", self._via("tcp", key[1]))
+        return transport, dest, data, [ToNetwork("tcp", dest, msg.to_bytes())]
 
     def _dialog_hop(self, session: str, msg: SipMessage) -> tuple[str, tuple[str, int]] | str | None:
         """

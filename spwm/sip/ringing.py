@@ -49,6 +49,7 @@ __all__ = [
     "build_cancel",
     "build_final",
     "absorb",
+    "far_key",
     "end_answer",
     "ending",
     "told_text",
@@ -252,6 +253,14 @@ class Ringing:
             entry.tag = msg.to_tag
         entry.last = now
         self._pending[key] = entry
+
+    def dest_of(self, key: tuple[str, str]) -> Hashable | None:
+        """
+        @return: where the INVITE C{key} went (L{Pending.dest}), while it
+            waits for its final response; else C{None}.
+        """
+        entry = self._pending.get(key)
+        return None if entry is None else entry.dest
 
     def finished(self, key: tuple[str, str]) -> None:
         """
@@ -495,7 +504,14 @@ def end_answer(
 
 
 def absorb(
-    entry: Pending, response: SipMessage, byes: ByeSender, ours: Callable[[str], bool], via: str, dest: Hashable, reliable: bool
+    entry: Pending,
+    response: SipMessage,
+    byes: ByeSender,
+    ours: Callable[[str], bool],
+    via: str,
+    dest: Hashable,
+    reliable: bool,
+    sent_as: str | None = None,
 ) -> tuple[bytes | None, bool, bool]:
     """
     A response to an INVITE a core CANCELled (L{Ringing.cancelled_invite}),
@@ -509,12 +525,14 @@ def absorb(
     @param ours: whether a C{Record-Route} value is this half's own.
     @param via: this half's C{Via} without its branch, for the 2xx's ACK
         and BYE.
+    @param sent_as: the CANCEL's key in C{byes} when not the INVITE's
+        branch (L{far_key}).
     @return: the ACK to send where the INVITE went, or C{None}; whether
         this first answered the CANCEL (count L{CANCEL_ANSWERED}); whether
         a BYE was queued (count C{BYE_SENT}).
     """
     status = response.status or 0
-    answered = byes.answered(entry.key[1], status) and status >= 200
+    answered = byes.answered(sent_as or entry.key[1], status) and status >= 200
     if status < 200 or response.cseq[1] != "INVITE":
         return None, answered, False
     if status >= 300:
@@ -526,6 +544,17 @@ def absorb(
     queued = not entry.ended and byes.add(dest, bye, branch, reliable)
     entry.ended = entry.ended or queued
     return ack, answered, queued
+
+
+def far_key(entry: Pending) -> str:
+    """
+    @return: the key in a L{ByeSender} of a CANCEL of the INVITE of
+        C{entry} that goes the way the INVITE went while the final
+        response to its caller waits there under the INVITE's branch (the
+        agent's CANCEL to the far party after a contact point died): the
+        branch and a word (a branch is a token: no space in it).
+    """
+    return entry.key[1] + " far"
 
 
 def told_text(told: Iterable[str]) -> str:

@@ -11,7 +11,9 @@ own and ends the call.
 
 A contact point killed during a call (SIGKILL, with a state file it wrote
 while it ran) and started again: the agent resumes its session there and
-ends the call both ways itself, bob's through the new contact point.
+ends the call both ways itself, bob's through the new contact point; a
+call that still rang at bob then gets the agent's CANCEL, which Kamailio
+matches to its INVITE.
 """
 
 from __future__ import annotations
@@ -156,11 +158,46 @@ class BaresipByeAfterCrashTests(_BaresipBed):
         return super().start_spwm_contact(*args, **kwargs)
 
     def saved_sessions(self) -> int:
+        """
+        @return: how many sessions the file written while running holds
+            with their keys (written after the phone's REGISTER: one
+            without is not restored).
+        """
         try:
             doc = json.loads(self.state_file.read_text("utf-8"))
         except (OSError, ValueError):
             return 0
-        return len(doc.get("sessions", {})) if doc.get("running") else 0
+        sessions = doc.get("sessions", {}) if doc.get("running") else {}
+        return sum(1 for entry in sessions.values() if entry.get("keys"))
+
+    def crash_and_restart(self) -> None:
+        """
+        Once the contact point's periodic write holds the agent's session,
+        kill it (SIGKILL) and start it again with the same options.
+        """
+        deadline = time.monotonic() + 10.0
+        while self.saved_sessions() < 1:
+            if time.monotonic() > deadline:
+                self.fail(f"no session in {self.state_file} within 10 s")
+            time.sleep(0.2)
+        os.killpg(self.contact.pid, signal.SIGKILL)
+        self.contact.wait(5.0)
+        process = self.start_contact(self.contact_argv)
+        self.wait_for_listener("op", "udp", CONTACT, 5060, process)
+        self.contact = process
+
+    def told_after_restart(self, uas: ManagedProcess, name: str, timeout: float, told: str) -> None:
+        """
+        Bob's SIPp C{name} ends its scenario with success within
+        C{timeout} seconds, having had the agent's C{Reason} through
+        Kamailio; the new contact point restored the session and the
+        agent resumed it; the agent's call line ends with C{told}.
+        """
+        self.assertSippSuccess(self.wait_sipp(uas, timeout=timeout))
+        messages = (self.logdir / f"{name}.messages.log").read_text("utf-8", "replace")
+        self.assertIn('Reason: SIP;cause=503;text="tunnel lost"', messages)
+        self.wait_log(self.contact, ["1 sessions restored", "(registrations only)"], 10.0)
+        self.wait_log(self.agent, ["ended (tunnel lost)", told], 10.0)
 
     def test_crash_both_parties_told(self) -> None:
         """
@@ -176,19 +213,25 @@ class BaresipByeAfterCrashTests(_BaresipBed):
         phone, uas = self.call_bob("baresip-crash", "uas_echo.xml", "bob-crash")
         self.wait_media()
         self.media_flows(1.0, "the call")
-        deadline = time.monotonic() + 10.0
-        while self.saved_sessions() < 1:
-            if time.monotonic() > deadline:
-                self.fail(f"no session in {self.state_file} within 10 s")
-            time.sleep(0.2)
-        os.killpg(self.contact.pid, signal.SIGKILL)
-        self.contact.wait(5.0)
-        process = self.start_contact(self.contact_argv)
-        self.wait_for_listener("op", "udp", CONTACT, 5060, process)
-        self.contact = process
-        self.assertSippSuccess(self.wait_sipp(uas, timeout=30))
-        messages = (self.logdir / "bob-crash.messages.log").read_text("utf-8", "replace")
-        self.assertIn('Reason: SIP;cause=503;text="tunnel lost"', messages)
-        self.wait_log(self.contact, ["1 sessions restored", "(registrations only)"], 10.0)
-        self.wait_log(self.agent, ["ended (tunnel lost)", ": BYE sent to the far party and the phone"], 10.0)
+        self.crash_and_restart()
+        self.told_after_restart(uas, "bob-crash", 30.0, ": BYE sent to the far party and the phone")
         self.wait_log(phone, ["terminated"], 10.0)
+
+    def test_crash_ringing_far_party_cancelled(self) -> None:
+        """
+        baresip calls bob, who rings (180, waits for a CANCEL); the contact
+        point is killed and started again: the agent resumes its session
+        (registrations only), answers baresip 480 and sends bob a CANCEL
+        through the new contact point, which gives it the branch the dead
+        one gave the INVITE, so Kamailio matches it to its INVITE
+        transaction (its C{t_check_trans}: an unmatched CANCEL is dropped)
+        and passes it on with its C{Reason}; bob answers 200 and 487, and
+        his scenario ends once the 487 is ACKed.  Within 15 s of the
+        restart: Kamailio's own C{fr_inv_timer} (30 s) would CANCEL bob
+        too, without that Reason.
+        """
+        phone, uas = self.call_bob("baresip-crashring", "uas_ring_cancel.xml", "bob-crashring")
+        self.wait_log(phone, ["180 Ringing"], 10.0)
+        self.crash_and_restart()
+        self.told_after_restart(uas, "bob-crashring", 15.0, ": 480 sent to the phone; CANCEL sent to the far party")
+        self.wait_log(phone, ["480 Temporarily Unavailable"], 10.0)

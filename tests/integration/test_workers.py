@@ -59,6 +59,9 @@ class Operator(DatagramProtocol):
     address the REGISTER came from; records the responses it gets, and
     acknowledges each 200 to an INVITE as the caller would (without the
     ACK the contact point ends the call after 32 s, RFC 3261 13.3.1.4).
+    An INVITE from a phone rings there (180, for ever) until its CANCEL,
+    matched to it by the top C{Via} (RFC 3261 9.2: its branch and
+    sent-by), is answered 200 and the INVITE 487.
     """
 
     def __init__(self) -> None:
@@ -66,6 +69,10 @@ class Operator(DatagramProtocol):
         self.responses: list[tuple[Any, tuple[str, int]]] = []
         #: the BYEs it got (each answered 200)
         self.byes: list[Any] = []
+        #: the INVITEs it got (each rings), the CANCELs and the ACKs
+        self.invites: list[Any] = []
+        self.cancels: list[Any] = []
+        self.acks: list[Any] = []
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         message = parse_sip(data)
@@ -83,8 +90,31 @@ class Operator(DatagramProtocol):
             self.transport.write(build_sip("SIP/2.0 200 OK", headers), addr)
         elif message.first.startswith("BYE"):
             self.byes.append(message)
-            headers = [(name, value) for name, value in message.headers if name.lower() in ("via", "from", "to", "call-id", "cseq")]
-            self.transport.write(build_sip("SIP/2.0 200 OK", headers), addr)
+            self.transport.write(self.answer(message, "200 OK"), addr)
+        elif message.first.startswith("INVITE"):
+            self.invites.append(message)
+            self.transport.write(self.answer(message, "180 Ringing", "rb"), addr)
+        elif message.first.startswith("CANCEL"):
+            self.cancels.append(message)
+            ringing = [m for m in self.invites if m.get("via") == message.get("via")]
+            if not ringing:
+                self.transport.write(self.answer(message, "481 Call/Transaction Does Not Exist"), addr)
+                return
+            self.transport.write(self.answer(message, "200 OK", "rb"), addr)
+            self.transport.write(self.answer(ringing[0], "487 Request Terminated", "rb"), addr)
+        elif message.first.startswith("ACK"):
+            self.acks.append(message)
+
+    @staticmethod
+    def answer(request: Any, status: str, tag: str | None = None) -> bytes:
+        """
+        A response to C{request}: its Via, From, To (with C{tag}), Call-ID
+        and CSeq.
+        """
+        headers = [(name, value) for name, value in request.headers if name.lower() in ("via", "from", "to", "call-id", "cseq")]
+        if tag is not None:
+            headers = [(name, value + f";tag={tag}" if name.lower() == "to" else value) for name, value in headers]
+        return build_sip(f"SIP/2.0 {status}", headers)
 
     def acknowledge(self, ok: Any, addr: tuple[str, int]) -> None:
         """
@@ -514,6 +544,42 @@ class CrashedWorkersStateTests(_Workers):
         built = self.agents[0]
         yield wait_until(lambda: built.media.cdrs and built.media.cdrs[-1]["bye_sent"] != [], timeout=5)
         self.assertEqual(sorted(built.media.cdrs[-1]["bye_sent"]), ["far party", "phone"])
+
+    @defer.inlineCallbacks
+    def test_ringing_far_party_cancelled_after_a_crash(self) -> Any:
+        """
+        A phone calls the operator side, where the call rings (180), and
+        both workers are killed: once the session is resumed with
+        C{calls_ended: false}, the phone gets its agent's 480, and the
+        operator a CANCEL through the restarted worker with the top Via of
+        the INVITE it got (the same branch: the new process has the token
+        key), so it matches the INVITE; its 200 and the INVITE's 487 stay
+        at the agent, which ACKs the 487 with that Via too.  (Without it,
+        the operator's INVITE rang on until its own timer.)
+        """
+        phone = yield self.add_agent(0)
+        calling = phone.call("bob")
+        failed: list[str] = []
+        calling.addErrback(lambda f: failed.append(str(f.value)))
+        yield wait_until(lambda: phone.received.get("180") == 1, timeout=10)
+        (invite,) = self.operator.invites
+        yield self.kill_workers()
+        yield wait_until(lambda: bool(failed) and bool(self.operator.acks), timeout=10)
+        self.assertEqual(failed, ["INVITE answered 480 Temporarily Unavailable"])
+        (cancel,) = self.operator.cancels
+        self.assertEqual(
+            [cancel.uri, cancel.get_all("via"), cancel.get("call-id"), cancel.cseq],
+            [invite.uri, invite.get_all("via"), invite.get("call-id"), (invite.cseq[0], "CANCEL")],
+        )
+        self.assertEqual((cancel.get("from"), cancel.get("to")), (invite.get("from"), invite.get("to")))
+        self.assertEqual(cancel.get("reason"), 'SIP;cause=503;text="tunnel lost"')
+        (ack,) = self.operator.acks
+        self.assertEqual([ack.get_all("via"), ack.cseq, tag_of(ack.get("to") or "")], [invite.get_all("via"), (invite.cseq[0], "ACK"), "rb"])
+        built = self.agents[0]
+        yield wait_until(lambda: built.media.cdrs and built.media.cdrs[-1]["bye_sent"] != [], timeout=5)
+        self.assertEqual(built.media.cdrs[-1]["bye_sent"], ["phone (480)", "far party (CANCEL)"])
+        # the phone got neither of the far party's answers (its one 200: the REGISTER's)
+        self.assertEqual([phone.received.get("487"), phone.received.get("200")], [None, 1])
 
     @defer.inlineCallbacks
     def test_sessions_back_after_a_crash(self) -> Any:
