@@ -256,7 +256,9 @@ COUNTERS: dict[str, frozenset[str]] = {
             "refused_unregistered",
         }
     ),
-    "paths": frozenset({"attach_refused", "attach_redirected", "attach_handed_on"}),
+    "paths": frozenset(
+        {"attach_refused", "attach_redirected", "attach_handed_on", "replacements_raced", "race_losers"}
+    ),
     "forwards": frozenset({"refused", "dropped_no_tunnel", "dropped_no_channel"}),
     "loop": frozenset({"late_windows"}),
     "gc": frozenset({"full_collections", "full_for_growth"}),

@@ -1430,6 +1430,62 @@ class KeeperTests(SynchronousTestCase):
         self.assertEqual(late.closed, ["not wanted any more"])
         self.assertEqual((self.keeper.raced, self.keeper.race_losers), (2, 1))
 
+    def test_service_connection_raced(self) -> None:
+        """
+        On a lossy link the tunnel service's own connection, attached, is
+        lost while the session goes on: one of ours races the service's
+        next connection.  If the service's attaches first, ours (not
+        attached yet) is closed; if ours attaches first it carries the
+        session's share until the service's attaches, and is then drained
+        (out of the session at once, closed later).  Nothing with the
+        session down, nor for the service's connection lost in its
+        handshake (never attached).
+        """
+        front = self._lossy_front(paths=3)
+        self.keeper.session_up()
+        self._attached(0)
+        self._attached(1)
+        service = _Conn()  # the service's: PathSessions tells the keeper of its loss
+        service.front = object()
+        self.keeper.lost(service)
+        self.clock.advance(0)
+        self.assertEqual((len(self.attempts), self.keeper.raced), (3, 1))
+        # the service's next connection attaches first: ours is closed
+        raced = _Conn()
+        self.attempts[2].callback(raced)
+        again = _Conn()
+        again.front = object()
+        self.keeper.attached(again)
+        self.assertEqual(raced.closed, ["another connection attached first"])
+        self.assertEqual(self.keeper.race_losers, 1)
+        # again, ours first: it stays until the service's attaches, then drains
+        self.keeper.lost(again)
+        self.clock.advance(0)
+        self.assertEqual((len(self.attempts), self.keeper.raced), (4, 2))
+        ours = self._attached(3)
+        front.attached.append(ours)
+        self.clock.advance(5)
+        self.assertEqual((ours.closed, len(self.attempts)), ([], 4))
+        third = _Conn()
+        third.front = object()
+        self.keeper.attached(third)
+        self.assertEqual(front.removed, [ours])
+        self.assertEqual((self.keeper.drained, self.keeper.race_losers), (1, 2))
+        self.clock.advance(self.limits_drain())
+        self.assertEqual(ours.closed, ["fewer connections wanted"])
+        # never attached, or the session down: no race
+        handshake = _Conn()
+        self.keeper.lost(handshake)
+        self.keeper.session_down()
+        self.keeper.lost(third)
+        self.clock.advance(10)
+        self.assertEqual((len(self.attempts), self.keeper.raced), (4, 2))
+
+    def limits_drain(self) -> float:
+        from spwm.limits import PathLimits
+
+        return PathLimits().count_drain
+
     def test_no_race_on_a_clean_link_or_without_room(self) -> None:
         """
         One attempt for a replacement on a link that lost nothing lately,

@@ -33,6 +33,7 @@ import hmac
 import socket
 import struct
 from typing import TYPE_CHECKING, Any, Callable, Sequence
+from weakref import WeakSet
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -81,6 +82,10 @@ ATTACH_TIMEOUT = 10.0
 MIN_TICK = 0.005
 #: how often the agent's keeper asks its L{PathCount} (s)
 COUNT_INTERVAL = 0.5
+#: L{PathKeeper}'s races: two attempts of its own for one it lost, or one
+#: beside the tunnel service's own connection
+_OURS = 1
+_SERVICE = 2
 #: how long the copies of a new channel's C{open} wait before they go on
 #: the paths other than the carrier, batched (s): a channel closed before
 #: then needs neither its copy nor a copy of its close there (a short
@@ -1627,7 +1632,9 @@ class PathKeeper:
     On a link that loses packets (the kernel retransmitted on a path
     lately: L{PathScheduler.network_lossy}) the replacement of an attached
     connection of ours is I{raced}: two attempts at once, the first to
-    attach is kept and the other closed.  A lost segment of a new
+    attach is kept and the other closed; when the tunnel service's own
+    connection is lost while the session goes on (the service makes
+    another), one of ours races it, and is drained if both attach.  A lost segment of a new
     connection's handshakes (TCP, TLS, the tunnel's hello and attach: some
     eight segments) costs a retransmission timeout of half a second or
     more on such a link, so one attempt in three or four takes that much
@@ -1668,8 +1675,13 @@ class PathKeeper:
         self.drained = 0
         self.raced = 0
         self.race_losers = 0
-        #: one attempt more than C{extra} is wanted now (a raced replacement)
-        self._race = False
+        #: one attempt more than C{extra} is wanted now, a raced
+        #: replacement: L{_OURS} (two of ours, the first to attach wins),
+        #: L{_SERVICE}'s (one of ours beside the tunnel service's own next
+        #: connection; drained once that one attached), or 0
+        self._race = 0
+        #: the connections it made (the tunnel service's own are not)
+        self._made: WeakSet[Any] = WeakSet()
         self._front = front or (lambda: None)
         self._mine: dict[int, Any] = {}
         self._draining: dict[int, tuple[Any, IDelayedCall]] = {}
@@ -1708,7 +1720,7 @@ class PathKeeper:
         The session's last path is gone: open nothing until it is up again.
         """
         self._up = False
-        self._race = False
+        self._race = 0
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -1720,25 +1732,30 @@ class PathKeeper:
         self._failures = 0
         self._cut_told = False
         self._failure_told = None
-        if id(path) in self._mine:
+        ours = id(path) in self._mine
+        if ours:
             self._attached_at[id(path)] = self.clock.seconds()
-            if self._race:
-                self._race_won()
+        if self._race == _OURS and ours or self._race == _SERVICE and not ours:
+            self._race_won()
 
     def _race_won(self) -> None:
         """
-        A raced replacement attached: the other attempt, not attached yet,
-        is closed (one still connecting is closed as it connects: more are
-        not wanted).
+        A raced replacement attached (one of our two attempts, or the
+        tunnel service's own connection that one of ours raced): our
+        attempts not attached yet beyond C{extra} are closed (one still
+        connecting is closed as it connects: more are not wanted); one of
+        ours that attached first, beside the service's, is drained.
         """
-        self._race = False
+        self._race = 0
         for key, protocol in list(self._mine.items()):
             if len(self._mine) <= self.extra:
-                break
+                return
             if key not in self._attached_at:
                 del self._mine[key]
                 self.race_losers += 1
                 protocol.close(0, "another connection attached first")
+        while len(self._mine) > self.extra and self._drain(self._front()):
+            self.race_losers += 1
 
     def redirected(self, path: Any) -> None:
         """
@@ -1759,13 +1776,23 @@ class PathKeeper:
         self._redirected.discard(id(path))
         attached_at = self._attached_at.pop(id(path), None)
         if self._mine.pop(id(path), None) is None:
+            if self._up and path not in self._made and getattr(path, "front", None) is not None:
+                # the tunnel service's own connection, attached, is gone
+                # while the session goes on: the service makes another; on
+                # a lossy link one of ours races it
+                now = self.clock.seconds()
+                if not self._race and self._lossy_room(now):
+                    self._race = _SERVICE
+                    self.raced += 1
+                    self._later()
             return
         if not self._up:
             return
         if path.front is None and not redirected:
             # never attached: wait before the next attempt
             self._failures += 1
-            self._race = False
+            if self._race == _OURS:
+                self._race = 0
             self._tell_cut(path)
         elif attached_at is not None and draining is None and not redirected:
             now = self.clock.seconds()
@@ -1774,8 +1801,8 @@ class PathKeeper:
             elif not self._prompt.take(now):
                 # lost young again and again: wait, longer each time
                 self._young += 1
-            if not self._young and self._lossy_room(now):
-                self._race = True
+            if not self._race and not self._young and self._lossy_room(now):
+                self._race = _OURS
                 self.raced += 1
         self._later()
 
@@ -1822,7 +1849,7 @@ class PathKeeper:
 
     def _fill(self) -> None:
         self._timer = None
-        while self._up and len(self._mine) + self._connecting < self.extra + self._race:
+        while self._up and len(self._mine) + self._connecting < self.extra + bool(self._race):
             self._connecting += 1
             self.opened += 1
             d = self._connect()
@@ -1846,10 +1873,11 @@ class PathKeeper:
             # worker chosen for the attach.
             protocol.close(0, "the session is gone")
             return
-        if len(self._mine) >= self.extra + self._race:
+        if len(self._mine) >= self.extra + bool(self._race):
             protocol.close(0, "not wanted any more")
             return
         self._mine[id(protocol)] = protocol
+        self._made.add(protocol)
         # a connection whose handshake fails is no tunnel the observer hears of
         protocol.when_closed().addCallback(self.lost)
 
@@ -1858,7 +1886,8 @@ class PathKeeper:
         if reason.check(CancelledError) and not self._up:
             return  # stop() cancelled it
         self._failures += 1
-        self._race = False
+        if self._race == _OURS:
+            self._race = 0
         why = reason.getErrorMessage()
         if why != self._failure_told:
             # one line per reason until a further connection attaches:
@@ -1953,8 +1982,8 @@ class PathKeeper:
         self.drained += 1
         if front is not None and front.path_id(path) is not None:
             front.remove_path(path)
-        assert self.count is not None
-        delay = self.count.limits.count_drain
+        limits = self.count.limits if self.count is not None else front.scheduler.limits if front else PathLimits()
+        delay = limits.count_drain
         self._draining[id(path)] = (path, self.clock.callLater(delay, self._drained, path))
         return True
 
