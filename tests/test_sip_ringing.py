@@ -358,6 +358,21 @@ class AgentRingingTests(SynchronousTestCase):
         # no CANCEL again
         self.assertEqual([a for a in self.agent.handle_timer(2.0 + T1) if isinstance(a, ToApp)], [])
 
+    def test_provisional_restarts_timer_c(self) -> None:
+        """
+        The phone's provisional response starts Timer C again for the
+        INVITE that rings it (RFC 3261 16.6 step 11, 16.7 step 2): a call
+        that rang 180 s in all, its 180 later than the INVITE, still gets
+        the CANCEL; past Timer C from the 180 it gets nothing.
+        """
+        for lost_at, methods in ((TIMER_C + 10.0, ["CANCEL"]), (TIMER_C + 30.0, [])):
+            self.setUp()
+            fid = self.agent.flows.use(FLOW_A, 0.0)
+            down = only(self.agent.from_tunnel(fid, invite_for_phone(), 0.0), ToApp)
+            only(self.agent.from_app(FLOW_A, answer(down.data, 180, "Ringing", to_tag="ph"), 20.0), ToTunnel)
+            actions, _ = self.lost(fid, at=lost_at)
+            self.assertEqual([parse_message(a.data).method for a in actions], methods)
+
     def test_answer_crossing_the_cancel(self) -> None:
         """
         The phone answered 200 before our CANCEL reached it: the 2xx stays
