@@ -358,6 +358,21 @@ class AgentRingingTests(SynchronousTestCase):
         # no CANCEL again
         self.assertEqual([a for a in self.agent.handle_timer(2.0 + T1) if isinstance(a, ToApp)], [])
 
+    def test_provisional_restarts_timer_c(self) -> None:
+        """
+        The phone's provisional response starts Timer C again for the
+        INVITE that rings it (RFC 3261 16.6 step 11, 16.7 step 2): a call
+        that rang 180 s in all, its 180 later than the INVITE, still gets
+        the CANCEL; past Timer C from the 180 it gets nothing.
+        """
+        for lost_at, methods in ((TIMER_C + 10.0, ["CANCEL"]), (TIMER_C + 30.0, [])):
+            self.setUp()
+            fid = self.agent.flows.use(FLOW_A, 0.0)
+            down = only(self.agent.from_tunnel(fid, invite_for_phone(), 0.0), ToApp)
+            only(self.agent.from_app(FLOW_A, answer(down.data, 180, "Ringing", to_tag="ph"), 20.0), ToTunnel)
+            actions, _ = self.lost(fid, at=lost_at)
+            self.assertEqual([parse_message(a.data).method for a in actions], methods)
+
     def test_answer_crossing_the_cancel(self) -> None:
         """
         The phone answered 200 before our CANCEL reached it: the 2xx stays
@@ -606,18 +621,170 @@ class AgentFarRingingTests(SynchronousTestCase):
         terminated = answer(sent.to_bytes(), 487, "Request Terminated", to_tag="tb")
         only(self.agent.from_tunnel(fid, terminated, 2.2), ToApp)
 
-    def test_not_for_the_ringing_phone(self) -> None:
+    def ring_phone(self, tag: str | None = "ph", sdp: bool = True) -> tuple[int, SipMessage, SipMessage]:
         """
-        A call from the far party ringing at our phone: the phone gets its
-        CANCEL, nothing goes into the tunnel (the CANCEL is for INVITEs
-        that went into it).
+        Carol's INVITE from the tunnel (the contact point's Via on top,
+        the operator's proxy's and carol's below) rings alice's phone,
+        which answers 180 (with the To tag C{tag}, or 100 without one for
+        C{None}).
+
+        @return: the flow id, the INVITE as it came from the tunnel and as
+            it went to the phone.
         """
         fid = self.agent.flows.use(FLOW_A, 0.0)
-        down = only(self.agent.from_tunnel(fid, invite_for_phone(), 0.0), ToApp)
-        only(self.agent.from_app(FLOW_A, answer(down.data, 180, "Ringing", to_tag="ph"), 0.5), ToTunnel)
+        came = parse_message(
+            request(
+                "INVITE",
+                "sip:alice@192.0.2.10:5062",
+                via="SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKcp1",
+                from_="<sip:bob@example.org>;tag=fb",
+                to="<sip:alice@example.org>",
+                extra=(
+                    "Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKprx1;received=198.51.100.7",
+                    "Via: SIP/2.0/UDP 198.51.100.40:5060;branch=z9hG4bKext1",
+                ),
+                body=SDP if sdp else b"",
+                content_type="application/sdp" if sdp else None,
+            )
+        )
+        down = only(self.agent.from_tunnel(fid, came.to_bytes(), 0.0), ToApp)
+        status, phrase = (100, "Trying") if tag is None else (180, "Ringing")
+        provisional = self.agent.from_app(FLOW_A, answer(down.data, status, phrase, to_tag=tag), 0.5)
+        only(provisional, ToTunnel)
+        return fid, came, parse_message(down.data)
+
+    def far_ack(self, came: SipMessage, tag: str) -> bytes:
+        """
+        The ACK of a non-2xx final response to C{came} as the restarted
+        contact point passes it on (hop by hop: its Via with the INVITE's
+        branch on top, RFC 3261 17.1.1.3, 16.11).
+        """
+        return request(
+            "ACK",
+            came.uri or "",
+            via="SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKcp1",
+            from_="<sip:bob@example.org>;tag=fb",
+            to=f"<sip:alice@example.org>;tag={tag}",
+        )
+
+    def test_480_to_the_far_caller(self) -> None:
+        """
+        A call from the far party ringing at our phone: the phone gets its
+        CANCEL, the far caller a 480 into the tunnel on the phone's flow
+        (RFC 3261 16.7: the agent gives up on the phone's branch): the
+        INVITE's Via lines as they came from the tunnel (the contact
+        point's on top, the agent's own gone), To with the phone's tag,
+        From, Call-ID and CSeq the INVITE's, the Reason; once (the tunnel
+        is reliable); the record says C{"far party (480)"}.
+        """
+        fid, came, _ = self.ring_phone()
         actions, told = self.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0, far=True)
+        self.assertEqual(told, ["phone (CANCEL)", "far party (480)"])
+        self.assertEqual(parse_message(only([a for a in actions if isinstance(a, ToApp)], ToApp).data).method, "CANCEL")
+        resp = self.far_cancel(actions, fid)
+        self.assertEqual((resp.status, resp.reason), (480, "Temporarily Unavailable"))
+        self.assertEqual(resp.get_all("Via"), came.get_all("Via"))
+        self.assertEqual(resp.get_all("Via")[0], "SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKcp1")
+        self.assertEqual((resp.to_tag, resp.from_tag, resp.call_id, resp.cseq), ("ph", "fb", came.call_id, came.cseq))
+        self.assertEqual(resp.get("From"), came.get("From"))
+        self.assertEqual((resp.get("Reason"), resp.body), (REASON, b""))
+        self.assertEqual((self.agent.counters[FINAL_SENT], self.agent.counters[CANCEL_SENT]), (1, 1))
+        self.assertEqual([a for a in self.agent.handle_timer(2.0 + T1) if isinstance(a, ToTunnel)], [])
+
+    def test_480_tag_of_ours(self) -> None:
+        """
+        The phone sent no provisional response with a tag (100 only): the
+        480 has a To tag of the agent's own, the INVITE's To otherwise.
+        """
+        fid, came, _ = self.ring_phone(tag=None)
+        actions, told = self.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0, far=True)
+        resp = self.far_cancel(actions, fid)
+        self.assertEqual(resp.status, 480)
+        self.assertTrue(resp.to_tag)
+        self.assertEqual((resp.get("To") or "").split(";tag=")[0], came.get("To"))
+
+    def test_ack_of_the_480_absorbed(self) -> None:
+        """
+        The ACK of the 480, back through the tunnel with the contact
+        point's branch on top, stays here (not passed to the phone, no
+        drop); the 480 waits no more for it.  Without our 480 the same
+        ACK goes to the phone as before.
+        """
+        fid, came, _ = self.ring_phone()
+        self.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0, far=True)
+        waiting, counted = len(self.agent._byes), dict(self.agent.counters)
+        self.assertEqual(self.agent.from_tunnel(fid, self.far_ack(came, "ph"), 2.3), [])
+        self.assertEqual((len(self.agent._byes), dict(self.agent.counters)), (waiting - 1, counted))
+        self.setUp()
+        fid, came, _ = self.ring_phone()
+        self.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0, far=False)
+        only(self.agent.from_tunnel(fid, self.far_ack(came, "ph"), 2.3), ToApp)
+
+    def test_ack_absorbed_phone_gone(self) -> None:
+        """
+        The phone's flow gone: the far caller still gets the 480 (no
+        CANCEL to the phone), and its ACK stays here (not dropped as for
+        an unknown flow).
+        """
+        fid, came, _ = self.ring_phone()
+        self.agent.flows = FlowTable()
+        actions, told = self.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0, far=True)
+        self.assertEqual(told, ["far party (480)"])
+        self.assertEqual(self.far_cancel(actions, fid).status, 480)
+        counted = dict(self.agent.counters)
+        self.assertEqual(self.agent.from_tunnel(fid, self.far_ack(came, "ph"), 2.3), [])
+        self.assertEqual(dict(self.agent.counters), counted)
+
+    def test_crossing_answer_not_passed_on(self) -> None:
+        """
+        The phone answered 200 before our CANCEL reached it: after our 480
+        the 2xx does not go into the tunnel; the phone gets the ACK and a
+        BYE.  So too when the phone's flow was gone (no CANCEL went) and
+        its 200 comes on a new one.
+        """
+        contact = (("Contact", "<sip:alice@192.0.2.10:5062>"),)
+        for gone in (False, True):
+            self.setUp()
+            fid, _, got = self.ring_phone()
+            if gone:
+                self.agent.flows = FlowTable()
+            self.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0, far=True)
+            out = self.agent.from_app(FLOW_A, answer(got.to_bytes(), 200, to_tag="ph", extra=contact), 2.1)
+            self.assertEqual([a for a in out if isinstance(a, ToTunnel)], [])
+            self.assertEqual([parse_message(a.data).method for a in out], ["ACK", "BYE"])
+
+    def test_480_not_without_far(self) -> None:
+        """
+        Without C{far} (the contact point stopped and answered the caller
+        itself) the phone gets its CANCEL, nothing goes into the tunnel.
+        """
+        fid, _, _ = self.ring_phone()
+        actions, told = self.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0, far=False)
         self.assertEqual(told, ["phone (CANCEL)"])
         self.assertEqual(parse_message(only(actions, ToApp).data).method, "CANCEL")
+        self.assertNotIn(FINAL_SENT, self.agent.counters)
+
+    def test_480_without_sdp_when_the_session_goes(self) -> None:
+        """
+        A call from the far party without SDP ringing at the phone when the
+        session is lost for good: C{ringing_lost} with C{far} sends the 480
+        into the tunnel too.
+        """
+        fid, _, _ = self.ring_phone(sdp=False)
+        actions = self.agent.ringing_lost("s", 2.0, far=True)
+        self.assertEqual([parse_message(a.data).status for a in actions if isinstance(a, ToTunnel)], [480])
+
+    def test_480_bounded(self) -> None:
+        """
+        The 480 waits with the BYEs (L{ByeSender}, its limit): with no
+        room left after the phone's CANCEL it is not sent, counted, not
+        in the record.
+        """
+        fid, _, _ = self.ring_phone()
+        self.agent._byes.limit = 1
+        actions, told = self.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0, far=True)
+        self.assertEqual((told, [a for a in actions if isinstance(a, ToTunnel)]), (["phone (CANCEL)"], []))
+        self.assertEqual((self.agent.counters[BYE_DROPPED], self.agent.counters.get(FINAL_SENT)), (1, None))
 
     def test_phone_gone(self) -> None:
         """
@@ -729,6 +896,67 @@ class FarCancelAfterRestartTests(SynchronousTestCase):
         sent, cancels = self.cancel_after_restart(20)
         self.assertEqual((self.out.transport, sorted(cancels)), ("tcp", ["tcp", "udp"]))
         self.assertEqual(parse_message(cancels["tcp"].data).get_all("Via"), sent.get_all("Via")[:2])
+
+
+class FarAnswerAfterRestartTests(SynchronousTestCase):
+    """
+    The agent's 480 to a far caller whose call rings at the phone, through
+    a contact point restarted after a crash (a new core with the same
+    token key): it knows its own Via on top (the dead process's branch, a
+    token under that key), pops it and sends the 480 to the operator's
+    proxy by the next Via, as the dead process sent the 180; the proxy's
+    ACK of it comes back through the tunnel with that branch and stays at
+    the agent.
+    """
+
+    def test_480_to_the_proxy(self) -> None:
+        """
+        The 480 leaves the new contact point for the proxy with the 180's
+        Via lines (the proxy's, carol's), the phone's tag and the Reason;
+        the proxy's ACK (its Via, the INVITE's Route) goes into the tunnel
+        and no further than the agent.
+        """
+        agent = AgentSipProxy(object(), "agent-1", media_hook=RecordingHook("agent"))
+        fid = agent.flows.use(FLOW_A, 0.0)
+        proxy = (OPERATOR.host, OPERATOR.port)
+        route = "Route: <sip:%s@203.0.113.5;lr>" % FlowTokenCodec(SECRET).encode(KIND_ROUTE, "sess-1", fid)
+        ruri = "sip:alice@192.0.2.10:5062"
+        invite = from_carol(
+            "INVITE",
+            ruri,
+            via="SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKprx1",
+            extra=("Via: SIP/2.0/UDP 198.51.100.40:5060;branch=z9hG4bKext1", route),
+            body=SDP,
+            content_type="application/sdp",
+        )
+        dead = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR, media_hook=RecordingHook("contact"))
+        dead.tunnel_attached(FakeTunnel("sess-1"), "sess-1")
+        down = only(dead.from_network("udp", proxy, invite, 0.0), ToTunnel)
+        to_phone = only(agent.from_tunnel(down.flow_id, down.data, 0.0), ToApp)
+        up = only(agent.from_app(FLOW_A, answer(to_phone.data, 180, "Ringing", to_tag="ph"), 0.5), ToTunnel)
+        ringing = only(dead.from_tunnel(down.tunnel_key, "sess-1", up.flow_id, up.data, 0.5), ToNetwork)
+        # the contact point's process dies; the next one has its token key
+        cp = ContactSipProxy(CONTACT_ADDR, SECRET, operator=OPERATOR, media_hook=RecordingHook("contact"))
+        key = FakeTunnel("sess-1")
+        cp.tunnel_attached(key, "sess-1")
+        actions, told = agent.leg_lost("sess-1", fid, "ext-1", "tunnel lost", 2.0, far=True)
+        self.assertEqual(told, ["phone (CANCEL)", "far party (480)"])
+        into = only([a for a in actions if isinstance(a, ToTunnel)], ToTunnel)
+        out = only(cp.from_tunnel(key, "sess-1", into.flow_id, into.data, 2.0), ToNetwork)
+        self.assertEqual((out.transport, out.addr), (ringing.transport, proxy))
+        resp = parse_message(out.data)
+        self.assertEqual((resp.status, resp.to_tag, resp.cseq, resp.get("Reason")), (480, "ph", (1, "INVITE"), REASON))
+        self.assertEqual(resp.get_all("Via"), parse_message(ringing.data).get_all("Via"))
+        ack = from_carol(
+            "ACK",
+            ruri,
+            via="SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKprx1",
+            to="<sip:alice@example.org>;tag=ph",
+            extra=(route,),
+        )
+        back = only(cp.from_network("udp", proxy, ack, 2.1), ToTunnel)
+        self.assertEqual(parse_message(back.data).get_all("Via")[0], parse_message(down.data).get_all("Via")[0])
+        self.assertEqual(agent.from_tunnel(back.flow_id, back.data, 2.1), [])
 
 
 class CancelTransportTests(SynchronousTestCase):
@@ -865,6 +1093,21 @@ class ContactRingingTests(SynchronousTestCase):
         ack = from_carol("ACK", ruri, to="<sip:alice@example.org>;tag=ph", extra=(f"Route: <sip:{token}@203.0.113.5;lr>",))
         self.assertEqual(self.cp.from_network("udp", self.proxy, ack, 2.6), [])
         self.assertEqual([a for a in self.cp.handle_timer(2.0 + 3 * T1) if isinstance(a, ToNetwork)], [])
+
+    def test_final_response_to_the_far_caller_while_stopping(self) -> None:
+        """
+        The contact point that stops (C{tunnels} false) still sends the far
+        caller its 480 through the operator's proxy: so an agent need not
+        (its C{far} is false after a stop).
+        """
+        token = FlowTokenCodec(SECRET).encode(KIND_ROUTE, "sess-1", 5)
+        invite = from_carol("INVITE", "sip:alice@192.0.2.10:5062", extra=(f"Route: <sip:{token}@203.0.113.5;lr>",))
+        down = only(self.cp.from_network("udp", self.proxy, invite, 0.0), ToTunnel)
+        only(self.cp.from_tunnel(self.key, "sess-1", 5, answer(down.data, 180, "Ringing", to_tag="ph"), 0.5), ToNetwork)
+        actions, told = self.cp.leg_lost("sess-1", 5, "ext-1", "tunnel lost", 2.0, tunnels=False)
+        self.assertEqual(told, ["far party (480)"])
+        act = only(actions, ToNetwork)
+        self.assertEqual((act.addr, parse_message(act.data).status), (self.proxy, 480))
 
     def test_not_after_the_answer(self) -> None:
         """

@@ -60,10 +60,12 @@ from spwm.sip.ringing import (
     CANCEL,
     CANCEL_ANSWERED,
     CANCEL_SENT,
+    FINAL_SENT,
     Pending,
     Ringing,
     absorb,
     build_cancel,
+    build_final,
     ending,
     far_key,
 )
@@ -377,8 +379,9 @@ class AgentSipProxy:
             route comes back into the same contact point process (behind
             one of its other tunnels: that one's agent ends the call for
             its phone, as this one for ours).  A call of the phone's that
-            still rings at the far party gets a CANCEL into the tunnel
-            (L{_end_ringing}).
+            still rings at the far party gets a CANCEL into the tunnel, a
+            far party's call that rings at the phone a 480 into the
+            tunnel (L{_end_ringing}).
         @return: the actions (the first BYEs), and whom a BYE went to
             (C{"phone"}, C{"far party"} per dialog), for the call record.
         """
@@ -443,7 +446,8 @@ class AgentSipProxy:
         @param session_id: the session (the agent's core has one).
         @param tunnels: for the contact point's core.
         @param far: as for L{leg_lost}: a call of the phone's that rings
-            at the far party gets a CANCEL into the tunnel too.
+            at the far party gets a CANCEL into the tunnel too, a far
+            party's call that rings at the phone a 480 into the tunnel.
         @return: the actions (the first of what is sent).
         """
         if not self.bye_on_loss:
@@ -466,10 +470,13 @@ class AgentSipProxy:
 
         With C{far} (the session resumed at a contact point whose process
         died with the calls, L{leg_lost}), the far party that a phone's
-        call rings at also gets a CANCEL, into the tunnel (L{_cancel_far}).
+        call rings at also gets a CANCEL, into the tunnel (L{_cancel_far}),
+        and the far party whose call rings at the phone our 480, into the
+        tunnel too (L{_answer_far}).
 
         @return: whom, for the call record: C{"phone (480)"} or
-            C{"phone (CANCEL)"}, and C{"far party (CANCEL)"}.
+            C{"phone (CANCEL)"}, and C{"far party (CANCEL)"} or
+            C{"far party (480)"}.
         """
         entry = self._ringing.take((flow_id, call_id), now)
         if entry is None or not self.bye_on_loss or reason != "tunnel lost":
@@ -486,6 +493,8 @@ class AgentSipProxy:
                 self.counters.count(BYE_DROPPED)
         if far and entry.kind == ANSWER:
             told += self._cancel_far(entry, reason, now)
+        elif far:
+            told += self._answer_far(entry, reason, now)
         return told
 
     def _cancel_far(self, entry: Pending, reason: str, now: float) -> list[str]:
@@ -518,6 +527,44 @@ class AgentSipProxy:
         self._ringing.cancelling(entry, now)
         self.counters.count(CANCEL_SENT)
         return ["far party (CANCEL)"]
+
+    def _answer_far(self, entry: Pending, reason: str, now: float) -> list[str]:
+        """
+        The final response to the far party whose INVITE (from the tunnel)
+        still rings at our phone when the contact point's process died:
+        the phone gets our CANCEL, and the far caller, whose INVITE
+        transaction the dead process cannot end any more, our 480 with the
+        Reason (L{build_final}: the INVITE's C{Via} lines as they came
+        from the tunnel, the contact point's on top; To with the phone's
+        tag from its provisional response, or one of ours), as a proxy
+        answers upstream for a branch it gives up on (RFC 3261 16.7, 16.9;
+        as on Timer C).  Into the tunnel on the phone's flow, sent as the
+        far party's BYEs are (L{ByeSender}, once: the tunnel is reliable;
+        keyed by the branch on top).  The restarted contact point knows
+        its own C{Via} (its branch is a token under the key its state file
+        kept), pops it and sends the 480 on by the next one, as any
+        response from a tunnel.
+
+        From then on the phone's responses to that INVITE are ours alone
+        (L{Ringing.cancelling}: a 200 that crosses the CANCEL is ACKed and
+        ended with a BYE, never passed on after our 480), and so is the
+        ACK of our 480 that comes back through the tunnel (hop by hop,
+        with the contact point's branch on top: L{Ringing.answering},
+        L{_acked}).
+
+        @return: C{["far party (480)"]}, or nothing when too many wait.
+        """
+        response = build_final(entry, reason)
+        top = response.top_via
+        assert top is not None  # (the contact point's: the INVITE came through it)
+        branch = top.branch or ""
+        if not self._byes.add((TUNNEL_BYE, cast(int, entry.dest)), response.to_bytes(), branch, True):
+            self.counters.count(BYE_DROPPED)
+            return []
+        self._ringing.cancelling(entry, now)
+        self._ringing.answering(entry, branch, now)
+        self.counters.count(FINAL_SENT)
+        return ["far party (480)"]
 
     def _cancelled_response(self, flow: Flow | None, entry: Pending, msg: SipMessage, now: float) -> list[Action]:
         """
@@ -642,9 +689,10 @@ class AgentSipProxy:
 
     def _acked(self, msg: SipMessage, now: float) -> bool:
         """
-        Whether C{msg}, an ACK from a phone, is that of our own final
-        response (L{_end_ringing}): it ends that response's
-        retransmissions, and goes no further.
+        Whether C{msg}, an ACK from a phone, or from the tunnel (a far
+        caller's, L{_answer_far}), is that of our own final response
+        (L{_end_ringing}): it ends that response's retransmissions, and
+        goes no further.
         """
         branch = (msg.top_via or _NO_VIA).branch or ""
         if not self._ringing.acked((msg.call_id, branch), now):
@@ -673,8 +721,9 @@ class AgentSipProxy:
             return [self.counters.drop(reason, reason)]
         fid = self.flows.use(flow, now)
         self._track_response(msg, None, fid, now)
-        if (msg.status or 0) >= 200 and msg.cseq[1] == "INVITE":
-            self._ringing.finished((msg.call_id, branch or ""))
+        if msg.cseq[1] == "INVITE":
+            # (a provisional one's To tag: our 480 to the far caller's)
+            self._ringing.response((msg.call_id, branch or ""), msg.status or 0, msg, now)
         show_media(self.media_hook, self.tunnel_key, fid, msg, True)
         return [ToTunnel(self.tunnel_key, fid, msg.to_bytes())]
 
@@ -716,6 +765,9 @@ class AgentSipProxy:
         self, flow_id: int, flow: Flow | None, msg: SipMessage, now: float
     ) -> list[Action]:
         # (parse_message checked the headers a proxy relies on)
+        if self._ringing.answered and msg.method == "ACK" and self._acked(msg, now):
+            # the ACK of our 480 to a far caller (L{_answer_far})
+            return []
         if flow is None:
             if msg.method == "ACK":
                 reason = "ACK for an unknown flow"

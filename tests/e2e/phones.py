@@ -186,6 +186,9 @@ class Baresip(Phone):
     """
 
     net_interface: str | None = field(default=None)
+    #: answer incoming calls by itself; else they ring (180) until the
+    #: caller gives up or a CANCEL comes
+    auto_answer: bool = field(default=True)
 
     CONTROL_PORT = 4444
 
@@ -208,7 +211,9 @@ class Baresip(Phone):
             config += f"net_interface   {self.net_interface}\n"
         (directory / "config").write_text(config)
         accounts = render((CLIENTS / "baresip" / "accounts").read_text(), self.user, self.transport, self.ca_file)
-        (directory / "accounts").write_text(accounts.replace("answermode=manual", "answermode=auto"))
+        if self.auto_answer:
+            accounts = accounts.replace("answermode=manual", "answermode=auto")
+        (directory / "accounts").write_text(accounts)
         self.process = self.topology.spawn("ph", self.name, ["baresip", "-f", str(directory)], cwd=directory)
         deadline = time.monotonic() + 10.0
         while True:

@@ -13,18 +13,21 @@ A contact point killed during a call (SIGKILL, with a state file it wrote
 while it ran) and started again: the agent resumes its session there and
 ends the call both ways itself, bob's through the new contact point; a
 call that still rang at bob then gets the agent's CANCEL, which Kamailio
-matches to its INVITE.
+matches to its INVITE; a call from carol that still rang at baresip gets
+the phone's CANCEL and carol the agent's 480 through the new contact point
+and Kamailio.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from typing import Any, Sequence
 
-from .netbed import CONTACT, ManagedProcess, run
+from .netbed import CONTACT, ECHO, KAMAILIO, USERS, ManagedProcess, run, sipp_argv
 from .phones import Baresip
 from .test_interop import InteropTestCase
 
@@ -235,3 +238,42 @@ class BaresipByeAfterCrashTests(_BaresipBed):
         self.crash_and_restart()
         self.told_after_restart(uas, "bob-crashring", 15.0, ": 480 sent to the phone; CANCEL sent to the far party")
         self.wait_log(phone, ["480 Temporarily Unavailable"], 10.0)
+
+    def test_crash_ringing_far_caller_answered(self) -> None:
+        """
+        carol (SIPp, operator side) calls alice's baresip through
+        Kamailio; baresip rings (180, answers nothing); the contact point
+        is killed and started again: the agent resumes its session
+        (registrations only), CANCELs baresip and answers carol 480
+        through the new contact point, which knows the dead one's Via by
+        the same token key and sends the 480 on to Kamailio, which
+        passes it to carol with its C{Reason} and ACKs it itself (hop by
+        hop: that ACK goes into the tunnel and stays at the agent); carol
+        ACKs and her scenario ends with success within 20 s of the
+        restart, before Kamailio's own C{fr_inv_timer} (30 s, a 408).
+        """
+        phone = Baresip(self.topology, self.logdir, "baresip-rings", "alice", "udp", self.agent_ca, auto_answer=False)
+        phone.start()
+        self.addCleanup(phone.stop)
+        self.wait_registered(phone)
+        name = "carol-rings-alice"
+        argv = sipp_argv(
+            "uac_ring_480.xml", f"{KAMAILIO}:5060", ECHO, 5060, name, self.logdir,
+            keys={"user": "carol"},
+            extra=["-s", "alice", "-au", "carol", "-ap", USERS["carol"], "-m", "1",
+                   "-recv_timeout", "25000", "-timeout", "40s", "-timeout_error"],
+        )  # fmt: skip
+        carol = self.topology.spawn("op", name, argv, cwd=self.logdir)
+        self.addCleanup(carol.stop)
+        messages = self.logdir / f"{name}.messages.log"
+        deadline = time.monotonic() + 10.0
+        while "SIP/2.0 180" not in (messages.read_text("utf-8", "replace") if messages.exists() else ""):
+            if time.monotonic() > deadline:
+                self.fail(f"carol's call did not ring within 10 s; see {self.logdir}")
+            time.sleep(0.2)
+        self.crash_and_restart()
+        self.told_after_restart(carol, name, 20.0, ": 480 sent to the far party; CANCEL sent to the phone")
+        # the 480 has the tag of baresip's 180 (the early dialog's)
+        tags = dict(re.findall(r"^SIP/2.0 (180|480) .*?^To: .*?;tag=(\S+)", messages.read_text("utf-8", "replace"), re.M | re.S))
+        self.assertEqual(tags.get("480"), tags.get("180"), f"see {messages}")
+        self.assertIsNotNone(tags.get("480"), f"see {messages}")

@@ -285,6 +285,20 @@ class _Workers(TestCase):
         its media at C{rtp_port}: the 200 and where it came from, once
         answered.
         """
+        call_id, _, _ = self.invite_phone(phone, rtp_port)
+
+        def answers() -> list[tuple[Any, tuple[str, int]]]:
+            return [(m, a) for m, a in self.operator.responses if m.first.startswith("SIP/2.0 200") and m.get("call-id") == call_id]
+
+        yield wait_until(lambda: bool(answers()), timeout=10)
+        return answers()[0]
+
+    def invite_phone(self, phone: Phone, rtp_port: int) -> tuple[str, bytes, int]:
+        """
+        Send the operator's INVITE to C{phone} (see L{call_phone}).
+
+        @return: its Call-ID, its bytes, the worker's port it went to.
+        """
         path, contact, _ = self.operator.bindings[phone.aor]
         port = self.worker_port(phone.aor)
         op_port = self.operator_port.getHost().port
@@ -305,12 +319,7 @@ class _Workers(TestCase):
             make_sdp("operator", "127.0.0.1", rtp_port, 1),
         )
         self.operator.transport.write(invite, ("127.0.0.1", port))
-
-        def answers() -> list[tuple[Any, tuple[str, int]]]:
-            return [(m, a) for m, a in self.operator.responses if m.first.startswith("SIP/2.0 200") and m.get("call-id") == call_id]
-
-        yield wait_until(lambda: bool(answers()), timeout=10)
-        return answers()[0]
+        return call_id, invite, port
 
     @defer.inlineCallbacks
     def two_paths(self, built: Any) -> Any:
@@ -580,6 +589,53 @@ class CrashedWorkersStateTests(_Workers):
         self.assertEqual(built.media.cdrs[-1]["bye_sent"], ["phone (480)", "far party (CANCEL)"])
         # the phone got neither of the far party's answers (its one 200: the REGISTER's)
         self.assertEqual([phone.received.get("487"), phone.received.get("200")], [None, 1])
+
+    @defer.inlineCallbacks
+    def test_ringing_far_caller_answered_after_a_crash(self) -> Any:
+        """
+        The operator calls a phone, which rings (180, no answer), and both
+        workers are killed: once the session is resumed with
+        C{calls_ended: false}, the phone gets its agent's CANCEL, and the
+        operator the agent's 480 for its INVITE through the restarted
+        worker (its own Via, the INVITE's branch: the new process knows
+        the worker's Via of before by its token key, and pops it), with
+        the phone's tag and the Reason; the operator's ACK of the 480
+        goes back through the worker and stays at the agent: the phone
+        gets only the agent's ACK of its 487.  (Without it, the
+        operator's INVITE rang on until its own timer.)
+        """
+        phone = yield self.add_agent(0)
+        phone.ring_seconds = 60.0
+        call_id, sent, port = self.invite_phone(phone, 45000)
+        invite = parse_sip(sent)
+
+        def responses(status: str) -> list[Any]:
+            got = self.operator.responses
+            return [m for m, _ in got if m.first.startswith("SIP/2.0 " + status) and m.get("call-id") == call_id]
+
+        yield wait_until(lambda: bool(responses("180")), timeout=10)
+        (ringing,) = responses("180")
+        (call,) = phone.calls
+        yield self.kill_workers()
+        yield wait_until(lambda: bool(responses("480")) and call.cancelled, timeout=10)
+        (final,) = responses("480")
+        self.assertEqual(
+            [final.get_all("via"), final.get("call-id"), final.cseq, final.get("from")],
+            [invite.get_all("via"), call_id, invite.cseq, invite.get("from")],
+        )
+        self.assertEqual(tag_of(final.get("to") or ""), tag_of(ringing.get("to") or ""))
+        self.assertEqual(final.get("reason"), 'SIP;cause=503;text="tunnel lost"')
+        # the ACK of a non-2xx final response: the INVITE's Via, Route, Request-URI (RFC 3261 17.1.1.3)
+        kept = ("via", "route", "max-forwards", "from", "call-id")
+        headers = [(name, value) for name, value in invite.headers if name.lower() in kept]
+        headers += [("To", final.get("to") or ""), ("CSeq", f"{invite.cseq[0]} ACK")]
+        self.operator.transport.write(build_sip(invite.first.replace("INVITE", "ACK", 1), headers), ("127.0.0.1", port))
+        built = self.agents[0]
+        yield wait_until(lambda: built.media.cdrs and built.media.cdrs[-1]["bye_sent"] != [], timeout=5)
+        self.assertEqual(built.media.cdrs[-1]["bye_sent"], ["phone (CANCEL)", "far party (480)"])
+        # (time for the ACK to come through, were it passed on)
+        yield deferLater(reactor, 1.0, lambda: None)
+        self.assertEqual([phone.received.get("ACK"), call.final_acks, len(phone.cancels)], [1, 1, 1])
 
     @defer.inlineCallbacks
     def test_sessions_back_after_a_crash(self) -> Any:
