@@ -720,6 +720,31 @@ class AgentFarRingingTests(SynchronousTestCase):
         self.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0, far=False)
         only(self.agent.from_tunnel(fid, self.far_ack(came, "ph"), 2.3), ToApp)
 
+    def test_far_cancel_after_the_480_answered_here(self) -> None:
+        """
+        The far caller hangs up at once after our 480 (its CANCEL crossed
+        it, with the contact point's branch of the INVITE on top): the
+        CANCEL is answered 200 here, into the tunnel (RFC 3261 9.2: the
+        INVITE's transaction is over), and not passed to the phone, which
+        had our CANCEL.  Without our 480 the same CANCEL goes to the
+        phone as before.
+        """
+        fid, came, _ = self.ring_phone()
+        self.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0, far=True)
+        cancel = request(
+            "CANCEL",
+            came.uri or "",
+            via="SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKcp1",
+            from_="<sip:bob@example.org>;tag=fb",
+            to="<sip:alice@example.org>",
+        )
+        ok = parse_message(only(self.agent.from_tunnel(fid, cancel, 2.2), ToTunnel).data)
+        self.assertEqual((ok.status, ok.cseq[1], ok.get_all("Via")), (200, "CANCEL", parse_message(cancel).get_all("Via")))
+        self.setUp()
+        fid, came, _ = self.ring_phone()
+        self.agent.leg_lost("s", fid, "call-1@192.0.2.10", "tunnel lost", 2.0, far=False)
+        self.assertEqual(parse_message(only(self.agent.from_tunnel(fid, cancel, 2.2), ToApp).data).method, "CANCEL")
+
     def test_ack_absorbed_phone_gone(self) -> None:
         """
         The phone's flow gone: the far caller still gets the 480 (no

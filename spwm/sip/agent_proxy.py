@@ -768,6 +768,16 @@ class AgentSipProxy:
         if self._ringing.answered and msg.method == "ACK" and self._acked(msg, now):
             # the ACK of our 480 to a far caller (L{_answer_far})
             return []
+        if (
+            self._ringing.answered
+            and msg.method == "CANCEL"
+            and self._ringing.acked((msg.call_id, (msg.top_via or _NO_VIA).branch or ""), now)
+        ):
+            # the far caller CANCELs the INVITE we answered ourselves (our
+            # 480, L{_answer_far}; the phone had our CANCEL): its
+            # transaction is over, and a CANCEL of it is answered 200 all
+            # the same (RFC 3261 9.2), here; not passed to the phone
+            return [ToTunnel(self.tunnel_key, flow_id, make_response(msg, 200, "OK").to_bytes())]
         if flow is None:
             if msg.method == "ACK":
                 reason = "ACK for an unknown flow"
