@@ -144,7 +144,10 @@ def steps(work: Any) -> int:
     """
     The Python work of C{work()}: the calls and lines it runs (loop
     iterations included), counted with C{sys.settrace}; the same for the
-    same work on a busy machine.
+    same work on a busy machine.  The garbage collector is off meanwhile:
+    a collection that the test's allocations happen to trigger there runs
+    Python code of its own (C{gc.callbacks}, finalizers), which would be
+    counted (it was, now and then, in a full run).
     """
     count = 0
 
@@ -154,11 +157,15 @@ def steps(work: Any) -> int:
         return trace
 
     before = sys.gettrace()
+    collecting = gc.isenabled()
+    gc.disable()
     sys.settrace(trace)
     try:
         work()
     finally:
         sys.settrace(before)
+        if collecting:
+            gc.enable()
     return count
 
 
