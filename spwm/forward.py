@@ -7,6 +7,13 @@ port; each local sender gets its own datagram channel (so answers find their
 way back), and the contact point sends the datagrams from a socket of its own
 to C{HOST:PORT}, returning what that target answers.  The contact point only
 forwards to targets named by C{--allow-forward}.
+
+A sender's forward is a flow of the session, not of the connection: its
+channel names it (C{"flow": N} in the channel's metadata), the agent opens
+it again on the connection that resumes the session, and the contact point
+gives it the socket it had, so the target goes on seeing the same source
+address (a target that answers where the first datagram came from, as RTP
+peers do, keeps answering to the right place).
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ class _LocalPort(DatagramProtocol):
         self.target = target
         # sender address -> channel id (on the current tunnel)
         self.channels: dict[tuple[str, int], int] = {}
+        # sender address -> its flow number (kept across a lost tunnel)
+        self.flows: dict[tuple[str, int], int] = {}
 
     def startProtocol(self) -> None:
         set_receive_buffer(self.transport, self.forwarder.receive_buffer)
@@ -101,6 +110,7 @@ class AgentForwarder:
         self._locals: list[_LocalPort] = []
         # channel id -> (local port, sender)
         self._by_channel: dict[int, tuple[_LocalPort, tuple[str, int]]] = {}
+        self._next_flow = 1
         self.dropped_no_tunnel = 0
         self.dropped_no_channel = 0
         self._no_channel_log = ThrottledLog(self.log, None, PowersOfTwo())
@@ -136,18 +146,35 @@ class AgentForwarder:
         self.ports = []
 
     def open(self, local: _LocalPort, sender: tuple[str, int]) -> int | None:
+        """
+        A channel for C{sender}'s datagrams on the current tunnel, for the
+        sender's flow (a new one for a new sender).
+
+        @return: its id, or C{None}: none (counted and logged).
+        """
+        opened = self._open(local, sender)
+        if isinstance(opened, str):
+            self._no_channel(local, sender, opened)
+            return None
+        return opened
+
+    def _open(self, local: _LocalPort, sender: tuple[str, int]) -> int | str:
         tunnel = self.tunnel
         if tunnel is None:
-            return None
+            return "no tunnel"
         if len(local.channels) >= self.max_senders:
-            self._no_channel(local, sender, f"more than {self.max_senders} senders on this forward")
-            return None
+            return f"more than {self.max_senders} senders on this forward"
+        flow = local.flows.get(sender)
+        if flow is None:
+            flow = self._next_flow
+            self._next_flow += 1
+        meta = {"use": USE, "target": local.target, "flow": flow}
         try:
-            cid = tunnel.open_channel(ChannelKind.DATAGRAM, {"use": USE, "target": local.target}, self)
+            cid = tunnel.open_channel(ChannelKind.DATAGRAM, meta, self)
         except (ChannelLimitError, TunnelNotOpenError) as e:
-            self._no_channel(local, sender, str(e))
-            return None
+            return str(e)
         local.channels[sender] = cid
+        local.flows[sender] = flow
         self._by_channel[cid] = (local, sender)
         return cid
 
@@ -168,17 +195,31 @@ class AgentForwarder:
 
     def tunnel_established(self, tunnel: TunnelProtocol) -> None:
         """
-        Open the forwards' channels on C{tunnel} from now on.
+        Open the forwards' channels on C{tunnel} from now on, and at once
+        for every sender whose channel went with the tunnel before: on a
+        resumed session the contact point gives each its socket again,
+        so what the target sends comes back before the sender's next
+        datagram.
         """
         self.tunnel = tunnel
+        for local in self._locals:
+            for sender in list(local.flows):
+                # (one that cannot be opened now is opened, or refused
+                # and counted, at the sender's next datagram)
+                if sender not in local.channels and isinstance(self._open(local, sender), str):
+                    break
 
     def tunnel_lost(self, tunnel: TunnelProtocol, reason: str) -> None:
         """
-        The forwards' channels are gone with C{tunnel}.
+        The forwards' channels are gone with C{tunnel}; the flows of the
+        senders that had one are kept for the next tunnel (at most
+        C{max_senders} per forward: those of senders gone quiet before
+        are dropped).
         """
         if self.tunnel is tunnel:
             self.tunnel = None
         for local in self._locals:
+            local.flows = {sender: local.flows[sender] for sender in local.channels}
             local.channels.clear()
         self._by_channel.clear()
 
@@ -198,6 +239,7 @@ class AgentForwarder:
             return
         local, sender = entry
         local.channels.pop(sender, None)
+        local.flows.pop(sender, None)
         if code == ErrorCode.REFUSED:
             self.log.warn("contact point refused forward to {target}: {reason}", target=local.target, reason=reason)
 
@@ -210,25 +252,37 @@ class AgentForwarder:
 
 class _TargetSocket(DatagramProtocol):
     """
-    The contact point's socket for one forwarded channel, connected to its target.
+    The contact point's socket for one forwarded flow, connected to its
+    target; its channel is C{tunnel}'s C{channel_id}, or none while the
+    session waits to be resumed (C{tunnel} C{None}: what the target sends
+    meanwhile is dropped).
     """
 
     transport: IUDPTransport  # set by the reactor before any event
 
     noisy = False
 
-    def __init__(self, tunnel: TunnelProtocol, channel_id: int, owner: ContactForwarder) -> None:
-        self.tunnel = tunnel
+    def __init__(
+        self, tunnel: TunnelProtocol, channel_id: int, owner: ContactForwarder, flow: tuple[str, int] | None
+    ) -> None:
+        self.tunnel: TunnelProtocol | None = tunnel
         self.channel_id = channel_id
         self.owner = owner
+        #: (session id, the agent's flow number), or C{None}: an agent
+        #: that names no flow (its socket goes with the connection)
+        self.flow = flow
+        self.address: tuple[str, int] = ("", 0)
         self.last_active = 0.0
+        self.port: Any = None
+        self.timer: Any = None
 
     def startProtocol(self) -> None:
         set_receive_buffer(self.transport, self.owner.receive_buffer)
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         self.last_active = self.owner.clock.seconds()
-        self.tunnel.send_datagram(self.channel_id, data)
+        if self.tunnel is not None:
+            self.tunnel.send_datagram(self.channel_id, data)
 
     def connectionRefused(self) -> None:
         pass
@@ -238,6 +292,12 @@ class ContactForwarder:
     """
     The contact point's part for UDP forwards: checks the target against the
     allow list and relays.
+
+    A forward whose channel names its flow outlives the connection: when
+    the connection goes and the session may be resumed, the socket stays
+    (without a channel) until the agent opens the flow again on the
+    resumed session, the session ends (L{session_ended}), or it has been
+    idle for C{idle_timeout}.
 
     @ivar refused: how many forward channels were refused.
     """
@@ -251,36 +311,57 @@ class ContactForwarder:
         *,
         idle_timeout: float = 120.0,
         receive_buffer: int = 4 * 1024 * 1024,
+        max_session_flows: int = 1024,
     ) -> None:
         self._reactor = reactor
         self.clock: IReactorTime = reactor
         self.allowed = {hostport(h, p): (h, p) for h, p in allowed}
         self.idle_timeout = idle_timeout
         self.receive_buffer = receive_buffer
+        self.max_session_flows = max_session_flows
         self.refused = 0
-        # (tunnel, channel) -> [socket protocol, port, idle timer]
-        self._sockets: dict[tuple[int, int], list[Any]] = {}
+        # (tunnel, channel) -> its socket
+        self._sockets: dict[tuple[int, int], _TargetSocket] = {}
+        # (session id, flow) -> its socket, with a channel or not
+        self._flows: dict[tuple[str, int], _TargetSocket] = {}
+        # session id -> its flows' sockets (insertion order: oldest first)
+        self._by_session: dict[str, dict[_TargetSocket, None]] = {}
 
     @property
     def open_count(self) -> int:
         """
-        The number of forward sockets open now.
+        The number of forward sockets open now (those waiting for a
+        resumed session's channel too).
         """
-        return len(self._sockets)
+        return len(self._sockets) + sum(1 for proto in self._flows.values() if proto.tunnel is None)
 
-    def tunnel_lost(self, tunnel: TunnelProtocol, reason: str) -> None:
+    def tunnel_lost(self, tunnel: TunnelProtocol, reason: str, resumable: bool = False) -> None:
         """
-        Close the forward sockets of a lost tunnel (told by the session
-        logic).
+        A lost tunnel's forwards (told by the session logic): those of
+        flows wait for the session's resumption when C{resumable}; the
+        rest are closed.
         """
         for key in [k for k in self._sockets if k[0] == id(tunnel)]:
-            self._close(key)
+            proto = self._sockets.pop(key)
+            if resumable and proto.flow is not None:
+                proto.tunnel = None
+            else:
+                self._close(proto)
+
+    def session_ended(self, session_id: str) -> None:
+        """
+        The session ended (or was released without being resumed): its
+        forwards' sockets close, with a channel or without.
+        """
+        for proto in list(self._by_session.get(session_id, ())):
+            self._close(proto, close_channel=True)
 
     def accept(
         self, tunnel: TunnelProtocol, channel_id: int, kind: ChannelKind, meta: dict[str, Any]
     ) -> ContactForwarder | Refusal:
         """
-        A forward channel from the agent: allowed targets get a socket.
+        A forward channel from the agent: allowed targets get a socket,
+        or the flow's socket again.
         """
         target = meta.get("target")
         address = self.allowed.get(target) if isinstance(target, str) else None
@@ -292,41 +373,96 @@ class ContactForwarder:
                 target=target,
             )
             return Refusal(f"forward to {target} not allowed")
-        proto = _TargetSocket(tunnel, channel_id, self)
+        number = meta.get("flow")
+        flow = None
+        if isinstance(number, int) and not isinstance(number, bool) and 0 < number < 2**32:
+            flow = (tunnel.session_id, number)
+            proto = self._flows.get(flow)
+            if proto is not None and proto.address == address:
+                self._move(proto, tunnel, channel_id)
+                return self
+            if proto is not None:
+                self._close(proto, close_channel=True)
+            if not self._room(tunnel.session_id):
+                self.refused += 1
+                return Refusal(f"more than {self.max_session_flows} forwards in this session")
+        proto = _TargetSocket(tunnel, channel_id, self, flow)
+        proto.address = address
         proto.last_active = self.clock.seconds()
-        port = self._reactor.listenUDP(0, proto, interface="::" if ":" in address[0] else "0.0.0.0")
+        proto.port = self._reactor.listenUDP(0, proto, interface="::" if ":" in address[0] else "0.0.0.0")
         proto.transport.connect(*address)
-        timer = self._reactor.callLater(self.idle_timeout, self._check_idle, tunnel, channel_id)
-        self._sockets[id(tunnel), channel_id] = [proto, port, timer]
+        proto.timer = self._reactor.callLater(self.idle_timeout, self._check_idle, proto)
+        self._sockets[id(tunnel), channel_id] = proto
+        if flow is not None:
+            self._flows[flow] = proto
+            self._by_session.setdefault(flow[0], {})[proto] = None
         return self
 
-    def _check_idle(self, tunnel: TunnelProtocol, channel_id: int) -> None:
-        entry = self._sockets.get((id(tunnel), channel_id))
-        if entry is None:
-            return
-        idle = self.clock.seconds() - entry[0].last_active
+    def _move(self, proto: _TargetSocket, tunnel: TunnelProtocol, channel_id: int) -> None:
+        """
+        A flow's socket goes on on C{tunnel}'s C{channel_id}; the channel
+        it had, if any, is forgotten (it was on a connection of the session
+        being taken over, which the session logic closes).
+        """
+        if proto.tunnel is not None:
+            del self._sockets[id(proto.tunnel), proto.channel_id]
+        proto.tunnel = tunnel
+        proto.channel_id = channel_id
+        proto.last_active = self.clock.seconds()
+        self._sockets[id(tunnel), channel_id] = proto
+
+    def _room(self, session_id: str) -> bool:
+        """
+        Whether the session may have one more flow: at the limit, its
+        oldest flow without a channel makes room.
+        """
+        flows = self._by_session.get(session_id, {})
+        if len(flows) < self.max_session_flows:
+            return True
+        for proto in flows:
+            if proto.tunnel is None:
+                self._close(proto)
+                return True
+        return False
+
+    def _check_idle(self, proto: _TargetSocket) -> None:
+        idle = self.clock.seconds() - proto.last_active
         if idle >= self.idle_timeout:
-            self._close((id(tunnel), channel_id))
-            tunnel.close_channel(channel_id, ErrorCode.NO_ERROR, "idle")
+            self._close(proto, close_channel=True, reason="idle")
         else:
-            entry[2] = self._reactor.callLater(self.idle_timeout - idle, self._check_idle, tunnel, channel_id)
+            proto.timer = self._reactor.callLater(self.idle_timeout - idle, self._check_idle, proto)
 
     def datagram_received(self, tunnel: TunnelProtocol, channel_id: int, data: bytes, component: int) -> None:
-        entry = self._sockets.get((id(tunnel), channel_id))
-        if entry is not None:
-            proto = entry[0]
+        proto = self._sockets.get((id(tunnel), channel_id))
+        if proto is not None:
             proto.last_active = self.clock.seconds()
-            proto.transport.write(data)
+            proto.transport.write(data)  # type: ignore[call-arg]  # (connected: no address)
 
     def channel_closed(self, tunnel: TunnelProtocol, channel_id: int, code: int, reason: str) -> None:
-        self._close((id(tunnel), channel_id))
+        proto = self._sockets.get((id(tunnel), channel_id))
+        if proto is not None:
+            self._close(proto)
 
-    def _close(self, key: tuple[int, int]) -> None:
-        entry = self._sockets.pop(key, None)
-        if entry is not None:
-            entry[1].stopListening()
-            if entry[2].active():
-                entry[2].cancel()
+    def _close(self, proto: _TargetSocket, close_channel: bool = False, reason: str = "forward closed") -> None:
+        """
+        Close a forward's socket (and, when asked, its channel).
+        """
+        if proto.tunnel is not None:
+            self._sockets.pop((id(proto.tunnel), proto.channel_id), None)
+            if close_channel:
+                proto.tunnel.close_channel(proto.channel_id, ErrorCode.NO_ERROR, reason)
+            proto.tunnel = None
+        if proto.flow is not None and self._flows.get(proto.flow) is proto:
+            del self._flows[proto.flow]
+            flows = self._by_session[proto.flow[0]]
+            del flows[proto]
+            if not flows:
+                del self._by_session[proto.flow[0]]
+        if proto.port is not None:
+            proto.port.stopListening()
+            proto.port = None
+        if proto.timer is not None and proto.timer.active():
+            proto.timer.cancel()
 
     def stream_data_received(self, tunnel: TunnelProtocol, channel_id: int, data: bytes) -> None:
         pass

@@ -1,5 +1,6 @@
 """
-Tests for L{spwm.forward}: the agent's UDP forwards and their limits.
+Tests for L{spwm.forward}: the agent's UDP forwards and their limits, and
+the forwards' flows across a lost connection on both halves.
 """
 
 from __future__ import annotations
@@ -9,11 +10,43 @@ from typing import Any
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.forward import AgentForwarder
+from spwm.forward import AgentForwarder, ContactForwarder
 from spwm.testing.tunnel import FakeTunnel
+from spwm.tunnel.api import Refusal
 from spwm.tunnel.connection import ChannelLimitError, TunnelNotOpenError
+from spwm.tunnel.frames import ChannelKind
 
-from .test_media_relay import FakeUdpReactor
+from .test_media_relay import FakeUdpPort, FakeUdpReactor
+
+TARGET = "198.51.100.7:7000"
+
+
+class _ConnectedPort(FakeUdpPort):
+    """
+    A fake port that can be connected (the contact point's target sockets).
+    """
+
+    peer: tuple[str, int] | None = None
+
+    def connect(self, host: str, port: int) -> None:
+        self.peer = (host, port)
+
+
+class _EphemeralUdpReactor(FakeUdpReactor):
+    """
+    A fake reactor whose port 0 binds the next free port from 50000.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._next = 50000
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> FakeUdpPort:
+        if port == 0:
+            port, self._next = self._next, self._next + 1
+        bound = self.udp[interface, port] = _ConnectedPort(self, interface, port, protocol)
+        protocol.makeConnection(bound)
+        return bound
 
 
 class SenderLimitTests(SynchronousTestCase):
@@ -57,3 +90,226 @@ class SenderLimitTests(SynchronousTestCase):
             self.tunnel.open_error = error
             self.port.receive(b"x", ("192.0.2.1", 9))
         self.assertEqual(([(c, d) for c, d, _ in self.tunnel.datagrams], self.forwarder.dropped_no_channel), ([], 2))
+
+
+class AgentFlowTests(SynchronousTestCase):
+    """
+    The agent names each sender's flow in its channel, and opens it again,
+    at once, on the next tunnel.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = FakeUdpReactor()
+        self.forwarder = AgentForwarder(self.reactor, [("127.0.0.1", 6000, "198.51.100.7", 7000)])
+        self.forwarder.start()
+        self.first = FakeTunnel(first_channel=3)
+        self.forwarder.tunnel_established(self.first)
+        self.port = self.reactor.udp["127.0.0.1", 6000]
+
+    def flows(self, tunnel: FakeTunnel) -> list[tuple[int, Any]]:
+        return [(cid, meta.get("flow")) for cid, _, meta in tunnel.opened]
+
+    def test_each_sender_its_flow(self) -> None:
+        """
+        Each sender's channel names the target and a flow number of its
+        own.
+        """
+        self.port.receive(b"a", ("192.0.2.1", 1))
+        self.port.receive(b"b", ("192.0.2.1", 2))
+        self.port.receive(b"c", ("192.0.2.1", 1))
+        self.assertEqual(self.flows(self.first), [(3, 1), (5, 2)])
+        self.assertEqual({meta["target"] for _, _, meta in self.first.opened}, {TARGET})
+
+    def test_flows_opened_again_on_the_next_tunnel(self) -> None:
+        """
+        After the tunnel is lost, the next one gets a channel for each
+        sender that had one, with the same flow number, before the sender
+        sends again; what comes on it reaches the sender.
+        """
+        self.port.receive(b"a", ("192.0.2.1", 1))
+        self.port.receive(b"b", ("192.0.2.1", 2))
+        self.forwarder.tunnel_lost(self.first, "gone")
+        second = FakeTunnel(first_channel=11)
+        self.forwarder.tunnel_established(second)
+        self.assertEqual(self.flows(second), [(11, 1), (13, 2)])
+        self.forwarder.datagram_received(second, 13, b"answer", 0)
+        self.assertEqual(self.port.sent, [(b"answer", ("192.0.2.1", 2))])
+        self.port.receive(b"c", ("192.0.2.1", 1))
+        self.assertEqual(second.datagrams[-1][:2], (11, b"c"))
+        self.assertEqual(len(second.opened), 2)
+
+    def test_closed_channel_forgets_its_flow(self) -> None:
+        """
+        A sender whose channel the contact point closed (idle) is not
+        opened on the next tunnel, and gets a new flow when it sends again.
+        """
+        self.port.receive(b"a", ("192.0.2.1", 1))
+        self.forwarder.channel_closed(self.first, 3, 0, "idle")
+        self.forwarder.tunnel_lost(self.first, "gone")
+        second = FakeTunnel(first_channel=11)
+        self.forwarder.tunnel_established(second)
+        self.assertEqual(second.opened, [])
+        self.port.receive(b"b", ("192.0.2.1", 1))
+        self.assertEqual(self.flows(second), [(11, 2)])
+
+    def test_reopening_refused_counts_nothing(self) -> None:
+        """
+        A next tunnel that cannot open the channels now drops no datagram:
+        nothing is counted, and the sender's next datagram tries again.
+        """
+        self.port.receive(b"a", ("192.0.2.1", 1))
+        self.forwarder.tunnel_lost(self.first, "gone")
+        second = FakeTunnel(first_channel=11)
+        second.open_error = ChannelLimitError("limit")
+        self.forwarder.tunnel_established(second)
+        self.assertEqual((second.opened, self.forwarder.dropped_no_channel), ([], 0))
+        second.open_error = None
+        self.port.receive(b"b", ("192.0.2.1", 1))
+        self.assertEqual(self.flows(second), [(11, 1)])
+
+
+class ContactFlowTests(SynchronousTestCase):
+    """
+    The contact point keeps a flow's socket while its session may be
+    resumed, and gives it to the flow's channel on the resumed session.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = _EphemeralUdpReactor()
+        self.forwarder = ContactForwarder(self.reactor, [("198.51.100.7", 7000)], idle_timeout=120.0)
+        self.first = FakeTunnel(session_id="s1")
+
+    def accept(self, tunnel: FakeTunnel, channel_id: int, flow: Any = None) -> Any:
+        meta: dict[str, Any] = {"use": "forward-udp", "target": TARGET}
+        if flow is not None:
+            meta["flow"] = flow
+        return self.forwarder.accept(tunnel, channel_id, ChannelKind.DATAGRAM, meta)
+
+    def only_port(self) -> Any:
+        (port,) = self.reactor.udp.values()
+        return port
+
+    def test_flow_socket_waits_for_the_resumed_session(self) -> None:
+        """
+        A lost connection of a session that may be resumed leaves the
+        flow's socket open, dropping what the target sends meanwhile; the
+        flow's channel on the resumed session gets the same socket (the
+        target sees the same source), both ways.
+        """
+        self.assertIs(self.accept(self.first, 2, flow=1), self.forwarder)
+        port = self.only_port()
+        self.assertEqual(port.peer, ("198.51.100.7", 7000))
+        self.forwarder.tunnel_lost(self.first, "gone", resumable=True)
+        self.assertTrue(port.listening)
+        self.assertEqual(self.forwarder.open_count, 1)
+        port.receive(b"meanwhile", ("198.51.100.7", 7000))
+        self.assertEqual(self.first.datagrams, [])
+        second = FakeTunnel(session_id="s1")
+        self.assertIs(self.accept(second, 4, flow=1), self.forwarder)
+        self.assertEqual(list(self.reactor.udp.values()), [port])
+        port.receive(b"answer", ("198.51.100.7", 7000))
+        self.assertEqual(second.datagrams, [(4, b"answer", 0)])
+        self.forwarder.datagram_received(second, 4, b"up", 0)
+        self.assertEqual(port.sent, [(b"up", None)])
+        self.assertEqual(self.forwarder.open_count, 1)
+
+    def test_closed_when_not_resumable(self) -> None:
+        """
+        A lost connection whose session ends closes its flows' sockets.
+        """
+        self.accept(self.first, 2, flow=1)
+        port = self.only_port()
+        self.forwarder.tunnel_lost(self.first, "gone", resumable=False)
+        self.assertEqual((port.listening, self.forwarder.open_count), (False, 0))
+
+    def test_closed_when_the_session_ends(self) -> None:
+        """
+        The session ending (its window over) closes the sockets that
+        waited for it.
+        """
+        self.accept(self.first, 2, flow=1)
+        self.accept(self.first, 4, flow=2)
+        self.forwarder.tunnel_lost(self.first, "gone", resumable=True)
+        self.forwarder.session_ended("s1")
+        self.assertEqual((self.reactor.udp, self.forwarder.open_count), ({}, 0))
+
+    def test_closed_when_idle_without_a_channel(self) -> None:
+        """
+        A socket that waits for a resumption that does not come closes
+        after the idle timeout, like one with a channel.
+        """
+        self.accept(self.first, 2, flow=1)
+        self.forwarder.tunnel_lost(self.first, "gone", resumable=True)
+        self.reactor.advance(121)
+        self.assertEqual((self.reactor.udp, self.forwarder.open_count), ({}, 0))
+
+    def test_no_flow_goes_with_its_connection(self) -> None:
+        """
+        An agent that names no flow (one from before flows): its sockets
+        close with the connection, resumable or not.
+        """
+        self.accept(self.first, 2)
+        self.forwarder.tunnel_lost(self.first, "gone", resumable=True)
+        self.assertEqual(self.reactor.udp, {})
+
+    def test_flows_are_the_sessions_own(self) -> None:
+        """
+        The same flow number in another session is another socket.
+        """
+        self.accept(self.first, 2, flow=1)
+        self.accept(FakeTunnel(session_id="s2"), 2, flow=1)
+        self.assertEqual(len(self.reactor.udp), 2)
+
+    def test_taken_over(self) -> None:
+        """
+        The flow opened on the connection that took the session over while
+        its old one is still up: the socket goes on on the new channel;
+        the old connection's channel and loss no longer touch it.
+        """
+        self.accept(self.first, 2, flow=1)
+        port = self.only_port()
+        second = FakeTunnel(session_id="s1")
+        self.accept(second, 6, flow=1)
+        self.forwarder.datagram_received(self.first, 2, b"stale", 0)
+        self.forwarder.channel_closed(self.first, 2, 0, "going away")
+        self.forwarder.tunnel_lost(self.first, "going away", resumable=True)
+        self.assertTrue(port.listening)
+        port.receive(b"answer", ("198.51.100.7", 7000))
+        self.assertEqual((self.first.datagrams, second.datagrams), ([], [(6, b"answer", 0)]))
+        self.assertEqual(port.sent, [])
+
+    def test_idle_close_names_the_channel(self) -> None:
+        """
+        An idle flow with a channel closes the channel too, so that the
+        agent forgets the flow.
+        """
+        self.accept(self.first, 2, flow=1)
+        self.reactor.advance(121)
+        self.assertEqual(self.first.closed, [(2, 0, "idle")])
+        self.assertEqual(self.reactor.udp, {})
+
+    def test_flows_per_session_bounded(self) -> None:
+        """
+        At C{max_session_flows}, a new flow takes the place of the oldest
+        one waiting without a channel; with none waiting it is refused.
+        """
+        self.forwarder.max_session_flows = 2
+        self.accept(self.first, 2, flow=1)
+        self.accept(self.first, 4, flow=2)
+        refused = self.accept(self.first, 6, flow=3)
+        self.assertIsInstance(refused, Refusal)
+        self.assertEqual((len(self.reactor.udp), self.forwarder.refused), (2, 1))
+        self.forwarder.tunnel_lost(self.first, "gone", resumable=True)
+        second = FakeTunnel(session_id="s1")
+        self.accept(second, 2, flow=2)
+        self.assertIs(self.accept(second, 4, flow=3), self.forwarder)
+        self.assertEqual(sorted(p.port for p in self.reactor.udp.values()), [50001, 50002])
+
+    def test_malformed_flow_is_no_flow(self) -> None:
+        """
+        A flow that is not a positive 32-bit number is treated as none.
+        """
+        for number, channel in ((True, 2), (0, 4), ("1", 6), (2**32, 8)):
+            self.accept(self.first, channel, flow=number)
+        self.forwarder.tunnel_lost(self.first, "gone", resumable=True)
+        self.assertEqual(self.reactor.udp, {})

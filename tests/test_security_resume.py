@@ -810,3 +810,63 @@ class SessionKeyTests(SynchronousTestCase):
         agent.tunnel_established(new)
         agent.control_received(new, {"op": "resume-failed", "reason": "no suspended session by that name"})
         self.assertEqual(lost, [[7, 9]])
+
+
+class _Forwards:
+    """
+    The contact point's UDP forwards, as the session logic tells them.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def tunnel_lost(self, tunnel: Any, reason: str, resumable: bool = False) -> None:
+        self.calls.append(("lost", tunnel.session_id, resumable))
+
+    def session_ended(self, session_id: str) -> None:
+        self.calls.append(("ended", session_id))
+
+
+class ContactForwardsTests(SynchronousTestCase):
+    """
+    The forwards of a session that may be resumed wait for it; they end
+    with the session.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.media, self.sip, self.forwards = FakeMedia(), FakeSip(), _Forwards()
+        self.sessions = SessionManager(self.clock, 60.0, self.media, self.sip, forwarder=self.forwards)
+
+    def test_kept_while_suspended_and_resumed(self) -> None:
+        """
+        A lost connection of a session with keys: its forwards are kept
+        (resumable); the session resumed, nothing ends them.
+        """
+        old = _registered(self.sessions, self.sip, "s1", expires=3600.0)
+        self.sessions.tunnel_lost(old, "cut")
+        self.assertEqual(self.forwards.calls, [("lost", "s1", True)])
+        self.assertEqual(_resume(self.sessions, "s1").controls[-1]["op"], "resumed")
+        self.clock.advance(600)
+        self.assertEqual(self.forwards.calls, [("lost", "s1", True)])
+
+    def test_ended_when_the_window_is_over(self) -> None:
+        """
+        Not resumed within the window: the forwards end with the calls,
+        though the registrations stay (dormant).
+        """
+        old = _registered(self.sessions, self.sip, "s1", expires=3600.0)
+        self.sessions.tunnel_lost(old, "cut")
+        self.clock.advance(60)
+        self.assertEqual(self.sessions.dormant, 1)
+        self.assertEqual(self.forwards.calls, [("lost", "s1", True), ("ended", "s1")])
+
+    def test_ended_with_a_session_that_cannot_be_resumed(self) -> None:
+        """
+        A session without keys ends with its connection, and so do its
+        forwards.
+        """
+        tunnel = FakeTunnel("s2")
+        self.sessions.tunnel_established(tunnel)
+        self.sessions.tunnel_lost(tunnel, "cut")
+        self.assertEqual(self.forwards.calls, [("ended", "s2"), ("lost", "s2", False)])

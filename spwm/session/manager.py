@@ -198,7 +198,11 @@ class SessionManager:
         """
         self._session_lost(tunnel, reason)
         if self.forwarder is not None:
-            self.forwarder.tunnel_lost(tunnel, reason)
+            # a session that goes on (suspended, or on another of its
+            # connections) keeps its forwards for the agent to open again
+            session = self.sessions.get(tunnel.session_id)
+            kept = session is not None and session.state in (SessionState.LIVE, SessionState.SUSPENDED)
+            self.forwarder.tunnel_lost(tunnel, reason, resumable=kept)
 
     def _session_lost(self, tunnel: Any, reason: str) -> None:
         session_id = tunnel.session_id
@@ -245,6 +249,10 @@ class SessionManager:
                 self._release_suspended(session, "ended: its agent stopped", "agent stopped")
         else:  # END
             self._end(tunnel, session_id, reason)
+
+    def _forwards_ended(self, session_id: str) -> None:
+        if self.forwarder is not None:
+            self.forwarder.session_ended(session_id)
 
     def _switch(self, session: Session, reason: str) -> None:
         """
@@ -333,6 +341,7 @@ class SessionManager:
         # the media first: the SIP core still has the session's dialogs,
         # to end them for the far parties (a BYE of its own)
         self.media.session_ended(session_id, reason)
+        self._forwards_ended(session_id)
         self.sip.tunnel_dormant(tunnel)
         session.watcher = None
         last = self._make_dormant(session, registrations)
@@ -463,6 +472,7 @@ class SessionManager:
         # the media first: the SIP core still has the session's dialogs,
         # to end them for the far parties (a BYE of its own)
         self.media.session_ended(session_id, reason)
+        self._forwards_ended(session_id)
         self.sip.tunnel_lost(tunnel, reason)
         if session is not None:
             session.cancel_timer()

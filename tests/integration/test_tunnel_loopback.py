@@ -23,9 +23,17 @@ from spwm.tunnel.info import describe_tunnel
 
 
 class Echo(DatagramProtocol):
+    """
+    Answers each datagram with C{echo:} and it; keeps where each came from.
+    """
+
     noisy = False
 
+    def __init__(self) -> None:
+        self.sources: list[tuple[str, int]] = []
+
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sources.append(addr)
         self.transport.write(b"echo:" + data, addr)
 
 
@@ -90,7 +98,8 @@ class LoopbackBase(TestCase):
     def setUp(self) -> None:
         self.ca = TestCA(self.mktemp())
         self.cert = self.ca.issue(["contact.spwm.test", "127.0.0.1"], "contact")
-        self.echo_port = reactor.listenUDP(0, Echo(), interface="127.0.0.1")
+        self.echo_server = Echo()
+        self.echo_port = reactor.listenUDP(0, self.echo_server, interface="127.0.0.1")
         self.addCleanup(self.echo_port.stopListening)
         self.echo = self.echo_port.getHost().port
         self.log_events: list[dict] = []
@@ -177,6 +186,43 @@ class LoopbackTests(LoopbackBase):
         got = yield self.exchange(local, b"ping")
         self.assertEqual(got, b"echo:ping")
         self.assertEqual(agent_service.tunnel_service.tunnel.transport.negotiatedProtocol, b"spwm/1")
+
+    @defer.inlineCallbacks
+    def test_udp_forward_kept_across_a_resumption(self) -> None:
+        """
+        Every connection of the agent's session is reset: the session is
+        resumed, and the forward goes on from the same source address at
+        the contact point; what the target sends to it reaches the sender
+        before the sender sends again (the agent opens the flow at once).
+        """
+        service, port = yield self.start_contact()
+        self.addCleanup(service.service.stopService)
+        agent_service, local = self.start_agent(port)
+        yield wait_until(lambda: agent_service.tunnel_service.tunnel is not None)
+        client = Client()
+        client_port = reactor.listenUDP(0, client, interface="127.0.0.1")
+        self.addCleanup(client_port.stopListening)
+
+        @defer.inlineCallbacks
+        def exchange(payload: bytes) -> Any:
+            for _ in range(120):
+                client_port.write(payload, ("127.0.0.1", local))
+                if (yield settle(lambda: b"echo:" + payload in client.received, timeout=0.25)):
+                    return
+            self.fail(f"no echo of {payload!r}")
+
+        yield exchange(b"one")
+        source = self.echo_server.sources[-1]
+        front = agent_service.paths.front if agent_service.paths is not None else None
+        connections = list(front.paths) if front is not None else [agent_service.tunnel_service.tunnel]
+        for connection in connections:
+            connection.transport.abortConnection()
+        yield wait_until(lambda: agent_service.resumption.resumed == 1)
+        pushed = yield settle(lambda: (self.echo_port.write(b"push", source), b"push" in client.received)[1], step=0.1)
+        self.assertTrue(pushed, "what the target sent after the resumption did not reach the sender")
+        yield exchange(b"two")
+        self.assertEqual(self.echo_server.sources[-1], source)
+        self.assertEqual(service.forwarder.open_count, 1)
 
     @defer.inlineCallbacks
     def test_certificate_mismatch_refused(self) -> None:
