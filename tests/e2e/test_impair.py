@@ -9,11 +9,14 @@ arrives twice.  The quality figures are the benchmark's (C{bench/impair.py}).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
+
+from spwm.testing.certs import TestCA
 from spwm.testing.impair import direction_stats, read_capture
 from tests.e2e.netbed import (
     AGENT,
@@ -22,11 +25,15 @@ from tests.e2e.netbed import (
     GATEWAY_PUBLIC,
     PHONE,
     REPO_ROOT,
+    ROUTER_PUBLIC,
     UAS,
     E2ETestCase,
     ManagedProcess,
     NetbedError,
 )
+
+#: the home router's second public address (its ISP gives it another)
+NEW_PUBLIC = "198.51.100.3"
 
 
 class ImpairedWanTests(E2ETestCase):
@@ -146,3 +153,73 @@ class ImpairedWanTests(E2ETestCase):
         self.assertIn(249, {seq for _, seq, _ in answer_received})
         self.assertIn(249, {seq for _, seq, _ in caller_received})
         self.assertTrue(os.path.exists(self.logdir / f"wan-{bed.suffix}.json"))
+
+
+class AddressChangeTests(E2ETestCase):
+    """
+    A call through the agent's UDP forward while the home router's public
+    address changes (no WAN emulator).
+    """
+
+    endpoint = ImpairedWanTests.endpoint
+
+    def change_public_address(self) -> None:
+        """
+        The router gets another public address and drops the old one: the
+        kernel forgets the old address's NAT mappings, so each tunnel
+        connection's next packet leaves from the new address and the
+        contact point answers it with a reset.
+        """
+        bed = self.topology
+        mac = json.loads(bed.exec("rtr", ["ip", "-j", "link", "show", "pub0"]).stdout)[0]["address"]
+        bed.exec("gw", ["ip", "neigh", "replace", NEW_PUBLIC, "lladdr", mac, "dev", "pub0", "nud", "permanent"])
+        bed.exec("rtr", ["sysctl", "-q", "-w", "net.ipv4.conf.pub0.promote_secondaries=1"])
+        bed.exec("rtr", ["ip", "addr", "add", f"{NEW_PUBLIC}/24", "dev", "pub0", "nodad"])
+        bed.exec("rtr", ["ip", "addr", "del", f"{ROUTER_PUBLIC}/24", "dev", "pub0"])
+        bed.exec("rtr", ["ip", "route", "replace", "default", "via", GATEWAY_PUBLIC])
+
+    def test_forward_through_an_address_change(self) -> None:
+        """
+        Under C{strict}, TLS: two seconds into a call through the forward
+        the router's public address changes and every tunnel connection
+        breaks.  The agent resumes its session from the new address, the
+        forward goes on from the same socket at the contact point (the
+        answerer keeps answering to where the call's first packet came
+        from), and the call's packets arrive both ways up to the last one,
+        none twice.  (Before the forwards' flows outlived a connection,
+        nothing came down again after the change.)
+        """
+        self.make_topology("strict")
+        ca = TestCA(str(self.logdir / "pki"))
+        files = ca.issue(["contact.example.test", CONTACT], "contact")
+        contact = self.start_contact(
+            ["--listen", f"tcp:443:interface={CONTACT}", "--cert", files.cert, "--key", files.key,
+             "--allow-forward", f"{ECHO}:7000"]
+        )
+        agent = self.start_agent(
+            ["--contact", f"{GATEWAY_PUBLIC}:443", "--ca", ca.ca_file, "--server-name", "contact.example.test",
+             "--forward-udp", f"{AGENT}:5555={ECHO}:7000"]
+        )
+        self.wait_for_listener("lan", "udp", AGENT, 5555, agent)
+        self.wait_for_log(contact, r"tunnel up with", timeout=20)
+        packets = 300
+        answerer, answer_capture = self.endpoint("op", "answerer-move", ["answerer", f"{ECHO}:7000", "--calls", "1",
+                                                                         "--packets", str(packets)])
+        caller, call_capture = self.endpoint("lan", "caller-move", ["caller", PHONE, f"{AGENT}:5555", "--calls", "1",
+                                                                   "--packets", str(packets)])
+        time.sleep(2.0)
+        self.change_public_address()
+        self.wait_for_log(contact, rf"resumed from {NEW_PUBLIC}:", timeout=20)
+        self.assertEqual(caller.wait(packets / 50 + 20), 0, caller.stderr())
+        self.assertEqual(answerer.wait(10), 0, answerer.stderr())
+        caller_sent, caller_received = read_capture(str(call_capture))
+        answer_sent, answer_received = read_capture(str(answer_capture))
+        for name, sent, received in (
+            ("up", caller_sent, answer_received), ("down", answer_sent, caller_received)
+        ):
+            figures = direction_stats(sent, received)
+            self.assertEqual(figures.duplicates, 0, name)
+            self.assertIn(packets - 1, {seq for _, seq, _ in received}, name)
+            self.assertGreater(figures.delivered, 0.8 * figures.sent, (name, figures))
+        self.assertIsNone(agent.returncode)
+        self.assertIsNone(contact.returncode)
