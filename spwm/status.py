@@ -257,7 +257,15 @@ COUNTERS: dict[str, frozenset[str]] = {
         }
     ),
     "paths": frozenset(
-        {"attach_refused", "attach_redirected", "attach_handed_on", "replacements_raced", "race_losers"}
+        {
+            "attach_refused",
+            "attach_redirected",
+            "attach_handed_on",
+            "replacements_raced",
+            "race_losers",
+            "resumptions_raced",
+            "resumptions_won",
+        }
     ),
     "forwards": frozenset({"refused", "dropped_no_tunnel", "dropped_no_channel"}),
     "loop": frozenset({"late_windows"}),

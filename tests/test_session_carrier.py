@@ -172,6 +172,27 @@ class AttachTests(SynchronousTestCase):
         self.assertEqual(agent_front.session_id, contact_front.session_id)
         self.assertIs(a2.front, agent_front)
 
+    def test_second_resumer_closed(self) -> None:
+        """
+        A connection made to resume (or start) the agent's session while
+        it was down, up after another resumed it (a raced resumption), is
+        closed: the session logic hears nothing of it, up or lost, and the
+        session keeps its path.
+        """
+        bed = Bed()
+        a1, _ = bed.connect()
+        front = bed.agent.paths.front
+        other = AgentTunnelFactory(
+            bed.agent.router, bed.clock, "agent-1", hello={"paths": 1, "sip-seq": 1, "resume": {"session_id": "s"}}
+        )
+        a2, c2 = bed.connect(other)
+        self.assertFalse(a2.is_open)
+        self.assertEqual(a2.close_info.reason, "another connection resumed the session first")
+        bed.advance(1)
+        self.assertEqual(bed.agent.observer.calls, [("established", front)])
+        self.assertIs(bed.agent.paths.front, front)
+        self.assertEqual(front.paths, [a1])
+
     def test_wrong_proof(self) -> None:
         """
         A connection whose proof is wrong is refused with C{attach-failed}
@@ -1430,6 +1451,100 @@ class KeeperTests(SynchronousTestCase):
         self.assertEqual(late.closed, ["not wanted any more"])
         self.assertEqual((self.keeper.raced, self.keeper.race_losers), (2, 1))
 
+    def _resumer(self, attempt: int) -> _Conn:
+        conn = _Conn()
+        conn.local_hello = {"paths": 1, "resume": {"session_id": "s1"}}  # type: ignore[attr-defined]
+        self.attempts[attempt].callback(conn)
+        return conn
+
+    def test_resumption_raced_ours_first(self) -> None:
+        """
+        The session's last path broke on a lossy link: one attempt of
+        ours races the tunnel service's resumption.  Up first, it resumes
+        the session and is one of ours from then on: the keeper opens the
+        rest, and when the service's own next connection attaches, one of
+        ours is drained.
+        """
+        front = self._lossy_front(paths=3)
+        self.keeper.session_up()
+        first, second = self._attached(0), self._attached(1)
+        self.keeper.session_down()
+        self.keeper.race_resumption()
+        self.assertEqual((len(self.attempts), self.keeper.resumptions_raced), (3, 1))
+        first.lose()
+        second.lose()
+        self.clock.advance(5)
+        self.assertEqual(len(self.attempts), 3)
+        ours = self._resumer(2)
+        self.assertEqual(ours.closed, [])
+        ours.front = front
+        front.paths = [ours]
+        front.attached = [ours]
+        self.keeper.session_up()
+        self.assertEqual((self.keeper.resumptions_won, len(self.attempts)), (1, 5))
+        more = [self._attached(3), self._attached(4)]
+        service = _Conn()
+        service.front = front
+        self.keeper.attached(service)
+        self.assertEqual((self.keeper.drained, self.keeper.extra), (1, 2))
+        self.clock.advance(self.limits_drain())
+        closed = [c for c in (ours, *more) if c.closed]
+        self.assertEqual([c.closed for c in closed], [["fewer connections wanted"]])
+
+    def test_resumption_raced_service_first(self) -> None:
+        """
+        The tunnel service's connection resumes the session first: our
+        attempt is closed (a race loser, not replaced).  One under way
+        when the session went down races rather than a new one.
+        """
+        self._lossy_front(paths=3)
+        self.keeper.session_up()
+        first = self._attached(0)
+        self.keeper.session_down()
+        self.keeper.race_resumption()
+        first.lose()
+        self.assertEqual(len(self.attempts), 2)  # the one under way races
+        ours = self._resumer(1)
+        front = self._lossy_front(paths=1)
+        front.paths = [_Conn()]
+        self.keeper.session_up()
+        self.assertEqual(ours.closed, ["another connection resumed the session first"])
+        self.assertEqual((self.keeper.resumptions_won, self.keeper.race_losers), (0, 1))
+        ours.lose()
+        self.clock.advance(0)
+        self.assertEqual(len(self.attempts), 4)  # the two wanted, nothing for the loser
+
+    def test_resumption_not_raced(self) -> None:
+        """
+        Without a race (a clean link), an attempt up while the session is
+        down is closed, as is a second one of a race.
+        """
+        self.keeper.session_up()
+        self.keeper.session_down()
+        self.assertEqual(self._resumer(0).closed, ["the session is gone"])
+        self.assertEqual(self._resumer(1).closed, ["the session is gone"])
+
+    def test_no_race_after_stop(self) -> None:
+        """
+        The agent stopping closes the last path: no attempt is made.
+        """
+        self.keeper.session_up()
+        self.keeper.stop()
+        self.keeper.race_resumption()
+        self.assertEqual((len(self.attempts), self.keeper.resumptions_raced), (2, 0))
+
+    def test_one_attempt_races(self) -> None:
+        """
+        Of the attempts under way when the session went down, the first
+        up races the resumption; the others are closed.
+        """
+        self.keeper.session_up()
+        self.keeper.session_down()
+        self.keeper.race_resumption()
+        self.assertEqual(len(self.attempts), 2)
+        self.assertEqual(self._resumer(1).closed, [])
+        self.assertEqual(self._resumer(0).closed, ["the session is gone"])
+
     def test_service_connection_raced(self) -> None:
         """
         On a lossy link the tunnel service's own connection, attached, is
@@ -1605,6 +1720,8 @@ class _Front:
         self.carrier: Any = None
         self.attached: list[Any] = []
         self.removed: list[Any] = []
+        #: its paths, the first the one it was made with
+        self.paths: list[Any] = []
         #: its media rate and copies are the load the keeper feeds the count
         self.scheduler = PathScheduler()
         self.watched: list[float] = []

@@ -1324,6 +1324,14 @@ class PathSessions:
             self.observer.tunnel_established(path)
             return
         assert isinstance(key, str)
+        if self.agent and self.front is not None and self.front.is_open:
+            # made to resume the session while it was down, and another
+            # connection resumed it first (a raced resumption,
+            # PathKeeper.race_resumption): a second would take the
+            # session over from the first
+            self._hold(path)
+            path.close(0, "another connection resumed the session first")
+            return
         front = self._new_front(path, key)
         self.observer.tunnel_established(front)  # type: ignore[arg-type]
         if self.agent and self.keeper is not None:
@@ -1504,6 +1512,8 @@ class PathSessions:
         self._say_gone(front, also=1)
         if self.keeper is not None:
             self.keeper.session_down()
+            if self.agent and front.scheduler.network_lossy(self.clock.seconds()):
+                self.keeper.race_resumption()
             self.keeper.lost(path)
         if self._lost_all is not None:
             self._lost_up_for = self.clock.seconds() - front.since
@@ -1597,6 +1607,9 @@ class PathSessions:
                     # replacements raced on a lossy link, and their losers
                     status["replacements_raced"] = keeper.raced
                     status["race_losers"] = keeper.race_losers
+                    # resumptions raced, and those made on our attempt
+                    status["resumptions_raced"] = keeper.resumptions_raced
+                    status["resumptions_won"] = keeper.resumptions_won
         return status
 
 
@@ -1641,10 +1654,20 @@ class PathKeeper:
     longer; while the replacement is not there the media has one copy
     fewer.  Only with room for both under the contact point's C{max_paths}.
 
+    When the session's last path breaks on such a link (an address change
+    breaks every connection at once), one attempt of ours races the tunnel
+    service's resumption (L{race_resumption}): whichever is up first
+    resumes the session (L{PathSessions} closes the other when it is up);
+    ours, if first, is one of ours from then on, and the service's own
+    next connection attaches beside it (one of ours is drained then).
+
     @ivar opened: connections it opened.
     @ivar drained: connections it closed because fewer were wanted.
     @ivar raced: replacements raced (two attempts at once).
     @ivar race_losers: attempts closed because the other attached first.
+    @ivar resumptions_raced: resumptions raced (one attempt of ours beside
+        the tunnel service's).
+    @ivar resumptions_won: of them, resumed on ours.
     """
 
     log = Logger()
@@ -1675,6 +1698,13 @@ class PathKeeper:
         self.drained = 0
         self.raced = 0
         self.race_losers = 0
+        self.resumptions_raced = 0
+        self.resumptions_won = 0
+        #: the session's last path broke on a lossy link: an attempt of
+        #: ours whose hello offers the resumption is kept (L{_resumers})
+        self._resume_race = False
+        self._resumers: dict[int, Any] = {}
+        self._stopped = False
         #: one attempt more than C{extra} is wanted now, a raced
         #: replacement: L{_OURS} (two of ours, the first to attach wins),
         #: L{_SERVICE}'s (one of ours beside the tunnel service's own next
@@ -1707,10 +1737,27 @@ class PathKeeper:
 
     def session_up(self) -> None:
         """
-        The session is up: open what is missing.
+        The session is up: open what is missing.  A resumption raced: if
+        our attempt resumed the session it is one of ours from now on
+        (the tunnel service's own next connection attaches beside it, and
+        one of ours is drained then); our other attempts are closed.
         """
         self._up = True
         self._failures = 0
+        if self._resume_race:
+            self._resume_race = False
+            front = self._front()
+            first = front.paths[0] if front is not None and front.paths else None
+            for key, protocol in list(self._resumers.items()):
+                del self._resumers[key]
+                if protocol is first:
+                    self.resumptions_won += 1
+                    self._mine[key] = protocol
+                    self._attached_at[key] = self.clock.seconds()
+                    self._race = _SERVICE
+                else:
+                    self.race_losers += 1
+                    protocol.close(0, "another connection resumed the session first")
         self._fill()
         if self.count is not None and self._adapt_timer is None:
             self._adapt_timer = self.clock.callLater(COUNT_INTERVAL, self._adapt)
@@ -1721,12 +1768,27 @@ class PathKeeper:
         """
         self._up = False
         self._race = 0
+        self._resume_race = False
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
         if self._adapt_timer is not None and self._adapt_timer.active():
             self._adapt_timer.cancel()
         self._adapt_timer = None
+
+    def race_resumption(self) -> None:
+        """
+        The session's last path broke on a lossy link (just after
+        L{session_down}): an attempt of ours races the tunnel service's
+        resumption, one of those under way if any (its hello, made as it
+        connects, offers the resumption), else a new one.
+        """
+        if self._stopped:
+            return  # the agent stopping closed the last path
+        self._resume_race = True
+        self.resumptions_raced += 1
+        if not self._connecting:
+            self._attempt()
 
     def attached(self, path: Any) -> None:
         self._failures = 0
@@ -1769,6 +1831,8 @@ class PathKeeper:
         """
         A connection is gone: if it was one of ours, replace it.
         """
+        if self._resumers.pop(id(path), None) is not None:
+            return  # raced a resumption and did not make it
         draining = self._draining.pop(id(path), None)
         if draining is not None and draining[1].active():
             draining[1].cancel()
@@ -1850,12 +1914,15 @@ class PathKeeper:
     def _fill(self) -> None:
         self._timer = None
         while self._up and len(self._mine) + self._connecting < self.extra + bool(self._race):
-            self._connecting += 1
-            self.opened += 1
-            d = self._connect()
-            self._attempts.add(d)
-            d.addBoth(self._attempt_over, d)
-            d.addCallbacks(self._connected, self._failed)
+            self._attempt()
+
+    def _attempt(self) -> None:
+        self._connecting += 1
+        self.opened += 1
+        d = self._connect()
+        self._attempts.add(d)
+        d.addBoth(self._attempt_over, d)
+        d.addCallbacks(self._connected, self._failed)
 
     def _attempt_over(self, result: Any, d: Deferred[Any]) -> Any:
         self._attempts.discard(d)
@@ -1865,12 +1932,20 @@ class PathKeeper:
         self._connecting -= 1
         hello = getattr(protocol, "local_hello", None)
         if not self._up or (isinstance(hello, dict) and "attach" not in hello):
+            if self._resume_race and not self._up and not self._resumers and isinstance(hello, dict) and "resume" in hello:
+                # it races the tunnel service's resumption: the first up
+                # resumes, PathSessions closes the other
+                self._resumers[id(protocol)] = protocol
+                self._made.add(protocol)
+                protocol.when_closed().addCallback(self.lost)
+                return
             # The session's last connection went while this one was made:
             # its hello (made as it connected) offers to resume the
             # session or start one, which is the tunnel service's
-            # connection's to do; two would resume it twice (the second
-            # taking it over from the first) or, with --workers, at a
-            # worker chosen for the attach.
+            # connection's to do (but for one raced on a lossy link,
+            # above); two would resume it twice (the second taking it
+            # over from the first) or, with --workers, at a worker
+            # chosen for the attach.
             protocol.close(0, "the session is gone")
             return
         if len(self._mine) >= self.extra + bool(self._race):
@@ -1992,11 +2067,12 @@ class PathKeeper:
         path.close(0, "fewer connections wanted")
 
     def stop(self) -> None:
+        self._stopped = True
         self.session_down()
         for d in list(self._attempts):
             # an attempt under way would go on connecting after the stop
             d.cancel()
-        for protocol in list(self._mine.values()):
+        for protocol in [*self._mine.values(), *self._resumers.values()]:
             protocol.close_for_good("agent stopping")
         for path, timer in list(self._draining.values()):
             if timer.active():

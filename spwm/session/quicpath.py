@@ -296,6 +296,12 @@ class Keepers:
         for part in self.parts:
             part.session_down()
 
+    def race_resumption(self) -> None:
+        for part in self.parts:
+            race = getattr(part, "race_resumption", None)
+            if race is not None:
+                race()
+
     def attached(self, path: Any) -> None:
         for part in self.parts:
             part.attached(path)
