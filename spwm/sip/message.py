@@ -137,8 +137,18 @@ def canonical_name(name: str) -> str:
     """
     @return: the lower-case full form of a header name (compact forms expanded).
     """
-    lname = name.lower()
-    return COMPACT_FORMS.get(lname, lname)
+    cname = _canonical_names.get(name)
+    if cname is None:
+        lname = name.lower()
+        cname = COMPACT_FORMS.get(lname, lname)
+        if len(_canonical_names) < _NAME_CACHE_MAX:
+            _canonical_names[name] = cname
+    return cname
+
+
+#: L{canonical_name}'s answers (code asks for a handful of names, many
+#: times per message).
+_canonical_names: dict[str, str] = {}
 
 
 def _wire_name(raw: bytes) -> str:
@@ -295,9 +305,11 @@ class SipMessage:
                 break
         else:
             return None
-        kept = self._parsed.get(cname)
-        if kept is not None and kept[0] is h and kept[1] is h.value:
-            return kept[2]
+        parsed = self._parsed
+        if cname in parsed:
+            kept = parsed[cname]
+            if kept[0] is h and kept[1] is h.value:
+                return kept[2]
         value = parse(h)
         self._parsed[cname] = (h, h.value, value)
         return value
@@ -591,7 +603,7 @@ class SipMessage:
         """
         The From tag, or C{None}.
         """
-        from_ = self.from_
+        from_ = self._kept("from", _name_addr)
         return None if from_ is None else from_.tag
 
     @property
@@ -599,7 +611,7 @@ class SipMessage:
         """
         The To tag, or C{None}.
         """
-        to = self.to
+        to = self._kept("to", _name_addr)
         return None if to is None else to.tag
 
     def contact_addresses(self) -> list[NameAddr]:

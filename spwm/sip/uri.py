@@ -301,13 +301,15 @@ class NameAddr:
     uri: SipUri
     params: Params = ()
     angle: bool = True
-    #: the C{tag} parameter, looked up once (a proxy reads the tags of
-    #: From and To many times per message, and a parsed value is shared
-    #: by every message with the same text: L{parse_name_addr})
-    _tag: str | None = attrs.field(init=False, eq=False, repr=False)
+    #: The C{tag} parameter, or C{None}: looked up once, when the value is
+    #: made (a proxy reads the tags of From and To many times per message,
+    #: and a parsed value is shared by every message with the same text:
+    #: L{parse_name_addr}); an attribute, not a property, for the same
+    #: reason.
+    tag: str | None = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_tag", _param_lookup(self.params, "tag"))
+        object.__setattr__(self, "tag", _param_lookup(self.params, "tag"))
 
     @property
     def display_name(self) -> str | None:
@@ -315,13 +317,6 @@ class NameAddr:
         The display name without quotes and quoted-pair escapes.
         """
         return None if self.display is None else _unquote(self.display)
-
-    @property
-    def tag(self) -> str | None:
-        """
-        The C{tag} parameter, or C{None}.
-        """
-        return self._tag
 
     def param(self, name: str) -> str | None:
         """
