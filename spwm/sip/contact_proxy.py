@@ -159,7 +159,7 @@ def _leg_session(leg: Any) -> Hashable:
     The session of a call leg C{(session, flow, Call-ID)} (L{Ringing}'s
     scope).
     """
-    return cast("tuple[str, int, str]", leg)[0]
+    return leg[0]
 
 
 def never_congested(tunnel_key: TunnelKey) -> bool:
@@ -1058,8 +1058,12 @@ class ContactSipProxy:
         @return: the actions, in the order the spirals' own actions take
             the place of each spiral.
         """
-        if not any(isinstance(step, _Spiral) for step in steps):
-            return cast("list[Action]", steps)  # no spiral: all actions
+        for step in steps:
+            match step:
+                case _Spiral():
+                    break
+        else:
+            return steps  # type: ignore[return-value]  # no spiral: all actions
         out: list[Action] = []
         pending: list[Iterator[_Step]] = [iter(steps)]
         spirals = 0

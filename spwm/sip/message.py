@@ -12,7 +12,7 @@ byte (L{SipMessage.to_bytes}).
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Iterable, TypeVar, cast
+from typing import Any, Callable, Iterable, TypeVar
 
 import attrs
 
@@ -896,12 +896,14 @@ def parse_message(
         head_end, body_start = lf + 1, lf + 2
 
     # start line
+    # (the version as nearly every message writes it, without decoding)
     if data[start : start + 4].upper() == b"SIP/":
         m = g.STATUS_LINE_B.match(data, start, head_end)
         if m is None:
             raise bad("malformed Status-Line")
-        version = m.group(1).decode("ascii").upper()
-        status = int(m.group(2))
+        raw_version, raw_status, raw_reason = m.groups()
+        version = "SIP/2.0" if raw_version == b"SIP/2.0" else raw_version.decode("ascii").upper()
+        status = int(raw_status)
         if status < 100 or status > 699:
             raise bad(f"status code {status} out of range")
         if version != "SIP/2.0":
@@ -909,18 +911,19 @@ def parse_message(
         message = SipMessage(
             is_request=False,
             status=status,
-            reason=m.group(3).decode("utf-8", "surrogateescape"),
+            reason=raw_reason.decode("utf-8", "surrogateescape"),
             version=version,
         )
     else:
         m = g.REQUEST_LINE_B.match(data, start, head_end)
         if m is None:
             raise bad("malformed Request-Line")
-        version = m.group(3).decode("ascii").upper()
+        raw_method, raw_uri, raw_version = m.groups()
+        version = "SIP/2.0" if raw_version == b"SIP/2.0" else raw_version.decode("ascii").upper()
         if version != "SIP/2.0":
             raise bad(f"{version}", 505)
-        uri = m.group(2).decode("utf-8", "surrogateescape")
-        method = m.group(1).decode("ascii")
+        uri = raw_uri.decode("utf-8", "surrogateescape")
+        method = raw_method.decode("ascii")
         scheme = uri[:5].lower()
         if scheme.startswith("sip:") or scheme == "sips:":
             if parse_uri(uri).headers is not None:
@@ -945,8 +948,9 @@ def parse_message(
     if lines:
         # by map: no Python call per line but Header's own
         _, raw_names, _, values, _ = zip(*lines)
-        cached = list(map(_name_cache.get, raw_names))
-        names = list(map(_wire_name, raw_names)) if None in cached else cast("list[str]", cached)
+        names: list[Any] = list(map(_name_cache.get, raw_names))
+        if None in names:
+            names = list(map(_wire_name, raw_names))
         message.headers = list(map(Header, raw_names, names, values, lines))
     message._blank = data[head_end:body_start]
 
