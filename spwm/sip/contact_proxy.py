@@ -1108,13 +1108,13 @@ class ContactSipProxy:
     def _network_response(self, src: tuple[str, int], msg: SipMessage, now: float) -> list[_Step]:
         top = msg.top_via
         pool = self.proxies
-        if pool is not None and pool.probing and top is not None:
+        if top is not None:
             present, branch = param(top.params, "branch")
+        if pool is not None and pool.probing and top is not None:
             if ProxyPool.ours(branch):
                 # a response to our OPTIONS ping of a proxy
                 return list(pool.answered(msg, branch or ""))
         if top is not None:
-            present, branch = param(top.params, "branch")
             if is_bye_branch(branch):
                 # the answer to a BYE of our own: for us alone
                 status = msg.status or 0
@@ -1133,7 +1133,6 @@ class ContactSipProxy:
         if key is None:
             reason = "response for a gone session"
             return [self.counters.drop(reason, reason)]
-        present, branch = param(top.params, "branch")
         msg.pop_first_value("Via")
         if not msg.has("Via"):
             reason = "response from network with only our Via"
