@@ -87,7 +87,7 @@ def _params_text(params: Params) -> str:
 
 
 def _parse_params(text: str) -> Params:
-    return tuple((m.group(1), m.group(2)) for m in g.PARAM.finditer(text))
+    return tuple([(m[1], m[2]) for m in g.PARAM.finditer(text)])
 
 
 def _bracket(host: str) -> str:
@@ -271,7 +271,7 @@ def parse_uri(text: str) -> SipUri:
         password=password,
         host=host,
         port=port_n,
-        params=tuple((p.group(1), p.group(2)) for p in g.URI_PARAM.finditer(params))
+        params=tuple([(p[1], p[2]) for p in g.URI_PARAM.finditer(params)])
         if params
         else (),
         headers=headers,
