@@ -423,12 +423,14 @@ def media_codec(sdp: bytes, live: MediaDescription) -> str | None:
         return live.proto
     fmt = live.formats[0]
     prefix = b"a=rtpmap:" + fmt.encode("ascii", "replace") + b" "
+    size = len(prefix)
     section = -1
+    # (slices compared: no method call per line)
     for line in sdp.splitlines():
-        if line.startswith(b"m="):
+        if line[:2] == b"m=":
             section += 1
-        elif section == live.index and line.startswith(prefix):
-            return line[len(prefix) :].strip().decode("ascii", "replace")
+        elif section == live.index and line[:size] == prefix:
+            return line[size:].strip().decode("ascii", "replace")
     return _STATIC_PAYLOADS.get(fmt, "payload type " + fmt)
 
 
