@@ -123,6 +123,10 @@ class SipUri:
     params: Params = ()
     headers: str | None = None
     opaque: str | None = None
+    #: the text, once made (L{__str__}): a parsed URI is shared by every
+    #: value with the same text (L{parse_uri}), and a party's URIs are
+    #: written into each call's record and dialog state
+    _text: str | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
     def param(self, name: str) -> str | None:
         """
@@ -173,6 +177,13 @@ class SipUri:
         return host if self.port is None else f"{host}:{self.port}"
 
     def __str__(self) -> str:
+        text = self._text
+        if text is None:
+            text = self._make_text()
+            object.__setattr__(self, "_text", text)
+        return text
+
+    def _make_text(self) -> str:
         if self.opaque is not None:
             return f"{self.scheme}:{self.opaque}"
         parts = [self.scheme, ":"]
