@@ -695,7 +695,7 @@ def _check_headers(message: SipMessage) -> Header | None:
     well-formed; Max-Forwards and Content-Length once at most and in range;
     Contact values well-formed.  Keep what it parsed on the message.
 
-    A line value checked before (L{_VALUES}) is not decoded or parsed
+    A line value that passed before (L{_VIA_LINES}, L{_NAME_ADDRS} ...) is not decoded or parsed
     again: the result is a function of its bytes.
 
     @return: the Content-Length line, or C{None}.
