@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from typing import Any, Callable, NamedTuple, Sequence, cast
+from typing import Any, Callable, NamedTuple, Sequence
 
 from attrs import field, frozen
 
@@ -407,7 +407,9 @@ def _scan(body: bytes) -> _Scan:
     good = matches.index(None) if None in matches else len(lines)
     if good == 0:
         raise SdpError("malformed line (not <type>=<value>)")
-    fields = list(map(_GROUPS, cast("list[re.Match[bytes]]", matches[:good])))
+    # (every one of these matched)
+    matched: list[Any] = matches[:good]
+    fields = list(map(_GROUPS, matched))
     if fields[0][0] != b"v":
         raise SdpError("a session description starts with v=")
     starts = [0]

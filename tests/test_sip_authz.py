@@ -215,6 +215,34 @@ class AuthorizationTests(GateTestCase):
             {"From is not registered through this tunnel": 4, "P-Preferred-Identity is not registered through this tunnel": 4},
         )
 
+    def test_from_read_once(self) -> None:
+        """
+        A From that came before is not parsed again: the next request with
+        it is judged as the first was (passed or refused), also when it is
+        refused.
+        """
+        from spwm.sip import authz
+
+        self.register("alice")
+        parsed: list[str] = []
+        real = authz.parse_name_addr
+
+        def spy(text: str) -> Any:
+            parsed.append(text)
+            return real(text)
+
+        self.patch(authz, "parse_name_addr", spy)
+        for n in range(3):
+            self.assertNotIn(403, self.statuses(self.message(30 + n, "<sip:alice@example.org>;tag=once")))
+            self.assertEqual(self.statuses(self.message(40 + n, "<sip:carol@example.org>;tag=once")), [403])
+            # (a 400 from the core, which copies the From: not parsed here)
+            malformed = self.message(50 + n, "<sip:alice@example.org;tag=once")
+            self.assertEqual([a.data[:12] for a in malformed if isinstance(a, ToTunnel)], [b"SIP/2.0 400 "])
+        self.assertEqual(
+            parsed, ["<sip:alice@example.org>;tag=once", "<sip:carol@example.org>;tag=once", "<sip:alice@example.org;tag=once"]
+        )
+        self.assertEqual(self.proxy.refused, {"From is not registered through this tunnel": 3})
+
     def test_unregistered_ack_is_dropped_silently(self) -> None:
         """
         An ACK is never answered.

@@ -479,6 +479,79 @@ class ParsedOnceTests(SynchronousTestCase):
         self.assertIsNone(m.max_forwards)
 
 
+class CheckedValuesTests(SynchronousTestCase):
+    """
+    A header line value that passed the checks of L{parse_message} is not
+    decoded or parsed again in the next message that carries it; one that
+    failed fails again the same way.
+    """
+
+    def setUp(self) -> None:
+        # what earlier tests left in the module's caches of checked values
+        from spwm.sip import message as module
+
+        for name in ("_VIA_LINES", "_NAME_ADDRS", "_CALL_IDS", "_CSEQS", "_MAX_FORWARDS", "_CONTACT_LINES"):
+            if hasattr(module, name):
+                self.patch(module, name, {})
+
+    def _spy(self) -> list[str]:
+        # the parsers of name-addrs and Via and the value decoding, as
+        # the message module calls them: the names of those called
+        from spwm.sip import message as module
+
+        called: list[str] = []
+        for name in ("parse_name_addr", "parse_via", "check_via", "split_header_values", "_decode"):
+            real = getattr(module, name)
+
+            def spy(*args: object, _real=real, _name=name, **kwargs: object) -> object:
+                called.append(_name)
+                return _real(*args, **kwargs)
+
+            self.patch(module, name, spy)
+        return called
+
+    def test_second_message_not_parsed(self) -> None:
+        """
+        The second parse of the same message reads every checked line
+        from what the first found, with the same values.
+        """
+        called = self._spy()
+        first = readings(parse_message(INVITE))
+        self.assertIn("parse_name_addr", called)
+        del called[:]
+        again = parse_message(INVITE)
+        self.assertEqual(called, [])
+        self.assertEqual(readings(again), first)
+        self.assertEqual(first, readings(fresh(again)))
+
+    def test_failures_repeat(self) -> None:
+        """
+        A value that does not pass is refused every time, with the same
+        error; a CSeq that passed before is still held against the
+        request's method, and a Via line with a malformed second value is
+        refused though its first value passed in another line.
+        """
+        good = parse_message(INVITE)
+        cases = [
+            (INVITE.replace(b"CSeq: 314159 INVITE", b"CSeq: 314159 BYE"), "CSeq method does not match the request method"),
+            (INVITE.replace(b"CSeq: 314159", b"CSeq: 4294967296"), "CSeq number over 2**32-1"),
+            (INVITE.replace(b"Max-Forwards:   70", b"Max-Forwards: 256"), "malformed Max-Forwards"),
+            (INVITE.replace(b"i: a84b", b"i: a84b x"), "malformed Call-ID"),
+            (INVITE.replace(b"l: 4", b"l: 4x"), "malformed Content-Length"),
+            (INVITE.replace(b"z9hG4bKx;", b"z9hG4bKx;;"), "malformed Via"),
+            (INVITE.replace(b"To: Bob <sip:bob@biloxi.example.com>", b"To: Bob <sip:bob@biloxi.example.com"), "malformed"),
+        ]
+        for data, reason in cases:
+            errors = []
+            for _ in range(2):
+                with self.assertRaises(SipParseError) as caught:
+                    parse_message(data)
+                errors.append((caught.exception.status, str(caught.exception)))
+                self.assertIn(reason, str(caught.exception))
+            self.assertEqual(errors[0], errors[1])
+        self.assertEqual(readings(parse_message(INVITE)), readings(good))
+
+
 class MakeResponseTests(SynchronousTestCase):
     """
     make_response builds RFC 3261 8.2.6 responses.

@@ -471,12 +471,32 @@ class FlowTableTests(SynchronousTestCase):
         table = FlowTable(idle_lifetime=100.0)
         fid = table.use(FLOW_A, 0.0)
         self.assertEqual(table.use(FLOW_A, 50.0), fid)
+        # the first use's deadline comes first, and finds the flow used
+        self.assertEqual(table.next_deadline(), 100.0)
+        table.expire(100.0)
         self.assertEqual(table.next_deadline(), 150.0)
         self.assertEqual(table.lookup(fid, 149.0), FLOW_A)
         table.expire(150.0)
         self.assertIsNone(table.lookup(fid, 150.0))
         self.assertIsNone(table.next_deadline())
         self.assertNotEqual(table.use(FLOW_A, 151.0), fid)
+
+    def test_one_deadline_per_flow(self) -> None:
+        """
+        A flow used again and again keeps one deadline in the table's heap,
+        not one per use; its lifetime still runs from its last use.
+        """
+        table = FlowTable(idle_lifetime=100.0)
+        fid = table.use(FLOW_A, 0.0)
+        for i in range(1, 1001):
+            table.use(FLOW_A, i / 10)
+        self.assertEqual(len(table._heap), 1)
+        for now in (100.0, 199.0):
+            table.expire(now)
+            self.assertEqual(table.lookup(fid, now), FLOW_A)
+        self.assertEqual(table.next_deadline(), 200.0)
+        table.expire(200.0)
+        self.assertIsNone(table.lookup(fid, 200.0))
 
     def test_extend(self) -> None:
         """

@@ -235,6 +235,37 @@ class CacheTests(SynchronousTestCase):
         self.assertIn(f"sip:u{i}@example.com", uri_module.PARSED_CACHES["parse_uri"])
 
 
+class UriTextTests(SynchronousTestCase):
+    """
+    A URI makes its text once; copies with a change make their own, and
+    the kept text plays no part in equality.
+    """
+
+    def test_text_made_once(self) -> None:
+        """
+        The second C{str()} is the very text the first made.
+        """
+        u = uri_module.SipUri("sip", user="alice", host="2001:db8::1", port=5070, params=(("lr", None),))
+        text = str(u)
+        self.assertEqual(text, "sip:alice@[2001:db8::1]:5070;lr")
+        self.assertIs(str(u), text)
+
+    def test_copies_and_equality(self) -> None:
+        """
+        A copy made with another part has its own text; a URI whose text
+        was made equals (and hashes as) one whose was not.
+        """
+        u = parse_uri("sip:bob@example.org;transport=tcp")
+        str(u)
+        self.assertEqual(str(u.with_host("192.0.2.1", 5062)), "sip:bob@192.0.2.1:5062;transport=tcp")
+        self.assertEqual(str(u.without_param("transport")), "sip:bob@example.org")
+        self.assertEqual(str(u.with_user("carol")), "sip:carol@example.org;transport=tcp")
+        fresh = uri_module.SipUri("sip", user="bob", host="example.org", params=(("transport", "tcp"),))
+        self.assertEqual(u, fresh)
+        self.assertEqual(hash(u), hash(fresh))
+        self.assertEqual(repr(u), repr(fresh))
+
+
 class SplitTests(SynchronousTestCase):
     """
     split_header_values.

@@ -852,3 +852,53 @@ class KeepaliveTimingTests(SynchronousTestCase):
             ping_gaps = [b - a for a, b in zip(pings, pings[1:])]
             if ping_gaps:
                 self.assertGreaterEqual(min(ping_gaps), interval - 1e-9, side)
+
+
+def _loads_outcome(load: Any, payload: bytes) -> tuple[str, Any]:
+    try:
+        return ("value", load(payload))
+    except Exception as e:
+        return ("error", type(e))
+
+
+class ControlJsonTests(SynchronousTestCase):
+    """
+    Control frames are read as C{json.loads} reads bytes, also where the
+    usual frame is decoded as UTF-8 without its guess of the encoding.
+    """
+
+    CASES = [
+        b'{"op":"open","id":3}',
+        b"{",
+        b"{}",
+        b'{\x00"\x00}\x00',
+        "{\"op\":\"h\u00e9\"}".encode("utf-16"),
+        "{\"op\":\"x\"}".encode("utf-16-le"),
+        "{\"op\":\"x\"}".encode("utf-32"),
+        b'\xef\xbb\xbf{"op":"bom"}',
+        b'{"op":"\xff"}',
+        b'{"op":"\\ud800"}',
+        b'{"op":"\xed\xa0\x80"}',
+        b"[1]",
+        b"",
+    ]
+
+    def test_as_json_loads(self) -> None:
+        """
+        The same value or the same kind of error as C{json.loads}.
+        """
+        from spwm.tunnel.connection import _json_loads
+
+        for payload in self.CASES:
+            self.assertEqual(_loads_outcome(_json_loads, payload), _loads_outcome(json.loads, payload), payload)
+
+    @given(st.binary(max_size=40), st.sampled_from([b"", b"{", b'{"op":"', b"\xef\xbb\xbf{"]))
+    @settings(max_examples=300)
+    def test_any_bytes(self, tail: bytes, head: bytes) -> None:
+        """
+        Any bytes, most of them starting as a frame does.
+        """
+        from spwm.tunnel.connection import _json_loads
+
+        payload = head + tail
+        self.assertEqual(_loads_outcome(_json_loads, payload), _loads_outcome(json.loads, payload))

@@ -21,6 +21,7 @@ See C{docs/media.md} and C{docs/architecture.md} ("Media").
 from __future__ import annotations
 
 import math
+import operator
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
@@ -364,11 +365,15 @@ _TRAFFIC = (
 )
 
 
+#: An endpoint's counters of L{_TRAFFIC}, read at once.
+_endpoint_traffic = operator.attrgetter(*_TRAFFIC[:8])
+
+
 def _add_traffic(totals: dict[str, int], stream: _Stream) -> None:
     for endpoint in (stream.rtp, stream.rtcp):
         if endpoint is not None:
-            for name in _TRAFFIC[:8]:
-                totals[name] += getattr(endpoint, name)
+            for name, value in zip(_TRAFFIC[:8], _endpoint_traffic(endpoint)):
+                totals[name] += value
     if stream.tcp is not None:
         totals["tcp_bytes_in"] += stream.tcp.bytes_in
         totals["tcp_bytes_out"] += stream.tcp.bytes_out
@@ -418,12 +423,14 @@ def media_codec(sdp: bytes, live: MediaDescription) -> str | None:
         return live.proto
     fmt = live.formats[0]
     prefix = b"a=rtpmap:" + fmt.encode("ascii", "replace") + b" "
+    size = len(prefix)
     section = -1
+    # (slices compared: no method call per line)
     for line in sdp.splitlines():
-        if line.startswith(b"m="):
+        if line[:2] == b"m=":
             section += 1
-        elif section == live.index and line.startswith(prefix):
-            return line[len(prefix) :].strip().decode("ascii", "replace")
+        elif section == live.index and line[:size] == prefix:
+            return line[size:].strip().decode("ascii", "replace")
     return _STATIC_PAYLOADS.get(fmt, "payload type " + fmt)
 
 
@@ -486,9 +493,13 @@ def _stream_traffic(stream: _Stream, into: dict[str, int] | None = None) -> dict
     totals = into if into is not None else dict.fromkeys(_CALL_COUNTERS, 0)
     for endpoint in (stream.rtp, stream.rtcp):
         if endpoint is not None:
-            for name in _CALL_COUNTERS:
-                totals[name] += getattr(endpoint, name)
+            for name, value in zip(_CALL_COUNTERS, _endpoint_counters(endpoint)):
+                totals[name] += value
     return totals
+
+
+#: An endpoint's counters of L{_CALL_COUNTERS}, read at once.
+_endpoint_counters = operator.attrgetter(*_CALL_COUNTERS)
 
 
 #: Ended calls remembered for the status listing (the newest): one ring,

@@ -63,6 +63,10 @@ class StreamState(enum.Enum):
     #: ended, or the executor gave it up). Terminal.
     RELEASED = "released"
 
+    # by identity, as members compare: Enum's own hash is a Python call,
+    # two per move (TRANSITIONS, several moves per call)
+    __hash__ = object.__hash__
+
 
 class Input(enum.Enum):
     """
@@ -81,6 +85,9 @@ class Input(enum.Enum):
     ANSWER_KEEPS = "answer keeps"
     #: the leg's first answer does not want the stream
     ANSWER_DROPS = "answer drops"
+
+    # by identity, as members compare (see StreamState)
+    __hash__ = object.__hash__
 
 
 #: (state, input) -> next state. A pair not in the table is a bug.

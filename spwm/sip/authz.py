@@ -97,21 +97,37 @@ def _header_values(match: "re.Match[bytes]") -> str:
     return b" ".join(match.group(1).split()).decode("utf-8", "surrogateescape")
 
 
-def _header_identity(pattern: "re.Pattern[bytes]", data: bytes) -> Identity | None:
+#: L{_header_identity}'s answers by the header's raw value (a dialog's
+#: requests repeat their From): at most 1,024 values of up to 512 bytes,
+#: emptied when full, as the parser's caches.
+_identities: dict[bytes, Identity | None] = {}
+
+
+def _header_identity(pattern: "re.Pattern[bytes]", data: bytes, end: int | None = None) -> Identity | None:
     """
     The identity of the first From or To (C{pattern}) of a request,
     or C{None} if it has none that parses.
+
+    @param end: where the header section ends (L{_head}), if known.
     """
-    match = pattern.search(data, 0, _head(data))
+    match = pattern.search(data, 0, _head(data) if end is None else end)
     if match is None:
         return None
+    raw = match.group(1)
+    if raw in _identities:
+        return _identities[raw]
     try:
-        return identity_key(parse_name_addr(_header_values(match)).uri)
+        identity: Identity | None = identity_key(parse_name_addr(_header_values(match)).uri)
     except SipParseError:
-        return None
+        identity = None
+    if len(raw) <= 512:
+        if len(_identities) >= 1024:
+            _identities.clear()
+        _identities[raw] = identity
+    return identity
 
 
-def preferred_refusal(data: bytes, identities: set[Identity]) -> str | None:
+def preferred_refusal(data: bytes, identities: set[Identity], end: int | None = None) -> str | None:
     """
     Why a request's P-Preferred-Identity is refused: every value of every
     such header line (RFC 3325 9.2 allows two, a sip or sips and a tel URI;
@@ -119,11 +135,12 @@ def preferred_refusal(data: bytes, identities: set[Identity]) -> str | None:
     of C{identities}; one that does not parse is refused too, as the
     operator's proxy might read it otherwise than we do.
 
+    @param end: where the header section ends (L{_head}), if known.
     @return: the reason (L{PREFERRED_UNREGISTERED} or
         L{PREFERRED_MALFORMED}), or C{None} when all are registered or
         there is none.
     """
-    for match in _PREFERRED.finditer(data, 0, _head(data)):
+    for match in _PREFERRED.finditer(data, 0, _head(data) if end is None else end):
         try:
             values = split_header_values(_header_values(match), strict=True)
             if not values:
@@ -381,7 +398,8 @@ class AuthorizingContactProxy:
         identities = self.identities(session_id)
         if not identities:
             return self._refuse(tunnel_key, flow_id, data, method, "tunnel not registered")
-        identity = _header_identity(_FROM, data)
+        end = _head(data)
+        identity = _header_identity(_FROM, data, end)
         # A From that does not parse is the core's to answer (400); a
         # withheld caller ID (RFC 3323, any user at anonymous.invalid)
         # passes, as the tunnel is registered.
@@ -389,7 +407,7 @@ class AuthorizingContactProxy:
             return self._refuse(tunnel_key, flow_id, data, method, "From is not registered through this tunnel")
         # The identity a proxy may assert for the request (RFC 3325 9.2),
         # whatever the From says.
-        preferred = preferred_refusal(data, identities)
+        preferred = preferred_refusal(data, identities, end)
         if preferred is not None:
             return self._refuse(tunnel_key, flow_id, data, method, preferred)
         return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now, congested=congested)

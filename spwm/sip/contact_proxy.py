@@ -159,7 +159,7 @@ def _leg_session(leg: Any) -> Hashable:
     The session of a call leg C{(session, flow, Call-ID)} (L{Ringing}'s
     scope).
     """
-    return cast("tuple[str, int, str]", leg)[0]
+    return leg[0]
 
 
 def never_congested(tunnel_key: TunnelKey) -> bool:
@@ -1058,8 +1058,12 @@ class ContactSipProxy:
         @return: the actions, in the order the spirals' own actions take
             the place of each spiral.
         """
-        if not any(isinstance(step, _Spiral) for step in steps):
-            return cast("list[Action]", steps)  # no spiral: all actions
+        for step in steps:
+            match step:
+                case _Spiral():
+                    break
+        else:
+            return steps  # type: ignore[return-value]  # no spiral: all actions
         out: list[Action] = []
         pending: list[Iterator[_Step]] = [iter(steps)]
         spirals = 0
@@ -1104,13 +1108,13 @@ class ContactSipProxy:
     def _network_response(self, src: tuple[str, int], msg: SipMessage, now: float) -> list[_Step]:
         top = msg.top_via
         pool = self.proxies
-        if pool is not None and pool.probing and top is not None:
+        if top is not None:
             present, branch = param(top.params, "branch")
+        if pool is not None and pool.probing and top is not None:
             if ProxyPool.ours(branch):
                 # a response to our OPTIONS ping of a proxy
                 return list(pool.answered(msg, branch or ""))
         if top is not None:
-            present, branch = param(top.params, "branch")
             if is_bye_branch(branch):
                 # the answer to a BYE of our own: for us alone
                 status = msg.status or 0
@@ -1129,7 +1133,6 @@ class ContactSipProxy:
         if key is None:
             reason = "response for a gone session"
             return [self.counters.drop(reason, reason)]
-        present, branch = param(top.params, "branch")
         msg.pop_first_value("Via")
         if not msg.has("Via"):
             reason = "response from network with only our Via"

@@ -229,9 +229,12 @@ class FlowTable:
             self._by_id[fid] = entry
         if flow.conn_id is None:
             expires = now + self.idle_lifetime
-            if entry.expires is None or expires > entry.expires:
+            if entry.expires is None:
                 entry.expires = expires
                 heapq.heappush(self._heap, (expires, entry.flow_id))
+            elif expires > entry.expires:
+                # its time in the heap is earlier: L{expire} moves it on
+                entry.expires = expires
         return entry.flow_id
 
     def lookup(self, flow_id: int, now: float) -> Flow | None:
@@ -256,8 +259,8 @@ class FlowTable:
             return
         expires = now + seconds
         if expires > entry.expires:
+            # its time in the heap is earlier: L{expire} moves it on
             entry.expires = expires
-            heapq.heappush(self._heap, (expires, flow_id))
 
     def closed(self, flow: Flow) -> None:
         """
@@ -286,18 +289,26 @@ class FlowTable:
         while heap and heap[0][0] <= now:
             when, fid = heapq.heappop(heap)
             entry = self._by_id.get(fid)
-            if entry is not None and entry.expires is not None and entry.expires <= now:
+            if entry is None or entry.expires is None:
+                continue
+            if entry.expires <= now:
                 self._forget(entry)
+            else:
+                # used since it was pushed: its time moved on
+                heapq.heappush(heap, (entry.expires, fid))
 
     def next_deadline(self) -> float | None:
         """
-        @return: when the next UDP flow may expire, or C{None}.
+        @return: when the next UDP flow may expire, or C{None}: no later
+            than its lifetime ends (a flow used since keeps its earlier
+            time in the heap, which L{expire} then moves on; not one push
+            per message).
         """
         heap = self._heap
         while heap:
             when, fid = heap[0]
             entry = self._by_id.get(fid)
-            if entry is None or entry.expires != when:
+            if entry is None or entry.expires is None:
                 heapq.heappop(heap)
                 continue
             return when

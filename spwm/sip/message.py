@@ -12,13 +12,15 @@ byte (L{SipMessage.to_bytes}).
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Iterable, cast
+from typing import Any, Callable, Iterable, TypeVar
 
 import attrs
 
 from spwm.sip import _grammar as g
 from spwm.sip.errors import SipParseError, bad
 from spwm.sip.uri import (
+    PARSED_CACHE_SIZE,
+    PARSED_CACHE_TEXT,
     NameAddr,
     SipUri,
     Via,
@@ -135,8 +137,18 @@ def canonical_name(name: str) -> str:
     """
     @return: the lower-case full form of a header name (compact forms expanded).
     """
-    lname = name.lower()
-    return COMPACT_FORMS.get(lname, lname)
+    cname = _canonical_names.get(name)
+    if cname is None:
+        lname = name.lower()
+        cname = COMPACT_FORMS.get(lname, lname)
+        if len(_canonical_names) < _NAME_CACHE_MAX:
+            _canonical_names[name] = cname
+    return cname
+
+
+#: L{canonical_name}'s answers (code asks for a handful of names, many
+#: times per message).
+_canonical_names: dict[str, str] = {}
 
 
 def _wire_name(raw: bytes) -> str:
@@ -293,9 +305,11 @@ class SipMessage:
                 break
         else:
             return None
-        kept = self._parsed.get(cname)
-        if kept is not None and kept[0] is h and kept[1] is h.value:
-            return kept[2]
+        parsed = self._parsed
+        if cname in parsed:
+            kept = parsed[cname]
+            if kept[0] is h and kept[1] is h.value:
+                return kept[2]
         value = parse(h)
         self._parsed[cname] = (h, h.value, value)
         return value
@@ -589,7 +603,7 @@ class SipMessage:
         """
         The From tag, or C{None}.
         """
-        from_ = self.from_
+        from_ = self._kept("from", _name_addr)
         return None if from_ is None else from_.tag
 
     @property
@@ -597,7 +611,7 @@ class SipMessage:
         """
         The To tag, or C{None}.
         """
-        to = self.to
+        to = self._kept("to", _name_addr)
         return None if to is None else to.tag
 
     def contact_addresses(self) -> list[NameAddr]:
@@ -681,11 +695,12 @@ def _check_headers(message: SipMessage) -> Header | None:
     well-formed; Max-Forwards and Content-Length once at most and in range;
     Contact values well-formed.  Keep what it parsed on the message.
 
+    A line value that passed before (L{_VIA_LINES}, L{_NAME_ADDRS} ...) is not decoded or parsed
+    again: the result is a function of its bytes.
+
     @return: the Content-Length line, or C{None}.
     @raise SipParseError: on the first problem found.
     """
-    # each value decoded as Header.text does (_decode), inline for the
-    # usual line without folding
     first: dict[str, Header] = {}
     more: dict[str, list[Header]] = {}
     for h in message.headers:
@@ -707,60 +722,76 @@ def _check_headers(message: SipMessage) -> Header | None:
             raise bad(f"more than one {name.title()}")
     if "via" not in first:
         raise bad("missing Via")
-    top: Via | None = None
-    for h in [first["via"], *more["via"]] if "via" in more else [first["via"]]:
-        v = h.value
-        text = _decode(v) if b"\n" in v else v.decode("utf-8", "surrogateescape").strip()
-        # (what split_header_values gives a plain single value, inline)
-        single = text and "," not in text and '"' not in text
-        for value in [text] if single else split_header_values(text, strict=True):
-            if top is None:
-                top = parse_via(value)
-            else:
-                check_via(value)
-    if top is None:  # the first line has a value (strict split)
-        raise bad("missing Via")
     parsed = message._parsed
     h = first["via"]
-    parsed["via"] = (h, h.value, top)
-    for name in ("from", "to", "call-id", "cseq"):
+    v = h.value
+    top = _VIA_LINES.get(v)
+    if top is None or top is _VALID:
+        top = _via_line(v, True)
+    parsed["via"] = (h, v, top)
+    if "via" in more:
+        for h in more["via"]:
+            if h.value not in _VIA_LINES:
+                _via_line(h.value, False)
+    for name in ("from", "to"):
         h = first[name]
         v = h.value
-        text = _decode(v) if b"\n" in v else v.decode("utf-8", "surrogateescape").strip()
-        if name == "call-id":
-            if g.CALL_ID.fullmatch(text) is None:
-                raise bad("malformed Call-ID")
-            parsed[name] = (h, v, text)
-        elif name == "cseq":
-            m = g.CSEQ.fullmatch(text)
-            if m is None:
-                raise bad("malformed CSeq")
-            number = int(m.group(1))
-            method = m.group(2)
-            parsed[name] = (h, v, (number, method))
-            if number > _MAX_CSEQ:
-                raise bad("CSeq number over 2**32-1")
-            if message.is_request and method != message.method:
-                if message.method in _KNOWN_METHODS:
-                    raise bad("CSeq method does not match the request method")
-                raise bad("CSeq method does not match the request method", 501)
-        else:
-            parsed[name] = (h, v, parse_name_addr(text))
+        address = _NAME_ADDRS.get(v)
+        if address is None:
+            address = _keep(_NAME_ADDRS, v, parse_name_addr(_value_text(v)))
+        parsed[name] = (h, v, address)
+    h = first["call-id"]
+    v = h.value
+    call_id = _CALL_IDS.get(v)
+    if call_id is None:
+        text = _value_text(v)
+        if g.CALL_ID.fullmatch(text) is None:
+            raise bad("malformed Call-ID")
+        call_id = _keep(_CALL_IDS, v, text)
+    parsed["call-id"] = (h, v, call_id)
+    h = first["cseq"]
+    v = h.value
+    cseq = _CSEQS.get(v)
+    if cseq is None:
+        m = g.CSEQ.fullmatch(_value_text(v))
+        if m is None:
+            raise bad("malformed CSeq")
+        cseq = (int(m.group(1)), m.group(2))
+        if cseq[0] > _MAX_CSEQ:
+            parsed["cseq"] = (h, v, cseq)
+            raise bad("CSeq number over 2**32-1")
+        _keep(_CSEQS, v, cseq)
+    parsed["cseq"] = (h, v, cseq)
+    if message.is_request and cseq[1] != message.method:
+        if message.method in _KNOWN_METHODS:
+            raise bad("CSeq method does not match the request method")
+        raise bad("CSeq method does not match the request method", 501)
     if "max-forwards" in first:
         h = first["max-forwards"]
-        m = g.DIGITS.fullmatch(h.text)
-        if m is None or int(m.group(1)) > 255:
-            raise bad("malformed Max-Forwards")
-        parsed["max-forwards"] = (h, h.value, int(m.group(1)))
+        v = h.value
+        hops = _MAX_FORWARDS.get(v)
+        if hops is None:
+            m = g.DIGITS.fullmatch(h.text)
+            if m is None or int(m.group(1)) > 255:
+                raise bad("malformed Max-Forwards")
+            hops = _keep(_MAX_FORWARDS, v, int(m.group(1)))
+        parsed["max-forwards"] = (h, v, hops)
     if "contact" not in first:
         parsed["contact"] = ([], [], [])
     else:
         contacts = [first["contact"], *more["contact"]] if "contact" in more else [first["contact"]]
         addresses = []
         for h in contacts:
-            for value in split_header_values(h.text, strict=True):
-                if value != "*":
-                    addresses.append(parse_name_addr(value))
+            v = h.value
+            line = _CONTACT_LINES.get(v)
+            if line is None:
+                line = [
+                    parse_name_addr(value)
+                    for value in split_header_values(h.text, strict=True)
+                    if value != "*"
+                ]
+                _keep(_CONTACT_LINES, v, line)
+            addresses += line
         parsed["contact"] = (contacts, [h.value for h in contacts], addresses)
     return first.get("content-length")
 
@@ -768,6 +799,59 @@ def _check_headers(message: SipMessage) -> Header | None:
 _CHECKED = frozenset(
     {"from", "to", "call-id", "cseq", "via", "max-forwards", "content-length", "contact"}
 )
+
+#: What L{_check_headers} and L{parse_message} found in a line value that
+#: passed, by the value's bytes, per header (the messages of a dialog
+#: repeat their From, To, Call-ID, CSeq, Contact and Via lines): each at
+#: most L{PARSED_CACHE_SIZE} values of up to L{PARSED_CACHE_TEXT} bytes,
+#: emptied when full, as the URI caches.  A value that fails is checked
+#: again each time, so it fails the same way.
+_VIA_LINES: dict[bytes, Any] = {}  # the first value, parsed, or _VALID
+_NAME_ADDRS: dict[bytes, NameAddr] = {}  # From and To
+_CALL_IDS: dict[bytes, str] = {}
+_CSEQS: dict[bytes, tuple[int, str]] = {}
+_MAX_FORWARDS: dict[bytes, int] = {}
+_CONTACT_LINES: dict[bytes, list[NameAddr]] = {}  # every value but "*"
+_CONTENT_LENGTHS: dict[bytes, int] = {}
+
+#: A Via line whose values were checked, the first not parsed.
+_VALID: Any = object()
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _keep(cache: dict[_K, _V], key: _K, value: _V) -> _V:
+    if len(key) <= PARSED_CACHE_TEXT:  # type: ignore[arg-type]
+        if len(cache) >= PARSED_CACHE_SIZE:
+            cache.clear()
+        cache[key] = value
+    return value
+
+
+def _value_text(v: bytes) -> str:
+    # Header.text of a value: decoded, unfolded, stripped
+    return _decode(v) if b"\n" in v else v.decode("utf-8", "surrogateescape").strip()
+
+
+def _via_line(v: bytes, top: bool) -> Any:
+    """
+    Check every value of one Via line (L{_VIA_LINES}).
+
+    @param top: parse the first value (the message's top Via).
+    @return: the first value, parsed if C{top}, else L{_VALID}.
+    @raise SipParseError: a value is malformed, or the line has none.
+    """
+    text = _value_text(v)
+    # (what split_header_values gives a plain single value, inline)
+    single = text and "," not in text and '"' not in text
+    values = [text] if single else split_header_values(text, strict=True)
+    if not values:  # the first line has a value (strict split)
+        raise bad("missing Via")
+    found = parse_via(values[0]) if top else _VALID
+    for value in values[1:] if top else values:
+        check_via(value)
+    return _keep(_VIA_LINES, v, found)
 
 
 def parse_message(
@@ -812,12 +896,14 @@ def parse_message(
         head_end, body_start = lf + 1, lf + 2
 
     # start line
+    # (the version as nearly every message writes it, without decoding)
     if data[start : start + 4].upper() == b"SIP/":
         m = g.STATUS_LINE_B.match(data, start, head_end)
         if m is None:
             raise bad("malformed Status-Line")
-        version = m.group(1).decode("ascii").upper()
-        status = int(m.group(2))
+        raw_version, raw_status, raw_reason = m.groups()
+        version = "SIP/2.0" if raw_version == b"SIP/2.0" else raw_version.decode("ascii").upper()
+        status = int(raw_status)
         if status < 100 or status > 699:
             raise bad(f"status code {status} out of range")
         if version != "SIP/2.0":
@@ -825,18 +911,19 @@ def parse_message(
         message = SipMessage(
             is_request=False,
             status=status,
-            reason=m.group(3).decode("utf-8", "surrogateescape"),
+            reason=raw_reason.decode("utf-8", "surrogateescape"),
             version=version,
         )
     else:
         m = g.REQUEST_LINE_B.match(data, start, head_end)
         if m is None:
             raise bad("malformed Request-Line")
-        version = m.group(3).decode("ascii").upper()
+        raw_method, raw_uri, raw_version = m.groups()
+        version = "SIP/2.0" if raw_version == b"SIP/2.0" else raw_version.decode("ascii").upper()
         if version != "SIP/2.0":
             raise bad(f"{version}", 505)
-        uri = m.group(2).decode("utf-8", "surrogateescape")
-        method = m.group(1).decode("ascii")
+        uri = raw_uri.decode("utf-8", "surrogateescape")
+        method = raw_method.decode("ascii")
         scheme = uri[:5].lower()
         if scheme.startswith("sip:") or scheme == "sips:":
             if parse_uri(uri).headers is not None:
@@ -861,8 +948,9 @@ def parse_message(
     if lines:
         # by map: no Python call per line but Header's own
         _, raw_names, _, values, _ = zip(*lines)
-        cached = list(map(_name_cache.get, raw_names))
-        names = list(map(_wire_name, raw_names)) if None in cached else cast("list[str]", cached)
+        names: list[Any] = list(map(_name_cache.get, raw_names))
+        if None in names:
+            names = list(map(_wire_name, raw_names))
         message.headers = list(map(Header, raw_names, names, values, lines))
     message._blank = data[head_end:body_start]
 
@@ -872,10 +960,12 @@ def parse_message(
     if content_length is None:
         message.body = data[body_start:]
     else:
-        cl = g.DIGITS.fullmatch(content_length.text)
-        if cl is None:
-            raise bad("malformed Content-Length")
-        length = int(cl.group(1))
+        length = _CONTENT_LENGTHS.get(content_length.value)
+        if length is None:
+            cl = g.DIGITS.fullmatch(content_length.text)
+            if cl is None:
+                raise bad("malformed Content-Length")
+            length = _keep(_CONTENT_LENGTHS, content_length.value, int(cl.group(1)))
         if body_start + length > size:
             raise bad(
                 f"Content-Length {length} larger than the {size - body_start} "

@@ -724,40 +724,42 @@ class _Runner:
         """
         Carry out a core's actions in order, then re-arm the timer.
         """
+        # class patterns: no isinstance call per action and type
         for action in actions:
-            if isinstance(action, ToApp):
-                if self.trace is not None:
-                    flow = action.flow
-                    self.trace.message(
-                        "sent to", self._app_peer(flow), action.data, flow.remote, flow.local, flow.transport
-                    )
-                self._to_app(action)
-            elif isinstance(action, ToNetwork):
-                if self.trace is not None:
-                    self.trace.message(
-                        "sent to",
-                        f"operator {action.transport} {peer_text(action.addr)}",
-                        action.data,
-                        action.addr,
-                        getattr(self.core, "address", None),
-                        action.transport,
-                    )
-                self._to_network(action)
-            elif isinstance(action, ToTunnel):
-                if self.trace is not None:
-                    local, remote, carried = tunnel_addresses(action.tunnel_key)
-                    self.trace.message(
-                        "sent to", self._tunnel_peer(action.tunnel_key, action.flow_id), action.data, remote, local, carried
-                    )
-                self._to_tunnel(action)
-            elif isinstance(action, Dropped):
-                self._log_drop(action.reason, action.answered)
-            elif isinstance(action, BindingChanged):
-                self._log_binding(action)
-            elif isinstance(action, RouteRefused):
-                self._log_route_refused(action)
-            elif isinstance(action, ProxyChanged):
-                self._log_proxy(action)
+            match action:
+                case ToApp():
+                    if self.trace is not None:
+                        flow = action.flow
+                        self.trace.message(
+                            "sent to", self._app_peer(flow), action.data, flow.remote, flow.local, flow.transport
+                        )
+                    self._to_app(action)
+                case ToNetwork():
+                    if self.trace is not None:
+                        self.trace.message(
+                            "sent to",
+                            f"operator {action.transport} {peer_text(action.addr)}",
+                            action.data,
+                            action.addr,
+                            getattr(self.core, "address", None),
+                            action.transport,
+                        )
+                    self._to_network(action)
+                case ToTunnel():
+                    if self.trace is not None:
+                        local, remote, carried = tunnel_addresses(action.tunnel_key)
+                        self.trace.message(
+                            "sent to", self._tunnel_peer(action.tunnel_key, action.flow_id), action.data, remote, local, carried
+                        )
+                    self._to_tunnel(action)
+                case Dropped():
+                    self._log_drop(action.reason, action.answered)
+                case BindingChanged():
+                    self._log_binding(action)
+                case RouteRefused():
+                    self._log_route_refused(action)
+                case ProxyChanged():
+                    self._log_proxy(action)
         self._rearm()
 
     def leg_lost(self, session_id: str, dialog_key: str, reason: str) -> list[str]:

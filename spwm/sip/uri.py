@@ -87,7 +87,7 @@ def _params_text(params: Params) -> str:
 
 
 def _parse_params(text: str) -> Params:
-    return tuple((m.group(1), m.group(2)) for m in g.PARAM.finditer(text))
+    return tuple([(m[1], m[2]) for m in g.PARAM.finditer(text)])
 
 
 def _bracket(host: str) -> str:
@@ -123,6 +123,10 @@ class SipUri:
     params: Params = ()
     headers: str | None = None
     opaque: str | None = None
+    #: the text, once made (L{__str__}): a parsed URI is shared by every
+    #: value with the same text (L{parse_uri}), and a party's URIs are
+    #: written into each call's record and dialog state
+    _text: str | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
     def param(self, name: str) -> str | None:
         """
@@ -173,6 +177,13 @@ class SipUri:
         return host if self.port is None else f"{host}:{self.port}"
 
     def __str__(self) -> str:
+        text = self._text
+        if text is None:
+            text = self._make_text()
+            object.__setattr__(self, "_text", text)
+        return text
+
+    def _make_text(self) -> str:
         if self.opaque is not None:
             return f"{self.scheme}:{self.opaque}"
         parts = [self.scheme, ":"]
@@ -271,7 +282,7 @@ def parse_uri(text: str) -> SipUri:
         password=password,
         host=host,
         port=port_n,
-        params=tuple((p.group(1), p.group(2)) for p in g.URI_PARAM.finditer(params))
+        params=tuple([(p[1], p[2]) for p in g.URI_PARAM.finditer(params)])
         if params
         else (),
         headers=headers,
@@ -301,13 +312,15 @@ class NameAddr:
     uri: SipUri
     params: Params = ()
     angle: bool = True
-    #: the C{tag} parameter, looked up once (a proxy reads the tags of
-    #: From and To many times per message, and a parsed value is shared
-    #: by every message with the same text: L{parse_name_addr})
-    _tag: str | None = attrs.field(init=False, eq=False, repr=False)
+    #: The C{tag} parameter, or C{None}: looked up once, when the value is
+    #: made (a proxy reads the tags of From and To many times per message,
+    #: and a parsed value is shared by every message with the same text:
+    #: L{parse_name_addr}); an attribute, not a property, for the same
+    #: reason.
+    tag: str | None = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_tag", _param_lookup(self.params, "tag"))
+        object.__setattr__(self, "tag", _param_lookup(self.params, "tag"))
 
     @property
     def display_name(self) -> str | None:
@@ -315,13 +328,6 @@ class NameAddr:
         The display name without quotes and quoted-pair escapes.
         """
         return None if self.display is None else _unquote(self.display)
-
-    @property
-    def tag(self) -> str | None:
-        """
-        The C{tag} parameter, or C{None}.
-        """
-        return self._tag
 
     def param(self, name: str) -> str | None:
         """

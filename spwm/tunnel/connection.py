@@ -51,6 +51,18 @@ _CORE_OPS = frozenset({"hello", "welcome", "open", "close"})
 _TIMED_PING = struct.Struct("!d")
 
 
+def _json_loads(payload: bytes) -> Any:
+    """
+    C{json.loads(payload)}: a frame that starts as ours do (C{"{"} and no
+    NUL after it) is decoded as UTF-8 at once, which is what C{json.loads}
+    finds for it after guessing the encoding of bytes in Python (a BOM,
+    UTF-16 or UTF-32 are still read as it reads them).
+    """
+    if payload[:1] == b"{" and payload[1:2] != b"\x00":
+        return json.loads(payload.decode("utf-8", "surrogatepass"))
+    return json.loads(payload)
+
+
 class Role(enum.Enum):
     """
     Which end of the tunnel a connection is.
@@ -329,7 +341,7 @@ class TunnelConnection:
 
     def _on_control(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
         try:
-            message = json.loads(payload)
+            message = _json_loads(payload)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise TunnelProtocolError(ErrorCode.BAD_CONTROL, "control frame is not JSON") from None
         if not isinstance(message, dict) or not isinstance(message.get("op"), str):
@@ -461,7 +473,7 @@ class TunnelConnection:
 
     def _on_goaway(self, flags: int, channel: int, payload: bytes, now: float, out: list[Any]) -> None:
         try:
-            message = json.loads(payload)
+            message = _json_loads(payload)
             code = int(message.get("code", 0))
             reason = str(message.get("reason", ""))
             drain = float(message.get("drain", 0.0))
