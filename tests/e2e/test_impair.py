@@ -180,9 +180,12 @@ class AddressChangeTests(E2ETestCase):
 
     def test_forward_through_an_address_change(self) -> None:
         """
-        Under C{strict}, TLS: two seconds into a call through the forward
-        the router's public address changes and every tunnel connection
-        breaks.  The agent resumes its session from the new address, the
+        Under C{strict}, TLS, one tunnel connection: two seconds into a
+        call through the forward the router's public address changes and
+        the connection breaks.  (With several, a replacement from the new
+        address may attach before the last old one is known lost, and the
+        session goes on without a resumption: that run would not test
+        it.)  The agent resumes its session from the new address, the
         forward goes on from the same socket at the contact point (the
         answerer keeps answering to where the call's first packet came
         from), and the call's packets arrive both ways up to the last one,
@@ -198,7 +201,7 @@ class AddressChangeTests(E2ETestCase):
         )
         agent = self.start_agent(
             ["--contact", f"{GATEWAY_PUBLIC}:443", "--ca", ca.ca_file, "--server-name", "contact.example.test",
-             "--forward-udp", f"{AGENT}:5555={ECHO}:7000"]
+             "--tunnel-connections", "1", "--forward-udp", f"{AGENT}:5555={ECHO}:7000"]
         )
         self.wait_for_listener("lan", "udp", AGENT, 5555, agent)
         self.wait_for_log(contact, r"tunnel up with", timeout=20)
