@@ -1524,6 +1524,32 @@ class KeeperTests(SynchronousTestCase):
         self.assertEqual(self._resumer(0).closed, ["the session is gone"])
         self.assertEqual(self._resumer(1).closed, ["the session is gone"])
 
+    def test_joining_attempts_closed_with_the_session(self) -> None:
+        """
+        Connections of ours still in their handshakes when the session's
+        last path goes (made to attach to it) are closed at once, their
+        transport aborted; attached ones are left to their own loss.
+        """
+
+        class Transport:
+            aborted = False
+
+            def abortConnection(self) -> None:
+                self.aborted = True
+
+        self.keeper.session_up()
+        attached = self._attached(0)
+        joining = _Conn()
+        joining.transport = Transport()  # type: ignore[attr-defined]
+        self.attempts[1].callback(joining)
+        self.keeper.session_down()
+        self.assertEqual(joining.closed, ["the session it was to join is gone"])
+        self.assertTrue(joining.transport.aborted)  # type: ignore[attr-defined]
+        self.assertEqual(attached.closed, [])
+        joining.lose()
+        self.keeper.session_up()
+        self.assertEqual(len(self.attempts), 3)  # one to replace the one closed
+
     def test_no_race_after_stop(self) -> None:
         """
         The agent stopping closes the last path: no attempt is made.
@@ -1665,8 +1691,7 @@ class KeeperTests(SynchronousTestCase):
         stopping closes the keeper's connections.
         """
         self.keeper.session_up()
-        kept = _Conn()
-        self.attempts[0].callback(kept)
+        kept = self._attached(0)
         self.keeper.session_down()
         late = _Conn()
         self.attempts[1].callback(late)
@@ -1776,6 +1801,7 @@ class AdaptiveKeeperTests(SynchronousTestCase):
                 conn.front = self.front
                 self.front.attached.append(conn)
                 d.callback(conn)
+                self.keeper.attached(conn)
                 made.append(conn)
         return made
 

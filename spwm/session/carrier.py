@@ -1764,11 +1764,22 @@ class PathKeeper:
 
     def session_down(self) -> None:
         """
-        The session's last path is gone: open nothing until it is up again.
+        The session's last path is gone: open nothing until it is up
+        again.  Our connections still in their handshakes were made to
+        join it (their hello says C{attach}) and would be refused once
+        through them: they are closed now, which spares the link their
+        TLS handshakes while the session is being resumed.
         """
         self._up = False
         self._race = 0
         self._resume_race = False
+        for key, protocol in [] if self._stopped else list(self._mine.items()):
+            if key not in self._attached_at:
+                del self._mine[key]
+                protocol.close(0, "the session it was to join is gone")
+                transport = getattr(protocol, "transport", None)
+                if transport is not None:
+                    transport.abortConnection()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
