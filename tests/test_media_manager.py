@@ -2135,6 +2135,19 @@ class PolicyLogTests(SynchronousTestCase):
         self.assertEqual([t for t in _texts(events) if "refused" in t], [])
 
 
+def _unanswered_call_event(key: str) -> tuple[MediaManager, dict[str, Any]]:
+    """
+    The agent of a pair and the event of a call leg C{key} that offered
+    one audio stream and ended unanswered.
+    """
+    reactor, agent, a_end, contact, c_end = _pair()
+    with capturedLogs() as events:
+        agent.sdp_into_tunnel(a_end, key, "application/sdp", _sdp(PHONE, ("audio", 4000, "")))
+        agent.dialog_ended(a_end, key)
+    (event,) = [e for e in events if "cdr" in e]
+    return agent, event
+
+
 class CallLogTests(SynchronousTestCase):
     """
     One info line per call at start, at answer (codec, media addresses on
@@ -2367,17 +2380,36 @@ class CallLogTests(SynchronousTestCase):
         The line is the event's format; braces in it (a Call-ID may hold
         them) come out as they are, and the record keeps the Call-ID.
         """
-        reactor, agent, a_end, contact, c_end = _pair()
-        key = "7/a{b}c{{@lan"
-        with capturedLogs() as events:
-            agent.sdp_into_tunnel(a_end, key, "application/sdp", _sdp(PHONE, ("audio", 4000, "")))
-            agent.dialog_ended(a_end, key)
-        (event,) = [e for e in events if "cdr" in e]
+        agent, event = _unanswered_call_event("7/a{b}c{{@lan")
         self.assertEqual(event["cdr"]["call_id"], "a{b}c{{@lan")
         self.assertTrue(
             formatEvent(event).startswith("call a{b}c{{@lan ended (dialog ended) after 0.0s, not answered: ? -> ?"),
             formatEvent(event),
         )
+
+    def test_call_detail_event_as_logger_info(self) -> None:
+        """
+        The call's event, handed to the observers without C{Logger.info},
+        is the event C{Logger.info} makes of its line and record: the same
+        keys in the same order and the same values (its time the wall
+        clock's, as Twisted's).
+        """
+        agent, event = _unanswered_call_event("7/call-e@lan")
+        with capturedLogs() as made:
+            agent.log.info(event["log_format"], cdr=event["cdr"])
+        (expected,) = made
+        # the keys Logger.info makes (observers, such as the legacy one
+        # under trial, add theirs to both after them)
+        keys = ["cdr", "log_logger", "log_level", "log_namespace", "log_source", "log_format", "log_time"]
+        self.assertEqual(list(expected)[:7], keys)
+        self.assertEqual(list(event), list(expected))
+        for name in keys[:5]:
+            self.assertIs(event[name], expected[name], name)
+        self.assertEqual(event["log_format"], expected["log_format"])
+        self.assertIs(event["log_source"], agent)
+        self.assertEqual(event["log_level"], LogLevel.info)
+        self.assertIsInstance(event["log_time"], float)
+        self.assertLessEqual(event["log_time"], expected["log_time"])
 
     def test_unacknowledged_answer_reason(self) -> None:
         """
