@@ -232,9 +232,32 @@ class _Stream:
         # endpoints feed them, docs/media.md "Call quality")
         self.quality = StreamQuality(
             side,
-            tunnel_rtt=lambda: _tunnel_rtt(self.tunnel),
-            late_dropped=lambda: _late_dropped(self.tunnel, self.channel_id),
+            tunnel_rtt=self.tunnel_rtt,
+            late_dropped=self.late_dropped,
         )
+
+    def tunnel_rtt(self) -> float | None:
+        """
+        The round trip (seconds) the stream's tunnel connection measures,
+        if it offers one as C{rtt} (read for a snapshot, never per packet).
+        """
+        rtt = getattr(self.tunnel, "rtt", None)
+        if callable(rtt):
+            rtt = rtt()
+        return float(rtt) if isinstance(rtt, (int, float)) and rtt >= 0 else None
+
+    def late_dropped(self) -> int | None:
+        """
+        The datagrams of the stream's channel the tunnel dropped for its
+        media deadline, if the tunnel counts them per channel
+        (C{late_dropped(channel_id)}); C{None} otherwise (the tunnel's
+        own total is in its status).
+        """
+        count = getattr(self.tunnel, "late_dropped", None)
+        if self.channel_id is None or not callable(count):
+            return None
+        value = count(self.channel_id)
+        return value if isinstance(value, int) else None
 
     def count(self) -> int:
         total = 0
@@ -265,30 +288,6 @@ def _quiet_since(dialog: _Dialog, stream: _Stream, now: float) -> float:
     ):
         return now
     return stream.last_activity
-
-
-def _tunnel_rtt(tunnel: Any) -> float | None:
-    """
-    The round trip (seconds) the tunnel connection measures, if it
-    offers one as C{rtt} (read for a snapshot, never per packet).
-    """
-    rtt = getattr(tunnel, "rtt", None)
-    if callable(rtt):
-        rtt = rtt()
-    return float(rtt) if isinstance(rtt, (int, float)) and rtt >= 0 else None
-
-
-def _late_dropped(tunnel: Any, channel_id: int | None) -> int | None:
-    """
-    The datagrams of a channel the tunnel dropped for its media deadline,
-    if the tunnel counts them per channel (C{late_dropped(channel_id)});
-    C{None} otherwise (the tunnel's own total is in its status).
-    """
-    count = getattr(tunnel, "late_dropped", None)
-    if channel_id is None or not callable(count):
-        return None
-    value = count(channel_id)
-    return value if isinstance(value, int) else None
 
 
 class _Dialog:
