@@ -2375,6 +2375,29 @@ class CallLogTests(SynchronousTestCase):
 
         self.assertEqual(json.loads(json.dumps(record)), record)
 
+    def test_call_mos_is_the_worst_streams(self) -> None:
+        """
+        The call's MOS per direction is the lowest of its streams' rated
+        ones (a stream without packets or snapshot has none), and the
+        line's relay drops add up the four kinds.
+        """
+        from spwm.media.manager import _Dialog, call_detail_record
+        from spwm.media.negotiation import LegMedia
+
+        dialog = _Dialog(LegMedia())
+
+        def snapshot(up: float | None, down: float | None) -> dict[str, Any]:
+            return {"legs": {"lan": None, "tunnel": None, "operator": None}, "mos": {"up": up, "down": down}, "codec": "PCMU/8000"}
+
+        dialog.quality = {0: snapshot(4.1, None), 1: snapshot(3.2, 4.3), 3: snapshot(None, 4.0)}
+        dialog.history = {2: {"dropped_source": 1, "dropped_no_channel": 2, "dropped_no_target": 3, "dropped_send": 4}}
+        record = call_detail_record("7/c@lan", dialog, "dialog ended", 5.0, "agent", "lan")
+        self.assertEqual(record["mos"], {"up": 3.2, "down": 4.0})
+        self.assertEqual([s["index"] for s in record["streams"]], [0, 1, 2, 3])
+        self.assertIn("stream 2: no RTP; MOS up ? down ?; relay dropped 10", _cdr_summary(record))
+        dialog.quality = {}
+        self.assertEqual(call_detail_record("7/c@lan", dialog, "dialog ended", 5.0, "agent", "lan")["mos"], {"up": None, "down": None})
+
     def test_call_detail_line_with_braces(self) -> None:
         """
         The line is the event's format; braces in it (a Call-ID may hold

@@ -536,11 +536,6 @@ def _quality(stream: Any) -> Any:
     return None if quality is None else quality.snapshot()
 
 
-def _mos_worst(streams: list[dict[str, Any]], which: str) -> float | None:
-    values = [m for m in (s["mos"][which] for s in streams) if m is not None]
-    return min(values) if values else None
-
-
 def call_detail_record(
     dialog_key: str, dialog: _Dialog, reason: str, now: float, side: str, local_leg: str
 ) -> dict[str, Any]:
@@ -559,17 +554,27 @@ def call_detail_record(
     """
     _, _, call_id = dialog_key.partition("/")
     streams: list[dict[str, Any]] = []
+    # the call's MOS per direction: its worst stream's (the first lowest,
+    # as min() of the rated ones), in the same pass
+    up = down = None
     for index in sorted(set(dialog.history) | set(dialog.quality)):
         snapshot = dialog.quality.get(index)
+        mos = {"up": None, "down": None} if snapshot is None else snapshot["mos"]
         streams.append(
             {
                 "index": index,
                 "codec": None if snapshot is None else snapshot["codec"],
                 "legs": None if snapshot is None else snapshot["legs"],
-                "mos": {"up": None, "down": None} if snapshot is None else snapshot["mos"],
+                "mos": mos,
                 "relay": dict(dialog.history.get(index, {})),
             }
         )
+        value = mos["up"]
+        if value is not None and (up is None or value < up):
+            up = value
+        value = mos["down"]
+        if value is not None and (down is None or value < down):
+            down = value
     codec = dialog.codec.get(True) or dialog.codec.get(False)
     if streams and streams[0]["codec"]:
         codec = streams[0]["codec"]
@@ -588,7 +593,7 @@ def call_detail_record(
         "duration_s": round(now - dialog.started, 1),
         "answered_s": None if dialog.answered_at is None else round(now - dialog.answered_at, 1),
         "codec": codec,
-        "mos": {"up": _mos_worst(streams, "up"), "down": _mos_worst(streams, "down")},
+        "mos": {"up": up, "down": down},
         "streams": streams,
     }
 
@@ -614,9 +619,11 @@ def _cdr_summary(record: dict[str, Any]) -> str:
             legs.append(text)
         mos = stream["mos"]
         relay = stream["relay"]
-        dropped = sum(
-            relay.get(name, 0)
-            for name in ("dropped_source", "dropped_no_channel", "dropped_no_target", "dropped_send")
+        dropped = (
+            relay.get("dropped_source", 0)
+            + relay.get("dropped_no_channel", 0)
+            + relay.get("dropped_no_target", 0)
+            + relay.get("dropped_send", 0)
         )
         parts.append(
             "stream {}: {}; MOS up {} down {}; relay dropped {}".format(
