@@ -2026,6 +2026,64 @@ class SignallingHostLatchTests(SynchronousTestCase):
         self.assertEqual(contact.status()["dropped_source"], 1)
 
 
+class _RecordingManager:
+    """
+    Records the tunnel each hook call reaches a manager with.
+    """
+
+    def __init__(self) -> None:
+        self.tunnels: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def record(tunnel: Any, *args: Any, **kwargs: Any) -> None:
+            self.tunnels.append((name, tunnel))
+
+        return record
+
+
+class HookResolveTests(SynchronousTestCase):
+    """
+    L{MediaHookAdapter} maps the SIP core's key to the tunnel: through its
+    resolver, or the key itself without one.
+    """
+
+    def _calls(self, hook: MediaHookAdapter, key: Any) -> None:
+        hook.sdp_into_tunnel(key, "7/c", "application/sdp", b"")
+        hook.sdp_out_of_tunnel(key, "7/c", "application/sdp", b"")
+        hook.dialog_answered(key, "7/c", "t")
+        hook.offer_settled(key, "7/c", True, (1, "INVITE"), True)
+        hook.dialog_invited(key, "7/c")
+        hook.dialog_heard(key, "7/c")
+        hook.dialog_ended(key, "7/c")
+        hook.call_parties(key, "7/c", "sip:a@example.com", "sip:b@example.com")
+
+    def test_key_or_resolved(self) -> None:
+        """
+        Without a resolver every call reaches the manager with the key;
+        with one, with what it returns, and not at all when it returns
+        C{None}.
+        """
+        names = [
+            "sdp_into_tunnel",
+            "sdp_out_of_tunnel",
+            "dialog_answered",
+            "offer_settled",
+            "dialog_invited",
+            "dialog_heard",
+            "dialog_ended",
+            "call_parties",
+        ]
+        manager = _RecordingManager()
+        self._calls(MediaHookAdapter(manager), "k")
+        self.assertEqual(manager.tunnels, [(n, "k") for n in names])
+        manager.tunnels.clear()
+        self._calls(MediaHookAdapter(manager, {"k": "tunnel"}.get), "k")
+        self.assertEqual(manager.tunnels, [(n, "tunnel") for n in names])
+        manager.tunnels.clear()
+        self._calls(MediaHookAdapter(manager, {"k": "tunnel"}.get), "other")
+        self.assertEqual(manager.tunnels, [])
+
+
 class FlowSourceTests(SynchronousTestCase):
     """
     The agent's hook adapter finds the signalling host of a dialog in the
