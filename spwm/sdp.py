@@ -206,11 +206,10 @@ class MediaDescription:
         The address is the RFC 2543 hold address (C{0.0.0.0} or C{::}, not a
         trickle placeholder). A rewrite keeps it.
         """
-        return (
-            self.connection is not None
-            and self.connection.unspecified
-            and not self.placeholder
-        )
+        # Connection.unspecified read in place: the negotiation asks for
+        # it, through held, several times per call (issue 15)
+        connection = self.connection
+        return connection is not None and connection.address in _UNSPECIFIED and not self.placeholder
 
     @property
     def held(self) -> bool:
@@ -219,7 +218,11 @@ class MediaDescription:
         C{inactive} or the hold address. Such a stream may carry no packets
         in one or both directions for a long time.
         """
-        return self.direction != "sendrecv" or self.hold_address
+        if self.direction != "sendrecv":
+            return True
+        # hold_address, in place
+        connection = self.connection
+        return connection is not None and connection.address in _UNSPECIFIED and not self.placeholder
 
 
 @frozen

@@ -2026,6 +2026,64 @@ class SignallingHostLatchTests(SynchronousTestCase):
         self.assertEqual(contact.status()["dropped_source"], 1)
 
 
+class _RecordingManager:
+    """
+    Records the tunnel each hook call reaches a manager with.
+    """
+
+    def __init__(self) -> None:
+        self.tunnels: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def record(tunnel: Any, *args: Any, **kwargs: Any) -> None:
+            self.tunnels.append((name, tunnel))
+
+        return record
+
+
+class HookResolveTests(SynchronousTestCase):
+    """
+    L{MediaHookAdapter} maps the SIP core's key to the tunnel: through its
+    resolver, or the key itself without one.
+    """
+
+    def _calls(self, hook: MediaHookAdapter, key: Any) -> None:
+        hook.sdp_into_tunnel(key, "7/c", "application/sdp", b"")
+        hook.sdp_out_of_tunnel(key, "7/c", "application/sdp", b"")
+        hook.dialog_answered(key, "7/c", "t")
+        hook.offer_settled(key, "7/c", True, (1, "INVITE"), True)
+        hook.dialog_invited(key, "7/c")
+        hook.dialog_heard(key, "7/c")
+        hook.dialog_ended(key, "7/c")
+        hook.call_parties(key, "7/c", "sip:a@example.com", "sip:b@example.com")
+
+    def test_key_or_resolved(self) -> None:
+        """
+        Without a resolver every call reaches the manager with the key;
+        with one, with what it returns, and not at all when it returns
+        C{None}.
+        """
+        names = [
+            "sdp_into_tunnel",
+            "sdp_out_of_tunnel",
+            "dialog_answered",
+            "offer_settled",
+            "dialog_invited",
+            "dialog_heard",
+            "dialog_ended",
+            "call_parties",
+        ]
+        manager = _RecordingManager()
+        self._calls(MediaHookAdapter(manager), "k")
+        self.assertEqual(manager.tunnels, [(n, "k") for n in names])
+        manager.tunnels.clear()
+        self._calls(MediaHookAdapter(manager, {"k": "tunnel"}.get), "k")
+        self.assertEqual(manager.tunnels, [(n, "tunnel") for n in names])
+        manager.tunnels.clear()
+        self._calls(MediaHookAdapter(manager, {"k": "tunnel"}.get), "other")
+        self.assertEqual(manager.tunnels, [])
+
+
 class FlowSourceTests(SynchronousTestCase):
     """
     The agent's hook adapter finds the signalling host of a dialog in the
@@ -2133,6 +2191,19 @@ class PolicyLogTests(SynchronousTestCase):
             agent.sdp_into_tunnel(a_end, DIALOG, "application/sdp", _sdp("127.0.0.1", ("audio", 4000, "")))
             agent.sdp_out_of_tunnel(a_end, DIALOG, "application/sdp", _sdp(OPERATOR, ("audio", 6000, "")))
         self.assertEqual([t for t in _texts(events) if "refused" in t], [])
+
+
+def _unanswered_call_event(key: str) -> tuple[MediaManager, dict[str, Any]]:
+    """
+    The agent of a pair and the event of a call leg C{key} that offered
+    one audio stream and ended unanswered.
+    """
+    reactor, agent, a_end, contact, c_end = _pair()
+    with capturedLogs() as events:
+        agent.sdp_into_tunnel(a_end, key, "application/sdp", _sdp(PHONE, ("audio", 4000, "")))
+        agent.dialog_ended(a_end, key)
+    (event,) = [e for e in events if "cdr" in e]
+    return agent, event
 
 
 class CallLogTests(SynchronousTestCase):
@@ -2362,22 +2433,64 @@ class CallLogTests(SynchronousTestCase):
 
         self.assertEqual(json.loads(json.dumps(record)), record)
 
+    def test_call_mos_is_the_worst_streams(self) -> None:
+        """
+        The call's MOS per direction is the lowest of its streams' rated
+        ones (a stream without packets or snapshot has none), and the
+        line's relay drops add up the four kinds.
+        """
+        from spwm.media.manager import _Dialog, call_detail_record
+        from spwm.media.negotiation import LegMedia
+
+        dialog = _Dialog(LegMedia())
+
+        def snapshot(up: float | None, down: float | None) -> dict[str, Any]:
+            return {"legs": {"lan": None, "tunnel": None, "operator": None}, "mos": {"up": up, "down": down}, "codec": "PCMU/8000"}
+
+        dialog.quality = {0: snapshot(4.1, None), 1: snapshot(3.2, 4.3), 3: snapshot(None, 4.0)}
+        dialog.history = {2: {"dropped_source": 1, "dropped_no_channel": 2, "dropped_no_target": 3, "dropped_send": 4}}
+        record = call_detail_record("7/c@lan", dialog, "dialog ended", 5.0, "agent", "lan")
+        self.assertEqual(record["mos"], {"up": 3.2, "down": 4.0})
+        self.assertEqual([s["index"] for s in record["streams"]], [0, 1, 2, 3])
+        self.assertIn("stream 2: no RTP; MOS up ? down ?; relay dropped 10", _cdr_summary(record))
+        dialog.quality = {}
+        self.assertEqual(call_detail_record("7/c@lan", dialog, "dialog ended", 5.0, "agent", "lan")["mos"], {"up": None, "down": None})
+
     def test_call_detail_line_with_braces(self) -> None:
         """
         The line is the event's format; braces in it (a Call-ID may hold
         them) come out as they are, and the record keeps the Call-ID.
         """
-        reactor, agent, a_end, contact, c_end = _pair()
-        key = "7/a{b}c{{@lan"
-        with capturedLogs() as events:
-            agent.sdp_into_tunnel(a_end, key, "application/sdp", _sdp(PHONE, ("audio", 4000, "")))
-            agent.dialog_ended(a_end, key)
-        (event,) = [e for e in events if "cdr" in e]
+        agent, event = _unanswered_call_event("7/a{b}c{{@lan")
         self.assertEqual(event["cdr"]["call_id"], "a{b}c{{@lan")
         self.assertTrue(
             formatEvent(event).startswith("call a{b}c{{@lan ended (dialog ended) after 0.0s, not answered: ? -> ?"),
             formatEvent(event),
         )
+
+    def test_call_detail_event_as_logger_info(self) -> None:
+        """
+        The call's event, handed to the observers without C{Logger.info},
+        is the event C{Logger.info} makes of its line and record: the same
+        keys in the same order and the same values (its time the wall
+        clock's, as Twisted's).
+        """
+        agent, event = _unanswered_call_event("7/call-e@lan")
+        with capturedLogs() as made:
+            agent.log.info(event["log_format"], cdr=event["cdr"])
+        (expected,) = made
+        # the keys Logger.info makes (observers, such as the legacy one
+        # under trial, add theirs to both after them)
+        keys = ["cdr", "log_logger", "log_level", "log_namespace", "log_source", "log_format", "log_time"]
+        self.assertEqual(list(expected)[:7], keys)
+        self.assertEqual(list(event), list(expected))
+        for name in keys[:5]:
+            self.assertIs(event[name], expected[name], name)
+        self.assertEqual(event["log_format"], expected["log_format"])
+        self.assertIs(event["log_source"], agent)
+        self.assertEqual(event["log_level"], LogLevel.info)
+        self.assertIsInstance(event["log_time"], float)
+        self.assertLessEqual(event["log_time"], expected["log_time"])
 
     def test_unacknowledged_answer_reason(self) -> None:
         """

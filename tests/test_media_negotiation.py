@@ -5,6 +5,7 @@ one call leg, without sockets, channels or a reactor.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from hypothesis import settings
@@ -36,6 +37,7 @@ from spwm.media.negotiation import (
     Relay,
     Release,
     SameAs,
+    StreamPlan,
     StreamState,
     TcpConnect,
     TcpExpect,
@@ -191,6 +193,34 @@ class LegMediaTests(SynchronousTestCase):
                 self.assertEqual(state, StreamState.EARLY)
             if event is Input.RELEASED:
                 self.assertEqual(following, StreamState.RELEASED)
+
+
+class UpdateHeldTests(SynchronousTestCase):
+    """
+    L{StreamPlan.update_held}: a side is held when every branch's live
+    description from it is held.
+    """
+
+    def test_every_live_branch(self) -> None:
+        """
+        Over tables of up to three branches, each gone (C{None}), held or
+        not: held exactly when there is a live one and all live ones are.
+        """
+        held, talking = sdp([("udp", 4000, "sendonly")]).media[0], sdp([("udp", 4000, "sendrecv")]).media[0]
+        choices = [None, held, talking]
+        tables = [{}] + [
+            {f"t{i}": m for i, m in enumerate(combo)}
+            for n in (1, 2, 3)
+            for combo in itertools.product(choices, repeat=n)
+        ]
+        for ours in tables:
+            for theirs in (tables[0], tables[-1], {"a": held}):
+                stream = StreamPlan(0, False, StreamState.ANSWERED)
+                stream.ours, stream.theirs = dict(ours), dict(theirs)
+                stream.update_held()
+                for table, value in ((ours, stream.held_ours), (theirs, stream.held_theirs)):
+                    live = [m for m in table.values() if m is not None]
+                    self.assertIs(value, bool(live) and all(m is held for m in live), table)
 
 
 class ReofferTests(SynchronousTestCase):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import struct
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.media.quality import (
@@ -213,6 +215,29 @@ class RtpSequenceTests(SynchronousTestCase):
         self.assertEqual(stats.restarts, 1)
         # before: 4 expected, 1 lost; after: 40001..40003 (3), none lost
         self.assertEqual((stats.expected, stats.lost), (4 + 3, 1))
+
+    @given(
+        st.lists(st.integers(0, 0xFFFF), max_size=40),
+        st.sampled_from([8000, 16000, 48000]),
+        st.lists(st.integers(0, 0xFFFF), max_size=10),
+    )
+    def test_figures_as_the_properties(self, seqs: list[int], rate: int, after: list[int]) -> None:
+        """
+        C{figures()}, which computes them at once, says what the
+        properties say: C{packets}, C{expected}, C{lost}, C{jitter_ms},
+        also while a new clock rate holds the sequence (its next packet
+        starts it anew) and after restarts.
+        """
+        stats = RtpStats()
+        for which in (seqs, after):
+            feed(stats, which)
+            figures = stats.figures()
+            self.assertEqual(
+                (figures["packets"], figures["expected"], figures["lost"], figures["jitter_ms"]),
+                (stats.packets, stats.expected, stats.lost, round(stats.jitter_ms, 3)),
+            )
+            stats.set_rate(rate)
+            self.assertEqual(stats.figures()["expected"], stats.expected)
 
     def test_not_rtp(self) -> None:
         """

@@ -636,6 +636,38 @@ def _sdp_bodies(draw) -> bytes:
     return body
 
 
+class HoldTests(SynchronousTestCase):
+    """
+    C{MediaDescription.held} and C{hold_address} over every direction,
+    address, port and ICE.
+    """
+
+    def test_held_table(self) -> None:
+        """
+        The hold address is C{0.0.0.0} or C{::} unless it is a trickle ICE
+        placeholder (port 9 or ICE); a stream is held when not
+        C{sendrecv} or at the hold address; a stream without C{c=} is at
+        none.
+        """
+        for direction in ("sendrecv", "sendonly", "recvonly", "inactive"):
+            for address in ("0.0.0.0", "::", "192.0.2.1", None):
+                for port in (9, 4000):
+                    for ice in (False, True):
+                        lines = ["v=0", "o=- 1 1 IN IP4 192.0.2.1", "s=-", "t=0 0", f"m=audio {port} RTP/AVP 0"]
+                        if address is not None:
+                            lines.append(f"c=IN {'IP6' if ':' in address else 'IP4'} {address}")
+                        lines.append(f"a={direction}")
+                        if ice:
+                            lines += ["a=ice-ufrag:abcd", "a=ice-pwd:abcdefghijklmnopqrstuv"]
+                        (media,) = parse_sdp(("\r\n".join(lines) + "\r\n").encode("ascii")).media
+                        unspecified = address in ("0.0.0.0", "::")
+                        placeholder = unspecified and (ice or port == 9)
+                        case = (direction, address, port, ice)
+                        self.assertEqual(media.placeholder, placeholder, case)
+                        self.assertIs(media.hold_address, unspecified and not placeholder, case)
+                        self.assertIs(media.held, direction != "sendrecv" or (unspecified and not placeholder), case)
+
+
 class PropertyTests(SynchronousTestCase):
     """
     Hypothesis: round trips, and nothing but L{SdpError} for garbage.

@@ -6,6 +6,7 @@ and wired back to back through a fake tunnel.
 
 from __future__ import annotations
 
+import base64
 import os
 from typing import Any
 
@@ -24,6 +25,7 @@ from spwm.sip.flows import (
     FlowTable,
     FlowToken,
     FlowTokenCodec,
+    b32_lower,
 )
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import SipMessage, make_response, parse_message
@@ -443,6 +445,23 @@ class FlowTokenTests(SynchronousTestCase):
             self.assertLessEqual(len(codec._decoded), TOKEN_CACHE_SIZE)
             self.assertLessEqual(len(codec._encoded), TOKEN_CACHE_SIZE)
         self.assertEqual(codec.decode(token), FlowToken(KIND_VIA, "s1", 7, b"x"))
+
+    @given(st.binary(max_size=120))
+    def test_base32_as_the_standard_library(self, data: bytes) -> None:
+        """
+        L{b32_lower} is C{base64.b32encode} without padding, in lower case
+        (the tokens are on the wire: other workers and the transactions
+        in flight must read them the same), for every length.
+        """
+        self.assertEqual(b32_lower(data), base64.b32encode(data).decode("ascii").rstrip("=").lower())
+
+    def test_token_text_unchanged(self) -> None:
+        """
+        A token made under a fixed secret reads as the one C{main} made
+        with C{base64.b32encode} before L{b32_lower} (C{2a8dfb7}).
+        """
+        token = FlowTokenCodec(SECRET).encode(KIND_VIA, "s1", 7, b"0123456789")
+        self.assertEqual(token, "kyaaaaahajztcmbrgiztinjwg44dthh7ocbkguyyxe")
 
     @given(st.text(max_size=300))
     def test_garbage_never_raises(self, text: str) -> None:

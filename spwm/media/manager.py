@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import math
 import operator
+import time
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from spwm.addr import hostport
 from spwm.clock import wall
@@ -231,9 +232,32 @@ class _Stream:
         # endpoints feed them, docs/media.md "Call quality")
         self.quality = StreamQuality(
             side,
-            tunnel_rtt=lambda: _tunnel_rtt(self.tunnel),
-            late_dropped=lambda: _late_dropped(self.tunnel, self.channel_id),
+            tunnel_rtt=self.tunnel_rtt,
+            late_dropped=self.late_dropped,
         )
+
+    def tunnel_rtt(self) -> float | None:
+        """
+        The round trip (seconds) the stream's tunnel connection measures,
+        if it offers one as C{rtt} (read for a snapshot, never per packet).
+        """
+        rtt = getattr(self.tunnel, "rtt", None)
+        if callable(rtt):
+            rtt = rtt()
+        return float(rtt) if isinstance(rtt, (int, float)) and rtt >= 0 else None
+
+    def late_dropped(self) -> int | None:
+        """
+        The datagrams of the stream's channel the tunnel dropped for its
+        media deadline, if the tunnel counts them per channel
+        (C{late_dropped(channel_id)}); C{None} otherwise (the tunnel's
+        own total is in its status).
+        """
+        count = getattr(self.tunnel, "late_dropped", None)
+        if self.channel_id is None or not callable(count):
+            return None
+        value = count(self.channel_id)
+        return value if isinstance(value, int) else None
 
     def count(self) -> int:
         total = 0
@@ -264,30 +288,6 @@ def _quiet_since(dialog: _Dialog, stream: _Stream, now: float) -> float:
     ):
         return now
     return stream.last_activity
-
-
-def _tunnel_rtt(tunnel: Any) -> float | None:
-    """
-    The round trip (seconds) the tunnel connection measures, if it
-    offers one as C{rtt} (read for a snapshot, never per packet).
-    """
-    rtt = getattr(tunnel, "rtt", None)
-    if callable(rtt):
-        rtt = rtt()
-    return float(rtt) if isinstance(rtt, (int, float)) and rtt >= 0 else None
-
-
-def _late_dropped(tunnel: Any, channel_id: int | None) -> int | None:
-    """
-    The datagrams of a channel the tunnel dropped for its media deadline,
-    if the tunnel counts them per channel (C{late_dropped(channel_id)});
-    C{None} otherwise (the tunnel's own total is in its status).
-    """
-    count = getattr(tunnel, "late_dropped", None)
-    if channel_id is None or not callable(count):
-        return None
-    value = count(channel_id)
-    return value if isinstance(value, int) else None
 
 
 class _Dialog:
@@ -536,11 +536,6 @@ def _quality(stream: Any) -> Any:
     return None if quality is None else quality.snapshot()
 
 
-def _mos_worst(streams: list[dict[str, Any]], which: str) -> float | None:
-    values = [m for m in (s["mos"][which] for s in streams) if m is not None]
-    return min(values) if values else None
-
-
 def call_detail_record(
     dialog_key: str, dialog: _Dialog, reason: str, now: float, side: str, local_leg: str
 ) -> dict[str, Any]:
@@ -559,17 +554,27 @@ def call_detail_record(
     """
     _, _, call_id = dialog_key.partition("/")
     streams: list[dict[str, Any]] = []
+    # the call's MOS per direction: its worst stream's (the first lowest,
+    # as min() of the rated ones), in the same pass
+    up = down = None
     for index in sorted(set(dialog.history) | set(dialog.quality)):
         snapshot = dialog.quality.get(index)
+        mos = {"up": None, "down": None} if snapshot is None else snapshot["mos"]
         streams.append(
             {
                 "index": index,
                 "codec": None if snapshot is None else snapshot["codec"],
                 "legs": None if snapshot is None else snapshot["legs"],
-                "mos": {"up": None, "down": None} if snapshot is None else snapshot["mos"],
+                "mos": mos,
                 "relay": dict(dialog.history.get(index, {})),
             }
         )
+        value = mos["up"]
+        if value is not None and (up is None or value < up):
+            up = value
+        value = mos["down"]
+        if value is not None and (down is None or value < down):
+            down = value
     codec = dialog.codec.get(True) or dialog.codec.get(False)
     if streams and streams[0]["codec"]:
         codec = streams[0]["codec"]
@@ -588,7 +593,7 @@ def call_detail_record(
         "duration_s": round(now - dialog.started, 1),
         "answered_s": None if dialog.answered_at is None else round(now - dialog.answered_at, 1),
         "codec": codec,
-        "mos": {"up": _mos_worst(streams, "up"), "down": _mos_worst(streams, "down")},
+        "mos": {"up": up, "down": down},
         "streams": streams,
     }
 
@@ -614,9 +619,11 @@ def _cdr_summary(record: dict[str, Any]) -> str:
             legs.append(text)
         mos = stream["mos"]
         relay = stream["relay"]
-        dropped = sum(
-            relay.get(name, 0)
-            for name in ("dropped_source", "dropped_no_channel", "dropped_no_target", "dropped_send")
+        dropped = (
+            relay.get("dropped_source", 0)
+            + relay.get("dropped_no_channel", 0)
+            + relay.get("dropped_no_target", 0)
+            + relay.get("dropped_send", 0)
         )
         parts.append(
             "stream {}: {}; MOS up {} down {}; relay dropped {}".format(
@@ -1980,7 +1987,22 @@ class MediaManager:
         # more than a format without fields (issue 15).
         if "{" in line or "}" in line:
             line = line.replace("{", "{{").replace("}", "}}")
-        self.log.info(line, cdr=record)
+        # The event Logger.info(line, cdr=record) makes, the same keys in
+        # the same order, built here and handed to the logger's observer:
+        # Logger.emit checks the level against the sorted list of levels
+        # (about 12 Python calls per call; issue 15).
+        log = self.log
+        log.observer(
+            {
+                "cdr": record,
+                "log_logger": log,
+                "log_level": LogLevel.info,
+                "log_namespace": log.namespace,
+                "log_source": log.source,
+                "log_format": line,
+                "log_time": time.time(),
+            }
+        )
 
     def call_parties(self, tunnel: Any, dialog_key: str, from_uri: object, to_uri: object) -> None:
         """

@@ -416,7 +416,7 @@ class StreamPlan:
         """
         The live branches of our side, for the relay (L{Expect}).
         """
-        return tuple((tag, m) for tag, m in self.ours.items() if m is not None)
+        return tuple([(tag, m) for tag, m in self.ours.items() if m is not None])
 
     def move(self, event: Input) -> None:
         """
@@ -429,9 +429,14 @@ class StreamPlan:
     def update_held(self) -> None:
         # A side is on hold when every branch's live description of the
         # stream from that side asks for hold.
+        # (a loop, not all() over a generator: called several times per call)
         for ours, table in ((True, self.ours), (False, self.theirs)):
-            live = [m for m in table.values() if m is not None]
-            held = bool(live) and all(m.held for m in live)
+            held = False
+            for m in table.values():
+                if m is not None:
+                    held = m.held
+                    if not held:
+                        break
             if ours:
                 self.held_ours = held
             else:
@@ -693,7 +698,10 @@ class LegMedia:
                 if winners and keep is not None:
                     for other in [t for t in table if t is not None and t != keep]:
                         del table[other]
-                if all(media is None for media in table.values()):
+                for media in table.values():
+                    if media is not None:
+                        break
+                else:
                     wanted = False
             if wanted:
                 stream.move(Input.ANSWER_KEEPS)

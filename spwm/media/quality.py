@@ -492,16 +492,28 @@ class RtpStats:
 
     def figures(self) -> dict[str, Any]:
         """
-        The leg's RTP figures by name (without RTCP, transit and drops).
+        The leg's RTP figures by name (without RTCP, transit and drops):
+        L{packets}, L{expected}, L{lost} and L{jitter_ms} computed here
+        at once, not through the properties (taken at every stream's end;
+        issue 15).
         """
+        unique = self.unique
+        if self.started:
+            following = self.held_seq if self.next_seq == -2 else self.next_seq
+            current = self.cycles + ((following - 1) & 0xFFFF) - self.base_seq + 1
+            expected = self.earlier_expected + current
+            lost = self.earlier_lost + (current - unique if current > unique else 0)
+        else:
+            expected = lost = 0
+        rate = self.rate
         return {
-            "packets": self.packets,
+            "packets": self.earlier_received + unique + self.duplicates + self.stray,
             "bytes": self.bytes,
-            "expected": self.expected,
-            "lost": self.lost,
+            "expected": expected,
+            "lost": lost,
             "reordered": self.reordered,
             "duplicates": self.duplicates,
-            "jitter_ms": round(self.jitter_ms, 3),
+            "jitter_ms": round(self.jitter * 1000.0 / rate, 3) if rate else 0.0,
             "restarts": self.restarts,
         }
 
@@ -784,7 +796,11 @@ class StreamQuality:
         if is_tunnel and self.late_dropped is not None:
             late = self.late_dropped()
         figures["late_dropped"] = late
-        figures["rtcp"] = self._rtcp_of[stats.leg].figures(stats.rate)
+        rtcp = self._rtcp_of[stats.leg]
+        if rtcp.sr is None and rtcp.rr is None and rtcp.xr is None:
+            figures["rtcp"] = None  # as _Rtcp.figures has it, without the call
+        else:
+            figures["rtcp"] = rtcp.figures(stats.rate)
         return figures
 
     def direction(self, which: str) -> RtpStats:
@@ -849,11 +865,17 @@ class StreamQuality:
         """
         transit = self.transit_ms()
         legs: dict[str, Any] = {"lan": None, "tunnel": None, "operator": None}
-        legs[self.local.leg] = self._leg_figures(self.local, transit)
-        legs["tunnel"] = self._leg_figures(self.tunnel, transit)
+        local = legs[self.local.leg] = self._leg_figures(self.local, transit)
+        tunnel = legs["tunnel"] = self._leg_figures(self.tunnel, transit)
+        # a direction without packets has no MOS (L{mos}): told by the
+        # leg's figures, without the call
+        up, down = (local, tunnel) if self.side == "agent" else (tunnel, local)
         return {
             "legs": legs,
-            "mos": {"up": self.mos("up", transit), "down": self.mos("down", transit)},
+            "mos": {
+                "up": self.mos("up", transit) if up["packets"] else None,
+                "down": self.mos("down", transit) if down["packets"] else None,
+            },
             "codec": self.codec,
         }
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import heapq
 import hmac
+import re
 import struct
 
 from typing import Any
@@ -41,6 +42,27 @@ _FLOW = struct.Struct("!I")
 #: Record-Route token in each request of its dialog), and one remembered
 #: needs no HMAC.
 TOKEN_CACHE_SIZE = 4096
+
+#: Base32's alphabet (RFC 4648), lower case, by 5-bit group as text.
+_B32_LOWER = {format(i, "05b"): c for i, c in enumerate("abcdefghijklmnopqrstuvwxyz234567")}
+_FIVE_BITS = re.compile("[01]{5}")
+
+
+def b32_lower(data: bytes) -> str:
+    """
+    C{base64.b32encode(data)} without its C{=} padding, in lower case:
+    the same text in five Python calls instead of about forty (the
+    standard library encodes five bytes per Python-level step).
+
+    The bytes as one integer with a sentinel bit above them, its zero
+    bits shifted in below to a multiple of five (base32 pads the last
+    group with zero bits), in binary, read five bits at a time.
+    """
+    bits = len(data) * 8
+    tail = -bits % 5
+    binary = bin((int.from_bytes(data, "big") | 1 << bits) << tail)
+    # "0b1" and the sentinel, then exactly bits + tail digits
+    return "".join(map(_B32_LOWER.__getitem__, _FIVE_BITS.findall(binary, 3)))
 
 
 @frozen
@@ -136,7 +158,7 @@ class FlowTokenCodec:
             raise ValueError("flow id out of range")
         payload = kind + _FLOW.pack(flow_id) + bytes([len(sess)]) + sess + extra
         mac = hmac.digest(self._secret, payload, "sha256")[:_MAC_LEN]
-        token = base64.b32encode(payload + mac).decode("ascii").rstrip("=").lower()
+        token = b32_lower(payload + mac)
         self._remember(token, FlowToken(kind, session_id, flow_id, bytes(extra)))
         return token
 

@@ -557,7 +557,9 @@ class MediaHookAdapter:
 
     def __init__(self, manager: Any, resolve: Any = None, source: Any = None) -> None:
         self._manager = manager
-        self._resolve = resolve or (lambda key: key)
+        # None: the key is the tunnel (the contact point), read in place
+        # rather than through an identity function, ten times per call
+        self._resolve: Callable[[Any], Any] | None = resolve
         self.source = source
         self.sdp_errors = 0
 
@@ -601,7 +603,7 @@ class MediaHookAdapter:
         @return: what C{show} returns, or C{None} when the tunnel is gone
             or the SDP is malformed (logged and counted).
         """
-        tunnel = self._resolve(key)
+        tunnel = key if self._resolve is None else self._resolve(key)
         if tunnel is None:
             return None
         source = None if self.source is None else self.source(dialog_key)
@@ -624,7 +626,7 @@ class MediaHookAdapter:
             return NO_MEDIA_PORTS
         if manager.at_call_limit:
             return CALL_LIMIT
-        tunnel = None if key is None else self._resolve(key)
+        tunnel = key if key is None or self._resolve is None else self._resolve(key)
         if tunnel is not None and manager.session_full(tunnel.session_id):
             return TUNNEL_MEDIA_LIMIT
         return None
@@ -632,29 +634,29 @@ class MediaHookAdapter:
     def dialog_answered(
         self, key: Any, dialog_key: str, tag: str | None, ours: bool = True
     ) -> None:
-        tunnel = self._resolve(key)
+        tunnel = key if self._resolve is None else self._resolve(key)
         if tunnel is not None:
             self._manager.dialog_answered(tunnel, dialog_key, tag, ours=ours)
 
     def offer_settled(
         self, key: Any, dialog_key: str, ours: bool, cseq: tuple[int, str], accepted: bool
     ) -> None:
-        tunnel = self._resolve(key)
+        tunnel = key if self._resolve is None else self._resolve(key)
         if tunnel is not None:
             self._manager.offer_settled(tunnel, dialog_key, ours, cseq, accepted)
 
     def dialog_invited(self, key: Any, dialog_key: str) -> None:
-        tunnel = self._resolve(key)
+        tunnel = key if self._resolve is None else self._resolve(key)
         if tunnel is not None:
             self._manager.dialog_invited(tunnel, dialog_key)
 
     def dialog_heard(self, key: Any, dialog_key: str) -> None:
-        tunnel = self._resolve(key)
+        tunnel = key if self._resolve is None else self._resolve(key)
         if tunnel is not None:
             self._manager.dialog_heard(tunnel, dialog_key)
 
     def dialog_ended(self, key: Any, dialog_key: str, challenged: bool = False, reason: str = "dialog ended") -> None:
-        tunnel = self._resolve(key)
+        tunnel = key if self._resolve is None else self._resolve(key)
         if tunnel is not None:
             self._manager.dialog_ended(tunnel, dialog_key, challenged, reason)
 
@@ -663,7 +665,7 @@ class MediaHookAdapter:
         The From and To URIs of a call leg, for the call detail record
         (made text only by the manager, for the first naming it keeps).
         """
-        tunnel = self._resolve(key)
+        tunnel = key if self._resolve is None else self._resolve(key)
         if tunnel is not None:
             self._manager.call_parties(tunnel, dialog_key, from_uri, to_uri)
 
