@@ -1943,7 +1943,8 @@ class PathKeeper:
         self._connecting -= 1
         hello = getattr(protocol, "local_hello", None)
         if not self._up or (isinstance(hello, dict) and "attach" not in hello):
-            if self._resume_race and not self._up and not self._resumers and isinstance(hello, dict) and "resume" in hello:
+            racing = self._resume_race and not self._up and not self._resumers
+            if racing and isinstance(hello, dict) and "resume" in hello:
                 # it races the tunnel service's resumption: the first up
                 # resumes, PathSessions closes the other
                 self._resumers[id(protocol)] = protocol
