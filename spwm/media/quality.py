@@ -462,7 +462,7 @@ class RtpStats:
         """
         if not self.started:
             return 0
-        return self.earlier_expected + self.cycles + self.max_seq - self.base_seq + 1
+        return self.earlier_expected + self._span()
 
     @property
     def lost(self) -> int:
@@ -473,8 +473,13 @@ class RtpStats:
         """
         if not self.started:
             return 0
-        current = self.cycles + self.max_seq - self.base_seq + 1
-        return self.earlier_lost + max(0, current - self.unique)
+        return self.earlier_lost + max(0, self._span() - self.unique)
+
+    def _span(self) -> int:
+        """
+        Packets expected of the current sequence (once started).
+        """
+        return self.cycles + self.max_seq - self.base_seq + 1
 
     @property
     def jitter_ms(self) -> float:
@@ -493,27 +498,23 @@ class RtpStats:
     def figures(self) -> dict[str, Any]:
         """
         The leg's RTP figures by name (without RTCP, transit and drops):
-        L{packets}, L{expected}, L{lost} and L{jitter_ms} computed here
-        at once, not through the properties (taken at every stream's end;
-        issue 15).
+        L{expected} and L{lost} from one L{_span} (taken at every stream's
+        end; issue 15).
         """
-        unique = self.unique
         if self.started:
-            following = self.held_seq if self.next_seq == -2 else self.next_seq
-            current = self.cycles + ((following - 1) & 0xFFFF) - self.base_seq + 1
+            current = self._span()
             expected = self.earlier_expected + current
-            lost = self.earlier_lost + (current - unique if current > unique else 0)
+            lost = self.earlier_lost + max(0, current - self.unique)
         else:
             expected = lost = 0
-        rate = self.rate
         return {
-            "packets": self.earlier_received + unique + self.duplicates + self.stray,
+            "packets": self.packets,
             "bytes": self.bytes,
             "expected": expected,
             "lost": lost,
             "reordered": self.reordered,
             "duplicates": self.duplicates,
-            "jitter_ms": round(self.jitter * 1000.0 / rate, 3) if rate else 0.0,
+            "jitter_ms": round(self.jitter_ms, 3),
             "restarts": self.restarts,
         }
 
