@@ -28,7 +28,7 @@ from spwm.sip.errors import SipParseError
 from spwm.sip.message import make_response, parse_message
 from spwm.sip.actions import Dropped, ToTunnel
 from spwm.sip.contact_proxy import ContactSipProxy, never_congested
-from spwm.sip.uri import parse_name_addr, parse_uri, split_header_values, unescape
+from spwm.sip.uri import keep_parsed, parse_name_addr, parse_uri, split_header_values, unescape
 from spwm.tunnel.api import ChannelAcceptor, ChannelHandler, Refusal
 from spwm.tunnel.frames import ChannelKind
 
@@ -98,8 +98,8 @@ def _header_values(match: "re.Match[bytes]") -> str:
 
 
 #: L{_header_identity}'s answers by the header's raw value (a dialog's
-#: requests repeat their From): at most 1,024 values of up to 512 bytes,
-#: emptied when full, as the parser's caches.
+#: requests repeat their From), bounded as the parser's caches
+#: (L{keep_parsed}).
 _identities: dict[bytes, Identity | None] = {}
 
 
@@ -120,11 +120,7 @@ def _header_identity(pattern: "re.Pattern[bytes]", data: bytes, end: int | None 
         identity: Identity | None = identity_key(parse_name_addr(_header_values(match)).uri)
     except SipParseError:
         identity = None
-    if len(raw) <= 512:
-        if len(_identities) >= 1024:
-            _identities.clear()
-        _identities[raw] = identity
-    return identity
+    return keep_parsed(_identities, raw, identity)
 
 
 def preferred_refusal(data: bytes, identities: set[Identity], end: int | None = None) -> str | None:

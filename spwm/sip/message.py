@@ -12,15 +12,14 @@ byte (L{SipMessage.to_bytes}).
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable
 
 import attrs
 
 from spwm.sip import _grammar as g
 from spwm.sip.errors import SipParseError, bad
 from spwm.sip.uri import (
-    PARSED_CACHE_SIZE,
-    PARSED_CACHE_TEXT,
+    keep_parsed,
     NameAddr,
     SipUri,
     Via,
@@ -738,7 +737,7 @@ def _check_headers(message: SipMessage) -> Header | None:
         v = h.value
         address = _NAME_ADDRS.get(v)
         if address is None:
-            address = _keep(_NAME_ADDRS, v, parse_name_addr(_value_text(v)))
+            address = keep_parsed(_NAME_ADDRS, v, parse_name_addr(_value_text(v)))
         parsed[name] = (h, v, address)
     h = first["call-id"]
     v = h.value
@@ -747,7 +746,7 @@ def _check_headers(message: SipMessage) -> Header | None:
         text = _value_text(v)
         if g.CALL_ID.fullmatch(text) is None:
             raise bad("malformed Call-ID")
-        call_id = _keep(_CALL_IDS, v, text)
+        call_id = keep_parsed(_CALL_IDS, v, text)
     parsed["call-id"] = (h, v, call_id)
     h = first["cseq"]
     v = h.value
@@ -760,7 +759,7 @@ def _check_headers(message: SipMessage) -> Header | None:
         if cseq[0] > _MAX_CSEQ:
             parsed["cseq"] = (h, v, cseq)
             raise bad("CSeq number over 2**32-1")
-        _keep(_CSEQS, v, cseq)
+        keep_parsed(_CSEQS, v, cseq)
     parsed["cseq"] = (h, v, cseq)
     if message.is_request and cseq[1] != message.method:
         if message.method in _KNOWN_METHODS:
@@ -774,7 +773,7 @@ def _check_headers(message: SipMessage) -> Header | None:
             m = g.DIGITS.fullmatch(h.text)
             if m is None or int(m.group(1)) > 255:
                 raise bad("malformed Max-Forwards")
-            hops = _keep(_MAX_FORWARDS, v, int(m.group(1)))
+            hops = keep_parsed(_MAX_FORWARDS, v, int(m.group(1)))
         parsed["max-forwards"] = (h, v, hops)
     if "contact" not in first:
         parsed["contact"] = ([], [], [])
@@ -790,7 +789,7 @@ def _check_headers(message: SipMessage) -> Header | None:
                     for value in split_header_values(h.text, strict=True)
                     if value != "*"
                 ]
-                _keep(_CONTACT_LINES, v, line)
+                keep_parsed(_CONTACT_LINES, v, line)
             addresses += line
         parsed["contact"] = (contacts, [h.value for h in contacts], addresses)
     return first.get("content-length")
@@ -802,9 +801,8 @@ _CHECKED = frozenset(
 
 #: What L{_check_headers} and L{parse_message} found in a line value that
 #: passed, by the value's bytes, per header (the messages of a dialog
-#: repeat their From, To, Call-ID, CSeq, Contact and Via lines): each at
-#: most L{PARSED_CACHE_SIZE} values of up to L{PARSED_CACHE_TEXT} bytes,
-#: emptied when full, as the URI caches.  A value that fails is checked
+#: repeat their From, To, Call-ID, CSeq, Contact and Via lines), bounded
+#: as the URI caches (L{keep_parsed}).  A value that fails is checked
 #: again each time, so it fails the same way.
 _VIA_LINES: dict[bytes, Any] = {}  # the first value, parsed, or _VALID
 _NAME_ADDRS: dict[bytes, NameAddr] = {}  # From and To
@@ -817,16 +815,6 @@ _CONTENT_LENGTHS: dict[bytes, int] = {}
 #: A Via line whose values were checked, the first not parsed.
 _VALID: Any = object()
 
-_K = TypeVar("_K")
-_V = TypeVar("_V")
-
-
-def _keep(cache: dict[_K, _V], key: _K, value: _V) -> _V:
-    if len(key) <= PARSED_CACHE_TEXT:  # type: ignore[arg-type]
-        if len(cache) >= PARSED_CACHE_SIZE:
-            cache.clear()
-        cache[key] = value
-    return value
 
 
 def _value_text(v: bytes) -> str:
@@ -851,7 +839,7 @@ def _via_line(v: bytes, top: bool) -> Any:
     found = parse_via(values[0]) if top else _VALID
     for value in values[1:] if top else values:
         check_via(value)
-    return _keep(_VIA_LINES, v, found)
+    return keep_parsed(_VIA_LINES, v, found)
 
 
 def parse_message(
@@ -965,7 +953,7 @@ def parse_message(
             cl = g.DIGITS.fullmatch(content_length.text)
             if cl is None:
                 raise bad("malformed Content-Length")
-            length = _keep(_CONTENT_LENGTHS, content_length.value, int(cl.group(1)))
+            length = keep_parsed(_CONTENT_LENGTHS, content_length.value, int(cl.group(1)))
         if body_start + length > size:
             raise bad(
                 f"Content-Length {length} larger than the {size - body_start} "

@@ -227,6 +227,21 @@ PARSED_CACHE_TEXT = 512
 PARSED_CACHES: dict[str, dict[str, Any]] = {}
 
 _T = TypeVar("_T")
+_K = TypeVar("_K", str, bytes)
+
+
+def keep_parsed(cache: dict[_K, _T], text: _K, value: _T) -> _T:
+    """
+    Keep C{value} in C{cache} by its C{text} (at most L{PARSED_CACHE_SIZE}
+    texts of up to L{PARSED_CACHE_TEXT}, the cache emptied when full).
+
+    @return: C{value}.
+    """
+    if len(text) <= PARSED_CACHE_TEXT:
+        if len(cache) >= PARSED_CACHE_SIZE:
+            cache.clear()
+        cache[text] = value
+    return value
 
 
 def _parsed_once(parse: Callable[[str], _T]) -> Callable[[str], _T]:
@@ -241,11 +256,7 @@ def _parsed_once(parse: Callable[[str], _T]) -> Callable[[str], _T]:
     def parse_kept(text: str) -> _T:
         value = cache.get(text)
         if value is None:
-            value = parse(text)
-            if len(text) <= PARSED_CACHE_TEXT:
-                if len(cache) >= PARSED_CACHE_SIZE:
-                    cache.clear()
-                cache[text] = value
+            value = keep_parsed(cache, text, parse(text))
         return value
 
     return parse_kept
