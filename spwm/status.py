@@ -216,7 +216,7 @@ COUNTERS: dict[str, frozenset[str]] = {
     ),
     "tunnel": frozenset({"closes"}),
     "no_tunnel": frozenset({"refused_no_tunnel", "acks_dropped", "responses_dropped", "held", "held_overflow", "held_resuming", "held_duplicates", "held_carried", "carried_dropped", "carried_taken"}),
-    "sessions": frozenset({"resumed", "resume_refused", "resume_redirected", "resume_handed_on", "worker_redirects", "worker_fallbacks", "worker_avoided"}),
+    "sessions": frozenset({"resumed", "resumed_bound", "bound_sent", "bound_taken", "resume_refused", "resume_redirected", "resume_handed_on", "worker_redirects", "worker_fallbacks", "worker_avoided"}),
     "sip": frozenset(
         {
             "events",

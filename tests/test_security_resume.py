@@ -870,3 +870,116 @@ class ContactForwardsTests(SynchronousTestCase):
         self.sessions.tunnel_established(tunnel)
         self.sessions.tunnel_lost(tunnel, "cut")
         self.assertEqual(self.forwards.calls, [("ended", "s2"), ("lost", "s2", False)])
+
+
+class BoundResumptionTests(SynchronousTestCase):
+    """
+    The resumption's proofs in the hello, bound to the new connection's
+    TLS keying material: the contact point answers the hello, no
+    challenge is answered first.
+    """
+
+    BINDING = b"\x55" * 32
+
+    def _pair(self) -> tuple[AgentResumption, SessionManager, FakeMedia]:
+        """
+        Session s1 with alice's key on both halves, its connection lost
+        on both.
+        """
+        clock, contact, media, sip = _contact()
+        old = _registered(contact, sip, "s1", 3600.0)
+        contact.tunnel_lost(old, "cut")
+        agent = AgentResumption(Clock(), 60.0, FakeMedia(), FakeHandle())
+        agent.keys[USER] = KEY
+        agent.flows[USER] = 3
+        agent.session_id = "s1"
+        agent.tunnel_lost(FakeTunnel("s1"), "cut")
+        return agent, contact, media
+
+    def _hello(self, agent: AgentResumption, binding: bytes | None) -> tuple[FakeTunnel, dict[str, Any] | None]:
+        """
+        The agent's new connection with keying material C{binding}, and
+        what its hello's C{resume.bound} says.
+        """
+        new = FakeTunnel("s9")
+        new.exported = binding
+        return new, agent.proofs(new)
+
+    def _at_contact(self, contact: SessionManager, bound: dict[str, Any], binding: bytes | None) -> FakeTunnel:
+        tunnel = FakeTunnel("fresh", peer_hello={"resume": {"session_id": "s1", "users": [USER], "bound": bound}})
+        tunnel.exported = binding
+        contact.tunnel_established(tunnel)
+        return tunnel
+
+    def test_resumed_on_the_hello(self) -> None:
+        """
+        The contact point resumes the session on the hello; the agent,
+        told by the welcome that the contact point takes such proofs,
+        sends no C{resume} and takes the answer.
+        """
+        agent, contact, media = self._pair()
+        new, bound = self._hello(agent, self.BINDING)
+        assert bound is not None
+        self.assertEqual(bound["proofs"], {USER: resumption_proof(KEY, self.BINDING, "s1", bound=True)})
+        self.assertNotEqual(bound["proofs"][USER], resumption_proof(KEY, self.BINDING, "s1"))
+        at_contact = self._at_contact(contact, bound, self.BINDING)
+        [answer] = at_contact.controls
+        self.assertEqual(answer, {"op": "resumed", "session_id": "s1", "users": [USER]})
+        self.assertEqual((contact.resumed, contact.resumed_bound, at_contact.session_id), (1, 1, "s1"))
+        self.assertEqual(media.calls[-1], ("resumed", "s1", at_contact))
+        new.local_hello = {"resume": {"session_id": "s1", "users": [USER], "bound": bound}}
+        new.peer_hello = {"challenge": CHALLENGE.hex(), "resume_bound": 1}
+        agent.sent(new)
+        agent.handle.current = new
+        agent.tunnel_established(new)
+        self.assertEqual(new.controls, [])
+        agent.control_received(new, answer)
+        self.assertEqual((agent.state, agent.resumed, agent.bound_sent, agent.bound_taken), (SessionState.LIVE, 1, 1, 1))
+        self.assertEqual(new.session_id, "s1")
+
+    def test_bound_to_its_connection(self) -> None:
+        """
+        Proofs bound to another connection's keying material (a replay
+        of another hello) are refused, and the session stays suspended;
+        so are bound proofs on a connection without keying material.
+        """
+        agent, contact, media = self._pair()
+        _, bound = self._hello(agent, self.BINDING)
+        assert bound is not None
+        other = self._at_contact(contact, bound, b"\x56" * 32)
+        self.assertEqual(other.controls, [{"op": "resume-failed", "reason": f"wrong proof for {USER}"}])
+        plain = self._at_contact(contact, bound, None)
+        self.assertEqual(plain.controls, [{"op": "resume-failed", "reason": "bound proofs without TLS keying material"}])
+        self.assertEqual((contact.resumed, contact.refused, contact.sessions["s1"].state), (0, 2, SessionState.SUSPENDED))
+        # a challenge's proof is no bound proof either
+        challenge_proofs = {"proofs": {USER: resumption_proof(KEY, self.BINDING, "s1")}}
+        third = self._at_contact(contact, challenge_proofs, self.BINDING)
+        self.assertEqual(third.controls, [{"op": "resume-failed", "reason": f"wrong proof for {USER}"}])
+
+    def test_older_contact_point(self) -> None:
+        """
+        A welcome that does not say C{resume_bound} (an older contact
+        point ignored the proofs): the agent answers the challenge.
+        """
+        agent, _, _ = self._pair()
+        new, bound = self._hello(agent, self.BINDING)
+        new.local_hello = {"resume": {"session_id": "s1", "users": [USER], "bound": bound}}
+        new.peer_hello = {"challenge": CHALLENGE.hex()}
+        agent.handle.current = new
+        agent.tunnel_established(new)
+        self.assertEqual(
+            new.controls, [{"op": "resume", "session_id": "s1", "proofs": {USER: resumption_proof(KEY, CHALLENGE, "s1")}}]
+        )
+        self.assertEqual(agent.bound_taken, 0)
+
+    def test_none_without_keying_material_or_session(self) -> None:
+        """
+        No bound proofs on a plaintext connection, or when there is
+        nothing to resume.
+        """
+        agent, _, _ = self._pair()
+        self.assertIsNone(self._hello(agent, None)[1])
+        fresh = AgentResumption(Clock(), 60.0, FakeMedia(), FakeHandle())
+        tunnel = FakeTunnel("s9")
+        tunnel.exported = self.BINDING
+        self.assertIsNone(fresh.proofs(tunnel))

@@ -144,6 +144,24 @@ class Bed:
         self.flush()
 
 
+class HandshakingTransport(iosim.FakeTransport):
+    """
+    An in-memory transport that says when its (pretend) TLS handshake is
+    done, as L{spwm.tunnel.tlsread.TunnelTLSProtocol} does: at
+    L{handshake}.
+    """
+
+    _on_handshake: Any = None
+
+    def when_handshake_done(self, callback: Any) -> bool:
+        self._on_handshake = callback
+        return True
+
+    def handshake(self) -> None:
+        callback, self._on_handshake = self._on_handshake, None
+        callback()
+
+
 class AttachTests(SynchronousTestCase):
     """
     A further connection joins the session it proves it belongs to.
@@ -191,6 +209,81 @@ class AttachTests(SynchronousTestCase):
         bed.advance(1)
         self.assertEqual(bed.agent.observer.calls, [("established", front)])
         self.assertIs(bed.agent.paths.front, front)
+        self.assertEqual(front.paths, [a1])
+
+    def _racing(self) -> tuple[Bed, list[Any], list[Any]]:
+        """
+        Two connections made to resume the agent's session, each
+        holding its hello for its TLS handshake (done by the test), with
+        a seal that gives proofs to any.
+
+        @return: the bed, the two pairs of ends, the seal's C{sent}.
+        """
+        bed = Bed()
+        told: list[Any] = []
+
+        class Seal:
+            def proofs(self, path: Any) -> dict[str, Any]:
+                return {"proofs": {}}
+
+            def sent(self, path: Any) -> None:
+                told.append(path)
+
+        factory = AgentTunnelFactory(
+            bed.agent.router,
+            bed.clock,
+            "agent-1",
+            hello={"paths": 1, "sip-seq": 1, "resume": {"session_id": "s"}},
+            seal=bed.agent.paths.seal(Seal()),
+        )
+        pairs = []
+        for _ in range(2):
+            server = bed.contact_factory.buildProtocol(None)
+            client = factory.buildProtocol(None)
+            transport = HandshakingTransport(client, False)
+            pump = iosim.connect(server, iosim.FakeTransport(server, True), client, transport, greet=False, clock=bed.clock)
+            bed.pumps.append((pump, client, server))
+            pairs.append((client, transport))
+        return bed, pairs, told
+
+    def test_one_hello_with_proofs(self) -> None:
+        """
+        Of two connections made to resume the session, the first whose
+        handshake is done sends the proofs in its hello; the other sends
+        its hello without them and is closed at its welcome, before the
+        session logic hears of it; the first carries the session.
+        """
+        bed, [(a1, t1), (a2, t2)], told = self._racing()
+        bed.flush()
+        self.assertEqual(bed.pumps[0][2].peer_hello, {})
+        t2.handshake()
+        t1.handshake()
+        self.assertEqual(told, [a2])
+        self.assertIn("bound", a2.local_hello["resume"])
+        self.assertNotIn("bound", a1.local_hello["resume"])
+        bed.flush()
+        self.assertFalse(a1.is_open)
+        self.assertEqual(a1.close_info.reason, "another connection is resuming the session")
+        front = bed.agent.paths.front
+        self.assertEqual(bed.agent.observer.calls, [("established", front)])
+        self.assertEqual(front.paths, [a2])
+
+    def test_the_other_goes_on_when_the_first_is_lost(self) -> None:
+        """
+        When the connection that sent the proofs is lost before its
+        welcome, the other one (hello without proofs) carries the session.
+        """
+        bed, [(a1, t1), (a2, t2)], told = self._racing()
+        t2.handshake()
+        t1.handshake()
+        bed.stalled.add(0)
+        bed.cut(1, lose_queued=True)
+        self.assertFalse(a2.is_open)
+        bed.stalled.clear()
+        bed.flush()
+        self.assertTrue(a1.is_open)
+        front = bed.agent.paths.front
+        self.assertEqual(bed.agent.observer.calls, [("established", front)])
         self.assertEqual(front.paths, [a1])
 
     def test_wrong_proof(self) -> None:

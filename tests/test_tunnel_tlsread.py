@@ -41,9 +41,9 @@ class Recorder(Protocol):
         self.lost = reason
 
 
-class ReadBatchingTests(SynchronousTestCase):
+class _Certified(SynchronousTestCase):
     """
-    L{TunnelTLSProtocol} against Twisted's own TLS protocol.
+    Server and client TLS options from a test CA.
     """
 
     def setUp(self) -> None:
@@ -53,6 +53,13 @@ class ReadBatchingTests(SynchronousTestCase):
         with open(ca.ca_file, "rb") as f:
             trust = ssl.Certificate.loadPEM(f.read())
         self.client_options = ssl.optionsForClientTLS("contact.example.test", trustRoot=trust)
+        self.clock = Clock()
+
+
+class ReadBatchingTests(_Certified):
+    """
+    L{TunnelTLSProtocol} against Twisted's own TLS protocol.
+    """
 
     def connect(self, factory_class: Any) -> tuple[Recorder, Recorder, Any, Any]:
         """
@@ -131,6 +138,116 @@ class ReadBatchingTests(SynchronousTestCase):
         self.assertEqual(app.received, [b"onestop"])
         self.assertIsNotNone(app.lost)
 
+
+class HandshakeDoneTests(_Certified):
+    """
+    L{TunnelTLSProtocol.when_handshake_done}: the agent's hello that
+    resumes a session waits for the handshake and carries proofs bound to
+    the connection's keying material.
+    """
+
+    def pair(self, client_app: Any, server_app: Any) -> tuple[Any, Any]:
+        """
+        C{client_app} in a L{TunnelTLSProtocol} client, C{server_app} in
+        a server, joined in memory; nothing moved yet.
+
+        @return: the client's TLS protocol and the pump.
+        """
+        client_factory = TunnelTLSFactory(self.client_options, True, Factory.forProtocol(lambda: client_app), clock=self.clock)
+        server_factory = TunnelTLSFactory(self.server_options, False, Factory.forProtocol(lambda: server_app), clock=self.clock)
+        client = client_factory.buildProtocol(None)
+        server = server_factory.buildProtocol(None)
+        pump = connect(server, makeFakeServer(server), client, makeFakeClient(client), greet=False, clock=self.clock)
+        return client, pump
+
+    def test_called_once_before_any_data(self) -> None:
+        """
+        The callback runs once, when the handshake is done and before the
+        application reads anything; asked again after, it is not taken.
+        """
+        events: list[Any] = []
+
+        class App(Recorder):
+            def connectionMade(self) -> None:
+                events.append(("taken", self.transport.when_handshake_done(lambda: events.append("done"))))
+
+            def dataReceived(self, data: bytes) -> None:
+                events.append(data)
+
+        server_app = Recorder()
+        server_app.connectionMade = lambda: server_app.transport.write(b"hi")  # type: ignore[method-assign]
+        client, pump = self.pair(App(), server_app)
+        pump.flush()
+        self.clock.advance(0)
+        pump.flush()
+        self.assertEqual(events, [("taken", True), "done", b"hi"])
+        self.assertFalse(client.when_handshake_done(lambda: events.append("again")))
+        self.assertNotIn("again", events)
+
+    def test_bound_proofs_in_the_hello(self) -> None:
+        """
+        An agent's tunnel protocol with a hello that resumes a session
+        holds the hello until the handshake, then sends it with what the
+        seal gives: here the client's keying material, which the contact
+        point's end of the same connection exports alike.
+        """
+        from spwm.security.keys import EXPORTER_LABEL, KEY_LENGTH
+        from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
+
+        class App:
+            def __getattr__(self, name: str) -> Any:
+                return lambda *args, **kwargs: None
+
+        told: list[Any] = []
+
+        class Seal:
+            def proofs(self, path: Any) -> dict[str, Any]:
+                return {"binding": path.export_keying_material(EXPORTER_LABEL, KEY_LENGTH).hex()}
+
+            def sent(self, path: Any) -> None:
+                told.append(path)
+
+        agent = AgentTunnelFactory(
+            App(), self.clock, "agent-1", hello={"resume": {"session_id": "s1", "users": []}}, seal=Seal()
+        ).buildProtocol(None)
+        contact = ContactTunnelFactory(App(), self.clock).buildProtocol(None)
+        _, pump = self.pair(agent, contact)
+        pump.flush()
+        self.clock.advance(0)
+        pump.flush()
+        binding = contact.export_keying_material(EXPORTER_LABEL, KEY_LENGTH)
+        self.assertIsNotNone(binding)
+        self.assertEqual(contact.peer_hello["resume"], {"session_id": "s1", "users": [], "bound": {"binding": binding.hex()}})
+        self.assertEqual(told, [agent])
+        self.assertEqual(agent.local_hello["resume"]["bound"], {"binding": binding.hex()})
+        self.assertEqual(agent.peer_hello.get("resume_bound"), 1)
+        self.assertTrue(agent.is_open)
+
+    def test_no_hold_without_a_resumption(self) -> None:
+        """
+        A hello that resumes nothing goes as before: the seal is not asked.
+        """
+        from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
+
+        class App:
+            def __getattr__(self, name: str) -> Any:
+                return lambda *args, **kwargs: None
+
+        class Seal:
+            def proofs(self, path: Any) -> dict[str, Any]:
+                raise AssertionError("asked")
+
+            def sent(self, path: Any) -> None:
+                raise AssertionError("told")
+
+        agent = AgentTunnelFactory(App(), self.clock, "agent-1", hello={"paths": 1}, seal=Seal()).buildProtocol(None)
+        contact = ContactTunnelFactory(App(), self.clock).buildProtocol(None)
+        _, pump = self.pair(agent, contact)
+        pump.flush()
+        self.clock.advance(0)
+        pump.flush()
+        self.assertTrue(agent.is_open)
+        self.assertNotIn("resume", contact.peer_hello)
 
 
 class ClientEndpointTests(SynchronousTestCase):

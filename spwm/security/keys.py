@@ -27,6 +27,14 @@ A resumption proof for a fresh challenge from the contact point is::
 
     proof = HMAC-SHA256(key, "spwm/1 resume" 0x00 challenge 0x00 old-session-id)
 
+and one sent in the hello of the new connection, before any challenge, is
+bound to that connection's TLS session instead (its keying material is as
+fresh as a challenge, and no other connection has it)::
+
+    binding = TLS-Exporter("EXPORTER-spwm-user-key", context = none, 32 bytes)
+              of the new connection
+    proof   = HMAC-SHA256(key, "spwm/1 resume-bound" 0x00 binding 0x00 old-session-id)
+
 Nothing here is configured anywhere.  Without TLS the digest parameters are
 visible to anyone on the path and the key is not secret.
 """
@@ -132,21 +140,26 @@ def derive_session_key(exported: bytes | None, session_id: str) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=KEY_LENGTH, salt=b"spwm/1", info=info).derive(exported or b"")
 
 
-def resumption_proof(key: bytes, challenge: bytes, session_id: str) -> str:
+def resumption_proof(key: bytes, challenge: bytes, session_id: str, *, bound: bool = False) -> str:
     """
     Prove possession of C{key} for a fresh C{challenge}, bound to the
     session being resumed; hex text.
+
+    @param bound: C{challenge} is the new connection's own keying
+        material (L{EXPORTER_LABEL}), not the contact point's challenge:
+        the proof went in the hello (a round trip sooner).
     """
-    message = b"spwm/1 resume\x00" + challenge + b"\x00" + session_id.encode("utf-8")
+    label = b"spwm/1 resume-bound\x00" if bound else b"spwm/1 resume\x00"
+    message = label + challenge + b"\x00" + session_id.encode("utf-8")
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-def check_proof(key: bytes, challenge: bytes, session_id: str, proof: object) -> bool:
+def check_proof(key: bytes, challenge: bytes, session_id: str, proof: object, *, bound: bool = False) -> bool:
     """
     Whether C{proof} proves possession of C{key} (constant time).
     """
     if not isinstance(proof, str):
         return False
     # Compare bytes: compare_digest refuses non-ASCII text.
-    expected = resumption_proof(key, challenge, session_id).encode("ascii")
+    expected = resumption_proof(key, challenge, session_id, bound=bound).encode("ascii")
     return hmac.compare_digest(expected, proof.encode("utf-8", "surrogateescape"))

@@ -195,6 +195,11 @@ class AgentResumption(_Lifecycle):
         self.session_lost = session_lost
         self._stopping = False
         self.resumed = 0
+        #: hellos that carried the resumption's proofs bound to their
+        #: connection (L{proofs}), and the resumptions among them that the
+        #: contact point took from the hello (no challenge answered)
+        self.bound_sent = 0
+        self.bound_taken = 0
         #: the contact point's C{sip_next} in its C{resumed}, for the
         #: tunnel handle's carried SIP
         self._peer_sip_next: object = None
@@ -317,6 +322,8 @@ class AgentResumption(_Lifecycle):
             "suspended": int(self.state is SessionState.SUSPENDED),
             "dormant": int(self.dormant),
             "resumed": self.resumed,
+            "bound_sent": self.bound_sent,
+            "bound_taken": self.bound_taken,
         }
 
     def key_learned(self, credentials: DigestCredentials, flow_id: int) -> None:
@@ -402,21 +409,79 @@ class AgentResumption(_Lifecycle):
         self.session_id = tunnel.session_id
         self._apply(Input.KEY_LEARNED)
 
-    def _offer(self, tunnel: Any, media: bool) -> None:
-        raw = bytes.fromhex(tunnel.peer_hello["challenge"])
+    # -- HelloSeal: the proofs in the hello ---------------------------------
+
+    def proofs(self, path: Any) -> dict[str, Any] | None:
+        """
+        The resumption's proofs for the hello of C{path}, bound to its TLS
+        session (L{spwm.security.keys}), once its handshake is done: the
+        contact point resumes the session on the hello, without a
+        challenge to answer first. C{None} when there is nothing to
+        resume or no keying material (a plaintext tunnel): the hello goes
+        without, and the challenge is answered as before.
+        """
+        if self.state not in (SessionState.SUSPENDED, SessionState.DORMANT) or self._stopping:
+            return None
+        if not self.session.resumable or not self.session_id:
+            return None
+        binding = path.export_keying_material(EXPORTER_LABEL, KEY_LENGTH)
+        if binding is None:
+            return None
+        return self._proof_fields(binding, media=self.state is SessionState.SUSPENDED, bound=True)
+
+    def sent(self, path: Any) -> None:
+        self.bound_sent += 1
+
+    @staticmethod
+    def _bound(tunnel: Any) -> bool:
+        """
+        Whether C{tunnel}'s hello carried bound proofs and its welcome
+        says the contact point takes them (C{resume_bound}): it answers
+        the hello, and no C{resume} message is sent (an older contact
+        point does not say so: its challenge is answered).
+        """
+        resume = tunnel.local_hello.get("resume") if isinstance(tunnel.local_hello, dict) else None
+        return (
+            isinstance(resume, dict)
+            and isinstance(resume.get("bound"), dict)
+            and isinstance(tunnel.peer_hello, dict)
+            and tunnel.peer_hello.get("resume_bound") == 1
+        )
+
+    def _proof_fields(self, raw: bytes, media: bool, bound: bool = False) -> dict[str, Any]:
+        """
+        A resumption's fields: the proofs for C{raw} (the contact point's
+        challenge, or the new connection's keying material when
+        C{bound}), whether the calls' media is still here and what the
+        agent took of the SIP the contact point sent on the lost
+        connection.
+        """
         assert self.session_id is not None
-        proofs = {user: resumption_proof(key, raw, self.session_id) for user, key in self.keys.items()}
-        message: dict[str, Any] = {"op": "resume", "session_id": self.session_id, "proofs": proofs}
+        session_id = self.session_id
+        fields: dict[str, Any] = {
+            "proofs": {user: resumption_proof(key, raw, session_id, bound=bound) for user, key in self.keys.items()}
+        }
         if self.session.session_key is not None:
-            message["session_proof"] = resumption_proof(self.session.session_key, raw, self.session_id)
+            fields["session_proof"] = resumption_proof(self.session.session_key, raw, session_id, bound=bound)
         if not media:
-            message["media"] = False
+            fields["media"] = False
         else:
             # what the agent took of the SIP the contact point sent on the
             # lost connection: the contact point carries the rest
             taken = getattr(self.handle, "carried_next", None)
             if isinstance(taken, int):
-                message["sip_next"] = taken
+                fields["sip_next"] = taken
+        return fields
+
+    def _offer(self, tunnel: Any, media: bool) -> None:
+        if self._bound(tunnel):
+            # the hello said it all: the contact point's answer comes
+            self.bound_taken += 1
+            return
+        raw = bytes.fromhex(tunnel.peer_hello["challenge"])
+        assert self.session_id is not None
+        message: dict[str, Any] = {"op": "resume", "session_id": self.session_id}
+        message.update(self._proof_fields(raw, media))
         tunnel.send_control(message)
 
     def control_received(self, tunnel: Any, message: dict[str, Any]) -> None:

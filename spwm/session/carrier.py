@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from spwm.session.quicpath import Keepers
     from spwm.tunnel.api import ChannelHandler, TunnelObserver
     from spwm.tunnel.cipher import UserCipher
-    from spwm.tunnel.protocol import TunnelProtocol
+    from spwm.tunnel.protocol import HelloSeal, TunnelProtocol
 
 __all__ = ["PathFront", "PathKeeper", "PathSessions", "attach_proof", "path_kind"]
 
@@ -1140,6 +1140,28 @@ class PathFront:
         return f"<PathFront {self.session_id} paths={sorted(self._paths)} carrier={self._carrier_id}>"
 
 
+class _OneResumer:
+    """
+    L{PathSessions.seal}: the inner seal's proofs for one connection at
+    a time.
+    """
+
+    def __init__(self, sessions: PathSessions, inner: HelloSeal) -> None:
+        self._sessions = sessions
+        self._inner = inner
+
+    def proofs(self, path: TunnelProtocol) -> dict[str, Any] | None:
+        sessions = self._sessions
+        front = sessions.front
+        if (front is not None and front.is_open) or sessions._resumer not in (None, path):
+            return None
+        return self._inner.proofs(path)
+
+    def sent(self, path: TunnelProtocol) -> None:
+        self._sessions._resuming(path)
+        self._inner.sent(path)
+
+
 class PathSessions:
     """
     The tunnel observer of a half that speaks C{paths}: connections in,
@@ -1212,6 +1234,9 @@ class PathSessions:
         # per session (its front's id): the line of a lost connection
         # held back (the first's reason, connections gone, its timer)
         self._gone: dict[int, tuple[str, int, IDelayedCall]] = {}
+        #: agent: the connection whose hello carries the resumption's
+        #: proofs (L{seal}) until its welcome or its loss
+        self._resumer: TunnelProtocol | None = None
 
     @property
     def front(self) -> PathFront | None:
@@ -1237,6 +1262,34 @@ class PathSessions:
             return {**resume(), "paths": 1, "sip-seq": 1, **stalls}
 
         return hello
+
+    def seal(self, inner: HelloSeal) -> HelloSeal:
+        """
+        Agent: the hello's bound resumption proofs (C{inner}'s, the
+        session's resumption) for one connection at a time. The contact
+        point resumes the session on the hello that carries them, so two
+        such hellos (the tunnel service's and the path keeper's raced
+        attempt, L{PathKeeper.race_resumption}) would take the session
+        over from each other: the first connection whose TLS handshake
+        is done sends them; a connection whose handshake is done while
+        that one waits for its welcome, or after the session is resumed,
+        sends its hello without them, and is closed at its welcome
+        unless the first was lost by then (it then answers the
+        challenge, as without bound proofs).
+        """
+        return _OneResumer(self, inner)
+
+    def _resuming(self, path: TunnelProtocol) -> None:
+        """
+        C{path}'s hello carries the resumption's proofs.
+        """
+        self._resumer = path
+
+        def gone(_: object) -> None:
+            if self._resumer is path:
+                self._resumer = None
+
+        path.when_closed().addCallback(gone)
 
     def _hold(self, path: TunnelProtocol) -> None:
         """
@@ -1324,6 +1377,15 @@ class PathSessions:
             self.observer.tunnel_established(path)
             return
         assert isinstance(key, str)
+        if self.agent and self._resumer is not None:
+            if self._resumer is not path:
+                # made to resume the session while it was down, and
+                # another connection's hello carries the proofs (seal):
+                # the contact point resumes the session on it
+                self._hold(path)
+                path.close(0, "another connection is resuming the session")
+                return
+            self._resumer = None
         if self.agent and self.front is not None and self.front.is_open:
             # made to resume the session while it was down, and another
             # connection resumed it first (a raced resumption,

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from spwm.security.keys import KEY_LENGTH, check_proof
+from spwm.security.keys import EXPORTER_LABEL, KEY_LENGTH, check_proof
 from spwm.security.resume import (
     MAX_DORMANT,
     MAX_RESUME_USERS,
@@ -91,6 +91,8 @@ class SessionManager:
         self.elsewhere = elsewhere
         self.refused = 0
         self.resumed = 0
+        #: resumptions whose proofs came bound in the hello (no challenge)
+        self.resumed_bound = 0
         self.redirected = 0
 
     @property
@@ -190,6 +192,7 @@ class SessionManager:
             # (none without TLS keying material)
             session.session_key = session_key(tunnel)
         self.sip.tunnel_established(tunnel)
+        self._resume_bound(tunnel)
 
     def tunnel_lost(self, tunnel: Any, reason: str) -> None:
         """
@@ -288,6 +291,7 @@ class SessionManager:
             "suspended": suspended,
             "dormant": len(self._dormant),
             "resumed": self.resumed,
+            "resumed_bound": self.resumed_bound,
             "resume_refused": self.refused,
             "resume_redirected": self.redirected,
         }
@@ -489,9 +493,46 @@ class SessionManager:
         """
         if message.get("op") != "resume":
             return
+        challenge = tunnel.local_hello.get("challenge") if tunnel.local_hello else None
+        raw = bytes.fromhex(challenge) if isinstance(challenge, str) else None
+        self._resume(tunnel, message, raw, bound=False)
+
+    def _resume_bound(self, tunnel: Any) -> None:
+        """
+        A new connection's hello that resumes a session with proofs bound
+        to the connection's TLS session (C{resume.bound}): checked and
+        answered now, as a C{resume} message would be, without the round
+        trip of the challenge (C{docs/protocol.md}, "Resumption").
+        """
+        hello = getattr(tunnel, "peer_hello", None)
+        resume = hello.get("resume") if isinstance(hello, dict) else None
+        if not isinstance(resume, dict) or not isinstance(resume.get("bound"), dict):
+            return
+        bound = resume["bound"]
+        binding = tunnel.export_keying_material(EXPORTER_LABEL, KEY_LENGTH)
+        message = {**bound, "op": "resume", "session_id": resume.get("session_id")}
+        if binding is None:
+            # no TLS keying material here (an agent would not send these
+            # without it): refused, as a proof that cannot be checked
+            self.refused += 1
+            self.log.warn(
+                "refused resumption of session {session_id} from {peer}: {reason}",
+                session_id=message["session_id"],
+                peer=tunnel.peer,
+                reason="bound proofs without TLS keying material",
+            )
+            tunnel.send_control({"op": "resume-failed", "reason": "bound proofs without TLS keying material"})
+            return
+        self._resume(tunnel, message, binding, bound=True)
+
+    def _resume(self, tunnel: Any, message: dict[str, Any], raw: bytes | None, bound: bool) -> None:
+        """
+        Check a resumption (C{message}: a C{resume} message, or the bound
+        fields of the hello) against C{raw} (the challenge, or the
+        connection's keying material when C{bound}) and carry it out.
+        """
         old_session = message.get("session_id")
         proofs = message.get("proofs")
-        challenge = tunnel.local_hello.get("challenge") if tunnel.local_hello else None
         session = self.sessions.get(old_session) if isinstance(old_session, str) else None
         state = SessionState.ENDED if session is None else session.state
         found = session is not None and (
@@ -520,17 +561,16 @@ class SessionManager:
             problem = "no suspended session by that name"
         elif not isinstance(proofs, dict) or len(proofs) > MAX_RESUME_USERS or not (proofs or own is not None):
             problem = "no proofs"
-        elif not isinstance(challenge, str):
+        elif raw is None:
             problem = "no challenge was sent"
         else:
-            raw = bytes.fromhex(challenge)
             for user, proof in proofs.items():
                 key = session.keys.get(user)
-                if key is None or not check_proof(key, raw, old_session, proof):
+                if key is None or not check_proof(key, raw, old_session, proof, bound=bound):
                     problem = f"wrong proof for {user}"
                     break
             if problem is None and session.session_key is not None and not check_proof(
-                session.session_key, raw, old_session, own
+                session.session_key, raw, old_session, own, bound=bound
             ):
                 # the session has its own key: the agent that made the
                 # session proves it, whatever users it names
@@ -614,6 +654,7 @@ class SessionManager:
         # calls made on the new connection before the proof go on
         self.media.session_absorbed(fresh, old_session)
         self.resumed += 1
+        self.resumed_bound += bound
         self.log.info(
             "session {session_id} resumed from {peer}{what}",
             session_id=old_session,

@@ -868,6 +868,7 @@ def _agent_side_tunnel(
     keeper = None
     observer: Any = resumption
     hello: Any = resumption.hello
+    seal: Any = resumption
     # The paths layer is there even with one TCP connection (over an HTTP
     # proxy, in plaintext, with --udp-path off): its SIP is numbered, so
     # what is in flight when the connection breaks goes again in the
@@ -905,7 +906,7 @@ def _agent_side_tunnel(
                 side.handle.carry(messages, taken) if session == resumption.session_id else None
             ),
         )
-        observer, hello = paths, paths.hello(resumption.hello)
+        observer, hello, seal = paths, paths.hello(resumption.hello), paths.seal(resumption)
     observer = WorkerSteering(
         observer,
         route,
@@ -914,7 +915,7 @@ def _agent_side_tunnel(
     )
     router = Router(sip_part, {FORWARD_USE: forwarder, "media": media}, observer)
     factory = AgentTunnelFactory(
-        router, reactor, agent_id, config.limits.tunnel, hello=hello, user_ciphering=config.user_ciphering
+        router, reactor, agent_id, config.limits.tunnel, hello=hello, user_ciphering=config.user_ciphering, seal=seal
     )
     if paths is not None:
         later_factory.bind(factory)

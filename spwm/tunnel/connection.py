@@ -516,6 +516,26 @@ class TunnelConnection:
 
     # -- output API --------------------------------------------------------
 
+    def amend_hello(self, extra: dict[str, Any]) -> bool:
+        """
+        Agent: send C{extra} as the hello's extra fields instead of those
+        given when the connection was made, if the hello has not left yet
+        (it waits behind the preface, first in the queue: the agent
+        holds it until its TLS handshake is done).
+
+        @return: whether the hello now says C{extra}.
+        """
+        if self.role is not Role.AGENT or self.state is State.CLOSED or len(self._priority) < 2:
+            return False
+        version = self._versions[0]
+        if self._priority[1] != encode_control(self._hello(version)):
+            return False  # gone, or not the hello
+        self._hello_extra = dict(extra)
+        frame = encode_control(self._hello(version))
+        self._priority_bytes += len(frame) - len(self._priority[1])
+        self._priority[1] = frame
+        return True
+
     def _queue(self, frame: bytes) -> None:
         self._priority.append(frame)
         self._priority_bytes += len(frame)

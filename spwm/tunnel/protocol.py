@@ -183,6 +183,29 @@ class TunnelApplication(TypingProtocol):
     def channel_closed(self, tunnel: TunnelProtocol, channel_id: int, code: int, reason: str) -> None: ...
 
 
+class HelloSeal(TypingProtocol):
+    """
+    What gives an agent's hello that resumes a session its proofs, bound
+    to the new connection's TLS session (its exporter: no challenge to
+    wait for, a round trip sooner; C{docs/protocol.md}, "Resumption").
+    L{spwm.security.resume.AgentResumption} is one; with several
+    connections, L{spwm.session.carrier.PathSessions.seal} lets one
+    connection at a time send them.
+    """
+
+    def proofs(self, path: TunnelProtocol) -> dict[str, Any] | None:
+        """
+        The hello's C{resume.bound} fields for C{path}, whose TLS
+        handshake is done, or C{None}: the hello goes without them (the
+        contact point's challenge is answered then, as before).
+        """
+
+    def sent(self, path: TunnelProtocol) -> None:
+        """
+        C{path}'s hello carries what L{proofs} gave.
+        """
+
+
 @implementer(IPushProducer)
 class TunnelProtocol(Protocol):
     """
@@ -195,7 +218,7 @@ class TunnelProtocol(Protocol):
     # Slots: an idle contact point holds thousands of these (issue 15's
     # memory per idle tunnel); attributes set from outside still go into
     # a __dict__, made only when one is.
-    __slots__ = ("_abort_timer", "_agent_id", "_clock", "_close_waiters", "_closing", "_established", "_face", "_go_away_waiters", "_handlers", "_handon_state", "_limits", "_lost", "_lost_reason", "_paused", "_registry", "_role", "_routes", "_session_id", "_sink", "_stream_producers", "_streams_paused", "_timer", "_timer_at", "_waiters", "_want_ciphering", "_write", "app", "check_client_identity", "cipher", "close_info", "connected_at", "connection", "duplicates", "front", "go_away_info", "local_hello", "peer", "peer_hello", "ping_srtt", "refused_sealed", "source_host")
+    __slots__ = ("_abort_timer", "_agent_id", "_clock", "_close_waiters", "_closing", "_established", "_face", "_go_away_waiters", "_handlers", "_handon_state", "_limits", "_lost", "_lost_reason", "_paused", "_registry", "_role", "_routes", "_seal", "_session_id", "_sink", "_stream_producers", "_streams_paused", "_timer", "_timer_at", "_waiters", "_want_ciphering", "_write", "app", "check_client_identity", "cipher", "close_info", "connected_at", "connection", "duplicates", "front", "go_away_info", "local_hello", "peer", "peer_hello", "ping_srtt", "refused_sealed", "source_host")
 
     log = Logger()
     #: TCP or TLS (the TLS protocol's transport); C{None} before the connection
@@ -216,10 +239,15 @@ class TunnelProtocol(Protocol):
         hello: dict[str, Any] | None = None,
         registry: set[TunnelProtocol] | None = None,
         want_ciphering: bool = False,
+        seal: HelloSeal | None = None,
     ) -> None:
         """
         @param registry: a set that holds this protocol while it is connected.
+        @param seal: agent: for a hello that resumes a session, the proofs
+            bound to this connection's TLS session, to send in the hello
+            (it waits for the TLS handshake then).
         """
+        self._seal = seal
         self._role = role
         self._registry = registry
         #: the source address the contact point counts this tunnel under
@@ -363,8 +391,49 @@ class TunnelProtocol(Protocol):
             hello=self.local_hello,
         )
         self.transport.registerProducer(self, True)
-        self._flush()
+        if not self._hold_hello():
+            self._flush()
         self._rearm()
+
+    def _hold_hello(self) -> bool:
+        """
+        Agent with a hello that resumes a session, under TLS that says
+        when its handshake is done (L{spwm.tunnel.tlsread}): hold the
+        preface and the hello until then, to put the resumption's proofs
+        in the hello (L{HelloSeal}).
+
+        @return: whether they are held.
+        """
+        if self._seal is None or not isinstance(self.local_hello.get("resume"), dict):
+            return False
+        when = getattr(self.transport, "when_handshake_done", None)
+        if when is None or not when(self._tls_handshake_done):
+            self._seal = None
+            return False
+        return True
+
+    def _tls_handshake_done(self) -> None:
+        """
+        The TLS handshake is done: the hello held for it goes, with the
+        resumption's proofs bound to this connection when the seal gives
+        them.
+        """
+        seal, self._seal = self._seal, None
+        connection = self.connection
+        if seal is None or connection is None or self._lost:
+            return
+        try:
+            extra = seal.proofs(self)
+            if extra:
+                hello = dict(self.local_hello)
+                hello["resume"] = {**hello["resume"], "bound": extra}
+                if connection.amend_hello(hello):
+                    self.local_hello = hello
+                    seal.sent(self)
+        except Exception:
+            # the hello goes as it was: the challenge is answered then
+            self.log.failure("error in the resumption's proofs for {peer}", peer=self.peer)
+        self._flush()
 
     def _set_socket_options(self) -> bool:
         """
@@ -1140,11 +1209,13 @@ class AgentTunnelFactory(_TunnelFactory):
         limits: TunnelLimits | None = None,
         hello: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
         user_ciphering: bool = False,
+        seal: HelloSeal | None = None,
     ) -> None:
         super().__init__(app, clock, limits)
         self.agent_id = agent_id
         self.hello = hello
         self.user_ciphering = user_ciphering
+        self.seal = seal
 
     def buildProtocol(self, addr: Any) -> TunnelProtocol:
         hello = dict((self.hello() if callable(self.hello) else self.hello) or {})
@@ -1158,6 +1229,7 @@ class AgentTunnelFactory(_TunnelFactory):
             agent_id=self.agent_id,
             hello=hello,
             want_ciphering=self.user_ciphering,
+            seal=self.seal,
         )
 
 
@@ -1312,6 +1384,10 @@ class ContactTunnelFactory(_TunnelFactory):
             session_id=secrets.token_hex(8) if self.worker_ports is None else self.worker_ports.new_session_id(),
             hello={
                 "challenge": secrets.token_hex(16),
+                # a resuming hello's proofs bound to its connection
+                # ("resume": {"bound": ...}) are checked and answered
+                # without the challenge (spwm.session.manager)
+                "resume_bound": 1,
                 # this contact point makes a session key for an agent that
                 # makes one too (spwm.security.keys): resumable without
                 # per-user keys

@@ -27,7 +27,7 @@ results against Twisted's own class.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet import tcp
@@ -58,12 +58,39 @@ class TunnelTLSProtocol(BufferingTLSTransport):
     still buffers (the TLS close alert with it), as before, but not what
     was written to the socket at once.
 
+    And the application can ask to hear when the handshake is done
+    (L{when_handshake_done}), whichever protocols wrap it: the agent
+    sends a resumption proof bound to the connection's keying material
+    in its hello (L{spwm.tunnel.protocol.TunnelProtocol}).
+
     @ivar _tcp: the transport when it is Twisted's TCP connection (whose
         buffer can be seen to be empty), else C{None}: writes then go
         through the transport's C{write} only.
     """
 
     _tcp: tcp.Connection | None = None
+    _on_handshake: Callable[[], None] | None = None
+
+    def when_handshake_done(self, callback: Callable[[], None]) -> bool:
+        """
+        Call C{callback} once the TLS handshake is done, before any of
+        the application's bytes written until then leave and before it
+        reads any (one callback: a second replaces the first).
+
+        @return: C{False} when the handshake is done already or the
+            connection is gone (C{callback} is not called).
+        """
+        if self._handshakeDone or self._lostTLSConnection or self._aborted:
+            return False
+        self._on_handshake = callback
+        return True
+
+    def _checkHandshakeStatus(self) -> None:
+        super()._checkHandshakeStatus()
+        callback = self._on_handshake
+        if callback is not None and self._handshakeDone:
+            self._on_handshake = None
+            callback()
 
     def makeConnection(self, transport: Any) -> None:
         if isinstance(transport, tcp.Connection):
@@ -78,6 +105,7 @@ class TunnelTLSProtocol(BufferingTLSTransport):
         # would stay in a reference cycle until a full garbage
         # collection (spwm.gcpolicy), with all they hold.
         self._producer = None
+        self._on_handshake = None
 
     def _flushReceiveBIO(self) -> None:
         # Twisted's loop (twisted.protocols.tls, 26.10), with the delivery

@@ -178,6 +178,8 @@ class _LoopbackPair(TestCase):
         yield self.flowing(a_call, b_call, since=resumed_at)
         self.assertEqual((dict(alice.sent), dict(bob.received)), sip_before)
         self.assertEqual(self.contact.resumption.resumed, 1)
+        # in TLS, the proofs went in the hello (no challenge answered)
+        self.assertEqual((agent1.resumption.bound_taken, self.contact.resumption.resumed_bound), (1, 1))
 
     @defer.inlineCallbacks
     def start_contact(self) -> Any:

@@ -830,13 +830,20 @@ class WorkersBehindProxyTests(_Workers):
         self.assertNotIn("could not hand", text)
         self.assertNotIn("refused resumption", text)
         self.assertNotIn("refused another connection", text)
+        # every resumption took its proofs from the hello, also those
+        # handed on (the worker that took it over checks them with the
+        # connection's keying material from the hand-on)
+        resumed = [built.resumption.resumed for built in self.agents]
+        self.assertEqual([built.resumption.bound_taken for built in self.agents], resumed)
         # the status counts them: each worker those it made and took
-        made = taken = 0
+        made = taken = bound = 0
         for index in (0, 1):
             status = yield self.worker_status(index)
             made += status["sessions"]["resume_handed_on"] + status["paths"]["attach_handed_on"]
             taken += status["tunnels"]["handed_on_in"]
+            bound += status["sessions"]["resumed_bound"]
             self.assertEqual(status["tunnels"]["handon_failed"], 0)
         self.assertEqual(made, text.count("handed on to worker"))
+        self.assertEqual(bound, sum(resumed))
         self.assertEqual(taken, made)
         self.assertNotIn("Traceback", text)
