@@ -162,6 +162,35 @@ class HandshakingTransport(iosim.FakeTransport):
         callback()
 
 
+class RecordingSeal:
+    """
+    A seal that gives every resuming hello empty proofs and records the
+    connections told they went.
+    """
+
+    def __init__(self) -> None:
+        self.told: list[Any] = []
+
+    def seal_hello(self, path: Any, hello: dict[str, Any]) -> dict[str, Any]:
+        return {**hello, "resume": {**hello["resume"], "bound": {"proofs": {}}}}
+
+    def sent(self, path: Any) -> None:
+        self.told.append(path)
+
+
+def held_connection(bed: Bed, factory: AgentTunnelFactory) -> tuple[TunnelProtocol, HandshakingTransport]:
+    """
+    A connection of C{factory}'s to the bed's contact point whose TLS
+    handshake the test finishes (L{HandshakingTransport.handshake}).
+    """
+    server = bed.contact_factory.buildProtocol(None)
+    client = factory.buildProtocol(None)
+    transport = HandshakingTransport(client, False)
+    pump = iosim.connect(server, iosim.FakeTransport(server, True), client, transport, greet=False, clock=bed.clock)
+    bed.pumps.append((pump, client, server))
+    return client, transport
+
+
 class AttachTests(SynchronousTestCase):
     """
     A further connection joins the session it proves it belongs to.
@@ -220,31 +249,16 @@ class AttachTests(SynchronousTestCase):
         @return: the bed, the two pairs of ends, the seal's C{sent}.
         """
         bed = Bed()
-        told: list[Any] = []
-
-        class Seal:
-            def proofs(self, path: Any) -> dict[str, Any]:
-                return {"proofs": {}}
-
-            def sent(self, path: Any) -> None:
-                told.append(path)
-
+        seal = RecordingSeal()
         factory = AgentTunnelFactory(
             bed.agent.router,
             bed.clock,
             "agent-1",
             hello={"paths": 1, "sip-seq": 1, "resume": {"session_id": "s"}},
-            seal=bed.agent.paths.seal(Seal()),
+            seal=bed.agent.paths.seal(seal),
         )
-        pairs = []
-        for _ in range(2):
-            server = bed.contact_factory.buildProtocol(None)
-            client = factory.buildProtocol(None)
-            transport = HandshakingTransport(client, False)
-            pump = iosim.connect(server, iosim.FakeTransport(server, True), client, transport, greet=False, clock=bed.clock)
-            bed.pumps.append((pump, client, server))
-            pairs.append((client, transport))
-        return bed, pairs, told
+        pairs = [held_connection(bed, factory) for _ in range(2)]
+        return bed, pairs, seal.told
 
     def test_one_hello_with_proofs(self) -> None:
         """
@@ -285,6 +299,41 @@ class AttachTests(SynchronousTestCase):
         front = bed.agent.paths.front
         self.assertEqual(bed.agent.observer.calls, [("established", front)])
         self.assertEqual(front.paths, [a1])
+
+    def test_a_joining_connection_resumes(self) -> None:
+        """
+        A connection made to join the session (its hello says C{attach})
+        whose TLS handshake is done after the session's last connection
+        was lost resumes the session instead: its hello offers the
+        resumption, with the proofs, and it carries the session.
+        """
+        bed = Bed()
+        a1, _ = bed.connect()
+        seal = RecordingSeal()
+        factory = AgentTunnelFactory(
+            bed.agent.router,
+            bed.clock,
+            "agent-1",
+            hello=bed.agent.paths.hello(lambda: {"resume": {"session_id": a1.session_id}}),
+            seal=bed.agent.paths.seal(seal),
+        )
+        a2, transport = held_connection(bed, factory)
+        server = bed.pumps[-1][2]
+        told = seal.told
+        self.assertEqual(a2.local_hello.get("attach"), {"session_id": a1.session_id})
+        self.assertTrue(a2.hello_held)
+        bed.cut(0)
+        self.assertIsNone(bed.agent.paths.front)
+        transport.handshake()
+        self.assertEqual(told, [a2])
+        self.assertNotIn("attach", a2.local_hello)
+        self.assertEqual(a2.local_hello["resume"], {"session_id": a1.session_id, "bound": {"proofs": {}}})
+        bed.flush()
+        self.assertEqual(server.peer_hello["resume"]["bound"], {"proofs": {}})
+        front = bed.agent.paths.front
+        self.assertIsNotNone(front)
+        self.assertEqual(front.paths, [a2])
+        self.assertEqual(bed.agent.observer.calls[-1], ("established", front))
 
     def test_wrong_proof(self) -> None:
         """
@@ -1642,6 +1691,34 @@ class KeeperTests(SynchronousTestCase):
         joining.lose()
         self.keeper.session_up()
         self.assertEqual(len(self.attempts), 3)  # one to replace the one closed
+
+    def test_joining_attempt_in_its_tls_handshake_resumes(self) -> None:
+        """
+        Of our connections still in their handshakes when the session's
+        last path goes, one whose hello still waits for its TLS handshake
+        is kept (it will resume the session, PathSessions.seal); the
+        others are closed; no further attempt races the resumption, and
+        once up the kept one is one of ours.
+        """
+        self.keeper.session_up()
+        held, other = _Conn(), _Conn()
+        held.hello_held = True  # type: ignore[attr-defined]
+        other.hello_held = True  # type: ignore[attr-defined]
+        self.attempts[0].callback(held)
+        self.attempts[1].callback(other)
+        self.keeper.session_down()
+        self.assertEqual((held.closed, other.closed), ([], ["the session it was to join is gone"]))
+        self.keeper.race_resumption()
+        self.assertEqual((len(self.attempts), self.keeper.resumptions_raced), (2, 1))
+        front = self._lossy_front(paths=1)
+        held.front = front
+        front.paths = [held]
+        self.keeper.session_up()
+        self.assertEqual((self.keeper.resumptions_won, held.closed), (1, []))
+        other.lose()
+        self.clock.advance(0)
+        # the other one wanted, and the one beside the service's next
+        self.assertEqual(len(self.attempts), 4)
 
     def test_no_race_after_stop(self) -> None:
         """

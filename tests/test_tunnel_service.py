@@ -621,6 +621,30 @@ class SessionLostTests(SynchronousTestCase):
         service.session_lost(STEADY_UP)
         self.assertFalse(transport.disconnecting)
 
+    def test_attach_waiting_for_tls_kept(self) -> None:
+        """
+        An attempt whose hello joins the session but still waits for its
+        TLS handshake (decided then: it resumes the session) is left
+        alone when the session is lost.
+        """
+        service = self.service
+        service.startService()
+
+        class Transport(StringTransport):
+            def when_handshake_done(self, callback: Any) -> bool:
+                return True
+
+        self.factory.hello = {"attach": {"session_id": "s1"}}
+        self.factory.seal = object()
+        factory, d = self.endpoint.attempts[-1]
+        client = factory.buildProtocol(None)
+        transport = Transport()
+        client.makeConnection(transport)
+        d.callback(client)
+        self.assertTrue(service._preparing.hello_held)
+        service.session_lost(STEADY_UP)
+        self.assertFalse(transport.disconnecting)
+
     def test_young_session_backs_off(self) -> None:
         """
         A session lost within L{STEADY_UP} of its start is tried again

@@ -201,8 +201,9 @@ class HandshakeDoneTests(_Certified):
         told: list[Any] = []
 
         class Seal:
-            def proofs(self, path: Any) -> dict[str, Any]:
-                return {"binding": path.export_keying_material(EXPORTER_LABEL, KEY_LENGTH).hex()}
+            def seal_hello(self, path: Any, hello: dict[str, Any]) -> dict[str, Any]:
+                binding = path.export_keying_material(EXPORTER_LABEL, KEY_LENGTH).hex()
+                return {**hello, "resume": {**hello["resume"], "bound": {"binding": binding}}}
 
             def sent(self, path: Any) -> None:
                 told.append(path)
@@ -223,9 +224,10 @@ class HandshakeDoneTests(_Certified):
         self.assertEqual(agent.peer_hello.get("resume_bound"), 1)
         self.assertTrue(agent.is_open)
 
-    def test_no_hold_without_a_resumption(self) -> None:
+    def test_hello_as_made_when_the_seal_says_none(self) -> None:
         """
-        A hello that resumes nothing goes as before: the seal is not asked.
+        A seal that changes nothing: the hello goes as it was made, once
+        the handshake is done, and nothing is told sent.
         """
         from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory
 
@@ -233,9 +235,11 @@ class HandshakeDoneTests(_Certified):
             def __getattr__(self, name: str) -> Any:
                 return lambda *args, **kwargs: None
 
+        asked: list[Any] = []
+
         class Seal:
-            def proofs(self, path: Any) -> dict[str, Any]:
-                raise AssertionError("asked")
+            def seal_hello(self, path: Any, hello: dict[str, Any]) -> None:
+                asked.append(dict(hello))
 
             def sent(self, path: Any) -> None:
                 raise AssertionError("told")
@@ -247,6 +251,9 @@ class HandshakeDoneTests(_Certified):
         self.clock.advance(0)
         pump.flush()
         self.assertTrue(agent.is_open)
+        self.assertFalse(agent.hello_held)
+        self.assertEqual([hello.get("paths") for hello in asked], [1])
+        self.assertEqual(contact.peer_hello.get("paths"), 1)
         self.assertNotIn("resume", contact.peer_hello)
 
 

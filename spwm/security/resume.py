@@ -429,6 +429,17 @@ class AgentResumption(_Lifecycle):
             return None
         return self._proof_fields(binding, media=self.state is SessionState.SUSPENDED, bound=True)
 
+    def seal_hello(self, path: Any, hello: dict[str, Any]) -> dict[str, Any] | None:
+        """
+        L{HelloSeal<spwm.tunnel.protocol.HelloSeal>}: a hello that
+        resumes the session gets the proofs (L{proofs}).
+        """
+        resume = hello.get("resume")
+        if not isinstance(resume, dict):
+            return None
+        bound = self.proofs(path)
+        return None if bound is None else {**hello, "resume": {**resume, "bound": bound}}
+
     def sent(self, path: Any) -> None:
         self.bound_sent += 1
 

@@ -1142,20 +1142,34 @@ class PathFront:
 
 class _OneResumer:
     """
-    L{PathSessions.seal}: the inner seal's proofs for one connection at
-    a time.
+    L{PathSessions.seal}: the hello of each connection as its TLS
+    handshake is done.
     """
 
     def __init__(self, sessions: PathSessions, inner: HelloSeal) -> None:
         self._sessions = sessions
         self._inner = inner
 
-    def proofs(self, path: TunnelProtocol) -> dict[str, Any] | None:
+    def seal_hello(self, path: TunnelProtocol, hello: dict[str, Any]) -> dict[str, Any] | None:
         sessions = self._sessions
         front = sessions.front
-        if (front is not None and front.is_open) or sessions._resumer not in (None, path):
-            return None
-        return self._inner.proofs(path)
+        up = front is not None and front.is_open
+        changed = False
+        if "attach" in hello and not up and sessions.made_hello is not None:
+            # made to join the session, whose last connection was lost
+            # since (an address change breaks them one by one, as each
+            # sends): it resumes the session instead, a handshake sooner
+            # than a connection made anew
+            now = sessions.made_hello()
+            if "resume" not in now:
+                return None  # nothing to resume: refused as an attach
+            hello = {key: value for key, value in hello.items() if key != "attach"}
+            hello.update(now)
+            changed = True
+        if "resume" not in hello or up or sessions._resumer not in (None, path):
+            return hello if changed else None
+        sealed = self._inner.seal_hello(path, hello)
+        return sealed if sealed is not None else (hello if changed else None)
 
     def sent(self, path: TunnelProtocol) -> None:
         self._sessions._resuming(path)
@@ -1237,6 +1251,8 @@ class PathSessions:
         #: agent: the connection whose hello carries the resumption's
         #: proofs (L{seal}) until its welcome or its loss
         self._resumer: TunnelProtocol | None = None
+        #: agent: what L{hello} made, the hello of a new connection now
+        self.made_hello: Callable[[], dict[str, Any]] | None = None
 
     @property
     def front(self) -> PathFront | None:
@@ -1261,6 +1277,7 @@ class PathSessions:
                 return {"paths": 1, "sip-seq": 1, "final-stop": 1, **stalls, "attach": {"session_id": front.session_id}}
             return {**resume(), "paths": 1, "sip-seq": 1, **stalls}
 
+        self.made_hello = hello
         return hello
 
     def seal(self, inner: HelloSeal) -> HelloSeal:
@@ -1276,6 +1293,13 @@ class PathSessions:
         sends its hello without them, and is closed at its welcome
         unless the first was lost by then (it then answers the
         challenge, as without bound proofs).
+
+        A connection made to join the session (its hello says C{attach})
+        whose handshake is done after the session's last connection was
+        lost resumes the session instead (the path keeper keeps one such
+        connection for that, L{PathKeeper.session_down}): an address
+        change breaks the session's connections one by one, as each next
+        sends, and the first loss starts a replacement of it.
         """
         return _OneResumer(self, inner)
 
@@ -1838,6 +1862,14 @@ class PathKeeper:
         for key, protocol in [] if self._stopped else list(self._mine.items()):
             if key not in self._attached_at:
                 del self._mine[key]
+                if getattr(protocol, "hello_held", False) and not self._resumers:
+                    # its hello waits for its TLS handshake: it resumes
+                    # the session instead (PathSessions.seal), racing the
+                    # tunnel service's next connection
+                    self._resume_race = True
+                    self.resumptions_raced += 1
+                    self._resumers[key] = protocol
+                    continue
                 protocol.close(0, "the session it was to join is gone")
                 transport = getattr(protocol, "transport", None)
                 if transport is not None:
@@ -1856,8 +1888,8 @@ class PathKeeper:
         resumption, one of those under way if any (its hello, made as it
         connects, offers the resumption), else a new one.
         """
-        if self._stopped:
-            return  # the agent stopping closed the last path
+        if self._stopped or self._resumers:
+            return  # the agent stopping closed the last path; or one of ours races already
         self._resume_race = True
         self.resumptions_raced += 1
         if not self._connecting:
@@ -2006,7 +2038,7 @@ class PathKeeper:
         hello = getattr(protocol, "local_hello", None)
         if not self._up or (isinstance(hello, dict) and "attach" not in hello):
             racing = self._resume_race and not self._up and not self._resumers
-            if racing and isinstance(hello, dict) and "resume" in hello:
+            if racing and isinstance(hello, dict) and ("resume" in hello or getattr(protocol, "hello_held", False)):
                 # it races the tunnel service's resumption: the first up
                 # resumes, PathSessions closes the other
                 self._resumers[id(protocol)] = protocol

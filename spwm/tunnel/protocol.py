@@ -185,24 +185,26 @@ class TunnelApplication(TypingProtocol):
 
 class HelloSeal(TypingProtocol):
     """
-    What gives an agent's hello that resumes a session its proofs, bound
-    to the new connection's TLS session (its exporter: no challenge to
-    wait for, a round trip sooner; C{docs/protocol.md}, "Resumption").
-    L{spwm.security.resume.AgentResumption} is one; with several
-    connections, L{spwm.session.carrier.PathSessions.seal} lets one
-    connection at a time send them.
+    What decides an agent's hello once the connection's TLS handshake is
+    done (the hello waits for it): a hello that resumes a session gets its
+    proofs, bound to the new connection's TLS session (its exporter: no
+    challenge to wait for, a round trip sooner; C{docs/protocol.md},
+    "Resumption"). L{spwm.security.resume.AgentResumption} is one; with
+    several connections, L{spwm.session.carrier.PathSessions.seal} lets
+    one connection at a time send proofs, and turns a connection made to
+    join the session into one that resumes it when the session's last
+    connection was lost meanwhile.
     """
 
-    def proofs(self, path: TunnelProtocol) -> dict[str, Any] | None:
+    def seal_hello(self, path: TunnelProtocol, hello: dict[str, Any]) -> dict[str, Any] | None:
         """
-        The hello's C{resume.bound} fields for C{path}, whose TLS
-        handshake is done, or C{None}: the hello goes without them (the
-        contact point's challenge is answered then, as before).
+        The hello's extra fields for C{path}, whose TLS handshake is done,
+        given those it was made with (C{hello}), or C{None}: those go.
         """
 
     def sent(self, path: TunnelProtocol) -> None:
         """
-        C{path}'s hello carries what L{proofs} gave.
+        C{path}'s hello carries bound proofs (C{resume.bound}).
         """
 
 
@@ -397,14 +399,13 @@ class TunnelProtocol(Protocol):
 
     def _hold_hello(self) -> bool:
         """
-        Agent with a hello that resumes a session, under TLS that says
-        when its handshake is done (L{spwm.tunnel.tlsread}): hold the
-        preface and the hello until then, to put the resumption's proofs
-        in the hello (L{HelloSeal}).
+        Agent with a seal, under TLS that says when its handshake is done
+        (L{spwm.tunnel.tlsread}): hold the preface and the hello until
+        then, when the seal decides the hello (L{HelloSeal}).
 
         @return: whether they are held.
         """
-        if self._seal is None or not isinstance(self.local_hello.get("resume"), dict):
+        if self._seal is None:
             return False
         when = getattr(self.transport, "when_handshake_done", None)
         if when is None or not when(self._tls_handshake_done):
@@ -412,23 +413,30 @@ class TunnelProtocol(Protocol):
             return False
         return True
 
+    @property
+    def hello_held(self) -> bool:
+        """
+        Whether the hello waits for the TLS handshake (L{HelloSeal}): what
+        it says is decided then.
+        """
+        return self._seal is not None and self.connection is not None
+
     def _tls_handshake_done(self) -> None:
         """
-        The TLS handshake is done: the hello held for it goes, with the
-        resumption's proofs bound to this connection when the seal gives
-        them.
+        The TLS handshake is done: the hello held for it goes, as the
+        seal decides it now (a resumption with its proofs bound to this
+        connection).
         """
         seal, self._seal = self._seal, None
         connection = self.connection
         if seal is None or connection is None or self._lost:
             return
         try:
-            extra = seal.proofs(self)
-            if extra:
-                hello = dict(self.local_hello)
-                hello["resume"] = {**hello["resume"], "bound": extra}
-                if connection.amend_hello(hello):
-                    self.local_hello = hello
+            hello = seal.seal_hello(self, dict(self.local_hello))
+            if hello is not None and connection.amend_hello(hello):
+                self.local_hello = hello
+                resume = hello.get("resume")
+                if isinstance(resume, dict) and "bound" in resume:
                     seal.sent(self)
         except Exception:
             # the hello goes as it was: the challenge is answered then

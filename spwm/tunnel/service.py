@@ -1200,7 +1200,9 @@ class AgentTunnelService(ClientService):
         or, when this service's own connection was lost before the others
         and it is waiting a backoff step, that wait, cut short.  An attempt under way that was
         made to join the session (its hello says C{attach}) is closed: the
-        next one resumes the session.
+        next one resumes the session; but not one whose hello waits for
+        its TLS handshake: it resumes the session itself
+        (L{spwm.session.carrier.PathSessions.seal}).
         """
         if not self.running:
             return
@@ -1213,7 +1215,7 @@ class AgentTunnelService(ClientService):
             self._retry.now(LOST_SPREAD)
             preparing = self._preparing
             hello = getattr(preparing, "local_hello", None)
-            if isinstance(hello, dict) and "attach" in hello:
+            if isinstance(hello, dict) and "attach" in hello and not getattr(preparing, "hello_held", False):
                 # an attempt made to join the session while it was up: it
                 # would be refused once its handshake is done; one that
                 # resumes the session goes now instead
