@@ -1743,6 +1743,29 @@ class KeeperTests(SynchronousTestCase):
         # the other one wanted, and the one beside the service's next
         self.assertEqual(len(self.attempts), 4)
 
+    def test_attempt_connecting_at_the_loss_resumes(self) -> None:
+        """
+        An attempt of ours still connecting when the session's last path
+        goes, on a clean link, whose hello waits for its TLS handshake:
+        it races the resumption (its hello is decided at the handshake);
+        a second such is closed.
+        """
+        self.keeper.session_up()
+        self.keeper.session_down()
+        first, second = _Conn(), _Conn()
+        for conn in (first, second):
+            conn.hello_held = True  # type: ignore[attr-defined]
+            conn.local_hello = {"paths": 1, "resume": {"session_id": "s1"}}  # type: ignore[attr-defined]
+        self.attempts[0].callback(first)
+        self.attempts[1].callback(second)
+        self.assertEqual((first.closed, second.closed), ([], ["the session is gone"]))
+        self.assertEqual(self.keeper.resumptions_raced, 1)
+        front = self._lossy_front(paths=1)
+        first.front = front
+        front.paths = [first]
+        self.keeper.session_up()
+        self.assertEqual((self.keeper.resumptions_won, first.closed), (1, []))
+
     def test_no_race_after_stop(self) -> None:
         """
         The agent stopping closes the last path: no attempt is made.

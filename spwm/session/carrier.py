@@ -2062,10 +2062,18 @@ class PathKeeper:
         self._connecting -= 1
         hello = getattr(protocol, "local_hello", None)
         if not self._up or (isinstance(hello, dict) and "attach" not in hello):
-            racing = self._resume_race and not self._up and not self._resumers
-            if racing and isinstance(hello, dict) and ("resume" in hello or getattr(protocol, "hello_held", False)):
+            held = getattr(protocol, "hello_held", False)
+            racing = (self._resume_race or held) and not self._up and not self._resumers and not self._stopped
+            if racing and isinstance(hello, dict) and ("resume" in hello or held):
                 # it races the tunnel service's resumption: the first up
-                # resumes, PathSessions closes the other
+                # resumes, PathSessions closes the other (on a lossy
+                # link, or over TLS, where its hello, decided at its
+                # handshake, carries the proofs if it is first: it was
+                # made when the first connection broke, ahead of the
+                # service's)
+                if not self._resume_race:
+                    self._resume_race = True
+                    self.resumptions_raced += 1
                 self._resumers[id(protocol)] = protocol
                 self._made.add(protocol)
                 protocol.when_closed().addCallback(self.lost)
