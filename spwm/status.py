@@ -260,6 +260,7 @@ COUNTERS: dict[str, frozenset[str]] = {
         {
             "attach_refused",
             "attach_redirected",
+            "attach_bound",
             "attach_handed_on",
             "replacements_raced",
             "race_losers",

@@ -17,9 +17,11 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.interfaces import ISSLTransport
+from zope.interface import implementer
 
 from spwm.limits import PathLimits
-from spwm.session.carrier import ANNOUNCE_DELAY, PathFront, PathSessions
+from spwm.session.carrier import ANNOUNCE_DELAY, PathFront, PathSessions, attach_proof
 from spwm.tunnel.api import Router
 from spwm.tunnel.frames import FLAG_SEQ, ChannelKind
 from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory, TunnelProtocol
@@ -178,15 +180,47 @@ class RecordingSeal:
         self.told.append(path)
 
 
-def held_connection(bed: Bed, factory: AgentTunnelFactory) -> tuple[TunnelProtocol, HandshakingTransport]:
+@implementer(ISSLTransport)
+class KeyedTransport(iosim.FakeTransport):
+    """
+    An in-memory transport with TLS keying material (what a TLS
+    connection's exporter gives, L{binding}, the same at both ends).
+    """
+
+    binding = b"\x00" * 32
+
+    def getHandle(self) -> Any:
+        return self
+
+    def export_keying_material(self, label: bytes, length: int) -> bytes:
+        return self.binding[:length]
+
+
+class KeyedHandshakingTransport(KeyedTransport, HandshakingTransport):
+    pass
+
+
+def held_connection(
+    bed: Bed, factory: AgentTunnelFactory, binding: tuple[bytes, bytes] | None = None
+) -> tuple[TunnelProtocol, HandshakingTransport]:
     """
     A connection of C{factory}'s to the bed's contact point whose TLS
     handshake the test finishes (L{HandshakingTransport.handshake}).
+
+    @param binding: the keying material the agent's end and the contact
+        point's end export (the same on a real connection).
     """
     server = bed.contact_factory.buildProtocol(None)
     client = factory.buildProtocol(None)
-    transport = HandshakingTransport(client, False)
-    pump = iosim.connect(server, iosim.FakeTransport(server, True), client, transport, greet=False, clock=bed.clock)
+    if binding is None:
+        transport: HandshakingTransport = HandshakingTransport(client, False)
+        server_transport = iosim.FakeTransport(server, True)
+    else:
+        transport = KeyedHandshakingTransport(client, False)
+        transport.binding = binding[0]  # type: ignore[attr-defined]
+        server_transport = KeyedTransport(server, True)
+        server_transport.binding = binding[1]
+    pump = iosim.connect(server, server_transport, client, transport, greet=False, clock=bed.clock)
     bed.pumps.append((pump, client, server))
     return client, transport
 
@@ -334,6 +368,51 @@ class AttachTests(SynchronousTestCase):
         self.assertIsNotNone(front)
         self.assertEqual(front.paths, [a2])
         self.assertEqual(bed.agent.observer.calls[-1], ("established", front))
+
+    def test_attach_proof_in_the_hello(self) -> None:
+        """
+        Over TLS a further connection's hello carries its attach proof,
+        bound to its TLS session: the contact point attaches it on the
+        hello, the agent sends no C{attach}; a proof bound to other
+        keying material (a copy of another connection's hello) is
+        refused.
+        """
+        bed = Bed()
+        factory = AgentTunnelFactory(
+            bed.agent.router, bed.clock, "agent-1", hello=bed.agent.paths.hello(lambda: {}),
+            seal=bed.agent.paths.seal(RecordingSeal()),
+        )
+        a1, t1 = held_connection(bed, factory, (b"\x01" * 32, b"\x01" * 32))
+        t1.handshake()
+        bed.flush()
+        front = bed.agent.paths.front
+        assert front is not None
+        a2, t2 = held_connection(bed, factory, (b"\x02" * 32, b"\x02" * 32))
+        t2.handshake()
+        self.assertEqual(
+            a2.local_hello["attach"],
+            {"session_id": front.session_id, "proof": attach_proof(front.attach_key, b"\x02" * 32, front.session_id, bound=True)},
+        )
+        bed.flush()
+        self.assertEqual(front.paths, [a1, a2])
+        self.assertEqual((bed.agent.paths.attach_bound, bed.contact.paths.attach_bound), (1, 1))
+        a3, t3 = held_connection(bed, factory, (b"\x03" * 32, b"\x04" * 32))
+        with capturedLogs():
+            t3.handshake()
+            bed.flush()
+        self.assertFalse(a3.is_open)
+        self.assertEqual(a3.close_info.reason, "attach refused: wrong proof")
+        self.assertEqual(front.paths, [a1, a2])
+        # an older contact point (its welcome does not say attach_bound):
+        # the agent answers its challenge
+        check = bed.contact.paths._check_attach
+        bed.contact.paths._check_attach = lambda path, message, bound=False: None if bound else check(path, message)  # type: ignore[method-assign]
+        a4, t4 = held_connection(bed, factory, (b"\x05" * 32, b"\x05" * 32))
+        bed.pumps[-1][2].connection._hello_extra.pop("attach_bound")
+        t4.handshake()
+        bed.flush()
+        self.assertEqual(front.paths, [a1, a2, a4])
+        self.assertEqual((bed.agent.paths.attach_bound, bed.contact.paths.attach_bound), (1, 1))
 
     def test_wrong_proof(self) -> None:
         """

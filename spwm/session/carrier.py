@@ -109,23 +109,27 @@ def path_kind(path: Any) -> PathKind:
     return kind if isinstance(kind, PathKind) else PathKind.TCP
 
 
-def attach_proof(key: bytes, challenge: bytes, session_id: str) -> str:
+def attach_proof(key: bytes, challenge: bytes, session_id: str, *, bound: bool = False) -> str:
     """
     The proof that a new connection belongs to session C{session_id}:
     HMAC-SHA256 with the session's attach key over the fresh challenge of
     the new connection's welcome, bound to the session; hex text.
+
+    @param bound: C{challenge} is the new connection's own TLS keying
+        material (L{EXPORTER_LABEL}): the proof goes in its hello.
     """
-    message = b"spwm/1 attach\x00" + challenge + b"\x00" + session_id.encode("utf-8")
+    label = b"spwm/1 attach-bound\x00" if bound else b"spwm/1 attach\x00"
+    message = label + challenge + b"\x00" + session_id.encode("utf-8")
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-def check_attach_proof(key: bytes, challenge: bytes, session_id: str, proof: object) -> bool:
+def check_attach_proof(key: bytes, challenge: bytes, session_id: str, proof: object, *, bound: bool = False) -> bool:
     """
     Whether C{proof} is L{attach_proof} (constant time).
     """
     if not isinstance(proof, str):
         return False
-    expected = attach_proof(key, challenge, session_id).encode("ascii")
+    expected = attach_proof(key, challenge, session_id, bound=bound).encode("ascii")
     return hmac.compare_digest(expected, proof.encode("utf-8", "surrogateescape"))
 
 #: Unsent bytes a path's kernel send queue may hold (TCP_NOTSENT_LOWAT):
@@ -1165,6 +1169,15 @@ def _was_reset(path: TunnelProtocol) -> bool:
     return isinstance(reason, Failure) and reason.check(ConnectionLost) is not None
 
 
+def _bound_attach(path: TunnelProtocol) -> bool:
+    """
+    Agent: whether C{path}'s hello carried its attach proof and the
+    contact point's welcome says it checks such proofs.
+    """
+    attach = path.local_hello.get("attach")
+    return isinstance(attach, dict) and "proof" in attach and path.peer_hello.get("attach_bound") == 1
+
+
 class _OneResumer:
     """
     L{PathSessions.seal}: the hello of each connection as its TLS
@@ -1191,6 +1204,14 @@ class _OneResumer:
             hello = {key: value for key, value in hello.items() if key != "attach"}
             hello.update(now)
             changed = True
+        attach = hello.get("attach")
+        if up and isinstance(attach, dict) and front is not None and attach.get("session_id") == front.session_id:
+            # its proof, bound to its TLS session: no challenge to wait for
+            binding = path.export_keying_material(EXPORTER_LABEL, KEY_LENGTH)
+            if binding is None:
+                return None
+            proof = attach_proof(front.attach_key, binding, front.session_id, bound=True)
+            return {**hello, "attach": {**attach, "proof": proof}}
         if "resume" not in hello or up or sessions._resumer not in (None, path):
             return hello if changed else None
         sealed = self._inner.seal_hello(path, hello)
@@ -1268,6 +1289,9 @@ class PathSessions:
         self.fronts: list[PathFront] = []
         self.attach_refused = 0
         self.attach_redirected = 0
+        #: attachments whose proof came in the hello, bound to the
+        #: connection's TLS session (no challenge answered)
+        self.attach_bound = 0
         self._pending: dict[int, TunnelProtocol] = {}
         self._timers: dict[int, IDelayedCall] = {}
         # per session (its front's id): the line of a lost connection
@@ -1319,9 +1343,11 @@ class PathSessions:
         unless the first was lost by then (it then answers the
         challenge, as without bound proofs).
 
-        A connection made to join the session (its hello says C{attach})
-        whose handshake is done after the session's last connection was
-        lost resumes the session instead (the path keeper keeps one such
+        A connection made to join the live session gets its attach proof
+        in the hello, bound to its TLS session (the contact point attaches
+        it on the hello, a round trip sooner). One made to join the
+        session (its hello says C{attach}) whose handshake is done after
+        the session's last connection was lost resumes the session instead (the path keeper keeps one such
         connection for that, L{PathKeeper.session_down}): an address
         change breaks the session's connections one by one, as each next
         sends, and the first loss starts a replacement of it.
@@ -1417,9 +1443,13 @@ class PathSessions:
                 self.observer.tunnel_established(path)
                 return
         else:
-            if path.peer_hello.get("attach") is not None:
-                # it proves which session it belongs to next
+            attach = path.peer_hello.get("attach")
+            if attach is not None:
+                # it proves which session it belongs to next, or did in
+                # its hello, bound to its TLS session
                 self._hold(path)
+                if isinstance(attach, dict) and "proof" in attach:
+                    self._check_attach(path, attach, bound=True)
                 return
             key = path.local_hello.get("attach_key")
         if not _is_key(key):
@@ -1457,8 +1487,11 @@ class PathSessions:
         session_id = attach.get("session_id") if isinstance(attach, dict) else None
         # until it is attached, its loss is no loss of the session's
         self._hold(path)
+        bound = _bound_attach(path)
         connected_at = getattr(path, "connected_at", None)
-        made_before = front is not None and connected_at is not None and front.since > connected_at
+        # (a proof in the hello was made with the front of the session
+        # then, at the connection's TLS handshake: checked as it is)
+        made_before = not bound and front is not None and connected_at is not None and front.since > connected_at
         if made_before:
             # made to join the session's earlier front (every path of it
             # broke, the session resumed meanwhile): the contact point may
@@ -1473,6 +1506,8 @@ class PathSessions:
                 self._lost_all(self._lost_up_for)
             path.close(0, "no session to attach to any more")
             return
+        if bound:
+            return  # the contact point checked the hello's proof: its answer comes
         try:
             raw = bytes.fromhex(challenge)
         except ValueError:
@@ -1501,6 +1536,7 @@ class PathSessions:
                 path.close(ErrorCode.REFUSED, "per-user ciphering not agreed on this connection")
                 return
             self._release(path)
+            self.attach_bound += _bound_attach(path)
             path_id = front.add_path(path, path_kind(path))
             self._watch(path)
             self.log.info(
@@ -1546,13 +1582,20 @@ class PathSessions:
         for _ in range(max(0, min(new, 10))):
             count.stall(now, covered)
 
-    def _check_attach(self, path: TunnelProtocol, message: dict[str, Any]) -> None:
+    def _check_attach(self, path: TunnelProtocol, message: dict[str, Any], bound: bool = False) -> None:
         """
         Contact point: a connection proves it belongs to a live session
         (refused, it stays pending until its loss, which is nobody else's).
+
+        @param bound: the proof came in the hello (C{message} is its
+            C{attach}), over the connection's TLS keying material.
         """
         session_id = message.get("session_id")
-        challenge = path.local_hello.get("challenge")
+        if bound:
+            binding = path.export_keying_material(EXPORTER_LABEL, KEY_LENGTH)
+            challenge = None if binding is None else binding.hex()
+        else:
+            challenge = path.local_hello.get("challenge")
         front = next((f for f in self.fronts if f.session_id == session_id and f.is_open), None)
         problem = None
         redirect = self.elsewhere(session_id) if front is None and self.elsewhere is not None else None
@@ -1571,10 +1614,10 @@ class PathSessions:
         if not isinstance(session_id, str) or front is None:
             problem = "no live session by that name"
         elif not isinstance(challenge, str):
-            problem = "no challenge was sent"
+            problem = "bound proof without TLS keying material" if bound else "no challenge was sent"
         elif front.agent_id != path.agent_id:
             problem = "another agent's session"
-        elif not check_attach_proof(front.attach_key, bytes.fromhex(challenge), session_id, message.get("proof")):
+        elif not check_attach_proof(front.attach_key, bytes.fromhex(challenge), session_id, message.get("proof"), bound=bound):
             problem = "wrong proof"
         elif (getattr(path, "cipher", None) is None) != (front.cipher is None):
             problem = "per-user ciphering not agreed on this connection as on the session"
@@ -1592,6 +1635,7 @@ class PathSessions:
             path.close(ErrorCode.REFUSED, f"attach refused: {problem}")
             return
         self._release(path)
+        self.attach_bound += bound
         path.adopt_session(session_id)
         path_id = front.add_path(path, path_kind(path))
         path.send_control({"op": "attached", "session_id": session_id, "path_id": path_id})
@@ -1699,6 +1743,7 @@ class PathSessions:
             "media_on": media_on,
             "attach_refused": self.attach_refused,
             "attach_redirected": self.attach_redirected,
+            "attach_bound": self.attach_bound,
         }
         orders = [f.sip_order.snapshot() for f in self.fronts if f.sip_order is not None]
         if orders:

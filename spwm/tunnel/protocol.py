@@ -1407,7 +1407,9 @@ class ContactTunnelFactory(_TunnelFactory):
                 # connection proves it knows (spwm.session.carrier)
                 # ... whose SIP is numbered, acknowledged and sent again
                 # when the carrier moves (spwm.session.paths.SipOrder)
-                **({"paths": 1, "attach_key": secrets.token_hex(32), "sip-seq": 1} if self.paths else {}),
+                # ... and a further connection's attach proof in its
+                # hello, bound to its TLS session, is checked at once
+                **({"paths": 1, "attach_key": secrets.token_hex(32), "sip-seq": 1, "attach_bound": 1} if self.paths else {}),
                 **({"quic_port": self.quic_port} if self.paths and self.quic_port else {}),
                 # where this session is resumed and attached to (--workers)
                 **({"resume_port": self.worker_ports.own} if self.worker_ports is not None else {}),

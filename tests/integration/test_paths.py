@@ -230,6 +230,10 @@ class TwoConnectionsTests(_LoopbackPair):
         resumed_at = a_call.rx.unique, b_call.rx.unique
         yield self.flowing(a_call, b_call, since=resumed_at)
         yield wait_until(lambda: len(new.paths) == 2, timeout=WAIT)
+        # in TLS the resumption's proofs and each attach proof (before the
+        # cut and after) came in the hello
+        self.assertEqual(agent1.resumption.bound_taken, 1)
+        self.assertGreaterEqual(agent1.paths.attach_bound, 2)
         a_call.stop_media()
         b_call.stop_media()
         response = yield alice.hang_up(a_call)

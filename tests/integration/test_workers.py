@@ -836,14 +836,18 @@ class WorkersBehindProxyTests(_Workers):
         resumed = [built.resumption.resumed for built in self.agents]
         self.assertEqual([built.resumption.bound_taken for built in self.agents], resumed)
         # the status counts them: each worker those it made and took
-        made = taken = bound = 0
+        made = taken = bound = bound_attached = 0
         for index in (0, 1):
             status = yield self.worker_status(index)
             made += status["sessions"]["resume_handed_on"] + status["paths"]["attach_handed_on"]
             taken += status["tunnels"]["handed_on_in"]
             bound += status["sessions"]["resumed_bound"]
+            bound_attached += status["paths"]["attach_bound"]
             self.assertEqual(status["tunnels"]["handon_failed"], 0)
         self.assertEqual(made, text.count("handed on to worker"))
         self.assertEqual(bound, sum(resumed))
+        # and every further connection's attach proof came in its hello
+        self.assertGreater(sum(built.paths.attach_bound for built in self.agents), 0)
+        self.assertGreaterEqual(bound_attached, sum(built.paths.attach_bound for built in self.agents))
         self.assertEqual(taken, made)
         self.assertNotIn("Traceback", text)
