@@ -978,29 +978,6 @@ class FailoverTests(TwoPaths):
     nothing for the session logic.
     """
 
-    def test_a_reset_asks_the_others_at_once(self) -> None:
-        """
-        A path lost to a reset (a NAT whose mapping changed resets each
-        connection as it next sends): the agent pings its other paths at
-        once, not at the next probe; a path closed cleanly does not.
-        """
-        from twisted.internet.error import ConnectionDone, ConnectionLost
-        from twisted.python.failure import Failure
-
-        from spwm.tunnel.frames import FrameType
-
-        bed = self.bed
-        bed.advance(0.5)
-        pings = lambda: b"".join(self.a2.transport.stream).count(bytes([FrameType.PING]) + b"\x00" * 5 + b"\x00\x08")  # noqa: E731
-        before = pings()
-        self.a1.connectionLost(Failure(ConnectionLost()))
-        self.assertEqual(pings(), before + 1)
-        a3, _ = bed.connect()
-        before = pings()
-        a3.connectionLost(Failure(ConnectionDone()))
-        self.assertEqual(pings(), before)
-
-
     def advance_until(self, condition: Any, bound: float) -> None:
         """
         Let time pass in 10 ms steps until C{condition()}, at most C{bound}

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from weakref import WeakSet
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -387,8 +386,6 @@ class PathFront:
         self._agent_stopped = self._agent_stopped or path.agent_stopped
         self.scheduler.remove(path_id)
         self._carrier_moved()
-        if self._probing and self._paths and _was_reset(path):
-            self._ask_all()
         if not self._paths:
             self._cancel()
             self._announce_all()
@@ -397,20 +394,6 @@ class PathFront:
             if timer is not None and timer.active():
                 timer.cancel()
         return bool(self._paths)
-
-    def _ask_all(self) -> None:
-        """
-        Agent: a path was reset (by the contact point, or by a NAT whose
-        mapping changed: an address change resets each connection as it
-        next sends). Ping every other path now rather than at the next
-        probe: those dead too are known within a round trip, before the
-        replacement of the first has done its handshakes (it then resumes
-        the session, L{PathSessions.seal}, rather than join it).
-        """
-        now = self.clock.seconds()
-        for path_id, path in list(self._paths.items()):
-            path.ping()
-            self.scheduler.sent(path_id, 16, now)
 
     def _take_held(self) -> list[tuple[int, bytes, int]]:
         """
@@ -1159,14 +1142,6 @@ class PathFront:
 
     def __repr__(self) -> str:
         return f"<PathFront {self.session_id} paths={sorted(self._paths)} carrier={self._carrier_id}>"
-
-
-def _was_reset(path: TunnelProtocol) -> bool:
-    """
-    Whether C{path} was lost to a reset (not closed, not timed out).
-    """
-    reason = getattr(path, "lost_reason", None)
-    return isinstance(reason, Failure) and reason.check(ConnectionLost) is not None
 
 
 def _bound_attach(path: TunnelProtocol) -> bool:
