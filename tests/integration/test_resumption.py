@@ -236,6 +236,9 @@ class ResumptionTests(_LoopbackPair):
         agent1.tunnel_service.tunnel.transport.abortConnection()
         yield wait_until(lambda: self.contact.resumption.refused == 1, timeout=WAIT)
         self.assertEqual(self.contact.resumption.resumed, 0)
+        # (the refusal follows the welcome at once, the proofs being in
+        # the hello: the agent may not have read either yet)
+        yield wait_until(lambda: agent1.tunnel_service.tunnel is not None, timeout=WAIT)
         new = agent1.tunnel_service.tunnel
         self.assertNotEqual(new.session_id, session)
         # The agent gave up its old session at once.
@@ -407,6 +410,9 @@ class KeylessResumptionTests(_LoopbackPair):
         self.cut_all(agent1)
         yield wait_until(lambda: self.contact.resumption.refused == 1, timeout=WAIT)
         self.assertEqual(self.contact.resumption.resumed, 0)
+        # (the refusal follows the welcome at once, the proofs being in
+        # the hello: the agent may not have read either yet)
+        yield wait_until(lambda: agent1.tunnel_service.tunnel is not None, timeout=WAIT)
         new = agent1.tunnel_service.tunnel
         self.assertNotEqual(new.session_id, session)
         yield wait_until(lambda: agent1.media.open_sockets == 0)
