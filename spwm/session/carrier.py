@@ -1166,31 +1166,43 @@ class _OneResumer:
     def seal_hello(self, path: TunnelProtocol, hello: dict[str, Any]) -> dict[str, Any] | None:
         sessions = self._sessions
         front = sessions.front
-        up = front is not None and front.is_open
-        changed = False
-        if "attach" in hello and not up and sessions.made_hello is not None:
+        if front is not None and front.is_open:
+            return self._attach_proof(path, hello, front)
+        if "attach" in hello:
             # made to join the session, whose last connection was lost
             # since (an address change breaks them one by one, as each
             # sends): it resumes the session instead, a handshake sooner
             # than a connection made anew
-            now = sessions.made_hello()
+            now = sessions.made_hello() if sessions.made_hello is not None else {}
             if "resume" not in now:
                 return None  # nothing to resume: refused as an attach
             hello = {key: value for key, value in hello.items() if key != "attach"}
             hello.update(now)
-            changed = True
+            return self._resume_proofs(path, hello) or hello
+        return self._resume_proofs(path, hello) if "resume" in hello else None
+
+    @staticmethod
+    def _attach_proof(path: TunnelProtocol, hello: dict[str, Any], front: PathFront) -> dict[str, Any] | None:
+        """
+        A joining hello with its proof, bound to the connection's TLS
+        session: no challenge to wait for.
+        """
         attach = hello.get("attach")
-        if up and isinstance(attach, dict) and front is not None and attach.get("session_id") == front.session_id:
-            # its proof, bound to its TLS session: no challenge to wait for
-            binding = path.export_keying_material(EXPORTER_LABEL, KEY_LENGTH)
-            if binding is None:
-                return None
-            proof = attach_proof(front.attach_key, binding, front.session_id, bound=True)
-            return {**hello, "attach": {**attach, "proof": proof}}
-        if "resume" not in hello or up or sessions._resumer not in (None, path):
-            return hello if changed else None
-        sealed = self._inner.seal_hello(path, hello)
-        return sealed if sealed is not None else (hello if changed else None)
+        if not isinstance(attach, dict) or attach.get("session_id") != front.session_id:
+            return None
+        binding = path.export_keying_material(EXPORTER_LABEL, KEY_LENGTH)
+        if binding is None:
+            return None
+        return {**hello, "attach": {**attach, "proof": attach_proof(front.attach_key, binding, front.session_id, bound=True)}}
+
+    def _resume_proofs(self, path: TunnelProtocol, hello: dict[str, Any]) -> dict[str, Any] | None:
+        """
+        A resuming hello with the resumption's proofs, unless another
+        connection's hello carries them.
+        """
+        if self._sessions._resumer not in (None, path):
+            return None
+        return self._inner.seal_hello(path, hello)
 
     def sent(self, path: TunnelProtocol) -> None:
         self._sessions._resuming(path)
@@ -1567,10 +1579,10 @@ class PathSessions:
         """
         session_id = message.get("session_id")
         if bound:
-            binding = path.export_keying_material(EXPORTER_LABEL, KEY_LENGTH)
-            challenge = None if binding is None else binding.hex()
+            raw = path.export_keying_material(EXPORTER_LABEL, KEY_LENGTH)
         else:
             challenge = path.local_hello.get("challenge")
+            raw = bytes.fromhex(challenge) if isinstance(challenge, str) else None
         front = next((f for f in self.fronts if f.session_id == session_id and f.is_open), None)
         problem = None
         redirect = self.elsewhere(session_id) if front is None and self.elsewhere is not None else None
@@ -1588,11 +1600,11 @@ class PathSessions:
             return
         if not isinstance(session_id, str) or front is None:
             problem = "no live session by that name"
-        elif not isinstance(challenge, str):
+        elif raw is None:
             problem = "bound proof without TLS keying material" if bound else "no challenge was sent"
         elif front.agent_id != path.agent_id:
             problem = "another agent's session"
-        elif not check_attach_proof(front.attach_key, bytes.fromhex(challenge), session_id, message.get("proof"), bound=bound):
+        elif not check_attach_proof(front.attach_key, raw, session_id, message.get("proof"), bound=bound):
             problem = "wrong proof"
         elif (getattr(path, "cipher", None) is None) != (front.cipher is None):
             problem = "per-user ciphering not agreed on this connection as on the session"

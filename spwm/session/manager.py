@@ -508,22 +508,10 @@ class SessionManager:
         resume = hello.get("resume") if isinstance(hello, dict) else None
         if not isinstance(resume, dict) or not isinstance(resume.get("bound"), dict):
             return
-        bound = resume["bound"]
-        binding = tunnel.export_keying_material(EXPORTER_LABEL, KEY_LENGTH)
-        message = {**bound, "op": "resume", "session_id": resume.get("session_id")}
-        if binding is None:
-            # no TLS keying material here (an agent would not send these
-            # without it): refused, as a proof that cannot be checked
-            self.refused += 1
-            self.log.warn(
-                "refused resumption of session {session_id} from {peer}: {reason}",
-                session_id=message["session_id"],
-                peer=tunnel.peer,
-                reason="bound proofs without TLS keying material",
-            )
-            tunnel.send_control({"op": "resume-failed", "reason": "bound proofs without TLS keying material"})
-            return
-        self._resume(tunnel, message, binding, bound=True)
+        message = {**resume["bound"], "op": "resume", "session_id": resume.get("session_id")}
+        # (no TLS keying material here: refused, as a proof that cannot
+        # be checked; an agent would not send these without it)
+        self._resume(tunnel, message, tunnel.export_keying_material(EXPORTER_LABEL, KEY_LENGTH), bound=True)
 
     def _resume(self, tunnel: Any, message: dict[str, Any], raw: bytes | None, bound: bool) -> None:
         """
@@ -562,7 +550,7 @@ class SessionManager:
         elif not isinstance(proofs, dict) or len(proofs) > MAX_RESUME_USERS or not (proofs or own is not None):
             problem = "no proofs"
         elif raw is None:
-            problem = "no challenge was sent"
+            problem = "bound proofs without TLS keying material" if bound else "no challenge was sent"
         else:
             for user, proof in proofs.items():
                 key = session.keys.get(user)

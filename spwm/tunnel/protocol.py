@@ -245,9 +245,9 @@ class TunnelProtocol(Protocol):
     ) -> None:
         """
         @param registry: a set that holds this protocol while it is connected.
-        @param seal: agent: for a hello that resumes a session, the proofs
-            bound to this connection's TLS session, to send in the hello
-            (it waits for the TLS handshake then).
+        @param seal: agent: decides the hello when the TLS handshake is
+            done (the hello waits for it): a resumption's or an attach's
+            proofs, bound to this connection's TLS session.
         """
         self._seal = seal
         self._role = role
@@ -439,8 +439,8 @@ class TunnelProtocol(Protocol):
                 if isinstance(resume, dict) and "bound" in resume:
                     seal.sent(self)
         except Exception:
-            # the hello goes as it was: the challenge is answered then
-            self.log.failure("error in the resumption's proofs for {peer}", peer=self.peer)
+            # the hello goes as it was made: a challenge is answered then
+            self.log.failure("error deciding the hello for {peer}", peer=self.peer)
         self._flush()
 
     def _set_socket_options(self) -> bool:
