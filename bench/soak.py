@@ -532,7 +532,7 @@ def count_changes(log: str) -> list[str]:
     try:
         with open(log, encoding="utf-8", errors="replace") as f:
             for line in f:
-                if "PathKeeper#info" in line and ("; opening another" in line or "; spreading them" in line or "; dropping" in line):
+                if "PathKeeper#info" in line and ("; opening " in line or "; spreading them" in line or "; dropping" in line):
                     stamp, _, text = line.partition(" [")
                     lines.append(f"{stamp} {text.partition('] ')[2].rstrip()}")
     except OSError:

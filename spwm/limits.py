@@ -270,6 +270,12 @@ class PathLimits:
         now and then keeps them).
     @ivar count_quiet_max: the longest such quiet spell.
     @ivar count_flap_memory: how long a drop counts as recent.
+    @ivar count_spare: C{--tunnel-connections auto}: while the stall rules
+        want C{count_ceiling} connections (the link needs every copy the
+        count gives), this many more are kept, up to C{max_paths}: the
+        copies go on C{max_copies} of them in turn (make before break: a
+        connection cut or stalled has its replacement attached already);
+        0: none.
     @ivar count_drain: a connection dropped carries nothing from us at
         once, and is closed this long after, when the peer has moved off it.
     @ivar rate_window: the media datagram rate one half sends is measured
@@ -281,6 +287,13 @@ class PathLimits:
         not all of it (a copy on every connection adds load, not
         capacity); 0: never.
     @ivar spread_copies: see C{spread_rate}.
+    @ivar max_copies: below C{spread_rate}, while the media is copied,
+        each datagram goes on at most this many of the paths that are up,
+        in turn when more are up: the connections beyond it are I{spares}
+        (C{count_spare}), and a cut or a stall of one leaves the datagram
+        as many copies as before; each connection also carries fewer
+        segments, so loses fewer and holds the media back less often; 0:
+        every path that is up.
     @ivar coalesce_rate: at this many media datagrams per second or more,
         while losses keep the media copied, the datagrams are held (see
         C{coalesce_delay} and C{coalesce_pair}; or until
@@ -367,6 +380,8 @@ class PathLimits:
     rate_window: float = field(default=0.5, validator=_pos_time)
     spread_rate: float = field(default=150.0, validator=validators.ge(0.0))
     spread_copies: int = field(default=4, validator=_pos)
+    max_copies: int = field(default=4, validator=validators.ge(0))
+    count_spare: int = field(default=2, validator=validators.ge(0))
     coalesce_rate: float = field(default=40.0, validator=validators.ge(0.0))
     coalesce_delay: float = field(default=0.010, validator=validators.ge(0.0))
     coalesce_pair: float = field(default=1.25, validator=validators.ge(0.0))

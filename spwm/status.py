@@ -308,6 +308,7 @@ HELP: dict[str, str] = {
     "paths_ciphering": "Per-user ciphering of the live sessions with paths: frames sealed, opened, refused (bad tag, replay, unsealed after sealed), unknown (sealed for a flow or channel without a key) (key).",
     "paths_connections_wanted": "Agent, --tunnel-connections auto: connections it keeps attached to its session now.",
     "paths_media_stalls": "Agent, --tunnel-connections auto: pauses in the received media ended by a burst (every connection held it back).",
+    "paths_connections_spare": "Agent, --tunnel-connections auto: spare connections kept beside the most the media stalls ask for (the copies take them in turn; a cut leaves the copies whole).",
     "paths_connections_for_load": "Agent, --tunnel-connections auto: connections the media load asks for now or asked for within the last 60 s (many calls on a lossy link; 0: none).",
     "sip_waiting": "SIP messages waiting for a later reactor turn now (the SIP work of a turn is cut at 0.5 ms).",
     "sip_deferred_messages": "SIP messages that waited for a later reactor turn.",

@@ -2096,9 +2096,14 @@ class AdaptiveKeeperTests(SynchronousTestCase):
         self.keeper.session_up()
         self.connect_all()
         self.front.watch_link = lambda now: self.count.late_loss(now)  # type: ignore[method-assign]
-        self.clock.advance(0.5)
-        self.assertEqual((self.count.wanted, self.keeper.extra), (4, 3))
-        self.assertEqual(len(self.attempts), 3)
+        with capturedLogs() as events:
+            self.clock.advance(0.5)
+        self.assertEqual((self.count.wanted, self.keeper.extra), (6, 5))
+        self.assertEqual(len(self.attempts), 5)
+        # four more: the ceiling's two and its two spares
+        lines = [formatEvent(e) for e in events if "wanted" in formatEvent(e)]
+        self.assertEqual(len(lines), 1)
+        self.assertTrue(lines[0].endswith("; opening 4 more (6 wanted, 2 of them spare)"), lines[0])
 
     def test_link_watched_every_tick(self) -> None:
         """
@@ -2115,7 +2120,8 @@ class AdaptiveKeeperTests(SynchronousTestCase):
         """
         From the count's floor (one connection besides the tunnel
         service's), stalls that keep coming open more up to the ceiling
-        (two at once by default); after the quiet spell one is drained: out of the
+        (two at once by default) and its two spares; after the quiet spell
+        one below the ceiling and the spares are drained: out of the
         session at once, not the carrier, closed C{count_drain} later, not
         replaced.
         """
@@ -2124,13 +2130,13 @@ class AdaptiveKeeperTests(SynchronousTestCase):
         self.assertEqual(len(self.attempts), 1)
         first = self.connect_all()[0]
         self.stalls(20.0)
-        self.assertEqual(len(self.attempts), 3)
-        self.assertEqual((self.keeper.extra, self.count.wanted), (3, 4))
+        self.assertEqual(len(self.attempts), 5)
+        self.assertEqual((self.keeper.extra, self.count.wanted, self.count.spare), (5, 6, 2))
         self.stalls(10.0)
-        self.assertEqual(len(self.attempts), 3)
+        self.assertEqual(len(self.attempts), 5)
         self.front.carrier = self.front.attached[-1]
         self.clock.pump([1.0] * int(self.limits.count_quiet))
-        self.assertEqual((self.keeper.extra, self.keeper.drained), (2, 1))
+        self.assertEqual((self.keeper.extra, self.keeper.drained, self.count.spare), (2, 3, 0))
         drained = self.front.removed[0]
         self.assertIsNot(drained, self.front.carrier)
         self.assertEqual(drained.closed, [])
@@ -2138,10 +2144,10 @@ class AdaptiveKeeperTests(SynchronousTestCase):
         self.assertEqual(drained.closed, ["fewer connections wanted"])
         drained.lose()
         self.clock.advance(1.0)
-        self.assertEqual(len(self.attempts), 3)
+        self.assertEqual(len(self.attempts), 5)
         # down to the floor, and no further
         self.clock.pump([1.0] * int(10 * self.limits.count_quiet))
-        self.assertEqual((self.keeper.extra, self.keeper.drained, self.count.wanted), (1, 2, 2))
+        self.assertEqual((self.keeper.extra, self.keeper.drained, self.count.wanted), (1, 4, 2))
         self.assertIn(first, self.front.attached + self.front.removed)
         self.assertEqual(len(self.front.attached), 1)
 
@@ -2237,7 +2243,7 @@ class AdaptiveKeeperTests(SynchronousTestCase):
         for _ in range(3):
             self.count.stall(self.clock.seconds())
         self.clock.advance(0.5)
-        self.assertEqual(len(self.attempts), 3)
+        self.assertEqual(len(self.attempts), 5)
         self.keeper.extra = 1  # as if the count had gone down meanwhile
         for d in self.attempts[1:]:
             late = _Conn()
@@ -2364,7 +2370,8 @@ class CountFedTests(TwoPaths):
         slow.retrans, fast.retrans = 2, 7
         self.front.watch_link(2.0)
         self.assertEqual(count.late_losses, 2)
-        self.assertEqual(count.decide(2.0), 4)
+        # the ceiling and its spares
+        self.assertEqual(count.decide(2.0), 6)
 
     def test_young_slow_session_probed(self) -> None:
         """

@@ -696,6 +696,45 @@ class SpreadTests(SynchronousTestCase):
         answers, _ = _feed_rate(sched, 100.0, 1.2, 1.0)
         self.assertEqual(set(answers), {(1, 2)})
 
+    def test_copies_in_turn_with_spares(self) -> None:
+        """
+        Below C{spread_rate}, while the media is copied, each datagram goes
+        on C{max_copies} of the paths that are up, in turn, when more are
+        up (the spares take their turn: each path carries C{max_copies /
+        n} of them); a path lost leaves every datagram as many copies; with
+        no more paths up than that, every one takes every datagram;
+        C{max_copies} 0: every path, however many.
+        """
+        sched = _tcp_paths(6, max_copies=4, loss_memory=0.0, duplicate_window=100.0)
+        sched.loss_seen(1, 0.0)
+        answers, now = _feed_rate(sched, 50.0, 0.0, 2.4)
+        self.assertEqual({len(set(paths)) for paths in answers}, {4})
+        per_path = {i: sum(i in paths for paths in answers) for i in range(1, 7)}
+        self.assertEqual(per_path, dict.fromkeys(range(1, 7), 80))
+        # in turn: no two datagrams in a row on the same four
+        self.assertTrue(all(a != b for a, b in zip(answers, answers[1:])))
+        self.assertTrue(sched.snapshot()["copies_in_turn"])
+        self.assertFalse(sched.snapshot()["spreading"])
+        # one cut: five up, still four copies each
+        sched.remove(3)
+        sched.tick(now)
+        cut, now = _feed_rate(sched, 50.0, now, 1.0)
+        self.assertEqual({len(paths) for paths in cut}, {4})
+        self.assertNotIn(3, {i for paths in cut for i in paths})
+        # two more: three up, each takes every datagram
+        sched.remove(5)
+        sched.remove(6)
+        sched.tick(now)
+        four, now = _feed_rate(sched, 50.0, now, 1.0)
+        self.assertEqual(set(four), {(1, 2, 4)})
+        self.assertFalse(sched.snapshot()["copies_in_turn"])
+        # outside the copy window: the best path alone
+        self.assertEqual(len(sched.media_paths(200.0)), 1)
+        every = _tcp_paths(6, max_copies=0, loss_memory=0.0, duplicate_window=100.0)
+        every.loss_seen(1, 0.0)
+        answers, _ = _feed_rate(every, 50.0, 0.0, 1.0)
+        self.assertEqual(set(answers), {(1, 2, 3, 4, 5, 6)})
+
     def test_spread_off(self) -> None:
         """
         C{spread_rate} 0: every path that is up, whatever the rate.
@@ -1816,7 +1855,7 @@ class PathCountTests(SynchronousTestCase):
         Stalls while the media is not copied on every connection are
         counted and keep the count from shrinking, but add no connection.
         """
-        limits = PathLimits(count_grow_step=1)
+        limits = PathLimits(count_spare=0, count_grow_step=1)
         count = PathCount(2, 3, limits)
         now = 0.0
         for _ in range(5):
@@ -1860,13 +1899,13 @@ class PathCountTests(SynchronousTestCase):
         time (here one), at most once per grow hold, never past the
         ceiling; by default from the floor straight to the ceiling.
         """
-        default = PathCount(2, 4)
+        default = PathCount(2, 4, PathLimits(count_spare=0))
         media = _Media(default)
         media.stalls(3, every=0.5)
         self.assertEqual((default.wanted, default.grows), (4, 1))
         media.stalls(30, every=0.5)
         self.assertEqual((default.wanted, default.grows), (4, 1))
-        count = PathCount(2, 4, PathLimits(count_grow_step=1))
+        count = PathCount(2, 4, PathLimits(count_spare=0, count_grow_step=1))
         media = _Media(count)
         seen = []
         for _ in range(40):
@@ -1888,7 +1927,7 @@ class PathCountTests(SynchronousTestCase):
         at the next decision and without media; it is forgotten after the
         grow window, counts once, and keeps no grow hold from applying.
         """
-        limits = PathLimits()
+        limits = PathLimits(count_spare=0)
         count = PathCount(2, 4, limits)
         count.late_loss(10.0)
         self.assertEqual(count.late_losses, 1)
@@ -1901,12 +1940,40 @@ class PathCountTests(SynchronousTestCase):
         stale.late_loss(10.0)
         self.assertEqual(stale.decide(10.0 + limits.count_grow_window + 0.1), 2)
         # the grow hold: a late loss right after a change waits for it
-        held = PathCount(2, 4, PathLimits(count_grow_step=1))
+        held = PathCount(2, 4, PathLimits(count_spare=0, count_grow_step=1))
         held.late_loss(0.0)
         self.assertEqual(held.decide(0.0), 3)
         held.late_loss(0.5)
         self.assertEqual(held.decide(0.5), 3)
         self.assertEqual(held.decide(held.limits.count_grow_hold), 4)
+
+    def test_spares_at_the_ceiling(self) -> None:
+        """
+        While the stall rules want the ceiling, C{count_spare} connections
+        more are wanted (make before break), never past C{max_paths}, and
+        not while the count may not grow (the media on a QUIC path); they
+        go with the ceiling, at the first drop; C{count_spare} 0: none.
+        """
+        limits = PathLimits(count_grow_hold=0.0, count_grow_step=1)
+        count = PathCount(2, 4, limits)
+        media = _Media(count)
+        media.stalls(3, every=0.5)
+        self.assertEqual((count.wanted, count.spare), (3, 0))
+        media.stalls(3, every=0.5)
+        self.assertEqual((count.wanted, count.spare), (6, 2))
+        self.assertEqual(count.snapshot()["connections_spare"], 2)
+        # the media moved to a QUIC path: no spares, the ceiling stays
+        self.assertEqual(count.decide(media.now + 0.5, grow=False), 4)
+        self.assertEqual(count.decide(media.now + 1.0), 6)
+        # the quiet spell: the ceiling and its spares go together
+        media.flow(limits.count_quiet + 1.5)
+        self.assertEqual((count.decide(media.now), count.spare), (3, 0))
+        capped = PathCount(2, 4, PathLimits(max_paths=5))
+        capped.late_loss(0.0)
+        self.assertEqual(capped.decide(0.0), 5)
+        none = PathCount(2, 4, PathLimits(count_spare=0))
+        none.late_loss(0.0)
+        self.assertEqual((none.decide(0.0), none.spare), (4, 0))
 
     def test_late_loss_keeps_no_connection(self) -> None:
         """
@@ -1915,7 +1982,7 @@ class PathCountTests(SynchronousTestCase):
         they keep coming, and the next one grows it again, with the
         hysteresis of a grow soon after a shrink.
         """
-        limits = PathLimits()
+        limits = PathLimits(count_spare=0)
         count = PathCount(2, 4, limits)
         count.late_loss(0.0)
         self.assertEqual(count.decide(0.0), 4)
@@ -1935,7 +2002,7 @@ class PathCountTests(SynchronousTestCase):
         After the quiet spell without stalls one connection goes, one per
         spell, down to the floor and no further.
         """
-        limits = PathLimits(count_grow_hold=0.0)
+        limits = PathLimits(count_spare=0, count_grow_hold=0.0)
         count = PathCount(2, 4, limits)
         media = _Media(count)
         media.stalls(9, every=0.5)
@@ -1979,7 +2046,7 @@ class PathCountTests(SynchronousTestCase):
         """
         A grow long after the last shrink sets the quiet spell back.
         """
-        limits = PathLimits(count_grow_hold=0.0)
+        limits = PathLimits(count_spare=0, count_grow_hold=0.0)
         count = PathCount(2, 3, limits)
         media = _Media(count)
         media.stalls(3, every=0.5)
@@ -1999,9 +2066,11 @@ class PathCountTests(SynchronousTestCase):
     def test_never_out_of_bounds(self, steps: list[tuple[float, int, bool]]) -> None:
         """
         Whatever arrives when, with late losses between, the count stays
-        between floor and ceiling, goes up by at most the grow step and
-        down by at most one per decision, and changes up at most once per
-        grow hold.
+        between the floor and the ceiling with its spares, goes up by at
+        most the grow step (and the spares, at the ceiling) and down by at
+        most one (and the spares, from the ceiling) per decision, and
+        changes up at most once per grow hold; the spares are there only
+        at the ceiling.
         """
         limits = PathLimits()
         count = PathCount(2, 5, limits)
@@ -2015,8 +2084,10 @@ class PathCountTests(SynchronousTestCase):
             if ask:
                 before = count.wanted
                 after = count.decide(now)
-                self.assertTrue(2 <= after <= 5)
-                self.assertTrue(-1 <= after - before <= limits.count_grow_step)
+                spare = limits.count_spare
+                self.assertTrue(2 <= after <= 5 + spare)
+                self.assertTrue(-1 - spare <= after - before <= limits.count_grow_step + spare)
+                self.assertEqual(count.spare, spare if after >= 5 + spare else 0)
                 if after > before:
                     ups.append(now)
         for a, b in zip(ups, ups[1:]):
@@ -2187,7 +2258,7 @@ class PathCountLoadTests(SynchronousTestCase):
         when the load's 8 connections go; the quiet spell then drops one
         at a time, as without a load.
         """
-        limits = PathLimits(
+        limits = PathLimits(count_spare=0, 
             count_quiet=10.0, count_grow_step=2, count_load_linger=5.0, count_covered_after=0.0
         )
         count = PathCount(2, 4, limits)

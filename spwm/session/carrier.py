@@ -2181,7 +2181,7 @@ class PathKeeper:
             return
         session = front.session_id if front is not None else None
         if extra > self.extra:
-            self.extra = extra
+            before, self.extra = self.extra, extra
             if count.for_load == count.wanted:
                 self.log.info(
                     "session {session_id}: {rate:.0f} media datagrams/s on a lossy link;"
@@ -2191,11 +2191,14 @@ class PathKeeper:
                     wanted=count.wanted,
                 )
             else:
+                more = extra - before
                 self.log.info(
-                    "session {session_id}: {why}; opening another ({wanted} wanted)",
+                    "session {session_id}: {why}; opening {what} ({wanted} wanted{spare})",
                     session_id=session,
                     why=count.why,
+                    what="another" if more == 1 else f"{more} more",
                     wanted=count.wanted,
+                    spare=f", {count.spare} of them spare" if count.spare else "",
                 )
             self._fill()
             return

@@ -407,6 +407,10 @@ class PathScheduler:
         self._media_spread: tuple[tuple[int, ...], ...] = ()
         #: the paths that are up one at a time (above C{spread_max_rate})
         self._media_turn: tuple[tuple[int, ...], ...] = ()
+        #: the paths that are up, C{max_copies} at a time, in turn (below
+        #: C{spread_rate}; empty while no more than that are up)
+        self._media_copies: tuple[tuple[int, ...], ...] = ()
+        self._copies_next = 0
         # the media's path is a QUIC path (L{media_on_quic}, kept for the hot path)
         self._quic_best = False
         self._spread_next = 0
@@ -653,8 +657,10 @@ class PathScheduler:
         """
         The paths to send C{count} media datagrams on (one, or a batch
         written together): the best path that is up; or, within the
-        duplication window, every path that is up, or C{spread_copies} of
-        them in turn once the rate is C{spread_rate} or more (the load is
+        duplication window, every path that is up (C{max_copies} of them
+        in turn when more are up: the spares take their turn), or
+        C{spread_copies} of them in turn once the rate is C{spread_rate} or
+        more (the load is
         shared, not copied on every connection), one path that is up in
         turn above C{spread_max_rate} (a CPU's load: no copies, however
         many paths there are); or every path that is not
@@ -681,6 +687,13 @@ class PathScheduler:
                     i = self._spread_next
                     self._spread_next = i + 1 if i + 1 < len(spread) else 0
                     return spread[i]
+            copies = self._media_copies
+            if copies:
+                # more paths are up than a datagram needs copies: the
+                # spares take their turn
+                i = self._copies_next
+                self._copies_next = i + 1 if i + 1 < len(copies) else 0
+                return copies[i]
             return self._media_all
         return self._media_one
 
@@ -939,6 +952,9 @@ class PathScheduler:
             # as media_paths chooses: copies shared in turn, or above the
             # max rate one path in turn (however few paths there are)
             "spreading": bool(now < self._dup_until and spread and limits.spread_rate and self._rate >= limits.spread_rate),
+            # copies on max_copies of the paths in turn (spares among them)
+            "copies_in_turn": bool(now < self._dup_until and self._media_copies)
+            and not (limits.spread_rate and self._rate >= limits.spread_rate and spread),
             "lossy_losses": self.lossy_losses,
             "peer_copy_signs": self.peer_copy_signs,
             "stalls_held": self.stalls_held,
@@ -1112,6 +1128,7 @@ class PathScheduler:
         self._quic_best = best is not None and best.kind is PathKind.QUIC
         spread: tuple[tuple[int, ...], ...] = ()
         turn: tuple[tuple[int, ...], ...] = ()
+        copies: tuple[tuple[int, ...], ...] = ()
         if best is not None:
             self._media_one = (best.path_id,)
             ids = self._media_all = tuple(sorted(p.path_id for p in up))
@@ -1119,6 +1136,9 @@ class PathScheduler:
             if n > k:
                 spread = tuple(tuple(ids[(i + j) % n] for j in range(k)) for i in range(n))
             turn = tuple((i,) for i in ids)
+            k = self.limits.max_copies
+            if k and n > k:
+                copies = tuple(tuple(sorted(ids[(i + j) % n] for j in range(k))) for i in range(n))
         else:
             alive = [p.path_id for p in paths if p.state is not _DEAD] or [p.path_id for p in paths]
             self._media_one = self._media_all = tuple(sorted(alive))
@@ -1126,6 +1146,9 @@ class PathScheduler:
             self._media_spread = spread
             self._media_turn = turn
             self._spread_next = 0
+        if copies != self._media_copies:
+            self._media_copies = copies
+            self._copies_next = 0
 
 
 # --- how many paths ---------------------------------------------------------
@@ -1164,6 +1187,12 @@ class PathCount:
        doubles the quiet spell (up to C{count_quiet_max}); a grow later
        than that sets it back.  A link that needs more connections now and
        then keeps them; changes down are at most one per quiet spell.
+     - I{spares}: while the stall rules want the ceiling (the link needs
+       every copy they give), C{count_spare} connections more: the
+       copies go on C{max_copies} of them in turn (L{PathScheduler}), so a
+       connection cut or stalled leaves as many copies, and its
+       replacement is there before the break (not opened after it, half a
+       second of handshakes on such a link); they go with the ceiling;
      - I{load}: while the media is copied (losses keep coming) at
        C{spread_rate} datagrams a second or more, the scheduler spreads
        it, C{spread_copies} of the connections per datagram; then at
@@ -1218,6 +1247,8 @@ class PathCount:
         self.load_grows = 0
         #: what the stall rules alone want
         self._by_stalls = floor
+        #: the spares kept beside what the stall rules want (L{decide})
+        self.spare = 0
         #: what the load asked for at the last L{load} call, and its rate
         self._load_ask = 0
         self._load_rate = 0.0
@@ -1375,7 +1406,12 @@ class PathCount:
             self._by_stalls -= 1
             quiet = True
             self._changed = self._shrunk = now
-        wanted = max(self._by_stalls, self.for_load if grow else min(self.for_load, self.wanted))
+        # make before break: the link needs every copy the stall rules can
+        # give it, so spares are kept beside them (the copies take them in
+        # turn: PathScheduler.media_paths)
+        self.spare = limits.count_spare if grow and self._by_stalls >= self.ceiling else 0
+        by_stalls = min(self._by_stalls + self.spare, limits.max_paths)
+        wanted = max(by_stalls, self.for_load if grow else min(self.for_load, self.wanted))
         if wanted > self.wanted:
             if self.for_load == wanted:
                 self.load_grows += 1
@@ -1401,6 +1437,7 @@ class PathCount:
             "connections_grown": self.grows,
             "connections_shrunk": self.shrinks,
             "connections_for_load": self.for_load,
+            "connections_spare": self.spare,
             "connections_load_grown": self.load_grows,
             "media_stalls": self.media_stalls,
             "late_losses": self.late_losses,
