@@ -637,6 +637,47 @@ class ChannelTests(TwoPaths):
         self.assertEqual(sorted(got), sorted([(0, b"rtp%d" % n) for n in range(5)] + [(1, b"rtcp%d" % n) for n in range(5)]))
         self.assertEqual(self.c1.duplicates + self.c2.duplicates, 10)
 
+    def test_four_copies_in_turn_over_six_paths(self) -> None:
+        """
+        Six paths (four and two spares), the media copied both ways: each
+        datagram goes on four of them, in turn, and is delivered once;
+        every path carries its share; one path cut, each datagram still
+        has its four copies on the five left, both ways.
+        """
+        for _ in range(4):
+            self.bed.connect()
+        self.assertEqual(len(self.front.paths), 6)
+        self.assertEqual(len(self.contact_front.paths), 6)
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.flush()
+        agent_dedup, contact_dedup = self.front.dedup, self.contact_front.dedup
+
+        def exchange(count: int) -> tuple[int, int]:
+            # both halves copy (a loss seen); datagrams 20 ms apart
+            before = (contact_dedup.duplicates, agent_dedup.duplicates)
+            for n in range(count):
+                now = self.bed.clock.seconds()
+                self.front.scheduler.loss_seen(0, now)
+                self.contact_front.scheduler.loss_seen(0, now)
+                self.front.send_datagram(cid, b"up%d" % n)
+                self.contact_front.send_datagram(cid, b"down%d" % n)
+                self.bed.advance(0.02)
+            self.bed.advance(0.1)
+            return (contact_dedup.duplicates - before[0], agent_dedup.duplicates - before[1])
+
+        shares = [p.connection.stats.frames_in for p in self.bed.contact.paths.fronts[0].paths]
+        self.assertEqual(exchange(60), (3 * 60, 3 * 60))
+        self.assertEqual(len(self.bed.contact.media.got), 60)
+        self.assertEqual(len(self.bed.agent.media.got), 60)
+        carried = [p.connection.stats.frames_in - n for p, n in zip(self.contact_front.paths, shares)]
+        # each path took its turns (pings aside): four of six, about 40 each
+        self.assertTrue(all(30 <= c for c in carried), carried)
+        self.bed.cut(2)
+        self.assertEqual((len(self.front.paths), len(self.contact_front.paths)), (5, 5))
+        self.assertEqual(exchange(50), (3 * 50, 3 * 50))
+        self.assertEqual(len(self.bed.contact.media.got), 110)
+        self.assertEqual(len(self.bed.agent.media.got), 110)
+
     def _other_path_frames(self) -> int:
         """
         Frames the agent wrote on its second path other than its pings.
