@@ -1964,6 +1964,7 @@ class PathCountTests(SynchronousTestCase):
         self.assertEqual(count.snapshot()["connections_spare"], 2)
         # the media moved to a QUIC path: no spares, the ceiling stays
         self.assertEqual(count.decide(media.now + 0.5, grow=False), 4)
+        self.assertEqual(count.why, "the media goes on a QUIC path: no spares")
         self.assertEqual(count.decide(media.now + 1.0), 6)
         # the quiet spell: the ceiling and its spares go together
         media.flow(limits.count_quiet + 1.5)

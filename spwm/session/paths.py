@@ -1409,6 +1409,7 @@ class PathCount:
         # make before break: the link needs every copy the stall rules can
         # give it, so spares are kept beside them (the copies take them in
         # turn: PathScheduler.media_paths)
+        spares_before = self.spare
         self.spare = limits.count_spare if grow and self._by_stalls >= self.ceiling else 0
         by_stalls = min(self._by_stalls + self.spare, limits.max_paths)
         wanted = max(by_stalls, self.for_load if grow else min(self.for_load, self.wanted))
@@ -1420,7 +1421,12 @@ class PathCount:
                 stalls.clear()
             self.grows += 1
         elif wanted < self.wanted:
-            self.why = f"no media stall for {self.quiet:.0f} s" if quiet else "the media load that wanted them is gone"
+            if quiet:
+                self.why = f"no media stall for {self.quiet:.0f} s"
+            elif not grow and spares_before and not self.for_load:
+                self.why = "the media goes on a QUIC path: no spares"
+            else:
+                self.why = "the media load that wanted them is gone"
             self.shrinks += 1
         self.wanted = wanted
         return self.wanted
