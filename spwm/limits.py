@@ -381,7 +381,7 @@ class PathLimits:
     spread_rate: float = field(default=150.0, validator=validators.ge(0.0))
     spread_copies: int = field(default=4, validator=_pos)
     max_copies: int = field(default=4, validator=validators.ge(0))
-    count_spare: int = field(default=4, validator=validators.ge(0))
+    count_spare: int = field(default=2, validator=validators.ge(0))
     coalesce_rate: float = field(default=40.0, validator=validators.ge(0.0))
     coalesce_delay: float = field(default=0.010, validator=validators.ge(0.0))
     coalesce_pair: float = field(default=1.25, validator=validators.ge(0.0))

@@ -639,7 +639,7 @@ class ChannelTests(TwoPaths):
 
     def test_four_copies_in_turn_over_six_paths(self) -> None:
         """
-        Six paths (four for the copies and two spares), the media copied both ways: each
+        Six paths (four and two spares), the media copied both ways: each
         datagram goes on four of them, in turn, and is delivered once;
         every path carries its share; one path cut, each datagram still
         has its four copies on the five left, both ways.
@@ -2139,12 +2139,12 @@ class AdaptiveKeeperTests(SynchronousTestCase):
         self.front.watch_link = lambda now: self.count.late_loss(now)  # type: ignore[method-assign]
         with capturedLogs() as events:
             self.clock.advance(0.5)
-        self.assertEqual((self.count.wanted, self.keeper.extra), (8, 7))
-        self.assertEqual(len(self.attempts), 7)
-        # six more: the ceiling's two and its four spares
+        self.assertEqual((self.count.wanted, self.keeper.extra), (6, 5))
+        self.assertEqual(len(self.attempts), 5)
+        # four more: the ceiling's two and its two spares
         lines = [formatEvent(e) for e in events if "wanted" in formatEvent(e)]
         self.assertEqual(len(lines), 1)
-        self.assertTrue(lines[0].endswith("; opening 6 more (8 wanted, 4 of them spare)"), lines[0])
+        self.assertTrue(lines[0].endswith("; opening 4 more (6 wanted, 2 of them spare)"), lines[0])
 
     def test_link_watched_every_tick(self) -> None:
         """
@@ -2161,7 +2161,7 @@ class AdaptiveKeeperTests(SynchronousTestCase):
         """
         From the count's floor (one connection besides the tunnel
         service's), stalls that keep coming open more up to the ceiling
-        (two at once by default) and its four spares; after the quiet spell
+        (two at once by default) and its two spares; after the quiet spell
         one below the ceiling and the spares are drained: out of the
         session at once, not the carrier, closed C{count_drain} later, not
         replaced.
@@ -2171,13 +2171,13 @@ class AdaptiveKeeperTests(SynchronousTestCase):
         self.assertEqual(len(self.attempts), 1)
         first = self.connect_all()[0]
         self.stalls(20.0)
-        self.assertEqual(len(self.attempts), 7)
-        self.assertEqual((self.keeper.extra, self.count.wanted, self.count.spare), (7, 8, 4))
+        self.assertEqual(len(self.attempts), 5)
+        self.assertEqual((self.keeper.extra, self.count.wanted, self.count.spare), (5, 6, 2))
         self.stalls(10.0)
-        self.assertEqual(len(self.attempts), 7)
+        self.assertEqual(len(self.attempts), 5)
         self.front.carrier = self.front.attached[-1]
         self.clock.pump([1.0] * int(self.limits.count_quiet))
-        self.assertEqual((self.keeper.extra, self.keeper.drained, self.count.spare), (2, 5, 0))
+        self.assertEqual((self.keeper.extra, self.keeper.drained, self.count.spare), (2, 3, 0))
         drained = self.front.removed[0]
         self.assertIsNot(drained, self.front.carrier)
         self.assertEqual(drained.closed, [])
@@ -2185,10 +2185,10 @@ class AdaptiveKeeperTests(SynchronousTestCase):
         self.assertEqual(drained.closed, ["fewer connections wanted"])
         drained.lose()
         self.clock.advance(1.0)
-        self.assertEqual(len(self.attempts), 7)
+        self.assertEqual(len(self.attempts), 5)
         # down to the floor, and no further
         self.clock.pump([1.0] * int(10 * self.limits.count_quiet))
-        self.assertEqual((self.keeper.extra, self.keeper.drained, self.count.wanted), (1, 6, 2))
+        self.assertEqual((self.keeper.extra, self.keeper.drained, self.count.wanted), (1, 4, 2))
         self.assertIn(first, self.front.attached + self.front.removed)
         self.assertEqual(len(self.front.attached), 1)
 
@@ -2284,7 +2284,7 @@ class AdaptiveKeeperTests(SynchronousTestCase):
         for _ in range(3):
             self.count.stall(self.clock.seconds())
         self.clock.advance(0.5)
-        self.assertEqual(len(self.attempts), 7)
+        self.assertEqual(len(self.attempts), 5)
         self.keeper.extra = 1  # as if the count had gone down meanwhile
         for d in self.attempts[1:]:
             late = _Conn()
@@ -2412,7 +2412,7 @@ class CountFedTests(TwoPaths):
         self.front.watch_link(2.0)
         self.assertEqual(count.late_losses, 2)
         # the ceiling and its spares
-        self.assertEqual(count.decide(2.0), 8)
+        self.assertEqual(count.decide(2.0), 6)
 
     def test_young_slow_session_probed(self) -> None:
         """
