@@ -941,6 +941,7 @@ class PathScheduler:
         now = self._now
         limits = self.limits
         spread = self._media_turn if self._rate > limits.spread_max_rate else self._media_spread
+        spreading = bool(now < self._dup_until and spread and limits.spread_rate and self._rate >= limits.spread_rate)
         return {
             "carrier": self.carrier(),
             "carrier_held": self._carrier is not None
@@ -951,10 +952,9 @@ class PathScheduler:
             "media_rate": round(self._rate, 1),
             # as media_paths chooses: copies shared in turn, or above the
             # max rate one path in turn (however few paths there are)
-            "spreading": bool(now < self._dup_until and spread and limits.spread_rate and self._rate >= limits.spread_rate),
-            # copies on max_copies of the paths in turn (spares among them)
-            "copies_in_turn": bool(now < self._dup_until and self._media_copies)
-            and not (limits.spread_rate and self._rate >= limits.spread_rate and spread),
+            "spreading": spreading,
+            # otherwise, copies on max_copies of the paths in turn (spares among them)
+            "copies_in_turn": bool(now < self._dup_until and self._media_copies) and not spreading,
             "lossy_losses": self.lossy_losses,
             "peer_copy_signs": self.peer_copy_signs,
             "stalls_held": self.stalls_held,
@@ -1132,13 +1132,9 @@ class PathScheduler:
         if best is not None:
             self._media_one = (best.path_id,)
             ids = self._media_all = tuple(sorted(p.path_id for p in up))
-            n, k = len(ids), self.limits.spread_copies
-            if n > k:
-                spread = tuple(tuple(ids[(i + j) % n] for j in range(k)) for i in range(n))
+            spread = _in_turn(ids, self.limits.spread_copies)
             turn = tuple((i,) for i in ids)
-            k = self.limits.max_copies
-            if k and n > k:
-                copies = tuple(tuple(sorted(ids[(i + j) % n] for j in range(k))) for i in range(n))
+            copies = _in_turn(ids, self.limits.max_copies)
         else:
             alive = [p.path_id for p in paths if p.state is not _DEAD] or [p.path_id for p in paths]
             self._media_one = self._media_all = tuple(sorted(alive))
@@ -1149,6 +1145,17 @@ class PathScheduler:
         if copies != self._media_copies:
             self._media_copies = copies
             self._copies_next = 0
+
+
+def _in_turn(ids: tuple[int, ...], k: int) -> tuple[tuple[int, ...], ...]:
+    """
+    The paths C{ids}, C{k} at a time, each taking as many turns: empty
+    when there are no more than C{k} (or C{k} is 0: all of them each time).
+    """
+    n = len(ids)
+    if not k or n <= k:
+        return ()
+    return tuple(tuple(ids[(i + j) % n] for j in range(k)) for i in range(n))
 
 
 # --- how many paths ---------------------------------------------------------
