@@ -210,6 +210,17 @@ class PathLimits:
         is up for this long (at least C{duplicate_window}): on a lossy link
         the duplication stays on while losses keep coming, instead of
         starting anew, one loss too late, each time.
+    @ivar start_copies: media that starts after at least C{start_pause}
+        without any (a call's first datagrams, a talk spurt after a long
+        silence) is sent on every path that is up for this long, as after
+        a loss, when the round trip of the path it would go on is known
+        and at least C{count_late_rtt}: on such a link one loss holds a
+        connection's media past the 150 ms a voice packet may take, and
+        the first loss of a call would otherwise open the duplication a
+        round trip too late, with the call's first words already held
+        behind it (the losses seen before the pause are long forgotten
+        between calls); 0: never.
+    @ivar start_pause: see C{start_copies}.
     @ivar switch_hold: a QUIC path must be up this long before media moves
         to it from another path that is up; doubled for each stall of that
         path within C{flap_memory}, up to C{max_switch_hold}.
@@ -353,6 +364,8 @@ class PathLimits:
     duplicate_window: float = field(default=2.0, validator=validators.ge(0.0))
     loss_memory: float = field(default=10.0, validator=validators.ge(0.0))
     lossy_window: float = field(default=30.0, validator=validators.ge(0.0))
+    start_copies: float = field(default=2.0, validator=validators.ge(0.0))
+    start_pause: float = field(default=2.0, validator=_pos_time)
     switch_hold: float = field(default=1.0, validator=validators.ge(0.0))
     max_switch_hold: float = field(default=30.0, validator=validators.ge(0.0))
     flap_memory: float = field(default=60.0, validator=validators.ge(0.0))

@@ -637,6 +637,79 @@ class ChannelTests(TwoPaths):
         self.assertEqual(sorted(got), sorted([(0, b"rtp%d" % n) for n in range(5)] + [(1, b"rtcp%d" % n) for n in range(5)]))
         self.assertEqual(self.c1.duplicates + self.c2.duplicates, 10)
 
+    def test_call_start_copied_on_a_slow_link(self) -> None:
+        """
+        On paths whose kernel round trip is 160 ms, no loss seen: a call's
+        first datagrams go on both paths both ways (each delivered once),
+        for C{start_copies}; then on one path each; a talk spurt after a
+        silence of C{start_pause} is copied again.  On a 20 ms round trip
+        nothing is copied.
+        """
+        from spwm.session.paths import TcpInfo
+
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.flush()
+        agent_dedup, contact_dedup = self.front.dedup, self.contact_front.dedup
+        limits = self.front.scheduler.limits
+
+        def rtt(seconds: float) -> None:
+            now = self.bed.clock.seconds()
+            for front in (self.front, self.contact_front):
+                for path_id in range(len(front.paths)):
+                    front.scheduler.tcp_info(path_id, TcpInfo(rtt_s=seconds, rttvar_s=0.01), now)
+
+        def exchange(seconds: float) -> tuple[int, int]:
+            # datagrams 20 ms apart both ways: the copies each half dropped
+            before = (contact_dedup.duplicates, agent_dedup.duplicates)
+            for n in range(round(seconds * 50)):
+                self.front.send_datagram(cid, b"up%d" % n)
+                self.contact_front.send_datagram(cid, b"down%d" % n)
+                self.bed.advance(0.02)
+            self.bed.advance(0.1)
+            return (contact_dedup.duplicates - before[0], agent_dedup.duplicates - before[1])
+
+        rtt(0.02)
+        self.assertEqual(exchange(1.0), (0, 0))
+        self.bed.advance(limits.start_pause)
+        rtt(0.16)
+        self.assertEqual(exchange(limits.start_copies), (50 * limits.start_copies, 50 * limits.start_copies))
+        # the agent's copies stop; the contact point's follow them for its
+        # duplication window after the last one it saw (peer_copies)
+        self.assertEqual(exchange(limits.duplicate_window)[0], 0)
+        self.assertEqual(exchange(1.0), (0, 0))
+        sent = round(50 * (2 + limits.start_copies + limits.duplicate_window))
+        self.assertEqual((len(self.bed.contact.media.got), len(self.bed.agent.media.got)), (sent, sent))
+        self.bed.advance(limits.start_pause)
+        rtt(0.16)  # the kernel's again (the in-memory pings' round trips are nothing)
+        self.assertEqual(exchange(0.5), (25, 25))
+        self.assertEqual(
+            (self.front.scheduler.starts_copied, self.contact_front.scheduler.starts_copied), (2, 2)
+        )
+
+    def test_kernel_round_trip_known_at_attach(self) -> None:
+        """
+        A path over a real TCP socket has the kernel's round trip in the
+        scheduler from its attachment on (the start copies go by it before
+        any frame of a call has made either half read the kernel).
+        """
+        import spwm.tunnel.protocol as tunnel_protocol
+        from spwm.session.paths import read_tcp_info
+        from tests.test_session_paths import loopback_tcp
+
+        client, accepted = loopback_tcp(self)
+        client.sendall(b"x")
+        self.assertEqual(accepted.recv(1), b"x")
+        accepted.sendall(b"y")
+        self.assertEqual(client.recv(1), b"y")
+        kernel = read_tcp_info(client)
+        assert kernel is not None and kernel.rtt_s
+        self.patch(tunnel_protocol, "find_socket", lambda transport: client)
+        self.bed.connect()
+        for front in (self.front, self.contact_front):
+            srtt = {p["path_id"]: p["srtt"] for p in front.scheduler.snapshot()["paths"]}
+            self.assertAlmostEqual(srtt[2], kernel.rtt_s, delta=0.001)
+            self.assertIsNone(srtt[0])  # in memory: no socket, nothing known
+
     def test_four_copies_in_turn_over_six_paths(self) -> None:
         """
         Six paths (four and two spares), the media copied both ways: each

@@ -526,6 +526,73 @@ class SchedulingTests(SynchronousTestCase):
         self.assertEqual(sched.media_paths(3.4), (1, 2))
         self.assertEqual(sched.media_paths(3.5), (1,))
 
+    def test_start_copies_on_a_slow_link(self) -> None:
+        """
+        Media that starts after C{start_pause} without any, on a TCP path
+        whose round trip is at least C{count_late_rtt}, goes on every path
+        that is up for C{start_copies} at once, with no loss seen; media
+        that goes on without such a pause does not open it again.
+        """
+        sched = _two_tcp(start_copies=2.0, start_pause=1.5, count_late_rtt=0.1, loss_memory=0.0, coalesce_rate=0.0)
+        sched.tcp_info(1, TcpInfo(rtt_s=0.16, rttvar_s=0.02), 0.0)  # the kernel's round trip
+        sent = {}
+        for i in range(150):  # a datagram every 20 ms, alternately asked per datagram and per batch
+            t = 10.0 + i / 50
+            sent[t] = sched.media_now(t) if i % 2 else sched.media_paths(t)
+        self.assertEqual({k: v for k, v in sent.items() if k < 12.0}, {k: (1, 2) for k in sent if k < 12.0})
+        self.assertEqual({k: v for k, v in sent.items() if k >= 12.0}, {k: (1,) for k in sent if k >= 12.0})
+        self.assertEqual(sched.starts_copied, 1)
+        self.assertEqual(sched.snapshot()["starts_copied"], 1)
+        # a talk spurt after 1.5 s of silence: copied again
+        self.assertEqual(sched.media_now(14.5), (1, 2))
+        self.assertEqual(sched.media_paths(15.5), (1, 2))
+        self.assertEqual(sched.media_paths(16.49), (1, 2))
+        self.assertEqual(sched.media_paths(16.5), (1,))
+        self.assertEqual(sched.starts_copied, 2)
+        self.assertEqual([p["losses"] for p in sched.snapshot()["paths"]], [0, 0])
+
+    def test_no_start_copies_on_a_fast_or_unmeasured_link(self) -> None:
+        """
+        No start copies when the media's path has a round trip under
+        C{count_late_rtt}, or none measured yet, or when C{start_copies}
+        is 0; nor with one path up (nothing to copy on).
+        """
+        fast = _two_tcp(count_late_rtt=0.1)  # srtt 0.02
+        self.assertEqual(fast.media_paths(10.0), (1,))
+        unmeasured = _scheduler(count_late_rtt=0.1)
+        unmeasured.add(1, TCP, 0.0)
+        unmeasured.add(2, TCP, 0.0)
+        unmeasured.tick(0.0)
+        self.assertEqual(unmeasured.media_now(10.0), (1,))
+        off = _two_tcp(start_copies=0.0)
+        off.tcp_info(1, TcpInfo(rtt_s=0.3), 0.0)
+        self.assertEqual(off.media_paths(10.0), (1,))
+        alone = _scheduler(count_late_rtt=0.1)
+        alone.add(1, TCP, 0.0)
+        alone.rtt_sample(1, 0.3, 0.0)  # the first sample is the estimate
+        alone.tick(0.0)
+        self.assertEqual(alone.media_now(10.0), (1,))
+        self.assertEqual(
+            [fast.starts_copied, unmeasured.starts_copied, off.starts_copied, alone.starts_copied], [0, 0, 0, 0]
+        )
+
+    def test_start_copies_held_for_coalescing(self) -> None:
+        """
+        Copied from the start at a rate that coalesces: the first datagram
+        is held (as in any duplication window), and sending the held ones
+        does not count a second start.
+        """
+        sched = _two_tcp(start_copies=2.0, count_late_rtt=0.1, coalesce_rate=40.0, rate_window=0.5)
+        sched.tcp_info(1, TcpInfo(rtt_s=0.2), 0.0)
+        t = 10.0
+        for _ in range(40):  # 50 a second for 0.8 s: the rate is measured
+            sched.media_now(t)
+            t += 0.02
+        self.assertEqual(sched.starts_copied, 1)
+        self.assertIsNone(sched.media_now(t))
+        self.assertEqual(sched.media_paths(t + 0.01), (1, 2))
+        self.assertEqual(sched.starts_copied, 1)
+
     def test_media_paths_is_precomputed(self) -> None:
         """
         The per-packet answer is the same tuple object each time (nothing is
@@ -1638,6 +1705,20 @@ class SipOrderTests(SynchronousTestCase):
         self.assertEqual(receiver.skipped, 0)
 
 
+def loopback_tcp(case: SynchronousTestCase) -> tuple[socket.socket, socket.socket]:
+    """
+    A connected loopback TCP pair (client, accepted), closed at the end
+    of C{case}.
+    """
+    server = socket.create_server(("127.0.0.1", 0))
+    case.addCleanup(server.close)
+    client = socket.create_connection(server.getsockname(), timeout=5)
+    case.addCleanup(client.close)
+    accepted, _ = server.accept()
+    case.addCleanup(accepted.close)
+    return client, accepted
+
+
 class TcpInfoSocketTests(SynchronousTestCase):
     """
     L{read_tcp_info} and L{set_notsent_lowat} on a real loopback TCP
@@ -1647,13 +1728,7 @@ class TcpInfoSocketTests(SynchronousTestCase):
     def setUp(self) -> None:
         if not sys.platform.startswith("linux"):
             raise SkipTest("TCP_INFO as parsed here is Linux's")
-        server = socket.create_server(("127.0.0.1", 0))
-        self.addCleanup(server.close)
-        client = socket.create_connection(server.getsockname(), timeout=5)
-        self.addCleanup(client.close)
-        accepted, _ = server.accept()
-        self.addCleanup(accepted.close)
-        self.client, self.accepted = client, accepted
+        self.client, self.accepted = loopback_tcp(self)
 
     def test_read(self) -> None:
         """

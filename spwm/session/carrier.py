@@ -363,6 +363,13 @@ class PathFront:
             # a stalled path is not already stuck in it
             set_notsent_lowat(sock, NOTSENT_LOWAT)
             self._sockets[path_id] = sock
+            info = read_tcp_info(sock)
+            if info is not None and info.rtt_s:
+                # the kernel's round trip from the handshakes: known before
+                # the first media (the copies at a media start on a slow
+                # link go by it; the contact point reads the kernel only
+                # once a call's frames come)
+                self.scheduler.tcp_info(path_id, TcpInfo(rtt_s=info.rtt_s, rttvar_s=info.rttvar_s), now)
         elif kind is PathKind.QUIC and hasattr(transport, "rtt"):
             self._quic[path_id] = transport
         self._arm()

@@ -440,6 +440,9 @@ class PathScheduler:
         #: reads on the contact point that brought a copy of the agent's
         #: (each opened or extended the duplication window: L{peer_copies})
         self.peer_copy_signs = 0
+        #: times media that started after a pause was copied at once on a
+        #: slow link (C{start_copies})
+        self.starts_copied = 0
         #: paths found stalled (L{PathStalled})
         self.stalls = 0
         #: times a path overdue past its stall bound was held up, not
@@ -667,6 +670,8 @@ class PathScheduler:
         dead when none is up.  Per packet: O(1), the tuples are made in
         advance.
         """
+        if now - self._last_media >= self.limits.start_pause:
+            self._media_start(now)
         self._last_media = now
         self._rate_n += count
         if now >= self._rate_next:
@@ -704,6 +709,11 @@ class PathScheduler:
         is to be held to be coalesced with the next ones (L{coalesce_delay}
         says for how long; L{media_paths} is then asked when they go).
         """
+        if now - self._last_media >= self.limits.start_pause and now >= self._dup_until:
+            # media starts after a pause: copied from its first datagram
+            # on a slow link (media_paths below must not count it again)
+            self._media_start(now)
+            self._last_media = now
         if now < self._dup_until:
             if self.coalesce_delay(now) > 0.0:
                 return None
@@ -957,6 +967,7 @@ class PathScheduler:
             "copies_in_turn": bool(now < self._dup_until and self._media_copies) and not spreading,
             "lossy_losses": self.lossy_losses,
             "peer_copy_signs": self.peer_copy_signs,
+            "starts_copied": self.starts_copied,
             "stalls_held": self.stalls_held,
             "carrier_changes": self.carrier_changes,
             "media_switches": self.media_switches,
@@ -991,6 +1002,28 @@ class PathScheduler:
         path.stall_bound = stall
         path.dead_bound = max(limits.dead_floor, limits.dead_factor * stall)
         path.ping_after = limits.ping_fraction * stall
+
+    def _media_start(self, now: float) -> bool:
+        """
+        Media starts after C{start_pause} without any: copy it for
+        C{start_copies} when the path it would go on is a TCP path whose
+        known round trip is at least C{count_late_rtt} (L{PathLimits}).
+
+        @return: whether the duplication window is open now.
+        """
+        limits = self.limits
+        best = self._best
+        if (
+            limits.start_copies
+            and best is not None
+            and best.kind is PathKind.TCP
+            and best.srtt is not None
+            and best.srtt >= limits.count_late_rtt
+            and len(self._media_all) > 1
+        ):
+            self.starts_copied += 1
+            self._duplicate(now, limits.start_copies)
+        return now < self._dup_until
 
     def _duplicate(self, now: float, window: float | None = None) -> None:
         until = now + (self.limits.duplicate_window if window is None else window)
