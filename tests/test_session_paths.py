@@ -578,20 +578,27 @@ class SchedulingTests(SynchronousTestCase):
 
     def test_start_copies_held_for_coalescing(self) -> None:
         """
-        Copied from the start at a rate that coalesces: the first datagram
-        is held (as in any duplication window), and sending the held ones
-        does not count a second start.
+        Copied from the start at a rate that coalesces: the rate is known
+        C{rate_first} in, and from then the datagrams are held to go in
+        pairs (as in any duplication window); sending the held ones does
+        not count a second start.  A second start after a pause measures
+        anew (the rate before it forgotten: the first datagrams go at once).
         """
-        sched = _two_tcp(start_copies=2.0, count_late_rtt=0.1, coalesce_rate=40.0, rate_window=0.5)
+        sched = _two_tcp(start_copies=2.0, count_late_rtt=0.1, coalesce_rate=40.0, rate_window=0.5, rate_first=0.1)
         sched.tcp_info(1, TcpInfo(rtt_s=0.2), 0.0)
-        t = 10.0
-        for _ in range(40):  # 50 a second for 0.8 s: the rate is measured
-            sched.media_now(t)
-            t += 0.02
-        self.assertEqual(sched.starts_copied, 1)
-        self.assertIsNone(sched.media_now(t))
-        self.assertEqual(sched.media_paths(t + 0.01), (1, 2))
-        self.assertEqual(sched.starts_copied, 1)
+        for start in (10.0, 20.0):
+            held = []
+            for i in range(40):  # 50 a second for 0.8 s
+                t = start + i / 50
+                paths = sched.media_now(t)
+                if paths is None:
+                    held.append(i)
+                    self.assertEqual(sched.media_paths(t + 0.01), (1, 2))
+                else:
+                    self.assertEqual(paths, (1, 2))
+            self.assertEqual(held[0], 6)  # the first after 0.1 s
+            self.assertEqual(held, list(range(6, 40)))
+        self.assertEqual(sched.starts_copied, 2)
 
     def test_media_paths_is_precomputed(self) -> None:
         """
@@ -661,17 +668,24 @@ class SpreadTests(SynchronousTestCase):
     def test_rate(self) -> None:
         """
         The rate is the datagrams asked for (batches counted by size) over
-        the last full window; 0 before the first.
+        the last full window; 0 before the first, which is C{rate_first}
+        long; media after a pause of C{start_pause} starts it again.
         """
-        sched = _tcp_paths(2, rate_window=0.5)
+        sched = _tcp_paths(2, rate_window=0.5, rate_first=0.1, start_pause=2.0)
         sched.media_paths(1.0)
         self.assertEqual(sched.media_rate(), 0.0)
-        sched.media_paths(1.25, count=100)
+        sched.media_paths(1.05, count=10)
         self.assertEqual(sched.media_rate(), 0.0)
-        sched.media_paths(1.5, count=50)
-        self.assertEqual(sched.media_rate(), 300.0)
-        sched.media_paths(11.5)
-        self.assertAlmostEqual(sched.media_rate(), 0.1)
+        sched.media_paths(1.1, count=10)  # the first window: 1.0 excluded, as each window's start
+        self.assertAlmostEqual(sched.media_rate(), 200.0)
+        sched.media_paths(1.35, count=100)
+        self.assertAlmostEqual(sched.media_rate(), 200.0)
+        sched.media_paths(1.6, count=50)
+        self.assertAlmostEqual(sched.media_rate(), 300.0)
+        sched.media_paths(3.5)  # after 1.9 s: no pause
+        self.assertAlmostEqual(sched.media_rate(), 1 / 1.9)
+        sched.media_paths(11.5)  # after 8 s: the rate before is forgotten
+        self.assertEqual(sched.media_rate(), 0.0)
         _, now = _feed_rate(sched, 200.0, 12.0, 1.0)
         self.assertAlmostEqual(sched.media_rate(), 200.0, delta=2.0)
         self.assertAlmostEqual(sched.media_rate(now), 200.0, delta=2.0)
@@ -1754,7 +1768,9 @@ class TcpInfoSocketTests(SynchronousTestCase):
 
     def test_not_tcp(self) -> None:
         """
-        A UDP socket, or a closed one, gives no C{TCP_INFO}.
+        A UDP socket, or a closed one, gives no C{TCP_INFO}; nor does a
+        socket-like object whose C{getsockopt} answers a number (an
+        emulated socket, as the NAT tests' is).
         """
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(udp.close)
@@ -1762,6 +1778,12 @@ class TcpInfoSocketTests(SynchronousTestCase):
         closed = socket.socket()
         closed.close()
         self.assertIsNone(read_tcp_info(closed))
+
+        class Emulated:
+            def getsockopt(self, *args: object) -> int:
+                return 0
+
+        self.assertIsNone(read_tcp_info(Emulated()))  # type: ignore[arg-type]
 
     def test_notsent_lowat(self) -> None:
         """

@@ -274,6 +274,9 @@ def read_tcp_info(sock: socket.socket) -> TcpInfo | None:
         raw = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)
     except (OSError, AttributeError, TypeError):
         return None
+    if not isinstance(raw, (bytes, bytearray)):
+        # a socket-like object that is not a kernel socket (an emulated one)
+        return None
     return parse_tcp_info(raw)
 
 
@@ -671,7 +674,7 @@ class PathScheduler:
         advance.
         """
         if now - self._last_media >= self.limits.start_pause:
-            self._media_start(now)
+            self._media_start(now, count)
         self._last_media = now
         self._rate_n += count
         if now >= self._rate_next:
@@ -709,10 +712,11 @@ class PathScheduler:
         is to be held to be coalesced with the next ones (L{coalesce_delay}
         says for how long; L{media_paths} is then asked when they go).
         """
-        if now - self._last_media >= self.limits.start_pause and now >= self._dup_until:
-            # media starts after a pause: copied from its first datagram
-            # on a slow link (media_paths below must not count it again)
-            self._media_start(now)
+        if now - self._last_media >= self.limits.start_pause:
+            # media starts after a pause: its rate measured anew, copied
+            # from its first datagram on a slow link (media_paths below
+            # must not count it again)
+            self._media_start(now, 1)
             self._last_media = now
         if now < self._dup_until:
             if self.coalesce_delay(now) > 0.0:
@@ -1003,15 +1007,23 @@ class PathScheduler:
         path.dead_bound = max(limits.dead_floor, limits.dead_factor * stall)
         path.ping_after = limits.ping_fraction * stall
 
-    def _media_start(self, now: float) -> bool:
+    def _media_start(self, now: float, count: int) -> bool:
         """
-        Media starts after C{start_pause} without any: copy it for
+        Media starts after C{start_pause} without any: its rate is
+        measured anew, first over C{rate_first}; and it is copied for
         C{start_copies} when the path it would go on is a TCP path whose
         known round trip is at least C{count_late_rtt} (L{PathLimits}).
 
         @return: whether the duplication window is open now.
         """
         limits = self.limits
+        # the rate before the pause is forgotten; the first window is short
+        # and, as every window, does not count the C{count} datagrams at
+        # its start (the caller adds them next)
+        self._rate = 0.0
+        self._rate_n = -count
+        self._rate_since = now
+        self._rate_next = now + limits.rate_first
         best = self._best
         if (
             limits.start_copies
@@ -1178,6 +1190,11 @@ class PathScheduler:
         if copies != self._media_copies:
             self._media_copies = copies
             self._copies_next = 0
+
+
+#: a rate this close to the one before (relatively) is not lower: the
+#: same rate measured over windows of slightly different float lengths
+_NOT_LOWER = 1.0 - 1e-9
 
 
 def _in_turn(ids: tuple[int, ...], k: int) -> tuple[tuple[int, ...], ...]:
@@ -1377,9 +1394,10 @@ class PathCount:
         while len(rates) > 1 and rates[1][0] <= start:
             rates.popleft()
         held = self._load_ask
-        if len(rates) > 1 and rate < rates[0][1]:
+        if len(rates) > 1 and rate < rates[0][1] * _NOT_LOWER:
             # lower than C{count_load_trend} before (or than the first
-            # rate told, when that is more recent)
+            # rate told, when that is more recent), not by a rounding of
+            # two windows' lengths
             held = 0
         lingering = self._load_held
         if lingering and lingering[-1][0] >= now:
