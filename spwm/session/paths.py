@@ -1007,14 +1007,12 @@ class PathScheduler:
         path.dead_bound = max(limits.dead_floor, limits.dead_factor * stall)
         path.ping_after = limits.ping_fraction * stall
 
-    def _media_start(self, now: float, count: int) -> bool:
+    def _media_start(self, now: float, count: int) -> None:
         """
         Media starts after C{start_pause} without any: its rate is
         measured anew, first over C{rate_first}; and it is copied for
         C{start_copies} when the path it would go on is a TCP path whose
         known round trip is at least C{count_late_rtt} (L{PathLimits}).
-
-        @return: whether the duplication window is open now.
         """
         limits = self.limits
         # the rate before the pause is forgotten; the first window is short
@@ -1035,7 +1033,6 @@ class PathScheduler:
         ):
             self.starts_copied += 1
             self._duplicate(now, limits.start_copies)
-        return now < self._dup_until
 
     def _duplicate(self, now: float, window: float | None = None) -> None:
         until = now + (self.limits.duplicate_window if window is None else window)
