@@ -9,11 +9,15 @@ to C{HOST:PORT}, returning what that target answers.  The contact point only
 forwards to targets named by C{--allow-forward}.
 
 A sender's forward is a flow of the session, not of the connection: its
-channel names it (C{"flow": N} in the channel's metadata), the agent opens
-it again on the connection that resumes the session, and the contact point
-gives it the socket it had, so the target goes on seeing the same source
-address (a target that answers where the first datagram came from, as RTP
-peers do, keeps answering to the right place).
+channel names it (C{"flow": N} in the channel's metadata), and on the
+connection that resumes the session it gets the socket it had, so the
+target goes on seeing the same source address (a target that answers
+where the first datagram came from, as RTP peers do, keeps answering to
+the right place). The contact point opens the flow's channel again
+itself as it resumes the session, when the agent's hello said
+C{"reopen-forwards": 1}, so what the target sends comes down a round trip
+sooner than if it waited for the agent's open; an agent whose contact
+point does not say so in its welcome opens its flows again itself.
 """
 
 from __future__ import annotations
@@ -63,6 +67,10 @@ class _LocalPort(DatagramProtocol):
         self.channels: dict[tuple[str, int], int] = {}
         # sender address -> its flow number (kept across a lost tunnel)
         self.flows: dict[tuple[str, int], int] = {}
+        # senders whose flow waits for the contact point to open it again
+        # (a resumed session, "reopen-forwards"): kept if the tunnel is
+        # lost before it does
+        self.waiting: set[tuple[str, int]] = set()
 
     def startProtocol(self) -> None:
         set_receive_buffer(self.transport, self.forwarder.receive_buffer)
@@ -89,6 +97,8 @@ class AgentForwarder:
     @ivar dropped_no_channel: datagrams dropped because their sender got no
         channel (more than C{max_senders} on one forward, or the tunnel
         refused one).
+    @ivar reopened: flows whose channel the contact point opened again on
+        a resumed session.
     """
 
     log = Logger()
@@ -113,6 +123,7 @@ class AgentForwarder:
         self._next_flow = 1
         self.dropped_no_tunnel = 0
         self.dropped_no_channel = 0
+        self.reopened = 0
         self._no_channel_log = ThrottledLog(self.log, None, PowersOfTwo())
 
     def start(self) -> None:
@@ -175,6 +186,7 @@ class AgentForwarder:
             return str(e)
         local.channels[sender] = cid
         local.flows[sender] = flow
+        local.waiting.discard(sender)
         self._by_channel[cid] = (local, sender)
         return cid
 
@@ -200,8 +212,19 @@ class AgentForwarder:
         resumed session the contact point gives each its socket again,
         so what the target sends comes back before the sender's next
         datagram.
+
+        When C{tunnel} resumes the session and its contact point said
+        C{"reopen-forwards"}, it opens those channels itself as it resumes
+        the session (L{accept}), half a round trip before ours would
+        reach it: none is opened here. (A sender that sends before the
+        contact point's channel comes gets one of ours; the contact
+        point's replaces it.)
         """
         self.tunnel = tunnel
+        if _reopened_by_peer(tunnel):
+            for local in self._locals:
+                local.waiting = {sender for sender in local.flows if sender not in local.channels}
+            return
         for local in self._locals:
             for sender in list(local.flows):
                 # (one that cannot be opened now is opened, or refused
@@ -212,20 +235,52 @@ class AgentForwarder:
     def tunnel_lost(self, tunnel: TunnelProtocol, reason: str) -> None:
         """
         The forwards' channels are gone with C{tunnel}; the flows of the
-        senders that had one are kept for the next tunnel (at most
-        C{max_senders} per forward: those of senders gone quiet before
-        are dropped).
+        senders that had one, or waited for the contact point to open it
+        again, are kept for the next tunnel (at most C{max_senders} per
+        forward, those waiting the first to go: those of senders gone
+        quiet before are dropped).
         """
         if self.tunnel is tunnel:
             self.tunnel = None
         for local in self._locals:
-            local.flows = {sender: local.flows[sender] for sender in local.channels}
+            waiting = [s for s in local.flows if s in local.waiting and s not in local.channels]
+            waiting = waiting[max(0, len(waiting) + len(local.channels) - self.max_senders) :]
+            kept = set(local.channels).union(waiting)
+            local.flows = {sender: flow for sender, flow in local.flows.items() if sender in kept}
+            local.waiting = set(waiting)
             local.channels.clear()
         self._by_channel.clear()
 
     # -- acceptor and handler of the forward-udp channels ----------------
 
-    def accept(self, tunnel: TunnelProtocol, channel_id: int, kind: ChannelKind, meta: dict[str, Any]) -> Refusal:
+    def accept(
+        self, tunnel: TunnelProtocol, channel_id: int, kind: ChannelKind, meta: dict[str, Any]
+    ) -> AgentForwarder | Refusal:
+        """
+        The contact point opened a forward channel: one of our flows,
+        opened again as it resumed the session, goes on it from now on
+        (a channel of ours for the same flow, opened before this one came,
+        is given up: the contact point refuses it). The agent accepts no
+        other forward.
+        """
+        number = meta.get("flow")
+        target = meta.get("target")
+        if tunnel is self.tunnel and kind is ChannelKind.DATAGRAM and isinstance(number, int) and not isinstance(number, bool):
+            for local in self._locals:
+                if local.target != target:
+                    continue
+                for sender, flow in local.flows.items():
+                    if flow != number:
+                        continue
+                    own = local.channels.get(sender)
+                    if own is not None:
+                        del self._by_channel[own]
+                    local.waiting.discard(sender)
+                    local.channels[sender] = channel_id
+                    self._by_channel[channel_id] = (local, sender)
+                    self.reopened += 1
+                    return self
+            return Refusal("no such forward flow")
         return Refusal("the agent accepts no forwards")
 
     def datagram_received(self, tunnel: TunnelProtocol, channel_id: int, data: bytes, component: int) -> None:
@@ -240,6 +295,7 @@ class AgentForwarder:
         local, sender = entry
         local.channels.pop(sender, None)
         local.flows.pop(sender, None)
+        local.waiting.discard(sender)
         if code == ErrorCode.REFUSED:
             self.log.warn("contact point refused forward to {target}: {reason}", target=local.target, reason=reason)
 
@@ -248,6 +304,22 @@ class AgentForwarder:
 
     def stream_ended(self, tunnel: TunnelProtocol, channel_id: int) -> None:
         pass
+
+
+def _reopened_by_peer(tunnel: Any) -> bool:
+    """
+    Whether C{tunnel}'s hello resumes a session and its contact point
+    opens the session's forward flows again itself (C{"reopen-forwards"}
+    in its welcome).
+    """
+    local = getattr(tunnel, "local_hello", None)
+    peer = getattr(tunnel, "peer_hello", None)
+    return (
+        isinstance(local, dict)
+        and isinstance(local.get("resume"), dict)
+        and isinstance(peer, dict)
+        and peer.get("reopen-forwards") == 1
+    )
 
 
 class _TargetSocket(DatagramProtocol):
@@ -271,6 +343,10 @@ class _TargetSocket(DatagramProtocol):
         #: (session id, the agent's flow number), or C{None}: an agent
         #: that names no flow (its socket goes with the connection)
         self.flow = flow
+        #: the target as the agent named it (C{host:port})
+        self.target = ""
+        #: whether its channel is one the contact point opened (L{ContactForwarder.session_resumed})
+        self.ours = False
         self.address: tuple[str, int] = ("", 0)
         self.last_active = 0.0
         self.port: Any = None
@@ -300,6 +376,10 @@ class ContactForwarder:
     idle for C{idle_timeout}.
 
     @ivar refused: how many forward channels were refused.
+    @ivar reopened: flows whose channel this side opened again on a
+        resumed session (L{session_resumed}).
+    @ivar crossed: channels the agent opened for such a flow before it
+        saw ours, refused (ours goes on; the agent takes it).
     """
 
     log = Logger()
@@ -320,6 +400,8 @@ class ContactForwarder:
         self.receive_buffer = receive_buffer
         self.max_session_flows = max_session_flows
         self.refused = 0
+        self.reopened = 0
+        self.crossed = 0
         # (tunnel, channel) -> its socket
         self._sockets: dict[tuple[int, int], _TargetSocket] = {}
         # (session id, flow) -> its socket, with a channel or not
@@ -347,6 +429,29 @@ class ContactForwarder:
                 proto.tunnel = None
             else:
                 self._close(proto)
+
+    def session_resumed(self, session_id: str, tunnel: TunnelProtocol) -> None:
+        """
+        The session goes on on C{tunnel} (resumed, or taken over from a
+        connection that died silently), and its agent said
+        C{"reopen-forwards"}: each flow's channel is opened again on it
+        now, so what the target sends goes down at once rather than after
+        the agent's open. The agent takes each by its flow number (or
+        refuses one it forgot: the socket closes). A flow whose channel
+        cannot be opened now waits for the agent's, as before.
+        """
+        for proto in list(self._by_session.get(session_id, ())):
+            if proto.tunnel is tunnel:
+                continue
+            assert proto.flow is not None
+            meta = {"use": USE, "target": proto.target, "flow": proto.flow[1]}
+            try:
+                channel_id = tunnel.open_channel(ChannelKind.DATAGRAM, meta, self)
+            except (ChannelLimitError, TunnelNotOpenError):
+                continue
+            self._move(proto, tunnel, channel_id)
+            proto.ours = True
+            self.reopened += 1
 
     def session_ended(self, session_id: str) -> None:
         """
@@ -379,7 +484,14 @@ class ContactForwarder:
             flow = (tunnel.session_id, number)
             proto = self._flows.get(flow)
             if proto is not None and proto.address == address:
+                if proto.ours and proto.tunnel is tunnel:
+                    # the agent opened the flow before it read ours
+                    # (session_resumed): it takes ours, so this refusal is
+                    # the protocol, not a fault
+                    self.crossed += 1
+                    return Refusal("the flow has the contact point's channel")
                 self._move(proto, tunnel, channel_id)
+                proto.ours = False
                 return self
             if proto is not None:
                 self._close(proto, close_channel=True)
@@ -387,6 +499,8 @@ class ContactForwarder:
                 self.refused += 1
                 return Refusal(f"more than {self.max_session_flows} forwards in this session")
         proto = _TargetSocket(tunnel, channel_id, self, flow)
+        assert isinstance(target, str)  # (an allowed one)
+        proto.target = target
         proto.address = address
         proto.last_active = self.clock.seconds()
         proto.port = self._reactor.listenUDP(0, proto, interface="::" if ":" in address[0] else "0.0.0.0")

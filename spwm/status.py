@@ -268,7 +268,7 @@ COUNTERS: dict[str, frozenset[str]] = {
             "resumptions_won",
         }
     ),
-    "forwards": frozenset({"refused", "dropped_no_tunnel", "dropped_no_channel"}),
+    "forwards": frozenset({"refused", "dropped_no_tunnel", "dropped_no_channel", "reopened", "crossed"}),
     "loop": frozenset({"late_windows"}),
     "gc": frozenset({"full_collections", "full_for_growth"}),
     "certificate": frozenset({"reloads", "reload_failures"}),

@@ -14,7 +14,7 @@ from spwm.forward import AgentForwarder, ContactForwarder
 from spwm.testing.tunnel import FakeTunnel
 from spwm.tunnel.api import Refusal
 from spwm.tunnel.connection import ChannelLimitError, TunnelNotOpenError
-from spwm.tunnel.frames import ChannelKind
+from spwm.tunnel.frames import ChannelKind, ErrorCode
 
 from .test_media_relay import FakeUdpPort, FakeUdpReactor
 
@@ -168,6 +168,107 @@ class AgentFlowTests(SynchronousTestCase):
         self.assertEqual(self.flows(second), [(11, 1)])
 
 
+class AgentReopenedFlowTests(SynchronousTestCase):
+    """
+    On a resumed session whose contact point says C{"reopen-forwards"},
+    the agent opens no flow itself: it takes the contact point's channel
+    for each, by flow number.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = FakeUdpReactor()
+        self.forwarder = AgentForwarder(
+            self.reactor, [("127.0.0.1", 6000, "198.51.100.7", 7000)], max_senders=3
+        )
+        self.forwarder.start()
+        self.first = FakeTunnel(first_channel=3)
+        self.forwarder.tunnel_established(self.first)
+        self.port = self.reactor.udp["127.0.0.1", 6000]
+        self.port.receive(b"a", ("192.0.2.1", 1))
+        self.port.receive(b"b", ("192.0.2.1", 2))
+        self.forwarder.tunnel_lost(self.first, "gone")
+
+    def resuming(self, reopens: bool = True) -> FakeTunnel:
+        tunnel = FakeTunnel(first_channel=11)
+        tunnel.local_hello = {"resume": {"session_id": "s1"}, "reopen-forwards": 1}  # type: ignore[attr-defined]
+        tunnel.peer_hello = {"reopen-forwards": 1} if reopens else {}  # type: ignore[attr-defined]
+        return tunnel
+
+    def offer(self, tunnel: FakeTunnel, channel_id: int, flow: Any, target: str = TARGET) -> Any:
+        meta = {"use": "forward-udp", "target": target, "flow": flow}
+        return self.forwarder.accept(tunnel, channel_id, ChannelKind.DATAGRAM, meta)
+
+    def test_contact_points_channel_taken(self) -> None:
+        """
+        Nothing is opened at the welcome; the contact point's channel for
+        a flow carries what its target sends to the flow's sender, and the
+        sender's next datagram goes on it.
+        """
+        second = self.resuming()
+        self.forwarder.tunnel_established(second)
+        self.assertEqual(second.opened, [])
+        self.assertIs(self.offer(second, 2, 2), self.forwarder)
+        self.forwarder.datagram_received(second, 2, b"answer", 0)
+        self.assertEqual(self.port.sent, [(b"answer", ("192.0.2.1", 2))])
+        self.port.receive(b"c", ("192.0.2.1", 2))
+        self.assertEqual((second.opened, second.datagrams[-1][:2]), ([], (2, b"c")))
+        self.assertEqual(self.forwarder.reopened, 1)
+
+    def test_own_channel_given_up(self) -> None:
+        """
+        A sender that sends before the contact point's channel comes gets
+        a channel of ours; the contact point's replaces it, and the
+        contact point's refusal of ours then changes nothing.
+        """
+        second = self.resuming()
+        self.forwarder.tunnel_established(second)
+        self.port.receive(b"early", ("192.0.2.1", 1))
+        self.assertEqual([(cid, meta["flow"]) for cid, _, meta in second.opened], [(11, 1)])
+        self.assertIs(self.offer(second, 2, 1), self.forwarder)
+        self.forwarder.channel_closed(second, 11, ErrorCode.REFUSED, "the flow has the contact point's channel")
+        self.port.receive(b"later", ("192.0.2.1", 1))
+        self.assertEqual([d[:2] for d in second.datagrams], [(11, b"early"), (2, b"later")])
+        self.forwarder.datagram_received(second, 2, b"answer", 0)
+        self.assertEqual(self.port.sent, [(b"answer", ("192.0.2.1", 1))])
+
+    def test_unknown_flow_refused(self) -> None:
+        """
+        A flow the agent does not have, a target of no forward, and a
+        forward on any tunnel but the current one are refused.
+        """
+        second = self.resuming()
+        self.forwarder.tunnel_established(second)
+        self.assertIsInstance(self.offer(second, 2, 9), Refusal)
+        self.assertIsInstance(self.offer(second, 4, 1, target="198.51.100.8:7000"), Refusal)
+        self.assertIsInstance(self.offer(self.first, 6, 1), Refusal)
+        self.assertIsInstance(self.offer(second, 8, True), Refusal)
+        self.assertEqual(self.forwarder.reopened, 0)
+
+    def test_older_contact_point(self) -> None:
+        """
+        A contact point that does not say C{"reopen-forwards"}: the agent
+        opens every flow again at once, as before.
+        """
+        second = self.resuming(reopens=False)
+        self.forwarder.tunnel_established(second)
+        self.assertEqual([meta["flow"] for _, _, meta in second.opened], [1, 2])
+
+    def test_waiting_flows_kept_when_lost_again(self) -> None:
+        """
+        The resuming connection lost before the contact point's channels
+        came: the flows are kept for the next one (at most C{max_senders}
+        of a forward, the oldest waiting ones dropped first).
+        """
+        second = self.resuming()
+        self.forwarder.tunnel_established(second)
+        self.port.receive(b"c", ("192.0.2.1", 3))
+        self.port.receive(b"d", ("192.0.2.1", 4))
+        self.forwarder.tunnel_lost(second, "gone")
+        third = self.resuming(reopens=False)
+        self.forwarder.tunnel_established(third)
+        self.assertEqual([meta["flow"] for _, _, meta in third.opened], [2, 3, 4])
+
+
 class ContactFlowTests(SynchronousTestCase):
     """
     The contact point keeps a flow's socket while its session may be
@@ -304,6 +405,86 @@ class ContactFlowTests(SynchronousTestCase):
         self.accept(second, 2, flow=2)
         self.assertIs(self.accept(second, 4, flow=3), self.forwarder)
         self.assertEqual(sorted(p.port for p in self.reactor.udp.values()), [50001, 50002])
+
+    def test_flows_opened_again_by_the_contact_point(self) -> None:
+        """
+        The session resumed for an agent that said C{"reopen-forwards"}:
+        each flow's channel is opened again on the new connection with the
+        flow's number and target, and what the target sends goes down it
+        before the agent sends anything.
+        """
+        self.accept(self.first, 3, flow=1)
+        self.accept(self.first, 5, flow=2)
+        ports = list(self.reactor.udp.values())
+        self.forwarder.tunnel_lost(self.first, "gone", resumable=True)
+        second = FakeTunnel(session_id="s1", first_channel=2)
+        self.forwarder.session_resumed("s1", second)
+        self.assertEqual(
+            [(cid, meta) for cid, _, meta in second.opened],
+            [(2, {"use": "forward-udp", "target": TARGET, "flow": 1}), (4, {"use": "forward-udp", "target": TARGET, "flow": 2})],
+        )
+        self.assertEqual(second.handlers, {2: self.forwarder, 4: self.forwarder})
+        ports[1].receive(b"answer", ("198.51.100.7", 7000))
+        self.assertEqual(second.datagrams, [(4, b"answer", 0)])
+        self.forwarder.datagram_received(second, 2, b"up", 0)
+        self.assertEqual(ports[0].sent, [(b"up", None)])
+        self.assertEqual((self.forwarder.reopened, self.forwarder.open_count), (2, 2))
+
+    def test_agents_crossing_open_refused(self) -> None:
+        """
+        The agent's own open of a flow whose channel this side opened
+        again (sent before it read ours) is refused, and ours goes on; the
+        agent's open of a flow on another connection of the session (a
+        later resumption) takes the socket as before.
+        """
+        self.accept(self.first, 3, flow=1)
+        port = self.only_port()
+        self.forwarder.tunnel_lost(self.first, "gone", resumable=True)
+        second = FakeTunnel(session_id="s1", first_channel=2)
+        self.forwarder.session_resumed("s1", second)
+        self.assertIsInstance(self.accept(second, 7, flow=1), Refusal)
+        self.assertEqual((self.forwarder.crossed, self.forwarder.refused), (1, 0))
+        port.receive(b"answer", ("198.51.100.7", 7000))
+        self.assertEqual(second.datagrams, [(2, b"answer", 0)])
+        self.forwarder.tunnel_lost(second, "gone", resumable=True)
+        third = FakeTunnel(session_id="s1")
+        self.assertIs(self.accept(third, 9, flow=1), self.forwarder)
+        port.receive(b"again", ("198.51.100.7", 7000))
+        self.assertEqual(third.datagrams, [(9, b"again", 0)])
+        self.assertEqual(list(self.reactor.udp.values()), [port])
+
+    def test_reopened_flow_refused_by_the_agent(self) -> None:
+        """
+        A flow the agent refuses (it forgot it) closes its socket; one
+        whose channel cannot be opened now waits for the agent's open.
+        """
+        self.accept(self.first, 3, flow=1)
+        self.accept(self.first, 5, flow=2)
+        self.forwarder.tunnel_lost(self.first, "gone", resumable=True)
+        second = FakeTunnel(session_id="s1", first_channel=2)
+        self.forwarder.session_resumed("s1", second)
+        self.forwarder.channel_closed(second, 2, ErrorCode.REFUSED, "no such forward flow")
+        self.assertEqual(self.forwarder.open_count, 1)
+        self.forwarder.tunnel_lost(second, "gone", resumable=True)
+        third = FakeTunnel(session_id="s1")
+        third.open_error = ChannelLimitError("limit")
+        self.forwarder.session_resumed("s1", third)
+        self.assertEqual((third.opened, self.forwarder.open_count), ([], 1))
+        self.assertIs(self.accept(third, 5, flow=2), self.forwarder)
+
+    def test_taken_over_flow_reopened(self) -> None:
+        """
+        A session taken over from a connection still up: its flow's channel
+        moves to the new connection; the old connection's loss no longer
+        touches the socket.
+        """
+        self.accept(self.first, 3, flow=1)
+        port = self.only_port()
+        second = FakeTunnel(session_id="s1", first_channel=2)
+        self.forwarder.session_resumed("s1", second)
+        self.forwarder.tunnel_lost(self.first, "taken over", resumable=True)
+        port.receive(b"answer", ("198.51.100.7", 7000))
+        self.assertEqual((self.first.datagrams, second.datagrams), ([], [(2, b"answer", 0)]))
 
     def test_malformed_flow_is_no_flow(self) -> None:
         """

@@ -356,7 +356,7 @@ class AgentDormantTests(SynchronousTestCase):
         clock.advance(60)
         self.assertTrue(resumption.dormant)
         self.assertEqual(media.calls, [("suspended", old.session_id), ("lost", old.session_id)])
-        self.assertEqual(resumption.hello(), {"session_key": 1, "final-stop": 1, "resume": {"session_id": "s1", "users": [USER]}})
+        self.assertEqual(resumption.hello(), {"session_key": 1, "final-stop": 1, "resume": {"session_id": "s1", "users": [USER]}, "reopen-forwards": 1})
         new = FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex()})
         resumption.tunnel_established(new)
         [message] = new.controls
@@ -620,7 +620,7 @@ class SessionKeyTests(SynchronousTestCase):
         agent.tunnel_established(first)
         key = agent.session.session_key
         agent.tunnel_lost(first, "cut")
-        self.assertEqual((agent.state, agent.hello()), (SessionState.SUSPENDED, {"session_key": 1, "final-stop": 1, "resume": {"session_id": "s1", "users": []}}))
+        self.assertEqual((agent.state, agent.hello()), (SessionState.SUSPENDED, {"session_key": 1, "final-stop": 1, "resume": {"session_id": "s1", "users": []}, "reopen-forwards": 1}))
         new = FakeTunnel("s9", peer_hello={"challenge": CHALLENGE.hex(), "session_key": 1})
         agent.handle.current = new
         agent.tunnel_established(new)
@@ -826,6 +826,9 @@ class _Forwards:
     def session_ended(self, session_id: str) -> None:
         self.calls.append(("ended", session_id))
 
+    def session_resumed(self, session_id: str, tunnel: Any) -> None:
+        self.calls.append(("resumed", session_id, tunnel.session_id))
+
 
 class ContactForwardsTests(SynchronousTestCase):
     """
@@ -849,6 +852,25 @@ class ContactForwardsTests(SynchronousTestCase):
         self.assertEqual(_resume(self.sessions, "s1").controls[-1]["op"], "resumed")
         self.clock.advance(600)
         self.assertEqual(self.forwards.calls, [("lost", "s1", True)])
+
+    def test_opened_again_for_an_agent_that_says_so(self) -> None:
+        """
+        The resumption's hello said C{"reopen-forwards"}: the forwards are
+        told the session goes on on the new connection (they open its
+        flows again there), after the answer; a hello that did not say so
+        gets nothing (the agent opens its flows itself).
+        """
+        for session, hello, told in (("s1", {"reopen-forwards": 1}, True), ("s2", {}, False)):
+            self.forwards.calls.clear()
+            old = _registered(self.sessions, self.sip, session, expires=3600.0)
+            self.sessions.tunnel_lost(old, "cut")
+            new = FakeTunnel("fresh-" + session, peer_hello=hello)
+            self.sessions.tunnel_established(new)
+            proof = resumption_proof(KEY, CHALLENGE, session)
+            self.sessions.control_received(new, {"op": "resume", "session_id": session, "proofs": {USER: proof}})
+            self.assertEqual(new.controls[-1]["op"], "resumed")
+            expected = [("lost", session, True)] + ([("resumed", session, session)] if told else [])
+            self.assertEqual(self.forwards.calls, expected)
 
     def test_ended_when_the_window_is_over(self) -> None:
         """

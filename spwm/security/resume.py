@@ -352,6 +352,9 @@ class AgentResumption(_Lifecycle):
             "session_key": 1,
             "final-stop": 1,
             "resume": {"session_id": self.session_id, "users": sorted(self.keys)[:MAX_RESUME_USERS]},
+            # the contact point may open the forwards' flows again itself
+            # as it resumes the session (spwm.forward)
+            "reopen-forwards": 1,
         }
 
     @property

@@ -639,6 +639,10 @@ class SessionManager:
         self.sip.tunnel_established(tunnel)
         if media:
             self.media.session_resumed(old_session, tunnel, reopen=True)
+        hello = getattr(tunnel, "peer_hello", None)
+        if self.forwarder is not None and isinstance(hello, dict) and hello.get("reopen-forwards") == 1:
+            # the forwards' flows too, without waiting for the agent's opens
+            self.forwarder.session_resumed(old_session, tunnel)
         # calls made on the new connection before the proof go on
         self.media.session_absorbed(fresh, old_session)
         self.resumed += 1

@@ -706,7 +706,11 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
     cdr = cdr_file(config.cdr_file, reactor, media, status)
     status.add(
         "forwards",
-        lambda: {"dropped_no_tunnel": forwarder.dropped_no_tunnel, "dropped_no_channel": forwarder.dropped_no_channel},
+        lambda: {
+            "dropped_no_tunnel": forwarder.dropped_no_tunnel,
+            "dropped_no_channel": forwarder.dropped_no_channel,
+            "reopened": forwarder.reopened,
+        },
     )
     # every contact point's tunnel (--contact given twice: both)
     add_agent_lists(status, agent_id, lambda: [side.tunnel.tunnel for side in sides], core, media)
@@ -1428,7 +1432,15 @@ def build_contact(
         status.add("paths", lambda: {**paths.status(), "attach_handed_on": counts.attaches})
     status.add("sip", lambda: {**core.status(), **runner.slice_status(), **runner.held_status()})
     status.add("media", lambda: {**media.status(), "refused_unregistered": gate.refused})
-    status.add("forwards", lambda: {"open": forwarder.open_count, "refused": forwarder.refused})
+    status.add(
+        "forwards",
+        lambda: {
+            "open": forwarder.open_count,
+            "refused": forwarder.refused,
+            "reopened": forwarder.reopened,
+            "crossed": forwarder.crossed,
+        },
+    )
     add_contact_lists(status, factory.tunnels, resumption, core, media)
     # the contact point's only: an agent carries a few calls, and a
     # laptop's agent should not wake ten times a second for it

@@ -1403,6 +1403,9 @@ class ContactTunnelFactory(_TunnelFactory):
                 # an agent that stops for good says so (its go-away's
                 # "final"): its session is not kept for a resumption
                 "final-stop": 1,
+                # a resumed session's forward flows are opened again from
+                # here, for an agent whose hello says so too (spwm.forward)
+                "reopen-forwards": 1,
                 # several connections per session: the key a further
                 # connection proves it knows (spwm.session.carrier)
                 # ... whose SIP is numbered, acknowledged and sent again

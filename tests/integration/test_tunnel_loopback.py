@@ -193,7 +193,8 @@ class LoopbackTests(LoopbackBase):
         Every connection of the agent's session is reset: the session is
         resumed, and the forward goes on from the same source address at
         the contact point; what the target sends to it reaches the sender
-        before the sender sends again (the agent opens the flow at once).
+        before the sender sends again (the contact point opens the flow's
+        channel again as it resumes the session, and the agent takes it).
         """
         service, port = yield self.start_contact()
         self.addCleanup(service.service.stopService)
@@ -223,6 +224,7 @@ class LoopbackTests(LoopbackBase):
         yield exchange(b"two")
         self.assertEqual(self.echo_server.sources[-1], source)
         self.assertEqual(service.forwarder.open_count, 1)
+        self.assertEqual((service.forwarder.reopened, agent_service.forwarder.reopened), (1, 1))
 
     @defer.inlineCallbacks
     def test_certificate_mismatch_refused(self) -> None:
