@@ -266,6 +266,7 @@ COUNTERS: dict[str, frozenset[str]] = {
             "race_losers",
             "resumptions_raced",
             "resumptions_won",
+            "hellos_held",
         }
     ),
     "forwards": frozenset({"refused", "dropped_no_tunnel", "dropped_no_channel", "reopened", "crossed"}),

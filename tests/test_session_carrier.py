@@ -21,7 +21,7 @@ from twisted.internet.interfaces import ISSLTransport
 from zope.interface import implementer
 
 from spwm.limits import PathLimits
-from spwm.session.carrier import ANNOUNCE_DELAY, PathFront, PathSessions, attach_proof
+from spwm.session.carrier import ANNOUNCE_DELAY, HELLO_HOLD, PathFront, PathSessions, attach_proof
 from spwm.tunnel.api import Router
 from spwm.tunnel.frames import FLAG_SEQ, ChannelKind
 from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory, TunnelProtocol
@@ -548,6 +548,154 @@ class AttachTests(SynchronousTestCase):
         a1.send_datagram(cid, b"rtp")
         bed.flush()
         self.assertEqual(bed.contact.media.got, [(0, b"rtp")])
+
+
+class HeldHelloTests(SynchronousTestCase):
+    """
+    A further connection whose TLS handshake is done after a path of its
+    session was lost, while no path has been heard from since, holds its
+    hello: it resumes the session if the last path goes (an address
+    change), and attaches as soon as a path is heard from (a cut of one
+    connection) or after L{HELLO_HOLD}.
+    """
+
+    def setUp(self) -> None:
+        self.bed = Bed()
+        for _ in range(3):
+            self.bed.connect()
+        front = self.bed.agent.paths.front
+        assert front is not None
+        self.front = front
+
+    def joining(self) -> tuple[TunnelProtocol, HandshakingTransport, RecordingSeal]:
+        """
+        A connection made to join the session, its hello waiting for its
+        TLS handshake (done by the test).
+        """
+        seal = RecordingSeal()
+        session_id = self.front.session_id
+        factory = AgentTunnelFactory(
+            self.bed.agent.router,
+            self.bed.clock,
+            "agent-1",
+            hello=self.bed.agent.paths.hello(lambda: {"resume": {"session_id": session_id}}),
+            seal=self.bed.agent.paths.seal(seal),
+        )
+        path, transport = held_connection(self.bed, factory)
+        self.assertEqual(path.local_hello.get("attach"), {"session_id": session_id})
+        return path, transport, seal
+
+    def with_channel(self) -> None:
+        self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.flush()
+
+    def silent(self, *indices: int) -> None:
+        """
+        Connections C{indices} go silent both ways, what they had in
+        flight lost (an address change: they are dead, not yet found so).
+        """
+        for index in indices:
+            _, client, server = self.bed.pumps[index]
+            client.transport.stream.clear()
+            server.transport.stream.clear()
+            self.bed.stalled.add(index)
+
+    def found_dead(self, *indices: int) -> None:
+        """
+        The silent connections C{indices} are found dead (a reset each).
+        """
+        for index in indices:
+            _, client, server = self.bed.pumps[index]
+            client.transport.stream.clear()
+            server.transport.stream.clear()
+            client.transport.abortConnection()
+            server.transport.abortConnection()
+        self.bed.stalled.difference_update(indices)
+        self.bed.flush()
+
+    def test_resumes_when_every_path_is_gone(self) -> None:
+        """
+        After a path's loss, none heard from since: the hello waits;
+        when the last path is found dead, the connection resumes the
+        session (its hello offers the resumption, with the proofs) and
+        carries it.
+        """
+        self.with_channel()
+        self.silent(1, 2)
+        self.bed.cut(0)
+        self.bed.clock.advance(0.05)
+        a4, transport, seal = self.joining()
+        transport.handshake()
+        self.bed.flush()
+        server = self.bed.pumps[-1][2]
+        self.assertTrue(a4.hello_held)
+        self.assertEqual((server.peer_hello, self.front.hellos_held), ({}, 1))
+        self.bed.clock.advance(0.1)
+        self.found_dead(1, 2)
+        self.assertEqual(seal.told, [a4])
+        self.assertNotIn("attach", a4.local_hello)
+        self.assertEqual(a4.local_hello["resume"], {"session_id": self.front.session_id, "bound": {"proofs": {}}})
+        self.bed.flush()
+        self.assertEqual(server.peer_hello["resume"]["bound"], {"proofs": {}})
+        front = self.bed.agent.paths.front
+        assert front is not None
+        self.assertEqual(front.paths, [a4])
+
+    def test_attaches_when_a_path_is_heard(self) -> None:
+        """
+        After a path's loss the others are alive (a cut of one): the hello
+        waits only until one of them is heard from (the next ping's
+        answer), then attaches; a connection whose handshake is done
+        after that does not wait.
+        """
+        self.with_channel()
+        self.bed.cut(0)
+        a4, transport, _ = self.joining()
+        transport.handshake()
+        self.bed.flush()
+        self.assertTrue(a4.hello_held)
+        start = self.bed.clock.seconds()
+        while a4.hello_held and self.bed.clock.seconds() - start < 1:
+            self.bed.advance(0.01)
+        self.assertLessEqual(self.bed.clock.seconds() - start, 0.11)
+        self.assertIn("attach", a4.local_hello)
+        self.bed.advance(0.05)
+        self.assertIn(a4, self.front.paths)
+        a5, transport5, _ = self.joining()
+        transport5.handshake()
+        self.assertFalse(a5.hello_held)
+        self.assertEqual(self.front.hellos_held, 1)
+
+    def test_attaches_after_the_hold(self) -> None:
+        """
+        Nothing heard and no further loss: the hello attaches after
+        L{HELLO_HOLD}, and is not held again.
+        """
+        self.with_channel()
+        self.silent(1, 2)
+        self.bed.cut(0)
+        a4, transport, _ = self.joining()
+        transport.handshake()
+        self.bed.clock.advance(HELLO_HOLD - 0.01)
+        self.assertTrue(a4.hello_held)
+        self.bed.clock.advance(0.01)
+        self.assertFalse(a4.hello_held)
+        self.assertIn("attach", a4.local_hello)
+        self.bed.flush()
+        self.assertIn(a4, self.front.paths)
+        self.assertEqual(self.front.hellos_held, 1)
+
+    def test_not_held_without_channels(self) -> None:
+        """
+        A session without channels (its paths are not pinged, silence
+        says nothing) holds no hello.
+        """
+        self.bed.cut(0)
+        a4, transport, _ = self.joining()
+        transport.handshake()
+        self.assertFalse(a4.hello_held)
+        self.assertIn("attach", a4.local_hello)
+        self.assertEqual(self.front.hellos_held, 0)
 
 
 class TwoPaths(SynchronousTestCase):

@@ -57,6 +57,7 @@ from spwm.session.paths import (
     set_notsent_lowat,
 )
 from spwm.tunnel.frames import FLAG_SEQ, ChannelKind, ErrorCode
+from spwm.tunnel.protocol import HOLD, HelloHold
 from spwm.tunnel.retry import STEADY_UP, PromptBucket
 
 if TYPE_CHECKING:
@@ -93,6 +94,10 @@ _SERVICE = 2
 #: at once when the carrier moves or is lost, and on a path before a
 #: datagram of the session does.
 ANNOUNCE_DELAY = 0.5
+#: agent: the longest a further connection's hello waits, after its TLS
+#: handshake, to learn whether its session's other connections are alive
+#: (L{PathFront.hold_hello}) (s)
+HELLO_HOLD = 0.4
 #: bytes a held media datagram adds to its payload on the wire when it is
 #: coalesced (the frame header and a TLS record's), counted towards
 #: C{coalesce_bytes}
@@ -209,6 +214,8 @@ class PathFront:
         self.since = clock.seconds()
         self.switches = 0
         self.attached = 0
+        #: agent: further connections whose hello waited (L{hold_hello})
+        self.hellos_held = 0
         #: round-trip samples taken (timed pings answered)
         self.rtt_samples = 0
         self._paths: dict[int, TunnelProtocol] = {}
@@ -248,6 +255,14 @@ class PathFront:
         #: contact point: tell the agent of the media stalls its count sees
         #: (the agent said C{stalls} in its hello)
         self.report_stalls = False
+        #: when a path of the session last read something, and when one
+        #: was last lost (agent: L{hold_hello})
+        self.heard_at = float("-inf")
+        self.lost_at = float("-inf")
+        #: agent: further connections whose hello waits (L{hold_hello})
+        self._held_hellos: list[TunnelProtocol] = []
+        self._hellos_released: WeakSet[TunnelProtocol] = WeakSet()
+        self._hold_timer: IDelayedCall | None = None
         self._stalls_told = 0
         #: agent: the contact point's last C{media-stalls} total
         self.peer_stalls = 0
@@ -385,6 +400,7 @@ class PathFront:
         if path_id is None:
             return bool(self._paths)
         del self._paths[path_id]
+        self.lost_at = self.clock.seconds()
         self._sockets.pop(path_id, None)
         self._retrans_seen.pop(path_id, None)
         self._quic.pop(path_id, None)
@@ -450,9 +466,51 @@ class PathFront:
             peer=carrier.peer,
         )
 
+    # -- further connections' hellos (agent) ---------------------------------
+
+    def hold_hello(self, path: TunnelProtocol) -> bool:
+        """
+        Agent: whether the hello of C{path}, made to join this session and
+        through its TLS handshake, is to wait (L{HOLD}): a path of the
+        session was lost, none has read anything since, and the session
+        has channels (its paths are heard from every ping while it does).
+        Then every path may be dead (an address change breaks them all,
+        each found as it next sends): an attach would be refused once the
+        last is found, and the session resumed on a connection made
+        later. The hello waits until a path is heard from (it attaches),
+        the last path is lost (it resumes the session,
+        L{PathSessions.tunnel_lost}), or L{HELLO_HOLD} has passed (it
+        attaches).
+        """
+        if self.heard_at > self.lost_at or not self._paths or not self._watched or path in self._hellos_released:
+            return False
+        if self.clock.seconds() - self.lost_at >= HELLO_HOLD + PROBE_INTERVAL:
+            return False
+        self._held_hellos.append(path)
+        if self._hold_timer is None:
+            self._hold_timer = self.clock.callLater(HELLO_HOLD, self.release_hellos)
+        self.hellos_held += 1
+        return True
+
+    def release_hellos(self) -> None:
+        """
+        The hellos L{hold_hello} held are decided now.
+        """
+        timer, self._hold_timer = self._hold_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        held, self._held_hellos = self._held_hellos, []
+        for path in held:
+            self._hellos_released.add(path)
+            path.release_hello()
+
     # -- what the paths tell it (TunnelProtocol) -------------------------------
 
     def path_received(self, path: TunnelProtocol, now: float) -> None:
+        self.heard_at = now
+        if self._held_hellos:
+            # a path is alive: the connections waiting to join go on
+            self.release_hellos()
         count = self.count
         if count is not None:
             # called before each read is processed: what the read before
@@ -1170,10 +1228,13 @@ class _OneResumer:
         self._sessions = sessions
         self._inner = inner
 
-    def seal_hello(self, path: TunnelProtocol, hello: dict[str, Any]) -> dict[str, Any] | None:
+    def seal_hello(self, path: TunnelProtocol, hello: dict[str, Any]) -> dict[str, Any] | HelloHold | None:
         sessions = self._sessions
         front = sessions.front
         if front is not None and front.is_open:
+            if "attach" in hello and front.hold_hello(path):
+                sessions.hellos_held += 1
+                return HOLD
             return self._attach_proof(path, hello, front)
         if "attach" in hello:
             # made to join the session, whose last connection was lost
@@ -1209,7 +1270,9 @@ class _OneResumer:
         """
         if self._sessions._resumer not in (None, path):
             return None
-        return self._inner.seal_hello(path, hello)
+        sealed = self._inner.seal_hello(path, hello)
+        # (the session's resumption holds no hello)
+        return None if isinstance(sealed, HelloHold) else sealed
 
     def sent(self, path: TunnelProtocol) -> None:
         self._sessions._resuming(path)
@@ -1282,6 +1345,9 @@ class PathSessions:
         self._lost_up_for: float | None = None
         self.fronts: list[PathFront] = []
         self.attach_refused = 0
+        #: agent: further connections whose hello waited to see whether
+        #: the session was alive (L{PathFront.hold_hello})
+        self.hellos_held = 0
         self.attach_redirected = 0
         #: attachments whose proof came in the hello, bound to the
         #: connection's TLS session (no challenge answered)
@@ -1671,6 +1737,9 @@ class PathSessions:
         order = front.sip_order
         if self._orphaned is not None and order is not None:
             self._orphaned(front.session_id, order.unacked() if order.kept else [], order.expected)
+        # the hellos that waited to see whether the session was alive:
+        # one resumes it now (_OneResumer)
+        front.release_hellos()
 
     def _gone_line(self, front: PathFront, reason: str) -> None:
         """
@@ -1760,6 +1829,7 @@ class PathSessions:
                     # resumptions raced, and those made on our attempt
                     status["resumptions_raced"] = keeper.resumptions_raced
                     status["resumptions_won"] = keeper.resumptions_won
+            status["hellos_held"] = self.hellos_held
         return status
 
 

@@ -183,6 +183,20 @@ class TunnelApplication(TypingProtocol):
     def channel_closed(self, tunnel: TunnelProtocol, channel_id: int, code: int, reason: str) -> None: ...
 
 
+class HelloHold:
+    """
+    The type of L{HOLD}.
+    """
+
+    def __repr__(self) -> str:
+        return "HOLD"
+
+
+#: L{HelloSeal.seal_hello}'s answer when the hello is to wait (the seal
+#: releases it later, L{TunnelProtocol.release_hello})
+HOLD = HelloHold()
+
+
 class HelloSeal(TypingProtocol):
     """
     What decides an agent's hello once the connection's TLS handshake is
@@ -196,10 +210,12 @@ class HelloSeal(TypingProtocol):
     connection was lost meanwhile.
     """
 
-    def seal_hello(self, path: TunnelProtocol, hello: dict[str, Any]) -> dict[str, Any] | None:
+    def seal_hello(self, path: TunnelProtocol, hello: dict[str, Any]) -> dict[str, Any] | HelloHold | None:
         """
         The hello's extra fields for C{path}, whose TLS handshake is done,
-        given those it was made with (C{hello}), or C{None}: those go.
+        given those it was made with (C{hello}), or C{None}: those go; or
+        L{HOLD}: the hello waits until the seal calls
+        L{TunnelProtocol.release_hello}, and is decided again then.
         """
 
     def sent(self, path: TunnelProtocol) -> None:
@@ -220,7 +236,7 @@ class TunnelProtocol(Protocol):
     # Slots: an idle contact point holds thousands of these (issue 15's
     # memory per idle tunnel); attributes set from outside still go into
     # a __dict__, made only when one is.
-    __slots__ = ("_abort_timer", "_agent_id", "_clock", "_close_waiters", "_closing", "_established", "_face", "_go_away_waiters", "_handlers", "_handon_state", "_limits", "_lost", "_lost_reason", "_paused", "_registry", "_role", "_routes", "_seal", "_session_id", "_sink", "_stream_producers", "_streams_paused", "_timer", "_timer_at", "_waiters", "_want_ciphering", "_write", "app", "check_client_identity", "cipher", "close_info", "connected_at", "connection", "duplicates", "front", "go_away_info", "local_hello", "peer", "peer_hello", "ping_srtt", "refused_sealed", "source_host")
+    __slots__ = ("_abort_timer", "_agent_id", "_clock", "_close_waiters", "_closing", "_established", "_face", "_go_away_waiters", "_handlers", "_handon_state", "_hello_on_hold", "_limits", "_lost", "_lost_reason", "_paused", "_registry", "_role", "_routes", "_seal", "_session_id", "_sink", "_stream_producers", "_streams_paused", "_timer", "_timer_at", "_waiters", "_want_ciphering", "_write", "app", "check_client_identity", "cipher", "close_info", "connected_at", "connection", "duplicates", "front", "go_away_info", "local_hello", "peer", "peer_hello", "ping_srtt", "refused_sealed", "source_host")
 
     log = Logger()
     #: TCP or TLS (the TLS protocol's transport); C{None} before the connection
@@ -250,6 +266,7 @@ class TunnelProtocol(Protocol):
             proofs, bound to this connection's TLS session.
         """
         self._seal = seal
+        self._hello_on_hold = False
         self._role = role
         self._registry = registry
         #: the source address the contact point counts this tunnel under
@@ -416,8 +433,8 @@ class TunnelProtocol(Protocol):
     @property
     def hello_held(self) -> bool:
         """
-        Whether the hello waits for the TLS handshake (L{HelloSeal}): what
-        it says is decided then.
+        Whether the hello waits for the TLS handshake (L{HelloSeal}), or
+        for its seal past it (L{HOLD}): what it says is decided then.
         """
         return self._seal is not None and self.connection is not None
 
@@ -425,14 +442,31 @@ class TunnelProtocol(Protocol):
         """
         The TLS handshake is done: the hello held for it goes, as the
         seal decides it now (a resumption with its proofs bound to this
-        connection).
+        connection), unless the seal holds it longer (L{HOLD}).
         """
-        seal, self._seal = self._seal, None
+        self._decide_hello()
+
+    def release_hello(self) -> None:
+        """
+        The seal that held the hello past the TLS handshake (L{HOLD})
+        decides it now.
+        """
+        if self._hello_on_hold:
+            self._hello_on_hold = False
+            self._decide_hello()
+
+    def _decide_hello(self) -> None:
+        seal = self._seal
         connection = self.connection
-        if seal is None or connection is None or self._lost:
+        if seal is None or connection is None or self._lost or connection.state is State.CLOSED:
+            self._seal = None
             return
         try:
             hello = seal.seal_hello(self, dict(self.local_hello))
+            if isinstance(hello, HelloHold):
+                self._hello_on_hold = True
+                return
+            self._seal = None
             if hello is not None and connection.amend_hello(hello):
                 self.local_hello = hello
                 resume = hello.get("resume")
@@ -440,6 +474,7 @@ class TunnelProtocol(Protocol):
                     seal.sent(self)
         except Exception:
             # the hello goes as it was made: a challenge is answered then
+            self._seal = None
             self.log.failure("error deciding the hello for {peer}", peer=self.peer)
         self._flush()
 
