@@ -21,7 +21,7 @@ from twisted.internet.interfaces import ISSLTransport
 from zope.interface import implementer
 
 from spwm.limits import PathLimits
-from spwm.session.carrier import ANNOUNCE_DELAY, HELLO_HOLD, PathFront, PathSessions, attach_proof
+from spwm.session.carrier import ANNOUNCE_DELAY, HELLO_HOLD, PROBE_INTERVAL, PathFront, PathSessions, attach_proof
 from spwm.tunnel.api import Router
 from spwm.tunnel.frames import FLAG_SEQ, ChannelKind
 from spwm.tunnel.protocol import AgentTunnelFactory, ContactTunnelFactory, TunnelProtocol
@@ -1239,6 +1239,58 @@ class CoalesceTests(TwoPaths):
         self.assertNotIn((0, b"held"), self.got)
 
 
+class PingWithMediaTests(TwoPaths):
+    """
+    The agent pings a path that carries media in the same reactor turn as
+    a datagram on it (so in the same TCP segment), a little early, and
+    pings alone only the paths that carry none; every path is pinged at
+    least every L{PROBE_INTERVAL}.
+    """
+
+    def test_pings_beside_the_media(self) -> None:
+        """
+        A call's media both ways on one path for 2 s: each of that path's
+        pings is written by the call that writes a datagram to it, 70 to
+        100 ms apart; the other path is pinged alone, every 100 ms.
+        """
+        cid = self.front.open_channel(ChannelKind.DATAGRAM, {"use": "media"}, self.bed.agent.media)
+        self.bed.flush()
+        clock = self.bed.clock
+        # per path: (when, whether written by the front's send_datagram) of each ping
+        pings: dict[Any, list[tuple[float, bool]]] = {self.a1: [], self.a2: []}
+        carried: dict[Any, int] = {self.a1: 0, self.a2: 0}
+        sending = [False]
+        for path in (self.a1, self.a2):
+
+            def ping(path: Any = path, original: Any = path.ping) -> None:
+                pings[path].append((clock.seconds(), sending[0]))
+                original()
+
+            def send(channel_id: int, data: bytes, component: int = 0, path: Any = path, original: Any = path.send_datagram) -> None:
+                carried[path] += 1
+                original(channel_id, data, component)
+
+            path.ping = ping  # type: ignore[method-assign]
+            path.send_datagram = send  # type: ignore[method-assign]
+        start = clock.seconds()
+        while clock.seconds() - start < 2.0:
+            sending[0] = True
+            self.front.send_datagram(cid, b"rtp")
+            sending[0] = False
+            self.contact_front.send_datagram(cid, b"back")
+            self.bed.advance(0.02, step=0.02)
+        [busy] = [path for path in (self.a1, self.a2) if carried[path]]
+        [idle] = [path for path in (self.a1, self.a2) if path is not busy]
+        self.assertGreaterEqual(len(pings[busy]), 20)
+        self.assertEqual([beside for _, beside in pings[busy]], [True] * len(pings[busy]))
+        self.assertGreaterEqual(len(pings[idle]), 19)
+        self.assertEqual([beside for _, beside in pings[idle]], [False] * len(pings[idle]))
+        for path, shortest in ((busy, PROBE_INTERVAL - 0.03), (idle, PROBE_INTERVAL)):
+            gaps = [b[0] - a[0] for a, b in zip(pings[path], pings[path][1:])]
+            self.assertLessEqual(max(gaps), PROBE_INTERVAL + 1e-6)
+            self.assertGreaterEqual(min(gaps), shortest - 1e-6)
+
+
 class FailoverTests(TwoPaths):
     """
     Make-before-break: a path lost while another is attached changes
@@ -1511,8 +1563,9 @@ class FailoverTests(TwoPaths):
         self.bed.flush()
         self.assertEqual(self.bed.agent.media.got, [(0, b"down")])
         self.assertEqual(self.front.dedup.duplicates, 1)
-        # the window ends; the agent, copied to, did not start copying
-        self.bed.advance(self.contact_front.scheduler.limits.duplicate_window + 0.1)
+        # the window ends (it ran from the read after the last copy, the
+        # next ping's); the agent, copied to, did not start copying
+        self.bed.advance(self.contact_front.scheduler.limits.duplicate_window + 0.2)
         self.assertFalse(self.contact_front.scheduler.snapshot()["duplicating"])
 
     def test_agent_does_not_follow_copies(self) -> None:

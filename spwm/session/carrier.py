@@ -72,6 +72,11 @@ _SEQ = struct.Struct("!I")
 
 #: how often the agent pings each path while the session has channels (s)
 PROBE_INTERVAL = 0.1
+#: a path that carries media is pinged with it, in the same write, once
+#: this long has passed since its last ping (s): its next ping due within
+#: 30 ms goes early, beside the datagram, rather than alone in a TCP
+#: segment of its own at the round
+PING_WITH_MEDIA_AFTER = PROBE_INTERVAL - 0.03
 #: the contact point runs its scheduler at most this often (s)
 PASSIVE_TICK = 0.04
 #: the contact point expects to hear from each path at least this often
@@ -223,6 +228,8 @@ class PathFront:
         #: QUIC paths' transports (their RTT estimate feeds the scheduler)
         self._quic: dict[int, Any] = {}
         self._pinged_at = float("-inf")
+        #: agent: path id -> when it was last pinged (alone, or beside media)
+        self._pinged: dict[int, float] = {}
         self._ids: dict[int, int] = {}
         self._next_id = 0
         self._last: TunnelProtocol = first
@@ -401,6 +408,7 @@ class PathFront:
             return bool(self._paths)
         del self._paths[path_id]
         self.lost_at = self.clock.seconds()
+        self._pinged.pop(path_id, None)
         self._sockets.pop(path_id, None)
         self._retrans_seen.pop(path_id, None)
         self._quic.pop(path_id, None)
@@ -660,9 +668,15 @@ class PathFront:
             # the watch starts again: what was unanswered before it does not count
             for path_id in self._paths:
                 self.scheduler.received(path_id, now)
-        # the next ping round, or sooner what the scheduler must see (a
-        # stall bound running out, a ping it wants)
-        delay = max(0.0, self._pinged_at + PROBE_INTERVAL - now) if not fresh else PROBE_INTERVAL
+        # the next ping a path is due (those that carry media are pinged
+        # with it, sooner), or sooner what the scheduler must see (a stall
+        # bound running out, a ping it wants)
+        if fresh:
+            delay = PROBE_INTERVAL
+        else:
+            pinged = self._pinged
+            last = min(pinged.get(path_id, self._pinged_at) for path_id in self._paths)
+            delay = max(0.0, last + PROBE_INTERVAL - now)
         deadline = self.scheduler.next_deadline()
         if deadline is not None:
             delay = min(delay, max(MIN_TICK, deadline - now))
@@ -690,11 +704,14 @@ class PathFront:
         """
         self._timer = None
         now = self.clock.seconds()
-        if now >= self._pinged_at + PROBE_INTERVAL - MIN_TICK:
-            self._pinged_at = now
-            for path_id, path in list(self._paths.items()):
+        pinged = self._pinged
+        for path_id, path in list(self._paths.items()):
+            if now >= pinged.get(path_id, self._pinged_at) + PROBE_INTERVAL - MIN_TICK:
+                pinged[path_id] = now
                 path.ping()
                 self.scheduler.sent(path_id, 16, now)
+        if now >= self._pinged_at + PROBE_INTERVAL - MIN_TICK:
+            self._pinged_at = now
             self._read_tcp_info(now)
         self.tick()
         self._arm(fresh=False)
@@ -1101,16 +1118,31 @@ class PathFront:
         paths = self._paths
         unannounced = self._unannounced
         rearm = False
+        probing = self._probing
         for path_id in path_ids:
             path = paths.get(path_id)
             if path is not None:
                 if unannounced and path_id in unannounced:
                     self._announce(path_id)
+                if probing and now >= self._pinged.get(path_id, self._pinged_at) + PING_WITH_MEDIA_AFTER:
+                    self._ping_with_media(path_id, path, now)
                 path.send_datagram(channel_id, payload, flags)
-                if self._probing and scheduler.sent(path_id, len(payload), now):
+                if probing and scheduler.sent(path_id, len(payload), now):
                     rearm = True
         if rearm:
             self._rearm()
+
+    def _ping_with_media(self, path_id: int, path: TunnelProtocol, now: float) -> None:
+        """
+        Agent: ping C{path} now, in the reactor turn that writes it a
+        media datagram, so that the ping leaves in the same TCP segment
+        (the transport writes a turn's bytes together) instead of one of
+        its own at the next round: on a copied call about a third fewer
+        segments upstream, and so fewer losses to hold the path up.
+        """
+        self._pinged[path_id] = now
+        path.ping()
+        self.scheduler.sent(path_id, 16, now)
 
     def _batch_due(self) -> None:
         self._batch_timer = None
@@ -1130,12 +1162,15 @@ class PathFront:
         scheduler = self.scheduler
         rearm = False
         unannounced = self._unannounced
+        probing = self._probing
         for path_id in scheduler.media_paths(now, len(items)):
             path = paths.get(path_id)
             if path is not None:
                 if unannounced and path_id in unannounced:
                     # the opens it has not carried go before the media
                     self._announce(path_id)
+                if probing and now >= self._pinged.get(path_id, self._pinged_at) + PING_WITH_MEDIA_AFTER:
+                    self._ping_with_media(path_id, path, now)
                 nbytes = 0
                 for channel_id, payload, flags in items:
                     path.send_datagram(channel_id, payload, flags)
