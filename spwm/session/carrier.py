@@ -1119,12 +1119,14 @@ class PathFront:
         unannounced = self._unannounced
         rearm = False
         probing = self._probing
+        # a path last pinged at or before this is pinged beside the datagram
+        pinged, unpinged, due = self._pinged, self._pinged_at, now - PING_WITH_MEDIA_AFTER
         for path_id in path_ids:
             path = paths.get(path_id)
             if path is not None:
                 if unannounced and path_id in unannounced:
                     self._announce(path_id)
-                if probing and now >= self._pinged.get(path_id, self._pinged_at) + PING_WITH_MEDIA_AFTER:
+                if probing and pinged.get(path_id, unpinged) <= due:
                     self._ping_with_media(path_id, path, now)
                 path.send_datagram(channel_id, payload, flags)
                 if probing and scheduler.sent(path_id, len(payload), now):
@@ -1163,13 +1165,14 @@ class PathFront:
         rearm = False
         unannounced = self._unannounced
         probing = self._probing
+        pinged, unpinged, due = self._pinged, self._pinged_at, now - PING_WITH_MEDIA_AFTER
         for path_id in scheduler.media_paths(now, len(items)):
             path = paths.get(path_id)
             if path is not None:
                 if unannounced and path_id in unannounced:
                     # the opens it has not carried go before the media
                     self._announce(path_id)
-                if probing and now >= self._pinged.get(path_id, self._pinged_at) + PING_WITH_MEDIA_AFTER:
+                if probing and pinged.get(path_id, unpinged) <= due:
                     self._ping_with_media(path_id, path, now)
                 nbytes = 0
                 for channel_id, payload, flags in items:
