@@ -344,7 +344,8 @@ class Contact:
             self.status_port = free_port()
         ns = argparse.Namespace(
             calls=[workers * max(args.per_worker)], media_low=args.media_low, sip_burst=0, status_port=self.status_port,
-            contact_arg=["--workers", str(workers), *args.contact_arg], cprofile=None, pin=False,
+            contact_arg=["--workers", str(workers), *args.contact_arg],
+            cprofile=args.cprofile if workers == 1 else None, pin=False,
         )  # fmt: skip
         self.server, self.port = start_contact(procs, logdir, ns, sip_port, [])
         self.procs = procs
@@ -675,6 +676,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--contact-arg", action="append", default=[], metavar="ARG", help="one more argument for spwm-contact")
     p.add_argument("--media-low", type=int, default=30000, help="the contact point's first media port")
     p.add_argument("--max-time", type=float, default=1800.0)
+    p.add_argument("--cprofile", metavar="FILE",
+                   help="run a one-worker contact point under cProfile; its statistics go to FILE when it stops (call counts)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args(argv)
     try:
