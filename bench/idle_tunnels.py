@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -262,6 +263,8 @@ def wait_listening(port: int, timeout: float = 20.0) -> None:
 def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str, tls: list[str]) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     port = free_port()
+    # the status server (one worker): scraped after the CPU window
+    status_port = free_port() if args.scrape and kind in ("spwm", "spwm-ping") and args.workers == 1 else 0
     log = open(os.path.join(workdir, f"{kind}-server.log"), "wb")
     if kind in ("spwm", "spwm-ping"):
         sip = free_port()
@@ -275,6 +278,7 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
             *(["--listen-backlog", str(args.backlog)] if args.backlog else []),
             *(["--ping-keepalive"] if kind == "spwm-ping" else []),
             *(["--workers", str(args.workers)] if args.workers > 1 else []),
+            *(["--status-listen", f"127.0.0.1:{status_port}"] if status_port else []),
             *(["--plaintext"] if args.plaintext else ["--cert", tls[0], "--key", tls[1]]),
         ]  # fmt: skip
     else:
@@ -375,6 +379,7 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
                 break
             if line.startswith("profile"):
                 calls.append(line[len("profile"):].rstrip())
+    scrapes = scrape(status_port, args.scrape) if status_port else {}
     if client.poll() is not None or server.poll() is not None:
         raise RuntimeError(f"{kind}: a process ended during the run")
     result = {
@@ -390,6 +395,7 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
         "client_cpu": (c1 - c0) / (t1 - t0),
         **usage,
         "calls": calls,
+        "scrapes": scrapes,
     }
     if spy is not None:
         try:
@@ -405,6 +411,24 @@ def run_kind(procs: Processes, workdir: str, args: argparse.Namespace, kind: str
             p.kill()
             p.wait(2)
     return result
+
+
+def scrape(port: int, times: int) -> dict[str, list[float]]:
+    """
+    GET C{/metrics}, C{/status} and the page from the contact point's
+    status server C{times} times each, in turn: seconds per request (the
+    half's event loop, and so its tunnels, wait while it renders one).
+    """
+    import urllib.request
+
+    out: dict[str, list[float]] = {"/metrics": [], "/status": [], "/": []}
+    for _ in range(times):
+        for path in out:
+            start = time.monotonic()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=60) as reply:
+                reply.read()
+            out[path].append(time.monotonic() - start)
+    return out
 
 
 def main(procs: Processes, workdir: str, args: argparse.Namespace) -> int:
@@ -453,6 +477,11 @@ def main(procs: Processes, workdir: str, args: argparse.Namespace) -> int:
             for line in r["calls"][1:]:
                 print("  " + line)
     for r in results:
+        if r["scrapes"]:
+            print(f"\n{r['kind']}: a status request with {args.count - r['failed']} tunnels up, median (max) of {args.scrape}:")
+            for path, times in r["scrapes"].items():
+                print(f"  {path}: {1000 * statistics.median(times):.0f} ms ({1000 * max(times):.0f} ms)")
+    for r in results:
         if "profile" in r:
             print(f"\nprofile of the {r['kind']} server:")
             for line in r["profile"]:
@@ -480,6 +509,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--media-low", type=int, default=47000, help="the contact point's media ports (100 from here)")
     p.add_argument("--count-calls", type=float, default=0.0, metavar="SECONDS", help="after the CPU window, count the Python calls of the clients' process (cProfile) for SECONDS")
     p.add_argument("--profile", help="py-spy the server during the measurement into this directory")
+    p.add_argument("--scrape", type=int, default=0, metavar="K",
+                   help="after the CPU window, GET the contact point's /metrics, /status and page K times each and print how long each took (one worker)")
     p.add_argument("--max-time", type=float, default=1200.0)
     p.add_argument("--keep", action="store_true")
     # the processes' own roles

@@ -20,8 +20,11 @@ here runs per packet or per message.  See C{docs/operations.md},
 from __future__ import annotations
 
 import json
+import math
+import operator
 import time
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Iterable
 
 from attrs import frozen
@@ -45,13 +48,15 @@ from spwm.sip.checks import CONGESTED_COUNTER
 from spwm.sip.byes import BYE_ANSWERED, BYE_SENT
 from spwm.sip.ringing import CANCEL_ANSWERED, CANCEL_SENT, FINAL_SENT
 from spwm.sip.dialogs import UNACKNOWLEDGED
-from spwm.tunnel.info import describe_tunnel
+from spwm.tunnel.info import TunnelItem, tunnel_rtt
 
 #: A section of the document: metric name -> number, or -> {label: number}.
 Section = dict[str, Any]
 
-#: A listing: one plain dict per item.
-Listing = list[dict[str, Any]]
+#: A listing: one mapping per item, a plain dict or one that computes its
+#: fields when read (L{spwm.tunnel.info.TunnelItem}); a page of it is
+#: plain dicts (L{Query.page}).
+Listing = Sequence[Mapping[str, Any]]
 
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -108,7 +113,7 @@ class Query:
         filters = tuple((name, value) for name in FILTERS if (value := text(name)))
         return cls(limit, offset, filters)
 
-    def matches(self, item: dict[str, Any]) -> bool:
+    def matches(self, item: Mapping[str, Any]) -> bool:
         """
         Whether an item passes every filter (a filter on fields the item
         does not have drops it).
@@ -123,17 +128,25 @@ class Query:
                 return False
         return True
 
-    def page(self, items: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    def page(self, items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         """
         @return: C{{"total": matching items, "offset", "limit", "items":
-            [...]}}.
+            [...]}}, the items plain dicts (an item that computes its
+            fields when read is described here, only if on the page).
         """
-        matching = [item for item in items if self.matches(item)]
+        matching: Sequence[Mapping[str, Any]]
+        if self.filters:
+            matching = [item for item in items if self.matches(item)]
+        else:
+            matching = items if isinstance(items, Sequence) else list(items)
         return {
             "total": len(matching),
             "offset": self.offset,
             "limit": self.limit,
-            "items": matching[self.offset : self.offset + self.limit],
+            "items": [
+                item if type(item) is dict else dict(item)
+                for item in matching[self.offset : self.offset + self.limit]
+            ],
         }
 
 
@@ -463,6 +476,9 @@ class Metrics:
     def __init__(self, status: Status) -> None:
         self.status = status
         self.side = status.side
+        #: the round trips (seconds, or C{None}) to sample at a scrape;
+        #: without it, those of the C{tunnels} listing
+        self.rtts: Callable[[], Iterable[float | None]] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_DocumentCollector(status))
         registry = self.registry
@@ -475,7 +491,7 @@ class Metrics:
         )
         self.rtt = Histogram(
             "spwm_tunnel_rtt_seconds",
-            "Tunnel round-trip time (the kernel's TCP estimate), one sample per tunnel at each scrape.",
+            "Tunnel round-trip time (the kernel's TCP estimate), one sample per tunnel at each scrape (at most 1,000 per scrape, in turn).",
             ["side"],
             registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
@@ -565,6 +581,11 @@ class Metrics:
         # the child looked up once, not once per tunnel (labels() takes a
         # lock and builds its key each time: 10,000 tunnels at a scrape)
         observe = self.rtt.labels(self.side).observe
+        if self.rtts is not None:
+            for seconds in self.rtts():
+                if seconds is not None:
+                    observe(seconds)
+            return
         for tunnel in self.status.listing("tunnels"):
             rtt = tunnel.get("rtt_ms")
             if isinstance(rtt, (int, float)):
@@ -763,6 +784,11 @@ def _number(value: Any) -> str:
     return str(value)
 
 
+#: The share of a half's time an open status page may take by reloading
+#: itself (L{StatusResource}).
+PAGE_SHARE = 0.02
+
+
 class StatusResource(Resource):
     """
     C{/} (the web page), C{/status} (JSON, with C{?limit=&offset=} and the
@@ -779,10 +805,14 @@ class StatusResource(Resource):
         # it at its top; it is imported here, at start-up, not at each
         # request: a package upgraded under the running process (whose
         # modules then no longer match) does not break the page.
-        from spwm.statusweb import CONTENT_SECURITY_POLICY, render_page
+        from spwm.statusweb import CONTENT_SECURITY_POLICY, REFRESH, render_page
 
         self._render_page = render_page
         self._page_policy = CONTENT_SECURITY_POLICY
+        self._refresh = REFRESH
+        #: seconds the last page took to render (the event loop waited)
+        self._page_seconds = 0.0
+        self._timer = time.perf_counter
 
     def render_GET(self, request: Request) -> bytes:
         path = b"/" + b"/".join(s for s in request.postpath or () if s)
@@ -805,7 +835,15 @@ class StatusResource(Resource):
             request.setHeader(b"content-type", b"text/html; charset=utf-8")
             # The page runs no script: even text that escaped escaping could not.
             request.setHeader(b"content-security-policy", self._page_policy)
-            return self._render_page(self.status, Query.from_args(request.args or {}))
+            # The page reloads itself, and the half's event loop (its
+            # tunnels, SIP and media) waits while it renders: at 10,000
+            # tunnels that takes a few tenths of a second.  It reloads no
+            # more often than keeps that under PAGE_SHARE of the time.
+            refresh = max(self._refresh, math.ceil(self._page_seconds / PAGE_SHARE))
+            start = self._timer()
+            page = self._render_page(self.status, Query.from_args(request.args or {}), refresh)
+            self._page_seconds = self._timer() - start
+            return page
         request.setResponseCode(404)
         request.setHeader(b"content-type", b"text/plain")
         return b"not found: try /, /status or /metrics\n"
@@ -917,11 +955,41 @@ def _registrations(sip: Any, clock: Any, agents: Callable[[], dict[str, str]] | 
 
 
 def _tunnels(protocols: Iterable[Any], clock: Any) -> Listing:
+    # described when read: a page of them, or their round trips for the
+    # metrics (TunnelItem), not every tunnel at every request
     now = clock.seconds()
-    return sorted(
-        (describe_tunnel(t, now) for t in list(protocols)),
-        key=lambda t: (t["agent"], t["source"]),
-    )
+    return sorted((TunnelItem(t, now) for t in list(protocols)), key=_by_key)
+
+
+#: A L{TunnelItem}'s sort key (agent, source).
+_by_key = operator.attrgetter("key")
+
+
+#: Tunnels whose round trip a scrape samples at most: beyond, the next
+#: ones at the next scrape, in turn (each costs a system call, and the
+#: event loop waits for the scrape).
+RTT_SAMPLE = 1000
+
+
+def rtt_sampler(protocols: Iterable[Any], most: int = RTT_SAMPLE) -> Callable[[], list[float | None]]:
+    """
+    For L{Metrics.rtts}: at each call the round trips of at most C{most}
+    of the connected C{protocols}, the next ones at the next call.
+    """
+    start = 0
+
+    def rtts() -> list[float | None]:
+        nonlocal start
+        current = list(protocols)
+        if len(current) > most:
+            start %= len(current)
+            chosen = current[start : start + most]
+            chosen += current[: most - len(chosen)]
+            start += most
+            current = chosen
+        return [tunnel_rtt(t) for t in current]
+
+    return rtts
 
 
 def add_media_lists(status: Status, media: Any) -> None:
@@ -963,6 +1031,7 @@ def add_contact_lists(status: Status, tunnels: Iterable[Any], sessions: Any, sip
         return sorted(listed, key=lambda s: (s["agent"], s["session"]))
 
     status.add_list("tunnels", lambda: _tunnels(tunnels, clock))
+    status.metrics.rtts = rtt_sampler(tunnels)
     status.add_list("sessions", session_list)
     status.add_list("registrations", lambda: _registrations(sip, clock, agents))
     add_media_lists(status, media)

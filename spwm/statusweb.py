@@ -221,10 +221,10 @@ def _section(title: str, page: dict[str, Any], table: str, query: Query, name: s
     return f'<h2 id="{name}-title">{_e(title)} ({total}){more}</h2>{table}'
 
 
-def render_page(status: Status, query: Query) -> bytes:
+def render_page(status: Status, query: Query, refresh: int = REFRESH) -> bytes:
     """
     The page of a half's status, filtered and paged by C{query} (each
-    listing alike).
+    listing alike), reloading itself every C{refresh} seconds.
     """
     doc = status.document()
     lists = status.lists(query)
@@ -232,11 +232,11 @@ def render_page(status: Status, query: Query) -> bytes:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta http-equiv="refresh" content="{REFRESH}">',
+        f'<meta http-equiv="refresh" content="{refresh}">',
         f"<title>SPWM {_e(side)}: status</title><style>{_STYLE}</style></head><body>",
         f"<h1>SPWM {_e(side)}</h1>",
         f'<p>version {_e(doc.get("version"))}, up {_num(doc.get("uptime"), 0)} s;'
-        f' refreshes every {REFRESH} s. <span class="muted">{_e(summary(doc))}</span></p>',
+        f' refreshes every {refresh} s. <span class="muted">{_e(summary(doc))}</span></p>',
     ]
     proxies = proxies_line(doc)
     if proxies is not None:

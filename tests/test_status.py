@@ -75,6 +75,27 @@ class DocumentTests(SynchronousTestCase):
 
 
 class ResourceTests(SynchronousTestCase):
+    def test_page_reloads_less_often_when_slow(self) -> None:
+        """
+        The page reloads every 5 s while it renders quickly; after a page
+        that took 0.3 s the next asks to be reloaded after 15 s (2 % of the
+        half's time), and after a quick one every 5 s again.
+        """
+        _, status, _ = _status()
+        resource = StatusResource(status)
+        readings: list[float] = []
+        resource._timer = lambda: readings.pop(0)
+
+        def page(seconds: float) -> bytes:
+            readings[:] = [100.0, 100.0 + seconds]
+            return resource.render_GET(DummyRequest([b""]))
+
+        self.assertIn(b'<meta http-equiv="refresh" content="5">', page(0.3))
+        body = page(0.01)
+        self.assertIn(b'<meta http-equiv="refresh" content="15">', body)
+        self.assertIn(b"refreshes every 15 s", body)
+        self.assertIn(b'<meta http-equiv="refresh" content="5">', page(0.0))
+
     def test_paths(self) -> None:
         """
         C{/status} is the JSON document, C{/metrics} the Prometheus text,

@@ -735,6 +735,123 @@ class TunnelInfoTests(SynchronousTestCase):
         self.assertEqual([describe_tunnel(tunnel, 1.0)[k] for k in keys], ["quic", "tcp", 2, 1])
 
 
+class LazyTunnelListingTests(SynchronousTestCase):
+    """
+    The C{tunnels} listing describes a tunnel only when a field of it is
+    read beyond those it is sorted and filtered by: a page of 10,000
+    tunnels describes its page, the metrics read the round trips alone.
+    """
+
+    def tunnels(self, n: int) -> list[Any]:
+        class Tunnel:
+            connected_at = 10.0
+            transport = None
+            connection = None
+            is_open = True
+            congested = False
+
+            def __init__(self, i: int) -> None:
+                self.agent_id = f"agent-{i % 7}"
+                self.session_id = f"s{i}"
+                self.peer = f"192.0.2.{i % 250 + 1}:{4000 + i}"
+
+        return [Tunnel(i) for i in range(n)]
+
+    def counted(self) -> list[int]:
+        from spwm.tunnel import info
+
+        described = [0]
+        real = info.describe_tunnel
+
+        def counting(tunnel: Any, now: float) -> dict[str, Any]:
+            described[0] += 1
+            return real(tunnel, now)
+
+        self.patch(info, "describe_tunnel", counting)
+        return described
+
+    def test_same_fields_as_described(self) -> None:
+        """
+        An item reads as L{describe_tunnel}'s dict, the same keys in the
+        same order, and C{rtt_ms} alone as it does.
+        """
+        from spwm.tunnel.info import TUNNEL_FIELDS, TunnelItem
+
+        [tunnel] = self.tunnels(1)
+        item = TunnelItem(tunnel, 25.0)
+        self.assertEqual(item["rtt_ms"], describe_tunnel(tunnel, 25.0)["rtt_ms"])
+        self.assertEqual(list(dict(item).items()), list(describe_tunnel(tunnel, 25.0).items()))
+        self.assertEqual(tuple(describe_tunnel(tunnel, 25.0)), TUNNEL_FIELDS)
+        self.assertNotIn("state", item)
+        self.assertRaises(KeyError, lambda: item["state"])
+
+    def test_page_describes_only_its_items(self) -> None:
+        """
+        C{/status} over 500 tunnels, sorted by agent and source, pages
+        them and describes the 10 on its page; a filter on the agent
+        describes none it does not show; a scrape of the metrics reads
+        every round trip and describes none.
+        """
+        from spwm.status import add_contact_lists
+
+        described = self.counted()
+        tunnels = self.tunnels(500)
+
+        class Sessions:
+            def session_list(self) -> list[dict[str, Any]]:
+                return []
+
+        class Sip:
+            def registration_list(self) -> list[dict[str, Any]]:
+                return []
+
+        status = Status("contact", Clock())
+        add_contact_lists(status, tunnels, Sessions(), Sip(), _pair()[1])
+        page = status.full(Query(limit=10, offset=3))["lists"]["tunnels"]
+        self.assertEqual((page["total"], len(page["items"]), described[0]), (500, 10, 10))
+        everything = sorted((describe_tunnel(t, 0.0) for t in tunnels), key=lambda t: (t["agent"], t["source"]))
+        self.assertEqual([i["session"] for i in page["items"]], [t["session"] for t in everything[3:13]])
+        self.assertTrue(all(type(i) is dict and i["uptime"] == -10.0 for i in page["items"]))
+        page = status.full(Query(limit=5, filters=(("agent", "agent-3"),)))["lists"]["tunnels"]
+        self.assertEqual((page["total"], len(page["items"]), described[0]), (71, 5, 15))
+        status.metrics.exposition()
+        self.assertEqual(described[0], 15)
+
+
+    def test_round_trips_sampled_in_turn(self) -> None:
+        """
+        A scrape samples the round trips of at most C{most} tunnels, the
+        next ones at the next scrape, round the list; with fewer, all.
+        """
+        from spwm.session.paths import PathKind
+        from spwm.status import rtt_sampler
+
+        class Quic:
+            path_kind = PathKind.QUIC
+
+            def __init__(self, rtt: float) -> None:
+                self.rtt = (rtt, 0.0)
+
+        tunnels = self.tunnels(7)
+        for i, tunnel in enumerate(tunnels):
+            tunnel.transport = Quic(i / 100)
+        sample = rtt_sampler(tunnels, most=3)
+        self.assertEqual([sample() for _ in range(3)], [[0.0, 0.01, 0.02], [0.03, 0.04, 0.05], [0.06, 0.0, 0.01]])
+        self.assertEqual(rtt_sampler(tunnels[:2], most=3)(), [0.0, 0.01])
+
+        class Sessions:
+            def session_list(self) -> list[dict[str, Any]]:
+                return []
+
+        from spwm.status import add_contact_lists
+
+        status = Status("contact", Clock())
+        add_contact_lists(status, tunnels, Sessions(), None, _pair()[1])
+        text = status.metrics.exposition()[0].decode()
+        self.assertIn('spwm_tunnel_rtt_seconds_count{side="contact"} 7.0', text)
+        self.assertIn('spwm_tunnel_rtt_seconds_bucket{le="0.05",side="contact"} 6.0', text)
+
+
 class ContactSessionListTests(SynchronousTestCase):
     """
     The contact point's C{sessions} listing.

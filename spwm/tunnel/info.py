@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from spwm.session.paths import PathKind
 from spwm.tunnel.protocol import find_socket
 
-__all__ = ["describe_tunnel", "tcp_rtt", "tls_of"]
+__all__ = ["TUNNEL_FIELDS", "TunnelItem", "describe_tunnel", "tcp_rtt", "tls_of", "tunnel_rtt"]
 
 #: struct tcp_info (Linux): tcpi_rtt and tcpi_rttvar, microseconds, at
 #: byte 68 and 72.
@@ -104,6 +105,16 @@ def _quic_rtt(transport: Any) -> float | None:
     return rtt[0] if rtt else None
 
 
+def tunnel_rtt(tunnel: Any) -> float | None:
+    """
+    A tunnel connection's round trip in seconds: the kernel's TCP
+    estimate, or QUIC's own; C{None} where it has none.
+    """
+    transport = getattr(tunnel, "transport", None)
+    quic = _quic(transport)
+    return _quic_rtt(quic) if quic is not None else tcp_rtt(find_socket(transport))
+
+
 def describe_tunnel(tunnel: Any, now: float) -> dict[str, Any]:
     """
     One tunnel connection for the status listing.
@@ -174,3 +185,57 @@ def _ms(seconds: float | None) -> float | None:
 def _call(obj: Any, name: str) -> Any:
     value = getattr(obj, name, None)
     return value() if callable(value) else value
+
+
+#: The fields of L{describe_tunnel}, in its order.
+TUNNEL_FIELDS: tuple[str, ...] = (
+    "agent", "session", "source", "tls", "cipher", "paths", "rtt_ms", "queue_signalling", "queue_stream",
+    "keepalive", "uptime", "established", "congested", "media_on", "carrier_on", "media_switches",
+    "carrier_switches",
+)  # fmt: skip
+
+
+class TunnelItem(Mapping[str, Any]):
+    """
+    One tunnel of the status listing, described only when read: its
+    C{agent}, C{session} and C{source} at once (what the listing sorts and
+    filters by), C{rtt_ms} alone when only it is read (the metrics' sample
+    at each scrape), the rest (L{describe_tunnel}: TLS, socket options,
+    paths) on the first read of another field.  A listing of 10,000
+    tunnels is sorted and paged, and only its page described: a status
+    request runs in the event loop, and every tunnel waits for it.
+    """
+
+    __slots__ = ("_tunnel", "_now", "_cheap", "_full", "key")
+
+    def __init__(self, tunnel: Any, now: float) -> None:
+        self._tunnel = tunnel
+        self._now = now
+        agent = str(getattr(tunnel, "agent_id", "") or "")
+        source = str(getattr(tunnel, "peer", "?"))
+        self._cheap = {"agent": agent, "session": str(getattr(tunnel, "session_id", "") or ""), "source": source}
+        self._full: dict[str, Any] | None = None
+        #: what the listing sorts by
+        self.key = (agent, source)
+
+    def __getitem__(self, key: str) -> Any:
+        cheap = self._cheap.get(key)
+        if cheap is not None:
+            return cheap
+        full = self._full
+        if full is None:
+            if key == "rtt_ms":
+                return _ms(tunnel_rtt(self._tunnel))
+            if key not in TUNNEL_FIELDS:
+                raise KeyError(key)
+            full = self._full = describe_tunnel(self._tunnel, self._now)
+        return full[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in TUNNEL_FIELDS
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(TUNNEL_FIELDS)
+
+    def __len__(self) -> int:
+        return len(TUNNEL_FIELDS)
