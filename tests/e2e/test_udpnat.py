@@ -118,6 +118,15 @@ class UdpPathTestBase(SpwmSipTestCase):
         session = agent.get("session") or {}
         return session.get("media_on"), contact.get("media_on", {})
 
+    def quic_carries(self) -> bool:
+        """
+        Whether the QUIC path carries the session's media on both halves
+        (alone, C{quic}, or copied beside a TCP path, C{tcp+quic}).
+        """
+        agent, contact = self.media_on()
+        on_quic = [kind for kind, n in contact.items() if n and "quic" in kind.split("+")]
+        return agent is not None and "quic" in agent.split("+") and sum(contact[k] for k in on_quic) == 1
+
     def media(self) -> tuple[int, int]:
         """RTP packets so far: at the UAS (from the phone), at the phone (the echo)."""
         return self.counter("op", "at_uas"), self.counter("lan", "at_phone")
@@ -217,7 +226,8 @@ class NormalPolicyTests(UdpPathTestBase):
         (the longest gap is written to C{timeline.txt}), both halves then
         carry the media on TCP, and no UDP crosses the router.  Back
         to C{normal}: the media returns to QUIC (within 30 s: the dead
-        path is closed and probed again after 5 s, then held 1-2 s), and
+        path is closed and probed again after 5 s, then held 1-2 s; alone,
+        or with a copy on TCP while the halves' lossy window lasts), and
         crosses as UDP again.  The call ends normally with at least 85 %
         of the RTP round trips.
         """
@@ -251,9 +261,12 @@ class NormalPolicyTests(UdpPathTestBase):
         self.assertLessEqual(max(gaps), 0.5, gaps)
         # UDP let out again
         self.topology.set_policy("normal")
-        back = self.wait("media on QUIC again",
-                         lambda: self.media_on()[0] == "quic" and self.media_on()[1].get("quic", 0) == 1, 30.0,
-                         step=0.2)
+        # on QUIC alone, or on QUIC with a copy on TCP: the losses of the
+        # cut (and the reordering of the move back, on a slow host) may
+        # keep the halves copying for their lossy window (30 s), which
+        # is the scheduler doing its job; the router's counters below
+        # show the QUIC path carrying the media either way
+        back = self.wait("media on QUIC again", self.quic_carries, 30.0, step=0.2)
         udp2 = self.router_udp()
         up, down = self.flowing(1.0)
         udp3 = self.router_udp()
@@ -268,7 +281,8 @@ class NormalPolicyTests(UdpPathTestBase):
                 f"on QUIC {took:.2f} s after the call's RTP; UDP blocked: longest RTP gap at the UAS "
                 f"{gaps[0] * 1000:.0f} ms, at the phone {gaps[1] * 1000:.0f} ms (counters sampled every "
                 f"{1000 * 1.5 / max(1, len(timeline)):.0f} ms); both status pages said TCP {moved:.2f} s after "
-                f"the samples; back on QUIC {back:.2f} s after UDP was let out; udp_path {agent['udp_path']}\n"
+                f"the samples; back on QUIC {back:.2f} s after UDP was let out (media on {self.media_on()}); "
+                f"udp_path {agent['udp_path']}\n"
             )
             for t, at_uas, at_phone in timeline:
                 out.write(f"{t - cut:7.3f} at_uas={at_uas} at_phone={at_phone}\n")
