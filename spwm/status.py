@@ -476,9 +476,10 @@ class Metrics:
     def __init__(self, status: Status) -> None:
         self.status = status
         self.side = status.side
-        #: the round trips (seconds, or C{None}) to sample at a scrape;
-        #: without it, those of the C{tunnels} listing
-        self.rtts: Callable[[], Iterable[float | None]] | None = None
+        #: the round trips (seconds, or C{None}) to sample at a scrape:
+        #: those of the C{tunnels} listing, or a sampler of them
+        #: (L{rtt_sampler})
+        self.rtts: Callable[[], Iterable[float | None]] = self._listed_rtts
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_DocumentCollector(status))
         registry = self.registry
@@ -581,15 +582,17 @@ class Metrics:
         # the child looked up once, not once per tunnel (labels() takes a
         # lock and builds its key each time: 10,000 tunnels at a scrape)
         observe = self.rtt.labels(self.side).observe
-        if self.rtts is not None:
-            for seconds in self.rtts():
-                if seconds is not None:
-                    observe(seconds)
-            return
+        for seconds in self.rtts():
+            if seconds is not None:
+                observe(seconds)
+
+    def _listed_rtts(self) -> Iterable[float | None]:
+        """
+        The round trips of the C{tunnels} listing, seconds.
+        """
         for tunnel in self.status.listing("tunnels"):
             rtt = tunnel.get("rtt_ms")
-            if isinstance(rtt, (int, float)):
-                observe(rtt / 1000)
+            yield rtt / 1000 if isinstance(rtt, (int, float)) else None
 
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
         """

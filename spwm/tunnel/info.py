@@ -111,7 +111,14 @@ def tunnel_rtt(tunnel: Any) -> float | None:
     estimate, or QUIC's own; C{None} where it has none.
     """
     transport = getattr(tunnel, "transport", None)
-    quic = _quic(transport)
+    return _rtt(transport, _quic(transport))
+
+
+def _rtt(transport: Any, quic: Any) -> float | None:
+    """
+    L{tunnel_rtt} of a connection's C{transport}, whose QUIC transport
+    (L{_quic}) is C{quic}.
+    """
     return _quic_rtt(quic) if quic is not None else tcp_rtt(find_socket(transport))
 
 
@@ -137,12 +144,11 @@ def describe_tunnel(tunnel: Any, now: float) -> dict[str, Any]:
     quic = _quic(transport)
     if quic is not None:
         version, cipher = _quic_tls(quic)
-        rtt = _quic_rtt(quic)
         kind = "quic"
     else:
         version, cipher = tls_of(transport)
-        rtt = tcp_rtt(find_socket(transport))
         kind = "tls" if version else "tcp"
+    rtt = _rtt(transport, quic)
     connected = getattr(tunnel, "connected_at", None)
     source = str(getattr(tunnel, "peer", "?"))
     return {
