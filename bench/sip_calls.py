@@ -181,6 +181,7 @@ class Bench:
             return stat_count(last, key)
 
         rtts = sorted(_read_rtts(cwd))
+        refused = _refused_overloaded(cwd)
         failed_detail = {k[6:-3]: n(k) for k in last if k.startswith("Failed") and k.endswith("(C)") and k != FAILED and n(k)}
         created = n("OutgoingCall(C)")
         success = n("SuccessfulCall(C)")
@@ -198,6 +199,7 @@ class Bench:
             "success": success,
             "failed": failed,
             "failed_detail": failed_detail,
+            "refused": refused,
             "retrans": n("Retransmissions(C)"),
             "wall": wall,
             "achieved": achieved,
@@ -223,6 +225,23 @@ def _children_cpu() -> float:
     prev = getattr(_children_cpu, "prev", 0.0)
     _children_cpu.prev = total  # type: ignore[attr-defined]
     return total - prev
+
+
+def _refused_overloaded(cwd: str) -> int:
+    """
+    Calls whose INVITE a half refused as overloaded (C{503 Service
+    Unavailable (overloaded)}), from SIPp's C{*_errors.log} in C{cwd}.
+    """
+    count = 0
+    for name in os.listdir(cwd):
+        if name.endswith("_errors.log"):
+            with open(os.path.join(cwd, name), errors="replace") as f:
+                # one "Aborting call" line per call; answers to its
+                # retransmissions come later as "Dead call" lines
+                count += sum(
+                    1 for line in f if "Aborting call" in line and "received 'SIP/2.0 503 Service Unavailable (overloaded)" in line
+                )
+    return count
 
 
 def _read_rtts(cwd: str) -> list[float]:
@@ -257,6 +276,8 @@ def describe(r: dict[str, Any]) -> str:
     m = r["machine"]
     rtt = r["rtt"]
     fails = f" {r['failed_detail']}" if r["failed_detail"] else ""
+    if r["refused"]:
+        fails += f" (of them {r['refused']} refused 503 overloaded)"
     return (
         f"  {r['path']:6} {r['rate']:7.1f} calls/s asked: {r['success']}/{r['calls']} calls ok in {r['wall']:5.1f} s "
         f"({r['achieved']:6.1f}/s), failed {r['failed']}{fails}, retrans {r['retrans']}, "

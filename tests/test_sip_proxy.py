@@ -45,7 +45,14 @@ from spwm.sip.actions import (
 )
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.checks import CONGESTED as _CONGESTED
-from spwm.sip.checks import RETRANSMITTED_ANSWERED, RETRANSMITTED_BUNCHED, RETRANSMITTED_CONGESTED, RecentInvites
+from spwm.sip.checks import (
+    OVERLOADED_COUNTER,
+    RETRANSMITTED_ANSWERED,
+    RETRANSMITTED_BUNCHED,
+    RETRANSMITTED_CONGESTED,
+    RETRANSMITTED_OVERLOADED,
+    RecentInvites,
+)
 from spwm.sip.contact_proxy import ACK_OF_OUR_REFUSAL, TARGET_UNREACHABLE, UNKNOWN_TOKEN_430, UNKNOWN_TOKEN_REASON, ContactSipProxy
 from spwm.sip.transport import AgentSipRunner, SipStreamFactory
 from spwm.sip.uri import parse_name_addr
@@ -610,6 +617,51 @@ class AgentTests(SynchronousTestCase):
         ):
             only(agent.from_app(FLOW_A, data, 0.0, congested=True), ToTunnel)
         only(agent.from_app(FLOW_A, request("INVITE", "sip:bob@example.org"), 0.0), ToTunnel)
+
+    def test_overloaded_refuses_new_requests(self) -> None:
+        """
+        While the agent's SIP input is overloaded, a new request either
+        way (an INVITE or REGISTER from the phone, an INVITE for the phone)
+        is answered C{503 Service Unavailable (overloaded)} with
+        C{Retry-After} where it came from, counted as C{overloaded}, and
+        nothing goes on; ACK, CANCEL and requests inside a dialog go on.
+        """
+        fid = self.agent.flows.use(FLOW_A, 0.0)
+        for data in (request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp"), register()):
+            resp = parse_message(only(self.agent.from_app(FLOW_A, data, 0.0, overloaded=True), ToApp).data)
+            self.assertEqual(
+                (resp.status, resp.reason, resp.get("Retry-After")), (503, "Service Unavailable (overloaded)", "5")
+            )
+        act = only(self.agent.from_tunnel(fid, invite_for_phone(), 1.0, overloaded=True), ToTunnel)
+        resp = parse_message(act.data)
+        self.assertEqual((act.flow_id, resp.status, resp.reason), (fid, 503, "Service Unavailable (overloaded)"))
+        self.assertEqual((self.agent.counters[OVERLOADED_COUNTER], self.hook.calls), (3, []))
+        for data in (
+            request("CANCEL", "sip:bob@example.org"),
+            request("ACK", "sip:bob@example.org", to="<sip:bob@example.org>;tag=b"),
+            request("BYE", "sip:bob@example.org", to="<sip:bob@example.org>;tag=b", cseq=2),
+        ):
+            only(self.agent.from_app(FLOW_A, data, 0.0, overloaded=True), ToTunnel)
+        only(self.agent.from_app(FLOW_A, request("INVITE", "sip:bob@example.org", call_id="c3"), 0.0), ToTunnel)
+
+    def test_overload_retransmissions(self) -> None:
+        """
+        A retransmission of an INVITE passed on before the overload is
+        dropped, not answered 503 (its original is on its way); a copy of
+        an INVITE refused as overloaded is refused again after the
+        overload, rather than starting a call its caller gave up.
+        """
+        sent = request("INVITE", "sip:bob@example.org")
+        only(self.agent.from_app(FLOW_A, sent, 0.0), ToTunnel)
+        self.assertEqual(dropped(self.agent.from_app(FLOW_A, sent, 0.6, overloaded=True)), [RETRANSMITTED_OVERLOADED])
+        refused = request("INVITE", "sip:bob@example.org", call_id="c2")
+        resp = parse_message(only(self.agent.from_app(FLOW_A, refused, 1.0, overloaded=True), ToApp).data)
+        self.assertEqual(resp.status, 503)
+        resp = parse_message(only(self.agent.from_app(FLOW_A, refused, 1.5), ToApp).data)
+        self.assertEqual((resp.status, resp.reason), (503, "Service Unavailable (overloaded)"))
+        self.assertEqual(self.agent.counters[OVERLOADED_COUNTER], 2)
+        # a new INVITE of the same call (another branch) after the overload goes on
+        only(self.agent.from_app(FLOW_A, refused.replace(b"z9hG4bK", b"z9hG4bKnew"), 2.0), ToTunnel)
 
     def test_media_full_refuses_new_invites(self) -> None:
         """
@@ -1400,6 +1452,35 @@ class ContactTests(SynchronousTestCase):
         only(self.down(bye), ToTunnel)
         self.key.congested = False
         only(self.down(self.incoming_invite()), ToTunnel)
+
+    def test_overloaded_refuses_new_requests(self) -> None:
+        """
+        While the contact point's SIP input is overloaded, a new INVITE
+        from the network is answered C{503 Service Unavailable
+        (overloaded)} towards the previous hop and one from the tunnel back
+        into the tunnel, both with C{Retry-After}; a request inside a
+        dialog still goes through.
+        """
+        out = only(
+            self.cp.from_network("udp", ("198.51.100.7", 5060), self.incoming_invite(), 1.0, overloaded=True), ToNetwork
+        )
+        resp = parse_message(out.data)
+        self.assertEqual(
+            (resp.status, resp.reason, resp.get("Retry-After")), (503, "Service Unavailable (overloaded)", "5")
+        )
+        self.assertEqual(out.addr, ("198.51.100.7", 5060))
+        data = request("INVITE", "sip:bob@example.org", body=SDP, content_type="application/sdp")
+        back = only(self.cp.from_tunnel(self.key, "sess-1", 5, data, 0.0, overloaded=True), ToTunnel)
+        self.assertEqual((back.flow_id, parse_message(back.data).status), (5, 503))
+        self.assertEqual((self.cp.counters[OVERLOADED_COUNTER], self.hook.calls), (2, []))
+        bye = self.incoming_invite().replace(b"INVITE sip:", b"BYE sip:").replace(
+            b"CSeq: 1 INVITE", b"CSeq: 2 BYE"
+        ).replace(b"To: <sip:alice@example.org>", b"To: <sip:alice@example.org>;tag=x")
+        only(self.cp.from_network("udp", ("198.51.100.7", 5060), bye, 1.0, overloaded=True), ToTunnel)
+        # the refused INVITE's copy is refused again after the overload
+        again = only(self.cp.from_tunnel(self.key, "sess-1", 5, data, 1.0), ToTunnel)
+        self.assertEqual(parse_message(again.data).status, 503)
+        self.up(request("INVITE", "sip:bob@example.org", call_id="c9", body=SDP, content_type="application/sdp"))
 
     def test_media_full_refuses_new_invites(self) -> None:
         """

@@ -25,6 +25,7 @@ from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.testing.tunnel import FakeTunnel
 from spwm.sip.transport import (
+    OVERLOAD_AFTER,
     AgentSipRunner,
     ContactSipRunner,
     SipStreamFactory,
@@ -357,7 +358,7 @@ class AgentRunnerTests(SynchronousTestCase):
         does not escape.
         """
 
-        def boom(*a: Any) -> None:
+        def boom(*a: Any, **kw: Any) -> None:
             raise RuntimeError("boom")
 
         self.core.from_tunnel = boom  # type: ignore[method-assign]
@@ -1066,17 +1067,21 @@ class _RecordingCore:
         self.now = now
         self.cost = cost
         self.seen: list[Any] = []
+        #: each message's C{overloaded} input, by its data
+        self.overloaded: dict[bytes, bool] = {}
 
     def from_tunnel(self, tunnel: Any, session_id: str, flow_id: int, data: bytes, now: float, **kw: Any) -> list[Any]:
         self.now[0] += self.cost
         if data == b"boom":
             raise ValueError("boom")
         self.seen.append(data)
+        self.overloaded[data] = kw.get("overloaded", False)
         return []
 
     def from_network(self, transport: str, addr: Any, data: bytes, now: float, **kw: Any) -> list[Any]:
         self.now[0] += self.cost
         self.seen.append(data)
+        self.overloaded[data] = kw.get("overloaded", False)
         return []
 
     def tunnel_detached(self, tunnel: Any, keep_registrations: bool = False) -> None:
@@ -1136,7 +1141,7 @@ class SliceTests(SynchronousTestCase):
         """
         messages = self._burst(10)
         self.assertEqual(self.core.seen, messages[:3])
-        self.assertEqual(self.runner.slice_status(), {"waiting": 7, "deferred_messages": 7, "deferred_turns": 1})
+        self.assertEqual(self.runner.slice_status(), {"waiting": 7, "overloaded": 0, "deferred_messages": 7, "deferred_turns": 1})
         self.clock.step()
         self.assertEqual(self.core.seen, messages[:6])
         self.clock.step()
@@ -1149,6 +1154,60 @@ class SliceTests(SynchronousTestCase):
         # a new turn: a new slice
         later = self._burst(2, b"n")
         self.assertEqual(self.core.seen[-2:], later)
+
+    def test_burst_not_overloaded(self) -> None:
+        """
+        A burst that the following turns clear is no overload: every
+        message is handed to the core as not overloaded.
+        """
+        messages = self._burst(10)
+        for _ in range(4):
+            self.clock.step()
+        self.assertEqual(self.core.seen, messages)
+        self.assertEqual(set(self.core.overloaded.values()), {False})
+
+    def test_overloaded_after_a_long_wait(self) -> None:
+        """
+        A message that waited for its turn for
+        L{spwm.sip.transport.OVERLOAD_AFTER} or longer is handed to the
+        core as overloaded (and the status says so while such a message
+        waits); one that waited less, or none, is not.
+        """
+        self._burst(10)
+        self.assertEqual(self.runner.slice_status()["overloaded"], 0)
+        self.clock.step()
+        self.assertEqual(self.core.overloaded[b"m3"], False)
+        # the half is busy elsewhere: longer than that passes, and more
+        # messages queue behind
+        self.now[0] += OVERLOAD_AFTER + 0.1
+        self.runner.sip_received(self.tunnel, 1, b"late")
+        self.assertEqual(self.runner.slice_status()["overloaded"], 1)
+        while self.runner.waiting:
+            self.clock.step()
+        self.assertEqual((self.core.overloaded[b"m6"], self.core.overloaded[b"m9"]), (True, True))
+        self.assertEqual((self.core.overloaded[b"late"], self.runner.slice_status()["overloaded"]), (False, 0))
+        self.clock.step()
+        self.runner.sip_received(self.tunnel, 1, b"after")
+        self.assertEqual(self.core.overloaded[b"after"], False)
+
+    def test_never_overloaded_without_a_limit(self) -> None:
+        """
+        With C{overload_after=None} a lasting backlog never counts as an
+        overload.
+        """
+        runner = ContactSipRunner(
+            self.core,  # type: ignore[arg-type]
+            self.clock,
+            slice_seconds=0.001,
+            timer=lambda: self.now[0],
+            overload_after=None,
+        )
+        for i in range(10):
+            runner.sip_received(self.tunnel, 1, b"q%d" % i)
+        self.now[0] += 10.0
+        while runner.waiting:
+            self.clock.step()
+        self.assertEqual({self.core.overloaded[b"q%d" % i] for i in range(10)}, {False})
 
     def test_later_messages_queue_behind(self) -> None:
         """

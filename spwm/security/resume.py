@@ -728,16 +728,18 @@ class _ObservedAgentCore:
     def handle_timer(self, now: float) -> list[Any]:
         return self._core.handle_timer(now)
 
-    def from_app(self, flow: Any, data: bytes, now: float, *, congested: bool = False) -> list[Any]:
-        actions = self._core.from_app(flow, data, now, congested=congested)
+    def from_app(
+        self, flow: Any, data: bytes, now: float, *, congested: bool = False, overloaded: bool = False
+    ) -> list[Any]:
+        actions = self._core.from_app(flow, data, now, congested=congested, overloaded=overloaded)
         if data.startswith(b"REGISTER "):
             for action in actions:
                 if hasattr(action, "flow_id") and hasattr(action, "data"):
                     self._resumption.watcher.request(action.data)
         return actions
 
-    def from_tunnel(self, flow_id: int, data: bytes, now: float) -> list[Any]:
-        actions = self._core.from_tunnel(flow_id, data, now)
+    def from_tunnel(self, flow_id: int, data: bytes, now: float, *, overloaded: bool = False) -> list[Any]:
+        actions = self._core.from_tunnel(flow_id, data, now, overloaded=overloaded)
         if data.startswith(b"SIP/2.0 2"):
             credentials = self._resumption.watcher.response(data)
             if credentials is not None:

@@ -41,6 +41,7 @@ from spwm.sip.checks import (
     media_full_response,
     options_answer,
     options_for_hop,
+    shed,
     starts_work,
 )
 from spwm.sip.byes import (
@@ -253,13 +254,15 @@ class AgentSipProxy:
         return '"<urn:uuid:%s>"' % uuid.uuid5(self._instance_ns, contact_uri)
 
     def from_app(
-        self, flow: Flow, data: bytes, now: float, *, congested: bool = False
+        self, flow: Flow, data: bytes, now: float, *, congested: bool = False, overloaded: bool = False
     ) -> list[Action]:
         """
         A message from a LAN application on C{flow}.
 
         @param congested: whether the tunnel's signalling backlog is over
             its high-water mark: new requests are then refused with C{503}.
+        @param overloaded: whether this half's SIP input is overloaded:
+            new requests are then refused with C{503} (L{shed}).
         """
         if not data.strip(b"\r\n\t "):
             return []  # keepalive noise on a datagram flow
@@ -271,12 +274,17 @@ class AgentSipProxy:
             )
             return answer_malformed(data, e.status, e.reason, drop, lambda resp: ToApp(flow, resp))
         if msg.is_request:
-            return self._app_request(flow, msg, now, congested)
+            return self._app_request(flow, msg, now, congested, overloaded)
         return self._app_response(flow, msg, now)
 
-    def from_tunnel(self, flow_id: int, data: bytes, now: float) -> list[Action]:
+    def from_tunnel(
+        self, flow_id: int, data: bytes, now: float, *, overloaded: bool = False
+    ) -> list[Action]:
         """
         A message from the contact point for application flow C{flow_id}.
+
+        @param overloaded: whether this half's SIP input is overloaded:
+            new requests are then refused with C{503} (L{shed}).
         """
         try:
             msg = parse_message(data, max_size=self.max_message_size)
@@ -289,7 +297,7 @@ class AgentSipProxy:
             ]
         flow = self.flows.lookup(flow_id, now)
         if msg.is_request:
-            return self._tunnel_request(flow_id, flow, msg, now)
+            return self._tunnel_request(flow_id, flow, msg, now, overloaded)
         return self._tunnel_response(flow, msg, now)
 
     def flow_closed(self, flow: Flow) -> None:
@@ -633,7 +641,7 @@ class AgentSipProxy:
         return [ToApp(flow, make_response(msg, status, reason).to_bytes())]
 
     def _app_request(
-        self, flow: Flow, msg: SipMessage, now: float, congested: bool
+        self, flow: Flow, msg: SipMessage, now: float, congested: bool, overloaded: bool = False
     ) -> list[Action]:
         # (parse_message checked the headers a proxy relies on)
         if msg.method == "OPTIONS" and self._options_for_us(msg):
@@ -645,6 +653,10 @@ class AgentSipProxy:
             redundant = self._invites.redundant(msg, now)
             if redundant is not None:
                 return [self.counters.drop(redundant, redundant)]
+        refused = shed(msg, overloaded, self._invites, self.counters)
+        if refused is not None:
+            answer, counted = refused
+            return [counted] if answer is None else [ToApp(flow, answer), counted]
         if congested and starts_work(msg):
             if again:
                 reason = RETRANSMITTED_CONGESTED
@@ -762,7 +774,7 @@ class AgentSipProxy:
     # -- from the tunnel ----------------------------------------------------
 
     def _tunnel_request(
-        self, flow_id: int, flow: Flow | None, msg: SipMessage, now: float
+        self, flow_id: int, flow: Flow | None, msg: SipMessage, now: float, overloaded: bool = False
     ) -> list[Action]:
         # (parse_message checked the headers a proxy relies on)
         if self._ringing.answered and msg.method == "ACK" and self._acked(msg, now):
@@ -789,6 +801,10 @@ class AgentSipProxy:
             redundant = self._invites.redundant(msg, now)
             if redundant is not None:
                 return [self.counters.drop(redundant, redundant)]
+        refused = shed(msg, overloaded, self._invites, self.counters)
+        if refused is not None:
+            answer, counted = refused
+            return [counted] if answer is None else [ToTunnel(self.tunnel_key, flow_id, answer), counted]
         full = None if again else media_full(self.media_hook, msg)
         if full is not None:
             return [

@@ -296,8 +296,9 @@ class AuthorizingContactProxy:
         now: float,
         *,
         congested: Callable[[Any], bool] = never_congested,
+        overloaded: bool = False,
     ) -> list[Any]:
-        actions = self._core.from_network(transport, src, data, now, congested=congested)
+        actions = self._core.from_network(transport, src, data, now, congested=congested, overloaded=overloaded)
         if self.observer is not None and data.startswith(b"SIP/2.0 2"):
             for action in actions:
                 if isinstance(action, ToTunnel):
@@ -368,11 +369,14 @@ class AuthorizingContactProxy:
     def from_tunnel(
         self, tunnel_key: Any, session_id: str, flow_id: int, data: bytes, now: float, *,
         congested: Callable[[Any], bool] = never_congested,
+        overloaded: bool = False,
     ) -> list[Any]:
         head = data[:16].lstrip(b"\r\n")
         if not head or head.startswith(b"SIP/"):
             # Responses match our own Via or are dropped by the core.
-            return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now, congested=congested)
+            return self._core.from_tunnel(
+                tunnel_key, session_id, flow_id, data, now, congested=congested, overloaded=overloaded
+            )
         method = head.split(b" ", 1)[0].decode("ascii", "replace").upper()
         if method == "REGISTER":
             aor = _header_identity(_TO, data)
@@ -383,14 +387,18 @@ class AuthorizingContactProxy:
                 return self._refuse(tunnel_key, flow_id, data, method, "too many users on this tunnel")
             if self.observer is not None:
                 self.observer.request_from_tunnel(tunnel_key, session_id, data)
-                actions = self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now, congested=congested)
+                actions = self._core.from_tunnel(
+                    tunnel_key, session_id, flow_id, data, now, congested=congested, overloaded=overloaded
+                )
                 # The embedded registrar answers at once, inside the core.
                 for action in actions:
                     if isinstance(action, ToTunnel) and action.data.startswith(b"SIP/2.0 2"):
                         self.observer.response_to_tunnel(action.tunnel_key, action.flow_id, action.data)
                 return actions
         if method in UNREGISTERED_METHODS or not self.require_registration:
-            return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now, congested=congested)
+            return self._core.from_tunnel(
+                tunnel_key, session_id, flow_id, data, now, congested=congested, overloaded=overloaded
+            )
         identities = self.identities(session_id)
         if not identities:
             return self._refuse(tunnel_key, flow_id, data, method, "tunnel not registered")
@@ -406,7 +414,9 @@ class AuthorizingContactProxy:
         preferred = preferred_refusal(data, identities, end)
         if preferred is not None:
             return self._refuse(tunnel_key, flow_id, data, method, preferred)
-        return self._core.from_tunnel(tunnel_key, session_id, flow_id, data, now, congested=congested)
+        return self._core.from_tunnel(
+            tunnel_key, session_id, flow_id, data, now, congested=congested, overloaded=overloaded
+        )
 
     def _refuse(
         self,

@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_sip_proxy -*-
 """
 How both SIP proxy cores refuse a message: the crude error answer to one
-that did not parse (RFC 3261 8.2.6), and the C{503} of a congested
-tunnel.  What a message that parsed needs (RFC 3261 8.1.1 headers, every
+that did not parse (RFC 3261 8.2.6), the C{503} of a congested
+tunnel, and the C{503} of an overloaded half (L{shed}).  What a message that parsed needs (RFC 3261 8.1.1 headers, every
 Via well-formed, CSeq matching the method) L{spwm.sip.message.parse_message}
 checked already.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from spwm.sip.actions import Action, Dropped, MediaHook, MediaRefusal, TunnelKey, show_media
+from spwm.sip.actions import Action, Counters, Dropped, MediaHook, MediaRefusal, TunnelKey, show_media
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import SipMessage, make_response, stable_tag
 from spwm.sip.uri import SipUri, parse_uri
@@ -33,6 +33,10 @@ __all__ = [
     "options_for_hop",
     "starts_work",
     "NO_TUNNEL",
+    "OVERLOADED",
+    "OVERLOADED_COUNTER",
+    "RETRANSMITTED_OVERLOADED",
+    "shed",
     "unavailable",
 ]
 
@@ -47,6 +51,16 @@ CONGESTED_RETRY_AFTER = 5
 #: The log reason (and counter) of a retransmitted INVITE dropped while
 #: its tunnel is congested (L{RecentInvites}).
 RETRANSMITTED_CONGESTED = "INVITE retransmission dropped: tunnel congested"
+
+#: The log reason of a new request refused because this half's SIP input
+#: has been backlogged too long (L{shed}; L{spwm.sip.transport}).
+OVERLOADED = "overloaded: new request refused with 503"
+#: ... and the counter it is counted under.
+OVERLOADED_COUNTER = "overloaded"
+
+#: The log reason (and counter) of a retransmitted INVITE dropped while
+#: the half is overloaded: its original was passed on before (L{shed}).
+RETRANSMITTED_OVERLOADED = "INVITE retransmission dropped: overloaded"
 
 #: The log reason (and counter) of a retransmitted INVITE dropped because
 #: a 2xx to it has passed back already (L{RecentInvites.accepted}).
@@ -271,6 +285,9 @@ class RecentInvites:
         self._accepted: set[tuple[str, str]] = set()
         # when the last copy of each was passed on (when told the time)
         self._passed_at: dict[tuple[str, str], float] = {}
+        # the new requests refused as overloaded lately (L{shed}), oldest
+        # first, at most C{limit}
+        self._shed: dict[tuple[str, str], None] = {}
 
     @staticmethod
     def _key(msg: SipMessage) -> tuple[str, str] | None:
@@ -310,6 +327,29 @@ class RecentInvites:
         self._seen[key] = None
         self._trim()
         return key
+
+    def shed(self, msg: SipMessage) -> None:
+        """
+        C{msg}, a new request, was refused as overloaded (L{shed}): its
+        retransmissions are refused alike (L{was_shed}), even once the
+        overload is over.
+        """
+        key = self._key(msg)
+        if key is None:
+            return
+        shed = self._shed
+        shed[key] = None
+        if len(shed) > self.limit:
+            del shed[next(iter(shed))]
+
+    def was_shed(self, msg: SipMessage) -> bool:
+        """
+        Whether C{msg} is a copy of a new request refused as overloaded.
+        """
+        if not self._shed:
+            return False
+        key = self._key(msg)
+        return key is not None and key in self._shed
 
     def _trim(self) -> None:
         """
@@ -383,3 +423,37 @@ class RecentInvites:
             self._seen[invite] = msg.body
             self._bytes += len(msg.body) - (len(old) if old is not None else 0)
             self._trim()
+
+
+def shed(
+    msg: SipMessage, overloaded: bool, invites: RecentInvites, counters: Counters
+) -> tuple[bytes | None, Dropped] | None:
+    """
+    What a half does with a request while its SIP input is overloaded
+    (L{spwm.sip.transport}: messages have waited for a later turn,
+    without the backlog clearing, for longer than its limit): a new
+    request (L{starts_work}) is answered C{503} with C{Retry-After} at
+    once, for a few microseconds of work, instead of being passed on to
+    cost both halves a call's work each; dialogs, ACKs and CANCELs go on,
+    so the calls already set up end well.  Without it, an overload
+    snowballs: requests wait past their senders' retransmission timers
+    (T1, 0.5 s), every copy adds work, and calls already admitted fail.
+
+    A retransmission of an INVITE passed on before the overload is
+    dropped (its original is on its way; RFC 3261 lets a proxy drop it,
+    not answer it differently); a copy of a request refused here is
+    refused again even after the overload (remembered by
+    L{RecentInvites.shed}): passed on later, it would start a call that
+    its caller, answered 503, no longer waits for.
+
+    @return: C{None}: handle C{msg} as usual; otherwise the answer to
+        send back (C{None}: nothing) and the counting action.
+    """
+    if not overloaded and not invites.was_shed(msg):
+        return None
+    if not starts_work(msg):
+        return None
+    if invites.again(msg):
+        return None, counters.drop(RETRANSMITTED_OVERLOADED, RETRANSMITTED_OVERLOADED)
+    invites.shed(msg)
+    return unavailable(msg, "overloaded"), counters.refuse(OVERLOADED, OVERLOADED_COUNTER)

@@ -57,6 +57,7 @@ from spwm.sip.checks import (
     media_full_response,
     options_answer,
     options_for_hop,
+    shed,
     starts_work,
     unavailable,
 )
@@ -724,6 +725,7 @@ class ContactSipProxy:
         now: float,
         *,
         congested: Callable[[TunnelKey], bool] = never_congested,
+        overloaded: bool = False,
     ) -> list[Action]:
         """
         A SIP message from the agent behind C{tunnel_key}, for its flow
@@ -734,6 +736,8 @@ class ContactSipProxy:
             with C{503}); asked only of the tunnel a request from the
             network goes to (with the embedded registrar, a request from
             one tunnel comes back from the network for another).
+        @param overloaded: whether this half's SIP input is overloaded:
+            new requests are then refused with C{503} (L{shed}).
         """
         if (
             not 0 <= flow_id < 2**32
@@ -750,13 +754,13 @@ class ContactSipProxy:
                 data, e, "tunnel", lambda resp: ToTunnel(tunnel_key, flow_id, resp)
             )
         if msg.is_request:
-            steps = self._tunnel_request(tunnel_key, session_id, flow_id, msg, now)
+            steps = self._tunnel_request(tunnel_key, session_id, flow_id, msg, now, overloaded)
         else:
             steps = self._tunnel_response(tunnel_key, session_id, msg, now)
         return self._settle(steps, now, congested)
 
     def _tunnel_request(
-        self, key: TunnelKey, session: str, fid: int, msg: SipMessage, now: float
+        self, key: TunnelKey, session: str, fid: int, msg: SipMessage, now: float, overloaded: bool = False
     ) -> list[_Step]:
         # (parse_message checked the headers a proxy relies on)
         mf = msg.max_forwards
@@ -785,6 +789,10 @@ class ContactSipProxy:
             redundant = self._invites.redundant(msg, now)
             if redundant is not None:
                 return [self.counters.drop(redundant, redundant)]
+        refused = shed(msg, overloaded, self._invites, self.counters)
+        if refused is not None:
+            answer, counted = refused
+            return [counted] if answer is None else [ToTunnel(key, fid, answer), counted]
         full = None if again else media_full(self.media_hook, msg, key)
         if full is not None:
             return [
@@ -1037,6 +1045,7 @@ class ContactSipProxy:
         now: float,
         *,
         congested: Callable[[TunnelKey], bool] = never_congested,
+        overloaded: bool = False,
     ) -> list[Action]:
         """
         A SIP message from the operator network, received on C{transport}
@@ -1045,8 +1054,11 @@ class ContactSipProxy:
         @param congested: whether a tunnel's signalling backlog is over
             its high-water mark: a new request for it is then refused with
             C{503}.
+        @param overloaded: whether this half's SIP input is overloaded:
+            new requests are then refused with C{503} (L{shed}); not the
+            spirals of messages already taken in.
         """
-        return self._settle(self._network(transport, src, data, now, congested), now, congested)
+        return self._settle(self._network(transport, src, data, now, congested, overloaded), now, congested)
 
     def _settle(
         self, steps: list[_Step], now: float, congested: Callable[[TunnelKey], bool]
@@ -1092,6 +1104,7 @@ class ContactSipProxy:
         data: bytes,
         now: float,
         congested: Callable[[TunnelKey], bool],
+        overloaded: bool = False,
     ) -> list[_Step]:
         if not data.strip(b"\r\n\t "):
             return []
@@ -1102,7 +1115,7 @@ class ContactSipProxy:
                 self._malformed(data, e, "network", lambda resp: ToNetwork(transport, src, resp))
             )
         if msg.is_request:
-            return self._network_request(transport, src, msg, now, congested)
+            return self._network_request(transport, src, msg, now, congested, overloaded)
         return self._network_response(src, msg, now)
 
     def _network_response(self, src: tuple[str, int], msg: SipMessage, now: float) -> list[_Step]:
@@ -1163,6 +1176,7 @@ class ContactSipProxy:
         msg: SipMessage,
         now: float,
         congested: Callable[[TunnelKey], bool],
+        overloaded: bool = False,
     ) -> list[_Step]:
         # (parse_message checked the headers a proxy relies on)
         if self._ringing.answered and msg.method == "ACK":
@@ -1178,6 +1192,15 @@ class ContactSipProxy:
             assert top_via is not None
             via_transport, dest = via_destination(top_via)
             return self._send_response(via_transport, dest, options_answer(msg))
+        refused = shed(msg, overloaded, self._invites, self.counters)
+        if refused is not None:
+            answer, counted = refused
+            if answer is None:
+                return [counted]
+            top_via = msg.top_via
+            assert top_via is not None
+            via_transport, dest = via_destination(top_via)
+            return self._send_response(via_transport, dest, answer) + [counted]
         if mf is not None and mf <= 0:
             return self._refuse(msg, 483, "Too Many Hops")
         decrement_max_forwards(msg, mf)

@@ -271,20 +271,23 @@ class FanoutCore:
     # -- from the applications ---------------------------------------------
 
     def from_app(
-        self, flow: Any, data: bytes, now: float, *, congested: bool = False
+        self, flow: Any, data: bytes, now: float, *, congested: bool = False, overloaded: bool = False
     ) -> list[Action]:
         """
         A message from a LAN application: a REGISTER goes through every
-        live side, anything else through one.
+        live side, anything else through one (C{congested}, C{overloaded}:
+        as L{spwm.sip.agent_proxy.AgentSipProxy.from_app}'s).
         """
         try:
             msg = parse_message(data, max_size=self.max_message_size)
         except SipParseError:
             # the default side answers (or drops) it as it does alone
-            return self.sides[self.preferred()].from_app(flow, data, now, congested=congested)
+            return self.sides[self.preferred()].from_app(
+                flow, data, now, congested=congested, overloaded=overloaded
+            )
         call_id = msg.call_id
         if msg.is_request and msg.method == "REGISTER" and not _has_reg_id(msg):
-            return self._register(flow, msg, data, now, congested)
+            return self._register(flow, msg, data, now, congested, overloaded)
         side = self._calls.get(call_id)
         if side is None or (msg.is_request and msg.to_tag is None and msg.method not in ("ACK", "CANCEL")):
             # a new request: the first live side (a retransmission of
@@ -292,10 +295,10 @@ class FanoutCore:
             if side is None or not self._live(side):
                 side = self._side_for(msg)
         self._remember(call_id, side)
-        return self.sides[side].from_app(flow, data, now, congested=congested)
+        return self.sides[side].from_app(flow, data, now, congested=congested, overloaded=overloaded)
 
     def _register(
-        self, flow: Any, msg: SipMessage, data: bytes, now: float, congested: bool
+        self, flow: Any, msg: SipMessage, data: bytes, now: float, congested: bool, overloaded: bool
     ) -> list[Action]:
         key = (msg.call_id, msg.cseq[0])
         fan = self._registers.get(key)
@@ -311,7 +314,7 @@ class FanoutCore:
                 self.counters.count("register through one contact point")
         actions: list[Action] = []
         for n, k in enumerate(fan.sides):
-            for action in self.sides[k].from_app(flow, data, now, congested=congested):
+            for action in self.sides[k].from_app(flow, data, now, congested=congested, overloaded=overloaded):
                 if isinstance(action, ToTunnel):
                     actions.append(attrs.evolve(action, data=_leg_request(action.data, k, self.max_message_size)))
                 elif n == 0:
@@ -322,9 +325,12 @@ class FanoutCore:
 
     # -- from the tunnels ------------------------------------------------
 
-    def from_side(self, side: int, flow_id: int, data: bytes, now: float) -> list[Action]:
+    def from_side(
+        self, side: int, flow_id: int, data: bytes, now: float, *, overloaded: bool = False
+    ) -> list[Action]:
         """
-        A message for application flow C{flow_id} from side C{side}'s tunnel.
+        A message for application flow C{flow_id} from side C{side}'s tunnel
+        (C{overloaded}: as L{spwm.sip.agent_proxy.AgentSipProxy.from_tunnel}'s).
         """
         try:
             msg = parse_message(data, max_size=self.max_message_size)
@@ -332,7 +338,7 @@ class FanoutCore:
             return self.sides[side].from_tunnel(flow_id, data, now)
         if msg.is_request:
             self._remember(msg.call_id, side)
-            return self.sides[side].from_tunnel(flow_id, data, now)
+            return self.sides[side].from_tunnel(flow_id, data, now, overloaded=overloaded)
         if msg.cseq_method != "REGISTER":
             return self.sides[side].from_tunnel(flow_id, data, now)
         return self._register_answer(side, flow_id, msg, data, now)

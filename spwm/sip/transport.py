@@ -486,14 +486,26 @@ class SipStreamFactory(Factory):
 #: waited that long).
 SLICE = 0.0005
 
-#: Messages that may wait for a later turn (some 0.1 s of SIP work: a
-#: request waiting much longer is retransmitted by its sender, and the
-#: copy would add work).  When that many wait, each new one is queued
-#: after the oldest waiting is handled at once: the order holds, the
-#: queue and its delay stay bounded, and a half that cannot keep up
-#: reads as slowly as without slices (the kernel's buffers then drop, as
-#: before).
-MAX_WAITING = 256
+#: Messages that may wait for a later turn (a few tenths of a second of
+#: SIP work: enough for a wait to reach L{OVERLOAD_AFTER}, whose
+#: refusals then keep the queue short).  When that many wait, each new
+#: one is queued after the oldest waiting is handled at once: the order
+#: holds, the queue and its delay stay bounded, and a half that cannot
+#: keep up reads as slowly as without slices (the kernel's buffers then
+#: drop, as before).
+MAX_WAITING = 2048
+
+#: Seconds a new request may have waited for its turn here before it is
+#: refused as overloaded: answered 503 at once (L{spwm.sip.checks.shed}),
+#: a few tens of microseconds of work instead of a call's.  A burst of
+#: call set-ups waits milliseconds; a wait this long means requests come
+#: faster than the half handles them, and left to grow the waits pass the
+#: senders' retransmission timer (T1, 0.5 s), after which every copy adds
+#: work and the calls already admitted fail with the new ones.  Only the
+#: waits of this queue count: a half starved of CPU for a while (the host,
+#: a garbage collection) reads what came meanwhile at once, and handles
+#: it unrefused unless that takes this long.
+OVERLOAD_AFTER = 0.2
 
 
 class _Runner:
@@ -508,7 +520,9 @@ class _Runner:
     them).  A change of a tunnel or a connection (up, lost, dormant) first
     handles every waiting message, so it comes after what arrived before
     it, as without slicing.  Without C{slice_seconds} (tests) every
-    message is handled at once.
+    message is handled at once.  A message that waited for its turn
+    C{overload_after} seconds or longer (L{OVERLOAD_AFTER}; C{None}:
+    never) is handed to the core as overloaded (L{overloaded}).
     """
 
     log = Logger()
@@ -523,15 +537,20 @@ class _Runner:
         trace: SipTrace | None = None,
         slice_seconds: float | None = None,
         timer: Callable[[], float] = time.perf_counter,
+        overload_after: float | None = OVERLOAD_AFTER,
     ) -> None:
         self.core = core
         self._clock = clock
         self.trace = trace
         self._slice = slice_seconds
         self._timer_now = timer
-        self._waiting: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._waiting: deque[tuple[Callable[..., None], tuple[Any, ...], float]] = deque()
         self._slice_end: float | None = None
         self._turn: IDelayedCall | None = None
+        #: L{OVERLOAD_AFTER} (C{None}: never overloaded); how long the
+        #: message being handled waited for its turn here
+        self._overload_after = overload_after
+        self._waited = 0.0
         #: messages that waited for a later turn, and turns that had some
         self.deferred_messages = 0
         self.deferred_turns = 0
@@ -564,10 +583,11 @@ class _Runner:
             return
         waiting = self._waiting
         if waiting:
+            now = self._timer_now()
             if len(waiting) >= MAX_WAITING:
                 # full: the oldest goes now, this one behind the rest
-                self._run(*waiting.popleft())
-            waiting.append((handle, args))
+                self._run(*waiting.popleft(), now)
+            waiting.append((handle, args, now))
             self.deferred_messages += 1
             return
         now = self._timer_now()
@@ -577,7 +597,7 @@ class _Runner:
         if now < self._slice_end:
             handle(*args)
         else:
-            self._waiting.append((handle, args))
+            self._waiting.append((handle, args, now))
             self.deferred_messages += 1
             self.deferred_turns += 1
 
@@ -589,35 +609,66 @@ class _Runner:
         end = self._slice_end = self._timer_now() + (self._slice or 0.0)
         self._turn = self._clock.callLater(0, self._next_turn)
         waiting = self._waiting
-        while waiting and self._timer_now() < end:
-            handle, args = waiting.popleft()
-            self._run(handle, args)
+        timer = self._timer_now
+        now = timer()
+        while waiting and now < end:
+            handle, args, since = waiting.popleft()
+            self._run(handle, args, since, now)
+            now = timer()
         if waiting:
             self.deferred_turns += 1
 
-    def _run(self, handle: Callable[..., None], args: tuple[Any, ...]) -> None:
+    def _run(self, handle: Callable[..., None], args: tuple[Any, ...], since: float, now: float) -> None:
+        """
+        Handle a message that waited for its turn since C{since}.
+        """
+        self._waited = now - since
         try:
             handle(*args)
         except Exception:
             self.log.failure("SIP message failed")
+        finally:
+            self._waited = 0.0
 
     def drain(self) -> None:
         """
         Handle every waiting message now, in order.
         """
         waiting = self._waiting
+        timer = self._timer_now
         while waiting:
-            handle, args = waiting.popleft()
-            self._run(handle, args)
+            handle, args, since = waiting.popleft()
+            self._run(handle, args, since, timer())
+
+    def overloaded(self) -> bool:
+        """
+        Whether the message being handled waited for its turn for
+        L{OVERLOAD_AFTER} or longer: what the cores are told with each
+        message, to refuse it if it is a new request
+        (L{spwm.sip.checks.shed}).
+        """
+        after = self._overload_after
+        return after is not None and self._waited >= after
+
+    def oldest_wait(self) -> float:
+        """
+        Seconds the oldest message waiting for its turn has waited (0:
+        none waits).
+        """
+        waiting = self._waiting
+        return self._timer_now() - waiting[0][2] if waiting else 0.0
 
     def slice_status(self) -> dict[str, int]:
         """
-        For the status: messages waiting for a later turn now, and since
-        the start the messages that waited and the turns whose SIP work
-        ran over its slice.
+        For the status: messages waiting for a later turn now, whether
+        the oldest of them has waited L{OVERLOAD_AFTER} or longer (new
+        requests that wait as long are answered 503), and since the start
+        the messages that waited and the turns whose SIP work ran over its
+        slice.
         """
         return {
             "waiting": len(self._waiting),
+            "overloaded": int(self._overload_after is not None and self.oldest_wait() >= self._overload_after),
             "deferred_messages": self.deferred_messages,
             "deferred_turns": self.deferred_turns,
         }
@@ -963,8 +1014,9 @@ class AgentSipRunner(_Runner):
         trace: SipTrace | None = None,
         slice_seconds: float | None = None,
         timer: Callable[[], float] = time.perf_counter,
+        overload_after: float | None = OVERLOAD_AFTER,
     ) -> None:
-        super().__init__(core, clock, trace, slice_seconds, timer)
+        super().__init__(core, clock, trace, slice_seconds, timer, overload_after)
         self._send_to_tunnel = send_to_tunnel
         self._sources = RouteSources()
         # phones using SIP outbound over UDP keep their flows with STUN
@@ -984,7 +1036,9 @@ class AgentSipRunner(_Runner):
         if self.trace is not None and data.strip(b"\r\n\t "):
             self.trace.message("received from", self._app_peer(flow), data, addr, proto.local)
         self.execute(
-            self.core.from_app(flow, data, self._clock.seconds(), congested=self._congested())
+            self.core.from_app(
+                flow, data, self._clock.seconds(), congested=self._congested(), overloaded=self.overloaded()
+            )
         )
 
     def _stream_message(self, proto: SipStreamProtocol, data: bytes) -> None:
@@ -994,7 +1048,9 @@ class AgentSipRunner(_Runner):
                 "received from", self._app_peer(flow), data, flow.remote, flow.local, flow.transport
             )
         self.execute(
-            self.core.from_app(flow, data, self._clock.seconds(), congested=self._congested())
+            self.core.from_app(
+                flow, data, self._clock.seconds(), congested=self._congested(), overloaded=self.overloaded()
+            )
         )
 
     def _congested(self) -> bool:
@@ -1045,10 +1101,11 @@ class AgentSipRunner(_Runner):
             self.trace.message("received from", self._tunnel_peer(tunnel, flow_id), data, remote, local, carried)
         try:
             now = self._clock.seconds()
+            overloaded = self.overloaded()
             if side is None:
-                self.execute(self.core.from_tunnel(flow_id, data, now))
+                self.execute(self.core.from_tunnel(flow_id, data, now, overloaded=overloaded))
             else:
-                self.execute(self.core.from_side(side, flow_id, data, now))
+                self.execute(self.core.from_side(side, flow_id, data, now, overloaded=overloaded))
         except Exception:
             self.log.failure("SIP message from the tunnel failed", flow_id=flow_id)
 
@@ -1117,8 +1174,9 @@ class ContactSipRunner(_Runner):
         trace: SipTrace | None = None,
         slice_seconds: float | None = None,
         timer: Callable[[], float] = time.perf_counter,
+        overload_after: float | None = OVERLOAD_AFTER,
     ) -> None:
-        super().__init__(core, clock, trace, slice_seconds, timer)
+        super().__init__(core, clock, trace, slice_seconds, timer, overload_after)
         self._connect = connect
         self._send_to_tunnel = send_to_tunnel
         self.max_connections = max_connections
@@ -1218,7 +1276,7 @@ class ContactSipRunner(_Runner):
             self.trace.message("received from", f"operator udp {peer_text(addr)}", data, addr, proto.local)
         self.execute(
             self.core.from_network(
-                "udp", addr, data, self._clock.seconds(), congested=_tunnel_congested
+                "udp", addr, data, self._clock.seconds(), congested=_tunnel_congested, overloaded=self.overloaded()
             )
         )
 
@@ -1239,7 +1297,7 @@ class ContactSipRunner(_Runner):
             )
         self.execute(
             self.core.from_network(
-                "tcp", proto.peer, data, self._clock.seconds(), congested=_tunnel_congested
+                "tcp", proto.peer, data, self._clock.seconds(), congested=_tunnel_congested, overloaded=self.overloaded()
             )
         )
 
@@ -1428,7 +1486,7 @@ class ContactSipRunner(_Runner):
             now = self._clock.seconds()
             self.execute(
                 self.core.from_tunnel(
-                    tunnel, tunnel.session_id, flow_id, data, now, congested=_tunnel_congested
+                    tunnel, tunnel.session_id, flow_id, data, now, congested=_tunnel_congested, overloaded=self.overloaded()
                 )
             )
         except Exception:
