@@ -1,5 +1,7 @@
 """
-SPWM's tests.  Run them all with C{python -m twisted.trial tests}.
+SPWM's tests.  Run them all with C{python3 -m tests} (L{tests.__main__}:
+the unit and integration tests in two trial workers, then the end-to-end
+tests alone), or in one process with C{python3 -m twisted.trial tests}.
 """
 
 import os
