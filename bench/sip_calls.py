@@ -227,6 +227,10 @@ def _children_cpu() -> float:
     return total - prev
 
 
+#: how SIPp's error log names a call whose INVITE was refused as overloaded
+REFUSED_OVERLOADED = "received 'SIP/2.0 503 Service Unavailable (overloaded)"
+
+
 def _refused_overloaded(cwd: str) -> int:
     """
     Calls whose INVITE a half refused as overloaded (C{503 Service
@@ -238,9 +242,7 @@ def _refused_overloaded(cwd: str) -> int:
             with open(os.path.join(cwd, name), errors="replace") as f:
                 # one "Aborting call" line per call; answers to its
                 # retransmissions come later as "Dead call" lines
-                count += sum(
-                    1 for line in f if "Aborting call" in line and "received 'SIP/2.0 503 Service Unavailable (overloaded)" in line
-                )
+                count += sum(1 for line in f if "Aborting call" in line and REFUSED_OVERLOADED in line)
     return count
 
 

@@ -1,10 +1,10 @@
 # -*- test-case-name: tests.test_sip_proxy -*-
 """
 How both SIP proxy cores refuse a message: the crude error answer to one
-that did not parse (RFC 3261 8.2.6), the C{503} of a congested
-tunnel, and the C{503} of an overloaded half (L{shed}).  What a message that parsed needs (RFC 3261 8.1.1 headers, every
-Via well-formed, CSeq matching the method) L{spwm.sip.message.parse_message}
-checked already.
+that did not parse (RFC 3261 8.2.6), the C{503} of a congested tunnel,
+and the C{503} of an overloaded half (L{shed}).  What a message that
+parsed needs (RFC 3261 8.1.1 headers, every Via well-formed, CSeq
+matching the method) L{spwm.sip.message.parse_message} checked already.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ CONGESTED_RETRY_AFTER = 5
 #: its tunnel is congested (L{RecentInvites}).
 RETRANSMITTED_CONGESTED = "INVITE retransmission dropped: tunnel congested"
 
-#: The log reason of a new request refused because this half's SIP input
-#: has been backlogged too long (L{shed}; L{spwm.sip.transport}).
+#: The log reason of a new request refused because it waited too long
+#: for its turn in this half (L{shed}; L{spwm.sip.transport.OVERLOAD_AFTER}).
 OVERLOADED = "overloaded: new request refused with 503"
 #: ... and the counter it is counted under.
 OVERLOADED_COUNTER = "overloaded"
@@ -429,11 +429,11 @@ def shed(
     msg: SipMessage, overloaded: bool, invites: RecentInvites, counters: Counters
 ) -> tuple[bytes | None, Dropped] | None:
     """
-    What a half does with a request while its SIP input is overloaded
-    (L{spwm.sip.transport}: messages have waited for a later turn,
-    without the backlog clearing, for longer than its limit): a new
-    request (L{starts_work}) is answered C{503} with C{Retry-After} at
-    once, for a few microseconds of work, instead of being passed on to
+    What a half does with a request that came while its SIP input is
+    overloaded (C{overloaded}: the request waited for its turn in the
+    runner's queue for L{spwm.sip.transport.OVERLOAD_AFTER} or longer): a
+    new request (L{starts_work}) is answered C{503} with C{Retry-After} at
+    once, for some 50 microseconds of work, instead of being passed on to
     cost both halves a call's work each; dialogs, ACKs and CANCELs go on,
     so the calls already set up end well.  Without it, an overload
     snowballs: requests wait past their senders' retransmission timers

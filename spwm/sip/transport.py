@@ -490,7 +490,7 @@ SLICE = 0.0005
 #: SIP work: enough for a wait to reach L{OVERLOAD_AFTER}, whose
 #: refusals then keep the queue short).  When that many wait, each new
 #: one is queued after the oldest waiting is handled at once: the order
-#: holds, the queue and its delay stay bounded, and a half that cannot
+#: holds, the queue's memory stays bounded, and a half that cannot
 #: keep up reads as slowly as without slices (the kernel's buffers then
 #: drop, as before).
 MAX_WAITING = 2048
@@ -606,11 +606,11 @@ class _Runner:
         self._slice_end = None
         if not self._waiting:
             return
-        end = self._slice_end = self._timer_now() + (self._slice or 0.0)
-        self._turn = self._clock.callLater(0, self._next_turn)
-        waiting = self._waiting
         timer = self._timer_now
         now = timer()
+        end = self._slice_end = now + (self._slice or 0.0)
+        self._turn = self._clock.callLater(0, self._next_turn)
+        waiting = self._waiting
         while waiting and now < end:
             handle, args, since = waiting.popleft()
             self._run(handle, args, since, now)
@@ -1276,7 +1276,12 @@ class ContactSipRunner(_Runner):
             self.trace.message("received from", f"operator udp {peer_text(addr)}", data, addr, proto.local)
         self.execute(
             self.core.from_network(
-                "udp", addr, data, self._clock.seconds(), congested=_tunnel_congested, overloaded=self.overloaded()
+                "udp",
+                addr,
+                data,
+                self._clock.seconds(),
+                congested=_tunnel_congested,
+                overloaded=self.overloaded(),
             )
         )
 
@@ -1297,7 +1302,12 @@ class ContactSipRunner(_Runner):
             )
         self.execute(
             self.core.from_network(
-                "tcp", proto.peer, data, self._clock.seconds(), congested=_tunnel_congested, overloaded=self.overloaded()
+                "tcp",
+                proto.peer,
+                data,
+                self._clock.seconds(),
+                congested=_tunnel_congested,
+                overloaded=self.overloaded(),
             )
         )
 
@@ -1486,7 +1496,13 @@ class ContactSipRunner(_Runner):
             now = self._clock.seconds()
             self.execute(
                 self.core.from_tunnel(
-                    tunnel, tunnel.session_id, flow_id, data, now, congested=_tunnel_congested, overloaded=self.overloaded()
+                    tunnel,
+                    tunnel.session_id,
+                    flow_id,
+                    data,
+                    now,
+                    congested=_tunnel_congested,
+                    overloaded=self.overloaded(),
                 )
             )
         except Exception:
