@@ -31,7 +31,7 @@ from twisted.web.client import Agent, readBody
 
 from spwm.tap import agent
 from spwm.tap.assembly import build_agent
-from spwm.testing.phone import Phone, build_sip, make_sdp, parse_sip, rtp_packet, sdp_audio_target, tag_of, uri_of
+from spwm.testing.phone import Phone, TransactionTimeout, build_sip, make_sdp, parse_sip, rtp_packet, sdp_audio_target, tag_of, uri_of
 from spwm.testing.ports import free_port
 from spwm.testing.procs import alive, children
 from spwm.session.carrier import path_kind
@@ -242,7 +242,17 @@ class _Workers(TestCase):
         phone.start()
         self.phones.append(phone)
         # digest credentials: the session gets a key, so it can be resumed
-        response = yield phone.register(authorization=DIGEST.format(user=f"u{index}"))
+        try:
+            response = yield phone.register(authorization=DIGEST.format(user=f"u{index}"))
+        except TransactionTimeout as e:
+            # say where the REGISTER may have stopped: the agent's tunnel
+            # and SIP counters, what the workers logged
+            document = built.status.document()
+            self.fail(
+                f"agent{index}: {e}; its tunnel {document.get('tunnel')}, paths {document.get('paths')},"
+                f" SIP held {document.get('no_tunnel')}, SIP {document.get('sip')};"
+                f" the operator has {sorted(self.operator.bindings)}; the workers said:\n{self.process.text()[-6000:]}"
+            )
         self.assertTrue(response.first.startswith("SIP/2.0 200"), response.first)
         return phone
 
