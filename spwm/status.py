@@ -325,7 +325,7 @@ HELP: dict[str, str] = {
     "paths_connections_spare": "Agent, --tunnel-connections auto: spare connections kept beside the most the media stalls ask for (the copies take them in turn; a cut leaves the copies whole).",
     "paths_connections_for_load": "Agent, --tunnel-connections auto: connections the media load asks for now or asked for within the last 60 s (many calls on a lossy link; 0: none).",
     "sip_waiting": "SIP messages waiting for a later reactor turn now (the SIP work of a turn is cut at 0.5 ms).",
-    "sip_overloaded": "1 while the oldest SIP message waiting for its turn has waited 0.2 s or more: new requests that waited as long are answered 503 (counted under events, key 'overloaded').",
+    "sip_overloaded": "1 while the oldest SIP message waiting for its turn has waited 0.2 s or more and messages have been handled that late for 0.05 s: new requests that waited as long are answered 503 (counted under events, key 'overloaded').",
     "sip_deferred_messages": "SIP messages that waited for a later reactor turn.",
     "sip_deferred_turns": "Reactor turns whose SIP work ran over its 0.5 ms slice (the rest waited).",
     "loop_lag_ms_p50": "How late the reactor ran its timers, median of the last 10 s window (ms).",

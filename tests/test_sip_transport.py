@@ -26,6 +26,7 @@ from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.testing.tunnel import FakeTunnel
 from spwm.sip.transport import (
     OVERLOAD_AFTER,
+    OVERLOAD_HOLD,
     AgentSipRunner,
     ContactSipRunner,
     SipStreamFactory,
@@ -1168,27 +1169,51 @@ class SliceTests(SynchronousTestCase):
 
     def test_overloaded_after_a_long_wait(self) -> None:
         """
-        A message that waited for its turn for
-        L{spwm.sip.transport.OVERLOAD_AFTER} or longer is handed to the
-        core as overloaded (and the status says so while such a message
-        waits); one that waited less, or none, is not.
+        Once the messages have been handled after waits of
+        L{spwm.sip.transport.OVERLOAD_AFTER} or longer for
+        L{spwm.sip.transport.OVERLOAD_HOLD}, the next such message is
+        handed to the core as overloaded (and the status says so while
+        such a message waits); one that waited less is not, and the
+        overload ends as the half catches up.
         """
-        self._burst(10)
-        self.assertEqual(self.runner.slice_status()["overloaded"], 0)
+        self._burst(20)
         self.clock.step()
         self.assertEqual(self.core.overloaded[b"m3"], False)
-        # the half is busy elsewhere: longer than that passes, and more
-        # messages queue behind
+        # the half does not keep up: every message waits long; the first
+        # ones handled that late begin the lateness
         self.now[0] += OVERLOAD_AFTER + 0.1
+        self.clock.step()
+        self.assertEqual(self.core.seen[-1], b"m8")
+        self.assertEqual({self.core.overloaded[b"m%d" % i] for i in (6, 7, 8)}, {False})
+        self.assertEqual(self.runner.slice_status()["overloaded"], 0)
+        # it lasts: from now on the late ones are overloaded
+        self.now[0] += OVERLOAD_HOLD
         self.runner.sip_received(self.tunnel, 1, b"late")
         self.assertEqual(self.runner.slice_status()["overloaded"], 1)
         while self.runner.waiting:
             self.clock.step()
-        self.assertEqual((self.core.overloaded[b"m6"], self.core.overloaded[b"m9"]), (True, True))
+        self.assertEqual({self.core.overloaded[b"m%d" % i] for i in range(9, 20)}, {True})
+        # "late" waited little: handed on; the half caught up
         self.assertEqual((self.core.overloaded[b"late"], self.runner.slice_status()["overloaded"]), (False, 0))
         self.clock.step()
         self.runner.sip_received(self.tunnel, 1, b"after")
         self.assertEqual(self.core.overloaded[b"after"], False)
+
+    def test_stall_not_overloaded(self) -> None:
+        """
+        A half that stops for longer than
+        L{spwm.sip.transport.OVERLOAD_AFTER} (the host took its CPU, a
+        long reactor turn) with a few messages waiting hands them on
+        unrefused in the turns that follow: they waited long, but the
+        half catches up at once; it is no overload.
+        """
+        messages = self._burst(10)
+        self.now[0] += OVERLOAD_AFTER + 0.3
+        self.assertEqual(self.runner.slice_status()["overloaded"], 0)
+        while self.runner.waiting:
+            self.clock.step()
+        self.assertEqual(self.core.seen, messages)
+        self.assertEqual(set(self.core.overloaded.values()), {False})
 
     def test_never_overloaded_without_a_limit(self) -> None:
         """

@@ -507,6 +507,13 @@ MAX_WAITING = 2048
 #: it unrefused unless that takes this long.
 OVERLOAD_AFTER = 0.2
 
+#: Seconds the messages must have been handled that late before a new
+#: request is refused: an overload lasts, while a half that stopped for a
+#: moment (the host took its CPU, a long reactor turn) hands on the few
+#: messages that waited through it within a turn or two, and refusing
+#: them would fail calls the half has the capacity for.
+OVERLOAD_HOLD = 0.05
+
 
 class _Runner:
     """
@@ -522,7 +529,8 @@ class _Runner:
     it, as without slicing.  Without C{slice_seconds} (tests) every
     message is handled at once.  A message that waited for its turn
     C{overload_after} seconds or longer (L{OVERLOAD_AFTER}; C{None}:
-    never) is handed to the core as overloaded (L{overloaded}).
+    never), once the messages have been that late for L{OVERLOAD_HOLD},
+    is handed to the core as overloaded (L{overloaded}).
     """
 
     log = Logger()
@@ -550,7 +558,10 @@ class _Runner:
         #: L{OVERLOAD_AFTER} (C{None}: never overloaded); how long the
         #: message being handled waited for its turn here
         self._overload_after = overload_after
-        self._waited = 0.0
+        self._overloaded = False
+        #: when the messages began to be handled late (each after a wait
+        #: of L{OVERLOAD_AFTER} or longer); C{None} while they are not
+        self._late_since: float | None = None
         #: messages that waited for a later turn, and turns that had some
         self.deferred_messages = 0
         self.deferred_turns = 0
@@ -605,6 +616,7 @@ class _Runner:
         self._turn = None
         self._slice_end = None
         if not self._waiting:
+            self._late_since = None
             return
         timer = self._timer_now
         now = timer()
@@ -617,18 +629,27 @@ class _Runner:
             now = timer()
         if waiting:
             self.deferred_turns += 1
+        else:
+            self._late_since = None  # caught up
 
     def _run(self, handle: Callable[..., None], args: tuple[Any, ...], since: float, now: float) -> None:
         """
         Handle a message that waited for its turn since C{since}.
         """
-        self._waited = now - since
+        after = self._overload_after
+        if after is not None and now - since >= after:
+            late_since = self._late_since
+            if late_since is None:
+                self._late_since = late_since = now
+            self._overloaded = now - late_since >= OVERLOAD_HOLD
+        else:
+            self._late_since = None
         try:
             handle(*args)
         except Exception:
             self.log.failure("SIP message failed")
         finally:
-            self._waited = 0.0
+            self._overloaded = False
 
     def drain(self) -> None:
         """
@@ -639,16 +660,17 @@ class _Runner:
         while waiting:
             handle, args, since = waiting.popleft()
             self._run(handle, args, since, timer())
+        self._late_since = None
 
     def overloaded(self) -> bool:
         """
         Whether the message being handled waited for its turn for
-        L{OVERLOAD_AFTER} or longer: what the cores are told with each
-        message, to refuse it if it is a new request
+        L{OVERLOAD_AFTER} or longer, the messages before it having been
+        that late for L{OVERLOAD_HOLD} already: what the cores are told
+        with each message, to refuse it if it is a new request
         (L{spwm.sip.checks.shed}).
         """
-        after = self._overload_after
-        return after is not None and self._waited >= after
+        return self._overloaded
 
     def oldest_wait(self) -> float:
         """
@@ -666,9 +688,17 @@ class _Runner:
         the messages that waited and the turns whose SIP work ran over its
         slice.
         """
+        after = self._overload_after
+        late_since = self._late_since
+        overloaded = (
+            after is not None
+            and late_since is not None
+            and self.oldest_wait() >= after
+            and self._timer_now() - late_since >= OVERLOAD_HOLD
+        )
         return {
             "waiting": len(self._waiting),
-            "overloaded": int(self._overload_after is not None and self.oldest_wait() >= self._overload_after),
+            "overloaded": int(overloaded),
             "deferred_messages": self.deferred_messages,
             "deferred_turns": self.deferred_turns,
         }
