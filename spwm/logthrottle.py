@@ -6,7 +6,10 @@ a channel.  Each such line is counted always and written only when its
 policy says so:
 
   - L{Every}C{(seconds)}: the first time, then at most once per C{seconds};
-    the line says how many were suppressed since the last one;
+    the line says how many were suppressed since the last one (a closing
+    clause naming C{{suppressed}}, such as C{" ({suppressed} more since
+    the last such line)"}, is left out of a line when none were:
+    L{without_none_suppressed});
   - L{PowersOfTwo}: the 1st, 2nd, 4th, 8th... time (the line carries the
     count so far);
   - C{Every(60.0) | PowersOfTwo()}: whichever comes first.
@@ -32,6 +35,22 @@ from twisted.logger import Logger
 
 #: the default bound of a throttle's key table
 MAX_KEYS = 1024
+
+#: how the closing clause that counts the suppressed lines begins
+_SUPPRESSED_CLAUSE = " ({suppressed}"
+
+
+def without_none_suppressed(format: str, suppressed: int) -> str:
+    """
+    C{format} without its closing clause about the lines suppressed since
+    the last one (C{" ({suppressed} ...)"} at its end) when C{suppressed}
+    is 0: the first line of a kind, or one after a quiet while, does not
+    say "0 more".
+    """
+    if suppressed or not format.endswith(")"):
+        return format
+    at = format.rfind(_SUPPRESSED_CLAUSE)
+    return format if at < 0 else format[:at]
 
 
 class Policy:
@@ -188,7 +207,7 @@ class ThrottledLog:
             return False
         fields.setdefault("count", tally.count)
         fields.setdefault("suppressed", tally.suppressed)
-        self.log.warn(format, **fields)
+        self.log.warn(without_none_suppressed(format, fields["suppressed"]), **fields)
         return True
 
     def info(self, key: Hashable, format: str, **fields: Any) -> bool:
@@ -200,5 +219,5 @@ class ThrottledLog:
             return False
         fields.setdefault("count", tally.count)
         fields.setdefault("suppressed", tally.suppressed)
-        self.log.info(format, **fields)
+        self.log.info(without_none_suppressed(format, fields["suppressed"]), **fields)
         return True

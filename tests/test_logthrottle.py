@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.logthrottle import AnyOf, Every, PowersOfTwo, Tally, ThrottledLog
+from spwm.logthrottle import AnyOf, Every, PowersOfTwo, Tally, ThrottledLog, without_none_suppressed
 
 
 def _capture() -> tuple[Logger, list[dict[str, Any]]]:
@@ -58,12 +58,31 @@ class ThrottledLogTests(SynchronousTestCase):
         self.assertEqual(
             [formatEvent(e) for e in self.events],
             [
-                "dropped: a (0 more since the last such line)",
-                "dropped: b (0 more since the last such line)",
+                "dropped: a",
+                "dropped: b",
                 "dropped: a (3 more since the last such line)",
             ],
         )
         self.assertEqual([e["log_level"] for e in self.events], [LogLevel.warn] * 3)
+
+    def test_none_suppressed_says_nothing(self) -> None:
+        """
+        A line that follows none suppressed (the first, or one after a
+        quiet while) leaves out its closing clause about them; only that
+        clause, and only when it is the closing one.
+        """
+        t = ThrottledLog(self.log, self.clock, Every(10.0))
+        fmt = "refused: {reason} ({suppressed} more such lines suppressed)"
+        t.info("k", fmt, reason="x (y)")
+        self.clock.advance(10)
+        t.info("k", fmt, reason="x (y)")
+        t.info("other", "kept ({suppressed} such windows) here", reason="z")
+        self.assertEqual(
+            [formatEvent(e) for e in self.events],
+            ["refused: x (y)", "refused: x (y)", "kept (0 such windows) here"],
+        )
+        self.assertEqual(without_none_suppressed("a ({suppressed} more)", 2), "a ({suppressed} more)")
+        self.assertEqual(without_none_suppressed("a ({suppressed} more)", 0), "a")
 
     def test_info_level(self) -> None:
         t = ThrottledLog(self.log, self.clock, Every(1.0))

@@ -228,7 +228,7 @@ class AgentRunnerTests(SynchronousTestCase):
         self.assertEqual(self.tunnel.sip_sent, [])
         [(out, addr)] = tr.written
         self.assertEqual(parse_message(out).status, 503)
-        self.assertEqual(_lines(events), ["tunnel congested: new request refused with 503 (0 more since the last such line)"])
+        self.assertEqual(_lines(events), ["tunnel congested: new request refused with 503"])
         self.tunnel.congested = False
         udp.datagramReceived(request("INVITE", "sip:bob@example.org"), ("192.0.2.10", 5062))
         self.assertEqual(len(self.tunnel.sip_sent), 1)
@@ -275,7 +275,7 @@ class AgentRunnerTests(SynchronousTestCase):
         self.assertEqual(tr.written, [])
         self.assertEqual(
             _lines(events),
-            ["STUN message from 192.0.2.10:5062 not answered: STUN message type 0x0011, not a Binding request (0 more since the last such line)"],
+            ["STUN message from 192.0.2.10:5062 not answered: STUN message type 0x0011, not a Binding request"],
         )
         budget = self.runner.stun_budget
         assert budget is not None
@@ -426,7 +426,7 @@ class ContactRunnerTests(SynchronousTestCase):
         self.assertEqual(tr.written, [])
         self.assertEqual(
             _lines(events),
-            ["STUN message from 198.51.100.7:5060 not answered: STUN is answered on the agent's SIP ports only (0 more since the last such line)"],
+            ["STUN message from 198.51.100.7:5060 not answered: STUN is answered on the agent's SIP ports only"],
         )
         r.stop()
 
@@ -713,7 +713,7 @@ class ContactRunnerTests(SynchronousTestCase):
         lines = [formatEvent(e) for e in events if "TCP connection to" in formatEvent(e)]
         self.assertEqual(len(lines), 2, lines)
         self.assertIn("198.51.100.7:5060 failed, 1 messages dropped", lines[0])
-        self.assertIn("(0 more failures since the last such line)", lines[0])
+        self.assertTrue(lines[0].endswith("refused"), lines[0])
         self.assertIn("(2 more failures since the last such line)", lines[1])
         r.stop()
 

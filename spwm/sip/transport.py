@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 
 from spwm.addr import RouteSources, hostport, is_wildcard
 from spwm.addr import peer as peer_text
-from spwm.logthrottle import Every, ThrottledLog
+from spwm.logthrottle import Every, ThrottledLog, without_none_suppressed
 from spwm.session.paths import not_taken
 from spwm.sip.errors import SipParseError
 from spwm.sip.flows import Flow
@@ -947,17 +947,15 @@ class _Runner:
             return
         host = f"[{event.host}]" if ":" in event.host else event.host
         name = host if event.port is None else f"{host}:{event.port}"
-        self.log.warn(
+        line = without_none_suppressed(
             "{method} refused with 403 Forbidden: its Route {route} names neither "
             "this contact point nor one of its tunnel flows, and SPWM does not relay; "
             "if {name} is the agent, start the agent with --sip-name {name}; if it "
             "is this contact point, start it with --sip-name {name} "
             "({suppressed} more since the last such line)",
-            method=event.method,
-            route=event.route,
-            name=name,
-            suppressed=tally.suppressed,
+            tally.suppressed,
         )
+        self.log.warn(line, method=event.method, route=event.route, name=name, suppressed=tally.suppressed)
 
     def _log_drop(self, reason: str, answered: bool = False) -> None:
         # One line per reason per 10 s: a flood of bad SIP must not become
