@@ -431,7 +431,8 @@ def shed(
     """
     What a half does with a request that came while its SIP input is
     overloaded (C{overloaded}: the request waited for its turn in the
-    runner's queue for L{spwm.sip.transport.OVERLOAD_AFTER} or longer): a
+    runner's queue for L{spwm.sip.transport.OVERLOAD_AFTER} or longer,
+    the messages before it late for L{spwm.sip.transport.OVERLOAD_HOLD}): a
     new request (L{starts_work}) is answered C{503} with C{Retry-After} at
     once, for some 50 microseconds of work, instead of being passed on to
     cost both halves a call's work each; dialogs, ACKs and CANCELs go on,
