@@ -40,8 +40,9 @@ from typing import Iterable, Mapping, Sequence
 
 from attrs import Factory, define, field, frozen
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
+from spwm.testing.required import unavailable
 from spwm.testing.sipp import last_stats as _read_stats
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -196,10 +197,7 @@ def require_e2e(testcase: SynchronousTestCase) -> None:
     missing = missing_requirements()
     if not missing:
         return
-    message = "end-to-end test bed unavailable, missing: " + "; ".join(missing)
-    if os.environ.get("SPWM_REQUIRE_E2E") == "1":
-        testcase.fail(message + " (SPWM_REQUIRE_E2E=1 makes this a failure)")
-    raise SkipTest(message + " (set SPWM_REQUIRE_E2E=1 to fail instead)")
+    unavailable("end-to-end test bed unavailable, missing: " + "; ".join(missing))
 
 
 # -- processes ---------------------------------------------------------------

@@ -18,13 +18,12 @@ the test is skipped, or fails with C{SPWM_REQUIRE_E2E=1}.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
 from typing import Any
 
-from twisted.trial.unittest import SkipTest
+from spwm.testing.required import unavailable
 
 from tests.integration.test_status_browser import BROWSER_TIMEOUT, browser_argv, chromium
 
@@ -57,10 +56,7 @@ class MonitoringTests(SpwmSipTestCase):
         super().setUp()
         binary = chromium()
         if binary is None:
-            message = "Chromium not found (apt-get install chromium, or set SPWM_CHROMIUM)"
-            if os.environ.get("SPWM_REQUIRE_E2E") == "1":
-                self.fail(message + " (SPWM_REQUIRE_E2E=1 makes this a failure)")
-            raise SkipTest(message + " (set SPWM_REQUIRE_E2E=1 to fail instead)")
+            unavailable("Chromium not found (apt-get install chromium, or set SPWM_CHROMIUM)")
         self.chromium = binary
         self.make_topology("strict")
         self.start_kamailio()

@@ -21,9 +21,10 @@ import tempfile
 import time
 from typing import Any
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.testing.ports import free_port
+from spwm.testing.required import unavailable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -42,10 +43,7 @@ def _library() -> str:
     for path in LIBFAKETIME:
         if os.path.exists(path):
             return path
-    message = "libfaketime not found (apt-get install faketime)"
-    if os.environ.get("SPWM_REQUIRE_E2E") == "1":
-        raise AssertionError(message + " (SPWM_REQUIRE_E2E=1 makes this a failure)")
-    raise SkipTest(message + " (set SPWM_REQUIRE_E2E=1 to fail instead)")
+    unavailable("libfaketime not found (apt-get install faketime)")
 
 
 class ClockSetBackTests(SynchronousTestCase):

@@ -19,7 +19,8 @@ import signal
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor
-from twisted.trial.unittest import SkipTest
+
+from spwm.testing.required import unavailable
 
 from tests.integration.test_status import _WithStatus
 from tests.integration.test_tunnel_loopback import wait_until
@@ -117,10 +118,7 @@ class BrowserTests(_WithStatus):
     def setUp(self) -> Any:
         binary = chromium()
         if binary is None:
-            message = "Chromium not found (apt-get install chromium, or set SPWM_CHROMIUM)"
-            if os.environ.get("SPWM_REQUIRE_E2E") == "1":
-                self.fail(message + " (SPWM_REQUIRE_E2E=1 makes this a failure)")
-            raise SkipTest(message + " (set SPWM_REQUIRE_E2E=1 to fail instead)")
+            unavailable("Chromium not found (apt-get install chromium, or set SPWM_CHROMIUM)")
         if shutil.which("setsid") is None:
             self.fail("setsid (util-linux) not found")
         self.chromium = binary
