@@ -44,13 +44,13 @@ class PromtoolTests(SynchronousTestCase):
         C{promtool check rules} reads every rule of the file.
         """
         output = self.run_promtool("check", "rules", "prometheus-alerts.yml")
-        self.assertIn("SUCCESS: 11 rules found", output)
+        self.assertIn("SUCCESS: 13 rules found", output)
 
     def test_rules_unit_tests(self) -> None:
         """
         C{promtool test rules}: a tunnel down for 2 minutes, an overload, media
-        ports at 95 %, calls ending without media, certificates close to their
-        end raise their alerts (with their texts), and the healthy series
+        ports at 95 %, calls ending without media, certificates (the contact
+        point's, an agent's client certificate) close to their end raise their alerts (with their texts), and the healthy series
         beside them none.
         """
         output = self.run_promtool("test", "rules", "prometheus-alerts.test.yml")

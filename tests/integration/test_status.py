@@ -214,7 +214,10 @@ class AlertRulesTests(_WithStatus):
 
     #: series only a half started with the option exposes (not the pair
     #: of this test): their names as C{spwm/status.py} documents them
-    OPTIONAL = {"spwm_state_file_failing": "--state-file"}
+    OPTIONAL = {
+        "spwm_state_file_failing": "--state-file",
+        "spwm_client_certificate_expires_in": "--client-cert",
+    }
 
     @defer.inlineCallbacks
     def test_alert_series_exist(self) -> Any:
