@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_alerts -*-
+# -*- test-case-name: tests.test_testing_required -*-
 """
 A test that needs something the machine may not have (a tool, a test
 bed): skipped without it, or failed when C{SPWM_REQUIRE_E2E=1} is in the
@@ -11,16 +11,17 @@ from __future__ import annotations
 import os
 from typing import NoReturn
 
-from twisted.trial.unittest import SkipTest
+from twisted.trial.unittest import FailTest, SkipTest
 
 
 def unavailable(message: str) -> NoReturn:
     """
     What a test does when C{message} names what it needs and lacks.
 
-    @raise AssertionError: with C{SPWM_REQUIRE_E2E=1} (a failure).
+    @raise FailTest: with C{SPWM_REQUIRE_E2E=1} (a failure, as from
+        C{TestCase.fail}).
     @raise SkipTest: otherwise.
     """
     if os.environ.get("SPWM_REQUIRE_E2E") == "1":
-        raise AssertionError(message + " (SPWM_REQUIRE_E2E=1 makes this a failure)")
+        raise FailTest(message + " (SPWM_REQUIRE_E2E=1 makes this a failure)")
     raise SkipTest(message + " (set SPWM_REQUIRE_E2E=1 to fail instead)")
