@@ -555,8 +555,8 @@ class _Runner:
         self._waiting: deque[tuple[Callable[..., None], tuple[Any, ...], float]] = deque()
         self._slice_end: float | None = None
         self._turn: IDelayedCall | None = None
-        #: L{OVERLOAD_AFTER} (C{None}: never overloaded); how long the
-        #: message being handled waited for its turn here
+        #: L{OVERLOAD_AFTER} (C{None}: never overloaded); whether the
+        #: message being handled is overloaded (L{overloaded})
         self._overload_after = overload_after
         self._overloaded = False
         #: when the messages began to be handled late (each after a wait
