@@ -1403,13 +1403,7 @@ class ContactTunnelFactory(_TunnelFactory):
     def _warn_refused(self, format: str, **fields: Any) -> None:
         # at most one line per format per 10 s, saying how many were
         # suppressed in between (when any were)
-        tally = self._refusal_log.hit(format)
-        if tally is None:
-            return
-        if tally.suppressed:
-            format += " ({suppressed} more since the last such line)"
-            fields["suppressed"] = tally.suppressed
-        self.log.warn(format, **fields)
+        self._refusal_log.warn(format, format + " ({suppressed} more since the last such line)", **fields)
 
     def buildProtocol(self, addr: Any, kind: Callable[..., TunnelProtocol] | None = None) -> TunnelProtocol | None:
         """
