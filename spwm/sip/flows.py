@@ -17,9 +17,9 @@ operator network cannot name a tunnel or flow it was not given.
 from __future__ import annotations
 
 import base64
+import hashlib
 import heapq
 import hmac
-import re
 import struct
 
 from typing import Any
@@ -43,26 +43,60 @@ _FLOW = struct.Struct("!I")
 #: needs no HMAC.
 TOKEN_CACHE_SIZE = 4096
 
-#: Base32's alphabet (RFC 4648), lower case, by 5-bit group as text.
-_B32_LOWER = {format(i, "05b"): c for i, c in enumerate("abcdefghijklmnopqrstuvwxyz234567")}
-_FIVE_BITS = re.compile("[01]{5}")
+#: Base32's alphabet (RFC 4648), lower case, by 5-bit group value.
+_B32_LOWER = bytes.maketrans(bytes(range(32)), b"abcdefghijklmnopqrstuvwxyz234567")
+
+#: L{_spread}'s steps by number of groups (a power of two).
+_SPREADS: dict[int, list[tuple[int, int, int]]] = {}
+
+
+def _spread(groups: int) -> list[tuple[int, int, int]]:
+    """
+    The steps that move each 5-bit group of an integer of C{groups}
+    groups (a power of two) into a byte of its own: at each step, in
+    every block of groups still packed, the upper half moves up by 3 bits
+    per group of the lower half.
+
+    @return: (shift, mask of the lower halves, mask of the upper halves),
+        from the largest blocks down.
+    """
+    steps = _SPREADS.get(groups)
+    if steps is None:
+        steps = []
+        size = groups
+        while size > 1:
+            half = size // 2
+            ones = (1 << 5 * half) - 1
+            low = high = 0
+            for start in range(0, 8 * groups, 8 * size):
+                low |= ones << start
+                high |= ones << (start + 5 * half)
+            steps.append((3 * half, low, high))
+            size = half
+        _SPREADS[groups] = steps
+    return steps
 
 
 def b32_lower(data: bytes) -> str:
     """
     C{base64.b32encode(data)} without its C{=} padding, in lower case:
-    the same text in five Python calls instead of about forty (the
-    standard library encodes five bytes per Python-level step).
+    the same text in a dozen operations on one integer instead of a
+    Python step per five bytes (the standard library's encoder), about
+    six times as fast here.
 
-    The bytes as one integer with a sentinel bit above them, its zero
-    bits shifted in below to a multiple of five (base32 pads the last
-    group with zero bits), in binary, read five bits at a time.
+    The bytes as one integer, its zero bits shifted in below to a multiple
+    of five (base32 pads the last group with zero bits); each 5-bit group
+    spread into a byte of its own (L{_spread}), and those bytes translated
+    to the alphabet.
     """
     bits = len(data) * 8
     tail = -bits % 5
-    binary = bin((int.from_bytes(data, "big") | 1 << bits) << tail)
-    # "0b1" and the sentinel, then exactly bits + tail digits
-    return "".join(map(_B32_LOWER.__getitem__, _FIVE_BITS.findall(binary, 3)))
+    groups = (bits + tail) // 5
+    size = 1 << (groups - 1).bit_length() if groups > 1 else 1
+    x = int.from_bytes(data, "big") << tail
+    for shift, low, high in _spread(size):
+        x = (x & low) | ((x & high) << shift)
+    return x.to_bytes(size, "big")[size - groups :].translate(_B32_LOWER).decode("ascii")
 
 
 @frozen
@@ -116,8 +150,20 @@ class FlowTokenCodec:
         if len(secret) < 16:
             raise ValueError("flow token secret must be at least 16 bytes")
         self._secret = secret
+        # the key's HMAC state, copied for each MAC: the same MAC as
+        # hmac.digest without setting the key up (and OpenSSL looking
+        # SHA-256 up) each time
+        self._hmac = hmac.new(secret, digestmod=hashlib.sha256)
         self._encoded: dict[tuple[bytes, str, int, bytes], str] = {}
         self._decoded: dict[str, FlowToken] = {}
+
+    def _mac(self, payload: bytes) -> bytes:
+        """
+        The first L{_MAC_LEN} bytes of the HMAC-SHA256 of C{payload}.
+        """
+        h = self._hmac.copy()
+        h.update(payload)
+        return h.digest()[:_MAC_LEN]
 
     def _remember(self, token: str, decoded: FlowToken) -> None:
         """
@@ -157,7 +203,7 @@ class FlowTokenCodec:
         if not 0 <= flow_id < 2**32:
             raise ValueError("flow id out of range")
         payload = kind + _FLOW.pack(flow_id) + bytes([len(sess)]) + sess + extra
-        mac = hmac.digest(self._secret, payload, "sha256")[:_MAC_LEN]
+        mac = self._mac(payload)
         token = b32_lower(payload + mac)
         self._remember(token, FlowToken(kind, session_id, flow_id, bytes(extra)))
         return token
@@ -184,7 +230,7 @@ class FlowTokenCodec:
         if len(raw) < 1 + 4 + 1 + _MAC_LEN:
             return None
         payload, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
-        good = hmac.digest(self._secret, payload, "sha256")[:_MAC_LEN]
+        good = self._mac(payload)
         if not hmac.compare_digest(mac, good):
             return None
         k = payload[:1]
