@@ -161,7 +161,8 @@ class AuthorizationTests(GateTestCase):
         Every P-Preferred-Identity value (every header line, every list
         element) must be registered through the tunnel, also beside a
         registered From: a proxy may assert any of them.  One that does
-        not parse is refused too; the 403 names the header.
+        not parse is refused too; the 403 names the header, whatever its
+        case.
         """
         self.register("alice")
         anonymous = '"Anonymous" <sip:anonymous@anonymous.invalid>;tag=an'
@@ -172,6 +173,7 @@ class AuthorizationTests(GateTestCase):
             3: (anonymous, "P-Preferred-Identity: <sip:alice@example.org>, <sip:bob@example.org>"),
             4: (None, "P-Preferred-Identity: <sip:alice@example.org>, <tel:+15551234>"),
             5: (None, "P-Preferred-Identity: <sips:alice@example.org>"),
+            11: (None, "p-PREFERRED-identity : <sip:bob@example.org>"),
         }
         malformed = {
             6: (None, "P-Preferred-Identity: <sip:bob@example.org"),
@@ -188,7 +190,7 @@ class AuthorizationTests(GateTestCase):
         self.assertNotIn(403, self.statuses(self.message(10, anonymous, alice, "P-Preferred-Identity: <sip:alice@example.org>")))
         self.assertEqual(
             self.proxy.refused,
-            {"P-Preferred-Identity is not registered through this tunnel": 5, "P-Preferred-Identity is malformed": 3},
+            {"P-Preferred-Identity is not registered through this tunnel": 6, "P-Preferred-Identity is malformed": 3},
         )
 
     def test_identity_compared_as_a_uri(self) -> None:

@@ -136,7 +136,13 @@ def preferred_refusal(data: bytes, identities: set[Identity], end: int | None = 
         L{PREFERRED_MALFORMED}), or C{None} when all are registered or
         there is none.
     """
-    for match in _PREFERRED.finditer(data, 0, _head(data) if end is None else end):
+    if end is None:
+        end = _head(data)
+    # nearly every request has none: one case-folded copy and a find,
+    # against the regular expression's case-insensitive try at each byte
+    if b"p-preferred-identity" not in data[:end].lower():
+        return None
+    for match in _PREFERRED.finditer(data, 0, end):
         try:
             values = split_header_values(_header_values(match), strict=True)
             if not values:
