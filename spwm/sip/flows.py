@@ -36,6 +36,12 @@ _MAC_LEN = 8
 _MAX_SESSION = 64
 _FLOW = struct.Struct("!I")
 
+#: SHA-256's block size, and HMAC's pads (RFC 2104) as translations of
+#: the key's bytes.
+_BLOCK = 64
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+
 #: The most tokens a codec remembers (emptied when full): those it made,
 #: and those it checked, each with what it names.  A token comes back
 #: again and again (the Via branch in each response to its request, the
@@ -150,10 +156,14 @@ class FlowTokenCodec:
         if len(secret) < 16:
             raise ValueError("flow token secret must be at least 16 bytes")
         self._secret = secret
-        # the key's HMAC state, copied for each MAC: the same MAC as
-        # hmac.digest without setting the key up (and OpenSSL looking
-        # SHA-256 up) each time
-        self._hmac = hmac.new(secret, digestmod=hashlib.sha256)
+        # HMAC-SHA256 (RFC 2104) with the key's two hash states made once
+        # and copied for each MAC: the MAC of hmac.digest in C calls only,
+        # without setting the key up (and OpenSSL looking SHA-256 up) each
+        # time (0.7 against 1.8 us here)
+        key = hashlib.sha256(secret).digest() if len(secret) > _BLOCK else secret
+        key = key.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(key.translate(_IPAD))
+        self._outer = hashlib.sha256(key.translate(_OPAD))
         self._encoded: dict[tuple[bytes, str, int, bytes], str] = {}
         self._decoded: dict[str, FlowToken] = {}
 
@@ -161,9 +171,11 @@ class FlowTokenCodec:
         """
         The first L{_MAC_LEN} bytes of the HMAC-SHA256 of C{payload}.
         """
-        h = self._hmac.copy()
-        h.update(payload)
-        return h.digest()[:_MAC_LEN]
+        inner = self._inner.copy()
+        inner.update(payload)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:_MAC_LEN]
 
     def _remember(self, token: str, decoded: FlowToken) -> None:
         """
