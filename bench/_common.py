@@ -108,6 +108,10 @@ class Processes:
         #: a directory: each twistd runs under cProfile and saves its
         #: statistics there as C{NAME.prof} when it stops (C{--cprofile})
         self.cprofile_dir: str | None = None
+        #: a directory: each twistd runs under Valgrind's callgrind, which
+        #: counts the instructions it executes (C{--instructions}; about
+        #: fifty times the CPU); L{callgrind} zeroes and dumps the counts
+        self.callgrind_dir: str | None = None
 
     def start_twistd(self, name: str, args: list[str], log: str) -> subprocess.Popen:
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -115,7 +119,12 @@ class Processes:
         if self.cprofile_dir:
             path = os.path.join(self.cprofile_dir, f"{name}.prof")
             profile = [f"--profile={path}", "--profiler=cprofile", "--savestats"]
+        valgrind = []
+        if self.callgrind_dir:
+            dumps = os.path.join(self.callgrind_dir, f"{name}.%p")
+            valgrind = ["valgrind", "-q", "--tool=callgrind", f"--callgrind-out-file={dumps}", "--dump-line=no"]
         cmd = [
+            *valgrind,
             sys.executable,
             "-c",
             "from twisted.scripts.twistd import run; run()",
@@ -129,6 +138,37 @@ class Processes:
             p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.popen.append(p)
         return p
+
+    def callgrind(self, pid: int, command: str) -> int | None:
+        """
+        C{command} (C{"zero"} or C{"dump"}) to the callgrind of a twistd
+        started under it (L{callgrind_dir}), through C{callgrind_control}.
+
+        @return: for C{"dump"}, the instructions executed since the last
+            zero (the dump's C{summary}); else, or when the dump cannot be
+            read, C{None}.
+        """
+        assert self.callgrind_dir is not None
+        flag = {"zero": "-z", "dump": "-d"}[command]
+        before = set(os.listdir(self.callgrind_dir))
+        try:
+            subprocess.run(["callgrind_control", flag, str(pid)], capture_output=True, timeout=30, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if command != "dump":
+            return None
+        # the dump is written by the process, soon after the command
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            for name in sorted(set(os.listdir(self.callgrind_dir)) - before):
+                if f".{pid}." not in name:
+                    continue
+                with open(os.path.join(self.callgrind_dir, name), errors="replace") as f:
+                    for line in f:
+                        if line.startswith("summary:"):
+                            return int(line.split()[1])
+            time.sleep(0.1)
+        return None
 
     def fork(self, target: Any, *args: Any) -> multiprocessing.Process:
         p = multiprocessing.get_context("fork").Process(target=target, args=args, daemon=True)
@@ -355,7 +395,8 @@ class Pair:
         while time.monotonic() < deadline:
             for proc in (self.contact, self.agent):
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{proc.args[5]} exited; see {self.workdir}")
+                    half = "the contact point" if proc is self.contact else "the agent"
+                    raise RuntimeError(f"{half} exited; see {self.workdir}")
             try:
                 with open(self.contact_log, errors="replace") as f:
                     if "tunnel up with" in f.read():

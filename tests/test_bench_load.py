@@ -7,6 +7,7 @@ and their media port ranges (C{bench/_common.py}).
 from __future__ import annotations
 
 import io
+import os
 import socket
 import time
 from contextlib import redirect_stderr
@@ -170,3 +171,24 @@ class MediaRangesTests(SynchronousTestCase):
             self.assertEqual(e.exception.code, 2)
         self.assertIn("--media-ports: from 2 to 5998", err.getvalue())
         self.assertIn("--calls: at most 1449", err.getvalue())
+
+    def test_instructions_options(self) -> None:
+        """
+        C{sip_calls.py --instructions} is refused with a usage error, before
+        anything starts, beside C{--cprofile} and without Valgrind.
+        """
+        from bench import sip_calls
+
+        directory = self.mktemp()
+        err = io.StringIO()
+        with redirect_stderr(err):
+            with self.assertRaises(SystemExit) as e:
+                sip_calls.main(["--instructions", directory, "--cprofile", directory])
+            self.assertEqual(e.exception.code, 2)
+            self.patch(os, "environ", dict(os.environ, PATH=self.mktemp()))
+            with self.assertRaises(SystemExit) as e:
+                sip_calls.main(["--instructions", directory])
+            self.assertEqual(e.exception.code, 2)
+        self.assertIn("--instructions and --cprofile: one at a time", err.getvalue())
+        self.assertIn("--instructions needs Valgrind (valgrind, callgrind_control not found", err.getvalue())
+        self.assertFalse(os.path.exists(directory))
