@@ -217,33 +217,42 @@ class AuthorizationTests(GateTestCase):
             {"From is not registered through this tunnel": 4, "P-Preferred-Identity is not registered through this tunnel": 4},
         )
 
-    def test_from_read_once(self) -> None:
+    def test_parsed_once(self) -> None:
         """
-        A From that came before is not parsed again: the next request with
-        it is judged as the first was (passed or refused), also when it is
-        refused.
+        A request the checks read is parsed once, by the core's parser: the
+        checks parse it and hand it on, and the core reads the same message
+        (a passed request; a refused one goes no further).  One that does
+        not parse goes on as it came, and the core answers it 400.
         """
-        from spwm.sip import authz
+        from spwm.sip import authz, contact_proxy
 
         self.register("alice")
-        parsed: list[str] = []
-        real = authz.parse_name_addr
+        parses: list[tuple[str, bytes]] = []
 
-        def spy(text: str) -> Any:
-            parsed.append(text)
-            return real(text)
+        def spy(where: str, real: Any) -> Any:
+            def parse(data: bytes, **kwargs: Any) -> Any:
+                parses.append((where, data))
+                return real(data, **kwargs)
 
-        self.patch(authz, "parse_name_addr", spy)
-        for n in range(3):
-            self.assertNotIn(403, self.statuses(self.message(30 + n, "<sip:alice@example.org>;tag=once")))
-            self.assertEqual(self.statuses(self.message(40 + n, "<sip:carol@example.org>;tag=once")), [403])
-            # (a 400 from the core, which copies the From: not parsed here)
-            malformed = self.message(50 + n, "<sip:alice@example.org;tag=once")
-            self.assertEqual([a.data[:12] for a in malformed if isinstance(a, ToTunnel)], [b"SIP/2.0 400 "])
-        self.assertEqual(
-            parsed, ["<sip:alice@example.org>;tag=once", "<sip:carol@example.org>;tag=once", "<sip:alice@example.org;tag=once"]
-        )
-        self.assertEqual(self.proxy.refused, {"From is not registered through this tunnel": 3})
+            return parse
+
+        self.patch(authz, "parse_message", spy("checks", authz.parse_message))
+        self.patch(contact_proxy, "parse_message", spy("core", contact_proxy.parse_message))
+        cases = [
+            # (passed: the embedded registrar knows no bob)
+            ("<sip:alice@example.org>;tag=once", [404], ["checks"]),
+            ("<sip:carol@example.org>;tag=once", [403], ["checks"]),
+            ("<sip:alice@example.org;tag=once", [400], ["checks", "core"]),
+        ]
+        for n, (from_, statuses, readers) in enumerate(cases):
+            data = request("MESSAGE", "sip:bob@example.org", from_=from_, call_id=f"p-{n}")
+            del parses[:]
+            actions = self.send(data)
+            # (a response's status line: the 400 copies the From that does not parse)
+            self.assertEqual([int(a.data.split(b" ", 2)[1]) for a in actions if isinstance(a, ToTunnel)], statuses)
+            # (the embedded registrar's copy from the network is another message)
+            self.assertEqual([where for where, parsed in parses if parsed is data], readers)
+        self.assertEqual(self.proxy.refused, {"From is not registered through this tunnel": 1})
 
     def test_unregistered_ack_is_dropped_silently(self) -> None:
         """

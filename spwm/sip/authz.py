@@ -25,7 +25,7 @@ from collections import deque
 from typing import Any, Callable
 
 from spwm.sip.errors import SipParseError
-from spwm.sip.message import make_response, parse_message
+from spwm.sip.message import SipMessage, make_response, parse_message
 from spwm.sip.actions import Dropped, ToTunnel
 from spwm.sip.contact_proxy import ContactSipProxy, never_congested
 from spwm.sip.uri import keep_parsed, parse_name_addr, parse_uri, split_header_values, unescape
@@ -35,14 +35,9 @@ from spwm.tunnel.frames import ChannelKind
 #: What an unregistered tunnel may send.
 UNREGISTERED_METHODS = frozenset({"REGISTER", "OPTIONS"})
 
-_FROM = re.compile(rb"^(?:from|f)[ \t]*:[ \t]*(.*(?:\r?\n[ \t]+.*)*)", re.IGNORECASE | re.MULTILINE)
-_PREFERRED = re.compile(rb"^p-preferred-identity[ \t]*:[ \t]*(.*(?:\r?\n[ \t]+.*)*)", re.IGNORECASE | re.MULTILINE)
-
 #: The host of an anonymous From (RFC 3323 4.1.1.3: a caller who withholds
 #: its identity, "Anonymous" <sip:anonymous@anonymous.invalid>).
 ANONYMOUS_HOST = "anonymous.invalid"
-_TO = re.compile(rb"^(?:to|t)[ \t]*:[ \t]*(.*(?:\r?\n[ \t]+.*)*)", re.IGNORECASE | re.MULTILINE)
-
 
 #: REGISTER requests a tunnel may send per minute in all, per address-of-
 #: record it may register (C{max_users}): each phone's registration is two
@@ -53,7 +48,7 @@ TUNNEL_REGISTERS_PER_USER = 4
 #: An identity as compared here (L{identity_key}).
 Identity = tuple[str, "str | None", "str | None", str, "int | None", "str | None"]
 
-#: The key of a REGISTER whose To does not parse (the core answers it 400).
+#: The key of a REGISTER that does not parse (the core answers it 400).
 _NO_AOR: Identity = ("", None, None, "", None, None)
 
 #: Why a request is refused for its P-Preferred-Identity.
@@ -78,52 +73,15 @@ def identity_key(uri: Any) -> Identity:
     return (uri.scheme, user, password, uri.host.lower(), uri.port, None)
 
 
-def _head(data: bytes) -> int:
+def _identity(address: Any) -> Identity | None:
     """
-    Where the header section of a message ends (the whole of it if it has
-    no empty line), so that a body is never read for headers.
+    The identity of a parsed From or To (C{None} when the message has
+    none).
     """
-    # bytes.find, as parse_message does: the regular expression's search
-    # (its optional CR first) tries every position, five times slower on
-    # each request from a tunnel
-    ends = [found for found in (data.find(b"\n\r\n"), data.find(b"\n\n")) if found >= 0]
-    if not ends:
-        return len(data)
-    end = min(ends)
-    return end - 1 if end and data[end - 1] == 13 else end
+    return None if address is None else identity_key(address.uri)
 
 
-def _header_values(match: "re.Match[bytes]") -> str:
-    return b" ".join(match.group(1).split()).decode("utf-8", "surrogateescape")
-
-
-#: L{_header_identity}'s answers by the header's raw value (a dialog's
-#: requests repeat their From), bounded as the parser's caches
-#: (L{keep_parsed}).
-_identities: dict[bytes, Identity | None] = {}
-
-
-def _header_identity(pattern: "re.Pattern[bytes]", data: bytes, end: int | None = None) -> Identity | None:
-    """
-    The identity of the first From or To (C{pattern}) of a request,
-    or C{None} if it has none that parses.
-
-    @param end: where the header section ends (L{_head}), if known.
-    """
-    match = pattern.search(data, 0, _head(data) if end is None else end)
-    if match is None:
-        return None
-    raw = match.group(1)
-    if raw in _identities:
-        return _identities[raw]
-    try:
-        identity: Identity | None = identity_key(parse_name_addr(_header_values(match)).uri)
-    except SipParseError:
-        identity = None
-    return keep_parsed(_identities, raw, identity)
-
-
-def preferred_refusal(data: bytes, identities: set[Identity], end: int | None = None) -> str | None:
+def preferred_refusal(msg: SipMessage, identities: set[Identity]) -> str | None:
     """
     Why a request's P-Preferred-Identity is refused: every value of every
     such header line (RFC 3325 9.2 allows two, a sip or sips and a tel URI;
@@ -131,20 +89,15 @@ def preferred_refusal(data: bytes, identities: set[Identity], end: int | None = 
     of C{identities}; one that does not parse is refused too, as the
     operator's proxy might read it otherwise than we do.
 
-    @param end: where the header section ends (L{_head}), if known.
     @return: the reason (L{PREFERRED_UNREGISTERED} or
         L{PREFERRED_MALFORMED}), or C{None} when all are registered or
         there is none.
     """
-    if end is None:
-        end = _head(data)
-    # nearly every request has none: one case-folded copy and a find,
-    # against the regular expression's case-insensitive try at each byte
-    if b"p-preferred-identity" not in data[:end].lower():
-        return None
-    for match in _PREFERRED.finditer(data, 0, end):
+    for h in msg.headers:
+        if h.name != "p-preferred-identity":
+            continue
         try:
-            values = split_header_values(_header_values(match), strict=True)
+            values = split_header_values(h.text, strict=True)
             if not values:
                 return PREFERRED_MALFORMED
             for value in values:
@@ -384,51 +337,63 @@ class AuthorizingContactProxy:
                 tunnel_key, session_id, flow_id, data, now, congested=congested, overloaded=overloaded
             )
         method = head.split(b" ", 1)[0].decode("ascii", "replace").upper()
-        if method == "REGISTER":
-            aor = _header_identity(_TO, data)
-            refusal = self._register_refusal(session_id, _NO_AOR if aor is None else aor, now)
-            if refusal is not None:
-                return self._refuse(tunnel_key, flow_id, data, method, refusal, 503, "Service Unavailable")
-            if self._new_user_over_limit(session_id, aor):
-                return self._refuse(tunnel_key, flow_id, data, method, "too many users on this tunnel")
-            if self.observer is not None:
-                self.observer.request_from_tunnel(tunnel_key, session_id, data)
-                actions = self._core.from_tunnel(
-                    tunnel_key, session_id, flow_id, data, now, congested=congested, overloaded=overloaded
-                )
-                # The embedded registrar answers at once, inside the core.
-                for action in actions:
-                    if isinstance(action, ToTunnel) and action.data.startswith(b"SIP/2.0 2"):
-                        self.observer.response_to_tunnel(action.tunnel_key, action.flow_id, action.data)
-                return actions
-        if method in UNREGISTERED_METHODS or not self.require_registration:
+        if method != "REGISTER" and (method in UNREGISTERED_METHODS or not self.require_registration):
             return self._core.from_tunnel(
                 tunnel_key, session_id, flow_id, data, now, congested=congested, overloaded=overloaded
             )
+        # The checks read the request as the core reads it: parsed once
+        # here, by the core's parser and limits, and handed on (one
+        # reading of From and To, not a second parser's of our own).  One
+        # that does not parse goes to the core as it came, which answers
+        # it 400 (or drops it).
+        try:
+            msg: SipMessage | None = parse_message(data, max_size=self._core.max_message_size)
+        except SipParseError:
+            msg = None
+
+        def core() -> list[Any]:
+            return self._core.from_tunnel(
+                tunnel_key, session_id, flow_id, data, now, congested=congested, overloaded=overloaded, parsed=msg
+            )
+
+        if method == "REGISTER":
+            aor = None if msg is None else _identity(msg.to)
+            refusal = self._register_refusal(session_id, _NO_AOR if aor is None else aor, now)
+            if refusal is not None:
+                return self._refuse(tunnel_key, flow_id, msg, method, refusal, 503, "Service Unavailable")
+            if self._new_user_over_limit(session_id, aor):
+                return self._refuse(tunnel_key, flow_id, msg, method, "too many users on this tunnel")
+            if self.observer is None:
+                return core()
+            self.observer.request_from_tunnel(tunnel_key, session_id, data)
+            actions = core()
+            # The embedded registrar answers at once, inside the core.
+            for action in actions:
+                if isinstance(action, ToTunnel) and action.data.startswith(b"SIP/2.0 2"):
+                    self.observer.response_to_tunnel(action.tunnel_key, action.flow_id, action.data)
+            return actions
         identities = self.identities(session_id)
         if not identities:
-            return self._refuse(tunnel_key, flow_id, data, method, "tunnel not registered")
-        end = _head(data)
-        identity = _header_identity(_FROM, data, end)
-        # A From that does not parse is the core's to answer (400); a
-        # withheld caller ID (RFC 3323, any user at anonymous.invalid)
+            return self._refuse(tunnel_key, flow_id, msg, method, "tunnel not registered")
+        if msg is None:
+            return core()
+        identity = _identity(msg.from_)
+        # A withheld caller ID (RFC 3323, any user at anonymous.invalid)
         # passes, as the tunnel is registered.
         if identity is not None and identity[3] != ANONYMOUS_HOST and identity not in identities:
-            return self._refuse(tunnel_key, flow_id, data, method, "From is not registered through this tunnel")
+            return self._refuse(tunnel_key, flow_id, msg, method, "From is not registered through this tunnel")
         # The identity a proxy may assert for the request (RFC 3325 9.2),
         # whatever the From says.
-        preferred = preferred_refusal(data, identities, end)
+        preferred = preferred_refusal(msg, identities)
         if preferred is not None:
-            return self._refuse(tunnel_key, flow_id, data, method, preferred)
-        return self._core.from_tunnel(
-            tunnel_key, session_id, flow_id, data, now, congested=congested, overloaded=overloaded
-        )
+            return self._refuse(tunnel_key, flow_id, msg, method, preferred)
+        return core()
 
     def _refuse(
         self,
         tunnel_key: Any,
         flow_id: int,
-        data: bytes,
+        request: SipMessage | None,
         method: str,
         reason: str,
         status: int = 403,
@@ -436,11 +401,7 @@ class AuthorizingContactProxy:
     ) -> list[Any]:
         self.refused[reason] = self.refused.get(reason, 0) + 1
         drop = Dropped(f"{method} refused: {reason}", f"{method} refused")
-        if method == "ACK":
-            return [drop]
-        try:
-            request = parse_message(data)
-        except SipParseError:
+        if method == "ACK" or request is None:
             return [drop]
         extra = (("Retry-After", "60"),) if status == 503 else ()
         response = make_response(request, status, f"{phrase} ({reason})", extra_headers=extra)

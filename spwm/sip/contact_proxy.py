@@ -726,6 +726,7 @@ class ContactSipProxy:
         *,
         congested: Callable[[TunnelKey], bool] = never_congested,
         overloaded: bool = False,
+        parsed: SipMessage | None = None,
     ) -> list[Action]:
         """
         A SIP message from the agent behind C{tunnel_key}, for its flow
@@ -738,6 +739,8 @@ class ContactSipProxy:
             one tunnel comes back from the network for another).
         @param overloaded: whether this half's SIP input is overloaded:
             new requests are then refused with C{503} (L{shed}).
+        @param parsed: C{data} parsed already, with this core's limits (by
+            L{spwm.sip.authz.AuthorizingContactProxy}, whose checks read it).
         """
         if (
             not 0 <= flow_id < 2**32
@@ -747,12 +750,15 @@ class ContactSipProxy:
             return [self.counters.drop(reason, reason)]
         if self._tunnels.get(session_id) != tunnel_key:
             self.tunnel_attached(tunnel_key, session_id)
-        try:
-            msg = parse_message(data, max_size=self.max_message_size)
-        except SipParseError as e:
-            return self._malformed(
-                data, e, "tunnel", lambda resp: ToTunnel(tunnel_key, flow_id, resp)
-            )
+        if parsed is not None:
+            msg = parsed
+        else:
+            try:
+                msg = parse_message(data, max_size=self.max_message_size)
+            except SipParseError as e:
+                return self._malformed(
+                    data, e, "tunnel", lambda resp: ToTunnel(tunnel_key, flow_id, resp)
+                )
         if msg.is_request:
             steps = self._tunnel_request(tunnel_key, session_id, flow_id, msg, now, overloaded)
         else:
