@@ -225,20 +225,23 @@ def build_service(side: str, build: Callable[[], Any], clock: Any = None) -> ISe
     (C{spwm-SIDE: invalid configuration: KEY: PROBLEM}) and exit status 1.
     Names are looked up in threads that a stop does not wait for
     (L{spwm.lookups}).  Under twistd (no C{clock} given) the reactor goes
-    by the steady clock (L{spwm.clock}).  A half that carries calls gets the process's
+    by the steady clock (L{spwm.clock}) and dispatches socket events
+    without a log context (L{spwm.leanpoll}).  A half that carries calls gets the process's
     garbage collection policy (L{GcPolicy}, timed by C{clock}, the
     reactor if not given), and its status the C{gc} section.
     """
     from twisted.internet import reactor
 
-    from spwm import clock as steady_clock, lookups
+    from spwm import clock as steady_clock, leanpoll, lookups
 
     lookups.install(reactor)
     steady = None
     if clock is None:
         # twistd's reactor: timers and ages by the time elapsed, not by
-        # the system clock, which may be set (spwm.clock)
+        # the system clock, which may be set (spwm.clock), and socket
+        # events dispatched without a log context each (spwm.leanpoll)
         steady = steady_clock.install(reactor)
+        leanpoll.install(reactor)
     try:
         built = build()
     except ConfigError as e:

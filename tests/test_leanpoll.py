@@ -1,0 +1,183 @@
+"""
+Tests for L{spwm.leanpoll}: the epoll reactor's dispatch without a log
+context per event.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from typing import Any
+
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.task import Clock
+from twisted.python import log
+from twisted.trial.unittest import TestCase
+
+from spwm import leanpoll
+
+
+class _Reader:
+    """
+    A readable descriptor that records its reads (and can fail them).
+    """
+
+    def __init__(self, sock: socket.socket, fail: bool = False) -> None:
+        self.sock = sock
+        self.fail = fail
+        self.reads: list[bytes] = []
+        self.lost: list[Any] = []
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return "reader"
+
+    def doRead(self) -> None:
+        self.reads.append(self.sock.recv(100))
+        if self.fail:
+            raise RuntimeError("doRead failed")
+
+    def connectionLost(self, reason: Any) -> None:
+        self.lost.append(reason)
+
+
+class _Poller:
+    def __init__(self, events: list[tuple[int, int]]) -> None:
+        self.events = events
+        self.asked: list[tuple[float, int]] = []
+
+    def poll(self, timeout: float, most: int) -> list[tuple[int, int]]:
+        self.asked.append((timeout, most))
+        return self.events
+
+
+class _FakeReactor:
+    """
+    What L{leanpoll.lean_poll} reads of a reactor, with a dispatch that
+    records and can fail or remove a descriptor.
+    """
+
+    def __init__(self, events: list[tuple[int, int]], selectables: dict[int, Any]) -> None:
+        self._poller = _Poller(events)
+        self._selectables = selectables
+        self.dispatched: list[tuple[Any, int, int]] = []
+        self.raise_for: set[int] = set()
+        self.remove_on: dict[int, int] = {}
+
+    def _doReadOrWrite(self, selectable: Any, fd: int, event: int) -> None:
+        self.dispatched.append((selectable, fd, event))
+        if fd in self.remove_on:
+            del self._selectables[self.remove_on[fd]]
+        if fd in self.raise_for:
+            raise RuntimeError(f"dispatch of {fd} failed")
+
+
+class LeanPollTests(TestCase):
+    def reactor(self) -> EPollReactor:
+        reactor = EPollReactor()
+
+        def close() -> None:
+            reactor.removeAll()
+            reactor.waker.connectionLost(None)
+            reactor._poller.close()
+
+        self.addCleanup(close)
+        return reactor
+
+    def pair(self) -> tuple[socket.socket, socket.socket]:
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        return a, b
+
+    def test_install(self) -> None:
+        """
+        An epoll reactor dispatches with L{leanpoll.lean_poll} once it is
+        installed (once: a second install changes nothing); another
+        reactor is left as it is.
+        """
+        reactor = self.reactor()
+        self.assertTrue(leanpoll.install(reactor))
+        poll = reactor.doIteration
+        self.assertIs(reactor.doPoll, poll)
+        self.assertTrue(leanpoll.install(reactor))
+        self.assertIs(reactor.doIteration, poll)
+        clock = Clock()
+        self.assertFalse(leanpoll.install(clock))
+        self.assertFalse(hasattr(clock, "doIteration"))
+
+    def test_events_without_log_context(self) -> None:
+        """
+        A readable socket's C{doRead} is called by the installed reactor's
+        iteration, and not through C{log.callWithLogger}; a reader whose
+        C{doRead} fails is disconnected by the reactor (its
+        C{connectionLost}), and the other reader of the same round is
+        read.
+        """
+        # (the sockets first: they close after the reactor lets them go)
+        (a, b), (c, d) = self.pair(), self.pair()
+        reactor = self.reactor()
+        leanpoll.install(reactor)
+        wrapped: list[Any] = []
+        self.patch(log, "callWithLogger", lambda *a, **k: wrapped.append(a))
+        failing, reader = _Reader(a, fail=True), _Reader(c)
+        reactor.addReader(failing)
+        reactor.addReader(reader)
+        b.send(b"one")
+        d.send(b"two")
+        for _ in range(10):
+            if reader.reads and failing.lost:
+                break
+            reactor.doIteration(0.5)
+        self.assertEqual((failing.reads, reader.reads, wrapped), ([b"one"], [b"two"], []))
+        self.assertEqual(len(failing.lost), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertNotIn(failing, reactor.getReaders())
+        self.assertIn(reader, reactor.getReaders())
+
+    def test_dispatch_fails(self) -> None:
+        """
+        An exception that escapes the dispatch of one event is logged and
+        the round goes on with the next.
+        """
+        fake = _FakeReactor([(3, select.EPOLLIN), (4, select.EPOLLIN)], {3: "three", 4: "four"})
+        fake.raise_for = {3}
+        leanpoll.lean_poll(fake, 0.25)
+        self.assertEqual(fake.dispatched, [("three", 3, select.EPOLLIN), ("four", 4, select.EPOLLIN)])
+        self.assertEqual(fake._poller.asked, [(0.25, 2)])
+        [failure] = self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(str(failure.value), "dispatch of 3 failed")
+
+    def test_removed_in_the_round(self) -> None:
+        """
+        An event of a descriptor removed by an earlier event of the same
+        round is skipped; no timeout is a wait without end (-1).
+        """
+        fake = _FakeReactor([(3, select.EPOLLIN), (4, select.EPOLLIN), (5, select.EPOLLOUT)], {3: "three", 4: "four", 5: "five"})
+        fake.remove_on = {3: 4}
+        leanpoll.lean_poll(fake, None)
+        self.assertEqual(fake.dispatched, [("three", 3, select.EPOLLIN), ("five", 5, select.EPOLLOUT)])
+        self.assertEqual(fake._poller.asked, [(-1, 3)])
+
+    def test_interrupted(self) -> None:
+        """
+        A poll interrupted by a signal is an iteration without events;
+        another error of the poll is raised.
+        """
+        fake = _FakeReactor([], {})
+
+        def interrupted(timeout: float, most: int) -> list[tuple[int, int]]:
+            raise InterruptedError(4, "interrupted")
+
+        fake._poller.poll = interrupted  # type: ignore[method-assign]
+        leanpoll.lean_poll(fake, 1.0)
+        self.assertEqual(fake.dispatched, [])
+
+        def broken(timeout: float, most: int) -> list[tuple[int, int]]:
+            raise OSError(9, "bad descriptor")
+
+        fake._poller.poll = broken  # type: ignore[method-assign]
+        self.assertRaises(OSError, leanpoll.lean_poll, fake, 1.0)
