@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import select
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.task import Clock
@@ -65,6 +65,12 @@ class _FakeReactor:
         self.dispatched: list[tuple[Any, int, int]] = []
         self.raise_for: set[int] = set()
         self.remove_on: dict[int, int] = {}
+        self._spwm_turn_ends: list[Any] = []
+        #: what L{timeout} answers (the reactor's next timer, C{None}: none)
+        self.due: float | None = None
+
+    def timeout(self) -> float | None:
+        return self.due
 
     def _doReadOrWrite(self, selectable: Any, fd: int, event: int) -> None:
         self.dispatched.append((selectable, fd, event))
@@ -181,3 +187,109 @@ class LeanPollTests(TestCase):
 
         fake._poller.poll = broken  # type: ignore[method-assign]
         self.assertRaises(OSError, leanpoll.lean_poll, fake, 1.0)
+
+
+class TurnEndTests(TestCase):
+    """
+    L{leanpoll.turn_end}: a function called once at the end of the
+    reactor's turn.
+    """
+
+    def test_after_the_events(self) -> None:
+        """
+        A function given while an event is dispatched is called once,
+        after every event of that poll round; the next round, without
+        one given, calls none.
+        """
+        a, b = socket.socketpair()
+        c, d = socket.socketpair()
+        for s in (a, b, c, d):
+            self.addCleanup(s.close)
+        reactor = EPollReactor()
+
+        def close() -> None:
+            reactor.removeAll()
+            reactor.waker.connectionLost(None)
+            reactor._poller.close()
+
+        self.addCleanup(close)
+        leanpoll.install(reactor)
+        end = leanpoll.turn_end(reactor)
+        assert end is not None
+        give: Callable[[Callable[[], None]], None] = end
+        order: list[str] = []
+
+        class Reader(_Reader):
+            def doRead(self) -> None:
+                super().doRead()
+                order.append("read")
+                give(lambda: order.append("end"))
+
+        reactor.addReader(Reader(a))
+        reactor.addReader(Reader(c))
+        b.send(b"x")
+        d.send(b"y")
+        for _ in range(10):
+            if order.count("read") == 2:
+                break
+            reactor.doIteration(0.5)
+        self.assertEqual(order, ["read", "read", "end", "end"])
+        reactor.doIteration(0)
+        self.assertEqual(len(order), 4)
+
+    def test_before_the_wait(self) -> None:
+        """
+        A function given while the timers ran (before the poll) is called
+        before the reactor waits, and the wait is no longer than the
+        reactor's next timer then (one the function scheduled).
+        """
+        fake = _FakeReactor([], {})
+        called: list[str] = []
+
+        def end() -> None:
+            called.append("end")
+            fake.due = 0.0
+
+        fake._spwm_turn_ends.append(end)
+        leanpoll.lean_poll(fake, 5.0)
+        self.assertEqual((called, fake._poller.asked), (["end"], [(0.0, 0)]))
+        fake.due = 2.0
+        fake._spwm_turn_ends.append(lambda: called.append("again"))
+        leanpoll.lean_poll(fake, None)
+        self.assertEqual((called, fake._poller.asked[-1]), (["end", "again"], (2.0, 0)))
+
+    def test_failing_end(self) -> None:
+        """
+        A function that raises is logged; the others are called, and one
+        given by an end is called in the same turn.
+        """
+        fake = _FakeReactor([(3, select.EPOLLIN)], {3: "three"})
+        called: list[str] = []
+
+        def failing() -> None:
+            raise RuntimeError("end failed")
+
+        def gives() -> None:
+            called.append("gives")
+            fake._spwm_turn_ends.append(lambda: called.append("given"))
+
+        fake._spwm_turn_ends.append(failing)
+        fake._spwm_turn_ends.append(gives)
+        fake.raise_for = set()
+        leanpoll.lean_poll(fake, 0)
+        self.assertEqual(called, ["gives", "given"])
+        self.assertEqual(fake._spwm_turn_ends, [])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_other_reactors(self) -> None:
+        """
+        A reactor that does not dispatch with L{leanpoll.lean_poll} (a
+        test's clock, one not installed) has no turn end.
+        """
+        self.assertIsNone(leanpoll.turn_end(Clock()))
+        reactor = EPollReactor()
+        self.addCleanup(reactor._poller.close)
+        self.addCleanup(reactor.waker.connectionLost, None)
+        self.assertIsNone(leanpoll.turn_end(reactor))
+        leanpoll.install(reactor)
+        self.assertIsNotNone(leanpoll.turn_end(reactor))

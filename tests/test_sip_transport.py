@@ -1312,3 +1312,64 @@ class SliceTests(SynchronousTestCase):
         self.assertEqual(self.runner.waiting, 1)
         self.clock.step()
         self.assertEqual(self.core.seen[-1], b"from the network")
+
+
+class _TurnClock(_StepClock):
+    """
+    A L{_StepClock} that also says when a turn ends, as a reactor with
+    L{spwm.leanpoll} does: L{step} ends the turn whose messages came
+    before it, runs the due calls, and ends their part of the turn.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._spwm_turn_ends: list[Any] = []
+
+    def end_turn(self) -> None:
+        ends = self._spwm_turn_ends
+        while ends:
+            now = ends[:]
+            del ends[:]
+            for end in now:
+                end()
+
+    def step(self) -> None:
+        self.end_turn()
+        super().step()
+        self.end_turn()
+
+
+class SliceAtTurnEndTests(SliceTests):
+    """
+    L{SliceTests} with a reactor that says when its turn ends
+    (L{spwm.leanpoll.turn_end}): the same slices, and a turn whose
+    messages fit in its slice schedules no call for the next turn.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.clock = _TurnClock()
+        self.runner = ContactSipRunner(
+            self.core,  # type: ignore[arg-type]
+            self.clock,
+            slice_seconds=0.001,
+            timer=lambda: self.now[0],
+        )
+
+    def test_no_call_for_a_turn_within_its_slice(self) -> None:
+        """
+        Messages that fit in the turn's slice are handled at once and
+        leave no scheduled call, one end of the turn asked for; after the
+        turn ends, the next message starts a new slice (the three of the
+        next turn are handled at once again).
+        """
+        first = self._burst(2)
+        self.assertEqual((self.core.seen, self.clock.getDelayedCalls(), len(self.clock._spwm_turn_ends)), (first, [], 1))
+        # (0.4 ms each: the slice of 1 ms is not over, a third fits)
+        self.runner.sip_received(self.tunnel, 1, b"third")
+        self.assertEqual(self.core.seen[-1], b"third")
+        self.clock.step()
+        self.assertEqual((self.clock.getDelayedCalls(), self.clock._spwm_turn_ends), ([], []))
+        more = self._burst(3, b"n")
+        self.assertEqual(self.core.seen[-3:], more)
+        self.assertEqual((self.runner.waiting, self.runner.deferred_turns), (0, 0))

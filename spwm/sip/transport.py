@@ -35,6 +35,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from spwm import leanpoll
 from spwm.addr import RouteSources, hostport, is_wildcard
 from spwm.addr import peer as peer_text
 from spwm.logthrottle import Every, ThrottledLog, without_none_suppressed
@@ -555,6 +556,9 @@ class _Runner:
         self._waiting: deque[tuple[Callable[..., None], tuple[Any, ...], float]] = deque()
         self._slice_end: float | None = None
         self._turn: IDelayedCall | None = None
+        #: how the reactor ends a turn's slice for us (L{spwm.leanpoll}), or
+        #: C{None}: a call scheduled for the next turn does
+        self._turn_end = leanpoll.turn_end(clock)
         #: L{OVERLOAD_AFTER} (C{None}: never overloaded); whether the
         #: message being handled is overloaded (L{overloaded})
         self._overload_after = overload_after
@@ -604,13 +608,30 @@ class _Runner:
         now = self._timer_now()
         if self._slice_end is None:
             self._slice_end = now + self._slice
-            self._turn = self._clock.callLater(0, self._next_turn)
+            if self._turn_end is not None:
+                self._turn_end(self._end_of_turn)
+            else:
+                self._turn = self._clock.callLater(0, self._next_turn)
         if now < self._slice_end:
             handle(*args)
         else:
             self._waiting.append((handle, args, now))
             self.deferred_messages += 1
             self.deferred_turns += 1
+
+    def _end_of_turn(self) -> None:
+        """
+        The reactor's turn ended (L{spwm.leanpoll.turn_end}): the next
+        message starts a new slice; what waits goes in the next turns.
+        """
+        if self._turn is not None:
+            # (the next turn's call is scheduled already)
+            return
+        if self._waiting:
+            self._turn = self._clock.callLater(0, self._next_turn)
+        else:
+            self._slice_end = None
+            self._late_since = None
 
     def _next_turn(self) -> None:
         self._turn = None
