@@ -80,17 +80,25 @@ class _FakeReactor:
             raise RuntimeError(f"dispatch of {fd} failed")
 
 
+def epoll_reactor(test: TestCase) -> EPollReactor:
+    """
+    A reactor of its own for C{test}, closed after it (make the sockets it
+    reads first: they close after it lets them go).
+    """
+    reactor = EPollReactor()
+
+    def close() -> None:
+        reactor.removeAll()
+        reactor.waker.connectionLost(None)
+        reactor._poller.close()
+
+    test.addCleanup(close)
+    return reactor
+
+
 class LeanPollTests(TestCase):
     def reactor(self) -> EPollReactor:
-        reactor = EPollReactor()
-
-        def close() -> None:
-            reactor.removeAll()
-            reactor.waker.connectionLost(None)
-            reactor._poller.close()
-
-        self.addCleanup(close)
-        return reactor
+        return epoll_reactor(self)
 
     def pair(self) -> tuple[socket.socket, socket.socket]:
         a, b = socket.socketpair()
@@ -205,14 +213,7 @@ class TurnEndTests(TestCase):
         c, d = socket.socketpair()
         for s in (a, b, c, d):
             self.addCleanup(s.close)
-        reactor = EPollReactor()
-
-        def close() -> None:
-            reactor.removeAll()
-            reactor.waker.connectionLost(None)
-            reactor._poller.close()
-
-        self.addCleanup(close)
+        reactor = epoll_reactor(self)
         leanpoll.install(reactor)
         end = leanpoll.turn_end(reactor)
         assert end is not None
@@ -287,9 +288,7 @@ class TurnEndTests(TestCase):
         test's clock, one not installed) has no turn end.
         """
         self.assertIsNone(leanpoll.turn_end(Clock()))
-        reactor = EPollReactor()
-        self.addCleanup(reactor._poller.close)
-        self.addCleanup(reactor.waker.connectionLost, None)
+        reactor = epoll_reactor(self)
         self.assertIsNone(leanpoll.turn_end(reactor))
         leanpoll.install(reactor)
         self.assertIsNotNone(leanpoll.turn_end(reactor))
