@@ -20,7 +20,6 @@ tunnel; L{MediaAcceptor} guards the media channels.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from typing import Any, Callable
 
@@ -28,7 +27,7 @@ from spwm.sip.errors import SipParseError
 from spwm.sip.message import SipMessage, make_response, parse_message
 from spwm.sip.actions import Dropped, ToTunnel
 from spwm.sip.contact_proxy import ContactSipProxy, never_congested
-from spwm.sip.uri import keep_parsed, parse_name_addr, parse_uri, split_header_values, unescape
+from spwm.sip.uri import parse_name_addr, parse_uri, split_header_values, unescape
 from spwm.tunnel.api import ChannelAcceptor, ChannelHandler, Refusal
 from spwm.tunnel.frames import ChannelKind
 
