@@ -9,9 +9,15 @@ import select
 import socket
 from typing import Any, Callable
 
+from twisted.internet import tcp
 from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPullProducer
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.python import log
+from twisted.python.failure import Failure
+from zope.interface import implementer
 from twisted.trial.unittest import TestCase
 
 from spwm import leanpoll
@@ -292,3 +298,213 @@ class TurnEndTests(TestCase):
         self.assertIsNone(leanpoll.turn_end(reactor))
         leanpoll.install(reactor)
         self.assertIsNotNone(leanpoll.turn_end(reactor))
+
+
+class _Protocol(Protocol):
+    """
+    A protocol that records how its connection ended.
+    """
+
+    def __init__(self) -> None:
+        self.lost: list[Failure] = []
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.append(reason)
+
+
+class _Writer:
+    """
+    A writable descriptor that is not a TCP connection.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.writes = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return "writer"
+
+    def doWrite(self) -> None:
+        self.writes += 1
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+
+class WritesTests(TestCase):
+    """
+    A connected TCP connection's writes go out at the end of the turn
+    they were made in (L{leanpoll._Writes}); what the socket does not
+    take, and every other writer, waits for epoll as before.
+    """
+
+    def setUp(self) -> None:
+        # (the sockets first: they close after the reactor lets them go)
+        self.pairs = []
+        for _ in range(2):
+            a, b = socket.socketpair()
+            b.setblocking(False)
+            self.addCleanup(a.close)
+            self.addCleanup(b.close)
+            self.pairs.append((a, b))
+        self.reactor = epoll_reactor(self)
+        leanpoll.install(self.reactor)
+
+    def connection(self, index: int = 0) -> tuple[tcp.Connection, socket.socket, _Protocol]:
+        """
+        A connected TCP connection on one of the socket pairs, and the
+        other end.
+        """
+        a, b = self.pairs[index]
+        protocol = _Protocol()
+        connection = tcp.Connection(a, protocol, self.reactor)
+        connection.connected = 1
+        protocol.makeConnection(connection)
+        return connection, b, protocol
+
+    def test_sent_at_the_turn_end(self) -> None:
+        """
+        The writes of one turn are not sent as they are made, nor
+        watched for by epoll; at the turn's end they are sent together,
+        in one C{send}, and the connection is left unwatched.
+        """
+        connection, peer, protocol = self.connection()
+        sends: list[bytes] = []
+        send = connection.writeSomeData
+
+        def counted(data: bytes) -> Any:
+            sends.append(bytes(data))
+            return send(data)
+
+        connection.writeSomeData = counted  # type: ignore[method-assign]
+        connection.write(b"INVITE ")
+        connection.write(b"sip:bob")
+        self.assertRaises(BlockingIOError, peer.recv, 100)
+        self.assertNotIn(connection.fileno(), self.reactor._writes)
+        self.assertEqual(self.reactor.getWriters(), [connection])
+        self.reactor.doIteration(0)
+        self.assertEqual(sends, [b"INVITE sip:bob"])
+        self.assertEqual(peer.recv(100), b"INVITE sip:bob")
+        self.assertEqual((self.reactor._writes, self.reactor._selectables, self.reactor.getWriters()), (set(), {self.reactor.waker.fileno(): self.reactor.waker}, []))
+        self.assertEqual(protocol.lost, [])
+
+    def test_rest_waits_for_room(self) -> None:
+        """
+        What the socket does not take at the turn's end is watched for by
+        epoll and sent as the socket has room, all of it in order.
+        """
+        connection, peer, protocol = self.connection()
+        data = bytes(range(256)) * 8192
+        connection.write(data)
+        self.reactor.doIteration(0)
+        self.assertIn(connection.fileno(), self.reactor._writes)
+        got = b""
+        for _ in range(2000):
+            try:
+                got += peer.recv(1 << 16)
+            except BlockingIOError:
+                pass
+            if len(got) == len(data):
+                break
+            self.reactor.doIteration(0.01)
+        self.assertEqual(got, data)
+        self.reactor.doIteration(0)
+        self.assertNotIn(connection.fileno(), self.reactor._writes)
+
+    def test_lose_connection(self) -> None:
+        """
+        A connection written to and then closed (C{loseConnection}) sends
+        its data at the turn's end and ends there, once.
+        """
+        connection, peer, protocol = self.connection()
+        connection.write(b"BYE")
+        connection.loseConnection()
+        self.reactor.doIteration(0)
+        self.assertEqual(peer.recv(100), b"BYE")
+        self.assertEqual(peer.recv(100), b"")
+        self.assertEqual(len(protocol.lost), 1)
+        protocol.lost[0].trap(ConnectionDone)
+        self.reactor.doIteration(0)
+        self.assertEqual((len(protocol.lost), self.reactor.getWriters()), (1, []))
+
+    def test_aborted_before_the_end(self) -> None:
+        """
+        A connection aborted in the turn it was written to sends nothing
+        and ends once.
+        """
+        connection, peer, protocol = self.connection()
+        connection.write(b"lost")
+        connection.abortConnection()
+        for _ in range(3):
+            self.reactor.runUntilCurrent()
+            self.reactor.doIteration(0)
+        self.assertEqual(peer.recv(100), b"")
+        self.assertEqual(len(protocol.lost), 1)
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_other_writers(self) -> None:
+        """
+        A writer that is not a connected TCP connection (here a bare
+        descriptor, and a connection whose C{doWrite} is its own, as a
+        connecting client's) is watched for by epoll at once.
+        """
+        a, b = self.pairs[0]
+        writer = _Writer(a)
+        self.reactor.addWriter(writer)
+        self.assertIn(a.fileno(), self.reactor._writes)
+        self.reactor.doIteration(0)
+        self.assertEqual(writer.writes, 1)
+        self.reactor.removeWriter(writer)
+        self.assertNotIn(a.fileno(), self.reactor._writes)
+        connection, peer, protocol = self.connection(1)
+        connection.doWrite = lambda: None  # type: ignore[method-assign]
+        self.reactor.addWriter(connection)
+        self.assertIn(connection.fileno(), self.reactor._writes)
+        self.reactor.removeWriter(connection)
+
+    def test_producer_once_per_turn(self) -> None:
+        """
+        A producer that writes each time it is resumed is resumed once by
+        the turn's end; the write it makes then is watched for by epoll,
+        not sent in the same turn: a turn sends once when epoll says so
+        and once at its end.
+        """
+        connection, peer, protocol = self.connection()
+        resumed: list[int] = []
+
+        @implementer(IPullProducer)
+        class Producer:
+            def resumeProducing(self) -> None:
+                resumed.append(1)
+                connection.write(b"x" * 10)
+
+            def stopProducing(self) -> None:
+                pass
+
+        connection.registerProducer(Producer(), False)
+        self.assertEqual(len(resumed), 1)
+        leanpoll._end_turn(self.reactor._spwm_turn_ends)
+        self.assertEqual(len(resumed), 2)
+        self.assertEqual(peer.recv(100), b"x" * 10)
+        self.assertIn(connection.fileno(), self.reactor._writes)
+        self.reactor.doIteration(0)
+        self.assertEqual(len(resumed), 4)
+        self.assertEqual(peer.recv(100), b"x" * 20)
+        connection.unregisterProducer()
+
+    def test_remove_all(self) -> None:
+        """
+        A reactor that stops (C{removeAll}) counts a connection whose
+        write waits among the descriptors it lets go, and forgets it.
+        """
+        connection, peer, protocol = self.connection()
+        connection.stopReading()
+        connection.write(b"late")
+        self.assertIn(connection, self.reactor.removeAll())
+        self.assertEqual(self.reactor.getWriters(), [])
+        connection.connectionLost(Failure(ConnectionDone()))
+        self.reactor.doIteration(0)
+        self.assertEqual(len(protocol.lost), 1)
