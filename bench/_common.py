@@ -170,6 +170,58 @@ class Processes:
             time.sleep(0.1)
         return None
 
+    def strace(self, pid: int, out: str) -> subprocess.Popen | None:
+        """
+        Count the system calls of process C{pid} and its threads from now
+        on: C{strace -c} attached to it, writing its table to C{out} when
+        L{strace_table} stops it.
+
+        @return: the strace, attached; C{None} when it could not attach
+            within 10 s.
+        """
+        p = subprocess.Popen(
+            ["strace", "-c", "-f", "-o", out, "-p", str(pid)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        self.popen.append(p)
+        assert p.stderr is not None
+        # "strace: Process N attached" once the process is traced
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            line = p.stderr.readline()
+            if not line:
+                break
+            if "attached" in line:
+                return p
+        p.kill()
+        p.wait(5)
+        return None
+
+    @staticmethod
+    def strace_table(p: subprocess.Popen, out: str) -> dict[str, int] | None:
+        """
+        Stop an L{strace} and read its table: calls by system call, and
+        C{"total"}; C{None} when it cannot be read.
+        """
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+            return None
+        calls: dict[str, int] = {}
+        try:
+            with open(out) as f:
+                for line in f:
+                    fields = line.split()
+                    # % time, seconds, usecs/call, calls, [errors,] syscall
+                    if len(fields) in (5, 6) and fields[3].isdigit():
+                        calls[fields[-1]] = int(fields[3])
+        except OSError:
+            return None
+        return calls if "total" in calls else None
+
     def fork(self, target: Any, *args: Any) -> multiprocessing.Process:
         p = multiprocessing.get_context("fork").Process(target=target, args=args, daemon=True)
         p.start()

@@ -37,6 +37,7 @@ Run from the repository's root::
     python3 bench/sip_calls.py --fixed 300 --profile /tmp/prof --skip-direct
     python3 bench/sip_calls.py --fixed 50 --step 10 --skip-direct --cprofile /tmp/cprof   # Python calls per call
     python3 bench/sip_calls.py --fixed 10 --step 20 --skip-direct --instructions /tmp/cg   # instructions per call
+    python3 bench/sip_calls.py --fixed 50 --step 10 --skip-direct --syscalls /tmp/sc       # system calls per call
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ class Bench:
         self.steps = 0
         #: each half's instructions per second without calls (C{--instructions})
         self.idle: dict[str, float | None] = {}
+        #: each half's system calls per second without calls, by name (C{--syscalls})
+        self.idle_calls: dict[str, dict[str, float]] = {}
         self.uas_port = free_port()
         #: every step's SIPp UAC binds this port: its From is
         #: sip:sipp@127.0.0.1:PORT, the address-of-record registered below
@@ -146,6 +149,35 @@ class Bench:
         wall = time.monotonic() - start
         return {k: None if v is None else v / wall for k, v in counts.items()}
 
+    def start_straces(self, pids: dict[str, int], tag: str) -> dict[str, tuple[subprocess.Popen, str]]:
+        """
+        An strace counting the system calls of each half (C{--syscalls}).
+        """
+        straces = {}
+        for k, pid in pids.items():
+            out = os.path.join(self.args.syscalls, f"{k}-{tag}.txt")
+            p = self.procs.strace(pid, out)
+            if p is not None:
+                straces[k] = (p, out)
+        return straces
+
+    def idle_syscalls(self, seconds: float) -> dict[str, dict[str, float]]:
+        """
+        Each half's system calls per second over C{seconds} without calls
+        (its timers), by name.
+        """
+        assert self.pair is not None
+        straces = self.start_straces(self.pair.pids, "idle")
+        start = time.monotonic()
+        time.sleep(seconds)
+        rates = {}
+        for k, (p, out) in straces.items():
+            table = self.procs.strace_table(p, out)
+            if table is not None:
+                wall = time.monotonic() - start
+                rates[k] = {name: n / wall for name, n in table.items()}
+        return rates
+
     def dest(self, path: str) -> tuple[str, int]:
         if path == "tunnel":
             assert self.pair is not None
@@ -186,6 +218,7 @@ class Bench:
         if counted:
             for pid in pids.values():
                 self.procs.callgrind(pid, "zero")
+        straces = self.start_straces(pids, f"step{self.steps:02d}") if a.syscalls and pids else {}
         start = time.monotonic()
         uac = self._sipp(args, cwd)
         spies = start_profilers(self.procs, self.pair, profile, f"{path}-{rate:.0f}", seconds - 1) if profile and pids else []
@@ -203,6 +236,14 @@ class Bench:
                 # the step's instructions less what the half's timers took
                 # meanwhile (as measured without calls)
                 instructions[k] = (count, None if count is None or idle is None else count - idle * (time.monotonic() - start))
+        syscalls: dict[str, dict[str, float] | None] = {}
+        for k, (p, out) in straces.items():
+            table = self.procs.strace_table(p, out)
+            idle = self.idle_calls.get(k, {})
+            traced = time.monotonic() - start
+            # the step's system calls less what the half's timers made
+            # meanwhile (as counted without calls)
+            syscalls[k] = None if table is None else {name: n - idle.get(name, 0.0) * traced for name, n in table.items()}
         uac_cpu = _children_cpu()
         cpu = {k: (cpu_seconds(v) - cpu0[k]) / wall for k, v in pids.items()}
         cpu["uas"] = (cpu_seconds(self.uas.pid) - uas_cpu0) / wall
@@ -242,6 +283,7 @@ class Bench:
             "mean_rt": sipp_time(last.get("ResponseTime1(C)", "")),
             "cpu": cpu,
             "instructions": instructions,
+            "syscalls": syscalls,
             "machine": mach,
             "udp": udp,
             "code": code,
@@ -324,6 +366,17 @@ def describe(r: dict[str, Any]) -> str:
                 for k, (count, net) in r["instructions"].items()
             )
             cpu += f"; instructions per call (millions, user space, under callgrind) {counts}"
+        if r["syscalls"]:
+            # as host-independent as the instructions: the kernel's side
+            parts = []
+            for k, table in r["syscalls"].items():
+                if table is None:
+                    parts.append(f"{k} unread")
+                    continue
+                top = sorted(((n, name) for name, n in table.items() if name != "total"), reverse=True)[:5]
+                detail = ", ".join(f"{name} {n / r['success']:.1f}" for n, name in top)
+                parts.append(f"{k} {table['total'] / r['success']:.1f} ({detail})")
+            cpu += f"; system calls per call, less idle (strace) {'; '.join(parts)}"
     m = r["machine"]
     rtt = r["rtt"]
     fails = f" {r['failed_detail']}" if r["failed_detail"] else ""
@@ -393,6 +446,10 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
             bench.idle = bench.idle_instructions(args.step)
             rates = ", ".join(f"{k} {v / 1e6:.3f}" if v is not None else f"{k} unread" for k, v in bench.idle.items())
             print(f"  idle for {args.step:g} s (no calls): instructions per second (millions) {rates}", flush=True)
+        if args.syscalls:
+            bench.idle_calls = bench.idle_syscalls(args.step)
+            rates = ", ".join(f"{k} {v.get('total', 0.0):.1f}" for k, v in bench.idle_calls.items())
+            print(f"  idle for {args.step:g} s (no calls): system calls per second {rates}", flush=True)
     found: dict[str, tuple[float, float | None]] = {}
     paths = [p for p in ("direct", "tunnel") if not (p == "direct" and args.skip_direct) and not (p == "tunnel" and args.skip_tunnel)]
     if args.fixed:
@@ -464,6 +521,13 @@ def main(argv: list[str] | None = None) -> int:
         " pair's steps (the same on a busy or a quiet host; user space only, not the kernel's system calls; about fifty"
         " times the CPU, so low rates: --fixed 10 --step 20); callgrind's dumps go to DIR",
     )
+    p.add_argument(
+        "--syscalls",
+        metavar="DIR",
+        help="count each half's system calls with strace -c during the pair's steps and report them per call, less"
+        " what the halves make idle (the kernel's side, which --instructions does not see; strace slows every system"
+        " call, so low rates: --fixed 50 --step 10); strace's tables go to DIR",
+    )
     p.add_argument("--max-time", type=float, default=900, help="stop everything after this many seconds (default 900)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (SIPp statistics, logs)")
     args = p.parse_args(argv)
@@ -482,12 +546,20 @@ def main(argv: list[str] | None = None) -> int:
         missing = [tool for tool in ("valgrind", "callgrind_control") if shutil.which(tool) is None]
         if missing:
             p.error(f"--instructions needs Valgrind ({', '.join(missing)} not found; Debian: apt-get install valgrind)")
+    if args.syscalls:
+        if args.instructions:
+            p.error("--syscalls and --instructions: one at a time")
+        if shutil.which("strace") is None:
+            p.error("--syscalls needs strace (not found; Debian: apt-get install strace)")
     if args.cprofile:
         args.cprofile = os.path.abspath(args.cprofile)
         os.makedirs(args.cprofile, exist_ok=True)
     if args.instructions:
         args.instructions = os.path.abspath(args.instructions)
         os.makedirs(args.instructions, exist_ok=True)
+    if args.syscalls:
+        args.syscalls = os.path.abspath(args.syscalls)
+        os.makedirs(args.syscalls, exist_ok=True)
     return run_bounded(lambda procs, workdir: run(args, procs, workdir), args.max_time, args.keep)
 
 

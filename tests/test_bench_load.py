@@ -192,3 +192,56 @@ class MediaRangesTests(SynchronousTestCase):
         self.assertIn("--instructions and --cprofile: one at a time", err.getvalue())
         self.assertIn("--instructions needs Valgrind (valgrind, callgrind_control not found", err.getvalue())
         self.assertFalse(os.path.exists(directory))
+
+    def test_syscalls_options(self) -> None:
+        """
+        C{sip_calls.py --syscalls} is refused with a usage error, before
+        anything starts, beside C{--instructions} and without strace.
+        """
+        from bench import sip_calls
+
+        directory = self.mktemp()
+        err = io.StringIO()
+        with redirect_stderr(err):
+            with self.assertRaises(SystemExit) as e:
+                sip_calls.main(["--syscalls", directory, "--instructions", directory])
+            self.assertEqual(e.exception.code, 2)
+            self.patch(os, "environ", dict(os.environ, PATH=self.mktemp()))
+            with self.assertRaises(SystemExit) as e:
+                sip_calls.main(["--syscalls", directory])
+            self.assertEqual(e.exception.code, 2)
+        self.assertIn("--syscalls and --instructions: one at a time", err.getvalue())
+        self.assertIn("--syscalls needs strace (not found", err.getvalue())
+        self.assertFalse(os.path.exists(directory))
+
+    def test_strace_table(self) -> None:
+        """
+        The table of C{strace -c} is read by system call, with its total;
+        a file without a total is unread (C{None}).
+        """
+        from bench._common import Processes
+
+        class Stopped:
+            def send_signal(self, sig: int) -> None:
+                pass
+
+            def wait(self, timeout: float) -> int:
+                return 0
+
+        out = self.mktemp()
+        with open(out, "w") as f:
+            f.write(
+                "% time     seconds  usecs/call     calls    errors syscall\n"
+                "------ ----------- ----------- --------- --------- ----------------\n"
+                " 36.07    0.033404          10      3328           sendto\n"
+                " 18.30    0.016941           3      4829      1467 recvfrom\n"
+                "------ ----------- ----------- --------- --------- ----------------\n"
+                "100.00    0.092596           4      8157      1467 total\n"
+            )
+        self.assertEqual(
+            Processes.strace_table(Stopped(), out),  # type: ignore[arg-type]
+            {"sendto": 3328, "recvfrom": 4829, "total": 8157},
+        )
+        with open(out, "w") as f:
+            f.write("strace: attach: ptrace(PTRACE_SEIZE, 1): Operation not permitted\n")
+        self.assertIsNone(Processes.strace_table(Stopped(), out))  # type: ignore[arg-type]
