@@ -149,17 +149,12 @@ class Bench:
         wall = time.monotonic() - start
         return {k: None if v is None else v / wall for k, v in counts.items()}
 
-    def start_straces(self, pids: dict[str, int], tag: str) -> dict[str, tuple[subprocess.Popen, str]]:
+    def start_straces(self, pids: dict[str, int], tag: str) -> dict[str, tuple[subprocess.Popen | None, str]]:
         """
-        An strace counting the system calls of each half (C{--syscalls}).
+        An strace counting the system calls of each half (C{--syscalls});
+        C{None} for a half it could not attach to.
         """
-        straces = {}
-        for k, pid in pids.items():
-            out = os.path.join(self.args.syscalls, f"{k}-{tag}.txt")
-            p = self.procs.strace(pid, out)
-            if p is not None:
-                straces[k] = (p, out)
-        return straces
+        return {k: (self.procs.strace(pid, out), out) for k, pid in pids.items() for out in [os.path.join(self.args.syscalls, f"{k}-{tag}.txt")]}
 
     def idle_syscalls(self, seconds: float) -> dict[str, dict[str, float]]:
         """
@@ -172,7 +167,7 @@ class Bench:
         time.sleep(seconds)
         rates = {}
         for k, (p, out) in straces.items():
-            table = self.procs.strace_table(p, out)
+            table = None if p is None else self.procs.strace_table(p, out)
             if table is not None:
                 wall = time.monotonic() - start
                 rates[k] = {name: n / wall for name, n in table.items()}
@@ -238,12 +233,13 @@ class Bench:
                 instructions[k] = (count, None if count is None or idle is None else count - idle * (time.monotonic() - start))
         syscalls: dict[str, dict[str, float] | None] = {}
         for k, (p, out) in straces.items():
-            table = self.procs.strace_table(p, out)
-            idle = self.idle_calls.get(k, {})
+            # (a half strace could not attach to: unread)
+            table = None if p is None else self.procs.strace_table(p, out)
+            idle_rates = self.idle_calls.get(k, {})
             traced = time.monotonic() - start
             # the step's system calls less what the half's timers made
             # meanwhile (as counted without calls)
-            syscalls[k] = None if table is None else {name: n - idle.get(name, 0.0) * traced for name, n in table.items()}
+            syscalls[k] = None if table is None else {name: n - idle_rates.get(name, 0.0) * traced for name, n in table.items()}
         uac_cpu = _children_cpu()
         cpu = {k: (cpu_seconds(v) - cpu0[k]) / wall for k, v in pids.items()}
         cpu["uas"] = (cpu_seconds(self.uas.pid) - uas_cpu0) / wall
