@@ -14,6 +14,7 @@ import collections
 import multiprocessing
 import os
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -187,14 +188,20 @@ class Processes:
         assert p.stderr is not None
         # "strace: Process N attached" once the process is traced
         deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline:
+        said = ""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([p.stderr], [], [], left)[0]:
+                break
             line = p.stderr.readline()
             if not line:
                 break
             if "attached" in line:
                 return p
+            said = line.strip()
         p.kill()
         p.wait(5)
+        print(f"  strace could not attach to process {pid}: {said or 'no answer within 10 s'}", flush=True)
         return None
 
     @staticmethod

@@ -444,7 +444,10 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
             print(f"  idle for {args.step:g} s (no calls): instructions per second (millions) {rates}", flush=True)
         if args.syscalls:
             bench.idle_calls = bench.idle_syscalls(args.step)
-            rates = ", ".join(f"{k} {v.get('total', 0.0):.1f}" for k, v in bench.idle_calls.items())
+            rates = ", ".join(
+                f"{k} {bench.idle_calls[k].get('total', 0.0):.1f}" if k in bench.idle_calls else f"{k} unread"
+                for k in bench.pair.pids
+            )
             print(f"  idle for {args.step:g} s (no calls): system calls per second {rates}", flush=True)
     found: dict[str, tuple[float, float | None]] = {}
     paths = [p for p in ("direct", "tunnel") if not (p == "direct" and args.skip_direct) and not (p == "tunnel" and args.skip_tunnel)]
