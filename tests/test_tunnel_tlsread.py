@@ -17,6 +17,7 @@ from twisted.test.iosim import connect, makeFakeClient, makeFakeServer
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from spwm import leanpoll
 from spwm.testing.certs import TestCA
 from spwm.tunnel.service import server_tls_options
 from spwm.tunnel.tlsread import TunnelTLSClientEndpoint, TunnelTLSFactory, TunnelTLSProtocol
@@ -296,3 +297,107 @@ class FakeEndpoint:
     def connect(self, factory: Any) -> Deferred[Any]:
         self.factories.append(factory)
         return self.connected
+
+
+class _TurnClock(Clock):
+    """
+    A clock whose reactor says when its turn ends (as
+    L{spwm.leanpoll.turn_end} finds it).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._spwm_turn_ends: list[Any] = []
+
+    def end_turn(self) -> None:
+        leanpoll._end_turn(self._spwm_turn_ends)
+
+
+class TurnWritesTests(_Certified):
+    """
+    The application's writes of one reactor turn leave together at the
+    turn's end where the reactor says when it ends, without a
+    C{callLater(0)}; elsewhere as in Twisted's class.
+    """
+
+    def connect(self, clock: Clock) -> tuple[Recorder, Recorder, Any, Any]:
+        """
+        A client (Twisted's TLS) and a server (L{TunnelTLSFactory} on
+        C{clock}) in memory, handshake done.
+
+        @return: the two applications, the server's TLS protocol and the pump.
+        """
+        client_app, server_app = Recorder(), Recorder()
+        client_factory = TLSMemoryBIOFactory(
+            self.client_options, True, Factory.forProtocol(lambda: client_app), clock=Clock()
+        )
+        server_factory = TunnelTLSFactory(self.server_options, False, Factory.forProtocol(lambda: server_app), clock=clock)
+        client = client_factory.buildProtocol(None)
+        server = server_factory.buildProtocol(None)
+        pump = connect(server, makeFakeServer(server), client, makeFakeClient(client), greet=False, clock=clock)
+        pump.flush()
+        return client_app, server_app, server, pump
+
+    def test_at_the_turn_end(self) -> None:
+        """
+        Two writes of one turn wait for its end, with no timer, and then
+        arrive together.
+        """
+        clock = _TurnClock()
+        client_app, app, server, pump = self.connect(clock)
+        app.transport.write(b"INVITE ")  # type: ignore[union-attr]
+        app.transport.write(b"sip:bob")  # type: ignore[union-attr]
+        self.assertEqual(clock.getDelayedCalls(), [])
+        pump.flush()
+        self.assertEqual(client_app.received, [])
+        clock.end_turn()
+        pump.flush()
+        self.assertEqual(client_app.received, [b"INVITE sip:bob"])
+        clock.end_turn()
+        pump.flush()
+        self.assertEqual(client_app.received, [b"INVITE sip:bob"])
+
+    def test_other_clocks(self) -> None:
+        """
+        On a clock without turn ends the writes of a turn leave in the
+        next one, through a C{callLater(0)}, as with Twisted's class.
+        """
+        clock = Clock()
+        client_app, app, server, pump = self.connect(clock)
+        app.transport.write(b"hello")  # type: ignore[union-attr]
+        self.assertEqual([call.getTime() for call in clock.getDelayedCalls()], [clock.seconds()])
+        # (the pump advances the clock)
+        pump.flush()
+        self.assertEqual(client_app.received, [b"hello"])
+
+    def test_large_write_at_once(self) -> None:
+        """
+        Writes past the aggregation's 64 kB leave at once, before the
+        turn's end, whole and in order.
+        """
+        clock = _TurnClock()
+        client_app, app, server, pump = self.connect(clock)
+        data = bytes(range(256)) * 300
+        app.transport.write(b"head")  # type: ignore[union-attr]
+        app.transport.write(data)  # type: ignore[union-attr]
+        pump.flush()
+        self.assertEqual(b"".join(client_app.received), b"head" + data)
+        clock.end_turn()
+        pump.flush()
+        self.assertEqual(b"".join(client_app.received), b"head" + data)
+
+    def test_close_sends_what_waits(self) -> None:
+        """
+        A connection closed in the turn it was written to sends what it
+        wrote before its close; the turn's end then writes nothing.
+        """
+        clock = _TurnClock()
+        client_app, app, server, pump = self.connect(clock)
+        app.transport.write(b"BYE")  # type: ignore[union-attr]
+        app.transport.loseConnection()  # type: ignore[union-attr]
+        pump.flush()
+        clock.end_turn()
+        pump.flush()
+        self.assertEqual(client_app.received, [b"BYE"])
+        self.assertIsNotNone(client_app.lost)
+        self.assertIsNotNone(app.lost)

@@ -23,6 +23,13 @@ does not take is buffered by the transport as before.
 Both override private methods of Twisted's class (C{_flushReceiveBIO},
 C{_flushSendBIO}; Twisted 26.10); C{tests.test_tunnel_tlsread} checks the
 results against Twisted's own class.
+
+The application's writes of one reactor turn are gathered and encrypted
+together, as in Twisted's class; but where the reactor says when its turn
+ends (L{spwm.leanpoll.turn_end}: the C{twistd} halves) they go out then
+(L{_TurnWrites}), instead of in a C{callLater(0)} scheduled in every turn
+that wrote: a timer made, put in the reactor's heap and run, for each
+write of SIP or media into the tunnel.
 """
 
 from __future__ import annotations
@@ -38,9 +45,61 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from spwm import leanpoll
+
 #: The most one C{SSL_read} or one read of the send BIO asks for
 #: (Twisted's figure; a record holds at most 16 kB).
 _READ_SIZE = 2**15
+
+
+class _TurnWrites:
+    """
+    The application's writes of one reactor turn, gathered and written
+    (encrypted) together at the turn's end, or at once when they pass
+    L{MAX_BUFFER_SIZE}: Twisted's C{_AggregateSmallWrites} with the
+    reactor's turn end for its C{callLater(0)}.
+
+    L{flush} writes what waits now (the connection closes);
+    L{close}, once the connection is lost, too, and nothing after.
+    """
+
+    #: (Twisted's figure)
+    MAX_BUFFER_SIZE = 64_000
+
+    def __init__(self, write: Callable[[bytes], object], turn_end: Callable[[Callable[[], None]], None]) -> None:
+        self._write = write
+        self._turn_end = turn_end
+        self._buffer: list[bytes] = []
+        self._left = self.MAX_BUFFER_SIZE
+        #: a flush asked of the turn's end, not yet run
+        self._asked = False
+
+    def write(self, data: bytes) -> None:
+        # (a copy of a mutable buffer, as Twisted's)
+        self._buffer.append(data + b"")
+        self._left -= len(data)
+        if self._left < 0:
+            self.flush()
+        elif not self._asked:
+            self._asked = True
+            self._turn_end(self._at_turn_end)
+
+    def _at_turn_end(self) -> None:
+        if self._asked:
+            self._asked = False
+            self.flush()
+
+    def flush(self) -> None:
+        buffer = self._buffer
+        if buffer:
+            data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
+            buffer.clear()
+            self._left = self.MAX_BUFFER_SIZE
+            self._write(data)
+
+    def close(self) -> None:
+        self._asked = False
+        self.flush()
 
 
 class TunnelTLSProtocol(BufferingTLSTransport):
@@ -70,6 +129,16 @@ class TunnelTLSProtocol(BufferingTLSTransport):
 
     _tcp: tcp.Connection | None = None
     _on_handshake: Callable[[], None] | None = None
+
+    def __init__(self, factory: TLSMemoryBIOFactory, wrappedProtocol: IProtocol, _connectWrapped: bool = True) -> None:
+        super().__init__(factory, wrappedProtocol, _connectWrapped)
+        turn_end = leanpoll.turn_end(factory._clock)
+        if turn_end is not None:
+            # (Twisted's class writes self._aggregator.write as self.write)
+            self._aggregator = _TurnWrites(  # type: ignore[assignment]
+                super(BufferingTLSTransport, self).write, turn_end
+            )
+            self.write = self._aggregator.write  # type: ignore[method-assign]
 
     def when_handshake_done(self, callback: Callable[[], None]) -> bool:
         """
