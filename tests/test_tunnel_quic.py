@@ -13,6 +13,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from spwm import leanpoll
 from spwm.limits import QuicLimits, TunnelLimits
 from spwm.testing.certs import TestCA
 from spwm.tunnel.api import TunnelHandle
@@ -310,6 +311,29 @@ class QuicTunnelTests(SynchronousTestCase):
         got = [c for c in self.contact_app.calls if c[0] == "datagram"]
         self.assertEqual(len(got), 21 - 5)  # the first five were cleared from the pipe above
         self.assertEqual(agent_quic.stats.datagrams_sent, 21)
+
+    def test_media_at_the_turn_end(self) -> None:
+        """
+        Where the reactor says when its turn ends (L{leanpoll.turn_end}),
+        the media written in a turn leaves then, several frames to a
+        packet, with no timer of its own.
+        """
+        ends: list[Any] = []
+        self.clock._spwm_turn_ends = ends  # type: ignore[attr-defined]
+        agent, agent_quic, _ = self.connect()
+        cid = agent.open_channel(ChannelKind.DATAGRAM, {"use": "media"})
+        self.pipe.pump()
+        leanpoll._end_turn(ends)
+        self.pipe.pump()
+        for i in range(5):
+            agent.send_datagram(cid, b"%d" % i * 100)
+        self.clock.advance(0)
+        self.assertEqual(self.pipe.to_contact, [])
+        leanpoll._end_turn(ends)
+        self.assertEqual(len(self.pipe.to_contact), 1)
+        self.pipe.pump()
+        got = [c for c in self.contact_app.calls if c[0] == "datagram"]
+        self.assertEqual(len(got), 5)
 
     def test_stream_backpressure(self) -> None:
         """

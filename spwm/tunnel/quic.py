@@ -67,6 +67,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from spwm import leanpoll
 from spwm.limits import QuicLimits
 from spwm.logthrottle import Every, ThrottledLog
 from spwm.session.paths import PathKind
@@ -273,6 +274,23 @@ def describe_quic_close(event: qe.ConnectionTerminated, *, local: bool) -> str:
     return f"QUIC connection closed with error 0x{event.error_code:x}" + (f": {phrase}" if phrase else "")
 
 
+class _AtTurnEnd:
+    """
+    A flush asked of the reactor's turn end (L{spwm.leanpoll.turn_end}),
+    in the place of its timer: nothing to cancel (the flush finds a
+    connection that ended and does nothing).
+    """
+
+    def active(self) -> bool:
+        return False
+
+    def cancel(self) -> None:
+        pass
+
+
+_AT_TURN_END = _AtTurnEnd()
+
+
 @implementer(ITransport)
 class QuicTunnelTransport:
     """
@@ -361,7 +379,10 @@ class QuicTunnelTransport:
         self._pending = getattr(quic, "_datagrams_pending", None)
         self._tunnel_protocol: Any = None
         self._handshake_done = False
-        self._flush_call: IDelayedCall | None = None
+        #: the media's flush asked for the turn's end: a timer, or
+        #: L{_AT_TURN_END} where the reactor says when its turn ends
+        self._flush_call: Any = None
+        self._turn_end = leanpoll.turn_end(clock)
 
     # -- driving the QUIC connection ----------------------------------------
 
@@ -670,7 +691,12 @@ class QuicTunnelTransport:
                 if pending is not None and len(pending) >= _FLUSH_BATCH:
                     self._service()
                 elif self._flush_call is None:
-                    self._flush_call = self._clock.callLater(0, self._flush_later)
+                    if self._turn_end is not None:
+                        # (under twistd: no timer per turn)
+                        self._flush_call = _AT_TURN_END
+                        self._turn_end(self._flush_later)
+                    else:
+                        self._flush_call = self._clock.callLater(0, self._flush_later)
             return
         else:
             for is_datagram, piece in self._out.split(data):
