@@ -587,7 +587,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds of calls before the baseline (default 60)")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds after the calls before the idle check (default 5)")
     parser.add_argument("--media-ports", type=int, default=4000, help="each half's media port range (default 4000)")
-    parser.add_argument("--plaintext", action="store_true", help="no TLS in the tunnel")
+    parser.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no TLS in the tunnel: no session key either (its one REGISTER has no digest credentials), so each cut"
+        " ends the calls and every later call is refused 403 until a new REGISTER (docs/security.md): use it with --cut-every 0",
+    )
     parser.add_argument(
         "--quic",
         action="store_true",
