@@ -381,7 +381,7 @@ class QuicTunnelTransport:
         self._handshake_done = False
         #: the media's flush asked for the turn's end: a timer, or
         #: L{_AT_TURN_END} where the reactor says when its turn ends
-        self._flush_call: Any = None
+        self._flush_call: IDelayedCall | _AtTurnEnd | None = None
         self._turn_end = leanpoll.turn_end(clock)
 
     # -- driving the QUIC connection ----------------------------------------
