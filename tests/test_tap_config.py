@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from spwm.errors import ConfigError
 from spwm.limits import Limits, TunnelLimits
 from spwm.sip.actions import OperatorProxy
+from spwm.media.reader import KEEP
 from spwm.tap import agent, assembly, contact, parts
 from spwm.tap.assembly import Agent, ContactPoint, agent_media_address, build_agent, build_contact
 from spwm.tap.options import AgentConfig, ContactConfig
@@ -292,7 +293,12 @@ class AssemblyTests(SynchronousTestCase):
         )
         built = build_contact(config, MemoryReactorClock())
         self.assertIsInstance(built, ContactPoint)
-        self.assertEqual(list(built.service)[0], built.listener)
+        # the first service closes the kept relay sockets (stopped last),
+        # the listener comes next
+        self.assertEqual(list(built.service)[1], built.listener)
+        self.assertEqual(built.media.sockets.keep_for, KEEP)
+        list(built.service)[0].stopService()
+        self.assertEqual(built.media.sockets.keep_for, 0.0)
         self.assertEqual(built.factory.max_per_host, 2)
         self.assertEqual(built.sip_core.max_users, 5)
         self.assertIsNone(built.state)

@@ -853,6 +853,8 @@ class MediaManager:
         return {
             "streams": self.streams,
             "relay_sockets": self.open_sockets,
+            # released, kept bound a while for the next call on their port
+            "relay_sockets_kept": getattr(self.sockets, "kept", 0),
             "tcp_sockets": self.open_tcp_sockets,
             "channels": self.open_channels,
             "port_pairs_in_use": self.ports_in_use,

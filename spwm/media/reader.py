@@ -17,6 +17,15 @@ have a datagram, and each of them is read once (level-triggered: a socket
 with more queued stays ready for the next round, so no read ends in
 C{EAGAIN}).
 
+A released socket can be I{kept} a while (C{keep_for}): still bound and
+read, its datagrams dropped, so that a new call given the same port within
+that time takes it over without a system call (a socket made, its buffer
+set, bound and registered, then unregistered and closed: twelve system
+calls per call and half, with its two sockets). The port allocator still
+decides which port a call gets (round robin over the range, so a port's
+last call is as long ago as before); a kept socket is one that port's
+allocator returns to soon, as at a high call rate.
+
 L{TwistedRelaySockets} does the same job with C{reactor.listenUDP}, for
 reactors without file descriptors (tests) or platforms without C{epoll}.
 """
@@ -45,6 +54,10 @@ MAX_EVENTS = 1024
 #: Polls of the inner epoll per reactor wake-up, at most.
 ROUNDS = 4
 
+#: Seconds the C{twistd} halves keep a released relay socket bound for the
+#: next call on its port (L{EpollRelaySockets}, C{keep_for}).
+KEEP = 10.0
+
 
 class RelayPort:
     """
@@ -53,9 +66,15 @@ class RelayPort:
     @ivar socket: the socket.
     """
 
-    def __init__(self, owner: EpollRelaySockets, sock: socket.socket) -> None:
+    def __init__(
+        self, owner: EpollRelaySockets, sock: socket.socket, port: int = 0, interface: str = "", receive_buffer: int = 0
+    ) -> None:
         self._owner = owner
         self.socket = sock
+        # as bound (a kept socket is found again by them)
+        self.port = port
+        self.interface = interface
+        self.receive_buffer = receive_buffer
 
     def getHandle(self) -> socket.socket:
         """
@@ -91,13 +110,25 @@ class EpollRelaySockets:
 
     log = Logger()
 
-    def __init__(self, reactor: Any, max_datagram: int = 65535) -> None:
+    def __init__(self, reactor: Any, max_datagram: int = 65535, keep_for: float = 0.0) -> None:
         """
-        @param reactor: provides C{IReactorFDSet}.
+        @param reactor: provides C{IReactorFDSet} and C{IReactorTime}.
+        @param keep_for: seconds a released socket stays bound for a new
+            call on its port (L{kept}); 0: closed at once.
         """
         self.reactor = reactor
         self.max_datagram = max_datagram
+        self.keep_for = keep_for
         self.read_errors = 0
+        #: datagrams that reached a kept socket (a far end still sending
+        #: to a call that ended), dropped
+        self.kept_dropped = 0
+        #: sockets taken over from L{kept} by a new call
+        self.reused = 0
+        # port -> (socket, interface, receive buffer, released at), oldest
+        # release first
+        self._kept: dict[int, tuple[socket.socket, str, int, float]] = {}
+        self._sweep: Any = None
         self._error_log = ThrottledLog(self.log, None, PowersOfTwo())
         self._epoll: select.epoll | None = None
         self._entries: dict[int, tuple[Callable[[int], tuple[bytes, Any]], Callable[[bytes, Any], None]]] = {}
@@ -107,9 +138,16 @@ class EpollRelaySockets:
     @property
     def open_sockets(self) -> int:
         """
-        Sockets currently bound.
+        Sockets currently bound for a call (not counting L{kept}).
         """
         return len(self._ports)
+
+    @property
+    def kept(self) -> int:
+        """
+        Released sockets kept bound for a new call on their port.
+        """
+        return len(self._kept)
 
     def listen(
         self,
@@ -128,22 +166,18 @@ class EpollRelaySockets:
         @raise CannotListenError: the address is in use or not ours.
         """
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
-        # non-blocking from its creation: no ioctl of its own (two relay
-        # sockets per call and half)
-        sock = socket.socket(family, socket.SOCK_DGRAM | _NONBLOCK)
-        try:
-            if not _NONBLOCK:
-                sock.setblocking(False)
-            if receive_buffer:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-                except OSError:
-                    pass
-            sock.bind((interface, port))
-        except OSError as e:
-            sock.close()
-            raise CannotListenError(interface, port, e) from None
-        relay_port = RelayPort(self, sock)
+        kept = self._kept.pop(port, None)
+        if kept is not None and kept[1:3] == (interface, receive_buffer):
+            # bound and registered already: only its delivery changes
+            sock = kept[0]
+            self.reused += 1
+            registered = True
+        else:
+            if kept is not None:
+                self._close_kept(kept[0])
+            sock = self._bind(family, port, interface, receive_buffer)
+            registered = False
+        relay_port = RelayPort(self, sock, port, interface, receive_buffer)
         deliver = protocol.datagramReceived
         if family == socket.AF_INET6:
             # the scope and flow fields are not part of an endpoint's address
@@ -157,7 +191,8 @@ class EpollRelaySockets:
         self._ports[fd] = relay_port
         if self._epoll is None:
             self._epoll = select.epoll()
-        self._epoll.register(fd, select.EPOLLIN)
+        if not registered:
+            self._epoll.register(fd, select.EPOLLIN)
         if not self._reading:
             self._reading = True
             self.reactor.addReader(self)
@@ -165,6 +200,37 @@ class EpollRelaySockets:
         if bound is not None:
             bound(relay_port)
         return relay_port
+
+    @staticmethod
+    def _bind(family: int, port: int, interface: str, receive_buffer: int) -> socket.socket:
+        # non-blocking from its creation: no ioctl of its own
+        sock = socket.socket(family, socket.SOCK_DGRAM | _NONBLOCK)
+        try:
+            if not _NONBLOCK:
+                sock.setblocking(False)
+            if receive_buffer:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+                except OSError:
+                    pass
+            sock.bind((interface, port))
+        except OSError as e:
+            sock.close()
+            raise CannotListenError(interface, port, e) from None
+        return sock
+
+    def stop_keeping(self) -> None:
+        """
+        Close the kept sockets, and from now on close a released socket at
+        once (the service stops; the calls that drain keep theirs).
+        """
+        self.keep_for = 0.0
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
+        while self._kept:
+            self._close_kept(self._kept.popitem()[1][0])
+        self._leave_if_idle()
 
     # IReadDescriptor
 
@@ -212,8 +278,9 @@ class EpollRelaySockets:
 
     def close(self) -> None:
         """
-        Close every socket and leave the reactor.
+        Close every socket (the kept ones too) and leave the reactor.
         """
+        self.stop_keeping()
         for relay_port in list(self._ports.values()):
             self._remove(relay_port)
 
@@ -222,6 +289,7 @@ class EpollRelaySockets:
         The reactor dropped us (shutdown): close every socket.
         """
         self._reading = False
+        self.stop_keeping()
         for relay_port in list(self._ports.values()):
             self._remove(relay_port)
 
@@ -247,16 +315,54 @@ class EpollRelaySockets:
         if fd < 0 or self._ports.get(fd) is not relay_port:
             return
         del self._ports[fd]
-        del self._entries[fd]
+        if self.keep_for > 0 and relay_port.port:
+            # still read (a far end that goes on sending fills no buffer,
+            # and the next call on the port reads none of it), dropped
+            self._entries[fd] = (sock.recvfrom, self._drop)
+            self._kept[relay_port.port] = (sock, relay_port.interface, relay_port.receive_buffer, self.reactor.seconds())
+            if self._sweep is None:
+                self._sweep = self.reactor.callLater(self.keep_for, self._expire)
+            return
+        self._close_kept(sock)
+        self._leave_if_idle()
+
+    def _drop(self, data: bytes, addr: Any) -> None:
+        self.kept_dropped += 1
+
+    def _close_kept(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        if fd < 0:
+            return
+        self._entries.pop(fd, None)
         if self._epoll is not None:
             try:
                 self._epoll.unregister(fd)
             except OSError:
                 pass
         sock.close()
-        if not self._ports and self._reading:
+
+    def _leave_if_idle(self) -> None:
+        if not self._ports and not self._kept and self._reading:
             self._reading = False
             self.reactor.removeReader(self)
+
+    def _expire(self) -> None:
+        """
+        Close the sockets kept for L{keep_for}; again at the next one's
+        time (one timer for all of them).
+        """
+        self._sweep = None
+        until = self.reactor.seconds() - self.keep_for
+        kept = self._kept
+        while kept:
+            port = next(iter(kept))
+            entry = kept[port]
+            if entry[3] > until:
+                self._sweep = self.reactor.callLater(entry[3] - until, self._expire)
+                break
+            del kept[port]
+            self._close_kept(entry[0])
+        self._leave_if_idle()
 
 
 class TwistedRelaySockets:
@@ -278,12 +384,14 @@ class TwistedRelaySockets:
         return self.reactor.listenUDP(port, protocol, interface=interface, maxPacketSize=self.max_datagram)
 
 
-def relay_sockets_for(reactor: Any, max_datagram: int = 65535) -> EpollRelaySockets | TwistedRelaySockets:
+def relay_sockets_for(
+    reactor: Any, max_datagram: int = 65535, keep_for: float = 0.0
+) -> EpollRelaySockets | TwistedRelaySockets:
     """
     The fastest way this reactor can read relay sockets: one inner C{epoll}
-    when the platform has it and the reactor takes file descriptors,
-    otherwise C{listenUDP}.
+    when the platform has it and the reactor takes file descriptors
+    (released sockets kept C{keep_for} seconds), otherwise C{listenUDP}.
     """
     if hasattr(select, "epoll") and IReactorFDSet.providedBy(reactor):
-        return EpollRelaySockets(reactor, max_datagram)
+        return EpollRelaySockets(reactor, max_datagram, keep_for)
     return TwistedRelaySockets(reactor, max_datagram)

@@ -38,7 +38,7 @@ from spwm.listenqueue import HandshakeGate, ListenQueueWatch, system_backlog, wi
 from spwm.looplag import LoopLag
 from spwm.media.manager import MediaManager, session_share
 from spwm.media.ports import PortAllocator
-from spwm.media.reader import relay_sockets_for
+from spwm.media.reader import KEEP as RELAY_KEEP, relay_sockets_for
 from spwm.security.resume import AgentResumption
 from spwm.session.carrier import PathKeeper, PathSessions
 from spwm.session.paths import PathCount
@@ -238,6 +238,17 @@ def hep_sender(target: tuple[str, int] | None, reactor: Any, side: str) -> HepSe
     if target is None:
         return None
     return HepSender(reactor, target, agent_id=HEP_AGENT_ID[side])
+
+
+def relay_keep_service(top: MultiService, sockets: Any) -> None:
+    """
+    The released relay sockets kept for the next call on their port are
+    closed when the half stops (its first service, so stopped last); the
+    calls that drain keep their own.
+    """
+    stop = getattr(sockets, "stop_keeping", None)
+    if stop is not None:
+        Hook(lambda: None, stop).setServiceParent(top)
 
 
 def hep_service(top: MultiService, hep: HepSender | None) -> None:
@@ -560,7 +571,7 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
         max_pending_channels=limits.media.max_pending_channels,
         max_branches_per_stream=limits.media.max_branches_per_stream,
         pending_timeout=limits.media.pending_timeout,
-        sockets=relay_sockets_for(reactor),
+        sockets=relay_sockets_for(reactor, keep_for=RELAY_KEEP),
         hep=hep,
         call_lines=config.log_level == "debug",
     )
@@ -625,6 +636,7 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
         )
 
     top = StartupService("agent")
+    relay_keep_service(top, media.sockets)
     hep_service(top, hep)
     (on_demand if on_demand is not None else tunnel).setServiceParent(top)
     for side in sides[1:]:
@@ -1223,7 +1235,7 @@ def build_contact(
         max_pending_channels=limits.media.max_pending_channels,
         max_branches_per_stream=limits.media.max_branches_per_stream,
         pending_timeout=limits.media.pending_timeout,
-        sockets=relay_sockets_for(reactor),
+        sockets=relay_sockets_for(reactor, keep_for=RELAY_KEEP),
         hep=hep,
         call_lines=config.log_level == "debug",
         max_calls=config.max_calls,
@@ -1352,6 +1364,7 @@ def build_contact(
         factory.quic_port = config.quic_listen[1] or None
 
     top = StartupService("contact")
+    relay_keep_service(top, media.sockets)
     hep_service(top, hep)
     listener.setServiceParent(top)
     if own_listener is not None:

@@ -224,6 +224,119 @@ class EpollRelaySocketsTests(TestCase):
         self.assertEqual([r.socket.fileno() for r in relays], [-1, -1, -1])
 
 
+class KeptSocketTests(TestCase):
+    """
+    L{EpollRelaySockets} with C{keep_for}: a released socket stays bound
+    and read for the next call on its port.
+    """
+
+    timeout = 20
+
+    def setUp(self) -> None:
+        self.sockets = EpollRelaySockets(reactor, keep_for=5.0)
+        self.addCleanup(self.sockets.close)
+        self.client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.client.bind(("127.0.0.1", 0))
+        self.addCleanup(self.client.close)
+
+    def test_released_socket_taken_over(self) -> None:
+        """
+        A released socket stays bound (the port cannot be bound again) and
+        is counted as kept, not open; the next listen on its port with the
+        same interface and buffer takes that very socket over.
+        """
+        port = free_port()
+        first = self.sockets.listen(port, Collector(), "127.0.0.1", receive_buffer=65536)
+        fd = first.socket.fileno()
+        first.stopListening()
+        self.assertEqual((self.sockets.open_sockets, self.sockets.kept), (0, 1))
+        self.assertIn(self.sockets, reactor.getReaders())
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+            self.assertRaises(OSError, other.bind, ("127.0.0.1", port))
+        second = self.sockets.listen(port, Collector(), "127.0.0.1", receive_buffer=65536)
+        self.assertIs(second.socket, first.socket)
+        self.assertEqual(second.socket.fileno(), fd)
+        self.assertEqual((self.sockets.open_sockets, self.sockets.kept, self.sockets.reused), (1, 0, 1))
+        # the first holder's stop is stale: it closes nothing of the new one
+        first.stopListening()
+        self.assertEqual(self.sockets.open_sockets, 1)
+
+    async def test_kept_socket_drops_then_delivers(self) -> None:
+        """
+        What reaches a kept socket is read and dropped (no buffer fills,
+        no earlier holder gets it); the next holder gets only what comes
+        after it took the socket over.
+        """
+        port = free_port()
+        old = Collector()
+        first = self.sockets.listen(port, old, "127.0.0.1", receive_buffer=65536)
+        first.stopListening()
+        self.client.sendto(b"late", ("127.0.0.1", port))
+        await wait_until(lambda: self.sockets.kept_dropped == 1, 5)
+        new = Collector()
+        self.sockets.listen(port, new, "127.0.0.1", receive_buffer=65536)
+        self.client.sendto(b"fresh", ("127.0.0.1", port))
+        await wait_until(lambda: new.got, 5)
+        self.assertEqual([d for d, _ in new.got], [b"fresh"])
+        self.assertEqual(old.got, [])
+
+    def test_other_buffer_binds_anew(self) -> None:
+        """
+        A listen on a kept port with another receive buffer closes the kept
+        socket and binds a new one.
+        """
+        port = free_port()
+        first = self.sockets.listen(port, Collector(), "127.0.0.1", receive_buffer=65536)
+        first.stopListening()
+        second = self.sockets.listen(port, Collector(), "127.0.0.1", receive_buffer=1 << 20)
+        self.assertIsNot(second.socket, first.socket)
+        self.assertEqual(first.socket.fileno(), -1)
+        self.assertEqual((self.sockets.kept, self.sockets.reused), (0, 0))
+
+    def test_any_port_not_kept(self) -> None:
+        """
+        A socket bound on port 0 (any) is closed at once: no later listen
+        asks for its port.
+        """
+        relay = self.sockets.listen(0, Collector(), "127.0.0.1")
+        relay.stopListening()
+        self.assertEqual((self.sockets.kept, relay.socket.fileno()), (0, -1))
+
+    async def test_kept_until_expired(self) -> None:
+        """
+        After C{keep_for} the kept sockets are closed (their ports free),
+        and with nothing left the reader leaves the reactor.
+        """
+        self.sockets.keep_for = 0.2
+        ports = [free_port() for _ in range(3)]
+        relays = [self.sockets.listen(p, Collector(), "127.0.0.1") for p in ports]
+        for relay in relays:
+            relay.stopListening()
+        self.assertEqual(self.sockets.kept, 3)
+        await wait_until(lambda: self.sockets.kept == 0, 5)
+        self.assertEqual([r.socket.fileno() for r in relays], [-1, -1, -1])
+        self.assertNotIn(self.sockets, reactor.getReaders())
+        for port in ports:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+                again.bind(("127.0.0.1", port))
+
+    def test_stop_keeping(self) -> None:
+        """
+        C{stop_keeping} (the half stops) closes the kept sockets and leaves
+        a socket in use alone; released later, it is closed at once.
+        """
+        kept = self.sockets.listen(free_port(), Collector(), "127.0.0.1")
+        used = self.sockets.listen(free_port(), Collector(), "127.0.0.1")
+        kept.stopListening()
+        self.sockets.stop_keeping()
+        self.assertEqual((self.sockets.kept, kept.socket.fileno()), (0, -1))
+        self.assertNotEqual(used.socket.fileno(), -1)
+        self.assertIn(self.sockets, reactor.getReaders())
+        used.stopListening()
+        self.assertEqual((self.sockets.kept, used.socket.fileno()), (0, -1))
+        self.assertNotIn(self.sockets, reactor.getReaders())
+
+
 class ChoiceTests(TestCase):
     """
     L{relay_sockets_for} picks the reader by what the reactor can do.
