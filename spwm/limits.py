@@ -128,6 +128,9 @@ class MediaLimits:
     @ivar max_branches_per_stream: early branches (forks) kept per stream.
     @ivar pending_timeout: seconds a channel the peer opened may wait for
         the SDP that explains it before it is closed.
+    @ivar relay_keep: seconds a released relay socket stays bound (and
+        read, its datagrams dropped) for the next call on its port
+        (L{spwm.media.reader.EpollRelaySockets}); 0: closed at once.
     """
 
     inactivity_timeout: float = field(default=60.0, validator=_pos_time)
@@ -136,6 +139,7 @@ class MediaLimits:
     max_pending_channels: int = field(default=1024, validator=_pos)
     max_branches_per_stream: int = field(default=8, validator=_pos)
     pending_timeout: float = field(default=10.0, validator=_pos_time)
+    relay_keep: float = field(default=10.0, validator=validators.ge(0.0))
 
 
 @frozen

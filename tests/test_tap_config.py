@@ -14,7 +14,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from spwm.errors import ConfigError
 from spwm.limits import Limits, TunnelLimits
 from spwm.sip.actions import OperatorProxy
-from spwm.media.reader import KEEP
 from spwm.tap import agent, assembly, contact, parts
 from spwm.tap.assembly import Agent, ContactPoint, agent_media_address, build_agent, build_contact
 from spwm.tap.options import AgentConfig, ContactConfig
@@ -154,6 +153,7 @@ class ConfigTests(SynchronousTestCase):
             ({"colour": "red"}, "colour"),
             ({"client-cert": __file__}, "client-cert"),
             ({"tunnel": "sometimes"}, "tunnel"),
+            ({"media-keep": -1}, "media-keep"),
         ]:
             with self.assertRaises(ConfigError) as caught:
                 AgentConfig.from_options(values)
@@ -287,6 +287,17 @@ class AssemblyTests(SynchronousTestCase):
         self.assertEqual(built.handle.max_held, 64)
         self.assertEqual(built.handle.retry_after(), 1)
 
+    def test_media_keep(self) -> None:
+        """
+        C{--media-keep} sets how long each half's relay sockets stay bound
+        after their call; 0 closes them at once.
+        """
+        for given, kept in (({}, 10.0), ({"media-keep": 0}, 0.0), ({"media-keep": 2.5}, 2.5)):
+            config = ContactConfig.from_options({"plaintext": True, "listen": "tcp:0", **given})
+            self.assertEqual(build_contact(config, MemoryReactorClock()).media.sockets.keep_for, kept)
+            config = AgentConfig.from_options({"plaintext": True, **given})
+            self.assertEqual(build_agent(config, MemoryReactorClock()).media.sockets.keep_for, kept)
+
     def test_contact_record(self) -> None:
         config = ContactConfig.from_options(
             {"plaintext": True, "listen": "tcp:0", "max-tunnels-per-address": 2, "max-users-per-tunnel": 5}
@@ -296,7 +307,7 @@ class AssemblyTests(SynchronousTestCase):
         # the first service closes the kept relay sockets (stopped last),
         # the listener comes next
         self.assertEqual(list(built.service)[1], built.listener)
-        self.assertEqual(built.media.sockets.keep_for, KEEP)
+        self.assertEqual(built.media.sockets.keep_for, Limits().media.relay_keep)
         list(built.service)[0].stopService()
         self.assertEqual(built.media.sockets.keep_for, 0.0)
         self.assertEqual(built.factory.max_per_host, 2)

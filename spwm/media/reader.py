@@ -54,10 +54,6 @@ MAX_EVENTS = 1024
 #: Polls of the inner epoll per reactor wake-up, at most.
 ROUNDS = 4
 
-#: Seconds the C{twistd} halves keep a released relay socket bound for the
-#: next call on its port (L{EpollRelaySockets}, C{keep_for}).
-KEEP = 10.0
-
 
 class RelayPort:
     """

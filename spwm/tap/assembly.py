@@ -38,7 +38,7 @@ from spwm.listenqueue import HandshakeGate, ListenQueueWatch, system_backlog, wi
 from spwm.looplag import LoopLag
 from spwm.media.manager import MediaManager, session_share
 from spwm.media.ports import PortAllocator
-from spwm.media.reader import KEEP as RELAY_KEEP, relay_sockets_for
+from spwm.media.reader import relay_sockets_for
 from spwm.security.resume import AgentResumption
 from spwm.session.carrier import PathKeeper, PathSessions
 from spwm.session.paths import PathCount
@@ -571,7 +571,7 @@ def build_agent(config: AgentConfig, reactor: Any = None, *, sip_observer: SipOb
         max_pending_channels=limits.media.max_pending_channels,
         max_branches_per_stream=limits.media.max_branches_per_stream,
         pending_timeout=limits.media.pending_timeout,
-        sockets=relay_sockets_for(reactor, keep_for=RELAY_KEEP),
+        sockets=relay_sockets_for(reactor, keep_for=limits.media.relay_keep),
         hep=hep,
         call_lines=config.log_level == "debug",
     )
@@ -1235,7 +1235,7 @@ def build_contact(
         max_pending_channels=limits.media.max_pending_channels,
         max_branches_per_stream=limits.media.max_branches_per_stream,
         pending_timeout=limits.media.pending_timeout,
-        sockets=relay_sockets_for(reactor, keep_for=RELAY_KEEP),
+        sockets=relay_sockets_for(reactor, keep_for=limits.media.relay_keep),
         hep=hep,
         call_lines=config.log_level == "debug",
         max_calls=config.max_calls,

@@ -45,6 +45,7 @@ TUNNEL_LIMIT_OPTIONS = (
     Option("max-signalling-queue", _D.tunnel.max_priority_queue, positive_int, "Bytes of SIP and control a tunnel may queue for a peer that does not read; past a quarter of it new SIP requests get 503, past it the tunnel is closed."),
     Option("max-media-queue", _D.tunnel.max_media_queue, positive_int, "Bytes of media a tunnel may queue; past it datagrams are dropped and counted."),
     Option("udp-buffer", _D.sip.udp_buffer, positive_int, "Receive buffer (bytes) of SIP and forward UDP sockets."),
+    Option("media-keep", _D.media.relay_keep, non_negative_float, "Seconds a media relay socket stays bound after its call for the next call the port allocator gives its port, which then takes it over without a system call (what reaches it meanwhile is dropped); 0: closed at once."),
     Option("media-buffer", _D.media.receive_buffer, positive_int, "Receive buffer (bytes) of each media relay socket: about 300 audio packets; a backlog beyond it is too late to play and the kernel drops it."),
     Option("no-bye-on-loss", False, bool, "Send no BYE of our own when a call ends here without one (its media lost: tunnel lost past resumption, no media for --media-timeout), nor a CANCEL or 480 for a call lost while it rings: the parties are then not told, and stay in a silent (or ringing) call until they hang up.", flag=True),
     Option("user-ciphering", False, bool, "Seal each registered user's SIP and media frames with that user's key (both halves must ask).", flag=True),

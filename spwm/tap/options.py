@@ -89,7 +89,11 @@ def _limits(values: Mapping[str, Any], **tunnel: Any) -> Limits:
                 else {}
             ),
         ),
-        media=MediaLimits(inactivity_timeout=values["media-timeout"], receive_buffer=values["media-buffer"]),
+        media=MediaLimits(
+            inactivity_timeout=values["media-timeout"],
+            receive_buffer=values["media-buffer"],
+            relay_keep=values["media-keep"],
+        ),
         session=SessionLimits(resume_window=values["resume-window"]),
     )
 

@@ -120,6 +120,11 @@ class SpwmSipTestCase(E2ETestCase):
     #: seconds the contact point keeps a broken tunnel's session for resumption
     resume_window = 2.0
 
+    #: seconds both halves keep a relay socket bound after its call
+    #: (C{--media-keep}; 10 by default): short, so that the tests see the
+    #: ports closed soon after a hang-up, through the keeping
+    media_keep = 1.0
+
     def start_spwm_contact(
         self,
         tls: bool = True,
@@ -154,7 +159,7 @@ class SpwmSipTestCase(E2ETestCase):
         ]
         if media_timeout is not None:
             args += ["--media-timeout", str(media_timeout)]
-        args += ["--resume-window", str(self.resume_window)]
+        args += ["--resume-window", str(self.resume_window), "--media-keep", str(self.media_keep)]
         args += list(extra)
         self.contact_argv = args
         process = self.start_contact(args)
@@ -198,6 +203,7 @@ class SpwmSipTestCase(E2ETestCase):
         ]
         if media_timeout is not None:
             args += ["--media-timeout", str(media_timeout)]
+        args += ["--media-keep", str(self.media_keep)]
         args += list(extra)
         process = self.start_agent(args)
         self.wait_for_listener("lan", "udp", address, 5060, process)

@@ -71,7 +71,8 @@ class MediaTestBase(SpwmSipTestCase):
     def assertPortsClosed(self) -> None:
         """
         After hang-up neither the agent's nor the contact point's namespace
-        has a UDP socket left in its media port range (C{ss -uln}).
+        has a UDP socket left in its media port range (C{ss -uln}), once
+        the bed's C{--media-keep} (1 s) has passed.
         """
         lan, op = self.wait_media_ports_closed(timeout=5.0)
         self.assertEqual((lan, op), ([], []), "media ports still open after hang-up (agent, contact)")
