@@ -55,6 +55,24 @@ MAX_EVENTS = 1024
 ROUNDS = 4
 
 
+def kept_budget() -> int:
+    """
+    The relay sockets a half keeps bound after their calls at most: a
+    quarter of its soft limit of open descriptors (C{ulimit -n}; 256 of the
+    usual 1,024 in a shell, 16,384 of the 65,536 the systemd units set), so
+    that the kept ones never take what tunnels and calls need.
+    """
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 256
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return 65536
+    return soft // 4
+
+
 class RelayPort:
     """
     One bound relay socket, as L{EpollRelaySockets.listen} returns it.
@@ -106,15 +124,21 @@ class EpollRelaySockets:
 
     log = Logger()
 
-    def __init__(self, reactor: Any, max_datagram: int = 65535, keep_for: float = 0.0) -> None:
+    def __init__(
+        self, reactor: Any, max_datagram: int = 65535, keep_for: float = 0.0, max_kept: int | None = None
+    ) -> None:
         """
         @param reactor: provides C{IReactorFDSet} and C{IReactorTime}.
         @param keep_for: seconds a released socket stays bound for a new
             call on its port (L{kept}); 0: closed at once.
+        @param max_kept: sockets kept at most (default: a quarter of the
+            process's descriptor limit, L{kept_budget}); a socket released
+            beyond them is closed at once.
         """
         self.reactor = reactor
         self.max_datagram = max_datagram
         self.keep_for = keep_for
+        self.max_kept = kept_budget() if max_kept is None else max_kept
         self.read_errors = 0
         #: datagrams that reached a kept socket (a far end still sending
         #: to a call that ended), dropped
@@ -171,7 +195,14 @@ class EpollRelaySockets:
         else:
             if kept is not None:
                 self._close_kept(kept[0])
-            sock = self._bind(family, port, interface, receive_buffer)
+            try:
+                sock = self._bind(family, port, interface, receive_buffer)
+            except CannotListenError as e:
+                if getattr(e.socketError, "errno", None) not in (errno.EMFILE, errno.ENFILE) or not self._kept:
+                    raise
+                # out of descriptors: the kept sockets hold some of them
+                self._drop_kept()
+                sock = self._bind(family, port, interface, receive_buffer)
             registered = False
         relay_port = RelayPort(self, sock, port, interface, receive_buffer)
         deliver = protocol.datagramReceived
@@ -221,6 +252,12 @@ class EpollRelaySockets:
         once (the service stops; the calls that drain keep theirs).
         """
         self.keep_for = 0.0
+        self._drop_kept()
+
+    def _drop_kept(self) -> None:
+        """
+        Close every kept socket now.
+        """
         if self._sweep is not None and self._sweep.active():
             self._sweep.cancel()
         self._sweep = None
@@ -311,7 +348,7 @@ class EpollRelaySockets:
         if fd < 0 or self._ports.get(fd) is not relay_port:
             return
         del self._ports[fd]
-        if self.keep_for > 0 and relay_port.port:
+        if self.keep_for > 0 and relay_port.port and len(self._kept) < self.max_kept:
             # still read (a far end that goes on sending fills no buffer,
             # and the next call on the port reads none of it), dropped
             self._entries[fd] = (sock.recvfrom, self._drop)

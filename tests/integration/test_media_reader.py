@@ -5,6 +5,7 @@ inner epoll, on loopback with the real reactor.
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Any
 
@@ -319,6 +320,49 @@ class KeptSocketTests(TestCase):
         for port in ports:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
                 again.bind(("127.0.0.1", port))
+
+    def test_at_most_max_kept(self) -> None:
+        """
+        Beyond C{max_kept} kept sockets a released one is closed at once;
+        the default budget is a quarter of the descriptor limit.
+        """
+        self.sockets.max_kept = 1
+        first, second = (self.sockets.listen(free_port(), Collector(), "127.0.0.1") for _ in range(2))
+        first.stopListening()
+        second.stopListening()
+        self.assertEqual(self.sockets.kept, 1)
+        self.assertNotEqual(first.socket.fileno(), -1)
+        self.assertEqual(second.socket.fileno(), -1)
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft != resource.RLIM_INFINITY:
+            self.assertEqual(EpollRelaySockets(reactor).max_kept, soft // 4)
+
+    def test_out_of_descriptors_drops_kept(self) -> None:
+        """
+        When a new socket cannot be made for want of descriptors, the kept
+        ones are closed and the socket made again.
+        """
+        kept = self.sockets.listen(free_port(), Collector(), "127.0.0.1")
+        kept.stopListening()
+        bind = self.sockets._bind
+        refused: list[int] = []
+
+        def out_of_descriptors(*args: Any) -> Any:
+            if not refused:
+                refused.append(1)
+                raise CannotListenError("127.0.0.1", args[1], OSError(errno.EMFILE, "Too many open files"))
+            return bind(*args)
+
+        self.sockets._bind = out_of_descriptors  # type: ignore[method-assign]
+        relay = self.sockets.listen(free_port(), Collector(), "127.0.0.1")
+        self.assertEqual((self.sockets.kept, kept.socket.fileno(), self.sockets.open_sockets), (0, -1, 1))
+        self.assertNotEqual(relay.socket.fileno(), -1)
+        # without kept sockets the refusal stands
+        refused.clear()
+        with self.assertRaises(CannotListenError):
+            self.sockets.listen(free_port(), Collector(), "127.0.0.1")
 
     def test_stop_keeping(self) -> None:
         """
