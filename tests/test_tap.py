@@ -28,7 +28,7 @@ from spwm.forward import AgentForwarder
 from spwm.limits import TunnelLimits
 from spwm.media.ports import check_range
 from spwm.tap import agent, contact
-from spwm.tap.common import MediaRangeCheck, StartupExit, StartupService, stop_signals_once
+from spwm.tap.common import OPEN_FILES_MAX, MediaRangeCheck, StartupExit, StartupService, raise_open_files, stop_signals_once
 from spwm.tap.parts import SipListeners, until
 from spwm.tunnel.api import Router
 from spwm.tunnel.protocol import ContactTunnelFactory
@@ -733,3 +733,68 @@ class StopSignalTests(SynchronousTestCase):
             self.stopped_twice(agent, ["--plaintext", "--contact", "127.0.0.1:14443", "--sip-listen", "127.0.0.1:15160"]),
             ["SIGTERM: the stop is already under way", "SIGINT: the stop is already under way"],
         )
+
+
+class _Limits:
+    """
+    A C{resource} module with one open-file limit, which records what is set.
+    """
+
+    RLIMIT_NOFILE = 7
+    RLIM_INFINITY = -1
+
+    def __init__(self, soft: int, hard: int, refuse: bool = False) -> None:
+        self.limit = (soft, hard)
+        self.refuse = refuse
+        self.set: list[tuple[int, int]] = []
+
+    def getrlimit(self, which: int) -> tuple[int, int]:
+        assert which == self.RLIMIT_NOFILE
+        return self.limit
+
+    def setrlimit(self, which: int, limit: tuple[int, int]) -> None:
+        if self.refuse:
+            raise ValueError("not allowed")
+        self.set.append(limit)
+        self.limit = limit
+
+
+class RaiseOpenFilesTests(SynchronousTestCase):
+    """
+    L{raise_open_files}: a half's soft limit of open descriptors goes up
+    to its hard limit.
+    """
+
+    def test_raised_to_the_hard_limit(self) -> None:
+        limits = _Limits(1024, 524288)
+        self.assertEqual(raise_open_files(limits), (1024, 524288))
+        self.assertEqual(limits.set, [(524288, 524288)])
+
+    def test_unlimited_hard_limit_capped(self) -> None:
+        limits = _Limits(1024, _Limits.RLIM_INFINITY)
+        self.assertEqual(raise_open_files(limits), (1024, OPEN_FILES_MAX))
+        self.assertEqual(limits.set, [(OPEN_FILES_MAX, _Limits.RLIM_INFINITY)])
+
+    def test_nothing_to_raise(self) -> None:
+        for soft, hard in ((65536, 65536), (_Limits.RLIM_INFINITY, _Limits.RLIM_INFINITY), (OPEN_FILES_MAX, 4 * OPEN_FILES_MAX)):
+            limits = _Limits(soft, hard)
+            self.assertIsNone(raise_open_files(limits))
+            self.assertEqual(limits.set, [])
+
+    def test_refused(self) -> None:
+        limits = _Limits(1024, 4096, refuse=True)
+        self.assertIsNone(raise_open_files(limits))
+        self.assertEqual(limits.limit, (1024, 4096))
+
+    def test_this_process(self) -> None:
+        """
+        The real module: after the call the soft limit is the hard one
+        (or L{OPEN_FILES_MAX}).
+        """
+        import resource
+
+        before = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, before)
+        raise_open_files()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.assertEqual(soft, OPEN_FILES_MAX if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_MAX))

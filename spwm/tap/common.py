@@ -220,6 +220,39 @@ def server_endpoint(reactor: Any, key: str, description: str) -> Any:
         ) from None
 
 
+#: The open-file limit a half raises its own to at most: Linux's default
+#: ceiling (C{fs.nr_open}), for a hard limit of "unlimited".
+OPEN_FILES_MAX = 1 << 20
+
+
+def raise_open_files(resource: Any = None) -> tuple[int, int] | None:
+    """
+    Raise the process's soft limit of open descriptors to its hard limit
+    (at most L{OPEN_FILES_MAX}), as servers do: a shell usually gives
+    1,024, which a contact point's tunnels and two relay sockets per call
+    and half reach at a few hundred calls, while the hard limit (hundreds
+    of thousands) is the administrator's.
+
+    @param resource: the C{resource} module (tests give another).
+    @return: C{(before, after)} when raised, else C{None} (already at the
+        hard limit, or the system refused).
+    """
+    if resource is None:
+        try:
+            import resource
+        except ImportError:
+            return None
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = OPEN_FILES_MAX if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_MAX)
+        if soft == resource.RLIM_INFINITY or soft >= target:
+            return None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError):
+        return None
+    return soft, target
+
+
 def build_service(side: str, build: Callable[[], Any], clock: Any = None) -> IService:
     """
     C{build().service} for C{twistd}: a L{ConfigError} becomes one line
@@ -243,6 +276,10 @@ def build_service(side: str, build: Callable[[], Any], clock: Any = None) -> ISe
         # events dispatched without a log context each (spwm.leanpoll)
         steady = steady_clock.install(reactor)
         leanpoll.install(reactor)
+        # before the build: the relay sockets' keeping takes a share of it
+        raised = raise_open_files()
+        if raised is not None:
+            _log.info("open files limit raised from {before} to {after}", before=raised[0], after=raised[1])
     try:
         built = build()
     except ConfigError as e:
