@@ -58,9 +58,11 @@ ROUNDS = 4
 def kept_budget() -> int:
     """
     The relay sockets a half keeps bound after their calls at most: a
-    quarter of its soft limit of open descriptors (C{ulimit -n}; 256 of the
-    usual 1,024 in a shell, 16,384 of the 65,536 the systemd units set), so
-    that the kept ones never take what tunnels and calls need.
+    quarter of its soft limit of open descriptors (C{ulimit -n}, which the
+    C{twistd} halves raise to the hard limit at start: 16,384 of the 65,536
+    the systemd units set; 256 of a shell's usual 1,024 in a program that
+    keeps it), so that the kept ones never take what tunnels and calls
+    need.
     """
     try:
         import resource
