@@ -267,6 +267,8 @@ COUNTERS: dict[str, frozenset[str]] = {
             "ignored_branch_sdp",
             "policy_refusals",
             "refused_unregistered",
+            "relay_sockets_reused",
+            "dropped_kept",
         }
     ),
     "paths": frozenset(

@@ -853,8 +853,11 @@ class MediaManager:
         return {
             "streams": self.streams,
             "relay_sockets": self.open_sockets,
-            # released, kept bound a while for the next call on their port
+            # released, kept bound a while for the next call on their port;
+            # taken over by such a call; datagrams that reached them, dropped
             "relay_sockets_kept": getattr(self.sockets, "kept", 0),
+            "relay_sockets_reused": getattr(self.sockets, "reused", 0),
+            "dropped_kept": getattr(self.sockets, "kept_dropped", 0),
             "tcp_sockets": self.open_tcp_sockets,
             "channels": self.open_channels,
             "port_pairs_in_use": self.ports_in_use,

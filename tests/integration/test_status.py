@@ -72,11 +72,16 @@ class StatusPageTests(_WithStatus):
         code, body = yield self.get(self.contact, "/status")
         after = json.loads(body)["media"]
         self.assertEqual((after["streams"], after["relay_sockets"]), (0, 0))
+        # the call's relay sockets, kept bound for a later call on their ports
+        self.assertEqual(after["relay_sockets_kept"], doc["media"]["relay_sockets"])
+        self.assertGreater(after["relay_sockets_kept"], 0)
         self.assertGreaterEqual(after["packets_out"], doc["media"]["packets_out"])
         code, body = yield self.get(self.contact, "/metrics")
         self.assertEqual(code, 200)
         self.assertIn(b'spwm_sip_registrations{side="contact"} 2.0\n', body)
         self.assertIn(b'spwm_media_streams{side="contact"} 0.0\n', body)
+        self.assertIn(b'spwm_media_relay_sockets_kept{side="contact"} %d.0\n' % after["relay_sockets_kept"], body)
+        self.assertIn(b'spwm_media_relay_sockets_reused_total{side="contact"} 0.0\n', body)
         self.assertIn(b'spwm_calls_ended_total{answered="yes",reason="dialog_ended",side="contact"} 2.0\n', body)
         self.assertIn(b'spwm_call_setup_seconds_count{side="contact"} 2.0\n', body)
         code, body = yield self.get(self.contact, "/status")
