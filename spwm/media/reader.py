@@ -147,9 +147,9 @@ class EpollRelaySockets:
         self.kept_dropped = 0
         #: sockets taken over from L{kept} by a new call
         self.reused = 0
-        # port -> (socket, interface, receive buffer, released at), oldest
+        # port -> (the released socket's port, released at), oldest
         # release first
-        self._kept: dict[int, tuple[socket.socket, str, int, float]] = {}
+        self._kept: dict[int, tuple[RelayPort, float]] = {}
         self._sweep: Any = None
         self._error_log = ThrottledLog(self.log, None, PowersOfTwo())
         self._epoll: select.epoll | None = None
@@ -189,14 +189,14 @@ class EpollRelaySockets:
         """
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
         kept = self._kept.pop(port, None)
-        if kept is not None and kept[1:3] == (interface, receive_buffer):
+        if kept is not None and (kept[0].interface, kept[0].receive_buffer) == (interface, receive_buffer):
             # bound and registered already: only its delivery changes
-            sock = kept[0]
+            sock = kept[0].socket
             self.reused += 1
             registered = True
         else:
             if kept is not None:
-                self._close_kept(kept[0])
+                self._close_socket(kept[0].socket)
             try:
                 sock = self._bind(family, port, interface, receive_buffer)
             except CannotListenError as e:
@@ -264,7 +264,7 @@ class EpollRelaySockets:
             self._sweep.cancel()
         self._sweep = None
         while self._kept:
-            self._close_kept(self._kept.popitem()[1][0])
+            self._close_socket(self._kept.popitem()[1][0].socket)
         self._leave_if_idle()
 
     # IReadDescriptor
@@ -354,17 +354,17 @@ class EpollRelaySockets:
             # still read (a far end that goes on sending fills no buffer,
             # and the next call on the port reads none of it), dropped
             self._entries[fd] = (sock.recvfrom, self._drop)
-            self._kept[relay_port.port] = (sock, relay_port.interface, relay_port.receive_buffer, self.reactor.seconds())
+            self._kept[relay_port.port] = (relay_port, self.reactor.seconds())
             if self._sweep is None:
                 self._sweep = self.reactor.callLater(self.keep_for, self._expire)
             return
-        self._close_kept(sock)
+        self._close_socket(sock)
         self._leave_if_idle()
 
     def _drop(self, data: bytes, addr: Any) -> None:
         self.kept_dropped += 1
 
-    def _close_kept(self, sock: socket.socket) -> None:
+    def _close_socket(self, sock: socket.socket) -> None:
         fd = sock.fileno()
         if fd < 0:
             return
@@ -391,12 +391,12 @@ class EpollRelaySockets:
         kept = self._kept
         while kept:
             port = next(iter(kept))
-            entry = kept[port]
-            if entry[3] > until:
-                self._sweep = self.reactor.callLater(entry[3] - until, self._expire)
+            relay_port, released = kept[port]
+            if released > until:
+                self._sweep = self.reactor.callLater(released - until, self._expire)
                 break
             del kept[port]
-            self._close_kept(entry[0])
+            self._close_socket(relay_port.socket)
         self._leave_if_idle()
 
 
