@@ -5,6 +5,7 @@ Tests for L{spwm.sip.dialogs}: the one dialog tracker of both proxy halves.
 
 from __future__ import annotations
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from spwm.sip.dialogs import ACK_WAIT, Dialog, DialogTable, MovedLegs, RemoteTarget
@@ -191,6 +192,20 @@ class DialogTableTests(SynchronousTestCase):
         t.remove("s", "c1", "a", "b")
         t.forget("s")
         self.assertEqual(len(t._offered), 0)
+
+    def test_lasting_is_evolve(self) -> None:
+        """
+        L{Dialog.lasting} changes C{expires} and C{ending} and keeps every
+        other field, as C{attrs.evolve} does: each field is given a value
+        of its own, so a field added to the class and not to C{lasting}
+        fails here.
+        """
+        values: dict[str, object] = {}
+        for n, field in enumerate(attrs.fields(Dialog)):
+            values[field.name] = object() if field.name not in ("expires", "ending") else n
+        d = Dialog(**values)  # type: ignore[arg-type]
+        for ending in (False, True):
+            self.assertEqual(d.lasting(7.5, ending), attrs.evolve(d, expires=7.5, ending=ending))
 
 
 

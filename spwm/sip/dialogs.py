@@ -144,6 +144,16 @@ class Dialog:
     parties: Parties | None = None
     ending: bool = False
 
+    def lasting(self, expires: float, ending: bool) -> Dialog:
+        """
+        @return: this dialog until C{expires}, and C{ending} or not: what
+            C{attrs.evolve} gives, made directly (two requests of every
+            call change it; C{evolve} reads the class's fields each time).
+        """
+        return Dialog(
+            self.call_id, self.from_tag, self.to_tag, self.flow_id, expires, self.target, self.parties, ending
+        )
+
 
 def _same(dialog: Dialog, tags: set[str | None]) -> bool:
     return {dialog.from_tag, dialog.to_tag} == tags
@@ -409,7 +419,7 @@ class DialogTable:
         if dialogs:
             expires = now + self.lifetime
             self._calls[key] = [
-                evolve(d, expires=expires) if flow_id is None or d.flow_id == flow_id else d
+                d.lasting(expires, d.ending) if flow_id is None or d.flow_id == flow_id else d
                 for d in dialogs
             ]
 
@@ -570,7 +580,7 @@ class DialogTable:
         tags = {from_tag, to_tag}
         until = now + BYE_WAIT
         self._calls[key] = [
-            evolve(d, expires=min(d.expires, until), ending=True) if _same(d, tags) else d for d in dialogs
+            d.lasting(min(d.expires, until), True) if _same(d, tags) else d for d in dialogs
         ]
 
     def expire(self, now: float) -> None:
