@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Callable, Iterable
 
-import attrs
+from dataclasses import dataclass, field
 
 from spwm.sip import _grammar as g
 from spwm.sip.errors import SipParseError, bad
@@ -198,7 +198,7 @@ def _given_name(name: str) -> tuple[bytes, str]:
     return names
 
 
-@attrs.define
+@dataclass(slots=True)
 class Header:
     """
     One header line.
@@ -215,8 +215,8 @@ class Header:
     # (exact line as received with its line end, raw_name, separator, value,
     # line end), the parser's match: used while raw_name and value are
     # still those very objects
-    _raw: tuple[bytes, bytes, bytes, bytes, bytes] | None = attrs.field(
-        default=None, repr=False, eq=False
+    _raw: tuple[bytes, bytes, bytes, bytes, bytes] | None = field(
+        default=None, repr=False, compare=False
     )
 
     @property
@@ -251,7 +251,7 @@ def _first_element(text: str) -> tuple[str, str | None]:
     return text, None
 
 
-@attrs.define
+@dataclass(slots=True)
 class SipMessage:
     """
     A SIP request or response.
@@ -280,16 +280,16 @@ class SipMessage:
     status: int | None = None
     reason: str | None = None
     version: str = "SIP/2.0"
-    headers: list[Header] = attrs.Factory(list)
+    headers: list[Header] = field(default_factory=list)
     body: bytes = b""
     # (start line as received, (method, uri, status, reason, version) then)
-    _start_line: tuple[bytes, tuple] | None = attrs.field(
-        default=None, repr=False, eq=False
+    _start_line: tuple[bytes, tuple] | None = field(
+        default=None, repr=False, compare=False
     )
-    _blank: bytes = attrs.field(default=b"\r\n", repr=False, eq=False)
+    _blank: bytes = field(default=b"\r\n", repr=False, compare=False)
     # header name -> (the Header and value it was parsed from, the result)
-    _parsed: dict[str, tuple[Any, Any, Any]] = attrs.field(
-        factory=dict, init=False, repr=False, eq=False
+    _parsed: dict[str, tuple[Any, Any, Any]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
     )
 
     # --- reading ----------------------------------------------------------

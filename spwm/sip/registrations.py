@@ -12,6 +12,7 @@ log.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable
 
@@ -169,7 +170,7 @@ class ContactRegistrations:
                 self._rewritten.setdefault(session, {})[(fid, uhash)] = str(na.uri)
                 token = self._codec.encode(KIND_CONTACT, session, fid, uhash)
                 uri = parse_uri(f"sip:{token}@{self._hostport}")
-                out.append(str(attrs.evolve(na, uri=uri, angle=True)))
+                out.append(str(dataclasses.replace(na, uri=uri, angle=True)))
             msg.set_header("Contact", ", ".join(out))
         elif not self.contact_rewrite:
             if outbound:
@@ -224,7 +225,7 @@ class ContactRegistrations:
                 original = self._rewritten.get(ctok.session_id, {}).get((ctok.flow_id, ctok.extra))
                 if original is not None:
                     uri_text = original
-                    na = attrs.evolve(na, uri=parse_uri(original), angle=True)
+                    na = dataclasses.replace(na, uri=parse_uri(original), angle=True)
                     changed = True
             restored.append(str(na))
             if pending is not None and uri_text in pending.contacts and uri_text not in exact:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Callable, Iterable
 
-import attrs
+import dataclasses
 
 from spwm.sip.errors import SipParseError
 from spwm.sip.message import SipMessage
@@ -262,7 +262,7 @@ def add_instance(msg: SipMessage, instance_for: Callable[[str], str]) -> None:
         present, _ = param(na.params, "+sip.instance")
         if present:
             return None
-        return attrs.evolve(na, params=na.params + (("+sip.instance", instance_for(str(na.uri))),), angle=True)
+        return dataclasses.replace(na, params=na.params + (("+sip.instance", instance_for(str(na.uri))),), angle=True)
 
     map_contacts(msg, change)
 

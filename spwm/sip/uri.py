@@ -3,7 +3,7 @@
 SIP URIs and the structured header values a proxy reads and rewrites:
 name-addr (From, To, Contact, Route, Record-Route, Path) and Via.
 
-Values are immutable (C{attrs.frozen}); rewriting makes a new value with
+Values are immutable (frozen data classes); rewriting makes a new value with
 C{with_*} methods and C{str()} gives its canonical text.  Parsing keeps
 percent-escapes as written (C{user}, C{params}, C{headers} are the escaped
 text), so that a value that is only read and written back does not change;
@@ -16,7 +16,7 @@ import functools
 import re
 from typing import Any, Callable, Iterable, TypeVar
 
-import attrs
+from dataclasses import dataclass, field, replace
 
 from spwm.sip import _grammar as g
 from spwm.sip.errors import SipParseError, bad
@@ -96,7 +96,7 @@ def _bracket(host: str) -> str:
     return host
 
 
-@attrs.frozen
+@dataclass(frozen=True, slots=True)
 class SipUri:
     """
     A URI as found in a Request-URI or a name-addr.
@@ -126,7 +126,7 @@ class SipUri:
     #: the text, once made (L{__str__}): a parsed URI is shared by every
     #: value with the same text (L{parse_uri}), and a party's URIs are
     #: written into each call's record and dialog state
-    _text: str | None = attrs.field(default=None, init=False, eq=False, repr=False)
+    _text: str | None = field(default=None, init=False, compare=False, repr=False)
 
     def param(self, name: str) -> str | None:
         """
@@ -142,31 +142,31 @@ class SipUri:
         @return: a copy with parameter C{name} set to C{value} (replaced in
             place if present, else appended); C{None} means no value.
         """
-        return attrs.evolve(self, params=_param_set(self.params, name, value))
+        return replace(self, params=_param_set(self.params, name, value))
 
     def without_param(self, name: str) -> SipUri:
         """
         @return: a copy without parameter C{name}.
         """
-        return attrs.evolve(self, params=_param_del(self.params, name))
+        return replace(self, params=_param_del(self.params, name))
 
     def with_params(self, params: Iterable[tuple[str, str | None]]) -> SipUri:
         """
         @return: a copy with exactly these parameters.
         """
-        return attrs.evolve(self, params=tuple(params))
+        return replace(self, params=tuple(params))
 
     def with_user(self, user: str | None) -> SipUri:
         """
         @return: a copy with this (escaped) user part.
         """
-        return attrs.evolve(self, user=user)
+        return replace(self, user=user)
 
     def with_host(self, host: str, port: int | None = None) -> SipUri:
         """
         @return: a copy with this host (IPv6 without brackets) and port.
         """
-        return attrs.evolve(self, host=host.strip("[]"), port=port)
+        return replace(self, host=host.strip("[]"), port=port)
 
     @property
     def host_port(self) -> str:
@@ -306,7 +306,7 @@ def _unquote(display: str) -> str:
     return display
 
 
-@attrs.frozen
+@dataclass(frozen=True, slots=True)
 class NameAddr:
     """
     A name-addr or addr-spec with header parameters (From, To, Contact, Route,
@@ -328,9 +328,9 @@ class NameAddr:
     #: and a parsed value is shared by every message with the same text:
     #: L{parse_name_addr}); an attribute, not a property, for the same
     #: reason.
-    tag: str | None = attrs.field(init=False, eq=False, repr=False)
+    tag: str | None = field(init=False, compare=False, repr=False)
 
-    def __attrs_post_init__(self) -> None:
+    def __post_init__(self) -> None:
         object.__setattr__(self, "tag", _param_lookup(self.params, "tag"))
 
     @property
@@ -354,19 +354,19 @@ class NameAddr:
         @return: a copy with header parameter C{name} set (replaced in place or
             appended); C{None} means no value.
         """
-        return attrs.evolve(self, params=_param_set(self.params, name, value))
+        return replace(self, params=_param_set(self.params, name, value))
 
     def without_param(self, name: str) -> NameAddr:
         """
         @return: a copy without header parameter C{name}.
         """
-        return attrs.evolve(self, params=_param_del(self.params, name))
+        return replace(self, params=_param_del(self.params, name))
 
     def with_uri(self, uri: SipUri) -> NameAddr:
         """
         @return: a copy with another URI.
         """
-        return attrs.evolve(self, uri=uri)
+        return replace(self, uri=uri)
 
     def __str__(self) -> str:
         uri = str(self.uri)
@@ -415,7 +415,7 @@ def parse_name_addr(text: str) -> NameAddr:
     )
 
 
-@attrs.frozen
+@dataclass(frozen=True, slots=True)
 class Via:
     """
     One Via value (RFC 3261 20.42), a via-parm.
@@ -477,13 +477,13 @@ class Via:
         @return: a copy with parameter C{name} set (replaced in place or
             appended); C{None} means without value.
         """
-        return attrs.evolve(self, params=_param_set(self.params, name, value))
+        return replace(self, params=_param_set(self.params, name, value))
 
     def without_param(self, name: str) -> Via:
         """
         @return: a copy without parameter C{name}.
         """
-        return attrs.evolve(self, params=_param_del(self.params, name))
+        return replace(self, params=_param_del(self.params, name))
 
     def __str__(self) -> str:
         host = _bracket(self.host)
