@@ -2,13 +2,16 @@
 """
 C{python3 -m spwm status [URL]} (also the C{spwm} script): the tunnels,
 registrations and calls of a running half as tables in the terminal, from
-the C{/status} JSON of its C{--status-listen}.
+the C{/status} JSON of its C{--status-listen}; C{spwm cdr}: call detail
+records summed up; C{spwm compile}: the SIP parser built with mypyc
+(L{spwm.compiled}).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -285,13 +288,22 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     cdr.add_argument("files", nargs="+", metavar="FILE", help="--cdr-file files (rotated .gz ones too)")
     cdr.add_argument("--by", choices=("agent", "day", "side"), default="agent", help="one row per (default agent)")
     cdr.add_argument("--since", default=None, help="only the legs that started this long ago or later: 3600, 30m, 24h, 7d")
+    compile_ = commands.add_parser(
+        "compile",
+        help="build the SIP parser's modules with mypyc (C) where spwm is installed, or --remove them",
+    )
+    what = compile_.add_mutually_exclusive_group()
+    what.add_argument("--remove", action="store_true", help="remove the built modules (the source runs again)")
+    what.add_argument("--check", action="store_true", help="say, for each module, whether it runs compiled")
     args, extra = parser.parse_known_args(argv)
-    command = status if args.command == "status" else cdr
+    command = {"status": status, "cdr": cdr, "compile": compile_}[args.command]
     if extra:
         # (the command's own usage, not the top level's)
         command.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "cdr":
         return _cdr(args, out, err)
+    if args.command == "compile":
+        return _compile(args, out, err)
     url = _status_url(args.url)
     try:
         urllib.parse.urlsplit(url).port
@@ -305,6 +317,37 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         print(f"spwm status: {e}", file=err)
         return 1
     out.write(json.dumps(doc, indent=1, sort_keys=True) + "\n" if args.json else render(doc))
+    return 0
+
+
+def _compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """
+    C{spwm compile}: build, check or remove the compiled modules
+    (L{spwm.compiled}).
+    """
+    from spwm import compiled
+
+    where = os.path.dirname(os.path.abspath(compiled.__file__))
+    if args.check:
+        for module, runs in compiled.status():
+            print(f"{module}: {runs}", file=out)
+        return 0
+    if args.remove:
+        try:
+            removed = compiled.remove()
+        except OSError as e:
+            print(f"spwm compile: {e}", file=err)
+            return 1
+        print(f"removed {len(removed)} built files from {where}" if removed else f"nothing built in {where}", file=out)
+        return 0
+    print(f"building {', '.join(compiled.MODULES)} in {where} (mypyc; about a minute)", file=out)
+    out.flush()
+    try:
+        made = compiled.build()
+    except (compiled.BuildError, OSError) as e:
+        print(f"spwm compile: {e}", file=err)
+        return 1
+    print(f"built {len(made)} files; each half runs them from its next start", file=out)
     return 0
 
 

@@ -1,0 +1,91 @@
+"""
+A real C{spwm compile} (mypyc, a C compiler and Python's headers; CI has
+them): the package copied to a temporary directory, built there, and every
+SIP unit test run against the built modules; then a source changed after
+the build runs as its source. Without the tools the test is skipped, or
+fails with C{SPWM_REQUIRE_E2E=1}.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+import spwm
+from spwm import compiled
+from spwm.testing.required import unavailable
+
+#: bounds of each step (s): the build takes about 15 s of one core
+BUILD_TIMEOUT = 600.0
+TESTS_TIMEOUT = 600.0
+
+_CHECK = (
+    "import spwm.sip.message as m, spwm.sip.uri as u; "
+    "print(m.__file__); print(u.__file__); "
+    "msg = m.parse_message(b'OPTIONS sip:a@192.0.2.1 SIP/2.0\\r\\nVia: SIP/2.0/UDP 192.0.2.2;branch=z9hG4bKx\\r\\n"
+    "From: <sip:b@192.0.2.2>;tag=1\\r\\nTo: <sip:a@192.0.2.1>\\r\\nCall-ID: c\\r\\nCSeq: 1 OPTIONS\\r\\n"
+    "Content-Length: 0\\r\\n\\r\\n'); print(msg.from_tag, msg.cseq, msg.top_via.branch)"
+)
+
+
+class CompiledBuildTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        missing = compiled._missing_tools()
+        if missing is not None:
+            unavailable(f"spwm compile: {missing}")
+        self.root = os.path.abspath(self.mktemp())
+        os.makedirs(self.root)
+        source = os.path.dirname(os.path.abspath(spwm.__file__))
+        checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        ignore = shutil.ignore_patterns("__pycache__", "*.so", compiled.MANIFEST, "_trial_temp*")
+        shutil.copytree(source, os.path.join(self.root, "spwm"), ignore=ignore)
+        shutil.copytree(checkout, os.path.join(self.root, "tests"), ignore=ignore)
+        self.env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def run_here(self, *argv: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        # (the copy is the directory Python starts in: its spwm and tests
+        # come first on the path)
+        return subprocess.run(
+            [sys.executable, *argv], cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def test_build_and_run(self) -> None:
+        built = self.run_here("-m", "spwm", "compile", timeout=BUILD_TIMEOUT)
+        self.assertEqual(built.returncode, 0, built.stderr + built.stdout)
+        self.assertIn("built 3 files", built.stdout)
+        check = self.run_here("-m", "spwm", "compile", "--check", timeout=60)
+        self.assertEqual(check.stdout.splitlines(), [f"{m}: compiled" for m in compiled.MODULES])
+        # the modules that run are the built ones, and they parse
+        ran = self.run_here("-c", _CHECK, timeout=60)
+        self.assertEqual(ran.returncode, 0, ran.stderr)
+        lines = ran.stdout.splitlines()
+        self.assertTrue(lines[0].endswith(".so") and lines[1].endswith(".so"), lines)
+        self.assertEqual(lines[2], "1 (1, 'OPTIONS') z9hG4bKx")
+        # every SIP unit test, against them
+        modules = sorted(
+            "tests." + name[:-3]
+            for name in os.listdir(os.path.join(self.root, "tests"))
+            if name.startswith(("test_sip_", "test_sdp")) and name.endswith(".py")
+        )
+        self.assertIn("tests.test_sip_message", modules)
+        trial = self.run_here("-m", "twisted.trial", "--temp-directory", "_trial_compiled", *modules, timeout=TESTS_TIMEOUT)
+        self.assertEqual(trial.returncode, 0, trial.stdout[-3000:] + trial.stderr[-2000:])
+        self.assertIn("PASSED", trial.stdout)
+        # a source changed after the build runs as its source, with a warning
+        with open(os.path.join(self.root, "spwm", "sip", "message.py"), "a") as f:
+            f.write("\n# changed after the build\n")
+        ran = self.run_here("-c", _CHECK, timeout=60)
+        self.assertEqual(ran.returncode, 0, ran.stderr)
+        lines = ran.stdout.splitlines()
+        self.assertTrue(lines[0].endswith("message.py") and lines[1].endswith(".so"), lines)
+        self.assertIn("the source of spwm.sip.message changed since it was compiled", ran.stderr)
+        # and the build is taken away
+        removed = self.run_here("-m", "spwm", "compile", "--remove", timeout=60)
+        self.assertIn("removed 3 built files", removed.stdout)
+        self.assertEqual(
+            sorted(n for n in os.listdir(self.root) if not n.startswith(("_trial", "."))), ["spwm", "tests"]
+        )
