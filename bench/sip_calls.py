@@ -402,6 +402,22 @@ def ramp(bench: Bench, args: argparse.Namespace, path: str, start: float, cap: f
     return found.good, found.bad, found.results
 
 
+def _compiled_text(root: str) -> str:
+    """
+    Whether the checkout's SIP parser modules run compiled (C{spwm
+    compile}, C{spwm.compiled}) or as their source.
+    """
+    from spwm.compiled import status
+
+    runs = status(os.path.join(root, "spwm"))
+    kinds = {what for _, what in runs}
+    if kinds == {"compiled"}:
+        return "SIP parser modules compiled (spwm compile)"
+    if kinds == {"source"}:
+        return "SIP parser modules from source"
+    return "; ".join(f"{module} {what}" for module, what in runs)
+
+
 def _commit(root: str) -> str:
     """
     The checkout's commit (and C{+changes} when its work tree differs),
@@ -432,7 +448,7 @@ def run(args: argparse.Namespace, procs: Processes, workdir: str) -> int:
     if bench.pair is not None:
         # the halves run this checkout's code whatever PYTHONPATH says
         # (_common puts it first): say which, so two trees compared are two
-        print(f"  code: {ROOT} ({_commit(ROOT)}), {sys.executable}")
+        print(f"  code: {ROOT} ({_commit(ROOT)}), {sys.executable}; {_compiled_text(ROOT)}")
         for line in bench.pair.command_lines:
             print(f"  started: {line}")
     print(f"  started: sipp -sn uas -i 127.0.0.1 -p {bench.uas_port} ...", flush=True)

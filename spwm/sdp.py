@@ -32,7 +32,7 @@ import ipaddress
 import re
 from typing import Any, Callable, NamedTuple, Sequence
 
-from attrs import field, frozen
+from dataclasses import dataclass, field
 
 from spwm.errors import SpwmError
 
@@ -87,7 +87,7 @@ _UNSPECIFIED = frozenset({"0.0.0.0", "::"})
 _DISCARD_PORT = 9
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Connection:
     """
     A C{c=} line (RFC 8866 section 5.7).
@@ -111,7 +111,7 @@ class Connection:
         return self.address in _UNSPECIFIED
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class MediaDescription:
     """
     One C{m=} section, with the effective values that apply to it.
@@ -225,7 +225,7 @@ class MediaDescription:
         return connection is not None and connection.address in _UNSPECIFIED and not self.placeholder
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class SessionDescription:
     """
     A parsed session description.
@@ -243,7 +243,7 @@ class SessionDescription:
     connection: Connection | None
     media: tuple[MediaDescription, ...]
     # what _scan found, for a rewrite of the same body
-    _scanned: _Scan | None = field(default=None, eq=False, repr=False)
+    _scanned: _Scan | None = field(default=None, compare=False, repr=False)
 
     def to_bytes(self) -> bytes:
         """
@@ -541,7 +541,7 @@ def _describe(scan: _Scan) -> SessionDescription:
         origin=scan.origin,
         connection=session.connection,
         media=tuple(media),
-        scanned=scan,
+        _scanned=scan,
     )
 
 
@@ -676,7 +676,7 @@ def _address_family(address: str) -> bytes:
     return b"IP6" if ipaddress.ip_address(address).version == 6 else b"IP4"
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class TcpRewrite:
     """
     How L{rewrite_tcp_media} changes one TCP C{m=} section.

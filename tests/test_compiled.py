@@ -30,8 +30,8 @@ class _Package:
     def __init__(self, test: SynchronousTestCase) -> None:
         self.root = os.path.abspath(test.mktemp())
         self.dir = os.path.join(self.root, "spwm")
-        os.makedirs(os.path.join(self.dir, "sip"))
         for module in compiled.MODULES:
+            os.makedirs(os.path.dirname(self.source(module)), exist_ok=True)
             self.write(module, f"# {module}\n")
 
     def source(self, module: str) -> str:

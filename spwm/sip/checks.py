@@ -319,7 +319,7 @@ class RecentInvites:
             return None
         key = self._key(msg)
         if key is None:
-            return key
+            return None
         if now is not None:
             self._passed_at[key] = now
         if again:

@@ -1,7 +1,8 @@
 """
 A real C{spwm compile} (mypyc, a C compiler and Python's headers; CI has
-them): the package copied to a temporary directory, built there, and every
-SIP unit test run against the built modules; then a source changed after
+them): the package copied to a temporary directory, built there, and the
+SIP, SDP, media and tunnel unit tests and SIP calls on loopback run
+against the built modules; then a source changed after
 the build runs as its source. Without the tools the test is skipped, or
 fails with C{SPWM_REQUIRE_E2E=1}.
 """
@@ -56,7 +57,7 @@ class CompiledBuildTests(SynchronousTestCase):
     def test_build_and_run(self) -> None:
         built = self.run_here("-m", "spwm", "compile", timeout=BUILD_TIMEOUT)
         self.assertEqual(built.returncode, 0, built.stderr + built.stdout)
-        self.assertIn("built 3 files", built.stdout)
+        self.assertIn(f"built {len(compiled.MODULES) + 1} files", built.stdout)
         check = self.run_here("-m", "spwm", "compile", "--check", timeout=60)
         self.assertEqual(check.stdout.splitlines(), [f"{m}: compiled" for m in compiled.MODULES])
         # the modules that run are the built ones, and they parse
@@ -65,13 +66,15 @@ class CompiledBuildTests(SynchronousTestCase):
         lines = ran.stdout.splitlines()
         self.assertTrue(lines[0].endswith(".so") and lines[1].endswith(".so"), lines)
         self.assertEqual(lines[2], "1 (1, 'OPTIONS') z9hG4bKx")
-        # every SIP unit test, against them
+        # every unit test of SIP, SDP, the media and the tunnel, and calls
+        # through both halves on loopback, against them
         modules = sorted(
             "tests." + name[:-3]
             for name in os.listdir(os.path.join(self.root, "tests"))
-            if name.startswith(("test_sip_", "test_sdp")) and name.endswith(".py")
+            if name.startswith(("test_sip_", "test_sdp", "test_media_", "test_tunnel_")) and name.endswith(".py")
         )
         self.assertIn("tests.test_sip_message", modules)
+        modules += ["tests.integration.test_sip_loopback", "tests.integration.test_tunnel_loopback"]
         trial = self.run_here("-m", "twisted.trial", "--temp-directory", "_trial_compiled", *modules, timeout=TESTS_TIMEOUT)
         self.assertEqual(trial.returncode, 0, trial.stdout[-3000:] + trial.stderr[-2000:])
         self.assertIn("PASSED", trial.stdout)
@@ -85,7 +88,7 @@ class CompiledBuildTests(SynchronousTestCase):
         self.assertIn("the source of spwm.sip.message changed since it was compiled", ran.stderr)
         # and the build is taken away
         removed = self.run_here("-m", "spwm", "compile", "--remove", timeout=60)
-        self.assertIn("removed 3 built files", removed.stdout)
+        self.assertIn(f"removed {len(compiled.MODULES) + 1} built files", removed.stdout)
         self.assertEqual(
             sorted(n for n in os.listdir(self.root) if not n.startswith(("_trial", "."))), ["spwm", "tests"]
         )
