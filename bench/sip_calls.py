@@ -404,7 +404,7 @@ def ramp(bench: Bench, args: argparse.Namespace, path: str, start: float, cap: f
 
 def _compiled_text(root: str) -> str:
     """
-    Whether the checkout's SIP parser modules run compiled (C{spwm
+    Whether the checkout's modules of C{spwm.compiled.MODULES} run compiled (C{spwm
     compile}, C{spwm.compiled}) or as their source.
     """
     from spwm.compiled import status
@@ -412,9 +412,9 @@ def _compiled_text(root: str) -> str:
     runs = status(os.path.join(root, "spwm"))
     kinds = {what for _, what in runs}
     if kinds == {"compiled"}:
-        return "SIP parser modules compiled (spwm compile)"
+        return "modules compiled (spwm compile)"
     if kinds == {"source"}:
-        return "SIP parser modules from source"
+        return "modules from source (not compiled)"
     return "; ".join(f"{module} {what}" for module, what in runs)
 
 

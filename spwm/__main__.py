@@ -290,7 +290,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     cdr.add_argument("--since", default=None, help="only the legs that started this long ago or later: 3600, 30m, 24h, 7d")
     compile_ = commands.add_parser(
         "compile",
-        help="build the SIP and SDP parsers and the tunnel's framing with mypyc (C) where spwm is installed, or --remove them",
+        help="build the modules of a call's SIP and SDP work with mypyc (C) where spwm is installed, or --remove them",
     )
     what = compile_.add_mutually_exclusive_group()
     what.add_argument("--remove", action="store_true", help="remove the built modules (the source runs again)")

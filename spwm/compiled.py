@@ -1,9 +1,9 @@
 # -*- test-case-name: tests.test_compiled -*-
 """
-The modules that parse and read SIP messages and SDP and frame the
-tunnel, optionally compiled to C with mypyc (C{spwm compile}); and the
-guard that keeps a compiled module from running when its source has
-changed since it was built.
+The modules of the SIP and SDP work of a call (L{MODULES}), optionally
+compiled to C with mypyc (C{spwm compile}); and the guard that keeps a
+compiled module from running when its source has changed since it was
+built.
 
 mypyc compiles type-checked Python to C extension modules that do what
 the source does (data classes become C structures, calls between compiled
@@ -36,16 +36,23 @@ from typing import Any, Sequence
 __all__ = ["MANIFEST", "MODULES", "CompiledStaleWarning", "guard", "build", "remove", "status"]
 
 #: The modules built by C{spwm compile}: the SIP parser and header reads,
-#: the SDP parser, the SIP rewrites and checks, the tunnel's framing
-#: (C{docs/performance.md}). Each must type-check under mypy with no
-#: plugin, use data classes rather than attrs ones, and hold to its types
-#: at run time (mypyc checks them where Python does not).
+#: the SDP parser, the SIP rewrites and checks, the dialog, flow, ringing
+#: and BYE tables, the proxies' actions, the media negotiation, the
+#: tunnel's framing (C{docs/performance.md}). Each must type-check under
+#: mypy with no plugin, use data classes rather than attrs ones, and hold
+#: to its types at run time (mypyc checks them where Python does not).
 MODULES = (
     "spwm.sip.message",
     "spwm.sip.uri",
     "spwm.sdp",
     "spwm.sip.rewrite",
     "spwm.sip.checks",
+    "spwm.sip.dialogs",
+    "spwm.sip.flows",
+    "spwm.sip.actions",
+    "spwm.sip.byes",
+    "spwm.sip.ringing",
+    "spwm.media.negotiation",
     "spwm.tunnel.frames",
     "spwm.tunnel.decoder",
 )

@@ -5,10 +5,10 @@ Tests for L{spwm.sip.dialogs}: the one dialog tracker of both proxy halves.
 
 from __future__ import annotations
 
-import attrs
+import dataclasses
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.sip.dialogs import ACK_WAIT, Dialog, DialogTable, MovedLegs, RemoteTarget
+from spwm.sip.dialogs import ACK_WAIT, Dialog, DialogTable, MovedLegs, Parties, Party, RemoteTarget
 
 
 def _target(n: int) -> RemoteTarget:
@@ -193,19 +193,22 @@ class DialogTableTests(SynchronousTestCase):
         t.forget("s")
         self.assertEqual(len(t._offered), 0)
 
-    def test_lasting_is_evolve(self) -> None:
+    def test_lasting_is_replace(self) -> None:
         """
         L{Dialog.lasting} changes C{expires} and C{ending} and keeps every
-        other field, as C{attrs.evolve} does: each field is given a value
-        of its own, so a field added to the class and not to C{lasting}
-        fails here.
+        other field, as C{dataclasses.replace} does. Each field is given a
+        value of its own; a field added to the class fails here until this
+        test (and C{lasting}) knows it.
         """
-        values: dict[str, object] = {}
-        for n, field in enumerate(attrs.fields(Dialog)):
-            values[field.name] = object() if field.name not in ("expires", "ending") else n
-        d = Dialog(**values)  # type: ignore[arg-type]
+        parties = Parties(Party("<sip:a@192.0.2.1>;tag=f", "f", None), Party("<sip:b@192.0.2.2>;tag=t", "t", None), (), True)
+        d = Dialog("call", "f", "t", 3, 1.0, _target(1), parties, False)
+        self.assertEqual(
+            [f.name for f in dataclasses.fields(Dialog)],
+            ["call_id", "from_tag", "to_tag", "flow_id", "expires", "target", "parties", "ending"],
+        )
         for ending in (False, True):
-            self.assertEqual(d.lasting(7.5, ending), attrs.evolve(d, expires=7.5, ending=ending))
+            self.assertEqual(d.lasting(7.5, ending), dataclasses.replace(d, expires=7.5, ending=ending))
+        self.assertIs(d.lasting(7.5, True).parties, parties)
 
 
 

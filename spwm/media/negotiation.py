@@ -36,7 +36,7 @@ from __future__ import annotations
 import enum
 from typing import Collection, Union
 
-from attrs import frozen
+from dataclasses import dataclass
 
 from spwm.sdp import MediaDescription, SessionDescription
 
@@ -106,7 +106,7 @@ TRANSITIONS: dict[tuple[StreamState, Input], StreamState] = {
 # the actions
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Create:
     """
     A new stream: make its record (a TCP stream with its endpoint, no
@@ -117,7 +117,7 @@ class Create:
     tcp: bool
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Release:
     """
     The stream is gone (the plan has forgotten it): close its channel,
@@ -131,7 +131,7 @@ class Release:
     refused: bool = False
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Rejected:
     """
     A stream was not relayed (over the per-leg limit): count it.
@@ -140,7 +140,7 @@ class Rejected:
     index: int
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Expect:
     """
     The relay of a UDP stream sends to, and accepts from, exactly these
@@ -154,7 +154,7 @@ class Expect:
     branches: tuple[tuple[str | None, MediaDescription], ...]
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Bind:
     """
     Make sure a UDP stream has its relay sockets (RTP, and RTCP unless
@@ -165,7 +165,7 @@ class Bind:
     rtcp: bool
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class OpenChannel:
     """
     Make sure the stream has a tunnel channel: attach the one the peer
@@ -178,7 +178,7 @@ class OpenChannel:
     mux: bool
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class TcpExpect:
     """
     Our side's endpoint of a TCP stream is at C{host} (a listener accepts
@@ -189,7 +189,7 @@ class TcpExpect:
     host: str | None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class TcpListen:
     """
     Listen for our side's TCP connection on a port of the range.
@@ -198,7 +198,7 @@ class TcpListen:
     index: int
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class TcpConnect:
     """
     Connect to our side's TCP endpoint as C{media} names it (closing a
@@ -209,7 +209,7 @@ class TcpConnect:
     media: MediaDescription
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class IgnoredBranch:
     """
     Note: a description from our side's branch C{tag}, which lost, was
@@ -219,7 +219,7 @@ class IgnoredBranch:
     tag: str | None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Crowded:
     """
     Note: stream C{index} has more than C{limit} branches; the oldest was
@@ -230,7 +230,7 @@ class Crowded:
     limit: int
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Answered:
     """
     Note: the leg's first answer, from our side or not.
@@ -240,7 +240,7 @@ class Answered:
     ours: bool
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class AnsweredToo:
     """
     Note: another branch answered after C{winner}; media stays.
@@ -250,7 +250,7 @@ class AnsweredToo:
     winner: str | None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class AnsweredWithoutSdp:
     """
     Note: the answer's tag never described a stream; the latest branch's
@@ -282,14 +282,14 @@ Action = Union[
 # the rewrite entries (one per m= line of a description towards our side)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Keep:
     """
     Leave the C{m=} line as it is (it has port 0).
     """
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class SameAs:
     """
     The C{m=} line shares the transport of line C{primary} (BUNDLE).
@@ -298,14 +298,14 @@ class SameAs:
     primary: int
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Refuse:
     """
     Port 0: the stream is not relayed.
     """
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Relay:
     """
     Our relay ports of UDP stream C{index} (port 0 if the executor gave
@@ -315,7 +315,7 @@ class Relay:
     index: int
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class TcpRelay:
     """
     Our role C{setup} towards our side for TCP stream C{index}: C{"active"}
@@ -330,7 +330,7 @@ class TcpRelay:
 Entry = Union[Keep, SameAs, Refuse, Relay, TcpRelay]
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """
     What one input asks of the executor: actions, in order (those of one

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Hashable, Protocol, Union
 
-from attrs import field, frozen
+from dataclasses import dataclass, field
 
 from spwm.sip.flows import Flow
 from spwm.sip.message import SipMessage
@@ -59,7 +59,7 @@ _OFFER_METHODS = frozenset({"INVITE", "UPDATE"})
 _SESSION_METHODS = frozenset({"INVITE", "ACK", "PRACK", "UPDATE"})
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class ToTunnel:
     """
     Send one SIP message into a tunnel.
@@ -73,7 +73,7 @@ class ToTunnel:
     data: bytes
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class ToApp:
     """
     Send one SIP message to a LAN application over its own flow.
@@ -83,7 +83,7 @@ class ToApp:
     data: bytes
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class ToNetwork:
     """
     Send one SIP message on the operator network.
@@ -97,7 +97,7 @@ class ToNetwork:
     data: bytes
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Dropped:
     """
     A message was dropped, or a request refused with an error answer;
@@ -117,7 +117,7 @@ class Dropped:
     answered: bool = False
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class RouteRefused:
     """
     A request was refused (C{403}) because its top C{Route} names neither
@@ -136,7 +136,7 @@ class RouteRefused:
     method: str
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class BindingChanged:
     """
     A registration binding through a tunnel appeared, went or expired; the
@@ -161,7 +161,7 @@ class BindingChanged:
     app: Flow | None = None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class ProxyChanged:
     """
     One of the operator's proxies went out of use or came back
@@ -218,7 +218,7 @@ class Counters(dict[str, int]):
         return Dropped(reason, counter, answered=True)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class OperatorProxy:
     """
     Where the contact point sends every request.
@@ -235,8 +235,8 @@ class OperatorProxy:
     host: str
     port: int = 5060
     transport: str = "udp"
-    srv: bool = field(default=False, eq=False, repr=False)
-    any_transport: bool = field(default=False, eq=False, repr=False)
+    srv: bool = field(default=False, compare=False, repr=False)
+    any_transport: bool = field(default=False, compare=False, repr=False)
 
 
 class MediaHook(Protocol):
@@ -399,7 +399,7 @@ def leg_ended(
         hook.dialog_ended(key, dialog_key(fid, call_id), challenged=status in (401, 407), reason=reason)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class MediaRefusal:
     """
     Why a half cannot take a new call's media now (L{media_full}).

@@ -20,7 +20,7 @@ import secrets
 from collections import deque
 from typing import Callable, Hashable
 
-from attrs import define
+from dataclasses import dataclass
 
 from spwm.sip.dialogs import DialogTable, Parties, Party
 from spwm.sip.errors import SipParseError
@@ -240,7 +240,7 @@ def build_bye(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
 
 
-@define
+@dataclass(slots=True)
 class _Bye:
     dest: Hashable
     data: bytes

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Hashable, Iterator
 
-from attrs import evolve, frozen
+from dataclasses import dataclass, replace
 
 __all__ = [
     "ACK_WAIT",
@@ -49,7 +49,7 @@ UNACKNOWLEDGED = "answer never acknowledged"
 _Call = tuple[str, frozenset[str | None]]
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class RemoteTarget:
     """
     The remote target of a party on the network side, and where the
@@ -64,7 +64,7 @@ class RemoteTarget:
     source: str
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Party:
     """
     One party of an established dialog, as the messages passing through
@@ -88,7 +88,7 @@ class Party:
     cseq: int | None = None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Parties:
     """
     The two parties of an established dialog and its route, as this half
@@ -121,7 +121,7 @@ class Parties:
         return None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Dialog:
     """
     An INVITE dialog established through a tunnel (one per to-tag when forked).
@@ -147,8 +147,9 @@ class Dialog:
     def lasting(self, expires: float, ending: bool) -> Dialog:
         """
         @return: this dialog until C{expires}, and C{ending} or not: what
-            C{attrs.evolve} gives, made directly (two requests of every
-            call change it; C{evolve} reads the class's fields each time).
+            C{dataclasses.replace} gives, made directly (two requests of
+            every call change it; C{replace} reads the class's fields each
+            time).
         """
         return Dialog(
             self.call_id, self.from_tag, self.to_tag, self.flow_id, expires, self.target, self.parties, ending
@@ -502,14 +503,14 @@ class DialogTable:
                 party: Party = getattr(parties, which)
                 new = party
                 if cseq is not None and (party.cseq is None or cseq > party.cseq):
-                    new = evolve(new, cseq=cseq)
+                    new = replace(new, cseq=cseq)
                 if target is not None and target != party.target:
-                    new = evolve(new, target=target)
+                    new = replace(new, target=target)
                 if new is not party:
                     if which == "caller":
-                        d = evolve(d, parties=evolve(parties, caller=new))
+                        d = replace(d, parties=replace(parties, caller=new))
                     else:
-                        d = evolve(d, parties=evolve(parties, callee=new))
+                        d = replace(d, parties=replace(parties, callee=new))
                     changed = True
             out.append(d)
         if changed:
@@ -550,7 +551,7 @@ class DialogTable:
         dialogs = self._calls.get(key)
         if dialogs:
             tags = {from_tag, to_tag}
-            self._calls[key] = [evolve(d, target=target) if _same(d, tags) else d for d in dialogs]
+            self._calls[key] = [replace(d, target=target) if _same(d, tags) else d for d in dialogs]
 
     def target(
         self, scope: Hashable, call_id: str, from_tag: str | None, to_tag: str | None

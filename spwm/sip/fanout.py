@@ -34,6 +34,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Sequence
 
 import attrs
+import dataclasses
 
 from spwm.sip.actions import Action, BindingChanged, Counters, ToApp, ToTunnel
 from spwm.sip.errors import SipParseError
@@ -316,7 +317,7 @@ class FanoutCore:
         for n, k in enumerate(fan.sides):
             for action in self.sides[k].from_app(flow, data, now, congested=congested, overloaded=overloaded):
                 if isinstance(action, ToTunnel):
-                    actions.append(attrs.evolve(action, data=_leg_request(action.data, k, self.max_message_size)))
+                    actions.append(dataclasses.replace(action, data=_leg_request(action.data, k, self.max_message_size)))
                 elif n == 0:
                     # a side's own answer (400, 483, 503 ...) and its
                     # counts: once

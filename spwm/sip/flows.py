@@ -24,7 +24,7 @@ import struct
 
 from typing import Any
 
-from attrs import define, field, frozen
+from dataclasses import dataclass, field
 
 #: Token kinds: the byte that says where a token may be used.
 KIND_VIA = b"V"
@@ -105,7 +105,7 @@ def b32_lower(data: bytes) -> str:
     return x.to_bytes(size, "big")[size - groups :].translate(_B32_LOWER).decode("ascii")
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Flow:
     """
     One application flow as the agent sees it.
@@ -122,7 +122,7 @@ class Flow:
     conn_id: int | None = None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class FlowToken:
     """
     A decoded, authenticated flow token.
@@ -261,14 +261,14 @@ class FlowTokenCodec:
         return decoded
 
 
-@define
+@dataclass(slots=True)
 class _FlowEntry:
     flow: Flow
     flow_id: int
     expires: float | None  # None: lives until the connection closes
 
 
-@define
+@dataclass(slots=True)
 class FlowTable:
     """
     The agent's table of application flows.
@@ -284,9 +284,9 @@ class FlowTable:
 
     idle_lifetime: float = 300.0
     max_flows: int = 4096
-    _by_flow: dict[Flow, _FlowEntry] = field(factory=dict, init=False)
-    _by_id: dict[int, _FlowEntry] = field(factory=dict, init=False)
-    _heap: list[tuple[float, int]] = field(factory=list, init=False)
+    _by_flow: dict[Flow, _FlowEntry] = field(default_factory=dict, init=False)
+    _by_id: dict[int, _FlowEntry] = field(default_factory=dict, init=False)
+    _heap: list[tuple[float, int]] = field(default_factory=list, init=False)
     _next_id: int = field(default=1, init=False)
 
     def __len__(self) -> int:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import secrets
 from typing import Any, Callable, Hashable, Iterable
 
-from attrs import define
+from dataclasses import dataclass
 
 from spwm.sip.byes import ByeSender, build_bye, party_of, reason_header, route_toward
 from spwm.sip.dialogs import Parties, Party
@@ -91,7 +91,7 @@ _KEPT = frozenset({"via", "from", "to", "call-id", "cseq", "route"})
 MAX_KEPT_BYTES = 4096
 
 
-@define
+@dataclass(slots=True)
 class Pending:
     """
     One INVITE passed on and not finally answered.
