@@ -340,9 +340,10 @@ def _compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return 1
         print(f"removed {len(removed)} built files from {where}" if removed else f"nothing built in {where}", file=out)
         return 0
-    print(f"building {', '.join(compiled.MODULES)} in {where} (mypyc; about a minute)", file=out)
-    out.flush()
     try:
+        compiled.check_tools()
+        print(f"building {', '.join(compiled.MODULES)} in {where} (mypyc; about a minute)", file=out)
+        out.flush()
         made = compiled.build()
     except (compiled.BuildError, OSError) as e:
         print(f"spwm compile: {e}", file=err)

@@ -33,7 +33,7 @@ import sys
 import warnings
 from typing import Any, Sequence
 
-__all__ = ["MANIFEST", "MODULES", "CompiledStaleWarning", "guard", "build", "remove", "status"]
+__all__ = ["MANIFEST", "MODULES", "BuildError", "CompiledStaleWarning", "build", "check_tools", "guard", "remove", "status"]
 
 #: The modules built by C{spwm compile}: the SIP parser and header reads,
 #: the SDP parser, the SIP rewrites and checks, the dialog, flow, ringing
@@ -220,39 +220,58 @@ setup(
 """
 
 
-def build(package_dir: str | None = None, modules: Sequence[str] = MODULES) -> list[str]:
+def check_tools() -> None:
     """
-    Build C{modules} in place and write the manifest (a build before it
-    is removed first).
-
-    @return: the files made, relative to the directory above the package.
-    @raise BuildError: a tool is missing, or the build failed.
+    @raise BuildError: a tool the build needs is missing (which, and how
+        to get it).
     """
-    import subprocess
-    import tempfile
-
-    package_dir = package_dir or _package_dir()
     missing = _missing_tools()
     if missing is not None:
         raise BuildError(missing)
+
+
+def build(package_dir: str | None = None, modules: Sequence[str] = MODULES) -> list[str]:
+    """
+    Build C{modules} and put them beside their sources, and write the
+    manifest (a build before it is removed first). The build works on a
+    copy of the package in a temporary directory: mypy, which mypyc runs
+    first, must not take the other modules of the directory the package
+    is installed in (a virtual environment's C{site-packages}) for the
+    project's own.
+
+    @return: the files put in place, relative to the directory above the
+        package.
+    @raise BuildError: a tool is missing, or the build failed.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    package_dir = os.path.abspath(package_dir or _package_dir())
+    check_tools()
     root = os.path.dirname(package_dir)
-    for where in (root, os.path.dirname(_source(package_dir, modules[0]))):
+    for where in (root, *{os.path.dirname(_source(package_dir, m)) for m in modules}):
         if not os.access(where, os.W_OK):
             raise BuildError(f"cannot write to {where} (run as the user that installed spwm)")
     # (unlinked, not overwritten: a half that runs keeps its copy)
     remove(package_dir)
-    before = _built_files(root)
-    sources = [os.path.relpath(_source(package_dir, m), root) for m in modules]
     with tempfile.TemporaryDirectory(prefix="spwm-compile-") as tmp:
+        src = os.path.join(tmp, "src")
+        shutil.copytree(
+            package_dir,
+            os.path.join(src, "spwm"),
+            ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", MANIFEST),
+        )
         config = os.path.join(tmp, "mypy.ini")
         with open(config, "w", encoding="utf-8") as f:
             f.write("[mypy]\n")
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
         env.pop("PYTHONPATH", None)
+        sources = [os.path.relpath(_source(os.path.join(src, "spwm"), m), src) for m in modules]
         try:
             done = subprocess.run(
                 [sys.executable, "-c", _BUILD_SCRIPT, tmp, config, *sources],
-                cwd=root,
+                cwd=src,
                 env=env,
                 capture_output=True,
                 text=True,
@@ -260,12 +279,19 @@ def build(package_dir: str | None = None, modules: Sequence[str] = MODULES) -> l
             )
         except subprocess.TimeoutExpired:
             raise BuildError(f"the build took longer than {BUILD_TIMEOUT:g} s") from None
-        made = sorted(_built_files(root) - before)
         if done.returncode != 0:
-            for path in made:
-                _unlink(os.path.join(root, path))
             lines = [line for line in (done.stderr + done.stdout).splitlines() if "error" in line.lower()]
             raise BuildError("the build failed: " + (lines[-1].strip() if lines else f"exit status {done.returncode}"))
+        made = sorted(_built_files(src))
+        placed: list[str] = []
+        try:
+            for path in made:
+                shutil.copyfile(os.path.join(src, path), os.path.join(root, path))
+                placed.append(path)
+        except OSError as e:
+            for path in placed:
+                _unlink(os.path.join(root, path))
+            raise BuildError(f"the built files could not be put in place: {e}") from None
     manifest = {
         "modules": {m: _digest(_source(package_dir, m)) for m in modules},
         "files": made,

@@ -204,7 +204,7 @@ class CommandTests(SynchronousTestCase):
         """
         with mock.patch.object(compiled, "_missing_tools", return_value="no C compiler (gcc not found)"):
             code, out, err = self.run_main()
-        self.assertEqual(code, 1)
+        self.assertEqual((code, out), (1, ""))
         self.assertEqual(err, "spwm compile: no C compiler (gcc not found)\n")
         self.assertEqual(compiled.status(), [(m, "source") for m in compiled.MODULES])
 

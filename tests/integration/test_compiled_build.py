@@ -45,6 +45,12 @@ class CompiledBuildTests(SynchronousTestCase):
         ignore = shutil.ignore_patterns("__pycache__", "*.so", compiled.MANIFEST, "_trial_temp*")
         shutil.copytree(source, os.path.join(self.root, "spwm"), ignore=ignore)
         shutil.copytree(checkout, os.path.join(self.root, "tests"), ignore=ignore)
+        # as in a virtual environment's site-packages, other modules beside
+        # the package: one that typeshed also knows (mypy, which mypyc
+        # runs, must not take it for one of the project's own)
+        import typing_extensions
+
+        shutil.copy(typing_extensions.__file__, self.root)
         self.env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
     def run_here(self, *argv: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -90,5 +96,6 @@ class CompiledBuildTests(SynchronousTestCase):
         removed = self.run_here("-m", "spwm", "compile", "--remove", timeout=60)
         self.assertIn(f"removed {len(compiled.MODULES) + 1} built files", removed.stdout)
         self.assertEqual(
-            sorted(n for n in os.listdir(self.root) if not n.startswith(("_trial", "."))), ["spwm", "tests"]
+            sorted(n for n in os.listdir(self.root) if not n.startswith(("_trial", ".", "__pycache__"))),
+            ["spwm", "tests", "typing_extensions.py"],
         )
