@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import urllib.error
@@ -327,7 +326,7 @@ def _compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """
     from spwm import compiled
 
-    where = os.path.dirname(os.path.abspath(compiled.__file__))
+    where = compiled._package_dir()
     if args.check:
         for module, runs in compiled.status():
             print(f"{module}: {runs}", file=out)

@@ -142,10 +142,10 @@ class GuardTests(SynchronousTestCase):
 
     def test_this_package(self) -> None:
         """
-        The package under test has no build (CI, a checkout): its modules
-        are their sources.
+        Without a directory, the package Python imported: one line for
+        each module.
         """
-        self.assertEqual(compiled.status(), [(m, "source") for m in compiled.MODULES])
+        self.assertEqual([m for m, _ in compiled.status()], list(compiled.MODULES))
 
 
 class RemoveTests(SynchronousTestCase):
@@ -187,6 +187,12 @@ class CommandTests(SynchronousTestCase):
     C{spwm compile}: one line for each outcome.
     """
 
+    def setUp(self) -> None:
+        # a package of the test's own: not the one under test, which may be
+        # built (a checkout after spwm compile) and must stay so
+        self.package = _Package(self)
+        self.patch(compiled, "_package_dir", lambda: self.package.dir)
+
     def run_main(self, *argv: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
         code = main(["compile", *argv], out, err)
@@ -206,12 +212,24 @@ class CommandTests(SynchronousTestCase):
             code, out, err = self.run_main()
         self.assertEqual((code, out), (1, ""))
         self.assertEqual(err, "spwm compile: no C compiler (gcc not found)\n")
-        self.assertEqual(compiled.status(), [(m, "source") for m in compiled.MODULES])
+        self.assertEqual(compiled.status(self.package.dir), [(m, "source") for m in compiled.MODULES])
 
     def test_remove_nothing(self) -> None:
         code, out, err = self.run_main("--remove")
         self.assertEqual((code, err), (0, ""))
-        self.assertTrue(out.startswith("nothing built in "), out)
+        self.assertEqual(out, f"nothing built in {self.package.dir}\n")
+
+    def test_check_and_remove(self) -> None:
+        """
+        A build: --check says each module runs compiled, --remove takes
+        its files away.
+        """
+        files = self.package.built()
+        code, out, err = self.run_main("--check")
+        self.assertEqual(out.splitlines(), [f"{m}: compiled" for m in compiled.MODULES])
+        code, out, err = self.run_main("--remove")
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(out, f"removed {len(files)} built files from {self.package.dir}\n")
 
     def test_both(self) -> None:
         """

@@ -59,7 +59,8 @@ class FirstFrameTests(SynchronousTestCase):
 
     def test_not_a_hello(self) -> None:
         self.assertIsNone(hello_message(encode_control({"op": "resume"})))
-        self.assertIsNone(hello_message(encode_control([1])))  # type: ignore[arg-type]
+        # JSON that is not an object (encode_control takes objects only)
+        self.assertIsNone(hello_message(encode_frame(FrameType.CONTROL, 0, 0, b"[1]")))
         self.assertIsNone(hello_message(encode_frame(FrameType.CONTROL, 0, 0, b"{not json")))
         self.assertIsNone(hello_message(encode_frame(FrameType.PING, 0, 0, b"12345678")))
         self.assertIsNone(hello_message(encode_frame(FrameType.CONTROL, 0, 3, b'{"op":"hello"}')))

@@ -534,9 +534,25 @@ class _Quality:
         return SNAPSHOT
 
 
+def _snapshots(test: SynchronousTestCase, manager: Any, snapshot: Any) -> None:
+    """
+    Have the quality figures of every stream of C{manager}'s calls give
+    what C{snapshot()} gives (on the figures' objects, not the manager's
+    module: compiled, its calls do not look the module's names up).
+    """
+    streams = [
+        stream
+        for dialogs in manager._sessions.values()
+        for dialog in dialogs.values()
+        for stream in dialog.streams.values()
+    ]
+    test.assertTrue(streams)
+    for stream in streams:
+        test.patch(stream.quality, "snapshot", snapshot)
+
+
 class MediaListingTests(SynchronousTestCase):
     def _call(self) -> tuple[Any, Any, Any, Any]:
-        self.patch(media_manager, "_quality", lambda stream: _Quality().snapshot())
         reactor, agent, a_end, contact, c_end = _pair()
         offer = _sdp(PHONE, ("audio", 4000, ""))
         agent.sdp_into_tunnel(a_end, DIALOG, SDP_TYPE, offer)
@@ -554,6 +570,7 @@ class MediaListingTests(SynchronousTestCase):
         first ones given), its codec and its streams' quality snapshots.
         """
         reactor, agent, a_end, _ = self._call()
+        _snapshots(self, agent, _Quality().snapshot)
         reactor.udp[AGENT_ADDR, 20000].receive(b"a" * 172, (PHONE, 4000))
         (call,) = agent.call_list()
         self.assertEqual(
@@ -632,9 +649,9 @@ class MediaListingTests(SynchronousTestCase):
         Streams without quality measurements list C{None}.
         """
         self.assertIsNone(media_manager._quality(object()))
-        self.patch(media_manager, "_quality", lambda stream: None)
         reactor, agent, a_end, contact, c_end = _pair()
         agent.sdp_into_tunnel(a_end, DIALOG, SDP_TYPE, _sdp(PHONE, ("audio", 4000, "")))
+        _snapshots(self, agent, lambda: None)
         (call,) = agent.call_list()
         self.assertIsNone(call["streams"][0]["quality"])
         self.assertIsNone(call["from"])

@@ -263,7 +263,9 @@ class MediaRelayEndpoint(DatagramProtocol):
         self.receive_buffer = receive_buffer
         self.peer: tuple[str, int] | None = None
         self.target: tuple[str, int] | None = None
-        self.port = None
+        #: the socket's port (L{spwm.media.reader.RelayPort}, or Twisted's
+        #: through C{TwistedRelaySockets}), C{None} until bound
+        self.port: Any = None
         self._branches: dict[str | None, _Branch] = {}
         # the other branches' targets and every branch's latched address
         self._extra: tuple[tuple[str, int], ...] = ()
