@@ -166,7 +166,7 @@ def status(package_dir: str | None = None) -> list[tuple[str, str]]:
     @return: each of L{MODULES} with what runs: C{"compiled"}, C{"source"}
         (not built), or C{"source (stale build)"}.
     """
-    package_dir = package_dir or _package_dir()
+    package_dir = os.path.abspath(package_dir or _package_dir())
     manifest = _read_manifest(package_dir) or {"modules": {}}
     stale = set(stale_modules(package_dir, manifest))
     built = manifest.get("modules") or {}
@@ -334,7 +334,7 @@ def remove(package_dir: str | None = None) -> list[str]:
 
     @return: the files removed, relative to the directory above the package.
     """
-    package_dir = package_dir or _package_dir()
+    package_dir = os.path.abspath(package_dir or _package_dir())
     manifest = _read_manifest(package_dir)
     if manifest is None:
         return []
@@ -343,7 +343,7 @@ def remove(package_dir: str | None = None) -> list[str]:
     for path in manifest.get("files") or []:
         full = os.path.normpath(os.path.join(root, path))
         # only what the build made: inside the directory above the package
-        if os.path.dirname(full).startswith(root) and os.path.exists(full):
+        if os.path.commonpath([root, full]) == root and os.path.exists(full):
             os.unlink(full)
             removed.append(path)
     _unlink(os.path.join(package_dir, MANIFEST))
