@@ -32,6 +32,8 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from spwm._mypyc import mypyc_attr
+
 __all__ = ["STEP", "SteadyTime", "StepWatch", "install", "installed", "wall"]
 
 #: a change (s) of the wall clock against the steady one counted as a step
@@ -130,6 +132,7 @@ def install(reactor: Any, steady: SteadyTime | None = None) -> SteadyTime:
     return steady
 
 
+@mypyc_attr(native_class=False)
 class StepWatch(Service):
     """
     Logs one line each time the system clock is set (moved by L{STEP} or

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_compiled -*-
 """
-The modules of the SIP and SDP work of a call (L{MODULES}), optionally
+The modules of the work a call takes in each half (L{MODULES}), optionally
 compiled to C with mypyc (C{spwm compile}); and the guard that keeps a
 compiled module from running when its source has changed since it was
 built.
@@ -10,8 +10,9 @@ the source does (data classes become C structures, calls between compiled
 functions C calls). SPWM's source stays the program: a plain install runs
 it as Python, and C{spwm compile} builds L{MODULES} beside their sources,
 in the package directory Python imports C{spwm} from (a virtual
-environment's C{site-packages}, or a checkout). It needs mypy (C{pip
-install mypy}), a C compiler and Python's C headers. C{spwm compile
+environment's C{site-packages}, or a checkout). It needs mypy and its
+zope.interface plugin (C{pip install mypy mypy-zope}), a C compiler and
+Python's C headers. C{spwm compile
 --remove} takes the built files away again.
 
 A built module is recorded in L{MANIFEST} with the SHA-256 of the source it
@@ -38,9 +39,14 @@ __all__ = ["MANIFEST", "MODULES", "BuildError", "CompiledStaleWarning", "build",
 #: The modules built by C{spwm compile}: the SIP parser and header reads,
 #: the SDP parser, the SIP rewrites and checks, the dialog, flow, ringing
 #: and BYE tables, the proxies' actions, the media negotiation and the
-#: media manager, the tunnel's framing (C{docs/performance.md}). Each must type-check under
-#: mypy with no plugin, use data classes rather than attrs ones, and hold
-#: to its types at run time (mypyc checks them where Python does not).
+#: media manager, the tunnel's framing; and the SIP proxy cores, their
+#: authorisation, the SIP runners, the tunnel connection's core, the
+#: session's paths and carrier, its resumption, the call quality figures
+#: and the clocks (C{docs/performance.md}). Each must type-check under
+#: mypy with the zope.interface plugin only, use data classes rather than
+#: attrs ones where it is hot, mark a class that derives from a Python
+#: class (Twisted's) with L{spwm._mypyc.mypyc_attr}, and hold to its
+#: types at run time (mypyc checks them where Python does not).
 MODULES = (
     "spwm.sip.message",
     "spwm.sip.uri",
@@ -56,6 +62,16 @@ MODULES = (
     "spwm.media.manager",
     "spwm.tunnel.frames",
     "spwm.tunnel.decoder",
+    "spwm.sip.agent_proxy",
+    "spwm.sip.contact_proxy",
+    "spwm.sip.authz",
+    "spwm.sip.transport",
+    "spwm.tunnel.connection",
+    "spwm.session.paths",
+    "spwm.session.carrier",
+    "spwm.security.resume",
+    "spwm.media.quality",
+    "spwm.clock",
 )
 
 #: The record of a build, in the package directory.
@@ -194,7 +210,9 @@ def _missing_tools() -> str | None:
     try:
         import mypyc  # noqa: F401
     except ImportError:
-        return "mypyc is not installed (it comes with mypy: python3 -m pip install mypy)"
+        return "mypyc is not installed (it comes with mypy: python3 -m pip install mypy mypy-zope)"
+    if importlib.util.find_spec("mypy_zope") is None:
+        return "mypy's zope.interface plugin is not installed (python3 -m pip install mypy-zope)"
     include = sysconfig.get_paths().get("include") or ""
     if not os.path.exists(os.path.join(include, "Python.h")):
         return f"Python's C headers are not installed (no Python.h in {include}; Debian: apt-get install python3-dev)"
@@ -263,13 +281,14 @@ def build(package_dir: str | None = None, modules: Sequence[str] = MODULES) -> l
             os.path.join(src, "spwm"),
             ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", MANIFEST),
         )
-        # mypy with no plugin (mypy-zope, which the project's own checks
-        # use, is not needed here); the modules the built ones import are
-        # read for their types, and what it would say of them is not
-        # this build's business ("silent")
+        # mypy with the zope.interface plugin, as the project's own
+        # checks run it (Twisted's interfaces type the reactor and the
+        # transports); the modules the built ones import are read for
+        # their types, and what it would say of them is not this
+        # build's business ("silent")
         config = os.path.join(tmp, "mypy.ini")
         with open(config, "w", encoding="utf-8") as f:
-            f.write("[mypy]\nfollow_imports = silent\n")
+            f.write("[mypy]\nfollow_imports = silent\nplugins = mypy_zope:plugin\n")
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
         env.pop("PYTHONPATH", None)
         sources = [os.path.relpath(_source(os.path.join(src, "spwm"), m), src) for m in modules]

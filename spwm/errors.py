@@ -49,6 +49,20 @@ class TunnelProtocolError(SpwmError):
         return f"{self.code}: {self.reason}"
 
 
+class ChannelLimitError(SpwmError):
+    """
+    Opening one more channel would exceed L{TunnelLimits.max_channels}
+    (raised by L{spwm.tunnel.connection.TunnelConnection}).
+    """
+
+
+class TunnelNotOpenError(SpwmError, RuntimeError):
+    """
+    The tunnel is not (or no longer) open: nothing can be sent or opened
+    (raised by L{spwm.tunnel.connection.TunnelConnection}).
+    """
+
+
 class ListenError(SpwmError):
     """
     A listener could not be bound at start: the process stops with this one

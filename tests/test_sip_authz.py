@@ -16,6 +16,7 @@ from spwm.sip.actions import Dropped, ToTunnel
 from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.tunnel.frames import ChannelKind, ErrorCode
 from spwm.testing.tunnel import FakeTunnel
+from tests import skip_if_compiled
 from tests.test_sip_proxy import SDP, request
 
 
@@ -226,6 +227,7 @@ class AuthorizationTests(GateTestCase):
         """
         from spwm.sip import authz, contact_proxy
 
+        skip_if_compiled(authz, "counts the parses by replacing the parser its functions call")
         self.register("alice")
         parses: list[tuple[str, bytes]] = []
 

@@ -3502,20 +3502,26 @@ class SpiralTests(SynchronousTestCase):
         """
         A message that would spiral without end (which no message does
         today: each spiral pops one of our Vias or is refused) is cut
-        after L{MAX_SPIRALS}, with one counted drop.
+        after L{MAX_SPIRALS}, with one counted drop; the steps around it
+        keep their places.
         """
         from spwm.sip import contact_proxy
+        from spwm.sip.actions import Counters
 
-        class Looping(ContactSipProxy):
-            def _network(self, *args: Any) -> list[Any]:
-                self.spirals = getattr(self, "spirals", 0) + 1
-                return [contact_proxy._Spiral("udp", b"x")]
+        seen: list[bytes] = []
 
-        cp = Looping(CONTACT_ADDR, SECRET, operator=OPERATOR)
-        out = cp.from_network("udp", ("198.51.100.7", 5060), b"x", 0.0)
-        self.assertEqual([type(a) for a in out], [Dropped])
-        self.assertEqual(out[0].counter, "message looped through our own address")
-        self.assertEqual(cp.spirals, contact_proxy.MAX_SPIRALS + 1)
+        def looping(spiral: Any) -> list[Any]:
+            seen.append(spiral.data)
+            return [contact_proxy._Spiral("udp", b"x")]
+
+        before, after = ToNetwork("udp", ("198.51.100.7", 5060), b"a"), ToNetwork("udp", ("198.51.100.7", 5060), b"b")
+        counters = Counters()
+        out = contact_proxy.settle_spirals([before, contact_proxy._Spiral("udp", b"x"), after], looping, counters)
+        self.assertEqual([type(a) for a in out], [ToNetwork, Dropped, ToNetwork])
+        self.assertEqual((out[0], out[2]), (before, after))
+        self.assertEqual(out[1].counter, "message looped through our own address")
+        self.assertEqual(counters, {"message looped through our own address": 1})
+        self.assertEqual(len(seen), contact_proxy.MAX_SPIRALS)
 
     def test_embedded_registrar_answers_in_place(self) -> None:
         """

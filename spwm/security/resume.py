@@ -37,6 +37,7 @@ from typing import Any, Callable
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from spwm._mypyc import instance_logger
 from spwm.security.keys import (
     EXPORTER_LABEL,
     KEY_LENGTH,
@@ -144,6 +145,7 @@ class _Lifecycle:
     log = Logger()
 
     def __init__(self, clock: IReactorTime, window: float, media: Any, sip: Any) -> None:
+        self.log = instance_logger(self)  # compiled, the class attribute is not bound
         self.clock = clock
         self.window = window
         self.media = media

@@ -32,7 +32,7 @@ import hashlib
 import hmac
 import socket
 import struct
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 from weakref import WeakSet
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -40,6 +40,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from spwm._mypyc import instance_logger
 from spwm.security.keys import EXPORTER_LABEL, KEY_LENGTH
 from spwm.session.paths import (
     CarrierChanged,
@@ -208,6 +209,7 @@ class PathFront:
             the peer's pings and media show which paths are heard from,
             and the scheduler runs when something arrives.
         """
+        self.log = instance_logger(self)  # compiled, the class attribute is not bound
         self.clock = clock
         self.routes: dict[int, Any] = {}
         self.handlers: dict[int, ChannelHandler] = {}
@@ -1369,6 +1371,7 @@ class PathSessions:
             moves as a whole (its last path's loss suspends it, the new
             connection resumes it).
         """
+        self.log = instance_logger(self)  # compiled, the class attribute is not bound
         self.clock = clock
         self.observer = observer
         self.agent = agent
@@ -1881,6 +1884,34 @@ def _is_key(value: object) -> bool:
     return True
 
 
+class KeptFront(Protocol):
+    """
+    What a L{PathKeeper} uses of its session's front: a L{PathFront}, or
+    what stands for one in a test (compiled code checks a declared class
+    at run time, not an interface).
+    """
+
+    @property
+    def session_id(self) -> str: ...
+
+    @property
+    def carrier(self) -> TunnelProtocol | None: ...
+
+    @property
+    def paths(self) -> list[TunnelProtocol]: ...
+
+    @property
+    def scheduler(self) -> PathScheduler: ...
+
+    def live_paths(self) -> int: ...
+
+    def path_id(self, path: TunnelProtocol) -> int | None: ...
+
+    def remove_path(self, path: TunnelProtocol) -> bool: ...
+
+    def watch_link(self, now: float) -> None: ...
+
+
 class PathKeeper:
     """
     Agent: keeps C{extra} connections besides the tunnel service's own
@@ -1938,7 +1969,7 @@ class PathKeeper:
         *,
         retry_cap: float = 30.0,
         count: PathCount | None = None,
-        front: Callable[[], PathFront | None] | None = None,
+        front: Callable[[], KeptFront | None] | None = None,
     ) -> None:
         """
         @param connect: opens one more connection (the agent's endpoint and
@@ -1947,6 +1978,7 @@ class PathKeeper:
             service's own connection).
         @param front: the live session's front (to drain a connection from).
         """
+        self.log = instance_logger(self)  # compiled, the class attribute is not bound
         self.clock = clock
         self._connect = connect
         self.count = count
@@ -2330,7 +2362,7 @@ class PathKeeper:
             if not self._drain(front):
                 break
 
-    def _drain(self, front: PathFront | None) -> bool:
+    def _drain(self, front: KeptFront | None) -> bool:
         """
         Take one of our connections out of the session now and close it
         C{count_drain} later; not the carrier while another can be.
@@ -2341,7 +2373,8 @@ class PathKeeper:
             return False
         carrier = front.carrier if front is not None else None
         mine = list(self._mine.values())
-        path = next((p for p in reversed(mine) if p is not carrier), mine[-1])
+        # (mine[::-1], not reversed(mine): mypyc fails on the latter here)
+        path = next((p for p in mine[::-1] if p is not carrier), mine[-1])
         del self._mine[id(path)]
         self.drained += 1
         if front is not None and front.path_id(path) is not None:

@@ -48,7 +48,7 @@ import struct
 import sys
 from collections import deque
 from enum import Enum
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 from attrs import define, frozen
 
@@ -1591,7 +1591,7 @@ class Dedup:
     """
 
     #: how far ahead of the highest number seen a number may be (2**20)
-    MAX_AHEAD = 0x100000
+    MAX_AHEAD: ClassVar[int] = 0x100000
 
     def __init__(self, limits: PathLimits | None = None) -> None:
         limits = limits or PathLimits()
@@ -1758,7 +1758,7 @@ class SipOrder:
     """
 
     #: how long after the first message taken the receiver acknowledges (s)
-    ACK_DELAY = 0.05
+    ACK_DELAY: ClassVar[float] = 0.05
 
     def __init__(self, max_kept: int = 1024, max_bytes: int = 1 << 20) -> None:
         self.max_kept = max_kept

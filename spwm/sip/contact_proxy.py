@@ -98,7 +98,7 @@ from spwm.sip.uri import NameAddr, SipUri, Via, parse_name_addr, parse_uri, pars
 if TYPE_CHECKING:
     from spwm.sip.registrar import EmbeddedRegistrar
 
-__all__ = ["ContactSipProxy", "DIALOG_DROPPED", "NO_PROXY", "UDP_SIZE_LIMIT", "never_congested"]
+__all__ = ["ContactSipProxy", "DIALOG_DROPPED", "NO_PROXY", "UDP_SIZE_LIMIT", "never_congested", "settle_spirals"]
 
 #: Headers that assert an identity, removed from every request from a
 #: tunnel (counted in C{sip.events} as "<header> from tunnel removed"):
@@ -219,6 +219,37 @@ class _Spiral:
 
 
 _Step = Action | _Spiral
+
+
+
+def settle_spirals(steps: list[_Step], network: Callable[[_Spiral], list[_Step]], counters: Counters) -> list[Action]:
+    """
+    Handle the spirals among C{steps}, each as a message from the network
+    (C{network} gives its steps) in its place, depth first, with a loop
+    instead of recursion; past L{MAX_SPIRALS} spirals in one go, each
+    further one is dropped and counted in C{counters}.
+
+    @return: the actions, in the order the spirals' own actions take the
+        place of each spiral.
+    """
+    out: list[Action] = []
+    pending: list[Iterator[_Step]] = [iter(steps)]
+    spirals = 0
+    while pending:
+        for step in pending[-1]:
+            if not isinstance(step, _Spiral):
+                out.append(step)
+                continue
+            spirals += 1
+            if spirals > MAX_SPIRALS:
+                reason = "message looped through our own address"
+                out.append(counters.drop(reason, reason))
+                continue
+            pending.append(iter(network(step)))
+            break
+        else:
+            pending.pop()
+    return out
 
 
 class ContactSipProxy:
@@ -1070,11 +1101,8 @@ class ContactSipProxy:
         self, steps: list[_Step], now: float, congested: Callable[[TunnelKey], bool]
     ) -> list[Action]:
         """
-        Handle the spirals among C{steps} as messages from the network,
-        each in its place (depth first), with a loop instead of recursion.
-
-        @return: the actions, in the order the spirals' own actions take
-            the place of each spiral.
+        Handle the spirals among C{steps} as messages from the network
+        (L{settle_spirals}).
         """
         for step in steps:
             match step:
@@ -1082,26 +1110,11 @@ class ContactSipProxy:
                     break
         else:
             return steps  # type: ignore[return-value]  # no spiral: all actions
-        out: list[Action] = []
-        pending: list[Iterator[_Step]] = [iter(steps)]
-        spirals = 0
-        while pending:
-            for step in pending[-1]:
-                if not isinstance(step, _Spiral):
-                    out.append(step)
-                    continue
-                spirals += 1
-                if spirals > MAX_SPIRALS:
-                    reason = "message looped through our own address"
-                    out.append(self.counters.drop(reason, reason))
-                    continue
-                pending.append(
-                    iter(self._network(step.transport, self.address, step.data, now, congested))
-                )
-                break
-            else:
-                pending.pop()
-        return out
+        return settle_spirals(
+            steps,
+            lambda spiral: self._network(spiral.transport, self.address, spiral.data, now, congested),
+            self.counters,
+        )
 
     def _network(
         self,

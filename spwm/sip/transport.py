@@ -27,7 +27,7 @@ from __future__ import annotations
 import socket
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport, IUDPTransport
@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from spwm import leanpoll
+from spwm._mypyc import instance_logger, mypyc_attr
 from spwm.addr import RouteSources, hostport, is_wildcard
 from spwm.addr import peer as peer_text
 from spwm.logthrottle import Every, ThrottledLog, without_none_suppressed
@@ -53,13 +54,8 @@ from spwm.sip.actions import (
     ToNetwork,
     ToTunnel,
 )
-from spwm.sip.agent_proxy import AgentSipProxy
-from spwm.sip.contact_proxy import ContactSipProxy
 from spwm.sip.nexthop import proxy_text
 from spwm.sip.stun import AnswerBudget, Ignored, binding_answer, is_stun
-
-if TYPE_CHECKING:
-    from spwm.sip.authz import AuthorizingContactProxy
 
 
 class SipTrace:
@@ -93,6 +89,7 @@ class SipTrace:
         hep: Any = None,
         observer: Callable[[str, str, bytes], None] | None = None,
     ) -> None:
+        self.log = instance_logger(self)  # compiled, the class attribute is not bound
         self.bodies = bodies
         self.lines = lines
         self.hep = hep
@@ -183,6 +180,27 @@ def _tunnel_congested(tunnel_key: Any) -> bool:
 MAX_CHECKED_HOSTS = 1024
 
 
+class RunnerFace(TypingProtocol):
+    """
+    What the SIP sockets and connections below use of their runner (a
+    L{_Runner}, or what stands for one in a test: compiled code checks a
+    declared class at run time, not an interface).
+    """
+
+    def udp_started(self, proto: SipUdpProtocol) -> None: ...
+
+    def udp_stopped(self, proto: SipUdpProtocol) -> None: ...
+
+    def datagram_received(self, proto: SipUdpProtocol, data: bytes, addr: tuple[str, int]) -> None: ...
+
+    def stream_connected(self, proto: SipStreamProtocol) -> int: ...
+
+    def stream_lost(self, proto: SipStreamProtocol) -> None: ...
+
+    def stream_message(self, proto: SipStreamProtocol, data: bytes) -> None: ...
+
+
+@mypyc_attr(native_class=False)
 class SipUdpProtocol(DatagramProtocol):
     """
     One SIP UDP socket; hands each datagram to its runner.
@@ -195,7 +213,7 @@ class SipUdpProtocol(DatagramProtocol):
 
     log = Logger()
 
-    def __init__(self, runner: _Runner, local: tuple[str, int] | None = None) -> None:
+    def __init__(self, runner: RunnerFace, local: tuple[str, int] | None = None) -> None:
         self.runner = runner
         self.local = local
         # the socket's own sendto, and the hosts Twisted's write has let
@@ -249,6 +267,7 @@ class SipUdpProtocol(DatagramProtocol):
             self.log.failure("SIP datagram from {peer} failed", peer=peer_text(addr))
 
 
+@mypyc_attr(native_class=False)
 class SipStreamProtocol(Protocol):
     """
     One SIP stream connection (TCP, or TLS under a TLS wrapper): frames the
@@ -264,7 +283,7 @@ class SipStreamProtocol(Protocol):
     log = Logger()
 
     def __init__(
-        self, runner: _Runner, transport_name: str = "tcp", max_size: int = 65535
+        self, runner: RunnerFace, transport_name: str = "tcp", max_size: int = 65535
     ) -> None:
         self.runner = runner
         self.transport_name = transport_name
@@ -362,6 +381,7 @@ def _abort(transport: Any) -> None:
     getattr(transport, "abortConnection", transport.loseConnection)()
 
 
+@mypyc_attr(native_class=False)
 class SipStreamFactory(Factory):
     """
     Builds L{SipStreamProtocol}s for a runner (listening or connecting).
@@ -384,7 +404,7 @@ class SipStreamFactory(Factory):
 
     def __init__(
         self,
-        runner: _Runner,
+        runner: RunnerFace,
         transport_name: str = "tcp",
         max_size: int = 65535,
         max_connections: int | None = None,
@@ -537,7 +557,7 @@ class _Runner:
     log = Logger()
 
     #: seconds between two log lines for the same refused Route
-    WARN_INTERVAL = 60.0
+    WARN_INTERVAL: ClassVar[float] = 60.0
 
     def __init__(
         self,
@@ -548,6 +568,7 @@ class _Runner:
         timer: Callable[[], float] = time.perf_counter,
         overload_after: float | None = OVERLOAD_AFTER,
     ) -> None:
+        self.log = instance_logger(self)  # compiled, the class attribute is not bound
         self.core = core
         self._clock = clock
         self.trace = trace
@@ -1051,13 +1072,16 @@ class AgentSipRunner(_Runner):
     """
     Runs an L{AgentSipProxy}: LAN sockets in, tunnel out, and back.
 
+    @param core: the L{AgentSipProxy}, or what stands for it with its
+        interface (L{spwm.security.resume}'s watch over it); typed C{Any}
+        since compiled code checks a declared class at the call.
     @param send_to_tunnel: carries out C{ToTunnel(key, flow_id, data)};
         by default C{key.send_sip(flow_id, data)}.
     """
 
     def __init__(
         self,
-        core: AgentSipProxy,
+        core: Any,
         clock: IReactorTime,
         send_to_tunnel: Callable[[Any, int, bytes], Any] = _send_sip,
         trace: SipTrace | None = None,
@@ -1187,6 +1211,10 @@ class ContactSipRunner(_Runner):
     Runs a L{ContactSipProxy}: the operator-side socket and connections in
     and out, tunnels on the other side.
 
+    @param core: the L{ContactSipProxy}, its
+        L{spwm.sip.authz.AuthorizingContactProxy}, or what stands for them
+        with their interface (typed C{Any}, as L{AgentSipRunner}'s).
+
     @param connect: opens an outgoing TCP connection to C{(host, port)} with
         the given factory and returns a Deferred firing with the protocol
         (e.g. C{lambda addr, f: TCP4ClientEndpoint(reactor, *addr).connect(f)}).
@@ -1214,7 +1242,7 @@ class ContactSipRunner(_Runner):
 
     def __init__(
         self,
-        core: ContactSipProxy | AuthorizingContactProxy,
+        core: Any,
         clock: IReactorTime,
         connect: Callable[[tuple[str, int], Factory], Deferred] | None = None,
         send_to_tunnel: Callable[[Any, int, bytes], Any] = _send_sip,

@@ -19,7 +19,7 @@ from typing import Any
 
 from attrs import define
 
-from spwm.errors import SpwmError, TunnelProtocolError
+from spwm.errors import ChannelLimitError, TunnelNotOpenError, TunnelProtocolError
 from spwm.limits import TunnelLimits
 from spwm.tunnel import events as ev
 from spwm.tunnel.decoder import FrameDecoder
@@ -81,18 +81,6 @@ class State(enum.Enum):
     AWAIT_HELLO = "await-hello"
     OPEN = "open"
     CLOSED = "closed"
-
-
-class ChannelLimitError(SpwmError):
-    """
-    Opening one more channel would exceed L{TunnelLimits.max_channels}.
-    """
-
-
-class TunnelNotOpenError(SpwmError, RuntimeError):
-    """
-    The tunnel is not (or no longer) open: nothing can be sent or opened.
-    """
 
 
 @define

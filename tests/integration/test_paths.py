@@ -13,6 +13,7 @@ from twisted.internet import defer, reactor, task
 
 from spwm.session.carrier import PathFront
 from spwm.session.state import SessionState
+from tests import skip_if_compiled
 from tests.integration import test_resumption
 from tests.integration.test_resumption import WAIT, _LoopbackPair
 from tests.integration.test_tunnel_loopback import wait_until
@@ -191,6 +192,9 @@ class TwoConnectionsTests(_LoopbackPair):
         in flight, and the agent's resumption offer says it took it
         (C{sip_next}), so it is not sent again: alice gets one BYE.
         """
+        from spwm.session import paths
+
+        skip_if_compiled(paths, "holds the agent's acknowledgements back by replacing a method of its SIP order")
         alice, bob, a_call, b_call, front, contact_front = yield self.two_paths()
         agent1 = self.agents[0]
         a_call.stop_media()

@@ -17,6 +17,7 @@ from spwm.tap.assembly import build_agent, build_contact
 from spwm.testing.certs import TestCA
 from spwm.sip.byes import BYE_ANSWERED, BYE_SENT
 from spwm.testing.phone import CallFailed, Phone, tag_of
+from tests import skip_if_compiled
 from tests.integration.test_sip_loopback import free_port
 from tests.integration.test_tunnel_loopback import wait_until
 
@@ -319,6 +320,9 @@ class KeylessResumptionTests(_LoopbackPair):
         and be lost if this connection broke too); it goes then, and the
         call ends with 200.
         """
+        from spwm.security import resume
+
+        skip_if_compiled(resume, "holds the contact point's answer back by replacing a method of the resumption")
         alice, bob, a_call, b_call = yield self.call()
         agent1 = self.agents[0]
         resumption = agent1.resumption
