@@ -19,7 +19,7 @@ import spwm
 from spwm import compiled
 from spwm.testing.required import unavailable
 
-#: bounds of each step (s): the build takes about three minutes of one core
+#: bounds of each step (s): the build takes about 90 s of one core
 BUILD_TIMEOUT = 600.0
 TESTS_TIMEOUT = 600.0
 
