@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -267,9 +268,27 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     """
     The command line.
 
-    @return: the exit status: 0, 1 when the URL does not answer, 2 for a
+    @return: the exit status: 0, 1 when the URL does not answer (or the
+        reader of the output went away: C{spwm status | head}), 2 for a
         usage error.
     """
+    try:
+        code = _main(argv, out, err)
+        if out is None:
+            # (what is buffered goes now, while a closed pipe is still ours
+            # to catch)
+            sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # no traceback, and none at exit either, when Python flushes
+        # what is left for the closed pipe
+        if out is None:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: Sequence[str] | None, out: TextIO | None, err: TextIO | None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
     parser = argparse.ArgumentParser(prog="spwm", description="SPWM tools.")
@@ -289,7 +308,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     cdr.add_argument("--since", default=None, help="only the legs that started this long ago or later: 3600, 30m, 24h, 7d")
     compile_ = commands.add_parser(
         "compile",
-        help="build the modules of a call's SIP and SDP work with mypyc (C) where spwm is installed, or --remove them",
+        help="build the modules of a call's work with mypyc (C) where spwm is installed, or --remove them",
     )
     what = compile_.add_mutually_exclusive_group()
     what.add_argument("--remove", action="store_true", help="remove the built modules (the source runs again)")

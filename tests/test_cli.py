@@ -308,6 +308,42 @@ class ScriptTests(SynchronousTestCase):
         module, _, name = scripts["spwm "].strip().partition(":")
         self.assertIs(getattr(importlib.import_module(module), name), main)
 
+    def test_reader_gone(self) -> None:
+        """
+        Output to a reader that went away (C{spwm compile --check | head
+        -1}) ends the command with status 1, without a traceback.
+        """
+
+        class Closed(io.StringIO):
+            def write(self, text: str) -> int:
+                raise BrokenPipeError(32, "Broken pipe")
+
+        err = io.StringIO()
+        self.assertEqual(main(["compile", "--check"], out=Closed(), err=err), 1)
+        self.assertEqual(err.getvalue(), "")
+
+    def test_reader_gone_script(self) -> None:
+        """
+        The same from the command itself, buffered or not: its output pipe
+        closed before it writes gives no traceback and status 1.
+        """
+        import os
+        import subprocess
+        import sys
+
+        for unbuffered in ("", "1"):
+            env = dict(os.environ, PYTHONUNBUFFERED=unbuffered)
+            if not unbuffered:
+                del env["PYTHONUNBUFFERED"]
+            p = subprocess.Popen(
+                [sys.executable, "-m", "spwm", "compile", "--check"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+            )
+            assert p.stdout is not None and p.stderr is not None
+            p.stdout.close()
+            errors = p.stderr.read()
+            p.stderr.close()
+            self.assertEqual((p.wait(timeout=30), errors), (1, b""))
+
 
 class CommandTests(TestCase):
     def test_usage_errors(self) -> None:
