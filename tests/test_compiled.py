@@ -214,6 +214,41 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(err, "spwm compile: no C compiler (gcc not found)\n")
         self.assertEqual(compiled.status(self.package.dir), [(m, "source") for m in compiled.MODULES])
 
+    def test_tools_named(self) -> None:
+        """
+        Each tool the build needs is named when it is missing, with how
+        to get it: mypyc (with mypy), mypy's zope.interface plugin (which
+        types Twisted's interfaces for the build).
+        """
+        import builtins
+        import importlib.util
+        import types
+
+        real_import, real_find = builtins.__import__, importlib.util.find_spec
+
+        def mypyc(there: bool) -> Any:
+            def imported(name: str, *args: Any, **kwargs: Any) -> Any:
+                if name != "mypyc":
+                    return real_import(name, *args, **kwargs)
+                if not there:
+                    raise ImportError(name)
+                return types.ModuleType(name)
+
+            return imported
+
+        with mock.patch.object(builtins, "__import__", mypyc(False)):
+            self.assertEqual(
+                compiled._missing_tools(),
+                "mypyc is not installed (it comes with mypy: python3 -m pip install mypy mypy-zope)",
+            )
+        with mock.patch.object(builtins, "__import__", mypyc(True)), mock.patch.object(
+            importlib.util, "find_spec", lambda name, *a: None if name == "mypy_zope" else real_find(name, *a)
+        ):
+            self.assertEqual(
+                compiled._missing_tools(),
+                "mypy's zope.interface plugin is not installed (python3 -m pip install mypy-zope)",
+            )
+
     def test_remove_nothing(self) -> None:
         code, out, err = self.run_main("--remove")
         self.assertEqual((code, err), (0, ""))
