@@ -360,7 +360,7 @@ def _compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return 0
     try:
         compiled.check_tools()
-        print(f"building {', '.join(compiled.MODULES)} in {where} (mypyc; about a minute)", file=out)
+        print(f"building {', '.join(compiled.MODULES)} in {where} (mypyc; about a minute and a half)", file=out)
         out.flush()
         made = compiled.build()
     except (compiled.BuildError, OSError) as e:

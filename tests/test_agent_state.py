@@ -21,7 +21,7 @@ from spwm.sip.actions import ToApp, ToTunnel
 from spwm.sip.agent_proxy import AgentSipProxy
 from spwm.sip.flows import Flow, FlowTable
 from spwm.state import AgentState
-from tests.test_security_resume import KEY, USER, FakeHandle, FakeMedia
+from tests.test_security_resume import KEY, USER, FakeHandle, FakeMedia, RingingRecorded
 from tests.test_sip_proxy import FLOW_A, FLOW_B, answer, only, register
 from tests.test_state import Wall
 
@@ -271,21 +271,8 @@ class RingingLostScopeTests(SynchronousTestCase):
         """
         calls: list[str] = []
 
-        class Core:
-            # the agent's core with its ringing_lost recorded (a compiled
-            # core is no base class for a test's)
-            def __init__(self) -> None:
-                self.real = AgentSipProxy(object(), "agent-1")
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(self.real, name)
-
-            def ringing_lost(self, session_id: str, now: float, tunnels: bool = True, *, far: bool = False) -> list[Any]:
-                calls.append(session_id)
-                return []
-
         resumption = AgentResumption(Clock(), 60.0, FakeMedia(), FakeHandle())
-        wrapped = resumption.wrap(Core())
+        wrapped = resumption.wrap(RingingRecorded(lambda session_id, far: calls.append(session_id)))
         wrapped.ringing_lost("s9", 0.0)
         resumption.session_id = "s1"
         wrapped.ringing_lost("s2", 0.0)

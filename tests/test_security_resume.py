@@ -7,7 +7,7 @@ tests/e2e/test_resumption.py.)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
@@ -25,6 +25,25 @@ from spwm.tunnel.events import PeerWentAway
 USER = "alice@example.test"
 KEY = bytes(range(32))
 CHALLENGE = b"\x07" * 16
+
+
+class RingingRecorded:
+    """
+    The agent's core with its C{ringing_lost} calls handed to C{record}
+    (session id, C{far}) and answered with no action; the rest is a real
+    core's (a compiled core is no base class for a test's).
+    """
+
+    def __init__(self, record: Callable[[str, bool], object]) -> None:
+        self.real = AgentSipProxy(object(), "agent-1")
+        self.record = record
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def ringing_lost(self, session_id: str, now: float, tunnels: bool = True, *, far: bool = False) -> list[Any]:
+        self.record(session_id, far)
+        return []
 
 
 class FakeTunnel(BaseFakeTunnel):
@@ -728,18 +747,6 @@ class SessionKeyTests(SynchronousTestCase):
         """
         far_seen: list[bool] = []
 
-        class Core:
-            # the agent's core with its ringing_lost recorded (a compiled
-            # core is no base class for a test's)
-            def __init__(self) -> None:
-                self.real = AgentSipProxy(object(), "agent-1")
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(self.real, name)
-
-            def ringing_lost(self, session_id: str, now: float, tunnels: bool = True, *, far: bool = False) -> list[Any]:
-                far_seen.append(far)
-                return []
 
         class Media(FakeMedia):
             def session_ended(self, session_id: str, reason: str = "") -> None:
@@ -747,7 +754,7 @@ class SessionKeyTests(SynchronousTestCase):
                 wrapped.ringing_lost(session_id, 0.0, False)
 
         agent = AgentResumption(Clock(), 60.0, Media(), FakeHandle())
-        wrapped = agent.wrap(Core())
+        wrapped = agent.wrap(RingingRecorded(lambda session_id, far: far_seen.append(far)))
         new = _reconnected(agent)
         agent.control_received(new, {"op": "resumed", "session_id": "s1", "media": False, "calls_ended": False})
         wrapped.ringing_lost("s1", 1.0)

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, cast
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger, LogLevel
 
+from spwm._mypyc import instance_logger
 from spwm.addr import hostport
 from spwm.clock import wall
 from spwm.logthrottle import Every, PowersOfTwo, ThrottledLog
@@ -748,9 +749,8 @@ class MediaManager:
         self.tcp_buffer = tcp_buffer
         # one Logger for the manager, as the class attribute gives it (which
         # makes a new one at each use, and this half logs a line per call;
-        # compiled, the attribute is not bound at all): the class's
-        # namespace, the manager its source
-        self.log = Logger(f"{type(self).__module__}.{type(self).__name__}", self)
+        # compiled, the attribute is not bound at all)
+        self.log = instance_logger(self)
         self.sockets = sockets if sockets is not None else TwistedRelaySockets(reactor, MAX_DATAGRAM)
         self.max_branches_per_stream = max_branches_per_stream
         self.hep = hep
