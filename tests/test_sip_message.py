@@ -16,7 +16,8 @@ from spwm.sip import (
     parse_name_addr,
 )
 from spwm.sip.errors import SipParseError as ErrorsSipParseError
-from spwm.sip.message import Header
+from spwm.sip import _grammar as g
+from spwm.sip.message import Header, _plain_headers, canonical_name
 from spwm.errors import SpwmError
 
 INVITE = (
@@ -477,6 +478,92 @@ class ParsedOnceTests(SynchronousTestCase):
         self.assertEqual(m.max_forwards, 70)
         mf.value = b"x"
         self.assertIsNone(m.max_forwards)
+
+
+def _plain_header_lines(head: bytes) -> list[tuple[bytes, bytes, bytes, bytes, bytes]] | None:
+    headers = _plain_headers(head)
+    if headers is None:
+        return None
+    for h in headers:
+        # each line's groups, and its parts the very objects it holds
+        assert h._raw is not None and h._raw[1] is h.raw_name and h._raw[3] is h.value
+        assert h.name == canonical_name(h.raw_name.decode("ascii"))
+    return [h._raw for h in headers]
+
+
+class PlainHeaderLinesTests(SynchronousTestCase):
+    """
+    L{_plain_headers} cuts a plain header section as the expression
+    does, and leaves every other section to it.
+    """
+
+    def setUp(self) -> None:
+        # the names of INVITE's lines, as a half has them after its
+        # first messages
+        parse_message(INVITE)
+        self.head = INVITE[INVITE.index(b"\r\n") + 2 : INVITE.index(b"\r\n\r\n") + 2]
+
+    def test_plain(self) -> None:
+        """
+        Lines with CRLF ends, no folding and names seen before are cut as
+        C{HEADER_LINES_B.findall} cuts them.
+        """
+        head = self.head.replace(b"lr>,\r\n <sip:p2", b"lr>, <sip:p2").replace(b"X-Unknown :", b"X-Unknown:")
+        cut = _plain_header_lines(head)
+        self.assertIsNotNone(cut)
+        self.assertEqual(cut, g.HEADER_LINES_B.findall(head))
+        self.assertEqual(len(cut), 11)
+        self.assertEqual(cut[1], (b"Max-Forwards:   70\r\n", b"Max-Forwards", b":   ", b"70", b"\r\n"))
+        self.assertEqual(_plain_header_lines(b""), [])
+
+    def test_not_plain(self) -> None:
+        """
+        A folded line, a bare LF, a CR alone, a name never seen, a space
+        before the colon or a line without one: left to the expression.
+        """
+        plain = b"To: <sip:b@h>\r\nCSeq: 1 INVITE\r\n"
+        self.assertIsNotNone(_plain_header_lines(plain))
+        for head in [
+            b"To: <sip:b@h>\r\n CSeq: 1 INVITE\r\n",
+            b"To: <sip:b@h>\r\n\tCSeq: 1 INVITE\r\n",
+            b"To: <sip:b@h>\nCSeq: 1 INVITE\r\n",
+            b"To: <sip:b@h>\rx\r\nCSeq: 1 INVITE\r\n",
+            b"To: <sip:b@h>\r\nX-Never-Seen-Before-Name: 1\r\n",
+            b"To : <sip:b@h>\r\nCSeq: 1 INVITE\r\n",
+            b"To <sip:b@h>\r\nCSeq: 1 INVITE\r\n",
+            b" To: <sip:b@h>\r\nCSeq: 1 INVITE\r\n",
+        ]:
+            self.assertIsNone(_plain_header_lines(head), head)
+
+    def test_cr_alone_refused(self) -> None:
+        """
+        A CR alone in a value is still refused.
+        """
+        data = INVITE.replace(b"CSeq: 314159 INVITE", b"CSeq: 314159\rINVITE")
+        self.assertRaises(SipParseError, parse_message, data)
+
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from([b"To", b"Via", b"CSeq", b"v", b"X-Unknown ", b"X-Never-Seen", b"T o", b""]),
+                st.sampled_from([b":", b": ", b":   ", b":\t ", b"", b" :"]),
+                st.binary(max_size=12).map(lambda b: b.replace(b"\x00", b"")),
+                st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r", b"\r\n ", b"\r\n\t"]),
+            ),
+            max_size=6,
+        ),
+        st.sampled_from([b"", b"\r\n", b"\n"]),
+    )
+    def test_as_the_expression(self, lines: list[tuple[bytes, bytes, bytes, bytes]], tail: bytes) -> None:
+        """
+        Whatever the section, a cut is the expression's, and covers it.
+        """
+        parse_message(INVITE)
+        head = b"".join(b"".join(line) for line in lines) + tail
+        cut = _plain_header_lines(head)
+        if cut is not None:
+            self.assertEqual(cut, g.HEADER_LINES_B.findall(head))
+            self.assertEqual(b"".join(line[0] for line in cut), head)
 
 
 class CheckedValuesTests(SynchronousTestCase):

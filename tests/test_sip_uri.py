@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from spwm.sip import uri as uri_module
+from spwm.sip import _grammar as g, uri as uri_module
 from spwm.sip.uri import check_via
 from spwm.sip import (
     NameAddr,
@@ -202,6 +202,94 @@ class CheckViaTests(SynchronousTestCase):
         check_via("SIP/2.0/UDP h:5060;branch=z9hG4bKx")
 
 
+def _outcome(parse, text):
+    try:
+        return parse(text)
+    except SipParseError as e:
+        return str(e)
+
+
+_TOKEN_TEXT = "abzAZ09-.!%*_+`'~"
+_plain_param = st.tuples(
+    st.text(_TOKEN_TEXT, min_size=1, max_size=6),
+    st.one_of(st.none(), st.text(_TOKEN_TEXT + ":", min_size=1, max_size=8)),
+).map(lambda p: ";" + p[0] + ("" if p[1] is None else "=" + p[1]))
+_params = st.one_of(
+    st.lists(_plain_param, max_size=4).map("".join),
+    st.tuples(st.lists(_plain_param, max_size=3).map("".join), st.sampled_from([";", " ", "=", ";=x", '"', "; a", ";a=\r\n b", ";a=[::1]"])).map("".join),
+    st.text(_TOKEN_TEXT + ":=; \t\"[]<>,@", max_size=16),
+)
+
+
+class PlainParamsTests(SynchronousTestCase):
+    """
+    A Via or name-addr whose params are plain is parsed from the part
+    before them, parsed once, and the params cut by C{str.split}: the same
+    value, or the same error, as the whole value through the expression.
+    """
+
+    def setUp(self) -> None:
+        for cache in uri_module.PARSED_CACHES.values():
+            cache.clear()
+
+    @given(
+        st.sampled_from([
+            "SIP/2.0/UDP 192.0.2.1:5060", "SIP/2.0/TCP host.example", "SIP / 2.0 / UDP h",
+            "SIP/2.0/UDP [2001:db8::1]:5070", "SIP/2.0/UDP h:99999", "SIP/2.0/UDPh", "SIP/2.0/UDP h ",
+            " SIP/2.0/tls a.b", "SIP/2.0/UDP h:", "x", "",
+        ]),
+        _params,
+    )
+    def test_via(self, head: str, params: str) -> None:
+        """
+        parse_via and check_via, as the expression.
+        """
+        text = head + params
+        expected = self.assertAsTheExpression(parse_via, uri_module._via_by_expression, text)
+        uri_module.PARSED_CACHES["parse_via"].clear()
+        self.assertEqual(_outcome(check_via, text), None if isinstance(expected, Via) else expected)
+
+    @given(
+        st.sampled_from([
+            "sipp <sip:sipp@192.0.2.10:5060>", "<sip:a@h>", '"A >b" <sip:a@h>', "<sip:a@h:70000>",
+            "A B <sip:a@h>", "<sip a@h>", "sip:a@h", "<sips:b@[2001:db8::2]>", " <sip:x@y;lr>",
+            "<tel:+1>", '"x" <sip:a@h>>', "<>",
+        ]),
+        _params,
+    )
+    def test_name_addr(self, head: str, params: str) -> None:
+        """
+        parse_name_addr, as the expression.
+        """
+        self.assertAsTheExpression(parse_name_addr, uri_module._name_addr_by_expression, head + params)
+
+    def assertAsTheExpression(self, parse, by_expression, text: str):
+        """
+        C{parse} (its cache emptied) gives what C{by_expression} gives.
+
+        @return: that.
+        """
+        for cache in uri_module.PARSED_CACHES.values():
+            cache.clear()
+        expected = _outcome(by_expression, uri_module._unfold(text))
+        self.assertEqual(_outcome(parse, text), expected)
+        return expected
+
+    def test_parsed_once(self) -> None:
+        """
+        Two values that differ in their params only share the part before.
+        """
+        a = parse_via("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1;rport")
+        b = parse_via("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK2;received=2001:db8::9")
+        self.assertEqual((a.host, a.port, a.params), ("192.0.2.1", 5060, (("branch", "z9hG4bK1"), ("rport", None))))
+        self.assertEqual(b.params, (("branch", "z9hG4bK2"), ("received", "2001:db8::9")))
+        self.assertIs(a.host, b.host)
+        c = parse_name_addr('"Alice" <sip:alice@192.0.2.1>;tag=1')
+        d = parse_name_addr('"Alice" <sip:alice@192.0.2.1>;tag=2')
+        self.assertEqual((c.display, c.tag, d.tag), ('"Alice"', "1", "2"))
+        self.assertIs(c.uri, d.uri)
+
+
 class CacheTests(SynchronousTestCase):
     """
     Each parser keeps what it parsed by its text, within its bounds.
@@ -290,6 +378,14 @@ class SplitTests(SynchronousTestCase):
         self.assertRaises(SipParseError, split_header_values, 'a, "b', strict=True)
         self.assertRaises(SipParseError, split_header_values, '"b', strict=True)
         self.assertEqual(split_header_values("a , b", strict=True), ["a", "b"])
+
+    @given(st.text(' ,\t ab;=:<>"\\', max_size=30), st.booleans())
+    def test_as_the_element_expression(self, text: str, strict: bool) -> None:
+        """
+        With or without quotes and brackets, the elements (or the error)
+        are the element expression's, element by element.
+        """
+        self.assertEqual(_outcome(lambda t: split_header_values(t, strict), text), _outcome(lambda t: uri_module._split_by_expression(t, strict) if "," in t else split_header_values(t, strict), text))
 
 
 _text = st.one_of(

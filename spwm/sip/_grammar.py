@@ -81,6 +81,11 @@ GEN_VALUE = rf"(?:{QUOTED}|{IPV6_REFERENCE}|[{TOKEN_CHARS}:]+)"
 PARAMS = rf"(?:[ \t]*;[ \t]*{TOKEN}(?:[ \t]*=[ \t]*{GEN_VALUE})?)*"
 PARAM = re.compile(rf"[ \t]*;[ \t]*({TOKEN})(?:[ \t]*=[ \t]*({GEN_VALUE}))?")
 
+#: Plain generic-params: L{PARAMS} without white space, quoted strings or
+#: IPv6 references (";branch=z9hG4bK74bf9;received=192.0.2.1;rport"),
+#: which C{str.split} cuts as L{PARAM} would.
+PLAIN_PARAMS = re.compile(rf"(?:;{TOKEN}(?:=[{TOKEN_CHARS}:]+)?)*")
+
 #: display-name = *(token LWS) / quoted-string.  A token run directly before
 #: "<" is accepted (RFC 4475 3.1.1.6).
 DISPLAY_NAME = rf"(?:{QUOTED}|{TOKEN}(?:[ \t]+{TOKEN})*)"

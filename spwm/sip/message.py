@@ -925,21 +925,28 @@ def parse_message(
     )
     pos = m.end()
 
-    # header lines: one findall cuts them; they are all well-formed when
-    # they cover the header section without a gap (findall skips what
-    # does not match)
-    lines = g.HEADER_LINES_B.findall(data, pos, head_end)
-    if len(b"".join([line[0] for line in lines])) != head_end - pos:
-        _refuse_header_lines(data, pos, head_end, max_headers)
-    if len(lines) > max_headers:
-        raise bad(f"more than {max_headers} header lines")
-    if lines:
-        # by map: no Python call per line but Header's own
-        _, raw_names, _, values, _ = zip(*lines)
-        names: list[Any] = list(map(_name_cache.get, raw_names))
-        if None in names:
-            names = list(map(_wire_name, raw_names))
-        message.headers = list(map(Header, raw_names, names, values, lines))
+    # header lines: plain ones cut without the expression
+    # (_plain_headers), else one findall cuts them; they are all
+    # well-formed when they cover the header section without a gap
+    # (findall skips what does not match)
+    headers = _plain_headers(data[pos:head_end])
+    if headers is not None:
+        if len(headers) > max_headers:
+            raise bad(f"more than {max_headers} header lines")
+        message.headers = headers
+    else:
+        lines = g.HEADER_LINES_B.findall(data, pos, head_end)
+        if len(b"".join([line[0] for line in lines])) != head_end - pos:
+            _refuse_header_lines(data, pos, head_end, max_headers)
+        if len(lines) > max_headers:
+            raise bad(f"more than {max_headers} header lines")
+        if lines:
+            # by map: no Python call per line but Header's own
+            _, raw_names, _, values, _ = zip(*lines)
+            names: list[Any] = list(map(_name_cache.get, raw_names))
+            if None in names:
+                names = list(map(_wire_name, raw_names))
+            message.headers = list(map(Header, raw_names, names, values, lines))
     message._blank = data[head_end:body_start]
 
     content_length = _check_headers(message)
@@ -961,6 +968,52 @@ def parse_message(
             )
         message.body = data[body_start : body_start + length]
     return message
+
+
+def _plain_headers(head: bytes) -> list[Header] | None:
+    """
+    The header lines of a plain section, cut without the expression: every
+    line ends in CRLF (no CR or LF stands alone), no line is folded, and
+    every name is one an earlier message's lines had (L{_name_cache},
+    which holds only names the expression matched; a folded line's name
+    would start with white space). Nearly every message is plain (issue
+    15: the expression took about a fifth of a message's parse).
+
+    @param head: the header section, from the first header line to the
+        end of the last one's line end.
+    @return: the lines, each with the groups C{HEADER_LINES_B} would have
+        matched; C{None} when the section is not plain (the expression
+        cuts it, and finds what is wrong).
+    """
+    names = _name_cache
+    headers: list[Header] = []
+    lines = head.split(b"\r\n")
+    if lines.pop():  # (what follows the last CRLF: nothing)
+        return None
+    # no CR or LF but the CRLFs it was split at (two counts cost less
+    # than looking in each line)
+    ends = len(lines)
+    if head.count(b"\r") != ends or head.count(b"\n") != ends:
+        return None
+    for line in lines:
+        # (the colon by index: bytes.find is a method call, a name a few
+        # octets)
+        size = len(line)
+        colon = 0
+        while colon < size and line[colon] != 58:
+            colon += 1
+        if colon == 0 or colon == size:
+            return None
+        raw_name = line[:colon]
+        name = names.get(raw_name)
+        if name is None:
+            return None
+        start = colon + 1
+        while start < size and (line[start] == 32 or line[start] == 9):
+            start += 1
+        value = line[start:]
+        headers.append(Header(raw_name, name, value, (line + b"\r\n", raw_name, line[colon:start], value, b"\r\n")))
+    return headers
 
 
 def _refuse_header_lines(data: bytes, pos: int, head_end: int, max_headers: int) -> None:

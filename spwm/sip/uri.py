@@ -90,6 +90,21 @@ def _parse_params(text: str) -> Params:
     return tuple([(m[1], m[2]) for m in g.PARAM.finditer(text)])
 
 
+def _plain_params(text: str) -> Params | None:
+    """
+    Plain params (L{g.PLAIN_PARAMS}, starting with ";") as
+    L{_parse_params} gives them, without its expression; C{None} for any
+    others.
+    """
+    if g.PLAIN_PARAMS.fullmatch(text) is None:
+        return None
+    params: list[tuple[str, str | None]] = []
+    for param in text[1:].split(";"):
+        name, equals, value = param.partition("=")
+        params.append((name, value if equals else None))
+    return tuple(params)
+
+
 def _bracket(host: str) -> str:
     if ":" in host and not host.startswith("["):
         return f"[{host}]"
@@ -394,6 +409,22 @@ def parse_name_addr(text: str) -> NameAddr:
         inside the brackets, unquoted non-token display names, bad params.
     """
     text = _unfold(text)
+    # The part before plain params parsed once: the messages of many
+    # dialogs share it, their tags differ.
+    close = text.rfind(">")
+    if close > 0 and text.startswith(";", close + 1):
+        plain = _plain_params(text[close + 1 :])
+        if plain is not None:
+            head = _name_addr_head(text[: close + 1])
+            if head is not None:
+                return NameAddr(display=head.display, uri=head.uri, params=plain)
+    return _name_addr_by_expression(text)
+
+
+def _name_addr_by_expression(text: str) -> NameAddr:
+    """
+    L{parse_name_addr} of an unfolded value, all through the expression.
+    """
     if "<" in text:
         m = g.NAME_ADDR.fullmatch(text)
         if m is None:
@@ -492,6 +523,50 @@ class Via:
         return f"{self.protocol}/{self.transport} {host}{_params_text(self.params)}"
 
 
+#: L{_via_head}'s and L{_name_addr_head}'s values, by text (bounded as
+#: the parsers' caches, L{keep_parsed}).
+_VIA_HEADS: dict[str, Via] = {}
+_NAME_ADDR_HEADS: dict[str, NameAddr] = {}
+
+
+def _via_head(text: str) -> Via | None:
+    """
+    A via-parm's text before its params, parsed (C{params} empty), or
+    C{None} when it does not match on its own.
+
+    @raise SipParseError: its port is over 65535, as L{parse_via} says.
+    """
+    head = _VIA_HEADS.get(text)
+    if head is None:
+        m = g.VIA.fullmatch(text)
+        if m is None or m.group(6):
+            return None
+        name, version, transport, host, port, _ = m.groups()
+        host, port_n = _host_port(host, port, "Via port")
+        head = keep_parsed(
+            _VIA_HEADS,
+            text,
+            Via(protocol=f"{name.upper()}/{version}", transport=transport.upper(), host=host, port=port_n),
+        )
+    return head
+
+
+def _name_addr_head(text: str) -> NameAddr | None:
+    """
+    A name-addr's text up to its closing ">", parsed (no params), or
+    C{None} when it does not match on its own.
+
+    @raise SipParseError: its URI is malformed, as L{parse_name_addr} says.
+    """
+    head = _NAME_ADDR_HEADS.get(text)
+    if head is None:
+        m = g.NAME_ADDR.fullmatch(text)
+        if m is None or m.group(3):
+            return None
+        head = keep_parsed(_NAME_ADDR_HEADS, text, NameAddr(display=m.group(1), uri=parse_uri(m.group(2))))
+    return head
+
+
 def check_via(text: str) -> None:
     """
     Check one via-parm as L{parse_via} does, without building the value
@@ -500,6 +575,9 @@ def check_via(text: str) -> None:
     @raise SipParseError: as L{parse_via}.
     """
     if text in PARSED_CACHES["parse_via"]:
+        return
+    semi = text.find(";")
+    if semi > 0 and "\n" not in text and _plain_params(text[semi:]) is not None and _via_head(text[:semi]) is not None:
         return
     m = g.VIA.fullmatch(_unfold(text))
     if m is None:
@@ -522,6 +600,22 @@ def parse_via(text: str) -> Via:
         (RFC 4475 3.1.2.1) or a port over 65535.
     """
     text = _unfold(text)
+    # The sent-protocol and sent-by before plain params parsed once: the
+    # Vias of many transactions share them, their branches differ.
+    semi = text.find(";")
+    if semi > 0:
+        plain = _plain_params(text[semi:])
+        if plain is not None:
+            head = _via_head(text[:semi])
+            if head is not None:
+                return Via(protocol=head.protocol, transport=head.transport, host=head.host, port=head.port, params=plain)
+    return _via_by_expression(text)
+
+
+def _via_by_expression(text: str) -> Via:
+    """
+    L{parse_via} of an unfolded value, all through the expression.
+    """
     m = g.VIA.fullmatch(text)
     if m is None:
         raise bad(f"malformed Via {text[:60]!r}")
@@ -553,6 +647,25 @@ def split_header_values(text: str, strict: bool = False) -> list[str]:
             raise bad(f"malformed list value {text[:60]!r}")
         return [value] if value else []
     out = []
+    if '"' not in text and "<" not in text:
+        # (every comma splits: what the element expression gives, without
+        # it; Via lists, Allow, Supported)
+        for part in text.split(","):
+            element = part.strip()
+            if element:
+                out.append(element)
+            elif strict:
+                raise bad(f"empty list element in {text[:60]!r}")
+        return out
+    return _split_by_expression(text, strict)
+
+
+def _split_by_expression(text: str, strict: bool) -> list[str]:
+    """
+    L{split_header_values} of a value with a comma, element by element
+    through the expression.
+    """
+    out: list[str] = []
     pos = 0
     end = len(text)
     match = g.LIST_ELEMENT.match
