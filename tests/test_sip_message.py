@@ -17,7 +17,7 @@ from spwm.sip import (
 )
 from spwm.sip.errors import SipParseError as ErrorsSipParseError
 from spwm.sip import _grammar as g
-from spwm.sip.message import Header, _plain_headers, canonical_name
+from spwm.sip.message import Header, _first_element, _first_element_by_expression, _plain_headers, canonical_name
 from spwm.errors import SpwmError
 
 INVITE = (
@@ -564,6 +564,29 @@ class PlainHeaderLinesTests(SynchronousTestCase):
         if cut is not None:
             self.assertEqual(cut, g.HEADER_LINES_B.findall(head))
             self.assertEqual(b"".join(line[0] for line in cut), head)
+
+
+class FirstElementTests(SynchronousTestCase):
+    """
+    L{_first_element}: the element expression's split, and without it
+    when no quote or bracket comes before the first comma.
+    """
+
+    def test_split(self) -> None:
+        """
+        The first element and the raw rest after its comma.
+        """
+        self.assertEqual(_first_element("a, b ,c"), ("a", " b ,c"))
+        self.assertEqual(_first_element("a"), ("a", None))
+        self.assertEqual(_first_element('"x,y" <sip:a@h>, b'), ('"x,y" <sip:a@h>', " b"))
+        self.assertEqual(_first_element("<sip:a@h;p=1,2>,b"), ("<sip:a@h;p=1,2>", "b"))
+
+    @given(st.text(' ,\t ab;=:<>"\\', max_size=24))
+    def test_as_the_expression(self, text: str) -> None:
+        """
+        Whatever the text, the expression's split.
+        """
+        self.assertEqual(_first_element(text), _first_element_by_expression(text))
 
 
 class CheckedValuesTests(SynchronousTestCase):

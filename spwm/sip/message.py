@@ -244,6 +244,19 @@ def _first_element(text: str) -> tuple[str, str | None]:
     @return: C{(first, rest)} where C{rest} is the raw text after the comma
         (C{None} when there is no further element).
     """
+    comma = text.find(",")
+    first = text if comma < 0 else text[:comma]
+    if '"' not in first and "<" not in first:
+        # (no quote or bracket before the first comma: the element
+        # expression would stop at it)
+        return (text, None) if comma < 0 else (first, text[comma + 1 :])
+    return _first_element_by_expression(text)
+
+
+def _first_element_by_expression(text: str) -> tuple[str, str | None]:
+    """
+    L{_first_element}, through the element expression.
+    """
     m = g.LIST_ELEMENT.match(text)
     stop = m.end() if m is not None else len(text)
     if stop < len(text) and text[stop] == ",":
