@@ -219,6 +219,21 @@ class Header:
         default=None, repr=False, compare=False
     )
 
+    def __init__(
+        self,
+        raw_name: bytes,
+        name: str,
+        value: bytes,
+        _raw: tuple[bytes, bytes, bytes, bytes, bytes] | None = None,
+    ) -> None:
+        # (written out: spwm compile compiles a method written here, and
+        # leaves the one the dataclass decorator writes to Python; a
+        # message makes one per line)
+        self.raw_name = raw_name
+        self.name = name
+        self.value = value
+        self._raw = _raw
+
     @property
     def text(self) -> str:
         """
@@ -304,6 +319,32 @@ class SipMessage:
     _parsed: dict[str, tuple[Any, Any, Any]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+
+    def __init__(
+        self,
+        is_request: bool,
+        method: str | None = None,
+        uri: str | None = None,
+        status: int | None = None,
+        reason: str | None = None,
+        version: str = "SIP/2.0",
+        headers: list[Header] | None = None,
+        body: bytes = b"",
+        _start_line: tuple[bytes, tuple] | None = None,
+        _blank: bytes = b"\r\n",
+    ) -> None:
+        # (written out, as L{Header}'s)
+        self.is_request = is_request
+        self.method = method
+        self.uri = uri
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = [] if headers is None else headers
+        self.body = body
+        self._start_line = _start_line
+        self._blank = _blank
+        self._parsed = {}
 
     # --- reading ----------------------------------------------------------
 
