@@ -102,6 +102,13 @@ class Connection:
     addrtype: str
     address: str
 
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(self, nettype: str, addrtype: str, address: str) -> None:
+        object.__setattr__(self, "nettype", nettype)
+        object.__setattr__(self, "addrtype", addrtype)
+        object.__setattr__(self, "address", address)
+
     @property
     def unspecified(self) -> bool:
         """
@@ -159,6 +166,46 @@ class MediaDescription:
     mid: str | None
     connection_mode: str | None = None
     path: tuple[str, ...] = ()
+
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(
+        self,
+        index: int,
+        media: str,
+        port: int,
+        port_count: int,
+        proto: str,
+        formats: tuple[str, ...],
+        connection: Connection | None,
+        rtcp_port: int,
+        rtcp_address: str | None,
+        rtcp_mux: bool,
+        rtcp_mux_only: bool,
+        direction: str,
+        setup: str | None,
+        ice: bool,
+        mid: str | None,
+        connection_mode: str | None = None,
+        path: tuple[str, ...] = (),
+    ) -> None:
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "media", media)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "port_count", port_count)
+        object.__setattr__(self, "proto", proto)
+        object.__setattr__(self, "formats", formats)
+        object.__setattr__(self, "connection", connection)
+        object.__setattr__(self, "rtcp_port", rtcp_port)
+        object.__setattr__(self, "rtcp_address", rtcp_address)
+        object.__setattr__(self, "rtcp_mux", rtcp_mux)
+        object.__setattr__(self, "rtcp_mux_only", rtcp_mux_only)
+        object.__setattr__(self, "direction", direction)
+        object.__setattr__(self, "setup", setup)
+        object.__setattr__(self, "ice", ice)
+        object.__setattr__(self, "mid", mid)
+        object.__setattr__(self, "connection_mode", connection_mode)
+        object.__setattr__(self, "path", path)
 
     @property
     def address(self) -> str | None:
@@ -244,6 +291,22 @@ class SessionDescription:
     media: tuple[MediaDescription, ...]
     # what _scan found, for a rewrite of the same body
     _scanned: _Scan | None = field(default=None, compare=False, repr=False)
+
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(
+        self,
+        lines: tuple[bytes, ...],
+        origin: tuple[str, str, int, str, str, str] | None,
+        connection: Connection | None,
+        media: tuple[MediaDescription, ...],
+        _scanned: _Scan | None = None,
+    ) -> None:
+        object.__setattr__(self, "lines", lines)
+        object.__setattr__(self, "origin", origin)
+        object.__setattr__(self, "connection", connection)
+        object.__setattr__(self, "media", media)
+        object.__setattr__(self, "_scanned", _scanned)
 
     def to_bytes(self) -> bytes:
         """

@@ -177,6 +177,13 @@ class OpenChannel:
     tcp: bool
     mux: bool
 
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(self, index: int, tcp: bool, mux: bool) -> None:
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "tcp", tcp)
+        object.__setattr__(self, "mux", mux)
+
 
 @dataclass(frozen=True, slots=True)
 class TcpExpect:
@@ -341,6 +348,12 @@ class Outcome:
 
     actions: list[Action]
     rewrite: list[Entry]
+
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(self, actions: list[Action], rewrite: list[Entry]) -> None:
+        object.__setattr__(self, "actions", actions)
+        object.__setattr__(self, "rewrite", rewrite)
 
 
 class StreamPlan:

@@ -72,6 +72,13 @@ class ToTunnel:
     flow_id: int
     data: bytes
 
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(self, tunnel_key: TunnelKey, flow_id: int, data: bytes) -> None:
+        object.__setattr__(self, "tunnel_key", tunnel_key)
+        object.__setattr__(self, "flow_id", flow_id)
+        object.__setattr__(self, "data", data)
+
 
 @dataclass(frozen=True, slots=True)
 class ToApp:
@@ -81,6 +88,12 @@ class ToApp:
 
     flow: Flow
     data: bytes
+
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(self, flow: Flow, data: bytes) -> None:
+        object.__setattr__(self, "flow", flow)
+        object.__setattr__(self, "data", data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +108,13 @@ class ToNetwork:
     transport: str
     addr: tuple[str, int]
     data: bytes
+
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(self, transport: str, addr: tuple[str, int], data: bytes) -> None:
+        object.__setattr__(self, "transport", transport)
+        object.__setattr__(self, "addr", addr)
+        object.__setattr__(self, "data", data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,6 +87,14 @@ class Party:
     target: str | None
     cseq: int | None = None
 
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(self, header: str, tag: str | None, target: str | None, cseq: int | None = None) -> None:
+        object.__setattr__(self, "header", header)
+        object.__setattr__(self, "tag", tag)
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "cseq", cseq)
+
 
 @dataclass(frozen=True, slots=True)
 class Parties:
@@ -108,6 +116,20 @@ class Parties:
     callee: Party
     record_route: tuple[str, ...]
     caller_inside: bool
+
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(
+        self,
+        caller: Party,
+        callee: Party,
+        record_route: tuple[str, ...],
+        caller_inside: bool,
+    ) -> None:
+        object.__setattr__(self, "caller", caller)
+        object.__setattr__(self, "callee", callee)
+        object.__setattr__(self, "record_route", record_route)
+        object.__setattr__(self, "caller_inside", caller_inside)
 
     def sender(self, from_tag: str | None) -> str | None:
         """
@@ -143,6 +165,28 @@ class Dialog:
     target: RemoteTarget | None = None
     parties: Parties | None = None
     ending: bool = False
+
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(
+        self,
+        call_id: str,
+        from_tag: str | None,
+        to_tag: str | None,
+        flow_id: int,
+        expires: float,
+        target: RemoteTarget | None = None,
+        parties: Parties | None = None,
+        ending: bool = False,
+    ) -> None:
+        object.__setattr__(self, "call_id", call_id)
+        object.__setattr__(self, "from_tag", from_tag)
+        object.__setattr__(self, "to_tag", to_tag)
+        object.__setattr__(self, "flow_id", flow_id)
+        object.__setattr__(self, "expires", expires)
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "parties", parties)
+        object.__setattr__(self, "ending", ending)
 
     def lasting(self, expires: float, ending: bool) -> Dialog:
         """

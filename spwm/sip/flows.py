@@ -138,6 +138,14 @@ class FlowToken:
     flow_id: int
     extra: bytes = b""
 
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(self, kind: bytes, session_id: str, flow_id: int, extra: bytes = b'') -> None:
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "session_id", session_id)
+        object.__setattr__(self, "flow_id", flow_id)
+        object.__setattr__(self, "extra", extra)
+
 
 class FlowTokenCodec:
     """

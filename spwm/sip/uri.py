@@ -345,8 +345,14 @@ class NameAddr:
     #: reason.
     tag: str | None = field(init=False, compare=False, repr=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "tag", _param_lookup(self.params, "tag"))
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(self, display: str | None, uri: SipUri, params: Params = (), angle: bool = True) -> None:
+        object.__setattr__(self, "display", display)
+        object.__setattr__(self, "uri", uri)
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "angle", angle)
+        object.__setattr__(self, "tag", _param_lookup(params, "tag"))
 
     @property
     def display_name(self) -> str | None:
@@ -463,6 +469,22 @@ class Via:
     host: str
     port: int | None = None
     params: Params = ()
+
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(
+        self,
+        protocol: str,
+        transport: str,
+        host: str,
+        port: int | None = None,
+        params: Params = (),
+    ) -> None:
+        object.__setattr__(self, "protocol", protocol)
+        object.__setattr__(self, "transport", transport)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "params", params)
 
     def param(self, name: str) -> str | None:
         """
