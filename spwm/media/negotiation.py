@@ -116,6 +116,12 @@ class Create:
     index: int
     tcp: bool
 
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(self, index: int, tcp: bool) -> None:
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "tcp", tcp)
+
 
 @dataclass(frozen=True, slots=True)
 class Release:
@@ -129,6 +135,13 @@ class Release:
     index: int
     reason: str
     refused: bool = False
+
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(self, index: int, reason: str, refused: bool = False) -> None:
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "refused", refused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +166,12 @@ class Expect:
     index: int
     branches: tuple[tuple[str | None, MediaDescription], ...]
 
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(self, index: int, branches: tuple[tuple[str | None, MediaDescription], ...]) -> None:
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "branches", branches)
+
 
 @dataclass(frozen=True, slots=True)
 class Bind:
@@ -163,6 +182,12 @@ class Bind:
 
     index: int
     rtcp: bool
+
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(self, index: int, rtcp: bool) -> None:
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "rtcp", rtcp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +271,12 @@ class Answered:
     tag: str | None
     ours: bool
 
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(self, tag: str | None, ours: bool) -> None:
+        object.__setattr__(self, "tag", tag)
+        object.__setattr__(self, "ours", ours)
+
 
 @dataclass(frozen=True, slots=True)
 class AnsweredToo:
@@ -320,6 +351,11 @@ class Relay:
     """
 
     index: int
+
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(self, index: int) -> None:
+        object.__setattr__(self, "index", index)
 
 
 @dataclass(frozen=True, slots=True)

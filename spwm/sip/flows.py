@@ -121,6 +121,20 @@ class Flow:
     remote: tuple[str, int]
     conn_id: int | None = None
 
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(
+        self,
+        transport: str,
+        local: tuple[str, int],
+        remote: tuple[str, int],
+        conn_id: int | None = None,
+    ) -> None:
+        object.__setattr__(self, "transport", transport)
+        object.__setattr__(self, "local", local)
+        object.__setattr__(self, "remote", remote)
+        object.__setattr__(self, "conn_id", conn_id)
+
 
 @dataclass(frozen=True, slots=True)
 class FlowToken:

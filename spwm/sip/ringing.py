@@ -123,6 +123,34 @@ class Pending:
     tag: str | None = None
     ended: bool = False
 
+    # (written out: spwm compile compiles it; the dataclass's own
+    # __init__ runs as Python, issue 15)
+    def __init__(
+        self,
+        kind: str,
+        key: tuple[str, str],
+        leg: Hashable,
+        uri: str,
+        headers: list[Header],
+        dest: Hashable,
+        ours_on_top: bool,
+        size: int,
+        last: float,
+        tag: str | None = None,
+        ended: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.key = key
+        self.leg = leg
+        self.uri = uri
+        self.headers = headers
+        self.dest = dest
+        self.ours_on_top = ours_on_top
+        self.size = size
+        self.last = last
+        self.tag = tag
+        self.ended = ended
+
 
 class Ringing:
     """
