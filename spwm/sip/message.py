@@ -984,23 +984,21 @@ def parse_message(
     # well-formed when they cover the header section without a gap
     # (findall skips what does not match)
     headers = _plain_headers(data[pos:head_end])
-    if headers is not None:
-        if len(headers) > max_headers:
-            raise bad(f"more than {max_headers} header lines")
-        message.headers = headers
-    else:
+    if headers is None:
         lines = g.HEADER_LINES_B.findall(data, pos, head_end)
         if len(b"".join([line[0] for line in lines])) != head_end - pos:
             _refuse_header_lines(data, pos, head_end, max_headers)
-        if len(lines) > max_headers:
-            raise bad(f"more than {max_headers} header lines")
+        headers = []
         if lines:
             # by map: no Python call per line but Header's own
             _, raw_names, _, values, _ = zip(*lines)
             names: list[Any] = list(map(_name_cache.get, raw_names))
             if None in names:
                 names = list(map(_wire_name, raw_names))
-            message.headers = list(map(Header, raw_names, names, values, lines))
+            headers = list(map(Header, raw_names, names, values, lines))
+    if len(headers) > max_headers:
+        raise bad(f"more than {max_headers} header lines")
+    message.headers = headers
     message._blank = data[head_end:body_start]
 
     content_length = _check_headers(message)

@@ -551,6 +551,27 @@ _VIA_HEADS: dict[str, Via] = {}
 _NAME_ADDR_HEADS: dict[str, NameAddr] = {}
 
 
+def _plain_via(text: str) -> Via | None:
+    """
+    An unfolded via-parm with plain params, parsed from its sent-protocol
+    and sent-by (parsed once: the Vias of many transactions share them,
+    their branches differ) and its params cut by C{str.split}; C{None} for
+    any other (the expression parses it).
+
+    @raise SipParseError: its port is over 65535, as L{parse_via} says.
+    """
+    semi = text.find(";")
+    if semi <= 0:
+        return None
+    params = _plain_params(text[semi:])
+    if params is None:
+        return None
+    head = _via_head(text[:semi])
+    if head is None:
+        return None
+    return Via(protocol=head.protocol, transport=head.transport, host=head.host, port=head.port, params=params)
+
+
 def _via_head(text: str) -> Via | None:
     """
     A via-parm's text before its params, parsed (C{params} empty), or
@@ -598,8 +619,7 @@ def check_via(text: str) -> None:
     """
     if text in PARSED_CACHES["parse_via"]:
         return
-    semi = text.find(";")
-    if semi > 0 and "\n" not in text and _plain_params(text[semi:]) is not None and _via_head(text[:semi]) is not None:
+    if "\n" not in text and _plain_via(text) is not None:
         return
     m = g.VIA.fullmatch(_unfold(text))
     if m is None:
@@ -622,16 +642,8 @@ def parse_via(text: str) -> Via:
         (RFC 4475 3.1.2.1) or a port over 65535.
     """
     text = _unfold(text)
-    # The sent-protocol and sent-by before plain params parsed once: the
-    # Vias of many transactions share them, their branches differ.
-    semi = text.find(";")
-    if semi > 0:
-        plain = _plain_params(text[semi:])
-        if plain is not None:
-            head = _via_head(text[:semi])
-            if head is not None:
-                return Via(protocol=head.protocol, transport=head.transport, host=head.host, port=head.port, params=plain)
-    return _via_by_expression(text)
+    via = _plain_via(text)
+    return _via_by_expression(text) if via is None else via
 
 
 def _via_by_expression(text: str) -> Via:
