@@ -74,6 +74,7 @@ from _common import (  # noqa: E402
     Processes,
     cpu_model,
     cpu_seconds,
+    free_port,
     machine_cpu,
     machine_usage,
     percentile,
@@ -94,15 +95,6 @@ _monotonic = time.monotonic
 
 
 # -- small helpers -----------------------------------------------------------
-
-
-def free_port(kind: int) -> int:
-    """
-    A port of C{kind} (C{SOCK_STREAM} or C{SOCK_DGRAM}) free on 127.0.0.1 now.
-    """
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def udp_socket(bind_port: int = 0) -> socket.socket:
@@ -271,9 +263,9 @@ class Bench:
 
     def start_tunnel(self) -> None:
         a = self.args
-        tport = free_port(socket.SOCK_STREAM)
-        qport = free_port(socket.SOCK_DGRAM)
-        self.ports = {path: [free_port(socket.SOCK_DGRAM) for _ in range(a.forwards)] for path in self.tunnel_paths}
+        tport = free_port()
+        qport = free_port()
+        self.ports = {path: [free_port() for _ in range(a.forwards)] for path in self.tunnel_paths}
         self.forward_ports = self.ports["tunnel"]
         target = f"{self.target_addr[0]}:{self.target_addr[1]}"
         common = ["--udp-buffer", str(RCVBUF)]
@@ -303,7 +295,7 @@ class Bench:
                 fwd += ["--forward-udp", f"{p}={target}"]
             quic = ["--udp-path", "only", "--quic-port", str(qport)] if path == "quic" else []
             # each agent its own SIP port (the default 5060 may be taken) and media range
-            own = ["--sip-listen", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"]
+            own = ["--sip-listen", f"127.0.0.1:{free_port()}"]
             if path == "quic":
                 own += ["--media-ports", "41000-41999"]
             self.agents[path] = self.procs.start_twistd(
