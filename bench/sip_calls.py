@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -253,7 +254,7 @@ class Bench:
             return stat_count(last, key)
 
         rtts = sorted(_read_rtts(cwd))
-        refused = _refused_overloaded(cwd)
+        refused = _refusals(cwd)
         failed_detail = {k[6:-3]: n(k) for k in last if k.startswith("Failed") and k.endswith("(C)") and k != FAILED and n(k)}
         created = n("OutgoingCall(C)")
         success = n("SuccessfulCall(C)")
@@ -301,23 +302,42 @@ def _children_cpu() -> float:
     return total - prev
 
 
-#: how SIPp's error log names a call whose INVITE was refused as overloaded
-REFUSED_OVERLOADED = "received 'SIP/2.0 503 Service Unavailable (overloaded)"
+#: how SIPp's error log names a call aborted on a final response it did not
+#: expect: a half's refusal of its INVITE ("503 Service Unavailable
+#: (overloaded)", "(tunnel congested)", ...)
+_REFUSAL = re.compile(r"Aborting call .*received 'SIP/2\.0 ([3-6]\d\d [^'\r\n]*)")
 
 
-def _refused_overloaded(cwd: str) -> int:
+def _refusals(cwd: str) -> dict[str, int]:
     """
-    Calls whose INVITE a half refused as overloaded (C{503 Service
-    Unavailable (overloaded)}), from SIPp's C{*_errors.log} in C{cwd}.
+    Calls whose INVITE was answered by a final error response, by that
+    response's status line less its version (C{"503 Service Unavailable
+    (overloaded)"}), from SIPp's C{*_errors.log} in C{cwd}.
     """
-    count = 0
+    counts: dict[str, int] = {}
     for name in os.listdir(cwd):
         if name.endswith("_errors.log"):
             with open(os.path.join(cwd, name), errors="replace") as f:
                 # one "Aborting call" line per call; answers to its
                 # retransmissions come later as "Dead call" lines
-                count += sum(1 for line in f if "Aborting call" in line and REFUSED_OVERLOADED in line)
-    return count
+                for line in f:
+                    m = _REFUSAL.search(line)
+                    if m:
+                        counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+    return counts
+
+
+def refusal_text(refused: dict[str, int]) -> str:
+    """
+    The refusals of L{_refusals} for a step's line, most first:
+    C{"2520 503 (tunnel congested), 189 503 (overloaded)"}.
+    """
+    def short(status: str) -> str:
+        code, _, rest = status.partition(" ")
+        reason = rest[rest.find("("):] if "(" in rest else rest
+        return f"{code} {reason}".strip()
+
+    return ", ".join(f"{n} {short(k)}" for k, n in sorted(refused.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _read_rtts(cwd: str) -> list[float]:
@@ -377,7 +397,7 @@ def describe(r: dict[str, Any]) -> str:
     rtt = r["rtt"]
     fails = f" {r['failed_detail']}" if r["failed_detail"] else ""
     if r["refused"]:
-        fails += f" (of them {r['refused']} refused 503 overloaded)"
+        fails += f" (of them refused: {refusal_text(r['refused'])})"
     return (
         f"  {r['path']:6} {r['rate']:7.1f} calls/s asked: {r['success']}/{r['calls']} calls ok in {r['wall']:5.1f} s "
         f"({r['achieved']:6.1f}/s), failed {r['failed']}{fails}, retrans {r['retrans']}, "

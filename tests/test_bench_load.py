@@ -245,3 +245,39 @@ class MediaRangesTests(SynchronousTestCase):
         with open(out, "w") as f:
             f.write("strace: attach: ptrace(PTRACE_SEIZE, 1): Operation not permitted\n")
         self.assertIsNone(Processes.strace_table(Stopped(), out))  # type: ignore[arg-type]
+
+
+class RefusalTests(SynchronousTestCase):
+    def test_refusals_by_reason(self) -> None:
+        """
+        The calls SIPp aborted on an error response to their INVITE are
+        counted by that response's status line (each call once: the
+        "Dead call" lines of its retransmissions' answers are not), and
+        a step's line names them by code and reason, most first.
+        """
+        from bench.sip_calls import _refusals, refusal_text
+
+        directory = self.mktemp()
+        os.mkdir(directory)
+        aborted = (
+            "2026-12-07\t14:19:57.593168\t1796653197.593168: Aborting call on unexpected message for"
+            " Call-Id '{}-28944@127.0.0.1': while expecting '100' (index 1), received"
+            " 'SIP/2.0 503 Service Unavailable ({})\n"
+        )
+        with open(os.path.join(directory, "uac_28944_errors.log"), "w") as f:
+            for i in range(3):
+                f.write(aborted.format(i, "tunnel congested"))
+            f.write(aborted.format(3, "overloaded"))
+            f.write(
+                "2026-12-07\t14:19:58.000000\t1796653198.000000: Dead call 3-28944@127.0.0.1"
+                " (successful), received 'SIP/2.0 503 Service Unavailable (overloaded)\n"
+            )
+        with open(os.path.join(directory, "uac_28944_rtt.csv"), "w") as f:
+            f.write("received 'SIP/2.0 503 Service Unavailable (overloaded)\n")
+        refused = _refusals(directory)
+        self.assertEqual(
+            refused,
+            {"503 Service Unavailable (tunnel congested)": 3, "503 Service Unavailable (overloaded)": 1},
+        )
+        self.assertEqual(refusal_text(refused), "3 503 (tunnel congested), 1 503 (overloaded)")
+        self.assertEqual(refusal_text({"480 Temporarily Unavailable": 2}), "2 480 Temporarily Unavailable")
